@@ -1,0 +1,486 @@
+"""Side-by-side benchmark: fallback_saga vs python-cqrs 5.3.0 vs a bare loop,
+and fallback_saga's CircuitBreaker vs aiobreaker, purgatory, circuitbreaker.
+
+    python benchmarks/compare.py            # full run (about a minute)
+    python benchmarks/compare.py --quick    # a few seconds; used by CI so it cannot rot
+    python benchmarks/compare.py --json results.json
+
+Method (why the numbers can be trusted on a noisy shared machine):
+
+* Everything runs in ONE process and ONE event loop.
+* Implementations are measured round-robin: each round runs one timed batch
+  per implementation, and the starting implementation rotates every round, so
+  slow drift (thermal, neighbours) hits all of them alike.  The reported
+  figure is the median over the rounds.
+* A batch is N sagas awaited back to back inside one coroutine, timed with
+  ``time.perf_counter`` inside the loop (no loop start-up in the timing).  N is
+  calibrated per implementation so every batch lasts about the same time.
+* ``gc.collect()`` runs before every timed batch; the collector stays enabled
+  during the batch (allocation-heavy code pays for its garbage, as in
+  production).
+* Every implementation's outcome is checked before timing and after every
+  batch (status, which branch ran, compensation happened, error raised).
+* Breaker overhead is paired: in each round, for each breaker, a batch of
+  ``await fn()`` is timed right before a batch of the same length through the
+  breaker, and ``(t_breaker - t_direct) / N`` is that round's per-call
+  overhead.
+
+A library that is not importable is reported as skipped; the script still
+runs whatever is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Run against the working tree's fallback_saga even when an older copy is installed.
+for p in (str(HERE), str(ROOT)):
+    if p not in sys.path:
+        sys.path.insert(1, p)
+
+import workloads  # noqa: E402
+
+OURS = "fallback_saga"
+CQRS = "python-cqrs"
+BARE = "bare loop"
+SAGA_IMPLS = (OURS, CQRS, BARE)
+SAGA_TARGETS = {"plain3": 20.0, "fallback3": 15.0, "fail3": 15.0}
+
+DIRECT = "direct await"
+BREAKERS = (OURS, "aiobreaker", "purgatory", "circuitbreaker")
+BREAKER_TARGET = 5.0  # aiobreaker's closed-path overhead / ours
+
+
+# ---------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------
+
+
+async def timed_sagas(run_one: Callable[[], Awaitable[Any]], n: int) -> tuple[float, Any]:
+    outcome = None
+    t0 = time.perf_counter()
+    for _ in range(n):
+        outcome = await run_one()
+    return time.perf_counter() - t0, outcome
+
+
+async def timed_calls(call: Callable[..., Awaitable[Any]], args: tuple[Any, ...], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await call(*args)
+    return time.perf_counter() - t0
+
+
+async def calibrate(batch: Callable[[int], Awaitable[float]], seconds: float, floor: int) -> int:
+    """Return N such that ``batch(N)`` lasts about ``seconds`` (doubles as warm-up)."""
+    n = 8
+    while True:
+        elapsed = await batch(n)
+        if elapsed >= seconds / 4 or n >= 10_000_000:
+            break
+        n *= 2
+    per_item = elapsed / n
+    return max(floor, int(seconds / per_item))
+
+
+def rotated(items: list[str], r: int) -> list[str]:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+# ---------------------------------------------------------------------------
+# sagas
+# ---------------------------------------------------------------------------
+
+
+def load_saga_impls() -> tuple[dict[str, dict[str, workloads.Workload]], dict[str, str]]:
+    builders = {
+        OURS: workloads.build_fallback_saga,
+        CQRS: workloads.build_cqrs,
+        BARE: workloads.build_bare,
+    }
+    impls: dict[str, dict[str, workloads.Workload]] = {}
+    skipped: dict[str, str] = {}
+    for name, build in builders.items():
+        try:
+            impls[name] = build()
+        except Exception as exc:  # ImportError, or an API mismatch at definition time
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+    return impls, skipped
+
+
+async def bench_sagas(
+    impls: dict[str, dict[str, workloads.Workload]],
+    rounds: int,
+    batch_seconds: float,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for kind in workloads.KINDS:
+        live: dict[str, workloads.Workload] = {}
+        for name, table in impls.items():
+            wl = table[kind]
+            try:
+                wl.check(await wl.new_runner()())
+            except Exception as exc:
+                skipped[f"{name}/{kind}"] = f"outcome check failed: {type(exc).__name__}: {exc}"
+                continue
+            live[name] = wl
+
+        sizes: dict[str, int] = {}
+        for name, wl in live.items():
+            run_one = wl.new_runner()
+
+            async def batch(n: int, run_one: Callable[[], Awaitable[Any]] = run_one) -> float:
+                return (await timed_sagas(run_one, n))[0]
+
+            sizes[name] = await calibrate(batch, batch_seconds, floor=20)
+
+        per_round: dict[str, list[float]] = {name: [] for name in live}
+        order = list(live)
+        for r in range(rounds):
+            for name in rotated(order, r):
+                wl = live[name]
+                run_one = wl.new_runner()  # fresh saga object + default store per batch
+                gc.collect()
+                elapsed, outcome = await timed_sagas(run_one, sizes[name])
+                wl.check(outcome)
+                per_round[name].append(sizes[name] / elapsed)
+
+        entry: dict[str, Any] = {"impls": {}}
+        for name, rates in per_round.items():
+            med = statistics.median(rates)
+            entry["impls"][name] = {
+                "sagas_per_s": med,
+                "us_per_saga": 1e6 / med,
+                "batch_size": sizes[name],
+                "rounds_sagas_per_s": rates,
+            }
+        got = entry["impls"]
+        target = SAGA_TARGETS[kind]
+        entry["target_ratio_vs_cqrs"] = target
+        if OURS in got and CQRS in got:
+            ratio = got[OURS]["sagas_per_s"] / got[CQRS]["sagas_per_s"]
+            paired = statistics.median(
+                a / b for a, b in zip(per_round[OURS], per_round[CQRS], strict=True)
+            )
+            entry["ratio_vs_cqrs"] = ratio
+            entry["ratio_vs_cqrs_paired_median"] = paired
+            entry["target_met"] = ratio >= target
+        if OURS in got and BARE in got:
+            entry["overhead_vs_bare_us"] = got[OURS]["us_per_saga"] - got[BARE]["us_per_saga"]
+        results[kind] = entry
+    return results
+
+
+# ---------------------------------------------------------------------------
+# circuit breakers, closed path
+# ---------------------------------------------------------------------------
+
+
+async def trivial() -> int:
+    return 42
+
+
+async def load_breakers(skipped: dict[str, str]) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """name -> (callable, args) such that ``await callable(*args)`` runs ``trivial``
+    through that breaker, the way the library documents for coroutines."""
+    calls: dict[str, tuple[Any, tuple[Any, ...]]] = {DIRECT: (trivial, ())}
+
+    try:
+        from fallback_saga import CircuitBreaker
+
+        ours = CircuitBreaker(fail_max=5, reset_timeout=60.0)
+        calls[OURS] = (ours.call, (trivial,))
+    except Exception as exc:
+        skipped[f"breaker/{OURS}"] = f"{type(exc).__name__}: {exc}"
+
+    try:
+        import aiobreaker
+
+        aio = aiobreaker.CircuitBreaker(fail_max=5, timeout_duration=timedelta(seconds=60))
+        calls["aiobreaker"] = (aio.call_async, (trivial,))
+    except Exception as exc:
+        skipped["breaker/aiobreaker"] = f"{type(exc).__name__}: {exc}"
+
+    try:
+        import purgatory
+
+        factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=60)
+        await factory.initialize()
+        # purgatory's documented coroutine usage is its decorator, which looks
+        # the breaker up by name in its unit of work on every call.
+        calls["purgatory"] = (factory("bench-closed")(trivial), ())
+    except Exception as exc:
+        skipped["breaker/purgatory"] = f"{type(exc).__name__}: {exc}"
+
+    try:
+        import circuitbreaker
+
+        cb = circuitbreaker.CircuitBreaker(
+            failure_threshold=5, recovery_timeout=60, name="bench-closed"
+        )
+        calls["circuitbreaker"] = (cb(trivial), ())
+    except Exception as exc:
+        skipped["breaker/circuitbreaker"] = f"{type(exc).__name__}: {exc}"
+
+    # Each must return the wrapped function's value; drop any that does not.
+    for name in list(calls):
+        fn, args = calls[name]
+        try:
+            value = await fn(*args)
+            assert value == 42, value
+        except Exception as exc:
+            skipped[f"breaker/{name}"] = f"call check failed: {type(exc).__name__}: {exc}"
+            del calls[name]
+    return calls
+
+
+async def bench_breakers(
+    calls: dict[str, tuple[Any, tuple[Any, ...]]], rounds: int, batch_seconds: float
+) -> dict[str, Any]:
+    names = [n for n in calls if n != DIRECT]
+    if DIRECT not in calls or not names:
+        return {}
+    direct_fn, direct_args = calls[DIRECT]
+
+    sizes: dict[str, int] = {}
+    for name in names:
+        fn, args = calls[name]
+
+        async def batch(n: int, fn: Any = fn, args: tuple[Any, ...] = args) -> float:
+            return await timed_calls(fn, args, n)
+
+        sizes[name] = await calibrate(batch, batch_seconds, floor=100)
+
+    overhead: dict[str, list[float]] = {n: [] for n in names}
+    per_call: dict[str, list[float]] = {n: [] for n in names}
+    direct_per_call: list[float] = []
+    for r in range(rounds):
+        for name in rotated(names, r):
+            fn, args = calls[name]
+            n = sizes[name]
+            gc.collect()
+            t_direct = await timed_calls(direct_fn, direct_args, n)
+            gc.collect()
+            t_brk = await timed_calls(fn, args, n)
+            overhead[name].append((t_brk - t_direct) / n * 1e6)
+            per_call[name].append(t_brk / n * 1e6)
+            direct_per_call.append(t_direct / n * 1e6)
+
+    out: dict[str, Any] = {
+        "direct_await_us": statistics.median(direct_per_call),
+        "breakers": {},
+    }
+    for name in names:
+        out["breakers"][name] = {
+            "call_us": statistics.median(per_call[name]),
+            "overhead_us": statistics.median(overhead[name]),
+            "batch_size": sizes[name],
+            "rounds_overhead_us": overhead[name],
+        }
+    got = out["breakers"]
+    if OURS in got:
+        ours = got[OURS]["overhead_us"]
+        for name in names:
+            got[name]["overhead_vs_ours"] = got[name]["overhead_us"] / ours if ours > 0 else None
+        out["target_aiobreaker_over_ours"] = BREAKER_TARGET
+        if "aiobreaker" in got:
+            ratio = got["aiobreaker"]["overhead_us"] / ours if ours > 0 else float("inf")
+            out["aiobreaker_over_ours"] = ratio
+            out["target_met"] = ratio >= BREAKER_TARGET
+    return out
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+
+
+def fmt_rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def yes_no(met: bool | None) -> str:
+    return "n/a" if met is None else ("yes" if met else "NO")
+
+
+def print_sagas(res: dict[str, Any], rounds: int) -> None:
+    print(f"\nSagas/s, median of {rounds} interleaved rounds (higher is better)")
+    header = (
+        f"{'saga':<10} {OURS:>14} {CQRS:>12} {BARE:>12} {'ours/cqrs':>10} "
+        f"{'target':>7} {'met':>4} {'ours - bare':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for kind, entry in res.items():
+        impls = entry["impls"]
+
+        def rate(name: str, impls: dict[str, Any] = impls) -> float | None:
+            return impls[name]["sagas_per_s"] if name in impls else None
+
+        ratio = entry.get("ratio_vs_cqrs")
+        over = entry.get("overhead_vs_bare_us")
+        print(
+            f"{kind:<10} {fmt_rate(rate(OURS)):>14} {fmt_rate(rate(CQRS)):>12} "
+            f"{fmt_rate(rate(BARE)):>12} "
+            f"{('n/a' if ratio is None else f'{ratio:.1f}x'):>10} "
+            f"{'>=' + format(entry['target_ratio_vs_cqrs'], 'g') + 'x':>7} "
+            f"{yes_no(entry.get('target_met')):>4} "
+            f"{('n/a' if over is None else f'+{over:.2f} us/saga'):>14}"
+        )
+    print("\nMicroseconds per saga (median):")
+    for kind, entry in res.items():
+        parts = [f"{n} {v['us_per_saga']:.2f}" for n, v in entry["impls"].items()]
+        paired = entry.get("ratio_vs_cqrs_paired_median")
+        extra = "" if paired is None else f"  (paired per-round ratio {paired:.1f}x)"
+        print(f"  {kind:<10} " + ", ".join(parts) + extra)
+
+
+def print_breakers(res: dict[str, Any], rounds: int) -> None:
+    if not res:
+        print("\nBreaker closed path: nothing to compare (skipped).")
+        return
+    print(
+        f"\nCircuit breaker, closed path: per-call cost over a direct `await fn()` "
+        f"({res['direct_await_us']:.3f} us), median of {rounds} paired rounds"
+    )
+    header = f"{'breaker':<16} {'call us':>9} {'overhead us':>12} {'overhead / ours':>16}"
+    print(header)
+    print("-" * len(header))
+    for name, v in res["breakers"].items():
+        rel = v.get("overhead_vs_ours")
+        print(
+            f"{name:<16} {v['call_us']:>9.3f} {v['overhead_us']:>12.3f} "
+            f"{('n/a' if rel is None else f'{rel:.1f}x'):>16}"
+        )
+    if "aiobreaker_over_ours" in res:
+        print(
+            f"target: aiobreaker overhead >= {BREAKER_TARGET:g}x ours -> "
+            f"{res['aiobreaker_over_ours']:.1f}x, met: {yes_no(res['target_met'])}"
+        )
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("fallback-saga", "python-cqrs", "aiobreaker", "purgatory", "circuitbreaker"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    skipped: dict[str, str] = {}
+    impls, skipped_impls = load_saga_impls()
+    skipped.update(skipped_impls)
+    saga_res = await bench_sagas(impls, args.rounds, args.batch_ms / 1000, skipped)
+    calls = await load_breakers(skipped)
+    breaker_res = await bench_breakers(calls, args.breaker_rounds, args.batch_ms / 1000)
+    return {"sagas": saga_res, "breaker_closed_path": breaker_res, "skipped": skipped}
+
+
+def profile(kinds: list[str], n: int, top: int) -> None:
+    """cProfile fallback_saga alone on ``n`` sagas of each kind (not a timing)."""
+    import cProfile
+    import pstats
+
+    table = workloads.build_fallback_saga()
+    for kind in kinds:
+        run_one = table[kind].new_runner()
+
+        async def many(run_one: Callable[[], Awaitable[Any]] = run_one) -> Any:
+            return (await timed_sagas(run_one, n))[1]
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(many())  # warm-up
+            prof = cProfile.Profile()
+            prof.enable()
+            outcome = loop.run_until_complete(many())
+            prof.disable()
+        finally:
+            loop.close()
+        table[kind].check(outcome)
+        print(f"\n=== cProfile: fallback_saga {kind}, {n} sagas (tottime order) ===")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run (CI smoke test)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--rounds", type=int, help="saga rounds (default 21, quick 3)")
+    parser.add_argument("--breaker-rounds", type=int, help="breaker rounds (default 21, quick 3)")
+    parser.add_argument("--batch-ms", type=float, help="target ms per batch (default 120, quick 5)")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="all",
+        metavar="KIND",
+        help="instead of comparing, cProfile fallback_saga on one saga kind (or all)",
+    )
+    args = parser.parse_args(argv)
+    if args.profile:
+        kinds = list(workloads.KINDS) if args.profile == "all" else [args.profile]
+        profile(kinds, n=2_000, top=25)
+        return 0
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 21
+    if args.breaker_rounds is None:
+        args.breaker_rounds = 3 if args.quick else 21
+    if args.batch_ms is None:
+        args.batch_ms = 5.0 if args.quick else 120.0
+
+    started = time.perf_counter()
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; mode: {'quick' if args.quick else 'full'}"
+    )
+    res = asyncio.run(amain(args))
+    elapsed = time.perf_counter() - started
+
+    for what, why in res["skipped"].items():
+        print(f"skipped {what}: {why}")
+    print_sagas(res["sagas"], args.rounds)
+    print_breakers(res["breaker_closed_path"], args.breaker_rounds)
+    if args.quick:
+        print("\n(--quick: too few iterations for the ratios to mean anything)")
+    print(f"\ntotal time {elapsed:.1f} s")
+
+    if args.json:
+        res["meta"] = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "breaker_rounds": args.breaker_rounds,
+            "batch_ms": args.batch_ms,
+            "versions": versions(),
+            "elapsed_s": elapsed,
+        }
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""pytest-benchmark suite for fallback_saga.
+
+    pytest benchmarks                        # measure
+    pytest benchmarks --benchmark-disable    # run each body once (CI: keeps them from rotting)
+
+How a round is timed: one benchmark round runs a BATCH of work inside one
+coroutine on an event loop that is reused for the whole module
+(``loop.run_until_complete``).  Starting a loop iteration and a task costs
+about as much as a whole saga, so a single saga per round would mostly
+measure asyncio.  Therefore:
+
+* saga benchmarks run ``SAGAS_PER_ROUND`` (100) sagas per round:
+  the reported time / 100 = time per saga;
+* breaker benchmarks make ``CALLS_PER_ROUND`` (1,000) calls per round:
+  the reported time / 1,000 = time per call.
+
+The saga object is created once per benchmark and reused, as a service
+would; its default in-memory store is bounded, so memory stays flat however
+many rounds pytest-benchmark decides to run.
+
+Every benchmark asserts its outcome (saga status, which branch ran, that
+compensation happened and the failure was raised, the breaker's state), so
+``--benchmark-disable`` still checks that the measured code does what it
+claims.  Each saga kind is also run through the bare ``try/await/except``
+loop from ``workloads.py`` (the floor) in the same benchmark group, for
+reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import workloads
+
+from fallback_saga import CircuitBreaker, CircuitOpenError, CircuitState
+
+SAGAS_PER_ROUND = 100
+CALLS_PER_ROUND = 1_000
+
+IMPLS = {"fallback_saga": workloads.build_fallback_saga, "bare": workloads.build_bare}
+
+
+def run_batch(
+    loop: asyncio.AbstractEventLoop, run_one: Callable[[], Awaitable[Any]], n: int
+) -> Any:
+    """Await ``run_one()`` n times in one coroutine; return the last outcome."""
+
+    async def many() -> Any:
+        outcome = None
+        for _ in range(n):
+            outcome = await run_one()
+        return outcome
+
+    return loop.run_until_complete(many())
+
+
+def saga_bench(benchmark: Any, loop: asyncio.AbstractEventLoop, impl: str, kind: str) -> None:
+    workload = IMPLS[impl]()[kind]
+    run_one = workload.new_runner()
+    benchmark.extra_info["sagas_per_round"] = SAGAS_PER_ROUND
+    outcome = benchmark(run_batch, loop, run_one, SAGAS_PER_ROUND)
+    # workload.check asserts, for fallback_saga: plain3/fallback3 end COMPLETED
+    # with ctx fields a, b, c set and 3 results, fallback3's 2nd result coming
+    # from the fallback; fail3 raises SagaFailed(status=COMPENSATED) whose
+    # error is the last step's, with a and b compensated back to None.
+    workload.check(outcome)
+
+
+@pytest.mark.benchmark(group="saga plain3 (time per 100 sagas)")
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_plain_three_steps(benchmark: Any, loop: asyncio.AbstractEventLoop, impl: str) -> None:
+    saga_bench(benchmark, loop, impl, "plain3")
+
+
+@pytest.mark.benchmark(group="saga fallback3 (time per 100 sagas)")
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_failing_primary_and_fallback(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, impl: str
+) -> None:
+    saga_bench(benchmark, loop, impl, "fallback3")
+
+
+@pytest.mark.benchmark(group="saga fail3 (time per 100 sagas)")
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_last_step_fails_and_unwinds(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, impl: str
+) -> None:
+    saga_bench(benchmark, loop, impl, "fail3")
+
+
+async def trivial() -> int:
+    return 42
+
+
+@pytest.mark.benchmark(group="breaker (time per 1,000 calls)")
+def test_breaker_closed_path(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    breaker = CircuitBreaker(fail_max=5, reset_timeout=60.0)
+    call = breaker.call
+
+    async def calls() -> int:
+        total = 0
+        for _ in range(CALLS_PER_ROUND):
+            total += await call(trivial)
+        return total
+
+    benchmark.extra_info["calls_per_round"] = CALLS_PER_ROUND
+    total = benchmark(lambda: loop.run_until_complete(calls()))
+    assert total == 42 * CALLS_PER_ROUND
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.failure_count == 0
+
+
+@pytest.mark.benchmark(group="breaker (time per 1,000 calls)")
+def test_breaker_open_path_rejects(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    breaker = CircuitBreaker(fail_max=5, reset_timeout=3600.0)
+    breaker.open()
+    called = 0
+
+    async def guarded() -> int:
+        nonlocal called
+        called += 1
+        return 42
+
+    call = breaker.call
+
+    async def calls() -> tuple[int, float]:
+        rejected = 0
+        retry_after = -1.0
+        for _ in range(CALLS_PER_ROUND):
+            try:
+                await call(guarded)
+            except CircuitOpenError as exc:
+                rejected += 1
+                retry_after = exc.retry_after
+        return rejected, retry_after
+
+    benchmark.extra_info["calls_per_round"] = CALLS_PER_ROUND
+    rejected, retry_after = benchmark(lambda: loop.run_until_complete(calls()))
+    assert rejected == CALLS_PER_ROUND
+    assert called == 0, "an open breaker must not call the function"
+    assert 0.0 < retry_after <= 3600.0
+    assert breaker.state is CircuitState.OPEN

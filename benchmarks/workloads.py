@@ -1,0 +1,372 @@
+"""The three benchmark sagas, written once per implementation.
+
+Every implementation runs the same shape of work so that only the saga
+machinery differs:
+
+* ``plain3``    -- three steps, all succeed.
+* ``fallback3`` -- three steps; step 2 is a fallback pair whose primary raises
+  and whose fallback succeeds.
+* ``fail3``     -- three steps; the last raises, the first two are compensated
+  and the run ends with an exception.
+
+Steps do no I/O: ``act`` sets one string field of a small dataclass context
+and returns a tiny response, ``compensate`` clears the field.
+
+Each ``build_*`` function returns ``{kind: Workload}``.  ``Workload.new_runner()``
+returns a fresh zero-argument coroutine function that runs ONE saga and
+returns whatever the implementation produced (or the exception it raised,
+caught); ``Workload.check(outcome)`` asserts the outcome is the expected one.
+A fresh runner is built per timed batch, so implementations whose default
+in-memory store keeps every saga (python-cqrs) do not grow without bound
+across the whole run; every implementation gets the same treatment.
+
+The library imports happen inside the ``build_*`` functions so that a missing
+package only disables that implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+KINDS = ("plain3", "fallback3", "fail3")
+
+SagaRunner = Callable[[], Awaitable[Any]]
+
+
+class StepBoom(RuntimeError):
+    """Raised by the failing primary (fallback3) and by the last step (fail3)."""
+
+
+@dataclasses.dataclass
+class Workload:
+    kind: str
+    new_runner: Callable[[], SagaRunner]
+    check: Callable[[Any], None]
+
+
+# ---------------------------------------------------------------------------
+# (c) the floor: a bare hand-written try/await/except loop
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BareCtx:
+    order_id: str
+    a: str | None = None
+    b: str | None = None
+    c: str | None = None
+
+
+@dataclasses.dataclass
+class BareResp:
+    value: str
+
+
+class BareA:
+    async def act(self, ctx: BareCtx) -> BareResp:
+        ctx.a = "a"
+        return BareResp("a")
+
+    async def compensate(self, ctx: BareCtx) -> None:
+        ctx.a = None
+
+
+class BareB:
+    async def act(self, ctx: BareCtx) -> BareResp:
+        ctx.b = "b"
+        return BareResp("b")
+
+    async def compensate(self, ctx: BareCtx) -> None:
+        ctx.b = None
+
+
+class BareBPrimary:
+    async def act(self, ctx: BareCtx) -> BareResp:
+        raise StepBoom("primary down")
+
+    async def compensate(self, ctx: BareCtx) -> None:
+        ctx.b = None
+
+
+class BareBFallback:
+    async def act(self, ctx: BareCtx) -> BareResp:
+        ctx.b = "b-fallback"
+        return BareResp("b-fallback")
+
+    async def compensate(self, ctx: BareCtx) -> None:
+        ctx.b = None
+
+
+class BareC:
+    async def act(self, ctx: BareCtx) -> BareResp:
+        ctx.c = "c"
+        return BareResp("c")
+
+    async def compensate(self, ctx: BareCtx) -> None:
+        ctx.c = None
+
+
+class BareCFail:
+    async def act(self, ctx: BareCtx) -> BareResp:
+        raise StepBoom("last step fails")
+
+    async def compensate(self, ctx: BareCtx) -> None:
+        ctx.c = None
+
+
+async def bare_saga(steps: list[Any], ctx: BareCtx) -> list[BareResp]:
+    """The floor: act in order; a (primary, fallback) tuple tries the primary
+    first and runs the fallback on any Exception; on failure compensate the
+    completed steps in reverse and re-raise.  No snapshot, no journal."""
+    done: list[Any] = []
+    results: list[BareResp] = []
+    try:
+        for step in steps:
+            if type(step) is tuple:
+                primary, fallback = step
+                try:
+                    results.append(await primary.act(ctx))
+                    done.append(primary)
+                except Exception:
+                    results.append(await fallback.act(ctx))
+                    done.append(fallback)
+            else:
+                results.append(await step.act(ctx))
+                done.append(step)
+    except Exception:
+        for step in reversed(done):
+            await step.compensate(ctx)
+        raise
+    return results
+
+
+def build_bare() -> dict[str, Workload]:
+    definitions: dict[str, list[Any]] = {
+        "plain3": [BareA(), BareB(), BareC()],
+        "fallback3": [BareA(), (BareBPrimary(), BareBFallback()), BareC()],
+        "fail3": [BareA(), BareB(), BareCFail()],
+    }
+
+    def factory(kind: str) -> Callable[[], SagaRunner]:
+        def new_runner() -> SagaRunner:
+            steps = definitions[kind]
+
+            async def run_one() -> Any:
+                ctx = BareCtx(order_id="o-1")
+                try:
+                    return ctx, await bare_saga(steps, ctx)
+                except StepBoom as exc:
+                    return ctx, exc
+
+            return run_one
+
+        return new_runner
+
+    def check(kind: str) -> Callable[[Any], None]:
+        def _check(outcome: Any) -> None:
+            ctx, res = outcome
+            if kind == "fail3":
+                assert isinstance(res, StepBoom), res
+                assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
+            else:
+                assert isinstance(res, list), res
+                assert len(res) == 3, res
+                b = "b-fallback" if kind == "fallback3" else "b"
+                assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
+                assert res[1].value == b, res
+
+        return _check
+
+    return {k: Workload(k, factory(k), check(k)) for k in KINDS}
+
+
+# ---------------------------------------------------------------------------
+# (b) python-cqrs 5.3.0 saga module, in-memory storage, default options
+# ---------------------------------------------------------------------------
+
+
+def build_cqrs() -> dict[str, Workload]:
+    import cqrs
+    from cqrs.saga.fallback import Fallback
+    from cqrs.saga.models import SagaContext
+    from cqrs.saga.saga import Saga, SagaStepHandler
+    from cqrs.saga.storage.memory import MemorySagaStorage
+
+    # python-cqrs logs a WARNING (through logging's last-resort stderr handler
+    # when nothing is configured) every time a fallback is taken. Printing to
+    # the terminal is I/O, not saga overhead, so it is silenced; the f-string
+    # formatting of the message still runs and is still measured.
+    logging.getLogger("cqrs").setLevel(logging.CRITICAL)
+
+    @dataclasses.dataclass
+    class CqCtx(SagaContext):
+        order_id: str
+        a: str | None = None
+        b: str | None = None
+        c: str | None = None
+
+    class CqResp(cqrs.Response):
+        value: str
+
+    class CqA(SagaStepHandler[CqCtx, CqResp]):
+        async def act(self, context: CqCtx) -> Any:
+            context.a = "a"
+            return self._generate_step_result(CqResp(value="a"))
+
+        async def compensate(self, context: CqCtx) -> None:
+            context.a = None
+
+    class CqB(SagaStepHandler[CqCtx, CqResp]):
+        async def act(self, context: CqCtx) -> Any:
+            context.b = "b"
+            return self._generate_step_result(CqResp(value="b"))
+
+        async def compensate(self, context: CqCtx) -> None:
+            context.b = None
+
+    class CqBPrimary(SagaStepHandler[CqCtx, CqResp]):
+        async def act(self, context: CqCtx) -> Any:
+            raise StepBoom("primary down")
+
+        async def compensate(self, context: CqCtx) -> None:
+            context.b = None
+
+    class CqBFallback(SagaStepHandler[CqCtx, CqResp]):
+        async def act(self, context: CqCtx) -> Any:
+            context.b = "b-fallback"
+            return self._generate_step_result(CqResp(value="b-fallback"))
+
+        async def compensate(self, context: CqCtx) -> None:
+            context.b = None
+
+    class CqC(SagaStepHandler[CqCtx, CqResp]):
+        async def act(self, context: CqCtx) -> Any:
+            context.c = "c"
+            return self._generate_step_result(CqResp(value="c"))
+
+        async def compensate(self, context: CqCtx) -> None:
+            context.c = None
+
+    class CqCFail(SagaStepHandler[CqCtx, CqResp]):
+        async def act(self, context: CqCtx) -> Any:
+            raise StepBoom("last step fails")
+
+        async def compensate(self, context: CqCtx) -> None:
+            context.c = None
+
+    class CqPlain3(Saga[CqCtx]):
+        steps = [CqA, CqB, CqC]
+
+    class CqFallback3(Saga[CqCtx]):
+        steps = [CqA, Fallback(step=CqBPrimary, fallback=CqBFallback), CqC]
+
+    class CqFail3(Saga[CqCtx]):
+        steps = [CqA, CqB, CqCFail]
+
+    class PlainContainer:
+        """The smallest container python-cqrs accepts: builds steps with cls()."""
+
+        external_container = None
+
+        def attach_external_container(self, container: Any) -> None:
+            pass
+
+        async def resolve(self, type_: type) -> Any:
+            return type_()
+
+    sagas = {"plain3": CqPlain3, "fallback3": CqFallback3, "fail3": CqFail3}
+
+    def factory(kind: str) -> Callable[[], SagaRunner]:
+        def new_runner() -> SagaRunner:
+            saga = sagas[kind]()
+            container = PlainContainer()
+            storage = MemorySagaStorage()
+
+            async def run_one() -> Any:
+                ctx = CqCtx(order_id="o-1")
+                results = []
+                try:
+                    async with saga.transaction(
+                        context=ctx, container=container, storage=storage
+                    ) as tx:
+                        async for step_result in tx:
+                            results.append(step_result)
+                except StepBoom as exc:
+                    return ctx, exc
+                return ctx, results
+
+            return run_one
+
+        return new_runner
+
+    def check(kind: str) -> Callable[[Any], None]:
+        def _check(outcome: Any) -> None:
+            ctx, res = outcome
+            if kind == "fail3":
+                assert isinstance(res, StepBoom), res
+                assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
+            else:
+                assert isinstance(res, list), res
+                assert len(res) == 3, res
+                b = "b-fallback" if kind == "fallback3" else "b"
+                assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
+                assert res[1].response.value == b, res
+
+        return _check
+
+    return {k: Workload(k, factory(k), check(k)) for k in KINDS}
+
+
+# ---------------------------------------------------------------------------
+# (a) fallback_saga
+# ---------------------------------------------------------------------------
+
+
+def build_fallback_saga() -> dict[str, Workload]:
+    import fs_sagas
+
+    from fallback_saga import SagaFailed, SagaStatus
+
+    sagas = {
+        "plain3": fs_sagas.Plain3,
+        "fallback3": fs_sagas.Fallback3,
+        "fail3": fs_sagas.Fail3,
+    }
+
+    def factory(kind: str) -> Callable[[], SagaRunner]:
+        def new_runner() -> SagaRunner:
+            saga = sagas[kind]()
+            Ctx = fs_sagas.Ctx
+
+            async def run_one() -> Any:
+                ctx = Ctx(order_id="o-1")
+                try:
+                    return ctx, await saga.run(ctx)
+                except SagaFailed as exc:
+                    return ctx, exc
+
+            return run_one
+
+        return new_runner
+
+    def check(kind: str) -> Callable[[Any], None]:
+        def _check(outcome: Any) -> None:
+            ctx, res = outcome
+            if kind == "fail3":
+                assert isinstance(res, SagaFailed), res
+                assert res.status == SagaStatus.COMPENSATED, res.status
+                assert isinstance(res.error, StepBoom), res.error
+                assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
+            else:
+                assert res.status == SagaStatus.COMPLETED, res.status
+                b = "b-fallback" if kind == "fallback3" else "b"
+                assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
+                assert len(res.results) == 3, res.results
+                assert res.results[1].response.value == b, res.results
+
+        return _check
+
+    return {k: Workload(k, factory(k), check(k)) for k in KINDS}

@@ -1,0 +1,66 @@
+"""fallback_saga: resilient multi-step business transactions for asyncio.
+
+Sagas of steps with ``act``/``compensate``, ``Fallback`` paths, a
+``CircuitBreaker``, compensation with retries, and a journal that makes
+crashed sagas resumable. Standard library only.
+"""
+
+from .breaker import CircuitBreaker, CircuitBreakerProtocol, CircuitOpenError, CircuitState
+from .context import SagaContext
+from .errors import (
+    ContextDecodeError,
+    ContextSerializationError,
+    SagaAlreadyExists,
+    SagaDefinitionError,
+    SagaError,
+    SagaFailed,
+    SagaNotFound,
+    SagaStoreError,
+)
+from .events import LoggingListener, SagaListener
+from .executor import SagaResult
+from .fallback import Fallback
+from .retry import RetryPolicy, set_testing
+from .saga import Saga, SagaTransaction
+from .status import SagaStatus, StepStatus
+from .step import Response, SagaStepHandler, SagaStepResult, Step, StepInfo, current_step
+from .store import JournalEntry, MemorySagaStore, SagaRecord, SagaStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerProtocol",
+    "CircuitOpenError",
+    "CircuitState",
+    "ContextDecodeError",
+    "ContextSerializationError",
+    "Fallback",
+    "JournalEntry",
+    "LoggingListener",
+    "MemorySagaStore",
+    "Response",
+    "RetryPolicy",
+    "Saga",
+    "SagaAlreadyExists",
+    "SagaContext",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaFailed",
+    "SagaListener",
+    "SagaNotFound",
+    "SagaRecord",
+    "SagaResult",
+    "SagaStatus",
+    "SagaStepHandler",
+    "SagaStepResult",
+    "SagaStore",
+    "SagaStoreError",
+    "SagaTransaction",
+    "Step",
+    "StepInfo",
+    "StepStatus",
+    "__version__",
+    "current_step",
+    "set_testing",
+]

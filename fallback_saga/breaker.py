@@ -1,0 +1,379 @@
+"""CircuitBreaker: stop calling a failing service, probe it, resume (rule S9).
+
+The breaker knows nothing about sagas: it guards any awaitable. Its state
+machine is split into *acquire a permit* and *record the outcome* so that no
+lock is ever held across the awaited call. A permit is the breaker's
+*generation* at the moment it was granted; every transition starts a new
+generation, so an outcome that arrives after a transition (a slow call from
+before the circuit opened, a probe from an earlier half-open round) is stale
+and never causes a transition.
+
+The closed path takes no lock and allocates nothing: granting a permit is two
+attribute reads, and a success with no pending failures writes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from .events import collect_hooks, emit
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerProtocol",
+    "CircuitOpenError",
+    "CircuitState",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitOpenError(Exception):
+    """The circuit is open (or its half-open trials are all taken): the call was
+    not made. ``retry_after`` is how many seconds until a trial may be let through."""
+
+    def __init__(self, breaker: str, retry_after: float) -> None:
+        self.breaker = breaker
+        self.retry_after = retry_after
+        super().__init__(f"circuit {breaker!r} is open; retry after {retry_after:.3f}s")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.breaker, self.retry_after))
+
+
+@runtime_checkable
+class CircuitBreakerProtocol(Protocol):
+    """What a ``Fallback`` needs from a breaker, so any breaker can be plugged in.
+
+    ``call`` runs ``fn`` under the breaker; ``is_open_error`` recognises the
+    breaker's own "rejected without calling" error. An adapter for another
+    library is a few lines.
+    """
+
+    async def call(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T: ...
+
+    def is_open_error(self, error: BaseException) -> bool: ...
+
+
+class CircuitBreaker:
+    """CLOSED → OPEN after ``fail_max`` consecutive counted failures; OPEN rejects
+    with ``CircuitOpenError`` for ``reset_timeout`` seconds; then HALF_OPEN lets
+    ``half_open_max_calls`` trial calls through at once: a success closes the
+    circuit, a failure re-opens it.
+
+    * ``exclude`` — exception types and/or predicates ``(error) -> bool`` for
+      errors that say nothing about the service's health (business errors).
+      They are ignored: neither counted nor resetting the count, re-raised as is.
+    * The error that trips the breaker is re-raised unchanged.
+    * A cancelled call returns its permit and counts as nothing.
+    * If half-open trials never report back (a hung call), a new round of
+      trials is allowed after another ``reset_timeout``; late outcomes of the
+      old round are ignored.
+    * ``clock`` — zero-argument callable returning monotonic seconds
+      (default ``time.monotonic``); inject a fake one in tests.
+
+    Thread-safe; usable as ``await breaker.call(fn, ...)``, as a decorator of
+    async functions, and as ``async with breaker:``.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_exclude_predicates",
+        "_exclude_types",
+        "_failures",
+        "_generation",
+        "_half_open_in_flight",
+        "_half_open_until",
+        "_lock",
+        "_on_change",
+        "_open_until",
+        "_permits",
+        "_state",
+        "fail_max",
+        "half_open_max_calls",
+        "name",
+        "reset_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        fail_max: int = 5,
+        reset_timeout: float = 60.0,
+        exclude: Iterable[ExcludeRule] = (),
+        half_open_max_calls: int = 1,
+        clock: Callable[[], float] | None = None,
+        name: str | None = None,
+        listeners: Iterable[object] = (),
+    ) -> None:
+        if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
+            raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
+        if not isinstance(reset_timeout, int | float) or not reset_timeout > 0:
+            raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
+        if (
+            isinstance(half_open_max_calls, bool)
+            or not isinstance(half_open_max_calls, int)
+            or half_open_max_calls < 1
+        ):
+            raise ValueError(
+                f"half_open_max_calls must be an int >= 1, got {half_open_max_calls!r}"
+            )
+        types: list[type[BaseException]] = []
+        predicates: list[Callable[[BaseException], bool]] = []
+        for rule in exclude:
+            if isinstance(rule, type) and issubclass(rule, BaseException):
+                types.append(rule)
+            elif callable(rule) and not isinstance(rule, type):
+                predicates.append(rule)
+            else:
+                raise TypeError(
+                    f"exclude takes exception types or predicates (error) -> bool, got {rule!r}"
+                )
+        self.fail_max = fail_max
+        self.reset_timeout = float(reset_timeout)
+        self.half_open_max_calls = half_open_max_calls
+        self.name = name if name is not None else f"breaker-{id(self):x}"
+        self._exclude_types = tuple(types)
+        self._exclude_predicates = tuple(predicates)
+        self._clock = clock or time.monotonic
+        self._on_change = collect_hooks(listeners, "breaker_state_changed")
+        self._lock = threading.Lock()
+        self._state = CircuitState.CLOSED
+        self._generation = 0
+        self._failures = 0
+        self._open_until = 0.0
+        self._half_open_until = 0.0
+        self._half_open_in_flight = 0
+        self._permits: ContextVar[tuple[int, object]] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreaker(name={self.name!r}, state={self._state.value}, "
+            f"failures={self._failures}/{self.fail_max})"
+        )
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state; an OPEN circuit whose timeout passed reads HALF_OPEN."""
+        if self._state is CircuitState.OPEN and self._clock() >= self._open_until:
+            with self._lock:
+                change = self._maybe_half_open(self._clock())
+            self._announce(change)
+        return self._state
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive counted failures while CLOSED."""
+        return self._failures
+
+    @property
+    def half_open_calls_in_flight(self) -> int:
+        return self._half_open_in_flight
+
+    def is_open_error(self, error: BaseException) -> bool:
+        return isinstance(error, CircuitOpenError)
+
+    # ------------------------------------------------------------------ manual control
+
+    def open(self) -> None:
+        """Open the circuit now (e.g. from an operator command or a health check)."""
+        with self._lock:
+            change = self._transition(CircuitState.OPEN, self._clock())
+        self._announce(change)
+
+    def close(self) -> None:
+        """Close the circuit now and forget counted failures."""
+        with self._lock:
+            change = self._transition(CircuitState.CLOSED, self._clock())
+        self._announce(change)
+
+    # ------------------------------------------------------------------ permits
+
+    def acquire(self) -> int:
+        """Ask to make one call: returns a permit, or raises ``CircuitOpenError``.
+
+        Every permit must be handed back exactly once, through
+        ``record_success``, ``record_failure`` or ``release``.
+        """
+        generation = self._generation
+        state = self._state
+        if state is CircuitState.CLOSED:
+            return generation
+        if state is CircuitState.OPEN:
+            now = self._clock()
+            remaining = self._open_until - now
+            if remaining > 0:  # the common rejection: decided without the lock
+                raise CircuitOpenError(self.name, remaining)
+        return self._acquire_slow()
+
+    def _acquire_slow(self) -> int:
+        with self._lock:
+            now = self._clock()
+            change = self._maybe_half_open(now)
+            state = self._state
+            if state is CircuitState.OPEN:
+                retry_after = self._open_until - now
+            elif state is CircuitState.HALF_OPEN:
+                if (
+                    self._half_open_in_flight >= self.half_open_max_calls
+                    and now >= self._half_open_until
+                ):
+                    # The trials never reported back: start a new round; their
+                    # late outcomes belong to the old generation and are ignored.
+                    self._generation += 1
+                    self._half_open_in_flight = 0
+                    self._half_open_until = now + self.reset_timeout
+                if self._half_open_in_flight < self.half_open_max_calls:
+                    self._half_open_in_flight += 1
+                    retry_after = -1.0
+                else:
+                    retry_after = self._half_open_until - now
+            else:
+                retry_after = -1.0
+            generation = self._generation
+        self._announce(change)
+        if retry_after >= 0:
+            raise CircuitOpenError(self.name, max(retry_after, 0.0))
+        return generation
+
+    def record_success(self, permit: int) -> None:
+        """The permitted call succeeded."""
+        if permit != self._generation:
+            return
+        state = self._state
+        if state is CircuitState.CLOSED:
+            if self._failures:
+                with self._lock:
+                    if permit == self._generation:
+                        self._failures = 0
+            return
+        if state is CircuitState.HALF_OPEN:
+            with self._lock:
+                change = None
+                if permit == self._generation and self._state is CircuitState.HALF_OPEN:
+                    change = self._transition(CircuitState.CLOSED, self._clock())
+            self._announce(change)
+
+    def record_failure(self, permit: int) -> None:
+        """The permitted call failed with an error that counts."""
+        with self._lock:
+            change = None
+            if permit == self._generation:
+                if self._state is CircuitState.CLOSED:
+                    self._failures += 1
+                    if self._failures >= self.fail_max:
+                        change = self._transition(CircuitState.OPEN, self._clock())
+                elif self._state is CircuitState.HALF_OPEN:
+                    change = self._transition(CircuitState.OPEN, self._clock())
+        self._announce(change)
+
+    def release(self, permit: int) -> None:
+        """Return a permit whose outcome says nothing (cancelled, or an excluded error)."""
+        if permit != self._generation or self._state is not CircuitState.HALF_OPEN:
+            return
+        with self._lock:
+            if (
+                permit == self._generation
+                and self._state is CircuitState.HALF_OPEN
+                and self._half_open_in_flight > 0
+            ):
+                self._half_open_in_flight -= 1
+
+    def is_excluded(self, error: BaseException) -> bool:
+        """Whether ``error`` is one the breaker ignores (``exclude``)."""
+        if self._exclude_types and isinstance(error, self._exclude_types):
+            return True
+        return any(predicate(error) for predicate in self._exclude_predicates)
+
+    def _record(self, permit: int, error: BaseException | None) -> None:
+        if error is None:
+            self.record_success(permit)
+        elif isinstance(error, Exception) and not self.is_excluded(error):
+            self.record_failure(permit)
+        else:  # cancellation and other BaseExceptions, or an excluded error
+            self.release(permit)
+
+    # ------------------------------------------------------------------ transitions (lock held)
+
+    def _maybe_half_open(self, now: float) -> tuple[CircuitState, CircuitState] | None:
+        if self._state is CircuitState.OPEN and now >= self._open_until:
+            return self._transition(CircuitState.HALF_OPEN, now)
+        return None
+
+    def _transition(
+        self, new: CircuitState, now: float
+    ) -> tuple[CircuitState, CircuitState] | None:
+        old = self._state
+        self._state = new
+        self._generation += 1
+        self._failures = 0
+        self._half_open_in_flight = 0
+        if new is CircuitState.OPEN:
+            self._open_until = now + self.reset_timeout
+        elif new is CircuitState.HALF_OPEN:
+            self._half_open_until = now + self.reset_timeout
+        return None if old is new else (old, new)
+
+    def _announce(self, change: tuple[CircuitState, CircuitState] | None) -> None:
+        if change is not None and self._on_change:
+            emit(self._on_change, self.name, change[0].value, change[1].value)
+
+    # ------------------------------------------------------------------ ways to call
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` under the breaker."""
+        permit = self.acquire()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as error:
+            self._record(permit, error)
+            raise
+        self.record_success(permit)
+        return result
+
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        """Decorate an async function so every call goes through the breaker."""
+
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await self.call(fn, *args, **kwargs)
+
+        return guarded
+
+    async def __aenter__(self) -> CircuitBreaker:
+        permit = self.acquire()
+        if self._permits is None:
+            self._permits = ContextVar(f"fallback_saga_permits_{self.name}")
+        # A per-task stack of permits (immutable pairs), so nested and
+        # concurrent ``async with`` blocks each return their own permit.
+        self._permits.set((permit, self._permits.get(None)))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._permits is not None
+        permit, outer = self._permits.get()
+        self._permits.set(outer)  # type: ignore[arg-type]
+        self._record(permit, exc)

@@ -1,0 +1,100 @@
+"""RetryPolicy: how many tries, and how long to wait between them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+__all__ = ["RetryPolicy", "set_testing"]
+
+Sleep = Callable[[float], Awaitable[object]]
+ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+_testing = False
+
+
+def set_testing(enabled: bool = True) -> None:
+    """Turn real sleeping between retries off (``True``) or back on.
+
+    Meant for test suites: retries still happen, the delays are computed,
+    but nothing waits. A policy with its own ``sleep`` keeps using it.
+    """
+    global _testing
+    _testing = enabled
+
+
+async def _no_sleep(delay: float) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Total ``attempts`` with capped, jittered exponential backoff.
+
+    The wait before try *n+1* is ``min(max_delay, delay * backoff**(n-1))``
+    plus a random ``[0, jitter]`` seconds, never more than ``max_delay``.
+    ``retry_on`` picks the errors worth another try (types or a predicate);
+    by default every ``Exception``. Cancellation is never retried.
+
+    ``attempts`` counts every try: ``attempts=1`` means no retry. ``sleep``
+    replaces ``asyncio.sleep`` (tests inject a recorder).
+    """
+
+    attempts: int = 3
+    delay: float = 0.1
+    backoff: float = 2.0
+    max_delay: float = 10.0
+    jitter: float = 0.1
+    retry_on: ExceptionFilter = (Exception,)
+    sleep: Sleep | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"attempts must be an int, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts is the total number of tries and must be >= 1, "
+                             f"got {self.attempts}")
+        for name in ("delay", "max_delay", "jitter"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.backoff, int | float) and self.backoff >= 1):
+            raise ValueError(f"backoff must be >= 1, got {self.backoff!r}")
+        if isinstance(self.retry_on, tuple):
+            for kind in self.retry_on:
+                if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                    raise TypeError(f"retry_on must hold exception types, got {kind!r}")
+        elif not callable(self.retry_on):
+            raise TypeError("retry_on must be a tuple of exception types or a predicate")
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before try number ``attempt`` (2, 3, ...)."""
+        if attempt <= 1:
+            return 0.0
+        base = self.delay * self.backoff ** (attempt - 2)
+        wait = min(self.max_delay, base)
+        if self.jitter:
+            wait += random.uniform(0.0, self.jitter)
+        return min(self.max_delay, wait)
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        """Whether try ``attempt`` failing with ``error`` deserves another try."""
+        if attempt >= self.attempts or not isinstance(error, Exception):
+            return False
+        if isinstance(self.retry_on, tuple):
+            return isinstance(error, self.retry_on)
+        return bool(self.retry_on(error))
+
+    async def wait_before(self, attempt: int) -> None:
+        """Sleep before try ``attempt`` (no real sleep under ``set_testing``)."""
+        sleep = self.sleep
+        if sleep is None:
+            sleep = _no_sleep if _testing else asyncio.sleep
+        await sleep(self.delay_before(attempt))
+
+
+NO_RETRY = RetryPolicy(attempts=1, delay=0.0, jitter=0.0)
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(attempts=3, delay=0.1, backoff=2.0, max_delay=5.0)

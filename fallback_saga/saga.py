@@ -1,0 +1,227 @@
+"""``Saga``: declare the steps once; run them as often as you like."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, ClassVar, Generic, TypeVar
+
+from .definition import BranchSpec, FallbackSpec, SagaDefinition, build_definition
+from .executor import (
+    Branch,
+    Execution,
+    FallbackPlan,
+    Hooks,
+    JournalWriteFailed,
+    PlanItem,
+    SagaResult,
+    _shielded,
+)
+from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
+from .status import SagaStatus
+from .step import SagaStepResult, Step
+from .store.base import SagaStore
+from .store.memory import MemorySagaStore
+
+__all__ = ["Saga", "SagaTransaction"]
+
+ContextT = TypeVar("ContextT")
+
+StepFactory = Callable[[type], Any]
+
+
+class Saga(Generic[ContextT]):
+    """Subclass with ``steps = [...]``: step classes, step instances or ``Fallback``\\ s.
+
+    The list is validated when the class is created (``SagaDefinitionError``).
+    An instance binds the definition to its collaborators::
+
+        saga = OrderSaga(store=SQLiteSagaStore("sagas.db"), step_factory=container.get)
+        result = await saga.run(OrderContext(order_id="42"))
+
+    * ``store`` — where every transition is journaled (default: a fresh
+      ``MemorySagaStore`` per saga instance, available as ``saga.store``);
+    * ``step_factory`` — ``factory(step_class) -> step`` builds each step
+      class once, when the saga instance is created (dependency injection;
+      default ``cls()``); step instances in ``steps`` are used as given;
+    * ``compensation_retry`` — the ``RetryPolicy`` of every ``compensate``
+      (default: 3 attempts, 0.1 s doubling, jittered, capped at 5 s);
+    * ``listeners`` — objects with hooks (see ``SagaListener``).
+
+    One instance may run many sagas concurrently; steps should keep no
+    per-run state on ``self`` (the context is where run state lives).
+    """
+
+    steps: ClassVar[list[Any]]
+    definition: ClassVar[SagaDefinition]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        steps = getattr(cls, "steps", None)
+        if steps is None:
+            return  # an abstract intermediate class; its subclasses declare steps
+        cls.definition = build_definition(cls, steps)
+
+    def __init__(
+        self,
+        *,
+        store: SagaStore | None = None,
+        step_factory: StepFactory | None = None,
+        compensation_retry: RetryPolicy | None = None,
+        listeners: Iterable[object] = (),
+    ) -> None:
+        definition = getattr(type(self), "definition", None)
+        if definition is None:
+            raise TypeError(f"{type(self).__name__} declares no steps; subclass Saga with steps")
+        if compensation_retry is not None and not isinstance(compensation_retry, RetryPolicy):
+            raise TypeError(f"compensation_retry must be a RetryPolicy, got {compensation_retry!r}")
+        self.store: SagaStore = store if store is not None else MemorySagaStore()
+        self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
+        self.listeners = tuple(listeners)
+        self._hooks = Hooks(self.listeners)
+        factory = step_factory or _construct
+        self._plan: tuple[PlanItem, ...] = tuple(
+            _plan_item(spec, factory) for spec in definition.items
+        )
+
+    @property
+    def name(self) -> str:
+        return self.definition.saga_name
+
+    def _execution(self, context: ContextT, saga_id: str | None) -> Execution:
+        expected = self.definition.context_type
+        if expected is not None and not isinstance(context, expected):
+            raise TypeError(
+                f"{self.name} runs on {expected.__name__}, got {type(context).__name__}"
+            )
+        return Execution(
+            saga_name=self.definition.saga_name,
+            fingerprint=self.definition.fingerprint,
+            context=context,
+            saga_id=saga_id,
+            store=self.store,
+            hooks=self._hooks,
+            compensation_retry=self.compensation_retry,
+        )
+
+    async def run(self, context: ContextT, *, saga_id: str | None = None) -> SagaResult[ContextT]:
+        """Run every step in order.
+
+        Returns a ``SagaResult`` when all completed. Otherwise unwinds the
+        completed steps (in reverse) and raises ``SagaFailed``. If the task is
+        cancelled, the completed steps are compensated before
+        ``CancelledError`` propagates. A context the journal cannot serialize
+        is refused before any step runs (``ContextSerializationError``).
+        """
+        return await self._execution(context, saga_id).run_all(self._plan)
+
+    def transaction(
+        self, context: ContextT, *, saga_id: str | None = None
+    ) -> SagaTransaction[ContextT]:
+        """Step through the saga: ``async with saga.transaction(ctx) as tx: async for r in tx``.
+
+        The saga commits (COMPLETED) when the block exits normally after every
+        step ran. Leaving the block early — an exception, a ``break`` — unwinds
+        the steps that completed; an exception then propagates unchanged.
+        """
+        return SagaTransaction(self._execution(context, saga_id), self._plan)
+
+
+class SagaTransaction(Generic[ContextT]):
+    """A saga run driven step by step by the caller (see ``Saga.transaction``)."""
+
+    def __init__(self, execution: Execution, plan: tuple[PlanItem, ...]) -> None:
+        self._execution = execution
+        self._plan = plan
+        self._next = 0
+        self._entered = False
+        self._finished = False
+        self.result: SagaResult[ContextT] | None = None
+
+    @property
+    def saga_id(self) -> str:
+        return self._execution.saga_id
+
+    @property
+    def status(self) -> SagaStatus:
+        return self._execution.status
+
+    @property
+    def context(self) -> ContextT:
+        return self._execution.context  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> SagaTransaction[ContextT]:
+        if self._entered:
+            raise RuntimeError("a saga transaction can be entered only once")
+        self._entered = True
+        self._execution.begin()
+        return self
+
+    def __aiter__(self) -> SagaTransaction[ContextT]:
+        return self
+
+    async def __anext__(self) -> SagaStepResult[ContextT, Any]:
+        if not self._entered:
+            raise RuntimeError("iterate a saga transaction inside `async with`")
+        if self._finished or self._next >= len(self._plan):
+            raise StopAsyncIteration
+        item = self._plan[self._next]
+        execution = self._execution
+        try:
+            step_result = await execution.run_item(item)
+        except (Exception, JournalWriteFailed) as error:
+            self._finished = True
+            await execution.fail(error)
+        except asyncio.CancelledError:
+            self._finished = True
+            await execution.abort()
+            raise
+        self._next += 1
+        execution.results.append(step_result)
+        return step_result
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        execution = self._execution
+        if exc is None and self._next >= len(self._plan):
+            self.result = await execution.complete()
+            return
+        if exc is not None and not isinstance(exc, Exception | asyncio.CancelledError):
+            return  # KeyboardInterrupt and friends: the process is going down
+        await _shielded(execution.unwind())
+        execution._announce_finish(exc)
+
+
+def _construct(cls: type) -> Any:
+    return cls()
+
+
+def _plan_item(spec: BranchSpec | FallbackSpec, factory: StepFactory) -> PlanItem:
+    if isinstance(spec, FallbackSpec):
+        return FallbackPlan(
+            spec.rule,
+            _build_branch(spec.primary, factory, spec.rule.retry),
+            _build_branch(spec.fallback, factory, None),
+        )
+    return _build_branch(spec, factory, None)
+
+
+def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | None) -> Branch:
+    step = factory(spec.source) if isinstance(spec.source, type) else spec.source
+    if not isinstance(step, Step):
+        raise TypeError(
+            f"step_factory({spec.source.__name__}) returned {step!r}, which has no "
+            f"async act/compensate"
+        )
+    own_retry = getattr(step, "retry", None)
+    if retry is None and isinstance(own_retry, RetryPolicy):
+        retry = own_retry
+    return Branch(spec.position, spec.name, spec.branch, step, spec.timeout, retry)

@@ -1,0 +1,38 @@
+"""The statuses a saga and its steps move through, as journaled."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["SagaStatus", "StepStatus"]
+
+
+class SagaStatus(StrEnum):
+    """Where a saga stands. ``COMPLETED``, ``COMPENSATED`` and ``FAILED`` are final.
+
+    ``FAILED`` means unwinding could not undo everything (a compensation kept
+    failing): the saga needs an operator. ``COMPENSATED`` means every completed
+    step was undone.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+
+
+class StepStatus(StrEnum):
+    """One journaled transition of one step's ``act`` or ``compensate``."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"

@@ -1,0 +1,147 @@
+"""Steps: the ``Step`` protocol, the ``SagaStepHandler`` base, results and responses."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from contextvars import ContextVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
+
+__all__ = [
+    "Response",
+    "SagaStepHandler",
+    "SagaStepResult",
+    "Step",
+    "StepInfo",
+    "current_step",
+    "step_name",
+]
+
+ContextT = TypeVar("ContextT")
+ContextT_contra = TypeVar("ContextT_contra", contravariant=True)
+ResponseT = TypeVar("ResponseT")
+
+
+class Response:
+    """Base for step responses.
+
+    A subclass declared with annotations only is made a keyword-constructible,
+    comparable dataclass automatically — no decorator needed::
+
+        class ReserveInventoryResponse(Response):
+            reservation_id: str
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__dataclass_fields__" not in cls.__dict__:
+            dataclasses.dataclass(cls)
+
+
+@runtime_checkable
+class Step(Protocol[ContextT_contra]):
+    """What the executor calls: ``act`` does the work, ``compensate`` undoes it.
+
+    ``act`` may return anything (usually a ``SagaStepResult``); ``compensate``
+    must tolerate being called for an ``act`` whose effect is uncertain, and
+    be idempotent — after a crash it may run again.
+    """
+
+    async def act(self, context: ContextT_contra, /) -> Any: ...
+
+    async def compensate(self, context: ContextT_contra, /) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SagaStepResult(Generic[ContextT, ResponseT]):
+    """What one step produced, as streamed by ``Saga.transaction``."""
+
+    response: ResponseT
+    step_name: str
+    saga_id: str
+
+
+class SagaStepHandler(Generic[ContextT, ResponseT]):
+    """Convenient base for steps bound to a context type and a response type.
+
+    The saga checks at class creation that the context type is one the saga
+    provides. Optional class attributes:
+
+    * ``name`` — the step's name in the journal (default: the class name);
+    * ``timeout`` — seconds allowed for each ``act``/``compensate`` call;
+      exceeding it fails the call with ``TimeoutError``.
+    """
+
+    name: ClassVar[str | None] = None
+    timeout: ClassVar[float | None] = None
+
+    @abstractmethod
+    async def act(self, context: ContextT, /) -> SagaStepResult[ContextT, ResponseT]:
+        """Do the step's work, mutating ``context``; return ``_generate_step_result(...)``."""
+
+    async def compensate(self, context: ContextT, /) -> None:
+        """Undo ``act``. The default does nothing (a step with no effect to undo)."""
+
+    def _generate_step_result(self, response: ResponseT) -> SagaStepResult[ContextT, ResponseT]:
+        running = _CURRENT_STEP.get()
+        if running is None:
+            return SagaStepResult(response=response, step_name=step_name(self), saga_id="")
+        return SagaStepResult(response=response, step_name=running.step, saga_id=running.saga_id)
+
+
+def step_name(step: object) -> str:
+    """A step's journal name: its ``name`` attribute if set, else its class name."""
+    explicit = getattr(step, "name", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    cls = step if isinstance(step, type) else type(step)
+    return cls.__name__
+
+
+class StepInfo:
+    """Facts about the step call that is running now (see ``current_step``)."""
+
+    __slots__ = ("action", "attempt", "saga_id", "saga_name", "step")
+
+    def __init__(
+        self,
+        saga_id: str,
+        saga_name: str,
+        step: str,
+        action: Literal["act", "compensate"],
+        attempt: int,
+    ) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.step = step
+        self.action = action
+        self.attempt = attempt
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable for this saga, step and action: the same on every retry and
+        after a crash, so a participant can deduplicate (``saga:step`` for
+        ``act``, ``saga:step:compensate`` for ``compensate``)."""
+        if self.action == "act":
+            return f"{self.saga_id}:{self.step}"
+        return f"{self.saga_id}:{self.step}:compensate"
+
+    def __repr__(self) -> str:
+        return (
+            f"StepInfo(saga_id={self.saga_id!r}, step={self.step!r}, "
+            f"action={self.action!r}, attempt={self.attempt})"
+        )
+
+
+_CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("fallback_saga_current_step", default=None)
+
+
+def current_step() -> StepInfo:
+    """The step call running in this task: saga id, step name, attempt, idempotency key.
+
+    Raises ``LookupError`` outside a step's ``act``/``compensate``.
+    """
+    running = _CURRENT_STEP.get()
+    if running is None:
+        raise LookupError("current_step() is only available inside a step's act or compensate")
+    return running

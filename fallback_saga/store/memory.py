@@ -1,0 +1,108 @@
+"""MemorySagaStore: the default store, in process memory, with bounded retention."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import SagaAlreadyExists, SagaNotFound
+from ..status import SagaStatus
+from .base import JournalEntry, SagaRecord
+
+__all__ = ["MemorySagaStore"]
+
+
+class MemorySagaStore:
+    """Keeps sagas in a dict. Nothing survives the process: use it for tests,
+    for sagas that need no crash recovery, or as the fastest default.
+
+    Finished sagas (COMPLETED, COMPENSATED, FAILED) are kept for inspection,
+    at most ``max_finished`` of them: the oldest finished are dropped first,
+    so a long-running service's memory stays flat. Running sagas are never
+    dropped.
+    """
+
+    def __init__(self, *, max_finished: int = 10_000) -> None:
+        if isinstance(max_finished, bool) or not isinstance(max_finished, int) or max_finished < 0:
+            raise ValueError(f"max_finished must be an int >= 0, got {max_finished!r}")
+        self.max_finished = max_finished
+        self._sagas: dict[str, SagaRecord] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sagas)
+
+    async def create(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus = SagaStatus.RUNNING,
+    ) -> None:
+        if saga_id in self._sagas:
+            raise SagaAlreadyExists(saga_id)
+        now = time.time()
+        self._sagas[saga_id] = SagaRecord(
+            saga_id=saga_id,
+            saga_name=saga_name,
+            fingerprint=fingerprint,
+            status=status,
+            context=context,
+            history=list(entries),
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+        if status.is_final:
+            self._retire(saga_id)
+
+    async def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            raise SagaNotFound(saga_id)
+        record.history.extend(entries)
+        if context is not None:
+            record.context = context
+        record.updated_at = time.time()
+        record.version += 1
+        if status is not None and status is not record.status:
+            record.status = status
+            if status.is_final:
+                self._retire(saga_id)
+
+    async def load(self, saga_id: str) -> SagaRecord:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            raise SagaNotFound(saga_id)
+        # Callers get their own copy: mutating it must not rewrite the journal.
+        return SagaRecord(
+            saga_id=record.saga_id,
+            saga_name=record.saga_name,
+            fingerprint=record.fingerprint,
+            status=record.status,
+            context=copy.deepcopy(record.context),
+            history=list(record.history),
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            version=record.version,
+        )
+
+    def _retire(self, saga_id: str) -> None:
+        finished = self._finished
+        finished[saga_id] = None
+        while len(finished) > self.max_finished:
+            oldest, _ = finished.popitem(last=False)
+            self._sagas.pop(oldest, None)
