@@ -223,28 +223,19 @@ def _slot_names(cls: type) -> tuple[str, ...]:
 _SLOT_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-class Snapshot:
+class Snapshot(tuple[Any, ...]):
     """The deep state of one context at one moment; restores it in place.
 
     The context object itself keeps its identity (S2): its ``__dict__`` and
     slots are rewritten, so every holder of a reference sees the restored
     state. A reference from inside the context back to the context itself is
     kept pointing at the live object.
+
+    (A tuple underneath — ``owner, state, slot_names, slots, flat`` — because
+    one is taken before every step and a tuple is the cheapest object to make.)
     """
 
-    __slots__ = ("_dict", "_owner", "_slot_names", "_slots")
-
-    def __init__(
-        self,
-        owner: object,
-        state: dict[str, Any] | None,
-        slot_names: tuple[str, ...],
-        slots: dict[str, Any],
-    ) -> None:
-        self._owner = owner
-        self._dict = state
-        self._slot_names = slot_names
-        self._slots = slots
+    __slots__ = ()
 
     def restore(self, context: object, *, reuse: bool = True) -> None:
         """Write the snapshot back into ``context``.
@@ -253,42 +244,68 @@ class Snapshot:
         restored later once more; ``reuse=False`` hands over its own objects
         (cheaper; the snapshot must not be used afterwards).
         """
-        if context is not self._owner:
+        if context is not self[0]:
             raise ValueError("a snapshot can only be restored into the context it was taken from")
-        state, slots = self._dict, self._slots
+        self._install(context, reuse)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The journal form of the state this snapshot holds (see ``context_to_dict``)."""
+        owner_type: Any = type(self[0])
+        shell = owner_type.__new__(owner_type)
+        self._install(shell, reuse=True)
+        return context_to_dict(shell)
+
+    def _install(self, target: object, reuse: bool) -> None:
+        owner, state, slot_names, slots, flat = self
         if reuse:
-            memo: _Memo = {id(context): context}
-            if state is not None:
-                state = _copy_dict(state, memo)
-            if slots:
-                slots = _copy_dict(slots, memo)
+            if flat:
+                state = state.copy()
+            else:
+                memo: _Memo = {id(owner): target}
+                if state is not None:
+                    state = _copy_dict(state, memo)
+                if slots:
+                    slots = _copy_dict(slots, memo)
         if state is not None:
-            live = context.__dict__
+            live = target.__dict__
             live.clear()
             live.update(state)
-        if self._slot_names:
-            for name in self._slot_names:
-                if name in slots:
-                    object.__setattr__(context, name, slots[name])
-                elif hasattr(context, name):
-                    object.__delattr__(context, name)
+        for name in slot_names:
+            if name in slots:
+                object.__setattr__(target, name, slots[name])
+            elif hasattr(target, name):
+                object.__delattr__(target, name)
 
 
 _UNSET = object()
+_make_snapshot = tuple.__new__
+# Per context class: True when its whole state is its __dict__ (no slots).
+_DICT_ONLY: dict[type, bool] = {}
 
 
 def take_snapshot(context: object) -> Snapshot:
     """Deep-copy ``context``'s state (S1): nested lists, dicts and objects included."""
-    memo: _Memo = {id(context): context}
-    state = getattr(context, "__dict__", None)
-    state_copy = None if state is None else _copy_dict(state, memo)
-    slot_names = _slot_names(type(context))
+    cls = context.__class__
+    dict_only = _DICT_ONLY.get(cls)
+    if dict_only is None:
+        dict_only = _DICT_ONLY[cls] = hasattr(context, "__dict__") and not _slot_names(cls)
+    if dict_only:
+        state = context.__dict__
+        if _IMMUTABLE.issuperset(map(type, state.values())):
+            # The common flat context (ids, amounts, flags): a C-speed check and copy.
+            return _make_snapshot(Snapshot, (context, state.copy(), (), None, True))
+        memo: _Memo = {id(context): context}
+        return _make_snapshot(Snapshot, (context, _copy_dict(state, memo), (), None, False))
+    memo = {id(context): context}
+    own_dict = getattr(context, "__dict__", None)
+    state_copy = None if own_dict is None else _copy_dict(own_dict, memo)
+    slot_names = _slot_names(cls)
     slots: dict[str, Any] = {}
     for name in slot_names:
         value = getattr(context, name, _UNSET)
         if value is not _UNSET:  # an unset slot stays unset on restore
             slots[name] = _copy(value, memo)
-    return Snapshot(context, state_copy, slot_names, slots)
+    return _make_snapshot(Snapshot, (context, state_copy, slot_names, slots, False))
 
 
 # --------------------------------------------------------------------------- journal form
@@ -305,15 +322,27 @@ def context_to_dict(context: object) -> dict[str, Any]:
     ``Enum`` (its value). Anything else raises ``ContextSerializationError``
     naming the field.
     """
-    if dataclasses.is_dataclass(context) and not isinstance(context, type):
-        return {
-            field.name: _encode(getattr(context, field.name), field.name)
-            for field in _fields(type(context))
-        }
-    state = getattr(context, "__dict__", None)
-    if state is None:
-        raise ContextSerializationError("<context>", context, "a context must be a dataclass")
-    return {key: _encode(value, key) for key, value in state.items()}
+    cls = type(context)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        if dataclasses.is_dataclass(context):
+            names = tuple(field.name for field in dataclasses.fields(context))
+            _FIELD_NAMES[cls] = names
+        elif hasattr(context, "__dict__"):
+            return {key: _encode(value, key) for key, value in vars(context).items()}
+        else:
+            raise ContextSerializationError("<context>", context, "a context must be a dataclass")
+    scalars = _JSON_SCALARS
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(context, name)
+        out[name] = value if value.__class__ in scalars else _encode(value, name)
+    return out
+
+
+# Exact types that are already JSON (float is not: NaN and infinity are refused).
+_JSON_SCALARS: frozenset[type] = frozenset({str, int, bool, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
@@ -328,25 +357,31 @@ _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 
 def _encode(value: Any, path: str) -> Any:
     cls = value.__class__
-    if cls is str or cls is int or cls is bool or value is None:
+    if cls in _JSON_SCALARS:
         return value
     if cls is float:
         if not math.isfinite(value):
             raise ContextSerializationError(path, value, "NaN and infinity are not JSON")
         return value
+    if cls is list or cls is tuple:
+        scalars = _JSON_SCALARS
+        return [
+            item if item.__class__ in scalars else _encode(item, f"{path}[{index}]")
+            for index, item in enumerate(value)
+        ]
+    if cls is dict:
+        return {
+            _encode_key(key, path): _encode(item, f"{path}[{key!r}]") for key, item in value.items()
+        }
     if isinstance(value, Enum):
         return _encode(value.value, path)
     if cls is uuid.UUID or cls is Decimal:
         return str(value)
     if cls is datetime or cls is date or cls is time:
         return value.isoformat()
-    if cls is list or cls is tuple or cls is set or cls is frozenset:
-        items = sorted(value, key=repr) if cls is set or cls is frozenset else value
+    if cls is set or cls is frozenset:
+        items = sorted(value, key=repr)  # a stable order, so equal sets journal equally
         return [_encode(item, f"{path}[{index}]") for index, item in enumerate(items)]
-    if cls is dict:
-        return {
-            _encode_key(key, path): _encode(item, f"{path}[{key!r}]") for key, item in value.items()
-        }
     if dataclasses.is_dataclass(value):
         return {
             field.name: _encode(getattr(value, field.name), f"{path}.{field.name}")
@@ -455,7 +490,9 @@ def _expect(kind: type | tuple[type, ...], name: str) -> _Decoder:
     return decode
 
 
-def _via(convert: Callable[[Any], Any], name: str, source: type = str) -> _Decoder:
+def _via(
+    convert: Callable[[Any], Any], name: str, source: type | tuple[type, ...] = str
+) -> _Decoder:
     def decode(value: Any, path: str) -> Any:
         if isinstance(value, source) and not isinstance(value, bool):
             try:
@@ -496,7 +533,7 @@ def _build_decoder(tp: Any) -> _Decoder:
     if tp is uuid.UUID:
         return _via(uuid.UUID, "UUID")
     if tp is Decimal:
-        return _via(Decimal, "Decimal", (str, int, float))  # type: ignore[arg-type]
+        return _via(Decimal, "Decimal", (str, int, float))
     if tp is datetime:
         return _via(datetime.fromisoformat, "datetime")
     if tp is date:

@@ -1,40 +1,50 @@
 """The run of one saga: a state machine over the steps, a compensation stack,
 and write-ahead journaling.
 
-Per run, one ``Execution`` owns the context, the compensation stack and the
-status. It journals in batches: transitions accumulate in ``pending`` and are
-written in one store call right before the next step's ``act`` is called
-(write-ahead: a step's STARTED is durable before it runs), so "step N
-completed" and "step N+1 started" share one write. When a breaker rejects a
-call, the rejected step's rows simply join the fallback's write.
+Per run, one ``Execution`` owns the context, the compensation stack, the
+status and the journal. Transitions are appended to ``journal`` as they
+happen. How they reach the store depends on the store:
 
-Unwinding always runs in its own task, shielded from cancellation: once it
-begins, every completed step gets its ``compensate`` call even if the caller
-gives up (S8).
+* a write-ahead store (SQLite, PostgreSQL, any ``SagaStore``) gets every
+  transition not yet written in one call, right before the next ``act`` or
+  ``compensate`` is called — a step's STARTED is durable before it runs, and
+  "step N completed" + "step N+1 started" share one write. When a breaker
+  rejects a call, the rejected step's rows join the fallback's write;
+* an in-process store (``LiveJournal``, e.g. ``MemorySagaStore``) watches
+  the run instead, so journaling costs no await at all.
+
+The saga is on the hot path of every order, so the per-step work is kept to
+what the contract needs: one snapshot (S2), two journal tuples, a cursor
+update for ``current_step()``. Listener hooks are resolved once per saga
+instance; with no listener, nothing is called.
+
+Unwinding runs in the caller's task, never abandoned: if the task is
+cancelled while a compensation runs, that compensation is run again (S6/S10
+require compensations to be idempotent) and the unwinding goes on; the
+cancellation propagates once every completed step has been compensated (S8).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
+from functools import partial
+from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
-from .context import context_to_dict, take_snapshot
+from .context import Snapshot, context_to_dict, take_snapshot
 from .errors import ContextSerializationError, SagaFailed, SagaStoreError
 from .events import HOOK_NAMES, Hook, collect_hooks, emit
 from .fallback import Fallback
 from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
-from .step import _CURRENT_STEP, SagaStepResult, StepInfo
-from .store.base import JournalEntry, SagaStore
-
-if TYPE_CHECKING:
-    from .context import Snapshot
+from .step import _CURSOR, SagaStepResult, StepCursor
+from .store.base import JournalEntry, RawEntry, SagaStore
 
 __all__ = ["SagaResult"]
 
@@ -46,6 +56,7 @@ T = TypeVar("T")
 _STARTED = StepStatus.STARTED
 _COMPLETED = StepStatus.COMPLETED
 _FAILED = StepStatus.FAILED
+_now = time.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,37 @@ class SagaResult(Generic[ContextT]):
     status: SagaStatus
     context: ContextT
     results: list[SagaStepResult[ContextT, Any]]
+
+
+# --------------------------------------------------------------------------- saga ids
+
+
+def _new_id_prefix() -> str:
+    raw = os.urandom(10).hex()
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-"
+
+
+_id_prefix = _new_id_prefix()
+_id_counter = itertools.count(1)
+
+
+def _reseed_ids_after_fork() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = _new_id_prefix()
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_ids_after_fork)
+
+
+def new_saga_id() -> str:
+    """A unique saga id, shaped like a UUID: 80 random bits drawn once per
+    process (and again after ``fork``) followed by a counter. ``uuid4()``
+    costs a system call per id — more than a whole saga step here."""
+    return f"{_id_prefix}{next(_id_counter):012x}"
+
+
+# --------------------------------------------------------------------------- the plan
 
 
 class Branch:
@@ -129,26 +171,35 @@ class JournalWriteFailed(BaseException):
         self.error = error
 
 
-class Execution:
-    """The state of one saga run. Not reusable; not shared between tasks."""
+# --------------------------------------------------------------------------- the run
+
+
+class Execution(StepCursor):
+    """The state of one saga run. Not reusable; not shared between tasks.
+
+    It is also the run's ``StepCursor`` (what ``current_step()`` reads) and,
+    for an in-process store, the live record the store watches.
+    """
 
     __slots__ = (
         "compensation_retry",
         "context",
         "context_dirty",
         "created",
-        "current_step",
+        "created_at",
         "fingerprint",
         "hooks",
+        "image",
         "initial_context",
-        "pending",
+        "interrupted",
+        "journal",
+        "live",
         "pending_status",
         "results",
-        "saga_id",
-        "saga_name",
         "stack",
         "status",
         "store",
+        "written",
     )
 
     def __init__(
@@ -161,13 +212,13 @@ class Execution:
         store: SagaStore,
         hooks: Hooks,
         compensation_retry: RetryPolicy,
+        live: bool,
     ) -> None:
         if saga_id is None:
-            saga_id = str(uuid.uuid4())
+            saga_id = new_saga_id()
         elif not isinstance(saga_id, str) or not saga_id:
             raise ValueError(f"saga_id must be a non-empty str, got {saga_id!r}")
-        self.saga_id = saga_id
-        self.saga_name = saga_name
+        StepCursor.__init__(self, saga_id, saga_name)
         self.fingerprint = fingerprint
         self.context = context
         self.store = store
@@ -175,83 +226,112 @@ class Execution:
         self.compensation_retry = compensation_retry
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
-        self.pending: list[JournalEntry] = []
+        self.journal: list[RawEntry] = []
+        self.written = 0  # journal entries a write-ahead store already has
         self.pending_status: SagaStatus | None = None
         self.context_dirty = False
         self.created = False
+        self.interrupted = False
         self.status = SagaStatus.RUNNING
-        self.current_step = ""
-        # S12: a context the journal cannot hold is refused before any step runs.
-        self.initial_context = context_to_dict(context)
+        self.created_at = _now()
+        self.image: Snapshot | None = None
+        self.live = live  # the store is a LiveJournal (decided once per saga instance)
+        if live:
+            self.initial_context: dict[str, Any] | None = None
+        else:
+            # S12: a context the journal cannot hold is refused before any step runs.
+            self.initial_context = context_to_dict(context)
 
     # ------------------------------------------------------------------ lifecycle
 
     def begin(self) -> None:
+        if self.live:
+            self.store.track(self)  # type: ignore[attr-defined]
+            self.created = True
         if self.hooks.saga_started:
             emit(self.hooks.saga_started, self.saga_id, self.saga_name)
 
     async def run_all(self, plan: tuple[PlanItem, ...]) -> SagaResult[Any]:
         self.begin()
+        token = _CURSOR.set(self)
         try:
+            results = self.results
             for item in plan:
-                self.results.append(await self.run_item(item))
+                # run_item, inlined: this loop is the hottest path of the library
+                if isinstance(item, Branch):
+                    branch = item
+                    snapshot = self.image = take_snapshot(self.context)
+                    response = await self.try_branch(branch, snapshot, None)
+                else:
+                    branch, response = await self.run_fallback(item)
+                if not isinstance(response, SagaStepResult):
+                    response = SagaStepResult(response, branch.name, self.saga_id)
+                results.append(response)
         except (Exception, JournalWriteFailed) as error:
             await self.fail(error)
         except asyncio.CancelledError:
             await self.abort()
             raise
+        finally:
+            _CURSOR.reset(token)
         return await self.complete()
 
     async def run_item(self, item: PlanItem) -> SagaStepResult[Any, Any]:
-        if item.__class__ is Branch:
+        if isinstance(item, Branch):
             branch = item
-            response = await self.attempt(branch, take_snapshot(self.context), None)
+            snapshot = self.image = take_snapshot(self.context)
+            response = await self.try_branch(branch, snapshot, None)
         else:
             branch, response = await self.run_fallback(item)
-        if response.__class__ is SagaStepResult:
-            return response  # type: ignore[no-any-return]
+        if isinstance(response, SagaStepResult):
+            return response
         return SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)
 
     async def complete(self) -> SagaResult[Any]:
-        self.pending_status = SagaStatus.COMPLETED
-        try:
-            await self.flush()
-        except JournalWriteFailed as failure:
-            raise SagaStoreError(
-                f"saga {self.saga_name} ({self.saga_id}) ran every step, but its completion "
-                f"could not be journaled; the store still shows it running"
-            ) from failure.error
-        self.status = SagaStatus.COMPLETED
-        self._announce_finish(None)
+        if self.live:
+            self.image = take_snapshot(self.context)
+            self.status = SagaStatus.COMPLETED
+            self.store.finished(self)  # type: ignore[attr-defined]
+        else:
+            self.pending_status = SagaStatus.COMPLETED
+            try:
+                await self.flush()
+            except JournalWriteFailed as failure:
+                raise SagaStoreError(
+                    f"saga {self.saga_name} ({self.saga_id}) ran every step, but its completion "
+                    f"could not be journaled; the store still shows it running"
+                ) from failure.error
+            self.status = SagaStatus.COMPLETED
+        if self.hooks.saga_finished:
+            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
         return SagaResult(self.saga_id, self.status, self.context, self.results)
 
     async def fail(self, error: BaseException) -> NoReturn:
         """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7)."""
         error = _unwrap(error)
-        if not self.created and isinstance(error, SagaStoreError):
-            # Nothing was journaled and no step ran (e.g. the saga id is taken):
-            # there is nothing to unwind, and the store's own error says it best.
+        if not self.created:
+            # Nothing was journaled, so no step ran (the saga id is taken, the
+            # store is down): nothing to unwind; the error itself says it best.
             raise error
-        try:
-            compensation_errors = await _shielded(self.unwind())
-        except asyncio.CancelledError:
+        failed_step = self.step
+        compensation_errors = await self.unwind()
+        if self.interrupted:
             self._announce_finish(asyncio.CancelledError())
-            raise
-        failure = SagaFailed(
+            raise asyncio.CancelledError
+        self._announce_finish(error)
+        raise SagaFailed(
             saga_id=self.saga_id,
             saga_name=self.saga_name,
             status=self.status,
-            failed_step=self.current_step,
+            failed_step=failed_step,
             error=error,
             compensation_errors=compensation_errors,
-        )
-        self._announce_finish(error)
-        raise failure from error
+        ) from error
 
     async def abort(self) -> None:
-        """The task was cancelled mid-step: unwind shielded; the caller re-raises."""
+        """The task was cancelled mid-step: unwind; the caller re-raises."""
         try:
-            await _shielded(self.unwind())
+            await self.unwind()
         finally:
             self._announce_finish(asyncio.CancelledError())
 
@@ -262,10 +342,10 @@ class Execution:
     # ------------------------------------------------------------------ forward
 
     async def run_fallback(self, plan: FallbackPlan) -> tuple[Branch, Any]:
-        snapshot = take_snapshot(self.context)
+        snapshot = self.image = take_snapshot(self.context)
         rule = plan.rule
         try:
-            return plan.primary, await self.attempt(plan.primary, snapshot, plan)
+            return plan.primary, await self.try_branch(plan.primary, snapshot, plan)
         except Exception as error:
             if not rule.should_fall_back(error):
                 raise
@@ -279,7 +359,7 @@ class Execution:
                 primary_error,
             )
         try:
-            return plan.fallback, await self.attempt(plan.fallback, snapshot, None)
+            return plan.fallback, await self.try_branch(plan.fallback, snapshot, None)
         except Exception as error:
             # S4: keep both errors; the fallback's chains the primary's.
             if error is not primary_error:
@@ -289,39 +369,53 @@ class Execution:
                     error.__context__ = primary_error
             raise
 
-    async def attempt(self, branch: Branch, snapshot: Snapshot, plan: FallbackPlan | None) -> Any:
+    async def try_branch(
+        self, branch: Branch, snapshot: Snapshot, plan: FallbackPlan | None
+    ) -> Any:
         """Run ``branch.act`` (under the breaker, with retries); on success push it.
 
         Whatever happens, a failed try leaves the context as the snapshot had it.
         """
         breaker = plan.breaker if plan is not None else None
-        attempt = 1
         hooks = self.hooks
+        journal = self.journal
+        attempt = 1
         while True:
-            self.current_step = branch.name
-            self.pending.append(
-                JournalEntry(
-                    branch.position, branch.name, branch.branch, "act", _STARTED, attempt, None,
-                    time.time(),
-                )
+            self.step = branch.name
+            self.attempt = attempt
+            journal.append(
+                (branch.position, branch.name, branch.branch, "act", _STARTED, attempt, None,
+                 _now())
             )
             if hooks.step_started:
                 emit(hooks.step_started, self.saga_id, branch.name, attempt)
             try:
-                if breaker is None:
-                    response = await self.act(branch, attempt)
-                else:
-                    response = await breaker.call(self.act, branch, attempt)
+                if breaker is not None:
+                    response = await breaker.call(self.act, branch)
+                else:  # self.act, inlined (one coroutine less per step)
+                    if not self.live:
+                        await self.flush()
+                    self.action = "act"
+                    self.active = True
+                    try:
+                        if branch.timeout is None:
+                            response = await branch.act(self.context)
+                        else:
+                            async with asyncio.timeout(branch.timeout):
+                                response = await branch.act(self.context)
+                    finally:
+                        self.active = False
             except BaseException as error:
                 snapshot.restore(self.context)
-                self.pending.append(
-                    JournalEntry(
+                cause = _unwrap(error)
+                journal.append(
+                    (
                         branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-                        _describe(_unwrap(error)), time.time(),
+                        _describe(cause), _now(),
                     )
                 )
                 if hooks.step_failed:
-                    emit(hooks.step_failed, self.saga_id, branch.name, _unwrap(error))
+                    emit(hooks.step_failed, self.saga_id, branch.name, cause)
                 retry = branch.retry
                 if (
                     retry is None
@@ -332,11 +426,9 @@ class Execution:
                 await retry.wait_before(attempt + 1)
                 attempt += 1
                 continue
-            self.pending.append(
-                JournalEntry(
-                    branch.position, branch.name, branch.branch, "act", _COMPLETED, attempt, None,
-                    time.time(),
-                )
+            journal.append(
+                (branch.position, branch.name, branch.branch, "act", _COMPLETED, attempt, None,
+                 _now())
             )
             self.context_dirty = True
             self.stack.append(branch)
@@ -344,21 +436,21 @@ class Execution:
                 emit(hooks.step_completed, self.saga_id, branch.name)
             return response
 
-    async def act(self, branch: Branch, attempt: int) -> Any:
+    async def act(self, branch: Branch) -> Any:
         # Runs inside the breaker (when there is one): the write-ahead happens
         # only for a call that is let through, and a rejected call's rows are
         # written together with whatever comes next.
-        await self.flush()
-        token = _CURRENT_STEP.set(
-            StepInfo(self.saga_id, self.saga_name, branch.name, "act", attempt)
-        )
+        if not self.live:
+            await self.flush()
+        self.action = "act"
+        self.active = True
         try:
             if branch.timeout is None:
                 return await branch.act(self.context)
             async with asyncio.timeout(branch.timeout):
                 return await branch.act(self.context)
         finally:
-            _CURRENT_STEP.reset(token)
+            self.active = False
 
     # ------------------------------------------------------------------ backward
 
@@ -366,75 +458,127 @@ class Execution:
         """Compensate the stack in LIFO order (S5), retrying each (S6)."""
         self.status = SagaStatus.COMPENSATING
         self.pending_status = SagaStatus.COMPENSATING
-        hooks = self.hooks
-        policy = self.compensation_retry
         errors: dict[str, BaseException] = {}
         stack = self.stack
         while stack:
             branch = stack.pop()
-            attempt = 1
-            while True:
-                self.pending.append(
-                    JournalEntry(
-                        branch.position, branch.name, branch.branch, "compensate", _STARTED,
-                        attempt, None, time.time(),
-                    )
-                )
-                if hooks.compensation_started:
-                    emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
-                await self.flush(best_effort=True)
-                token = _CURRENT_STEP.set(
-                    StepInfo(self.saga_id, self.saga_name, branch.name, "compensate", attempt)
-                )
-                try:
-                    if branch.timeout is None:
-                        await branch.compensate(self.context)
-                    else:
-                        async with asyncio.timeout(branch.timeout):
-                            await branch.compensate(self.context)
-                except Exception as error:
-                    self.pending.append(
-                        JournalEntry(
-                            branch.position, branch.name, branch.branch, "compensate", _FAILED,
-                            attempt, _describe(error), time.time(),
-                        )
-                    )
-                    if policy.should_retry(error, attempt):
-                        await policy.wait_before(attempt + 1)
-                        attempt += 1
-                        continue
-                    errors[branch.name] = error
-                    if hooks.compensation_failed:
-                        emit(hooks.compensation_failed, self.saga_id, branch.name, error)
-                    break
-                finally:
-                    _CURRENT_STEP.reset(token)
-                self.pending.append(
-                    JournalEntry(
-                        branch.position, branch.name, branch.branch, "compensate", _COMPLETED,
-                        attempt, None, time.time(),
-                    )
-                )
-                self.context_dirty = True
-                if hooks.compensation_completed:
-                    emit(hooks.compensation_completed, self.saga_id, branch.name)
-                break
+            error = await self.compensate(branch)
+            if error is not None:
+                errors[branch.name] = error
         self.status = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
-        self.pending_status = self.status
-        await self.flush(best_effort=True)
+        if self.live:
+            self.image = take_snapshot(self.context)
+            self.store.finished(self)  # type: ignore[attr-defined]
+        else:
+            self.pending_status = self.status
+            await self._despite_cancellation(lambda: self.flush(best_effort=True))
         return errors
+
+    async def compensate(self, branch: Branch) -> BaseException | None:
+        """Call ``branch.compensate`` under the retry policy; the final error, if any."""
+        hooks = self.hooks
+        journal = self.journal
+        policy = self.compensation_retry
+        task = asyncio.current_task()
+        attempt = 1
+        while True:
+            journal.append(
+                (branch.position, branch.name, branch.branch, "compensate", _STARTED, attempt,
+                 None, _now())
+            )
+            if hooks.compensation_started:
+                emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
+            self.step = branch.name
+            self.action = "compensate"
+            self.attempt = attempt
+            cancels = task.cancelling() if task is not None else 0
+            try:
+                if not self.live:
+                    await self.flush(best_effort=True)
+                self.active = True
+                if branch.timeout is None:
+                    await branch.compensate(self.context)
+                else:
+                    async with asyncio.timeout(branch.timeout):
+                        await branch.compensate(self.context)
+            except asyncio.CancelledError as error:
+                self.active = False
+                if task is None or task.cancelling() <= cancels:
+                    return self._compensation_failed(branch, attempt, error)
+                # Our task was cancelled while compensating. Unwinding must not
+                # stop half-way (S8): note it, and run this compensation again.
+                self.interrupted = True
+                journal.append(
+                    (branch.position, branch.name, branch.branch, "compensate", _FAILED,
+                     attempt, "interrupted by cancellation; compensating again", _now())
+                )
+                continue
+            except Exception as error:
+                self.active = False
+                if not policy.should_retry(error, attempt):
+                    return self._compensation_failed(branch, attempt, error)
+                journal.append(
+                    (branch.position, branch.name, branch.branch, "compensate", _FAILED,
+                     attempt, _describe(error), _now())
+                )
+                attempt += 1
+                await self._despite_cancellation(partial(policy.wait_before, attempt))
+                continue
+            self.active = False
+            journal.append(
+                (branch.position, branch.name, branch.branch, "compensate", _COMPLETED, attempt,
+                 None, _now())
+            )
+            self.context_dirty = True
+            if hooks.compensation_completed:
+                emit(hooks.compensation_completed, self.saga_id, branch.name)
+            return None
+
+    def _compensation_failed(
+        self, branch: Branch, attempt: int, error: BaseException
+    ) -> BaseException:
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "compensate", _FAILED, attempt,
+             _describe(error), _now())
+        )
+        if self.hooks.compensation_failed:
+            emit(self.hooks.compensation_failed, self.saga_id, branch.name, error)
+        return error
+
+    async def _despite_cancellation(self, make: Callable[[], Awaitable[object]]) -> None:
+        """Await ``make()``; if our task is cancelled meanwhile, note it and start over."""
+        task = asyncio.current_task()
+        while True:
+            cancels = task.cancelling() if task is not None else 0
+            try:
+                await make()
+                return
+            except asyncio.CancelledError:
+                if task is None or task.cancelling() <= cancels:
+                    raise
+                self.interrupted = True
 
     # ------------------------------------------------------------------ journal
 
+    def context_image(self) -> dict[str, Any]:
+        """``LiveSaga``: the context as of the last transition, in journal form."""
+        if self.image is None:
+            return context_to_dict(self.context)
+        return self.image.to_dict()
+
     async def flush(self, *, best_effort: bool = False) -> None:
-        """Write every pending transition (and the status/context if changed).
+        """Write every transition the store does not have yet (and the status
+        and context when they changed) — the write-ahead of the next call.
 
         Raises ``JournalWriteFailed``; with ``best_effort`` (while unwinding,
         where stopping would leave steps uncompensated) logs it instead and
         keeps the transitions for the next write.
         """
-        if self.created and not self.pending and self.pending_status is None:
+        journal = self.journal
+        written = self.written
+        if self.created and written == len(journal) and self.pending_status is None:
             return
+        entries = [tuple.__new__(JournalEntry, raw) for raw in journal[written:]]
         try:
             context = self._encode_context(best_effort)
             if not self.created:
@@ -442,14 +586,14 @@ class Execution:
                     self.saga_id,
                     self.saga_name,
                     self.fingerprint,
-                    self.initial_context if context is None else context,
-                    self.pending,
+                    self.initial_context if context is None else context,  # type: ignore[arg-type]
+                    entries,
                     status=self.pending_status or SagaStatus.RUNNING,
                 )
                 self.created = True
             else:
                 await self.store.append(
-                    self.saga_id, self.pending, status=self.pending_status, context=context
+                    self.saga_id, entries, status=self.pending_status, context=context
                 )
         except Exception as error:
             if not best_effort:
@@ -459,7 +603,7 @@ class Execution:
                 self.saga_name, self.saga_id, error,
             )
             return
-        self.pending = []
+        self.written = written + len(entries)
         self.pending_status = None
         self.context_dirty = False
 
@@ -482,23 +626,3 @@ def _describe(error: BaseException) -> str:
 
 def _unwrap(error: BaseException) -> BaseException:
     return error.error if isinstance(error, JournalWriteFailed) else error
-
-
-async def _shielded(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to its end in its own task, whatever happens to ours.
-
-    Like ``asyncio.shield``, but when we are cancelled meanwhile we still
-    *wait* for it — compensation must not be abandoned half-way — and raise
-    ``CancelledError`` only once it has finished.
-    """
-    task = asyncio.ensure_future(coroutine)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    result = task.result()
-    if cancelled:
-        raise asyncio.CancelledError
-    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from contextvars import Token
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -16,12 +17,11 @@ from .executor import (
     JournalWriteFailed,
     PlanItem,
     SagaResult,
-    _shielded,
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
-from .step import SagaStepResult, Step
-from .store.base import SagaStore
+from .step import _CURSOR, SagaStepResult, Step, StepCursor
+from .store.base import LiveJournal, SagaStore
 from .store.memory import MemorySagaStore
 
 __all__ = ["Saga", "SagaTransaction"]
@@ -77,6 +77,7 @@ class Saga(Generic[ContextT]):
         if compensation_retry is not None and not isinstance(compensation_retry, RetryPolicy):
             raise TypeError(f"compensation_retry must be a RetryPolicy, got {compensation_retry!r}")
         self.store: SagaStore = store if store is not None else MemorySagaStore()
+        self._live_store = isinstance(self.store, LiveJournal)
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
         self.listeners = tuple(listeners)
         self._hooks = Hooks(self.listeners)
@@ -103,6 +104,7 @@ class Saga(Generic[ContextT]):
             store=self.store,
             hooks=self._hooks,
             compensation_retry=self.compensation_retry,
+            live=self._live_store,
         )
 
     async def run(self, context: ContextT, *, saga_id: str | None = None) -> SagaResult[ContextT]:
@@ -137,6 +139,7 @@ class SagaTransaction(Generic[ContextT]):
         self._next = 0
         self._entered = False
         self._finished = False
+        self._token: Token[StepCursor | None] | None = None
         self.result: SagaResult[ContextT] | None = None
 
     @property
@@ -156,6 +159,7 @@ class SagaTransaction(Generic[ContextT]):
             raise RuntimeError("a saga transaction can be entered only once")
         self._entered = True
         self._execution.begin()
+        self._token = _CURSOR.set(self._execution)
         return self
 
     def __aiter__(self) -> SagaTransaction[ContextT]:
@@ -187,6 +191,14 @@ class SagaTransaction(Generic[ContextT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            await self._settle(exc)
+        finally:
+            if self._token is not None:
+                _CURSOR.reset(self._token)
+                self._token = None
+
+    async def _settle(self, exc: BaseException | None) -> None:
         if self._finished:
             return
         self._finished = True
@@ -196,8 +208,10 @@ class SagaTransaction(Generic[ContextT]):
             return
         if exc is not None and not isinstance(exc, Exception | asyncio.CancelledError):
             return  # KeyboardInterrupt and friends: the process is going down
-        await _shielded(execution.unwind())
+        await execution.unwind()
         execution._announce_finish(exc)
+        if execution.interrupted and exc is None:
+            raise asyncio.CancelledError
 
 
 def _construct(cls: type) -> Any:

@@ -5,13 +5,23 @@ from __future__ import annotations
 import dataclasses
 from abc import abstractmethod
 from contextvars import ContextVar
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    dataclass_transform,
+    runtime_checkable,
+)
 
 __all__ = [
     "Response",
     "SagaStepHandler",
     "SagaStepResult",
     "Step",
+    "StepCursor",
     "StepInfo",
     "current_step",
     "step_name",
@@ -22,6 +32,7 @@ ContextT_contra = TypeVar("ContextT_contra", contravariant=True)
 ResponseT = TypeVar("ResponseT")
 
 
+@dataclass_transform()
 class Response:
     """Base for step responses.
 
@@ -83,10 +94,10 @@ class SagaStepHandler(Generic[ContextT, ResponseT]):
         """Undo ``act``. The default does nothing (a step with no effect to undo)."""
 
     def _generate_step_result(self, response: ResponseT) -> SagaStepResult[ContextT, ResponseT]:
-        running = _CURRENT_STEP.get()
-        if running is None:
+        cursor = _CURSOR.get()
+        if cursor is None or not cursor.active:
             return SagaStepResult(response=response, step_name=step_name(self), saga_id="")
-        return SagaStepResult(response=response, step_name=running.step, saga_id=running.saga_id)
+        return SagaStepResult(response=response, step_name=cursor.step, saga_id=cursor.saga_id)
 
 
 def step_name(step: object) -> str:
@@ -133,15 +144,36 @@ class StepInfo:
         )
 
 
-_CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("fallback_saga_current_step", default=None)
+class StepCursor:
+    """Where one saga run is: which step, which action, which attempt.
+
+    The executor sets one cursor per run in a context variable and moves it
+    from step to step (cheaper than a new object per step); ``current_step``
+    reads it. ``active`` is true only while a step's act/compensate runs.
+    """
+
+    __slots__ = ("action", "active", "attempt", "saga_id", "saga_name", "step")
+
+    def __init__(self, saga_id: str, saga_name: str) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.step = ""
+        self.action: Literal["act", "compensate"] = "act"
+        self.attempt = 0
+        self.active = False
+
+
+_CURSOR: ContextVar[StepCursor | None] = ContextVar("fallback_saga_cursor", default=None)
 
 
 def current_step() -> StepInfo:
     """The step call running in this task: saga id, step name, attempt, idempotency key.
 
-    Raises ``LookupError`` outside a step's ``act``/``compensate``.
+    Raises ``LookupError`` outside a step's ``act``/``compensate``. Call it
+    from the step itself (not from a task the step spawned and left running):
+    the answer describes the moment of the call.
     """
-    running = _CURRENT_STEP.get()
-    if running is None:
+    cursor = _CURSOR.get()
+    if cursor is None or not cursor.active:
         raise LookupError("current_step() is only available inside a step's act or compensate")
-    return running
+    return StepInfo(cursor.saga_id, cursor.saga_name, cursor.step, cursor.action, cursor.attempt)

@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from ..status import SagaStatus, StepStatus
 
-__all__ = ["JournalEntry", "SagaRecord", "SagaStore"]
+__all__ = ["JournalEntry", "LiveJournal", "LiveSaga", "SagaRecord", "SagaStore"]
 
 Action = Literal["act", "compensate"]
 Branch = Literal["primary", "fallback"]
@@ -86,4 +86,42 @@ class SagaStore(Protocol):
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record; ``SagaNotFound`` if there is none."""
+        ...
+
+
+# The raw form of a ``JournalEntry`` the executor builds on the hot path.
+RawEntry = tuple[int, str, Branch, Action, StepStatus, int, str | None, float]
+
+
+class LiveSaga(Protocol):
+    """A running saga as an in-process store may watch it (see ``LiveJournal``)."""
+
+    saga_id: str
+    saga_name: str
+    fingerprint: str
+    status: SagaStatus
+    journal: list[RawEntry]
+    created_at: float
+
+    def context_image(self) -> dict[str, Any]:
+        """The context as of the last transition, in journal form."""
+        ...
+
+
+@runtime_checkable
+class LiveJournal(Protocol):
+    """An optional capability of stores that live in the same process.
+
+    Durability means nothing to such a store, so instead of receiving writes
+    it watches the run: ``track`` when the saga starts, ``finished`` when it
+    ends. The executor then skips every write — the hot path awaits nothing
+    for journaling. ``MemorySagaStore`` implements it.
+    """
+
+    def track(self, saga: LiveSaga) -> None:
+        """Start watching ``saga``; ``SagaAlreadyExists`` if the id is taken."""
+        ...
+
+    def finished(self, saga: LiveSaga) -> None:
+        """``saga`` reached a final status."""
         ...

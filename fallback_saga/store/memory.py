@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
-from .base import JournalEntry, SagaRecord
+from .base import JournalEntry, LiveSaga, SagaRecord
 
 __all__ = ["MemorySagaStore"]
 
@@ -19,21 +19,43 @@ class MemorySagaStore:
     """Keeps sagas in a dict. Nothing survives the process: use it for tests,
     for sagas that need no crash recovery, or as the fastest default.
 
+    Sagas run by this process are *watched* rather than written to
+    (``LiveJournal``): the journal costs no await on the hot path, and
+    ``load`` builds the record on demand. Sagas given through ``create``/
+    ``append`` (the ``SagaStore`` contract) are stored as records.
+
     Finished sagas (COMPLETED, COMPENSATED, FAILED) are kept for inspection,
     at most ``max_finished`` of them: the oldest finished are dropped first,
     so a long-running service's memory stays flat. Running sagas are never
-    dropped.
+    dropped. The context of a watched saga need not be JSON-serializable
+    until ``load`` is asked for it.
     """
 
     def __init__(self, *, max_finished: int = 10_000) -> None:
         if isinstance(max_finished, bool) or not isinstance(max_finished, int) or max_finished < 0:
             raise ValueError(f"max_finished must be an int >= 0, got {max_finished!r}")
         self.max_finished = max_finished
-        self._sagas: dict[str, SagaRecord] = {}
+        self._sagas: dict[str, SagaRecord | LiveSaga] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sagas)
+
+    def __contains__(self, saga_id: object) -> bool:
+        return saga_id in self._sagas
+
+    # ------------------------------------------------------------------ LiveJournal
+
+    def track(self, saga: LiveSaga) -> None:
+        if saga.saga_id in self._sagas:
+            raise SagaAlreadyExists(saga.saga_id)
+        self._sagas[saga.saga_id] = saga
+
+    def finished(self, saga: LiveSaga) -> None:
+        if self._sagas.get(saga.saga_id) is saga:
+            self._retire(saga.saga_id)
+
+    # ------------------------------------------------------------------ SagaStore
 
     async def create(
         self,
@@ -53,7 +75,7 @@ class MemorySagaStore:
             saga_name=saga_name,
             fingerprint=fingerprint,
             status=status,
-            context=context,
+            context=copy.deepcopy(context),
             history=list(entries),
             created_at=now,
             updated_at=now,
@@ -73,9 +95,11 @@ class MemorySagaStore:
         record = self._sagas.get(saga_id)
         if record is None:
             raise SagaNotFound(saga_id)
+        if not isinstance(record, SagaRecord):
+            raise SagaAlreadyExists(saga_id)  # a saga this process is running itself
         record.history.extend(entries)
         if context is not None:
-            record.context = context
+            record.context = copy.deepcopy(context)
         record.updated_at = time.time()
         record.version += 1
         if status is not None and status is not record.status:
@@ -84,20 +108,33 @@ class MemorySagaStore:
                 self._retire(saga_id)
 
     async def load(self, saga_id: str) -> SagaRecord:
-        record = self._sagas.get(saga_id)
-        if record is None:
+        saga = self._sagas.get(saga_id)
+        if saga is None:
             raise SagaNotFound(saga_id)
-        # Callers get their own copy: mutating it must not rewrite the journal.
+        if isinstance(saga, SagaRecord):
+            # Callers get their own copy: mutating it must not rewrite the journal.
+            return SagaRecord(
+                saga_id=saga.saga_id,
+                saga_name=saga.saga_name,
+                fingerprint=saga.fingerprint,
+                status=saga.status,
+                context=copy.deepcopy(saga.context),
+                history=list(saga.history),
+                created_at=saga.created_at,
+                updated_at=saga.updated_at,
+                version=saga.version,
+            )
+        history = [JournalEntry._make(raw) for raw in saga.journal]
         return SagaRecord(
-            saga_id=record.saga_id,
-            saga_name=record.saga_name,
-            fingerprint=record.fingerprint,
-            status=record.status,
-            context=copy.deepcopy(record.context),
-            history=list(record.history),
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            version=record.version,
+            saga_id=saga.saga_id,
+            saga_name=saga.saga_name,
+            fingerprint=saga.fingerprint,
+            status=saga.status,
+            context=saga.context_image(),
+            history=history,
+            created_at=saga.created_at,
+            updated_at=history[-1].at if history else saga.created_at,
+            version=len(history),
         )
 
     def _retire(self, saga_id: str) -> None:

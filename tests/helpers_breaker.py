@@ -1,0 +1,146 @@
+"""Shared test doubles for the circuit-breaker and retry tests.
+
+Nothing here sleeps: time is a ``FakeClock`` the test moves by hand, and calls
+are held inside the guarded function by events or by a coroutine suspended at
+a bare ``yield``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+from fallback_saga import CircuitBreaker, CircuitState
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to (thread-safe)."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+class StateChanges:
+    """A listener that records every ``breaker_state_changed`` call."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str, str]] = []
+
+    def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
+        self.changes.append((breaker, old, new))
+
+    def edges(self) -> list[tuple[CircuitState, CircuitState]]:
+        return [(CircuitState(old), CircuitState(new)) for _, old, new in self.changes]
+
+
+class Boom(Exception):
+    """A counted failure of the guarded service."""
+
+
+class BusinessError(Exception):
+    """An error the breakers under test are told to exclude."""
+
+
+class SpecificBusinessError(BusinessError):
+    pass
+
+
+async def fail_with(error: BaseException) -> None:
+    raise error
+
+
+async def succeed(value: object = "ok") -> object:
+    return value
+
+
+async def trip(breaker: CircuitBreaker, failures: int | None = None) -> None:
+    """Make ``failures`` (default ``fail_max``) counted failures through ``breaker``."""
+    for _ in range(breaker.fail_max if failures is None else failures):
+        try:
+            await breaker.call(fail_with, Boom("down"))
+        except Boom:
+            pass
+
+
+class _Suspend:
+    """An awaitable that suspends its coroutine exactly once (no event loop needed)."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield None
+
+
+async def _held() -> str:
+    await _Suspend()
+    return "done"
+
+
+def _held_call(breaker: CircuitBreaker, via: str) -> Coroutine[Any, Any, Any]:
+    if via == "call":
+        return breaker.call(_held)
+    if via == "decorator":
+        return breaker(_held)()
+    if via == "async_with":
+
+        async def body() -> str:
+            async with breaker:
+                return await _held()
+
+        return body()
+    raise ValueError(via)
+
+
+class HeldCall:
+    """One breaker call driven by hand: started, held inside the guarded function,
+    then finished with a result, an error or a cancellation.
+
+    Each call runs in its own ``contextvars`` context, as an asyncio task would,
+    so ``async with breaker:`` keeps its per-task permit stack.
+    """
+
+    VIAS = ("call", "decorator", "async_with")
+
+    def __init__(self, breaker: CircuitBreaker, via: str) -> None:
+        self.via = via
+        self._context = contextvars.copy_context()
+        self._coroutine = _held_call(breaker, via)
+
+    def start(self) -> None:
+        """Ask the breaker; raises ``CircuitOpenError`` if rejected, else returns
+        with the call suspended inside the guarded function."""
+        self._context.run(self._coroutine.send, None)
+
+    def succeed(self) -> object:
+        try:
+            self._context.run(self._coroutine.send, None)
+        except StopIteration as stop:
+            return stop.value
+        raise AssertionError("the held call did not finish")
+
+    def raise_inside(self, error: BaseException) -> BaseException:
+        """Raise ``error`` inside the guarded function; return what came out of the call."""
+        try:
+            self._context.run(self._coroutine.throw, error)
+        except BaseException as raised:
+            return raised
+        raise AssertionError("the held call swallowed the error")
+
+
+def run_in_thread(target: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+Probe = Callable[[], Awaitable[object]]

@@ -1,0 +1,155 @@
+"""Building blocks for the saga tests: a context, configurable recording steps,
+saga declaration without a class statement, and a sleep recorder.
+
+Imported by the saga test modules (``from helpers_saga import ...``); the
+breaker tests keep their own helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fallback_saga import Saga, SagaContext
+
+Trace = list[tuple[str, str]]
+
+
+@dataclasses.dataclass
+class Address:
+    street: str
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class OrderCtx(SagaContext):
+    """The context most saga tests run on: nested list, dict and dataclass."""
+
+    order_id: str = "order-1"
+    items: list[str] = dataclasses.field(default_factory=lambda: ["apple"])
+    meta: dict[str, Any] = dataclasses.field(default_factory=lambda: {"tags": ["a"], "n": 1})
+    address: Address = dataclasses.field(default_factory=lambda: Address("Main St", ["1"]))
+    reservation: str | None = None
+
+
+class Boom(Exception):
+    """A step failure the tests raise on purpose."""
+
+
+class Probe:
+    """A configurable step instance that records every call into ``trace``.
+
+    * ``error`` — an exception class (or zero-argument factory) raised by ``act``;
+      ``fail_times`` limits how many calls fail (``None``: every call).
+    * ``mutate(ctx)`` runs before the failure, so a failing act has side effects.
+    * ``comp_error`` / ``comp_fail_times`` — the same for ``compensate``.
+    * ``seen`` collects ``observe(ctx)`` at the start of each act.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        trace: Trace,
+        *,
+        error: Callable[[], BaseException] | None = None,
+        fail_times: int | None = None,
+        mutate: Callable[[Any], None] | None = None,
+        comp_error: Callable[[], BaseException] | None = None,
+        comp_fail_times: int | None = None,
+        observe: Callable[[Any], Any] | None = None,
+        response: Any = None,
+    ) -> None:
+        self.name = name
+        self.trace = trace
+        self.error = error
+        self.fail_times = fail_times
+        self.mutate = mutate
+        self.comp_error = comp_error
+        self.comp_fail_times = comp_fail_times
+        self.observe = observe
+        self.response = f"{name}-response" if response is None else response
+        self.acts = 0
+        self.compensations = 0
+        self.seen: list[Any] = []
+
+    async def act(self, context: Any) -> Any:
+        self.acts += 1
+        self.trace.append(("act", self.name))
+        if self.observe is not None:
+            self.seen.append(self.observe(context))
+        if self.mutate is not None:
+            self.mutate(context)
+        if self.error is not None and (self.fail_times is None or self.acts <= self.fail_times):
+            raise self.error()
+        return self.response
+
+    async def compensate(self, context: Any) -> None:
+        self.compensations += 1
+        self.trace.append(("compensate", self.name))
+        if self.comp_error is not None and (
+            self.comp_fail_times is None or self.compensations <= self.comp_fail_times
+        ):
+            raise self.comp_error()
+
+
+class Blocker:
+    """A step whose act signals ``started`` and then waits until ``release`` is set
+    (or forever, until cancelled)."""
+
+    def __init__(self, name: str, trace: Trace) -> None:
+        self.name = name
+        self.trace = trace
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = False
+
+    async def act(self, context: Any) -> str:
+        self.trace.append(("act", self.name))
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return f"{self.name}-response"
+
+    async def compensate(self, context: Any) -> None:
+        self.trace.append(("compensate", self.name))
+
+
+def declare(*steps: Any, context: type = OrderCtx, name: str = "TestSaga") -> type[Saga[Any]]:
+    """Create ``class <name>(Saga[context]): steps = [...]`` exactly as a class
+    statement would (``__init_subclass__`` validates it)."""
+    return types.new_class(
+        name, (Saga[context],), {}, lambda namespace: namespace.update(steps=list(steps))
+    )
+
+
+def compensated(trace: Iterable[tuple[str, str]]) -> list[str]:
+    return [step for action, step in trace if action == "compensate"]
+
+
+def acted(trace: Iterable[tuple[str, str]]) -> list[str]:
+    return [step for action, step in trace if action == "act"]
+
+
+class SleepRecorder:
+    """Stands in for ``asyncio.sleep`` in a ``RetryPolicy``: records, never waits."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def error_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and everything it chains to through __cause__/__context__."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain

@@ -1,0 +1,642 @@
+"""The saga side of the contract (DESIGN.md section 3): one test per rule,
+named after it. S9 (the breaker itself) lives in test_breaker*.py; S11 in
+test_definition.py."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+from helpers_saga import (
+    Blocker,
+    Boom,
+    OrderCtx,
+    Probe,
+    SleepRecorder,
+    Trace,
+    acted,
+    compensated,
+    declare,
+    error_chain,
+)
+
+from fallback_saga import (
+    CircuitBreaker,
+    CircuitState,
+    ContextSerializationError,
+    Fallback,
+    MemorySagaStore,
+    RetryPolicy,
+    SagaContext,
+    SagaError,
+    SagaFailed,
+    SagaResult,
+    SagaStatus,
+    SagaStepResult,
+    StepStatus,
+)
+
+
+class Halt(BaseException):
+    """A BaseException that is not an Exception (like KeyboardInterrupt)."""
+
+
+def wreck(ctx: OrderCtx) -> None:
+    """Mutate every nested level of an OrderCtx, in place and by rebinding."""
+    ctx.items.append("pear")
+    ctx.items[0] = "rotten"
+    ctx.meta["tags"].append("b")
+    ctx.meta["n"] = 99
+    ctx.meta["new"] = {"deep": [1]}
+    ctx.address.street = "Elm St"
+    ctx.address.lines.append("2")
+    ctx.reservation = "from-the-primary"
+
+
+# --------------------------------------------------------------------------- S1
+
+
+async def test_S1_snapshot_is_deep_nested_list_dict_dataclass() -> None:
+    trace: Trace = []
+    ctx = OrderCtx()
+    before = copy.deepcopy(ctx)
+    primary = Probe("Primary", trace, error=Boom, mutate=wreck)
+    fallback = Probe("Backup", trace, observe=copy.deepcopy)
+    saga = declare(Fallback(step=primary, fallback=fallback))()
+
+    result = await saga.run(ctx)
+
+    assert primary.acts == 1
+    assert fallback.seen == [before]
+    assert result.context == before
+
+
+async def test_S1_snapshot_is_taken_right_before_the_primary() -> None:
+    trace: Trace = []
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+        ctx.items.append("banana")
+
+    first = Probe("Reserve", trace, mutate=reserve)
+    primary = Probe("Primary", trace, error=Boom, mutate=wreck)
+    fallback = Probe("Backup", trace, observe=copy.deepcopy)
+    saga = declare(first, Fallback(step=primary, fallback=fallback))()
+
+    await saga.run(OrderCtx())
+
+    expected = OrderCtx(items=["apple", "banana"], reservation="r-1")
+    assert fallback.seen == [expected]
+
+
+# --------------------------------------------------------------------------- S2
+
+
+async def test_S2_restore_keeps_object_identity() -> None:
+    trace: Trace = []
+    ctx = OrderCtx()
+
+    def rebind_everything(c: OrderCtx) -> None:
+        c.items = ["replaced"]
+        c.meta = {}
+        c.reservation = "primary"
+        c.extra_attribute = True  # type: ignore[attr-defined]
+
+    primary = Probe("Primary", trace, error=Boom, mutate=rebind_everything)
+    fallback = Probe("Backup", trace, observe=lambda c: c is ctx)
+    saga = declare(Fallback(step=primary, fallback=fallback))()
+
+    result = await saga.run(ctx)
+
+    assert fallback.seen == [True]
+    assert result.context is ctx
+    # The caller's own reference sees the restored state.
+    assert ctx.items == ["apple"]
+    assert ctx.meta == {"tags": ["a"], "n": 1}
+    assert ctx.reservation is None
+    assert not hasattr(ctx, "extra_attribute")
+
+
+async def test_S2_failed_plain_step_leaves_context_unchanged() -> None:
+    trace: Trace = []
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    seen_by_compensation: list[OrderCtx] = []
+
+    class Reserve:
+        name = "Reserve"
+
+        async def act(self, ctx: OrderCtx) -> str:
+            reserve(ctx)
+            return "ok"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            seen_by_compensation.append(copy.deepcopy(ctx))
+
+    failing = Probe("Charge", trace, error=Boom, mutate=wreck)
+    saga = declare(Reserve(), failing)()
+    ctx = OrderCtx()
+
+    with pytest.raises(SagaFailed):
+        await saga.run(ctx)
+
+    after_first_step = OrderCtx(reservation="r-1")
+    assert seen_by_compensation == [after_first_step]
+    assert ctx == after_first_step
+
+
+async def test_S2_failed_step_restores_a_context_with_slots() -> None:
+    @dataclasses.dataclass(slots=True)
+    class SlotCtx(SagaContext):
+        order_id: str
+        lines: list[int]
+
+    trace: Trace = []
+
+    def mutate(ctx: SlotCtx) -> None:
+        ctx.lines.append(99)
+        ctx.order_id = "changed"
+
+    primary = Probe("Primary", trace, error=Boom, mutate=mutate)
+    fallback = Probe("Backup", trace, observe=copy.deepcopy)
+    saga = declare(Fallback(step=primary, fallback=fallback), context=SlotCtx)()
+    ctx = SlotCtx("o-1", [1, 2])
+
+    result = await saga.run(ctx)
+
+    assert fallback.seen == [SlotCtx("o-1", [1, 2])]
+    assert result.context is ctx
+
+
+# --------------------------------------------------------------------------- S3
+
+
+@pytest.mark.parametrize(
+    ("raised", "falls_back"),
+    [
+        (ConnectionError, True),
+        (ConnectionRefusedError, True),  # a subclass of a listed type
+        (TimeoutError, True),
+        (ValueError, False),
+        (KeyError, False),
+    ],
+)
+async def test_S3_failure_exceptions_filter(raised: type[Exception], falls_back: bool) -> None:
+    trace: Trace = []
+    primary = Probe("Primary", trace, error=raised)
+    fallback = Probe("Backup", trace)
+    saga = declare(
+        Fallback(step=primary, fallback=fallback, failure_exceptions=(ConnectionError, TimeoutError))
+    )()
+
+    if falls_back:
+        result = await saga.run(OrderCtx())
+        assert [r.step_name for r in result.results] == ["Backup"]
+        assert fallback.acts == 1
+    else:
+        with pytest.raises(SagaFailed) as info:
+            await saga.run(OrderCtx())
+        assert type(info.value.error) is raised
+        assert fallback.acts == 0
+        assert info.value.failed_step == "Primary"
+
+
+@pytest.mark.parametrize(
+    "raised", [ValueError, KeyError, RuntimeError, AttributeError, TimeoutError, Boom]
+)
+async def test_S3_empty_failure_exceptions_means_any_exception(raised: type[Exception]) -> None:
+    trace: Trace = []
+    primary = Probe("Primary", trace, error=raised)
+    fallback = Probe("Backup", trace)
+    saga = declare(Fallback(step=primary, fallback=fallback, failure_exceptions=()))()
+
+    result = await saga.run(OrderCtx())
+
+    assert acted(trace) == ["Primary", "Backup"]
+    assert result.results[0].step_name == "Backup"
+
+
+@pytest.mark.parametrize("failure_exceptions", [(), (KeyError,)])
+async def test_S3_open_circuit_always_falls_back_primary_not_called(
+    failure_exceptions: tuple[type[Exception], ...],
+) -> None:
+    trace: Trace = []
+    breaker = CircuitBreaker(name="inventory")
+    breaker.open()
+    primary = Probe("Primary", trace)
+    fallback = Probe("Backup", trace)
+    saga = declare(
+        Fallback(
+            step=primary,
+            fallback=fallback,
+            failure_exceptions=failure_exceptions,
+            circuit_breaker=breaker,
+        )
+    )()
+
+    result = await saga.run(OrderCtx())
+
+    assert primary.acts == 0
+    assert acted(trace) == ["Backup"]
+    assert result.results[0].step_name == "Backup"
+    assert breaker.state is CircuitState.OPEN
+
+
+async def test_S3_open_circuit_of_a_plugged_in_breaker_always_falls_back() -> None:
+    class Rejected(Exception):
+        pass
+
+    class AlwaysOpen:
+        """Another library's breaker, adapted to CircuitBreakerProtocol."""
+
+        async def call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            raise Rejected("open")
+
+        def is_open_error(self, error: BaseException) -> bool:
+            return isinstance(error, Rejected)
+
+    trace: Trace = []
+    primary = Probe("Primary", trace)
+    fallback = Probe("Backup", trace)
+    saga = declare(
+        Fallback(
+            step=primary,
+            fallback=fallback,
+            failure_exceptions=(KeyError,),  # Rejected is not listed
+            circuit_breaker=AlwaysOpen(),
+        )
+    )()
+
+    result = await saga.run(OrderCtx())
+
+    assert primary.acts == 0
+    assert result.results[0].step_name == "Backup"
+
+
+async def test_S3_cancellation_never_triggers_fallback() -> None:
+    trace: Trace = []
+    primary = Blocker("Primary", trace)
+    fallback = Probe("Backup", trace)
+    saga = declare(Fallback(step=primary, fallback=fallback))()
+
+    task = asyncio.create_task(saga.run(OrderCtx()))
+    await primary.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert primary.cancelled
+    assert fallback.acts == 0
+
+
+async def test_S3_base_exception_never_triggers_fallback() -> None:
+    trace: Trace = []
+    primary = Probe("Primary", trace, error=Halt)
+    fallback = Probe("Backup", trace)
+    saga = declare(Fallback(step=primary, fallback=fallback))()
+
+    with pytest.raises(Halt):
+        await saga.run(OrderCtx())
+
+    assert fallback.acts == 0
+
+
+def test_S3_rule_ignores_base_exceptions_even_when_open_circuit_breaker_is_set() -> None:
+    rule = Fallback(step=Probe("P", []), fallback=Probe("F", []), circuit_breaker=CircuitBreaker())
+    assert rule.should_fall_back(ValueError())
+    assert not rule.should_fall_back(KeyboardInterrupt())
+    assert not rule.should_fall_back(asyncio.CancelledError())
+    assert not rule.should_fall_back(SystemExit())
+
+
+# --------------------------------------------------------------------------- S4
+
+
+async def test_S4_fallback_failure_unwinds_keeps_both_errors_and_journals_both_names() -> None:
+    trace: Trace = []
+    first = Probe("Reserve", trace)
+    primary = Probe("Charge", trace, error=lambda: Boom("primary down"))
+    fallback = Probe("ChargeBackup", trace, error=lambda: RuntimeError("backup down"))
+    saga = declare(first, Fallback(step=primary, fallback=fallback))()
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx(), saga_id="s4")
+
+    failed = info.value
+    assert isinstance(failed.error, RuntimeError)
+    assert str(failed.error) == "backup down"
+    primaries = [e for e in error_chain(failed.error) if isinstance(e, Boom)]
+    assert [str(e) for e in primaries] == ["primary down"]
+    assert failed.status is SagaStatus.COMPENSATED
+    assert failed.failed_step in {"Charge", "ChargeBackup"}
+    assert compensated(trace) == ["Reserve"]
+
+    record = await saga.store.load("s4")
+    failures = {e.step: e.error for e in record.history if e.status is StepStatus.FAILED}
+    assert set(failures) == {"Charge", "ChargeBackup"}
+    assert "primary down" in failures["Charge"]
+    assert "backup down" in failures["ChargeBackup"]
+    assert record.status is SagaStatus.COMPENSATED
+
+
+# --------------------------------------------------------------------------- S5
+
+
+@pytest.mark.parametrize("primary_fails", [False, True])
+async def test_S5_only_the_branch_that_ran_is_compensated(primary_fails: bool) -> None:
+    trace: Trace = []
+    primary = Probe("Primary", trace, error=Boom if primary_fails else None)
+    fallback = Probe("Backup", trace)
+    late = Probe("Late", trace, error=Boom)
+    saga = declare(Fallback(step=primary, fallback=fallback), late)()
+
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx())
+
+    assert compensated(trace) == (["Backup"] if primary_fails else ["Primary"])
+    assert primary.compensations + fallback.compensations == 1
+    assert late.compensations == 0
+
+
+async def test_S5_unwinding_is_strictly_lifo() -> None:
+    trace: Trace = []
+    steps = [
+        Probe("A", trace),
+        Probe("B", trace),
+        Fallback(step=Probe("P", trace, error=Boom), fallback=Probe("F", trace)),
+        Probe("C", trace),
+        Probe("D", trace, error=Boom),
+    ]
+    saga = declare(*steps)()
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx(), saga_id="lifo")
+
+    assert acted(trace) == ["A", "B", "P", "F", "C", "D"]
+    assert compensated(trace) == ["C", "F", "B", "A"]
+    assert info.value.status is SagaStatus.COMPENSATED
+    record = await saga.store.load("lifo")
+    journal_order = [
+        e.step
+        for e in record.history
+        if e.action == "compensate" and e.status is StepStatus.COMPLETED
+    ]
+    assert journal_order == ["C", "F", "B", "A"]
+
+
+# --------------------------------------------------------------------------- S6
+
+
+async def test_S6_compensation_retried_then_failed_continues_and_ends_FAILED() -> None:
+    trace: Trace = []
+    sleeps = SleepRecorder()
+    a = Probe("A", trace)
+    b = Probe("B", trace, comp_error=lambda: Boom("cannot undo B"))
+    c = Probe("C", trace, error=Boom)
+    policy = RetryPolicy(attempts=3, delay=0.5, backoff=2.0, max_delay=5.0, jitter=0.0, sleep=sleeps)
+    saga = declare(a, b, c)(compensation_retry=policy)
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx(), saga_id="s6")
+
+    assert compensated(trace) == ["B", "B", "B", "A"]
+    assert sleeps.delays == [0.5, 1.0]
+    failed = info.value
+    assert failed.status is SagaStatus.FAILED
+    assert list(failed.compensation_errors) == ["B"]
+    assert str(failed.compensation_errors["B"]) == "cannot undo B"
+    record = await saga.store.load("s6")
+    assert record.status is SagaStatus.FAILED
+    b_rows = [
+        (e.status, e.attempt) for e in record.history if e.step == "B" and e.action == "compensate"
+    ]
+    assert b_rows == [
+        (StepStatus.STARTED, 1),
+        (StepStatus.FAILED, 1),
+        (StepStatus.STARTED, 2),
+        (StepStatus.FAILED, 2),
+        (StepStatus.STARTED, 3),
+        (StepStatus.FAILED, 3),
+    ]
+    a_rows = [e.status for e in record.history if e.step == "A" and e.action == "compensate"]
+    assert a_rows == [StepStatus.STARTED, StepStatus.COMPLETED]
+
+
+async def test_S6_compensation_that_recovers_on_retry_ends_COMPENSATED() -> None:
+    trace: Trace = []
+    a = Probe("A", trace, comp_error=Boom, comp_fail_times=2)
+    b = Probe("B", trace, error=Boom)
+    saga = declare(a, b)()  # the default compensation policy: 3 attempts
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx())
+
+    assert compensated(trace) == ["A", "A", "A"]
+    assert info.value.status is SagaStatus.COMPENSATED
+    assert info.value.compensation_errors == {}
+
+
+async def test_S6_single_attempt_policy_does_not_retry() -> None:
+    trace: Trace = []
+    a = Probe("A", trace, comp_error=Boom)
+    b = Probe("B", trace, error=Boom)
+    saga = declare(a, b)(compensation_retry=RetryPolicy(attempts=1))
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx())
+
+    assert compensated(trace) == ["A"]
+    assert info.value.status is SagaStatus.FAILED
+
+
+@pytest.mark.parametrize("attempts", [0, -1, -100])
+def test_S6_attempts_below_one_is_value_error(attempts: int) -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=attempts)
+
+
+def test_S6_backoff_is_exponential_capped_and_jittered() -> None:
+    exact = RetryPolicy(attempts=6, delay=1.0, backoff=2.0, max_delay=5.0, jitter=0.0)
+    assert [exact.delay_before(n) for n in range(2, 7)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+    jittered = RetryPolicy(attempts=6, delay=1.0, backoff=2.0, max_delay=5.0, jitter=0.5)
+    for _ in range(50):
+        waits = [jittered.delay_before(n) for n in range(2, 7)]
+        for wait, base in zip(waits, [1.0, 2.0, 4.0, 5.0, 5.0], strict=True):
+            assert base <= wait <= min(5.0, base + 0.5)
+
+
+async def test_S6_cancellation_is_never_retried() -> None:
+    policy = RetryPolicy(attempts=5)
+    assert not policy.should_retry(asyncio.CancelledError(), 1)
+    assert policy.should_retry(Boom(), 1)
+    assert not policy.should_retry(Boom(), 5)
+
+
+# --------------------------------------------------------------------------- S7
+
+
+async def test_S7_run_returns_result() -> None:
+    trace: Trace = []
+    a = Probe("A", trace, response={"a": 1})
+    fallback = Fallback(step=Probe("P", trace, error=Boom), fallback=Probe("F", trace))
+    saga = declare(a, fallback)()
+    ctx = OrderCtx()
+
+    result = await saga.run(ctx, saga_id="order-7")
+
+    assert isinstance(result, SagaResult)
+    assert result.saga_id == "order-7"
+    assert result.status is SagaStatus.COMPLETED
+    assert result.context is ctx
+    assert result.results == [
+        SagaStepResult(response={"a": 1}, step_name="A", saga_id="order-7"),
+        SagaStepResult(response="F-response", step_name="F", saga_id="order-7"),
+    ]
+    assert (await saga.store.load("order-7")).status is SagaStatus.COMPLETED
+
+
+async def test_S7_generated_saga_ids_are_unique_text() -> None:
+    saga = declare(Probe("A", []))()
+    first = await saga.run(OrderCtx())
+    second = await saga.run(OrderCtx())
+    assert isinstance(first.saga_id, str)
+    assert first.saga_id
+    assert first.saga_id != second.saga_id
+
+
+async def test_S7_saga_failed_carries_id_step_error_cause_status_comp_errors() -> None:
+    trace: Trace = []
+    charge_error = Boom("card declined")
+    undo_error = RuntimeError("cannot release")
+    reserve = Probe("Reserve", trace, comp_error=lambda: undo_error)
+    ship = Probe("Ship", trace)
+    charge = Probe("Charge", trace, error=lambda: charge_error)
+    saga = declare(reserve, ship, charge)(compensation_retry=RetryPolicy(attempts=2))
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx(), saga_id="order-8")
+
+    failed = info.value
+    assert isinstance(failed, SagaError)
+    assert failed.saga_id == "order-8"
+    assert failed.failed_step == "Charge"
+    assert failed.error is charge_error
+    assert failed.__cause__ is charge_error
+    assert failed.status is SagaStatus.FAILED
+    assert failed.compensation_errors == {"Reserve": undo_error}
+    assert compensated(trace) == ["Ship", "Reserve", "Reserve"]
+
+
+async def test_S7_saga_failed_is_raised_only_after_unwinding() -> None:
+    trace: Trace = []
+    saga = declare(Probe("A", trace), Probe("B", trace, error=Boom))()
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx())
+
+    assert info.value.status is SagaStatus.COMPENSATED
+    assert info.value.compensation_errors == {}
+    assert compensated(trace) == ["A"]
+
+
+# --------------------------------------------------------------------------- S8
+
+
+async def test_S8_cancel_mid_step_compensates_completed_then_reraises() -> None:
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    late = Probe("Never", trace)
+    saga = declare(Probe("A", trace), Probe("B", trace), blocker, late)()
+
+    task = asyncio.create_task(saga.run(OrderCtx(), saga_id="s8"))
+    await blocker.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert compensated(trace) == ["B", "A"]
+    assert late.acts == 0
+    assert (await saga.store.load("s8")).status is SagaStatus.COMPENSATED
+
+
+async def test_S8_cancel_again_during_compensation_compensation_still_finishes() -> None:
+    trace: Trace = []
+    undo_started = asyncio.Event()
+    undo_gate = asyncio.Event()
+
+    class SlowUndo:
+        name = "SlowUndo"
+
+        async def act(self, ctx: OrderCtx) -> str:
+            return "ok"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            undo_started.set()
+            await undo_gate.wait()
+            trace.append(("compensate", self.name))
+
+    blocker = Blocker("Wait", trace)
+    saga = declare(Probe("First", trace), SlowUndo(), blocker)()
+
+    task = asyncio.create_task(saga.run(OrderCtx(), saga_id="s8b"))
+    await blocker.started.wait()
+    task.cancel()
+    await undo_started.wait()
+    task.cancel()  # the caller gives up again while the unwinding is under way
+    undo_gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert compensated(trace) == ["SlowUndo", "First"]
+    assert (await saga.store.load("s8b")).status is SagaStatus.COMPENSATED
+
+
+# --------------------------------------------------------------------------- S12
+
+
+@dataclasses.dataclass
+class LooseCtx(SagaContext):
+    order_id: str
+    payload: Any = None
+
+
+@dataclasses.dataclass
+class Inner:
+    label: str
+    when: Any = None
+
+
+@dataclasses.dataclass
+class NestedCtx(SagaContext):
+    inner: Inner
+
+
+@pytest.mark.parametrize(
+    ("context", "path_pattern"),
+    [
+        (LooseCtx("o-1", {"lines": [1, object()]}), r"payload.*lines.*1"),
+        (LooseCtx("o-1", float("nan")), r"payload"),
+        (NestedCtx(Inner("x", when=complex(1, 2))), r"inner.*when"),
+    ],
+)
+async def test_S12_non_serializable_context_refused_before_first_step(
+    context: SagaContext, path_pattern: str
+) -> None:
+    trace: Trace = []
+    store = MemorySagaStore()
+    saga = declare(Probe("First", trace), context=type(context))(store=store)
+
+    with pytest.raises(ContextSerializationError) as info:
+        await saga.run(context)
+
+    assert re.search(path_pattern, str(info.value))
+    assert re.search(path_pattern, info.value.path)
+    assert trace == []
+    assert len(store) == 0
