@@ -26,7 +26,7 @@ from .fallback import Fallback
 from .retry import RetryPolicy
 from .saga import Saga
 from .status import SagaStatus
-from .step import Response, SagaStepHandler, SagaStepResult
+from .step import Response, SagaStepHandler, SagaStepResult, current_step
 from .store.memory import MemorySagaStore
 
 __all__ = ["DemoOrderSaga", "OrderContext", "TracePrinter", "build_demo_saga", "run_demo"]
@@ -108,12 +108,12 @@ class DemoWorld:
         self.say(f"(waiting {seconds:.2f} s before the next try -- simulated, instant)")
         self.clock.advance(seconds)
 
-    async def charge_card(self, order_id: str, amount: Decimal) -> str:
+    async def charge_card(self, order_id: str, amount: Decimal, idempotency_key: str) -> str:
         self.card_gateway_calls += 1
         if not self.card_gateway_up:
             self.say(f"card gateway: charge {amount} EUR for {order_id} ... no answer")
             raise PaymentGatewayError("card gateway timed out")
-        self.say(f"card gateway: charged {amount} EUR for {order_id}")
+        self.say(f"card gateway: charged {amount} EUR (idempotency key {idempotency_key})")
         return f"CARD-{order_id}"
 
     async def refund_card(self, payment_id: str, amount: Decimal) -> None:
@@ -153,7 +153,9 @@ class ChargeCard(_DemoStep, SagaStepHandler[OrderContext, Payment]):
         # fallback must not see any of this (the executor restores the snapshot).
         context.paid_with = "card"
         context.notes.append("card charge attempted")
-        payment_id = await self.world.charge_card(context.order_id, context.amount)
+        # A stable key per saga and step: the gateway can deduplicate a re-run.
+        key = current_step().idempotency_key
+        payment_id = await self.world.charge_card(context.order_id, context.amount, key)
         context.payment_id = payment_id
         return self._generate_step_result(Payment(payment_id=payment_id, provider="card"))
 
@@ -168,8 +170,7 @@ class ChargeBackupProvider(_DemoStep, SagaStepHandler[OrderContext, Payment]):
 
     async def act(self, context: OrderContext) -> SagaStepResult[OrderContext, Payment]:
         self.world.say(
-            f"the fallback sees paid_with={context.paid_with!r}, notes={context.notes!r} "
-            f"(restored: the failed attempt left no trace)"
+            f"fallback sees paid_with={context.paid_with!r}, notes={context.notes!r}: restored"
         )
         context.paid_with = "backup provider"
         context.payment_id = f"BK-{context.order_id}"
@@ -307,8 +308,9 @@ async def _order(
     except SagaFailed as failed:
         write(
             f"  run() raised SagaFailed: failed_step={failed.failed_step!r}, "
-            f"status={failed.status.value}, error={failed.error!r}"
+            f"status={failed.status.value},"
         )
+        write(f"    error={failed.error!r}, compensation_errors={failed.compensation_errors!r}")
         return
     paid = result.context
     write(f"  run() returned: status={result.status.value}, paid with {paid.paid_with} "
@@ -318,23 +320,33 @@ async def _order(
 def _breaker_line(breaker: CircuitBreaker, world: DemoWorld) -> str:
     return (
         f"  breaker {breaker.name}: {breaker.state.value}, counted failures "
-        f"{breaker.failure_count}/{breaker.fail_max}; card gateway called "
-        f"{world.card_gateway_calls} times so far"
+        f"{breaker.failure_count}/{breaker.fail_max}; calls to the card gateway so far: "
+        f"{world.card_gateway_calls}"
     )
 
 
-async def _journal(store: MemorySagaStore, saga_ids: list[str], write: Write) -> None:
+async def _journal(
+    store: MemorySagaStore, saga_ids: list[str], shown: set[str], write: Write
+) -> None:
     _banner(write, "The journal (MemorySagaStore, the default store)")
+    write("")
     for saga_id in saga_ids:
         record = await store.load(saga_id)
+        write(f"{record.saga_id}: {record.saga_name}, {record.status.value}, "
+              f"{len(record.history)} entries")
+    for saga_id in saga_ids:
+        if saga_id not in shown:
+            continue
+        record = await store.load(saga_id)
         write("")
-        write(f"{record.saga_id}: {record.saga_name}, {record.status.value}")
+        write(f"{record.saga_id} ({record.status.value}):")
         write(f"  {'pos':>3}  {'step':<21} {'branch':<8} {'action':<10} {'status':<9} try  error")
         for entry in record.history:
-            write(
+            line = (
                 f"  {entry.position:>3}  {entry.step:<21} {entry.branch:<8} {entry.action:<10} "
                 f"{entry.status.value:<9} {entry.attempt:>3}  {entry.error or ''}"
             )
+            write(line.rstrip())
 
 
 async def demo(write: Write = print) -> None:
@@ -388,7 +400,8 @@ async def demo(write: Write = print) -> None:
         city="Atlantis",
     )
 
-    await _journal(store, ["A-1001", "A-1002", "A-1003", "A-1004", "A-1005"], write)
+    orders = ["A-1001", "A-1002", "A-1003", "A-1004", "A-1005"]
+    await _journal(store, orders, {"A-1001", "A-1003", "A-1005"}, write)
 
 
 def run_demo(write: Write = print) -> int:

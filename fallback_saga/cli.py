@@ -46,7 +46,8 @@ def load_saga_class(spec: str) -> type[Saga[Any]]:
     try:
         target: object = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
+        missing = error.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
             raise UsageError(f"no module named {module_name!r}") from error
         raise UsageError(f"importing {module_name!r} failed: {error}") from error
     except Exception as error:  # the module itself raised, e.g. SagaDefinitionError
@@ -68,67 +69,111 @@ def load_saga_class(spec: str) -> type[Saga[Any]]:
 def mermaid_flowchart(saga_class: type[Saga[Any]], direction: str = "TD") -> str:
     """A Mermaid ``flowchart`` of a saga: steps in order, fallbacks, the way back.
 
-    Solid edges are the forward path. A dashed, labelled edge leads from a
-    Fallback's primary to its fallback. Dotted edges are the compensation
-    path: a failing step hands over to the compensation of the step before it,
-    and compensations run in reverse down to the first step.
+    Solid edges are the forward path. A dashed edge, labelled with what
+    triggers it, leads from a Fallback's primary to its fallback. Dotted edges
+    are the compensation path: a failing step hands over to the compensation
+    of the step before it, and compensations run in reverse down to the first
+    step. A Fallback's two undo nodes are alternatives: only the branch that
+    ran is compensated.
     """
     definition: SagaDefinition = saga_class.definition
     items = definition.items
-    lines = [f"flowchart {direction}"]
-    emit = lines.append
-    emit(f"    start([{_text(definition.saga_name)}])")
-    emit("    completed([COMPLETED])")
-    emit("    compensated([COMPENSATED, or FAILED if a compensation keeps failing])")
+    chart = _Chart(direction)
+    chart.node("start", definition.saga_name, shape="stadium")
 
-    emit("    %% forward: act, in order")
-    previous_exits = ["start"]
+    chart.line('    subgraph forward ["act, in order"]')
     for item in items:
         pos = item.position
         if isinstance(item, FallbackSpec):
-            emit(f'    s{pos}["{_primary_label(item)}"]')
-            emit(f'    s{pos}fb["{_branch_label(item.fallback, "fallback")}"]')
-            entries, exits = [f"s{pos}"], [f"s{pos}", f"s{pos}fb"]
+            chart.node(f"s{pos}", _primary_label(item), markup=True, indent=8)
+            chart.node(f"s{pos}fb", _branch_label(item.fallback, "fallback"), markup=True, indent=8)
         else:
-            emit(f'    s{pos}["{_branch_label(item, "")}"]')
-            entries, exits = [f"s{pos}"], [f"s{pos}"]
-        for source in previous_exits:
-            for target in entries:
-                emit(f"    {source} --> {target}")
-        if isinstance(item, FallbackSpec):
-            emit(f'    s{pos} -. "{_fallback_edge_label(item)}" .-> s{pos}fb')
-        previous_exits = exits
-    for source in previous_exits:
-        emit(f"    {source} --> completed")
+            chart.node(f"s{pos}", _branch_label(item, ""), markup=True, indent=8)
+    chart.line("    end")
 
-    emit("    %% backward: compensate, last completed step first")
     # The last step is never compensated: if it fails it did not complete,
     # and if it completes the saga is done.
-    for item in items[:-1]:
+    if len(items) > 1:
+        chart.line('    subgraph backward ["compensate, in reverse"]')
+        for item in reversed(items[:-1]):
+            pos = item.position
+            if isinstance(item, FallbackSpec):
+                chart.node(f"u{pos}", f"undo {item.primary.name}", indent=8)
+                chart.node(f"u{pos}fb", f"undo {item.fallback.name}", indent=8)
+            else:
+                chart.node(f"u{pos}", f"undo {item.name}", indent=8)
+        chart.line("    end")
+    chart.node("completed", "COMPLETED", shape="stadium")
+    chart.node("compensated", "COMPENSATED, or FAILED if a compensation gave up", shape="stadium")
+
+    previous = ["start"]
+    for item in items:
         pos = item.position
+        for source in previous:
+            chart.edge(source, f"s{pos}")
         if isinstance(item, FallbackSpec):
-            emit(f'    u{pos}["undo {_text(item.primary.name)}"]')
-            emit(f'    u{pos}fb["undo {_text(item.fallback.name)}"]')
+            chart.edge(f"s{pos}", f"s{pos}fb", kind="fallback", label=_fallback_trigger(item))
+            previous = [f"s{pos}", f"s{pos}fb"]
         else:
-            emit(f'    u{pos}["undo {_text(item.name)}"]')
+            previous = [f"s{pos}"]
+    for source in previous:
+        chart.edge(source, "completed")
+
     for index, item in enumerate(items):
         landing = _undo_nodes(items[index - 1]) if index > 0 else ["compensated"]
         pos = item.position
+        failing = [(f"s{pos}", "fails")]
         if isinstance(item, FallbackSpec):
             failing = [(f"s{pos}fb", "fails")]
-            if item.rule.failure_exceptions:
+            if item.rule.failure_exceptions:  # an error outside them skips the fallback
                 failing.insert(0, (f"s{pos}", "other error"))
-        else:
-            failing = [(f"s{pos}", "fails")]
         for source, label in failing:
             for target in landing:
-                emit(f'    {source} -. "{label}" .-> {target}')
+                chart.edge(source, target, kind="undo", label=label)
     for index in range(len(items) - 2, -1, -1):
         lower = _undo_nodes(items[index - 1]) if index > 0 else ["compensated"]
         for source in _undo_nodes(items[index]):
             for target in lower:
-                emit(f"    {source} -.-> {target}")
-    return "\n".join(lines) + "\n"
+                chart.edge(source, target, kind="undo")
+    return chart.render()
+
+
+class _Chart:
+    """Collects Mermaid lines and numbers the edges (``linkStyle`` needs indices)."""
+
+    def __init__(self, direction: str) -> None:
+        self.lines = [f"flowchart {direction}"]
+        self.edges = 0
+        self.styled: dict[str, list[int]] = {"fallback": [], "undo": []}
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def node(
+        self, node_id: str, label: str, *, markup: bool = False, shape: str = "box", indent: int = 4
+    ) -> None:
+        """A node; ``label`` is plain text, or Mermaid markup already escaped (``markup``)."""
+        text = label if markup else _text(label)
+        opening, closing = ('(["', '"])') if shape == "stadium" else ('["', '"]')
+        self.lines.append(f"{' ' * indent}{node_id}{opening}{text}{closing}")
+
+    def edge(self, source: str, target: str, *, kind: str = "forward", label: str = "") -> None:
+        arrow = "-->" if kind == "forward" else "-.->"
+        text = f'|"{_text(label)}"|' if label else ""
+        self.lines.append(f"    {source} {arrow}{text} {target}")
+        if kind in self.styled:
+            self.styled[kind].append(self.edges)
+        self.edges += 1
+
+    def render(self) -> str:
+        lines = self.lines
+        if self.styled["fallback"]:
+            indices = ",".join(map(str, self.styled["fallback"]))
+            lines.append(f"    linkStyle {indices} stroke-dasharray: 8 4")
+        if self.styled["undo"]:
+            indices = ",".join(map(str, self.styled["undo"]))
+            lines.append(f"    linkStyle {indices} stroke-dasharray: 2 3")
+        return "\n".join(lines) + "\n"
 
 
 def _undo_nodes(item: BranchSpec | FallbackSpec) -> list[str]:
@@ -139,6 +184,7 @@ def _undo_nodes(item: BranchSpec | FallbackSpec) -> list[str]:
 
 
 def _branch_label(branch: BranchSpec, role: str) -> str:
+    # Returns Mermaid markup: the name is escaped here, the <br/> and <i> are real.
     parts = [_text(branch.name)]
     if role:
         parts.append(f"<i>{role}</i>")
@@ -159,13 +205,13 @@ def _primary_label(item: FallbackSpec) -> str:
     return label
 
 
-def _fallback_edge_label(item: FallbackSpec) -> str:
+def _fallback_trigger(item: FallbackSpec) -> str:
     rule = item.rule
     kinds = rule.failure_exceptions
     trigger = " / ".join(kind.__name__ for kind in kinds) if kinds else "any Exception"
     if rule.circuit_breaker is not None:
         trigger += " / circuit open"
-    return _text(trigger)
+    return trigger
 
 
 def _text(text: str) -> str:

@@ -9,7 +9,11 @@ from .status import SagaStatus
 __all__ = [
     "ContextDecodeError",
     "ContextSerializationError",
+    "CorruptSagaRecord",
+    "LeaseLost",
+    "RecordedError",
     "SagaAlreadyExists",
+    "SagaDefinitionChanged",
     "SagaDefinitionError",
     "SagaError",
     "SagaFailed",
@@ -68,12 +72,58 @@ class SagaNotFound(SagaStoreError, KeyError):
         return str(self.args[0])
 
 
+class CorruptSagaRecord(SagaStoreError):
+    """A stored saga cannot be read back (bad JSON, unknown status, ...)."""
+
+    def __init__(self, saga_id: str, reason: str) -> None:
+        self.saga_id = saga_id
+        self.reason = reason
+        super().__init__(f"saga {saga_id!r} in the store is unreadable: {reason}")
+
+
+class LeaseLost(SagaStoreError):
+    """This worker's lease on a saga expired and another worker took it over:
+    the write was refused and this worker must stop driving the saga."""
+
+    def __init__(self, saga_id: str, token: int) -> None:
+        self.saga_id = saga_id
+        self.token = token
+        super().__init__(
+            f"lease on saga {saga_id!r} (fencing token {token}) was lost; the saga is "
+            f"driven by another worker now"
+        )
+
+
 class SagaAlreadyExists(SagaStoreError):
     """A saga id was reused: ids must be unique per store."""
 
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
         super().__init__(f"a saga with id {saga_id!r} already exists in the store")
+
+
+class SagaDefinitionChanged(SagaError):
+    """A saga was started with another definition than the code has now.
+
+    Resuming it could run the wrong step or compensate the wrong one, so it is
+    refused unless the caller says otherwise (``allow_changed_definition``).
+    """
+
+    def __init__(
+        self, saga_id: str, stored: str, current: str, differences: list[str]
+    ) -> None:
+        self.saga_id = saga_id
+        self.stored_fingerprint = stored
+        self.current_fingerprint = current
+        self.differences = differences
+        super().__init__(
+            f"saga {saga_id!r} was started with another definition (fingerprint {stored}, "
+            f"the code now has {current}): " + "; ".join(differences)
+        )
+
+
+class RecordedError(SagaError):
+    """An error that an earlier run journaled; only its text survived."""
 
 
 class SagaFailed(SagaError):

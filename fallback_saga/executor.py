@@ -38,13 +38,13 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
 from .context import Snapshot, context_to_dict, take_snapshot
-from .errors import ContextSerializationError, SagaFailed, SagaStoreError
+from .errors import ContextSerializationError, LeaseLost, SagaFailed, SagaStoreError
 from .events import HOOK_NAMES, Hook, collect_hooks, emit
 from .fallback import Fallback
 from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
-from .store.base import JournalEntry, RawEntry, SagaStore
+from .store.base import JournalEntry, Lease, RawEntry, SagaStore
 
 __all__ = ["SagaResult"]
 
@@ -187,6 +187,7 @@ class Execution(StepCursor):
         "context_dirty",
         "created",
         "created_at",
+        "fence",
         "fingerprint",
         "hooks",
         "image",
@@ -196,6 +197,7 @@ class Execution(StepCursor):
         "live",
         "pending_status",
         "results",
+        "resumed",
         "stack",
         "status",
         "store",
@@ -213,6 +215,7 @@ class Execution(StepCursor):
         hooks: Hooks,
         compensation_retry: RetryPolicy,
         live: bool,
+        fence: Lease | None = None,
     ) -> None:
         if saga_id is None:
             saga_id = new_saga_id()
@@ -235,6 +238,8 @@ class Execution(StepCursor):
         self.status = SagaStatus.RUNNING
         self.created_at = _now()
         self.image: Snapshot | None = None
+        self.fence = fence  # resumed under a lease: every write is conditional on it
+        self.resumed = False
         self.live = live  # the store is a LiveJournal (decided once per saga instance)
         if live:
             self.initial_context: dict[str, Any] | None = None
@@ -246,17 +251,30 @@ class Execution(StepCursor):
 
     def begin(self) -> None:
         if self.live:
-            self.store.track(self)  # type: ignore[attr-defined]
+            self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
             self.created = True
         if self.hooks.saga_started:
             emit(self.hooks.saga_started, self.saga_id, self.saga_name)
 
-    async def run_all(self, plan: tuple[PlanItem, ...]) -> SagaResult[Any]:
+    async def run_all(
+        self, plan: tuple[PlanItem, ...], start: int = 0, fallback_first: bool = False
+    ) -> SagaResult[Any]:
+        """Run ``plan`` from position ``start`` (0, or where a resumed run stopped);
+        ``fallback_first``: the step at ``start`` had already handed over to its
+        fallback, so resume with the fallback."""
         self.begin()
         token = _CURSOR.set(self)
         try:
             results = self.results
-            for item in plan:
+            if fallback_first:
+                resumed: FallbackPlan = plan[start]  # type: ignore[assignment]
+                snapshot = self.image = take_snapshot(self.context)
+                response = await self.try_branch(resumed.fallback, snapshot, None)
+                if not isinstance(response, SagaStepResult):
+                    response = SagaStepResult(response, resumed.fallback.name, self.saga_id)
+                results.append(response)
+                start += 1
+            for item in plan[start:] if start else plan:
                 # run_item, inlined: this loop is the hottest path of the library
                 if isinstance(item, Branch):
                     branch = item
@@ -306,12 +324,25 @@ class Execution(StepCursor):
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
         return SagaResult(self.saga_id, self.status, self.context, self.results)
 
+    async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
+        """Finish the unwinding a crashed run had begun; never runs a forward step."""
+        self.begin()
+        self.step = failed_step
+        token = _CURSOR.set(self)
+        try:
+            await self.fail(error)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            _CURSOR.reset(token)
+
     async def fail(self, error: BaseException) -> NoReturn:
         """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7)."""
         error = _unwrap(error)
-        if not self.created:
+        if not self.created or isinstance(error, LeaseLost):
             # Nothing was journaled, so no step ran (the saga id is taken, the
             # store is down): nothing to unwind; the error itself says it best.
+            # Or another worker owns the saga now: hands off, at once.
             raise error
         failed_step = self.step
         compensation_errors = await self.unwind()
@@ -593,10 +624,14 @@ class Execution(StepCursor):
                 self.created = True
             else:
                 await self.store.append(
-                    self.saga_id, entries, status=self.pending_status, context=context
+                    self.saga_id,
+                    entries,
+                    status=self.pending_status,
+                    context=context,
+                    fence=self.fence,
                 )
         except Exception as error:
-            if not best_effort:
+            if not best_effort or isinstance(error, LeaseLost):
                 raise JournalWriteFailed(error) from error
             _log.error(
                 "saga %s (%s): journal write failed while unwinding; compensation goes on: %r",

@@ -8,7 +8,9 @@ from contextvars import Token
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .context import context_from_dict
 from .definition import BranchSpec, FallbackSpec, SagaDefinition, build_definition
+from .errors import CorruptSagaRecord, RecordedError, SagaFailed
 from .executor import (
     Branch,
     Execution,
@@ -18,10 +20,11 @@ from .executor import (
     PlanItem,
     SagaResult,
 )
+from .recovery import check_definition, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
-from .store.base import LiveJournal, SagaStore
+from .store.base import Lease, LiveJournal, SagaRecord, SagaStore
 from .store.memory import MemorySagaStore
 
 __all__ = ["Saga", "SagaTransaction"]
@@ -90,7 +93,9 @@ class Saga(Generic[ContextT]):
     def name(self) -> str:
         return self.definition.saga_name
 
-    def _execution(self, context: ContextT, saga_id: str | None) -> Execution:
+    def _execution(
+        self, context: ContextT, saga_id: str | None, fence: Lease | None = None
+    ) -> Execution:
         expected = self.definition.context_type
         if expected is not None and not isinstance(context, expected):
             raise TypeError(
@@ -105,6 +110,7 @@ class Saga(Generic[ContextT]):
             hooks=self._hooks,
             compensation_retry=self.compensation_retry,
             live=self._live_store,
+            fence=fence,
         )
 
     async def run(self, context: ContextT, *, saga_id: str | None = None) -> SagaResult[ContextT]:
@@ -117,6 +123,90 @@ class Saga(Generic[ContextT]):
         is refused before any step runs (``ContextSerializationError``).
         """
         return await self._execution(context, saga_id).run_all(self._plan)
+
+    async def resume(
+        self, saga_id: str, *, allow_changed_definition: bool = False
+    ) -> SagaResult[ContextT]:
+        """Continue a saga from its journal in ``self.store`` (S10).
+
+        * RUNNING: continues from the first step whose ``act`` did not
+          complete; that step runs again, with the same
+          ``current_step().idempotency_key``. A Fallback whose fallback had
+          started resumes with the fallback.
+        * COMPENSATING: finishes the unwinding; never runs a forward step and
+          never compensates a step twice, then raises ``SagaFailed``.
+        * Finished: COMPLETED returns its stored outcome (``results`` empty);
+          COMPENSATED/FAILED raise ``SagaFailed`` with the recorded error.
+
+        A failure during the resumed run unwinds and raises ``SagaFailed``,
+        like ``run``. ``SagaNotFound`` for an unknown id;
+        ``SagaDefinitionChanged`` if the saga was started with other steps,
+        unless ``allow_changed_definition`` (steps are then matched by position).
+        """
+        record = await self.store.load(saga_id)
+        return await self._resume_record(
+            record, allow_changed_definition=allow_changed_definition
+        )
+
+    async def _resume_record(
+        self,
+        record: SagaRecord,
+        *,
+        lease: Lease | None = None,
+        allow_changed_definition: bool = False,
+    ) -> SagaResult[ContextT]:
+        definition = self.definition
+        if record.saga_name != definition.saga_name:
+            raise ValueError(
+                f"saga {record.saga_id!r} is a {record.saga_name}, not a {definition.saga_name}"
+            )
+        if not allow_changed_definition:
+            check_definition(record, definition)
+        if definition.context_type is None:
+            raise TypeError(
+                f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
+                f"to be resumed from a journal"
+            )
+        context: Any = context_from_dict(definition.context_type, record.context)
+        status = record.status
+        point = resume_point(record)
+        failure = point.last_failure or ("", "")
+        if status is SagaStatus.COMPLETED:
+            return SagaResult(record.saga_id, status, context, [])
+        if status.is_final:
+            raise SagaFailed(
+                saga_id=record.saga_id,
+                saga_name=record.saga_name,
+                status=status,
+                failed_step=failure[0],
+                error=RecordedError(failure[1] or "failed in an earlier run"),
+            )
+        execution = self._execution(context, record.saga_id, fence=lease)
+        execution.resumed = True
+        execution.created = True
+        execution.journal = list(record.history)
+        execution.written = len(execution.journal)
+        execution.stack = [self._branch_at(record, position, branch) for position, branch
+                           in point.stack]
+        if status is SagaStatus.COMPENSATING:
+            await execution.resume_unwinding(
+                failure[0], RecordedError(failure[1] or "failed in an earlier run")
+            )
+        if point.next_position >= len(self._plan):
+            # Every act completed but the completion was not journaled: finish it.
+            execution.begin()
+            return await execution.complete()
+        return await execution.run_all(self._plan, point.next_position, point.fallback_in_flight)
+
+    def _branch_at(self, record: SagaRecord, position: int, branch: str) -> Branch:
+        item = self._plan[position] if position < len(self._plan) else None
+        if isinstance(item, Branch):
+            return item
+        if isinstance(item, FallbackPlan):
+            return item.fallback if branch == "fallback" else item.primary
+        raise CorruptSagaRecord(
+            record.saga_id, f"position {position} is beyond the saga's {len(self._plan)} steps"
+        )
 
     def transaction(
         self, context: ContextT, *, saga_id: str | None = None

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from fallback_saga import Saga, SagaContext
+from fallback_saga import (
+    JournalEntry,
+    Saga,
+    SagaAlreadyExists,
+    SagaContext,
+    SagaNotFound,
+    SagaRecord,
+    SagaStatus,
+    StepStatus,
+)
 
 Trace = list[tuple[str, str]]
 
@@ -153,3 +163,71 @@ def error_chain(error: BaseException | None) -> list[BaseException]:
         chain.append(error)
         error = error.__cause__ or error.__context__
     return chain
+
+
+class JsonStore:
+    """A write-ahead ``SagaStore`` that keeps nothing but JSON text, the way a
+    durable store does; ``writes`` counts the calls it received."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+        self.writes = 0
+
+    async def create(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus = SagaStatus.RUNNING,
+    ) -> None:
+        if saga_id in self.rows:
+            raise SagaAlreadyExists(saga_id)
+        self.writes += 1
+        self.rows[saga_id] = json.dumps(
+            {
+                "saga_name": saga_name,
+                "fingerprint": fingerprint,
+                "status": str(status),
+                "context": context,
+                "history": [list(entry) for entry in entries],
+            }
+        )
+
+    async def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        if saga_id not in self.rows:
+            raise SagaNotFound(saga_id)
+        self.writes += 1
+        row = json.loads(self.rows[saga_id])
+        row["history"].extend(list(entry) for entry in entries)
+        if status is not None:
+            row["status"] = str(status)
+        if context is not None:
+            row["context"] = context
+        self.rows[saga_id] = json.dumps(row)
+
+    async def load(self, saga_id: str) -> SagaRecord:
+        if saga_id not in self.rows:
+            raise SagaNotFound(saga_id)
+        row = json.loads(self.rows[saga_id])
+        history = [
+            JournalEntry(p, step, branch, action, StepStatus(status), attempt, error, at)
+            for p, step, branch, action, status, attempt, error, at in row["history"]
+        ]
+        return SagaRecord(
+            saga_id=saga_id,
+            saga_name=row["saga_name"],
+            fingerprint=row["fingerprint"],
+            status=SagaStatus(row["status"]),
+            context=row["context"],
+            history=history,
+        )

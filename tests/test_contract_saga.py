@@ -14,6 +14,7 @@ import pytest
 from helpers_saga import (
     Blocker,
     Boom,
+    JsonStore,
     OrderCtx,
     Probe,
     SleepRecorder,
@@ -566,36 +567,75 @@ async def test_S8_cancel_mid_step_compensates_completed_then_reraises() -> None:
     assert (await saga.store.load("s8")).status is SagaStatus.COMPENSATED
 
 
-async def test_S8_cancel_again_during_compensation_compensation_still_finishes() -> None:
-    trace: Trace = []
-    undo_started = asyncio.Event()
-    undo_gate = asyncio.Event()
+class SlowUndo:
+    """A step whose compensate signals ``undo_started`` and waits for ``gate``."""
 
-    class SlowUndo:
-        name = "SlowUndo"
+    name = "SlowUndo"
 
-        async def act(self, ctx: OrderCtx) -> str:
-            return "ok"
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.undo_started = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.calls = 0
+        self.interrupted = 0
 
-        async def compensate(self, ctx: OrderCtx) -> None:
-            undo_started.set()
-            await undo_gate.wait()
-            trace.append(("compensate", self.name))
+    async def act(self, ctx: Any) -> str:
+        return "ok"
 
-    blocker = Blocker("Wait", trace)
-    saga = declare(Probe("First", trace), SlowUndo(), blocker)()
+    async def compensate(self, ctx: Any) -> None:
+        self.calls += 1
+        self.undo_started.set()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.interrupted += 1
+            raise
+        self.trace.append(("compensate", self.name))
 
+
+async def _cancel_twice(saga: Any, slow: SlowUndo, blocker: Blocker) -> asyncio.Task[Any]:
+    """Start ``saga``, cancel it mid-step, cancel it again while ``slow`` compensates."""
     task = asyncio.create_task(saga.run(OrderCtx(), saga_id="s8b"))
     await blocker.started.wait()
     task.cancel()
-    await undo_started.wait()
+    await slow.undo_started.wait()
     task.cancel()  # the caller gives up again while the unwinding is under way
-    undo_gate.set()
+    slow.gate.set()
+    return task
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "write-ahead"])
+async def test_S8_cancel_again_during_compensation_compensation_still_finishes(
+    store_kind: str,
+) -> None:
+    trace: Trace = []
+    slow = SlowUndo(trace)
+    blocker = Blocker("Wait", trace)
+    store = MemorySagaStore() if store_kind == "memory" else JsonStore()
+    saga = declare(Probe("First", trace), slow, blocker)(store=store)
+
+    task = await _cancel_twice(saga, slow, blocker)
     with pytest.raises(asyncio.CancelledError):
         await task
 
     assert compensated(trace) == ["SlowUndo", "First"]
     assert (await saga.store.load("s8b")).status is SagaStatus.COMPENSATED
+
+
+async def test_S8_compensation_is_shielded_from_a_second_cancellation() -> None:
+    """DESIGN S8: completed steps are compensated *shielded from the
+    cancellation* -- a compensate call in progress is not interrupted."""
+    trace: Trace = []
+    slow = SlowUndo(trace)
+    blocker = Blocker("Wait", trace)
+    saga = declare(Probe("First", trace), slow, blocker)()
+
+    task = await _cancel_twice(saga, slow, blocker)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert slow.interrupted == 0
+    assert slow.calls == 1
 
 
 # --------------------------------------------------------------------------- S12
@@ -630,7 +670,7 @@ async def test_S12_non_serializable_context_refused_before_first_step(
     context: SagaContext, path_pattern: str
 ) -> None:
     trace: Trace = []
-    store = MemorySagaStore()
+    store = JsonStore()  # a store that must serialize (a durable one)
     saga = declare(Probe("First", trace), context=type(context))(store=store)
 
     with pytest.raises(ContextSerializationError) as info:
@@ -639,4 +679,54 @@ async def test_S12_non_serializable_context_refused_before_first_step(
     assert re.search(path_pattern, str(info.value))
     assert re.search(path_pattern, info.value.path)
     assert trace == []
-    assert len(store) == 0
+    assert store.rows == {}
+
+
+async def test_S12_non_serializable_context_refused_by_transaction_too() -> None:
+    trace: Trace = []
+    store = JsonStore()
+    saga = declare(Probe("First", trace), context=LooseCtx)(store=store)
+
+    async def drive() -> None:
+        async with saga.transaction(LooseCtx("o-1", {1j: "x"})) as tx:
+            async for _ in tx:
+                pass
+
+    with pytest.raises(ContextSerializationError, match="payload"):
+        await drive()
+    assert trace == []
+    assert store.rows == {}
+
+
+# --------------------------------------------------------------------------- S10 (write-ahead)
+
+
+async def test_S10_step_intent_is_journaled_before_the_step_runs() -> None:
+    store = JsonStore()
+    seen: list[list[tuple[str, str, StepStatus]]] = []
+
+    class Inspect:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def act(self, ctx: OrderCtx) -> str:
+            record = await store.load("wa")
+            seen.append([(e.step, e.action, e.status) for e in record.history])
+            ctx.items.append(self.name)
+            return "ok"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            pass
+
+    saga = declare(Inspect("A"), Inspect("B"))(store=store)
+    await saga.run(OrderCtx(), saga_id="wa")
+
+    assert seen[0] == [("A", "act", StepStatus.STARTED)]
+    assert seen[1] == [
+        ("A", "act", StepStatus.STARTED),
+        ("A", "act", StepStatus.COMPLETED),
+        ("B", "act", StepStatus.STARTED),
+    ]
+    record = await store.load("wa")
+    assert record.status is SagaStatus.COMPLETED
+    assert record.context["items"] == ["apple", "A", "B"]

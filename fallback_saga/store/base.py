@@ -8,7 +8,16 @@ from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 from ..status import SagaStatus, StepStatus
 
-__all__ = ["JournalEntry", "LiveJournal", "LiveSaga", "SagaRecord", "SagaStore"]
+__all__ = [
+    "JournalEntry",
+    "Lease",
+    "LiveJournal",
+    "LiveSaga",
+    "RecoverableStore",
+    "SagaRecord",
+    "SagaStore",
+    "SagaSummary",
+]
 
 Action = Literal["act", "compensate"]
 Branch = Literal["primary", "fallback"]
@@ -80,12 +89,77 @@ class SagaStore(Protocol):
         *,
         status: SagaStatus | None = None,
         context: dict[str, Any] | None = None,
+        fence: Lease | None = None,
     ) -> None:
-        """Add transitions, and set the status/context when given."""
+        """Add transitions, and set the status/context when given.
+
+        With ``fence`` (a saga resumed under a lease), the write happens only
+        if the lease's fencing token is still the saga's current one;
+        otherwise ``LeaseLost`` is raised and nothing is written.
+        """
         ...
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record; ``SagaNotFound`` if there is none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right of one recovery worker to resume one saga, for a while.
+
+    ``token`` is the fencing token: every claim of the saga increments it,
+    and writes made under an older token are refused (``LeaseLost``).
+    """
+
+    saga_id: str
+    owner: str
+    token: int
+    expires_at: float  # Unix time
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSummary:
+    """One line of a saga listing (no context, no history)."""
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    created_at: float
+    updated_at: float
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+
+
+@runtime_checkable
+class RecoverableStore(SagaStore, Protocol):
+    """A durable store that recovery and the operator CLI can work with."""
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaSummary]:
+        """Newest first."""
+        ...
+
+    async def claim(
+        self, *, owner: str, lease_seconds: float, older_than: float, limit: int
+    ) -> list[Lease]:
+        """Atomically lease up to ``limit`` interrupted sagas: status RUNNING or
+        COMPENSATING, last updated more than ``older_than`` seconds ago, and no
+        unexpired lease. Each claim increments the saga's fencing token."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give a lease back (only if it is still the current one)."""
+        ...
+
+    async def purge(self, *, older_than: float) -> int:
+        """Delete finished sagas last updated more than ``older_than`` seconds
+        ago; returns how many were deleted."""
         ...
 
 
@@ -118,8 +192,9 @@ class LiveJournal(Protocol):
     for journaling. ``MemorySagaStore`` implements it.
     """
 
-    def track(self, saga: LiveSaga) -> None:
-        """Start watching ``saga``; ``SagaAlreadyExists`` if the id is taken."""
+    def track(self, saga: LiveSaga, *, replace: bool = False) -> None:
+        """Start watching ``saga``; ``SagaAlreadyExists`` if the id is taken,
+        unless ``replace`` (a resumed saga takes over its own record)."""
         ...
 
     def finished(self, saga: LiveSaga) -> None:

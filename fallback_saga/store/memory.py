@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
-from .base import JournalEntry, LiveSaga, SagaRecord
+from .base import JournalEntry, Lease, LiveSaga, SagaRecord
 
 __all__ = ["MemorySagaStore"]
 
@@ -46,8 +46,8 @@ class MemorySagaStore:
 
     # ------------------------------------------------------------------ LiveJournal
 
-    def track(self, saga: LiveSaga) -> None:
-        if saga.saga_id in self._sagas:
+    def track(self, saga: LiveSaga, *, replace: bool = False) -> None:
+        if saga.saga_id in self._sagas and not replace:
             raise SagaAlreadyExists(saga.saga_id)
         self._sagas[saga.saga_id] = saga
 
@@ -91,6 +91,7 @@ class MemorySagaStore:
         *,
         status: SagaStatus | None = None,
         context: dict[str, Any] | None = None,
+        fence: Lease | None = None,
     ) -> None:
         record = self._sagas.get(saga_id)
         if record is None:

@@ -1,0 +1,1032 @@
+"""Rule S9: the circuit breaker, one test per clause, plus its ways of being called.
+
+Time is a ``FakeClock`` moved by hand; concurrent calls are held inside the
+guarded function with ``asyncio.Event``s. Nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pickle
+import random
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from helpers_breaker import (
+    Boom,
+    BusinessError,
+    FakeClock,
+    SpecificBusinessError,
+    StateChanges,
+    fail_with,
+    succeed,
+    trip,
+)
+
+from fallback_saga import (
+    CircuitBreaker,
+    CircuitBreakerProtocol,
+    CircuitOpenError,
+    CircuitState,
+    Fallback,
+    RetryPolicy,
+    Saga,
+    SagaContext,
+)
+
+CLOSED = CircuitState.CLOSED
+OPEN = CircuitState.OPEN
+HALF_OPEN = CircuitState.HALF_OPEN
+
+
+def make_breaker(**options: Any) -> tuple[CircuitBreaker, FakeClock]:
+    clock = options.pop("clock", None) or FakeClock()
+    options.setdefault("reset_timeout", 30.0)
+    options.setdefault("name", "inventory")
+    return CircuitBreaker(clock=clock, **options), clock
+
+
+async def open_then_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    await trip(breaker)
+    assert breaker.state is OPEN
+    clock.advance(breaker.reset_timeout)
+    assert breaker.state is HALF_OPEN
+
+
+class Held:
+    """A guarded function that stays inside until released (one per call)."""
+
+    def __init__(self, outcome: BaseException | None = None) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.outcome = outcome
+
+    async def __call__(self) -> str:
+        self.entered.set()
+        await self.release.wait()
+        if self.outcome is not None:
+            raise self.outcome
+        return "released"
+
+
+# --------------------------------------------------------------------------- CLOSED -> OPEN
+
+
+async def test_S9_opens_after_fail_max_consecutive_failures() -> None:
+    breaker, _ = make_breaker(fail_max=3)
+    calls = 0
+
+    async def flaky(error: Exception | None) -> str:
+        nonlocal calls
+        calls += 1
+        if error is not None:
+            raise error
+        return "ok"
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await breaker.call(flaky, Boom("down"))
+    assert (breaker.state, breaker.failure_count) == (CLOSED, 2)
+
+    # A success in between: the failures were not consecutive.
+    assert await breaker.call(flaky, None) == "ok"
+    assert breaker.failure_count == 0
+
+    for expected_count in (1, 2):
+        with pytest.raises(Boom):
+            await breaker.call(flaky, Boom("down"))
+        assert (breaker.state, breaker.failure_count) == (CLOSED, expected_count)
+    with pytest.raises(Boom):
+        await breaker.call(flaky, Boom("down"))
+    assert breaker.state is OPEN
+    assert calls == 6  # every call while CLOSED reached the function
+
+
+async def test_S9_failure_count_reports_consecutive_counted_failures() -> None:
+    breaker, _ = make_breaker(fail_max=4)
+    assert breaker.failure_count == 0
+    await trip(breaker, 3)
+    assert breaker.failure_count == 3
+    await breaker.call(succeed)
+    assert breaker.failure_count == 0
+    await trip(breaker, 2)
+    breaker.close()
+    assert breaker.failure_count == 0
+
+
+async def test_S9_open_rejects_without_calling_with_retry_after() -> None:
+    breaker, clock = make_breaker(fail_max=2, reset_timeout=30.0)
+    await trip(breaker)
+    clock.advance(12.5)
+    called = 0
+
+    def guarded() -> Awaitable[str]:  # counts even a call that would never be awaited
+        nonlocal called
+        called += 1
+        return succeed("should not run")  # type: ignore[return-value]
+
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(guarded)
+    assert called == 0
+    assert rejected.value.retry_after == pytest.approx(30.0 - 12.5)
+    assert rejected.value.breaker == "inventory"
+    assert breaker.state is OPEN
+
+    clock.advance(10.0)
+    with pytest.raises(CircuitOpenError) as again:
+        await breaker.call(guarded)
+    assert again.value.retry_after == pytest.approx(30.0 - 22.5)
+    assert called == 0
+
+
+# --------------------------------------------------------------------------- HALF_OPEN
+
+
+async def test_S9_state_reads_half_open_once_reset_timeout_passed() -> None:
+    changes = StateChanges()
+    breaker, clock = make_breaker(fail_max=1, reset_timeout=30.0, listeners=[changes])
+    await trip(breaker)
+    clock.advance(29.999)
+    assert breaker.state is OPEN
+    clock.advance(0.001)
+    assert breaker.state is HALF_OPEN
+    assert changes.edges() == [(CLOSED, OPEN), (OPEN, HALF_OPEN)]
+
+
+async def test_S9_half_open_after_reset_timeout_success_closes() -> None:
+    breaker, clock = make_breaker(fail_max=2, reset_timeout=30.0)
+    await trip(breaker)
+    clock.advance(29.0)
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(succeed)
+    clock.advance(1.0)
+    assert await breaker.call(succeed, "probe ok") == "probe ok"
+    assert breaker.state is CLOSED
+    assert breaker.failure_count == 0
+    # Closed again for real: it takes fail_max fresh failures to re-open.
+    await trip(breaker, 1)
+    assert breaker.state is CLOSED
+    await trip(breaker, 1)
+    assert breaker.state is OPEN
+
+
+async def test_S9_half_open_failure_reopens() -> None:
+    changes = StateChanges()
+    breaker, clock = make_breaker(fail_max=5, reset_timeout=30.0, listeners=[changes])
+    await trip(breaker)
+    clock.advance(30.0)
+    probe_error = Boom("still down")
+    with pytest.raises(Boom) as raised:
+        await breaker.call(fail_with, probe_error)
+    assert raised.value is probe_error
+    assert breaker.state is OPEN  # one failed trial is enough, whatever fail_max is
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(succeed)
+    assert rejected.value.retry_after == pytest.approx(30.0)  # a fresh timeout
+    assert changes.edges() == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, OPEN)]
+
+
+@pytest.mark.parametrize("max_calls", [1, 3])
+async def test_S9_half_open_admits_exactly_max_calls_concurrently(max_calls: int) -> None:
+    tasks_count = 50
+    breaker, clock = make_breaker(fail_max=1, reset_timeout=10.0, half_open_max_calls=max_calls)
+    await open_then_half_open(breaker, clock)
+
+    inside = 0
+    rejected = 0
+    tried = 0
+    all_tried = asyncio.Event()
+    release = asyncio.Event()
+
+    def note_tried() -> None:
+        nonlocal tried
+        tried += 1
+        if tried == tasks_count:
+            all_tried.set()
+
+    async def trial() -> str:
+        nonlocal inside
+        inside += 1
+        note_tried()
+        await release.wait()
+        return "recovered"
+
+    async def caller() -> str:
+        nonlocal rejected
+        try:
+            return await breaker.call(trial)
+        except CircuitOpenError:
+            rejected += 1
+            note_tried()
+            raise
+
+    tasks = [asyncio.create_task(caller()) for _ in range(tasks_count)]
+    async with asyncio.timeout(10):  # a guard against a hang, not a timing assertion
+        await all_tried.wait()
+    assert inside == max_calls
+    assert rejected == tasks_count - max_calls
+    assert breaker.half_open_calls_in_flight == max_calls
+    assert breaker.state is HALF_OPEN
+
+    release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert outcomes.count("recovered") == max_calls
+    assert sum(isinstance(o, CircuitOpenError) for o in outcomes) == tasks_count - max_calls
+    assert breaker.state is CLOSED
+
+
+async def test_S9_half_open_full_rejection_says_when_to_retry() -> None:
+    breaker, clock = make_breaker(fail_max=1, reset_timeout=10.0, half_open_max_calls=1)
+    await open_then_half_open(breaker, clock)
+    held = Held()
+    trial = asyncio.create_task(breaker.call(held))
+    await held.entered.wait()
+    clock.advance(4.0)
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(succeed)
+    assert 0.0 <= rejected.value.retry_after <= 10.0
+    held.release.set()
+    assert await trial == "released"
+    assert breaker.state is CLOSED
+
+
+async def test_S9_stuck_half_open_trial_allows_new_round_after_reset_timeout() -> None:
+    changes = StateChanges()
+    breaker, clock = make_breaker(
+        fail_max=1, reset_timeout=10.0, half_open_max_calls=1, listeners=[changes]
+    )
+    await open_then_half_open(breaker, clock)
+    hung = Held(outcome=Boom("late failure of the first round"))
+    hung_task = asyncio.create_task(breaker.call(hung))
+    await hung.entered.wait()
+
+    clock.advance(9.0)  # the trial has not reported back: still waiting for it
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(succeed)
+    clock.advance(1.0)  # another reset_timeout: a new round of trials
+    second = Held()
+    second_task = asyncio.create_task(breaker.call(second))
+    await second.entered.wait()
+    assert breaker.half_open_calls_in_flight == 1
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(succeed)  # the new round is full too
+
+    edges_before = changes.edges()
+    hung.release.set()  # the old round's late failure must be ignored
+    with pytest.raises(Boom):
+        await hung_task
+    assert breaker.state is HALF_OPEN
+    assert breaker.half_open_calls_in_flight == 1
+    assert changes.edges() == edges_before
+
+    second.release.set()
+    assert await second_task == "released"
+    assert breaker.state is CLOSED
+
+
+# --------------------------------------------------------------------------- exclusions
+
+
+class HarmlessBoom(Boom):
+    """A Boom that a predicate marks as saying nothing about the service's health."""
+
+
+def _is_harmless(error: BaseException) -> bool:
+    return isinstance(error, HarmlessBoom)
+
+
+EXCLUDED = [
+    pytest.param(lambda: BusinessError("card declined"), id="type"),
+    pytest.param(lambda: SpecificBusinessError("out of stock"), id="subclass-of-type"),
+    pytest.param(lambda: HarmlessBoom("not found"), id="predicate"),
+]
+
+
+@pytest.mark.parametrize("make_error", EXCLUDED)
+async def test_S9_excluded_exceptions_neither_count_nor_reset(
+    make_error: Callable[[], Exception],
+) -> None:
+    breaker, _ = make_breaker(fail_max=3, exclude=[BusinessError, _is_harmless])
+    await trip(breaker, 2)
+    for _ in range(5):
+        error = make_error()
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - identity checked below
+            await breaker.call(fail_with, error)
+        assert raised.value is error
+        assert raised.value.__cause__ is None
+        assert (breaker.state, breaker.failure_count) == (CLOSED, 2)  # not counted, not reset
+    await trip(breaker, 1)
+    assert breaker.state is OPEN  # the count was kept: the third counted failure trips
+
+
+@pytest.mark.parametrize("make_error", EXCLUDED)
+async def test_S9_excluded_exception_in_half_open_returns_the_trial_permit(
+    make_error: Callable[[], Exception],
+) -> None:
+    breaker, clock = make_breaker(
+        fail_max=1, half_open_max_calls=1, exclude=[BusinessError, _is_harmless]
+    )
+    await open_then_half_open(breaker, clock)
+    error = make_error()
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - identity checked below
+        await breaker.call(fail_with, error)
+    assert raised.value is error
+    assert breaker.state is HALF_OPEN  # neither re-opened nor closed
+    assert breaker.half_open_calls_in_flight == 0
+    assert await breaker.call(succeed) == "ok"  # the permit came back: a new trial runs
+    assert breaker.state is CLOSED
+
+
+# --------------------------------------------------------------------------- tripping error
+
+
+async def _via_call(breaker: CircuitBreaker, error: Exception) -> None:
+    await breaker.call(fail_with, error)
+
+
+async def _via_decorator(breaker: CircuitBreaker, error: Exception) -> None:
+    @breaker
+    async def reserve() -> None:
+        raise error
+
+    await reserve()
+
+
+async def _via_async_with(breaker: CircuitBreaker, error: Exception) -> None:
+    async with breaker:
+        raise error
+
+
+WAYS = [
+    pytest.param(_via_call, id="call"),
+    pytest.param(_via_decorator, id="decorator"),
+    pytest.param(_via_async_with, id="async-with"),
+]
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_S9_tripping_exception_is_reraised_unchanged(
+    way: Callable[[CircuitBreaker, Exception], Awaitable[None]],
+) -> None:
+    class Grumpy:
+        def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
+            raise RuntimeError("listener broke")
+
+    breaker, _ = make_breaker(fail_max=1, listeners=[Grumpy()])
+    error = Boom("the one that trips")
+    with pytest.raises(Boom) as raised:
+        await way(breaker, error)
+    assert raised.value is error
+    assert error.__cause__ is None
+    assert error.__context__ is None
+    assert breaker.state is OPEN
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+@pytest.mark.parametrize("way", ["call", "async_with"])
+async def test_S9_cancelled_call_returns_permit_counts_nothing_when_closed(way: str) -> None:
+    breaker, _ = make_breaker(fail_max=3)
+    await trip(breaker, 2)
+    held = Held()
+    task = asyncio.create_task(_hold_through(breaker, held, way))
+    await held.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (breaker.state, breaker.failure_count) == (CLOSED, 2)  # neither failure nor success
+    await trip(breaker, 1)
+    assert breaker.state is OPEN
+
+
+@pytest.mark.parametrize("way", ["call", "async_with"])
+async def test_S9_cancelled_call_returns_permit_counts_nothing_when_half_open(way: str) -> None:
+    changes = StateChanges()
+    breaker, clock = make_breaker(fail_max=1, half_open_max_calls=1, listeners=[changes])
+    await open_then_half_open(breaker, clock)
+    held = Held()
+    task = asyncio.create_task(_hold_through(breaker, held, way))
+    await held.entered.wait()
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(succeed)  # the only trial permit is taken
+    edges_before = changes.edges()
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.state is HALF_OPEN
+    assert breaker.half_open_calls_in_flight == 0
+    assert changes.edges() == edges_before
+
+    second = Held()
+    second_task = asyncio.create_task(_hold_through(breaker, second, way))
+    await second.entered.wait()  # a new trial is admitted: the permit came back
+    second.release.set()
+    assert await second_task == "released"
+    assert breaker.state is CLOSED
+
+
+async def _hold_through(breaker: CircuitBreaker, held: Held, way: str) -> str:
+    if way == "call":
+        return await breaker.call(held)
+    async with breaker:
+        return await held()
+
+
+# --------------------------------------------------------------------------- clock, locks
+
+
+async def test_S9_clock_is_injectable() -> None:
+    # A clock far from time.monotonic(): if the breaker looked at the real clock
+    # anywhere, the open window below would be over (or never start).
+    clock = FakeClock(start=-5_000.0)
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=30.0, clock=clock)
+    await trip(breaker)
+    assert clock.reads > 0
+    clock.advance(29.5)
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(succeed)
+    assert rejected.value.retry_after == pytest.approx(0.5)
+    assert breaker.state is OPEN
+    clock.advance(0.5)
+    assert breaker.state is HALF_OPEN
+    assert await breaker.call(succeed) == "ok"
+    assert breaker.state is CLOSED
+
+
+async def test_S9_no_lock_held_across_await() -> None:
+    breaker, clock = make_breaker(fail_max=1, half_open_max_calls=1)
+    observed: list[tuple[str, bool]] = []
+
+    async def inside(label: str) -> str:
+        observed.append((label, breaker._lock.locked()))
+        # Another thread can take the breaker's lock while this call is suspended.
+        taken = await asyncio.to_thread(breaker._lock.acquire, True, 5.0)
+        if taken:
+            breaker._lock.release()
+        observed.append((label + " from a thread", not taken))
+        return label
+
+    assert await breaker.call(inside, "closed") == "closed"
+    await open_then_half_open(breaker, clock)
+    assert await breaker.call(inside, "half-open trial") == "half-open trial"  # slow path
+    assert breaker.state is CLOSED
+    async with breaker:
+        await inside("async with")
+    assert observed == [
+        ("closed", False),
+        ("closed from a thread", False),
+        ("half-open trial", False),
+        ("half-open trial from a thread", False),
+        ("async with", False),
+        ("async with from a thread", False),
+    ]
+
+
+async def test_S9_other_tasks_record_while_a_call_is_suspended() -> None:
+    breaker, _ = make_breaker(fail_max=2)
+    held = Held()
+    slow = asyncio.create_task(breaker.call(held))
+    await held.entered.wait()
+    await trip(breaker)  # other calls acquire, fail and record meanwhile
+    assert breaker.state is OPEN
+    held.release.set()
+    assert await slow == "released"
+
+
+async def test_S9_listeners_are_called_without_the_lock() -> None:
+    seen: list[tuple[str, bool, CircuitState]] = []
+    breaker: CircuitBreaker
+
+    class Inspector:
+        def breaker_state_changed(self, name: str, old: str, new: str) -> None:
+            # Reading the breaker from a hook must neither deadlock nor find the lock taken.
+            seen.append((new, breaker._lock.locked(), breaker.state))
+
+    breaker, clock = make_breaker(fail_max=1, listeners=[Inspector()])
+    await open_then_half_open(breaker, clock)
+    await breaker.call(succeed)
+    assert seen == [("open", False, OPEN), ("half_open", False, HALF_OPEN), ("closed", False, CLOSED)]
+
+
+# --------------------------------------------------------------------------- stale outcomes
+
+
+@pytest.mark.parametrize("late", ["failure", "success"])
+async def test_S9_stale_outcome_never_transitions(late: str) -> None:
+    changes = StateChanges()
+    breaker, clock = make_breaker(
+        fail_max=2, reset_timeout=10.0, half_open_max_calls=1, listeners=[changes]
+    )
+    late_error = Boom("late")
+    slow = Held(outcome=late_error if late == "failure" else None)
+    slow_task = asyncio.create_task(breaker.call(slow))  # admitted while CLOSED
+    await slow.entered.wait()
+
+    await trip(breaker)
+    assert breaker.state is OPEN
+    clock.advance(10.0)
+    assert breaker.state is HALF_OPEN
+    trial = Held()
+    trial_task = asyncio.create_task(breaker.call(trial))
+    await trial.entered.wait()
+    edges_before = changes.edges()
+
+    slow.release.set()
+    if late == "failure":
+        with pytest.raises(Boom) as raised:
+            await slow_task
+        assert raised.value is late_error
+    else:
+        assert await slow_task == "released"
+    assert breaker.state is HALF_OPEN  # neither re-opened nor closed by the stale outcome
+    assert breaker.half_open_calls_in_flight == 1  # and the live trial kept its permit
+    assert changes.edges() == edges_before
+
+    trial.release.set()
+    assert await trial_task == "released"
+    assert breaker.state is CLOSED
+
+
+async def test_S9_stale_failure_while_open_does_not_restart_the_timer() -> None:
+    breaker, clock = make_breaker(fail_max=2, reset_timeout=10.0)
+    slow = Held(outcome=Boom("late"))
+    slow_task = asyncio.create_task(breaker.call(slow))
+    await slow.entered.wait()
+    await trip(breaker)
+    clock.advance(6.0)
+    slow.release.set()
+    with pytest.raises(Boom):
+        await slow_task
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(succeed)
+    assert rejected.value.retry_after == pytest.approx(4.0)
+    clock.advance(4.0)
+    assert breaker.state is HALF_OPEN
+
+
+async def test_S9_stale_outcome_after_manual_close_is_not_counted() -> None:
+    breaker, _ = make_breaker(fail_max=1)
+    slow = Held(outcome=Boom("late"))
+    slow_task = asyncio.create_task(breaker.call(slow))
+    await slow.entered.wait()
+    breaker.open()
+    breaker.close()  # an operator reset: the earlier call belongs to another generation
+    slow.release.set()
+    with pytest.raises(Boom):
+        await slow_task
+    assert (breaker.state, breaker.failure_count) == (CLOSED, 0)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_S9_thread_safety() -> None:
+    threads_count, rounds = 8, 3_000
+    max_calls = 2
+    clock = FakeClock(start=0.0)
+    changes = StateChanges()
+    breaker = CircuitBreaker(
+        fail_max=3,
+        reset_timeout=5.0,
+        half_open_max_calls=max_calls,
+        exclude=[BusinessError],
+        clock=clock,
+        listeners=[changes],
+    )
+    violations: list[str] = []
+    admitted = [0] * threads_count
+    stop = threading.Event()
+    start = threading.Barrier(threads_count + 1)
+
+    async def fake_service(outcome: str) -> str:  # lock-free: returns or raises at once
+        if outcome == "failure":
+            raise Boom("down")
+        if outcome == "business":
+            raise BusinessError("declined")
+        return outcome
+
+    def raw_worker(index: int) -> None:
+        rng = random.Random(index)
+        start.wait()
+        for _ in range(rounds):
+            if rng.random() < 0.02:
+                clock.advance(1.0)
+            try:
+                permit = breaker.acquire()
+            except CircuitOpenError as rejected:
+                if rejected.retry_after < 0:
+                    violations.append(f"negative retry_after {rejected.retry_after}")
+                continue
+            admitted[index] += 1
+            if breaker.half_open_calls_in_flight > max_calls:
+                violations.append("too many half-open permits")
+            outcome = rng.choice(("success", "failure", "failure", "release"))
+            if outcome == "success":
+                breaker.record_success(permit)
+            elif outcome == "failure":
+                breaker.record_failure(permit)
+            else:
+                breaker.release(permit)
+
+    def async_worker(index: int) -> None:
+        rng = random.Random(index)
+
+        async def hammer() -> None:
+            for _ in range(rounds):
+                if rng.random() < 0.02:
+                    clock.advance(1.0)
+                outcome = rng.choice(("success", "failure", "failure", "business"))
+                try:
+                    await breaker.call(fake_service, outcome)
+                except CircuitOpenError:
+                    continue
+                except (Boom, BusinessError):
+                    pass
+                admitted[index] += 1
+
+        start.wait()
+        asyncio.run(hammer())
+
+    def monitor() -> None:
+        while not stop.is_set():
+            if breaker.half_open_calls_in_flight > max_calls:
+                violations.append("monitor saw too many half-open permits")
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [
+            threading.Thread(target=raw_worker if i % 2 else async_worker, args=(i,))
+            for i in range(threads_count)
+        ]
+        watcher = threading.Thread(target=monitor)
+        watcher.start()
+        for worker in workers:
+            worker.start()
+        start.wait()
+        for worker in workers:
+            worker.join()
+        stop.set()
+        watcher.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+
+    assert violations == []
+    assert all(admitted)  # every thread got calls through
+    # Every permit was handed back: nothing is left in flight.
+    assert breaker.half_open_calls_in_flight == 0
+    assert breaker.state in (CLOSED, OPEN, HALF_OPEN)
+    assert 0 <= breaker.failure_count < breaker.fail_max
+    allowed = {(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, OPEN), (HALF_OPEN, CLOSED)}
+    edges = changes.edges()
+    assert (CLOSED, OPEN) in edges and (HALF_OPEN, CLOSED) in edges  # it really cycled
+    assert set(edges) <= allowed
+    # Still a working breaker afterwards.
+    breaker.close()
+    permit = breaker.acquire()
+    breaker.record_success(permit)
+    assert breaker.state is CLOSED
+
+
+# --------------------------------------------------------------------------- ways to call
+
+
+async def test_S9_decorator_guards_every_call() -> None:
+    breaker, _ = make_breaker(fail_max=2)
+    calls: list[str] = []
+
+    @breaker
+    async def reserve(order_id: str, *, quantity: int) -> str:
+        """Reserve stock."""
+        calls.append(order_id)
+        if order_id == "bad":
+            raise Boom(order_id)
+        return f"{order_id}x{quantity}"
+
+    assert reserve.__name__ == "reserve"
+    assert reserve.__doc__ == "Reserve stock."
+    assert await reserve("a", quantity=2) == "ax2"
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await reserve("bad", quantity=1)
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitOpenError):
+        await reserve("b", quantity=1)
+    assert calls == ["a", "bad", "bad"]
+
+
+async def test_S9_async_with_counts_outcomes() -> None:
+    breaker, _ = make_breaker(fail_max=2, exclude=[BusinessError])
+    async with breaker as entered:
+        assert entered is breaker
+    business = BusinessError("declined")
+    with pytest.raises(BusinessError) as raised:
+        async with breaker:
+            raise business
+    assert raised.value is business
+    assert breaker.failure_count == 0
+    for _ in range(2):
+        with pytest.raises(Boom):
+            async with breaker:
+                raise Boom("down")
+    assert breaker.state is OPEN
+    body_ran = False
+    with pytest.raises(CircuitOpenError):
+        async with breaker:
+            body_ran = True
+    assert not body_ran
+
+
+async def test_S9_async_with_nested_blocks_return_their_own_permits() -> None:
+    breaker, clock = make_breaker(
+        fail_max=1, half_open_max_calls=2, exclude=[BusinessError]
+    )
+    await open_then_half_open(breaker, clock)
+    async with breaker:
+        assert breaker.half_open_calls_in_flight == 1
+        with pytest.raises(BusinessError):
+            async with breaker:
+                assert breaker.half_open_calls_in_flight == 2
+                raise BusinessError("inner")
+        assert breaker.half_open_calls_in_flight == 1
+        assert breaker.state is HALF_OPEN
+    assert breaker.state is CLOSED
+
+
+async def test_S9_async_with_concurrent_blocks_return_their_own_permits() -> None:
+    # A enters while CLOSED; the circuit then opens and half-opens; B enters as a
+    # trial. A leaves first, with a failure: it must hand back *its* (stale)
+    # permit, not B's — otherwise the failure would re-open the circuit.
+    breaker, clock = make_breaker(fail_max=1, reset_timeout=10.0, half_open_max_calls=1)
+    a_inside, a_leave = asyncio.Event(), asyncio.Event()
+    b_inside, b_leave = asyncio.Event(), asyncio.Event()
+
+    async def block(inside: asyncio.Event, leave: asyncio.Event, error: Exception | None) -> str:
+        async with breaker:
+            inside.set()
+            await leave.wait()
+            if error is not None:
+                raise error
+        return "done"
+
+    a = asyncio.create_task(block(a_inside, a_leave, Boom("a fails late")))
+    await a_inside.wait()
+    await trip(breaker)
+    clock.advance(10.0)
+    b = asyncio.create_task(block(b_inside, b_leave, None))
+    await b_inside.wait()
+    assert breaker.half_open_calls_in_flight == 1
+
+    a_leave.set()
+    with pytest.raises(Boom):
+        await a
+    assert breaker.state is HALF_OPEN
+    assert breaker.half_open_calls_in_flight == 1
+    b_leave.set()
+    assert await b == "done"
+    assert breaker.state is CLOSED
+
+
+# --------------------------------------------------------------------------- manual control
+
+
+async def test_S9_open_and_close_by_hand() -> None:
+    changes = StateChanges()
+    breaker, clock = make_breaker(fail_max=3, reset_timeout=30.0, listeners=[changes])
+    await trip(breaker, 2)
+    breaker.open()
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitOpenError) as rejected:
+        await breaker.call(succeed)
+    assert rejected.value.retry_after == pytest.approx(30.0)
+    breaker.close()
+    assert (breaker.state, breaker.failure_count) == (CLOSED, 0)
+    assert await breaker.call(succeed) == "ok"
+    breaker.open()
+    clock.advance(30.0)
+    assert breaker.state is HALF_OPEN
+    breaker.close()
+    assert breaker.state is CLOSED
+    assert changes.edges() == [
+        (CLOSED, OPEN),
+        (OPEN, CLOSED),
+        (CLOSED, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, CLOSED),
+    ]
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+async def test_S9_listeners_get_breaker_state_changed() -> None:
+    first, second = StateChanges(), StateChanges()
+    breaker, clock = make_breaker(fail_max=1, reset_timeout=5.0, listeners=[first, second])
+    await trip(breaker)
+    clock.advance(5.0)
+    with pytest.raises(Boom):
+        await breaker.call(fail_with, Boom("probe fails"))
+    clock.advance(5.0)
+    await breaker.call(succeed)
+    expected = [
+        ("inventory", "closed", "open"),
+        ("inventory", "open", "half_open"),
+        ("inventory", "half_open", "open"),
+        ("inventory", "open", "half_open"),
+        ("inventory", "half_open", "closed"),
+    ]
+    assert first.changes == expected
+    assert second.changes == expected
+
+
+async def test_S9_raising_listener_does_not_break_the_breaker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken:
+        def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
+            raise RuntimeError(f"listener broke on {new}")
+
+    after = StateChanges()
+    breaker, clock = make_breaker(fail_max=1, reset_timeout=5.0, listeners=[Broken(), after])
+    with caplog.at_level(logging.ERROR, logger="fallback_saga"):
+        error = Boom("down")
+        with pytest.raises(Boom) as raised:
+            await breaker.call(fail_with, error)
+        assert raised.value is error
+        assert breaker.state is OPEN
+        clock.advance(5.0)
+        assert await breaker.call(succeed) == "ok"
+        breaker.open()
+        breaker.close()
+    assert breaker.state is CLOSED
+    assert [new for _, _, new in after.changes] == ["open", "half_open", "closed", "open", "closed"]
+    logged = [record.exc_info[1] for record in caplog.records if record.exc_info]
+    assert logged and all(isinstance(error, RuntimeError) for error in logged)
+
+
+# --------------------------------------------------------------------------- construction
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"fail_max": 0}, id="fail_max=0"),
+        pytest.param({"fail_max": -1}, id="fail_max<0"),
+        pytest.param({"fail_max": 2.5}, id="fail_max-float"),
+        pytest.param({"fail_max": True}, id="fail_max-bool"),
+        pytest.param({"fail_max": "5"}, id="fail_max-str"),
+        pytest.param({"reset_timeout": 0}, id="reset_timeout=0"),
+        pytest.param({"reset_timeout": -1.0}, id="reset_timeout<0"),
+        pytest.param({"reset_timeout": float("nan")}, id="reset_timeout-nan"),
+        pytest.param({"reset_timeout": "60"}, id="reset_timeout-str"),
+        pytest.param({"reset_timeout": True}, id="reset_timeout-bool"),
+        pytest.param({"half_open_max_calls": 0}, id="half_open_max_calls=0"),
+        pytest.param({"half_open_max_calls": True}, id="half_open_max_calls-bool"),
+        pytest.param({"half_open_max_calls": 1.0}, id="half_open_max_calls-float"),
+        pytest.param({"exclude": [42]}, id="exclude-int"),
+        pytest.param({"exclude": [int]}, id="exclude-non-exception-type"),
+        pytest.param({"exclude": [BusinessError("an instance")]}, id="exclude-instance"),
+        pytest.param({"exclude": ["BusinessError"]}, id="exclude-str"),
+        pytest.param({"clock": 12.0}, id="clock-not-callable"),
+    ],
+)
+def test_S9_invalid_constructor_arguments_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        CircuitBreaker(**options)
+
+
+def test_S9_defaults_and_protocol() -> None:
+    breaker = CircuitBreaker()
+    assert (breaker.fail_max, breaker.reset_timeout, breaker.half_open_max_calls) == (5, 60.0, 1)
+    assert breaker.state is CLOSED
+    assert isinstance(breaker, CircuitBreakerProtocol)
+    assert breaker.is_open_error(CircuitOpenError("x", 1.0))
+    assert not breaker.is_open_error(Boom())
+
+
+def test_S9_circuit_open_error_pickles() -> None:
+    error = CircuitOpenError("payments", 12.5)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is CircuitOpenError
+    assert (copy.breaker, copy.retry_after) == ("payments", 12.5)
+    assert str(copy) == str(error)
+    assert isinstance(copy, Exception)
+
+
+# --------------------------------------------------------------------------- with Fallback
+
+
+@dataclasses.dataclass
+class StockContext(SagaContext):
+    order_id: str
+    reserved_by: str = ""
+
+
+class Reserve:
+    name = "Reserve"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def act(self, context: StockContext) -> str:
+        self.calls += 1
+        context.reserved_by = self.name
+        return self.name
+
+    async def compensate(self, context: StockContext) -> None:
+        return None
+
+
+class ReserveElsewhere(Reserve):
+    name = "ReserveElsewhere"
+
+
+class ToyBreakerOpen(Exception):
+    """A third-party breaker's own open-circuit error (not a CircuitOpenError)."""
+
+
+class ToyBreaker:
+    """A small third-party-style breaker: open or closed, nothing more."""
+
+    def __init__(self) -> None:
+        self.is_open = False
+        self.passed = 0
+
+    async def call(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        if self.is_open:
+            raise ToyBreakerOpen("toy circuit open")
+        self.passed += 1
+        return await fn(*args, **kwargs)
+
+    def is_open_error(self, error: BaseException) -> bool:
+        return isinstance(error, ToyBreakerOpen)
+
+
+class FallbackTaken:
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def fallback_taken(self, saga_id: str, primary: str, fallback: str, error: BaseException) -> None:
+        self.errors.append(error)
+
+
+async def test_S9_third_party_breaker_open_error_triggers_fallback_without_calling_primary() -> None:
+    toy = ToyBreaker()
+    assert isinstance(toy, CircuitBreakerProtocol)
+    primary, fallback = Reserve(), ReserveElsewhere()
+    waits: list[float] = []
+
+    async def record_wait(delay: float) -> None:
+        waits.append(delay)
+
+    class StockSaga(Saga[StockContext]):
+        steps = [
+            Fallback(
+                step=primary,
+                fallback=fallback,
+                failure_exceptions=(KeyError,),  # the toy's open error is not listed
+                circuit_breaker=toy,
+                retry=RetryPolicy(attempts=3, sleep=record_wait),
+            )
+        ]
+
+    taken = FallbackTaken()
+    saga = StockSaga(listeners=[taken])
+    closed_result = await saga.run(StockContext(order_id="1"))
+    assert closed_result.context.reserved_by == "Reserve"
+    assert (toy.passed, primary.calls) == (1, 1)
+
+    toy.is_open = True
+    open_result = await saga.run(StockContext(order_id="2"))
+    assert open_result.context.reserved_by == "ReserveElsewhere"
+    assert primary.calls == 1  # not called while the toy circuit is open
+    assert fallback.calls == 1
+    assert waits == []  # an open circuit is never retried
+    assert len(taken.errors) == 1 and isinstance(taken.errors[0], ToyBreakerOpen)
+
+
+async def test_S3_S9_open_circuit_triggers_fallback_whatever_failure_exceptions_say() -> None:
+    breaker, _ = make_breaker(fail_max=1)
+    primary, fallback = Reserve(), ReserveElsewhere()
+
+    class StockSaga(Saga[StockContext]):
+        steps = [
+            Fallback(
+                step=primary,
+                fallback=fallback,
+                failure_exceptions=(KeyError,),
+                circuit_breaker=breaker,
+            )
+        ]
+
+    breaker.open()
+    result = await StockSaga().run(StockContext(order_id="1"))
+    assert result.context.reserved_by == "ReserveElsewhere"
+    assert (primary.calls, fallback.calls) == (0, 1)

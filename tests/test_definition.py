@@ -1,0 +1,414 @@
+"""Declaring sagas: S11 definition errors at class creation, step naming,
+step factories, ``Response`` and ``SagaStepResult``."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from helpers_saga import OrderCtx, Probe, Trace, declare
+
+from fallback_saga import (
+    Fallback,
+    Response,
+    RetryPolicy,
+    Saga,
+    SagaContext,
+    SagaDefinitionError,
+    SagaError,
+    SagaStepHandler,
+    SagaStepResult,
+    Step,
+)
+
+
+class Reserve(SagaStepHandler[OrderCtx, str]):
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        context.reservation = "r-1"
+        return self._generate_step_result("reserved")
+
+
+class Charge(SagaStepHandler[OrderCtx, str]):
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        return self._generate_step_result("charged")
+
+
+@dataclasses.dataclass
+class OtherCtx(SagaContext):
+    other: int = 0
+
+
+@dataclasses.dataclass
+class SpecialOrderCtx(OrderCtx):
+    special: bool = True
+
+
+class OtherStep(SagaStepHandler[OtherCtx, str]):
+    async def act(self, context: OtherCtx) -> SagaStepResult[OtherCtx, str]:
+        return self._generate_step_result("other")
+
+
+class SpecialStep(SagaStepHandler[SpecialOrderCtx, str]):
+    async def act(self, context: SpecialOrderCtx) -> SagaStepResult[SpecialOrderCtx, str]:
+        return self._generate_step_result("special")
+
+
+class AnyContextStep(SagaStepHandler[SagaContext, str]):
+    async def act(self, context: SagaContext) -> SagaStepResult[SagaContext, str]:
+        return self._generate_step_result("any")
+
+
+def make_step_class(class_name: str) -> type:
+    """A fresh step class; two calls with one name give two distinct classes."""
+
+    async def act(self: Any, context: Any) -> str:
+        return class_name
+
+    async def compensate(self: Any, context: Any) -> None:
+        return None
+
+    return type(class_name, (), {"act": act, "compensate": compensate})
+
+
+# --------------------------------------------------------------------------- S11
+
+
+def test_S11_errors_are_raised_by_the_class_statement_itself() -> None:
+    def define() -> None:
+        class Broken(Saga[OrderCtx]):
+            steps = [Reserve, 42]
+
+    with pytest.raises(SagaDefinitionError, match="Broken"):
+        define()
+
+
+class SyncStep:
+    def act(self, context: Any) -> None: ...
+
+    def compensate(self, context: Any) -> None: ...
+
+
+class OnlyAct:
+    async def act(self, context: Any) -> None: ...
+
+
+async def bare_function(context: Any) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        42,
+        "Reserve",
+        None,
+        object(),
+        [Reserve],
+        SyncStep,
+        SyncStep(),
+        OnlyAct,
+        bare_function,
+        RetryPolicy(),
+    ],
+    ids=lambda item: type(item).__name__ if not isinstance(item, type) else item.__name__,
+)
+def test_S11_item_that_is_not_a_step_or_fallback(item: Any) -> None:
+    with pytest.raises(SagaDefinitionError, match=r"steps\[1\]"):
+        declare(Reserve, item)
+
+
+def test_S11_step_class_that_does_not_implement_act() -> None:
+    class ForgotAct(SagaStepHandler[OrderCtx, str]):
+        pass
+
+    with pytest.raises(SagaDefinitionError, match="ForgotAct"):
+        declare(Reserve, ForgotAct)
+
+
+def test_S11_fallback_nested_in_a_fallback() -> None:
+    inner = Fallback(step=Reserve, fallback=Charge)
+    with pytest.raises(SagaDefinitionError):
+        declare(Fallback(step=inner, fallback=OtherStep))
+
+
+@pytest.mark.parametrize("steps", [[], (), "Reserve", 42])
+def test_S11_steps_must_be_a_non_empty_list(steps: Any) -> None:
+    with pytest.raises(SagaDefinitionError):
+        declare(*steps) if isinstance(steps, list | tuple) else _declare_raw(steps)
+
+
+def _declare_raw(steps: Any) -> type:
+    import types
+
+    return types.new_class("Raw", (Saga[OrderCtx],), {}, lambda ns: ns.update(steps=steps))
+
+
+def test_S11_duplicate_names_same_class_twice() -> None:
+    with pytest.raises(SagaDefinitionError, match="Reserve"):
+        declare(Reserve, Charge, Reserve)
+
+
+def test_S11_duplicate_names_two_classes_named_alike() -> None:
+    first, second = make_step_class("Notify"), make_step_class("Notify")
+    assert first is not second
+
+    with pytest.raises(SagaDefinitionError, match="Notify"):
+        declare(first, second)
+
+
+def test_S11_duplicate_names_class_and_instance_of_it() -> None:
+    with pytest.raises(SagaDefinitionError, match="Reserve"):
+        declare(Reserve, Reserve())
+
+
+def test_S11_duplicate_names_through_explicit_name_attribute() -> None:
+    class PayByCard(Charge):
+        name = "pay"
+
+    class PayByInvoice(Charge):
+        name = "pay"
+
+    with pytest.raises(SagaDefinitionError, match="pay"):
+        declare(PayByCard, PayByInvoice)
+
+
+def test_S11_duplicate_names_across_a_fallback_branch() -> None:
+    with pytest.raises(SagaDefinitionError, match="Reserve"):
+        declare(Reserve, Fallback(step=Charge, fallback=Reserve))
+
+
+def test_S11_distinct_names_of_one_class_are_fine() -> None:
+    trace: Trace = []
+    saga_cls = declare(Probe("A", trace), Probe("B", trace))
+    assert [item.name for item in saga_cls.definition.items] == ["A", "B"]
+
+
+@pytest.mark.parametrize("same", [Reserve, Reserve()], ids=["class", "instance"])
+def test_S11_fallback_with_same_step_both_sides(same: Any) -> None:
+    with pytest.raises(SagaDefinitionError, match="same"):
+        declare(Fallback(step=same, fallback=same))
+
+
+def test_S11_fallback_with_two_instances_of_one_step_class() -> None:
+    with pytest.raises(SagaDefinitionError):
+        declare(Fallback(step=Reserve(), fallback=Reserve()))
+
+
+@pytest.mark.parametrize(
+    "failure_exceptions",
+    [
+        (int,),
+        ("ValueError",),
+        (ValueError(),),
+        (ValueError, object),
+        (KeyboardInterrupt,),  # never a fallback trigger (S3), so never listable
+        (None,),
+        42,
+    ],
+    ids=["int", "str", "instance", "mixed", "base-exception", "none", "not-iterable"],
+)
+def test_S11_non_exception_type_in_failure_exceptions(failure_exceptions: Any) -> None:
+    with pytest.raises(SagaDefinitionError, match="failure_exceptions"):
+        declare(Fallback(step=Reserve, fallback=Charge, failure_exceptions=failure_exceptions))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        OtherStep,
+        OtherStep(),
+        SpecialStep,  # needs a subclass of what the saga provides
+        Fallback(step=Reserve, fallback=OtherStep),
+        Fallback(step=OtherStep, fallback=Reserve),
+    ],
+    ids=["class", "instance", "narrower-context", "in-fallback-branch", "in-primary-branch"],
+)
+def test_S11_step_bound_to_a_context_type_the_saga_does_not_provide(item: Any) -> None:
+    with pytest.raises(SagaDefinitionError, match="OrderCtx"):
+        declare(Charge, item, context=OrderCtx)
+
+
+def test_S11_step_bound_to_a_base_of_the_saga_context_is_fine() -> None:
+    declare(Reserve, AnyContextStep, context=OrderCtx)
+    declare(Reserve, SpecialStep, context=SpecialOrderCtx)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "1", True])
+def test_step_timeout_must_be_positive_seconds(timeout: Any) -> None:
+    class Timed(Charge):
+        pass
+
+    Timed.timeout = timeout
+    with pytest.raises(SagaDefinitionError, match="timeout"):
+        declare(Timed)
+
+
+def test_definition_error_is_a_saga_error() -> None:
+    assert issubclass(SagaDefinitionError, SagaError)
+
+
+# --------------------------------------------------------------------------- names
+
+
+async def test_step_name_is_the_class_name_unless_it_sets_name() -> None:
+    class Named(Charge):
+        name = "charge-card"
+
+    saga = declare(Reserve, Named)()
+    result = await saga.run(OrderCtx(), saga_id="names")
+
+    assert [r.step_name for r in result.results] == ["Reserve", "charge-card"]
+    record = await saga.store.load("names")
+    assert {entry.step for entry in record.history} == {"Reserve", "charge-card"}
+
+
+async def test_generate_step_result_carries_saga_id_and_step_name() -> None:
+    saga = declare(Reserve)()
+    result = await saga.run(OrderCtx(), saga_id="gen")
+
+    assert result.results == [SagaStepResult(response="reserved", step_name="Reserve", saga_id="gen")]
+
+
+# --------------------------------------------------------------------------- step_factory
+
+
+async def test_step_factory_builds_classes_and_instances_are_used_as_given() -> None:
+    built: list[type] = []
+
+    class Injected(SagaStepHandler[OrderCtx, str]):
+        def __init__(self, service: str) -> None:
+            self.service = service
+
+        async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+            return self._generate_step_result(self.service)
+
+    def factory(cls: type) -> Any:
+        built.append(cls)
+        return cls("injected-service") if cls is Injected else cls()
+
+    trace: Trace = []
+    given = Probe("Given", trace)
+    saga = declare(Injected, Fallback(step=Reserve, fallback=given))(step_factory=factory)
+
+    assert built == [Injected, Reserve]  # at saga creation, once per class
+    result = await saga.run(OrderCtx())
+    await saga.run(OrderCtx())
+
+    assert built == [Injected, Reserve]
+    assert result.results[0].response == "injected-service"
+    assert given.acts == 0  # the primary succeeded
+
+
+async def test_step_instance_is_the_very_object_called() -> None:
+    trace: Trace = []
+    given = Probe("Given", trace)
+    saga = declare(given)(step_factory=lambda cls: pytest.fail("no class to build"))
+
+    await saga.run(OrderCtx())
+
+    assert given.acts == 1
+
+
+def test_step_factory_returning_a_non_step_is_refused() -> None:
+    saga_cls = declare(Reserve)
+    with pytest.raises(TypeError, match="Reserve"):
+        saga_cls(step_factory=lambda cls: object())
+
+
+def test_saga_constructor_is_keyword_only() -> None:
+    saga_cls = declare(Reserve)
+    with pytest.raises(TypeError):
+        saga_cls(None)  # type: ignore[misc]
+
+
+async def test_saga_refuses_a_context_of_the_wrong_type() -> None:
+    saga = declare(Reserve, context=OrderCtx)()
+    with pytest.raises(TypeError, match="OrderCtx"):
+        await saga.run(OtherCtx())
+
+
+# --------------------------------------------------------------------------- Response, results
+
+
+class ReserveInventoryResponse(Response):
+    reservation_id: str
+
+
+class Priced(Response):
+    amount: Decimal
+    currency: str = "EUR"
+
+
+class PricedWithNote(Priced):
+    note: str = ""
+
+
+def test_response_with_annotations_only_is_a_keyword_constructible_dataclass() -> None:
+    response = ReserveInventoryResponse(reservation_id="r-1")
+
+    assert dataclasses.is_dataclass(response)
+    assert response.reservation_id == "r-1"
+    assert "r-1" in repr(response)
+    with pytest.raises(TypeError):
+        ReserveInventoryResponse()  # type: ignore[call-arg]
+
+
+def test_response_is_comparable() -> None:
+    assert ReserveInventoryResponse(reservation_id="a") == ReserveInventoryResponse(
+        reservation_id="a"
+    )
+    assert ReserveInventoryResponse(reservation_id="a") != ReserveInventoryResponse(
+        reservation_id="b"
+    )
+    assert Priced(amount=Decimal("1.0")) == Priced(amount=Decimal("1.00"), currency="EUR")
+    assert Priced(amount=Decimal(1)) != Priced(amount=Decimal(1), currency="USD")
+
+
+def test_response_subclass_of_a_subclass_adds_fields() -> None:
+    response = PricedWithNote(amount=Decimal(2), note="gift")
+    assert (response.amount, response.currency, response.note) == (Decimal(2), "EUR", "gift")
+
+
+def test_response_keeps_an_explicit_dataclass_decorator() -> None:
+    @dataclasses.dataclass(order=True)
+    class Ordered(Response):
+        value: int
+
+    assert Ordered(value=1) < Ordered(value=2)
+
+
+def test_response_with_an_explicit_frozen_dataclass_decorator() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Frozen(Response):
+        value: int
+
+    frozen = Frozen(value=1)
+    assert frozen.value == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frozen.value = 2  # type: ignore[misc]
+
+
+def test_saga_step_result_is_frozen() -> None:
+    result = SagaStepResult(response=1, step_name="A", saga_id="s")
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.response = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.step_name = "B"  # type: ignore[misc]
+    assert result == SagaStepResult(response=1, step_name="A", saga_id="s")
+    assert result != SagaStepResult(response=1, step_name="A", saga_id="other")
+
+
+def test_step_protocol_is_runtime_checkable() -> None:
+    assert isinstance(Reserve(), Step)
+    assert isinstance(Probe("P", []), Step)
+    assert not isinstance(OnlyAct(), Step)
+    assert not isinstance(object(), Step)
+
+
+async def test_saga_step_handler_default_compensate_does_nothing() -> None:
+    ctx = OrderCtx()
+    before = dataclasses.replace(ctx)
+    assert await Charge().compensate(ctx) is None
+    assert ctx == before
