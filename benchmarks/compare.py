@@ -20,7 +20,7 @@ Method (why the numbers can be trusted on a noisy shared machine):
   production).
 * fallback_saga reuses one saga object per kind for the whole run, after
   filling its bounded default store (the steady state of a long-running
-  service; the less favourable case for us).  python-cqrs's unbounded
+  service).  python-cqrs's unbounded
   in-memory storage is replaced before every batch (its most favourable
   case).  See workloads.py, "Stores".  ``--quick`` skips the fill.
 * Every implementation's outcome is checked before timing and after every

@@ -21,8 +21,8 @@ Stores.  ``Workload.steady_state`` says how the runner is driven over a long
 run.  fallback_saga's default store is bounded (it keeps at most 10,000
 finished sagas), so one runner is reused for the whole run after being filled
 to that bound first (``fill``): this is the steady state of a long-running
-service, and it is the *less* favourable state for us (the retained journals
-make the garbage collector work harder).  python-cqrs's ``MemorySagaStorage``
+service (not the cheapest state for us: the retained journals give the
+garbage collector more to walk).  python-cqrs's ``MemorySagaStorage``
 keeps every saga forever, so it gets a fresh storage per timed batch -- the
 most favourable state for it, and the only one whose cost does not depend on
 the length of the run.  The bare loop has no state.

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TextIO
 
 from . import __version__
 from .breaker import CircuitBreaker, CircuitBreakerProtocol, CircuitOpenError
@@ -404,7 +406,13 @@ async def demo(write: Write = print) -> None:
     await _journal(store, orders, {"A-1001", "A-1003", "A-1005"}, write)
 
 
-def run_demo(write: Write = print) -> int:
-    """``python -m fallback_saga demo``: run the demo; the exit status (0)."""
-    asyncio.run(demo(write))
+def run_demo(out: TextIO | None = None) -> int:
+    """``python -m fallback_saga demo``: run the demo, print its trace; the exit status (0).
+
+    The trace is collected and written at the end (the run is instant): a reader
+    that goes away early (``| head``) then breaks one write, not the sagas.
+    """
+    lines: list[str] = []
+    asyncio.run(demo(lines.append))
+    (out or sys.stdout).write("\n".join(lines) + "\n")
     return 0

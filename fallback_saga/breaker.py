@@ -15,6 +15,7 @@ attribute reads, and a success with no pending failures writes nothing.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,6 +25,8 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .events import collect_hooks, emit
+
+_log = logging.getLogger("fallback_saga")
 
 __all__ = [
     "CircuitBreaker",
@@ -127,8 +130,14 @@ class CircuitBreaker:
     ) -> None:
         if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
             raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
-        if not isinstance(reset_timeout, int | float) or not reset_timeout > 0:
+        if (
+            isinstance(reset_timeout, bool)
+            or not isinstance(reset_timeout, int | float)
+            or not 0 < reset_timeout < float("inf")
+        ):
             raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
         if (
             isinstance(half_open_max_calls, bool)
             or not isinstance(half_open_max_calls, int)
@@ -163,7 +172,10 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._half_open_until = 0.0
         self._half_open_in_flight = 0
-        self._permits: ContextVar[tuple[int, object]] | None = None
+        # Per-task stack of the permits taken by ``async with`` blocks.
+        self._permits: ContextVar[tuple[int, object] | None] = ContextVar(
+            f"fallback_saga_permits_{self.name}", default=None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -301,10 +313,21 @@ class CircuitBreaker:
                 self._half_open_in_flight -= 1
 
     def is_excluded(self, error: BaseException) -> bool:
-        """Whether ``error`` is one the breaker ignores (``exclude``)."""
+        """Whether ``error`` is one the breaker ignores (``exclude``).
+
+        A predicate that raises is logged and counts as "not excluded": the
+        permit is still handed back and the service's error still propagates.
+        """
         if self._exclude_types and isinstance(error, self._exclude_types):
             return True
-        return any(predicate(error) for predicate in self._exclude_predicates)
+        for predicate in self._exclude_predicates:
+            try:
+                if predicate(error):
+                    return True
+            except Exception:
+                _log.exception("circuit breaker %s: exclude predicate %r raised", self.name,
+                               predicate)
+        return False
 
     def _record(self, permit: int, error: BaseException | None) -> None:
         if error is None:
@@ -368,11 +391,9 @@ class CircuitBreaker:
 
     async def __aenter__(self) -> CircuitBreaker:
         permit = self.acquire()
-        if self._permits is None:
-            self._permits = ContextVar(f"fallback_saga_permits_{self.name}")
         # A per-task stack of permits (immutable pairs), so nested and
         # concurrent ``async with`` blocks each return their own permit.
-        self._permits.set((permit, self._permits.get(None)))
+        self._permits.set((permit, self._permits.get()))
         return self
 
     async def __aexit__(
@@ -381,7 +402,9 @@ class CircuitBreaker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._permits is not None
-        permit, outer = self._permits.get()
+        top = self._permits.get()
+        if top is None:
+            raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
+        permit, outer = top
         self._permits.set(outer)  # type: ignore[arg-type]
         self._record(permit, exc)

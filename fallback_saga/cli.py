@@ -24,6 +24,7 @@ from .saga import Saga
 __all__ = ["main", "mermaid_flowchart"]
 
 EXIT_OK = 0
+EXIT_BROKEN_PIPE = 1  # what Python itself returns when stdout's reader goes away
 EXIT_USAGE = 2
 
 
@@ -288,7 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()
     except UsageError as error:
         sys.stderr.write(f"{parser.prog}: error: {error}\n")
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `python -m fallback_saga demo | head`
+        # Python would complain again when flushing stdout at exit: point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return status

@@ -18,10 +18,10 @@ what the contract needs: one snapshot (S2), two journal tuples, a cursor
 update for ``current_step()``. Listener hooks are resolved once per saga
 instance; with no listener, nothing is called.
 
-Unwinding runs in the caller's task, never abandoned: if the task is
-cancelled while a compensation runs, that compensation is run again (S6/S10
-require compensations to be idempotent) and the unwinding goes on; the
-cancellation propagates once every completed step has been compensated (S8).
+Unwinding runs in a task of its own, shielded from cancellation: once it
+begins, no compensation is interrupted and every completed step gets its
+``compensate`` call, even if the caller is cancelled (again) meanwhile; the
+cancellation propagates once the unwinding has finished (S8).
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
@@ -192,7 +191,6 @@ class Execution(StepCursor):
         "hooks",
         "image",
         "initial_context",
-        "interrupted",
         "journal",
         "live",
         "pending_status",
@@ -234,7 +232,6 @@ class Execution(StepCursor):
         self.pending_status: SagaStatus | None = None
         self.context_dirty = False
         self.created = False
-        self.interrupted = False
         self.status = SagaStatus.RUNNING
         self.created_at = _now()
         self.image: Snapshot | None = None
@@ -345,10 +342,11 @@ class Execution(StepCursor):
             # Or another worker owns the saga now: hands off, at once.
             raise error
         failed_step = self.step
-        compensation_errors = await self.unwind()
-        if self.interrupted:
+        try:
+            compensation_errors = await shielded(self.unwind())
+        except asyncio.CancelledError:
             self._announce_finish(asyncio.CancelledError())
-            raise asyncio.CancelledError
+            raise
         self._announce_finish(error)
         raise SagaFailed(
             saga_id=self.saga_id,
@@ -362,7 +360,7 @@ class Execution(StepCursor):
     async def abort(self) -> None:
         """The task was cancelled mid-step: unwind; the caller re-raises."""
         try:
-            await self.unwind()
+            await shielded(self.unwind())
         finally:
             self._announce_finish(asyncio.CancelledError())
 
@@ -502,7 +500,7 @@ class Execution(StepCursor):
             self.store.finished(self)  # type: ignore[attr-defined]
         else:
             self.pending_status = self.status
-            await self._despite_cancellation(lambda: self.flush(best_effort=True))
+            await self.flush(best_effort=True)
         return errors
 
     async def compensate(self, branch: Branch) -> BaseException | None:
@@ -510,7 +508,6 @@ class Execution(StepCursor):
         hooks = self.hooks
         journal = self.journal
         policy = self.compensation_retry
-        task = asyncio.current_task()
         attempt = 1
         while True:
             journal.append(
@@ -522,30 +519,16 @@ class Execution(StepCursor):
             self.step = branch.name
             self.action = "compensate"
             self.attempt = attempt
-            cancels = task.cancelling() if task is not None else 0
+            if not self.live:
+                await self.flush(best_effort=True)
+            self.active = True
             try:
-                if not self.live:
-                    await self.flush(best_effort=True)
-                self.active = True
                 if branch.timeout is None:
                     await branch.compensate(self.context)
                 else:
                     async with asyncio.timeout(branch.timeout):
                         await branch.compensate(self.context)
-            except asyncio.CancelledError as error:
-                self.active = False
-                if task is None or task.cancelling() <= cancels:
-                    return self._compensation_failed(branch, attempt, error)
-                # Our task was cancelled while compensating. Unwinding must not
-                # stop half-way (S8): note it, and run this compensation again.
-                self.interrupted = True
-                journal.append(
-                    (branch.position, branch.name, branch.branch, "compensate", _FAILED,
-                     attempt, "interrupted by cancellation; compensating again", _now())
-                )
-                continue
             except Exception as error:
-                self.active = False
                 if not policy.should_retry(error, attempt):
                     return self._compensation_failed(branch, attempt, error)
                 journal.append(
@@ -553,9 +536,14 @@ class Execution(StepCursor):
                      attempt, _describe(error), _now())
                 )
                 attempt += 1
-                await self._despite_cancellation(partial(policy.wait_before, attempt))
+                await policy.wait_before(attempt)
                 continue
-            self.active = False
+            except asyncio.CancelledError as error:
+                # Only the compensation itself can raise this here (the unwinding
+                # task is shielded): it failed.
+                return self._compensation_failed(branch, attempt, error)
+            finally:
+                self.active = False
             journal.append(
                 (branch.position, branch.name, branch.branch, "compensate", _COMPLETED, attempt,
                  None, _now())
@@ -575,19 +563,6 @@ class Execution(StepCursor):
         if self.hooks.compensation_failed:
             emit(self.hooks.compensation_failed, self.saga_id, branch.name, error)
         return error
-
-    async def _despite_cancellation(self, make: Callable[[], Awaitable[object]]) -> None:
-        """Await ``make()``; if our task is cancelled meanwhile, note it and start over."""
-        task = asyncio.current_task()
-        while True:
-            cancels = task.cancelling() if task is not None else 0
-            try:
-                await make()
-                return
-            except asyncio.CancelledError:
-                if task is None or task.cancelling() <= cancels:
-                    raise
-                self.interrupted = True
 
     # ------------------------------------------------------------------ journal
 
@@ -661,3 +636,25 @@ def _describe(error: BaseException) -> str:
 
 def _unwrap(error: BaseException) -> BaseException:
     return error.error if isinstance(error, JournalWriteFailed) else error
+
+
+async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end in its own task, whatever happens to ours.
+
+    Like ``asyncio.shield``, but when we are cancelled meanwhile we still
+    *wait* for it — compensation must not be abandoned half-way — and raise
+    ``CancelledError`` only once it has finished.
+    """
+    task = asyncio.ensure_future(coroutine)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise  # the unwinding itself was cancelled (the loop is closing)
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -74,7 +74,10 @@ class RetryPolicy:
         """Seconds to wait before try number ``attempt`` (2, 3, ...)."""
         if attempt <= 1:
             return 0.0
-        base = self.delay * self.backoff ** (attempt - 2)
+        try:
+            base = self.delay * self.backoff ** (attempt - 2)
+        except OverflowError:  # thousands of attempts: long past the cap anyway
+            base = self.max_delay
         wait = min(self.max_delay, base)
         if self.jitter:
             wait += random.uniform(0.0, self.jitter)

@@ -19,6 +19,7 @@ from .executor import (
     JournalWriteFailed,
     PlanItem,
     SagaResult,
+    shielded,
 )
 from .recovery import check_definition, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
@@ -298,10 +299,10 @@ class SagaTransaction(Generic[ContextT]):
             return
         if exc is not None and not isinstance(exc, Exception | asyncio.CancelledError):
             return  # KeyboardInterrupt and friends: the process is going down
-        await execution.unwind()
-        execution._announce_finish(exc)
-        if execution.interrupted and exc is None:
-            raise asyncio.CancelledError
+        try:
+            await shielded(execution.unwind())
+        finally:
+            execution._announce_finish(exc)
 
 
 def _construct(cls: type) -> Any:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from typing import (
     Any,
     ClassVar,
     Generic,
     Literal,
+    NamedTuple,
     Protocol,
     TypeVar,
     dataclass_transform,
@@ -41,12 +42,32 @@ class Response:
 
         class ReserveInventoryResponse(Response):
             reservation_id: str
+
+    ``class R(Response, frozen=True)`` makes it immutable (and hashable); an
+    explicit ``@dataclasses.dataclass(...)`` decorator works too.
     """
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, frozen: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__dataclass_fields__" not in cls.__dict__:
+        if "__dataclass_fields__" in cls.__dict__:
+            return
+        mutable_base = any(
+            "__dataclass_params__" in base.__dict__
+            and not base.__dict__["__dataclass_params__"].frozen
+            for base in cls.__mro__[1:]
+        )
+        if mutable_base and not frozen:  # dataclasses forbids mixing; follow the base
             dataclasses.dataclass(cls)
+            return
+        # Generated as frozen, so that __init__ assigns with object.__setattr__:
+        # then an explicit @dataclass(frozen=True) applied on top (which keeps
+        # our __init__) still works. Unless asked for ``frozen=True`` as a class
+        # keyword, the class is made mutable again.
+        dataclasses.dataclass(cls, frozen=True)
+        if not frozen:
+            del cls.__setattr__, cls.__delattr__
+            cls.__hash__ = None  # type: ignore[assignment]  # mutable, comparable: unhashable
+            cls.__dataclass_params__.frozen = False  # type: ignore[attr-defined]
 
 
 @runtime_checkable
@@ -63,16 +84,19 @@ class Step(Protocol[ContextT_contra]):
     async def compensate(self, context: ContextT_contra, /) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SagaStepResult(Generic[ContextT, ResponseT]):
-    """What one step produced, as streamed by ``Saga.transaction``."""
+class SagaStepResult(NamedTuple, Generic[ContextT, ResponseT]):
+    """What one step produced, as streamed by ``Saga.transaction``. Immutable.
+
+    (A named tuple: one is made for every step, and it is the cheapest
+    immutable record Python has.)
+    """
 
     response: ResponseT
     step_name: str
     saga_id: str
 
 
-class SagaStepHandler(Generic[ContextT, ResponseT]):
+class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     """Convenient base for steps bound to a context type and a response type.
 
     The saga checks at class creation that the context type is one the saga

@@ -7,9 +7,10 @@ a bare ``yield``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from fallback_saga import CircuitBreaker, CircuitState
@@ -68,10 +69,8 @@ async def succeed(value: object = "ok") -> object:
 async def trip(breaker: CircuitBreaker, failures: int | None = None) -> None:
     """Make ``failures`` (default ``fail_max``) counted failures through ``breaker``."""
     for _ in range(breaker.fail_max if failures is None else failures):
-        try:
+        with contextlib.suppress(Boom):
             await breaker.call(fail_with, Boom("down"))
-        except Boom:
-            pass
 
 
 class _Suspend:
@@ -135,12 +134,3 @@ class HeldCall:
         except BaseException as raised:
             return raised
         raise AssertionError("the held call swallowed the error")
-
-
-def run_in_thread(target: Callable[[], object]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
-Probe = Callable[[], Awaitable[object]]

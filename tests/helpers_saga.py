@@ -45,6 +45,18 @@ class OrderCtx(SagaContext):
     reservation: str | None = None
 
 
+def wreck_context(ctx: OrderCtx) -> None:
+    """Mutate every nested level of an OrderCtx, in place and by rebinding."""
+    ctx.items.append("pear")
+    ctx.items[0] = "rotten"
+    ctx.meta["tags"].append("b")
+    ctx.meta["n"] = 99
+    ctx.meta["new"] = {"deep": [1]}
+    ctx.address.street = "Elm St"
+    ctx.address.lines.append("2")
+    ctx.reservation = "from-the-primary"
+
+
 class Boom(Exception):
     """A step failure the tests raise on purpose."""
 
@@ -130,6 +142,12 @@ class Blocker:
         self.trace.append(("compensate", self.name))
 
 
+async def reached(event: asyncio.Event) -> None:
+    """Wait for ``event``; a safety net turns a library hang into a test failure."""
+    async with asyncio.timeout(10):
+        await event.wait()
+
+
 def declare(*steps: Any, context: type = OrderCtx, name: str = "TestSaga") -> type[Saga[Any]]:
     """Create ``class <name>(Saga[context]): steps = [...]`` exactly as a class
     statement would (``__init_subclass__`` validates it)."""
@@ -203,6 +221,7 @@ class JsonStore:
         *,
         status: SagaStatus | None = None,
         context: dict[str, Any] | None = None,
+        fence: Any = None,
     ) -> None:
         if saga_id not in self.rows:
             raise SagaNotFound(saga_id)

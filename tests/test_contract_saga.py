@@ -23,6 +23,8 @@ from helpers_saga import (
     compensated,
     declare,
     error_chain,
+    reached,
+    wreck_context,
 )
 
 from fallback_saga import (
@@ -38,6 +40,7 @@ from fallback_saga import (
     SagaResult,
     SagaStatus,
     SagaStepResult,
+    SagaStore,
     StepStatus,
 )
 
@@ -46,16 +49,10 @@ class Halt(BaseException):
     """A BaseException that is not an Exception (like KeyboardInterrupt)."""
 
 
-def wreck(ctx: OrderCtx) -> None:
-    """Mutate every nested level of an OrderCtx, in place and by rebinding."""
-    ctx.items.append("pear")
-    ctx.items[0] = "rotten"
-    ctx.meta["tags"].append("b")
-    ctx.meta["n"] = 99
-    ctx.meta["new"] = {"deep": [1]}
-    ctx.address.street = "Elm St"
-    ctx.address.lines.append("2")
-    ctx.reservation = "from-the-primary"
+@pytest.fixture(params=["memory", "write-ahead"])
+def store(request: pytest.FixtureRequest) -> SagaStore:
+    """The rules hold for the in-process store and for a write-ahead (durable) one."""
+    return MemorySagaStore() if request.param == "memory" else JsonStore()
 
 
 # --------------------------------------------------------------------------- S1
@@ -65,7 +62,7 @@ async def test_S1_snapshot_is_deep_nested_list_dict_dataclass() -> None:
     trace: Trace = []
     ctx = OrderCtx()
     before = copy.deepcopy(ctx)
-    primary = Probe("Primary", trace, error=Boom, mutate=wreck)
+    primary = Probe("Primary", trace, error=Boom, mutate=wreck_context)
     fallback = Probe("Backup", trace, observe=copy.deepcopy)
     saga = declare(Fallback(step=primary, fallback=fallback))()
 
@@ -84,7 +81,7 @@ async def test_S1_snapshot_is_taken_right_before_the_primary() -> None:
         ctx.items.append("banana")
 
     first = Probe("Reserve", trace, mutate=reserve)
-    primary = Probe("Primary", trace, error=Boom, mutate=wreck)
+    primary = Probe("Primary", trace, error=Boom, mutate=wreck_context)
     fallback = Probe("Backup", trace, observe=copy.deepcopy)
     saga = declare(first, Fallback(step=primary, fallback=fallback))()
 
@@ -140,7 +137,7 @@ async def test_S2_failed_plain_step_leaves_context_unchanged() -> None:
         async def compensate(self, ctx: OrderCtx) -> None:
             seen_by_compensation.append(copy.deepcopy(ctx))
 
-    failing = Probe("Charge", trace, error=Boom, mutate=wreck)
+    failing = Probe("Charge", trace, error=Boom, mutate=wreck_context)
     saga = declare(Reserve(), failing)()
     ctx = OrderCtx()
 
@@ -178,34 +175,42 @@ async def test_S2_failed_step_restores_a_context_with_slots() -> None:
 # --------------------------------------------------------------------------- S3
 
 
-@pytest.mark.parametrize(
-    ("raised", "falls_back"),
-    [
-        (ConnectionError, True),
-        (ConnectionRefusedError, True),  # a subclass of a listed type
-        (TimeoutError, True),
-        (ValueError, False),
-        (KeyError, False),
-    ],
-)
-async def test_S3_failure_exceptions_filter(raised: type[Exception], falls_back: bool) -> None:
-    trace: Trace = []
+def filtered_saga(trace: Trace, raised: type[Exception]) -> tuple[Any, Probe]:
     primary = Probe("Primary", trace, error=raised)
     fallback = Probe("Backup", trace)
-    saga = declare(
-        Fallback(step=primary, fallback=fallback, failure_exceptions=(ConnectionError, TimeoutError))
-    )()
+    rule = Fallback(
+        step=primary, fallback=fallback, failure_exceptions=(ConnectionError, TimeoutError)
+    )
+    return declare(rule)(), fallback
 
-    if falls_back:
-        result = await saga.run(OrderCtx())
-        assert [r.step_name for r in result.results] == ["Backup"]
-        assert fallback.acts == 1
-    else:
-        with pytest.raises(SagaFailed) as info:
-            await saga.run(OrderCtx())
-        assert type(info.value.error) is raised
-        assert fallback.acts == 0
-        assert info.value.failed_step == "Primary"
+
+@pytest.mark.parametrize(
+    "raised",
+    [ConnectionError, ConnectionRefusedError, TimeoutError],  # listed types and subclasses
+)
+async def test_S3_failure_exceptions_filter(raised: type[Exception]) -> None:
+    trace: Trace = []
+    saga, fallback = filtered_saga(trace, raised)
+
+    result = await saga.run(OrderCtx())
+
+    assert [r.step_name for r in result.results] == ["Backup"]
+    assert fallback.acts == 1
+
+
+@pytest.mark.parametrize("raised", [ValueError, KeyError, Boom])
+async def test_S3_failure_exceptions_filter_other_errors_fail_the_step(
+    raised: type[Exception],
+) -> None:
+    trace: Trace = []
+    saga, fallback = filtered_saga(trace, raised)
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx())
+
+    assert type(info.value.error) is raised
+    assert info.value.failed_step == "Primary"
+    assert fallback.acts == 0
 
 
 @pytest.mark.parametrize(
@@ -287,7 +292,7 @@ async def test_S3_cancellation_never_triggers_fallback() -> None:
     saga = declare(Fallback(step=primary, fallback=fallback))()
 
     task = asyncio.create_task(saga.run(OrderCtx()))
-    await primary.started.wait()
+    await reached(primary.started)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -308,7 +313,7 @@ async def test_S3_base_exception_never_triggers_fallback() -> None:
     assert fallback.acts == 0
 
 
-def test_S3_rule_ignores_base_exceptions_even_when_open_circuit_breaker_is_set() -> None:
+def test_S3_rule_never_falls_back_on_base_exceptions() -> None:
     rule = Fallback(step=Probe("P", []), fallback=Probe("F", []), circuit_breaker=CircuitBreaker())
     assert rule.should_fall_back(ValueError())
     assert not rule.should_fall_back(KeyboardInterrupt())
@@ -319,12 +324,14 @@ def test_S3_rule_ignores_base_exceptions_even_when_open_circuit_breaker_is_set()
 # --------------------------------------------------------------------------- S4
 
 
-async def test_S4_fallback_failure_unwinds_keeps_both_errors_and_journals_both_names() -> None:
+async def test_S4_fallback_failure_unwinds_keeps_both_errors_and_journals_both_names(
+    store: SagaStore,
+) -> None:
     trace: Trace = []
     first = Probe("Reserve", trace)
     primary = Probe("Charge", trace, error=lambda: Boom("primary down"))
     fallback = Probe("ChargeBackup", trace, error=lambda: RuntimeError("backup down"))
-    saga = declare(first, Fallback(step=primary, fallback=fallback))()
+    saga = declare(first, Fallback(step=primary, fallback=fallback))(store=store)
 
     with pytest.raises(SagaFailed) as info:
         await saga.run(OrderCtx(), saga_id="s4")
@@ -350,12 +357,14 @@ async def test_S4_fallback_failure_unwinds_keeps_both_errors_and_journals_both_n
 
 
 @pytest.mark.parametrize("primary_fails", [False, True])
-async def test_S5_only_the_branch_that_ran_is_compensated(primary_fails: bool) -> None:
+async def test_S5_only_the_branch_that_ran_is_compensated(
+    primary_fails: bool, store: SagaStore
+) -> None:
     trace: Trace = []
     primary = Probe("Primary", trace, error=Boom if primary_fails else None)
     fallback = Probe("Backup", trace)
     late = Probe("Late", trace, error=Boom)
-    saga = declare(Fallback(step=primary, fallback=fallback), late)()
+    saga = declare(Fallback(step=primary, fallback=fallback), late)(store=store)
 
     with pytest.raises(SagaFailed):
         await saga.run(OrderCtx())
@@ -365,7 +374,7 @@ async def test_S5_only_the_branch_that_ran_is_compensated(primary_fails: bool) -
     assert late.compensations == 0
 
 
-async def test_S5_unwinding_is_strictly_lifo() -> None:
+async def test_S5_unwinding_is_strictly_lifo(store: SagaStore) -> None:
     trace: Trace = []
     steps = [
         Probe("A", trace),
@@ -374,7 +383,7 @@ async def test_S5_unwinding_is_strictly_lifo() -> None:
         Probe("C", trace),
         Probe("D", trace, error=Boom),
     ]
-    saga = declare(*steps)()
+    saga = declare(*steps)(store=store)
 
     with pytest.raises(SagaFailed) as info:
         await saga.run(OrderCtx(), saga_id="lifo")
@@ -394,14 +403,18 @@ async def test_S5_unwinding_is_strictly_lifo() -> None:
 # --------------------------------------------------------------------------- S6
 
 
-async def test_S6_compensation_retried_then_failed_continues_and_ends_FAILED() -> None:
+async def test_S6_compensation_retried_then_failed_continues_and_ends_FAILED(
+    store: SagaStore,
+) -> None:
     trace: Trace = []
     sleeps = SleepRecorder()
     a = Probe("A", trace)
     b = Probe("B", trace, comp_error=lambda: Boom("cannot undo B"))
     c = Probe("C", trace, error=Boom)
-    policy = RetryPolicy(attempts=3, delay=0.5, backoff=2.0, max_delay=5.0, jitter=0.0, sleep=sleeps)
-    saga = declare(a, b, c)(compensation_retry=policy)
+    policy = RetryPolicy(
+        attempts=3, delay=0.5, backoff=2.0, max_delay=5.0, jitter=0.0, sleep=sleeps
+    )
+    saga = declare(a, b, c)(compensation_retry=policy, store=store)
 
     with pytest.raises(SagaFailed) as info:
         await saga.run(OrderCtx(), saga_id="s6")
@@ -473,7 +486,7 @@ def test_S6_backoff_is_exponential_capped_and_jittered() -> None:
             assert base <= wait <= min(5.0, base + 0.5)
 
 
-async def test_S6_cancellation_is_never_retried() -> None:
+def test_S6_cancellation_is_never_retried() -> None:
     policy = RetryPolicy(attempts=5)
     assert not policy.should_retry(asyncio.CancelledError(), 1)
     assert policy.should_retry(Boom(), 1)
@@ -483,11 +496,11 @@ async def test_S6_cancellation_is_never_retried() -> None:
 # --------------------------------------------------------------------------- S7
 
 
-async def test_S7_run_returns_result() -> None:
+async def test_S7_run_returns_result(store: SagaStore) -> None:
     trace: Trace = []
     a = Probe("A", trace, response={"a": 1})
     fallback = Fallback(step=Probe("P", trace, error=Boom), fallback=Probe("F", trace))
-    saga = declare(a, fallback)()
+    saga = declare(a, fallback)(store=store)
     ctx = OrderCtx()
 
     result = await saga.run(ctx, saga_id="order-7")
@@ -512,14 +525,16 @@ async def test_S7_generated_saga_ids_are_unique_text() -> None:
     assert first.saga_id != second.saga_id
 
 
-async def test_S7_saga_failed_carries_id_step_error_cause_status_comp_errors() -> None:
+async def test_S7_saga_failed_carries_id_step_error_cause_status_comp_errors(
+    store: SagaStore,
+) -> None:
     trace: Trace = []
     charge_error = Boom("card declined")
     undo_error = RuntimeError("cannot release")
     reserve = Probe("Reserve", trace, comp_error=lambda: undo_error)
     ship = Probe("Ship", trace)
     charge = Probe("Charge", trace, error=lambda: charge_error)
-    saga = declare(reserve, ship, charge)(compensation_retry=RetryPolicy(attempts=2))
+    saga = declare(reserve, ship, charge)(compensation_retry=RetryPolicy(attempts=2), store=store)
 
     with pytest.raises(SagaFailed) as info:
         await saga.run(OrderCtx(), saga_id="order-8")
@@ -550,14 +565,14 @@ async def test_S7_saga_failed_is_raised_only_after_unwinding() -> None:
 # --------------------------------------------------------------------------- S8
 
 
-async def test_S8_cancel_mid_step_compensates_completed_then_reraises() -> None:
+async def test_S8_cancel_mid_step_compensates_completed_then_reraises(store: SagaStore) -> None:
     trace: Trace = []
     blocker = Blocker("Wait", trace)
     late = Probe("Never", trace)
-    saga = declare(Probe("A", trace), Probe("B", trace), blocker, late)()
+    saga = declare(Probe("A", trace), Probe("B", trace), blocker, late)(store=store)
 
     task = asyncio.create_task(saga.run(OrderCtx(), saga_id="s8"))
-    await blocker.started.wait()
+    await reached(blocker.started)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -596,22 +611,20 @@ class SlowUndo:
 async def _cancel_twice(saga: Any, slow: SlowUndo, blocker: Blocker) -> asyncio.Task[Any]:
     """Start ``saga``, cancel it mid-step, cancel it again while ``slow`` compensates."""
     task = asyncio.create_task(saga.run(OrderCtx(), saga_id="s8b"))
-    await blocker.started.wait()
+    await reached(blocker.started)
     task.cancel()
-    await slow.undo_started.wait()
+    await reached(slow.undo_started)
     task.cancel()  # the caller gives up again while the unwinding is under way
     slow.gate.set()
     return task
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "write-ahead"])
 async def test_S8_cancel_again_during_compensation_compensation_still_finishes(
-    store_kind: str,
+    store: SagaStore,
 ) -> None:
     trace: Trace = []
     slow = SlowUndo(trace)
     blocker = Blocker("Wait", trace)
-    store = MemorySagaStore() if store_kind == "memory" else JsonStore()
     saga = declare(Probe("First", trace), slow, blocker)(store=store)
 
     task = await _cancel_twice(saga, slow, blocker)

@@ -1,0 +1,1020 @@
+"""SQLiteSagaStore: a durable journal on the standard library's ``sqlite3``.
+
+Threading. ``sqlite3`` calls block, and the event loop must never block, so
+every statement runs on a thread the store owns:
+
+* one **writer thread** owns the only writing connection. Write requests from
+  every saga (and every event loop) go into one queue. The writer takes all
+  the requests that are waiting, runs them in **one** ``BEGIN IMMEDIATE``
+  transaction and commits once — one fsync for the whole group (group
+  commit) — and only then resolves each request's future, on the loop that
+  made it. A saga still waits for its own write to be durable; it just
+  shares the fsync with every other saga that was waiting at the same time.
+  A request that is refused (``SagaAlreadyExists``, ``SagaNotFound``,
+  ``LeaseLost``) is refused before it writes anything, so it fails alone;
+  an unexpected SQLite error rolls the group back and replays its requests
+  one per transaction, so only the culprit fails.
+* one **reader thread** with its own read-only connection serves ``load``
+  and ``list_sagas``. In WAL mode readers never wait for the writer's fsync,
+  so an operator listing sagas does not queue behind a commit, and reads do
+  not lengthen the writer's critical path. (An in-memory database cannot be
+  shared between connections, so there the writer serves reads too.)
+
+The database is opened on first use (or by ``await store.open()``), on the
+writer thread, so a bad path or a file that is not SQLite is reported as a
+``SagaStoreError`` from that first call.
+
+Schema. Versioned with ``PRAGMA user_version``; ``_MIGRATIONS[n]`` takes a
+database from version ``n`` to ``n + 1`` inside the same transaction that
+records the new version. A database written by a newer version is refused.
+
+Data. Contexts are stored as JSON text (never pickle); a row that cannot be
+read back (bad JSON, an unknown status) raises ``CorruptSagaRecord`` naming
+the saga. Every statement is parameterized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, NamedTuple
+
+from ..errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaAlreadyExists,
+    SagaNotFound,
+    SagaStoreError,
+)
+from ..status import SagaStatus, StepStatus
+from .base import JournalEntry, Lease, SagaRecord, SagaSummary
+
+__all__ = ["SCHEMA_VERSION", "SQLiteSagaStore", "SQLiteStoreStats"]
+
+_log = logging.getLogger("fallback_saga.store.sqlite")
+
+# --------------------------------------------------------------------------- schema
+
+
+def _migrate_to_v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE sagas (
+            saga_id          TEXT PRIMARY KEY,
+            saga_name        TEXT NOT NULL,
+            fingerprint      TEXT NOT NULL,
+            status           TEXT NOT NULL,
+            context          TEXT NOT NULL,
+            version          INTEGER NOT NULL,
+            created_at       REAL NOT NULL,
+            updated_at       REAL NOT NULL,
+            lease_owner      TEXT NULL,
+            lease_expires_at REAL NULL,
+            fence            INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+    # WITHOUT ROWID: the rows are small and always read by (saga_id, seq), so
+    # the primary key is the table — one b-tree insert per transition, not two.
+    conn.execute(
+        """
+        CREATE TABLE saga_steps (
+            saga_id  TEXT NOT NULL,
+            seq      INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            step     TEXT NOT NULL,
+            branch   TEXT NOT NULL,
+            action   TEXT NOT NULL,
+            status   TEXT NOT NULL,
+            attempt  INTEGER NOT NULL,
+            error    TEXT NULL,
+            at       REAL NOT NULL,
+            PRIMARY KEY (saga_id, seq)
+        ) WITHOUT ROWID
+        """
+    )
+    # Recovery asks for interrupted sagas not updated for a while.
+    conn.execute("CREATE INDEX sagas_by_status ON sagas (status, updated_at)")
+    # Operators list sagas by name. Listings are newest first in rowid order
+    # (the order sagas were created in this file), which needs no index.
+    conn.execute("CREATE INDEX sagas_by_name ON sagas (saga_name)")
+
+
+# _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_to_v1,)
+
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file migrate once
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise SagaStoreError(
+                f"{path} has saga store schema version {version}, newer than this "
+                f"fallback_saga understands ({SCHEMA_VERSION}); upgrade fallback_saga"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            _MIGRATIONS[number](conn)
+        if version != SCHEMA_VERSION:
+            # PRAGMA takes no parameters; the value is this module's own int constant.
+            conn.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+# --------------------------------------------------------------------------- SQL
+
+_INSERT_SAGA: Final = (
+    "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+)
+_INSERT_STEP: Final = (
+    "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+    " attempt, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_SAGA: Final = (
+    "UPDATE sagas SET status = COALESCE(?, status), context = COALESCE(?, context),"
+    " version = version + 1, updated_at = ? WHERE saga_id = ?"
+)
+_UPDATE_SAGA_FENCED: Final = _UPDATE_SAGA + " AND fence = ?"
+_NEXT_SEQ: Final = "SELECT COALESCE(MAX(seq) + 1, 0) FROM saga_steps WHERE saga_id = ?"
+_SELECT_SAGA: Final = (
+    "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at"
+    " FROM sagas WHERE saga_id = ?"
+)
+_SELECT_STEPS: Final = (
+    "SELECT seq, position, step, branch, action, status, attempt, error, at"
+    " FROM saga_steps WHERE saga_id = ? ORDER BY seq"
+)
+_SUMMARY_COLUMNS: Final = (
+    "SELECT saga_id, saga_name, status, created_at, updated_at, lease_owner,"
+    " lease_expires_at FROM sagas"
+)
+_NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
+_CLAIMABLE: Final = (
+    "SELECT saga_id, fence FROM sagas WHERE status IN (?, ?) AND updated_at < ?"
+    " AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY updated_at LIMIT ?"
+)
+_TAKE_LEASE: Final = (
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ? WHERE saga_id = ?"
+)
+_RELEASE: Final = (
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = NULL"
+    " WHERE saga_id = ? AND fence = ?"
+)
+_PURGE_STEPS: Final = (
+    "DELETE FROM saga_steps WHERE saga_id IN (SELECT saga_id FROM sagas"
+    " WHERE status IN (?, ?, ?) AND updated_at < ?)"
+)
+_PURGE_SAGAS: Final = "DELETE FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
+
+_INTERRUPTED: Final = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
+_FINISHED: Final = (
+    SagaStatus.COMPLETED.value,
+    SagaStatus.COMPENSATED.value,
+    SagaStatus.FAILED.value,
+)
+
+# --------------------------------------------------------------------------- JSON
+
+# Built once: json.dumps/loads with options build a new coder on every call.
+_encode_json: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode_json: Final = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
+def _context_json(saga_id: str, context: dict[str, Any]) -> str:
+    if not isinstance(context, dict):
+        raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
+    try:
+        return _encode_json(context)
+    except (TypeError, ValueError) as error:
+        raise SagaStoreError(
+            f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
+        ) from error
+
+
+# --------------------------------------------------------------------------- operations
+#
+# Each runs on a store thread as ``op(conn, txn, *args)``. A write operation
+# raises its ``SagaStoreError`` refusals *before* writing anything: the group
+# it shares a transaction with commits without it.
+
+
+class _Txn:
+    """One group's transaction: its timestamp, and the step rows of the whole
+    group, inserted by one ``executemany`` just before the commit."""
+
+    __slots__ = ("next_seq", "now", "rows")
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.rows: list[tuple[Any, ...]] = []
+        self.next_seq: dict[str, int] = {}  # sagas with rows in ``rows``
+
+    def add(self, saga_id: str, start: int, entries: tuple[JournalEntry, ...]) -> None:
+        self.rows += [(saga_id, seq, *entry) for seq, entry in enumerate(entries, start)]
+        self.next_seq[saga_id] = start + len(entries)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        if self.rows:
+            conn.executemany(_INSERT_STEP, self.rows)
+            self.rows = []
+            self.next_seq = {}
+
+
+def _create(
+    conn: sqlite3.Connection,
+    txn: _Txn,
+    saga_id: str,
+    saga_name: str,
+    fingerprint: str,
+    status: str,
+    context: str,
+    entries: tuple[JournalEntry, ...],
+) -> None:
+    now = txn.now
+    try:
+        conn.execute(_INSERT_SAGA, (saga_id, saga_name, fingerprint, status, context, now, now))
+    except sqlite3.IntegrityError as error:
+        if getattr(error, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY":
+            raise SagaAlreadyExists(saga_id) from None
+        raise
+    if entries:
+        txn.add(saga_id, 0, entries)
+
+
+def _append(
+    conn: sqlite3.Connection,
+    txn: _Txn,
+    saga_id: str,
+    entries: tuple[JournalEntry, ...],
+    status: str | None,
+    context: str | None,
+    token: int | None,
+) -> None:
+    if token is None:
+        updated = conn.execute(_UPDATE_SAGA, (status, context, txn.now, saga_id)).rowcount
+    else:
+        updated = conn.execute(
+            _UPDATE_SAGA_FENCED, (status, context, txn.now, saga_id, token)
+        ).rowcount
+    if not updated:
+        if token is None or not _exists(conn, saga_id):
+            raise SagaNotFound(saga_id)
+        raise LeaseLost(saga_id, token)
+    if entries:
+        start = txn.next_seq.get(saga_id)
+        if start is None:
+            (start,) = conn.execute(_NEXT_SEQ, (saga_id,)).fetchone()
+        txn.add(saga_id, start, entries)
+
+
+def _exists(conn: sqlite3.Connection, saga_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone() is not None
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    txn: _Txn,
+    owner: str,
+    lease_seconds: float,
+    older_than: float,
+    limit: int,
+) -> list[Lease]:
+    # The group's transaction is BEGIN IMMEDIATE: no other connection can
+    # claim between this SELECT and the UPDATEs below.
+    now = txn.now
+    rows = conn.execute(_CLAIMABLE, (*_INTERRUPTED, now - older_than, now, limit)).fetchall()
+    expires_at = now + lease_seconds
+    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in rows]
+    conn.executemany(
+        _TAKE_LEASE, [(owner, expires_at, lease.token, lease.saga_id) for lease in leases]
+    )
+    return leases
+
+
+def _release(conn: sqlite3.Connection, txn: _Txn, saga_id: str, token: int) -> None:
+    conn.execute(_RELEASE, (saga_id, token))
+
+
+def _purge(conn: sqlite3.Connection, txn: _Txn, older_than: float) -> int:
+    txn.flush(conn)  # the steps written earlier in this group go too
+    cutoff = txn.now - older_than
+    conn.execute(_PURGE_STEPS, (*_FINISHED, cutoff))
+    count: int = conn.execute(_PURGE_SAGAS, (*_FINISHED, cutoff)).rowcount
+    return count
+
+
+def _ping(conn: sqlite3.Connection, txn: _Txn) -> None:
+    """A no-op that makes the store thread open the database."""
+
+
+def _load(conn: sqlite3.Connection, txn: _Txn, saga_id: str) -> SagaRecord:
+    row = conn.execute(_SELECT_SAGA, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    steps = conn.execute(_SELECT_STEPS, (saga_id,)).fetchall()
+    return _decode_record(saga_id, row, steps)
+
+
+def _list(
+    conn: sqlite3.Connection,
+    txn: _Txn,
+    status: str | None,
+    saga_name: str | None,
+    limit: int,
+) -> list[SagaSummary]:
+    # Four fixed statements rather than string-built filters.
+    if status is None and saga_name is None:
+        cursor = conn.execute(_SUMMARY_COLUMNS + _NEWEST_FIRST, (limit,))
+    elif saga_name is None:
+        cursor = conn.execute(
+            _SUMMARY_COLUMNS + " WHERE status = ?" + _NEWEST_FIRST, (status, limit)
+        )
+    elif status is None:
+        cursor = conn.execute(
+            _SUMMARY_COLUMNS + " WHERE saga_name = ?" + _NEWEST_FIRST, (saga_name, limit)
+        )
+    else:
+        cursor = conn.execute(
+            _SUMMARY_COLUMNS + " WHERE status = ? AND saga_name = ?" + _NEWEST_FIRST,
+            (status, saga_name, limit),
+        )
+    summaries: list[SagaSummary] = []
+    for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in cursor:
+        try:
+            summaries.append(
+                SagaSummary(
+                    saga_id=saga_id,
+                    saga_name=_text(saga_id, "saga_name", name),
+                    status=_saga_status(saga_id, saga_status),
+                    created_at=_number(saga_id, "created_at", created_at),
+                    updated_at=_number(saga_id, "updated_at", updated_at),
+                    lease_owner=owner,
+                    lease_expires_at=expires_at,
+                )
+            )
+        except CorruptSagaRecord as error:
+            # One bad row must not hide every other saga from an operator.
+            _log.warning("skipping a saga in the listing: %s", error)
+    return summaries
+
+
+# --------------------------------------------------------------------------- decoding
+
+_BRANCHES: Final = frozenset({"primary", "fallback"})
+_ACTIONS: Final = frozenset({"act", "compensate"})
+
+
+def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> SagaRecord:
+    saga_name, fingerprint, status, context_text, version, created_at, updated_at = row
+    if not isinstance(context_text, str):
+        raise CorruptSagaRecord(saga_id, "the context is not JSON text")
+    try:
+        context = _decode_json(context_text)
+    except ValueError as bad:  # JSONDecodeError included
+        raise CorruptSagaRecord(saga_id, f"the context is not valid JSON ({bad})") from None
+    if not isinstance(context, dict):
+        raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
+    history: list[JournalEntry] = []
+    for seq, position, step, branch, action, raw_status, attempt, error, at in steps:
+        try:
+            step_status = StepStatus(raw_status)
+        except ValueError:
+            raise CorruptSagaRecord(
+                saga_id, f"transition {seq} has an unknown status {raw_status!r}"
+            ) from None
+        if branch not in _BRANCHES or action not in _ACTIONS:
+            raise CorruptSagaRecord(
+                saga_id, f"transition {seq} has an unknown branch/action {branch!r}/{action!r}"
+            )
+        if not (
+            type(position) is int
+            and type(attempt) is int
+            and isinstance(step, str)
+            and (error is None or isinstance(error, str))
+            and isinstance(at, (int, float))
+        ):
+            raise CorruptSagaRecord(saga_id, f"transition {seq} has a value of the wrong type")
+        history.append(
+            JournalEntry(position, step, branch, action, step_status, attempt, error, float(at))
+        )
+    if type(version) is not int:
+        raise CorruptSagaRecord(saga_id, "version is not an integer")
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=_text(saga_id, "saga_name", saga_name),
+        fingerprint=_text(saga_id, "fingerprint", fingerprint),
+        status=_saga_status(saga_id, status),
+        context=context,
+        history=history,
+        created_at=_number(saga_id, "created_at", created_at),
+        updated_at=_number(saga_id, "updated_at", updated_at),
+        version=version,
+    )
+
+
+def _saga_status(saga_id: str, value: object) -> SagaStatus:
+    try:
+        return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
+    except ValueError:
+        raise CorruptSagaRecord(saga_id, f"unknown saga status {value!r}") from None
+
+
+def _text(saga_id: str, column: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise CorruptSagaRecord(saga_id, f"{column} is not text")
+    return value
+
+
+def _number(saga_id: str, column: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise CorruptSagaRecord(saga_id, f"{column} is not a number")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class _Request(NamedTuple):
+    op: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    write: bool
+
+
+@dataclass(slots=True)
+class _Stop:
+    """Queued by ``close`` (with a future) or by the finalizer (without)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[None] | None = None
+
+
+_Outcome = tuple[_Request, bool, Any]  # (request, succeeded, result or exception)
+
+# How many queued requests one transaction takes at most: bounds a group's latency.
+_MAX_GROUP: Final = 4096
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        # The transaction may be gone already (SQLite rolls back on some errors).
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, succeeded, value in items:
+        if future.done():  # the awaiting task was cancelled; the write still happened
+            continue
+        if succeeded:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _settle(outcomes: Sequence[_Outcome]) -> None:
+    """Resolve each future on its own loop, one thread-safe wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for request, succeeded, value in outcomes:
+        items = by_loop.get(request.loop)
+        if items is None:
+            items = by_loop[request.loop] = []
+        items.append((request.future, succeeded, value))
+    for loop, items in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting for these any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+class _Worker:
+    """A thread that owns one connection and serves a queue of requests."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        path: str,
+        connect: Callable[[], sqlite3.Connection],
+        clock: Callable[[], float],
+        after: _Worker | None = None,
+    ) -> None:
+        self.role = role
+        self.path = path
+        self.connect = connect
+        self.clock = clock
+        self.after = after  # the reader opens once the writer has migrated the schema
+        self.queue: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
+        self.opened = threading.Event()
+        self.failure: SagaStoreError | None = None
+        self.commits = 0
+        self.writes = 0
+        self.reads = 0
+        self.largest_group = 0
+        self.thread = threading.Thread(
+            target=self._main, name=f"fallback_saga-sqlite-{role}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop_soon(self) -> None:
+        self.queue.put(_Stop())
+
+    # -- thread side
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        stop: _Stop | None = None
+        try:
+            conn = self._open()
+            while stop is None:
+                group, stop = self._next_group()
+                if not group:
+                    continue
+                try:
+                    if conn is None:
+                        self._refuse(group)
+                    else:
+                        self._serve(conn, group)
+                except BaseException as error:  # a bug here must not leave sagas waiting
+                    _settle([(request, False, self._wrap(error)) for request in group])
+        finally:
+            if conn is not None:
+                conn.close()
+            if stop is not None and stop.loop is not None and stop.future is not None:
+                _settle_stop(stop)
+
+    def _open(self) -> sqlite3.Connection | None:
+        try:
+            if self.after is not None:
+                self.after.opened.wait()
+                if self.after.failure is not None:
+                    self.failure = self.after.failure
+                    return None
+            return self.connect()
+        except SagaStoreError as error:
+            self.failure = error
+        except Exception as error:
+            self.failure = self._wrap(error)
+        finally:
+            self.opened.set()
+        return None
+
+    def _next_group(self) -> tuple[list[_Request], _Stop | None]:
+        item = self.queue.get()
+        group: list[_Request] = []
+        while True:
+            if isinstance(item, _Stop):
+                return group, item
+            group.append(item)
+            if len(group) >= _MAX_GROUP:
+                return group, None
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return group, None
+
+    def _refuse(self, group: list[_Request]) -> None:
+        failure = self.failure
+        assert failure is not None
+        outcomes: list[_Outcome] = []
+        for request in group:
+            error = SagaStoreError(*failure.args)
+            error.__cause__ = failure.__cause__
+            outcomes.append((request, False, error))
+        _settle(outcomes)
+
+    def _serve(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
+        if self.role == "reader":
+            self._read(conn, group)
+            return
+        writes = [request for request in group if request.write]
+        if writes:
+            self._write(conn, writes)
+        if len(writes) < len(group):  # a database only this connection can see
+            self._read(conn, [request for request in group if not request.write])
+
+    def _write(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
+        outcomes: list[_Outcome] = []
+        in_requests = False
+        try:
+            txn = _Txn(self.clock())
+            conn.execute("BEGIN IMMEDIATE")
+            in_requests = True
+            for request in group:
+                try:
+                    outcomes.append((request, True, request.op(conn, txn, *request.args)))
+                except SagaStoreError as refused:  # raised before it wrote anything
+                    outcomes.append((request, False, refused))
+            txn.flush(conn)
+            in_requests = False
+            conn.execute("COMMIT")
+        except Exception as error:
+            _rollback(conn)
+            if in_requests and len(group) > 1:
+                # A request failed half-way: replay each in a transaction of
+                # its own, so that only the culprit fails.
+                for request in group:
+                    self._write(conn, [request])
+                return
+            # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
+            # full, I/O error) failed: nothing of the group was written.
+            _settle([(request, False, self._wrap(error)) for request in group])
+            return
+        self.commits += 1
+        self.writes += len(group)
+        if len(group) > self.largest_group:
+            self.largest_group = len(group)
+        _settle(outcomes)
+
+    def _read(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
+        outcomes: list[_Outcome] = []
+        try:
+            conn.execute("BEGIN")  # one snapshot: a record and its history agree
+        except sqlite3.Error as error:
+            _settle([(request, False, self._wrap(error)) for request in group])
+            return
+        try:
+            txn = _Txn(self.clock())
+            for request in group:
+                try:
+                    outcomes.append((request, True, request.op(conn, txn, *request.args)))
+                except SagaStoreError as error:
+                    outcomes.append((request, False, error))
+                except Exception as error:
+                    outcomes.append((request, False, self._wrap(error)))
+        finally:
+            _rollback(conn)  # nothing to commit; ends the read transaction
+        self.reads += len(group)
+        _settle(outcomes)
+
+    def _wrap(self, error: BaseException) -> SagaStoreError:
+        if isinstance(error, SagaStoreError):
+            return error
+        wrapped = SagaStoreError(
+            f"SQLite saga store {self.path}: {type(error).__name__}: {error}"
+        )
+        wrapped.__cause__ = error
+        return wrapped
+
+
+def _settle_stop(stop: _Stop) -> None:
+    def resolve() -> None:
+        if stop.future is not None and not stop.future.done():
+            stop.future.set_result(None)
+
+    assert stop.loop is not None
+    with contextlib.suppress(RuntimeError):
+        stop.loop.call_soon_threadsafe(resolve)
+
+
+def _stop_workers(*workers: _Worker) -> None:
+    for worker in workers:
+        worker.stop_soon()
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def _not_a_database(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorname", "") == "SQLITE_NOTADB" or (
+        "not a database" in str(error)
+    )
+
+
+def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    except sqlite3.Error as error:
+        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # PRAGMA takes no parameters; the value was checked against a fixed set.
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        if _not_a_database(error):
+            raise SagaStoreError(f"{path} is not a SQLite database") from error
+        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error as error:
+        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+    return conn
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteStoreStats:
+    """Counters of a store's threads since it was opened.
+
+    ``writes`` requests were written in ``commits`` transactions: with many
+    sagas in flight, ``commits`` is much smaller (group commit).
+    """
+
+    writes: int
+    commits: int
+    reads: int
+    largest_group: int
+
+
+_SYNCHRONOUS: Final = frozenset({"full", "normal"})
+
+
+def _finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+class SQLiteSagaStore:
+    """A durable ``RecoverableStore`` in one SQLite file (standard library only).
+
+    ``synchronous="full"`` (the default) fsyncs every commit: a saga whose
+    write returned survives a power loss. ``synchronous="normal"`` is an
+    explicit opt-in: in WAL mode it survives an application crash but a
+    power loss may lose the last commits. ``busy_timeout`` is how long (in
+    seconds) a write waits for another process holding the file's write lock.
+    ``clock`` (Unix time, default ``time.time``) stamps writes and decides
+    lease and age cut-offs; tests may inject their own.
+
+    Use ``async with SQLiteSagaStore(path) as store:`` or ``await
+    store.close()`` at shutdown. One store may be used from several event
+    loops (each request is answered on the loop that made it). Several
+    processes may share the file: writes are serialized by SQLite's lock,
+    and ``claim`` leases each saga to one worker at a time.
+    """
+
+    # Reads on a thread and connection of their own (see the module docstring).
+    _separate_reader: bool = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "full",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(synchronous, str) or synchronous.lower() not in _SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be 'full' (the default: commits survive power loss) or "
+                f"'normal' (commits survive an application crash, not power loss), "
+                f"got {synchronous!r}"
+            )
+        busy = _finite("busy_timeout", busy_timeout)
+        if busy < 0:
+            raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning Unix time, got {clock!r}")
+        self.path: str = os.fspath(path)
+        self.synchronous: str = synchronous.lower()
+        self.busy_timeout: float = busy
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer: _Worker | None = None
+        self._reader: _Worker | None = None
+        self._finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteSagaStore({self.path!r}, synchronous={self.synchronous!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open (and migrate) the database now rather than at first use, so a
+        bad path or a file that is not SQLite fails here."""
+        await self._submit(_ping, (), write=True)
+
+    async def close(self) -> None:
+        """Finish the queued requests, then stop the threads and close the file.
+
+        Later calls raise ``SagaStoreError``. Closing twice is harmless.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers = [w for w in (self._reader, self._writer) if w is not None]
+            if self._finalizer is not None:
+                self._finalizer.detach()
+        if not workers:
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for worker in workers:
+            future: asyncio.Future[None] = loop.create_future()
+            worker.queue.put(_Stop(loop, future))
+            futures.append(future)
+        await asyncio.gather(*futures)
+
+    async def __aenter__(self) -> SQLiteSagaStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def stats(self) -> SQLiteStoreStats:
+        writer, reader = self._writer, self._reader
+        reads = (writer.reads if writer else 0) + (reader.reads if reader else 0)
+        return SQLiteStoreStats(
+            writes=writer.writes if writer else 0,
+            commits=writer.commits if writer else 0,
+            reads=reads,
+            largest_group=writer.largest_group if writer else 0,
+        )
+
+    def _start(self) -> _Worker:
+        """Start the threads (under ``self._lock``)."""
+        path, timeout = self.path, self.busy_timeout
+        synchronous = self.synchronous
+        writer = _Worker(
+            role="writer",
+            path=path,
+            connect=lambda: _connect_writer(path, synchronous, timeout),
+            clock=self._clock,
+        )
+        reader: _Worker | None = None
+        if self._separate_reader and path not in ("", ":memory:"):
+            reader = _Worker(
+                role="reader",
+                path=path,
+                connect=lambda: _connect_reader(path, timeout),
+                clock=self._clock,
+                after=writer,
+            )
+        self._writer, self._reader = writer, reader
+        workers = (writer,) if reader is None else (writer, reader)
+        # A store dropped without close() still stops its threads. The
+        # finalizer holds the workers, never the store.
+        self._finalizer = weakref.finalize(self, _stop_workers, *workers)
+        for worker in workers:
+            worker.start()
+        return writer
+
+    def _submit(
+        self, op: Callable[..., Any], args: tuple[Any, ...], *, write: bool
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
+            writer = self._writer or self._start()
+            worker = writer if write or self._reader is None else self._reader
+            worker.queue.put(_Request(op, args, loop, future, write))
+        return future
+
+    # ------------------------------------------------------------------ SagaStore
+
+    async def create(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus = SagaStatus.RUNNING,
+    ) -> None:
+        """Record a new saga; ``SagaAlreadyExists`` if the id is taken."""
+        text = _context_json(saga_id, context)
+        await self._submit(
+            _create,
+            (saga_id, saga_name, fingerprint, SagaStatus(status).value, text, tuple(entries)),
+            write=True,
+        )
+
+    async def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus | None = None,
+        context: dict[str, Any] | None = None,
+        fence: Lease | None = None,
+    ) -> None:
+        """Add transitions and set the status/context when given, in one
+        transaction. With ``fence``, only while the lease's token is current
+        (else ``LeaseLost``, nothing written)."""
+        token: int | None = None
+        if fence is not None:
+            if fence.saga_id != saga_id:
+                raise ValueError(f"the lease is for saga {fence.saga_id!r}, not {saga_id!r}")
+            token = fence.token
+        await self._submit(
+            _append,
+            (
+                saga_id,
+                tuple(entries),
+                None if status is None else SagaStatus(status).value,
+                None if context is None else _context_json(saga_id, context),
+                token,
+            ),
+            write=True,
+        )
+
+    async def load(self, saga_id: str) -> SagaRecord:
+        """The saga's record; ``SagaNotFound``, or ``CorruptSagaRecord`` for a
+        row that cannot be read back."""
+        record: SagaRecord = await self._submit(_load, (saga_id,), write=False)
+        return record
+
+    # ------------------------------------------------------------------ RecoverableStore
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaSummary]:
+        """Newest first. A row that cannot be read is logged and left out."""
+        args = (
+            None if status is None else SagaStatus(status).value,
+            saga_name,
+            _count("limit", limit),
+        )
+        summaries: list[SagaSummary] = await self._submit(_list, args, write=False)
+        return summaries
+
+    async def claim(
+        self, *, owner: str, lease_seconds: float, older_than: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
+        updated for ``older_than`` seconds, no unexpired lease), oldest first,
+        inside one ``BEGIN IMMEDIATE`` transaction; each claim increments the
+        saga's fencing token. Negative durations are allowed (tests use them
+        for "already expired" without sleeping)."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        args = (
+            owner,
+            _finite("lease_seconds", lease_seconds),
+            _finite("older_than", older_than),
+            _count("limit", limit),
+        )
+        leases: list[Lease] = await self._submit(_claim, args, write=True)
+        return leases
+
+    async def release(self, lease: Lease) -> None:
+        """Clear the lease, if it is still the saga's current one."""
+        await self._submit(_release, (lease.saga_id, lease.token), write=True)
+
+    async def purge(self, *, older_than: float) -> int:
+        """Delete finished sagas (and their history) not updated for
+        ``older_than`` seconds; returns how many."""
+        purged: int = await self._submit(
+            _purge, (_finite("older_than", older_than),), write=True
+        )
+        return purged

@@ -1,0 +1,560 @@
+"""A contract test suite for saga stores, reusable by any third-party store.
+
+Subclass the contract in your own test module and provide a ``store``
+fixture that yields a fresh, empty store::
+
+    import pytest
+    from fallback_saga.testing import RecoverableStoreContract
+
+    class TestMyStore(RecoverableStoreContract):
+        @pytest.fixture
+        async def store(self):
+            store = MyStore(...)
+            yield store
+            await store.close()
+
+``SagaStoreContract`` checks what the executor relies on (``create``,
+``append``, ``load``); ``RecoverableStoreContract`` adds what recovery and
+the operator CLI rely on (``list_sagas``, ``claim`` with leases and fencing
+tokens, ``release``, ``purge``).
+
+The tests are ``async def`` methods: run them with pytest-asyncio in
+``asyncio_mode = "auto"``, or mark your subclass with
+``pytestmark = pytest.mark.asyncio``. This module imports nothing outside the
+standard library and ``fallback_saga``.
+
+The recovery tests never sleep. A lease that must already have expired is
+taken with a negative ``lease_seconds``, and "not updated for a while" is
+asked with a negative ``older_than`` (every saga qualifies): a store must
+accept negative durations and compare them like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import LeaseLost, SagaAlreadyExists, SagaNotFound
+from .status import SagaStatus, StepStatus
+from .store.base import (
+    Action,
+    Branch,
+    JournalEntry,
+    Lease,
+    RecoverableStore,
+    SagaRecord,
+    SagaStore,
+)
+
+__all__ = ["RecoverableStoreContract", "SagaStoreContract", "entry"]
+
+_ALREADY_PAST = -1.0  # seconds: "older than -1 s" is every saga; a lease of -1 s has expired
+
+
+def entry(
+    position: int,
+    step: str,
+    status: StepStatus = StepStatus.STARTED,
+    *,
+    branch: Branch = "primary",
+    action: Action = "act",
+    attempt: int = 1,
+    error: str | None = None,
+    at: float = 1_700_000_000.5,
+) -> JournalEntry:
+    """A ``JournalEntry`` with defaults, for tests."""
+    return JournalEntry(position, step, branch, action, status, attempt, error, at)
+
+
+async def _raises(
+    kind: type[BaseException], call: Callable[[], Any]
+) -> BaseException:
+    """Await ``call()`` and return the ``kind`` error it raised (the suite does
+    not import pytest)."""
+    try:
+        await call()
+    except kind as error:
+        return error
+    raise AssertionError(f"expected {kind.__name__}, nothing was raised")
+
+
+async def _new_saga(
+    store: SagaStore,
+    saga_id: str,
+    *,
+    saga_name: str = "OrderSaga",
+    status: SagaStatus = SagaStatus.RUNNING,
+    context: dict[str, Any] | None = None,
+    entries: Sequence[JournalEntry] = (),
+) -> None:
+    await store.create(
+        saga_id,
+        saga_name,
+        "fp-1",
+        {"order_id": saga_id} if context is None else context,
+        list(entries) or [entry(0, "reserve")],
+        status=status,
+    )
+
+
+# A context with every shape the journal form of a context can take.
+NESTED_CONTEXT: dict[str, Any] = {
+    "order_id": "o-42",
+    "amount": 1999,
+    "big": 2**63 + 7,
+    "rate": 0.1,
+    "negative": -3.5e-7,
+    "paid": False,
+    "coupon": None,
+    "text": "ünïcødé ✓ \u2028 \"quoted\" \\ back",
+    "empty_list": [],
+    "empty_dict": {},
+    "items": [
+        {"sku": "apple", "qty": 2, "tags": ["red", "fruit"]},
+        {"sku": "pear", "qty": 1, "tags": []},
+    ],
+    "address": {"street": "Main St", "lines": ["1", "2"], "geo": {"lat": 1.5, "lon": -2.25}},
+    "matrix": [[1, 2], [3, [4, [5, {"deep": True}]]]],
+}
+
+
+class SagaStoreContract:
+    """What every ``SagaStore`` must do. Provide a ``store`` fixture."""
+
+    # ------------------------------------------------------------------ create / load
+
+    async def test_create_then_load_round_trips_header_context_and_entries(
+        self, store: SagaStore
+    ) -> None:
+        entries = [
+            entry(0, "reserve", StepStatus.STARTED, at=1_700_000_000.25),
+            entry(0, "reserve", StepStatus.COMPLETED, at=1_700_000_001.5),
+            entry(1, "charge", StepStatus.STARTED, branch="fallback", attempt=2),
+        ]
+        await store.create(
+            "saga-1", "OrderSaga", "fp-abc", {"order_id": "o-1", "n": 3}, entries
+        )
+        record = await store.load("saga-1")
+        assert isinstance(record, SagaRecord)
+        assert record.saga_id == "saga-1"
+        assert record.saga_name == "OrderSaga"
+        assert record.fingerprint == "fp-abc"
+        assert record.status is SagaStatus.RUNNING
+        assert record.context == {"order_id": "o-1", "n": 3}
+        assert record.history == entries
+        assert all(isinstance(e, JournalEntry) for e in record.history)
+        assert all(type(e.status) is StepStatus for e in record.history)
+
+    async def test_create_records_times_and_a_version(self, store: SagaStore) -> None:
+        await _new_saga(store, "saga-1")
+        record = await store.load("saga-1")
+        assert record.created_at > 0
+        assert record.updated_at >= record.created_at
+        assert record.version >= 1
+
+    async def test_create_with_a_status_keeps_it(self, store: SagaStore) -> None:
+        await _new_saga(store, "saga-1", status=SagaStatus.COMPENSATING)
+        assert (await store.load("saga-1")).status is SagaStatus.COMPENSATING
+
+    async def test_create_with_no_entries(self, store: SagaStore) -> None:
+        await store.create("saga-1", "OrderSaga", "fp", {}, [])
+        record = await store.load("saga-1")
+        assert record.history == []
+        assert record.context == {}
+
+    async def test_create_with_a_taken_id_raises_saga_already_exists(
+        self, store: SagaStore
+    ) -> None:
+        await _new_saga(store, "saga-1", context={"first": True})
+        error = await _raises(
+            SagaAlreadyExists,
+            lambda: store.create("saga-1", "Other", "fp-2", {"first": False}, [entry(0, "x")]),
+        )
+        assert "saga-1" in str(error)
+        record = await store.load("saga-1")  # the first saga is untouched
+        assert record.saga_name == "OrderSaga"
+        assert record.context == {"first": True}
+        assert len(record.history) == 1
+
+    async def test_load_of_an_unknown_id_raises_saga_not_found(self, store: SagaStore) -> None:
+        error = await _raises(SagaNotFound, lambda: store.load("nope"))
+        assert "nope" in str(error)
+
+    async def test_append_to_an_unknown_id_raises_saga_not_found(self, store: SagaStore) -> None:
+        await _raises(SagaNotFound, lambda: store.append("nope", [entry(0, "reserve")]))
+        await _raises(SagaNotFound, lambda: store.load("nope"))  # and it was not created
+
+    # ------------------------------------------------------------------ append
+
+    async def test_append_keeps_every_entry_in_order(self, store: SagaStore) -> None:
+        first = entry(0, "reserve", StepStatus.STARTED)
+        await _new_saga(store, "saga-1", entries=[first])
+        batches = [
+            [entry(0, "reserve", StepStatus.COMPLETED), entry(1, "charge", StepStatus.STARTED)],
+            [entry(1, "charge", StepStatus.FAILED, error="Boom: declined")],
+            [],
+            [
+                entry(0, "reserve", StepStatus.STARTED, action="compensate"),
+                entry(0, "reserve", StepStatus.COMPLETED, action="compensate", attempt=3),
+            ],
+        ]
+        for batch in batches:
+            await store.append("saga-1", batch)
+        record = await store.load("saga-1")
+        assert record.history == [first, *(e for batch in batches for e in batch)]
+        assert record.history[3].error == "Boom: declined"
+
+    async def test_append_sets_status_and_context_when_given(self, store: SagaStore) -> None:
+        await _new_saga(store, "saga-1", context={"n": 0})
+        await store.append(
+            "saga-1", [entry(0, "reserve", StepStatus.COMPLETED)], context={"n": 1}
+        )
+        record = await store.load("saga-1")
+        assert record.context == {"n": 1}
+        assert record.status is SagaStatus.RUNNING
+        await store.append("saga-1", [], status=SagaStatus.COMPENSATING)
+        record = await store.load("saga-1")
+        assert record.status is SagaStatus.COMPENSATING
+        assert record.context == {"n": 1}  # kept when not given
+
+    async def test_append_bumps_version_and_updated_at(self, store: SagaStore) -> None:
+        await _new_saga(store, "saga-1")
+        before = await store.load("saga-1")
+        await store.append("saga-1", [entry(0, "reserve", StepStatus.COMPLETED)])
+        after = await store.load("saga-1")
+        assert after.version > before.version
+        assert after.updated_at >= before.updated_at
+        assert after.created_at == before.created_at
+
+    async def test_final_status_is_retained(self, store: SagaStore) -> None:
+        for number, final in enumerate(
+            (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+        ):
+            saga_id = f"saga-{number}"
+            await _new_saga(store, saga_id)
+            await store.append(
+                saga_id, [entry(0, "reserve", StepStatus.COMPLETED)], status=final
+            )
+            record = await store.load(saga_id)
+            assert record.status is final
+            assert len(record.history) == 2
+            await store.append(saga_id, [entry(9, "late")])  # a write without a status
+            assert (await store.load(saga_id)).status is final
+
+    async def test_sagas_do_not_share_history(self, store: SagaStore) -> None:
+        await _new_saga(store, "saga-a", entries=[entry(0, "a0")])
+        await _new_saga(store, "saga-b", entries=[entry(0, "b0")])
+        await store.append("saga-a", [entry(1, "a1")], context={"who": "a"})
+        await store.append("saga-b", [entry(1, "b1")], status=SagaStatus.COMPLETED)
+        a, b = await store.load("saga-a"), await store.load("saga-b")
+        assert [e.step for e in a.history] == ["a0", "a1"]
+        assert [e.step for e in b.history] == ["b0", "b1"]
+        assert a.context == {"who": "a"}
+        assert a.status is SagaStatus.RUNNING
+        assert b.status is SagaStatus.COMPLETED
+
+    async def test_concurrent_writes_to_many_sagas_are_all_kept(self, store: SagaStore) -> None:
+        async def run(number: int) -> None:
+            saga_id = f"saga-{number}"
+            await _new_saga(store, saga_id, entries=[entry(0, "s0")])
+            for position in range(1, 4):
+                await store.append(
+                    saga_id, [entry(position, f"s{position}")], context={"at": position}
+                )
+            await store.append(saga_id, [], status=SagaStatus.COMPLETED)
+
+        await asyncio.gather(*(run(number) for number in range(50)))
+        for number in range(50):
+            record = await store.load(f"saga-{number}")
+            assert [e.step for e in record.history] == ["s0", "s1", "s2", "s3"]
+            assert record.context == {"at": 3}
+            assert record.status is SagaStatus.COMPLETED
+
+    # ------------------------------------------------------------------ data
+
+    async def test_context_round_trips_nested_json_values(self, store: SagaStore) -> None:
+        await store.create("saga-1", "OrderSaga", "fp", NESTED_CONTEXT, [entry(0, "reserve")])
+        assert (await store.load("saga-1")).context == NESTED_CONTEXT
+        changed = {**NESTED_CONTEXT, "items": [], "amount": 0}
+        await store.append("saga-1", [], context=changed)
+        loaded = (await store.load("saga-1")).context
+        assert loaded == changed
+        assert type(loaded["amount"]) is int
+        assert type(loaded["rate"]) is float
+        assert type(loaded["paid"]) is bool
+
+    async def test_entry_values_round_trip(self, store: SagaStore) -> None:
+        odd = entry(
+            7, "ünïcødé step", StepStatus.FAILED, branch="fallback", action="compensate",
+            attempt=12, error="ValueError: line 1\nline 2", at=1_712_345_678.123456,
+        )
+        await _new_saga(store, "saga-1", entries=[odd])
+        (loaded,) = (await store.load("saga-1")).history
+        assert loaded[:-1] == odd[:-1]
+        assert type(loaded.status) is StepStatus
+        assert math.isclose(loaded.at, odd.at, rel_tol=0, abs_tol=1e-6)  # microseconds kept
+
+    async def test_loaded_records_are_copies(self, store: SagaStore) -> None:
+        await store.create(
+            "saga-1", "OrderSaga", "fp", {"items": [{"sku": "apple"}], "n": 1},
+            [entry(0, "reserve")],
+        )
+        record = await store.load("saga-1")
+        record.context["n"] = 99
+        record.context["items"][0]["sku"] = "changed"
+        record.context["items"].append("more")
+        record.history.append(entry(5, "forged"))
+        record.status = SagaStatus.FAILED
+        again = await store.load("saga-1")
+        assert again.context == {"items": [{"sku": "apple"}], "n": 1}
+        assert [e.step for e in again.history] == ["reserve"]
+        assert again.status is SagaStatus.RUNNING
+
+    async def test_the_store_keeps_no_reference_to_the_callers_data(
+        self, store: SagaStore
+    ) -> None:
+        context: dict[str, Any] = {"items": ["apple"]}
+        entries = [entry(0, "reserve")]
+        await store.create("saga-1", "OrderSaga", "fp", context, entries)
+        context["items"].append("pear")
+        entries.append(entry(1, "forged"))
+        update: dict[str, Any] = {"items": ["kiwi"]}
+        await store.append("saga-1", [], context=update)
+        update["items"].clear()
+        record = await store.load("saga-1")
+        assert record.context == {"items": ["kiwi"]}
+        assert [e.step for e in record.history] == ["reserve"]
+
+
+class RecoverableStoreContract(SagaStoreContract):
+    """What a ``RecoverableStore`` must do on top: listing, leases, fencing, purge."""
+
+    # ------------------------------------------------------------------ list
+
+    async def test_list_sagas_is_newest_first(self, store: RecoverableStore) -> None:
+        for number in range(4):
+            await _new_saga(store, f"saga-{number}")
+        listing = await store.list_sagas()
+        assert [s.saga_id for s in listing] == ["saga-3", "saga-2", "saga-1", "saga-0"]
+        created = [s.created_at for s in listing]
+        assert created == sorted(created, reverse=True)
+
+    async def test_list_sagas_filters_by_status_and_name_and_limits(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "o-1", saga_name="OrderSaga")
+        await _new_saga(store, "o-2", saga_name="OrderSaga", status=SagaStatus.COMPLETED)
+        await _new_saga(store, "r-1", saga_name="RefundSaga")
+        await _new_saga(store, "r-2", saga_name="RefundSaga", status=SagaStatus.COMPLETED)
+        completed = await store.list_sagas(status=SagaStatus.COMPLETED)
+        assert {s.saga_id for s in completed} == {"o-2", "r-2"}
+        refunds = await store.list_sagas(saga_name="RefundSaga")
+        assert {s.saga_id for s in refunds} == {"r-1", "r-2"}
+        both = await store.list_sagas(status=SagaStatus.RUNNING, saga_name="RefundSaga")
+        assert [s.saga_id for s in both] == ["r-1"]
+        assert len(await store.list_sagas(limit=3)) == 3
+        assert await store.list_sagas(limit=0) == []
+        assert await store.list_sagas(saga_name="Unknown") == []
+
+    async def test_list_sagas_summarizes(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1", saga_name="OrderSaga")
+        await store.append("saga-1", [], status=SagaStatus.COMPENSATING)
+        (summary,) = await store.list_sagas()
+        record = await store.load("saga-1")
+        assert summary.saga_id == "saga-1"
+        assert summary.saga_name == "OrderSaga"
+        assert summary.status is SagaStatus.COMPENSATING
+        assert summary.created_at == record.created_at
+        assert summary.updated_at == record.updated_at
+        assert summary.lease_owner is None
+        assert summary.lease_expires_at is None
+
+    # ------------------------------------------------------------------ claim
+
+    async def test_claim_takes_only_running_and_compensating_sagas(
+        self, store: RecoverableStore
+    ) -> None:
+        for status in SagaStatus:
+            if status is not SagaStatus.PENDING:
+                await _new_saga(store, f"saga-{status.value}", status=status)
+        leases = await store.claim(
+            owner="worker-1", lease_seconds=60, older_than=_ALREADY_PAST, limit=100
+        )
+        assert {lease.saga_id for lease in leases} == {"saga-running", "saga-compensating"}
+
+    async def test_claim_skips_recently_updated_sagas(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1")
+        leases = await store.claim(owner="worker-1", lease_seconds=60, older_than=3600, limit=10)
+        assert leases == []
+
+    async def test_claim_sets_a_lease_with_a_new_fencing_token(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "saga-1")
+        (lease,) = await store.claim(
+            owner="worker-1", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        assert isinstance(lease, Lease)
+        assert lease.saga_id == "saga-1"
+        assert lease.owner == "worker-1"
+        (summary,) = await store.list_sagas()
+        assert summary.lease_owner == "worker-1"
+        assert summary.lease_expires_at == lease.expires_at
+        assert lease.expires_at > summary.updated_at
+
+    async def test_a_leased_saga_is_not_claimed_again(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1")
+        first = await store.claim(
+            owner="worker-1", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        second = await store.claim(
+            owner="worker-2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        assert len(first) == 1
+        assert second == []
+
+    async def test_an_expired_lease_can_be_claimed_with_a_higher_token(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "saga-1")
+        (first,) = await store.claim(
+            owner="worker-1", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+        )
+        (second,) = await store.claim(
+            owner="worker-2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        assert second.owner == "worker-2"
+        assert second.token > first.token
+
+    async def test_claim_respects_the_limit(self, store: RecoverableStore) -> None:
+        for number in range(5):
+            await _new_saga(store, f"saga-{number}")
+        first = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=2)
+        rest = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10)
+        assert len(first) == 2
+        assert len(rest) == 3
+        assert {lease.saga_id for lease in first + rest} == {f"saga-{n}" for n in range(5)}
+        none = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=0)
+        assert none == []
+
+    async def test_concurrent_claims_never_share_a_saga(self, store: RecoverableStore) -> None:
+        for number in range(30):
+            await _new_saga(store, f"saga-{number}")
+        claims = await asyncio.gather(
+            *(
+                store.claim(owner=f"w{n}", lease_seconds=60, older_than=_ALREADY_PAST, limit=4)
+                for n in range(10)
+            )
+        )
+        claimed = [lease.saga_id for leases in claims for lease in leases]
+        assert len(claimed) == len(set(claimed)) == 30
+
+    # ------------------------------------------------------------------ fencing
+
+    async def test_append_under_the_current_lease_writes(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1")
+        (lease,) = await store.claim(
+            owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        await store.append(
+            "saga-1", [entry(0, "reserve", StepStatus.COMPLETED)],
+            status=SagaStatus.COMPLETED, context={"done": True}, fence=lease,
+        )
+        record = await store.load("saga-1")
+        assert record.status is SagaStatus.COMPLETED
+        assert record.context == {"done": True}
+        assert len(record.history) == 2
+
+    async def test_append_under_a_stale_lease_raises_lease_lost_and_writes_nothing(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "saga-1", context={"n": 0})
+        (stale,) = await store.claim(
+            owner="w1", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+        )
+        (current,) = await store.claim(
+            owner="w2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        before = await store.load("saga-1")
+        error = await _raises(
+            LeaseLost,
+            lambda: store.append(
+                "saga-1", [entry(1, "forged")], status=SagaStatus.FAILED,
+                context={"n": 666}, fence=stale,
+            ),
+        )
+        assert "saga-1" in str(error)
+        after = await store.load("saga-1")
+        assert after.history == before.history
+        assert after.status is SagaStatus.RUNNING
+        assert after.context == {"n": 0}
+        assert after.version == before.version
+        await store.append("saga-1", [entry(1, "real")], fence=current)  # the new owner can
+        assert [e.step for e in (await store.load("saga-1")).history][-1] == "real"
+
+    async def test_append_under_a_lease_of_an_unknown_saga_raises_saga_not_found(
+        self, store: RecoverableStore
+    ) -> None:
+        lease = Lease(saga_id="nope", owner="w", token=1, expires_at=4_000_000_000.0)
+        await _raises(SagaNotFound, lambda: store.append("nope", [], fence=lease))
+
+    # ------------------------------------------------------------------ release
+
+    async def test_release_lets_the_saga_be_claimed_again(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1")
+        (lease,) = await store.claim(
+            owner="w1", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        await store.release(lease)
+        (summary,) = await store.list_sagas()
+        assert summary.lease_owner is None
+        (again,) = await store.claim(
+            owner="w2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        assert again.token > lease.token
+
+    async def test_release_of_a_stale_lease_leaves_the_current_one(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "saga-1")
+        (stale,) = await store.claim(
+            owner="w1", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+        )
+        (current,) = await store.claim(
+            owner="w2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        )
+        await store.release(stale)
+        (summary,) = await store.list_sagas()
+        assert summary.lease_owner == "w2"
+        assert summary.lease_expires_at == current.expires_at
+        assert await store.claim(
+            owner="w3", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
+        ) == []
+
+    # ------------------------------------------------------------------ purge
+
+    async def test_purge_deletes_only_finished_sagas(self, store: RecoverableStore) -> None:
+        for status in SagaStatus:
+            if status is not SagaStatus.PENDING:
+                await _new_saga(store, f"saga-{status.value}", status=status)
+        assert await store.purge(older_than=_ALREADY_PAST) == 3
+        for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+            saga_id = f"saga-{status.value}"
+            await _raises(SagaNotFound, lambda: store.load(saga_id))  # noqa: B023
+        remaining = {s.saga_id for s in await store.list_sagas()}
+        assert remaining == {"saga-running", "saga-compensating"}
+        assert len((await store.load("saga-running")).history) == 1
+        assert await store.purge(older_than=_ALREADY_PAST) == 0
+
+    async def test_purge_keeps_recently_finished_sagas(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED)
+        assert await store.purge(older_than=3600) == 0
+        assert (await store.load("saga-1")).status is SagaStatus.COMPLETED
+
+    async def test_a_purged_id_can_be_used_again(self, store: RecoverableStore) -> None:
+        await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED, entries=[entry(0, "old")])
+        assert await store.purge(older_than=_ALREADY_PAST) == 1
+        await _new_saga(store, "saga-1", entries=[entry(0, "new")])
+        assert [e.step for e in (await store.load("saga-1")).history] == ["new"]

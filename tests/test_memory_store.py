@@ -1,0 +1,281 @@
+"""MemorySagaStore: what ``load`` gives back, the journal's rows and order,
+bounded retention, and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from helpers_saga import Blocker, Boom, OrderCtx, Probe, Trace, declare, reached
+
+from fallback_saga import (
+    CircuitBreaker,
+    Fallback,
+    JournalEntry,
+    MemorySagaStore,
+    SagaAlreadyExists,
+    SagaFailed,
+    SagaNotFound,
+    SagaRecord,
+    SagaStatus,
+    SagaStore,
+    StepStatus,
+)
+
+STARTED, COMPLETED, FAILED = StepStatus.STARTED, StepStatus.COMPLETED, StepStatus.FAILED
+
+
+def rows(record: SagaRecord) -> list[tuple[str, str, StepStatus]]:
+    return [(e.step, e.action, e.status) for e in record.history]
+
+
+async def test_load_returns_the_record_fields() -> None:
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+        ctx.items.append("pear")
+
+    saga = declare(Probe("Reserve", [], mutate=reserve), name="OrderSaga")()
+    ctx = OrderCtx(order_id="o-9")
+
+    await saga.run(ctx, saga_id="rec-1")
+    record = await saga.store.load("rec-1")
+
+    assert isinstance(record, SagaRecord)
+    assert record.saga_id == "rec-1"
+    assert record.saga_name == "OrderSaga"
+    assert record.status is SagaStatus.COMPLETED
+    assert record.context == ctx.to_dict()
+    assert record.context["reservation"] == "r-1"
+    assert record.context["items"] == ["apple", "pear"]
+    assert rows(record) == [("Reserve", "act", STARTED), ("Reserve", "act", COMPLETED)]
+
+
+async def test_history_entries_carry_step_action_status_error_and_timestamp() -> None:
+    trace: Trace = []
+    saga = declare(
+        Probe("Reserve", trace),
+        Probe("Charge", trace, error=lambda: Boom("card declined")),
+    )()
+    before = time.time()
+
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx(), saga_id="rec-2")
+    after = time.time()
+    record = await saga.store.load("rec-2")
+
+    assert record.status is SagaStatus.COMPENSATED
+    assert [(e.step, e.action, e.status) for e in record.history] == [
+        ("Reserve", "act", STARTED),
+        ("Reserve", "act", COMPLETED),
+        ("Charge", "act", STARTED),
+        ("Charge", "act", FAILED),
+        ("Reserve", "compensate", STARTED),
+        ("Reserve", "compensate", COMPLETED),
+    ]
+    for entry in record.history:
+        assert isinstance(entry, JournalEntry)
+        assert isinstance(entry.status, StepStatus)
+        assert before <= entry.at <= after
+    errors = [e.error for e in record.history]
+    assert errors[3] is not None
+    assert "Boom" in errors[3]
+    assert "card declined" in errors[3]
+    assert [e for i, e in enumerate(errors) if i != 3] == [None] * 5
+    stamps = [e.at for e in record.history]
+    assert stamps == sorted(stamps)
+
+
+@pytest.mark.parametrize("why", ["primary raised", "circuit open"])
+async def test_primary_that_fell_back_is_journaled_started_then_failed_before_fallback_rows(
+    why: str,
+) -> None:
+    trace: Trace = []
+    breaker = CircuitBreaker(name="inventory")
+    if why == "circuit open":
+        breaker.open()
+    primary = Probe("Primary", trace, error=Boom if why == "primary raised" else None)
+    saga = declare(
+        Probe("First", trace),
+        Fallback(step=primary, fallback=Probe("Backup", trace), circuit_breaker=breaker),
+    )()
+
+    await saga.run(OrderCtx(), saga_id="fb")
+    record = await saga.store.load("fb")
+
+    assert [(e.step, e.branch, e.action, e.status) for e in record.history] == [
+        ("First", "primary", "act", STARTED),
+        ("First", "primary", "act", COMPLETED),
+        ("Primary", "primary", "act", STARTED),
+        ("Primary", "primary", "act", FAILED),
+        ("Backup", "fallback", "act", STARTED),
+        ("Backup", "fallback", "act", COMPLETED),
+    ]
+    assert {e.position for e in record.history if e.step != "First"} == {1}
+    primary_failure = record.history[3].error
+    assert primary_failure is not None
+    assert ("CircuitOpenError" if why == "circuit open" else "Boom") in primary_failure
+
+
+async def test_a_running_saga_shows_its_last_transition() -> None:
+    trace: Trace = []
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    blocker = Blocker("Wait", trace)
+    saga = declare(Probe("Reserve", trace, mutate=reserve), blocker)()
+
+    task = asyncio.create_task(saga.run(OrderCtx(), saga_id="live"))
+    await reached(blocker.started)
+    record = await saga.store.load("live")
+    blocker.release.set()
+    await task
+
+    assert record.status is SagaStatus.RUNNING
+    assert record.context["reservation"] == "r-1"
+    assert rows(record)[-1] == ("Wait", "act", STARTED)
+    assert (await saga.store.load("live")).status is SagaStatus.COMPLETED
+
+
+async def test_load_returns_a_copy_that_cannot_rewrite_the_journal() -> None:
+    saga = declare(Probe("A", []))()
+    await saga.run(OrderCtx(), saga_id="copy")
+
+    record = await saga.store.load("copy")
+    record.context["order_id"] = "tampered"
+    record.context["items"].append("tampered")
+    record.history.clear()
+
+    again = await saga.store.load("copy")
+    assert again.context["order_id"] == "order-1"
+    assert again.context["items"] == ["apple"]
+    assert len(again.history) == 2
+
+
+# --------------------------------------------------------------------------- retention
+
+
+async def test_retention_of_finished_sagas_is_bounded() -> None:
+    store = MemorySagaStore(max_finished=3)
+    ok = declare(Probe("A", []))(store=store)
+    failing = declare(Probe("B", [], error=Boom))(store=store)
+
+    for n in range(3):
+        await ok.run(OrderCtx(), saga_id=f"done-{n}")
+    for n in range(3):
+        with pytest.raises(SagaFailed):
+            await failing.run(OrderCtx(), saga_id=f"failed-{n}")
+
+    assert len(store) == 3
+    for n in range(3):
+        with pytest.raises(SagaNotFound):
+            await store.load(f"done-{n}")
+        assert (await store.load(f"failed-{n}")).status is SagaStatus.COMPENSATED
+
+
+async def test_running_sagas_are_never_dropped() -> None:
+    store = MemorySagaStore(max_finished=1)
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    slow = declare(blocker)(store=store)
+    quick = declare(Probe("A", trace))(store=store)
+
+    task = asyncio.create_task(slow.run(OrderCtx(), saga_id="running"))
+    await reached(blocker.started)
+    for n in range(5):
+        await quick.run(OrderCtx(), saga_id=f"quick-{n}")
+
+    assert (await store.load("running")).status is SagaStatus.RUNNING
+    assert len(store) == 2  # the running one and the newest finished one
+    blocker.release.set()
+    await task
+
+    assert (await store.load("running")).status is SagaStatus.COMPLETED
+    assert len(store) == 1
+    with pytest.raises(SagaNotFound):
+        await store.load("quick-4")
+
+
+def test_default_retention_is_ten_thousand() -> None:
+    assert MemorySagaStore().max_finished == 10_000
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_max_finished_must_be_an_int_not_below_zero(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_finished"):
+        MemorySagaStore(max_finished=bad)  # type: ignore[arg-type]
+
+
+async def test_retention_through_the_store_api() -> None:
+    store = MemorySagaStore(max_finished=2)
+    for n in range(4):
+        await store.create(f"s-{n}", "Direct", "fp", {"n": n}, [])
+    for n in range(4):
+        await store.append(f"s-{n}", [], status=SagaStatus.COMPLETED)
+
+    assert len(store) == 2
+    assert (await store.load("s-3")).context == {"n": 3}
+    with pytest.raises(SagaNotFound):
+        await store.load("s-0")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def test_unknown_saga_id_is_saga_not_found() -> None:
+    store = MemorySagaStore()
+
+    with pytest.raises(SagaNotFound) as info:
+        await store.load("nope")
+
+    assert info.value.saga_id == "nope"
+    assert "nope" in str(info.value)
+    assert isinstance(info.value, KeyError)
+
+
+async def test_append_to_an_unknown_saga_is_saga_not_found() -> None:
+    with pytest.raises(SagaNotFound):
+        await MemorySagaStore().append("nope", [])
+
+
+async def test_reused_saga_id_is_saga_already_exists() -> None:
+    trace: Trace = []
+    saga = declare(Probe("A", trace))()
+    await saga.run(OrderCtx(), saga_id="dup")
+    first = await saga.store.load("dup")
+
+    with pytest.raises(SagaAlreadyExists) as info:
+        await saga.run(OrderCtx(), saga_id="dup")
+
+    assert info.value.saga_id == "dup"
+    assert trace == [("act", "A")]  # the second run called no step
+    again = await saga.store.load("dup")
+    assert (again.status, again.history) == (first.status, first.history)
+
+
+async def test_reused_saga_id_of_a_running_saga_is_refused_and_it_finishes() -> None:
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    saga = declare(blocker)()
+
+    task = asyncio.create_task(saga.run(OrderCtx(), saga_id="busy"))
+    await reached(blocker.started)
+    with pytest.raises(SagaAlreadyExists):
+        await saga.run(OrderCtx(), saga_id="busy")
+    blocker.release.set()
+    result = await task
+
+    assert result.status is SagaStatus.COMPLETED
+    assert trace == [("act", "Wait")]
+
+
+async def test_create_with_a_taken_id_is_saga_already_exists() -> None:
+    store = MemorySagaStore()
+    await store.create("x", "Direct", "fp", {}, [])
+    with pytest.raises(SagaAlreadyExists):
+        await store.create("x", "Direct", "fp", {}, [])
+
+
+def test_memory_store_satisfies_the_store_protocol() -> None:
+    assert isinstance(MemorySagaStore(), SagaStore)
