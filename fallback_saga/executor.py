@@ -31,7 +31,8 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
@@ -397,6 +398,8 @@ class Execution(StepCursor):
                 elif error.__context__ is None:
                     error.__context__ = primary_error
             raise
+        finally:
+            del primary_error  # see _act_failed: no error kept alive by a frame local
 
     async def try_branch(
         self, branch: Branch, snapshot: Snapshot, plan: FallbackPlan | None
@@ -436,15 +439,7 @@ class Execution(StepCursor):
                         self.active = False
             except BaseException as error:
                 snapshot.restore(self.context)
-                cause = _unwrap(error)
-                journal.append(
-                    (
-                        branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-                        _describe(cause), _now(),
-                    )
-                )
-                if hooks.step_failed:
-                    emit(hooks.step_failed, self.saga_id, branch.name, cause)
+                self._act_failed(branch, attempt, error)
                 retry = branch.retry
                 if (
                     retry is None
@@ -452,8 +447,8 @@ class Execution(StepCursor):
                     or (plan is not None and plan.rule.is_open_circuit(error))
                 ):
                     raise
-                await retry.wait_before(attempt + 1)
                 attempt += 1
+                await retry.wait_before(attempt)
                 continue
             journal.append(
                 (branch.position, branch.name, branch.branch, "act", _COMPLETED, attempt, None,
@@ -464,6 +459,18 @@ class Execution(StepCursor):
             if hooks.step_completed:
                 emit(hooks.step_completed, self.saga_id, branch.name)
             return response
+
+    def _act_failed(self, branch: Branch, attempt: int, error: BaseException) -> None:
+        # A function of its own so that no frame local of the retry loop keeps
+        # the error alive (error -> traceback -> frame -> error is a cycle the
+        # garbage collector would have to find, for every failed step).
+        cause = _unwrap(error)
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
+             _describe(cause), _now())
+        )
+        if self.hooks.step_failed:
+            emit(self.hooks.step_failed, self.saga_id, branch.name, cause)
 
     async def act(self, branch: Branch) -> Any:
         # Runs inside the breaker (when there is one): the write-ahead happens
@@ -639,13 +646,22 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to its end in its own task, whatever happens to ours.
+    """Run ``coroutine`` to its end, whatever happens to the calling task.
 
     Like ``asyncio.shield``, but when we are cancelled meanwhile we still
     *wait* for it — compensation must not be abandoned half-way — and raise
     ``CancelledError`` only once it has finished.
+
+    A task costs a trip through the event loop, so the coroutine is first
+    stepped right here: until it suspends, nothing can interrupt it (a
+    cancellation is only delivered at a suspension point). Only if it does
+    suspend is it handed, mid-flight, to a task of its own.
     """
-    task = asyncio.ensure_future(coroutine)
+    try:
+        waiting_on = coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value  # type: ignore[no-any-return]
+    task = asyncio.ensure_future(_carry_on(coroutine, waiting_on))
     cancelled = False
     while not task.done():
         try:
@@ -658,3 +674,18 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+@types.coroutine
+def _carry_on(coroutine: Coroutine[Any, Any, T], waiting_on: Any) -> Generator[Any, Any, T]:
+    """Continue a coroutine suspended on ``waiting_on`` inside the task that runs
+    this generator: hand the future to the task, then resume the coroutine."""
+    try:
+        yield waiting_on
+    except BaseException as error:  # thrown in by the task: pass it on, as a task would
+        try:
+            waiting_on = coroutine.throw(error)
+        except StopIteration as finished:
+            return finished.value  # type: ignore[no-any-return]
+        return (yield from _carry_on(coroutine, waiting_on))
+    return (yield from coroutine)  # type: ignore[no-any-return]
