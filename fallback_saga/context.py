@@ -35,6 +35,7 @@ from .errors import ContextDecodeError, ContextSerializationError
 __all__ = [
     "SagaContext",
     "Snapshot",
+    "check_serializable",
     "context_from_dict",
     "context_to_dict",
     "take_snapshot",
@@ -311,6 +312,20 @@ def take_snapshot(context: object) -> Snapshot:
 # --------------------------------------------------------------------------- journal form
 
 Json = None | bool | int | float | str | list["Json"] | dict[str, "Json"]
+
+
+def check_serializable(context: object) -> None:
+    """Raise ``ContextSerializationError`` (naming the field) unless ``context``
+    can be journaled as JSON. A flat context of JSON scalars is checked at C
+    speed; anything else is encoded once."""
+    state = getattr(context, "__dict__", None)
+    if (
+        state is not None
+        and context.__class__ in _FIELD_NAMES
+        and _JSON_SCALARS.issuperset(map(type, state.values()))
+    ):
+        return
+    context_to_dict(context)
 
 
 def context_to_dict(context: object) -> dict[str, Any]:

@@ -35,7 +35,8 @@ class SagaListener:
         """The saga reached a final status (``error`` is set unless COMPLETED)."""
 
     def step_started(self, saga_id: str, step: str, attempt: int) -> None:
-        """A step's ``act`` is about to be called (``attempt`` counts retries from 1)."""
+        """A step's ``act`` is about to be called (``attempt`` counts retries from 1),
+        or to be offered to its circuit breaker, which may reject it."""
 
     def step_completed(self, saga_id: str, step: str) -> None:
         """A step's ``act`` returned; the step is on the compensation stack."""

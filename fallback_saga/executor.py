@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
-from .context import Snapshot, context_to_dict, take_snapshot
+from .context import Snapshot, check_serializable, context_to_dict, take_snapshot
 from .errors import ContextSerializationError, LeaseLost, SagaFailed, SagaStoreError
 from .events import HOOK_NAMES, Hook, collect_hooks, emit
 from .fallback import Fallback
@@ -239,10 +239,12 @@ class Execution(StepCursor):
         self.fence = fence  # resumed under a lease: every write is conditional on it
         self.resumed = False
         self.live = live  # the store is a LiveJournal (decided once per saga instance)
+        # S12: a context the journal cannot hold is refused before any step runs
+        # — by every store, so that moving from memory to SQLite holds no surprise.
         if live:
+            check_serializable(context)
             self.initial_context: dict[str, Any] | None = None
         else:
-            # S12: a context the journal cannot hold is refused before any step runs.
             self.initial_context = context_to_dict(context)
 
     # ------------------------------------------------------------------ lifecycle

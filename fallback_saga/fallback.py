@@ -31,7 +31,7 @@ class Fallback:
 
     step: Any
     fallback: Any
-    failure_exceptions: tuple[type[BaseException], ...] = ()
+    failure_exceptions: tuple[type[Exception], ...] = ()
     circuit_breaker: CircuitBreakerProtocol | None = None
     retry: RetryPolicy | None = None
 

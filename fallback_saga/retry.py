@@ -30,7 +30,7 @@ async def _no_sleep(delay: float) -> None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """Total ``attempts`` with capped, jittered exponential backoff.
 

@@ -268,7 +268,9 @@ async def test_bad_arguments_are_refused_before_anything_is_queued(
 async def test_a_context_that_is_not_json_is_refused_and_nothing_is_written(
     store: SQLiteSagaStore,
 ) -> None:
-    for bad in ({"amount": float("nan")}, {"tags": {"a", "b"}}):
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    for bad in ({"amount": float("nan")}, {"tags": {"a", "b"}}, cycle):
         with pytest.raises(SagaStoreError, match="cannot be stored as JSON"):
             await store.create("saga-1", "OrderSaga", "fp", bad, [])
     assert await store.list_sagas() == []
@@ -367,6 +369,23 @@ async def test_a_failing_request_fails_alone_in_its_group(store: SQLiteSagaStore
     assert [e.step for e in taken.history] == ["a"]
     assert taken.status is SagaStatus.RUNNING
     assert (await store.load("saga-2")).saga_name == "OrderSaga"
+    # The writer's memory of "taken" was rolled back with the failed group.
+    await store.append("taken", [entry(1, "b")])
+    assert [e.step for e in (await store.load("taken")).history] == ["a", "b"]
+
+
+async def test_numbering_goes_on_when_another_store_wrote_the_saga(
+    store: SQLiteSagaStore, db: Path
+) -> None:
+    await new_saga(store, "saga-1")
+    await store.append("saga-1", [entry(1, "b")])
+    async with SQLiteSagaStore(db) as other:  # another process, as far as SQLite knows
+        await other.append("saga-1", [entry(2, "c"), entry(3, "d")], context={"by": "other"})
+    await store.append("saga-1", [entry(4, "e")])
+    record = await store.load("saga-1")
+    assert [e.step for e in record.history] == ["a", "b", "c", "d", "e"]
+    assert record.context == {"by": "other"}
+    assert record.version == 4
 
 
 async def test_200_sagas_in_flight_are_all_journaled_completely(store: SQLiteSagaStore) -> None:

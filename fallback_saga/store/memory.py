@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +36,7 @@ class MemorySagaStore:
             raise ValueError(f"max_finished must be an int >= 0, got {max_finished!r}")
         self.max_finished = max_finished
         self._sagas: dict[str, SagaRecord | LiveSaga] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._finished: deque[str] = deque()  # oldest first; each saga retires once
 
     def __len__(self) -> int:
         return len(self._sagas)
@@ -140,7 +140,6 @@ class MemorySagaStore:
 
     def _retire(self, saga_id: str) -> None:
         finished = self._finished
-        finished[saga_id] = None
+        finished.append(saga_id)
         while len(finished) > self.max_finished:
-            oldest, _ = finished.popitem(last=False)
-            self._sagas.pop(oldest, None)
+            self._sagas.pop(finished.popleft(), None)

@@ -152,8 +152,12 @@ _UPDATE_SAGA: Final = (
     "UPDATE sagas SET status = COALESCE(?, status), context = COALESCE(?, context),"
     " version = version + 1, updated_at = ? WHERE saga_id = ?"
 )
-_UPDATE_SAGA_FENCED: Final = _UPDATE_SAGA + " AND fence = ?"
-_NEXT_SEQ: Final = "SELECT COALESCE(MAX(seq) + 1, 0) FROM saga_steps WHERE saga_id = ?"
+_UPDATE_KNOWN: Final = _UPDATE_SAGA + " AND version = ?"
+_UPDATE_KNOWN_FENCED: Final = _UPDATE_KNOWN + " AND fence = ?"
+_SELECT_VERSION: Final = (
+    "SELECT version, fence, (SELECT COALESCE(MAX(seq) + 1, 0) FROM saga_steps"
+    " WHERE saga_id = ?) FROM sagas WHERE saga_id = ?"
+)
 _SELECT_SAGA: Final = (
     "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at"
     " FROM sagas WHERE saga_id = ?"
@@ -193,8 +197,29 @@ _FINISHED: Final = (
 
 # --------------------------------------------------------------------------- JSON
 
-# Built once: json.dumps/loads with options build a new coder on every call.
-_encode_json: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+def _not_json(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """Compact JSON, NaN and infinities refused. json.dumps with options builds
+    a new encoder on every call; this one is built once (on the hot path: one
+    context per write)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python implementation)
+        return json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+    encode = make(
+        None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def encode_json(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return encode_json
+
+
+_encode_json: Final = _make_encoder()
 
 
 def _refuse_constant(name: str) -> Any:
@@ -209,7 +234,7 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
         raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
     try:
         return _encode_json(context)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise SagaStoreError(
             f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
         ) from error
@@ -224,28 +249,44 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
 
 class _Txn:
     """One group's transaction: its timestamp, and the step rows of the whole
-    group, inserted by one ``executemany`` just before the commit."""
+    group, inserted by one ``executemany`` just before the commit.
 
-    __slots__ = ("next_seq", "now", "rows")
+    ``known`` is the writer's memory across groups: ``saga_id -> (version,
+    next seq)`` as of its own last write of the saga. An append then needs
+    no ``MAX(seq)`` query: it updates the saga *on condition* that the
+    version is still the remembered one, and only when it is not (another
+    process wrote the saga, a transaction rolled back) reads the truth.
+    """
 
-    def __init__(self, now: float) -> None:
+    __slots__ = ("known", "now", "rows")
+
+    def __init__(self, now: float, known: dict[str, tuple[int, int]]) -> None:
         self.now = now
+        self.known = known
         self.rows: list[tuple[Any, ...]] = []
-        self.next_seq: dict[str, int] = {}  # sagas with rows in ``rows``
 
     def add(self, saga_id: str, start: int, entries: tuple[JournalEntry, ...]) -> None:
-        self.rows += [(saga_id, seq, *entry) for seq, entry in enumerate(entries, start)]
-        self.next_seq[saga_id] = start + len(entries)
+        # str(status): a plain str binds without sqlite3's adaptation lookup.
+        self.rows += [
+            (saga_id, seq, position, step, branch, action, str(status), attempt, error, at)
+            for seq, (position, step, branch, action, status, attempt, error, at) in enumerate(
+                entries, start
+            )
+        ]
 
-    def flush(self, conn: sqlite3.Connection) -> None:
+    def flush(self, cursor: sqlite3.Cursor) -> None:
         if self.rows:
-            conn.executemany(_INSERT_STEP, self.rows)
+            cursor.executemany(_INSERT_STEP, self.rows)
             self.rows = []
-            self.next_seq = {}
+
+
+# Remembered sagas beyond this are forgotten (at a group's start): sagas that
+# stopped without reaching a final status must not grow the memory forever.
+_MAX_KNOWN: Final = 100_000
 
 
 def _create(
-    conn: sqlite3.Connection,
+    cursor: sqlite3.Cursor,
     txn: _Txn,
     saga_id: str,
     saga_name: str,
@@ -256,17 +297,19 @@ def _create(
 ) -> None:
     now = txn.now
     try:
-        conn.execute(_INSERT_SAGA, (saga_id, saga_name, fingerprint, status, context, now, now))
+        cursor.execute(_INSERT_SAGA, (saga_id, saga_name, fingerprint, status, context, now, now))
     except sqlite3.IntegrityError as error:
         if getattr(error, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY":
             raise SagaAlreadyExists(saga_id) from None
         raise
     if entries:
         txn.add(saga_id, 0, entries)
+    if status not in _FINISHED:
+        txn.known[saga_id] = (1, len(entries))
 
 
 def _append(
-    conn: sqlite3.Connection,
+    cursor: sqlite3.Cursor,
     txn: _Txn,
     saga_id: str,
     entries: tuple[JournalEntry, ...],
@@ -274,29 +317,36 @@ def _append(
     context: str | None,
     token: int | None,
 ) -> None:
-    if token is None:
-        updated = conn.execute(_UPDATE_SAGA, (status, context, txn.now, saga_id)).rowcount
-    else:
-        updated = conn.execute(
-            _UPDATE_SAGA_FENCED, (status, context, txn.now, saga_id, token)
-        ).rowcount
+    now = txn.now
+    known = txn.known.get(saga_id)
+    updated = 0
+    if known is not None:
+        version, start = known
+        if token is None:
+            params: tuple[Any, ...] = (status, context, now, saga_id, version)
+            updated = cursor.execute(_UPDATE_KNOWN, params).rowcount
+        else:
+            params = (status, context, now, saga_id, version, token)
+            updated = cursor.execute(_UPDATE_KNOWN_FENCED, params).rowcount
     if not updated:
-        if token is None or not _exists(conn, saga_id):
+        row = cursor.execute(_SELECT_VERSION, (saga_id, saga_id)).fetchone()
+        if row is None:
             raise SagaNotFound(saga_id)
-        raise LeaseLost(saga_id, token)
+        version, fence, start = row
+        if token is not None and fence != token:
+            raise LeaseLost(saga_id, token)
+        # The group holds the write lock: nobody can change the row in between.
+        cursor.execute(_UPDATE_SAGA, (status, context, now, saga_id))
     if entries:
-        start = txn.next_seq.get(saga_id)
-        if start is None:
-            (start,) = conn.execute(_NEXT_SEQ, (saga_id,)).fetchone()
         txn.add(saga_id, start, entries)
-
-
-def _exists(conn: sqlite3.Connection, saga_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone() is not None
+    if status in _FINISHED:
+        txn.known.pop(saga_id, None)
+    else:
+        txn.known[saga_id] = (version + 1, start + len(entries))
 
 
 def _claim(
-    conn: sqlite3.Connection,
+    conn: sqlite3.Cursor,
     txn: _Txn,
     owner: str,
     lease_seconds: float,
@@ -315,23 +365,24 @@ def _claim(
     return leases
 
 
-def _release(conn: sqlite3.Connection, txn: _Txn, saga_id: str, token: int) -> None:
+def _release(conn: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
     conn.execute(_RELEASE, (saga_id, token))
 
 
-def _purge(conn: sqlite3.Connection, txn: _Txn, older_than: float) -> int:
+def _purge(conn: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
     txn.flush(conn)  # the steps written earlier in this group go too
+    txn.known.clear()
     cutoff = txn.now - older_than
     conn.execute(_PURGE_STEPS, (*_FINISHED, cutoff))
     count: int = conn.execute(_PURGE_SAGAS, (*_FINISHED, cutoff)).rowcount
     return count
 
 
-def _ping(conn: sqlite3.Connection, txn: _Txn) -> None:
+def _ping(conn: sqlite3.Cursor, txn: _Txn) -> None:
     """A no-op that makes the store thread open the database."""
 
 
-def _load(conn: sqlite3.Connection, txn: _Txn, saga_id: str) -> SagaRecord:
+def _load(conn: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
     row = conn.execute(_SELECT_SAGA, (saga_id,)).fetchone()
     if row is None:
         raise SagaNotFound(saga_id)
@@ -340,7 +391,7 @@ def _load(conn: sqlite3.Connection, txn: _Txn, saga_id: str) -> SagaRecord:
 
 
 def _list(
-    conn: sqlite3.Connection,
+    conn: sqlite3.Cursor,
     txn: _Txn,
     status: str | None,
     saga_name: str | None,
@@ -535,6 +586,7 @@ class _Worker:
         self.writes = 0
         self.reads = 0
         self.largest_group = 0
+        self.known: dict[str, tuple[int, int]] = {}  # see _Txn
         self.thread = threading.Thread(
             target=self._main, name=f"fallback_saga-sqlite-{role}", daemon=True
         )
@@ -610,37 +662,48 @@ class _Worker:
         _settle(outcomes)
 
     def _serve(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
-        if self.role == "reader":
-            self._read(conn, group)
-            return
-        writes = [request for request in group if request.write]
-        if writes:
-            self._write(conn, writes)
-        if len(writes) < len(group):  # a database only this connection can see
-            self._read(conn, [request for request in group if not request.write])
+        # One cursor per group: ops use it for every statement.
+        cursor = conn.cursor()
+        try:
+            if self.role == "reader":
+                self._read(conn, cursor, group)
+                return
+            writes = [request for request in group if request.write]
+            if writes:
+                self._write(conn, cursor, writes)
+            if len(writes) < len(group):  # a database only this connection can see
+                self._read(conn, cursor, [request for request in group if not request.write])
+        finally:
+            cursor.close()
 
-    def _write(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
+    def _write(
+        self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
+    ) -> None:
         outcomes: list[_Outcome] = []
         in_requests = False
+        known = self.known
+        if len(known) > _MAX_KNOWN:
+            known.clear()
         try:
-            txn = _Txn(self.clock())
-            conn.execute("BEGIN IMMEDIATE")
+            txn = _Txn(self.clock(), known)
+            cursor.execute("BEGIN IMMEDIATE")
             in_requests = True
             for request in group:
                 try:
-                    outcomes.append((request, True, request.op(conn, txn, *request.args)))
+                    outcomes.append((request, True, request.op(cursor, txn, *request.args)))
                 except SagaStoreError as refused:  # raised before it wrote anything
                     outcomes.append((request, False, refused))
-            txn.flush(conn)
+            txn.flush(cursor)
             in_requests = False
-            conn.execute("COMMIT")
+            cursor.execute("COMMIT")
         except Exception as error:
             _rollback(conn)
+            known.clear()  # it may remember writes that were just rolled back
             if in_requests and len(group) > 1:
                 # A request failed half-way: replay each in a transaction of
                 # its own, so that only the culprit fails.
                 for request in group:
-                    self._write(conn, [request])
+                    self._write(conn, cursor, [request])
                 return
             # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
             # full, I/O error) failed: nothing of the group was written.
@@ -652,18 +715,20 @@ class _Worker:
             self.largest_group = len(group)
         _settle(outcomes)
 
-    def _read(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
+    def _read(
+        self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
+    ) -> None:
         outcomes: list[_Outcome] = []
         try:
-            conn.execute("BEGIN")  # one snapshot: a record and its history agree
+            cursor.execute("BEGIN")  # one snapshot: a record and its history agree
         except sqlite3.Error as error:
             _settle([(request, False, self._wrap(error)) for request in group])
             return
         try:
-            txn = _Txn(self.clock())
+            txn = _Txn(self.clock(), {})
             for request in group:
                 try:
-                    outcomes.append((request, True, request.op(conn, txn, *request.args)))
+                    outcomes.append((request, True, request.op(cursor, txn, *request.args)))
                 except SagaStoreError as error:
                     outcomes.append((request, False, error))
                 except Exception as error:
@@ -755,6 +820,12 @@ class SQLiteStoreStats:
 
 
 _SYNCHRONOUS: Final = frozenset({"full", "normal"})
+
+
+def _status_text(status: SagaStatus) -> str:
+    if status.__class__ is SagaStatus:
+        return status.value
+    return SagaStatus(status).value  # a plain "running" is fine; "nonsense" is a ValueError
 
 
 def _finite(name: str, value: object) -> float:
@@ -931,7 +1002,7 @@ class SQLiteSagaStore:
         text = _context_json(saga_id, context)
         await self._submit(
             _create,
-            (saga_id, saga_name, fingerprint, SagaStatus(status).value, text, tuple(entries)),
+            (saga_id, saga_name, fingerprint, _status_text(status), text, tuple(entries)),
             write=True,
         )
 
@@ -957,7 +1028,7 @@ class SQLiteSagaStore:
             (
                 saga_id,
                 tuple(entries),
-                None if status is None else SagaStatus(status).value,
+                None if status is None else _status_text(status),
                 None if context is None else _context_json(saga_id, context),
                 token,
             ),
@@ -981,7 +1052,7 @@ class SQLiteSagaStore:
     ) -> list[SagaSummary]:
         """Newest first. A row that cannot be read is logged and left out."""
         args = (
-            None if status is None else SagaStatus(status).value,
+            None if status is None else _status_text(status),
             saga_name,
             _count("limit", limit),
         )
