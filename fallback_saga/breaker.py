@@ -366,18 +366,33 @@ class CircuitBreaker:
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` under the breaker."""
-        # acquire() and record_success(), inlined for the closed path: two
-        # attribute reads before the call, three after, no lock, no allocation.
+        # The closed path, with acquire() and record_success() inlined: two
+        # attribute reads before the call, two after, no lock, no allocation.
+        # The generation is read first: if a transition slips in between, the
+        # permit is already stale and its outcome is ignored. Every transition
+        # bumps the generation, so an unchanged one means "still closed".
         permit = self._generation
         if self._state is not _CLOSED:
-            permit = self.acquire()
+            return await self._call_guarded(fn, *args, **kwargs)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as error:
             self._record(permit, error)
             raise
-        if self._failures or self._state is not _CLOSED or permit != self._generation:
+        if self._failures or permit != self._generation:
             self.record_success(permit)
+        return result
+
+    async def _call_guarded(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        permit = self.acquire()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as error:
+            self._record(permit, error)
+            raise
+        self.record_success(permit)
         return result
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -20,6 +20,7 @@ import pytest
 
 from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus
 from fallback_saga.errors import CorruptSagaRecord, SagaStoreError
+from fallback_saga.store import sqlite as sqlite_store
 from fallback_saga.store.base import Lease, RecoverableStore
 from fallback_saga.store.sqlite import SCHEMA_VERSION, SQLiteSagaStore
 from fallback_saga.testing import entry
@@ -178,6 +179,48 @@ async def test_reopening_a_file_keeps_its_sagas(db: Path) -> None:
         assert [e.status for e in record.history] == [StepStatus.STARTED, StepStatus.COMPLETED]
         await store.append("saga-1", [entry(1, "b")])  # numbering goes on after a reopen
         assert [e.step for e in (await store.load("saga-1")).history] == ["a", "a", "b"]
+
+
+async def test_a_new_schema_version_is_one_more_migration(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteSagaStore(db) as store:
+        await new_saga(store, "saga-1")
+    ran: list[int] = []
+
+    def to_v2(conn: sqlite3.Connection) -> None:
+        ran.append(2)
+        conn.execute("ALTER TABLE sagas ADD COLUMN note TEXT NULL")
+
+    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, to_v2))
+    async with SQLiteSagaStore(db) as store:
+        assert (await store.load("saga-1")).saga_name == "OrderSaga"
+    async with SQLiteSagaStore(db) as store:  # already at v2: nothing runs again
+        await new_saga(store, "saga-2")
+    assert ran == [2]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
+
+
+async def test_a_failed_migration_leaves_the_file_as_it_was(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteSagaStore(db) as store:
+        await new_saga(store, "saga-1")
+
+    def broken_v2(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE sagas ADD COLUMN note TEXT NULL")
+        conn.execute("THIS IS NOT SQL")
+
+    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, broken_v2))
+    store = SQLiteSagaStore(db)
+    with pytest.raises(SagaStoreError, match="cannot open SQLite database"):
+        await store.open()
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert "note" not in [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
 
 
 async def test_a_newer_schema_is_refused(db: Path) -> None:

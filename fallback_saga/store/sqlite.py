@@ -119,19 +119,22 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the file to the current schema, all steps in one transaction:
+    a failed migration leaves the file as it was."""
+    current = len(_MIGRATIONS)
     conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file migrate once
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
+        if version > current:
             raise SagaStoreError(
                 f"{path} has saga store schema version {version}, newer than this "
-                f"fallback_saga understands ({SCHEMA_VERSION}); upgrade fallback_saga"
+                f"fallback_saga understands ({current}); upgrade fallback_saga"
             )
-        for number in range(version, SCHEMA_VERSION):
+        for number in range(version, current):
             _MIGRATIONS[number](conn)
-        if version != SCHEMA_VERSION:
-            # PRAGMA takes no parameters; the value is this module's own int constant.
-            conn.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
+        if version != current:
+            # PRAGMA takes no parameters; the value is this module's own int.
+            conn.execute(f"PRAGMA user_version = {int(current)}")
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
@@ -242,7 +245,7 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- operations
 #
-# Each runs on a store thread as ``op(conn, txn, *args)``. A write operation
+# Each runs on a store thread as ``op(cursor, txn, *args)``. A write operation
 # raises its ``SagaStoreError`` refusals *before* writing anything: the group
 # it shares a transaction with commits without it.
 
@@ -346,7 +349,7 @@ def _append(
 
 
 def _claim(
-    conn: sqlite3.Cursor,
+    cursor: sqlite3.Cursor,
     txn: _Txn,
     owner: str,
     lease_seconds: float,
@@ -356,42 +359,42 @@ def _claim(
     # The group's transaction is BEGIN IMMEDIATE: no other connection can
     # claim between this SELECT and the UPDATEs below.
     now = txn.now
-    rows = conn.execute(_CLAIMABLE, (*_INTERRUPTED, now - older_than, now, limit)).fetchall()
+    rows = cursor.execute(_CLAIMABLE, (*_INTERRUPTED, now - older_than, now, limit)).fetchall()
     expires_at = now + lease_seconds
     leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in rows]
-    conn.executemany(
+    cursor.executemany(
         _TAKE_LEASE, [(owner, expires_at, lease.token, lease.saga_id) for lease in leases]
     )
     return leases
 
 
-def _release(conn: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
-    conn.execute(_RELEASE, (saga_id, token))
+def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
+    cursor.execute(_RELEASE, (saga_id, token))
 
 
-def _purge(conn: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
-    txn.flush(conn)  # the steps written earlier in this group go too
+def _purge(cursor: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
+    txn.flush(cursor)  # the steps written earlier in this group go too
     txn.known.clear()
     cutoff = txn.now - older_than
-    conn.execute(_PURGE_STEPS, (*_FINISHED, cutoff))
-    count: int = conn.execute(_PURGE_SAGAS, (*_FINISHED, cutoff)).rowcount
+    cursor.execute(_PURGE_STEPS, (*_FINISHED, cutoff))
+    count: int = cursor.execute(_PURGE_SAGAS, (*_FINISHED, cutoff)).rowcount
     return count
 
 
-def _ping(conn: sqlite3.Cursor, txn: _Txn) -> None:
+def _ping(cursor: sqlite3.Cursor, txn: _Txn) -> None:
     """A no-op that makes the store thread open the database."""
 
 
-def _load(conn: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
-    row = conn.execute(_SELECT_SAGA, (saga_id,)).fetchone()
+def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
+    row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
     if row is None:
         raise SagaNotFound(saga_id)
-    steps = conn.execute(_SELECT_STEPS, (saga_id,)).fetchall()
+    steps = cursor.execute(_SELECT_STEPS, (saga_id,)).fetchall()
     return _decode_record(saga_id, row, steps)
 
 
 def _list(
-    conn: sqlite3.Cursor,
+    cursor: sqlite3.Cursor,
     txn: _Txn,
     status: str | None,
     saga_name: str | None,
@@ -399,22 +402,22 @@ def _list(
 ) -> list[SagaSummary]:
     # Four fixed statements rather than string-built filters.
     if status is None and saga_name is None:
-        cursor = conn.execute(_SUMMARY_COLUMNS + _NEWEST_FIRST, (limit,))
+        rows = cursor.execute(_SUMMARY_COLUMNS + _NEWEST_FIRST, (limit,))
     elif saga_name is None:
-        cursor = conn.execute(
+        rows = cursor.execute(
             _SUMMARY_COLUMNS + " WHERE status = ?" + _NEWEST_FIRST, (status, limit)
         )
     elif status is None:
-        cursor = conn.execute(
+        rows = cursor.execute(
             _SUMMARY_COLUMNS + " WHERE saga_name = ?" + _NEWEST_FIRST, (saga_name, limit)
         )
     else:
-        cursor = conn.execute(
+        rows = cursor.execute(
             _SUMMARY_COLUMNS + " WHERE status = ? AND saga_name = ?" + _NEWEST_FIRST,
             (status, saga_name, limit),
         )
     summaries: list[SagaSummary] = []
-    for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in cursor:
+    for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in rows:
         try:
             summaries.append(
                 SagaSummary(
@@ -778,7 +781,10 @@ def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3
     except sqlite3.Error as error:
         raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal" and path not in ("", ":memory:"):
+            # Still correct, only slower: readers and the writer block each other.
+            _log.warning("%s: WAL mode is not available here (journal mode %s)", path, mode)
         # PRAGMA takes no parameters; the value was checked against a fixed set.
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         _migrate(conn, path)
