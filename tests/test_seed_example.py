@@ -14,15 +14,16 @@ import pytest
 
 from fallback_saga import SagaStatus, StepStatus
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "saga-fallback-pattern.md"
+# The project's shared seed document when it is beside the checkout (as on CI),
+# else the copy kept with the tests — so this test always runs.
+SHARED_SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "saga-fallback-pattern.md"
+SEED = SHARED_SEED if SHARED_SEED.is_file() else Path(__file__).parent / "data" / SHARED_SEED.name
 CQRS_IMPORT = re.compile(r"^from cqrs(?:\.\w+)* import (?P<names>.+)$")
 
 
 def basic_example_source() -> tuple[str, int]:
     """The first python block under "## Basic Example", with each ``from cqrs...``
     import rewritten to ``from fallback_saga import ...``; and how many were."""
-    if not SEED.is_file():
-        pytest.skip(f"seed document not found at {SEED}")
     markdown = SEED.read_text(encoding="utf-8")
     section = markdown[markdown.index("## Basic Example") :]
     block = re.search(r"```python\n(.*?)```", section, re.DOTALL)
