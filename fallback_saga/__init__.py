@@ -10,7 +10,11 @@ from .context import SagaContext
 from .errors import (
     ContextDecodeError,
     ContextSerializationError,
+    CorruptSagaRecord,
+    LeaseLost,
+    RecordedError,
     SagaAlreadyExists,
+    SagaDefinitionChanged,
     SagaDefinitionError,
     SagaError,
     SagaFailed,
@@ -20,11 +24,21 @@ from .errors import (
 from .events import LoggingListener, SagaListener
 from .executor import SagaResult
 from .fallback import Fallback
+from .recovery import RecoveryReport, recover
 from .retry import RetryPolicy, set_testing
 from .saga import Saga, SagaTransaction
 from .status import SagaStatus, StepStatus
 from .step import Response, SagaStepHandler, SagaStepResult, Step, StepInfo, current_step
-from .store import JournalEntry, MemorySagaStore, SagaRecord, SagaStore
+from .store import (
+    JournalEntry,
+    Lease,
+    MemorySagaStore,
+    RecoverableStore,
+    SagaRecord,
+    SagaStore,
+    SagaSummary,
+    SQLiteSagaStore,
+)
 
 __version__ = "0.1.0"
 
@@ -35,15 +49,23 @@ __all__ = [
     "CircuitState",
     "ContextDecodeError",
     "ContextSerializationError",
+    "CorruptSagaRecord",
     "Fallback",
     "JournalEntry",
+    "Lease",
+    "LeaseLost",
     "LoggingListener",
     "MemorySagaStore",
+    "RecordedError",
+    "RecoverableStore",
+    "RecoveryReport",
     "Response",
     "RetryPolicy",
+    "SQLiteSagaStore",
     "Saga",
     "SagaAlreadyExists",
     "SagaContext",
+    "SagaDefinitionChanged",
     "SagaDefinitionError",
     "SagaError",
     "SagaFailed",
@@ -56,11 +78,13 @@ __all__ = [
     "SagaStepResult",
     "SagaStore",
     "SagaStoreError",
+    "SagaSummary",
     "SagaTransaction",
     "Step",
     "StepInfo",
     "StepStatus",
     "__version__",
     "current_step",
+    "recover",
     "set_testing",
 ]

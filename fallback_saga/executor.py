@@ -236,7 +236,10 @@ class Execution(StepCursor):
         self.status = SagaStatus.RUNNING
         self.created_at = _now()
         self.image: Snapshot | None = None
-        self.fence = fence  # resumed under a lease: every write is conditional on it
+        # Every write is conditional on the fencing token: 0 for a first run
+        # (so that a recovery worker claiming the saga — token 1 — shuts this
+        # runner out if it is merely slow), the lease's token when resumed.
+        self.fence = fence if fence is not None else Lease(saga_id, "", 0, float("inf"))
         self.resumed = False
         self.live = live  # the store is a LiveJournal (decided once per saga instance)
         # S12: a context the journal cannot hold is refused before any step runs

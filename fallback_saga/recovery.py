@@ -227,7 +227,13 @@ async def recover(
                 report.skipped.append((saga_id, str(lost)))
                 note(saga_id, "skipped")
                 release = False  # the lease is someone else's now
-            except Exception as error:  # corrupt row, changed definition, store error
+            except CorruptSagaRecord as error:
+                report.skipped.append((saga_id, f"{type(error).__name__}: {error}"))
+                note(saga_id, "skipped")
+                # Keep the lease: other workers skip it until it expires, rather
+                # than re-reading a row that cannot be read on every pass.
+                release = False
+            except Exception as error:  # changed definition, store error, ...
                 report.skipped.append((saga_id, f"{type(error).__name__}: {error}"))
                 note(saga_id, "skipped")
             finally:

@@ -19,9 +19,10 @@ the operator CLI rely on (``list_sagas``, ``claim`` with leases and fencing
 tokens, ``release``, ``purge``).
 
 The tests are ``async def`` methods: run them with pytest-asyncio in
-``asyncio_mode = "auto"``, or mark your subclass with
-``pytestmark = pytest.mark.asyncio``. This module imports nothing outside the
-standard library and ``fallback_saga``.
+``asyncio_mode = "auto"`` (in strict mode, set ``pytestmark =
+pytest.mark.asyncio`` on your subclass and declare the fixture with
+``@pytest_asyncio.fixture``). This module imports nothing outside the
+standard library and ``fallback_saga``; it never imports pytest.
 
 The recovery tests never sleep. A lease that must already have expired is
 taken with a negative ``lease_seconds``, and "not updated for a while" is
@@ -334,6 +335,8 @@ class RecoverableStoreContract(SagaStoreContract):
     # ------------------------------------------------------------------ list
 
     async def test_list_sagas_is_newest_first(self, store: RecoverableStore) -> None:
+        # Sagas created one after the other list in reverse order of creation,
+        # even when a coarse clock gives them the same created_at.
         for number in range(4):
             await _new_saga(store, f"saga-{number}")
         listing = await store.list_sagas()

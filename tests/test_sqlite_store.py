@@ -353,6 +353,20 @@ async def test_a_store_serves_several_event_loops(store: SQLiteSagaStore) -> Non
     assert (await store.load("saga-2")).saga_name == "OrderSaga"
 
 
+def test_a_store_outlives_the_event_loop_that_first_used_it(db: Path) -> None:
+    store = SQLiteSagaStore(db)  # made outside any loop
+    asyncio.run(new_saga(store, "saga-1"))  # first used by a loop that is then closed
+
+    async def later() -> str:
+        try:
+            await store.append("saga-1", [entry(1, "b")])
+            return (await store.load("saga-1")).history[-1].step
+        finally:
+            await store.close()
+
+    assert asyncio.run(later()) == "b"
+
+
 async def test_a_cancelled_caller_does_not_disturb_the_others(store: SQLiteSagaStore) -> None:
     async with Gate(store):
         doomed = asyncio.ensure_future(new_saga(store, "saga-1"))

@@ -1,6 +1,25 @@
 """Saga stores: the contract, and the implementations that need only the standard library."""
 
-from .base import JournalEntry, SagaRecord, SagaStore
+from .base import (
+    JournalEntry,
+    Lease,
+    LiveJournal,
+    RecoverableStore,
+    SagaRecord,
+    SagaStore,
+    SagaSummary,
+)
 from .memory import MemorySagaStore
+from .sqlite import SQLiteSagaStore
 
-__all__ = ["JournalEntry", "MemorySagaStore", "SagaRecord", "SagaStore"]
+__all__ = [
+    "JournalEntry",
+    "Lease",
+    "LiveJournal",
+    "MemorySagaStore",
+    "RecoverableStore",
+    "SQLiteSagaStore",
+    "SagaRecord",
+    "SagaStore",
+    "SagaSummary",
+]

@@ -108,8 +108,10 @@ class SagaStore(Protocol):
 class Lease:
     """The right of one recovery worker to resume one saga, for a while.
 
-    ``token`` is the fencing token: every claim of the saga increments it,
-    and writes made under an older token are refused (``LeaseLost``).
+    ``token`` is the fencing token: a saga starts at 0, every claim
+    increments it, and writes made under an older token are refused
+    (``LeaseLost``). A first run writes with token 0, so once a recovery
+    worker has claimed the saga, the original runner is shut out too.
     """
 
     saga_id: str

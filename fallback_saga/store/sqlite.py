@@ -815,8 +815,10 @@ def _connect_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
 class SQLiteStoreStats:
     """Counters of a store's threads since it was opened.
 
-    ``writes`` requests were written in ``commits`` transactions: with many
-    sagas in flight, ``commits`` is much smaller (group commit).
+    ``writes`` write requests (refused ones included) were served in
+    ``commits`` transactions: with many sagas in flight, ``commits`` is much
+    smaller (group commit). ``largest_group`` is the most requests one
+    transaction carried.
     """
 
     writes: int
