@@ -40,7 +40,7 @@ from .store import (
     SQLiteSagaStore,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CircuitBreaker",
