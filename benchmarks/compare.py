@@ -42,14 +42,16 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -58,13 +60,20 @@ for p in (str(HERE), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(1, p)
 
+import durable  # noqa: E402
 import workloads  # noqa: E402
+
+T = TypeVar("T")
 
 OURS = "fallback_saga"
 CQRS = "python-cqrs"
 BARE = "bare loop"
 SAGA_IMPLS = (OURS, CQRS, BARE)
 SAGA_TARGETS = {"plain3": 20.0, "fallback3": 15.0, "fail3": 15.0}
+
+DURABLE_SEQ_TARGET = 10.0  # sequential durable sagas: ours / python-cqrs
+DURABLE_IN_FLIGHT_TARGET = 10_000.0  # sagas/s, ours with 100 in flight, synchronous=full
+SECTIONS = ("sagas", "breakers", "durable")
 
 DIRECT = "direct await"
 BREAKERS = (OURS, "aiobreaker", "purgatory", "circuitbreaker")
@@ -103,7 +112,7 @@ async def calibrate(batch: Callable[[int], Awaitable[float]], seconds: float, fl
     return max(floor, int(seconds / per_item))
 
 
-def rotated(items: list[str], r: int) -> list[str]:
+def rotated(items: list[T], r: int) -> list[T]:
     k = r % len(items)
     return items[k:] + items[:k]
 
@@ -318,6 +327,131 @@ async def bench_breakers(
 
 
 # ---------------------------------------------------------------------------
+# durable sagas on SQLite (see durable.py)
+# ---------------------------------------------------------------------------
+
+
+class DurableBench:
+    """Times batches of durable sagas, each batch on a fresh database file."""
+
+    def __init__(self, tmpdir: str, quick: bool) -> None:
+        self.tmpdir = tmpdir
+        self.quick = quick
+        self.batches = 0
+
+    def warm_up(self, config: durable.Config) -> int:
+        # Untimed sagas on each fresh file first: statement caches, SQLAlchemy's
+        # compiled-statement cache (per engine), the store's threads.
+        return 3 if config.in_flight == 1 else 10
+
+    async def batch(self, config: durable.Config, n: int) -> tuple[float, dict[str, int]]:
+        self.batches += 1
+        path = os.path.join(self.tmpdir, f"{config.key}-{self.batches}.db")
+        session = await durable.open_session(config, path)
+        warm = self.warm_up(config)
+        try:
+            outcomes = await durable.drive(session.run_one, warm, config.in_flight)
+            before = session.stats()
+            gc.collect()
+            t0 = time.perf_counter()
+            outcomes += await durable.drive(session.run_one, n, config.in_flight)
+            elapsed = time.perf_counter() - t0
+            after = session.stats()
+        finally:
+            await session.close()
+        for outcome in outcomes:
+            session.check(outcome)
+        done = durable.count_completed(path, session.completed_sql)
+        assert done == warm + n, (
+            f"{config.label}: {done} completed sagas in the file, ran {warm + n}"
+        )
+        durable.remove_db(path)
+        return elapsed, {k: after[k] - before[k] for k in after if k != "largest_group"}
+
+    def floor(self, config: durable.Config) -> int:
+        # Full runs: at least one full wave of the sagas in flight per batch.
+        # --quick: a 100-saga batch of python-cqrs alone would take seconds.
+        return 8 if self.quick else config.in_flight
+
+
+async def bench_durable(
+    rounds: int, batch_seconds: float, tmpdir: str, quick: bool, skipped: dict[str, str]
+) -> dict[str, Any]:
+    bench = DurableBench(tmpdir, quick)
+    live: list[durable.Config] = []
+    sizes: dict[str, int] = {}
+    for config in durable.CONFIGS:
+
+        async def batch(n: int, config: durable.Config = config) -> float:
+            return (await bench.batch(config, n))[0]
+
+        try:
+            # Every batch checks outcomes and the file, so calibrating also
+            # checks that the library is importable, set up and correct.
+            sizes[config.key] = await calibrate(batch, batch_seconds, floor=bench.floor(config))
+        except Exception as exc:
+            skipped[f"durable/{config.library}/{config.key}"] = f"{type(exc).__name__}: {exc}"
+            continue
+        live.append(config)
+
+    per_round: dict[str, list[float]] = {c.key: [] for c in live}
+    counters: dict[str, dict[str, int]] = {c.key: {} for c in live}
+    for r in range(rounds):
+        for config in rotated(live, r):
+            n = sizes[config.key]
+            elapsed, delta = await bench.batch(config, n)
+            per_round[config.key].append(n / elapsed)
+            for k, v in delta.items():
+                counters[config.key][k] = counters[config.key].get(k, 0) + v
+
+    out: dict[str, Any] = {
+        "tmpdir": tmpdir,
+        "filesystem": durable.filesystem_of(tmpdir),
+        "files": "fresh database file per batch (store opened and warmed up before timing)",
+        "configs": {},
+    }
+    for config in live:
+        rates = per_round[config.key]
+        med = statistics.median(rates)
+        entry: dict[str, Any] = {
+            "label": config.label,
+            "library": config.library,
+            "synchronous": config.synchronous,
+            "in_flight": config.in_flight,
+            "sagas_per_s": med,
+            "us_per_saga": 1e6 / med,
+            "batch_size": sizes[config.key],
+            "warm_up_sagas": bench.warm_up(config),
+            "rounds_sagas_per_s": rates,
+        }
+        c = counters[config.key]
+        if c.get("commits"):
+            entry["store_writes_per_saga"] = c["writes"] / (sizes[config.key] * rounds)
+            entry["store_writes_per_commit"] = c["writes"] / c["commits"]
+        out["configs"][config.key] = entry
+
+    got = out["configs"]
+    out["target_seq_ratio_vs_cqrs"] = DURABLE_SEQ_TARGET
+    if "ours_seq_full" in got and "cqrs_seq" in got:
+        ratio = got["ours_seq_full"]["sagas_per_s"] / got["cqrs_seq"]["sagas_per_s"]
+        out["seq_ratio_vs_cqrs"] = ratio
+        out["seq_ratio_vs_cqrs_paired_median"] = statistics.median(
+            a / b for a, b in zip(per_round["ours_seq_full"], per_round["cqrs_seq"], strict=True)
+        )
+        out["seq_target_met"] = ratio >= DURABLE_SEQ_TARGET
+    out["target_in_flight_sagas_per_s"] = DURABLE_IN_FLIGHT_TARGET
+    if "ours_100_full" in got:
+        out["in_flight_target_met"] = (
+            got["ours_100_full"]["sagas_per_s"] >= DURABLE_IN_FLIGHT_TARGET
+        )
+    if "ours_100_full" in got and "cqrs_100" in got:
+        out["in_flight_ratio_vs_cqrs"] = (
+            got["ours_100_full"]["sagas_per_s"] / got["cqrs_100"]["sagas_per_s"]
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
 
@@ -386,9 +520,61 @@ def print_breakers(res: dict[str, Any], rounds: int) -> None:
         )
 
 
+def print_durable(res: dict[str, Any], rounds: int) -> None:
+    configs = res.get("configs") or {}
+    if not configs:
+        print("\nDurable sagas: nothing measured (skipped).")
+        return
+    print(
+        f"\nDurable 3-step sagas on SQLite, sagas/s, median of {rounds} interleaved rounds\n"
+        f"(files in {res['tmpdir']}, {res['filesystem']}; {res['files']})"
+    )
+    header = f"{'configuration':<40} {'sagas/s':>9} {'us/saga':>9} {'writes/commit':>14}"
+    print(header)
+    print("-" * len(header))
+    for entry in configs.values():
+        per_commit = entry.get("store_writes_per_commit")
+        print(
+            f"{entry['label']:<40} {fmt_rate(entry['sagas_per_s']):>9} "
+            f"{entry['us_per_saga']:>9.0f} "
+            f"{('' if per_commit is None else f'{per_commit:.1f}'):>14}"
+        )
+    seq = res.get("seq_ratio_vs_cqrs")
+    print(
+        f"target: sequential, synchronous=full >= {res['target_seq_ratio_vs_cqrs']:g}x python-cqrs"
+        f" -> {'n/a' if seq is None else f'{seq:.1f}x'}"
+        + (
+            ""
+            if seq is None
+            else f" (paired per-round median {res['seq_ratio_vs_cqrs_paired_median']:.1f}x)"
+        )
+        + f", met: {yes_no(res.get('seq_target_met'))}"
+    )
+    ours100 = configs.get("ours_100_full")
+    print(
+        f"target: {durable.IN_FLIGHT} in flight, synchronous=full >= "
+        f"{fmt_rate(res['target_in_flight_sagas_per_s'])} sagas/s -> "
+        f"{fmt_rate(ours100 and ours100['sagas_per_s'])}, "
+        f"met: {yes_no(res.get('in_flight_target_met'))}"
+    )
+    if "in_flight_ratio_vs_cqrs" in res:
+        print(
+            f"(with {durable.IN_FLIGHT} in flight, ours / python-cqrs = "
+            f"{res['in_flight_ratio_vs_cqrs']:.0f}x)"
+        )
+
+
 def versions() -> dict[str, str]:
     out = {}
-    for dist in ("fallback-saga", "python-cqrs", "aiobreaker", "purgatory", "circuitbreaker"):
+    for dist in (
+        "fallback-saga",
+        "python-cqrs",
+        "aiobreaker",
+        "purgatory",
+        "circuitbreaker",
+        "sqlalchemy",
+        "aiosqlite",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -398,14 +584,30 @@ def versions() -> dict[str, str]:
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     skipped: dict[str, str] = {}
-    impls, skipped_impls = load_saga_impls()
-    skipped.update(skipped_impls)
-    saga_res = await bench_sagas(
-        impls, args.rounds, args.batch_ms / 1000, skipped, fill=not args.quick
-    )
-    calls = await load_breakers(skipped)
-    breaker_res = await bench_breakers(calls, args.breaker_rounds, args.batch_ms / 1000)
-    return {"sagas": saga_res, "breaker_closed_path": breaker_res, "skipped": skipped}
+    res: dict[str, Any] = {}
+    if "sagas" in args.only:
+        impls, skipped_impls = load_saga_impls()
+        skipped.update(skipped_impls)
+        res["sagas"] = await bench_sagas(
+            impls, args.rounds, args.batch_ms / 1000, skipped, fill=not args.quick
+        )
+    if "breakers" in args.only:
+        calls = await load_breakers(skipped)
+        res["breaker_closed_path"] = await bench_breakers(
+            calls, args.breaker_rounds, args.batch_ms / 1000
+        )
+    if "durable" in args.only:
+        # Next to this file by default: on the repository's filesystem, never
+        # a tmpfs where fsync costs nothing.
+        tmpdir = tempfile.mkdtemp(prefix=".durable-", dir=args.tmpdir or HERE)
+        try:
+            res["durable"] = await bench_durable(
+                args.durable_rounds, args.durable_batch_ms / 1000, tmpdir, args.quick, skipped
+            )
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    res["skipped"] = skipped
+    return res
 
 
 def profile(kinds: list[str], n: int, top: int) -> None:
@@ -442,13 +644,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breaker-rounds", type=int, help="breaker rounds (default 25, quick 3)")
     parser.add_argument("--batch-ms", type=float, help="target ms per batch (default 150, quick 5)")
     parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable; default: all of " + ", ".join(SECTIONS) + ")",
+    )
+    parser.add_argument("--durable-rounds", type=int, help="durable rounds (default 15, quick 2)")
+    parser.add_argument(
+        "--durable-batch-ms",
+        type=float,
+        help="target ms per durable batch (default 750, quick 30)",
+    )
+    parser.add_argument(
+        "--tmpdir",
+        help="where the durable section's database files go (default: this directory)",
+    )
+    parser.add_argument(
         "--profile",
         nargs="?",
         const="all",
         metavar="KIND",
-        help="instead of comparing, cProfile fallback_saga on one saga kind (or all)",
+        help="instead of comparing, cProfile fallback_saga on one saga kind (or all); "
+        "'durable': where a durable saga's time goes (per-thread CPU, floors, cProfile)",
     )
     args = parser.parse_args(argv)
+    if args.profile == "durable":
+        import durable_profile
+
+        durable_profile.run(
+            args.tmpdir or str(HERE), n_in_flight=20_000, n_seq=2_000, cprofile=True, top=20
+        )
+        return 0
     if args.profile:
         kinds = list(workloads.KINDS) if args.profile == "all" else [args.profile]
         profile(kinds, n=2_000, top=25)
@@ -459,6 +685,11 @@ def main(argv: list[str] | None = None) -> int:
         args.breaker_rounds = 3 if args.quick else 25
     if args.batch_ms is None:
         args.batch_ms = 5.0 if args.quick else 150.0
+    if args.durable_rounds is None:
+        args.durable_rounds = 2 if args.quick else 15
+    if args.durable_batch_ms is None:
+        args.durable_batch_ms = 30.0 if args.quick else 750.0
+    args.only = tuple(args.only or SECTIONS)
 
     started = time.perf_counter()
     print(
@@ -470,8 +701,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for what, why in res["skipped"].items():
         print(f"skipped {what}: {why}")
-    print_sagas(res["sagas"], args.rounds)
-    print_breakers(res["breaker_closed_path"], args.breaker_rounds)
+    if "sagas" in res:
+        print_sagas(res["sagas"], args.rounds)
+    if "breaker_closed_path" in res:
+        print_breakers(res["breaker_closed_path"], args.breaker_rounds)
+    if "durable" in res:
+        print_durable(res["durable"], args.durable_rounds)
     if args.quick:
         print("\n(--quick: too few iterations for the ratios to mean anything)")
     print(f"\ntotal time {elapsed:.1f} s")
@@ -486,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "breaker_rounds": args.breaker_rounds,
             "batch_ms": args.batch_ms,
+            "durable_rounds": args.durable_rounds,
+            "durable_batch_ms": args.durable_batch_ms,
+            "sections": list(args.only),
             "versions": versions(),
             "elapsed_s": elapsed,
         }

@@ -12,7 +12,12 @@ measure asyncio.  Therefore:
 * saga benchmarks run ``SAGAS_PER_ROUND`` (100) sagas per round:
   the reported time / 100 = time per saga;
 * breaker benchmarks make ``CALLS_PER_ROUND`` (1,000) calls per round:
-  the reported time / 1,000 = time per call.
+  the reported time / 1,000 = time per call;
+* the durable benchmark runs ``DURABLE_SAGAS_PER_ROUND`` (10) sagas per
+  round, one after the other, through ``SQLiteSagaStore`` on a fresh file in
+  pytest's ``tmp_path`` (``synchronous="full"``: every commit is fsynced):
+  the reported time / 10 = time per durable saga.  It is dominated by the
+  disk, so it is only comparable on the same machine and filesystem.
 
 The saga object is created once per benchmark and reused, as a service
 would; its default in-memory store is bounded, so memory stays flat however
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,6 +101,50 @@ def test_last_step_fails_and_unwinds(
     benchmark: Any, loop: asyncio.AbstractEventLoop, impl: str
 ) -> None:
     saga_bench(benchmark, loop, impl, "fail3")
+
+
+DURABLE_SAGAS_PER_ROUND = 10
+
+
+@pytest.mark.benchmark(
+    group=f"durable saga plain3, SQLite synchronous=full (time per {DURABLE_SAGAS_PER_ROUND} sagas)"
+)
+def test_durable_plain_three_steps_sqlite(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """Sequential durable sagas: every transition is fsynced before the next step."""
+    import fs_sagas
+
+    from fallback_saga import SagaStatus
+    from fallback_saga.store.sqlite import SQLiteSagaStore
+
+    store = SQLiteSagaStore(tmp_path / "sagas.db", synchronous="full")  # a fresh file
+    loop.run_until_complete(store.open())  # file and schema created before timing
+    saga = fs_sagas.Plain3(store=store)
+    check = workloads.fallback_saga_check("plain3")
+
+    async def many() -> Any:
+        outcome = None
+        for _ in range(DURABLE_SAGAS_PER_ROUND):
+            ctx = fs_sagas.Ctx(order_id="o-1")
+            outcome = ctx, await saga.run(ctx)
+        return outcome
+
+    benchmark.extra_info["sagas_per_round"] = DURABLE_SAGAS_PER_ROUND
+    try:
+        outcome = benchmark(lambda: loop.run_until_complete(many()))
+        # COMPLETED, a/b/c set, 3 results; and the store has it as completed too.
+        check(outcome)
+        result = outcome[1]
+        record = loop.run_until_complete(store.load(result.saga_id))
+        assert record.status is SagaStatus.COMPLETED
+        assert record.context == {"order_id": "o-1", "a": "a", "b": "b", "c": "c"}
+        assert [(e.position, e.action, e.status) for e in record.history] == [
+            (pos, "act", status) for pos in range(3) for status in ("started", "completed")
+        ]
+        assert store.stats.writes == store.stats.commits  # sequential: no grouping
+    finally:
+        loop.run_until_complete(store.close())
 
 
 async def trivial() -> int:

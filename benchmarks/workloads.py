@@ -34,7 +34,9 @@ package only disables that implementation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -201,12 +203,14 @@ def build_bare() -> dict[str, Workload]:
 # ---------------------------------------------------------------------------
 
 
-def build_cqrs() -> dict[str, Workload]:
+@functools.cache
+def cqrs_definitions() -> types.SimpleNamespace:
+    """python-cqrs's versions of the three sagas (built once), shared with
+    ``durable.py``: ``.sagas`` (kind -> Saga class), ``.Ctx``, ``.Container``."""
     import cqrs
     from cqrs.saga.fallback import Fallback
     from cqrs.saga.models import SagaContext
     from cqrs.saga.saga import Saga, SagaStepHandler
-    from cqrs.saga.storage.memory import MemorySagaStorage
 
     # python-cqrs logs a WARNING (through logging's last-resort stderr handler
     # when nothing is configured) every time a fallback is taken. Printing to
@@ -290,12 +294,23 @@ def build_cqrs() -> dict[str, Workload]:
         async def resolve(self, type_: type) -> Any:
             return type_()
 
-    sagas = {"plain3": CqPlain3, "fallback3": CqFallback3, "fail3": CqFail3}
+    return types.SimpleNamespace(
+        sagas={"plain3": CqPlain3, "fallback3": CqFallback3, "fail3": CqFail3},
+        Ctx=CqCtx,
+        Container=PlainContainer,
+    )
+
+
+def build_cqrs() -> dict[str, Workload]:
+    from cqrs.saga.storage.memory import MemorySagaStorage
+
+    defs = cqrs_definitions()
+    sagas, CqCtx = defs.sagas, defs.Ctx
 
     def factory(kind: str) -> Callable[[], SagaRunner]:
         def new_runner() -> SagaRunner:
             saga = sagas[kind]()
-            container = PlainContainer()
+            container = defs.Container()
             storage = MemorySagaStorage()
 
             async def run_one() -> Any:
@@ -315,22 +330,25 @@ def build_cqrs() -> dict[str, Workload]:
 
         return new_runner
 
-    def check(kind: str) -> Callable[[Any], None]:
-        def _check(outcome: Any) -> None:
-            ctx, res = outcome
-            if kind == "fail3":
-                assert isinstance(res, StepBoom), res
-                assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
-            else:
-                assert isinstance(res, list), res
-                assert len(res) == 3, res
-                b = "b-fallback" if kind == "fallback3" else "b"
-                assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
-                assert res[1].response.value == b, res
+    return {k: Workload(k, factory(k), cqrs_check(k), steady_state=False) for k in KINDS}
 
-        return _check
 
-    return {k: Workload(k, factory(k), check(k), steady_state=False) for k in KINDS}
+def cqrs_check(kind: str) -> Callable[[Any], None]:
+    """Asserts a python-cqrs ``(ctx, results or exception)`` outcome."""
+
+    def _check(outcome: Any) -> None:
+        ctx, res = outcome
+        if kind == "fail3":
+            assert isinstance(res, StepBoom), res
+            assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
+        else:
+            assert isinstance(res, list), res
+            assert len(res) == 3, res
+            b = "b-fallback" if kind == "fallback3" else "b"
+            assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
+            assert res[1].response.value == b, res
+
+    return _check
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +359,7 @@ def build_cqrs() -> dict[str, Workload]:
 def build_fallback_saga() -> dict[str, Workload]:
     import fs_sagas
 
-    from fallback_saga import SagaFailed, SagaStatus
+    from fallback_saga import SagaFailed
 
     sagas = {
         "plain3": fs_sagas.Plain3,
@@ -365,21 +383,27 @@ def build_fallback_saga() -> dict[str, Workload]:
 
         return new_runner
 
-    def check(kind: str) -> Callable[[Any], None]:
-        def _check(outcome: Any) -> None:
-            ctx, res = outcome
-            if kind == "fail3":
-                assert isinstance(res, SagaFailed), res
-                assert res.status == SagaStatus.COMPENSATED, res.status
-                assert isinstance(res.error, StepBoom), res.error
-                assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
-            else:
-                assert res.status == SagaStatus.COMPLETED, res.status
-                b = "b-fallback" if kind == "fallback3" else "b"
-                assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
-                assert len(res.results) == 3, res.results
-                assert res.results[1].response.value == b, res.results
+    return {
+        k: Workload(k, factory(k), fallback_saga_check(k), fill=DEFAULT_RETENTION) for k in KINDS
+    }
 
-        return _check
 
-    return {k: Workload(k, factory(k), check(k), fill=DEFAULT_RETENTION) for k in KINDS}
+def fallback_saga_check(kind: str) -> Callable[[Any], None]:
+    """Asserts a fallback_saga ``(ctx, SagaResult or SagaFailed)`` outcome."""
+    from fallback_saga import SagaFailed, SagaStatus
+
+    def _check(outcome: Any) -> None:
+        ctx, res = outcome
+        if kind == "fail3":
+            assert isinstance(res, SagaFailed), res
+            assert res.status == SagaStatus.COMPENSATED, res.status
+            assert isinstance(res.error, StepBoom), res.error
+            assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
+        else:
+            assert res.status == SagaStatus.COMPLETED, res.status
+            b = "b-fallback" if kind == "fallback3" else "b"
+            assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
+            assert len(res.results) == 3, res.results
+            assert res.results[1].response.value == b, res.results
+
+    return _check

@@ -5,6 +5,13 @@ provider, the card gateway guarded by a circuit breaker), book a courier,
 e-mail a receipt. The services are fakes that print what they do, the clock is
 simulated: the demo is instant and prints the same trace on every run.
 
+With ``--db PATH`` the sagas are journaled in a new SQLite file, and two more
+orders run in a child process (``python -m fallback_saga _crash-demo``) that
+dies with ``os._exit`` mid-saga — once while booking the courier, once while
+refunding the card during an unwinding. The parent then lists the interrupted
+sagas, recovers them with ``recover(store, [saga], older_than=0)`` and prints
+their histories.
+
 ``DemoOrderSaga`` is a ready-made class for ``python -m fallback_saga graph
 fallback_saga._demo:DemoOrderSaga``; ``build_demo_saga`` makes one around a
 breaker of your choice (the demo injects one on its fake clock).
@@ -13,7 +20,10 @@ breaker of your choice (the demo injects one on its fake clock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
+import pathlib
 import sys
 from collections.abc import Callable
 from decimal import Decimal
@@ -25,13 +35,26 @@ from .context import SagaContext
 from .errors import SagaFailed
 from .events import SagaListener
 from .fallback import Fallback
+from .recovery import recover
 from .retry import RetryPolicy
 from .saga import Saga
 from .status import SagaStatus
 from .step import Response, SagaStepHandler, SagaStepResult, current_step
+from .store.base import SagaStore
 from .store.memory import MemorySagaStore
+from .store.sqlite import SQLiteSagaStore
 
-__all__ = ["DemoOrderSaga", "OrderContext", "TracePrinter", "build_demo_saga", "run_demo"]
+__all__ = [
+    "DemoOrderSaga",
+    "OrderContext",
+    "TracePrinter",
+    "build_demo_saga",
+    "run_crash_child",
+    "run_demo",
+]
+
+# What the crashing child exits with: the parent tells a staged crash from a bug.
+CRASH_EXIT_STATUS = 86
 
 Write = Callable[[str], None]
 
@@ -101,9 +124,17 @@ class DemoWorld:
         self.card_gateway_calls = 0
         self.refund_glitches = 0  # how many refunds fail before one succeeds
         self.no_delivery_to: set[str] = {"Atlantis"}
+        self.crash_in: str | None = None  # "courier" or "refund": where the process dies
 
     def say(self, text: str) -> None:
         self.write(f"       {text}")
+
+    def crash_here(self, point: str) -> None:
+        """Die on the spot, like a killed process: no cleanup, no compensation."""
+        if self.crash_in == point:
+            self.say("*** the process dies here (os._exit): nothing is unwound ***")
+            sys.stdout.flush()
+            os._exit(CRASH_EXIT_STATUS)
 
     async def sleep(self, seconds: float) -> None:
         """What the compensation RetryPolicy waits with: simulated, instant."""
@@ -118,13 +149,14 @@ class DemoWorld:
         self.say(f"card gateway: charged {amount} EUR (idempotency key {idempotency_key})")
         return f"CARD-{order_id}"
 
-    async def refund_card(self, payment_id: str, amount: Decimal) -> None:
+    async def refund_card(self, payment_id: str, amount: Decimal, idempotency_key: str) -> None:
         self.card_gateway_calls += 1
         if self.refund_glitches:
             self.refund_glitches -= 1
             self.say(f"card gateway: refund of {payment_id} ... connection reset")
             raise PaymentGatewayError("connection reset during refund")
-        self.say(f"card gateway: refunded {amount} EUR ({payment_id})")
+        self.crash_here("refund")
+        self.say(f"card gateway: refunded {amount} EUR ({payment_id}, key {idempotency_key})")
 
 
 class _DemoStep:
@@ -163,7 +195,8 @@ class ChargeCard(_DemoStep, SagaStepHandler[OrderContext, Payment]):
 
     async def compensate(self, context: OrderContext) -> None:
         assert context.payment_id is not None
-        await self.world.refund_card(context.payment_id, context.amount)
+        key = current_step().idempotency_key  # the same key if a resumed run refunds again
+        await self.world.refund_card(context.payment_id, context.amount, key)
         context.payment_id = None
 
 
@@ -189,8 +222,10 @@ class BookCourier(_DemoStep, SagaStepHandler[OrderContext, Shipment]):
         if context.city in self.world.no_delivery_to:
             self.world.say(f"courier: no deliveries to {context.city}")
             raise CourierRejected(f"no courier delivers to {context.city}")
+        self.world.crash_here("courier")
         context.shipment_id = f"SHIP-{context.order_id}"
-        self.world.say(f"courier: pickup booked as {context.shipment_id}")
+        key = current_step().idempotency_key
+        self.world.say(f"courier: pickup booked as {context.shipment_id} (key {key})")
         return self._generate_step_result(Shipment(shipment_id=context.shipment_id))
 
     async def compensate(self, context: OrderContext) -> None:
@@ -328,9 +363,9 @@ def _breaker_line(breaker: CircuitBreaker, world: DemoWorld) -> str:
 
 
 async def _journal(
-    store: MemorySagaStore, saga_ids: list[str], shown: set[str], write: Write
+    store: SagaStore, saga_ids: list[str], shown: set[str], write: Write, title: str
 ) -> None:
-    _banner(write, "The journal (MemorySagaStore, the default store)")
+    _banner(write, title)
     write("")
     for saga_id in saga_ids:
         record = await store.load(saga_id)
@@ -351,8 +386,9 @@ async def _journal(
             write(line.rstrip())
 
 
-async def demo(write: Write = print) -> None:
-    """Run the three scenarios, then print the journal."""
+async def demo(write: Write = print, store: SagaStore | None = None) -> None:
+    """Run the three scenarios, then print the journal (from ``store``: default, a
+    ``MemorySagaStore``)."""
     world = DemoWorld(write)
     printer = TracePrinter(write)
     breaker = CircuitBreaker(
@@ -365,9 +401,10 @@ async def demo(write: Write = print) -> None:
             attempts=3, delay=0.5, backoff=2.0, jitter=0.0, sleep=world.sleep
         ),
         listeners=[printer],
+        store=store,
     )
-    store = saga.store
-    assert isinstance(store, MemorySagaStore)
+    title = f"The journal ({type(saga.store).__name__}"
+    title += ", the default store)" if isinstance(saga.store, MemorySagaStore) else ")"
 
     write(f"fallback_saga {__version__} demo: an order saga with a flaky payment provider")
     write("")
@@ -403,16 +440,164 @@ async def demo(write: Write = print) -> None:
     )
 
     orders = ["A-1001", "A-1002", "A-1003", "A-1004", "A-1005"]
-    await _journal(store, orders, {"A-1001", "A-1003", "A-1005"}, write)
+    await _journal(saga.store, orders, {"A-1001", "A-1003", "A-1005"}, write, title)
 
 
-def run_demo(out: TextIO | None = None) -> int:
-    """``python -m fallback_saga demo``: run the demo, print its trace; the exit status (0).
+# --------------------------------------------------------------------------- the crash (--db)
 
-    The trace is collected and written at the end (the run is instant): a reader
+_CRASHES: tuple[tuple[str, str, str, str], ...] = (
+    ("A-1006", "Berlin", "courier", "the process dies while booking the courier"),
+    (
+        "A-1007",
+        "Atlantis",
+        "refund",
+        "no courier goes there; the process dies while refunding the card",
+    ),
+)
+
+
+_PACKAGE_FILE = pathlib.Path(__file__).resolve()
+
+
+class DemoFailed(Exception):
+    """The crashing child did something else than crash as staged."""
+
+
+def _durable_saga(store: SagaStore, world: DemoWorld, printer: TracePrinter) -> Saga[OrderContext]:
+    """The demo saga on ``store``: the child runs it, the parent recovers with it."""
+    breaker = CircuitBreaker(
+        name="card-gateway", fail_max=2, reset_timeout=30.0, clock=world.clock, listeners=[printer]
+    )
+    return build_demo_saga(breaker)(
+        store=store,
+        step_factory=lambda cls: cls(world),
+        compensation_retry=RetryPolicy(
+            attempts=3, delay=0.5, backoff=2.0, jitter=0.0, sleep=world.sleep
+        ),
+        listeners=[printer],
+    )
+
+
+def run_crash_child(db: str, saga_id: str, city: str, crash_in: str) -> int:
+    """``python -m fallback_saga _crash-demo``: run one order on ``db`` and die
+    (``os._exit``) at ``crash_in``. Returns (1) only if the crash did not happen."""
+
+    def write(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()  # os._exit flushes nothing
+
+    async def run() -> None:
+        world = DemoWorld(write)
+        world.crash_in = crash_in
+        async with SQLiteSagaStore(db) as store:
+            saga = _durable_saga(store, world, TracePrinter(write))
+            context = OrderContext(order_id=saga_id, amount=Decimal("59.90"), city=city)
+            with contextlib.suppress(SagaFailed):  # the staged crash comes first
+                await saga.run(context, saga_id=saga_id)
+
+    asyncio.run(run())
+    write("(the saga finished: the staged crash did not happen)")
+    return 1
+
+
+async def _run_crash_child(db: str, saga_id: str, city: str, crash_in: str) -> list[str]:
+    """Run the child process; its output lines, once it has crashed as staged."""
+    package = __package__ or "fallback_saga"
+    # The child must import this very copy of the package (installed, or vendored).
+    root = _PACKAGE_FILE.parents[len(package.split("."))]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", package, "_crash-demo", "--db", db, "--saga-id", saga_id,
+        "--city", city, "--crash-in", crash_in,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await child.communicate()
+    if child.returncode != CRASH_EXIT_STATUS:
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no error output"]
+        raise DemoFailed(
+            f"the child process running {saga_id} exited with status {child.returncode} "
+            f"instead of crashing: {detail[0]}"
+        )
+    return out.decode(errors="replace").splitlines()
+
+
+async def crash_and_recover(store: SQLiteSagaStore, db: str, write: Write) -> None:
+    """Scenario 4: two orders die mid-saga in a child process; recover them here."""
+    from .cli import history_table, summary_table  # the tables of `list` and `show`
+
+    _banner(write, "4. A crash mid-saga; recovery resumes from the SQLite journal")
+    write("")
+    write("Two more orders run in a child process (python -m fallback_saga _crash-demo)")
+    write("that dies with os._exit mid-saga: no cleanup, no compensation, no goodbye.")
+    for saga_id, city, crash_in, story in _CRASHES:
+        write("")
+        write(f"order {saga_id} (59.90 EUR, to {city}): {story}")
+        for line in await _run_crash_child(db, saga_id, city, crash_in):
+            write(f"  |{line}")
+        write(f"  the child process is gone (exit status {CRASH_EXIT_STATUS})")
+
+    interrupted = [
+        summary
+        for summary in await store.list_sagas()
+        if summary.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+    ]
+    write("")
+    write("The journal still has them, as the crash left them:")
+    for line in summary_table(interrupted, times=False):
+        write(f"  {line}")
+
+    write("")
+    write("recover(store, [saga], older_than=0) in this process claims each one with a lease")
+    write("and resumes it: A-1006 runs BookCourier again (same idempotency key), A-1007")
+    write("finishes its unwinding and never runs a forward step again.")
+    world = DemoWorld(write)
+    printer = TracePrinter(write)
+    saga = _durable_saga(store, world, printer)
+
+    def progress(saga_id: str, outcome: str) -> None:
+        write(f"  => {saga_id}: {outcome}")
+
+    # One at a time, so that the trace reads in order.
+    report = await recover(store, [saga], older_than=0, concurrency=1, progress=progress)
+    write("")
+    for line in str(report).splitlines():
+        write(f"  {line}")
+
+    for saga_id, *_ in _CRASHES:
+        record = await store.load(saga_id)
+        write("")
+        write(f"{record.saga_id} ({record.status.value}), as `show {saga_id} --db {db}` lists it:")
+        for line in history_table(record, times=False):
+            write(f"  {line}")
+    write("")
+    write("Look for yourself:")
+    write(f"  python -m fallback_saga list --db {db}")
+    write(f"  python -m fallback_saga show A-1007 --db {db} --mermaid")
+
+
+async def durable_demo(db: str, write: Write) -> None:
+    """The demo journaled in SQLite at ``db``, then the crash and its recovery."""
+    async with SQLiteSagaStore(db) as store:
+        await demo(write, store)
+        await crash_and_recover(store, db, write)
+
+
+def run_demo(out: TextIO | None = None, db: str | None = None) -> int:
+    """``python -m fallback_saga demo [--db PATH]``: run the demo, print its trace;
+    the exit status (0; 1 if the crash could not be staged).
+
+    The trace is collected and written at the end (the run is quick): a reader
     that goes away early (``| head``) then breaks one write, not the sagas.
     """
     lines: list[str] = []
-    asyncio.run(demo(lines.append))
+    status = 0
+    try:
+        asyncio.run(demo(lines.append) if db is None else durable_demo(db, lines.append))
+    except DemoFailed as error:
+        lines.append(f"demo failed: {error}")
+        status = 1
     (out or sys.stdout).write("\n".join(lines) + "\n")
-    return 0
+    return status

@@ -1,30 +1,52 @@
-"""``python -m fallback_saga``: a demo, and a Mermaid drawing of any saga.
+"""``python -m fallback_saga``: the demo, a Mermaid drawing of any saga, and the
+operator commands for a SQLite saga store.
 
-    python -m fallback_saga demo                      run the demo order saga, print a trace
-    python -m fallback_saga graph module:SagaClass    print a Mermaid flowchart of a saga
+    python -m fallback_saga demo [--db PATH]            run the demo order saga, print a trace
+    python -m fallback_saga graph module:SagaClass      print a Mermaid flowchart of a saga
+    python -m fallback_saga list --db PATH              list the sagas in a store
+    python -m fallback_saga show ID --db PATH           one saga and its step history
+    python -m fallback_saga recover --db PATH --app module:attr   resume interrupted sagas
+    python -m fallback_saga purge --db PATH --older-than 7d       delete old finished sagas
     python -m fallback_saga --version
 
-Exit status: 0 on success, 2 on a usage error (a bad ``module:attr`` spec, an
-object that is not a ``Saga`` subclass).
+Exit status: 0 on success; 1 when ``recover`` left a saga failed or skipped, or
+the store failed; 2 on a usage error (a bad ``module:attr`` spec, a ``--db``
+that is missing or not a saga store, an unknown saga id).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
 import importlib
+import inspect
+import json
 import os
+import pathlib
+import re
+import signal
+import sqlite3
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeGuard
 
 from . import __version__
 from .definition import BranchSpec, FallbackSpec, SagaDefinition
+from .errors import SagaNotFound, SagaStoreError
+from .recovery import RecoveryReport, recover
 from .saga import Saga
+from .status import SagaStatus, StepStatus
+from .store.base import SagaRecord, SagaSummary
+from .store.sqlite import SQLiteSagaStore
 
-__all__ = ["main", "mermaid_flowchart"]
+__all__ = ["main", "mermaid_flowchart", "mermaid_gantt", "parse_duration"]
 
 EXIT_OK = 0
-EXIT_BROKEN_PIPE = 1  # what Python itself returns when stdout's reader goes away
+EXIT_FAILURE = 1  # also what Python itself returns when stdout's reader goes away
 EXIT_USAGE = 2
 
 
@@ -32,14 +54,14 @@ class UsageError(Exception):
     """A command-line mistake: printed as ``fallback-saga: error: ...``, exit status 2."""
 
 
-# --------------------------------------------------------------------------- graph
+# --------------------------------------------------------------------------- module:attr
 
 
-def load_saga_class(spec: str) -> type[Saga[Any]]:
-    """Import ``module:Attr`` (``Attr`` may be dotted) and check it is a Saga subclass."""
+def _import_target(spec: str, example: str) -> object:
+    """Import ``module:attr`` (``attr`` may be dotted) and return the attribute."""
     module_name, colon, attr_path = spec.partition(":")
     if not colon or not module_name or not attr_path:
-        raise UsageError(f"expected module:SagaClass (e.g. myapp.sagas:OrderSaga), got {spec!r}")
+        raise UsageError(f"expected module:attr (e.g. {example}), got {spec!r}")
     # Like ``python -m``: modules in the current directory are importable
     # (the ``fallback-saga`` console script would not see them otherwise).
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -60,11 +82,24 @@ def load_saga_class(spec: str) -> type[Saga[Any]]:
             target = getattr(target, attr)
         except AttributeError:
             raise UsageError(f"{module_name!r} has no attribute {attr_path!r}") from None
+    return target
+
+
+def _is_saga_class(target: object) -> TypeGuard[type[Saga[Any]]]:
+    return isinstance(target, type) and issubclass(target, Saga)
+
+
+def load_saga_class(spec: str) -> type[Saga[Any]]:
+    """Import ``module:Attr`` (``Attr`` may be dotted) and check it is a Saga subclass."""
+    target = _import_target(spec, "myapp.sagas:OrderSaga")
     if not (isinstance(target, type) and issubclass(target, Saga)):
         raise UsageError(f"{spec} is {target!r}, not a Saga subclass")
     if getattr(target, "definition", None) is None:
         raise UsageError(f"{spec} declares no steps (an abstract Saga base)")
     return target
+
+
+# --------------------------------------------------------------------------- graph
 
 
 def mermaid_flowchart(saga_class: type[Saga[Any]], direction: str = "TD") -> str:
@@ -222,13 +257,536 @@ def _text(text: str) -> str:
     return text
 
 
-# --------------------------------------------------------------------------- commands
+# --------------------------------------------------------------------------- durations
+
+_SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"30s"``, ``"15m"``, ``"12h"``, ``"7d"`` (``1.5h`` too) as seconds."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: give seconds (90) or a number with a unit "
+            f"(30s, 15m, 12h, 7d)"
+        )
+    return float(match[1]) * _SECONDS_PER_UNIT[match[2]]
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of ``parse_duration`` for display: ``604800.0`` is ``7d``."""
+    for unit in ("d", "h", "m"):
+        size = _SECONDS_PER_UNIT[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def check_store_file(path: str) -> None:
+    """Refuse (``UsageError``) a ``--db`` that is not an existing saga store.
+
+    Checked read-only, before ``SQLiteSagaStore`` opens the file: the store
+    would create a missing file, and migrate (add its tables to, switch to WAL)
+    any other SQLite database it is pointed at.
+    """
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file (--db takes an existing saga store)")
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory, not a SQLite database")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"{path} is an empty file, not a saga store")
+    uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    except sqlite3.Error as error:
+        raise UsageError(f"cannot open {path}: {error}") from None
+    try:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sagas'"
+        ).fetchone()
+    except sqlite3.DatabaseError as error:
+        if "not a database" in str(error):
+            raise UsageError(f"{path} is not a SQLite database") from None
+        raise UsageError(f"cannot read {path}: {error}") from None
+    finally:
+        conn.close()
+    if found is None:
+        raise UsageError(f"{path} is a SQLite database, but not a fallback_saga saga store")
+
+
+@contextlib.asynccontextmanager
+async def open_store(path: str) -> AsyncIterator[SQLiteSagaStore]:
+    """An existing saga store, opened now and always closed."""
+    check_store_file(path)
+    store = SQLiteSagaStore(path)
+    try:
+        await store.open()
+        yield store
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _when(timestamp: float | None, *, precise: bool = False) -> str:
+    """Unix time as UTC text (``precise``: with milliseconds)."""
+    if timestamp is None:
+        return "-"
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return repr(timestamp)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{moment.microsecond // 1000:03d}" if precise else text
+
+
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> list[str]:
+    """Plain-text columns: a header, a rule, the rows (``right``: right-aligned columns)."""
+    widths = [len(header) for header in headers]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), line(["-" * width for width in widths]), *map(line, rows)]
+
+
+def _lease_text(summary: SagaSummary, now: float) -> str:
+    if summary.lease_owner is None:
+        return "-"
+    expires = summary.lease_expires_at
+    if expires is not None and expires < now:
+        return f"{summary.lease_owner} (expired)"
+    return summary.lease_owner
+
+
+def summary_table(summaries: Sequence[SagaSummary], *, times: bool = True) -> list[str]:
+    """The ``list`` table (``times=False``: id, saga and status only)."""
+    if not times:
+        rows = [[s.saga_id, s.saga_name, s.status.value] for s in summaries]
+        return render_table(["id", "saga", "status"], rows)
+    now = time.time()
+    rows = [
+        [
+            s.saga_id,
+            s.saga_name,
+            s.status.value,
+            _when(s.created_at),
+            _when(s.updated_at),
+            _lease_text(s, now),
+        ]
+        for s in summaries
+    ]
+    headers = ["id", "saga", "status", "created (UTC)", "updated (UTC)", "lease owner"]
+    return render_table(headers, rows)
+
+
+def history_table(record: SagaRecord, *, times: bool = True) -> list[str]:
+    """The step history of ``show`` (``times=False``: without the time column)."""
+    headers = ["seq", "pos", "step", "branch", "action", "status", "try"]
+    if times:
+        headers.append("time (UTC)")
+    headers.append("error")
+    rows = []
+    for seq, entry in enumerate(record.history):
+        row = [
+            str(seq),
+            str(entry.position),
+            entry.step,
+            entry.branch,
+            entry.action,
+            entry.status.value,
+            str(entry.attempt),
+        ]
+        if times:
+            row.append(_when(entry.at, precise=True))
+        row.append(entry.error or "")
+        rows.append(row)
+    return render_table(headers, rows, right=(0, 1, 6))
+
+
+def _summary_json(summary: SagaSummary) -> dict[str, Any]:
+    data = dataclasses.asdict(summary)
+    data["status"] = summary.status.value
+    return data
+
+
+def _record_json(record: SagaRecord) -> dict[str, Any]:
+    return {
+        "saga_id": record.saga_id,
+        "saga_name": record.saga_name,
+        "status": record.status.value,
+        "fingerprint": record.fingerprint,
+        "version": record.version,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "context": record.context,
+        "history": [
+            {
+                "seq": seq,
+                "position": entry.position,
+                "step": entry.step,
+                "branch": entry.branch,
+                "action": entry.action,
+                "status": entry.status.value,
+                "attempt": entry.attempt,
+                "error": entry.error,
+                "at": entry.at,
+            }
+            for seq, entry in enumerate(record.history)
+        ],
+    }
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    sys.stdout.write("".join(line + "\n" for line in lines))
+
+
+# --------------------------------------------------------------------------- gantt
+
+
+@dataclasses.dataclass(slots=True)
+class _Bar:
+    action: str
+    label: str
+    start: float
+    end: float | None = None
+    outcome: str = "open"  # "completed", "failed", "interrupted" or "open"
+
+
+def _gantt_label(text: str) -> str:
+    # ':' ends a Mermaid task's name, ';' ends a statement, '#' starts an entity.
+    return re.sub(r"[:;#]", " ", text).strip() or "step"
+
+
+def mermaid_gantt(record: SagaRecord) -> str:
+    """A Mermaid ``gantt`` timeline of a saga's journal.
+
+    One bar per ``act`` or ``compensate`` try, from its STARTED row to its
+    terminal row, in two sections (forward, compensation): completed bars are
+    ``done``, failed ones ``crit``. A try with no terminal row was cut off (a
+    crash): its bar runs to the next row of the journal (the resumed run), or
+    to the saga's last update, and is ``active``.
+    """
+    bars: list[_Bar] = []
+    running: dict[tuple[int, str, str, int], _Bar] = {}
+    for entry in record.history:
+        key = (entry.position, entry.branch, entry.action, entry.attempt)
+        if entry.status is StepStatus.STARTED:
+            # One call runs at a time: a try still open when another starts was cut off.
+            for cut_off in running.values():
+                cut_off.end, cut_off.outcome = entry.at, "interrupted"
+            running.clear()
+            label = entry.step if entry.attempt == 1 else f"{entry.step} try {entry.attempt}"
+            running[key] = _Bar(entry.action, _gantt_label(label), entry.at)
+            bars.append(running[key])
+            continue
+        bar = running.pop(key, None)
+        if bar is None:  # a terminal row without its STARTED (an edited journal)
+            bar = _Bar(entry.action, _gantt_label(entry.step), entry.at)
+            bars.append(bar)
+        bar.end = entry.at
+        bar.outcome = "completed" if entry.status is StepStatus.COMPLETED else "failed"
+    for unfinished in running.values():
+        unfinished.end = max(unfinished.start, record.updated_at)
+        if record.status.is_final:
+            unfinished.outcome = "interrupted"
+    title = f"{record.saga_name} {record.saga_id} ({record.status.value})"
+    lines = [
+        "gantt",
+        f"    title {_gantt_label(title)}",
+        "    dateFormat x",
+        "    axisFormat %H:%M:%S.%L",
+        "    todayMarker off",
+    ]
+    tags = {
+        "completed": "done, ",
+        "failed": "crit, ",
+        "interrupted": "active, ",
+        "open": "active, ",
+    }
+    suffix = {"interrupted": " (cut off)", "open": " (no outcome yet)"}
+    number = 0
+    for action, section in (("act", "forward"), ("compensate", "compensation")):
+        chosen = [bar for bar in bars if bar.action == action]
+        if not chosen:
+            continue
+        lines.append(f"    section {section}")
+        for bar in chosen:
+            start = round(bar.start * 1000)
+            end = round((bar.end if bar.end is not None else bar.start) * 1000)
+            length = max(end - start, 1)  # a zero-length bar would not show
+            label = bar.label + suffix.get(bar.outcome, "")
+            lines.append(f"    {label} :{tags[bar.outcome]}t{number}, {start}, {length}ms")
+            number += 1
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- list, show, purge
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    status = None if args.status is None else SagaStatus(args.status)
+
+    async def fetch() -> list[SagaSummary]:
+        async with open_store(args.db) as store:
+            # One more than asked: tells whether the listing was cut short.
+            return await store.list_sagas(status=status, saga_name=args.name, limit=args.limit + 1)
+
+    summaries = asyncio.run(fetch())
+    more = len(summaries) > args.limit
+    summaries = summaries[: args.limit]
+    if args.json:
+        _print_json([_summary_json(summary) for summary in summaries])
+        return EXIT_OK
+    if not summaries:
+        filters = args.status is not None or args.name is not None
+        sys.stdout.write(f"no sagas {'match' if filters else 'in ' + args.db}\n")
+        return EXIT_OK
+    lines = summary_table(summaries)
+    if more:
+        lines.append(f"(the newest {args.limit} shown; more match: raise --limit)")
+    else:
+        lines.append(f"({len(summaries)} saga{'' if len(summaries) == 1 else 's'}, newest first)")
+    _print_lines(lines)
+    return EXIT_OK
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    async def fetch() -> SagaRecord:
+        async with open_store(args.db) as store:
+            try:
+                return await store.load(args.saga_id)
+            except SagaNotFound:
+                raise UsageError(f"no saga with id {args.saga_id!r} in {args.db}") from None
+
+    record = asyncio.run(fetch())
+    if args.json:
+        _print_json(_record_json(record))
+        return EXIT_OK
+    if args.mermaid:
+        sys.stdout.write(mermaid_gantt(record))
+        return EXIT_OK
+    lines = [
+        f"saga         {record.saga_id}",
+        f"name         {record.saga_name}",
+        f"status       {record.status.value}",
+        f"created      {_when(record.created_at, precise=True)} UTC",
+        f"updated      {_when(record.updated_at, precise=True)} UTC",
+        f"version      {record.version}",
+        f"fingerprint  {record.fingerprint}",
+        f"context      {json.dumps(record.context, ensure_ascii=False)}",
+        "",
+    ]
+    lines += history_table(record) if record.history else ["(no step history)"]
+    _print_lines(lines)
+    return EXIT_OK
+
+
+def _run_purge(args: argparse.Namespace) -> int:
+    async def purge() -> int:
+        async with open_store(args.db) as store:
+            return await store.purge(older_than=args.older_than)
+
+    count = asyncio.run(purge())
+    age = format_duration(args.older_than)
+    sys.stdout.write(
+        f"purged {count} finished saga{'' if count == 1 else 's'} "
+        f"(completed, compensated or failed, last updated more than {age} ago)\n"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- recover
+
+_APP_CONTRACT = (
+    "a factory sagas(store) (or async def) returning the Saga instances built "
+    "with that store, or a Saga subclass (or a list of them) built as cls(store=store)"
+)
+
+
+SagaFactory = Callable[[SQLiteSagaStore], object]
+
+
+def load_app(spec: str) -> SagaFactory:
+    """Import ``--app`` and return it as a factory ``(store) -> sagas``.
+
+    The attribute is a factory already, or a Saga subclass (or a list/tuple of
+    them) that the returned factory builds as ``cls(store=store)``.
+    """
+    target = _import_target(spec, "myapp.recovery:sagas")
+    items = list(target) if isinstance(target, (list, tuple)) else [target]
+    saga_classes = [item for item in items if _is_saga_class(item)]
+    if items and len(saga_classes) == len(items):
+        for saga_class in saga_classes:
+            if getattr(saga_class, "definition", None) is None:
+                raise UsageError(f"{saga_class.__name__} declares no steps (an abstract Saga base)")
+
+        def build(store: SQLiteSagaStore) -> object:
+            return [saga_class(store=store) for saga_class in saga_classes]
+
+        return build
+    if any(isinstance(item, Saga) for item in items):
+        raise UsageError(
+            f"{spec} is a saga instance, but recovery must use sagas built with the store it "
+            f"opens: expose {_APP_CONTRACT}"
+        )
+    if isinstance(target, type):
+        raise UsageError(f"{spec} is the class {target.__name__}; expected {_APP_CONTRACT}")
+    if callable(target):
+        return target
+    raise UsageError(f"{spec} is {_short(target)}; expected {_APP_CONTRACT}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+async def build_app_sagas(
+    spec: str, factory: SagaFactory, store: SQLiteSagaStore
+) -> list[Saga[Any]]:
+    """The saga instances that ``--app`` builds on ``store``, checked."""
+    try:
+        made = factory(store)
+        if inspect.isawaitable(made):
+            made = await made
+    except Exception as error:  # the app's own code failed
+        raise UsageError(
+            f"{spec}: building the sagas failed: {type(error).__name__}: {error}"
+        ) from None
+    if isinstance(made, Saga):
+        made = [made]
+    if isinstance(made, (str, bytes)) or not isinstance(made, Iterable):
+        raise UsageError(f"{spec}(store) returned {_short(made)}, not a list of Saga instances")
+    sagas: list[Saga[Any]] = []
+    for saga in made:
+        if not isinstance(saga, Saga):
+            raise UsageError(f"{spec}(store) returned {_short(saga)}, which is not a Saga instance")
+        if saga.store is not store:
+            # Resumed with it, a saga would be journaled in another store.
+            raise UsageError(
+                f"{spec}: {saga.name} was built with another store "
+                f"({type(saga.store).__name__}); build it with the store given to the factory"
+            )
+        sagas.append(saga)
+    if not sagas:
+        raise UsageError(f"{spec}(store) returned no sagas")
+    return sagas
+
+
+def _run_recover(args: argparse.Namespace) -> int:
+    app = load_app(args.app)  # before opening the store: a bad --app touches nothing
+    if args.lease <= 0:
+        raise UsageError("--lease must be longer than 0 seconds")
+
+    def progress(saga_id: str, outcome: str) -> None:
+        sys.stdout.write(f"  {saga_id}: {outcome}\n")
+        sys.stdout.flush()
+
+    async def run() -> RecoveryReport:
+        _warn_before_interrupting()
+        async with open_store(args.db) as store:
+            sagas = await build_app_sagas(args.app, app, store)
+            names = ", ".join(saga.name for saga in sagas)
+            sys.stdout.write(
+                f"recovering sagas in {args.db} not updated for "
+                f"{format_duration(args.older_than)} (at most {args.limit}, lease "
+                f"{format_duration(args.lease)}) with {names}\n"
+            )
+            sys.stdout.flush()
+            try:
+                return await recover(
+                    store,
+                    sagas,
+                    older_than=args.older_than,
+                    limit=args.limit,
+                    lease=args.lease,
+                    progress=progress,
+                )
+            except (TypeError, ValueError) as error:  # e.g. two sagas of one name
+                raise UsageError(str(error)) from None
+
+    try:
+        report = asyncio.run(run())
+    except asyncio.CancelledError:  # the second Ctrl-C
+        raise KeyboardInterrupt from None
+    sys.stdout.write(f"{report}\n")
+    return EXIT_FAILURE if report.failed or report.skipped else EXIT_OK
+
+
+def _warn_before_interrupting() -> None:
+    """Make the first Ctrl-C a warning, the second the interrupt.
+
+    A resumed saga that is cancelled unwinds (S8): interrupting ``recover``
+    would compensate sagas that were about to complete. Where the loop cannot
+    handle signals (Windows, a thread other than the main one), Ctrl-C
+    interrupts at once.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    presses = 0
+
+    def on_interrupt() -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            task.cancel()
+            return
+        sys.stderr.write(
+            "recover: finishing the sagas being resumed; interrupting them would compensate "
+            "them. Press Ctrl-C again to interrupt anyway.\n"
+        )
+        sys.stderr.flush()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_interrupt)
+
+
+# --------------------------------------------------------------------------- demo, graph
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo  # imported on use: only the demo needs it
 
-    return run_demo()
+    if args.db is not None and os.path.exists(args.db):
+        raise UsageError(
+            f"{args.db} already exists; the demo writes a new database "
+            f"(remove it or choose another path)"
+        )
+    return run_demo(db=args.db)
+
+
+def _run_crash_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_crash_child
+
+    return run_crash_child(args.db, args.saga_id, args.city, args.crash_in)
 
 
 def _run_graph(args: argparse.Namespace) -> int:
@@ -238,6 +796,31 @@ def _run_graph(args: argparse.Namespace) -> int:
         chart = f"```mermaid\n{chart}```\n"
     sys.stdout.write(chart)
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- the parser
+
+_RECOVER_EPILOG = """\
+--app module:attr names what to resume the sagas with, built on the store this
+command opens. Either a factory, called with the open SQLiteSagaStore, that
+returns the Saga instances (sync or async):
+
+    def sagas(store):
+        return [OrderSaga(store=store, step_factory=container.build)]
+
+or a Saga subclass, or a list of them, which are built as cls(store=store).
+Each interrupted saga is resumed with the saga of the same name.
+
+Exit status: 0 if every saga claimed was completed or compensated; 1 if one
+ended FAILED (a compensation gave up: an operator is needed) or was skipped
+(unknown saga name, changed definition, unreadable row); 2 on a usage error.
+"""
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db", required=True, metavar="PATH", help="the saga store (a SQLite file)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,11 +834,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run a demo order saga and print its trace",
-        description="Run a small order saga against the default store (MemorySagaStore) and "
-        "print a trace: a flaky primary and its fallback, a circuit breaker opening, a late "
-        "failure unwinding in reverse, then the journal. Simulated clock: instant.",
+        description="Run a small order saga and print a trace: a flaky primary and its "
+        "fallback, a circuit breaker opening, a late failure unwinding in reverse, then the "
+        "journal. Simulated clock: instant. With --db, the sagas are journaled in a new SQLite "
+        "file, and two more orders run in a child process that dies mid-saga; this process "
+        "then recovers them.",
+    )
+    demo.add_argument(
+        "--db", metavar="PATH", help="journal in a new SQLite file and show a crash recovered"
     )
     demo.set_defaults(handler=_run_demo)
+
+    crash = commands.add_parser("_crash-demo")  # no help=: hidden from the command list
+    crash.add_argument("--db", required=True)
+    crash.add_argument("--saga-id", required=True)
+    crash.add_argument("--city", required=True)
+    crash.add_argument("--crash-in", required=True, choices=("courier", "refund"))
+    crash.set_defaults(handler=_run_crash_demo)
 
     graph = commands.add_parser(
         "graph",
@@ -271,6 +866,88 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="wrap the chart in a ```mermaid fence"
     )
     graph.set_defaults(handler=_run_graph)
+
+    listing = commands.add_parser(
+        "list",
+        help="list the sagas in a SQLite saga store",
+        description="List sagas, newest first: id, saga name, status, created and updated "
+        "times (UTC) and the recovery lease, if any.",
+    )
+    _add_db(listing)
+    listing.add_argument(
+        "--status", choices=[status.value for status in SagaStatus], type=str.lower,
+        help="only sagas with this status",
+    )
+    listing.add_argument("--name", metavar="N", help="only sagas of this saga class name")
+    listing.add_argument(
+        "--limit", type=_positive_int, default=100, metavar="N", help="at most N (default 100)"
+    )
+    listing.add_argument(
+        "--json", action="store_true",
+        help="a JSON array of {saga_id, saga_name, status, created_at, updated_at, "
+        "lease_owner, lease_expires_at} (times in Unix seconds)",
+    )
+    listing.set_defaults(handler=_run_list)
+
+    show = commands.add_parser(
+        "show",
+        help="show one saga and its step history",
+        description="Show a saga's header (status, times, fingerprint, context) and every "
+        "journaled transition of its steps.",
+    )
+    show.add_argument("saga_id", metavar="ID", help="the saga id")
+    _add_db(show)
+    form = show.add_mutually_exclusive_group()
+    form.add_argument(
+        "--json", action="store_true",
+        help="the record as JSON: the header fields, context and history",
+    )
+    form.add_argument(
+        "--mermaid", action="store_true",
+        help="a Mermaid gantt timeline: a bar per act/compensate try, failed ones marked crit",
+    )
+    show.set_defaults(handler=_run_show)
+
+    recovering = commands.add_parser(
+        "recover",
+        help="resume the interrupted sagas of a SQLite saga store",
+        description="Claim interrupted sagas (RUNNING or COMPENSATING, not updated for\n"
+        "--older-than) with a lease, resume each with the app's saga of the same name,\n"
+        "and print a line per saga and a report.",
+        epilog=_RECOVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_db(recovering)
+    recovering.add_argument(
+        "--app", required=True, metavar="module:attr",
+        help="the sagas to resume with (see below)",
+    )
+    recovering.add_argument(
+        "--older-than", type=parse_duration, default=60.0, metavar="AGE",
+        help="only sagas not updated for AGE: 90, 30s, 15m, 12h, 7d (default 60s)",
+    )
+    recovering.add_argument(
+        "--limit", type=_positive_int, default=100, metavar="N",
+        help="resume at most N sagas (default 100)",
+    )
+    recovering.add_argument(
+        "--lease", type=parse_duration, default=300.0, metavar="TIME",
+        help="how long each claimed saga is reserved for this process (default 300s)",
+    )
+    recovering.set_defaults(handler=_run_recover)
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete finished sagas older than an age",
+        description="Delete completed, compensated and failed sagas (and their history) "
+        "last updated more than AGE ago. Running and compensating sagas are never deleted.",
+    )
+    _add_db(purge)
+    purge.add_argument(
+        "--older-than", type=parse_duration, required=True, metavar="AGE",
+        help="90 (seconds), 30s, 15m, 12h, 7d",
+    )
+    purge.set_defaults(handler=_run_purge)
     return parser
 
 
@@ -287,15 +964,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stop.code is None:
             return EXIT_OK
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        status: int = args.handler(args)
+        status = handler(args)
         sys.stdout.flush()
     except UsageError as error:
         sys.stderr.write(f"{parser.prog}: error: {error}\n")
         return EXIT_USAGE
+    except SagaStoreError as error:  # the store failed, or a row cannot be read back
+        sys.stderr.write(f"{parser.prog}: error: {error}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{parser.prog}: interrupted\n")
+        return 130
     except BrokenPipeError:  # e.g. `python -m fallback_saga demo | head`
         # Python would complain again when flushing stdout at exit: point it at devnull.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return EXIT_FAILURE
     return status

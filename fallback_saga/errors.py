@@ -13,6 +13,7 @@ __all__ = [
     "LeaseLost",
     "RecordedError",
     "SagaAlreadyExists",
+    "SagaBusy",
     "SagaDefinitionChanged",
     "SagaDefinitionError",
     "SagaError",
@@ -91,6 +92,19 @@ class LeaseLost(SagaStoreError):
         super().__init__(
             f"lease on saga {saga_id!r} (fencing token {token}) was lost; the saga is "
             f"driven by another worker now"
+        )
+
+
+class SagaBusy(SagaStoreError):
+    """Another worker holds an unexpired lease on this saga: it is driving it."""
+
+    def __init__(self, saga_id: str, owner: str | None, expires_at: float | None) -> None:
+        self.saga_id = saga_id
+        self.owner = owner
+        self.expires_at = expires_at
+        super().__init__(
+            f"saga {saga_id!r} is being driven by {owner or 'another worker'} "
+            f"(lease until {expires_at})"
         )
 
 

@@ -21,11 +21,11 @@ from .executor import (
     SagaResult,
     shielded,
 )
-from .recovery import check_definition, resume_point
+from .recovery import check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
-from .store.base import Lease, LiveJournal, SagaRecord, SagaStore
+from .store.base import Lease, LiveJournal, RecoverableStore, SagaRecord, SagaStore
 from .store.memory import MemorySagaStore
 
 __all__ = ["Saga", "SagaTransaction"]
@@ -126,7 +126,11 @@ class Saga(Generic[ContextT]):
         return await self._execution(context, saga_id).run_all(self._plan)
 
     async def resume(
-        self, saga_id: str, *, allow_changed_definition: bool = False
+        self,
+        saga_id: str,
+        *,
+        allow_changed_definition: bool = False,
+        lease_seconds: float = 300.0,
     ) -> SagaResult[ContextT]:
         """Continue a saga from its journal in ``self.store`` (S10).
 
@@ -140,14 +144,29 @@ class Saga(Generic[ContextT]):
           COMPENSATED/FAILED raise ``SagaFailed`` with the recorded error.
 
         A failure during the resumed run unwinds and raises ``SagaFailed``,
-        like ``run``. ``SagaNotFound`` for an unknown id;
+        like ``run``. With a durable store the saga is leased for the
+        resumption (``lease_seconds``): ``SagaBusy`` if another worker holds
+        it; anyone who drove it before is fenced out. ``SagaNotFound`` for an
+        unknown id;
         ``SagaDefinitionChanged`` if the saga was started with other steps,
         unless ``allow_changed_definition`` (steps are then matched by position).
         """
-        record = await self.store.load(saga_id)
-        return await self._resume_record(
-            record, allow_changed_definition=allow_changed_definition
-        )
+        store = self.store
+        record = await store.load(saga_id)
+        if record.status.is_final or not isinstance(store, RecoverableStore):
+            return await self._resume_record(
+                record, allow_changed_definition=allow_changed_definition
+            )
+        # An interrupted saga in a durable store: lease it first, so that
+        # resuming is exclusive and whoever drove it before is fenced out.
+        lease = await store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds)
+        try:
+            record = await store.load(saga_id)
+            return await self._resume_record(
+                record, lease=lease, allow_changed_definition=allow_changed_definition
+            )
+        finally:
+            await store.release(lease)
 
     async def _resume_record(
         self,

@@ -155,6 +155,12 @@ class RecoverableStore(SagaStore, Protocol):
         unexpired lease. Each claim increments the saga's fencing token."""
         ...
 
+    async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
+        """Lease one saga by id, whatever its status and age, incrementing its
+        fencing token; ``SagaNotFound`` if missing, ``SagaBusy`` if another
+        worker holds an unexpired lease on it."""
+        ...
+
     async def release(self, lease: Lease) -> None:
         """Give a lease back (only if it is still the current one)."""
         ...

@@ -55,6 +55,7 @@ from ..errors import (
     CorruptSagaRecord,
     LeaseLost,
     SagaAlreadyExists,
+    SagaBusy,
     SagaNotFound,
     SagaStoreError,
 )
@@ -181,6 +182,7 @@ _CLAIMABLE: Final = (
 _TAKE_LEASE: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ? WHERE saga_id = ?"
 )
+_LEASE_STATE: Final = "SELECT fence, lease_owner, lease_expires_at FROM sagas WHERE saga_id = ?"
 _RELEASE: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = NULL"
     " WHERE saga_id = ? AND fence = ?"
@@ -366,6 +368,20 @@ def _claim(
         _TAKE_LEASE, [(owner, expires_at, lease.token, lease.saga_id) for lease in leases]
     )
     return leases
+
+
+def _claim_saga(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
+) -> Lease:
+    row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    fence, lease_owner, lease_expires_at = row
+    if lease_expires_at is not None and lease_expires_at >= txn.now:
+        raise SagaBusy(saga_id, lease_owner, lease_expires_at)
+    lease = Lease(saga_id, owner, fence + 1, txn.now + lease_seconds)
+    cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, saga_id))
+    return lease
 
 
 def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
@@ -1085,6 +1101,15 @@ class SQLiteSagaStore:
         )
         leases: list[Lease] = await self._submit(_claim, args, write=True)
         return leases
+
+    async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
+        """Lease one saga by id, whatever its age (``Saga.resume`` uses it);
+        ``SagaBusy`` if another worker holds an unexpired lease on it."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        args = (saga_id, owner, _finite("lease_seconds", lease_seconds))
+        lease: Lease = await self._submit(_claim_saga, args, write=True)
+        return lease
 
     async def release(self, lease: Lease) -> None:
         """Clear the lease, if it is still the saga's current one."""

@@ -1,0 +1,888 @@
+"""PostgresSagaStore: a durable journal in PostgreSQL, shared by many processes.
+
+Install the driver with ``pip install "fallback-saga[postgres]"`` (psycopg 3
+and psycopg-pool). It is imported here, lazily, when a store is created:
+importing ``fallback_saga`` or ``fallback_saga.store`` never imports it.
+
+Connections. The store takes a conninfo string (it then owns an
+``AsyncConnectionPool`` of autocommit connections, opened on first use or by
+``await store.open()`` and closed by ``await store.close()``), or an
+``AsyncConnectionPool`` of yours (used, never closed). Give your pool
+``kwargs={"autocommit": True}``: each write is then a single statement in a
+single round trip; on non-autocommit connections each write is wrapped in a
+transaction of its own (two more round trips). The store works on the event
+loop its pool was opened on.
+
+Round trips. ``create`` and ``append`` are **one statement each**: a
+data-modifying CTE that inserts or updates the saga row — for ``append``
+only while the fencing token matches — and inserts the journal entries
+(sent as one JSON parameter) numbered from the row's entry counter.
+A write that touches no row costs a second query, to tell ``SagaNotFound``
+from ``LeaseLost``. ``load`` is one statement (one snapshot: the context and
+the history always agree). Results are read in binary format, so floats
+(journal times, lease expiry) come back bit for bit whatever the server's
+``extra_float_digits``.
+
+Leases. ``claim`` is one short transaction: ``SELECT ... FOR UPDATE SKIP
+LOCKED`` on the sagas table alone (no join, no subquery: under READ COMMITTED
+PostgreSQL re-checks a single-table row after waiting for it, which joins
+break), then an ``UPDATE`` that sets the owner and expiry and increments the
+fencing token, then commit: no lock is held while the steps run. Every time
+a lease is decided on (created/updated times, lease expiry) comes from the
+**database server's clock**, so workers on machines with skewed clocks agree.
+
+Schema. Versioned in a ``fallback_saga_schema`` table;
+``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``. Opening
+a store whose schema is current costs one query and needs no DDL privilege;
+otherwise the migrations run in one transaction under a transaction-level
+advisory lock, so concurrent starters migrate once. A schema newer than this
+code is refused. ``schema="name"`` puts the tables in that PostgreSQL schema
+(created if missing); by default they go where ``search_path`` says.
+
+Data. Contexts are JSONB (never pickle): keys come back in JSONB's order,
+not insertion order, and PostgreSQL refuses strings holding NUL characters
+(such a write fails with ``SagaStoreError`` and writes nothing). Journaled
+error texts have NUL characters replaced. Every statement is parameterized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaAlreadyExists,
+    SagaBusy,
+    SagaNotFound,
+    SagaStoreError,
+)
+from ..status import SagaStatus, StepStatus
+from .base import JournalEntry, Lease, SagaRecord, SagaSummary
+from .sqlite import _count, _decode_json, _encode_json, _finite, _status_text
+
+if TYPE_CHECKING:
+    # Types only. The driver is an optional extra: without it, mypy still
+    # checks this module (the names are then Any), hence the ignores.
+    from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
+    from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["SCHEMA_VERSION", "PostgresSagaStore"]
+
+_log = logging.getLogger("fallback_saga.store.postgres")
+
+_INSTALL_HINT: Final = 'pip install "fallback-saga[postgres]"'
+
+
+def _driver() -> tuple[Any, Any]:
+    """The psycopg and psycopg_pool modules, imported on first need."""
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as error:
+        raise ImportError(
+            f"PostgresSagaStore needs psycopg 3 and psycopg-pool: {_INSTALL_HINT} ({error})"
+        ) from error
+    return psycopg, psycopg_pool
+
+
+# --------------------------------------------------------------------------- names
+
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+class _Names:
+    """The store's table names, schema-qualified and quoted once."""
+
+    def __init__(self, schema: str | None) -> None:
+        self.schema = schema
+        prefix = "" if schema is None else f'"{schema}".'
+        self.sagas = f"{prefix}fallback_saga_sagas"
+        self.steps = f"{prefix}fallback_saga_steps"
+        self.version = f"{prefix}fallback_saga_schema"
+        # to_regclass wants the name as text: the same spelling.
+        self.version_regclass = self.version
+        digest = hashlib.sha256(f"fallback_saga.schema:{schema or ''}".encode()).digest()
+        self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
+
+
+# --------------------------------------------------------------------------- schema
+
+_Cursor = Callable[[str], Awaitable[Any]]  # execute one DDL statement
+
+
+async def _migrate_to_v1(execute: _Cursor, names: _Names) -> None:
+    await execute(
+        f"""
+        CREATE TABLE {names.sagas} (
+            saga_id          text PRIMARY KEY,
+            seq              bigint GENERATED ALWAYS AS IDENTITY,
+            saga_name        text NOT NULL,
+            fingerprint      text NOT NULL,
+            status           text NOT NULL,
+            context          jsonb NOT NULL,
+            version          integer NOT NULL DEFAULT 1,
+            journal_length   integer NOT NULL DEFAULT 0,
+            fence            bigint NOT NULL DEFAULT 0,
+            lease_owner      text NULL,
+            lease_expires_at timestamptz NULL,
+            created_at       timestamptz NOT NULL DEFAULT now(),
+            updated_at       timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    # Listings are newest first: creation order (seq), not a clock that may tie.
+    await execute(f"CREATE UNIQUE INDEX fallback_saga_sagas_by_seq ON {names.sagas} (seq)")
+    await execute(
+        f"CREATE INDEX fallback_saga_sagas_by_name ON {names.sagas} (saga_name, seq)"
+    )
+    # Recovery's query: interrupted sagas, oldest update first. Partial, so the
+    # index holds only the (few) sagas in flight, not the finished millions.
+    await execute(
+        f"CREATE INDEX fallback_saga_sagas_interrupted ON {names.sagas} (updated_at)"
+        f" WHERE status IN ('running', 'compensating')"
+    )
+    await execute(
+        f"""
+        CREATE TABLE {names.steps} (
+            saga_id  text NOT NULL,
+            seq      integer NOT NULL,
+            position integer NOT NULL,
+            step     text NOT NULL,
+            branch   text NOT NULL,
+            action   text NOT NULL,
+            status   text NOT NULL,
+            attempt  integer NOT NULL,
+            error    text NULL,
+            at       double precision NOT NULL,
+            PRIMARY KEY (saga_id, seq)
+        )
+        """
+    )
+
+
+# _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
+_MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
+    _migrate_to_v1,
+)
+
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
+    """Bring the database to the current schema.
+
+    The common case (already current) is one read and needs no privilege
+    beyond SELECT. Otherwise: one transaction, under an advisory lock held
+    until it ends, so that concurrent starters queue and migrate once, and a
+    failed migration leaves everything as it was.
+    """
+    current = len(_MIGRATIONS)
+    if await _schema_version(conn, names) == current:
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key,))
+        if names.schema is not None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{names.schema}"')
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {names.version} ("
+            " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
+        )
+        cursor = await conn.execute(f"SELECT version FROM {names.version} WHERE id = 1")
+        row = await cursor.fetchone()
+        version = 0 if row is None else row[0]
+        if version > current:
+            raise _newer_schema(version, current)
+
+        async def execute(statement: str) -> None:
+            await conn.execute(statement)
+
+        for number in range(version, current):
+            await _MIGRATIONS[number](execute, names)
+        if version != current:
+            await conn.execute(
+                f"INSERT INTO {names.version} (id, version) VALUES (1, %s)"
+                " ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
+                (current,),
+            )
+
+
+async def _schema_version(conn: AsyncConnection[Any], names: _Names) -> int | None:
+    """The recorded version; ``None`` when there is no version table yet."""
+    cursor = await conn.execute("SELECT to_regclass(%s)::text", (names.version_regclass,))
+    row = await cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    cursor = await conn.execute(f"SELECT version FROM {names.version} WHERE id = 1")
+    row = await cursor.fetchone()
+    version = None if row is None else int(row[0])
+    if version is not None and version > len(_MIGRATIONS):
+        raise _newer_schema(version, len(_MIGRATIONS))
+    if not conn.autocommit:
+        await conn.rollback()  # end the read's transaction: the migration opens its own
+    return version
+
+
+def _newer_schema(version: int, current: int) -> SagaStoreError:
+    return SagaStoreError(
+        f"the PostgreSQL saga store has schema version {version}, newer than this "
+        f"fallback_saga understands ({current}); upgrade fallback_saga"
+    )
+
+
+# --------------------------------------------------------------------------- SQL
+
+# Status lists are literals, not parameters: the planner must see that a query
+# implies the partial index's predicate even in a generic (prepared) plan.
+_INTERRUPTED_SQL: Final = "('running', 'compensating')"
+_FINISHED_SQL: Final = "('completed', 'compensated', 'failed')"
+
+# The journal entries of one write: one JSON array of [position, step, branch,
+# action, status, attempt, error, at] arrays, numbered from 1 (``n``). One text
+# parameter costs the client far less than one array parameter per column;
+# ``json`` (not ``jsonb``) keeps each number's text, so times parse exactly.
+_ENTRIES: Final = "json_array_elements(%s::json) WITH ORDINALITY AS e(v, n)"
+_ENTRY_VALUES: Final = (
+    "(e.v->>0)::int, e.v->>1, e.v->>2, e.v->>3, e.v->>4, (e.v->>5)::int, e.v->>6,"
+    " (e.v->>7)::float8"
+)
+_STEP_COLUMNS: Final = "(saga_id, seq, position, step, branch, action, status, attempt, error, at)"
+_EPOCH: Final = "extract(epoch FROM {})::float8"
+
+
+class _Statements:
+    def __init__(self, names: _Names) -> None:
+        sagas, steps = names.sagas, names.steps
+        self.create = (
+            f"WITH saga AS ("
+            f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
+            f" journal_length) VALUES (%s, %s, %s, %s, %s::jsonb, %s::int)"
+            f" ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
+            f"), journal AS ("
+            f" INSERT INTO {steps} {_STEP_COLUMNS}"
+            f" SELECT saga.saga_id, e.n - 1, {_ENTRY_VALUES} FROM saga, {_ENTRIES}"
+            f") SELECT 1 FROM saga"
+        )
+        # The saga row is updated only while the fence matches (NULL: no fence);
+        # the entries are numbered from the row's counter, under the row lock
+        # the UPDATE holds, so concurrent appends never collide.
+        self.append = (
+            f"WITH saga AS ("
+            f" UPDATE {sagas} SET status = COALESCE(%s, status),"
+            f" context = COALESCE(%s::jsonb, context), version = version + 1,"
+            f" journal_length = journal_length + %s::int, updated_at = now()"
+            f" WHERE saga_id = %s AND fence = COALESCE(%s::bigint, fence)"
+            f" RETURNING saga_id, journal_length - %s::int AS start"
+            f"), journal AS ("
+            f" INSERT INTO {steps} {_STEP_COLUMNS}"
+            f" SELECT saga.saga_id, saga.start + e.n - 1, {_ENTRY_VALUES}"
+            f" FROM saga, {_ENTRIES}"
+            f") SELECT 1 FROM saga"
+        )
+        self.fence_of = f"SELECT fence FROM {sagas} WHERE saga_id = %s"
+        self.load = (
+            f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
+            f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
+            f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
+            f" h.errors, h.ats"
+            f" FROM {sagas} s LEFT JOIN LATERAL ("
+            f" SELECT array_agg(seq ORDER BY seq) AS seqs,"
+            f" array_agg(position ORDER BY seq) AS positions,"
+            f" array_agg(step ORDER BY seq) AS steps,"
+            f" array_agg(branch ORDER BY seq) AS branches,"
+            f" array_agg(action ORDER BY seq) AS actions,"
+            f" array_agg(status ORDER BY seq) AS statuses,"
+            f" array_agg(attempt ORDER BY seq) AS attempts,"
+            f" array_agg(error ORDER BY seq) AS errors,"
+            f" array_agg(at ORDER BY seq) AS ats"
+            f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
+            f" WHERE s.saga_id = %s"
+        )
+        summary = (
+            f"SELECT saga_id, saga_name, status, {_EPOCH.format('created_at')},"
+            f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')}"
+            f" FROM {sagas}"
+        )
+        newest_first = " ORDER BY seq DESC LIMIT %s::bigint"
+        self.list_all = summary + newest_first
+        self.list_by_status = summary + " WHERE status = %s" + newest_first
+        self.list_by_name = summary + " WHERE saga_name = %s" + newest_first
+        self.list_by_both = summary + " WHERE status = %s AND saga_name = %s" + newest_first
+        # One table, no join, no subquery in the locking SELECT (see the module doc).
+        self.claimable = (
+            f"SELECT saga_id FROM {sagas}"
+            f" WHERE status IN {_INTERRUPTED_SQL}"
+            f" AND updated_at < now() - make_interval(secs => %s::float8)"
+            f" AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+            f" ORDER BY updated_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
+        )
+        self.take_leases = (
+            f"UPDATE {sagas} SET lease_owner = %s,"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
+            f" WHERE saga_id = ANY(%s::text[])"
+            f" RETURNING saga_id, fence, {_EPOCH.format('lease_expires_at')}"
+        )
+        # Lease one saga by id: one statement, atomic under the row lock.
+        self.take_lease = (
+            f"UPDATE {sagas} SET lease_owner = %s,"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
+            f" WHERE saga_id = %s AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+            f" RETURNING fence, {_EPOCH.format('lease_expires_at')}"
+        )
+        self.lease_of = (
+            f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')} FROM {sagas}"
+            f" WHERE saga_id = %s"
+        )
+        self.renew = (
+            f"UPDATE {sagas} SET lease_expires_at = now() + make_interval(secs => %s::float8),"
+            f" lease_owner = COALESCE(NULLIF(%s, ''), lease_owner)"
+            f" WHERE saga_id = %s AND fence = %s::bigint"
+            f" RETURNING {_EPOCH.format('lease_expires_at')}"
+        )
+        self.release = (
+            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = NULL"
+            f" WHERE saga_id = %s AND fence = %s::bigint"
+        )
+        self.purge = (
+            f"WITH gone AS ("
+            f" DELETE FROM {sagas} WHERE status IN {_FINISHED_SQL}"
+            f" AND updated_at < now() - make_interval(secs => %s::float8) RETURNING saga_id"
+            f"), history AS ("
+            f" DELETE FROM {steps} USING gone WHERE {steps}.saga_id = gone.saga_id"
+            f") SELECT count(*) FROM gone"
+        )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _context_json(saga_id: str, context: dict[str, Any]) -> str:
+    if not isinstance(context, dict):
+        raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
+    try:
+        return _encode_json(context)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise SagaStoreError(
+            f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
+        ) from error
+
+
+def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
+    """The entries as ``_ENTRIES`` reads them (a ``JournalEntry`` is a tuple:
+    it encodes as a JSON array, its StepStatus as its string value)."""
+    if not entries:
+        return "[]"
+    rows: Sequence[Sequence[Any]] = entries
+    if any(e[6] is not None and "\x00" in e[6] for e in entries):
+        # PostgreSQL text cannot hold NUL: keep the rest of the error readable.
+        rows = [
+            e if e[6] is None else (*e[:6], e[6].replace("\x00", "\ufffd"), e[7])
+            for e in entries
+        ]
+    try:
+        return _encode_json(rows)
+    except (TypeError, ValueError) as error:
+        raise SagaStoreError(
+            f"the journal entries of saga {saga_id!r} cannot be stored: {error}"
+        ) from error
+
+
+_BRANCHES: Final = frozenset({"primary", "fallback"})
+_ACTIONS: Final = frozenset({"act", "compensate"})
+
+
+def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
+    (saga_name, fingerprint, status, context_text, version, created_at, updated_at,
+     seqs, positions, steps, branches, actions, statuses, attempts, errors, ats) = row
+    if not isinstance(context_text, str):
+        raise CorruptSagaRecord(saga_id, "the context is not JSON text")
+    try:
+        context = _decode_json(context_text)
+    except ValueError as bad:
+        raise CorruptSagaRecord(saga_id, f"the context is not valid JSON ({bad})") from None
+    if not isinstance(context, dict):
+        raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
+    history: list[JournalEntry] = []
+    if seqs is not None:
+        for seq, position, step, branch, action, raw_status, attempt, error, at in zip(
+            seqs, positions, steps, branches, actions, statuses, attempts, errors, ats,
+            strict=True,
+        ):
+            try:
+                step_status = StepStatus(raw_status)
+            except ValueError:
+                raise CorruptSagaRecord(
+                    saga_id, f"transition {seq} has an unknown status {raw_status!r}"
+                ) from None
+            if branch not in _BRANCHES or action not in _ACTIONS:
+                raise CorruptSagaRecord(
+                    saga_id,
+                    f"transition {seq} has an unknown branch/action {branch!r}/{action!r}",
+                )
+            if not isinstance(at, float) or not math.isfinite(at):
+                raise CorruptSagaRecord(saga_id, f"transition {seq} has no valid time")
+            history.append(
+                JournalEntry(position, step, branch, action, step_status, attempt, error, at)
+            )
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=saga_name,
+        fingerprint=fingerprint,
+        status=_saga_status(saga_id, status),
+        context=context,
+        history=history,
+        created_at=created_at,
+        updated_at=updated_at,
+        version=version,
+    )
+
+
+def _saga_status(saga_id: str, value: object) -> SagaStatus:
+    try:
+        return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
+    except ValueError:
+        raise CorruptSagaRecord(saga_id, f"unknown saga status {value!r}") from None
+
+
+_SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class PostgresSagaStore:
+    """A durable ``RecoverableStore`` in PostgreSQL (psycopg 3, asyncio).
+
+    ``conninfo_or_pool``: a libpq connection string or URL (the store then
+    owns a pool of ``min_size``..``max_size`` autocommit connections), or a
+    ``psycopg_pool.AsyncConnectionPool`` that you open and close yourself.
+    ``schema``: the PostgreSQL schema for the tables (created if missing);
+    by default the first schema of the connection's ``search_path``.
+
+    ``synchronous_commit`` (owned pool only): ``"on"`` (the default) — a
+    write has reached the server's disk when it returns. ``"off"`` is an
+    explicit opt-in: a crash of the *database server* may lose the last
+    fraction of a second of writes (never corrupts them); an application
+    crash loses nothing. The other PostgreSQL values are accepted for
+    replicated setups.
+
+    Use ``async with PostgresSagaStore(dsn) as store:`` or ``await
+    store.close()`` at shutdown. Many processes and machines may share one
+    database: ``claim`` leases each saga to one worker at a time, and fenced
+    writes shut out a worker whose lease was taken over.
+    """
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | AsyncConnectionPool[Any],
+        *,
+        schema: str | None = None,
+        min_size: int = 2,
+        max_size: int = 10,
+        synchronous_commit: str = "on",
+        connect_timeout: float = 30.0,
+    ) -> None:
+        psycopg, psycopg_pool = _driver()
+        if schema is not None and (
+            not isinstance(schema, str) or _IDENTIFIER.fullmatch(schema) is None
+        ):
+            raise ValueError(
+                f"schema must be a plain PostgreSQL identifier (letters, digits, _), "
+                f"got {schema!r}"
+            )
+        if not isinstance(synchronous_commit, str) or (
+            synchronous_commit.lower() not in _SYNCHRONOUS_COMMIT
+        ):
+            raise ValueError(
+                f"synchronous_commit must be one of {sorted(_SYNCHRONOUS_COMMIT)}, "
+                f"got {synchronous_commit!r}"
+            )
+        timeout = _finite("connect_timeout", connect_timeout)
+        if timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
+        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        self._psycopg = psycopg
+        if isinstance(conninfo_or_pool, str):
+            _count("min_size", min_size)
+            _count("max_size", max_size)
+            if max_size < 1 or min_size > max_size:
+                raise ValueError(
+                    f"need 0 <= min_size <= max_size and max_size >= 1, got "
+                    f"min_size={min_size!r}, max_size={max_size!r}"
+                )
+            self._conninfo: str | None = conninfo_or_pool
+            self._pool: AsyncConnectionPool[Any] | None = None
+            self._owns_pool = True
+        elif isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
+            if synchronous_commit.lower() != "on":
+                raise ValueError(
+                    "synchronous_commit applies to the store's own pool; configure your "
+                    "pool's connections instead"
+                )
+            self._conninfo = None
+            self._pool = conninfo_or_pool
+            self._owns_pool = False
+        else:
+            raise TypeError(
+                f"PostgresSagaStore takes a conninfo string or a psycopg_pool."
+                f"AsyncConnectionPool, got {type(conninfo_or_pool).__name__}"
+            )
+        self.schema: str | None = schema
+        self.min_size = min_size
+        self.max_size = max_size
+        self.synchronous_commit: str = synchronous_commit.lower()
+        self.connect_timeout = timeout
+        self._names = _Names(schema)
+        self._sql = _Statements(self._names)
+        self._ready = False  # migrated and, for an owned pool, opened
+        self._closed = False
+        self._opening: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        # Never the conninfo: it may hold a password.
+        pool = "own pool" if self._owns_pool else "given pool"
+        return f"PostgresSagaStore(schema={self.schema!r}, {pool})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any] | None:
+        """The connection pool (``None`` until an owned pool is opened)."""
+        return self._pool
+
+    async def open(self) -> None:
+        """Connect and migrate the schema now rather than at first use, so a
+        bad conninfo or a too-new schema fails here (``SagaStoreError``)."""
+        if self._ready:
+            return
+        if self._closed:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._ready:
+                return
+            if self._closed:
+                raise SagaStoreError("the PostgreSQL saga store is closed")
+            try:
+                if self._owns_pool:
+                    await self._open_own_pool()
+                else:
+                    assert self._pool is not None
+                    async with self._pool.connection() as conn:
+                        await _migrate(conn, self._names)
+            except SagaStoreError:
+                raise
+            except self._errors as error:
+                raise self._wrap(error, "cannot open the PostgreSQL saga store") from error
+            self._ready = True
+
+    async def _open_own_pool(self) -> None:
+        psycopg, psycopg_pool = _driver()
+        assert self._conninfo is not None
+        # A direct connection first: a bad conninfo fails at once with the
+        # server's own words, not after a pool's retry timeout.
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except TimeoutError:
+            raise SagaStoreError(
+                f"cannot open the PostgreSQL saga store: no connection within "
+                f"{self.connect_timeout:g} s"
+            ) from None
+        try:
+            await _migrate(conn, self._names)
+        finally:
+            await conn.close()
+        synchronous_commit = self.synchronous_commit
+
+        async def configure(conn: AsyncConnection[Any]) -> None:
+            if synchronous_commit != "on":
+                await conn.execute(
+                    "SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,)
+                )
+
+        pool = psycopg_pool.AsyncConnectionPool(
+            self._conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs={"autocommit": True},
+            configure=configure,
+            open=False,
+            name="fallback_saga",
+            timeout=self.connect_timeout,
+        )
+        try:
+            await pool.open(wait=self.min_size > 0, timeout=self.connect_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Close the store's own pool (a given pool is left open). Later calls
+        raise ``SagaStoreError``; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready = False
+        if self._owns_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def __aenter__(self) -> PostgresSagaStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _wrap(self, error: BaseException, doing: str) -> SagaStoreError:
+        wrapped = SagaStoreError(f"{doing}: {type(error).__name__}: {error}".rstrip())
+        wrapped.__cause__ = error
+        return wrapped
+
+    async def _fetch(
+        self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one"
+    ) -> Any:
+        """Run one statement on a pooled connection; its first row (``rows="one"``),
+        all rows (``"all"``) or nothing (``"none"``)."""
+        if not self._ready:
+            await self.open()
+        pool = self._pool
+        if pool is None:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        try:
+            # getconn/putconn rather than pool.connection(): the hot path, and an
+            # autocommit connection has no transaction for the context to end.
+            conn = await pool.getconn()
+            try:
+                if conn.autocommit:
+                    cursor = await conn.execute(statement, params, binary=True)
+                else:
+                    async with conn.transaction():
+                        cursor = await conn.execute(statement, params, binary=True)
+                if rows == "one":
+                    return await cursor.fetchone()
+                if rows == "all":
+                    return await cursor.fetchall()
+                return None
+            finally:
+                # A connection left mid-statement (cancelled) or in a failed
+                # transaction is rolled back or replaced by the pool.
+                await pool.putconn(conn)
+        except self._errors as error:
+            raise self._wrap(error, doing) from error
+
+    # ------------------------------------------------------------------ SagaStore
+
+    async def create(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus = SagaStatus.RUNNING,
+    ) -> None:
+        """Record a new saga with its first entries, in one statement;
+        ``SagaAlreadyExists`` if the id is taken (nothing is written then)."""
+        text = _context_json(saga_id, context)
+        params = [
+            saga_id, saga_name, fingerprint, _status_text(status), text, len(entries),
+            _entries_json(saga_id, entries),
+        ]
+        row = await self._fetch(f"cannot create saga {saga_id!r}", self._sql.create, params)
+        if row is None:
+            raise SagaAlreadyExists(saga_id)
+
+    async def append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        *,
+        status: SagaStatus | None = None,
+        context: dict[str, Any] | None = None,
+        fence: Lease | None = None,
+    ) -> None:
+        """Add transitions and set the status/context when given, in one
+        statement. With ``fence``, only while the lease's token is the saga's
+        current one (else ``LeaseLost``, nothing written)."""
+        token: int | None = None
+        if fence is not None:
+            if fence.saga_id != saga_id:
+                raise ValueError(f"the lease is for saga {fence.saga_id!r}, not {saga_id!r}")
+            token = fence.token
+        count = len(entries)
+        params = [
+            None if status is None else _status_text(status),
+            None if context is None else _context_json(saga_id, context),
+            count, saga_id, token, count, _entries_json(saga_id, entries),
+        ]
+        doing = f"cannot journal saga {saga_id!r}"
+        row = await self._fetch(doing, self._sql.append, params)
+        if row is not None:
+            return
+        if token is None or await self._fetch(doing, self._sql.fence_of, (saga_id,)) is None:
+            raise SagaNotFound(saga_id)
+        raise LeaseLost(saga_id, token)
+
+    async def load(self, saga_id: str) -> SagaRecord:
+        """The saga's record, read in one snapshot; ``SagaNotFound``, or
+        ``CorruptSagaRecord`` for a row that cannot be read back."""
+        row = await self._fetch(f"cannot load saga {saga_id!r}", self._sql.load, (saga_id,))
+        if row is None:
+            raise SagaNotFound(saga_id)
+        try:
+            return _decode_record(saga_id, row)
+        except CorruptSagaRecord:
+            raise
+        except (TypeError, ValueError) as error:  # a value of the wrong type in a row
+            raise CorruptSagaRecord(saga_id, f"{type(error).__name__}: {error}") from None
+
+    # ------------------------------------------------------------------ RecoverableStore
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaSummary]:
+        """Newest first (creation order). A row that cannot be read is logged
+        and left out."""
+        limit = _count("limit", limit)
+        sql = self._sql
+        # Four fixed statements rather than string-built filters.
+        params: list[Any]
+        if status is None and saga_name is None:
+            statement, params = sql.list_all, [limit]
+        elif saga_name is None:
+            assert status is not None
+            statement, params = sql.list_by_status, [_status_text(status), limit]
+        elif status is None:
+            statement, params = sql.list_by_name, [saga_name, limit]
+        else:
+            statement, params = sql.list_by_both, [_status_text(status), saga_name, limit]
+        found = await self._fetch("cannot list sagas", statement, params, rows="all")
+        summaries: list[SagaSummary] = []
+        for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in found:
+            try:
+                summaries.append(
+                    SagaSummary(
+                        saga_id=saga_id,
+                        saga_name=name,
+                        status=_saga_status(saga_id, saga_status),
+                        created_at=created_at,
+                        updated_at=updated_at,
+                        lease_owner=owner,
+                        lease_expires_at=expires_at,
+                    )
+                )
+            except CorruptSagaRecord as error:
+                # One bad row must not hide every other saga from an operator.
+                _log.warning("skipping a saga in the listing: %s", error)
+        return summaries
+
+    async def claim(
+        self, *, owner: str, lease_seconds: float, older_than: float, limit: int
+    ) -> list[Lease]:
+        """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
+        updated for ``older_than`` seconds, no unexpired lease), oldest first,
+        in one short transaction; each claim increments the saga's fencing
+        token. Negative durations are allowed (tests use them for "already
+        expired" without sleeping). Times are the database server's."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        lease_seconds = _finite("lease_seconds", lease_seconds)
+        older_than = _finite("older_than", older_than)
+        limit = _count("limit", limit)
+        if limit == 0:
+            return []
+        if not self._ready:
+            await self.open()
+        pool = self._pool
+        if pool is None:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        sql = self._sql
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(sql.claimable, (older_than, limit), binary=True)
+                due = [saga_id for (saga_id,) in await cursor.fetchall()]
+                if not due:
+                    return []
+                cursor = await conn.execute(
+                    sql.take_leases, (owner, lease_seconds, due), binary=True
+                )
+                taken = {saga_id: (fence, expires) for saga_id, fence, expires in
+                         await cursor.fetchall()}
+        except self._errors as error:
+            raise self._wrap(error, "cannot claim sagas") from error
+        # Oldest first, as selected (RETURNING has no order).
+        return [
+            Lease(saga_id, owner, taken[saga_id][0], taken[saga_id][1])
+            for saga_id in due
+            if saga_id in taken
+        ]
+
+    async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
+        """Lease one saga by id, whatever its status and age (``Saga.resume``
+        uses it), incrementing its fencing token, in one statement;
+        ``SagaNotFound`` if missing, ``SagaBusy`` if another worker holds an
+        unexpired lease on it."""
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        seconds = _finite("lease_seconds", lease_seconds)
+        doing = f"cannot lease saga {saga_id!r}"
+        row = await self._fetch(doing, self._sql.take_lease, (owner, seconds, saga_id))
+        if row is not None:
+            return Lease(saga_id, owner, row[0], row[1])
+        holder = await self._fetch(doing, self._sql.lease_of, (saga_id,))
+        if holder is None:
+            raise SagaNotFound(saga_id)
+        raise SagaBusy(saga_id, holder[0], holder[1])
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        """Extend ``lease`` to ``lease_seconds`` from now (the server's clock),
+        if its fencing token is still the saga's current one; else ``LeaseLost``
+        (``SagaNotFound`` if the saga is gone). The heartbeat of a running saga."""
+        seconds = _finite("lease_seconds", lease_seconds)
+        doing = f"cannot renew the lease on saga {lease.saga_id!r}"
+        row = await self._fetch(
+            doing, self._sql.renew, (seconds, lease.owner, lease.saga_id, lease.token)
+        )
+        if row is not None:
+            return Lease(lease.saga_id, lease.owner, lease.token, row[0])
+        found = await self._fetch(doing, self._sql.fence_of, (lease.saga_id,))
+        if found is None:
+            raise SagaNotFound(lease.saga_id)
+        raise LeaseLost(lease.saga_id, lease.token)
+
+    async def release(self, lease: Lease) -> None:
+        """Clear the lease, if it is still the saga's current one."""
+        await self._fetch(
+            f"cannot release the lease on saga {lease.saga_id!r}",
+            self._sql.release,
+            (lease.saga_id, lease.token),
+            rows="none",
+        )
+
+    async def purge(self, *, older_than: float) -> int:
+        """Delete finished sagas (and their history) not updated for
+        ``older_than`` seconds, in one statement; returns how many."""
+        cutoff = _finite("older_than", older_than)
+        row = await self._fetch("cannot purge sagas", self._sql.purge, (cutoff,))
+        return int(row[0])

@@ -1,0 +1,350 @@
+"""A small saga app that the crash-matrix and recovery-race tests run in child processes.
+
+Run as a script (``python tests/crash_app.py COMMAND ...``; ``sys.executable``):
+
+* ``run --db DB --ledger LEDGER --variant V --saga-id ID [--crash-at K]`` runs one
+  ``CrashSaga`` against ``SQLiteSagaStore(DB)``. Every journal boundary the run
+  crosses is counted; at boundary number ``K`` the process writes
+  ``CRASH <label>`` to stdout and dies with ``os._exit(137)`` — no ``finally``,
+  no flush, no ``close``: what is on disk is all that survives. Without
+  ``--crash-at`` (the dry run) it prints ``{"outcome": ..., "boundaries": [...]}``.
+* ``recover --db DB --ledger LEDGER [--ids ID ...] [--limit N] [--wait-for-go]``
+  is the fresh process: it runs ``recover(store, [CrashSaga], older_than=0)``
+  (pass after pass until one finds nothing), then ``saga.resume(id)`` for each
+  ``--ids`` (a finished saga returns its stored outcome), and prints the report
+  as JSON. With ``--wait-for-go`` it opens the store, prints ``ready`` and waits
+  for a line on stdin before recovering — so that two processes start racing
+  at the same moment, without sleeping.
+
+The journal boundaries (``boundary(label)``) are:
+
+* before and after each store write — ``CrashingStore`` wraps ``create`` and
+  ``append`` of ``SQLiteSagaStore`` (the executor's write-ahead: a step's
+  STARTED row, "step N completed + step N+1 started", the status changes);
+* inside an ``act``, after its side effect was applied but before it returns
+  (the journal still says STARTED); inside a failing ``act`` before it raises
+  (the primary of the Fallback, the failing last step);
+* inside a ``compensate``, after its side effect but before it returns — a
+  crash between two compensations.
+
+Steps talk to a *participant* that keeps a ledger (one JSON line per call,
+appended with ``O_APPEND`` and fsynced, so two processes can share it and a
+crash loses nothing written). Like a real participant (dtm's barrier) it
+applies an operation at most once per ``current_step().idempotency_key`` and
+answers a repeated call without applying it again (``kind: "skip"``). The
+tests count the ``apply`` lines per key (exactly-once *effects*) and every
+line (the calls themselves: a completed act must never be called again).
+
+Variants (chosen through the context, so that a resumed run behaves alike):
+
+* ``ok``       — A, B (the Fallback's primary succeeds), C: COMPLETED;
+* ``fallback`` — A, B fails → its fallback B2, C: COMPLETED;
+* ``unwind``   — A, B fails → B2, C fails: B2 and A compensated: COMPENSATED;
+* ``stuck``    — as ``unwind``, but A's compensation always fails (three
+  attempts): FAILED — the one variant *designed* to end FAILED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fallback_saga
+from fallback_saga import (
+    Fallback,
+    JournalEntry,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaNotFound,
+    SagaStatus,
+    SagaStepHandler,
+    SQLiteSagaStore,
+    current_step,
+    recover,
+)
+
+APP = Path(__file__).resolve()
+CRASH_EXIT = 137
+
+VARIANTS: tuple[str, ...] = ("ok", "fallback", "unwind", "stuck")
+
+# What each variant must end as, and its final context trail.
+EXPECTED_STATUS: dict[str, str] = {
+    "ok": "completed",
+    "fallback": "completed",
+    "unwind": "compensated",
+    "stuck": "failed",
+}
+EXPECTED_TRAIL: dict[str, list[str]] = {
+    "ok": ["A", "B", "C"],
+    "fallback": ["A", "B2", "C"],
+    "unwind": ["A", "B2", "-B2", "-A"],
+    # A's compensation fails: its trail mark is appended, but the context is
+    # journaled as of the last *completed* transition — B2's compensation.
+    "stuck": ["A", "B2", "-B2"],
+}
+# (action, step) -> how many times the participant must have *applied* it, in the end.
+EXPECTED_EFFECTS: dict[str, dict[tuple[str, str], int]] = {
+    "ok": {("act", "A"): 1, ("act", "B"): 1, ("act", "C"): 1},
+    "fallback": {("act", "A"): 1, ("act", "B2"): 1, ("act", "C"): 1},
+    "unwind": {
+        ("act", "A"): 1, ("act", "B2"): 1, ("compensate", "B2"): 1, ("compensate", "A"): 1,
+    },
+    "stuck": {("act", "A"): 1, ("act", "B2"): 1, ("compensate", "B2"): 1},
+}
+
+
+# --------------------------------------------------------------------------- boundaries
+
+
+class _Crash:
+    at: int | None = None  # the boundary number to die at; None: a dry run
+    seen: ClassVar[list[str]] = []
+
+
+def boundary(label: str) -> None:
+    """One journal boundary: die here if this is the chosen crash point."""
+    number = len(_Crash.seen)
+    _Crash.seen.append(label)
+    if _Crash.at == number:
+        os.write(1, f"CRASH {label}\n".encode())
+        os._exit(CRASH_EXIT)
+
+
+def _describe(entries: Sequence[JournalEntry], status: Any) -> str:
+    rows = ", ".join(f"{e.step} {e.action} {e.status.value}" for e in entries)
+    suffix = f"; saga {SagaStatus(status).value}" if status is not None else ""
+    return f"[{rows}]{suffix}"
+
+
+class CrashingStore(SQLiteSagaStore):
+    """``SQLiteSagaStore`` with a crash boundary before and after each write."""
+
+    writes = 0
+
+    async def create(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        label = f"write {self.writes} create {_describe(args[4], kwargs.get('status'))}"
+        boundary(f"before {label}")
+        await super().create(*args, **kwargs)
+        boundary(f"after {label}")
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        label = f"write {self.writes} append {_describe(args[1], kwargs.get('status'))}"
+        boundary(f"before {label}")
+        await super().append(*args, **kwargs)
+        boundary(f"after {label}")
+
+
+# --------------------------------------------------------------------------- the participant
+
+
+class Ledger:
+    """The participant's record of every call, one JSON object per line."""
+
+    path: ClassVar[Path | None] = None
+    run: ClassVar[str] = "?"  # "crash" (the first process) or "resume"
+
+    @classmethod
+    def read(cls, path: Path | None = None) -> list[dict[str, Any]]:
+        path = path or cls.path
+        assert path is not None
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    @classmethod
+    def write(cls, line: dict[str, Any]) -> None:
+        assert cls.path is not None
+        data = (json.dumps(line, sort_keys=True) + "\n").encode()
+        fd = os.open(cls.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)  # one write of one short line: atomic with O_APPEND
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def call(cls, action: str, step: str, *, fail: bool = False) -> bool:
+        """Record a call; apply it unless its idempotency key was applied before.
+
+        Returns True when this call applied the effect."""
+        info = current_step()
+        key = info.idempotency_key
+        applied = any(e["kind"] == "apply" and e["key"] == key for e in cls.read())
+        kind = "fail" if fail else ("skip" if applied else "apply")
+        cls.write(
+            {
+                "kind": kind,
+                "action": action,
+                "step": step,
+                "key": key,
+                "saga": info.saga_id,
+                "attempt": info.attempt,
+                "pid": os.getpid(),
+                "run": cls.run,
+            }
+        )
+        return kind == "apply"
+
+
+# --------------------------------------------------------------------------- the saga
+
+
+@dataclasses.dataclass
+class CrashCtx(SagaContext):
+    order_id: str = "order"
+    variant: str = "ok"
+    trail: list[str] = dataclasses.field(default_factory=list)
+
+
+class _Step(SagaStepHandler[CrashCtx, str]):
+    name: ClassVar[str | None] = None
+
+    def act_fails(self, ctx: CrashCtx) -> bool:
+        return False
+
+    def compensation_fails(self, ctx: CrashCtx) -> bool:
+        return False
+
+    async def act(self, ctx: CrashCtx, /) -> Any:
+        assert self.name is not None
+        ctx.trail.append(self.name)
+        if self.act_fails(ctx):
+            Ledger.call("act", self.name, fail=True)
+            boundary(f"inside act {self.name}: about to fail")
+            raise RuntimeError(f"{self.name} declined")
+        Ledger.call("act", self.name)
+        boundary(f"inside act {self.name}: effect applied, not returned")
+        return self._generate_step_result(self.name)
+
+    async def compensate(self, ctx: CrashCtx, /) -> None:
+        assert self.name is not None
+        ctx.trail.append(f"-{self.name}")
+        if self.compensation_fails(ctx):
+            Ledger.call("compensate", self.name, fail=True)
+            boundary(f"inside compensate {self.name}: about to fail")
+            raise RuntimeError(f"compensation of {self.name} failed")
+        Ledger.call("compensate", self.name)
+        boundary(f"inside compensate {self.name}: effect applied, not returned")
+
+
+class StepA(_Step):
+    name = "A"
+
+    def compensation_fails(self, ctx: CrashCtx) -> bool:
+        return ctx.variant == "stuck"
+
+
+class StepB(_Step):
+    name = "B"
+
+    def act_fails(self, ctx: CrashCtx) -> bool:
+        return ctx.variant != "ok"
+
+
+class StepB2(_Step):
+    name = "B2"
+
+
+class StepC(_Step):
+    name = "C"
+
+    def act_fails(self, ctx: CrashCtx) -> bool:
+        return ctx.variant in ("unwind", "stuck")
+
+
+class CrashSaga(Saga[CrashCtx]):
+    steps: ClassVar[list[Any]] = [StepA, Fallback(step=StepB, fallback=StepB2), StepC]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    store = CrashingStore(args.db)
+    saga = CrashSaga(store=store)
+    ctx = CrashCtx(order_id=args.saga_id, variant=args.variant)
+    try:
+        result = await saga.run(ctx, saga_id=args.saga_id)
+        outcome = result.status.value
+    except SagaFailed as failed:
+        outcome = failed.status.value
+    await store.close()
+    return {"outcome": outcome, "boundaries": _Crash.seen}
+
+
+async def _recover(args: argparse.Namespace) -> dict[str, Any]:
+    store = SQLiteSagaStore(args.db)
+    await store.open()
+    saga = CrashSaga(store=store)
+    if args.wait_for_go:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    report: dict[str, Any] = {"resumed": [], "compensated": [], "failed": [], "skipped": []}
+    passes = 0
+    while True:
+        passes += 1
+        found = await recover(store, [saga], older_than=0, limit=args.limit, concurrency=8)
+        report["resumed"] += found.resumed
+        report["compensated"] += found.compensated
+        report["failed"] += found.failed
+        report["skipped"] += [list(item) for item in found.skipped]
+        if found.total == 0:
+            break
+    outcomes: dict[str, str] = {}
+    for saga_id in args.ids:
+        try:
+            outcomes[saga_id] = (await saga.resume(saga_id)).status.value
+        except SagaFailed as failed:
+            outcomes[saga_id] = failed.status.value
+        except SagaNotFound:
+            outcomes[saga_id] = "not found"
+    await store.close()
+    report["passes"] = passes
+    report["outcomes"] = outcomes
+    report["pid"] = os.getpid()
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="crash_app")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run")
+    run.add_argument("--db", required=True)
+    run.add_argument("--ledger", required=True)
+    run.add_argument("--variant", choices=VARIANTS, required=True)
+    run.add_argument("--saga-id", required=True)
+    run.add_argument("--crash-at", type=int, default=None)
+    rec = commands.add_parser("recover")
+    rec.add_argument("--db", required=True)
+    rec.add_argument("--ledger", required=True)
+    rec.add_argument("--ids", nargs="*", default=[])
+    rec.add_argument("--limit", type=int, default=100)
+    rec.add_argument("--wait-for-go", action="store_true")
+    args = parser.parse_args(argv)
+
+    fallback_saga.set_testing(True)  # compensation retries compute their delays, never sleep
+    Ledger.path = Path(args.ledger)
+    if args.command == "run":
+        Ledger.run = "crash"
+        _Crash.at = args.crash_at
+        output = asyncio.run(_run(args))
+    else:
+        Ledger.run = "resume"
+        output = asyncio.run(_recover(args))
+    print(json.dumps(output), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

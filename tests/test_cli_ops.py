@@ -1,0 +1,783 @@
+"""The operator commands of ``python -m fallback_saga``: list, show, recover,
+purge, and ``demo --db`` (a crash recovered).
+
+Each command runs in-process through ``main([...])``; one test runs the real
+``python -m fallback_saga`` in a subprocess. Interrupted sagas are made by a
+step that raises ``Crash``, a ``BaseException`` the executor does not handle:
+the run stops dead, as if the process had died, and the journal keeps what
+was written before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fallback_saga import SagaFailed, SagaStatus, SQLiteSagaStore, StepStatus
+from fallback_saga.cli import main, mermaid_gantt, parse_duration
+from fallback_saga.store.base import SagaRecord
+from fallback_saga.testing import entry
+
+# --------------------------------------------------------------------------- an app
+
+APP_SOURCE = '''
+import asyncio
+import dataclasses
+import os
+
+from fallback_saga import Saga, SagaContext, SagaStepHandler
+
+
+class Crash(BaseException):
+    """Stands in for the process dying in the middle of a step."""
+
+
+# Switches the tests flip: where the "process" dies, which compensations keep failing.
+CRASH_IN: set[str] = set()
+BROKEN: set[str] = set()
+CALLS: list[str] = []
+
+
+@dataclasses.dataclass
+class ShopContext(SagaContext):
+    order_id: str
+    declined: bool = False
+    reserved: bool = False
+    charged: bool = False
+    shipped: bool = False
+
+
+class Step(SagaStepHandler[ShopContext, None]):
+    async def act(self, context: ShopContext) -> None:
+        name = type(self).__name__
+        CALLS.append(f"act {name}")
+        if "act " + name in CRASH_IN:
+            raise Crash(name)
+        if name == "Charge" and context.declined:
+            raise ValueError("card declined")
+        setattr(context, self.flag, True)
+
+    async def compensate(self, context: ShopContext) -> None:
+        name = type(self).__name__
+        CALLS.append(f"compensate {name}")
+        if "compensate " + name in CRASH_IN:
+            raise Crash(name)
+        if name in BROKEN:
+            raise ConnectionError(f"{name} service down")
+        setattr(context, self.flag, False)
+
+
+class Reserve(Step):
+    flag = "reserved"
+
+
+class Charge(Step):
+    flag = "charged"
+
+
+class Ship(Step):
+    flag = "shipped"
+
+
+class Slow(Step):
+    flag = "shipped"
+
+    async def act(self, context: ShopContext) -> None:
+        await super().act(context)
+        await asyncio.sleep(float(os.environ.get("CLI_OPS_NAP", "0")))
+
+
+class ShopSaga(Saga[ShopContext]):
+    steps = [Reserve, Charge, Ship]
+
+
+class SlowSaga(Saga[ShopContext]):
+    steps = [Reserve, Slow]
+
+
+class RefundSaga(Saga[ShopContext]):
+    steps = [Charge]
+
+
+def sagas(store):
+    return [ShopSaga(store=store)]
+
+
+def slow_sagas(store):
+    return [SlowSaga(store=store)]
+
+
+async def async_sagas(store):
+    return [ShopSaga(store=store), RefundSaga(store=store)]
+
+
+def broken_factory(store):
+    raise RuntimeError("no configuration")
+
+
+def not_sagas(store):
+    return ["ShopSaga"]
+
+
+def other_store(store):
+    return [ShopSaga()]
+
+
+INSTANCE = ShopSaga()
+CLASSES = [ShopSaga, RefundSaga]
+'''
+
+_module_numbers = itertools.count()
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """A fresh app module (its own name per test: the import cache holds no state)."""
+    name = f"cli_ops_app_{os.getpid()}_{next(_module_numbers)}"
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(APP_SOURCE)
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+def run_sagas(db: str, app: ModuleType, *orders: tuple[str, dict[str, Any], str]) -> None:
+    """Run ``(saga_id, context fields, crash point)`` orders on ``db``, one after another."""
+
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            saga = app.ShopSaga(store=store)
+            for saga_id, fields, crash_in in orders:
+                app.CRASH_IN.clear()
+                if crash_in:
+                    app.CRASH_IN.add(crash_in)
+                with contextlib.suppress(SagaFailed, app.Crash):
+                    await saga.run(app.ShopContext(order_id=saga_id, **fields), saga_id=saga_id)
+        app.CRASH_IN.clear()
+
+    asyncio.run(go())
+
+
+def load(db: str, saga_id: str) -> SagaRecord:
+    async def go() -> SagaRecord:
+        async with SQLiteSagaStore(db) as store:
+            return await store.load(saga_id)
+
+    return asyncio.run(go())
+
+
+def store_threads() -> list[threading.Thread]:
+    deadline = time.monotonic() + 2.0
+    while True:
+        alive = [t for t in threading.enumerate() if t.name.startswith("fallback_saga-sqlite")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_prints_a_table_newest_first(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""), ("o-2", {"declined": True}, ""), ("o-3", {}, "act Ship"))
+    assert main(["list", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "saga", "status", "created", "(UTC)", "updated", "(UTC)",
+                                "lease", "owner"]
+    assert [line.split()[:3] for line in lines[2:5]] == [
+        ["o-3", "ShopSaga", "running"],
+        ["o-2", "ShopSaga", "compensated"],
+        ["o-1", "ShopSaga", "completed"],
+    ]
+    assert lines[-1] == "(3 sagas, newest first)"
+
+
+def test_list_filters_by_status_and_name_and_limits(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""), ("o-2", {}, ""), ("o-3", {"declined": True}, ""))
+    assert main(["list", "--db", db, "--status", "COMPLETED", "--name", "ShopSaga"]) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:-1]]
+    assert ids == ["o-2", "o-1"]
+    assert main(["list", "--db", db, "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "o-3" in out
+    assert "o-2" not in out
+    assert "more match: raise --limit" in out
+    assert main(["list", "--db", db, "--name", "NoSuchSaga"]) == 0
+    assert capsys.readouterr().out == "no sagas match\n"
+
+
+def test_list_json_is_an_array_of_summaries(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""), ("o-2", {}, "act Charge"))
+    assert main(["list", "--db", db, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["saga_id"], row["status"]) for row in rows] == [
+        ("o-2", "running"),
+        ("o-1", "completed"),
+    ]
+    for row in rows:
+        assert set(row) == {
+            "saga_id", "saga_name", "status", "created_at", "updated_at",
+            "lease_owner", "lease_expires_at",
+        }
+        assert row["saga_name"] == "ShopSaga"
+        assert isinstance(row["created_at"], float)
+        assert row["updated_at"] >= row["created_at"]
+        assert row["lease_owner"] is None
+
+
+def test_list_shows_a_recovery_lease(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+
+    async def claim() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.claim(owner="worker-7", lease_seconds=300, older_than=-1, limit=10)
+
+    asyncio.run(claim())
+    assert main(["list", "--db", db]) == 0
+    assert "worker-7" in capsys.readouterr().out
+
+
+def test_an_empty_store_lists_nothing(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def create() -> None:
+        async with SQLiteSagaStore(db):
+            pass
+
+    asyncio.run(create())
+    assert main(["list", "--db", db]) == 0
+    assert capsys.readouterr().out == f"no sagas in {db}\n"
+    assert main(["list", "--db", db, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_list_runs_as_a_real_command(db: str, app: ModuleType) -> None:
+    run_sagas(db, app, ("o-1", {}, ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "fallback_saga", "list", "--db", db, "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [row["saga_id"] for row in json.loads(done.stdout)] == ["o-1"]
+    table = subprocess.run(
+        [sys.executable, "-m", "fallback_saga", "list", "--db", db],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert table.returncode == 0
+    assert "o-1" in table.stdout
+    assert "completed" in table.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "fallback_saga", "list", "--db", db + ".missing"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert missing.returncode == 2
+    assert "no such file" in one_line_error(missing.stderr)
+
+
+# --------------------------------------------------------------------------- bad --db
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no such file"),
+        ("directory", "is a directory"),
+        ("text", "is not a SQLite database"),
+        ("empty", "is an empty file"),
+        ("foreign", "not a fallback_saga saga store"),
+    ],
+)
+@pytest.mark.parametrize("command", ["list", "show", "purge", "recover"])
+def test_a_bad_db_is_a_one_line_usage_error(
+    tmp_path: Path,
+    app: ModuleType,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    message: str,
+    command: str,
+) -> None:
+    path = tmp_path / f"{kind}.db"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "text":
+        path.write_text("these are not the bytes you are looking for\n" * 100)
+    elif kind == "empty":
+        path.touch()
+    elif kind == "foreign":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+    extra = {
+        "list": [],
+        "show": ["o-1"],
+        "purge": ["--older-than", "7d"],
+        "recover": ["--app", f"{app.__name__}:sagas"],
+    }[command]
+    assert main([command, *extra, "--db", str(path)]) == 2
+    error = one_line_error(capsys.readouterr().err)
+    assert message in error
+    assert store_threads() == []
+    if kind == "foreign":  # looked at, never migrated or switched to WAL
+        conn = sqlite3.connect(path)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        conn.close()
+        assert tables == {"invoices"}
+        assert mode == "delete"
+    if kind == "missing":
+        assert not path.exists()  # not created either
+
+
+# --------------------------------------------------------------------------- show
+
+
+def test_show_prints_the_header_and_the_step_history(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    assert main(["show", "o-1", "--db", db]) == 0
+    out = capsys.readouterr().out
+    header, _, table = out.partition("\n\n")
+    fields = dict(line.split(None, 1) for line in header.splitlines())
+    assert fields["saga"] == "o-1"
+    assert fields["name"] == "ShopSaga"
+    assert fields["status"] == "compensated"
+    assert fields["created"].endswith(" UTC")
+    assert json.loads(fields["context"])["order_id"] == "o-1"
+    rows = table.splitlines()
+    assert rows[0].split() == [
+        "seq", "pos", "step", "branch", "action", "status", "try", "time", "(UTC)", "error",
+    ]
+    cells = [row.split()[:7] for row in rows[2:]]
+    assert cells == [
+        ["0", "0", "Reserve", "primary", "act", "started", "1"],
+        ["1", "0", "Reserve", "primary", "act", "completed", "1"],
+        ["2", "1", "Charge", "primary", "act", "started", "1"],
+        ["3", "1", "Charge", "primary", "act", "failed", "1"],
+        ["4", "0", "Reserve", "primary", "compensate", "started", "1"],
+        ["5", "0", "Reserve", "primary", "compensate", "completed", "1"],
+    ]
+    assert rows[5].endswith("ValueError: card declined")
+
+
+def test_show_json_has_the_record_and_its_history(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""))
+    assert main(["show", "o-1", "--db", db, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {
+        "saga_id", "saga_name", "status", "fingerprint", "version", "created_at",
+        "updated_at", "context", "history",
+    }
+    assert (data["saga_id"], data["saga_name"], data["status"]) == ("o-1", "ShopSaga", "completed")
+    assert data["fingerprint"] == app.ShopSaga.definition.fingerprint
+    assert data["context"]["shipped"] is True
+    assert len(data["history"]) == 6
+    first = data["history"][0]
+    assert set(first) == {
+        "seq", "position", "step", "branch", "action", "status", "attempt", "error", "at",
+    }
+    assert (first["seq"], first["step"], first["status"], first["error"]) == (
+        0, "Reserve", "started", None,
+    )
+
+
+def test_show_an_unknown_id_is_a_usage_error(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""))
+    assert main(["show", "o-404", "--db", db]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(f"no saga with id 'o-404' in {db}")
+    assert store_threads() == []
+
+
+def test_show_a_corrupt_row_is_a_one_line_error(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""))
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE sagas SET context = '{not json' WHERE saga_id = 'o-1'")
+    conn.commit()
+    conn.close()
+    assert main(["show", "o-1", "--db", db]) == 1
+    assert "unreadable" in one_line_error(capsys.readouterr().err)
+
+
+def test_show_json_and_mermaid_exclude_each_other(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "o-1", "--db", db, "--json", "--mermaid"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_show_mermaid_draws_a_gantt_of_every_try(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    assert main(["show", "o-1", "--db", db, "--mermaid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == [
+        "gantt",
+        "    title ShopSaga o-1 (compensated)",
+        "    dateFormat x",
+        "    axisFormat %H:%M:%S.%L",
+        "    todayMarker off",
+    ]
+    bars = [line.strip() for line in lines[5:]]
+    assert bars[0] == "section forward"
+    assert bars[1].startswith("Reserve :done, t0, ")
+    assert bars[2].startswith("Charge :crit, t1, ")
+    assert bars[3] == "section compensation"
+    assert bars[4].startswith("Reserve :done, t2, ")
+    record = load(db, "o-1")
+    start_ms = round(record.history[0].at * 1000)
+    assert bars[1].split(", ")[2] == str(start_ms)
+    assert all(bar.endswith("ms") for bar in bars if not bar.startswith("section"))
+
+
+def test_gantt_shows_a_try_cut_off_by_a_crash(app: ModuleType) -> None:
+    record = SagaRecord(
+        saga_id="o-9",
+        saga_name="ShopSaga",
+        fingerprint="fp",
+        status=SagaStatus.COMPLETED,
+        context={},
+        history=[
+            entry(0, "Reserve", at=100.0),
+            entry(0, "Reserve", status=StepStatus.COMPLETED, at=100.010),
+            entry(1, "Charge: card", at=100.010),  # the process died here
+            entry(1, "Charge: card", at=160.0),  # resumed a minute later
+            entry(1, "Charge: card", status=StepStatus.FAILED, error="TimeoutError", at=160.5),
+            entry(1, "Charge: card", attempt=2, at=161.0),
+            entry(1, "Charge: card", status=StepStatus.COMPLETED, attempt=2, at=161.25),
+        ],
+        updated_at=161.25,
+    )
+    chart = mermaid_gantt(record)
+    assert "    Reserve :done, t0, 100000, 10ms" in chart
+    assert "    Charge  card (cut off) :active, t1, 100010, 59990ms" in chart
+    assert "    Charge  card :crit, t2, 160000, 500ms" in chart
+    assert "    Charge  card try 2 :done, t3, 161000, 250ms" in chart
+    assert "section compensation" not in chart
+
+
+def test_gantt_of_a_running_saga_leaves_the_last_try_open() -> None:
+    record = SagaRecord(
+        saga_id="o-9",
+        saga_name="ShopSaga",
+        fingerprint="fp",
+        status=SagaStatus.RUNNING,
+        context={},
+        history=[entry(0, "Reserve", at=100.0)],
+        updated_at=100.0,
+    )
+    assert "    Reserve (no outcome yet) :active, t0, 100000, 1ms" in mermaid_gantt(record)
+
+
+# --------------------------------------------------------------------------- recover
+
+
+def test_recover_resumes_and_reports(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(
+        db, app,
+        ("o-1", {}, "act Charge"),  # RUNNING: Charge runs again
+        ("o-2", {"declined": True}, "compensate Reserve"),  # COMPENSATING
+        ("o-3", {}, ""),  # completed: not touched
+    )
+    app.CALLS.clear()
+    status = main(["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"])
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert out[0] == (
+        f"recovering sagas in {db} not updated for 0s (at most 100, lease 5m) with ShopSaga"
+    )
+    assert sorted(out[1:3]) == ["  o-1: completed", "  o-2: compensated"]
+    assert out[3] == "recovered 2 saga(s): 1 completed, 1 compensated, 0 failed, 0 skipped"
+    assert sorted(app.CALLS) == [
+        "act Charge", "act Ship", "compensate Reserve",
+    ]
+    assert load(db, "o-1").status is SagaStatus.COMPLETED
+    assert load(db, "o-2").status is SagaStatus.COMPENSATED
+    assert store_threads() == []
+
+
+def test_recover_leaves_sagas_younger_than_older_than(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    assert main(["recover", "--db", db, "--app", f"{app.__name__}:sagas"]) == 0
+    out = capsys.readouterr().out
+    assert "not updated for 1m" in out
+    assert "recovered 0 saga(s)" in out
+    assert load(db, "o-1").status is SagaStatus.RUNNING
+
+
+def test_recover_limit(db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Charge"), ("o-2", {}, "act Charge"))
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main([*argv, "--limit", "1"]) == 0
+    assert "recovered 1 saga(s)" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "recovered 1 saga(s)" in capsys.readouterr().out
+
+
+def test_recover_exits_1_when_a_saga_failed(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {"declined": True}, "compensate Reserve"))
+    app.BROKEN.add("Reserve")  # its compensation keeps failing now
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0s"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "  o-1: failed" in out
+    assert "  failed  o-1 (needs an operator)" in out
+
+
+def test_recover_exits_1_when_a_saga_is_skipped(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def orphan() -> None:  # a saga of a class the app does not give
+        async with SQLiteSagaStore(db) as store:
+            await store.create("x-1", "GoneSaga", "fp", {}, [entry(0, "Step")])
+
+    asyncio.run(orphan())
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "  x-1: skipped" in out
+    assert "  skipped x-1: no saga named 'GoneSaga' given" in out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_recover_a_first_ctrl_c_only_warns(db: str, app: ModuleType) -> None:
+    """Interrupting would cancel the resumed sagas, and a cancelled saga unwinds:
+    the first Ctrl-C lets them finish."""
+
+    async def crash() -> None:
+        async with SQLiteSagaStore(db) as store:
+            app.CRASH_IN.add("act Slow")
+            with contextlib.suppress(app.Crash):
+                await app.SlowSaga(store=store).run(app.ShopContext("o-1"), saga_id="o-1")
+            app.CRASH_IN.clear()
+
+    asyncio.run(crash())
+    env = dict(os.environ, CLI_OPS_NAP="1.0")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(app.__file__).parent), *sys.path])
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:slow_sagas", "--older-than", "0"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fallback_saga", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().startswith("recovering sagas in ")  # the handler is set
+    time.sleep(0.3)  # inside Slow.act
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert "Press Ctrl-C again to interrupt anyway" in err
+    assert "  o-1: completed" in out
+    assert load(db, "o-1").status is SagaStatus.COMPLETED
+
+
+@pytest.mark.parametrize("attr", ["async_sagas", "ShopSaga", "CLASSES"])
+def test_recover_app_forms(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str], attr: str
+) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Ship"))
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:{attr}", "--older-than", "0"]
+    assert main(argv) == 0
+    assert "  o-1: completed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("attr", "message"),
+    [
+        ("nothing", "has no attribute 'nothing'"),
+        ("INSTANCE", "is a saga instance"),
+        ("ShopContext", "is the class ShopContext"),
+        ("CRASH_IN", "expected a factory sagas(store)"),
+        ("broken_factory", "building the sagas failed: RuntimeError: no configuration"),
+        ("not_sagas", "returned 'ShopSaga', which is not a Saga instance"),
+        ("other_store", "ShopSaga was built with another store (MemorySagaStore)"),
+    ],
+)
+def test_recover_bad_app_is_a_usage_error(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str], attr: str, message: str
+) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    assert main(["recover", "--db", db, "--app", f"{app.__name__}:{attr}"]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert store_threads() == []
+    assert load(db, "o-1").status is SagaStatus.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module_for_cli:sagas", "no module named 'no_such_module_for_cli'"),
+        ("just_a_module", "expected module:attr"),
+    ],
+)
+def test_recover_bad_app_spec(
+    db: str, capsys: pytest.CaptureFixture[str], spec: str, message: str
+) -> None:
+    assert main(["recover", "--db", db, "--app", spec]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+
+
+def test_recover_help_documents_the_app_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recover", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "def sagas(store):" in out
+    assert "cls(store=store)" in out
+
+
+def test_recover_lease_must_be_positive(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--lease", "0"]
+    assert main(argv) == 2
+    assert "--lease" in one_line_error(capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------- purge
+
+
+def test_purge_deletes_finished_sagas_only(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(
+        db, app, ("o-1", {}, ""), ("o-2", {"declined": True}, ""), ("o-3", {}, "act Charge")
+    )
+    assert main(["purge", "--db", db, "--older-than", "7d"]) == 0
+    assert capsys.readouterr().out.startswith("purged 0 finished sagas ")
+    assert main(["purge", "--db", db, "--older-than", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("purged 2 finished sagas ")
+    assert "more than 0s ago" in out
+    assert main(["list", "--db", db, "--json"]) == 0
+    assert [row["saga_id"] for row in json.loads(capsys.readouterr().out)] == ["o-3"]
+
+
+@pytest.mark.parametrize("bad", ["7x", "-1d", "d", "", "1e3", "7 days", "inf"])
+def test_purge_bad_duration_is_a_usage_error(
+    db: str, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    assert main(["purge", "--db", db, f"--older-than={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid duration {bad!r}" in err
+    assert "Traceback" not in err
+
+
+def test_purge_needs_older_than(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["purge", "--db", db]) == 2
+    assert "--older-than" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0), ("30s", 30.0), ("15m", 900.0), ("12h", 43200.0), ("7d", 604800.0),
+        ("1.5h", 5400.0), (" 2D ", 172800.0), ("0", 0.0), (".5s", 0.5),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+# --------------------------------------------------------------------------- demo --db
+
+
+def test_demo_db_shows_a_crash_recovered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "demo.db")
+    started = time.monotonic()
+    assert main(["demo", "--db", path]) == 0
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert "== The journal (SQLiteSagaStore) " in out
+    assert out.count("*** the process dies here (os._exit)") == 2
+    assert "  A-1007  DemoOrderSaga  compensating" in out
+    assert "  A-1006  DemoOrderSaga  running" in out
+    assert "  => A-1006: completed" in out
+    assert "  => A-1007: compensated" in out
+    assert "recovered 2 saga(s): 1 completed, 1 compensated, 0 failed, 0 skipped" in out
+    # The resumed BookCourier uses the key the crashed run had.
+    assert out.count("courier: pickup booked as SHIP-A-1006 (key A-1006:BookCourier)") == 1
+    assert "A-1006 (completed), as `show A-1006" in out
+    assert elapsed < 10  # about 1 s; generous for a loaded machine
+    assert load(path, "A-1006").status is SagaStatus.COMPLETED
+    assert load(path, "A-1007").status is SagaStatus.COMPENSATED
+    assert main(["list", "--db", path, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["saga_id"] for row in rows] == [f"A-100{n}" for n in range(7, 0, -1)]
+    assert store_threads() == []
+
+
+def test_demo_db_refuses_an_existing_file(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""))
+    assert main(["demo", "--db", db]) == 2
+    assert "already exists" in one_line_error(capsys.readouterr().err)
+    assert main(["list", "--db", db, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+
+
+def test_demo_without_db_still_uses_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "== The journal (MemorySagaStore, the default store) " in out
+    assert "os._exit" not in out
+
+
+def test_the_crash_demo_command_is_hidden(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "_crash-demo" not in out
+    for command in ("demo", "graph", "list", "show", "recover", "purge"):
+        assert f"    {command} " in out
+

@@ -1,0 +1,363 @@
+"""S10 crash matrix: kill a saga's process at every journal boundary, resume it
+in a fresh process, and check that nothing was lost, undone twice or redone.
+
+The saga app is ``tests/crash_app.py`` (see its docstring): ``A``,
+``Fallback(B, B2)``, ``C``, in four variants (completes; completes through the
+fallback; fails late and unwinds; fails late and one compensation is designed
+to fail). A dry run of each variant, made when this module is collected, lists
+the journal boundaries the run crosses — before/after every store write,
+inside each act after its side effect, inside each failing act, inside each
+compensation — and every one of them becomes a test case: a child process runs
+the saga and dies with ``os._exit(137)`` right there; a second, fresh process
+runs ``recover(store, [saga], older_than=0)`` and then ``saga.resume(id)``.
+
+The cases are independent (each has its own database and ledger), so the
+module plays all selected cases once, a few child processes at a time, and each
+test checks the invariants of its own case.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from crash_app import (
+    APP,
+    CRASH_EXIT,
+    EXPECTED_EFFECTS,
+    EXPECTED_STATUS,
+    EXPECTED_TRAIL,
+    VARIANTS,
+    Ledger,
+)
+
+CHILD_TIMEOUT = 60.0
+
+
+class Case(NamedTuple):
+    variant: str
+    number: int  # the boundary to crash at, counted from 0 in the dry run's order
+    label: str
+
+    @property
+    def saga_id(self) -> str:
+        return f"{self.variant}-{self.number:02d}"
+
+
+def child(*args: Any, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(APP), *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=CHILD_TIMEOUT,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------- dry runs
+
+_DRY_RUNS: dict[str, tuple[str, list[str]]] = {}
+
+
+def dry_runs() -> dict[str, tuple[str, list[str]]]:
+    """``variant -> (outcome, boundaries)`` of an uninterrupted run (once per session)."""
+    if not _DRY_RUNS:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = {
+                variant: subprocess.Popen(
+                    [
+                        sys.executable, str(APP), "run",
+                        "--db", f"{tmp}/{variant}.db", "--ledger", f"{tmp}/{variant}.jsonl",
+                        "--variant", variant, "--saga-id", f"dry-{variant}",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for variant in VARIANTS
+            }
+            for variant, proc in procs.items():
+                out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"dry run of {variant!r} failed:\n{err}")
+                data = json.loads(out)
+                _DRY_RUNS[variant] = (data["outcome"], data["boundaries"])
+    return _DRY_RUNS
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "crash_case" not in metafunc.fixturenames:
+        return
+    cases = [
+        Case(variant, number, label)
+        for variant, (_, boundaries) in dry_runs().items()
+        for number, label in enumerate(boundaries)
+    ]
+    metafunc.parametrize(
+        "crash_case", cases, ids=[f"{c.saga_id}-{_slug(c.label)}"[:90] for c in cases]
+    )
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+@dataclass(frozen=True)
+class Journal:
+    """A saga's rows as the file has them (read with plain sqlite3, not the library)."""
+
+    status: str
+    context: dict[str, Any]
+    lease_owner: str | None
+    fence: int
+    # (position, step, branch, action, status, attempt), in journal order
+    rows: list[tuple[int, str, str, str, str, int]]
+
+    def steps(self, action: str, status: str) -> list[str]:
+        return [r[1] for r in self.rows if r[3] == action and r[4] == status]
+
+
+def read_journal(db: Path, saga_id: str) -> Journal | None:
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(db)
+    try:
+        head = conn.execute(
+            "SELECT status, context, lease_owner, fence FROM sagas WHERE saga_id = ?",
+            (saga_id,),
+        ).fetchone()
+        if head is None:
+            return None
+        rows = conn.execute(
+            "SELECT position, step, branch, action, status, attempt FROM saga_steps"
+            " WHERE saga_id = ? ORDER BY seq",
+            (saga_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    status, context, lease_owner, fence = head
+    return Journal(status, json.loads(context), lease_owner, fence, [tuple(r) for r in rows])
+
+
+def read_journal_as_left(db: Path, saga_id: str, scratch: Path) -> Journal | None:
+    """The journal as the crash left it, read from a copy of the database (with
+    its -wal and -shm files), so that the resuming process is the first to
+    open — and recover — the crashed file itself."""
+    if not db.exists():
+        return None
+    scratch.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        source = db.with_name(db.name + suffix)
+        if source.exists():
+            shutil.copyfile(source, scratch / (db.name + suffix))
+    return read_journal(scratch / db.name, saga_id)
+
+
+# --------------------------------------------------------------------------- playing a case
+
+
+@dataclass
+class Played:
+    crashed: subprocess.CompletedProcess[str]
+    before: Journal | None  # the journal at the crash
+    resumed: subprocess.CompletedProcess[str]
+    after: Journal | None  # the journal once the fresh process is done
+    ledger: list[dict[str, Any]]
+
+    @property
+    def report(self) -> dict[str, Any]:
+        assert self.resumed.returncode == 0, self.resumed.stderr
+        report: dict[str, Any] = json.loads(self.resumed.stdout)
+        return report
+
+
+def play(root: Path, case: Case) -> Played | BaseException:
+    try:
+        where = root / case.saga_id
+        where.mkdir()
+        db, ledger = where / "sagas.db", where / "ledger.jsonl"
+        crashed = child(
+            "run", "--db", db, "--ledger", ledger, "--variant", case.variant,
+            "--saga-id", case.saga_id, "--crash-at", case.number,
+        )
+        before = read_journal_as_left(db, case.saga_id, where / "at-crash")
+        resumed = child("recover", "--db", db, "--ledger", ledger, "--ids", case.saga_id)
+        after = read_journal(db, case.saga_id)
+        return Played(crashed, before, resumed, after, Ledger.read(ledger))
+    except BaseException as error:  # reported by the case's own test
+        return error
+
+
+@pytest.fixture(scope="module")
+def matrix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[Case, Played | BaseException]:
+    """Play every selected case, four child processes at a time."""
+    cases = [
+        item.callspec.params["crash_case"]
+        for item in request.session.items
+        if "crash_case" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+    root = tmp_path_factory.mktemp("crash-matrix")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(cases, pool.map(lambda case: play(root, case), cases), strict=True))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_S10_crash_matrix_dry_runs_cross_every_kind_of_boundary() -> None:
+    """The enumeration is not vacuous: every write, act and compensation is a crash point."""
+    expected_writes = {"ok": 4, "fallback": 5, "unwind": 7, "stuck": 9}
+    for variant, (outcome, boundaries) in dry_runs().items():
+        assert outcome == EXPECTED_STATUS[variant]
+        befores = [b for b in boundaries if b.startswith("before write")]
+        afters = [b for b in boundaries if b.startswith("after write")]
+        assert len(befores) == len(afters) == expected_writes[variant], boundaries
+        assert [b.removeprefix("before ") for b in befores] == [
+            a.removeprefix("after ") for a in afters
+        ]
+        inside = [b for b in boundaries if b.startswith("inside")]
+        assert len(boundaries) == 2 * expected_writes[variant] + len(inside)
+    assert "inside act B2: effect applied, not returned" in dry_runs()["fallback"][1]
+    assert "inside act B: about to fail" in dry_runs()["fallback"][1]
+    unwind = dry_runs()["unwind"][1]
+    assert "inside compensate B2: effect applied, not returned" in unwind  # between compensations
+    assert unwind.index("after write 5 append [C act failed, B2 compensate started]; "
+                       "saga compensating") < unwind.index("inside compensate B2: effect "
+                                                           "applied, not returned")
+
+
+def test_S10_crash_matrix_invariants_hold_after_resume_in_a_fresh_process(
+    crash_case: Case, matrix: dict[Case, Played | BaseException]
+) -> None:
+    played = matrix[crash_case]
+    if isinstance(played, BaseException):
+        raise played
+    check_case(crash_case, played)
+
+
+def check_case(case: Case, played: Played) -> None:
+    variant, saga_id = case.variant, case.saga_id
+    expected = EXPECTED_STATUS[variant]
+
+    # The child died exactly where the dry run said this boundary is.
+    assert played.crashed.returncode == CRASH_EXIT, played.crashed.stderr
+    assert played.crashed.stdout == f"CRASH {case.label}\n"
+
+    report = played.report
+    assert report["skipped"] == []
+    before, after, ledger = played.before, played.after, played.ledger
+    crash_run = [line for line in ledger if line["run"] == "crash"]
+    resume_run = [line for line in ledger if line["run"] == "resume"]
+
+    if before is None:
+        # The crash came before the saga's first write was durable: the saga
+        # never began (its first act is only called after that write), so
+        # there is nothing to recover and nothing happened.
+        assert case.label.startswith("before write 1 create")
+        assert after is None
+        assert ledger == []
+        assert report["outcomes"] == {saga_id: "not found"}
+        assert report["resumed"] == report["compensated"] == report["failed"] == []
+        return
+
+    # -- no saga is lost: it is in the store, final, with the variant's outcome
+    assert after is not None, "the saga disappeared from the store"
+    assert after.status == expected, (before, after)
+    assert report["outcomes"] == {saga_id: expected}  # resume() of a finished saga
+    bucket = {"completed": "resumed", "compensated": "compensated", "failed": "failed"}
+    if before.status in ("running", "compensating"):
+        assert report[bucket[expected]] == [saga_id]
+        assert after.fence == before.fence + 1  # claimed once: resumed exactly once
+        assert after.lease_owner is None  # and the lease was given back
+    else:
+        # The crash came after the final write: recovery has nothing to do.
+        assert before.status == expected
+        assert resume_run == []
+        assert report["resumed"] == report["compensated"] == report["failed"] == []
+    assert after.context["trail"] == EXPECTED_TRAIL[variant]
+
+    # -- the resumed run only appended to the journal
+    assert after.rows[: len(before.rows)] == before.rows
+
+    # -- exactly-once effects at the participant
+    applied = Counter(
+        (line["action"], line["step"]) for line in ledger if line["kind"] == "apply"
+    )
+    assert applied == Counter(EXPECTED_EFFECTS[variant])
+    assert all(
+        line["key"] == f"{saga_id}:{line['step']}"
+        + (":compensate" if line["action"] == "compensate" else "")
+        for line in ledger
+    ), "the idempotency key of a step changed"
+
+    # -- every act that completed is part of a COMPLETED saga or compensated exactly once
+    completed_acts = Counter(after.steps("act", "completed"))
+    assert all(count == 1 for count in completed_acts.values()), after.rows
+    compensated = Counter(after.steps("compensate", "completed"))
+    if expected == "completed":
+        assert compensated == Counter()
+        assert set(completed_acts) == {"A", "C", "B" if variant == "ok" else "B2"}
+    elif expected == "compensated":
+        assert compensated == completed_acts == Counter({"A": 1, "B2": 1})
+    else:  # "stuck": A's compensation is designed to fail; every other one happened once
+        assert completed_acts == Counter({"A": 1, "B2": 1})
+        assert compensated == Counter({"B2": 1})
+        assert after.steps("compensate", "failed")[-1] == "A"
+
+    # -- a completed act (or compensation) is never called again
+    acts_done = set(before.steps("act", "completed"))
+    compensations_done = set(before.steps("compensate", "completed"))
+    rerun = [
+        line for line in resume_run
+        if (line["action"] == "act" and line["step"] in acts_done)
+        or (line["action"] == "compensate" and line["step"] in compensations_done)
+    ]
+    assert rerun == [], f"completed before the crash, yet called again: {rerun}"
+    if "B" in before.steps("act", "failed"):
+        # The primary's failure is on record: the step resumes with its fallback.
+        assert not [line for line in resume_run if line["step"] == "B"]
+
+    # -- the resumed run picks up exactly where the journal stops
+    if before.status in ("running", "compensating") and resume_run:
+        last = before.rows[-1]
+        if last[4] == "started":
+            first = resume_run[0]
+            assert (first["action"], first["step"]) == (last[3], last[1]), (before.rows, first)
+
+    # -- no forward step runs after COMPENSATING began
+    assert_no_forward_after_compensation([(r[3], r[1]) for r in after.rows])
+    assert_no_forward_after_compensation([(line["action"], line["step"]) for line in ledger])
+    if before.status == "compensating":
+        assert [line for line in resume_run if line["action"] == "act"] == []
+
+    # -- the crashed process and the fresh one are the only actors
+    assert {line["pid"] for line in crash_run} | {line["pid"] for line in resume_run} == {
+        line["pid"] for line in ledger
+    }
+    assert len({line["pid"] for line in resume_run}) <= 1
+
+
+def assert_no_forward_after_compensation(calls: Sequence[tuple[str, str]]) -> None:
+    actions = [action for action, _ in calls]
+    if "compensate" in actions:
+        first = actions.index("compensate")
+        late = [call for call in calls[first:] if call[0] == "act"]
+        assert late == [], f"forward steps ran after unwinding began: {late}"

@@ -1,0 +1,797 @@
+"""PostgresSagaStore against a real, throwaway PostgreSQL server.
+
+The store contract suite (``fallback_saga.testing``) runs against it three
+ways: with its own pool, with a given autocommit pool, and with a given pool
+of ordinary (transactional) connections. Then what only PostgreSQL has: the
+schema and its migrations, concurrent starters, concurrent claimers, fencing
+and lease renewal, the recovery index, the executor and recovery on top, and
+the lazy import of the driver.
+
+The server is started once per session by the ``pg_cluster`` fixture
+(``conftest_pg.py``, ``pg_cluster.py``); each test gets a schema of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus
+from fallback_saga.errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaNotFound,
+    SagaStoreError,
+)
+from fallback_saga.recovery import recover
+from fallback_saga.store.base import Lease, RecoverableStore
+from fallback_saga.testing import RecoverableStoreContract, entry
+
+pytest_plugins = ["conftest_pg"]
+
+psycopg = pytest.importorskip("psycopg", reason='psycopg is missing: pip install -e ".[postgres]"')
+psycopg_pool = pytest.importorskip("psycopg_pool")
+
+from fallback_saga.store import postgres as pg_store  # noqa: E402
+from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+async def store(pg_conninfo: str, pg_schema: str) -> AsyncIterator[PostgresSagaStore]:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        yield store
+
+
+@pytest.fixture
+def raw(pg_conninfo: str, pg_schema: str) -> Any:
+    """A plain autocommit connection whose search_path is the test's schema."""
+    conn = psycopg.connect(pg_conninfo, autocommit=True)
+    conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+    yield conn
+    conn.close()
+
+
+async def new_saga(store: PostgresSagaStore, saga_id: str, **kwargs: Any) -> None:
+    await store.create(saga_id, "OrderSaga", "fp", {"order_id": saga_id}, [entry(0, "a")], **kwargs)
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+class TestPostgresSagaStore(RecoverableStoreContract):
+    @pytest.fixture
+    async def store(
+        self, pg_conninfo: str, pg_schema: str
+    ) -> AsyncIterator[PostgresSagaStore]:
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+            yield store
+
+
+class TestPostgresSagaStoreOnAGivenPool(RecoverableStoreContract):
+    @pytest.fixture
+    async def store(
+        self, pg_conninfo: str, pg_schema: str
+    ) -> AsyncIterator[PostgresSagaStore]:
+        pool = psycopg_pool.AsyncConnectionPool(
+            pg_conninfo, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open(wait=True)
+        try:
+            async with PostgresSagaStore(pool, schema=pg_schema) as store:
+                yield store
+        finally:
+            await pool.close()
+
+
+class TestPostgresSagaStoreOnTransactionalConnections(RecoverableStoreContract):
+    """A given pool whose connections are not autocommit: each write is then a
+    transaction of its own."""
+
+    @pytest.fixture
+    async def store(
+        self, pg_conninfo: str, pg_schema: str
+    ) -> AsyncIterator[PostgresSagaStore]:
+        pool = psycopg_pool.AsyncConnectionPool(pg_conninfo, min_size=1, max_size=4, open=False)
+        await pool.open(wait=True)
+        try:
+            async with PostgresSagaStore(pool, schema=pg_schema) as store:
+                yield store
+        finally:
+            await pool.close()
+
+
+# --------------------------------------------------------------------------- import, construction
+
+
+def test_importing_fallback_saga_does_not_import_the_driver() -> None:
+    code = (
+        "import sys, fallback_saga, fallback_saga.store, fallback_saga.testing, "
+        "fallback_saga.recovery\n"
+        "drivers = ('psycopg', 'psycopg_pool')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in drivers)\n"
+        "assert not loaded, loaded\n"
+        "assert 'PostgresSagaStore' not in dir(fallback_saga.store)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_the_driver_is_imported_when_the_store_module_is_used() -> None:
+    code = (
+        "import sys\n"
+        "from fallback_saga.store.postgres import PostgresSagaStore\n"
+        "assert 'psycopg' not in sys.modules\n"  # importing the module is not enough
+        "PostgresSagaStore('host=127.0.0.1')\n"
+        "assert 'psycopg' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_it_is_a_recoverable_store() -> None:
+    assert isinstance(PostgresSagaStore("host=127.0.0.1"), RecoverableStore)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"schema": "bad; DROP TABLE x"}, "schema"),
+        ({"schema": ""}, "schema"),
+        ({"synchronous_commit": "maybe"}, "synchronous_commit"),
+        ({"min_size": 3, "max_size": 2}, "min_size"),
+        ({"max_size": 0}, "max_size"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PostgresSagaStore("host=127.0.0.1", **kwargs)
+
+
+def test_neither_conninfo_nor_pool_is_refused() -> None:
+    with pytest.raises(TypeError, match="conninfo"):
+        PostgresSagaStore(42)  # type: ignore[arg-type]
+
+
+def test_repr_never_shows_the_password() -> None:
+    store = PostgresSagaStore("host=127.0.0.1 password=hunter2", schema="app")
+    assert "hunter2" not in repr(store)
+    assert "app" in repr(store)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
+    assert SCHEMA_VERSION == 1
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(1,)]
+    columns = dict(
+        raw.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'fallback_saga_sagas'"
+        ).fetchall()
+    )
+    assert columns["context"] == "jsonb"
+    assert columns["fence"] == "bigint"
+    assert columns["lease_expires_at"] == "timestamp with time zone"
+    assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
+    indexes = dict(
+        raw.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+        ).fetchall()
+    )
+    interrupted = indexes["fallback_saga_sagas_interrupted"]
+    assert "(updated_at)" in interrupted
+    assert "WHERE (status = ANY (ARRAY['running'::text, 'compensating'::text]))" in interrupted
+    assert "fallback_saga_steps_pkey" in indexes
+
+
+async def test_the_recovery_query_uses_the_partial_index(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
+        " SELECT 'done-' || n, 'OrderSaga', 'fp', 'completed', '{}'"
+        " FROM generate_series(1, 20000) n"
+    )
+    for n in range(5):
+        await new_saga(store, f"running-{n}")
+    raw.execute("ANALYZE fallback_saga_sagas")
+    plan = "\n".join(
+        row[0]
+        for row in raw.execute(
+            "EXPLAIN " + store._sql.claimable.replace("%s::float8", "-1").replace(
+                "%s::bigint", "10"
+            )
+        ).fetchall()
+    )
+    assert "fallback_saga_sagas_interrupted" in plan, plan
+    leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
+    assert sorted(lease.saga_id for lease in leases) == [f"running-{n}" for n in range(5)]
+
+
+async def test_concurrent_starters_migrate_once(pg_conninfo: str, pg_schema: str, raw: Any) -> None:
+    stores = [PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1) for _ in range(6)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        await new_saga(stores[0], "saga-1")
+        assert (await stores[-1].load("saga-1")).saga_name == "OrderSaga"
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    assert raw.execute("SELECT id, version FROM fallback_saga_schema").fetchall() == [(1, 1)]
+
+
+async def test_opening_again_keeps_the_sagas(pg_conninfo: str, pg_schema: str) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await new_saga(store, "saga-1")
+        await store.open()  # idempotent
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as again:
+        assert [e.step for e in (await again.load("saga-1")).history] == ["a"]
+
+
+async def test_a_new_schema_version_is_one_more_migration(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await new_saga(store, "saga-1")
+
+    async def to_v2(execute: Any, names: Any) -> None:
+        await execute(f"ALTER TABLE {names.sagas} ADD COLUMN tenant text NULL")
+
+    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, to_v2))
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        assert (await store.load("saga-1")).saga_name == "OrderSaga"
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (2,)
+    assert raw.execute("SELECT tenant FROM fallback_saga_sagas").fetchall() == [(None,)]
+
+
+async def test_a_failed_migration_leaves_the_schema_as_it_was(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await new_saga(store, "saga-1")
+
+    async def broken_v2(execute: Any, names: Any) -> None:
+        await execute(f"ALTER TABLE {names.sagas} ADD COLUMN tenant text NULL")
+        await execute("SELECT no_such_function()")
+
+    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, broken_v2))
+    with pytest.raises(SagaStoreError, match="no_such_function"):
+        await PostgresSagaStore(pg_conninfo, schema=pg_schema).open()
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (1,)
+    columns = raw.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'fallback_saga_sagas'"
+    ).fetchall()
+    assert ("tenant",) not in columns
+
+
+async def test_a_newer_schema_is_refused(pg_conninfo: str, pg_schema: str, raw: Any) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema):
+        pass
+    raw.execute("UPDATE fallback_saga_schema SET version = 99")
+    with pytest.raises(SagaStoreError, match="schema version 99, newer"):
+        await PostgresSagaStore(pg_conninfo, schema=pg_schema).open()
+
+
+async def test_the_default_schema_follows_the_search_path(pg_cluster: Any) -> None:
+    pg_cluster.create_database("default_schema_test")
+    conninfo = pg_cluster.conninfo_for("default_schema_test")
+    async with PostgresSagaStore(conninfo) as store:
+        await new_saga(store, "saga-1")
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT table_schema FROM information_schema.tables"
+            " WHERE table_name = 'fallback_saga_sagas'"
+        ).fetchone()
+    assert row == ("public",)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+async def test_a_bad_password_gets_a_clear_error_at_open(pg_cluster: Any, pg_schema: str) -> None:
+    conninfo = pg_cluster.conninfo.replace(pg_cluster.password, "wrong")
+    store = PostgresSagaStore(conninfo, schema=pg_schema, connect_timeout=5)
+    with pytest.raises(SagaStoreError, match="password authentication failed"):
+        await store.open()
+    assert "wrong" not in repr(store)
+
+
+async def test_nothing_listening_gets_a_clear_error_at_first_use(pg_schema: str) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = PostgresSagaStore(f"host=127.0.0.1 port={port} connect_timeout=2", schema=pg_schema)
+    with pytest.raises(SagaStoreError, match="cannot open"):
+        await store.load("saga-1")
+
+
+async def test_close_is_idempotent_and_a_closed_store_refuses_work(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema)
+    await new_saga(store, "saga-1")  # opened on first use
+    pool = store.pool
+    assert pool is not None
+    await store.close()
+    await store.close()
+    assert pool.closed
+    with pytest.raises(SagaStoreError, match="closed"):
+        await store.load("saga-1")
+    with pytest.raises(SagaStoreError, match="closed"):
+        await store.open()
+
+
+async def test_a_given_pool_is_used_and_left_open(pg_conninfo: str, pg_schema: str) -> None:
+    async with psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=2, kwargs={"autocommit": True}
+    ) as pool:
+        async with PostgresSagaStore(pool, schema=pg_schema) as store:
+            assert store.pool is pool
+            await new_saga(store, "saga-1")
+        assert not pool.closed
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                f'SELECT saga_id FROM "{pg_schema}".fallback_saga_sagas'
+            )
+            assert await cursor.fetchall() == [("saga-1",)]
+
+
+async def test_synchronous_commit_off_is_an_explicit_opt_in(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    for setting, expected in (("on", "on"), ("off", "off")):
+        async with PostgresSagaStore(
+            pg_conninfo, schema=pg_schema, synchronous_commit=setting
+        ) as store:
+            assert store.pool is not None
+            async with store.pool.connection() as conn:
+                cursor = await conn.execute("SHOW synchronous_commit")
+                assert await cursor.fetchone() == (expected,)
+    pool = psycopg_pool.AsyncConnectionPool(pg_conninfo, open=False)
+    with pytest.raises(ValueError, match="synchronous_commit"):
+        PostgresSagaStore(pool, synchronous_commit="off")
+
+
+async def test_one_round_trip_per_write(pg_conninfo: str, pg_schema: str, tmp_path: Path) -> None:
+    """Counted on the wire: the server says ReadyForQuery once per round trip."""
+    trace = tmp_path / "trace"
+    # A pool of one connection: every statement of the store goes through it.
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+    )
+    await pool.open(wait=True)
+    try:
+        async with PostgresSagaStore(pool, schema=pg_schema) as store:
+            await store.create("s", "OrderSaga", "fp", {"n": 0}, [entry(0, "a")])
+            await store.append("s", [entry(0, "a", StepStatus.COMPLETED), entry(1, "b")])
+            async with pool.connection() as conn:
+                pgconn = conn.pgconn
+            with trace.open("w") as out:
+                pgconn.trace(out.fileno())
+                try:
+                    await store.append(
+                        "s", [entry(1, "b", StepStatus.COMPLETED), entry(2, "c")],
+                        context={"n": 1}, fence=Lease("s", "", 0, float("inf")),
+                    )
+                    await store.create("t", "OrderSaga", "fp", {"n": 0}, [entry(0, "a")])
+                    await store.load("s")
+                finally:
+                    pgconn.untrace()
+    finally:
+        await pool.close()
+    ready = [line for line in trace.read_text().splitlines() if "ReadyForQuery" in line]
+    assert len(ready) == 3, trace.read_text()
+
+
+# --------------------------------------------------------------------------- times, data
+
+
+async def test_times_are_the_database_servers(store: PostgresSagaStore, raw: Any) -> None:
+    await new_saga(store, "saga-1")
+    (server_now,) = raw.execute("SELECT extract(epoch FROM now())::float8").fetchone()
+    record = await store.load("saga-1")
+    assert abs(record.created_at - server_now) < 60
+    (lease,) = await store.claim(owner="w", lease_seconds=30, older_than=-1, limit=1)
+    assert 25 < lease.expires_at - server_now < 90
+
+
+async def test_the_context_is_stored_as_jsonb(store: PostgresSagaStore, raw: Any) -> None:
+    await store.create("saga-1", "OrderSaga", "fp", {"b": [1, 2.5, None], "a": "é"}, [])
+    (value,) = raw.execute(
+        "SELECT context FROM fallback_saga_sagas WHERE saga_id = 'saga-1'"
+    ).fetchone()
+    assert value == {"a": "é", "b": [1, 2.5, None]}
+    (kind,) = raw.execute(
+        "SELECT jsonb_typeof(context -> 'b') FROM fallback_saga_sagas"
+    ).fetchone()
+    assert kind == "array"
+
+
+async def test_a_context_postgresql_cannot_hold_is_refused_and_nothing_is_written(
+    store: PostgresSagaStore,
+) -> None:
+    with pytest.raises(SagaStoreError):
+        await store.create("saga-1", "OrderSaga", "fp", {"bad": "nul\x00char"}, [entry(0, "a")])
+    with pytest.raises(SagaNotFound):
+        await store.load("saga-1")
+    with pytest.raises(SagaStoreError, match="JSON"):
+        await store.create("saga-2", "OrderSaga", "fp", {"bad": float("nan")}, [])
+    await new_saga(store, "saga-3")
+    with pytest.raises(SagaStoreError):
+        await store.append("saga-3", [entry(1, "b")], context={"bad": "\x00"})
+    record = await store.load("saga-3")
+    assert [e.step for e in record.history] == ["a"]
+    assert record.version == 1
+
+
+async def test_an_error_text_with_nul_characters_is_kept_readable(
+    store: PostgresSagaStore,
+) -> None:
+    await new_saga(store, "saga-1")
+    await store.append("saga-1", [entry(0, "a", StepStatus.FAILED, error="bin\x00ary")])
+    assert (await store.load("saga-1")).history[-1].error == "bin\ufffdary"
+
+
+async def test_journal_times_round_trip_bit_for_bit(
+    store: PostgresSagaStore, raw: Any, pg_conninfo: str, pg_schema: str
+) -> None:
+    raw.execute("ALTER ROLE CURRENT_USER SET extra_float_digits = 0")  # old-style rounding
+    try:
+        times = [1_712_345_678.1234567, 0.1 + 0.2, 1e-300, 1_700_000_000.0]
+        entries = [entry(n, f"s{n}", at=at) for n, at in enumerate(times)]
+        await store.create("saga-1", "OrderSaga", "fp", {}, entries)
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as fresh:
+            assert [e.at for e in (await fresh.load("saga-1")).history] == times
+    finally:
+        raw.execute("ALTER ROLE CURRENT_USER RESET extra_float_digits")
+
+
+async def test_load_sees_one_snapshot(store: PostgresSagaStore) -> None:
+    """Context and history are read by one statement: under concurrent appends
+    every load agrees with itself."""
+    await store.create("saga-1", "OrderSaga", "fp", {"n": 0}, [])
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await store.append("saga-1", [entry(n, f"s{n}")], context={"n": n})
+
+    task = asyncio.create_task(writer())
+    try:
+        for _ in range(50):
+            record = await store.load("saga-1")
+            assert len(record.history) == record.context["n"]
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.mark.parametrize(
+    ("statement", "reason"),
+    [
+        ("UPDATE fallback_saga_sagas SET context = '[1, 2]' WHERE saga_id = 'bad'",
+         "not a JSON object"),
+        ("UPDATE fallback_saga_sagas SET status = 'exploded' WHERE saga_id = 'bad'",
+         "unknown saga status 'exploded'"),
+        ("UPDATE fallback_saga_steps SET status = 'teleported' WHERE saga_id = 'bad'",
+         "transition 0 has an unknown status"),
+        ("UPDATE fallback_saga_steps SET branch = 'sideways' WHERE saga_id = 'bad'",
+         "transition 0 has an unknown branch"),
+        ("UPDATE fallback_saga_steps SET at = 'NaN' WHERE saga_id = 'bad'",
+         "transition 0 has no valid time"),
+    ],
+)
+async def test_a_corrupt_row_raises_corrupt_saga_record_naming_the_saga(
+    store: PostgresSagaStore, raw: Any, statement: str, reason: str
+) -> None:
+    await new_saga(store, "bad")
+    await new_saga(store, "good")
+    raw.execute(statement)
+    with pytest.raises(CorruptSagaRecord, match=reason) as caught:
+        await store.load("bad")
+    assert caught.value.saga_id == "bad"
+    assert (await store.load("good")).saga_name == "OrderSaga"
+
+
+async def test_a_listing_skips_a_corrupt_row_and_logs_it(
+    store: PostgresSagaStore, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await new_saga(store, "bad")
+    await new_saga(store, "good")
+    raw.execute("UPDATE fallback_saga_sagas SET status = 'exploded' WHERE saga_id = 'bad'")
+    with caplog.at_level(logging.WARNING, logger="fallback_saga.store.postgres"):
+        listing = await store.list_sagas()
+    assert [s.saga_id for s in listing] == ["good"]
+    assert "'bad'" in caplog.text
+
+
+async def test_purge_removes_the_history_rows_too(store: PostgresSagaStore, raw: Any) -> None:
+    await new_saga(store, "done", status=SagaStatus.COMPLETED)
+    await new_saga(store, "running")
+    await store.append("done", [entry(1, "b"), entry(2, "c")])
+    assert await store.purge(older_than=-1) == 1
+    rows = raw.execute(
+        "SELECT saga_id, count(*) FROM fallback_saga_steps GROUP BY saga_id"
+    ).fetchall()
+    assert rows == [("running", 1)]
+
+
+# --------------------------------------------------------------------------- leases
+
+
+async def test_concurrent_claimers_never_claim_a_saga_twice(
+    pg_conninfo: str, pg_schema: str, store: PostgresSagaStore
+) -> None:
+    """4 claimers, each with its own pool (its own connections), over 200 sagas."""
+    ids = {f"saga-{n:03d}" for n in range(200)}
+    await asyncio.gather(*(new_saga(store, saga_id) for saga_id in ids))
+    claimers = [
+        PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=2, max_size=2)
+        for _ in range(4)
+    ]
+    start = asyncio.Event()
+
+    async def claim_until_none_left(claimer: PostgresSagaStore, owner: str) -> list[Lease]:
+        await claimer.open()
+        await start.wait()
+        claimed: list[Lease] = []
+        while leases := await claimer.claim(
+            owner=owner, lease_seconds=600, older_than=-1, limit=7
+        ):
+            claimed += leases
+        return claimed
+
+    try:
+        tasks = [
+            asyncio.create_task(claim_until_none_left(claimer, f"w{n}"))
+            for n, claimer in enumerate(claimers)
+        ]
+        await asyncio.sleep(0.2)
+        start.set()
+        results = await asyncio.gather(*tasks)
+    finally:
+        await asyncio.gather(*(claimer.close() for claimer in claimers))
+    claimed = [lease.saga_id for leases in results for lease in leases]
+    assert len(claimed) == len(set(claimed)) == 200
+    assert set(claimed) == ids
+    assert all(lease.token == 1 for leases in results for lease in leases)
+    assert sum(1 for leases in results if leases) >= 2  # they really competed
+    owners = {s.saga_id: s.lease_owner for s in await store.list_sagas(limit=500)}
+    for n, leases in enumerate(results):
+        assert all(owners[lease.saga_id] == f"w{n}" for lease in leases)
+
+
+async def test_claim_holds_no_lock_after_it_returns(store: PostgresSagaStore, raw: Any) -> None:
+    await new_saga(store, "saga-1")
+    (lease,) = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=1)
+    raw.execute("SET lock_timeout = '1s'")
+    # Another session can lock the row at once: the claim's transaction is over.
+    raw.execute("BEGIN")
+    raw.execute("SELECT 1 FROM fallback_saga_sagas WHERE saga_id = 'saga-1' FOR UPDATE NOWAIT")
+    raw.execute("ROLLBACK")
+    await store.append("saga-1", [entry(0, "a", StepStatus.COMPLETED)], fence=lease)
+
+
+async def test_fencing_refuses_the_late_writes_of_a_first_run(store: PostgresSagaStore) -> None:
+    """A first run writes with token 0; once a recovery worker claimed the
+    saga (token 1), the original runner is shut out."""
+    first_run = Lease("saga-1", "", 0, float("inf"))
+    await new_saga(store, "saga-1")
+    await store.append("saga-1", [entry(0, "a", StepStatus.COMPLETED)], fence=first_run)
+    (lease,) = await store.claim(owner="w1", lease_seconds=60, older_than=-1, limit=1)
+    assert lease.token == 1
+    before = await store.load("saga-1")
+    with pytest.raises(LeaseLost) as caught:
+        await store.append(
+            "saga-1", [entry(1, "late")], status=SagaStatus.FAILED, context={"x": 1},
+            fence=first_run,
+        )
+    assert caught.value.token == 0
+    after = await store.load("saga-1")
+    assert after.history == before.history
+    assert after.version == before.version
+    assert after.status is SagaStatus.RUNNING
+    await store.append("saga-1", [entry(1, "b")], fence=lease)
+
+
+async def test_renew_extends_a_current_lease_and_refuses_a_lost_one(
+    store: PostgresSagaStore,
+) -> None:
+    await new_saga(store, "saga-1")
+    (stale,) = await store.claim(owner="w1", lease_seconds=-1, older_than=-1, limit=1)
+    (current,) = await store.claim(owner="w2", lease_seconds=5, older_than=-1, limit=1)
+    renewed = await store.renew(current, 120)
+    assert renewed.token == current.token
+    assert renewed.owner == "w2"
+    assert renewed.expires_at > current.expires_at + 100
+    (summary,) = await store.list_sagas()
+    assert summary.lease_expires_at == renewed.expires_at
+    assert summary.lease_owner == "w2"
+    with pytest.raises(LeaseLost):
+        await store.renew(stale, 120)
+    with pytest.raises(SagaNotFound):
+        await store.renew(Lease("nope", "w", 1, 0.0), 120)
+    # A renewed lease keeps the saga from being claimed.
+    assert await store.claim(owner="w3", lease_seconds=60, older_than=-1, limit=1) == []
+
+
+async def test_renew_of_a_first_run_holds_off_recovery(store: PostgresSagaStore) -> None:
+    """A slow first run (token 0) can heartbeat too: recovery leaves it alone."""
+    await new_saga(store, "saga-1")
+    await store.renew(Lease("saga-1", "runner", 0, float("inf")), 60)
+    assert await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=1) == []
+    (summary,) = await store.list_sagas()
+    assert summary.lease_owner == "runner"
+
+
+# --------------------------------------------------------------------------- the executor
+
+
+@dataclasses.dataclass
+class Order(SagaContext):
+    order_id: str = "o-1"
+    reserved: bool = False
+    charged: int = 0
+    fail_at_ship: bool = False
+    crash_at_ship: bool = False
+
+
+class Crash(BaseException):
+    """The process dies here: no unwinding, the store shows the saga running."""
+
+
+class Reserve:
+    async def act(self, ctx: Order) -> None:
+        ctx.reserved = True
+
+    async def compensate(self, ctx: Order) -> None:
+        ctx.reserved = False
+
+
+class Charge:
+    async def act(self, ctx: Order) -> None:
+        ctx.charged += 100
+
+    async def compensate(self, ctx: Order) -> None:
+        ctx.charged = 0
+
+
+class Ship:
+    async def act(self, ctx: Order) -> None:
+        if ctx.crash_at_ship:
+            raise Crash
+        if ctx.fail_at_ship:
+            raise RuntimeError("no truck")
+
+    async def compensate(self, ctx: Order) -> None:
+        pass
+
+
+class OrderSaga(Saga[Order]):
+    steps = [Reserve, Charge, Ship]
+
+
+FORWARD = [(name, "act", status) for name in ("Reserve", "Charge", "Ship")
+           for status in ("started", "completed")]
+
+
+async def test_a_real_saga_through_the_executor(pg_conninfo: str, pg_schema: str) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        saga = OrderSaga(store=store)
+        result = await saga.run(Order(order_id="o-1"), saga_id="saga-1")
+        assert result.status is SagaStatus.COMPLETED
+        record = await store.load("saga-1")
+        assert record.status is SagaStatus.COMPLETED
+        assert record.fingerprint == OrderSaga.definition.fingerprint
+        assert [(e.step, e.action, e.status.value) for e in record.history] == FORWARD
+        assert record.context["charged"] == 100
+        assert record.version == 4  # create + three appends: one write per step boundary
+
+
+async def test_100_sagas_in_flight_are_all_journaled_completely(
+    store: PostgresSagaStore,
+) -> None:
+    saga = OrderSaga(store=store)
+    ids = [f"saga-{n:03d}" for n in range(100)]
+    outcomes = await asyncio.gather(
+        *(
+            saga.run(Order(order_id=saga_id, fail_at_ship=n % 10 == 0), saga_id=saga_id)
+            for n, saga_id in enumerate(ids)
+        ),
+        return_exceptions=True,
+    )
+    for n, (outcome, saga_id) in enumerate(zip(outcomes, ids, strict=True)):
+        record = await store.load(saga_id)
+        steps = [(e.step, e.action, e.status.value) for e in record.history]
+        if n % 10:
+            assert not isinstance(outcome, BaseException), outcome
+            assert record.status is SagaStatus.COMPLETED
+            assert steps == FORWARD
+        else:
+            assert isinstance(outcome, SagaFailed)
+            assert record.status is SagaStatus.COMPENSATED
+            assert steps[5] == ("Ship", "act", "failed")
+            assert record.context["charged"] == 0
+
+
+async def _crashed(store: PostgresSagaStore, saga_id: str) -> None:
+    with pytest.raises(Crash):
+        await OrderSaga(store=store).run(Order(order_id=saga_id, crash_at_ship=True),
+                                         saga_id=saga_id)
+    record = await store.load(saga_id)
+    assert record.status is SagaStatus.RUNNING
+    assert record.history[-1].step == "Ship"
+    assert record.history[-1].status is StepStatus.STARTED
+
+
+async def test_saga_resume_continues_from_the_journal(store: PostgresSagaStore) -> None:
+    await _crashed(store, "saga-1")
+    # The code is fixed (no crash any more) and the saga is resumed by id.
+    await store.append("saga-1", [], context={
+        **(await store.load("saga-1")).context, "crash_at_ship": False,
+    })
+    result = await OrderSaga(store=store).resume("saga-1")
+    assert result.status is SagaStatus.COMPLETED
+    record = await store.load("saga-1")
+    assert record.status is SagaStatus.COMPLETED
+    assert [(e.step, e.status.value) for e in record.history][-2:] == [
+        ("Ship", "started"), ("Ship", "completed")
+    ]
+    assert record.context["charged"] == 100  # Charge did not run again
+
+
+async def test_recover_claims_and_finishes_interrupted_sagas(store: PostgresSagaStore) -> None:
+    for n in range(5):
+        await _crashed(store, f"saga-{n}")
+        await store.append(f"saga-{n}", [], context={
+            **(await store.load(f"saga-{n}")).context, "crash_at_ship": False,
+        })
+    await new_saga(store, "unknown-kind")  # a saga name nobody gave: skipped, kept
+    report = await recover(store, [OrderSaga(store=store)], older_than=0, lease=60)
+    assert sorted(report.resumed) == [f"saga-{n}" for n in range(5)]
+    assert [saga_id for saga_id, _ in report.skipped] == ["unknown-kind"]
+    for n in range(5):
+        record = await store.load(f"saga-{n}")
+        assert record.status is SagaStatus.COMPLETED
+        assert record.context["charged"] == 100
+    summaries = {s.saga_id: s for s in await store.list_sagas()}
+    assert summaries["saga-0"].lease_owner is None  # released after the run
+    # The original runner of a recovered saga is fenced out.
+    with pytest.raises(LeaseLost):
+        await store.append("saga-0", [entry(9, "late")], fence=Lease("saga-0", "", 0, 0.0))
+
+
+async def test_a_recovering_worker_whose_lease_was_taken_over_is_fenced_out(
+    store: PostgresSagaStore,
+) -> None:
+    await _crashed(store, "saga-1")
+    # Worker 1 claims with a lease that has already run out; worker 2 takes over.
+    (stale,) = await store.claim(owner="w1", lease_seconds=-1, older_than=-1, limit=1)
+    (current,) = await store.claim(owner="w2", lease_seconds=60, older_than=-1, limit=1)
+    saga = OrderSaga(store=store)
+    record = await store.load("saga-1")
+    record.context["crash_at_ship"] = False
+    with pytest.raises(LeaseLost):
+        await saga._resume_record(record, lease=stale)
+    after = await store.load("saga-1")
+    assert after.status is SagaStatus.RUNNING
+    assert len(after.history) == len(record.history)
+    result = await saga._resume_record(record, lease=current)
+    assert result.status is SagaStatus.COMPLETED
