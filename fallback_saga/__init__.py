@@ -40,6 +40,7 @@ from .store import (
     SagaSummary,
     SQLiteSagaStore,
 )
+from .worker import RecoveryWorker, WorkerStats
 
 __version__ = "0.2.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "RecordedError",
     "RecoverableStore",
     "RecoveryReport",
+    "RecoveryWorker",
     "Response",
     "RetryPolicy",
     "SQLiteSagaStore",
@@ -85,6 +87,7 @@ __all__ = [
     "Step",
     "StepInfo",
     "StepStatus",
+    "WorkerStats",
     "__version__",
     "current_step",
     "recover",

@@ -182,6 +182,7 @@ class Execution(StepCursor):
     """
 
     __slots__ = (
+        "abandoned",
         "compensation_retry",
         "context",
         "context_dirty",
@@ -241,6 +242,7 @@ class Execution(StepCursor):
         # runner out if it is merely slow), the lease's token when resumed.
         self.fence = fence if fence is not None else Lease(saga_id, "", 0, float("inf"))
         self.resumed = False
+        self.abandoned: LeaseLost | None = None
         self.live = live  # the store is a LiveJournal (decided once per saga instance)
         # S12: a context the journal cannot hold is refused before any step runs
         # — by every store, so that moving from memory to SQLite holds no surprise.
@@ -318,6 +320,8 @@ class Execution(StepCursor):
             try:
                 await self.flush()
             except JournalWriteFailed as failure:
+                if isinstance(failure.error, LeaseLost):
+                    raise failure.error from None  # another worker finishes it
                 raise SagaStoreError(
                     f"saga {self.saga_name} ({self.saga_id}) ran every step, but its completion "
                     f"could not be journaled; the store still shows it running"
@@ -369,6 +373,17 @@ class Execution(StepCursor):
             await shielded(self.unwind())
         finally:
             self._announce_finish(asyncio.CancelledError())
+
+    def abandon(self, reason: LeaseLost) -> None:
+        """Stop driving this saga *without* unwinding it: another worker owns it
+        now (the lease was lost), or this worker hands it off on shutdown.
+
+        From now on every write is refused with ``reason`` — locally, without
+        asking a store that may be unreachable — and no further ``compensate``
+        is called: compensating a saga someone else drives would race them.
+        The caller then cancels the task running the saga.
+        """
+        self.abandoned = reason
 
     def _announce_finish(self, error: BaseException | None) -> None:
         if self.hooks.saga_finished:
@@ -531,6 +546,8 @@ class Execution(StepCursor):
             self.step = branch.name
             self.action = "compensate"
             self.attempt = attempt
+            if self.abandoned is not None:
+                raise JournalWriteFailed(self.abandoned)
             if not self.live:
                 await self.flush(best_effort=True)
             self.active = True
@@ -592,6 +609,8 @@ class Execution(StepCursor):
         where stopping would leave steps uncompensated) logs it instead and
         keeps the transitions for the next write.
         """
+        if self.abandoned is not None:
+            raise JournalWriteFailed(self.abandoned)
         journal = self.journal
         written = self.written
         if self.created and written == len(journal) and self.pending_status is None:

@@ -5,11 +5,50 @@ and says where the run stands: which steps completed (the compensation
 stack, each with the branch that ran), which were compensated already, and
 where forward execution picks up. ``recover`` finds interrupted sagas in a
 store, leases them, and resumes each with the saga class that matches.
+
+Heartbeat and fencing. A saga resumed under a lease (``LeasedRun``; used by
+``recover`` and ``RecoveryWorker``) runs in a task of its own, next to a
+heartbeat task that renews the lease every ``lease_seconds / 3`` through the
+store's optional ``renew``. A renewal refused with ``LeaseLost`` means the
+fencing token moved on: another worker claimed the saga after our lease ran
+out (we were paused, partitioned, or too slow to renew). The run must then
+stop *without unwinding*: compensating would race the new owner, who drives
+the saga forward from the journal. Stopping is a cancellation, and a
+cancelled run normally unwinds (S8), so two independent guards make sure no
+compensation runs:
+
+1. before cancelling, the run's store is replaced by one that refuses every
+   write with ``LeaseLost`` (and its fence by a token no saga ever has), so
+   no later write of this run reaches the store — even if the store is
+   unreachable, where a best-effort unwinding write would merely *fail* and
+   the compensation would go on;
+2. the executor writes a compensation's STARTED row *before* calling
+   ``compensate``, and a write refused with ``LeaseLost`` stops the unwinding
+   even in its best-effort mode (``Execution.flush``). So the cancelled run's
+   unwinding stops at its first write, before the first ``compensate``, and
+   the store's own fencing would refuse it anyway (the token moved on).
+
+A compensation that was already in flight when the lease was lost (the run
+was unwinding of its own accord) finishes — it is shielded by design — and
+its completion is simply not journaled: the new owner runs it again with the
+same idempotency key, as after a crash. The caller gets ``LeaseLost``.
+
+The same mechanism hands a saga off on a worker's shutdown
+(``LeasedRun.hand_off``): the run is stopped like a crashed one, without
+unwinding, and the lease is released so that another worker resumes it at
+once instead of after the lease expires. A shutdown is not a business
+failure; rolling back a saga because a pod was rescaled would be.
+
+Any other renewal error (the store is briefly unreachable) is logged and the
+heartbeat tries again at the next interval: if the lease runs out meanwhile
+and someone else claims the saga, fencing still refuses our writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -17,15 +56,35 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import CorruptSagaRecord, LeaseLost, SagaDefinitionChanged, SagaFailed
+from .errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaDefinitionChanged,
+    SagaFailed,
+    SagaNotFound,
+    SagaStoreError,
+)
+from .executor import Execution, JournalWriteFailed
 from .status import SagaStatus, StepStatus
-from .store.base import RecoverableStore, SagaRecord
+from .step import _CURSOR
+from .store.base import Lease, RecoverableStore, SagaRecord
 
 if TYPE_CHECKING:
     from .definition import SagaDefinition
+    from .executor import SagaResult
     from .saga import Saga
 
-__all__ = ["RecoveryReport", "ResumePoint", "check_definition", "recover", "resume_point"]
+__all__ = [
+    "LeasedRun",
+    "RecoveryReport",
+    "ResumePoint",
+    "SagaHandedOff",
+    "check_definition",
+    "recover",
+    "resume_point",
+]
+
+_log = logging.getLogger("fallback_saga")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +184,201 @@ def check_definition(record: SagaRecord, definition: SagaDefinition) -> None:
     )
 
 
+# --------------------------------------------------------------------------- leased runs
+
+
+class SagaHandedOff(Exception):
+    """A worker that was shutting down stopped driving this saga without
+    unwinding it; its lease is released and another worker resumes it."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"saga {saga_id!r} was handed off (the worker shut down)")
+
+
+class LeasedRun:
+    """One saga resumed under a lease, with its heartbeat (see the module docstring).
+
+    ``await LeasedRun(saga, record, lease, store=store, lease_seconds=300).run()``
+    resumes ``record`` like ``saga._resume_record(record, lease=lease)`` and
+    renews the lease every ``renew_every`` seconds (default ``lease_seconds / 3``)
+    while the run lasts, when the store has ``renew`` (and the interval is > 0). Raises what the run
+    raises, except that a lost lease is always reported as ``LeaseLost`` and a
+    hand-off as ``SagaHandedOff``.
+    """
+
+    def __init__(
+        self,
+        saga: Saga[Any],
+        record: SagaRecord,
+        lease: Lease,
+        *,
+        store: object,
+        lease_seconds: float,
+        renew_every: float | None = None,
+    ) -> None:
+        self.saga = saga
+        self.record = record
+        self.lease = lease
+        self.lease_seconds = float(lease_seconds)
+        self.renew_every = self.lease_seconds / 3 if renew_every is None else renew_every
+        self.renewals = 0
+        self.lost: LeaseLost | None = None
+        self.handed_off = False
+        self._renew: Callable[[Lease, float], Any] | None = getattr(store, "renew", None)
+        # The run's own context: the executor's cursor in it is how the run's
+        # Execution is reached to fence it out (see _stop_without_unwinding).
+        self._context = contextvars.copy_context()
+        self._task: asyncio.Task[SagaResult[Any]] | None = None
+
+    async def run(self) -> SagaResult[Any]:
+        if self.handed_off:
+            raise SagaHandedOff(self.lease.saga_id)
+        task = self._task = asyncio.get_running_loop().create_task(
+            self.saga._resume_record(self.record, lease=self.lease), context=self._context
+        )
+        beat = None
+        if self._renew is not None and self.renew_every > 0:
+            beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            # If *we* are cancelled, awaiting the task cancels it too and waits
+            # for its unwinding (S8), during which the heartbeat keeps beating.
+            return await task
+        except BaseException as error:
+            outcome = self._outcome(error)
+            if outcome is error:
+                raise
+            raise outcome from error
+        finally:
+            if beat is not None:
+                beat.cancel()
+                await asyncio.wait([beat])
+
+    def hand_off(self) -> None:
+        """Stop the run without unwinding it (a worker is shutting down)."""
+        if self.handed_off:
+            return
+        self.handed_off = True
+        self._stop_without_unwinding()
+
+    def _outcome(self, error: BaseException) -> BaseException:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # Our caller cancelled us: that wins over whatever the run says.
+            return error if isinstance(error, asyncio.CancelledError) else (
+                asyncio.CancelledError()
+            )
+        if self.lost is not None:
+            return self.lost
+        if self.handed_off:
+            return SagaHandedOff(self.lease.saga_id)
+        cause = error.error if isinstance(error, JournalWriteFailed) else error
+        if isinstance(cause, SagaStoreError) and isinstance(cause.__cause__, LeaseLost):
+            cause = cause.__cause__  # the completion's write was fenced out
+        if isinstance(cause, LeaseLost):
+            return cause
+        return error if cause is error else cause
+
+    def _stop_without_unwinding(self) -> None:
+        execution = self._context.get(_CURSOR)
+        if isinstance(execution, Execution):
+            # Every later write of this run is refused and no compensate is
+            # called: the cancellation below then stops it without unwinding.
+            execution.abandon(self.lost or LeaseLost(self.lease.saga_id, self.lease.token))
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _heartbeat(self) -> None:
+        renew = self._renew
+        assert renew is not None
+        current = self.lease
+        saga_id = current.saga_id
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                current = await renew(current, self.lease_seconds)
+                self.renewals += 1
+            except LeaseLost as lost:
+                _log.warning("saga %s: lease lost (%s); stopping without unwinding",
+                             saga_id, lost)
+                self.lost = lost
+                self._stop_without_unwinding()
+                return
+            except SagaNotFound:
+                _log.warning("saga %s: deleted while it ran; heartbeat stopped", saga_id)
+                return
+            except Exception as error:
+                _log.warning("saga %s: lease renewal failed, will retry: %s: %s",
+                             saga_id, type(error).__name__, error)
+
+
+# What became of one claimed saga: completed, compensated, failed (needs an
+# operator), skipped (with a reason), lost (the lease; with a reason), handed_off.
+Outcome = tuple[str, str | None]
+
+
+class ClaimedSaga:
+    """A claimed saga, from loading it to releasing its lease (recover and
+    ``RecoveryWorker`` share this)."""
+
+    def __init__(
+        self,
+        store: RecoverableStore,
+        by_name: dict[str, Saga[Any]],
+        lease: Lease,
+        *,
+        lease_seconds: float,
+    ) -> None:
+        self.store = store
+        self.by_name = by_name
+        self.lease = lease
+        self.lease_seconds = lease_seconds
+        self.run: LeasedRun | None = None
+
+    @property
+    def saga_id(self) -> str:
+        return self.lease.saga_id
+
+    async def resume(self) -> Outcome:
+        saga_id = self.saga_id
+        release = True
+        try:
+            record = await self.store.load(saga_id)
+            saga = self.by_name.get(record.saga_name)
+            if saga is None:
+                return "skipped", f"no saga named {record.saga_name!r} given"
+            self.run = LeasedRun(
+                saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds
+            )
+            await self.run.run()
+            return "completed", None
+        except SagaFailed as failure:
+            return failure.status.value, None
+        except LeaseLost as lost:
+            release = False  # the lease is someone else's now
+            return "lost", str(lost)
+        except SagaHandedOff as handed:
+            return "handed_off", str(handed)
+        except CorruptSagaRecord as error:
+            # Keep the lease: other workers skip it until it expires, rather
+            # than re-reading a row that cannot be read on every pass.
+            release = False
+            return "skipped", f"{type(error).__name__}: {error}"
+        except Exception as error:  # changed definition, store error, ...
+            return "skipped", f"{type(error).__name__}: {error}"
+        finally:
+            if release:
+                try:
+                    await self.store.release(self.lease)
+                except Exception as error:  # it expires on its own
+                    _log.warning("saga %s: could not release its lease: %s: %s",
+                                 saga_id, type(error).__name__, error)
+
+    def hand_off(self) -> None:
+        if self.run is not None:
+            self.run.hand_off()
+
+
 # --------------------------------------------------------------------------- recover
 
 
@@ -189,6 +443,11 @@ async def recover(
         )
     by_name: dict[str, Saga[Any]] = {}
     for saga in sagas:
+        if saga.store is not store:
+            raise ValueError(
+                f"saga {saga.name} journals to {saga.store!r}, not to the store being "
+                f"recovered: build it with store=<that store>"
+            )
         if saga.name in by_name:
             raise ValueError(f"two sagas named {saga.name!r} were given to recover")
         by_name[saga.name] = saga
@@ -203,42 +462,22 @@ async def recover(
         if progress is not None:
             progress(saga_id, outcome)
 
-    async def resume_one(claimed: Any) -> None:
-        saga_id = claimed.saga_id
-        release = True
+    async def resume_one(claimed: Lease) -> None:
         async with gate:
-            try:
-                record = await store.load(saga_id)
-                saga = by_name.get(record.saga_name)
-                if saga is None:
-                    report.skipped.append((saga_id, f"no saga named {record.saga_name!r} given"))
-                    note(saga_id, "skipped")
-                    return
-                await saga._resume_record(record, lease=claimed)
-                report.resumed.append(saga_id)
-                note(saga_id, "completed")
-            except SagaFailed as failure:
-                if failure.status is SagaStatus.FAILED:
-                    report.failed.append(saga_id)
-                else:
-                    report.compensated.append(saga_id)
-                note(saga_id, failure.status.value)
-            except LeaseLost as lost:
-                report.skipped.append((saga_id, str(lost)))
-                note(saga_id, "skipped")
-                release = False  # the lease is someone else's now
-            except CorruptSagaRecord as error:
-                report.skipped.append((saga_id, f"{type(error).__name__}: {error}"))
-                note(saga_id, "skipped")
-                # Keep the lease: other workers skip it until it expires, rather
-                # than re-reading a row that cannot be read on every pass.
-                release = False
-            except Exception as error:  # changed definition, store error, ...
-                report.skipped.append((saga_id, f"{type(error).__name__}: {error}"))
-                note(saga_id, "skipped")
-            finally:
-                if release:
-                    await store.release(claimed)
+            outcome, reason = await ClaimedSaga(
+                store, by_name, claimed, lease_seconds=lease
+            ).resume()
+        saga_id = claimed.saga_id
+        if outcome == "completed":
+            report.resumed.append(saga_id)
+        elif outcome == SagaStatus.FAILED.value:
+            report.failed.append(saga_id)
+        elif outcome == SagaStatus.COMPENSATED.value:
+            report.compensated.append(saga_id)
+        else:
+            report.skipped.append((saga_id, reason or outcome))
+            outcome = "skipped"
+        note(saga_id, outcome)
 
     await asyncio.gather(*(resume_one(claimed) for claimed in leases))
     return report

@@ -14,9 +14,8 @@ refuse to run as root: when we are root they run as the ``postgres`` OS user
 (``$FALLBACK_SAGA_PG_USER`` to choose another), so the temporary directory is
 handed to that user and every directory above it must be traversable by it.
 
-The cluster is set up for tests, not for production: local socket access is
-``peer``, TCP access (loopback only) needs the random password in the
-conninfo. ``fsync`` stays on, so timings mean what they would on a real
+The cluster is set up for tests, not for production: TCP (loopback only)
+and the Unix socket both need the random password that is in the conninfo. ``fsync`` stays on, so timings mean what they would on a real
 server on this disk.
 """
 
@@ -134,7 +133,16 @@ class PostgresCluster:
 
     @property
     def conninfo(self) -> str:
+        """Over loopback TCP (what a service on another machine would do)."""
         return self.conninfo_for(self.dbname)
+
+    @property
+    def socket_conninfo(self) -> str:
+        """Over the Unix-domain socket in ``socket_dir`` (same machine only)."""
+        return (
+            f"host={self.socket_dir} port={self.port} user={self.user} "
+            f"password={self.password} dbname={self.dbname}"
+        )
 
     # ------------------------------------------------------------------ start / stop
 
@@ -215,7 +223,7 @@ class PostgresCluster:
             done = self._run(
                 [
                     str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user,
-                    "--pwfile", str(pwfile), "--auth-local=peer", "--auth-host=scram-sha-256",
+                    "--pwfile", str(pwfile), "--auth=scram-sha-256",
                     "--encoding=UTF8", "--no-locale", "--no-sync",
                 ]
             )

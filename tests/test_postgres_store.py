@@ -28,6 +28,7 @@ from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus
 from fallback_saga.errors import (
     CorruptSagaRecord,
     LeaseLost,
+    SagaBusy,
     SagaNotFound,
     SagaStoreError,
 )
@@ -609,6 +610,36 @@ async def test_fencing_refuses_the_late_writes_of_a_first_run(store: PostgresSag
     assert after.version == before.version
     assert after.status is SagaStatus.RUNNING
     await store.append("saga-1", [entry(1, "b")], fence=lease)
+
+
+async def test_claim_saga_leases_one_saga_by_id(store: PostgresSagaStore) -> None:
+    await new_saga(store, "saga-1", status=SagaStatus.COMPLETED)  # any status, any age
+    lease = await store.claim_saga("saga-1", owner="w1", lease_seconds=60)
+    assert (lease.saga_id, lease.owner, lease.token) == ("saga-1", "w1", 1)
+    with pytest.raises(SagaBusy) as busy:
+        await store.claim_saga("saga-1", owner="w2", lease_seconds=60)
+    assert busy.value.owner == "w1"
+    assert busy.value.expires_at == lease.expires_at
+    await store.release(lease)
+    again = await store.claim_saga("saga-1", owner="w2", lease_seconds=-1)  # expires at once
+    assert again.token == 2
+    taken_over = await store.claim_saga("saga-1", owner="w3", lease_seconds=60)
+    assert taken_over.token == 3
+    with pytest.raises(LeaseLost):
+        await store.append("saga-1", [entry(1, "late")], fence=again)
+    with pytest.raises(SagaNotFound):
+        await store.claim_saga("nope", owner="w", lease_seconds=60)
+
+
+async def test_concurrent_claim_saga_calls_lease_it_once(store: PostgresSagaStore) -> None:
+    await new_saga(store, "saga-1")
+    outcomes = await asyncio.gather(
+        *(store.claim_saga("saga-1", owner=f"w{n}", lease_seconds=60) for n in range(8)),
+        return_exceptions=True,
+    )
+    leases = [outcome for outcome in outcomes if isinstance(outcome, Lease)]
+    assert len(leases) == 1
+    assert all(isinstance(o, SagaBusy) for o in outcomes if not isinstance(o, Lease))
 
 
 async def test_renew_extends_a_current_lease_and_refuses_a_lost_one(

@@ -135,7 +135,14 @@ class SagaSummary:
 
 @runtime_checkable
 class RecoverableStore(SagaStore, Protocol):
-    """A durable store that recovery and the operator CLI can work with."""
+    """A durable store that recovery and the operator CLI can work with.
+
+    Optional: ``async def renew(self, lease: Lease, lease_seconds: float) ->
+    Lease`` extends a lease to ``lease_seconds`` from now if its fencing token
+    is still current (else ``LeaseLost``). Recovery heartbeats a resumed saga
+    through it when the store has it (checked with ``hasattr``); without it a
+    saga must finish within its lease, or another worker takes it over.
+    """
 
     async def list_sagas(
         self,

@@ -183,6 +183,10 @@ _TAKE_LEASE: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ? WHERE saga_id = ?"
 )
 _LEASE_STATE: Final = "SELECT fence, lease_owner, lease_expires_at FROM sagas WHERE saga_id = ?"
+_RENEW: Final = (
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ? WHERE saga_id = ? AND fence = ?"
+)
+_FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
 _RELEASE: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = NULL"
     " WHERE saga_id = ? AND fence = ?"
@@ -382,6 +386,20 @@ def _claim_saga(
     lease = Lease(saga_id, owner, fence + 1, txn.now + lease_seconds)
     cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, saga_id))
     return lease
+
+
+def _renew(
+    cursor: sqlite3.Cursor, txn: _Txn, lease: Lease, lease_seconds: float
+) -> Lease:
+    # Neither the version nor updated_at moves: a heartbeat is not a transition
+    # (the writer's memory of versions stays valid; listings keep the real age).
+    expires_at = txn.now + lease_seconds
+    params = (lease.owner, expires_at, lease.saga_id, lease.token)
+    if not cursor.execute(_RENEW, params).rowcount:
+        if cursor.execute(_FENCE_OF, (lease.saga_id,)).fetchone() is None:
+            raise SagaNotFound(lease.saga_id)
+        raise LeaseLost(lease.saga_id, lease.token)
+    return Lease(lease.saga_id, lease.owner, lease.token, expires_at)
 
 
 def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
@@ -1110,6 +1128,15 @@ class SQLiteSagaStore:
         args = (saga_id, owner, _finite("lease_seconds", lease_seconds))
         lease: Lease = await self._submit(_claim_saga, args, write=True)
         return lease
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        """Extend ``lease`` to ``lease_seconds`` from now (the store's clock), if
+        its fencing token is still the saga's current one; else ``LeaseLost``
+        (``SagaNotFound`` if the saga is gone). The heartbeat of a resumed saga:
+        it changes neither the saga's version nor its ``updated_at``."""
+        seconds = _finite("lease_seconds", lease_seconds)
+        renewed: Lease = await self._submit(_renew, (lease, seconds), write=True)
+        return renewed
 
     async def release(self, lease: Lease) -> None:
         """Clear the lease, if it is still the saga's current one."""

@@ -1,0 +1,250 @@
+"""``RecoveryWorker``: the long-running form of ``recover``, for every service instance.
+
+Each instance runs one worker. It claims interrupted sagas (a claim leases
+them and advances their fencing token, so no two workers drive one saga),
+resumes each in a task of its own under a heartbeat (``LeasedRun``), and
+claims again whenever it has room: every ``poll`` seconds, as soon as a
+resumed saga finishes while there may be more work, or when ``wake()`` is
+called (a LISTEN/NOTIFY hook, a test). At most ``concurrency`` sagas run at
+once; a claim asks only for the free slots, so a busy worker leaves the
+rest of the backlog to the others.
+
+Shutdown (``await worker.stop(grace=...)``): the worker stops claiming and
+waits for its sagas to finish. After ``grace`` seconds (``None``: no limit)
+the sagas still running are *handed off*: stopped without unwinding, like a
+crashed run, and their leases released so that another worker resumes them
+at once. (A shutdown is no business failure: it must not roll sagas back.)
+If the task running ``run()`` is cancelled, the sagas are handed off at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .recovery import ClaimedSaga, default_owner
+from .store.base import RecoverableStore
+
+if TYPE_CHECKING:
+    from .saga import Saga
+
+__all__ = ["RecoveryWorker", "WorkerStats"]
+
+_log = logging.getLogger("fallback_saga")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What a worker did since it was created (counts of sagas).
+
+    ``claimed`` = the sum of the others once nothing is in flight. ``lost``:
+    another worker took the saga over (our lease had run out); ``handed_off``:
+    stopped by the worker's shutdown and left for another worker.
+    """
+
+    claimed: int = 0
+    completed: int = 0
+    compensated: int = 0
+    failed: int = 0  # finished FAILED: needs an operator
+    skipped: int = 0  # unknown saga, corrupt row, changed definition, store error
+    lost: int = 0
+    handed_off: int = 0
+
+
+def _seconds(name: str, value: float | timedelta, *, positive: bool) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        value > 0 if positive else value >= 0
+    ) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds "
+                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+class RecoveryWorker:
+    """Claims interrupted sagas and resumes them, until stopped (see the module docstring).
+
+    * ``sagas`` — one saga instance per saga name it may meet (others are skipped);
+    * ``concurrency`` — sagas resumed at once;
+    * ``lease`` — seconds of each claim; renewed every ``lease / 3`` while the
+      saga runs, if the store has ``renew``;
+    * ``poll`` — seconds between claims when idle;
+    * ``older_than`` — only sagas not updated for this long are claimed (a
+      younger one is probably still driven by the process that started it);
+    * ``owner`` — the lease owner's name (default: host, pid and a random part).
+
+    ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
+    of sagas being resumed right now.
+    """
+
+    def __init__(
+        self,
+        store: RecoverableStore,
+        sagas: Iterable[Saga[Any]],
+        *,
+        concurrency: int = 8,
+        lease: float | timedelta = 300.0,
+        poll: float | timedelta = 5.0,
+        older_than: float | timedelta = 60.0,
+        owner: str | None = None,
+    ) -> None:
+        if not isinstance(store, RecoverableStore):
+            raise TypeError(
+                f"{type(store).__name__} cannot be recovered from: it has no leases "
+                f"(use a durable store such as SQLiteSagaStore)"
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if owner is not None and (not isinstance(owner, str) or not owner):
+            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        by_name: dict[str, Saga[Any]] = {}
+        for saga in sagas:
+            if saga.name in by_name:
+                raise ValueError(f"two sagas named {saga.name!r} were given to the worker")
+            by_name[saga.name] = saga
+        self.store = store
+        self.concurrency = concurrency
+        self.lease = _seconds("lease", lease, positive=True)
+        self.poll = _seconds("poll", poll, positive=True)
+        self.older_than = _seconds("older_than", older_than, positive=False)
+        self.owner = owner or default_owner()
+        self.stats = WorkerStats()
+        self._by_name = by_name
+        self._in_flight: dict[asyncio.Task[None], ClaimedSaga] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._running = False
+        self._backlog = False  # the last claim filled every free slot: there may be more
+        self._grace: float | None = None
+        self._finished: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
+                f"{self.stats})")
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def wake(self) -> None:
+        """Claim now rather than at the next poll (safe to call any time, from the loop)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and resume until ``stop()``; then drain (see the module docstring)."""
+        if self._running:
+            raise RuntimeError("this RecoveryWorker is already running")
+        self._running = True
+        self._stopping = False
+        self._finished = asyncio.Event()
+        try:
+            while not self._stopping:
+                self._wake.clear()  # before claiming: a wake-up during the claim is kept
+                await self._claim()
+                if self._stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+        except asyncio.CancelledError:
+            await self._drain(0.0)
+            raise
+        else:
+            await self._drain(self._grace)
+        finally:
+            self._running = False
+            self._finished.set()
+
+    async def stop(self, *, grace: float | None = None) -> None:
+        """Stop claiming; wait for the sagas in flight, for at most ``grace``
+        seconds (``None``: as long as they take), then hand the rest off.
+        Returns once ``run()`` has finished. Harmless if not running."""
+        if grace is not None:
+            grace = _seconds("grace", grace, positive=False)
+        self._grace = grace
+        self._stopping = True
+        self._wake.set()
+        if self._running and self._finished is not None:
+            await self._finished.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _claim(self) -> None:
+        free = self.concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        try:
+            leases = await self.store.claim(
+                owner=self.owner, lease_seconds=self.lease, older_than=self.older_than,
+                limit=free,
+            )
+        except Exception as error:  # the store is down: try again at the next poll
+            _log.warning("recovery worker %s: claim failed: %s: %s", self.owner,
+                         type(error).__name__, error)
+            return
+        self._backlog = len(leases) == free
+        self.stats.claimed += len(leases)
+        for lease in leases:
+            claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease)
+            task = asyncio.get_running_loop().create_task(self._resume(claimed))
+            self._in_flight[task] = claimed
+            task.add_done_callback(self._done)
+
+    async def _resume(self, claimed: ClaimedSaga) -> None:
+        try:
+            outcome, reason = await claimed.resume()
+        except asyncio.CancelledError:
+            # Cancelled before the saga ran (while loading it): it was handed
+            # off untouched; ClaimedSaga released the lease.
+            self.stats.handed_off += 1
+            raise
+        stats = self.stats
+        if outcome == "completed":
+            stats.completed += 1
+        elif outcome == "compensated":
+            stats.compensated += 1
+        elif outcome == "failed":
+            stats.failed += 1
+        elif outcome == "lost":
+            stats.lost += 1
+        elif outcome == "handed_off":
+            stats.handed_off += 1
+        else:
+            stats.skipped += 1
+            _log.warning("recovery worker %s: skipped saga %s: %s", self.owner,
+                         claimed.saga_id, reason)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("recovery worker %s: resuming a saga raised", self.owner,
+                       exc_info=task.exception())
+        if self._backlog or self._stopping:
+            self._wake.set()
+
+    async def _drain(self, grace: float | None) -> None:
+        tasks = set(self._in_flight)
+        if not tasks:
+            return
+        if grace is None or grace > 0:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+        else:
+            pending = tasks
+        if not pending:
+            return
+        _log.warning("recovery worker %s: handing off %d saga(s) still running",
+                     self.owner, len(pending))
+        for task in pending:
+            claimed = self._in_flight.get(task)
+            if claimed is not None and claimed.run is not None:
+                claimed.hand_off()
+            else:
+                task.cancel()  # still loading it: nothing ran yet
+        # Handing off stops a run at its next write or suspension; it does
+        # not wait for a step to finish (the step is cancelled, as in a crash).
+        await asyncio.wait(pending)

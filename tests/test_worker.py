@@ -1,0 +1,624 @@
+"""Leases, heartbeats and ``RecoveryWorker`` (issue 4: "Leases and fencing").
+
+* ``renew`` extends a current lease and refuses a lost one;
+* a resumed saga heartbeats: its lease outlives the lease period while it runs;
+* a lost lease stops the run at once and *without unwinding*: compensating
+  would race the new owner;
+* workers: each interrupted saga resumed exactly once by N workers (asyncio
+  tasks on SQLite, two real processes, and PostgreSQL when it is available);
+  a graceful stop lets sagas finish and releases the leases, a stop past its
+  grace hands the sagas off (no compensation) to another worker; a paused
+  worker is taken over and gets ``LeaseLost``.
+
+Waiting is always on an observable condition with a bounded timeout
+(``eventually``), never a fixed sleep used as synchronization.
+
+Run as a script (``python tests/test_worker.py child DB LEDGER``), this file is
+the child process of the two-process test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from fallback_saga import (
+    JournalEntry,
+    Lease,
+    LeaseLost,
+    RecoveryWorker,
+    Saga,
+    SagaContext,
+    SagaNotFound,
+    SagaStatus,
+    SagaStepHandler,
+    SagaStoreError,
+    SQLiteSagaStore,
+    StepStatus,
+    current_step,
+)
+from fallback_saga.recovery import LeasedRun, SagaHandedOff
+
+pytest_plugins = ["conftest_pg"]
+
+HERE = Path(__file__).resolve()
+
+
+# --------------------------------------------------------------------------- the saga
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    order_id: str = ""
+
+
+class Ledger:
+    """What the steps did: (action, step, saga id) per call, in memory or in a
+    file shared by processes (one line per call, appended with O_APPEND)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.calls: list[tuple[str, str, str]] = []
+        self.gates: dict[str, asyncio.Event] = {}  # "act B" -> held until set
+        self.entered: dict[str, asyncio.Event] = {}
+        self.failing: set[str] = set()  # "act B": raises once its gate opens
+
+    async def perform(self, action: str, step: str) -> None:
+        saga_id = current_step().saga_id
+        self.calls.append((action, step, saga_id))
+        if self.path is not None:
+            line = json.dumps({"action": action, "step": step, "saga": saga_id,
+                               "pid": os.getpid()}) + "\n"
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        key = f"{action} {step}"
+        self.entered.setdefault(key, asyncio.Event()).set()
+        gate = self.gates.get(key)
+        if gate is not None:
+            await gate.wait()
+        if key in self.failing:
+            raise RuntimeError(f"{key} failed")
+
+    def hold(self, key: str) -> asyncio.Event:
+        gate = self.gates[key] = asyncio.Event()
+        self.entered.setdefault(key, asyncio.Event())
+        return gate
+
+
+class _Step(SagaStepHandler[Ctx, str]):
+    name: ClassVar[str] = ""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def act(self, ctx: Ctx, /) -> Any:
+        await self.ledger.perform("act", self.name)
+        return self.name
+
+    async def compensate(self, ctx: Ctx, /) -> None:
+        await self.ledger.perform("compensate", self.name)
+
+
+class A(_Step):
+    name = "A"
+
+
+class B(_Step):
+    name = "B"
+
+
+class C(_Step):
+    name = "C"
+
+
+class OrderSaga(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [A, B, C]
+
+
+def order_saga(store: Any, ledger: Ledger) -> OrderSaga:
+    return OrderSaga(store=store, step_factory=lambda cls: cls(ledger))
+
+
+def _act(position: int, step: str, status: StepStatus) -> JournalEntry:
+    return JournalEntry(position, step, "primary", "act", status, 1, None, 1.0)
+
+
+async def seed(store: Any, count: int, prefix: str = "s") -> list[str]:
+    """``count`` sagas interrupted inside A (a crashed process left them RUNNING)."""
+    ids = [f"{prefix}{n:04d}" for n in range(count)]
+    for saga_id in ids:
+        await store.create(saga_id, "OrderSaga", OrderSaga.definition.fingerprint,
+                           {"order_id": saga_id}, [_act(0, "A", StepStatus.STARTED)])
+    return ids
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 20.0,
+                     what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while True:
+        outcome = condition()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class PausableRenewal:
+    """The store as a paused worker sees it: ``renew`` hangs until resumed
+    (the heartbeat cannot run, as if the process were stopped)."""
+
+    def __init__(self, store: SQLiteSagaStore) -> None:
+        self._store = store
+        self.resumed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        await self.resumed.wait()
+        return await self._store.renew(lease, lease_seconds)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sagas.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SQLiteSagaStore]:
+    async with SQLiteSagaStore(db) as store:
+        yield store
+
+
+def raw_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- renew
+
+
+async def test_renew_extends_a_current_lease_and_refuses_a_lost_one(
+    store: SQLiteSagaStore,
+) -> None:
+    await seed(store, 1)
+    (first,) = await store.claim(owner="w1", lease_seconds=-1, older_than=-1, limit=1)
+    version = (await store.load("s0000")).version
+    renewed = await store.renew(first, 120)
+    assert (renewed.saga_id, renewed.owner, renewed.token) == ("s0000", "w1", first.token)
+    assert renewed.expires_at >= time.time() + 100
+    (summary,) = await store.list_sagas()
+    assert (summary.lease_owner, summary.lease_expires_at) == ("w1", renewed.expires_at)
+    record = await store.load("s0000")
+    assert record.version == version  # a heartbeat is no transition
+    assert await store.claim(owner="w2", lease_seconds=60, older_than=-1, limit=1) == []
+
+    # Once another worker claimed the saga, the old lease cannot be renewed.
+    await store.renew(first, -1)  # let it expire at once
+    (second,) = await store.claim(owner="w2", lease_seconds=60, older_than=-1, limit=1)
+    assert second.token == first.token + 1
+    with pytest.raises(LeaseLost):
+        await store.renew(first, 120)
+    with pytest.raises(SagaNotFound):
+        await store.renew(Lease("nope", "w1", 1, 0.0), 120)
+    with pytest.raises(ValueError, match="lease_seconds"):
+        await store.renew(second, float("nan"))
+
+
+# --------------------------------------------------------------------------- heartbeat
+
+
+async def test_a_resumed_saga_renews_its_lease_while_it_runs(store: SQLiteSagaStore) -> None:
+    await seed(store, 1)
+    ledger = Ledger()
+    gate = ledger.hold("act B")
+    (lease,) = await store.claim(owner="w1", lease_seconds=0.3, older_than=-1, limit=1)
+    leased = LeasedRun(order_saga(store, ledger), await store.load("s0000"), lease,
+                       store=store, lease_seconds=0.3)
+    run = asyncio.create_task(leased.run())
+    await ledger.entered["act B"].wait()
+    # Past the first lease's end (and more), the saga is still leased to w1 ...
+    await eventually(lambda: time.time() > lease.expires_at + 0.3 and leased.renewals >= 3,
+                     what="several renewals past the first expiry")
+    assert await store.claim(owner="w2", lease_seconds=60, older_than=-1, limit=1) == []
+    gate.set()
+    result = await run
+    assert result.status is SagaStatus.COMPLETED
+    assert ledger.calls == [("act", "A", "s0000"), ("act", "B", "s0000"),
+                            ("act", "C", "s0000")]
+
+
+async def test_a_lost_lease_stops_the_run_at_once_and_compensates_nothing(
+    db: Path, store: SQLiteSagaStore
+) -> None:
+    """The paused runner's heartbeat resumes, learns the lease is lost, and
+    stops its run — which is stuck in B with A completed — without unwinding A."""
+    await seed(store, 1)
+    ledger = Ledger()
+    ledger.hold("act B")  # never released: only the lost lease can stop this run
+    paused = PausableRenewal(store)
+    (lease,) = await store.claim(owner="paused", lease_seconds=0.2, older_than=-1, limit=1)
+    leased = LeasedRun(order_saga(paused, ledger), await store.load("s0000"), lease,
+                       store=paused, lease_seconds=0.2)
+    run = asyncio.create_task(leased.run())
+    await ledger.entered["act B"].wait()
+
+    # The lease runs out; a rescuer claims the saga and finishes it.
+    async with SQLiteSagaStore(db) as other:
+        rescuer = RecoveryWorker(other, [order_saga(other, Ledger())], lease=60, poll=0.02,
+                                 older_than=0, owner="rescuer")
+        rescuing = asyncio.create_task(rescuer.run())
+        await eventually(lambda: rescuer.stats.completed == 1, what="the rescuer's run")
+        await rescuer.stop()
+        await rescuing
+
+    paused.resumed.set()  # the paused worker wakes up
+    with pytest.raises(LeaseLost) as caught:
+        await asyncio.wait_for(run, 10)
+    assert caught.value.saga_id == "s0000"
+    assert leased.lost is caught.value
+    # No compensation: A stays done, as the new owner left it.
+    assert ledger.calls == [("act", "A", "s0000"), ("act", "B", "s0000")]
+    record = await store.load("s0000")
+    assert record.status is SagaStatus.COMPLETED
+    assert [e.action for e in record.history] == ["act"] * len(record.history)
+
+
+class Unreachable(PausableRenewal):
+    """The store goes down: every write fails (not with LeaseLost)."""
+
+    down = False
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        if self.down:
+            raise SagaStoreError("the database is unreachable")
+        await self._store.append(*args, **kwargs)
+
+
+async def test_a_hand_off_compensates_nothing_even_when_the_store_is_unreachable(
+    store: SQLiteSagaStore,
+) -> None:
+    """A best-effort unwinding write that merely fails would let compensation
+    go on; a stopped run's writes are refused locally instead."""
+    await seed(store, 1)
+    ledger = Ledger()
+    ledger.hold("act B")
+    flaky = Unreachable(store)
+    (lease,) = await store.claim(owner="w1", lease_seconds=30, older_than=-1, limit=1)
+    leased = LeasedRun(order_saga(flaky, ledger), await store.load("s0000"), lease,
+                       store=flaky, lease_seconds=30)
+    run = asyncio.create_task(leased.run())
+    await ledger.entered["act B"].wait()
+    flaky.down = True
+    leased.hand_off()
+    with pytest.raises(SagaHandedOff):
+        await asyncio.wait_for(run, 10)
+    assert ledger.calls == [("act", "A", "s0000"), ("act", "B", "s0000")]
+
+
+@pytest.mark.parametrize("step_fails", [False, True], ids=["step-returns", "step-fails"])
+async def test_a_paused_worker_is_taken_over_and_gets_lease_lost(
+    db: Path, store: SQLiteSagaStore, step_fails: bool
+) -> None:
+    """A worker whose heartbeat cannot run (paused) holds B past its lease; a
+    second worker takes the saga over; when the first one's step returns (or
+    fails), its write is refused: ``LeaseLost``, nothing compensated."""
+    await seed(store, 1)
+    slow = Ledger()
+    gate = slow.hold("act B")
+    paused = PausableRenewal(store)
+    # concurrency=1: busy with this saga, the paused worker claims nothing else
+    # (it would otherwise take the saga back itself once its lease ran out).
+    first = RecoveryWorker(paused, [order_saga(paused, slow)], concurrency=1, lease=0.2,
+                           poll=0.02, older_than=0, owner="first")  # type: ignore[arg-type]
+    first_task = asyncio.create_task(first.run())
+    await slow.entered["act B"].wait()
+
+    async with SQLiteSagaStore(db) as other:
+        fast = Ledger()
+        second = RecoveryWorker(other, [order_saga(other, fast)], lease=60, poll=0.02,
+                                older_than=0, owner="second")
+        second_task = asyncio.create_task(second.run())
+        await eventually(lambda: second.stats.completed == 1, what="the takeover")
+        await second.stop()
+        await second_task
+        assert [(a, s) for a, s, _ in fast.calls] == [("act", "B"), ("act", "C")]
+
+    if step_fails:
+        slow.failing.add("act B")
+    gate.set()
+    await eventually(lambda: first.stats.lost == 1, what="the paused worker's LeaseLost")
+    await first.stop()
+    await first_task
+    assert [a for a, _, _ in slow.calls] == ["act", "act"]  # A, B: nothing compensated
+    record = await store.load("s0000")
+    assert record.status is SagaStatus.COMPLETED
+    assert "compensate" not in {e.action for e in record.history}
+    assert first.stats.completed == first.stats.compensated == 0
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+async def test_N_workers_resume_each_interrupted_saga_exactly_once(db: Path) -> None:
+    async with SQLiteSagaStore(db) as seeding:
+        ids = await seed(seeding, 200)
+    ledger = Ledger()
+    stores = [SQLiteSagaStore(db) for _ in range(4)]
+    workers = [
+        RecoveryWorker(s, [order_saga(s, ledger)], concurrency=8, lease=30, poll=0.02,
+                       older_than=0, owner=f"w{n}")
+        for n, s in enumerate(stores)
+    ]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await eventually(lambda: sum(w.stats.completed for w in workers) >= 200, within=60,
+                         what="200 completions")
+    finally:
+        for worker in workers:
+            await worker.stop()
+        await asyncio.gather(*tasks)
+        for s in stores:
+            await s.close()
+    assert sum(w.stats.claimed for w in workers) == 200
+    assert sum(w.stats.completed for w in workers) == 200
+    assert sum(1 for w in workers if w.stats.completed) >= 2  # the work was shared
+    calls = Counter((action, step, saga_id) for action, step, saga_id in ledger.calls)
+    assert set(calls.values()) == {1}
+    assert len(calls) == 3 * 200
+    assert raw_rows(db, "SELECT DISTINCT status, fence FROM sagas") == [("completed", 1)]
+    assert raw_rows(db, "SELECT COUNT(*) FROM sagas WHERE lease_owner IS NOT NULL") == [(0,)]
+    assert sorted(saga_id for _, step, saga_id in ledger.calls if step == "C") == ids
+
+
+async def test_a_worker_claims_only_its_free_slots_and_wakes_up_early(
+    store: SQLiteSagaStore,
+) -> None:
+    ledger = Ledger()
+    gate = ledger.hold("act A")
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], concurrency=3, lease=30,
+                            poll=3600, older_than=0)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: worker.stats.claimed == 0 and worker._running, what="start")
+    await seed(store, 5)
+    worker.wake()  # poll is an hour: only wake() makes it look now
+    await eventually(lambda: worker.in_flight == 3, what="three in flight")
+    assert worker.stats.claimed == 3
+    (leased,) = raw_rows(store.path, "SELECT COUNT(*) FROM sagas WHERE lease_owner IS NOT NULL")
+    assert leased == (3,)
+    gate.set()  # a finished saga frees a slot; the backlog is claimed without a poll
+    await eventually(lambda: worker.stats.completed == 5, what="all five")
+    await worker.stop()
+    await task
+    assert worker.stats.claimed == 5
+
+
+async def test_a_graceful_stop_lets_sagas_finish_and_releases_their_leases(
+    store: SQLiteSagaStore,
+) -> None:
+    await seed(store, 2)
+    ledger = Ledger()
+    gate = ledger.hold("act B")
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=30, poll=0.02,
+                            older_than=0)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: len(ledger.calls) == 4, what="both sagas inside B")
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0.05)  # not synchronization: stop() must *not* finish meanwhile
+    assert not stopping.done()
+    assert worker.in_flight == 2
+    gate.set()
+    await asyncio.wait_for(stopping, 10)
+    await task
+    assert worker.stats.completed == 2
+    assert [s.lease_owner for s in await store.list_sagas()] == [None, None]
+    assert {s.status for s in await store.list_sagas()} == {SagaStatus.COMPLETED}
+
+
+async def test_a_stop_past_its_grace_hands_sagas_off_without_compensating(
+    store: SQLiteSagaStore,
+) -> None:
+    await seed(store, 1)
+    ledger = Ledger()
+    ledger.hold("act B")  # never released
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=30, poll=0.02,
+                            older_than=0, owner="leaving")
+    task = asyncio.create_task(worker.run())
+    await ledger.entered["act B"].wait()
+    await asyncio.wait_for(worker.stop(grace=0.05), 10)
+    await task
+    assert worker.stats.handed_off == 1
+    assert ledger.calls == [("act", "A", "s0000"), ("act", "B", "s0000")]  # no compensate
+    (summary,) = await store.list_sagas()
+    assert summary.status is SagaStatus.RUNNING
+    assert summary.lease_owner is None  # released: the next worker need not wait
+    record = await store.load("s0000")
+    assert "compensate" not in {e.action for e in record.history}
+
+    # Another worker takes it at once and finishes it forward.
+    after = Ledger()
+    other = RecoveryWorker(store, [order_saga(store, after)], lease=30, poll=0.02,
+                           older_than=0)
+    other_task = asyncio.create_task(other.run())
+    await eventually(lambda: other.stats.completed == 1, what="the hand-over")
+    await other.stop()
+    await other_task
+    assert [(a, s) for a, s, _ in after.calls] == [("act", "B"), ("act", "C")]
+
+
+async def test_a_cancelled_worker_hands_its_sagas_off(store: SQLiteSagaStore) -> None:
+    await seed(store, 1)
+    ledger = Ledger()
+    ledger.hold("act B")
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=30, poll=0.02,
+                            older_than=0)
+    task = asyncio.create_task(worker.run())
+    await ledger.entered["act B"].wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert worker.stats.handed_off == 1
+    assert worker.in_flight == 0
+    (summary,) = await store.list_sagas()
+    assert (summary.status, summary.lease_owner) == (SagaStatus.RUNNING, None)
+
+
+async def test_the_worker_reports_unknown_sagas_as_skipped(store: SQLiteSagaStore) -> None:
+    await store.create("x1", "NoSuchSaga", "f", {}, [_act(0, "A", StepStatus.STARTED)])
+    worker = RecoveryWorker(store, [order_saga(store, Ledger())], lease=30, poll=0.02,
+                            older_than=0)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: worker.stats.skipped == 1, what="the skip")
+    await worker.stop()
+    await task
+    assert worker.stats.claimed == 1
+
+
+def test_the_worker_validates_its_arguments(db: Path) -> None:
+    store = SQLiteSagaStore(db)
+    with pytest.raises(ValueError, match="concurrency"):
+        RecoveryWorker(store, [], concurrency=0)
+    with pytest.raises(ValueError, match="poll"):
+        RecoveryWorker(store, [], poll=0)
+    with pytest.raises(ValueError, match="lease"):
+        RecoveryWorker(store, [], lease=-1)
+    with pytest.raises(ValueError, match="two sagas"):
+        RecoveryWorker(store, [order_saga(store, Ledger()), order_saga(store, Ledger())])
+    with pytest.raises(TypeError, match="cannot be recovered"):
+        RecoveryWorker(object(), [])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+async def _child(db: str, ledger_path: str) -> None:
+    async with SQLiteSagaStore(db) as store:
+        await store.open()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        worker = RecoveryWorker(store, [order_saga(store, Ledger(Path(ledger_path)))],
+                                concurrency=4, lease=30, poll=0.02, older_than=0)
+        task = asyncio.create_task(worker.run())
+
+        async def none_left() -> bool:
+            return not await store.list_sagas(status=SagaStatus.RUNNING, limit=1)
+
+        await eventually(none_left, within=60, what="no running saga left")
+        await worker.stop()
+        await task
+        print(json.dumps(dataclasses.asdict(worker.stats)), flush=True)
+
+
+def test_two_worker_processes_resume_each_saga_exactly_once(tmp_path: Path) -> None:
+    db, ledger = tmp_path / "sagas.db", tmp_path / "ledger.jsonl"
+
+    async def seeding() -> list[str]:
+        async with SQLiteSagaStore(db) as store:
+            return await seed(store, 120)
+
+    ids = asyncio.run(seeding())
+    command = [sys.executable, str(HERE), "child", str(db), str(ledger)]
+    procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+        for proc in procs:  # go, both at once
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=90) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+    stats = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sum(s["claimed"] for s in stats) == sum(s["completed"] for s in stats) == 120
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    calls = Counter((line["action"], line["step"], line["saga"]) for line in lines)
+    assert len(calls) == 3 * 120
+    assert set(calls.values()) == {1}
+    by_saga = {(line["saga"], line["pid"]) for line in lines}
+    assert len(by_saga) == 120  # every saga was driven by one process only
+    assert raw_rows(db, "SELECT DISTINCT status, fence FROM sagas") == [("completed", 1)]
+    assert sorted({line["saga"] for line in lines}) == ids
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+async def test_postgres_N_workers_resume_each_interrupted_saga_exactly_once(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as seeding:
+        await seed(seeding, 100)
+    ledger = Ledger()
+    stores = [PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=4)
+              for _ in range(3)]
+    for s in stores:
+        await s.open()
+    workers = [RecoveryWorker(s, [order_saga(s, ledger)], concurrency=8, lease=30,
+                              poll=0.02, older_than=0) for s in stores]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await eventually(lambda: sum(w.stats.completed for w in workers) >= 100, within=60,
+                         what="100 completions")
+    finally:
+        for worker in workers:
+            await worker.stop()
+        await asyncio.gather(*tasks)
+        for s in stores:
+            await s.close()
+    assert sum(w.stats.claimed for w in workers) == 100
+    calls = Counter(ledger.calls)
+    assert len(calls) == 3 * 100
+    assert set(calls.values()) == {1}
+
+
+async def test_postgres_heartbeat_and_lost_lease(pg_conninfo: str, pg_schema: str) -> None:
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await seed(store, 1)
+        ledger = Ledger()
+        gate = ledger.hold("act B")
+        (lease,) = await store.claim(owner="w1", lease_seconds=0.3, older_than=-1, limit=1)
+        leased = LeasedRun(order_saga(store, ledger), await store.load("s0000"), lease,
+                           store=store, lease_seconds=0.3)
+        run = asyncio.create_task(leased.run())
+        await ledger.entered["act B"].wait()
+        await eventually(lambda: leased.renewals >= 3, what="renewals")
+        assert await store.claim(owner="w2", lease_seconds=60, older_than=-1, limit=1) == []
+        gate.set()
+        assert (await run).status is SagaStatus.COMPLETED
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    asyncio.run(_child(sys.argv[2], sys.argv[3]))
