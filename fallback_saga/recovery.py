@@ -216,7 +216,9 @@ class LeasedRun:
         store: object,
         lease_seconds: float,
         renew_every: float | None = None,
+        allow_changed_definition: bool = False,
     ) -> None:
+        self.allow_changed_definition = allow_changed_definition
         self.saga = saga
         self.record = record
         self.lease = lease
@@ -235,7 +237,12 @@ class LeasedRun:
         if self.handed_off:
             raise SagaHandedOff(self.lease.saga_id)
         task = self._task = asyncio.get_running_loop().create_task(
-            self.saga._resume_record(self.record, lease=self.lease), context=self._context
+            self.saga._resume_record(
+                self.record,
+                lease=self.lease,
+                allow_changed_definition=self.allow_changed_definition,
+            ),
+            context=self._context,
         )
         beat = None
         if self._renew is not None and self.renew_every > 0:

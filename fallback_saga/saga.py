@@ -21,7 +21,7 @@ from .executor import (
     SagaResult,
     shielded,
 )
-from .recovery import check_definition, default_owner, resume_point
+from .recovery import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
@@ -162,9 +162,16 @@ class Saga(Generic[ContextT]):
         lease = await store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds)
         try:
             record = await store.load(saga_id)
-            return await self._resume_record(
-                record, lease=lease, allow_changed_definition=allow_changed_definition
+            # With its heartbeat: the lease is renewed while the saga runs.
+            run = LeasedRun(
+                self,
+                record,
+                lease,
+                store=store,
+                lease_seconds=lease_seconds,
+                allow_changed_definition=allow_changed_definition,
             )
+            return await run.run()
         finally:
             await store.release(lease)
 

@@ -7,16 +7,18 @@ benchmarks import it too)::
     with PostgresCluster.start_new() as cluster:
         print(cluster.conninfo)
 
-The server binaries are looked for in ``$FALLBACK_SAGA_PG_BIN``, then in
-``/usr/lib/postgresql/15/bin``, then in the newest other
-``/usr/lib/postgresql/*/bin``, then on ``PATH``. ``initdb`` and ``postgres``
-refuse to run as root: when we are root they run as the ``postgres`` OS user
-(``$FALLBACK_SAGA_PG_USER`` to choose another), so the temporary directory is
-handed to that user and every directory above it must be traversable by it.
+The server binaries are taken from ``$FALLBACK_SAGA_PG_BIN`` when it is set
+(and only from there); otherwise from ``/usr/lib/postgresql/15/bin``, the
+newest other ``/usr/lib/postgresql/*/bin``, or ``PATH``. ``initdb`` and
+``postgres`` refuse to run as root: when we are root they run as the
+``postgres`` OS user (``$FALLBACK_SAGA_PG_USER`` to choose another), so the
+temporary directory is handed to that user, and every directory above it
+must be traversable by it (else ``/tmp`` is used).
 
 The cluster is set up for tests, not for production: TCP (loopback only)
-and the Unix socket both need the random password that is in the conninfo. ``fsync`` stays on, so timings mean what they would on a real
-server on this disk.
+and the Unix socket both need the random password that is in the conninfo.
+``fsync`` stays on, so timings mean what they would on a real server on
+this disk.
 """
 
 from __future__ import annotations
@@ -52,8 +54,21 @@ def find_bindir() -> Path:
     ``PostgresUnavailable`` if there is none."""
     candidates: list[Path] = []
     if explicit := os.environ.get("FALLBACK_SAGA_PG_BIN"):
-        candidates.append(Path(explicit))
-    candidates.append(Path(f"/usr/lib/postgresql/{DEFAULT_VERSION}/bin"))
+        candidates.append(Path(explicit))  # said explicitly: that one or none
+    else:
+        candidates += _default_bindirs()
+    for bindir in candidates:
+        if all((bindir / name).is_file() for name in ("initdb", "postgres", "pg_ctl")):
+            return bindir
+    raise PostgresUnavailable(
+        "PostgreSQL server binaries not found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); install them (Debian: apt-get install postgresql-15) or set FALLBACK_SAGA_PG_BIN"
+    )
+
+
+def _default_bindirs() -> list[Path]:
+    candidates = [Path(f"/usr/lib/postgresql/{DEFAULT_VERSION}/bin")]
     root = Path("/usr/lib/postgresql")
     if root.is_dir():
         versions = sorted(
@@ -63,14 +78,7 @@ def find_bindir() -> Path:
         candidates += [p / "bin" for p in versions]
     if on_path := shutil.which("initdb"):
         candidates.append(Path(on_path).parent)
-    for bindir in candidates:
-        if all((bindir / name).is_file() for name in ("initdb", "postgres", "pg_ctl")):
-            return bindir
-    raise PostgresUnavailable(
-        "PostgreSQL server binaries not found (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + "); install them (Debian: apt-get install postgresql-15) or set FALLBACK_SAGA_PG_BIN"
-    )
+    return candidates
 
 
 def _free_port() -> int:

@@ -107,8 +107,6 @@ class _Names:
         self.sagas = f"{prefix}fallback_saga_sagas"
         self.steps = f"{prefix}fallback_saga_steps"
         self.version = f"{prefix}fallback_saga_schema"
-        # to_regclass wants the name as text: the same spelling.
-        self.version_regclass = self.version
         digest = hashlib.sha256(f"fallback_saga.schema:{schema or ''}".encode()).digest()
         self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -216,17 +214,19 @@ async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
 
 async def _schema_version(conn: AsyncConnection[Any], names: _Names) -> int | None:
     """The recorded version; ``None`` when there is no version table yet."""
-    cursor = await conn.execute("SELECT to_regclass(%s)::text", (names.version_regclass,))
-    row = await cursor.fetchone()
-    if row is None or row[0] is None:
-        return None
-    cursor = await conn.execute(f"SELECT version FROM {names.version} WHERE id = 1")
-    row = await cursor.fetchone()
+    try:
+        cursor = await conn.execute("SELECT to_regclass(%s)::text", (names.version,))
+        row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            return None
+        cursor = await conn.execute(f"SELECT version FROM {names.version} WHERE id = 1")
+        row = await cursor.fetchone()
+    finally:
+        if not conn.autocommit:
+            await conn.rollback()  # end the read's transaction: a migration opens its own
     version = None if row is None else int(row[0])
     if version is not None and version > len(_MIGRATIONS):
         raise _newer_schema(version, len(_MIGRATIONS))
-    if not conn.autocommit:
-        await conn.rollback()  # end the read's transaction: the migration opens its own
     return version
 
 
@@ -473,6 +473,12 @@ class PostgresSagaStore:
     crash loses nothing. The other PostgreSQL values are accepted for
     replicated setups.
 
+    Connections are not pinged before use (that would double the round
+    trips): after the database restarts, a write on a pooled connection that
+    died fails once with ``SagaStoreError`` and the pool replaces it. Give
+    your own pool ``check=AsyncConnectionPool.check_connection`` if you prefer
+    paying a round trip per write for that.
+
     Use ``async with PostgresSagaStore(dsn) as store:`` or ``await
     store.close()`` at shutdown. Many processes and machines may share one
     database: ``claim`` leases each saga to one worker at a time, and fenced
@@ -508,7 +514,6 @@ class PostgresSagaStore:
         if timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
         self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
-        self._psycopg = psycopg
         if isinstance(conninfo_or_pool, str):
             _count("min_size", min_size)
             _count("max_size", max_size)
