@@ -28,6 +28,7 @@ from .fallback import Fallback
 from .recovery import RecoveryReport, recover
 from .retry import RetryPolicy, set_testing
 from .saga import Saga, SagaTransaction
+from .shared_state import CircuitStateStore, SharedCircuit, SQLiteCircuitStateStore
 from .status import SagaStatus, StepStatus
 from .step import Response, SagaStepHandler, SagaStepResult, Step, StepInfo, current_step
 from .store import (
@@ -49,6 +50,7 @@ __all__ = [
     "CircuitBreakerProtocol",
     "CircuitOpenError",
     "CircuitState",
+    "CircuitStateStore",
     "ContextDecodeError",
     "ContextSerializationError",
     "CorruptSagaRecord",
@@ -64,6 +66,7 @@ __all__ = [
     "RecoveryWorker",
     "Response",
     "RetryPolicy",
+    "SQLiteCircuitStateStore",
     "SQLiteSagaStore",
     "Saga",
     "SagaAlreadyExists",
@@ -84,6 +87,7 @@ __all__ = [
     "SagaStoreError",
     "SagaSummary",
     "SagaTransaction",
+    "SharedCircuit",
     "Step",
     "StepInfo",
     "StepStatus",

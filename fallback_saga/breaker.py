@@ -10,21 +10,34 @@ and never causes a transition.
 
 The closed path takes no lock and allocates nothing: granting a permit is two
 attribute reads, and a success with no pending failures writes nothing.
+
+With a ``state_store`` (see ``shared_state``), breakers of the same name in
+several processes share their state: counting stays local, transitions are
+published with a compare-and-set, and the shared row is pulled at most once
+per ``sync_interval``. The closed path then adds one clock read and a float
+comparison; without a store it is unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .events import collect_hooks, emit
+
+if TYPE_CHECKING:
+    from .shared_state import CircuitStateStore, SharedCircuit
 
 _log = logging.getLogger("fallback_saga")
 
@@ -93,6 +106,13 @@ class CircuitBreaker:
       old round are ignored.
     * ``clock`` — zero-argument callable returning monotonic seconds
       (default ``time.monotonic``); inject a fake one in tests.
+    * ``state_store`` — a ``CircuitStateStore`` through which breakers with the
+      same ``name`` (required then) in other processes share OPEN / CLOSED /
+      HALF_OPEN; the shared row is pulled at most every ``sync_interval``
+      seconds. Only one instance at a time runs half-open trials. If the
+      store fails, the breaker goes on with its local state and tells its
+      listeners (``breaker_state_store_failed``). ``wall_clock`` (default
+      ``time.time``) converts reopen times to and from the other processes.
 
     Thread-safe; usable as ``await breaker.call(fn, ...)``, as a decorator of
     async functions, and as ``async with breaker:``.
@@ -103,14 +123,25 @@ class CircuitBreaker:
         "_exclude_predicates",
         "_exclude_types",
         "_failures",
+        "_gate",
         "_generation",
         "_half_open_in_flight",
         "_half_open_until",
+        "_instance_id",
         "_lock",
+        "_next_failure_report",
+        "_next_sync",
         "_on_change",
+        "_on_store_failed",
         "_open_until",
         "_permits",
+        "_shared",
+        "_shared_version",
         "_state",
+        "_sync_interval",
+        "_sync_lock",
+        "_unpublished",
+        "_wall_clock",
         "fail_max",
         "half_open_max_calls",
         "name",
@@ -127,6 +158,9 @@ class CircuitBreaker:
         clock: Callable[[], float] | None = None,
         name: str | None = None,
         listeners: Iterable[object] = (),
+        state_store: CircuitStateStore | None = None,
+        sync_interval: float = 1.0,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
             raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
@@ -146,6 +180,22 @@ class CircuitBreaker:
             raise ValueError(
                 f"half_open_max_calls must be an int >= 1, got {half_open_max_calls!r}"
             )
+        if state_store is not None:
+            if not (callable(getattr(state_store, "read", None))
+                    and callable(getattr(state_store, "compare_and_set", None))):
+                raise TypeError(
+                    f"state_store must implement CircuitStateStore, got {state_store!r}"
+                )
+            if name is None:
+                raise ValueError("a breaker with a state_store needs an explicit name")
+        if (
+            isinstance(sync_interval, bool)
+            or not isinstance(sync_interval, int | float)
+            or not 0 < sync_interval < float("inf")
+        ):
+            raise ValueError(f"sync_interval must be seconds > 0, got {sync_interval!r}")
+        if wall_clock is not None and not callable(wall_clock):
+            raise TypeError(f"wall_clock must be a zero-argument callable, got {wall_clock!r}")
         types: list[type[BaseException]] = []
         predicates: list[Callable[[BaseException], bool]] = []
         for rule in exclude:
@@ -172,6 +222,23 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._half_open_until = 0.0
         self._half_open_in_flight = 0
+        # ``_gate`` is CLOSED exactly when ``call()`` may skip every check: it
+        # follows ``_state`` for a local breaker and is never CLOSED for a
+        # shared one, whose closed path must also look at ``_next_sync``.
+        self._gate: CircuitState | None = CircuitState.CLOSED
+        self._shared = state_store
+        self._sync_interval = float(sync_interval)
+        self._wall_clock = wall_clock or time.time
+        self._next_sync = math.inf
+        self._shared_version = 0
+        self._unpublished = False
+        self._next_failure_report = -math.inf
+        self._sync_lock = threading.Lock()
+        self._on_store_failed = collect_hooks(listeners, "breaker_state_store_failed")
+        self._instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        if state_store is not None:
+            self._gate = None
+            self._next_sync = -math.inf  # the first call pulls
         # Per-task stack of the permits taken by ``async with`` blocks.
         self._permits: ContextVar[tuple[int, object] | None] = ContextVar(
             f"fallback_saga_permits_{self.name}", default=None
@@ -206,19 +273,34 @@ class CircuitBreaker:
     def is_open_error(self, error: BaseException) -> bool:
         return isinstance(error, CircuitOpenError)
 
+    @property
+    def state_store(self) -> CircuitStateStore | None:
+        return self._shared
+
+    @property
+    def instance_id(self) -> str:
+        """Identifies this breaker object as the owner of shared half-open trials."""
+        return self._instance_id
+
     # ------------------------------------------------------------------ manual control
 
     def open(self) -> None:
         """Open the circuit now (e.g. from an operator command or a health check)."""
         with self._lock:
             change = self._transition(CircuitState.OPEN, self._clock())
+            generation = self._generation
         self._announce(change)
+        if self._shared is not None:
+            self._publish(generation, force=True)
 
     def close(self) -> None:
         """Close the circuit now and forget counted failures."""
         with self._lock:
             change = self._transition(CircuitState.CLOSED, self._clock())
+            generation = self._generation
         self._announce(change)
+        if self._shared is not None:
+            self._publish(generation, force=True)
 
     # ------------------------------------------------------------------ permits
 
@@ -228,6 +310,8 @@ class CircuitBreaker:
         Every permit must be handed back exactly once, through
         ``record_success``, ``record_failure`` or ``release``.
         """
+        if self._shared is not None:
+            return self._acquire_shared()
         generation = self._generation
         state = self._state
         if state is CircuitState.CLOSED:
@@ -285,7 +369,10 @@ class CircuitBreaker:
                 change = None
                 if permit == self._generation and self._state is CircuitState.HALF_OPEN:
                     change = self._transition(CircuitState.CLOSED, self._clock())
+                generation = self._generation
             self._announce(change)
+            if change is not None and self._shared is not None:
+                self._publish(generation)
 
     def record_failure(self, permit: int) -> None:
         """The permitted call failed with an error that counts."""
@@ -298,7 +385,10 @@ class CircuitBreaker:
                         change = self._transition(CircuitState.OPEN, self._clock())
                 elif self._state is CircuitState.HALF_OPEN:
                     change = self._transition(CircuitState.OPEN, self._clock())
+            generation = self._generation
         self._announce(change)
+        if change is not None and self._shared is not None:
+            self._publish(generation)
 
     def release(self, permit: int) -> None:
         """Return a permit whose outcome says nothing (cancelled, or an excluded error)."""
@@ -340,7 +430,8 @@ class CircuitBreaker:
     # ------------------------------------------------------------------ transitions (lock held)
 
     def _maybe_half_open(self, now: float) -> tuple[CircuitState, CircuitState] | None:
-        if self._state is CircuitState.OPEN and now >= self._open_until:
+        # A shared breaker goes half-open only by winning the claim (_claim_trials).
+        if self._state is CircuitState.OPEN and now >= self._open_until and self._shared is None:
             return self._transition(CircuitState.HALF_OPEN, now)
         return None
 
@@ -349,6 +440,8 @@ class CircuitBreaker:
     ) -> tuple[CircuitState, CircuitState] | None:
         old = self._state
         self._state = new
+        if self._shared is None:
+            self._gate = new
         self._generation += 1
         self._failures = 0
         self._half_open_in_flight = 0
@@ -362,6 +455,191 @@ class CircuitBreaker:
         if change is not None and self._on_change:
             emit(self._on_change, self.name, change[0].value, change[1].value)
 
+    # ------------------------------------------------------------------ shared state
+
+    def _acquire_shared(self) -> int:
+        """``acquire`` for a breaker with a state store: pull when due, claim the
+        trial round when the reopen time passes, then the usual permit rules."""
+        now = self._clock()
+        if now >= self._next_sync:
+            self._sync(now)
+        generation = self._generation
+        state = self._state
+        if state is CircuitState.CLOSED:
+            return generation
+        if state is CircuitState.OPEN:
+            remaining = self._open_until - now
+            if remaining > 0:
+                raise CircuitOpenError(self.name, remaining)
+            self._claim_trials(generation)
+        elif (
+            self._half_open_in_flight >= self.half_open_max_calls
+            and now >= self._half_open_until
+        ):
+            # Our trials never reported back: a new round needs a renewed claim.
+            self._claim_trials(generation)
+        with self._lock:
+            now = self._clock()
+            state = self._state
+            if state is CircuitState.OPEN:
+                retry_after = self._open_until - now
+            elif state is CircuitState.HALF_OPEN:
+                if self._half_open_in_flight < self.half_open_max_calls:
+                    self._half_open_in_flight += 1
+                    retry_after = -1.0
+                else:
+                    retry_after = self._half_open_until - now
+            else:
+                retry_after = -1.0
+            generation = self._generation
+        if retry_after >= 0:
+            raise CircuitOpenError(self.name, max(retry_after, 0.0))
+        return generation
+
+    def _claim_trials(self, seen: int) -> None:
+        """Become the one instance that runs half-open trials (OPEN → HALF_OPEN,
+        or a new round of our own): win the compare-and-set, else adopt the row."""
+        store = self._shared
+        assert store is not None
+        with self._sync_lock:
+            if self._generation != seen:
+                return  # something happened meanwhile; the caller re-reads the state
+            lease = self._wall_clock() + self.reset_timeout
+            try:
+                row = store.compare_and_set(
+                    self.name, self._shared_version, CircuitState.HALF_OPEN, lease,
+                    self._instance_id,
+                )
+                if row is None:
+                    self._adopt(store.read(self.name))
+                    return
+            except Exception as error:
+                # Keep working on local state; publish once the store is back.
+                self._store_failed(error)
+                self._unpublished = True
+            else:
+                self._shared_version = row.version
+                self._unpublished = False
+            with self._lock:
+                change = None
+                if self._generation == seen:
+                    now = self._clock()
+                    if self._state is CircuitState.OPEN:
+                        change = self._transition(CircuitState.HALF_OPEN, now)
+                    elif self._state is CircuitState.HALF_OPEN:
+                        self._generation += 1
+                        self._half_open_in_flight = 0
+                        self._half_open_until = now + self.reset_timeout
+        self._announce(change)
+
+    def _sync(self, now: float) -> None:
+        """Pull the shared row (publishing first what the store missed)."""
+        self._next_sync = now + self._sync_interval
+        if not self._sync_lock.acquire(blocking=False):
+            return  # another thread is syncing this breaker right now
+        try:
+            if self._unpublished:
+                self._publish_locked(self._generation, force=False)
+            else:
+                store = self._shared
+                assert store is not None
+                try:
+                    row = store.read(self.name)
+                except Exception as error:
+                    self._store_failed(error)
+                    return
+                self._adopt(row)
+        finally:
+            self._sync_lock.release()
+
+    def _publish(self, generation: int, *, force: bool = False) -> None:
+        """Publish a local transition (the state at ``generation``)."""
+        with self._sync_lock:
+            self._publish_locked(generation, force=force)
+
+    def _publish_locked(self, generation: int, *, force: bool) -> None:
+        store = self._shared
+        assert store is not None
+        with self._lock:
+            if self._generation != generation:
+                # A later local transition publishes itself; an adopted row is newer.
+                return
+            state = self._state
+            now = self._clock()
+            if state is CircuitState.OPEN:
+                until = self._open_until - now
+            elif state is CircuitState.HALF_OPEN:
+                until = self._half_open_until - now
+            else:
+                until = None
+        open_until = 0.0 if until is None else self._wall_clock() + until
+        owner = self._instance_id if state is CircuitState.HALF_OPEN else None
+        try:
+            row = store.compare_and_set(
+                self.name, self._shared_version, state, open_until, owner
+            )
+            if row is None:
+                current = store.read(self.name)
+                # Evidence of failure (and an operator's command) wins over a
+                # closed row; an OPEN or HALF_OPEN row already protects everyone.
+                if force or (
+                    state is CircuitState.OPEN
+                    and (current is None or current.state is CircuitState.CLOSED)
+                ):
+                    row = store.compare_and_set(
+                        self.name, 0 if current is None else current.version, state,
+                        open_until, owner,
+                    )
+                    if row is None:
+                        current = store.read(self.name)
+                if row is None:
+                    self._adopt(current)
+                    return
+        except Exception as error:
+            self._store_failed(error)
+            self._unpublished = True
+            return
+        self._shared_version = row.version
+        self._unpublished = False
+
+    def _adopt(self, row: SharedCircuit | None) -> None:
+        """Take over a row another instance published (``_sync_lock`` held)."""
+        self._unpublished = False
+        if row is None:
+            self._shared_version = 0
+            return
+        if row.version == self._shared_version:
+            return
+        self._shared_version = row.version
+        if row.state is CircuitState.HALF_OPEN and row.half_open_owner == self._instance_id:
+            return  # our own claim
+        remaining = row.open_until - self._wall_clock()
+        with self._lock:
+            now = self._clock()
+            change = None
+            if row.state is CircuitState.CLOSED:
+                if self._state is not CircuitState.CLOSED:
+                    change = self._transition(CircuitState.CLOSED, now)
+            else:
+                # OPEN, or trials owned by another instance: reject until the
+                # reopen time (or the end of the owner's trial lease).
+                if self._state is not CircuitState.OPEN:
+                    change = self._transition(CircuitState.OPEN, now)
+                self._open_until = now + max(remaining, 0.0)
+        self._announce(change)
+
+    def _store_failed(self, error: BaseException) -> None:
+        """Report a failing store at most once per ``sync_interval``."""
+        now = self._clock()
+        if now < self._next_failure_report:
+            return
+        self._next_failure_report = now + self._sync_interval
+        if self._on_store_failed:
+            emit(self._on_store_failed, self.name, error)
+        else:
+            _log.warning("circuit breaker %s: state store failed: %s: %s", self.name,
+                         type(error).__name__, error)
+
     # ------------------------------------------------------------------ ways to call
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -372,7 +650,11 @@ class CircuitBreaker:
         # permit is already stale and its outcome is ignored. Every transition
         # bumps the generation, so an unchanged one means "still closed".
         permit = self._generation
-        if self._state is not _CLOSED:
+        if self._gate is not _CLOSED and (
+            # A local breaker's gate follows its state; a shared one's is never
+            # CLOSED, and its closed path goes on unless a pull is due.
+            self._state is not _CLOSED or self._clock() >= self._next_sync
+        ):
             return await self._call_guarded(fn, *args, **kwargs)
         try:
             result = await fn(*args, **kwargs)

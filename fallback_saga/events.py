@@ -61,6 +61,10 @@ class SagaListener:
     def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
         """A circuit breaker moved between CLOSED, OPEN and HALF_OPEN."""
 
+    def breaker_state_store_failed(self, breaker: str, error: BaseException) -> None:
+        """A breaker's shared ``state_store`` raised; the breaker goes on with its
+        local state. Reported at most once per ``sync_interval`` per breaker."""
+
 
 HOOK_NAMES: tuple[str, ...] = (
     "saga_started",
@@ -73,6 +77,7 @@ HOOK_NAMES: tuple[str, ...] = (
     "compensation_completed",
     "compensation_failed",
     "breaker_state_changed",
+    "breaker_state_store_failed",
 )
 
 Hook = Callable[..., Any]
@@ -158,3 +163,7 @@ class LoggingListener(SagaListener):
     def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
         level = logging.WARNING if new == "open" else self.level
         self._write(level, "circuit breaker %s: %s -> %s", breaker, old, new)
+
+    def breaker_state_store_failed(self, breaker: str, error: BaseException) -> None:
+        self._write(logging.WARNING, "circuit breaker %s: shared state store failed (%s: %s); "
+                    "working on local state", breaker, type(error).__name__, error)

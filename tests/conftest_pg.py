@@ -10,6 +10,10 @@ Where PostgreSQL cannot be started (no server binaries, no psycopg) the tests
 that need it are skipped with the reason — except under CI (``CI=true``),
 where that is a failure: CI must run them. ``FALLBACK_SAGA_PG_OPTIONAL=1``
 allows the skip there too.
+
+Use it from a test module with ``pytest_plugins = ["conftest_pg"]`` (and
+``require_driver()`` at the module's top when it imports psycopg).
+PYTEST_DONT_REWRITE: test modules import this before pytest registers it.
 """
 
 from __future__ import annotations
@@ -22,12 +26,32 @@ import pytest
 from pg_cluster import PostgresCluster, PostgresUnavailable
 
 
+def _must_run() -> bool:
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    return ci and os.environ.get("FALLBACK_SAGA_PG_OPTIONAL") != "1"
+
+
 def _unavailable(reason: str) -> None:
     message = f"PostgreSQL tests cannot run: {reason}"
-    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    if ci and os.environ.get("FALLBACK_SAGA_PG_OPTIONAL") != "1":
+    if _must_run():
         pytest.fail(message + " (CI must run them; see .ci/run)", pytrace=False)
     pytest.skip(message)
+
+
+def require_driver() -> None:
+    """For a test module's top: skip the module when psycopg is missing
+    (fail under CI)."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as error:
+        message = (
+            f'PostgreSQL tests cannot run: psycopg is not installed ({error}); '
+            f'pip install -e ".[postgres]"'
+        )
+        if _must_run():
+            raise ImportError(message + " (CI must run them; see .ci/run)") from error
+        pytest.skip(message, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

@@ -93,6 +93,19 @@ def _driver() -> tuple[Any, Any]:
     return psycopg, psycopg_pool
 
 
+async def _query(
+    conn: AsyncConnection[Any], statement: str, params: Sequence[Any] | None = None
+) -> Any:
+    """Execute on a cursor that returns tuples, whatever row factory the
+    connection (perhaps from the caller's pool) was given. Results in binary
+    format: floats come back exactly, whatever ``extra_float_digits`` says."""
+    from psycopg.rows import tuple_row  # type: ignore[import-not-found, unused-ignore]
+
+    cursor = conn.cursor(row_factory=tuple_row)
+    await cursor.execute(statement, params, binary=True)
+    return cursor
+
+
 # --------------------------------------------------------------------------- names
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -193,7 +206,7 @@ async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
             f"CREATE TABLE IF NOT EXISTS {names.version} ("
             " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
         )
-        cursor = await conn.execute(f"SELECT version FROM {names.version} WHERE id = 1")
+        cursor = await _query(conn, f"SELECT version FROM {names.version} WHERE id = 1")
         row = await cursor.fetchone()
         version = 0 if row is None else row[0]
         if version > current:
@@ -215,11 +228,11 @@ async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
 async def _schema_version(conn: AsyncConnection[Any], names: _Names) -> int | None:
     """The recorded version; ``None`` when there is no version table yet."""
     try:
-        cursor = await conn.execute("SELECT to_regclass(%s)::text", (names.version,))
+        cursor = await _query(conn, "SELECT to_regclass(%s)::text", (names.version,))
         row = await cursor.fetchone()
         if row is None or row[0] is None:
             return None
-        cursor = await conn.execute(f"SELECT version FROM {names.version} WHERE id = 1")
+        cursor = await _query(conn, f"SELECT version FROM {names.version} WHERE id = 1")
         row = await cursor.fetchone()
     finally:
         if not conn.autocommit:
@@ -675,10 +688,10 @@ class PostgresSagaStore:
             conn = await pool.getconn()
             try:
                 if conn.autocommit:
-                    cursor = await conn.execute(statement, params, binary=True)
+                    cursor = await _query(conn, statement, params)
                 else:
                     async with conn.transaction():
-                        cursor = await conn.execute(statement, params, binary=True)
+                        cursor = await _query(conn, statement, params)
                 if rows == "one":
                     return await cursor.fetchone()
                 if rows == "all":
@@ -825,13 +838,11 @@ class PostgresSagaStore:
         sql = self._sql
         try:
             async with pool.connection() as conn, conn.transaction():
-                cursor = await conn.execute(sql.claimable, (older_than, limit), binary=True)
+                cursor = await _query(conn, sql.claimable, (older_than, limit))
                 due = [saga_id for (saga_id,) in await cursor.fetchall()]
                 if not due:
                     return []
-                cursor = await conn.execute(
-                    sql.take_leases, (owner, lease_seconds, due), binary=True
-                )
+                cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, due))
                 taken = {saga_id: (fence, expires) for saga_id, fence, expires in
                          await cursor.fetchall()}
         except self._errors as error:

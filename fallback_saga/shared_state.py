@@ -1,0 +1,208 @@
+"""Shared circuit state: breakers of the same name in several processes agree on
+OPEN / CLOSED / HALF_OPEN through a small table.
+
+Counting stays local to each ``CircuitBreaker``; only *transitions* are
+shared. A breaker publishes its transition with a compare-and-set on the last
+version of the row it saw, and pulls the row at most once per
+``sync_interval`` (and whenever it transitions). A pull that finds a newer
+version adopts it: OPEN (with its reopen time), CLOSED, or HALF_OPEN owned by
+another instance (which this instance treats as OPEN until the owner's trial
+lease ends). Moving OPEN → HALF_OPEN requires winning the compare-and-set with
+``half_open_owner`` set to the breaker's instance id, so one instance at a
+time runs trial calls.
+
+Where the store's work runs. Inline, on the thread that calls the breaker, but
+rarely: a pull happens on the first call after ``sync_interval`` has passed
+(one float comparison per call decides it), a publish on a local transition,
+a claim when a reopen time passes. Not on a background thread, because
+
+* the half-open claim must be decided *before* a trial permit is granted —
+  it is synchronous by nature;
+* time stays the breaker's injected clock, so the whole protocol is
+  deterministic under a fake clock, and there is no thread to start, stop or
+  leak per breaker or per store;
+* the closed path of a breaker without a store is unchanged, and with a store
+  it adds one clock read and a float compare per call.
+
+The cost is that a pull or publish blocks the caller for one store round trip
+(tens of microseconds for SQLite in WAL mode) at most about once per
+``sync_interval`` per breaker, plus once per transition. A store must
+therefore bound its operations (busy timeout, connect timeout). Any exception
+from the store leaves the breaker on its local state; the breaker reports it to
+its listeners (``breaker_state_store_failed``) at most once per
+``sync_interval`` and retries at the next pull.
+
+Times in the table are wall-clock (Unix) seconds, because monotonic clocks of
+different processes are unrelated; each breaker converts them to and from its
+own monotonic clock as "seconds from now". Clock skew between machines shifts
+reopen times by the skew.
+
+``SQLiteCircuitStateStore`` serves processes on one machine (stdlib only); a
+PostgreSQL implementation lives in ``fallback_saga.store.postgres_breaker``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from typing import Protocol, runtime_checkable
+
+from .breaker import CircuitState
+
+__all__ = ["CircuitStateStore", "SQLiteCircuitStateStore", "SharedCircuit"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SharedCircuit:
+    """One row of shared circuit state.
+
+    ``version`` grows by one at every published transition (0 means "no row").
+    ``open_until`` (wall-clock seconds) is when an OPEN circuit may be tried
+    again, or when the HALF_OPEN owner's trial lease ends; 0.0 when CLOSED.
+    """
+
+    name: str
+    state: CircuitState
+    version: int
+    open_until: float
+    half_open_owner: str | None
+    updated_at: float
+
+
+@runtime_checkable
+class CircuitStateStore(Protocol):
+    """Where breakers publish and read their shared state.
+
+    Both methods are synchronous, short and thread-safe, and may raise any
+    exception when the store is unreachable (the breaker then works locally).
+    """
+
+    def read(self, name: str) -> SharedCircuit | None:
+        """The current row for ``name``, or ``None`` if nobody published yet."""
+        ...
+
+    def compare_and_set(
+        self,
+        name: str,
+        expected_version: int,
+        new_state: CircuitState,
+        open_until: float,
+        half_open_owner: str | None,
+    ) -> SharedCircuit | None:
+        """Write the row as version ``expected_version + 1`` if its version is
+        still ``expected_version`` (0: the row must not exist yet). Returns the
+        new row, or ``None`` if the version moved on (someone else published)."""
+        ...
+
+
+_TABLE = "fallback_saga_breakers"
+
+_CREATE = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    open_until REAL NOT NULL,
+    half_open_owner TEXT,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+class SQLiteCircuitStateStore:
+    """Shared circuit state in an SQLite file, for processes on one machine.
+
+    Uses its own table (``fallback_saga_breakers``, created if missing) and
+    its own connections — one per thread, in autocommit mode with WAL and a
+    busy timeout — so it may share a file with ``SQLiteSagaStore`` without
+    touching that store's schema. Every statement is a single parameterized
+    statement, atomic on its own.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 1.0) -> None:
+        if path == ":memory:" or path.startswith("file::memory:"):
+            raise ValueError("shared circuit state needs a database file, not :memory:")
+        if not 0 <= busy_timeout < float("inf"):
+            raise ValueError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        self.path = path
+        self.busy_timeout = float(busy_timeout)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteCircuitStateStore({self.path!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise RuntimeError("the circuit state store is closed")
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_CREATE)
+        except BaseException:
+            conn.close()
+            raise
+        with self._all_lock:
+            self._all.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def read(self, name: str) -> SharedCircuit | None:
+        row = self._connection().execute(
+            f"SELECT state, version, open_until, half_open_owner, updated_at "
+            f"FROM {_TABLE} WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        state, version, open_until, owner, updated_at = row
+        return SharedCircuit(
+            name, CircuitState(state), int(version), float(open_until), owner, float(updated_at)
+        )
+
+    def compare_and_set(
+        self,
+        name: str,
+        expected_version: int,
+        new_state: CircuitState,
+        open_until: float,
+        half_open_owner: str | None,
+    ) -> SharedCircuit | None:
+        state = CircuitState(new_state)
+        now = time.time()
+        version = expected_version + 1
+        conn = self._connection()
+        if expected_version == 0:
+            cursor = conn.execute(
+                f"INSERT INTO {_TABLE} "
+                f"(name, state, version, open_until, half_open_owner, updated_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, state.value, version, open_until, half_open_owner, now),
+            )
+        else:
+            cursor = conn.execute(
+                f"UPDATE {_TABLE} SET state = ?, version = ?, open_until = ?, "
+                f"half_open_owner = ?, updated_at = ? WHERE name = ? AND version = ?",
+                (state.value, version, open_until, half_open_owner, now, name, expected_version),
+            )
+        if cursor.rowcount != 1:
+            return None
+        return SharedCircuit(name, state, version, float(open_until), half_open_owner, now)
+
+    def close(self) -> None:
+        """Close every connection this store opened (call when no breaker uses it)."""
+        self._closed = True
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()

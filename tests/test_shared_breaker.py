@@ -1,0 +1,625 @@
+"""Shared circuit state: breakers of one name in several instances agree on
+OPEN / CLOSED / HALF_OPEN through a ``CircuitStateStore``.
+
+Two breakers in one process share an SQLite file and one ``FakeClock`` (as both
+their monotonic and their wall clock), so every step is deterministic; a
+wrapper counts the store calls to show that the closed path makes none
+between pulls. The last tests run two real processes on one SQLite file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_breaker import Boom, FakeClock, StateChanges, fail_with, succeed, trip
+
+from fallback_saga import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CircuitState,
+    CircuitStateStore,
+    LoggingListener,
+    SagaListener,
+    SharedCircuit,
+    SQLiteCircuitStateStore,
+    SQLiteSagaStore,
+)
+
+pytest_plugins = ["conftest_pg"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SYNC = 1.0
+RESET = 10.0
+
+
+class CountingStore:
+    """Wraps a store and counts its calls."""
+
+    def __init__(self, inner: CircuitStateStore) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def read(self, name: str) -> SharedCircuit | None:
+        self.calls += 1
+        return self.inner.read(name)
+
+    def compare_and_set(self, *args: Any) -> SharedCircuit | None:
+        self.calls += 1
+        return self.inner.compare_and_set(*args)
+
+
+class BrokenStore:
+    """A store that is unreachable."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def read(self, name: str) -> SharedCircuit | None:
+        self.calls += 1
+        raise ConnectionError("store down")
+
+    def compare_and_set(self, *args: Any) -> SharedCircuit | None:
+        self.calls += 1
+        raise ConnectionError("store down")
+
+
+class StoreFailures(SagaListener):
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, str]] = []
+
+    def breaker_state_store_failed(self, breaker: str, error: BaseException) -> None:
+        self.failures.append((breaker, type(error).__name__))
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Any:
+    store = SQLiteCircuitStateStore(str(tmp_path / "breakers.db"))
+    yield store
+    store.close()
+
+
+def make(store: Any, clock: FakeClock, **kwargs: Any) -> CircuitBreaker:
+    options: dict[str, Any] = {
+        "name": "payments", "fail_max": 3, "reset_timeout": RESET, "sync_interval": SYNC,
+    }
+    options.update(kwargs)
+    return CircuitBreaker(state_store=store, clock=clock, wall_clock=clock, **options)
+
+
+async def rejected(breaker: CircuitBreaker) -> bool:
+    try:
+        await breaker.call(succeed)
+    except CircuitOpenError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_sqlite_store_compare_and_set_is_versioned(sqlite_store: SQLiteCircuitStateStore) -> None:
+    assert sqlite_store.read("x") is None
+    first = sqlite_store.compare_and_set("x", 0, CircuitState.OPEN, 123.0, None)
+    assert first is not None
+    assert first.version == 1
+    assert first.state is CircuitState.OPEN
+    assert sqlite_store.compare_and_set("x", 0, CircuitState.OPEN, 1.0, None) is None
+    assert sqlite_store.compare_and_set("x", 2, CircuitState.CLOSED, 0.0, None) is None
+    second = sqlite_store.compare_and_set("x", 1, CircuitState.HALF_OPEN, 5.0, "me")
+    assert second is not None
+    assert second.version == 2
+    row = sqlite_store.read("x")
+    assert row is not None
+    assert (row.state, row.version, row.open_until, row.half_open_owner) == (
+        CircuitState.HALF_OPEN, 2, 5.0, "me",
+    )
+    assert isinstance(sqlite_store, CircuitStateStore)
+
+
+async def test_sqlite_store_shares_a_file_with_the_saga_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "app.db")
+    async with SQLiteSagaStore(path) as sagas:
+        await sagas.list_sagas()
+        breakers = SQLiteCircuitStateStore(path)
+        breakers.compare_and_set("p", 0, CircuitState.OPEN, 1.0, None)
+        assert breakers.read("p") is not None
+        await sagas.list_sagas()
+        breakers.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "fallback_saga_breakers" in tables
+
+
+def test_sqlite_store_refuses_memory() -> None:
+    with pytest.raises(ValueError, match="file"):
+        SQLiteCircuitStateStore(":memory:")
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def test_shared_breaker_needs_a_name(sqlite_store: SQLiteCircuitStateStore) -> None:
+    with pytest.raises(ValueError, match="name"):
+        CircuitBreaker(state_store=sqlite_store)
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("inf"), True, "1"])
+def test_shared_breaker_sync_interval_must_be_positive_seconds(
+    sqlite_store: SQLiteCircuitStateStore, interval: Any
+) -> None:
+    with pytest.raises(ValueError, match="sync_interval"):
+        CircuitBreaker(name="x", state_store=sqlite_store, sync_interval=interval)
+
+
+def test_shared_breaker_rejects_a_non_store() -> None:
+    with pytest.raises(TypeError, match="CircuitStateStore"):
+        CircuitBreaker(name="x", state_store=object())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- sharing
+
+
+async def test_shared_an_opened_circuit_is_adopted_at_the_next_sync_not_before(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a = make(sqlite_store, clock)
+    counted = CountingStore(sqlite_store)
+    b = make(counted, clock)
+    await b.call(succeed)  # b's first call pulls (nothing shared yet)
+    assert counted.calls == 1
+
+    await trip(a)
+    assert a.state is CircuitState.OPEN
+    row = sqlite_store.read("payments")
+    assert row is not None
+    assert row.state is CircuitState.OPEN
+
+    for _ in range(100):  # before b's next sync: in memory only, still closed
+        assert await b.call(succeed) == "ok"
+    assert counted.calls == 1
+    assert b.state is CircuitState.CLOSED
+
+    clock.advance(SYNC)
+    with pytest.raises(CircuitOpenError) as caught:
+        await b.call(succeed)
+    assert counted.calls == 2
+    assert b.state is CircuitState.OPEN
+    assert caught.value.retry_after == pytest.approx(RESET - SYNC)
+    for _ in range(10):  # the rejection path makes no store call either
+        assert await rejected(b)
+    assert counted.calls == 2
+
+
+async def test_shared_closed_path_reads_the_clock_once_and_the_store_never(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    counted = CountingStore(sqlite_store)
+    breaker = make(counted, clock)
+    await breaker.call(succeed)
+    reads, calls = clock.reads, counted.calls
+    for _ in range(50):
+        await breaker.call(succeed)
+    assert clock.reads - reads == 50
+    assert counted.calls == calls
+
+
+async def test_local_breaker_closed_path_reads_no_clock() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock)
+    for _ in range(50):
+        await breaker.call(succeed)
+    assert clock.reads == 0
+
+
+async def test_shared_only_one_instance_runs_half_open_trials(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    await b.call(succeed)
+    await trip(a)
+    clock.advance(SYNC)
+    assert await rejected(b)  # b adopted OPEN
+
+    clock.advance(RESET)  # both past the reset timeout
+    permit = a.acquire()  # a claims the trial round
+    assert a.state is CircuitState.HALF_OPEN
+    row = sqlite_store.read("payments")
+    assert row is not None
+    assert row.half_open_owner == a.instance_id
+
+    with pytest.raises(CircuitOpenError):
+        b.acquire()  # b lost the claim: it keeps rejecting
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError):  # a's one trial slot is taken
+        a.acquire()
+    a.release(permit)
+
+
+async def test_shared_owner_closes_and_the_other_adopts_closed(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    changes = StateChanges()
+    a, b = make(sqlite_store, clock), make(sqlite_store, clock, listeners=[changes])
+    await b.call(succeed)
+    await trip(a)
+    clock.advance(SYNC)
+    assert await rejected(b)
+    clock.advance(RESET)
+    assert await a.call(succeed) == "ok"  # a's trial succeeds: closed everywhere
+    assert a.state is CircuitState.CLOSED
+    # b's pull is due (the clock moved past its sync time): it adopts CLOSED
+    # instead of claiming trials of its own.
+    assert await b.call(succeed) == "ok"
+    assert b.state is CircuitState.CLOSED
+    assert changes.edges()[-1] == (CircuitState.OPEN, CircuitState.CLOSED)
+
+
+async def test_shared_other_instance_waits_for_the_owner_then_adopts_closed(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    await b.call(succeed)
+    await trip(a)
+    clock.advance(RESET)
+    permit = a.acquire()  # a owns the trial, still in flight
+    assert await rejected(b)  # b pulls: HALF_OPEN owned by a → rejects
+    clock.advance(SYNC)
+    assert await rejected(b)
+    a.record_success(permit)  # a publishes CLOSED
+    assert await rejected(b)  # not before b's next sync
+    clock.advance(SYNC)
+    assert await b.call(succeed) == "ok"
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_shared_failed_trial_reopens_the_circuit_everywhere(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    await b.call(succeed)
+    await trip(a)
+    clock.advance(RESET)
+    with pytest.raises(Boom):
+        await a.call(fail_with, Boom("still down"))
+    assert a.state is CircuitState.OPEN
+    clock.advance(SYNC)
+    with pytest.raises(CircuitOpenError) as caught:
+        await b.call(succeed)
+    assert caught.value.retry_after == pytest.approx(RESET - SYNC)
+
+
+async def test_shared_a_stuck_owner_loses_its_trials_after_the_lease(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    await b.call(succeed)
+    await trip(a)
+    clock.advance(RESET)
+    stale = a.acquire()  # a's trial hangs forever
+    assert await rejected(b)
+    clock.advance(RESET)  # the owner's lease ran out: b may take over
+    permit = b.acquire()
+    assert b.state is CircuitState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):
+        a.acquire()  # a's renewal loses: b owns the trials now
+    assert a.state is CircuitState.OPEN
+    a.record_success(stale)  # a late outcome of the old round changes nothing
+    b.record_success(permit)
+    clock.advance(SYNC)
+    assert await a.call(succeed) == "ok"
+
+
+async def test_shared_a_new_instance_learns_the_open_circuit_on_its_first_call(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a = make(sqlite_store, clock)
+    await trip(a)
+    late = make(sqlite_store, clock)
+    assert await rejected(late)
+
+
+async def test_shared_manual_open_and_close_are_published(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a.open()
+    assert await rejected(b)
+    a.close()
+    clock.advance(SYNC)
+    assert await b.call(succeed) == "ok"
+
+
+# --------------------------------------------------------------------------- a failing store
+
+
+async def test_shared_unreachable_store_keeps_local_behaviour_and_reports_once_per_interval(
+) -> None:
+    clock = FakeClock()
+    store = BrokenStore()
+    failures = StoreFailures()
+    changes = StateChanges()
+    breaker = make(store, clock, listeners=[failures, changes])
+    for _ in range(20):
+        assert await breaker.call(succeed) == "ok"
+    assert failures.failures == [("payments", "ConnectionError")]
+    await trip(breaker)  # the publish fails too, within the same interval
+    assert failures.failures == [("payments", "ConnectionError")]
+    assert breaker.state is CircuitState.OPEN
+    assert await rejected(breaker)
+    clock.advance(SYNC)
+    assert await rejected(breaker)
+    assert len(failures.failures) == 2
+    clock.advance(RESET)  # local half-open, local close, as without a store
+    assert await breaker.call(succeed) == "ok"
+    assert breaker.state is CircuitState.CLOSED
+    assert changes.edges() == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.HALF_OPEN),
+        (CircuitState.HALF_OPEN, CircuitState.CLOSED),
+    ]
+    calls = store.calls
+    for _ in range(20):
+        await breaker.call(succeed)
+    assert store.calls == calls  # no retry storm: only at the next sync
+
+
+async def test_shared_store_back_after_an_outage_gets_the_local_state(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+
+    class Flaky(CountingStore):
+        down = True
+
+        def read(self, name: str) -> SharedCircuit | None:
+            if self.down:
+                raise ConnectionError("down")
+            return super().read(name)
+
+        def compare_and_set(self, *args: Any) -> SharedCircuit | None:
+            if self.down:
+                raise ConnectionError("down")
+            return super().compare_and_set(*args)
+
+    flaky = Flaky(sqlite_store)
+    a = make(flaky, clock)
+    await trip(a)  # opened locally while the store is down
+    assert sqlite_store.read("payments") is None
+    flaky.down = False
+    clock.advance(SYNC)
+    assert await rejected(a)  # the next sync publishes the open circuit
+    row = sqlite_store.read("payments")
+    assert row is not None
+    assert row.state is CircuitState.OPEN
+    assert await rejected(make(sqlite_store, clock))
+
+
+def test_logging_listener_logs_store_failures_at_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="fallback_saga"):
+        LoggingListener().breaker_state_store_failed("payments", ConnectionError("down"))
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert "payments" in caplog.records[-1].getMessage()
+
+
+# --------------------------------------------------------------------------- two processes
+
+CHILD = r"""
+import asyncio, sys, time
+from fallback_saga import CircuitBreaker, CircuitOpenError, SQLiteCircuitStateStore
+
+role, path, sync, schema = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+if schema:
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+    store = PostgresCircuitStateStore(path, schema=schema)
+else:
+    store = SQLiteCircuitStateStore(path)
+breaker = CircuitBreaker(name="payments", fail_max=3, reset_timeout=60.0,
+                         state_store=store, sync_interval=sync)
+primary_calls = 0
+
+async def primary(fail):
+    global primary_calls
+    primary_calls += 1
+    if fail:
+        raise RuntimeError("down")
+    await asyncio.sleep(0)
+
+async def main():
+    if role == "opener":
+        sys.stdin.readline()  # "go"
+        for _ in range(3):
+            try:
+                await breaker.call(primary, True)
+            except RuntimeError:
+                pass
+        print("opened", time.time(), breaker.state.value, flush=True)
+        return
+    await breaker.call(primary, False)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            await breaker.call(primary, False)
+        except CircuitOpenError:
+            skipped_at = time.time()
+            break
+    else:
+        print("timeout", flush=True)
+        return
+    before = primary_calls
+    end = time.monotonic() + 0.2
+    rejected = 0
+    while time.monotonic() < end:
+        try:
+            await breaker.call(primary, False)
+        except CircuitOpenError:
+            rejected += 1
+        await asyncio.sleep(0)
+    print("skipped", skipped_at, primary_calls - before, rejected, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _spawn(role: str, url: str, sync: float, schema: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, role, url, str(sync), schema],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, cwd=ROOT,
+    )
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """Lines of ``proc``'s stdout, read by a thread so the test can wait with a timeout."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _expect(lines: queue.Queue[str], word: str, proc: subprocess.Popen[str]) -> list[str]:
+    try:
+        line = lines.get(timeout=30)
+    except queue.Empty:
+        raise AssertionError(f"no {word!r} line within 30 s") from None
+    fields = line.split()
+    if not fields or fields[0] != word:
+        proc.kill()
+        assert proc.stderr is not None
+        raise AssertionError(f"expected {word!r}, got {line!r}; stderr: {proc.stderr.read()}")
+    return fields
+
+
+def run_two_processes(url: str, sync: float, schema: str = "") -> tuple[float, int, int]:
+    """Process B calls its primary in a loop; process A fails 3 times and opens
+    the circuit. Returns (seconds until B first skipped its primary, B's primary
+    calls after that, B's rejections after that)."""
+    watcher = _spawn("watcher", url, sync, schema)
+    opener = _spawn("opener", url, sync, schema)
+    try:
+        watcher_lines, opener_lines = _lines(watcher), _lines(opener)
+        _expect(watcher_lines, "ready", watcher)
+        assert opener.stdin is not None
+        opener.stdin.write("go\n")
+        opener.stdin.flush()
+        _, opened_at, state = _expect(opener_lines, "opened", opener)
+        assert state == "open"
+        _, skipped_at, calls_after, rejections = _expect(watcher_lines, "skipped", watcher)
+        return float(skipped_at) - float(opened_at), int(calls_after), int(rejections)
+    finally:
+        for proc in (watcher, opener):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.communicate(timeout=30)
+
+
+# A loaded CI machine may delay the watcher's loop; the pull itself is due
+# after at most one sync interval.
+SLACK = 1.0
+
+
+def test_shared_circuit_across_processes_sqlite(tmp_path: Path) -> None:
+    sync = 0.05
+    delay, calls_after, rejections = run_two_processes(str(tmp_path / "shared.db"), sync)
+    assert delay <= sync + SLACK, f"B skipped its primary {delay:.3f}s after A opened"
+    assert calls_after == 0
+    assert rejections > 0
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+def pg_store(pg_conninfo: str, pg_schema: str) -> Any:
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+
+    store = PostgresCircuitStateStore(pg_conninfo, schema=pg_schema)
+    yield store
+    store.close()
+
+
+def test_postgres_store_compare_and_set_is_versioned(pg_store: Any) -> None:
+    assert pg_store.read("x") is None
+    first = pg_store.compare_and_set("x", 0, CircuitState.OPEN, 123.5, None)
+    assert first is not None
+    assert (first.version, first.state, first.open_until) == (1, CircuitState.OPEN, 123.5)
+    assert pg_store.compare_and_set("x", 0, CircuitState.OPEN, 1.0, None) is None
+    assert pg_store.compare_and_set("x", 2, CircuitState.CLOSED, 0.0, None) is None
+    second = pg_store.compare_and_set("x", 1, CircuitState.HALF_OPEN, 5.0, "me")
+    assert second is not None
+    assert pg_store.read("x") == second
+    assert isinstance(pg_store, CircuitStateStore)
+
+
+async def test_postgres_two_instances_share_open_and_half_open(pg_store: Any) -> None:
+    clock = FakeClock()
+    a = make(pg_store, clock)
+    counted = CountingStore(pg_store)
+    b = make(counted, clock)
+    await b.call(succeed)
+    await trip(a)
+    for _ in range(20):
+        assert await b.call(succeed) == "ok"
+    assert counted.calls == 1
+    clock.advance(SYNC)
+    assert await rejected(b)
+    clock.advance(RESET)
+    permit = a.acquire()
+    with pytest.raises(CircuitOpenError):
+        b.acquire()
+    a.record_success(permit)
+    clock.advance(SYNC)
+    assert await b.call(succeed) == "ok"
+    assert b.state is CircuitState.CLOSED
+
+
+async def test_postgres_unreachable_store_is_reported_and_local_state_works() -> None:
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+
+    pytest.importorskip("psycopg")
+    store = PostgresCircuitStateStore(
+        "host=127.0.0.1 port=1 dbname=none user=none", connect_timeout=1.0
+    )
+    failures = StoreFailures()
+    breaker = make(store, FakeClock(), listeners=[failures])
+    assert await breaker.call(succeed) == "ok"
+    await trip(breaker)
+    assert breaker.state is CircuitState.OPEN
+    assert len(failures.failures) == 1
+
+
+def test_shared_circuit_across_processes_postgres(pg_conninfo: str, pg_schema: str) -> None:
+    sync = 0.05
+    delay, calls_after, rejections = run_two_processes(pg_conninfo, sync, pg_schema)
+    assert delay <= sync + SLACK, f"B skipped its primary {delay:.3f}s after A opened"
+    assert calls_after == 0
+    assert rejections > 0
