@@ -372,8 +372,11 @@ class ClaimedSaga:
             release = False
             return "skipped", f"{type(error).__name__}: {error}"
         except Exception as error:  # changed definition, store error, ...
+            # Released: an operator may resume it now (allow_changed_definition).
             return "skipped", f"{type(error).__name__}: {error}"
         finally:
+            # A released saga is claimable at once (a hand-off, or a saga this
+            # worker does not know, which another one may).
             if release:
                 try:
                     await self.store.release(self.lease)

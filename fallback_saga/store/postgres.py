@@ -332,8 +332,11 @@ class _Statements:
         self.claimable = (
             f"SELECT saga_id FROM {sagas}"
             f" WHERE status IN {_INTERRUPTED_SQL}"
-            f" AND updated_at < now() - make_interval(secs => %s::float8)"
-            f" AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+            # Never leased: due once not updated for older_than. Leased before:
+            # due as soon as that lease expired or was released.
+            f" AND ((lease_expires_at IS NULL"
+            f" AND updated_at < now() - make_interval(secs => %s::float8))"
+            f" OR lease_expires_at <= now())"
             f" ORDER BY updated_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
         )
         self.take_leases = (
@@ -360,7 +363,7 @@ class _Statements:
             f" RETURNING {_EPOCH.format('lease_expires_at')}"
         )
         self.release = (
-            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = NULL"
+            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now()"
             f" WHERE saga_id = %s AND fence = %s::bigint"
         )
         self.purge = (

@@ -176,8 +176,12 @@ _SUMMARY_COLUMNS: Final = (
 )
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
 _CLAIMABLE: Final = (
-    "SELECT saga_id, fence FROM sagas WHERE status IN (?, ?) AND updated_at < ?"
-    " AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY updated_at LIMIT ?"
+    # Never leased: due once not updated for older_than. Leased before: due as
+    # soon as that lease expired or was released (a dead or departed worker's
+    # saga does not wait for older_than on top of the lease).
+    "SELECT saga_id, fence FROM sagas WHERE status IN (?, ?)"
+    " AND ((lease_expires_at IS NULL AND updated_at < ?) OR lease_expires_at <= ?)"
+    " ORDER BY updated_at LIMIT ?"
 )
 _TAKE_LEASE: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ? WHERE saga_id = ?"
@@ -188,7 +192,8 @@ _RENEW: Final = (
 )
 _FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
 _RELEASE: Final = (
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = NULL"
+    # Expired now, rather than no lease: the saga is claimable at once.
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?"
     " WHERE saga_id = ? AND fence = ?"
 )
 _PURGE_STEPS: Final = (
@@ -403,7 +408,7 @@ def _renew(
 
 
 def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
-    cursor.execute(_RELEASE, (saga_id, token))
+    cursor.execute(_RELEASE, (txn.now, saga_id, token))
 
 
 def _purge(cursor: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
