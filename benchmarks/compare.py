@@ -1,8 +1,10 @@
 """Side-by-side benchmark: fallback_saga vs python-cqrs 5.3.0 vs a bare loop,
 and fallback_saga's CircuitBreaker vs aiobreaker, purgatory, circuitbreaker.
 
-    python benchmarks/compare.py            # full run (about a minute)
+    python benchmarks/compare.py            # full run (about three minutes)
     python benchmarks/compare.py --quick    # a few seconds; used by CI so it cannot rot
+    python benchmarks/compare.py --only durable      # one section (sagas, breakers, durable, postgres)
+    python benchmarks/compare.py --profile durable   # where a durable saga's time goes
     python benchmarks/compare.py --json results.json
 
 Method (why the numbers can be trusted on a noisy shared machine):
@@ -25,6 +27,14 @@ Method (why the numbers can be trusted on a noisy shared machine):
   case).  See workloads.py, "Stores".  ``--quick`` skips the fill.
 * Every implementation's outcome is checked before timing and after every
   batch (status, which branch ran, compensation happened, error raised).
+* Durable sagas (``durable.py``): 3-step sagas journaled to a SQLite file on
+  disk, ours (``SQLiteSagaStore``) against python-cqrs's
+  ``SqlAlchemySagaStorage`` on ``sqlite+aiosqlite``, sequentially and with 100
+  in flight on the one loop (a constant 100 until fewer are left).  Every
+  batch gets a fresh database file in a temporary directory next to this
+  file (``--tmpdir`` to change; never a tmpfs, where fsync is free), opened
+  and warmed up with a few sagas before timing; after the batch the file is
+  read back and must hold every saga as completed.
 * Breaker overhead is paired: in each round, for each breaker, a batch of
   ``await fn()`` is timed right before a batch of the same length through the
   breaker, and ``(t_breaker - t_direct) / N`` is that round's per-call
@@ -73,7 +83,7 @@ SAGA_TARGETS = {"plain3": 20.0, "fallback3": 15.0, "fail3": 15.0}
 
 DURABLE_SEQ_TARGET = 10.0  # sequential durable sagas: ours / python-cqrs
 DURABLE_IN_FLIGHT_TARGET = 10_000.0  # sagas/s, ours with 100 in flight, synchronous=full
-SECTIONS = ("sagas", "breakers", "durable")
+SECTIONS = ("sagas", "breakers", "durable", "postgres")
 
 DIRECT = "direct await"
 BREAKERS = (OURS, "aiobreaker", "purgatory", "circuitbreaker")
@@ -697,6 +707,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; mode: {'quick' if args.quick else 'full'}"
     )
     res = asyncio.run(amain(args))
+    if "postgres" in args.only:
+        # Its own event loops and worker processes, on a throwaway cluster
+        # (postgres_case.py); skipped when PostgreSQL or psycopg is missing.
+        try:
+            import postgres_case
+
+            res["postgres"] = postgres_case.run_postgres_case(quick=args.quick)
+        except Exception as exc:  # no server binaries, no driver
+            res["skipped"]["postgres"] = f"{type(exc).__name__}: {exc}"
     elapsed = time.perf_counter() - started
 
     for what, why in res["skipped"].items():
@@ -707,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
         print_breakers(res["breaker_closed_path"], args.breaker_rounds)
     if "durable" in res:
         print_durable(res["durable"], args.durable_rounds)
+    if "postgres" in res:
+        import postgres_case
+
+        print("\n" + postgres_case.report(res["postgres"]))
     if args.quick:
         print("\n(--quick: too few iterations for the ratios to mean anything)")
     print(f"\ntotal time {elapsed:.1f} s")

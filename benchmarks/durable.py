@@ -9,8 +9,9 @@
   benchmarks use (``expire_on_commit=False, autocommit=False,
   autoflush=False``) and SQLAlchemy's default pool.  Every connection is put
   in the same mode as ours (``journal_mode=WAL``, ``synchronous=FULL``), so
-  both libraries pay the same price per commit; python-cqrs's default
-  rollback journal was measured no faster.  Its tables are created from its
+  both libraries pay the same price per commit (python-cqrs's default
+  rollback journal was measured slower here: 46 against 56 sequential
+  sagas/s, median of 8 interleaved rounds).  Its tables are created from its
   own models' metadata, copied, with one change: the log table's
   ``BigInteger`` primary key becomes ``INTEGER`` (SQLite only auto-increments
   an ``INTEGER PRIMARY KEY``; with ``BIGINT`` every log insert fails).

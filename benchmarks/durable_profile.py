@@ -10,11 +10,15 @@ Not a comparison; a breakdown of fallback_saga + ``SQLiteSagaStore`` alone:
    the store's writer thread (Linux: read from /proc, 10 ms ticks), commits
    per saga and writes per commit;
 3. the event-loop side without any SQLite: the same saga on the default
-   ``MemorySagaStore`` (no journal writes awaited), on a store that only
-   JSON-encodes the context like ``SQLiteSagaStore`` does, and on one that
-   also awaits one loop future per write (the await/wake-up cost of a write,
-   without a thread);
-4. with ``cprofile=True``: cProfile of both threads at 100 in flight
+   ``MemorySagaStore`` (a live journal: the executor writes nothing), on a
+   store that takes the write path (the executor builds the entries and the
+   context dict per write; the store JSON-encodes it as ``SQLiteSagaStore``
+   does) and returns at once, and on one that also awaits one loop future
+   per write (the await/wake-up cost of a write, without a thread);
+4. the writer side without the event loop: ``SQLiteSagaStore``'s own write
+   operations for 100 sagas in lock-step (4 groups of 100 writes, one
+   transaction each), called on one thread with no asyncio at all;
+5. with ``cprofile=True``: cProfile of both threads at 100 in flight
    (profiling inflates everything; read the proportions, not the times).
 """
 
@@ -88,7 +92,7 @@ async def thread_breakdown(
     try:
         session = await durable.open_session(config, path)
     finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
     try:
         outcomes = await durable.drive(
             session.run_one, max(200, config.in_flight), config.in_flight
@@ -182,13 +186,13 @@ async def loop_side_us(in_flight: int, n: int) -> dict[str, float]:
     from fallback_saga.store.memory import MemorySagaStore
 
     stores = {
-        "MemorySagaStore (nothing awaited)": MemorySagaStore,
-        "+ JSON-encode the context per write": _EncodeOnlyStore,
-        "+ await one loop future per write": _EncodeAndAwaitStore,
+        "MemorySagaStore (live journal, no writes)": MemorySagaStore,
+        "+ write path, nothing awaited": _EncodeOnlyStore,
+        "+ one loop future awaited per write": _EncodeAndAwaitStore,
     }
     out: dict[str, float] = {}
     for name, make in stores.items():
-        saga = fs_sagas.Plain3(store=make())  # type: ignore[arg-type]
+        saga = fs_sagas.Plain3(store=make())
         check = workloads.fallback_saga_check("plain3")
 
         async def run_one(saga: Any = saga) -> Any:
@@ -205,6 +209,55 @@ async def loop_side_us(in_flight: int, n: int) -> dict[str, float]:
                 check(outcome)
         out[name] = best
     return out
+
+
+def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> float:
+    """CPU microseconds per saga of the store's write operations alone: 100
+    sagas in lock-step (create; 2 appends; the final append) = 4 groups of
+    100 writes, each group one transaction, on this thread, no asyncio.
+
+    Uses ``SQLiteSagaStore``'s private functions (the same ones its writer
+    thread runs), so it may need updating when they change."""
+    from fallback_saga.status import StepStatus
+    from fallback_saga.store import sqlite as impl
+    from fallback_saga.store.base import JournalEntry
+
+    path = os.path.join(tmpdir, f"writer-{synchronous}.db")
+    conn = impl._connect_writer(path, synchronous, 5.0)
+    cursor = conn.cursor()
+    known: dict[str, tuple[int, int]] = {}
+    context = impl._encode_json({"order_id": "o-1", "a": "a", "b": "b", "c": None})
+    started, completed = StepStatus.STARTED, StepStatus.COMPLETED
+
+    def entry(position: int, status: StepStatus) -> JournalEntry:
+        return JournalEntry(position, "Step", "primary", "act", status, 1, None, time.time())
+
+    try:
+        c0 = time.process_time()
+        for wave in range(waves):
+            ids = [f"w{wave}-{i}" for i in range(100)]
+            for phase in range(4):
+                txn = impl._Txn(time.time(), known)
+                cursor.execute("BEGIN IMMEDIATE")
+                for saga_id in ids:
+                    entries: tuple[JournalEntry, ...]
+                    if phase == 0:
+                        entries = (entry(0, started),)
+                        impl._create(
+                            cursor, txn, saga_id, "Plain3", "fp", "running", context, entries
+                        )
+                    elif phase < 3:
+                        entries = (entry(phase - 1, completed), entry(phase, started))
+                        impl._append(cursor, txn, saga_id, entries, None, context, 0)
+                    else:
+                        entries = (entry(2, completed),)
+                        impl._append(cursor, txn, saga_id, entries, "completed", context, 0)
+                txn.flush(cursor)
+                cursor.execute("COMMIT")
+        return (time.process_time() - c0) / (waves * 100) * 1e6
+    finally:
+        conn.close()
+        durable.remove_db(path)
 
 
 def _top(prof: cProfile.Profile, top: int) -> str:
@@ -252,6 +305,14 @@ def run(tmpdir_parent: str | None, n_in_flight: int, n_seq: int, cprofile: bool,
             for name, us_per in res.items():
                 print(f"   {in_flight:>3} in flight  {name:<40} {us_per:6.1f}")
 
+        print("\n4. Writer side only: the store's write operations on one thread, no asyncio")
+        for sync in ("full", "normal"):
+            try:
+                cpu = f"{writer_alone_us(tmpdir, sync):6.1f}"
+            except Exception as exc:  # private API: report, do not fail the profile
+                cpu = f"n/a ({type(exc).__name__}: {exc})"
+            print(f"   100 in lock-step, synchronous={sync:<7} CPU us per saga {cpu}")
+
         if cprofile:
             config = next(c for c in configs if c.key == "ours_100_full")
             profilers: dict[str, cProfile.Profile] = {}
@@ -259,7 +320,7 @@ def run(tmpdir_parent: str | None, n_in_flight: int, n_seq: int, cprofile: bool,
             for name, prof in profilers.items():
                 if name.endswith("-reader"):
                     continue
-                print(f"\n4. cProfile, {config.label}, thread: {name} (tottime order)")
+                print(f"\n5. cProfile, {config.label}, thread: {name} (tottime order)")
                 print(_top(prof, top))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,419 @@
+"""The PostgreSQL case (issue 4, "Performance"): durable sagas on a real server.
+
+Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``: fsync on,
+``synchronous_commit=on``, loopback TCP) and measures:
+
+(a) **sequential** 3-step sagas per second (``plain3``: each saga awaited
+    before the next starts) through ``PostgresSagaStore`` (default
+    ``synchronous_commit="on"``) vs python-cqrs 5.3.0's
+    ``SqlAlchemySagaStorage`` on ``postgresql+psycopg`` (psycopg 3, async),
+    with the session factory python-cqrs's own SQLAlchemy benchmarks use and
+    its tables created from its own models' metadata in a database of its
+    own. One process, one event loop; each round runs one timed batch per
+    library (about ``batch_s`` seconds of back-to-back sagas), the starting
+    library alternating every round; the median over rounds is reported.
+    Afterwards the completed sagas are counted in each database: every saga
+    that was timed really reached the server.
+
+(b) **recovery throughput**: ``pool`` sagas are seeded as a crashed process
+    leaves them (RUNNING, the last journal row a STARTED act of the first
+    step), in a fresh PostgreSQL schema per run; then 1, 2 or 4 worker
+    processes (this file run with ``--child``; each its own
+    ``PostgresSagaStore`` and ``RecoveryWorker``, ``older_than=0``, small
+    ``poll``) are started, connected, and told "go" at once; the time from
+    "go" until no saga is left RUNNING is measured (the parent polls a count
+    on the store's partial index). Runs are interleaved (1, 2, 4, then
+    rotated) and the median per process count is reported, with the scaling
+    factor vs 1 process. Note the machine's CPU count: the server and the
+    workers share it.
+
+Run: ``python benchmarks/postgres_case.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))  # workloads, fs_sagas
+sys.path.insert(0, str(HERE.parent.parent / "tests"))  # pg_cluster
+
+import workloads  # noqa: E402
+
+TARGET_RATIO = 10.0
+CQRS_DB = "cqrs_bench"
+WORKER_COUNTS = (1, 2, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    rounds: int
+    batch_s: float
+    pool: int  # interrupted sagas per recovery run
+    repeats: int  # recovery runs per process count
+    concurrency: int  # sagas resumed at once per worker process
+    poll: float
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(rounds=2, batch_s=0.2, pool=100, repeats=1, concurrency=8, poll=0.02)
+        return cls(rounds=9, batch_s=1.5, pool=2000, repeats=3, concurrency=8, poll=0.02)
+
+
+# --------------------------------------------------------------------------- (a) sequential
+
+
+async def _open_ours(conninfo: str) -> tuple[Any, Any, Any]:
+    import fs_sagas
+
+    from fallback_saga import SagaFailed
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    store = PostgresSagaStore(conninfo, schema="seq", min_size=1, max_size=2)
+    await store.open()
+    saga = fs_sagas.Plain3(store=store)
+    Ctx = fs_sagas.Ctx
+
+    async def run_one() -> Any:
+        ctx = Ctx(order_id="o-1")
+        try:
+            return ctx, await saga.run(ctx)
+        except SagaFailed as exc:
+            return ctx, exc
+
+    return run_one, workloads.fallback_saga_check("plain3"), store.close
+
+
+async def _open_cqrs(url: str) -> tuple[Any, Any, Any]:
+    from cqrs.saga.storage import sqlalchemy as cqrs_sa
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(cqrs_sa.Base.metadata.create_all)
+    storage = cqrs_sa.SqlAlchemySagaStorage(
+        async_sessionmaker(engine, expire_on_commit=False, autocommit=False, autoflush=False)
+    )
+    defs = workloads.cqrs_definitions()
+    saga = defs.sagas["plain3"]()
+    container = defs.Container()
+    Ctx = defs.Ctx
+
+    async def run_one() -> Any:
+        ctx = Ctx(order_id="o-1")
+        results = []
+        try:
+            async with saga.transaction(context=ctx, container=container, storage=storage) as tx:
+                async for step_result in tx:
+                    results.append(step_result)
+        except workloads.StepBoom as exc:
+            return ctx, exc
+        return ctx, results
+
+    return run_one, workloads.cqrs_check("plain3"), engine.dispose
+
+
+async def _batch(run_one: Any, check: Any, seconds: float) -> tuple[int, float]:
+    """Sagas back to back for about ``seconds``; (count, elapsed)."""
+    gc.collect()
+    count = 0
+    outcome = None
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        outcome = await run_one()
+        count += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    check(outcome)
+    return count, now - start
+
+
+async def sequential(cluster: Any, settings: Settings) -> dict[str, Any]:
+    import psycopg
+
+    ours = await _open_ours(cluster.conninfo)
+    impls: dict[str, Any] = {"fallback_saga": ours}
+    cqrs_error: str | None = None
+    try:
+        cluster.create_database(CQRS_DB)
+        url = (
+            f"postgresql+psycopg://{cluster.user}:{cluster.password}"
+            f"@127.0.0.1:{cluster.port}/{CQRS_DB}"
+        )
+        impls["python-cqrs"] = await _open_cqrs(url)
+    except Exception as error:  # reported, ours still measured
+        cqrs_error = f"{type(error).__name__}: {error}"
+    for run_one, check, _ in impls.values():  # warm-up, outcome checked
+        for _ in range(5):
+            check(await run_one())
+    names = list(impls)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    ran: dict[str, int] = {name: 5 for name in names}
+    for r in range(settings.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            run_one, check, _ = impls[name]
+            count, elapsed = await _batch(run_one, check, settings.batch_s)
+            ran[name] += count
+            per_round[name].append(count / elapsed)
+    for _, _, close in impls.values():
+        await close()
+    # What was timed reached the server: count the completed sagas.
+    with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+        (done,) = conn.execute(
+            "SELECT count(*) FROM seq.fallback_saga_sagas WHERE status = 'completed'"
+        ).fetchone()
+    assert done == ran["fallback_saga"], (done, ran["fallback_saga"])
+    if "python-cqrs" in impls:
+        with psycopg.connect(cluster.conninfo_for(CQRS_DB), autocommit=True) as conn:
+            (done,) = conn.execute(
+                "SELECT count(*) FROM saga_executions WHERE status = 'COMPLETED'"
+            ).fetchone()
+        assert done == ran["python-cqrs"], (done, ran["python-cqrs"])
+    result: dict[str, Any] = {
+        name: {"median": statistics.median(v), "rounds": v, "sagas_run": ran[name]}
+        for name, v in per_round.items()
+    }
+    if cqrs_error is not None:
+        result["python-cqrs_error"] = cqrs_error
+    else:
+        ratio = result["fallback_saga"]["median"] / result["python-cqrs"]["median"]
+        result["ratio"] = ratio
+        result["target_met"] = ratio >= TARGET_RATIO
+    return result
+
+
+# --------------------------------------------------------------------------- (b) workers
+
+
+def _seed(conninfo: str, schema: str, count: int) -> None:
+    """``count`` sagas left RUNNING inside act StepA (its STARTED row last)."""
+    import fs_sagas
+
+    from fallback_saga import JournalEntry, StepStatus
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    definition = fs_sagas.Plain3.definition
+    first = definition.items[0]
+    entry = JournalEntry(0, first.name, "primary", "act", StepStatus.STARTED, 1, None, time.time())
+
+    async def create_all() -> None:
+        async with PostgresSagaStore(conninfo, schema=schema, min_size=8, max_size=8) as store:
+            gate = asyncio.Semaphore(8)
+
+            async def create(saga_id: str) -> None:
+                async with gate:
+                    await store.create(
+                        saga_id,
+                        definition.saga_name,
+                        definition.fingerprint,
+                        {"order_id": saga_id},
+                        [entry],
+                    )
+
+            await asyncio.gather(*(create(f"s{n:05d}") for n in range(count)))
+
+    asyncio.run(create_all())
+
+
+async def _child(config: dict[str, Any]) -> None:
+    import fs_sagas
+
+    from fallback_saga import RecoveryWorker
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    size = config["concurrency"] + 2
+    store = PostgresSagaStore(
+        config["conninfo"], schema=config["schema"], min_size=size, max_size=size
+    )
+    await store.open()
+    worker = RecoveryWorker(
+        store,
+        [fs_sagas.Plain3(store=store)],
+        concurrency=config["concurrency"],
+        lease=60,
+        poll=config["poll"],
+        older_than=0,
+        owner=config["owner"],
+    )
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # "go"
+    task = asyncio.create_task(worker.run())
+    await loop.run_in_executor(None, sys.stdin.readline)  # "stop" (or EOF)
+    await worker.stop()
+    await task
+    await store.close()
+    print(json.dumps(dataclasses.asdict(worker.stats)), flush=True)
+
+
+def _recovery_run(cluster: Any, settings: Settings, workers: int, schema: str) -> dict[str, Any]:
+    import psycopg
+
+    _seed(cluster.conninfo, schema, settings.pool)
+    procs = []
+    try:
+        for n in range(workers):
+            config = {
+                "conninfo": cluster.conninfo,
+                "schema": schema,
+                "owner": f"w{n}",
+                "concurrency": settings.concurrency,
+                "poll": settings.poll,
+            }
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(HERE), "--child", json.dumps(config)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line != "ready\n":
+                raise RuntimeError(f"worker process did not start: {line!r}")
+        with psycopg.connect(cluster.conninfo, autocommit=True) as conn:
+            query = (
+                f"SELECT count(*) FROM {schema}.fallback_saga_sagas"
+                f" WHERE status IN ('running', 'compensating')"
+            )
+            start = time.perf_counter()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            while conn.execute(query).fetchone()[0] > 0:  # type: ignore[index]
+                if time.perf_counter() - start > 300:
+                    raise RuntimeError("recovery did not finish within 300 s")
+                time.sleep(0.005)
+            elapsed = time.perf_counter() - start
+            (completed,) = conn.execute(
+                f"SELECT count(*) FROM {schema}.fallback_saga_sagas WHERE status = 'completed'"
+            ).fetchone()  # type: ignore[misc]
+        stats = []
+        for proc in procs:
+            out, _ = proc.communicate("stop\n", timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"worker process exited with {proc.returncode}")
+            stats.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert completed == settings.pool, (completed, settings.pool)
+    assert sum(s["completed"] for s in stats) == settings.pool, stats
+    assert all(s["lost"] == s["skipped"] == s["failed"] == 0 for s in stats), stats
+    return {
+        "sagas_per_s": settings.pool / elapsed,
+        "seconds": elapsed,
+        "completed_per_process": [s["completed"] for s in stats],
+    }
+
+
+def recovery(cluster: Any, settings: Settings) -> dict[str, Any]:
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in WORKER_COUNTS}
+    counts = list(WORKER_COUNTS)
+    for rep in range(settings.repeats):
+        order = counts[rep % len(counts) :] + counts[: rep % len(counts)]
+        for workers in order:
+            runs[workers].append(_recovery_run(cluster, settings, workers, f"rec_{workers}_{rep}"))
+    result: dict[str, Any] = {}
+    base = statistics.median(r["sagas_per_s"] for r in runs[1])
+    for workers, rs in runs.items():
+        median = statistics.median(r["sagas_per_s"] for r in rs)
+        result[str(workers)] = {
+            "median_sagas_per_s": median,
+            "scaling_vs_1": median / base,
+            "runs": rs,
+        }
+    return result
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_postgres_case(*, quick: bool) -> dict[str, Any]:
+    """Start a throwaway cluster, measure (a) and (b), return every figure."""
+    from pg_cluster import PostgresCluster
+
+    settings = Settings.for_mode(quick)
+    with PostgresCluster.start_new() as cluster:
+        seq = asyncio.run(sequential(cluster, settings))
+        rec = recovery(cluster, settings)
+        server = cluster.psql("SHOW server_version").strip()
+    return {
+        "quick": quick,
+        "settings": dataclasses.asdict(settings),
+        "cpus": os.cpu_count(),
+        "server_version": server,
+        "sequential": seq,
+        "workers": rec,
+        "target_ratio": TARGET_RATIO,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    seq = result["sequential"]
+    lines = [
+        f"PostgreSQL {result['server_version']} (throwaway cluster, fsync on, "
+        f"synchronous_commit on, loopback TCP); {result['cpus']} CPUs"
+        + ("; --quick: numbers meaningless" if result["quick"] else ""),
+        "",
+        "(a) sequential plain3 sagas/s (median of "
+        f"{result['settings']['rounds']} interleaved rounds)",
+    ]
+    for name in ("fallback_saga", "python-cqrs"):
+        if name in seq:
+            lines.append(f"  {name:<15} {seq[name]['median']:>10.1f}")
+    if "ratio" in seq:
+        met = "met" if seq["target_met"] else "NOT met"
+        lines.append(f"  ratio {seq['ratio']:.1f}x  (target >= {result['target_ratio']:g}x: {met})")
+    else:
+        lines.append(f"  python-cqrs not measured: {seq.get('python-cqrs_error')}")
+    lines += [
+        "",
+        f"(b) recovery of {result['settings']['pool']} interrupted sagas "
+        f"(median of {result['settings']['repeats']} run(s) each)",
+    ]
+    for workers, row in result["workers"].items():
+        lines.append(
+            f"  {workers} process(es): {row['median_sagas_per_s']:>9.1f} sagas/s"
+            f"   scaling x{row['scaling_vs_1']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts (CI smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--child", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        asyncio.run(_child(json.loads(args.child)))
+        return
+    result = run_postgres_case(quick=args.quick)
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
