@@ -3,7 +3,7 @@ and fallback_saga's CircuitBreaker vs aiobreaker, purgatory, circuitbreaker.
 
     python benchmarks/compare.py            # full run (about three minutes)
     python benchmarks/compare.py --quick    # a few seconds; used by CI so it cannot rot
-    python benchmarks/compare.py --only durable      # one section (sagas, breakers, durable, postgres)
+    python benchmarks/compare.py --only durable   # one section: sagas, breakers, durable, postgres
     python benchmarks/compare.py --profile durable   # where a durable saga's time goes
     python benchmarks/compare.py --json results.json
 
