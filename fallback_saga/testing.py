@@ -1,10 +1,8 @@
 """A contract test suite for saga stores, reusable by any third-party store.
 
 Subclass the contract in your own test module and provide a ``store``
-fixture that yields a fresh, empty store::
-
-    import pytest
-    from fallback_saga.testing import RecoverableStoreContract
+fixture that yields a fresh, empty store (``RecoverableStoreContract`` is
+imported from this module, ``fallback_saga.testing``)::
 
     class TestMyStore(RecoverableStoreContract):
         @pytest.fixture
@@ -37,7 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import LeaseLost, SagaAlreadyExists, SagaNotFound
+from .errors import LeaseLost, SagaAlreadyExists, SagaBusy, SagaNotFound
 from .status import SagaStatus, StepStatus
 from .store.base import (
     Action,
@@ -79,6 +77,11 @@ async def _raises(
     except kind as error:
         return error
     raise AssertionError(f"expected {kind.__name__}, nothing was raised")
+
+
+def _first_run(saga_id: str) -> Lease:
+    """The token a first run writes with (see ``Lease``)."""
+    return Lease(saga_id=saga_id, owner="", token=0, expires_at=math.inf)
 
 
 async def _new_saga(
@@ -535,6 +538,50 @@ class RecoverableStoreContract(SagaStoreContract):
         assert await store.claim(
             owner="w3", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
         ) == []
+
+    # ------------------------------------------------------------------ claim_saga / renew
+
+    async def test_claim_saga_leases_one_saga_whatever_its_age(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "saga-1")
+        lease = await store.claim_saga("saga-1", owner="w1", lease_seconds=60)
+        assert (lease.saga_id, lease.owner) == ("saga-1", "w1")
+        assert lease.token >= 1  # the first run writes with token 0: it is fenced out
+        await _raises(LeaseLost, lambda: store.append("saga-1", [], fence=_first_run("saga-1")))
+        await store.append("saga-1", [entry(1, "mine")], fence=lease)
+
+    async def test_claim_saga_refuses_a_saga_another_worker_holds(
+        self, store: RecoverableStore
+    ) -> None:
+        await _new_saga(store, "saga-1")
+        await store.claim_saga("saga-1", owner="w1", lease_seconds=60)
+        await _raises(
+            SagaBusy, lambda: store.claim_saga("saga-1", owner="w2", lease_seconds=60)
+        )
+        await _raises(
+            SagaNotFound, lambda: store.claim_saga("nope", owner="w2", lease_seconds=60)
+        )
+
+    async def test_renew_extends_a_current_lease_and_refuses_a_lost_one(
+        self, store: RecoverableStore
+    ) -> None:
+        renew = getattr(store, "renew", None)
+        if renew is None:
+            return  # renew is optional: a store without it gets no heartbeat
+        await _new_saga(store, "saga-1")
+        (old,) = await store.claim(
+            owner="w1", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+        )
+        renewed = await renew(old, 60)
+        assert renewed.token == old.token
+        assert renewed.expires_at > old.expires_at
+        (summary,) = await store.list_sagas()
+        assert summary.lease_owner == "w1"
+        await renew(renewed, _ALREADY_PAST)  # w1 stops beating: the lease runs out
+        newer = await store.claim_saga("saga-1", owner="w2", lease_seconds=60)
+        assert newer.token > old.token
+        await _raises(LeaseLost, lambda: renew(old, 60))
 
     # ------------------------------------------------------------------ purge
 
