@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 import types
@@ -240,7 +241,10 @@ class Execution(StepCursor):
         # Every write is conditional on the fencing token: 0 for a first run
         # (so that a recovery worker claiming the saga — token 1 — shuts this
         # runner out if it is merely slow), the lease's token when resumed.
-        self.fence = fence if fence is not None else Lease(saga_id, "", 0, float("inf"))
+        # (An in-process store is never written to: no lease to make per run.)
+        if fence is None and not live:
+            fence = Lease(saga_id, "", 0, math.inf)
+        self.fence: Lease | None = fence
         self.resumed = False
         self.abandoned: LeaseLost | None = None
         self.live = live  # the store is a LiveJournal (decided once per saga instance)
