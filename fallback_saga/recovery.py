@@ -392,6 +392,22 @@ class ClaimedSaga:
 # --------------------------------------------------------------------------- recover
 
 
+def sagas_by_name(store: object, sagas: Iterable[Saga[Any]]) -> dict[str, Saga[Any]]:
+    """The sagas a recovery may resume, by name; each must journal to ``store``
+    (a saga built with another store would resume into that one)."""
+    by_name: dict[str, Saga[Any]] = {}
+    for saga in sagas:
+        if saga.store is not store:
+            raise ValueError(
+                f"saga {saga.name} journals to {saga.store!r}, not to the store being "
+                f"recovered: build it with store=<that store>"
+            )
+        if saga.name in by_name:
+            raise ValueError(f"two sagas named {saga.name!r} were given")
+        by_name[saga.name] = saga
+    return by_name
+
+
 @dataclass(slots=True)
 class RecoveryReport:
     """What one ``recover`` pass did, saga by saga."""
@@ -451,17 +467,7 @@ async def recover(
             f"{type(store).__name__} cannot be recovered from: it has no leases "
             f"(use a durable store such as SQLiteSagaStore)"
         )
-    by_name: dict[str, Saga[Any]] = {}
-    for saga in sagas:
-        if saga.store is not store:
-            raise ValueError(
-                f"saga {saga.name} journals to {saga.store!r}, not to the store being "
-                f"recovered: build it with store=<that store>"
-            )
-        if saga.name in by_name:
-            raise ValueError(f"two sagas named {saga.name!r} were given to recover")
-        by_name[saga.name] = saga
-
+    by_name = sagas_by_name(store, sagas)
     report = RecoveryReport()
     leases = await store.claim(
         owner=owner or default_owner(), lease_seconds=lease, older_than=older_than, limit=limit

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .recovery import ClaimedSaga, default_owner
+from .recovery import ClaimedSaga, default_owner, sagas_by_name
 from .store.base import RecoverableStore
 
 if TYPE_CHECKING:
@@ -103,11 +103,7 @@ class RecoveryWorker:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
-        by_name: dict[str, Saga[Any]] = {}
-        for saga in sagas:
-            if saga.name in by_name:
-                raise ValueError(f"two sagas named {saga.name!r} were given to the worker")
-            by_name[saga.name] = saga
+        by_name = sagas_by_name(store, sagas)
         self.store = store
         self.concurrency = concurrency
         self.lease = _seconds("lease", lease, positive=True)

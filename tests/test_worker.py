@@ -505,6 +505,8 @@ def test_the_worker_validates_its_arguments(db: Path) -> None:
         RecoveryWorker(store, [], lease=-1)
     with pytest.raises(ValueError, match="two sagas"):
         RecoveryWorker(store, [order_saga(store, Ledger()), order_saga(store, Ledger())])
+    with pytest.raises(ValueError, match="not to the store being recovered"):
+        RecoveryWorker(store, [order_saga(SQLiteSagaStore(db.with_suffix(".other")), Ledger())])
     with pytest.raises(TypeError, match="cannot be recovered"):
         RecoveryWorker(object(), [])  # type: ignore[arg-type]
 
