@@ -65,8 +65,8 @@ from ..errors import (
     SagaStoreError,
 )
 from ..status import SagaStatus, StepStatus
+from ._common import decode_json, encode_json, finite_seconds, non_negative_int, status_text
 from .base import JournalEntry, Lease, SagaRecord, SagaSummary
-from .sqlite import _count, _decode_json, _encode_json, _finite, _status_text
 
 if TYPE_CHECKING:
     # Types only. The driver is an optional extra: without it, mypy still
@@ -383,7 +383,7 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
     if not isinstance(context, dict):
         raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
     try:
-        return _encode_json(context)
+        return encode_json(context)
     except (TypeError, ValueError, RecursionError) as error:
         raise SagaStoreError(
             f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
@@ -403,7 +403,7 @@ def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
             for e in entries
         ]
     try:
-        return _encode_json(rows)
+        return encode_json(rows)
     except (TypeError, ValueError) as error:
         raise SagaStoreError(
             f"the journal entries of saga {saga_id!r} cannot be stored: {error}"
@@ -420,7 +420,7 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
     if not isinstance(context_text, str):
         raise CorruptSagaRecord(saga_id, "the context is not JSON text")
     try:
-        context = _decode_json(context_text)
+        context = decode_json(context_text)
     except ValueError as bad:
         raise CorruptSagaRecord(saga_id, f"the context is not valid JSON ({bad})") from None
     if not isinstance(context, dict):
@@ -526,13 +526,13 @@ class PostgresSagaStore:
                 f"synchronous_commit must be one of {sorted(_SYNCHRONOUS_COMMIT)}, "
                 f"got {synchronous_commit!r}"
             )
-        timeout = _finite("connect_timeout", connect_timeout)
+        timeout = finite_seconds("connect_timeout", connect_timeout)
         if timeout <= 0:
             raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
         self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         if isinstance(conninfo_or_pool, str):
-            _count("min_size", min_size)
-            _count("max_size", max_size)
+            non_negative_int("min_size", min_size)
+            non_negative_int("max_size", max_size)
             if max_size < 1 or min_size > max_size:
                 raise ValueError(
                     f"need 0 <= min_size <= max_size and max_size >= 1, got "
@@ -723,7 +723,7 @@ class PostgresSagaStore:
         ``SagaAlreadyExists`` if the id is taken (nothing is written then)."""
         text = _context_json(saga_id, context)
         params = [
-            saga_id, saga_name, fingerprint, _status_text(status), text, len(entries),
+            saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
             _entries_json(saga_id, entries),
         ]
         row = await self._fetch(f"cannot create saga {saga_id!r}", self._sql.create, params)
@@ -749,7 +749,7 @@ class PostgresSagaStore:
             token = fence.token
         count = len(entries)
         params = [
-            None if status is None else _status_text(status),
+            None if status is None else status_text(status),
             None if context is None else _context_json(saga_id, context),
             count, saga_id, token, count, _entries_json(saga_id, entries),
         ]
@@ -785,7 +785,7 @@ class PostgresSagaStore:
     ) -> list[SagaSummary]:
         """Newest first (creation order). A row that cannot be read is logged
         and left out."""
-        limit = _count("limit", limit)
+        limit = non_negative_int("limit", limit)
         sql = self._sql
         # Four fixed statements rather than string-built filters.
         params: list[Any]
@@ -793,11 +793,11 @@ class PostgresSagaStore:
             statement, params = sql.list_all, [limit]
         elif saga_name is None:
             assert status is not None
-            statement, params = sql.list_by_status, [_status_text(status), limit]
+            statement, params = sql.list_by_status, [status_text(status), limit]
         elif status is None:
             statement, params = sql.list_by_name, [saga_name, limit]
         else:
-            statement, params = sql.list_by_both, [_status_text(status), saga_name, limit]
+            statement, params = sql.list_by_both, [status_text(status), saga_name, limit]
         found = await self._fetch("cannot list sagas", statement, params, rows="all")
         summaries: list[SagaSummary] = []
         for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in found:
@@ -828,9 +828,9 @@ class PostgresSagaStore:
         expired" without sleeping). Times are the database server's."""
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
-        lease_seconds = _finite("lease_seconds", lease_seconds)
-        older_than = _finite("older_than", older_than)
-        limit = _count("limit", limit)
+        lease_seconds = finite_seconds("lease_seconds", lease_seconds)
+        older_than = finite_seconds("older_than", older_than)
+        limit = non_negative_int("limit", limit)
         if limit == 0:
             return []
         if not self._ready:
@@ -864,7 +864,7 @@ class PostgresSagaStore:
         unexpired lease on it."""
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
-        seconds = _finite("lease_seconds", lease_seconds)
+        seconds = finite_seconds("lease_seconds", lease_seconds)
         doing = f"cannot lease saga {saga_id!r}"
         row = await self._fetch(doing, self._sql.take_lease, (owner, seconds, saga_id))
         if row is not None:
@@ -878,7 +878,7 @@ class PostgresSagaStore:
         """Extend ``lease`` to ``lease_seconds`` from now (the server's clock),
         if its fencing token is still the saga's current one; else ``LeaseLost``
         (``SagaNotFound`` if the saga is gone). The heartbeat of a running saga."""
-        seconds = _finite("lease_seconds", lease_seconds)
+        seconds = finite_seconds("lease_seconds", lease_seconds)
         doing = f"cannot renew the lease on saga {lease.saga_id!r}"
         row = await self._fetch(
             doing, self._sql.renew, (seconds, lease.owner, lease.saga_id, lease.token)
@@ -902,6 +902,6 @@ class PostgresSagaStore:
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for
         ``older_than`` seconds, in one statement; returns how many."""
-        cutoff = _finite("older_than", older_than)
+        cutoff = finite_seconds("older_than", older_than)
         row = await self._fetch("cannot purge sagas", self._sql.purge, (cutoff,))
         return int(row[0])

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import queue
 import sqlite3
@@ -60,6 +58,7 @@ from ..errors import (
     SagaStoreError,
 )
 from ..status import SagaStatus, StepStatus
+from ._common import decode_json, encode_json, finite_seconds, non_negative_int, status_text
 from .base import JournalEntry, Lease, SagaRecord, SagaSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSagaStore", "SQLiteStoreStats"]
@@ -209,45 +208,11 @@ _FINISHED: Final = (
     SagaStatus.FAILED.value,
 )
 
-# --------------------------------------------------------------------------- JSON
-
-
-def _not_json(value: object) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _make_encoder() -> Callable[[Any], str]:
-    """Compact JSON, NaN and infinities refused. json.dumps with options builds
-    a new encoder on every call; this one is built once (on the hot path: one
-    context per write)."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator (another Python implementation)
-        return json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-    encode = make(
-        None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-    )
-
-    def encode_json(value: Any) -> str:
-        return "".join(encode(value, 0))
-
-    return encode_json
-
-
-_encode_json: Final = _make_encoder()
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_decode_json: Final = json.JSONDecoder(parse_constant=_refuse_constant).decode
-
-
 def _context_json(saga_id: str, context: dict[str, Any]) -> str:
     if not isinstance(context, dict):
         raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
     try:
-        return _encode_json(context)
+        return encode_json(context)
     except (TypeError, ValueError, RecursionError) as error:
         raise SagaStoreError(
             f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
@@ -486,7 +451,7 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
     if not isinstance(context_text, str):
         raise CorruptSagaRecord(saga_id, "the context is not JSON text")
     try:
-        context = _decode_json(context_text)
+        context = decode_json(context_text)
     except ValueError as bad:  # JSONDecodeError included
         raise CorruptSagaRecord(saga_id, f"the context is not valid JSON ({bad})") from None
     if not isinstance(context, dict):
@@ -869,24 +834,6 @@ class SQLiteStoreStats:
 _SYNCHRONOUS: Final = frozenset({"full", "normal"})
 
 
-def _status_text(status: SagaStatus) -> str:
-    if status.__class__ is SagaStatus:
-        return status.value
-    return SagaStatus(status).value  # a plain "running" is fine; "nonsense" is a ValueError
-
-
-def _finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
-
-
 class SQLiteSagaStore:
     """A durable ``RecoverableStore`` in one SQLite file (standard library only).
 
@@ -922,7 +869,7 @@ class SQLiteSagaStore:
                 f"'normal' (commits survive an application crash, not power loss), "
                 f"got {synchronous!r}"
             )
-        busy = _finite("busy_timeout", busy_timeout)
+        busy = finite_seconds("busy_timeout", busy_timeout)
         if busy < 0:
             raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
         if not callable(clock):
@@ -1049,7 +996,7 @@ class SQLiteSagaStore:
         text = _context_json(saga_id, context)
         await self._submit(
             _create,
-            (saga_id, saga_name, fingerprint, _status_text(status), text, tuple(entries)),
+            (saga_id, saga_name, fingerprint, status_text(status), text, tuple(entries)),
             write=True,
         )
 
@@ -1075,7 +1022,7 @@ class SQLiteSagaStore:
             (
                 saga_id,
                 tuple(entries),
-                None if status is None else _status_text(status),
+                None if status is None else status_text(status),
                 None if context is None else _context_json(saga_id, context),
                 token,
             ),
@@ -1099,9 +1046,9 @@ class SQLiteSagaStore:
     ) -> list[SagaSummary]:
         """Newest first. A row that cannot be read is logged and left out."""
         args = (
-            None if status is None else _status_text(status),
+            None if status is None else status_text(status),
             saga_name,
-            _count("limit", limit),
+            non_negative_int("limit", limit),
         )
         summaries: list[SagaSummary] = await self._submit(_list, args, write=False)
         return summaries
@@ -1118,9 +1065,9 @@ class SQLiteSagaStore:
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
         args = (
             owner,
-            _finite("lease_seconds", lease_seconds),
-            _finite("older_than", older_than),
-            _count("limit", limit),
+            finite_seconds("lease_seconds", lease_seconds),
+            finite_seconds("older_than", older_than),
+            non_negative_int("limit", limit),
         )
         leases: list[Lease] = await self._submit(_claim, args, write=True)
         return leases
@@ -1130,7 +1077,7 @@ class SQLiteSagaStore:
         ``SagaBusy`` if another worker holds an unexpired lease on it."""
         if not isinstance(owner, str) or not owner:
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
-        args = (saga_id, owner, _finite("lease_seconds", lease_seconds))
+        args = (saga_id, owner, finite_seconds("lease_seconds", lease_seconds))
         lease: Lease = await self._submit(_claim_saga, args, write=True)
         return lease
 
@@ -1139,7 +1086,7 @@ class SQLiteSagaStore:
         its fencing token is still the saga's current one; else ``LeaseLost``
         (``SagaNotFound`` if the saga is gone). The heartbeat of a resumed saga:
         it changes neither the saga's version nor its ``updated_at``."""
-        seconds = _finite("lease_seconds", lease_seconds)
+        seconds = finite_seconds("lease_seconds", lease_seconds)
         renewed: Lease = await self._submit(_renew, (lease, seconds), write=True)
         return renewed
 
@@ -1151,6 +1098,6 @@ class SQLiteSagaStore:
         """Delete finished sagas (and their history) not updated for
         ``older_than`` seconds; returns how many."""
         purged: int = await self._submit(
-            _purge, (_finite("older_than", older_than),), write=True
+            _purge, (finite_seconds("older_than", older_than),), write=True
         )
         return purged
