@@ -67,7 +67,7 @@ from .errors import (
 from .executor import Execution, JournalWriteFailed
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
-from .store.base import Lease, RecoverableStore, SagaRecord
+from .store.base import Lease, RecoverableStore, SagaRecord, WorkNotifier
 
 if TYPE_CHECKING:
     from .definition import SagaDefinition
@@ -349,6 +349,7 @@ class ClaimedSaga:
     async def resume(self) -> Outcome:
         saga_id = self.saga_id
         release = True
+        handed_off = False  # stopped unfinished by a shutdown: announce it
         try:
             record = await self.store.load(saga_id)
             saga = self.by_name.get(record.saga_name)
@@ -365,7 +366,11 @@ class ClaimedSaga:
             release = False  # the lease is someone else's now
             return "lost", str(lost)
         except SagaHandedOff as handed:
+            handed_off = True
             return "handed_off", str(handed)
+        except asyncio.CancelledError:
+            handed_off = True  # cancelled while loading it: nothing ran
+            raise
         except CorruptSagaRecord as error:
             # Keep the lease: other workers skip it until it expires, rather
             # than re-reading a row that cannot be read on every pass.
@@ -376,10 +381,15 @@ class ClaimedSaga:
             return "skipped", f"{type(error).__name__}: {error}"
         finally:
             # A released saga is claimable at once (a hand-off, or a saga this
-            # worker does not know, which another one may).
+            # worker does not know, which another one may). Only a hand-off
+            # is announced: a skipped saga announced would bounce between
+            # workers that all skip it, as fast as they can claim.
             if release:
                 try:
-                    await self.store.release(self.lease)
+                    if handed_off and isinstance(self.store, WorkNotifier):
+                        await self.store.hand_off(self.lease)
+                    else:
+                        await self.store.release(self.lease)
                 except Exception as error:  # it expires on its own
                     _log.warning("saga %s: could not release its lease: %s: %s",
                                  saga_id, type(error).__name__, error)

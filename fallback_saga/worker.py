@@ -4,10 +4,16 @@ Each instance runs one worker. It claims interrupted sagas (a claim leases
 them and advances their fencing token, so no two workers drive one saga),
 resumes each in a task of its own under a heartbeat (``LeasedRun``), and
 claims again whenever it has room: every ``poll`` seconds, as soon as a
-resumed saga finishes while there may be more work, or when ``wake()`` is
-called (a LISTEN/NOTIFY hook, a test). At most ``concurrency`` sagas run at
-once; a claim asks only for the free slots, so a busy worker leaves the
-rest of the backlog to the others.
+resumed saga finishes while there may be more work, when the store announces
+a saga another worker handed off (a ``WorkNotifier`` such as
+``PostgresSagaStore``: LISTEN/NOTIFY), or when ``wake()`` is called. At
+most ``concurrency`` sagas run at once; a claim asks only for the free slots,
+so a busy worker leaves the rest of the backlog to the others.
+
+Announcements are hints: while the listening connection is down the worker
+logs a warning, keeps polling, and tries to listen again every ``poll``
+seconds. Polling is never turned off, because sagas left behind by a crashed
+process are announced by no one.
 
 Shutdown (``await worker.stop(grace=...)``): the worker stops claiming and
 waits for its sagas to finish. After ``grace`` seconds (``None``: no limit)
@@ -28,7 +34,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .recovery import ClaimedSaga, default_owner, sagas_by_name
-from .store.base import RecoverableStore
+from .store.base import RecoverableStore, WorkNotifier
 
 if TYPE_CHECKING:
     from .saga import Saga
@@ -77,7 +83,9 @@ class RecoveryWorker:
     * ``poll`` — seconds between claims when idle;
     * ``older_than`` — only sagas not updated for this long are claimed (a
       younger one is probably still driven by the process that started it);
-    * ``owner`` — the lease owner's name (default: host, pid and a random part).
+    * ``owner`` — the lease owner's name (default: host, pid and a random part);
+    * ``listen`` — claim as soon as the store announces work, if it can
+      (``WorkNotifier``); polling goes on either way.
 
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
@@ -93,6 +101,7 @@ class RecoveryWorker:
         poll: float | timedelta = 5.0,
         older_than: float | timedelta = 60.0,
         owner: str | None = None,
+        listen: bool = True,
     ) -> None:
         if not isinstance(store, RecoverableStore):
             raise TypeError(
@@ -103,6 +112,8 @@ class RecoveryWorker:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        if not isinstance(listen, bool):
+            raise TypeError(f"listen must be a bool, got {listen!r}")
         by_name = sagas_by_name(store, sagas)
         self.store = store
         self.concurrency = concurrency
@@ -119,6 +130,8 @@ class RecoveryWorker:
         self._backlog = False  # the last claim filled every free slot: there may be more
         self._grace: float | None = None
         self._finished: asyncio.Event | None = None
+        self._notifier = store if listen and isinstance(store, WorkNotifier) else None
+        self._listening = asyncio.Event()
 
     def __repr__(self) -> str:
         return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
@@ -127,6 +140,11 @@ class RecoveryWorker:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    @property
+    def listening(self) -> bool:
+        """True while the store's work announcements reach this worker."""
+        return self._listening.is_set()
 
     def wake(self) -> None:
         """Claim now rather than at the next poll (safe to call any time, from the loop)."""
@@ -139,6 +157,9 @@ class RecoveryWorker:
         self._running = True
         self._stopping = False
         self._finished = asyncio.Event()
+        listener: asyncio.Task[None] | None = None
+        if self._notifier is not None:
+            listener = asyncio.get_running_loop().create_task(self._listen(self._notifier))
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
@@ -153,6 +174,10 @@ class RecoveryWorker:
         else:
             await self._drain(self._grace)
         finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             self._running = False
             self._finished.set()
 
@@ -169,6 +194,32 @@ class RecoveryWorker:
             await self._finished.wait()
 
     # ------------------------------------------------------------------ internals
+
+    async def _listen(self, notifier: WorkNotifier) -> None:
+        """Wake the claim loop on each announcement; on a lost connection,
+        warn (once per outage) and listen again after ``poll`` seconds, while
+        polling goes on."""
+        warned = False
+        while not self._stopping:
+            try:
+                async for saga_id in notifier.work_notifications():
+                    if not saga_id:  # listening now: what came before was missed
+                        self._listening.set()
+                        warned = False
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not warned:
+                    _log.warning(
+                        "recovery worker %s: not listening for work (%s: %s); "
+                        "polling every %g s", self.owner, type(error).__name__, error,
+                        self.poll,
+                    )
+                    warned = True
+            finally:
+                self._listening.clear()
+            await asyncio.sleep(self.poll)
 
     async def _claim(self) -> None:
         free = self.concurrency - len(self._in_flight)

@@ -8,6 +8,7 @@ from .base import (
     SagaRecord,
     SagaStore,
     SagaSummary,
+    WorkNotifier,
 )
 from .memory import MemorySagaStore
 from .sqlite import SQLiteSagaStore
@@ -22,4 +23,5 @@ __all__ = [
     "SagaRecord",
     "SagaStore",
     "SagaSummary",
+    "WorkNotifier",
 ]

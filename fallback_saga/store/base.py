@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -175,6 +175,32 @@ class RecoverableStore(SagaStore, Protocol):
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas last updated more than ``older_than`` seconds
         ago; returns how many were deleted."""
+        ...
+
+
+@runtime_checkable
+class WorkNotifier(Protocol):
+    """An optional capability of shared stores: announcing handed-off work.
+
+    ``RecoveryWorker`` uses it so that a saga one worker hands off (it is
+    shutting down) is claimed by another at once rather than at its next poll
+    (``PostgresSagaStore``: LISTEN/NOTIFY). Announcements are hints, never the
+    only way work is found: one sent while a listener reconnects is missed,
+    and a crash announces nothing, so workers keep polling.
+    """
+
+    async def hand_off(self, lease: Lease) -> None:
+        """``release`` the lease and, if the saga still needs a worker
+        (RUNNING or COMPENSATING), announce its id to the listeners. Only for
+        a run stopped without finishing: a saga a worker *skipped* is merely
+        released, or it would bounce between workers that all skip it."""
+        ...
+
+    def work_notifications(self) -> AsyncIterator[str]:
+        """Listen until the iteration is closed or the store is: yields ``""``
+        once listening has started (work announced before it may have been
+        missed: claim once), then the id of each saga handed off.
+        Raises ``SagaStoreError`` when the connection is lost."""
         ...
 
 

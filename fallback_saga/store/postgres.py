@@ -31,6 +31,16 @@ fencing token, then commit: no lock is held while the steps run. Every time
 a lease is decided on (created/updated times, lease expiry) comes from the
 **database server's clock**, so workers on machines with skewed clocks agree.
 
+Notifications. ``hand_off`` (a worker shutting down hands its sagas off)
+releases a lease and, if the saga still needs a worker, runs ``pg_notify``
+on the store's channel (``work_channel``) in the same statement;
+``work_notifications()`` LISTENs on a connection of its own and yields the
+handed-off saga ids, so a ``RecoveryWorker`` claims them at once instead of
+at its next poll. A plain ``release`` announces nothing: a saga a worker
+skipped (unknown name, changed definition) would otherwise bounce between
+workers as fast as they can claim it. Sagas left behind by a crash are
+announced by no one: polling finds those.
+
 Schema. Versioned in a ``fallback_saga_schema`` table;
 ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``. Opening
 a store whose schema is current costs one query and needs no DDL privilege;
@@ -52,7 +62,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -79,6 +89,9 @@ __all__ = ["SCHEMA_VERSION", "PostgresSagaStore"]
 _log = logging.getLogger("fallback_saga.store.postgres")
 
 _INSTALL_HINT: Final = 'pip install "fallback-saga[postgres]"'
+
+# Seconds between checks, by a listening connection, that the store is still open.
+_LISTEN_CHECK: Final = 1.0
 
 
 def _driver() -> tuple[Any, Any]:
@@ -122,6 +135,12 @@ class _Names:
         self.version = f"{prefix}fallback_saga_schema"
         digest = hashlib.sha256(f"fallback_saga.schema:{schema or ''}".encode()).digest()
         self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
+        # The NOTIFY channel of this set of tables (at most 63 bytes, the
+        # longest name PostgreSQL keeps): readable when it fits, else hashed.
+        channel = "fallback_saga_work" if schema is None else f"fallback_saga_work.{schema}"
+        if len(channel.encode()) > 63:
+            channel = f"fallback_saga_work.{digest[8:20].hex()}"
+        self.channel = channel
 
 
 # --------------------------------------------------------------------------- schema
@@ -365,6 +384,13 @@ class _Statements:
         self.release = (
             f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now()"
             f" WHERE saga_id = %s AND fence = %s::bigint"
+        )
+        # A release announced on the work channel (delivered when it commits)
+        # if the saga still needs a worker.
+        self.hand_off = (
+            f"WITH released AS ({self.release} RETURNING saga_id, status)"
+            f" SELECT pg_notify(%s, saga_id) FROM released"
+            f" WHERE status IN {_INTERRUPTED_SQL}"
         )
         self.purge = (
             f"WITH gone AS ("
@@ -898,6 +924,73 @@ class PostgresSagaStore:
             (lease.saga_id, lease.token),
             rows="none",
         )
+
+    # ------------------------------------------------------------------ WorkNotifier
+
+    async def hand_off(self, lease: Lease) -> None:
+        """``release``, and if the saga is still RUNNING or COMPENSATING,
+        announce it on ``work_channel`` in the same statement."""
+        await self._fetch(
+            f"cannot hand off saga {lease.saga_id!r}",
+            self._sql.hand_off,
+            (lease.saga_id, lease.token, self._names.channel),
+            rows="none",
+        )
+
+    @property
+    def work_channel(self) -> str:
+        """The LISTEN/NOTIFY channel on which released work is announced."""
+        return self._names.channel
+
+    async def work_notifications(self) -> AsyncIterator[str]:
+        """Listen for claimable work (``WorkNotifier``) on a connection of its
+        own, outside the pool (a pooled connection would lose its LISTEN when
+        returned). Yields ``""`` once listening, then the id of each saga
+        handed off (``hand_off``) by any process. Ends when
+        the store is closed; ``SagaStoreError`` if the connection is lost.
+        One connection per iteration: a worker needs one."""
+        psycopg, _ = _driver()
+        if not self._ready:
+            await self.open()
+        pool = self._pool
+        if self._closed or pool is None:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        # The pool's own conninfo and connection arguments, for a given pool too.
+        conninfo = self._conninfo if self._conninfo is not None else pool.conninfo
+        kwargs = dict(getattr(pool, "kwargs", None) or {})
+        kwargs["autocommit"] = True
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+        except TimeoutError:
+            raise SagaStoreError(
+                f"cannot listen for work: no connection within {self.connect_timeout:g} s"
+            ) from None
+        except self._errors as error:
+            raise self._wrap(error, "cannot listen for work") from error
+        try:
+            try:
+                await conn.execute(
+                    psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._names.channel))
+                )
+            except self._errors as error:
+                raise self._wrap(error, "cannot listen for work") from error
+            yield ""
+            while not self._closed:
+                # Woken at least every _LISTEN_CHECK seconds, to end promptly
+                # once the store is closed (closing a connection does not wake
+                # a task waiting on it).
+                try:
+                    async for notice in conn.notifies(timeout=_LISTEN_CHECK):
+                        yield notice.payload
+                        if self._closed:
+                            break
+                except self._errors as error:
+                    if self._closed:
+                        break
+                    raise self._wrap(error, "lost the connection listening for work") from error
+        finally:
+            await conn.close()
 
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for
