@@ -43,14 +43,23 @@ AN_HOUR = 3600.0
 
 
 class CountingClaims:
-    """Mixed into a store: counts the claims that have returned."""
+    """Mixed into a store: counts the claims begun and ended."""
 
-    claims_done = 0
+    claims_begun = claims_ended = 0
 
     async def claim(self, **arguments: Any) -> Any:
-        leases = await super().claim(**arguments)  # type: ignore[misc]
-        self.claims_done += 1
-        return leases
+        self.claims_begun += 1
+        try:
+            return await super().claim(**arguments)  # type: ignore[misc]
+        finally:
+            self.claims_ended += 1
+
+
+def idle(worker: RecoveryWorker, store: CountingClaims) -> bool:
+    """The worker listens and every wake-up so far was answered by a claim
+    that has ended: from now on only a new wake-up makes it claim."""
+    return (worker.listening and store.claims_begun == store.claims_ended >= 1
+            and not worker._wake.is_set())
 
 
 class AnnouncingStore(CountingClaims, SQLiteSagaStore):
@@ -84,9 +93,8 @@ async def test_a_worker_claims_as_soon_as_work_is_announced(tmp_path: Path) -> N
                                 older_than=0)
         task = asyncio.create_task(worker.run())
         try:
-            # Its first claim found the saga leased; the next poll is an hour away.
-            await eventually(lambda: worker.listening and store.claims_done >= 1,
-                             what="listening after a first claim")
+            # Its claims found the saga leased; the next poll is an hour away.
+            await eventually(lambda: idle(worker, store), what="an idle, listening worker")
             await store.hand_off(held)
             await eventually(lambda: worker.stats.completed == 1, what="the resumed saga")
         finally:
@@ -204,9 +212,8 @@ async def test_postgres_a_stopping_worker_hands_its_saga_to_a_listening_one_at_o
         await ledger.entered["act B"].wait()  # the leaving worker drives the saga
         staying_task = asyncio.create_task(staying.run())
         try:
-            await eventually(lambda: staying.listening, what="listening")
-            # Its first claim found the saga leased; its next poll is an hour away.
-            await eventually(lambda: store_b.claims_done >= 1, what="a first claim")
+            # Its claims found the saga leased; its next poll is an hour away.
+            await eventually(lambda: idle(staying, store_b), what="an idle, listening worker")
             await leaving.stop(grace=0)  # a rolling deploy: hand the saga off
             await leaving_task
             assert leaving.stats.handed_off == 1

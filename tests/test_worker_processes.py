@@ -5,6 +5,8 @@
   saga ends COMPLETED;
 * a worker killed with SIGKILL inside a step: another worker finishes the
   saga once the dead worker's lease has expired;
+* a worker stopped past its grace inside a step hands the saga off, and a
+  listening worker whose next poll is an hour away finishes it (LISTEN/NOTIFY);
 * a paused worker (SIGSTOP past its lease, then SIGCONT) is fenced out:
   another worker takes the saga over and completes it, and the paused
   worker's late writes are refused (``LeaseLost``; its stats say ``lost``):
@@ -19,8 +21,9 @@ always on an observable condition with a bounded timeout, never a fixed sleep.
 
 Run as a script (``python tests/test_worker_processes.py child CONFIG_JSON``)
 this file is the worker process: it prints ``ready``, starts its worker on
-the line ``go`` from stdin, stops it (``stop(grace=None)``) on the next line
-(or EOF) and prints a JSON report: its stats and the ids it claimed.
+the line ``go`` from stdin, stops it (``stop(grace=...)``, by default
+``None``) on the next line (or EOF) and prints a JSON report: its stats and
+the ids it claimed.
 """
 
 from __future__ import annotations
@@ -132,18 +135,38 @@ class OrderSaga(Saga[Ctx]):
 
 
 class RecordingStore(PostgresSagaStore):
-    """Remembers which sagas this process claimed (the worker's report)."""
+    """Remembers which sagas this process claimed (the worker's report), and
+    counts the claims begun and ended."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.claimed_ids: list[str] = []
+        self.claims_begun = self.claims_ended = 0
 
     async def claim(self, *, owner: str, lease_seconds: float, older_than: float,
                     limit: int) -> list[Lease]:
-        leases = await super().claim(owner=owner, lease_seconds=lease_seconds,
-                                     older_than=older_than, limit=limit)
+        self.claims_begun += 1
+        try:
+            leases = await super().claim(owner=owner, lease_seconds=lease_seconds,
+                                         older_than=older_than, limit=limit)
+        finally:
+            self.claims_ended += 1
         self.claimed_ids += [lease.saga_id for lease in leases]
         return leases
+
+
+async def _report_idle(worker: RecoveryWorker, store: RecordingStore) -> None:
+    """Print ``idle`` once the worker listens and every wake-up so far has
+    been answered by a claim that has ended: from then on, only a new
+    wake-up (an announcement, or the next poll) makes it claim."""
+
+    def idle() -> bool:
+        return (worker.listening and store.claims_begun == store.claims_ended >= 1
+                and not worker._wake.is_set())
+
+    while not idle():  # noqa: ASYNC110 (the state of several objects, not one Event)
+        await asyncio.sleep(0.01)
+    print("idle", flush=True)
 
 
 async def _child(config: dict[str, Any]) -> None:
@@ -159,9 +182,13 @@ async def _child(config: dict[str, Any]) -> None:
     print("ready", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # "go"
     task = asyncio.create_task(worker.run())
+    if config.get("report_idle"):
+        idle = asyncio.create_task(_report_idle(worker, store))
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop" (or EOF)
-    await worker.stop()
+    await worker.stop(grace=config.get("grace"))
     await task
+    if config.get("report_idle"):
+        await idle
     await store.close()
     print(json.dumps({"owner": config["owner"], "pid": os.getpid(),
                       "stats": dataclasses.asdict(worker.stats),
@@ -222,10 +249,12 @@ class Env:
         return [json.loads(line) for line in self.ledger.read_text().splitlines()]
 
     def start(self, owner: str, *, lease: float, concurrency: int = 8,
-              poll: float = 0.05, go: bool = True) -> subprocess.Popen[str]:
+              poll: float = 0.05, go: bool = True, grace: float | None = None,
+              report_idle: bool = False) -> subprocess.Popen[str]:
         config = {"conninfo": self.conninfo, "schema": self.schema, "owner": owner,
                   "lease": lease, "concurrency": concurrency, "poll": poll,
-                  "ledger": str(self.ledger), "gate": str(self.gate)}
+                  "ledger": str(self.ledger), "gate": str(self.gate), "grace": grace,
+                  "report_idle": report_idle}
         proc = subprocess.Popen([sys.executable, str(HERE), "child", json.dumps(config)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -403,3 +432,37 @@ def test_a_paused_worker_is_fenced_out_and_its_late_writes_are_rejected(env: Env
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
     asyncio.run(_child(json.loads(sys.argv[2])))
+
+
+def test_a_stopping_worker_process_hands_its_saga_to_a_listening_one_at_once(
+    env: Env,
+) -> None:
+    """A rolling deploy: the leaving process stops past its grace (0) inside
+    a step and hands the saga off; the staying process, whose next poll is an
+    hour away, hears of it (LISTEN/NOTIFY) and finishes the saga."""
+    an_hour = 3600.0
+    seed(env.conninfo, env.schema, ["gate0"])
+    leaving = env.start("leaving", lease=30, poll=an_hour, grace=0)
+    eventually(lambda: any(line["owner"] == "leaving" and line["step"] == "B"
+                           for line in env.ledger_lines()), what="the worker inside act B")
+    staying = env.start("staying", lease=30, poll=an_hour, report_idle=True)
+    assert staying.stdout is not None
+    assert staying.stdout.readline() == "idle\n"  # its claims found the saga leased
+
+    report = env.finish(leaving)
+    assert report["stats"]["handed_off"] == 1, report
+    env.gate.touch()  # the staying worker's B will not block
+    eventually(lambda: env.rows("SELECT status FROM {s}.fallback_saga_sagas") == [("completed",)],
+               within=30, what="the staying worker completing the saga")
+    staying_report = env.finish(staying)
+    assert staying_report["claimed"] == ["gate0"]
+    assert staying_report["stats"]["completed"] == 1
+
+    lines = env.ledger_lines()
+    assert [(line["owner"], line["event"], line["step"]) for line in lines] == [
+        ("leaving", "enter", "A"), ("leaving", "apply", "A"), ("leaving", "enter", "B"),
+        ("staying", "enter", "B"), ("staying", "apply", "B"),
+        ("staying", "enter", "C"), ("staying", "apply", "C"),
+    ]
+    assert env.rows("SELECT status, fence, lease_owner FROM {s}.fallback_saga_sagas") == [
+        ("completed", 2, None)]
