@@ -35,6 +35,11 @@ Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``: fsync on,
     factor vs 1 process. Note the machine's CPU count: the server and the
     workers share it.
 
+(c) **sagas in flight in one process**: ``plain3`` sagas started by 1, 10
+    and 100 concurrent loops on one ``PostgresSagaStore`` with its default
+    pool (10 connections), interleaved rounds of about ``batch_s`` seconds;
+    what one service process can push through one store.
+
 Run: ``python benchmarks/postgres_case.py [--quick] [--json PATH]``.
 """
 
@@ -395,14 +400,49 @@ def recovery(cluster: Any, settings: Settings) -> dict[str, Any]:
 # --------------------------------------------------------------------------- entry points
 
 
+IN_FLIGHT = (1, 10, 100)
+
+
+async def in_flight(cluster: Any, settings: Settings) -> dict[str, Any]:
+    import fs_sagas
+
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    per_round: dict[int, list[float]] = {n: [] for n in IN_FLIGHT}
+    async with PostgresSagaStore(cluster.conninfo, schema="in_flight") as store:
+        saga = fs_sagas.Plain3(store=store)
+        check = workloads.fallback_saga_check("plain3")
+
+        async def loop(deadline: float) -> int:
+            count = 0
+            while True:
+                ctx = fs_sagas.Ctx(order_id="o-1")
+                check((ctx, await saga.run(ctx)))
+                count += 1
+                if time.perf_counter() >= deadline:
+                    return count
+
+        for r in range(settings.rounds):
+            order = IN_FLIGHT[r % len(IN_FLIGHT):] + IN_FLIGHT[:r % len(IN_FLIGHT)]
+            for n in order:
+                gc.collect()
+                start = time.perf_counter()
+                counts = await asyncio.gather(*(loop(start + settings.batch_s)
+                                                for _ in range(n)))
+                per_round[n].append(sum(counts) / (time.perf_counter() - start))
+    return {str(n): {"median": statistics.median(v), "rounds": v}
+            for n, v in per_round.items()}
+
+
 def run_postgres_case(*, quick: bool) -> dict[str, Any]:
-    """Start a throwaway cluster, measure (a) and (b), return every figure."""
+    """Start a throwaway cluster, measure (a), (b) and (c), return every figure."""
     from pg_cluster import PostgresCluster
 
     settings = Settings.for_mode(quick)
     with PostgresCluster.start_new() as cluster:
         seq = asyncio.run(sequential(cluster, settings))
         rec = recovery(cluster, settings)
+        flying = asyncio.run(in_flight(cluster, settings))
         server = cluster.psql("SHOW server_version").strip()
     return {
         "quick": quick,
@@ -411,6 +451,7 @@ def run_postgres_case(*, quick: bool) -> dict[str, Any]:
         "server_version": server,
         "sequential": seq,
         "workers": rec,
+        "in_flight": flying,
         "target_ratio": TARGET_RATIO,
     }
 
@@ -447,6 +488,9 @@ def report(result: dict[str, Any]) -> str:
             f"  {workers} process(es): {row['median_sagas_per_s']:>9.1f} sagas/s"
             f"   scaling x{row['scaling_vs_1']:.2f}"
         )
+    lines += ["", "(c) plain3 sagas in flight in one process, one store (pool of 10)"]
+    for n, row in result["in_flight"].items():
+        lines.append(f"  {n:>3} in flight: {row['median']:>9.1f} sagas/s")
     return "\n".join(lines)
 
 

@@ -795,6 +795,63 @@ async def test_100_sagas_in_flight_are_all_journaled_completely(
             assert record.status is SagaStatus.COMPENSATED
             assert steps[5] == ("Ship", "act", "failed")
             assert record.context["charged"] == 0
+    # Group commit: with 100 in flight, writes shared transactions.
+    stats = store.stats
+    assert stats.largest_group > 1, stats
+    assert stats.commits < stats.writes, stats
+
+
+@pytest.mark.parametrize(
+    ("error", "in_doubt"),
+    [
+        (psycopg.errors.UntranslatableCharacter("nul"), False),  # refused: rolled back
+        (psycopg.errors.SerializationFailure("retry"), False),
+        (psycopg.errors.ConnectionFailure("lost"), True),  # 08006
+        (psycopg.errors.AdminShutdown("shutdown"), True),  # 57P01
+        (psycopg.OperationalError("no sqlstate: the client lost the connection"), True),
+    ],
+)
+def test_a_group_is_retried_alone_only_when_its_commit_is_certainly_undone(
+    error: Exception, in_doubt: bool
+) -> None:
+    assert pg_store._commit_in_doubt(error) is in_doubt
+
+
+async def test_a_write_postgresql_refuses_fails_alone_in_its_group(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    # max_size=2: one journal write goes to the server at a time, the rest queue.
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2) as store:
+        await new_saga(store, "blocker")
+        raw.execute("BEGIN")
+        raw.execute("SELECT 1 FROM fallback_saga_sagas WHERE saga_id = 'blocker' FOR UPDATE")
+        # Waits for the row lock on the server, holding the only write slot.
+        held = asyncio.create_task(store.append("blocker", [entry(1, "b")]))
+        creates = [
+            asyncio.create_task(store.create(
+                f"s{n}", "OrderSaga", "fp", {"n": "nul\x00" if n == 3 else n}, [entry(0, "a")]
+            ))
+            for n in range(8)
+        ]
+        deadline = asyncio.get_running_loop().time() + 30
+        while store.stats.writes < 10:  # all eight queued behind the held write
+            assert asyncio.get_running_loop().time() < deadline, store.stats
+            await asyncio.sleep(0.01)
+        raw.execute("COMMIT")
+        await held
+        results = await asyncio.gather(*creates, return_exceptions=True)
+        assert isinstance(results[3], SagaStoreError), results
+        assert [r for n, r in enumerate(results) if n != 3] == [None] * 7
+        for n in range(8):
+            if n == 3:
+                with pytest.raises(SagaNotFound):
+                    await store.load("s3")
+            else:
+                assert (await store.load(f"s{n}")).context == {"n": n}
+        # The eight went as one transaction, which the server refused; then
+        # each went alone: 1 (blocker) + 1 (held) + 1 (the group) + 8.
+        stats = store.stats
+        assert (stats.writes, stats.commits, stats.largest_group) == (10, 11, 8)
 
 
 async def _crashed(store: PostgresSagaStore, saga_id: str) -> None:

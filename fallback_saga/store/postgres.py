@@ -18,7 +18,18 @@ data-modifying CTE that inserts or updates the saga row — for ``append``
 only while the fencing token matches — and inserts the journal entries
 (sent as one JSON parameter) numbered from the row's entry counter.
 A write that touches no row costs a second query, to tell ``SagaNotFound``
-from ``LeaseLost``. ``load`` is one statement (one snapshot: the context and
+from ``LeaseLost``.
+
+Group commit. Up to half the pool's connections carry journal writes on
+their own at once; a write that finds them all busy queues, and when one
+comes free everything queued goes in **one transaction, one round trip**
+(pipeline mode) and one flush to disk (``_group_commit.GroupCommit``): with
+many sagas in flight, far fewer commits; with one, nothing changes. Each
+write still returns only once its transaction has committed. If the server
+refuses the group (one bad write), it was rolled back and each write is
+retried alone, so only the bad one fails; if the connection is lost, the
+commit is in doubt and every write of the group fails, none retried.
+``store.stats`` counts writes and commits. ``load`` is one statement (one snapshot: the context and
 the history always agree). Results are read in binary format, so floats
 (journal times, lease expiry) come back bit for bit whatever the server's
 ``extra_float_digits``.
@@ -63,6 +74,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,6 +88,7 @@ from ..errors import (
 )
 from ..status import SagaStatus, StepStatus
 from ._common import decode_json, encode_json, finite_seconds, non_negative_int, status_text
+from ._group_commit import GroupCommit, RetryAlone
 from .base import JournalEntry, Lease, SagaRecord, SagaSummary
 
 if TYPE_CHECKING:
@@ -84,7 +97,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["SCHEMA_VERSION", "PostgresSagaStore"]
+__all__ = ["SCHEMA_VERSION", "PostgresSagaStore", "PostgresStoreStats"]
 
 _log = logging.getLogger("fallback_saga.store.postgres")
 
@@ -495,6 +508,35 @@ def _saga_status(saga_id: str, value: object) -> SagaStatus:
 
 _SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
 
+# SQLSTATE classes after which a grouped commit may or may not have happened:
+# connection exceptions and operator intervention (the server shut down).
+_COMMIT_UNKNOWN: Final = ("08", "57P")
+
+_Write = tuple[str, str, list[Any]]  # doing, statement, parameters
+
+
+def _commit_in_doubt(error: BaseException) -> bool:
+    """Whether a failed transaction may have been committed all the same: yes
+    unless the server reported an error (it then rolled the transaction
+    back), other than a lost connection or a shutdown."""
+    sqlstate = getattr(error, "sqlstate", None)
+    return not sqlstate or str(sqlstate).startswith(_COMMIT_UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStoreStats:
+    """Counters of a store's journal writes since it was created.
+
+    ``writes`` journal writes (``create``/``append``, refused ones included)
+    went to the server in ``commits`` transactions: with many sagas in
+    flight, ``commits`` is much smaller (group commit). ``largest_group`` is
+    the most writes one transaction carried.
+    """
+
+    writes: int
+    commits: int
+    largest_group: int
+
 
 # --------------------------------------------------------------------------- the store
 
@@ -567,6 +609,7 @@ class PostgresSagaStore:
             self._conninfo: str | None = conninfo_or_pool
             self._pool: AsyncConnectionPool[Any] | None = None
             self._owns_pool = True
+            pool_size: int = max_size
         elif isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
             if synchronous_commit.lower() != "on":
                 raise ValueError(
@@ -576,6 +619,7 @@ class PostgresSagaStore:
             self._conninfo = None
             self._pool = conninfo_or_pool
             self._owns_pool = False
+            pool_size = conninfo_or_pool.max_size
         else:
             raise TypeError(
                 f"PostgresSagaStore takes a conninfo string or a psycopg_pool."
@@ -591,6 +635,14 @@ class PostgresSagaStore:
         self._ready = False  # migrated and, for an owned pool, opened
         self._closed = False
         self._opening: asyncio.Lock | None = None
+        # Journal writes: half the pool's connections write alone at once;
+        # beyond that they are grouped (one transaction, one round trip). A
+        # libpq without pipeline mode (older than 14) writes each alone.
+        self._journal: GroupCommit[_Write, Any] = GroupCommit(
+            slots=max(1, pool_size // 2) if psycopg.Pipeline.is_supported() else 1 << 30,
+            write_one=self._write_one,
+            write_many=self._write_many,
+        )
 
     def __repr__(self) -> str:
         # Never the conninfo: it may hold a password.
@@ -603,6 +655,12 @@ class PostgresSagaStore:
     def pool(self) -> AsyncConnectionPool[Any] | None:
         """The connection pool (``None`` until an owned pool is opened)."""
         return self._pool
+
+    @property
+    def stats(self) -> PostgresStoreStats:
+        """How many journal writes went in how many transactions."""
+        journal = self._journal
+        return PostgresStoreStats(journal.writes, journal.commits, journal.largest_group)
 
     async def open(self) -> None:
         """Connect and migrate the schema now rather than at first use, so a
@@ -678,6 +736,7 @@ class PostgresSagaStore:
         raise ``SagaStoreError``; closing twice is harmless."""
         if self._closed:
             return
+        await self._journal.idle()  # writes already queued are finished first
         self._closed = True
         self._ready = False
         if self._owns_pool and self._pool is not None:
@@ -733,6 +792,41 @@ class PostgresSagaStore:
         except self._errors as error:
             raise self._wrap(error, doing) from error
 
+    async def _write_one(self, write: _Write) -> Any:
+        doing, statement, params = write
+        return await self._fetch(doing, statement, params)
+
+    async def _write_many(self, writes: list[_Write]) -> list[Any]:
+        """Journal writes in one transaction, sent in one round trip (pipeline
+        mode); their first rows, or the error of each (``GroupCommit``)."""
+        from psycopg.rows import tuple_row  # type: ignore[import-not-found, unused-ignore]
+
+        if not self._ready:
+            await self.open()
+        pool = self._pool
+        if pool is None:
+            return [SagaStoreError("the PostgreSQL saga store is closed") for _ in writes]
+        try:
+            conn = await pool.getconn()
+        except self._errors as error:
+            return [self._wrap(error, doing) for doing, _, _ in writes]
+        try:
+            cursors = []
+            async with conn.pipeline(), conn.transaction():
+                for _, statement, params in writes:
+                    cursor = conn.cursor(row_factory=tuple_row)
+                    await cursor.execute(statement, params, binary=True)
+                    cursors.append(cursor)
+            return [await cursor.fetchone() for cursor in cursors]
+        except self._errors as error:
+            if not _commit_in_doubt(error):
+                # The server refused a statement: the transaction was rolled
+                # back, nothing in it was written. Each write goes alone.
+                raise RetryAlone from error
+            return [self._wrap(error, doing) for doing, _, _ in writes]
+        finally:
+            await pool.putconn(conn)
+
     # ------------------------------------------------------------------ SagaStore
 
     async def create(
@@ -752,7 +846,8 @@ class PostgresSagaStore:
             saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
             _entries_json(saga_id, entries),
         ]
-        row = await self._fetch(f"cannot create saga {saga_id!r}", self._sql.create, params)
+        doing = f"cannot create saga {saga_id!r}"
+        row = await self._journal.write((doing, self._sql.create, params))
         if row is None:
             raise SagaAlreadyExists(saga_id)
 
@@ -780,7 +875,7 @@ class PostgresSagaStore:
             count, saga_id, token, count, _entries_json(saga_id, entries),
         ]
         doing = f"cannot journal saga {saga_id!r}"
-        row = await self._fetch(doing, self._sql.append, params)
+        row = await self._journal.write((doing, self._sql.append, params))
         if row is not None:
             return
         if token is None or await self._fetch(doing, self._sql.fence_of, (saga_id,)) is None:

@@ -1,0 +1,157 @@
+"""Group commit for an asyncio store whose writes are round trips to a server.
+
+A durable write costs a round trip and a flush to disk, however small it is.
+With many sagas in flight, ``GroupCommit`` lets up to ``slots`` writes go to
+the server on their own, at once; a write that finds every slot busy waits in
+a queue, and when a slot comes free, everything queued goes together: one
+transaction, one round trip, one flush (``write_many``). One saga in flight
+pays nothing for this: its write finds a slot free and goes alone
+(``write_one``), as it would without a queue.
+
+Rules that keep it correct:
+
+* **No overtaking.** While anything is queued, a new write queues behind it,
+  even if a slot is free at that moment, so writes reach the server in the
+  order they were made.
+* **A cancelled write that is still queued is never sent.** Once it is part
+  of a transaction on its way, it may or may not be written — as with a
+  cancelled direct write.
+* **One bad write does not sink the others.** When the server refused a
+  grouped transaction (it was rolled back: nothing in it was written),
+  ``write_many`` raises ``RetryAlone`` and each write is retried on its own,
+  so only the bad one fails. Any other failure — the connection was lost, so
+  the commit may or may not have happened — is reported to every write of
+  the group and nothing is retried: retrying a write that was in fact
+  committed would journal it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["GroupCommit", "RetryAlone"]
+
+W = TypeVar("W")  # a write request
+R = TypeVar("R")  # its result
+
+# At most this many writes in one transaction: the rest go in the next.
+MAX_GROUP = 256
+
+
+class RetryAlone(Exception):
+    """Raised by ``write_many``: the server refused the group and rolled it
+    back; write each request on its own."""
+
+
+class GroupCommit(Generic[W, R]):
+    """Writes through ``write_one`` while a slot is free, else grouped (see the
+    module docstring). ``write_many`` returns one outcome per request, in
+    order: its result, or the exception to raise for it."""
+
+    def __init__(
+        self,
+        *,
+        slots: int,
+        write_one: Callable[[W], Awaitable[R]],
+        write_many: Callable[[list[W]], Awaitable[list[R | BaseException]]],
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots!r}")
+        self._free = slots
+        self._write_one = write_one
+        self._write_many = write_many
+        self._queue: list[tuple[W, asyncio.Future[R]]] = []
+        self._drains: set[asyncio.Task[None]] = set()
+        self.writes = 0  # requests (refused ones included)
+        self.commits = 0  # transactions sent: one per request alone, one per group
+        self.largest_group = 0
+
+    async def write(self, request: W) -> R:
+        self.writes += 1
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+            try:
+                self.commits += 1
+                return await self._write_one(request)
+            finally:
+                self._slot_done()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        entry = (request, future)
+        self._queue.append(entry)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Still queued: it is never sent. (Already sent: nothing to undo.)
+            with contextlib.suppress(ValueError):
+                self._queue.remove(entry)
+            raise
+
+    async def idle(self) -> None:
+        """Return once nothing is queued and no group is being written."""
+        while self._drains:
+            await asyncio.gather(*self._drains, return_exceptions=True)
+
+    def _slot_done(self) -> None:
+        if self._queue:  # the slot goes on to write what queued meanwhile
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        else:
+            self._free += 1
+
+    async def _drain(self) -> None:
+        group: list[tuple[W, asyncio.Future[R]]] = []
+        try:
+            while self._queue:
+                group = self._queue[:MAX_GROUP]
+                del self._queue[:MAX_GROUP]
+                await self._write_group(group)
+        finally:
+            self._free += 1
+            # Left over only if this task itself was cancelled (the loop is
+            # closing): nobody will answer these writes, so say so.
+            for _, future in group + self._queue:
+                if not future.done():
+                    future.cancel()
+            self._queue.clear()
+
+    async def _write_group(self, group: list[tuple[W, asyncio.Future[R]]]) -> None:
+        live = [(request, future) for request, future in group if not future.done()]
+        if not live:
+            return
+        if len(live) > 1:
+            self.commits += 1
+            self.largest_group = max(self.largest_group, len(live))
+            try:
+                outcomes = await self._write_many([request for request, _ in live])
+            except RetryAlone:
+                pass  # rolled back: each on its own below
+            except Exception as error:  # a bug in write_many: fail the group
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            else:
+                for (_, future), outcome in zip(live, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                return
+        for request, future in live:
+            if future.done():
+                continue
+            self.commits += 1
+            try:
+                result = await self._write_one(request)
+            except Exception as error:
+                if not future.done():
+                    future.set_exception(error)
+            else:
+                if not future.done():
+                    future.set_result(result)

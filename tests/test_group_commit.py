@@ -1,0 +1,191 @@
+"""``GroupCommit``, the journal-write scheduler of ``PostgresSagaStore``.
+
+Against fake ``write_one``/``write_many`` whose calls the test holds open, so
+every interleaving below is decided by the test, never by timing:
+
+* one write at a time goes alone; a slot is all it takes;
+* writes that find every slot busy are written together, in order, with
+  their own results; nothing overtakes a queued write;
+* a queued write that is cancelled is never sent;
+* a group the server refused (``RetryAlone``) is retried write by write, so
+  only the bad write fails; a group whose commit is in doubt fails every
+  write and retries none; an outcome that is an exception goes to its writer
+  only;
+* ``idle()`` waits for queued writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from fallback_saga.store._group_commit import MAX_GROUP, GroupCommit, RetryAlone
+
+
+class Server:
+    """Fake writes: each call is held until the test releases it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []  # ("one", request) / ("many", [requests])
+        self.gates: list[asyncio.Event] = []
+        self.refuse: set[str] = set()  # requests the server refuses
+        self.many_error: BaseException | None = None  # raised by write_many
+
+    async def _held(self) -> None:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+
+    async def write_one(self, request: str) -> str:
+        self.calls.append(("one", request))
+        await self._held()
+        if request in self.refuse:
+            raise ValueError(f"refused {request}")
+        return f"ok {request}"
+
+    async def write_many(self, requests: list[str]) -> list[str | BaseException]:
+        self.calls.append(("many", list(requests)))
+        await self._held()
+        if self.many_error is not None:
+            raise self.many_error
+        if self.refuse & set(requests):
+            raise RetryAlone
+        return [KeyError(r) if r.startswith("missing") else f"ok {r}" for r in requests]
+
+    def release_all(self) -> None:
+        for gate in self.gates:
+            gate.set()
+
+
+async def settle() -> None:
+    """Let every task run until it waits on something the test controls."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def group(server: Server, slots: int = 1) -> GroupCommit[str, str]:
+    return GroupCommit(slots=slots, write_one=server.write_one, write_many=server.write_many)
+
+
+async def run_released(server: Server, tasks: list[asyncio.Task[str]]) -> list[Any]:
+    """Release every held call (and those they lead to) until all tasks end."""
+    while not all(task.done() for task in tasks):
+        await settle()
+        server.release_all()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_writes_one_at_a_time_go_alone() -> None:
+    server = Server()
+    writer = group(server)
+    for n in range(3):
+        task = asyncio.create_task(writer.write(f"w{n}"))
+        await settle()
+        server.release_all()
+        assert await task == f"ok w{n}"
+    assert server.calls == [("one", "w0"), ("one", "w1"), ("one", "w2")]
+    assert (writer.writes, writer.commits, writer.largest_group) == (3, 3, 0)
+
+
+async def test_writes_that_find_the_slots_busy_go_together_in_order() -> None:
+    server = Server()
+    writer = group(server, slots=2)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(6)]
+    await settle()
+    assert server.calls == [("one", "w0"), ("one", "w1")]  # the two slots
+    results = await run_released(server, tasks)
+    assert results == [f"ok w{n}" for n in range(6)]
+    # The first slot to come free writes everything queued meanwhile.
+    assert server.calls[2] == ("many", ["w2", "w3", "w4", "w5"])
+    assert (writer.writes, writer.commits, writer.largest_group) == (6, 3, 4)
+
+
+async def test_a_new_write_never_overtakes_a_queued_one() -> None:
+    server = Server()
+    writer = group(server)
+    first = asyncio.create_task(writer.write("w0"))
+    queued = asyncio.create_task(writer.write("w1"))
+    await settle()
+    server.release_all()  # w0 ends: its slot goes on to write w1
+    await asyncio.sleep(0)
+    late = asyncio.create_task(writer.write("w2"))  # the slot is not free for it
+    results = await run_released(server, [first, queued, late])
+    assert results == ["ok w0", "ok w1", "ok w2"]
+    order = [r for _, req in server.calls for r in ([req] if isinstance(req, str) else req)]
+    assert order == ["w0", "w1", "w2"]
+
+
+async def test_a_cancelled_queued_write_is_never_sent() -> None:
+    server = Server()
+    writer = group(server)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(4)]
+    await settle()
+    tasks[2].cancel()
+    results = await run_released(server, tasks)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert [results[n] for n in (0, 1, 3)] == ["ok w0", "ok w1", "ok w3"]
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w3"])]
+
+
+async def test_a_refused_group_is_retried_write_by_write_and_only_the_bad_one_fails() -> None:
+    server = Server()
+    server.refuse = {"bad"}
+    writer = group(server)
+    tasks = [asyncio.create_task(writer.write(r)) for r in ("w0", "w1", "bad", "w3")]
+    results = await run_released(server, tasks)
+    assert [results[n] for n in (0, 1, 3)] == ["ok w0", "ok w1", "ok w3"]
+    assert isinstance(results[2], ValueError)
+    assert server.calls == [("one", "w0"), ("many", ["w1", "bad", "w3"]),
+                            ("one", "w1"), ("one", "bad"), ("one", "w3")]
+
+
+async def test_a_group_whose_commit_is_in_doubt_fails_every_write_and_retries_none() -> None:
+    server = Server()
+    server.many_error = ConnectionError("connection lost during commit")
+    writer = group(server)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3)]
+    results = await run_released(server, tasks)
+    assert results[0] == "ok w0"
+    assert all(isinstance(r, ConnectionError) for r in results[1:])
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]  # no retry
+
+
+async def test_an_outcome_that_is_an_exception_goes_to_its_writer_only() -> None:
+    server = Server()
+    writer = group(server)
+    tasks = [asyncio.create_task(writer.write(r)) for r in ("w0", "w1", "missing", "w3")]
+    results = await run_released(server, tasks)
+    assert [results[n] for n in (0, 1, 3)] == ["ok w0", "ok w1", "ok w3"]
+    assert isinstance(results[2], KeyError)
+
+
+async def test_groups_hold_at_most_MAX_GROUP_writes() -> None:
+    server = Server()
+    writer = group(server)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(MAX_GROUP + 3)]
+    await run_released(server, tasks)
+    sizes = [len(req) for kind, req in server.calls if kind == "many"]
+    assert sizes == [MAX_GROUP, 2]
+
+
+async def test_idle_waits_for_queued_writes() -> None:
+    server = Server()
+    writer = group(server)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3)]
+    await settle()
+    server.release_all()  # w0 done; w1 and w2 queued, their group held
+    await settle()
+    idle = asyncio.create_task(writer.idle())
+    await settle()
+    assert not idle.done()
+    server.release_all()
+    await idle
+    assert all(task.done() for task in tasks)
+
+
+def test_slots_must_be_positive() -> None:
+    server = Server()
+    with pytest.raises(ValueError, match="slots"):
+        GroupCommit(slots=0, write_one=server.write_one, write_many=server.write_many)
