@@ -37,7 +37,8 @@ Starts a throwaway PostgreSQL cluster (``tests/pg_cluster.py``: fsync on,
 
 (c) **sagas in flight in one process**: ``plain3`` sagas started by 1, 10
     and 100 concurrent loops on one ``PostgresSagaStore`` with its default
-    pool (10 connections), interleaved rounds of about ``batch_s`` seconds;
+    pool (10 connections), with group commit (the default) and with
+    ``group_commit=False``, interleaved rounds of about ``batch_s`` seconds;
     what one service process can push through one store.
 
 Run: ``python benchmarks/postgres_case.py [--quick] [--json PATH]``.
@@ -404,16 +405,24 @@ IN_FLIGHT = (1, 10, 100)
 
 
 async def in_flight(cluster: Any, settings: Settings) -> dict[str, Any]:
+    """(c): with group commit (the default) and without, side by side."""
     import fs_sagas
 
     from fallback_saga.store.postgres import PostgresSagaStore
 
-    per_round: dict[int, list[float]] = {n: [] for n in IN_FLIGHT}
-    async with PostgresSagaStore(cluster.conninfo, schema="in_flight") as store:
-        saga = fs_sagas.Plain3(store=store)
-        check = workloads.fallback_saga_check("plain3")
+    kinds = {"group commit": True, "each write alone": False}
+    per_round: dict[str, dict[int, list[float]]] = {k: {n: [] for n in IN_FLIGHT} for k in kinds}
+    stores = {kind: PostgresSagaStore(cluster.conninfo, schema=f"in_flight_{int(on)}",
+                                      group_commit=on)
+              for kind, on in kinds.items()}
+    check = workloads.fallback_saga_check("plain3")
+    try:
+        sagas = {}
+        for kind, store in stores.items():
+            await store.open()
+            sagas[kind] = fs_sagas.Plain3(store=store)
 
-        async def loop(deadline: float) -> int:
+        async def loop(saga: Any, deadline: float) -> int:
             count = 0
             while True:
                 ctx = fs_sagas.Ctx(order_id="o-1")
@@ -422,16 +431,23 @@ async def in_flight(cluster: Any, settings: Settings) -> dict[str, Any]:
                 if time.perf_counter() >= deadline:
                     return count
 
+        names = list(kinds)
         for r in range(settings.rounds):
-            order = IN_FLIGHT[r % len(IN_FLIGHT):] + IN_FLIGHT[:r % len(IN_FLIGHT)]
-            for n in order:
-                gc.collect()
-                start = time.perf_counter()
-                counts = await asyncio.gather(*(loop(start + settings.batch_s)
-                                                for _ in range(n)))
-                per_round[n].append(sum(counts) / (time.perf_counter() - start))
-    return {str(n): {"median": statistics.median(v), "rounds": v}
-            for n, v in per_round.items()}
+            for n in IN_FLIGHT:
+                for kind in names[r % 2:] + names[:r % 2]:
+                    gc.collect()
+                    start = time.perf_counter()
+                    counts = await asyncio.gather(
+                        *(loop(sagas[kind], start + settings.batch_s) for _ in range(n))
+                    )
+                    per_round[kind][n].append(sum(counts) / (time.perf_counter() - start))
+        commits = {kind: dataclasses.asdict(store.stats) for kind, store in stores.items()}
+    finally:
+        for store in stores.values():
+            await store.close()
+    return {kind: {str(n): {"median": statistics.median(v), "rounds": v}
+                   for n, v in rows.items()} | {"stats": commits[kind]}
+            for kind, rows in per_round.items()}
 
 
 def run_postgres_case(*, quick: bool) -> dict[str, Any]:
@@ -488,9 +504,16 @@ def report(result: dict[str, Any]) -> str:
             f"  {workers} process(es): {row['median_sagas_per_s']:>9.1f} sagas/s"
             f"   scaling x{row['scaling_vs_1']:.2f}"
         )
-    lines += ["", "(c) plain3 sagas in flight in one process, one store (pool of 10)"]
-    for n, row in result["in_flight"].items():
-        lines.append(f"  {n:>3} in flight: {row['median']:>9.1f} sagas/s")
+    lines += ["", "(c) plain3 sagas/s in flight in one process, one store (pool of 10)"]
+    flying = result["in_flight"]
+    grouped, alone = flying["group commit"], flying["each write alone"]
+    for n in IN_FLIGHT:
+        g, a = grouped[str(n)]["median"], alone[str(n)]["median"]
+        lines.append(f"  {n:>3} in flight: group commit {g:>8.1f}   each write alone {a:>8.1f}"
+                     f"   x{g / a:.2f}")
+    stats = grouped["stats"]
+    lines.append(f"  group commit: {stats['writes']} writes in {stats['commits']} commits,"
+                 f" largest group {stats['largest_group']}")
     return "\n".join(lines)
 
 

@@ -163,6 +163,11 @@ def test_bad_arguments_are_refused(kwargs: dict[str, Any], match: str) -> None:
         PostgresSagaStore("host=127.0.0.1", **kwargs)
 
 
+def test_group_commit_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="group_commit"):
+        PostgresSagaStore("host=127.0.0.1", group_commit="yes")  # type: ignore[arg-type]
+
+
 def test_neither_conninfo_nor_pool_is_refused() -> None:
     with pytest.raises(TypeError, match="conninfo"):
         PostgresSagaStore(42)  # type: ignore[arg-type]
@@ -815,6 +820,18 @@ def test_a_group_is_retried_alone_only_when_its_commit_is_certainly_undone(
     error: Exception, in_doubt: bool
 ) -> None:
     assert pg_store._commit_in_doubt(error) is in_doubt
+
+
+async def test_without_group_commit_every_write_commits_alone(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, max_size=2,
+                                 group_commit=False) as store:
+        saga = OrderSaga(store=store)
+        await asyncio.gather(*(saga.run(Order(order_id=f"o{n}")) for n in range(30)))
+        stats = store.stats
+        assert stats.writes == stats.commits == 30 * 4, stats  # create + 3 appends
+        assert stats.largest_group == 0
 
 
 async def test_a_write_postgresql_refuses_fails_alone_in_its_group(

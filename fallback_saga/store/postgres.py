@@ -557,6 +557,12 @@ class PostgresSagaStore:
     crash loses nothing. The other PostgreSQL values are accepted for
     replicated setups.
 
+    ``group_commit`` (default on): journal writes that find half the pool
+    busy go together in one transaction (see the module docstring). Turn it
+    off behind a statement-mode pooler, which refuses multi-statement
+    transactions; it is off anyway with a libpq older than 14 (no pipeline
+    mode).
+
     Connections are not pinged before use (that would double the round
     trips): after the database restarts, a write on a pooled connection that
     died fails once with ``SagaStoreError`` and the pool replaces it. Give
@@ -578,8 +584,11 @@ class PostgresSagaStore:
         max_size: int = 10,
         synchronous_commit: str = "on",
         connect_timeout: float = 30.0,
+        group_commit: bool = True,
     ) -> None:
         psycopg, psycopg_pool = _driver()
+        if not isinstance(group_commit, bool):
+            raise TypeError(f"group_commit must be a bool, got {group_commit!r}")
         if schema is not None and (
             not isinstance(schema, str) or _IDENTIFIER.fullmatch(schema) is None
         ):
@@ -638,8 +647,9 @@ class PostgresSagaStore:
         # Journal writes: half the pool's connections write alone at once;
         # beyond that they are grouped (one transaction, one round trip). A
         # libpq without pipeline mode (older than 14) writes each alone.
+        self.group_commit: bool = group_commit and psycopg.Pipeline.is_supported()
         self._journal: GroupCommit[_Write, Any] = GroupCommit(
-            slots=max(1, pool_size // 2) if psycopg.Pipeline.is_supported() else 1 << 30,
+            slots=max(1, pool_size // 2) if self.group_commit else 1 << 30,
             write_one=self._write_one,
             write_many=self._write_many,
         )
