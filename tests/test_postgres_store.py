@@ -4,8 +4,10 @@ The store contract suite (``fallback_saga.testing``) runs against it three
 ways: with its own pool, with a given autocommit pool, and with a given pool
 of ordinary (transactional) connections. Then what only PostgreSQL has: the
 schema and its migrations, concurrent starters, concurrent claimers, fencing
-and lease renewal, the recovery index, the executor and recovery on top, and
-the lazy import of the driver.
+and lease renewal, the recovery index, group commit (a refused group is
+retried write by write; an in-doubt one never), the executor and recovery on
+top, connections killed under 40 sagas in flight, and the lazy import of the
+driver.
 
 The server is started once per session by the ``pg_cluster`` fixture
 (``conftest_pg.py``, ``pg_cluster.py``); each test gets a schema of its own.
@@ -18,9 +20,10 @@ import dataclasses
 import logging
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest_pg import require_driver
@@ -935,3 +938,72 @@ async def test_a_recovering_worker_whose_lease_was_taken_over_is_fenced_out(
     assert len(after.history) == len(record.history)
     result = await saga._resume_record(record, lease=current)
     assert result.status is SagaStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- connections lost
+
+
+class Held:
+    """A step that waits for the test, then does nothing (its effect: a count)."""
+
+    gate: asyncio.Event
+    inside = 0
+    done: ClassVar[Counter[str]] = Counter()
+
+    async def act(self, ctx: Order) -> None:
+        Held.inside += 1
+        await Held.gate.wait()
+        Held.done[ctx.order_id] += 1
+
+    async def compensate(self, ctx: Order) -> None:
+        pass
+
+
+class HeldSaga(Saga[Order]):
+    steps = [Reserve, Held, Charge]
+
+
+async def test_killed_connections_lose_no_saga(pg_conninfo: str, pg_schema: str, raw: Any) -> None:
+    """Every connection of the store dies while 40 sagas are inside a step
+    (the server restarted, a proxy dropped them): the writes on dead
+    connections fail, each saga unwinds or stops, and one recovery pass
+    leaves every saga finished; the store then works as before."""
+    Held.gate, Held.inside = asyncio.Event(), 0
+    Held.done.clear()
+    ids = [f"saga-{n:02d}" for n in range(40)]
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=4) as store:
+        saga = HeldSaga(store=store)
+        runs = [asyncio.create_task(saga.run(Order(order_id=i), saga_id=i)) for i in ids]
+        deadline = asyncio.get_running_loop().time() + 30
+        while Held.inside < len(ids):
+            assert asyncio.get_running_loop().time() < deadline, Held.inside
+            await asyncio.sleep(0.01)
+        (killed,) = raw.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+        assert killed >= 4
+        Held.gate.set()
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        assert not [o for o in outcomes if not isinstance(o, SagaFailed | SagaStoreError)
+                    and getattr(o, "status", None) is not SagaStatus.COMPLETED], outcomes
+        # The kill did hit writes: a write on a dead connection fails (its
+        # commit is in doubt, so it is not retried) and that saga unwinds.
+        assert any(isinstance(o, SagaFailed | SagaStoreError) for o in outcomes), outcomes
+
+        report = await recover(store, [saga], older_than=0, lease=60)
+        assert report.skipped == [], report
+        assert report.failed == [], report
+        statuses: Counter[SagaStatus] = Counter()
+        for saga_id in ids:
+            record = await store.load(saga_id)
+            statuses[record.status] += 1
+            assert record.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED), record
+            if record.status is SagaStatus.COMPLETED:
+                assert record.context["charged"] == 100
+        assert sum(statuses.values()) == len(ids)
+        assert await store.list_sagas(status=SagaStatus.RUNNING) == []
+        assert await store.list_sagas(status=SagaStatus.COMPENSATING) == []
+        # The store works as before.
+        Held.gate.set()
+        assert (await saga.run(Order(order_id="after"))).status is SagaStatus.COMPLETED
