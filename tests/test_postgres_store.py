@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import pytest
 from conftest_pg import require_driver
 
-from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus
+from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus, current_step
 from fallback_saga.errors import (
     CorruptSagaRecord,
     LeaseLost,
@@ -1007,3 +1007,62 @@ async def test_killed_connections_lose_no_saga(pg_conninfo: str, pg_schema: str,
         # The store works as before.
         Held.gate.set()
         assert (await saga.run(Order(order_id="after"))).status is SagaStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- S10 with group commit
+
+
+class Witnessed:
+    """A step that looks, from another connection, for its own STARTED entry."""
+
+    conn: Any
+    lock: asyncio.Lock
+    seen: ClassVar[list[str | None]] = []
+
+    async def act(self, ctx: Order) -> None:
+        info = current_step()
+        async with Witnessed.lock:
+            cursor = await Witnessed.conn.execute(
+                "SELECT status FROM fallback_saga_steps WHERE saga_id = %s AND step = %s"
+                " AND action = 'act' ORDER BY seq DESC LIMIT 1",
+                (info.saga_id, info.step),
+            )
+            row = await cursor.fetchone()
+        Witnessed.seen.append(None if row is None else row[0])
+
+    async def compensate(self, ctx: Order) -> None:
+        pass
+
+
+class WitnessA(Witnessed):
+    pass
+
+
+class WitnessB(Witnessed):
+    pass
+
+
+class WitnessC(Witnessed):
+    pass
+
+
+class WitnessedSaga(Saga[Order]):
+    steps = [WitnessA, WitnessB, WitnessC]
+
+
+async def test_S10_with_group_commit_each_intent_is_committed_before_its_step_runs(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """S10 under group commit: the write of each STARTED entry has committed
+    (another session sees it) before the step runs, even when it shared its
+    transaction with the writes of other sagas."""
+    Witnessed.seen.clear()
+    Witnessed.lock = asyncio.Lock()
+    async with await psycopg.AsyncConnection.connect(pg_conninfo, autocommit=True) as conn:
+        await conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+        Witnessed.conn = conn
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema, max_size=4) as store:
+            saga = WitnessedSaga(store=store)
+            await asyncio.gather(*(saga.run(Order(order_id=f"o{n}")) for n in range(60)))
+            assert store.stats.largest_group > 1, store.stats  # writes were grouped
+    assert Witnessed.seen == ["started"] * 180

@@ -18,7 +18,10 @@ data-modifying CTE that inserts or updates the saga row — for ``append``
 only while the fencing token matches — and inserts the journal entries
 (sent as one JSON parameter) numbered from the row's entry counter.
 A write that touches no row costs a second query, to tell ``SagaNotFound``
-from ``LeaseLost``.
+from ``LeaseLost``. ``load`` is one statement (one snapshot: the context and
+the history always agree). Results are read in binary format, so floats
+(journal times, lease expiry) come back bit for bit whatever the server's
+``extra_float_digits``.
 
 Group commit. Up to half the pool's connections carry journal writes on
 their own at once; a write that finds them all busy queues, and when one
@@ -29,10 +32,7 @@ write still returns only once its transaction has committed. If the server
 refuses the group (one bad write), it was rolled back and each write is
 retried alone, so only the bad one fails; if the connection is lost, the
 commit is in doubt and every write of the group fails, none retried.
-``store.stats`` counts writes and commits. ``load`` is one statement (one snapshot: the context and
-the history always agree). Results are read in binary format, so floats
-(journal times, lease expiry) come back bit for bit whatever the server's
-``extra_float_digits``.
+``store.stats`` counts writes and commits.
 
 Leases. ``claim`` is one short transaction: ``SELECT ... FOR UPDATE SKIP
 LOCKED`` on the sagas table alone (no join, no subquery: under READ COMMITTED
@@ -1044,16 +1044,16 @@ class PostgresSagaStore:
 
     @property
     def work_channel(self) -> str:
-        """The LISTEN/NOTIFY channel on which released work is announced."""
+        """The LISTEN/NOTIFY channel on which ``hand_off`` announces sagas."""
         return self._names.channel
 
     async def work_notifications(self) -> AsyncIterator[str]:
         """Listen for claimable work (``WorkNotifier``) on a connection of its
         own, outside the pool (a pooled connection would lose its LISTEN when
         returned). Yields ``""`` once listening, then the id of each saga
-        handed off (``hand_off``) by any process. Ends when
-        the store is closed; ``SagaStoreError`` if the connection is lost.
-        One connection per iteration: a worker needs one."""
+        handed off (``hand_off``) by any process. Ends when the store is
+        closed; ``SagaStoreError`` if the connection is lost. One connection
+        per iteration: a worker needs one."""
         psycopg, _ = _driver()
         if not self._ready:
             await self.open()
