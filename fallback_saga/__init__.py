@@ -19,6 +19,7 @@ from .errors import (
     SagaDefinitionError,
     SagaError,
     SagaFailed,
+    SagaInterrupted,
     SagaNotFound,
     SagaStoreError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "SagaDefinitionError",
     "SagaError",
     "SagaFailed",
+    "SagaInterrupted",
     "SagaListener",
     "SagaNotFound",
     "SagaRecord",

@@ -18,6 +18,7 @@ __all__ = [
     "SagaDefinitionError",
     "SagaError",
     "SagaFailed",
+    "SagaInterrupted",
     "SagaNotFound",
     "SagaStoreError",
 ]
@@ -62,12 +63,83 @@ class SagaStoreError(SagaError):
     """The saga store failed to read or write the journal."""
 
 
+class SagaInterrupted(SagaStoreError):
+    """The journal could not be written, so the run stopped; the saga is left
+    in the store for recovery (S13).
+
+    Raised instead of a ``SagaResult`` or ``SagaFailed`` whenever the store
+    kept refusing a write past the saga's ``journal_retry`` budget. No step
+    and no compensation ran after the last write the journal holds: the
+    journal is the truth about what happened, and ``recover()`` or a
+    ``RecoveryWorker`` finishes the saga from it once the store works again
+    (a RUNNING saga continues forward from its first step not on record as
+    completed; a COMPENSATING one finishes unwinding).
+
+    ``status`` is the last status the journal holds (``None`` when even the
+    saga's creation could not be confirmed: then no step ran, and the saga
+    exists in the store only if that first write landed unseen). ``error``
+    (also ``__cause__``) is the store's last error; ``failure`` is the
+    business error that had stopped the saga before the journal failed, if any.
+    """
+
+    def __init__(
+        self,
+        *,
+        saga_id: str,
+        saga_name: str,
+        status: SagaStatus | None,
+        error: BaseException,
+        failure: BaseException | None = None,
+    ) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.status = status
+        self.error = error
+        self.failure = failure
+        if status is None:
+            where = ("its creation could not be confirmed, and no step ran; if the write "
+                     "landed unseen, recovery will run it")
+        else:
+            where = f"it is left {status.value} in the store for recovery"
+        during = f" while handling {type(failure).__name__}: {failure}" if failure else ""
+        super().__init__(
+            f"saga {saga_name} ({short_id(saga_id)}) stopped: the journal could not be "
+            f"written{during} ({type(error).__name__}: {error}); nothing ran after the "
+            f"last write the journal holds; {where}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_interrupted,
+            (self.saga_id, self.saga_name, self.status, self.error, self.failure),
+        )
+
+
+def _rebuild_interrupted(
+    saga_id: str,
+    saga_name: str,
+    status: SagaStatus | None,
+    error: BaseException,
+    failure: BaseException | None,
+) -> SagaInterrupted:
+    return SagaInterrupted(
+        saga_id=saga_id, saga_name=saga_name, status=status, error=error, failure=failure
+    )
+
+
+def short_id(saga_id: object, limit: int = 80) -> str:
+    """A saga id as an error message may show it: ``repr`` (so control
+    characters are escaped), cut to ``limit`` characters."""
+    text = repr(saga_id)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 class SagaNotFound(SagaStoreError, KeyError):
     """No saga with this id is in the store."""
 
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
-        super().__init__(f"no saga with id {saga_id!r} in the store")
+        super().__init__(f"no saga with id {short_id(saga_id)} in the store")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -79,7 +151,7 @@ class CorruptSagaRecord(SagaStoreError):
     def __init__(self, saga_id: str, reason: str) -> None:
         self.saga_id = saga_id
         self.reason = reason
-        super().__init__(f"saga {saga_id!r} in the store is unreadable: {reason}")
+        super().__init__(f"saga {short_id(saga_id)} in the store is unreadable: {reason}")
 
 
 class LeaseLost(SagaStoreError):
@@ -90,7 +162,7 @@ class LeaseLost(SagaStoreError):
         self.saga_id = saga_id
         self.token = token
         super().__init__(
-            f"lease on saga {saga_id!r} (fencing token {token}) was lost; the saga is "
+            f"lease on saga {short_id(saga_id)} (fencing token {token}) was lost; the saga is "
             f"driven by another worker now"
         )
 
@@ -103,7 +175,7 @@ class SagaBusy(SagaStoreError):
         self.owner = owner
         self.expires_at = expires_at
         super().__init__(
-            f"saga {saga_id!r} is being driven by {owner or 'another worker'} "
+            f"saga {short_id(saga_id)} is being driven by {owner or 'another worker'} "
             f"(lease until {expires_at})"
         )
 
@@ -113,7 +185,7 @@ class SagaAlreadyExists(SagaStoreError):
 
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
-        super().__init__(f"a saga with id {saga_id!r} already exists in the store")
+        super().__init__(f"a saga with id {short_id(saga_id)} already exists in the store")
 
 
 class SagaDefinitionChanged(SagaError):
@@ -131,7 +203,7 @@ class SagaDefinitionChanged(SagaError):
         self.current_fingerprint = current
         self.differences = differences
         super().__init__(
-            f"saga {saga_id!r} was started with another definition (fingerprint {stored}, "
+            f"saga {short_id(saga_id)} was started with another definition (fingerprint {stored}, "
             f"the code now has {current}): " + "; ".join(differences)
         )
 
@@ -168,7 +240,7 @@ class SagaFailed(SagaError):
         self.error = error
         self.compensation_errors: dict[str, BaseException] = dict(compensation_errors or {})
         message = (
-            f"saga {saga_name} ({saga_id}) failed at step {failed_step!r}: "
+            f"saga {saga_name} ({short_id(saga_id)}) failed at step {failed_step!r}: "
             f"{type(error).__name__}: {error}; status {status.value}"
         )
         if self.compensation_errors:

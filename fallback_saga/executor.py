@@ -32,16 +32,22 @@ import logging
 import math
 import os
 import time
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
 from .context import Snapshot, check_serializable, context_to_dict, take_snapshot
-from .errors import ContextSerializationError, LeaseLost, SagaFailed, SagaStoreError
+from .errors import (
+    ContextSerializationError,
+    LeaseLost,
+    SagaAlreadyExists,
+    SagaFailed,
+    SagaInterrupted,
+)
 from .events import HOOK_NAMES, Hook, collect_hooks, emit
 from .fallback import Fallback
+from .journal import DEFAULT_JOURNAL_RETRY, JournalWrite, settle, write_durably
 from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
@@ -160,14 +166,14 @@ class Hooks:
 
 
 class JournalWriteFailed(BaseException):
-    """Internal: the store failed a write-ahead.
+    """Internal: the store failed a write-ahead for good (after the retries).
 
     A ``BaseException`` on purpose: raised inside a breaker-guarded call, it
     must not count against the downstream service, trigger a fallback or be
     retried. The executor unwraps it.
     """
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: BaseException) -> None:
         super().__init__(error)
         self.error = error
 
@@ -194,7 +200,10 @@ class Execution(StepCursor):
         "hooks",
         "image",
         "initial_context",
+        "interruption",
         "journal",
+        "journal_retry",
+        "journaled_status",
         "live",
         "pending_status",
         "results",
@@ -217,6 +226,7 @@ class Execution(StepCursor):
         compensation_retry: RetryPolicy,
         live: bool,
         fence: Lease | None = None,
+        journal_retry: RetryPolicy | None = None,
     ) -> None:
         if saga_id is None:
             saga_id = new_saga_id()
@@ -228,6 +238,7 @@ class Execution(StepCursor):
         self.store = store
         self.hooks = hooks
         self.compensation_retry = compensation_retry
+        self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
         self.journal: list[RawEntry] = []
@@ -236,6 +247,10 @@ class Execution(StepCursor):
         self.context_dirty = False
         self.created = False
         self.status = SagaStatus.RUNNING
+        # The status the journal holds (None until the creation is durable),
+        # and the store failure that stopped this run, if one did (S13).
+        self.journaled_status: SagaStatus | None = None
+        self.interruption: BaseException | None = None
         self.created_at = _now()
         self.image: Snapshot | None = None
         # Every write is conditional on the fencing token: 0 for a first run
@@ -320,16 +335,18 @@ class Execution(StepCursor):
             self.status = SagaStatus.COMPLETED
             self.store.finished(self)  # type: ignore[attr-defined]
         else:
+            # S13: the caller hears "completed" only once the journal says so.
             self.pending_status = SagaStatus.COMPLETED
+            failure: JournalWriteFailed | None = None
             try:
                 await self.flush()
-            except JournalWriteFailed as failure:
-                if isinstance(failure.error, LeaseLost):
-                    raise failure.error from None  # another worker finishes it
-                raise SagaStoreError(
-                    f"saga {self.saga_name} ({self.saga_id}) ran every step, but its completion "
-                    f"could not be journaled; the store still shows it running"
-                ) from failure.error
+            except JournalWriteFailed as error:
+                failure = error
+            if failure is not None:
+                if isinstance(failure.error, ContextSerializationError):
+                    # The last step left a context the journal cannot hold.
+                    await self.fail(failure)
+                raise self._stopped(failure.error)
             self.status = SagaStatus.COMPLETED
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
@@ -342,25 +359,30 @@ class Execution(StepCursor):
         token = _CURSOR.set(self)
         try:
             await self.fail(error)
-        except asyncio.CancelledError:
-            raise
         finally:
             _CURSOR.reset(token)
 
     async def fail(self, error: BaseException) -> NoReturn:
-        """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7)."""
-        error = _unwrap(error)
-        if not self.created or isinstance(error, LeaseLost):
-            # Nothing was journaled, so no step ran (the saga id is taken, the
-            # store is down): nothing to unwind; the error itself says it best.
-            # Or another worker owns the saga now: hands off, at once.
-            raise error
+        """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7).
+
+        When the error is the journal's own (the store kept refusing a write),
+        nothing is unwound: a compensation must not run unless the journal
+        can hold its record, so the run stops and leaves the saga for
+        recovery (``SagaInterrupted``)."""
+        if isinstance(error, JournalWriteFailed):
+            cause = error.error
+            if not isinstance(cause, ContextSerializationError):
+                raise self._stopped(cause)
+            error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
         try:
             compensation_errors = await shielded(self.unwind())
         except asyncio.CancelledError:
+            self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
             raise
+        if self.interruption is not None:
+            raise self._stopped(self.interruption, failure=error)
         self._announce_finish(error)
         raise SagaFailed(
             saga_id=self.saga_id,
@@ -376,7 +398,36 @@ class Execution(StepCursor):
         try:
             await shielded(self.unwind())
         finally:
+            self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
+
+    def _stopped(
+        self, error: BaseException, failure: BaseException | None = None
+    ) -> BaseException:
+        """What the caller gets when the journal failed: ``LeaseLost`` when
+        another worker owns the saga now (it goes on driving it),
+        ``SagaAlreadyExists`` when the saga could not even be created because
+        its id is taken, else ``SagaInterrupted``."""
+        if isinstance(error, LeaseLost):
+            return error
+        if isinstance(error, SagaAlreadyExists) and self.journaled_status is None:
+            return error
+        interrupted = SagaInterrupted(
+            saga_id=self.saga_id,
+            saga_name=self.saga_name,
+            status=self.journaled_status,
+            error=error,
+            failure=failure,
+        )
+        interrupted.__cause__ = error
+        return interrupted
+
+    def _report_interruption(self) -> None:
+        # A cancelled caller gets CancelledError whatever happened; a journal
+        # that failed meanwhile must still be told to someone.
+        error = self.interruption
+        if error is not None and not isinstance(error, LeaseLost):
+            _log.error("%s", self._stopped(error))
 
     def abandon(self, reason: LeaseLost) -> None:
         """Stop driving this saga *without* unwinding it: another worker owns it
@@ -461,6 +512,8 @@ class Execution(StepCursor):
                                 response = await branch.act(self.context)
                     finally:
                         self.active = False
+            except JournalWriteFailed:
+                raise  # the act never ran: nothing to record, retry or fall back from
             except BaseException as error:
                 snapshot.restore(self.context)
                 self._act_failed(branch, attempt, error)
@@ -515,27 +568,44 @@ class Execution(StepCursor):
     # ------------------------------------------------------------------ backward
 
     async def unwind(self) -> dict[str, BaseException]:
-        """Compensate the stack in LIFO order (S5), retrying each (S6)."""
+        """Compensate the stack in LIFO order (S5), retrying each (S6).
+
+        Each compensation's STARTED record — and with the first one, the
+        saga's COMPENSATING status — is durable before ``compensate`` is
+        called (S13). When the journal cannot be written, the unwinding stops
+        right there (``self.interruption``): the steps still on the stack are
+        left for recovery to compensate, which it will, since the journal
+        shows them completed and not compensated."""
         self.status = SagaStatus.COMPENSATING
         self.pending_status = SagaStatus.COMPENSATING
         errors: dict[str, BaseException] = {}
         stack = self.stack
-        while stack:
-            branch = stack.pop()
-            error = await self.compensate(branch)
-            if error is not None:
-                errors[branch.name] = error
-        self.status = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
-        if self.live:
-            self.image = take_snapshot(self.context)
-            self.store.finished(self)  # type: ignore[attr-defined]
-        else:
-            self.pending_status = self.status
-            await self.flush(best_effort=True)
+        try:
+            while stack:
+                branch = stack[-1]
+                error = await self.compensate(branch)
+                stack.pop()
+                if error is not None:
+                    errors[branch.name] = error
+            final = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
+            if self.live:
+                self.status = final
+                self.image = take_snapshot(self.context)
+                self.store.finished(self)  # type: ignore[attr-defined]
+            else:
+                self.pending_status = final
+                await self.flush(unwinding=True)
+                self.status = final
+        except JournalWriteFailed as failure:
+            self.interruption = failure.error
+            self.status = self.journaled_status or SagaStatus.RUNNING
         return errors
 
     async def compensate(self, branch: Branch) -> BaseException | None:
-        """Call ``branch.compensate`` under the retry policy; the final error, if any."""
+        """Call ``branch.compensate`` under the retry policy; the final error, if any.
+
+        Raises ``JournalWriteFailed`` — before calling ``compensate`` — when
+        its STARTED record cannot be made durable."""
         hooks = self.hooks
         journal = self.journal
         policy = self.compensation_retry
@@ -545,15 +615,15 @@ class Execution(StepCursor):
                 (branch.position, branch.name, branch.branch, "compensate", _STARTED, attempt,
                  None, _now())
             )
-            if hooks.compensation_started:
-                emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
             self.step = branch.name
             self.action = "compensate"
             self.attempt = attempt
             if self.abandoned is not None:
                 raise JournalWriteFailed(self.abandoned)
             if not self.live:
-                await self.flush(best_effort=True)
+                await self.flush(unwinding=True)
+            if hooks.compensation_started:
+                emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
             self.active = True
             try:
                 if branch.timeout is None:
@@ -605,60 +675,67 @@ class Execution(StepCursor):
             return context_to_dict(self.context)
         return self.image.to_dict()
 
-    async def flush(self, *, best_effort: bool = False) -> None:
-        """Write every transition the store does not have yet (and the status
-        and context when they changed) — the write-ahead of the next call.
+    async def flush(self, *, unwinding: bool = False) -> None:
+        """Make every transition the store does not have yet durable (and the
+        status and context when they changed): the write-ahead of the next
+        call, or the terminal write.
 
-        Raises ``JournalWriteFailed``; with ``best_effort`` (while unwinding,
-        where stopping would leave steps uncompensated) logs it instead and
-        keeps the transitions for the next write.
+        The write is retried under ``journal_retry`` and, once sent, runs to
+        its end even if this task is cancelled meanwhile: the cancellation is
+        raised afterwards, when the executor knows what the journal holds.
+        Raises ``JournalWriteFailed`` when the write failed for good; from
+        then on every write of this run fails the same way, at once.
+        ``unwinding``: a context the journal cannot encode is left out (the
+        last good one stays) rather than stopping the compensations.
         """
         if self.abandoned is not None:
             raise JournalWriteFailed(self.abandoned)
+        if self.interruption is not None:
+            raise JournalWriteFailed(self.interruption)
         journal = self.journal
         written = self.written
-        if self.created and written == len(journal) and self.pending_status is None:
+        status = self.pending_status
+        if self.created and written == len(journal) and status is None:
             return
         entries = [tuple.__new__(JournalEntry, raw) for raw in journal[written:]]
         try:
-            context = self._encode_context(best_effort)
-            if not self.created:
-                await self.store.create(
-                    self.saga_id,
-                    self.saga_name,
-                    self.fingerprint,
-                    self.initial_context if context is None else context,  # type: ignore[arg-type]
-                    entries,
-                    status=self.pending_status or SagaStatus.RUNNING,
-                )
-                self.created = True
-            else:
-                await self.store.append(
-                    self.saga_id,
-                    entries,
-                    status=self.pending_status,
-                    context=context,
-                    fence=self.fence,
-                )
-        except Exception as error:
-            if not best_effort or isinstance(error, LeaseLost):
-                raise JournalWriteFailed(error) from error
-            _log.error(
-                "saga %s (%s): journal write failed while unwinding; compensation goes on: %r",
-                self.saga_name, self.saga_id, error,
-            )
-            return
-        self.written = written + len(entries)
-        self.pending_status = None
-        self.context_dirty = False
+            context = self._encode_context(unwinding)
+        except ContextSerializationError as error:
+            raise JournalWriteFailed(error) from error
+        create = not self.created
+        write = JournalWrite(
+            self.saga_id,
+            self.saga_name,
+            self.fingerprint,
+            create,
+            entries,
+            (status or SagaStatus.RUNNING) if create else status,
+            self.initial_context if create and context is None else context,
+            self.fence,
+            written,
+        )
+        failure, cancelled = await settle(write_durably(self.store, write, self.journal_retry))
+        if failure is None:
+            self.created = True
+            self.written = written + len(entries)
+            if write.status is not None:
+                self.journaled_status = write.status
+            self.pending_status = None
+            self.context_dirty = False
+        else:
+            self.interruption = failure
+        if cancelled:
+            raise asyncio.CancelledError
+        if failure is not None:
+            raise JournalWriteFailed(failure) from failure
 
-    def _encode_context(self, best_effort: bool) -> dict[str, Any] | None:
+    def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:
         if not self.context_dirty:
             return None
         try:
             return context_to_dict(self.context)
         except ContextSerializationError:
-            if not best_effort:
+            if not unwinding:
                 raise
             return None  # keep journaling the transitions; the last good context stays
 
@@ -680,16 +757,12 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     *wait* for it — compensation must not be abandoned half-way — and raise
     ``CancelledError`` only once it has finished.
 
-    A task costs a trip through the event loop, so the coroutine is first
-    stepped right here: until it suspends, nothing can interrupt it (a
-    cancellation is only delivered at a suspension point). Only if it does
-    suspend is it handed, mid-flight, to a task of its own.
+    It always runs in a task of its own, from its first line: a compensation
+    that enters ``asyncio.timeout`` (a step's ``timeout``, or its own) binds
+    that timeout to the current task, and must find its own task there, or
+    the timeout would cancel the caller instead of the compensation.
     """
-    try:
-        waiting_on = coroutine.send(None)
-    except StopIteration as finished:
-        return finished.value  # type: ignore[no-any-return]
-    task = asyncio.ensure_future(_carry_on(coroutine, waiting_on))
+    task = asyncio.ensure_future(coroutine)
     cancelled = False
     while not task.done():
         try:
@@ -698,22 +771,8 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
             if task.done() and task.cancelled():
                 raise  # the unwinding itself was cancelled (the loop is closing)
             cancelled = True
-    result = task.result()
+        except BaseException:
+            break  # the coroutine's own error: raised below
     if cancelled:
         raise asyncio.CancelledError
-    return result
-
-
-@types.coroutine
-def _carry_on(coroutine: Coroutine[Any, Any, T], waiting_on: Any) -> Generator[Any, Any, T]:
-    """Continue a coroutine suspended on ``waiting_on`` inside the task that runs
-    this generator: hand the future to the task, then resume the coroutine."""
-    try:
-        yield waiting_on
-    except BaseException as error:  # thrown in by the task: pass it on, as a task would
-        try:
-            waiting_on = coroutine.throw(error)
-        except StopIteration as finished:
-            return finished.value  # type: ignore[no-any-return]
-        return (yield from _carry_on(coroutine, waiting_on))
-    return (yield from coroutine)  # type: ignore[no-any-return]
+    return task.result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from types import TracebackType
@@ -10,7 +11,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from .context import context_from_dict
 from .definition import BranchSpec, FallbackSpec, SagaDefinition, build_definition
-from .errors import CorruptSagaRecord, RecordedError, SagaFailed
+from .errors import CorruptSagaRecord, RecordedError, SagaFailed, short_id
 from .executor import (
     Branch,
     Execution,
@@ -21,6 +22,7 @@ from .executor import (
     SagaResult,
     shielded,
 )
+from .journal import DEFAULT_JOURNAL_RETRY
 from .recovery import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
@@ -29,6 +31,8 @@ from .store.base import Lease, LiveJournal, RecoverableStore, SagaRecord, SagaSt
 from .store.memory import MemorySagaStore
 
 __all__ = ["Saga", "SagaTransaction"]
+
+_log = logging.getLogger("fallback_saga")
 
 ContextT = TypeVar("ContextT")
 
@@ -51,7 +55,12 @@ class Saga(Generic[ContextT]):
       default ``cls()``); step instances in ``steps`` are used as given;
     * ``compensation_retry`` — the ``RetryPolicy`` of every ``compensate``
       (default: 3 attempts, 0.1 s doubling, jittered, capped at 5 s);
-    * ``listeners`` — objects with hooks (see ``SagaListener``).
+    * ``listeners`` — objects with hooks (see ``SagaListener``);
+    * ``journal_retry`` — the ``RetryPolicy`` of every journal write to a
+      durable store (default: 6 attempts over about 1.5 s). A write the store
+      still refuses then stops the run with ``SagaInterrupted``: no step or
+      compensation runs unless its record is durable, and the saga is left
+      for recovery.
 
     One instance may run many sagas concurrently; steps should keep no
     per-run state on ``self`` (the context is where run state lives).
@@ -74,12 +83,16 @@ class Saga(Generic[ContextT]):
         step_factory: StepFactory | None = None,
         compensation_retry: RetryPolicy | None = None,
         listeners: Iterable[object] = (),
+        journal_retry: RetryPolicy | None = None,
     ) -> None:
         definition = getattr(type(self), "definition", None)
         if definition is None:
             raise TypeError(f"{type(self).__name__} declares no steps; subclass Saga with steps")
         if compensation_retry is not None and not isinstance(compensation_retry, RetryPolicy):
             raise TypeError(f"compensation_retry must be a RetryPolicy, got {compensation_retry!r}")
+        if journal_retry is not None and not isinstance(journal_retry, RetryPolicy):
+            raise TypeError(f"journal_retry must be a RetryPolicy, got {journal_retry!r}")
+        self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
         self.store: SagaStore = store if store is not None else MemorySagaStore()
         self._live_store = isinstance(self.store, LiveJournal)
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
@@ -112,6 +125,7 @@ class Saga(Generic[ContextT]):
             compensation_retry=self.compensation_retry,
             live=self._live_store,
             fence=fence,
+            journal_retry=self.journal_retry,
         )
 
     async def run(self, context: ContextT, *, saga_id: str | None = None) -> SagaResult[ContextT]:
@@ -173,7 +187,11 @@ class Saga(Generic[ContextT]):
             )
             return await run.run()
         finally:
-            await store.release(lease)
+            try:
+                await store.release(lease)
+            except Exception as error:  # the lease expires on its own
+                _log.warning("saga %s: could not release its lease: %s: %s",
+                             short_id(saga_id), type(error).__name__, error)
 
     async def _resume_record(
         self,
@@ -328,7 +346,11 @@ class SagaTransaction(Generic[ContextT]):
         try:
             await shielded(execution.unwind())
         finally:
+            execution._report_interruption()
             execution._announce_finish(exc)
+        if execution.interruption is not None and not isinstance(exc, asyncio.CancelledError):
+            # The caller must not believe the steps were unwound: they were not all.
+            raise execution._stopped(execution.interruption, failure=exc)
 
 
 def _construct(cls: type) -> Any:

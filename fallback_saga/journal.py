@@ -1,0 +1,165 @@
+"""Journal writes that tell the truth through store faults and cancellation (S13).
+
+The executor never calls an ``act`` or a ``compensate`` before its STARTED
+record is durable, and never reports a status before the journal holds it.
+This module is how one write becomes durable, or fails for good:
+
+* **A bounded retry.** A write the store refuses is tried again under the
+  saga's ``journal_retry`` policy (capped, jittered backoff). Refusals that a
+  retry cannot change — ``LeaseLost`` (another worker owns the saga),
+  ``SagaAlreadyExists``, ``SagaNotFound``, ``CorruptSagaRecord`` — end it at once.
+* **In-doubt writes are reconciled, never repeated blindly.** A failed write
+  may still have landed (a connection lost after ``COMMIT`` was sent, a
+  timeout). Appending it again would journal a step twice, so before each
+  retry the saga is loaded and the write counts as done when the store holds
+  it already. The executor knows how many entries the store held before the
+  write, so "landed" and "not landed" are told apart exactly; anything else
+  means another writer and stops the run.
+* **A write is never abandoned half-way.** Once sent, it runs to its end in a
+  task of its own, even if the saga's task is cancelled meanwhile;
+  ``settle`` reports the cancellation only afterwards, so the executor always
+  knows what the store holds when it handles the cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaAlreadyExists,
+    SagaBusy,
+    SagaNotFound,
+    SagaStoreError,
+)
+from .retry import RetryPolicy
+from .status import SagaStatus
+from .store.base import JournalEntry, Lease, SagaStore
+
+__all__ = ["DEFAULT_JOURNAL_RETRY", "JournalWrite", "settle", "write_durably"]
+
+# About 1.5 s of a store refusing writes before a run stops and leaves its saga
+# for recovery: long enough to ride out a failover's first seconds or a locked
+# file, short enough that a caller is not kept waiting on a store that is down.
+DEFAULT_JOURNAL_RETRY = RetryPolicy(attempts=6, delay=0.05, backoff=2.0, max_delay=1.0,
+                                    jitter=0.05)
+
+# Refusals a retry cannot change.
+_DEFINITIVE = (LeaseLost, SagaAlreadyExists, SagaNotFound, CorruptSagaRecord, SagaBusy)
+
+
+@dataclass(slots=True)
+class JournalWrite:
+    """One write of the executor: a saga's creation, or an append."""
+
+    saga_id: str
+    saga_name: str
+    fingerprint: str
+    create: bool
+    entries: list[JournalEntry]
+    status: SagaStatus | None
+    context: dict[str, Any] | None
+    fence: Lease | None
+    held: int  # how many entries the store holds before this write
+
+
+class JournalConflict(SagaStoreError):
+    """The journal holds something this run did not write: another writer."""
+
+
+async def write_durably(store: SagaStore, write: JournalWrite, policy: RetryPolicy) -> None:
+    """Make ``write`` durable in ``store``, retrying under ``policy``; raises the
+    last error when the budget is spent or the refusal is definitive."""
+    attempt = 1
+    in_doubt = False
+    while True:
+        try:
+            if in_doubt and await _landed(store, write):
+                return
+            in_doubt = False
+            await _send(store, write)
+            return
+        except _DEFINITIVE:
+            raise
+        except JournalConflict:
+            raise
+        except Exception as error:
+            if not policy.should_retry(error, attempt):
+                raise
+        in_doubt = True
+        attempt += 1
+        await policy.wait_before(attempt)
+
+
+async def _send(store: SagaStore, write: JournalWrite) -> None:
+    if write.create:
+        await store.create(
+            write.saga_id,
+            write.saga_name,
+            write.fingerprint,
+            write.context if write.context is not None else {},
+            write.entries,
+            status=write.status or SagaStatus.RUNNING,
+        )
+    else:
+        await store.append(
+            write.saga_id,
+            write.entries,
+            status=write.status,
+            context=write.context,
+            fence=write.fence,
+        )
+
+
+async def _landed(store: SagaStore, write: JournalWrite) -> bool:
+    """Whether an earlier try of ``write`` reached the store after all."""
+    try:
+        record = await store.load(write.saga_id)
+    except SagaNotFound:
+        if write.create:
+            return False
+        raise
+    have = len(record.history)
+    if write.create:
+        if record.saga_name != write.saga_name or record.fingerprint != write.fingerprint:
+            raise SagaAlreadyExists(write.saga_id)
+        if have == len(write.entries):
+            return True
+        raise JournalConflict(
+            f"saga {write.saga_id!r} holds {have} entries right after its creation "
+            f"with {len(write.entries)}: another process writes it"
+        )
+    if not write.entries:  # a status change alone
+        return record.status is write.status
+    if have == write.held + len(write.entries):
+        return True
+    if have == write.held:
+        return False
+    raise JournalConflict(
+        f"the journal of saga {write.saga_id!r} holds {have} entries; this run expected "
+        f"{write.held} or {write.held + len(write.entries)}: another process writes it"
+    )
+
+
+async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | None, bool]:
+    """Run ``coroutine`` to its end in a task of its own, whatever happens to the
+    calling task meanwhile. Returns ``(error or None, cancelled)``: whether the
+    caller was cancelled while waiting is reported, never acted on, here."""
+    task = asyncio.ensure_future(coroutine)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise  # the write itself was cancelled: the loop is closing
+            cancelled = True
+        except BaseException:
+            break  # the task's own error: read below
+    if task.cancelled():
+        raise asyncio.CancelledError
+    return task.exception(), cancelled
