@@ -61,13 +61,14 @@ from .errors import (
     LeaseLost,
     SagaDefinitionChanged,
     SagaFailed,
+    SagaInterrupted,
     SagaNotFound,
     SagaStoreError,
 )
 from .executor import Execution, JournalWriteFailed
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
-from .store.base import Lease, RecoverableStore, SagaRecord, WorkNotifier
+from .store.base import Lease, RecoverableStore, SagaRecord, is_recoverable, is_work_notifier
 
 if TYPE_CHECKING:
     from .definition import SagaDefinition
@@ -320,7 +321,8 @@ class LeasedRun:
 
 
 # What became of one claimed saga: completed, compensated, failed (needs an
-# operator), skipped (with a reason), lost (the lease; with a reason), handed_off.
+# operator), interrupted (the journal failed; with a reason), skipped (with a
+# reason), lost (the lease; with a reason), handed_off.
 Outcome = tuple[str, str | None]
 
 
@@ -362,6 +364,10 @@ class ClaimedSaga:
             return "completed", None
         except SagaFailed as failure:
             return failure.status.value, None
+        except SagaInterrupted as interrupted:
+            # The journal could not be written: nothing is reported finished
+            # that the journal does not hold. The saga stays for the next pass.
+            return "interrupted", str(interrupted)
         except LeaseLost as lost:
             release = False  # the lease is someone else's now
             return "lost", str(lost)
@@ -386,7 +392,7 @@ class ClaimedSaga:
             # workers that all skip it, as fast as they can claim.
             if release:
                 try:
-                    if handed_off and isinstance(self.store, WorkNotifier):
+                    if handed_off and is_work_notifier(self.store):
                         await self.store.hand_off(self.lease)
                     else:
                         await self.store.release(self.lease)
@@ -420,24 +426,33 @@ def sagas_by_name(store: object, sagas: Iterable[Saga[Any]]) -> dict[str, Saga[A
 
 @dataclass(slots=True)
 class RecoveryReport:
-    """What one ``recover`` pass did, saga by saga."""
+    """What one ``recover`` pass did, saga by saga.
+
+    A saga is listed as finished (``resumed``, ``compensated``, ``failed``)
+    only once the journal holds that status (S13). ``interrupted``: the
+    journal could not be written while the saga was resumed, so the run
+    stopped with no effect the journal does not know; it stays RUNNING or
+    COMPENSATING for the next pass."""
 
     resumed: list[str] = field(default_factory=list)  # finished COMPLETED
     compensated: list[str] = field(default_factory=list)  # finished COMPENSATED
     failed: list[str] = field(default_factory=list)  # finished FAILED: needs an operator
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (saga id, reason)
+    interrupted: list[tuple[str, str]] = field(default_factory=list)  # (saga id, reason)
 
     @property
     def total(self) -> int:
-        return len(self.resumed) + len(self.compensated) + len(self.failed) + len(self.skipped)
+        return (len(self.resumed) + len(self.compensated) + len(self.failed)
+                + len(self.skipped) + len(self.interrupted))
 
     def __str__(self) -> str:
         lines = [
             f"recovered {self.total} saga(s): {len(self.resumed)} completed, "
             f"{len(self.compensated)} compensated, {len(self.failed)} failed, "
-            f"{len(self.skipped)} skipped"
+            f"{len(self.interrupted)} interrupted, {len(self.skipped)} skipped"
         ]
         lines += [f"  failed  {saga_id} (needs an operator)" for saga_id in self.failed]
+        lines += [f"  interrupted {saga_id}: {reason}" for saga_id, reason in self.interrupted]
         lines += [f"  skipped {saga_id}: {reason}" for saga_id, reason in self.skipped]
         return "\n".join(lines)
 
@@ -472,7 +487,7 @@ async def recover(
         raise ValueError(f"older_than must be >= 0 seconds, got {older_than!r}")
     if limit < 1 or concurrency < 1:
         raise ValueError("limit and concurrency must be >= 1")
-    if not isinstance(store, RecoverableStore):
+    if not is_recoverable(store):
         raise TypeError(
             f"{type(store).__name__} cannot be recovered from: it has no leases "
             f"(use a durable store such as SQLiteSagaStore)"
@@ -500,6 +515,8 @@ async def recover(
             report.failed.append(saga_id)
         elif outcome == SagaStatus.COMPENSATED.value:
             report.compensated.append(saga_id)
+        elif outcome == "interrupted":
+            report.interrupted.append((saga_id, reason or outcome))
         else:
             report.skipped.append((saga_id, reason or outcome))
             outcome = "skipped"

@@ -27,7 +27,14 @@ from .recovery import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
-from .store.base import Lease, LiveJournal, RecoverableStore, SagaRecord, SagaStore
+from .store.base import (
+    Lease,
+    RecoverableStore,
+    SagaRecord,
+    SagaStore,
+    is_live_journal,
+    is_recoverable,
+)
 from .store.memory import MemorySagaStore
 
 __all__ = ["Saga", "SagaTransaction"]
@@ -94,7 +101,7 @@ class Saga(Generic[ContextT]):
             raise TypeError(f"journal_retry must be a RetryPolicy, got {journal_retry!r}")
         self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
         self.store: SagaStore = store if store is not None else MemorySagaStore()
-        self._live_store = isinstance(self.store, LiveJournal)
+        self._live_store = is_live_journal(self.store)
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
         self.listeners = tuple(listeners)
         self._hooks = Hooks(self.listeners)
@@ -167,10 +174,23 @@ class Saga(Generic[ContextT]):
         """
         store = self.store
         record = await store.load(saga_id)
-        if record.status.is_final or not isinstance(store, RecoverableStore):
+        if record.status.is_final or not is_recoverable(store):
             return await self._resume_record(
                 record, allow_changed_definition=allow_changed_definition
             )
+        return await self._resume_leased(
+            store, saga_id, lease_seconds=lease_seconds,
+            allow_changed_definition=allow_changed_definition,
+        )
+
+    async def _resume_leased(
+        self,
+        store: RecoverableStore,
+        saga_id: str,
+        *,
+        lease_seconds: float,
+        allow_changed_definition: bool,
+    ) -> SagaResult[ContextT]:
         # An interrupted saga in a durable store: lease it first, so that
         # resuming is exclusive and whoever drove it before is fenced out.
         lease = await store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds)

@@ -34,7 +34,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .recovery import ClaimedSaga, default_owner, sagas_by_name
-from .store.base import RecoverableStore, WorkNotifier
+from .store.base import RecoverableStore, WorkNotifier, is_recoverable, is_work_notifier
 
 if TYPE_CHECKING:
     from .saga import Saga
@@ -57,6 +57,7 @@ class WorkerStats:
     completed: int = 0
     compensated: int = 0
     failed: int = 0  # finished FAILED: needs an operator
+    interrupted: int = 0  # the journal could not be written: left for a later claim
     skipped: int = 0  # unknown saga, corrupt row, changed definition, store error
     lost: int = 0
     handed_off: int = 0
@@ -103,7 +104,7 @@ class RecoveryWorker:
         owner: str | None = None,
         listen: bool = True,
     ) -> None:
-        if not isinstance(store, RecoverableStore):
+        if not is_recoverable(store):
             raise TypeError(
                 f"{type(store).__name__} cannot be recovered from: it has no leases "
                 f"(use a durable store such as SQLiteSagaStore)"
@@ -130,7 +131,7 @@ class RecoveryWorker:
         self._backlog = False  # the last claim filled every free slot: there may be more
         self._grace: float | None = None
         self._finished: asyncio.Event | None = None
-        self._notifier = store if listen and isinstance(store, WorkNotifier) else None
+        self._notifier = store if listen and is_work_notifier(store) else None
         self._listening = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -261,6 +262,10 @@ class RecoveryWorker:
             stats.lost += 1
         elif outcome == "handed_off":
             stats.handed_off += 1
+        elif outcome == "interrupted":
+            stats.interrupted += 1
+            _log.warning("recovery worker %s: saga %s interrupted: %s", self.owner,
+                         claimed.saga_id, reason)
         else:
             stats.skipped += 1
             _log.warning("recovery worker %s: skipped saga %s: %s", self.owner,

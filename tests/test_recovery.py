@@ -32,6 +32,7 @@ from fallback_saga import (
     Fallback,
     JournalEntry,
     LeaseLost,
+    MemorySagaStore,
     RecordedError,
     Saga,
     SagaContext,
@@ -883,3 +884,32 @@ async def seed_interrupted_sagas(
                         "pid": 0, "run": "crash",
                     })
     return expected, lines
+
+
+class _Delegating:
+    """A store wrapper that adds nothing but forwards through ``__getattr__``
+    (the usual way to add metrics or tracing to a store)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+async def test_a_store_wrapper_delegating_through_getattr_is_recoverable_on_every_python(
+    tmp_path: Path,
+) -> None:
+    """Python 3.12 changed ``isinstance`` against runtime-checkable protocols
+    (``getattr_static``): such a wrapper was recovered on 3.11 and refused on
+    3.12+. Capabilities are asked with ``getattr`` now, alike on every version."""
+    from fallback_saga.store.base import is_live_journal, is_recoverable, is_work_notifier
+
+    async with SQLiteSagaStore(tmp_path / "w.db") as inner:
+        wrapper = _Delegating(inner)
+        assert is_recoverable(wrapper)
+        assert not is_live_journal(wrapper)
+        assert not is_work_notifier(wrapper)
+        assert is_live_journal(_Delegating(MemorySagaStore()))
+        report = await recover(wrapper, [])  # type: ignore[arg-type]
+        assert report.total == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
 from ..status import SagaStatus, StepStatus
 
@@ -17,6 +17,9 @@ __all__ = [
     "SagaRecord",
     "SagaStore",
     "SagaSummary",
+    "is_live_journal",
+    "is_recoverable",
+    "is_work_notifier",
 ]
 
 Action = Literal["act", "compensate"]
@@ -241,3 +244,37 @@ class LiveJournal(Protocol):
     def finished(self, saga: LiveSaga) -> None:
         """``saga`` reached a final status."""
         ...
+
+
+# --------------------------------------------------------------------------- capabilities
+#
+# What a store can do is asked with ``getattr``, never ``isinstance(store,
+# Protocol)``: since Python 3.12 a runtime-checkable protocol looks attributes
+# up with ``inspect.getattr_static``, so a wrapper that delegates through
+# ``__getattr__`` (the usual way to add metrics or tracing to a store) passes
+# on 3.11 and is refused on 3.12+. The same store must behave the same on
+# every supported Python.
+
+_RECOVERABLE = ("create", "append", "load", "list_sagas", "claim", "claim_saga", "release",
+                "purge")
+_LIVE = ("track", "finished")
+_NOTIFIER = ("hand_off", "work_notifications")
+
+
+def _has(store: object, names: tuple[str, ...]) -> bool:
+    return all(callable(getattr(store, name, None)) for name in names)
+
+
+def is_recoverable(store: object) -> TypeGuard[RecoverableStore]:
+    """``store`` has every method of ``RecoverableStore`` (leases, listing)."""
+    return _has(store, _RECOVERABLE)
+
+
+def is_live_journal(store: object) -> TypeGuard[LiveJournal]:
+    """``store`` watches runs in process (``LiveJournal``) instead of being written to."""
+    return _has(store, _LIVE)
+
+
+def is_work_notifier(store: object) -> TypeGuard[WorkNotifier]:
+    """``store`` announces handed-off work (``WorkNotifier``)."""
+    return _has(store, _NOTIFIER)

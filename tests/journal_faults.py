@@ -1,0 +1,407 @@
+"""Fault injection for S13 ("the journal is the truth"), shared by the fault
+matrix and the property test in ``test_journal_truth.py``.
+
+* ``Ledger`` is the participant: every ``act`` and ``compensate`` call lands
+  in it, in order, and — like a real participant's barrier — it *applies* an
+  operation at most once per idempotency key (a compensation only if its act
+  was applied: a null compensation is a no-op).
+* ``Shape`` builds a saga from a list of step behaviours (plain steps and
+  Fallbacks; acts that fail always, once (with a retry) or never;
+  compensations that fail always, once or never).
+* ``FaultyStore`` wraps a real store and, at one chosen journal write (counted
+  from 0 over ``create``/``append``), injects a fault:
+
+  - ``outage``: that write and every later call (reads included) raise, until
+    ``heal()`` — a full disk, a database that went away;
+  - ``in_doubt``: that write lands, then raises (the commit's answer was lost);
+  - ``cancel``: the saga's task is cancelled while that write is in flight;
+  - ``cancel_outage``: both at once.
+
+* ``check_*`` are the invariants, stated against the journal as the inner
+  store holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import types
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fallback_saga import (
+    Fallback,
+    RetryPolicy,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaInterrupted,
+    SagaNotFound,
+    SagaResult,
+    SagaStatus,
+    StepStatus,
+    current_step,
+)
+from fallback_saga.store.base import SagaRecord
+
+Behaviour = Literal["ok", "once", "always"]
+FaultKind = Literal["outage", "in_doubt", "cancel", "cancel_outage"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("outage", "in_doubt", "cancel", "cancel_outage")
+
+# Fast, bounded: the matrix runs hundreds of sagas.
+FAST_JOURNAL_RETRY = RetryPolicy(attempts=3, delay=0.0, jitter=0.0)
+FAST_COMPENSATION_RETRY = RetryPolicy(attempts=2, delay=0.0, jitter=0.0)
+
+
+class StoreDown(Exception):
+    """What a faulty store raises: the disk is full, the server is gone."""
+
+
+class Boom(Exception):
+    """A business failure of a step."""
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    order_id: str
+    marks: list[str] = dataclasses.field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the participant
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    saga_id: str
+    step: str
+    action: Literal["act", "compensate"]
+    applied: bool  # False: it failed, or the participant had applied it already
+
+
+@dataclass
+class Ledger:
+    calls: list[Call] = field(default_factory=list)
+    applied: set[str] = field(default_factory=set)
+    tries: Counter[str] = field(default_factory=Counter)
+
+    def call(self, action: Literal["act", "compensate"], behaviour: Behaviour) -> None:
+        info = current_step()
+        assert info is not None and info.action == action
+        key = info.idempotency_key
+        self.tries[key] += 1
+        fails = behaviour == "always" or (behaviour == "once" and self.tries[key] == 1)
+        if action == "compensate":
+            act_key = key.removesuffix(":compensate")
+            apply = not fails and act_key in self.applied and key not in self.applied
+        else:
+            apply = not fails and key not in self.applied
+        if apply:
+            self.applied.add(key)
+        self.calls.append(Call(info.saga_id, info.step, action, apply))
+        if fails:
+            raise Boom(f"{info.step} {action} failed")
+
+    def of(self, saga_id: str) -> list[Call]:
+        return [call for call in self.calls if call.saga_id == saga_id]
+
+
+# --------------------------------------------------------------------------- saga shapes
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    name: str
+    act: Behaviour = "ok"
+    compensate: Behaviour = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackSpec:
+    primary: StepSpec
+    fallback: StepSpec
+
+
+Item = StepSpec | FallbackSpec
+
+
+class LedgerStep:
+    """A step whose act and compensate report to the ledger (behaviour per name)."""
+
+    spec: StepSpec
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        # "once" acts get one retry, so they complete on the second try.
+        self.retry = (
+            RetryPolicy(attempts=2, delay=0.0, jitter=0.0) if self.spec.act == "once" else None
+        )
+
+    async def act(self, ctx: Ctx) -> str:
+        self.ledger.call("act", self.spec.act)
+        ctx.marks.append(self.spec.name)
+        return self.spec.name
+
+    async def compensate(self, ctx: Ctx) -> None:
+        self.ledger.call("compensate", self.spec.compensate)
+
+
+def _step_class(spec: StepSpec) -> type[LedgerStep]:
+    return type(spec.name, (LedgerStep,), {"spec": spec})
+
+
+@dataclass
+class Shape:
+    """A saga class built from ``items``, and how to instantiate it on a ledger."""
+
+    items: Sequence[Item]
+    name: str = "FaultSaga"
+
+    def __post_init__(self) -> None:
+        steps: list[Any] = []
+        for item in self.items:
+            if isinstance(item, FallbackSpec):
+                steps.append(
+                    Fallback(step=_step_class(item.primary), fallback=_step_class(item.fallback))
+                )
+            else:
+                steps.append(_step_class(item))
+        self.saga_class: type[Saga[Ctx]] = types.new_class(
+            self.name, (Saga[Ctx],), {}, lambda namespace: namespace.update(steps=steps)
+        )
+
+    def build(self, store: Any, ledger: Ledger) -> Saga[Ctx]:
+        return self.saga_class(
+            store=store,
+            step_factory=lambda cls: cls(ledger),
+            journal_retry=FAST_JOURNAL_RETRY,
+            compensation_retry=FAST_COMPENSATION_RETRY,
+        )
+
+    def specs(self) -> dict[str, StepSpec]:
+        found: dict[str, StepSpec] = {}
+        for item in self.items:
+            for spec in (item.primary, item.fallback) if isinstance(item, FallbackSpec) else (
+                item,
+            ):
+                found[spec.name] = spec
+        return found
+
+
+# The two shapes of the matrix: every journal write point of the act, fallback,
+# retry and compensate paths, and both terminal writes.
+COMPLETES = Shape(
+    [
+        StepSpec("Reserve"),
+        FallbackSpec(StepSpec("Charge", act="always"), StepSpec("ChargeLater")),
+        StepSpec("Ship", act="once"),
+    ],
+    name="CompletesSaga",
+)
+UNWINDS = Shape(
+    [
+        StepSpec("Reserve", compensate="once"),
+        FallbackSpec(StepSpec("Charge", act="always"), StepSpec("ChargeLater")),
+        StepSpec("Ship", act="always"),
+    ],
+    name="UnwindsSaga",
+)
+
+
+# --------------------------------------------------------------------------- the faulty store
+
+
+class FaultyStore:
+    """A ``SagaStore`` over ``inner`` with one fault at write number ``at``."""
+
+    def __init__(self, inner: Any, *, at: int | None = None, kind: FaultKind = "outage") -> None:
+        self.inner = inner
+        self.at = at
+        self.kind = kind
+        self.writes = 0
+        self.down = False
+        self.victim: asyncio.Task[Any] | None = None
+
+    def heal(self) -> None:
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreDown("the store is unavailable")
+
+    async def _write(self, send: Callable[[], Any]) -> None:
+        number = self.writes
+        self.writes += 1
+        self._check()
+        if number != self.at:
+            await send()
+            return
+        if self.kind in ("cancel", "cancel_outage"):
+            assert self.victim is not None
+            self.victim.cancel()
+            await asyncio.sleep(0)  # the cancellation reaches the saga's task meanwhile
+        if self.kind in ("outage", "cancel_outage"):
+            self.down = True
+            raise StoreDown("the disk is full")
+        await send()
+        if self.kind == "in_doubt":
+            raise StoreDown("connection lost after COMMIT was sent")
+
+    async def create(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        await self._write(lambda: self.inner.create(saga_id, *args, **kwargs))
+
+    async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        await self._write(lambda: self.inner.append(saga_id, *args, **kwargs))
+
+    async def load(self, saga_id: str) -> SagaRecord:
+        self._check()
+        record: SagaRecord = await self.inner.load(saga_id)
+        return record
+
+
+class FaultyRecoverableStore(FaultyStore):
+    """The same over a durable store, with what recovery needs."""
+
+    async def list_sagas(self, **kwargs: Any) -> Any:
+        self._check()
+        return await self.inner.list_sagas(**kwargs)
+
+    async def claim(self, **kwargs: Any) -> Any:
+        self._check()
+        return await self.inner.claim(**kwargs)
+
+    async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
+        self._check()
+        return await self.inner.claim_saga(saga_id, **kwargs)
+
+    async def renew(self, lease: Any, lease_seconds: float) -> Any:
+        self._check()
+        return await self.inner.renew(lease, lease_seconds)
+
+    async def release(self, lease: Any) -> None:
+        self._check()
+        await self.inner.release(lease)
+
+    async def purge(self, **kwargs: Any) -> int:
+        self._check()
+        purged: int = await self.inner.purge(**kwargs)
+        return purged
+
+
+# --------------------------------------------------------------------------- one case
+
+
+@dataclass
+class CaseResult:
+    saga_id: str
+    outcome: object  # SagaResult, or the exception the caller got
+    before: SagaRecord | None  # the journal as the run left it
+    after: SagaRecord | None  # after the store healed and recovery ran (None: never created)
+    calls_before: int  # ledger calls of this saga when the run returned
+
+
+async def journal_of(inner: Any, saga_id: str) -> SagaRecord | None:
+    try:
+        record: SagaRecord = await inner.load(saga_id)
+    except SagaNotFound:
+        return None
+    return record
+
+
+async def run_case(
+    shape: Shape,
+    store: FaultyStore,
+    ledger: Ledger,
+    saga_id: str,
+    recover_all: Callable[[Saga[Ctx]], Any],
+) -> CaseResult:
+    """Run one saga through ``store``'s fault, heal the store, recover, and
+    return what each side saw."""
+    saga = shape.build(store, ledger)
+    task = asyncio.create_task(saga.run(Ctx(order_id=saga_id), saga_id=saga_id))
+    store.victim = task
+    outcome: object
+    try:
+        outcome = await task
+    except (Exception, asyncio.CancelledError) as error:
+        outcome = error
+    before = await journal_of(store.inner, saga_id)
+    calls_before = len(ledger.of(saga_id))
+    store.heal()
+    await recover_all(saga)
+    after = await journal_of(store.inner, saga_id)
+    return CaseResult(saga_id, outcome, before, after, calls_before)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def started(record: SagaRecord | None) -> Counter[tuple[str, str]]:
+    if record is None:
+        return Counter()
+    return Counter(
+        (entry.step, entry.action) for entry in record.history
+        if entry.status is StepStatus.STARTED
+    )
+
+
+def check_no_effect_the_journal_does_not_know(
+    calls: Sequence[Call], record: SagaRecord | None
+) -> None:
+    """Every act/compensate call had its own durable STARTED record."""
+    made = Counter((call.step, call.action) for call in calls)
+    known = started(record)
+    unknown = {key: n - known[key] for key, n in made.items() if n > known[key]}
+    assert not unknown, f"calls without a durable STARTED record: {unknown}"
+
+
+def check_caller_matches_journal(
+    outcome: object, record: SagaRecord | None, *, cancel_with_store_up: bool
+) -> None:
+    status = None if record is None else record.status
+    if isinstance(outcome, SagaResult):
+        assert status is SagaStatus.COMPLETED, (outcome, status)
+    elif isinstance(outcome, SagaFailed):
+        assert outcome.status is status, (outcome, status)
+        assert status in (SagaStatus.COMPENSATED, SagaStatus.FAILED)
+    elif isinstance(outcome, SagaInterrupted):
+        if outcome.status is None:
+            assert status in (None, SagaStatus.RUNNING), (outcome, status)
+        else:
+            assert outcome.status is status, (outcome, status)
+            assert not status.is_final
+    elif isinstance(outcome, asyncio.CancelledError):
+        if cancel_with_store_up:
+            # The journal ends saying what happened: no forward run behind the
+            # caller's back.
+            assert status is not None and status.is_final, status
+    else:
+        raise AssertionError(f"the caller got {outcome!r}")
+
+
+def check_ledger(
+    calls: Sequence[Call], record: SagaRecord | None, specs: dict[str, StepSpec]
+) -> None:
+    """After recovery: the saga is finished, no forward act ran after a
+    compensation, and each applied act stays (COMPLETED) or is compensated
+    exactly once. A saga the journal never held never ran a step."""
+    if record is None:
+        assert not calls, calls
+        return
+    assert record.status.is_final, record.status
+    first_compensation = next(
+        (n for n, call in enumerate(calls) if call.action == "compensate"), len(calls)
+    )
+    late = [call for call in calls[first_compensation:] if call.action == "act"]
+    assert not late, f"forward acts after a compensation: {late}"
+    acted = {call.step for call in calls if call.action == "act" and call.applied}
+    undone = Counter(call.step for call in calls if call.action == "compensate" and call.applied)
+    assert all(n == 1 for n in undone.values()), undone
+    if record.status is SagaStatus.COMPLETED:
+        assert not undone, f"a COMPLETED saga had compensations applied: {undone}"
+    elif record.status is SagaStatus.COMPENSATED:
+        assert set(undone) == acted, (acted, undone)
+    else:  # FAILED: only the compensations designed to fail are missing
+        missing = acted - set(undone)
+        assert missing and all(specs[name].compensate == "always" for name in missing), missing

@@ -1,0 +1,442 @@
+"""S13, the journal is the truth: store faults and cancellation at every journal
+write never let an effect happen that the journal does not know about, never
+tell a caller a status the journal does not hold, and never let recovery
+contradict what ran.
+
+The matrix: for each write point of two saga shapes (one completes through a
+fallback and a retried step; one unwinds, with a retried compensation) — the
+saga's creation, every append on the act, fallback, retry and compensate
+paths, the terminal write — inject each fault of ``journal_faults.FAULT_KINDS``
+on the memory, SQLite and PostgreSQL stores. After the store heals and
+recovery runs, the participant ledger is checked against the journal. A
+hypothesis property does the same over random saga shapes and fault points.
+(Process kills at every boundary: ``test_crash_matrix.py``; real faults — a
+full disk, a PostgreSQL restart and outage: ``test_real_faults.py``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from journal_faults import (
+    COMPLETES,
+    FAULT_KINDS,
+    UNWINDS,
+    CaseResult,
+    Ctx,
+    FallbackSpec,
+    FaultKind,
+    FaultyRecoverableStore,
+    FaultyStore,
+    Item,
+    Ledger,
+    Shape,
+    StepSpec,
+    check_caller_matches_journal,
+    check_ledger,
+    check_no_effect_the_journal_does_not_know,
+    run_case,
+)
+
+from fallback_saga import MemorySagaStore, Saga, SagaError, SQLiteSagaStore, recover
+
+pytest_plugins = ["conftest_pg"]
+
+
+def count_writes(shape: Shape) -> int:
+    """How many journal writes an undisturbed run of ``shape`` makes."""
+
+    async def dry_run() -> int:
+        store = FaultyStore(MemorySagaStore())
+        await shape.build(store, Ledger()).run(Ctx(order_id="dry"), saga_id="dry")
+        return store.writes
+
+    async def dry_run_unwinding() -> int:
+        store = FaultyStore(MemorySagaStore())
+        try:
+            await shape.build(store, Ledger()).run(Ctx(order_id="dry"), saga_id="dry")
+        except SagaError:
+            pass
+        return store.writes
+
+    return asyncio.run(dry_run_unwinding() if shape is UNWINDS else dry_run())
+
+
+CASES = [
+    pytest.param(shape, at, kind, id=f"{shape.name}-write{at}-{kind}")
+    for shape in (COMPLETES, UNWINDS)
+    for at in range(count_writes(shape))
+    for kind in FAULT_KINDS
+]
+
+
+async def resume_by_id(saga: Saga[Ctx]) -> None:
+    """Recovery for a store without leases: resume each saga by id."""
+    inner = saga.store.inner  # type: ignore[attr-defined]
+    for saga_id in list(inner._sagas):
+        record = await inner.load(saga_id)
+        if not record.status.is_final:
+            try:
+                await saga.resume(saga_id)
+            except SagaError:
+                pass
+
+
+async def recover_until_done(saga: Saga[Ctx]) -> None:
+    """Recovery for a durable store: passes until one finds nothing."""
+    for _ in range(5):
+        report = await recover(saga.store, [saga], older_than=0)  # type: ignore[arg-type]
+        assert report.skipped == [], report
+        if report.total == 0:
+            return
+    raise AssertionError("recovery never settled")
+
+
+def check_case(shape: Shape, kind: FaultKind, ledger: Ledger, case: CaseResult) -> None:
+    calls = ledger.of(case.saga_id)
+    check_no_effect_the_journal_does_not_know(calls[: case.calls_before], case.before)
+    check_caller_matches_journal(
+        case.outcome, case.before, cancel_with_store_up=kind == "cancel"
+    )
+    check_no_effect_the_journal_does_not_know(calls, case.after)
+    check_ledger(calls, case.after, shape.specs())
+    if kind == "cancel":
+        # Recovery found nothing to do: the run's journal was already final.
+        assert len(calls) == case.calls_before
+    if kind == "in_doubt":
+        # A write that landed but whose answer was lost is invisible to the caller.
+        expected = "SagaResult" if shape is COMPLETES else "SagaFailed"
+        assert type(case.outcome).__name__ == expected, case.outcome
+
+
+StoreFactory = Callable[[], Awaitable[tuple[FaultyStore, Callable[[], Awaitable[None]]]]]
+
+
+async def matrix_case(
+    make: Callable[[], Awaitable[Any]],
+    recoverable: bool,
+    shape: Shape,
+    at: int,
+    kind: FaultKind,
+) -> None:
+    inner = await make()
+    try:
+        wrapper = FaultyRecoverableStore if recoverable else FaultyStore
+        store = wrapper(inner, at=at, kind=kind)
+        ledger = Ledger()
+        case = await run_case(
+            shape, store, ledger, f"{shape.name}-{at}-{kind}",
+            recover_until_done if recoverable else resume_by_id,
+        )
+        check_case(shape, kind, ledger, case)
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            await close()
+
+
+@pytest.mark.parametrize(("shape", "at", "kind"), CASES)
+async def test_S13_fault_at_every_journal_write_memory_store(
+    shape: Shape, at: int, kind: FaultKind
+) -> None:
+    async def make() -> MemorySagaStore:
+        return MemorySagaStore()
+
+    await matrix_case(make, False, shape, at, kind)
+
+
+@pytest.mark.parametrize(("shape", "at", "kind"), CASES)
+async def test_S13_fault_at_every_journal_write_sqlite_store(
+    tmp_path: Path, shape: Shape, at: int, kind: FaultKind
+) -> None:
+    async def make() -> SQLiteSagaStore:
+        return SQLiteSagaStore(tmp_path / "journal.db")
+
+    await matrix_case(make, True, shape, at, kind)
+
+
+@pytest.fixture
+async def postgres_factory(
+    pg_conninfo: str, pg_schema: str
+) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    async def make() -> Any:
+        return PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1)
+
+    yield make
+
+
+@pytest.mark.parametrize(("shape", "at", "kind"), CASES)
+async def test_S13_fault_at_every_journal_write_postgres_store(
+    postgres_factory: Callable[[], Awaitable[Any]], shape: Shape, at: int, kind: FaultKind
+) -> None:
+    await matrix_case(postgres_factory, True, shape, at, kind)
+
+
+def test_the_matrix_covers_every_write_path() -> None:
+    """The two shapes cross create, act, fallback, retry, compensate (with a
+    retried compensation) and both terminal writes."""
+    assert count_writes(COMPLETES) >= 5
+    assert count_writes(UNWINDS) >= 6
+    assert len(CASES) == (count_writes(COMPLETES) + count_writes(UNWINDS)) * len(FAULT_KINDS)
+
+
+# --------------------------------------------------------------------------- the property
+
+behaviours = st.sampled_from(["ok", "ok", "once", "always"])
+_names = itertools.count()
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> Shape:
+    items: list[Item] = []
+    for position in range(draw(st.integers(1, 5))):
+        def spec(suffix: str = "") -> StepSpec:
+            return StepSpec(
+                f"S{position}{suffix}", act=draw(behaviours), compensate=draw(behaviours)
+            )
+
+        if draw(st.booleans()):
+            items.append(spec())
+        else:
+            items.append(FallbackSpec(spec("p"), spec("f")))
+    return Shape(items, name=f"Prop{next(_names)}")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=shapes(),
+    at=st.integers(0, 14),
+    kind=st.sampled_from(FAULT_KINDS),
+    durable=st.booleans(),
+)
+def test_S13_property_random_shapes_and_fault_points(
+    shape: Shape, at: int, kind: FaultKind, durable: bool
+) -> None:
+    async def make() -> Any:
+        return SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+
+    async def case() -> None:
+        inner = await make()
+        try:
+            store = (FaultyRecoverableStore if durable else FaultyStore)(inner, at=at, kind=kind)
+            ledger = Ledger()
+            result = await run_case(
+                shape, store, ledger, "prop",
+                recover_until_done if durable else resume_by_id,
+            )
+            calls = ledger.of(result.saga_id)
+            fault_hit = store.writes > at
+            check_no_effect_the_journal_does_not_know(calls[: result.calls_before], result.before)
+            check_caller_matches_journal(
+                result.outcome, result.before, cancel_with_store_up=fault_hit and kind == "cancel"
+            )
+            check_no_effect_the_journal_does_not_know(calls, result.after)
+            check_ledger(calls, result.after, shape.specs())
+        finally:
+            if durable:
+                await inner.close()
+
+    asyncio.run(case())
+
+
+# --------------------------------------------------------------------------- the reported cases
+
+
+class Effects:
+    """The order's participants, as one ledger of effects."""
+
+    log: list[str]
+
+
+def order_saga(log: list[str], *, charge_failures: int) -> type[Saga[Ctx]]:
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("reserve")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class Charge:
+        calls = 0
+
+        async def act(self, ctx: Ctx) -> None:
+            Charge.calls += 1
+            if Charge.calls <= charge_failures:
+                log.append("charge-failed")
+                raise RuntimeError("card declined")
+            log.append("charge")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+
+    class Ship:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("ship")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("unship")
+
+    class OrderSaga(Saga[Ctx]):
+        steps = [Reserve, Charge, Ship]
+
+    return OrderSaga
+
+
+class FailingFrom(FaultyRecoverableStore):
+    """Every write fails from the ``at``-th on, until healed (a full disk)."""
+
+
+async def test_S13_store_failure_while_unwinding_never_lets_recovery_run_forward(
+    tmp_path: Path,
+) -> None:
+    """Issue #8, item 1: Charge fails and the store refuses the unwinding's
+    writes. Before: the release ran, the caller was told COMPENSATED while the
+    journal said RUNNING, and recovery then charged and shipped an order whose
+    reservation was released. Now the run stops before any compensation, the
+    caller is told the saga is left for recovery, and recovery finishes it
+    consistently from the journal."""
+    from fallback_saga import RetryPolicy, SagaInterrupted, SagaStatus
+
+    log: list[str] = []
+    saga_class = order_saga(log, charge_failures=1)
+    # Writes: 0 create (Reserve STARTED), 1 Reserve done + Charge STARTED,
+    # 2 the unwinding's first write (COMPENSATING + Release STARTED).
+    store = FaultyRecoverableStore(SQLiteSagaStore(tmp_path / "j.db"), at=2, kind="outage")
+    try:
+        saga = saga_class(store=store, journal_retry=RetryPolicy(attempts=3, delay=0, jitter=0))
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.run(Ctx(order_id="o-1"), saga_id="o-1")
+        assert stopped.value.status is SagaStatus.RUNNING
+        assert stopped.value.saga_id == "o-1"
+        assert isinstance(stopped.value.failure, RuntimeError)
+        assert log == ["reserve", "charge-failed"]  # no release behind the journal's back
+        assert (await store.inner.load("o-1")).status is SagaStatus.RUNNING
+        store.heal()
+        report = await recover(store, [saga], older_than=0)  # type: ignore[arg-type]
+        assert report.resumed == ["o-1"]
+        assert log == ["reserve", "charge-failed", "charge", "ship"]
+        assert (await store.inner.load("o-1")).status is SagaStatus.COMPLETED
+    finally:
+        await store.inner.close()
+
+
+async def test_S13_recovery_report_never_says_compensated_while_its_writes_fail(
+    tmp_path: Path,
+) -> None:
+    """The recovery pass of a saga whose writes fail reports it as interrupted,
+    not compensated; the next pass, with the store back, finishes it."""
+    from fallback_saga import RetryPolicy, SagaStatus
+
+    log: list[str] = []
+    saga_class = order_saga(log, charge_failures=10)
+    inner = SQLiteSagaStore(tmp_path / "j.db")
+    try:
+        store = FaultyRecoverableStore(inner, at=2, kind="outage")
+        saga = saga_class(store=store, journal_retry=RetryPolicy(attempts=2, delay=0, jitter=0))
+        with pytest.raises(SagaError):
+            await saga.run(Ctx(order_id="o-2"), saga_id="o-2")
+        # The store heals for the claim, then fails again on the first write
+        # of the resumed run's unwinding.
+        store.heal()
+        store.writes, store.at = 0, 1
+        # (Its lease cannot be released while the store is down: an already
+        # expired one lets the next pass claim it without waiting.)
+        report = await recover(store, [saga], older_than=0, lease=-1)  # type: ignore[arg-type]
+        assert report.compensated == [] and report.failed == []
+        assert [saga_id for saga_id, _ in report.interrupted] == ["o-2"]
+        assert "release" not in log
+        store.heal()
+        store.at = None
+        report = await recover(store, [saga], older_than=0)  # type: ignore[arg-type]
+        assert report.compensated == ["o-2"]
+        assert log.count("release") == 1
+        assert (await inner.load("o-2")).status is SagaStatus.COMPENSATED
+    finally:
+        await inner.close()
+
+
+async def test_S13_cancel_during_the_creating_write_never_becomes_a_forward_run(
+    tmp_path: Path,
+) -> None:
+    """Issue #8, item 2: the caller is cancelled while the saga's creation is
+    being written. The write finishes, the journal then says what happened
+    (COMPENSATED: nothing had completed), and recovery finds nothing to run."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    saga_class = order_saga(log, charge_failures=0)
+    inner = SQLiteSagaStore(tmp_path / "j.db")
+    try:
+        store = FaultyRecoverableStore(inner, at=0, kind="cancel")
+        saga = saga_class(store=store)
+        task = asyncio.create_task(saga.run(Ctx(order_id="o-3"), saga_id="o-3"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await inner.load("o-3")).status is SagaStatus.COMPENSATED
+        report = await recover(store, [saga], older_than=0)  # type: ignore[arg-type]
+        assert report.total == 0
+        assert log == []
+    finally:
+        await inner.close()
+
+
+class Hangs:
+    """A compensation that never returns on its own."""
+
+    timeout = 0.01
+
+    async def act(self, ctx: Ctx) -> None:
+        pass
+
+    async def compensate(self, ctx: Ctx) -> None:
+        await asyncio.Event().wait()
+
+
+class Fails:
+    async def act(self, ctx: Ctx) -> None:
+        raise RuntimeError("B failed")
+
+    async def compensate(self, ctx: Ctx) -> None:
+        pass
+
+
+class OwnTimeout:
+    """A compensation bounded by its own ``asyncio.timeout``."""
+
+    async def act(self, ctx: Ctx) -> None:
+        pass
+
+    async def compensate(self, ctx: Ctx) -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("first", [Hangs, OwnTimeout])
+async def test_S6_a_step_timeout_bounds_its_compensation_on_the_default_store(
+    first: type,
+) -> None:
+    """Issue #8, item 3: on the default MemorySagaStore a hanging compensation
+    hung ``run()`` forever (the step's timeout cancelled the caller instead of
+    the compensation). Now it ends ``SagaFailed(FAILED)`` with the TimeoutError,
+    like on SQLite, and nobody gets a CancelledError they did not ask for."""
+    from fallback_saga import RetryPolicy, SagaFailed, SagaStatus
+
+    class TimedSaga(Saga[Ctx]):
+        steps = [first, Fails]
+
+    saga = TimedSaga(compensation_retry=RetryPolicy(attempts=2, delay=0, jitter=0))
+    async with asyncio.timeout(10):  # a safety net: the bug was a hang
+        with pytest.raises(SagaFailed) as failed:
+            await saga.run(Ctx(order_id="o-4"))
+    assert failed.value.status is SagaStatus.FAILED
+    assert isinstance(failed.value.compensation_errors[first.__name__], TimeoutError)
