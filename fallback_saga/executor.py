@@ -47,7 +47,15 @@ from .errors import (
 )
 from .events import HOOK_NAMES, Hook, collect_hooks, emit
 from .fallback import Fallback
-from .journal import DEFAULT_JOURNAL_RETRY, JournalWrite, settle, write_durably
+from .journal import (
+    DEFAULT_JOURNAL_RETRY,
+    JournalWrite,
+    send,
+    settle,
+    settle_inline,
+    write_durably,
+    writes_outlive_cancellation,
+)
 from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
@@ -200,6 +208,7 @@ class Execution(StepCursor):
         "hooks",
         "image",
         "initial_context",
+        "inline_writes",
         "interruption",
         "journal",
         "journal_retry",
@@ -239,6 +248,7 @@ class Execution(StepCursor):
         self.hooks = hooks
         self.compensation_retry = compensation_retry
         self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
+        self.inline_writes = not live and writes_outlive_cancellation(store)
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
         self.journal: list[RawEntry] = []
@@ -714,7 +724,18 @@ class Execution(StepCursor):
             self.fence,
             written,
         )
-        failure, cancelled = await settle(write_durably(self.store, write, self.journal_retry))
+        if self.inline_writes:
+            # The first try without a task; a failure goes on to the retries.
+            failure, cancelled = await settle_inline(send(self.store, write))
+            if failure is not None:
+                failure, cancelled_again = await settle(
+                    write_durably(self.store, write, self.journal_retry, failed=failure)
+                )
+                cancelled = cancelled or cancelled_again
+        else:
+            failure, cancelled = await settle(
+                write_durably(self.store, write, self.journal_retry)
+            )
         if failure is None:
             self.created = True
             self.written = written + len(entries)

@@ -222,6 +222,9 @@ class FaultyStore:
         self.writes = 0
         self.down = False
         self.victim: asyncio.Task[Any] | None = None
+        # The executor's cheaper wait (no task per write) is tested through
+        # the SQLite store, which allows it; the others take the task path.
+        self.writes_outlive_cancellation = getattr(inner, "writes_outlive_cancellation", False)
 
     def heal(self) -> None:
         self.down = False

@@ -440,3 +440,36 @@ async def test_S6_a_step_timeout_bounds_its_compensation_on_the_default_store(
             await saga.run(Ctx(order_id="o-4"))
     assert failed.value.status is SagaStatus.FAILED
     assert isinstance(failed.value.compensation_errors[first.__name__], TimeoutError)
+
+
+@pytest.mark.parametrize("cancel_at", ["Reserve", "Charge", "Ship"])
+async def test_S13_cancel_while_a_real_sqlite_write_is_in_flight_ends_final_in_the_journal(
+    tmp_path: Path, cancel_at: str
+) -> None:
+    """No wrapper: the cancellation is sent right before the STARTED write of
+    ``cancel_at`` is submitted to the store's writer thread, so it lands while
+    that write is in flight. The write finishes, the saga unwinds, and the
+    journal says COMPENSATED before the caller sees CancelledError."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    saga_class = order_saga(log, charge_failures=0)
+    victim: list[asyncio.Task[Any]] = []
+
+    class CancelOnStart:
+        def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+            if step == cancel_at:
+                victim[0].cancel()
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        saga = saga_class(store=store, listeners=[CancelOnStart()])
+        task = asyncio.create_task(saga.run(Ctx(order_id="o-5"), saga_id="o-5"))
+        victim.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await store.load("o-5")
+        assert record.status is SagaStatus.COMPENSATED
+        done = {"Reserve": [], "Charge": ["reserve"], "Ship": ["reserve", "charge"]}[cancel_at]
+        undo = {"reserve": "release", "charge": "refund"}
+        assert log == done + [undo[effect] for effect in reversed(done)]
+        assert (await recover(store, [saga], older_than=0)).total == 0
