@@ -9,6 +9,14 @@ operator commands for a SQLite saga store.
     python -m fallback_saga purge --db PATH --older-than 7d       delete old finished sagas
     python -m fallback_saga --version
 
+``graph`` and ``recover --app`` import the module they name: that runs its
+top-level code (and, for ``recover``, its factory) with the operator's
+privileges. Name only trusted modules.
+
+Every stored value a human format prints (saga ids, names, owners, step
+names, error texts) goes through ``terminal_text``: control characters and
+other unprintable ones escaped, long values cut. ``--json`` prints exact JSON.
+
 Exit status: 0 on success; 1 when ``recover`` left a saga failed or skipped, or
 the store failed; 2 on a usage error (a bad ``module:attr`` spec, a ``--db``
 that is missing or not a saga store, an unknown saga id).
@@ -40,10 +48,11 @@ from .errors import SagaNotFound, SagaStoreError
 from .recovery import RecoveryReport, recover
 from .saga import Saga
 from .status import SagaStatus, StepStatus
+from .store._common import short_repr
 from .store.base import SagaRecord, SagaSummary
 from .store.sqlite import SQLiteSagaStore
 
-__all__ = ["main", "mermaid_flowchart", "mermaid_gantt", "parse_duration"]
+__all__ = ["main", "mermaid_flowchart", "mermaid_gantt", "parse_duration", "terminal_text"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # also what Python itself returns when stdout's reader goes away
@@ -342,6 +351,73 @@ async def open_store(path: str) -> AsyncIterator[SQLiteSagaStore]:
 
 # --------------------------------------------------------------------------- formatting
 
+# How many characters of one value a human format shows (an ellipsis marks a
+# cut): a table cell, and a value on a line of its own (show's header, an
+# error text, a recover report line). ``--json`` always has the whole value.
+MAX_CELL = 48
+MAX_VALUE = 200
+MAX_CONTEXT = 2000
+_MAX_PATH = 4096  # the operator's own --db: never cut in practice, still escaped
+
+
+def terminal_text(value: object, limit: int = MAX_CELL) -> str:
+    """``value`` as text that is safe to print to an operator's terminal.
+
+    Every stored value (saga ids, names, owners, step names, error texts) is
+    whatever a program or a user put there. Characters that are not
+    printable — C0 and C1 control characters (an ESC starts a terminal
+    command), DEL, bidirectional overrides and isolates (they reorder what
+    follows), other format characters, lone surrogates, line and paragraph
+    separators — are shown escaped, as ``\\x1b``, ``\\u202e``; a value
+    longer than ``limit`` characters is cut, with an ellipsis. Every value
+    the human formats print goes through here.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and text.isprintable():  # the common case, at C speed
+        return text
+    pieces: list[str] = []
+    length = 0
+    for char in text:  # at most about ``limit`` characters are looked at
+        piece = char if char.isprintable() else _escaped(char)
+        if length + len(piece) > limit:
+            # Cut on a whole character (never inside an escape); the ellipsis
+            # takes the last place.
+            while length > limit - 1:
+                length -= len(pieces.pop())
+            return "".join(pieces) + "…"
+        pieces.append(piece)
+        length += len(piece)
+    return "".join(pieces)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _json_text(text: str) -> str:
+    """JSON text (already valid) with every character a terminal could act on
+    written as a JSON escape: ``json.dumps`` escapes C0 controls itself, not
+    DEL, C1 controls, bidi overrides or lone surrogates. The JSON means
+    exactly the same; readable non-ASCII text stays readable."""
+    if all(line.isprintable() for line in text.split("\n")):
+        return text
+    return "".join(
+        char if char == "\n" or char.isprintable() else _json_escape(char) for char in text
+    )
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a JSON string escapes it as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
 
 def _when(timestamp: float | None, *, precise: bool = False) -> str:
     """Unix time as UTC text (``precise``: with milliseconds)."""
@@ -376,22 +452,26 @@ def render_table(
 def _lease_text(summary: SagaSummary, now: float) -> str:
     if summary.lease_owner is None:
         return "-"
+    owner = terminal_text(summary.lease_owner)
     expires = summary.lease_expires_at
     if expires is not None and expires < now:
-        return f"{summary.lease_owner} (expired)"
-    return summary.lease_owner
+        return f"{owner} (expired)"
+    return owner
 
 
 def summary_table(summaries: Sequence[SagaSummary], *, times: bool = True) -> list[str]:
     """The ``list`` table (``times=False``: id, saga and status only)."""
     if not times:
-        rows = [[s.saga_id, s.saga_name, s.status.value] for s in summaries]
+        rows = [
+            [terminal_text(s.saga_id), terminal_text(s.saga_name), s.status.value]
+            for s in summaries
+        ]
         return render_table(["id", "saga", "status"], rows)
     now = time.time()
     rows = [
         [
-            s.saga_id,
-            s.saga_name,
+            terminal_text(s.saga_id),
+            terminal_text(s.saga_name),
             s.status.value,
             _when(s.created_at),
             _when(s.updated_at),
@@ -414,15 +494,15 @@ def history_table(record: SagaRecord, *, times: bool = True) -> list[str]:
         row = [
             str(seq),
             str(entry.position),
-            entry.step,
-            entry.branch,
-            entry.action,
+            terminal_text(entry.step),
+            terminal_text(entry.branch),
+            terminal_text(entry.action),
             entry.status.value,
             str(entry.attempt),
         ]
         if times:
             row.append(_when(entry.at, precise=True))
-        row.append(entry.error or "")
+        row.append(terminal_text(entry.error or "", MAX_VALUE))
         rows.append(row)
     return render_table(headers, rows, right=(0, 1, 6))
 
@@ -461,7 +541,7 @@ def _record_json(record: SagaRecord) -> dict[str, Any]:
 
 
 def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(_json_text(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
 
 
 def _print_lines(lines: Sequence[str]) -> None:
@@ -480,9 +560,9 @@ class _Bar:
     outcome: str = "open"  # "completed", "failed", "interrupted" or "open"
 
 
-def _gantt_label(text: str) -> str:
+def _gantt_label(text: str, limit: int = MAX_CELL) -> str:
     # ':' ends a Mermaid task's name, ';' ends a statement, '#' starts an entity.
-    return re.sub(r"[:;#]", " ", text).strip() or "step"
+    return re.sub(r"[:;#]", " ", terminal_text(text, limit)).strip() or "step"
 
 
 def mermaid_gantt(record: SagaRecord) -> str:
@@ -517,10 +597,13 @@ def mermaid_gantt(record: SagaRecord) -> str:
         unfinished.end = max(unfinished.start, record.updated_at)
         if record.status.is_final:
             unfinished.outcome = "interrupted"
-    title = f"{record.saga_name} {record.saga_id} ({record.status.value})"
+    title = (
+        f"{terminal_text(record.saga_name)} {terminal_text(record.saga_id)} "
+        f"({record.status.value})"
+    )
     lines = [
         "gantt",
-        f"    title {_gantt_label(title)}",
+        f"    title {_gantt_label(title, MAX_VALUE)}",
         "    dateFormat x",
         "    axisFormat %H:%M:%S.%L",
         "    todayMarker off",
@@ -567,7 +650,8 @@ def _run_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not summaries:
         filters = args.status is not None or args.name is not None
-        sys.stdout.write(f"no sagas {'match' if filters else 'in ' + args.db}\n")
+        where = "match" if filters else "in " + terminal_text(args.db, _MAX_PATH)
+        sys.stdout.write(f"no sagas {where}\n")
         return EXIT_OK
     lines = summary_table(summaries)
     if more:
@@ -584,7 +668,11 @@ def _run_show(args: argparse.Namespace) -> int:
             try:
                 return await store.load(args.saga_id)
             except SagaNotFound:
-                raise UsageError(f"no saga with id {args.saga_id!r} in {args.db}") from None
+                raise UsageError(
+                    f"no saga with id {short_repr(args.saga_id)} in {args.db}"
+                ) from None
+            except ValueError as error:  # not a saga id at all (empty, too long, ...)
+                raise UsageError(str(error)) from None
 
     record = asyncio.run(fetch())
     if args.json:
@@ -593,15 +681,17 @@ def _run_show(args: argparse.Namespace) -> int:
     if args.mermaid:
         sys.stdout.write(mermaid_gantt(record))
         return EXIT_OK
+    # The context stays JSON (unsafe characters as JSON escapes), cut if long.
+    context = _json_text(json.dumps(record.context, ensure_ascii=False))
     lines = [
-        f"saga         {record.saga_id}",
-        f"name         {record.saga_name}",
+        f"saga         {terminal_text(record.saga_id, MAX_VALUE)}",
+        f"name         {terminal_text(record.saga_name, MAX_VALUE)}",
         f"status       {record.status.value}",
         f"created      {_when(record.created_at, precise=True)} UTC",
         f"updated      {_when(record.updated_at, precise=True)} UTC",
         f"version      {record.version}",
-        f"fingerprint  {record.fingerprint}",
-        f"context      {json.dumps(record.context, ensure_ascii=False)}",
+        f"fingerprint  {terminal_text(record.fingerprint, MAX_VALUE)}",
+        f"context      {terminal_text(context, MAX_CONTEXT)}",
         "",
     ]
     lines += history_table(record) if record.history else ["(no step history)"]
@@ -707,16 +797,16 @@ def _run_recover(args: argparse.Namespace) -> int:
         raise UsageError("--lease must be longer than 0 seconds")
 
     def progress(saga_id: str, outcome: str) -> None:
-        sys.stdout.write(f"  {saga_id}: {outcome}\n")
+        sys.stdout.write(f"  {terminal_text(saga_id, MAX_VALUE)}: {terminal_text(outcome)}\n")
         sys.stdout.flush()
 
     async def run() -> RecoveryReport:
         _warn_before_interrupting()
         async with open_store(args.db) as store:
             sagas = await build_app_sagas(args.app, app, store)
-            names = ", ".join(saga.name for saga in sagas)
+            names = terminal_text(", ".join(saga.name for saga in sagas), MAX_CONTEXT)
             sys.stdout.write(
-                f"recovering sagas in {args.db} not updated for "
+                f"recovering sagas in {terminal_text(args.db, _MAX_PATH)} not updated for "
                 f"{format_duration(args.older_than)} (at most {args.limit}, lease "
                 f"{format_duration(args.lease)}) with {names}\n"
             )
@@ -737,8 +827,26 @@ def _run_recover(args: argparse.Namespace) -> int:
         report = asyncio.run(run())
     except asyncio.CancelledError:  # the second Ctrl-C
         raise KeyboardInterrupt from None
-    sys.stdout.write(f"{report}\n")
-    return EXIT_FAILURE if report.failed or report.skipped else EXIT_OK
+    _print_lines(report_lines(report))
+    # A saga left interrupted (the journal could not be written) needs another pass.
+    unfinished = report.failed or report.skipped or getattr(report, "interrupted", None)
+    return EXIT_FAILURE if unfinished else EXIT_OK
+
+
+def report_lines(report: RecoveryReport) -> list[str]:
+    """The lines of ``str(report)`` (the report's own format), with every
+    saga id and reason in it made safe to print (``terminal_text``)."""
+    safe: dict[str, Any] = {}
+    for item in dataclasses.fields(report):
+        value = getattr(report, item.name)
+        if isinstance(value, list):
+            safe[item.name] = [
+                tuple(terminal_text(part, MAX_VALUE) for part in entry)
+                if isinstance(entry, tuple)
+                else terminal_text(entry, MAX_VALUE)
+                for entry in value
+            ]
+    return str(dataclasses.replace(report, **safe)).split("\n")
 
 
 def _warn_before_interrupting() -> None:
@@ -802,7 +910,14 @@ def _run_graph(args: argparse.Namespace) -> int:
 
 _RECOVER_EPILOG = """\
 --app module:attr names what to resume the sagas with, built on the store this
-command opens. Either a factory, called with the open SQLiteSagaStore, that
+command opens.
+
+Security: --app IMPORTS the module and so RUNS CODE: its top-level code, then
+the factory, with your privileges (the current directory is on the import
+path). Name only a module you trust, as you would before running it with
+python. The saga store's contents are data and never run.
+
+The attribute is either a factory, called with the open SQLiteSagaStore, that
 returns the Saga instances (sync or async):
 
     def sagas(store):
@@ -856,7 +971,8 @@ def build_parser() -> argparse.ArgumentParser:
         "graph",
         help="print a Mermaid flowchart of a saga class",
         description="Import module:SagaClass and print a Mermaid flowchart of its steps, "
-        "fallbacks, circuit breakers and compensation path.",
+        "fallbacks, circuit breakers and compensation path. Importing runs the module's "
+        "top-level code with your privileges: name only a module you trust.",
     )
     graph.add_argument("saga", metavar="module:SagaClass", help="e.g. myapp.sagas:OrderSaga")
     graph.add_argument(
@@ -920,7 +1036,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(recovering)
     recovering.add_argument(
         "--app", required=True, metavar="module:attr",
-        help="the sagas to resume with (see below)",
+        help="the sagas to resume with (see below). This imports the module and runs its "
+        "code with your privileges: trusted modules only",
     )
     recovering.add_argument(
         "--older-than", type=parse_duration, default=60.0, metavar="AGE",
@@ -969,10 +1086,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = handler(args)
         sys.stdout.flush()
     except UsageError as error:
-        sys.stderr.write(f"{parser.prog}: error: {error}\n")
+        sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
         return EXIT_USAGE
     except SagaStoreError as error:  # the store failed, or a row cannot be read back
-        sys.stderr.write(f"{parser.prog}: error: {error}\n")
+        sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write(f"{parser.prog}: interrupted\n")

@@ -12,7 +12,12 @@ Two different copies of a context exist, for two different jobs:
   field annotated ``str`` that holds a list is still copied.
 * the **journal form** (``context_to_dict``/``context_from_dict``) is what a
   store writes: JSON types only, decoded back through the dataclass's type
-  hints. A value that JSON cannot carry is refused with the field's path.
+  hints. A value that JSON cannot carry is refused with the field's path,
+  and so is a context that JSON cannot carry as a whole: a cyclic one (a
+  value that contains itself), or one nested deeper than
+  ``MAX_CONTEXT_DEPTH`` levels (each list, tuple, set, dict or dataclass
+  inside the context is one level). The executor journals the context
+  before the first step runs, so such a context is refused then (S12).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 from .errors import ContextDecodeError, ContextSerializationError
 
 __all__ = [
+    "MAX_CONTEXT_DEPTH",
     "SagaContext",
     "Snapshot",
     "check_serializable",
@@ -334,25 +340,31 @@ def context_to_dict(context: object) -> dict[str, Any]:
     Supported values: str, int, float (finite), bool, None, lists, tuples,
     sets, dicts, nested dataclasses, ``uuid.UUID``, ``datetime``/``date``/
     ``time`` (ISO 8601, time zone kept), ``Decimal`` (as a string, exact),
-    ``Enum`` (its value). Anything else raises ``ContextSerializationError``
-    naming the field.
+    ``Enum`` (its value), nested at most ``MAX_CONTEXT_DEPTH`` levels deep.
+    Anything else — a value of another type, a cyclic context, one nested
+    deeper — raises ``ContextSerializationError`` naming the field.
     """
     cls = type(context)
     names = _FIELD_NAMES.get(cls)
-    if names is None:
-        if dataclasses.is_dataclass(context):
-            names = tuple(field.name for field in dataclasses.fields(context))
-            _FIELD_NAMES[cls] = names
-        elif hasattr(context, "__dict__"):
-            return {key: _encode(value, key) for key, value in vars(context).items()}
-        else:
-            raise ContextSerializationError("<context>", context, "a context must be a dataclass")
-    scalars = _JSON_SCALARS
-    out: dict[str, Any] = {}
-    for name in names:
-        value = getattr(context, name)
-        out[name] = value if value.__class__ in scalars else _encode(value, name)
-    return out
+    try:
+        if names is None:
+            if dataclasses.is_dataclass(context):
+                names = tuple(field.name for field in dataclasses.fields(context))
+                _FIELD_NAMES[cls] = names
+            elif hasattr(context, "__dict__"):
+                return {key: _encode(value, key) for key, value in vars(context).items()}
+            else:
+                raise ContextSerializationError(
+                    "<context>", context, "a context must be a dataclass"
+                )
+        scalars = _JSON_SCALARS
+        out: dict[str, Any] = {}
+        for name in names:
+            value = getattr(context, name)
+            out[name] = value if value.__class__ in scalars else _encode(value, name)
+        return out
+    except _TooDeep as too_deep:
+        raise _nesting_error(context, too_deep) from None
 
 
 # Exact types that are already JSON (float is not: NaN and infinity are refused).
@@ -370,7 +382,26 @@ def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
 _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 
 
-def _encode(value: Any, path: str) -> Any:
+#: How deeply values may nest inside a context: each list, tuple, set, dict or
+#: dataclass is one level (a context holding a list of dicts is 2 levels
+#: deep). Far beyond any business record, and shallow enough that snapshot,
+#: journal and resume stay well inside Python's recursion limit. A cyclic
+#: context (a value that contains itself) is refused as such.
+MAX_CONTEXT_DEPTH = 100
+
+
+class _TooDeep(Exception):
+    """Internal: ``_encode`` went past ``MAX_CONTEXT_DEPTH``, at ``path``."""
+
+    def __init__(self, path: str, value: object) -> None:
+        super().__init__(path)
+        self.path = path
+        self.value = value
+
+
+def _encode(value: Any, path: str, depth: int = 1) -> Any:
+    # ``depth``: the level ``value`` is at (1 for a field of the context).
+    # Checked once per container, never per scalar: flat contexts pay nothing.
     cls = value.__class__
     if cls in _JSON_SCALARS:
         return value
@@ -379,30 +410,120 @@ def _encode(value: Any, path: str) -> Any:
             raise ContextSerializationError(path, value, "NaN and infinity are not JSON")
         return value
     if cls is list or cls is tuple:
+        if depth > MAX_CONTEXT_DEPTH:
+            raise _TooDeep(path, value)  # a cycle, or a very deep value: told apart above
         scalars = _JSON_SCALARS
+        depth += 1
         return [
-            item if item.__class__ in scalars else _encode(item, f"{path}[{index}]")
+            item if item.__class__ in scalars else _encode(item, f"{path}[{index}]", depth)
             for index, item in enumerate(value)
         ]
     if cls is dict:
+        if depth > MAX_CONTEXT_DEPTH:
+            raise _TooDeep(path, value)
+        depth += 1
         return {
-            _encode_key(key, path): _encode(item, f"{path}[{key!r}]") for key, item in value.items()
+            _encode_key(key, path): _encode(item, f"{path}[{key!r}]", depth)
+            for key, item in value.items()
         }
     if isinstance(value, Enum):
-        return _encode(value.value, path)
+        return _encode(value.value, path, depth)
     if cls is uuid.UUID or cls is Decimal:
         return str(value)
     if cls is datetime or cls is date or cls is time:
         return value.isoformat()
     if cls is set or cls is frozenset:
+        if depth > MAX_CONTEXT_DEPTH:
+            raise _TooDeep(path, value)
+        depth += 1
         items = sorted(value, key=repr)  # a stable order, so equal sets journal equally
-        return [_encode(item, f"{path}[{index}]") for index, item in enumerate(items)]
+        return [_encode(item, f"{path}[{index}]", depth) for index, item in enumerate(items)]
     if dataclasses.is_dataclass(value):
+        if depth > MAX_CONTEXT_DEPTH:
+            raise _TooDeep(path, value)
+        depth += 1
         return {
-            field.name: _encode(getattr(value, field.name), f"{path}.{field.name}")
+            field.name: _encode(getattr(value, field.name), f"{path}.{field.name}", depth)
             for field in _fields(cls)
         }
     raise ContextSerializationError(path, value)
+
+
+# How much of a field path an error shows ("node.child.child…").
+_MAX_PATH_SHOWN = 120
+
+
+def _shown_path(path: str) -> str:
+    return path if len(path) <= _MAX_PATH_SHOWN else path[: _MAX_PATH_SHOWN - 1] + "…"
+
+
+def _nesting_error(context: object, too_deep: _TooDeep) -> ContextSerializationError:
+    """The error for a context ``_encode`` could not finish: cyclic (naming
+    the field that leads back to a value containing it), else too deep."""
+    cycle = _find_cycle(context)
+    if cycle is not None:
+        path, value, back_to = cycle
+        what = f"the same object as {_shown_path(back_to)!r}" if back_to else "the context itself"
+        return ContextSerializationError(
+            _shown_path(path),
+            value,
+            f"the context is cyclic: this is {what}, which contains it; JSON cannot hold a cycle",
+        )
+    return ContextSerializationError(
+        _shown_path(too_deep.path),
+        too_deep.value,
+        f"the context is nested deeper than {MAX_CONTEXT_DEPTH} levels "
+        f"(MAX_CONTEXT_DEPTH)",
+    )
+
+
+def _children(value: Any, path: str) -> list[tuple[Any, str]] | None:
+    """The values ``_encode`` would descend into, with their paths (``None``
+    for a value it would not descend into)."""
+    cls = value.__class__
+    if cls in _JSON_SCALARS or cls is float:
+        return None
+    if cls is list or cls is tuple:
+        return [(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if cls is dict:
+        return [(item, f"{path}[{key!r}]") for key, item in value.items()]
+    if isinstance(value, Enum):
+        return [(value.value, path)]
+    if cls is set or cls is frozenset:
+        return [(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(getattr(value, f.name), f"{path}.{f.name}") for f in _fields(cls)]
+    return None
+
+
+def _find_cycle(context: object) -> tuple[str, Any, str] | None:
+    """The first value (depth first, as ``_encode`` goes) that is one of its
+    own containers: ``(its path, it, the path of that container)`` (``""``
+    for the context itself); ``None`` if there is no cycle within
+    ``MAX_CONTEXT_DEPTH`` levels. Iterative: it must not hit the recursion
+    limit that it is there to explain."""
+    top = _children(context, "")
+    if top is None:
+        top = [(value, key) for key, value in getattr(context, "__dict__", {}).items()]
+    else:
+        top = [(value, path.lstrip(".")) for value, path in top]
+    on_path: dict[int, str] = {id(context): ""}  # id -> path, of the values being walked
+    stack: list[tuple[Any, str, int]] = [(v, p, 1) for v, p in reversed(top)]
+    walked: list[tuple[int, int]] = []  # (id, depth) of the values on the current path
+    while stack:
+        value, path, depth = stack.pop()
+        while walked and walked[-1][1] >= depth:
+            on_path.pop(walked.pop()[0], None)
+        back_to = on_path.get(id(value))
+        if back_to is not None:
+            return path, value, back_to
+        children = _children(value, path)
+        if not children or depth > MAX_CONTEXT_DEPTH:
+            continue
+        on_path[id(value)] = path
+        walked.append((id(value), depth))
+        stack.extend((child, where, depth + 1) for child, where in reversed(children))
+    return None
 
 
 def _encode_key(key: Any, path: str) -> str:

@@ -59,6 +59,7 @@ from .journal import (
 from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
+from .store._common import check_saga_id
 from .store.base import JournalEntry, Lease, RawEntry, SagaStore
 
 __all__ = ["SagaResult"]
@@ -237,10 +238,9 @@ class Execution(StepCursor):
         fence: Lease | None = None,
         journal_retry: RetryPolicy | None = None,
     ) -> None:
-        if saga_id is None:
-            saga_id = new_saga_id()
-        elif not isinstance(saga_id, str) or not saga_id:
-            raise ValueError(f"saga_id must be a non-empty str, got {saga_id!r}")
+        # A given id no store can hold is refused here, before anything runs,
+        # rather than by the store's first write (or not at all in memory).
+        saga_id = new_saga_id() if saga_id is None else check_saga_id(saga_id)
         StepCursor.__init__(self, saga_id, saga_name)
         self.fingerprint = fingerprint
         self.context = context

@@ -44,6 +44,8 @@ PostgreSQL implementation lives in ``fallback_saga.store.postgres_breaker``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sqlite3
 import threading
 import time
@@ -121,12 +123,18 @@ class SQLiteCircuitStateStore:
     statement, atomic on its own.
     """
 
-    def __init__(self, path: str, *, busy_timeout: float = 1.0) -> None:
-        if path == ":memory:" or path.startswith("file::memory:"):
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 1.0) -> None:
+        # Any path-like (a pathlib.Path, as SQLiteSagaStore takes); bytes are decoded.
+        text = os.fsdecode(path)
+        if text in ("", ":memory:") or text.startswith("file::memory:"):
             raise ValueError("shared circuit state needs a database file, not :memory:")
-        if not 0 <= busy_timeout < float("inf"):
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, (int, float))
+            or not 0 <= busy_timeout < math.inf
+        ):
             raise ValueError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
-        self.path = path
+        self.path: str = text
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []

@@ -88,7 +88,8 @@ class Ledger:
 
     def call(self, action: Literal["act", "compensate"], behaviour: Behaviour) -> None:
         info = current_step()
-        assert info is not None and info.action == action
+        assert info is not None
+        assert info.action == action
         key = info.idempotency_key
         self.tries[key] += 1
         fails = behaviour == "always" or (behaviour == "once" and self.tries[key] == 1)
@@ -378,7 +379,8 @@ def check_caller_matches_journal(
         if cancel_with_store_up:
             # The journal ends saying what happened: no forward run behind the
             # caller's back.
-            assert status is not None and status.is_final, status
+            assert status is not None, "the journal lost the saga"
+            assert status.is_final, status
     else:
         raise AssertionError(f"the caller got {outcome!r}")
 
@@ -407,4 +409,5 @@ def check_ledger(
         assert set(undone) == acted, (acted, undone)
     else:  # FAILED: only the compensations designed to fail are missing
         missing = acted - set(undone)
-        assert missing and all(specs[name].compensate == "always" for name in missing), missing
+        assert missing, "FAILED, yet every applied act was compensated"
+        assert all(specs[name].compensate == "always" for name in missing), missing

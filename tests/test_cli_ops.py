@@ -534,7 +534,9 @@ def test_recover_resumes_and_reports(
         f"recovering sagas in {db} not updated for 0s (at most 100, lease 5m) with ShopSaga"
     )
     assert sorted(out[1:3]) == ["  o-1: completed", "  o-2: compensated"]
-    assert out[3] == "recovered 2 saga(s): 1 completed, 1 compensated, 0 failed, 0 skipped"
+    assert out[3] == (
+        "recovered 2 saga(s): 1 completed, 1 compensated, 0 failed, 0 interrupted, 0 skipped"
+    )
     assert sorted(app.CALLS) == [
         "act Charge", "act Ship", "compensate Reserve",
     ]
@@ -744,7 +746,9 @@ def test_demo_db_shows_a_crash_recovered(
     assert "  A-1006  DemoOrderSaga  running" in out
     assert "  => A-1006: completed" in out
     assert "  => A-1007: compensated" in out
-    assert "recovered 2 saga(s): 1 completed, 1 compensated, 0 failed, 0 skipped" in out
+    assert (
+        "recovered 2 saga(s): 1 completed, 1 compensated, 0 failed, 0 interrupted, 0 skipped"
+    ) in out
     # The resumed BookCourier uses the key the crashed run had.
     assert out.count("courier: pickup booked as SHIP-A-1006 (key A-1006:BookCourier)") == 1
     assert "A-1006 (completed), as `show A-1006" in out

@@ -17,6 +17,7 @@ full disk, a PostgreSQL restart and outage: ``test_real_faults.py``.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -60,10 +61,8 @@ def count_writes(shape: Shape) -> int:
 
     async def dry_run_unwinding() -> int:
         store = FaultyStore(MemorySagaStore())
-        try:
+        with contextlib.suppress(SagaError):
             await shape.build(store, Ledger()).run(Ctx(order_id="dry"), saga_id="dry")
-        except SagaError:
-            pass
         return store.writes
 
     return asyncio.run(dry_run_unwinding() if shape is UNWINDS else dry_run())
@@ -83,10 +82,8 @@ async def resume_by_id(saga: Saga[Ctx]) -> None:
     for saga_id in list(inner._sagas):
         record = await inner.load(saga_id)
         if not record.status.is_final:
-            try:
+            with contextlib.suppress(SagaError):
                 await saga.resume(saga_id)
-            except SagaError:
-                pass
 
 
 async def recover_until_done(saga: Saga[Ctx]) -> None:
@@ -171,7 +168,7 @@ async def postgres_factory(
     async def make() -> Any:
         return PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1)
 
-    yield make
+    return make
 
 
 @pytest.mark.parametrize(("shape", "at", "kind"), CASES)
@@ -199,7 +196,7 @@ _names = itertools.count()
 def shapes(draw: st.DrawFn) -> Shape:
     items: list[Item] = []
     for position in range(draw(st.integers(1, 5))):
-        def spec(suffix: str = "") -> StepSpec:
+        def spec(suffix: str = "", position: int = position) -> StepSpec:
             return StepSpec(
                 f"S{position}{suffix}", act=draw(behaviours), compensate=draw(behaviours)
             )
@@ -351,7 +348,8 @@ async def test_S13_recovery_report_never_says_compensated_while_its_writes_fail(
         # (Its lease cannot be released while the store is down: an already
         # expired one lets the next pass claim it without waiting.)
         report = await recover(store, [saga], older_than=0, lease=-1)  # type: ignore[arg-type]
-        assert report.compensated == [] and report.failed == []
+        assert report.compensated == []
+        assert report.failed == []
         assert [saga_id for saga_id, _ in report.interrupted] == ["o-2"]
         assert "release" not in log
         store.heal()
@@ -473,3 +471,16 @@ async def test_S13_cancel_while_a_real_sqlite_write_is_in_flight_ends_final_in_t
         undo = {"reserve": "release", "charge": "refund"}
         assert log == done + [undo[effect] for effect in reversed(done)]
         assert (await recover(store, [saga], older_than=0)).total == 0
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "a\ud800b", "nul\x00id", "x" * 1_000_000, 42], ids=repr
+)
+async def test_S12_a_saga_id_no_store_can_hold_is_refused_before_anything_runs(bad: object) -> None:
+    """On every store, the default one included, with a short message."""
+    log: list[str] = []
+    saga = order_saga(log, charge_failures=0)()
+    with pytest.raises(ValueError, match="saga id") as refused:
+        await saga.run(Ctx(order_id="o"), saga_id=bad)  # type: ignore[arg-type]
+    assert len(str(refused.value)) < 300
+    assert log == []

@@ -1,5 +1,5 @@
 """Helpers shared by the durable stores (SQLite, PostgreSQL): compact JSON
-that refuses NaN, and the checks of durations and counts they take."""
+that refuses NaN, and the checks of saga ids, durations and counts they take."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from typing import Any, Final
 
 from ..status import SagaStatus
 
-__all__ = ["decode_json", "encode_json", "finite_seconds", "non_negative_int", "status_text"]
+__all__ = [
+    "MAX_SAGA_ID_LENGTH",
+    "check_owner",
+    "check_saga_id",
+    "decode_json",
+    "encode_json",
+    "finite_seconds",
+    "non_negative_int",
+    "short_repr",
+    "status_text",
+]
 
 
 def _not_json(value: object) -> Any:
@@ -60,3 +70,77 @@ def non_negative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return value
+
+
+# --------------------------------------------------------------------------- saga ids
+
+#: The longest saga id a store takes, in characters. Ids are keys: every
+#: store indexes them, every error message and operator listing shows them.
+MAX_SAGA_ID_LENGTH: Final = 255
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` (control characters escaped) cut to at most ``limit``
+    characters, with an ellipsis: how an error message shows a value that a
+    caller chose (a 1 MB saga id must not make a 1 MB message)."""
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]  # repr() of the whole would cost as much as the value
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text by every store, or ``None``."""
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL.
+        return "contains a NUL character"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode text (it contains a lone surrogate)"
+    return None
+
+
+def check_saga_id(saga_id: object) -> str:
+    """``saga_id`` if every store can key a saga by it; else ``ValueError``.
+
+    A saga id is a non-empty ``str`` of at most ``MAX_SAGA_ID_LENGTH``
+    characters that is valid Unicode text (no lone surrogates, which UTF-8
+    cannot encode) and holds no NUL character (which PostgreSQL text cannot
+    hold). The error shows the id cut short (``short_repr``).
+    """
+    # The common case (a uuid4 hex, an order number) at the cost of a few
+    # C-level checks: this runs for every saga run and every store call.
+    if (
+        type(saga_id) is str
+        and 0 < len(saga_id) <= MAX_SAGA_ID_LENGTH
+        and saga_id.isascii()
+        and "\x00" not in saga_id
+    ):
+        return saga_id
+    if not isinstance(saga_id, str):
+        raise ValueError(
+            f"a saga id must be a str, got {type(saga_id).__name__} {short_repr(saga_id)}"
+        )
+    if not saga_id:
+        raise ValueError("a saga id must not be empty")
+    if len(saga_id) > MAX_SAGA_ID_LENGTH:
+        raise ValueError(
+            f"a saga id must be at most {MAX_SAGA_ID_LENGTH} characters long, got "
+            f"{len(saga_id)}: {short_repr(saga_id)}"
+        )
+    problem = _text_problem(saga_id)
+    if problem is not None:
+        raise ValueError(f"saga id {short_repr(saga_id)} {problem}")
+    return str.__str__(saga_id)  # a plain str, also for a str subclass
+
+
+def check_owner(owner: object) -> str:
+    """A lease owner name: a non-empty ``str`` that every store can hold."""
+    if not isinstance(owner, str) or not owner:
+        raise ValueError(f"owner must be a non-empty str, got {short_repr(owner)}")
+    problem = _text_problem(owner)
+    if problem is not None:
+        raise ValueError(f"owner {short_repr(owner)} {problem}")
+    return owner

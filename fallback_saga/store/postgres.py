@@ -87,7 +87,16 @@ from ..errors import (
     SagaStoreError,
 )
 from ..status import SagaStatus, StepStatus
-from ._common import decode_json, encode_json, finite_seconds, non_negative_int, status_text
+from ._common import (
+    check_owner,
+    check_saga_id,
+    decode_json,
+    encode_json,
+    finite_seconds,
+    non_negative_int,
+    short_repr,
+    status_text,
+)
 from ._group_commit import GroupCommit, RetryAlone
 from .base import JournalEntry, Lease, SagaRecord, SagaSummary
 
@@ -425,7 +434,7 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
         return encode_json(context)
     except (TypeError, ValueError, RecursionError) as error:
         raise SagaStoreError(
-            f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
+            f"the context of saga {short_repr(saga_id)} cannot be stored as JSON: {error}"
         ) from error
 
 
@@ -435,18 +444,23 @@ def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
     if not entries:
         return "[]"
     rows: Sequence[Sequence[Any]] = entries
-    if any(e[6] is not None and "\x00" in e[6] for e in entries):
-        # PostgreSQL text cannot hold NUL: keep the rest of the error readable.
+    if any(e[6] is not None and _UNSTORABLE.search(e[6]) for e in entries):
+        # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (an
+        # exception's text may hold either): keep the rest of the error readable.
         rows = [
-            e if e[6] is None else (*e[:6], e[6].replace("\x00", "\ufffd"), e[7])
+            e if e[6] is None else (*e[:6], _UNSTORABLE.sub("\ufffd", e[6]), e[7])
             for e in entries
         ]
     try:
         return encode_json(rows)
     except (TypeError, ValueError) as error:
         raise SagaStoreError(
-            f"the journal entries of saga {saga_id!r} cannot be stored: {error}"
+            f"the journal entries of saga {short_repr(saga_id)} cannot be stored: {error}"
         ) from error
+
+
+# What PostgreSQL text cannot hold: NUL, and the lone surrogates UTF-8 cannot encode.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
 _BRANCHES: Final = frozenset({"primary", "fallback"})
@@ -474,12 +488,13 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
                 step_status = StepStatus(raw_status)
             except ValueError:
                 raise CorruptSagaRecord(
-                    saga_id, f"transition {seq} has an unknown status {raw_status!r}"
+                    saga_id, f"transition {seq} has an unknown status {short_repr(raw_status)}"
                 ) from None
             if branch not in _BRANCHES or action not in _ACTIONS:
                 raise CorruptSagaRecord(
                     saga_id,
-                    f"transition {seq} has an unknown branch/action {branch!r}/{action!r}",
+                    f"transition {seq} has an unknown branch/action "
+                    f"{short_repr(branch)}/{short_repr(action)}",
                 )
             if not isinstance(at, float) or not math.isfinite(at):
                 raise CorruptSagaRecord(saga_id, f"transition {seq} has no valid time")
@@ -503,7 +518,7 @@ def _saga_status(saga_id: str, value: object) -> SagaStatus:
     try:
         return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
     except ValueError:
-        raise CorruptSagaRecord(saga_id, f"unknown saga status {value!r}") from None
+        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None
 
 
 _SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
@@ -801,6 +816,8 @@ class PostgresSagaStore:
                 await pool.putconn(conn)
         except self._errors as error:
             raise self._wrap(error, doing) from error
+        except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
+            raise self._wrap(error, doing) from error
 
     async def _write_one(self, write: _Write) -> Any:
         doing, statement, params = write
@@ -834,6 +851,10 @@ class PostgresSagaStore:
                 # back, nothing in it was written. Each write goes alone.
                 raise RetryAlone from error
             return [self._wrap(error, doing) for doing, _, _ in writes]
+        except UnicodeEncodeError as error:
+            # A parameter UTF-8 cannot encode: refused before it was sent, the
+            # transaction never committed. Each write goes alone.
+            raise RetryAlone from error
         finally:
             await pool.putconn(conn)
 
@@ -850,13 +871,15 @@ class PostgresSagaStore:
         status: SagaStatus = SagaStatus.RUNNING,
     ) -> None:
         """Record a new saga with its first entries, in one statement;
-        ``SagaAlreadyExists`` if the id is taken (nothing is written then)."""
+        ``SagaAlreadyExists`` if the id is taken (nothing is written then);
+        ``ValueError`` for an id no store can key a saga by (``check_saga_id``)."""
+        saga_id = check_saga_id(saga_id)
         text = _context_json(saga_id, context)
         params = [
             saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
             _entries_json(saga_id, entries),
         ]
-        doing = f"cannot create saga {saga_id!r}"
+        doing = f"cannot create saga {short_repr(saga_id)}"
         row = await self._journal.write((doing, self._sql.create, params))
         if row is None:
             raise SagaAlreadyExists(saga_id)
@@ -873,10 +896,13 @@ class PostgresSagaStore:
         """Add transitions and set the status/context when given, in one
         statement. With ``fence``, only while the lease's token is the saga's
         current one (else ``LeaseLost``, nothing written)."""
+        saga_id = check_saga_id(saga_id)
         token: int | None = None
         if fence is not None:
             if fence.saga_id != saga_id:
-                raise ValueError(f"the lease is for saga {fence.saga_id!r}, not {saga_id!r}")
+                raise ValueError(
+                    f"the lease is for saga {short_repr(fence.saga_id)}, not {short_repr(saga_id)}"
+                )
             token = fence.token
         count = len(entries)
         params = [
@@ -884,7 +910,7 @@ class PostgresSagaStore:
             None if context is None else _context_json(saga_id, context),
             count, saga_id, token, count, _entries_json(saga_id, entries),
         ]
-        doing = f"cannot journal saga {saga_id!r}"
+        doing = f"cannot journal saga {short_repr(saga_id)}"
         row = await self._journal.write((doing, self._sql.append, params))
         if row is not None:
             return
@@ -895,7 +921,9 @@ class PostgresSagaStore:
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record, read in one snapshot; ``SagaNotFound``, or
         ``CorruptSagaRecord`` for a row that cannot be read back."""
-        row = await self._fetch(f"cannot load saga {saga_id!r}", self._sql.load, (saga_id,))
+        saga_id = check_saga_id(saga_id)
+        doing = f"cannot load saga {short_repr(saga_id)}"
+        row = await self._fetch(doing, self._sql.load, (saga_id,))
         if row is None:
             raise SagaNotFound(saga_id)
         try:
@@ -957,8 +985,7 @@ class PostgresSagaStore:
         in one short transaction; each claim increments the saga's fencing
         token. Negative durations are allowed (tests use them for "already
         expired" without sleeping). Times are the database server's."""
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        owner = check_owner(owner)
         lease_seconds = finite_seconds("lease_seconds", lease_seconds)
         older_than = finite_seconds("older_than", older_than)
         limit = non_negative_int("limit", limit)
@@ -993,10 +1020,10 @@ class PostgresSagaStore:
         uses it), incrementing its fencing token, in one statement;
         ``SagaNotFound`` if missing, ``SagaBusy`` if another worker holds an
         unexpired lease on it."""
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
+        saga_id = check_saga_id(saga_id)
+        owner = check_owner(owner)
         seconds = finite_seconds("lease_seconds", lease_seconds)
-        doing = f"cannot lease saga {saga_id!r}"
+        doing = f"cannot lease saga {short_repr(saga_id)}"
         row = await self._fetch(doing, self._sql.take_lease, (owner, seconds, saga_id))
         if row is not None:
             return Lease(saga_id, owner, row[0], row[1])
@@ -1009,8 +1036,9 @@ class PostgresSagaStore:
         """Extend ``lease`` to ``lease_seconds`` from now (the server's clock),
         if its fencing token is still the saga's current one; else ``LeaseLost``
         (``SagaNotFound`` if the saga is gone). The heartbeat of a running saga."""
+        check_saga_id(lease.saga_id)
         seconds = finite_seconds("lease_seconds", lease_seconds)
-        doing = f"cannot renew the lease on saga {lease.saga_id!r}"
+        doing = f"cannot renew the lease on saga {short_repr(lease.saga_id)}"
         row = await self._fetch(
             doing, self._sql.renew, (seconds, lease.owner, lease.saga_id, lease.token)
         )
@@ -1024,7 +1052,7 @@ class PostgresSagaStore:
     async def release(self, lease: Lease) -> None:
         """Clear the lease, if it is still the saga's current one."""
         await self._fetch(
-            f"cannot release the lease on saga {lease.saga_id!r}",
+            f"cannot release the lease on saga {short_repr(check_saga_id(lease.saga_id))}",
             self._sql.release,
             (lease.saga_id, lease.token),
             rows="none",
@@ -1036,7 +1064,7 @@ class PostgresSagaStore:
         """``release``, and if the saga is still RUNNING or COMPENSATING,
         announce it on ``work_channel`` in the same statement."""
         await self._fetch(
-            f"cannot hand off saga {lease.saga_id!r}",
+            f"cannot hand off saga {short_repr(check_saga_id(lease.saga_id))}",
             self._sql.hand_off,
             (lease.saga_id, lease.token, self._names.channel),
             rows="none",

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..breaker import CircuitState
 from ..shared_state import SharedCircuit
+from ._common import finite_seconds
 
 __all__ = ["PostgresCircuitStateStore"]
 
@@ -43,16 +44,26 @@ class PostgresCircuitStateStore:
         connect_timeout: float = 2.0,
         statement_timeout: float = 2.0,
     ) -> None:
-        if schema is not None and not _IDENTIFIER.fullmatch(schema):
+        if not isinstance(conninfo, str):
+            raise TypeError(
+                f"conninfo must be a libpq connection string, got {type(conninfo).__name__}"
+            )
+        if schema is not None and (
+            not isinstance(schema, str) or not _IDENTIFIER.fullmatch(schema)
+        ):
             raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
-        for label, value in (("connect_timeout", connect_timeout),
-                             ("statement_timeout", statement_timeout)):
-            if not 0 < value < float("inf"):
-                raise ValueError(f"{label} must be seconds > 0, got {value!r}")
+        timeouts = {
+            label: finite_seconds(label, value)
+            for label, value in (("connect_timeout", connect_timeout),
+                                 ("statement_timeout", statement_timeout))
+        }
+        for label, seconds in timeouts.items():
+            if seconds <= 0:
+                raise ValueError(f"{label} must be seconds > 0, got {seconds!r}")
         self.conninfo = conninfo
         self.schema = schema
-        self.connect_timeout = connect_timeout
-        self.statement_timeout = statement_timeout
+        self.connect_timeout = timeouts["connect_timeout"]
+        self.statement_timeout = timeouts["statement_timeout"]
         prefix = "" if schema is None else f'"{schema}".'
         self._table = f"{prefix}fallback_saga_breakers"
         self._local = threading.local()
@@ -75,7 +86,8 @@ class PostgresCircuitStateStore:
             self.conninfo,
             autocommit=True,
             connect_timeout=max(1, round(self.connect_timeout)),
-            options=f"-c statement_timeout={int(self.statement_timeout * 1000)}",
+            # At least 1 ms: 0 would mean no timeout at all.
+            options=f"-c statement_timeout={max(1, round(self.statement_timeout * 1000))}",
         )
         try:
             # Concurrent CREATE ... IF NOT EXISTS can still collide: serialize.

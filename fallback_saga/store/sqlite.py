@@ -20,9 +20,13 @@ every statement runs on a thread the store owns:
   not lengthen the writer's critical path. (An in-memory database cannot be
   shared between connections, so there the writer serves reads too.)
 
-The database is opened on first use (or by ``await store.open()``), on the
-writer thread, so a bad path or a file that is not SQLite is reported as a
-``SagaStoreError`` from that first call.
+Each thread opens its connection at its first request (``await
+store.open()`` opens the writer's now), so a bad path or a file that is not
+SQLite is reported as a ``SagaStoreError`` from that first call. A thread
+whose open failed tries again at its next request: a file that another
+process held locked past ``busy_timeout`` fails that one call, not every
+later one. The reader never reads a file whose schema is not current: it
+migrates it first, through a short-lived writer connection.
 
 Schema. Versioned with ``PRAGMA user_version``; ``_MIGRATIONS[n]`` takes a
 database from version ``n`` to ``n + 1`` inside the same transaction that
@@ -40,6 +44,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -58,7 +63,16 @@ from ..errors import (
     SagaStoreError,
 )
 from ..status import SagaStatus, StepStatus
-from ._common import decode_json, encode_json, finite_seconds, non_negative_int, status_text
+from ._common import (
+    check_owner,
+    check_saga_id,
+    decode_json,
+    encode_json,
+    finite_seconds,
+    non_negative_int,
+    short_repr,
+    status_text,
+)
 from .base import JournalEntry, Lease, SagaRecord, SagaSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSagaStore", "SQLiteStoreStats"]
@@ -215,8 +229,25 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
         return encode_json(context)
     except (TypeError, ValueError, RecursionError) as error:
         raise SagaStoreError(
-            f"the context of saga {saga_id!r} cannot be stored as JSON: {error}"
+            f"the context of saga {short_repr(saga_id)} cannot be stored as JSON: {error}"
         ) from error
+
+
+# A lone surrogate: UTF-8 (SQLite's text) cannot encode it.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
+    """The entries, with any lone surrogate in an error text replaced: an
+    exception's text is whatever the exception says, and must not make the
+    journal write fail."""
+    rows = tuple(entries)
+    if any(e[6] is not None and not e[6].isascii() and _SURROGATE.search(e[6]) for e in rows):
+        return tuple(
+            e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), e[7])
+            for e in rows
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------- operations
@@ -462,11 +493,13 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
             step_status = StepStatus(raw_status)
         except ValueError:
             raise CorruptSagaRecord(
-                saga_id, f"transition {seq} has an unknown status {raw_status!r}"
+                saga_id, f"transition {seq} has an unknown status {short_repr(raw_status)}"
             ) from None
         if branch not in _BRANCHES or action not in _ACTIONS:
             raise CorruptSagaRecord(
-                saga_id, f"transition {seq} has an unknown branch/action {branch!r}/{action!r}"
+                saga_id,
+                f"transition {seq} has an unknown branch/action "
+                f"{short_repr(branch)}/{short_repr(action)}",
             )
         if not (
             type(position) is int
@@ -498,7 +531,7 @@ def _saga_status(saga_id: str, value: object) -> SagaStatus:
     try:
         return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
     except ValueError:
-        raise CorruptSagaRecord(saga_id, f"unknown saga status {value!r}") from None
+        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None
 
 
 def _text(saga_id: str, column: str, value: object) -> str:
@@ -579,16 +612,12 @@ class _Worker:
         path: str,
         connect: Callable[[], sqlite3.Connection],
         clock: Callable[[], float],
-        after: _Worker | None = None,
     ) -> None:
         self.role = role
         self.path = path
         self.connect = connect
         self.clock = clock
-        self.after = after  # the reader opens once the writer has migrated the schema
         self.queue: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
-        self.opened = threading.Event()
-        self.failure: SagaStoreError | None = None
         self.commits = 0
         self.writes = 0
         self.reads = 0
@@ -610,16 +639,20 @@ class _Worker:
         conn: sqlite3.Connection | None = None
         stop: _Stop | None = None
         try:
-            conn = self._open()
             while stop is None:
                 group, stop = self._next_group()
                 if not group:
                     continue
                 try:
                     if conn is None:
-                        self._refuse(group)
-                    else:
-                        self._serve(conn, group)
+                        # Opened at the first request, and again at the next
+                        # one if that failed: a file locked past busy_timeout
+                        # (or a directory created since) must not break the
+                        # store for good.
+                        conn = self._open(group)
+                        if conn is None:
+                            continue
+                    self._serve(conn, group)
                 except BaseException as error:  # a bug here must not leave sagas waiting
                     _settle([(request, False, self._wrap(error)) for request in group])
         finally:
@@ -628,20 +661,19 @@ class _Worker:
             if stop is not None and stop.loop is not None and stop.future is not None:
                 _settle_stop(stop)
 
-    def _open(self) -> sqlite3.Connection | None:
+    def _open(self, group: list[_Request]) -> sqlite3.Connection | None:
+        """The connection, or ``None`` once ``group`` has been refused with the
+        reason it could not be opened (each request gets its own exception)."""
         try:
-            if self.after is not None:
-                self.after.opened.wait()
-                if self.after.failure is not None:
-                    self.failure = self.after.failure
-                    return None
             return self.connect()
-        except SagaStoreError as error:
-            self.failure = error
         except Exception as error:
-            self.failure = self._wrap(error)
-        finally:
-            self.opened.set()
+            failure = self._wrap(error)
+        outcomes: list[_Outcome] = []
+        for request in group:
+            refused = SagaStoreError(*failure.args)
+            refused.__cause__ = failure.__cause__
+            outcomes.append((request, False, refused))
+        _settle(outcomes)
         return None
 
     def _next_group(self) -> tuple[list[_Request], _Stop | None]:
@@ -657,16 +689,6 @@ class _Worker:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 return group, None
-
-    def _refuse(self, group: list[_Request]) -> None:
-        failure = self.failure
-        assert failure is not None
-        outcomes: list[_Outcome] = []
-        for request in group:
-            error = SagaStoreError(*failure.args)
-            error.__cause__ = failure.__cause__
-            outcomes.append((request, False, error))
-        _settle(outcomes)
 
     def _serve(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
         # One cursor per group: ops use it for every statement.
@@ -803,13 +825,44 @@ def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3
     return conn
 
 
-def _connect_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
+def _connect_reader(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """A read-only connection to a file whose schema is current.
+
+    The reader never waits for the writer thread: a file that has no schema
+    yet (or an older one) is migrated first through a short-lived writer
+    connection, as the writer would do it. So a store whose first request is
+    a read works, and a read never meets tables that are not there.
+    """
+    conn = _open_reader(path, busy_timeout)
+    if _schema_version(conn, path) == len(_MIGRATIONS):
+        return conn
+    conn.close()
+    _connect_writer(path, synchronous, busy_timeout).close()  # migrates, or says why not
+    return _open_reader(path, busy_timeout)
+
+
+def _open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-        conn.execute("PRAGMA query_only = ON")
     except sqlite3.Error as error:
         raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+    try:
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error as error:
+        conn.close()
+        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
     return conn
+
+
+def _schema_version(conn: sqlite3.Connection, path: str) -> int:
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        if _not_a_database(error):
+            raise SagaStoreError(f"{path} is not a SQLite database") from error
+        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+    return int(version)
 
 
 # --------------------------------------------------------------------------- the store
@@ -854,6 +907,10 @@ class SQLiteSagaStore:
 
     # Reads on a thread and connection of their own (see the module docstring).
     _separate_reader: bool = True
+    # A write is on the writer thread's queue once its coroutine first suspends,
+    # and is committed or refused there whatever happens to the awaiting task:
+    # the executor then waits for it without a task of its own (journal.py).
+    writes_outlive_cancellation: Final = True
 
     def __init__(
         self,
@@ -874,7 +931,7 @@ class SQLiteSagaStore:
             raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning Unix time, got {clock!r}")
-        self.path: str = os.fspath(path)
+        self.path: str = os.fsdecode(path)  # any path-like; bytes are decoded
         self.synchronous: str = synchronous.lower()
         self.busy_timeout: float = busy
         self._clock = clock
@@ -954,9 +1011,8 @@ class SQLiteSagaStore:
             reader = _Worker(
                 role="reader",
                 path=path,
-                connect=lambda: _connect_reader(path, timeout),
+                connect=lambda: _connect_reader(path, synchronous, timeout),
                 clock=self._clock,
-                after=writer,
             )
         self._writer, self._reader = writer, reader
         workers = (writer,) if reader is None else (writer, reader)
@@ -992,11 +1048,14 @@ class SQLiteSagaStore:
         *,
         status: SagaStatus = SagaStatus.RUNNING,
     ) -> None:
-        """Record a new saga; ``SagaAlreadyExists`` if the id is taken."""
+        """Record a new saga; ``SagaAlreadyExists`` if the id is taken (and
+        ``ValueError`` for an id no store can key a saga by: see
+        ``check_saga_id``)."""
+        saga_id = check_saga_id(saga_id)
         text = _context_json(saga_id, context)
         await self._submit(
             _create,
-            (saga_id, saga_name, fingerprint, status_text(status), text, tuple(entries)),
+            (saga_id, saga_name, fingerprint, status_text(status), text, _storable(entries)),
             write=True,
         )
 
@@ -1012,16 +1071,19 @@ class SQLiteSagaStore:
         """Add transitions and set the status/context when given, in one
         transaction. With ``fence``, only while the lease's token is current
         (else ``LeaseLost``, nothing written)."""
+        saga_id = check_saga_id(saga_id)
         token: int | None = None
         if fence is not None:
             if fence.saga_id != saga_id:
-                raise ValueError(f"the lease is for saga {fence.saga_id!r}, not {saga_id!r}")
+                raise ValueError(
+                    f"the lease is for saga {short_repr(fence.saga_id)}, not {short_repr(saga_id)}"
+                )
             token = fence.token
         await self._submit(
             _append,
             (
                 saga_id,
-                tuple(entries),
+                _storable(entries),
                 None if status is None else status_text(status),
                 None if context is None else _context_json(saga_id, context),
                 token,
@@ -1032,7 +1094,7 @@ class SQLiteSagaStore:
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record; ``SagaNotFound``, or ``CorruptSagaRecord`` for a
         row that cannot be read back."""
-        record: SagaRecord = await self._submit(_load, (saga_id,), write=False)
+        record: SagaRecord = await self._submit(_load, (check_saga_id(saga_id),), write=False)
         return record
 
     # ------------------------------------------------------------------ RecoverableStore
@@ -1061,10 +1123,8 @@ class SQLiteSagaStore:
         inside one ``BEGIN IMMEDIATE`` transaction; each claim increments the
         saga's fencing token. Negative durations are allowed (tests use them
         for "already expired" without sleeping)."""
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
         args = (
-            owner,
+            check_owner(owner),
             finite_seconds("lease_seconds", lease_seconds),
             finite_seconds("older_than", older_than),
             non_negative_int("limit", limit),
@@ -1075,9 +1135,11 @@ class SQLiteSagaStore:
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
         """Lease one saga by id, whatever its age (``Saga.resume`` uses it);
         ``SagaBusy`` if another worker holds an unexpired lease on it."""
-        if not isinstance(owner, str) or not owner:
-            raise ValueError(f"owner must be a non-empty str, got {owner!r}")
-        args = (saga_id, owner, finite_seconds("lease_seconds", lease_seconds))
+        args = (
+            check_saga_id(saga_id),
+            check_owner(owner),
+            finite_seconds("lease_seconds", lease_seconds),
+        )
         lease: Lease = await self._submit(_claim_saga, args, write=True)
         return lease
 
@@ -1086,13 +1148,14 @@ class SQLiteSagaStore:
         its fencing token is still the saga's current one; else ``LeaseLost``
         (``SagaNotFound`` if the saga is gone). The heartbeat of a resumed saga:
         it changes neither the saga's version nor its ``updated_at``."""
+        check_saga_id(lease.saga_id)
         seconds = finite_seconds("lease_seconds", lease_seconds)
         renewed: Lease = await self._submit(_renew, (lease, seconds), write=True)
         return renewed
 
     async def release(self, lease: Lease) -> None:
         """Clear the lease, if it is still the saga's current one."""
-        await self._submit(_release, (lease.saga_id, lease.token), write=True)
+        await self._submit(_release, (check_saga_id(lease.saga_id), lease.token), write=True)
 
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for

@@ -1,0 +1,339 @@
+"""What the CLI prints is safe for the operator's terminal.
+
+Every value the human formats print (tables, ``show``, ``recover`` lines and
+report, errors) comes from the store, so from whoever chose a saga id, an
+owner name or an exception's text: control characters (C0, C1, DEL) and
+bidi overrides are shown escaped (``\\x1b``), overlong values cut with an
+ellipsis, so column widths are bounded. ``--json`` prints exact JSON whose
+text holds no character a terminal would act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from fallback_saga import SagaStatus, SQLiteSagaStore, StepStatus
+from fallback_saga.cli import MAX_CELL, MAX_CONTEXT, MAX_VALUE, main, terminal_text
+from fallback_saga.testing import entry
+
+# Characters a terminal acts on: clear the screen, a CSI (C1), DEL, a
+# right-to-left override (reorders the rest of the line), a bidi isolate.
+HOSTILE = "a\x1b[2Jb\x9b31m\x7fc\u202edcba\u2066"
+SHOWN = "a\\x1b[2Jb\\x9b31m\\x7fc\\u202edcba\\u2066"
+# A context may hold a lone surrogate too (JSON carries it; a terminal cannot).
+NOTE = HOSTILE + "\ud800"
+HUGE = "H" * 1_000_000
+
+
+def assert_terminal_safe(text: str) -> None:
+    for line in text.split("\n"):
+        assert line.isprintable(), repr(line[:200])
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+def make_store(db: str) -> None:
+    """Sagas whose every stored value is hostile: one through the store (the
+    saga id too), one as a legacy row with a 1 MB id, name, owner and error
+    (written before ids were checked; the store refuses such ids now)."""
+
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create(
+                HOSTILE, f"Saga{HOSTILE}", f"fp{HOSTILE}", {"note": NOTE, "n": 1},
+                [entry(0, f"step{HOSTILE}")],
+            )
+            await store.append(
+                HOSTILE,
+                [entry(0, f"step{HOSTILE}", StepStatus.FAILED, error=f"boom {HOSTILE}")],
+                status=SagaStatus.RUNNING,
+            )
+            await store.claim_saga(HOSTILE, owner=f"worker{HOSTILE}", lease_seconds=300)
+
+    asyncio.run(go())
+    now = time.time()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(
+        "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+        " created_at, updated_at, lease_owner, lease_expires_at) VALUES"
+        " (?, ?, 'fp', 'completed', '{}', 1, ?, ?, ?, ?)",
+        (HUGE, "N" * 1_000_000, now, now, "O" * 1_000_000, now + 300),
+    )
+    conn.execute(
+        "INSERT INTO saga_steps VALUES (?, 0, 0, ?, 'primary', 'act', 'failed', 1, ?, ?)",
+        (HUGE, "S" * 1_000_000, "E" * 1_000_000, now),
+    )
+    conn.close()
+
+
+# --------------------------------------------------------------------------- the function
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("order-1", "order-1"),
+        ("commande été 🙂", "commande été 🙂"),
+        ("\x1b[2J", "\\x1b[2J"),
+        ("\x00\x07\t\n\r", "\\x00\\x07\\x09\\x0a\\x0d"),
+        ("\x7f\x80\x9f", "\\x7f\\x80\\x9f"),
+        ("\u202e\u202a\u200f\u2067\u2069\u061c", "\\u202e\\u202a\\u200f\\u2067\\u2069\\u061c"),
+        ("\u2028\ud800", "\\u2028\\ud800"),
+        ("\U000e0041", "\\U000e0041"),
+        (42, "42"),
+    ],
+)
+def test_terminal_text_escapes_every_character_a_terminal_acts_on(
+    value: object, shown: str
+) -> None:
+    assert terminal_text(value) == shown
+
+
+def test_terminal_text_cuts_overlong_values_with_an_ellipsis() -> None:
+    cut = terminal_text(HUGE)
+    assert len(cut) == MAX_CELL
+    assert cut == "H" * (MAX_CELL - 1) + "…"
+    assert terminal_text("x" * MAX_CELL) == "x" * MAX_CELL  # exactly the limit: whole
+    assert len(terminal_text(HUGE, 10)) == 10
+
+
+def test_terminal_text_never_cuts_inside_an_escape() -> None:
+    cut = terminal_text("x" * (MAX_CELL - 3) + "\x1b" * 5)
+    assert cut == "x" * (MAX_CELL - 3) + "…"
+    assert terminal_text("\x1b" * 100, 9) == "\\x1b\\x1b…"
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_escapes_control_characters_in_every_value(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(db)
+    assert main(["list", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    assert SHOWN in out  # the id, escaped visibly, not dropped
+    assert f"Saga{SHOWN}"[:MAX_CELL - 1] in out
+    assert "worker" in out
+
+
+def test_list_column_widths_are_bounded_for_overlong_values(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(db)
+    assert main(["list", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # id, saga and lease owner cells at most MAX_CELL each, plus the fixed columns
+    assert max(map(len, lines)) <= 3 * MAX_CELL + 80
+    assert "H" * (MAX_CELL - 1) + "…" in lines[2] + lines[3]
+
+
+def test_list_json_is_exact_json_with_unsafe_characters_escaped(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(db)
+    assert main(["list", "--db", db, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    rows = {row["saga_id"]: row for row in json.loads(out)}
+    assert rows[HOSTILE]["saga_name"] == f"Saga{HOSTILE}"  # exact, every character
+    assert rows[HOSTILE]["lease_owner"] == f"worker{HOSTILE}"
+    assert rows[HUGE]["saga_name"] == "N" * 1_000_000  # JSON is never cut
+    assert "\\u001b[2J" in out
+    assert "\\u202e" in out
+
+
+def test_list_json_keeps_readable_text_readable(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create("commande-été", "Saga", "fp", {}, [])
+
+    asyncio.run(go())
+    assert main(["list", "--db", db, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"commande-été"' in out
+
+
+# --------------------------------------------------------------------------- show
+
+
+def test_show_escapes_the_header_the_context_and_the_history(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(db)
+    assert main(["show", HOSTILE, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    header, _, table = out.partition("\n\n")
+    fields = dict(line.split(None, 1) for line in header.splitlines())
+    assert fields["saga"] == SHOWN
+    assert fields["name"] == f"Saga{SHOWN}"
+    assert fields["fingerprint"] == f"fp{SHOWN}"
+    assert json.loads(fields["context"]) == {"note": NOTE, "n": 1}  # still JSON, exact
+    assert "boom a\\x1b[2J" in table
+    assert f"step{SHOWN}"[:MAX_CELL - 1] in table
+
+
+def test_show_cuts_overlong_values(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make_store(db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    long_context = json.dumps({"blob": "C" * 1_000_000})
+    conn.execute(
+        "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+        " created_at, updated_at) VALUES ('big', ?, ?, 'completed', ?, 1, 0, 0)",
+        ("N" * 1_000_000, "F" * 1_000_000, long_context),
+    )
+    conn.execute(
+        "INSERT INTO saga_steps VALUES ('big', 0, 0, ?, 'primary', 'act', 'failed', 1, ?, 0)",
+        ("S" * 1_000_000, "E" * 1_000_000),
+    )
+    conn.close()
+    assert main(["show", "big", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= MAX_CONTEXT + 20
+    assert all(line.endswith("…") for line in lines if line.startswith(("name", "context")))
+    history = lines[-1]
+    assert len(history) <= MAX_CELL + MAX_VALUE + 80
+
+
+def test_show_of_an_id_no_store_can_hold_is_a_short_usage_error(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(db)
+    for saga_id in (HUGE, "", "\x1b[2Jmissing"):
+        assert main(["show", saga_id, "--db", db]) == 2
+        err = capsys.readouterr().err
+        assert_terminal_safe(err)
+        assert len(err) < 400, err
+
+
+def test_show_json_is_exact_json_with_unsafe_characters_escaped(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_store(db)
+    assert main(["show", HOSTILE, "--db", db, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    data = json.loads(out)
+    assert data["saga_id"] == HOSTILE
+    assert data["context"] == {"note": NOTE, "n": 1}
+    assert data["history"][-1]["error"] == f"boom {HOSTILE}"
+
+
+def test_show_mermaid_escapes_what_it_draws(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make_store(db)
+    assert main(["show", HOSTILE, "--db", db, "--mermaid"]) == 0
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    assert max(map(len, out.splitlines())) <= MAX_VALUE + 80
+
+
+# --------------------------------------------------------------------------- recover
+
+_module_numbers = itertools.count()
+
+APP_SOURCE = """
+import dataclasses
+
+from fallback_saga import Saga, SagaContext, SagaStepHandler
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    note: str = ""
+    n: int = 0
+
+
+class Noop(SagaStepHandler[Ctx, None]):
+    async def act(self, context: Ctx) -> None:
+        pass
+
+    async def compensate(self, context: Ctx) -> None:
+        pass
+
+
+class KnownSaga(Saga[Ctx]):
+    steps = [Noop]
+
+
+def sagas(store):
+    return [KnownSaga(store=store)]
+"""
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    name = f"cli_escaping_app_{os.getpid()}_{next(_module_numbers)}"
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(APP_SOURCE)
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+def test_recover_lines_and_report_escape_saga_ids_and_reasons(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            # A saga of a name the app does not know: skipped, with a reason.
+            await store.create(HOSTILE, f"Gone{HOSTILE}", "fp", {}, [])
+
+    asyncio.run(go())
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    assert f"  {SHOWN}: skipped" in out
+    assert f"  skipped {SHOWN}: no saga named 'Gone" in out
+    assert "recovered 1 saga(s): 0 completed, 0 compensated, 0 failed," in out
+    assert " 1 skipped" in out
+
+
+def test_cli_errors_are_escaped_and_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / f"no-such-{HOSTILE}.db")
+    assert main(["list", "--db", missing]) == 2
+    err = capsys.readouterr().err
+    assert_terminal_safe(err)
+    assert "\\x1b[2J" in err
+
+
+# --------------------------------------------------------------------------- --app runs code
+
+
+def test_recover_help_says_plainly_that_app_runs_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["recover", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RUNS CODE" in text
+    assert "with your privileges" in text
+    assert "trusted modules only" in text
+
+
+def test_graph_help_says_that_importing_runs_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graph", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "runs the module's top-level code" in text
