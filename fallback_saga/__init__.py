@@ -44,7 +44,7 @@ from .store import (
 )
 from .worker import RecoveryWorker, WorkerStats
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "CircuitBreaker",
