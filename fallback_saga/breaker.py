@@ -11,6 +11,15 @@ and never causes a transition.
 The closed path takes no lock and allocates nothing: granting a permit is two
 attribute reads, and a success with no pending failures writes nothing.
 
+A call made while a guarded call of the same breaker is in progress in the
+same task is *nested*: it passes straight through (no permit, no outcome, no
+rejection) and only the outermost call counts. The closed path marks nothing
+to make this possible (setting and resetting a context variable per call
+would nearly double its cost): an outer ``call()`` is found by walking the
+current task's frames, and only where it matters — on a failure, on a
+success with failures to reset, and off the closed path. ``async with``
+blocks are found on their per-task permit stack.
+
 With a ``state_store`` (see ``shared_state``), breakers of the same name in
 several processes share their state: counting stays local, transitions are
 published with a compare-and-set, and the shared row is pulled at most once
@@ -20,19 +29,30 @@ comparison; without a store it is unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from enum import StrEnum
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+from types import FrameType, TracebackType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ParamSpec,
+    Protocol,
+    TypeAlias,
+    TypeVar,
+    runtime_checkable,
+)
 
 from .events import collect_hooks, emit
 
@@ -61,6 +81,26 @@ class CircuitState(StrEnum):
 
 
 _CLOSED = CircuitState.CLOSED
+
+_getframe = sys._getframe
+
+# The frame that runs one step of a task: below it are the event loop's frames
+# (None if asyncio changes: walks then go on to the bottom of the stack).
+_LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", None)
+
+# One ``async with`` block on a task's permit stack: its permit (None for a
+# nested block, which took none), whether it was let in on the closed path
+# (then whether it is nested is only looked at when it leaves, if that
+# matters), the task that entered it (weakly; None when no event loop runs),
+# and the entry below it.
+_Entry: TypeAlias = tuple[int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object]
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running event loop: a coroutine driven by hand
+        return None
 
 
 class CircuitOpenError(Exception):
@@ -101,6 +141,12 @@ class CircuitBreaker:
       They are ignored: neither counted nor resetting the count, re-raised as is.
     * The error that trips the breaker is re-raised unchanged.
     * A cancelled call returns its permit and counts as nothing.
+    * A call made while a guarded call of this same breaker is in progress in
+      the same task is *nested*: it passes straight through — it takes no
+      permit, records no outcome and is never rejected — and only the
+      outermost call counts (any mix of ``call``, decorator and ``async
+      with``). A task started inside a guarded call is not nested: its calls
+      take their own permits. Other breakers nest normally.
     * If half-open trials never report back (a hung call), a new round of
       trials is allowed after another ``reset_timeout``; late outcomes of the
       old round are ignored.
@@ -240,7 +286,7 @@ class CircuitBreaker:
             self._gate = None
             self._next_sync = -math.inf  # the first call pulls
         # Per-task stack of the permits taken by ``async with`` blocks.
-        self._permits: ContextVar[tuple[int, object] | None] = ContextVar(
+        self._permits: ContextVar[_Entry | None] = ContextVar(
             f"fallback_saga_permits_{self.name}", default=None
         )
 
@@ -643,25 +689,37 @@ class CircuitBreaker:
     # ------------------------------------------------------------------ ways to call
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)`` under the breaker."""
+        """Await ``fn(*args, **kwargs)`` under the breaker.
+
+        Nested inside a guarded call of this breaker in the same task, the call
+        passes straight through: see ``_inside``.
+        """
         # The closed path, with acquire() and record_success() inlined: two
-        # attribute reads before the call, two after, no lock, no allocation.
+        # attribute reads before the call, one after, no lock, no allocation.
         # The generation is read first: if a transition slips in between, the
         # permit is already stale and its outcome is ignored. Every transition
         # bumps the generation, so an unchanged one means "still closed".
+        # Nesting is looked for only where it changes something: on a failure,
+        # on a success with failures to reset, and off the closed path.
         permit = self._generation
         if self._gate is not _CLOSED and (
             # A local breaker's gate follows its state; a shared one's is never
             # CLOSED, and its closed path goes on unless a pull is due.
             self._state is not _CLOSED or self._clock() >= self._next_sync
         ):
+            if self._inside(_getframe()):
+                # Nested: the outer call's permit covers this one and its
+                # outcome is the one recorded. Never rejected by this breaker.
+                return await fn(*args, **kwargs)
             return await self._call_guarded(fn, *args, **kwargs)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as error:
-            self._record(permit, error)
+            if not self._inside(_getframe()):
+                self._record(permit, error)
             raise
-        if self._failures or permit != self._generation:
+        # A stale permit's success records nothing: no need to look further.
+        if self._failures and permit == self._generation and not self._inside(_getframe()):
             self.record_success(permit)
         return result
 
@@ -677,6 +735,42 @@ class CircuitBreaker:
         self.record_success(permit)
         return result
 
+    def _inside(self, frame: FrameType) -> bool:
+        """Whether the call running in ``frame`` (``call``, ``__aenter__`` or
+        ``__aexit__``) is nested: made while a guarded call of this breaker is in
+        progress in the same task.
+
+        An outer ``async with`` block is the top of this task's permit stack; an
+        outer ``call()`` (or decorated function) is a frame of ``call`` on this
+        breaker below ``frame``. A task started inside a guarded call is not
+        nested: it copies the permit stack with its context, but the entries
+        name the task that made them; and a frame found below the task's own
+        coroutine (an eager task runs its first step on its creator's frames)
+        belongs to another task.
+        """
+        top = self._permits.get()
+        if top is not None:
+            owner = top[2]
+            task = _current_task()
+            if task is None:
+                if owner is None:
+                    return True
+            elif owner is not None and owner() is task:
+                return True
+        code = _CALL_CODE
+        own = frame
+        while True:
+            below = frame.f_back
+            if below is None:
+                return False
+            frame = below
+            f_code = frame.f_code
+            if f_code is code:
+                if frame.f_locals.get("self") is self:
+                    return _in_current_task(own, frame)
+            elif f_code is _LOOP_STEP:
+                return False  # below: the event loop, not this task
+
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         """Decorate an async function so every call goes through the breaker."""
 
@@ -687,10 +781,26 @@ class CircuitBreaker:
         return guarded
 
     async def __aenter__(self) -> CircuitBreaker:
-        permit = self.acquire()
-        # A per-task stack of permits (immutable pairs), so nested and
-        # concurrent ``async with`` blocks each return their own permit.
-        self._permits.set((permit, self._permits.get()))
+        permit: int | None
+        # The same test as call()'s, for the same closed path.
+        closed_path = self._gate is _CLOSED or (
+            self._state is _CLOSED and self._clock() < self._next_sync
+        )
+        if closed_path:
+            # As in call(): nothing to decide yet, the permit is the generation.
+            permit = self._generation
+        elif self._inside(_getframe()):
+            permit = None  # nested: the outer call's permit covers this block
+        else:
+            permit = self.acquire()
+        task = _current_task()
+        # A per-task stack of permits (immutable entries), so nested and
+        # concurrent ``async with`` blocks each hand back their own permit, and
+        # the calls inside a block know they are nested.
+        self._permits.set((
+            permit, closed_path, None if task is None else weakref.ref(task),
+            self._permits.get(),
+        ))
         return self
 
     async def __aexit__(
@@ -702,6 +812,34 @@ class CircuitBreaker:
         top = self._permits.get()
         if top is None:
             raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
-        permit, outer = top
+        permit, closed_path, _, outer = top
         self._permits.set(outer)  # type: ignore[arg-type]
+        if permit is None:
+            return
+        if closed_path:
+            # Let in on the closed path: only a failure, or a success with
+            # failures to reset, records something; only then is nesting
+            # looked for (this block's entry is popped: the stack is the outer one's).
+            if exc is None and not (self._failures and permit == self._generation):
+                return
+            if self._inside(_getframe()):
+                return
         self._record(permit, exc)
+
+
+_CALL_CODE = CircuitBreaker.call.__code__
+
+
+def _in_current_task(own: FrameType, outer: FrameType) -> bool:
+    """Whether ``outer``, a caller of ``own`` on the stack, belongs to the
+    running task: the task's own coroutine is not between them."""
+    task = _current_task()
+    root = None if task is None else getattr(task.get_coro(), "cr_frame", None)
+    if root is None:  # no task, or one that is not a coroutine: nothing to tell them apart
+        return True
+    frame: FrameType | None = own
+    while frame is not outer:
+        if frame is root or frame is None:
+            return False
+        frame = frame.f_back
+    return True
