@@ -75,11 +75,16 @@ class SagaInterrupted(SagaStoreError):
     (a RUNNING saga continues forward from its first step not on record as
     completed; a COMPENSATING one finishes unwinding).
 
-    ``status`` is the last status the journal holds (``None`` when even the
-    saga's creation could not be confirmed: then no step ran, and the saga
-    exists in the store only if that first write landed unseen). ``error``
-    (also ``__cause__``) is the store's last error; ``failure`` is the
-    business error that had stopped the saga before the journal failed, if any.
+    ``status`` is the last status the journal is known to hold (``None`` when
+    even the saga's creation could not be confirmed: then no step ran, and the
+    saga exists in the store only if that first write landed unseen).
+    ``in_doubt``: the last write failed in a way that does not say whether it
+    landed, and no later read could tell (the connection died after the
+    commit was sent, the store stopped answering); if it did land, the
+    journal holds ``status_if_landed`` (for a write that changed no status,
+    the same as ``status``): load the saga to know. ``error`` (also
+    ``__cause__``) is the store's last error; ``failure`` is the business
+    error that had stopped the saga before the journal failed, if any.
     """
 
     def __init__(
@@ -90,17 +95,28 @@ class SagaInterrupted(SagaStoreError):
         status: SagaStatus | None,
         error: BaseException,
         failure: BaseException | None = None,
+        in_doubt: bool = False,
+        status_if_landed: SagaStatus | None = None,
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
         self.status = status
         self.error = error
         self.failure = failure
+        self.in_doubt = in_doubt
+        self.status_if_landed = status_if_landed if in_doubt else None
         if status is None:
             where = ("its creation could not be confirmed, and no step ran; if the write "
                      "landed unseen, recovery will run it")
         else:
             where = f"it is left {status.value} in the store for recovery"
+        if in_doubt and status is not None:
+            landed = self.status_if_landed or status
+            if landed is not status:
+                where += (f" (or {landed.value}, if its last write landed unseen: load it "
+                          f"to know)")
+            else:
+                where += " (its last write may have landed unseen)"
         during = f" while handling {type(failure).__name__}: {failure}" if failure else ""
         super().__init__(
             f"saga {saga_name} ({short_id(saga_id)}) stopped: the journal could not be "
@@ -111,7 +127,8 @@ class SagaInterrupted(SagaStoreError):
     def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild_interrupted,
-            (self.saga_id, self.saga_name, self.status, self.error, self.failure),
+            (self.saga_id, self.saga_name, self.status, self.error, self.failure,
+             self.in_doubt, self.status_if_landed),
         )
 
 
@@ -121,9 +138,12 @@ def _rebuild_interrupted(
     status: SagaStatus | None,
     error: BaseException,
     failure: BaseException | None,
+    in_doubt: bool = False,
+    status_if_landed: SagaStatus | None = None,
 ) -> SagaInterrupted:
     return SagaInterrupted(
-        saga_id=saga_id, saga_name=saga_name, status=status, error=error, failure=failure
+        saga_id=saga_id, saga_name=saga_name, status=status, error=error, failure=failure,
+        in_doubt=in_doubt, status_if_landed=status_if_landed,
     )
 
 

@@ -49,7 +49,9 @@ from .events import HOOK_NAMES, Hook, collect_hooks, emit
 from .fallback import Fallback
 from .journal import (
     DEFAULT_JOURNAL_RETRY,
+    DEFAULT_JOURNAL_TIMEOUT,
     JournalWrite,
+    NotDurable,
     send,
     settle,
     settle_inline,
@@ -213,7 +215,9 @@ class Execution(StepCursor):
         "interruption",
         "journal",
         "journal_retry",
+        "journal_timeout",
         "journaled_status",
+        "landed_unseen",
         "live",
         "pending_status",
         "results",
@@ -237,6 +241,7 @@ class Execution(StepCursor):
         live: bool,
         fence: Lease | None = None,
         journal_retry: RetryPolicy | None = None,
+        journal_timeout: float | None = DEFAULT_JOURNAL_TIMEOUT,
     ) -> None:
         # A given id no store can hold is refused here, before anything runs,
         # rather than by the store's first write (or not at all in memory).
@@ -248,6 +253,7 @@ class Execution(StepCursor):
         self.hooks = hooks
         self.compensation_retry = compensation_retry
         self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
+        self.journal_timeout = journal_timeout
         self.inline_writes = not live and writes_outlive_cancellation(store)
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
@@ -261,6 +267,8 @@ class Execution(StepCursor):
         # and the store failure that stopped this run, if one did (S13).
         self.journaled_status: SagaStatus | None = None
         self.interruption: BaseException | None = None
+        # The interrupting write may have landed unseen: the status it carried.
+        self.landed_unseen: SagaStatus | None = None
         self.created_at = _now()
         self.image: Snapshot | None = None
         # Every write is conditional on the fencing token: 0 for a first run
@@ -428,6 +436,8 @@ class Execution(StepCursor):
             status=self.journaled_status,
             error=error,
             failure=failure,
+            in_doubt=self.landed_unseen is not None,
+            status_if_landed=self.landed_unseen,
         )
         interrupted.__cause__ = error
         return interrupted
@@ -724,18 +734,24 @@ class Execution(StepCursor):
             self.fence,
             written,
         )
+        timeout = self.journal_timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         if self.inline_writes:
             # The first try without a task; a failure goes on to the retries.
             failure, cancelled = await settle_inline(send(self.store, write))
             if failure is not None:
-                failure, cancelled_again = await settle(
-                    write_durably(self.store, write, self.journal_retry, failed=failure)
-                )
+                failure, cancelled_again = await settle(write_durably(
+                    self.store, write, self.journal_retry, deadline=deadline, failed=failure
+                ))
                 cancelled = cancelled or cancelled_again
         else:
             failure, cancelled = await settle(
-                write_durably(self.store, write, self.journal_retry)
+                write_durably(self.store, write, self.journal_retry, deadline=deadline)
             )
+        in_doubt = True
+        if isinstance(failure, NotDurable):
+            in_doubt = failure.in_doubt
+            failure = failure.error
         if failure is None:
             self.created = True
             self.written = written + len(entries)
@@ -745,6 +761,8 @@ class Execution(StepCursor):
             self.context_dirty = False
         else:
             self.interruption = failure
+            if in_doubt:
+                self.landed_unseen = write.status or self.journaled_status
         if cancelled:
             raise asyncio.CancelledError
         if failure is not None:

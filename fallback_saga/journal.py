@@ -15,6 +15,14 @@ This module is how one write becomes durable, or fails for good:
   it already. The executor knows how many entries the store held before the
   write, so "landed" and "not landed" are told apart exactly; anything else
   means another writer and stops the run.
+* **A bounded time.** A store that does not answer at all (a PostgreSQL
+  server that is down keeps a pool waiting for a connection) is as
+  unavailable as one that refuses: all the tries of one write, their waits
+  included, fit in the saga's ``journal_timeout``; a try still running at the
+  deadline is abandoned, and counts as in doubt.
+* **An honest failure.** When the budget is spent, ``NotDurable`` says
+  whether the write may have landed after all (in doubt): the executor then
+  reports both statuses the journal may hold, never a guess.
 * **A write is never abandoned half-way.** Once sent, it runs to its end in a
   task of its own, even if the saga's task is cancelled meanwhile;
   ``settle`` reports the cancellation only afterwards, so the executor always
@@ -42,7 +50,9 @@ from .store.base import JournalEntry, Lease, SagaStore
 
 __all__ = [
     "DEFAULT_JOURNAL_RETRY",
+    "DEFAULT_JOURNAL_TIMEOUT",
     "JournalWrite",
+    "NotDurable",
     "send",
     "settle",
     "settle_inline",
@@ -55,6 +65,11 @@ __all__ = [
 # file, short enough that a caller is not kept waiting on a store that is down.
 DEFAULT_JOURNAL_RETRY = RetryPolicy(attempts=6, delay=0.05, backoff=2.0, max_delay=1.0,
                                     jitter=0.05)
+
+# Seconds all the tries of one write may take, waits included: a store that
+# does not answer (a server down, a pool waiting for a connection) stops the
+# run within this, rather than after every try's own driver timeout.
+DEFAULT_JOURNAL_TIMEOUT = 10.0
 
 # Refusals a retry cannot change.
 _DEFINITIVE = (LeaseLost, SagaAlreadyExists, SagaNotFound, CorruptSagaRecord, SagaBusy)
@@ -79,43 +94,79 @@ class JournalConflict(SagaStoreError):
     """The journal holds something this run did not write: another writer."""
 
 
+class NotDurable(Exception):
+    """``write_durably`` gave up: ``error`` is the store's last error;
+    ``in_doubt``: the write may have landed all the same (it failed in a way
+    that does not say, and no later read could tell)."""
+
+    def __init__(self, error: BaseException, in_doubt: bool) -> None:
+        super().__init__(error)
+        self.error = error
+        self.in_doubt = in_doubt
+
+
 async def write_durably(
     store: SagaStore,
     write: JournalWrite,
     policy: RetryPolicy,
     *,
+    deadline: float | None = None,
     failed: BaseException | None = None,
 ) -> None:
-    """Make ``write`` durable in ``store``, retrying under ``policy``; raises the
-    last error when the budget is spent or the refusal is definitive.
-    ``failed``: the first try was made already and failed with that error."""
+    """Make ``write`` durable in ``store``, retrying under ``policy`` until the
+    loop time ``deadline``; raises ``NotDurable`` when the budget is spent or
+    the refusal is definitive. ``failed``: the first try was made already (in
+    the caller's task) and failed with that error."""
     attempt = 1
     in_doubt = False
     if failed is not None:
-        if isinstance(failed, (*_DEFINITIVE, JournalConflict)) or not policy.should_retry(
-            failed, attempt
-        ):
-            raise failed
+        if isinstance(failed, (*_DEFINITIVE, JournalConflict)):
+            raise NotDurable(failed, in_doubt=False)
         in_doubt = True
-        attempt = 2
-        await policy.wait_before(attempt)
-    while True:
+        error: BaseException = failed
+    else:
         try:
-            if in_doubt and await _landed(store, write):
-                return
-            in_doubt = False
-            await send(store, write)
+            async with asyncio.timeout_at(deadline):
+                await send(store, write)
             return
-        except _DEFINITIVE:
-            raise
-        except JournalConflict:
-            raise
-        except Exception as error:
-            if not policy.should_retry(error, attempt):
-                raise
-        in_doubt = True
+        except (*_DEFINITIVE, JournalConflict) as refused:
+            raise NotDurable(refused, in_doubt=False) from refused
+        except Exception as first:
+            error, in_doubt = first, True
+    while True:
+        # A failed try may have landed (in_doubt): before another, ask the store.
+        if not policy.should_retry(error, attempt) or not await _wait(
+            policy, attempt + 1, deadline
+        ):
+            raise NotDurable(error, in_doubt) from error
         attempt += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                if in_doubt and await _landed(store, write):
+                    return
+                in_doubt = False
+                await send(store, write)
+            return
+        except (*_DEFINITIVE, JournalConflict) as refused:
+            raise NotDurable(refused, in_doubt) from refused
+        except Exception as failure:
+            error, in_doubt = failure, True
+
+
+async def _wait(policy: RetryPolicy, attempt: int, deadline: float | None) -> bool:
+    """Wait before try ``attempt``; False when the deadline comes first."""
+    if deadline is None:
         await policy.wait_before(attempt)
+        return True
+    loop = asyncio.get_running_loop()
+    if loop.time() >= deadline:
+        return False
+    try:
+        async with asyncio.timeout_at(deadline):
+            await policy.wait_before(attempt)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def send(store: SagaStore, write: JournalWrite) -> None:

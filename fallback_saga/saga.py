@@ -22,7 +22,7 @@ from .executor import (
     SagaResult,
     shielded,
 )
-from .journal import DEFAULT_JOURNAL_RETRY
+from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
 from .recovery import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
@@ -67,7 +67,10 @@ class Saga(Generic[ContextT]):
       durable store (default: 6 attempts over about 1.5 s). A write the store
       still refuses then stops the run with ``SagaInterrupted``: no step or
       compensation runs unless its record is durable, and the saga is left
-      for recovery.
+      for recovery;
+    * ``journal_timeout`` — seconds all the tries of one journal write may
+      take, waits included (default 10; ``None``: no limit): a store that
+      does not answer at all stops the run within it, like one that refuses.
 
     One instance may run many sagas concurrently; steps should keep no
     per-run state on ``self`` (the context is where run state lives).
@@ -91,6 +94,7 @@ class Saga(Generic[ContextT]):
         compensation_retry: RetryPolicy | None = None,
         listeners: Iterable[object] = (),
         journal_retry: RetryPolicy | None = None,
+        journal_timeout: float | None = DEFAULT_JOURNAL_TIMEOUT,
     ) -> None:
         definition = getattr(type(self), "definition", None)
         if definition is None:
@@ -100,6 +104,16 @@ class Saga(Generic[ContextT]):
         if journal_retry is not None and not isinstance(journal_retry, RetryPolicy):
             raise TypeError(f"journal_retry must be a RetryPolicy, got {journal_retry!r}")
         self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
+        if journal_timeout is not None and not (
+            isinstance(journal_timeout, int | float)
+            and not isinstance(journal_timeout, bool)
+            and 0 < journal_timeout < float("inf")
+        ):
+            raise ValueError(
+                f"journal_timeout must be a finite number of seconds > 0, or None, "
+                f"got {journal_timeout!r}"
+            )
+        self.journal_timeout = journal_timeout
         self.store: SagaStore = store if store is not None else MemorySagaStore()
         self._live_store = is_live_journal(self.store)
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
@@ -133,6 +147,7 @@ class Saga(Generic[ContextT]):
             live=self._live_store,
             fence=fence,
             journal_retry=self.journal_retry,
+            journal_timeout=self.journal_timeout,
         )
 
     async def run(self, context: ContextT, *, saga_id: str | None = None) -> SagaResult[ContextT]:

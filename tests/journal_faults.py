@@ -14,6 +14,9 @@ matrix and the property test in ``test_journal_truth.py``.
   - ``outage``: that write and every later call (reads included) raise, until
     ``heal()`` — a full disk, a database that went away;
   - ``in_doubt``: that write lands, then raises (the commit's answer was lost);
+  - ``in_doubt_outage``: that write lands, then the store goes down before
+    anyone can read what it holds (a PostgreSQL group commit cut off after
+    its COMMIT landed, the server then gone);
   - ``cancel``: the saga's task is cancelled while that write is in flight;
   - ``cancel_outage``: both at once.
 
@@ -47,8 +50,10 @@ from fallback_saga import (
 from fallback_saga.store.base import SagaRecord
 
 Behaviour = Literal["ok", "once", "always"]
-FaultKind = Literal["outage", "in_doubt", "cancel", "cancel_outage"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("outage", "in_doubt", "cancel", "cancel_outage")
+FaultKind = Literal["outage", "in_doubt", "in_doubt_outage", "cancel", "cancel_outage"]
+FAULT_KINDS: tuple[FaultKind, ...] = (
+    "outage", "in_doubt", "in_doubt_outage", "cancel", "cancel_outage"
+)
 
 # Fast, bounded: the matrix runs hundreds of sagas.
 FAST_JOURNAL_RETRY = RetryPolicy(attempts=3, delay=0.0, jitter=0.0)
@@ -249,7 +254,9 @@ class FaultyStore:
             self.down = True
             raise StoreDown("the disk is full")
         await send()
-        if self.kind == "in_doubt":
+        if self.kind == "in_doubt_outage":
+            self.down = True
+        if self.kind in ("in_doubt", "in_doubt_outage"):
             raise StoreDown("connection lost after COMMIT was sent")
 
     async def create(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
@@ -370,10 +377,15 @@ def check_caller_matches_journal(
         assert outcome.status is status, (outcome, status)
         assert status in (SagaStatus.COMPENSATED, SagaStatus.FAILED)
     elif isinstance(outcome, SagaInterrupted):
+        # The journal holds the status the caller was told — or, when the
+        # last write is reported in doubt, the one it carried.
+        told = {outcome.status}
+        if outcome.in_doubt:
+            told.add(outcome.status_if_landed or outcome.status)
         if outcome.status is None:
-            assert status in (None, SagaStatus.RUNNING), (outcome, status)
-        else:
-            assert outcome.status is status, (outcome, status)
+            told.add(SagaStatus.RUNNING if outcome.in_doubt else None)
+        assert status in told, (outcome, status)
+        if status is outcome.status and status is not None:
             assert not status.is_final
     elif isinstance(outcome, asyncio.CancelledError):
         if cancel_with_store_up:

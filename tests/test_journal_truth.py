@@ -484,3 +484,50 @@ async def test_S12_a_saga_id_no_store_can_hold_is_refused_before_anything_runs(b
         await saga.run(Ctx(order_id="o"), saga_id=bad)  # type: ignore[arg-type]
     assert len(str(refused.value)) < 300
     assert log == []
+
+
+class Unanswering(FaultyStore):
+    """A store whose writes from number ``at`` on never answer (a database
+    server that is down, a pool waiting for a connection that never comes)."""
+
+    async def _write(self, send: Callable[[], Any]) -> None:
+        number = self.writes
+        self.writes += 1
+        if self.at is not None and number >= self.at:
+            await asyncio.Event().wait()
+        await send()
+
+    async def load(self, saga_id: str) -> Any:
+        if self.at is not None and self.writes > self.at:
+            await asyncio.Event().wait()
+        return await self.inner.load(saga_id)
+
+
+async def test_S13_a_store_that_never_answers_stops_the_run_within_journal_timeout() -> None:
+    """Issue #8 (found by the 40 s PostgreSQL outage): each try waited for the
+    driver's own timeout (30 s for a pooled connection), so a caller waited
+    minutes. All the tries of one write now fit in ``journal_timeout``, and the
+    unanswered write is reported in doubt."""
+    from fallback_saga import RetryPolicy, SagaInterrupted, SagaStatus
+
+    log: list[str] = []
+    store = Unanswering(MemorySagaStore(), at=1)
+    saga = order_saga(log, charge_failures=0)(
+        store=store, journal_retry=RetryPolicy(attempts=3, delay=0, jitter=0),
+        journal_timeout=0.05,
+    )
+    async with asyncio.timeout(10):  # a safety net: the bug was a long hang
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.run(Ctx(order_id="o-6"), saga_id="o-6")
+    assert stopped.value.status is SagaStatus.RUNNING
+    assert stopped.value.in_doubt
+    assert isinstance(stopped.value.error, TimeoutError)
+    assert log == ["reserve"]  # Charge's STARTED never became durable: not called
+
+
+def test_journal_timeout_must_be_a_positive_number_of_seconds_or_none() -> None:
+    saga_class = order_saga([], charge_failures=0)
+    for bad in (0, -1, float("inf"), float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="journal_timeout"):
+            saga_class(journal_timeout=bad)  # type: ignore[arg-type]
+    assert saga_class(journal_timeout=None).journal_timeout is None
