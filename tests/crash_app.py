@@ -2,13 +2,13 @@
 
 Run as a script (``python tests/crash_app.py COMMAND ...``; ``sys.executable``):
 
-* ``run --db DB --ledger LEDGER --variant V --saga-id ID [--crash-at K]`` runs one
-  ``CrashSaga`` against ``SQLiteSagaStore(DB)``. Every journal boundary the run
+* ``run STORE --ledger LEDGER --variant V --saga-id ID [--crash-at K]`` runs one
+  ``CrashSaga`` against the store. Every journal boundary the run
   crosses is counted; at boundary number ``K`` the process writes
   ``CRASH <label>`` to stdout and dies with ``os._exit(137)`` — no ``finally``,
   no flush, no ``close``: what is on disk is all that survives. Without
   ``--crash-at`` (the dry run) it prints ``{"outcome": ..., "boundaries": [...]}``.
-* ``recover --db DB --ledger LEDGER [--ids ID ...] [--limit N] [--wait-for-go]``
+* ``recover STORE --ledger LEDGER [--ids ID ...] [--limit N] [--wait-for-go]``
   is the fresh process: it runs ``recover(store, [CrashSaga], older_than=0)``
   (pass after pass until one finds nothing), then ``saga.resume(id)`` for each
   ``--ids`` (a finished saga returns its stored outcome), and prints the report
@@ -16,10 +16,25 @@ Run as a script (``python tests/crash_app.py COMMAND ...``; ``sys.executable``):
   for a line on stdin before recovering — so that two processes start racing
   at the same moment, without sleeping.
 
+* ``serve`` is a fork server for the tests that run many of these: it imports
+  everything first (psycopg too, when installed), then reads one JSON job per
+  line from stdin — ``{"argv": [...], "env": {...}, "stdout": PATH, "stderr":
+  PATH, "timeout": SECONDS}`` — forks a child that runs ``main(argv)`` with its
+  output going to those files, waits for it (killing it past the timeout) and
+  answers ``{"returncode": N}``. The child is a new process like one started
+  from scratch (no store was ever opened and no saga ever ran in the server),
+  minus the half second of interpreter start and imports.
+
+``STORE`` is ``--db DB`` (``SQLiteSagaStore(DB)``) or ``--dsn CONNINFO --schema
+NAME`` (``PostgresSagaStore(CONNINFO, schema=NAME)``; psycopg is imported only
+then). The conninfo may also come from ``$CRASH_APP_DSN`` (``--dsn env``), so
+that a password need not be on a command line.
+
 The journal boundaries (``boundary(label)``) are:
 
-* before and after each store write — ``CrashingStore`` wraps ``create`` and
-  ``append`` of ``SQLiteSagaStore`` (the executor's write-ahead: a step's
+* before and after each store write — ``CrashingStore`` (and
+  ``crashing_postgres_store``) wraps ``create`` and ``append`` of the store
+  (the executor's write-ahead: a step's
   STARTED row, "step N completed + step N+1 started", the status changes);
 * inside an ``act``, after its side effect was applied but before it returns
   (the journal still says STARTED); inside a failing ``act`` before it raises
@@ -48,10 +63,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import select
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,8 +144,8 @@ def _describe(entries: Sequence[JournalEntry], status: Any) -> str:
     return f"[{rows}]{suffix}"
 
 
-class CrashingStore(SQLiteSagaStore):
-    """``SQLiteSagaStore`` with a crash boundary before and after each write."""
+class _Crashing:
+    """A crash boundary before and after each write of the store it is mixed into."""
 
     writes = 0
 
@@ -134,15 +153,42 @@ class CrashingStore(SQLiteSagaStore):
         self.writes += 1
         label = f"write {self.writes} create {_describe(args[4], kwargs.get('status'))}"
         boundary(f"before {label}")
-        await super().create(*args, **kwargs)
+        await super().create(*args, **kwargs)  # type: ignore[misc]
         boundary(f"after {label}")
 
     async def append(self, *args: Any, **kwargs: Any) -> None:
         self.writes += 1
         label = f"write {self.writes} append {_describe(args[1], kwargs.get('status'))}"
         boundary(f"before {label}")
-        await super().append(*args, **kwargs)
+        await super().append(*args, **kwargs)  # type: ignore[misc]
         boundary(f"after {label}")
+
+
+class CrashingStore(_Crashing, SQLiteSagaStore):
+    """``SQLiteSagaStore`` with a crash boundary before and after each write."""
+
+
+def crashing_postgres_store(dsn: str, schema: str) -> Any:
+    """``PostgresSagaStore`` with a crash boundary before and after each write
+    (built here: psycopg is imported only for a PostgreSQL run)."""
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    class CrashingPostgresStore(_Crashing, PostgresSagaStore):
+        pass
+
+    return CrashingPostgresStore(dsn, schema=schema, min_size=1, max_size=4)
+
+
+def open_store(args: argparse.Namespace, *, crashing: bool) -> Any:
+    """The store ``--db`` or ``--dsn``/``--schema`` names."""
+    if args.db is not None:
+        return CrashingStore(args.db) if crashing else SQLiteSagaStore(args.db)
+    dsn = os.environ["CRASH_APP_DSN"] if args.dsn == "env" else args.dsn
+    if crashing:
+        return crashing_postgres_store(dsn, args.schema)
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    return PostgresSagaStore(dsn, schema=args.schema, min_size=1, max_size=10)
 
 
 # --------------------------------------------------------------------------- the participant
@@ -271,7 +317,7 @@ class CrashSaga(Saga[CrashCtx]):
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    store = CrashingStore(args.db)
+    store = open_store(args, crashing=True)
     saga = CrashSaga(store=store)
     ctx = CrashCtx(order_id=args.saga_id, variant=args.variant)
     try:
@@ -284,7 +330,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _recover(args: argparse.Namespace) -> dict[str, Any]:
-    store = SQLiteSagaStore(args.db)
+    store = open_store(args, crashing=False)
     await store.open()
     saga = CrashSaga(store=store)
     if args.wait_for_go:
@@ -316,22 +362,33 @@ async def _recover(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help="a SQLite file")
+    parser.add_argument("--dsn", default=None,
+                        help="a PostgreSQL conninfo, or 'env': $CRASH_APP_DSN")
+    parser.add_argument("--schema", default=None, help="the PostgreSQL schema (with --dsn)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crash_app")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run")
-    run.add_argument("--db", required=True)
+    _store_arguments(run)
     run.add_argument("--ledger", required=True)
     run.add_argument("--variant", choices=VARIANTS, required=True)
     run.add_argument("--saga-id", required=True)
     run.add_argument("--crash-at", type=int, default=None)
     rec = commands.add_parser("recover")
-    rec.add_argument("--db", required=True)
+    _store_arguments(rec)
     rec.add_argument("--ledger", required=True)
     rec.add_argument("--ids", nargs="*", default=[])
     rec.add_argument("--limit", type=int, default=100)
     rec.add_argument("--wait-for-go", action="store_true")
     args = parser.parse_args(argv)
+    if (args.db is None) == (args.dsn is None) or (args.dsn is not None) != (
+        args.schema is not None
+    ):
+        parser.error("give either --db, or --dsn and --schema")
 
     fallback_saga.set_testing(True)  # compensation retries compute their delays, never sleep
     Ledger.path = Path(args.ledger)
@@ -346,5 +403,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- fork server
+
+
+def serve() -> int:
+    """Run jobs from stdin in forked children (see the module docstring)."""
+    with contextlib.suppress(ImportError):  # preload: each child skips these imports
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+
+        import fallback_saga.store.postgres  # noqa: F401
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _forked(job)  # never returns
+        code = _wait(pid, float(job.get("timeout", 60.0)))
+        sys.stdout.write(json.dumps({"returncode": code}) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _forked(job: dict[str, Any]) -> None:
+    code = 1
+    try:
+        for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.environ.update(job.get("env") or {})
+        code = main(job["argv"])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait(pid: int, timeout: float) -> int:
+    """The child's exit code (negative: killed by that signal); killed past ``timeout``."""
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        handle = None
+    if handle is not None:
+        try:
+            done, _, _ = select.select([handle], [], [], timeout)
+        finally:
+            os.close(handle)
+        if not done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["serve"]:
+        sys.exit(serve())
     sys.exit(main())

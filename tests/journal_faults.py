@@ -312,6 +312,14 @@ class CaseResult:
     calls_before: int  # ledger calls of this saga when the run returned
 
 
+async def step_by_step(saga: Saga[Ctx], saga_id: str) -> object:
+    async with saga.transaction(Ctx(order_id=saga_id), saga_id=saga_id) as transaction:
+        async for _ in transaction:
+            pass
+    assert transaction.result is not None
+    return transaction.result
+
+
 async def journal_of(inner: Any, saga_id: str) -> SagaRecord | None:
     try:
         record: SagaRecord = await inner.load(saga_id)
@@ -326,11 +334,16 @@ async def run_case(
     ledger: Ledger,
     saga_id: str,
     recover_all: Callable[[Saga[Ctx]], Any],
+    driver: Literal["run", "transaction"] = "run",
 ) -> CaseResult:
-    """Run one saga through ``store``'s fault, heal the store, recover, and
-    return what each side saw."""
+    """Run one saga through ``store``'s fault (with ``saga.run``, or step by
+    step with ``saga.transaction``), heal the store, recover, and return what
+    each side saw."""
     saga = shape.build(store, ledger)
-    task = asyncio.create_task(saga.run(Ctx(order_id=saga_id), saga_id=saga_id))
+    if driver == "run":
+        task = asyncio.create_task(saga.run(Ctx(order_id=saga_id), saga_id=saga_id))
+    else:
+        task = asyncio.create_task(step_by_step(saga, saga_id))
     store.victim = task
     outcome: object
     try:

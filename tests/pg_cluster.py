@@ -120,6 +120,7 @@ class PostgresCluster:
     dbname: str = "fallback_saga_test"
     run_as: pwd.struct_passwd | None = None  # the OS user the server runs as
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    settings: tuple[str, ...] = ()  # the extra server settings, kept for start()
 
     @property
     def datadir(self) -> Path:
@@ -177,7 +178,7 @@ class PostgresCluster:
             base.chmod(0o700)
             cluster = cls(
                 bindir=bindir, base=base, port=0, password=secrets.token_hex(16),
-                dbname=dbname, run_as=run_as,
+                dbname=dbname, run_as=run_as, settings=tuple(settings),
             )
             cluster._initdb()
             last_error: PostgresUnavailable | None = None
@@ -339,6 +340,21 @@ class PostgresCluster:
             except subprocess.TimeoutExpired:
                 process.kill()  # immediate: nothing of a test cluster needs saving
                 process.wait(timeout=10)
+
+    def start(self) -> None:
+        """Start the server again after ``stop()``: same data, port and password
+        (the conninfo stays valid). Returns once it accepts connections."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = None
+        self._start_server(self.settings)
+
+    def restart(self) -> None:
+        """What ``pg_ctl restart -m fast`` does, keeping the server our own
+        child: a fast stop (every session is cut, committed data is kept),
+        then a start on the same port."""
+        self.stop()
+        self.start()
 
     def remove(self) -> None:
         """Stop the server and delete its directory."""

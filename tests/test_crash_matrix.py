@@ -11,26 +11,41 @@ compensation — and every one of them becomes a test case: a child process runs
 the saga and dies with ``os._exit(137)`` right there; a second, fresh process
 runs ``recover(store, [saga], older_than=0)`` and then ``saga.resume(id)``.
 
-The cases are independent (each has its own database and ledger), so the
-module plays all selected cases once, a few child processes at a time, and each
-test checks the invariants of its own case.
+The whole matrix runs twice: on SQLite (a file per case) and on PostgreSQL
+(a schema per case, in the session's throwaway cluster from ``conftest_pg``;
+those cases are skipped with the reason when no server can be started, and
+fail under CI). The PostgreSQL cases are enumerated from the SQLite dry runs
+(collection starts no server); a test checks that a PostgreSQL dry run crosses
+exactly the same boundaries, and each case checks that its child died at the
+boundary it names.
+
+The cases are independent (each has its own database or schema, and its own
+ledger), so the module plays all selected cases once, a few child processes
+at a time, and each test checks the invariants of its own case. The children
+are forked by ``crash_app.py serve`` fork servers (one per worker thread)
+that imported everything once: each child is a new process that never saw a
+store or a saga before, without paying for an interpreter start (both
+matrices take about as long as the SQLite one alone did).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import pytest
 from crash_app import (
@@ -43,10 +58,17 @@ from crash_app import (
     Ledger,
 )
 
+pytest_plugins = ["conftest_pg"]
+
 CHILD_TIMEOUT = 60.0
+BACKENDS: tuple[str, ...] = ("sqlite", "postgres")
+# Child processes at once. The PostgreSQL server (fsync on) shares the two
+# cores of a CI machine with them.
+PARALLEL = 4
 
 
 class Case(NamedTuple):
+    backend: str  # "sqlite" or "postgres"
     variant: str
     number: int  # the boundary to crash at, counted from 0 in the dry run's order
     label: str
@@ -56,7 +78,9 @@ class Case(NamedTuple):
         return f"{self.variant}-{self.number:02d}"
 
 
-def child(*args: Any, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def child(
+    *args: Any, input: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(APP), *map(str, args)],
         capture_output=True,
@@ -64,7 +88,77 @@ def child(*args: Any, input: str | None = None) -> subprocess.CompletedProcess[s
         input=input,
         timeout=CHILD_TIMEOUT,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+class ForkServer:
+    """One ``crash_app.py serve`` process: each child it runs is forked from a
+    Python that has imported the app (and psycopg) already, so a case costs
+    its own work, not two interpreter starts. A child is a new process all the
+    same: the server never opened a store nor ran a saga."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.jobs = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, str(APP), "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def child(
+        self, *args: Any, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.jobs += 1
+        out = self.scratch / f"{self.proc.pid}-{self.jobs}.out"
+        err = out.with_suffix(".err")
+        argv = [str(arg) for arg in args]
+        job = {"argv": argv, "env": dict(env or {}), "stdout": str(out), "stderr": str(err),
+               "timeout": CHILD_TIMEOUT}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the fork server died ({self.proc.wait()})")
+        code = json.loads(answer)["returncode"]
+        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=CHILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ForkServers:
+    """A fork server per thread of a pool (created on first use)."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.local = threading.local()
+        self.all: list[ForkServer] = []
+        self.lock = threading.Lock()
+
+    def child(
+        self, *args: Any, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        server = getattr(self.local, "server", None)
+        if server is None:
+            server = self.local.server = ForkServer(self.scratch)
+            with self.lock:
+                self.all.append(server)
+        return server.child(*args, env=env)
+
+    def close(self) -> None:
+        for server in self.all:
+            server.close()
 
 
 # --------------------------------------------------------------------------- dry runs
@@ -106,12 +200,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "crash_case" not in metafunc.fixturenames:
         return
     cases = [
-        Case(variant, number, label)
+        Case(backend, variant, number, label)
+        for backend in BACKENDS
         for variant, (_, boundaries) in dry_runs().items()
         for number, label in enumerate(boundaries)
     ]
     metafunc.parametrize(
-        "crash_case", cases, ids=[f"{c.saga_id}-{_slug(c.label)}"[:90] for c in cases]
+        "crash_case",
+        cases,
+        ids=[f"{c.backend}-{c.saga_id}-{_slug(c.label)}"[:100] for c in cases],
     )
 
 
@@ -169,6 +266,84 @@ def read_journal_as_left(db: Path, saga_id: str, scratch: Path) -> Journal | Non
     return read_journal(scratch / db.name, saga_id)
 
 
+def read_pg_journal(conninfo: str, schema: str, saga_id: str) -> Journal | None:
+    """A saga's rows as the PostgreSQL server has them (plain SQL, not the library)."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        (exists,) = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".fallback_saga_steps',)
+        ).fetchone() or (False,)
+        if not exists:
+            return None  # the child died before its store was first opened
+        head = conn.execute(
+            f'SELECT status, context, lease_owner, fence FROM "{schema}".fallback_saga_sagas'
+            " WHERE saga_id = %s",
+            (saga_id,),
+        ).fetchone()
+        if head is None:
+            return None
+        rows = conn.execute(
+            f"SELECT position, step, branch, action, status, attempt"
+            f' FROM "{schema}".fallback_saga_steps WHERE saga_id = %s ORDER BY seq',
+            (saga_id,),
+        ).fetchall()
+    status, context, lease_owner, fence = head
+    return Journal(status, context, lease_owner, fence, [tuple(r) for r in rows])
+
+
+class Target(Protocol):
+    """Where one case's saga is journaled."""
+
+    def store_args(self) -> list[str]: ...
+
+    def env(self) -> dict[str, str] | None: ...
+
+    def journal_as_left(self, saga_id: str) -> Journal | None: ...
+
+    def journal(self, saga_id: str) -> Journal | None: ...
+
+
+@dataclass
+class SQLiteTarget:
+    where: Path
+
+    @property
+    def db(self) -> Path:
+        return self.where / "sagas.db"
+
+    def store_args(self) -> list[str]:
+        return ["--db", str(self.db)]
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    def journal_as_left(self, saga_id: str) -> Journal | None:
+        return read_journal_as_left(self.db, saga_id, self.where / "at-crash")
+
+    def journal(self, saga_id: str) -> Journal | None:
+        return read_journal(self.db, saga_id)
+
+
+@dataclass
+class PostgresTarget:
+    conninfo: str
+    schema: str
+
+    def store_args(self) -> list[str]:
+        return ["--dsn", "env", "--schema", self.schema]  # the password stays off argv
+
+    def env(self) -> dict[str, str] | None:
+        return {"CRASH_APP_DSN": self.conninfo}
+
+    def journal_as_left(self, saga_id: str) -> Journal | None:
+        # The server outlives the child: what it committed is what is left.
+        return read_pg_journal(self.conninfo, self.schema, saga_id)
+
+    def journal(self, saga_id: str) -> Journal | None:
+        return read_pg_journal(self.conninfo, self.schema, saga_id)
+
+
 # --------------------------------------------------------------------------- playing a case
 
 
@@ -187,36 +362,117 @@ class Played:
         return report
 
 
-def play(root: Path, case: Case) -> Played | BaseException:
+def play(
+    servers: ForkServers, target: Target, ledger: Path, case: Case
+) -> Played | BaseException:
     try:
-        where = root / case.saga_id
-        where.mkdir()
-        db, ledger = where / "sagas.db", where / "ledger.jsonl"
-        crashed = child(
-            "run", "--db", db, "--ledger", ledger, "--variant", case.variant,
-            "--saga-id", case.saga_id, "--crash-at", case.number,
+        store, env = target.store_args(), target.env()
+        crashed = servers.child(
+            "run", *store, "--ledger", ledger, "--variant", case.variant,
+            "--saga-id", case.saga_id, "--crash-at", case.number, env=env,
         )
-        before = read_journal_as_left(db, case.saga_id, where / "at-crash")
-        resumed = child("recover", "--db", db, "--ledger", ledger, "--ids", case.saga_id)
-        after = read_journal(db, case.saga_id)
+        before = target.journal_as_left(case.saga_id)
+        resumed = servers.child(
+            "recover", *store, "--ledger", ledger, "--ids", case.saga_id, env=env
+        )
+        after = target.journal(case.saga_id)
         return Played(crashed, before, resumed, after, Ledger.read(ledger))
     except BaseException as error:  # reported by the case's own test
         return error
+
+
+def pg_dry_run(conninfo: str, schema: str, tmp: Path, variant: str) -> tuple[str, list[str]]:
+    done = child(  # a plain child process: nothing forked
+        "run", "--dsn", "env", "--schema", schema, "--ledger", tmp / f"{schema}.jsonl",
+        "--variant", variant, "--saga-id", f"dry-{variant}", env={"CRASH_APP_DSN": conninfo},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"PostgreSQL dry run of {variant!r} failed:\n{done.stderr}")
+    data = json.loads(done.stdout)
+    return data["outcome"], data["boundaries"]
+
+
+class PgMatrix(NamedTuple):
+    conninfo: str
+    prefix: str  # of every schema this module creates
+    dry_runs: dict[str, tuple[str, list[str]]]
+
+
+@pytest.fixture(scope="module")
+def pg_matrix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """The PostgreSQL side of the matrix: the session's cluster and a dry run
+    of each variant there — or why there is none (the skip, or the CI
+    failure, that ``conftest_pg`` raised), which each PostgreSQL case re-raises.
+    Drops the schemas it made at the end."""
+    unavailable: BaseException | None = None
+    try:
+        conninfo: str = request.getfixturevalue("pg_conninfo")
+    except BaseException as error:  # pytest's skip or fail outcome
+        unavailable = error
+    if unavailable is not None:
+        yield unavailable
+        return
+    prefix = f"crash_{uuid.uuid4().hex[:8]}"
+    tmp = tmp_path_factory.mktemp("crash-matrix-pg-dry")
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        runs = dict(
+            zip(
+                VARIANTS,
+                pool.map(
+                    lambda v: pg_dry_run(conninfo, f"{prefix}_dry_{v}", tmp, v), VARIANTS
+                ),
+                strict=True,
+            )
+        )
+    yield PgMatrix(conninfo, prefix, runs)
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"{prefix}%",)
+            )
+        ]
+        if names:
+            conn.execute("DROP SCHEMA " + ", ".join(f'"{n}"' for n in names) + " CASCADE")
 
 
 @pytest.fixture(scope="module")
 def matrix(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[Case, Played | BaseException]:
-    """Play every selected case, four child processes at a time."""
+    """Play every selected case, a few child processes at a time."""
     cases = [
         item.callspec.params["crash_case"]
         for item in request.session.items
         if "crash_case" in getattr(getattr(item, "callspec", None), "params", {})
     ]
     root = tmp_path_factory.mktemp("crash-matrix")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(cases, pool.map(lambda case: play(root, case), cases), strict=True))
+    pg: Any = None
+    if any(case.backend == "postgres" for case in cases):
+        pg = request.getfixturevalue("pg_matrix")
+
+    def one(case: Case) -> Played | BaseException:
+        where = root / case.backend / case.saga_id
+        where.mkdir(parents=True)
+        target: Target
+        if case.backend == "sqlite":
+            target = SQLiteTarget(where)
+        elif isinstance(pg, BaseException):
+            return pg
+        else:
+            target = PostgresTarget(pg.conninfo, f"{pg.prefix}_{case.variant}_{case.number:02d}")
+        return play(servers, target, where / "ledger.jsonl", case)
+
+    servers = ForkServers(root)
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            return dict(zip(cases, pool.map(one, cases), strict=True))
+    finally:
+        servers.close()
 
 
 # --------------------------------------------------------------------------- tests
@@ -242,6 +498,14 @@ def test_S10_crash_matrix_dry_runs_cross_every_kind_of_boundary() -> None:
     assert unwind.index("after write 5 append [C act failed, B2 compensate started]; "
                        "saga compensating") < unwind.index("inside compensate B2: effect "
                                                            "applied, not returned")
+
+
+def test_S10_crash_matrix_on_postgres_crosses_the_same_boundaries(pg_matrix: Any) -> None:
+    """The PostgreSQL cases are enumerated from the SQLite dry runs: the same
+    executor makes the same writes whatever the store."""
+    if isinstance(pg_matrix, BaseException):
+        raise pg_matrix
+    assert pg_matrix.dry_runs == dry_runs()
 
 
 def test_S10_crash_matrix_invariants_hold_after_resume_in_a_fresh_process(

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -122,6 +122,7 @@ async def matrix_case(
     shape: Shape,
     at: int,
     kind: FaultKind,
+    driver: Literal["run", "transaction"] = "run",
 ) -> None:
     inner = await make()
     try:
@@ -130,7 +131,7 @@ async def matrix_case(
         ledger = Ledger()
         case = await run_case(
             shape, store, ledger, f"{shape.name}-{at}-{kind}",
-            recover_until_done if recoverable else resume_by_id,
+            recover_until_done if recoverable else resume_by_id, driver,
         )
         check_case(shape, kind, ledger, case)
     finally:
@@ -139,24 +140,29 @@ async def matrix_case(
             await close()
 
 
+DRIVERS = pytest.mark.parametrize("driver", ["run", "transaction"])
+
+
+@DRIVERS
 @pytest.mark.parametrize(("shape", "at", "kind"), CASES)
 async def test_S13_fault_at_every_journal_write_memory_store(
-    shape: Shape, at: int, kind: FaultKind
+    shape: Shape, at: int, kind: FaultKind, driver: Literal["run", "transaction"]
 ) -> None:
     async def make() -> MemorySagaStore:
         return MemorySagaStore()
 
-    await matrix_case(make, False, shape, at, kind)
+    await matrix_case(make, False, shape, at, kind, driver)
 
 
+@DRIVERS
 @pytest.mark.parametrize(("shape", "at", "kind"), CASES)
 async def test_S13_fault_at_every_journal_write_sqlite_store(
-    tmp_path: Path, shape: Shape, at: int, kind: FaultKind
+    tmp_path: Path, shape: Shape, at: int, kind: FaultKind, driver: Literal["run", "transaction"]
 ) -> None:
     async def make() -> SQLiteSagaStore:
         return SQLiteSagaStore(tmp_path / "journal.db")
 
-    await matrix_case(make, True, shape, at, kind)
+    await matrix_case(make, True, shape, at, kind, driver)
 
 
 @pytest.fixture
@@ -388,6 +394,15 @@ async def test_S13_cancel_during_the_creating_write_never_becomes_a_forward_run(
         await inner.close()
 
 
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll a worker's counters (it has no hook to wait on)."""
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
 class Hangs:
     """A compensation that never returns on its own."""
 
@@ -531,3 +546,42 @@ def test_journal_timeout_must_be_a_positive_number_of_seconds_or_none() -> None:
         with pytest.raises(ValueError, match="journal_timeout"):
             saga_class(journal_timeout=bad)  # type: ignore[arg-type]
     assert saga_class(journal_timeout=None).journal_timeout is None
+
+
+async def test_S13_a_recovery_worker_counts_a_failing_journal_as_interrupted_never_finished(
+    tmp_path: Path,
+) -> None:
+    """A RecoveryWorker resuming a saga whose unwinding cannot be journaled
+    reports it interrupted (not compensated), runs no compensation, and
+    finishes it once the store works."""
+    from fallback_saga import RecoveryWorker, RetryPolicy, SagaStatus
+
+    log: list[str] = []
+    inner = SQLiteSagaStore(tmp_path / "j.db")
+    try:
+        store = FaultyRecoverableStore(inner, at=2, kind="outage")
+        saga = order_saga(log, charge_failures=10)(
+            store=store, journal_retry=RetryPolicy(attempts=2, delay=0, jitter=0)
+        )
+        with pytest.raises(SagaError):
+            await saga.run(Ctx(order_id="o-7"), saga_id="o-7")
+        store.heal()
+        store.writes, store.at = 0, 0  # the resumed run's first write fails
+        # (A lease cannot be released while the store is down: a short one
+        # lets the worker claim the saga again once the store is back.)
+        worker = RecoveryWorker(
+            store, [saga], lease=0.05, poll=0.01, older_than=0  # type: ignore[arg-type]
+        )
+        task = asyncio.create_task(worker.run())
+        await until(lambda: worker.stats.interrupted > 0)
+        assert worker.stats.compensated == 0
+        assert "release" not in log
+        store.heal()
+        store.at = None
+        await until(lambda: worker.stats.compensated > 0)
+        await worker.stop()
+        await task
+        assert log.count("release") == 1
+        assert (await inner.load("o-7")).status is SagaStatus.COMPENSATED
+    finally:
+        await inner.close()
