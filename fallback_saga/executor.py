@@ -52,7 +52,7 @@ from .journal import (
     DEFAULT_JOURNAL_TIMEOUT,
     JournalWrite,
     NotDurable,
-    send,
+    own_task,
     settle,
     settle_inline,
     write_durably,
@@ -723,31 +723,33 @@ class Execution(StepCursor):
         except ContextSerializationError as error:
             raise JournalWriteFailed(error) from error
         create = not self.created
-        write = JournalWrite(
-            self.saga_id,
-            self.saga_name,
-            self.fingerprint,
-            create,
-            entries,
-            (status or SagaStatus.RUNNING) if create else status,
-            self.initial_context if create and context is None else context,
-            self.fence,
-            written,
-        )
-        timeout = self.journal_timeout
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        if create:
+            status = status or SagaStatus.RUNNING
+            if context is None:
+                context = self.initial_context
+        store = self.store
         if self.inline_writes:
-            # The first try without a task; a failure goes on to the retries.
-            failure, cancelled = await settle_inline(send(self.store, write))
+            # The hot path of durable sagas: the first try is made right here,
+            # without a task or a record of the write; a failure goes on to
+            # the retries.
+            if create:
+                first = store.create(self.saga_id, self.saga_name, self.fingerprint,
+                                     context, entries, status=status)  # type: ignore[arg-type]
+            else:
+                first = store.append(self.saga_id, entries, status=status, context=context,
+                                     fence=self.fence)
+            failure, cancelled = await settle_inline(first)
             if failure is not None:
                 failure, cancelled_again = await settle(write_durably(
-                    self.store, write, self.journal_retry, deadline=deadline, failed=failure
+                    store, self._write(create, entries, status, context), self.journal_retry,
+                    deadline=self._deadline(), failed=failure,
                 ))
                 cancelled = cancelled or cancelled_again
         else:
-            failure, cancelled = await settle(
-                write_durably(self.store, write, self.journal_retry, deadline=deadline)
-            )
+            failure, cancelled = await settle(write_durably(
+                store, self._write(create, entries, status, context), self.journal_retry,
+                deadline=self._deadline(),
+            ))
         in_doubt = True
         if isinstance(failure, NotDurable):
             in_doubt = failure.in_doubt
@@ -755,18 +757,32 @@ class Execution(StepCursor):
         if failure is None:
             self.created = True
             self.written = written + len(entries)
-            if write.status is not None:
-                self.journaled_status = write.status
+            if status is not None:
+                self.journaled_status = status
             self.pending_status = None
             self.context_dirty = False
         else:
             self.interruption = failure
             if in_doubt:
-                self.landed_unseen = write.status or self.journaled_status
+                self.landed_unseen = status or self.journaled_status
         if cancelled:
             raise asyncio.CancelledError
         if failure is not None:
             raise JournalWriteFailed(failure) from failure
+
+    def _write(
+        self,
+        create: bool,
+        entries: list[JournalEntry],
+        status: SagaStatus | None,
+        context: dict[str, Any] | None,
+    ) -> JournalWrite:
+        return JournalWrite(self.saga_id, self.saga_name, self.fingerprint, create, entries,
+                            status, context, self.fence, self.written)
+
+    def _deadline(self) -> float | None:
+        timeout = self.journal_timeout
+        return None if timeout is None else asyncio.get_running_loop().time() + timeout
 
     def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:
         if not self.context_dirty:
@@ -796,12 +812,12 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     *wait* for it — compensation must not be abandoned half-way — and raise
     ``CancelledError`` only once it has finished.
 
-    It always runs in a task of its own, from its first line: a compensation
+    It always runs in a task of its own (``own_task``), from its first line: a compensation
     that enters ``asyncio.timeout`` (a step's ``timeout``, or its own) binds
     that timeout to the current task, and must find its own task there, or
     the timeout would cancel the caller instead of the compensation.
     """
-    task = asyncio.ensure_future(coroutine)
+    task = own_task(coroutine)
     cancelled = False
     while not task.done():
         try:

@@ -32,9 +32,10 @@ This module is how one write becomes durable, or fails for good:
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import (
     CorruptSagaRecord,
@@ -48,11 +49,14 @@ from .retry import RetryPolicy
 from .status import SagaStatus
 from .store.base import JournalEntry, Lease, SagaStore
 
+T = TypeVar("T")
+
 __all__ = [
     "DEFAULT_JOURNAL_RETRY",
     "DEFAULT_JOURNAL_TIMEOUT",
     "JournalWrite",
     "NotDurable",
+    "own_task",
     "send",
     "settle",
     "settle_inline",
@@ -220,11 +224,24 @@ async def _landed(store: SagaStore, write: JournalWrite) -> bool:
     )
 
 
+def own_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """``coroutine`` in a task of its own, started eagerly where Python can.
+
+    Since Python 3.12 a task can start eagerly: it runs at once, as the
+    current task, until it first waits, so a coroutine that never waits
+    finishes without a trip through the event loop — which is most of the
+    price of a task of its own."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coroutine, loop=loop, eager_start=True)
+    return loop.create_task(coroutine)
+
+
 async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | None, bool]:
     """Run ``coroutine`` to its end in a task of its own, whatever happens to the
     calling task meanwhile. Returns ``(error or None, cancelled)``: whether the
     caller was cancelled while waiting is reported, never acted on, here."""
-    task = asyncio.ensure_future(coroutine)
+    task = own_task(coroutine)
     cancelled = False
     while not task.done():
         try:
@@ -269,9 +286,14 @@ async def settle_inline(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseExcep
                 cancelled = True
             continue
         waiting_on._asyncio_future_blocking = False  # as a task would: it is ours now
+        # A future that refuses cancellation (the SQLite store's journal
+        # future) is awaited directly: a cancellation of this task then
+        # arrives once it is done, and costs no extra wake-up. Any other is
+        # awaited through a shield.
+        direct = getattr(waiting_on, "outlives_cancellation", False) is True
         while not waiting_on.done():
             try:
-                await asyncio.shield(waiting_on)
+                await (waiting_on if direct else asyncio.shield(waiting_on))
             except asyncio.CancelledError:
                 if waiting_on.cancelled():
                     break  # the store cancelled its own future: the coroutine sees it

@@ -242,12 +242,16 @@ def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
     exception's text is whatever the exception says, and must not make the
     journal write fail."""
     rows = tuple(entries)
-    if any(e[6] is not None and not e[6].isascii() and _SURROGATE.search(e[6]) for e in rows):
-        return tuple(
-            e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), e[7])
-            for e in rows
-        )
-    return rows
+    for entry in rows:  # a loop, not any(genexpr): this runs for every journal write
+        error = entry[6]
+        if error is not None and not error.isascii() and _SURROGATE.search(error):
+            break
+    else:
+        return rows
+    return tuple(
+        e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), e[7])
+        for e in rows
+    )
 
 
 # --------------------------------------------------------------------------- operations
@@ -777,6 +781,21 @@ class _Worker:
         return wrapped
 
 
+class _JournalFuture(asyncio.Future[Any]):
+    """The future of a journal write (``create``/``append``): it cannot be
+    cancelled. The write is on the writer thread's queue and is committed or
+    refused there whatever happens to the task awaiting it, so a task
+    cancelled meanwhile gets its ``CancelledError`` once the outcome is known
+    — with the outcome still readable here — instead of losing it. The
+    executor relies on that (``outlives_cancellation``) to wait for a journal
+    write without a task or a shield of its own: one wake-up per write."""
+
+    outlives_cancellation: Final = True
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
 def _settle_stop(stop: _Stop) -> None:
     def resolve() -> None:
         if stop.future is not None and not stop.future.done():
@@ -1024,10 +1043,17 @@ class SQLiteSagaStore:
         return writer
 
     def _submit(
-        self, op: Callable[..., Any], args: tuple[Any, ...], *, write: bool
+        self,
+        op: Callable[..., Any],
+        args: tuple[Any, ...],
+        *,
+        write: bool,
+        journal: bool = False,
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[Any] = (
+            _JournalFuture(loop=loop) if journal else loop.create_future()
+        )
         with self._lock:
             if self._closed:
                 raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
@@ -1057,6 +1083,7 @@ class SQLiteSagaStore:
             _create,
             (saga_id, saga_name, fingerprint, status_text(status), text, _storable(entries)),
             write=True,
+            journal=True,
         )
 
     async def append(
@@ -1089,6 +1116,7 @@ class SQLiteSagaStore:
                 token,
             ),
             write=True,
+            journal=True,
         )
 
     async def load(self, saga_id: str) -> SagaRecord:
