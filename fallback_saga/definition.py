@@ -13,7 +13,18 @@ from .errors import SagaDefinitionError
 from .fallback import Fallback
 from .step import SagaStepHandler, step_name
 
-__all__ = ["BranchSpec", "FallbackSpec", "SagaDefinition", "build_definition", "context_type_of"]
+__all__ = [
+    "MAX_SAGA_NAME_LENGTH",
+    "BranchSpec",
+    "FallbackSpec",
+    "SagaDefinition",
+    "build_definition",
+    "check_saga_name",
+    "context_type_of",
+]
+
+# A saga name is an identifier in the journal, in logs and in the CLI's tables.
+MAX_SAGA_NAME_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +70,36 @@ def _shape(items: tuple[ItemSpec, ...]) -> list[list[str]]:
     ]
 
 
-def build_definition(saga_cls: type, steps: Any) -> SagaDefinition:
+def check_saga_name(saga_cls: type, name: object) -> str:
+    """``name`` as declared in ``saga_cls``'s body, checked.
+
+    The journal stores it with each saga, and recovery finds the code to
+    resume a saga with by it: it is what must stay put when the class is
+    renamed. It is not part of the fingerprint, which guards the steps.
+    """
+    where = f"{saga_cls.__qualname__}.name"
+    if not isinstance(name, str):
+        raise SagaDefinitionError(
+            f"{where} must be a str (the saga's name in the journal), got {name!r}"
+        )
+    if len(name) > MAX_SAGA_NAME_LENGTH:
+        raise SagaDefinitionError(
+            f"{where} must be at most {MAX_SAGA_NAME_LENGTH} characters, got {len(name)}"
+        )
+    if not name.strip():
+        raise SagaDefinitionError(f"{where} must not be empty or blank")
+    if name != name.strip():
+        raise SagaDefinitionError(f"{where} {name!r} has leading or trailing whitespace")
+    if not name.isprintable():
+        raise SagaDefinitionError(
+            f"{where} {name!r} must be printable (no newlines or control characters)"
+        )
+    return name
+
+
+def build_definition(saga_cls: type, steps: Any, saga_name: str | None = None) -> SagaDefinition:
+    """Validate ``steps`` (S11); the saga is journaled as ``saga_name`` (default:
+    the class name)."""
     where = saga_cls.__qualname__
     if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
         raise SagaDefinitionError(f"{where}.steps must be a list of steps, got {steps!r}")
@@ -94,7 +134,13 @@ def build_definition(saga_cls: type, steps: Any) -> SagaDefinition:
             seen[spec.name] = f"steps[{position}]"
     definition_items = tuple(items)
     fingerprint = hashlib.sha256(json.dumps(_shape(definition_items)).encode()).hexdigest()[:16]
-    return SagaDefinition(saga_cls.__name__, context_type, definition_items, fingerprint)
+    # The saga name is left out of the fingerprint on purpose: it is stored and
+    # matched on its own, and a class renamed while keeping its name (or given
+    # a name equal to its old class name) must keep the fingerprints of its
+    # sagas in flight.
+    return SagaDefinition(
+        saga_name or saga_cls.__name__, context_type, definition_items, fingerprint
+    )
 
 
 def _saga_base() -> type:
@@ -114,6 +160,18 @@ def _branch(
     if isinstance(item, Fallback):
         raise SagaDefinitionError(f"{label}: a Fallback cannot be nested inside a Fallback")
     is_class = isinstance(item, type)
+    not_async = [method for method in ("act", "compensate") if _is_sync_method(item, method)]
+    if not_async:
+        owner = item.__name__ if is_class else type(item).__name__
+        named = step_name(item)
+        which = label if named == owner else f"{label} (step {named!r})"
+        methods = " and ".join(f"{owner}.{method}" for method in not_async)
+        declare = " and ".join(f"`async def {method}(self, context)`" for method in not_async)
+        raise SagaDefinitionError(
+            f"{which}: {methods} {'is' if len(not_async) == 1 else 'are'} not async; "
+            f"declare {declare} (a decorator around it must keep it a coroutine "
+            f"function: see inspect.markcoroutinefunction)"
+        )
     if not _has_async(item, "act") or not _has_async(item, "compensate"):
         raise SagaDefinitionError(
             f"{label} is {item!r}, which is neither a Fallback nor a step "
@@ -145,6 +203,14 @@ def _branch(
 def _has_async(item: Any, method: str) -> bool:
     function = getattr(item, method, None)
     return function is not None and inspect.iscoroutinefunction(function)
+
+
+def _is_sync_method(item: Any, method: str) -> bool:
+    """``item`` looks like a step (it has both methods) but ``method`` is not
+    ``async def``: a forgotten ``async``."""
+    if not all(callable(getattr(item, name, None)) for name in ("act", "compensate")):
+        return False
+    return not inspect.iscoroutinefunction(getattr(item, method))
 
 
 def context_type_of(cls: type, generic_base: type) -> type | None:

@@ -408,20 +408,66 @@ class ClaimedSaga:
 # --------------------------------------------------------------------------- recover
 
 
-def sagas_by_name(store: object, sagas: Iterable[Saga[Any]]) -> dict[str, Saga[Any]]:
-    """The sagas a recovery may resume, by name; each must journal to ``store``
-    (a saga built with another store would resume into that one)."""
+SagasGiven = Iterable["Saga[Any] | type[Saga[Any]]"]
+
+
+def sagas_by_name(store: object, sagas: SagasGiven) -> dict[str, Saga[Any]]:
+    """The sagas a recovery may resume, by name.
+
+    Each is a Saga subclass, built here as ``cls(store=store)`` (its step
+    classes must then be constructible without arguments), or a Saga instance
+    journaling to ``store`` (a saga built with another store would resume
+    into that one) — build one yourself to give it a ``step_factory``.
+    """
+    from .saga import Saga  # saga.py imports this module
+
+    if isinstance(sagas, str | bytes | Saga | type) or not isinstance(sagas, Iterable):
+        raise TypeError(
+            f"sagas must be a list of Saga subclasses or instances, got {_short(sagas)}"
+            + (f" (pass [{sagas.__name__}])" if isinstance(sagas, type) else "")
+        )
     by_name: dict[str, Saga[Any]] = {}
-    for saga in sagas:
-        if saga.store is not store:
-            raise ValueError(
-                f"saga {saga.name} journals to {saga.store!r}, not to the store being "
-                f"recovered: build it with store=<that store>"
+    for given in sagas:
+        if isinstance(given, type) and issubclass(given, Saga):
+            saga = _build_with(given, store)
+        elif isinstance(given, Saga):
+            saga = given
+            if saga.store is not store:
+                raise ValueError(
+                    f"saga {saga.name} journals to {saga.store!r}, not to the store being "
+                    f"recovered: build it with store=<that store>"
+                )
+        else:
+            name = given.__name__ if isinstance(given, type) else _short(given)
+            raise TypeError(
+                f"{name} is not a Saga subclass or instance; recovery takes Saga "
+                f"subclasses (built with the store) or Saga instances built with store="
             )
         if saga.name in by_name:
             raise ValueError(f"two sagas named {saga.name!r} were given")
         by_name[saga.name] = saga
     return by_name
+
+
+def _build_with(saga_cls: type[Saga[Any]], store: object) -> Saga[Any]:
+    if getattr(saga_cls, "definition", None) is None:
+        raise TypeError(
+            f"{saga_cls.__name__} declares no steps (an abstract Saga base): give the "
+            f"Saga subclasses that declare steps"
+        )
+    try:
+        return saga_cls(store=store)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise TypeError(
+            f"recovery builds a saga class as {saga_cls.__name__}(store=store), which "
+            f"failed: {error}; give an instance built with that store instead, e.g. "
+            f"{saga_cls.__name__}(store=store, step_factory=...)"
+        ) from error
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(slots=True)
@@ -464,7 +510,7 @@ def default_owner() -> str:
 
 async def recover(
     store: RecoverableStore,
-    sagas: Iterable[Saga[Any]],
+    sagas: SagasGiven,
     *,
     older_than: float | timedelta = 60.0,
     limit: int = 100,
@@ -474,7 +520,10 @@ async def recover(
     progress: Callable[[str, str], None] | None = None,
 ) -> RecoveryReport:
     """Find interrupted sagas (RUNNING or COMPENSATING, not updated for
-    ``older_than``) and resume each with the saga instance of the same name.
+    ``older_than``) and resume each with the saga of the same name.
+
+    ``sagas`` lists Saga subclasses, built here as ``cls(store=store)``, or
+    Saga instances built with ``store`` (to give them a ``step_factory``).
 
     Each saga is claimed with a lease (``lease`` seconds) first, so two
     recovery processes never drive the same saga. A corrupt row, an unknown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from contextvars import Token
@@ -10,7 +11,13 @@ from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .context import context_from_dict
-from .definition import BranchSpec, FallbackSpec, SagaDefinition, build_definition
+from .definition import (
+    BranchSpec,
+    FallbackSpec,
+    SagaDefinition,
+    build_definition,
+    check_saga_name,
+)
 from .errors import CorruptSagaRecord, RecordedError, SagaFailed, short_id
 from .executor import (
     Branch,
@@ -78,13 +85,22 @@ class Saga(Generic[ContextT]):
 
     steps: ClassVar[list[Any]]
     definition: ClassVar[SagaDefinition]
+    # The saga's name in the journal: recovery finds the class to resume a saga
+    # with by it, so a renamed class keeps its sagas in flight by keeping it.
+    # Declared in a class body (checked at class creation, inherited like any
+    # class attribute), or the class name; always a str once the class exists.
+    name: ClassVar[str]
+    _declared_name: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            cls._declared_name = check_saga_name(cls, cls.__dict__["name"])
+        cls.name = cls._declared_name or cls.__name__
         steps = getattr(cls, "steps", None)
         if steps is None:
             return  # an abstract intermediate class; its subclasses declare steps
-        cls.definition = build_definition(cls, steps)
+        cls.definition = build_definition(cls, steps, cls.name)
 
     def __init__(
         self,
@@ -119,14 +135,10 @@ class Saga(Generic[ContextT]):
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
         self.listeners = tuple(listeners)
         self._hooks = Hooks(self.listeners)
-        factory = step_factory or _construct
+        factory = step_factory or _default_factory(type(self))
         self._plan: tuple[PlanItem, ...] = tuple(
             _plan_item(spec, factory) for spec in definition.items
         )
-
-    @property
-    def name(self) -> str:
-        return self.definition.saga_name
 
     def _execution(
         self, context: ContextT, saga_id: str | None, fence: Lease | None = None
@@ -388,8 +400,34 @@ class SagaTransaction(Generic[ContextT]):
             raise execution._stopped(execution.interruption, failure=exc)
 
 
-def _construct(cls: type) -> Any:
-    return cls()
+def _default_factory(saga_cls: type) -> StepFactory:
+    """``cls()`` for every step class, with a hint when a constructor needs arguments."""
+
+    def construct(cls: type) -> Any:
+        try:
+            return cls()
+        except TypeError as error:
+            if not _needs_arguments(cls):
+                raise  # the constructor's own code failed: not ours to explain
+            raise TypeError(
+                f"{saga_cls.__name__} builds its step class {cls.__name__} as "
+                f"{cls.__name__}(), which failed: {error}. Pass step_factory= to build "
+                f"steps whose constructor needs arguments, e.g. "
+                f"{saga_cls.__name__}(step_factory=lambda cls: container.get(cls)), "
+                f"or put an instance of {cls.__name__} in steps"
+            ) from error
+
+    return construct
+
+
+def _needs_arguments(cls: type) -> bool:
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        return True
+    except ValueError:  # no signature to read (a builtin): assume the call was the problem
+        return True
+    return False
 
 
 def _plan_item(spec: BranchSpec | FallbackSpec, factory: StepFactory) -> PlanItem:

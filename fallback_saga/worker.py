@@ -28,16 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
 
-from .recovery import ClaimedSaga, default_owner, sagas_by_name
+from .recovery import ClaimedSaga, SagasGiven, default_owner, sagas_by_name
 from .store.base import RecoverableStore, WorkNotifier, is_recoverable, is_work_notifier
-
-if TYPE_CHECKING:
-    from .saga import Saga
 
 __all__ = ["RecoveryWorker", "WorkerStats"]
 
@@ -77,7 +72,9 @@ def _seconds(name: str, value: float | timedelta, *, positive: bool) -> float:
 class RecoveryWorker:
     """Claims interrupted sagas and resumes them, until stopped (see the module docstring).
 
-    * ``sagas`` — one saga instance per saga name it may meet (others are skipped);
+    * ``sagas`` — one saga per saga name it may meet (others are skipped): a
+      Saga subclass, built as ``cls(store=store)``, or an instance built with
+      ``store`` (to give it a ``step_factory``);
     * ``concurrency`` — sagas resumed at once;
     * ``lease`` — seconds of each claim; renewed every ``lease / 3`` while the
       saga runs, if the store has ``renew``;
@@ -95,7 +92,7 @@ class RecoveryWorker:
     def __init__(
         self,
         store: RecoverableStore,
-        sagas: Iterable[Saga[Any]],
+        sagas: SagasGiven,
         *,
         concurrency: int = 8,
         lease: float | timedelta = 300.0,

@@ -1,0 +1,139 @@
+"""Declaring mistakes get messages that say what to change (issue 9, item 7):
+which step and which method lacks ``async``; which step class needs its
+constructor arguments, and that ``step_factory=`` is how to give them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import pytest
+from helpers_saga import OrderCtx, declare
+
+from fallback_saga import Saga, SagaDefinitionError, SagaStepHandler, SagaStepResult
+
+
+class Reserve(SagaStepHandler[OrderCtx, str]):
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        return self._generate_step_result("reserved")
+
+
+# --------------------------------------------------------------------------- missing async
+
+
+class SyncAct:
+    def act(self, context: Any) -> None: ...
+
+    async def compensate(self, context: Any) -> None: ...
+
+
+class SyncCompensate:
+    async def act(self, context: Any) -> None: ...
+
+    def compensate(self, context: Any) -> None: ...
+
+
+class SyncBoth:
+    def act(self, context: Any) -> None: ...
+
+    def compensate(self, context: Any) -> None: ...
+
+
+class SyncHandlerCompensate(SagaStepHandler[OrderCtx, str]):
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        return self._generate_step_result("ok")
+
+    def compensate(self, context: OrderCtx) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize(
+    ("item", "method"),
+    [
+        (SyncAct, "SyncAct.act"),
+        (SyncAct(), "SyncAct.act"),
+        (SyncCompensate, "SyncCompensate.compensate"),
+        (SyncCompensate(), "SyncCompensate.compensate"),
+        (SyncBoth, "SyncBoth.act and SyncBoth.compensate"),
+        (SyncHandlerCompensate, "SyncHandlerCompensate.compensate"),
+    ],
+    ids=["act-class", "act-instance", "compensate-class", "compensate-instance", "both",
+         "handler-compensate"],
+)
+def test_a_step_method_without_async_is_named_with_its_step_at_class_creation(
+    item: Any, method: str
+) -> None:
+    with pytest.raises(SagaDefinitionError) as caught:
+        declare(Reserve, item)
+
+    message = str(caught.value)
+    assert "steps[1]" in message
+    assert f"{method} " in message
+    assert "not async" in message
+    assert "async def" in message
+
+
+def test_a_step_method_without_async_is_named_inside_a_fallback() -> None:
+    from fallback_saga import Fallback
+
+    with pytest.raises(SagaDefinitionError, match=r"steps\[0\]\.fallback.*SyncAct\.act"):
+        declare(Fallback(step=Reserve, fallback=SyncAct))
+
+
+class OnlyAct:
+    async def act(self, context: Any) -> None: ...
+
+
+def test_a_step_missing_a_method_still_says_what_a_step_is() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"async def compensate\(context\)"):
+        declare(Reserve, OnlyAct)
+
+
+# --------------------------------------------------------------------------- step_factory
+
+
+class NeedsGateway(SagaStepHandler[OrderCtx, str]):
+    def __init__(self, gateway: object) -> None:
+        self.gateway = gateway
+
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        return self._generate_step_result("charged")
+
+
+class PaymentSaga(Saga[OrderCtx]):
+    steps: ClassVar[list[Any]] = [Reserve, NeedsGateway]
+
+
+def test_a_step_whose_constructor_needs_arguments_without_step_factory_says_to_pass_one() -> None:
+    with pytest.raises(TypeError) as caught:
+        PaymentSaga()
+
+    message = str(caught.value)
+    assert "NeedsGateway" in message
+    assert "PaymentSaga" in message
+    assert "step_factory=" in message
+    assert "gateway" in message  # the original complaint is kept in the message ...
+    cause = caught.value.__cause__
+    assert isinstance(cause, TypeError)  # ... and chained
+    assert re.search(r"missing 1 required positional argument: 'gateway'", str(cause))
+
+
+def test_the_same_step_class_built_with_a_step_factory_is_fine() -> None:
+    saga = PaymentSaga(step_factory=lambda cls: cls("gw") if cls is NeedsGateway else cls())
+    assert saga.name == "PaymentSaga"
+
+
+class BuggyConstructor(SagaStepHandler[OrderCtx, str]):
+    def __init__(self) -> None:
+        raise TypeError("a bug inside the constructor")
+
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        return self._generate_step_result("never")
+
+
+def test_a_type_error_raised_inside_a_step_constructor_is_not_disguised() -> None:
+    """Only a constructor that cannot be called without arguments gets the
+    step_factory hint; a TypeError from the constructor's own code propagates."""
+    with pytest.raises(TypeError, match=r"^a bug inside the constructor$") as caught:
+        declare(BuggyConstructor)()
+    assert "step_factory" not in str(caught.value)
