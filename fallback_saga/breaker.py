@@ -42,7 +42,6 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from enum import StrEnum
 from types import FrameType, TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -55,6 +54,7 @@ from typing import (
 )
 
 from .events import collect_hooks, emit
+from .status import CircuitState
 
 if TYPE_CHECKING:
     from .shared_state import CircuitStateStore, SharedCircuit
@@ -72,12 +72,6 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
-
-
-class CircuitState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
 
 
 _CLOSED = CircuitState.CLOSED

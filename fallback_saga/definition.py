@@ -97,16 +97,19 @@ def check_saga_name(saga_cls: type, name: object) -> str:
     return name
 
 
-def build_definition(saga_cls: type, steps: Any, saga_name: str | None = None) -> SagaDefinition:
+def build_definition(
+    saga_cls: type, steps: Any, saga_name: str | None = None, *, base: type
+) -> SagaDefinition:
     """Validate ``steps`` (S11); the saga is journaled as ``saga_name`` (default:
-    the class name)."""
+    the class name). ``base`` is ``Saga`` itself, whose type parameter names
+    the context type (passed in, so that this module needs not import saga.py)."""
     where = saga_cls.__qualname__
     if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
         raise SagaDefinitionError(f"{where}.steps must be a list of steps, got {steps!r}")
     declared = list(steps)
     if not declared:
         raise SagaDefinitionError(f"{where}.steps is empty: a saga needs at least one step")
-    context_type = context_type_of(saga_cls, _saga_base())
+    context_type = context_type_of(saga_cls, base)
     items: list[ItemSpec] = []
     seen: dict[str, str] = {}
     for position, item in enumerate(declared):
@@ -141,12 +144,6 @@ def build_definition(saga_cls: type, steps: Any, saga_name: str | None = None) -
     return SagaDefinition(
         saga_name or saga_cls.__name__, context_type, definition_items, fingerprint
     )
-
-
-def _saga_base() -> type:
-    from .saga import Saga  # the definition is built while Saga subclasses are created
-
-    return Saga
 
 
 def _branch(

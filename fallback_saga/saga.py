@@ -30,7 +30,7 @@ from .executor import (
     shielded,
 )
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
-from .recovery import LeasedRun, check_definition, default_owner, resume_point
+from .resumption import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
@@ -100,7 +100,7 @@ class Saga(Generic[ContextT]):
         steps = getattr(cls, "steps", None)
         if steps is None:
             return  # an abstract intermediate class; its subclasses declare steps
-        cls.definition = build_definition(cls, steps, cls.name)
+        cls.definition = build_definition(cls, steps, cls.name, base=Saga)
 
     def __init__(
         self,

@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-from .breaker import CircuitState
+from .status import CircuitState
 
 __all__ = ["CircuitStateStore", "SQLiteCircuitStateStore", "SharedCircuit"]
 

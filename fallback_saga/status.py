@@ -1,10 +1,12 @@
-"""The statuses a saga and its steps move through, as journaled."""
+"""The statuses a saga and its steps move through, as journaled, and the
+states of a circuit breaker (shared between breaker instances through a
+``CircuitStateStore``)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["SagaStatus", "StepStatus"]
+__all__ = ["CircuitState", "SagaStatus", "StepStatus"]
 
 
 class SagaStatus(StrEnum):
@@ -36,3 +38,11 @@ class StepStatus(StrEnum):
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+class CircuitState(StrEnum):
+    """Where a circuit breaker stands (see ``CircuitBreaker``)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"

@@ -233,9 +233,11 @@ async def test_a_resumed_saga_renews_its_lease_while_it_runs(store: SQLiteSagaSt
     await seed(store, 1)
     ledger = Ledger()
     gate = ledger.hold("act B")
-    (lease,) = await store.claim(owner="w1", lease_seconds=0.3, older_than=-1, limit=1)
+    # A lease long enough that a renewal delayed by a loaded machine (an fsync
+    # queued behind other tests' writes) still lands before it runs out.
+    (lease,) = await store.claim(owner="w1", lease_seconds=1.0, older_than=-1, limit=1)
     leased = LeasedRun(order_saga(store, ledger), await store.load("s0000"), lease,
-                       store=store, lease_seconds=0.3)
+                       store=store, lease_seconds=1.0)
     run = asyncio.create_task(leased.run())
     await ledger.entered["act B"].wait()
     # Past the first lease's end (and more), the saga is still leased to w1 ...

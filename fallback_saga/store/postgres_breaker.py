@@ -23,8 +23,8 @@ import re
 import threading
 from typing import Any
 
-from ..breaker import CircuitState
 from ..shared_state import SharedCircuit
+from ..status import CircuitState
 from ._common import finite_seconds
 
 __all__ = ["PostgresCircuitStateStore"]

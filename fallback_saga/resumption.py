@@ -1,0 +1,335 @@
+"""Where an interrupted saga stands, and how one is resumed under a lease (S10).
+
+The journal is the source of truth. ``resume_point`` reads a saga's history
+and says where the run stands: which steps completed (the compensation
+stack, each with the branch that ran), which were compensated already, and
+where forward execution picks up. ``Saga.resume``, ``recover``
+and ``RecoveryWorker`` all resume through here (``recovery.py`` finds and
+claims the sagas; this module sits below ``saga.py``, which needs it).
+
+Heartbeat and fencing. A saga resumed under a lease (``LeasedRun``; used by
+``recover`` and ``RecoveryWorker``) runs in a task of its own, next to a
+heartbeat task that renews the lease every ``lease_seconds / 3`` through the
+store's optional ``renew``. A renewal refused with ``LeaseLost`` means the
+fencing token moved on: another worker claimed the saga after our lease ran
+out (we were paused, partitioned, or too slow to renew). The run must then
+stop *without unwinding*: compensating would race the new owner, who drives
+the saga forward from the journal. Stopping is a cancellation, and a
+cancelled run normally unwinds (S8), so two independent guards make sure no
+compensation runs:
+
+1. before cancelling, the run's store is replaced by one that refuses every
+   write with ``LeaseLost`` (and its fence by a token no saga ever has), so
+   no later write of this run reaches the store — even if the store is
+   unreachable, where a best-effort unwinding write would merely *fail* and
+   the compensation would go on;
+2. the executor writes a compensation's STARTED row *before* calling
+   ``compensate``, and a write refused with ``LeaseLost`` stops the unwinding
+   even in its best-effort mode (``Execution.flush``). So the cancelled run's
+   unwinding stops at its first write, before the first ``compensate``, and
+   the store's own fencing would refuse it anyway (the token moved on).
+
+A compensation that was already in flight when the lease was lost (the run
+was unwinding of its own accord) finishes — it is shielded by design — and
+its completion is simply not journaled: the new owner runs it again with the
+same idempotency key, as after a crash. The caller gets ``LeaseLost``.
+
+The same mechanism hands a saga off on a worker's shutdown
+(``LeasedRun.hand_off``): the run is stopped like a crashed one, without
+unwinding, and the lease is released so that another worker resumes it at
+once instead of after the lease expires. A shutdown is not a business
+failure; rolling back a saga because a pod was rescaled would be.
+
+Any other renewal error (the store is briefly unreachable) is logged and the
+heartbeat tries again at the next interval: if the lease runs out meanwhile
+and someone else claims the saga, fencing still refuses our writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaDefinitionChanged,
+    SagaNotFound,
+    SagaStoreError,
+)
+from .executor import Execution, JournalWriteFailed
+from .status import SagaStatus, StepStatus
+from .step import _CURSOR
+from .store.base import Lease, SagaRecord
+
+if TYPE_CHECKING:
+    from .definition import SagaDefinition
+    from .executor import SagaResult
+
+__all__ = [
+    "LeasedRun",
+    "ResumePoint",
+    "ResumesRecords",
+    "SagaHandedOff",
+    "check_definition",
+    "default_owner",
+    "resume_point",
+]
+
+_log = logging.getLogger("fallback_saga")
+
+
+class ResumesRecords(Protocol):
+    """What a ``LeasedRun`` resumes: a ``Saga`` (typed here without importing it,
+    so that imports run one way: saga.py uses this module)."""
+
+    async def _resume_record(
+        self,
+        record: SagaRecord,
+        *,
+        lease: Lease | None = None,
+        allow_changed_definition: bool = False,
+    ) -> SagaResult[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where an interrupted run stands, as its journal tells."""
+
+    status: SagaStatus
+    # (position, branch) of every step whose act completed and that has not
+    # been compensated yet, in the order they completed: the compensation stack.
+    stack: tuple[tuple[int, str], ...]
+    # The first position whose act has not completed (forward work resumes here).
+    next_position: int
+    # The step at next_position had handed over to its fallback: resume with the
+    # fallback, never with the primary again (its failure is on record).
+    fallback_in_flight: bool
+    # The last act failure on record: (step name, error text).
+    last_failure: tuple[str, str] | None
+
+
+def resume_point(record: SagaRecord) -> ResumePoint:
+    """Read ``record.history`` into a ``ResumePoint``; ``CorruptSagaRecord`` if it
+    cannot describe a run (positions out of order, a compensation of a step
+    that never completed)."""
+    completed: dict[int, str] = {}
+    order: list[int] = []
+    compensated: set[int] = set()
+    fallback_started: set[int] = set()
+    last_failure: tuple[str, str] | None = None
+    for entry in record.history:
+        if entry.action == "act":
+            if entry.status is StepStatus.COMPLETED:
+                if entry.position in completed:
+                    raise CorruptSagaRecord(
+                        record.saga_id, f"step at position {entry.position} completed twice"
+                    )
+                completed[entry.position] = entry.branch
+                order.append(entry.position)
+            elif entry.status is StepStatus.STARTED and entry.branch == "fallback":
+                fallback_started.add(entry.position)
+            elif entry.status is StepStatus.FAILED:
+                last_failure = (entry.step, entry.error or "")
+        elif entry.status is StepStatus.COMPLETED:
+            if entry.position not in completed:
+                raise CorruptSagaRecord(
+                    record.saga_id,
+                    f"step at position {entry.position} was compensated but never completed",
+                )
+            compensated.add(entry.position)
+    if order != list(range(len(order))):
+        raise CorruptSagaRecord(
+            record.saga_id, f"steps completed out of order (positions {order})"
+        )
+    next_position = len(order)
+    return ResumePoint(
+        status=record.status,
+        stack=tuple((p, completed[p]) for p in order if p not in compensated),
+        next_position=next_position,
+        fallback_in_flight=next_position in fallback_started,
+        last_failure=last_failure,
+    )
+
+
+def check_definition(record: SagaRecord, definition: SagaDefinition) -> None:
+    """Refuse to resume a saga whose stored fingerprint differs from the code's,
+    saying what changed (``SagaDefinitionChanged``)."""
+    if record.fingerprint == definition.fingerprint:
+        return
+    current = definition.describe()
+    differences: list[str] = []
+    seen: set[tuple[int, str, str]] = set()
+    for entry in record.history:
+        key = (entry.position, entry.step, entry.branch)
+        if key in seen:
+            continue
+        seen.add(key)
+        if entry.position >= len(current):
+            differences.append(
+                f"position {entry.position} ran {entry.step!r}, but the saga now has only "
+                f"{len(current)} steps"
+            )
+            continue
+        shape = current[entry.position]
+        names = {"primary": shape[1], "fallback": shape[2] if len(shape) > 2 else None}
+        if names.get(entry.branch) != entry.step:
+            now = names.get(entry.branch)
+            differences.append(
+                f"position {entry.position} ({entry.branch}) ran {entry.step!r}, "
+                f"now {now!r}" if now else
+                f"position {entry.position} ran {entry.step!r} as a {entry.branch}, "
+                f"which the saga no longer has"
+            )
+    if not differences:
+        differences.append("the steps not yet run were changed (added, removed, reordered "
+                           "or given another fallback)")
+    raise SagaDefinitionChanged(
+        record.saga_id, record.fingerprint, definition.fingerprint, differences
+    )
+
+
+# --------------------------------------------------------------------------- leased runs
+
+
+class SagaHandedOff(Exception):
+    """A worker that was shutting down stopped driving this saga without
+    unwinding it; its lease is released and another worker resumes it."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"saga {saga_id!r} was handed off (the worker shut down)")
+
+
+class LeasedRun:
+    """One saga resumed under a lease, with its heartbeat (see the module docstring).
+
+    ``await LeasedRun(saga, record, lease, store=store, lease_seconds=300).run()``
+    resumes ``record`` like ``saga._resume_record(record, lease=lease)`` and
+    renews the lease every ``renew_every`` seconds (default ``lease_seconds / 3``)
+    while the run lasts, when the store has ``renew`` (and the interval is > 0). Raises what the run
+    raises, except that a lost lease is always reported as ``LeaseLost`` and a
+    hand-off as ``SagaHandedOff``.
+    """
+
+    def __init__(
+        self,
+        saga: ResumesRecords,
+        record: SagaRecord,
+        lease: Lease,
+        *,
+        store: object,
+        lease_seconds: float,
+        renew_every: float | None = None,
+        allow_changed_definition: bool = False,
+    ) -> None:
+        self.allow_changed_definition = allow_changed_definition
+        self.saga = saga
+        self.record = record
+        self.lease = lease
+        self.lease_seconds = float(lease_seconds)
+        self.renew_every = self.lease_seconds / 3 if renew_every is None else renew_every
+        self.renewals = 0
+        self.lost: LeaseLost | None = None
+        self.handed_off = False
+        self._renew: Callable[[Lease, float], Any] | None = getattr(store, "renew", None)
+        # The run's own context: the executor's cursor in it is how the run's
+        # Execution is reached to fence it out (see _stop_without_unwinding).
+        self._context = contextvars.copy_context()
+        self._task: asyncio.Task[SagaResult[Any]] | None = None
+
+    async def run(self) -> SagaResult[Any]:
+        if self.handed_off:
+            raise SagaHandedOff(self.lease.saga_id)
+        task = self._task = asyncio.get_running_loop().create_task(
+            self.saga._resume_record(
+                self.record,
+                lease=self.lease,
+                allow_changed_definition=self.allow_changed_definition,
+            ),
+            context=self._context,
+        )
+        beat = None
+        if self._renew is not None and self.renew_every > 0:
+            beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            # If *we* are cancelled, awaiting the task cancels it too and waits
+            # for its unwinding (S8), during which the heartbeat keeps beating.
+            return await task
+        except BaseException as error:
+            outcome = self._outcome(error)
+            if outcome is error:
+                raise
+            raise outcome from error
+        finally:
+            if beat is not None:
+                beat.cancel()
+                await asyncio.wait([beat])
+
+    def hand_off(self) -> None:
+        """Stop the run without unwinding it (a worker is shutting down)."""
+        if self.handed_off:
+            return
+        self.handed_off = True
+        self._stop_without_unwinding()
+
+    def _outcome(self, error: BaseException) -> BaseException:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # Our caller cancelled us: that wins over whatever the run says.
+            return error if isinstance(error, asyncio.CancelledError) else (
+                asyncio.CancelledError()
+            )
+        if self.lost is not None:
+            return self.lost
+        if self.handed_off:
+            return SagaHandedOff(self.lease.saga_id)
+        cause = error.error if isinstance(error, JournalWriteFailed) else error
+        if isinstance(cause, SagaStoreError) and isinstance(cause.__cause__, LeaseLost):
+            cause = cause.__cause__  # the completion's write was fenced out
+        if isinstance(cause, LeaseLost):
+            return cause
+        return error if cause is error else cause
+
+    def _stop_without_unwinding(self) -> None:
+        execution = self._context.get(_CURSOR)
+        if isinstance(execution, Execution):
+            # Every later write of this run is refused and no compensate is
+            # called: the cancellation below then stops it without unwinding.
+            execution.abandon(self.lost or LeaseLost(self.lease.saga_id, self.lease.token))
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _heartbeat(self) -> None:
+        renew = self._renew
+        assert renew is not None
+        current = self.lease
+        saga_id = current.saga_id
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                current = await renew(current, self.lease_seconds)
+                self.renewals += 1
+            except LeaseLost as lost:
+                _log.warning("saga %s: lease lost (%s); stopping without unwinding",
+                             saga_id, lost)
+                self.lost = lost
+                self._stop_without_unwinding()
+                return
+            except SagaNotFound:
+                _log.warning("saga %s: deleted while it ran; heartbeat stopped", saga_id)
+                return
+            except Exception as error:
+                _log.warning("saga %s: lease renewal failed, will retry: %s: %s",
+                             saga_id, type(error).__name__, error)
+
+
+def default_owner() -> str:
+    """A lease owner name that tells an operator where the worker runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
