@@ -32,7 +32,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
@@ -52,13 +52,12 @@ from .journal import (
     DEFAULT_JOURNAL_TIMEOUT,
     JournalWrite,
     NotDurable,
-    own_task,
-    settle,
     settle_inline,
     write_durably,
     writes_outlive_cancellation,
 )
 from .retry import RetryPolicy
+from .shielding import settle, shielded
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store._common import check_saga_id
@@ -803,31 +802,3 @@ def _describe(error: BaseException) -> str:
 
 def _unwrap(error: BaseException) -> BaseException:
     return error.error if isinstance(error, JournalWriteFailed) else error
-
-
-async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to its end, whatever happens to the calling task.
-
-    Like ``asyncio.shield``, but when we are cancelled meanwhile we still
-    *wait* for it — compensation must not be abandoned half-way — and raise
-    ``CancelledError`` only once it has finished.
-
-    It always runs in a task of its own (``own_task``), from its first line: a compensation
-    that enters ``asyncio.timeout`` (a step's ``timeout``, or its own) binds
-    that timeout to the current task, and must find its own task there, or
-    the timeout would cancel the caller instead of the compensation.
-    """
-    task = own_task(coroutine)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                raise  # the unwinding itself was cancelled (the loop is closing)
-            cancelled = True
-        except BaseException:
-            break  # the coroutine's own error: raised below
-    if cancelled:
-        raise asyncio.CancelledError
-    return task.result()

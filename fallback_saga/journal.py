@@ -25,17 +25,16 @@ This module is how one write becomes durable, or fails for good:
   reports both statuses the journal may hold, never a guess.
 * **A write is never abandoned half-way.** Once sent, it runs to its end in a
   task of its own, even if the saga's task is cancelled meanwhile;
-  ``settle`` reports the cancellation only afterwards, so the executor always
+  ``shielding.settle`` reports the cancellation only afterwards, so the executor always
   knows what the store holds when it handles the cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import (
     CorruptSagaRecord,
@@ -49,16 +48,12 @@ from .retry import RetryPolicy
 from .status import SagaStatus
 from .store.base import JournalEntry, Lease, SagaStore
 
-T = TypeVar("T")
-
 __all__ = [
     "DEFAULT_JOURNAL_RETRY",
     "DEFAULT_JOURNAL_TIMEOUT",
     "JournalWrite",
     "NotDurable",
-    "own_task",
     "send",
-    "settle",
     "settle_inline",
     "write_durably",
     "writes_outlive_cancellation",
@@ -222,39 +217,6 @@ async def _landed(store: SagaStore, write: JournalWrite) -> bool:
         f"the journal of saga {write.saga_id!r} holds {have} entries; this run expected "
         f"{write.held} or {write.held + len(write.entries)}: another process writes it"
     )
-
-
-def own_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """``coroutine`` in a task of its own, started eagerly where Python can.
-
-    Since Python 3.12 a task can start eagerly: it runs at once, as the
-    current task, until it first waits, so a coroutine that never waits
-    finishes without a trip through the event loop — which is most of the
-    price of a task of its own."""
-    loop = asyncio.get_running_loop()
-    if sys.version_info >= (3, 12):
-        return asyncio.Task(coroutine, loop=loop, eager_start=True)
-    return loop.create_task(coroutine)
-
-
-async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | None, bool]:
-    """Run ``coroutine`` to its end in a task of its own, whatever happens to the
-    calling task meanwhile. Returns ``(error or None, cancelled)``: whether the
-    caller was cancelled while waiting is reported, never acted on, here."""
-    task = own_task(coroutine)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                raise  # the write itself was cancelled: the loop is closing
-            cancelled = True
-        except BaseException:
-            break  # the task's own error: read below
-    if task.cancelled():
-        raise asyncio.CancelledError
-    return task.exception(), cancelled
 
 
 def writes_outlive_cancellation(store: object) -> bool:

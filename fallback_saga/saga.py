@@ -27,11 +27,11 @@ from .executor import (
     JournalWriteFailed,
     PlanItem,
     SagaResult,
-    shielded,
 )
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
 from .resumption import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
+from .shielding import shielded
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (

@@ -1,0 +1,76 @@
+"""Running a coroutine to its end, whatever happens to the task that waits for it.
+
+Two things in a saga must never be abandoned half-way by a cancellation: the
+unwinding (every completed step gets its ``compensate`` call, S8) and a
+journal write once sent (the executor must know what the journal holds before
+it handles the cancellation, S13). Both run in a task of their own that the
+caller waits for through a shield; the caller's cancellation is reported once
+the work has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["own_task", "settle", "shielded"]
+
+T = TypeVar("T")
+
+
+def own_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """``coroutine`` in a task of its own, started eagerly where Python can.
+
+    Since Python 3.12 a task can start eagerly: it runs at once, as the
+    current task, until it first waits, so a coroutine that never waits
+    finishes without a trip through the event loop — which is most of the
+    price of a task of its own."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coroutine, loop=loop, eager_start=True)
+    return loop.create_task(coroutine)
+
+
+async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | None, bool]:
+    """Run ``coroutine`` to its end in a task of its own, whatever happens to the
+    calling task meanwhile. Returns ``(error or None, cancelled)``: whether the
+    caller was cancelled while waiting is reported, never acted on, here."""
+    task = own_task(coroutine)
+    cancelled = await _wait_to_the_end(task)
+    return task.exception(), cancelled
+
+
+async def _wait_to_the_end(task: asyncio.Task[Any]) -> bool:
+    """Wait until ``task`` is done, whatever happens to us meanwhile; whether
+    we were cancelled while waiting."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise  # the task itself was cancelled: the loop is closing
+            cancelled = True
+        except BaseException:
+            break  # the task's own error: for the caller to read
+    return cancelled
+
+
+async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end, whatever happens to the calling task.
+
+    Like ``asyncio.shield``, but when we are cancelled meanwhile we still
+    *wait* for it — compensation must not be abandoned half-way — and raise
+    ``CancelledError`` only once it has finished.
+
+    It always runs in a task of its own (``own_task``), from its first line:
+    a compensation that enters ``asyncio.timeout`` (a step's ``timeout``, or its own) binds
+    that timeout to the current task, and must find its own task there, or
+    the timeout would cancel the caller instead of the compensation.
+    """
+    task = own_task(coroutine)
+    if await _wait_to_the_end(task):
+        raise asyncio.CancelledError
+    return task.result()
