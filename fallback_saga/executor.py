@@ -203,6 +203,7 @@ class Execution(StepCursor):
         "compensation_retry",
         "context",
         "context_dirty",
+        "context_refused",
         "created",
         "created_at",
         "fence",
@@ -260,6 +261,7 @@ class Execution(StepCursor):
         self.written = 0  # journal entries a write-ahead store already has
         self.pending_status: SagaStatus | None = None
         self.context_dirty = False
+        self.context_refused = False  # the store refused the context a step left
         self.created = False
         self.status = SagaStatus.RUNNING
         # The status the journal holds (None until the creation is durable),
@@ -388,7 +390,7 @@ class Execution(StepCursor):
         recovery (``SagaInterrupted``)."""
         if isinstance(error, JournalWriteFailed):
             cause = error.error
-            if not isinstance(cause, ContextSerializationError):
+            if not isinstance(cause, ContextSerializationError) or not self.created:
                 raise self._stopped(cause)
             error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
@@ -427,8 +429,10 @@ class Execution(StepCursor):
         its id is taken, else ``SagaInterrupted``."""
         if isinstance(error, LeaseLost):
             return error
-        if isinstance(error, SagaAlreadyExists) and self.journaled_status is None:
-            return error
+        if isinstance(error, SagaAlreadyExists | ContextSerializationError) and (
+            self.journaled_status is None
+        ):
+            return error  # nothing was journaled, nothing ran
         interrupted = SagaInterrupted(
             saga_id=self.saga_id,
             saga_name=self.saga_name,
@@ -760,6 +764,10 @@ class Execution(StepCursor):
                 self.journaled_status = status
             self.pending_status = None
             self.context_dirty = False
+        elif isinstance(failure, ContextSerializationError) and self.created:
+            # The store cannot hold the context a step left: the run unwinds
+            # (see fail), journaling without it — the last good one stays.
+            self.context_refused = True
         else:
             self.interruption = failure
             if in_doubt:
@@ -784,7 +792,7 @@ class Execution(StepCursor):
         return None if timeout is None else asyncio.get_running_loop().time() + timeout
 
     def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:
-        if not self.context_dirty:
+        if not self.context_dirty or (unwinding and self.context_refused):
             return None
         try:
             return context_to_dict(self.context)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import (
+    ContextSerializationError,
     CorruptSagaRecord,
     LeaseLost,
     SagaAlreadyExists,
@@ -70,8 +71,11 @@ DEFAULT_JOURNAL_RETRY = RetryPolicy(attempts=6, delay=0.05, backoff=2.0, max_del
 # run within this, rather than after every try's own driver timeout.
 DEFAULT_JOURNAL_TIMEOUT = 10.0
 
-# Refusals a retry cannot change.
-_DEFINITIVE = (LeaseLost, SagaAlreadyExists, SagaNotFound, CorruptSagaRecord, SagaBusy)
+# Refusals a retry cannot change (a context the store cannot hold included).
+_DEFINITIVE = (
+    LeaseLost, SagaAlreadyExists, SagaNotFound, CorruptSagaRecord, SagaBusy,
+    ContextSerializationError,
+)
 
 
 @dataclass(slots=True)

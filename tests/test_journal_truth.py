@@ -585,3 +585,70 @@ async def test_S13_a_recovery_worker_counts_a_failing_journal_as_interrupted_nev
         assert (await inner.load("o-7")).status is SagaStatus.COMPENSATED
     finally:
         await inner.close()
+
+
+@pytest.mark.parametrize(
+    "text", ["nul\x00inside", "lone \ud800 surrogate"], ids=["nul", "surrogate"]
+)
+async def test_S12_a_context_postgres_cannot_hold_is_refused_before_the_first_step(
+    postgres_factory: Callable[[], Awaitable[Any]], text: str
+) -> None:
+    """PostgreSQL's jsonb holds neither NUL nor a lone surrogate: such a context
+    is refused with ContextSerializationError naming the field, before any
+    step runs — not a SagaInterrupted after the journal's retries."""
+    from fallback_saga import ContextSerializationError
+
+    log: list[str] = []
+    store = await postgres_factory()
+    try:
+        saga = order_saga(log, charge_failures=0)(store=store)
+        with pytest.raises(ContextSerializationError) as refused:
+            await saga.run(Ctx(order_id=text), saga_id="o-8")
+        assert refused.value.path == "order_id"
+        assert log == []
+        # A pair of surrogates (a character beyond the BMP) is fine.
+        assert (await saga.run(Ctx(order_id="emoji \U0001f600"))).status.value == "completed"
+    finally:
+        await store.close()
+
+
+async def test_S12_a_step_that_leaves_a_context_postgres_cannot_hold_unwinds_the_saga(
+    postgres_factory: Callable[[], Awaitable[Any]],
+) -> None:
+    """The context a step leaves is refused by the store at the next write:
+    the saga unwinds (the step's own act completed, so it is compensated too),
+    journaling without that context, and ends COMPENSATED in the journal."""
+    from fallback_saga import ContextSerializationError, SagaFailed, SagaStatus
+
+    log: list[str] = []
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("reserve")
+            ctx.marks.append("bad\x00mark")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("charge")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+
+    class MarkingSaga(Saga[Ctx]):
+        steps = [Reserve, Charge]
+
+    store = await postgres_factory()
+    try:
+        with pytest.raises(SagaFailed) as failed:
+            await MarkingSaga(store=store).run(Ctx(order_id="o-9"), saga_id="o-9")
+        assert failed.value.status is SagaStatus.COMPENSATED
+        assert isinstance(failed.value.error, ContextSerializationError)
+        assert log == ["reserve", "release"]
+        record = await store.load("o-9")
+        assert record.status is SagaStatus.COMPENSATED
+        assert record.context["marks"] == []  # the last context the journal could hold
+    finally:
+        await store.close()

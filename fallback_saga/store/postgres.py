@@ -79,6 +79,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import (
+    ContextSerializationError,
     CorruptSagaRecord,
     LeaseLost,
     SagaAlreadyExists,
@@ -431,11 +432,49 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
     if not isinstance(context, dict):
         raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
     try:
-        return encode_json(context)
+        text = encode_json(context)
     except (TypeError, ValueError, RecursionError) as error:
         raise SagaStoreError(
             f"the context of saga {short_repr(saga_id)} cannot be stored as JSON: {error}"
         ) from error
+    # jsonb refuses the escapes of NUL and of a lone surrogate (the encoder's
+    # ASCII output escapes every non-ASCII character). Rare: look closer only
+    # when such an escape may be there.
+    if "\\u0000" in text or "\\ud" in text:
+        unstorable = _unstorable_text(context, "")
+        if unstorable is not None:
+            path, value = unstorable
+            raise ContextSerializationError(
+                path, value, "PostgreSQL cannot store a NUL character or a lone surrogate"
+            )
+    return text
+
+
+def _unstorable_text(value: Any, path: str) -> tuple[str, str] | None:
+    """The path and value of the first string (key or value) holding NUL or a
+    lone surrogate, if any."""
+    if isinstance(value, str):
+        return (path or "<context>", value) if _UNSTORABLE_CONTEXT.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _UNSTORABLE_CONTEXT.search(key):
+                return where, key
+            found = _unstorable_text(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _unstorable_text(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+# NUL, or a surrogate not part of a pair.
+_UNSTORABLE_CONTEXT: Final = re.compile(
+    "\x00|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
+)
 
 
 def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
