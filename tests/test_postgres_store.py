@@ -30,6 +30,7 @@ from conftest_pg import require_driver
 
 from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus, current_step
 from fallback_saga.errors import (
+    ContextSerializationError,
     CorruptSagaRecord,
     LeaseLost,
     SagaBusy,
@@ -454,14 +455,15 @@ async def test_the_context_is_stored_as_jsonb(store: PostgresSagaStore, raw: Any
 async def test_a_context_postgresql_cannot_hold_is_refused_and_nothing_is_written(
     store: PostgresSagaStore,
 ) -> None:
-    with pytest.raises(SagaStoreError):
+    # Refused before it is sent, naming the field (S12): jsonb holds no NUL.
+    with pytest.raises(ContextSerializationError, match="'bad'"):
         await store.create("saga-1", "OrderSaga", "fp", {"bad": "nul\x00char"}, [entry(0, "a")])
     with pytest.raises(SagaNotFound):
         await store.load("saga-1")
     with pytest.raises(SagaStoreError, match="JSON"):
         await store.create("saga-2", "OrderSaga", "fp", {"bad": float("nan")}, [])
     await new_saga(store, "saga-3")
-    with pytest.raises(SagaStoreError):
+    with pytest.raises(ContextSerializationError):
         await store.append("saga-3", [entry(1, "b")], context={"bad": "\x00"})
     record = await store.load("saga-3")
     assert [e.step for e in record.history] == ["a"]
@@ -847,9 +849,10 @@ async def test_a_write_postgresql_refuses_fails_alone_in_its_group(
         raw.execute("SELECT 1 FROM fallback_saga_sagas WHERE saga_id = 'blocker' FOR UPDATE")
         # Waits for the row lock on the server, holding the only write slot.
         held = asyncio.create_task(store.append("blocker", [entry(1, "b")]))
+        # s3's position is beyond PostgreSQL's integer: the server refuses it.
         creates = [
             asyncio.create_task(store.create(
-                f"s{n}", "OrderSaga", "fp", {"n": "nul\x00" if n == 3 else n}, [entry(0, "a")]
+                f"s{n}", "OrderSaga", "fp", {"n": n}, [entry(2**40 if n == 3 else 0, "a")]
             ))
             for n in range(8)
         ]
