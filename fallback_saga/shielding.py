@@ -3,9 +3,10 @@
 Two things in a saga must never be abandoned half-way by a cancellation: the
 unwinding (every completed step gets its ``compensate`` call, S8) and a
 journal write once sent (the executor must know what the journal holds before
-it handles the cancellation, S13). Both run in a task of their own that the
-caller waits for through a shield; the caller's cancellation is reported once
-the work has finished.
+it handles the cancellation, S13). Both run in a task of their own; the
+caller waits on a future the task resolves as its last act (so cancelling the
+caller cancels only that future, never the work), and the caller's
+cancellation is reported once the work has finished.
 """
 
 from __future__ import annotations
@@ -37,25 +38,29 @@ async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | 
     """Run ``coroutine`` to its end in a task of its own, whatever happens to the
     calling task meanwhile. Returns ``(error or None, cancelled)``: whether the
     caller was cancelled while waiting is reported, never acted on, here."""
-    task = own_task(coroutine)
-    cancelled = await _wait_to_the_end(task)
+    task, cancelled = await _to_the_end(coroutine)
     return task.exception(), cancelled
 
 
-async def _wait_to_the_end(task: asyncio.Task[Any]) -> bool:
-    """Wait until ``task`` is done, whatever happens to us meanwhile; whether
-    we were cancelled while waiting."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                raise  # the task itself was cancelled: the loop is closing
-            cancelled = True
-        except BaseException:
-            break  # the task's own error: for the caller to read
-    return cancelled
+class _Signal:
+    """Wakes the waiting caller from inside the task, as its last act: one trip
+    through the event loop fewer than waiting on the task's own completion."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiter: asyncio.Future[None] = loop.create_future()
+
+    def fire(self) -> None:
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+async def _signalling(coroutine: Coroutine[Any, Any, T], signal: _Signal) -> T:
+    try:
+        return await coroutine
+    finally:
+        signal.fire()
 
 
 async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -66,11 +71,35 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     ``CancelledError`` only once it has finished.
 
     It always runs in a task of its own (``own_task``), from its first line:
-    a compensation that enters ``asyncio.timeout`` (a step's ``timeout``, or its own) binds
-    that timeout to the current task, and must find its own task there, or
-    the timeout would cancel the caller instead of the compensation.
+    a compensation that enters ``asyncio.timeout`` (a step's ``timeout``, or
+    its own) binds that timeout to the current task, and must find its own
+    task there, or the timeout would cancel the caller instead of the
+    compensation.
     """
-    task = own_task(coroutine)
-    if await _wait_to_the_end(task):
+    task, cancelled = await _to_the_end(coroutine)
+    if cancelled:
         raise asyncio.CancelledError
     return task.result()
+
+
+async def _to_the_end(coroutine: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], bool]:
+    """Run ``coroutine`` in a task of its own and wait until it is done,
+    whatever happens to us meanwhile; the task, and whether we were cancelled
+    while waiting."""
+    loop = asyncio.get_running_loop()
+    signal = _Signal(loop)
+    task = own_task(_signalling(coroutine, signal))
+    cancelled = False
+    while not task.done():
+        try:
+            if signal.waiter.done():
+                await asyncio.sleep(0)  # fired: the task ends in its current step
+            else:
+                await signal.waiter
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise  # the task itself was cancelled (the loop is closing)
+            cancelled = True
+            if signal.waiter.cancelled():
+                signal.waiter = loop.create_future()
+    return task, cancelled
