@@ -111,8 +111,14 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     timeout: ClassVar[float | None] = None
 
     @abstractmethod
-    async def act(self, context: ContextT, /) -> SagaStepResult[ContextT, ResponseT]:
-        """Do the step's work, mutating ``context``; return ``_generate_step_result(...)``."""
+    async def act(self, context: ContextT, /) -> SagaStepResult[ContextT, ResponseT] | ResponseT:
+        """Do the step's work, mutating ``context``; return ``_generate_step_result(...)``.
+
+        Returning the response itself works too (the saga wraps it in a
+        ``SagaStepResult``), so an override may narrow the return type to
+        ``SagaStepResult[C, R]``, to ``R``, or, for a ``SagaStepHandler[C, None]``,
+        to ``None`` (``async def act(self, context: C) -> None``).
+        """
 
     async def compensate(self, context: ContextT, /) -> None:
         """Undo ``act``. The default does nothing (a step with no effect to undo)."""
