@@ -10,6 +10,7 @@ __all__ = [
     "ContextDecodeError",
     "ContextSerializationError",
     "CorruptSagaRecord",
+    "JournalConflict",
     "LeaseLost",
     "RecordedError",
     "SagaAlreadyExists",
@@ -172,6 +173,21 @@ class CorruptSagaRecord(SagaStoreError):
         self.saga_id = saga_id
         self.reason = reason
         super().__init__(f"saga {short_id(saga_id)} in the store is unreadable: {reason}")
+
+
+class JournalConflict(SagaStoreError):
+    """An append made on the condition that the journal holds ``expected``
+    entries found ``actual``: another writer appended meanwhile, or an earlier
+    try of the same write landed after all. Nothing was written."""
+
+    def __init__(self, saga_id: str, expected: int, actual: int) -> None:
+        self.saga_id = saga_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"the journal of saga {short_id(saga_id)} holds {actual} entries, not the "
+            f"{expected} this append was made after"
+        )
 
 
 class LeaseLost(SagaStoreError):

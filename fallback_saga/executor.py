@@ -61,7 +61,7 @@ from .shielding import settle, shielded
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store._common import check_saga_id
-from .store.base import JournalEntry, Lease, RawEntry, SagaStore
+from .store.base import JournalEntry, Lease, RawEntry, SagaStore, is_conditional
 
 __all__ = ["SagaResult"]
 
@@ -201,6 +201,7 @@ class Execution(StepCursor):
     __slots__ = (
         "abandoned",
         "compensation_retry",
+        "conditional",
         "context",
         "context_dirty",
         "context_refused",
@@ -255,6 +256,9 @@ class Execution(StepCursor):
         self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
         self.journal_timeout = journal_timeout
         self.inline_writes = not live and writes_outlive_cancellation(store)
+        # Appends made on the condition of the journal's length: a retried
+        # in-doubt write can never be journaled twice.
+        self.conditional = not live and is_conditional(store)
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
         self.journal: list[RawEntry] = []
@@ -739,8 +743,12 @@ class Execution(StepCursor):
                 first = store.create(self.saga_id, self.saga_name, self.fingerprint,
                                      context, entries, status=status)  # type: ignore[arg-type]
             else:
-                first = store.append(self.saga_id, entries, status=status, context=context,
-                                     fence=self.fence)
+                first = store.append(  # type: ignore[call-arg]
+                    self.saga_id, entries, status=status, context=context, fence=self.fence,
+                    after=written,  # SQLite's store is conditional (inline_writes says so)
+                ) if self.conditional else store.append(
+                    self.saga_id, entries, status=status, context=context, fence=self.fence
+                )
             failure, cancelled = await settle_inline(first)
             if failure is not None:
                 failure, cancelled_again = await settle(write_durably(
@@ -785,7 +793,7 @@ class Execution(StepCursor):
         context: dict[str, Any] | None,
     ) -> JournalWrite:
         return JournalWrite(self.saga_id, self.saga_name, self.fingerprint, create, entries,
-                            status, context, self.fence, self.written)
+                            status, context, self.fence, self.written, self.conditional)
 
     def _deadline(self) -> float | None:
         timeout = self.journal_timeout

@@ -39,11 +39,11 @@ from typing import Any
 from .errors import (
     ContextSerializationError,
     CorruptSagaRecord,
+    JournalConflict,
     LeaseLost,
     SagaAlreadyExists,
     SagaBusy,
     SagaNotFound,
-    SagaStoreError,
 )
 from .retry import RetryPolicy
 from .status import SagaStatus
@@ -91,10 +91,7 @@ class JournalWrite:
     context: dict[str, Any] | None
     fence: Lease | None
     held: int  # how many entries the store holds before this write
-
-
-class JournalConflict(SagaStoreError):
-    """The journal holds something this run did not write: another writer."""
+    conditional: bool = False  # the store takes append(..., after=held)
 
 
 class NotDurable(Exception):
@@ -148,7 +145,15 @@ async def write_durably(
                 if in_doubt and await _landed(store, write):
                     return
                 in_doubt = False
-                await send(store, write)
+                try:
+                    await send(store, write)
+                except JournalConflict:
+                    # The try reconciled a moment ago as "not landed" landed
+                    # after all (a commit still in flight on the server when
+                    # we read): the conditional append refused to repeat it.
+                    if write.conditional and await _landed(store, write):
+                        return
+                    raise
             return
         except (*_DEFINITIVE, JournalConflict) as refused:
             raise NotDurable(refused, in_doubt) from refused
@@ -184,13 +189,16 @@ async def send(store: SagaStore, write: JournalWrite) -> None:
             status=write.status or SagaStatus.RUNNING,
         )
     else:
-        await store.append(
-            write.saga_id,
-            write.entries,
-            status=write.status,
-            context=write.context,
-            fence=write.fence,
-        )
+        if write.conditional:
+            await store.append(  # type: ignore[call-arg]
+                write.saga_id, write.entries, status=write.status, context=write.context,
+                fence=write.fence, after=write.held,
+            )
+        else:
+            await store.append(
+                write.saga_id, write.entries, status=write.status, context=write.context,
+                fence=write.fence,
+            )
 
 
 async def _landed(store: SagaStore, write: JournalWrite) -> bool:
@@ -207,20 +215,14 @@ async def _landed(store: SagaStore, write: JournalWrite) -> bool:
             raise SagaAlreadyExists(write.saga_id)
         if have == len(write.entries):
             return True
-        raise JournalConflict(
-            f"saga {write.saga_id!r} holds {have} entries right after its creation "
-            f"with {len(write.entries)}: another process writes it"
-        )
+        raise JournalConflict(write.saga_id, len(write.entries), have)
     if not write.entries:  # a status change alone
         return record.status is write.status
     if have == write.held + len(write.entries):
         return True
     if have == write.held:
         return False
-    raise JournalConflict(
-        f"the journal of saga {write.saga_id!r} holds {have} entries; this run expected "
-        f"{write.held} or {write.held + len(write.entries)}: another process writes it"
-    )
+    raise JournalConflict(write.saga_id, write.held, have)
 
 
 def writes_outlive_cancellation(store: object) -> bool:

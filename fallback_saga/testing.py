@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import LeaseLost, SagaAlreadyExists, SagaBusy, SagaNotFound
+from .errors import JournalConflict, LeaseLost, SagaAlreadyExists, SagaBusy, SagaNotFound
 from .status import SagaStatus, StepStatus
 from .store.base import (
     Action,
@@ -45,6 +45,7 @@ from .store.base import (
     RecoverableStore,
     SagaRecord,
     SagaStore,
+    is_conditional,
 )
 
 __all__ = ["RecoverableStoreContract", "SagaStoreContract", "entry"]
@@ -209,6 +210,33 @@ class SagaStoreContract:
         record = await store.load("saga-1")
         assert record.history == [first, *(e for batch in batches for e in batch)]
         assert record.history[3].error == "Boom: declined"
+
+    async def test_an_append_after_the_journal_length_writes_only_at_that_length(
+        self, store: SagaStore
+    ) -> None:
+        """For stores with ``appends_after``: ``append(..., after=N)`` writes only
+        while the journal holds N entries, else ``JournalConflict`` and nothing
+        is written — what keeps a retried in-doubt write from landing twice."""
+        if not is_conditional(store):
+            return  # an optional capability (the executor then reconciles by reading)
+        await _new_saga(store, "saga-1")  # one entry
+        append: Any = store.append
+        await append("saga-1", [entry(0, "reserve", StepStatus.COMPLETED)], after=1)
+        error = await _raises(
+            JournalConflict,
+            lambda: append(
+                "saga-1", [entry(0, "reserve", StepStatus.COMPLETED)],
+                status=SagaStatus.FAILED, context={"n": 666}, after=1,
+            ),
+        )
+        assert isinstance(error, JournalConflict)
+        assert (error.expected, error.actual) == (1, 2)
+        record = await store.load("saga-1")
+        assert len(record.history) == 2
+        assert record.status is SagaStatus.RUNNING
+        assert record.context == {"order_id": "saga-1"}
+        await append("saga-1", [], status=SagaStatus.COMPLETED, after=2)
+        assert (await store.load("saga-1")).status is SagaStatus.COMPLETED
 
     async def test_append_sets_status_and_context_when_given(self, store: SagaStore) -> None:
         await _new_saga(store, "saga-1", context={"n": 0})

@@ -40,13 +40,21 @@ from journal_faults import (
     Ledger,
     Shape,
     StepSpec,
+    StoreDown,
     check_caller_matches_journal,
     check_ledger,
     check_no_effect_the_journal_does_not_know,
     run_case,
 )
 
-from fallback_saga import MemorySagaStore, Saga, SagaError, SQLiteSagaStore, recover
+from fallback_saga import (
+    MemorySagaStore,
+    Saga,
+    SagaError,
+    SQLiteSagaStore,
+    StepStatus,
+    recover,
+)
 
 pytest_plugins = ["conftest_pg"]
 
@@ -652,3 +660,54 @@ async def test_S12_a_step_that_leaves_a_context_postgres_cannot_hold_unwinds_the
         assert record.context["marks"] == []  # the last context the journal could hold
     finally:
         await store.close()
+
+
+class LandsLate(FaultyStore):
+    """A conditional store (``appends_after``) whose write number ``at`` fails
+    and then lands after all — right after the executor's reconciling read
+    (a commit still in flight on the server when it read)."""
+
+    appends_after = True
+
+    def __init__(self, inner: Any, *, at: int) -> None:
+        super().__init__(inner, at=at)
+        self.late: Callable[[], Any] | None = None
+
+    async def _write(self, send: Callable[[], Any]) -> None:
+        number = self.writes
+        self.writes += 1
+        if number == self.at:
+            self.late = send
+            raise StoreDown("connection lost; the commit is still in flight")
+        await send()
+
+    async def load(self, saga_id: str) -> Any:
+        record = await self.inner.load(saga_id)
+        if self.late is not None:
+            late, self.late = self.late, None
+            await late()  # lands only now: the read above did not see it
+        return record
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])
+async def test_S13_a_write_that_lands_after_the_reconciling_read_is_never_journaled_twice(
+    at: int,
+) -> None:
+    """The retry of an in-doubt write is made on the condition of the
+    journal's length: when the first try landed late, the retry is refused
+    (JournalConflict), the executor reads again and finds it there."""
+    from fallback_saga import RetryPolicy, SagaStatus
+
+    log: list[str] = []
+    store = LandsLate(MemorySagaStore(), at=at)
+    saga = order_saga(log, charge_failures=0)(
+        store=store, journal_retry=RetryPolicy(attempts=3, delay=0, jitter=0)
+    )
+    result = await saga.run(Ctx(order_id="o-10"), saga_id="o-10")
+    assert result.status is SagaStatus.COMPLETED
+    record = await store.inner.load("o-10")
+    assert record.status is SagaStatus.COMPLETED
+    assert [(e.position, e.status) for e in record.history] == [
+        (p, s) for p in range(3) for s in (StepStatus.STARTED, StepStatus.COMPLETED)
+    ]
+    assert log == ["reserve", "charge", "ship"]

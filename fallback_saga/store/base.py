@@ -17,6 +17,7 @@ __all__ = [
     "SagaRecord",
     "SagaStore",
     "SagaSummary",
+    "is_conditional",
     "is_live_journal",
     "is_recoverable",
     "is_work_notifier",
@@ -99,6 +100,12 @@ class SagaStore(Protocol):
         With ``fence`` (a saga resumed under a lease), the write happens only
         if the lease's fencing token is still the saga's current one;
         otherwise ``LeaseLost`` is raised and nothing is written.
+
+        Optional: a store whose class sets ``appends_after = True`` also takes
+        ``after: int | None`` — write only if the saga's journal holds exactly
+        that many entries, else raise ``JournalConflict`` and write nothing.
+        The executor passes it so that retrying a write whose outcome was in
+        doubt can never journal it twice (see ``is_conditional``).
         """
         ...
 
@@ -273,6 +280,11 @@ def is_recoverable(store: object) -> TypeGuard[RecoverableStore]:
 def is_live_journal(store: object) -> TypeGuard[LiveJournal]:
     """``store`` watches runs in process (``LiveJournal``) instead of being written to."""
     return _has(store, _LIVE)
+
+
+def is_conditional(store: object) -> bool:
+    """``store`` takes ``append(..., after=N)`` (see ``SagaStore.append``)."""
+    return getattr(store, "appends_after", False) is True
 
 
 def is_work_notifier(store: object) -> TypeGuard[WorkNotifier]:

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SagaAlreadyExists, SagaNotFound
+from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
 from .base import JournalEntry, Lease, LiveSaga, SagaRecord
 
@@ -30,6 +30,9 @@ class MemorySagaStore:
     dropped. The context of a watched saga need not be JSON-serializable
     until ``load`` is asked for it.
     """
+
+    # append(..., after=N): written only if the journal holds N entries.
+    appends_after = True
 
     def __init__(self, *, max_finished: int = 10_000) -> None:
         if isinstance(max_finished, bool) or not isinstance(max_finished, int) or max_finished < 0:
@@ -92,12 +95,15 @@ class MemorySagaStore:
         status: SagaStatus | None = None,
         context: dict[str, Any] | None = None,
         fence: Lease | None = None,
+        after: int | None = None,
     ) -> None:
         record = self._sagas.get(saga_id)
         if record is None:
             raise SagaNotFound(saga_id)
         if not isinstance(record, SagaRecord):
             raise SagaAlreadyExists(saga_id)  # a saga this process is running itself
+        if after is not None and len(record.history) != after:
+            raise JournalConflict(saga_id, after, len(record.history))
         record.history.extend(entries)
         if context is not None:
             record.context = copy.deepcopy(context)

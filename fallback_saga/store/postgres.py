@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..errors import (
     ContextSerializationError,
     CorruptSagaRecord,
+    JournalConflict,
     LeaseLost,
     SagaAlreadyExists,
     SagaBusy,
@@ -334,6 +335,7 @@ class _Statements:
             f" context = COALESCE(%s::jsonb, context), version = version + 1,"
             f" journal_length = journal_length + %s::int, updated_at = now()"
             f" WHERE saga_id = %s AND fence = COALESCE(%s::bigint, fence)"
+            f" AND journal_length = COALESCE(%s::int, journal_length)"
             f" RETURNING saga_id, journal_length - %s::int AS start"
             f"), journal AS ("
             f" INSERT INTO {steps} {_STEP_COLUMNS}"
@@ -341,7 +343,7 @@ class _Statements:
             f" FROM saga, {_ENTRIES}"
             f") SELECT 1 FROM saga"
         )
-        self.fence_of = f"SELECT fence FROM {sagas} WHERE saga_id = %s"
+        self.fence_of = f"SELECT fence, journal_length FROM {sagas} WHERE saga_id = %s"
         self.load = (
             f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
             f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
@@ -628,6 +630,9 @@ class PostgresSagaStore:
     database: ``claim`` leases each saga to one worker at a time, and fenced
     writes shut out a worker whose lease was taken over.
     """
+
+    # append(..., after=N): written only if the journal holds N entries.
+    appends_after: Final = True
 
     def __init__(
         self,
@@ -931,10 +936,13 @@ class PostgresSagaStore:
         status: SagaStatus | None = None,
         context: dict[str, Any] | None = None,
         fence: Lease | None = None,
+        after: int | None = None,
     ) -> None:
         """Add transitions and set the status/context when given, in one
         statement. With ``fence``, only while the lease's token is the saga's
-        current one (else ``LeaseLost``, nothing written)."""
+        current one (else ``LeaseLost``, nothing written); with ``after``,
+        only while the journal holds that many entries (else
+        ``JournalConflict``, nothing written)."""
         saga_id = check_saga_id(saga_id)
         token: int | None = None
         if fence is not None:
@@ -947,15 +955,21 @@ class PostgresSagaStore:
         params = [
             None if status is None else status_text(status),
             None if context is None else _context_json(saga_id, context),
-            count, saga_id, token, count, _entries_json(saga_id, entries),
+            count, saga_id, token, after, count, _entries_json(saga_id, entries),
         ]
         doing = f"cannot journal saga {short_repr(saga_id)}"
         row = await self._journal.write((doing, self._sql.append, params))
         if row is not None:
             return
-        if token is None or await self._fetch(doing, self._sql.fence_of, (saga_id,)) is None:
+        current = await self._fetch(doing, self._sql.fence_of, (saga_id,))
+        if current is None:
             raise SagaNotFound(saga_id)
-        raise LeaseLost(saga_id, token)
+        fence_now, length = current
+        if token is not None and fence_now != token:
+            raise LeaseLost(saga_id, token)
+        if after is not None and length != after:
+            raise JournalConflict(saga_id, after, length)
+        raise SagaNotFound(saga_id)  # not reached: the row was there and matched
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record, read in one snapshot; ``SagaNotFound``, or

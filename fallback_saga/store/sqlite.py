@@ -56,6 +56,7 @@ from typing import Any, Final, NamedTuple
 
 from ..errors import (
     CorruptSagaRecord,
+    JournalConflict,
     LeaseLost,
     SagaAlreadyExists,
     SagaBusy,
@@ -330,9 +331,12 @@ def _append(
     status: str | None,
     context: str | None,
     token: int | None,
+    after: int | None,
 ) -> None:
     now = txn.now
     known = txn.known.get(saga_id)
+    if known is not None and after is not None and known[1] != after:
+        known = None  # read the truth: it may be another writer's, or ours landed late
     updated = 0
     if known is not None:
         version, start = known
@@ -349,6 +353,8 @@ def _append(
         version, fence, start = row
         if token is not None and fence != token:
             raise LeaseLost(saga_id, token)
+        if after is not None and start != after:
+            raise JournalConflict(saga_id, after, start)
         # The group holds the write lock: nobody can change the row in between.
         cursor.execute(_UPDATE_SAGA, (status, context, now, saga_id))
     if entries:
@@ -930,6 +936,8 @@ class SQLiteSagaStore:
     # and is committed or refused there whatever happens to the awaiting task:
     # the executor then waits for it without a task of its own (journal.py).
     writes_outlive_cancellation: Final = True
+    # append(..., after=N): written only if the journal holds N entries.
+    appends_after: Final = True
 
     def __init__(
         self,
@@ -1094,6 +1102,7 @@ class SQLiteSagaStore:
         status: SagaStatus | None = None,
         context: dict[str, Any] | None = None,
         fence: Lease | None = None,
+        after: int | None = None,
     ) -> None:
         """Add transitions and set the status/context when given, in one
         transaction. With ``fence``, only while the lease's token is current
@@ -1114,6 +1123,7 @@ class SQLiteSagaStore:
                 None if status is None else status_text(status),
                 None if context is None else _context_json(saga_id, context),
                 token,
+                after,
             ),
             write=True,
             journal=True,
