@@ -7,6 +7,7 @@ a bare ``yield``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import threading
@@ -134,3 +135,19 @@ class HeldCall:
         except BaseException as raised:
             return raised
         raise AssertionError("the held call swallowed the error")
+
+
+class Held:
+    """A guarded function that stays inside until released (one per call)."""
+
+    def __init__(self, outcome: BaseException | None = None) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.outcome = outcome
+
+    async def __call__(self) -> str:
+        self.entered.set()
+        await self.release.wait()
+        if self.outcome is not None:
+            raise self.outcome
+        return "released"

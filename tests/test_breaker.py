@@ -22,6 +22,7 @@ from helpers_breaker import (
     Boom,
     BusinessError,
     FakeClock,
+    Held,
     SpecificBusinessError,
     StateChanges,
     fail_with,
@@ -60,20 +61,6 @@ async def open_then_half_open(breaker: CircuitBreaker, clock: FakeClock) -> None
     assert breaker.state is HALF_OPEN
 
 
-class Held:
-    """A guarded function that stays inside until released (one per call)."""
-
-    def __init__(self, outcome: BaseException | None = None) -> None:
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-        self.outcome = outcome
-
-    async def __call__(self) -> str:
-        self.entered.set()
-        await self.release.wait()
-        if self.outcome is not None:
-            raise self.outcome
-        return "released"
 
 
 # --------------------------------------------------------------------------- CLOSED -> OPEN

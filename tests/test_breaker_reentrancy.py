@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_breaker import Boom, BusinessError, FakeClock, StateChanges, fail_with, succeed, trip
+from helpers_breaker import (
+    Boom,
+    BusinessError,
+    FakeClock,
+    Held,
+    StateChanges,
+    fail_with,
+    succeed,
+    trip,
+)
 
 from fallback_saga import (
     CircuitBreaker,
@@ -346,20 +355,6 @@ async def test_different_breakers_nested_each_count(outer: str, inner: str) -> N
     assert (a.failure_count, b.failure_count) == (1, 1)
 
 
-class Held:
-    """A guarded function that stays inside until released."""
-
-    def __init__(self, outcome: BaseException | None = None) -> None:
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-        self.outcome = outcome
-
-    async def __call__(self) -> str:
-        self.entered.set()
-        await self.release.wait()
-        if self.outcome is not None:
-            raise self.outcome
-        return "released"
 
 
 @pytest.mark.parametrize(("first", "second"), MIXES, ids=[f"{a}-beside-{b}" for a, b in MIXES])

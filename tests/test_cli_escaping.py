@@ -11,18 +11,16 @@ text holds no character a terminal would act on.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import itertools
 import json
-import os
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers_cli import import_app
 
 from fallback_saga import SagaStatus, SQLiteSagaStore, StepStatus
 from fallback_saga.cli import MAX_CELL, MAX_CONTEXT, MAX_VALUE, main, terminal_text
@@ -281,14 +279,8 @@ def sagas(store):
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    name = f"cli_escaping_app_{os.getpid()}_{next(_module_numbers)}"
-    folder = tmp_path / "app"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(APP_SOURCE)
-    monkeypatch.syspath_prepend(str(folder))
-    module = importlib.import_module(name)
-    yield module
-    sys.modules.pop(name, None)
+    """A fresh app module (its own name per test)."""
+    yield from import_app(tmp_path, monkeypatch, APP_SOURCE, "cli_escaping_app")
 
 
 def test_recover_lines_and_report_escape_saga_ids_and_reasons(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import json
 import os
@@ -28,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers_cli import import_app
 
 from fallback_saga import SagaFailed, SagaStatus, SQLiteSagaStore, StepStatus
 from fallback_saga.cli import main, mermaid_gantt, parse_duration
@@ -149,14 +149,7 @@ _module_numbers = itertools.count()
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """A fresh app module (its own name per test: the import cache holds no state)."""
-    name = f"cli_ops_app_{os.getpid()}_{next(_module_numbers)}"
-    folder = tmp_path / "app"
-    folder.mkdir()
-    (folder / f"{name}.py").write_text(APP_SOURCE)
-    monkeypatch.syspath_prepend(str(folder))
-    module = importlib.import_module(name)
-    yield module
-    sys.modules.pop(name, None)
+    yield from import_app(tmp_path, monkeypatch, APP_SOURCE, "cli_ops_app")
 
 
 @pytest.fixture
