@@ -11,7 +11,6 @@ text holds no character a terminal would act on.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sqlite3
 import time
@@ -246,7 +245,6 @@ def test_show_mermaid_escapes_what_it_draws(db: str, capsys: pytest.CaptureFixtu
 
 # --------------------------------------------------------------------------- recover
 
-_module_numbers = itertools.count()
 
 APP_SOURCE = """
 import dataclasses

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -143,7 +142,6 @@ INSTANCE = ShopSaga()
 CLASSES = [ShopSaga, RefundSaga]
 '''
 
-_module_numbers = itertools.count()
 
 
 @pytest.fixture
