@@ -1,0 +1,565 @@
+"""Reading the journal form back: JSON to values, by the annotations.
+
+The inverse of ``codec.py`` (whose docstring describes the form): a typed
+position is decoded by its annotation, as journals always were; an untyped
+one (``Any``, ``object``, bare ``dict``/``list``...) reads the tags
+``{"$fs": [tag, payload]}`` and returns untagged JSON as it is — so a journal
+written before tags existed decodes exactly as it did. Also the annotation
+helpers that encoding and decoding share: what a hint stands for
+(``unwrap``), whether it says what a value is (``is_untyped``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import inspect
+import sys
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping, MutableMapping, MutableSequence, Sequence
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from decimal import Decimal
+from enum import Enum
+from fractions import Fraction
+from typing import Any, ClassVar, Final, ForwardRef, Literal, TypeVar, Union, get_args, get_origin
+
+from .errors import ContextDecodeError
+from .models import Kind, kind_of, load_model
+
+__all__ = [
+    "JSON_SCALARS",
+    "MAPPINGS",
+    "TAG",
+    "decode_dataclass",
+    "decode_state",
+    "decoder",
+    "fields",
+    "is_union",
+    "is_untyped",
+    "type_hints",
+    "untyped_union",
+    "unwrap",
+]
+
+#: The key of a tagged value (see codec.py).
+TAG = "$fs"
+
+#: Exact types that are JSON as they are, in every position (float is not:
+#: NaN and infinity are refused).
+JSON_SCALARS: frozenset[type] = frozenset({str, int, bool, type(None)})
+
+MAPPINGS = (dict, Mapping, MutableMapping)
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def unwrap(tp: Any) -> Any:
+    """The type an annotation stands for, without ``Annotated``, ``NewType``,
+    ``ClassVar`` and ``Final``."""
+    while True:
+        supertype = getattr(tp, "__supertype__", None)
+        if supertype is not None:
+            tp = supertype
+            continue
+        origin = get_origin(tp)
+        if origin is typing.Annotated:
+            tp = get_args(tp)[0]
+        elif origin is ClassVar or origin is Final:
+            args = get_args(tp)
+            tp = args[0] if args else Any
+        elif tp is ClassVar or tp is Final:
+            tp = Any
+        else:
+            return tp
+
+
+def is_untyped(tp: Any) -> bool:
+    return (
+        tp is Any
+        or tp is object
+        or isinstance(tp, TypeVar | str | ForwardRef)
+    )
+
+
+def is_union(tp: Any) -> bool:
+    origin = get_origin(tp)
+    return origin is Union or origin is types.UnionType
+
+
+def untyped_union(tp: Any) -> bool:
+    return is_union(tp) and any(is_untyped(unwrap(arg)) for arg in get_args(tp))
+
+
+# --------------------------------------------------------------------------- decoding
+
+_Decoder = Callable[[Any, str], Any]
+_DECODERS: dict[Any, _Decoder] = {}
+
+
+def _decode_untyped(value: Any, path: str) -> Any:
+    cls = value.__class__
+    if cls is list:
+        return [
+            item if item.__class__ in JSON_SCALARS else _decode_untyped(item, f"{path}[{i}]")
+            for i, item in enumerate(value)
+        ]
+    if cls is dict:
+        if len(value) == 1 and TAG in value:
+            tagged = value[TAG]
+            if tagged.__class__ is list and len(tagged) == 2 and tagged[0].__class__ is str:
+                return _decode_tag(tagged[0], tagged[1], path)
+        scalars = JSON_SCALARS
+        return {
+            key: item if item.__class__ in scalars else _decode_untyped(item, f"{path}[{key!r}]")
+            for key, item in value.items()
+        }
+    return value
+
+
+def _decode_tag(tag: str, payload: Any, path: str) -> Any:
+    read = _UNTAG.get(tag)
+    if read is None:
+        raise ContextDecodeError(
+            path, f"unknown tag {tag!r} (written by a newer fallback_saga?)"
+        )
+    try:
+        return read(payload, path)
+    except ContextDecodeError:
+        raise
+    except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
+        raise ContextDecodeError(path, f"invalid {tag} {payload!r:.80}: {exc}") from exc
+
+
+def _decode_pairs(payload: Any, path: str, item: _Decoder = _decode_untyped) -> dict[Any, Any]:
+    out = {}
+    for key, entry in payload:
+        key = _decode_untyped(key, path)
+        out[key] = item(entry, f"{path}[{key!r}]")
+    return out
+
+
+def _decode_items(payload: Any, path: str) -> list[Any]:
+    if payload.__class__ is not list:
+        raise ContextDecodeError(path, f"expected an array, got {_kind(payload)}")
+    return [_decode_untyped(item, f"{path}[{i}]") for i, item in enumerate(payload)]
+
+
+def _decode_zone(zone: Any) -> tzinfo | None:
+    if zone is None:
+        return None
+    if zone[0] == "offset":
+        offset = timedelta(microseconds=zone[1])
+        return timezone(offset) if zone[2] is None else timezone(offset, zone[2])
+    if zone[0] == "zone":
+        import zoneinfo  # only when a journal names a zone: it is slow to import
+
+        return zoneinfo.ZoneInfo(zone[1])
+    raise ValueError(f"unknown zone {zone!r}")
+
+
+def _decode_moment(kind: type[datetime] | type[time]) -> _Decoder:
+    def decode(payload: Any, path: str) -> Any:
+        if payload.__class__ is str:
+            return kind.fromisoformat(payload)
+        wall, zone, fold = payload
+        return kind.fromisoformat(wall).replace(tzinfo=_decode_zone(zone), fold=fold)
+
+    return decode
+
+
+def _decode_enum(payload: Any, path: str) -> Any:
+    name, value = payload
+    cls = _resolve(name, path)
+    if not (isinstance(cls, type) and issubclass(cls, Enum)):
+        raise ContextDecodeError(path, f"{name} is not an Enum")
+    return cls(_decode_untyped(value, path))
+
+
+def _decode_object(payload: Any, path: str) -> Any:
+    name, data = payload
+    cls = _resolve(name, path)
+    return _model_decoder(cls, name)(data, path)
+
+
+def _resolve(name: Any, path: str) -> Any:
+    """The class ``module:Qualname`` names, in a module the process has
+    imported already. Never imported on the journal's say: stored data must
+    not make the library run code (importing a module runs its top level), so
+    a resuming process imports its own modules, as it does its saga classes."""
+    if name.__class__ is not str or ":" not in name:
+        raise ContextDecodeError(path, f"invalid class name {name[:80]!r}")
+    module_name, qualname = name.split(":", 1)
+    found: Any = sys.modules.get(module_name)
+    if found is None:
+        raise ContextDecodeError(
+            path,
+            f"{name[:200]} is in a module this process has not imported; import "
+            f"{module_name[:200]} before resuming (the journal never imports code)",
+        )
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if not isinstance(found, type):
+        raise ContextDecodeError(path, f"there is no class {name}")
+    return found
+
+
+_UNTAG: dict[str, _Decoder] = {
+    "tuple": lambda payload, path: tuple(_decode_items(payload, path)),
+    "set": lambda payload, path: set(_decode_items(payload, path)),
+    "frozenset": lambda payload, path: frozenset(_decode_items(payload, path)),
+    "dict": _decode_pairs,
+    "decimal": lambda payload, path: Decimal(_text_payload(payload)),
+    "datetime": _decode_moment(datetime),
+    "time": _decode_moment(time),
+    "date": lambda payload, path: date.fromisoformat(payload),
+    "timedelta": lambda payload, path: timedelta(*payload),
+    "uuid": lambda payload, path: uuid.UUID(_text_payload(payload)),
+    "bytes": lambda payload, path: base64.b64decode(_text_payload(payload), validate=True),
+    "bytearray": lambda payload, path: bytearray(
+        base64.b64decode(_text_payload(payload), validate=True)
+    ),
+    "fraction": lambda payload, path: Fraction(_text_payload(payload)),
+    "enum": _decode_enum,
+    "obj": _decode_object,
+}
+
+
+def _text_payload(payload: Any) -> str:
+    if payload.__class__ is not str:
+        raise TypeError(f"expected text, got {_kind(payload)}")
+    return str(payload)
+
+
+def _model_decoder(cls: type, name: str | None = None) -> _Decoder:
+    kind = kind_of(cls)
+    if kind is Kind.DATACLASS:
+        return lambda value, path: decode_dataclass(cls, value, path)
+    if kind is Kind.STATE:
+        return lambda value, path: decode_state(cls, value, path)
+    if kind is not None:
+        model_kind = kind
+        return lambda value, path: load_model(cls, model_kind, value, path)
+    shown = name or cls.__qualname__
+
+    def refuse(value: Any, path: str) -> Any:
+        raise ContextDecodeError(path, f"no JSON decoding is known for type {shown}")
+
+    return refuse
+
+
+def decode_dataclass(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ContextDecodeError(path or "<context>", f"expected an object, got {_kind(data)}")
+    hints = type_hints(cls)
+    init_args: dict[str, Any] = {}
+    late: dict[str, Any] = {}
+    known = set()
+    for field in fields(cls):
+        known.add(field.name)
+        where = f"{path}.{field.name}" if path else field.name
+        if field.name not in data:
+            has_default = (
+                field.default is not dataclasses.MISSING
+                or field.default_factory is not dataclasses.MISSING
+            )
+            if field.init and not has_default:
+                raise ContextDecodeError(where, "the field is missing")
+            continue
+        value = decoder(hints.get(field.name, Any))(data[field.name], where)
+        (init_args if field.init else late)[field.name] = value
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise ContextDecodeError(
+            path or "<context>",
+            f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}",
+        )
+    try:
+        instance = cls(**init_args)
+    except Exception as exc:  # a __post_init__ that rejects the stored values
+        where = path or "<context>"
+        raise ContextDecodeError(where, f"{cls.__name__}(...) raised {exc!r}") from exc
+    for name, value in late.items():
+        object.__setattr__(instance, name, value)
+    return instance
+
+
+def decode_state(cls: type, data: Any, path: str) -> Any:
+    """A plain ``SagaContext``: made without ``__init__`` (as ``copy`` makes
+    one), its attributes decoded by the class's annotations."""
+    if not isinstance(data, Mapping):
+        raise ContextDecodeError(path or "<context>", f"expected an object, got {_kind(data)}")
+    maker: Any = cls
+    try:
+        instance = maker.__new__(maker)
+    except Exception as exc:
+        raise ContextDecodeError(
+            path or "<context>", f"{cls.__name__}.__new__ raised {exc!r}"
+        ) from exc
+    hints = type_hints(cls)
+    state = instance.__dict__
+    for name, raw in data.items():
+        state[name] = decoder(hints.get(name, Any))(raw, f"{path}.{name}" if path else name)
+    return instance
+
+
+def fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    cached = _FIELDS.get(cls)
+    if cached is None:
+        cached = _FIELDS[cls] = dataclasses.fields(cls)
+    return cached
+
+
+_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def type_hints(cls: type) -> dict[str, Any]:
+    cached = _HINTS.get(cls)
+    if cached is None:
+        try:
+            cached = typing.get_type_hints(cls)
+        except Exception:  # one unresolvable annotation: resolve the others one by one
+            cached = _each_hint(cls)
+        _HINTS[cls] = cached
+    return cached
+
+
+def _each_hint(cls: type) -> dict[str, Any]:
+    """The annotations of ``cls`` resolved one at a time (as ``get_type_hints``
+    would); one that cannot be resolved (a class defined inside a function)
+    stays a string: an untyped position."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        module = sys.modules.get(klass.__module__)
+        global_names = dict(vars(module)) if module is not None else {}
+        local_names = dict(vars(klass))
+        for name, annotation in inspect.get_annotations(klass).items():
+            hints[name] = annotation
+            if isinstance(annotation, str):
+                with contextlib.suppress(Exception):
+                    hints[name] = eval(annotation, global_names, local_names)
+    return hints
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def decoder(tp: Any) -> _Decoder:
+    try:
+        cached = _DECODERS.get(tp)
+    except TypeError:  # unhashable annotation
+        return _build_decoder(tp)
+    if cached is None:
+        cached = _DECODERS[tp] = _build_decoder(tp)
+    return cached
+
+
+def _expect(kind: type | tuple[type, ...], name: str) -> _Decoder:
+    def decode(value: Any, path: str) -> Any:
+        if type(value) is bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ContextDecodeError(path, f"expected {name}, got bool")
+        if not isinstance(value, kind):
+            raise ContextDecodeError(path, f"expected {name}, got {_kind(value)}")
+        return value
+
+    return decode
+
+
+def _via(
+    convert: Callable[[Any], Any], name: str, source: type | tuple[type, ...] = str
+) -> _Decoder:
+    def decode(value: Any, path: str) -> Any:
+        if isinstance(value, source) and not isinstance(value, bool):
+            try:
+                return convert(value)
+            except (ValueError, ArithmeticError) as exc:
+                raise ContextDecodeError(path, f"invalid {name}: {value!r}") from exc
+        raise ContextDecodeError(path, f"expected {name} text, got {_kind(value)}")
+
+    return decode
+
+
+def _decode_float(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ContextDecodeError(path, f"expected float, got {_kind(value)}")
+    return float(value)
+
+
+def _build_decoder(tp: Any) -> _Decoder:
+    tp = unwrap(tp)
+    if is_untyped(tp) or untyped_union(tp):
+        return _decode_untyped
+    if tp is type(None) or tp is None:
+        return _expect(type(None), "null")
+    if tp is bool:
+        return _expect(bool, "bool")
+    if tp is int:
+        return _expect(int, "int")
+    if tp is float:
+        return _decode_float
+    if tp is str:
+        return _expect(str, "str")
+    if tp is uuid.UUID:
+        return _via(uuid.UUID, "UUID")
+    if tp is Decimal:
+        return _via(Decimal, "Decimal", (str, int, float))
+    if tp is datetime:
+        return _via(datetime.fromisoformat, "datetime")
+    if tp is date:
+        return _via(date.fromisoformat, "date")
+    if tp is time:
+        return _via(time.fromisoformat, "time")
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return _enum_decoder(tp)
+
+    origin, args = get_origin(tp), get_args(tp)
+    if is_union(tp):
+        return _union_decoder(args)
+    if origin is Literal:
+        return _literal_decoder(args)
+    if origin in (list, MutableSequence, Sequence) or tp in (list, Sequence, MutableSequence):
+        return _sequence_decoder(list, args[0] if args else Any)
+    if origin in (set, frozenset) or tp in (set, frozenset):
+        return _sequence_decoder(origin or tp, args[0] if args else Any)
+    if origin is tuple or tp is tuple:
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            return _sequence_decoder(tuple, args[0] if args else Any)
+        return _fixed_tuple_decoder(args)
+    if origin in MAPPINGS or tp in MAPPINGS:
+        key_tp, value_tp = args if args else (Any, Any)
+        if is_untyped(unwrap(key_tp)):
+            return _any_key_mapping_decoder(value_tp)
+        return _mapping_decoder(key_tp, value_tp)
+    if isinstance(tp, type):  # a dataclass, a model, or a class we cannot decode
+        return _model_decoder(tp)
+    name = getattr(tp, "__name__", repr(tp))
+
+    def refuse(value: Any, path: str) -> Any:
+        raise ContextDecodeError(path, f"no JSON decoding is known for type {name}")
+
+    return refuse
+
+
+def _enum_decoder(enum_cls: type[Enum]) -> _Decoder:
+    def decode(value: Any, path: str) -> Any:
+        try:
+            return enum_cls(value)
+        except ValueError as exc:
+            raise ContextDecodeError(path, f"{value!r} is not a {enum_cls.__name__}") from exc
+
+    return decode
+
+
+def _union_decoder(args: tuple[Any, ...]) -> _Decoder:
+    allows_none = type(None) in args
+    options = [decoder(arg) for arg in args if arg is not type(None)]
+
+    def decode(value: Any, path: str) -> Any:
+        if value is None and allows_none:
+            return None
+        failures = []
+        for option in options:
+            try:
+                return option(value, path)
+            except ContextDecodeError as exc:
+                failures.append(str(exc))
+        raise ContextDecodeError(path, "matches no member of the union: " + "; ".join(failures))
+
+    return decode
+
+
+def _literal_decoder(args: tuple[Any, ...]) -> _Decoder:
+    def decode(value: Any, path: str) -> Any:
+        for option in args:
+            if value == option and type(value) is type(option):
+                return option
+            if isinstance(option, Enum) and value == option.value:
+                return option
+        raise ContextDecodeError(path, f"{value!r} is not one of {args!r}")
+
+    return decode
+
+
+def _sequence_decoder(container: Callable[[Any], Any], item_tp: Any) -> _Decoder:
+    item = decoder(item_tp)
+
+    def decode(value: Any, path: str) -> Any:
+        if not isinstance(value, list | tuple):
+            raise ContextDecodeError(path, f"expected an array, got {_kind(value)}")
+        return container(item(entry, f"{path}[{index}]") for index, entry in enumerate(value))
+
+    return decode
+
+
+def _fixed_tuple_decoder(args: tuple[Any, ...]) -> _Decoder:
+    items = [decoder(arg) for arg in args]
+
+    def decode(value: Any, path: str) -> Any:
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise ContextDecodeError(path, f"expected an array of {len(items)} items")
+        return tuple(
+            item(entry, f"{path}[{index}]")
+            for index, (item, entry) in enumerate(zip(items, value, strict=True))
+        )
+
+    return decode
+
+
+def _key_decoder(key_tp: Any) -> _Decoder:
+    # JSON object keys are text: convert back to the declared key type.
+    key_tp = unwrap(key_tp)
+    if key_tp is int:
+        return _via(int, "int")
+    if key_tp is bool:
+        return _via(lambda text: {"true": True, "false": False}[text], "bool")
+    if isinstance(key_tp, type) and issubclass(key_tp, Enum):
+        enum_decode = _enum_decoder(key_tp)
+        value_types = {type(member.value) for member in key_tp}
+
+        def decode(value: Any, path: str) -> Any:
+            if int in value_types and isinstance(value, str) and value.lstrip("-").isdigit():
+                return enum_decode(int(value), path)
+            return enum_decode(value, path)
+
+        return decode
+    return decoder(key_tp)
+
+
+def _mapping_decoder(key_tp: Any, value_tp: Any) -> _Decoder:
+    decode_key, decode_value = _key_decoder(key_tp), decoder(value_tp)
+
+    def decode(value: Any, path: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise ContextDecodeError(path, f"expected an object, got {_kind(value)}")
+        return {
+            decode_key(key, f"{path}[{key!r}]"): decode_value(item, f"{path}[{key!r}]")
+            for key, item in value.items()
+        }
+
+    return decode
+
+
+def _any_key_mapping_decoder(value_tp: Any) -> _Decoder:
+    """``dict`` / ``dict[Any, V]``: an object (text keys), or the tagged pairs."""
+    decode_value = decoder(value_tp)
+
+    def decode(value: Any, path: str) -> Any:
+        if not isinstance(value, Mapping):
+            raise ContextDecodeError(path, f"expected an object, got {_kind(value)}")
+        if len(value) == 1 and TAG in value:
+            tagged = value[TAG]
+            if tagged.__class__ is list and len(tagged) == 2 and tagged[0] == "dict":
+                try:
+                    return _decode_pairs(tagged[1], path, decode_value)
+                except ContextDecodeError:
+                    raise
+                except (ValueError, TypeError) as exc:
+                    raise ContextDecodeError(path, f"invalid dict pairs: {exc}") from exc
+        return {key: decode_value(item, f"{path}[{key!r}]") for key, item in value.items()}
+
+    return decode

@@ -1,0 +1,425 @@
+"""Context models: the kinds of class a saga context may be, told apart by duck typing.
+
+A context (or a value inside one) is journaled by the first rule that fits
+its class:
+
+* ``PROTOCOL`` — the class defines ``to_dict()`` and a classmethod
+  ``from_dict(data)`` itself (a ``SagaContext`` subclass that overrides
+  them, or any class with both): they are the journal form.
+* ``DATACLASS`` — a dataclass: its fields, by their type hints.
+* ``PYDANTIC`` — a pydantic v2 model: ``model_dump_json`` /
+  ``model_validate_json``.
+* ``MSGSPEC`` — a msgspec ``Struct``: msgspec's JSON encoder and decoder.
+* ``STATE`` — any other ``SagaContext`` subclass (a plain class, the seed
+  document's style): its ``__dict__``, by the class's annotations.
+
+pydantic and msgspec are recognised by their classes' modules and
+attributes; neither is ever imported here (an instance of their classes
+means the library is already loaded: ``sys.modules`` has it).
+
+A model whose own journal form is not exact — a pydantic field annotated
+``Any`` holding a ``Decimal`` comes back a ``str`` — is refused when it is
+written, naming the field: every ``PROTOCOL``, ``PYDANTIC`` and ``MSGSPEC``
+value is decoded again right after it is encoded and compared, types
+included (``first_difference``). Dataclasses and ``STATE`` classes need no
+such check: the codec (``codec.py``) is exact by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import sys
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, TypeVar
+from uuid import UUID
+
+from .errors import ContextDecodeError, ContextSerializationError
+
+__all__ = [
+    "CONTEXT_KINDS_HINT",
+    "Kind",
+    "default_codec",
+    "dump_model",
+    "first_difference",
+    "kind_of",
+    "load_model",
+    "why_not",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Kind(enum.Enum):
+    PROTOCOL = "to_dict/from_dict"
+    DATACLASS = "dataclass"
+    PYDANTIC = "pydantic model"
+    MSGSPEC = "msgspec Struct"
+    STATE = "SagaContext subclass"
+
+
+#: What a refusal of an unsupported context class tells its author.
+CONTEXT_KINDS_HINT = (
+    "a context must be a dataclass, a SagaContext subclass, a class with to_dict() "
+    "and a classmethod from_dict(data), a pydantic v2 model or a msgspec Struct"
+)
+
+
+def default_codec(function: F) -> F:
+    """Mark ``SagaContext``'s own ``to_dict``/``from_dict``: a class that
+    merely inherits them is not a ``PROTOCOL`` model."""
+    function.__fallback_saga_default__ = True  # type: ignore[attr-defined]
+    return function
+
+
+_KINDS: dict[type, Kind | None] = {}
+_WHY_NOT: dict[type, str] = {}
+
+
+def kind_of(cls: type) -> Kind | None:
+    """The kind of ``cls`` (``None``: it cannot be journaled; ``why_not`` says why)."""
+    try:
+        return _KINDS[cls]
+    except KeyError:
+        kind = _KINDS[cls] = _find_kind(cls)
+        return kind
+    except TypeError:  # an unhashable "class"
+        return None
+
+
+def why_not(cls: type) -> str:
+    """Why ``kind_of(cls)`` is ``None``, with the fix."""
+    return _WHY_NOT.get(cls, CONTEXT_KINDS_HINT)
+
+
+def _defined(cls: type, name: str) -> Any:
+    """The raw ``name`` attribute of the first class of ``cls``'s MRO that defines it."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+def _is_default(raw: Any) -> bool:
+    function = raw.__func__ if isinstance(raw, classmethod | staticmethod) else raw
+    return getattr(function, "__fallback_saga_default__", False) is True
+
+
+def _find_kind(cls: type) -> Kind | None:
+    if not isinstance(cls, type):
+        return None
+    to_dict, from_dict = _defined(cls, "to_dict"), _defined(cls, "from_dict")
+    own_to, own_from = (
+        raw is not None and not _is_default(raw) for raw in (to_dict, from_dict)
+    )
+    if own_to or own_from:
+        if not (own_to and own_from):
+            _WHY_NOT[cls] = (
+                f"{cls.__qualname__} defines {'to_dict' if own_to else 'from_dict'} but not "
+                f"{'from_dict' if own_to else 'to_dict'}: define both (from_dict as a "
+                f"classmethod), or neither"
+            )
+            return None
+        if not callable(to_dict) or not isinstance(from_dict, classmethod | staticmethod):
+            _WHY_NOT[cls] = (
+                f"{cls.__qualname__}.from_dict must be a classmethod taking the dict "
+                f"that to_dict() returned"
+            )
+            return None
+        return Kind.PROTOCOL
+    if dataclasses.is_dataclass(cls):
+        return Kind.DATACLASS
+    if _from_library(cls, "pydantic", "BaseModel"):
+        if hasattr(cls, "model_dump_json") and hasattr(cls, "model_validate_json"):
+            return Kind.PYDANTIC
+        _WHY_NOT[cls] = f"{cls.__qualname__} is a pydantic v1 model: use pydantic v2"
+        return None
+    if _from_library(cls, "msgspec", "Struct") and hasattr(cls, "__struct_fields__"):
+        return Kind.MSGSPEC
+    if to_dict is not None:  # a SagaContext subclass that is not a dataclass
+        if _has_slots(cls) or "__dict__" not in dir(cls):
+            _WHY_NOT[cls] = (
+                f"{cls.__qualname__} keeps its state in __slots__: make it a dataclass "
+                f"(slots=True is fine) or give it to_dict() and a classmethod from_dict(data)"
+            )
+            return None
+        return Kind.STATE
+    return None
+
+
+def _from_library(cls: type, package: str, base: str) -> bool:
+    for klass in cls.__mro__:
+        module = klass.__dict__.get("__module__", "")
+        if klass.__name__ == base and (module == package or module.startswith(package + ".")):
+            return True
+    return False
+
+
+def _has_slots(cls: type) -> bool:
+    for klass in cls.__mro__[:-1]:
+        slots = klass.__dict__.get("__slots__")
+        if slots is not None and slots not in ((), []):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- foreign models
+
+
+def dump_model(value: Any, kind: Kind, path: str) -> Any:
+    """The JSON form of a ``PROTOCOL``, ``PYDANTIC`` or ``MSGSPEC`` value,
+    checked to decode back to exactly ``value`` (else ``ContextSerializationError``
+    naming the field)."""
+    cls = type(value)
+    where = path or "<context>"
+    if kind is Kind.PROTOCOL:
+        try:
+            raw = value.to_dict()
+        except ContextSerializationError:
+            raise
+        except Exception as exc:
+            raise ContextSerializationError(
+                where, value, f"{cls.__qualname__}.to_dict() raised {exc!r}"
+            ) from exc
+        data = _json_copy(raw, path, f"{cls.__qualname__}.to_dict()", 0)
+        text = None
+    elif kind is Kind.PYDANTIC:
+        try:
+            text = value.model_dump_json(by_alias=True, round_trip=True)
+        except Exception as exc:
+            raise ContextSerializationError(
+                where, value, f"pydantic cannot dump it as JSON: {exc}"
+            ) from exc
+        data = json.loads(text)
+    else:
+        try:
+            text = sys.modules["msgspec"].json.encode(value).decode()
+        except Exception as exc:
+            raise ContextSerializationError(
+                where, value, f"msgspec cannot encode it as JSON: {exc}"
+            ) from exc
+        data = json.loads(text)
+    try:
+        back = _load(cls, kind, data, text, path)
+    except ContextDecodeError as exc:
+        raise ContextSerializationError(
+            where, value, f"its journal form cannot be read back ({exc}): it could not be resumed"
+        ) from exc
+    difference = first_difference(value, back, path)
+    if difference is not None:
+        at, what = difference
+        raise ContextSerializationError(
+            at or where,
+            value,
+            f"{_codec_name(cls, kind)} is not exact here: {what}, so a resumed saga would "
+            f"see something else; annotate the field precisely (e.g. Decimal, dict[int, str], "
+            f"tuple[int, ...]) or make the model carry it exactly",
+        )
+    return data
+
+
+def load_model(cls: type, kind: Kind, data: Any, path: str) -> Any:
+    """Rebuild a ``PROTOCOL``, ``PYDANTIC`` or ``MSGSPEC`` value from ``dump_model``'s output."""
+    return _load(cls, kind, data, None, path)
+
+
+def _load(cls: Any, kind: Kind, data: Any, text: str | None, path: str) -> Any:
+    where = path or "<context>"
+    try:
+        if kind is Kind.PROTOCOL:
+            value = cls.from_dict(data)
+        elif kind is Kind.PYDANTIC:
+            value = cls.model_validate_json(json.dumps(data) if text is None else text)
+        else:
+            raw = json.dumps(data) if text is None else text
+            value = sys.modules["msgspec"].json.decode(raw.encode(), type=cls)
+    except ContextDecodeError:
+        raise
+    except Exception as exc:
+        raise ContextDecodeError(
+            where, f"{_codec_name(cls, kind, load=True)} raised {exc}"
+        ) from exc
+    if type(value) is not cls:
+        raise ContextDecodeError(
+            where,
+            f"{_codec_name(cls, kind, load=True)} returned a {type(value).__name__}, "
+            f"not a {cls.__name__}",
+        )
+    return value
+
+
+def _codec_name(cls: type, kind: Kind, load: bool = False) -> str:
+    name = cls.__qualname__
+    if kind is Kind.PROTOCOL:
+        return f"{name}.from_dict()" if load else f"{name}.to_dict()/from_dict()"
+    if kind is Kind.PYDANTIC:
+        return f"{name}.model_validate_json()" if load else f"pydantic's JSON form of {name}"
+    return "msgspec.json.decode()" if load else f"msgspec's JSON form of {name}"
+
+
+_JSON_LEAVES = frozenset({str, int, bool, type(None)})
+_MAX_JSON_DEPTH = 400
+
+
+def _json_copy(value: Any, path: str, source: str, depth: int) -> Any:
+    """A copy of ``value`` made of JSON types only (a tuple becomes a list,
+    as a store would make it), or ``ContextSerializationError``."""
+    cls = value.__class__
+    if cls in _JSON_LEAVES:
+        return value
+    if cls is float and math.isfinite(value):
+        return value
+    if depth > _MAX_JSON_DEPTH:
+        raise ContextSerializationError(path or "<context>", value, f"{source} nests too deeply")
+    if cls is list or cls is tuple:
+        return [_json_copy(item, f"{path}[{i}]", source, depth + 1) for i, item in enumerate(value)]
+    if cls is dict:
+        out = {}
+        for key, item in value.items():
+            if key.__class__ is not str:
+                raise ContextSerializationError(
+                    f"{path}[{key!r}]", key, f"{source} returned a key that is not text"
+                )
+            out[key] = _json_copy(item, f"{path}.{key}" if path else key, source, depth + 1)
+        return out
+    raise ContextSerializationError(
+        path or "<context>",
+        value,
+        f"{source} must return JSON types only (str, int, float, bool, None, lists, "
+        f"dicts with str keys)",
+    )
+
+
+# --------------------------------------------------------------------------- exact equality
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, str] | None:
+    """Where ``b`` is not exactly ``a`` — values *and* types, dict key types,
+    tuple-ness, Decimal exponents, time zones — as ``(path, what)``; ``None``
+    when it is. Objects compare by their state, not their ``__eq__``."""
+    return _difference(a, b, path, set())
+
+
+def _difference(a: Any, b: Any, path: str, seen: set[tuple[int, int]]) -> tuple[str, str] | None:
+    ta, tb = type(a), type(b)
+    if ta is not tb:
+        return path, f"a {ta.__name__} comes back as a {tb.__name__} ({b!r:.60})"
+    if a is b:
+        return None
+    if ta is float:
+        same = repr(a) == repr(b)
+    elif ta is Decimal:
+        same = a.as_tuple() == b.as_tuple()
+    elif ta is datetime or ta is time:
+        return _time_difference(a, b, path)
+    elif ta in _PLAIN:
+        same = a == b
+    elif isinstance(a, enum.Enum):
+        same = False  # members are singletons: ``a is b`` was checked
+    else:
+        pair = (id(a), id(b))
+        if pair in seen:
+            return None
+        seen.add(pair)
+        return _container_difference(a, b, path, seen)
+    return None if same else (path, f"{a!r:.60} comes back as {b!r:.60}")
+
+
+_PLAIN: frozenset[type] = frozenset(
+    {str, int, bool, bytes, bytearray, complex, type(None), UUID, date, timedelta, Fraction}
+)
+
+
+def _time_difference(a: Any, b: Any, path: str) -> tuple[str, str] | None:
+    if a != b or a.fold != b.fold or a.utcoffset() != b.utcoffset():
+        return path, f"{a!r:.80} comes back as {b!r:.80}"
+    za, zb = a.tzinfo, b.tzinfo
+    if za is zb or (type(za) is type(zb) and za == zb):
+        return None
+    # Two fixed-offset zones of different classes (pydantic's TzInfo, datetime.timezone)
+    # with one offset are the same zone; a named zone turned into an offset is not.
+    offset = za.utcoffset(None) if za is not None else None
+    if offset is not None and zb is not None and zb.utcoffset(None) == offset:
+        return None
+    return path, f"the time zone {za!r:.40} comes back as {zb!r:.40}"
+
+
+def _container_difference(
+    a: Any, b: Any, path: str, seen: set[tuple[int, int]]
+) -> tuple[str, str] | None:
+    cls = type(a)
+    if cls is list or cls is tuple:
+        if len(a) != len(b):
+            return path, f"{len(a)} items come back as {len(b)}"
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _difference(x, y, f"{path}[{index}]", seen)
+            if found:
+                return found
+        return None
+    if cls is dict:
+        return _items_difference(list(a.items()), b, path, seen)
+    if cls is set or cls is frozenset:
+        return _items_difference([(item, None) for item in a], {k: None for k in b}, path, seen)
+    state_a, state_b = _state(a), _state(b)
+    if state_a is None or state_b is None:
+        return None if a == b else (path, f"{a!r:.60} comes back as {b!r:.60}")
+    for name in state_a.keys() | state_b.keys():
+        where = f"{path}.{name}" if path else name
+        if name not in state_b:
+            return where, "the attribute is missing"
+        if name not in state_a:
+            return where, "an attribute that was not there appears"
+        found = _difference(state_a[name], state_b[name], where, seen)
+        if found:
+            return found
+    return None
+
+
+def _items_difference(
+    items: list[tuple[Any, Any]], other: dict[Any, Any], path: str, seen: set[tuple[int, int]]
+) -> tuple[str, str] | None:
+    if len(items) != len(other):
+        return path, f"{len(items)} items come back as {len(other)}"
+    keys = {key: key for key in other}
+    for key, value in items:
+        where = f"{path}[{key!r}]"
+        if key not in keys:
+            return where, "the key is missing"
+        found = _difference(key, keys[key], where + " (the key)", seen)
+        if found:
+            return found
+        found = _difference(value, other[key], where, seen)
+        if found:
+            return found
+    return None
+
+
+def _state(value: Any) -> dict[str, Any] | None:
+    """The attributes that make up an object's value (``None``: it has none we can see)."""
+    cls = type(value)
+    if dataclasses.is_dataclass(cls):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(cls)}
+    fields = getattr(cls, "__struct_fields__", None)
+    if isinstance(fields, tuple) and _from_library(cls, "msgspec", "Struct"):
+        return {name: getattr(value, name) for name in fields}
+    if _from_library(cls, "pydantic", "BaseModel"):
+        # Its fields and extras: not what else its __dict__ may cache.
+        names = getattr(cls, "__pydantic_fields__", None) or {}
+        state = {name: getattr(value, name) for name in names if hasattr(value, name)}
+        state.update(getattr(value, "__pydantic_extra__", None) or {})
+        return state
+    state = {}
+    own = getattr(value, "__dict__", None)
+    if isinstance(own, dict):
+        state.update(own)
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+                state[name] = getattr(value, name)
+    return state if own is not None or state else None
