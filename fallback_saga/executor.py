@@ -568,13 +568,12 @@ class Execution(StepCursor):
         # A function of its own so that no frame local of the retry loop keeps
         # the error alive (error -> traceback -> frame -> error is a cycle the
         # garbage collector would have to find, for every failed step).
-        cause = _unwrap(error)
         self.journal.append(
             (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-             _describe(cause), _now())
+             _describe(error), _now())
         )
         if self.hooks.step_failed:
-            emit(self.hooks.step_failed, self.saga_id, branch.name, cause)
+            emit(self.hooks.step_failed, self.saga_id, branch.name, error)
 
     async def act(self, branch: Branch) -> Any:
         # Runs inside the breaker (when there is one): the write-ahead happens
@@ -815,6 +814,3 @@ def _describe(error: BaseException) -> str:
     name = type(error).__name__
     return f"{name}: {text}" if text else name
 
-
-def _unwrap(error: BaseException) -> BaseException:
-    return error.error if isinstance(error, JournalWriteFailed) else error
