@@ -54,8 +54,9 @@ def require_driver() -> None:
         pytest.skip(message, allow_module_level=True)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PostgresCluster]:
+def throwaway_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server started for the caller and removed afterwards;
+    skipped with the reason where it cannot start (a failure under CI)."""
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
@@ -70,6 +71,11 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    yield from throwaway_cluster()
 
 
 @pytest.fixture(scope="session")

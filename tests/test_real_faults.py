@@ -67,8 +67,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest_pg import _unavailable
-from pg_cluster import PostgresCluster, PostgresUnavailable
+from conftest_pg import throwaway_cluster
+from pg_cluster import PostgresCluster
 
 from fallback_saga import (
     RetryPolicy,
@@ -590,20 +590,7 @@ def own_cluster() -> Iterator[PostgresCluster]:
     """A PostgreSQL server of this module's own, since these tests stop and
     restart it (skipped with the reason without server binaries or psycopg;
     a failure under CI, like every PostgreSQL test)."""
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError as error:
-        _unavailable(f'psycopg is not installed ({error}); pip install -e ".[postgres]"')
-    try:
-        cluster = PostgresCluster.start_new()
-    except PostgresUnavailable as error:
-        _unavailable(str(error))
-        raise  # not reached
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
+    yield from throwaway_cluster()
 
 
 @pytest.fixture
