@@ -28,6 +28,7 @@ from .events import LoggingListener, SagaListener
 from .executor import SagaResult
 from .fallback import Fallback
 from .recovery import RecoveryReport, recover
+from .results import UnjournaledResponse
 from .retry import RetryPolicy, set_testing
 from .saga import Saga, SagaTransaction
 from .shared_state import CircuitStateStore, SharedCircuit, SQLiteCircuitStateStore
@@ -45,7 +46,7 @@ from .store import (
 )
 from .worker import RecoveryWorker, WorkerStats
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "CircuitBreaker",
@@ -95,6 +96,7 @@ __all__ = [
     "Step",
     "StepInfo",
     "StepStatus",
+    "UnjournaledResponse",
     "WorkerStats",
     "__version__",
     "current_step",

@@ -77,6 +77,7 @@ __all__ = [
     "decode_structure",
     "encode_context",
     "encode_structure",
+    "journal_untyped",
 ]
 
 #: How deeply values may nest inside a context: each list, tuple, set, dict or
@@ -144,6 +145,15 @@ def encode_structure(context: object) -> dict[str, Any]:
     except _TooDeep as too_deep:
         raise _nesting_error(context, too_deep) from None
     raise ContextSerializationError("<context>", context, why_not(cls))
+
+
+def journal_untyped(value: object, path: str) -> Any:
+    """The journal form of one value with no annotation to go by — what an
+    ``Any`` field holds (step responses are journaled this way: ``results.py``)."""
+    try:
+        return _encode_untyped(value, path, 1)
+    except _TooDeep as too_deep:
+        raise _nesting_error(value, too_deep) from None
 
 
 def decode_context(cls: type, data: Mapping[str, Any]) -> Any:

@@ -35,6 +35,7 @@ __all__ = [
     "TAG",
     "decode_dataclass",
     "decode_state",
+    "decode_untyped",
     "decoder",
     "fields",
     "is_union",
@@ -118,6 +119,11 @@ def _decode_untyped(value: Any, path: str) -> Any:
             for key, item in value.items()
         }
     return value
+
+
+def decode_untyped(value: Any, path: str) -> Any:
+    """Read back a value ``codec.journal_untyped`` wrote (tags and all)."""
+    return _decode_untyped(value, path)
 
 
 def _decode_tag(tag: str, payload: Any, path: str) -> Any:

@@ -61,6 +61,7 @@ from .shielding import settle, shielded
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store._common import check_saga_id
+from .store._responses import journal_entry
 from .store.base import JournalEntry, Lease, RawEntry, SagaStore, is_conditional
 
 __all__ = ["SagaResult"]
@@ -519,7 +520,7 @@ class Execution(StepCursor):
             self.attempt = attempt
             journal.append(
                 (branch.position, branch.name, branch.branch, "act", _STARTED, attempt, None,
-                 _now())
+                 _now(), None)
             )
             if hooks.step_started:
                 emit(hooks.step_started, self.saga_id, branch.name, attempt)
@@ -556,7 +557,7 @@ class Execution(StepCursor):
                 continue
             journal.append(
                 (branch.position, branch.name, branch.branch, "act", _COMPLETED, attempt, None,
-                 _now())
+                 _now(), response)
             )
             self.context_dirty = True
             self.stack.append(branch)
@@ -570,7 +571,7 @@ class Execution(StepCursor):
         # garbage collector would have to find, for every failed step).
         self.journal.append(
             (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-             _describe(error), _now())
+             _describe(error), _now(), None)
         )
         if self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
@@ -639,7 +640,7 @@ class Execution(StepCursor):
         while True:
             journal.append(
                 (branch.position, branch.name, branch.branch, "compensate", _STARTED, attempt,
-                 None, _now())
+                 None, _now(), None)
             )
             self.step = branch.name
             self.action = "compensate"
@@ -662,7 +663,7 @@ class Execution(StepCursor):
                     return self._compensation_failed(branch, attempt, error)
                 journal.append(
                     (branch.position, branch.name, branch.branch, "compensate", _FAILED,
-                     attempt, _describe(error), _now())
+                     attempt, _describe(error), _now(), None)
                 )
                 attempt += 1
                 await policy.wait_before(attempt)
@@ -675,7 +676,7 @@ class Execution(StepCursor):
                 self.active = False
             journal.append(
                 (branch.position, branch.name, branch.branch, "compensate", _COMPLETED, attempt,
-                 None, _now())
+                 None, _now(), None)
             )
             self.context_dirty = True
             if hooks.compensation_completed:
@@ -687,7 +688,7 @@ class Execution(StepCursor):
     ) -> BaseException:
         self.journal.append(
             (branch.position, branch.name, branch.branch, "compensate", _FAILED, attempt,
-             _describe(error), _now())
+             _describe(error), _now(), None)
         )
         if self.hooks.compensation_failed:
             emit(self.hooks.compensation_failed, self.saga_id, branch.name, error)
@@ -723,7 +724,8 @@ class Execution(StepCursor):
         status = self.pending_status
         if self.created and written == len(journal) and status is None:
             return
-        entries = [tuple.__new__(JournalEntry, raw) for raw in journal[written:]]
+        saga_name = self.saga_name
+        entries = [journal_entry(raw, saga_name) for raw in journal[written:]]
         try:
             context = self._encode_context(unwinding)
         except ContextSerializationError as error:

@@ -29,6 +29,7 @@ from .executor import (
     SagaResult,
 )
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
+from .results import journaled_results
 from .resumption import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .shielding import shielded
@@ -264,7 +265,7 @@ class Saga(Generic[ContextT]):
         point = resume_point(record)
         failure = point.last_failure or ("", "")
         if status is SagaStatus.COMPLETED:
-            return SagaResult(record.saga_id, status, context, [])
+            return SagaResult(record.saga_id, status, context, journaled_results(record))
         if status.is_final:
             raise SagaFailed(
                 saga_id=record.saga_id,
@@ -284,6 +285,9 @@ class Saga(Generic[ContextT]):
             await execution.resume_unwinding(
                 failure[0], RecordedError(failure[1] or "failed in an earlier run")
             )
+        # What the steps that completed returned, so that the result is the one a
+        # run without the crash gives (a saga still to unwind returns none).
+        execution.results = journaled_results(record)
         if point.next_position >= len(self._plan):
             # Every act completed but the completion was not journaled: finish it.
             execution.begin()

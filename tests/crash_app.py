@@ -72,6 +72,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,6 +80,7 @@ import fallback_saga
 from fallback_saga import (
     Fallback,
     JournalEntry,
+    Response,
     Saga,
     SagaContext,
     SagaFailed,
@@ -253,7 +255,22 @@ class CrashCtx(SagaContext):
     trail: list[str] = dataclasses.field(default_factory=list)
 
 
-class _Step(SagaStepHandler[CrashCtx, str]):
+class Receipt(Response, frozen=True):
+    """What a step returns: journaled with it, so a resumed run's results
+    are the crash-free run's (types included: a Decimal, a tuple)."""
+
+    step: str
+    amount: Decimal
+    codes: tuple[int, ...]
+
+
+def results_seen(results: Sequence[Any]) -> list[list[str]]:
+    """A run's ``result.results`` as JSON can carry it to the test: the reprs
+    tell a Decimal from a str and a tuple from a list."""
+    return [[r.step_name, repr(r.response)] for r in results]
+
+
+class _Step(SagaStepHandler[CrashCtx, Receipt]):
     name: ClassVar[str | None] = None
 
     def act_fails(self, ctx: CrashCtx) -> bool:
@@ -271,7 +288,7 @@ class _Step(SagaStepHandler[CrashCtx, str]):
             raise RuntimeError(f"{self.name} declined")
         Ledger.call("act", self.name)
         boundary(f"inside act {self.name}: effect applied, not returned")
-        return self._generate_step_result(self.name)
+        return self._generate_step_result(Receipt(self.name, Decimal("9.99"), (1, 2)))
 
     async def compensate(self, ctx: CrashCtx, /) -> None:
         assert self.name is not None
@@ -323,10 +340,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = await saga.run(ctx, saga_id=args.saga_id)
         outcome = result.status.value
+        results = results_seen(result.results)
     except SagaFailed as failed:
         outcome = failed.status.value
+        results = []
     await store.close()
-    return {"outcome": outcome, "boundaries": _Crash.seen}
+    return {"outcome": outcome, "boundaries": _Crash.seen, "results": results}
 
 
 async def _recover(args: argparse.Namespace) -> dict[str, Any]:
@@ -348,9 +367,12 @@ async def _recover(args: argparse.Namespace) -> dict[str, Any]:
         if found.total == 0:
             break
     outcomes: dict[str, str] = {}
+    results: dict[str, list[list[str]]] = {}
     for saga_id in args.ids:
         try:
-            outcomes[saga_id] = (await saga.resume(saga_id)).status.value
+            result = await saga.resume(saga_id)
+            outcomes[saga_id] = result.status.value
+            results[saga_id] = results_seen(result.results)
         except SagaFailed as failed:
             outcomes[saga_id] = failed.status.value
         except SagaNotFound:
@@ -358,6 +380,7 @@ async def _recover(args: argparse.Namespace) -> dict[str, Any]:
     await store.close()
     report["passes"] = passes
     report["outcomes"] = outcomes
+    report["results"] = results
     report["pid"] = os.getpid()
     return report
 

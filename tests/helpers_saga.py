@@ -239,8 +239,8 @@ class JsonStore:
             raise SagaNotFound(saga_id)
         row = json.loads(self.rows[saga_id])
         history = [
-            JournalEntry(p, step, branch, action, StepStatus(status), attempt, error, at)
-            for p, step, branch, action, status, attempt, error, at in row["history"]
+            JournalEntry(p, step, branch, action, StepStatus(status), attempt, error, at, result)
+            for p, step, branch, action, status, attempt, error, at, result in row["history"]
         ]
         return SagaRecord(
             saga_id=saga_id,

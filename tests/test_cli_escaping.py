@@ -72,7 +72,7 @@ def make_store(db: str) -> None:
         (HUGE, "N" * 1_000_000, now, now, "O" * 1_000_000, now + 300),
     )
     conn.execute(
-        "INSERT INTO saga_steps VALUES (?, 0, 0, ?, 'primary', 'act', 'failed', 1, ?, ?)",
+        "INSERT INTO saga_steps VALUES (?, 0, 0, ?, 'primary', 'act', 'failed', 1, ?, ?, NULL)",
         (HUGE, "S" * 1_000_000, "E" * 1_000_000, now),
     )
     conn.close()
@@ -199,7 +199,7 @@ def test_show_cuts_overlong_values(db: str, capsys: pytest.CaptureFixture[str]) 
         ("N" * 1_000_000, "F" * 1_000_000, long_context),
     )
     conn.execute(
-        "INSERT INTO saga_steps VALUES ('big', 0, 0, ?, 'primary', 'act', 'failed', 1, ?, 0)",
+        "INSERT INTO saga_steps VALUES ('big', 0, 0, ?, 'primary', 'act', 'failed', 1, ?, 0, NULL)",
         ("S" * 1_000_000, "E" * 1_000_000),
     )
     conn.close()

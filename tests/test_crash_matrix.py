@@ -164,6 +164,8 @@ class ForkServers:
 # --------------------------------------------------------------------------- dry runs
 
 _DRY_RUNS: dict[str, tuple[str, list[str]]] = {}
+# variant -> the uninterrupted run's ``result.results`` (crash_app.results_seen)
+_DRY_RESULTS: dict[str, list[list[str]]] = {}
 
 
 def dry_runs() -> dict[str, tuple[str, list[str]]]:
@@ -189,6 +191,7 @@ def dry_runs() -> dict[str, tuple[str, list[str]]]:
                     raise RuntimeError(f"dry run of {variant!r} failed:\n{err}")
                 data = json.loads(out)
                 _DRY_RUNS[variant] = (data["outcome"], data["boundaries"])
+                _DRY_RESULTS[variant] = data["results"]
     return _DRY_RUNS
 
 
@@ -546,6 +549,12 @@ def check_case(case: Case, played: Played) -> None:
     assert after is not None, "the saga disappeared from the store"
     assert after.status == expected, (before, after)
     assert report["outcomes"] == {saga_id: expected}  # resume() of a finished saga
+    if expected == "completed":
+        # S14: what the steps returned survives the crash: resume() gives the
+        # results an uninterrupted run returns, types and all.
+        dry_runs()
+        assert report["results"] == {saga_id: _DRY_RESULTS[variant]}
+        assert len(_DRY_RESULTS[variant]) == 3
     bucket = {"completed": "resumed", "compensated": "compensated", "failed": "failed"}
     if before.status in ("running", "compensating"):
         assert report[bucket[expected]] == [saga_id]

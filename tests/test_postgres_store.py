@@ -187,8 +187,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 1
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(1,)]
+    assert SCHEMA_VERSION == 2
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(2,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -199,6 +199,13 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert columns["fence"] == "bigint"
     assert columns["lease_expires_at"] == "timestamp with time zone"
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
+    step_columns = dict(
+        raw.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'fallback_saga_steps'"
+        ).fetchall()
+    )
+    assert step_columns["result"] == "text"  # JSON text: jsonb refuses some escapes
     indexes = dict(
         raw.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
@@ -242,7 +249,7 @@ async def test_concurrent_starters_migrate_once(pg_conninfo: str, pg_schema: str
         assert (await stores[-1].load("saga-1")).saga_name == "OrderSaga"
     finally:
         await asyncio.gather(*(store.close() for store in stores))
-    assert raw.execute("SELECT id, version FROM fallback_saga_schema").fetchall() == [(1, 1)]
+    assert raw.execute("SELECT id, version FROM fallback_saga_schema").fetchall() == [(1, SCHEMA_VERSION)]
 
 
 async def test_opening_again_keeps_the_sagas(pg_conninfo: str, pg_schema: str) -> None:
@@ -259,13 +266,15 @@ async def test_a_new_schema_version_is_one_more_migration(
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         await new_saga(store, "saga-1")
 
-    async def to_v2(execute: Any, names: Any) -> None:
+    async def to_next(execute: Any, names: Any) -> None:
         await execute(f"ALTER TABLE {names.sagas} ADD COLUMN tenant text NULL")
 
-    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, to_v2))
+    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, to_next))
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         assert (await store.load("saga-1")).saga_name == "OrderSaga"
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (2,)
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
+        SCHEMA_VERSION + 1,
+    )
     assert raw.execute("SELECT tenant FROM fallback_saga_sagas").fetchall() == [(None,)]
 
 
@@ -275,14 +284,16 @@ async def test_a_failed_migration_leaves_the_schema_as_it_was(
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         await new_saga(store, "saga-1")
 
-    async def broken_v2(execute: Any, names: Any) -> None:
+    async def broken_next(execute: Any, names: Any) -> None:
         await execute(f"ALTER TABLE {names.sagas} ADD COLUMN tenant text NULL")
         await execute("SELECT no_such_function()")
 
-    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, broken_v2))
+    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, broken_next))
     with pytest.raises(SagaStoreError, match="no_such_function"):
         await PostgresSagaStore(pg_conninfo, schema=pg_schema).open()
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (1,)
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
+        SCHEMA_VERSION,
+    )
     columns = raw.execute(
         "SELECT column_name FROM information_schema.columns"
         " WHERE table_schema = current_schema() AND table_name = 'fallback_saga_sagas'"

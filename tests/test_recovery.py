@@ -666,7 +666,9 @@ async def test_resume_of_a_completed_saga_returns_its_stored_outcome(
     assert result.saga_id == "s1"
     assert result.status is SagaStatus.COMPLETED
     assert result.context == ShopCtx(order_id="o-7", trail=["A", "B", "C"])
-    assert result.results == []
+    assert [(r.step_name, r.response) for r in result.results] == [
+        ("A", "A"), ("B", "B"), ("C", "C")
+    ]
     assert script.calls == []
     assert rows(await store.load("s1")) == before
 

@@ -123,8 +123,8 @@ async def test_wal_mode_is_on(store: SQLiteSagaStore, raw: sqlite3.Connection) -
 
 
 async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.Connection) -> None:
-    assert SCHEMA_VERSION == 1
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert SCHEMA_VERSION == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
     columns = [row[1] for row in raw.execute("PRAGMA table_info(sagas)")]
     assert columns == [
         "saga_id", "saga_name", "fingerprint", "status", "context", "version",
@@ -133,7 +133,7 @@ async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.C
     steps = [row[1] for row in raw.execute("PRAGMA table_info(saga_steps)")]
     assert steps == [
         "saga_id", "seq", "position", "step", "branch", "action", "status", "attempt",
-        "error", "at",
+        "error", "at", "result",
     ]
     indexes = {row[1] for row in raw.execute("PRAGMA index_list(sagas)")}
     assert {"sagas_by_status", "sagas_by_name"} <= indexes
@@ -188,18 +188,18 @@ async def test_a_new_schema_version_is_one_more_migration(
         await new_saga(store, "saga-1")
     ran: list[int] = []
 
-    def to_v2(conn: sqlite3.Connection) -> None:
-        ran.append(2)
+    def to_next(conn: sqlite3.Connection) -> None:
+        ran.append(SCHEMA_VERSION + 1)
         conn.execute("ALTER TABLE sagas ADD COLUMN note TEXT NULL")
 
-    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, to_v2))
+    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, to_next))
     async with SQLiteSagaStore(db) as store:
         assert (await store.load("saga-1")).saga_name == "OrderSaga"
-    async with SQLiteSagaStore(db) as store:  # already at v2: nothing runs again
+    async with SQLiteSagaStore(db) as store:  # already migrated: nothing runs again
         await new_saga(store, "saga-2")
-    assert ran == [2]
+    assert ran == [SCHEMA_VERSION + 1]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
 
 
@@ -209,17 +209,17 @@ async def test_a_failed_migration_leaves_the_file_as_it_was(
     async with SQLiteSagaStore(db) as store:
         await new_saga(store, "saga-1")
 
-    def broken_v2(conn: sqlite3.Connection) -> None:
+    def broken_next(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE sagas ADD COLUMN note TEXT NULL")
         conn.execute("THIS IS NOT SQL")
 
-    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, broken_v2))
+    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, broken_next))
     store = SQLiteSagaStore(db)
     with pytest.raises(SagaStoreError, match="cannot open SQLite database"):
         await store.open()
     await store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert "note" not in [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
 
 

@@ -11,6 +11,7 @@ from ..status import SagaStatus, StepStatus
 __all__ = [
     "JournalEntry",
     "Lease",
+    "LeaseState",
     "LiveJournal",
     "LiveSaga",
     "RecoverableStore",
@@ -35,6 +36,11 @@ class JournalEntry(NamedTuple):
     Fallback's primary, ``"fallback"`` for its fallback. ``at`` is wall-clock
     Unix time (for people reading the journal; no durations are computed
     from it).
+
+    ``result`` is set on an ``act`` entry with status COMPLETED only: the
+    step's response in its journal form, JSON text (``results.py`` writes and
+    reads it; ``None`` on every other entry, and on entries journaled before
+    0.6.0, which did not keep responses).
     """
 
     position: int
@@ -45,6 +51,7 @@ class JournalEntry(NamedTuple):
     attempt: int
     error: str | None
     at: float
+    result: str | None = None
 
 
 @dataclass(slots=True)
@@ -143,6 +150,19 @@ class SagaSummary:
     lease_expires_at: float | None = None
 
 
+class LeaseState(NamedTuple):
+    """A saga's recovery lease as its store holds it (optional ``lease_state``).
+
+    ``owner`` is ``None`` when the saga was never claimed or its lease was
+    released; ``expires_at`` (Unix time) is then ``None`` or the release time.
+    ``token`` is the fencing token (0 until the first claim).
+    """
+
+    owner: str | None
+    expires_at: float | None
+    token: int
+
+
 @runtime_checkable
 class RecoverableStore(SagaStore, Protocol):
     """A durable store that recovery and the operator CLI can work with.
@@ -152,6 +172,16 @@ class RecoverableStore(SagaStore, Protocol):
     is still current (else ``LeaseLost``). Recovery heartbeats a resumed saga
     through it when the store has it (checked with ``hasattr``); without it a
     saga must finish within its lease, or another worker takes it over.
+
+    Optional, for operators (the web console asks with ``getattr`` and does
+    without): ``listing_filters``, a class attribute naming the extra keyword
+    filters ``list_sagas`` takes — ``before`` (a saga id: only sagas listed
+    after it, i.e. older; ``SagaNotFound`` if it is gone), ``created_since``
+    and ``created_until`` (Unix time: ``created_since <= created_at <
+    created_until``); ``async def count_sagas(*, saga_name=None,
+    created_since=None, created_until=None) -> dict[tuple[str, SagaStatus],
+    int]``, the number of sagas by (name, status); and ``async def
+    lease_state(saga_id) -> LeaseState`` (``SagaNotFound`` if missing).
     """
 
     async def list_sagas(
@@ -214,8 +244,11 @@ class WorkNotifier(Protocol):
         ...
 
 
-# The raw form of a ``JournalEntry`` the executor builds on the hot path.
-RawEntry = tuple[int, str, Branch, Action, StepStatus, int, str | None, float]
+# The raw form of a ``JournalEntry`` the executor builds on the hot path. Its
+# last item is the step's response itself, on an act-COMPLETED entry (``None``
+# elsewhere): it is put in journal form only when written or loaded
+# (``results.journal_entry``), so a saga on an in-process store never pays for it.
+RawEntry = tuple[int, str, Branch, Action, StepStatus, int, str | None, float, Any]
 
 
 class LiveSaga(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -10,7 +11,9 @@ from typing import Any
 
 from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
-from .base import JournalEntry, Lease, LiveSaga, SagaRecord
+from ._common import finite_seconds, non_negative_int
+from ._responses import journal_entry
+from .base import JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
 
 __all__ = ["MemorySagaStore"]
 
@@ -33,6 +36,8 @@ class MemorySagaStore:
 
     # append(..., after=N): written only if the journal holds N entries.
     appends_after = True
+    # The keyword filters list_sagas takes (see RecoverableStore).
+    listing_filters = ("before", "created_since", "created_until")
 
     def __init__(self, *, max_finished: int = 10_000) -> None:
         if isinstance(max_finished, bool) or not isinstance(max_finished, int) or max_finished < 0:
@@ -131,7 +136,7 @@ class MemorySagaStore:
                 updated_at=saga.updated_at,
                 version=saga.version,
             )
-        history = [JournalEntry._make(raw) for raw in saga.journal]
+        history = [journal_entry(raw, saga.saga_name) for raw in saga.journal]
         return SagaRecord(
             saga_id=saga.saga_id,
             saga_name=saga.saga_name,
@@ -144,8 +149,83 @@ class MemorySagaStore:
             version=len(history),
         )
 
+    # ------------------------------------------------------------------ listing (operators)
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        created_since: float | None = None,
+        created_until: float | None = None,
+    ) -> list[SagaSummary]:
+        """Newest first (the order the sagas were started in), filtered as
+        ``SQLiteSagaStore.list_sagas`` is; what the web console reads."""
+        limit = non_negative_int("limit", limit)
+        status = None if status is None else SagaStatus(status)
+        since, until = _time_range(created_since, created_until)
+        ids = list(self._sagas)
+        end = len(ids)
+        if before is not None:
+            try:
+                end = ids.index(before)
+            except ValueError:
+                raise SagaNotFound(before) from None
+        found: list[SagaSummary] = []
+        for saga_id in reversed(ids[:end]):
+            if len(found) >= limit:
+                break
+            summary = self._summary(saga_id)
+            if (
+                (status is None or summary.status is status)
+                and (saga_name is None or summary.saga_name == saga_name)
+                and since <= summary.created_at < until
+            ):
+                found.append(summary)
+        return found
+
+    async def count_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        created_since: float | None = None,
+        created_until: float | None = None,
+    ) -> dict[tuple[str, SagaStatus], int]:
+        """How many sagas there are, by (saga name, status); filtered like
+        ``list_sagas``."""
+        since, until = _time_range(created_since, created_until)
+        counts: dict[tuple[str, SagaStatus], int] = {}
+        for saga_id in list(self._sagas):
+            summary = self._summary(saga_id)
+            if (saga_name is None or summary.saga_name == saga_name) and (
+                since <= summary.created_at < until
+            ):
+                key = (summary.saga_name, summary.status)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _summary(self, saga_id: str) -> SagaSummary:
+        saga = self._sagas[saga_id]
+        if isinstance(saga, SagaRecord):
+            updated_at = saga.updated_at
+        else:
+            journal = saga.journal
+            updated_at = journal[-1][7] if journal else saga.created_at
+        return SagaSummary(
+            saga_id, saga.saga_name, saga.status, saga.created_at, updated_at
+        )
+
     def _retire(self, saga_id: str) -> None:
         finished = self._finished
         finished.append(saga_id)
         while len(finished) > self.max_finished:
             self._sagas.pop(finished.popleft(), None)
+
+
+def _time_range(since: float | None, until: float | None) -> tuple[float, float]:
+    return (
+        -math.inf if since is None else finite_seconds("created_since", since),
+        math.inf if until is None else finite_seconds("created_until", until),
+    )

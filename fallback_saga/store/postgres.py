@@ -100,7 +100,7 @@ from ._common import (
     status_text,
 )
 from ._group_commit import GroupCommit, RetryAlone
-from .base import JournalEntry, Lease, SagaRecord, SagaSummary
+from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
 if TYPE_CHECKING:
     # Types only. The driver is an optional extra: without it, mypy still
@@ -222,9 +222,18 @@ async def _migrate_to_v1(execute: _Cursor, names: _Names) -> None:
     )
 
 
+async def _migrate_to_v2(execute: _Cursor, names: _Names) -> None:
+    # 0.6.0: each completed act keeps its step's response (JSON text, see
+    # store/_responses.py; text, not jsonb, which refuses some escapes). Rows
+    # written before stay NULL: "not kept". A nullable column with no default
+    # is added without rewriting the table.
+    await execute(f"ALTER TABLE {names.steps} ADD COLUMN result text NULL")
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v1,
+    _migrate_to_v2,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -301,16 +310,39 @@ _INTERRUPTED_SQL: Final = "('running', 'compensating')"
 _FINISHED_SQL: Final = "('completed', 'compensated', 'failed')"
 
 # The journal entries of one write: one JSON array of [position, step, branch,
-# action, status, attempt, error, at] arrays, numbered from 1 (``n``). One text
+# action, status, attempt, error, at, result] arrays, numbered from 1 (``n``). One text
 # parameter costs the client far less than one array parameter per column;
 # ``json`` (not ``jsonb``) keeps each number's text, so times parse exactly.
 _ENTRIES: Final = "json_array_elements(%s::json) WITH ORDINALITY AS e(v, n)"
 _ENTRY_VALUES: Final = (
     "(e.v->>0)::int, e.v->>1, e.v->>2, e.v->>3, e.v->>4, (e.v->>5)::int, e.v->>6,"
-    " (e.v->>7)::float8"
+    " (e.v->>7)::float8, e.v->>8"
 )
-_STEP_COLUMNS: Final = "(saga_id, seq, position, step, branch, action, status, attempt, error, at)"
+_STEP_COLUMNS: Final = (
+    "(saga_id, seq, position, step, branch, action, status, attempt, error, at, result)"
+)
 _EPOCH: Final = "extract(epoch FROM {})::float8"
+
+
+_STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
+
+
+def _listing_filter(
+    saga_name: str | None, created_since: float | None, created_until: float | None
+) -> tuple[list[str], list[Any]]:
+    """The filters of a listing or count: fixed fragments, every value a parameter."""
+    where: list[str] = []
+    params: list[Any] = []
+    if saga_name is not None:
+        where.append("saga_name = %s")
+        params.append(saga_name)
+    if created_since is not None:
+        where.append("created_at >= to_timestamp(%s::float8)")
+        params.append(finite_seconds("created_since", created_since))
+    if created_until is not None:
+        where.append("created_at < to_timestamp(%s::float8)")
+        params.append(finite_seconds("created_until", created_until))
+    return where, params
 
 
 class _Statements:
@@ -348,7 +380,7 @@ class _Statements:
             f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
             f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
             f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
-            f" h.errors, h.ats"
+            f" h.errors, h.ats, h.results"
             f" FROM {sagas} s LEFT JOIN LATERAL ("
             f" SELECT array_agg(seq ORDER BY seq) AS seqs,"
             f" array_agg(position ORDER BY seq) AS positions,"
@@ -358,7 +390,8 @@ class _Statements:
             f" array_agg(status ORDER BY seq) AS statuses,"
             f" array_agg(attempt ORDER BY seq) AS attempts,"
             f" array_agg(error ORDER BY seq) AS errors,"
-            f" array_agg(at ORDER BY seq) AS ats"
+            f" array_agg(at ORDER BY seq) AS ats,"
+            f" array_agg(result ORDER BY seq) AS results"
             f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
             f" WHERE s.saga_id = %s"
         )
@@ -367,11 +400,16 @@ class _Statements:
             f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')}"
             f" FROM {sagas}"
         )
-        newest_first = " ORDER BY seq DESC LIMIT %s::bigint"
-        self.list_all = summary + newest_first
-        self.list_by_status = summary + " WHERE status = %s" + newest_first
-        self.list_by_name = summary + " WHERE saga_name = %s" + newest_first
-        self.list_by_both = summary + " WHERE status = %s AND saga_name = %s" + newest_first
+        # Listings and counts: a WHERE clause of fixed fragments (``_listing_filter``).
+        self.summary = summary
+        self.newest_first = " ORDER BY seq DESC LIMIT %s::bigint"
+        self.seq_of = f"SELECT seq FROM {sagas} WHERE saga_id = %s"
+        self.count = f"SELECT saga_name, status, count(*) FROM {sagas}"
+        self.count_groups = " GROUP BY saga_name, status"
+        self.lease_state = (
+            f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence FROM {sagas}"
+            f" WHERE saga_id = %s"
+        )
         # One table, no join, no subquery in the locking SELECT (see the module doc).
         self.claimable = (
             f"SELECT saga_id FROM {sagas}"
@@ -489,7 +527,7 @@ def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
         # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (an
         # exception's text may hold either): keep the rest of the error readable.
         rows = [
-            e if e[6] is None else (*e[:6], _UNSTORABLE.sub("\ufffd", e[6]), e[7])
+            e if e[6] is None else (*e[:6], _UNSTORABLE.sub("\ufffd", e[6]), *e[7:])
             for e in entries
         ]
     try:
@@ -510,7 +548,7 @@ _ACTIONS: Final = frozenset({"act", "compensate"})
 
 def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
     (saga_name, fingerprint, status, context_text, version, created_at, updated_at,
-     seqs, positions, steps, branches, actions, statuses, attempts, errors, ats) = row
+     seqs, positions, steps, branches, actions, statuses, attempts, errors, ats, results) = row
     if not isinstance(context_text, str):
         raise CorruptSagaRecord(saga_id, "the context is not JSON text")
     try:
@@ -521,8 +559,8 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
         raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
     history: list[JournalEntry] = []
     if seqs is not None:
-        for seq, position, step, branch, action, raw_status, attempt, error, at in zip(
-            seqs, positions, steps, branches, actions, statuses, attempts, errors, ats,
+        for seq, position, step, branch, action, raw_status, attempt, error, at, result in zip(
+            seqs, positions, steps, branches, actions, statuses, attempts, errors, ats, results,
             strict=True,
         ):
             try:
@@ -540,7 +578,8 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
             if not isinstance(at, float) or not math.isfinite(at):
                 raise CorruptSagaRecord(saga_id, f"transition {seq} has no valid time")
             history.append(
-                JournalEntry(position, step, branch, action, step_status, attempt, error, at)
+                JournalEntry(position, step, branch, action, step_status, attempt, error, at,
+                             result)
             )
     return SagaRecord(
         saga_id=saga_id,
@@ -633,6 +672,8 @@ class PostgresSagaStore:
 
     # append(..., after=N): written only if the journal holds N entries.
     appends_after: Final = True
+    # The keyword filters list_sagas takes beyond the protocol's (RecoverableStore).
+    listing_filters: Final = ("before", "created_since", "created_until")
 
     def __init__(
         self,
@@ -994,22 +1035,33 @@ class PostgresSagaStore:
         status: SagaStatus | None = None,
         saga_name: str | None = None,
         limit: int = 100,
+        before: str | None = None,
+        created_since: float | None = None,
+        created_until: float | None = None,
     ) -> list[SagaSummary]:
         """Newest first (creation order). A row that cannot be read is logged
-        and left out."""
+        and left out.
+
+        ``before`` (a saga id) lists the sagas after it, for the next page
+        (``SagaNotFound`` if it is gone); ``created_since <= created_at <
+        created_until`` (Unix time) when given."""
         limit = non_negative_int("limit", limit)
         sql = self._sql
-        # Four fixed statements rather than string-built filters.
-        params: list[Any]
-        if status is None and saga_name is None:
-            statement, params = sql.list_all, [limit]
-        elif saga_name is None:
-            assert status is not None
-            statement, params = sql.list_by_status, [status_text(status), limit]
-        elif status is None:
-            statement, params = sql.list_by_name, [saga_name, limit]
-        else:
-            statement, params = sql.list_by_both, [status_text(status), saga_name, limit]
+        where, params = _listing_filter(saga_name, created_since, created_until)
+        if status is not None:
+            where.append("status = %s")
+            params.append(status_text(status))
+        if before is not None:
+            before = check_saga_id(before)
+            # A cursor by id, resolved to its place in the listing's order.
+            cursor_row = await self._fetch("cannot list sagas", sql.seq_of, (before,))
+            if cursor_row is None:
+                raise SagaNotFound(before)
+            where.append("seq < %s::bigint")
+            params.append(cursor_row[0])
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        statement = sql.summary + clause + sql.newest_first
+        params.append(limit)
         found = await self._fetch("cannot list sagas", statement, params, rows="all")
         summaries: list[SagaSummary] = []
         for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in found:
@@ -1029,6 +1081,41 @@ class PostgresSagaStore:
                 # One bad row must not hide every other saga from an operator.
                 _log.warning("skipping a saga in the listing: %s", error)
         return summaries
+
+    async def count_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        created_since: float | None = None,
+        created_until: float | None = None,
+    ) -> dict[tuple[str, SagaStatus], int]:
+        """How many sagas there are, by (saga name, status); filtered like
+        ``list_sagas``. Pairs with no saga are absent."""
+        where, params = _listing_filter(saga_name, created_since, created_until)
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        statement = self._sql.count + clause + self._sql.count_groups
+        found = await self._fetch("cannot count sagas", statement, params, rows="all")
+        counts: dict[tuple[str, SagaStatus], int] = {}
+        for name, status, count in found:
+            if status not in _STATUS_VALUES:
+                # Unreadable rows are left out, as from a listing.
+                _log.warning(
+                    "leaving %d saga(s) out of the counts: unknown status %s",
+                    count, short_repr(status),
+                )
+                continue
+            counts[name, SagaStatus(status)] = count
+        return counts
+
+    async def lease_state(self, saga_id: str) -> LeaseState:
+        """The saga's lease owner, expiry and fencing token; ``SagaNotFound``."""
+        saga_id = check_saga_id(saga_id)
+        doing = f"cannot read the lease of saga {short_repr(saga_id)}"
+        row = await self._fetch(doing, self._sql.lease_state, (saga_id,))
+        if row is None:
+            raise SagaNotFound(saga_id)
+        owner, expires_at, token = row
+        return LeaseState(owner, expires_at, token)
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int

@@ -74,7 +74,7 @@ from ._common import (
     short_repr,
     status_text,
 )
-from .base import JournalEntry, Lease, SagaRecord, SagaSummary
+from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSagaStore", "SQLiteStoreStats"]
 
@@ -127,8 +127,17 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX sagas_by_name ON sagas (saga_name)")
 
 
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    # 0.6.0: each completed act keeps its step's response (JSON text, see
+    # store/_responses.py). Rows written before stay NULL: "not kept".
+    conn.execute("ALTER TABLE saga_steps ADD COLUMN result TEXT NULL")
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
-_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_migrate_to_v1,)
+_MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+)
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -164,7 +173,7 @@ _INSERT_SAGA: Final = (
 )
 _INSERT_STEP: Final = (
     "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
-    " attempt, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " attempt, error, at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_SAGA: Final = (
     "UPDATE sagas SET status = COALESCE(?, status), context = COALESCE(?, context),"
@@ -181,7 +190,7 @@ _SELECT_SAGA: Final = (
     " FROM sagas WHERE saga_id = ?"
 )
 _SELECT_STEPS: Final = (
-    "SELECT seq, position, step, branch, action, status, attempt, error, at"
+    "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
     " FROM saga_steps WHERE saga_id = ? ORDER BY seq"
 )
 _SUMMARY_COLUMNS: Final = (
@@ -189,6 +198,10 @@ _SUMMARY_COLUMNS: Final = (
     " lease_expires_at FROM sagas"
 )
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
+_ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
+_COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
+_COUNT_GROUPS: Final = " GROUP BY saga_name, status"
+_STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
 _CLAIMABLE: Final = (
     # Never leased: due once not updated for older_than. Leased before: due as
     # soon as that lease expired or was released (a dead or departed worker's
@@ -250,7 +263,7 @@ def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
     else:
         return rows
     return tuple(
-        e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), e[7])
+        e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), *e[7:])
         for e in rows
     )
 
@@ -283,10 +296,10 @@ class _Txn:
     def add(self, saga_id: str, start: int, entries: tuple[JournalEntry, ...]) -> None:
         # str(status): a plain str binds without sqlite3's adaptation lookup.
         self.rows += [
-            (saga_id, seq, position, step, branch, action, str(status), attempt, error, at)
-            for seq, (position, step, branch, action, status, attempt, error, at) in enumerate(
-                entries, start
-            )
+            (saga_id, seq, position, step, branch, action, str(status), attempt, error, at,
+             result)
+            for seq, (position, step, branch, action, status, attempt, error, at, result)
+            in enumerate(entries, start)
         ]
 
     def flush(self, cursor: sqlite3.Cursor) -> None:
@@ -444,23 +457,24 @@ def _list(
     status: str | None,
     saga_name: str | None,
     limit: int,
+    before: str | None = None,
+    created_since: float | None = None,
+    created_until: float | None = None,
 ) -> list[SagaSummary]:
-    # Four fixed statements rather than string-built filters.
-    if status is None and saga_name is None:
-        rows = cursor.execute(_SUMMARY_COLUMNS + _NEWEST_FIRST, (limit,))
-    elif saga_name is None:
-        rows = cursor.execute(
-            _SUMMARY_COLUMNS + " WHERE status = ?" + _NEWEST_FIRST, (status, limit)
-        )
-    elif status is None:
-        rows = cursor.execute(
-            _SUMMARY_COLUMNS + " WHERE saga_name = ?" + _NEWEST_FIRST, (saga_name, limit)
-        )
-    else:
-        rows = cursor.execute(
-            _SUMMARY_COLUMNS + " WHERE status = ? AND saga_name = ?" + _NEWEST_FIRST,
-            (status, saga_name, limit),
-        )
+    # The WHERE clause is made of fixed fragments; every value is a parameter.
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    if before is not None:
+        # A cursor by id, resolved to its place in the listing's order.
+        cursor_row = cursor.execute(_ROWID_OF, (before,)).fetchone()
+        if cursor_row is None:
+            raise SagaNotFound(before)
+        where.append("rowid < ?")
+        params.append(cursor_row[0])
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    rows = cursor.execute(_SUMMARY_COLUMNS + clause + _NEWEST_FIRST, (*params, limit))
     summaries: list[SagaSummary] = []
     for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in rows:
         try:
@@ -472,13 +486,66 @@ def _list(
                     created_at=_number(saga_id, "created_at", created_at),
                     updated_at=_number(saga_id, "updated_at", updated_at),
                     lease_owner=owner,
-                    lease_expires_at=expires_at,
+                    # A released lease keeps its release time as the expiry (the
+                    # saga is claimable at once); it is no lease to show.
+                    lease_expires_at=None if owner is None else expires_at,
                 )
             )
         except CorruptSagaRecord as error:
             # One bad row must not hide every other saga from an operator.
             _log.warning("skipping a saga in the listing: %s", error)
     return summaries
+
+
+def _optional_time(name: str, value: float | None) -> float | None:
+    return None if value is None else finite_seconds(name, value)
+
+
+def _listing_filter(
+    saga_name: str | None, created_since: float | None, created_until: float | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if saga_name is not None:
+        where.append("saga_name = ?")
+        params.append(saga_name)
+    if created_since is not None:
+        where.append("created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        where.append("created_at < ?")
+        params.append(created_until)
+    return where, params
+
+
+def _count(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> dict[tuple[str, SagaStatus], int]:
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    counts: dict[tuple[str, SagaStatus], int] = {}
+    for name, status, count in cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params):
+        if not isinstance(name, str) or status not in _STATUS_VALUES:
+            # Unreadable rows are left out, as from a listing.
+            _log.warning(
+                "leaving %d saga(s) out of the counts: name %s, status %s",
+                count, short_repr(name), short_repr(status),
+            )
+            continue
+        counts[name, SagaStatus(status)] = count
+    return counts
+
+
+def _lease_state(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> LeaseState:
+    row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    fence, owner, expires_at = row
+    return LeaseState(owner, expires_at, fence)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -498,7 +565,7 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
     if not isinstance(context, dict):
         raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
     history: list[JournalEntry] = []
-    for seq, position, step, branch, action, raw_status, attempt, error, at in steps:
+    for seq, position, step, branch, action, raw_status, attempt, error, at, result in steps:
         try:
             step_status = StepStatus(raw_status)
         except ValueError:
@@ -516,11 +583,13 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
             and type(attempt) is int
             and isinstance(step, str)
             and (error is None or isinstance(error, str))
+            and (result is None or isinstance(result, str))
             and isinstance(at, (int, float))
         ):
             raise CorruptSagaRecord(saga_id, f"transition {seq} has a value of the wrong type")
         history.append(
-            JournalEntry(position, step, branch, action, step_status, attempt, error, float(at))
+            JournalEntry(position, step, branch, action, step_status, attempt, error, float(at),
+                         result)
         )
     if type(version) is not int:
         raise CorruptSagaRecord(saga_id, "version is not an integer")
@@ -879,6 +948,62 @@ def _open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _connect_read_only(path: str, busy_timeout: float, immutable: bool) -> sqlite3.Connection:
+    """A connection that writes nothing: not the file, not its schema, and
+    with ``immutable`` not even the -wal/-shm files of a WAL database.
+
+    SQLite's ``mode=ro`` reads a WAL database through its -shm file, which it
+    creates (and leaves behind) when no process has the database open; where
+    it cannot (a directory the reader may not write), the open fails.
+    ``immutable=1`` reads the file alone, without locks: right only while no
+    process writes it.
+    """
+    from pathlib import Path  # here: the only use
+
+    query = "?mode=ro&immutable=1" if immutable else "?mode=ro"
+    try:
+        conn = sqlite3.connect(
+            Path(path).absolute().as_uri() + query,
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level=None,
+        )
+    except sqlite3.Error as error:
+        raise SagaStoreError(f"cannot open SQLite database {path} read-only: {error}") from error
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error as error:
+        conn.close()
+        if _not_a_database(error):
+            raise SagaStoreError(f"{path} is not a SQLite database") from error
+        reason = getattr(error, "sqlite_errorname", "")
+        if reason.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            raise SagaStoreError(
+                f"cannot read SQLite database {path} read-only ({error}): no process has "
+                f"this WAL database open, and SQLite cannot create its -shm file in a "
+                f"directory you may not write (immutable=True reads it without, as long "
+                f"as no process writes it)"
+            ) from error
+        raise SagaStoreError(f"cannot read SQLite database {path} read-only: {error}") from error
+    current = len(_MIGRATIONS)
+    if version != current:
+        conn.close()
+        if version > current:
+            raise SagaStoreError(
+                f"{path} has saga store schema version {version}, newer than this "
+                f"fallback_saga understands ({current}); upgrade fallback_saga"
+            )
+        if version == 0:
+            raise SagaStoreError(f"{path} has no saga store schema (read-only: none is made)")
+        raise SagaStoreError(
+            f"{path} has saga store schema version {version}, older than this "
+            f"fallback_saga's ({current}), and a read-only store cannot migrate it: "
+            f"open it once with write access (SQLiteSagaStore(path) migrates it)"
+        )
+    return conn
+
+
 def _schema_version(conn: sqlite3.Connection, path: str) -> int:
     try:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -928,6 +1053,17 @@ class SQLiteSagaStore:
     loops (each request is answered on the loop that made it). Several
     processes may share the file: writes are serialized by SQLite's lock,
     and ``claim`` leases each saga to one worker at a time.
+
+    ``read_only=True`` is for looking at a file (an operator's ``list`` and
+    ``show``, a console): ``load``, ``list_sagas`` and the other reads only,
+    on one connection opened with SQLite's ``mode=ro``; the file is never
+    created, migrated or written (a write raises ``SagaStoreError``), and a
+    schema that is not current is refused with the reason. It sees what
+    other processes commit. ``immutable=True`` (with ``read_only``) adds
+    SQLite's ``immutable=1``: no locks, and no -wal/-shm files created even
+    in a directory you may not write; it is right only while no process
+    writes the file (``python -m fallback_saga list`` uses it when no process
+    has the file open, and checks that the file did not change meanwhile).
     """
 
     # Reads on a thread and connection of their own (see the module docstring).
@@ -938,6 +1074,8 @@ class SQLiteSagaStore:
     writes_outlive_cancellation: Final = True
     # append(..., after=N): written only if the journal holds N entries.
     appends_after: Final = True
+    # The keyword filters list_sagas takes beyond the protocol's (RecoverableStore).
+    listing_filters: Final = ("before", "created_since", "created_until")
 
     def __init__(
         self,
@@ -946,7 +1084,17 @@ class SQLiteSagaStore:
         synchronous: str = "full",
         busy_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+        immutable: bool = False,
     ) -> None:
+        if not isinstance(read_only, bool) or not isinstance(immutable, bool):
+            raise TypeError(
+                f"read_only and immutable must be bools, got {read_only!r} and {immutable!r}"
+            )
+        if immutable and not read_only:
+            raise ValueError("immutable=True reads without locks: it needs read_only=True")
+        if read_only and os.fsdecode(path) in ("", ":memory:"):
+            raise ValueError("a read-only store reads a file, not an in-memory database")
         if not isinstance(synchronous, str) or synchronous.lower() not in _SYNCHRONOUS:
             raise ValueError(
                 f"synchronous must be 'full' (the default: commits survive power loss) or "
@@ -961,6 +1109,8 @@ class SQLiteSagaStore:
         self.path: str = os.fsdecode(path)  # any path-like; bytes are decoded
         self.synchronous: str = synchronous.lower()
         self.busy_timeout: float = busy
+        self.read_only: bool = read_only
+        self.immutable: bool = immutable
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
@@ -976,7 +1126,7 @@ class SQLiteSagaStore:
     async def open(self) -> None:
         """Open (and migrate) the database now rather than at first use, so a
         bad path or a file that is not SQLite fails here."""
-        await self._submit(_ping, (), write=True)
+        await self._submit(_ping, (), write=not self.read_only)
 
     async def close(self) -> None:
         """Finish the queued requests, then stop the threads and close the file.
@@ -1027,6 +1177,19 @@ class SQLiteSagaStore:
         """Start the threads (under ``self._lock``)."""
         path, timeout = self.path, self.busy_timeout
         synchronous = self.synchronous
+        if self.read_only:
+            # No writer: one thread, on a connection that writes nothing.
+            immutable = self.immutable
+            only = _Worker(
+                role="reader",
+                path=path,
+                connect=lambda: _connect_read_only(path, timeout, immutable),
+                clock=self._clock,
+            )
+            self._writer, self._reader = only, None
+            self._finalizer = weakref.finalize(self, _stop_workers, only)
+            only.start()
+            return only
         writer = _Worker(
             role="writer",
             path=path,
@@ -1065,6 +1228,8 @@ class SQLiteSagaStore:
         with self._lock:
             if self._closed:
                 raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
+            if write and self.read_only:
+                raise SagaStoreError(f"the SQLite saga store {self.path} is read-only")
             writer = self._writer or self._start()
             worker = writer if write or self._reader is None else self._reader
             worker.queue.put(_Request(op, args, loop, future, write))
@@ -1143,15 +1308,49 @@ class SQLiteSagaStore:
         status: SagaStatus | None = None,
         saga_name: str | None = None,
         limit: int = 100,
+        before: str | None = None,
+        created_since: float | None = None,
+        created_until: float | None = None,
     ) -> list[SagaSummary]:
-        """Newest first. A row that cannot be read is logged and left out."""
+        """Newest first. A row that cannot be read is logged and left out.
+
+        ``before`` (a saga id) lists the sagas after it, for the next page
+        (``SagaNotFound`` if it is gone); ``created_since <= created_at <
+        created_until`` (Unix time) when given."""
         args = (
             None if status is None else status_text(status),
             saga_name,
             non_negative_int("limit", limit),
+            None if before is None else check_saga_id(before),
+            _optional_time("created_since", created_since),
+            _optional_time("created_until", created_until),
         )
         summaries: list[SagaSummary] = await self._submit(_list, args, write=False)
         return summaries
+
+    async def count_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        created_since: float | None = None,
+        created_until: float | None = None,
+    ) -> dict[tuple[str, SagaStatus], int]:
+        """How many sagas there are, by (saga name, status); filtered like
+        ``list_sagas``. Pairs with no saga are absent."""
+        args = (
+            saga_name,
+            _optional_time("created_since", created_since),
+            _optional_time("created_until", created_until),
+        )
+        counts: dict[tuple[str, SagaStatus], int] = await self._submit(_count, args, write=False)
+        return counts
+
+    async def lease_state(self, saga_id: str) -> LeaseState:
+        """The saga's lease owner, expiry and fencing token; ``SagaNotFound``."""
+        state: LeaseState = await self._submit(
+            _lease_state, (check_saga_id(saga_id),), write=False
+        )
+        return state
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int

@@ -1,0 +1,91 @@
+"""Step responses in journal form: what ``JournalEntry.result`` holds.
+
+Written here, on the way to a store; read back by ``results.py`` (whose
+docstring tells the whole story). Kept beside the store contract so that
+every store, and the executor, can put entries in journal form without
+importing anything above the stores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Final
+
+from ..codec import journal_untyped
+from ..decoding import TAG
+from ..errors import ContextSerializationError
+from ..status import StepStatus
+from ..step import SagaStepResult
+from .base import JournalEntry, RawEntry
+
+__all__ = ["UNJOURNALED", "journal_entry", "response_text"]
+
+_log = logging.getLogger("fallback_saga")
+
+_COMPLETED: Final = StepStatus.COMPLETED
+
+# The journal form of a response that could not be kept: a tag the context
+# codec never writes, so it cannot be confused with a journaled value.
+UNJOURNALED: Final = "unjournaled"
+
+# (saga name, step name) already warned about in this process: a step that
+# returns a client object does so on every run; one warning says it.
+_warned: set[tuple[str, str]] = set()
+_MAX_WARNED: Final = 10_000
+
+
+def response_text(response: Any, saga_name: str, step: str) -> str:
+    """The journal form of what a step's ``act`` returned (a ``SagaStepResult``
+    is journaled as its ``response``): JSON text, or the marker of a response
+    that cannot be kept (see the module docstring)."""
+    if isinstance(response, SagaStepResult):
+        response = response.response
+    if response is None:
+        return "null"
+    try:
+        return json.dumps(journal_untyped(response, "response"), ensure_ascii=True,
+                          separators=(",", ":"), allow_nan=False)
+    except ContextSerializationError as error:
+        reason = _reason(error)
+    except (TypeError, ValueError, RecursionError) as error:  # pragma: no cover - defensive
+        reason = f"{type(error).__name__}: {error}"
+    type_name = _qualified(type(response))
+    key = (saga_name, step)
+    if key not in _warned:
+        if len(_warned) < _MAX_WARNED:
+            _warned.add(key)
+        # The type and the reason only: never the value, which may hold secrets.
+        _log.warning(
+            "saga %s: the response of step %r (a %s) cannot be journaled (%s); this run "
+            "returns it, a resumed run gives an UnjournaledResponse in its place",
+            saga_name, step, type_name, reason,
+        )
+    return json.dumps({TAG: [UNJOURNALED, [type_name, reason]]}, ensure_ascii=True,
+                      separators=(",", ":"))
+
+
+def _reason(error: ContextSerializationError) -> str:
+    # The error speaks of a "context field"; here the path is inside a response.
+    text = str(error)
+    detail = text.split("cannot be stored as JSON", 1)[1].lstrip(": ")
+    where = "" if error.path == "response" else f" at {error.path.removeprefix('response')}"
+    return f"{error.value_type}{where} is not JSON" + (f": {detail}" if detail else "")
+
+
+def _qualified(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def journal_entry(raw: RawEntry | JournalEntry, saga_name: str) -> JournalEntry:
+    """A raw executor entry (``store.base.RawEntry``) in journal form: an
+    act-COMPLETED entry's response becomes its JSON text. An entry that is
+    a ``JournalEntry`` already (read back from a store) is returned as it is."""
+    if isinstance(raw, JournalEntry):
+        return raw
+    position, step, branch, action, status, attempt, error, at, response = raw
+    if status is _COMPLETED and action == "act":
+        return JournalEntry(position, step, branch, action, status, attempt, error, at,
+                            response_text(response, saga_name, step))
+    return tuple.__new__(JournalEntry, raw)  # its last item is None
