@@ -34,6 +34,13 @@ UNJOURNALED: Final = "unjournaled"
 _warned: set[tuple[str, str]] = set()
 _MAX_WARNED: Final = 10_000
 
+# One encoder for every response (json.dumps with options builds one per call).
+# ASCII: the text is then storable as it is by any store (a lone surrogate or
+# NUL is escaped, not written).
+_to_json: Final = json.JSONEncoder(
+    ensure_ascii=True, separators=(",", ":"), allow_nan=False
+).encode
+
 
 def response_text(response: Any, saga_name: str, step: str) -> str:
     """The journal form of what a step's ``act`` returned (a ``SagaStepResult``
@@ -44,8 +51,9 @@ def response_text(response: Any, saga_name: str, step: str) -> str:
     if response is None:
         return "null"
     try:
-        return json.dumps(journal_untyped(response, "response"), ensure_ascii=True,
-                          separators=(",", ":"), allow_nan=False)
+        if response.__class__ is str:
+            return _to_json(response)  # the commonest response: an id
+        return _to_json(journal_untyped(response, "response"))
     except ContextSerializationError as error:
         reason = _reason(error)
     except (TypeError, ValueError, RecursionError) as error:  # pragma: no cover - defensive
@@ -61,8 +69,7 @@ def response_text(response: Any, saga_name: str, step: str) -> str:
             "returns it, a resumed run gives an UnjournaledResponse in its place",
             saga_name, step, type_name, reason,
         )
-    return json.dumps({TAG: [UNJOURNALED, [type_name, reason]]}, ensure_ascii=True,
-                      separators=(",", ":"))
+    return _to_json({TAG: [UNJOURNALED, [type_name, reason]]})
 
 
 def _reason(error: ContextSerializationError) -> str:
