@@ -21,6 +21,10 @@ Run, from this directory (the journal is ``shop.db`` here)::
     SHOP_KILL=1 python shop.py order-2     # killed inside Charge
     python -m fallback_saga recover --db shop.db --app shop:sagas --older-than 0
 
+With ``--dsn DSN`` (or ``$FALLBACK_SAGA_DSN``, which the operator commands
+read too) the journal is a ``PostgresSagaStore`` instead: the walkthrough in
+docs/scaling.md.
+
 Without an order id (``python examples/shop.py``), it runs that session in a
 temporary directory: order-1 completes, order-2 is killed in a child process
 and recovered, atlantis-3 is compensated.
@@ -41,10 +45,12 @@ from fallback_saga import (
     Saga,
     SagaContext,
     SagaFailed,
+    SagaStore,
     SQLiteSagaStore,
     current_step,
     recover,
 )
+from fallback_saga.store.postgres import PostgresSagaStore  # psycopg: imported on first use
 
 
 @dataclasses.dataclass
@@ -91,7 +97,7 @@ class OrderSaga(Saga[OrderContext]):
     steps = [Reserve, Charge, Ship]
 
 
-def sagas(store: SQLiteSagaStore) -> list[Saga[OrderContext]]:
+def sagas(store: SagaStore) -> list[Saga[OrderContext]]:
     """The factory for ``--app shop:sagas``: the shop's sagas, built with ``store``."""
     return [OrderSaga(store=store)]
 
@@ -107,7 +113,7 @@ class OrderSagaV2(Saga[OrderContext]):
     steps = [Reserve, ChargeCard, Ship]
 
 
-def sagas_v2(store: SQLiteSagaStore) -> list[Saga[OrderContext]]:
+def sagas_v2(store: SagaStore) -> list[Saga[OrderContext]]:
     """The factory for ``--app shop:sagas_v2``."""
     return [OrderSagaV2(store=store)]
 
@@ -120,8 +126,13 @@ def die() -> None:
     os._exit(137)  # where there is no SIGKILL
 
 
-async def place(order_id: str, db: str) -> int:
-    async with SQLiteSagaStore(db) as store:
+def open_store(db: str, dsn: str | None) -> SQLiteSagaStore | PostgresSagaStore:
+    # PostgreSQL needs the [postgres] extra (psycopg 3).
+    return SQLiteSagaStore(db) if dsn is None else PostgresSagaStore(dsn)
+
+
+async def place(order_id: str, db: str, dsn: str | None = None) -> int:
+    async with open_store(db, dsn) as store:
         try:
             result = await OrderSaga(store=store).run(OrderContext(order_id), saga_id=order_id)
         except SagaFailed as failed:
@@ -159,11 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Place an order with the shop's saga.")
     parser.add_argument("order_id", nargs="?", help="the order (and saga) id; none: a demo")
     parser.add_argument("--db", default="shop.db", help="the saga journal (default: shop.db)")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("FALLBACK_SAGA_DSN") or None,
+        help="journal in PostgreSQL instead (default: $FALLBACK_SAGA_DSN, if set)",
+    )
     args = parser.parse_args(argv)
     if args.order_id is None:
         session()
         return 0
-    return asyncio.run(place(args.order_id, args.db))
+    return asyncio.run(place(args.order_id, args.db, args.dsn))
 
 
 if __name__ == "__main__":

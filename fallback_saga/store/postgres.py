@@ -1074,7 +1074,9 @@ class PostgresSagaStore:
                         created_at=created_at,
                         updated_at=updated_at,
                         lease_owner=owner,
-                        lease_expires_at=expires_at,
+                        # A released lease keeps its release time as the expiry
+                        # (the saga is claimable at once); it is no lease to show.
+                        lease_expires_at=None if owner is None else expires_at,
                     )
                 )
             except CorruptSagaRecord as error:

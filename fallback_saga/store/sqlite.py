@@ -980,10 +980,10 @@ def _connect_read_only(path: str, busy_timeout: float, immutable: bool) -> sqlit
         reason = getattr(error, "sqlite_errorname", "")
         if reason.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
             raise SagaStoreError(
-                f"cannot read SQLite database {path} read-only ({error}): no process has "
-                f"this WAL database open, and SQLite cannot create its -shm file in a "
-                f"directory you may not write (immutable=True reads it without, as long "
-                f"as no process writes it)"
+                f"cannot read SQLite database {path} read-only ({error}): SQLite reads a "
+                f"WAL database through a -shm file beside it, and cannot create one in a "
+                f"directory you may not write (immutable=True reads without one: right "
+                f"only while no process writes the file)"
             ) from error
         raise SagaStoreError(f"cannot read SQLite database {path} read-only: {error}") from error
     current = len(_MIGRATIONS)

@@ -1,0 +1,129 @@
+"""``python -m fallback_saga``: the demo, a Mermaid drawing of any saga, and the
+operator commands for a saga store (SQLite or PostgreSQL).
+
+    python -m fallback_saga demo [--db PATH]            run the demo order saga, print a trace
+    python -m fallback_saga graph module:SagaClass      print a Mermaid flowchart of a saga
+    python -m fallback_saga list --db PATH              list the sagas in a store
+    python -m fallback_saga show ID --db PATH           one saga and its step history
+    python -m fallback_saga recover --db PATH --app module:attr   resume interrupted sagas
+    python -m fallback_saga purge --db PATH --older-than 7d       delete old finished sagas
+    python -m fallback_saga --version
+
+Every store command takes ``--db PATH`` (SQLite) or ``--dsn DSN`` (PostgreSQL,
+with ``--schema``), or reads ``$FALLBACK_SAGA_DSN`` / ``$FALLBACK_SAGA_DB``
+(``stores.py``). ``list`` and ``show`` only read: they need no write access
+and leave no files behind.
+
+``graph`` and ``recover --app`` import the module they name: that runs its
+top-level code (and, for ``recover``, its factory) with the operator's
+privileges. Name only trusted modules.
+
+Every stored value a human format prints (saga ids, names, owners, step
+names, error texts) goes through ``terminal_text``: control characters and
+other unprintable ones escaped, long values cut. ``--json`` prints exact JSON.
+
+Exit status: 0 on success; 1 when ``recover`` left a saga failed or skipped, or
+the store failed (a PostgreSQL server that cannot be reached included); 2 on
+a usage error (a bad ``module:attr`` spec, no store given, a ``--db`` or
+``--dsn`` that is not a saga store, an unknown saga id).
+
+The package, one module per part; imports run one way, from here down:
+
+    __init__    main() and the parser: one add_*_command per command
+    demo        demo (and the hidden _crash-demo its child process runs)
+    graph       graph
+    inspect     list, show, purge, and their tables
+    recover     recover
+    stores      --db / --dsn / the environment, and opening a store
+    mermaid     the flowchart (graph) and the gantt (show --mermaid)
+    targets     module:attr specs
+    argtypes    durations and counts
+    text        terminal-safe text, JSON, times, tables
+    errors      UsageError and the exit statuses
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from ..errors import SagaStoreError
+from .argtypes import parse_duration
+from .demo import add_demo_commands
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from .graph import add_graph_command
+from .inspect import add_list_command, add_purge_command, add_show_command
+from .mermaid import mermaid_flowchart, mermaid_gantt
+from .recover import add_recover_command
+from .text import MAX_CELL, MAX_CONTEXT, MAX_VALUE, terminal_text
+
+__all__ = [
+    "MAX_CELL",
+    "MAX_CONTEXT",
+    "MAX_VALUE",
+    "UsageError",
+    "build_parser",
+    "main",
+    "mermaid_flowchart",
+    "mermaid_gantt",
+    "parse_duration",
+    "terminal_text",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fallback-saga" if _invoked_as_script() else "python -m fallback_saga",
+        description="fallback_saga: resilient multi-step transactions for asyncio.",
+    )
+    parser.add_argument("--version", action="version", version=f"fallback_saga {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # In the order --help lists them.
+    add_demo_commands(commands)
+    add_graph_command(commands)
+    add_list_command(commands)
+    add_show_command(commands)
+    add_recover_command(commands)
+    add_purge_command(commands)
+    # serve (the read-only web console, fallback_saga.console) goes here: a
+    # module serve.py beside these, whose add_serve_command takes the store
+    # options of stores.py (add_store_options, store_target, open_store with
+    # read_only=True) like the commands above.
+    return parser
+
+
+def _invoked_as_script() -> bool:
+    return os.path.basename(sys.argv[0]) in ("fallback-saga", "fallback-saga.exe")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command-line entry point; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help and --version (0), usage errors (2)
+        if stop.code is None:
+            return EXIT_OK
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        status = handler(args)
+        sys.stdout.flush()
+    except UsageError as error:
+        sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
+        return EXIT_USAGE
+    except SagaStoreError as error:  # the store failed, or a row cannot be read back
+        sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{parser.prog}: interrupted\n")
+        return 130
+    except BrokenPipeError:  # e.g. `python -m fallback_saga demo | head`
+        # Python would complain again when flushing stdout at exit: point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    return status

@@ -1,0 +1,293 @@
+"""``list``, ``show`` and ``purge``: an operator looks into a saga store and
+prunes it. ``list`` and ``show`` only read (``read_store``); their tables are
+the demo's too."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import SagaNotFound
+from ..status import SagaStatus
+from ..store._common import short_repr
+from ..store.base import RecoverableStore, SagaRecord, SagaSummary
+from .argtypes import format_duration, parse_duration, positive_int
+from .errors import EXIT_OK, UsageError
+from .mermaid import mermaid_gantt
+from .stores import add_store_options, open_store, read_store, store_target
+from .text import (
+    MAX_CONTEXT,
+    MAX_PATH,
+    MAX_VALUE,
+    json_text,
+    print_json,
+    print_lines,
+    render_table,
+    terminal_text,
+    when,
+)
+
+__all__ = [
+    "add_list_command",
+    "add_purge_command",
+    "add_show_command",
+    "history_table",
+    "record_json",
+    "summary_json",
+    "summary_table",
+]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _lease_text(summary: SagaSummary, now: float) -> str:
+    if summary.lease_owner is None:
+        return "-"
+    owner = terminal_text(summary.lease_owner)
+    expires = summary.lease_expires_at
+    if expires is not None and expires < now:
+        return f"{owner} (expired)"
+    return owner
+
+
+def summary_table(summaries: Sequence[SagaSummary], *, times: bool = True) -> list[str]:
+    """The ``list`` table (``times=False``: id, saga and status only)."""
+    if not times:
+        rows = [
+            [terminal_text(s.saga_id), terminal_text(s.saga_name), s.status.value]
+            for s in summaries
+        ]
+        return render_table(["id", "saga", "status"], rows)
+    now = time.time()
+    rows = [
+        [
+            terminal_text(s.saga_id),
+            terminal_text(s.saga_name),
+            s.status.value,
+            when(s.created_at),
+            when(s.updated_at),
+            _lease_text(s, now),
+        ]
+        for s in summaries
+    ]
+    headers = ["id", "saga", "status", "created (UTC)", "updated (UTC)", "lease owner"]
+    return render_table(headers, rows)
+
+
+def history_table(record: SagaRecord, *, times: bool = True) -> list[str]:
+    """The step history of ``show`` (``times=False``: without the time column)."""
+    headers = ["seq", "pos", "step", "branch", "action", "status", "try"]
+    if times:
+        headers.append("time (UTC)")
+    headers.append("error")
+    rows = []
+    for seq, entry in enumerate(record.history):
+        row = [
+            str(seq),
+            str(entry.position),
+            terminal_text(entry.step),
+            terminal_text(entry.branch),
+            terminal_text(entry.action),
+            entry.status.value,
+            str(entry.attempt),
+        ]
+        if times:
+            row.append(when(entry.at, precise=True))
+        row.append(terminal_text(entry.error or "", MAX_VALUE))
+        rows.append(row)
+    return render_table(headers, rows, right=(0, 1, 6))
+
+
+def summary_json(summary: SagaSummary) -> dict[str, Any]:
+    data = dataclasses.asdict(summary)
+    data["status"] = summary.status.value
+    if summary.lease_owner is None:
+        # A released lease is no lease, whatever expiry a store kept with it.
+        data["lease_expires_at"] = None
+    return data
+
+
+def record_json(record: SagaRecord) -> dict[str, Any]:
+    return {
+        "saga_id": record.saga_id,
+        "saga_name": record.saga_name,
+        "status": record.status.value,
+        "fingerprint": record.fingerprint,
+        "version": record.version,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "context": record.context,
+        "history": [
+            {
+                "seq": seq,
+                "position": entry.position,
+                "step": entry.step,
+                "branch": entry.branch,
+                "action": entry.action,
+                "status": entry.status.value,
+                "attempt": entry.attempt,
+                "error": entry.error,
+                "at": entry.at,
+            }
+            for seq, entry in enumerate(record.history)
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- list
+
+
+def add_list_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = commands.add_parser(
+        "list",
+        help="list the sagas in a saga store",
+        description="List sagas, newest first: id, saga name, status, created and updated "
+        "times (UTC) and the recovery lease, if any. Only reads: needs no write access "
+        "to the store.",
+    )
+    add_store_options(listing)
+    listing.add_argument(
+        "--status", choices=[status.value for status in SagaStatus], type=str.lower,
+        help="only sagas with this status",
+    )
+    listing.add_argument("--name", metavar="N", help="only sagas of this saga class name")
+    listing.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N", help="at most N (default 100)"
+    )
+    listing.add_argument(
+        "--json", action="store_true",
+        help="a JSON array of {saga_id, saga_name, status, created_at, updated_at, "
+        "lease_owner, lease_expires_at} (times in Unix seconds)",
+    )
+    listing.set_defaults(handler=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    target = store_target(args)
+    status = None if args.status is None else SagaStatus(args.status)
+
+    async def fetch(store: RecoverableStore) -> list[SagaSummary]:
+        # One more than asked: tells whether the listing was cut short.
+        return await store.list_sagas(status=status, saga_name=args.name, limit=args.limit + 1)
+
+    summaries = asyncio.run(read_store(target, fetch))
+    more = len(summaries) > args.limit
+    summaries = summaries[: args.limit]
+    if args.json:
+        print_json([summary_json(summary) for summary in summaries])
+        return EXIT_OK
+    if not summaries:
+        filters = args.status is not None or args.name is not None
+        where = "match" if filters else "in " + terminal_text(target.shown, MAX_PATH)
+        sys.stdout.write(f"no sagas {where}\n")
+        return EXIT_OK
+    lines = summary_table(summaries)
+    if more:
+        lines.append(f"(the newest {args.limit} shown; more match: raise --limit)")
+    else:
+        lines.append(f"({len(summaries)} saga{'' if len(summaries) == 1 else 's'}, newest first)")
+    print_lines(lines)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- show
+
+
+def add_show_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    show = commands.add_parser(
+        "show",
+        help="show one saga and its step history",
+        description="Show a saga's header (status, times, fingerprint, context) and every "
+        "journaled transition of its steps. Only reads: needs no write access to the store.",
+    )
+    show.add_argument("saga_id", metavar="ID", help="the saga id")
+    add_store_options(show)
+    form = show.add_mutually_exclusive_group()
+    form.add_argument(
+        "--json", action="store_true",
+        help="the record as JSON: the header fields, context and history",
+    )
+    form.add_argument(
+        "--mermaid", action="store_true",
+        help="a Mermaid gantt timeline: a bar per act/compensate try, failed ones marked crit",
+    )
+    show.set_defaults(handler=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    target = store_target(args)
+
+    async def fetch(store: RecoverableStore) -> SagaRecord:
+        try:
+            return await store.load(args.saga_id)
+        except SagaNotFound:
+            raise UsageError(
+                f"no saga with id {short_repr(args.saga_id)} in {target.shown}"
+            ) from None
+        except ValueError as error:  # not a saga id at all (empty, too long, ...)
+            raise UsageError(str(error)) from None
+
+    record = asyncio.run(read_store(target, fetch))
+    if args.json:
+        print_json(record_json(record))
+        return EXIT_OK
+    if args.mermaid:
+        sys.stdout.write(mermaid_gantt(record))
+        return EXIT_OK
+    # The context stays JSON (unsafe characters as JSON escapes), cut if long.
+    context = json_text(json.dumps(record.context, ensure_ascii=False))
+    lines = [
+        f"saga         {terminal_text(record.saga_id, MAX_VALUE)}",
+        f"name         {terminal_text(record.saga_name, MAX_VALUE)}",
+        f"status       {record.status.value}",
+        f"created      {when(record.created_at, precise=True)} UTC",
+        f"updated      {when(record.updated_at, precise=True)} UTC",
+        f"version      {record.version}",
+        f"fingerprint  {terminal_text(record.fingerprint, MAX_VALUE)}",
+        f"context      {terminal_text(context, MAX_CONTEXT)}",
+        "",
+    ]
+    lines += history_table(record) if record.history else ["(no step history)"]
+    print_lines(lines)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- purge
+
+
+def add_purge_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    purge = commands.add_parser(
+        "purge",
+        help="delete finished sagas older than an age",
+        description="Delete completed, compensated and failed sagas (and their history) "
+        "last updated more than AGE ago. Running and compensating sagas are never deleted.",
+    )
+    add_store_options(purge)
+    purge.add_argument(
+        "--older-than", type=parse_duration, required=True, metavar="AGE",
+        help="90 (seconds), 30s, 15m, 12h, 7d",
+    )
+    purge.set_defaults(handler=run_purge)
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    target = store_target(args)
+
+    async def purge() -> int:
+        async with open_store(target, connections=1) as store:
+            return await store.purge(older_than=args.older_than)
+
+    count = asyncio.run(purge())
+    age = format_duration(args.older_than)
+    sys.stdout.write(
+        f"purged {count} finished saga{'' if count == 1 else 's'} "
+        f"(completed, compensated or failed, last updated more than {age} ago)\n"
+    )
+    return EXIT_OK

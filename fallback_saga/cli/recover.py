@@ -1,0 +1,251 @@
+"""``recover --app module:attr``: resume the interrupted sagas of a store with
+the operator's own sagas, and report what became of each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..recovery import RecoveryReport, recover
+from ..saga import Saga
+from ..store.base import RecoverableStore
+from .argtypes import format_duration, parse_duration, positive_int
+from .errors import EXIT_FAILURE, EXIT_OK, UsageError
+from .stores import StoreTarget, add_store_options, open_store, store_target
+from .targets import import_target, is_saga_class
+from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
+
+__all__ = ["add_recover_command", "build_app_sagas", "load_app", "report_lines"]
+
+_RECOVER_EPILOG = """\
+--app module:attr names what to resume the sagas with, built on the store this
+command opens.
+
+Security: --app IMPORTS the module and so RUNS CODE: its top-level code, then
+the factory, with your privileges (the current directory is on the import
+path). Name only a module you trust, as you would before running it with
+python. The saga store's contents are data and never run.
+
+The attribute is either a factory, called with the open store (a
+SQLiteSagaStore for --db, a PostgresSagaStore for --dsn), that returns the
+Saga instances (sync or async):
+
+    def sagas(store):
+        return [OrderSaga(store=store, step_factory=container.build)]
+
+or a Saga subclass, or a list of them, which are built as cls(store=store).
+Each interrupted saga is resumed with the saga of the same name.
+
+Exit status: 0 if every saga claimed was completed or compensated; 1 if one
+ended FAILED (a compensation gave up: an operator is needed) or was skipped
+(unknown saga name, changed definition, unreadable row); 2 on a usage error.
+"""
+
+_APP_CONTRACT = (
+    "a factory sagas(store) (or async def) returning the Saga instances built "
+    "with that store, or a Saga subclass (or a list of them) built as cls(store=store)"
+)
+
+# How many sagas a PostgreSQL recovery resumes at once is recover()'s default;
+# its pool has room for them.
+_CONNECTIONS = 10
+
+SagaFactory = Callable[[RecoverableStore], object]
+
+
+def add_recover_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    recovering = commands.add_parser(
+        "recover",
+        help="resume the interrupted sagas of a saga store",
+        description="Claim interrupted sagas (RUNNING or COMPENSATING, not updated for\n"
+        "--older-than) with a lease, resume each with the app's saga of the same name,\n"
+        "and print a line per saga and a report.",
+        epilog=_RECOVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_store_options(recovering)
+    recovering.add_argument(
+        "--app", required=True, metavar="module:attr",
+        help="the sagas to resume with (see below). This imports the module and runs its "
+        "code with your privileges: trusted modules only",
+    )
+    recovering.add_argument(
+        "--older-than", type=parse_duration, default=60.0, metavar="AGE",
+        help="only sagas not updated for AGE: 90, 30s, 15m, 12h, 7d (default 60s)",
+    )
+    recovering.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N",
+        help="resume at most N sagas (default 100)",
+    )
+    recovering.add_argument(
+        "--lease", type=parse_duration, default=300.0, metavar="TIME",
+        help="how long each claimed saga is reserved for this process (default 300s)",
+    )
+    recovering.set_defaults(handler=run_recover)
+
+
+def load_app(spec: str) -> SagaFactory:
+    """Import ``--app`` and return it as a factory ``(store) -> sagas``.
+
+    The attribute is a factory already, or a Saga subclass (or a list/tuple of
+    them) that the returned factory builds as ``cls(store=store)``.
+    """
+    target = import_target(spec, "myapp.recovery:sagas")
+    items = list(target) if isinstance(target, (list, tuple)) else [target]
+    saga_classes = [item for item in items if is_saga_class(item)]
+    if items and len(saga_classes) == len(items):
+        for saga_class in saga_classes:
+            if getattr(saga_class, "definition", None) is None:
+                raise UsageError(f"{saga_class.__name__} declares no steps (an abstract Saga base)")
+
+        def build(store: RecoverableStore) -> object:
+            return [saga_class(store=store) for saga_class in saga_classes]
+
+        return build
+    if any(isinstance(item, Saga) for item in items):
+        raise UsageError(
+            f"{spec} is a saga instance, but recovery must use sagas built with the store it "
+            f"opens: expose {_APP_CONTRACT}"
+        )
+    if isinstance(target, type):
+        raise UsageError(f"{spec} is the class {target.__name__}; expected {_APP_CONTRACT}")
+    if callable(target):
+        return target
+    raise UsageError(f"{spec} is {_short(target)}; expected {_APP_CONTRACT}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+async def build_app_sagas(
+    spec: str, factory: SagaFactory, store: RecoverableStore
+) -> list[Saga[Any]]:
+    """The saga instances that ``--app`` builds on ``store``, checked."""
+    try:
+        made = factory(store)
+        if inspect.isawaitable(made):
+            made = await made
+    except Exception as error:  # the app's own code failed
+        raise UsageError(
+            f"{spec}: building the sagas failed: {type(error).__name__}: {error}"
+        ) from None
+    if isinstance(made, Saga):
+        made = [made]
+    if isinstance(made, (str, bytes)) or not isinstance(made, Iterable):
+        raise UsageError(f"{spec}(store) returned {_short(made)}, not a list of Saga instances")
+    sagas: list[Saga[Any]] = []
+    for saga in made:
+        if not isinstance(saga, Saga):
+            raise UsageError(f"{spec}(store) returned {_short(saga)}, which is not a Saga instance")
+        if saga.store is not store:
+            # Resumed with it, a saga would be journaled in another store.
+            raise UsageError(
+                f"{spec}: {saga.name} was built with another store "
+                f"({type(saga.store).__name__}); build it with the store given to the factory"
+            )
+        sagas.append(saga)
+    if not sagas:
+        raise UsageError(f"{spec}(store) returned no sagas")
+    return sagas
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    app = load_app(args.app)  # before opening the store: a bad --app touches nothing
+    if args.lease <= 0:
+        raise UsageError("--lease must be longer than 0 seconds")
+    target = store_target(args)
+
+    def progress(saga_id: str, outcome: str) -> None:
+        text = terminal_text(_scrubbed(target, outcome))
+        sys.stdout.write(f"  {terminal_text(saga_id, MAX_VALUE)}: {text}\n")
+        sys.stdout.flush()
+
+    async def run() -> RecoveryReport:
+        _warn_before_interrupting()
+        async with open_store(target, connections=_CONNECTIONS) as store:
+            sagas = await build_app_sagas(args.app, app, store)
+            names = terminal_text(", ".join(saga.name for saga in sagas), MAX_CONTEXT)
+            sys.stdout.write(
+                f"recovering sagas in {terminal_text(target.shown, MAX_PATH)} not updated for "
+                f"{format_duration(args.older_than)} (at most {args.limit}, lease "
+                f"{format_duration(args.lease)}) with {names}\n"
+            )
+            sys.stdout.flush()
+            try:
+                return await recover(
+                    store,
+                    sagas,
+                    older_than=args.older_than,
+                    limit=args.limit,
+                    lease=args.lease,
+                    progress=progress,
+                )
+            except (TypeError, ValueError) as error:  # e.g. two sagas of one name
+                raise UsageError(str(error)) from None
+
+    try:
+        report = asyncio.run(run())
+    except asyncio.CancelledError:  # the second Ctrl-C
+        raise KeyboardInterrupt from None
+    print_lines([_scrubbed(target, line) for line in report_lines(report)])
+    # A saga left interrupted (the journal could not be written) needs another pass.
+    unfinished = report.failed or report.skipped or getattr(report, "interrupted", None)
+    return EXIT_FAILURE if unfinished else EXIT_OK
+
+
+def _scrubbed(target: StoreTarget, text: str) -> str:
+    # A skipped saga's reason may quote the PostgreSQL driver's message.
+    return target.scrub(text) if target.secrets else text
+
+
+def report_lines(report: RecoveryReport) -> list[str]:
+    """The lines of ``str(report)`` (the report's own format), with every
+    saga id and reason in it made safe to print (``terminal_text``)."""
+    safe: dict[str, Any] = {}
+    for item in dataclasses.fields(report):
+        value = getattr(report, item.name)
+        if isinstance(value, list):
+            safe[item.name] = [
+                tuple(terminal_text(part, MAX_VALUE) for part in entry)
+                if isinstance(entry, tuple)
+                else terminal_text(entry, MAX_VALUE)
+                for entry in value
+            ]
+    return str(dataclasses.replace(report, **safe)).split("\n")
+
+
+def _warn_before_interrupting() -> None:
+    """Make the first Ctrl-C a warning, the second the interrupt.
+
+    A resumed saga that is cancelled unwinds (S8): interrupting ``recover``
+    would compensate sagas that were about to complete. Where the loop cannot
+    handle signals (Windows, a thread other than the main one), Ctrl-C
+    interrupts at once.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    presses = 0
+
+    def on_interrupt() -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            task.cancel()
+            return
+        sys.stderr.write(
+            "recover: finishing the sagas being resumed; interrupting them would compensate "
+            "them. Press Ctrl-C again to interrupt anyway.\n"
+        )
+        sys.stderr.flush()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_interrupt)

@@ -1,0 +1,132 @@
+"""What the commands print: text safe for a terminal, JSON, times, tables.
+
+Every stored value a human format prints (saga ids, names, owners, step
+names, error texts) goes through ``terminal_text``: control characters and
+other unprintable ones escaped, long values cut. ``--json`` prints exact
+JSON, with the characters a terminal could act on written as JSON escapes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+__all__ = [
+    "MAX_CELL",
+    "MAX_CONTEXT",
+    "MAX_PATH",
+    "MAX_VALUE",
+    "json_text",
+    "print_json",
+    "print_lines",
+    "render_table",
+    "terminal_text",
+    "when",
+]
+
+# How many characters of one value a human format shows (an ellipsis marks a
+# cut): a table cell, and a value on a line of its own (show's header, an
+# error text, a recover report line). ``--json`` always has the whole value.
+MAX_CELL = 48
+MAX_VALUE = 200
+MAX_CONTEXT = 2000
+MAX_PATH = 4096  # the operator's own --db: never cut in practice, still escaped
+
+
+def terminal_text(value: object, limit: int = MAX_CELL) -> str:
+    """``value`` as text that is safe to print to an operator's terminal.
+
+    Every stored value (saga ids, names, owners, step names, error texts) is
+    whatever a program or a user put there. Characters that are not
+    printable — C0 and C1 control characters (an ESC starts a terminal
+    command), DEL, bidirectional overrides and isolates (they reorder what
+    follows), other format characters, lone surrogates, line and paragraph
+    separators — are shown escaped, as ``\\x1b``, ``\\u202e``; a value
+    longer than ``limit`` characters is cut, with an ellipsis. Every value
+    the human formats print goes through here.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and text.isprintable():  # the common case, at C speed
+        return text
+    pieces: list[str] = []
+    length = 0
+    for char in text:  # at most about ``limit`` characters are looked at
+        piece = char if char.isprintable() else _escaped(char)
+        if length + len(piece) > limit:
+            # Cut on a whole character (never inside an escape); the ellipsis
+            # takes the last place.
+            while length > limit - 1:
+                length -= len(pieces.pop())
+            return "".join(pieces) + "…"
+        pieces.append(piece)
+        length += len(piece)
+    return "".join(pieces)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def json_text(text: str) -> str:
+    """JSON text (already valid) with every character a terminal could act on
+    written as a JSON escape: ``json.dumps`` escapes C0 controls itself, not
+    DEL, C1 controls, bidi overrides or lone surrogates. The JSON means
+    exactly the same; readable non-ASCII text stays readable."""
+    if all(line.isprintable() for line in text.split("\n")):
+        return text
+    return "".join(
+        char if char == "\n" or char.isprintable() else _json_escape(char) for char in text
+    )
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a JSON string escapes it as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def when(timestamp: float | None, *, precise: bool = False) -> str:
+    """Unix time as UTC text (``precise``: with milliseconds)."""
+    if timestamp is None:
+        return "-"
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return repr(timestamp)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{moment.microsecond // 1000:03d}" if precise else text
+
+
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> list[str]:
+    """Plain-text columns: a header, a rule, the rows (``right``: right-aligned columns)."""
+    widths = [len(header) for header in headers]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), line(["-" * width for width in widths]), *map(line, rows)]
+
+
+def print_json(data: object) -> None:
+    sys.stdout.write(json_text(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    sys.stdout.write("".join(line + "\n" for line in lines))

@@ -1,0 +1,102 @@
+"""The shape of the ``fallback_saga.cli`` package.
+
+One module per part; imports inside it run one way (``__init__`` at the
+top, nothing imports it back, no cycle) and are relative (a vendored copy
+runs as well as the installed one, its demo's crashing child included); the
+names tests and users import from ``fallback_saga.cli`` are still there.
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fallback_saga.cli
+
+CLI_DIR = Path(fallback_saga.cli.__file__).resolve().parent
+PACKAGE_DIR = CLI_DIR.parent
+
+
+def cli_imports() -> dict[str, set[str]]:
+    """For each module of the package, the modules of the package it imports."""
+    modules = {path.stem for path in CLI_DIR.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in CLI_DIR.glob("*.py"):
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module is None:  # from . import x
+                    edges |= {alias.name for alias in node.names}
+                else:
+                    edges.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert node.module.split(".")[0] != "fallback_saga", (
+                    f"{path.name} imports {node.module} by its absolute name"
+                )
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] != "fallback_saga", (
+                        f"{path.name} imports {alias.name} by its absolute name"
+                    )
+        unknown = edges - modules
+        assert not unknown, f"{path.name} imports {sorted(unknown)} from the package itself"
+        graph[path.stem] = edges
+    return graph
+
+
+def test_the_cli_modules_import_one_way() -> None:
+    graph = cli_imports()
+    assert {"__init__", "demo", "inspect", "recover", "stores", "text"} <= set(graph)
+    importers_of_init = sorted(name for name, edges in graph.items() if "__init__" in edges)
+    assert importers_of_init == []
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # CycleError if a cycle
+    assert order[-1] == "__init__"
+
+
+def test_the_old_module_names_are_gone_and_their_names_still_import() -> None:
+    assert not (PACKAGE_DIR / "cli.py").exists()
+    assert not (PACKAGE_DIR / "_demo.py").exists()
+    from fallback_saga.cli import (  # noqa: F401 (the names tests import)
+        MAX_CELL,
+        MAX_CONTEXT,
+        MAX_VALUE,
+        main,
+        mermaid_flowchart,
+        mermaid_gantt,
+        parse_duration,
+        terminal_text,
+    )
+    from fallback_saga.cli.demo import DemoOrderSaga, run_demo  # noqa: F401
+
+
+def test_python_m_fallback_saga_draws_the_demo_saga() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fallback_saga", "graph", "fallback_saga.cli.demo:DemoOrderSaga"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("flowchart TD\n")
+    assert "ChargeCard" in done.stdout
+
+
+def test_a_vendored_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) -> None:
+    vendor = tmp_path / "someapp" / "_vendor"
+    shutil.copytree(
+        PACKAGE_DIR, vendor / "fallback_saga", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (tmp_path / "someapp" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "someapp._vendor.fallback_saga", "demo", "--db", "demo.db"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    # The child process ran the vendored copy: `-m someapp._vendor.fallback_saga _crash-demo`.
+    assert done.stdout.count("*** the process dies here (os._exit)") == 2
+    assert "recovered 2 saga(s): 1 completed, 1 compensated" in done.stdout
