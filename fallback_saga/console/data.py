@@ -1,0 +1,468 @@
+"""What the console shows, read through the store API.
+
+The console needs only ``load`` and ``list_sagas(status=, saga_name=,
+limit=)``. It uses the optional capabilities of ``RecoverableStore`` when a
+store has them (asked with ``getattr``, as everywhere in the library):
+``listing_filters`` (pages and time ranges in the store's own query),
+``count_sagas`` (counts by name and status) and ``lease_state`` (lease and
+fencing token). Without them it filters and counts the newest
+``SCAN_LIMIT`` sagas the store lists, and says so on the page.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import parse_qs, urlencode
+
+from ..errors import SagaNotFound
+from ..status import SagaStatus
+from ..store.base import LeaseState, SagaRecord, SagaSummary
+
+__all__ = [
+    "SCAN_LIMIT",
+    "BadRequest",
+    "Counts",
+    "ListQuery",
+    "Listing",
+    "SagaView",
+    "fetch_counts",
+    "fetch_listing",
+    "fetch_saga",
+    "lease_json",
+    "lenient_list_query",
+    "listing_json",
+    "parse_list_query",
+    "record_json",
+    "summary_json",
+]
+
+#: How many sagas the console lists from a store that cannot filter, page or
+#: count by itself; it then works on these, the newest.
+SCAN_LIMIT: Final = 1000
+MAX_PAGE: Final = 500
+STATUSES: Final = tuple(SagaStatus)
+
+
+class BadRequest(ValueError):
+    """A query parameter the console cannot use; the message says why."""
+
+
+# --------------------------------------------------------------------------- the query
+
+_PARAMETERS: Final = ("status", "name", "since", "until", "before", "limit")
+_AGE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)", re.IGNORECASE)
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_HELP: Final = (
+    "an ISO 8601 date or time (UTC unless it has an offset, e.g. 2024-05-01T12:00Z), "
+    "Unix seconds, or an age such as 15m, 24h or 7d"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The filters and page of a listing, checked."""
+
+    status: SagaStatus | None = None
+    name: str | None = None
+    since: float | None = None  # created_at >= since (Unix time)
+    until: float | None = None  # created_at < until
+    since_text: str = ""  # as given, for the form and the links
+    until_text: str = ""
+    before: str | None = None  # the last saga id of the previous page
+    limit: int = 50
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.status or self.name or self.since_text or self.until_text)
+
+    def params(self, **changes: object) -> dict[str, str]:
+        """The query's parameters as given, with ``changes`` (``None`` removes one)."""
+        values: dict[str, object] = {
+            "status": self.status.value if self.status else None,
+            "name": self.name,
+            "since": self.since_text or None,
+            "until": self.until_text or None,
+            "before": self.before,
+            "limit": self.limit,
+        }
+        values.update(changes)
+        return {key: str(value) for key, value in values.items() if value is not None}
+
+    def link(self, path: str, *, default_limit: int, **changes: object) -> str:
+        """``path`` with this query's parameters and ``changes`` (default limit left out)."""
+        params = self.params(**changes)
+        if params.get("limit") == str(default_limit):
+            del params["limit"]
+        return f"{path}?{urlencode(params)}" if params else path
+
+
+def single_values(raw_query: str, allowed: Sequence[str]) -> dict[str, str]:
+    """The query string's parameters: each known, given once, valid UTF-8."""
+    try:
+        parsed = parse_qs(
+            raw_query, keep_blank_values=True, strict_parsing=False, errors="strict",
+            max_num_fields=len(allowed) * 2 + 10,
+        )
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8 once percent-decoded") from None
+    except ValueError as error:  # too many fields
+        raise BadRequest(f"bad query string: {error}") from None
+    values: dict[str, str] = {}
+    for key, given in parsed.items():
+        if key not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise BadRequest(f"unknown query parameter {key!r} (known: {known})")
+        if len(given) > 1:
+            raise BadRequest(f"query parameter {key!r} is given {len(given)} times; give it once")
+        values[key] = given[0].strip()
+    return values
+
+
+def parse_time(name: str, text: str, now: float) -> float:
+    """Unix time from what a person types: ISO 8601, Unix seconds, or an age."""
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        value = float(text)
+    elif (age := _AGE.fullmatch(text)) is not None:
+        value = now - float(age.group(1)) * _UNIT_SECONDS[age.group(2).lower()]
+    else:
+        iso = text[:-1] + "+00:00" if text[-1:] in ("z", "Z") else text
+        try:
+            moment = datetime.fromisoformat(iso)
+        except ValueError:
+            raise BadRequest(f"{name} must be {_TIME_HELP}; got {text!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        value = moment.timestamp()
+    if not math.isfinite(value):
+        raise BadRequest(f"{name} must be {_TIME_HELP}; got {text!r}")
+    return value
+
+
+def parse_list_query(raw_query: str, *, now: float, default_limit: int) -> ListQuery:
+    """The listing asked for by ``?status=&name=&since=&until=&before=&limit=``;
+    ``BadRequest`` naming the parameter that is wrong. Empty values mean "any"."""
+    values = {k: v for k, v in single_values(raw_query, _PARAMETERS).items() if v}
+    status: SagaStatus | None = None
+    if "status" in values:
+        try:
+            status = SagaStatus(values["status"].lower())
+        except ValueError:
+            choices = ", ".join(s.value for s in STATUSES)
+            raise BadRequest(
+                f"status must be one of {choices}; got {values['status']!r}"
+            ) from None
+    limit = default_limit
+    if "limit" in values:
+        text = values["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+            raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}; got {text!r}")
+        limit = int(text)
+    since = until = None
+    if "since" in values:
+        since = parse_time("since", values["since"], now)
+    if "until" in values:
+        until = parse_time("until", values["until"], now)
+    if since is not None and until is not None and since >= until:
+        raise BadRequest("since must be earlier than until")
+    return ListQuery(
+        status=status,
+        name=values.get("name"),
+        since=since,
+        until=until,
+        since_text=values.get("since", ""),
+        until_text=values.get("until", ""),
+        before=values.get("before"),
+        limit=limit,
+    )
+
+
+def lenient_list_query(raw_query: str, *, default_limit: int) -> ListQuery:
+    """The filters as given, whatever is wrong with them: to show them again
+    in the form beside the error."""
+    values = {
+        key: given[0].strip()
+        for key, given in parse_qs(raw_query, keep_blank_values=True, errors="replace").items()
+        if key in _PARAMETERS and given
+    }
+    status = values.get("status", "").lower()
+    return ListQuery(
+        status=SagaStatus(status) if status in {s.value for s in STATUSES} else None,
+        name=values.get("name") or None,
+        since_text=values.get("since", ""),
+        until_text=values.get("until", ""),
+        limit=default_limit,
+    )
+
+
+# --------------------------------------------------------------------------- reading the store
+
+
+@dataclass(slots=True)
+class Counts:
+    """Sagas by (name, status), and whether the store counted them all."""
+
+    by_name_status: dict[tuple[str, SagaStatus], int]
+    exact: bool
+    note: str | None = None
+
+    def by_status(self) -> dict[SagaStatus, int]:
+        totals = dict.fromkeys(STATUSES, 0)
+        for (_, status), count in self.by_name_status.items():
+            totals[status] += count
+        return totals
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self.by_name_status})
+
+
+@dataclass(slots=True)
+class Listing:
+    sagas: list[SagaSummary]
+    next_before: str | None  # the cursor of the next (older) page, if there is one
+    counts: Counts
+    notes: list[str] = field(default_factory=list)
+    can_list: bool = True
+
+
+def _store_name(store: object) -> str:
+    return type(store).__name__
+
+
+def _scan_filter(summary: SagaSummary, query: ListQuery) -> bool:
+    return (query.since is None or summary.created_at >= query.since) and (
+        query.until is None or summary.created_at < query.until
+    )
+
+
+async def fetch_counts(
+    store: object,
+    *,
+    saga_name: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Counts:
+    """Sagas by (name, status) with these filters: the store's ``count_sagas``
+    if it has one, else a count of the newest ``SCAN_LIMIT`` it lists."""
+    count_sagas = getattr(store, "count_sagas", None)
+    if callable(count_sagas):
+        counted = await count_sagas(saga_name=saga_name, created_since=since, created_until=until)
+        return Counts({(str(n), SagaStatus(s)): int(c) for (n, s), c in counted.items()}, True)
+    list_sagas = getattr(store, "list_sagas", None)
+    if not callable(list_sagas):
+        return Counts({}, False, f"{_store_name(store)} cannot list sagas: nothing to count")
+    listed: list[SagaSummary] = await list_sagas(saga_name=saga_name, limit=SCAN_LIMIT)
+    by: dict[tuple[str, SagaStatus], int] = {}
+    fake = ListQuery(since=since, until=until)
+    for summary in listed:
+        if _scan_filter(summary, fake):
+            key = (summary.saga_name, summary.status)
+            by[key] = by.get(key, 0) + 1
+    if len(listed) < SCAN_LIMIT:
+        return Counts(by, True)
+    return Counts(
+        by,
+        False,
+        f"{_store_name(store)} cannot count sagas: these counts cover its newest "
+        f"{SCAN_LIMIT} sagas only",
+    )
+
+
+async def fetch_listing(store: object, query: ListQuery) -> Listing:
+    """One page of sagas, newest first, and the counts by status (for the
+    name and time filters, all statuses). ``BadRequest`` if the page cursor
+    names a saga that is gone."""
+    counts = await fetch_counts(
+        store, saga_name=query.name, since=query.since, until=query.until
+    )
+    list_sagas = getattr(store, "list_sagas", None)
+    if not callable(list_sagas):
+        note = (
+            f"{_store_name(store)} cannot list sagas (it has no list_sagas): open a saga "
+            f"by its id instead"
+        )
+        return Listing([], None, counts, [note], can_list=False)
+    supported = set(getattr(store, "listing_filters", ()) or ())
+    wanted = {
+        "before": query.before,
+        "created_since": query.since,
+        "created_until": query.until,
+    }
+    used = {key: value for key, value in wanted.items() if value is not None}
+    notes: list[str] = []
+    if counts.note:
+        notes.append(counts.note)
+    if set(used) <= supported:
+        try:
+            found: list[SagaSummary] = await list_sagas(
+                status=query.status, saga_name=query.name, limit=query.limit + 1, **used
+            )
+        except SagaNotFound:
+            raise BadRequest(
+                f"the page cursor (before={query.before!r}) names a saga that no longer "
+                f"exists (purged?): start again from the first page"
+            ) from None
+        except ValueError as error:  # an id no store can hold
+            raise BadRequest(f"before: {error}") from None
+    else:
+        # The store filters by status and name only: the rest is done here,
+        # on the newest SCAN_LIMIT sagas it lists.
+        scanned: list[SagaSummary] = await list_sagas(
+            status=query.status, saga_name=query.name, limit=SCAN_LIMIT
+        )
+        if query.before is not None:
+            ids = [summary.saga_id for summary in scanned]
+            if query.before not in ids:
+                raise BadRequest(
+                    f"the page cursor (before={query.before!r}) is not among the newest "
+                    f"{SCAN_LIMIT} sagas: start again from the first page"
+                )
+            scanned = scanned[ids.index(query.before) + 1 :]
+        found = [summary for summary in scanned if _scan_filter(summary, query)]
+        found = found[: query.limit + 1]
+        notes.append(
+            f"{_store_name(store)} cannot filter by time or page by itself: this listing "
+            f"is drawn from its newest {SCAN_LIMIT} sagas"
+        )
+    next_before = None
+    if len(found) > query.limit:
+        found = found[: query.limit]
+        next_before = found[-1].saga_id
+    return Listing(found, next_before, counts, notes)
+
+
+@dataclass(slots=True)
+class SagaView:
+    """A saga's record and, if the store can tell, its lease."""
+
+    record: SagaRecord
+    lease: LeaseState | None
+    lease_note: str | None = None
+
+
+async def fetch_saga(store: object, saga_id: str) -> SagaView:
+    """``SagaNotFound`` for an unknown id, or one no store could hold."""
+    load = getattr(store, "load", None)
+    if not callable(load):
+        raise SagaNotFound(saga_id)
+    try:
+        record: SagaRecord = await load(saga_id)
+    except ValueError:  # not a valid saga id: no saga has it
+        raise SagaNotFound(saga_id) from None
+    lease_state = getattr(store, "lease_state", None)
+    if not callable(lease_state):
+        return SagaView(record, None, f"{_store_name(store)} keeps no leases")
+    try:
+        state = await lease_state(saga_id)
+    except SagaNotFound:  # purged since the load
+        return SagaView(record, None, "the saga is gone from the store")
+    return SagaView(record, LeaseState(*state))
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def lease_phase(lease: LeaseState, now: float) -> str:
+    """``held``, ``expired``, ``released`` or ``never claimed``."""
+    if lease.owner is not None:
+        return "held" if lease.expires_at is None or lease.expires_at > now else "expired"
+    return "released" if lease.token > 0 else "never claimed"
+
+
+def lease_json(lease: LeaseState | None, now: float) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {
+        "state": lease_phase(lease, now),
+        "owner": lease.owner,
+        # A released lease's expiry is only when it was released: not shown as a deadline.
+        "expires_at": lease.expires_at if lease.owner is not None else None,
+        "fencing_token": lease.token,
+    }
+
+
+def summary_json(summary: SagaSummary) -> dict[str, Any]:
+    return {
+        "saga_id": summary.saga_id,
+        "saga_name": summary.saga_name,
+        "status": summary.status.value,
+        "created_at": summary.created_at,
+        "updated_at": summary.updated_at,
+        "lease_owner": summary.lease_owner,
+        "lease_expires_at": summary.lease_expires_at if summary.lease_owner else None,
+    }
+
+
+def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> dict[str, Any]:
+    counts = listing.counts
+    return {
+        "sagas": [summary_json(summary) for summary in listing.sagas],
+        "next_before": listing.next_before,
+        "next": (
+            query.link("/api/sagas", default_limit=default_limit, before=listing.next_before)
+            if listing.next_before
+            else None
+        ),
+        "filters": {
+            "status": query.status.value if query.status else None,
+            "saga_name": query.name,
+            "created_since": query.since,
+            "created_until": query.until,
+            "before": query.before,
+            "limit": query.limit,
+        },
+        "counts": {status.value: n for status, n in counts.by_status().items()},
+        "counts_by_name": [
+            {"saga_name": name, "status": status.value, "count": n}
+            for (name, status), n in sorted(counts.by_name_status.items())
+        ],
+        "counts_exact": counts.exact,
+        "notes": listing.notes,
+    }
+
+
+def _history_json(record: SagaRecord) -> list[dict[str, Any]]:
+    rows = []
+    for seq, entry in enumerate(record.history):
+        row: dict[str, Any] = {
+            "seq": seq,
+            "position": entry.position,
+            "step": entry.step,
+            "branch": entry.branch,
+            "action": entry.action,
+            "status": entry.status.value,
+            "attempt": entry.attempt,
+            "error": entry.error,
+            "at": entry.at,
+        }
+        if len(entry) > 8:  # 0.6.0: the step's response, JSON text (None: not kept)
+            row["result"] = entry[8]
+        rows.append(row)
+    return rows
+
+
+def record_json(view: SagaView, now: float | None = None) -> dict[str, Any]:
+    record = view.record
+    now = time.time() if now is None else now
+    return {
+        "saga_id": record.saga_id,
+        "saga_name": record.saga_name,
+        "status": record.status.value,
+        "fingerprint": record.fingerprint,
+        "version": record.version,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "lease": lease_json(view.lease, now),
+        "lease_note": view.lease_note,
+        "context": record.context,
+        "history": _history_json(record),
+    }
+
+
+def status_counts_json(counts: Mapping[SagaStatus, int]) -> dict[str, int]:
+    return {status.value: n for status, n in counts.items()}

@@ -1,0 +1,508 @@
+"""The console's server: routes, security headers, and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import unquote
+
+from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
+from ._http import MAX_LINE, HttpError, Request, Response, read_request, write_response
+from .data import (
+    BadRequest,
+    Listing,
+    fetch_counts,
+    fetch_listing,
+    fetch_saga,
+    lenient_list_query,
+    listing_json,
+    parse_list_query,
+    record_json,
+    single_values,
+)
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import exposition
+from .pages import FAVICON, STYLE_HASH, error_page, listing_page, saga_href, saga_page
+from .text import redact, shorten, visible
+from .timeline import bars_json, bars_of
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConsoleServer", "run_console", "serve"]
+
+_log = logging.getLogger("fallback_saga.console")
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8080
+
+_HTML_CSP: Final = (
+    f"default-src 'none'; style-src '{STYLE_HASH}'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_DATA_CSP: Final = "default-src 'none'; frame-ancestors 'none'; sandbox"
+_COMMON_HEADERS: Final = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Cache-Control", "no-store"),
+]
+_HTML: Final = "text/html; charset=utf-8"
+_JSON: Final = "application/json"
+_TEXT: Final = "text/plain; charset=utf-8"
+
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost."})
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The host of a ``Host`` header, without its port."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def store_label(store: object) -> str:
+    """What the top bar says the console reads: the store's class, and for a
+    SQLite file its name. Never a connection string (it may hold a password)."""
+    name = type(store).__name__
+    path = getattr(store, "path", None)
+    if name == "SQLiteSagaStore" and isinstance(path, str):
+        return f"{name} · {os.path.basename(path) or path}"
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    handler: Callable[[Request, str], Awaitable[Response]]
+    kind: str  # "html", "json" or "text": how its errors are written
+    argument: str = ""
+
+
+class ConsoleServer:
+    """A read-only web console over a saga store: ``async with
+    ConsoleServer(store, port=0) as console: ... console.url``.
+
+    Pages: ``/`` (the sagas, filtered and paged), ``/sagas/<id>`` (one saga:
+    timeline, history, context, lease); the same data as JSON under
+    ``/api/sagas``; ``/metrics`` in the Prometheus text format; ``/healthz``.
+    Only GET and HEAD are served.
+
+    ``host`` defaults to the loopback interface. While it is a loopback
+    address, requests must name a loopback host too (``Host:`` header), so a
+    web page elsewhere cannot read the console through DNS rebinding;
+    ``allowed_hosts`` adds names (say, behind a reverse proxy). The console
+    never closes the store.
+    """
+
+    def __init__(
+        self,
+        store: object,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        page_size: int = 50,
+        allowed_hosts: Iterable[str] = (),
+        request_timeout: float = 30.0,
+        max_connections: int = 64,
+    ) -> None:
+        if not callable(getattr(store, "load", None)):
+            raise TypeError(f"the console reads a saga store (with load()), got {store!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not (
+            1 <= page_size <= 500
+        ):
+            raise ValueError(f"page_size must be an int from 1 to 500, got {page_size!r}")
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {request_timeout!r}")
+        self.store = store
+        self.host = host
+        self.page_size = page_size
+        self.request_timeout = float(request_timeout)
+        self._requested_port = port
+        self._allowed = {name.lower() for name in allowed_hosts}
+        self._check_host = _is_loopback(host) or bool(self._allowed)
+        self._label = store_label(store)
+        self._connections = 0
+        self._max_connections = max_connections
+        self._server: asyncio.Server | None = None
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind and start answering (``port=0``: any free port, see ``port``)."""
+        if self._server is not None:
+            return
+        self._server = await asyncio.start_server(
+            self._on_connection, self.host, self._requested_port, limit=MAX_LINE
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        _log.info("console serving %s at %s", self._label, self.url)
+        if not _is_loopback(self.host):
+            _log.warning(
+                "the console listens on %s, beyond this machine, and has no authentication: "
+                "whoever can reach port %d can read every saga, contexts included",
+                self.host or "every interface", self._port,
+            )
+
+    @property
+    def port(self) -> int:
+        """The bound port (``start`` first)."""
+        if self._port is None:
+            raise RuntimeError("the console is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        elif host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}/"
+
+    async def serve_forever(self) -> None:
+        """Answer requests until cancelled (``start`` is called if needed)."""
+        await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop accepting and close the listening socket (the store stays open)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def __aenter__(self) -> ConsoleServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ connections
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        started = time.perf_counter()
+        request: Request | None = None
+        status = 0
+        self._connections += 1
+        try:
+            if self._connections > self._max_connections:
+                response = self._error(
+                    "text", HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; retry"
+                )
+            else:
+                try:
+                    request = await read_request(reader)
+                except HttpError as error:
+                    response = self._error("text", error.status, error.message)
+                else:
+                    if request is None:
+                        return
+                    response = await self.respond(request)
+            status = response.status.value
+            head = request is not None and request.method == "HEAD"
+            write_response(writer, response, head=head, common_headers=_COMMON_HEADERS)
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            # Read what the client may still send (a body we did not want), so
+            # that closing does not reset the connection under the response.
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(1.0):
+                    while await reader.read(65536):
+                        pass
+        except (ConnectionError, OSError):
+            pass  # the client went away
+        finally:
+            self._connections -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            if request is not None or status:
+                target = "-" if request is None else request.path + (
+                    "?" + request.query if request.query else ""
+                )
+                _log.info(
+                    "%s %s %s %.1fms",
+                    "-" if request is None else request.method,
+                    visible(shorten(target, 300)),
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    # ------------------------------------------------------------------ requests
+
+    def _route(self, path: str) -> _Route | None:
+        if path == "/":
+            return _Route(self._listing_page, "html")
+        if path == "/sagas":
+            return _Route(self._find_saga, "html")
+        if path.startswith("/sagas/"):
+            return _Route(self._saga_page, "html", path[len("/sagas/") :])
+        if path in ("/api/sagas", "/api/sagas/"):
+            return _Route(self._listing_json, "json")
+        if path.startswith("/api/sagas/"):
+            return _Route(self._saga_json, "json", path[len("/api/sagas/") :])
+        if path == "/metrics":
+            return _Route(self._metrics, "text")
+        if path == "/healthz":
+            return _Route(self._health, "text")
+        if path in ("/favicon.svg", "/favicon.ico"):
+            return _Route(self._favicon, "text")
+        return None
+
+    async def respond(self, request: Request) -> Response:
+        """The response to ``request`` (no I/O but the store's)."""
+        kind = "json" if request.path.startswith("/api/") else "html"
+        if self._check_host:
+            host = _host_name(request.headers.get("host", ""))
+            if host and not (_is_loopback(host) or host.lower() in self._allowed):
+                return self._error(
+                    kind,
+                    HTTPStatus.MISDIRECTED_REQUEST,
+                    f"this console answers to loopback host names only, not {host!r} "
+                    f"(see allowed_hosts)",
+                )
+        route = self._route(request.path)
+        if request.method not in ("GET", "HEAD"):
+            response = self._error(
+                route.kind if route else kind,
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"the console is read-only: {request.method} is not allowed, only GET and HEAD",
+            )
+            response.headers.append(("Allow", "GET, HEAD"))
+            return response
+        if route is None:
+            return self._error(kind, HTTPStatus.NOT_FOUND, f"no page at {request.path}")
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await route.handler(request, route.argument)
+        except BadRequest as error:
+            return self._error(route.kind, HTTPStatus.BAD_REQUEST, str(error))
+        except SagaNotFound as error:
+            return self._error(
+                route.kind, HTTPStatus.NOT_FOUND, f"no saga with id {error.saga_id!r}"
+            )
+        except CorruptSagaRecord as error:
+            _log.warning("console: %s", redact(str(error)))
+            return self._error(route.kind, HTTPStatus.INTERNAL_SERVER_ERROR, redact(str(error)))
+        except SagaStoreError as error:
+            message = redact(str(error))
+            _log.warning("console: the store failed: %s", message)
+            return self._error(
+                route.kind,
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the saga store cannot be read right now: {message}",
+            )
+        except TimeoutError:
+            return self._error(
+                route.kind,
+                HTTPStatus.GATEWAY_TIMEOUT,
+                f"the saga store did not answer within {self.request_timeout:g} s",
+            )
+        except Exception:
+            # The traceback goes to the log, not to the client.
+            _log.exception("console: error answering %s", visible(shorten(request.path, 300)))
+            return self._error(
+                route.kind, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the log)"
+            )
+
+    def _error(self, kind: str, status: HTTPStatus, message: str) -> Response:
+        if kind == "html":
+            heading = {
+                HTTPStatus.NOT_FOUND: "Not found",
+                HTTPStatus.BAD_REQUEST: "Bad request",
+            }.get(status, status.phrase)
+            body = error_page(
+                status.value, heading, message, store_label=self._label, now=time.time()
+            )
+            return Response(status, body.encode("utf-8", "replace"), _HTML, [_csp(_HTML_CSP)])
+        if kind == "json":
+            return _json(status, {"error": {"status": status.value, "message": message}})
+        return Response(
+            status, f"{status.value} {status.phrase}: {message}\n".encode("utf-8", "replace"),
+            _TEXT, [_csp(_DATA_CSP)],
+        )
+
+    def _html(self, page: str) -> Response:
+        return Response(HTTPStatus.OK, page.encode("utf-8", "replace"), _HTML, [_csp(_HTML_CSP)])
+
+    # ------------------------------------------------------------------ pages
+
+    async def _listing_page(self, request: Request, _: str) -> Response:
+        now = time.time()
+        try:
+            query = parse_list_query(request.query, now=now, default_limit=self.page_size)
+            listing = await fetch_listing(self.store, query)
+        except BadRequest as error:
+            # The page again, with the filters as given and what is wrong with them.
+            query = lenient_list_query(request.query, default_limit=self.page_size)
+            listing = Listing([], None, await fetch_counts(self.store))
+            page = listing_page(
+                listing, query, default_limit=self.page_size, store_label=self._label, now=now,
+                error=str(error),
+            )
+            response = self._html(page)
+            response.status = HTTPStatus.BAD_REQUEST
+            return response
+        return self._html(
+            listing_page(
+                listing, query, default_limit=self.page_size, store_label=self._label, now=now
+            )
+        )
+
+    async def _find_saga(self, request: Request, _: str) -> Response:
+        saga_id = single_values(request.query, ("id",)).get("id", "")
+        if not saga_id:
+            return _redirect("/")
+        return _redirect(saga_href(saga_id))
+
+    async def _saga_page(self, request: Request, raw_id: str) -> Response:
+        single_values(request.query, ())
+        saga_id = _saga_id(raw_id)
+        now = time.time()
+        view = await fetch_saga(self.store, saga_id)
+        bars = bars_of(view.record, now)
+        return self._html(saga_page(view, bars, store_label=self._label, now=now))
+
+    async def _listing_json(self, request: Request, _: str) -> Response:
+        now = time.time()
+        query = parse_list_query(request.query, now=now, default_limit=self.page_size)
+        listing = await fetch_listing(self.store, query)
+        return _json(HTTPStatus.OK, listing_json(listing, query, default_limit=self.page_size))
+
+    async def _saga_json(self, request: Request, raw_id: str) -> Response:
+        single_values(request.query, ())
+        saga_id = _saga_id(raw_id)
+        now = time.time()
+        view = await fetch_saga(self.store, saga_id)
+        data = record_json(view, now)
+        data["timeline"] = bars_json(bars_of(view.record, now))
+        return _json(HTTPStatus.OK, data)
+
+    async def _metrics(self, request: Request, _: str) -> Response:
+        single_values(request.query, ())
+        counts = await fetch_counts(self.store)
+        return Response(
+            HTTPStatus.OK, exposition(counts).encode("utf-8"), METRICS_CONTENT_TYPE,
+            [_csp(_DATA_CSP)],
+        )
+
+    async def _health(self, request: Request, _: str) -> Response:
+        return Response(HTTPStatus.OK, b"ok\n", _TEXT, [_csp(_DATA_CSP)])
+
+    async def _favicon(self, request: Request, _: str) -> Response:
+        return Response(
+            HTTPStatus.OK, FAVICON.encode(), "image/svg+xml", [_csp(_DATA_CSP)]
+        )
+
+
+def _csp(policy: str) -> tuple[str, str]:
+    return ("Content-Security-Policy", policy)
+
+
+def _json(status: HTTPStatus, data: Any) -> Response:
+    # "<" escaped too: the JSON stays inert even if something renders it as HTML.
+    text = json.dumps(data, indent=2, default=str).replace("<", "\\u003c").replace(">", "\\u003e")
+    return Response(status, text.encode("ascii") + b"\n", _JSON, [_csp(_DATA_CSP)])
+
+
+def _redirect(location: str) -> Response:
+    return Response(
+        HTTPStatus.SEE_OTHER, b"", _TEXT, [("Location", location), _csp(_DATA_CSP)]
+    )
+
+
+def _saga_id(raw: str) -> str:
+    try:
+        saga_id = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(
+            "the saga id in the path is not valid UTF-8 once percent-decoded"
+        ) from None
+    if not saga_id:
+        raise SagaNotFound(saga_id)
+    return saga_id
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+async def serve(
+    store: object,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    page_size: int = 50,
+    allowed_hosts: Iterable[str] = (),
+    ready: Callable[[ConsoleServer], object] | None = None,
+) -> None:
+    """Serve the console over ``store`` until cancelled. ``ready(console)`` is
+    called once it listens (``console.url``, ``console.port``). The store is
+    left open."""
+    async with ConsoleServer(
+        store, host=host, port=port, page_size=page_size, allowed_hosts=allowed_hosts
+    ) as console:
+        if ready is not None:
+            ready(console)
+        await console.serve_forever()
+
+
+def run_console(
+    store: object,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    page_size: int = 50,
+    allowed_hosts: Iterable[str] = (),
+    ready: Callable[[ConsoleServer], object] | None = None,
+    close_store: bool = True,
+) -> None:
+    """``serve`` in a new event loop until Ctrl-C, then close the store (its
+    ``close()``, if it has one) unless ``close_store=False``."""
+
+    async def main() -> None:
+        try:
+            await serve(
+                store, host=host, port=port, page_size=page_size,
+                allowed_hosts=allowed_hosts, ready=ready,
+            )
+        finally:
+            close = getattr(store, "close", None)
+            if close_store and callable(close):
+                outcome = close()
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+

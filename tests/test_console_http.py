@@ -1,0 +1,625 @@
+"""The web console over HTTP (``urllib``), on a real SQLite journal filled by
+running real sagas (``helpers_console.fill_journal``): pages, filters,
+pagination, JSON, metrics, errors, security headers, and how it does with
+stores that lack the optional listing capabilities."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from helpers_console import (
+    LEASE_OWNER,
+    RUNNING_ID,
+    Reply,
+    fetch,
+    fill_journal,
+)
+from helpers_saga import JsonStore
+from prometheus_text import parse_exposition
+
+from fallback_saga import MemorySagaStore, SagaStatus, SQLiteSagaStore
+from fallback_saga.console import ConsoleServer
+from fallback_saga.errors import SagaStoreError
+from fallback_saga.store.base import SagaSummary
+
+SHOP_IDS = ["order-1006", "payout-1005", "atlantis-1004", "order-1003", "order-1002",
+            "order-1001"]
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite journal for the module, filled once by real saga runs."""
+    path = tmp_path_factory.mktemp("console") / "shop.db"
+
+    async def fill() -> None:
+        async with SQLiteSagaStore(path) as store:
+            await fill_journal(store, evil=False)
+
+    asyncio.run(fill())
+    return path
+
+
+@pytest.fixture
+async def console(journal: Path) -> AsyncIterator[ConsoleServer]:
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(store, port=0) as server:
+        yield server
+
+
+async def get(console: ConsoleServer, path: str, **kwargs: Any) -> Reply:
+    return await fetch(f"http://127.0.0.1:{console.port}{path}", **kwargs)
+
+
+def saga_ids_in(html: str) -> list[str]:
+    """The saga ids of the listing table, in order."""
+    return re.findall(r'<a class="id" href="/sagas/[^"]*">([^<]*)</a>', html)
+
+
+# --------------------------------------------------------------------------- the listing
+
+
+async def test_the_list_shows_every_saga_newest_first(console: ConsoleServer) -> None:
+    reply = await get(console, "/")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/html; charset=utf-8"
+    assert saga_ids_in(reply.text) == SHOP_IDS
+    assert "recovery-worker-7" in reply.text  # the running saga's lease owner
+
+
+async def test_the_list_counts_sagas_by_status_at_the_top(console: ConsoleServer) -> None:
+    html = (await get(console, "/")).text
+    found = re.findall(r'<span class="n">(\d+)</span><span class="what">(\w+)</span>', html)
+    assert {what: int(n) for n, what in found} == {
+        "All": 6, "Pending": 0, "Running": 1, "Compensating": 0, "Completed": 3,
+        "Compensated": 1, "Failed": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status=completed", ["order-1003", "order-1002", "order-1001"]),
+        ("status=FAILED", ["payout-1005"]),
+        ("name=PayoutSaga", ["payout-1005"]),
+        ("name=OrderSaga&status=running", ["order-1006"]),
+        ("name=Nobody", []),
+        ("status=&name=&since=&until=", SHOP_IDS),  # an empty filter means "any"
+        ("since=2000-01-01&until=2000-01-02", []),
+        ("since=2000-01-01T00:00Z", SHOP_IDS),
+        ("since=946684800", SHOP_IDS),
+        ("until=7d", []),
+        ("since=7d", SHOP_IDS),
+    ],
+)
+async def test_filters(console: ConsoleServer, query: str, expected: list[str]) -> None:
+    reply = await get(console, f"/?{query}")
+    assert reply.status == 200, reply.text
+    assert saga_ids_in(reply.text) == expected
+    api = (await get(console, f"/api/sagas?{query}")).json()
+    assert [s["saga_id"] for s in api["sagas"]] == expected
+
+
+async def test_time_filter_splits_the_journal(console: ConsoleServer) -> None:
+    sagas = (await get(console, "/api/sagas")).json()["sagas"]
+    middle = sagas[2]["created_at"]  # atlantis-1004
+    newer = (await get(console, f"/api/sagas?since={middle!r}")).json()["sagas"]
+    older = (await get(console, f"/api/sagas?until={middle!r}")).json()["sagas"]
+    assert [s["saga_id"] for s in newer] + [s["saga_id"] for s in older] == SHOP_IDS
+    assert newer[-1]["saga_id"] == "atlantis-1004"
+
+
+async def test_pages_follow_the_before_cursor(console: ConsoleServer) -> None:
+    seen: list[str] = []
+    path = "/?limit=4"
+    for _ in range(5):
+        html = (await get(console, path)).text
+        seen += saga_ids_in(html)
+        older = re.search(r'<a class="button" href="([^"]*)">Older', html)
+        if older is None:
+            break
+        path = older.group(1).replace("&amp;", "&")
+        assert "before=" in path
+        assert "limit=4" in path
+    assert seen == SHOP_IDS
+    api = (await get(console, "/api/sagas?limit=4")).json()
+    assert api["next_before"] == "order-1003"
+    second = (await get(console, api["next"])).json()
+    assert [s["saga_id"] for s in second["sagas"]] == ["order-1002", "order-1001"]
+    assert second["next"] is None
+
+
+async def test_a_gone_cursor_is_a_clear_bad_request(console: ConsoleServer) -> None:
+    reply = await get(console, "/?before=purged-long-ago")
+    assert reply.status == 400
+    assert "no longer exists" in reply.text
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("status=bogus", "status must be one of pending, running"),
+        ("limit=0", "limit must be a whole number from 1 to 500"),
+        ("limit=lots", "limit must be a whole number"),
+        ("limit=501", "limit must be a whole number from 1 to 500"),
+        ("since=last+tuesday", "since must be an ISO 8601 date or time"),
+        ("until=2024-13-45", "until must be an ISO 8601"),
+        ("since=2024-05-02&until=2024-05-01", "since must be earlier than until"),
+        ("colour=red", "unknown query parameter 'colour'"),
+        ("status=failed&status=running", "given 2 times"),
+        ("name=%ff", "not valid UTF-8"),
+    ],
+)
+async def test_bad_query_values_are_400_with_a_clear_message(
+    console: ConsoleServer, query: str, message: str
+) -> None:
+    for path, kind in (("/", "text/html"), ("/api/sagas", "application/json")):
+        reply = await get(console, f"{path}?{query}")
+        assert reply.status == 400
+        assert reply.headers["content-type"].startswith(kind)
+        assert message.replace("'", "&#x27;" if kind == "text/html" else "'") in reply.text
+        assert "Traceback" not in reply.text
+
+
+# --------------------------------------------------------------------------- one saga
+
+
+async def test_the_saga_page_shows_timeline_history_context_and_lease(
+    console: ConsoleServer,
+) -> None:
+    reply = await get(console, f"/sagas/{RUNNING_ID}")
+    assert reply.status == 200
+    html = reply.text
+    assert '<svg class="timeline"' in html
+    assert html.count('<rect class="bar ') == 2  # ReserveStock, then ChargeCard (running)
+    assert 'class="bar act running"' in html
+    assert LEASE_OWNER in html
+    assert re.search(r"<dt>Fencing token</dt><dd[^>]*>1</dd>", html)
+    assert "held" in html
+    assert "&quot;reservation&quot;: &quot;R-order-1006&quot;" in html  # the context JSON
+
+
+async def test_the_saga_page_shows_errors_and_fallbacks(console: ConsoleServer) -> None:
+    html = (await get(console, "/sagas/order-1003")).text
+    assert "CardDeclined: card declined by issuer" in html  # the primary's error
+    assert 'class="bar act failed"' in html
+    assert ">fallback<" in html  # ChargeWallet's row
+    assert re.search(r"<dt>Lease</dt><dd>.*never claimed", html)
+    failed = (await get(console, "/sagas/payout-1005")).text
+    assert "LedgerUnavailable" in failed
+    assert 'class="alert failed"' in failed
+    assert "an operator must finish undoing it" in failed
+    assert failed.count('class="bar compensate failed"') == 3  # three tries
+
+
+async def test_the_history_shows_step_results_when_the_journal_keeps_them(
+    console: ConsoleServer,
+) -> None:
+    data = (await get(console, "/api/sagas/order-1001")).json()
+    completed = [h for h in data["history"] if h["status"] == "completed"]
+    if "result" not in completed[0]:
+        pytest.skip("this journal keeps no step results (JournalEntry has no result field)")
+    assert completed[2]["result"] == '"S-order-1001"'
+    html = (await get(console, "/sagas/order-1001")).text
+    assert "<th>Result</th>" in html
+    assert "&quot;S-order-1001&quot;" in html
+
+
+async def test_an_unknown_saga_is_a_404_page(console: ConsoleServer) -> None:
+    for path in ("/sagas/no-such-saga", "/sagas/" + "x" * 300, "/sagas/"):
+        reply = await get(console, path)
+        assert reply.status == 404
+        assert reply.headers["content-type"] == "text/html; charset=utf-8"
+        assert "Not found" in reply.text
+    api = await get(console, "/api/sagas/no-such-saga")
+    assert api.status == 404
+    assert api.json() == {
+        "error": {"status": 404, "message": "no saga with id 'no-such-saga'"}
+    }
+    assert (await get(console, "/no/such/page")).status == 404
+
+
+async def test_saga_ids_with_slashes_and_percents_route(tmp_path: Path) -> None:
+    async with SQLiteSagaStore(tmp_path / "ids.db") as store:
+        for saga_id in ("tenant/42/order 7", "100%", "ü?#&"):
+            await store.create(saga_id, "Odd", "fp", {}, [])
+        async with ConsoleServer(store, port=0) as console:
+            html = (await get(console, "/")).text
+            for saga_id in ("tenant/42/order 7", "100%", "ü?#&"):
+                href = "/sagas/" + quote(saga_id, safe="")
+                assert f'href="{href.replace("&", "&amp;")}"' in html
+                reply = await get(console, href)
+                assert reply.status == 200, saga_id
+                assert (await get(console, "/api" + href)).json()["saga_id"] == saga_id
+
+
+async def test_open_by_id_redirects_to_the_saga(console: ConsoleServer) -> None:
+    reply = await get(console, "/sagas?id=tenant/1%20x")
+    assert reply.status == 303
+    assert reply.headers["location"] == "/sagas/tenant%2F1%20x"
+    assert (await get(console, "/sagas?id=")).headers["location"] == "/"
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+async def test_the_api_gives_the_listing_as_json(console: ConsoleServer) -> None:
+    reply = await get(console, "/api/sagas?status=running")
+    assert reply.headers["content-type"] == "application/json"
+    data = reply.json()
+    assert data["sagas"] == [
+        {
+            "saga_id": RUNNING_ID,
+            "saga_name": "OrderSaga",
+            "status": "running",
+            "created_at": data["sagas"][0]["created_at"],
+            "updated_at": data["sagas"][0]["updated_at"],
+            "lease_owner": LEASE_OWNER,
+            "lease_expires_at": data["sagas"][0]["lease_expires_at"],
+        }
+    ]
+    assert data["counts"] == {
+        "pending": 0, "running": 1, "compensating": 0, "completed": 3, "compensated": 1,
+        "failed": 1,
+    }
+    assert data["counts_exact"] is True
+    assert data["filters"]["status"] == "running"
+    assert data["notes"] == []
+
+
+async def test_the_api_gives_one_saga_as_json(console: ConsoleServer) -> None:
+    data = (await get(console, "/api/sagas/payout-1005")).json()
+    assert data["saga_id"] == "payout-1005"
+    assert data["status"] == "failed"
+    assert data["context"] == {"payout_id": "payout-1005", "amount_cents": 120_000,
+                               "debited": True}
+    assert data["lease"] == {"state": "never claimed", "owner": None, "expires_at": None,
+                             "fencing_token": 0}
+    assert [(h["step"], h["action"], h["status"], h["attempt"]) for h in data["history"]][-2:] == [
+        ("DebitLedger", "compensate", "started", 3),
+        ("DebitLedger", "compensate", "failed", 3),
+    ]
+    assert [(t["step"], t["action"], t["outcome"]) for t in data["timeline"]] == [
+        ("DebitLedger", "act", "completed"),
+        ("SendTransfer", "act", "failed"),
+        ("DebitLedger", "compensate", "failed"),
+        ("DebitLedger", "compensate", "failed"),
+        ("DebitLedger", "compensate", "failed"),
+    ]
+    running = (await get(console, f"/api/sagas/{RUNNING_ID}")).json()
+    assert running["lease"]["state"] == "held"
+    assert running["lease"]["owner"] == LEASE_OWNER
+    assert running["lease"]["fencing_token"] == 1
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+async def test_metrics_are_prometheus_text(console: ConsoleServer) -> None:
+    reply = await get(console, "/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = parse_exposition(reply.text)
+    sagas = families["fallback_saga_sagas"]
+    assert sagas.type == "gauge"
+    assert sagas.help
+    values = {(s.labels["saga_name"], s.labels["status"]): s.value for s in sagas.samples}
+    assert values[("OrderSaga", "completed")] == 3
+    assert values[("OrderSaga", "running")] == 1
+    assert values[("OrderSaga", "compensated")] == 1
+    assert values[("PayoutSaga", "failed")] == 1
+    assert values[("PayoutSaga", "running")] == 0  # every status, so no series vanishes
+    assert len(values) == 2 * len(SagaStatus)
+    assert families["fallback_saga_sagas_counted_exactly"].samples[0].value == 1
+
+
+# --------------------------------------------------------------------------- HTTP and security
+
+
+async def test_every_response_carries_the_security_headers(console: ConsoleServer) -> None:
+    for path in ("/", f"/sagas/{RUNNING_ID}", "/sagas/missing", "/api/sagas", "/metrics",
+                 "/?limit=0", "/favicon.svg", "/healthz"):
+        reply = await get(console, path)
+        csp = reply.headers["content-security-policy"]
+        assert "default-src 'none'" in csp, path
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src" not in csp  # no script, from anywhere
+        assert "unsafe-inline" not in csp
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert reply.headers["x-frame-options"] == "DENY"
+        assert reply.headers["referrer-policy"] == "no-referrer"
+        assert reply.headers["cache-control"] == "no-store"
+        assert "server" not in reply.headers
+
+
+async def test_pages_load_nothing_from_elsewhere(console: ConsoleServer) -> None:
+    for path in ("/", f"/sagas/{RUNNING_ID}", "/sagas/order-1003"):
+        html = (await get(console, path)).text
+        assert "<script" not in html
+        assert not re.search(r'(src|href)="(https?:)?//', html)
+        assert " style=" not in html  # style attributes would need 'unsafe-inline'
+        assert html.count("<style>") == 1
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_only_get_and_head_are_served(console: ConsoleServer, method: str) -> None:
+    for path in ("/", "/api/sagas", f"/sagas/{RUNNING_ID}", "/metrics"):
+        body = None if method == "OPTIONS" else b"x=1"
+        reply = await get(console, path, method=method, data=body)
+        assert reply.status == 405
+        assert reply.headers["allow"] == "GET, HEAD"
+    # Nothing was written: the journal is as it was.
+    assert saga_ids_in((await get(console, "/")).text) == SHOP_IDS
+
+
+async def test_head_sends_the_headers_without_a_body(console: ConsoleServer) -> None:
+    reply = await get(console, "/", method="HEAD")
+    assert reply.status == 200
+    assert reply.body == b""
+    assert int(reply.headers["content-length"]) > 1000
+
+
+async def test_a_foreign_host_header_is_refused(console: ConsoleServer) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 cannot read the console."""
+    reply = await get(console, "/api/sagas", headers={"Host": "evil.example:8080"})
+    assert reply.status == 421
+    assert "loopback host names only" in reply.json()["error"]["message"]
+    for host in ("localhost:1234", "127.0.0.1", "[::1]:80", "LOCALHOST"):
+        assert (await get(console, "/healthz", headers={"Host": host})).status == 200
+
+
+async def test_allowed_hosts_admit_a_reverse_proxy_name(journal: Path) -> None:
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(
+        store, port=0, allowed_hosts=["sagas.internal"]
+    ) as console:
+        ok = await get(console, "/healthz", headers={"Host": "sagas.internal:443"})
+        assert ok.status == 200
+        assert (await get(console, "/healthz", headers={"Host": "other"})).status == 421
+
+
+async def raw_exchange(console: ConsoleServer, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", console.port)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/2.0\r\n\r\n", b"505"),
+        (b"GET nopath HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"200"),
+        (b"GET http://127.0.0.1/api/sagas HTTP/1.1\r\n\r\n", b"200"),
+    ],
+)
+async def test_malformed_requests_get_a_clear_status(
+    console: ConsoleServer, request_bytes: bytes, status: bytes
+) -> None:
+    answer = await raw_exchange(console, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert b"Traceback" not in answer
+
+
+async def test_a_client_too_slow_to_send_its_headers_is_cut_off(
+    console: ConsoleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fallback_saga.console import _http
+
+    monkeypatch.setattr(_http, "HEADER_TIMEOUT", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", console.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_concurrent_requests(console: ConsoleServer) -> None:
+    paths = ["/", "/api/sagas", "/metrics", f"/sagas/{RUNNING_ID}", "/sagas/order-1003"] * 6
+    replies = await asyncio.gather(*(get(console, path) for path in paths))
+    assert [reply.status for reply in replies] == [200] * len(paths)
+
+
+async def test_a_client_that_connects_and_leaves_costs_nothing(console: ConsoleServer) -> None:
+    for _ in range(5):
+        _, writer = await asyncio.open_connection("127.0.0.1", console.port)
+        writer.close()
+    assert (await get(console, "/healthz")).status == 200
+
+
+async def test_the_console_binds_to_loopback_by_default(journal: Path) -> None:
+    async with SQLiteSagaStore(journal) as store:
+        console = ConsoleServer(store, port=0)
+        assert console.host == "127.0.0.1"
+        await console.start()
+        try:
+            (address, _port) = console._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+            assert address == "127.0.0.1"
+            assert console.url == f"http://127.0.0.1:{console.port}/"
+        finally:
+            await console.close()
+        # Closed: the port no longer answers.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", console.port), timeout=2).close()
+
+
+async def test_listening_beyond_loopback_warns_and_checks_no_host(
+    journal: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(
+        store, host="0.0.0.0", port=0
+    ) as console:
+        assert "has no authentication" in caplog.text
+        assert console.url == f"http://127.0.0.1:{console.port}/"
+        reply = await get(console, "/healthz", headers={"Host": "sagas.example.com"})
+        assert reply.status == 200
+
+
+def test_bad_arguments_are_refused_at_construction() -> None:
+    store = MemorySagaStore()
+    with pytest.raises(TypeError, match="saga store"):
+        ConsoleServer(object())
+    with pytest.raises(ValueError, match="port"):
+        ConsoleServer(store, port=70000)
+    with pytest.raises(ValueError, match="page_size"):
+        ConsoleServer(store, page_size=0)
+
+
+# --------------------------------------------------------------------------- other stores
+
+
+async def test_the_console_reads_the_memory_store() -> None:
+    store = MemorySagaStore()
+    await fill_journal(store, evil=False)
+    async with ConsoleServer(store, port=0) as console:
+        html = (await get(console, "/")).text
+        assert saga_ids_in(html) == SHOP_IDS
+        page = (await get(console, "/sagas/order-1003")).text
+        assert '<svg class="timeline"' in page
+        assert "MemorySagaStore keeps no leases" in page
+        assert (await get(console, "/?limit=2&before=order-1002")).status == 200
+
+
+async def test_the_console_reads_a_read_only_sqlite_store(journal: Path) -> None:
+    """What ``python -m fallback_saga serve --db`` opens: nothing is migrated or written."""
+    async with SQLiteSagaStore(journal, read_only=True) as store, ConsoleServer(
+        store, port=0
+    ) as console:
+        assert saga_ids_in((await get(console, "/?since=7d")).text) == SHOP_IDS
+        assert LEASE_OWNER in (await get(console, f"/sagas/{RUNNING_ID}")).text
+        assert (await get(console, "/metrics")).status == 200
+
+
+class ListingOnlyStore:
+    """A third-party store: ``load`` and the protocol's ``list_sagas``, nothing optional."""
+
+    def __init__(self, inner: MemorySagaStore) -> None:
+        self.inner = inner
+
+    async def load(self, saga_id: str) -> Any:
+        return await self.inner.load(saga_id)
+
+    async def list_sagas(
+        self, *, status: SagaStatus | None = None, saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaSummary]:
+        found: list[SagaSummary] = await self.inner.list_sagas(
+            status=status, saga_name=saga_name, limit=limit
+        )
+        return found
+
+
+async def test_a_store_without_the_optional_capabilities_still_works() -> None:
+    inner = MemorySagaStore()
+    await fill_journal(inner, evil=False)
+    async with ConsoleServer(ListingOnlyStore(inner), port=0) as console:
+        html = (await get(console, "/")).text
+        assert saga_ids_in(html) == SHOP_IDS
+        assert "Completed</span>" in html
+        assert re.search(r'<span class="n">3</span><span class="what">Completed', html)
+        assert 'class="notes"' not in html  # nothing to say while the store can do what is asked
+        filtered = (await get(console, "/?since=7d")).text
+        assert "cannot filter by time or page by itself" in filtered
+        assert saga_ids_in(filtered) == SHOP_IDS
+        first = (await get(console, "/api/sagas?limit=4")).json()
+        second = (await get(console, first["next"])).json()
+        assert [s["saga_id"] for s in first["sagas"] + second["sagas"]] == SHOP_IDS
+        assert (await get(console, "/api/sagas?since=7d")).json()["sagas"] != []
+        assert (await get(console, "/api/sagas?until=7d")).json()["sagas"] == []
+        metrics = parse_exposition((await get(console, "/metrics")).text)
+        assert sum(s.value for s in metrics["fallback_saga_sagas"].samples) == 6
+        page = (await get(console, "/sagas/order-1001")).text
+        assert "ListingOnlyStore keeps no leases" in page
+
+
+async def test_a_store_that_cannot_list_still_shows_sagas_by_id() -> None:
+    store = JsonStore()
+    await fill_journal(store, evil=False)
+    async with ConsoleServer(store, port=0) as console:
+        listing = await get(console, "/")
+        assert listing.status == 200
+        assert "cannot list sagas" in listing.text
+        assert (await get(console, "/sagas/order-1001")).status == 200
+        metrics = parse_exposition((await get(console, "/metrics")).text)
+        assert metrics["fallback_saga_sagas"].samples == []
+
+
+class BrokenStore:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def load(self, saga_id: str) -> Any:
+        raise self.error
+
+    async def list_sagas(self, **kwargs: Any) -> Any:
+        raise self.error
+
+
+async def test_a_failing_store_is_a_503_that_keeps_secrets_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    error = SagaStoreError(
+        "cannot list sagas: OperationalError: connection to postgresql://app:hunter2@db/x "
+        "failed (host=db password=hunter2)"
+    )
+    caplog.set_level(logging.INFO, logger="fallback_saga.console")
+    async with ConsoleServer(BrokenStore(error), port=0) as console:
+        for path in ("/", "/api/sagas", "/sagas/a", "/metrics"):
+            reply = await get(console, path)
+            assert reply.status == 503, path
+            assert "cannot be read right now" in reply.text
+            assert "hunter2" not in reply.text
+    assert "hunter2" not in caplog.text
+    assert "password=***" in caplog.text
+
+
+async def test_an_unexpected_error_is_a_500_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with ConsoleServer(BrokenStore(ZeroDivisionError("boom")), port=0) as console:
+        reply = await get(console, "/sagas/a")
+        assert reply.status == 500
+        assert "internal error" in reply.text
+        assert "Traceback" not in reply.text
+        assert "ZeroDivisionError" not in reply.text
+    assert "ZeroDivisionError" in caplog.text  # the traceback is in the log
+
+
+async def test_a_slow_store_is_a_504(journal: Path) -> None:
+    class SlowStore:
+        async def load(self, saga_id: str) -> Any:
+            await asyncio.sleep(30)
+
+    async with ConsoleServer(SlowStore(), port=0) as console:
+        console.request_timeout = 0.2
+        reply = await get(console, "/sagas/a")
+        assert reply.status == 504
+        assert "did not answer within 0.2 s" in reply.text
+
+
+async def test_serve_runs_until_cancelled(journal: Path) -> None:
+    from fallback_saga.console import serve
+
+    started: asyncio.Future[ConsoleServer] = asyncio.get_running_loop().create_future()
+    async with SQLiteSagaStore(journal) as store:
+        task = asyncio.create_task(serve(store, port=0, ready=started.set_result))
+        console = await asyncio.wait_for(started, 10)
+        assert (await get(console, "/healthz")).text == "ok\n"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", console.port), timeout=2).close()
