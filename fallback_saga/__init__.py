@@ -13,6 +13,7 @@ from .errors import (
     CorruptSagaRecord,
     JournalConflict,
     LeaseLost,
+    ParallelWriteConflict,
     RecordedError,
     SagaAlreadyExists,
     SagaBusy,
@@ -24,9 +25,10 @@ from .errors import (
     SagaNotFound,
     SagaStoreError,
 )
-from .events import LoggingListener, SagaListener
+from .events import LoggingListener, SagaListener, StepCall
 from .executor import SagaResult
 from .fallback import Fallback
+from .parallel import Parallel
 from .recovery import RecoveryReport, recover
 from .results import UnjournaledResponse
 from .retry import RetryPolicy, set_testing
@@ -64,6 +66,8 @@ __all__ = [
     "LeaseLost",
     "LoggingListener",
     "MemorySagaStore",
+    "Parallel",
+    "ParallelWriteConflict",
     "RecordedError",
     "RecoverableStore",
     "RecoveryReport",
@@ -94,6 +98,7 @@ __all__ = [
     "SagaTransaction",
     "SharedCircuit",
     "Step",
+    "StepCall",
     "StepInfo",
     "StepStatus",
     "UnjournaledResponse",

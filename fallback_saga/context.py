@@ -48,16 +48,19 @@ from .codec import (
     encode_context,
     encode_structure,
 )
-from .models import default_codec
+from .models import default_codec, first_difference
 
 __all__ = [
     "MAX_CONTEXT_DEPTH",
     "SagaContext",
     "Snapshot",
+    "changed_fields",
     "check_serializable",
     "context_from_dict",
     "context_to_dict",
     "take_snapshot",
+    "working_copy",
+    "write_fields",
 ]
 
 C = TypeVar("C")
@@ -338,6 +341,52 @@ class Snapshot(tuple[Any, ...]):
                     slot.__set__(target, slots[name])
                 elif hasattr(target, name):
                     slot.__delete__(target)
+
+
+def working_copy(snapshot: Snapshot) -> Any:
+    """A new context object holding a deep copy of ``snapshot``'s state: what
+    a member of a ``Parallel`` group works on, apart from its siblings."""
+    shell = _shell(snapshot[0])
+    snapshot._install(shell, reuse=True)
+    return shell
+
+
+def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
+    """The fields (attributes and slots) of ``copy`` — a ``working_copy`` of
+    ``base`` — whose value is no longer exactly ``base``'s (types included):
+    what a group member wrote. Dunder slots (a model's bookkeeping) are left out."""
+    _, state, slot_names, slots, _ = base
+    changed: dict[str, Any] = {}
+    own = getattr(copy, "__dict__", None)
+    if own is not None:
+        before = state or {}
+        for name, value in own.items():
+            if name not in before or first_difference(before[name], value) is not None:
+                changed[name] = value
+    for name in slot_names:
+        if name.startswith("__"):
+            continue
+        value = getattr(copy, name, _UNSET)
+        earlier = slots.get(name, _UNSET) if slots else _UNSET
+        if value is _UNSET:
+            continue
+        if earlier is _UNSET or first_difference(earlier, value) is not None:
+            changed[name] = value
+    return changed
+
+
+def write_fields(context: object, fields: dict[str, Any]) -> None:
+    """Set ``fields`` on ``context`` in place, as a snapshot restores (no
+    ``__setattr__``: a frozen dataclass or model is written all the same)."""
+    slot_names = _slot_names(context.__class__)
+    setters = dict(_slot_setters(context.__class__)) if slot_names else {}
+    live = getattr(context, "__dict__", None)
+    for name, value in fields.items():
+        setter = setters.get(name)
+        if setter is not None:
+            setter.__set__(context, value)
+        elif live is not None:
+            live[name] = value
 
 
 def _shell(owner: object) -> object:

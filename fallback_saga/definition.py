@@ -11,12 +11,15 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from .errors import SagaDefinitionError
 from .fallback import Fallback
+from .parallel import Parallel
 from .step import SagaStepHandler, step_name
 
 __all__ = [
     "MAX_SAGA_NAME_LENGTH",
     "BranchSpec",
     "FallbackSpec",
+    "GroupSpec",
+    "MemberSpec",
     "SagaDefinition",
     "build_definition",
     "check_saga_name",
@@ -29,7 +32,11 @@ MAX_SAGA_NAME_LENGTH = 200
 
 @dataclass(frozen=True, slots=True)
 class BranchSpec:
-    """One step as declared: a class to build, or an instance to use as is."""
+    """One step as declared: a class to build, or an instance to use as is.
+
+    ``position`` is the step's place in the journal: its index in ``steps``,
+    counting each member of a ``Parallel`` group as one (both branches of a
+    Fallback share theirs)."""
 
     position: int
     name: str
@@ -46,7 +53,21 @@ class FallbackSpec:
     rule: Fallback
 
 
-ItemSpec = BranchSpec | FallbackSpec
+MemberSpec = BranchSpec | FallbackSpec
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A ``Parallel`` group: its members hold consecutive positions."""
+
+    members: tuple[MemberSpec, ...]
+
+    @property
+    def positions(self) -> range:
+        return range(self.members[0].position, self.members[-1].position + 1)
+
+
+ItemSpec = BranchSpec | FallbackSpec | GroupSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +77,37 @@ class SagaDefinition:
     items: tuple[ItemSpec, ...]
     fingerprint: str
 
-    def describe(self) -> list[list[str]]:
-        """The shape that the fingerprint hashes: names and order, fallback pairs."""
+    def describe(self) -> list[Any]:
+        """The shape that the fingerprint hashes: names and order, fallback
+        pairs, groups (``["parallel", [member shapes]]``)."""
         return _shape(self.items)
 
+    def members(self) -> list[MemberSpec]:
+        """Every step or Fallback, groups flattened: ``members()[position]``."""
+        flat: list[MemberSpec] = []
+        for item in self.items:
+            if isinstance(item, GroupSpec):
+                flat.extend(item.members)
+            else:
+                flat.append(item)
+        return flat
 
-def _shape(items: tuple[ItemSpec, ...]) -> list[list[str]]:
+
+def _shape(items: tuple[ItemSpec, ...] | tuple[MemberSpec, ...]) -> list[Any]:
     return [
-        ["fallback", item.primary.name, item.fallback.name]
+        ["parallel", _shape(item.members)]
+        if isinstance(item, GroupSpec)
+        else ["fallback", item.primary.name, item.fallback.name]
         if isinstance(item, FallbackSpec)
         else ["step", item.name]
         for item in items
     ]
+
+
+def member_shape(member: MemberSpec) -> list[str]:
+    """``describe()``'s entry for one step or Fallback (a group's member too)."""
+    shape: list[str] = _shape((member,))[0]
+    return shape
 
 
 def check_saga_name(saga_cls: type, name: object) -> str:
@@ -112,29 +152,22 @@ def build_definition(
     context_type = context_type_of(saga_cls, base)
     items: list[ItemSpec] = []
     seen: dict[str, str] = {}
-    for position, item in enumerate(declared):
-        label = f"{where}.steps[{position}]"
-        if isinstance(item, Fallback):
-            primary = _branch(item.step, position, "primary", f"{label}.step", context_type, where)
-            fallback = _branch(
-                item.fallback, position, "fallback", f"{label}.fallback", context_type, where
-            )
-            if primary.source is fallback.source:
-                raise SagaDefinitionError(f"{label}: Fallback step and fallback are the same step")
-            branches: tuple[BranchSpec, ...] = (primary, fallback)
-            items.append(FallbackSpec(position, primary, fallback, item))
+    sources: dict[int, str] = {}  # id of a declared step -> where it is declared
+    position = 0
+    for index, item in enumerate(declared):
+        label = f"steps[{index}]"
+        if isinstance(item, Parallel):
+            members: list[MemberSpec] = []
+            for number, member in enumerate(item.members):
+                members.append(_member(
+                    member, position, f"{label}.members[{number}]", context_type, where,
+                    seen, sources,
+                ))
+                position += 1
+            items.append(GroupSpec(tuple(members)))
         else:
-            spec = _branch(item, position, "primary", label, context_type, where)
-            branches = (spec,)
-            items.append(spec)
-        for spec in branches:
-            if spec.name in seen:
-                raise SagaDefinitionError(
-                    f"{where}: step name {spec.name!r} is used twice ({seen[spec.name]} and "
-                    f"steps[{position}]); the journal identifies steps by name — give one a "
-                    f"distinct `name`"
-                )
-            seen[spec.name] = f"steps[{position}]"
+            items.append(_member(item, position, label, context_type, where, seen, sources))
+            position += 1
     definition_items = tuple(items)
     fingerprint = hashlib.sha256(json.dumps(_shape(definition_items)).encode()).hexdigest()[:16]
     # The saga name is left out of the fingerprint on purpose: it is stored and
@@ -144,6 +177,50 @@ def build_definition(
     return SagaDefinition(
         saga_name or saga_cls.__name__, context_type, definition_items, fingerprint
     )
+
+
+def _member(
+    item: Any,
+    position: int,
+    label: str,
+    context_type: type | None,
+    where: str,
+    seen: dict[str, str],
+    sources: dict[int, str],
+) -> MemberSpec:
+    """One element of ``steps`` (or of a group): a step or a Fallback, checked."""
+    full = f"{where}.{label}"
+    spec: MemberSpec
+    if isinstance(item, Fallback):
+        primary = _branch(item.step, position, "primary", f"{full}.step", context_type, where)
+        fallback = _branch(
+            item.fallback, position, "fallback", f"{full}.fallback", context_type, where
+        )
+        if primary.source is fallback.source:
+            raise SagaDefinitionError(f"{full}: Fallback step and fallback are the same step")
+        branches: tuple[BranchSpec, ...] = (primary, fallback)
+        spec = FallbackSpec(position, primary, fallback, item)
+    else:
+        spec = _branch(item, position, "primary", full, context_type, where)
+        branches = (spec,)
+    for branch in branches:
+        # The same class or instance twice would share one name (and, for an
+        # instance, one object run twice at once in a group): refused.
+        earlier = sources.get(id(branch.source))
+        if earlier is not None and not isinstance(branch.source, type):
+            raise SagaDefinitionError(
+                f"{where}: the step instance {branch.source!r} is used twice ({earlier} and "
+                f"{label}); use two instances with distinct names"
+            )
+        sources[id(branch.source)] = label
+        if branch.name in seen:
+            raise SagaDefinitionError(
+                f"{where}: step name {branch.name!r} is used twice ({seen[branch.name]} and "
+                f"{label}); the journal identifies steps by name — give one a "
+                f"distinct `name`"
+            )
+        seen[branch.name] = label
+    return spec
 
 
 def _branch(
@@ -156,6 +233,11 @@ def _branch(
 ) -> BranchSpec:
     if isinstance(item, Fallback):
         raise SagaDefinitionError(f"{label}: a Fallback cannot be nested inside a Fallback")
+    if isinstance(item, Parallel):
+        raise SagaDefinitionError(
+            f"{label}: a Parallel group cannot be a Fallback's step or fallback (a Fallback "
+            f"may be a member of a group)"
+        )
     is_class = isinstance(item, type)
     not_async = [method for method in ("act", "compensate") if _is_sync_method(item, method)]
     if not_async:

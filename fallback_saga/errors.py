@@ -12,6 +12,7 @@ __all__ = [
     "CorruptSagaRecord",
     "JournalConflict",
     "LeaseLost",
+    "ParallelWriteConflict",
     "RecordedError",
     "SagaAlreadyExists",
     "SagaBusy",
@@ -257,6 +258,12 @@ class SagaFailed(SagaError):
     step name). ``error`` — also ``__cause__`` — is the exception that stopped
     the saga; when a fallback failed too, it is the fallback's error, and the
     primary's error hangs off it as its ``__cause__``/``__context__``.
+
+    When a member of a ``Parallel`` group failed, ``failed_step`` names the
+    first member that failed for good and ``error`` is its error;
+    ``branch_errors`` keeps the error of every member that failed (keyed by
+    step name; empty for a saga without groups). Members cancelled because
+    a sibling failed are not in it: they did not fail.
     """
 
     def __init__(
@@ -268,6 +275,7 @@ class SagaFailed(SagaError):
         failed_step: str,
         error: BaseException,
         compensation_errors: Mapping[str, BaseException] | None = None,
+        branch_errors: Mapping[str, BaseException] | None = None,
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
@@ -275,6 +283,7 @@ class SagaFailed(SagaError):
         self.failed_step = failed_step
         self.error = error
         self.compensation_errors: dict[str, BaseException] = dict(compensation_errors or {})
+        self.branch_errors: dict[str, BaseException] = dict(branch_errors or {})
         message = (
             f"saga {saga_name} ({short_id(saga_id)}) failed at step {failed_step!r}: "
             f"{type(error).__name__}: {error}; status {status.value}"
@@ -293,6 +302,7 @@ class SagaFailed(SagaError):
                 self.failed_step,
                 self.error,
                 self.compensation_errors,
+                self.branch_errors,
             ),
         )
 
@@ -304,6 +314,7 @@ def _rebuild_saga_failed(
     failed_step: str,
     error: BaseException,
     compensation_errors: dict[str, BaseException],
+    branch_errors: dict[str, BaseException] | None = None,
 ) -> SagaFailed:
     return SagaFailed(
         saga_id=saga_id,
@@ -312,4 +323,25 @@ def _rebuild_saga_failed(
         failed_step=failed_step,
         error=error,
         compensation_errors=compensation_errors,
+        branch_errors=branch_errors,
     )
+
+
+class ParallelWriteConflict(SagaError):
+    """Two members of a ``Parallel`` group changed the same context field.
+
+    Each member works on its own copy of the context and its changes are
+    written into the saga's context when it completes; a second member
+    changing a field a sibling already changed would erase the sibling's
+    write, so the group fails instead (the member's act completed: it is
+    compensated). Give each member its own fields.
+    """
+
+    def __init__(self, field: str, first: str, second: str) -> None:
+        self.field = field
+        self.first = first
+        self.second = second
+        super().__init__(
+            f"steps {first!r} and {second!r} of a Parallel group both changed the context "
+            f"field {field!r}; members of a group must write disjoint fields"
+        )

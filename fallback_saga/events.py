@@ -8,19 +8,61 @@ saga. With no listener, nothing is called at all.
 
 Hooks never receive the context: contexts may carry secrets, and logging them
 must be a deliberate choice of the application.
+
+Pairs a tracer can rely on (hooks run synchronously in the task that makes the
+transition, so a listener may set a context variable in the first hook of a
+pair and reset it in the second):
+
+* every ``saga_started`` is followed by exactly one ``saga_finished`` (a final
+  status) or ``saga_interrupted`` (the run stopped without one) — unless a
+  ``BaseException`` such as ``KeyboardInterrupt`` takes the process down —
+  in the same task for ``run``, ``resume`` and recovery (a
+  ``transaction`` reports both from the task that enters and leaves it);
+* every ``step_call_started`` is followed by one ``step_call_finished`` for
+  the same ``StepCall``, in the same task, with nothing awaited in between
+  but the step's own ``act``/``compensate``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from .status import SagaStatus
+from .step import StepInfo
 
-__all__ = ["HOOK_NAMES", "LoggingListener", "SagaListener"]
+__all__ = ["HOOK_NAMES", "LoggingListener", "SagaListener", "StepCall"]
 
 _log = logging.getLogger("fallback_saga")
+
+
+class StepCall(StepInfo):
+    """One call of a step's ``act`` or ``compensate``, as the ``step_call_*`` hooks
+    see it: what ``current_step()`` tells the step (saga id and name, step,
+    action, attempt, ``idempotency_key``) plus the ``branch`` that runs —
+    ``"primary"``, or ``"fallback"`` for a ``Fallback``'s fallback. The same
+    object is passed to ``step_call_started`` and ``step_call_finished``."""
+
+    __slots__ = ("branch",)
+
+    def __init__(
+        self,
+        saga_id: str,
+        saga_name: str,
+        step: str,
+        action: Literal["act", "compensate"],
+        attempt: int,
+        branch: str,
+    ) -> None:
+        super().__init__(saga_id, saga_name, step, action, attempt)
+        self.branch = branch
+
+    def __repr__(self) -> str:
+        return (
+            f"StepCall(saga_id={self.saga_id!r}, step={self.step!r}, "
+            f"branch={self.branch!r}, action={self.action!r}, attempt={self.attempt})"
+        )
 
 
 class SagaListener:
@@ -33,6 +75,20 @@ class SagaListener:
         self, saga_id: str, saga_name: str, status: SagaStatus, error: BaseException | None
     ) -> None:
         """The saga reached a final status (``error`` is set unless COMPLETED)."""
+
+    def saga_interrupted(
+        self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
+    ) -> None:
+        """The run stopped without reaching a final status: the journal could not
+        be written (``SagaInterrupted``), the lease was lost (``LeaseLost``) or
+        the worker handed the saga off, or a cancellation's unwinding could not
+        be journaled. ``status`` is what the journal holds (``None``: nothing
+        was journaled); ``error`` is what the caller gets. The saga is left
+        for recovery."""
+
+    def saga_resumed(self, saga_id: str, saga_name: str) -> None:
+        """The run that just started (``saga_started``, called right before) is a
+        resumption of a saga from its journal (``Saga.resume``, recovery)."""
 
     def step_started(self, saga_id: str, step: str, attempt: int) -> None:
         """A step's ``act`` is about to be called (``attempt`` counts retries from 1),
@@ -58,6 +114,32 @@ class SagaListener:
     def compensation_failed(self, saga_id: str, step: str, error: BaseException) -> None:
         """A step's ``compensate`` failed on every attempt; unwinding goes on."""
 
+    def step_call_started(self, call: StepCall) -> None:
+        """A step's ``act`` or ``compensate`` is called now (each attempt; a call
+        a circuit breaker rejects is never made): the detailed companion of
+        ``step_started``/``compensation_started``, called after them and
+        after the call's journal write, right before the call, in the task
+        that makes it."""
+
+    def step_call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        """The call ``step_call_started`` announced returned (``error`` is None)
+        or raised ``error`` — for every attempt, a retried one included.
+        Called in the same task, before ``step_completed``/``step_failed``
+        or their compensation counterparts."""
+
+    def recovery_outcome(
+        self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
+    ) -> None:
+        """``recover`` or a ``RecoveryWorker`` is done with a saga it claimed.
+        ``outcome``: ``completed``, ``compensated`` or ``failed`` (the status
+        the journal now holds), ``interrupted`` (the journal failed; left for
+        a later pass), ``skipped`` (unknown saga name, corrupt record, changed
+        definition, store error), ``lost`` (another worker took it over) or
+        ``handed_off`` (the worker shut down). ``reason`` says why for the
+        last four. ``saga_name`` is None when the record could not be read.
+        Reported to the listeners given to ``recover``/``RecoveryWorker``
+        and to those of the saga that resumed it (each listener once)."""
+
     def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
         """A circuit breaker moved between CLOSED, OPEN and HALF_OPEN."""
 
@@ -69,6 +151,8 @@ class SagaListener:
 HOOK_NAMES: tuple[str, ...] = (
     "saga_started",
     "saga_finished",
+    "saga_interrupted",
+    "saga_resumed",
     "step_started",
     "step_completed",
     "step_failed",
@@ -76,6 +160,9 @@ HOOK_NAMES: tuple[str, ...] = (
     "compensation_started",
     "compensation_completed",
     "compensation_failed",
+    "step_call_started",
+    "step_call_finished",
+    "recovery_outcome",
     "breaker_state_changed",
     "breaker_state_store_failed",
 )
@@ -134,6 +221,17 @@ class LoggingListener(SagaListener):
             self._write(level, "saga %s %s finished: %s (%s: %s)", saga_name, saga_id,
                       status.value, type(error).__name__, error)
 
+    def saga_interrupted(
+        self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
+    ) -> None:
+        held = "nothing" if status is None else status.value
+        reason = "" if error is None else f" ({type(error).__name__}: {error})"
+        self._write(logging.WARNING, "saga %s %s stopped without a final status, left for "
+                    "recovery; the journal says %s%s", saga_name, saga_id, held, reason)
+
+    def saga_resumed(self, saga_id: str, saga_name: str) -> None:
+        self._write(self.level, "saga %s %s resumed from its journal", saga_name, saga_id)
+
     def step_started(self, saga_id: str, step: str, attempt: int) -> None:
         self._write(logging.DEBUG, "saga %s step %s started (attempt %d)", saga_id, step, attempt)
 
@@ -159,6 +257,21 @@ class LoggingListener(SagaListener):
     def compensation_failed(self, saga_id: str, step: str, error: BaseException) -> None:
         self._write(logging.ERROR, "saga %s compensation of %s FAILED: %s: %s", saga_id, step,
                   type(error).__name__, error)
+
+    def step_call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        # A failed act is logged by step_failed, the last failed compensate by
+        # compensation_failed; the compensate attempts that are retried, here.
+        if error is not None and call.action == "compensate":
+            self._write(logging.WARNING, "saga %s compensate %s attempt %d failed: %s: %s",
+                        call.saga_id, call.step, call.attempt, type(error).__name__, error)
+
+    def recovery_outcome(
+        self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
+    ) -> None:
+        level = self.level if outcome in ("completed", "compensated", "handed_off") else (
+            logging.ERROR if outcome == "failed" else logging.WARNING)
+        self._write(level, "recovery: saga %s %s %s%s", saga_name or "?", saga_id, outcome,
+                    "" if reason is None else f" ({reason})")
 
     def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
         level = logging.WARNING if new == "open" else self.level

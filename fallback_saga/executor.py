@@ -37,15 +37,24 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
-from .context import Snapshot, check_serializable, context_to_dict, take_snapshot
+from .context import (
+    Snapshot,
+    changed_fields,
+    check_serializable,
+    context_to_dict,
+    take_snapshot,
+    working_copy,
+    write_fields,
+)
 from .errors import (
     ContextSerializationError,
     LeaseLost,
+    ParallelWriteConflict,
     SagaAlreadyExists,
     SagaFailed,
     SagaInterrupted,
 )
-from .events import HOOK_NAMES, Hook, collect_hooks, emit
+from .events import HOOK_NAMES, Hook, StepCall, collect_hooks, emit
 from .fallback import Fallback
 from .journal import (
     DEFAULT_JOURNAL_RETRY,
@@ -152,7 +161,37 @@ class FallbackPlan:
         self.breaker: CircuitBreakerProtocol | None = rule.circuit_breaker
 
 
-PlanItem = Branch | FallbackPlan
+Member = Branch | FallbackPlan
+
+
+class GroupPlan:
+    """A ``Parallel`` group: members run concurrently, each in a ``Lane``."""
+
+    __slots__ = ("members", "positions")
+
+    def __init__(self, members: tuple[Member, ...]) -> None:
+        self.members = members
+        self.positions = range(members[0].position, members[-1].position + 1)
+
+
+PlanItem = Branch | FallbackPlan | GroupPlan
+
+
+class Lane:
+    """Where one member of a ``Parallel`` group runs: its own cursor (so that
+    ``current_step()`` in each member names that member) and its own copy of
+    the context (so that no member can erase a sibling's writes)."""
+
+    __slots__ = ("called", "context", "cursor", "durable", "first")
+
+    def __init__(self, cursor: StepCursor, context: Any, first: Branch) -> None:
+        self.cursor = cursor
+        self.context = context
+        self.called = False  # the current attempt's act was called (not only queued)
+        # The current attempt's STARTED is durable already: no write before the
+        # act (a sibling's pending completion need not wait for it, nor it for that).
+        self.durable = False
+        self.first: Branch | None = first  # its first STARTED is in the group's write-ahead
 
 
 class Hooks:
@@ -173,6 +212,10 @@ class Hooks:
     compensation_started: tuple[Hook, ...]
     compensation_completed: tuple[Hook, ...]
     compensation_failed: tuple[Hook, ...]
+    saga_interrupted: tuple[Hook, ...]
+    saga_resumed: tuple[Hook, ...]
+    step_call_started: tuple[Hook, ...]
+    step_call_finished: tuple[Hook, ...]
     breaker_state_changed: tuple[Hook, ...]
 
 
@@ -201,6 +244,7 @@ class Execution(StepCursor):
 
     __slots__ = (
         "abandoned",
+        "branch_errors",
         "compensation_retry",
         "conditional",
         "context",
@@ -227,6 +271,7 @@ class Execution(StepCursor):
         "stack",
         "status",
         "store",
+        "write_lock",
         "written",
     )
 
@@ -267,6 +312,9 @@ class Execution(StepCursor):
         self.pending_status: SagaStatus | None = None
         self.context_dirty = False
         self.context_refused = False  # the store refused the context a step left
+        # Set while a Parallel group runs: its members write one at a time.
+        self.write_lock: asyncio.Lock | None = None
+        self.branch_errors: dict[str, BaseException] | None = None  # of a failed group
         self.created = False
         self.status = SagaStatus.RUNNING
         # The status the journal holds (None until the creation is durable),
@@ -303,13 +351,23 @@ class Execution(StepCursor):
             self.created = True
         if self.hooks.saga_started:
             emit(self.hooks.saga_started, self.saga_id, self.saga_name)
+        if self.resumed and self.hooks.saga_resumed:
+            emit(self.hooks.saga_resumed, self.saga_id, self.saga_name)
 
     async def run_all(
-        self, plan: tuple[PlanItem, ...], start: int = 0, fallback_first: bool = False
+        self,
+        plan: tuple[PlanItem, ...],
+        start: int = 0,
+        fallback_first: bool = False,
+        resumed_group: dict[int, SagaStepResult[Any, Any]] | None = None,
+        fallbacks_started: frozenset[int] = frozenset(),
     ) -> SagaResult[Any]:
-        """Run ``plan`` from position ``start`` (0, or where a resumed run stopped);
+        """Run ``plan`` from item ``start`` (0, or where a resumed run stopped);
         ``fallback_first``: the step at ``start`` had already handed over to its
-        fallback, so resume with the fallback."""
+        fallback, so resume with the fallback. When ``plan[start]`` is a group
+        a resumed run stopped in: ``resumed_group`` holds the results of its
+        members that completed (by position: they do not run again), and
+        ``fallbacks_started`` the positions of members resumed with their fallback."""
         self.begin()
         token = _CURSOR.set(self)
         try:
@@ -322,14 +380,21 @@ class Execution(StepCursor):
                     response = SagaStepResult(response, resumed.fallback.name, self.saga_id)
                 results.append(response)
                 start += 1
+            elif resumed_group is not None:
+                group: GroupPlan = plan[start]  # type: ignore[assignment]
+                results += await self.run_group(group, resumed_group, fallbacks_started)
+                start += 1
             for item in plan[start:] if start else plan:
                 # run_item, inlined: this loop is the hottest path of the library
                 if isinstance(item, Branch):
                     branch = item
                     snapshot = self.image = take_snapshot(self.context)
                     response = await self.try_branch(branch, snapshot, None)
-                else:
+                elif isinstance(item, FallbackPlan):
                     branch, response = await self.run_fallback(item)
+                else:
+                    results += await self.run_group(item)
+                    continue
                 if not isinstance(response, SagaStepResult):
                     response = SagaStepResult(response, branch.name, self.saga_id)
                 results.append(response)
@@ -342,7 +407,10 @@ class Execution(StepCursor):
             _CURSOR.reset(token)
         return await self.complete()
 
-    async def run_item(self, item: PlanItem) -> SagaStepResult[Any, Any]:
+    async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
+        """One element of ``steps``: its result (a group's: one per member)."""
+        if isinstance(item, GroupPlan):
+            return await self.run_group(item)
         if isinstance(item, Branch):
             branch = item
             snapshot = self.image = take_snapshot(self.context)
@@ -350,8 +418,8 @@ class Execution(StepCursor):
         else:
             branch, response = await self.run_fallback(item)
         if isinstance(response, SagaStepResult):
-            return response
-        return SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)
+            return [response]
+        return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
 
     async def complete(self) -> SagaResult[Any]:
         if self.live:
@@ -370,7 +438,7 @@ class Execution(StepCursor):
                 if isinstance(failure.error, ContextSerializationError):
                     # The last step left a context the journal cannot hold.
                     await self.fail(failure)
-                raise self._stopped(failure.error)
+                raise self._interrupted(failure.error)
             self.status = SagaStatus.COMPLETED
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
@@ -396,7 +464,7 @@ class Execution(StepCursor):
         if isinstance(error, JournalWriteFailed):
             cause = error.error
             if not isinstance(cause, ContextSerializationError) or not self.created:
-                raise self._stopped(cause)
+                raise self._interrupted(cause)
             error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
         try:
@@ -406,7 +474,7 @@ class Execution(StepCursor):
             self._announce_finish(asyncio.CancelledError())
             raise
         if self.interruption is not None:
-            raise self._stopped(self.interruption, failure=error)
+            raise self._interrupted(self.interruption, failure=error)
         self._announce_finish(error)
         raise SagaFailed(
             saga_id=self.saga_id,
@@ -415,6 +483,7 @@ class Execution(StepCursor):
             failed_step=failed_step,
             error=error,
             compensation_errors=compensation_errors,
+            branch_errors=self.branch_errors,
         ) from error
 
     async def abort(self) -> None:
@@ -450,6 +519,14 @@ class Execution(StepCursor):
         interrupted.__cause__ = error
         return interrupted
 
+    def _interrupted(
+        self, error: BaseException, failure: BaseException | None = None
+    ) -> BaseException:
+        """``_stopped``, announced to the listeners (``saga_interrupted``)."""
+        stopped = self._stopped(error, failure)
+        self._announce_finish(stopped)
+        return stopped
+
     def _report_interruption(self) -> None:
         # A cancelled caller gets CancelledError whatever happened; a journal
         # that failed meanwhile must still be told to someone.
@@ -469,16 +546,25 @@ class Execution(StepCursor):
         self.abandoned = reason
 
     def _announce_finish(self, error: BaseException | None) -> None:
-        if self.hooks.saga_finished:
-            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
+        if self.status.is_final:
+            if self.hooks.saga_finished:
+                emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
+        elif self.hooks.saga_interrupted:  # stopped short of a final status: see _stopped
+            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
+                 self.journaled_status, error if error is not None else self.interruption)
 
     # ------------------------------------------------------------------ forward
 
-    async def run_fallback(self, plan: FallbackPlan) -> tuple[Branch, Any]:
-        snapshot = self.image = take_snapshot(self.context)
+    async def run_fallback(
+        self, plan: FallbackPlan, lane: Lane | None = None
+    ) -> tuple[Branch, Any]:
+        if lane is None:
+            snapshot = self.image = take_snapshot(self.context)
+        else:
+            snapshot = take_snapshot(lane.context)
         rule = plan.rule
         try:
-            return plan.primary, await self.try_branch(plan.primary, snapshot, plan)
+            return plan.primary, await self.try_branch(plan.primary, snapshot, plan, lane)
         except Exception as error:
             if not rule.should_fall_back(error):
                 raise
@@ -492,7 +578,7 @@ class Execution(StepCursor):
                 primary_error,
             )
         try:
-            return plan.fallback, await self.try_branch(plan.fallback, snapshot, None)
+            return plan.fallback, await self.try_branch(plan.fallback, snapshot, None, lane)
         except Exception as error:
             # S4: keep both errors; the fallback's chains the primary's.
             if error is not primary_error:
@@ -505,45 +591,71 @@ class Execution(StepCursor):
             del primary_error  # see _act_failed: no error kept alive by a frame local
 
     async def try_branch(
-        self, branch: Branch, snapshot: Snapshot, plan: FallbackPlan | None
+        self,
+        branch: Branch,
+        snapshot: Snapshot,
+        plan: FallbackPlan | None,
+        lane: Lane | None = None,
     ) -> Any:
         """Run ``branch.act`` (under the breaker, with retries); on success push it.
 
         Whatever happens, a failed try leaves the context as the snapshot had it.
+        ``lane``: a member of a ``Parallel`` group, run on the lane's context
+        and cursor (whose first STARTED the group journaled already).
         """
         breaker = plan.breaker if plan is not None else None
         hooks = self.hooks
         journal = self.journal
+        if lane is None:
+            cursor: StepCursor = self
+            context = self.context
+        else:
+            cursor = lane.cursor
+            context = lane.context
         attempt = 1
         while True:
-            self.step = branch.name
-            self.attempt = attempt
-            journal.append(
-                (branch.position, branch.name, branch.branch, "act", _STARTED, attempt, None,
-                 _now(), None)
-            )
+            cursor.step = branch.name
+            cursor.attempt = attempt
+            if lane is None or lane.first is not branch:
+                journal.append(
+                    (branch.position, branch.name, branch.branch, "act", _STARTED, attempt, None,
+                     _now(), None)
+                )
+                if lane is not None:
+                    lane.durable = lane.called = False
+            else:
+                lane.first = None
+                lane.durable = True  # the group's write-ahead made this STARTED durable
+                lane.called = False
             if hooks.step_started:
                 emit(hooks.step_started, self.saga_id, branch.name, attempt)
             try:
                 if breaker is not None:
-                    response = await breaker.call(self.act, branch)
+                    response = await breaker.call(self.act, branch, lane)
+                elif hooks.step_call_started or hooks.step_call_finished:
+                    response = await self.act(branch, lane)  # which reports the call
                 else:  # self.act, inlined (one coroutine less per step)
-                    if not self.live:
+                    if not self.live and (lane is None or not lane.durable):
                         await self.flush()
-                    self.action = "act"
-                    self.active = True
+                    cursor.action = "act"
+                    cursor.active = True
+                    if lane is not None:
+                        lane.called = True
                     try:
                         if branch.timeout is None:
-                            response = await branch.act(self.context)
+                            response = await branch.act(context)
                         else:
                             async with asyncio.timeout(branch.timeout):
-                                response = await branch.act(self.context)
+                                response = await branch.act(context)
                     finally:
-                        self.active = False
+                        cursor.active = False
             except JournalWriteFailed:
                 raise  # the act never ran: nothing to record, retry or fall back from
             except BaseException as error:
-                snapshot.restore(self.context)
+                snapshot.restore(context)
+                if lane is not None and lane.called and isinstance(error, asyncio.CancelledError):
+                    self._act_cancelled(branch, attempt)
+                    raise
                 self._act_failed(branch, attempt, error)
                 retry = branch.retry
                 if (
@@ -559,7 +671,8 @@ class Execution(StepCursor):
                 (branch.position, branch.name, branch.branch, "act", _COMPLETED, attempt, None,
                  _now(), response)
             )
-            self.context_dirty = True
+            if lane is None:
+                self.context_dirty = True  # (a lane's context is merged by its group)
             self.stack.append(branch)
             if hooks.step_completed:
                 emit(hooks.step_completed, self.saga_id, branch.name)
@@ -576,21 +689,181 @@ class Execution(StepCursor):
         if self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
 
-    async def act(self, branch: Branch) -> Any:
+    def _act_cancelled(self, branch: Branch, attempt: int) -> None:
+        # A group member's act cancelled in flight (a sibling failed, or the
+        # caller was cancelled): its effect is uncertain, so it is compensated
+        # like a completed act — journaled CANCELLED, which resume_point puts
+        # on the compensation stack too.
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "act", StepStatus.CANCELLED, attempt,
+             "CancelledError: cancelled while its act ran; its effect is uncertain", _now(),
+             None)
+        )
+        self.stack.append(branch)
+
+    async def act(self, branch: Branch, lane: Lane | None = None) -> Any:
         # Runs inside the breaker (when there is one): the write-ahead happens
         # only for a call that is let through, and a rejected call's rows are
         # written together with whatever comes next.
-        if not self.live:
+        if not self.live and (lane is None or not lane.durable):
             await self.flush()
-        self.action = "act"
-        self.active = True
+        if lane is None:
+            cursor: StepCursor = self
+            context = self.context
+        else:
+            cursor = lane.cursor
+            context = lane.context
+            lane.called = True
+        cursor.action = "act"
+        cursor.active = True
+        call = self._call_started(branch, "act", cursor.attempt)
         try:
             if branch.timeout is None:
-                return await branch.act(self.context)
-            async with asyncio.timeout(branch.timeout):
-                return await branch.act(self.context)
+                response = await branch.act(context)
+            else:
+                async with asyncio.timeout(branch.timeout):
+                    response = await branch.act(context)
+        except BaseException as error:
+            if call is not None:
+                self._call_finished(call, error)
+            raise
         finally:
-            self.active = False
+            cursor.active = False
+        if call is not None:
+            self._call_finished(call, None)
+        return response
+
+    def _call_started(
+        self, branch: Branch, action: Literal["act", "compensate"], attempt: int
+    ) -> StepCall | None:
+        """The ``StepCall`` reported to ``step_call_*`` listeners; None if none listen."""
+        hooks = self.hooks
+        if not (hooks.step_call_started or hooks.step_call_finished):
+            return None
+        call = StepCall(self.saga_id, self.saga_name, branch.name, action, attempt, branch.branch)
+        if hooks.step_call_started:
+            emit(hooks.step_call_started, call)
+        return call
+
+    def _call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        if self.hooks.step_call_finished:
+            emit(self.hooks.step_call_finished, call, error)
+
+    # ------------------------------------------------------------------ groups
+
+    async def run_group(
+        self,
+        group: GroupPlan,
+        resumed: dict[int, SagaStepResult[Any, Any]] | None = None,
+        fallbacks_started: frozenset[int] = frozenset(),
+    ) -> list[SagaStepResult[Any, Any]]:
+        """Run a ``Parallel`` group's members concurrently, each in its own
+        ``Lane``; their results, in the members' declared order.
+
+        ``resumed``: results of members a crashed run completed (they do not
+        run again); ``fallbacks_started``: positions of members to resume
+        with their fallback. Every member's first STARTED is made durable in
+        one write before any of them runs. When one fails for good, the others
+        are cancelled and waited for; the group then raises that member's
+        error (``branch_errors`` keeps every member's). A cancelled caller
+        waits for every member to stop before the unwinding begins (S8)."""
+        base = self.image = take_snapshot(self.context)
+        done: dict[int, SagaStepResult[Any, Any]] = dict(resumed or {})
+        todo: list[tuple[Member, Branch]] = []
+        now = _now()
+        journal = self.journal
+        for member in group.members:
+            if member.position in done:
+                continue
+            if isinstance(member, Branch):
+                first = member
+            elif member.position in fallbacks_started:
+                first = member.fallback
+            else:
+                first = member.primary
+            todo.append((member, first))
+            journal.append(
+                (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
+            )
+        loop = asyncio.get_running_loop()
+        if not self.live:
+            await self.flush()  # the group's write-ahead: one write for every member
+            self.write_lock = asyncio.Lock()
+        writes: dict[str, str] = {}  # context field -> the member that wrote it
+        failures: list[tuple[str, BaseException]] = []
+        tasks = {
+            loop.create_task(self._run_member(member, first, base, writes, failures)): member
+            for member, first in todo
+        }
+        cancelled = False
+        try:
+            pending: set[asyncio.Task[SagaStepResult[Any, Any]]] = set(tasks)
+            stopping = False
+            while pending:
+                try:
+                    _, pending = await asyncio.wait(
+                        pending, return_when=asyncio.FIRST_EXCEPTION
+                    )
+                except asyncio.CancelledError:
+                    cancelled = True  # wait on: every member stops before unwinding
+                if (cancelled or failures) and not stopping:
+                    stopping = True
+                    for task in pending:
+                        task.cancel()
+        finally:
+            self.write_lock = None
+        for task, member in tasks.items():
+            if not task.cancelled() and task.exception() is None:
+                done[member.position] = task.result()
+        if cancelled:
+            raise asyncio.CancelledError
+        if failures:
+            name, error = failures[0]
+            self.step = name
+            self.branch_errors = dict(failures)
+            raise error
+        return [done[member.position] for member in group.members]
+
+    async def _run_member(
+        self,
+        member: Member,
+        first: Branch,
+        base: Snapshot,
+        writes: dict[str, str],
+        failures: list[tuple[str, BaseException]],
+    ) -> SagaStepResult[Any, Any]:
+        """One member of a group, in the task of its own that ``run_group`` made."""
+        lane = Lane(StepCursor(self.saga_id, self.saga_name), working_copy(base), first)
+        _CURSOR.set(lane.cursor)  # this task's own context: current_step() names the member
+        try:
+            if isinstance(member, Branch):
+                branch = member
+                response = await self.try_branch(member, take_snapshot(lane.context), None, lane)
+            elif first is member.fallback:
+                branch = first
+                response = await self.try_branch(first, take_snapshot(lane.context), None, lane)
+            else:
+                branch, response = await self.run_fallback(member, lane)
+            # Completed (and on the compensation stack): its writes join the
+            # saga's context now — unless a sibling changed the same field.
+            changed = changed_fields(base, lane.context)
+            for field in changed:
+                if field in writes:
+                    raise ParallelWriteConflict(field, writes[field], branch.name)
+            for field in changed:
+                writes[field] = branch.name
+            write_fields(self.context, changed)
+            self.context_dirty = True
+            if not self.live:
+                await self.flush()  # its completion, and its writes, made durable
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            failures.append((lane.cursor.step, error))  # the last branch it tried
+            raise
+        if isinstance(response, SagaStepResult):
+            return response
+        return SagaStepResult(response, branch.name, self.saga_id)
 
     # ------------------------------------------------------------------ backward
 
@@ -652,6 +925,7 @@ class Execution(StepCursor):
             if hooks.compensation_started:
                 emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
             self.active = True
+            call = self._call_started(branch, "compensate", attempt)
             try:
                 if branch.timeout is None:
                     await branch.compensate(self.context)
@@ -659,6 +933,8 @@ class Execution(StepCursor):
                     async with asyncio.timeout(branch.timeout):
                         await branch.compensate(self.context)
             except Exception as error:
+                if call is not None:
+                    self._call_finished(call, error)
                 if not policy.should_retry(error, attempt):
                     return self._compensation_failed(branch, attempt, error)
                 journal.append(
@@ -671,9 +947,13 @@ class Execution(StepCursor):
             except asyncio.CancelledError as error:
                 # Only the compensation itself can raise this here (the unwinding
                 # task is shielded): it failed.
+                if call is not None:
+                    self._call_finished(call, error)
                 return self._compensation_failed(branch, attempt, error)
             finally:
                 self.active = False
+            if call is not None:
+                self._call_finished(call, None)
             journal.append(
                 (branch.position, branch.name, branch.branch, "compensate", _COMPLETED, attempt,
                  None, _now(), None)
@@ -703,6 +983,15 @@ class Execution(StepCursor):
         return self.image.to_dict()
 
     async def flush(self, *, unwinding: bool = False) -> None:
+        """``_flush``, one write at a time while the members of a group run."""
+        lock = self.write_lock
+        if lock is None:
+            await self._flush(unwinding)
+        else:
+            async with lock:
+                await self._flush(unwinding)
+
+    async def _flush(self, unwinding: bool) -> None:
         """Make every transition the store does not have yet durable (and the
         status and context when they changed): the write-ahead of the next
         call, or the terminal write.
@@ -730,6 +1019,9 @@ class Execution(StepCursor):
             context = self._encode_context(unwinding)
         except ContextSerializationError as error:
             raise JournalWriteFailed(error) from error
+        # Clean from here: a group member that changes the context while this
+        # write is in flight marks it dirty again, for the next write.
+        was_dirty, self.context_dirty = self.context_dirty, False
         create = not self.created
         if create:
             status = status or SagaStatus.RUNNING
@@ -772,7 +1064,6 @@ class Execution(StepCursor):
             if status is not None:
                 self.journaled_status = status
             self.pending_status = None
-            self.context_dirty = False
         elif isinstance(failure, ContextSerializationError) and self.created:
             # The store cannot hold the context a step left: the run unwinds
             # (see fail), journaling without it — the last good one stays.
@@ -781,6 +1072,8 @@ class Execution(StepCursor):
             self.interruption = failure
             if in_doubt:
                 self.landed_unseen = status or self.journaled_status
+        if failure is not None and was_dirty:
+            self.context_dirty = True  # the context it carried is not journaled
         if cancelled:
             raise asyncio.CancelledError
         if failure is not None:

@@ -22,6 +22,7 @@ from .errors import (
     SagaFailed,
     SagaInterrupted,
 )
+from .events import collect_hooks, emit
 from .resumption import (
     LeasedRun,
     ResumePoint,
@@ -67,11 +68,14 @@ class ClaimedSaga:
         lease: Lease,
         *,
         lease_seconds: float,
+        listeners: tuple[object, ...] = (),
     ) -> None:
         self.store = store
         self.by_name = by_name
         self.lease = lease
         self.lease_seconds = lease_seconds
+        self.listeners = listeners
+        self.saga_name: str | None = None  # once its record is read
         self.run: LeasedRun | None = None
 
     @property
@@ -79,11 +83,32 @@ class ClaimedSaga:
         return self.lease.saga_id
 
     async def resume(self) -> Outcome:
+        """Resume the saga; its outcome, also told to the listeners (``recovery_outcome``)."""
+        try:
+            outcome = await self._resume()
+        except asyncio.CancelledError:
+            self._report(("handed_off", "the recovery was cancelled"))
+            raise
+        self._report(outcome)
+        return outcome
+
+    def _report(self, outcome: Outcome) -> None:
+        listeners = self.listeners
+        saga = self.by_name.get(self.saga_name) if self.saga_name is not None else None
+        if saga is not None and saga.listeners:
+            given = {id(listener) for listener in listeners}
+            listeners += tuple(each for each in saga.listeners if id(each) not in given)
+        hooks = collect_hooks(listeners, "recovery_outcome")
+        if hooks:
+            emit(hooks, self.saga_id, self.saga_name, outcome[0], outcome[1])
+
+    async def _resume(self) -> Outcome:
         saga_id = self.saga_id
         release = True
         handed_off = False  # stopped unfinished by a shutdown: announce it
         try:
             record = await self.store.load(saga_id)
+            self.saga_name = record.saga_name
             saga = self.by_name.get(record.saga_name)
             if saga is None:
                 return "skipped", f"no saga named {record.saga_name!r} given"
@@ -241,6 +266,7 @@ async def recover(
     owner: str | None = None,
     concurrency: int = 8,
     progress: Callable[[str, str], None] | None = None,
+    listeners: Iterable[object] = (),
 ) -> RecoveryReport:
     """Find interrupted sagas (RUNNING or COMPENSATING, not updated for
     ``older_than``) and resume each with the saga of the same name.
@@ -252,6 +278,8 @@ async def recover(
     recovery processes never drive the same saga. A corrupt row, an unknown
     saga name or a changed definition is reported as skipped; it never stops
     the others. ``progress(saga_id, outcome)`` is called after each saga.
+    ``listeners`` are told each saga's outcome (``recovery_outcome``), as are
+    the listeners of the saga that resumed it.
     """
     if isinstance(older_than, timedelta):
         older_than = older_than.total_seconds()
@@ -265,6 +293,7 @@ async def recover(
             f"(use a durable store such as SQLiteSagaStore)"
         )
     by_name = sagas_by_name(store, sagas)
+    given = tuple(listeners)
     report = RecoveryReport()
     leases = await store.claim(
         owner=owner or default_owner(), lease_seconds=lease, older_than=older_than, limit=limit
@@ -278,7 +307,7 @@ async def recover(
     async def resume_one(claimed: Lease) -> None:
         async with gate:
             outcome, reason = await ClaimedSaga(
-                store, by_name, claimed, lease_seconds=lease
+                store, by_name, claimed, lease_seconds=lease, listeners=given
             ).resume()
         saga_id = claimed.saga_id
         if outcome == "completed":

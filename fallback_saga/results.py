@@ -32,7 +32,7 @@ from .step import SagaStepResult
 from .store._responses import UNJOURNALED
 from .store.base import JournalEntry, SagaRecord
 
-__all__ = ["UnjournaledResponse", "journaled_results"]
+__all__ = ["UnjournaledResponse", "journaled_results", "results_by_position"]
 
 _log = logging.getLogger("fallback_saga")
 
@@ -79,14 +79,21 @@ class UnjournaledResponse:
 
 
 def journaled_results(record: SagaRecord) -> list[SagaStepResult[Any, Any]]:
-    """What every completed ``act`` of ``record`` returned, in the order they
-    completed: the ``results`` of a run that got that far without a crash."""
-    results: list[SagaStepResult[Any, Any]] = []
-    for entry in record.history:
-        if entry.action == "act" and entry.status is _COMPLETED:
-            response = _read(entry, record.saga_id)
-            results.append(SagaStepResult(response, entry.step, record.saga_id))
-    return results
+    """What every completed ``act`` of ``record`` returned, in step order: the
+    ``results`` of a run that got that far without a crash."""
+    return [result for _, result in results_by_position(record)]
+
+
+def results_by_position(record: SagaRecord) -> list[tuple[int, SagaStepResult[Any, Any]]]:
+    """``journaled_results`` with each result's position (the members of a
+    ``Parallel`` group complete in any order; results are in step order)."""
+    found = [
+        (entry.position, SagaStepResult(_read(entry, record.saga_id), entry.step, record.saga_id))
+        for entry in record.history
+        if entry.action == "act" and entry.status is _COMPLETED
+    ]
+    found.sort(key=lambda pair: pair[0])
+    return found
 
 
 def _read(entry: JournalEntry, saga_id: str) -> Any:

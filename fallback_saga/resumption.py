@@ -52,10 +52,11 @@ import contextvars
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .definition import member_shape
 from .errors import (
     CorruptSagaRecord,
     LeaseLost,
@@ -113,49 +114,90 @@ class ResumePoint:
     fallback_in_flight: bool
     # The last act failure on record: (step name, error text).
     last_failure: tuple[str, str] | None
+    # Positions whose act completed (a group's members complete in any order),
+    # and those whose fallback had started.
+    completed: frozenset[int] = frozenset()
+    fallbacks_started: frozenset[int] = frozenset()
 
 
-def resume_point(record: SagaRecord) -> ResumePoint:
+def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoint:
     """Read ``record.history`` into a ``ResumePoint``; ``CorruptSagaRecord`` if it
     cannot describe a run (positions out of order, a compensation of a step
-    that never completed)."""
-    completed: dict[int, str] = {}
-    order: list[int] = []
+    that never completed).
+
+    ``groups``: the positions of each ``Parallel`` group of the saga, whose
+    members complete in any order. An act journaled CANCELLED (a member
+    cancelled in flight: its effect is uncertain) joins the compensation
+    stack like a completed one, but did not complete."""
+    on_stack: dict[int, str] = {}
+    order: list[int] = []  # positions pushed on the stack, in order
+    completed: set[int] = set()
     compensated: set[int] = set()
     fallback_started: set[int] = set()
     last_failure: tuple[str, str] | None = None
     for entry in record.history:
         if entry.action == "act":
-            if entry.status is StepStatus.COMPLETED:
-                if entry.position in completed:
+            status = entry.status
+            if status is StepStatus.COMPLETED or status is StepStatus.CANCELLED:
+                if entry.position in on_stack:
                     raise CorruptSagaRecord(
                         record.saga_id, f"step at position {entry.position} completed twice"
                     )
-                completed[entry.position] = entry.branch
+                on_stack[entry.position] = entry.branch
                 order.append(entry.position)
-            elif entry.status is StepStatus.STARTED and entry.branch == "fallback":
+                if status is StepStatus.COMPLETED:
+                    completed.add(entry.position)
+            elif status is StepStatus.STARTED and entry.branch == "fallback":
                 fallback_started.add(entry.position)
-            elif entry.status is StepStatus.FAILED:
+            elif status is StepStatus.FAILED:
                 last_failure = (entry.step, entry.error or "")
         elif entry.status is StepStatus.COMPLETED:
-            if entry.position not in completed:
+            if entry.position not in on_stack:
                 raise CorruptSagaRecord(
                     record.saga_id,
                     f"step at position {entry.position} was compensated but never completed",
                 )
             compensated.add(entry.position)
-    if order != list(range(len(order))):
-        raise CorruptSagaRecord(
-            record.saga_id, f"steps completed out of order (positions {order})"
-        )
-    next_position = len(order)
+    next_position = 0
+    while next_position in completed:
+        next_position += 1
+    _check_order(record.saga_id, order, completed, next_position, groups)
     return ResumePoint(
         status=record.status,
-        stack=tuple((p, completed[p]) for p in order if p not in compensated),
+        stack=tuple((p, on_stack[p]) for p in order if p not in compensated),
         next_position=next_position,
         fallback_in_flight=next_position in fallback_started,
         last_failure=last_failure,
+        completed=frozenset(completed),
+        fallbacks_started=frozenset(fallback_started),
     )
+
+
+def _check_order(
+    saga_id: str,
+    order: list[int],
+    completed: set[int],
+    next_position: int,
+    groups: Sequence[range],
+) -> None:
+    """Steps complete one after another, a group's members in any order but
+    all before the next step: else the record cannot describe a run."""
+    group_of = {position: index for index, group in enumerate(groups) for position in group}
+    current = group_of.get(next_position)
+    for position in completed:
+        if position > next_position and (current is None or group_of.get(position) != current):
+            raise CorruptSagaRecord(
+                saga_id, f"steps completed out of order (positions {order})"
+            )
+
+    # Each position as the first position of its group (itself outside groups):
+    # in the order things completed, these never go back.
+    units = [
+        position if group_of.get(position) is None else groups[group_of[position]][0]
+        for position in order
+    ]
+    if units != sorted(units):
+        raise CorruptSagaRecord(saga_id, f"steps completed out of order (positions {order})")
 
 
 def check_definition(record: SagaRecord, definition: SagaDefinition) -> None:
@@ -163,7 +205,7 @@ def check_definition(record: SagaRecord, definition: SagaDefinition) -> None:
     saying what changed (``SagaDefinitionChanged``)."""
     if record.fingerprint == definition.fingerprint:
         return
-    current = definition.describe()
+    current = [member_shape(member) for member in definition.members()]
     differences: list[str] = []
     seen: set[tuple[int, str, str]] = set()
     for entry in record.history:

@@ -14,6 +14,8 @@ from .context import context_from_dict
 from .definition import (
     BranchSpec,
     FallbackSpec,
+    GroupSpec,
+    ItemSpec,
     SagaDefinition,
     build_definition,
     check_saga_name,
@@ -23,13 +25,14 @@ from .executor import (
     Branch,
     Execution,
     FallbackPlan,
+    GroupPlan,
     Hooks,
     JournalWriteFailed,
     PlanItem,
     SagaResult,
 )
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
-from .results import journaled_results
+from .results import journaled_results, results_by_position
 from .resumption import LeasedRun, check_definition, default_owner, resume_point
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .shielding import shielded
@@ -139,6 +142,20 @@ class Saga(Generic[ContextT]):
         factory = step_factory or _default_factory(type(self))
         self._plan: tuple[PlanItem, ...] = tuple(
             _plan_item(spec, factory) for spec in definition.items
+        )
+        # Positions (groups count each member) -> the plan: for resuming.
+        self._members: tuple[Branch | FallbackPlan, ...] = tuple(
+            member
+            for item in self._plan
+            for member in (item.members if isinstance(item, GroupPlan) else (item,))
+        )
+        self._item_at: tuple[int, ...] = tuple(
+            index
+            for index, item in enumerate(self._plan)
+            for _ in (item.members if isinstance(item, GroupPlan) else (item,))
+        )
+        self._groups: tuple[range, ...] = tuple(
+            item.positions for item in self._plan if isinstance(item, GroupPlan)
         )
 
     def _execution(
@@ -262,7 +279,7 @@ class Saga(Generic[ContextT]):
             )
         context: Any = context_from_dict(definition.context_type, record.context)
         status = record.status
-        point = resume_point(record)
+        point = resume_point(record, self._groups)
         failure = point.last_failure or ("", "")
         if status is SagaStatus.COMPLETED:
             return SagaResult(record.saga_id, status, context, journaled_results(record))
@@ -287,21 +304,39 @@ class Saga(Generic[ContextT]):
             )
         # What the steps that completed returned, so that the result is the one a
         # run without the crash gives (a saga still to unwind returns none).
-        execution.results = journaled_results(record)
-        if point.next_position >= len(self._plan):
+        results = results_by_position(record)
+        if point.next_position >= len(self._members):
             # Every act completed but the completion was not journaled: finish it.
+            execution.results = [result for _, result in results]
             execution.begin()
             return await execution.complete()
-        return await execution.run_all(self._plan, point.next_position, point.fallback_in_flight)
+        start = self._item_at[point.next_position]
+        item = self._plan[start]
+        if isinstance(item, GroupPlan):
+            # A group the crash interrupted: its members that completed keep
+            # their results and do not run again.
+            group_results = {
+                position: result for position, result in results if position in item.positions
+            }
+            execution.results = [
+                result for position, result in results if position < item.positions.start
+            ]
+            return await execution.run_all(
+                self._plan, start, resumed_group=group_results,
+                fallbacks_started=point.fallbacks_started,
+            )
+        execution.results = [result for _, result in results]
+        return await execution.run_all(self._plan, start, point.fallback_in_flight)
 
     def _branch_at(self, record: SagaRecord, position: int, branch: str) -> Branch:
-        item = self._plan[position] if position < len(self._plan) else None
+        item = self._members[position] if position < len(self._members) else None
         if isinstance(item, Branch):
             return item
         if isinstance(item, FallbackPlan):
             return item.fallback if branch == "fallback" else item.primary
         raise CorruptSagaRecord(
-            record.saga_id, f"position {position} is beyond the saga's {len(self._plan)} steps"
+            record.saga_id,
+            f"position {position} is beyond the saga's {len(self._members)} steps",
         )
 
     def transaction(
@@ -323,6 +358,7 @@ class SagaTransaction(Generic[ContextT]):
         self._execution = execution
         self._plan = plan
         self._next = 0
+        self._ready: list[SagaStepResult[ContextT, Any]] = []  # a group's results, to yield
         self._entered = False
         self._finished = False
         self._token: Token[StepCursor | None] | None = None
@@ -354,12 +390,14 @@ class SagaTransaction(Generic[ContextT]):
     async def __anext__(self) -> SagaStepResult[ContextT, Any]:
         if not self._entered:
             raise RuntimeError("iterate a saga transaction inside `async with`")
+        if self._ready:
+            return self._ready.pop(0)
         if self._finished or self._next >= len(self._plan):
             raise StopAsyncIteration
         item = self._plan[self._next]
         execution = self._execution
         try:
-            step_result = await execution.run_item(item)
+            step_results = await execution.run_item(item)
         except (Exception, JournalWriteFailed) as error:
             self._finished = True
             await execution.fail(error)
@@ -368,8 +406,10 @@ class SagaTransaction(Generic[ContextT]):
             await execution.abort()
             raise
         self._next += 1
-        execution.results.append(step_result)
-        return step_result
+        execution.results += step_results
+        # A group yields its members' results one by one, in declared order.
+        self._ready = step_results[1:]
+        return step_results[0]
 
     async def __aexit__(
         self,
@@ -434,7 +474,10 @@ def _needs_arguments(cls: type) -> bool:
     return False
 
 
-def _plan_item(spec: BranchSpec | FallbackSpec, factory: StepFactory) -> PlanItem:
+def _plan_item(spec: ItemSpec, factory: StepFactory) -> PlanItem:
+    if isinstance(spec, GroupSpec):
+        members = tuple(_plan_item(member, factory) for member in spec.members)
+        return GroupPlan(members)  # type: ignore[arg-type]  # members are never groups
     if isinstance(spec, FallbackSpec):
         return FallbackPlan(
             spec.rule,

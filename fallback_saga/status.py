@@ -38,6 +38,10 @@ class StepStatus(StrEnum):
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: An ``act`` of a ``Parallel`` member cancelled while it ran (a sibling
+    #: failed, or the caller was cancelled): its effect is uncertain, so it is
+    #: compensated like a completed one — but it did not complete.
+    CANCELLED = "cancelled"
 
 
 class CircuitState(StrEnum):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -83,7 +84,9 @@ class RecoveryWorker:
       younger one is probably still driven by the process that started it);
     * ``owner`` — the lease owner's name (default: host, pid and a random part);
     * ``listen`` — claim as soon as the store announces work, if it can
-      (``WorkNotifier``); polling goes on either way.
+      (``WorkNotifier``); polling goes on either way;
+    * ``listeners`` — told each claimed saga's outcome (``recovery_outcome``),
+      as are the listeners of the saga that resumed it.
 
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
@@ -100,6 +103,7 @@ class RecoveryWorker:
         older_than: float | timedelta = 60.0,
         owner: str | None = None,
         listen: bool = True,
+        listeners: Iterable[object] = (),
     ) -> None:
         if not is_recoverable(store):
             raise TypeError(
@@ -121,6 +125,7 @@ class RecoveryWorker:
         self.owner = owner or default_owner()
         self.stats = WorkerStats()
         self._by_name = by_name
+        self._listeners = tuple(listeners)
         self._in_flight: dict[asyncio.Task[None], ClaimedSaga] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -235,7 +240,8 @@ class RecoveryWorker:
         self._backlog = len(leases) == free
         self.stats.claimed += len(leases)
         for lease in leases:
-            claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease)
+            claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
+                                  listeners=self._listeners)
             task = asyncio.get_running_loop().create_task(self._resume(claimed))
             self._in_flight[task] = claimed
             task.add_done_callback(self._done)

@@ -80,6 +80,7 @@ import fallback_saga
 from fallback_saga import (
     Fallback,
     JournalEntry,
+    Parallel,
     Response,
     Saga,
     SagaContext,
@@ -95,7 +96,11 @@ from fallback_saga import (
 APP = Path(__file__).resolve()
 CRASH_EXIT = 137
 
-VARIANTS: tuple[str, ...] = ("ok", "fallback", "unwind", "stuck")
+VARIANTS: tuple[str, ...] = (
+    "ok", "fallback", "unwind", "stuck",
+    # GroupCrashSaga: A, Parallel(P, Fallback(Q, Q2)), C.
+    "group-ok", "group-fallback", "group-unwind", "group-member-fails",
+)
 
 # What each variant must end as, and its final context trail.
 EXPECTED_STATUS: dict[str, str] = {
@@ -103,6 +108,10 @@ EXPECTED_STATUS: dict[str, str] = {
     "fallback": "completed",
     "unwind": "compensated",
     "stuck": "failed",
+    "group-ok": "completed",
+    "group-fallback": "completed",
+    "group-unwind": "compensated",
+    "group-member-fails": "compensated",
 }
 EXPECTED_TRAIL: dict[str, list[str]] = {
     "ok": ["A", "B", "C"],
@@ -111,6 +120,29 @@ EXPECTED_TRAIL: dict[str, list[str]] = {
     # A's compensation fails: its trail mark is appended, but the context is
     # journaled as of the last *completed* transition — B2's compensation.
     "stuck": ["A", "B2", "-B2"],
+    "group-ok": ["A", "C"],
+    "group-fallback": ["A", "C"],
+    "group-unwind": ["A", "-A"],
+    "group-member-fails": ["A", "-A"],
+}
+# The group members' own fields (members of a group write disjoint fields).
+EXPECTED_LANES: dict[str, dict[str, list[str]]] = {
+    "group-ok": {"p_trail": ["P"], "q_trail": ["Q"]},
+    "group-fallback": {"p_trail": ["P"], "q_trail": ["Q2"]},
+    "group-unwind": {"p_trail": ["P", "-P"], "q_trail": ["Q2", "-Q2"]},
+    # P failed: its write never landed; Q completed meanwhile and was undone.
+    "group-member-fails": {"p_trail": [], "q_trail": ["Q", "-Q"]},
+}
+# The steps whose act completed, in the end (each exactly once).
+EXPECTED_ACTS: dict[str, set[str]] = {
+    "ok": {"A", "B", "C"},
+    "fallback": {"A", "B2", "C"},
+    "unwind": {"A", "B2"},
+    "stuck": {"A", "B2"},
+    "group-ok": {"A", "P", "Q", "C"},
+    "group-fallback": {"A", "P", "Q2", "C"},
+    "group-unwind": {"A", "P", "Q2"},
+    "group-member-fails": {"A", "Q"},
 }
 # (action, step) -> how many times the participant must have *applied* it, in the end.
 EXPECTED_EFFECTS: dict[str, dict[tuple[str, str], int]] = {
@@ -120,6 +152,15 @@ EXPECTED_EFFECTS: dict[str, dict[tuple[str, str], int]] = {
         ("act", "A"): 1, ("act", "B2"): 1, ("compensate", "B2"): 1, ("compensate", "A"): 1,
     },
     "stuck": {("act", "A"): 1, ("act", "B2"): 1, ("compensate", "B2"): 1},
+    "group-ok": {("act", "A"): 1, ("act", "P"): 1, ("act", "Q"): 1, ("act", "C"): 1},
+    "group-fallback": {("act", "A"): 1, ("act", "P"): 1, ("act", "Q2"): 1, ("act", "C"): 1},
+    "group-unwind": {
+        ("act", "A"): 1, ("act", "P"): 1, ("act", "Q2"): 1,
+        ("compensate", "Q2"): 1, ("compensate", "P"): 1, ("compensate", "A"): 1,
+    },
+    "group-member-fails": {
+        ("act", "A"): 1, ("act", "Q"): 1, ("compensate", "Q"): 1, ("compensate", "A"): 1,
+    },
 }
 
 
@@ -128,6 +169,9 @@ EXPECTED_EFFECTS: dict[str, dict[tuple[str, str], int]] = {
 
 class _Crash:
     at: int | None = None  # the boundary number to die at; None: a dry run
+    # Or the boundary's label: the same crash point on every store, even where
+    # a group's members interleave differently with the writes of another store.
+    label: str | None = None
     seen: ClassVar[list[str]] = []
 
 
@@ -135,7 +179,7 @@ def boundary(label: str) -> None:
     """One journal boundary: die here if this is the chosen crash point."""
     number = len(_Crash.seen)
     _Crash.seen.append(label)
-    if _Crash.at == number:
+    if _Crash.at == number or _Crash.label == label:
         os.write(1, f"CRASH {label}\n".encode())
         os._exit(CRASH_EXIT)
 
@@ -253,6 +297,8 @@ class CrashCtx(SagaContext):
     order_id: str = "order"
     variant: str = "ok"
     trail: list[str] = dataclasses.field(default_factory=list)
+    p_trail: list[str] = dataclasses.field(default_factory=list)
+    q_trail: list[str] = dataclasses.field(default_factory=list)
 
 
 class Receipt(Response, frozen=True):
@@ -279,9 +325,13 @@ class _Step(SagaStepHandler[CrashCtx, Receipt]):
     def compensation_fails(self, ctx: CrashCtx) -> bool:
         return False
 
+    def marks(self, ctx: CrashCtx) -> list[str]:
+        """Where the step leaves its trail mark (a group member: a field of its own)."""
+        return ctx.trail
+
     async def act(self, ctx: CrashCtx, /) -> Any:
         assert self.name is not None
-        ctx.trail.append(self.name)
+        self.marks(ctx).append(self.name)
         if self.act_fails(ctx):
             Ledger.call("act", self.name, fail=True)
             boundary(f"inside act {self.name}: about to fail")
@@ -292,7 +342,7 @@ class _Step(SagaStepHandler[CrashCtx, Receipt]):
 
     async def compensate(self, ctx: CrashCtx, /) -> None:
         assert self.name is not None
-        ctx.trail.append(f"-{self.name}")
+        self.marks(ctx).append(f"-{self.name}")
         if self.compensation_fails(ctx):
             Ledger.call("compensate", self.name, fail=True)
             boundary(f"inside compensate {self.name}: about to fail")
@@ -323,11 +373,54 @@ class StepC(_Step):
     name = "C"
 
     def act_fails(self, ctx: CrashCtx) -> bool:
-        return ctx.variant in ("unwind", "stuck")
+        return ctx.variant in ("unwind", "stuck", "group-unwind")
+
+
+class StepP(_Step):
+    name = "P"
+
+    def marks(self, ctx: CrashCtx) -> list[str]:
+        return ctx.p_trail
+
+    def act_fails(self, ctx: CrashCtx) -> bool:
+        return ctx.variant == "group-member-fails"
+
+
+class StepQ(_Step):
+    name = "Q"
+
+    def marks(self, ctx: CrashCtx) -> list[str]:
+        return ctx.q_trail
+
+    def act_fails(self, ctx: CrashCtx) -> bool:
+        return ctx.variant in ("group-fallback", "group-unwind")
+
+
+class StepQ2(StepQ):
+    name = "Q2"
+
+    def act_fails(self, ctx: CrashCtx) -> bool:
+        return False
 
 
 class CrashSaga(Saga[CrashCtx]):
     steps: ClassVar[list[Any]] = [StepA, Fallback(step=StepB, fallback=StepB2), StepC]
+
+
+class GroupCrashSaga(Saga[CrashCtx]):
+    """The group variants: their acts answer without awaiting, so the members
+    interleave the same way in every run and the boundaries are deterministic."""
+
+    steps: ClassVar[list[Any]] = [
+        StepA, Parallel(StepP, Fallback(step=StepQ, fallback=StepQ2)), StepC
+    ]
+
+
+def saga_for(variant_or_id: str, store: Any) -> Saga[CrashCtx]:
+    """The saga a variant (or a case's saga id, which starts with it) runs."""
+    if variant_or_id.startswith("group-"):
+        return GroupCrashSaga(store=store)
+    return CrashSaga(store=store)
 
 
 # --------------------------------------------------------------------------- commands
@@ -335,7 +428,7 @@ class CrashSaga(Saga[CrashCtx]):
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(args, crashing=True)
-    saga = CrashSaga(store=store)
+    saga = saga_for(args.variant, store)
     ctx = CrashCtx(order_id=args.saga_id, variant=args.variant)
     try:
         result = await saga.run(ctx, saga_id=args.saga_id)
@@ -351,7 +444,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 async def _recover(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(args, crashing=False)
     await store.open()
-    saga = CrashSaga(store=store)
+    sagas = [CrashSaga(store=store), GroupCrashSaga(store=store)]
     if args.wait_for_go:
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -359,7 +452,7 @@ async def _recover(args: argparse.Namespace) -> dict[str, Any]:
     passes = 0
     while True:
         passes += 1
-        found = await recover(store, [saga], older_than=0, limit=args.limit, concurrency=8)
+        found = await recover(store, sagas, older_than=0, limit=args.limit, concurrency=8)
         report["resumed"] += found.resumed
         report["compensated"] += found.compensated
         report["failed"] += found.failed
@@ -370,7 +463,7 @@ async def _recover(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[list[str]]] = {}
     for saga_id in args.ids:
         try:
-            result = await saga.resume(saga_id)
+            result = await saga_for(saga_id, store).resume(saga_id)
             outcomes[saga_id] = result.status.value
             results[saga_id] = results_seen(result.results)
         except SagaFailed as failed:
@@ -401,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--variant", choices=VARIANTS, required=True)
     run.add_argument("--saga-id", required=True)
     run.add_argument("--crash-at", type=int, default=None)
+    run.add_argument("--crash-label", default=None)
     rec = commands.add_parser("recover")
     _store_arguments(rec)
     rec.add_argument("--ledger", required=True)
@@ -418,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         Ledger.run = "crash"
         _Crash.at = args.crash_at
+        _Crash.label = args.crash_label
         output = asyncio.run(_run(args))
     else:
         Ledger.run = "resume"

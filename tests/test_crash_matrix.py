@@ -51,12 +51,17 @@ import pytest
 from crash_app import (
     APP,
     CRASH_EXIT,
+    EXPECTED_ACTS,
     EXPECTED_EFFECTS,
+    EXPECTED_LANES,
     EXPECTED_STATUS,
     EXPECTED_TRAIL,
     VARIANTS,
     Ledger,
 )
+
+# The steps of both crash sagas in declared order (results come in this order).
+_STEP_ORDER = ["A", "B", "B2", "P", "Q", "Q2", "C"]
 
 pytest_plugins = ["conftest_pg"]
 
@@ -372,7 +377,7 @@ def play(
         store, env = target.store_args(), target.env()
         crashed = servers.child(
             "run", *store, "--ledger", ledger, "--variant", case.variant,
-            "--saga-id", case.saga_id, "--crash-at", case.number, env=env,
+            "--saga-id", case.saga_id, "--crash-label", case.label, env=env,
         )
         before = target.journal_as_left(case.saga_id)
         resumed = servers.child(
@@ -424,7 +429,8 @@ def pg_matrix(
             zip(
                 VARIANTS,
                 pool.map(
-                    lambda v: pg_dry_run(conninfo, f"{prefix}_dry_{v}", tmp, v), VARIANTS
+                    lambda v: pg_dry_run(conninfo, f"{prefix}_dry_{v.replace('-', '_')}", tmp, v),
+                    VARIANTS,
                 ),
                 strict=True,
             )
@@ -467,7 +473,8 @@ def matrix(
         elif isinstance(pg, BaseException):
             return pg
         else:
-            target = PostgresTarget(pg.conninfo, f"{pg.prefix}_{case.variant}_{case.number:02d}")
+            schema = f"{pg.prefix}_{case.variant.replace('-', '_')}_{case.number:02d}"
+            target = PostgresTarget(pg.conninfo, schema)
         return play(servers, target, where / "ledger.jsonl", case)
 
     servers = ForkServers(root)
@@ -483,7 +490,10 @@ def matrix(
 
 def test_S10_crash_matrix_dry_runs_cross_every_kind_of_boundary() -> None:
     """The enumeration is not vacuous: every write, act and compensation is a crash point."""
-    expected_writes = {"ok": 4, "fallback": 5, "unwind": 7, "stuck": 9}
+    expected_writes = {
+        "ok": 4, "fallback": 5, "unwind": 7, "stuck": 9,
+        "group-ok": 6, "group-fallback": 7, "group-unwind": 10, "group-member-fails": 6,
+    }
     for variant, (outcome, boundaries) in dry_runs().items():
         assert outcome == EXPECTED_STATUS[variant]
         befores = [b for b in boundaries if b.startswith("before write")]
@@ -494,6 +504,15 @@ def test_S10_crash_matrix_dry_runs_cross_every_kind_of_boundary() -> None:
         ]
         inside = [b for b in boundaries if b.startswith("inside")]
         assert len(boundaries) == 2 * expected_writes[variant] + len(inside)
+    for variant in ("group-ok", "group-fallback", "group-unwind", "group-member-fails"):
+        # S15/S13: both members' STARTED are durable in one write before either runs,
+        # and a crash can fall between the members' own steps.
+        group = dry_runs()[variant][1]
+        ahead = "after write 2 append [A act completed, P act started, Q act started]"
+        assert ahead in group
+        assert group.index(ahead) < group.index(next(b for b in group if "inside act P" in b))
+    member_fails = dry_runs()["group-member-fails"][1]
+    assert "before write 3 append [P act failed, Q act completed]" in member_fails
     assert "inside act B2: effect applied, not returned" in dry_runs()["fallback"][1]
     assert "inside act B: about to fail" in dry_runs()["fallback"][1]
     unwind = dry_runs()["unwind"][1]
@@ -508,7 +527,18 @@ def test_S10_crash_matrix_on_postgres_crosses_the_same_boundaries(pg_matrix: Any
     executor makes the same writes whatever the store."""
     if isinstance(pg_matrix, BaseException):
         raise pg_matrix
-    assert pg_matrix.dry_runs == dry_runs()
+    for variant, (outcome, boundaries) in dry_runs().items():
+        pg_outcome, pg_boundaries = pg_matrix.dry_runs[variant]
+        assert pg_outcome == outcome
+        if variant.startswith("group-"):
+            # A member's act may run before or after a sibling's write lands
+            # (the stores answer at different speeds): the same crash points
+            # (cases crash by label), the writes in the same order.
+            assert sorted(pg_boundaries) == sorted(boundaries)
+            writes = [b for b in boundaries if "write" in b]
+            assert [b for b in pg_boundaries if "write" in b] == writes
+        else:
+            assert pg_boundaries == boundaries
 
 
 def test_S10_crash_matrix_invariants_hold_after_resume_in_a_fresh_process(
@@ -554,7 +584,9 @@ def check_case(case: Case, played: Played) -> None:
         # results an uninterrupted run returns, types and all.
         dry_runs()
         assert report["results"] == {saga_id: _DRY_RESULTS[variant]}
-        assert len(_DRY_RESULTS[variant]) == 3
+        assert [name for name, _ in _DRY_RESULTS[variant]] == sorted(
+            EXPECTED_ACTS[variant], key=_STEP_ORDER.index
+        )
     bucket = {"completed": "resumed", "compensated": "compensated", "failed": "failed"}
     if before.status in ("running", "compensating"):
         assert report[bucket[expected]] == [saga_id]
@@ -566,6 +598,8 @@ def check_case(case: Case, played: Played) -> None:
         assert resume_run == []
         assert report["resumed"] == report["compensated"] == report["failed"] == []
     assert after.context["trail"] == EXPECTED_TRAIL[variant]
+    for field, marks in EXPECTED_LANES.get(variant, {}).items():
+        assert after.context[field] == marks, (field, after.context)
 
     # -- the resumed run only appended to the journal
     assert after.rows[: len(before.rows)] == before.rows
@@ -587,9 +621,9 @@ def check_case(case: Case, played: Played) -> None:
     compensated = Counter(after.steps("compensate", "completed"))
     if expected == "completed":
         assert compensated == Counter()
-        assert set(completed_acts) == {"A", "C", "B" if variant == "ok" else "B2"}
+        assert set(completed_acts) == EXPECTED_ACTS[variant]
     elif expected == "compensated":
-        assert compensated == completed_acts == Counter({"A": 1, "B2": 1})
+        assert compensated == completed_acts == Counter(dict.fromkeys(EXPECTED_ACTS[variant], 1))
     else:  # "stuck": A's compensation is designed to fail; every other one happened once
         assert completed_acts == Counter({"A": 1, "B2": 1})
         assert compensated == Counter({"B2": 1})
@@ -604,16 +638,23 @@ def check_case(case: Case, played: Played) -> None:
         or (line["action"] == "compensate" and line["step"] in compensations_done)
     ]
     assert rerun == [], f"completed before the crash, yet called again: {rerun}"
-    if "B" in before.steps("act", "failed"):
-        # The primary's failure is on record: the step resumes with its fallback.
-        assert not [line for line in resume_run if line["step"] == "B"]
+    for primary in ("B", "Q"):
+        if primary in before.steps("act", "failed"):
+            # The primary's failure is on record: the step resumes with its fallback.
+            assert not [line for line in resume_run if line["step"] == primary]
 
     # -- the resumed run picks up exactly where the journal stops
     if before.status in ("running", "compensating") and resume_run:
-        last = before.rows[-1]
-        if last[4] == "started":
+        # The rows left open at the end (a group's members were all started by
+        # one write): the resumed run's first call is one of them.
+        open_rows = []
+        for row in reversed(before.rows):
+            if row[4] != "started":
+                break
+            open_rows.append((row[3], row[1]))
+        if open_rows:
             first = resume_run[0]
-            assert (first["action"], first["step"]) == (last[3], last[1]), (before.rows, first)
+            assert (first["action"], first["step"]) in open_rows, (before.rows, first)
 
     # -- no forward step runs after COMPENSATING began
     assert_no_forward_after_compensation([(r[3], r[1]) for r in after.rows])

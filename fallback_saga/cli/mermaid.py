@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Any
 
-from ..definition import BranchSpec, FallbackSpec, SagaDefinition
+from ..definition import BranchSpec, FallbackSpec, GroupSpec, ItemSpec, SagaDefinition
 from ..saga import Saga
 from ..status import StepStatus
 from ..store.base import SagaRecord
@@ -32,68 +32,138 @@ def mermaid_flowchart(saga_class: type[Saga[Any]], direction: str = "TD") -> str
     are the compensation path: a failing step hands over to the compensation
     of the step before it, and compensations run in reverse down to the first
     step. A Fallback's two undo nodes are alternatives: only the branch that
-    ran is compensated.
+    ran is compensated. A ``Parallel`` group forks into its members and joins
+    when all completed; when one fails, the members that ran are undone (in
+    any order) before the steps before the group.
     """
     definition: SagaDefinition = saga_class.definition
     items = definition.items
+    units = [_unit(item) for item in items]
     chart = _Chart(direction)
     chart.node("start", definition.saga_name, shape="stadium")
 
     chart.line('    subgraph forward ["act, in order"]')
     for item in items:
-        pos = item.position
-        if isinstance(item, FallbackSpec):
-            chart.node(f"s{pos}", _primary_label(item), markup=True, indent=8)
-            chart.node(f"s{pos}fb", _branch_label(item.fallback, "fallback"), markup=True, indent=8)
+        if isinstance(item, GroupSpec):
+            first = item.members[0].position
+            chart.line(f'        subgraph g{first} ["in parallel"]')
+            chart.node(f"fork{first}", "fork", indent=12)
+            for member in item.members:
+                _step_nodes(chart, member, indent=12)
+            chart.node(f"join{first}", "join: every member completed", indent=12)
+            chart.line("        end")
         else:
-            chart.node(f"s{pos}", _branch_label(item, ""), markup=True, indent=8)
+            _step_nodes(chart, item, indent=8)
     chart.line("    end")
 
     # The last step is never compensated: if it fails it did not complete,
-    # and if it completes the saga is done.
-    if len(items) > 1:
+    # and if it completes the saga is done. (A group's members are: one may
+    # complete while a sibling fails.)
+    undone = [unit for unit in units[:-1]] + [u for u in units[-1:] if u.group is not None]
+    if undone:
         chart.line('    subgraph backward ["compensate, in reverse"]')
-        for item in reversed(items[:-1]):
-            pos = item.position
-            if isinstance(item, FallbackSpec):
-                chart.node(f"u{pos}", f"undo {item.primary.name}", indent=8)
-                chart.node(f"u{pos}fb", f"undo {item.fallback.name}", indent=8)
+        for item in reversed([unit.item for unit in undone]):
+            if isinstance(item, GroupSpec):
+                first = item.members[0].position
+                chart.line(f'        subgraph g{first}u ["the members that ran, any order"]')
+                for member in item.members:
+                    _undo_node_lines(chart, member, indent=12)
+                chart.line("        end")
             else:
-                chart.node(f"u{pos}", f"undo {item.name}", indent=8)
+                _undo_node_lines(chart, item, indent=8)
         chart.line("    end")
     chart.node("completed", "COMPLETED", shape="stadium")
     chart.node("compensated", "COMPENSATED, or FAILED if a compensation gave up", shape="stadium")
 
     previous = ["start"]
-    for item in items:
-        pos = item.position
+    for unit in units:
         for source in previous:
-            chart.edge(source, f"s{pos}")
-        if isinstance(item, FallbackSpec):
-            chart.edge(f"s{pos}", f"s{pos}fb", kind="fallback", label=_fallback_trigger(item))
-            previous = [f"s{pos}", f"s{pos}fb"]
-        else:
-            previous = [f"s{pos}"]
+            for target in unit.entry:
+                chart.edge(source, target)
+        for source, target, kind, label in unit.inner:
+            chart.edge(source, target, kind=kind, label=label)
+        previous = unit.exits
     for source in previous:
         chart.edge(source, "completed")
 
-    for index, item in enumerate(items):
-        landing = _undo_nodes(items[index - 1]) if index > 0 else ["compensated"]
-        pos = item.position
-        failing = [(f"s{pos}", "fails")]
-        if isinstance(item, FallbackSpec):
-            failing = [(f"s{pos}fb", "fails")]
-            if item.rule.failure_exceptions:  # an error outside them skips the fallback
-                failing.insert(0, (f"s{pos}", "other error"))
-        for source, label in failing:
-            for target in landing:
-                chart.edge(source, target, kind="undo", label=label)
-    for index in range(len(items) - 2, -1, -1):
-        lower = _undo_nodes(items[index - 1]) if index > 0 else ["compensated"]
-        for source in _undo_nodes(items[index]):
+    for index, unit in enumerate(units):
+        landing = units[index - 1].undo if index > 0 else ["compensated"]
+        # A group member fails: its siblings that ran are undone first.
+        for part in unit.members or [unit]:
+            siblings = [
+                node for other in unit.members if other is not part for node in other.undo
+            ]
+            for source, label in part.failing:
+                for target in siblings or landing:
+                    chart.edge(source, target, kind="undo", label=label)
+    for index in range(len(units) - 1, -1, -1):
+        if index == len(units) - 1 and units[index].group is None:
+            continue  # (the last step has no undo node)
+        lower = units[index - 1].undo if index > 0 else ["compensated"]
+        for source in units[index].undo:
             for target in lower:
                 chart.edge(source, target, kind="undo")
     return chart.render()
+
+
+@dataclasses.dataclass(slots=True)
+class _Unit:
+    """One element of ``steps`` as the flowchart draws it."""
+
+    item: ItemSpec
+    entry: list[str]  # the nodes the previous element leads to
+    exits: list[str]  # the nodes that lead on once it completed
+    undo: list[str]  # its undo nodes (alternatives for a Fallback; each member's for a group)
+    failing: list[tuple[str, str]]  # (node, label): where it fails
+    inner: list[tuple[str, str, str, str]]  # its own edges: (source, target, kind, label)
+    group: GroupSpec | None = None
+    members: list[_Unit] = dataclasses.field(default_factory=list)  # a group's
+
+
+def _unit(item: ItemSpec) -> _Unit:
+    if isinstance(item, GroupSpec):
+        first = item.members[0].position
+        members = [_unit(member) for member in item.members]
+        inner: list[tuple[str, str, str, str]] = []
+        for member in members:
+            inner += [(f"fork{first}", target, "forward", "") for target in member.entry]
+            inner += member.inner
+            inner += [(source, f"join{first}", "forward", "") for source in member.exits]
+        return _Unit(
+            item, [f"fork{first}"], [f"join{first}"],
+            [node for member in members for node in member.undo],
+            [failing for member in members for failing in member.failing],
+            inner, item, members,
+        )
+    pos = item.position
+    if isinstance(item, FallbackSpec):
+        failing = [(f"s{pos}fb", "fails")]
+        if item.rule.failure_exceptions:  # an error outside them skips the fallback
+            failing.insert(0, (f"s{pos}", "other error"))
+        return _Unit(
+            item, [f"s{pos}"], [f"s{pos}", f"s{pos}fb"], _undo_nodes(item), failing,
+            [(f"s{pos}", f"s{pos}fb", "fallback", _fallback_trigger(item))],
+        )
+    return _Unit(item, [f"s{pos}"], [f"s{pos}"], _undo_nodes(item), [(f"s{pos}", "fails")], [])
+
+
+def _step_nodes(chart: _Chart, item: BranchSpec | FallbackSpec, indent: int) -> None:
+    pos = item.position
+    if isinstance(item, FallbackSpec):
+        chart.node(f"s{pos}", _primary_label(item), markup=True, indent=indent)
+        chart.node(f"s{pos}fb", _branch_label(item.fallback, "fallback"), markup=True,
+                   indent=indent)
+    else:
+        chart.node(f"s{pos}", _branch_label(item, ""), markup=True, indent=indent)
+
+
+def _undo_node_lines(chart: _Chart, item: BranchSpec | FallbackSpec, indent: int) -> None:
+    pos = item.position
+    if isinstance(item, FallbackSpec):
+        chart.node(f"u{pos}", f"undo {item.primary.name}", indent=indent)
+        chart.node(f"u{pos}fb", f"undo {item.fallback.name}", indent=indent)
+    else:
+        chart.node(f"u{pos}", f"undo {item.name}", indent=indent)
 
 
 class _Chart:
@@ -196,6 +266,25 @@ def _gantt_label(text: str, limit: int = MAX_CELL) -> str:
     return re.sub(r"[:;#]", " ", terminal_text(text, limit)).strip() or "step"
 
 
+def _group_positions(record: SagaRecord) -> set[int]:
+    """Positions the journal shows running side by side: acts STARTED while
+    another act of a different position was still open (a group's members)."""
+    found: set[int] = set()
+    open_acts: dict[int, int] = {}  # position -> open tries
+    for entry in record.history:
+        if entry.action != "act":
+            continue
+        if entry.status is StepStatus.STARTED:
+            others = [p for p, n in open_acts.items() if n and p != entry.position]
+            if others:
+                found.update(others)
+                found.add(entry.position)
+            open_acts[entry.position] = open_acts.get(entry.position, 0) + 1
+        elif open_acts.get(entry.position):
+            open_acts[entry.position] -= 1
+    return found
+
+
 def mermaid_gantt(record: SagaRecord) -> str:
     """A Mermaid ``gantt`` timeline of a saga's journal.
 
@@ -207,13 +296,16 @@ def mermaid_gantt(record: SagaRecord) -> str:
     """
     bars: list[_Bar] = []
     running: dict[tuple[int, str, str, int], _Bar] = {}
+    parallel = _group_positions(record)
     for entry in record.history:
         key = (entry.position, entry.branch, entry.action, entry.attempt)
         if entry.status is StepStatus.STARTED:
-            # One call runs at a time: a try still open when another starts was cut off.
-            for cut_off in running.values():
-                cut_off.end, cut_off.outcome = entry.at, "interrupted"
-            running.clear()
+            # Outside a Parallel group one call runs at a time: a try still open
+            # when another starts was cut off. A group's members overlap.
+            if entry.position not in parallel or entry.action == "compensate":
+                for cut_off in running.values():
+                    cut_off.end, cut_off.outcome = entry.at, "interrupted"
+                running.clear()
             label = entry.step if entry.attempt == 1 else f"{entry.step} try {entry.attempt}"
             running[key] = _Bar(entry.action, _gantt_label(label), entry.at)
             bars.append(running[key])
@@ -223,7 +315,9 @@ def mermaid_gantt(record: SagaRecord) -> str:
             bar = _Bar(entry.action, _gantt_label(entry.step), entry.at)
             bars.append(bar)
         bar.end = entry.at
-        bar.outcome = "completed" if entry.status is StepStatus.COMPLETED else "failed"
+        bar.outcome = {
+            StepStatus.COMPLETED: "completed", StepStatus.CANCELLED: "interrupted"
+        }.get(entry.status, "failed")
     for unfinished in running.values():
         unfinished.end = max(unfinished.start, record.updated_at)
         if record.status.is_final:

@@ -1,0 +1,533 @@
+"""S15: Parallel groups keep every rule a straight line of steps has.
+
+``Parallel(A, B, ...)`` is one element of ``steps``: members run
+concurrently, each on its own copy of the context (merged into the saga's
+context when the member completes), and the next element starts once all
+completed. A member that fails for good cancels its siblings; completed
+members and members cancelled in flight (uncertain effect) are compensated,
+then the earlier steps unwind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_saga import Blocker, Boom, OrderCtx, Probe, Trace, acted, compensated, declare, reached
+
+from fallback_saga import (
+    Fallback,
+    MemorySagaStore,
+    Parallel,
+    ParallelWriteConflict,
+    SagaDefinitionError,
+    SagaFailed,
+    SagaStatus,
+    SagaStepHandler,
+    SQLiteSagaStore,
+    StepStatus,
+    current_step,
+)
+
+# --------------------------------------------------------------------------- definition
+
+
+def test_S11_an_empty_group_is_refused() -> None:
+    with pytest.raises(SagaDefinitionError, match="empty"):
+        Parallel()
+
+
+def test_S11_a_group_inside_a_group_is_refused() -> None:
+    trace: Trace = []
+    with pytest.raises(SagaDefinitionError, match="cannot hold another Parallel"):
+        Parallel(Probe("A", trace), Parallel(Probe("B", trace)))
+
+
+def test_S11_a_list_given_to_parallel_names_the_right_call() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"Parallel\(StepA, StepB\)"):
+        Parallel([Probe("A", []), Probe("B", [])])
+
+
+def test_S11_a_member_used_twice_is_refused_at_class_creation() -> None:
+    class Reserve(SagaStepHandler[OrderCtx, None]):
+        async def act(self, context: OrderCtx, /) -> None:
+            return None
+
+    with pytest.raises(SagaDefinitionError, match="'Reserve' is used twice"):
+        declare(Parallel(Reserve, Reserve))
+    with pytest.raises(SagaDefinitionError, match="'Reserve' is used twice"):
+        declare(Reserve, Parallel(Probe("B", []), Reserve))
+    probe = Probe("C", [])
+    with pytest.raises(SagaDefinitionError, match="used twice"):
+        declare(Parallel(probe, probe))
+
+
+def test_S11_a_group_cannot_be_a_fallback_branch() -> None:
+    trace: Trace = []
+    with pytest.raises(SagaDefinitionError, match="cannot be a Fallback's step"):
+        declare(Fallback(step=Parallel(Probe("A", trace)), fallback=Probe("B", trace)))
+
+
+def test_a_group_changes_the_fingerprint_but_not_a_straight_sagas() -> None:
+    trace: Trace = []
+    straight = declare(Probe("A", trace), Probe("B", trace))
+    grouped = declare(Parallel(Probe("A", trace), Probe("B", trace)))
+    assert straight.definition.fingerprint != grouped.definition.fingerprint
+    assert grouped.definition.describe() == [["parallel", [["step", "A"], ["step", "B"]]]]
+    assert straight.definition.describe() == [["step", "A"], ["step", "B"]]
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Handshake:
+    """Two members that can only both finish if they run at the same time:
+    each waits for the other to have started."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.a_started = asyncio.Event()
+        self.b_started = asyncio.Event()
+        self.trace = trace
+
+    def member(self, name: str, mine: asyncio.Event, theirs: asyncio.Event) -> Any:
+        trace = self.trace
+
+        class Member:
+            def __init__(self) -> None:
+                self.name = name
+                self.key = ""
+
+            async def act(self, ctx: OrderCtx) -> str:
+                trace.append(("act", name))
+                self.key = current_step().idempotency_key
+                mine.set()
+                await reached(theirs)
+                ctx.meta = {**ctx.meta, name: True} if False else ctx.meta
+                return f"{name}-done"
+
+            async def compensate(self, ctx: OrderCtx) -> None:
+                trace.append(("compensate", name))
+
+        return Member()
+
+
+async def test_S15_members_run_concurrently_and_the_next_step_waits_for_all() -> None:
+    trace: Trace = []
+    shake = Handshake(trace)
+    a = shake.member("A", shake.a_started, shake.b_started)
+    b = shake.member("B", shake.b_started, shake.a_started)
+    after = Probe("After", trace)
+    saga_cls = declare(Parallel(a, b), after)
+    result = await saga_cls().run(OrderCtx(), saga_id="s1")
+    assert result.status is SagaStatus.COMPLETED
+    assert acted(trace)[-1] == "After"  # only once both members had completed
+    assert [r.step_name for r in result.results] == ["A", "B", "After"]  # declared order
+    assert [r.response for r in result.results][:2] == ["A-done", "B-done"]
+    assert {a.key, b.key} == {"s1:A", "s1:B"}  # each member its own current_step()
+
+
+async def test_S15_each_members_writes_reach_the_context_when_it_completes() -> None:
+    trace: Trace = []
+
+    def set_reservation(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    def add_item(ctx: OrderCtx) -> None:
+        ctx.items.append("pear")
+
+    seen: list[Any] = []
+    check = Probe("Check", trace, observe=lambda ctx: (ctx.reservation, list(ctx.items)))
+    saga_cls = declare(
+        Parallel(Probe("Reserve", trace, mutate=set_reservation),
+                 Probe("Pick", trace, mutate=add_item)),
+        check,
+    )
+    ctx = OrderCtx()
+    result = await saga_cls().run(ctx)
+    assert result.context is ctx  # the caller's context object, written in place
+    assert ctx.reservation == "r-1" and ctx.items == ["apple", "pear"]
+    seen = check.seen
+    assert seen == [("r-1", ["apple", "pear"])]
+
+
+def _group_saga(*members: Any, after: Any = None, before: Any = None) -> Any:
+    steps = [s for s in (before,) if s is not None]
+    steps.append(Parallel(*members))
+    if after is not None:
+        steps.append(after)
+    return declare(*steps)
+
+
+async def test_S15_a_failing_member_cancels_its_siblings_and_everything_that_ran_is_undone() -> (
+    None
+):
+    trace: Trace = []
+    slow = Blocker("Slow", trace)
+    done = Probe("Quick", trace)
+
+    class Failing:
+        name = "Failing"
+
+        async def act(self, ctx: OrderCtx) -> None:
+            await reached(slow.started)  # the slow sibling is in flight
+            trace.append(("act", "Failing"))
+            raise Boom("declined")
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Failing"))
+
+    before = Probe("Before", trace)
+    saga_cls = _group_saga(slow, done, Failing(), before=before)
+    store = MemorySagaStore()
+    with pytest.raises(SagaFailed) as info:
+        await saga_cls(store=store).run(OrderCtx(), saga_id="s1")
+    failed = info.value
+    assert failed.failed_step == "Failing"
+    assert isinstance(failed.error, Boom)
+    assert list(failed.branch_errors) == ["Failing"]
+    assert failed.status is SagaStatus.COMPENSATED
+    assert slow.cancelled
+    undone = compensated(trace)
+    # The completed and the cancelled-in-flight members first (any order), then Before.
+    assert sorted(undone[:2]) == ["Quick", "Slow"] and undone[2:] == ["Before"]
+    assert "Failing" not in undone  # its own act raised: not compensated (S5)
+    record = await store.load("s1")
+    slow_rows = [e.status for e in record.history if e.step == "Slow" and e.action == "act"]
+    assert slow_rows == [StepStatus.STARTED, StepStatus.CANCELLED]
+
+
+async def test_S15_every_failing_members_error_is_kept() -> None:
+    trace: Trace = []
+    a = Probe("A", trace, error=lambda: Boom("a"))
+    b = Probe("B", trace, error=lambda: ValueError("b"))
+    with pytest.raises(SagaFailed) as info:
+        await _group_saga(a, b)().run(OrderCtx())
+    assert info.value.failed_step == "A"
+    assert {name: type(e) for name, e in info.value.branch_errors.items()} == {
+        "A": Boom, "B": ValueError
+    }
+    assert compensated(trace) == []
+
+
+async def test_S15_S2_a_failing_member_never_erases_a_siblings_writes() -> None:
+    trace: Trace = []
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    def scribble(ctx: OrderCtx) -> None:
+        ctx.items.append("junk")
+        ctx.meta["n"] = -1
+
+    seen: list[Any] = []
+
+    class Compensator:
+        name = "Reserve"
+
+        async def act(self, ctx: OrderCtx) -> str:
+            reserve(ctx)
+            return "r"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            seen.append(ctx.reservation)  # its own write is there to undo
+
+    failing = Probe("Scribbler", trace, mutate=scribble, error=lambda: Boom("no"))
+    ctx = OrderCtx()
+    with pytest.raises(SagaFailed):
+        await _group_saga(Compensator(), failing)().run(ctx)
+    assert seen == ["r-1"]
+    assert ctx.items == ["apple"] and ctx.meta == {"tags": ["a"], "n": 1}  # dropped (S2)
+    assert ctx.reservation == "r-1"  # the completed sibling's write stays, as for a step
+
+
+async def test_S15_S1_a_fallback_inside_a_group_restores_only_its_own_copy() -> None:
+    trace: Trace = []
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    def wreck(ctx: OrderCtx) -> None:
+        ctx.items.append("from-primary")
+        ctx.address.street = "Elm St"
+
+    def backup(ctx: OrderCtx) -> None:
+        ctx.address.lines.append("from-backup")
+
+    member = Fallback(
+        step=Probe("Primary", trace, mutate=wreck, error=lambda: Boom("down")),
+        fallback=Probe("Backup", trace, mutate=backup),
+    )
+    ctx = OrderCtx()
+    result = await _group_saga(Probe("Reserve", trace, mutate=reserve), member)().run(ctx)
+    assert ctx.reservation == "r-1"
+    assert ctx.items == ["apple"]  # the primary's writes were restored in its own copy
+    assert ctx.address.street == "Main St" and ctx.address.lines == ["1", "from-backup"]
+    assert [r.step_name for r in result.results] == ["Reserve", "Backup"]
+
+
+async def test_S15_two_members_writing_one_field_fail_the_group() -> None:
+    trace: Trace = []
+
+    def first(ctx: OrderCtx) -> None:
+        ctx.reservation = "from-A"
+
+    def second(ctx: OrderCtx) -> None:
+        ctx.reservation = "from-B"
+
+    ctx = OrderCtx()
+    with pytest.raises(SagaFailed) as info:
+        await _group_saga(Probe("A", trace, mutate=first), Probe("B", trace, mutate=second))().run(
+            ctx
+        )
+    error = info.value.error
+    assert isinstance(error, ParallelWriteConflict)
+    assert (error.field, error.first, error.second) == ("reservation", "A", "B")
+    assert sorted(compensated(trace)) == ["A", "B"]  # both acts ran: both undone
+    assert ctx.reservation == "from-A"  # B's write never landed
+
+
+async def test_S15_S8_a_cancelled_caller_stops_every_member_then_compensates() -> None:
+    trace: Trace = []
+    blocker = Blocker("Blocked", trace)
+    quick = Probe("Quick", trace)
+    before = Probe("Before", trace)
+    saga = _group_saga(blocker, quick, before=before)()
+    task = asyncio.create_task(saga.run(OrderCtx()))
+    await reached(blocker.started)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert blocker.cancelled
+    undone = compensated(trace)
+    assert sorted(undone[:2]) == ["Blocked", "Quick"] and undone[2:] == ["Before"]
+
+
+async def test_S15_a_group_in_a_transaction_yields_each_member() -> None:
+    trace: Trace = []
+    saga = _group_saga(Probe("A", trace), Probe("B", trace), after=Probe("C", trace))()
+    names = []
+    async with saga.transaction(OrderCtx()) as tx:
+        async for step_result in tx:
+            names.append(step_result.step_name)
+    assert names == ["A", "B", "C"]
+    assert tx.result is not None and tx.result.status is SagaStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- durability
+
+
+class CountingStore(SQLiteSagaStore):
+    """A SQLite store that counts the writes and records what each carried."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes: list[list[tuple[str, str]]] = []
+        self.durable = 0  # writes that returned
+
+    async def create(self, *args: Any, **kwargs: Any) -> None:
+        self.writes.append([(e.step, e.status.value) for e in args[4]])
+        await super().create(*args, **kwargs)
+        self.durable += 1
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        self.writes.append([(e.step, e.status.value) for e in args[1]])
+        await super().append(*args, **kwargs)
+        self.durable += 1
+
+
+async def test_S15_S13_every_members_started_is_durable_in_one_write_before_any_runs(
+    tmp_path: Path,
+) -> None:
+    trace: Trace = []
+    store = CountingStore(tmp_path / "s.db")
+    seen_writes: list[int] = []
+
+    def count(ctx: OrderCtx) -> None:
+        seen_writes.append(store.durable)
+
+    try:
+        saga = _group_saga(
+            Probe("A", trace, mutate=count), Probe("B", trace, mutate=count),
+            Probe("C", trace, mutate=count),
+        )(store=store)
+        await saga.run(OrderCtx(), saga_id="s1")
+    finally:
+        await store.close()
+    assert store.writes[0] == [("A", "started"), ("B", "started"), ("C", "started")]
+    assert len(seen_writes) == 3 and min(seen_writes) >= 1  # every act after that write
+    # Then one write per member's completion (its entries and its writes to the context).
+    completions = [w for w in store.writes[1:] if any(s == "completed" for _, s in w)]
+    assert sorted(step for w in completions for step, s in w if s == "completed") == [
+        "A", "B", "C"
+    ]
+
+
+@dataclasses.dataclass
+class Crash(BaseException):
+    """Stands for the process dying: nothing after it runs (a BaseException
+    that is not cancellation: the executor does not unwind for it)."""
+
+
+async def test_S15_S10_a_resume_runs_only_the_members_that_did_not_complete(
+    tmp_path: Path,
+) -> None:
+    trace: Trace = []
+    gate = asyncio.Event()
+
+    class Dies:
+        name = "Slow"
+
+        def __init__(self, die: bool) -> None:
+            self.die = die
+
+        async def act(self, ctx: OrderCtx) -> str:
+            trace.append(("act", "Slow"))
+            if self.die:
+                await reached(gate)
+                raise Crash()
+            return "slow-done"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Slow"))
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    class Opens:
+        name = "Quick"
+
+        async def act(self, ctx: OrderCtx) -> str:
+            reserve(ctx)
+            trace.append(("act", "Quick"))
+            gate.set()
+            return "quick-done"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Quick"))
+
+    def saga_with(die: bool, store: Any) -> Any:
+        return _group_saga(Dies(die), Opens(), after=Probe("After", trace))(store=store)
+
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path)
+    try:
+        with pytest.raises(Crash):
+            await saga_with(True, store).run(OrderCtx(), saga_id="s1")
+    finally:
+        await store.close()
+    record_store = SQLiteSagaStore(path)
+    try:
+        record = await record_store.load("s1")
+        assert record.context["reservation"] == "r-1"  # Quick's completion was journaled
+        trace.clear()
+        result = await saga_with(False, record_store).resume("s1")
+    finally:
+        await record_store.close()
+    assert acted(trace) == ["Slow", "After"]  # Quick is not run again
+    assert [r.step_name for r in result.results] == ["Slow", "Quick", "After"]
+    assert [r.response for r in result.results][:2] == ["slow-done", "quick-done"]
+    assert result.context.reservation == "r-1"
+
+
+async def test_S15_S10_a_resumed_unwinding_compensates_exactly_the_members_that_ran(
+    tmp_path: Path,
+) -> None:
+    trace: Trace = []
+    path = tmp_path / "s.db"
+    calls: list[str] = []
+
+    class DiesInCompensate:
+        name = "Last"
+
+        def __init__(self, die: bool) -> None:
+            self.die = die
+
+        async def act(self, ctx: OrderCtx) -> None:
+            raise Boom("no")
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            raise AssertionError("a failed act is never compensated")
+
+    class Member:
+        def __init__(self, name: str, die: bool) -> None:
+            self.name = name
+            self.die = die
+
+        async def act(self, ctx: OrderCtx) -> str:
+            return self.name
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            calls.append(self.name)
+            if self.die and len(calls) == 1:
+                raise Crash()
+
+    def saga_with(die: bool, store: Any) -> Any:
+        return _group_saga(
+            Member("A", die), Member("B", die), after=DiesInCompensate(die),
+            before=Probe("Before", trace),
+        )(store=store)
+
+    store = SQLiteSagaStore(path)
+    try:
+        with pytest.raises(Crash):
+            await saga_with(True, store).run(OrderCtx(), saga_id="s1")
+    finally:
+        await store.close()
+    first = calls[0]
+    store = SQLiteSagaStore(path)
+    try:
+        with pytest.raises(SagaFailed) as info:
+            await saga_with(False, store).resume("s1")
+    finally:
+        await store.close()
+    assert info.value.status is SagaStatus.COMPENSATED
+    # The interrupted compensation runs again (idempotent), the other once, Before last.
+    assert calls[0] == first and sorted(calls[1:]) == ["A", "B"]
+    assert compensated(trace) == ["Before"]
+
+
+def _names(items: list[Callable[..., Any]]) -> list[str]:
+    return [getattr(item, "name", "") for item in items]
+
+
+# --------------------------------------------------------------------------- drawings
+
+
+def test_the_flowchart_forks_and_joins_and_a_failing_member_undoes_its_siblings() -> None:
+    from fallback_saga.cli import mermaid_flowchart
+
+    trace: Trace = []
+    saga_cls = declare(
+        Probe("Validate", trace),
+        Parallel(Probe("Reserve", trace),
+                 Fallback(step=Probe("Card", trace), fallback=Probe("Wallet", trace))),
+        Probe("Ship", trace),
+    )
+    chart = mermaid_flowchart(saga_cls)
+    lines = chart.splitlines()
+    assert '        subgraph g1 ["in parallel"]' in lines
+    assert "    s0 --> fork1" in lines and "    join1 --> s3" in lines
+    assert "    fork1 --> s1" in lines and "    fork1 --> s2" in lines
+    assert "    s1 --> join1" in lines and "    s2fb --> join1" in lines
+    # Reserve fails: only its siblings that ran are undone (never Reserve itself).
+    assert '    s1 -.->|"fails"| u2' in lines and '    s1 -.->|"fails"| u2fb' in lines
+    assert not any(line.startswith('    s1 -.->|"fails"| u1') for line in lines)
+    # Ship fails: every member is undone, then Validate.
+    assert {'    s3 -.->|"fails"| u1', '    s3 -.->|"fails"| u2'} <= set(lines)
+    assert "    u1 -.-> u0" in lines and "    u0 -.-> compensated" in lines
+
+
+async def test_the_gantt_draws_members_side_by_side(tmp_path: Path) -> None:
+    from fallback_saga.cli import mermaid_gantt
+
+    trace: Trace = []
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        saga = _group_saga(Probe("A", trace), Probe("B", trace), after=Probe("C", trace))
+        await saga(store=store).run(OrderCtx(), saga_id="s1")
+        chart = mermaid_gantt(await store.load("s1"))
+    assert "cut off" not in chart  # overlapping members are not crashes
+    assert chart.count("done, ") == 3
