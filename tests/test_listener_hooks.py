@@ -1,0 +1,336 @@
+"""The listener hooks added for tracing: ``step_call_started``/``step_call_finished``
+around every act and compensate call (with the branch and the idempotency
+key), ``saga_interrupted`` for a run that stops short of a final status,
+``saga_resumed``, and ``recovery_outcome`` from ``recover`` and
+``RecoveryWorker``. No OpenTelemetry needed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_saga import Boom, OrderCtx, Probe, declare
+from journal_faults import FaultyStore
+
+from fallback_saga import (
+    CircuitBreaker,
+    Fallback,
+    LoggingListener,
+    RecoveryWorker,
+    RetryPolicy,
+    SagaContext,
+    SagaFailed,
+    SagaInterrupted,
+    SagaListener,
+    SagaStatus,
+    SQLiteSagaStore,
+    StepCall,
+    current_step,
+    recover,
+)
+
+FAST = RetryPolicy(attempts=3, delay=0.0, jitter=0.0)
+Event = tuple[Any, ...]
+
+
+def _name(error: BaseException | None) -> str | None:
+    return None if error is None else type(error).__name__
+
+
+class Recorder(SagaListener):
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.calls: list[StepCall] = []
+
+    def saga_started(self, saga_id: str, saga_name: str) -> None:
+        self.events.append(("saga_started", saga_id))
+
+    def saga_resumed(self, saga_id: str, saga_name: str) -> None:
+        self.events.append(("saga_resumed", saga_id))
+
+    def saga_finished(
+        self, saga_id: str, saga_name: str, status: SagaStatus, error: BaseException | None
+    ) -> None:
+        self.events.append(("saga_finished", status.value, _name(error)))
+
+    def saga_interrupted(
+        self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
+    ) -> None:
+        self.events.append(("saga_interrupted", status and status.value, _name(error)))
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.events.append(("step_started", step, attempt))
+
+    def step_completed(self, saga_id: str, step: str) -> None:
+        self.events.append(("step_completed", step))
+
+    def step_failed(self, saga_id: str, step: str, error: BaseException) -> None:
+        self.events.append(("step_failed", step, _name(error)))
+
+    def compensation_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.events.append(("compensation_started", step, attempt))
+
+    def compensation_completed(self, saga_id: str, step: str) -> None:
+        self.events.append(("compensation_completed", step))
+
+    def compensation_failed(self, saga_id: str, step: str, error: BaseException) -> None:
+        self.events.append(("compensation_failed", step, _name(error)))
+
+    def step_call_started(self, call: StepCall) -> None:
+        self.calls.append(call)
+        self.events.append(("call", call.action, call.step, call.branch, call.attempt))
+
+    def step_call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        assert call is self.calls[-1]  # the same object, and calls never overlap here
+        self.events.append(("call_finished", call.step, _name(error)))
+
+    def recovery_outcome(
+        self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
+    ) -> None:
+        self.events.append(("recovery_outcome", saga_id, saga_name, outcome, reason is None))
+
+
+async def test_every_call_is_bracketed_by_the_call_hooks_with_its_branch() -> None:
+    recorder = Recorder()
+    saga = declare(
+        Fallback(step=Probe("Card", [], error=Boom), fallback=Probe("Invoice", [])),
+        Probe("Ship", [], comp_error=Boom, comp_fail_times=1),
+        Probe("Notify", [], error=Boom),
+    )(listeners=[recorder], compensation_retry=FAST)
+
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx(), saga_id="calls")
+
+    assert recorder.events == [
+        ("saga_started", "calls"),
+        ("step_started", "Card", 1),
+        ("call", "act", "Card", "primary", 1),
+        ("call_finished", "Card", "Boom"),
+        ("step_failed", "Card", "Boom"),
+        ("step_started", "Invoice", 1),
+        ("call", "act", "Invoice", "fallback", 1),
+        ("call_finished", "Invoice", None),
+        ("step_completed", "Invoice"),
+        ("step_started", "Ship", 1),
+        ("call", "act", "Ship", "primary", 1),
+        ("call_finished", "Ship", None),
+        ("step_completed", "Ship"),
+        ("step_started", "Notify", 1),
+        ("call", "act", "Notify", "primary", 1),
+        ("call_finished", "Notify", "Boom"),
+        ("step_failed", "Notify", "Boom"),
+        ("compensation_started", "Ship", 1),
+        ("call", "compensate", "Ship", "primary", 1),
+        ("call_finished", "Ship", "Boom"),  # the attempt that is retried: seen here only
+        ("compensation_started", "Ship", 2),
+        ("call", "compensate", "Ship", "primary", 2),
+        ("call_finished", "Ship", None),
+        ("compensation_completed", "Ship"),
+        ("compensation_started", "Invoice", 1),
+        ("call", "compensate", "Invoice", "fallback", 1),
+        ("call_finished", "Invoice", None),
+        ("compensation_completed", "Invoice"),
+        ("saga_finished", "compensated", "Boom"),
+    ]
+    keys = [call.idempotency_key for call in recorder.calls]
+    assert keys[:3] == ["calls:Card", "calls:Invoice", "calls:Ship"]
+    assert keys[-1] == "calls:Invoice:compensate"
+    assert all(call.saga_name == "TestSaga" for call in recorder.calls)
+
+
+async def test_the_call_hooks_bracket_the_call_itself() -> None:
+    """``step_call_started`` comes right before the step runs: the step sees
+    what the hook saw."""
+    seen: list[tuple[str, str]] = []
+
+    class Watch:
+        def step_call_started(self, call: StepCall) -> None:
+            seen.append(("hook", call.idempotency_key))
+
+    class Step:
+        name = "Pay"
+
+        async def act(self, context: Any) -> None:
+            seen.append(("act", current_step().idempotency_key))
+
+        async def compensate(self, context: Any) -> None:
+            pass
+
+    await declare(Step())(listeners=[Watch()]).run(OrderCtx(), saga_id="k")
+    assert seen == [("hook", "k:Pay"), ("act", "k:Pay")]
+
+
+async def test_a_call_rejected_by_an_open_circuit_is_never_a_call() -> None:
+    recorder = Recorder()
+    breaker = CircuitBreaker(name="cards")
+    breaker.open()
+    saga = declare(
+        Fallback(step=Probe("Card", []), fallback=Probe("Invoice", []), circuit_breaker=breaker),
+    )(listeners=[recorder])
+
+    await saga.run(OrderCtx(), saga_id="rejected")
+
+    assert recorder.events[1:4] == [
+        ("step_started", "Card", 1),
+        ("step_failed", "Card", "CircuitOpenError"),  # no call hooks: it was not called
+        ("step_started", "Invoice", 1),
+    ]
+
+
+async def test_a_run_the_journal_stops_is_announced_as_interrupted(tmp_path: Path) -> None:
+    recorder = Recorder()
+    async with SQLiteSagaStore(tmp_path / "s.db") as inner:
+        saga = declare(Probe("A", []), Probe("B", []))(
+            store=FaultyStore(inner, at=1), listeners=[recorder],
+            journal_retry=RetryPolicy(attempts=2, delay=0.0, jitter=0.0),
+        )
+        with pytest.raises(SagaInterrupted):
+            await saga.run(OrderCtx(), saga_id="stopped")
+
+    assert recorder.events[-2:] == [
+        ("step_started", "B", 1),  # B's write-ahead failed: B was never called
+        ("saga_interrupted", "running", "SagaInterrupted"),
+    ]
+    assert not any(event[0] == "saga_finished" for event in recorder.events)
+
+
+async def test_a_store_that_refuses_the_creation_is_announced_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder()
+    async with SQLiteSagaStore(tmp_path / "s.db") as inner:
+        saga = declare(Probe("A", []))(
+            store=FaultyStore(inner, at=0), listeners=[recorder],
+            journal_retry=RetryPolicy(attempts=2, delay=0.0, jitter=0.0),
+        )
+        with pytest.raises(SagaInterrupted):
+            await saga.run(OrderCtx(), saga_id="never")
+
+    assert recorder.events[-1] == ("saga_interrupted", None, "SagaInterrupted")
+
+
+# --------------------------------------------------------------------------- resume, recovery
+
+
+class Crash(BaseException):
+    """The process dies inside a step."""
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    order_id: str = "o-1"
+
+
+class Charge:
+    name = "Charge"
+    crash = True
+
+    async def act(self, context: Ctx) -> str:
+        if Charge.crash:
+            raise Crash
+        return "charged"
+
+    async def compensate(self, context: Ctx) -> None:
+        pass
+
+
+ShopSaga = declare(Probe("Reserve", []), Charge(), context=Ctx, name="ShopSaga")
+
+
+async def _crashed(db: Path, saga_id: str) -> None:
+    Charge.crash = True
+    async with SQLiteSagaStore(db) as store:
+        task = asyncio.create_task(ShopSaga(store=store).run(Ctx(), saga_id=saga_id))
+        with pytest.raises(Crash):
+            await task
+    Charge.crash = False
+
+
+async def test_a_resumed_run_says_so_right_after_it_starts(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    await _crashed(db, "r-1")
+    recorder = Recorder()
+    async with SQLiteSagaStore(db) as store:
+        await ShopSaga(store=store, listeners=[recorder]).resume("r-1")
+    assert recorder.events[:3] == [
+        ("saga_started", "r-1"), ("saga_resumed", "r-1"), ("step_started", "Charge", 1),
+    ]
+    assert recorder.events[-1] == ("saga_finished", "completed", None)
+
+
+async def test_recover_reports_each_outcome_once_to_its_and_the_sagas_listeners(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    await _crashed(db, "r-1")
+    shared, own, given = Recorder(), Recorder(), Recorder()
+    async with SQLiteSagaStore(db) as store:
+        saga = ShopSaga(store=store, listeners=[shared, own])
+        report = await recover(store, [saga], older_than=0, listeners=[given, shared])
+    assert report.resumed == ["r-1"]
+    outcome = ("recovery_outcome", "r-1", "ShopSaga", "completed", True)
+    for recorder in (shared, own, given):
+        assert [e for e in recorder.events if e[0] == "recovery_outcome"] == [outcome]
+
+
+async def test_a_worker_reports_a_saga_it_cannot_resume(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    await _crashed(db, "r-2")
+    reported = asyncio.Event()
+
+    class Waiting(Recorder):
+        def recovery_outcome(
+            self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
+        ) -> None:
+            super().recovery_outcome(saga_id, saga_name, outcome, reason)
+            reported.set()
+
+    recorder = Waiting()
+    OtherSaga = declare(Probe("X", []), context=Ctx, name="OtherSaga")
+    async with SQLiteSagaStore(db) as store:
+        worker = RecoveryWorker(store, [OtherSaga], older_than=0, poll=0.01,
+                                listeners=[recorder])
+        running = asyncio.create_task(worker.run())
+        async with asyncio.timeout(10):
+            await reported.wait()
+        await worker.stop()
+        await running
+    assert worker.stats.skipped >= 1
+    assert next(e for e in recorder.events if e[0] == "recovery_outcome") == (
+        "recovery_outcome", "r-2", "ShopSaga", "skipped", False
+    )
+
+
+# --------------------------------------------------------------------------- LoggingListener
+
+
+async def test_logging_listener_logs_the_new_hooks(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    listener = LoggingListener()
+    saga = declare(
+        Probe("Reserve", [], comp_error=lambda: Boom("stock api 503"), comp_fail_times=1),
+        Probe("Charge", [], error=Boom),
+    )(listeners=[listener], compensation_retry=FAST)
+    db = tmp_path / "s.db"
+    await _crashed(db, "log-r")
+
+    with caplog.at_level(logging.DEBUG, logger="fallback_saga"):
+        with pytest.raises(SagaFailed):
+            await saga.run(OrderCtx(), saga_id="log-1")
+        async with SQLiteSagaStore(db) as store:
+            recovered = ShopSaga(store=store, listeners=[listener])
+            await recover(store, [recovered], older_than=0, listeners=[listener])
+            listener.saga_interrupted("log-2", "TestSaga", SagaStatus.RUNNING,
+                                      RuntimeError("disk full"))
+
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "saga log-1 compensate Reserve attempt 1 failed: Boom: stock api 503" in text
+    assert "saga ShopSaga log-r resumed from its journal" in text
+    assert text.count("recovery: saga ShopSaga log-r completed") == 1
+    assert ("saga TestSaga log-2 stopped without a final status, left for recovery; "
+            "the journal says running (RuntimeError: disk full)") in text
