@@ -46,6 +46,7 @@ from .store import (
     SagaSummary,
     SQLiteSagaStore,
 )
+from .subsaga import SubSaga
 from .worker import RecoveryWorker, WorkerStats
 
 __version__ = "0.6.0"
@@ -101,6 +102,7 @@ __all__ = [
     "StepCall",
     "StepInfo",
     "StepStatus",
+    "SubSaga",
     "UnjournaledResponse",
     "WorkerStats",
     "__version__",

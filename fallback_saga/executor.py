@@ -177,6 +177,27 @@ class GroupPlan:
 PlanItem = Branch | FallbackPlan | GroupPlan
 
 
+class LaneCursor(StepCursor):
+    """A group member's cursor: ``current_step()`` names the member; the run
+    it belongs to stays reachable (a ``SubSaga`` member needs its store)."""
+
+    __slots__ = ("execution",)
+
+    def __init__(self, execution: Execution) -> None:
+        super().__init__(execution.saga_id, execution.saga_name)
+        self.execution = execution
+
+
+def running_execution() -> Execution | None:
+    """The run whose step is executing in this task, if any (for ``SubSaga``)."""
+    cursor = _CURSOR.get()
+    if isinstance(cursor, Execution):
+        return cursor
+    if isinstance(cursor, LaneCursor):
+        return cursor.execution
+    return None
+
+
 class Lane:
     """Where one member of a ``Parallel`` group runs: its own cursor (so that
     ``current_step()`` in each member names that member) and its own copy of
@@ -197,9 +218,10 @@ class Lane:
 class Hooks:
     """Listener callables per hook; an empty tuple means nobody listens."""
 
-    __slots__ = HOOK_NAMES
+    __slots__ = (*HOOK_NAMES, "listeners")
 
     def __init__(self, listeners: tuple[object, ...]) -> None:
+        self.listeners = listeners
         for name in HOOK_NAMES:
             setattr(self, name, collect_hooks(listeners, name))
 
@@ -833,7 +855,7 @@ class Execution(StepCursor):
         failures: list[tuple[str, BaseException]],
     ) -> SagaStepResult[Any, Any]:
         """One member of a group, in the task of its own that ``run_group`` made."""
-        lane = Lane(StepCursor(self.saga_id, self.saga_name), working_copy(base), first)
+        lane = Lane(LaneCursor(self), working_copy(base), first)
         _CURSOR.set(lane.cursor)  # this task's own context: current_step() names the member
         try:
             if isinstance(member, Branch):

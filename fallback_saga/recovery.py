@@ -21,6 +21,7 @@ from .errors import (
     LeaseLost,
     SagaFailed,
     SagaInterrupted,
+    SagaNotFound,
 )
 from .events import collect_hooks, emit
 from .resumption import (
@@ -34,6 +35,7 @@ from .resumption import (
 from .saga import Saga
 from .status import SagaStatus
 from .store.base import Lease, RecoverableStore, is_recoverable, is_work_notifier
+from .subsaga import parent_saga_id
 
 __all__ = [
     "ClaimedSaga",
@@ -109,6 +111,11 @@ class ClaimedSaga:
         try:
             record = await self.store.load(saga_id)
             self.saga_name = record.saga_name
+            parent_id = parent_saga_id(saga_id)
+            if parent_id is not None and await self._in_flight(parent_id):
+                # A child saga (SubSaga): its parent resumes it, when the
+                # parent is resumed — driving it from here too would run it twice.
+                return "deferred", f"its parent {parent_id!r} drives it"
             saga = self.by_name.get(record.saga_name)
             if saga is None:
                 return "skipped", f"no saga named {record.saga_name!r} given"
@@ -154,6 +161,12 @@ class ClaimedSaga:
                 except Exception as error:  # it expires on its own
                     _log.warning("saga %s: could not release its lease: %s: %s",
                                  saga_id, type(error).__name__, error)
+
+    async def _in_flight(self, saga_id: str) -> bool:
+        try:
+            return not (await self.store.load(saga_id)).status.is_final
+        except SagaNotFound:
+            return False  # an id of its own that merely looks like a child's
 
     def hand_off(self) -> None:
         if self.run is not None:
@@ -238,6 +251,9 @@ class RecoveryReport:
     failed: list[str] = field(default_factory=list)  # finished FAILED: needs an operator
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (saga id, reason)
     interrupted: list[tuple[str, str]] = field(default_factory=list)  # (saga id, reason)
+    # Child sagas (SubSaga) left to their parent, which was in flight: not
+    # counted in ``total`` (the parent's resumption resumes them).
+    deferred: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -318,6 +334,8 @@ async def recover(
             report.compensated.append(saga_id)
         elif outcome == "interrupted":
             report.interrupted.append((saga_id, reason or outcome))
+        elif outcome == "deferred":
+            report.deferred.append(saga_id)
         else:
             report.skipped.append((saga_id, reason or outcome))
             outcome = "skipped"

@@ -206,8 +206,9 @@ class Saga(Generic[ContextT]):
           started resumes with the fallback.
         * COMPENSATING: finishes the unwinding; never runs a forward step and
           never compensates a step twice, then raises ``SagaFailed``.
-        * Finished: COMPLETED returns its stored outcome (``results`` empty);
-          COMPENSATED/FAILED raise ``SagaFailed`` with the recorded error.
+        * Finished: COMPLETED returns its stored outcome (with the results the
+          journal kept); COMPENSATED/FAILED raise ``SagaFailed`` with the
+          recorded error.
 
         A failure during the resumed run unwinds and raises ``SagaFailed``,
         like ``run``. With a durable store the saga is leased for the
@@ -327,6 +328,28 @@ class Saga(Generic[ContextT]):
             )
         execution.results = [result for _, result in results]
         return await execution.run_all(self._plan, start, point.fallback_in_flight)
+
+    async def _unwind_record(self, record: SagaRecord, lease: Lease | None, why: str) -> None:
+        """Compensate every step of ``record`` that completed (or was
+        cancelled in flight) and is not compensated yet, in reverse — a
+        saga COMPLETED, RUNNING or already COMPENSATING alike — and raise
+        ``SagaFailed`` with the final status (COMPENSATED, or FAILED when a
+        compensation gave up). How a ``SubSaga`` undoes a child saga whose
+        parent unwinds; ``why`` is the error the child's record is given."""
+        definition = self.definition
+        check_definition(record, definition)
+        if definition.context_type is None:
+            raise TypeError(f"{definition.saga_name} must declare its context type")
+        context: Any = context_from_dict(definition.context_type, record.context)
+        point = resume_point(record, self._groups)
+        execution = self._execution(context, record.saga_id, fence=lease)
+        execution.resumed = True
+        execution.created = True
+        execution.journal = list(record.history)
+        execution.written = len(execution.journal)
+        execution.stack = [self._branch_at(record, position, branch) for position, branch
+                           in point.stack]
+        await execution.resume_unwinding("", RecordedError(why))
 
     def _branch_at(self, record: SagaRecord, position: int, branch: str) -> Branch:
         item = self._members[position] if position < len(self._members) else None

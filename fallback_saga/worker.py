@@ -55,6 +55,7 @@ class WorkerStats:
     failed: int = 0  # finished FAILED: needs an operator
     interrupted: int = 0  # the journal could not be written: left for a later claim
     skipped: int = 0  # unknown saga, corrupt row, changed definition, store error
+    deferred: int = 0  # a child saga (SubSaga) whose parent is in flight: the parent drives it
     lost: int = 0
     handed_off: int = 0
 
@@ -265,6 +266,8 @@ class RecoveryWorker:
             stats.lost += 1
         elif outcome == "handed_off":
             stats.handed_off += 1
+        elif outcome == "deferred":
+            stats.deferred += 1  # a child saga: its parent drives it
         elif outcome == "interrupted":
             stats.interrupted += 1
             _log.warning("recovery worker %s: saga %s interrupted: %s", self.owner,

@@ -398,8 +398,9 @@ def test_show_json_has_the_record_and_its_history(
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {
         "saga_id", "saga_name", "status", "fingerprint", "version", "created_at",
-        "updated_at", "context", "history",
+        "updated_at", "context", "history", "parent", "children",
     }
+    assert (data["parent"], data["children"]) == (None, [])
     assert (data["saga_id"], data["saga_name"], data["status"]) == ("o-1", "ShopSaga", "completed")
     assert data["fingerprint"] == app.ShopSaga.definition.fingerprint
     assert data["context"]["shipped"] is True
@@ -407,10 +408,14 @@ def test_show_json_has_the_record_and_its_history(
     first = data["history"][0]
     assert set(first) == {
         "seq", "position", "step", "branch", "action", "status", "attempt", "error", "at",
+        "result",
     }
     assert (first["seq"], first["step"], first["status"], first["error"]) == (
         0, "Reserve", "started", None,
     )
+    completed = data["history"][1]
+    assert (completed["status"], completed["result"]) == ("completed", completed["result"])
+    assert first["result"] is None
 
 
 def test_show_an_unknown_id_is_a_usage_error(

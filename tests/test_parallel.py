@@ -33,6 +33,8 @@ from fallback_saga import (
     current_step,
 )
 
+pytest_plugins = ["conftest_pg"]
+
 # --------------------------------------------------------------------------- definition
 
 
@@ -149,7 +151,8 @@ async def test_S15_each_members_writes_reach_the_context_when_it_completes() -> 
     ctx = OrderCtx()
     result = await saga_cls().run(ctx)
     assert result.context is ctx  # the caller's context object, written in place
-    assert ctx.reservation == "r-1" and ctx.items == ["apple", "pear"]
+    assert ctx.reservation == "r-1"
+    assert ctx.items == ["apple", "pear"]
     seen = check.seen
     assert seen == [("r-1", ["apple", "pear"])]
 
@@ -193,7 +196,8 @@ async def test_S15_a_failing_member_cancels_its_siblings_and_everything_that_ran
     assert slow.cancelled
     undone = compensated(trace)
     # The completed and the cancelled-in-flight members first (any order), then Before.
-    assert sorted(undone[:2]) == ["Quick", "Slow"] and undone[2:] == ["Before"]
+    assert sorted(undone[:2]) == ["Quick", "Slow"]
+    assert undone[2:] == ["Before"]
     assert "Failing" not in undone  # its own act raised: not compensated (S5)
     record = await store.load("s1")
     slow_rows = [e.status for e in record.history if e.step == "Slow" and e.action == "act"]
@@ -240,7 +244,8 @@ async def test_S15_S2_a_failing_member_never_erases_a_siblings_writes() -> None:
     with pytest.raises(SagaFailed):
         await _group_saga(Compensator(), failing)().run(ctx)
     assert seen == ["r-1"]
-    assert ctx.items == ["apple"] and ctx.meta == {"tags": ["a"], "n": 1}  # dropped (S2)
+    assert ctx.items == ["apple"]
+    assert ctx.meta == {"tags": ["a"], "n": 1}
     assert ctx.reservation == "r-1"  # the completed sibling's write stays, as for a step
 
 
@@ -265,7 +270,8 @@ async def test_S15_S1_a_fallback_inside_a_group_restores_only_its_own_copy() -> 
     result = await _group_saga(Probe("Reserve", trace, mutate=reserve), member)().run(ctx)
     assert ctx.reservation == "r-1"
     assert ctx.items == ["apple"]  # the primary's writes were restored in its own copy
-    assert ctx.address.street == "Main St" and ctx.address.lines == ["1", "from-backup"]
+    assert ctx.address.street == "Main St"
+    assert ctx.address.lines == ["1", "from-backup"]
     assert [r.step_name for r in result.results] == ["Reserve", "Backup"]
 
 
@@ -303,7 +309,8 @@ async def test_S15_S8_a_cancelled_caller_stops_every_member_then_compensates() -
         await task
     assert blocker.cancelled
     undone = compensated(trace)
-    assert sorted(undone[:2]) == ["Blocked", "Quick"] and undone[2:] == ["Before"]
+    assert sorted(undone[:2]) == ["Blocked", "Quick"]
+    assert undone[2:] == ["Before"]
 
 
 async def test_S15_a_group_in_a_transaction_yields_each_member() -> None:
@@ -314,7 +321,8 @@ async def test_S15_a_group_in_a_transaction_yields_each_member() -> None:
         async for step_result in tx:
             names.append(step_result.step_name)
     assert names == ["A", "B", "C"]
-    assert tx.result is not None and tx.result.status is SagaStatus.COMPLETED
+    assert tx.result is not None
+    assert tx.result.status is SagaStatus.COMPLETED
 
 
 # --------------------------------------------------------------------------- durability
@@ -358,7 +366,8 @@ async def test_S15_S13_every_members_started_is_durable_in_one_write_before_any_
     finally:
         await store.close()
     assert store.writes[0] == [("A", "started"), ("B", "started"), ("C", "started")]
-    assert len(seen_writes) == 3 and min(seen_writes) >= 1  # every act after that write
+    assert len(seen_writes) == 3
+    assert min(seen_writes) >= 1
     # Then one write per member's completion (its entries and its writes to the context).
     completions = [w for w in store.writes[1:] if any(s == "completed" for _, s in w)]
     assert sorted(step for w in completions for step, s in w if s == "completed") == [
@@ -486,7 +495,8 @@ async def test_S15_S10_a_resumed_unwinding_compensates_exactly_the_members_that_
         await store.close()
     assert info.value.status is SagaStatus.COMPENSATED
     # The interrupted compensation runs again (idempotent), the other once, Before last.
-    assert calls[0] == first and sorted(calls[1:]) == ["A", "B"]
+    assert calls[0] == first
+    assert sorted(calls[1:]) == ["A", "B"]
     assert compensated(trace) == ["Before"]
 
 
@@ -510,15 +520,20 @@ def test_the_flowchart_forks_and_joins_and_a_failing_member_undoes_its_siblings(
     chart = mermaid_flowchart(saga_cls)
     lines = chart.splitlines()
     assert '        subgraph g1 ["in parallel"]' in lines
-    assert "    s0 --> fork1" in lines and "    join1 --> s3" in lines
-    assert "    fork1 --> s1" in lines and "    fork1 --> s2" in lines
-    assert "    s1 --> join1" in lines and "    s2fb --> join1" in lines
+    assert "    s0 --> fork1" in lines
+    assert "    join1 --> s3" in lines
+    assert "    fork1 --> s1" in lines
+    assert "    fork1 --> s2" in lines
+    assert "    s1 --> join1" in lines
+    assert "    s2fb --> join1" in lines
     # Reserve fails: only its siblings that ran are undone (never Reserve itself).
-    assert '    s1 -.->|"fails"| u2' in lines and '    s1 -.->|"fails"| u2fb' in lines
+    assert '    s1 -.->|"fails"| u2' in lines
+    assert '    s1 -.->|"fails"| u2fb' in lines
     assert not any(line.startswith('    s1 -.->|"fails"| u1') for line in lines)
     # Ship fails: every member is undone, then Validate.
     assert {'    s3 -.->|"fails"| u1', '    s3 -.->|"fails"| u2'} <= set(lines)
-    assert "    u1 -.-> u0" in lines and "    u0 -.-> compensated" in lines
+    assert "    u1 -.-> u0" in lines
+    assert "    u0 -.-> compensated" in lines
 
 
 async def test_the_gantt_draws_members_side_by_side(tmp_path: Path) -> None:
@@ -531,3 +546,81 @@ async def test_the_gantt_draws_members_side_by_side(tmp_path: Path) -> None:
         chart = mermaid_gantt(await store.load("s1"))
     assert "cut off" not in chart  # overlapping members are not crashes
     assert chart.count("done, ") == 3
+
+
+# --------------------------------------------------------------------------- every store
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "memory":
+        yield MemorySagaStore()
+        return
+    if request.param == "sqlite":
+        async with SQLiteSagaStore(tmp_path / "s.db") as sqlite:
+            yield sqlite
+        return
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    conninfo = request.getfixturevalue("pg_conninfo")
+    schema = request.getfixturevalue("pg_schema")
+    async with PostgresSagaStore(conninfo, schema=schema, min_size=1) as pg:
+        yield pg
+
+
+async def test_S15_on_every_store_a_failing_member_unwinds_exactly_what_ran(
+    any_store: Any,
+) -> None:
+    trace: Trace = []
+    slow = Blocker("Slow", trace)
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    class Failing:
+        name = "Failing"
+
+        async def act(self, ctx: OrderCtx) -> None:
+            await reached(slow.started)
+            raise Boom("declined")
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Failing"))
+
+    saga_cls = _group_saga(slow, Probe("Quick", trace, mutate=reserve), Failing(),
+                           before=Probe("Before", trace))
+    with pytest.raises(SagaFailed) as info:
+        await saga_cls(store=any_store).run(OrderCtx(), saga_id="g1")
+    assert info.value.status is SagaStatus.COMPENSATED
+    undone = compensated(trace)
+    assert sorted(undone[:2]) == ["Quick", "Slow"]
+    assert undone[2:] == ["Before"]
+    record = await any_store.load("g1")
+    assert record.status is SagaStatus.COMPENSATED
+    ends = {(e.step, e.action): e.status for e in record.history}
+    assert ends[("Slow", "act")] is StepStatus.CANCELLED
+    assert ends[("Quick", "act")] is StepStatus.COMPLETED
+    assert ends[("Failing", "act")] is StepStatus.FAILED
+    assert ("Failing", "compensate") not in ends
+    assert record.context["reservation"] == "r-1"  # Quick's write was journaled
+
+
+async def test_S15_on_every_store_a_completed_group_is_journaled_with_every_write(
+    any_store: Any,
+) -> None:
+    trace: Trace = []
+
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    def pick(ctx: OrderCtx) -> None:
+        ctx.items.append("pear")
+
+    saga_cls = _group_saga(Probe("Reserve", trace, mutate=reserve),
+                           Probe("Pick", trace, mutate=pick), after=Probe("Ship", trace))
+    result = await saga_cls(store=any_store).run(OrderCtx(), saga_id="g2")
+    record = await any_store.load("g2")
+    assert record.status is SagaStatus.COMPLETED
+    assert record.context["reservation"] == "r-1"
+    assert record.context["items"] == ["apple", "pear"]
+    assert [r.step_name for r in result.results] == ["Reserve", "Pick", "Ship"]

@@ -135,7 +135,8 @@ def test_S15_random_shapes_keep_every_invariant(
     undone = [name for kind, name, _ in calls if kind == "compensate"]
 
     if status is SagaStatus.COMPLETED:
-        assert undone == [] and raised - _fallen_back(declared, raised) == set()
+        assert undone == []
+        assert raised - _fallen_back(declared, raised) == set()
     else:
         assert status is SagaStatus.COMPENSATED
         # Exactly once each: what returned, and what was cancelled in flight.
@@ -162,7 +163,8 @@ def test_S15_random_shapes_keep_every_invariant(
         if e.action == "act":
             ends.setdefault((e.step, e.attempt), []).append(e.status)
     for (name, attempt), statuses in ends.items():
-        assert statuses[0] is StepStatus.STARTED and len(statuses) == 2, (name, attempt, statuses)
+        assert statuses[0] is StepStatus.STARTED, (name, attempt, statuses)
+        assert len(statuses) == 2, (name, attempt, statuses)
         if name not in called:
             assert statuses[1] is StepStatus.FAILED
     act_completed = [

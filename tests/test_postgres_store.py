@@ -249,7 +249,8 @@ async def test_concurrent_starters_migrate_once(pg_conninfo: str, pg_schema: str
         assert (await stores[-1].load("saga-1")).saga_name == "OrderSaga"
     finally:
         await asyncio.gather(*(store.close() for store in stores))
-    assert raw.execute("SELECT id, version FROM fallback_saga_schema").fetchall() == [(1, SCHEMA_VERSION)]
+    versions = raw.execute("SELECT id, version FROM fallback_saga_schema").fetchall()
+    assert versions == [(1, SCHEMA_VERSION)]
 
 
 async def test_opening_again_keeps_the_sagas(pg_conninfo: str, pg_schema: str) -> None:

@@ -17,6 +17,7 @@ from ..errors import SagaNotFound
 from ..status import SagaStatus
 from ..store._common import short_repr
 from ..store.base import RecoverableStore, SagaRecord, SagaSummary
+from ..subsaga import child_saga_id, parent_saga_id
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_OK, UsageError
 from .mermaid import mermaid_gantt
@@ -114,7 +115,10 @@ def summary_json(summary: SagaSummary) -> dict[str, Any]:
     return data
 
 
-def record_json(record: SagaRecord) -> dict[str, Any]:
+def record_json(
+    record: SagaRecord, parent: str | None = None, children: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``show --json``: the record, and its parent and child sagas (``SubSaga``)."""
     return {
         "saga_id": record.saga_id,
         "saga_name": record.saga_name,
@@ -135,10 +139,34 @@ def record_json(record: SagaRecord) -> dict[str, Any]:
                 "attempt": entry.attempt,
                 "error": entry.error,
                 "at": entry.at,
+                "result": None if entry.result is None else json.loads(entry.result),
             }
             for seq, entry in enumerate(record.history)
         ],
+        "parent": parent,
+        "children": list(children),
     }
+
+
+async def saga_family(store: RecoverableStore, record: SagaRecord) -> tuple[str | None, list[str]]:
+    """The parent of ``record`` and its children (``SubSaga``), as stored: a
+    child's id is ``<parent id>/<step>``, so each is looked up by that id."""
+    parent = parent_saga_id(record.saga_id)
+    if parent is not None:
+        try:
+            await store.load(parent)
+        except SagaNotFound:
+            parent = None  # an id of its own that merely looks like a child's
+    children: list[str] = []
+    steps = dict.fromkeys(e.step for e in record.history if e.action == "act")
+    for step in steps:
+        child = child_saga_id(record.saga_id, step)
+        try:
+            await store.load(child)
+        except (SagaNotFound, ValueError):
+            continue
+        children.append(child)
+    return parent, children
 
 
 # --------------------------------------------------------------------------- list
@@ -224,19 +252,20 @@ def add_show_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
 def run_show(args: argparse.Namespace) -> int:
     target = store_target(args)
 
-    async def fetch(store: RecoverableStore) -> SagaRecord:
+    async def fetch(store: RecoverableStore) -> tuple[SagaRecord, str | None, list[str]]:
         try:
-            return await store.load(args.saga_id)
+            record = await store.load(args.saga_id)
         except SagaNotFound:
             raise UsageError(
                 f"no saga with id {short_repr(args.saga_id)} in {target.shown}"
             ) from None
         except ValueError as error:  # not a saga id at all (empty, too long, ...)
             raise UsageError(str(error)) from None
+        return (record, *await saga_family(store, record))
 
-    record = asyncio.run(read_store(target, fetch))
+    record, parent, children = asyncio.run(read_store(target, fetch))
     if args.json:
-        print_json(record_json(record))
+        print_json(record_json(record, parent, children))
         return EXIT_OK
     if args.mermaid:
         sys.stdout.write(mermaid_gantt(record))
@@ -252,8 +281,11 @@ def run_show(args: argparse.Namespace) -> int:
         f"version      {record.version}",
         f"fingerprint  {terminal_text(record.fingerprint, MAX_VALUE)}",
         f"context      {terminal_text(context, MAX_CONTEXT)}",
-        "",
     ]
+    if parent is not None:
+        lines.append(f"parent       {terminal_text(parent, MAX_VALUE)}  (this is its child saga)")
+    lines += [f"child        {terminal_text(child, MAX_VALUE)}" for child in children]
+    lines.append("")
     lines += history_table(record) if record.history else ["(no step history)"]
     print_lines(lines)
     return EXIT_OK

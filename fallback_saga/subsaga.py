@@ -1,0 +1,246 @@
+"""SubSaga: a step that runs a whole saga — a child — inside its parent.
+
+The child is journaled in the parent's store under its own record, with an
+id derived from the parent's: ``"<parent id>/<step name>"``. So a resumed
+parent finds its child again, an operator sees the link (``show`` names the
+parent of a child and the children of a parent), and recovery leaves a child
+to its parent while the parent is in flight (``recover`` defers it).
+
+* **act** runs the child with ``context(parent_context)``; when the child
+  completes, ``merge(parent_context, child_result)`` (if given) writes what
+  the parent needs, and the step's response is the child's final context.
+  A child that fails has unwound itself: the step fails with the child's
+  ``SagaFailed`` and the parent unwinds as for any failed step (the child is
+  not compensated twice). A child whose journal failed (``SagaInterrupted``)
+  stops the parent too, without unwinding: both are left for recovery.
+* **Resume.** A parent resumed at this step resumes its child first, from
+  the child's own journal: a child that completed returns its stored outcome
+  and nothing of it runs again; one interrupted mid-way continues where it
+  stopped; one that was unwinding finishes unwinding.
+* **compensate** — a later step of the parent failed — unwinds the child's
+  completed steps in reverse, journaled in the child's record (COMPENSATED;
+  FAILED if a compensation gave up, which fails this compensation too, so
+  the parent ends FAILED). Compensating a child already compensated, or one
+  that never started, does nothing: it is idempotent, as a compensation must be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from .errors import SagaAlreadyExists, SagaBusy, SagaFailed, SagaInterrupted, SagaNotFound
+from .executor import Execution, JournalWriteFailed, SagaResult, running_execution
+from .saga import Saga
+from .status import SagaStatus
+from .step import current_step
+from .store._common import check_saga_id
+from .store.base import Lease, is_recoverable
+
+__all__ = ["SubSaga", "child_saga_id", "parent_saga_id"]
+
+ParentT = TypeVar("ParentT")
+ChildT = TypeVar("ChildT")
+
+#: Between a parent's id and its child's step name in the child's saga id.
+CHILD_SEPARATOR = "/"
+
+# How long the parent's run holds a child's lease while it drives the child
+# (renewed while a resumed child runs). Short on purpose: the parent's run is
+# the child's only driver (recovery defers a child to a parent in flight), so
+# a lease left by a run that crashed only delays the next one, for this long.
+DEFAULT_CHILD_LEASE = 30.0
+# A recovery pass may hold a child's lease for a moment before it sees that
+# the parent drives it and lets it go; a crashed run's lease runs out.
+_BUSY_POLL = 0.1
+
+
+def child_saga_id(parent_id: str, step: str) -> str:
+    """The saga id of the child run by ``parent_id``'s step ``step``."""
+    return f"{parent_id}{CHILD_SEPARATOR}{step}"
+
+
+def parent_saga_id(saga_id: str) -> str | None:
+    """The parent's id if ``saga_id`` is shaped like a child's (the parent may
+    or may not exist: an id of your own may contain the separator too)."""
+    parent, separator, step = saga_id.rpartition(CHILD_SEPARATOR)
+    return parent if separator and parent and step else None
+
+
+class SubSaga(Generic[ParentT, ChildT]):
+    """A step that runs the saga ``saga`` as a child (see the module docstring).
+
+    * ``saga`` — a ``Saga`` subclass, built with the parent's store and
+      listeners, or a ``Saga`` instance (built with the store the parent
+      uses: the child is journaled there);
+    * ``context`` — builds the child's context from the parent's;
+    * ``merge`` — optional: ``merge(parent_context, child_result)`` copies
+      what the parent needs from the child's ``SagaResult`` once it completed;
+    * ``name`` — the step's name in the parent (default: the child saga's
+      name); the child's saga id is ``"<parent id>/<name>"``;
+    * ``lease_seconds`` — how long the parent holds the child's lease while it
+      drives it (a durable store; renewed while a resumed child runs). A run
+      that crashed leaves it held for that long at most: the resumed parent
+      waits for it.
+
+    Use it like a step instance: in ``steps``, in a ``Parallel`` group, or as
+    a Fallback's branch.
+    """
+
+    timeout: float | None = None
+
+    def __init__(
+        self,
+        saga: type[Saga[ChildT]] | Saga[ChildT],
+        *,
+        context: Callable[[ParentT], ChildT],
+        merge: Callable[[ParentT, SagaResult[ChildT]], None] | None = None,
+        name: str | None = None,
+        lease_seconds: float = DEFAULT_CHILD_LEASE,
+    ) -> None:
+        if not (isinstance(lease_seconds, int | float) and 0 < lease_seconds < float("inf")):
+            raise ValueError(f"lease_seconds must be a finite number > 0, got {lease_seconds!r}")
+        self.lease_seconds = float(lease_seconds)
+        if isinstance(saga, type) and issubclass(saga, Saga):
+            if getattr(saga, "definition", None) is None:
+                raise TypeError(f"{saga.__name__} declares no steps: it cannot run as a child")
+            self.saga_name: str = saga.definition.saga_name
+        elif isinstance(saga, Saga):
+            self.saga_name = saga.name
+        else:
+            raise TypeError(f"SubSaga runs a Saga subclass or instance, got {saga!r}")
+        if not callable(context):
+            raise TypeError("SubSaga context= must be a callable: parent context -> child context")
+        if merge is not None and not callable(merge):
+            raise TypeError("SubSaga merge= must be a callable (parent context, child result)")
+        self.saga = saga
+        self.context = context
+        self.merge = merge
+        self.name = name or self.saga_name
+        self._built: dict[int, Saga[ChildT]] = {}
+
+    def __repr__(self) -> str:
+        return f"SubSaga({self.saga_name}, name={self.name!r})"
+
+    # ------------------------------------------------------------------ the step
+
+    async def act(self, context: ParentT) -> ChildT:
+        parent = _parent()
+        child = self._child(parent)
+        child_id = self._child_id(parent)
+        try:
+            try:
+                result = await child.run(self.context(context), saga_id=child_id)
+            except SagaAlreadyExists:
+                # A resumed parent: the child ran before. Resume it from its journal.
+                result = await _when_free(
+                    lambda: child.resume(child_id, lease_seconds=self.lease_seconds),
+                    self.lease_seconds,
+                )
+        except SagaInterrupted as interrupted:
+            # The child's journal failed: the parent stops too, without
+            # unwinding (S13) — recovery finishes both from their journals.
+            raise JournalWriteFailed(interrupted) from interrupted
+        if self.merge is not None:
+            self.merge(context, result)
+        return result.context
+
+    async def compensate(self, context: ParentT) -> None:
+        parent = _parent()
+        child = self._child(parent)
+        child_id = self._child_id(parent)
+        store = child.store
+        lease: Lease | None = None
+        if is_recoverable(store):
+            try:
+                lease = await _when_free(lambda: store.claim_saga(
+                    child_id, owner=_owner(), lease_seconds=self.lease_seconds
+                ), self.lease_seconds)
+            except SagaNotFound:
+                return  # the child never started: nothing of it to undo
+        try:
+            try:
+                record = await store.load(child_id)
+            except SagaNotFound:
+                return
+            if record.status is SagaStatus.COMPENSATED:
+                return  # undone already (this compensation is running again)
+            if record.status is SagaStatus.FAILED:
+                raise SagaFailed(
+                    saga_id=child_id, saga_name=record.saga_name, status=record.status,
+                    failed_step="", error=RuntimeError(
+                        "the child saga ended FAILED: a compensation of it gave up"
+                    ),
+                )
+            try:
+                await child._unwind_record(
+                    record, lease, f"its parent {parent.saga_id!r} is unwinding"
+                )
+            except SagaFailed as done:
+                if done.status is not SagaStatus.COMPENSATED:
+                    raise
+        finally:
+            if lease is not None:
+                with contextlib.suppress(Exception):  # it expires on its own
+                    await store.release(lease)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _child(self, parent: Execution) -> Saga[ChildT]:
+        if isinstance(self.saga, Saga):
+            return self.saga
+        key = id(parent.store)
+        built = self._built.get(key)
+        if built is None or built.store is not parent.store:
+            built = self.saga(store=parent.store, listeners=parent.hooks.listeners)
+            if len(self._built) > 64:  # a saga per store: a few, unless stores come and go
+                self._built.clear()
+            self._built[key] = built
+        return built
+
+    def _child_id(self, parent: Execution) -> str:
+        step = current_step().step
+        child_id = child_saga_id(parent.saga_id, step)
+        try:
+            return check_saga_id(child_id)
+        except ValueError as error:
+            raise ValueError(
+                f"the child saga of step {step!r} would have the id {child_id[:80]!r}..., "
+                f"which no store can hold ({error}): use a shorter parent saga id or "
+                f"step name"
+            ) from error
+
+
+def _parent() -> Execution:
+    execution = running_execution()
+    if execution is None:
+        raise RuntimeError("a SubSaga runs only as a step of a saga")
+    return execution
+
+
+async def _when_free(call: Callable[[], Any], lease_seconds: float) -> Any:
+    """``call()``, tried again while the child is ``SagaBusy``: a recovery pass
+    that claimed it lets it go as soon as it sees the parent drives it, and a
+    lease left by a run that crashed runs out — waited for, up to twice a
+    lease's length (then ``SagaBusy``: someone is really driving it)."""
+    deadline = asyncio.get_running_loop().time() + 2 * lease_seconds + 1
+    while True:
+        try:
+            return await call()
+        except SagaBusy as busy:
+            now = asyncio.get_running_loop().time()
+            if now >= deadline:
+                raise
+            wait = _BUSY_POLL
+            if busy.expires_at is not None:  # Unix time: a crashed run's lease
+                wait = max(wait, min(busy.expires_at - time.time(), 1.0))
+            await asyncio.sleep(min(wait, deadline - now))
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:subsaga"

@@ -1,0 +1,318 @@
+"""S15: child sagas (SubSaga) keep every rule, on the memory, SQLite and
+PostgreSQL stores; crash and resume in child processes.
+
+A child saga runs as one step of its parent, journaled in its own record
+(``"<parent id>/<step>"``). It unwinds itself when it fails; it is unwound
+(its completed steps in reverse) when a later step of the parent fails; a
+parent resumed mid-child resumes the child first; recovery never runs a
+child apart from its parent while the parent is in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import subsaga_app as app
+from helpers_saga import JsonStore
+
+from fallback_saga import (
+    MemorySagaStore,
+    Parallel,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaInterrupted,
+    SagaStatus,
+    SagaStepHandler,
+    SQLiteSagaStore,
+    SubSaga,
+    recover,
+)
+from fallback_saga.retry import RetryPolicy
+
+pytest_plugins = ["conftest_pg"]
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        yield MemorySagaStore()
+        return
+    if request.param == "sqlite":
+        async with SQLiteSagaStore(tmp_path / "s.db") as sqlite:
+            yield sqlite
+        return
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    conninfo = request.getfixturevalue("pg_conninfo")
+    schema = request.getfixturevalue("pg_schema")
+    async with PostgresSagaStore(conninfo, schema=schema, min_size=1) as pg:
+        yield pg
+
+
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Path) -> Path:
+    app.LEDGER = tmp_path / "ledger.jsonl"
+    app.CRASH_AT = None
+    return app.LEDGER
+
+
+def calls(ledger: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
+
+
+def applied(ledger: Path) -> Counter[tuple[str, str]]:
+    return Counter((c["action"], c["step"]) for c in calls(ledger) if c["kind"] == "apply")
+
+
+async def test_S15_a_child_saga_runs_in_its_own_record_and_the_parent_goes_on(
+    store: Any, ledger: Path
+) -> None:
+    result = await app.OrderSaga(store=store).run(app.OrderCtx(), saga_id="o1")
+    assert result.status is SagaStatus.COMPLETED
+    assert result.context.payment == "auth-10"  # merge wrote it into the parent
+    assert [r.step_name for r in result.results] == ["Reserve", "Pay", "Ship"]
+    assert result.results[1].response == app.PayCtx(amount=10, auth="auth-10")
+    child = await store.load("o1/Pay")
+    assert (child.saga_name, child.status) == ("PaymentSaga", SagaStatus.COMPLETED)
+    assert [c["key"] for c in calls(ledger)] == [
+        "o1:Reserve", "o1/Pay:Authorize", "o1/Pay:Capture", "o1:Ship"
+    ]
+
+
+async def test_S15_a_failing_child_unwinds_itself_and_the_parent_unwinds_the_rest(
+    store: Any, ledger: Path
+) -> None:
+    class Declines(SagaStepHandler[app.PayCtx, None]):
+        async def act(self, ctx: app.PayCtx, /) -> None:
+            raise RuntimeError("card declined")
+
+    class FailingPayment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, Declines]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(FailingPayment, context=app.pay_context, name="Pay"), app.Ship
+        ]
+
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store).run(app.OrderCtx(), saga_id="o2")
+    assert info.value.status is SagaStatus.COMPENSATED
+    assert info.value.failed_step == "Pay"
+    assert isinstance(info.value.error, SagaFailed)  # the child's own outcome
+    assert (await store.load("o2/Pay")).status is SagaStatus.COMPENSATED
+    # The child undid Authorize once, itself; the parent then undid Reserve.
+    assert [(c["action"], c["key"]) for c in calls(ledger)] == [
+        ("act", "o2:Reserve"), ("act", "o2/Pay:Authorize"),
+        ("compensate", "o2/Pay:Authorize:compensate"), ("compensate", "o2:Reserve:compensate"),
+    ]
+
+
+async def test_S15_a_later_failure_unwinds_the_completed_child_in_reverse(
+    store: Any, ledger: Path
+) -> None:
+    with pytest.raises(SagaFailed) as info:
+        await app.OrderSaga(store=store).run(app.OrderCtx(fail_ship=True), saga_id="o3")
+    assert info.value.status is SagaStatus.COMPENSATED
+    child = await store.load("o3/Pay")
+    assert child.status is SagaStatus.COMPENSATED
+    undone = [c["key"] for c in calls(ledger) if c["action"] == "compensate"]
+    assert undone == [
+        "o3/Pay:Capture:compensate", "o3/Pay:Authorize:compensate", "o3:Reserve:compensate"
+    ]
+
+
+async def test_S15_a_child_whose_compensation_gives_up_fails_the_parent(store: Any) -> None:
+    class Stuck(SagaStepHandler[app.PayCtx, None]):
+        async def act(self, ctx: app.PayCtx, /) -> None:
+            return None
+
+        async def compensate(self, ctx: app.PayCtx, /) -> None:
+            raise RuntimeError("refund refused")
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [Stuck, app.Authorize]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            SubSaga(Payment, context=app.pay_context, name="Pay"), app.Ship
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store, compensation_retry=fast).run(
+            app.OrderCtx(fail_ship=True), saga_id="o4"
+        )
+    assert info.value.status is SagaStatus.FAILED
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert (await store.load("o4/Pay")).status is SagaStatus.FAILED
+
+
+async def test_S15_a_child_saga_can_be_a_member_of_a_parallel_group(
+    store: Any, ledger: Path
+) -> None:
+    @dataclasses.dataclass
+    class Ctx(SagaContext):
+        amount: int = 5
+        payment: str | None = None
+        shipped: bool = False
+
+    class Pack(SagaStepHandler[Ctx, None]):
+        async def act(self, ctx: Ctx, /) -> None:
+            ctx.shipped = True
+
+    def merge(parent: Ctx, child: Any) -> None:
+        parent.payment = child.context.auth
+
+    class Order(Saga[Ctx]):
+        steps: ClassVar[list[Any]] = [
+            Parallel(Pack, SubSaga(app.PaymentSaga, context=lambda p: app.PayCtx(p.amount),
+                                   merge=merge, name="Pay")),
+        ]
+
+    result = await Order(store=store).run(Ctx(), saga_id="o6")
+    assert (result.context.payment, result.context.shipped) == ("auth-5", True)
+    assert (await store.load("o6/Pay")).status is SagaStatus.COMPLETED
+
+
+async def test_S13_a_child_whose_journal_fails_stops_the_parent_without_unwinding(
+    ledger: Path,
+) -> None:
+    class Refusing(JsonStore):
+        async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+            if saga_id.endswith("/Pay") and args[0] and args[0][-1].step == "Capture":
+                raise OSError("disk full")
+            await super().append(saga_id, *args, **kwargs)
+
+    store = Refusing()
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, app.Capture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment(store=store, journal_retry=fast),
+                                 context=app.pay_context, name="Pay"),
+        ]
+
+    with pytest.raises(SagaInterrupted):
+        await Order(store=store).run(app.OrderCtx(), saga_id="o7")
+    assert [c["action"] for c in calls(ledger)] == ["act", "act"]  # nothing undone
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def crash_child(kind: str, where: str, saga_id: str, point: str, ledger: Path,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+        "import subsaga_app; subsaga_app.main(sys.argv[1:])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(TESTS), kind, where, saga_id, point, str(ledger)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+EXPECTED = {
+    # crash point -> (parent's final status, effects applied once each)
+    "capture": (SagaStatus.COMPLETED, {("act", "Reserve"), ("act", "Authorize"),
+                                       ("act", "Capture"), ("act", "Ship")}),
+    "ship": (SagaStatus.COMPLETED, {("act", "Reserve"), ("act", "Authorize"),
+                                    ("act", "Capture"), ("act", "Ship")}),
+    "refund": (SagaStatus.COMPENSATED, {
+        ("act", "Reserve"), ("act", "Authorize"), ("act", "Capture"), ("act", "Ship"),
+        ("compensate", "Capture"), ("compensate", "Authorize"), ("compensate", "Reserve"),
+    }),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("point", list(EXPECTED))
+async def test_S15_S10_a_crash_inside_or_after_a_child_resumes_each_saga_exactly_once(
+    backend: str, point: str, tmp_path: Path, ledger: Path, request: pytest.FixtureRequest
+) -> None:
+    env = None
+    if backend == "sqlite":
+        where = str(tmp_path / "s.db")
+        opened: Any = SQLiteSagaStore(where)
+    else:
+        from fallback_saga.store.postgres import PostgresSagaStore
+
+        conninfo = request.getfixturevalue("pg_conninfo")
+        where = request.getfixturevalue("pg_schema")
+        env = {**os.environ, "SUBSAGA_APP_DSN": conninfo}
+        opened = PostgresSagaStore(conninfo, schema=where, min_size=1)
+    child = crash_child(backend, where, "o9", point, ledger, env)
+    assert child.returncode == 137, child.stderr
+    crashed_calls = len(calls(ledger))
+
+    async with opened as store:
+        report = await recover(store, [app.OrderSaga, app.PaymentSaga], older_than=0)
+        again = await recover(store, [app.OrderSaga, app.PaymentSaga], older_than=0)
+        parent = await store.load("o9")
+        child_record = await store.load("o9/Pay")
+    status, effects = EXPECTED[point]
+    assert parent.status is status
+    assert child_record.status is (
+        SagaStatus.COMPLETED if status is SagaStatus.COMPLETED else SagaStatus.COMPENSATED
+    )
+    # The parent was resumed once; the child, in flight too, was left to it.
+    done = report.resumed if status is SagaStatus.COMPLETED else report.compensated
+    assert done == ["o9"], report
+    others = report.resumed + report.compensated + report.failed
+    assert "o9/Pay" not in others + [saga_id for saga_id, _ in report.skipped]
+    if point == "capture":
+        assert report.deferred == ["o9/Pay"]  # claimed with the parent, left to it
+    assert again.total == 0
+    assert again.deferred == []
+    # Every effect applied exactly once, whatever ran again after the crash.
+    effects_seen = applied(ledger)
+    assert set(effects_seen) == effects
+    assert set(effects_seen.values()) == {1}
+    # The resumed run never called again an act that had completed before the crash.
+    resumed = calls(ledger)[crashed_calls:]
+    completed_before = {"Reserve", "Authorize"} if point == "capture" else {
+        "Reserve", "Authorize", "Capture"
+    }
+    again_called = [c for c in resumed if c["action"] == "act" and c["step"] in completed_before]
+    assert again_called == []
+
+
+def test_the_operator_cli_shows_the_parent_child_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from fallback_saga.cli import main
+
+    db = tmp_path / "s.db"
+
+    async def run() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await app.OrderSaga(store=store).run(app.OrderCtx(), saga_id="o8")
+
+    asyncio.run(run())
+    capsys.readouterr()
+    assert main(["show", "o8", "--db", str(db)]) == 0
+    header = capsys.readouterr().out.partition("\n\n")[0]
+    assert "child        o8/Pay" in header.splitlines()
+    assert main(["show", "o8/Pay", "--db", str(db)]) == 0
+    header = capsys.readouterr().out.partition("\n\n")[0]
+    assert "parent       o8  (this is its child saga)" in header.splitlines()
+    assert main(["show", "o8", "--db", str(db), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["parent"], data["children"]) == (None, ["o8/Pay"])
