@@ -624,3 +624,57 @@ async def test_S15_on_every_store_a_completed_group_is_journaled_with_every_writ
     assert record.context["reservation"] == "r-1"
     assert record.context["items"] == ["apple", "pear"]
     assert [r.step_name for r in result.results] == ["Reserve", "Pick", "Ship"]
+
+
+async def test_S15_S9_a_breaker_guarded_member_falls_back_on_an_open_circuit_in_its_lane(
+    tmp_path: Path,
+) -> None:
+    from fallback_saga import CircuitBreaker
+
+    trace: Trace = []
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=60.0)
+    breaker.open()
+    keys: list[str] = []
+
+    class Backup:
+        name = "Backup"
+
+        async def act(self, ctx: OrderCtx) -> str:
+            keys.append(current_step().idempotency_key)
+            ctx.reservation = "from-backup"
+            return "backup"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Backup"))
+
+    member = Fallback(step=Probe("Primary", trace), fallback=Backup(), circuit_breaker=breaker)
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        saga = _group_saga(member, Probe("Other", trace))(store=store)
+        result = await saga.run(OrderCtx(), saga_id="b1")
+        record = await store.load("b1")
+    assert "Primary" not in acted(trace)  # the open circuit rejected it without a call
+    assert keys == ["b1:Backup"]
+    assert result.context.reservation == "from-backup"
+    primary = [(e.status, e.error) for e in record.history if e.step == "Primary"]
+    assert primary[0][0] is StepStatus.STARTED
+    assert primary[1][0] is StepStatus.FAILED
+    assert "CircuitOpenError" in (primary[1][1] or "")
+
+
+async def test_S15_S10_a_member_retried_in_its_lane_journals_each_attempt_before_it(
+    tmp_path: Path,
+) -> None:
+    from fallback_saga import RetryPolicy
+
+    trace: Trace = []
+    flaky = Probe("Flaky", trace, error=lambda: Boom("once"), fail_times=1)
+    flaky.retry = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)  # type: ignore[attr-defined]
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await _group_saga(flaky, Probe("Steady", trace))(store=store).run(OrderCtx(), saga_id="r1")
+        record = await store.load("r1")
+    rows = [(e.attempt, e.status) for e in record.history if e.step == "Flaky"]
+    assert rows == [
+        (1, StepStatus.STARTED), (1, StepStatus.FAILED),
+        (2, StepStatus.STARTED), (2, StepStatus.COMPLETED),
+    ]
+    assert record.status is SagaStatus.COMPLETED
