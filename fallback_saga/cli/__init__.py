@@ -7,12 +7,13 @@ operator commands for a saga store (SQLite or PostgreSQL).
     python -m fallback_saga show ID --db PATH           one saga and its step history
     python -m fallback_saga recover --db PATH --app module:attr   resume interrupted sagas
     python -m fallback_saga purge --db PATH --older-than 7d       delete old finished sagas
+    python -m fallback_saga serve --db PATH [--port 8080]         the read-only web console
     python -m fallback_saga --version
 
 Every store command takes ``--db PATH`` (SQLite) or ``--dsn DSN`` (PostgreSQL,
 with ``--schema``), or reads ``$FALLBACK_SAGA_DSN`` / ``$FALLBACK_SAGA_DB``
 (``stores.py``). ``list`` and ``show`` only read: they need no write access
-and leave no files behind.
+and leave no files behind; ``serve`` opens the store read-only.
 
 ``graph`` and ``recover --app`` import the module they name: that runs its
 top-level code (and, for ``recover``, its factory) with the operator's
@@ -22,10 +23,12 @@ Every stored value a human format prints (saga ids, names, owners, step
 names, error texts) goes through ``terminal_text``: control characters and
 other unprintable ones escaped, long values cut. ``--json`` prints exact JSON.
 
-Exit status: 0 on success; 1 when ``recover`` left a saga failed or skipped, or
-the store failed (a PostgreSQL server that cannot be reached included); 2 on
-a usage error (a bad ``module:attr`` spec, no store given, a ``--db`` or
-``--dsn`` that is not a saga store, an unknown saga id).
+Exit status: 0 on success (``serve``: stopped by Ctrl-C or SIGTERM); 1 when
+``recover`` left a saga failed or skipped, the store failed (a PostgreSQL
+server that cannot be reached included), or ``serve`` cannot listen (the port
+is in use); 2 on a usage error (a bad ``module:attr`` spec, no store given, a
+``--db`` or ``--dsn`` that is not a saga store, an unknown saga id, a
+``--host`` that is no address of this machine).
 
 The package, one module per part; imports run one way, from here down:
 
@@ -34,6 +37,7 @@ The package, one module per part; imports run one way, from here down:
     graph       graph
     inspect     list, show, purge, and their tables
     recover     recover
+    serve       serve (the web console of fallback_saga.console)
     stores      --db / --dsn / the environment, and opening a store
     mermaid     the flowchart (graph) and the gantt (show --mermaid)
     targets     module:attr specs
@@ -53,11 +57,12 @@ from .. import __version__
 from ..errors import SagaStoreError
 from .argtypes import parse_duration
 from .demo import add_demo_commands
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from .graph import add_graph_command
 from .inspect import add_list_command, add_purge_command, add_show_command
 from .mermaid import mermaid_flowchart, mermaid_gantt
 from .recover import add_recover_command
+from .serve import add_serve_command
 from .text import MAX_CELL, MAX_CONTEXT, MAX_VALUE, terminal_text
 
 __all__ = [
@@ -88,10 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_show_command(commands)
     add_recover_command(commands)
     add_purge_command(commands)
-    # serve (the read-only web console, fallback_saga.console) goes here: a
-    # module serve.py beside these, whose add_serve_command takes the store
-    # options of stores.py (add_store_options, store_target, open_store with
-    # read_only=True) like the commands above.
+    add_serve_command(commands)
     return parser
 
 
@@ -115,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
         return EXIT_USAGE
-    except SagaStoreError as error:  # the store failed, or a row cannot be read back
+    # The store failed, a row cannot be read back, or serve cannot listen.
+    except (SagaStoreError, CommandFailed) as error:
         sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:

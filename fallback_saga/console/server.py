@@ -61,6 +61,8 @@ _JSON: Final = "application/json"
 _TEXT: Final = "text/plain; charset=utf-8"
 
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost."})
+# Seconds ``close`` lets the requests in progress finish before ending them.
+_CLOSE_GRACE: Final = 5.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -145,6 +147,11 @@ class ConsoleServer:
         self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._port: int | None = None
+        # The connections' tasks, and those of them waiting for a request:
+        # close() ends those at once, the others after a grace period.
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,6 +159,7 @@ class ConsoleServer:
         """Bind and start answering (``port=0``: any free port, see ``port``)."""
         if self._server is not None:
             return
+        self._closing = False
         self._server = await asyncio.start_server(
             self._on_connection, self.host, self._requested_port, limit=MAX_LINE
         )
@@ -174,24 +182,43 @@ class ConsoleServer:
     @property
     def url(self) -> str:
         host = self.host
-        if ":" in host:
+        if host in ("::", "[::]"):  # every interface: this machine's is one of them
+            host = "[::1]"
+        elif ":" in host and not host.startswith("["):
             host = f"[{host}]"
         elif host in ("", "0.0.0.0"):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}/"
 
     async def serve_forever(self) -> None:
-        """Answer requests until cancelled (``start`` is called if needed)."""
+        """Answer requests until cancelled (``start`` is called if needed), then
+        ``close``."""
         await self.start()
-        assert self._server is not None
-        await self._server.serve_forever()
+        try:
+            # Not asyncio.Server.serve_forever: cancelled, it waits (3.12+) for
+            # every open connection, and a browser's idle one holds it for seconds.
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await self.close()
 
     async def close(self) -> None:
-        """Stop accepting and close the listening socket (the store stays open)."""
+        """Stop accepting and close the listening socket; end the connections
+        that wait for a request (a browser keeps idle ones open) at once, and
+        the requests in progress after a few seconds. The store stays open."""
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
+        if server is None:
+            return
+        self._closing = True
+        server.close()
+        for task in list(self._waiting):
+            task.cancel()
+        if self._handlers:
+            _, late = await asyncio.wait(set(self._handlers), timeout=_CLOSE_GRACE)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        await server.wait_closed()
 
     async def __aenter__(self) -> ConsoleServer:
         await self.start()
@@ -214,6 +241,9 @@ class ConsoleServer:
         request: Request | None = None
         status = 0
         self._connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             if self._connections > self._max_connections:
                 response = self._error(
@@ -221,7 +251,7 @@ class ConsoleServer:
                 )
             else:
                 try:
-                    request = await read_request(reader)
+                    request = await self._next_request(reader, task)
                 except HttpError as error:
                     response = self._error("text", error.status, error.message)
                 else:
@@ -242,7 +272,13 @@ class ConsoleServer:
                         pass
         except (ConnectionError, OSError):
             pass  # the client went away
+        except asyncio.CancelledError:
+            # Ended by close(): quietly (Python 3.11's streams log a cancelled
+            # handler's task as an error).
+            if not self._closing:
+                raise
         finally:
+            self._handlers.discard(task)
             self._connections -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -258,6 +294,16 @@ class ConsoleServer:
                     status,
                     (time.perf_counter() - started) * 1000,
                 )
+
+    async def _next_request(
+        self, reader: asyncio.StreamReader, task: asyncio.Task[Any]
+    ) -> Request | None:
+        """``read_request``, while ``close`` may end the wait at once."""
+        self._waiting.add(task)
+        try:
+            return await read_request(reader)
+        finally:
+            self._waiting.discard(task)
 
     # ------------------------------------------------------------------ requests
 
@@ -290,7 +336,7 @@ class ConsoleServer:
                     kind,
                     HTTPStatus.MISDIRECTED_REQUEST,
                     f"this console answers to loopback host names only, not {host!r} "
-                    f"(see allowed_hosts)",
+                    f"(allowed_hosts, or serve --allow-host, adds names)",
                 )
         route = self._route(request.path)
         if request.method not in ("GET", "HEAD"):
