@@ -4,6 +4,7 @@ and fallback_saga's CircuitBreaker vs aiobreaker, purgatory, circuitbreaker.
     python benchmarks/compare.py            # full run (about three minutes)
     python benchmarks/compare.py --quick    # a few seconds; used by CI so it cannot rot
     python benchmarks/compare.py --only durable   # one section: sagas, breakers, durable, postgres
+    python benchmarks/compare.py --only parallel  # one Parallel group of N vs N steps in a line
     python benchmarks/compare.py --profile durable   # where a durable saga's time goes
     python benchmarks/compare.py --json results.json
 
@@ -83,7 +84,7 @@ SAGA_TARGETS = {"plain3": 20.0, "fallback3": 15.0, "fail3": 15.0}
 
 DURABLE_SEQ_TARGET = 10.0  # sequential durable sagas: ours / python-cqrs
 DURABLE_IN_FLIGHT_TARGET = 10_000.0  # sagas/s, ours with 100 in flight, synchronous=full
-SECTIONS = ("sagas", "breakers", "durable", "postgres")
+SECTIONS = ("sagas", "breakers", "durable", "postgres", "parallel")
 
 DIRECT = "direct await"
 BREAKERS = (OURS, "aiobreaker", "purgatory", "circuitbreaker")
@@ -616,6 +617,17 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             )
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+    if "parallel" in args.only:
+        import parallel_groups
+
+        res["parallel"] = await parallel_groups.bench(
+            rounds=args.rounds,
+            batch_seconds=args.batch_ms / 1000,
+            durable_rounds=args.durable_rounds,
+            durable_batch_seconds=args.durable_batch_ms / 1000,
+            tmpdir=args.tmpdir,
+            fill=not args.quick,
+        )
     res["skipped"] = skipped
     return res
 
@@ -730,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         import postgres_case
 
         print("\n" + postgres_case.report(res["postgres"]))
+    if "parallel" in res:
+        import parallel_groups
+
+        print(parallel_groups.report(res["parallel"]))
     if args.quick:
         print("\n(--quick: too few iterations for the ratios to mean anything)")
     print(f"\ntotal time {elapsed:.1f} s")

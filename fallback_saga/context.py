@@ -361,7 +361,10 @@ def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
     if own is not None:
         before = state or {}
         for name, value in own.items():
-            if name not in before or first_difference(before[name], value) is not None:
+            earlier = before.get(name, _UNSET)
+            if earlier is value:
+                continue  # the copy shares only what cannot change (an int, a str)
+            if earlier is _UNSET or first_difference(earlier, value) is not None:
                 changed[name] = value
     for name in slot_names:
         if name.startswith("__"):

@@ -66,7 +66,7 @@ from .journal import (
     writes_outlive_cancellation,
 )
 from .retry import RetryPolicy
-from .shielding import settle, shielded
+from .shielding import own_task, settle, shielded
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store._common import check_saga_id
@@ -807,31 +807,35 @@ class Execution(StepCursor):
             journal.append(
                 (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
             )
-        loop = asyncio.get_running_loop()
         if not self.live:
             await self.flush()  # the group's write-ahead: one write for every member
             self.write_lock = asyncio.Lock()
         writes: dict[str, str] = {}  # context field -> the member that wrote it
         failures: list[tuple[str, BaseException]] = []
+        # Started eagerly where Python can (3.12+): a member that does not wait
+        # has finished before the next one is made, without a trip through the
+        # loop. Each task runs in a copy of this context: its own cursor.
         tasks = {
-            loop.create_task(self._run_member(member, first, base, writes, failures)): member
+            own_task(self._run_member(member, first, base, writes, failures)): member
             for member, first in todo
         }
         cancelled = False
         try:
-            pending: set[asyncio.Task[SagaStepResult[Any, Any]]] = set(tasks)
+            pending = {task for task in tasks if not task.done()}
             stopping = False
-            while pending:
+            while True:
+                if (cancelled or failures) and not stopping:
+                    stopping = True
+                    for task in pending:
+                        task.cancel()
+                if not pending:
+                    break
                 try:
                     _, pending = await asyncio.wait(
                         pending, return_when=asyncio.FIRST_EXCEPTION
                     )
                 except asyncio.CancelledError:
                     cancelled = True  # wait on: every member stops before unwinding
-                if (cancelled or failures) and not stopping:
-                    stopping = True
-                    for task in pending:
-                        task.cancel()
         finally:
             self.write_lock = None
         for task, member in tasks.items():
