@@ -42,6 +42,7 @@ from .context import (
     changed_fields,
     check_serializable,
     context_to_dict,
+    freeze_snapshot,
     take_snapshot,
     working_copy,
     write_fields,
@@ -80,9 +81,11 @@ _log = logging.getLogger("fallback_saga")
 ContextT = TypeVar("ContextT")
 T = TypeVar("T")
 
-_STARTED = StepStatus.STARTED
-_COMPLETED = StepStatus.COMPLETED
-_FAILED = StepStatus.FAILED
+# Raw journal entries hold a status as its plain value (see store.base.RawEntry).
+_STARTED: str = StepStatus.STARTED.value
+_COMPLETED: str = StepStatus.COMPLETED.value
+_FAILED: str = StepStatus.FAILED.value
+_CANCELLED: str = StepStatus.CANCELLED.value
 _now = time.time
 
 
@@ -717,7 +720,7 @@ class Execution(StepCursor):
         # like a completed act — journaled CANCELLED, which resume_point puts
         # on the compensation stack too.
         self.journal.append(
-            (branch.position, branch.name, branch.branch, "act", StepStatus.CANCELLED, attempt,
+            (branch.position, branch.name, branch.branch, "act", _CANCELLED, attempt,
              "CancelledError: cancelled while its act ran; its effect is uncertain", _now(),
              None)
         )
@@ -1003,6 +1006,13 @@ class Execution(StepCursor):
         if self.image is None:
             return context_to_dict(self.context)
         return self.image.to_dict()
+
+    def frozen_context(self) -> Any:
+        """``LiveSaga`` (optional): the final context, kept by a store that
+        retains the finished saga (``context.frozen_to_dict`` reads it)."""
+        if self.image is None:
+            return context_to_dict(self.context)
+        return freeze_snapshot(self.image)
 
     async def flush(self, *, unwinding: bool = False) -> None:
         """``_flush``, one write at a time while the members of a group run."""

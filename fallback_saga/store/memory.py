@@ -7,10 +7,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
+from ..context import frozen_to_dict
 from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
+from ..step import SagaStepResult
 from ._common import finite_seconds, non_negative_int
 from ._responses import journal_entry
 from .base import JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
@@ -43,7 +46,7 @@ class MemorySagaStore:
         if isinstance(max_finished, bool) or not isinstance(max_finished, int) or max_finished < 0:
             raise ValueError(f"max_finished must be an int >= 0, got {max_finished!r}")
         self.max_finished = max_finished
-        self._sagas: dict[str, SagaRecord | LiveSaga] = {}
+        self._sagas: dict[str, SagaRecord | LiveSaga | _Frozen] = {}
         self._finished: deque[str] = deque()  # oldest first; each saga retires once
 
     def __len__(self) -> int:
@@ -60,8 +63,12 @@ class MemorySagaStore:
         self._sagas[saga.saga_id] = saga
 
     def finished(self, saga: LiveSaga) -> None:
-        if self._sagas.get(saga.saga_id) is saga:
-            self._retire(saga.saga_id)
+        saga_id = saga.saga_id
+        if self._sagas.get(saga_id) is saga:
+            frozen = _freeze(saga)
+            if frozen is not None:
+                self._sagas[saga_id] = frozen
+            self._retire(saga_id)
 
     # ------------------------------------------------------------------ SagaStore
 
@@ -136,6 +143,8 @@ class MemorySagaStore:
                 updated_at=saga.updated_at,
                 version=saga.version,
             )
+        if isinstance(saga, tuple):
+            return _thaw(saga_id, saga)
         history = [journal_entry(raw, saga.saga_name) for raw in saga.journal]
         return SagaRecord(
             saga_id=saga.saga_id,
@@ -208,6 +217,8 @@ class MemorySagaStore:
 
     def _summary(self, saga_id: str) -> SagaSummary:
         saga = self._sagas[saga_id]
+        if isinstance(saga, tuple):
+            return _frozen_summary(saga_id, saga)
         if isinstance(saga, SagaRecord):
             updated_at = saga.updated_at
         else:
@@ -222,6 +233,114 @@ class MemorySagaStore:
         finished.append(saga_id)
         while len(finished) > self.max_finished:
             self._sagas.pop(finished.popleft(), None)
+
+
+# A finished saga this process ran is kept as one flat tuple of atomic values
+# (as far as the saga allows): the garbage collector untracks such a tuple on
+# its first pass, so a full store costs a collection (nearly) nothing, where
+# the run's own objects would cost 15 or more per saga. (A nested tuple is
+# untracked one level per full collection at best: hence flat.) Layout:
+#
+#     saga name, fingerprint, status value, created at, updated at, entry count,
+#     the entries, 9 items each: a raw journal entry (``store.base.RawEntry``)
+#         whose response, unless it is atomic, is ``_MARK``,
+#     the context: ``_FROZEN, class index, n, n names, n values`` (a flat
+#         context, ``context.freeze_snapshot``) or ``_HELD`` (first in ``held``),
+#     held: a tuple of what could not be made atomic (``()`` when empty):
+#         the context if held, then each marked response, in order.
+#
+# Step responses are held as they are: turning an object into atomic values
+# costs more per saga than the collector spends on it (measured).
+_Frozen = tuple[Any, ...]
+
+_FROZEN, _HELD = 1, 2
+_HEADER = 6
+_STRIDE = 9
+# Stands for a held response; compared by identity (a str made at run time:
+# no response can be this very object).
+_MARK = "".join(["<response ", "held>"])
+_ATOMIC = frozenset({str, int, float, bool, type(None)})
+_RAW = frozenset({tuple})
+_SAGA_STATUS = {member.value: member for member in SagaStatus}
+
+
+def _freeze(saga: LiveSaga) -> _Frozen | None:
+    """``saga`` as a frozen record; None when it cannot be (a resumed run,
+    whose journal holds entries in journal form; a ``LiveSaga`` that is not
+    an ``Execution``): the store then keeps the saga itself."""
+    journal = saga.journal
+    frozen_context = getattr(saga, "frozen_context", None)
+    if frozen_context is None or not _RAW.issuperset(map(type, journal)):
+        return None
+    count = len(journal)
+    created_at = saga.created_at
+    out: list[Any] = [
+        saga.saga_name, saga.fingerprint, saga.status.value, created_at,
+        journal[-1][7] if count else created_at, count, *chain.from_iterable(journal),
+    ]
+    context = frozen_context()
+    held: list[Any]
+    if context.__class__ is tuple:
+        index, names, values = context
+        out += (_FROZEN, index, len(names), *names, *values)
+        held = []
+    else:
+        out.append(_HELD)
+        held = [context]
+    responses = out[_HEADER + 8:_HEADER + count * _STRIDE:_STRIDE]
+    atomic = _ATOMIC
+    if not atomic.issuperset(map(type, responses)):
+        at = _HEADER + 8
+        for response in responses:
+            if response.__class__ not in atomic:
+                out[at] = _MARK
+                if response.__class__ is SagaStepResult:
+                    response = response[0]  # what the journal form keeps of it
+                held.append(response)
+            at += _STRIDE
+    out.append(tuple(held))
+    return tuple(out)
+
+
+def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
+    saga_name, fingerprint, status, created_at, updated_at, count = frozen[:_HEADER]
+    i = _HEADER + count * _STRIDE
+    held = iter(frozen[-1])
+    if frozen[i] == _HELD:
+        context = _context_form(next(held))
+    else:
+        n = frozen[i + 2]
+        start = i + 3
+        context = frozen_to_dict((frozen[i + 1], frozen[start:start + n],
+                                  frozen[start + n:start + 2 * n]))
+    history = []
+    for at in range(_HEADER, _HEADER + count * _STRIDE, _STRIDE):
+        raw = frozen[at:at + _STRIDE]
+        if raw[8] is _MARK:
+            raw = (*raw[:8], next(held))
+        history.append(journal_entry(raw, saga_name))
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=saga_name,
+        fingerprint=fingerprint,
+        status=_SAGA_STATUS[status],
+        context=context,
+        history=history,
+        created_at=created_at,
+        updated_at=updated_at,
+        version=count,
+    )
+
+
+def _frozen_summary(saga_id: str, frozen: _Frozen) -> SagaSummary:
+    saga_name, _, status, created_at, updated_at = frozen[:5]
+    return SagaSummary(saga_id, saga_name, _SAGA_STATUS[status], created_at, updated_at)
+
+
+def _context_form(context: Any) -> dict[str, Any]:
+    if isinstance(context, dict):
+        return copy.deepcopy(context)  # callers get their own copy
+    return frozen_to_dict(context)
 
 
 def _time_range(since: float | None, until: float | None) -> tuple[float, float]:
