@@ -460,20 +460,20 @@ def type_at(index: int) -> type:
     return _FROZEN_TYPES[index]
 
 
-def freeze_snapshot(snapshot: Snapshot) -> Any:
-    """``snapshot`` as ``(class index, names, values)`` when it is a
-    flat one of atomic values whose class can be made bare; else itself.
-    ``frozen_to_dict`` turns either into the journal form."""
-    owner, state, _, _, flat = snapshot
-    if flat:
-        cls = owner.__class__
-        if cls.__new__ is object.__new__ and _ATOMIC.issuperset(map(type, state.values())):
+def freeze_context(context: object) -> Any:
+    """``context``'s state as ``(class index, names, values)`` when it is a flat
+    one of atomic values whose class can be made bare (``frozen_to_dict``
+    reads it); else a snapshot of it (``take_snapshot``)."""
+    cls: Any = context.__class__
+    if _DICT_ONLY.get(cls) and cls.__new__ is object.__new__:
+        state = context.__dict__
+        if _ATOMIC.issuperset(map(type, state.values())):
             return (type_index(cls), tuple(state), tuple(state.values()))
-    return snapshot
+    return take_snapshot(context)
 
 
 def frozen_to_dict(frozen: Any) -> dict[str, Any]:
-    """The journal form of what ``freeze_snapshot`` returned."""
+    """The journal form of what ``freeze_context`` returned."""
     if isinstance(frozen, Snapshot):
         return frozen.to_dict()
     index, names, values = frozen

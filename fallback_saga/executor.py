@@ -42,7 +42,8 @@ from .context import (
     changed_fields,
     check_serializable,
     context_to_dict,
-    freeze_snapshot,
+    freeze_context,
+    frozen_to_dict,
     take_snapshot,
     working_copy,
     write_fields,
@@ -349,7 +350,7 @@ class Execution(StepCursor):
         # The interrupting write may have landed unseen: the status it carried.
         self.landed_unseen: SagaStatus | None = None
         self.created_at = _now()
-        self.image: Snapshot | None = None
+        self.image: Any = None  # a Snapshot; once finished, what freeze_context gave
         # Every write is conditional on the fencing token: 0 for a first run
         # (so that a recovery worker claiming the saga — token 1 — shuts this
         # runner out if it is merely slow), the lease's token when resumed.
@@ -448,7 +449,8 @@ class Execution(StepCursor):
 
     async def complete(self) -> SagaResult[Any]:
         if self.live:
-            self.image = take_snapshot(self.context)
+            # The final state, frozen (no snapshot to take when it is flat).
+            self.image = freeze_context(self.context)
             self.status = SagaStatus.COMPLETED
             self.store.finished(self)  # type: ignore[attr-defined]
         else:
@@ -915,7 +917,7 @@ class Execution(StepCursor):
             final = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
             if self.live:
                 self.status = final
-                self.image = take_snapshot(self.context)
+                self.image = freeze_context(self.context)
                 self.store.finished(self)  # type: ignore[attr-defined]
             else:
                 self.pending_status = final
@@ -1005,14 +1007,14 @@ class Execution(StepCursor):
         """``LiveSaga``: the context as of the last transition, in journal form."""
         if self.image is None:
             return context_to_dict(self.context)
-        return self.image.to_dict()
+        return frozen_to_dict(self.image)
 
     def frozen_context(self) -> Any:
-        """``LiveSaga`` (optional): the final context, kept by a store that
-        retains the finished saga (``context.frozen_to_dict`` reads it)."""
+        """``LiveSaga`` (optional): the final context, for a store that keeps
+        the finished saga (``context.frozen_to_dict`` reads it)."""
         if self.image is None:
             return context_to_dict(self.context)
-        return freeze_snapshot(self.image)
+        return self.image
 
     async def flush(self, *, unwinding: bool = False) -> None:
         """``_flush``, one write at a time while the members of a group run."""
