@@ -100,6 +100,29 @@ class SagaResult(Generic[ContextT]):
     results: list[SagaStepResult[ContextT, Any]]
 
 
+_new_object = object.__new__
+_RESULT_SLOTS = tuple(
+    SagaResult.__dict__[name].__set__ for name in ("saga_id", "status", "context", "results")
+)
+
+
+def _saga_result(
+    saga_id: str, status: SagaStatus, context: Any, results: list[Any]
+) -> SagaResult[Any]:
+    """``SagaResult(...)`` without its generated ``__init__`` (four
+    ``object.__setattr__`` calls: a frozen dataclass's), on every completed run."""
+    result: SagaResult[Any] = _new_object(SagaResult)
+    set_id, set_status, set_context, set_results = _RESULT_SLOTS
+    set_id(result, saga_id)
+    set_status(result, status)
+    set_context(result, context)
+    set_results(result, results)
+    return result
+
+
+_new_tuple = tuple.__new__
+
+
 # --------------------------------------------------------------------------- saga ids
 
 
@@ -422,7 +445,7 @@ class Execution(StepCursor):
                     results += await self.run_group(item)
                     continue
                 if not isinstance(response, SagaStepResult):
-                    response = SagaStepResult(response, branch.name, self.saga_id)
+                    response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
                 results.append(response)
         except (Exception, JournalWriteFailed) as error:
             await self.fail(error)
@@ -469,7 +492,7 @@ class Execution(StepCursor):
             self.status = SagaStatus.COMPLETED
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
-        return SagaResult(self.saga_id, self.status, self.context, self.results)
+        return _saga_result(self.saga_id, self.status, self.context, self.results)
 
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""
