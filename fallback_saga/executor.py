@@ -433,11 +433,45 @@ class Execution(StepCursor):
                 group: GroupPlan = plan[start]  # type: ignore[assignment]
                 results += await self.run_group(group, resumed_group, fallbacks_started)
                 start += 1
+            hooks = self.hooks
+            # A plain step on an in-process store with no step listener runs
+            # inlined below: try_branch's work, less its coroutine and checks.
+            inline = self.live and not (
+                hooks.step_started or hooks.step_completed
+                or hooks.step_call_started or hooks.step_call_finished
+            )
+            context = self.context
+            journal = self.journal
+            stack = self.stack
             for item in plan[start:] if start else plan:
                 # run_item, inlined: this loop is the hottest path of the library
-                if isinstance(item, Branch):
+                if item.__class__ is Branch:
                     branch = item
-                    snapshot = self.image = take_snapshot(self.context)
+                    snapshot = self.image = take_snapshot(context)
+                    if inline and branch.retry is None and branch.timeout is None:
+                        self.step = name = branch.name
+                        self.attempt = 1
+                        journal.append((branch.position, name, branch.branch, "act", _STARTED,
+                                        1, None, _now(), None))
+                        self.action = "act"
+                        self.active = True
+                        try:
+                            response = await branch.act(context)
+                        except BaseException as error:
+                            self.active = False
+                            snapshot.restore(context)
+                            self._act_failed(branch, 1, error)
+                            raise
+                        self.active = False
+                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                        1, None, _now(), response))
+                        self.context_dirty = True
+                        stack.append(branch)
+                    else:
+                        response = await self.try_branch(branch, snapshot, None)
+                elif isinstance(item, Branch):
+                    branch = item
+                    snapshot = self.image = take_snapshot(context)
                     response = await self.try_branch(branch, snapshot, None)
                 elif isinstance(item, FallbackPlan):
                     branch, response = await self.run_fallback(item)
@@ -454,6 +488,8 @@ class Execution(StepCursor):
             raise
         finally:
             _CURSOR.reset(token)
+        if self.live:
+            return self.complete_live()  # one coroutine fewer
         return await self.complete()
 
     async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
@@ -470,26 +506,32 @@ class Execution(StepCursor):
             return [response]
         return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
 
+    def complete_live(self) -> SagaResult[Any]:
+        """``complete`` on an in-process store: nothing to await."""
+        # The final state, frozen (no snapshot to take when it is flat).
+        self.image = freeze_context(self.context)
+        self.status = SagaStatus.COMPLETED
+        self.store.finished(self)  # type: ignore[attr-defined]
+        if self.hooks.saga_finished:
+            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
+        return _saga_result(self.saga_id, self.status, self.context, self.results)
+
     async def complete(self) -> SagaResult[Any]:
         if self.live:
-            # The final state, frozen (no snapshot to take when it is flat).
-            self.image = freeze_context(self.context)
-            self.status = SagaStatus.COMPLETED
-            self.store.finished(self)  # type: ignore[attr-defined]
-        else:
-            # S13: the caller hears "completed" only once the journal says so.
-            self.pending_status = SagaStatus.COMPLETED
-            failure: JournalWriteFailed | None = None
-            try:
-                await self.flush()
-            except JournalWriteFailed as error:
-                failure = error
-            if failure is not None:
-                if isinstance(failure.error, ContextSerializationError):
-                    # The last step left a context the journal cannot hold.
-                    await self.fail(failure)
-                raise self._interrupted(failure.error)
-            self.status = SagaStatus.COMPLETED
+            return self.complete_live()
+        # S13: the caller hears "completed" only once the journal says so.
+        self.pending_status = SagaStatus.COMPLETED
+        failure: JournalWriteFailed | None = None
+        try:
+            await self.flush()
+        except JournalWriteFailed as error:
+            failure = error
+        if failure is not None:
+            if isinstance(failure.error, ContextSerializationError):
+                # The last step left a context the journal cannot hold.
+                await self.fail(failure)
+            raise self._interrupted(failure.error)
+        self.status = SagaStatus.COMPLETED
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
         return _saga_result(self.saga_id, self.status, self.context, self.results)
