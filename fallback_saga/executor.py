@@ -1076,7 +1076,11 @@ class Execution(StepCursor):
 
     def frozen_context(self) -> Any:
         """``LiveSaga`` (optional): the final context, for a store that keeps
-        the finished saga (``context.frozen_to_dict`` reads it)."""
+        the finished saga as plain values (``context.frozen_to_dict`` reads
+        it); None when it should keep the saga itself: a resumed run, whose
+        journal holds entries in journal form, not raw ones."""
+        if self.resumed:
+            return None
         if self.image is None:
             return context_to_dict(self.context)
         return self.image

@@ -13,7 +13,6 @@ from typing import Any
 from ..context import frozen_to_dict
 from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
-from ..step import SagaStepResult
 from ._common import finite_seconds, non_negative_int
 from ._responses import journal_entry
 from .base import JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
@@ -235,97 +234,74 @@ class MemorySagaStore:
             self._sagas.pop(finished.popleft(), None)
 
 
-# A finished saga this process ran is kept as one flat tuple of atomic values
-# (as far as the saga allows): the garbage collector untracks such a tuple on
-# its first pass, so a full store costs a collection (nearly) nothing, where
-# the run's own objects would cost 15 or more per saga. (A nested tuple is
-# untracked one level per full collection at best: hence flat.) Layout:
+# A finished saga this process ran is kept as one flat tuple of plain values
+# (as far as the saga allows), rather than as its whole run (15 or more
+# objects the garbage collector tracks: the run, its lists, the journal's
+# tuples, a snapshot, the context). Layout:
 #
 #     saga name, fingerprint, status value, created at, updated at, entry count,
-#     the entries, 9 items each: a raw journal entry (``store.base.RawEntry``)
-#         whose response, unless it is atomic, is ``_MARK``,
+#     the entries, 9 items each (``store.base.RawEntry``),
 #     the context: ``_FROZEN, class index, n, n names, n values`` (a flat
-#         context, ``context.freeze_snapshot``) or ``_HELD`` (first in ``held``),
-#     held: a tuple of what could not be made atomic (``()`` when empty):
-#         the context if held, then each marked response, in order.
+#         context: ``context.freeze_context``), or ``_HELD, snapshot or dict``.
 #
-# Step responses are held as they are: turning an object into atomic values
-# costs more per saga than the collector spends on it (measured).
+# A saga whose steps return nothing, or ids, numbers, strings, leaves a tuple
+# of atomic values only, which the collector untracks on its first pass (a
+# nested tuple would take one full collection per level: hence flat). Step
+# responses that are objects stay in it as they are: the tuple is then
+# tracked, with those responses, and nothing else of the run. (Turning them
+# into plain values too costs more per saga than the collector spends on
+# them: measured.)
 _Frozen = tuple[Any, ...]
 
 _FROZEN, _HELD = 1, 2
 _HEADER = 6
 _STRIDE = 9
-# Stands for a held response; compared by identity (a str made at run time:
-# no response can be this very object).
-_MARK = "".join(["<response ", "held>"])
-_ATOMIC = frozenset({str, int, float, bool, type(None)})
-_RAW = frozenset({tuple})
 _SAGA_STATUS = {member.value: member for member in SagaStatus}
 
 
 def _freeze(saga: LiveSaga) -> _Frozen | None:
-    """``saga`` as a frozen record; None when it cannot be (a resumed run,
-    whose journal holds entries in journal form; a ``LiveSaga`` that is not
-    an ``Execution``): the store then keeps the saga itself."""
-    journal = saga.journal
+    """``saga`` as a frozen record; None when it cannot be (a ``LiveSaga``
+    with no ``frozen_context``, or one that declines: a resumed run, whose
+    journal holds entries in journal form): the store keeps the saga itself."""
     frozen_context = getattr(saga, "frozen_context", None)
-    if frozen_context is None or not _RAW.issuperset(map(type, journal)):
+    context = None if frozen_context is None else frozen_context()
+    if context is None:
         return None
+    journal = saga.journal
     count = len(journal)
     created_at = saga.created_at
     out: list[Any] = [
         saga.saga_name, saga.fingerprint, saga.status.value, created_at,
         journal[-1][7] if count else created_at, count, *chain.from_iterable(journal),
     ]
-    context = frozen_context()
-    held: list[Any]
     if context.__class__ is tuple:
         index, names, values = context
         out += (_FROZEN, index, len(names), *names, *values)
-        held = []
     else:
-        out.append(_HELD)
-        held = [context]
-    responses = out[_HEADER + 8:_HEADER + count * _STRIDE:_STRIDE]
-    atomic = _ATOMIC
-    if not atomic.issuperset(map(type, responses)):
-        at = _HEADER + 8
-        for response in responses:
-            if response.__class__ not in atomic:
-                out[at] = _MARK
-                if response.__class__ is SagaStepResult:
-                    response = response[0]  # what the journal form keeps of it
-                held.append(response)
-            at += _STRIDE
-    out.append(tuple(held))
+        out += (_HELD, context)
     return tuple(out)
 
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
     saga_name, fingerprint, status, created_at, updated_at, count = frozen[:_HEADER]
-    i = _HEADER + count * _STRIDE
-    held = iter(frozen[-1])
-    if frozen[i] == _HELD:
-        context = _context_form(next(held))
+    end = _HEADER + count * _STRIDE
+    if frozen[end] == _HELD:
+        context = _context_form(frozen[end + 1])
     else:
-        n = frozen[i + 2]
-        start = i + 3
-        context = frozen_to_dict((frozen[i + 1], frozen[start:start + n],
+        n = frozen[end + 2]
+        start = end + 3
+        context = frozen_to_dict((frozen[end + 1], frozen[start:start + n],
                                   frozen[start + n:start + 2 * n]))
-    history = []
-    for at in range(_HEADER, _HEADER + count * _STRIDE, _STRIDE):
-        raw = frozen[at:at + _STRIDE]
-        if raw[8] is _MARK:
-            raw = (*raw[:8], next(held))
-        history.append(journal_entry(raw, saga_name))
     return SagaRecord(
         saga_id=saga_id,
         saga_name=saga_name,
         fingerprint=fingerprint,
         status=_SAGA_STATUS[status],
         context=context,
-        history=history,
+        history=[
+            journal_entry(frozen[at:at + _STRIDE], saga_name)
+            for at in range(_HEADER, end, _STRIDE)
+        ],
         created_at=created_at,
         updated_at=updated_at,
         version=count,
