@@ -437,6 +437,55 @@ def take_snapshot(context: object) -> Snapshot:
     return _make_snapshot(Snapshot, (context, state_copy, slot_names, slots, False))
 
 
+# --------------------------------------------------------------------------- frozen state
+#
+# A finished saga kept by MemorySagaStore holds its last context as plain
+# immutable values (no reference to the context's class, which the collector
+# tracks): a tuple of such values is untracked by the collector after its
+# first pass, so 10,000 retained sagas cost a full collection nothing.
+
+_FROZEN_TYPES: list[type] = []
+_FROZEN_INDEX: dict[type, int] = {}
+# Exact types a frozen state may hold: never tracked by the garbage collector.
+_ATOMIC: frozenset[type] = frozenset({str, int, float, bool, bytes, complex, type(None)})
+
+
+def type_index(cls: type) -> int:
+    """A small int standing for ``cls`` (see ``type_at``): what a frozen record holds."""
+    index = _FROZEN_INDEX.get(cls)
+    if index is None:
+        index = _FROZEN_INDEX[cls] = len(_FROZEN_TYPES)
+        _FROZEN_TYPES.append(cls)
+    return index
+
+
+def type_at(index: int) -> type:
+    return _FROZEN_TYPES[index]
+
+
+def freeze_context(context: object) -> Any:
+    """``context``'s state as ``(class index, names, values)`` when it is a flat
+    one of atomic values whose class can be made bare (``frozen_to_dict``
+    reads it); else a snapshot of it (``take_snapshot``)."""
+    cls: Any = context.__class__
+    if _DICT_ONLY.get(cls) and cls.__new__ is object.__new__:
+        state = context.__dict__
+        if _ATOMIC.issuperset(map(type, state.values())):
+            return (type_index(cls), tuple(state), tuple(state.values()))
+    return take_snapshot(context)
+
+
+def frozen_to_dict(frozen: Any) -> dict[str, Any]:
+    """The journal form of what ``freeze_context`` returned."""
+    if isinstance(frozen, Snapshot):
+        return frozen.to_dict()
+    index, names, values = frozen
+    cls: Any = type_at(index)
+    shell = cls.__new__(cls)
+    shell.__dict__.update(zip(names, values, strict=True))
+    return context_to_dict(shell)
+
+
 
 # --------------------------------------------------------------------------- journal form
 

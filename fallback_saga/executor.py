@@ -42,6 +42,8 @@ from .context import (
     changed_fields,
     check_serializable,
     context_to_dict,
+    freeze_context,
+    frozen_to_dict,
     take_snapshot,
     working_copy,
     write_fields,
@@ -80,9 +82,11 @@ _log = logging.getLogger("fallback_saga")
 ContextT = TypeVar("ContextT")
 T = TypeVar("T")
 
-_STARTED = StepStatus.STARTED
-_COMPLETED = StepStatus.COMPLETED
-_FAILED = StepStatus.FAILED
+# Raw journal entries hold a status as its plain value (see store.base.RawEntry).
+_STARTED: str = StepStatus.STARTED.value
+_COMPLETED: str = StepStatus.COMPLETED.value
+_FAILED: str = StepStatus.FAILED.value
+_CANCELLED: str = StepStatus.CANCELLED.value
 _now = time.time
 
 
@@ -94,6 +98,29 @@ class SagaResult(Generic[ContextT]):
     status: SagaStatus
     context: ContextT
     results: list[SagaStepResult[ContextT, Any]]
+
+
+_new_object = object.__new__
+_RESULT_SLOTS = tuple(
+    SagaResult.__dict__[name].__set__ for name in ("saga_id", "status", "context", "results")
+)
+
+
+def _saga_result(
+    saga_id: str, status: SagaStatus, context: Any, results: list[Any]
+) -> SagaResult[Any]:
+    """``SagaResult(...)`` without its generated ``__init__`` (four
+    ``object.__setattr__`` calls: a frozen dataclass's), on every completed run."""
+    result: SagaResult[Any] = _new_object(SagaResult)
+    set_id, set_status, set_context, set_results = _RESULT_SLOTS
+    set_id(result, saga_id)
+    set_status(result, status)
+    set_context(result, context)
+    set_results(result, results)
+    return result
+
+
+_new_tuple = tuple.__new__
 
 
 # --------------------------------------------------------------------------- saga ids
@@ -346,7 +373,7 @@ class Execution(StepCursor):
         # The interrupting write may have landed unseen: the status it carried.
         self.landed_unseen: SagaStatus | None = None
         self.created_at = _now()
-        self.image: Snapshot | None = None
+        self.image: Any = None  # a Snapshot; once finished, what freeze_context gave
         # Every write is conditional on the fencing token: 0 for a first run
         # (so that a recovery worker claiming the saga — token 1 — shuts this
         # runner out if it is merely slow), the lease's token when resumed.
@@ -406,11 +433,45 @@ class Execution(StepCursor):
                 group: GroupPlan = plan[start]  # type: ignore[assignment]
                 results += await self.run_group(group, resumed_group, fallbacks_started)
                 start += 1
+            hooks = self.hooks
+            # A plain step on an in-process store with no step listener runs
+            # inlined below: try_branch's work, less its coroutine and checks.
+            inline = self.live and not (
+                hooks.step_started or hooks.step_completed
+                or hooks.step_call_started or hooks.step_call_finished
+            )
+            context = self.context
+            journal = self.journal
+            stack = self.stack
             for item in plan[start:] if start else plan:
                 # run_item, inlined: this loop is the hottest path of the library
-                if isinstance(item, Branch):
+                if item.__class__ is Branch:
                     branch = item
-                    snapshot = self.image = take_snapshot(self.context)
+                    snapshot = self.image = take_snapshot(context)
+                    if inline and branch.retry is None and branch.timeout is None:
+                        self.step = name = branch.name
+                        self.attempt = 1
+                        journal.append((branch.position, name, branch.branch, "act", _STARTED,
+                                        1, None, _now(), None))
+                        self.action = "act"
+                        self.active = True
+                        try:
+                            response = await branch.act(context)
+                        except BaseException as error:
+                            self.active = False
+                            snapshot.restore(context)
+                            self._act_failed(branch, 1, error)
+                            raise
+                        self.active = False
+                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                        1, None, _now(), response))
+                        self.context_dirty = True
+                        stack.append(branch)
+                    else:
+                        response = await self.try_branch(branch, snapshot, None)
+                elif isinstance(item, Branch):
+                    branch = item
+                    snapshot = self.image = take_snapshot(context)
                     response = await self.try_branch(branch, snapshot, None)
                 elif isinstance(item, FallbackPlan):
                     branch, response = await self.run_fallback(item)
@@ -418,7 +479,7 @@ class Execution(StepCursor):
                     results += await self.run_group(item)
                     continue
                 if not isinstance(response, SagaStepResult):
-                    response = SagaStepResult(response, branch.name, self.saga_id)
+                    response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
                 results.append(response)
         except (Exception, JournalWriteFailed) as error:
             await self.fail(error)
@@ -427,6 +488,8 @@ class Execution(StepCursor):
             raise
         finally:
             _CURSOR.reset(token)
+        if self.live:
+            return self.complete_live()  # one coroutine fewer
         return await self.complete()
 
     async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
@@ -443,28 +506,35 @@ class Execution(StepCursor):
             return [response]
         return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
 
-    async def complete(self) -> SagaResult[Any]:
-        if self.live:
-            self.image = take_snapshot(self.context)
-            self.status = SagaStatus.COMPLETED
-            self.store.finished(self)  # type: ignore[attr-defined]
-        else:
-            # S13: the caller hears "completed" only once the journal says so.
-            self.pending_status = SagaStatus.COMPLETED
-            failure: JournalWriteFailed | None = None
-            try:
-                await self.flush()
-            except JournalWriteFailed as error:
-                failure = error
-            if failure is not None:
-                if isinstance(failure.error, ContextSerializationError):
-                    # The last step left a context the journal cannot hold.
-                    await self.fail(failure)
-                raise self._interrupted(failure.error)
-            self.status = SagaStatus.COMPLETED
+    def complete_live(self) -> SagaResult[Any]:
+        """``complete`` on an in-process store: nothing to await."""
+        # The final state, frozen (no snapshot to take when it is flat).
+        self.image = freeze_context(self.context)
+        self.status = SagaStatus.COMPLETED
+        self.store.finished(self)  # type: ignore[attr-defined]
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
-        return SagaResult(self.saga_id, self.status, self.context, self.results)
+        return _saga_result(self.saga_id, self.status, self.context, self.results)
+
+    async def complete(self) -> SagaResult[Any]:
+        if self.live:
+            return self.complete_live()
+        # S13: the caller hears "completed" only once the journal says so.
+        self.pending_status = SagaStatus.COMPLETED
+        failure: JournalWriteFailed | None = None
+        try:
+            await self.flush()
+        except JournalWriteFailed as error:
+            failure = error
+        if failure is not None:
+            if isinstance(failure.error, ContextSerializationError):
+                # The last step left a context the journal cannot hold.
+                await self.fail(failure)
+            raise self._interrupted(failure.error)
+        self.status = SagaStatus.COMPLETED
+        if self.hooks.saga_finished:
+            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
+        return _saga_result(self.saga_id, self.status, self.context, self.results)
 
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""
@@ -717,7 +787,7 @@ class Execution(StepCursor):
         # like a completed act — journaled CANCELLED, which resume_point puts
         # on the compensation stack too.
         self.journal.append(
-            (branch.position, branch.name, branch.branch, "act", StepStatus.CANCELLED, attempt,
+            (branch.position, branch.name, branch.branch, "act", _CANCELLED, attempt,
              "CancelledError: cancelled while its act ran; its effect is uncertain", _now(),
              None)
         )
@@ -916,7 +986,7 @@ class Execution(StepCursor):
             final = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
             if self.live:
                 self.status = final
-                self.image = take_snapshot(self.context)
+                self.image = freeze_context(self.context)
                 self.store.finished(self)  # type: ignore[attr-defined]
             else:
                 self.pending_status = final
@@ -1006,7 +1076,18 @@ class Execution(StepCursor):
         """``LiveSaga``: the context as of the last transition, in journal form."""
         if self.image is None:
             return context_to_dict(self.context)
-        return self.image.to_dict()
+        return frozen_to_dict(self.image)
+
+    def frozen_context(self) -> Any:
+        """``LiveSaga`` (optional): the final context, for a store that keeps
+        the finished saga as plain values (``context.frozen_to_dict`` reads
+        it); None when it should keep the saga itself: a resumed run, whose
+        journal holds entries in journal form, not raw ones."""
+        if self.resumed:
+            return None
+        if self.image is None:
+            return context_to_dict(self.context)
+        return self.image
 
     async def flush(self, *, unwinding: bool = False) -> None:
         """``_flush``, one write at a time while the members of a group run."""

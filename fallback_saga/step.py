@@ -96,6 +96,9 @@ class SagaStepResult(NamedTuple, Generic[ContextT, ResponseT]):
     saga_id: str
 
 
+_new_tuple = tuple.__new__
+
+
 class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     """Convenient base for steps bound to a context type and a response type.
 
@@ -127,7 +130,8 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
         cursor = _CURSOR.get()
         if cursor is None or not cursor.active:
             return SagaStepResult(response=response, step_name=step_name(self), saga_id="")
-        return SagaStepResult(response=response, step_name=cursor.step, saga_id=cursor.saga_id)
+        # The named tuple made directly: its generated __new__ is a Python call.
+        return _new_tuple(SagaStepResult, (response, cursor.step, cursor.saga_id))
 
 
 def step_name(step: object) -> str:

@@ -24,6 +24,11 @@ __all__ = ["UNJOURNALED", "journal_entry", "response_text"]
 _log = logging.getLogger("fallback_saga")
 
 _COMPLETED: Final = StepStatus.COMPLETED
+# A raw entry's status (its value, or the member itself) -> the member.
+_STEP_STATUS: Final[dict[str, StepStatus]] = {
+    **{member.value: member for member in StepStatus},
+    **{member: member for member in StepStatus},
+}
 
 # The journal form of a response that could not be kept: a tag the context
 # codec never writes, so it cannot be confused with a journaled value.
@@ -91,8 +96,9 @@ def journal_entry(raw: RawEntry | JournalEntry, saga_name: str) -> JournalEntry:
     a ``JournalEntry`` already (read back from a store) is returned as it is."""
     if isinstance(raw, JournalEntry):
         return raw
-    position, step, branch, action, status, attempt, error, at, response = raw
+    position, step, branch, action, value, attempt, error, at, response = raw
+    status = _STEP_STATUS[value]
     if status is _COMPLETED and action == "act":
         return JournalEntry(position, step, branch, action, status, attempt, error, at,
                             response_text(response, saga_name, step))
-    return tuple.__new__(JournalEntry, raw)  # its last item is None
+    return JournalEntry(position, step, branch, action, status, attempt, error, at, None)

@@ -248,7 +248,11 @@ class WorkNotifier(Protocol):
 # last item is the step's response itself, on an act-COMPLETED entry (``None``
 # elsewhere): it is put in journal form only when written or loaded
 # (``results.journal_entry``), so a saga on an in-process store never pays for it.
-RawEntry = tuple[int, str, Branch, Action, StepStatus, int, str | None, float, Any]
+# Its status is the ``StepStatus``'s value, a plain ``str`` (a ``StepStatus``
+# member is a ``str`` too: a resumed run's journal holds ``JournalEntry``s):
+# a tuple of plain values is one the garbage collector can untrack, an enum
+# member is an object it tracks.
+RawEntry = tuple[int, str, Branch, Action, str, int, str | None, float, Any]
 
 
 class LiveSaga(Protocol):

@@ -7,8 +7,10 @@ import math
 import time
 from collections import deque
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
+from ..context import frozen_to_dict
 from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
 from ._common import finite_seconds, non_negative_int
@@ -43,7 +45,7 @@ class MemorySagaStore:
         if isinstance(max_finished, bool) or not isinstance(max_finished, int) or max_finished < 0:
             raise ValueError(f"max_finished must be an int >= 0, got {max_finished!r}")
         self.max_finished = max_finished
-        self._sagas: dict[str, SagaRecord | LiveSaga] = {}
+        self._sagas: dict[str, SagaRecord | LiveSaga | _Frozen] = {}
         self._finished: deque[str] = deque()  # oldest first; each saga retires once
 
     def __len__(self) -> int:
@@ -60,8 +62,12 @@ class MemorySagaStore:
         self._sagas[saga.saga_id] = saga
 
     def finished(self, saga: LiveSaga) -> None:
-        if self._sagas.get(saga.saga_id) is saga:
-            self._retire(saga.saga_id)
+        saga_id = saga.saga_id
+        if self._sagas.get(saga_id) is saga:
+            frozen = _freeze(saga)
+            if frozen is not None:
+                self._sagas[saga_id] = frozen
+            self._retire(saga_id)
 
     # ------------------------------------------------------------------ SagaStore
 
@@ -136,6 +142,8 @@ class MemorySagaStore:
                 updated_at=saga.updated_at,
                 version=saga.version,
             )
+        if isinstance(saga, tuple):
+            return _thaw(saga_id, saga)
         history = [journal_entry(raw, saga.saga_name) for raw in saga.journal]
         return SagaRecord(
             saga_id=saga.saga_id,
@@ -208,6 +216,8 @@ class MemorySagaStore:
 
     def _summary(self, saga_id: str) -> SagaSummary:
         saga = self._sagas[saga_id]
+        if isinstance(saga, tuple):
+            return _frozen_summary(saga_id, saga)
         if isinstance(saga, SagaRecord):
             updated_at = saga.updated_at
         else:
@@ -222,6 +232,91 @@ class MemorySagaStore:
         finished.append(saga_id)
         while len(finished) > self.max_finished:
             self._sagas.pop(finished.popleft(), None)
+
+
+# A finished saga this process ran is kept as one flat tuple of plain values
+# (as far as the saga allows), rather than as its whole run (15 or more
+# objects the garbage collector tracks: the run, its lists, the journal's
+# tuples, a snapshot, the context). Layout:
+#
+#     saga name, fingerprint, status value, created at, updated at, entry count,
+#     the entries, 9 items each (``store.base.RawEntry``),
+#     the context: ``_FROZEN, class index, n, n names, n values`` (a flat
+#         context: ``context.freeze_context``), or ``_HELD, snapshot or dict``.
+#
+# A saga whose steps return nothing, or ids, numbers, strings, leaves a tuple
+# of atomic values only, which the collector untracks on its first pass (a
+# nested tuple would take one full collection per level: hence flat). Step
+# responses that are objects stay in it as they are: the tuple is then
+# tracked, with those responses, and nothing else of the run. (Turning them
+# into plain values too costs more per saga than the collector spends on
+# them: measured.)
+_Frozen = tuple[Any, ...]
+
+_FROZEN, _HELD = 1, 2
+_HEADER = 6
+_STRIDE = 9
+_SAGA_STATUS = {member.value: member for member in SagaStatus}
+
+
+def _freeze(saga: LiveSaga) -> _Frozen | None:
+    """``saga`` as a frozen record; None when it cannot be (a ``LiveSaga``
+    with no ``frozen_context``, or one that declines: a resumed run, whose
+    journal holds entries in journal form): the store keeps the saga itself."""
+    frozen_context = getattr(saga, "frozen_context", None)
+    context = None if frozen_context is None else frozen_context()
+    if context is None:
+        return None
+    journal = saga.journal
+    count = len(journal)
+    created_at = saga.created_at
+    out: list[Any] = [
+        saga.saga_name, saga.fingerprint, saga.status.value, created_at,
+        journal[-1][7] if count else created_at, count, *chain.from_iterable(journal),
+    ]
+    if context.__class__ is tuple:
+        index, names, values = context
+        out += (_FROZEN, index, len(names), *names, *values)
+    else:
+        out += (_HELD, context)
+    return tuple(out)
+
+
+def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
+    saga_name, fingerprint, status, created_at, updated_at, count = frozen[:_HEADER]
+    end = _HEADER + count * _STRIDE
+    if frozen[end] == _HELD:
+        context = _context_form(frozen[end + 1])
+    else:
+        n = frozen[end + 2]
+        start = end + 3
+        context = frozen_to_dict((frozen[end + 1], frozen[start:start + n],
+                                  frozen[start + n:start + 2 * n]))
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=saga_name,
+        fingerprint=fingerprint,
+        status=_SAGA_STATUS[status],
+        context=context,
+        history=[
+            journal_entry(frozen[at:at + _STRIDE], saga_name)
+            for at in range(_HEADER, end, _STRIDE)
+        ],
+        created_at=created_at,
+        updated_at=updated_at,
+        version=count,
+    )
+
+
+def _frozen_summary(saga_id: str, frozen: _Frozen) -> SagaSummary:
+    saga_name, _, status, created_at, updated_at = frozen[:5]
+    return SagaSummary(saga_id, saga_name, _SAGA_STATUS[status], created_at, updated_at)
+
+
+def _context_form(context: Any) -> dict[str, Any]:
+    if isinstance(context, dict):
+        return copy.deepcopy(context)  # callers get their own copy
+    return frozen_to_dict(context)
 
 
 def _time_range(since: float | None, until: float | None) -> tuple[float, float]:
