@@ -33,7 +33,13 @@ from .executor import (
 )
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
 from .results import journaled_results, results_by_position
-from .resumption import LeasedRun, check_definition, default_owner, resume_point
+from .resumption import (
+    LeasedRun,
+    ResumePoint,
+    check_definition,
+    default_owner,
+    resume_point,
+)
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .shielding import shielded
 from .status import SagaStatus
@@ -292,13 +298,7 @@ class Saga(Generic[ContextT]):
                 failed_step=failure[0],
                 error=RecordedError(failure[1] or "failed in an earlier run"),
             )
-        execution = self._execution(context, record.saga_id, fence=lease)
-        execution.resumed = True
-        execution.created = True
-        execution.journal = list(record.history)
-        execution.written = len(execution.journal)
-        execution.stack = [self._branch_at(record, position, branch) for position, branch
-                           in point.stack]
+        execution = self._execution_at(record, context, point, lease)
         if status is SagaStatus.COMPENSATING:
             await execution.resume_unwinding(
                 failure[0], RecordedError(failure[1] or "failed in an earlier run")
@@ -342,6 +342,14 @@ class Saga(Generic[ContextT]):
             raise TypeError(f"{definition.saga_name} must declare its context type")
         context: Any = context_from_dict(definition.context_type, record.context)
         point = resume_point(record, self._groups)
+        execution = self._execution_at(record, context, point, lease)
+        await execution.resume_unwinding("", RecordedError(why))
+
+    def _execution_at(
+        self, record: SagaRecord, context: Any, point: ResumePoint, lease: Lease | None
+    ) -> Execution:
+        """A run that picks ``record`` up where its journal stops: the journal
+        as written, the compensation stack as it stands."""
         execution = self._execution(context, record.saga_id, fence=lease)
         execution.resumed = True
         execution.created = True
@@ -349,7 +357,7 @@ class Saga(Generic[ContextT]):
         execution.written = len(execution.journal)
         execution.stack = [self._branch_at(record, position, branch) for position, branch
                            in point.stack]
-        await execution.resume_unwinding("", RecordedError(why))
+        return execution
 
     def _branch_at(self, record: SagaRecord, position: int, branch: str) -> Branch:
         item = self._members[position] if position < len(self._members) else None

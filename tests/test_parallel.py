@@ -33,7 +33,7 @@ from fallback_saga import (
     current_step,
 )
 
-pytest_plugins = ["conftest_pg"]
+pytest_plugins = ["conftest_pg", "helpers_stores"]
 
 # --------------------------------------------------------------------------- definition
 
@@ -551,25 +551,8 @@ async def test_the_gantt_draws_members_side_by_side(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- every store
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "memory":
-        yield MemorySagaStore()
-        return
-    if request.param == "sqlite":
-        async with SQLiteSagaStore(tmp_path / "s.db") as sqlite:
-            yield sqlite
-        return
-    from fallback_saga.store.postgres import PostgresSagaStore
-
-    conninfo = request.getfixturevalue("pg_conninfo")
-    schema = request.getfixturevalue("pg_schema")
-    async with PostgresSagaStore(conninfo, schema=schema, min_size=1) as pg:
-        yield pg
-
-
 async def test_S15_on_every_store_a_failing_member_unwinds_exactly_what_ran(
-    any_store: Any,
+    every_store: Any,
 ) -> None:
     trace: Trace = []
     slow = Blocker("Slow", trace)
@@ -590,12 +573,12 @@ async def test_S15_on_every_store_a_failing_member_unwinds_exactly_what_ran(
     saga_cls = _group_saga(slow, Probe("Quick", trace, mutate=reserve), Failing(),
                            before=Probe("Before", trace))
     with pytest.raises(SagaFailed) as info:
-        await saga_cls(store=any_store).run(OrderCtx(), saga_id="g1")
+        await saga_cls(store=every_store).run(OrderCtx(), saga_id="g1")
     assert info.value.status is SagaStatus.COMPENSATED
     undone = compensated(trace)
     assert sorted(undone[:2]) == ["Quick", "Slow"]
     assert undone[2:] == ["Before"]
-    record = await any_store.load("g1")
+    record = await every_store.load("g1")
     assert record.status is SagaStatus.COMPENSATED
     ends = {(e.step, e.action): e.status for e in record.history}
     assert ends[("Slow", "act")] is StepStatus.CANCELLED
@@ -606,7 +589,7 @@ async def test_S15_on_every_store_a_failing_member_unwinds_exactly_what_ran(
 
 
 async def test_S15_on_every_store_a_completed_group_is_journaled_with_every_write(
-    any_store: Any,
+    every_store: Any,
 ) -> None:
     trace: Trace = []
 
@@ -618,8 +601,8 @@ async def test_S15_on_every_store_a_completed_group_is_journaled_with_every_writ
 
     saga_cls = _group_saga(Probe("Reserve", trace, mutate=reserve),
                            Probe("Pick", trace, mutate=pick), after=Probe("Ship", trace))
-    result = await saga_cls(store=any_store).run(OrderCtx(), saga_id="g2")
-    record = await any_store.load("g2")
+    result = await saga_cls(store=every_store).run(OrderCtx(), saga_id="g2")
+    record = await every_store.load("g2")
     assert record.status is SagaStatus.COMPLETED
     assert record.context["reservation"] == "r-1"
     assert record.context["items"] == ["apple", "pear"]

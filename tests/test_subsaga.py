@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +24,6 @@ import subsaga_app as app
 from helpers_saga import JsonStore
 
 from fallback_saga import (
-    MemorySagaStore,
     Parallel,
     Saga,
     SagaContext,
@@ -39,26 +37,14 @@ from fallback_saga import (
 )
 from fallback_saga.retry import RetryPolicy
 
-pytest_plugins = ["conftest_pg"]
+pytest_plugins = ["conftest_pg", "helpers_stores"]
 
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        yield MemorySagaStore()
-        return
-    if request.param == "sqlite":
-        async with SQLiteSagaStore(tmp_path / "s.db") as sqlite:
-            yield sqlite
-        return
-    from fallback_saga.store.postgres import PostgresSagaStore
-
-    conninfo = request.getfixturevalue("pg_conninfo")
-    schema = request.getfixturevalue("pg_schema")
-    async with PostgresSagaStore(conninfo, schema=schema, min_size=1) as pg:
-        yield pg
+@pytest.fixture
+def store(every_store: Any) -> Any:
+    return every_store
 
 
 @pytest.fixture(autouse=True)
