@@ -30,7 +30,6 @@ from fallback_saga import (
     SagaContext,
     SagaFailed,
     SagaListener,
-    SagaResult,
     SagaStepHandler,
     SQLiteSagaStore,
     SubSaga,
@@ -158,9 +157,9 @@ def quote_for(order: OrderContext) -> QuoteContext:
     return QuoteContext(destination=order.destination)
 
 
-def merge_quote(order: OrderContext, quote: SagaResult[QuoteContext]) -> None:
+def merge_quote(order: OrderContext, quote: QuoteContext) -> None:
     # Writes the member's copy: the order gets it when the child has completed.
-    order.shipping = f"{quote.context.carrier}, {quote.context.price_cents} cents"
+    order.shipping = f"{quote.carrier}, {quote.price_cents} cents"
 
 
 class Ship(SagaStepHandler[OrderContext, str]):

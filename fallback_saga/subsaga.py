@@ -7,7 +7,7 @@ parent of a child and the children of a parent), and recovery leaves a child
 to its parent while the parent is in flight (``recover`` defers it).
 
 * **act** runs the child with ``context(parent_context)``; when the child
-  completes, ``merge(parent_context, child_result)`` (if given) writes what
+  completes, ``merge(parent_context, child_context)`` (if given) writes what
   the parent needs, and the step's response is the child's final context.
   A child that fails has unwound itself: the step fails with the child's
   ``SagaFailed`` and the parent unwinds as for any failed step (the child is
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from .errors import SagaAlreadyExists, SagaBusy, SagaFailed, SagaInterrupted, SagaNotFound
-from .executor import Execution, JournalWriteFailed, SagaResult, running_execution
+from .executor import Execution, JournalWriteFailed, running_execution
 from .saga import Saga
 from .status import SagaStatus
 from .step import current_step
@@ -79,8 +79,9 @@ class SubSaga(Generic[ParentT, ChildT]):
       listeners, or a ``Saga`` instance (built with the store the parent
       uses: the child is journaled there);
     * ``context`` — builds the child's context from the parent's;
-    * ``merge`` — optional: ``merge(parent_context, child_result)`` copies
-      what the parent needs from the child's ``SagaResult`` once it completed;
+    * ``merge`` — optional: ``merge(parent_context, child_context)`` copies
+      what the parent needs from the child's final context once it completed
+      (``context=`` is the way in, ``merge=`` the way back);
     * ``name`` — the step's name in the parent (default: the child saga's
       name); the child's saga id is ``"<parent id>/<name>"``;
     * ``lease_seconds`` — how long the parent holds the child's lease while it
@@ -99,7 +100,7 @@ class SubSaga(Generic[ParentT, ChildT]):
         saga: type[Saga[ChildT]] | Saga[ChildT],
         *,
         context: Callable[[ParentT], ChildT],
-        merge: Callable[[ParentT, SagaResult[ChildT]], None] | None = None,
+        merge: Callable[[ParentT, ChildT], None] | None = None,
         name: str | None = None,
         lease_seconds: float = DEFAULT_CHILD_LEASE,
     ) -> None:
@@ -117,7 +118,7 @@ class SubSaga(Generic[ParentT, ChildT]):
         if not callable(context):
             raise TypeError("SubSaga context= must be a callable: parent context -> child context")
         if merge is not None and not callable(merge):
-            raise TypeError("SubSaga merge= must be a callable (parent context, child result)")
+            raise TypeError("SubSaga merge= must be a callable (parent context, child context)")
         self.saga = saga
         self.context = context
         self.merge = merge
@@ -147,7 +148,7 @@ class SubSaga(Generic[ParentT, ChildT]):
             # unwinding (S13) — recovery finishes both from their journals.
             raise JournalWriteFailed(interrupted) from interrupted
         if self.merge is not None:
-            self.merge(context, result)
+            self.merge(context, result.context)
         return result.context
 
     async def compensate(self, context: ParentT) -> None:

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 from fallback_saga import Saga as _Saga
 from fallback_saga import (
     SagaContext,
-    SagaResult,
     SagaStepHandler,
     SubSaga,
     current_step,
@@ -115,8 +114,8 @@ class Ship(SagaStepHandler[OrderCtx, str]):
         return "shipped"
 
 
-def merge(parent: OrderCtx, child: SagaResult[PayCtx]) -> None:
-    parent.payment = child.context.auth
+def merge(parent: OrderCtx, child: PayCtx) -> None:
+    parent.payment = child.auth
 
 
 def pay_context(parent: OrderCtx) -> PayCtx:

@@ -158,8 +158,8 @@ async def test_S15_a_child_saga_can_be_a_member_of_a_parallel_group(
         async def act(self, ctx: Ctx, /) -> None:
             ctx.shipped = True
 
-    def merge(parent: Ctx, child: Any) -> None:
-        parent.payment = child.context.auth
+    def merge(parent: Ctx, child: app.PayCtx) -> None:
+        parent.payment = child.auth
 
     class Order(Saga[Ctx]):
         steps: ClassVar[list[Any]] = [
