@@ -878,7 +878,19 @@ class Execution(StepCursor):
                 (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
             )
         if not self.live:
-            await self.flush()  # the group's write-ahead: one write for every member
+            try:
+                await self.flush()  # the group's write-ahead: one write for every member
+            except asyncio.CancelledError:
+                # Cancelled while it was written: no member ran. Say so, as a
+                # step whose write-ahead was cancelled does (S13: the journal
+                # ends saying what happened).
+                now = _now()
+                for _, first in todo:
+                    journal.append(
+                        (first.position, first.name, first.branch, "act", _FAILED, 1,
+                         "CancelledError: cancelled before its act ran", now, None)
+                    )
+                raise
             self.write_lock = asyncio.Lock()
         writes: dict[str, str] = {}  # context field -> the member that wrote it
         failures: list[tuple[str, BaseException]] = []

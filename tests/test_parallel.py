@@ -661,3 +661,39 @@ async def test_S15_S10_a_member_retried_in_its_lane_journals_each_attempt_before
         (2, StepStatus.STARTED), (2, StepStatus.COMPLETED),
     ]
     assert record.status is SagaStatus.COMPLETED
+
+
+async def test_S13_a_group_cancelled_during_its_write_ahead_runs_no_member_and_says_so(
+    tmp_path: Path,
+) -> None:
+    trace: Trace = []
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowStore(SQLiteSagaStore):
+        async def append(self, *args: Any, **kwargs: Any) -> None:
+            if any(e.step == "B" and e.status is StepStatus.STARTED for e in args[1]):
+                entered.set()
+                await release.wait()  # the group's write-ahead, held up
+            await super().append(*args, **kwargs)
+
+    store = SlowStore(tmp_path / "s.db")
+    try:
+        saga = _group_saga(Probe("A", trace), Probe("B", trace), before=Probe("Before", trace))
+        task = asyncio.create_task(saga(store=store).run(OrderCtx(), saga_id="w1"))
+        await reached(entered)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await store.load("w1")
+    finally:
+        await store.close()
+    assert acted(trace) == ["Before"]  # no member ran
+    assert compensated(trace) == ["Before"]
+    ends = [(e.step, e.status) for e in record.history if e.step in ("A", "B")]
+    assert ends == [
+        ("A", StepStatus.STARTED), ("B", StepStatus.STARTED),
+        ("A", StepStatus.FAILED), ("B", StepStatus.FAILED),
+    ]
+    assert record.status is SagaStatus.COMPENSATED
