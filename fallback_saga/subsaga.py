@@ -40,9 +40,9 @@ from .saga import Saga
 from .status import SagaStatus
 from .step import current_step
 from .store._common import check_saga_id
-from .store.base import Lease, is_recoverable
+from .store.base import Lease, SagaRecord, is_recoverable
 
-__all__ = ["SubSaga", "child_saga_id", "parent_saga_id"]
+__all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "saga_family"]
 
 ParentT = TypeVar("ParentT")
 ChildT = TypeVar("ChildT")
@@ -215,6 +215,27 @@ class SubSaga(Generic[ParentT, ChildT]):
                 f"which no store can hold ({error}): use a shorter parent saga id or "
                 f"step name"
             ) from error
+
+
+async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[str]]:
+    """The parent of ``record`` and its children (``SubSaga``), as stored: a
+    child's id is ``<parent id>/<step>``, so each is looked up by that id."""
+    parent = parent_saga_id(record.saga_id)
+    if parent is not None:
+        try:
+            await store.load(parent)
+        except SagaNotFound:
+            parent = None  # an id of its own that merely looks like a child's
+    children: list[str] = []
+    steps = dict.fromkeys(e.step for e in record.history if e.action == "act")
+    for step in steps:
+        child = child_saga_id(record.saga_id, step)
+        try:
+            await store.load(child)
+        except (SagaNotFound, ValueError):
+            continue
+        children.append(child)
+    return parent, children
 
 
 def _parent() -> Execution:

@@ -302,3 +302,19 @@ def test_the_operator_cli_shows_the_parent_child_link(
     assert main(["show", "o8", "--db", str(db), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["parent"], data["children"]) == (None, ["o8/Pay"])
+
+
+async def test_the_web_console_links_parent_and_child(tmp_path: Path) -> None:
+    from fallback_saga.console.data import fetch_saga, record_json
+    from fallback_saga.console.pages import saga_page
+
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await app.OrderSaga(store=store).run(app.OrderCtx(), saga_id="o<8>")
+        parent = await fetch_saga(store, "o<8>")
+        child = await fetch_saga(store, "o<8>/Pay")
+    assert (parent.parent, parent.children) == (None, ["o<8>/Pay"])
+    assert (child.parent, child.children) == ("o<8>", [])
+    assert record_json(child)["parent"] == "o<8>"
+    page = saga_page(parent, [], store_label="s.db", now=0.0)
+    assert 'child sagas: <a class="id" href="/sagas/o%3C8%3E%2FPay">o&lt;8&gt;/Pay</a>' in page
+    assert "child of" in saga_page(child, [], store_label="s.db", now=0.0)

@@ -17,7 +17,7 @@ from ..errors import SagaNotFound
 from ..status import SagaStatus
 from ..store._common import short_repr
 from ..store.base import RecoverableStore, SagaRecord, SagaSummary
-from ..subsaga import child_saga_id, parent_saga_id
+from ..subsaga import saga_family
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_OK, UsageError
 from .mermaid import mermaid_gantt
@@ -147,26 +147,6 @@ def record_json(
         "children": list(children),
     }
 
-
-async def saga_family(store: RecoverableStore, record: SagaRecord) -> tuple[str | None, list[str]]:
-    """The parent of ``record`` and its children (``SubSaga``), as stored: a
-    child's id is ``<parent id>/<step>``, so each is looked up by that id."""
-    parent = parent_saga_id(record.saga_id)
-    if parent is not None:
-        try:
-            await store.load(parent)
-        except SagaNotFound:
-            parent = None  # an id of its own that merely looks like a child's
-    children: list[str] = []
-    steps = dict.fromkeys(e.step for e in record.history if e.action == "act")
-    for step in steps:
-        child = child_saga_id(record.saga_id, step)
-        try:
-            await store.load(child)
-        except (SagaNotFound, ValueError):
-            continue
-        children.append(child)
-    return parent, children
 
 
 # --------------------------------------------------------------------------- list

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode
 from ..errors import SagaNotFound
 from ..status import SagaStatus
 from ..store.base import LeaseState, SagaRecord, SagaSummary
+from ..subsaga import saga_family
 
 __all__ = [
     "SCAN_LIMIT",
@@ -343,6 +344,8 @@ class SagaView:
     record: SagaRecord
     lease: LeaseState | None
     lease_note: str | None = None
+    parent: str | None = None  # a child saga's parent (SubSaga)
+    children: list[str] = field(default_factory=list)  # a parent's child sagas
 
 
 async def fetch_saga(store: object, saga_id: str) -> SagaView:
@@ -354,14 +357,15 @@ async def fetch_saga(store: object, saga_id: str) -> SagaView:
         record: SagaRecord = await load(saga_id)
     except ValueError:  # not a valid saga id: no saga has it
         raise SagaNotFound(saga_id) from None
+    parent, children = await saga_family(store, record)
     lease_state = getattr(store, "lease_state", None)
     if not callable(lease_state):
-        return SagaView(record, None, f"{_store_name(store)} keeps no leases")
+        return SagaView(record, None, f"{_store_name(store)} keeps no leases", parent, children)
     try:
         state = await lease_state(saga_id)
     except SagaNotFound:  # purged since the load
-        return SagaView(record, None, "the saga is gone from the store")
-    return SagaView(record, LeaseState(*state))
+        return SagaView(record, None, "the saga is gone from the store", parent, children)
+    return SagaView(record, LeaseState(*state), None, parent, children)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -461,6 +465,8 @@ def record_json(view: SagaView, now: float | None = None) -> dict[str, Any]:
         "lease_note": view.lease_note,
         "context": record.context,
         "history": _history_json(record),
+        "parent": view.parent,
+        "children": view.children,
     }
 
 

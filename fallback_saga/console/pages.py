@@ -545,6 +545,23 @@ _LEGEND: Final = (
 )
 
 
+def _family(view: SagaView) -> str:
+    """Links to a child saga's parent and a parent's children (``SubSaga``)."""
+    parts = []
+    if view.parent is not None:
+        parts.append(
+            f' &middot; child of <a class="id" href="{esc(saga_href(view.parent))}">'
+            f"{esc(view.parent)}</a>"
+        )
+    if view.children:
+        links = ", ".join(
+            f'<a class="id" href="{esc(saga_href(child))}">{esc(child)}</a>'
+            for child in view.children
+        )
+        parts.append(f" &middot; child sagas: {links}")
+    return "".join(parts)
+
+
 def saga_page(view: SagaView, bars: list[Bar], *, store_label: str, now: float) -> str:
     record = view.record
     context = json.dumps(record.context, indent=2, ensure_ascii=False, default=str)
@@ -555,7 +572,9 @@ def saga_page(view: SagaView, bars: list[Bar], *, store_label: str, now: float) 
         f'<nav class="crumbs"><a href="/">Sagas</a> &rsaquo; <span class="id">{esc(record.saga_id)}'
         "</span></nav>"
         f'<div class="head"><div><h1 class="id">{esc(record.saga_id)}</h1>'
-        f'<div class="sub">{esc(record.saga_name)} {badge(record.status)}</div></div>'
+        f'<div class="sub">{esc(record.saga_name)} {badge(record.status)}'
+        + _family(view)
+        + "</div></div>"
         f'<a class="button" href="/api{esc(href)}">View as JSON</a></div>'
         + _alert(record)
         + '<section class="grid">'
