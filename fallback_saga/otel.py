@@ -5,9 +5,8 @@ application's choice)::
 
     pip install "fallback-saga[otel]"
 
-and pass one listener wherever there is something to observe::
-
-    from fallback_saga.otel import OpenTelemetryListener
+and pass one listener (this module's ``OpenTelemetryListener``) wherever
+there is something to observe::
 
     otel = OpenTelemetryListener()  # the global tracer and meter providers
     saga = OrderSaga(store=store, listeners=[otel])

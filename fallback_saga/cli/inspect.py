@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SagaNotFound
+from ..record_json import history_json
 from ..status import SagaStatus
 from ..store._common import short_repr
 from ..store.base import RecoverableStore, SagaRecord, SagaSummary
@@ -128,21 +129,7 @@ def record_json(
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "context": record.context,
-        "history": [
-            {
-                "seq": seq,
-                "position": entry.position,
-                "step": entry.step,
-                "branch": entry.branch,
-                "action": entry.action,
-                "status": entry.status.value,
-                "attempt": entry.attempt,
-                "error": entry.error,
-                "at": entry.at,
-                "result": None if entry.result is None else json.loads(entry.result),
-            }
-            for seq, entry in enumerate(record.history)
-        ],
+        "history": history_json(record),
         "parent": parent,
         "children": list(children),
     }

@@ -1,8 +1,7 @@
 """A read-only web console over a saga store (standard library only).
 
-``python -m fallback_saga serve`` runs it; from code::
-
-    from fallback_saga.console import ConsoleServer, serve, run_console
+``python -m fallback_saga serve`` runs it; from code, with this package's
+``ConsoleServer``, ``serve`` and ``run_console``::
 
     run_console(SQLiteSagaStore("sagas.db"), port=8080)      # blocks until Ctrl-C
 

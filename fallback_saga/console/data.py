@@ -21,6 +21,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlencode
 
 from ..errors import SagaNotFound
+from ..record_json import history_json
 from ..status import SagaStatus
 from ..store.base import LeaseState, SagaRecord, SagaSummary
 from ..subsaga import saga_family
@@ -430,25 +431,6 @@ def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> d
     }
 
 
-def _history_json(record: SagaRecord) -> list[dict[str, Any]]:
-    rows = []
-    for seq, entry in enumerate(record.history):
-        row: dict[str, Any] = {
-            "seq": seq,
-            "position": entry.position,
-            "step": entry.step,
-            "branch": entry.branch,
-            "action": entry.action,
-            "status": entry.status.value,
-            "attempt": entry.attempt,
-            "error": entry.error,
-            "at": entry.at,
-        }
-        if len(entry) > 8:  # 0.6.0: the step's response, JSON text (None: not kept)
-            row["result"] = entry[8]
-        rows.append(row)
-    return rows
-
 
 def record_json(view: SagaView, now: float | None = None) -> dict[str, Any]:
     record = view.record
@@ -464,7 +446,7 @@ def record_json(view: SagaView, now: float | None = None) -> dict[str, Any]:
         "lease": lease_json(view.lease, now),
         "lease_note": view.lease_note,
         "context": record.context,
-        "history": _history_json(record),
+        "history": history_json(record),
         "parent": view.parent,
         "children": view.children,
     }

@@ -1,0 +1,40 @@
+"""A saga's journal as JSON, the one shape every operator surface shows
+(``show --json`` and the web console's ``/api/sagas/<id>``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .store.base import SagaRecord
+
+__all__ = ["history_json"]
+
+
+def history_json(record: SagaRecord) -> list[dict[str, Any]]:
+    """``record.history``, an object per entry; ``result`` is a completed
+    act's response in its journal form, parsed (``None``: none was kept)."""
+    return [
+        {
+            "seq": seq,
+            "position": entry.position,
+            "step": entry.step,
+            "branch": entry.branch,
+            "action": entry.action,
+            "status": entry.status.value,
+            "attempt": entry.attempt,
+            "error": entry.error,
+            "at": entry.at,
+            "result": _parsed(entry.result),
+        }
+        for seq, entry in enumerate(record.history)
+    ]
+
+
+def _parsed(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # a store of someone else's kept something else: show it as it is
+        return text
