@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+
+from ..timestamps import utc_text
 
 __all__ = [
     "MAX_CELL",
@@ -96,14 +97,7 @@ def _json_escape(char: str) -> str:
 
 def when(timestamp: float | None, *, precise: bool = False) -> str:
     """Unix time as UTC text (``precise``: with milliseconds)."""
-    if timestamp is None:
-        return "-"
-    try:
-        moment = datetime.fromtimestamp(timestamp, UTC)
-    except (OverflowError, OSError, ValueError):
-        return repr(timestamp)
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{moment.microsecond // 1000:03d}" if precise else text
+    return utc_text(timestamp, precise=precise)
 
 
 def render_table(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import UTC, datetime
 from typing import Final
+
+from ..timestamps import utc_text
 
 __all__ = [
     "attr",
@@ -79,14 +80,7 @@ def format_seconds(seconds: float) -> str:
 
 def format_time(timestamp: float | None, *, precise: bool = False) -> str:
     """Unix time as UTC text (``precise``: with milliseconds)."""
-    if timestamp is None:
-        return "\u2013"
-    try:
-        moment = datetime.fromtimestamp(timestamp, UTC)
-    except (OverflowError, OSError, ValueError):
-        return repr(timestamp)
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{moment.microsecond // 1000:03d}" if precise else text
+    return utc_text(timestamp, precise=precise, missing="\u2013")
 
 
 def format_age(timestamp: float, now: float) -> str:
