@@ -697,3 +697,31 @@ async def test_S13_a_group_cancelled_during_its_write_ahead_runs_no_member_and_s
         ("A", StepStatus.FAILED), ("B", StepStatus.FAILED),
     ]
     assert record.status is SagaStatus.COMPENSATED
+
+
+async def test_S13_a_store_that_refuses_a_members_completion_stops_the_saga_unwound_by_none(
+) -> None:
+    from helpers_saga import JsonStore
+
+    from fallback_saga import RetryPolicy, SagaInterrupted
+
+    trace: Trace = []
+
+    class Refusing(JsonStore):
+        async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+            if any(e.step == "B" and e.status is StepStatus.COMPLETED for e in args[0]):
+                raise OSError("disk full")
+            await super().append(saga_id, *args, **kwargs)
+
+    store = Refusing()
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    saga = _group_saga(Probe("A", trace), Probe("B", trace), before=Probe("Before", trace))
+    with pytest.raises(SagaInterrupted) as info:
+        await saga(store=store, journal_retry=fast).run(OrderCtx(), saga_id="f1")
+    # S13: no compensation runs unless its record can be made durable; the saga
+    # is left RUNNING for recovery, which knows from the journal what completed.
+    assert compensated(trace) == []
+    assert info.value.status is SagaStatus.RUNNING
+    record = await store.load("f1")
+    assert record.status is SagaStatus.RUNNING
+    assert ("B", StepStatus.COMPLETED) not in [(e.step, e.status) for e in record.history]
