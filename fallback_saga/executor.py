@@ -284,39 +284,82 @@ class JournalWriteFailed(BaseException):
 # --------------------------------------------------------------------------- the run
 
 
+class RunSettings:
+    """What every run of one saga instance shares: built once per ``Saga``,
+    so that starting a run copies three references instead of ten values."""
+
+    __slots__ = (
+        "compensation_retry",
+        "conditional",
+        "fingerprint",
+        "hooks",
+        "inline_writes",
+        "journal_retry",
+        "journal_timeout",
+        "live",
+        "saga_name",
+        "store",
+    )
+
+    def __init__(
+        self,
+        *,
+        saga_name: str,
+        fingerprint: str,
+        store: SagaStore,
+        hooks: Hooks,
+        compensation_retry: RetryPolicy,
+        live: bool,
+        journal_retry: RetryPolicy | None = None,
+        journal_timeout: float | None = DEFAULT_JOURNAL_TIMEOUT,
+    ) -> None:
+        self.saga_name = saga_name
+        self.fingerprint = fingerprint
+        self.store = store
+        self.hooks = hooks
+        self.compensation_retry = compensation_retry
+        self.live = live  # the store is a LiveJournal
+        self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
+        self.journal_timeout = journal_timeout
+        self.inline_writes = not live and writes_outlive_cancellation(store)
+        # Appends made on the condition of the journal's length: a retried
+        # in-doubt write can never be journaled twice.
+        self.conditional = not live and is_conditional(store)
+
+
 class Execution(StepCursor):
     """The state of one saga run. Not reusable; not shared between tasks.
 
     It is also the run's ``StepCursor`` (what ``current_step()`` reads) and,
     for an in-process store, the live record the store watches.
+
+    On an in-process store (``live``) a run is started on the hot path of
+    every saga, so only what such a run reads is set; the write-ahead
+    bookkeeping (``written``, ``pending_status``, ``fence``, ...) is set for a
+    write-ahead store only, and only its code reads it.
     """
 
     __slots__ = (
         "abandoned",
         "branch_errors",
-        "compensation_retry",
-        "conditional",
         "context",
         "context_dirty",
         "context_refused",
         "created",
         "created_at",
         "fence",
-        "fingerprint",
         "hooks",
         "image",
         "initial_context",
-        "inline_writes",
         "interruption",
         "journal",
-        "journal_retry",
-        "journal_timeout",
         "journaled_status",
         "landed_unseen",
         "live",
         "pending_status",
         "results",
         "resumed",
+        "settings",
         "stack",
         "status",
         "store",
@@ -326,71 +369,66 @@ class Execution(StepCursor):
 
     def __init__(
         self,
-        *,
-        saga_name: str,
-        fingerprint: str,
+        settings: RunSettings,
         context: Any,
-        saga_id: str | None,
-        store: SagaStore,
-        hooks: Hooks,
-        compensation_retry: RetryPolicy,
-        live: bool,
+        saga_id: str | None = None,
         fence: Lease | None = None,
-        journal_retry: RetryPolicy | None = None,
-        journal_timeout: float | None = DEFAULT_JOURNAL_TIMEOUT,
     ) -> None:
         # A given id no store can hold is refused here, before anything runs,
         # rather than by the store's first write (or not at all in memory).
-        saga_id = new_saga_id() if saga_id is None else check_saga_id(saga_id)
-        StepCursor.__init__(self, saga_id, saga_name)
-        self.fingerprint = fingerprint
+        self.saga_id = saga_id = (
+            f"{_id_prefix}{next(_id_counter):012x}" if saga_id is None  # new_saga_id()
+            else check_saga_id(saga_id)
+        )
+        # StepCursor's fields, set here (one call fewer per run)
+        self.saga_name = settings.saga_name
+        self.step = ""
+        self.action = "act"
+        self.attempt = 0
+        self.active = False
+        self.settings = settings
         self.context = context
-        self.store = store
-        self.hooks = hooks
-        self.compensation_retry = compensation_retry
-        self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
-        self.journal_timeout = journal_timeout
-        self.inline_writes = not live and writes_outlive_cancellation(store)
-        # Appends made on the condition of the journal's length: a retried
-        # in-doubt write can never be journaled twice.
-        self.conditional = not live and is_conditional(store)
+        self.store = settings.store
+        self.hooks = settings.hooks
+        self.live = live = settings.live
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
         self.journal: list[RawEntry] = []
-        self.written = 0  # journal entries a write-ahead store already has
-        self.pending_status: SagaStatus | None = None
+        self.status = SagaStatus.RUNNING
+        self.image: Any = None  # a Snapshot; once finished, what freeze_context gave
+        self.created_at = _now()
+        self.created = False
+        self.resumed = False
         self.context_dirty = False
-        self.context_refused = False  # the store refused the context a step left
+        self.branch_errors: dict[str, BaseException] | None = None  # of a failed group
         # Set while a Parallel group runs: its members write one at a time.
         self.write_lock: asyncio.Lock | None = None
-        self.branch_errors: dict[str, BaseException] | None = None  # of a failed group
-        self.created = False
-        self.status = SagaStatus.RUNNING
         # The status the journal holds (None until the creation is durable),
         # and the store failure that stopped this run, if one did (S13).
         self.journaled_status: SagaStatus | None = None
         self.interruption: BaseException | None = None
         # The interrupting write may have landed unseen: the status it carried.
         self.landed_unseen: SagaStatus | None = None
-        self.created_at = _now()
-        self.image: Any = None  # a Snapshot; once finished, what freeze_context gave
-        # Every write is conditional on the fencing token: 0 for a first run
-        # (so that a recovery worker claiming the saga — token 1 — shuts this
-        # runner out if it is merely slow), the lease's token when resumed.
-        # (An in-process store is never written to: no lease to make per run.)
-        if fence is None and not live:
-            fence = Lease(saga_id, "", 0, math.inf)
-        self.fence: Lease | None = fence
-        self.resumed = False
         self.abandoned: LeaseLost | None = None
-        self.live = live  # the store is a LiveJournal (decided once per saga instance)
         # S12: a context the journal cannot hold is refused before any step runs
         # — by every store, so that moving from memory to SQLite holds no surprise.
         if live:
             check_serializable(context)
-            self.initial_context: dict[str, Any] | None = None
-        else:
-            self.initial_context = context_to_dict(context)
+            return
+        self.initial_context: dict[str, Any] | None = context_to_dict(context)
+        self.written = 0  # journal entries a write-ahead store already has
+        self.pending_status: SagaStatus | None = None
+        self.context_refused = False  # the store refused the context a step left
+        # Every write is conditional on the fencing token: 0 for a first run
+        # (so that a recovery worker claiming the saga — token 1 — shuts this
+        # runner out if it is merely slow), the lease's token when resumed.
+        # (An in-process store is never written to: no lease to make per run.)
+        self.fence: Lease = Lease(saga_id, "", 0, math.inf) if fence is None else fence
+
+    @property
+    def fingerprint(self) -> str:
+        """``LiveSaga``: the definition's fingerprint."""
+        return self.settings.fingerprint
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1016,7 +1054,7 @@ class Execution(StepCursor):
         its STARTED record cannot be made durable."""
         hooks = self.hooks
         journal = self.journal
-        policy = self.compensation_retry
+        policy = self.settings.compensation_retry
         attempt = 1
         while True:
             journal.append(
@@ -1147,30 +1185,31 @@ class Execution(StepCursor):
             if context is None:
                 context = self.initial_context
         store = self.store
-        if self.inline_writes:
+        settings = self.settings
+        if settings.inline_writes:
             # The hot path of durable sagas: the first try is made right here,
             # without a task or a record of the write; a failure goes on to
             # the retries.
             if create:
-                first = store.create(self.saga_id, self.saga_name, self.fingerprint,
+                first = store.create(self.saga_id, self.saga_name, settings.fingerprint,
                                      context, entries, status=status)  # type: ignore[arg-type]
             else:
                 first = store.append(  # type: ignore[call-arg]
                     self.saga_id, entries, status=status, context=context, fence=self.fence,
                     after=written,  # SQLite's store is conditional (inline_writes says so)
-                ) if self.conditional else store.append(
+                ) if settings.conditional else store.append(
                     self.saga_id, entries, status=status, context=context, fence=self.fence
                 )
             failure, cancelled = await settle_inline(first)
             if failure is not None:
                 failure, cancelled_again = await settle(write_durably(
-                    store, self._write(create, entries, status, context), self.journal_retry,
+                    store, self._write(create, entries, status, context), settings.journal_retry,
                     deadline=self._deadline(), failed=failure,
                 ))
                 cancelled = cancelled or cancelled_again
         else:
             failure, cancelled = await settle(write_durably(
-                store, self._write(create, entries, status, context), self.journal_retry,
+                store, self._write(create, entries, status, context), settings.journal_retry,
                 deadline=self._deadline(),
             ))
         in_doubt = True
@@ -1205,11 +1244,12 @@ class Execution(StepCursor):
         status: SagaStatus | None,
         context: dict[str, Any] | None,
     ) -> JournalWrite:
-        return JournalWrite(self.saga_id, self.saga_name, self.fingerprint, create, entries,
-                            status, context, self.fence, self.written, self.conditional)
+        settings = self.settings
+        return JournalWrite(self.saga_id, self.saga_name, settings.fingerprint, create, entries,
+                            status, context, self.fence, self.written, settings.conditional)
 
     def _deadline(self) -> float | None:
-        timeout = self.journal_timeout
+        timeout = self.settings.journal_timeout
         return None if timeout is None else asyncio.get_running_loop().time() + timeout
 
     def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from .executor import (
     Hooks,
     JournalWriteFailed,
     PlanItem,
+    RunSettings,
     SagaResult,
 )
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
@@ -163,28 +164,30 @@ class Saga(Generic[ContextT]):
         self._groups: tuple[range, ...] = tuple(
             item.positions for item in self._plan if isinstance(item, GroupPlan)
         )
-
-    def _execution(
-        self, context: ContextT, saga_id: str | None, fence: Lease | None = None
-    ) -> Execution:
-        expected = self.definition.context_type
-        if expected is not None and not isinstance(context, expected):
-            raise TypeError(
-                f"{self.name} runs on {expected.__name__}, got {type(context).__name__}"
-            )
-        return Execution(
-            saga_name=self.definition.saga_name,
-            fingerprint=self.definition.fingerprint,
-            context=context,
-            saga_id=saga_id,
+        self._context_type = definition.context_type
+        self._settings = RunSettings(
+            saga_name=definition.saga_name,
+            fingerprint=definition.fingerprint,
             store=self.store,
             hooks=self._hooks,
             compensation_retry=self.compensation_retry,
             live=self._live_store,
-            fence=fence,
             journal_retry=self.journal_retry,
             journal_timeout=self.journal_timeout,
         )
+
+    def _execution(
+        self, context: ContextT, saga_id: str | None, fence: Lease | None = None
+    ) -> Execution:
+        self._check_context(context)
+        return Execution(self._settings, context, saga_id, fence)
+
+    def _check_context(self, context: object) -> None:
+        expected = self._context_type
+        if expected is not None and not isinstance(context, expected):
+            raise TypeError(
+                f"{self.name} runs on {expected.__name__}, got {type(context).__name__}"
+            )
 
     async def run(self, context: ContextT, *, saga_id: str | None = None) -> SagaResult[ContextT]:
         """Run every step in order.
@@ -195,7 +198,10 @@ class Saga(Generic[ContextT]):
         ``CancelledError`` propagates. A context the journal cannot serialize
         is refused before any step runs (``ContextSerializationError``).
         """
-        return await self._execution(context, saga_id).run_all(self._plan)
+        expected = self._context_type
+        if expected is not None and not isinstance(context, expected):
+            self._check_context(context)
+        return await Execution(self._settings, context, saga_id).run_all(self._plan)
 
     async def resume(
         self,

@@ -4,6 +4,7 @@ step factories, ``Response`` and ``SagaStepResult``."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 from decimal import Decimal
 from typing import Any
@@ -415,3 +416,67 @@ async def test_saga_step_handler_default_compensate_does_nothing() -> None:
     before = dataclasses.replace(ctx)
     assert await Charge().compensate(ctx) is None
     assert ctx == before
+
+
+def _assigns_through_object_setattr(cls: type) -> bool:
+    code = cls.__dict__["__init__"].__code__
+    return "__dataclass_builtins_object__" in code.co_names + code.co_freevars
+
+
+def test_response_init_settles_to_plain_assignments_once_the_class_is_final() -> None:
+    class Plain(Response):
+        value: str
+        tags: list[str] = dataclasses.field(default_factory=list)
+
+    assert inspect.signature(Plain).parameters.keys() == {"value", "tags"}
+    first = Plain(value="a")
+    # The first instance settled the class: a mutable response is built with
+    # plain assignments from then on (the frozen-style __init__ costs a call per field).
+    assert not _assigns_through_object_setattr(Plain)
+    second = Plain("b", ["x"])
+    assert (first.value, first.tags, second.value, second.tags) == ("a", [], "b", ["x"])
+    assert first.tags is not Plain(value="c").tags
+    with pytest.raises(TypeError):
+        Plain()  # type: ignore[call-arg]
+
+
+def test_response_init_settles_frozen_when_a_frozen_decorator_is_applied_on_top() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Frozen(Response):
+        value: int
+
+    assert Frozen(value=1).value == 1
+    assert Frozen(value=2) == Frozen(2)
+    assert _assigns_through_object_setattr(Frozen)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Frozen(value=1).value = 2  # type: ignore[misc]
+
+
+def test_response_init_settles_with_post_init_init_vars_and_subclasses() -> None:
+    class Base(Response):
+        amount: int
+        scale: dataclasses.InitVar[int] = 1
+
+        def __post_init__(self, scale: int) -> None:
+            self.amount *= scale
+
+    class Child(Base):
+        note: str = ""
+
+    # A subclass made before its base's first instance settles on its own.
+    assert Child(amount=2, scale=3, note="n") == Child(amount=6, note="n")
+    assert Base(amount=2, scale=5).amount == 10
+    assert Base(amount=2).amount == 2
+    assert not _assigns_through_object_setattr(Base)
+    assert not _assigns_through_object_setattr(Child)
+
+
+def test_response_init_settles_under_an_explicit_mutable_slots_decorator() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Slotted(Response):
+        value: int
+
+    slotted = Slotted(value=1)
+    slotted.value = 2
+    assert slotted.value == 2
+    assert not _assigns_through_object_setattr(Slotted)
