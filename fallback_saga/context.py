@@ -58,6 +58,8 @@ __all__ = [
     "check_serializable",
     "context_from_dict",
     "context_to_dict",
+    "restore_step",
+    "step_snapshot",
     "take_snapshot",
     "working_copy",
     "write_fields",
@@ -435,6 +437,43 @@ def take_snapshot(context: object) -> Snapshot:
         if value is not _UNSET:  # an unset slot stays unset on restore
             slots[name] = _copy(value, memo)
     return _make_snapshot(Snapshot, (context, state_copy, slot_names, slots, False))
+
+
+# A step snapshot (``step_snapshot``): what the executor takes before every
+# step. For the common flat context — a plain object whose state is its
+# __dict__ of immutable values — it is a copy of that dict, nothing more (a
+# Snapshot around it costs as much again); any other context gets a Snapshot.
+StepSnapshot = Snapshot | dict[str, Any]
+
+
+def step_snapshot(context: object) -> StepSnapshot:
+    """``take_snapshot``, as the cheapest thing that can restore ``context``
+    (``restore_step``): a flat context's ``__dict__`` copied, else a Snapshot."""
+    if _DICT_ONLY.get(context.__class__):
+        state = context.__dict__
+        if _IMMUTABLE.issuperset(map(type, state.values())):
+            return state.copy()
+    return take_snapshot(context)
+
+
+def restore_step(context: object, snapshot: StepSnapshot) -> None:
+    """Write ``step_snapshot``'s state back into ``context`` (again and again if need be)."""
+    if snapshot.__class__ is dict:
+        live = context.__dict__
+        live.clear()
+        live.update(snapshot)
+    else:
+        snapshot.restore(context)  # type: ignore[union-attr]
+
+
+def step_snapshot_to_dict(context: object, snapshot: StepSnapshot | Any) -> dict[str, Any]:
+    """The journal form of a ``step_snapshot`` of ``context`` (or of what
+    ``freeze_context`` returned)."""
+    if snapshot.__class__ is dict:
+        shell = _shell(context)
+        shell.__dict__.update(snapshot)
+        return context_to_dict(shell)
+    return frozen_to_dict(snapshot)
 
 
 # --------------------------------------------------------------------------- frozen state

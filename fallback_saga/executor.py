@@ -39,11 +39,14 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar
 from .breaker import CircuitBreakerProtocol
 from .context import (
     Snapshot,
+    StepSnapshot,
     changed_fields,
     check_serializable,
     context_to_dict,
     freeze_context,
-    frozen_to_dict,
+    restore_step,
+    step_snapshot,
+    step_snapshot_to_dict,
     take_snapshot,
     working_copy,
     write_fields,
@@ -395,7 +398,7 @@ class Execution(StepCursor):
         self.results: list[SagaStepResult[Any, Any]] = []
         self.journal: list[RawEntry] = []
         self.status = SagaStatus.RUNNING
-        self.image: Any = None  # a Snapshot; once finished, what freeze_context gave
+        self.image: Any = None  # a step snapshot; once finished, what freeze_context gave
         self.created_at = _now()
         self.created = False
         self.resumed = False
@@ -461,7 +464,7 @@ class Execution(StepCursor):
             results = self.results
             if fallback_first:
                 resumed: FallbackPlan = plan[start]  # type: ignore[assignment]
-                snapshot = self.image = take_snapshot(self.context)
+                snapshot = self.image = step_snapshot(self.context)
                 response = await self.try_branch(resumed.fallback, snapshot, None)
                 if not isinstance(response, SagaStepResult):
                     response = SagaStepResult(response, resumed.fallback.name, self.saga_id)
@@ -485,7 +488,7 @@ class Execution(StepCursor):
                 # run_item, inlined: this loop is the hottest path of the library
                 if item.__class__ is Branch:
                     branch = item
-                    snapshot = self.image = take_snapshot(context)
+                    snapshot = self.image = step_snapshot(context)
                     if inline and branch.retry is None and branch.timeout is None:
                         self.step = name = branch.name
                         self.attempt = 1
@@ -497,7 +500,7 @@ class Execution(StepCursor):
                             response = await branch.act(context)
                         except BaseException as error:
                             self.active = False
-                            snapshot.restore(context)
+                            restore_step(context, snapshot)
                             self._act_failed(branch, 1, error)
                             raise
                         self.active = False
@@ -509,7 +512,7 @@ class Execution(StepCursor):
                         response = await self.try_branch(branch, snapshot, None)
                 elif isinstance(item, Branch):
                     branch = item
-                    snapshot = self.image = take_snapshot(context)
+                    snapshot = self.image = step_snapshot(context)
                     response = await self.try_branch(branch, snapshot, None)
                 elif isinstance(item, FallbackPlan):
                     branch, response = await self.run_fallback(item)
@@ -536,7 +539,7 @@ class Execution(StepCursor):
             return await self.run_group(item)
         if isinstance(item, Branch):
             branch = item
-            snapshot = self.image = take_snapshot(self.context)
+            snapshot = self.image = step_snapshot(self.context)
             response = await self.try_branch(branch, snapshot, None)
         else:
             branch, response = await self.run_fallback(item)
@@ -689,9 +692,9 @@ class Execution(StepCursor):
         self, plan: FallbackPlan, lane: Lane | None = None
     ) -> tuple[Branch, Any]:
         if lane is None:
-            snapshot = self.image = take_snapshot(self.context)
+            snapshot = self.image = step_snapshot(self.context)
         else:
-            snapshot = take_snapshot(lane.context)
+            snapshot = step_snapshot(lane.context)
         rule = plan.rule
         try:
             return plan.primary, await self.try_branch(plan.primary, snapshot, plan, lane)
@@ -723,7 +726,7 @@ class Execution(StepCursor):
     async def try_branch(
         self,
         branch: Branch,
-        snapshot: Snapshot,
+        snapshot: StepSnapshot,
         plan: FallbackPlan | None,
         lane: Lane | None = None,
     ) -> Any:
@@ -782,7 +785,7 @@ class Execution(StepCursor):
             except JournalWriteFailed:
                 raise  # the act never ran: nothing to record, retry or fall back from
             except BaseException as error:
-                snapshot.restore(context)
+                restore_step(context, snapshot)
                 if lane is not None and lane.called and isinstance(error, asyncio.CancelledError):
                     self._act_cancelled(branch, attempt)
                     raise
@@ -1126,7 +1129,7 @@ class Execution(StepCursor):
         """``LiveSaga``: the context as of the last transition, in journal form."""
         if self.image is None:
             return context_to_dict(self.context)
-        return frozen_to_dict(self.image)
+        return step_snapshot_to_dict(self.context, self.image)
 
     def frozen_context(self) -> Any:
         """``LiveSaga`` (optional): the final context, for a store that keeps
