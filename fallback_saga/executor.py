@@ -160,7 +160,7 @@ def new_saga_id() -> str:
 class Branch:
     """One step, built and ready to call (a plain step, or one side of a Fallback)."""
 
-    __slots__ = ("act", "branch", "compensate", "name", "position", "retry", "timeout")
+    __slots__ = ("act", "branch", "compensate", "name", "plain", "position", "retry", "timeout")
 
     def __init__(
         self,
@@ -178,10 +178,12 @@ class Branch:
         self.compensate: Callable[[Any], Awaitable[Any]] = step.compensate
         self.timeout = timeout
         self.retry = retry
+        # Neither retried nor timed: the executor may run it inlined.
+        self.plain = retry is None and timeout is None
 
 
 class FallbackPlan:
-    __slots__ = ("breaker", "fallback", "position", "primary", "rule")
+    __slots__ = ("breaker", "fallback", "plain", "position", "primary", "rule")
 
     def __init__(self, rule: Fallback, primary: Branch, fallback: Branch) -> None:
         self.position = primary.position
@@ -189,6 +191,7 @@ class FallbackPlan:
         self.primary = primary
         self.fallback = fallback
         self.breaker: CircuitBreakerProtocol | None = rule.circuit_breaker
+        self.plain = self.breaker is None and primary.plain and fallback.plain
 
 
 Member = Branch | FallbackPlan
@@ -296,6 +299,7 @@ class RunSettings:
         "conditional",
         "fingerprint",
         "hooks",
+        "inline",
         "inline_writes",
         "journal_retry",
         "journal_timeout",
@@ -328,6 +332,12 @@ class RunSettings:
         # Appends made on the condition of the journal's length: a retried
         # in-doubt write can never be journaled twice.
         self.conditional = not live and is_conditional(store)
+        # Plain steps run inlined (see Execution.run_all): an in-process store,
+        # and no listener to tell of each step.
+        self.inline = live and not (
+            hooks.step_started or hooks.step_completed
+            or hooks.step_call_started or hooks.step_call_finished
+        )
 
 
 class Execution(StepCursor):
@@ -360,6 +370,7 @@ class Execution(StepCursor):
         "landed_unseen",
         "live",
         "pending_status",
+        "primary_error",
         "results",
         "resumed",
         "settings",
@@ -413,6 +424,8 @@ class Execution(StepCursor):
         # The interrupting write may have landed unseen: the status it carried.
         self.landed_unseen: SagaStatus | None = None
         self.abandoned: LeaseLost | None = None
+        # An inlined Fallback's primary error while its fallback runs (see _falls_back).
+        self.primary_error: BaseException | None = None
         # S12: a context the journal cannot hold is refused before any step runs
         # — by every store, so that moving from memory to SQLite holds no surprise.
         if live:
@@ -474,22 +487,25 @@ class Execution(StepCursor):
                 group: GroupPlan = plan[start]  # type: ignore[assignment]
                 results += await self.run_group(group, resumed_group, fallbacks_started)
                 start += 1
-            hooks = self.hooks
-            # A plain step on an in-process store with no step listener runs
-            # inlined below: try_branch's work, less its coroutine and checks.
-            inline = self.live and not (
-                hooks.step_started or hooks.step_completed
-                or hooks.step_call_started or hooks.step_call_finished
-            )
+            # A step with no retry, timeout or breaker on an in-process store
+            # with no step listener runs inlined below: try_branch's work (and
+            # run_fallback's), less their coroutines and checks.
+            inline = self.settings.inline
             context = self.context
             journal = self.journal
             stack = self.stack
+            item: Any  # a PlanItem (Any: the checks below are by exact class, for speed)
+            branch: Branch
             for item in plan[start:] if start else plan:
                 # run_item, inlined: this loop is the hottest path of the library
-                if item.__class__ is Branch:
-                    branch = item
-                    snapshot = self.image = step_snapshot(context)
-                    if inline and branch.retry is None and branch.timeout is None:
+                kind = item.__class__
+                if kind is GroupPlan:
+                    results += await self.run_group(item)
+                    continue
+                snapshot = self.image = step_snapshot(context)
+                if inline and item.plain:
+                    branch = item if kind is Branch else item.primary
+                    while True:
                         self.step = name = branch.name
                         self.attempt = 1
                         journal.append((branch.position, name, branch.branch, "act", _STARTED,
@@ -502,23 +518,23 @@ class Execution(StepCursor):
                             self.active = False
                             restore_step(context, snapshot)
                             self._act_failed(branch, 1, error)
-                            raise
-                        self.active = False
-                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                        1, None, _now(), response))
-                        self.context_dirty = True
-                        stack.append(branch)
-                    else:
-                        response = await self.try_branch(branch, snapshot, None)
-                elif isinstance(item, Branch):
+                            if kind is Branch or not self._falls_back(item, branch, error):
+                                raise
+                            branch = item.fallback
+                            continue
+                        break
+                    self.active = False
+                    if kind is not Branch:
+                        self.primary_error = None  # the fallback (if it ran) completed
+                    journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                    1, None, _now(), response))
+                    self.context_dirty = True
+                    stack.append(branch)
+                elif kind is Branch:
                     branch = item
-                    snapshot = self.image = step_snapshot(context)
                     response = await self.try_branch(branch, snapshot, None)
-                elif isinstance(item, FallbackPlan):
-                    branch, response = await self.run_fallback(item)
                 else:
-                    results += await self.run_group(item)
-                    continue
+                    branch, response = await self.run_fallback(item, snapshot=snapshot)
                 if not isinstance(response, SagaStepResult):
                     response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
                 results.append(response)
@@ -689,9 +705,11 @@ class Execution(StepCursor):
     # ------------------------------------------------------------------ forward
 
     async def run_fallback(
-        self, plan: FallbackPlan, lane: Lane | None = None
+        self, plan: FallbackPlan, lane: Lane | None = None, snapshot: StepSnapshot | None = None
     ) -> tuple[Branch, Any]:
-        if lane is None:
+        if snapshot is not None:
+            pass  # taken by the caller
+        elif lane is None:
             snapshot = self.image = step_snapshot(self.context)
         else:
             snapshot = step_snapshot(lane.context)
@@ -821,6 +839,29 @@ class Execution(StepCursor):
         )
         if self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
+
+    def _falls_back(self, plan: FallbackPlan, failed: Branch, error: BaseException) -> bool:
+        """For the inlined run of a Fallback: whether ``failed`` (which raised
+        ``error``) hands over to the fallback now (S3). When it was the
+        fallback that failed, it chains the primary's error to ``error`` (S4),
+        which the caller then raises."""
+        if failed is plan.primary:
+            if not plan.rule.should_fall_back(error):
+                return False
+            if self.hooks.fallback_taken:
+                emit(self.hooks.fallback_taken, self.saga_id, failed.name, plan.fallback.name,
+                     error)
+            # Kept on the run until the fallback is done: S4 chains it to the
+            # fallback's error, if the fallback fails too.
+            self.primary_error = error
+            return True
+        primary_error, self.primary_error = self.primary_error, None
+        if primary_error is not None and error is not primary_error:
+            if error.__cause__ is None:
+                error.__cause__ = primary_error
+            elif error.__context__ is None:
+                error.__context__ = primary_error
+        return False
 
     def _act_cancelled(self, branch: Branch, attempt: int) -> None:
         # A group member's act cancelled in flight (a sibling failed, or the

@@ -334,3 +334,44 @@ async def test_logging_listener_logs_the_new_hooks(
     assert text.count("recovery: saga ShopSaga log-r completed") == 1
     assert ("saga TestSaga log-2 stopped without a final status, left for recovery; "
             "the journal says running (RuntimeError: disk full)") in text
+
+
+class FallbackOnly:
+    """Listens to the fallback and failure hooks only: the run keeps its
+    inlined path for plain steps (no step_started/completed/call hooks)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def step_failed(self, saga_id: str, step_name: str, error: BaseException) -> None:
+        self.events.append(("step_failed", step_name, _name(error)))
+
+    def fallback_taken(
+        self, saga_id: str, primary: str, fallback: str, error: BaseException
+    ) -> None:
+        self.events.append(("fallback_taken", primary, fallback, _name(error)))
+
+
+async def test_fallback_hooks_are_told_on_the_inlined_path_too() -> None:
+    trace: list[tuple[str, str]] = []
+    saga_cls = declare(
+        Probe("A", trace),
+        Fallback(step=Probe("B", trace, error=Boom), fallback=Probe("E", trace)),
+        Fallback(step=Probe("C", trace, error=Boom), fallback=Probe("D", trace, error=ValueError)),
+    )
+    listener = FallbackOnly()
+    saga = saga_cls(listeners=[listener])
+    with pytest.raises(SagaFailed) as caught:
+        await saga.run(OrderCtx())
+    assert listener.events == [
+        ("step_failed", "B", "Boom"),
+        ("fallback_taken", "B", "E", "Boom"),
+        ("step_failed", "C", "Boom"),
+        ("fallback_taken", "C", "D", "Boom"),
+        ("step_failed", "D", "ValueError"),
+    ]
+    # S4: the fallback's error carries the primary's.
+    assert isinstance(caught.value.error, ValueError)
+    assert isinstance(caught.value.error.__cause__ or caught.value.error.__context__, Boom)
+    assert trace == [("act", "A"), ("act", "B"), ("act", "E"), ("act", "C"), ("act", "D"),
+                     ("compensate", "E"), ("compensate", "A")]
