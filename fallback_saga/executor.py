@@ -526,10 +526,19 @@ class Execution(StepCursor):
                     self.active = False
                     if kind is not Branch:
                         self.primary_error = None  # the fallback (if it ran) completed
-                    journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                    1, None, _now(), response))
+                    # The journal keeps the response itself, not the SagaStepResult
+                    # around it (one object fewer for the collector per retained step).
+                    if response.__class__ is SagaStepResult:
+                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                        1, None, _now(), response[0]))
+                    else:
+                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                        1, None, _now(), response))
+                        response = _new_tuple(SagaStepResult, (response, name, self.saga_id))
                     self.context_dirty = True
                     stack.append(branch)
+                    results.append(response)
+                    continue
                 elif kind is Branch:
                     branch = item
                     response = await self.try_branch(branch, snapshot, None)

@@ -4,6 +4,8 @@ bounded retention, and its errors."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import time
 
 import pytest
@@ -14,14 +16,19 @@ from fallback_saga import (
     Fallback,
     JournalEntry,
     MemorySagaStore,
+    Response,
     SagaAlreadyExists,
+    SagaContext,
     SagaFailed,
     SagaNotFound,
     SagaRecord,
     SagaStatus,
+    SagaStepHandler,
+    SagaStepResult,
     SagaStore,
     StepStatus,
 )
+from fallback_saga.store._responses import response_text
 
 STARTED, COMPLETED, FAILED = StepStatus.STARTED, StepStatus.COMPLETED, StepStatus.FAILED
 
@@ -279,3 +286,46 @@ async def test_create_with_a_taken_id_is_saga_already_exists() -> None:
 
 def test_memory_store_satisfies_the_store_protocol() -> None:
     assert isinstance(MemorySagaStore(), SagaStore)
+
+
+@dataclasses.dataclass
+class _FlatCtx(SagaContext):
+    order_id: str
+    amount: int = 0
+
+
+class _Receipt(Response):
+    number: int
+
+
+class _Receipting(SagaStepHandler[OrderCtx, _Receipt]):
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, _Receipt]:
+        return self._generate_step_result(_Receipt(number=7))
+
+
+async def test_a_retained_saga_of_plain_values_is_nothing_for_the_collector() -> None:
+    # A service's first 10,000 sagas fill the store; what each one leaves must
+    # not make every full collection longer (issue #12): a saga whose steps
+    # return ids, numbers or nothing leaves a record the collector ignores.
+    store = MemorySagaStore()
+    saga = declare(Probe("Reserve", [], response="r-1"), Probe("Charge", [], response=12),
+                   context=_FlatCtx)(store=store)
+    ids = [(await saga.run(_FlatCtx(order_id=f"o-{n}"))).saga_id for n in range(20)]
+    gc.collect()
+    records = [store._sagas[saga_id] for saga_id in ids]
+    assert not any(gc.is_tracked(record) for record in records)
+    assert (await store.load(ids[0])).history[-1].result == "12"
+
+
+async def test_a_retained_saga_keeps_its_responses_not_their_step_results() -> None:
+    store = MemorySagaStore()
+    saga = declare(_Receipting)(store=store)
+    result = await saga.run(OrderCtx(order_id="o-1"))
+    gc.collect()
+    held = gc.get_referents(store._sagas[result.saga_id])
+    # The response object is kept for load(); the SagaStepResult around it is not.
+    assert result.results[0].response in held
+    assert not any(isinstance(value, SagaStepResult) for value in held)
+    record = await store.load(result.saga_id)
+    # What load() gives is the response's journal form, as with any store.
+    assert record.history[-1].result == response_text(_Receipt(number=7), "TestSaga", "x")

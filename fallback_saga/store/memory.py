@@ -270,16 +270,15 @@ def _freeze(saga: LiveSaga) -> _Frozen | None:
     journal = saga.journal
     count = len(journal)
     created_at = saga.created_at
-    out: list[Any] = [
-        saga.saga_name, saga.fingerprint, saga.status.value, created_at,
-        journal[-1][7] if count else created_at, count, *chain.from_iterable(journal),
-    ]
+    updated_at = journal[-1][7] if count else created_at
+    # One tuple display: no list to build and copy.
     if context.__class__ is tuple:
         index, names, values = context
-        out += (_FROZEN, index, len(names), *names, *values)
-    else:
-        out += (_HELD, context)
-    return tuple(out)
+        return (saga.saga_name, saga.fingerprint, saga.status.value, created_at, updated_at,
+                count, *chain.from_iterable(journal), _FROZEN, index, len(names), *names,
+                *values)
+    return (saga.saga_name, saga.fingerprint, saga.status.value, created_at, updated_at,
+            count, *chain.from_iterable(journal), _HELD, context)
 
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
