@@ -42,6 +42,7 @@ async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | 
     return task.exception(), cancelled
 
 
+
 class _Signal:
     """Wakes the waiting caller from inside the task, as its last act: one trip
     through the event loop fewer than waiting on the task's own completion."""
@@ -54,6 +55,10 @@ class _Signal:
     def fire(self) -> None:
         if not self.waiter.done():
             self.waiter.set_result(None)
+
+    def fired(self, _task: object) -> None:
+        """``fire``, as a done callback."""
+        self.fire()
 
 
 async def _signalling(coroutine: Coroutine[Any, Any, T], signal: _Signal) -> T:
@@ -76,7 +81,19 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     task there, or the timeout would cancel the caller instead of the
     compensation.
     """
-    task, cancelled = await _to_the_end(coroutine)
+    if sys.version_info >= (3, 12):
+        # Started eagerly: a coroutine that never waits (compensations that
+        # touch only memory) is done already, with nothing to wait for.
+        task = own_task(coroutine)
+        if task.done():
+            return task.result()
+        # It waits: we wait on a future of our own (never on the task itself,
+        # which our cancellation would cancel), resolved once the task is done.
+        signal = _Signal(task.get_loop())
+        task.add_done_callback(signal.fired)
+        task, cancelled = await _waited_for(task, signal)
+    else:
+        task, cancelled = await _to_the_end(coroutine)
     if cancelled:
         raise asyncio.CancelledError
     return task.result()
@@ -88,7 +105,13 @@ async def _to_the_end(coroutine: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T
     while waiting."""
     loop = asyncio.get_running_loop()
     signal = _Signal(loop)
-    task = own_task(_signalling(coroutine, signal))
+    return await _waited_for(own_task(_signalling(coroutine, signal)), signal)
+
+
+async def _waited_for(task: asyncio.Task[T], signal: _Signal) -> tuple[asyncio.Task[T], bool]:
+    """Wait until ``task`` is done, whatever happens to us meanwhile (woken by
+    ``signal``); whether we were cancelled while waiting."""
+    loop = asyncio.get_running_loop()
     cancelled = False
     while not task.done():
         try:
