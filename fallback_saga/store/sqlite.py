@@ -575,6 +575,10 @@ def _append(
             params = (status, context, now, saga_id, version, token)
             updated = cursor.execute(_UPDATE_KNOWN_FENCED, params).rowcount
     if not updated:
+        # The truth includes this group's earlier transitions: they are
+        # inserted now, not at the end (a saga appended twice in one group,
+        # the second time after= a count that the first made wrong).
+        txn.flush(cursor)
         row = cursor.execute(_SELECT_VERSION, (saga_id, saga_id)).fetchone()
         if row is None:
             raise SagaNotFound(saga_id)
