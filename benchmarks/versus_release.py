@@ -149,7 +149,13 @@ def _durable_workload(tmp: Path, in_flight: int, count: int) -> tuple[str, str, 
 
 
 async def compare(
-    baseline: ModuleType, rounds: int, quick: bool, tmp: Path, only: str, cpu: bool
+    baseline: ModuleType,
+    rounds: int,
+    quick: bool,
+    tmp: Path,
+    only: str,
+    cpu: bool,
+    in_flight: tuple[int, ...] = (1, 100, 1000),
 ) -> None:
     libs = {"this tree": fallback_saga, "baseline": baseline}
     workloads: list[tuple[str, str, Any]] = []
@@ -161,10 +167,10 @@ async def compare(
              lambda lib, n: in_memory(lib, True, 300 if quick else 5000)),
         ]
     if only in ("all", "durable"):
+        counts = {1: 20 if quick else 300, 100: 200 if quick else 3000}
         workloads += [
-            _durable_workload(tmp, 1, 20 if quick else 300),
-            _durable_workload(tmp, 100, 200 if quick else 3000),
-            _durable_workload(tmp, 1000, 2000 if quick else 10000),
+            _durable_workload(tmp, n, counts.get(n, 2 * n if quick else 10 * n))
+            for n in in_flight
         ]
     print(f"{'workload':32} {'this tree':>12} {'baseline':>12} {'ratio':>7}")
     for name, unit, run in workloads:
@@ -190,11 +196,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny run (a smoke test)")
     parser.add_argument("--only", choices=("all", "memory", "durable"), default="all")
     parser.add_argument("--cpu", action="store_true", help="CPU per thread of durable runs")
+    parser.add_argument(
+        "--in-flight", default="1,100,1000", help="durable sagas in flight, comma-separated"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         baseline = load_baseline(args.baseline, Path(tmp))
         rounds = 2 if args.quick else args.rounds
-        asyncio.run(compare(baseline, rounds, args.quick, Path(tmp), args.only, args.cpu))
+        in_flight = tuple(int(n) for n in args.in_flight.split(","))
+        asyncio.run(
+            compare(baseline, rounds, args.quick, Path(tmp), args.only, args.cpu, in_flight)
+        )
 
 
 if __name__ == "__main__":
