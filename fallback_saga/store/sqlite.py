@@ -13,7 +13,11 @@ every statement runs on a thread the store owns:
   A request that is refused (``SagaAlreadyExists``, ``SagaNotFound``,
   ``LeaseLost``) is refused before it writes anything, so it fails alone;
   an unexpected SQLite error rolls the group back and replays its requests
-  one per transaction, so only the culprit fails.
+  one per transaction, so only the culprit fails. Inside a group, the
+  creates and appends of distinct sagas are written by a few multi-row
+  statements rather than one statement each (see "batched writes" below):
+  the same rows, with far fewer hand-overs of the GIL between the writer
+  and the event loop's thread.
 * one **reader thread** with its own read-only connection serves ``load``
   and ``list_sagas``. In WAL mode readers never wait for the writer's fsync,
   so an operator listing sagas does not queue behind a commit, and reads do
@@ -277,7 +281,8 @@ def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
 
 class _Txn:
     """One group's transaction: its timestamp, and the step rows of the whole
-    group, inserted by one ``executemany`` just before the commit.
+    group, inserted by a few multi-row INSERTs just before the commit (or
+    earlier, when an append reads a saga's truth: see ``_append``).
 
     ``known`` is the writer's memory across groups: ``saga_id -> (version,
     next seq)`` as of its own last write of the saga. An append then needs
