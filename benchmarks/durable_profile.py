@@ -226,7 +226,7 @@ def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> float:
     conn = impl._connect_writer(path, synchronous, 5.0)
     cursor = conn.cursor()
     known: dict[str, tuple[int, int]] = {}
-    context = impl._encode_json({"order_id": "o-1", "a": "a", "b": "b", "c": None})
+    context = impl.encode_json({"order_id": "o-1", "a": "a", "b": "b", "c": None})
     started, completed = StepStatus.STARTED, StepStatus.COMPLETED
 
     def entry(position: int, status: StepStatus) -> JournalEntry:
@@ -248,10 +248,12 @@ def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> float:
                         )
                     elif phase < 3:
                         entries = (entry(phase - 1, completed), entry(phase, started))
-                        impl._append(cursor, txn, saga_id, entries, None, context, 0)
+                        impl._append(cursor, txn, saga_id, entries, None, context, None, None)
                     else:
                         entries = (entry(2, completed),)
-                        impl._append(cursor, txn, saga_id, entries, "completed", context, 0)
+                        impl._append(
+                            cursor, txn, saga_id, entries, "completed", context, None, None
+                        )
                 txn.flush(cursor)
                 cursor.execute("COMMIT")
         return (time.process_time() - c0) / (waves * 100) * 1e6

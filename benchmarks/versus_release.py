@@ -10,8 +10,10 @@ meanwhile slows both alike. Reported: medians, and this tree / baseline.
 
 Workloads: plain3 and fail3 (three steps; the third fails and two are
 compensated) on the default in-memory store, in microseconds per saga; and a
-durable three-step saga on SQLite (``synchronous="full"``), one at a time and
-100 in flight, in sagas per second. A regression check for changes that are
+durable three-step saga on SQLite (``synchronous="full"``), one at a time,
+100 and 1,000 in flight, in sagas per second (``--only durable`` runs these
+alone; ``--cpu`` adds the CPU microseconds per saga of the event-loop thread
+and of the store's writer thread, medians too). A regression check for changes that are
 not about speed (the journal-truth work of 0.5.0 was measured this way), not
 a replacement for ``compare.py``.
 """
@@ -27,6 +29,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -94,32 +97,81 @@ async def in_memory(lib: Any, fail: bool, count: int) -> float:
     return (time.perf_counter() - started) / count * 1e6
 
 
-async def durable(lib: Any, path: Path, in_flight: int, count: int) -> float:
+def _thread_cpu(thread: threading.Thread | None) -> float:
+    """CPU seconds of ``thread`` so far (0.0 where the platform cannot tell)."""
+    if thread is None or thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return 0.0
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    except OSError:
+        return 0.0
+
+
+# (loop thread, writer thread) CPU microseconds per saga of each durable run,
+# by workload name and library label; filled by ``durable``.
+CPU: dict[tuple[str, str], list[tuple[float, float]]] = {}
+
+
+async def durable(lib: Any, path: Path, in_flight: int, count: int, key: Any = None) -> float:
     """Sagas per second on SQLite."""
     ctx_class, bench = saga_class(lib, fail=False)
     async with lib.SQLiteSagaStore(path) as store:
         saga = bench(store=store)
         gate = asyncio.Semaphore(in_flight)
+        writer = next(
+            (t for t in threading.enumerate() if t.name == "fallback_saga-sqlite-writer"), None
+        )
 
         async def one() -> None:
             async with gate:
                 await saga.run(ctx_class(order_id="o"))
 
+        loop0, writer0 = time.thread_time(), _thread_cpu(writer)
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(count)))
-        return count / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if key is not None:
+            CPU.setdefault(key, []).append(
+                ((time.thread_time() - loop0) / count * 1e6,
+                 (_thread_cpu(writer) - writer0) / count * 1e6)
+            )
+        return count / elapsed
 
 
-async def compare(baseline: ModuleType, rounds: int, quick: bool, tmp: Path) -> None:
+def _durable_workload(tmp: Path, in_flight: int, count: int) -> tuple[str, str, Any]:
+    name = f"durable SQLite, {in_flight:,} in flight"
+
+    def run(lib: Any, n: int) -> Any:
+        path = tmp / f"{id(lib)}-{in_flight}-{n}.db"
+        return durable(lib, path, in_flight, count, key=(name, lib.__name__))
+
+    return name, "sagas/s", run
+
+
+async def compare(
+    baseline: ModuleType,
+    rounds: int,
+    quick: bool,
+    tmp: Path,
+    only: str,
+    cpu: bool,
+    in_flight: tuple[int, ...] = (1, 100, 1000),
+) -> None:
     libs = {"this tree": fallback_saga, "baseline": baseline}
-    workloads: list[tuple[str, str, Any]] = [
-        ("plain3, memory", "µs/saga", lambda lib, n: in_memory(lib, False, 300 if quick else 5000)),
-        ("fail3, memory", "µs/saga", lambda lib, n: in_memory(lib, True, 300 if quick else 5000)),
-        ("durable SQLite, 1 in flight", "sagas/s",
-         lambda lib, n: durable(lib, tmp / f"{id(lib)}-1-{n}.db", 1, 20 if quick else 300)),
-        ("durable SQLite, 100 in flight", "sagas/s",
-         lambda lib, n: durable(lib, tmp / f"{id(lib)}-100-{n}.db", 100, 200 if quick else 3000)),
-    ]
+    workloads: list[tuple[str, str, Any]] = []
+    if only in ("all", "memory"):
+        workloads += [
+            ("plain3, memory", "µs/saga",
+             lambda lib, n: in_memory(lib, False, 300 if quick else 5000)),
+            ("fail3, memory", "µs/saga",
+             lambda lib, n: in_memory(lib, True, 300 if quick else 5000)),
+        ]
+    if only in ("all", "durable"):
+        counts = {1: 20 if quick else 300, 100: 200 if quick else 3000}
+        workloads += [
+            _durable_workload(tmp, n, counts.get(n, 2 * n if quick else 10 * n))
+            for n in in_flight
+        ]
     print(f"{'workload':32} {'this tree':>12} {'baseline':>12} {'ratio':>7}")
     for name, unit, run in workloads:
         results: dict[str, list[float]] = {label: [] for label in libs}
@@ -127,7 +179,14 @@ async def compare(baseline: ModuleType, rounds: int, quick: bool, tmp: Path) -> 
             for label, lib in libs.items():
                 results[label].append(await run(lib, number))
         now, then = (statistics.median(results[label]) for label in libs)
-        print(f"{name:32} {now:>12,.1f} {then:>12,.1f} {now / then:>7.2f}  ({unit})")
+        print(f"{name:32} {now:>12,.1f} {then:>12,.1f} {now / then:>7.2f}  ({unit})", flush=True)
+        if cpu and any(key[0] == name for key in CPU):
+            for label, lib in libs.items():
+                samples = CPU.get((name, lib.__name__), [])
+                loop_us = statistics.median(s[0] for s in samples)
+                writer_us = statistics.median(s[1] for s in samples)
+                print(f"    {label:12} CPU µs/saga: loop thread {loop_us:6.1f}, "
+                      f"writer thread {writer_us:6.1f}", flush=True)
 
 
 def main() -> None:
@@ -135,10 +194,19 @@ def main() -> None:
     parser.add_argument("baseline", type=Path, help="an earlier release's fallback_saga folder")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="tiny run (a smoke test)")
+    parser.add_argument("--only", choices=("all", "memory", "durable"), default="all")
+    parser.add_argument("--cpu", action="store_true", help="CPU per thread of durable runs")
+    parser.add_argument(
+        "--in-flight", default="1,100,1000", help="durable sagas in flight, comma-separated"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         baseline = load_baseline(args.baseline, Path(tmp))
-        asyncio.run(compare(baseline, 2 if args.quick else args.rounds, args.quick, Path(tmp)))
+        rounds = 2 if args.quick else args.rounds
+        in_flight = tuple(int(n) for n in args.in_flight.split(","))
+        asyncio.run(
+            compare(baseline, rounds, args.quick, Path(tmp), args.only, args.cpu, in_flight)
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from ..decoding import TAG
 from ..errors import ContextSerializationError
 from ..status import StepStatus
 from ..step import SagaStepResult
+from ._common import encode_json
 from .base import JournalEntry, RawEntry
 
 __all__ = ["UNJOURNALED", "journal_entry", "response_text"]
@@ -39,12 +40,15 @@ UNJOURNALED: Final = "unjournaled"
 _warned: set[tuple[str, str]] = set()
 _MAX_WARNED: Final = 10_000
 
-# One encoder for every response (json.dumps with options builds one per call).
-# ASCII: the text is then storable as it is by any store (a lone surrogate or
-# NUL is escaped, not written).
-_to_json: Final = json.JSONEncoder(
-    ensure_ascii=True, separators=(",", ":"), allow_nan=False
-).encode
+# One encoder for every response, built once (json.dumps with options builds
+# one per call, and so does JSONEncoder.encode: one per response, on the hot
+# path of durable sagas). ASCII: the text is then storable as it is by any
+# store (a lone surrogate or NUL is escaped, not written). Compact, NaN
+# refused: ``encode_json``. The values it gets are journal_untyped's output:
+# plain JSON values, nesting bounded, no cycles.
+_to_json: Final = encode_json
+# A str response (the commonest: an id) needs no encoder at all.
+_str_json: Final = json.encoder.encode_basestring_ascii
 
 
 def response_text(response: Any, saga_name: str, step: str) -> str:
@@ -57,7 +61,7 @@ def response_text(response: Any, saga_name: str, step: str) -> str:
         return "null"
     try:
         if response.__class__ is str:
-            return _to_json(response)  # the commonest response: an id
+            return _str_json(response)  # the commonest response: an id
         return _to_json(journal_untyped(response, "response"))
     except ContextSerializationError as error:
         reason = _reason(error)

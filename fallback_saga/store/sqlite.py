@@ -13,7 +13,11 @@ every statement runs on a thread the store owns:
   A request that is refused (``SagaAlreadyExists``, ``SagaNotFound``,
   ``LeaseLost``) is refused before it writes anything, so it fails alone;
   an unexpected SQLite error rolls the group back and replays its requests
-  one per transaction, so only the culprit fails.
+  one per transaction, so only the culprit fails. Inside a group, the
+  creates and appends of distinct sagas are written by a few multi-row
+  statements rather than one statement each (see "batched writes" below):
+  the same rows, with far fewer hand-overs of the GIL between the writer
+  and the event loop's thread.
 * one **reader thread** with its own read-only connection serves ``load``
   and ``list_sagas``. In WAL mode readers never wait for the writer's fsync,
   so an operator listing sagas does not queue behind a commit, and reads do
@@ -277,7 +281,8 @@ def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
 
 class _Txn:
     """One group's transaction: its timestamp, and the step rows of the whole
-    group, inserted by one ``executemany`` just before the commit.
+    group, inserted by a few multi-row INSERTs just before the commit (or
+    earlier, when an append reads a saga's truth: see ``_append``).
 
     ``known`` is the writer's memory across groups: ``saga_id -> (version,
     next seq)`` as of its own last write of the saga. An append then needs
@@ -303,14 +308,229 @@ class _Txn:
         ]
 
     def flush(self, cursor: sqlite3.Cursor) -> None:
-        if self.rows:
-            cursor.executemany(_INSERT_STEP, self.rows)
-            self.rows = []
+        rows = self.rows
+        if not rows:
+            return
+        self.rows = []
+        if len(rows) == 1 or not _BATCHED:
+            cursor.executemany(_INSERT_STEP, rows)
+            return
+        # Multi-row INSERTs: a handful of statements for the whole group
+        # rather than one sqlite3 step (and one GIL release and re-take, with
+        # the event loop's thread in between) per row.
+        done = 0
+        for size in _chunk_sizes(len(rows)):
+            chunk = rows[done:done + size]
+            done += size
+            cursor.execute(_insert_steps_sql(size), [value for row in chunk for value in row])
 
 
 # Remembered sagas beyond this are forgotten (at a group's start): sagas that
 # stopped without reaching a final status must not grow the memory forever.
 _MAX_KNOWN: Final = 100_000
+
+
+# --------------------------------------------------------------------------- batched writes
+#
+# With many sagas in flight a group holds many creates and appends. Run one
+# by one, each is a statement (and each step of it a release and re-take of
+# the GIL, which the event loop's thread is waiting for); batched, the group's
+# creates are a few multi-row INSERTs and its appends a few UPDATE ... FROM
+# (VALUES ...): SQLite does the same work, with the GIL released throughout.
+# Requests are batched in segments of distinct sagas (order within a segment
+# cannot matter); a saga met twice, or any other operation, ends a segment.
+# A batched statement is all or nothing for its chunk: a create that finds its
+# id taken, an append whose remembered version or fencing token is no longer
+# the saga's, make the chunk's statement fail (and write nothing), and that
+# chunk's requests are then run one by one, each refused or written alone.
+
+# UPDATE ... FROM needs SQLite 3.33; older libraries run every request alone.
+_BATCHED: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
+
+# Chunk sizes: a few statement texts (each prepared once, then cached by the
+# connection), at most 64 rows (11 values each: under SQLite's old default
+# limit of 999 parameters).
+_CHUNK: Final = 64
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    sizes = [_CHUNK] * (count // _CHUNK)
+    rest = count % _CHUNK
+    size = _CHUNK // 2
+    while rest:
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+        size //= 2
+    return sizes
+
+
+_SQL_CACHE: dict[tuple[str, int], str] = {}
+
+
+def _insert_steps_sql(rows: int) -> str:
+    sql = _SQL_CACHE.get(("steps", rows))
+    if sql is None:
+        sql = _SQL_CACHE["steps", rows] = (
+            "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+            " attempt, error, at, result) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+        )
+    return sql
+
+
+def _insert_sagas_sql(rows: int) -> str:
+    sql = _SQL_CACHE.get(("sagas", rows))
+    if sql is None:
+        sql = _SQL_CACHE["sagas", rows] = (
+            "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+            " created_at, updated_at) VALUES " + ",".join(["(?, ?, ?, ?, ?, 1, ?, ?)"] * rows)
+        )
+    return sql
+
+
+def _update_sagas_sql(rows: int) -> str:
+    # version: NOT NULL, so a saga whose version (or fencing token, when one
+    # is given) is not the remembered one fails the whole statement.
+    sql = _SQL_CACHE.get(("update", rows))
+    if sql is None:
+        sql = _SQL_CACHE["update", rows] = (
+            "UPDATE sagas SET status = COALESCE(v.column2, status),"
+            " context = COALESCE(v.column3, context),"
+            " version = CASE WHEN sagas.version = v.column4"
+            " AND (v.column5 IS NULL OR sagas.fence = v.column5)"
+            " THEN sagas.version + 1 END, updated_at = ?"
+            " FROM (VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * rows) + ") AS v"
+            " WHERE sagas.saga_id = v.column1"
+        )
+    return sql
+
+
+def _run_group(
+    cursor: sqlite3.Cursor, txn: _Txn, requests: list[_Request], outcomes: list[Any]
+) -> None:
+    """Every request of a group, in order, creates and appends batched in
+    segments of distinct sagas; ``outcomes[i]`` becomes ``(request,
+    succeeded, result or refusal)`` for ``requests[i]``."""
+    segment: list[int] = []
+    sagas: set[str] = set()
+    for index, request in enumerate(requests):
+        op = request.op
+        if op is _create or op is _append:
+            saga_id = request.args[0]
+            if saga_id not in sagas:
+                segment.append(index)
+                sagas.add(saga_id)
+                continue
+        if segment:
+            _run_segment(cursor, txn, requests, segment, outcomes)
+            segment, sagas = [], set()
+        if op is _create or op is _append:  # a saga met again: the next segment
+            segment.append(index)
+            sagas.add(request.args[0])
+        else:
+            _run_alone(cursor, txn, requests, [index], outcomes)
+    if segment:
+        _run_segment(cursor, txn, requests, segment, outcomes)
+
+
+def _run_segment(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    requests: list[_Request],
+    segment: list[int],
+    outcomes: list[Any],
+) -> None:
+    """Creates and appends of distinct sagas (``requests[i]`` for ``i`` in
+    ``segment``), batched."""
+    known = txn.known
+    creates: list[int] = []
+    appends: list[int] = []
+    for index in segment:
+        request = requests[index]
+        if request.op is _create:
+            creates.append(index)
+            continue
+        saga_id, _entries, _status, _context, _token, after = request.args
+        remembered = known.get(saga_id)
+        if remembered is None or (after is not None and remembered[1] != after):
+            _run_alone(cursor, txn, requests, [index], outcomes)
+        else:
+            appends.append(index)
+    now = txn.now
+    done = 0
+    for size in _chunk_sizes(len(creates)):
+        chunk = creates[done:done + size]
+        done += size
+        params: list[Any] = []
+        for index in chunk:
+            saga_id, saga_name, fingerprint, status, context, _entries = requests[index].args
+            params += (saga_id, saga_name, fingerprint, status, context, now, now)
+        try:
+            cursor.execute(_insert_sagas_sql(size), params)
+        except sqlite3.IntegrityError:  # an id is taken: the statement wrote nothing
+            _run_alone(cursor, txn, requests, chunk, outcomes)
+            continue
+        for index in chunk:
+            request = requests[index]
+            saga_id, _name, _fingerprint, status, _context, entries = request.args
+            if entries:
+                txn.add(saga_id, 0, entries)
+            if status not in _FINISHED:
+                known[saga_id] = (1, len(entries))
+            outcomes[index] = (request, True, None)
+    done = 0
+    for size in _chunk_sizes(len(appends)):
+        chunk = appends[done:done + size]
+        done += size
+        params = [now]
+        for index in chunk:
+            saga_id, _entries, status, context, token, _after = requests[index].args
+            params += (saga_id, status, context, known[saga_id][0], token)
+        try:
+            updated = cursor.execute(_update_sagas_sql(size), params).rowcount
+        except sqlite3.IntegrityError:  # a version or a token moved: nothing written
+            _run_alone(cursor, txn, requests, chunk, outcomes)
+            continue
+        if updated != size:
+            # Sagas gone (another process purged them): every saga still
+            # here was written; the others are SagaNotFound, as alone.
+            ids = [requests[index].args[0] for index in chunk]
+            marks = ",".join("?" * len(ids))
+            present = {
+                row[0] for row in
+                cursor.execute(f"SELECT saga_id FROM sagas WHERE saga_id IN ({marks})", ids)
+            }
+        for index in chunk:
+            request = requests[index]
+            saga_id, entries, status, _context, _token, _after = request.args
+            if updated != size and saga_id not in present:
+                known.pop(saga_id, None)
+                outcomes[index] = (request, False, SagaNotFound(saga_id))
+                continue
+            version, start = known[saga_id]
+            if entries:
+                txn.add(saga_id, start, entries)
+            if status in _FINISHED:
+                del known[saga_id]
+            else:
+                known[saga_id] = (version + 1, start + len(entries))
+            outcomes[index] = (request, True, None)
+
+
+def _run_alone(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    requests: list[_Request],
+    indexes: list[int],
+    outcomes: list[Any],
+) -> None:
+    for index in indexes:
+        request = requests[index]
+        try:
+            outcomes[index] = (request, True, request.op(cursor, txn, *request.args))
+        except SagaStoreError as refused:  # raised before it wrote anything
+            outcomes[index] = (request, False, refused)
 
 
 def _create(
@@ -360,6 +580,10 @@ def _append(
             params = (status, context, now, saga_id, version, token)
             updated = cursor.execute(_UPDATE_KNOWN_FENCED, params).rowcount
     if not updated:
+        # The truth includes this group's earlier transitions: they are
+        # inserted now, not at the end (a saga appended twice in one group,
+        # the second time after= a count that the first made wrong).
+        txn.flush(cursor)
         row = cursor.execute(_SELECT_VERSION, (saga_id, saga_id)).fetchone()
         if row is None:
             raise SagaNotFound(saga_id)
@@ -787,7 +1011,7 @@ class _Worker:
     def _write(
         self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
     ) -> None:
-        outcomes: list[_Outcome] = []
+        outcomes: list[_Outcome] = [None] * len(group)  # type: ignore[list-item]
         in_requests = False
         known = self.known
         if len(known) > _MAX_KNOWN:
@@ -796,11 +1020,10 @@ class _Worker:
             txn = _Txn(self.clock(), known)
             cursor.execute("BEGIN IMMEDIATE")
             in_requests = True
-            for request in group:
-                try:
-                    outcomes.append((request, True, request.op(cursor, txn, *request.args)))
-                except SagaStoreError as refused:  # raised before it wrote anything
-                    outcomes.append((request, False, refused))
+            if _BATCHED and len(group) > 1:
+                _run_group(cursor, txn, group, outcomes)
+            else:
+                _run_alone(cursor, txn, group, list(range(len(group))), outcomes)
             txn.flush(cursor)
             in_requests = False
             cursor.execute("COMMIT")
