@@ -60,6 +60,8 @@ class GroupCommit(Generic[W, R]):
     grouped (see the module docstring). ``write_many`` returns one outcome per request, in
     order: its result, or the exception to raise for it."""
 
+    gather_trips = GATHER_TRIPS
+
     def __init__(
         self,
         *,
@@ -129,7 +131,7 @@ class GroupCommit(Generic[W, R]):
             # Let the writes of this burst join: the loop goes round while
             # the queue still grows (the callers a commit woke make theirs).
             size = len(self._queue)
-            for _ in range(GATHER_TRIPS):
+            for _ in range(self.gather_trips):
                 await asyncio.sleep(0)
                 if len(self._queue) == size:
                     break
