@@ -227,6 +227,35 @@ async def test_idle_waits_for_queued_writes() -> None:
     assert all(task.done() for task in tasks)
 
 
+async def test_a_cancelled_group_task_cancels_its_writes_and_those_queued() -> None:
+    """The loop is closing and cancels the task writing a group: nobody will
+    answer its writes nor those queued behind it, and each writer hears so."""
+    server = Server()
+    writer = group(server, slots=2)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3)]
+    await settle()
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]
+    queued = asyncio.create_task(writer.write("w3"))  # both slots busy: it waits
+    await settle()
+    for drain in list(writer._drains):
+        drain.cancel()
+    await settle()
+    assert [t.cancelled() for t in (tasks[1], tasks[2], queued)] == [True] * 3
+    server.release_all()
+    assert await tasks[0] == "ok w0"
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]  # w3 never sent
+
+
+async def test_more_than_a_group_takes_a_second_slot_at_once() -> None:
+    server = Server()
+    writer = group(server, slots=3)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(MAX_GROUP + 3)]
+    await settle()
+    sizes = [1 if kind == "one" else len(req) for kind, req in server.calls]
+    assert sizes == [1, MAX_GROUP, 2]  # all three on their way together
+    await run_released(server, tasks)
+
+
 def test_slots_must_be_positive() -> None:
     server = Server()
     with pytest.raises(ValueError, match="slots"):

@@ -127,6 +127,7 @@ class GroupCommit(Generic[W, R]):
 
     async def _drain(self) -> None:
         group: list[tuple[W, asyncio.Future[R]]] = []
+        finished = False
         try:
             # Let the writes of this burst join: the loop goes round while
             # the queue still grows (the callers a commit woke make theirs).
@@ -139,16 +140,21 @@ class GroupCommit(Generic[W, R]):
             self._gathering = False
             group = self._queue[:MAX_GROUP]
             del self._queue[:MAX_GROUP]
+            self._kick()  # more than a group's worth: the rest may take another slot
             await self._write_group(group)
+            finished = True
         finally:
             self._gathering = False
             self._busy -= 1
-            # Left over only if this task itself was cancelled (the loop is
-            # closing): nobody will answer these writes, so say so.
-            for _, future in group:
-                if not future.done():
-                    future.cancel()
-            self._kick()
+            if finished:
+                self._kick()
+            else:
+                # This task itself was cancelled (the loop is closing): nobody
+                # will answer these writes, nor those queued, so say so.
+                for _, future in group + self._queue:
+                    if not future.done():
+                        future.cancel()
+                self._queue.clear()
 
     async def _write_group(self, group: list[tuple[W, asyncio.Future[R]]]) -> None:
         live = [(request, future) for request, future in group if not future.done()]
