@@ -1037,6 +1037,30 @@ async def test_a_group_refused_by_the_server_fails_or_makes_each_write_on_its_ow
         assert (store.stats.writes, store.stats.commits) == (2 + 4 + 5, 2 + 4 + 1 + 5)
 
 
+async def test_a_nul_in_one_grouped_write_fails_that_write_only(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    """A text PostgreSQL cannot hold (a NUL in a saga name) in one write of a
+    group: the server refuses the group's statement (nothing written, not in
+    doubt), each write goes alone, and only that one fails."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2) as store:
+        held = await _hold_slot(store, raw)
+        tasks = [
+            asyncio.create_task(store.create(
+                f"s{n}", "Order\x00Saga" if n == 1 else "OrderSaga", "fp", {}, [entry(0, "a")]
+            ))
+            for n in range(4)
+        ]
+        await held.queued(len(tasks))
+        await held.release()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], SagaStoreError), results
+        assert [results[n] for n in (0, 2, 3)] == [None] * 3, results
+        with pytest.raises(SagaNotFound):
+            await store.load("s1")
+        assert store.stats.largest_group == 4, store.stats
+
+
 async def _crashed(store: PostgresSagaStore, saga_id: str) -> None:
     with pytest.raises(Crash):
         await OrderSaga(store=store).run(Order(order_id=saga_id, crash_at_ship=True),
