@@ -3,9 +3,11 @@
 Against fake ``write_one``/``write_many`` whose calls the test holds open, so
 every interleaving below is decided by the test, never by timing:
 
-* one write at a time goes alone; a slot is all it takes;
-* writes that find every slot busy are written together, in order, with
-  their own results; nothing overtakes a queued write;
+* one write at a time goes alone, at once;
+* writes made while another is on its way are written together, in order,
+  with their own results, as soon as a slot is free, and a burst of them
+  made a few event-loop trips apart still shares one group; nothing
+  overtakes a queued write; ``grouped=False`` sends every write alone;
 * a queued write that is cancelled is never sent;
 * a group the server refused (``RetryAlone``) is retried write by write, so
   only the bad write fails; a group whose commit is in doubt fails every
@@ -89,17 +91,57 @@ async def test_writes_one_at_a_time_go_alone() -> None:
     assert (writer.writes, writer.commits, writer.largest_group) == (3, 3, 0)
 
 
-async def test_writes_that_find_the_slots_busy_go_together_in_order() -> None:
+async def test_writes_made_while_one_is_on_its_way_go_together_in_order() -> None:
     server = Server()
     writer = group(server, slots=2)
     tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(6)]
     await settle()
-    assert server.calls == [("one", "w0"), ("one", "w1")]  # the two slots
+    # w0 found nothing on its way; the others queued, and the second slot
+    # wrote them together without waiting for w0.
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2", "w3", "w4", "w5"])]
     results = await run_released(server, tasks)
     assert results == [f"ok w{n}" for n in range(6)]
-    # The first slot to come free writes everything queued meanwhile.
-    assert server.calls[2] == ("many", ["w2", "w3", "w4", "w5"])
-    assert (writer.writes, writer.commits, writer.largest_group) == (6, 3, 4)
+    assert (writer.writes, writer.commits, writer.largest_group) == (6, 2, 5)
+
+
+async def test_with_every_slot_busy_the_first_to_come_free_writes_the_queue() -> None:
+    server = Server()
+    writer = group(server, slots=1)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(4)]
+    await settle()
+    assert server.calls == [("one", "w0")]
+    results = await run_released(server, tasks)
+    assert results == [f"ok w{n}" for n in range(4)]
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2", "w3"])]
+
+
+async def test_a_burst_made_a_few_loop_trips_apart_shares_one_group() -> None:
+    server = Server()
+    writer = group(server, slots=2)
+    first = asyncio.create_task(writer.write("w0"))
+    await settle()
+
+    async def later(request: str, trips: int) -> str:
+        for _ in range(trips):
+            await asyncio.sleep(0)
+        return await writer.write(request)
+
+    # As callers woken by one commit make their next writes: a trip or a few apart.
+    tasks = [asyncio.create_task(later(f"w{n}", n)) for n in range(1, 5)]
+    await settle()
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2", "w3", "w4"])]
+    assert await run_released(server, [first, *tasks]) == [f"ok w{n}" for n in range(5)]
+
+
+async def test_without_grouping_every_write_goes_alone_at_once() -> None:
+    server = Server()
+    writer = GroupCommit(slots=1, write_one=server.write_one, write_many=server.write_many,
+                         grouped=False)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3)]
+    await settle()
+    assert server.calls == [("one", "w0"), ("one", "w1"), ("one", "w2")]
+    assert await run_released(server, tasks) == ["ok w0", "ok w1", "ok w2"]
+    assert (writer.writes, writer.commits, writer.largest_group) == (3, 3, 0)
 
 
 async def test_a_new_write_never_overtakes_a_queued_one() -> None:
@@ -183,6 +225,35 @@ async def test_idle_waits_for_queued_writes() -> None:
     server.release_all()
     await idle
     assert all(task.done() for task in tasks)
+
+
+async def test_a_cancelled_group_task_cancels_its_writes_and_those_queued() -> None:
+    """The loop is closing and cancels the task writing a group: nobody will
+    answer its writes nor those queued behind it, and each writer hears so."""
+    server = Server()
+    writer = group(server, slots=2)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3)]
+    await settle()
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]
+    queued = asyncio.create_task(writer.write("w3"))  # both slots busy: it waits
+    await settle()
+    for drain in list(writer._drains):
+        drain.cancel()
+    await settle()
+    assert [t.cancelled() for t in (tasks[1], tasks[2], queued)] == [True] * 3
+    server.release_all()
+    assert await tasks[0] == "ok w0"
+    assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]  # w3 never sent
+
+
+async def test_more_than_a_group_takes_a_second_slot_at_once() -> None:
+    server = Server()
+    writer = group(server, slots=3)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(MAX_GROUP + 3)]
+    await settle()
+    sizes = [1 if kind == "one" else len(req) for kind, req in server.calls]
+    assert sizes == [1, MAX_GROUP, 2]  # all three on their way together
+    await run_released(server, tasks)
 
 
 def test_slots_must_be_positive() -> None:

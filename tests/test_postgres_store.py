@@ -32,7 +32,9 @@ from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus,
 from fallback_saga.errors import (
     ContextSerializationError,
     CorruptSagaRecord,
+    JournalConflict,
     LeaseLost,
+    SagaAlreadyExists,
     SagaBusy,
     SagaNotFound,
     SagaStoreError,
@@ -887,6 +889,176 @@ async def test_a_write_postgresql_refuses_fails_alone_in_its_group(
         # each went alone: 1 (blocker) + 1 (held) + 1 (the group) + 8.
         stats = store.stats
         assert (stats.writes, stats.commits, stats.largest_group) == (10, 11, 8)
+
+
+class _SlotHeld:
+    """The only write slot of a store (``max_size=2``) held by an append that
+    waits for a row lock ``raw`` holds; writes made meanwhile queue, and go as
+    one group once ``release()`` commits the lock away."""
+
+    def __init__(self, store: PostgresSagaStore, raw: Any) -> None:
+        self.store, self.raw = store, raw
+
+    async def hold(self) -> None:
+        await new_saga(self.store, "blocker")
+        self.raw.execute("BEGIN")
+        self.raw.execute("SELECT 1 FROM fallback_saga_sagas WHERE saga_id = 'blocker' FOR UPDATE")
+        self.writes = self.store.stats.writes
+        self.held = asyncio.create_task(self.store.append("blocker", [entry(1, "b")]))
+        await self.queued(0)
+
+    async def queued(self, count: int) -> None:
+        """Wait until ``count`` writes queue behind the held one."""
+        deadline = asyncio.get_running_loop().time() + 30
+        while self.store.stats.writes < self.writes + 1 + count:
+            assert asyncio.get_running_loop().time() < deadline, self.store.stats
+            await asyncio.sleep(0.01)
+
+    async def release(self) -> None:
+        self.raw.execute("COMMIT")
+        await self.held
+
+
+async def _hold_slot(store: PostgresSagaStore, raw: Any) -> _SlotHeld:
+    held = _SlotHeld(store, raw)
+    await held.hold()
+    return held
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+async def test_fencing_and_after_stay_exact_per_saga_in_a_shared_transaction(
+    pg_conninfo: str, pg_schema: str, raw: Any, transactional: bool
+) -> None:
+    """Many sagas' appends in one statement: each is made only while its own
+    fence and journal length match; the others are made all the same."""
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=2, open=False,
+        kwargs={} if transactional else {"autocommit": True},
+    )
+    await pool.open(wait=True)
+    try:
+        async with PostgresSagaStore(pool, schema=pg_schema) as store:
+            leases = []
+            for n in range(6):
+                await new_saga(store, f"s{n}")
+                (lease,) = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=1)
+                leases.append(lease)
+            by_id = {lease.saga_id: lease for lease in leases}
+            stale = Lease("s1", "w", by_id["s1"].token - 1, 0.0)
+            held = await _hold_slot(store, raw)
+            writes = [
+                store.append("s0", [entry(1, "b")], fence=by_id["s0"], after=1),
+                store.append("s1", [entry(1, "b")], fence=stale, after=1),  # lease lost
+                store.append("s2", [entry(1, "b")], fence=by_id["s2"], after=0),  # conflict
+                store.append("s3", [entry(1, "b")], status=SagaStatus.COMPLETED,
+                             context={"done": 3}, after=1),
+                store.append("s4", [entry(1, "b"), entry(1, "c")], fence=by_id["s4"]),
+                store.append("nobody", [entry(1, "b")]),  # not found
+                store.append("s5", []),  # nothing to journal: the row is touched all the same
+            ]
+            tasks = [asyncio.create_task(w) for w in writes]
+            await held.queued(len(tasks))
+            await held.release()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert [results[n] for n in (0, 3, 4, 6)] == [None] * 4, results
+            assert isinstance(results[1], LeaseLost), results
+            assert isinstance(results[2], JournalConflict), results
+            assert isinstance(results[5], SagaNotFound), results
+            assert store.stats.largest_group == len(tasks), store.stats
+            lengths = {f"s{n}": len((await store.load(f"s{n}")).history) for n in range(6)}
+            assert lengths == {"s0": 2, "s1": 1, "s2": 1, "s3": 2, "s4": 3, "s5": 1}
+            s3 = await store.load("s3")
+            assert (s3.status, s3.context, s3.version) == (SagaStatus.COMPLETED, {"done": 3}, 2)
+            s4 = await store.load("s4")
+            assert [(e.position, e.step) for e in s4.history] == [(0, "a"), (1, "b"), (1, "c")]
+            assert (await store.load("s5")).version == 2
+            assert (await store.load("s1")).version == 1  # refused: not touched
+    finally:
+        await pool.close()
+
+
+async def test_writes_to_one_saga_in_one_group_are_made_in_order(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    """A group holding several writes of one saga: each is made after the one
+    before it (one statement each time a saga comes back), in one transaction."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2) as store:
+        held = await _hold_slot(store, raw)
+        tasks = [
+            asyncio.create_task(store.append("late", [entry(0, "x")])),  # before its create
+            asyncio.create_task(store.create("late", "OrderSaga", "fp", {}, [entry(0, "a")])),
+            asyncio.create_task(store.append("late", [entry(1, "b")], after=1)),
+            asyncio.create_task(new_saga(store, "other")),
+            asyncio.create_task(store.append("late", [entry(2, "c")], after=2,
+                                             status=SagaStatus.COMPLETED)),
+            asyncio.create_task(store.create("late", "OrderSaga", "fp", {}, [])),  # taken
+        ]
+        await held.queued(len(tasks))
+        await held.release()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], SagaNotFound), results
+        assert results[1:5] == [None] * 4, results
+        assert isinstance(results[5], SagaAlreadyExists), results
+        record = await store.load("late")
+        assert [e.step for e in record.history] == ["a", "b", "c"]
+        assert (record.status, record.version) == (SagaStatus.COMPLETED, 3)
+        assert (await store.load("other")).history[0].step == "a"
+        # blocker's create, the held append, then the six in one transaction.
+        assert (store.stats.writes, store.stats.commits, store.stats.largest_group) == (8, 3, 6)
+
+
+async def test_a_group_refused_by_the_server_fails_or_makes_each_write_on_its_own(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    """The statement of a group refused (one write's value out of range):
+    nothing of it was written; each write is made alone, so the others land,
+    conditions checked again, and only the bad one fails."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2) as store:
+        for n in range(4):
+            await new_saga(store, f"s{n}")
+        held = await _hold_slot(store, raw)
+        tasks = [
+            asyncio.create_task(store.append("s0", [entry(1, "b")], after=1)),
+            asyncio.create_task(store.append("s1", [entry(2**40, "b")], after=1)),  # refused
+            asyncio.create_task(store.append("s0", [entry(2, "c")], after=2)),  # same saga
+            asyncio.create_task(store.append("s2", [entry(1, "b")], after=7)),  # conflict
+            asyncio.create_task(store.create("s9", "OrderSaga", "fp", {}, [entry(0, "a")])),
+        ]
+        await held.queued(len(tasks))
+        await held.release()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [results[n] for n in (0, 2, 4)] == [None] * 3, results
+        assert isinstance(results[1], SagaStoreError), results
+        assert isinstance(results[3], JournalConflict), results
+        assert [e.step for e in (await store.load("s0")).history] == ["a", "b", "c"]
+        assert len((await store.load("s1")).history) == 1
+        assert len((await store.load("s9")).history) == 1
+        # 2 before, then the group (refused), then each of the five alone.
+        assert (store.stats.writes, store.stats.commits) == (2 + 4 + 5, 2 + 4 + 1 + 5)
+
+
+async def test_a_nul_in_one_grouped_write_fails_that_write_only(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    """A text PostgreSQL cannot hold (a NUL in a saga name) in one write of a
+    group: the server refuses the group's statement (nothing written, not in
+    doubt), each write goes alone, and only that one fails."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2) as store:
+        held = await _hold_slot(store, raw)
+        tasks = [
+            asyncio.create_task(store.create(
+                f"s{n}", "Order\x00Saga" if n == 1 else "OrderSaga", "fp", {}, [entry(0, "a")]
+            ))
+            for n in range(4)
+        ]
+        await held.queued(len(tasks))
+        await held.release()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], SagaStoreError), results
+        assert [results[n] for n in (0, 2, 3)] == [None] * 3, results
+        with pytest.raises(SagaNotFound):
+            await store.load("s1")
+        assert store.stats.largest_group == 4, store.stats
 
 
 async def _crashed(store: PostgresSagaStore, saga_id: str) -> None:

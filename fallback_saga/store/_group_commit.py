@@ -1,12 +1,19 @@
 """Group commit for an asyncio store whose writes are round trips to a server.
 
-A durable write costs a round trip and a flush to disk, however small it is.
-With many sagas in flight, ``GroupCommit`` lets up to ``slots`` writes go to
-the server on their own, at once; a write that finds every slot busy waits in
-a queue, and when a slot comes free, everything queued goes together: one
-transaction, one round trip, one flush (``write_many``). One saga in flight
-pays nothing for this: its write finds a slot free and goes alone
-(``write_one``), as it would without a queue.
+A durable write costs a round trip and a flush to disk, however small it is,
+and a statement costs CPU on both sides. With many sagas in flight,
+``GroupCommit`` sends their writes together: one transaction, one round
+trip, one flush (``write_many``). One saga in flight pays nothing for this:
+a write made while nothing else is on its way goes at once and alone
+(``write_one``), in the caller's task, as it would without a queue.
+
+A write made while another is on its way queues. A group starts while fewer
+than ``slots`` writes or groups are on their way; before it takes the queue
+it lets the event loop go round while the queue still grows (at most
+``GATHER_TRIPS`` times), because a commit wakes many callers at once and
+each makes its next write a few trips later: those writes then share one
+group instead of going one by one. A group holds at most ``MAX_GROUP``
+writes. ``grouped=False`` sends every write alone, at once.
 
 Rules that keep it correct:
 
@@ -39,6 +46,8 @@ R = TypeVar("R")  # its result
 
 # At most this many writes in one transaction: the rest go in the next.
 MAX_GROUP = 256
+# At most this many trips through the event loop for a burst of writes to join a group.
+GATHER_TRIPS = 8
 
 
 class RetryAlone(Exception):
@@ -47,9 +56,11 @@ class RetryAlone(Exception):
 
 
 class GroupCommit(Generic[W, R]):
-    """Writes through ``write_one`` while a slot is free, else grouped (see the
-    module docstring). ``write_many`` returns one outcome per request, in
+    """Writes through ``write_one`` while nothing else is on its way, else
+    grouped (see the module docstring). ``write_many`` returns one outcome per request, in
     order: its result, or the exception to raise for it."""
+
+    gather_trips = GATHER_TRIPS
 
     def __init__(
         self,
@@ -57,10 +68,14 @@ class GroupCommit(Generic[W, R]):
         slots: int,
         write_one: Callable[[W], Awaitable[R]],
         write_many: Callable[[list[W]], Awaitable[list[R | BaseException]]],
+        grouped: bool = True,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots!r}")
-        self._free = slots
+        self._slots = slots
+        self._grouped = grouped
+        self._busy = 0  # writes alone and groups on their way
+        self._gathering = False  # a group waits for its burst to join
         self._write_one = write_one
         self._write_many = write_many
         self._queue: list[tuple[W, asyncio.Future[R]]] = []
@@ -71,16 +86,22 @@ class GroupCommit(Generic[W, R]):
 
     async def write(self, request: W) -> R:
         self.writes += 1
-        if self._free > 0 and not self._queue:
-            self._free -= 1
+        if not self._grouped:
+            self.commits += 1
+            return await self._write_one(request)
+        if self._busy == 0 and not self._queue:
+            # Nothing else on its way: go now, in the caller's task.
+            self._busy = 1
             try:
                 self.commits += 1
                 return await self._write_one(request)
             finally:
-                self._slot_done()
+                self._busy -= 1
+                self._kick()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         entry = (request, future)
         self._queue.append(entry)
+        self._kick()
         try:
             return await future
         except asyncio.CancelledError:
@@ -94,29 +115,46 @@ class GroupCommit(Generic[W, R]):
         while self._drains:
             await asyncio.gather(*self._drains, return_exceptions=True)
 
-    def _slot_done(self) -> None:
-        if self._queue:  # the slot goes on to write what queued meanwhile
+    def _kick(self) -> None:
+        """Start a group if writes wait, a slot is free and no group is
+        gathering already."""
+        if self._queue and self._busy < self._slots and not self._gathering:
+            self._busy += 1
+            self._gathering = True
             task = asyncio.get_running_loop().create_task(self._drain())
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
-        else:
-            self._free += 1
 
     async def _drain(self) -> None:
         group: list[tuple[W, asyncio.Future[R]]] = []
+        finished = False
         try:
-            while self._queue:
-                group = self._queue[:MAX_GROUP]
-                del self._queue[:MAX_GROUP]
-                await self._write_group(group)
+            # Let the writes of this burst join: the loop goes round while
+            # the queue still grows (the callers a commit woke make theirs).
+            size = len(self._queue)
+            for _ in range(self.gather_trips):
+                await asyncio.sleep(0)
+                if len(self._queue) == size:
+                    break
+                size = len(self._queue)
+            self._gathering = False
+            group = self._queue[:MAX_GROUP]
+            del self._queue[:MAX_GROUP]
+            self._kick()  # more than a group's worth: the rest may take another slot
+            await self._write_group(group)
+            finished = True
         finally:
-            self._free += 1
-            # Left over only if this task itself was cancelled (the loop is
-            # closing): nobody will answer these writes, so say so.
-            for _, future in group + self._queue:
-                if not future.done():
-                    future.cancel()
-            self._queue.clear()
+            self._gathering = False
+            self._busy -= 1
+            if finished:
+                self._kick()
+            else:
+                # This task itself was cancelled (the loop is closing): nobody
+                # will answer these writes, nor those queued, so say so.
+                for _, future in group + self._queue:
+                    if not future.done():
+                        future.cancel()
+                self._queue.clear()
 
     async def _write_group(self, group: list[tuple[W, asyncio.Future[R]]]) -> None:
         live = [(request, future) for request, future in group if not future.done()]

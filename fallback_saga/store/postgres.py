@@ -23,16 +23,19 @@ the history always agree). Results are read in binary format, so floats
 (journal times, lease expiry) come back bit for bit whatever the server's
 ``extra_float_digits``.
 
-Group commit. Up to half the pool's connections carry journal writes on
-their own at once; a write that finds them all busy queues, and when one
-comes free everything queued goes in **one transaction, one round trip**
-(pipeline mode) and one flush to disk (``_group_commit.GroupCommit``): with
-many sagas in flight, far fewer commits; with one, nothing changes. Each
-write still returns only once its transaction has committed. If the server
-refuses the group (one bad write), it was rolled back and each write is
-retried alone, so only the bad one fails; if the connection is lost, the
-commit is in doubt and every write of the group fails, none retried.
-``store.stats`` counts writes and commits.
+Group commit. A journal write made while no other is on its way goes at
+once, alone. The others queue, and go together (``_group_commit.GroupCommit``:
+at most two groups on their way, each gathering the burst of writes that one
+commit set off): **one statement, one round trip**, one flush to disk — the
+writes as one JSON array, each create or append made under its own
+conditions (fencing token, ``after``), as alone. A group that holds a saga
+twice is split there into statements run in order in one pipelined
+transaction. With many sagas in flight, far fewer commits and statements;
+with one, nothing changes. Each write still returns only once its
+transaction has committed. If the server refuses the group (one bad write),
+it was rolled back and each write is retried alone, so only the bad one
+fails; if the connection is lost, the commit is in doubt and every write of
+the group fails, none retried. ``store.stats`` counts writes and commits.
 
 Leases. ``claim`` is one short transaction: ``SELECT ... FOR UPDATE SKIP
 LOCKED`` on the sagas table alone (no join, no subquery: under READ COMMITTED
@@ -70,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import re
@@ -375,6 +379,41 @@ class _Statements:
             f" FROM saga, {_ENTRIES}"
             f") SELECT 1 FROM saga"
         )
+        # Many sagas' creates and appends in one statement (group commit): one
+        # JSON array of writes (``_group_json``), read once by json_to_recordset;
+        # each write's conditions (fence, ``after``) are those of ``append``,
+        # per row. Returns the number (``i``) of every write that was made. Its
+        # writes must name distinct sagas: the UPDATE could not tell two
+        # writes to one row apart, nor see a row the INSERT beside it adds.
+        self.group = (
+            f"WITH w AS MATERIALIZED ("
+            f" SELECT * FROM json_to_recordset(%s::json) AS w(i int, c bool, id text,"
+            f" name text, fp text, st text, ctx jsonb, n int, f bigint, a int, es json)"
+            f"), created AS ("
+            f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
+            f" journal_length) SELECT id, name, fp, st, ctx, n FROM w WHERE c"
+            f" ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
+            f"), updated AS ("
+            f" UPDATE {sagas} s SET status = COALESCE(w.st, s.status),"
+            f" context = COALESCE(w.ctx, s.context), version = s.version + 1,"
+            f" journal_length = s.journal_length + w.n, updated_at = now()"
+            # The rows by their key, whatever the table's statistics: a
+            # generic plan (prepared) would hash-join a small table in full.
+            f" FROM w WHERE s.saga_id = ANY(ARRAY(SELECT id FROM w WHERE NOT c))"
+            f" AND NOT w.c AND s.saga_id = w.id"
+            f" AND s.fence = COALESCE(w.f, s.fence)"
+            f" AND s.journal_length = COALESCE(w.a, s.journal_length)"
+            f" RETURNING w.i, s.saga_id, s.journal_length - w.n AS start, w.es"
+            f"), done AS ("
+            f" SELECT w.i, w.id AS saga_id, 0 AS start, w.es FROM w"
+            f" JOIN created ON created.saga_id = w.id WHERE w.c"
+            f" UNION ALL SELECT i, saga_id, start, es FROM updated"
+            f"), journal AS ("
+            f" INSERT INTO {steps} {_STEP_COLUMNS}"
+            f" SELECT done.saga_id, done.start + e.n - 1, {_ENTRY_VALUES}"
+            f" FROM done, json_array_elements(done.es) WITH ORDINALITY AS e(v, n)"
+            f") SELECT i FROM done"
+        )
         self.fence_of = f"SELECT fence, journal_length FROM {sagas} WHERE saga_id = %s"
         self.load = (
             f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
@@ -610,6 +649,39 @@ _COMMIT_UNKNOWN: Final = ("08", "57P")
 _Write = tuple[str, str, list[Any]]  # doing, statement, parameters
 
 
+# At most this many journal writes or groups on their way at once (and at
+# most half the pool): while one group commits, the next gathers and goes;
+# more would split the writes into smaller groups, each a statement and a
+# commit more for both sides to pay for (measured: 2 beat 1, 3 and 5).
+_GROUP_SLOTS: Final = 2
+
+# What a grouped write that was made returns (a single write's first row).
+_MADE: Final = (1,)
+
+_json_text: Final = json.encoder.encode_basestring_ascii  # a str as JSON (C)
+
+
+def _group_json(number: int, is_create: bool, params: list[Any]) -> str:
+    """One write as an element of ``_Statements.group``'s JSON array, built from
+    the parameters of its own statement (``create`` or ``append``): the
+    context and the entries are JSON text already and go in as they are."""
+    if is_create:
+        saga_id, name, fingerprint, status, context, count, entries = params
+        return (
+            f'{{"i":{number},"c":true,"id":{_json_text(saga_id)},'
+            f'"name":{_json_text(name)},"fp":{_json_text(fingerprint)},'
+            f'"st":"{status}","ctx":{context},"n":{count},"es":{entries}}}'
+        )
+    status, context, count, saga_id, token, after, _, entries = params
+    return (
+        f'{{"i":{number},"c":false,"id":{_json_text(saga_id)},'
+        f'"st":{"null" if status is None else _json_text(status)},'
+        f'"ctx":{"null" if context is None else context},"n":{count},'
+        f'"f":{"null" if token is None else int(token)},'
+        f'"a":{"null" if after is None else int(after)},"es":{entries}}}'
+    )
+
+
 def _commit_in_doubt(error: BaseException) -> bool:
     """Whether a failed transaction may have been committed all the same: yes
     unless the server reported an error (it then rolled the transaction
@@ -652,8 +724,8 @@ class PostgresSagaStore:
     crash loses nothing. The other PostgreSQL values are accepted for
     replicated setups.
 
-    ``group_commit`` (default on): journal writes that find half the pool
-    busy go together in one transaction (see the module docstring). Turn it
+    ``group_commit`` (default on): journal writes made while another is on
+    its way go together in one transaction (see the module docstring). Turn it
     off behind a statement-mode pooler, which refuses multi-statement
     transactions; it is off anyway with a libpq older than 14 (no pipeline
     mode).
@@ -744,14 +816,15 @@ class PostgresSagaStore:
         self._ready = False  # migrated and, for an owned pool, opened
         self._closed = False
         self._opening: asyncio.Lock | None = None
-        # Journal writes: half the pool's connections write alone at once;
-        # beyond that they are grouped (one transaction, one round trip). A
-        # libpq without pipeline mode (older than 14) writes each alone.
+        # Journal writes: alone while nothing else is on its way, else grouped
+        # (one statement, one round trip), at most _GROUP_SLOTS on their way.
+        # A libpq without pipeline mode (older than 14) writes each alone.
         self.group_commit: bool = group_commit and psycopg.Pipeline.is_supported()
         self._journal: GroupCommit[_Write, Any] = GroupCommit(
-            slots=max(1, pool_size // 2) if self.group_commit else 1 << 30,
+            slots=max(1, min(_GROUP_SLOTS, pool_size // 2)),
             write_one=self._write_one,
             write_many=self._write_many,
+            grouped=self.group_commit,
         )
 
     def __repr__(self) -> str:
@@ -909,27 +982,46 @@ class PostgresSagaStore:
         return await self._fetch(doing, statement, params)
 
     async def _write_many(self, writes: list[_Write]) -> list[Any]:
-        """Journal writes in one transaction, sent in one round trip (pipeline
-        mode); their first rows, or the error of each (``GroupCommit``)."""
-        from psycopg.rows import tuple_row  # type: ignore[import-not-found, unused-ignore]
-
+        """Journal writes in one transaction: one statement (``_Statements.group``)
+        for as many of them as name distinct sagas, and one more each time a
+        saga comes back (in order, pipelined: one round trip); their first rows,
+        or the error of each (``GroupCommit``)."""
         if not self._ready:
             await self.open()
         pool = self._pool
         if pool is None:
             return [SagaStoreError("the PostgreSQL saga store is closed") for _ in writes]
+        create = self._sql.create
+        batches: list[list[str]] = [[]]
+        seen: set[str] = set()
+        for number, (_, statement, params) in enumerate(writes):
+            is_create = statement is create
+            saga_id = params[0] if is_create else params[3]
+            if saga_id in seen:  # a second write to one saga: the next statement
+                batches.append([])
+                seen.clear()
+            seen.add(saga_id)
+            batches[-1].append(_group_json(number, is_create, params))
         try:
             conn = await pool.getconn()
         except self._errors as error:
             return [self._wrap(error, doing) for doing, _, _ in writes]
         try:
-            cursors = []
-            async with conn.pipeline(), conn.transaction():
-                for _, statement, params in writes:
-                    cursor = conn.cursor(row_factory=tuple_row)
-                    await cursor.execute(statement, params, binary=True)
-                    cursors.append(cursor)
-            return [await cursor.fetchone() for cursor in cursors]
+            done: set[int] = set()
+            statement = self._sql.group
+            arrays = ["[" + ",".join(batch) + "]" for batch in batches]
+            if len(arrays) == 1 and conn.autocommit:
+                # One statement is one transaction: no BEGIN/COMMIT to send.
+                cursor = await _query(conn, statement, arrays)
+                done.update(number for (number,) in await cursor.fetchall())
+            else:
+                cursors = []
+                async with conn.pipeline(), conn.transaction():
+                    for array in arrays:
+                        cursors.append(await _query(conn, statement, (array,)))
+                for cursor in cursors:
+                    done.update(number for (number,) in await cursor.fetchall())
+            return [_MADE if number in done else None for number in range(len(writes))]
         except self._errors as error:
             if not _commit_in_doubt(error):
                 # The server refused a statement: the transaction was rolled
