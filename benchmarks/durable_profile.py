@@ -140,7 +140,11 @@ async def thread_breakdown(
 
 class _EncodeOnlyStore:
     """Does the event-loop side of ``SQLiteSagaStore``'s writes (the JSON
-    encoding of the context, the entries tuple) and returns at once."""
+    encoding of the context, the entries tuple) and returns at once. Like
+    that store, it declares that its writes outlive cancellation, so the
+    executor takes the same inline write path (no task per write)."""
+
+    writes_outlive_cancellation = True
 
     def __init__(self) -> None:
         from fallback_saga.store.sqlite import _context_json
