@@ -743,3 +743,47 @@ async def test_S10_step_intent_is_journaled_before_the_step_runs() -> None:
     record = await store.load("wa")
     assert record.status is SagaStatus.COMPLETED
     assert record.context["items"] == ["apple", "A", "B"]
+
+
+@dataclasses.dataclass
+class FlatCtx(SagaContext):
+    """A flat context (immutable values only): its step snapshot is its
+    ``__dict__`` copied, the executor's cheapest kind."""
+
+    order_id: str = "o-1"
+    amount: int = 10
+    note: str | None = None
+
+
+async def test_S2_a_flat_context_is_restored_before_every_try_and_the_fallback() -> None:
+    trace: Trace = []
+    ctx = FlatCtx()
+    before = dataclasses.asdict(ctx)
+
+    def wreck(c: Any) -> None:
+        c.amount += 1
+        c.note = ["now", "a", "list"]  # no longer flat: the restore must undo it all
+        c.extra = True
+
+    def seen(c: Any) -> tuple[Any, ...]:
+        return (c is ctx, dict(vars(c)))
+
+    primary = Probe("Card", trace, error=Boom, mutate=wreck, observe=seen)
+    backup = Probe("Invoice", trace, observe=seen)
+    last = Probe("Ship", trace, error=Boom, mutate=wreck, observe=seen)
+    saga = declare(
+        Fallback(step=primary, fallback=backup,
+                 retry=RetryPolicy(attempts=3, delay=0.0, jitter=0.0)),
+        last,
+        context=FlatCtx,
+    )()
+
+    with pytest.raises(SagaFailed):
+        await saga.run(ctx)
+
+    # Each of the primary's three tries, and the fallback, saw the state the
+    # step began with; so did the last step; the failure left it as it was.
+    assert primary.seen == [(True, before)] * 3
+    assert backup.seen == [(True, before)]
+    assert last.seen == [(True, before)]
+    assert vars(ctx) == before
