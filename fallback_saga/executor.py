@@ -390,10 +390,7 @@ class Execution(StepCursor):
     ) -> None:
         # A given id no store can hold is refused here, before anything runs,
         # rather than by the store's first write (or not at all in memory).
-        self.saga_id = saga_id = (
-            f"{_id_prefix}{next(_id_counter):012x}" if saga_id is None  # new_saga_id()
-            else check_saga_id(saga_id)
-        )
+        self.saga_id = saga_id = new_saga_id() if saga_id is None else check_saga_id(saga_id)
         # StepCursor's fields, set here (one call fewer per run)
         self.saga_name = settings.saga_name
         self.step = ""
@@ -543,7 +540,7 @@ class Execution(StepCursor):
                     branch = item
                     response = await self.try_branch(branch, snapshot, None)
                 else:
-                    branch, response = await self.run_fallback(item, snapshot=snapshot)
+                    branch, response = await self.run_fallback(item, snapshot)
                 if not isinstance(response, SagaStepResult):
                     response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
                 results.append(response)
@@ -562,12 +559,12 @@ class Execution(StepCursor):
         """One element of ``steps``: its result (a group's: one per member)."""
         if isinstance(item, GroupPlan):
             return await self.run_group(item)
+        snapshot = self.image = step_snapshot(self.context)
         if isinstance(item, Branch):
             branch = item
-            snapshot = self.image = step_snapshot(self.context)
             response = await self.try_branch(branch, snapshot, None)
         else:
-            branch, response = await self.run_fallback(item)
+            branch, response = await self.run_fallback(item, snapshot)
         if isinstance(response, SagaStepResult):
             return [response]
         return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
@@ -714,14 +711,10 @@ class Execution(StepCursor):
     # ------------------------------------------------------------------ forward
 
     async def run_fallback(
-        self, plan: FallbackPlan, lane: Lane | None = None, snapshot: StepSnapshot | None = None
+        self, plan: FallbackPlan, snapshot: StepSnapshot, lane: Lane | None = None
     ) -> tuple[Branch, Any]:
-        if snapshot is not None:
-            pass  # taken by the caller
-        elif lane is None:
-            snapshot = self.image = step_snapshot(self.context)
-        else:
-            snapshot = step_snapshot(lane.context)
+        """``plan``'s primary, then its fallback if the primary fails (S3);
+        ``snapshot``: the context as the step began (the lane's, in a group)."""
         rule = plan.rule
         try:
             return plan.primary, await self.try_branch(plan.primary, snapshot, plan, lane)
@@ -1037,12 +1030,13 @@ class Execution(StepCursor):
         try:
             if isinstance(member, Branch):
                 branch = member
-                response = await self.try_branch(member, take_snapshot(lane.context), None, lane)
+                response = await self.try_branch(member, step_snapshot(lane.context), None, lane)
             elif first is member.fallback:
                 branch = first
-                response = await self.try_branch(first, take_snapshot(lane.context), None, lane)
+                response = await self.try_branch(first, step_snapshot(lane.context), None, lane)
             else:
-                branch, response = await self.run_fallback(member, lane)
+                branch, response = await self.run_fallback(member, step_snapshot(lane.context),
+                                                           lane)
             # Completed (and on the compensation stack): its writes join the
             # saga's context now — unless a sibling changed the same field.
             changed = changed_fields(base, lane.context)
