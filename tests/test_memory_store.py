@@ -329,3 +329,27 @@ async def test_a_retained_saga_keeps_its_responses_not_their_step_results() -> N
     record = await store.load(result.saga_id)
     # What load() gives is the response's journal form, as with any store.
     assert record.history[-1].result == response_text(_Receipt(number=7), "TestSaga", "x")
+
+
+@pytest.mark.parametrize("steps", [1, 16, 17, 40])
+async def test_a_retained_saga_of_any_length_loads_back_every_entry_in_order(steps: int) -> None:
+    # A finished saga is kept as one flat record; short journals and long
+    # ones (past the unrolled builder's limit of 32 entries) are laid out by
+    # different code, and must read back the same way.
+    names = [f"Step{i}" for i in range(steps)]
+    saga = declare(*(Probe(name, [], response=name) for name in names), name="Long")()
+    result = await saga.run(OrderCtx(order_id="o-long"), saga_id=f"long-{steps}")
+    record = await saga.store.load(f"long-{steps}")
+
+    assert record.status is SagaStatus.COMPLETED
+    assert record.saga_name == "Long"
+    assert rows(record) == [
+        (name, "act", status) for name in names for status in (STARTED, COMPLETED)
+    ]
+    assert [e.result for e in record.history if e.status is COMPLETED] == [
+        response_text(r.response, "Long", r.step_name) for r in result.results
+    ]
+    assert [e.position for e in record.history] == [i for i in range(steps) for _ in "ab"]
+    assert record.context == OrderCtx(order_id="o-long").to_dict()
+    assert record.created_at <= record.history[0].at <= record.updated_at
+    assert record.updated_at == record.history[-1].at

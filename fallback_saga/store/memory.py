@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -271,14 +272,42 @@ def _freeze(saga: LiveSaga) -> _Frozen | None:
     count = len(journal)
     created_at = saga.created_at
     updated_at = journal[-1][7] if count else created_at
-    # One tuple display: no list to build and copy.
     if context.__class__ is tuple:
         index, names, values = context
-        return (saga.saga_name, saga.fingerprint, saga.status.value, created_at, updated_at,
-                count, *chain.from_iterable(journal), _FROZEN, index, len(names), *names,
-                *values)
-    return (saga.saga_name, saga.fingerprint, saga.status.value, created_at, updated_at,
-            count, *chain.from_iterable(journal), _HELD, context)
+        tail: tuple[Any, ...] = (_FROZEN, index, len(names), *names, *values)
+    else:
+        tail = (_HELD, context)
+    return _flattener(count)(saga.saga_name, saga.fingerprint, saga.status.value, created_at,
+                             updated_at, count, journal, tail)
+
+
+_Flattener = Callable[[str, str, str, float, float, int, Sequence[Any], tuple[Any, ...]], _Frozen]
+
+
+def _flatten_any(name: str, fingerprint: str, status: str, created_at: float,
+                 updated_at: float, count: int, journal: Sequence[Any],
+                 tail: tuple[Any, ...]) -> _Frozen:
+    return (name, fingerprint, status, created_at, updated_at, count,
+            *chain.from_iterable(journal), *tail)
+
+
+@functools.cache
+def _flattener(count: int) -> _Flattener:
+    """The frozen record's builder for a journal of ``count`` entries: one tuple
+    display with each entry unpacked by index, about twice as fast as
+    unpacking ``chain.from_iterable(journal)`` (an iterator step per value).
+    Made once per journal length (the source is built from an int only);
+    a long journal takes the general form."""
+    if count > _UNROLLED:
+        return _flatten_any
+    entries = "".join(f"*journal[{at}], " for at in range(count))
+    source = ("lambda name, fingerprint, status, created_at, updated_at, count, journal, tail:"
+              f" (name, fingerprint, status, created_at, updated_at, count, {entries}*tail)")
+    return eval(source, {})  # type: ignore[no-any-return]
+
+
+# Journals up to this length get an unrolled builder (a saga of 16 plain steps).
+_UNROLLED = 32
 
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
