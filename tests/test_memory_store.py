@@ -353,3 +353,25 @@ async def test_a_retained_saga_of_any_length_loads_back_every_entry_in_order(ste
     assert record.context == OrderCtx(order_id="o-long").to_dict()
     assert record.created_at <= record.history[0].at <= record.updated_at
     assert record.updated_at == record.history[-1].at
+
+
+async def test_retention_zero_keeps_a_saga_while_it_runs_and_nothing_once_it_finished() -> None:
+    store = MemorySagaStore(max_finished=0)
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    slow = declare(blocker)(store=store)
+    failing = declare(Probe("A", trace), Probe("B", trace, error=Boom))(store=store)
+
+    task = asyncio.create_task(slow.run(OrderCtx(), saga_id="running"))
+    await reached(blocker.started)
+    assert (await store.load("running")).status is SagaStatus.RUNNING
+    with pytest.raises(SagaFailed):
+        await failing.run(OrderCtx(), saga_id="failed")
+    blocker.release.set()
+    result = await task
+
+    assert result.status is SagaStatus.COMPLETED
+    assert len(store) == 0
+    for saga_id in ("running", "failed"):
+        with pytest.raises(SagaNotFound):
+            await store.load(saga_id)

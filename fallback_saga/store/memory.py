@@ -65,6 +65,9 @@ class MemorySagaStore:
     def finished(self, saga: LiveSaga) -> None:
         saga_id = saga.saga_id
         if self._sagas.get(saga_id) is saga:
+            if not self.max_finished:  # nothing is retained: nothing to freeze
+                del self._sagas[saga_id]
+                return
             frozen = _freeze(saga)
             if frozen is not None:
                 self._sagas[saga_id] = frozen
