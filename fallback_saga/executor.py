@@ -134,14 +134,19 @@ def _new_id_prefix() -> str:
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-"
 
 
+# The counter starts at 16**12, so that hex() of it is "0x1" and then twelve
+# digits: the id's last group is hex(n)[3:], which is cheaper than formatting
+# n with a width (an f-string's format spec is a call of its own). It would
+# wrap after 16**12 ids (2.8e14: 89 years at 100,000 sagas/s).
+_ID_BASE = 16**12
 _id_prefix = _new_id_prefix()
-_id_counter = itertools.count(1)
+_id_counter = itertools.count(_ID_BASE + 1)
 
 
 def _reseed_ids_after_fork() -> None:
     global _id_prefix, _id_counter
     _id_prefix = _new_id_prefix()
-    _id_counter = itertools.count(1)
+    _id_counter = itertools.count(_ID_BASE + 1)
 
 
 os.register_at_fork(after_in_child=_reseed_ids_after_fork)
@@ -151,7 +156,7 @@ def new_saga_id() -> str:
     """A unique saga id, shaped like a UUID: 80 random bits drawn once per
     process (and again after ``fork``) followed by a counter. ``uuid4()``
     costs a system call per id — more than a whole saga step here."""
-    return f"{_id_prefix}{next(_id_counter):012x}"
+    return _id_prefix + hex(next(_id_counter))[3:]
 
 
 # --------------------------------------------------------------------------- the plan
@@ -532,7 +537,8 @@ class Execution(StepCursor):
                         journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
                                         1, None, _now(), response))
                         response = _new_tuple(SagaStepResult, (response, name, self.saga_id))
-                    self.context_dirty = True
+                    # (No context_dirty: only a write-ahead store reads it, and
+                    # this path runs on an in-process store only.)
                     stack.append(branch)
                     results.append(response)
                     continue

@@ -525,6 +525,30 @@ async def test_S7_generated_saga_ids_are_unique_text() -> None:
     assert first.saga_id != second.saga_id
 
 
+def test_S7_generated_saga_ids_are_uuid_shaped_and_a_forked_child_draws_its_own() -> None:
+    import os
+    import uuid
+
+    from fallback_saga.executor import new_saga_id
+
+    ids = [new_saga_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    for saga_id in ids[:3] + ids[-3:]:
+        assert str(uuid.UUID(saga_id)) == saga_id  # 8-4-4-4-12 lowercase hex
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a forked worker must not repeat its parent's ids
+        os.write(write, new_saga_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    parent = new_saga_id()
+    assert str(uuid.UUID(child)) == child
+    assert child.rsplit("-", 1)[0] != parent.rsplit("-", 1)[0]  # fresh random bits
+
+
 async def test_S7_saga_failed_carries_id_step_error_cause_status_comp_errors(
     store: SagaStore,
 ) -> None:
