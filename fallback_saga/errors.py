@@ -282,11 +282,15 @@ class SagaFailed(SagaError):
         self.status = status
         self.failed_step = failed_step
         self.error = error
-        self.compensation_errors: dict[str, BaseException] = dict(compensation_errors or {})
-        self.branch_errors: dict[str, BaseException] = dict(branch_errors or {})
+        self.compensation_errors: dict[str, BaseException] = (
+            dict(compensation_errors) if compensation_errors else {}
+        )
+        self.branch_errors: dict[str, BaseException] = dict(branch_errors) if branch_errors else {}
+        # (A SagaStatus is a StrEnum: its str() is its value, without the
+        # Python-level ``.value`` property; every failed saga builds this.)
         message = (
             f"saga {saga_name} ({short_id(saga_id)}) failed at step {failed_step!r}: "
-            f"{type(error).__name__}: {error}; status {status.value}"
+            f"{type(error).__name__}: {error}; status {status!s}"
         )
         if self.compensation_errors:
             message += f"; compensation failed for {', '.join(self.compensation_errors)}"
