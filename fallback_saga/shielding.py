@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+import types
+from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
 __all__ = ["own_task", "settle", "shielded"]
@@ -81,22 +82,35 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     task there, or the timeout would cancel the caller instead of the
     compensation.
     """
-    if sys.version_info >= (3, 12):
-        # Started eagerly: a coroutine that never waits (compensations that
-        # touch only memory) is done already, with nothing to wait for.
-        task = own_task(coroutine)
-        if task.done():
-            return task.result()
+    cancelled = False
+    task = own_task(coroutine)
+    if sys.version_info < (3, 12):
+        # No eager start: let the loop run the task's first step, which comes
+        # before our own next step (both are queued, the task's first), so a
+        # coroutine that never waits is done when we resume — one trip
+        # through the loop, no future of our own.
+        try:
+            await _one_turn()
+        except asyncio.CancelledError:
+            cancelled = True  # reported once the task is done, like any other
+    # Started eagerly (3.12+): a coroutine that never waits (compensations
+    # that touch only memory) is done already, with nothing to wait for.
+    if not task.done():
         # It waits: we wait on a future of our own (never on the task itself,
         # which our cancellation would cancel), resolved once the task is done.
         signal = _Signal(task.get_loop())
         task.add_done_callback(signal.fired)
-        task, cancelled = await _waited_for(task, signal)
-    else:
-        task, cancelled = await _to_the_end(coroutine)
+        task, cancelled_again = await _waited_for(task, signal)
+        cancelled = cancelled or cancelled_again
     if cancelled:
         raise asyncio.CancelledError
     return task.result()
+
+
+@types.coroutine
+def _one_turn() -> Generator[None, None, None]:
+    """Give the event loop one turn (what ``asyncio.sleep(0)`` does, less its coroutine)."""
+    yield
 
 
 async def _to_the_end(coroutine: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], bool]:

@@ -675,6 +675,59 @@ async def test_S8_compensation_is_shielded_from_a_second_cancellation() -> None:
     assert slow.calls == 1
 
 
+class CancelsItsCaller:
+    """A step whose compensate cancels the saga's task the moment the
+    unwinding starts, then waits on the loop twice before it finishes."""
+
+    name = "CancelsItsCaller"
+
+    def __init__(self, trace: Trace, caller: dict[str, asyncio.Task[Any]]) -> None:
+        self.trace = trace
+        self.caller = caller
+        self.interrupted = 0
+
+    async def act(self, ctx: Any) -> str:
+        return "ok"
+
+    async def compensate(self, ctx: Any) -> None:
+        self.caller["task"].cancel()
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.interrupted += 1
+            raise
+        self.trace.append(("compensate", self.name))
+
+
+async def test_S8_a_cancellation_as_the_unwinding_starts_interrupts_no_compensation() -> None:
+    # The caller is cancelled while it hands the unwinding to its own task
+    # (before that task has run a line on 3.11, inside its first step on
+    # 3.12+): every compensation still runs to its end, and the caller hears
+    # of the cancellation only once they have.
+    trace: Trace = []
+    caller: dict[str, asyncio.Task[Any]] = {}
+    undo = CancelsItsCaller(trace, caller)
+    saga = declare(Probe("First", trace), undo, Probe("Fails", trace, error=Boom))()
+
+    compensated_when_run_ended: list[str] = []
+
+    async def drive() -> Any:
+        try:
+            return await saga.run(OrderCtx(), saga_id="s8c")
+        finally:
+            compensated_when_run_ended.extend(compensated(trace))
+            await asyncio.sleep(0)  # where a cancellation not delivered yet lands
+
+    task = caller["task"] = asyncio.create_task(drive())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert undo.interrupted == 0
+    assert compensated_when_run_ended == ["CancelsItsCaller", "First"]
+    assert (await saga.store.load("s8c")).status is SagaStatus.COMPENSATED
+
+
 # --------------------------------------------------------------------------- S12
 
 
