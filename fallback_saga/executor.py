@@ -37,7 +37,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
+from .codec import FIELD_PLANS
 from .context import (
+    _DICT_ONLY,
+    _IMMUTABLE,
+    _JSON_SCALARS,
     Snapshot,
     StepSnapshot,
     changed_fields,
@@ -188,7 +192,7 @@ class Branch:
 
 
 class FallbackPlan:
-    __slots__ = ("breaker", "fallback", "plain", "position", "primary", "rule")
+    __slots__ = ("any_exception", "breaker", "fallback", "plain", "position", "primary", "rule")
 
     def __init__(self, rule: Fallback, primary: Branch, fallback: Branch) -> None:
         self.position = primary.position
@@ -197,6 +201,9 @@ class FallbackPlan:
         self.fallback = fallback
         self.breaker: CircuitBreakerProtocol | None = rule.circuit_breaker
         self.plain = self.breaker is None and primary.plain and fallback.plain
+        # No failure_exceptions: rule.should_fall_back(error) is then
+        # isinstance(error, Exception), which the inlined path tests itself.
+        self.any_exception = not rule.failure_exceptions
 
 
 Member = Branch | FallbackPlan
@@ -395,7 +402,10 @@ class Execution(StepCursor):
     ) -> None:
         # A given id no store can hold is refused here, before anything runs,
         # rather than by the store's first write (or not at all in memory).
-        self.saga_id = saga_id = new_saga_id() if saga_id is None else check_saga_id(saga_id)
+        self.saga_id = saga_id = (
+            _id_prefix + hex(next(_id_counter))[3:]  # new_saga_id(), inlined
+            if saga_id is None else check_saga_id(saga_id)
+        )
         # StepCursor's fields, set here (one call fewer per run)
         self.saga_name = settings.saga_name
         self.step = ""
@@ -431,7 +441,14 @@ class Execution(StepCursor):
         # S12: a context the journal cannot hold is refused before any step runs
         # — by every store, so that moving from memory to SQLite holds no surprise.
         if live:
-            check_serializable(context)
+            # check_serializable's fast path inlined: a flat dataclass of JSON scalars.
+            state = getattr(context, "__dict__", None)
+            if not (
+                state is not None
+                and context.__class__ in FIELD_PLANS
+                and _JSON_SCALARS.issuperset(map(type, state.values()))
+            ):
+                check_serializable(context)
             return
         self.initial_context: dict[str, Any] | None = context_to_dict(context)
         self.written = 0  # journal entries a write-ahead store already has
@@ -473,7 +490,15 @@ class Execution(StepCursor):
         a resumed run stopped in: ``resumed_group`` holds the results of its
         members that completed (by position: they do not run again), and
         ``fallbacks_started`` the positions of members resumed with their fallback."""
-        self.begin()
+        # begin(), inlined
+        if self.live:
+            self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
+            self.created = True
+        hooks = self.hooks
+        if hooks.saga_started:
+            emit(hooks.saga_started, self.saga_id, self.saga_name)
+        if self.resumed and hooks.saga_resumed:
+            emit(hooks.saga_resumed, self.saga_id, self.saga_name)
         token = _CURSOR.set(self)
         try:
             results = self.results
@@ -496,6 +521,9 @@ class Execution(StepCursor):
             context = self.context
             journal = self.journal
             stack = self.stack
+            # A flat context (its state is its __dict__): step_snapshot's fast
+            # path is inlined below, one call fewer per step.
+            flat = _DICT_ONLY.get(context.__class__)
             item: Any  # a PlanItem (Any: the checks below are by exact class, for speed)
             branch: Branch
             for item in plan[start:] if start else plan:
@@ -504,7 +532,10 @@ class Execution(StepCursor):
                 if kind is GroupPlan:
                     results += await self.run_group(item)
                     continue
-                snapshot = self.image = step_snapshot(context)
+                if flat and _IMMUTABLE.issuperset(map(type, (state := context.__dict__).values())):
+                    snapshot = self.image = state.copy()
+                else:
+                    snapshot = self.image = step_snapshot(context)
                 if inline and item.plain:
                     branch = item if kind is Branch else item.primary
                     while True:
@@ -841,9 +872,10 @@ class Execution(StepCursor):
         # A function of its own so that no frame local of the retry loop keeps
         # the error alive (error -> traceback -> frame -> error is a cycle the
         # garbage collector would have to find, for every failed step).
+        text = str(error)  # _describe(error), inlined: every failed act comes here
         self.journal.append(
             (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-             _describe(error), _now(), None)
+             f"{type(error).__name__}: {text}" if text else type(error).__name__, _now(), None)
         )
         if self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
@@ -854,7 +886,10 @@ class Execution(StepCursor):
         fallback that failed, it chains the primary's error to ``error`` (S4),
         which the caller then raises."""
         if failed is plan.primary:
-            if not plan.rule.should_fall_back(error):
+            if plan.any_exception:
+                if not isinstance(error, Exception):
+                    return False  # cancellation, KeyboardInterrupt, SystemExit: never
+            elif not plan.rule.should_fall_back(error):
                 return False
             if self.hooks.fallback_taken:
                 emit(self.hooks.fallback_taken, self.saga_id, failed.name, plan.fallback.name,

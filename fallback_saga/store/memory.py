@@ -64,14 +64,19 @@ class MemorySagaStore:
 
     def finished(self, saga: LiveSaga) -> None:
         saga_id = saga.saga_id
-        if self._sagas.get(saga_id) is saga:
+        sagas = self._sagas
+        if sagas.get(saga_id) is saga:
             if not self.max_finished:  # nothing is retained: nothing to freeze
-                del self._sagas[saga_id]
+                del sagas[saga_id]
                 return
             frozen = _freeze(saga)
             if frozen is not None:
-                self._sagas[saga_id] = frozen
-            self._retire(saga_id)
+                sagas[saga_id] = frozen
+            # _retire, inlined (once per saga run in this process)
+            finished = self._finished
+            finished.append(saga_id)
+            while len(finished) > self.max_finished:
+                sagas.pop(finished.popleft(), None)
 
     # ------------------------------------------------------------------ SagaStore
 
