@@ -509,14 +509,22 @@ def build_contract_floor() -> dict[str, Workload]:
         if run.status == "compensating":
             run.status = "compensated"
 
+    @types.coroutine
+    def one_turn() -> Any:
+        yield
+
     async def shielded(coroutine: Any) -> None:
+        # Eagerly started on 3.12+; on 3.11 one turn of the loop runs the
+        # task's first step before ours (the cheapest wait there is).
+        cancelled = False
         if eager:
             task = asyncio.Task(coroutine, loop=asyncio.get_running_loop(), eager_start=True)
-            if task.done():
-                return task.result()
         else:
             task = asyncio.get_running_loop().create_task(coroutine)
-        cancelled = False
+            try:
+                await one_turn()
+            except asyncio.CancelledError:
+                cancelled = True
         while not task.done():
             try:
                 await asyncio.shield(task)
