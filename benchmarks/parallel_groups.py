@@ -3,6 +3,7 @@
     python benchmarks/parallel_groups.py             # full run, about two minutes
     python benchmarks/parallel_groups.py --quick     # seconds; CI smoke run, numbers meaningless
     python benchmarks/parallel_groups.py --profile   # where an in-memory group's time goes
+    python benchmarks/parallel_groups.py --versus /tmp/base/fallback_saga ...  # A/B, in memory
     python benchmarks/compare.py --only parallel     # the same measurement as a compare.py section
 
 The claim checked: "a group of N branches costs close to N plain steps of
@@ -693,6 +694,121 @@ def profile(n: int = 8, sagas: int = 5_000, top: int = 20, quick: bool = False) 
         loop.close()
 
 
+# ---------------------------------------------------------------------------
+# --versus: this tree against another copy of the package, side by side
+# ---------------------------------------------------------------------------
+
+
+def lib_sagas(lib: Any, n: int, grouped: bool) -> Callable[[], workloads.SagaRunner]:
+    """``Straight<n>``/``Group<n>`` built on the package module ``lib`` (this
+    tree's or the baseline's): the same steps, a context class of its own."""
+    ctx_cls = dataclasses.make_dataclass(
+        "GCtx", [("order_id", str)] + [(f, "str | None", dataclasses.field(default=None))
+                                       for f in FIELDS],
+        bases=(lib.SagaContext,),
+    )
+    members = STEPS[:n]
+    body: list[Any] = [lib.Parallel(*members)] if grouped else list(members)
+    name = f"{'Group' if grouped else 'Straight'}{n}"
+    cls = types.new_class(name, (lib.Saga[ctx_cls],), exec_body=lambda ns: ns.update(steps=body))
+
+    def new_runner() -> workloads.SagaRunner:
+        saga = cls()
+
+        async def run_one() -> Any:
+            ctx = ctx_cls(order_id="o-1")
+            return ctx, await saga.run(ctx)
+
+        return run_one
+
+    return new_runner
+
+
+def lib_check(n: int) -> Callable[[Any], None]:
+    names = [f"Step{i}" for i in range(n)]
+    expected = ["done"] * n + [None] * (len(FIELDS) - n)
+
+    def check(outcome: Any) -> None:
+        ctx, result = outcome
+        assert result.status.value == "completed", result.status
+        assert [getattr(ctx, f) for f in FIELDS] == expected, ctx
+        assert [r.step_name for r in result.results] == names, result.results
+        assert [r.response for r in result.results] == list(FIELDS[:n]), result.results
+
+    return check
+
+
+async def versus(baselines: list[Path], rounds: int, count: int) -> str:
+    """Straight and group, N = 3 and 8, on this tree and on each of
+    ``baselines`` (package folders, imported as ``fallback_saga_baseline``,
+    ``..._baseline1``, ...): interleaved rounds with a rotating start,
+    ``gc.collect()`` before each batch of ``count`` sagas, CPU time of this
+    thread (``time.thread_time``: other jobs on the machine do not count),
+    medians. The first baseline is the reference of the last column."""
+    import importlib.util
+
+    import fallback_saga
+
+    libs: dict[str, Any] = {"this": fallback_saga}
+    tmp = Path(tempfile.mkdtemp(prefix="pg-versus-"))
+    try:
+        for i, folder in enumerate(baselines):
+            name = "fallback_saga_baseline" + (str(i) if i else "")
+            target = tmp / name
+            shutil.copytree(folder, target)
+            spec = importlib.util.spec_from_file_location(
+                name, target / "__init__.py", submodule_search_locations=[str(target)]
+            )
+            assert spec is not None
+            assert spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            libs[f"base{i}" if len(baselines) > 1 else "base"] = module
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    reference = list(libs)[1]
+    configs = [(lib, n, grouped) for lib in libs for n in N_VALUES for grouped in (False, True)]
+    runners: dict[tuple[str, int, bool], workloads.SagaRunner] = {}
+    for config in configs:
+        lib, n, grouped = config
+        run_one = runners[config] = lib_sagas(libs[lib], n, grouped)()
+        lib_check(n)(await run_one())
+        for _ in range(workloads.DEFAULT_RETENTION):  # the steady state: store full
+            await run_one()
+    per_round: dict[tuple[str, int, bool], list[float]] = {c: [] for c in configs}
+    for r in range(rounds):
+        for config in rotated(configs, r):
+            run_one = runners[config]
+            gc.collect()
+            t0 = time.thread_time()
+            for _ in range(count):
+                outcome = await run_one()
+            elapsed = time.thread_time() - t0
+            lib_check(config[1])(outcome)
+            per_round[config].append(elapsed / count * 1e6)
+    us = {c: statistics.median(v) for c, v in per_round.items()}
+    lines = [
+        f"Python {platform.python_version()}: µs per saga (thread CPU time), median of "
+        f"{rounds} interleaved rounds of {count} sagas",
+        *(f"  {lib}: {folder}" for lib, folder in zip(list(libs)[1:], baselines, strict=True)),
+        f"{'N':>2} {'tree':>5} {'straight':>9} {'group':>8} {'group/straight':>15} "
+        f"{'group / ' + reference + ' group':>20}",
+    ]
+    for n in N_VALUES:
+        for lib in libs:
+            s, g = us[(lib, n, False)], us[(lib, n, True)]
+            paired = paired_median(per_round[(lib, n, True)], per_round[(lib, n, False)])
+            vs = paired_median(per_round[(lib, n, True)], per_round[(reference, n, True)])
+            lines.append(
+                f"{n:>2} {lib:>5} {s:>9.1f} {g:>8.1f} {g / s:>6.2f}x ({paired:.2f}x) "
+                + (f"{vs:>19.2f}" if lib != reference else "")
+            )
+    lines.append("group/straight: ratio of the medians (median of the per-round ratios); "
+                 "last column: median of the per-round ratios")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (CI smoke test)")
@@ -704,7 +820,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tmpdir", help="where the database files go (default: this directory)")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-memory group")
+    parser.add_argument(
+        "--versus", type=Path, metavar="PACKAGE_DIR", nargs="+",
+        help="A/B in memory against another copy of the package (e.g. a git archive of "
+             "an older commit): straight and group, both trees, interleaved",
+    )
+    parser.add_argument("--count", type=int, help="--versus: sagas per batch (default 3,000)")
     args = parser.parse_args(argv)
+    if args.versus:
+        print(asyncio.run(versus(args.versus, args.rounds or (3 if args.quick else 15),
+                                 args.count or (200 if args.quick else 3_000))))
+        return 0
     if args.profile:
         profile(quick=args.quick, sagas=500 if args.quick else 5_000)
         return 0
