@@ -58,6 +58,8 @@ __all__ = [
     "check_serializable",
     "context_from_dict",
     "context_to_dict",
+    "flat_changes",
+    "flat_state",
     "member_snapshot",
     "restore_step",
     "step_snapshot",
@@ -360,6 +362,33 @@ def working_copy(snapshot: Snapshot) -> Any:
     else:
         snapshot._install(shell, reuse=True)
     return shell
+
+
+def flat_state(snapshot: Snapshot) -> dict[str, Any] | None:
+    """The state ``snapshot`` holds when it is flat (a ``__dict__`` of
+    immutable values: a copy of it is a dict copy into a bare instance,
+    ``object.__new__`` of the context's class) — else None."""
+    if snapshot[4] and snapshot[0].__class__.__new__ is object.__new__:
+        return snapshot[1]  # type: ignore[no-any-return]
+    return None
+
+
+def flat_changes(state: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``changed_fields`` for a copy of a flat state: the entries of ``own`` (the
+    copy's ``__dict__``) that are no longer exactly ``state``'s."""
+    changed: dict[str, Any] = {}
+    before = state.get
+    for name, value in own.items():
+        earlier = before(name, _UNSET)
+        if earlier is value:
+            continue  # the copy shares only what cannot change (an int, a str)
+        if (
+            earlier is _UNSET
+            or earlier.__class__ is not value.__class__  # (what first_difference says first)
+            or first_difference(earlier, value) is not None
+        ):
+            changed[name] = value
+    return changed
 
 
 def member_snapshot(base: Snapshot, copy: object) -> StepSnapshot:

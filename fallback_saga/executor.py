@@ -44,6 +44,8 @@ from .context import (
     changed_fields,
     check_serializable,
     context_to_dict,
+    flat_changes,
+    flat_state,
     freeze_context,
     member_snapshot,
     restore_step,
@@ -264,10 +266,11 @@ class GroupRun:
     many members are still running (the last to finish, or the first to
     fail, wakes the group: ``waiter``)."""
 
-    __slots__ = ("base", "failures", "remaining", "waiter", "writes")
+    __slots__ = ("base", "failures", "flat", "remaining", "waiter", "writes")
 
     def __init__(self, base: Snapshot, members: int) -> None:
         self.base = base
+        self.flat = flat_state(base)  # the state itself, for a flat context
         self.writes: dict[str, str] = {}  # context field -> the member that wrote it
         self.failures: list[tuple[str, BaseException]] = []
         self.remaining = members
@@ -278,15 +281,6 @@ class GroupRun:
         self.remaining -= 1
         waiter = self.waiter
         if waiter is not None and (failed or not self.remaining) and not waiter.done():
-            waiter.set_result(None)
-
-    def recount(self, tasks: list[asyncio.Task[Any]]) -> None:
-        """``remaining``, counted from the tasks: between two steps of the loop,
-        a member still running is a task not done (its last act and its end
-        are one step). Wakes the group when none is."""
-        self.remaining = remaining = sum(not task.done() for task in tasks)
-        waiter = self.waiter
-        if waiter is not None and not remaining and not waiter.done():
             waiter.set_result(None)
 
 
@@ -1024,16 +1018,20 @@ class Execution(StepCursor):
         tasks = [own_task(self._run_member(member, first, run)) for member, first in todo]
         cancelled = False
         try:
-            if run.remaining and not run.failures:
+            if run.remaining and not _EAGER_TASKS:
+                # Python 3.11: the members start in the loop's next round. Let
+                # each take its first step (most finish in it); then count
+                # again, since one cancelled before it began never said it ended.
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    cancelled = True
+                if run.remaining:
+                    run.remaining = sum(not task.done() for task in tasks)
+            if run.remaining and not (run.failures or cancelled):
                 # Some member waits: the last one to finish (or the first to
                 # fail) wakes us, as its last act — no callback per member.
-                loop = asyncio.get_running_loop()
-                waiter = run.waiter = loop.create_future()
-                if not _EAGER_TASKS:
-                    # Python 3.11: the members start in the loop's next round. One
-                    # cancelled before it began never runs its last act: count
-                    # again once every member's first step has been run.
-                    loop.call_soon(run.recount, tasks)
+                waiter = run.waiter = asyncio.get_running_loop().create_future()
                 try:
                     await waiter
                 except asyncio.CancelledError:
@@ -1082,7 +1080,16 @@ class Execution(StepCursor):
     ) -> SagaStepResult[Any, Any]:
         """One member of a group, in the task of its own that ``run_group`` made."""
         base = run.base
-        context = working_copy(base)
+        state = run.flat
+        if state is not None:
+            # A flat context: the copy is a bare instance holding the group's
+            # state, which is also what a failed try is restored from (S2).
+            context = _new_object(base[0].__class__)
+            context.__dict__.update(state)
+            snapshot: StepSnapshot = state
+        else:
+            context = working_copy(base)
+            snapshot = member_snapshot(base, context)
         cursor = LaneCursor(self)
         _CURSOR.set(cursor)  # this task's own context: current_step() names the member
         failed = False
@@ -1092,7 +1099,6 @@ class Execution(StepCursor):
                 # no step listener (as run_all inlines it), less its coroutine:
                 # one attempt, its STARTED journaled by the group.
                 branch: Branch = member
-                snapshot = member_snapshot(base, context)
                 cursor.step = branch.name
                 cursor.attempt = 1
                 cursor.active = True
@@ -1114,7 +1120,6 @@ class Execution(StepCursor):
                 self.stack.append(branch)
             else:
                 lane = Lane(cursor, context, first)
-                snapshot = member_snapshot(base, context)
                 if member.__class__ is Branch:
                     branch = member
                     response = await self.try_branch(branch, snapshot, None, lane)
@@ -1127,7 +1132,10 @@ class Execution(StepCursor):
                     )
             # Completed (and on the compensation stack): its writes join the
             # saga's context now — unless a sibling changed the same field.
-            changed = changed_fields(base, context)
+            if state is not None:
+                changed = flat_changes(state, context.__dict__)
+            else:
+                changed = changed_fields(base, context)
             if changed:
                 writes = run.writes
                 for field in changed:
@@ -1135,7 +1143,10 @@ class Execution(StepCursor):
                         raise ParallelWriteConflict(field, writes[field], branch.name)
                 for field in changed:
                     writes[field] = branch.name
-                write_fields(self.context, changed)
+                if state is not None:
+                    self.context.__dict__.update(changed)  # no slots: its state is its __dict__
+                else:
+                    write_fields(self.context, changed)
             self.context_dirty = True
             if not self.live:
                 await self.flush()  # its completion, and its writes, made durable
