@@ -1079,21 +1079,28 @@ class Execution(StepCursor):
         self, member: Member, first: Branch, run: GroupRun
     ) -> SagaStepResult[Any, Any]:
         """One member of a group, in the task of its own that ``run_group`` made."""
-        base = run.base
-        state = run.flat
-        if state is not None:
-            # A flat context: the copy is a bare instance holding the group's
-            # state, which is also what a failed try is restored from (S2).
-            context = _new_object(base[0].__class__)
-            context.__dict__.update(state)
-            snapshot: StepSnapshot = state
-        else:
-            context = working_copy(base)
-            snapshot = member_snapshot(base, context)
         cursor = LaneCursor(self)
+        cursor.step = first.name
         _CURSOR.set(cursor)  # this task's own context: current_step() names the member
         failed = False
         try:
+            base = run.base
+            state = run.flat
+            if state is not None:
+                # A flat context: the copy is a bare instance holding the group's
+                # state, which is also what a failed try is restored from (S2).
+                context = _new_object(base[0].__class__)
+                context.__dict__.update(state)
+                snapshot: StepSnapshot = state
+            else:
+                try:
+                    context = working_copy(base)
+                    snapshot = member_snapshot(base, context)
+                except Exception as error:
+                    # No copy of the context to run on (a class that cannot be
+                    # made bare nor copied): the member fails before its act.
+                    self._act_failed(first, 1, error)
+                    raise
             if member.__class__ is Branch and member.plain and self.settings.inline:
                 # try_branch's work for a plain step on an in-process store with
                 # no step listener (as run_all inlines it), less its coroutine:

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-from helpers_saga import Blocker, Boom, Probe, Trace, compensated, declare
+from helpers_saga import Blocker, Boom, JsonStore, Probe, Trace, compensated, declare
 
 from fallback_saga import (
     Fallback,
@@ -259,3 +259,52 @@ async def test_S15_member_tasks_cancelled_from_outside_never_leave_the_group_wai
     assert record.status is SagaStatus.COMPENSATED
     acts = {(e.step, e.status) for e in record.history if e.action == "act"}
     assert ("Before", StepStatus.COMPLETED) in acts
+
+
+class Picky(SagaContext):
+    """A context class whose instances cannot be made bare, nor copied: no
+    member can get a working copy of it."""
+
+    order_id: str
+    a: str | None
+
+    def __new__(cls, order_id: str, a: str | None = None) -> Picky:
+        return super().__new__(cls)
+
+    def __init__(self, order_id: str, a: str | None = None) -> None:
+        self.order_id = order_id
+        self.a = a
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "write-ahead"])
+async def test_S15_a_member_without_a_working_copy_fails_the_group_and_says_so(
+    store_kind: str,
+) -> None:
+    trace: Trace = []
+    # (MemorySagaStore cannot show such a context back: it is read from a
+    # write-ahead store's JSON.)
+    store: Any = MemorySagaStore() if store_kind == "memory" else JsonStore()
+    before = Probe("Before", trace)
+    saga = declare(before, Parallel(Probe("A", trace), Probe("B", trace)), context=Picky)(
+        store=store
+    )
+    task = asyncio.create_task(saga.run(Picky("o-1"), saga_id="p"))
+    done, _ = await asyncio.wait({task}, timeout=10)  # a safety net against a hang
+    if not done:
+        task.cancel()
+        pytest.fail("the group kept waiting for a member that had failed")
+    with pytest.raises(SagaFailed) as info:
+        task.result()
+    assert info.value.failed_step == "A"
+    assert isinstance(info.value.error, TypeError)
+    assert set(info.value.branch_errors or {}) == {"A", "B"}
+    assert trace == [("act", "Before"), ("compensate", "Before")]  # no member's act ran
+    if store_kind == "memory":
+        return
+    record = await store.load("p")
+    ends = [(e.step, e.status) for e in record.history if e.action == "act"][1:]
+    # Each member's STARTED is closed: FAILED, before its act was ever called.
+    assert sorted(ends) == sorted([
+        ("Before", StepStatus.COMPLETED), ("A", StepStatus.STARTED), ("B", StepStatus.STARTED),
+        ("A", StepStatus.FAILED), ("B", StepStatus.FAILED),
+    ])
