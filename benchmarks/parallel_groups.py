@@ -3,6 +3,7 @@
     python benchmarks/parallel_groups.py             # full run, about two minutes
     python benchmarks/parallel_groups.py --quick     # seconds; CI smoke run, numbers meaningless
     python benchmarks/parallel_groups.py --profile   # where an in-memory group's time goes
+    python benchmarks/parallel_groups.py --versus /tmp/base/fallback_saga ...  # A/B, in memory
     python benchmarks/compare.py --only parallel     # the same measurement as a compare.py section
 
 The claim checked: "a group of N branches costs close to N plain steps of
@@ -43,10 +44,14 @@ a counting task factory); durable: the store's writes and commits per saga.
 
 ``--profile``: cProfile of the in-memory group of 8, its time sorted into
 categories (asyncio, diffing, working copies, merging, the executor); the
-per-member building blocks timed bare; and candidate levers in the library,
-patched in this process only and measured in interleaved rounds (an identity
-test in ``changed_fields``; on Python 3.12+, eager member tasks with and
-without skipping ``asyncio.wait`` when every member is already done).
+per-member building blocks timed bare; and the levers the library adopted,
+each turned off in this process only and measured in interleaved rounds (the
+flat-context copy, diff and merge; plain members run without ``try_branch``).
+
+``--versus DIR [DIR ...]``: the in-memory straight and group sagas on this
+tree and on other copies of the package (say ``git archive <commit>
+fallback_saga | tar -x -C /tmp/base``), side by side in one process:
+interleaved rounds, CPU time of the thread, medians.
 """
 
 from __future__ import annotations
@@ -489,23 +494,24 @@ def report(res: dict[str, Any]) -> str:
 
 def category_of(lane_inits: set[tuple[str, int]]) -> Callable[[str, int, str], str]:
     """Sorts a cProfile entry ``(file, line, function)`` by what it does."""
-    snapshots = {"working_copy", "_install", "_shell", "take_snapshot", "_copy_dict", "_copy"}
+    snapshots = {"working_copy", "_install", "_shell", "take_snapshot", "_copy_dict", "_copy",
+                 "flat_state", "member_snapshot", "step_snapshot"}
 
     def category(filename: str, line: int, name: str) -> str:
         if "/asyncio/" in filename or "_weakrefset" in filename or "_asyncio." in name \
-                or "_contextvars" in name:
-            return "asyncio: tasks, futures, callbacks, the loop, asyncio.wait"
-        if name in {"changed_fields", "first_difference", "_difference"}:
+                or "_contextvars" in name or filename.endswith("shielding.py"):
+            return "asyncio: tasks (own_task), futures, callbacks, the loop"
+        if name in {"changed_fields", "flat_changes", "first_difference", "_difference"}:
             return "diffing the changed fields (changed_fields)"
         if filename.endswith("context.py") and name in snapshots:
             return "working copies and snapshots"
         if name in {"write_fields", "_slot_names", "_slot_setters"}:
             return "merging into the saga's context (write_fields)"
         if filename.endswith("executor.py") and (
-            name in {"run_group", "_run_member", "<dictcomp>"}
+            name in {"run_group", "_run_member", "<dictcomp>", "<listcomp>", "member_done"}
             or (filename, line) in lane_inits
         ):
-            return "group machinery (run_group, _run_member, Lane, LaneCursor)"
+            return "group machinery (run_group, _run_member, Lane, LaneCursor, GroupRun)"
         if "fallback_saga" in filename:
             return "the rest of the executor (try_branch, run_all, results, journal tuples)"
         if filename.endswith("parallel_groups.py"):
@@ -523,7 +529,7 @@ def categorize(stats: pstats.Stats) -> list[tuple[str, float]]:
 
     lane_inits = {
         (inspect.getsourcefile(cls) or "", inspect.getsourcelines(cls.__init__)[1])
-        for cls in (executor.Lane, executor.LaneCursor)
+        for cls in (executor.Lane, executor.LaneCursor, executor.GroupRun)
     }
     category = category_of(lane_inits)
     totals: dict[str, float] = {}
@@ -534,47 +540,37 @@ def categorize(stats: pstats.Stats) -> list[tuple[str, float]]:
     return sorted(totals.items(), key=lambda kv: -kv[1])
 
 
-def identity_first_changed_fields(changed_fields: Callable[..., dict[str, Any]]) -> Any:
-    """``changed_fields`` with an identity test before the exact comparison: a
-    field whose value is still the very object of the base snapshot (any
-    immutable value the member left alone) is skipped without calling
-    ``first_difference``. Same answers: ``first_difference(a, a)`` is None.
-    (For contexts with slots it defers to the original.)"""
-    from fallback_saga.models import first_difference
-
-    def fast(base: Any, copy: object) -> dict[str, Any]:
-        _, state, slot_names, _, _ = base
-        own = getattr(copy, "__dict__", None)
-        if own is None or slot_names or state is None:
-            return changed_fields(base, copy)
-        changed: dict[str, Any] = {}
-        for name, value in own.items():
-            earlier = state.get(name, state)  # the dict itself: a sentinel never stored
-            if earlier is value:
-                continue
-            if earlier is state or first_difference(earlier, value) is not None:
-                changed[name] = value
-        return changed
-
-    return fast
-
-
 def primitives(n: int) -> dict[str, float]:
     """µs per call of what a group does per member, measured bare (no profiler)."""
-    from fallback_saga.context import changed_fields, take_snapshot, working_copy, write_fields
+    from fallback_saga.context import (
+        changed_fields,
+        flat_changes,
+        take_snapshot,
+        working_copy,
+        write_fields,
+    )
 
     ctx = GCtx(order_id="o-1")
     base = take_snapshot(ctx)
+    state = base[1]
     copy = working_copy(base)
     copy.f0 = "done"
-    fast = identity_first_changed_fields(changed_fields)
-    assert changed_fields(base, copy) == fast(base, copy) == {"f0": "done"}
+    assert changed_fields(base, copy) == flat_changes(state, copy.__dict__) == {"f0": "done"}
+    new = object.__new__
+
+    def flat_copy() -> Any:
+        shell = new(GCtx)
+        shell.__dict__.update(state)
+        return shell
+
     calls: dict[str, Callable[[], Any]] = {
-        "take_snapshot (the group's base; each member's own, for S2)": lambda: take_snapshot(ctx),
-        "working_copy (each member's copy)": lambda: working_copy(base),
-        "changed_fields (9 fields, 1 changed)": lambda: changed_fields(base, copy),
-        "  the same, identity test first (the lever)": lambda: fast(base, copy),
-        "write_fields (merge 1 field)": lambda: write_fields(ctx, {"f0": "done"}),
+        "take_snapshot (the group's base)": lambda: take_snapshot(ctx),
+        "working_copy (a member's copy, any context)": lambda: working_copy(base),
+        "  flat context: a bare instance, its dict updated": flat_copy,
+        "changed_fields (9 fields, 1 changed; any context)": lambda: changed_fields(base, copy),
+        "  flat context: flat_changes": lambda: flat_changes(state, copy.__dict__),
+        "write_fields (merge 1 field; any context)": lambda: write_fields(ctx, {"f0": "done"}),
+        "  flat context: a dict update": lambda: ctx.__dict__.update({"f0": "done"}),
     }
     out: dict[str, float] = {}
     for label, call in calls.items():
@@ -589,66 +585,57 @@ def primitives(n: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def identity_test() -> Iterator[None]:
-    """``identity_first_changed_fields`` patched into the executor (this process only)."""
+def generic_copies() -> Iterator[None]:
+    """The flat-context path off (this process only): every member's copy,
+    diff and merge as for any context (``working_copy``, ``changed_fields``,
+    ``write_fields``)."""
     import fallback_saga.executor as executor
 
-    original = executor.changed_fields
-    executor.changed_fields = identity_first_changed_fields(original)  # type: ignore[assignment]
+    original = vars(executor)["flat_state"]
+    setattr(executor, "flat_state", lambda snapshot: None)  # noqa: B010
     try:
         yield
     finally:
-        executor.changed_fields = original  # type: ignore[assignment]
+        setattr(executor, "flat_state", original)  # noqa: B010
 
 
-@contextlib.contextmanager
-def eager_tasks(skip_wait: bool) -> Iterator[None]:
-    """Python 3.12+: the running loop makes eager tasks (``asyncio.eager_task_factory``:
-    a member that never suspends runs to its end inside ``create_task``); with
-    ``skip_wait``, ``asyncio.wait`` also returns at once when every task it is
-    given is done already, instead of scheduling one callback per task and
-    waiting a trip through the loop for them (same answer: all done, none pending)."""
-    loop = asyncio.get_running_loop()
-    original_wait = asyncio.wait
+def lever_variants() -> dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]]:
+    """The adopted levers, each turned off in this process (``saga`` in hand)."""
 
-    async def wait(fs: Any, **kwargs: Any) -> Any:
-        fs = set(fs)
-        if all(f.done() for f in fs):
-            return fs, set()
-        return await original_wait(fs, **kwargs)
+    @contextlib.contextmanager
+    def through_try_branch(saga: Any) -> Iterator[None]:
+        # Plain members inlined only for an in-process store with no step
+        # listener (settings.inline): off, every member goes through try_branch.
+        settings = saga._settings
+        settings.inline = False
+        try:
+            yield
+        finally:
+            settings.inline = True
 
-    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
-    if skip_wait:
-        asyncio.wait = wait  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        loop.set_task_factory(None)
-        asyncio.wait = original_wait  # type: ignore[assignment]
-
-
-def lever_variants() -> dict[str, Callable[[], contextlib.AbstractContextManager[None]]]:
-    variants: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-        "as is": contextlib.nullcontext,
-        "changed_fields: identity test first": identity_test,
+    return {
+        "as is": lambda saga: contextlib.nullcontext(),
+        "generic copy, diff and merge (flat path off)": lambda saga: generic_copies(),
+        "every member through try_branch (inline path off)": through_try_branch,
     }
-    if sys.version_info >= (3, 12):
-        variants["eager task factory (the application's loop)"] = lambda: eager_tasks(False)
-        variants["eager tasks + no wait when all are done"] = lambda: eager_tasks(True)
-    return variants
 
 
 async def lever(n: int, rounds: int, count: int) -> dict[str, float]:
     """group n as it is and under each of ``lever_variants()`` (patched in this
     process only), in interleaved rounds: median µs per saga of each."""
-    run_one = build(n)[GROUP].new_runner()
+    saga = saga_class(n, True)()
+
+    async def run_one() -> Any:
+        ctx = GCtx(order_id="o-1")
+        return ctx, await saga.run(ctx)
+
     check = saga_check(n)
     await timed_sagas(run_one, workloads.DEFAULT_RETENTION)  # the steady state
     variants = lever_variants()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
         for name in rotated(list(variants), r):
-            with variants[name]():
+            with variants[name](saga):
                 gc.collect()
                 elapsed, outcome = await timed_sagas(run_one, count)
             check(outcome)
@@ -686,11 +673,130 @@ def profile(n: int = 8, sagas: int = 5_000, top: int = 20, quick: bool = False) 
             as_is = got["as is"]
             for name, us in got.items():
                 saved = "" if name == "as is" else (
-                    f"  {us / as_is - 1:+.0%}, {(as_is - us) / size:+.2f} µs per member saved"
+                    f"  {us / as_is - 1:+.0%}, {(us - as_is) / size:+.2f} µs per member "
+                    "without it"
                 )
                 print(f"  group of {size}: {us:7.1f}  {name}{saved}")
     finally:
         loop.close()
+
+
+# ---------------------------------------------------------------------------
+# --versus: this tree against another copy of the package, side by side
+# ---------------------------------------------------------------------------
+
+
+def lib_sagas(lib: Any, n: int, grouped: bool) -> Callable[[], workloads.SagaRunner]:
+    """``Straight<n>``/``Group<n>`` built on the package module ``lib`` (this
+    tree's or the baseline's): the same steps, a context class of its own."""
+    ctx_cls = dataclasses.make_dataclass(
+        "GCtx", [("order_id", str)] + [(f, "str | None", dataclasses.field(default=None))
+                                       for f in FIELDS],
+        bases=(lib.SagaContext,),
+    )
+    members = STEPS[:n]
+    body: list[Any] = [lib.Parallel(*members)] if grouped else list(members)
+    name = f"{'Group' if grouped else 'Straight'}{n}"
+    cls = types.new_class(name, (lib.Saga[ctx_cls],), exec_body=lambda ns: ns.update(steps=body))
+
+    def new_runner() -> workloads.SagaRunner:
+        saga = cls()
+
+        async def run_one() -> Any:
+            ctx = ctx_cls(order_id="o-1")
+            return ctx, await saga.run(ctx)
+
+        return run_one
+
+    return new_runner
+
+
+def lib_check(n: int) -> Callable[[Any], None]:
+    names = [f"Step{i}" for i in range(n)]
+    expected = ["done"] * n + [None] * (len(FIELDS) - n)
+
+    def check(outcome: Any) -> None:
+        ctx, result = outcome
+        assert result.status.value == "completed", result.status
+        assert [getattr(ctx, f) for f in FIELDS] == expected, ctx
+        assert [r.step_name for r in result.results] == names, result.results
+        assert [r.response for r in result.results] == list(FIELDS[:n]), result.results
+
+    return check
+
+
+async def versus(
+    baselines: list[Path], rounds: int, count: int, fill: int = workloads.DEFAULT_RETENTION
+) -> str:
+    """Straight and group, N = 3 and 8, on this tree and on each of
+    ``baselines`` (package folders, imported as ``fallback_saga_baseline``,
+    ``..._baseline1``, ...): interleaved rounds with a rotating start,
+    ``gc.collect()`` before each batch of ``count`` sagas, CPU time of this
+    thread (``time.thread_time``: other jobs on the machine do not count),
+    medians. The first baseline is the reference of the last column. Each
+    saga object first runs ``fill`` sagas (the steady state: its store full)."""
+    import importlib.util
+
+    import fallback_saga
+
+    libs: dict[str, Any] = {"this": fallback_saga}
+    tmp = Path(tempfile.mkdtemp(prefix="pg-versus-"))
+    try:
+        for i, folder in enumerate(baselines):
+            name = "fallback_saga_baseline" + (str(i) if i else "")
+            target = tmp / name
+            shutil.copytree(folder, target)
+            spec = importlib.util.spec_from_file_location(
+                name, target / "__init__.py", submodule_search_locations=[str(target)]
+            )
+            assert spec is not None
+            assert spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            libs[f"base{i}" if len(baselines) > 1 else "base"] = module
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    reference = list(libs)[1]
+    configs = [(lib, n, grouped) for lib in libs for n in N_VALUES for grouped in (False, True)]
+    runners: dict[tuple[str, int, bool], workloads.SagaRunner] = {}
+    for config in configs:
+        lib, n, grouped = config
+        run_one = runners[config] = lib_sagas(libs[lib], n, grouped)()
+        lib_check(n)(await run_one())
+        for _ in range(fill):  # the steady state: store full
+            await run_one()
+    per_round: dict[tuple[str, int, bool], list[float]] = {c: [] for c in configs}
+    for r in range(rounds):
+        for config in rotated(configs, r):
+            run_one = runners[config]
+            gc.collect()
+            t0 = time.thread_time()
+            for _ in range(count):
+                outcome = await run_one()
+            elapsed = time.thread_time() - t0
+            lib_check(config[1])(outcome)
+            per_round[config].append(elapsed / count * 1e6)
+    us = {c: statistics.median(v) for c, v in per_round.items()}
+    lines = [
+        f"Python {platform.python_version()}: µs per saga (thread CPU time), median of "
+        f"{rounds} interleaved rounds of {count} sagas",
+        *(f"  {lib}: {folder}" for lib, folder in zip(list(libs)[1:], baselines, strict=True)),
+        f"{'N':>2} {'tree':>5} {'straight':>9} {'group':>8} {'group/straight':>15} "
+        f"{'group / ' + reference + ' group':>20}",
+    ]
+    for n in N_VALUES:
+        for lib in libs:
+            s, g = us[(lib, n, False)], us[(lib, n, True)]
+            paired = paired_median(per_round[(lib, n, True)], per_round[(lib, n, False)])
+            vs = paired_median(per_round[(lib, n, True)], per_round[(reference, n, True)])
+            lines.append(
+                f"{n:>2} {lib:>5} {s:>9.1f} {g:>8.1f} {g / s:>6.2f}x ({paired:.2f}x) "
+                + (f"{vs:>19.2f}" if lib != reference else "")
+            )
+    lines.append("group/straight: ratio of the medians (median of the per-round ratios); "
+                 "last column: median of the per-round ratios")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -704,7 +810,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tmpdir", help="where the database files go (default: this directory)")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-memory group")
+    parser.add_argument(
+        "--versus", type=Path, metavar="PACKAGE_DIR", nargs="+",
+        help="A/B in memory against another copy of the package (e.g. a git archive of "
+             "an older commit): straight and group, both trees, interleaved",
+    )
+    parser.add_argument("--count", type=int, help="--versus: sagas per batch (default 3,000)")
     args = parser.parse_args(argv)
+    if args.versus:
+        print(asyncio.run(versus(
+            args.versus, args.rounds or (3 if args.quick else 15),
+            args.count or (200 if args.quick else 3_000),
+            fill=0 if args.quick else workloads.DEFAULT_RETENTION,
+        )))
+        return 0
     if args.profile:
         profile(quick=args.quick, sagas=500 if args.quick else 5_000)
         return 0

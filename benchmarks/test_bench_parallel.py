@@ -114,3 +114,19 @@ def test_durable_straight_or_grouped_sqlite(
         assert writes <= n + 1, f"{writes} journal writes for {n} members"
     finally:
         loop.run_until_complete(store.close())
+
+
+def test_versus_runs_this_tree_and_another_copy_side_by_side(tmp_path: Path) -> None:
+    """``parallel_groups.py --versus``: a smoke run against a copy of this very
+    package (every batch's outcome is checked inside; numbers meaningless)."""
+    import shutil
+
+    import fallback_saga
+
+    copy = tmp_path / "copy" / "fallback_saga"
+    shutil.copytree(Path(fallback_saga.__file__).parent, copy)
+    text = asyncio.run(pg.versus([copy], rounds=1, count=3, fill=0))
+    rows = [line.split() for line in text.splitlines() if line[:2].strip() in {"3", "8"}]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("3", "this"), ("3", "base"), ("8", "this"), ("8", "base")
+    ]

@@ -58,6 +58,9 @@ __all__ = [
     "check_serializable",
     "context_from_dict",
     "context_to_dict",
+    "flat_changes",
+    "flat_state",
+    "member_snapshot",
     "restore_step",
     "step_snapshot",
     "take_snapshot",
@@ -348,9 +351,53 @@ class Snapshot(tuple[Any, ...]):
 def working_copy(snapshot: Snapshot) -> Any:
     """A new context object holding a deep copy of ``snapshot``'s state: what
     a member of a ``Parallel`` group works on, apart from its siblings."""
-    shell = _shell(snapshot[0])
-    snapshot._install(shell, reuse=True)
+    owner, state, _, _, flat = snapshot
+    shell = _shell(owner)
+    if flat:
+        # A flat context (a __dict__ of immutable values): the values are shared.
+        live = shell.__dict__
+        if live:
+            live.clear()  # a shallow copy of the owner (a class refusing a bare instance)
+        live.update(state)
+    else:
+        snapshot._install(shell, reuse=True)
     return shell
+
+
+def flat_state(snapshot: Snapshot) -> dict[str, Any] | None:
+    """The state ``snapshot`` holds when it is flat (a ``__dict__`` of
+    immutable values: a copy of it is a dict copy into a bare instance,
+    ``object.__new__`` of the context's class) — else None."""
+    if snapshot[4] and snapshot[0].__class__.__new__ is object.__new__:
+        return snapshot[1]  # type: ignore[no-any-return]
+    return None
+
+
+def flat_changes(state: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``changed_fields`` for a copy of a flat state: the entries of ``own`` (the
+    copy's ``__dict__``) that are no longer exactly ``state``'s."""
+    changed: dict[str, Any] = {}
+    before = state.get
+    for name, value in own.items():
+        earlier = before(name, _UNSET)
+        if earlier is value:
+            continue  # the copy shares only what cannot change (an int, a str)
+        if (
+            earlier is _UNSET
+            or earlier.__class__ is not value.__class__  # (what first_difference says first)
+            or first_difference(earlier, value) is not None
+        ):
+            changed[name] = value
+    return changed
+
+
+def member_snapshot(base: Snapshot, copy: object) -> StepSnapshot:
+    """The step snapshot of ``copy``, a ``working_copy`` of ``base`` not yet
+    changed: what its ``restore_step`` needs. For a flat context that is
+    ``base``'s own state (``restore_step`` only reads it), nothing to copy."""
+    if base[4]:
+        return base[1]  # type: ignore[no-any-return]
+    return step_snapshot(copy)
 
 
 def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
@@ -366,7 +413,11 @@ def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
             earlier = before.get(name, _UNSET)
             if earlier is value:
                 continue  # the copy shares only what cannot change (an int, a str)
-            if earlier is _UNSET or first_difference(earlier, value) is not None:
+            if (
+                earlier is _UNSET
+                or earlier.__class__ is not value.__class__  # (what first_difference says first)
+                or first_difference(earlier, value) is not None
+            ):
                 changed[name] = value
     for name in slot_names:
         if name.startswith("__"):
@@ -383,9 +434,12 @@ def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
 def write_fields(context: object, fields: dict[str, Any]) -> None:
     """Set ``fields`` on ``context`` in place, as a snapshot restores (no
     ``__setattr__``: a frozen dataclass or model is written all the same)."""
-    slot_names = _slot_names(context.__class__)
-    setters = dict(_slot_setters(context.__class__)) if slot_names else {}
     live = getattr(context, "__dict__", None)
+    if not _slot_names(context.__class__):
+        if live is not None:
+            live.update(fields)  # its whole state is its __dict__
+        return
+    setters = dict(_slot_setters(context.__class__))
     for name, value in fields.items():
         setter = setters.get(name)
         if setter is not None:

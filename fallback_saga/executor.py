@@ -31,6 +31,7 @@ import itertools
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,7 +48,10 @@ from .context import (
     changed_fields,
     check_serializable,
     context_to_dict,
+    flat_changes,
+    flat_state,
     freeze_context,
+    member_snapshot,
     restore_step,
     step_snapshot,
     step_snapshot_to_dict,
@@ -95,6 +99,8 @@ _COMPLETED: str = StepStatus.COMPLETED.value
 _FAILED: str = StepStatus.FAILED.value
 _CANCELLED: str = StepStatus.CANCELLED.value
 _now = time.time
+# Python 3.12+: a task can start at once, in the caller's step (see shielding.own_task).
+_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +235,13 @@ class LaneCursor(StepCursor):
     __slots__ = ("execution",)
 
     def __init__(self, execution: Execution) -> None:
-        super().__init__(execution.saga_id, execution.saga_name)
+        # StepCursor's fields, set here (one call fewer per member)
+        self.saga_id = execution.saga_id
+        self.saga_name = execution.saga_name
+        self.step = ""
+        self.action = "act"
+        self.attempt = 0
+        self.active = False
         self.execution = execution
 
 
@@ -258,6 +270,30 @@ class Lane:
         # act (a sibling's pending completion need not wait for it, nor it for that).
         self.durable = False
         self.first: Branch | None = first  # its first STARTED is in the group's write-ahead
+
+
+class GroupRun:
+    """What the members of one running group share: the context as the group
+    began (``base``), which member wrote which field, the failures, and how
+    many members are still running (the last to finish, or the first to
+    fail, wakes the group: ``waiter``)."""
+
+    __slots__ = ("base", "failures", "flat", "remaining", "waiter", "writes")
+
+    def __init__(self, base: Snapshot, members: int) -> None:
+        self.base = base
+        self.flat = flat_state(base)  # the state itself, for a flat context
+        self.writes: dict[str, str] = {}  # context field -> the member that wrote it
+        self.failures: list[tuple[str, BaseException]] = []
+        self.remaining = members
+        self.waiter: asyncio.Future[None] | None = None
+
+    def member_done(self, failed: bool) -> None:
+        """A member's last act (its task is done right after)."""
+        self.remaining -= 1
+        waiter = self.waiter
+        if waiter is not None and (failed or not self.remaining) and not waiter.done():
+            waiter.set_result(None)
 
 
 class Hooks:
@@ -985,19 +1021,18 @@ class Execution(StepCursor):
         error (``branch_errors`` keeps every member's). A cancelled caller
         waits for every member to stop before the unwinding begins (S8)."""
         base = self.image = take_snapshot(self.context)
-        done: dict[int, SagaStepResult[Any, Any]] = dict(resumed or {})
         todo: list[tuple[Member, Branch]] = []
         now = _now()
         journal = self.journal
         for member in group.members:
-            if member.position in done:
+            if resumed is not None and member.position in resumed:
                 continue
-            if isinstance(member, Branch):
-                first = member
+            if member.__class__ is Branch:
+                first: Branch = member
             elif member.position in fallbacks_started:
-                first = member.fallback
+                first = member.fallback  # type: ignore[union-attr]
             else:
-                first = member.primary
+                first = member.primary  # type: ignore[union-attr]
             todo.append((member, first))
             journal.append(
                 (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
@@ -1017,37 +1052,56 @@ class Execution(StepCursor):
                     )
                 raise
             self.write_lock = asyncio.Lock()
-        writes: dict[str, str] = {}  # context field -> the member that wrote it
-        failures: list[tuple[str, BaseException]] = []
+        run = GroupRun(base, len(todo))
         # Started eagerly where Python can (3.12+): a member that does not wait
         # has finished before the next one is made, without a trip through the
         # loop. Each task runs in a copy of this context: its own cursor.
-        tasks = {
-            own_task(self._run_member(member, first, base, writes, failures)): member
-            for member, first in todo
-        }
+        tasks = [own_task(self._run_member(member, first, run)) for member, first in todo]
         cancelled = False
         try:
-            pending = {task for task in tasks if not task.done()}
-            stopping = False
-            while True:
-                if (cancelled or failures) and not stopping:
-                    stopping = True
-                    for task in pending:
-                        task.cancel()
-                if not pending:
-                    break
+            if run.remaining and not _EAGER_TASKS:
+                # Python 3.11: the members start in the loop's next round. Let
+                # each take its first step (most finish in it); then count
+                # again, since one cancelled before it began never said it ended.
                 try:
-                    _, pending = await asyncio.wait(
-                        pending, return_when=asyncio.FIRST_EXCEPTION
-                    )
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    cancelled = True
+                if run.remaining:
+                    run.remaining = sum(not task.done() for task in tasks)
+            if run.remaining and not (run.failures or cancelled):
+                # Some member waits: the last one to finish (or the first to
+                # fail) wakes us, as its last act — no callback per member.
+                waiter = run.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
                 except asyncio.CancelledError:
                     cancelled = True  # wait on: every member stops before unwinding
+                run.waiter = None
+            if run.remaining or run.failures or cancelled:
+                # A member failed, or we were cancelled: stop the others, wait for all.
+                pending = {task for task in tasks if not task.done()}
+                stopping = False
+                while True:
+                    if (cancelled or run.failures) and not stopping:
+                        stopping = True
+                        for task in pending:
+                            task.cancel()
+                    if not pending:
+                        break
+                    try:
+                        _, pending = await asyncio.wait(
+                            pending, return_when=asyncio.FIRST_EXCEPTION
+                        )
+                    except asyncio.CancelledError:
+                        cancelled = True
         finally:
             self.write_lock = None
-        for task, member in tasks.items():
-            if not task.cancelled() and task.exception() is None:
-                done[member.position] = task.result()
+        failures = run.failures
+        if failures:
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # retrieved: its error is in failures
         if cancelled:
             raise asyncio.CancelledError
         if failures:
@@ -1055,49 +1109,106 @@ class Execution(StepCursor):
             self.step = name
             self.branch_errors = dict(failures)
             raise error
+        if resumed is None:
+            return [task.result() for task in tasks]
+        done = dict(resumed)
+        for task, (member, _) in zip(tasks, todo, strict=True):
+            done[member.position] = task.result()
         return [done[member.position] for member in group.members]
 
     async def _run_member(
-        self,
-        member: Member,
-        first: Branch,
-        base: Snapshot,
-        writes: dict[str, str],
-        failures: list[tuple[str, BaseException]],
+        self, member: Member, first: Branch, run: GroupRun
     ) -> SagaStepResult[Any, Any]:
         """One member of a group, in the task of its own that ``run_group`` made."""
-        lane = Lane(LaneCursor(self), working_copy(base), first)
-        _CURSOR.set(lane.cursor)  # this task's own context: current_step() names the member
+        cursor = LaneCursor(self)
+        cursor.step = first.name
+        _CURSOR.set(cursor)  # this task's own context: current_step() names the member
+        failed = False
         try:
-            if isinstance(member, Branch):
-                branch = member
-                response = await self.try_branch(member, step_snapshot(lane.context), None, lane)
-            elif first is member.fallback:
-                branch = first
-                response = await self.try_branch(first, step_snapshot(lane.context), None, lane)
+            base = run.base
+            state = run.flat
+            if state is not None:
+                # A flat context: the copy is a bare instance holding the group's
+                # state, which is also what a failed try is restored from (S2).
+                context = _new_object(base[0].__class__)
+                context.__dict__.update(state)
+                snapshot: StepSnapshot = state
             else:
-                branch, response = await self.run_fallback(member, step_snapshot(lane.context),
-                                                           lane)
+                try:
+                    context = working_copy(base)
+                    snapshot = member_snapshot(base, context)
+                except Exception as error:
+                    # No copy of the context to run on (a class that cannot be
+                    # made bare nor copied): the member fails before its act.
+                    self._act_failed(first, 1, error)
+                    raise
+            if member.__class__ is Branch and member.plain and self.settings.inline:
+                # try_branch's work for a plain step on an in-process store with
+                # no step listener (as run_all inlines it), less its coroutine:
+                # one attempt, its STARTED journaled by the group.
+                branch: Branch = member
+                cursor.step = branch.name
+                cursor.attempt = 1
+                cursor.active = True
+                try:
+                    response = await branch.act(context)
+                except BaseException as error:
+                    cursor.active = False
+                    restore_step(context, snapshot)
+                    if isinstance(error, asyncio.CancelledError):
+                        self._act_cancelled(branch, 1)
+                    else:
+                        self._act_failed(branch, 1, error)
+                    raise
+                cursor.active = False
+                self.journal.append(
+                    (branch.position, branch.name, branch.branch, "act", _COMPLETED, 1, None,
+                     _now(), response)
+                )
+                self.stack.append(branch)
+            else:
+                lane = Lane(cursor, context, first)
+                if member.__class__ is Branch:
+                    branch = member
+                    response = await self.try_branch(branch, snapshot, None, lane)
+                elif first is member.fallback:  # type: ignore[union-attr]
+                    branch = first
+                    response = await self.try_branch(first, snapshot, None, lane)
+                else:
+                    branch, response = await self.run_fallback(
+                        member, snapshot, lane  # type: ignore[arg-type]
+                    )
             # Completed (and on the compensation stack): its writes join the
             # saga's context now — unless a sibling changed the same field.
-            changed = changed_fields(base, lane.context)
-            for field in changed:
-                if field in writes:
-                    raise ParallelWriteConflict(field, writes[field], branch.name)
-            for field in changed:
-                writes[field] = branch.name
-            write_fields(self.context, changed)
+            if state is not None:
+                changed = flat_changes(state, context.__dict__)
+            else:
+                changed = changed_fields(base, context)
+            if changed:
+                writes = run.writes
+                for field in changed:
+                    if field in writes:
+                        raise ParallelWriteConflict(field, writes[field], branch.name)
+                for field in changed:
+                    writes[field] = branch.name
+                if state is not None:
+                    self.context.__dict__.update(changed)  # no slots: its state is its __dict__
+                else:
+                    write_fields(self.context, changed)
             self.context_dirty = True
             if not self.live:
                 await self.flush()  # its completion, and its writes, made durable
         except asyncio.CancelledError:
             raise
         except BaseException as error:
-            failures.append((lane.cursor.step, error))  # the last branch it tried
+            failed = True
+            run.failures.append((cursor.step, error))  # the last branch it tried
             raise
+        finally:
+            run.member_done(failed)
         if isinstance(response, SagaStepResult):
             return response
-        return SagaStepResult(response, branch.name, self.saga_id)
+        return _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
 
     # ------------------------------------------------------------------ backward
 

@@ -187,3 +187,88 @@ def _fallen_back(declared: list[Any], raised: set[str]) -> set[str]:
             if isinstance(member, Fallback) and member.step.name in raised:
                 out.add(member.step.name)
     return out
+
+
+# --------------------------------------------------------------------------- flat contexts
+
+# A flat context (immutable values only: the group's working copies share the
+# state the group began with) with one field per step; each step writes its
+# own — and a failing act writes it before it raises.
+FlatCtx = dataclasses.make_dataclass(
+    "FlatCtx",
+    [("order_id", str, dataclasses.field(default="o-1"))]
+    + [(f"w{i}", "str | None", dataclasses.field(default=None)) for i in range(24)],
+)
+
+
+class WritingStep(Step):
+    async def act(self, ctx: Any) -> str:
+        self.ledger.calls.append(("act", self.name, "called"))
+        try:
+            for _ in range(self.behaviour.pauses):
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.ledger.calls.append(("act", self.name, "cancelled"))
+            raise
+        setattr(ctx, f"w{self.name[1:]}", self.name)
+        if self.behaviour.fails:
+            self.ledger.calls.append(("act", self.name, "raised"))
+            raise Boom(self.name)
+        self.ledger.calls.append(("act", self.name, "returned"))
+        return self.name
+
+    async def compensate(self, ctx: Any) -> None:
+        setattr(ctx, f"w{self.name[1:]}", None)
+        self.ledger.calls.append(("compensate", self.name, "returned"))
+
+
+@st.composite
+def writing_sagas(draw: st.DrawFn) -> tuple[list[Any], dict[str, Step]]:
+    declared, steps = draw(sagas())
+    # The same shapes, with steps that write their field (same names, behaviours).
+    writers = {name: WritingStep(name, s.unit, s.behaviour, s.ledger) for name, s in steps.items()}
+
+    def swap(member: Any) -> Any:
+        if isinstance(member, Fallback):
+            return Fallback(step=writers[member.step.name], fallback=writers[member.fallback.name])
+        return writers[member.name]
+
+    rebuilt = [
+        Parallel(*(swap(m) for m in item.members)) if isinstance(item, Parallel) else swap(item)
+        for item in declared
+    ]
+    return rebuilt, dict(writers)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(writing_sagas(), st.sampled_from(["memory", "write-ahead"]))
+def test_S15_S2_random_shapes_on_a_flat_context_merge_exactly_what_returned(
+    drawn: tuple[list[Any], dict[str, Step]], store_kind: str
+) -> None:
+    declared, steps = drawn
+    ledger = next(iter(steps.values())).ledger
+    store: Any = MemorySagaStore() if store_kind == "memory" else JsonStore()
+    saga = declare(*declared, context=FlatCtx)(store=store)
+    ctx = FlatCtx()
+
+    async def run() -> SagaStatus:
+        try:
+            return (await saga.run(ctx, saga_id="s")).status
+        except SagaFailed as failed:
+            return failed.status
+
+    status = asyncio.run(run())
+    calls = ledger.calls
+    returned = {name for kind, name, outcome in calls if kind == "act" and outcome == "returned"}
+    written = {f"w{name[1:]}": getattr(ctx, f"w{name[1:]}") for name in steps}
+    if status is SagaStatus.COMPLETED:
+        # Exactly the acts that returned left their write; a failed try's is gone (S2).
+        assert written == {f"w{n[1:]}": (n if n in returned else None) for n in steps}
+    else:
+        assert status is SagaStatus.COMPENSATED
+        assert set(written.values()) == {None}
+    assert ctx.order_id == "o-1"
+    assert set(vars(ctx)) == {"order_id", *(f"w{i}" for i in range(24))}
+    record = asyncio.run(store.load("s"))
+    assert record.status is status
+    assert {k: v for k, v in record.context.items() if k in written} == written
