@@ -526,7 +526,8 @@ async def test_S7_generated_saga_ids_are_unique_text() -> None:
 
 
 def test_S7_generated_saga_ids_are_uuid_shaped_and_a_forked_child_draws_its_own() -> None:
-    import os
+    import subprocess
+    import sys
     import uuid
 
     from fallback_saga.executor import new_saga_id
@@ -535,18 +536,28 @@ def test_S7_generated_saga_ids_are_uuid_shaped_and_a_forked_child_draws_its_own(
     assert len(set(ids)) == len(ids)
     for saga_id in ids[:3] + ids[-3:]:
         assert str(uuid.UUID(saga_id)) == saga_id  # 8-4-4-4-12 lowercase hex
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: a forked worker must not repeat its parent's ids
-        os.write(write, new_saga_id().encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    child = os.read(read, 100).decode()
-    os.close(read)
-    parent = new_saga_id()
-    assert str(uuid.UUID(child)) == child
-    assert child.rsplit("-", 1)[0] != parent.rsplit("-", 1)[0]  # fresh random bits
+    # A forked worker must not repeat its parent's ids. Forked from a fresh,
+    # single-threaded interpreter (this test process has threads of its own).
+    script = (
+        "import os\n"
+        "from fallback_saga.executor import new_saga_id\n"
+        "before = new_saga_id()\n"
+        "read, write = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(write, new_saga_id().encode())\n"
+        "    os._exit(0)\n"
+        "os.close(write)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(before, os.read(read, 100).decode(), new_saga_id())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    parent_before, child, parent_after = out
+    for saga_id in out:
+        assert str(uuid.UUID(saga_id)) == saga_id
+    assert child.rsplit("-", 1)[0] != parent_before.rsplit("-", 1)[0]  # fresh random bits
+    assert parent_after.rsplit("-", 1)[0] == parent_before.rsplit("-", 1)[0]
 
 
 async def test_S7_saga_failed_carries_id_step_error_cause_status_comp_errors(
