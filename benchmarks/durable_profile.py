@@ -15,9 +15,10 @@ Not a comparison; a breakdown of fallback_saga + ``SQLiteSagaStore`` alone:
    context dict per write; the store JSON-encodes it as ``SQLiteSagaStore``
    does) and returns at once, and on one that also awaits one loop future
    per write (the await/wake-up cost of a write, without a thread);
-4. the writer side without the event loop: ``SQLiteSagaStore``'s own write
-   operations for 100 sagas in lock-step (4 groups of 100 writes, one
-   transaction each), called on one thread with no asyncio at all;
+4. the writer side without the event loop: ``SQLiteSagaStore``'s writer
+   thread's own transactions (``_Worker._write``, its batched statements)
+   for 100 sagas in lock-step (4 groups of 100 writes, one transaction
+   each), called on one thread with no asyncio at all: CPU and wall time;
 5. with ``cprofile=True``: cProfile of both threads at 100 in flight
    (profiling inflates everything; read the proportions, not the times).
 """
@@ -215,10 +216,21 @@ async def loop_side_us(in_flight: int, n: int) -> dict[str, float]:
     return out
 
 
-def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> float:
-    """CPU microseconds per saga of the store's write operations alone: 100
-    sagas in lock-step (create; 2 appends; the final append) = 4 groups of
-    100 writes, each group one transaction, on this thread, no asyncio.
+class _NoLoop:
+    """Stands for the event loop of the requests ``writer_alone_us`` makes:
+    the outcomes are settled into nothing."""
+
+    def call_soon_threadsafe(self, *args: Any) -> None:
+        pass
+
+
+def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> tuple[float, float]:
+    """CPU microseconds per saga of the store's writes alone, and wall
+    microseconds: 100 sagas in lock-step (create; 2 appends; the final
+    append) = 4 groups of 100 writes, each group one transaction through the
+    writer thread's own ``_Worker._write`` (its batched statements), called on
+    this thread, no asyncio. The steps' rows are as the executor writes them
+    (a completed act keeps its response).
 
     Uses ``SQLiteSagaStore``'s private functions (the same ones its writer
     thread runs), so it may need updating when they change."""
@@ -227,41 +239,56 @@ def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> float:
     from fallback_saga.store.base import JournalEntry
 
     path = os.path.join(tmpdir, f"writer-{synchronous}.db")
-    conn = impl._connect_writer(path, synchronous, 5.0)
+    worker = impl._Worker(
+        role="writer",
+        path=path,
+        connect=lambda: impl._connect_writer(path, synchronous, 5.0),
+        clock=time.time,
+    )
+    conn = worker.connect()
     cursor = conn.cursor()
-    known: dict[str, tuple[int, int]] = {}
-    context = impl.encode_json({"order_id": "o-1", "a": "a", "b": "b", "c": None})
+    no_loop: Any = _NoLoop()
+    contexts = [
+        impl.encode_json({"order_id": "o-1", "a": "a" if done > 0 else None,
+                          "b": "b" if done > 1 else None, "c": "c" if done > 2 else None})
+        for done in range(4)
+    ]
     started, completed = StepStatus.STARTED, StepStatus.COMPLETED
 
     def entry(position: int, status: StepStatus) -> JournalEntry:
-        return JournalEntry(position, "Step", "primary", "act", status, 1, None, time.time())
+        result = '{"value":"x"}' if status is completed else None
+        return JournalEntry(position, "Step", "primary", "act", status, 1, None, time.time(),
+                            result)
 
     try:
-        c0 = time.process_time()
+        cpu = wall = 0.0
         for wave in range(waves):
-            ids = [f"w{wave}-{i}" for i in range(100)]
+            ids = [f"w{wave:06d}-{i:03d}" for i in range(100)]
             for phase in range(4):
-                txn = impl._Txn(time.time(), known)
-                cursor.execute("BEGIN IMMEDIATE")
+                group = []
                 for saga_id in ids:
-                    entries: tuple[JournalEntry, ...]
+                    op: Any
+                    args: tuple[Any, ...]
                     if phase == 0:
-                        entries = (entry(0, started),)
-                        impl._create(
-                            cursor, txn, saga_id, "Plain3", "fp", "running", context, entries
-                        )
+                        op = impl._create
+                        args = (saga_id, "Plain3", "fp", "running", contexts[0],
+                                (entry(0, started),))
                     elif phase < 3:
-                        entries = (entry(phase - 1, completed), entry(phase, started))
-                        impl._append(cursor, txn, saga_id, entries, None, context, None, None)
+                        op = impl._append
+                        args = (saga_id, (entry(phase - 1, completed), entry(phase, started)),
+                                None, contexts[phase], None, None)
                     else:
-                        entries = (entry(2, completed),)
-                        impl._append(
-                            cursor, txn, saga_id, entries, "completed", context, None, None
-                        )
-                txn.flush(cursor)
-                cursor.execute("COMMIT")
-        return (time.process_time() - c0) / (waves * 100) * 1e6
+                        op = impl._append
+                        args = (saga_id, (entry(2, completed),), "completed", contexts[3],
+                                None, None)
+                    group.append(impl._Request(op, args, no_loop, None, True))  # type: ignore[arg-type]
+                c0, w0 = time.thread_time(), time.perf_counter()
+                worker._write(conn, cursor, group)
+                cpu += time.thread_time() - c0
+                wall += time.perf_counter() - w0
+        return cpu / (waves * 100) * 1e6, wall / (waves * 100) * 1e6
     finally:
+        cursor.close()
         conn.close()
         durable.remove_db(path)
 
@@ -311,13 +338,14 @@ def run(tmpdir_parent: str | None, n_in_flight: int, n_seq: int, cprofile: bool,
             for name, us_per in res.items():
                 print(f"   {in_flight:>3} in flight  {name:<40} {us_per:6.1f}")
 
-        print("\n4. Writer side only: the store's write operations on one thread, no asyncio")
+        print("\n4. Writer side only: the writer's transactions on one thread, no asyncio")
         for sync in ("full", "normal"):
             try:
-                cpu = f"{writer_alone_us(tmpdir, sync):6.1f}"
+                cpu_us, wall_us = writer_alone_us(tmpdir, sync)
+                text = f"CPU us per saga {cpu_us:6.1f}, wall us per saga {wall_us:6.1f}"
             except Exception as exc:  # private API: report, do not fail the profile
-                cpu = f"n/a ({type(exc).__name__}: {exc})"
-            print(f"   100 in lock-step, synchronous={sync:<7} CPU us per saga {cpu}")
+                text = f"n/a ({type(exc).__name__}: {exc})"
+            print(f"   100 in lock-step, synchronous={sync:<7} {text}")
 
         if cprofile:
             config = next(c for c in configs if c.key == "ours_100_full")

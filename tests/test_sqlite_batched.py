@@ -200,3 +200,57 @@ async def test_a_failed_group_fails_every_request_of_it(
     assert [summary.saga_id for summary in await store.list_sagas()] == ["old"]
     assert await steps(store, "old") == ["a"]
     assert (await store.load("old")).version == 1
+
+
+async def test_absent_values_are_null_and_look_alike_texts_are_kept(
+    store: SQLiteSagaStore, db: Path
+) -> None:
+    # The writer binds an absent value as a marker (0, or '' for a fencing
+    # token) that SQL turns back into NULL: None must be stored as NULL, and
+    # the texts "0" and "" as themselves; a token of 0 (a first run's) is a
+    # token, not an absent one.
+    from fallback_saga.store.base import JournalEntry, Lease
+
+    ids = [f"s-{n}" for n in range(MANY)]
+    for saga_id in ids:
+        await new_saga(store, saga_id)
+    texts: list[str | None] = [None, "0", ""]
+
+    def entries(n: int) -> list[JournalEntry]:
+        error, result = texts[n % 3], texts[(n // 3) % 3]
+        return [
+            JournalEntry(0, "a", "primary", "act", StepStatus.COMPLETED, 1, error, 1.5, result),
+            entry(1, "b"),
+        ]
+
+    calls: list[Awaitable[Any]] = []
+    for n, saga_id in enumerate(ids):
+        fence = Lease(saga_id, "first run", 0, 0.0) if n % 2 else None
+        status = SagaStatus.COMPENSATING if n % 5 == 0 else None
+        context = {"n": n} if n % 7 else None
+        calls.append(store.append(saga_id, entries(n), status=status, context=context,
+                                  fence=fence, after=1))
+    assert set(await one_group(store, calls)) == {"NoneType"}
+    conn = sqlite3.connect(db)
+    try:
+        for n, saga_id in enumerate(ids):
+            rows = conn.execute(
+                "SELECT error, result FROM saga_steps WHERE saga_id = ? ORDER BY seq",
+                (saga_id,),
+            ).fetchall()
+            assert rows == [(None, None), (texts[n % 3], texts[(n // 3) % 3]), (None, None)]
+            status_text, context_text, version = conn.execute(
+                "SELECT status, context, version FROM sagas WHERE saga_id = ?", (saga_id,)
+            ).fetchone()
+            assert status_text == ("compensating" if n % 5 == 0 else "running")
+            assert context_text == (f'{{"n":{n}}}' if n % 7 else f'{{"order_id":"{saga_id}"}}')
+            assert version == 2
+    finally:
+        conn.close()
+    record = await store.load("s-5")
+    assert [(e.error, e.result) for e in record.history[1:]] == [("", "0"), (None, None)]
+    # A token that is no longer the saga's is still refused, batched or not.
+    await store.claim_saga("s-1", owner="w", lease_seconds=60)
+    stale = store.append("s-1", [entry(2, "c")], fence=Lease("s-1", "first run", 0, 0.0))
+    fresh = store.append("s-2", [entry(2, "c")])
+    assert await one_group(store, [stale, fresh]) == ["LeaseLost", "NoneType"]

@@ -175,12 +175,21 @@ _INSERT_SAGA: Final = (
     "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
 )
+# Absent values are bound as a marker, never as None: sqlite3 binds None
+# through its adaptation protocol (several attribute look-ups, with the GIL
+# held), about as costly as the rest of a row. NULLIF turns the marker back
+# into NULL. The marker of a text column is the integer 0, which no text
+# equals (SQLite compares values of different storage classes as unequal);
+# the marker of an absent fencing token (an int, 0 included) is ''.
+_STEP_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, 0), ?, NULLIF(?, 0))"
 _INSERT_STEP: Final = (
     "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
-    " attempt, error, at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " attempt, error, at, result) VALUES " + _STEP_ROW
 )
+_STEP_WIDTH: Final = 11  # values per step row
 _UPDATE_SAGA: Final = (
-    "UPDATE sagas SET status = COALESCE(?, status), context = COALESCE(?, context),"
+    "UPDATE sagas SET status = COALESCE(NULLIF(?, 0), status),"
+    " context = COALESCE(NULLIF(?, 0), context),"
     " version = version + 1, updated_at = ? WHERE saga_id = ?"
 )
 _UPDATE_KNOWN: Final = _UPDATE_SAGA + " AND version = ?"
@@ -282,7 +291,9 @@ def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
 class _Txn:
     """One group's transaction: its timestamp, and the step rows of the whole
     group, inserted by a few multi-row INSERTs just before the commit (or
-    earlier, when an append reads a saga's truth: see ``_append``).
+    earlier, when an append reads a saga's truth: see ``_append``). ``rows``
+    holds their values end to end, ``_STEP_WIDTH`` a row, absent ones as
+    their markers (see ``_STEP_ROW``): the parameters of those INSERTs.
 
     ``known`` is the writer's memory across groups: ``saga_id -> (version,
     next seq)`` as of its own last write of the saga. An append then needs
@@ -296,33 +307,42 @@ class _Txn:
     def __init__(self, now: float, known: dict[str, tuple[int, int]]) -> None:
         self.now = now
         self.known = known
-        self.rows: list[tuple[Any, ...]] = []
+        self.rows: list[Any] = []
 
     def add(self, saga_id: str, start: int, entries: tuple[JournalEntry, ...]) -> None:
         # str(status): a plain str binds without sqlite3's adaptation lookup.
-        self.rows += [
-            (saga_id, seq, position, step, branch, action, str(status), attempt, error, at,
-             result)
-            for seq, (position, step, branch, action, status, attempt, error, at, result)
-            in enumerate(entries, start)
-        ]
+        rows = self.rows
+        seq = start
+        for position, step, branch, action, status, attempt, error, at, result in entries:
+            rows += (
+                saga_id, seq, position, step, branch, action, str(status), attempt,
+                0 if error is None else error, at, 0 if result is None else result,
+            )
+            seq += 1
 
     def flush(self, cursor: sqlite3.Cursor) -> None:
-        rows = self.rows
-        if not rows:
+        values = self.rows
+        if not values:
             return
         self.rows = []
-        if len(rows) == 1 or not _BATCHED:
-            cursor.executemany(_INSERT_STEP, rows)
+        count = len(values) // _STEP_WIDTH
+        if count == 1:
+            cursor.execute(_INSERT_STEP, values)
+            return
+        if not _BATCHED:
+            cursor.executemany(_INSERT_STEP, [
+                values[at:at + _STEP_WIDTH] for at in range(0, len(values), _STEP_WIDTH)
+            ])
             return
         # Multi-row INSERTs: a handful of statements for the whole group
         # rather than one sqlite3 step (and one GIL release and re-take, with
         # the event loop's thread in between) per row.
         done = 0
-        for size in _chunk_sizes(len(rows)):
-            chunk = rows[done:done + size]
-            done += size
-            cursor.execute(_insert_steps_sql(size), [value for row in chunk for value in row])
+        for size in _chunk_sizes(count):
+            cursor.execute(
+                _insert_steps_sql(size), values[done:done + size * _STEP_WIDTH]
+            )
+            done += size * _STEP_WIDTH
 
 
 # Remembered sagas beyond this are forgotten (at a group's start): sagas that
@@ -373,8 +393,7 @@ def _insert_steps_sql(rows: int) -> str:
     if sql is None:
         sql = _SQL_CACHE["steps", rows] = (
             "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
-            " attempt, error, at, result) VALUES "
-            + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+            " attempt, error, at, result) VALUES " + ",".join([_STEP_ROW] * rows)
         )
     return sql
 
@@ -395,10 +414,10 @@ def _update_sagas_sql(rows: int) -> str:
     sql = _SQL_CACHE.get(("update", rows))
     if sql is None:
         sql = _SQL_CACHE["update", rows] = (
-            "UPDATE sagas SET status = COALESCE(v.column2, status),"
-            " context = COALESCE(v.column3, context),"
+            "UPDATE sagas SET status = COALESCE(NULLIF(v.column2, 0), status),"
+            " context = COALESCE(NULLIF(v.column3, 0), context),"
             " version = CASE WHEN sagas.version = v.column4"
-            " AND (v.column5 IS NULL OR sagas.fence = v.column5)"
+            " AND (v.column5 = '' OR sagas.fence = v.column5)"
             " THEN sagas.version + 1 END, updated_at = ?"
             " FROM (VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * rows) + ") AS v"
             " WHERE sagas.saga_id = v.column1"
@@ -486,7 +505,13 @@ def _run_segment(
         params = [now]
         for index in chunk:
             saga_id, _entries, status, context, token, _after = requests[index].args
-            params += (saga_id, status, context, known[saga_id][0], token)
+            params += (  # absent values as their markers: see _STEP_ROW
+                saga_id,
+                0 if status is None else status,
+                0 if context is None else context,
+                known[saga_id][0],
+                "" if token is None else token,
+            )
         try:
             updated = cursor.execute(_update_sagas_sql(size), params).rowcount
         except sqlite3.IntegrityError:  # a version or a token moved: nothing written
@@ -571,13 +596,16 @@ def _append(
     if known is not None and after is not None and known[1] != after:
         known = None  # read the truth: it may be another writer's, or ours landed late
     updated = 0
+    # Absent values as their markers: see _STEP_ROW.
+    status_value = 0 if status is None else status
+    context_value = 0 if context is None else context
     if known is not None:
         version, start = known
         if token is None:
-            params: tuple[Any, ...] = (status, context, now, saga_id, version)
+            params: tuple[Any, ...] = (status_value, context_value, now, saga_id, version)
             updated = cursor.execute(_UPDATE_KNOWN, params).rowcount
         else:
-            params = (status, context, now, saga_id, version, token)
+            params = (status_value, context_value, now, saga_id, version, token)
             updated = cursor.execute(_UPDATE_KNOWN_FENCED, params).rowcount
     if not updated:
         # The truth includes this group's earlier transitions: they are
@@ -593,7 +621,7 @@ def _append(
         if after is not None and start != after:
             raise JournalConflict(saga_id, after, start)
         # The group holds the write lock: nobody can change the row in between.
-        cursor.execute(_UPDATE_SAGA, (status, context, now, saga_id))
+        cursor.execute(_UPDATE_SAGA, (status_value, context_value, now, saga_id))
     if entries:
         txn.add(saga_id, start, entries)
     if status in _FINISHED:
