@@ -1338,14 +1338,19 @@ class Execution(StepCursor):
             return context_to_dict(self.context)
         return self.image
 
-    async def flush(self, *, unwinding: bool = False) -> None:
-        """``_flush``, one write at a time while the members of a group run."""
+    def flush(self, *, unwinding: bool = False) -> Awaitable[None]:
+        """``_flush``, one write at a time while the members of a group run.
+
+        A plain function returning the coroutine to await: outside a group,
+        that is ``_flush``'s own (one coroutine fewer per journal write)."""
         lock = self.write_lock
         if lock is None:
+            return self._flush(unwinding)
+        return self._flush_locked(lock, unwinding)
+
+    async def _flush_locked(self, lock: asyncio.Lock, unwinding: bool) -> None:
+        async with lock:
             await self._flush(unwinding)
-        else:
-            async with lock:
-                await self._flush(unwinding)
 
     async def _flush(self, unwinding: bool) -> None:
         """Make every transition the store does not have yet durable (and the

@@ -94,6 +94,9 @@ def _qualified(cls: type) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+_new_tuple = tuple.__new__
+
+
 def journal_entry(raw: RawEntry | JournalEntry, saga_name: str) -> JournalEntry:
     """A raw executor entry (``store.base.RawEntry``) in journal form: an
     act-COMPLETED entry's response becomes its JSON text. An entry that is
@@ -103,6 +106,8 @@ def journal_entry(raw: RawEntry | JournalEntry, saga_name: str) -> JournalEntry:
     position, step, branch, action, value, attempt, error, at, response = raw
     status = _STEP_STATUS[value]
     if status is _COMPLETED and action == "act":
-        return JournalEntry(position, step, branch, action, status, attempt, error, at,
-                            response_text(response, saga_name, step))
-    return JournalEntry(position, step, branch, action, status, attempt, error, at, None)
+        return _new_tuple(JournalEntry, (position, step, branch, action, status, attempt,
+                                         error, at, response_text(response, saga_name, step)))
+    # The named tuple made directly: its generated __new__ is a Python call.
+    return _new_tuple(JournalEntry, (position, step, branch, action, status, attempt, error, at,
+                                     None))
