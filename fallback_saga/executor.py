@@ -348,6 +348,7 @@ class RunSettings:
         "fingerprint",
         "hooks",
         "inline",
+        "inline_steps",
         "inline_writes",
         "journal_retry",
         "journal_timeout",
@@ -380,12 +381,14 @@ class RunSettings:
         # Appends made on the condition of the journal's length: a retried
         # in-doubt write can never be journaled twice.
         self.conditional = not live and is_conditional(store)
-        # Plain steps run inlined (see Execution.run_all): an in-process store,
-        # and no listener to tell of each step.
-        self.inline = live and not (
+        # Plain steps run inlined in Execution.run_all when no listener is to
+        # be told of each step, on any store; a group's plain members
+        # (Execution._run_member) on an in-process store only.
+        self.inline_steps = not (
             hooks.step_started or hooks.step_completed
             or hooks.step_call_started or hooks.step_call_finished
         )
+        self.inline = live and self.inline_steps
 
 
 class Execution(StepCursor):
@@ -550,10 +553,11 @@ class Execution(StepCursor):
                 group: GroupPlan = plan[start]  # type: ignore[assignment]
                 results += await self.run_group(group, resumed_group, fallbacks_started)
                 start += 1
-            # A step with no retry, timeout or breaker on an in-process store
-            # with no step listener runs inlined below: try_branch's work (and
-            # run_fallback's), less their coroutines and checks.
-            inline = self.settings.inline
+            # A step with no retry, timeout or breaker, with no step listener,
+            # runs inlined below: try_branch's work (and run_fallback's), less
+            # their coroutines and checks.
+            inline = self.settings.inline_steps
+            live = self.live
             context = self.context
             journal = self.journal
             stack = self.stack
@@ -580,9 +584,13 @@ class Execution(StepCursor):
                         journal.append((branch.position, name, branch.branch, "act", _STARTED,
                                         1, None, _now(), None))
                         self.action = "act"
-                        self.active = True
                         try:
+                            if not live:
+                                await self.flush()  # the write-ahead: STARTED is durable first
+                            self.active = True
                             response = await branch.act(context)
+                        except JournalWriteFailed:
+                            raise  # the act never ran: nothing to record or fall back from
                         except BaseException as error:
                             self.active = False
                             restore_step(context, snapshot)
@@ -604,8 +612,7 @@ class Execution(StepCursor):
                         journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
                                         1, None, _now(), response))
                         response = _new_tuple(SagaStepResult, (response, name, self.saga_id))
-                    # (No context_dirty: only a write-ahead store reads it, and
-                    # this path runs on an in-process store only.)
+                    self.context_dirty = True
                     stack.append(branch)
                     results.append(response)
                     continue

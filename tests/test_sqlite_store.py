@@ -614,3 +614,52 @@ async def test_the_context_is_stored_as_plain_json_text(
     await store.create("saga-1", "OrderSaga", "fp", {"b": [1, 2.5, None], "a": "é"}, [])
     (text,) = raw.execute("SELECT context FROM sagas WHERE saga_id = 'saga-1'").fetchone()
     assert text == '{"b":[1,2.5,null],"a":"\\u00e9"}'
+
+
+class _Tally:
+    """A step listener: with one, the executor runs every step through its
+    general path (``try_branch``) rather than inlined."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.started += 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_inlined_steps_journal_what_the_general_path_journals(
+    db: Path, fails: bool
+) -> None:
+    # Plain steps and a plain Fallback on a write-ahead store run inlined in the
+    # run loop when no step listener listens. The rows they leave (and when
+    # each is durable: see test_journal_truth) must be the general path's.
+    from helpers_saga import Boom, OrderCtx, Probe, declare
+
+    from fallback_saga import Fallback
+
+    def steps() -> list[Any]:
+        last = Probe("C", [], error=Boom) if fails else Probe("C", [], response="c")
+        return [Probe("A", [], response="a"),
+                Fallback(step=Probe("B", [], error=Boom), fallback=Probe("B2", [], response="b")),
+                last]
+
+    tally = _Tally()
+    histories = []
+    async with SQLiteSagaStore(db) as store:
+        for listeners in ((), (tally,)):
+            saga = declare(*steps())(store=store, listeners=listeners)
+            saga_id = f"inline-{len(listeners)}"
+            if fails:
+                with pytest.raises(SagaFailed):
+                    await saga.run(OrderCtx(), saga_id=saga_id)
+            else:
+                await saga.run(OrderCtx(), saga_id=saga_id)
+            record = await store.load(saga_id)
+            histories.append(
+                (record.status, record.context,
+                 [(e.position, e.step, e.branch, e.action, e.status, e.attempt, e.error, e.result)
+                  for e in record.history])
+            )
+    assert tally.started > 0  # the second run did take the general path
+    assert histories[0] == histories[1]
