@@ -638,10 +638,24 @@ async def test_inlined_steps_journal_what_the_general_path_journals(
 
     from fallback_saga import Fallback
 
+    def reserve(ctx: OrderCtx) -> None:
+        ctx.reservation = "r-1"
+
+    def wreck(ctx: OrderCtx) -> None:
+        ctx.order_id = "wrecked"  # by a failing act: restored before the fallback runs
+
+    def add_item(ctx: OrderCtx) -> None:
+        ctx.items.append("pear")
+
+    def count(ctx: OrderCtx) -> None:
+        ctx.meta["n"] += 1
+
     def steps() -> list[Any]:
-        last = Probe("C", [], error=Boom) if fails else Probe("C", [], response="c")
-        return [Probe("A", [], response="a"),
-                Fallback(step=Probe("B", [], error=Boom), fallback=Probe("B2", [], response="b")),
+        last = (Probe("C", [], mutate=count, error=Boom) if fails
+                else Probe("C", [], mutate=count, response="c"))
+        return [Probe("A", [], mutate=reserve, response="a"),
+                Fallback(step=Probe("B", [], mutate=wreck, error=Boom),
+                         fallback=Probe("B2", [], mutate=add_item, response="b")),
                 last]
 
     tally = _Tally()
@@ -663,3 +677,6 @@ async def test_inlined_steps_journal_what_the_general_path_journals(
             )
     assert tally.started > 0  # the second run did take the general path
     assert histories[0] == histories[1]
+    assert histories[0][1]["reservation"] == "r-1"
+    assert histories[0][1]["items"] == ["apple", "pear"]
+    assert histories[0][1]["order_id"] == "order-1"
