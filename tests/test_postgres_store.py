@@ -825,6 +825,117 @@ async def test_100_sagas_in_flight_are_all_journaled_completely(
     assert stats.commits < stats.writes, stats
 
 
+async def test_journal_writes_are_driven_from_the_sagas_own_task(
+    pg_conninfo: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store says its writes outlive cancellation, so the executor makes
+    each first try inline (``settle_inline``): no task of its own per write
+    (``settle``), alone or grouped."""
+    from fallback_saga import executor
+
+    assert PostgresSagaStore.writes_outlive_cancellation is True
+    settled: list[object] = []
+    real_settle = executor.settle
+
+    async def counting_settle(coroutine: Any) -> Any:
+        settled.append(coroutine)
+        return await real_settle(coroutine)
+
+    monkeypatch.setattr(executor, "settle", counting_settle)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        saga = OrderSaga(store=store)
+        await saga.run(Order(order_id="alone"))
+        await asyncio.gather(*(saga.run(Order(order_id=f"o{n}")) for n in range(20)))
+        assert store.stats.writes == 21 * 4
+        assert store.stats.largest_group > 1
+    assert settled == []
+
+
+class CancelAt:
+    """Cancels the victim (a saga's task) as ``step`` starts: right as that
+    step's write-ahead (its STARTED entry) is on its way."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.victims: dict[str, asyncio.Task[Any]] = {}
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        if step == self.step:
+            self.victims[saga_id].cancel()
+
+
+@pytest.mark.parametrize("cancel_at", ["Reserve", "Charge", "Ship"])
+@pytest.mark.parametrize("in_flight", [1, 20])
+async def test_S13_cancel_while_an_inline_write_is_in_flight_ends_final_in_the_journal(
+    pg_conninfo: str, pg_schema: str, cancel_at: str, in_flight: int
+) -> None:
+    """No wrapper: each saga's task is cancelled while a real write of it is
+    on its way (alone with one saga in flight, in groups with twenty). The
+    write finishes, the saga unwinds, and the journal says COMPENSATED, with
+    every compensation that ran on record, before the caller sees
+    CancelledError; recovery then finds nothing to do."""
+    listener = CancelAt(cancel_at)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        saga = OrderSaga(store=store, listeners=[listener])
+        ids = [f"c{n}" for n in range(in_flight)]
+        for saga_id in ids:
+            listener.victims[saga_id] = asyncio.create_task(
+                saga.run(Order(order_id=saga_id), saga_id=saga_id)
+            )
+        outcomes = await asyncio.gather(*listener.victims.values(), return_exceptions=True)
+        done = {"Reserve": [], "Charge": ["Reserve"], "Ship": ["Reserve", "Charge"]}[cancel_at]
+        for saga_id, outcome in zip(ids, outcomes, strict=True):
+            assert isinstance(outcome, asyncio.CancelledError), outcome
+            record = await store.load(saga_id)
+            assert record.status is SagaStatus.COMPENSATED, saga_id
+            journal = [(e.step, e.action, e.status.value) for e in record.history]
+            acts = [step for step, action, status in journal
+                    if action == "act" and status == "completed"]
+            undone = [step for step, action, status in journal
+                      if action == "compensate" and status == "completed"]
+            assert acts == done, journal
+            assert undone == done[::-1], journal
+        assert (await recover(store, [saga], older_than=0)).total == 0
+
+
+async def test_a_pool_that_times_out_fails_the_write_never_cancels_the_saga(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """The pool's only connection is taken: the write waits for one, and the
+    pool gives up after its ``timeout``. On Python 3.12+ that wait is an
+    ``asyncio.timeout`` bound to the current task: had the write been made
+    in the saga's own task (driven inline), the timeout would have cancelled
+    the saga instead, and the write would have waited on. It is made in a
+    task of the store's, so the write fails (in doubt) and the run stops
+    with ``SagaInterrupted``."""
+    from fallback_saga import RetryPolicy, SagaInterrupted
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, timeout=0.2, open=False,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    try:
+        store = PostgresSagaStore(pool, schema=pg_schema)
+        await store.open()
+        saga = OrderSaga(store=store, journal_timeout=None,
+                         journal_retry=RetryPolicy(attempts=1, delay=0, jitter=0))
+        taken = await pool.getconn()
+        run = asyncio.create_task(saga.run(Order(order_id="p-1"), saga_id="p-1"))
+        finished, _ = await asyncio.wait({run}, timeout=10)  # a safety net: the bug hung
+        await pool.putconn(taken)
+        assert finished, "the write waited on past the pool's timeout"
+        with pytest.raises(SagaInterrupted) as stopped:
+            await run
+        assert stopped.value.in_doubt
+        assert isinstance(stopped.value.error, SagaStoreError)
+        assert isinstance(stopped.value.error.__cause__, psycopg_pool.PoolTimeout)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        await store.close()
+    finally:
+        await pool.close()
+
+
 @pytest.mark.parametrize(
     ("error", "in_doubt"),
     [

@@ -92,6 +92,7 @@ from ..errors import (
     SagaNotFound,
     SagaStoreError,
 )
+from ..shielding import own_task
 from ..status import SagaStatus, StepStatus
 from ._common import (
     check_owner,
@@ -746,6 +747,11 @@ class PostgresSagaStore:
     appends_after: Final = True
     # The keyword filters list_sagas takes beyond the protocol's (RecoverableStore).
     listing_filters: Final = ("before", "created_since", "created_until")
+    # create/append only wait on futures: the statements run in tasks of their
+    # own (the group commit's, and one for append's follow-up read), so they
+    # bind nothing to the awaiting task and run to their end whatever happens
+    # to it. The executor then drives them from the saga's task (journal.py).
+    writes_outlive_cancellation: Final = True
 
     def __init__(
         self,
@@ -1094,7 +1100,8 @@ class PostgresSagaStore:
         row = await self._journal.write((doing, self._sql.append, params))
         if row is not None:
             return
-        current = await self._fetch(doing, self._sql.fence_of, (saga_id,))
+        # In a task of its own, as the write was (writes_outlive_cancellation).
+        current = await own_task(self._fetch(doing, self._sql.fence_of, (saga_id,)))
         if current is None:
             raise SagaNotFound(saga_id)
         fence_now, length = current
