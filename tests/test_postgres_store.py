@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -189,8 +190,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 2
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(2,)]
+    assert SCHEMA_VERSION == 3
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(3,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -201,6 +202,7 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert columns["fence"] == "bigint"
     assert columns["lease_expires_at"] == "timestamp with time zone"
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
+    assert columns["touched_at"] == "timestamp with time zone"
     step_columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -213,9 +215,18 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
         ).fetchall()
     )
-    interrupted = indexes["fallback_saga_sagas_interrupted"]
-    assert "(updated_at)" in interrupted
-    assert "WHERE (status = ANY (ARRAY['running'::text, 'compensating'::text]))" in interrupted
+    due = indexes["fallback_saga_sagas_due"]
+    assert "(touched_at)" in due
+    assert "WHERE (status = ANY (ARRAY['running'::text, 'compensating'::text]))" in due
+    assert "fallback_saga_sagas_interrupted" not in indexes  # schema v2's, on updated_at
+    options = raw.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = 'fallback_saga_sagas'::regclass"
+    ).fetchone()
+    assert options == (["fillfactor=70"],)  # room on each page for HOT updates
+    # No index reads updated_at, version, journal_length or context: what an append changes.
+    for definition in indexes.values():
+        for column in ("updated_at", "version", "journal_length", "context"):
+            assert column not in definition, definition
     assert "fallback_saga_steps_pkey" in indexes
 
 
@@ -238,9 +249,131 @@ async def test_the_recovery_query_uses_the_partial_index(
             )
         ).fetchall()
     )
-    assert "fallback_saga_sagas_interrupted" in plan, plan
+    assert "fallback_saga_sagas_due" in plan, plan
+    assert "Sort" not in plan, plan  # oldest first in the index's own order: it stops at LIMIT
     leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
     assert sorted(lease.saga_id for lease in leases) == [f"running-{n}" for n in range(5)]
+
+
+def _append_params(saga_id: str, *, status: str | None = None, after: int | None = None) -> Any:
+    entries = pg_store._entries_json(saga_id, [entry(1, "b")])
+    return (status, '{"n": 1}', 1, saga_id, None, after, 1, entries)
+
+
+async def test_an_append_within_a_second_of_the_last_is_a_hot_update(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """An append changes no indexed column while the saga's ``touched_at`` is
+    less than a second old (its updated_at moves): PostgreSQL updates the
+    row in place (HOT), adding no index entry. A status change (the partial
+    index's predicate) is never HOT. The counts are this transaction's, and
+    its ``now()`` is fixed: the ages are exact."""
+    sql = store._sql
+    counts = (
+        "SELECT pg_stat_get_xact_tuples_updated('fallback_saga_sagas'::regclass),"
+        " pg_stat_get_xact_tuples_hot_updated('fallback_saga_sagas'::regclass)"
+    )
+    await new_saga(store, "s-1")
+    with raw.transaction():
+        raw.execute("UPDATE fallback_saga_sagas SET touched_at = now() - interval '0.5 s'")
+        assert raw.execute(counts).fetchone() == (1, 0)  # touched_at is indexed
+        raw.execute(sql.append, _append_params("s-1", after=1))
+        assert raw.execute(counts).fetchone() == (2, 1)
+        raw.execute(sql.append, _append_params("s-1", status="completed"))
+        assert raw.execute(counts).fetchone() == (3, 1)  # the status moved: not HOT
+    record = await store.load("s-1")
+    assert (record.status, len(record.history), record.version) == (SagaStatus.COMPLETED, 3, 3)
+
+
+async def test_touched_at_moves_once_a_second_and_never_passes_updated_at(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """One transaction (one ``now()``), so the ages are exact."""
+    sql = store._sql
+    clocks = "SELECT now() - touched_at, now() - updated_at FROM fallback_saga_sagas"
+    create = ("s-1", "OrderSaga", "fp", "running", "{}", 1,
+              pg_store._entries_json("s-1", [entry(0, "a")]))
+    with raw.transaction():
+        raw.execute(sql.create, create)
+        assert raw.execute(clocks).fetchone() == (timedelta(0), timedelta(0))
+        raw.execute("UPDATE fallback_saga_sagas SET touched_at = now() - interval '0.999 s'")
+        raw.execute(sql.append, _append_params("s-1"))  # less than a second old: kept
+        assert raw.execute(clocks).fetchone() == (timedelta(seconds=0.999), timedelta(0))
+        raw.execute("UPDATE fallback_saga_sagas SET touched_at = now() - interval '1 s'")
+        raw.execute(sql.append, _append_params("s-1"))  # a second old: moved
+        assert raw.execute(clocks).fetchone() == (timedelta(0), timedelta(0))
+
+
+async def test_claim_is_exact_on_updated_at_and_orders_by_touched_at(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """``touched_at`` may lag ``updated_at`` (by less than a second): the
+    claim still takes only the sagas not updated for ``older_than`` (exact,
+    on updated_at), oldest first by the index's clock."""
+    for name, touched, updated in (
+        ("lagging", 30, 3),  # written to 3 s ago: not due with older_than=10
+        ("old", 40, 40),
+        ("older", 50, 50),
+        ("due", 20, 20),
+    ):
+        await new_saga(store, name)
+        raw.execute(
+            "UPDATE fallback_saga_sagas SET touched_at = now() - make_interval(secs => %s),"
+            " updated_at = now() - make_interval(secs => %s) WHERE saga_id = %s",
+            (touched, updated, name),
+        )
+    leases = await store.claim(owner="w", lease_seconds=60, older_than=10, limit=10)
+    assert [lease.saga_id for lease in leases] == ["older", "old", "due"]
+
+
+async def test_schema_v2_is_migrated_to_v3_in_place(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database written by schema v2 (recovery's index on updated_at):
+    opening it adds ``touched_at`` (the sagas in flight take their
+    updated_at; the others a constant, with no table rewrite), replaces the
+    index, and every saga reads, claims and appends as before."""
+    with monkeypatch.context() as v2:
+        v2.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:2])
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
+            for n in range(3):
+                await new_saga(old, f"running-{n}")
+            await new_saga(old, "done", status=SagaStatus.COMPLETED)
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (2,)
+    raw.execute(
+        "UPDATE fallback_saga_sagas SET updated_at = now() - make_interval(secs => 100 - n)"
+        " FROM (VALUES ('running-0', 0), ('running-1', 2), ('running-2', 1)) AS v(id, n)"
+        " WHERE saga_id = v.id"
+    )
+    relfile = raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone()
+    before = {row[0]: row[1:] for row in raw.execute(
+        "SELECT saga_id, status, updated_at, version FROM fallback_saga_sagas").fetchall()}
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (3,)
+        # Not rewritten: the same file, the same rows.
+        assert raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone() == (
+            relfile
+        )
+        after = dict(raw.execute(
+            "SELECT saga_id, touched_at = updated_at FROM fallback_saga_sagas").fetchall())
+        assert after == {"running-0": True, "running-1": True, "running-2": True, "done": False}
+        assert {row[0]: row[1:] for row in raw.execute(
+            "SELECT saga_id, status, updated_at, version FROM fallback_saga_sagas").fetchall()
+        } == before
+        indexes = {row[0] for row in raw.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall()}
+        assert "fallback_saga_sagas_due" in indexes
+        assert "fallback_saga_sagas_interrupted" not in indexes
+        assert raw.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'fallback_saga_sagas'::regclass"
+        ).fetchone() == (["fillfactor=70"],)
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=10, limit=10)
+        assert [lease.saga_id for lease in leases] == ["running-0", "running-2", "running-1"]
+        await store.append("running-0", [entry(1, "b")], fence=leases[0])
+        record = await store.load("running-0")
+        assert [e.step for e in record.history] == ["a", "b"]
+        assert (await store.load("done")).status is SagaStatus.COMPLETED
 
 
 async def test_concurrent_starters_migrate_once(pg_conninfo: str, pg_schema: str, raw: Any) -> None:

@@ -55,6 +55,14 @@ skipped (unknown name, changed definition) would otherwise bounce between
 workers as fast as they can claim it. Sagas left behind by a crash are
 announced by no one: polling finds those.
 
+Cheap updates. An append changes the saga row's status, context, counters
+and ``updated_at``, none of them indexed; recovery's partial index (the
+sagas in flight, oldest update first) is on ``touched_at``, a copy of
+``updated_at`` that moves at most once a second. So most appends are
+heap-only-tuple (HOT) updates: PostgreSQL rewrites the row on its page and
+adds no index entry. (Schema v3; before, the index was on ``updated_at``
+and every append added an entry to every index of the table.)
+
 Schema. Versioned in a ``fallback_saga_schema`` table;
 ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``. Opening
 a store whose schema is current costs one query and needs no DDL privilege;
@@ -235,10 +243,41 @@ async def _migrate_to_v2(execute: _Cursor, names: _Names) -> None:
     await execute(f"ALTER TABLE {names.steps} ADD COLUMN result text NULL")
 
 
+async def _migrate_to_v3(execute: _Cursor, names: _Names) -> None:
+    # Recovery's index moves to a clock that moves at most once a second
+    # (``touched_at``, see _TOUCH): an append then changes no indexed column,
+    # and PostgreSQL updates the row where it is (a heap-only tuple, HOT)
+    # instead of adding an entry to every index of the table. updated_at
+    # stays exact (listings, and the claim's filter).
+    #
+    # A HOT update needs room on the row's page: new pages are filled to 70 %
+    # (the rest is for the updates of the sagas in flight; measured at 100 in
+    # flight: 52 % of updates HOT at 70 %, 27 % at 85 %, 8 % at 100 %).
+    #
+    # Rows written before read the migration's time (a constant default
+    # added without rewriting the table); the sagas in flight take their
+    # updated_at. A plain CREATE INDEX: one pass over the table, under the
+    # migration's lock, for an index that holds only the sagas in flight.
+    prefix = "" if names.schema is None else f'"{names.schema}".'
+    await execute(f"ALTER TABLE {names.sagas} SET (fillfactor = 70)")
+    await execute(
+        f"ALTER TABLE {names.sagas} ADD COLUMN touched_at timestamptz NOT NULL DEFAULT now()"
+    )
+    await execute(
+        f"UPDATE {names.sagas} SET touched_at = updated_at WHERE status IN {_INTERRUPTED_SQL}"
+    )
+    await execute(f"DROP INDEX {prefix}fallback_saga_sagas_interrupted")
+    await execute(
+        f"CREATE INDEX fallback_saga_sagas_due ON {names.sagas} (touched_at)"
+        f" WHERE status IN {_INTERRUPTED_SQL}"
+    )
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v1,
     _migrate_to_v2,
+    _migrate_to_v3,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -329,6 +368,15 @@ _STEP_COLUMNS: Final = (
 _EPOCH: Final = "extract(epoch FROM {})::float8"
 
 
+# ``touched_at`` (recovery's index, schema v3): the saga's last update to
+# within a second. Kept while less than a second old, so most appends leave
+# every indexed column as it was: a HOT update. Never later than updated_at,
+# and never a second or more behind it.
+_TOUCH: Final = (
+    "touched_at = CASE WHEN {0}touched_at > now() - interval '1 second'"
+    " THEN {0}touched_at ELSE now() END"
+)
+
 _STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
 
 
@@ -370,7 +418,8 @@ class _Statements:
             f"WITH saga AS ("
             f" UPDATE {sagas} SET status = COALESCE(%s, status),"
             f" context = COALESCE(%s::jsonb, context), version = version + 1,"
-            f" journal_length = journal_length + %s::int, updated_at = now()"
+            f" journal_length = journal_length + %s::int, updated_at = now(),"
+            f" {_TOUCH.format('')}"
             f" WHERE saga_id = %s AND fence = COALESCE(%s::bigint, fence)"
             f" AND journal_length = COALESCE(%s::int, journal_length)"
             f" RETURNING saga_id, journal_length - %s::int AS start"
@@ -397,7 +446,8 @@ class _Statements:
             f"), updated AS ("
             f" UPDATE {sagas} s SET status = COALESCE(w.st, s.status),"
             f" context = COALESCE(w.ctx, s.context), version = s.version + 1,"
-            f" journal_length = s.journal_length + w.n, updated_at = now()"
+            f" journal_length = s.journal_length + w.n, updated_at = now(),"
+            f" {_TOUCH.format('s.')}"
             # The rows by their key, whatever the table's statistics: a
             # generic plan (prepared) would hash-join a small table in full.
             f" FROM w WHERE s.saga_id = ANY(ARRAY(SELECT id FROM w WHERE NOT c))"
@@ -459,7 +509,9 @@ class _Statements:
             f" AND ((lease_expires_at IS NULL"
             f" AND updated_at < now() - make_interval(secs => %s::float8))"
             f" OR lease_expires_at <= now())"
-            f" ORDER BY updated_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
+            # Oldest update first, to within a second: the order of the
+            # partial index on touched_at (updated_at is not indexed).
+            f" ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
         )
         self.take_leases = (
             f"UPDATE {sagas} SET lease_owner = %s,"
