@@ -376,6 +376,67 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
         assert (await store.load("done")).status is SagaStatus.COMPLETED
 
 
+async def _prepared_on(pool: Any) -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) FROM pg_prepared_statements")
+        row = await cursor.fetchone()
+        return int(row[0])
+
+
+def _fill(raw: Any, rows: int) -> None:
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
+        " SELECT 'done-' || n, 'OrderSaga', 'fp', 'completed', '{}'"
+        " FROM generate_series(1, %s) n", (rows,),
+    )
+    raw.execute(
+        "INSERT INTO fallback_saga_steps (saga_id, seq, position, step, branch, action,"
+        " status, attempt, at) SELECT 'done-' || n, 0, 0, 'a', '', 'act', 'completed', 1, 0"
+        " FROM generate_series(1, %s) n", (rows,),
+    )
+    raw.execute("ANALYZE fallback_saga_sagas")
+    raw.execute("ANALYZE fallback_saga_steps")
+
+
+async def test_statements_are_prepared_only_once_the_tables_are_big(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    """A plan the server caches while the tables are small scans them in
+    full, and keeps doing so as they grow, until the next ANALYZE. So on
+    fresh (or small) tables nothing is prepared: each statement is planned
+    for its own parameters. The store reads the tables' sizes again every
+    ``size_check_every`` seconds; once both hold ``_PREPARE_FROM`` rows by
+    the statistics, statements are prepared (cached plans) as psycopg does
+    by default."""
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, open=False, kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    try:
+        store = PostgresSagaStore(pool, schema=pg_schema)
+        store.size_check_every = 0.0  # read the sizes again at every write
+        await store.open()
+        for n in range(10):  # psycopg would prepare from the fifth run on
+            await new_saga(store, f"s-{n}")
+            await store.append(f"s-{n}", [entry(1, "b")])
+        await asyncio.gather(*store._size_checks)
+        assert await _prepared_on(pool) == 0
+        _fill(raw, pg_store._PREPARE_FROM)
+        await new_saga(store, "s-10")  # the check it starts sees the new sizes
+        await asyncio.gather(*store._size_checks)
+        for n in range(10):
+            await store.append(f"s-{n}", [entry(2, "c")])
+        assert await _prepared_on(pool) > 0
+        await store.close()
+        # Opened on big tables: prepared from the start.
+        store = PostgresSagaStore(pool, schema=pg_schema)
+        await store.open()
+        assert store._prepare is None
+        await store.close()
+    finally:
+        await pool.close()
+
+
 async def test_concurrent_starters_migrate_once(pg_conninfo: str, pg_schema: str, raw: Any) -> None:
     stores = [PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1) for _ in range(6)]
     try:
