@@ -320,3 +320,21 @@ async def test_a_timeout_a_write_alone_enters_fails_that_write_not_its_caller() 
     error, cancelled = await driver
     assert isinstance(error, TimeoutError)
     assert not cancelled
+
+
+async def test_idle_returns_once_every_write_is_done_even_before_the_tasks_are_forgotten() -> None:
+    """A task that is done but whose done-callbacks (the one that forgets it)
+    have not run yet — the moment between a write's end and the next trip
+    through the loop: ``idle()`` returns. (It looped forever on Python 3.12+,
+    where gathering tasks that are all done returns without a trip through
+    the loop, so the callbacks never ran.)"""
+    server = Server()
+    writer = group(server)
+    task = asyncio.create_task(writer.write("w0"))
+    await settle()
+    server.release_all()
+    assert await task == "ok w0"
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ended.set_result(None)
+    writer._drains.add(ended)  # type: ignore[arg-type]  # done, not forgotten yet
+    await writer.idle()

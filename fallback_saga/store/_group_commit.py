@@ -153,8 +153,10 @@ class GroupCommit(Generic[W, R]):
 
     async def idle(self) -> None:
         """Return once nothing is queued and no write is on its way."""
-        while self._drains:
-            await asyncio.gather(*self._drains, return_exceptions=True)
+        while on_their_way := [task for task in self._drains if not task.done()]:
+            # (A task done already may still be in the set for a moment: its
+            # discard is a callback to come.)
+            await asyncio.gather(*on_their_way, return_exceptions=True)
 
     def _kick(self) -> None:
         """Start a group if writes wait, a slot is free and no group is
