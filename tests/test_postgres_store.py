@@ -376,9 +376,12 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
         assert (await store.load("done")).status is SagaStatus.COMPLETED
 
 
-async def _prepared_on(pool: Any) -> int:
+async def _groups_prepared_on(pool: Any) -> int:
     async with pool.connection() as conn:
-        cursor = await conn.execute("SELECT count(*) FROM pg_prepared_statements")
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements"
+            " WHERE statement LIKE '%json_to_recordset%'"
+        )
         row = await cursor.fetchone()
         return int(row[0])
 
@@ -398,35 +401,37 @@ def _fill(raw: Any, rows: int) -> None:
     raw.execute("ANALYZE fallback_saga_steps")
 
 
-async def test_statements_are_prepared_only_once_the_tables_are_big(
+async def test_group_statements_are_prepared_only_once_the_tables_are_big(
     pg_conninfo: str, pg_schema: str, raw: Any
 ) -> None:
-    """A plan the server caches while the tables are small scans them in
-    full, and keeps doing so as they grow, until the next ANALYZE. So on
-    fresh (or small) tables nothing is prepared: each statement is planned
-    for its own parameters. The store reads the tables' sizes again every
-    ``size_check_every`` seconds; once both hold ``_PREPARE_FROM`` rows by
-    the statistics, statements are prepared (cached plans) as psycopg does
-    by default."""
+    """The plan the server caches for a group statement while the tables are
+    small scans them in full, and keeps doing so as they grow, until the
+    next ANALYZE. So on fresh (or small) tables it is not prepared: each is
+    planned for its own parameters. The store reads the tables' sizes again
+    every ``size_check_every`` seconds; once both hold ``_PREPARE_FROM`` rows
+    by the statistics, it is prepared (a cached plan) as psycopg does by
+    default."""
     pool = psycopg_pool.AsyncConnectionPool(
         pg_conninfo, min_size=1, max_size=1, open=False, kwargs={"autocommit": True},
     )
     await pool.open(wait=True)
+
+    async def groups(first: int) -> None:
+        for n in range(first, first + 100, 10):  # psycopg prepares from the fifth run on
+            await asyncio.gather(*(new_saga(store, f"s-{k}") for k in range(n, n + 10)))
+
     try:
         store = PostgresSagaStore(pool, schema=pg_schema)
-        store.size_check_every = 0.0  # read the sizes again at every write
+        store.size_check_every = 0.0  # read the sizes again at every group
         await store.open()
-        for n in range(10):  # psycopg would prepare from the fifth run on
-            await new_saga(store, f"s-{n}")
-            await store.append(f"s-{n}", [entry(1, "b")])
+        await groups(0)
         await asyncio.gather(*store._size_checks)
-        assert await _prepared_on(pool) == 0
+        assert store.stats.largest_group > 1
+        assert await _groups_prepared_on(pool) == 0
         _fill(raw, pg_store._PREPARE_FROM)
-        await new_saga(store, "s-10")  # the check it starts sees the new sizes
-        await asyncio.gather(*store._size_checks)
-        for n in range(10):
-            await store.append(f"s-{n}", [entry(2, "c")])
-        assert await _prepared_on(pool) > 0
+        await groups(100)  # the first check sees the new sizes
+        await groups(200)
+        assert await _groups_prepared_on(pool) > 0
         await store.close()
         # Opened on big tables: prepared from the start.
         store = PostgresSagaStore(pool, schema=pg_schema)

@@ -453,7 +453,8 @@ class _Statements:
             f" journal_length = s.journal_length + w.n, updated_at = now(),"
             f" {_TOUCH.format('s.')}"
             # The rows by their key, whatever the table's statistics: a
-            # generic plan (prepared) would hash-join a small table in full.
+            # generic plan (prepared) would hash-join a small table in full
+            # (and one made while the table is small still does: _PREPARE_FROM).
             f" FROM w WHERE s.saga_id = ANY(ARRAY(SELECT id FROM w WHERE NOT c))"
             f" AND NOT w.c AND s.saga_id = w.id"
             f" AND s.fence = COALESCE(w.f, s.fence)"
@@ -721,16 +722,17 @@ _GROUP_SLOTS: Final = 2
 # What a grouped write that was made returns (a single write's first row).
 _MADE: Final = (1,)
 
-# Statements are prepared (their plan cached by the server) only once the
-# sagas and steps tables hold this many rows by the server's statistics
-# (pg_class.reltuples: -1 before the first ANALYZE). A plan PostgreSQL
-# caches while a table is small scans it in full, and keeps doing so as the
-# table grows, until autovacuum next analyzes it: on a fresh database under
-# load, a minute or more of journal writes each reading every saga (measured:
-# backend CPU per saga from 230 to 1,300 µs within 30 s). Below, each
-# statement is planned for its own parameters (about 0.5 ms of server CPU a
-# statement, a group's included), and the sizes are read again every
-# _SIZE_CHECK seconds.
+# The statements that find many sagas at once (a group's, the claim's) are
+# prepared (their plan cached by the server) only once the sagas and steps
+# tables hold this many rows by the server's statistics (pg_class.reltuples:
+# -1 before the first ANALYZE). The plan PostgreSQL caches for them while a
+# table is small scans it in full, and keeps doing so as the table grows,
+# until autovacuum next analyzes it: on a fresh database under load, a
+# minute or more of group commits each reading every saga (measured: backend
+# CPU per saga from 230 to 1,300 µs within 30 s). Below, each is planned for
+# its own parameters (about 0.5 ms of server CPU, once per group), and the
+# sizes are read again every _SIZE_CHECK seconds. (A statement that finds
+# one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
 
@@ -896,8 +898,9 @@ class PostgresSagaStore:
         self._sql = _Statements(self._names)
         self._ready = False  # migrated and, for an owned pool, opened
         self._closed = False
-        # psycopg's prepare: False (plan each statement) until the tables are
-        # big enough for a cached plan (_PREPARE_FROM), then None (prepared).
+        # psycopg's prepare for the group and claim statements: False (plan
+        # each) until the tables are big enough for a cached plan
+        # (_PREPARE_FROM), then None (prepared, psycopg's default).
         self._prepare: bool | None = False
         self.size_check_every: float = _SIZE_CHECK
         self._size_check_at = 0.0  # loop time of the next check while not prepared
@@ -1082,16 +1085,13 @@ class PostgresSagaStore:
         try:
             # getconn/putconn rather than pool.connection(): the hot path, and an
             # autocommit connection has no transaction for the context to end.
-            prepare = self._prepare
-            if prepare is False:
-                self._check_sizes_soon()
             conn = await pool.getconn()
             try:
                 if conn.autocommit:
-                    cursor = await _query(conn, statement, params, prepare)
+                    cursor = await _query(conn, statement, params)
                 else:
                     async with conn.transaction():
-                        cursor = await _query(conn, statement, params, prepare)
+                        cursor = await _query(conn, statement, params)
                 if rows == "one":
                     return await cursor.fetchone()
                 if rows == "all":
