@@ -1407,15 +1407,17 @@ class Execution(StepCursor):
             else:
                 first = store.append(  # type: ignore[call-arg]
                     self.saga_id, entries, status=status, context=context, fence=self.fence,
-                    after=written,  # SQLite's store is conditional (inline_writes says so)
+                    after=written,  # SQLite's and PostgreSQL's stores are conditional
                 ) if settings.conditional else store.append(
                     self.saga_id, entries, status=status, context=context, fence=self.fence
                 )
-            failure, cancelled = await settle_inline(first)
+            # One deadline for all the tries, the first one included.
+            deadline = self._deadline()
+            failure, cancelled = await settle_inline(first, deadline)
             if failure is not None:
                 failure, cancelled_again = await settle(write_durably(
                     store, self._write(create, entries, status, context), settings.journal_retry,
-                    deadline=self._deadline(), failed=failure,
+                    deadline=deadline, failed=failure,
                 ))
                 cancelled = cancelled or cancelled_again
         else:

@@ -19,7 +19,8 @@ This module is how one write becomes durable, or fails for good:
   server that is down keeps a pool waiting for a connection) is as
   unavailable as one that refuses: all the tries of one write, their waits
   included, fit in the saga's ``journal_timeout``; a try still running at the
-  deadline is abandoned, and counts as in doubt.
+  deadline is abandoned, and counts as in doubt. The first try made inline
+  (``settle_inline``) is bounded by the same deadline.
 * **An honest failure.** When the budget is spent, ``NotDurable`` says
   whether the write may have landed after all (in doubt): the executor then
   reports both statuses the journal may hold, never a guess.
@@ -32,6 +33,7 @@ This module is how one write becomes durable, or fails for good:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -227,44 +229,121 @@ async def _landed(store: SagaStore, write: JournalWrite) -> bool:
 
 def writes_outlive_cancellation(store: object) -> bool:
     """Whether ``store`` says its ``create``/``append`` coroutines bind nothing
-    to the current task before they first suspend, and once suspended finish
-    the write whatever happens to the awaiting task (``SQLiteSagaStore``: the
-    write is on its writer thread's queue). ``settle_inline`` is then safe."""
+    to the current task (no ``asyncio.timeout``, no ``wait_for``, no
+    ``current_task()``: they are driven from the saga's task, not one of their
+    own), and once suspended finish the write whatever happens to the
+    awaiting task (``SQLiteSagaStore``: the write is on its writer thread's
+    queue; ``PostgresSagaStore``: on its group commit's, written by a task of
+    its own). ``settle_inline`` is then safe."""
     return getattr(store, "writes_outlive_cancellation", False) is True
 
 
-async def settle_inline(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | None, bool]:
+class _Deadline:
+    """The deadline of one inline try (``settle_inline``): once it passes,
+    ``expired``, and the wait in progress (on ``gate``) is woken; the try is
+    then ``abandoned``."""
+
+    __slots__ = ("abandoned", "expired", "gate")
+
+    def __init__(self) -> None:
+        self.expired = False
+        self.abandoned = False
+        self.gate: asyncio.Future[None] | None = None
+
+    def expire(self) -> None:
+        self.expired = True
+        _open(self.gate)
+
+
+def _open(gate: asyncio.Future[None] | None, _done: object = None) -> None:
+    """Wake the wait on ``gate``: what it waited for is done, or its time is up."""
+    if gate is not None and not gate.done():
+        gate.set_result(None)
+
+
+async def settle_inline(
+    coroutine: Coroutine[Any, Any, None], deadline: float | None = None
+) -> tuple[BaseException | None, bool]:
     """``settle`` without a task of its own, for a store whose writes outlive
-    cancellation: the coroutine is driven right here, and each future it
-    waits on is awaited through ``asyncio.shield``, so a cancellation of this
-    task never reaches the write. (The hot path of durable sagas: a task per
-    write costs a third of the throughput with a hundred sagas in flight.)"""
+    cancellation: the coroutine is driven right here, and a cancellation of
+    this task never reaches it (each future it waits on is awaited through a
+    gate of ours, which is all that cancellation can cancel). (The hot path
+    of durable sagas: a task per write costs a third of the throughput with
+    a hundred sagas in flight.)
+
+    ``deadline`` (loop time) bounds the try as ``write_durably`` bounds each
+    of its own with ``asyncio.timeout_at``: a try still waiting at the
+    deadline is abandoned — the future it waits on is cancelled, as a task's
+    cancellation would cancel it, and the coroutine is driven to its end —
+    and fails with ``TimeoutError`` unless it finished all the same (in doubt:
+    it may land after all). A future that refuses cancellation (the SQLite
+    store's journal future: its writer bounds each write itself) is waited
+    for to its end either way."""
     cancelled = False
-    while True:
-        try:
-            waiting_on = coroutine.send(None)
-        except StopIteration:
-            return None, cancelled
-        except (Exception, asyncio.CancelledError) as error:
-            return error, cancelled
-        if waiting_on is None:  # a bare yield: let the loop run once
+    clock: _Deadline | None = None
+    timer: asyncio.TimerHandle | None = None
+    throw = False  # a future that refused the deadline's cancellation is done: say it now
+    try:
+        while True:
             try:
-                await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                cancelled = True
-            continue
-        waiting_on._asyncio_future_blocking = False  # as a task would: it is ours now
-        # A future that refuses cancellation (the SQLite store's journal
-        # future) is awaited directly: a cancellation of this task then
-        # arrives once it is done, and costs no extra wake-up. Any other is
-        # awaited through a shield.
-        direct = getattr(waiting_on, "outlives_cancellation", False) is True
-        while not waiting_on.done():
-            try:
-                await (waiting_on if direct else asyncio.shield(waiting_on))
-            except asyncio.CancelledError:
-                if waiting_on.cancelled():
-                    break  # the store cancelled its own future: the coroutine sees it
-                cancelled = True
-            except BaseException:
-                break  # the future's error: the coroutine sees it when resumed
+                if throw:
+                    throw = False
+                    waiting_on = coroutine.throw(asyncio.CancelledError())
+                else:
+                    waiting_on = coroutine.send(None)
+            except StopIteration:
+                return None, cancelled
+            except asyncio.CancelledError as error:
+                if clock is not None and clock.abandoned:
+                    return TimeoutError(), cancelled
+                return error, cancelled
+            except Exception as error:
+                return error, cancelled
+            if waiting_on is None:  # a bare yield: let the loop run once
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    cancelled = True
+                continue
+            waiting_on._asyncio_future_blocking = False  # as a task would: it is ours now
+            if getattr(waiting_on, "outlives_cancellation", False) is True:
+                # Awaited directly: a cancellation of this task then arrives
+                # once it is done, and costs no extra wake-up.
+                while not waiting_on.done():
+                    try:
+                        await waiting_on
+                    except asyncio.CancelledError:
+                        if waiting_on.cancelled():
+                            break  # the store cancelled its own future: the coroutine sees it
+                        cancelled = True
+                    except BaseException:
+                        break  # the future's error: the coroutine sees it when resumed
+                continue
+            loop = waiting_on.get_loop()
+            if deadline is not None and clock is None:
+                # Armed at the first wait that may take long (none, for a
+                # write that never waits on such a future).
+                clock = _Deadline()
+                if loop.time() >= deadline:
+                    clock.expired = True
+                else:
+                    timer = loop.call_at(deadline, clock.expire)
+            while not waiting_on.done():
+                if clock is not None and clock.expired and not clock.abandoned:
+                    clock.abandoned = True
+                    # The future is done now (the coroutine then sees its
+                    # CancelledError), or will be (a task winding up), or
+                    # refused: the CancelledError goes in once it is done.
+                    throw = not waiting_on.cancel()
+                    continue
+                gate: asyncio.Future[None] = loop.create_future()
+                waiting_on.add_done_callback(functools.partial(_open, gate))
+                if clock is not None:
+                    clock.gate = gate
+                try:
+                    await gate
+                except asyncio.CancelledError:
+                    cancelled = True  # only our cancellation can cancel the gate
+    finally:
+        if timer is not None:
+            timer.cancel()

@@ -228,8 +228,9 @@ async def test_idle_waits_for_queued_writes() -> None:
 
 
 async def test_a_cancelled_group_task_cancels_its_writes_and_those_queued() -> None:
-    """The loop is closing and cancels the task writing a group: nobody will
-    answer its writes nor those queued behind it, and each writer hears so."""
+    """The loop is closing and cancels the tasks writing (a group, a write
+    alone): nobody will answer their writes nor those queued behind them,
+    and each writer hears so."""
     server = Server()
     writer = group(server, slots=2)
     tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3)]
@@ -237,12 +238,12 @@ async def test_a_cancelled_group_task_cancels_its_writes_and_those_queued() -> N
     assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]
     queued = asyncio.create_task(writer.write("w3"))  # both slots busy: it waits
     await settle()
+    assert len(writer._drains) == 2  # the write alone, the group
     for drain in list(writer._drains):
         drain.cancel()
     await settle()
-    assert [t.cancelled() for t in (tasks[1], tasks[2], queued)] == [True] * 3
+    assert [t.cancelled() for t in (*tasks, queued)] == [True] * 4
     server.release_all()
-    assert await tasks[0] == "ok w0"
     assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]  # w3 never sent
 
 
@@ -260,3 +261,80 @@ def test_slots_must_be_positive() -> None:
     server = Server()
     with pytest.raises(ValueError, match="slots"):
         GroupCommit(slots=0, write_one=server.write_one, write_many=server.write_many)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+async def test_no_write_runs_in_the_callers_task(grouped: bool) -> None:
+    """Alone, grouped, or with grouping off: every write is made by a task of
+    the group commit's, so a timeout the write enters (a pool waiting for a
+    connection, a driver) is never bound to the caller's task — which the
+    executor drives ``create``/``append`` from (``settle_inline``), and
+    which such a timeout would cancel instead of the write."""
+    seen: list[tuple[str, asyncio.Task[Any] | None]] = []
+
+    async def write_one(request: str) -> str:
+        seen.append((request, asyncio.current_task()))
+        await asyncio.sleep(0)
+        return f"ok {request}"
+
+    async def write_many(requests: list[str]) -> list[str | BaseException]:
+        seen.extend((request, asyncio.current_task()) for request in requests)
+        await asyncio.sleep(0)
+        return [f"ok {request}" for request in requests]
+
+    writer = GroupCommit(slots=1, write_one=write_one, write_many=write_many, grouped=grouped)
+    callers = [asyncio.create_task(writer.write(f"w{n}")) for n in range(4)]
+    assert await asyncio.gather(*callers) == [f"ok w{n}" for n in range(4)]
+    assert sorted(request for request, _ in seen) == [f"w{n}" for n in range(4)]
+    assert not {task for _, task in seen} & {*callers, None}
+    if grouped:
+        assert writer.largest_group == 3  # w0 alone, the rest together
+
+
+async def test_a_timeout_a_write_alone_enters_fails_that_write_not_its_caller() -> None:
+    """A write alone whose ``write_one`` times out (``asyncio.timeout``, here
+    already past): the caller, driven inline, gets the ``TimeoutError`` as
+    the write's outcome — never a cancellation of its own (which it would
+    hold on to while the write waited on, its timeout never coming)."""
+    from fallback_saga.journal import settle_inline
+
+    answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def write_one(request: str) -> str:
+        async with asyncio.timeout(0):
+            await answer
+        return "answered"
+
+    async def write_many(requests: list[str]) -> list[str | BaseException]:
+        raise AssertionError("one write at a time: never grouped")
+
+    writer = GroupCommit(slots=1, write_one=write_one, write_many=write_many)
+
+    async def write() -> None:
+        await writer.write("w0")
+
+    driver = asyncio.create_task(settle_inline(write(), None))
+    await settle()
+    if not answer.done():  # the timeout went astray: let the write end
+        answer.set_result(None)
+    error, cancelled = await driver
+    assert isinstance(error, TimeoutError)
+    assert not cancelled
+
+
+async def test_idle_returns_once_every_write_is_done_even_before_the_tasks_are_forgotten() -> None:
+    """A task that is done but whose done-callbacks (the one that forgets it)
+    have not run yet — the moment between a write's end and the next trip
+    through the loop: ``idle()`` returns. (It looped forever on Python 3.12+,
+    where gathering tasks that are all done returns without a trip through
+    the loop, so the callbacks never ran.)"""
+    server = Server()
+    writer = group(server)
+    task = asyncio.create_task(writer.write("w0"))
+    await settle()
+    server.release_all()
+    assert await task == "ok w0"
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ended.set_result(None)
+    writer._drains.add(ended)  # type: ignore[arg-type]  # done, not forgotten yet
+    await writer.idle()

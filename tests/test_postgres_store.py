@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -189,8 +190,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 2
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(2,)]
+    assert SCHEMA_VERSION == 3
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(3,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -201,6 +202,7 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert columns["fence"] == "bigint"
     assert columns["lease_expires_at"] == "timestamp with time zone"
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
+    assert columns["touched_at"] == "timestamp with time zone"
     step_columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -213,9 +215,18 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
         ).fetchall()
     )
-    interrupted = indexes["fallback_saga_sagas_interrupted"]
-    assert "(updated_at)" in interrupted
-    assert "WHERE (status = ANY (ARRAY['running'::text, 'compensating'::text]))" in interrupted
+    due = indexes["fallback_saga_sagas_due"]
+    assert "(touched_at)" in due
+    assert "WHERE (status = ANY (ARRAY['running'::text, 'compensating'::text]))" in due
+    assert "fallback_saga_sagas_interrupted" not in indexes  # schema v2's, on updated_at
+    options = raw.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = 'fallback_saga_sagas'::regclass"
+    ).fetchone()
+    assert options == (["fillfactor=70"],)  # room on each page for HOT updates
+    # No index reads updated_at, version, journal_length or context: what an append changes.
+    for definition in indexes.values():
+        for column in ("updated_at", "version", "journal_length", "context"):
+            assert column not in definition, definition
     assert "fallback_saga_steps_pkey" in indexes
 
 
@@ -238,9 +249,197 @@ async def test_the_recovery_query_uses_the_partial_index(
             )
         ).fetchall()
     )
-    assert "fallback_saga_sagas_interrupted" in plan, plan
+    assert "fallback_saga_sagas_due" in plan, plan
+    assert "Sort" not in plan, plan  # oldest first in the index's own order: it stops at LIMIT
     leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
     assert sorted(lease.saga_id for lease in leases) == [f"running-{n}" for n in range(5)]
+
+
+def _append_params(saga_id: str, *, status: str | None = None, after: int | None = None) -> Any:
+    entries = pg_store._entries_json(saga_id, [entry(1, "b")])
+    return (status, '{"n": 1}', 1, saga_id, None, after, 1, entries)
+
+
+async def test_an_append_within_a_second_of_the_last_is_a_hot_update(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """An append changes no indexed column while the saga's ``touched_at`` is
+    less than a second old (its updated_at moves): PostgreSQL updates the
+    row in place (HOT), adding no index entry. A status change (the partial
+    index's predicate) is never HOT. The counts are this transaction's, and
+    its ``now()`` is fixed: the ages are exact."""
+    sql = store._sql
+    counts = (
+        "SELECT pg_stat_get_xact_tuples_updated('fallback_saga_sagas'::regclass),"
+        " pg_stat_get_xact_tuples_hot_updated('fallback_saga_sagas'::regclass)"
+    )
+    await new_saga(store, "s-1")
+    with raw.transaction():
+        raw.execute("UPDATE fallback_saga_sagas SET touched_at = now() - interval '0.5 s'")
+        assert raw.execute(counts).fetchone() == (1, 0)  # touched_at is indexed
+        raw.execute(sql.append, _append_params("s-1", after=1))
+        assert raw.execute(counts).fetchone() == (2, 1)
+        raw.execute(sql.append, _append_params("s-1", status="completed"))
+        assert raw.execute(counts).fetchone() == (3, 1)  # the status moved: not HOT
+    record = await store.load("s-1")
+    assert (record.status, len(record.history), record.version) == (SagaStatus.COMPLETED, 3, 3)
+
+
+async def test_touched_at_moves_once_a_second_and_never_passes_updated_at(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """One transaction (one ``now()``), so the ages are exact."""
+    sql = store._sql
+    clocks = "SELECT now() - touched_at, now() - updated_at FROM fallback_saga_sagas"
+    create = ("s-1", "OrderSaga", "fp", "running", "{}", 1,
+              pg_store._entries_json("s-1", [entry(0, "a")]))
+    with raw.transaction():
+        raw.execute(sql.create, create)
+        assert raw.execute(clocks).fetchone() == (timedelta(0), timedelta(0))
+        raw.execute("UPDATE fallback_saga_sagas SET touched_at = now() - interval '0.999 s'")
+        raw.execute(sql.append, _append_params("s-1"))  # less than a second old: kept
+        assert raw.execute(clocks).fetchone() == (timedelta(seconds=0.999), timedelta(0))
+        raw.execute("UPDATE fallback_saga_sagas SET touched_at = now() - interval '1 s'")
+        raw.execute(sql.append, _append_params("s-1"))  # a second old: moved
+        assert raw.execute(clocks).fetchone() == (timedelta(0), timedelta(0))
+
+
+async def test_claim_is_exact_on_updated_at_and_orders_by_touched_at(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """``touched_at`` may lag ``updated_at`` (by less than a second): the
+    claim still takes only the sagas not updated for ``older_than`` (exact,
+    on updated_at), oldest first by the index's clock."""
+    for name, touched, updated in (
+        ("lagging", 30, 3),  # written to 3 s ago: not due with older_than=10
+        ("old", 40, 40),
+        ("older", 50, 50),
+        ("due", 20, 20),
+    ):
+        await new_saga(store, name)
+        raw.execute(
+            "UPDATE fallback_saga_sagas SET touched_at = now() - make_interval(secs => %s),"
+            " updated_at = now() - make_interval(secs => %s) WHERE saga_id = %s",
+            (touched, updated, name),
+        )
+    leases = await store.claim(owner="w", lease_seconds=60, older_than=10, limit=10)
+    assert [lease.saga_id for lease in leases] == ["older", "old", "due"]
+
+
+async def test_schema_v2_is_migrated_to_v3_in_place(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database written by schema v2 (recovery's index on updated_at):
+    opening it adds ``touched_at`` (the sagas in flight take their
+    updated_at; the others a constant, with no table rewrite), replaces the
+    index, and every saga reads, claims and appends as before."""
+    with monkeypatch.context() as v2:
+        v2.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:2])
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
+            for n in range(3):
+                await new_saga(old, f"running-{n}")
+            await new_saga(old, "done", status=SagaStatus.COMPLETED)
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (2,)
+    raw.execute(
+        "UPDATE fallback_saga_sagas SET updated_at = now() - make_interval(secs => 100 - n)"
+        " FROM (VALUES ('running-0', 0), ('running-1', 2), ('running-2', 1)) AS v(id, n)"
+        " WHERE saga_id = v.id"
+    )
+    relfile = raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone()
+    before = {row[0]: row[1:] for row in raw.execute(
+        "SELECT saga_id, status, updated_at, version FROM fallback_saga_sagas").fetchall()}
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (3,)
+        # Not rewritten: the same file, the same rows.
+        assert raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone() == (
+            relfile
+        )
+        after = dict(raw.execute(
+            "SELECT saga_id, touched_at = updated_at FROM fallback_saga_sagas").fetchall())
+        assert after == {"running-0": True, "running-1": True, "running-2": True, "done": False}
+        assert {row[0]: row[1:] for row in raw.execute(
+            "SELECT saga_id, status, updated_at, version FROM fallback_saga_sagas").fetchall()
+        } == before
+        indexes = {row[0] for row in raw.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()").fetchall()}
+        assert "fallback_saga_sagas_due" in indexes
+        assert "fallback_saga_sagas_interrupted" not in indexes
+        assert raw.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'fallback_saga_sagas'::regclass"
+        ).fetchone() == (["fillfactor=70"],)
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=10, limit=10)
+        assert [lease.saga_id for lease in leases] == ["running-0", "running-2", "running-1"]
+        await store.append("running-0", [entry(1, "b")], fence=leases[0])
+        record = await store.load("running-0")
+        assert [e.step for e in record.history] == ["a", "b"]
+        assert (await store.load("done")).status is SagaStatus.COMPLETED
+
+
+async def _groups_prepared_on(pool: Any) -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements"
+            " WHERE statement LIKE '%json_to_recordset%'"
+        )
+        row = await cursor.fetchone()
+        return int(row[0])
+
+
+def _fill(raw: Any, rows: int) -> None:
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
+        " SELECT 'done-' || n, 'OrderSaga', 'fp', 'completed', '{}'"
+        " FROM generate_series(1, %s) n", (rows,),
+    )
+    raw.execute(
+        "INSERT INTO fallback_saga_steps (saga_id, seq, position, step, branch, action,"
+        " status, attempt, at) SELECT 'done-' || n, 0, 0, 'a', '', 'act', 'completed', 1, 0"
+        " FROM generate_series(1, %s) n", (rows,),
+    )
+    raw.execute("ANALYZE fallback_saga_sagas")
+    raw.execute("ANALYZE fallback_saga_steps")
+
+
+async def test_group_statements_are_prepared_only_once_the_tables_are_big(
+    pg_conninfo: str, pg_schema: str, raw: Any
+) -> None:
+    """The plan the server caches for a group statement while the tables are
+    small scans them in full, and keeps doing so as they grow, until the
+    next ANALYZE. So on fresh (or small) tables it is not prepared: each is
+    planned for its own parameters. The store reads the tables' sizes again
+    every ``size_check_every`` seconds; once both hold ``_PREPARE_FROM`` rows
+    by the statistics, it is prepared (a cached plan) as psycopg does by
+    default."""
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, open=False, kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+
+    async def groups(first: int) -> None:
+        for n in range(first, first + 100, 10):  # psycopg prepares from the fifth run on
+            await asyncio.gather(*(new_saga(store, f"s-{k}") for k in range(n, n + 10)))
+
+    try:
+        store = PostgresSagaStore(pool, schema=pg_schema)
+        store.size_check_every = 0.0  # read the sizes again at every group
+        await store.open()
+        await groups(0)
+        await asyncio.gather(*store._size_checks)
+        assert store.stats.largest_group > 1
+        assert await _groups_prepared_on(pool) == 0
+        _fill(raw, pg_store._PREPARE_FROM)
+        await groups(100)  # the first check sees the new sizes
+        await groups(200)
+        assert await _groups_prepared_on(pool) > 0
+        await store.close()
+        # Opened on big tables: prepared from the start.
+        store = PostgresSagaStore(pool, schema=pg_schema)
+        await store.open()
+        assert store._prepare is None
+        await store.close()
+    finally:
+        await pool.close()
 
 
 async def test_concurrent_starters_migrate_once(pg_conninfo: str, pg_schema: str, raw: Any) -> None:
@@ -823,6 +1022,117 @@ async def test_100_sagas_in_flight_are_all_journaled_completely(
     stats = store.stats
     assert stats.largest_group > 1, stats
     assert stats.commits < stats.writes, stats
+
+
+async def test_journal_writes_are_driven_from_the_sagas_own_task(
+    pg_conninfo: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store says its writes outlive cancellation, so the executor makes
+    each first try inline (``settle_inline``): no task of its own per write
+    (``settle``), alone or grouped."""
+    from fallback_saga import executor
+
+    assert PostgresSagaStore.writes_outlive_cancellation is True
+    settled: list[object] = []
+    real_settle = executor.settle
+
+    async def counting_settle(coroutine: Any) -> Any:
+        settled.append(coroutine)
+        return await real_settle(coroutine)
+
+    monkeypatch.setattr(executor, "settle", counting_settle)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        saga = OrderSaga(store=store)
+        await saga.run(Order(order_id="alone"))
+        await asyncio.gather(*(saga.run(Order(order_id=f"o{n}")) for n in range(20)))
+        assert store.stats.writes == 21 * 4
+        assert store.stats.largest_group > 1
+    assert settled == []
+
+
+class CancelAt:
+    """Cancels the victim (a saga's task) as ``step`` starts: right as that
+    step's write-ahead (its STARTED entry) is on its way."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.victims: dict[str, asyncio.Task[Any]] = {}
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        if step == self.step:
+            self.victims[saga_id].cancel()
+
+
+@pytest.mark.parametrize("cancel_at", ["Reserve", "Charge", "Ship"])
+@pytest.mark.parametrize("in_flight", [1, 20])
+async def test_S13_cancel_while_an_inline_write_is_in_flight_ends_final_in_the_journal(
+    pg_conninfo: str, pg_schema: str, cancel_at: str, in_flight: int
+) -> None:
+    """No wrapper: each saga's task is cancelled while a real write of it is
+    on its way (alone with one saga in flight, in groups with twenty). The
+    write finishes, the saga unwinds, and the journal says COMPENSATED, with
+    every compensation that ran on record, before the caller sees
+    CancelledError; recovery then finds nothing to do."""
+    listener = CancelAt(cancel_at)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        saga = OrderSaga(store=store, listeners=[listener])
+        ids = [f"c{n}" for n in range(in_flight)]
+        for saga_id in ids:
+            listener.victims[saga_id] = asyncio.create_task(
+                saga.run(Order(order_id=saga_id), saga_id=saga_id)
+            )
+        outcomes = await asyncio.gather(*listener.victims.values(), return_exceptions=True)
+        done = {"Reserve": [], "Charge": ["Reserve"], "Ship": ["Reserve", "Charge"]}[cancel_at]
+        for saga_id, outcome in zip(ids, outcomes, strict=True):
+            assert isinstance(outcome, asyncio.CancelledError), outcome
+            record = await store.load(saga_id)
+            assert record.status is SagaStatus.COMPENSATED, saga_id
+            journal = [(e.step, e.action, e.status.value) for e in record.history]
+            acts = [step for step, action, status in journal
+                    if action == "act" and status == "completed"]
+            undone = [step for step, action, status in journal
+                      if action == "compensate" and status == "completed"]
+            assert acts == done, journal
+            assert undone == done[::-1], journal
+        assert (await recover(store, [saga], older_than=0)).total == 0
+
+
+async def test_a_pool_that_times_out_fails_the_write_never_cancels_the_saga(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """The pool's only connection is taken: the write waits for one, and the
+    pool gives up after its ``timeout``. On Python 3.12+ that wait is an
+    ``asyncio.timeout`` bound to the current task: had the write been made
+    in the saga's own task (driven inline), the timeout would have cancelled
+    the saga instead, and the write would have waited on. It is made in a
+    task of the store's, so the write fails (in doubt) and the run stops
+    with ``SagaInterrupted``."""
+    from fallback_saga import RetryPolicy, SagaInterrupted
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, timeout=0.2, open=False,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    try:
+        store = PostgresSagaStore(pool, schema=pg_schema)
+        await store.open()
+        saga = OrderSaga(store=store, journal_timeout=None,
+                         journal_retry=RetryPolicy(attempts=1, delay=0, jitter=0))
+        taken = await pool.getconn()
+        run = asyncio.create_task(saga.run(Order(order_id="p-1"), saga_id="p-1"))
+        finished, _ = await asyncio.wait({run}, timeout=10)  # a safety net: the bug hung
+        await pool.putconn(taken)
+        assert finished, "the write waited on past the pool's timeout"
+        with pytest.raises(SagaInterrupted) as stopped:
+            await run
+        assert stopped.value.in_doubt
+        assert isinstance(stopped.value.error, SagaStoreError)
+        assert isinstance(stopped.value.error.__cause__, psycopg_pool.PoolTimeout)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        await store.close()
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize(

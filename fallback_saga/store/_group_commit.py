@@ -5,7 +5,14 @@ and a statement costs CPU on both sides. With many sagas in flight,
 ``GroupCommit`` sends their writes together: one transaction, one round
 trip, one flush (``write_many``). One saga in flight pays nothing for this:
 a write made while nothing else is on its way goes at once and alone
-(``write_one``), in the caller's task, as it would without a queue.
+(``write_one``), as it would without a queue.
+
+Every write is made by a task of its own (a group's, or one for a write
+alone, started eagerly where Python can): the caller only waits on a future.
+So a write runs to its end whatever happens to its caller, and nothing it
+does (a pool's or a driver's timeout) is bound to the caller's task — which
+lets the executor drive ``create``/``append`` from the saga's own task
+(``journal.settle_inline``).
 
 A write made while another is on its way queues. A group starts while fewer
 than ``slots`` writes or groups are on their way; before it takes the queue
@@ -36,8 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+from ..shielding import own_task
 
 __all__ = ["GroupCommit", "RetryAlone"]
 
@@ -79,26 +88,31 @@ class GroupCommit(Generic[W, R]):
         self._write_one = write_one
         self._write_many = write_many
         self._queue: list[tuple[W, asyncio.Future[R]]] = []
-        self._drains: set[asyncio.Task[None]] = set()
+        self._drains: set[asyncio.Task[None]] = set()  # groups and writes alone on their way
         self.writes = 0  # requests (refused ones included)
         self.commits = 0  # transactions sent: one per request alone, one per group
         self.largest_group = 0
 
     async def write(self, request: W) -> R:
+        """Write ``request``; its result, once its transaction has committed.
+        Nothing here waits but on a future: the write itself is made by a
+        task of its own (alone or in a group), never by the caller's task,
+        so it binds nothing to the caller's (no timeout of the pool or the
+        driver can cancel the caller) and runs to its end whatever happens
+        to the caller meanwhile (the store says so to the executor:
+        ``writes_outlive_cancellation``)."""
         self.writes += 1
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         if not self._grouped:
             self.commits += 1
-            return await self._write_one(request)
+            self._start(self._alone(request, future, counted=False))
+            return await future
         if self._busy == 0 and not self._queue:
-            # Nothing else on its way: go now, in the caller's task.
+            # Nothing else on its way: go now, alone.
             self._busy = 1
-            try:
-                self.commits += 1
-                return await self._write_one(request)
-            finally:
-                self._busy -= 1
-                self._kick()
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            self.commits += 1
+            self._start(self._alone(request, future, counted=True))
+            return await future
         entry = (request, future)
         self._queue.append(entry)
         self._kick()
@@ -110,10 +124,39 @@ class GroupCommit(Generic[W, R]):
                 self._queue.remove(entry)
             raise
 
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        # Started eagerly where Python can (3.12+): no trip through the loop
+        # before the write goes.
+        task = own_task(coroutine)
+        if not task.done():
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+
+    async def _alone(self, request: W, future: asyncio.Future[R], *, counted: bool) -> None:
+        """One write alone, its outcome on ``future`` (dropped when the caller
+        stopped waiting: the write was made all the same)."""
+        try:
+            result = await self._write_one(request)
+        except Exception as error:
+            if not future.done():
+                future.set_exception(error)
+        except BaseException:
+            future.cancel()  # this task was cancelled (the loop is closing), or worse
+            raise
+        else:
+            if not future.done():
+                future.set_result(result)
+        finally:
+            if counted:
+                self._busy -= 1
+                self._kick()
+
     async def idle(self) -> None:
-        """Return once nothing is queued and no group is being written."""
-        while self._drains:
-            await asyncio.gather(*self._drains, return_exceptions=True)
+        """Return once nothing is queued and no write is on its way."""
+        while on_their_way := [task for task in self._drains if not task.done()]:
+            # (A task done already may still be in the set for a moment: its
+            # discard is a callback to come.)
+            await asyncio.gather(*on_their_way, return_exceptions=True)
 
     def _kick(self) -> None:
         """Start a group if writes wait, a slot is free and no group is
