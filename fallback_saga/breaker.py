@@ -707,7 +707,9 @@ class CircuitBreaker:
                 return await fn(*args, **kwargs)
             return await self._call_guarded(fn, *args, **kwargs)
         try:
-            result = await fn(*args, **kwargs)
+            # Without keywords, a plain call: unpacking an empty dict into the
+            # call costs a tenth of this path.
+            result = await (fn(*args, **kwargs) if kwargs else fn(*args))
         except BaseException as error:
             if not self._inside(_getframe()):
                 self._record(permit, error)

@@ -1099,3 +1099,26 @@ async def test_S3_S9_open_circuit_triggers_fallback_whatever_failure_exceptions_
     result = await StockSaga().run(StockContext(order_id="1"))
     assert result.context.reserved_by == "ReserveElsewhere"
     assert (primary.calls, fallback.calls) == (0, 1)
+
+
+async def test_call_passes_positional_and_keyword_arguments_on_every_path() -> None:
+    # The closed path calls fn without keywords as a plain call; with keywords
+    # (and on the guarded path, after a failure) they still reach fn.
+    async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, kwargs
+
+    async def boom() -> None:
+        raise RuntimeError("down")
+
+    breaker = CircuitBreaker(fail_max=5, reset_timeout=60.0)
+    assert await breaker.call(echo) == ((), {})
+    assert await breaker.call(echo, 1, 2) == ((1, 2), {})
+    assert await breaker.call(echo, 1, key="v") == ((1,), {"key": "v"})
+    assert await breaker.call(echo, fn="named like the first parameter") == (
+        (), {"fn": "named like the first parameter"}
+    )
+    with pytest.raises(RuntimeError):
+        await breaker.call(boom)
+    assert breaker.failure_count == 1
+    assert await breaker.call(echo, 3, key="w") == ((3,), {"key": "w"})
+    assert breaker.failure_count == 0
