@@ -709,7 +709,7 @@ class CircuitBreaker:
         try:
             # Without keywords, a plain call: unpacking an empty dict into the
             # call costs a tenth of this path.
-            result = await (fn(*args, **kwargs) if kwargs else fn(*args))
+            result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
         except BaseException as error:
             if not self._inside(_getframe()):
                 self._record(permit, error)
