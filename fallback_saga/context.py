@@ -405,20 +405,8 @@ def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
     ``base`` — whose value is no longer exactly ``base``'s (types included):
     what a group member wrote. Dunder slots (a model's bookkeeping) are left out."""
     _, state, slot_names, slots, _ = base
-    changed: dict[str, Any] = {}
     own = getattr(copy, "__dict__", None)
-    if own is not None:
-        before = state or {}
-        for name, value in own.items():
-            earlier = before.get(name, _UNSET)
-            if earlier is value:
-                continue  # the copy shares only what cannot change (an int, a str)
-            if (
-                earlier is _UNSET
-                or earlier.__class__ is not value.__class__  # (what first_difference says first)
-                or first_difference(earlier, value) is not None
-            ):
-                changed[name] = value
+    changed = {} if own is None else flat_changes(state or {}, own)
     for name in slot_names:
         if name.startswith("__"):
             continue
