@@ -628,7 +628,7 @@ class _Tally:
 
 
 @pytest.mark.parametrize("fails", [False, True])
-async def test_inlined_steps_journal_what_the_general_path_journals(
+async def test_S13_inlined_steps_journal_what_the_general_path_journals(
     db: Path, fails: bool
 ) -> None:
     # Plain steps and a plain Fallback on a write-ahead store run inlined in the
