@@ -179,6 +179,22 @@ def saga_on(store: Unanswering, log: list[str], **kwargs: Any) -> Saga[Ctx]:
     return order_saga(log)(store=store, **options)  # type: ignore[arg-type]
 
 
+def interrupted_run(
+    store: Unanswering, log: list[str], saga_id: str
+) -> tuple[SagaInterrupted, float]:
+    """Run an order saga on ``store`` under the virtual clock until it stops
+    with ``SagaInterrupted``: that error, and the loop time the run began."""
+
+    async def main() -> tuple[SagaInterrupted, float]:
+        saga = saga_on(store, log)
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.run(Ctx(order_id=saga_id), saga_id=saga_id)
+        return stopped.value, start
+
+    return run_virtual(main)
+
+
 @pytest.mark.parametrize("at", [0, 1, 2])
 def test_S13_an_inline_first_try_that_never_answers_is_abandoned_at_journal_timeout(
     at: int,
@@ -193,14 +209,7 @@ def test_S13_an_inline_first_try_that_never_answers_is_abandoned_at_journal_time
     log: list[str] = []
     store = Unanswering(at=at)
 
-    async def main() -> tuple[SagaInterrupted, float]:
-        saga = saga_on(store, log)
-        start = asyncio.get_running_loop().time()
-        with pytest.raises(SagaInterrupted) as stopped:
-            await saga.run(Ctx(order_id="o-1"), saga_id="o-1")
-        return stopped.value, start
-
-    stopped, start = run_virtual(main)
+    stopped, start = interrupted_run(store, log, "o-1")
     assert stopped.in_doubt
     assert isinstance(stopped.error, TimeoutError)
     abandoned = [(n, when) for n, how, when in store.tries if how == "abandoned"]
@@ -226,14 +235,7 @@ def test_S13_one_deadline_covers_the_inline_first_try_and_its_retries() -> None:
 
     store = FailsThenHangs(at=1, retries="hang")
 
-    async def main() -> tuple[SagaInterrupted, float]:
-        saga = saga_on(store, log)
-        start = asyncio.get_running_loop().time()
-        with pytest.raises(SagaInterrupted) as stopped:
-            await saga.run(Ctx(order_id="o-2"), saga_id="o-2")
-        return stopped.value, start
-
-    stopped, start = run_virtual(main)
+    stopped, start = interrupted_run(store, log, "o-2")
     assert stopped.in_doubt
     assert [how for n, how, _ in store.tries if n == 1] == ["failed", "abandoned"]
     assert store.tries[-1][2] == start + TIMEOUT

@@ -65,13 +65,15 @@ class Step:
         except asyncio.CancelledError:
             self.ledger.calls.append(("act", self.name, "cancelled"))
             raise
+        self.write(ctx)  # before a failure too: a failing act may leave writes behind
         if self.behaviour.fails:
             self.ledger.calls.append(("act", self.name, "raised"))
             raise Boom(self.name)
-        # Each step writes a field of its own (members must write disjoint fields).
-        ctx.meta = ctx.meta  # touches nothing
         self.ledger.calls.append(("act", self.name, "returned"))
         return self.name
+
+    def write(self, ctx: Any) -> None:
+        """What the act writes into the context: nothing here."""
 
     async def compensate(self, ctx: OrderCtx) -> None:
         self.ledger.calls.append(("compensate", self.name, "returned"))
@@ -202,20 +204,9 @@ FlatCtx = dataclasses.make_dataclass(
 
 
 class WritingStep(Step):
-    async def act(self, ctx: Any) -> str:
-        self.ledger.calls.append(("act", self.name, "called"))
-        try:
-            for _ in range(self.behaviour.pauses):
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            self.ledger.calls.append(("act", self.name, "cancelled"))
-            raise
+    def write(self, ctx: Any) -> None:
+        # Each step writes a field of its own (members must write disjoint fields).
         setattr(ctx, f"w{self.name[1:]}", self.name)
-        if self.behaviour.fails:
-            self.ledger.calls.append(("act", self.name, "raised"))
-            raise Boom(self.name)
-        self.ledger.calls.append(("act", self.name, "returned"))
-        return self.name
 
     async def compensate(self, ctx: Any) -> None:
         setattr(ctx, f"w{self.name[1:]}", None)
