@@ -75,6 +75,7 @@ from .journal import (
     JournalWrite,
     NotDurable,
     settle_inline,
+    submits_writes,
     write_durably,
     writes_outlive_cancellation,
 )
@@ -355,6 +356,7 @@ class RunSettings:
         "live",
         "saga_name",
         "store",
+        "submitted_writes",
     )
 
     def __init__(
@@ -378,6 +380,8 @@ class RunSettings:
         self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
         self.journal_timeout = journal_timeout
         self.inline_writes = not live and writes_outlive_cancellation(store)
+        # ... and queued by a plain call that returns the write's future.
+        self.submitted_writes = self.inline_writes and submits_writes(store)
         # Appends made on the condition of the journal's length: a retried
         # in-doubt write can never be journaled twice.
         self.conditional = not live and is_conditional(store)
@@ -1397,7 +1401,45 @@ class Execution(StepCursor):
                 context = self.initial_context
         store = self.store
         settings = self.settings
-        if settings.inline_writes:
+        if settings.submitted_writes:
+            # The hot path of durable sagas on SQLite: the first try is queued
+            # by a plain call and its future awaited right here (no task, no
+            # coroutine to drive); a failure goes on to the retries. The
+            # future refuses cancellation: a cancellation of this task
+            # arrives once the write's outcome is known (see settle_inline).
+            deadline = self._deadline()
+            failure: BaseException | None = None
+            cancelled = False
+            try:
+                if create:
+                    written_by = store.submit_create(  # type: ignore[attr-defined]
+                        self.saga_id, saga_name, settings.fingerprint, context, entries, status)
+                else:
+                    written_by = store.submit_append(  # type: ignore[attr-defined]
+                        self.saga_id, entries, status, context, self.fence, written)
+            except Exception as error:  # bad input: nothing was queued
+                failure = error
+            else:
+                while not written_by.done():
+                    try:
+                        await written_by
+                    except asyncio.CancelledError:
+                        if written_by.cancelled():
+                            break
+                        cancelled = True
+                    except BaseException:
+                        break
+                if written_by.cancelled():
+                    failure = asyncio.CancelledError()
+                else:
+                    failure = written_by.exception()
+            if failure is not None:
+                failure, cancelled_again = await settle(write_durably(
+                    store, self._write(create, entries, status, context), settings.journal_retry,
+                    deadline=deadline, failed=failure,
+                ))
+                cancelled = cancelled or cancelled_again
+        elif settings.inline_writes:
             # The hot path of durable sagas: the first try is made right here,
             # without a task or a record of the write; a failure goes on to
             # the retries.

@@ -58,6 +58,7 @@ __all__ = [
     "NotDurable",
     "send",
     "settle_inline",
+    "submits_writes",
     "write_durably",
     "writes_outlive_cancellation",
 ]
@@ -236,6 +237,32 @@ def writes_outlive_cancellation(store: object) -> bool:
     queue; ``PostgresSagaStore``: on its group commit's, written by a task of
     its own). ``settle_inline`` is then safe."""
     return getattr(store, "writes_outlive_cancellation", False) is True
+
+
+def submits_writes(store: object) -> bool:
+    """Whether ``store`` (one whose writes outlive cancellation) also queues
+    a journal write by a plain call: ``submit_create(saga_id, saga_name,
+    fingerprint, context, entries, status)`` and ``submit_append(saga_id,
+    entries, status, context, fence, after)`` raise on bad input, else return
+    the write's future, which refuses cancellation and ends with the write's
+    outcome (``SQLiteSagaStore``). The executor then awaits that future
+    itself: no coroutine per write to create and drive (``settle_inline``).
+
+    Asked of the class, and only where ``create`` and ``append`` are the
+    submitting class's own: a wrapper delegating through ``__getattr__`` or a
+    subclass overriding ``create``/``append`` (to count or trace writes) must
+    see every write, so it gets the coroutine path."""
+    cls = type(store)
+    if getattr(cls, "submits_writes", False) is not True or not writes_outlive_cancellation(store):
+        return False
+    owner = _defined_by(cls, "submit_append")
+    return owner is not None and all(
+        _defined_by(cls, name) is owner for name in ("submit_create", "create", "append")
+    )
+
+
+def _defined_by(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
 
 
 class _Deadline:

@@ -300,6 +300,68 @@ class FaultyRecoverableStore(FaultyStore):
         return purged
 
 
+class _WriteFuture(asyncio.Future[None]):
+    """The future of a submitted journal write: like the SQLite store's, it
+    refuses cancellation (the write goes on whatever the awaiting task does)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+class FaultySubmittingStore(FaultyRecoverableStore):
+    """The same over a store that submits its writes (``SQLiteSagaStore``):
+    the executor's hot path calls ``submit_create``/``submit_append`` and
+    awaits the future they return, so the fault is injected there — the
+    write's future fails (or lands, then fails) as the writer thread would
+    make it; a cancellation arrives while it is pending. ``create`` and
+    ``append`` (the retries take them) inject as ``FaultyStore`` does."""
+
+    submits_writes = True
+
+    async def create(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        await super().create(saga_id, *args, **kwargs)
+
+    async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        await super().append(saga_id, *args, **kwargs)
+
+    def submit_create(self, saga_id: str, *args: Any) -> asyncio.Future[None]:
+        return self._submit(lambda: self.inner.submit_create(saga_id, *args))
+
+    def submit_append(self, saga_id: str, *args: Any) -> asyncio.Future[None]:
+        return self._submit(lambda: self.inner.submit_append(saga_id, *args))
+
+    def _submit(self, send: Callable[[], asyncio.Future[None]]) -> asyncio.Future[None]:
+        number = self.writes
+        self.writes += 1
+        answer = _WriteFuture()
+        if self.down:
+            answer.set_exception(StoreDown("the store is unavailable"))
+            return answer
+        if number == self.at and self.kind in ("cancel", "cancel_outage"):
+            assert self.victim is not None
+            self.victim.cancel()  # arrives while the write's future is pending
+        if number == self.at and self.kind in ("outage", "cancel_outage"):
+            self.down = True
+            answer.set_exception(StoreDown("the disk is full"))
+            return answer
+        written = send()
+        lost = number == self.at and self.kind in ("in_doubt", "in_doubt_outage")
+
+        def answered(written: asyncio.Future[None]) -> None:
+            error = written.exception()
+            if error is None and lost:
+                if self.kind == "in_doubt_outage":
+                    self.down = True
+                error = StoreDown("connection lost after COMMIT was sent")
+            if error is None:
+                answer.set_result(None)
+            else:
+                answer.set_exception(error)
+
+        written.add_done_callback(answered)
+        return answer
+
+
 # --------------------------------------------------------------------------- one case
 
 

@@ -36,6 +36,7 @@ from journal_faults import (
     FaultKind,
     FaultyRecoverableStore,
     FaultyStore,
+    FaultySubmittingStore,
     Item,
     Ledger,
     Shape,
@@ -131,10 +132,12 @@ async def matrix_case(
     at: int,
     kind: FaultKind,
     driver: Literal["run", "transaction"] = "run",
+    wrapper: type[FaultyStore] | None = None,
 ) -> None:
     inner = await make()
     try:
-        wrapper = FaultyRecoverableStore if recoverable else FaultyStore
+        if wrapper is None:
+            wrapper = FaultyRecoverableStore if recoverable else FaultyStore
         store = wrapper(inner, at=at, kind=kind)
         ledger = Ledger()
         case = await run_case(
@@ -164,13 +167,25 @@ async def test_S13_fault_at_every_journal_write_memory_store(
 
 @DRIVERS
 @pytest.mark.parametrize(("shape", "at", "kind"), CASES)
+@pytest.mark.parametrize(
+    "wrapper", [FaultySubmittingStore, FaultyRecoverableStore], ids=["submitted", "awaited"]
+)
 async def test_S13_fault_at_every_journal_write_sqlite_store(
-    tmp_path: Path, shape: Shape, at: int, kind: FaultKind, driver: Literal["run", "transaction"]
+    tmp_path: Path,
+    shape: Shape,
+    at: int,
+    kind: FaultKind,
+    driver: Literal["run", "transaction"],
+    wrapper: type[FaultyStore],
 ) -> None:
+    """``submitted``: the executor's hot path on SQLite (``submit_append``'s
+    future awaited directly); ``awaited``: the store's coroutines driven by
+    ``settle_inline`` (a wrapper that overrides ``create``/``append``)."""
+
     async def make() -> SQLiteSagaStore:
         return SQLiteSagaStore(tmp_path / "journal.db")
 
-    await matrix_case(make, True, shape, at, kind, driver)
+    await matrix_case(make, True, shape, at, kind, driver, wrapper)
 
 
 @pytest.fixture

@@ -1323,6 +1323,9 @@ class SQLiteSagaStore:
     # and is committed or refused there whatever happens to the awaiting task:
     # the executor then waits for it without a task of its own (journal.py).
     writes_outlive_cancellation: Final = True
+    # submit_create/submit_append: the same writes, queued by a plain call that
+    # returns the future (no coroutine to drive: journal.submits_writes).
+    submits_writes: Final = True
     # append(..., after=N): written only if the journal holds N entries.
     appends_after: Final = True
     # The keyword filters list_sagas takes beyond the protocol's (RecoverableStore).
@@ -1501,14 +1504,7 @@ class SQLiteSagaStore:
         """Record a new saga; ``SagaAlreadyExists`` if the id is taken (and
         ``ValueError`` for an id no store can key a saga by: see
         ``check_saga_id``)."""
-        saga_id = check_saga_id(saga_id)
-        text = _context_json(saga_id, context)
-        await self._submit(
-            _create,
-            (saga_id, saga_name, fingerprint, status_text(status), text, _storable(entries)),
-            write=True,
-            journal=True,
-        )
+        await self.submit_create(saga_id, saga_name, fingerprint, context, entries, status)
 
     async def append(
         self,
@@ -1523,6 +1519,42 @@ class SQLiteSagaStore:
         """Add transitions and set the status/context when given, in one
         transaction. With ``fence``, only while the lease's token is current
         (else ``LeaseLost``, nothing written)."""
+        await self.submit_append(saga_id, entries, status, context, fence, after)
+
+    # The executor's hot path (``submits_writes``): ``create`` and ``append``
+    # without their coroutines. Each queues the write on the writer thread and
+    # returns its future, which refuses cancellation; bad input raises here,
+    # before anything is queued.
+
+    def submit_create(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        status: SagaStatus,
+    ) -> asyncio.Future[None]:
+        """``create``'s write, queued: its future."""
+        saga_id = check_saga_id(saga_id)
+        text = _context_json(saga_id, context)
+        return self._submit(
+            _create,
+            (saga_id, saga_name, fingerprint, status_text(status), text, _storable(entries)),
+            write=True,
+            journal=True,
+        )
+
+    def submit_append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        status: SagaStatus | None,
+        context: dict[str, Any] | None,
+        fence: Lease | None,
+        after: int | None,
+    ) -> asyncio.Future[None]:
+        """``append``'s write, queued: its future."""
         saga_id = check_saga_id(saga_id)
         token: int | None = None
         if fence is not None:
@@ -1531,7 +1563,7 @@ class SQLiteSagaStore:
                     f"the lease is for saga {short_repr(fence.saga_id)}, not {short_repr(saga_id)}"
                 )
             token = fence.token
-        await self._submit(
+        return self._submit(
             _append,
             (
                 saga_id,
