@@ -13,8 +13,11 @@ Not a comparison; a breakdown of fallback_saga + ``SQLiteSagaStore`` alone:
    ``MemorySagaStore`` (a live journal: the executor writes nothing), on a
    store that takes the write path (the executor builds the entries and the
    context dict per write; the store JSON-encodes it as ``SQLiteSagaStore``
-   does) and returns at once, and on one that also awaits one loop future
-   per write (the await/wake-up cost of a write, without a thread);
+   does) and returns at once, on one that also awaits one loop future
+   per write (the await/wake-up cost of a write, without a thread), and on
+   ``SQLiteSagaStore`` with a writer thread that answers every write at once
+   and writes nothing (the store's front end, the thread's wake-ups and the
+   GIL: the most any writer could give);
 4. the writer side without the event loop: ``SQLiteSagaStore``'s writer
    thread's own transactions (``_Worker._write``, its batched statements)
    for 100 sagas in lock-step (4 groups of 100 writes, one transaction
@@ -26,6 +29,7 @@ Not a comparison; a breakdown of fallback_saga + ``SQLiteSagaStore`` alone:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
@@ -37,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import durable
@@ -185,19 +189,47 @@ class _EncodeAndAwaitStore(_EncodeOnlyStore):
         await self._wait()
 
 
-async def loop_side_us(in_flight: int, n: int) -> dict[str, float]:
+@contextlib.contextmanager
+def _writer_writes_nothing() -> Iterator[None]:
+    """``SQLiteSagaStore``'s writer thread answers every write at once and
+    writes nothing: what the store's front end, the thread's wake-ups and the
+    GIL cost the event loop, with no SQLite work at all. (Private API, like
+    section 4: a measurement, not a store.)"""
+    from fallback_saga.store import sqlite as sqlite_store
+
+    serve = sqlite_store._Worker._serve
+
+    def answer_at_once(self: Any, conn: Any, group: list[Any]) -> None:
+        if self.role != "writer":
+            serve(self, conn, group)
+            return
+        sqlite_store._settle([(request, True, None) for request in group])
+
+    sqlite_store._Worker._serve = answer_at_once  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        sqlite_store._Worker._serve = serve  # type: ignore[method-assign]
+
+
+async def loop_side_us(in_flight: int, n: int, tmpdir: str) -> dict[str, float]:
     import fs_sagas
 
     from fallback_saga.store.memory import MemorySagaStore
+    from fallback_saga.store.sqlite import SQLiteSagaStore
 
-    stores = {
+    stores: dict[str, Callable[[], Any]] = {
         "MemorySagaStore (live journal, no writes)": MemorySagaStore,
         "+ write path, nothing awaited": _EncodeOnlyStore,
         "+ one loop future awaited per write": _EncodeAndAwaitStore,
+        "+ SQLiteSagaStore, writer writing nothing": lambda: SQLiteSagaStore(
+            os.path.join(tmpdir, f"nothing-{in_flight}.db")
+        ),
     }
     out: dict[str, float] = {}
     for name, make in stores.items():
-        saga = fs_sagas.Plain3(store=make())
+        store = make()
+        saga = fs_sagas.Plain3(store=store)
         check = workloads.fallback_saga_check("plain3")
 
         async def run_one(saga: Any = saga) -> Any:
@@ -212,6 +244,9 @@ async def loop_side_us(in_flight: int, n: int) -> dict[str, float]:
             best = min(best, (time.perf_counter() - t0) / n * 1e6)
             for outcome in outcomes:
                 check(outcome)
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()
         out[name] = best
     return out
 
@@ -332,9 +367,10 @@ def run(tmpdir_parent: str | None, n_in_flight: int, n_seq: int, cprofile: bool,
                 f"{r['commits_per_saga']:>13.3f} {r['writes_per_commit']:>14.1f}"
             )
 
-        print("\n3. Event-loop side only, no SQLite, no thread (best of 3, us per saga)")
+        print("\n3. Event-loop side only, no SQLite work (best of 3, wall us per saga)")
         for in_flight in (1, durable.IN_FLIGHT):
-            res = asyncio.run(loop_side_us(in_flight, 20_000))
+            with _writer_writes_nothing():
+                res = asyncio.run(loop_side_us(in_flight, 20_000, tmpdir))
             for name, us_per in res.items():
                 print(f"   {in_flight:>3} in flight  {name:<40} {us_per:6.1f}")
 
