@@ -168,7 +168,13 @@ async def test_S13_fault_at_every_journal_write_memory_store(
 @DRIVERS
 @pytest.mark.parametrize(("shape", "at", "kind"), CASES)
 @pytest.mark.parametrize(
-    "wrapper", [FaultySubmittingStore, FaultyRecoverableStore], ids=["submitted", "awaited"]
+    ("wrapper", "writer"),
+    [
+        (FaultySubmittingStore, "thread"),
+        (FaultyRecoverableStore, "thread"),
+        (FaultySubmittingStore, "process"),
+    ],
+    ids=["submitted", "awaited", "process"],
 )
 async def test_S13_fault_at_every_journal_write_sqlite_store(
     tmp_path: Path,
@@ -177,13 +183,16 @@ async def test_S13_fault_at_every_journal_write_sqlite_store(
     kind: FaultKind,
     driver: Literal["run", "transaction"],
     wrapper: type[FaultyStore],
+    writer: str,
 ) -> None:
     """``submitted``: the executor's hot path on SQLite (``submit_append``'s
     future awaited directly); ``awaited``: the store's coroutines driven by
-    ``settle_inline`` (a wrapper that overrides ``create``/``append``)."""
+    ``settle_inline`` (a wrapper that overrides ``create``/``append``);
+    ``process``: the hot path with the journal writes committed by the
+    store's writer process."""
 
     async def make() -> SQLiteSagaStore:
-        return SQLiteSagaStore(tmp_path / "journal.db")
+        return SQLiteSagaStore(tmp_path / "journal.db", writer=writer)
 
     await matrix_case(make, True, shape, at, kind, driver, wrapper)
 

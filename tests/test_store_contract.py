@@ -25,6 +25,15 @@ class TestSQLiteSagaStore(RecoverableStoreContract):
             yield store
 
 
+class TestSQLiteSagaStoreWriterProcess(RecoverableStoreContract):
+    """Journal writes committed by a process of their own (``writer="process"``)."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SQLiteSagaStore]:
+        async with SQLiteSagaStore(tmp_path / "sagas.db", writer="process") as store:
+            yield store
+
+
 class TestSQLiteSagaStoreSynchronousNormal(RecoverableStoreContract):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SQLiteSagaStore]:

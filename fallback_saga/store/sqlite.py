@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import queue
 import re
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -78,6 +80,7 @@ from ._common import (
     short_repr,
     status_text,
 )
+from ._sqlite_pipe import FrameReader, WriterProcess, error_to_wire, frame, plain_entries
 from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSagaStore", "SQLiteStoreStats"]
@@ -954,6 +957,8 @@ class _Worker:
         self.reads = 0
         self.largest_group = 0
         self.known: dict[str, tuple[int, int]] = {}  # see _Txn
+        # Where outcomes go: their futures' loops (the writer process answers by pipe).
+        self.settle: Callable[[Sequence[_Outcome]], None] = _settle
         self.thread = threading.Thread(
             target=self._main, name=f"fallback_saga-sqlite-{role}", daemon=True
         )
@@ -985,7 +990,7 @@ class _Worker:
                             continue
                     self._serve(conn, group)
                 except BaseException as error:  # a bug here must not leave sagas waiting
-                    _settle([(request, False, self._wrap(error)) for request in group])
+                    self.settle([(request, False, self._wrap(error)) for request in group])
         finally:
             if conn is not None:
                 conn.close()
@@ -1004,7 +1009,7 @@ class _Worker:
             refused = SagaStoreError(*failure.args)
             refused.__cause__ = failure.__cause__
             outcomes.append((request, False, refused))
-        _settle(outcomes)
+        self.settle(outcomes)
         return None
 
     def _next_group(self) -> tuple[list[_Request], _Stop | None]:
@@ -1066,13 +1071,13 @@ class _Worker:
                 return
             # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
             # full, I/O error) failed: nothing of the group was written.
-            _settle([(request, False, self._wrap(error)) for request in group])
+            self.settle([(request, False, self._wrap(error)) for request in group])
             return
         self.commits += 1
         self.writes += len(group)
         if len(group) > self.largest_group:
             self.largest_group = len(group)
-        _settle(outcomes)
+        self.settle(outcomes)
 
     def _read(
         self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
@@ -1081,7 +1086,7 @@ class _Worker:
         try:
             cursor.execute("BEGIN")  # one snapshot: a record and its history agree
         except sqlite3.Error as error:
-            _settle([(request, False, self._wrap(error)) for request in group])
+            self.settle([(request, False, self._wrap(error)) for request in group])
             return
         try:
             txn = _Txn(self.clock(), {})
@@ -1095,7 +1100,7 @@ class _Worker:
         finally:
             _rollback(conn)  # nothing to commit; ends the read transaction
         self.reads += len(group)
-        _settle(outcomes)
+        self.settle(outcomes)
 
     def _wrap(self, error: BaseException) -> SagaStoreError:
         if isinstance(error, SagaStoreError):
@@ -1135,6 +1140,72 @@ def _settle_stop(stop: _Stop) -> None:
 def _stop_workers(*workers: _Worker) -> None:
     for worker in workers:
         worker.stop_soon()
+
+
+# --------------------------------------------------------------------------- the writer process
+
+_WIRE_OPS: Final = {"c": _create, "a": _append}
+
+
+def _writer_process_main() -> None:
+    """The child of ``SQLiteSagaStore(path, writer="process")`` (the parent's
+    side and the wire format: ``_sqlite_pipe``). It reads write requests from
+    stdin and commits everything that has arrived since its last commit as
+    one group, through the writer thread's own code (``_Worker._write``);
+    it answers each on stdout. It ends at the end of its input: the store
+    closed, or the parent gone."""
+    stdin, stdout = sys.stdin.buffer.fileno(), sys.stdout.buffer
+    reader = FrameReader()
+    captured: list[_Outcome] = []
+    worker: _Worker | None = None
+    conn: sqlite3.Connection | None = None
+    while True:
+        data = os.read(stdin, 1 << 20)
+        if not data:
+            break
+        messages = reader.feed(data)
+        if not messages:
+            continue
+        if messages[0][0] == "open":
+            _, path, synchronous, busy_timeout = messages.pop(0)
+            worker = _Worker(
+                role="writer", path=path,
+                connect=functools.partial(_connect_writer, path, synchronous, busy_timeout),
+                clock=time.time,
+            )
+            worker.settle = captured.extend
+        if not messages:
+            continue
+        assert worker is not None, "the first message opens the file"
+        group: list[_Request] = []
+        spans: list[tuple[int, int, int]] = []
+        for _, batch, items in messages:
+            spans.append((batch, len(group), len(items)))
+            group += [
+                _new_request(_Request, (_WIRE_OPS[op], args, None, None, True))
+                for op, args in items
+            ]
+        captured.clear()
+        if conn is None:
+            conn = worker._open(group)  # on failure each request is refused with the reason
+        if conn is not None:
+            try:
+                worker._serve(conn, group)
+            except BaseException as error:  # a bug here must not leave sagas waiting
+                worker.settle([(request, False, worker._wrap(error)) for request in group])
+        by_request = {id(request): value if not succeeded else None
+                      for request, succeeded, value in captured}
+        answers = [by_request[id(request)] for request in group]
+        wire = [None if answer is None else error_to_wire(answer) for answer in answers]
+        stdout.write(frame(("done", worker.commits, worker.writes, tuple(
+            (batch, tuple(wire[start:start + count])) for batch, start, count in spans
+        ))))
+        stdout.flush()
+    if conn is not None:
+        conn.close()
+
+
+_new_request: Final = tuple.__new__
 
 
 # --------------------------------------------------------------------------- connections
@@ -1340,7 +1411,26 @@ class SQLiteSagaStore:
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
         immutable: bool = False,
+        writer: str = "thread",
     ) -> None:
+        if writer not in ("thread", "process"):
+            raise ValueError(
+                f"writer must be 'thread' (the default) or 'process' (journal writes "
+                f"committed by a process of their own), got {writer!r}"
+            )
+        if writer == "process":
+            if read_only:
+                raise ValueError('writer="process" writes: it cannot go with read_only=True')
+            if os.fsdecode(path) in ("", ":memory:"):
+                raise ValueError(
+                    'writer="process" needs a file: an in-memory database is private '
+                    "to its connection"
+                )
+            if clock is not time.time:
+                raise ValueError(
+                    'writer="process" stamps its writes with the child\'s time.time: '
+                    "a clock of your own needs writer=\"thread\""
+                )
         if not isinstance(read_only, bool) or not isinstance(immutable, bool):
             raise TypeError(
                 f"read_only and immutable must be bools, got {read_only!r} and {immutable!r}"
@@ -1371,6 +1461,10 @@ class SQLiteSagaStore:
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
+        self.writer: str = writer
+        # writer="process": the journal writes of the first loop that writes
+        # (other loops' go through the writer thread, as with "thread").
+        self._process: WriterProcess | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self.path!r}, synchronous={self.synchronous!r})"
@@ -1394,9 +1488,15 @@ class SQLiteSagaStore:
             workers = [w for w in (self._reader, self._writer) if w is not None]
             if self._finalizer is not None:
                 self._finalizer.detach()
+            process, self._process = self._process, None
+        loop = asyncio.get_running_loop()
+        if process is not None:
+            if process.loop is loop:
+                await process.close()
+            else:  # closed from another loop: the child's own loop lets it go
+                process.loop.call_soon_threadsafe(process.loop.create_task, process.close())
         if not workers:
             return
-        loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
         for worker in workers:
             future: asyncio.Future[None] = loop.create_future()
@@ -1420,9 +1520,10 @@ class SQLiteSagaStore:
     def stats(self) -> SQLiteStoreStats:
         writer, reader = self._writer, self._reader
         reads = (writer.reads if writer else 0) + (reader.reads if reader else 0)
+        process = self._process
         return SQLiteStoreStats(
-            writes=writer.writes if writer else 0,
-            commits=writer.commits if writer else 0,
+            writes=(writer.writes if writer else 0) + (process.writes if process else 0),
+            commits=(writer.commits if writer else 0) + (process.commits if process else 0),
             reads=reads,
             largest_group=writer.largest_group if writer else 0,
         )
@@ -1538,6 +1639,13 @@ class SQLiteSagaStore:
         """``create``'s write, queued: its future."""
         saga_id = check_saga_id(saga_id)
         text = _context_json(saga_id, context)
+        if self.writer == "process":
+            process = self._writer_process()
+            if process is not None:
+                return process.submit("c", (
+                    saga_id, saga_name, fingerprint, status_text(status), text,
+                    plain_entries(_storable(entries)),
+                ))
         return self._submit(
             _create,
             (saga_id, saga_name, fingerprint, status_text(status), text, _storable(entries)),
@@ -1563,19 +1671,34 @@ class SQLiteSagaStore:
                     f"the lease is for saga {short_repr(fence.saga_id)}, not {short_repr(saga_id)}"
                 )
             token = fence.token
-        return self._submit(
-            _append,
-            (
-                saga_id,
-                _storable(entries),
-                None if status is None else status_text(status),
-                None if context is None else _context_json(saga_id, context),
-                token,
-                after,
-            ),
-            write=True,
-            journal=True,
+        args = (
+            saga_id,
+            _storable(entries),
+            None if status is None else status_text(status),
+            None if context is None else _context_json(saga_id, context),
+            token,
+            after,
         )
+        if self.writer == "process":
+            process = self._writer_process()
+            if process is not None:
+                return process.submit("a", (args[0], plain_entries(args[1]), *args[2:]))
+        return self._submit(_append, args, write=True, journal=True)
+
+    def _writer_process(self) -> WriterProcess | None:
+        """The writer process of the running loop: made by the first loop
+        that writes; None for another loop (its writes take the thread)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed:
+                raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
+            process = self._process
+            if process is None:
+                process = self._process = WriterProcess(
+                    loop, (self.path, self.synchronous, self.busy_timeout), _JournalFuture,
+                    self.path,
+                )
+        return process if process.loop is loop else None
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record; ``SagaNotFound``, or ``CorruptSagaRecord`` for a

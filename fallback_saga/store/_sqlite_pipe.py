@@ -1,0 +1,327 @@
+"""SQLite's journal writes in a process of their own: the event loop's side of
+the pipe, and the wire format both sides speak (``SQLiteSagaStore(path,
+writer="process")``; the child's side is ``sqlite._writer_process_main``).
+
+Why a process. With many sagas in flight, the store's writer thread and the
+event loop take turns under the GIL: the sagas all wait for one commit, then
+all run their next step, and only then does the thread get the GIL for their
+writes. Here the loop ships each write to the child straight away, in chunks
+of ``CHUNK`` writes (and whatever is left at the end of a loop turn), and the
+child commits everything that has arrived since its last commit. The child
+commits one part of the sagas while the loop runs the rest, so the two
+overlap instead of taking turns (benchmarks/README.md, "SQLite third pass").
+
+What crosses the pipe: frames of a 4-byte length and a ``marshal`` payload of
+plain values only (str, int, float, None, tuples, lists), between two
+processes of one application: never stored, never read from anyone else.
+
+* to the child: ``("open", path, synchronous, busy_timeout)`` once, then
+  ``("w", batch, ((op, args), ...))`` with ``op`` ``"c"`` (create) or
+  ``"a"`` (append) and the store's own request arguments, journal entries
+  as plain 9-tuples;
+* to the parent: ``("done", commits, writes, ((batch, answers), ...))``, an
+  answer being ``None`` (written) or an error (``error_to_wire``).
+
+A child that exits, or a pipe that breaks, fails every write on its way as
+*in doubt* (it may have been committed): the executor's retries then ask the
+store what landed, as after a PostgreSQL connection lost at COMMIT. The next
+write starts a new child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from .. import errors
+from ..errors import SagaStoreError
+from .base import JournalEntry
+
+__all__ = ["CHUNK", "FrameReader", "WriterProcess", "error_from_wire", "error_to_wire", "frame",
+           "plain_entries"]
+
+# Writes per chunk shipped before the loop turn ends: small enough that the
+# child starts on the first sagas' writes while the loop runs the others;
+# 16 to 32 measured best (4: too many commits; the whole cohort: no overlap).
+CHUNK: Final = 16
+
+_HEADER: Final = struct.Struct(">I")
+# A child that could not start (or died before its first answer) is not
+# restarted for this long: the writes meanwhile fail with its error instead of
+# starting a process each.
+_RESTART_AFTER: Final = 1.0
+
+
+def frame(message: Any) -> bytes:
+    payload = marshal.dumps(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Bytes in, whole messages out."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buffer = self.buffer
+        buffer += data
+        messages: list[Any] = []
+        start = 0
+        size = _HEADER.size
+        while len(buffer) - start >= size:
+            (length,) = _HEADER.unpack_from(buffer, start)
+            end = start + size + length
+            if len(buffer) < end:
+                break
+            messages.append(marshal.loads(bytes(buffer[start + size:end])))
+            start = end
+        del buffer[:start]
+        return messages
+
+
+def plain_entries(entries: Sequence[JournalEntry]) -> tuple[tuple[Any, ...], ...]:
+    """Journal entries as plain 9-tuples (the status as its text): what marshal carries."""
+    return tuple(
+        (position, step, branch, action, status.value, attempt, error, at, result)
+        for position, step, branch, action, status, attempt, error, at, result in entries
+    )
+
+
+# The store's refusals cross the pipe as themselves: the executor tells a
+# definitive refusal (LeaseLost, SagaAlreadyExists, ...) from a failure by class.
+_REFUSALS: Final[dict[str, type[SagaStoreError]]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.SagaStoreError, errors.SagaNotFound, errors.CorruptSagaRecord,
+        errors.JournalConflict, errors.LeaseLost, errors.SagaBusy, errors.SagaAlreadyExists,
+    )
+}
+_PLAIN: Final = (str, int, float, type(None))
+
+
+def error_to_wire(error: BaseException) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    name = type(error).__name__
+    if _REFUSALS.get(name) is type(error):
+        args = tuple(arg if type(arg) in _PLAIN else str(arg) for arg in error.args)
+        attrs = {k: v for k, v in vars(error).items() if type(v) in _PLAIN}
+        return name, args, attrs
+    return "SagaStoreError", (f"{name}: {error}",), {}
+
+
+def error_from_wire(wire: Sequence[Any]) -> SagaStoreError:
+    name, args, attrs = wire
+    cls = _REFUSALS.get(name, SagaStoreError)
+    error = cls.__new__(cls)  # as it was: its message and attributes, no __init__ to satisfy
+    error.args = tuple(args)
+    error.__dict__.update(attrs)
+    return error
+
+
+def child_command() -> list[str]:
+    """The child: this package, imported from where it lies (vendored or
+    installed) as a top-level package, so that nothing of the application
+    around it is imported; ``-I``: no environment variables, no user site,
+    no current directory on its path."""
+    if not sys.executable:
+        raise SagaStoreError(
+            'SQLiteSagaStore(writer="process"): cannot start the writer process '
+            "(sys.executable is not set in this interpreter)"
+        )
+    package = Path(__file__).resolve().parent.parent
+    code = (
+        f"import sys; sys.path.insert(0, {str(package.parent)!r}); "
+        f"from {package.name}.store.sqlite import _writer_process_main; _writer_process_main()"
+    )
+    return [sys.executable, "-I", "-c", code]
+
+
+class _Pipe(asyncio.SubprocessProtocol):
+    def __init__(self, owner: WriterProcess) -> None:
+        self.owner = owner
+        self.reader = FrameReader()
+        self.exited: asyncio.Future[None] = owner.loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd == 1 and isinstance(data, bytes) and self.owner.pipe is self:
+            self.owner.answered(self.reader.feed(data))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in (0, 1):
+            self.owner.lost(self, exc)
+
+    def process_exited(self) -> None:
+        self.owner.lost(self, None)
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class WriterProcess:
+    """The loop's side of one writer process (one event loop: the one that
+    made it). ``submit`` queues a write and returns its future."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        opening: tuple[str, str, float],
+        make_future: Callable[..., asyncio.Future[Any]],
+        path: str,
+    ) -> None:
+        self.loop = loop
+        self.opening = opening
+        self.make_future = make_future
+        self.path = path
+        self.pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.waiting: dict[int, list[asyncio.Future[Any]]] = {}
+        self.batches = 0
+        self.scheduled = False
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.pipe: _Pipe | None = None
+        self.stdin: asyncio.WriteTransport | None = None
+        self.starting: asyncio.Task[None] | None = None
+        self.broken: tuple[float, SagaStoreError] | None = None
+        self.answering = False  # the current child has answered at least once
+        self.commits = 0
+        self.writes = 0
+        self.closing = False
+
+    # -- the loop's side
+
+    def submit(self, op: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future = self.make_future(loop=self.loop)  # one that refuses cancellation
+        if self.broken is not None:
+            since, error = self.broken
+            if time.monotonic() - since < _RESTART_AFTER:
+                future.set_exception(_copy(error))
+                return future
+            self.broken = None
+        self.pending.append((op, args, future))
+        if self.stdin is None:
+            if self.starting is None:
+                self.starting = self.loop.create_task(self._start())
+        elif len(self.pending) >= CHUNK:
+            self.ship()
+        elif not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._end_of_turn)
+        return future
+
+    def _end_of_turn(self) -> None:
+        self.scheduled = False
+        if self.pending and self.stdin is not None:
+            self.ship()
+
+    def ship(self) -> None:
+        items, self.pending = self.pending, []
+        batch = self.batches
+        self.batches += 1
+        self.waiting[batch] = [future for _, _, future in items]
+        assert self.stdin is not None
+        self.stdin.write(frame(("w", batch, tuple((op, args) for op, args, _ in items))))
+
+    async def _start(self) -> None:
+        try:
+            transport, pipe = await self.loop.subprocess_exec(
+                lambda: _Pipe(self), *child_command(),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            )
+        except Exception as error:
+            failure = SagaStoreError(
+                f"SQLite saga store {self.path}: cannot start the writer process: "
+                f"{type(error).__name__}: {error}"
+            )
+            self.broken = (time.monotonic(), failure)
+            self._fail(self.pending, failure)
+            self.pending = []
+            return
+        finally:
+            self.starting = None
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        self.transport, self.pipe, self.stdin = transport, pipe, stdin
+        self.answering = False
+        stdin.write(frame(("open", *self.opening)))
+        if self.pending:
+            self.ship()
+
+    def answered(self, messages: list[Any]) -> None:
+        self.answering = True
+        for message in messages:
+            _, self.commits, self.writes, batches = message
+            for batch, answers in batches:
+                for future, answer in zip(self.waiting.pop(batch), answers, strict=True):
+                    if future.done():
+                        continue
+                    if answer is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error_from_wire(answer))
+
+    def lost(self, pipe: _Pipe, exc: Exception | None) -> None:
+        """The child exited or its pipe broke: every write on its way is in doubt."""
+        if pipe is not self.pipe or self.closing:
+            return  # an earlier child's last word, or the end ``close`` asked for
+        transport = self.transport
+        code = None if transport is None else transport.get_returncode()
+        self.transport = self.pipe = self.stdin = None
+        reason = "exited" if code is None else f"exited with code {code}"
+        failure = SagaStoreError(
+            f"SQLite saga store {self.path}: the writer process {reason} with writes on "
+            f"their way (they may have been committed)"
+            + (f": {exc}" if exc is not None else "")
+        )
+        if not self.answering:
+            self.broken = (time.monotonic(), failure)
+        waiting = [future for futures in self.waiting.values() for future in futures]
+        self.waiting = {}
+        pending, self.pending = self.pending, []
+        self._fail([(None, None, future) for future in waiting], failure)
+        self._fail(pending, failure)
+        if transport is not None:
+            transport.close()  # kills the child if it still runs: its pipe is gone
+
+    @staticmethod
+    def _fail(items: Sequence[tuple[Any, Any, asyncio.Future[Any]]], error: SagaStoreError) -> None:
+        for _, _, future in items:
+            if not future.done():
+                future.set_exception(_copy(error))
+
+    async def close(self) -> None:
+        """Finish the writes on their way, then stop the child."""
+        if self.starting is not None:
+            await asyncio.shield(self.starting)
+        if self.pending and self.stdin is not None:
+            self.ship()
+        on_their_way = [f for futures in self.waiting.values() for f in futures]
+        if on_their_way:
+            await asyncio.gather(*on_their_way, return_exceptions=True)
+        self.closing = True
+        transport, stdin, pipe = self.transport, self.stdin, self.pipe
+        self.transport = self.pipe = self.stdin = None
+        if transport is None or stdin is None or pipe is None:
+            return
+        stdin.close()  # end of input: the child closes its connection and exits
+        try:
+            await asyncio.wait_for(asyncio.shield(pipe.exited), 10.0)
+        except TimeoutError:
+            transport.kill()
+        transport.close()
+
+    def pid(self) -> int | None:
+        return None if self.transport is None else self.transport.get_pid()
+
+
+def _copy(error: SagaStoreError) -> SagaStoreError:
+    # One exception object per future: a traceback is attached to each raise.
+    copy = SagaStoreError(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy
