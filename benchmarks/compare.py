@@ -519,6 +519,16 @@ async def bench_durable(
         out["in_flight_target_met"] = (
             got["ours_100_full"]["sagas_per_s"] >= DURABLE_IN_FLIGHT_TARGET
         )
+    if "ours_100_full_process" in got:
+        out["in_flight_target_met_process"] = (
+            got["ours_100_full_process"]["sagas_per_s"] >= DURABLE_IN_FLIGHT_TARGET
+        )
+        if "ours_100_full" in got:
+            out["in_flight_process_over_thread_paired_median"] = statistics.median(
+                a / b for a, b in zip(
+                    per_round["ours_100_full_process"], per_round["ours_100_full"], strict=True
+                )
+            )
     if "ours_100_full" in got and "cqrs_100" in got:
         out["in_flight_ratio_vs_cqrs"] = (
             got["ours_100_full"]["sagas_per_s"] / got["cqrs_100"]["sagas_per_s"]
@@ -648,13 +658,13 @@ def print_durable(res: dict[str, Any], rounds: int) -> None:
         f"\nDurable 3-step sagas on SQLite, sagas/s, median of {rounds} interleaved rounds\n"
         f"(files in {res['tmpdir']}, {res['filesystem']}; {res['files']})"
     )
-    header = f"{'configuration':<40} {'sagas/s':>9} {'us/saga':>9} {'writes/commit':>14}"
+    header = f"{'configuration':<56} {'sagas/s':>9} {'us/saga':>9} {'writes/commit':>14}"
     print(header)
     print("-" * len(header))
     for entry in configs.values():
         per_commit = entry.get("store_writes_per_commit")
         print(
-            f"{entry['label']:<40} {fmt_rate(entry['sagas_per_s']):>9} "
+            f"{entry['label']:<56} {fmt_rate(entry['sagas_per_s']):>9} "
             f"{entry['us_per_saga']:>9.0f} "
             f"{('' if per_commit is None else f'{per_commit:.1f}'):>14}"
         )
@@ -676,6 +686,14 @@ def print_durable(res: dict[str, Any], rounds: int) -> None:
         f"{fmt_rate(ours100 and ours100['sagas_per_s'])}, "
         f"met: {yes_no(res.get('in_flight_target_met'))}"
     )
+    process = configs.get("ours_100_full_process")
+    if process is not None:
+        print(
+            f"        writer=\"process\" (opt-in): {fmt_rate(process['sagas_per_s'])} sagas/s, "
+            f"met: {yes_no(res.get('in_flight_target_met_process'))}; process / thread "
+            f"(paired per-round median) "
+            f"{res.get('in_flight_process_over_thread_paired_median', float('nan')):.2f}x"
+        )
     if "in_flight_ratio_vs_cqrs" in res:
         print(
             f"(with {durable.IN_FLIGHT} in flight, ours / python-cqrs = "

@@ -50,12 +50,14 @@ class Config:
     library: str  # OURS or CQRS
     synchronous: str  # "full" / "normal" (python-cqrs: always FULL)
     in_flight: int  # 1 = sequential (each saga awaited before the next starts)
+    writer: str = "thread"  # ours: SQLiteSagaStore(writer=...)
 
     @property
     def label(self) -> str:
         mode = "sequential" if self.in_flight == 1 else f"{self.in_flight} in flight"
         if self.library == OURS:
-            return f"{OURS} {mode}, sync={self.synchronous}"
+            process = ", writer=process" if self.writer == "process" else ""
+            return f"{OURS} {mode}, sync={self.synchronous}{process}"
         return f"{CQRS} {mode}"
 
 
@@ -64,6 +66,7 @@ CONFIGS = (
     Config("ours_seq_full", OURS, "full", 1),
     Config("cqrs_seq", CQRS, "full", 1),
     Config("ours_100_full", OURS, "full", IN_FLIGHT),
+    Config("ours_100_full_process", OURS, "full", IN_FLIGHT, writer="process"),
     Config("ours_100_normal", OURS, "normal", IN_FLIGHT),
     Config("cqrs_100", CQRS, "full", IN_FLIGHT),
     Config("ours_seq_normal", OURS, "normal", 1),
@@ -86,14 +89,14 @@ class Session:
 # ---------------------------------------------------------------------------
 
 
-async def open_ours(path: str, synchronous: str) -> Session:
+async def open_ours(path: str, synchronous: str, writer: str = "thread") -> Session:
     import fs_sagas
 
     from fallback_saga import SagaFailed
     from fallback_saga.store.sqlite import SQLiteSagaStore
 
-    store = SQLiteSagaStore(path, synchronous=synchronous)
-    await store.open()  # creates the file and the schema, outside the timing
+    store = SQLiteSagaStore(path, synchronous=synchronous, writer=writer)
+    await store.open()  # the file, the schema (and the writer process), outside the timing
     saga = fs_sagas.Plain3(store=store)
     Ctx = fs_sagas.Ctx
 
@@ -188,7 +191,7 @@ async def open_cqrs(path: str) -> Session:
 
 async def open_session(config: Config, path: str) -> Session:
     if config.library == OURS:
-        return await open_ours(path, config.synchronous)
+        return await open_ours(path, config.synchronous, config.writer)
     return await open_cqrs(path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import shutil
 import signal
@@ -200,8 +201,13 @@ async def test_a_child_that_cannot_start_stops_the_run_and_is_not_respawned_per_
         return [str(tmp_path / "no-such-python"), *real()[1:]]
 
     monkeypatch.setattr(_sqlite_pipe, "child_command", missing)
+    with pytest.raises(SagaStoreError, match="cannot start the writer process"):
+        async with SQLiteSagaStore(tmp_path / "n.db", writer="process"):
+            pass  # open() starts the child: a setup that cannot run it fails here
+    starts.clear()
     ledger: list[tuple[str, str]] = []
-    async with SQLiteSagaStore(tmp_path / "n.db", writer="process") as store:
+    store = SQLiteSagaStore(tmp_path / "n.db", writer="process")  # not opened: lazily
+    try:
         saga = ledger_saga(ledger)(
             store=store, journal_retry=RetryPolicy(attempts=3, delay=0, jitter=0)
         )
@@ -211,6 +217,8 @@ async def test_a_child_that_cannot_start_stops_the_run_and_is_not_respawned_per_
         assert len(starts) == 1  # the retries met the broken child's error, no new process
         with pytest.raises(SagaNotFound):
             await store.load("n-1")
+    finally:
+        await store.close()
 
 
 async def test_another_event_loop_writes_through_the_writer_thread(tmp_path: Path) -> None:
@@ -259,6 +267,26 @@ async def test_close_finishes_the_writes_then_stops_the_child(tmp_path: Path) ->
     assert await exits(pid)
     with pytest.raises(SagaStoreError, match="closed"):
         await saga.run(Ctx(order_id="o"), saga_id="c-2")
+
+
+async def test_a_store_dropped_unclosed_stops_its_child(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(tmp_path / "d.db", writer="process")
+    await ledger_saga([])(store=store).run(Ctx(order_id="o"), saga_id="d-1")
+    pid = child_pid(store)
+    del store
+    gc.collect()
+    assert await exits(pid)
+
+
+async def test_ctrl_c_in_the_terminal_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """SIGINT reaches the whole process group; the child ignores it (its
+    parent ends it by closing its input), so the writes on their way land."""
+    async with SQLiteSagaStore(tmp_path / "i.db", writer="process") as store:
+        pid = child_pid(store)
+        os.kill(pid, signal.SIGINT)
+        await ledger_saga([])(store=store).run(Ctx(order_id="o"), saga_id="i-1")
+        assert child_pid(store) == pid
+        assert (await store.load("i-1")).status is SagaStatus.COMPLETED
 
 
 def test_a_vendored_copy_starts_its_child_without_importing_the_application(

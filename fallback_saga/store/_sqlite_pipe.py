@@ -6,8 +6,9 @@ Why a process. With many sagas in flight, the store's writer thread and the
 event loop take turns under the GIL: the sagas all wait for one commit, then
 all run their next step, and only then does the thread get the GIL for their
 writes. Here the loop ships each write to the child straight away, in chunks
-of ``CHUNK`` writes (and whatever is left at the end of a loop turn), and the
-child commits everything that has arrived since its last commit. The child
+of ``CHUNK`` writes (at once when the child is idle, and whatever is left
+at the end of a loop turn), and the child commits everything that has
+arrived since its last commit. The child
 commits one part of the sagas while the loop runs the rest, so the two
 overlap instead of taking turns (benchmarks/README.md, "SQLite third pass").
 
@@ -19,8 +20,10 @@ processes of one application: never stored, never read from anyone else.
   ``("w", batch, ((op, args), ...))`` with ``op`` ``"c"`` (create) or
   ``"a"`` (append) and the store's own request arguments, journal entries
   as plain 9-tuples;
-* to the parent: ``("done", commits, writes, ((batch, answers), ...))``, an
-  answer being ``None`` (written) or an error (``error_to_wire``).
+* to the parent: ``("ready", error)`` once the file is open (``error``:
+  ``None``, or why it could not be opened), then ``("done", commits,
+  writes, ((batch, answers), ...))``, an answer being ``None`` (written) or
+  an error (``error_to_wire``).
 
 A child that exits, or a pipe that breaks, fails every write on its way as
 *in doubt* (it may have been committed): the executor's retries then ask the
@@ -31,6 +34,8 @@ write starts a new child.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import marshal
 import struct
 import subprocess
@@ -44,8 +49,8 @@ from .. import errors
 from ..errors import SagaStoreError
 from .base import JournalEntry
 
-__all__ = ["CHUNK", "FrameReader", "WriterProcess", "error_from_wire", "error_to_wire", "frame",
-           "plain_entries"]
+__all__ = ["CHUNK", "FrameReader", "WriterProcess", "abandon_soon", "error_from_wire",
+           "error_to_wire", "frame", "plain_entries"]
 
 # Writes per chunk shipped before the loop turn ends: small enough that the
 # child starts on the first sagas' writes while the loop runs the others;
@@ -92,7 +97,7 @@ class FrameReader:
 def plain_entries(entries: Sequence[JournalEntry]) -> tuple[tuple[Any, ...], ...]:
     """Journal entries as plain 9-tuples (the status as its text): what marshal carries."""
     return tuple(
-        (position, step, branch, action, status.value, attempt, error, at, result)
+        (position, step, branch, action, str(status), attempt, error, at, result)
         for position, step, branch, action, status, attempt, error, at, result in entries
     )
 
@@ -190,6 +195,7 @@ class WriterProcess:
         self.starting: asyncio.Task[None] | None = None
         self.broken: tuple[float, SagaStoreError] | None = None
         self.answering = False  # the current child has answered at least once
+        self.ready: asyncio.Future[None] | None = None  # the current child opened the file
         self.commits = 0
         self.writes = 0
         self.closing = False
@@ -207,9 +213,9 @@ class WriterProcess:
         self.pending.append((op, args, future))
         if self.stdin is None:
             if self.starting is None:
-                self.starting = self.loop.create_task(self._start())
-        elif len(self.pending) >= CHUNK:
-            self.ship()
+                self._begin_start()
+        elif len(self.pending) >= CHUNK or not self.waiting:
+            self.ship()  # a chunk is ready, or the child is idle: it starts on it now
         elif not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self._end_of_turn)
@@ -227,6 +233,44 @@ class WriterProcess:
         self.waiting[batch] = [future for _, _, future in items]
         assert self.stdin is not None
         self.stdin.write(frame(("w", batch, tuple((op, args) for op, args, _ in items))))
+
+    async def ensure_started(self) -> None:
+        """Start the child now (``SQLiteSagaStore.open``): a setup that
+        cannot run it fails here, not at the first saga."""
+        if self.stdin is None and self.starting is None:
+            self._begin_start()
+        if self.starting is not None:
+            await asyncio.shield(self.starting)
+        if self.broken is not None:
+            raise _copy(self.broken[1])
+        if self.ready is not None:
+            await asyncio.shield(self.ready)
+
+    def _begin_start(self) -> None:
+        # In a context of its own: the pipe's handles live as long as the
+        # child and keep the context they were made in, which must not be a
+        # saga's (its cursor, its context's values).
+        self.starting = self.loop.create_task(self._start(), context=contextvars.Context())
+
+    def abandon(self) -> None:
+        """Stop the child at once (the store was closed from another loop, or
+        dropped unclosed): the writes on their way fail in doubt."""
+        if self.closing:
+            return
+        self.closing = True
+        failure = SagaStoreError(
+            f"SQLite saga store {self.path}: closed with writes on their way to its "
+            f"writer process (they may have been committed)"
+        )
+        waiting = [future for futures in self.waiting.values() for future in futures]
+        self.waiting = {}
+        pending, self.pending = self.pending, []
+        self._fail([(None, None, future) for future in waiting], failure)
+        self._fail(pending, failure)
+        transport = self.transport
+        self.transport = self.pipe = self.stdin = None
+        if transport is not None:
+            transport.close()  # kills the child if it still runs
 
     async def _start(self) -> None:
         try:
@@ -249,6 +293,7 @@ class WriterProcess:
         assert isinstance(stdin, asyncio.WriteTransport)
         self.transport, self.pipe, self.stdin = transport, pipe, stdin
         self.answering = False
+        self.ready = self.loop.create_future()
         stdin.write(frame(("open", *self.opening)))
         if self.pending:
             self.ship()
@@ -256,6 +301,15 @@ class WriterProcess:
     def answered(self, messages: list[Any]) -> None:
         self.answering = True
         for message in messages:
+            if message[0] == "ready":
+                ready, error = self.ready, message[1]
+                if ready is not None and not ready.done():
+                    if error is None:
+                        ready.set_result(None)
+                    else:
+                        ready.set_exception(error_from_wire(error))
+                        ready.exception()  # retrieved: ensure_started may never ask
+                continue
             _, self.commits, self.writes, batches = message
             for batch, answers in batches:
                 for future, answer in zip(self.waiting.pop(batch), answers, strict=True):
@@ -286,6 +340,10 @@ class WriterProcess:
         pending, self.pending = self.pending, []
         self._fail([(None, None, future) for future in waiting], failure)
         self._fail(pending, failure)
+        ready = self.ready
+        if ready is not None and not ready.done():
+            ready.set_exception(_copy(failure))
+            ready.exception()  # retrieved: ensure_started may never ask
         if transport is not None:
             transport.close()  # kills the child if it still runs: its pipe is gone
 
@@ -318,6 +376,12 @@ class WriterProcess:
 
     def pid(self) -> int | None:
         return None if self.transport is None else self.transport.get_pid()
+
+
+def abandon_soon(process: WriterProcess) -> None:
+    """``abandon`` on the child's own loop, from any thread (a finalizer's)."""
+    with contextlib.suppress(RuntimeError):  # that loop is closed: its pipes are gone
+        process.loop.call_soon_threadsafe(process.abandon)
 
 
 def _copy(error: SagaStoreError) -> SagaStoreError:

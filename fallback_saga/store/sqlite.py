@@ -50,6 +50,7 @@ import logging
 import os
 import queue
 import re
+import signal
 import sqlite3
 import sys
 import threading
@@ -80,7 +81,14 @@ from ._common import (
     short_repr,
     status_text,
 )
-from ._sqlite_pipe import FrameReader, WriterProcess, error_to_wire, frame, plain_entries
+from ._sqlite_pipe import (
+    FrameReader,
+    WriterProcess,
+    abandon_soon,
+    error_to_wire,
+    frame,
+    plain_entries,
+)
 from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSagaStore", "SQLiteStoreStats"]
@@ -1154,6 +1162,9 @@ def _writer_process_main() -> None:
     one group, through the writer thread's own code (``_Worker._write``);
     it answers each on stdout. It ends at the end of its input: the store
     closed, or the parent gone."""
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides
+    # when its writer ends (by closing its input), so writes on their way land.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer.fileno(), sys.stdout.buffer
     reader = FrameReader()
     captured: list[_Outcome] = []
@@ -1174,6 +1185,13 @@ def _writer_process_main() -> None:
                 clock=time.time,
             )
             worker.settle = captured.extend
+            refusal = None
+            try:  # opened (and migrated) now: the parent's open() hears if it cannot be
+                conn = worker.connect()
+            except Exception as error:
+                refusal = error_to_wire(worker._wrap(error))
+            if not _answer(stdout, ("ready", refusal)):
+                break
         if not messages:
             continue
         assert worker is not None, "the first message opens the file"
@@ -1197,12 +1215,22 @@ def _writer_process_main() -> None:
                       for request, succeeded, value in captured}
         answers = [by_request[id(request)] for request in group]
         wire = [None if answer is None else error_to_wire(answer) for answer in answers]
-        stdout.write(frame(("done", worker.commits, worker.writes, tuple(
+        if not _answer(stdout, ("done", worker.commits, worker.writes, tuple(
             (batch, tuple(wire[start:start + count])) for batch, start, count in spans
-        ))))
-        stdout.flush()
+        ))):
+            break
     if conn is not None:
         conn.close()
+
+
+def _answer(stdout: Any, message: Any) -> bool:
+    """Send ``message`` to the parent; False when it is gone (its pipe closed)."""
+    try:
+        stdout.write(frame(message))
+        stdout.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: the stream is closed
+        return False
+    return True
 
 
 _new_request: Final = tuple.__new__
@@ -1475,6 +1503,10 @@ class SQLiteSagaStore:
         """Open (and migrate) the database now rather than at first use, so a
         bad path or a file that is not SQLite fails here."""
         await self._submit(_ping, (), write=not self.read_only)
+        if self.writer == "process":
+            process = self._writer_process()
+            if process is not None:
+                await process.ensure_started()
 
     async def close(self) -> None:
         """Finish the queued requests, then stop the threads and close the file.
@@ -1494,7 +1526,7 @@ class SQLiteSagaStore:
             if process.loop is loop:
                 await process.close()
             else:  # closed from another loop: the child's own loop lets it go
-                process.loop.call_soon_threadsafe(process.loop.create_task, process.close())
+                abandon_soon(process)
         if not workers:
             return
         futures: list[asyncio.Future[None]] = []
@@ -1698,6 +1730,9 @@ class SQLiteSagaStore:
                     loop, (self.path, self.synchronous, self.busy_timeout), _JournalFuture,
                     self.path,
                 )
+                # Dropped unclosed: the child stops (the finalizer holds the
+                # process, never the store).
+                weakref.finalize(self, abandon_soon, process)
         return process if process.loop is loop else None
 
     async def load(self, saga_id: str) -> SagaRecord:
