@@ -258,15 +258,10 @@ class WriterProcess:
         if self.closing:
             return
         self.closing = True
-        failure = SagaStoreError(
+        self._fail_all(SagaStoreError(
             f"SQLite saga store {self.path}: closed with writes on their way to its "
             f"writer process (they may have been committed)"
-        )
-        waiting = [future for futures in self.waiting.values() for future in futures]
-        self.waiting = {}
-        pending, self.pending = self.pending, []
-        self._fail([(None, None, future) for future in waiting], failure)
-        self._fail(pending, failure)
+        ))
         transport = self.transport
         self.transport = self.pipe = self.stdin = None
         if transport is not None:
@@ -335,6 +330,12 @@ class WriterProcess:
         )
         if not self.answering:
             self.broken = (time.monotonic(), failure)
+        self._fail_all(failure)
+        if transport is not None:
+            transport.close()  # kills the child if it still runs: its pipe is gone
+
+    def _fail_all(self, failure: SagaStoreError) -> None:
+        """Every write on its way (shipped or not) and a pending start fail with ``failure``."""
         waiting = [future for futures in self.waiting.values() for future in futures]
         self.waiting = {}
         pending, self.pending = self.pending, []
@@ -344,8 +345,6 @@ class WriterProcess:
         if ready is not None and not ready.done():
             ready.set_exception(_copy(failure))
             ready.exception()  # retrieved: ensure_started may never ask
-        if transport is not None:
-            transport.close()  # kills the child if it still runs: its pipe is gone
 
     @staticmethod
     def _fail(items: Sequence[tuple[Any, Any, asyncio.Future[Any]]], error: SagaStoreError) -> None:

@@ -1655,9 +1655,9 @@ class SQLiteSagaStore:
         await self.submit_append(saga_id, entries, status, context, fence, after)
 
     # The executor's hot path (``submits_writes``): ``create`` and ``append``
-    # without their coroutines. Each queues the write on the writer thread and
-    # returns its future, which refuses cancellation; bad input raises here,
-    # before anything is queued.
+    # without their coroutines. Each queues the write for the writer thread (or
+    # the writer process) and returns its future, which refuses cancellation;
+    # bad input raises here, before anything is queued.
 
     def submit_create(
         self,
