@@ -135,6 +135,31 @@ async def test_refusals_cross_the_pipe_as_themselves(tmp_path: Path) -> None:
         assert len((await store.load("a")).history) == 1
 
 
+async def test_a_write_the_pipe_cannot_carry_fails_alone(tmp_path: Path) -> None:
+    """An entry holding a value of no journal type (a user's own call of
+    ``append``): that write is refused, certainly unwritten; the writes
+    shipped with it land."""
+    from decimal import Decimal
+
+    async with SQLiteSagaStore(tmp_path / "m.db", writer="process") as store:
+        for saga_id in ("ok-1", "bad", "ok-2"):
+            await store.create(saga_id, "Order", "fp", {}, [])
+        odd = entry(0, "S0")._replace(at=Decimal("1.5"))
+        outcomes = await asyncio.gather(
+            store.append("ok-1", [entry(0, "S0")]),
+            store.append("bad", [odd]),
+            store.append("ok-2", [entry(0, "S0")]),
+            return_exceptions=True,
+        )
+        assert outcomes[0] is None
+        assert outcomes[2] is None
+        assert isinstance(outcomes[1], SagaStoreError)
+        assert "nothing was written" in str(outcomes[1])
+        assert len((await store.load("ok-1")).history) == 1
+        assert len((await store.load("ok-2")).history) == 1
+        assert (await store.load("bad")).history == []
+
+
 def child_pid(store: SQLiteSagaStore) -> int:
     process = store._process
     assert process is not None

@@ -229,10 +229,19 @@ class WriterProcess:
     def ship(self) -> None:
         items, self.pending = self.pending, []
         batch = self.batches
+        try:
+            payload = frame(("w", batch, tuple((op, args) for op, args, _ in items)))
+        except ValueError:
+            # A value marshal cannot carry (a store user's own entry, say): that
+            # write fails, certainly not written; the others go.
+            items = [item for item in items if _sendable(item)]
+            if not items:
+                return
+            payload = frame(("w", batch, tuple((op, args) for op, args, _ in items)))
         self.batches += 1
         self.waiting[batch] = [future for _, _, future in items]
         assert self.stdin is not None
-        self.stdin.write(frame(("w", batch, tuple((op, args) for op, args, _ in items))))
+        self.stdin.write(payload)
 
     async def ensure_started(self) -> None:
         """Start the child now (``SQLiteSagaStore.open``): a setup that
@@ -381,6 +390,21 @@ def abandon_soon(process: WriterProcess) -> None:
     """``abandon`` on the child's own loop, from any thread (a finalizer's)."""
     with contextlib.suppress(RuntimeError):  # that loop is closed: its pipes are gone
         process.loop.call_soon_threadsafe(process.abandon)
+
+
+def _sendable(item: tuple[str, tuple[Any, ...], asyncio.Future[Any]]) -> bool:
+    """Whether ``item``'s write can cross the pipe; if not, its future fails."""
+    _, args, future = item
+    try:
+        marshal.dumps(args)
+    except ValueError as error:
+        if not future.done():
+            future.set_exception(SagaStoreError(
+                f"a journal write of saga {args[0]!r} cannot be sent to the writer process "
+                f"(a value of a type the store does not take: {error}); nothing was written"
+            ))
+        return False
+    return True
 
 
 def _copy(error: SagaStoreError) -> SagaStoreError:
