@@ -1424,15 +1424,10 @@ class Execution(StepCursor):
                     try:
                         await written_by
                     except asyncio.CancelledError:
-                        if written_by.cancelled():
-                            break
-                        cancelled = True
+                        cancelled = True  # arrives once the write's outcome is known
                     except BaseException:
-                        break
-                if written_by.cancelled():
-                    failure = asyncio.CancelledError()
-                else:
-                    failure = written_by.exception()
+                        break  # the write's own failure: read below
+                failure = written_by.exception()
             if failure is not None:
                 failure, cancelled_again = await settle(write_durably(
                     store, self._write(create, entries, status, context), settings.journal_retry,
