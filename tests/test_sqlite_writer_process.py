@@ -77,11 +77,11 @@ def ledger_saga(ledger: list[tuple[str, str]], steps: int = 3, **hooks: Any) -> 
         Step.__name__ = Step.__qualname__ = name
         return Step
 
-    class LedgerSaga(Saga[Ctx]):
-        pass
+    made = [step(f"S{i}") for i in range(steps)]
 
-    LedgerSaga.steps = [step(f"S{i}") for i in range(steps)]  # type: ignore[assignment]
-    LedgerSaga.__init_subclass__()
+    class LedgerSaga(Saga[Ctx]):
+        steps = made
+
     return LedgerSaga
 
 
