@@ -55,8 +55,9 @@ class Ctx(SagaContext):
 
 
 def ledger_saga(ledger: list[tuple[str, str]], steps: int = 3, **hooks: Any) -> type[Saga[Ctx]]:
-    """``steps`` steps; each act lands in ``ledger`` as (saga id, step) once
-    applied, as a participant would record it (idempotent: keyed)."""
+    """``steps`` steps ``S0``, ``S1``...; each act appends (saga id, step) to
+    ``ledger`` when it has run (a step resumed after a fault may run again:
+    compare as sets), after awaiting ``hooks[step]`` if there is one."""
     from fallback_saga import current_step
 
     def step(name: str) -> type:
