@@ -6,8 +6,10 @@ every interleaving below is decided by the test, never by timing:
 * one write at a time goes alone, at once;
 * writes made while another is on its way are written together, in order,
   with their own results, as soon as a slot is free, and a burst of them
-  made a few event-loop trips apart still shares one group; nothing
-  overtakes a queued write; ``grouped=False`` sends every write alone;
+  made a trip apart still shares one group; a burst is shared out across
+  the free slots (an even share each, at least ``SHARE_AT_LEAST``, at most
+  ``MAX_GROUP``); nothing overtakes a queued write; ``grouped=False`` sends
+  every write alone;
 * a queued write that is cancelled is never sent;
 * a group the server refused (``RetryAlone``) is retried write by write, so
   only the bad write fails; a group whose commit is in doubt fails every
@@ -23,7 +25,13 @@ from typing import Any
 
 import pytest
 
-from fallback_saga.store._group_commit import MAX_GROUP, GroupCommit, RetryAlone
+from fallback_saga.store._group_commit import (
+    GATHER_TRIPS,
+    MAX_GROUP,
+    SHARE_AT_LEAST,
+    GroupCommit,
+    RetryAlone,
+)
 
 
 class Server:
@@ -115,7 +123,7 @@ async def test_with_every_slot_busy_the_first_to_come_free_writes_the_queue() ->
     assert server.calls == [("one", "w0"), ("many", ["w1", "w2", "w3"])]
 
 
-async def test_a_burst_made_a_few_loop_trips_apart_shares_one_group() -> None:
+async def test_a_burst_made_a_trip_later_shares_one_group() -> None:
     server = Server()
     writer = group(server, slots=2)
     first = asyncio.create_task(writer.write("w0"))
@@ -126,8 +134,10 @@ async def test_a_burst_made_a_few_loop_trips_apart_shares_one_group() -> None:
             await asyncio.sleep(0)
         return await writer.write(request)
 
-    # As callers woken by one commit make their next writes: a trip or a few apart.
-    tasks = [asyncio.create_task(later(f"w{n}", n)) for n in range(1, 5)]
+    # As callers woken by one commit make their next writes: the trip after
+    # the first of them queued its own (GATHER_TRIPS).
+    trips = [0, GATHER_TRIPS, GATHER_TRIPS, GATHER_TRIPS]
+    tasks = [asyncio.create_task(later(f"w{n}", trips[n - 1])) for n in range(1, 5)]
     await settle()
     assert server.calls == [("one", "w0"), ("many", ["w1", "w2", "w3", "w4"])]
     assert await run_released(server, [first, *tasks]) == [f"ok w{n}" for n in range(5)]
@@ -247,14 +257,56 @@ async def test_a_cancelled_group_task_cancels_its_writes_and_those_queued() -> N
     assert server.calls == [("one", "w0"), ("many", ["w1", "w2"])]  # w3 never sent
 
 
-async def test_more_than_a_group_takes_a_second_slot_at_once() -> None:
+def sizes_sent(server: Server) -> list[int]:
+    return [1 if kind == "one" else len(requests) for kind, requests in server.calls]
+
+
+def sent_in_order(server: Server) -> list[str]:
+    return [r for kind, req in server.calls for r in ([req] if kind == "one" else req)]
+
+
+async def test_a_burst_is_shared_out_across_the_slots_at_once() -> None:
+    """The queue goes as groups side by side: each takes an even share of
+    what is queued (ceil(queue / slots)), at least SHARE_AT_LEAST; what
+    finds no free slot waits for the first group to commit."""
     server = Server()
     writer = group(server, slots=3)
-    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(MAX_GROUP + 3)]
+    count = 6 * SHARE_AT_LEAST + 1
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(count)]
     await settle()
-    sizes = [1 if kind == "one" else len(req) for kind, req in server.calls]
-    assert sizes == [1, MAX_GROUP, 2]  # all three on their way together
+    queued = count - 1
+    first = -(-queued // 3)
+    second = -(-(queued - first) // 3)
+    assert sizes_sent(server) == [1, first, max(SHARE_AT_LEAST, second)]
+    results = await run_released(server, tasks)
+    assert results == [f"ok w{n}" for n in range(count)]
+    assert sent_in_order(server) == [f"w{n}" for n in range(count)]  # no overtaking
+    assert all(size <= MAX_GROUP for size in sizes_sent(server))
+
+
+async def test_a_group_takes_at_least_SHARE_AT_LEAST_writes() -> None:
+    server = Server()
+    writer = group(server, slots=3)
+    count = SHARE_AT_LEAST + 9  # an even share would be 14
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(count)]
+    await settle()
+    assert sizes_sent(server) == [1, SHARE_AT_LEAST, 8]
     await run_released(server, tasks)
+
+
+async def test_more_than_a_group_takes_a_second_slot_at_once() -> None:
+    server = Server()
+    writer = group(server, slots=2)
+    tasks = [asyncio.create_task(writer.write(f"w{n}")) for n in range(3 * MAX_GROUP + 1)]
+    await settle()
+    assert sizes_sent(server) == [1, MAX_GROUP]  # both slots on their way at once
+    server.release_all()
+    await settle()
+    # The write alone and the first group committed: two slots free for the
+    # 2 * MAX_GROUP queued, each taking its share of what is left.
+    assert sizes_sent(server)[2:] == [MAX_GROUP, MAX_GROUP // 2]
+    await run_released(server, tasks)
+    assert sent_in_order(server) == [f"w{n}" for n in range(3 * MAX_GROUP + 1)]
 
 
 def test_slots_must_be_positive() -> None:

@@ -18,9 +18,14 @@ A write made while another is on its way queues. A group starts while fewer
 than ``slots`` writes or groups are on their way; before it takes the queue
 it lets the event loop go round while the queue still grows (at most
 ``GATHER_TRIPS`` times), because a commit wakes many callers at once and
-each makes its next write a few trips later: those writes then share one
-group instead of going one by one. A group holds at most ``MAX_GROUP``
-writes. ``grouped=False`` sends every write alone, at once.
+each makes its next write a trip later: those writes then go in groups
+instead of one by one. A group takes an even share of the queue across the
+slots (at least ``SHARE_AT_LEAST`` writes, at most ``MAX_GROUP``), and the
+rest may start the next group at once: so the burst one commit set off goes
+as a few groups side by side, and the event loop handles the callers of the
+first to commit while the server still works on the others (one group per
+burst would have the loop and the server take turns, each idle while the
+other works). ``grouped=False`` sends every write alone, at once.
 
 Rules that keep it correct:
 
@@ -55,8 +60,13 @@ R = TypeVar("R")  # its result
 
 # At most this many writes in one transaction: the rest go in the next.
 MAX_GROUP = 256
-# At most this many trips through the event loop for a burst of writes to join a group.
-GATHER_TRIPS = 8
+# A group takes an even share of the queue across the slots, but never fewer
+# than this many writes (fewer only if fewer are queued): a smaller group
+# costs the server a commit for too little.
+SHARE_AT_LEAST = 32
+# At most this many trips through the event loop for a burst of writes to join
+# a group: the callers one commit woke make their next writes in the next trip.
+GATHER_TRIPS = 1
 
 
 class RetryAlone(Exception):
@@ -181,8 +191,9 @@ class GroupCommit(Generic[W, R]):
                     break
                 size = len(self._queue)
             self._gathering = False
-            group = self._queue[:MAX_GROUP]
-            del self._queue[:MAX_GROUP]
+            take = self._share()
+            group = self._queue[:take]
+            del self._queue[:take]
             self._kick()  # more than a group's worth: the rest may take another slot
             await self._write_group(group)
             finished = True
@@ -198,6 +209,17 @@ class GroupCommit(Generic[W, R]):
                     if not future.done():
                         future.cancel()
                 self._queue.clear()
+
+    def _share(self) -> int:
+        """How many queued writes the next group takes: an even share of the
+        queue across the slots, at least ``SHARE_AT_LEAST``, at most
+        ``MAX_GROUP``. A cohort of writes (the callers one commit woke) then
+        goes as a few groups on their way at once rather than one: the
+        server's connections work on them side by side, and the event loop
+        handles the first group's callers while the others are still at the
+        server, instead of the loop and the server taking turns."""
+        share = -(-len(self._queue) // self._slots)  # ceiling
+        return min(MAX_GROUP, max(SHARE_AT_LEAST, share))
 
     async def _write_group(self, group: list[tuple[W, asyncio.Future[R]]]) -> None:
         live = [(request, future) for request, future in group if not future.done()]
