@@ -38,12 +38,13 @@ pytest_plugins = ["conftest_pg"]
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-writer-process", "postgres"])
 async def durable_store(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        async with SQLiteSagaStore(tmp_path / "sagas.db") as store:
+    if request.param.startswith("sqlite"):
+        writer = "process" if request.param == "sqlite-writer-process" else "thread"
+        async with SQLiteSagaStore(tmp_path / "sagas.db", writer=writer) as store:
             yield store
         return
     conninfo = request.getfixturevalue("pg_conninfo")  # skips without PostgreSQL

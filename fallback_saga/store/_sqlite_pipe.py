@@ -47,10 +47,9 @@ from typing import Any, Final
 
 from .. import errors
 from ..errors import SagaStoreError
-from .base import JournalEntry
 
 __all__ = ["CHUNK", "FrameReader", "WriterProcess", "abandon_soon", "error_from_wire",
-           "error_to_wire", "frame", "plain_entries"]
+           "error_to_wire", "frame"]
 
 # Writes per chunk shipped before the loop turn ends: small enough that the
 # child starts on the first sagas' writes while the loop runs the others;
@@ -92,14 +91,6 @@ class FrameReader:
             start = end
         del buffer[:start]
         return messages
-
-
-def plain_entries(entries: Sequence[JournalEntry]) -> tuple[tuple[Any, ...], ...]:
-    """Journal entries as plain 9-tuples (the status as its text): what marshal carries."""
-    return tuple(
-        (position, step, branch, action, str(status), attempt, error, at, result)
-        for position, step, branch, action, status, attempt, error, at, result in entries
-    )
 
 
 # The store's refusals cross the pipe as themselves: the executor tells a

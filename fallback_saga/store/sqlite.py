@@ -87,7 +87,6 @@ from ._sqlite_pipe import (
     abandon_soon,
     error_to_wire,
     frame,
-    plain_entries,
 )
 from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
@@ -290,6 +289,17 @@ def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
         e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), *e[7:])
         for e in rows
     )
+
+
+def _storable_plain(entries: Sequence[JournalEntry]) -> tuple[tuple[Any, ...], ...]:
+    """``_storable``'s entries as plain 9-tuples (the status as its text), in
+    one pass: what the writer process's pipe carries (marshal)."""
+    rows = []
+    for position, step, branch, action, status, attempt, error, at, result in entries:
+        if error is not None and not error.isascii() and _SURROGATE.search(error):
+            error = _SURROGATE.sub("\ufffd", error)
+        rows.append((position, step, branch, action, str(status), attempt, error, at, result))
+    return tuple(rows)
 
 
 # --------------------------------------------------------------------------- operations
@@ -1676,7 +1686,7 @@ class SQLiteSagaStore:
             if process is not None:
                 return process.submit("c", (
                     saga_id, saga_name, fingerprint, status_text(status), text,
-                    plain_entries(_storable(entries)),
+                    _storable_plain(entries),
                 ))
         return self._submit(
             _create,
@@ -1703,24 +1713,26 @@ class SQLiteSagaStore:
                     f"the lease is for saga {short_repr(fence.saga_id)}, not {short_repr(saga_id)}"
                 )
             token = fence.token
-        args = (
-            saga_id,
-            _storable(entries),
-            None if status is None else status_text(status),
-            None if context is None else _context_json(saga_id, context),
-            token,
-            after,
-        )
+        status_value = None if status is None else status_text(status)
+        text = None if context is None else _context_json(saga_id, context)
         if self.writer == "process":
             process = self._writer_process()
             if process is not None:
-                return process.submit("a", (args[0], plain_entries(args[1]), *args[2:]))
-        return self._submit(_append, args, write=True, journal=True)
+                return process.submit(
+                    "a", (saga_id, _storable_plain(entries), status_value, text, token, after)
+                )
+        return self._submit(
+            _append, (saga_id, _storable(entries), status_value, text, token, after),
+            write=True, journal=True,
+        )
 
     def _writer_process(self) -> WriterProcess | None:
         """The writer process of the running loop: made by the first loop
         that writes; None for another loop (its writes take the thread)."""
         loop = asyncio.get_running_loop()
+        process = self._process
+        if process is not None and process.loop is loop and not self._closed:
+            return process  # the hot path: made already, for this loop
         with self._lock:
             if self._closed:
                 raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
