@@ -77,6 +77,7 @@ __all__ = [
     "decode_structure",
     "encode_context",
     "encode_structure",
+    "journal_object",
     "journal_untyped",
 ]
 
@@ -154,6 +155,32 @@ def journal_untyped(value: object, path: str) -> Any:
         return _encode_untyped(value, path, 1)
     except _TooDeep as too_deep:
         raise _nesting_error(value, too_deep) from None
+
+
+def journal_object(cls: type) -> tuple[str, Callable[[Any], Any]] | None:
+    """For a class whose instances ``journal_untyped`` writes as an object
+    (``{TAG: ["obj", [name, fields]]}``): the name, and what gives an
+    instance's fields in journal form (raising as ``journal_untyped`` would).
+    ``None`` for any other class. So a writer of many values of one class
+    (the step responses of durable sagas) skips the dispatch by type."""
+    # The order of _encode_untyped's tests: only a class that reaches its
+    # object branch qualifies.
+    if (cls in JSON_SCALARS or cls is float or cls is list or cls is dict or cls in _TAGGED
+            or issubclass(cls, Enum)):
+        return None
+    encode = _object_encoder(cls)
+    name = _CLASS_NAMES.get(cls)
+    if encode is None or name is None:  # (a name is known once one was written)
+        return None
+    object_encoder = encode
+
+    def fields(value: Any) -> Any:
+        try:
+            return object_encoder(value, "response", 1)
+        except _TooDeep as too_deep:
+            raise _nesting_error(value, too_deep) from None
+
+    return name, fields
 
 
 def decode_context(cls: type, data: Mapping[str, Any]) -> Any:

@@ -25,11 +25,13 @@ import pytest
 import results_crash_app as app
 from context_crash_app import difference
 from hypothesis import HealthCheck, given, settings
-from test_lossless_values import values
+from test_lossless_values import Point, Size, values
 
 from fallback_saga import (
+    ContextSerializationError,
     JournalEntry,
     MemorySagaStore,
+    Response,
     Saga,
     SagaContext,
     SagaStatus,
@@ -38,7 +40,10 @@ from fallback_saga import (
     StepStatus,
     UnjournaledResponse,
 )
+from fallback_saga.codec import journal_untyped
 from fallback_saga.results import journaled_results
+from fallback_saga.store import _responses
+from fallback_saga.store._common import encode_json
 from fallback_saga.store._responses import journal_entry, response_text
 from fallback_saga.store.base import SagaRecord
 
@@ -254,3 +259,66 @@ def test_S14_every_journalable_response_comes_back_identical(response: Any) -> N
     assert not isinstance(back, UnjournaledResponse), entry.result
     found = difference(response, back)
     assert found is None, found
+
+
+@dataclasses.dataclass
+class Receipt:
+    order: str
+    amount: Decimal
+    size: Size
+    where: Point | None = None
+    lines: list[Any] = dataclasses.field(default_factory=list)
+
+
+class Booked(Response):
+    booking_id: str
+    seats: int
+
+
+def _written_by_the_codec(response: Any) -> str:
+    return encode_json(journal_untyped(response, "response"))
+
+
+@pytest.mark.parametrize(
+    "responses",
+    [
+        [Point(1, 2), Point(-3, 4)],
+        [Booked(booking_id="b-1", seats=2), Booked(booking_id="ü\ud800", seats=0)],
+        [Receipt("o-1", Decimal("9.99"), Size.SMALL),
+         Receipt("o-2", Decimal("-0"), Size.LARGE, Point(0, 0), [{"k": (1, 2)}, None])],
+    ],
+    ids=["dataclass", "response", "nested"],
+)
+def test_S14_a_response_class_seen_before_is_journaled_as_the_first_was(
+    responses: list[Any],
+) -> None:
+    """response_text learns a class written as an object from its first
+    response and writes the next ones without the codec's dispatch: the
+    text is the codec's, byte for byte."""
+    _responses._OBJECT_TEXT.pop(type(responses[0]), None)
+    for response in [*responses, *responses]:  # the first learns, then the fast path
+        assert response_text(response, "S", "A") == _written_by_the_codec(response)
+    assert _responses._OBJECT_TEXT[type(responses[0])] is not None
+
+
+def test_S14_a_learnt_response_class_that_cannot_be_journaled_gives_the_same_marker() -> None:
+    good = Receipt("o-1", Decimal("1"), Size.SMALL)
+    bad = Receipt("o-2", Decimal("1"), Size.SMALL, lines=[object()])
+    _responses._OBJECT_TEXT.pop(Receipt, None)
+    unlearnt = response_text(bad, "S", "A")
+    assert Receipt not in _responses._OBJECT_TEXT  # nothing learnt from a failure
+    response_text(good, "S", "A")
+    assert _responses._OBJECT_TEXT[Receipt] is not None
+    assert response_text(bad, "S", "A") == unlearnt
+    assert "unjournaled" in unlearnt
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_S14_a_response_written_twice_is_written_the_same(response: Any) -> None:
+    try:
+        expected = _written_by_the_codec(response)
+    except ContextSerializationError:
+        return  # the marker's path: covered above
+    assert response_text(response, "S", "A") == expected
+    assert response_text(response, "S", "A") == expected

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
-from ..codec import journal_untyped
+from ..codec import journal_object, journal_untyped
 from ..decoding import TAG
 from ..errors import ContextSerializationError
 from ..status import StepStatus
@@ -51,6 +52,23 @@ _to_json: Final = encode_json
 _str_json: Final = json.encoder.encode_basestring_ascii
 
 
+# Per response class written as an object (codec.journal_object): the text
+# before its fields and what gives them; None for any other class. Learnt from
+# the first response of the class that was written: a step returns the same
+# class on every run, and this skips journal_untyped's dispatch by type.
+_OBJECT_TEXT: Final[dict[type, tuple[str, Callable[[Any], Any]] | None]] = {}
+
+
+def _learn(cls: type) -> None:
+    plan = journal_object(cls)
+    if plan is None:
+        _OBJECT_TEXT[cls] = None
+        return
+    name, fields = plan
+    # The same text encode_json makes of {TAG: ["obj", [name, fields]]}.
+    _OBJECT_TEXT[cls] = (f'{{{_str_json(TAG)}:["obj",[{_str_json(name)},', fields)
+
+
 def response_text(response: Any, saga_name: str, step: str) -> str:
     """The journal form of what a step's ``act`` returned (a ``SagaStepResult``
     is journaled as its ``response``): JSON text, or the marker of a response
@@ -60,9 +78,17 @@ def response_text(response: Any, saga_name: str, step: str) -> str:
     if response is None:
         return "null"
     try:
-        if response.__class__ is str:
+        cls = response.__class__
+        if cls is str:
             return _str_json(response)  # the commonest response: an id
-        return _to_json(journal_untyped(response, "response"))
+        known = _OBJECT_TEXT.get(cls)
+        if known is not None:
+            prefix, fields = known
+            return prefix + _to_json(fields(response)) + "]]}"
+        text = _to_json(journal_untyped(response, "response"))
+        if cls not in _OBJECT_TEXT:
+            _learn(cls)  # once one was written: its class name is known then
+        return text
     except ContextSerializationError as error:
         reason = _reason(error)
     except (TypeError, ValueError, RecursionError) as error:  # pragma: no cover - defensive
