@@ -13,9 +13,12 @@ compensated) on the default in-memory store, in microseconds per saga; and a
 durable three-step saga on SQLite (``synchronous="full"``), one at a time,
 100 and 1,000 in flight, in sagas per second (``--only durable`` runs these
 alone; ``--cpu`` adds the CPU microseconds per saga of the event-loop thread
-and of the store's writer thread, medians too). A regression check for changes that are
-not about speed (the journal-truth work of 0.5.0 was measured this way), not
-a replacement for ``compare.py``.
+and of the store's writer thread, medians too; ``--writer process`` runs
+them on ``SQLiteSagaStore(path, writer="process")``, whose writes the
+writer thread then does not see; ``--step-returns response`` has the steps
+return a ``Response``, journaled as an object, instead of ``None``). A
+regression check for changes that are not about speed (the journal-truth
+work of 0.5.0 was measured this way), not a replacement for ``compare.py``.
 """
 
 from __future__ import annotations
@@ -56,15 +59,32 @@ def load_baseline(package: Path, into: Path) -> ModuleType:
     return module
 
 
+# What the durable runs' steps return (``--step-returns``): None, or a
+# ``Response`` model (journaled as an object: the benchmark sagas' case).
+RETURNS = "none"
+
+
 def saga_class(lib: Any, *, fail: bool) -> tuple[type, type]:
     @dataclasses.dataclass
     class Ctx(lib.SagaContext):  # type: ignore[misc, name-defined]
         order_id: str
         done: int = 0
 
+    class Done(lib.Response):  # type: ignore[misc, name-defined]
+        count: int
+
+    # Journaled by class name: it must be found again by that name.
+    module = sys.modules[__name__]
+    name = f"Done_{lib.__name__}"
+    Done.__qualname__ = Done.__name__ = name
+    Done.__module__ = __name__
+    setattr(module, name, Done)
+    respond = RETURNS == "response"
+
     class Step:
-        async def act(self, ctx: Any) -> None:
+        async def act(self, ctx: Any) -> Any:
             ctx.done += 1
+            return Done(count=ctx.done) if respond else None
 
         async def compensate(self, ctx: Any) -> None:
             ctx.done -= 1
@@ -110,12 +130,15 @@ def _thread_cpu(thread: threading.Thread | None) -> float:
 # (loop thread, writer thread) CPU microseconds per saga of each durable run,
 # by workload name and library label; filled by ``durable``.
 CPU: dict[tuple[str, str], list[tuple[float, float]]] = {}
+# SQLiteSagaStore's writer for the durable runs (``--writer``).
+WRITER = "thread"
 
 
 async def durable(lib: Any, path: Path, in_flight: int, count: int, key: Any = None) -> float:
     """Sagas per second on SQLite."""
     ctx_class, bench = saga_class(lib, fail=False)
-    async with lib.SQLiteSagaStore(path) as store:
+    options = {} if WRITER == "thread" else {"writer": WRITER}
+    async with lib.SQLiteSagaStore(path, **options) as store:
         saga = bench(store=store)
         gate = asyncio.Semaphore(in_flight)
         writer = next(
@@ -199,7 +222,13 @@ def main() -> None:
     parser.add_argument(
         "--in-flight", default="1,100,1000", help="durable sagas in flight, comma-separated"
     )
+    parser.add_argument("--writer", choices=("thread", "process"), default="thread",
+                        help='SQLiteSagaStore(writer=...) of the durable runs (both trees)')
+    parser.add_argument("--step-returns", choices=("none", "response"), default="none",
+                        help="what the steps return: None, or a Response (journaled)")
     args = parser.parse_args()
+    global WRITER, RETURNS
+    WRITER, RETURNS = args.writer, args.step_returns
     with tempfile.TemporaryDirectory() as tmp:
         baseline = load_baseline(args.baseline, Path(tmp))
         rounds = 2 if args.quick else args.rounds
