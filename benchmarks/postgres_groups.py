@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,35 @@ def server_cpu_seconds(uid: int) -> float:
             continue  # gone meanwhile
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(work: Callable[[], Awaitable[int]], uid: int) -> tuple[int, float, float, float]:
+    """Run ``work`` (which returns how many iterations it made): that count,
+    the wall seconds, and the client's and the server's CPU seconds per
+    iteration in microseconds."""
+    gc.collect()
+    cpu, served, start = time.process_time(), server_cpu_seconds(uid), time.perf_counter()
+    done = await work()
+    elapsed = time.perf_counter() - start
+    return (done, elapsed, (time.process_time() - cpu) / done * 1e6,
+            (server_cpu_seconds(uid) - served) / done * 1e6)
+
+
+Sample = tuple[int, float, float, float]  # timed()'s
+
+
+async def interleaved(
+    works: dict[str, Callable[[], Awaitable[int]]], rounds: int, uid: int
+) -> dict[str, list[Sample]]:
+    """Each of ``works`` once per round, the one that starts rotating: its
+    ``timed`` samples, by name."""
+    names = list(works)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(await timed(works[name], uid))
+    return samples
 
 
 def as_before(store: Any) -> None:
@@ -116,34 +147,36 @@ async def in_flight(cluster: Any, counts: list[int], rounds: int, fill: int) -> 
         await asyncio.sleep(0.5)
         names = list(stores)
         for n in counts:
-            rate: dict[str, list[float]] = {name: [] for name in names}
-            client: dict[str, list[float]] = {name: [] for name in names}
-            server: dict[str, list[float]] = {name: [] for name in names}
             for name in names:  # warm-up
                 await _sagas(sagas[name], n, 0.5)
-            for r in range(rounds):
-                for name in names[r % 2:] + names[:r % 2]:
-                    gc.collect()
-                    cpu, served, start = time.process_time(), server_cpu_seconds(uid), \
-                        time.perf_counter()
-                    done = await _sagas(sagas[name], n, 1.5)
-                    elapsed = time.perf_counter() - start
-                    rate[name].append(done / elapsed)
-                    client[name].append((time.process_time() - cpu) / done * 1e6)
-                    server[name].append((server_cpu_seconds(uid) - served) / done * 1e6)
+            samples = await interleaved(
+                {name: functools.partial(_sagas, sagas[name], n, 1.5) for name in names},
+                rounds, uid)
             print(f"{n} in flight ({rounds} rounds of 1.5 s):")
+            rates = {name: [done / elapsed for done, elapsed, _, _ in samples[name]]
+                     for name in names}
             for name in names:
-                r, c, s = (statistics.median(v[name]) for v in (rate, client, server))
+                r = statistics.median(rates[name])
+                c, s = (statistics.median(sample[i] for sample in samples[name]) for i in (2, 3))
                 print(f"  {name:<7} {r:>8,.0f} sagas/s"
                       f"   client {c:>5.0f} µs/saga ({r * c / 1e6:.2f} CPU)"
                       f"   server {s:>5.0f} µs/saga ({r * s / 1e6:.2f} CPU)")
-            now, before = rate["now"], rate["before"]
+            now, before = rates["now"], rates["before"]
             ratios = [a / b for a, b in zip(now, before, strict=True)]
             print(f"  now / before: x{statistics.median(now) / statistics.median(before):.2f}"
                   f" (median of per-round ratios x{statistics.median(ratios):.2f})")
     finally:
         for store in stores.values():
             await store.close()
+
+
+async def for_a_second(run: Callable[[], Awaitable[None]]) -> int:
+    """``run`` back to back for about a second: how many times it ran."""
+    start, done = time.perf_counter(), 0
+    while time.perf_counter() - start < 1.0:
+        await run()
+        done += 1
+    return done
 
 
 async def sequential(cluster: Any, rounds: int) -> None:
@@ -197,24 +230,13 @@ async def sequential(cluster: Any, rounds: int) -> None:
         for run in cases.values():
             for _ in range(10):
                 await run()
-        walls: dict[str, list[float]] = {name: [] for name in cases}
-        client: dict[str, list[float]] = {name: [] for name in cases}
-        server: dict[str, list[float]] = {name: [] for name in cases}
-        names_ = list(cases)
-        for r in range(rounds):
-            for name in names_[r % 3:] + names_[:r % 3]:
-                gc.collect()
-                cpu, served, start, done = time.process_time(), server_cpu_seconds(uid), \
-                    time.perf_counter(), 0
-                while time.perf_counter() - start < 1.0:
-                    await cases[name]()
-                    done += 1
-                walls[name].append((time.perf_counter() - start) / done * 1e6)
-                client[name].append((time.process_time() - cpu) / done * 1e6)
-                server[name].append((server_cpu_seconds(uid) - served) / done * 1e6)
+        samples = await interleaved(
+            {name: functools.partial(for_a_second, run) for name, run in cases.items()},
+            rounds, uid)
         print(f"one at a time ({rounds} rounds of 1 s), per iteration:")
-        for name in names_:
-            w, c, s = (statistics.median(v[name]) for v in (walls, client, server))
+        for name, taken in samples.items():
+            w = statistics.median(elapsed / done * 1e6 for done, elapsed, _, _ in taken)
+            c, s = (statistics.median(sample[i] for sample in taken) for i in (2, 3))
             print(f"  {name:<26} wall {w:>6.0f} µs   client CPU {c:>5.0f} µs"
                   f"   server CPU {s:>5.0f} µs")
     finally:
