@@ -157,12 +157,13 @@ def journal_untyped(value: object, path: str) -> Any:
         raise _nesting_error(value, too_deep) from None
 
 
-def journal_object(cls: type) -> tuple[str, Callable[[Any], Any]] | None:
+def journal_object(cls: type, path: str) -> tuple[str, Callable[[Any], Any]] | None:
     """For a class whose instances ``journal_untyped`` writes as an object
     (``{TAG: ["obj", [name, fields]]}``): the name, and what gives an
-    instance's fields in journal form (raising as ``journal_untyped`` would).
-    ``None`` for any other class. So a writer of many values of one class
-    (the step responses of durable sagas) skips the dispatch by type."""
+    instance's fields in journal form (raising as ``journal_untyped(value,
+    path)`` would). ``None`` for any other class. So a writer of many values
+    of one class (the step responses of durable sagas) skips the dispatch by
+    type."""
     # The order of _encode_untyped's tests: only a class that reaches its
     # object branch qualifies.
     if (cls in JSON_SCALARS or cls is float or cls is list or cls is dict or cls in _TAGGED
@@ -176,7 +177,7 @@ def journal_object(cls: type) -> tuple[str, Callable[[Any], Any]] | None:
 
     def fields(value: Any) -> Any:
         try:
-            return object_encoder(value, "response", 1)
+            return object_encoder(value, path, 1)
         except _TooDeep as too_deep:
             raise _nesting_error(value, too_deep) from None
 

@@ -60,7 +60,7 @@ _OBJECT_TEXT: Final[dict[type, tuple[str, Callable[[Any], Any]] | None]] = {}
 
 
 def _learn(cls: type) -> None:
-    plan = journal_object(cls)
+    plan = journal_object(cls, "response")
     if plan is None:
         _OBJECT_TEXT[cls] = None
         return
