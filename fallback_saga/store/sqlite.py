@@ -1731,8 +1731,10 @@ class SQLiteSagaStore:
         that writes; None for another loop (its writes take the thread)."""
         loop = asyncio.get_running_loop()
         process = self._process
-        if process is not None and process.loop is loop and not self._closed:
-            return process  # the hot path: made already, for this loop
+        if process is not None and process.loop is loop:
+            # The hot path: made already, for this loop. (close() clears
+            # _process under the lock: a closed store goes on to refuse below.)
+            return process
         with self._lock:
             if self._closed:
                 raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
