@@ -41,7 +41,7 @@ from fallback_saga.errors import (
     SagaStoreError,
 )
 from fallback_saga.recovery import recover
-from fallback_saga.store.base import Lease, RecoverableStore
+from fallback_saga.store.base import JournalEntry, Lease, RecoverableStore
 from fallback_saga.testing import RecoverableStoreContract, entry
 
 pytest_plugins = ["conftest_pg"]
@@ -380,7 +380,7 @@ async def _groups_prepared_on(pool: Any) -> int:
     async with pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT count(*) FROM pg_prepared_statements"
-            " WHERE statement LIKE '%json_to_recordset%'"
+            " WHERE statement LIKE '%AS w(i int,%'"  # the group statement's writes
         )
         row = await cursor.fetchone()
         return int(row[0])
@@ -689,6 +689,55 @@ async def test_an_error_text_with_nul_characters_is_kept_readable(
     await new_saga(store, "saga-1")
     await store.append("saga-1", [entry(0, "a", StepStatus.FAILED, error="bin\x00ary")])
     assert (await store.load("saga-1")).history[-1].error == "bin\ufffdary"
+
+
+# Texts a JSON encoder or a SQL string could get wrong, each as it must come back.
+_AWKWARD_TEXTS = [
+    "", " ", '"', "\\", '\\"', "'", "';--", '{"p":1}', "[1,2]", "null", "true", "1e309",
+    "line\nbreak\ttab\r", "\x01\x1f\x7f", "é ß 中文", "\U0001f600 astral", "\u2028\u2029",
+    "%s %(x)s {}", "x" * 5000,
+]
+
+
+async def test_every_entry_field_comes_back_exactly_alone_and_in_a_group(
+    store: PostgresSagaStore,
+) -> None:
+    """The entries travel as JSON objects read by ``json_to_recordset``
+    (issue #12): every field comes back as it was written, through the
+    statement a write makes alone and through a group's, whatever the text."""
+    texts = _AWKWARD_TEXTS
+    statuses = list(StepStatus)
+
+    def entries_of(k: int) -> list[JournalEntry]:
+        return [
+            JournalEntry(
+                position=(k + n) % 7,
+                step=texts[(k + n) % len(texts)] or "s",
+                branch="fallback" if n % 2 else "primary",
+                action="compensate" if n % 3 == 0 else "act",
+                status=statuses[(k + n) % len(statuses)],
+                attempt=(k * 7 + n) % 100_000 + 1,
+                error=None if n % 2 == 0 else texts[(k * 3 + n) % len(texts)],
+                at=[1_712_345_678.1234567, 0.1 + 0.2, 1e-300, 1.5e9, 0.0][(k + n) % 5],
+                result=None if n % 3 else texts[(k * 5 + n) % len(texts)],
+            )
+            for n in range(1 + k % 4)
+        ]
+
+    sagas = [f"saga-{k}" for k in range(len(texts) * 2)]
+    await store.create(sagas[0], "OrderSaga", "fp", {}, entries_of(0))  # alone
+    await asyncio.gather(*(  # many in flight: grouped
+        store.create(saga_id, "OrderSaga", "fp", {}, entries_of(k))
+        for k, saga_id in enumerate(sagas) if k
+    ))
+    await asyncio.gather(*(
+        store.append(saga_id, entries_of(k + 1), after=len(entries_of(k)))
+        for k, saga_id in enumerate(sagas)
+    ))
+    assert store.stats.largest_group > 1
+    for k, saga_id in enumerate(sagas):
+        history = (await store.load(saga_id)).history
+        assert history == entries_of(k) + entries_of(k + 1), saga_id
 
 
 async def test_journal_times_round_trip_bit_for_bit(

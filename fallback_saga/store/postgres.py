@@ -357,14 +357,22 @@ def _newer_schema(version: int, current: int) -> SagaStoreError:
 _INTERRUPTED_SQL: Final = "('running', 'compensating')"
 _FINISHED_SQL: Final = "('completed', 'compensated', 'failed')"
 
-# The journal entries of one write: one JSON array of [position, step, branch,
-# action, status, attempt, error, at, result] arrays, numbered from 1 (``n``). One text
-# parameter costs the client far less than one array parameter per column;
-# ``json`` (not ``jsonb``) keeps each number's text, so times parse exactly.
-_ENTRIES: Final = "json_array_elements(%s::json) WITH ORDINALITY AS e(v, n)"
+# The journal entries of one write: one JSON array of objects, one per entry,
+# numbered from 1 (``n``). json_to_recordset reads each object once; ``->>``
+# on an array element would parse the element again for every field (issue
+# #12: 15 -> 7 µs of server CPU per write). The keys are one letter
+# (``_entry_objects``): p position, s step, b branch, a action, t status,
+# y attempt, e error, w at ("when"), r result. One text parameter costs the
+# client far less than one array parameter per column; ``json`` (not
+# ``jsonb``) keeps each number's text, so times parse exactly.
+_ENTRIES_OF: Final = (  # {}: the JSON array
+    "ROWS FROM (json_to_recordset({}) AS (p int, s text, b text, a text, t text,"
+    " y int, e text, w float8, r text)) WITH ORDINALITY"
+    " AS e(position, step, branch, action, status, attempt, error, at, result, n)"
+)
+_ENTRIES: Final = _ENTRIES_OF.format("%s::json")
 _ENTRY_VALUES: Final = (
-    "(e.v->>0)::int, e.v->>1, e.v->>2, e.v->>3, e.v->>4, (e.v->>5)::int, e.v->>6,"
-    " (e.v->>7)::float8, e.v->>8"
+    "e.position, e.step, e.branch, e.action, e.status, e.attempt, e.error, e.at, e.result"
 )
 _STEP_COLUMNS: Final = (
     "(saga_id, seq, position, step, branch, action, status, attempt, error, at, result)"
@@ -467,7 +475,7 @@ class _Statements:
             f"), journal AS ("
             f" INSERT INTO {steps} {_STEP_COLUMNS}"
             f" SELECT done.saga_id, done.start + e.n - 1, {_ENTRY_VALUES}"
-            f" FROM done, json_array_elements(done.es) WITH ORDINALITY AS e(v, n)"
+            f" FROM done, {_ENTRIES_OF.format('done.es')}"
             f") SELECT i FROM done"
         )
         self.fence_of = f"SELECT fence, journal_length FROM {sagas} WHERE saga_id = %s"
@@ -621,8 +629,8 @@ _UNSTORABLE_CONTEXT: Final = re.compile(
 
 
 def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
-    """The entries as ``_ENTRIES`` reads them (a ``JournalEntry`` is a tuple:
-    it encodes as a JSON array, its StepStatus as its string value)."""
+    """The entries as ``_ENTRIES`` reads them: a JSON array of one object per
+    entry (``_entry_objects``), a StepStatus as its string value."""
     if not entries:
         return "[]"
     rows: Sequence[Sequence[Any]] = entries
@@ -634,11 +642,19 @@ def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
             for e in entries
         ]
     try:
-        return encode_json(rows)
+        return encode_json(_entry_objects(rows))
     except (TypeError, ValueError) as error:
         raise SagaStoreError(
             f"the journal entries of saga {short_repr(saga_id)} cannot be stored: {error}"
         ) from error
+
+
+def _entry_objects(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Each entry as the object ``_ENTRIES`` names its fields by."""
+    return [
+        {"p": p, "s": s, "b": b, "a": a, "t": t, "y": y, "e": e, "w": w, "r": r}
+        for p, s, b, a, t, y, e, w, r in rows
+    ]
 
 
 # What PostgreSQL text cannot hold: NUL, and the lone surrogates UTF-8 cannot encode.
