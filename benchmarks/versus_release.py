@@ -16,7 +16,12 @@ alone; ``--cpu`` adds the CPU microseconds per saga of the event-loop thread
 and of the store's writer thread, medians too; ``--writer process`` runs
 them on ``SQLiteSagaStore(path, writer="process")``, whose writes the
 writer thread then does not see; ``--step-returns response`` has the steps
-return a ``Response``, journaled as an object, instead of ``None``). A
+return a ``Response``, journaled as an object, instead of ``None``).
+``--only postgres`` runs the durable saga on ``PostgresSagaStore`` instead,
+on a throwaway cluster (``tests/pg_cluster.py``): both trees' stores on one
+schema (the same tables, first filled with ``--fill`` sagas and analyzed, so
+neither tree gets fresher tables), with the client's and the server's CPU
+per saga (``--cpu``). Each round the tree that starts alternates. A
 regression check for changes that are not about speed (the journal-truth
 work of 0.5.0 was measured this way), not a replacement for ``compare.py``.
 """
@@ -27,7 +32,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import importlib.util
+import os
 import shutil
 import statistics
 import sys
@@ -161,6 +168,71 @@ async def durable(lib: Any, path: Path, in_flight: int, count: int, key: Any = N
         return count / elapsed
 
 
+# PostgreSQL (``--only postgres``): by tree, its store and saga, made once.
+PG_SAGAS: dict[str, tuple[Any, Any, Any]] = {}
+PG_SERVER_UID: list[int] = []  # the cluster's OS user, whose CPU is the server's
+
+
+async def postgres_setup(libs: dict[str, ModuleType], conninfo: str, fill: int) -> None:
+    """One store per tree on one schema, filled and analyzed (every
+    statement then prepared, as in a service that has run a while)."""
+    for lib in libs.values():
+        from_module = importlib.import_module(f"{lib.__name__}.store.postgres")
+        store = from_module.PostgresSagaStore(conninfo, schema="versus")
+        await store.open()
+        ctx_class, bench = saga_class(lib, fail=False)
+        PG_SAGAS[lib.__name__] = (store, ctx_class, bench(store=store))
+    while True:
+        for lib in libs.values():
+            await postgres(lib, 100, 1000)
+        store = PG_SAGAS[fallback_saga.__name__][0]
+        async with store.pool.connection() as conn:
+            (rows,) = await (await conn.execute(
+                "SELECT count(*) FROM versus.fallback_saga_sagas")).fetchone()
+            if rows >= fill:
+                await conn.execute("ANALYZE versus.fallback_saga_sagas")
+                await conn.execute("ANALYZE versus.fallback_saga_steps")
+                break
+    for store, _, _ in PG_SAGAS.values():
+        store._size_check_at = 0.0  # read the analyzed sizes now: prepare
+        store._check_sizes_soon()
+        await asyncio.gather(*store._size_checks)
+
+
+async def postgres_close() -> None:
+    for store, _, _ in PG_SAGAS.values():
+        await store.close()
+
+
+async def postgres(lib: Any, in_flight: int, count: int, key: Any = None) -> float:
+    """Sagas per second on PostgreSQL; ids by tree, so both share the tables."""
+    from postgres_groups import server_cpu_seconds
+
+    _, ctx_class, saga = PG_SAGAS[lib.__name__]
+    gate = asyncio.Semaphore(in_flight)
+    prefix = f"{lib.__name__}-{time.monotonic_ns():x}-"
+
+    async def one(n: int) -> None:
+        async with gate:
+            await saga.run(ctx_class(order_id="o"), saga_id=f"{prefix}{n:x}")
+
+    client0, server0 = time.process_time(), server_cpu_seconds(PG_SERVER_UID[0])
+    started = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(count)))
+    elapsed = time.perf_counter() - started
+    if key is not None:
+        CPU.setdefault(key, []).append(
+            ((time.process_time() - client0) / count * 1e6,
+             (server_cpu_seconds(PG_SERVER_UID[0]) - server0) / count * 1e6)
+        )
+    return count / elapsed
+
+
+def _postgres_workload(in_flight: int, count: int) -> tuple[str, str, Any]:
+    name = f"durable PostgreSQL, {in_flight:,} in flight"
+    return name, "sagas/s", lambda lib, n: postgres(lib, in_flight, count, (name, lib.__name__))
+
+
 def _durable_workload(tmp: Path, in_flight: int, count: int) -> tuple[str, str, Any]:
     name = f"durable SQLite, {in_flight:,} in flight"
 
@@ -189,18 +261,23 @@ async def compare(
             ("fail3, memory", "µs/saga",
              lambda lib, n: in_memory(lib, True, 300 if quick else 5000)),
         ]
+    counts = {1: 20 if quick else 300, 100: 200 if quick else 3000}
     if only in ("all", "durable"):
-        counts = {1: 20 if quick else 300, 100: 200 if quick else 3000}
         workloads += [
             _durable_workload(tmp, n, counts.get(n, 2 * n if quick else 10 * n))
             for n in in_flight
         ]
+    if only == "postgres":
+        workloads += [
+            _postgres_workload(n, counts.get(n, 2 * n if quick else 10 * n)) for n in in_flight
+        ]
     print(f"{'workload':32} {'this tree':>12} {'baseline':>12} {'ratio':>7}")
+    labels = list(libs)
     for name, unit, run in workloads:
         results: dict[str, list[float]] = {label: [] for label in libs}
         for number in range(rounds):
-            for label, lib in libs.items():
-                results[label].append(await run(lib, number))
+            for label in labels[number % 2:] + labels[:number % 2]:  # who starts alternates
+                results[label].append(await run(libs[label], number))
         now, then = (statistics.median(results[label]) for label in libs)
         print(f"{name:32} {now:>12,.1f} {then:>12,.1f} {now / then:>7.2f}  ({unit})", flush=True)
         if cpu and any(key[0] == name for key in CPU):
@@ -208,8 +285,10 @@ async def compare(
                 samples = CPU.get((name, lib.__name__), [])
                 loop_us = statistics.median(s[0] for s in samples)
                 writer_us = statistics.median(s[1] for s in samples)
-                print(f"    {label:12} CPU µs/saga: loop thread {loop_us:6.1f}, "
-                      f"writer thread {writer_us:6.1f}", flush=True)
+                sides = ("client", "server") if only == "postgres" else (
+                    "loop thread", "writer thread")
+                print(f"    {label:12} CPU µs/saga: {sides[0]} {loop_us:6.1f}, "
+                      f"{sides[1]} {writer_us:6.1f}", flush=True)
 
 
 def main() -> None:
@@ -217,8 +296,11 @@ def main() -> None:
     parser.add_argument("baseline", type=Path, help="an earlier release's fallback_saga folder")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="tiny run (a smoke test)")
-    parser.add_argument("--only", choices=("all", "memory", "durable"), default="all")
+    parser.add_argument("--only", choices=("all", "memory", "durable", "postgres"), default="all",
+                        help="postgres: the durable runs on PostgresSagaStore (not in all)")
     parser.add_argument("--cpu", action="store_true", help="CPU per thread of durable runs")
+    parser.add_argument("--fill", type=int, default=12_000,
+                        help="postgres: sagas in the tables before timing (then ANALYZE)")
     parser.add_argument(
         "--in-flight", default="1,100,1000", help="durable sagas in flight, comma-separated"
     )
@@ -229,13 +311,31 @@ def main() -> None:
     args = parser.parse_args()
     global WRITER, RETURNS
     WRITER, RETURNS = args.writer, args.step_returns
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         baseline = load_baseline(args.baseline, Path(tmp))
         rounds = 2 if args.quick else args.rounds
         in_flight = tuple(int(n) for n in args.in_flight.split(","))
-        asyncio.run(
-            compare(baseline, rounds, args.quick, Path(tmp), args.only, args.cpu, in_flight)
-        )
+        conninfo = None
+        if args.only == "postgres":
+            sys.path.insert(0, str(ROOT / "tests"))  # pg_cluster
+            sys.path.insert(0, str(ROOT / "benchmarks"))  # postgres_groups
+            from pg_cluster import PostgresCluster
+
+            cluster = stack.enter_context(PostgresCluster.start_new())
+            conninfo = cluster.conninfo
+            PG_SERVER_UID.append(cluster.run_as.pw_uid if cluster.run_as else os.getuid())
+
+        async def main_async() -> None:
+            if conninfo is not None:
+                await postgres_setup({"this tree": fallback_saga, "baseline": baseline},
+                                     conninfo, 100 if args.quick else args.fill)
+            try:
+                await compare(baseline, rounds, args.quick, Path(tmp), args.only, args.cpu,
+                              in_flight)
+            finally:
+                await postgres_close()
+
+        asyncio.run(main_async())
 
 
 if __name__ == "__main__":

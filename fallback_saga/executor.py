@@ -1402,21 +1402,23 @@ class Execution(StepCursor):
         store = self.store
         settings = self.settings
         if settings.submitted_writes:
-            # The hot path of durable sagas on SQLite: the first try is queued
-            # by a plain call and its future awaited right here (no task, no
-            # coroutine to drive); a failure goes on to the retries. The
-            # future refuses cancellation: a cancellation of this task
+            # The hot path of durable sagas (SQLite, PostgreSQL): the first try
+            # is queued by a plain call and its future awaited right here (no
+            # task, no coroutine to drive); a failure goes on to the retries.
+            # The future refuses cancellation: a cancellation of this task
             # arrives once the write's outcome is known (see settle_inline).
+            # The store ends it by the deadline, as settle_inline would.
             deadline = self._deadline()
             failure: BaseException | None = None
             cancelled = False
             try:
                 if create:
                     written_by = store.submit_create(  # type: ignore[attr-defined]
-                        self.saga_id, saga_name, settings.fingerprint, context, entries, status)
+                        self.saga_id, saga_name, settings.fingerprint, context, entries, status,
+                        deadline)
                 else:
                     written_by = store.submit_append(  # type: ignore[attr-defined]
-                        self.saga_id, entries, status, context, self.fence, written)
+                        self.saga_id, entries, status, context, self.fence, written, deadline)
             except Exception as error:  # bad input: nothing was queued
                 failure = error
             else:

@@ -242,11 +242,16 @@ def writes_outlive_cancellation(store: object) -> bool:
 def submits_writes(store: object) -> bool:
     """Whether ``store`` (one whose writes outlive cancellation) also queues
     a journal write by a plain call: ``submit_create(saga_id, saga_name,
-    fingerprint, context, entries, status)`` and ``submit_append(saga_id,
-    entries, status, context, fence, after)`` raise on bad input, else return
-    the write's future, which refuses cancellation and ends with the write's
-    outcome (``SQLiteSagaStore``). The executor then awaits that future
-    itself: no coroutine per write to create and drive (``settle_inline``).
+    fingerprint, context, entries, status, deadline)`` and
+    ``submit_append(saga_id, entries, status, context, fence, after,
+    deadline)`` raise on bad input, else return the write's future, which
+    refuses cancellation and ends with the write's outcome (``SQLiteSagaStore``,
+    ``PostgresSagaStore``). ``deadline`` (loop time, or None) is the run's
+    ``journal_timeout``: a store that cannot bound its own writes by it must
+    not submit. (PostgreSQL's group commit ends a write still unanswered then
+    with ``TimeoutError``, as ``settle_inline`` would; SQLite's writer bounds
+    each write itself: a lock by ``busy_timeout``.) The executor then awaits
+    that future itself: no coroutine per write to create and drive.
 
     Asked of the class, and only where ``create`` and ``append`` are the
     submitting class's own: a wrapper delegating through ``__getattr__`` or a

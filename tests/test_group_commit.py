@@ -15,16 +15,22 @@ every interleaving below is decided by the test, never by timing:
   only the bad write fails; a group whose commit is in doubt fails every
   write and retries none; an outcome that is an exception goes to its writer
   only;
-* ``idle()`` waits for queued writes.
+* ``idle()`` waits for queued writes;
+* a submitted write (``submit``) refuses cancellation and ends by its
+  deadline: never sent if still queued, in doubt if on its way, with one
+  timer per group rather than one per write.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers_clock import VirtualClockLoop, run_virtual
 
+from fallback_saga.errors import SagaStoreError
 from fallback_saga.store._group_commit import (
     GATHER_TRIPS,
     MAX_GROUP,
@@ -390,3 +396,175 @@ async def test_idle_returns_once_every_write_is_done_even_before_the_tasks_are_f
     ended.set_result(None)
     writer._drains.add(ended)  # type: ignore[arg-type]  # done, not forgotten yet
     await writer.idle()
+
+
+# ---------------------------------------------------------------- submitted writes
+# ``submit``: the executor's hot path. The future refuses cancellation and the
+# group commit ends it by the write's deadline (virtual time: helpers_clock).
+
+
+class CountingClockLoop(VirtualClockLoop):
+    """Counts the timers set (``call_at``)."""
+
+    timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+def run_counting(main: Callable[[CountingClockLoop], Coroutine[Any, Any, None]]) -> None:
+    loop = CountingClockLoop()
+    try:
+        loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+
+
+async def test_a_submitted_write_refuses_cancellation_and_ends_with_its_outcome() -> None:
+    server = Server()
+    writer = group(server)
+    future = writer.submit("w0", None)
+    assert future.cancel() is False
+    await settle()
+    server.release_all()
+    assert await future == "ok w0"
+    server.refuse.add("w1")
+    refused = writer.submit("w1", None)
+    await settle()
+    server.release_all()
+    with pytest.raises(ValueError, match="refused w1"):
+        await refused
+
+
+def test_a_submitted_write_still_queued_at_its_deadline_is_never_sent() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = Server()
+        writer = group(server)
+        blocker = writer.submit("w0", None)  # alone, held by the server
+        await settle()
+        start = loop.time()
+        queued = writer.submit("w1", start + 10)
+        with pytest.raises(TimeoutError, match="not sent"):
+            await queued
+        assert loop.time() == start + 10
+        server.release_all()
+        assert await blocker == "ok w0"
+        await writer.idle()
+        assert server.calls == [("one", "w0")]
+
+    run_virtual(main)
+
+
+def test_a_submitted_write_on_its_way_at_its_deadline_ends_in_doubt_alone() -> None:
+    """Its group goes on; the other writes of the group (no deadline, or a
+    later one) get their outcomes."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = Server()
+        writer = group(server)
+        blocker = writer.submit("w0", None)
+        await settle()
+        start = loop.time()
+        soon = writer.submit("w1", start + 5)
+        unbounded = writer.submit("w2", None)
+        later = writer.submit("w3", start + 20)
+        server.release_all()
+        assert await blocker == "ok w0"
+        await settle()
+        assert server.calls[-1] == ("many", ["w1", "w2", "w3"])  # on its way, held
+        with pytest.raises(TimeoutError, match="may have landed"):
+            await soon
+        assert loop.time() == start + 5
+        assert not unbounded.done()
+        assert not later.done()
+        server.release_all()
+        assert (await unbounded, await later) == ("ok w2", "ok w3")
+        assert loop.time() == start + 5
+
+    run_virtual(main)
+
+
+def test_a_submitted_write_alone_ends_in_doubt_at_its_deadline() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = Server()
+        writer = group(server)
+        start = loop.time()
+        alone = writer.submit("w0", start + 3)
+        with pytest.raises(TimeoutError, match="may have landed"):
+            await alone
+        assert loop.time() == start + 3
+        server.release_all()
+        await writer.idle()
+        assert server.calls == [("one", "w0")]
+
+    run_virtual(main)
+
+
+def test_a_queued_write_with_a_sooner_deadline_ends_by_its_own() -> None:
+    """Deadlines need not come in the order the writes were made (sagas with
+    different ``journal_timeout``s share one store)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = Server()
+        writer = group(server)
+        writer.submit("w0", None)
+        await settle()
+        start = loop.time()
+        late = writer.submit("w1", start + 30)
+        soon = writer.submit("w2", start + 5)
+        with pytest.raises(TimeoutError, match="not sent"):
+            await soon
+        assert loop.time() == start + 5
+        assert not late.done()
+        server.release_all()
+        await settle()
+        server.release_all()  # w1's group
+        assert await late == "ok w1"
+        assert ("one", "w2") not in server.calls
+        assert all(
+            "w2" not in requests for kind, requests in server.calls if kind == "many")
+
+    run_virtual(main)
+
+
+def test_submitted_writes_cost_one_timer_per_group_not_one_per_write() -> None:
+    async def main(loop: CountingClockLoop) -> None:
+        server = Server()
+        writer = group(server)
+        blocker = writer.submit("w0", None)
+        await settle()
+        before = loop.timers
+        writes = [writer.submit(f"w{n}", loop.time() + 10) for n in range(1, 101)]
+        server.release_all()
+        await blocker
+        await settle()
+        server.release_all()
+        assert await asyncio.gather(*writes) == [f"ok w{n}" for n in range(1, 101)]
+        assert loop.timers - before <= 2, loop.timers - before  # the queue's, the group's
+
+    run_counting(main)
+
+
+async def test_submitted_writes_get_an_error_when_the_group_commit_is_stopped() -> None:
+    """Its tasks cancelled (the loop is closing): a future that refuses
+    cancellation would otherwise never end."""
+    server = Server()
+    writer = group(server)
+    alone = writer.submit("w0", None)
+    await settle()
+    queued = writer.submit("w1", None)
+    await settle()
+    for task in list(writer._drains):  # w0's: w1 then takes the freed slot
+        task.cancel()
+    await settle()
+    assert isinstance(alone.exception(), SagaStoreError)
+    assert server.calls[-1] == ("one", "w1")  # a group of one: held
+    for task in list(writer._drains):
+        task.cancel()
+    await settle()
+    assert isinstance(queued.exception(), SagaStoreError)

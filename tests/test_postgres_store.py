@@ -1446,6 +1446,72 @@ async def test_saga_resume_continues_from_the_journal(store: PostgresSagaStore) 
     assert record.context["charged"] == 100  # Charge did not run again
 
 
+async def test_S13_a_postgres_write_that_never_answers_stops_the_run_at_journal_timeout(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """The executor submits each write to the store (``submit_append``) and
+    awaits its future; the store's group commit, not a timer of the
+    executor's, ends it at the run's ``journal_timeout``. Here a row lock
+    holds the write after Reserve at the server: the run stops in doubt
+    with no further effect, the write lands once the lock goes, and recovery
+    finishes the saga from the journal — every effect once."""
+    from fallback_saga import RetryPolicy, SagaInterrupted
+    from fallback_saga.journal import submits_writes
+
+    effects: list[str] = []
+    locker = await psycopg.AsyncConnection.connect(pg_conninfo)
+    await locker.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+    await locker.commit()
+
+    class LockedReserve:
+        async def act(self, ctx: Order) -> None:
+            effects.append("reserve")
+            # The saga's row, locked until the test commits: the append that
+            # journals this step's completion waits at the server.
+            await locker.execute(
+                "SELECT 1 FROM fallback_saga_sagas WHERE saga_id = %s FOR UPDATE",
+                (ctx.order_id,))
+
+        async def compensate(self, ctx: Order) -> None:
+            effects.append("release")
+
+    class Counted(Charge):
+        async def act(self, ctx: Order) -> None:
+            effects.append("charge")
+            await super().act(ctx)
+
+    class LockedSaga(Saga[Order]):
+        saga_name = "LockedSaga"
+        steps = [LockedReserve, Counted, Ship]
+
+    try:
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+            assert submits_writes(store)
+            saga = LockedSaga(store=store, journal_timeout=0.5,
+                              journal_retry=RetryPolicy(attempts=3, delay=0.01, jitter=0))
+            run = asyncio.create_task(saga.run(Order(order_id="p-1"), saga_id="p-1"))
+            finished, _ = await asyncio.wait({run}, timeout=30)  # a safety net: no hang
+            assert finished, "the write waited on past journal_timeout"
+            with pytest.raises(SagaInterrupted) as stopped:
+                await run
+            assert stopped.value.in_doubt
+            assert isinstance(stopped.value.error, TimeoutError)
+            assert effects == ["reserve"]  # nothing after a write the journal may lack
+            await locker.commit()  # the lock goes: the write in doubt lands
+            await store._journal.idle()
+            history = (await store.load("p-1")).history
+            assert [(e.step, e.status.value) for e in history] == [
+                ("LockedReserve", "started"), ("LockedReserve", "completed"),
+                ("Counted", "started"),
+            ]
+            report = await recover(store, [saga], older_than=0, lease=60)
+            assert report.resumed == ["p-1"]
+            assert (await store.load("p-1")).status is SagaStatus.COMPLETED
+            assert effects == ["reserve", "charge"]  # Reserve never again
+    finally:
+        await locker.close()
+
+
 async def test_recover_claims_and_finishes_interrupted_sagas(store: PostgresSagaStore) -> None:
     for n in range(5):
         await _crashed(store, f"saga-{n}")

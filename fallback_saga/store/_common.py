@@ -1,8 +1,10 @@
 """Helpers shared by the durable stores (SQLite, PostgreSQL): compact JSON
-that refuses NaN, and the checks of saga ids, durations and counts they take."""
+that refuses NaN, the checks of saga ids, durations and counts they take, and
+the future of a journal write the executor awaits itself."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from ..status import SagaStatus
 
 __all__ = [
     "MAX_SAGA_ID_LENGTH",
+    "JournalFuture",
     "check_owner",
     "check_saga_id",
     "decode_json",
@@ -21,6 +24,22 @@ __all__ = [
     "short_repr",
     "status_text",
 ]
+
+
+class JournalFuture(asyncio.Future[Any]):
+    """The future of a journal write (``create``/``append``) that a store
+    makes whatever happens to the task awaiting it (SQLite: on its writer's
+    queue; PostgreSQL: by its group commit's tasks): it cannot be cancelled.
+    A task cancelled meanwhile gets its ``CancelledError`` once the outcome
+    is known — with the outcome still readable here — instead of losing it.
+    The executor relies on that (``outlives_cancellation``) to wait for a
+    journal write without a task or a shield of its own: one wake-up per
+    write (``journal.submits_writes``)."""
+
+    outlives_cancellation: Final = True
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 def _not_json(value: object) -> Any:

@@ -35,6 +35,12 @@ Rules that keep it correct:
 * **A cancelled write that is still queued is never sent.** Once it is part
   of a transaction on its way, it may or may not be written — as with a
   cancelled direct write.
+* **A submitted write ends by its deadline.** ``submit`` (the executor's
+  hot path) returns a future that refuses cancellation, bounded by the
+  write's deadline: a write still queued then is dropped (never sent), one
+  on its way is reported in doubt (``TimeoutError``; it may land all the
+  same). One timer per group (and one for the queue) does this, not one per
+  write.
 * **One bad write does not sink the others.** When the server refused a
   grouped transaction (it was rolled back: nothing in it was written),
   ``write_many`` raises ``RetryAlone`` and each write is retried on its own,
@@ -51,7 +57,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from ..errors import SagaStoreError
 from ..shielding import own_task
+from ._common import JournalFuture
 
 __all__ = ["GroupCommit", "RetryAlone"]
 
@@ -67,6 +75,10 @@ SHARE_AT_LEAST = 32
 # At most this many trips through the event loop for a burst of writes to join
 # a group: the callers one commit woke make their next writes in the next trip.
 GATHER_TRIPS = 1
+
+
+# A queued write: the request, its future, its deadline (loop time) or None.
+_Entry = tuple[W, "asyncio.Future[R]", float | None]
 
 
 class RetryAlone(Exception):
@@ -97,7 +109,9 @@ class GroupCommit(Generic[W, R]):
         self._gathering = False  # a group waits for its burst to join
         self._write_one = write_one
         self._write_many = write_many
-        self._queue: list[tuple[W, asyncio.Future[R]]] = []
+        self._queue: list[_Entry[W, R]] = []
+        # Drops a submitted write still queued at its deadline (never sent).
+        self._queue_deadlines: _Deadlines[W, R] = _Deadlines(self._queue, queued=True)
         self._drains: set[asyncio.Task[None]] = set()  # groups and writes alone on their way
         self.writes = 0  # requests (refused ones included)
         self.commits = 0  # transactions sent: one per request alone, one per group
@@ -111,28 +125,50 @@ class GroupCommit(Generic[W, R]):
         driver can cancel the caller) and runs to its end whatever happens
         to the caller meanwhile (the store says so to the executor:
         ``writes_outlive_cancellation``)."""
-        self.writes += 1
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        if not self._grouped:
-            self.commits += 1
-            self._start(self._alone(request, future, counted=False))
-            return await future
-        if self._busy == 0 and not self._queue:
-            # Nothing else on its way: go now, alone.
-            self._busy = 1
-            self.commits += 1
-            self._start(self._alone(request, future, counted=True))
-            return await future
-        entry = (request, future)
-        self._queue.append(entry)
-        self._kick()
+        entry = self._send(request, future, None)
         try:
             return await future
         except asyncio.CancelledError:
             # Still queued: it is never sent. (Already sent: nothing to undo.)
-            with contextlib.suppress(ValueError):
-                self._queue.remove(entry)
+            if entry is not None:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(entry)
             raise
+
+    def submit(self, request: W, deadline: float | None) -> asyncio.Future[R]:
+        """``write`` by a plain call: the write is started or queued at once,
+        and its future returned. The future refuses cancellation (a task
+        cancelled while awaiting it gets its ``CancelledError`` once the
+        outcome is known: ``JournalFuture``) and ends by ``deadline`` (loop
+        time; None: no bound) — with ``TimeoutError`` if the write has not
+        ended by then: never sent if it was still queued, in doubt if it was
+        on its way. (The executor's hot path: no coroutine per write to
+        create and drive, no timer per write.)"""
+        future: asyncio.Future[R] = JournalFuture()
+        self._send(request, future, deadline)
+        return future
+
+    def _send(
+        self, request: W, future: asyncio.Future[R], deadline: float | None
+    ) -> _Entry[W, R] | None:
+        """Start the write alone, or queue it (its queue entry)."""
+        self.writes += 1
+        if not self._grouped or (self._busy == 0 and not self._queue):
+            # Not grouping, or nothing else on its way: go now, alone.
+            counted = self._grouped
+            if counted:
+                self._busy = 1
+            self.commits += 1
+            bound = None if deadline is None else _Deadlines([(request, future, deadline)])
+            self._start(self._alone(request, future, counted=counted, bound=bound))
+            return None
+        entry = (request, future, deadline)
+        self._queue.append(entry)
+        if deadline is not None:
+            self._queue_deadlines.watch(deadline)
+        self._kick()
+        return entry
 
     def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
         # Started eagerly where Python can (3.12+): no trip through the loop
@@ -142,21 +178,31 @@ class GroupCommit(Generic[W, R]):
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
 
-    async def _alone(self, request: W, future: asyncio.Future[R], *, counted: bool) -> None:
+    async def _alone(
+        self,
+        request: W,
+        future: asyncio.Future[R],
+        *,
+        counted: bool,
+        bound: _Deadlines[W, R] | None = None,
+    ) -> None:
         """One write alone, its outcome on ``future`` (dropped when the caller
-        stopped waiting: the write was made all the same)."""
+        stopped waiting, or its deadline passed: the write was made all the
+        same)."""
         try:
             result = await self._write_one(request)
         except Exception as error:
             if not future.done():
                 future.set_exception(error)
         except BaseException:
-            future.cancel()  # this task was cancelled (the loop is closing), or worse
+            _stopped(future)  # this task was cancelled (the loop is closing), or worse
             raise
         else:
             if not future.done():
                 future.set_result(result)
         finally:
+            if bound is not None:
+                bound.stop()
             if counted:
                 self._busy -= 1
                 self._kick()
@@ -179,7 +225,7 @@ class GroupCommit(Generic[W, R]):
             task.add_done_callback(self._drains.discard)
 
     async def _drain(self) -> None:
-        group: list[tuple[W, asyncio.Future[R]]] = []
+        group: list[_Entry[W, R]] = []
         finished = False
         try:
             # Let the writes of this burst join: the loop goes round while
@@ -205,9 +251,9 @@ class GroupCommit(Generic[W, R]):
             else:
                 # This task itself was cancelled (the loop is closing): nobody
                 # will answer these writes, nor those queued, so say so.
-                for _, future in group + self._queue:
+                for _, future, _ in group + self._queue:
                     if not future.done():
-                        future.cancel()
+                        _stopped(future)
                 self._queue.clear()
 
     def _share(self) -> int:
@@ -221,24 +267,32 @@ class GroupCommit(Generic[W, R]):
         share = -(-len(self._queue) // self._slots)  # ceiling
         return min(MAX_GROUP, max(SHARE_AT_LEAST, share))
 
-    async def _write_group(self, group: list[tuple[W, asyncio.Future[R]]]) -> None:
-        live = [(request, future) for request, future in group if not future.done()]
+    async def _write_group(self, group: list[_Entry[W, R]]) -> None:
+        live = [entry for entry in group if not entry[1].done()]
         if not live:
             return
+        bound = _Deadlines(live) if any(entry[2] is not None for entry in live) else None
+        try:
+            await self._write_live(live)
+        finally:
+            if bound is not None:
+                bound.stop()
+
+    async def _write_live(self, live: list[_Entry[W, R]]) -> None:
         if len(live) > 1:
             self.commits += 1
             self.largest_group = max(self.largest_group, len(live))
             try:
-                outcomes = await self._write_many([request for request, _ in live])
+                outcomes = await self._write_many([request for request, _, _ in live])
             except RetryAlone:
                 pass  # rolled back: each on its own below
             except Exception as error:  # a bug in write_many: fail the group
-                for _, future in live:
+                for _, future, _ in live:
                     if not future.done():
                         future.set_exception(error)
                 return
             else:
-                for (_, future), outcome in zip(live, outcomes, strict=True):
+                for (_, future, _), outcome in zip(live, outcomes, strict=True):
                     if future.done():
                         continue
                     if isinstance(outcome, BaseException):
@@ -246,7 +300,7 @@ class GroupCommit(Generic[W, R]):
                     else:
                         future.set_result(outcome)
                 return
-        for request, future in live:
+        for request, future, _ in live:
             if future.done():
                 continue
             self.commits += 1
@@ -258,3 +312,69 @@ class GroupCommit(Generic[W, R]):
             else:
                 if not future.done():
                     future.set_result(result)
+
+
+def _stopped(future: asyncio.Future[Any]) -> None:
+    """Nobody will answer this write (its task was cancelled: the loop is
+    closing): cancel its future, or fail one that refuses cancellation."""
+    if not future.done() and not future.cancel():
+        future.set_exception(
+            SagaStoreError("the store stopped before this journal write's outcome was known")
+        )
+
+
+class _Deadlines(Generic[W, R]):
+    """Ends each submitted write of ``entries`` (a list, perhaps one that
+    changes: the queue) not done by its deadline, with ``TimeoutError``: one
+    timer at a time, at the soonest deadline. ``queued``: the writes are
+    still queued — one at its deadline leaves the queue, never sent; else
+    they are on their way, and in doubt."""
+
+    __slots__ = ("_due", "_entries", "_queued", "_timer")
+
+    def __init__(self, entries: list[_Entry[W, R]], *, queued: bool = False) -> None:
+        self._entries = entries
+        self._queued = queued
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # the deadline the timer is set for
+        if not queued:
+            self._arm()
+
+    def watch(self, deadline: float) -> None:
+        """A write with this deadline joined ``entries``."""
+        if self._timer is None or deadline < self._due:
+            self.stop()
+            self._due = deadline
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        soonest = min(
+            (deadline for _, future, deadline in self._entries
+             if deadline is not None and not future.done()),
+            default=None,
+        )
+        self._timer = None
+        if soonest is not None:
+            self._due = soonest
+            self._timer = asyncio.get_running_loop().call_at(soonest, self._expire)
+
+    def _expire(self) -> None:
+        # The loop runs a timer up to its clock's resolution early: the
+        # deadline it was set for has come all the same.
+        now = max(asyncio.get_running_loop().time(), self._due)
+        expired = [entry for entry in self._entries
+                   if entry[2] is not None and entry[2] <= now and not entry[1].done()]
+        for entry in expired:
+            if self._queued:
+                self._entries.remove(entry)
+                entry[1].set_exception(TimeoutError(
+                    "the journal write was still queued at its deadline: it was not sent"))
+            else:
+                entry[1].set_exception(TimeoutError(
+                    "the journal write was on its way at its deadline: it may have landed"))
+        self._arm()

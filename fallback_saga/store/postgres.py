@@ -736,9 +736,6 @@ _Write = tuple[str, str, list[Any]]  # doing, statement, parameters
 # and a commit more for both sides to pay for.
 _GROUP_SLOTS: Final = 3
 
-# What a grouped write that was made returns (a single write's first row).
-_MADE: Final = (1,)
-
 # The statements that find many sagas at once (a group's, the claim's) are
 # prepared (their plan cached by the server) only once the sagas and steps
 # tables hold this many rows by the server's statistics (pg_class.reltuples:
@@ -841,11 +838,14 @@ class PostgresSagaStore:
     appends_after: Final = True
     # The keyword filters list_sagas takes beyond the protocol's (RecoverableStore).
     listing_filters: Final = ("before", "created_since", "created_until")
-    # create/append only wait on futures: the statements run in tasks of their
-    # own (the group commit's, and one for append's follow-up read), so they
-    # bind nothing to the awaiting task and run to their end whatever happens
-    # to it. The executor then drives them from the saga's task (journal.py).
+    # create/append only wait on futures: the statements (and an append's
+    # follow-up read) run in the group commit's tasks, so they bind nothing
+    # to the awaiting task and run to their end whatever happens to it. The
+    # executor then drives them from the saga's task (journal.py) ...
     writes_outlive_cancellation: Final = True
+    # ... or, rather, queues each write by a plain call and awaits its future
+    # (submit_create/submit_append).
+    submits_writes: Final = True
 
     def __init__(
         self,
@@ -927,7 +927,7 @@ class PostgresSagaStore:
         # (one statement, one round trip), at most _GROUP_SLOTS on their way.
         # A libpq without pipeline mode (older than 14) writes each alone.
         self.group_commit: bool = group_commit and psycopg.Pipeline.is_supported()
-        self._journal: GroupCommit[_Write, Any] = GroupCommit(
+        self._journal: GroupCommit[_Write, None] = GroupCommit(
             slots=max(1, min(_GROUP_SLOTS, pool_size // 2)),
             write_one=self._write_one,
             write_many=self._write_many,
@@ -1123,15 +1123,40 @@ class PostgresSagaStore:
         except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
             raise self._wrap(error, doing) from error
 
-    async def _write_one(self, write: _Write) -> Any:
-        doing, statement, params = write
-        return await self._fetch(doing, statement, params)
+    # The journal's writes (create/append), made by the group commit's tasks:
+    # each ends with None (made) or the error to raise for it.
 
-    async def _write_many(self, writes: list[_Write]) -> list[Any]:
+    async def _write_one(self, write: _Write) -> None:
+        doing, statement, params = write
+        if await self._fetch(doing, statement, params) is None:
+            raise await self._refusal(write)
+
+    async def _refusal(self, write: _Write) -> Exception:
+        """Why ``write`` was not made (its statement matched no row): a create
+        finds its id taken; an append, a fence or a journal length that
+        moved, or no saga (read once more, in the group commit's task)."""
+        doing, statement, params = write
+        if statement is self._sql.create:
+            return SagaAlreadyExists(params[0])
+        _, _, _, saga_id, token, after, _, _ = params
+        try:
+            current = await self._fetch(doing, self._sql.fence_of, (saga_id,))
+        except Exception as error:
+            return error
+        if current is None:
+            return SagaNotFound(saga_id)
+        fence_now, length = current
+        if token is not None and fence_now != token:
+            return LeaseLost(saga_id, token)
+        if after is not None and length != after:
+            return JournalConflict(saga_id, after, length)
+        return SagaNotFound(saga_id)  # not reached: the row was there and matched
+
+    async def _write_many(self, writes: list[_Write]) -> list[BaseException | None]:
         """Journal writes in one transaction: one statement (``_Statements.group``)
         for as many of them as name distinct sagas, and one more each time a
-        saga comes back (in order, pipelined: one round trip); their first rows,
-        or the error of each (``GroupCommit``)."""
+        saga comes back (in order, pipelined: one round trip); the outcome of
+        each, as ``_write_one``'s (``GroupCommit``)."""
         if not self._ready:
             await self.open()
         pool = self._pool
@@ -1170,7 +1195,6 @@ class PostgresSagaStore:
                         cursors.append(await _query(conn, statement, (array,), prepare))
                 for cursor in cursors:
                     done.update(number for (number,) in await cursor.fetchall())
-            return [_MADE if number in done else None for number in range(len(writes))]
         except self._errors as error:
             if not _commit_in_doubt(error):
                 # The server refused a statement: the transaction was rolled
@@ -1183,6 +1207,8 @@ class PostgresSagaStore:
             raise RetryAlone from error
         finally:
             await pool.putconn(conn)
+        return [None if number in done else await self._refusal(write)
+                for number, write in enumerate(writes)]
 
     # ------------------------------------------------------------------ SagaStore
 
@@ -1199,16 +1225,9 @@ class PostgresSagaStore:
         """Record a new saga with its first entries, in one statement;
         ``SagaAlreadyExists`` if the id is taken (nothing is written then);
         ``ValueError`` for an id no store can key a saga by (``check_saga_id``)."""
-        saga_id = check_saga_id(saga_id)
-        text = _context_json(saga_id, context)
-        params = [
-            saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
-            _entries_json(saga_id, entries),
-        ]
-        doing = f"cannot create saga {short_repr(saga_id)}"
-        row = await self._journal.write((doing, self._sql.create, params))
-        if row is None:
-            raise SagaAlreadyExists(saga_id)
+        await self._journal.write(
+            self._create_write(saga_id, saga_name, fingerprint, context, entries, status)
+        )
 
     async def append(
         self,
@@ -1225,6 +1244,73 @@ class PostgresSagaStore:
         current one (else ``LeaseLost``, nothing written); with ``after``,
         only while the journal holds that many entries (else
         ``JournalConflict``, nothing written)."""
+        await self._journal.write(
+            self._append_write(saga_id, entries, status, context, fence, after)
+        )
+
+    # The executor's hot path (``journal.submits_writes``): ``create`` and
+    # ``append`` without their coroutines. Each queues the write on the group
+    # commit and returns its future, which refuses cancellation and ends by
+    # ``deadline`` (the run's journal_timeout); bad input raises here, before
+    # anything is queued.
+
+    def submit_create(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        status: SagaStatus,
+        deadline: float | None = None,
+    ) -> asyncio.Future[None]:
+        """``create``'s write, queued: its future."""
+        return self._journal.submit(
+            self._create_write(saga_id, saga_name, fingerprint, context, entries, status),
+            deadline,
+        )
+
+    def submit_append(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        status: SagaStatus | None,
+        context: dict[str, Any] | None,
+        fence: Lease | None,
+        after: int | None,
+        deadline: float | None = None,
+    ) -> asyncio.Future[None]:
+        """``append``'s write, queued: its future."""
+        return self._journal.submit(
+            self._append_write(saga_id, entries, status, context, fence, after), deadline
+        )
+
+    def _create_write(
+        self,
+        saga_id: str,
+        saga_name: str,
+        fingerprint: str,
+        context: dict[str, Any],
+        entries: Sequence[JournalEntry],
+        status: SagaStatus,
+    ) -> _Write:
+        saga_id = check_saga_id(saga_id)
+        text = _context_json(saga_id, context)
+        params = [
+            saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
+            _entries_json(saga_id, entries),
+        ]
+        return f"cannot create saga {short_repr(saga_id)}", self._sql.create, params
+
+    def _append_write(
+        self,
+        saga_id: str,
+        entries: Sequence[JournalEntry],
+        status: SagaStatus | None,
+        context: dict[str, Any] | None,
+        fence: Lease | None,
+        after: int | None,
+    ) -> _Write:
         saga_id = check_saga_id(saga_id)
         token: int | None = None
         if fence is not None:
@@ -1239,20 +1325,7 @@ class PostgresSagaStore:
             None if context is None else _context_json(saga_id, context),
             count, saga_id, token, after, count, _entries_json(saga_id, entries),
         ]
-        doing = f"cannot journal saga {short_repr(saga_id)}"
-        row = await self._journal.write((doing, self._sql.append, params))
-        if row is not None:
-            return
-        # In a task of its own, as the write was (writes_outlive_cancellation).
-        current = await own_task(self._fetch(doing, self._sql.fence_of, (saga_id,)))
-        if current is None:
-            raise SagaNotFound(saga_id)
-        fence_now, length = current
-        if token is not None and fence_now != token:
-            raise LeaseLost(saga_id, token)
-        if after is not None and length != after:
-            raise JournalConflict(saga_id, after, length)
-        raise SagaNotFound(saga_id)  # not reached: the row was there and matched
+        return f"cannot journal saga {short_repr(saga_id)}", self._sql.append, params
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record, read in one snapshot; ``SagaNotFound``, or

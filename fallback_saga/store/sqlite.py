@@ -72,6 +72,7 @@ from ..errors import (
 )
 from ..status import SagaStatus, StepStatus
 from ._common import (
+    JournalFuture,
     check_owner,
     check_saga_id,
     decode_json,
@@ -1130,21 +1131,6 @@ class _Worker:
         return wrapped
 
 
-class _JournalFuture(asyncio.Future[Any]):
-    """The future of a journal write (``create``/``append``): it cannot be
-    cancelled. The write is on the writer thread's queue and is committed or
-    refused there whatever happens to the task awaiting it, so a task
-    cancelled meanwhile gets its ``CancelledError`` once the outcome is known
-    — with the outcome still readable here — instead of losing it. The
-    executor relies on that (``outlives_cancellation``) to wait for a journal
-    write without a task or a shield of its own: one wake-up per write."""
-
-    outlives_cancellation: Final = True
-
-    def cancel(self, msg: Any = None) -> bool:
-        return False
-
-
 def _settle_stop(stop: _Stop) -> None:
     def resolve() -> None:
         if stop.future is not None and not stop.future.done():
@@ -1620,7 +1606,7 @@ class SQLiteSagaStore:
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = (
-            _JournalFuture(loop=loop) if journal else loop.create_future()
+            JournalFuture(loop=loop) if journal else loop.create_future()
         )
         with self._lock:
             if self._closed:
@@ -1677,8 +1663,10 @@ class SQLiteSagaStore:
         context: dict[str, Any],
         entries: Sequence[JournalEntry],
         status: SagaStatus,
+        deadline: float | None = None,
     ) -> asyncio.Future[None]:
-        """``create``'s write, queued: its future."""
+        """``create``'s write, queued: its future. (``deadline``: the writer
+        bounds each write itself; see ``journal.submits_writes``.)"""
         saga_id = check_saga_id(saga_id)
         text = _context_json(saga_id, context)
         if self.writer == "process":
@@ -1703,8 +1691,9 @@ class SQLiteSagaStore:
         context: dict[str, Any] | None,
         fence: Lease | None,
         after: int | None,
+        deadline: float | None = None,
     ) -> asyncio.Future[None]:
-        """``append``'s write, queued: its future."""
+        """``append``'s write, queued: its future (``deadline``: as ``submit_create``'s)."""
         saga_id = check_saga_id(saga_id)
         token: int | None = None
         if fence is not None:
@@ -1741,7 +1730,7 @@ class SQLiteSagaStore:
             process = self._process
             if process is None:
                 process = self._process = WriterProcess(
-                    loop, (self.path, self.synchronous, self.busy_timeout), _JournalFuture,
+                    loop, (self.path, self.synchronous, self.busy_timeout), JournalFuture,
                     self.path,
                 )
                 # Dropped unclosed: the child stops (the finalizer holds the
