@@ -12,7 +12,7 @@ alone, started eagerly where Python can): the caller only waits on a future.
 So a write runs to its end whatever happens to its caller, and nothing it
 does (a pool's or a driver's timeout) is bound to the caller's task — which
 lets the executor drive ``create``/``append`` from the saga's own task
-(``journal.settle_inline``).
+(``journal.settle_inline``), or simply await the future ``submit`` returns.
 
 A write made while another is on its way queues. A group starts while fewer
 than ``slots`` writes or groups are on their way; before it takes the queue
