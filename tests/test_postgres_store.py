@@ -1512,6 +1512,33 @@ async def test_S13_a_postgres_write_that_never_answers_stops_the_run_at_journal_
         await locker.close()
 
 
+async def test_submitted_writes_end_with_the_refusals_create_and_append_raise(
+    store: PostgresSagaStore,
+) -> None:
+    """The executor's hot path (``submit_create``/``submit_append``): each
+    future ends with the write's final outcome, the follow-up read of a
+    refused append included — alone and in a group."""
+    await store.create("s-1", "OrderSaga", "fp", {}, [entry(0, "a")])
+    lease = (await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=1))[0]
+    futures = [
+        store.submit_create("s-1", "OrderSaga", "fp", {}, [entry(0, "a")],
+                            SagaStatus.RUNNING, None),
+        store.submit_append("s-1", [entry(1, "b")], None, None, None, 5, None),
+        store.submit_append("nope", [entry(1, "b")], None, None, None, None, None),
+        store.submit_append("s-1", [entry(1, "b")], None, None,
+                            Lease("s-1", "w", lease.token - 1, 0.0), None, None),
+        store.submit_append("s-1", [entry(1, "b")], None, None, lease, 1, None),
+    ]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert [type(outcome) for outcome in outcomes] == [
+        SagaAlreadyExists, JournalConflict, SagaNotFound, LeaseLost, type(None)
+    ], outcomes
+    assert store.stats.largest_group > 1
+    with pytest.raises(ValueError, match="lease is for saga"):
+        store.submit_append("s-2", [], None, None, lease, None, None)  # before anything is queued
+    assert len((await store.load("s-1")).history) == 2
+
+
 async def test_recover_claims_and_finishes_interrupted_sagas(store: PostgresSagaStore) -> None:
     for n in range(5):
         await _crashed(store, f"saga-{n}")

@@ -840,11 +840,11 @@ class PostgresSagaStore:
     listing_filters: Final = ("before", "created_since", "created_until")
     # create/append only wait on futures: the statements (and an append's
     # follow-up read) run in the group commit's tasks, so they bind nothing
-    # to the awaiting task and run to their end whatever happens to it. The
-    # executor then drives them from the saga's task (journal.py) ...
+    # to the awaiting task and run to their end whatever happens to it
+    # (journal.settle_inline may drive them from the saga's own task).
     writes_outlive_cancellation: Final = True
-    # ... or, rather, queues each write by a plain call and awaits its future
-    # (submit_create/submit_append).
+    # The executor's hot path: each write queued by a plain call, its future
+    # awaited (submit_create/submit_append; journal.submits_writes).
     submits_writes: Final = True
 
     def __init__(
