@@ -229,7 +229,7 @@ class FaultyStore:
         self.down = False
         self.victim: asyncio.Task[Any] | None = None
         # The executor's cheaper wait (no task per write) is tested through
-        # the SQLite store, which allows it; the others take the task path.
+        # the durable stores, which allow it; the memory store takes the task path.
         self.writes_outlive_cancellation = getattr(inner, "writes_outlive_cancellation", False)
 
     def heal(self) -> None:
@@ -309,7 +309,8 @@ class _WriteFuture(asyncio.Future[None]):
 
 
 class FaultySubmittingStore(FaultyRecoverableStore):
-    """The same over a store that submits its writes (``SQLiteSagaStore``):
+    """The same over a store that submits its writes (``SQLiteSagaStore``,
+    ``PostgresSagaStore``):
     the executor's hot path calls ``submit_create``/``submit_append`` and
     awaits the future they return, so the fault is injected there — the
     write's future fails (or lands, then fails) as the writer thread would

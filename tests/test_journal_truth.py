@@ -210,10 +210,20 @@ async def postgres_factory(
 
 
 @pytest.mark.parametrize(("shape", "at", "kind"), CASES)
+@pytest.mark.parametrize(
+    "wrapper", [FaultySubmittingStore, FaultyRecoverableStore], ids=["submitted", "awaited"]
+)
 async def test_S13_fault_at_every_journal_write_postgres_store(
-    postgres_factory: Callable[[], Awaitable[Any]], shape: Shape, at: int, kind: FaultKind
+    postgres_factory: Callable[[], Awaitable[Any]],
+    shape: Shape,
+    at: int,
+    kind: FaultKind,
+    wrapper: type[FaultyStore],
 ) -> None:
-    await matrix_case(postgres_factory, True, shape, at, kind)
+    """``submitted``: the executor's hot path on PostgreSQL too (the group
+    commit's future awaited directly); ``awaited``: the store's coroutines
+    driven by ``settle_inline``."""
+    await matrix_case(postgres_factory, True, shape, at, kind, "run", wrapper)
 
 
 def test_the_matrix_covers_every_write_path() -> None:
