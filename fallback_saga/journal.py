@@ -247,11 +247,12 @@ def submits_writes(store: object) -> bool:
     deadline)`` raise on bad input, else return the write's future, which
     refuses cancellation and ends with the write's outcome (``SQLiteSagaStore``,
     ``PostgresSagaStore``). ``deadline`` (loop time, or None) is the run's
-    ``journal_timeout``: a store that cannot bound its own writes by it must
-    not submit. (PostgreSQL's group commit ends a write still unanswered then
-    with ``TimeoutError``, as ``settle_inline`` would; SQLite's writer bounds
-    each write itself: a lock by ``busy_timeout``.) The executor then awaits
-    that future itself: no coroutine per write to create and drive.
+    ``journal_timeout``, for the store to end the write by: PostgreSQL's
+    group commit fails a write still unanswered then with ``TimeoutError``,
+    as ``settle_inline`` would. (SQLite's writers do not take it: they
+    bound a write by their own means, a lock by ``busy_timeout``.) The
+    executor then awaits that future itself: no coroutine per write to
+    create and drive.
 
     Asked of the class, and only where ``create`` and ``append`` are the
     submitting class's own: a wrapper delegating through ``__getattr__`` or a

@@ -271,12 +271,11 @@ class GroupCommit(Generic[W, R]):
         live = [entry for entry in group if not entry[1].done()]
         if not live:
             return
-        bound = _Deadlines(live) if any(entry[2] is not None for entry in live) else None
+        bound = _Deadlines(live)  # no timer when no write has a deadline
         try:
             await self._write_live(live)
         finally:
-            if bound is not None:
-                bound.stop()
+            bound.stop()
 
     async def _write_live(self, live: list[_Entry[W, R]]) -> None:
         if len(live) > 1:
