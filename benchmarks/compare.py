@@ -514,6 +514,16 @@ async def bench_durable(
             a / b for a, b in zip(per_round["ours_seq_full"], per_round["cqrs_seq"], strict=True)
         )
         out["seq_target_met"] = ratio >= DURABLE_SEQ_TARGET
+        if "ours_seq_full_inline" in got:
+            out["seq_ratio_vs_cqrs_inline"] = (
+                got["ours_seq_full_inline"]["sagas_per_s"] / got["cqrs_seq"]["sagas_per_s"]
+            )
+            out["seq_ratio_vs_cqrs_inline_paired_median"] = statistics.median(
+                a / b for a, b in zip(
+                    per_round["ours_seq_full_inline"], per_round["cqrs_seq"], strict=True
+                )
+            )
+            out["seq_target_met_inline"] = out["seq_ratio_vs_cqrs_inline"] >= DURABLE_SEQ_TARGET
     out["target_in_flight_sagas_per_s"] = DURABLE_IN_FLIGHT_TARGET
     if "ours_100_full" in got:
         out["in_flight_target_met"] = (
@@ -679,6 +689,13 @@ def print_durable(res: dict[str, Any], rounds: int) -> None:
         )
         + f", met: {yes_no(res.get('seq_target_met'))}"
     )
+    if "seq_ratio_vs_cqrs_inline" in res:
+        print(
+            f"        writer=\"inline\" (opt-in, no thread): "
+            f"{res['seq_ratio_vs_cqrs_inline']:.1f}x (paired per-round median "
+            f"{res['seq_ratio_vs_cqrs_inline_paired_median']:.1f}x), "
+            f"met: {yes_no(res.get('seq_target_met_inline'))}"
+        )
     ours100 = configs.get("ours_100_full")
     print(
         f"target: {durable.IN_FLIGHT} in flight, synchronous=full >= "

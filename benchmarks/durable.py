@@ -56,8 +56,8 @@ class Config:
     def label(self) -> str:
         mode = "sequential" if self.in_flight == 1 else f"{self.in_flight} in flight"
         if self.library == OURS:
-            process = ", writer=process" if self.writer == "process" else ""
-            return f"{OURS} {mode}, sync={self.synchronous}{process}"
+            writer = "" if self.writer == "thread" else f", writer={self.writer}"
+            return f"{OURS} {mode}, sync={self.synchronous}{writer}"
         return f"{CQRS} {mode}"
 
 
@@ -65,6 +65,7 @@ IN_FLIGHT = 100
 CONFIGS = (
     Config("ours_seq_full", OURS, "full", 1),
     Config("cqrs_seq", CQRS, "full", 1),
+    Config("ours_seq_full_inline", OURS, "full", 1, writer="inline"),
     Config("ours_100_full", OURS, "full", IN_FLIGHT),
     Config("ours_100_full_process", OURS, "full", IN_FLIGHT, writer="process"),
     Config("ours_100_normal", OURS, "normal", IN_FLIGHT),

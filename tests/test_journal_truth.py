@@ -173,8 +173,9 @@ async def test_S13_fault_at_every_journal_write_memory_store(
         (FaultySubmittingStore, "thread"),
         (FaultyRecoverableStore, "thread"),
         (FaultySubmittingStore, "process"),
+        (FaultySubmittingStore, "inline"),
     ],
-    ids=["submitted", "awaited", "process"],
+    ids=["submitted", "awaited", "process", "inline"],
 )
 async def test_S13_fault_at_every_journal_write_sqlite_store(
     tmp_path: Path,
@@ -189,7 +190,8 @@ async def test_S13_fault_at_every_journal_write_sqlite_store(
     future awaited directly); ``awaited``: the store's coroutines driven by
     ``settle_inline`` (a wrapper that overrides ``create``/``append``);
     ``process``: the hot path with the journal writes committed by the
-    store's writer process."""
+    store's writer process; ``inline``: the hot path with no thread, each
+    write committed before its call returns."""
 
     async def make() -> SQLiteSagaStore:
         return SQLiteSagaStore(tmp_path / "journal.db", writer=writer)

@@ -34,6 +34,15 @@ class TestSQLiteSagaStoreWriterProcess(RecoverableStoreContract):
             yield store
 
 
+class TestSQLiteSagaStoreWriterInline(RecoverableStoreContract):
+    """No thread: each request runs on the calling thread (``writer="inline"``)."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SQLiteSagaStore]:
+        async with SQLiteSagaStore(tmp_path / "sagas.db", writer="inline") as store:
+            yield store
+
+
 class TestSQLiteSagaStoreSynchronousNormal(RecoverableStoreContract):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SQLiteSagaStore]:
