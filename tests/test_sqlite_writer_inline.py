@@ -25,45 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_ledger import Ctx, journals_of_sagas, ledger_saga
 
 from fallback_saga import Saga, SagaContext, SagaStatus, SQLiteSagaStore, recover
 from fallback_saga.errors import SagaStoreError
 from fallback_saga.store import sqlite as sqlite_module
 from fallback_saga.testing import entry
-
-
-@dataclasses.dataclass
-class Ctx(SagaContext):
-    order_id: str
-    done: int = 0
-
-
-def ledger_saga(ledger: list[tuple[str, str]], steps: int = 3) -> type[Saga[Ctx]]:
-    """``steps`` steps ``S0``, ``S1``...; each act appends (saga id, step) to ``ledger``."""
-    from fallback_saga import current_step
-
-    def step(name: str) -> type:
-        class Step:
-            async def act(self, ctx: Ctx) -> str:
-                cursor = current_step()
-                assert cursor is not None
-                ledger.append((cursor.saga_id, name))
-                ctx.done += 1
-                return name
-
-            async def compensate(self, ctx: Ctx) -> None:
-                ledger.append((current_step().saga_id, f"undo-{name}"))  # type: ignore[union-attr]
-
-        Step.__name__ = Step.__qualname__ = name
-        return Step
-
-    made = [step(f"S{i}") for i in range(steps)]
-
-    class LedgerSaga(Saga[Ctx]):
-        steps = made
-
-    return LedgerSaga
-
 
 SAGAS = 60  # per thread, in the test below
 
@@ -85,20 +52,11 @@ async def test_no_thread_is_started_and_the_journal_matches_the_writer_thread_s(
     for writer in ("thread", "inline"):
         ledger: list[tuple[str, str]] = []
         async with SQLiteSagaStore(tmp_path / f"{writer}.db", writer=writer) as store:
-            saga = ledger_saga(ledger)(store=store)
-            await asyncio.gather(*(
-                saga.run(Ctx(order_id=str(i)), saga_id=f"s-{i}") for i in range(30)
-            ))
+            journals.append(await journals_of_sagas(store, ledger, 30))
             if writer == "inline":
                 assert store_threads() == before
                 # One commit per write: nothing groups them.
                 assert store.stats.commits == store.stats.writes >= 30 * 4
-            records = [await store.load(f"s-{i}") for i in range(30)]
-        journals.append([
-            (r.status, r.context, [(e.step, e.action, e.status, e.result) for e in r.history])
-            for r in records
-        ])
-        assert sorted(ledger) == sorted((f"s-{i}", f"S{k}") for i in range(30) for k in range(3))
     assert journals[0] == journals[1]
     assert all(status is SagaStatus.COMPLETED for status, _, _ in journals[1])
 

@@ -21,14 +21,12 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers_ledger import Ctx, journals_of_sagas, ledger_saga
 
 from fallback_saga import (
     RetryPolicy,
-    Saga,
-    SagaContext,
     SagaInterrupted,
     SagaResult,
     SagaStatus,
@@ -48,44 +46,6 @@ from fallback_saga.testing import entry
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and fork-free spawn")
 
 
-@dataclasses.dataclass
-class Ctx(SagaContext):
-    order_id: str
-    done: int = 0
-
-
-def ledger_saga(ledger: list[tuple[str, str]], steps: int = 3, **hooks: Any) -> type[Saga[Ctx]]:
-    """``steps`` steps ``S0``, ``S1``...; each act appends (saga id, step) to
-    ``ledger`` when it has run (a step resumed after a fault may run again:
-    compare as sets), after awaiting ``hooks[step]`` if there is one."""
-    from fallback_saga import current_step
-
-    def step(name: str) -> type:
-        class Step:
-            async def act(self, ctx: Ctx) -> str:
-                cursor = current_step()
-                assert cursor is not None
-                hook = hooks.get(name)
-                if hook is not None:
-                    await hook(ctx)
-                ledger.append((cursor.saga_id, name))
-                ctx.done += 1
-                return name
-
-            async def compensate(self, ctx: Ctx) -> None:
-                ledger.append((current_step().saga_id, f"undo-{name}"))  # type: ignore[union-attr]
-
-        Step.__name__ = Step.__qualname__ = name
-        return Step
-
-    made = [step(f"S{i}") for i in range(steps)]
-
-    class LedgerSaga(Saga[Ctx]):
-        steps = made
-
-    return LedgerSaga
-
-
 def test_bad_options_are_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="writer must be 'thread'"):
         SQLiteSagaStore(tmp_path / "a.db", writer="threads")
@@ -102,17 +62,8 @@ async def test_the_journal_is_the_same_as_the_writer_thread_s(tmp_path: Path) ->
     for writer in ("thread", "process"):
         ledger: list[tuple[str, str]] = []
         async with SQLiteSagaStore(tmp_path / f"{writer}.db", writer=writer) as store:
-            saga = ledger_saga(ledger)(store=store)
-            await asyncio.gather(*(
-                saga.run(Ctx(order_id=str(i)), saga_id=f"s-{i}") for i in range(40)
-            ))
-            records = [await store.load(f"s-{i}") for i in range(40)]
+            journals.append(await journals_of_sagas(store, ledger, 40))
             assert store.stats.writes >= 40 * 4
-        journals.append([
-            (r.status, r.context, [(e.step, e.action, e.status, e.result) for e in r.history])
-            for r in records
-        ])
-        assert sorted(ledger) == sorted((f"s-{i}", f"S{k}") for i in range(40) for k in range(3))
     assert journals[0] == journals[1]
     assert all(status is SagaStatus.COMPLETED for status, _, _ in journals[1])
 
