@@ -28,8 +28,8 @@ every statement runs on a thread the store owns:
 time (a script, a CLI, a batch job): no thread at all; each request runs on
 the calling thread, one at a time, on one connection, and a write blocks the
 event loop for its commit. Two hand-overs between threads per write (~60 µs
-on a virtual machine, where waking an idle CPU is slow) are a third of a
-sequential saga's time; with many sagas in flight the writer thread's group
+on a virtual machine, where waking an idle CPU is slow) are about a quarter
+of a sequential saga's time; with many sagas in flight the writer thread's group
 commit is far faster.
 
 Each thread opens its connection at its first request (``await
@@ -1141,14 +1141,7 @@ class _Worker:
 
 def _settle_now(outcomes: Sequence[_Outcome]) -> None:
     """``writer="inline"``: resolve the futures here, on their own loop's thread."""
-    for request, succeeded, value in outcomes:
-        future = request.future
-        if future.done():
-            continue
-        if succeeded:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    _resolve([(request.future, succeeded, value) for request, succeeded, value in outcomes])
 
 
 def _settle_stop(stop: _Stop) -> None:
