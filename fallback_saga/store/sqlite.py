@@ -1660,7 +1660,7 @@ class SQLiteSagaStore:
         )
         with self._lock:
             if self._closed:
-                raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
+                raise self._closed_error()
             if write and self.read_only:
                 raise SagaStoreError(f"the SQLite saga store {self.path} is read-only")
             writer = self._writer or self._start()
@@ -1671,13 +1671,15 @@ class SQLiteSagaStore:
         self._serve_inline(worker, _Request(op, args, loop, future, write))
         return future
 
+    def _closed_error(self) -> SagaStoreError:
+        return SagaStoreError(f"the SQLite saga store {self.path} is closed")
+
     def _serve_inline(self, worker: _Worker, request: _Request) -> None:
         """``writer="inline"``: run ``request`` now, on this thread, and settle
         its future before returning (what the worker's thread would do)."""
         with self._inline_lock:
             if self._closed:
-                _settle_now([(request, False, SagaStoreError(
-                    f"the SQLite saga store {self.path} is closed"))])
+                _settle_now([(request, False, self._closed_error())])
                 return
             try:
                 conn = self._inline_conn
@@ -1800,7 +1802,7 @@ class SQLiteSagaStore:
             return process
         with self._lock:
             if self._closed:
-                raise SagaStoreError(f"the SQLite saga store {self.path} is closed")
+                raise self._closed_error()
             process = self._process
             if process is None:
                 process = self._process = WriterProcess(
