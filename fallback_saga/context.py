@@ -545,25 +545,45 @@ def type_at(index: int) -> type:
 
 
 def freeze_context(context: object) -> Any:
-    """``context``'s state as ``(class index, names, values)`` when it is a flat
-    one of atomic values whose class can be made bare (``frozen_to_dict``
-    reads it); else a snapshot of it (``take_snapshot``)."""
+    """``context``'s state as one flat tuple, ``(class index, n, n names,
+    n values)``, when it is a flat one of atomic values whose class can be
+    made bare (``frozen_to_dict`` reads it); else a snapshot of it
+    (``take_snapshot``). Flat, so that a store keeping it in a flat record
+    unpacks it as it is (``store.memory``)."""
     cls: Any = context.__class__
-    if _DICT_ONLY.get(cls) and cls.__new__ is object.__new__:
+    index = _FREEZABLE.get(cls)
+    if index is None:
+        index = _freezable_index(cls)
+    if index >= 0:
         state = context.__dict__
         if _ATOMIC.issuperset(map(type, state.values())):
-            return (type_index(cls), tuple(state), tuple(state.values()))
+            return (index, len(state), *state, *state.values())
     return take_snapshot(context)
+
+
+# A context class's type index when its state can be frozen (a flat class
+# that can be made bare), else -1: one lookup per finished saga.
+_FREEZABLE: dict[type, int] = {}
+
+
+def _freezable_index(cls: Any) -> int:
+    dict_only = _DICT_ONLY.get(cls)
+    if dict_only is None:
+        return -1  # not seen yet: take_snapshot learns it (for the next time)
+    index = _FREEZABLE[cls] = (
+        type_index(cls) if dict_only and cls.__new__ is object.__new__ else -1
+    )
+    return index
 
 
 def frozen_to_dict(frozen: Any) -> dict[str, Any]:
     """The journal form of what ``freeze_context`` returned."""
     if isinstance(frozen, Snapshot):
         return frozen.to_dict()
-    index, names, values = frozen
+    index, count = frozen[0], frozen[1]
     cls: Any = type_at(index)
     shell = cls.__new__(cls)
-    shell.__dict__.update(zip(names, values, strict=True))
+    shell.__dict__.update(zip(frozen[2:2 + count], frozen[2 + count:], strict=True))
     return context_to_dict(shell)
 
 

@@ -416,6 +416,7 @@ class Execution(StepCursor):
         "created",
         "created_at",
         "fence",
+        "fingerprint",
         "hooks",
         "image",
         "initial_context",
@@ -456,6 +457,7 @@ class Execution(StepCursor):
         self.attempt = 0
         self.active = False
         self.settings = settings
+        self.fingerprint = settings.fingerprint  # LiveSaga's (read once, by the store, at the end)
         self.context = context
         self.store = settings.store
         self.hooks = settings.hooks
@@ -502,11 +504,6 @@ class Execution(StepCursor):
         # runner out if it is merely slow), the lease's token when resumed.
         # (An in-process store is never written to: no lease to make per run.)
         self.fence: Lease = Lease(saga_id, "", 0, math.inf) if fence is None else fence
-
-    @property
-    def fingerprint(self) -> str:
-        """``LiveSaga``: the definition's fingerprint."""
-        return self.settings.fingerprint
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -331,10 +331,10 @@ async def test_a_retained_saga_keeps_its_responses_not_their_step_results() -> N
     assert record.history[-1].result == response_text(_Receipt(number=7), "TestSaga", "x")
 
 
-@pytest.mark.parametrize("steps", [1, 16, 17, 40])
+@pytest.mark.parametrize("steps", [1, 15, 16, 17, 40])
 async def test_a_retained_saga_of_any_length_loads_back_every_entry_in_order(steps: int) -> None:
-    # A finished saga is kept as one flat record; short journals and long
-    # ones (past the unrolled builder's limit of 32 entries) are laid out by
+    # A finished saga is kept as one flat record; short journals (unrolled
+    # builders, up to 31 entries) and long ones (32 and more) are laid out by
     # different code, and must read back the same way.
     names = [f"Step{i}" for i in range(steps)]
     saga = declare(*(Probe(name, [], response=name) for name in names), name="Long")()

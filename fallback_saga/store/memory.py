@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import time
 from collections import deque
@@ -282,42 +281,46 @@ def _freeze(saga: LiveSaga) -> _Frozen | None:
     count = len(journal)
     created_at = saga.created_at
     updated_at = journal[-1][7] if count else created_at
+    # freeze_context's flat tuple goes in as it is: ``_FROZEN, index, n, names, values``.
     if context.__class__ is tuple:
-        index, names, values = context
-        tail: tuple[Any, ...] = (_FROZEN, index, len(names), *names, *values)
+        marker, tail = _FROZEN, context
     else:
-        tail = (_HELD, context)
-    return _flattener(count)(saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status],
-                             created_at, updated_at, count, journal, tail)
+        marker, tail = _HELD, (context,)
+    flatten = _FLATTENERS[count] if count < _UNROLLED else _flatten_any
+    if flatten is None:
+        flatten = _FLATTENERS[count] = _flattener(count)
+    return flatten(saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status],
+                   created_at, updated_at, count, journal, marker, tail)
 
 
-_Flattener = Callable[[str, str, str, float, float, int, Sequence[Any], tuple[Any, ...]], _Frozen]
+_Flattener = Callable[
+    [str, str, str, float, float, int, Sequence[Any], int, tuple[Any, ...]], _Frozen
+]
 
 
 def _flatten_any(name: str, fingerprint: str, status: str, created_at: float,
-                 updated_at: float, count: int, journal: Sequence[Any],
+                 updated_at: float, count: int, journal: Sequence[Any], marker: int,
                  tail: tuple[Any, ...]) -> _Frozen:
     return (name, fingerprint, status, created_at, updated_at, count,
-            *chain.from_iterable(journal), *tail)
+            *chain.from_iterable(journal), marker, *tail)
 
 
-@functools.cache
 def _flattener(count: int) -> _Flattener:
     """The frozen record's builder for a journal of ``count`` entries: one tuple
     display with each entry unpacked by index, about twice as fast as
     unpacking ``chain.from_iterable(journal)`` (an iterator step per value).
-    Made once per journal length (the source is built from an int only);
-    a long journal takes the general form."""
-    if count > _UNROLLED:
-        return _flatten_any
+    The source is built from an int only."""
     entries = "".join(f"*journal[{at}], " for at in range(count))
-    source = ("lambda name, fingerprint, status, created_at, updated_at, count, journal, tail:"
-              f" (name, fingerprint, status, created_at, updated_at, count, {entries}*tail)")
+    source = ("lambda name, fingerprint, status, created_at, updated_at, count, journal,"
+              " marker, tail: (name, fingerprint, status, created_at, updated_at, count,"
+              f" {entries}marker, *tail)")
     return eval(source, {})  # type: ignore[no-any-return]
 
 
-# Journals up to this length get an unrolled builder (a saga of 16 plain steps).
+# Journals shorter than this get an unrolled builder, made on first use (a saga
+# of up to 15 plain steps); a longer one takes the general form.
 _UNROLLED = 32
+_FLATTENERS: list[_Flattener | None] = [None] * _UNROLLED
 
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
@@ -326,10 +329,8 @@ def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
     if frozen[end] == _HELD:
         context = _context_form(frozen[end + 1])
     else:
-        n = frozen[end + 2]
-        start = end + 3
-        context = frozen_to_dict((frozen[end + 1], frozen[start:start + n],
-                                  frozen[start + n:start + 2 * n]))
+        # freeze_context's tuple: index, n, n names, n values
+        context = frozen_to_dict(frozen[end + 1:end + 3 + 2 * frozen[end + 2]])
     return SagaRecord(
         saga_id=saga_id,
         saga_name=saga_name,
