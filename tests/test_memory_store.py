@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import gc
 import time
+from typing import Any
 
 import pytest
 from helpers_saga import Blocker, Boom, OrderCtx, Probe, Trace, declare, reached
@@ -375,3 +376,46 @@ async def test_retention_zero_keeps_a_saga_while_it_runs_and_nothing_once_it_fin
     for saga_id in ("running", "failed"):
         with pytest.raises(SagaNotFound):
             await store.load(saga_id)
+
+
+@dataclasses.dataclass(slots=True)
+class _SlottedCtx(SagaContext):
+    order_id: str
+    amount: int = 0
+
+
+@dataclasses.dataclass
+class _OwnNewCtx(SagaContext):
+    order_id: str
+    amount: int = 0
+
+    def __new__(cls, *args: object, **kwargs: object) -> _OwnNewCtx:
+        # A class of its own making: its final state is kept as a snapshot.
+        return super().__new__(cls)
+
+
+@pytest.mark.parametrize("context_type", [_FlatCtx, _SlottedCtx, _OwnNewCtx])
+async def test_a_retained_saga_loads_back_its_final_context_whatever_its_class(
+    context_type: type,
+) -> None:
+    # A finished saga's final context is kept as plain values when its class
+    # allows (flat, can be made bare), else as a snapshot; which one is decided
+    # once per class. The same class finishing once with a value that cannot
+    # be kept plain (a list) and then with plain ones must load back both.
+    def charge(ctx: Any) -> None:
+        ctx.amount = 12
+
+    def charge_oddly(ctx: Any) -> None:
+        ctx.amount = [1, 2]  # not a plain value: this saga's context is kept as a snapshot
+
+    store = MemorySagaStore()
+    plain = declare(Probe("Charge", [], mutate=charge), context=context_type)(store=store)
+    odd = declare(Probe("Charge", [], mutate=charge_oddly), context=context_type)(store=store)
+
+    await odd.run(context_type(order_id="o-1"), saga_id="odd")
+    await plain.run(context_type(order_id="o-2"), saga_id="plain")
+    await odd.run(context_type(order_id="o-3"), saga_id="odd-again")
+
+    assert (await store.load("odd")).context == {"order_id": "o-1", "amount": [1, 2]}
+    assert (await store.load("plain")).context == {"order_id": "o-2", "amount": 12}
+    assert (await store.load("odd-again")).context == {"order_id": "o-3", "amount": [1, 2]}
