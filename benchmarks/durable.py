@@ -62,12 +62,15 @@ class Config:
 
 
 IN_FLIGHT = 100
+MANY_IN_FLIGHT = 1000  # reported beside the target (issue #12), no target of its own
 CONFIGS = (
     Config("ours_seq_full", OURS, "full", 1),
     Config("cqrs_seq", CQRS, "full", 1),
     Config("ours_seq_full_inline", OURS, "full", 1, writer="inline"),
     Config("ours_100_full", OURS, "full", IN_FLIGHT),
     Config("ours_100_full_process", OURS, "full", IN_FLIGHT, writer="process"),
+    Config("ours_1000_full", OURS, "full", MANY_IN_FLIGHT),
+    Config("ours_1000_full_process", OURS, "full", MANY_IN_FLIGHT, writer="process"),
     Config("ours_100_normal", OURS, "normal", IN_FLIGHT),
     Config("cqrs_100", CQRS, "full", IN_FLIGHT),
     Config("ours_seq_normal", OURS, "normal", 1),
