@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .status import SagaStatus
 
@@ -24,6 +25,9 @@ __all__ = [
     "SagaNotFound",
     "SagaStoreError",
 ]
+
+# ``BaseException.args`` as stored, under ``SagaFailed.args`` (which reads it).
+_EXCEPTION_ARGS: Any = BaseException.__dict__["args"]
 
 
 class SagaError(Exception):
@@ -286,15 +290,45 @@ class SagaFailed(SagaError):
             dict(compensation_errors) if compensation_errors else {}
         )
         self.branch_errors: dict[str, BaseException] = dict(branch_errors) if branch_errors else {}
-        # (A SagaStatus is a StrEnum: its str() is its value, without the
-        # Python-level ``.value`` property; every failed saga builds this.)
-        message = (
-            f"saga {saga_name} ({short_id(saga_id)}) failed at step {failed_step!r}: "
-            f"{type(error).__name__}: {error}; status {status!s}"
-        )
-        if self.compensation_errors:
-            message += f"; compensation failed for {', '.join(self.compensation_errors)}"
-        super().__init__(message)
+        # The message is built when first read: every failed saga raises one
+        # of these, and most callers read its fields, never its text.
+        self._message: str | None = None
+
+    def _text(self) -> str:
+        message = self._message
+        if message is None:
+            # (A SagaStatus is a StrEnum: its str() is its value.)
+            message = (
+                f"saga {self.saga_name} ({short_id(self.saga_id)}) failed at step "
+                f"{self.failed_step!r}: {type(self.error).__name__}: {self.error}; "
+                f"status {self.status!s}"
+            )
+            if self.compensation_errors:
+                message += (
+                    f"; compensation failed for {', '.join(self.compensation_errors)}"
+                )
+            self._message = message
+        return message
+
+    # ``args``, ``str`` and ``repr`` read as if the message had been passed to
+    # ``Exception.__init__``. ``args`` can be replaced, as on any exception;
+    # once it has been, they read what was put there.
+    @property
+    def args(self) -> tuple[Any, ...]:
+        given: tuple[Any, ...] = _EXCEPTION_ARGS.__get__(self)
+        return given if given else (self._text(),)
+
+    @args.setter
+    def args(self, value: Iterable[Any]) -> None:
+        _EXCEPTION_ARGS.__set__(self, value)
+
+    def __str__(self) -> str:
+        return super().__str__() if _EXCEPTION_ARGS.__get__(self) else self._text()
+
+    def __repr__(self) -> str:
+        args = self.args
+        shown = repr(args[0]) if len(args) == 1 else repr(args)[1:-1]
+        return f"{type(self).__name__}({shown})"
 
     def __reduce__(self) -> tuple[object, ...]:  # keyword-only __init__ needs help to pickle
         return (
