@@ -37,6 +37,7 @@ from fallback_saga import (
     SagaContext,
     SagaError,
     SagaFailed,
+    SagaListener,
     SagaResult,
     SagaStatus,
     SagaStepResult,
@@ -47,6 +48,19 @@ from fallback_saga import (
 
 class Halt(BaseException):
     """A BaseException that is not an Exception (like KeyboardInterrupt)."""
+
+
+class CompensationEar(SagaListener):
+    """Hears compensations (a listener that turns the executor's inlined path off)."""
+
+    def __init__(self, heard: list[str]) -> None:
+        self.heard = heard
+
+    def compensation_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.heard.append(f"started {step} {attempt}")
+
+    def compensation_completed(self, saga_id: str, step: str) -> None:
+        self.heard.append(f"completed {step}")
 
 
 @pytest.fixture(params=["memory", "write-ahead"])
@@ -491,6 +505,72 @@ def test_S6_cancellation_is_never_retried() -> None:
     assert not policy.should_retry(asyncio.CancelledError(), 1)
     assert policy.should_retry(Boom(), 1)
     assert not policy.should_retry(Boom(), 5)
+
+
+async def test_S6_a_compensation_that_raises_cancellation_itself_failed_and_is_not_retried(
+    store: SagaStore,
+) -> None:
+    """Only the compensation can raise CancelledError inside the shielded
+    unwinding: it failed (never retried), and the rest of the stack is still
+    undone. The same on every store, whichever path runs the compensation."""
+    trace: Trace = []
+    sleeps = SleepRecorder()
+    a = Probe("A", trace)
+    b = Probe("B", trace, comp_error=asyncio.CancelledError)
+    c = Probe("C", trace, error=Boom)
+    policy = RetryPolicy(attempts=3, jitter=0.0, sleep=sleeps)
+    saga = declare(a, b, c)(compensation_retry=policy, store=store)
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx(), saga_id="s6-cancelled")
+
+    assert compensated(trace) == ["B", "A"]
+    assert sleeps.delays == []
+    assert info.value.status is SagaStatus.FAILED
+    assert isinstance(info.value.compensation_errors["B"], asyncio.CancelledError)
+    record = await saga.store.load("s6-cancelled")
+    assert record.status is SagaStatus.FAILED
+    rows = [(e.step, e.status, e.attempt) for e in record.history if e.action == "compensate"]
+    assert rows == [
+        ("B", StepStatus.STARTED, 1),
+        ("B", StepStatus.FAILED, 1),
+        ("A", StepStatus.STARTED, 1),
+        ("A", StepStatus.COMPLETED, 1),
+    ]
+
+
+async def test_S6_a_compensation_retried_on_the_default_store_journals_every_attempt(
+    store: SagaStore,
+) -> None:
+    """The first attempt and the retries after it are journaled alike,
+    whether or not a listener watches compensations (with none, the first
+    attempt runs on the executor's inlined path)."""
+    for listening in (False, True):
+        trace: Trace = []
+        sleeps = SleepRecorder()
+        a = Probe("A", trace, comp_error=Boom, comp_fail_times=1)
+        b = Probe("B", trace, error=Boom)
+        policy = RetryPolicy(attempts=3, delay=0.25, jitter=0.0, sleep=sleeps)
+        heard: list[str] = []
+        listeners = [CompensationEar(heard)] if listening else []
+        saga = declare(a, b)(
+            compensation_retry=policy, store=store, listeners=listeners
+        )
+        saga_id = f"s6-retried-{listening}"
+        with pytest.raises(SagaFailed) as info:
+            await saga.run(OrderCtx(), saga_id=saga_id)
+        assert info.value.status is SagaStatus.COMPENSATED
+        assert compensated(trace) == ["A", "A"]
+        assert sleeps.delays == [0.25]
+        record = await saga.store.load(saga_id)
+        rows = [(e.status, e.attempt) for e in record.history if e.action == "compensate"]
+        assert rows == [
+            (StepStatus.STARTED, 1),
+            (StepStatus.FAILED, 1),
+            (StepStatus.STARTED, 2),
+            (StepStatus.COMPLETED, 2),
+        ]
+        assert heard == (["started A 1", "started A 2", "completed A"] if listening else [])
 
 
 # --------------------------------------------------------------------------- S7
