@@ -356,10 +356,12 @@ def cqrs_check(kind: str) -> Callable[[Any], None]:
 # ---------------------------------------------------------------------------
 
 
-def build_fallback_saga() -> dict[str, Workload]:
+def build_fallback_saga(*, retained: int = DEFAULT_RETENTION) -> dict[str, Workload]:
+    """Our sagas on the default store; ``retained``: its ``max_finished``
+    (0 is the opt-in that keeps no finished saga, see compare.py)."""
     import fs_sagas
 
-    from fallback_saga import SagaFailed
+    from fallback_saga import MemorySagaStore, SagaFailed
 
     sagas = {
         "plain3": fs_sagas.Plain3,
@@ -369,7 +371,10 @@ def build_fallback_saga() -> dict[str, Workload]:
 
     def factory(kind: str) -> Callable[[], SagaRunner]:
         def new_runner() -> SagaRunner:
-            saga = sagas[kind]()
+            saga = (
+                sagas[kind]() if retained == DEFAULT_RETENTION
+                else sagas[kind](store=MemorySagaStore(max_finished=retained))
+            )
             Ctx = fs_sagas.Ctx
 
             async def run_one() -> Any:
@@ -384,8 +389,15 @@ def build_fallback_saga() -> dict[str, Workload]:
         return new_runner
 
     return {
-        k: Workload(k, factory(k), fallback_saga_check(k), fill=DEFAULT_RETENTION) for k in KINDS
+        k: Workload(k, factory(k), fallback_saga_check(k), fill=retained) for k in KINDS
     }
+
+
+def build_fallback_saga_unretained() -> dict[str, Workload]:
+    """Our sagas on ``MemorySagaStore(max_finished=0)``: a finished saga is
+    dropped at once (the opt-in for a service that never loads a finished
+    saga back; the contract floor keeps 10,000, as our default does)."""
+    return build_fallback_saga(retained=0)
 
 
 def fallback_saga_check(kind: str) -> Callable[[Any], None]:
