@@ -356,7 +356,6 @@ class RunSettings:
         "fingerprint",
         "hooks",
         "inline",
-        "inline_compensations",
         "inline_steps",
         "inline_writes",
         "journal_retry",
@@ -401,12 +400,6 @@ class RunSettings:
             or hooks.step_call_started or hooks.step_call_finished
         )
         self.inline = live and self.inline_steps
-        # On an in-process store, a compensation's first attempt runs inlined
-        # in Execution.unwind when no listener is to be told of it.
-        self.inline_compensations = live and not (
-            hooks.compensation_started or hooks.compensation_completed
-            or hooks.step_call_started or hooks.step_call_finished
-        )
 
 
 class Execution(StepCursor):
@@ -1246,42 +1239,10 @@ class Execution(StepCursor):
         self.status = self.pending_status = _COMPENSATING
         errors: dict[str, BaseException] = {}
         stack = self.stack
-        inline = self.settings.inline_compensations
-        journal = self.journal
-        context = self.context
-        error: BaseException | None
         try:
             while stack:
                 branch = stack[-1]
-                if inline and branch.timeout is None:
-                    # compensate()'s first attempt, inlined (an in-process
-                    # store, no listener, no timeout): one coroutine fewer.
-                    journal.append(
-                        (branch.position, branch.name, branch.branch, "compensate", _STARTED,
-                         1, None, _now(), None)
-                    )
-                    self.step = branch.name
-                    self.action = "compensate"
-                    self.attempt = 1
-                    self.active = True
-                    try:
-                        await branch.compensate(context)
-                    except Exception as failure:
-                        self.active = False
-                        error = await self._compensate_again(branch, failure)
-                    except asyncio.CancelledError as failure:
-                        self.active = False
-                        error = self._compensation_failed(branch, 1, failure)
-                    else:
-                        self.active = False
-                        journal.append(
-                            (branch.position, branch.name, branch.branch, "compensate",
-                             _COMPLETED, 1, None, _now(), None)
-                        )
-                        self.context_dirty = True
-                        error = None
-                else:
-                    error = await self.compensate(branch)
+                error = await self.compensate(branch)
                 stack.pop()
                 if error is not None:
                     errors[branch.name] = error
@@ -1299,29 +1260,15 @@ class Execution(StepCursor):
             self.status = self.journaled_status or SagaStatus.RUNNING
         return errors
 
-    async def _compensate_again(self, branch: Branch, error: Exception) -> BaseException | None:
-        """The first attempt at ``branch.compensate``, inlined in ``unwind``,
-        raised ``error``: what ``compensate`` does then (retry it as the
-        policy says); the final error, if any."""
-        policy = self.settings.compensation_retry
-        if not policy.should_retry(error, 1):
-            return self._compensation_failed(branch, 1, error)
-        self.journal.append(
-            (branch.position, branch.name, branch.branch, "compensate", _FAILED, 1,
-             _describe(error), _now(), None)
-        )
-        await policy.wait_before(2)
-        return await self.compensate(branch, 2)
-
-    async def compensate(self, branch: Branch, attempt: int = 1) -> BaseException | None:
-        """Call ``branch.compensate`` under the retry policy, from attempt
-        ``attempt``; the final error, if any.
+    async def compensate(self, branch: Branch) -> BaseException | None:
+        """Call ``branch.compensate`` under the retry policy; the final error, if any.
 
         Raises ``JournalWriteFailed`` — before calling ``compensate`` — when
         its STARTED record cannot be made durable."""
         hooks = self.hooks
         journal = self.journal
         policy = self.settings.compensation_retry
+        attempt = 1
         while True:
             journal.append(
                 (branch.position, branch.name, branch.branch, "compensate", _STARTED, attempt,

@@ -51,7 +51,7 @@ class Halt(BaseException):
 
 
 class CompensationEar(SagaListener):
-    """Hears compensations (a listener that turns the executor's inlined path off)."""
+    """Hears compensations starting and completing."""
 
     def __init__(self, heard: list[str]) -> None:
         self.heard = heard
@@ -512,7 +512,7 @@ async def test_S6_a_compensation_that_raises_cancellation_itself_failed_and_is_n
 ) -> None:
     """Only the compensation can raise CancelledError inside the shielded
     unwinding: it failed (never retried), and the rest of the stack is still
-    undone. The same on every store, whichever path runs the compensation."""
+    undone. The same on every store."""
     trace: Trace = []
     sleeps = SleepRecorder()
     a = Probe("A", trace)
@@ -539,12 +539,40 @@ async def test_S6_a_compensation_that_raises_cancellation_itself_failed_and_is_n
     ]
 
 
+async def test_S6_the_error_a_compensation_failed_with_is_its_last_attempt_alone(
+    store: SagaStore,
+) -> None:
+    """What ``compensation_errors`` holds is the last attempt's error as that
+    attempt raised it: not chained to the attempts before it (each is only
+    journaled), so a report shows one failure, not the whole retry history."""
+    trace: Trace = []
+    raised: list[Boom] = []
+
+    def next_error() -> Boom:
+        raised.append(Boom(f"attempt {len(raised) + 1}"))
+        return raised[-1]
+
+    a = Probe("A", trace, comp_error=next_error)
+    b = Probe("B", trace, error=Boom)
+    policy = RetryPolicy(attempts=3, jitter=0.0, sleep=SleepRecorder())
+    saga = declare(a, b)(compensation_retry=policy, store=store)
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx())
+
+    final = info.value.compensation_errors["A"]
+    assert final is raised[-1]
+    assert str(final) == "attempt 3"
+    assert final.__context__ is None
+    assert final.__cause__ is None
+
+
 async def test_S6_a_compensation_retried_on_the_default_store_journals_every_attempt(
     store: SagaStore,
 ) -> None:
     """The first attempt and the retries after it are journaled alike,
-    whether or not a listener watches compensations (with none, the first
-    attempt runs on the executor's inlined path)."""
+    whether or not a listener watches compensations (a listener must not
+    change what the journal holds)."""
     for listening in (False, True):
         trace: Trace = []
         sleeps = SleepRecorder()
