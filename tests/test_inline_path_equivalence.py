@@ -1,0 +1,159 @@
+"""The inlined run loop against the general path, on random sagas.
+
+For speed, ``Execution.run_all`` runs a plain step (and a plain ``Fallback``)
+inlined in its loop when no step listener listens; with one, every step goes
+through ``try_branch``/``run_fallback``. The two are separate code for the
+same rules (S1-S7), so a hypothesis-drawn saga — plain steps, Fallbacks,
+steps that fail, retried steps (which take the general path in both runs),
+compensations that fail once or for good — is run both ways on the same kind
+of store. The participants' ledger, the caller's outcome and the journal
+(every row but its clock reading) must be the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import types
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from journal_faults import (
+    FAST_COMPENSATION_RETRY,
+    FAST_JOURNAL_RETRY,
+    Ctx,
+    FallbackSpec,
+    Item,
+    Ledger,
+    LedgerStep,
+    Shape,
+    StepSpec,
+)
+
+from fallback_saga import (
+    Fallback,
+    MemorySagaStore,
+    Saga,
+    SagaFailed,
+    SagaResult,
+    SagaStore,
+    SQLiteSagaStore,
+)
+
+_names = itertools.count()
+acts = st.sampled_from(["ok", "ok", "ok", "always", "once"])
+compensations = st.sampled_from(["ok", "ok", "once", "always"])
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> Shape:
+    items: list[Item] = []
+    for position in range(draw(st.integers(1, 5))):
+        def spec(suffix: str = "", position: int = position) -> StepSpec:
+            return StepSpec(f"S{position}{suffix}", act=draw(acts), compensate=draw(compensations))
+
+        items.append(spec() if draw(st.booleans()) else FallbackSpec(spec("p"), spec("f")))
+    return Shape(items, name=f"Same{next(_names)}")
+
+
+class MarkingStep(LedgerStep):
+    """Marks the context *before* its participant answers, so that a failed
+    try leaves a mark the executor must take back (S1/S2)."""
+
+    async def act(self, ctx: Ctx) -> str:
+        ctx.marks.append(self.spec.name)
+        self.ledger.call("act", self.spec.act)
+        return self.spec.name
+
+
+def saga_class(shape: Shape) -> type[Saga[Ctx]]:
+    def step(spec: StepSpec) -> type[MarkingStep]:
+        return type(spec.name, (MarkingStep,), {"spec": spec})
+
+    steps = [
+        Fallback(step=step(item.primary), fallback=step(item.fallback))
+        if isinstance(item, FallbackSpec) else step(item)
+        for item in shape.items
+    ]
+    return types.new_class(
+        shape.name, (Saga[Ctx],), {}, lambda namespace: namespace.update(steps=steps)
+    )
+
+
+class StepCounter:
+    """A step listener: with it, the executor inlines no step."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.started += 1
+
+
+def outcome_of(result: object) -> tuple[Any, ...]:
+    if isinstance(result, SagaResult):
+        return ("completed", result.status, [(r.step_name, r.response) for r in result.results])
+    assert isinstance(result, SagaFailed), result
+    return (
+        "failed",
+        result.status,
+        result.failed_step,
+        type(result.error).__name__,
+        str(result.error),
+        sorted(result.compensation_errors),
+        result.error.__cause__ is not None,  # S4: a failed fallback chains the primary's error
+    )
+
+
+async def run_one(
+    cls: type[Saga[Ctx]], shape: Shape, store: SagaStore, listeners: tuple[object, ...]
+) -> Any:
+    ledger = Ledger()
+    saga = cls(
+        store=store,
+        step_factory=lambda cls: cls(ledger),
+        journal_retry=FAST_JOURNAL_RETRY,
+        compensation_retry=FAST_COMPENSATION_RETRY,
+        listeners=listeners,
+    )
+    saga_id = f"{shape.name}-{len(listeners)}"
+    context = Ctx(order_id=saga_id)
+    try:
+        result: object = await saga.run(context, saga_id=saga_id)
+    except SagaFailed as error:
+        result = error
+    record = await store.load(saga_id)
+    rows = [
+        (e.position, e.step, e.branch, e.action, e.status, e.attempt, e.error, e.result)
+        for e in record.history
+    ]
+    calls = [(c.step, c.action, c.applied) for c in ledger.of(saga_id)]
+    return outcome_of(result), context.marks, record.status, record.context, rows, calls
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), durable=st.booleans())
+def test_S1_to_S7_property_the_inlined_loop_does_what_the_general_path_does(
+    shape: Shape, durable: bool
+) -> None:
+    async def case() -> None:
+        store: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+        try:
+            counter = StepCounter()
+            cls = saga_class(shape)
+            inlined = await run_one(cls, shape, store, ())
+            general = await run_one(cls, shape, store, (counter,))
+        finally:
+            if durable:
+                await store.close()
+        assert counter.started > 0  # the second run did take the general path
+        outcome, marks, status, context, rows, calls = inlined
+        assert general[0] == outcome
+        assert general[1] == marks  # S1/S2: a failed try left nothing in the context
+        assert general[2] == status
+        assert general[3]["marks"] == context["marks"]
+        assert general[4] == rows
+        assert general[5] == calls
+
+    asyncio.run(case())
