@@ -70,6 +70,13 @@ from fallback_saga import (
 KINDS = ("plain3", "fallback3", "fail3")
 DEFAULTS = "defaults"
 
+# LoggingListener's logger: the records of failures (WARNING) are made and
+# handled, and written nowhere.
+QUIET = logging.getLogger("fallback_saga.features-bench")
+QUIET.setLevel(logging.WARNING)
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+
 
 class SagaEars:
     """Hears of sagas only: the steps stay inlined."""
@@ -115,16 +122,12 @@ def saga_class(kind: str, steps: list[Any]) -> type[Saga[Any]]:
 def variants(kind: str) -> dict[str, Callable[[], Saga[Any]]]:
     """Each variant of ``kind``: a factory of its saga (one per variant)."""
     plain = saga_class(kind, steps_of(kind))
-    quiet = logging.getLogger("fallback_saga.features-bench")
-    quiet.setLevel(logging.WARNING)  # records of failures made and handled, written nowhere
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
     found: dict[str, Callable[[], Saga[Any]]] = {
         DEFAULTS: lambda: plain(),
         "max_finished=0": lambda: plain(store=MemorySagaStore(max_finished=0)),
         "saga listener": lambda: plain(listeners=[SagaEars()]),
         "step listener": lambda: plain(listeners=[StepEars()]),
-        "LoggingListener": lambda: plain(listeners=[LoggingListener(logger=quiet)]),
+        "LoggingListener": lambda: plain(listeners=[LoggingListener(logger=QUIET)]),
         "retry policy": lambda: saga_class(kind, steps_of(kind, retry=RetryPolicy(
             attempts=3, delay=0.0, jitter=0.0, retry_on=(TimeoutError,)
         )))(),
