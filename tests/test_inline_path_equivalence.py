@@ -5,14 +5,18 @@ inlined in its loop when no step listener listens; with one, every step goes
 through ``try_branch``/``run_fallback``. The two are separate code for the
 same rules (S1-S7), so a hypothesis-drawn saga — plain steps, Fallbacks,
 steps that fail, retried steps (which take the general path in both runs),
-compensations that fail once or for good — is run both ways on the same kind
-of store. The participants' ledger, the caller's outcome and the journal
-(every row but its clock reading) must be the same.
+compensations that fail once or for good, acts that change the context
+before they fail — is run both ways on the same kind of store, with a flat
+context of immutable values (the loop's fast snapshot) or one holding a
+list (the deep snapshot). The participants' ledger, the caller's outcome,
+the context and the journal (every row but its clock reading) must be the
+same, and the context must hold exactly what the acts that returned did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import types
 from typing import Any
@@ -35,6 +39,7 @@ from fallback_saga import (
     Fallback,
     MemorySagaStore,
     Saga,
+    SagaContext,
     SagaFailed,
     SagaResult,
     SagaStore,
@@ -57,17 +62,39 @@ def shapes(draw: st.DrawFn) -> Shape:
     return Shape(items, name=f"Same{next(_names)}")
 
 
+@dataclasses.dataclass
+class FlatCtx(SagaContext):
+    """Immutable values only: the run loop snapshots it with a dict copy."""
+
+    order_id: str
+    last: str = ""
+    count: int = 0
+
+
 class MarkingStep(LedgerStep):
     """Marks the context *before* its participant answers, so that a failed
     try leaves a mark the executor must take back (S1/S2)."""
 
-    async def act(self, ctx: Ctx) -> str:
-        ctx.marks.append(self.spec.name)
+    async def act(self, ctx: Any) -> str:
+        if isinstance(ctx, FlatCtx):
+            ctx.last = self.spec.name
+            ctx.count += 1
+        else:
+            ctx.marks.append(self.spec.name)
         self.ledger.call("act", self.spec.act)
         return self.spec.name
 
 
-def saga_class(shape: Shape) -> type[Saga[Ctx]]:
+def marks_of(ctx: Any) -> Any:
+    return (ctx.last, ctx.count) if isinstance(ctx, FlatCtx) else ctx.marks
+
+
+def expected_marks(flat: bool, completed: list[str]) -> Any:
+    """What the acts that returned leave (compensations here leave it be)."""
+    return (completed[-1] if completed else "", len(completed)) if flat else completed
+
+
+def saga_class(shape: Shape, context: type) -> type[Saga[Any]]:
     def step(spec: StepSpec) -> type[MarkingStep]:
         return type(spec.name, (MarkingStep,), {"spec": spec})
 
@@ -77,7 +104,7 @@ def saga_class(shape: Shape) -> type[Saga[Ctx]]:
         for item in shape.items
     ]
     return types.new_class(
-        shape.name, (Saga[Ctx],), {}, lambda namespace: namespace.update(steps=steps)
+        shape.name, (Saga[context],), {}, lambda namespace: namespace.update(steps=steps)
     )
 
 
@@ -107,7 +134,7 @@ def outcome_of(result: object) -> tuple[Any, ...]:
 
 
 async def run_one(
-    cls: type[Saga[Ctx]], shape: Shape, store: SagaStore, listeners: tuple[object, ...]
+    cls: type[Saga[Any]], context: Any, store: SagaStore, listeners: tuple[object, ...]
 ) -> Any:
     ledger = Ledger()
     saga = cls(
@@ -117,8 +144,7 @@ async def run_one(
         compensation_retry=FAST_COMPENSATION_RETRY,
         listeners=listeners,
     )
-    saga_id = f"{shape.name}-{len(listeners)}"
-    context = Ctx(order_id=saga_id)
+    saga_id = context.order_id
     try:
         result: object = await saga.run(context, saga_id=saga_id)
     except SagaFailed as error:
@@ -129,30 +155,38 @@ async def run_one(
         for e in record.history
     ]
     calls = [(c.step, c.action, c.applied) for c in ledger.of(saga_id)]
-    return outcome_of(result), context.marks, record.status, record.context, rows, calls
+    journaled = {k: v for k, v in record.context.items() if k != "order_id"}
+    return outcome_of(result), marks_of(context), record.status, journaled, rows, calls
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=shapes(), durable=st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes(), durable=st.booleans(), flat=st.booleans())
 def test_S1_to_S7_property_the_inlined_loop_does_what_the_general_path_does(
-    shape: Shape, durable: bool
+    shape: Shape, durable: bool, flat: bool
 ) -> None:
+    def new_context(suffix: str) -> Any:
+        order_id = f"{shape.name}-{suffix}"
+        return FlatCtx(order_id=order_id) if flat else Ctx(order_id=order_id)
+
     async def case() -> None:
         store: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
         try:
             counter = StepCounter()
-            cls = saga_class(shape)
-            inlined = await run_one(cls, shape, store, ())
-            general = await run_one(cls, shape, store, (counter,))
+            cls = saga_class(shape, FlatCtx if flat else Ctx)
+            inlined = await run_one(cls, new_context("inlined"), store, ())
+            general = await run_one(cls, new_context("general"), store, (counter,))
         finally:
             if durable:
                 await store.close()
         assert counter.started > 0  # the second run did take the general path
         outcome, marks, status, context, rows, calls = inlined
+        # S1/S2: a failed try left nothing in the context, on either path
+        completed = [step for step, action, applied in calls if action == "act" and applied]
+        assert marks == expected_marks(flat, completed)
         assert general[0] == outcome
-        assert general[1] == marks  # S1/S2: a failed try left nothing in the context
+        assert general[1] == marks
         assert general[2] == status
-        assert general[3]["marks"] == context["marks"]
+        assert general[3] == context
         assert general[4] == rows
         assert general[5] == calls
 
