@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fs_sagas
-from workloads import StepBoom
+from workloads import fallback_saga_check
 
 from fallback_saga import (
     CircuitBreaker,
@@ -64,7 +64,6 @@ from fallback_saga import (
     RetryPolicy,
     Saga,
     SagaFailed,
-    SagaStatus,
 )
 
 KINDS = ("plain3", "fallback3", "fail3")
@@ -145,20 +144,6 @@ def variants(kind: str) -> dict[str, Callable[[], Saga[Any]]]:
     return found
 
 
-def check(kind: str, outcome: Any) -> None:
-    ctx, result = outcome
-    if kind == "fail3":
-        assert isinstance(result, SagaFailed), result
-        assert result.status is SagaStatus.COMPENSATED, result.status
-        assert isinstance(result.error, StepBoom), result.error
-        assert (ctx.a, ctx.b, ctx.c) == (None, None, None), ctx
-        return
-    assert not isinstance(result, BaseException), result
-    assert result.status is SagaStatus.COMPLETED, result.status
-    b = "b-fallback" if kind == "fallback3" else "b"
-    assert (ctx.a, ctx.b, ctx.c) == ("a", b, "c"), ctx
-
-
 async def batch(saga: Saga[Any], kind: str, n: int) -> float:
     """µs of this thread's CPU per saga over ``n`` sagas; checks the last one."""
     Ctx = fs_sagas.Ctx
@@ -172,7 +157,7 @@ async def batch(saga: Saga[Any], kind: str, n: int) -> float:
         except SagaFailed as error:
             outcome = (ctx, error)
     elapsed = time.thread_time() - started
-    check(kind, outcome)
+    fallback_saga_check(kind)(outcome)
     return elapsed / n * 1e6
 
 
