@@ -307,12 +307,14 @@ class GroupRun:
 class Hooks:
     """Listener callables per hook; an empty tuple means nobody listens."""
 
-    __slots__ = (*HOOK_NAMES, "listeners")
+    __slots__ = (*HOOK_NAMES, "listeners", "silent")
 
     def __init__(self, listeners: tuple[object, ...]) -> None:
         self.listeners = listeners
         for name in HOOK_NAMES:
             setattr(self, name, collect_hooks(listeners, name))
+        # Nobody listens to anything: a run need not look for a hook at all.
+        self.silent = not any(getattr(self, name) for name in HOOK_NAMES)
 
     saga_started: tuple[Hook, ...]
     saga_finished: tuple[Hook, ...]
@@ -642,6 +644,80 @@ class Execution(StepCursor):
         if self.live:
             return self.complete_live()  # one coroutine fewer
         return await self.complete()
+
+    async def run_plain(self, plan: tuple[PlanItem, ...]) -> SagaResult[Any]:
+        """``run_all`` for the commonest saga (``Saga._runs_plain``): a fresh
+        run on a ``MemorySagaStore`` (exactly: its ``retire_run`` is called),
+        nobody listening, every step plain (a ``Branch`` or a
+        ``FallbackPlan`` with no retry, timeout or breaker).
+
+        The same transitions in the same order as ``run_all``'s inlined loop
+        (``tests/test_inline_path_equivalence.py`` runs a saga both ways),
+        less what that loop asks of every step and every run for the sagas
+        this one never sees: groups, resumes, listeners, write-ahead stores.
+        Worth 4-5 % of such a saga (benchmarks/README.md, seventh pass)."""
+        self.store.track(self)  # type: ignore[attr-defined]
+        self.created = True
+        context = self.context
+        journal = self.journal
+        stack = self.stack
+        results = self.results
+        saga_id = self.saga_id
+        flat = _DICT_ONLY.get(context.__class__)
+        token = _CURSOR.set(self)
+        try:
+            item: Any  # a Branch or a FallbackPlan (Any: told apart by exact class)
+            branch: Branch
+            for item in plan:
+                if flat and _IMMUTABLE.issuperset(map(type, (state := context.__dict__).values())):
+                    snapshot = self.image = state.copy()
+                else:
+                    snapshot = self.image = step_snapshot(context)
+                branch = item if item.__class__ is Branch else item.primary
+                while True:
+                    self.step = name = branch.name
+                    self.attempt = 1
+                    journal.append((branch.position, name, branch.branch, "act", _STARTED,
+                                    1, None, _now(), None))
+                    self.action = "act"
+                    self.active = True
+                    try:
+                        response = await branch.act(context)
+                    except BaseException as error:
+                        self.active = False
+                        restore_step(context, snapshot)
+                        self._act_failed(branch, 1, error)
+                        # A plain step's failure, or a Fallback's that does not fall back.
+                        if item is branch or not self._falls_back(item, branch, error):
+                            raise
+                        branch = item.fallback
+                        continue
+                    break
+                self.active = False
+                if item is not branch:
+                    self.primary_error = None  # a Fallback's: the fallback (if it ran) completed
+                if response.__class__ is SagaStepResult:
+                    journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                    1, None, _now(), response[0]))
+                else:
+                    journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                    1, None, _now(), response))
+                    response = _new_tuple(SagaStepResult, (response, name, saga_id))
+                stack.append(branch)
+                results.append(response)
+        except Exception as error:
+            await self.fail(error)
+        except asyncio.CancelledError:
+            await self.abort()
+            raise
+        finally:
+            _CURSOR.reset(token)
+        # complete_live, inlined (nobody to tell); the store is a MemorySagaStore
+        self.status = _SAGA_COMPLETED
+        if not self.store.retire_run(self, context):  # type: ignore[attr-defined]
+            self.image = freeze_context(context)
+            self.store.finished(self)  # type: ignore[attr-defined]
+        return _saga_result(saga_id, _SAGA_COMPLETED, context, results)
 
     async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
         """One element of ``steps``: its result (a group's: one per member)."""

@@ -175,6 +175,13 @@ class Saga(Generic[ContextT]):
             journal_retry=self.journal_retry,
             journal_timeout=self.journal_timeout,
         )
+        # The commonest saga takes the lean path (Execution.run_plain): the
+        # default store, nobody listening, every step plain.
+        self._runs_plain = (
+            type(self.store) is MemorySagaStore
+            and self._hooks.silent
+            and all(not isinstance(item, GroupPlan) and item.plain for item in self._plan)
+        )
 
     def _execution(
         self, context: ContextT, saga_id: str | None, fence: Lease | None = None
@@ -201,6 +208,8 @@ class Saga(Generic[ContextT]):
         expected = self._context_type
         if expected is not None and not isinstance(context, expected):
             self._check_context(context)
+        if self._runs_plain:
+            return await Execution(self._settings, context, saga_id).run_plain(self._plan)
         return await Execution(self._settings, context, saga_id).run_all(self._plan)
 
     async def resume(

@@ -1,12 +1,15 @@
-"""The inlined run loop against the general path, on random sagas.
+"""The lean run paths against the general path, on random sagas.
 
 For speed, ``Execution.run_all`` runs a plain step (and a plain ``Fallback``)
 inlined in its loop when no step listener listens; with one, every step goes
-through ``try_branch``/``run_fallback``. The two are separate code for the
-same rules (S1-S7), so a hypothesis-drawn saga — plain steps, Fallbacks,
-steps that fail, retried steps (which take the general path in both runs),
-compensations that fail once or for good, acts that change the context
-before they fail — is run both ways on the same kind of store, with a flat
+through ``try_branch``/``run_fallback``. A saga whose steps are all plain, on
+an in-process store with nobody listening at all, goes through
+``Execution.run_plain`` instead: the inlined loop less its checks. The three
+are separate code for the same rules (S1-S7), so a hypothesis-drawn saga —
+plain steps, Fallbacks, steps that fail, retried steps (which take the
+general path in every run, and keep the saga off run_plain), compensations
+that fail once or for good, acts that change the context before they fail —
+is run each way on the same kind of store, with a flat
 context of immutable values (the loop's fast snapshot) or one holding a
 list (the deep snapshot). The participants' ledger, the caller's outcome,
 the context and the journal (every row but its clock reading) must be the
@@ -21,6 +24,7 @@ import itertools
 import types
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from journal_faults import (
@@ -36,12 +40,17 @@ from journal_faults import (
 )
 
 from fallback_saga import (
+    CircuitBreaker,
     Fallback,
     MemorySagaStore,
+    Parallel,
+    RetryPolicy,
     Saga,
     SagaContext,
     SagaFailed,
     SagaResult,
+    SagaStatus,
+    SagaStepHandler,
     SagaStore,
     SQLiteSagaStore,
 )
@@ -118,6 +127,17 @@ class StepCounter:
         self.started += 1
 
 
+class SagaCounter:
+    """A saga listener: with it, plain steps run in run_all's inlined loop
+    (no run_plain: someone listens), still inlined (nobody listens to steps)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def saga_started(self, saga_id: str, saga_name: str) -> None:
+        self.started += 1
+
+
 def outcome_of(result: object) -> tuple[Any, ...]:
     if isinstance(result, SagaResult):
         return ("completed", result.status, [(r.step_name, r.response) for r in result.results])
@@ -134,7 +154,11 @@ def outcome_of(result: object) -> tuple[Any, ...]:
 
 
 async def run_one(
-    cls: type[Saga[Any]], context: Any, store: SagaStore, listeners: tuple[object, ...]
+    cls: type[Saga[Any]],
+    context: Any,
+    store: SagaStore,
+    listeners: tuple[object, ...],
+    paths: list[bool],
 ) -> Any:
     ledger = Ledger()
     saga = cls(
@@ -145,6 +169,7 @@ async def run_one(
         listeners=listeners,
     )
     saga_id = context.order_id
+    paths.append(saga._runs_plain)
     try:
         result: object = await saga.run(context, saga_id=saga_id)
     except SagaFailed as error:
@@ -161,7 +186,7 @@ async def run_one(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes(), durable=st.booleans(), flat=st.booleans())
-def test_S1_to_S7_property_the_inlined_loop_does_what_the_general_path_does(
+def test_S1_to_S7_property_the_lean_loops_do_what_the_general_path_does(
     shape: Shape, durable: bool, flat: bool
 ) -> None:
     def new_context(suffix: str) -> Any:
@@ -170,24 +195,131 @@ def test_S1_to_S7_property_the_inlined_loop_does_what_the_general_path_does(
 
     async def case() -> None:
         store: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+        paths: list[bool] = []
         try:
-            counter = StepCounter()
+            steps, sagas = StepCounter(), SagaCounter()
             cls = saga_class(shape, FlatCtx if flat else Ctx)
-            inlined = await run_one(cls, new_context("inlined"), store, ())
-            general = await run_one(cls, new_context("general"), store, (counter,))
+            lean = await run_one(cls, new_context("lean"), store, (), paths)
+            inlined = await run_one(cls, new_context("inlined"), store, (sagas,), paths)
+            general = await run_one(cls, new_context("general"), store, (steps,), paths)
         finally:
             if durable:
                 await store.close()
-        assert counter.started > 0  # the second run did take the general path
-        outcome, marks, status, context, rows, calls = inlined
-        # S1/S2: a failed try left nothing in the context, on either path
+        # run_plain for an all-plain saga in memory only; never with a listener
+        specs = [
+            spec
+            for item in shape.items
+            for spec in (
+                (item.primary, item.fallback) if isinstance(item, FallbackSpec) else (item,)
+            )
+        ]
+        all_plain = all(spec.act != "once" for spec in specs)  # "once": a retried step
+        assert paths == [all_plain and not durable, False, False]
+        assert sagas.started == 1
+        assert steps.started > 0  # the last run did take the general path
+        outcome, marks, status, context, rows, calls = lean
+        # S1/S2: a failed try left nothing in the context, on any path
         completed = [step for step, action, applied in calls if action == "act" and applied]
         assert marks == expected_marks(flat, completed)
-        assert general[0] == outcome
-        assert general[1] == marks
-        assert general[2] == status
-        assert general[3] == context
-        assert general[4] == rows
-        assert general[5] == calls
+        for other in (inlined, general):
+            assert other[0] == outcome
+            assert other[1] == marks
+            assert other[2] == status
+            assert other[3] == context
+            assert other[4] == rows
+            assert other[5] == calls
+
+    asyncio.run(case())
+
+
+# --------------------------------------------------------------------------- who runs lean
+
+
+class _Step(SagaStepHandler[FlatCtx, None]):
+    async def act(self, context: FlatCtx) -> None:
+        context.count += 1
+
+
+class _Other(_Step):
+    pass
+
+
+class _Spare(_Step):
+    pass
+
+
+class _Mark(SagaStepHandler[FlatCtx, None]):
+    async def act(self, context: FlatCtx) -> None:
+        context.last = "marked"
+
+
+class _Timed(_Step):
+    timeout = 5.0
+
+
+class _Retried(_Step):
+    retry = RetryPolicy(attempts=2, delay=0.0, jitter=0.0)
+
+
+class _Listener:
+    def saga_finished(self, *args: object) -> None:
+        pass
+
+
+class _WatchingStore(MemorySagaStore):
+    """A store of the user's, built on the default one: told of every finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished_ids: list[str] = []
+
+    def finished(self, saga: Any) -> None:
+        self.finished_ids.append(saga.saga_id)
+        super().finished(saga)
+
+
+def _saga(*steps: Any, **options: Any) -> Saga[Any]:
+    cls = types.new_class(
+        f"Lean{next(_names)}", (Saga[FlatCtx],), {},
+        lambda namespace: namespace.update(steps=list(steps)),
+    )
+    return cls(**options)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("build", "lean"),
+    [
+        (lambda: _saga(_Step, Fallback(step=_Other, fallback=_Spare)), True),
+        (lambda: _saga(_Step, store=MemorySagaStore(max_finished=0)), True),
+        (lambda: _saga(_Step, listeners=[_Listener()]), False),
+        (lambda: _saga(_Step, _Timed), False),
+        (lambda: _saga(_Retried, _Step), False),
+        (lambda: _saga(_Step, Fallback(step=_Other, fallback=_Spare, retry=RetryPolicy())), False),
+        (lambda: _saga(_Step, Fallback(step=_Other, fallback=_Spare,
+                                       circuit_breaker=CircuitBreaker())), False),
+        (lambda: _saga(_Step, Parallel(_Mark, _Timed)), False),
+        (lambda: _saga(_Step, Parallel(_Mark)), False),
+        (lambda: _saga(_Step, store=_WatchingStore()), False),
+        (lambda: _saga(_Step, store=SQLiteSagaStore(":memory:")), False),
+    ],
+    ids=["plain", "no-retention", "listener", "timeout", "retry", "fallback-retry", "breaker",
+         "group", "plain-group", "store-subclass", "sqlite"],
+)
+def test_run_plain_is_taken_by_plain_sagas_on_the_default_store_with_nobody_listening(
+    build: Any, lean: bool
+) -> None:
+    async def case() -> None:
+        saga = build()
+        try:
+            assert saga._runs_plain is lean
+            context = FlatCtx(order_id="o-lean")
+            result = await saga.run(context)
+            assert result.status is SagaStatus.COMPLETED
+            assert context.count == sum(r.step_name != "_Mark" for r in result.results)
+            if isinstance(saga.store, _WatchingStore):
+                assert saga.store.finished_ids == [result.saga_id]  # its finished was called
+        finally:
+            if isinstance(saga.store, SQLiteSagaStore):
+                await saga.store.close()
 
     asyncio.run(case())

@@ -414,8 +414,63 @@ async def test_a_retained_saga_loads_back_its_final_context_whatever_its_class(
 
     await odd.run(context_type(order_id="o-1"), saga_id="odd")
     await plain.run(context_type(order_id="o-2"), saga_id="plain")
-    await odd.run(context_type(order_id="o-3"), saga_id="odd-again")
+    again = context_type(order_id="o-3")
+    await odd.run(again, saga_id="odd-again")
+    again.amount.append(3)  # the caller's context, changed after the saga finished
 
     assert (await store.load("odd")).context == {"order_id": "o-1", "amount": [1, 2]}
     assert (await store.load("plain")).context == {"order_id": "o-2", "amount": 12}
     assert (await store.load("odd-again")).context == {"order_id": "o-3", "amount": [1, 2]}
+
+
+@dataclasses.dataclass
+class _ListCtx(SagaContext):
+    order_id: str
+    amount: int = 0
+    tags: list[str] = dataclasses.field(default_factory=list)  # not a plain value
+
+
+@pytest.mark.parametrize("context_type", [_FlatCtx, _SlottedCtx, _ListCtx])
+async def test_a_saga_retired_from_the_lean_path_reads_back_like_any_other(
+    context_type: type,
+) -> None:
+    # Execution.run_plain (the default store, nobody listening, plain steps)
+    # hands a flat context's final state straight to the store
+    # (MemorySagaStore.retire_run); other contexts go the general way. The
+    # record, its clock readings and the retention must not tell them apart.
+    def charge(ctx: Any) -> None:
+        ctx.amount = 12
+
+    store = MemorySagaStore(max_finished=3)
+    saga = declare(Probe("Reserve", [], response="r-1"), Probe("Charge", [], mutate=charge,
+                   response=12), context=context_type, name="Lean")(store=store)
+    assert saga._runs_plain
+    contexts = [context_type(order_id=f"o-{n}") for n in range(6)]
+    for n, ctx in enumerate(contexts):
+        await saga.run(ctx, saga_id=f"lean-{n}")
+    for ctx in contexts:
+        ctx.amount = 99  # changed after the saga finished: the record keeps what it was
+
+    assert len(store) == 3
+    for n in range(3):
+        with pytest.raises(SagaNotFound):
+            await store.load(f"lean-{n}")
+    for n in range(3, 6):
+        record = await store.load(f"lean-{n}")
+        assert record.status is SagaStatus.COMPLETED
+        assert record.saga_name == "Lean"
+        assert rows(record) == [
+            (step, "act", status)
+            for step in ("Reserve", "Charge")
+            for status in (STARTED, COMPLETED)
+        ]
+        assert [e.result for e in record.history if e.status is COMPLETED] == ['"r-1"', "12"]
+        expected = context_type(order_id=f"o-{n}")
+        charge(expected)
+        assert record.context == expected.to_dict()
+        assert record.created_at <= record.history[0].at <= record.updated_at
+        assert record.updated_at == record.history[-1].at
+        assert record.version == 4
+    summary = (await store.list_sagas(limit=1))[0]
+    assert (summary.saga_id, summary.status) == ("lean-5", SagaStatus.COMPLETED)
+    assert summary.updated_at == (await store.load("lean-5")).updated_at
