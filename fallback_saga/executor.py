@@ -655,7 +655,8 @@ class Execution(StepCursor):
         (``tests/test_inline_path_equivalence.py`` runs a saga both ways),
         less what that loop asks of every step and every run for the sagas
         this one never sees: groups, resumes, listeners, write-ahead stores.
-        Worth 4-5 % of such a saga (benchmarks/README.md, seventh pass)."""
+        Worth 2-5 % of such a saga, 4-6 % with ``MemorySagaStore.retire_run``
+        (benchmarks/README.md, seventh pass)."""
         self.store.track(self)  # type: ignore[attr-defined]
         self.created = True
         context = self.context
