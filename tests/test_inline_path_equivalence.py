@@ -3,15 +3,15 @@
 For speed, ``Execution.run_all`` runs a plain step (and a plain ``Fallback``)
 inlined in its loop when no step listener listens; with one, every step goes
 through ``try_branch``/``run_fallback``. A saga whose steps are all plain, on
-an in-process store with nobody listening at all, goes through
-``Execution.run_plain`` instead: the inlined loop less its checks. The three
-are separate code for the same rules (S1-S7), so a hypothesis-drawn saga —
-plain steps, Fallbacks, steps that fail, retried steps (which take the
-general path in every run, and keep the saga off run_plain), compensations
-that fail once or for good, acts that change the context before they fail —
-is run each way on the same kind of store, with a flat
-context of immutable values (the loop's fast snapshot) or one holding a
-list (the deep snapshot). The participants' ledger, the caller's outcome,
+the default store (a ``MemorySagaStore``) with nobody listening at all, goes
+through ``Execution.run_plain`` instead: the inlined loop less its checks.
+The three are separate code for the same rules (S1-S7), so a
+hypothesis-drawn saga — plain steps, Fallbacks, steps that fail, retried
+steps (which take the general path in every run, and keep the saga off
+run_plain), compensations that fail once or for good, acts that change the
+context before they fail — is run each way on the same kind of store, with
+a flat context of immutable values (the loop's fast snapshot) or one
+holding a list (the deep snapshot). The participants' ledger, the caller's outcome,
 the context and the journal (every row but its clock reading) must be the
 same, and the context must hold exactly what the acts that returned did.
 """
@@ -54,6 +54,7 @@ from fallback_saga import (
     SagaStore,
     SQLiteSagaStore,
 )
+from fallback_saga.executor import Execution
 
 _names = itertools.count()
 acts = st.sampled_from(["ok", "ok", "ok", "always", "once"])
@@ -306,14 +307,24 @@ def _saga(*steps: Any, **options: Any) -> Saga[Any]:
          "group", "plain-group", "store-subclass", "sqlite"],
 )
 def test_run_plain_is_taken_by_plain_sagas_on_the_default_store_with_nobody_listening(
-    build: Any, lean: bool
+    build: Any, lean: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    taken: list[str] = []
+    run_plain = Execution.run_plain
+
+    async def watched(self: Execution, plan: Any) -> Any:
+        taken.append(self.saga_id)
+        return await run_plain(self, plan)
+
+    monkeypatch.setattr(Execution, "run_plain", watched)
+
     async def case() -> None:
         saga = build()
         try:
             assert saga._runs_plain is lean
             context = FlatCtx(order_id="o-lean")
             result = await saga.run(context)
+            assert taken == ([result.saga_id] if lean else [])
             assert result.status is SagaStatus.COMPLETED
             assert context.count == sum(r.step_name != "_Mark" for r in result.results)
             if isinstance(saga.store, _WatchingStore):
