@@ -53,6 +53,7 @@ from fallback_saga import (
     SagaStepHandler,
     SagaStore,
     SQLiteSagaStore,
+    current_step,
 )
 from fallback_saga.executor import Execution
 
@@ -332,5 +333,28 @@ def test_run_plain_is_taken_by_plain_sagas_on_the_default_store_with_nobody_list
         finally:
             if isinstance(saga.store, SQLiteSagaStore):
                 await saga.store.close()
+
+    asyncio.run(case())
+
+
+class _Nesting(SagaStepHandler[FlatCtx, str]):
+    """Runs a saga of its own inside its act, then asks who it is."""
+
+    async def act(self, context: FlatCtx) -> str:
+        inner = _saga(_Step)
+        assert inner._runs_plain
+        await inner.run(FlatCtx(order_id="o-inner"))
+        context.count += 1
+        return current_step().saga_id
+
+
+def test_a_saga_run_inside_a_step_leaves_that_step_its_cursor() -> None:
+    # current_step() reads a context variable that each run sets and resets;
+    # the lean path must hand the outer step its cursor back, as run_all does.
+    async def case() -> None:
+        for outer in (_saga(_Nesting), _saga(_Nesting, listeners=[_Listener()])):
+            result = await outer.run(FlatCtx(order_id="o-outer"))
+            assert result.results[0].response == result.saga_id
+            assert result.results[0].saga_id == result.saga_id
 
     asyncio.run(case())
