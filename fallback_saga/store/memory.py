@@ -81,8 +81,8 @@ class MemorySagaStore:
         """``finished``, for a saga of this process that COMPLETED through
         ``Execution.run_plain``, whose final ``context`` nobody has frozen
         yet: a flat one of atomic values goes into the record straight from
-        its ``__dict__`` (``freeze_context``'s tuple, less the tuple and the
-        calls: 2-4 % of such a saga). False when the context is not such a
+        its ``__dict__`` (what ``freeze_context`` makes, less its call and
+        ``finished``'s three: 2-4 % of such a saga). False when the context is not such a
         one: the caller freezes it and calls ``finished``."""
         saga_id = saga.saga_id
         sagas = self._sagas
@@ -97,11 +97,15 @@ class MemorySagaStore:
                 return False
             journal = saga.journal
             count = len(journal)
-            build = _COMPLETED_FLAT[count] if count < _UNROLLED else _completed_flat_any
-            if build is None:
-                build = _COMPLETED_FLAT[count] = _completed_flat(count)
-            sagas[saga_id] = build(saga.saga_name, saga.fingerprint, saga.created_at,
-                                   journal, index, state)
+            flatten = _FLATTENERS[count] if count < _UNROLLED else _flatten_any
+            if flatten is None:
+                flatten = _FLATTENERS[count] = _flattener(count)
+            # freeze_context's flat tuple, made here from the state it reads
+            sagas[saga_id] = flatten(
+                saga.saga_name, saga.fingerprint, _COMPLETED_VALUE, saga.created_at,
+                journal[-1][7], count, journal, _FROZEN,
+                (index, len(state), *state, *state.values()),
+            )
             # _retire, inlined
             finished = self._finished
             finished.append(saga_id)
@@ -297,6 +301,7 @@ _FROZEN, _HELD = 1, 2
 _HEADER = 6
 _STRIDE = 9
 _SAGA_STATUS = {member.value: member for member in SagaStatus}
+_COMPLETED_VALUE = SagaStatus.COMPLETED.value
 # A member's plain value (``.value`` is a Python-level property on 3.11: 5x a lookup here).
 _STATUS_VALUE = {member: member.value for member in SagaStatus}
 
@@ -353,32 +358,6 @@ def _flattener(count: int) -> _Flattener:
 # of up to 15 plain steps); a longer one takes the general form.
 _UNROLLED = 32
 _FLATTENERS: list[_Flattener | None] = [None] * _UNROLLED
-
-_CompletedFlat = Callable[[str, str, float, Sequence[Any], int, dict[str, Any]], _Frozen]
-
-
-def _completed_flat(count: int) -> _CompletedFlat:
-    """``retire_run``'s record builder for a journal of ``count`` (>= 1)
-    entries: ``_flattener``'s record of a COMPLETED saga whose context is
-    ``freeze_context``'s flat tuple, built from the context's state itself
-    (class index, field count, names, values). Built from an int only."""
-    entries = "".join(f"*journal[{at}], " for at in range(count))
-    source = ("lambda name, fingerprint, created_at, journal, index, state: (name, fingerprint,"
-              f" {SagaStatus.COMPLETED.value!r}, created_at, journal[-1][7], {count},"
-              f" {entries}{_FROZEN}, index, len(state), *state, *state.values())")
-    return eval(source, {})  # type: ignore[no-any-return]
-
-
-_COMPLETED_FLAT: list[_CompletedFlat | None] = [None] * _UNROLLED
-
-
-def _completed_flat_any(name: str, fingerprint: str, created_at: float,
-                        journal: Sequence[Any], index: int, state: dict[str, Any]) -> _Frozen:
-    """``_completed_flat``'s record for a journal of any length (>= 1)."""
-    return (name, fingerprint, SagaStatus.COMPLETED.value, created_at, journal[-1][7],
-            len(journal), *chain.from_iterable(journal), _FROZEN, index, len(state), *state,
-            *state.values())
-
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
     saga_name, fingerprint, status, created_at, updated_at, count = frozen[:_HEADER]
