@@ -81,9 +81,9 @@ class MemorySagaStore:
         """``finished``, for a saga of this process that COMPLETED through
         ``Execution.run_plain``, whose final ``context`` nobody has frozen
         yet: a flat one of atomic values goes into the record straight from
-        its ``__dict__`` (what ``freeze_context`` makes, less its call and
-        ``finished``'s three: 2-4 % of such a saga). False when the context is not such a
-        one: the caller freezes it and calls ``finished``."""
+        its ``__dict__`` (what ``freeze_context`` makes, without its call or
+        ``finished``'s three: 2-4 % of such a saga). False when the context
+        is not such a one: the caller freezes it and calls ``finished``."""
         saga_id = saga.saga_id
         sagas = self._sagas
         if sagas.get(saga_id) is saga:
