@@ -441,7 +441,9 @@ def fallback_saga_check(kind: str) -> Callable[[Any], None]:
 # * S1/S2: the context snapshot before every step, restored when it fails;
 # * two timestamped journal entries per step call (STARTED, then COMPLETED
 #   with the response, or FAILED with the error's text), and for every
-#   compensation;
+#   compensation (a forward step's STARTED and COMPLETED kept as their clock
+#   readings, the rest following from the plan, as the library's lean path
+#   keeps them: fallback_saga/compact_journal.py);
 # * S3/S4: a Fallback's fallback runs on the primary's failure;
 # * S5/S8: the completed steps compensated in reverse, in a task of its own
 #   that the caller's cancellation cannot interrupt (eagerly started on
@@ -467,6 +469,7 @@ class FloorFailed(Exception):
 def build_contract_floor() -> dict[str, Workload]:
     import asyncio
     import itertools
+    import operator
     import os
     import sys
     import time
@@ -482,6 +485,7 @@ def build_contract_floor() -> dict[str, Workload]:
     prefix = os.urandom(10).hex()[:24]
     counter = itertools.count(1 << 48)
     new_tuple = tuple.__new__
+    first = operator.itemgetter(0)
     eager = sys.version_info >= (3, 12)
 
     class Step:
@@ -547,6 +551,14 @@ def build_contract_floor() -> dict[str, Workload]:
         return task.result()
 
     def new_runner_for(plan: list[Any]) -> Callable[[], SagaRunner]:
+        # What the compact journal leaves out, kept once per saga definition.
+        shape = tuple(
+            value
+            for item in plan
+            for step in (item if item.__class__ is tuple else (item,))
+            for value in (step.position, step.name, step.branch)
+        )
+
         def new_runner() -> SagaRunner:
             live: dict[str, Any] = {}
             finished: deque[str] = deque()
@@ -573,8 +585,7 @@ def build_contract_floor() -> dict[str, Workload]:
                         while True:
                             run.step = step.name
                             run.attempt = 1
-                            journal.append((step.position, step.name, step.branch, "act",
-                                            "started", 1, None, now(), None))
+                            journal.append(now())  # STARTED, compact
                             run.action = "act"
                             run.active = True
                             try:
@@ -594,26 +605,28 @@ def build_contract_floor() -> dict[str, Workload]:
                         run.active = False
                         if response.__class__ is not SagaStepResult:
                             response = new_tuple(SagaStepResult, (response, step.name, saga_id))
-                        journal.append((step.position, step.name, step.branch, "act",
-                                        "completed", 1, None, now(), response[0]))
+                        journal.append(now())  # COMPLETED, compact: the response is in results
                         stack.append(step)
                         results.append(response)
                 except Exception as error:
                     failed_step = run.step
                     await shielded(unwind(run, context))
-                    finish(run, saga_id, created_at, context)
+                    finish(run, saga_id, created_at, context, results)
                     raise FloorFailed(saga_id, failed_step, run.status, error) from error
                 finally:
                     _CURSOR.reset(token)
                 run.status = "completed"
-                finish(run, saga_id, created_at, context)
+                finish(run, saga_id, created_at, context, results)
                 return (saga_id, "completed", context, results)
 
-            def finish(run: Run, saga_id: str, created_at: float, context: Any) -> None:
+            def finish(run: Run, saga_id: str, created_at: float, context: Any,
+                       results: list[Any]) -> None:
                 journal = run.journal
                 state = context.__dict__
-                live[saga_id] = ("Saga", run.status, created_at, journal[-1][7], len(journal),
-                                 *itertools.chain.from_iterable(journal), *state,
+                last = journal[-1]
+                live[saga_id] = ("Saga", run.status, created_at,
+                                 last if last.__class__ is float else last[7], len(journal),
+                                 shape, *journal, *map(first, results), *state,
                                  *state.values())
                 finished.append(saga_id)
                 if len(finished) > DEFAULT_RETENTION:

@@ -39,6 +39,7 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 from .breaker import CircuitBreakerProtocol
 from .codec import FIELD_PLANS
+from .compact_journal import Shape
 from .context import (
     _DICT_ONLY,
     _IMMUTABLE,
@@ -439,6 +440,7 @@ class Execution(StepCursor):
         "results",
         "resumed",
         "settings",
+        "shape",
         "stack",
         "status",
         "store",
@@ -474,6 +476,8 @@ class Execution(StepCursor):
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
         self.journal: list[RawEntry] = []
+        # A compact journal's plan shape (run_plain's: see compact_journal), else None.
+        self.shape: Shape | None = None
         self.status = _RUNNING
         self.image: Any = None  # a step snapshot; once finished, what freeze_context gave
         self.created_at = _now()
@@ -645,7 +649,7 @@ class Execution(StepCursor):
             return self.complete_live()  # one coroutine fewer
         return await self.complete()
 
-    async def run_plain(self, plan: tuple[PlanItem, ...]) -> SagaResult[Any]:
+    async def run_plain(self, plan: tuple[PlanItem, ...], shape: Shape) -> SagaResult[Any]:
         """``run_all`` for the commonest saga (``Saga._runs_plain``): a fresh
         run on a ``MemorySagaStore`` (exactly: its ``retire_run`` is called),
         nobody listening, every step plain (a ``Branch`` or a
@@ -656,11 +660,17 @@ class Execution(StepCursor):
         less what that loop asks of every step and every run for the sagas
         this one never sees: groups, resumes, listeners, write-ahead stores.
         Worth 2-5 % of such a saga, 4-6 % with ``MemorySagaStore.retire_run``
-        (benchmarks/README.md, seventh pass)."""
+        (benchmarks/README.md, seventh pass).
+
+        Its journal is compact (``compact_journal``): a forward step's STARTED
+        and COMPLETED rows are their clock readings only, which ``shape`` (the
+        plan's) and ``results`` complete when the store reads them; every
+        other row is whole."""
+        self.shape = shape
         self.store.track(self)  # type: ignore[attr-defined]
         self.created = True
         context = self.context
-        journal = self.journal
+        journal: list[Any] = self.journal  # compact: clock readings and whole rows
         stack = self.stack
         results = self.results
         saga_id = self.saga_id
@@ -678,8 +688,7 @@ class Execution(StepCursor):
                 while True:
                     self.step = name = branch.name
                     self.attempt = 1
-                    journal.append((branch.position, name, branch.branch, "act", _STARTED,
-                                    1, None, _now(), None))
+                    journal.append(_now())  # STARTED, compact
                     self.action = "act"
                     self.active = True
                     try:
@@ -697,12 +706,8 @@ class Execution(StepCursor):
                 self.active = False
                 if item is not branch:
                     self.primary_error = None  # a Fallback's: the fallback (if it ran) completed
-                if response.__class__ is SagaStepResult:
-                    journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                    1, None, _now(), response[0]))
-                else:
-                    journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                    1, None, _now(), response))
+                journal.append(_now())  # COMPLETED, compact: its response is in results
+                if response.__class__ is not SagaStepResult:
                     response = _new_tuple(SagaStepResult, (response, name, saga_id))
                 stack.append(branch)
                 results.append(response)

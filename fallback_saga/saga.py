@@ -10,6 +10,7 @@ from contextvars import Token
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .compact_journal import Shape, plan_shape
 from .context import context_from_dict
 from .definition import (
     BranchSpec,
@@ -182,6 +183,12 @@ class Saga(Generic[ContextT]):
             and self._hooks.silent
             and all(not isinstance(item, GroupPlan) and item.plain for item in self._plan)
         )
+        # What run_plain's compact journal leaves out (see compact_journal).
+        self._shape: Shape = plan_shape(
+            (item,) if isinstance(item, Branch)
+            else (item.primary, item.fallback)  # type: ignore[union-attr]
+            for item in self._plan
+        ) if self._runs_plain else ()
 
     def _execution(
         self, context: ContextT, saga_id: str | None, fence: Lease | None = None
@@ -209,7 +216,8 @@ class Saga(Generic[ContextT]):
         if expected is not None and not isinstance(context, expected):
             self._check_context(context)
         if self._runs_plain:
-            return await Execution(self._settings, context, saga_id).run_plain(self._plan)
+            execution = Execution(self._settings, context, saga_id)
+            return await execution.run_plain(self._plan, self._shape)
         return await Execution(self._settings, context, saga_id).run_all(self._plan)
 
     async def resume(

@@ -82,18 +82,52 @@ class FlatCtx(SagaContext):
     count: int = 0
 
 
+# What a run's store shows while each of its acts and compensations runs, by
+# saga id: the store, then (status, rows) as load() gave them at that moment.
+# run_plain keeps its journal compact (clock readings for forward steps), so
+# what a store reads of a running saga is checked here too, not only the end.
+_live_views: dict[str, tuple[SagaStore, list[tuple[Any, list[Any]]]]] = {}
+
+
+def rows_of(record: Any) -> list[Any]:
+    """A record's journal rows, every field but the clock reading."""
+    return [
+        (e.position, e.step, e.branch, e.action, e.status, e.attempt, e.error, e.result)
+        for e in record.history
+    ]
+
+
+async def look_at_the_store() -> None:
+    watched = _live_views.get(current_step().saga_id)
+    if watched is not None:
+        store, views = watched
+        record = await store.load(current_step().saga_id)
+        views.append((record.status, rows_of(record)))
+
+
+def response_for(name: str) -> Any:
+    """A step's response: a string, a float, a tuple or nothing (a compact
+    journal keeps clock readings, floats, beside its rows, tuples)."""
+    return (name, 1.5, (name, 2.5), None)[sum(map(ord, name)) % 4]
+
+
 class MarkingStep(LedgerStep):
     """Marks the context *before* its participant answers, so that a failed
     try leaves a mark the executor must take back (S1/S2)."""
 
-    async def act(self, ctx: Any) -> str:
+    async def act(self, ctx: Any) -> Any:
+        await look_at_the_store()
         if isinstance(ctx, FlatCtx):
             ctx.last = self.spec.name
             ctx.count += 1
         else:
             ctx.marks.append(self.spec.name)
         self.ledger.call("act", self.spec.act)
-        return self.spec.name
+        return response_for(self.spec.name)
+
+    async def compensate(self, ctx: Any) -> None:
+        await look_at_the_store()
+        await super().compensate(ctx)
 
 
 def marks_of(ctx: Any) -> Any:
@@ -172,18 +206,19 @@ async def run_one(
     )
     saga_id = context.order_id
     paths.append(saga._runs_plain)
+    views: list[tuple[Any, list[Any]]] = []
+    _live_views[saga_id] = (store, views)
     try:
         result: object = await saga.run(context, saga_id=saga_id)
     except SagaFailed as error:
         result = error
+    finally:
+        del _live_views[saga_id]
     record = await store.load(saga_id)
-    rows = [
-        (e.position, e.step, e.branch, e.action, e.status, e.attempt, e.error, e.result)
-        for e in record.history
-    ]
+    rows = rows_of(record)
     calls = [(c.step, c.action, c.applied) for c in ledger.of(saga_id)]
     journaled = {k: v for k, v in record.context.items() if k != "order_id"}
-    return outcome_of(result), marks_of(context), record.status, journaled, rows, calls
+    return outcome_of(result), marks_of(context), record.status, journaled, rows, calls, views
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,10 +254,16 @@ def test_S1_to_S7_property_the_lean_loops_do_what_the_general_path_does(
         assert paths == [all_plain and not durable, False, False]
         assert sagas.started == 1
         assert steps.started > 0  # the last run did take the general path
-        outcome, marks, status, context, rows, calls = lean
+        outcome, marks, status, context, rows, calls, views = lean
         # S1/S2: a failed try left nothing in the context, on any path
         completed = [step for step, action, applied in calls if action == "act" and applied]
         assert marks == expected_marks(flat, completed)
+        # every act and compensation looked at the store once, and saw the
+        # journal up to its own STARTED row
+        assert len(views) == len(calls)
+        for (_, seen), call in zip(views, calls, strict=True):
+            step, action, status_now = seen[-1][1], seen[-1][3], seen[-1][4]
+            assert (step, action, status_now) == (call[0], call[1], "started")
         for other in (inlined, general):
             assert other[0] == outcome
             assert other[1] == marks
@@ -230,6 +271,7 @@ def test_S1_to_S7_property_the_lean_loops_do_what_the_general_path_does(
             assert other[3] == context
             assert other[4] == rows
             assert other[5] == calls
+            assert other[6] == views
 
     asyncio.run(case())
 
@@ -313,9 +355,9 @@ def test_run_plain_is_taken_by_plain_sagas_on_the_default_store_with_nobody_list
     taken: list[str] = []
     run_plain = Execution.run_plain
 
-    async def watched(self: Execution, plan: Any) -> Any:
+    async def watched(self: Execution, plan: Any, shape: Any) -> Any:
         taken.append(self.saga_id)
-        return await run_plain(self, plan)
+        return await run_plain(self, plan, shape)
 
     monkeypatch.setattr(Execution, "run_plain", watched)
 

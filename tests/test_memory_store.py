@@ -18,6 +18,7 @@ from fallback_saga import (
     JournalEntry,
     MemorySagaStore,
     Response,
+    Saga,
     SagaAlreadyExists,
     SagaContext,
     SagaFailed,
@@ -28,6 +29,7 @@ from fallback_saga import (
     SagaStepResult,
     SagaStore,
     StepStatus,
+    current_step,
 )
 from fallback_saga.store._responses import response_text
 
@@ -481,3 +483,55 @@ async def test_a_saga_retired_from_the_lean_path_reads_back_like_any_other(
     summary = (await store.list_sagas(limit=1))[0]
     assert (summary.saga_id, summary.status) == ("lean-5", SagaStatus.COMPLETED)
     assert summary.updated_at == (await store.load("lean-5")).updated_at
+
+
+async def test_a_lean_saga_shows_its_journal_while_it_runs() -> None:
+    # run_plain keeps its forward rows as clock readings (compact_journal);
+    # what the store shows of the running saga must be whole rows all the
+    # same: load(), list_sagas() and count_sagas() from inside a step, after
+    # a Fallback's primary failed and its fallback took over.
+    store = MemorySagaStore()
+    seen: list[tuple[SagaRecord, Any]] = []
+
+    class Reserve(SagaStepHandler[_FlatCtx, float]):
+        async def act(self, context: _FlatCtx) -> float:
+            return 2.5  # a float response, beside the journal's clock readings
+
+    class Primary(SagaStepHandler[_FlatCtx, None]):
+        async def act(self, context: _FlatCtx) -> None:
+            raise Boom("down")
+
+    class Peek(SagaStepHandler[_FlatCtx, tuple[str, float]]):
+        async def act(self, context: _FlatCtx) -> tuple[str, float]:
+            saga_id = current_step().saga_id
+            summaries = await store.list_sagas()
+            seen.append((await store.load(saga_id), summaries))
+            assert await store.count_sagas() == {("Peeking", SagaStatus.RUNNING): 1}
+            return ("t", 1.0)  # a tuple response, beside the journal's whole rows
+
+    class Peeking(Saga[_FlatCtx]):
+        steps = [Reserve, Fallback(step=Primary, fallback=Peek)]
+
+    saga = Peeking(store=store)
+    assert saga._runs_plain
+    result = await saga.run(_FlatCtx(order_id="o-1"), saga_id="peek")
+
+    (running, summaries), = seen
+    assert running.status is SagaStatus.RUNNING
+    assert [(e.position, e.step, e.branch, e.status, e.error, e.result)
+            for e in running.history] == [
+        (0, "Reserve", "primary", STARTED, None, None),
+        (0, "Reserve", "primary", COMPLETED, None, "2.5"),
+        (1, "Primary", "primary", STARTED, None, None),
+        (1, "Primary", "primary", FAILED, "Boom: down", None),
+        (1, "Peek", "fallback", STARTED, None, None),
+    ]
+    assert running.version == 5
+    assert running.updated_at == running.history[-1].at
+    assert [(s.saga_id, s.status, s.updated_at) for s in summaries] == [
+        ("peek", SagaStatus.RUNNING, running.updated_at)
+    ]
+    finished = await store.load("peek")
+    assert finished.history[:5] == running.history
+    assert [e.result for e in finished.history[5:]] == ['{"$fs":["tuple",["t",1.0]]}']
+    assert [r.response for r in result.results] == [2.5, ("t", 1.0)]

@@ -256,7 +256,11 @@ RawEntry = tuple[int, str, Branch, Action, str, int, str | None, float, Any]
 
 
 class LiveSaga(Protocol):
-    """A running saga as an in-process store may watch it (see ``LiveJournal``)."""
+    """A running saga as an in-process store may watch it (see ``LiveJournal``).
+
+    ``journal`` holds whole rows, except for a run that ``MemorySagaStore``
+    itself watches through ``Execution.run_plain``, whose journal is compact
+    (``compact_journal``) and which says so with a ``shape`` that is not None."""
 
     saga_id: str
     saga_name: str

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
+from ..compact_journal import expand
 from ..context import _ATOMIC, _FREEZABLE, frozen_to_dict
 from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
@@ -95,16 +96,18 @@ class MemorySagaStore:
                 map(type, (state := context.__dict__).values())
             ):
                 return False
-            journal = saga.journal
-            count = len(journal)
-            flatten = _FLATTENERS[count] if count < _UNROLLED else _flatten_any
-            if flatten is None:
-                flatten = _FLATTENERS[count] = _flattener(count)
+            # run_plain's journal is compact; it ends with a COMPLETED reading
+            journal: list[Any] = saga.journal
+            results = saga.results  # type: ignore[attr-defined]
+            size = len(results)
+            build = _COMPACT_BUILDERS[size] if size < _UNROLLED else _compact_any
+            if build is None:
+                build = _COMPACT_BUILDERS[size] = _compact_builder(size)
             # freeze_context's flat tuple, made here from the state it reads
-            sagas[saga_id] = flatten(
+            sagas[saga_id] = build(
                 saga.saga_name, saga.fingerprint, _COMPLETED_VALUE, saga.created_at,
-                journal[-1][7], count, journal, _FROZEN,
-                (index, len(state), *state, *state.values()),
+                journal[-1], len(journal), saga.shape, journal, results,  # type: ignore[attr-defined]
+                _FROZEN, (index, len(state), *state, *state.values()),
             )
             # _retire, inlined
             finished = self._finished
@@ -188,7 +191,7 @@ class MemorySagaStore:
             )
         if isinstance(saga, tuple):
             return _thaw(saga_id, saga)
-        history = [journal_entry(raw, saga.saga_name) for raw in saga.journal]
+        history = [journal_entry(raw, saga.saga_name) for raw in _rows(saga)]
         return SagaRecord(
             saga_id=saga.saga_id,
             saga_name=saga.saga_name,
@@ -266,7 +269,7 @@ class MemorySagaStore:
             updated_at = saga.updated_at
         else:
             journal = saga.journal
-            updated_at = journal[-1][7] if journal else saga.created_at
+            updated_at = _entry_at(journal[-1]) if journal else saga.created_at
         return SagaSummary(
             saga_id, saga.saga_name, saga.status, saga.created_at, updated_at
         )
@@ -284,9 +287,16 @@ class MemorySagaStore:
 # tuples, a snapshot, the context). Layout:
 #
 #     saga name, fingerprint, status value, created at, updated at, entry count,
-#     the entries, 9 items each (``store.base.RawEntry``),
+#     None, the entries, 9 items each (``store.base.RawEntry``),
 #     the context: ``_FROZEN, class index, n, n names, n values`` (a flat
-#         context: ``context.freeze_context``), or ``_HELD, snapshot or dict``.
+#         context: ``context.freeze_context``), or ``_HELD, snapshot or dict``;
+#
+# or, for a saga run with a compact journal (``compact_journal``: what
+# ``Execution.run_plain`` keeps),
+#
+#     the same six, the plan's shape, the entries as the run keeps them (a
+#     clock reading, or a whole row as one tuple), the responses of its
+#     COMPLETED rows, the context as above.
 #
 # A saga whose steps return nothing, or ids, numbers, strings, leaves a tuple
 # of atomic values only, which the collector untracks on its first pass (a
@@ -298,7 +308,7 @@ class MemorySagaStore:
 _Frozen = tuple[Any, ...]
 
 _FROZEN, _HELD = 1, 2
-_HEADER = 6
+_HEADER = 7  # the last: the shape of a compact journal, else None
 _STRIDE = 9
 _SAGA_STATUS = {member.value: member for member in SagaStatus}
 _COMPLETED_VALUE = SagaStatus.COMPLETED.value
@@ -317,12 +327,21 @@ def _freeze(saga: LiveSaga) -> _Frozen | None:
     journal = saga.journal
     count = len(journal)
     created_at = saga.created_at
-    updated_at = journal[-1][7] if count else created_at
+    updated_at = _entry_at(journal[-1]) if count else created_at
     # freeze_context's flat tuple goes in as it is: ``_FROZEN, index, n, names, values``.
     if context.__class__ is tuple:
         marker, tail = _FROZEN, context
     else:
         marker, tail = _HELD, (context,)
+    shape = getattr(saga, "shape", None)
+    if shape is not None:
+        results = saga.results  # type: ignore[attr-defined]
+        size = len(results)
+        build = _COMPACT_BUILDERS[size] if size < _UNROLLED else _compact_any
+        if build is None:
+            build = _COMPACT_BUILDERS[size] = _compact_builder(size)
+        return build(saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status], created_at,
+                     updated_at, count, shape, journal, results, marker, tail)
     flatten = _FLATTENERS[count] if count < _UNROLLED else _flatten_any
     if flatten is None:
         flatten = _FLATTENERS[count] = _flattener(count)
@@ -338,7 +357,7 @@ _Flattener = Callable[
 def _flatten_any(name: str, fingerprint: str, status: str, created_at: float,
                  updated_at: float, count: int, journal: Sequence[Any], marker: int,
                  tail: tuple[Any, ...]) -> _Frozen:
-    return (name, fingerprint, status, created_at, updated_at, count,
+    return (name, fingerprint, status, created_at, updated_at, count, None,
             *chain.from_iterable(journal), marker, *tail)
 
 
@@ -349,8 +368,32 @@ def _flattener(count: int) -> _Flattener:
     The source is built from an int only."""
     entries = "".join(f"*journal[{at}], " for at in range(count))
     source = ("lambda name, fingerprint, status, created_at, updated_at, count, journal,"
-              " marker, tail: (name, fingerprint, status, created_at, updated_at, count,"
+              " marker, tail: (name, fingerprint, status, created_at, updated_at, count, None,"
               f" {entries}marker, *tail)")
+    return eval(source, {})  # type: ignore[no-any-return]
+
+
+_CompactBuilder = Callable[
+    [str, str, str, float, float, int, Any, Sequence[Any], Sequence[Any], int, tuple[Any, ...]],
+    _Frozen,
+]
+
+
+def _compact_any(name: str, fingerprint: str, status: str, created_at: float,
+                 updated_at: float, count: int, shape: Any, journal: Sequence[Any],
+                 results: Sequence[Any], marker: int, tail: tuple[Any, ...]) -> _Frozen:
+    return (name, fingerprint, status, created_at, updated_at, count, shape, *journal,
+            *[result[0] for result in results], marker, *tail)
+
+
+def _compact_builder(size: int) -> _CompactBuilder:
+    """The record's builder for a compact journal whose run has ``size``
+    results (a ``SagaStepResult`` each: its response is item 0), unrolled as
+    ``_flattener``'s is. The source is built from an int only."""
+    responses = "".join(f"results[{at}][0], " for at in range(size))
+    source = ("lambda name, fingerprint, status, created_at, updated_at, count, shape, journal,"
+              " results, marker, tail: (name, fingerprint, status, created_at, updated_at,"
+              f" count, shape, *journal, {responses}marker, *tail)")
     return eval(source, {})  # type: ignore[no-any-return]
 
 
@@ -358,10 +401,33 @@ def _flattener(count: int) -> _Flattener:
 # of up to 15 plain steps); a longer one takes the general form.
 _UNROLLED = 32
 _FLATTENERS: list[_Flattener | None] = [None] * _UNROLLED
+_COMPACT_BUILDERS: list[_CompactBuilder | None] = [None] * _UNROLLED
+
+
+def _entry_at(entry: Any) -> float:
+    """When a journal entry was recorded: a compact journal's clock reading,
+    or a whole row's."""
+    return entry if entry.__class__ is float else entry[7]
+
+
+def _rows(saga: LiveSaga) -> Sequence[Any]:
+    """A watched saga's journal as whole rows."""
+    shape = getattr(saga, "shape", None)
+    if shape is None:
+        return saga.journal
+    return expand(shape, saga.journal, [result[0] for result in saga.results])[0]  # type: ignore[attr-defined]
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
-    saga_name, fingerprint, status, created_at, updated_at, count = frozen[:_HEADER]
-    end = _HEADER + count * _STRIDE
+    saga_name, fingerprint, status, created_at, updated_at, count, shape = frozen[:_HEADER]
+    if shape is None:
+        end = _HEADER + count * _STRIDE
+        rows: Sequence[Any] = [
+            frozen[at:at + _STRIDE] for at in range(_HEADER, end, _STRIDE)
+        ]
+    else:
+        end = _HEADER + count
+        rows, used = expand(shape, frozen[_HEADER:end], frozen[end:])
+        end += used
     if frozen[end] == _HELD:
         context = _context_form(frozen[end + 1])
     else:
@@ -373,10 +439,7 @@ def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
         fingerprint=fingerprint,
         status=_SAGA_STATUS[status],
         context=context,
-        history=[
-            journal_entry(frozen[at:at + _STRIDE], saga_name)
-            for at in range(_HEADER, end, _STRIDE)
-        ],
+        history=[journal_entry(raw, saga_name) for raw in rows],
         created_at=created_at,
         updated_at=updated_at,
         version=count,
