@@ -400,3 +400,43 @@ def test_a_saga_run_inside_a_step_leaves_that_step_its_cursor() -> None:
             assert result.results[0].saga_id == result.saga_id
 
     asyncio.run(case())
+
+
+def test_S8_a_lean_saga_cancelled_mid_step_journals_what_the_general_path_does() -> None:
+    # Cancelled while its third act waits: the lean path (compact journal,
+    # the act's row whole) and the general path must leave the same record.
+    async def run(listeners: tuple[object, ...]) -> tuple[Any, list[Any], Any]:
+        store = MemorySagaStore()
+        waiting = asyncio.Event()
+
+        class Wait(SagaStepHandler[FlatCtx, None]):
+            async def act(self, context: FlatCtx) -> None:
+                context.last = "waiting"
+                waiting.set()
+                await asyncio.Event().wait()  # until cancelled
+
+        class Cancelled(Saga[FlatCtx]):
+            steps = [_Step, Fallback(step=_Other, fallback=_Spare), Wait, _Mark]
+
+        saga = Cancelled(store=store, listeners=listeners)
+        context = FlatCtx(order_id="o-cancel")
+        task = asyncio.create_task(saga.run(context, saga_id="cancelled"))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await store.load("cancelled")
+        return saga._runs_plain, rows_of(record), (record.status, marks_of(context))
+
+    lean = asyncio.run(run(()))
+    general = asyncio.run(run((StepCounter(),)))
+    assert (lean[0], general[0]) == (True, False)
+    assert lean[1:] == general[1:]
+    status, marks = lean[2]
+    assert status is SagaStatus.COMPENSATED
+    assert marks == ("", 2)  # the waiting act's mark taken back; compensations leave count
+    assert [(row[1], row[3], row[4]) for row in lean[1]][-6:] == [
+        ("Wait", "act", "started"), ("Wait", "act", "failed"),
+        ("_Other", "compensate", "started"), ("_Other", "compensate", "completed"),
+        ("_Step", "compensate", "started"), ("_Step", "compensate", "completed"),
+    ]
