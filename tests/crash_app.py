@@ -76,6 +76,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ledger_file import whole_lines
+
 import fallback_saga
 from fallback_saga import (
     Fallback,
@@ -250,9 +252,7 @@ class Ledger:
     def read(cls, path: Path | None = None) -> list[dict[str, Any]]:
         path = path or cls.path
         assert path is not None
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        return whole_lines(path)
 
     @classmethod
     def write(cls, line: dict[str, Any]) -> None:
@@ -260,7 +260,7 @@ class Ledger:
         data = (json.dumps(line, sort_keys=True) + "\n").encode()
         fd = os.open(cls.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)  # one write of one short line: atomic with O_APPEND
+            os.write(fd, data)  # one write of one line: whole among writers (O_APPEND)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ledger_file import whole_lines
+
 from fallback_saga import Saga as _Saga
 from fallback_saga import (
     SagaContext,
@@ -41,7 +43,7 @@ def call(action: str) -> None:
     assert LEDGER is not None
     info = current_step()
     key = info.idempotency_key
-    lines = [json.loads(x) for x in LEDGER.read_text().splitlines()] if LEDGER.exists() else []
+    lines = whole_lines(LEDGER)
     kind = "skip" if any(x["kind"] == "apply" and x["key"] == key for x in lines) else "apply"
     data = json.dumps({"kind": kind, "action": action, "step": info.step, "key": key,
                        "saga": info.saga_id, "pid": os.getpid()}) + "\n"

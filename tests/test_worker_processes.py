@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest_pg import require_driver
+from ledger_file import whole_lines
 
 from fallback_saga import (
     JournalEntry,
@@ -244,9 +245,7 @@ class Env:
             sql.replace("{s}", f'"{self.schema}"'), params).fetchall()
 
     def ledger_lines(self) -> list[dict[str, Any]]:
-        if not self.ledger.exists():
-            return []
-        return [json.loads(line) for line in self.ledger.read_text().splitlines()]
+        return whole_lines(self.ledger)
 
     def start(self, owner: str, *, lease: float, concurrency: int = 8,
               poll: float = 0.05, go: bool = True, grace: float | None = None,
