@@ -13,7 +13,9 @@ context before they fail — is run each way on the same kind of store, with
 a flat context of immutable values (the loop's fast snapshot) or one
 holding a list (the deep snapshot). The participants' ledger, the caller's outcome,
 the context and the journal (every row but its clock reading) must be the
-same, and the context must hold exactly what the acts that returned did.
+same — at the end, and as the store shows it while each act and each
+compensation runs (run_plain keeps a compact journal the store expands) —
+and the context must hold exactly what the acts that returned did.
 """
 
 from __future__ import annotations
