@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 from ..compact_journal import expand
 from ..context import _ATOMIC, _FREEZABLE, frozen_to_dict
@@ -99,12 +99,8 @@ class MemorySagaStore:
             # run_plain's journal is compact; it ends with a COMPLETED reading
             journal: list[Any] = saga.journal
             results = saga.results  # type: ignore[attr-defined]
-            size = len(results)
-            build = _COMPACT_BUILDERS[size] if size < _UNROLLED else _compact_any
-            if build is None:
-                build = _COMPACT_BUILDERS[size] = _compact_builder(size)
             # freeze_context's flat tuple, made here from the state it reads
-            sagas[saga_id] = build(
+            sagas[saga_id] = _COMPACT_BUILDERS[len(results)](
                 saga.saga_name, saga.fingerprint, _COMPLETED_VALUE, saga.created_at,
                 journal[-1], len(journal), saga.shape, journal, results,  # type: ignore[attr-defined]
                 _FROZEN, (index, len(state), *state, *state.values()),
@@ -336,17 +332,12 @@ def _freeze(saga: LiveSaga) -> _Frozen | None:
     shape = getattr(saga, "shape", None)
     if shape is not None:
         results = saga.results  # type: ignore[attr-defined]
-        size = len(results)
-        build = _COMPACT_BUILDERS[size] if size < _UNROLLED else _compact_any
-        if build is None:
-            build = _COMPACT_BUILDERS[size] = _compact_builder(size)
-        return build(saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status], created_at,
-                     updated_at, count, shape, journal, results, marker, tail)
-    flatten = _FLATTENERS[count] if count < _UNROLLED else _flatten_any
-    if flatten is None:
-        flatten = _FLATTENERS[count] = _flattener(count)
-    return flatten(saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status],
-                   created_at, updated_at, count, journal, marker, tail)
+        return _COMPACT_BUILDERS[len(results)](
+            saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status], created_at, updated_at,
+            count, shape, journal, results, marker, tail,
+        )
+    return _FLATTENERS[count](saga.saga_name, saga.fingerprint, _STATUS_VALUE[saga.status],
+                              created_at, updated_at, count, journal, marker, tail)
 
 
 _Flattener = Callable[
@@ -397,11 +388,30 @@ def _compact_builder(size: int) -> _CompactBuilder:
     return eval(source, {})  # type: ignore[no-any-return]
 
 
-# Journals shorter than this get an unrolled builder, made on first use (a saga
-# of up to 15 plain steps); a longer one takes the general form.
+_Builder = TypeVar("_Builder")
+
+
+class _Builders(dict[int, _Builder]):
+    """A record builder per size (journal entries, or results), made on first
+    use: unrolled for a size under ``_UNROLLED`` (a saga of up to 15 plain
+    steps), the general form for a longer one. Looked up with one subscript
+    (``__missing__`` runs once per size), on the hot path of every retired saga."""
+
+    def __init__(self, unrolled: Callable[[int], _Builder], general: _Builder) -> None:
+        super().__init__()
+        self._unrolled = unrolled
+        self._general = general
+
+    def __missing__(self, size: int) -> _Builder:
+        if size >= _UNROLLED:
+            return self._general  # not kept: sizes of long sagas are not bounded
+        builder = self[size] = self._unrolled(size)
+        return builder
+
+
 _UNROLLED = 32
-_FLATTENERS: list[_Flattener | None] = [None] * _UNROLLED
-_COMPACT_BUILDERS: list[_CompactBuilder | None] = [None] * _UNROLLED
+_FLATTENERS: _Builders[_Flattener] = _Builders(_flattener, _flatten_any)
+_COMPACT_BUILDERS: _Builders[_CompactBuilder] = _Builders(_compact_builder, _compact_any)
 
 
 def _entry_at(entry: Any) -> float:
