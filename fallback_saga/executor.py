@@ -439,6 +439,7 @@ class Execution(StepCursor):
         "primary_error",
         "results",
         "resumed",
+        "scalars",
         "settings",
         "shape",
         "stack",
@@ -501,13 +502,16 @@ class Execution(StepCursor):
         if live:
             # check_serializable's fast path inlined: a flat dataclass of JSON scalars.
             state = getattr(context, "__dict__", None)
-            if not (
+            # Kept: run_plain's first snapshot needs no scan of its own then.
+            self.scalars = scalars = (
                 state is not None
                 and context.__class__ in FIELD_PLANS
                 and _JSON_SCALARS.issuperset(map(type, state.values()))
-            ):
+            )
+            if not scalars:
                 check_serializable(context)
             return
+        self.scalars = False
         self.initial_context: dict[str, Any] | None = context_to_dict(context)
         self.written = 0  # journal entries a write-ahead store already has
         self.pending_status: SagaStatus | None = None
@@ -675,12 +679,20 @@ class Execution(StepCursor):
         results = self.results
         saga_id = self.saga_id
         flat = _DICT_ONLY.get(context.__class__)
+        # S12's check (__init__) has just found JSON scalars only, all of them
+        # immutable: the first step's snapshot is a copy with no scan of its own.
+        scanned = flat and self.scalars
         token = _CURSOR.set(self)
         try:
             item: Any  # a Branch or a FallbackPlan (Any: told apart by exact class)
             branch: Branch
             for item in plan:
-                if flat and _IMMUTABLE.issuperset(map(type, (state := context.__dict__).values())):
+                if scanned:
+                    scanned = False
+                    snapshot = self.image = context.__dict__.copy()
+                elif flat and _IMMUTABLE.issuperset(
+                    map(type, (state := context.__dict__).values())
+                ):
                     snapshot = self.image = state.copy()
                 else:
                     snapshot = self.image = step_snapshot(context)

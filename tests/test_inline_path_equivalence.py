@@ -21,6 +21,7 @@ and the context must hold exactly what the acts that returned did.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import itertools
 import types
@@ -442,3 +443,78 @@ def test_S8_a_lean_saga_cancelled_mid_step_journals_what_the_general_path_does()
         ("_Other", "compensate", "started"), ("_Other", "compensate", "completed"),
         ("_Step", "compensate", "started"), ("_Step", "compensate", "completed"),
     ]
+
+
+@dataclasses.dataclass
+class _Basket(SagaContext):
+    """A flat context that may hold a list: its snapshot must then be deep."""
+
+    order_id: str
+    items: Any = "none"
+    tag: str = ""
+
+
+class _FillsThenFails(SagaStepHandler[_Basket, None]):
+    async def act(self, context: _Basket) -> None:
+        if isinstance(context.items, list):
+            context.items.append("added by the failing act")
+        context.items = context.items if isinstance(context.items, list) else ["replaced"]
+        context.tag = "changed"
+        raise RuntimeError("the first act fails")
+
+
+class _BasketSaga(Saga[_Basket]):
+    steps = [_FillsThenFails]
+
+
+@pytest.mark.parametrize("items", ["none", ["held from the start"]])
+def test_S2_a_lean_sagas_first_step_that_fails_leaves_the_context_as_it_was(items: Any) -> None:
+    # run_plain takes the first step's snapshot without a scan of its own when
+    # S12's check has just found JSON scalars only; a context holding a list
+    # from the start must still get the deep snapshot that restores the list.
+    async def case() -> None:
+        saga = _BasketSaga(store=MemorySagaStore())
+        assert saga._runs_plain
+        context = _Basket(order_id="o-basket", items=copy.deepcopy(items))
+        with pytest.raises(SagaFailed):
+            await saga.run(context)
+        assert context == _Basket(order_id="o-basket", items=items)
+
+    asyncio.run(case())
+
+
+class _Noted:
+    __slots__ = ("note",)  # state beside the dataclass's __dict__
+
+
+@dataclasses.dataclass
+class _NotedCtx(SagaContext, _Noted):
+    order_id: str
+    tag: str = ""
+
+
+class _NotesThenFails(SagaStepHandler[_NotedCtx, None]):
+    async def act(self, context: _NotedCtx) -> None:
+        context.note = "changed by the failing act"
+        context.tag = "changed"
+        raise RuntimeError("the first act fails")
+
+
+class _NotedSaga(Saga[_NotedCtx]):
+    steps = [_NotesThenFails]
+
+
+def test_S2_a_lean_saga_restores_a_slot_its_context_keeps_beside_its_dict() -> None:
+    # JSON scalars in the __dict__ (S12's fast path) do not make a context
+    # flat: the first snapshot must hold the slot as well.
+    async def case() -> None:
+        saga = _NotedSaga(store=MemorySagaStore())
+        assert saga._runs_plain
+        for attempt in range(2):  # the class's flatness is learnt on the first run
+            context = _NotedCtx(order_id=f"o-noted-{attempt}")
+            context.note = "as it was"
+            with pytest.raises(SagaFailed):
+                await saga.run(context)
+            assert (context.note, context.tag) == ("as it was", "")
+
+    asyncio.run(case())
