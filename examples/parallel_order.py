@@ -43,6 +43,16 @@ class Demo:
     start = time.perf_counter()
     card_declined = False
     wallet_empty = False
+    # The services answer in the order the page shows, whatever the machine's
+    # load: the warehouse waits for the quote, the card for the warehouse. (Their
+    # sleeps alone order them on an idle machine; a busy one can stall a member.)
+    quoted = asyncio.Event()
+    reserved = asyncio.Event()
+
+    @classmethod
+    def begin(cls) -> None:
+        cls.start = time.perf_counter()
+        cls.quoted, cls.reserved = asyncio.Event(), asyncio.Event()
 
 
 def log(text: str) -> None:
@@ -111,8 +121,10 @@ class ReserveStock(SagaStepHandler[OrderContext, str]):
     async def act(self, context: OrderContext) -> str:
         log("warehouse: reserve -> start")
         await asyncio.sleep(0.06)
+        await Demo.quoted.wait()
         context.reservation = f"R-{context.order_id}"
         log("warehouse: reserve -> done")
+        Demo.reserved.set()
         return context.reservation
 
     async def compensate(self, context: OrderContext) -> None:
@@ -130,6 +142,7 @@ class ChargeCard(SagaStepHandler[OrderContext, str]):
         # run 2 (one still in flight would be cancelled, and compensated too:
         # its effect is uncertain).
         await asyncio.sleep(0.12)
+        await Demo.reserved.wait()
         if Demo.card_declined:
             log("card: declined")
             raise PaymentDeclined("card declined")
@@ -160,6 +173,7 @@ def quote_for(order: OrderContext) -> QuoteContext:
 def merge_quote(order: OrderContext, quote: QuoteContext) -> None:
     # Writes the member's copy: the order gets it when the child has completed.
     order.shipping = f"{quote.carrier}, {quote.price_cents} cents"
+    Demo.quoted.set()
 
 
 class Ship(SagaStepHandler[OrderContext, str]):
@@ -191,7 +205,7 @@ async def main() -> None:
     saga = OrderSaga(listeners=[CompensationTrace()])  # a child gets its parent's listeners
 
     print("1. Everything succeeds; the three members overlap in time")
-    Demo.start = time.perf_counter()
+    Demo.begin()
     result = await saga.run(OrderContext("o-1"), saga_id="o-1")
     ms = (time.perf_counter() - Demo.start) * 1000
     print(f"  -> {result.status.value} in {ms:.0f} ms (the services' sleeps add up to 200 ms)")
@@ -203,7 +217,7 @@ async def main() -> None:
     print("   are compensated, last completed first (the child: its own steps in reverse,")
     print("   journaled in its own record), then the steps before the group")
     Demo.card_declined = Demo.wallet_empty = True
-    Demo.start = time.perf_counter()
+    Demo.begin()
     try:
         await saga.run(OrderContext("o-2"), saga_id="o-2")
     except SagaFailed as failed:
@@ -216,7 +230,7 @@ async def main() -> None:
     Demo.wallet_empty = False
     with tempfile.TemporaryDirectory() as tmp:
         async with SQLiteSagaStore(Path(tmp) / "sagas.db", synchronous="full") as store:
-            Demo.start = time.perf_counter()
+            Demo.begin()
             await OrderSaga(store=store).run(OrderContext("o-3"), saga_id="o-3")
             # The members' three STARTED rows were made durable in one write before
             # any of them ran; then each completion (with the member's fields), as
