@@ -457,8 +457,9 @@ class _Basket(SagaContext):
 class _FillsThenFails(SagaStepHandler[_Basket, None]):
     async def act(self, context: _Basket) -> None:
         if isinstance(context.items, list):
-            context.items.append("added by the failing act")
-        context.items = context.items if isinstance(context.items, list) else ["replaced"]
+            context.items.append("added by the failing act")  # in place
+        else:
+            context.items = ["replaced"]
         context.tag = "changed"
         raise RuntimeError("the first act fails")
 
