@@ -492,7 +492,7 @@ def report(res: dict[str, Any]) -> str:
 # --profile: where an in-memory group's time goes
 # ---------------------------------------------------------------------------
 
-def category_of(lane_inits: set[tuple[str, int]]) -> Callable[[str, int, str], str]:
+def category_of() -> Callable[[str, int, str], str]:
     """Sorts a cProfile entry ``(file, line, function)`` by what it does."""
     snapshots = {"working_copy", "_install", "_shell", "take_snapshot", "_copy_dict", "_copy",
                  "flat_state", "member_snapshot", "step_snapshot"}
@@ -507,11 +507,8 @@ def category_of(lane_inits: set[tuple[str, int]]) -> Callable[[str, int, str], s
             return "working copies and snapshots"
         if name in {"write_fields", "_slot_names", "_slot_setters"}:
             return "merging into the saga's context (write_fields)"
-        if filename.endswith("executor.py") and (
-            name in {"run_group", "_run_member", "<dictcomp>", "<listcomp>", "member_done"}
-            or (filename, line) in lane_inits
-        ):
-            return "group machinery (run_group, _run_member, Lane, LaneCursor, GroupRun)"
+        if filename.endswith("group_run.py"):
+            return "group machinery (group_run: run_group, run_member, Lane, LaneCursor)"
         if "fallback_saga" in filename:
             return "the rest of the executor (try_branch, run_all, results, journal tuples)"
         if filename.endswith("parallel_groups.py"):
@@ -523,15 +520,7 @@ def category_of(lane_inits: set[tuple[str, int]]) -> Callable[[str, int, str], s
 
 def categorize(stats: pstats.Stats) -> list[tuple[str, float]]:
     """Total tottime per category, largest first."""
-    import inspect
-
-    from fallback_saga import executor
-
-    lane_inits = {
-        (inspect.getsourcefile(cls) or "", inspect.getsourcelines(cls.__init__)[1])
-        for cls in (executor.Lane, executor.LaneCursor, executor.GroupRun)
-    }
-    category = category_of(lane_inits)
+    category = category_of()
     totals: dict[str, float] = {}
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     for (filename, line, name), (_, _, tottime, _, _) in raw.items():
@@ -589,14 +578,14 @@ def generic_copies() -> Iterator[None]:
     """The flat-context path off (this process only): every member's copy,
     diff and merge as for any context (``working_copy``, ``changed_fields``,
     ``write_fields``)."""
-    import fallback_saga.executor as executor
+    import fallback_saga.group_run as group_run
 
-    original = vars(executor)["flat_state"]
-    setattr(executor, "flat_state", lambda snapshot: None)  # noqa: B010
+    original = vars(group_run)["flat_state"]
+    setattr(group_run, "flat_state", lambda snapshot: None)  # noqa: B010
     try:
         yield
     finally:
-        setattr(executor, "flat_state", original)  # noqa: B010
+        setattr(group_run, "flat_state", original)  # noqa: B010
 
 
 def lever_variants() -> dict[str, Callable[[Any], contextlib.AbstractContextManager[None]]]:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from .status import SagaStatus
 from .step import StepInfo
 
-__all__ = ["HOOK_NAMES", "LoggingListener", "SagaListener", "StepCall"]
+__all__ = ["HOOK_NAMES", "Hooks", "LoggingListener", "SagaListener", "StepCall"]
 
 _log = logging.getLogger("fallback_saga")
 
@@ -190,6 +190,34 @@ def emit(hooks: tuple[Hook, ...], *args: Any) -> None:
             hook(*args)
         except Exception:
             _log.exception("listener hook %r raised; ignored", getattr(hook, "__qualname__", hook))
+
+
+class Hooks:
+    """Listener callables per hook; an empty tuple means nobody listens."""
+
+    __slots__ = (*HOOK_NAMES, "listeners", "silent")
+
+    def __init__(self, listeners: tuple[object, ...]) -> None:
+        self.listeners = listeners
+        for name in HOOK_NAMES:
+            setattr(self, name, collect_hooks(listeners, name))
+        # Nobody listens to anything: a run need not look for a hook at all.
+        self.silent = not any(getattr(self, name) for name in HOOK_NAMES)
+
+    saga_started: tuple[Hook, ...]
+    saga_finished: tuple[Hook, ...]
+    step_started: tuple[Hook, ...]
+    step_completed: tuple[Hook, ...]
+    step_failed: tuple[Hook, ...]
+    fallback_taken: tuple[Hook, ...]
+    compensation_started: tuple[Hook, ...]
+    compensation_completed: tuple[Hook, ...]
+    compensation_failed: tuple[Hook, ...]
+    saga_interrupted: tuple[Hook, ...]
+    saga_resumed: tuple[Hook, ...]
+    step_call_started: tuple[Hook, ...]
+    step_call_finished: tuple[Hook, ...]
+    breaker_state_changed: tuple[Hook, ...]
 
 
 class LoggingListener(SagaListener):

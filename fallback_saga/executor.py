@@ -33,60 +33,40 @@ import math
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
-from .breaker import CircuitBreakerProtocol
 from .codec import FIELD_PLANS
 from .compact_journal import Shape
 from .context import (
     _DICT_ONLY,
     _IMMUTABLE,
     _JSON_SCALARS,
-    Snapshot,
     StepSnapshot,
-    changed_fields,
     check_serializable,
     context_to_dict,
-    flat_changes,
-    flat_state,
     freeze_context,
-    member_snapshot,
     restore_step,
     step_snapshot,
     step_snapshot_to_dict,
-    take_snapshot,
-    working_copy,
-    write_fields,
 )
 from .errors import (
     ContextSerializationError,
     LeaseLost,
-    ParallelWriteConflict,
     SagaAlreadyExists,
     SagaFailed,
     SagaInterrupted,
 )
-from .events import HOOK_NAMES, Hook, StepCall, collect_hooks, emit
-from .fallback import Fallback
-from .journal import (
-    DEFAULT_JOURNAL_RETRY,
-    DEFAULT_JOURNAL_TIMEOUT,
-    JournalWrite,
-    NotDurable,
-    settle_inline,
-    submits_writes,
-    write_durably,
-    writes_outlive_cancellation,
-)
-from .retry import RetryPolicy
-from .shielding import own_task, settle, shielded
+from .events import StepCall, emit
+from .group_run import Lane, LaneCursor, run_group
+from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
+from .run_settings import RunSettings
+from .shielding import shielded
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store._common import check_saga_id
-from .store._responses import journal_entry
-from .store.base import JournalEntry, Lease, RawEntry, SagaStore, is_conditional
+from .store.base import Lease
+from .write_ahead import JournaledRun, JournalWriteFailed
 
 __all__ = ["SagaResult"]
 
@@ -178,234 +158,19 @@ def new_saga_id() -> str:
     return _id_prefix + hex(next(_id_counter))[3:]
 
 
-# --------------------------------------------------------------------------- the plan
-
-
-class Branch:
-    """One step, built and ready to call (a plain step, or one side of a Fallback)."""
-
-    __slots__ = ("act", "branch", "compensate", "name", "plain", "position", "retry", "timeout")
-
-    def __init__(
-        self,
-        position: int,
-        name: str,
-        branch: Literal["primary", "fallback"],
-        step: Any,
-        timeout: float | None,
-        retry: RetryPolicy | None,
-    ) -> None:
-        self.position = position
-        self.name = name
-        self.branch = branch
-        self.act: Callable[[Any], Awaitable[Any]] = step.act
-        self.compensate: Callable[[Any], Awaitable[Any]] = step.compensate
-        self.timeout = timeout
-        self.retry = retry
-        # Neither retried nor timed: the executor may run it inlined.
-        self.plain = retry is None and timeout is None
-
-
-class FallbackPlan:
-    __slots__ = ("any_exception", "breaker", "fallback", "plain", "position", "primary", "rule")
-
-    def __init__(self, rule: Fallback, primary: Branch, fallback: Branch) -> None:
-        self.position = primary.position
-        self.rule = rule
-        self.primary = primary
-        self.fallback = fallback
-        self.breaker: CircuitBreakerProtocol | None = rule.circuit_breaker
-        self.plain = self.breaker is None and primary.plain and fallback.plain
-        # No failure_exceptions: rule.should_fall_back(error) is then
-        # isinstance(error, Exception), which the inlined path tests itself.
-        self.any_exception = not rule.failure_exceptions
-
-
-Member = Branch | FallbackPlan
-
-
-class GroupPlan:
-    """A ``Parallel`` group: members run concurrently, each in a ``Lane``."""
-
-    __slots__ = ("members", "positions")
-
-    def __init__(self, members: tuple[Member, ...]) -> None:
-        self.members = members
-        self.positions = range(members[0].position, members[-1].position + 1)
-
-
-PlanItem = Branch | FallbackPlan | GroupPlan
-
-
-class LaneCursor(StepCursor):
-    """A group member's cursor: ``current_step()`` names the member; the run
-    it belongs to stays reachable (a ``SubSaga`` member needs its store)."""
-
-    __slots__ = ("execution",)
-
-    def __init__(self, execution: Execution) -> None:
-        # StepCursor's fields, set here (one call fewer per member)
-        self.saga_id = execution.saga_id
-        self.saga_name = execution.saga_name
-        self.step = ""
-        self.action = "act"
-        self.attempt = 0
-        self.active = False
-        self.execution = execution
-
-
 def running_execution() -> Execution | None:
     """The run whose step is executing in this task, if any (for ``SubSaga``)."""
     cursor = _CURSOR.get()
     if isinstance(cursor, Execution):
         return cursor
     if isinstance(cursor, LaneCursor):
-        return cursor.execution
+        execution = cursor.execution  # a group member's: the run it belongs to
+        if isinstance(execution, Execution):
+            return execution
     return None
 
 
-class Lane:
-    """Where one member of a ``Parallel`` group runs: its own cursor (so that
-    ``current_step()`` in each member names that member) and its own copy of
-    the context (so that no member can erase a sibling's writes)."""
-
-    __slots__ = ("called", "context", "cursor", "durable", "first")
-
-    def __init__(self, cursor: StepCursor, context: Any, first: Branch) -> None:
-        self.cursor = cursor
-        self.context = context
-        self.called = False  # the current attempt's act was called (not only queued)
-        # The current attempt's STARTED is durable already: no write before the
-        # act (a sibling's pending completion need not wait for it, nor it for that).
-        self.durable = False
-        self.first: Branch | None = first  # its first STARTED is in the group's write-ahead
-
-
-class GroupRun:
-    """What the members of one running group share: the context as the group
-    began (``base``), which member wrote which field, the failures, and how
-    many members are still running (the last to finish, or the first to
-    fail, wakes the group: ``waiter``)."""
-
-    __slots__ = ("base", "failures", "flat", "remaining", "waiter", "writes")
-
-    def __init__(self, base: Snapshot, members: int) -> None:
-        self.base = base
-        self.flat = flat_state(base)  # the state itself, for a flat context
-        self.writes: dict[str, str] = {}  # context field -> the member that wrote it
-        self.failures: list[tuple[str, BaseException]] = []
-        self.remaining = members
-        self.waiter: asyncio.Future[None] | None = None
-
-    def member_done(self, failed: bool) -> None:
-        """A member's last act (its task is done right after)."""
-        self.remaining -= 1
-        waiter = self.waiter
-        if waiter is not None and (failed or not self.remaining) and not waiter.done():
-            waiter.set_result(None)
-
-
-class Hooks:
-    """Listener callables per hook; an empty tuple means nobody listens."""
-
-    __slots__ = (*HOOK_NAMES, "listeners", "silent")
-
-    def __init__(self, listeners: tuple[object, ...]) -> None:
-        self.listeners = listeners
-        for name in HOOK_NAMES:
-            setattr(self, name, collect_hooks(listeners, name))
-        # Nobody listens to anything: a run need not look for a hook at all.
-        self.silent = not any(getattr(self, name) for name in HOOK_NAMES)
-
-    saga_started: tuple[Hook, ...]
-    saga_finished: tuple[Hook, ...]
-    step_started: tuple[Hook, ...]
-    step_completed: tuple[Hook, ...]
-    step_failed: tuple[Hook, ...]
-    fallback_taken: tuple[Hook, ...]
-    compensation_started: tuple[Hook, ...]
-    compensation_completed: tuple[Hook, ...]
-    compensation_failed: tuple[Hook, ...]
-    saga_interrupted: tuple[Hook, ...]
-    saga_resumed: tuple[Hook, ...]
-    step_call_started: tuple[Hook, ...]
-    step_call_finished: tuple[Hook, ...]
-    breaker_state_changed: tuple[Hook, ...]
-
-
-class JournalWriteFailed(BaseException):
-    """Internal: the store failed a write-ahead for good (after the retries).
-
-    A ``BaseException`` on purpose: raised inside a breaker-guarded call, it
-    must not count against the downstream service, trigger a fallback or be
-    retried. The executor unwraps it.
-    """
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-# --------------------------------------------------------------------------- the run
-
-
-class RunSettings:
-    """What every run of one saga instance shares: built once per ``Saga``,
-    so that starting a run copies three references instead of ten values."""
-
-    __slots__ = (
-        "compensation_retry",
-        "conditional",
-        "fingerprint",
-        "hooks",
-        "inline",
-        "inline_steps",
-        "inline_writes",
-        "journal_retry",
-        "journal_timeout",
-        "live",
-        "saga_name",
-        "store",
-        "submitted_writes",
-    )
-
-    def __init__(
-        self,
-        *,
-        saga_name: str,
-        fingerprint: str,
-        store: SagaStore,
-        hooks: Hooks,
-        compensation_retry: RetryPolicy,
-        live: bool,
-        journal_retry: RetryPolicy | None = None,
-        journal_timeout: float | None = DEFAULT_JOURNAL_TIMEOUT,
-    ) -> None:
-        self.saga_name = saga_name
-        self.fingerprint = fingerprint
-        self.store = store
-        self.hooks = hooks
-        self.compensation_retry = compensation_retry
-        self.live = live  # the store is a LiveJournal
-        self.journal_retry = journal_retry or DEFAULT_JOURNAL_RETRY
-        self.journal_timeout = journal_timeout
-        self.inline_writes = not live and writes_outlive_cancellation(store)
-        # ... and queued by a plain call that returns the write's future.
-        self.submitted_writes = self.inline_writes and submits_writes(store)
-        # Appends made on the condition of the journal's length: a retried
-        # in-doubt write can never be journaled twice.
-        self.conditional = not live and is_conditional(store)
-        # Plain steps run inlined in Execution.run_all when no listener is to
-        # be told of each step, on any store; a group's plain members
-        # (Execution._run_member) on an in-process store only.
-        self.inline_steps = not (
-            hooks.step_started or hooks.step_completed
-            or hooks.step_call_started or hooks.step_call_finished
-        )
-        self.inline = live and self.inline_steps
-
-
-class Execution(StepCursor):
+class Execution(JournaledRun):
     """The state of one saga run. Not reusable; not shared between tasks.
 
     It is also the run's ``StepCursor`` (what ``current_step()`` reads) and,
@@ -418,35 +183,19 @@ class Execution(StepCursor):
     """
 
     __slots__ = (
-        "abandoned",
         "branch_errors",
-        "context",
-        "context_dirty",
-        "context_refused",
-        "created",
         "created_at",
-        "fence",
         "fingerprint",
         "hooks",
         "image",
-        "initial_context",
-        "interruption",
-        "journal",
-        "journaled_status",
-        "landed_unseen",
         "live",
-        "pending_status",
         "primary_error",
         "results",
         "resumed",
         "scalars",
-        "settings",
         "shape",
         "stack",
         "status",
-        "store",
-        "write_lock",
-        "written",
     )
 
     def __init__(
@@ -476,7 +225,7 @@ class Execution(StepCursor):
         self.live = live = settings.live
         self.stack: list[Branch] = []
         self.results: list[SagaStepResult[Any, Any]] = []
-        self.journal: list[RawEntry] = []
+        self.journal = []
         # A compact journal's plan shape (run_plain's: see compact_journal), else None.
         self.shape: Shape | None = None
         self.status = _RUNNING
@@ -486,15 +235,12 @@ class Execution(StepCursor):
         self.resumed = False
         self.context_dirty = False
         self.branch_errors: dict[str, BaseException] | None = None  # of a failed group
-        # Set while a Parallel group runs: its members write one at a time.
-        self.write_lock: asyncio.Lock | None = None
-        # The status the journal holds (None until the creation is durable),
-        # and the store failure that stopped this run, if one did (S13).
-        self.journaled_status: SagaStatus | None = None
-        self.interruption: BaseException | None = None
-        # The interrupting write may have landed unseen: the status it carried.
-        self.landed_unseen: SagaStatus | None = None
-        self.abandoned: LeaseLost | None = None
+        # JournaledRun's (see there)
+        self.write_lock = None
+        self.journaled_status = None
+        self.interruption = None
+        self.landed_unseen = None
+        self.abandoned = None
         # An inlined Fallback's primary error while its fallback runs (see _falls_back).
         self.primary_error: BaseException | None = None
         # S12: a context the journal cannot hold is refused before any step runs
@@ -512,15 +258,16 @@ class Execution(StepCursor):
                 check_serializable(context)
             return
         self.scalars = False
-        self.initial_context: dict[str, Any] | None = context_to_dict(context)
-        self.written = 0  # journal entries a write-ahead store already has
-        self.pending_status: SagaStatus | None = None
-        self.context_refused = False  # the store refused the context a step left
+        # JournaledRun's write-ahead state
+        self.initial_context = context_to_dict(context)
+        self.written = 0
+        self.pending_status = None
+        self.context_refused = False
         # Every write is conditional on the fencing token: 0 for a first run
         # (so that a recovery worker claiming the saga — token 1 — shuts this
         # runner out if it is merely slow), the lease's token when resumed.
         # (An in-process store is never written to: no lease to make per run.)
-        self.fence: Lease = Lease(saga_id, "", 0, math.inf) if fence is None else fence
+        self.fence = Lease(saga_id, "", 0, math.inf) if fence is None else fence
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -569,7 +316,7 @@ class Execution(StepCursor):
                 start += 1
             elif resumed_group is not None:
                 group: GroupPlan = plan[start]  # type: ignore[assignment]
-                results += await self.run_group(group, resumed_group, fallbacks_started)
+                results += await run_group(self, group, resumed_group, fallbacks_started)
                 start += 1
             # A step with no retry, timeout or breaker, with no step listener,
             # runs inlined below: try_branch's work (and run_fallback's), less
@@ -588,7 +335,7 @@ class Execution(StepCursor):
                 # run_item, inlined: this loop is the hottest path of the library
                 kind = item.__class__
                 if kind is GroupPlan:
-                    results += await self.run_group(item)
+                    results += await run_group(self, item)
                     continue
                 if flat and _IMMUTABLE.issuperset(map(type, (state := context.__dict__).values())):
                     snapshot = self.image = state.copy()
@@ -612,7 +359,7 @@ class Execution(StepCursor):
                         except BaseException as error:
                             self.active = False
                             restore_step(context, snapshot)
-                            self._act_failed(branch, 1, error)
+                            self.act_failed(branch, 1, error)
                             if kind is Branch or not self._falls_back(item, branch, error):
                                 raise
                             branch = item.fallback
@@ -708,7 +455,7 @@ class Execution(StepCursor):
                     except BaseException as error:
                         self.active = False
                         restore_step(context, snapshot)
-                        self._act_failed(branch, 1, error)
+                        self.act_failed(branch, 1, error)
                         # A plain step's failure, or a Fallback's that does not fall back.
                         if item is branch or not self._falls_back(item, branch, error):
                             raise
@@ -740,7 +487,7 @@ class Execution(StepCursor):
     async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
         """One element of ``steps``: its result (a group's: one per member)."""
         if isinstance(item, GroupPlan):
-            return await self.run_group(item)
+            return await run_group(self, item)
         snapshot = self.image = step_snapshot(self.context)
         if isinstance(item, Branch):
             branch = item
@@ -923,7 +670,7 @@ class Execution(StepCursor):
                     error.__context__ = primary_error
             raise
         finally:
-            del primary_error  # see _act_failed: no error kept alive by a frame local
+            del primary_error  # see act_failed: no error kept alive by a frame local
 
     async def try_branch(
         self,
@@ -989,9 +736,9 @@ class Execution(StepCursor):
             except BaseException as error:
                 restore_step(context, snapshot)
                 if lane is not None and lane.called and isinstance(error, asyncio.CancelledError):
-                    self._act_cancelled(branch, attempt)
+                    self.act_cancelled(branch, attempt)
                     raise
-                self._act_failed(branch, attempt, error)
+                self.act_failed(branch, attempt, error)
                 retry = branch.retry
                 if (
                     retry is None
@@ -1013,7 +760,7 @@ class Execution(StepCursor):
                 emit(hooks.step_completed, self.saga_id, branch.name)
             return response
 
-    def _act_failed(self, branch: Branch, attempt: int, error: BaseException) -> None:
+    def act_failed(self, branch: Branch, attempt: int, error: BaseException) -> None:
         # A function of its own so that no frame local of the retry loop keeps
         # the error alive (error -> traceback -> frame -> error is a cycle the
         # garbage collector would have to find, for every failed step).
@@ -1051,7 +798,7 @@ class Execution(StepCursor):
                 error.__context__ = primary_error
         return False
 
-    def _act_cancelled(self, branch: Branch, attempt: int) -> None:
+    def act_cancelled(self, branch: Branch, attempt: int) -> None:
         # A group member's act cancelled in flight (a sibling failed, or the
         # caller was cancelled): its effect is uncertain, so it is compensated
         # like a completed act — journaled CANCELLED, which resume_point puts
@@ -1110,214 +857,6 @@ class Execution(StepCursor):
     def _call_finished(self, call: StepCall, error: BaseException | None) -> None:
         if self.hooks.step_call_finished:
             emit(self.hooks.step_call_finished, call, error)
-
-    # ------------------------------------------------------------------ groups
-
-    async def run_group(
-        self,
-        group: GroupPlan,
-        resumed: dict[int, SagaStepResult[Any, Any]] | None = None,
-        fallbacks_started: frozenset[int] = frozenset(),
-    ) -> list[SagaStepResult[Any, Any]]:
-        """Run a ``Parallel`` group's members concurrently, each in its own
-        ``Lane``; their results, in the members' declared order.
-
-        ``resumed``: results of members a crashed run completed (they do not
-        run again); ``fallbacks_started``: positions of members to resume
-        with their fallback. Every member's first STARTED is made durable in
-        one write before any of them runs. When one fails for good, the others
-        are cancelled and waited for; the group then raises that member's
-        error (``branch_errors`` keeps every member's). A cancelled caller
-        waits for every member to stop before the unwinding begins (S8)."""
-        base = self.image = take_snapshot(self.context)
-        todo: list[tuple[Member, Branch]] = []
-        now = _now()
-        journal = self.journal
-        for member in group.members:
-            if resumed is not None and member.position in resumed:
-                continue
-            if member.__class__ is Branch:
-                first: Branch = member
-            elif member.position in fallbacks_started:
-                first = member.fallback  # type: ignore[union-attr]
-            else:
-                first = member.primary  # type: ignore[union-attr]
-            todo.append((member, first))
-            journal.append(
-                (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
-            )
-        if not self.live:
-            try:
-                await self.flush()  # the group's write-ahead: one write for every member
-            except asyncio.CancelledError:
-                # Cancelled while it was written: no member ran. Say so, as a
-                # step whose write-ahead was cancelled does (S13: the journal
-                # ends saying what happened).
-                now = _now()
-                for _, first in todo:
-                    journal.append(
-                        (first.position, first.name, first.branch, "act", _FAILED, 1,
-                         "CancelledError: cancelled before its act ran", now, None)
-                    )
-                raise
-            self.write_lock = asyncio.Lock()
-        run = GroupRun(base, len(todo))
-        # Started eagerly where Python can (3.12+): a member that does not wait
-        # has finished before the next one is made, without a trip through the
-        # loop. Each task runs in a copy of this context: its own cursor.
-        tasks = [own_task(self._run_member(member, first, run)) for member, first in todo]
-        cancelled = False
-        try:
-            if run.remaining and not _EAGER_TASKS:
-                # Python 3.11: the members start in the loop's next round. Let
-                # each take its first step (most finish in it); then count
-                # again, since one cancelled before it began never said it ended.
-                try:
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    cancelled = True
-                if run.remaining:
-                    run.remaining = sum(not task.done() for task in tasks)
-            if run.remaining and not (run.failures or cancelled):
-                # Some member waits: the last one to finish (or the first to
-                # fail) wakes us, as its last act — no callback per member.
-                waiter = run.waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    cancelled = True  # wait on: every member stops before unwinding
-                run.waiter = None
-            if run.remaining or run.failures or cancelled:
-                # A member failed, or we were cancelled: stop the others, wait for all.
-                pending = {task for task in tasks if not task.done()}
-                stopping = False
-                while True:
-                    if (cancelled or run.failures) and not stopping:
-                        stopping = True
-                        for task in pending:
-                            task.cancel()
-                    if not pending:
-                        break
-                    try:
-                        _, pending = await asyncio.wait(
-                            pending, return_when=asyncio.FIRST_EXCEPTION
-                        )
-                    except asyncio.CancelledError:
-                        cancelled = True
-        finally:
-            self.write_lock = None
-        failures = run.failures
-        if failures:
-            for task in tasks:
-                if not task.cancelled():
-                    task.exception()  # retrieved: its error is in failures
-        if cancelled:
-            raise asyncio.CancelledError
-        if failures:
-            name, error = failures[0]
-            self.step = name
-            self.branch_errors = dict(failures)
-            raise error
-        if resumed is None:
-            return [task.result() for task in tasks]
-        done = dict(resumed)
-        for task, (member, _) in zip(tasks, todo, strict=True):
-            done[member.position] = task.result()
-        return [done[member.position] for member in group.members]
-
-    async def _run_member(
-        self, member: Member, first: Branch, run: GroupRun
-    ) -> SagaStepResult[Any, Any]:
-        """One member of a group, in the task of its own that ``run_group`` made."""
-        cursor = LaneCursor(self)
-        cursor.step = first.name
-        _CURSOR.set(cursor)  # this task's own context: current_step() names the member
-        failed = False
-        try:
-            base = run.base
-            state = run.flat
-            if state is not None:
-                # A flat context: the copy is a bare instance holding the group's
-                # state, which is also what a failed try is restored from (S2).
-                context = _new_object(base[0].__class__)
-                context.__dict__.update(state)
-                snapshot: StepSnapshot = state
-            else:
-                try:
-                    context = working_copy(base)
-                    snapshot = member_snapshot(base, context)
-                except Exception as error:
-                    # No copy of the context to run on (a class that cannot be
-                    # made bare nor copied): the member fails before its act.
-                    self._act_failed(first, 1, error)
-                    raise
-            if member.__class__ is Branch and member.plain and self.settings.inline:
-                # try_branch's work for a plain step on an in-process store with
-                # no step listener (as run_all inlines it), less its coroutine:
-                # one attempt, its STARTED journaled by the group.
-                branch: Branch = member
-                cursor.step = branch.name
-                cursor.attempt = 1
-                cursor.active = True
-                try:
-                    response = await branch.act(context)
-                except BaseException as error:
-                    cursor.active = False
-                    restore_step(context, snapshot)
-                    if isinstance(error, asyncio.CancelledError):
-                        self._act_cancelled(branch, 1)
-                    else:
-                        self._act_failed(branch, 1, error)
-                    raise
-                cursor.active = False
-                self.journal.append(
-                    (branch.position, branch.name, branch.branch, "act", _COMPLETED, 1, None,
-                     _now(), response)
-                )
-                self.stack.append(branch)
-            else:
-                lane = Lane(cursor, context, first)
-                if member.__class__ is Branch:
-                    branch = member
-                    response = await self.try_branch(branch, snapshot, None, lane)
-                elif first is member.fallback:  # type: ignore[union-attr]
-                    branch = first
-                    response = await self.try_branch(first, snapshot, None, lane)
-                else:
-                    branch, response = await self.run_fallback(
-                        member, snapshot, lane  # type: ignore[arg-type]
-                    )
-            # Completed (and on the compensation stack): its writes join the
-            # saga's context now — unless a sibling changed the same field.
-            if state is not None:
-                changed = flat_changes(state, context.__dict__)
-            else:
-                changed = changed_fields(base, context)
-            if changed:
-                writes = run.writes
-                for field in changed:
-                    if field in writes:
-                        raise ParallelWriteConflict(field, writes[field], branch.name)
-                for field in changed:
-                    writes[field] = branch.name
-                if state is not None:
-                    self.context.__dict__.update(changed)  # no slots: its state is its __dict__
-                else:
-                    write_fields(self.context, changed)
-            self.context_dirty = True
-            if not self.live:
-                await self.flush()  # its completion, and its writes, made durable
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:
-            failed = True
-            run.failures.append((cursor.step, error))  # the last branch it tried
-            raise
-        finally:
-            run.member_done(failed)
-        if isinstance(response, SagaStepResult):
-            return response
-        return _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
 
     # ------------------------------------------------------------------ backward
 
@@ -1445,171 +984,6 @@ class Execution(StepCursor):
         if self.image is None:
             return context_to_dict(self.context)
         return self.image
-
-    def flush(self, *, unwinding: bool = False) -> Awaitable[None]:
-        """``_flush``, one write at a time while the members of a group run.
-
-        A plain function returning the coroutine to await: outside a group,
-        that is ``_flush``'s own (one coroutine fewer per journal write)."""
-        lock = self.write_lock
-        if lock is None:
-            return self._flush(unwinding)
-        return self._flush_locked(lock, unwinding)
-
-    async def _flush_locked(self, lock: asyncio.Lock, unwinding: bool) -> None:
-        async with lock:
-            await self._flush(unwinding)
-
-    async def _flush(self, unwinding: bool) -> None:
-        """Make every transition the store does not have yet durable (and the
-        status and context when they changed): the write-ahead of the next
-        call, or the terminal write.
-
-        The write is retried under ``journal_retry`` and, once sent, runs to
-        its end even if this task is cancelled meanwhile: the cancellation is
-        raised afterwards, when the executor knows what the journal holds.
-        Raises ``JournalWriteFailed`` when the write failed for good; from
-        then on every write of this run fails the same way, at once.
-        ``unwinding``: a context the journal cannot encode is left out (the
-        last good one stays) rather than stopping the compensations.
-        """
-        if self.abandoned is not None:
-            raise JournalWriteFailed(self.abandoned)
-        if self.interruption is not None:
-            raise JournalWriteFailed(self.interruption)
-        journal = self.journal
-        written = self.written
-        status = self.pending_status
-        if self.created and written == len(journal) and status is None:
-            return
-        saga_name = self.saga_name
-        entries = [journal_entry(raw, saga_name) for raw in journal[written:]]
-        try:
-            context = self._encode_context(unwinding)
-        except ContextSerializationError as error:
-            raise JournalWriteFailed(error) from error
-        # Clean from here: a group member that changes the context while this
-        # write is in flight marks it dirty again, for the next write.
-        was_dirty, self.context_dirty = self.context_dirty, False
-        create = not self.created
-        if create:
-            status = status or SagaStatus.RUNNING
-            if context is None:
-                context = self.initial_context
-        store = self.store
-        settings = self.settings
-        if settings.submitted_writes:
-            # The hot path of durable sagas (SQLite, PostgreSQL): the first try
-            # is queued by a plain call and its future awaited right here (no
-            # task, no coroutine to drive); a failure goes on to the retries.
-            # The future refuses cancellation: a cancellation of this task
-            # arrives once the write's outcome is known (see settle_inline).
-            # The store ends it by the deadline, as settle_inline would.
-            deadline = self._deadline()
-            failure: BaseException | None = None
-            cancelled = False
-            try:
-                if create:
-                    written_by = store.submit_create(  # type: ignore[attr-defined]
-                        self.saga_id, saga_name, settings.fingerprint, context, entries, status,
-                        deadline)
-                else:
-                    written_by = store.submit_append(  # type: ignore[attr-defined]
-                        self.saga_id, entries, status, context, self.fence, written, deadline)
-            except Exception as error:  # bad input: nothing was queued
-                failure = error
-            else:
-                while not written_by.done():
-                    try:
-                        await written_by
-                    except asyncio.CancelledError:
-                        cancelled = True  # arrives once the write's outcome is known
-                    except BaseException:
-                        break  # the write's own failure: read below
-                failure = written_by.exception()
-            if failure is not None:
-                failure, cancelled_again = await settle(write_durably(
-                    store, self._write(create, entries, status, context), settings.journal_retry,
-                    deadline=deadline, failed=failure,
-                ))
-                cancelled = cancelled or cancelled_again
-        elif settings.inline_writes:
-            # The hot path of durable sagas: the first try is made right here,
-            # without a task or a record of the write; a failure goes on to
-            # the retries.
-            if create:
-                first = store.create(self.saga_id, self.saga_name, settings.fingerprint,
-                                     context, entries, status=status)  # type: ignore[arg-type]
-            else:
-                first = store.append(  # type: ignore[call-arg]
-                    self.saga_id, entries, status=status, context=context, fence=self.fence,
-                    after=written,  # SQLite's and PostgreSQL's stores are conditional
-                ) if settings.conditional else store.append(
-                    self.saga_id, entries, status=status, context=context, fence=self.fence
-                )
-            # One deadline for all the tries, the first one included.
-            deadline = self._deadline()
-            failure, cancelled = await settle_inline(first, deadline)
-            if failure is not None:
-                failure, cancelled_again = await settle(write_durably(
-                    store, self._write(create, entries, status, context), settings.journal_retry,
-                    deadline=deadline, failed=failure,
-                ))
-                cancelled = cancelled or cancelled_again
-        else:
-            failure, cancelled = await settle(write_durably(
-                store, self._write(create, entries, status, context), settings.journal_retry,
-                deadline=self._deadline(),
-            ))
-        in_doubt = True
-        if isinstance(failure, NotDurable):
-            in_doubt = failure.in_doubt
-            failure = failure.error
-        if failure is None:
-            self.created = True
-            self.written = written + len(entries)
-            if status is not None:
-                self.journaled_status = status
-            self.pending_status = None
-        elif isinstance(failure, ContextSerializationError) and self.created:
-            # The store cannot hold the context a step left: the run unwinds
-            # (see fail), journaling without it — the last good one stays.
-            self.context_refused = True
-        else:
-            self.interruption = failure
-            if in_doubt:
-                self.landed_unseen = status or self.journaled_status
-        if failure is not None and was_dirty:
-            self.context_dirty = True  # the context it carried is not journaled
-        if cancelled:
-            raise asyncio.CancelledError
-        if failure is not None:
-            raise JournalWriteFailed(failure) from failure
-
-    def _write(
-        self,
-        create: bool,
-        entries: list[JournalEntry],
-        status: SagaStatus | None,
-        context: dict[str, Any] | None,
-    ) -> JournalWrite:
-        settings = self.settings
-        return JournalWrite(self.saga_id, self.saga_name, settings.fingerprint, create, entries,
-                            status, context, self.fence, self.written, settings.conditional)
-
-    def _deadline(self) -> float | None:
-        timeout = self.settings.journal_timeout
-        return None if timeout is None else asyncio.get_running_loop().time() + timeout
-
-    def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:
-        if not self.context_dirty or (unwinding and self.context_refused):
-            return None
-        try:
-            return context_to_dict(self.context)
-        except ContextSerializationError:
-            if not unwinding:
-                raise
-            return None  # keep journaling the transitions; the last good context stays
 
 
 def _describe(error: BaseException) -> str:

@@ -25,7 +25,7 @@ compensation runs:
    the compensation would go on;
 2. the executor writes a compensation's STARTED row *before* calling
    ``compensate``, and a write refused with ``LeaseLost`` stops the unwinding
-   even in its best-effort mode (``Execution.flush``). So the cancelled run's
+   even in its best-effort mode (``JournaledRun.flush``). So the cancelled run's
    unwinding stops at its first write, before the first ``compensate``, and
    the store's own fencing would refuse it anyway (the token moved on).
 
@@ -64,10 +64,11 @@ from .errors import (
     SagaNotFound,
     SagaStoreError,
 )
-from .executor import Execution, JournalWriteFailed
+from .executor import Execution
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .store.base import Lease, SagaRecord
+from .write_ahead import JournalWriteFailed
 
 if TYPE_CHECKING:
     from .definition import SagaDefinition

@@ -22,18 +22,10 @@ from .definition import (
     check_saga_name,
 )
 from .errors import CorruptSagaRecord, RecordedError, SagaFailed, short_id
-from .executor import (
-    Branch,
-    Execution,
-    FallbackPlan,
-    GroupPlan,
-    Hooks,
-    JournalWriteFailed,
-    PlanItem,
-    RunSettings,
-    SagaResult,
-)
+from .events import Hooks
+from .executor import Execution, SagaResult
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
+from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .results import journaled_results, results_by_position
 from .resumption import (
     LeasedRun,
@@ -43,6 +35,7 @@ from .resumption import (
     resume_point,
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
+from .run_settings import RunSettings
 from .shielding import shielded
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
@@ -55,6 +48,7 @@ from .store.base import (
     is_recoverable,
 )
 from .store.memory import MemorySagaStore
+from .write_ahead import JournalWriteFailed
 
 __all__ = ["Saga", "SagaTransaction"]
 

@@ -35,12 +35,13 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from .errors import SagaAlreadyExists, SagaBusy, SagaFailed, SagaInterrupted, SagaNotFound
-from .executor import Execution, JournalWriteFailed, running_execution
+from .executor import Execution, running_execution
 from .saga import Saga
 from .status import SagaStatus
 from .step import current_step
 from .store._common import check_saga_id
 from .store.base import Lease, SagaRecord, is_recoverable
+from .write_ahead import JournalWriteFailed
 
 __all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "saga_family"]
 

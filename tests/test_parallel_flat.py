@@ -214,7 +214,7 @@ async def test_S15_a_timeout_of_a_members_step_binds_to_that_member_on_a_flat_co
 def _member_tasks() -> list[asyncio.Task[Any]]:
     return [
         task for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "Execution._run_member"
+        if getattr(task.get_coro(), "__qualname__", "") == "GroupRun.run_member"
     ]
 
 

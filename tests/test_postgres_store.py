@@ -1079,17 +1079,17 @@ async def test_journal_writes_are_driven_from_the_sagas_own_task(
     """The store says its writes outlive cancellation, so the executor makes
     each first try inline (``settle_inline``): no task of its own per write
     (``settle``), alone or grouped."""
-    from fallback_saga import executor
+    from fallback_saga import write_ahead
 
     assert PostgresSagaStore.writes_outlive_cancellation is True
     settled: list[object] = []
-    real_settle = executor.settle
+    real_settle = write_ahead.settle
 
     async def counting_settle(coroutine: Any) -> Any:
         settled.append(coroutine)
         return await real_settle(coroutine)
 
-    monkeypatch.setattr(executor, "settle", counting_settle)
+    monkeypatch.setattr(write_ahead, "settle", counting_settle)
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         saga = OrderSaga(store=store)
         await saga.run(Order(order_id="alone"))

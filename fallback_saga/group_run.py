@@ -1,0 +1,355 @@
+"""A ``Parallel`` group's run: its members concurrently, each in a lane of its own.
+
+Every member runs in a task of its own (``own_task``) on a ``Lane``: a
+working copy of the context as the group began, and a cursor of its own
+(so that ``current_step()`` names the member). A member that completes
+merges the fields it changed into the saga's context, unless a sibling
+changed the same field (``ParallelWriteConflict``). All the members' first
+STARTED rows are made durable in one write before any of them runs; after
+that, they write one at a time (the run's ``write_lock``). When one fails
+for good, the others are cancelled and waited for before the group raises:
+the run then unwinds every member that completed (S15).
+
+The run a group belongs to (``executor.Execution``) is its ``GroupHost``:
+this module drives its steps through it and never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from .context import (
+    Snapshot,
+    StepSnapshot,
+    changed_fields,
+    flat_changes,
+    flat_state,
+    member_snapshot,
+    restore_step,
+    take_snapshot,
+    working_copy,
+    write_fields,
+)
+from .errors import ParallelWriteConflict
+from .plan import Branch, FallbackPlan, GroupPlan, Member
+from .run_settings import RunSettings
+from .shielding import own_task
+from .status import StepStatus
+from .step import _CURSOR, SagaStepResult, StepCursor
+from .store.base import RawEntry
+
+__all__ = ["GroupHost", "GroupRun", "Lane", "LaneCursor", "run_group"]
+
+_STARTED: str = StepStatus.STARTED.value
+_COMPLETED: str = StepStatus.COMPLETED.value
+_FAILED: str = StepStatus.FAILED.value
+_now = time.time
+_new_object = object.__new__
+_new_tuple = tuple.__new__
+# Python 3.12+: a task can start at once, in the caller's step (see shielding.own_task).
+_EAGER_TASKS = sys.version_info >= (3, 12)
+
+
+class GroupHost(Protocol):
+    """What a group needs of the run it belongs to: its context, journal,
+    compensation stack and write-ahead, and the way it runs one branch."""
+
+    saga_id: str
+    saga_name: str
+    step: str
+    context: Any
+    image: Any  # the context as the current item began (a snapshot)
+    journal: list[RawEntry]
+    stack: list[Branch]  # the compensation stack
+    live: bool  # an in-process store: nothing to write ahead
+    settings: RunSettings
+    write_lock: asyncio.Lock | None
+    branch_errors: dict[str, BaseException] | None
+    context_dirty: bool
+
+    def flush(self, *, unwinding: bool = False) -> Awaitable[None]: ...
+
+    async def try_branch(
+        self,
+        branch: Branch,
+        snapshot: StepSnapshot,
+        plan: FallbackPlan | None,
+        lane: Lane | None = None,
+    ) -> Any: ...
+
+    async def run_fallback(
+        self, plan: FallbackPlan, snapshot: StepSnapshot, lane: Lane | None = None
+    ) -> tuple[Branch, Any]: ...
+
+    def act_failed(self, branch: Branch, attempt: int, error: BaseException) -> None: ...
+
+    def act_cancelled(self, branch: Branch, attempt: int) -> None: ...
+
+
+class LaneCursor(StepCursor):
+    """A group member's cursor: ``current_step()`` names the member; the run
+    it belongs to stays reachable (a ``SubSaga`` member needs its store)."""
+
+    __slots__ = ("execution",)
+
+    def __init__(self, execution: GroupHost) -> None:
+        # StepCursor's fields, set here (one call fewer per member)
+        self.saga_id = execution.saga_id
+        self.saga_name = execution.saga_name
+        self.step = ""
+        self.action = "act"
+        self.attempt = 0
+        self.active = False
+        self.execution = execution
+
+
+class Lane:
+    """Where one member of a ``Parallel`` group runs: its own cursor (so that
+    ``current_step()`` in each member names that member) and its own copy of
+    the context (so that no member can erase a sibling's writes)."""
+
+    __slots__ = ("called", "context", "cursor", "durable", "first")
+
+    def __init__(self, cursor: StepCursor, context: Any, first: Branch) -> None:
+        self.cursor = cursor
+        self.context = context
+        self.called = False  # the current attempt's act was called (not only queued)
+        # The current attempt's STARTED is durable already: no write before the
+        # act (a sibling's pending completion need not wait for it, nor it for that).
+        self.durable = False
+        self.first: Branch | None = first  # its first STARTED is in the group's write-ahead
+
+
+class GroupRun:
+    """What the members of one running group share: the context as the group
+    began (``base``), which member wrote which field, the failures, and how
+    many members are still running (the last to finish, or the first to
+    fail, wakes the group: ``waiter``)."""
+
+    __slots__ = ("base", "failures", "flat", "host", "remaining", "waiter", "writes")
+
+    def __init__(self, host: GroupHost, base: Snapshot, members: int) -> None:
+        self.host = host
+        self.base = base
+        self.flat = flat_state(base)  # the state itself, for a flat context
+        self.writes: dict[str, str] = {}  # context field -> the member that wrote it
+        self.failures: list[tuple[str, BaseException]] = []
+        self.remaining = members
+        self.waiter: asyncio.Future[None] | None = None
+
+    def member_done(self, failed: bool) -> None:
+        """A member's last act (its task is done right after)."""
+        self.remaining -= 1
+        waiter = self.waiter
+        if waiter is not None and (failed or not self.remaining) and not waiter.done():
+            waiter.set_result(None)
+
+    async def run_member(self, member: Member, first: Branch) -> SagaStepResult[Any, Any]:
+        """One member of a group, in the task of its own that ``run_group`` made."""
+        host = self.host
+        cursor = LaneCursor(host)
+        cursor.step = first.name
+        _CURSOR.set(cursor)  # this task's own context: current_step() names the member
+        failed = False
+        try:
+            base = self.base
+            state = self.flat
+            if state is not None:
+                # A flat context: the copy is a bare instance holding the group's
+                # state, which is also what a failed try is restored from (S2).
+                context = _new_object(base[0].__class__)
+                context.__dict__.update(state)
+                snapshot: StepSnapshot = state
+            else:
+                try:
+                    context = working_copy(base)
+                    snapshot = member_snapshot(base, context)
+                except Exception as error:
+                    # No copy of the context to run on (a class that cannot be
+                    # made bare nor copied): the member fails before its act.
+                    host.act_failed(first, 1, error)
+                    raise
+            if member.__class__ is Branch and member.plain and host.settings.inline:
+                # try_branch's work for a plain step on an in-process store with
+                # no step listener (as run_all inlines it), less its coroutine:
+                # one attempt, its STARTED journaled by the group.
+                branch: Branch = member
+                cursor.step = branch.name
+                cursor.attempt = 1
+                cursor.active = True
+                try:
+                    response = await branch.act(context)
+                except BaseException as error:
+                    cursor.active = False
+                    restore_step(context, snapshot)
+                    if isinstance(error, asyncio.CancelledError):
+                        host.act_cancelled(branch, 1)
+                    else:
+                        host.act_failed(branch, 1, error)
+                    raise
+                cursor.active = False
+                host.journal.append(
+                    (branch.position, branch.name, branch.branch, "act", _COMPLETED, 1, None,
+                     _now(), response)
+                )
+                host.stack.append(branch)
+            else:
+                lane = Lane(cursor, context, first)
+                if member.__class__ is Branch:
+                    branch = member
+                    response = await host.try_branch(branch, snapshot, None, lane)
+                elif first is member.fallback:  # type: ignore[union-attr]
+                    branch = first
+                    response = await host.try_branch(first, snapshot, None, lane)
+                else:
+                    branch, response = await host.run_fallback(
+                        member, snapshot, lane  # type: ignore[arg-type]
+                    )
+            # Completed (and on the compensation stack): its writes join the
+            # saga's context now — unless a sibling changed the same field.
+            if state is not None:
+                changed = flat_changes(state, context.__dict__)
+            else:
+                changed = changed_fields(base, context)
+            if changed:
+                writes = self.writes
+                for field in changed:
+                    if field in writes:
+                        raise ParallelWriteConflict(field, writes[field], branch.name)
+                for field in changed:
+                    writes[field] = branch.name
+                if state is not None:
+                    host.context.__dict__.update(changed)  # no slots: its state is its __dict__
+                else:
+                    write_fields(host.context, changed)
+            host.context_dirty = True
+            if not host.live:
+                await host.flush()  # its completion, and its writes, made durable
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            failed = True
+            self.failures.append((cursor.step, error))  # the last branch it tried
+            raise
+        finally:
+            self.member_done(failed)
+        if isinstance(response, SagaStepResult):
+            return response
+        return _new_tuple(SagaStepResult, (response, branch.name, host.saga_id))
+
+
+async def run_group(
+    host: GroupHost,
+    group: GroupPlan,
+    resumed: dict[int, SagaStepResult[Any, Any]] | None = None,
+    fallbacks_started: frozenset[int] = frozenset(),
+) -> list[SagaStepResult[Any, Any]]:
+    """Run a ``Parallel`` group's members concurrently, each in its own
+    ``Lane``; their results, in the members' declared order.
+
+    ``resumed``: results of members a crashed run completed (they do not
+    run again); ``fallbacks_started``: positions of members to resume
+    with their fallback. Every member's first STARTED is made durable in
+    one write before any of them runs. When one fails for good, the others
+    are cancelled and waited for; the group then raises that member's
+    error (``branch_errors`` keeps every member's). A cancelled caller
+    waits for every member to stop before the unwinding begins (S8)."""
+    base = host.image = take_snapshot(host.context)
+    todo: list[tuple[Member, Branch]] = []
+    now = _now()
+    journal = host.journal
+    for member in group.members:
+        if resumed is not None and member.position in resumed:
+            continue
+        if member.__class__ is Branch:
+            first: Branch = member
+        elif member.position in fallbacks_started:
+            first = member.fallback  # type: ignore[union-attr]
+        else:
+            first = member.primary  # type: ignore[union-attr]
+        todo.append((member, first))
+        journal.append(
+            (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
+        )
+    if not host.live:
+        try:
+            await host.flush()  # the group's write-ahead: one write for every member
+        except asyncio.CancelledError:
+            # Cancelled while it was written: no member ran. Say so, as a
+            # step whose write-ahead was cancelled does (S13: the journal
+            # ends saying what happened).
+            now = _now()
+            for _, first in todo:
+                journal.append(
+                    (first.position, first.name, first.branch, "act", _FAILED, 1,
+                     "CancelledError: cancelled before its act ran", now, None)
+                )
+            raise
+        host.write_lock = asyncio.Lock()
+    run = GroupRun(host, base, len(todo))
+    # Started eagerly where Python can (3.12+): a member that does not wait
+    # has finished before the next one is made, without a trip through the
+    # loop. Each task runs in a copy of this context: its own cursor.
+    tasks = [own_task(run.run_member(member, first)) for member, first in todo]
+    cancelled = False
+    try:
+        if run.remaining and not _EAGER_TASKS:
+            # Python 3.11: the members start in the loop's next round. Let
+            # each take its first step (most finish in it); then count
+            # again, since one cancelled before it began never said it ended.
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                cancelled = True
+            if run.remaining:
+                run.remaining = sum(not task.done() for task in tasks)
+        if run.remaining and not (run.failures or cancelled):
+            # Some member waits: the last one to finish (or the first to
+            # fail) wakes us, as its last act — no callback per member.
+            waiter = run.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                cancelled = True  # wait on: every member stops before unwinding
+            run.waiter = None
+        if run.remaining or run.failures or cancelled:
+            # A member failed, or we were cancelled: stop the others, wait for all.
+            pending = {task for task in tasks if not task.done()}
+            stopping = False
+            while True:
+                if (cancelled or run.failures) and not stopping:
+                    stopping = True
+                    for task in pending:
+                        task.cancel()
+                if not pending:
+                    break
+                try:
+                    _, pending = await asyncio.wait(
+                        pending, return_when=asyncio.FIRST_EXCEPTION
+                    )
+                except asyncio.CancelledError:
+                    cancelled = True
+    finally:
+        host.write_lock = None
+    failures = run.failures
+    if failures:
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: its error is in failures
+    if cancelled:
+        raise asyncio.CancelledError
+    if failures:
+        name, error = failures[0]
+        host.step = name
+        host.branch_errors = dict(failures)
+        raise error
+    if resumed is None:
+        return [task.result() for task in tasks]
+    done = dict(resumed)
+    for task, (member, _) in zip(tasks, todo, strict=True):
+        done[member.position] = task.result()
+    return [done[member.position] for member in group.members]

@@ -1,0 +1,260 @@
+"""A run's journal, and how it reaches a write-ahead store.
+
+The executor appends every transition to the run's ``journal`` as it
+happens; ``flush`` makes whatever the store does not have yet durable in one
+write — right before the next ``act`` or ``compensate`` is called (the
+write-ahead: a step's STARTED is durable before it runs), and at the end
+(the terminal status). The write is retried under the saga's
+``journal_retry`` and, once sent, runs to its end even if the run's task is
+cancelled meanwhile: the cancellation is raised once the executor knows what
+the journal holds (S13). An in-process store (``LiveJournal``) watches the
+run instead and is never written to: none of this runs for it.
+
+``JournaledRun`` is the part of a run (``executor.Execution``) that owns
+this bookkeeping; the executor, which drives the steps, is its subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from .context import context_to_dict
+from .errors import ContextSerializationError, LeaseLost
+from .journal import JournalWrite, NotDurable, settle_inline, write_durably
+from .run_settings import RunSettings
+from .shielding import settle
+from .status import SagaStatus
+from .step import StepCursor
+from .store._responses import journal_entry
+from .store.base import JournalEntry, Lease, RawEntry, SagaStore
+
+__all__ = ["JournalWriteFailed", "JournaledRun"]
+
+
+class JournalWriteFailed(BaseException):
+    """Internal: the store failed a write-ahead for good (after the retries).
+
+    A ``BaseException`` on purpose: raised inside a breaker-guarded call, it
+    must not count against the downstream service, trigger a fallback or be
+    retried. The executor unwraps it.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class JournaledRun(StepCursor):
+    """A run's journal and its write-ahead state (see the module's docstring).
+
+    ``Execution.__init__`` sets these fields (inlined there: a run is started
+    on the hot path of every saga); on an in-process store, the last five
+    declared below are never set: nothing is written ahead then.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "context",
+        "context_dirty",
+        "context_refused",
+        "created",
+        "fence",
+        "initial_context",
+        "interruption",
+        "journal",
+        "journaled_status",
+        "landed_unseen",
+        "pending_status",
+        "settings",
+        "store",
+        "write_lock",
+        "written",
+    )
+
+    context: Any
+    settings: RunSettings
+    store: SagaStore
+    journal: list[RawEntry]
+    created: bool  # the store holds the saga (its creation is durable)
+    context_dirty: bool  # a step changed the context since the last write
+    # Set while a Parallel group runs: its members write one at a time.
+    write_lock: asyncio.Lock | None
+    # The status the journal holds (None until the creation is durable), and
+    # the store failure that stopped this run, if one did (S13).
+    journaled_status: SagaStatus | None
+    interruption: BaseException | None
+    # The interrupting write may have landed unseen: the status it carried.
+    landed_unseen: SagaStatus | None
+    abandoned: LeaseLost | None  # see Execution.abandon
+    initial_context: dict[str, Any] | None  # the creation's, in journal form
+    written: int  # journal entries the store already has
+    pending_status: SagaStatus | None  # the status the next write carries
+    context_refused: bool  # the store refused the context a step left
+    fence: Lease  # every write is conditional on its token
+
+    def flush(self, *, unwinding: bool = False) -> Awaitable[None]:
+        """``_flush``, one write at a time while the members of a group run.
+
+        A plain function returning the coroutine to await: outside a group,
+        that is ``_flush``'s own (one coroutine fewer per journal write)."""
+        lock = self.write_lock
+        if lock is None:
+            return self._flush(unwinding)
+        return self._flush_locked(lock, unwinding)
+
+    async def _flush_locked(self, lock: asyncio.Lock, unwinding: bool) -> None:
+        async with lock:
+            await self._flush(unwinding)
+
+    async def _flush(self, unwinding: bool) -> None:
+        """Make every transition the store does not have yet durable (and the
+        status and context when they changed): the write-ahead of the next
+        call, or the terminal write.
+
+        The write is retried under ``journal_retry`` and, once sent, runs to
+        its end even if this task is cancelled meanwhile: the cancellation is
+        raised afterwards, when the executor knows what the journal holds.
+        Raises ``JournalWriteFailed`` when the write failed for good; from
+        then on every write of this run fails the same way, at once.
+        ``unwinding``: a context the journal cannot encode is left out (the
+        last good one stays) rather than stopping the compensations.
+        """
+        if self.abandoned is not None:
+            raise JournalWriteFailed(self.abandoned)
+        if self.interruption is not None:
+            raise JournalWriteFailed(self.interruption)
+        journal = self.journal
+        written = self.written
+        status = self.pending_status
+        if self.created and written == len(journal) and status is None:
+            return
+        saga_name = self.saga_name
+        entries = [journal_entry(raw, saga_name) for raw in journal[written:]]
+        try:
+            context = self._encode_context(unwinding)
+        except ContextSerializationError as error:
+            raise JournalWriteFailed(error) from error
+        # Clean from here: a group member that changes the context while this
+        # write is in flight marks it dirty again, for the next write.
+        was_dirty, self.context_dirty = self.context_dirty, False
+        create = not self.created
+        if create:
+            status = status or SagaStatus.RUNNING
+            if context is None:
+                context = self.initial_context
+        store = self.store
+        settings = self.settings
+        if settings.submitted_writes:
+            # The hot path of durable sagas (SQLite, PostgreSQL): the first try
+            # is queued by a plain call and its future awaited right here (no
+            # task, no coroutine to drive); a failure goes on to the retries.
+            # The future refuses cancellation: a cancellation of this task
+            # arrives once the write's outcome is known (see settle_inline).
+            # The store ends it by the deadline, as settle_inline would.
+            deadline = self._deadline()
+            failure: BaseException | None = None
+            cancelled = False
+            try:
+                if create:
+                    written_by = store.submit_create(  # type: ignore[attr-defined]
+                        self.saga_id, saga_name, settings.fingerprint, context, entries, status,
+                        deadline)
+                else:
+                    written_by = store.submit_append(  # type: ignore[attr-defined]
+                        self.saga_id, entries, status, context, self.fence, written, deadline)
+            except Exception as error:  # bad input: nothing was queued
+                failure = error
+            else:
+                while not written_by.done():
+                    try:
+                        await written_by
+                    except asyncio.CancelledError:
+                        cancelled = True  # arrives once the write's outcome is known
+                    except BaseException:
+                        break  # the write's own failure: read below
+                failure = written_by.exception()
+            if failure is not None:
+                failure, cancelled_again = await settle(write_durably(
+                    store, self._write(create, entries, status, context), settings.journal_retry,
+                    deadline=deadline, failed=failure,
+                ))
+                cancelled = cancelled or cancelled_again
+        elif settings.inline_writes:
+            # The hot path of durable sagas: the first try is made right here,
+            # without a task or a record of the write; a failure goes on to
+            # the retries.
+            if create:
+                first = store.create(self.saga_id, self.saga_name, settings.fingerprint,
+                                     context, entries, status=status)  # type: ignore[arg-type]
+            else:
+                first = store.append(  # type: ignore[call-arg]
+                    self.saga_id, entries, status=status, context=context, fence=self.fence,
+                    after=written,  # SQLite's and PostgreSQL's stores are conditional
+                ) if settings.conditional else store.append(
+                    self.saga_id, entries, status=status, context=context, fence=self.fence
+                )
+            # One deadline for all the tries, the first one included.
+            deadline = self._deadline()
+            failure, cancelled = await settle_inline(first, deadline)
+            if failure is not None:
+                failure, cancelled_again = await settle(write_durably(
+                    store, self._write(create, entries, status, context), settings.journal_retry,
+                    deadline=deadline, failed=failure,
+                ))
+                cancelled = cancelled or cancelled_again
+        else:
+            failure, cancelled = await settle(write_durably(
+                store, self._write(create, entries, status, context), settings.journal_retry,
+                deadline=self._deadline(),
+            ))
+        in_doubt = True
+        if isinstance(failure, NotDurable):
+            in_doubt = failure.in_doubt
+            failure = failure.error
+        if failure is None:
+            self.created = True
+            self.written = written + len(entries)
+            if status is not None:
+                self.journaled_status = status
+            self.pending_status = None
+        elif isinstance(failure, ContextSerializationError) and self.created:
+            # The store cannot hold the context a step left: the run unwinds
+            # (see fail), journaling without it — the last good one stays.
+            self.context_refused = True
+        else:
+            self.interruption = failure
+            if in_doubt:
+                self.landed_unseen = status or self.journaled_status
+        if failure is not None and was_dirty:
+            self.context_dirty = True  # the context it carried is not journaled
+        if cancelled:
+            raise asyncio.CancelledError
+        if failure is not None:
+            raise JournalWriteFailed(failure) from failure
+
+    def _write(
+        self,
+        create: bool,
+        entries: list[JournalEntry],
+        status: SagaStatus | None,
+        context: dict[str, Any] | None,
+    ) -> JournalWrite:
+        settings = self.settings
+        return JournalWrite(self.saga_id, self.saga_name, settings.fingerprint, create, entries,
+                            status, context, self.fence, self.written, settings.conditional)
+
+    def _deadline(self) -> float | None:
+        timeout = self.settings.journal_timeout
+        return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+    def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:
+        if not self.context_dirty or (unwinding and self.context_refused):
+            return None
+        try:
+            return context_to_dict(self.context)
+        except ContextSerializationError:
+            if not unwinding:
+                raise
+            return None  # keep journaling the transitions; the last good context stays
