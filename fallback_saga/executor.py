@@ -1,5 +1,4 @@
-"""The run of one saga: a state machine over the steps, a compensation stack,
-and write-ahead journaling.
+"""The run of one saga: a state machine over the steps and a compensation stack.
 
 Per run, one ``Execution`` owns the context, the compensation stack, the
 status and the journal. Transitions are appended to ``journal`` as they
@@ -9,9 +8,13 @@ happen. How they reach the store depends on the store:
   transition not yet written in one call, right before the next ``act`` or
   ``compensate`` is called — a step's STARTED is durable before it runs, and
   "step N completed" + "step N+1 started" share one write. When a breaker
-  rejects a call, the rejected step's rows join the fallback's write;
+  rejects a call, the rejected step's rows join the fallback's write. That
+  write is ``write_ahead.JournaledRun.flush`` (``Execution``'s base class);
 * an in-process store (``LiveJournal``, e.g. ``MemorySagaStore``) watches
   the run instead, so journaling costs no await at all.
+
+A ``Parallel`` group's members run in ``group_run`` (each in a task of its
+own), which calls back into the run for each member's branch.
 
 The saga is on the hot path of every order, so the per-step work is kept to
 what the contract needs: one snapshot (S2), two journal tuples, a cursor

@@ -125,10 +125,11 @@ class Lane:
 
 
 class GroupRun:
-    """What the members of one running group share: the context as the group
-    began (``base``), which member wrote which field, the failures, and how
-    many members are still running (the last to finish, or the first to
-    fail, wakes the group: ``waiter``)."""
+    """One running group: each member's run (``run_member``, in a task of its
+    own) and what the members share — the context as the group began
+    (``base``), which member wrote which field, the failures, and how many
+    members are still running (the last to finish, or the first to fail,
+    wakes the group: ``waiter``)."""
 
     __slots__ = ("base", "failures", "flat", "host", "remaining", "waiter", "writes")
 
