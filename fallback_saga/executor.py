@@ -161,6 +161,9 @@ def new_saga_id() -> str:
     return _id_prefix + hex(next(_id_counter))[3:]
 
 
+# --------------------------------------------------------------------------- the run
+
+
 def running_execution() -> Execution | None:
     """The run whose step is executing in this task, if any (for ``SubSaga``)."""
     cursor = _CURSOR.get()
@@ -969,7 +972,7 @@ class Execution(JournaledRun):
             emit(self.hooks.compensation_failed, self.saga_id, branch.name, error)
         return error
 
-    # ------------------------------------------------------------------ journal
+    # ------------------------------------------------------------------ what a live store reads
 
     def context_image(self) -> dict[str, Any]:
         """``LiveSaga``: the context as of the last transition, in journal form."""
