@@ -33,7 +33,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .status import StepStatus
+from .status import RAW_COMPLETED as _COMPLETED
+from .status import RAW_STARTED as _STARTED
 
 if TYPE_CHECKING:  # store/memory.py imports this module: no import of the store package here
     from .store.base import RawEntry
@@ -48,8 +49,6 @@ __all__ = ["Shape", "expand", "plan_shape"]
 # contents, one collection per level).
 Shape = tuple[int | str, ...]
 
-_STARTED: str = StepStatus.STARTED.value
-_COMPLETED: str = StepStatus.COMPLETED.value
 
 
 def plan_shape(items: Iterable[Sequence[Any]]) -> Shape:

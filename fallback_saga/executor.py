@@ -34,7 +34,6 @@ import itertools
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, NoReturn, TypeVar
@@ -65,7 +64,11 @@ from .group_run import Lane, LaneCursor, run_group
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .run_settings import RunSettings
 from .shielding import shielded
-from .status import SagaStatus, StepStatus
+from .status import RAW_CANCELLED as _CANCELLED
+from .status import RAW_COMPLETED as _COMPLETED
+from .status import RAW_FAILED as _FAILED
+from .status import RAW_STARTED as _STARTED
+from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store._common import check_saga_id
 from .store.base import Lease
@@ -78,11 +81,6 @@ _log = logging.getLogger("fallback_saga")
 ContextT = TypeVar("ContextT")
 T = TypeVar("T")
 
-# Raw journal entries hold a status as its plain value (see store.base.RawEntry).
-_STARTED: str = StepStatus.STARTED.value
-_COMPLETED: str = StepStatus.COMPLETED.value
-_FAILED: str = StepStatus.FAILED.value
-_CANCELLED: str = StepStatus.CANCELLED.value
 # A saga's statuses as the hot path sets them: a module global is read for
 # free, an enum's member through its class costs ~45 ns on CPython 3.11.
 _RUNNING = SagaStatus.RUNNING
@@ -91,8 +89,6 @@ _COMPENSATING = SagaStatus.COMPENSATING
 _COMPENSATED = SagaStatus.COMPENSATED
 _SAGA_FAILED = SagaStatus.FAILED
 _now = time.time
-# Python 3.12+: a task can start at once, in the caller's step (see shielding.own_task).
-_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ this module drives its steps through it and never imports it.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
@@ -37,21 +36,18 @@ from .context import (
 from .errors import ParallelWriteConflict
 from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
-from .shielding import own_task
-from .status import StepStatus
+from .shielding import EAGER_TASKS, own_task
+from .status import RAW_COMPLETED as _COMPLETED
+from .status import RAW_FAILED as _FAILED
+from .status import RAW_STARTED as _STARTED
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store.base import RawEntry
 
 __all__ = ["GroupHost", "GroupRun", "Lane", "LaneCursor", "run_group"]
 
-_STARTED: str = StepStatus.STARTED.value
-_COMPLETED: str = StepStatus.COMPLETED.value
-_FAILED: str = StepStatus.FAILED.value
 _now = time.time
 _new_object = object.__new__
 _new_tuple = tuple.__new__
-# Python 3.12+: a task can start at once, in the caller's step (see shielding.own_task).
-_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class GroupHost(Protocol):
@@ -298,7 +294,7 @@ async def run_group(
     tasks = [own_task(run.run_member(member, first)) for member, first in todo]
     cancelled = False
     try:
-        if run.remaining and not _EAGER_TASKS:
+        if run.remaining and not EAGER_TASKS:
             # Python 3.11: the members start in the loop's next round. Let
             # each take its first step (most finish in it); then count
             # again, since one cancelled before it began never said it ended.

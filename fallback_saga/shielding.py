@@ -17,9 +17,12 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
-__all__ = ["own_task", "settle", "shielded"]
+__all__ = ["EAGER_TASKS", "own_task", "settle", "shielded"]
 
 T = TypeVar("T")
+
+# Python 3.12+: a task can start at once, in the caller's step (see own_task).
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 def own_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

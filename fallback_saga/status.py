@@ -44,6 +44,15 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A raw journal entry (``store.base.RawEntry``) holds a step status as its plain
+# value: module constants, so that the executor's hot path reads a global
+# instead of an enum member through its class.
+RAW_STARTED: str = StepStatus.STARTED.value
+RAW_COMPLETED: str = StepStatus.COMPLETED.value
+RAW_FAILED: str = StepStatus.FAILED.value
+RAW_CANCELLED: str = StepStatus.CANCELLED.value
+
+
 class CircuitState(StrEnum):
     """Where a circuit breaker stands (see ``CircuitBreaker``)."""
 
