@@ -520,6 +520,9 @@ class Execution(JournaledRun):
             await self.flush()
         except JournalWriteFailed as error:
             failure = error
+        except asyncio.CancelledError:
+            await self._cancelled_at_the_end()
+            raise
         if failure is not None:
             if isinstance(failure.error, ContextSerializationError):
                 # The last step left a context the journal cannot hold.
@@ -529,6 +532,23 @@ class Execution(JournaledRun):
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
         return _saga_result(self.saga_id, self.status, self.context, self.results)
+
+    async def _cancelled_at_the_end(self) -> None:
+        """The caller was cancelled while the saga's completion was written.
+        The write has finished either way (see ``flush``); the listeners hear
+        how the saga ended, as the journal has it, before the caller's
+        ``CancelledError`` propagates."""
+        if self.journaled_status is _SAGA_COMPLETED:
+            self.status = _SAGA_COMPLETED  # it landed: the saga is done
+            self._announce_finish(asyncio.CancelledError())
+        elif self.context_refused:
+            # The store refused the context the last step left: unwind, as
+            # ``complete`` does for a caller still waiting.
+            await self.abort()
+        else:
+            # Refused for good: left for recovery, as ``complete`` would leave it.
+            self._report_interruption()
+            self._announce_finish(asyncio.CancelledError())
 
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""

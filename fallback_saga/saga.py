@@ -370,6 +370,7 @@ class Saga(Generic[ContextT]):
         execution = self._execution(context, record.saga_id, fence=lease)
         execution.resumed = True
         execution.created = True
+        execution.journaled_status = record.status  # what a SagaInterrupted reports
         execution.journal = list(record.history)
         execution.written = len(execution.journal)
         execution.stack = [self._branch_at(record, position, branch) for position, branch

@@ -698,6 +698,97 @@ async def test_S12_a_step_that_leaves_a_context_postgres_cannot_hold_unwinds_the
         await store.close()
 
 
+class Crash(BaseException):
+    """The process dies inside a step: nothing is unwound or journaled after it."""
+
+
+async def test_S13_a_resumed_run_stopped_by_its_journal_reports_the_status_it_holds(
+    tmp_path: Path,
+) -> None:
+    """A resumed saga exists in the journal from its first line: when its
+    journal then fails, ``SagaInterrupted`` says the status the journal
+    holds (RUNNING), never None ("even its creation could not be
+    confirmed"), and the listeners hear the same."""
+    from fallback_saga import RetryPolicy, SagaInterrupted, SagaStatus
+
+    log: list[str] = []
+    saga_class = order_saga(log, charge_failures=0)
+    crash = [True]
+
+    class CrashOnce:
+        def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+            if step == "Charge" and crash[0]:
+                crash[0] = False
+                raise Crash
+
+    heard: list[tuple[str, SagaStatus | None]] = []
+
+    class Interrupted:
+        def saga_interrupted(self, saga_id: str, saga_name: str, status: SagaStatus | None,
+                             error: BaseException | None) -> None:
+            heard.append((saga_id, status))
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
+        with pytest.raises(Crash):
+            await saga_class(store=inner, listeners=[CrashOnce()]).run(
+                Ctx(order_id="o-11"), saga_id="o-11"
+            )
+        store = FailingFrom(inner, at=1)  # the resume's first write lands, then none
+        saga = saga_class(store=store, listeners=[Interrupted()],
+                          journal_retry=RetryPolicy(attempts=2, delay=0.0, jitter=0.0))
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.resume("o-11")
+        assert (await inner.load("o-11")).status is SagaStatus.RUNNING
+    assert stopped.value.status is SagaStatus.RUNNING
+    assert heard == [("o-11", SagaStatus.RUNNING)]
+    # The crash came before Reserve's completion was journaled: the resume ran
+    # Reserve again (same idempotency key), then its next write was refused.
+    assert log == ["reserve", "reserve"]
+
+
+class RefusesTheLastContext(FaultyStore):
+    """Refuses the context of write number ``at`` as PostgreSQL refuses a NUL
+    (``ContextSerializationError``), after cancelling the caller meanwhile."""
+
+    async def _write(self, send: Callable[[], Any]) -> None:
+        from fallback_saga import ContextSerializationError
+
+        number = self.writes
+        self.writes += 1
+        if number != self.at:
+            await send()
+            return
+        assert self.victim is not None
+        self.victim.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches the saga's task meanwhile
+        raise ContextSerializationError("marks[0]", "bad\x00mark", "NUL in text")
+
+
+async def test_S8_a_caller_cancelled_while_the_store_refuses_the_last_context_unwinds(
+    tmp_path: Path,
+) -> None:
+    """The last step leaves a context the store refuses at the completion
+    write, and the caller is cancelled while that write is in flight: as for
+    a caller still waiting, the saga unwinds (every step, the last one's act
+    completed too) and the journal ends COMPENSATED before ``CancelledError``
+    reaches the caller — it is not left RUNNING for recovery to run forward."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
+        store = RefusesTheLastContext(inner, at=3)  # creation, two appends, the completion
+        saga_class = order_saga(log, charge_failures=0)
+        run = saga_class(store=store).run(Ctx(order_id="o-10"), saga_id="o-10")
+        task = asyncio.create_task(run)
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await inner.load("o-10")
+        assert record.status is SagaStatus.COMPENSATED
+        assert log == ["reserve", "charge", "ship", "unship", "refund", "release"]
+        assert (await recover(inner, [saga_class], older_than=0)).total == 0
+
+
 class LandsLate(FaultyStore):
     """A conditional store (``appends_after``) whose write number ``at`` fails
     and then lands after all — right after the executor's reconciling read

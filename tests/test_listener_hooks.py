@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from helpers_saga import Boom, OrderCtx, Probe, declare
-from journal_faults import FaultyStore
+from journal_faults import FaultyStore, FaultySubmittingStore
 
 from fallback_saga import (
     CircuitBreaker,
@@ -375,3 +375,43 @@ async def test_fallback_hooks_are_told_on_the_inlined_path_too() -> None:
     assert isinstance(caught.value.error.__cause__ or caught.value.error.__context__, Boom)
     assert trace == [("act", "A"), ("act", "B"), ("act", "E"), ("act", "C"), ("act", "D"),
                      ("compensate", "E"), ("compensate", "A")]
+
+
+# --------------------------------------------------------------------------- cancelled at the end
+
+
+@pytest.mark.parametrize("submitting", [False, True], ids=["awaited", "submitted"])
+@pytest.mark.parametrize(
+    ("kind", "journal", "last"),
+    [
+        # The completion lands: the saga is COMPLETED, though its caller was cancelled.
+        ("cancel", "completed", ("saga_finished", "completed", "CancelledError")),
+        # The completion is refused for good: the saga is left for recovery.
+        ("cancel_outage", "running", ("saga_interrupted", "running", "CancelledError")),
+    ],
+)
+async def test_a_caller_cancelled_while_the_completion_is_written_hears_how_the_saga_ended(
+    tmp_path: Path, submitting: bool, kind: str, journal: str, last: Event
+) -> None:
+    """The cancellation lands while the saga's last write (its COMPLETED
+    status) is in flight: the write finishes first, the caller gets
+    ``CancelledError`` — and every ``saga_started`` still has its one
+    ``saga_finished`` or ``saga_interrupted``, saying what the journal holds."""
+    recorder = Recorder()
+    async with SQLiteSagaStore(tmp_path / "s.db") as inner:
+        faulty = (FaultySubmittingStore if submitting else FaultyStore)(
+            inner, at=2, kind=kind  # type: ignore[arg-type]
+        )
+        saga = declare(Probe("A", []), Probe("B", []))(
+            store=faulty, listeners=[recorder],
+            journal_retry=RetryPolicy(attempts=2, delay=0.0, jitter=0.0),
+        )
+        task = asyncio.create_task(saga.run(OrderCtx(), saga_id="late"))
+        faulty.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await inner.load("late")).status.value == journal
+
+    ends = [e for e in recorder.events if e[0] in ("saga_finished", "saga_interrupted")]
+    assert ends == [last]
+    assert recorder.events[-1] == last
