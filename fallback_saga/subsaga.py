@@ -13,6 +13,9 @@ to its parent while the parent is in flight (``recover`` defers it).
   ``SagaFailed`` and the parent unwinds as for any failed step (the child is
   not compensated twice). A child whose journal failed (``SagaInterrupted``)
   stops the parent too, without unwinding: both are left for recovery.
+  A cancelled parent fails this step too, so the child is undone before the
+  cancellation goes on — even when it landed as the child's completion was
+  written (the child COMPLETED, its caller cancelled).
 * **Resume.** A parent resumed at this step resumes its child first, from
   the child's own journal: a child that completed returns its stored outcome
   and nothing of it runs again; one interrupted mid-way continues where it
@@ -37,6 +40,7 @@ from typing import Any, Generic, TypeVar
 from .errors import SagaAlreadyExists, SagaBusy, SagaFailed, SagaInterrupted, SagaNotFound
 from .executor import Execution, running_execution
 from .saga import Saga
+from .shielding import shielded
 from .status import SagaStatus
 from .step import current_step
 from .store._common import check_saga_id
@@ -148,14 +152,42 @@ class SubSaga(Generic[ParentT, ChildT]):
             # The child's journal failed: the parent stops too, without
             # unwinding (S13) — recovery finishes both from their journals.
             raise JournalWriteFailed(interrupted) from interrupted
+        except asyncio.CancelledError:
+            # The parent's step fails with the cancellation, and a child whose
+            # step fails unwinds itself. It has, if the cancellation reached one
+            # of its steps; not if it landed while the child's completion was
+            # written: the child is COMPLETED then, and the parent will not
+            # compensate a step that failed. So undo it here (shielded: a
+            # cancellation again meanwhile does not stop it), then go on failing.
+            await shielded(self._undo_cancelled(parent, child, child_id))
+            raise
         if self.merge is not None:
             self.merge(context, result.context)
         return result.context
 
+    async def _undo_cancelled(
+        self, parent: Execution, child: Saga[ChildT], child_id: str
+    ) -> None:
+        try:
+            await self._unwind(parent, child, child_id, "its parent's step was cancelled")
+        except SagaFailed:
+            pass  # the child's own record says FAILED: a compensation of it gave up
+        except Exception as error:
+            # Its journal failed: the parent must not unwind as if the child
+            # were undone. It stops too, and recovery finishes both.
+            parent.interrupt(error)
+
     async def compensate(self, context: ParentT) -> None:
         parent = _parent()
         child = self._child(parent)
-        child_id = self._child_id(parent)
+        await self._unwind(
+            parent, child, self._child_id(parent), f"its parent {parent.saga_id!r} is unwinding"
+        )
+
+    async def _unwind(
+        self, parent: Execution, child: Saga[ChildT], child_id: str, why: str
+    ) -> None:
+        """Unwind the child's completed steps (see ``compensate``)."""
         store = child.store
         lease: Lease | None = None
         if is_recoverable(store):
@@ -180,9 +212,7 @@ class SubSaga(Generic[ParentT, ChildT]):
                     ),
                 )
             try:
-                await child._unwind_record(
-                    record, lease, f"its parent {parent.saga_id!r} is unwinding"
-                )
+                await child._unwind_record(record, lease, why)
             except SagaFailed as done:
                 if done.status is not SagaStatus.COMPENSATED:
                     raise

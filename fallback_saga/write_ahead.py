@@ -94,6 +94,13 @@ class JournaledRun(StepCursor):
     context_refused: bool  # the store refused the context a step left
     fence: Lease  # every write is conditional on its token
 
+    def interrupt(self, error: BaseException) -> None:
+        """The journal failed where this run does not write itself (a child
+        saga's record): from now on every write of this run fails with
+        ``error``, so the run stops and is left for recovery (S13)."""
+        if self.interruption is None:
+            self.interruption = error
+
     def flush(self, *, unwinding: bool = False) -> Awaitable[None]:
         """``_flush``, one write at a time while the members of a group run.
 

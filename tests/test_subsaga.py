@@ -10,6 +10,7 @@ child apart from its parent while the parent is in flight.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -196,6 +197,117 @@ async def test_S13_a_child_whose_journal_fails_stops_the_parent_without_unwindin
     with pytest.raises(SagaInterrupted):
         await Order(store=store).run(app.OrderCtx(), saga_id="o7")
     assert [c["action"] for c in calls(ledger)] == ["act", "act"]  # nothing undone
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+class CancelsAtTheChildsWrite(SQLiteSagaStore):
+    """Cancels the caller's task as the child's write carrying ``status`` is
+    submitted: the cancellation lands while that write is in flight."""
+
+    status: SagaStatus = SagaStatus.COMPLETED
+    victim: asyncio.Task[Any] | None = None
+
+    def submit_append(self, saga_id: str, entries: Any, status: Any, *args: Any) -> Any:
+        if saga_id.endswith("/Pay") and status is self.status and self.victim is not None:
+            self.victim.cancel()
+            self.victim = None
+        return super().submit_append(saga_id, entries, status, *args)
+
+
+async def test_S15_S8_a_child_that_completes_as_its_parent_is_cancelled_is_undone(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The caller is cancelled while the child's completion is written: the
+    write lands (the child is COMPLETED), the parent's step fails with the
+    cancellation — so the child, as any child whose step fails, unwinds
+    itself before the parent unwinds the steps before it. Nothing the
+    saga did is left applied, and recovery finds nothing to do."""
+    async with CancelsAtTheChildsWrite(tmp_path / "j.db") as store:
+        task = asyncio.create_task(app.OrderSaga(store=store).run(app.OrderCtx(), saga_id="c1"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await store.load("c1")).status is SagaStatus.COMPENSATED
+        assert (await store.load("c1/Pay")).status is SagaStatus.COMPENSATED
+        assert [(c["action"], c["key"]) for c in calls(ledger)] == [
+            ("act", "c1:Reserve"), ("act", "c1/Pay:Authorize"), ("act", "c1/Pay:Capture"),
+            ("compensate", "c1/Pay:Capture:compensate"),
+            ("compensate", "c1/Pay:Authorize:compensate"),
+            ("compensate", "c1:Reserve:compensate"),
+        ]
+        assert (await recover(store, [app.OrderSaga, app.PaymentSaga], older_than=0)).total == 0
+
+
+async def test_S15_S8_a_child_cancelled_mid_way_is_undone_once(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The cancellation lands while one of the child's own writes is in
+    flight (Capture's STARTED): the child unwinds itself, and nothing is
+    compensated twice."""
+    async with CancelsAtTheChildsWrite(tmp_path / "j.db") as store:
+        store.status = None  # type: ignore[assignment]  # an append that changes no status
+        task = asyncio.create_task(app.OrderSaga(store=store).run(app.OrderCtx(), saga_id="c2"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await store.load("c2")).status is SagaStatus.COMPENSATED
+        assert (await store.load("c2/Pay")).status is SagaStatus.COMPENSATED
+        assert [(c["action"], c["key"]) for c in calls(ledger)] == [
+            ("act", "c2:Reserve"), ("act", "c2/Pay:Authorize"),
+            ("compensate", "c2/Pay:Authorize:compensate"),
+            ("compensate", "c2:Reserve:compensate"),
+        ]
+
+
+class RefusesTheChildsUnwinding(CancelsAtTheChildsWrite):
+    """As ``CancelsAtTheChildsWrite`` at the child's completion; then every
+    write of the child is refused until ``heal`` (its disk is full)."""
+
+    refusing = False
+
+    def submit_append(self, saga_id: str, entries: Any, status: Any, *args: Any) -> Any:
+        if self.refusing and saga_id.endswith("/Pay"):
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(OSError("disk full"))
+            return refused
+        if saga_id.endswith("/Pay") and status is SagaStatus.COMPLETED:
+            self.refusing = True
+        return super().submit_append(saga_id, entries, status, *args)
+
+    async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        if self.refusing and saga_id.endswith("/Pay"):
+            raise OSError("disk full")
+        await super().append(saga_id, *args, **kwargs)
+
+
+async def test_S15_S13_a_cancelled_childs_unwinding_refused_by_its_journal_stops_the_parent(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The child completed as its parent was cancelled, and its journal then
+    refuses its unwinding: the parent must not unwind as if the child were
+    undone (it would end COMPENSATED over a COMPLETED child). It stops
+    without unwinding, and recovery finishes both from their journals —
+    consistently: every effect applied once, nothing half done."""
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    async with RefusesTheChildsUnwinding(tmp_path / "j.db") as store:
+        order = app.OrderSaga(store=store, journal_retry=fast)
+        task = asyncio.create_task(order.run(app.OrderCtx(), saga_id="c3"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await store.load("c3")).status is SagaStatus.RUNNING  # left for recovery
+        assert (await store.load("c3/Pay")).status is SagaStatus.COMPLETED
+        assert [c["action"] for c in calls(ledger)] == ["act", "act", "act"]  # nothing undone
+        store.refusing = False
+        report = await recover(store, [app.OrderSaga, app.PaymentSaga], older_than=0)
+        assert report.total >= 1
+        parent = await store.load("c3")
+        child = await store.load("c3/Pay")
+    assert (parent.status, child.status) == (SagaStatus.COMPLETED, SagaStatus.COMPLETED)
+    assert applied(ledger) == Counter({("act", "Reserve"): 1, ("act", "Authorize"): 1,
+                                       ("act", "Capture"): 1, ("act", "Ship"): 1})
 
 
 # --------------------------------------------------------------------------- crashes
