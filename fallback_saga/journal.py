@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +159,9 @@ async def write_durably(
                     raise
             return
         except (*_DEFINITIVE, JournalConflict) as refused:
-            raise NotDurable(refused, in_doubt) from refused
+            # A creation found to be another run's: this one's did not land.
+            landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
+            raise NotDurable(refused, landed_maybe) from refused
         except Exception as failure:
             error, in_doubt = failure, True
 
@@ -205,27 +207,55 @@ async def send(store: SagaStore, write: JournalWrite) -> None:
 
 
 async def _landed(store: SagaStore, write: JournalWrite) -> bool:
-    """Whether an earlier try of ``write`` reached the store after all."""
+    """Whether an earlier try of ``write`` reached the store after all.
+
+    Only this write's own entries count: the store must hold them where the
+    write put them, each the same transition at the same clock reading. A
+    saga someone else created under the same id (a client retrying a request
+    while the first run drives it) is not this run's creation, however alike."""
     try:
         record = await store.load(write.saga_id)
     except SagaNotFound:
         if write.create:
             return False
         raise
-    have = len(record.history)
+    history = record.history
+    have = len(history)
     if write.create:
-        if record.saga_name != write.saga_name or record.fingerprint != write.fingerprint:
-            raise SagaAlreadyExists(write.saga_id)
-        if have == len(write.entries):
+        created = len(write.entries)
+        if (
+            record.saga_name != write.saga_name
+            or record.fingerprint != write.fingerprint
+            or not _same_entries(history[:created], write.entries)
+        ):
+            raise SagaAlreadyExists(write.saga_id)  # not this run's creation
+        if have == created:
             return True
-        raise JournalConflict(write.saga_id, len(write.entries), have)
+        raise JournalConflict(write.saga_id, created, have)  # ours, written on by another
     if not write.entries:  # a status change alone
         return record.status is write.status
-    if have == write.held + len(write.entries):
+    if have == write.held + len(write.entries) and _same_entries(
+        history[write.held:], write.entries
+    ):
         return True
     if have == write.held:
         return False
     raise JournalConflict(write.saga_id, write.held, have)
+
+
+def _same_entries(stored: Sequence[JournalEntry], written: Sequence[JournalEntry]) -> bool:
+    """Whether ``stored`` are the entries ``written``: the same transitions
+    (position, step, branch, action, status, attempt) at the same clock
+    readings — to the microsecond, all a store must keep (``testing``'s
+    contract). The texts are left out: a store may have to make an error's
+    text storable (PostgreSQL and a NUL)."""
+    return len(stored) == len(written) and all(
+        s[:6] == w[:6] and abs(s.at - w.at) <= _CLOCK_KEPT
+        for s, w in zip(stored, written, strict=True)
+    )
+
+
+_CLOCK_KEPT = 1e-6  # seconds
 
 
 def writes_outlive_cancellation(store: object) -> bool:

@@ -746,6 +746,103 @@ async def test_S13_a_resumed_run_stopped_by_its_journal_reports_the_status_it_ho
     assert log == ["reserve", "reserve"]
 
 
+class RefusesTheFirstCreate(SQLiteSagaStore):
+    """Refuses its first ``create`` try without writing anything (a locked
+    database file): the executor's retry must then find out whether that try
+    landed after all, and only its own write counts."""
+
+    refused = False
+
+    def submit_create(self, *args: Any) -> Any:
+        from fallback_saga import SagaStoreError
+
+        if not self.refused:
+            self.refused = True
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(SagaStoreError("database is locked"))
+            return failed
+        return super().submit_create(*args)
+
+
+async def test_S13_a_retried_creation_never_takes_over_a_saga_another_run_created(
+    tmp_path: Path,
+) -> None:
+    """Run A created saga ``o-12`` and is inside its first step. Run B starts
+    the same id (a client retrying a request); B's first try of the creation
+    is refused and its retry finds a saga of the same name and shape, with as
+    many entries as B meant to write — A's, not B's. B must get
+    ``SagaAlreadyExists``, and never call a step whose STARTED it did not
+    make durable, while A drives its saga to the end."""
+    from fallback_saga import RetryPolicy, SagaAlreadyExists, SagaStatus
+
+    log: list[str] = []
+    inside = asyncio.Event()
+    release = asyncio.Event()
+    saga_class = order_saga(log, charge_failures=0)
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            log.append(f"reserve {ctx.order_id}")
+            if ctx.order_id == "a":
+                inside.set()  # A's creation is durable: its STARTED came first
+                await release.wait()
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class GatedSaga(saga_class):  # type: ignore[misc, valid-type]
+        steps = [Reserve, *saga_class.steps[1:]]
+
+    fast = RetryPolicy(attempts=3, delay=0.0, jitter=0.0)
+    async with SQLiteSagaStore(tmp_path / "j.db") as store_a, \
+            RefusesTheFirstCreate(tmp_path / "j.db") as store_b:
+        run_a = asyncio.create_task(
+            GatedSaga(store=store_a).run(Ctx(order_id="a"), saga_id="o-12")
+        )
+        await inside.wait()
+        with pytest.raises(SagaAlreadyExists):
+            await GatedSaga(store=store_b, journal_retry=fast).run(
+                Ctx(order_id="b"), saga_id="o-12"
+            )
+        release.set()
+        assert (await run_a).status is SagaStatus.COMPLETED
+        record = await store_a.load("o-12")
+    assert record.context["order_id"] == "a"
+    assert log == ["reserve a", "charge", "ship"]  # each step once: A's
+
+
+async def test_S13_an_in_doubt_append_counts_as_landed_only_if_the_entries_are_its_own(
+    tmp_path: Path,
+) -> None:
+    """The reconciling read after a failed try: the store holding as many
+    entries as the write would have made is not enough — they must be the
+    write's own (the same transitions at the same clock readings). Another
+    writer's entries are a conflict, never taken for this write's."""
+    from fallback_saga import RetryPolicy, SagaStoreError, StepStatus
+    from fallback_saga.errors import JournalConflict
+    from fallback_saga.journal import JournalWrite, NotDurable, write_durably
+    from fallback_saga.store.base import JournalEntry
+
+    def started(step: str, at: float) -> JournalEntry:
+        return JournalEntry(0, step, "primary", "act", StepStatus.STARTED, 1, None, at)
+
+    retry = RetryPolicy(attempts=3, delay=0.0, jitter=0.0)
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        await store.create("s", "S", "f", {}, [started("A", 1.0)])
+        ours = started("B", 2.0)
+        write = JournalWrite("s", "S", "f", False, [ours], None, None, None, held=1)
+        # Another writer appended one entry meanwhile: not ours.
+        await store.append("s", [started("B", 2.5)])
+        with pytest.raises(NotDurable) as refused:
+            await write_durably(store, write, retry, failed=SagaStoreError("lost"))
+        assert isinstance(refused.value.error, JournalConflict)
+        # Ours landed after all: the try counts as done, nothing is written twice.
+        await store.create("t", "S", "f", {}, [started("A", 1.0), ours])
+        landed = JournalWrite("t", "S", "f", False, [ours], None, None, None, held=1)
+        await write_durably(store, landed, retry, failed=SagaStoreError("lost"))
+        assert len((await store.load("t")).history) == 2
+
+
 class RefusesTheLastContext(FaultyStore):
     """Refuses the context of write number ``at`` as PostgreSQL refuses a NUL
     (``ContextSerializationError``), after cancelling the caller meanwhile."""
