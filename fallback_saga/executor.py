@@ -550,31 +550,48 @@ class Execution(JournaledRun):
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
 
-    async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
-        """Finish the unwinding a crashed run had begun; never runs a forward step."""
+    async def resume_unwinding(
+        self,
+        failed_step: str,
+        error: BaseException,
+        left_undone: dict[str, BaseException] | None = None,
+    ) -> NoReturn:
+        """Finish the unwinding a crashed run had begun; never runs a forward
+        step. ``left_undone``: the failed steps the journal says were left
+        undone (see ``fail``), already journaled."""
         self.begin()
         self.step = failed_step
         token = _CURSOR.set(self)
         try:
-            await self.fail(error)
+            await self.fail(error, left_undone)
         finally:
             _CURSOR.reset(token)
 
-    async def fail(self, error: BaseException) -> NoReturn:
+    async def fail(
+        self, error: BaseException, left_undone: dict[str, BaseException] | None = None
+    ) -> NoReturn:
         """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7).
 
         When the error is the journal's own (the store kept refusing a write),
         nothing is unwound: a compensation must not run unless the journal
         can hold its record, so the run stops and leaves the saga for
-        recovery (``SagaInterrupted``)."""
+        recovery (``SagaInterrupted``).
+
+        A failed step that ran a saga which ended FAILED (a ``SubSaga`` whose
+        child's own unwinding gave up) has left effects no compensation of
+        this run can undo: the run cannot end COMPENSATED over it. It counts
+        as a compensation that failed (``compensation_errors``, the saga
+        FAILED), journaled as one so that a resumed unwinding knows it too."""
         if isinstance(error, JournalWriteFailed):
             cause = error.error
             if not isinstance(cause, ContextSerializationError) or not self.created:
                 raise self._interrupted(cause)
             error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
+        if left_undone is None and (self.branch_errors or isinstance(error, SagaFailed)):
+            left_undone = self._left_undone(failed_step, error)
         try:
-            compensation_errors = await shielded(self.unwind())
+            compensation_errors = await shielded(self.unwind(left_undone))
         except asyncio.CancelledError:
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
@@ -591,6 +608,29 @@ class Execution(JournaledRun):
             compensation_errors=compensation_errors,
             branch_errors=self.branch_errors,
         ) from error
+
+    def _left_undone(
+        self, failed_step: str, error: BaseException
+    ) -> dict[str, BaseException] | None:
+        """The failed steps (a group's members, or the one step) whose error
+        is a saga that ended FAILED, each journaled as a compensation that
+        failed — never called: nothing of this run could undo more."""
+        branch_errors = self.branch_errors
+        failures = branch_errors.items() if branch_errors else ((failed_step, error),)
+        left: dict[str, BaseException] | None = None
+        for name, failure in failures:
+            if not (isinstance(failure, SagaFailed) and failure.status is _SAGA_FAILED):
+                continue
+            # Its act's FAILED row says where it stands (a compact journal's
+            # clock readings are not rows: see compact_journal).
+            for row in reversed(self.journal):
+                if isinstance(row, tuple) and row[1] == name and row[3] == "act":
+                    self.journal.append((row[0], name, row[2], "compensate", _FAILED, 1,
+                                         _describe(failure), _now(), None))
+                    break
+            left = left or {}
+            left[name] = failure
+        return left
 
     async def abort(self) -> None:
         """The task was cancelled mid-step: unwind; the caller re-raises."""
@@ -882,8 +922,11 @@ class Execution(JournaledRun):
 
     # ------------------------------------------------------------------ backward
 
-    async def unwind(self) -> dict[str, BaseException]:
-        """Compensate the stack in LIFO order (S5), retrying each (S6).
+    async def unwind(
+        self, left_undone: dict[str, BaseException] | None = None
+    ) -> dict[str, BaseException]:
+        """Compensate the stack in LIFO order (S5), retrying each (S6);
+        ``left_undone`` (see ``fail``) count among the compensation errors.
 
         Each compensation's STARTED record — and with the first one, the
         saga's COMPENSATING status — is durable before ``compensate`` is
@@ -892,7 +935,7 @@ class Execution(JournaledRun):
         left for recovery to compensate, which it will, since the journal
         shows them completed and not compensated."""
         self.status = self.pending_status = _COMPENSATING
-        errors: dict[str, BaseException] = {}
+        errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
         try:
             while stack:

@@ -119,6 +119,9 @@ class ResumePoint:
     # and those whose fallback had started.
     completed: frozenset[int] = frozenset()
     fallbacks_started: frozenset[int] = frozenset()
+    # Failed steps journaled as left undone (a compensation FAILED of a step
+    # whose act never completed: see Execution.fail): (step name, error text).
+    left_undone: tuple[tuple[str, str], ...] = ()
 
 
 def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoint:
@@ -135,6 +138,7 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     completed: set[int] = set()
     compensated: set[int] = set()
     fallback_started: set[int] = set()
+    left_undone: dict[str, str] = {}
     last_failure: tuple[str, str] | None = None
     for entry in record.history:
         if entry.action == "act":
@@ -159,6 +163,8 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
                     f"step at position {entry.position} was compensated but never completed",
                 )
             compensated.add(entry.position)
+        elif entry.status is StepStatus.FAILED and entry.position not in on_stack:
+            left_undone[entry.step] = entry.error or ""
     next_position = 0
     while next_position in completed:
         next_position += 1
@@ -171,6 +177,7 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
         last_failure=last_failure,
         completed=frozenset(completed),
         fallbacks_started=frozenset(fallback_started),
+        left_undone=tuple(left_undone.items()),
     )
 
 

@@ -146,6 +146,92 @@ async def test_S15_a_child_whose_compensation_gives_up_fails_the_parent(store: A
     assert (await store.load("o4/Pay")).status is SagaStatus.FAILED
 
 
+class Held(SagaStepHandler[app.PayCtx, None]):
+    """A child's first step whose compensation always fails: what it did stays."""
+
+    async def act(self, ctx: app.PayCtx, /) -> None:
+        app.call("act")
+
+    async def compensate(self, ctx: app.PayCtx, /) -> None:
+        raise RuntimeError("release service down")
+
+
+class Declined(SagaStepHandler[app.PayCtx, None]):
+    async def act(self, ctx: app.PayCtx, /) -> None:
+        raise RuntimeError("card declined")
+
+
+class StuckPayment(Saga[app.PayCtx]):
+    steps: ClassVar[list[Any]] = [Held, Declined]
+
+
+class StuckOrder(Saga[app.OrderCtx]):
+    steps: ClassVar[list[Any]] = [
+        app.Reserve, SubSaga(StuckPayment, context=app.pay_context, name="Pay"), app.Ship
+    ]
+
+
+async def test_S15_S6_a_failing_child_whose_unwinding_gives_up_leaves_its_parent_failed(
+    store: Any, ledger: Path
+) -> None:
+    """The child fails and its own unwinding gives up (the child ends
+    FAILED: ``Held`` stays applied). The parent unwinds the steps before it,
+    but it has not undone everything either: it ends FAILED too (S6, for
+    the whole), with the child's step in ``compensation_errors`` — never
+    COMPENSATED ("everything was undone") over a child that needs an operator."""
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    with pytest.raises(SagaFailed) as info:
+        await StuckOrder(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o8")
+    assert info.value.status is SagaStatus.FAILED
+    assert info.value.failed_step == "Pay"
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert info.value.compensation_errors["Pay"] is info.value.error  # the child's SagaFailed
+    assert (await store.load("o8")).status is SagaStatus.FAILED
+    assert (await store.load("o8/Pay")).status is SagaStatus.FAILED
+    assert applied(ledger) == Counter({("act", "Reserve"): 1, ("act", "Held"): 1,
+                                       ("compensate", "Reserve"): 1})
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after it is unwound or journaled."""
+
+
+async def test_S15_S10_a_parent_resumed_mid_unwinding_after_its_child_gave_up_ends_failed(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The process dies while the parent unwinds (after the child ended
+    FAILED): the resumed unwinding still ends FAILED — the journal says the
+    child's step was left undone, the resume does not forget it."""
+    crash = [True]
+
+    class CrashingReserve(app.Reserve):
+        async def compensate(self, ctx: app.OrderCtx, /) -> None:
+            if crash[0]:
+                crash[0] = False
+                raise Crash
+            await super().compensate(ctx)
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            CrashingReserve, SubSaga(StuckPayment, context=app.pay_context, name="Pay"),
+            app.Ship,
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o9")
+        assert (await store.load("o9")).status is SagaStatus.COMPENSATING
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(SagaFailed) as info:
+            await Order(store=store, compensation_retry=fast).resume("o9")
+        assert (await store.load("o9")).status is SagaStatus.FAILED
+    assert info.value.status is SagaStatus.FAILED
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert applied(ledger) == Counter({("act", "CrashingReserve"): 1, ("act", "Held"): 1,
+                                       ("compensate", "CrashingReserve"): 1})
+
+
 async def test_S15_a_child_saga_can_be_a_member_of_a_parallel_group(
     store: Any, ledger: Path
 ) -> None:
