@@ -192,6 +192,28 @@ async def test_S15_S6_a_failing_child_whose_unwinding_gives_up_leaves_its_parent
                                        ("compensate", "Reserve"): 1})
 
 
+async def test_S15_S6_a_group_member_whose_child_gave_up_leaves_the_parent_failed(
+    store: Any, ledger: Path
+) -> None:
+    """The same for a child run as a ``Parallel`` member: its sibling and the
+    steps before the group are undone, and the parent ends FAILED."""
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Parallel(app.Ship, SubSaga(StuckPayment, context=app.pay_context, name="Pay")),
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o10")
+    assert info.value.status is SagaStatus.FAILED
+    assert list(info.value.branch_errors) == ["Pay"]
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert (await store.load("o10")).status is SagaStatus.FAILED
+    assert applied(ledger)[("compensate", "Reserve")] == 1
+
+
 class Crash(BaseException):
     """The process dies here: nothing after it is unwound or journaled."""
 
