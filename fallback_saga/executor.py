@@ -190,6 +190,7 @@ class Execution(JournaledRun):
         "fingerprint",
         "hooks",
         "image",
+        "left_undone",
         "live",
         "primary_error",
         "results",
@@ -245,6 +246,7 @@ class Execution(JournaledRun):
         self.abandoned = None
         # An inlined Fallback's primary error while its fallback runs (see _falls_back).
         self.primary_error: BaseException | None = None
+        self.left_undone: dict[str, BaseException] | None = None  # see leave_undone
         # S12: a context the journal cannot hold is refused before any step runs
         # — by every store, so that moving from memory to SQLite holds no surprise.
         if live:
@@ -550,26 +552,17 @@ class Execution(JournaledRun):
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
 
-    async def resume_unwinding(
-        self,
-        failed_step: str,
-        error: BaseException,
-        left_undone: dict[str, BaseException] | None = None,
-    ) -> NoReturn:
-        """Finish the unwinding a crashed run had begun; never runs a forward
-        step. ``left_undone``: the failed steps the journal says were left
-        undone (see ``fail``), already journaled."""
+    async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
+        """Finish the unwinding a crashed run had begun; never runs a forward step."""
         self.begin()
         self.step = failed_step
         token = _CURSOR.set(self)
         try:
-            await self.fail(error, left_undone)
+            await self.fail(error)
         finally:
             _CURSOR.reset(token)
 
-    async def fail(
-        self, error: BaseException, left_undone: dict[str, BaseException] | None = None
-    ) -> NoReturn:
+    async def fail(self, error: BaseException) -> NoReturn:
         """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7).
 
         When the error is the journal's own (the store kept refusing a write),
@@ -579,19 +572,20 @@ class Execution(JournaledRun):
 
         A failed step that ran a saga which ended FAILED (a ``SubSaga`` whose
         child's own unwinding gave up) has left effects no compensation of
-        this run can undo: the run cannot end COMPENSATED over it. It counts
-        as a compensation that failed (``compensation_errors``, the saga
-        FAILED), journaled as one so that a resumed unwinding knows it too."""
+        this run can undo: see ``leave_undone``."""
         if isinstance(error, JournalWriteFailed):
             cause = error.error
             if not isinstance(cause, ContextSerializationError) or not self.created:
                 raise self._interrupted(cause)
             error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
-        if left_undone is None and (self.branch_errors or isinstance(error, SagaFailed)):
-            left_undone = self._left_undone(failed_step, error)
+        if self.branch_errors or isinstance(error, SagaFailed):
+            failures = self.branch_errors or {failed_step: error}
+            for name, failure in failures.items():
+                if isinstance(failure, SagaFailed) and failure.status is _SAGA_FAILED:
+                    self.leave_undone(name, failure)
         try:
-            compensation_errors = await shielded(self.unwind(left_undone))
+            compensation_errors = await shielded(self.unwind())
         except asyncio.CancelledError:
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
@@ -609,28 +603,26 @@ class Execution(JournaledRun):
             branch_errors=self.branch_errors,
         ) from error
 
-    def _left_undone(
-        self, failed_step: str, error: BaseException
-    ) -> dict[str, BaseException] | None:
-        """The failed steps (a group's members, or the one step) whose error
-        is a saga that ended FAILED, each journaled as a compensation that
-        failed — never called: nothing of this run could undo more."""
-        branch_errors = self.branch_errors
-        failures = branch_errors.items() if branch_errors else ((failed_step, error),)
-        left: dict[str, BaseException] | None = None
-        for name, failure in failures:
-            if not (isinstance(failure, SagaFailed) and failure.status is _SAGA_FAILED):
-                continue
-            # Its act's FAILED row says where it stands (a compact journal's
-            # clock readings are not rows: see compact_journal).
-            for row in reversed(self.journal):
-                if isinstance(row, tuple) and row[1] == name and row[3] == "act":
-                    self.journal.append((row[0], name, row[2], "compensate", _FAILED, 1,
-                                         _describe(failure), _now(), None))
-                    break
-            left = left or {}
-            left[name] = failure
-        return left
+    def leave_undone(self, step: str, error: BaseException) -> None:
+        """``step`` failed, leaving effects no compensation of this run can
+        undo: it ran a saga that ended FAILED (a ``SubSaga`` whose child's own
+        unwinding gave up). The run cannot end COMPENSATED over it: it counts
+        as a compensation that failed (``compensation_errors``, the saga
+        FAILED), journaled as one — never called: there is nothing more it
+        could undo — so that a resumed unwinding knows it too."""
+        left = self.left_undone
+        if left is None:
+            left = self.left_undone = {}
+        elif step in left:
+            return
+        left[step] = error
+        # The step's act rows say where it stands (a compact journal's clock
+        # readings are not rows: see compact_journal).
+        for row in reversed(self.journal):
+            if isinstance(row, tuple) and row[1] == step and row[3] == "act":
+                self.journal.append((row[0], step, row[2], "compensate", _FAILED, 1,
+                                     _describe(error), _now(), None))
+                return
 
     async def abort(self) -> None:
         """The task was cancelled mid-step: unwind; the caller re-raises."""
@@ -922,11 +914,9 @@ class Execution(JournaledRun):
 
     # ------------------------------------------------------------------ backward
 
-    async def unwind(
-        self, left_undone: dict[str, BaseException] | None = None
-    ) -> dict[str, BaseException]:
-        """Compensate the stack in LIFO order (S5), retrying each (S6);
-        ``left_undone`` (see ``fail``) count among the compensation errors.
+    async def unwind(self) -> dict[str, BaseException]:
+        """Compensate the stack in LIFO order (S5), retrying each (S6); the
+        steps left undone (``leave_undone``) count among the compensation errors.
 
         Each compensation's STARTED record — and with the first one, the
         saga's COMPENSATING status — is durable before ``compensate`` is
@@ -935,6 +925,7 @@ class Execution(JournaledRun):
         left for recovery to compensate, which it will, since the journal
         shows them completed and not compensated."""
         self.status = self.pending_status = _COMPENSATING
+        left_undone = self.left_undone
         errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
         try:

@@ -318,8 +318,7 @@ class Saga(Generic[ContextT]):
         execution = self._execution_at(record, context, point, lease)
         if status is SagaStatus.COMPENSATING:
             await execution.resume_unwinding(
-                failure[0], RecordedError(failure[1] or "failed in an earlier run"),
-                _left_undone(point),
+                failure[0], RecordedError(failure[1] or "failed in an earlier run")
             )
         # What the steps that completed returned, so that the result is the one a
         # run without the crash gives (a saga still to unwind returns none).
@@ -361,7 +360,7 @@ class Saga(Generic[ContextT]):
         context: Any = context_from_dict(definition.context_type, record.context)
         point = resume_point(record, self._groups)
         execution = self._execution_at(record, context, point, lease)
-        await execution.resume_unwinding("", RecordedError(why), _left_undone(point))
+        await execution.resume_unwinding("", RecordedError(why))
 
     def _execution_at(
         self, record: SagaRecord, context: Any, point: ResumePoint, lease: Lease | None
@@ -376,6 +375,10 @@ class Saga(Generic[ContextT]):
         execution.written = len(execution.journal)
         execution.stack = [self._branch_at(record, position, branch) for position, branch
                            in point.stack]
+        if point.left_undone:  # journaled already: see Execution.leave_undone
+            execution.left_undone = {
+                step: RecordedError(text) for step, text in point.left_undone
+            }
         return execution
 
     def _branch_at(self, record: SagaRecord, position: int, branch: str) -> Branch:
@@ -548,11 +551,3 @@ def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | N
     if retry is None and isinstance(own_retry, RetryPolicy):
         retry = own_retry
     return Branch(spec.position, spec.name, spec.branch, step, spec.timeout, retry)
-
-
-def _left_undone(point: ResumePoint) -> dict[str, BaseException] | None:
-    """The failed steps the journal says were left undone, as the errors a
-    resumed unwinding counts among its compensation errors."""
-    if not point.left_undone:
-        return None
-    return {step: RecordedError(text) for step, text in point.left_undone}

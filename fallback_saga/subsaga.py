@@ -160,19 +160,21 @@ class SubSaga(Generic[ParentT, ChildT]):
             # written: the child is COMPLETED then, and the parent will not
             # compensate a step that failed. So undo it here (shielded: a
             # cancellation again meanwhile does not stop it), then go on failing.
-            await shielded(self._undo_cancelled(parent, child, child_id))
+            await shielded(self._undo_cancelled(parent, child, child_id, current_step().step))
             raise
         if self.merge is not None:
             self.merge(context, result.context)
         return result.context
 
     async def _undo_cancelled(
-        self, parent: Execution, child: Saga[ChildT], child_id: str
+        self, parent: Execution, child: Saga[ChildT], child_id: str, step: str
     ) -> None:
         try:
             await self._unwind(parent, child, child_id, "its parent's step was cancelled")
-        except SagaFailed:
-            pass  # the child's own record says FAILED: a compensation of it gave up
+        except SagaFailed as gave_up:
+            # The child ended FAILED (a compensation of it gave up): the parent
+            # cannot end COMPENSATED over it either.
+            parent.leave_undone(step, gave_up)
         except Exception as error:
             # Its journal failed: the parent must not unwind as if the child
             # were undone. It stops too, and recovery finishes both.

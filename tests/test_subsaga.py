@@ -214,6 +214,38 @@ async def test_S15_S6_a_group_member_whose_child_gave_up_leaves_the_parent_faile
     assert applied(ledger)[("compensate", "Reserve")] == 1
 
 
+async def test_S15_S8_a_cancelled_parent_whose_child_gave_up_ends_failed(
+    store: Any, ledger: Path
+) -> None:
+    """The caller is cancelled while the child fails; the child's unwinding
+    (shielded) gives up: the cancelled parent ends FAILED, not COMPENSATED."""
+    victim: list[asyncio.Task[Any]] = []
+
+    class DeclinedAsCancelled(SagaStepHandler[app.PayCtx, None]):
+        async def act(self, ctx: app.PayCtx, /) -> None:
+            victim[0].cancel()  # lands while the child unwinds
+            raise RuntimeError("card declined")
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [Held, DeclinedAsCancelled]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay"), app.Ship
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    task = asyncio.create_task(
+        Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o11")
+    )
+    victim.append(task)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await store.load("o11/Pay")).status is SagaStatus.FAILED
+    assert (await store.load("o11")).status is SagaStatus.FAILED
+    assert applied(ledger)[("compensate", "Reserve")] == 1
+
+
 class Crash(BaseException):
     """The process dies here: nothing after it is unwound or journaled."""
 
