@@ -998,6 +998,12 @@ class Execution(JournaledRun):
                 if call is not None:
                     self._call_finished(call, error)
                 return self._compensation_failed(branch, attempt, error)
+            except JournalWriteFailed as stopped:
+                # A journal this run does not write itself failed (a SubSaga's
+                # child's): the unwinding stops here, left for recovery (see unwind).
+                if call is not None:
+                    self._call_finished(call, stopped.error)
+                raise
             finally:
                 self.active = False
             if call is not None:

@@ -149,10 +149,13 @@ class SubSaga(Generic[ParentT, ChildT]):
                     lambda: child.resume(child_id, lease_seconds=self.lease_seconds),
                     self.lease_seconds,
                 )
-        except SagaInterrupted as interrupted:
-            # The child's journal failed: the parent stops too, without
-            # unwinding (S13) — recovery finishes both from their journals.
-            raise JournalWriteFailed(interrupted) from interrupted
+        except (SagaInterrupted, SagaBusy) as stopped:
+            # The child's journal failed, or another worker drives the child
+            # right now (its lease outlived the wait): the parent stops too,
+            # without unwinding (S13) — unwinding the steps before it while
+            # the child may still complete would leave the child's effects
+            # under a COMPENSATED parent. Recovery finishes both.
+            raise JournalWriteFailed(stopped) from stopped
         except asyncio.CancelledError:
             # The parent's step fails with the cancellation, and a child whose
             # step fails unwinds itself. It has, if the cancellation reached one
@@ -183,9 +186,15 @@ class SubSaga(Generic[ParentT, ChildT]):
     async def compensate(self, context: ParentT) -> None:
         parent = _parent()
         child = self._child(parent)
-        await self._unwind(
-            parent, child, self._child_id(parent), f"its parent {parent.saga_id!r} is unwinding"
-        )
+        try:
+            await self._unwind(
+                parent, child, self._child_id(parent),
+                f"its parent {parent.saga_id!r} is unwinding",
+            )
+        except (SagaInterrupted, SagaBusy) as stopped:
+            # As in act: the parent's unwinding stops, left for recovery — not
+            # a compensation that failed (the child is not done unwinding).
+            raise JournalWriteFailed(stopped) from stopped
 
     async def _unwind(
         self, parent: Execution, child: Saga[ChildT], child_id: str, why: str

@@ -450,6 +450,113 @@ async def test_S15_S13_a_cancelled_childs_unwinding_refused_by_its_journal_stops
                                        ("act", "Capture"): 1, ("act", "Ship"): 1})
 
 
+class Died(BaseException):
+    """The process dies inside a step."""
+
+
+async def test_S15_S13_a_child_another_worker_drives_stops_the_parent_without_unwinding(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """A parent resumed at its child step finds the child leased by another
+    worker beyond the wait (``SagaBusy``): that worker may still complete
+    the child, so the parent must not unwind the steps before it as if the
+    step had failed. It stops, left for recovery; once the lease is gone,
+    a resume finishes both."""
+    dies = [True]
+
+    class DyingAuthorize(app.Authorize):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            if dies[0]:
+                dies[0] = False
+                raise Died
+            return await super().act(ctx)
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [DyingAuthorize, app.Capture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            SubSaga(Payment, context=app.pay_context, name="Pay", lease_seconds=0.05),
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Died):
+            await Order(store=store).run(app.OrderCtx(), saga_id="b1")
+        other = await store.claim_saga("b1/Pay", owner="another worker", lease_seconds=60)
+        with pytest.raises(SagaInterrupted) as stopped:
+            await Order(store=store).resume("b1")
+        assert type(stopped.value.error).__name__ == "SagaBusy"
+        assert (await store.load("b1")).status is SagaStatus.RUNNING
+        assert [c["action"] for c in calls(ledger)] == ["act"]  # Reserve; nothing undone
+        await store.release(other)
+        result = await Order(store=store).resume("b1")
+        assert result.status is SagaStatus.COMPLETED
+        assert (await store.load("b1/Pay")).status is SagaStatus.COMPLETED
+    assert applied(ledger) == Counter({("act", "Reserve"): 1, ("act", "DyingAuthorize"): 1,
+                                       ("act", "Capture"): 1})
+
+
+async def test_S15_S13_unwinding_a_child_another_worker_drives_stops_for_recovery(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The parent unwinds (a later step failed) and the completed child is
+    leased by another worker beyond the wait: the unwinding stops there,
+    left for recovery — not a compensation that gave up (FAILED) — and a
+    resume once the lease is gone compensates the child."""
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            SubSaga(app.PaymentSaga, context=app.pay_context, name="Pay", lease_seconds=0.05),
+            app.Ship,
+        ]
+
+    class Lease:
+        held: Any = None
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+
+        class Ship(app.Ship):
+            async def act(self, ctx: app.OrderCtx, /) -> str:
+                Lease.held = await store.claim_saga(
+                    "b2/Pay", owner="another worker", lease_seconds=60
+                )
+                raise RuntimeError("no courier")
+
+        class ShipFails(Order):
+            steps: ClassVar[list[Any]] = [*Order.steps[:2], Ship]
+
+        class Calls:
+            started: list[str] = []
+            finished: list[str] = []
+
+            def step_call_started(self, call: Any) -> None:
+                self.started.append(f"{call.action} {call.step}")
+
+            def step_call_finished(self, call: Any, error: BaseException | None) -> None:
+                self.finished.append(f"{call.action} {call.step}")
+
+        with pytest.raises(SagaInterrupted) as stopped:
+            await ShipFails(store=store, listeners=[Calls()]).run(app.OrderCtx(), saga_id="b2")
+        assert type(stopped.value.error).__name__ == "SagaBusy"
+        # Every call reported as started (the child's too: it has the parent's
+        # listeners) is reported as finished, the stopped one included.
+        assert Counter(Calls.started) == Counter(Calls.finished)
+        assert Calls.started[-1] == "compensate Pay"
+        assert (await store.load("b2")).status is SagaStatus.COMPENSATING
+        assert (await store.load("b2/Pay")).status is SagaStatus.COMPLETED
+        await store.release(Lease.held)
+        with pytest.raises(SagaFailed) as failed:
+            await ShipFails(store=store).resume("b2")
+        assert failed.value.status is SagaStatus.COMPENSATED
+        assert (await store.load("b2/Pay")).status is SagaStatus.COMPENSATED
+    undone = [c["key"] for c in calls(ledger) if c["action"] == "compensate"]
+    assert undone == [
+        "b2/Pay:Capture:compensate", "b2/Pay:Authorize:compensate", "b2:Reserve:compensate"
+    ]
+
+
 # --------------------------------------------------------------------------- crashes
 
 
