@@ -291,13 +291,24 @@ class Execution(JournaledRun):
         fallback_first: bool = False,
         resumed_group: dict[int, SagaStepResult[Any, Any]] | None = None,
         fallbacks_started: frozenset[int] = frozenset(),
+        uncertain: Branch | None = None,
     ) -> SagaResult[Any]:
         """Run ``plan`` from item ``start`` (0, or where a resumed run stopped);
         ``fallback_first``: the step at ``start`` had already handed over to its
         fallback, so resume with the fallback. When ``plan[start]`` is a group
         a resumed run stopped in: ``resumed_group`` holds the results of its
         members that completed (by position: they do not run again), and
-        ``fallbacks_started`` the positions of members resumed with their fallback."""
+        ``fallbacks_started`` the positions of members resumed with their fallback.
+
+        ``uncertain``: the branch of ``plan[start]`` a crashed run was calling
+        when it died (its STARTED is the journal's last word on it): that call
+        may have taken effect. Called again, its participant answers for the
+        same idempotency key: if it fails, the step failed (S5). But if this
+        run is cancelled before that answer (even before the call), the
+        crashed call's effect stays unknown: the step is compensated as the
+        saga unwinds, like a group member cancelled in flight (journaled
+        CANCELLED) — not left applied under a COMPENSATED saga.
+        (Compensations tolerate "it never happened": docs/mechanics.md.)"""
         # begin(), inlined
         if self.live:
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
@@ -308,8 +319,9 @@ class Execution(JournaledRun):
         if self.resumed and hooks.saga_resumed:
             emit(hooks.saga_resumed, self.saga_id, self.saga_name)
         token = _CURSOR.set(self)
+        results = self.results
+        resumed_with = len(results)
         try:
-            results = self.results
             if fallback_first:
                 resumed: FallbackPlan = plan[start]  # type: ignore[assignment]
                 snapshot = self.image = step_snapshot(self.context)
@@ -396,6 +408,8 @@ class Execution(JournaledRun):
         except (Exception, JournalWriteFailed) as error:
             await self.fail(error)
         except asyncio.CancelledError:
+            if uncertain is not None and len(results) == resumed_with:
+                self.uncertain_failed(uncertain)  # cancelled before it answered: see above
             await self.abort()
             raise
         finally:
@@ -851,6 +865,17 @@ class Execution(JournaledRun):
             elif error.__context__ is None:
                 error.__context__ = primary_error
         return False
+
+    def uncertain_failed(self, branch: Branch) -> None:
+        """``branch``'s call in a crashed run may have taken effect, and no
+        later call of it answered: on the compensation stack it goes (see
+        run_all)."""
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "act", _CANCELLED, 1,
+             "its call in a run that crashed may have taken effect: it is compensated",
+             _now(), None)
+        )
+        self.stack.append(branch)
 
     def act_cancelled(self, branch: Branch, attempt: int) -> None:
         # A group member's act cancelled in flight (a sibling failed, or the

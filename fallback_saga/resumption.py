@@ -122,6 +122,9 @@ class ResumePoint:
     # Failed steps journaled as left undone (a compensation FAILED of a step
     # whose act never completed: see Execution.fail): (step name, error text).
     left_undone: tuple[tuple[str, str], ...] = ()
+    # The branch at next_position whose last attempt began and never ended
+    # (the run crashed during it: its effect is uncertain), if one did.
+    open_branch: str | None = None
 
 
 def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoint:
@@ -139,10 +142,12 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     compensated: set[int] = set()
     fallback_started: set[int] = set()
     left_undone: dict[str, str] = {}
+    last_act: dict[int, tuple[StepStatus, str]] = {}  # position -> its last act row
     last_failure: tuple[str, str] | None = None
     for entry in record.history:
         if entry.action == "act":
             status = entry.status
+            last_act[entry.position] = (status, entry.branch)
             if status is StepStatus.COMPLETED or status is StepStatus.CANCELLED:
                 if entry.position in on_stack:
                     raise CorruptSagaRecord(
@@ -168,6 +173,8 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     next_position = 0
     while next_position in completed:
         next_position += 1
+    last = last_act.get(next_position)
+    open_branch = last[1] if last is not None and last[0] is StepStatus.STARTED else None
     _check_order(record.saga_id, order, completed, next_position, groups)
     return ResumePoint(
         status=record.status,
@@ -178,6 +185,7 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
         completed=frozenset(completed),
         fallbacks_started=frozenset(fallback_started),
         left_undone=tuple(left_undone.items()),
+        open_branch=open_branch,
     )
 
 

@@ -344,7 +344,14 @@ class Saga(Generic[ContextT]):
                 fallbacks_started=point.fallbacks_started,
             )
         execution.results = [result for _, result in results]
-        return await execution.run_all(self._plan, start, point.fallback_in_flight)
+        # The crashed run was inside this step's act: its effect is uncertain.
+        uncertain = (
+            None if point.open_branch is None
+            else self._branch_at(record, point.next_position, point.open_branch)
+        )
+        return await execution.run_all(
+            self._plan, start, point.fallback_in_flight, uncertain=uncertain
+        )
 
     async def _unwind_record(self, record: SagaRecord, lease: Lease | None, why: str) -> None:
         """Compensate every step of ``record`` that completed (or was
@@ -360,6 +367,13 @@ class Saga(Generic[ContextT]):
         context: Any = context_from_dict(definition.context_type, record.context)
         point = resume_point(record, self._groups)
         execution = self._execution_at(record, context, point, lease)
+        if record.status is SagaStatus.RUNNING and point.open_branch is not None:
+            # A crashed run was inside this step's act: it may have taken
+            # effect, and no later call answered for it: it is undone with
+            # the rest (see Execution.run_all).
+            execution.uncertain_failed(
+                self._branch_at(record, point.next_position, point.open_branch)
+            )
         await execution.resume_unwinding("", RecordedError(why))
 
     def _execution_at(

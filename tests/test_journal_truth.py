@@ -843,6 +843,63 @@ async def test_S13_an_in_doubt_append_counts_as_landed_only_if_the_entries_are_i
         assert len((await store.load("t")).history) == 2
 
 
+def crashing_order_saga(log: list[str], crash: list[bool], *, fails_again: bool) -> type[Saga[Ctx]]:
+    """Reserve, then Charge — whose first call takes effect and then the
+    process dies (before its COMPLETED is journaled); its next call fails
+    when ``fails_again``."""
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("reserve")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> None:
+            if crash[0]:
+                crash[0] = False
+                log.append("charge")
+                raise Crash  # the charge went through; the process died
+            if fails_again:
+                raise RuntimeError("card declined")
+            log.append("charge")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+
+    class CrashingOrder(Saga[Ctx]):
+        steps = [Reserve, Charge]
+
+    return CrashingOrder
+
+
+async def test_S10_S8_a_resume_cancelled_before_the_interrupted_step_reruns_undoes_it(
+    tmp_path: Path,
+) -> None:
+    """The crashed run was inside Charge's act (it took effect; only its
+    STARTED is journaled). The resume is cancelled while Charge's STARTED is
+    written again, before its act is called: the saga unwinds, and Charge
+    is compensated too — its first call may have taken effect, and no call
+    since has answered for it. Left applied, it would sit under a
+    COMPENSATED saga."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    saga_class = crashing_order_saga(log, [True], fails_again=False)
+    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
+        with pytest.raises(Crash):
+            await saga_class(store=inner).run(Ctx(order_id="o-14"), saga_id="o-14")
+        store = FaultyStore(inner, at=0, kind="cancel")  # the resume's first write
+        task = asyncio.create_task(saga_class(store=store).resume("o-14"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await inner.load("o-14")
+    assert record.status is SagaStatus.COMPENSATED
+    assert log == ["reserve", "charge", "refund", "release"]
+
+
 class RefusesTheLastContext(FaultyStore):
     """Refuses the context of write number ``at`` as PostgreSQL refuses a NUL
     (``ContextSerializationError``), after cancelling the caller meanwhile."""

@@ -557,6 +557,52 @@ async def test_S15_S13_unwinding_a_child_another_worker_drives_stops_for_recover
     ]
 
 
+async def test_S15_S10_a_child_left_mid_step_by_a_crash_is_undone_when_its_parent_unwinds(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The process dies inside the child's Authorize (which took effect). The
+    parent's resume is cancelled before it calls its child step again: the
+    parent unwinds, and its child step — whose child a crashed run left
+    RUNNING — is compensated, Authorize included (its call may have taken
+    effect). Nothing stays applied; recovery finds nothing to do."""
+    from journal_faults import FaultyRecoverableStore
+
+    dies = [True]
+
+    class DyingAuthorize(app.Authorize):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if dies[0]:
+                dies[0] = False
+                raise Died  # after the effect: the process dies
+            return response
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [DyingAuthorize, app.Capture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay"), app.Ship
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
+        with pytest.raises(Died):
+            await Order(store=inner).run(app.OrderCtx(), saga_id="u1")
+        store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
+        task = asyncio.create_task(Order(store=store).resume("u1"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await inner.load("u1")).status is SagaStatus.COMPENSATED
+        assert (await inner.load("u1/Pay")).status is SagaStatus.COMPENSATED
+        assert (await recover(inner, [Order, Payment], older_than=0)).total == 0
+    assert [(c["action"], c["key"]) for c in calls(ledger)] == [
+        ("act", "u1:Reserve"), ("act", "u1/Pay:DyingAuthorize"),
+        ("compensate", "u1/Pay:DyingAuthorize:compensate"),
+        ("compensate", "u1:Reserve:compensate"),
+    ]
+
+
 # --------------------------------------------------------------------------- crashes
 
 
