@@ -409,7 +409,7 @@ class Execution(JournaledRun):
             await self.fail(error)
         except asyncio.CancelledError:
             if uncertain is not None and len(results) == resumed_with:
-                self.uncertain_failed(uncertain)  # cancelled before it answered: see above
+                self.push_crashed_call(uncertain)  # cancelled before it answered: see above
             await self.abort()
             raise
         finally:
@@ -866,7 +866,7 @@ class Execution(JournaledRun):
                 error.__context__ = primary_error
         return False
 
-    def uncertain_failed(self, branch: Branch) -> None:
+    def push_crashed_call(self, branch: Branch) -> None:
         """``branch``'s call in a crashed run may have taken effect, and no
         later call of it answered: on the compensation stack it goes (see
         run_all)."""

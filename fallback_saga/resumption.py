@@ -120,7 +120,7 @@ class ResumePoint:
     completed: frozenset[int] = frozenset()
     fallbacks_started: frozenset[int] = frozenset()
     # Failed steps journaled as left undone (a compensation FAILED of a step
-    # whose act never completed: see Execution.fail): (step name, error text).
+    # whose act never completed: see Execution.leave_undone): (step name, error text).
     left_undone: tuple[tuple[str, str], ...] = ()
     # The branch at next_position whose last attempt began and never ended
     # (the run crashed during it: its effect is uncertain), if one did.

@@ -371,7 +371,7 @@ class Saga(Generic[ContextT]):
             # A crashed run was inside this step's act: it may have taken
             # effect, and no later call answered for it: it is undone with
             # the rest (see Execution.run_all).
-            execution.uncertain_failed(
+            execution.push_crashed_call(
                 self._branch_at(record, point.next_position, point.open_branch)
             )
         await execution.resume_unwinding("", RecordedError(why))

@@ -12,7 +12,7 @@ to its parent while the parent is in flight (``recover`` defers it).
   A child that fails has unwound itself: the step fails with the child's
   ``SagaFailed`` and the parent unwinds as for any failed step (the child is
   not compensated twice); a child that ended FAILED leaves the parent FAILED
-  too (``Execution.fail``). A child whose journal failed (``SagaInterrupted``)
+  too (``Execution.leave_undone``). A child whose journal failed (``SagaInterrupted``)
   stops the parent too, without unwinding: both are left for recovery.
   A cancelled parent fails this step too, so the child is undone before the
   cancellation goes on — even when it landed as the child's completion was
