@@ -843,33 +843,23 @@ async def test_S13_an_in_doubt_append_counts_as_landed_only_if_the_entries_are_i
         assert len((await store.load("t")).history) == 2
 
 
-def crashing_order_saga(log: list[str], crash: list[bool], *, fails_again: bool) -> type[Saga[Ctx]]:
-    """Reserve, then Charge — whose first call takes effect and then the
-    process dies (before its COMPLETED is journaled); its next call fails
-    when ``fails_again``."""
-
-    class Reserve:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("reserve")
-
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("release")
+def crashing_order_saga(log: list[str], crash: list[bool]) -> type[Saga[Ctx]]:
+    """``order_saga``'s Reserve, then a Charge whose first call takes effect
+    and then the process dies (before its COMPLETED is journaled)."""
+    reserve = order_saga(log, charge_failures=0).steps[0]
 
     class Charge:
         async def act(self, ctx: Ctx) -> None:
+            log.append("charge")
             if crash[0]:
                 crash[0] = False
-                log.append("charge")
                 raise Crash  # the charge went through; the process died
-            if fails_again:
-                raise RuntimeError("card declined")
-            log.append("charge")
 
         async def compensate(self, ctx: Ctx) -> None:
             log.append("refund")
 
     class CrashingOrder(Saga[Ctx]):
-        steps = [Reserve, Charge]
+        steps = [reserve, Charge]
 
     return CrashingOrder
 
@@ -886,7 +876,7 @@ async def test_S10_S8_a_resume_cancelled_before_the_interrupted_step_reruns_undo
     from fallback_saga import SagaStatus
 
     log: list[str] = []
-    saga_class = crashing_order_saga(log, [True], fails_again=False)
+    saga_class = crashing_order_saga(log, [True])
     async with SQLiteSagaStore(tmp_path / "j.db") as inner:
         with pytest.raises(Crash):
             await saga_class(store=inner).run(Ctx(order_id="o-14"), saga_id="o-14")
