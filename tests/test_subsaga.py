@@ -226,8 +226,17 @@ async def test_S15_S8_a_cancelled_parent_whose_child_gave_up_ends_failed(
             victim[0].cancel()  # lands while the child unwinds
             raise RuntimeError("card declined")
 
+    class HeldRemotely(Held):
+        async def compensate(self, ctx: app.PayCtx, /) -> None:
+            # A call that waits (the release service's answer): where the
+            # caller's cancellation is delivered, on every Python (3.12+
+            # starts the unwinding eagerly; one that never waited would be
+            # over before the cancellation could reach the caller).
+            await asyncio.sleep(0)
+            await super().compensate(ctx)
+
     class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [Held, DeclinedAsCancelled]
+        steps: ClassVar[list[Any]] = [HeldRemotely, DeclinedAsCancelled]
 
     class Order(Saga[app.OrderCtx]):
         steps: ClassVar[list[Any]] = [
