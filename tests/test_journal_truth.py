@@ -864,7 +864,7 @@ def crashing_order_saga(log: list[str], crash: list[bool]) -> type[Saga[Ctx]]:
     return CrashingOrder
 
 
-async def test_S10_S8_a_resume_cancelled_before_the_interrupted_step_reruns_undoes_it(
+async def test_S5_S8_a_resume_cancelled_before_the_interrupted_step_reruns_undoes_it(
     tmp_path: Path,
 ) -> None:
     """The crashed run was inside Charge's act (it took effect; only its

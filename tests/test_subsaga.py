@@ -459,10 +459,6 @@ async def test_S15_S13_a_cancelled_childs_unwinding_refused_by_its_journal_stops
                                        ("act", "Capture"): 1, ("act", "Ship"): 1})
 
 
-class Died(BaseException):
-    """The process dies inside a step."""
-
-
 async def test_S15_S13_a_child_another_worker_drives_stops_the_parent_without_unwinding(
     tmp_path: Path, ledger: Path
 ) -> None:
@@ -477,7 +473,7 @@ async def test_S15_S13_a_child_another_worker_drives_stops_the_parent_without_un
         async def act(self, ctx: app.PayCtx, /) -> str:
             if dies[0]:
                 dies[0] = False
-                raise Died
+                raise Crash
             return await super().act(ctx)
 
     class Payment(Saga[app.PayCtx]):
@@ -490,7 +486,7 @@ async def test_S15_S13_a_child_another_worker_drives_stops_the_parent_without_un
         ]
 
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
-        with pytest.raises(Died):
+        with pytest.raises(Crash):
             await Order(store=store).run(app.OrderCtx(), saga_id="b1")
         other = await store.claim_saga("b1/Pay", owner="another worker", lease_seconds=60)
         with pytest.raises(SagaInterrupted) as stopped:
@@ -566,7 +562,7 @@ async def test_S15_S13_unwinding_a_child_another_worker_drives_stops_for_recover
     ]
 
 
-async def test_S15_S10_a_child_left_mid_step_by_a_crash_is_undone_when_its_parent_unwinds(
+async def test_S5_S15_a_child_left_mid_step_by_a_crash_is_undone_when_its_parent_unwinds(
     tmp_path: Path, ledger: Path
 ) -> None:
     """The process dies inside the child's Authorize (which took effect). The
@@ -583,7 +579,7 @@ async def test_S15_S10_a_child_left_mid_step_by_a_crash_is_undone_when_its_paren
             response = await super().act(ctx)
             if dies[0]:
                 dies[0] = False
-                raise Died  # after the effect: the process dies
+                raise Crash  # after the effect: the process dies
             return response
 
     class Payment(Saga[app.PayCtx]):
@@ -595,7 +591,7 @@ async def test_S15_S10_a_child_left_mid_step_by_a_crash_is_undone_when_its_paren
         ]
 
     async with SQLiteSagaStore(tmp_path / "j.db") as inner:
-        with pytest.raises(Died):
+        with pytest.raises(Crash):
             await Order(store=inner).run(app.OrderCtx(), saga_id="u1")
         store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
         task = asyncio.create_task(Order(store=store).resume("u1"))
