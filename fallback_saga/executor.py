@@ -291,7 +291,7 @@ class Execution(JournaledRun):
         fallback_first: bool = False,
         resumed_group: dict[int, SagaStepResult[Any, Any]] | None = None,
         fallbacks_started: frozenset[int] = frozenset(),
-        uncertain: Branch | None = None,
+        uncertain: tuple[Branch, ...] = (),
     ) -> SagaResult[Any]:
         """Run ``plan`` from item ``start`` (0, or where a resumed run stopped);
         ``fallback_first``: the step at ``start`` had already handed over to its
@@ -301,14 +301,15 @@ class Execution(JournaledRun):
         ``fallbacks_started`` the positions of members resumed with their fallback.
 
         ``uncertain``: the branch of ``plan[start]`` a crashed run was calling
-        when it died (its STARTED is the journal's last word on it): that call
-        may have taken effect. Called again, its participant answers for the
-        same idempotency key: if it fails, the step failed (S5). But if this
-        run is cancelled before that answer (even before the call), the
-        crashed call's effect stays unknown: the step is compensated as the
-        saga unwinds, like a group member cancelled in flight (journaled
-        CANCELLED) — not left applied under a COMPENSATED saga.
-        (Compensations tolerate "it never happened": docs/mechanics.md.)"""
+        when it died (its STARTED is the journal's last word on it; a group's
+        members, any number): that call may have taken effect. Called again,
+        its participant answers for the same idempotency key: if it fails,
+        the step failed (S5). But if this run is cancelled before that
+        answer (even before the call), the crashed call's effect stays
+        unknown: the step is compensated as the saga unwinds, like a group
+        member cancelled in flight (journaled CANCELLED) — not left applied
+        under a COMPENSATED saga. (Compensations tolerate "it never
+        happened": docs/mechanics.md.)"""
         # begin(), inlined
         if self.live:
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
@@ -332,7 +333,9 @@ class Execution(JournaledRun):
                 start += 1
             elif resumed_group is not None:
                 group: GroupPlan = plan[start]  # type: ignore[assignment]
-                results += await run_group(self, group, resumed_group, fallbacks_started)
+                # The group answers for its members' crashed calls (run_group).
+                crashed, uncertain = uncertain, ()
+                results += await run_group(self, group, resumed_group, fallbacks_started, crashed)
                 start += 1
             # A step with no retry, timeout or breaker, with no step listener,
             # runs inlined below: try_branch's work (and run_fallback's), less
@@ -408,8 +411,8 @@ class Execution(JournaledRun):
         except (Exception, JournalWriteFailed) as error:
             await self.fail(error)
         except asyncio.CancelledError:
-            if uncertain is not None and len(results) == resumed_with:
-                self.push_crashed_call(uncertain)  # cancelled before it answered: see above
+            if uncertain and len(results) == resumed_with:
+                self.push_crashed_call(uncertain[0])  # cancelled before it answered: see above
             await self.abort()
             raise
         finally:

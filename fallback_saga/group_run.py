@@ -85,6 +85,8 @@ class GroupHost(Protocol):
 
     def act_cancelled(self, branch: Branch, attempt: int) -> None: ...
 
+    def push_crashed_call(self, branch: Branch) -> None: ...
+
 
 class LaneCursor(StepCursor):
     """A group member's cursor: ``current_step()`` names the member; the run
@@ -244,17 +246,27 @@ async def run_group(
     group: GroupPlan,
     resumed: dict[int, SagaStepResult[Any, Any]] | None = None,
     fallbacks_started: frozenset[int] = frozenset(),
+    crashed: tuple[Branch, ...] = (),
 ) -> list[SagaStepResult[Any, Any]]:
     """Run a ``Parallel`` group's members concurrently, each in its own
     ``Lane``; their results, in the members' declared order.
 
     ``resumed``: results of members a crashed run completed (they do not
     run again); ``fallbacks_started``: positions of members to resume
-    with their fallback. Every member's first STARTED is made durable in
-    one write before any of them runs. When one fails for good, the others
-    are cancelled and waited for; the group then raises that member's
+    with their fallback; ``crashed``: the members' branches whose calls a
+    crashed run left in flight (their effect is uncertain). Every member's
+    first STARTED is made durable in one write before any of them runs.
+    When one fails for good, the others are cancelled and waited for; the
+    group then raises that member's
     error (``branch_errors`` keeps every member's). A cancelled caller
-    waits for every member to stop before the unwinding begins (S8)."""
+    waits for every member to stop before the unwinding begins (S8).
+
+    A crashed call is answered when its member is called again and that
+    call returns or fails (S5). A member stopped before then — the group
+    cancelled during its write-ahead, or the member cancelled before its
+    call was made again — leaves the crashed call's effect unknown: it goes
+    on the compensation stack (``push_crashed_call``), as the straight line
+    does with its one crashed step (``Execution.run_all``)."""
     base = host.image = take_snapshot(host.context)
     todo: list[tuple[Member, Branch]] = []
     now = _now()
@@ -285,6 +297,8 @@ async def run_group(
                     (first.position, first.name, first.branch, "act", _FAILED, 1,
                      "CancelledError: cancelled before its act ran", now, None)
                 )
+            for branch in crashed:
+                host.push_crashed_call(branch)
             raise
         host.write_lock = asyncio.Lock()
     run = GroupRun(host, base, len(todo))
@@ -332,6 +346,8 @@ async def run_group(
                     cancelled = True
     finally:
         host.write_lock = None
+    if crashed and (cancelled or run.failures):
+        _unanswered_crashed_calls(host, crashed, tasks, todo)
     failures = run.failures
     if failures:
         for task in tasks:
@@ -350,3 +366,22 @@ async def run_group(
     for task, (member, _) in zip(tasks, todo, strict=True):
         done[member.position] = task.result()
     return [done[member.position] for member in group.members]
+
+
+def _unanswered_crashed_calls(
+    host: GroupHost,
+    crashed: tuple[Branch, ...],
+    tasks: list[asyncio.Task[SagaStepResult[Any, Any]]],
+    todo: list[tuple[Member, Branch]],
+) -> None:
+    """A stopped group: the crashed calls of members cancelled before any call
+    of theirs answered go on the compensation stack. A member that failed
+    answered (S5); one that completed, or was cancelled in its call, is on
+    the stack already."""
+    on_stack = {branch.position for branch in host.stack}
+    stopped = {
+        first.position for task, (_, first) in zip(tasks, todo, strict=True) if task.cancelled()
+    }
+    for branch in crashed:
+        if branch.position in stopped and branch.position not in on_stack:
+            host.push_crashed_call(branch)

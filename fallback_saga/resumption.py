@@ -122,9 +122,10 @@ class ResumePoint:
     # Failed steps journaled as left undone (a compensation FAILED of a step
     # whose act never completed: see Execution.leave_undone): (step name, error text).
     left_undone: tuple[tuple[str, str], ...] = ()
-    # The branch at next_position whose last attempt began and never ended
-    # (the run crashed during it: its effect is uncertain), if one did.
-    open_branch: str | None = None
+    # Calls a crashed run left in flight (their effect is uncertain): (position,
+    # branch) of every step whose last attempt began and never ended. Only the
+    # item at next_position can have one: a step, or members of a group.
+    open_calls: tuple[tuple[int, str], ...] = ()
 
 
 def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoint:
@@ -173,8 +174,10 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     next_position = 0
     while next_position in completed:
         next_position += 1
-    last = last_act.get(next_position)
-    open_branch = last[1] if last is not None and last[0] is StepStatus.STARTED else None
+    open_calls = tuple(
+        (position, branch) for position, (status, branch) in sorted(last_act.items())
+        if status is StepStatus.STARTED
+    )
     _check_order(record.saga_id, order, completed, next_position, groups)
     return ResumePoint(
         status=record.status,
@@ -185,7 +188,7 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
         completed=frozenset(completed),
         fallbacks_started=frozenset(fallback_started),
         left_undone=tuple(left_undone.items()),
-        open_branch=open_branch,
+        open_calls=open_calls,
     )
 
 

@@ -342,15 +342,19 @@ class Saga(Generic[ContextT]):
             return await execution.run_all(
                 self._plan, start, resumed_group=group_results,
                 fallbacks_started=point.fallbacks_started,
+                uncertain=self._crashed_calls(record, point),
             )
         execution.results = [result for _, result in results]
-        # The crashed run was inside this step's act: its effect is uncertain.
-        uncertain = (
-            None if point.open_branch is None
-            else self._branch_at(record, point.next_position, point.open_branch)
-        )
         return await execution.run_all(
-            self._plan, start, point.fallback_in_flight, uncertain=uncertain
+            self._plan, start, point.fallback_in_flight,
+            uncertain=self._crashed_calls(record, point),
+        )
+
+    def _crashed_calls(self, record: SagaRecord, point: ResumePoint) -> tuple[Branch, ...]:
+        """The branches whose calls the crashed run was making when it died
+        (their effect is uncertain: see Execution.run_all)."""
+        return tuple(
+            self._branch_at(record, position, branch) for position, branch in point.open_calls
         )
 
     async def _unwind_record(self, record: SagaRecord, lease: Lease | None, why: str) -> None:
@@ -367,13 +371,13 @@ class Saga(Generic[ContextT]):
         context: Any = context_from_dict(definition.context_type, record.context)
         point = resume_point(record, self._groups)
         execution = self._execution_at(record, context, point, lease)
-        if record.status is SagaStatus.RUNNING and point.open_branch is not None:
-            # A crashed run was inside this step's act: it may have taken
-            # effect, and no later call answered for it: it is undone with
-            # the rest (see Execution.run_all).
-            execution.push_crashed_call(
-                self._branch_at(record, point.next_position, point.open_branch)
-            )
+        if record.status is SagaStatus.RUNNING:
+            # A crashed run was inside these steps' acts (one step, or members
+            # of a group): they may have taken effect, and no later call
+            # answered for them: they are undone with the rest (see
+            # Execution.run_all).
+            for branch in self._crashed_calls(record, point):
+                execution.push_crashed_call(branch)
         await execution.resume_unwinding("", RecordedError(why))
 
     def _execution_at(

@@ -725,3 +725,148 @@ async def test_S13_a_store_that_refuses_a_members_completion_stops_the_saga_unwo
     record = await store.load("f1")
     assert record.status is SagaStatus.RUNNING
     assert ("B", StepStatus.COMPLETED) not in [(e.step, e.status) for e in record.history]
+
+
+# --------------------------------------------------------------------------- crashed calls
+
+
+class DiesAfterItsEffect:
+    """A member whose call takes effect; in the crashed run the process then
+    dies, once ``sibling`` is in flight too (both calls are left open)."""
+
+    def __init__(self, name: str, trace: Trace, sibling: asyncio.Event | None) -> None:
+        self.name = name
+        self.trace = trace
+        self.sibling = sibling
+
+    async def act(self, ctx: OrderCtx) -> str:
+        self.trace.append(("act", self.name))
+        if self.sibling is not None:
+            await reached(self.sibling)
+            raise Crash()
+        return f"{self.name}-done"
+
+    async def compensate(self, ctx: OrderCtx) -> None:
+        self.trace.append(("compensate", self.name))
+
+
+async def test_S5_S15_a_resumed_group_cancelled_in_its_write_ahead_undoes_the_crashed_calls(
+    tmp_path: Path,
+) -> None:
+    """The process died while both members' calls were in flight (each took
+    effect; only their STARTED rows are journaled). The resume is cancelled
+    while the group's write-ahead is written, before either is called
+    again: both crashed calls may have taken effect and nothing has
+    answered for them, so both are compensated with the step before — not
+    left applied under a COMPENSATED saga."""
+    trace: Trace = []
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    class HeldStore(SQLiteSagaStore):
+        hold = False
+
+        async def append(self, *args: Any, **kwargs: Any) -> None:
+            if self.hold and any(e.status is StepStatus.STARTED for e in args[1]):
+                entered.set()
+                await release.wait()  # the resumed group's write-ahead, held up
+            await super().append(*args, **kwargs)
+
+    def saga_with(crash: bool) -> Any:
+        book = Blocker("Book", trace)
+        charge = DiesAfterItsEffect("Charge", trace, book.started if crash else None)
+        return _group_saga(charge, book, before=Probe("Before", trace))
+
+    store = HeldStore(tmp_path / "s.db")
+    try:
+        with pytest.raises(Crash):
+            await saga_with(True)(store=store).run(OrderCtx(), saga_id="c1")
+        trace.clear()
+        store.hold = True
+        task = asyncio.create_task(saga_with(False)(store=store).resume("c1"))
+        await reached(entered)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await store.load("c1")
+    finally:
+        await store.close()
+    assert acted(trace) == []  # neither is called again
+    assert sorted(compensated(trace)[:2]) == ["Book", "Charge"]
+    assert compensated(trace)[2:] == ["Before"]
+    assert record.status is SagaStatus.COMPENSATED
+
+
+class GatedBreaker:
+    """A breaker (any ``CircuitBreakerProtocol``) that holds each call at its
+    gate before calling: a call cancelled there never reached the service."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.holding = asyncio.Event()
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.holding.set()
+        await self.gate.wait()
+        return await fn(*args, **kwargs)
+
+    def is_open_error(self, error: BaseException) -> bool:
+        return False
+
+
+async def test_S5_S15_a_crashed_member_cancelled_before_its_call_is_made_again_is_undone(
+    tmp_path: Path,
+) -> None:
+    """The process died inside Charge's call (it took effect). On the resume
+    Charge waits at its breaker's gate, and its sibling Book fails: the
+    group cancels Charge before it is called again. Nothing answered for the
+    crashed call, so Charge is compensated; Book, whose own call failed,
+    is not (S5)."""
+    trace: Trace = []
+    breaker = GatedBreaker()
+    book_started = asyncio.Event()
+
+    class Book:
+        name = "Book"
+
+        def __init__(self, resumed: bool) -> None:
+            self.resumed = resumed
+
+        async def act(self, ctx: OrderCtx) -> None:
+            self.trace_call()
+            if self.resumed:
+                await reached(breaker.holding)  # Charge waits at its gate
+                raise Boom("no rooms")
+            book_started.set()
+            await asyncio.Event().wait()  # in flight when the process dies
+
+        def trace_call(self) -> None:
+            trace.append(("act", "Book"))
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Book"))
+
+    def saga_with(crash: bool) -> Any:
+        charge = DiesAfterItsEffect("Charge", trace, book_started if crash else None)
+        later = Probe("ChargeLater", trace)
+        member = Fallback(charge, later, circuit_breaker=breaker)
+        return _group_saga(member, Book(resumed=not crash), before=Probe("Before", trace))
+
+    store = SQLiteSagaStore(tmp_path / "s.db")
+    try:
+        with pytest.raises(Crash):
+            await saga_with(True)(store=store).run(OrderCtx(), saga_id="c2")
+        trace.clear()
+        breaker.gate.clear()
+        breaker.holding.clear()
+        with pytest.raises(SagaFailed) as failed:
+            await saga_with(False)(store=store).resume("c2")
+        record = await store.load("c2")
+    finally:
+        await store.close()
+    assert failed.value.failed_step == "Book"
+    assert acted(trace) == ["Book"]  # Charge was never called again
+    assert compensated(trace) == ["Charge", "Before"]
+    assert record.status is SagaStatus.COMPENSATED

@@ -608,6 +608,62 @@ async def test_S5_S15_a_child_left_mid_step_by_a_crash_is_undone_when_its_parent
     ]
 
 
+async def test_S5_S15_a_child_left_mid_group_by_a_crash_is_undone_when_its_parent_unwinds(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The process dies while both members of the child's group are in their
+    calls (each took effect). The parent's resume is cancelled before it
+    calls its child step again: the parent unwinds its child, and both
+    crashed calls are compensated — every one the crash left open, not only
+    the first."""
+    from journal_faults import FaultyRecoverableStore
+
+    dies = [True]
+    capturing = asyncio.Event()
+
+    class HeldCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if dies[0]:
+                capturing.set()
+                await asyncio.Event().wait()  # in its call when the process dies
+            return response
+
+    class DyingAuthorize(app.Authorize):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if dies[0]:
+                await capturing.wait()
+                dies[0] = False
+                raise Crash  # after the effect, with Capture in flight: the process dies
+            return response
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [Parallel(DyingAuthorize, HeldCapture)]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay"), app.Ship
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
+        with pytest.raises(Crash):
+            await Order(store=inner).run(app.OrderCtx(), saga_id="g1")
+        store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
+        task = asyncio.create_task(Order(store=store).resume("g1"))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await inner.load("g1")).status is SagaStatus.COMPENSATED
+        assert (await inner.load("g1/Pay")).status is SagaStatus.COMPENSATED
+        assert (await recover(inner, [Order, Payment], older_than=0)).total == 0
+    undone = [c["key"] for c in calls(ledger) if c["action"] == "compensate"]
+    assert sorted(undone[:2]) == [
+        "g1/Pay:DyingAuthorize:compensate", "g1/Pay:HeldCapture:compensate"
+    ]
+    assert undone[2:] == ["g1:Reserve:compensate"]
+
+
 # --------------------------------------------------------------------------- crashes
 
 
