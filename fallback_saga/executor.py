@@ -722,6 +722,7 @@ class Execution(JournaledRun):
             if not rule.should_fall_back(error):
                 raise
             primary_error = error
+            self._primary_left_undone(plan.primary, error)
         if self.hooks.fallback_taken:
             emit(
                 self.hooks.fallback_taken,
@@ -860,6 +861,7 @@ class Execution(JournaledRun):
             # Kept on the run until the fallback is done: S4 chains it to the
             # fallback's error, if the fallback fails too.
             self.primary_error = error
+            self._primary_left_undone(failed, error)
             return True
         primary_error, self.primary_error = self.primary_error, None
         if primary_error is not None and error is not primary_error:
@@ -868,6 +870,17 @@ class Execution(JournaledRun):
             elif error.__context__ is None:
                 error.__context__ = primary_error
         return False
+
+    def _primary_left_undone(self, primary: Branch, error: BaseException) -> None:
+        """A Fallback's primary failed and the fallback takes over. If the
+        primary ran a saga that ended FAILED (its own unwinding gave up), its
+        leftovers are not the fallback's to undo, nor any compensation's of
+        this run: recorded now (``leave_undone``), so that this run, should
+        it unwind later — the fallback failing included — ends FAILED, not
+        COMPENSATED. (If the run completes, the step did its job; the
+        child's record stays FAILED for an operator.)"""
+        if isinstance(error, SagaFailed) and error.status is _SAGA_FAILED:
+            self.leave_undone(primary.name, error)
 
     def push_crashed_call(self, branch: Branch) -> None:
         """``branch``'s call in a crashed run may have taken effect, and no

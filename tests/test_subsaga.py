@@ -25,6 +25,7 @@ import subsaga_app as app
 from helpers_saga import JsonStore
 
 from fallback_saga import (
+    Fallback,
     Parallel,
     Saga,
     SagaContext,
@@ -212,6 +213,114 @@ async def test_S15_S6_a_group_member_whose_child_gave_up_leaves_the_parent_faile
     assert list(info.value.compensation_errors) == ["Pay"]
     assert (await store.load("o10")).status is SagaStatus.FAILED
     assert applied(ledger)[("compensate", "Reserve")] == 1
+
+
+class PayLater(SagaStepHandler[app.OrderCtx, str]):
+    """A fallback for a payment child: pays on account."""
+
+    async def act(self, ctx: app.OrderCtx, /) -> str:
+        app.call("act")
+        return "on account"
+
+    async def compensate(self, ctx: app.OrderCtx, /) -> None:
+        app.call("compensate")
+
+
+class DeclinedLater(SagaStepHandler[app.OrderCtx, str]):
+    """A fallback for a payment child that is declined too."""
+
+    async def act(self, ctx: app.OrderCtx, /) -> str:
+        raise RuntimeError("account closed")
+
+
+async def test_S15_S6_a_primary_child_that_gave_up_leaves_its_parent_failed_though_it_fell_back(
+    store: Any, ledger: Path
+) -> None:
+    """The primary of a Fallback is a child whose own unwinding gives up (it
+    ends FAILED: ``Held`` stays applied); the fallback then fails too. The
+    parent unwinds what it can, but cannot end COMPENSATED over the child's
+    leftovers: FAILED, with the primary's step in ``compensation_errors``."""
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Fallback(SubSaga(StuckPayment, context=app.pay_context, name="Pay"), DeclinedLater),
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o12")
+    assert info.value.failed_step == "DeclinedLater"
+    assert info.value.status is SagaStatus.FAILED
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert (await store.load("o12")).status is SagaStatus.FAILED
+    assert (await store.load("o12/Pay")).status is SagaStatus.FAILED
+    assert applied(ledger)[("compensate", "Reserve")] == 1
+
+
+async def test_S15_S6_a_group_members_primary_child_that_gave_up_leaves_the_parent_failed(
+    store: Any, ledger: Path
+) -> None:
+    """The same for a Fallback run as a ``Parallel`` member: its primary's
+    child gave up, its fallback failed; the sibling and the steps before the
+    group are undone, and the parent ends FAILED."""
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Parallel(
+                app.Ship,
+                Fallback(
+                    SubSaga(StuckPayment, context=app.pay_context, name="Pay"), DeclinedLater
+                ),
+            ),
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o14")
+    assert info.value.status is SagaStatus.FAILED
+    assert list(info.value.branch_errors) == ["DeclinedLater"]
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert (await store.load("o14")).status is SagaStatus.FAILED
+    assert applied(ledger)[("compensate", "Reserve")] == 1
+
+
+async def test_S15_S6_a_child_that_gave_up_under_a_fallback_that_completed_is_not_forgotten(
+    store: Any, ledger: Path
+) -> None:
+    """The fallback completes after the primary's child gave up: the parent
+    goes on (the step did its job). A later step fails: the unwinding cannot
+    undo the child's leftovers, so the parent ends FAILED, not COMPENSATED —
+    also when it is resumed from its journal after the fallback completed."""
+
+    class Stop(BaseException):
+        """The process dies after the fallback completed."""
+
+    stops = [True]
+
+    class ShipDies(app.Ship):
+        async def act(self, ctx: app.OrderCtx, /) -> str:
+            if stops[0]:
+                stops[0] = False
+                raise Stop
+            raise RuntimeError("no courier")  # the resumed Ship is refused: unwind
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Fallback(SubSaga(StuckPayment, context=app.pay_context, name="Pay"), PayLater),
+            ShipDies,
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    with pytest.raises(Stop):
+        await Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o13")
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store, compensation_retry=fast).resume("o13")
+    assert info.value.status is SagaStatus.FAILED
+    assert list(info.value.compensation_errors) == ["Pay"]
+    assert (await store.load("o13")).status is SagaStatus.FAILED
 
 
 async def test_S15_S8_a_cancelled_parent_whose_child_gave_up_ends_failed(
