@@ -778,12 +778,12 @@ async def _call(hook: Any, *args: Any) -> None:
 async def test_a_saga_without_listeners_reaches_no_telemetry(
     telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fallback_saga.executor as executor
+    import fallback_saga.unwinding as unwinding
 
     def no_calls(*args: Any) -> None:
         raise AssertionError("a StepCall was made with nobody listening")
 
-    monkeypatch.setattr(executor, "StepCall", no_calls)
+    monkeypatch.setattr(unwinding, "StepCall", no_calls)
 
     class StepsOnly:  # listens, but not to the step_call_* hooks
         def __init__(self) -> None:

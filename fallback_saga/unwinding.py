@@ -1,0 +1,372 @@
+"""How a run stops short of completing: it unwinds, or it is interrupted.
+
+A saga that cannot complete compensates, in reverse, every step on its
+**compensation stack** — the steps whose ``act`` completed, and those whose
+effect is uncertain (a ``Parallel`` member cancelled in flight, a call a
+crashed run was making): ``unwind``, each compensation retried under the
+saga's ``compensation_retry`` (S5, S6) and its STARTED made durable before
+it is called (S13). The unwinding runs in a task of its own, shielded from
+cancellation: once it begins, every step on the stack gets its
+``compensate`` call, even if the caller is cancelled (again) meanwhile (S8).
+
+A run whose journal cannot be written stops instead, unwinding nothing
+more, and is left for recovery: the caller gets ``SagaInterrupted`` (or
+``LeaseLost``, when another worker drives the saga now), and the listeners
+hear ``saga_interrupted``.
+
+``UnwindingRun`` is that part of a run; the executor's ``Execution``, which
+drives the steps forward, is its subclass. A step call reported to the
+``step_call_*`` listeners is reported the same way in both directions, so
+those two helpers live here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal, NoReturn
+
+from .context import freeze_context
+from .errors import (
+    ContextSerializationError,
+    LeaseLost,
+    SagaAlreadyExists,
+    SagaFailed,
+    SagaInterrupted,
+)
+from .events import Hooks, StepCall, emit
+from .plan import Branch
+from .shielding import shielded
+from .status import RAW_CANCELLED as _CANCELLED
+from .status import RAW_COMPLETED as _COMPLETED
+from .status import RAW_FAILED as _FAILED
+from .status import RAW_STARTED as _STARTED
+from .status import SagaStatus
+from .write_ahead import JournaledRun, JournalWriteFailed
+
+__all__ = ["UnwindingRun"]
+
+_log = logging.getLogger("fallback_saga")
+
+_COMPENSATING = SagaStatus.COMPENSATING
+_COMPENSATED = SagaStatus.COMPENSATED
+_SAGA_FAILED = SagaStatus.FAILED
+_now = time.time
+
+
+class UnwindingRun(JournaledRun):
+    """A run's compensation stack and how the run ends short of completing
+    (see the module's docstring). ``Execution.__init__`` sets the fields."""
+
+    __slots__ = (
+        "branch_errors",
+        "hooks",
+        "image",
+        "left_undone",
+        "live",
+        "stack",
+        "status",
+    )
+
+    hooks: Hooks
+    live: bool  # an in-process store: it watches the run, nothing is written ahead
+    stack: list[Branch]  # the compensation stack
+    status: SagaStatus
+    image: Any  # the context as the current step began; once finished, frozen
+    branch_errors: dict[str, BaseException] | None  # of a failed group, by member
+    left_undone: dict[str, BaseException] | None  # see leave_undone
+
+    # ------------------------------------------------------------------ ending short of completion
+
+    async def fail(self, error: BaseException) -> NoReturn:
+        """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7).
+
+        When the error is the journal's own (the store kept refusing a write),
+        nothing is unwound: a compensation must not run unless the journal
+        can hold its record, so the run stops and leaves the saga for
+        recovery (``SagaInterrupted``).
+
+        A failed step that ran a saga which ended FAILED (a ``SubSaga`` whose
+        child's own unwinding gave up) has left effects no compensation of
+        this run can undo: see ``leave_undone``."""
+        if isinstance(error, JournalWriteFailed):
+            cause = error.error
+            if not isinstance(cause, ContextSerializationError) or not self.created:
+                raise self._interrupted(cause)
+            error = cause  # a step left a context the journal cannot hold: unwind
+        failed_step = self.step
+        if self.branch_errors or isinstance(error, SagaFailed):
+            failures = self.branch_errors or {failed_step: error}
+            for name, failure in failures.items():
+                if isinstance(failure, SagaFailed) and failure.status is _SAGA_FAILED:
+                    self.leave_undone(name, failure)
+        try:
+            compensation_errors = await shielded(self.unwind())
+        except asyncio.CancelledError:
+            self._report_interruption()
+            self._announce_finish(asyncio.CancelledError())
+            raise
+        if self.interruption is not None:
+            raise self._interrupted(self.interruption, failure=error)
+        self._announce_finish(error)
+        raise SagaFailed(
+            saga_id=self.saga_id,
+            saga_name=self.saga_name,
+            status=self.status,
+            failed_step=failed_step,
+            error=error,
+            compensation_errors=compensation_errors,
+            branch_errors=self.branch_errors,
+        ) from error
+
+    def leave_undone(self, step: str, error: BaseException) -> None:
+        """``step`` failed, leaving effects no compensation of this run can
+        undo: it ran a saga that ended FAILED (a ``SubSaga`` whose child's own
+        unwinding gave up). The run cannot end COMPENSATED over it: it counts
+        as a compensation that failed (``compensation_errors``, the saga
+        FAILED), journaled as one — never called: there is nothing more it
+        could undo — so that a resumed unwinding knows it too."""
+        left = self.left_undone
+        if left is None:
+            left = self.left_undone = {}
+        elif step in left:
+            return
+        left[step] = error
+        # The step's act rows say where it stands (a compact journal's clock
+        # readings are not rows: see compact_journal).
+        for row in reversed(self.journal):
+            if isinstance(row, tuple) and row[1] == step and row[3] == "act":
+                self.journal.append((row[0], step, row[2], "compensate", _FAILED, 1,
+                                     _describe(error), _now(), None))
+                return
+
+    async def abort(self) -> None:
+        """The task was cancelled mid-step: unwind; the caller re-raises."""
+        try:
+            await shielded(self.unwind())
+        finally:
+            self._report_interruption()
+            self._announce_finish(asyncio.CancelledError())
+
+    def abandon(self, reason: LeaseLost) -> None:
+        """Stop driving this saga *without* unwinding it: another worker owns it
+        now (the lease was lost), or this worker hands it off on shutdown.
+
+        From now on every write is refused with ``reason`` — locally, without
+        asking a store that may be unreachable — and no further ``compensate``
+        is called: compensating a saga someone else drives would race them.
+        The caller then cancels the task running the saga.
+        """
+        self.abandoned = reason
+
+    def _stopped(
+        self, error: BaseException, failure: BaseException | None = None
+    ) -> BaseException:
+        """What the caller gets when the journal failed: ``LeaseLost`` when
+        another worker owns the saga now (it goes on driving it),
+        ``SagaAlreadyExists`` when the saga could not even be created because
+        its id is taken, else ``SagaInterrupted``."""
+        if isinstance(error, LeaseLost):
+            return error
+        if isinstance(error, SagaAlreadyExists | ContextSerializationError) and (
+            self.journaled_status is None
+        ):
+            return error  # nothing was journaled, nothing ran
+        interrupted = SagaInterrupted(
+            saga_id=self.saga_id,
+            saga_name=self.saga_name,
+            status=self.journaled_status,
+            error=error,
+            failure=failure,
+            in_doubt=self.landed_unseen is not None,
+            status_if_landed=self.landed_unseen,
+        )
+        interrupted.__cause__ = error
+        return interrupted
+
+    def _interrupted(
+        self, error: BaseException, failure: BaseException | None = None
+    ) -> BaseException:
+        """``_stopped``, announced to the listeners (``saga_interrupted``)."""
+        stopped = self._stopped(error, failure)
+        self._announce_finish(stopped)
+        return stopped
+
+    def _report_interruption(self) -> None:
+        # A cancelled caller gets CancelledError whatever happened; a journal
+        # that failed meanwhile must still be told to someone.
+        error = self.interruption
+        if error is not None and not isinstance(error, LeaseLost):
+            _log.error("%s", self._stopped(error))
+
+    def _announce_finish(self, error: BaseException | None) -> None:
+        if self.status.is_final:
+            if self.hooks.saga_finished:
+                emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
+        elif self.hooks.saga_interrupted:  # stopped short of a final status: see _stopped
+            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
+                 self.journaled_status, error if error is not None else self.interruption)
+
+    # ------------------------------------------------------------------ the compensation stack
+
+    async def unwind(self) -> dict[str, BaseException]:
+        """Compensate the stack in LIFO order (S5), retrying each (S6); the
+        steps left undone (``leave_undone``) count among the compensation errors.
+
+        Each compensation's STARTED record — and with the first one, the
+        saga's COMPENSATING status — is durable before ``compensate`` is
+        called (S13). When the journal cannot be written, the unwinding stops
+        right there (``self.interruption``): the steps still on the stack are
+        left for recovery to compensate, which it will, since the journal
+        shows them completed and not compensated."""
+        self.status = self.pending_status = _COMPENSATING
+        left_undone = self.left_undone
+        errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
+        stack = self.stack
+        try:
+            while stack:
+                branch = stack[-1]
+                error = await self.compensate(branch)
+                stack.pop()
+                if error is not None:
+                    errors[branch.name] = error
+            final = _SAGA_FAILED if errors else _COMPENSATED
+            if self.live:
+                self.status = final
+                self.image = freeze_context(self.context)
+                self.store.finished(self)  # type: ignore[attr-defined]
+            else:
+                self.pending_status = final
+                await self.flush(unwinding=True)
+                self.status = final
+        except JournalWriteFailed as failure:
+            self.interruption = failure.error
+            self.status = self.journaled_status or SagaStatus.RUNNING
+        return errors
+
+    async def compensate(self, branch: Branch) -> BaseException | None:
+        """Call ``branch.compensate`` under the retry policy; the final error, if any.
+
+        Raises ``JournalWriteFailed`` — before calling ``compensate`` — when
+        its STARTED record cannot be made durable."""
+        hooks = self.hooks
+        journal = self.journal
+        policy = self.settings.compensation_retry
+        attempt = 1
+        while True:
+            journal.append(
+                (branch.position, branch.name, branch.branch, "compensate", _STARTED, attempt,
+                 None, _now(), None)
+            )
+            self.step = branch.name
+            self.action = "compensate"
+            self.attempt = attempt
+            if self.abandoned is not None:
+                raise JournalWriteFailed(self.abandoned)
+            if not self.live:
+                await self.flush(unwinding=True)
+            if hooks.compensation_started:
+                emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
+            self.active = True
+            call = self._call_started(branch, "compensate", attempt)
+            try:
+                if branch.timeout is None:
+                    await branch.compensate(self.context)
+                else:
+                    async with asyncio.timeout(branch.timeout):
+                        await branch.compensate(self.context)
+            except Exception as error:
+                if call is not None:
+                    self._call_finished(call, error)
+                if not policy.should_retry(error, attempt):
+                    return self._compensation_failed(branch, attempt, error)
+                journal.append(
+                    (branch.position, branch.name, branch.branch, "compensate", _FAILED,
+                     attempt, _describe(error), _now(), None)
+                )
+                attempt += 1
+                await policy.wait_before(attempt)
+                continue
+            except asyncio.CancelledError as error:
+                # Only the compensation itself can raise this here (the unwinding
+                # task is shielded): it failed.
+                if call is not None:
+                    self._call_finished(call, error)
+                return self._compensation_failed(branch, attempt, error)
+            except JournalWriteFailed as stopped:
+                # A journal this run does not write itself failed (a SubSaga's
+                # child's): the unwinding stops here, left for recovery (see unwind).
+                if call is not None:
+                    self._call_finished(call, stopped.error)
+                raise
+            finally:
+                self.active = False
+            if call is not None:
+                self._call_finished(call, None)
+            journal.append(
+                (branch.position, branch.name, branch.branch, "compensate", _COMPLETED, attempt,
+                 None, _now(), None)
+            )
+            self.context_dirty = True
+            if hooks.compensation_completed:
+                emit(hooks.compensation_completed, self.saga_id, branch.name)
+            return None
+
+    def _compensation_failed(
+        self, branch: Branch, attempt: int, error: BaseException
+    ) -> BaseException:
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "compensate", _FAILED, attempt,
+             _describe(error), _now(), None)
+        )
+        if self.hooks.compensation_failed:
+            emit(self.hooks.compensation_failed, self.saga_id, branch.name, error)
+        return error
+
+    def push_crashed_call(self, branch: Branch) -> None:
+        """``branch``'s call in a crashed run may have taken effect, and no
+        later call of it answered: on the compensation stack it goes (see
+        run_all)."""
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "act", _CANCELLED, 1,
+             "its call in a run that crashed may have taken effect: it is compensated",
+             _now(), None)
+        )
+        self.stack.append(branch)
+
+    def act_cancelled(self, branch: Branch, attempt: int) -> None:
+        # A group member's act cancelled in flight (a sibling failed, or the
+        # caller was cancelled): its effect is uncertain, so it is compensated
+        # like a completed act — journaled CANCELLED, which resume_point puts
+        # on the compensation stack too.
+        self.journal.append(
+            (branch.position, branch.name, branch.branch, "act", _CANCELLED, attempt,
+             "CancelledError: cancelled while its act ran; its effect is uncertain", _now(),
+             None)
+        )
+        self.stack.append(branch)
+
+    # ------------------------------------------------------------------ a step call, as listeners hear of it
+
+    def _call_started(
+        self, branch: Branch, action: Literal["act", "compensate"], attempt: int
+    ) -> StepCall | None:
+        """The ``StepCall`` reported to ``step_call_*`` listeners; None if none listen."""
+        hooks = self.hooks
+        if not (hooks.step_call_started or hooks.step_call_finished):
+            return None
+        call = StepCall(self.saga_id, self.saga_name, branch.name, action, attempt, branch.branch)
+        if hooks.step_call_started:
+            emit(hooks.step_call_started, call)
+        return call
+
+    def _call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        if self.hooks.step_call_finished:
+            emit(self.hooks.step_call_finished, call, error)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
