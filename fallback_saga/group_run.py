@@ -257,9 +257,9 @@ async def run_group(
     crashed run left in flight (their effect is uncertain). Every member's
     first STARTED is made durable in one write before any of them runs.
     When one fails for good, the others are cancelled and waited for; the
-    group then raises that member's
-    error (``branch_errors`` keeps every member's). A cancelled caller
-    waits for every member to stop before the unwinding begins (S8).
+    group then raises that member's error (``branch_errors`` keeps every
+    member's). A cancelled caller waits for every member to stop before
+    the unwinding begins (S8).
 
     A crashed call is answered when its member is called again and that
     call returns or fails (S5). A member stopped before then — the group
