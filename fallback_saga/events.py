@@ -74,7 +74,9 @@ class SagaListener:
     def saga_finished(
         self, saga_id: str, saga_name: str, status: SagaStatus, error: BaseException | None
     ) -> None:
-        """The saga reached a final status (``error`` is set unless COMPLETED)."""
+        """The saga reached a final status. ``error`` is what ended it: None
+        when COMPLETED, and for a ``transaction()`` whose block was left
+        early without one (a ``break``)."""
 
     def saga_interrupted(
         self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None

@@ -467,6 +467,9 @@ class SagaTransaction(Generic[ContextT]):
             raise StopAsyncIteration
         item = self._plan[self._next]
         execution = self._execution
+        # This saga's run is the task's current one while its step runs (and
+        # unwinds), whatever another transaction open in this task set since.
+        token = _CURSOR.set(execution)
         try:
             step_results = await execution.run_item(item)
         except (Exception, JournalWriteFailed) as error:
@@ -476,6 +479,8 @@ class SagaTransaction(Generic[ContextT]):
             self._finished = True
             await execution.abort()
             raise
+        finally:
+            _CURSOR.reset(token)
         self._next += 1
         execution.results += step_results
         # A group yields its members' results one by one, in declared order.
@@ -500,19 +505,32 @@ class SagaTransaction(Generic[ContextT]):
             return
         self._finished = True
         execution = self._execution
-        if exc is None and self._next >= len(self._plan):
-            self.result = await execution.complete()
-            return
-        if exc is not None and not isinstance(exc, Exception | asyncio.CancelledError):
-            return  # KeyboardInterrupt and friends: the process is going down
+        token = _CURSOR.set(execution)  # see __anext__
         try:
-            await shielded(execution.unwind())
+            if exc is None and self._next >= len(self._plan):
+                self.result = await execution.complete()
+                return
+            if exc is not None and not isinstance(exc, _LEFT_EARLY):
+                return  # KeyboardInterrupt, SystemExit: the process is going down
+            try:
+                await shielded(execution.unwind())
+            finally:
+                execution._report_interruption()
+                execution._announce_finish(exc)
+            if execution.interruption is not None and not isinstance(exc, _NOBODY_WAITS):
+                # The caller must not believe the steps were unwound: they were not all.
+                raise execution._stopped(execution.interruption, failure=exc)
         finally:
-            execution._report_interruption()
-            execution._announce_finish(exc)
-        if execution.interruption is not None and not isinstance(exc, asyncio.CancelledError):
-            # The caller must not believe the steps were unwound: they were not all.
-            raise execution._stopped(execution.interruption, failure=exc)
+            _CURSOR.reset(token)
+
+
+# Ways out of a transaction's block that leave the saga to unwind: an error,
+# a cancellation, and GeneratorExit — the block was inside an async generator
+# whose consumer closed it (``aclose()``, or the generator was collected).
+_LEFT_EARLY = (Exception, asyncio.CancelledError, GeneratorExit)
+# ... of which those after which nobody waits for an answer: an interruption
+# of the unwinding is logged (``_report_interruption``), not raised.
+_NOBODY_WAITS = (asyncio.CancelledError, GeneratorExit)
 
 
 def _default_factory(saga_cls: type) -> StepFactory:

@@ -77,7 +77,7 @@ class UnwindingRun(JournaledRun):
     branch_errors: dict[str, BaseException] | None  # of a failed group, by member
     left_undone: dict[str, BaseException] | None  # see leave_undone
 
-    # ------------------------------------------------------------------ ending short of completion
+    # ------------------------------------------------------------------ ending short of done
 
     async def fail(self, error: BaseException) -> NoReturn:
         """Unwind after ``error`` stopped the saga, then raise ``SagaFailed`` (S7).
@@ -347,7 +347,7 @@ class UnwindingRun(JournaledRun):
         )
         self.stack.append(branch)
 
-    # ------------------------------------------------------------------ a step call, as listeners hear of it
+    # ------------------------------------------------------------------ step calls, as reported
 
     def _call_started(
         self, branch: Branch, action: Literal["act", "compensate"], attempt: int

@@ -153,6 +153,86 @@ async def test_transaction_cancelled_mid_step_compensates_then_reraises() -> Non
     assert (await saga.store.load("tx-cancel")).status is SagaStatus.COMPENSATED
 
 
+async def _closed_early(store: Any) -> tuple[Trace, SagaStatus, list[SagaStatus]]:
+    """A transaction streamed from an async generator whose consumer takes
+    the first result and closes it: the steps called, the stored status,
+    the statuses ``saga_finished`` reported."""
+    trace: Trace = []
+    ends: list[SagaStatus] = []
+
+    class Ends:
+        def saga_finished(self, saga_id: str, name: str, status: SagaStatus,
+                          error: BaseException | None) -> None:
+            ends.append(status)
+
+    saga_class = declare(Probe("A", trace), Probe("B", trace))
+    saga = saga_class(listeners=[Ends()], **({"store": store} if store is not None else {}))
+
+    async def stream() -> Any:
+        async with saga.transaction(OrderCtx(), saga_id="tx-gen") as tx:
+            async for step_result in tx:
+                yield step_result
+
+    results = stream()
+    async for _ in results:
+        break  # the consumer wanted the first step's result only
+    await results.aclose()
+    return trace, (await saga.store.load("tx-gen")).status, ends
+
+
+async def test_S8_a_transaction_left_by_closing_its_async_generator_unwinds(
+    tmp_path: Path,
+) -> None:
+    """``aclose()`` (or the generator's collection) throws ``GeneratorExit``
+    at the ``yield`` inside the block. That is leaving the block early, like
+    a ``break``: the completed steps are compensated, the journal ends
+    COMPENSATED (never RUNNING, which recovery would run forward) and the
+    listeners hear the end — on a durable store too."""
+    from fallback_saga import SQLiteSagaStore
+
+    async with SQLiteSagaStore(tmp_path / "g.db") as durable:
+        for store in (None, durable):
+            trace, status, ends = await _closed_early(store)
+            assert acted(trace) == ["A"]
+            assert compensated(trace) == ["A"]
+            assert status is SagaStatus.COMPENSATED
+            assert ends == [SagaStatus.COMPENSATED]
+
+
+async def test_two_transactions_open_in_one_task_each_step_sees_its_own_saga() -> None:
+    """``async with one.transaction(...) as t1, two.transaction(...) as t2``:
+    each saga's steps see their own saga in ``current_step()`` (their
+    idempotency keys), whichever transaction was entered last."""
+    keys: list[str] = []
+
+    class Charge:
+        name = "Charge"
+
+        async def act(self, ctx: OrderCtx) -> None:
+            keys.append(current_step().idempotency_key)
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            keys.append(current_step().idempotency_key)
+
+    one = declare(Charge(), Probe("Fails", [], error=Boom), name="One")()
+    two = declare(Charge(), name="Two")()
+
+    async def both() -> None:
+        async with one.transaction(OrderCtx(), saga_id="one") as t1, \
+                two.transaction(OrderCtx(), saga_id="two") as t2:
+            async for _ in t2:
+                pass
+            async for _ in t1:
+                pass
+
+    with pytest.raises(SagaFailed) as failed:
+        await both()
+    assert failed.value.saga_id == "one"
+    assert failed.value.failed_step == "Fails"
+    # (Two's block was left with one's SagaFailed: it unwinds too.)
+    assert keys == ["two:Charge", "one:Charge", "one:Charge:compensate", "two:Charge:compensate"]
+
+
 # --------------------------------------------------------------------------- current_step
 
 
