@@ -713,7 +713,8 @@ class Execution(UnwindingRun):
             # Kept on the run until the fallback is done: S4 chains it to the
             # fallback's error, if the fallback fails too.
             self.primary_error = error
-            self._primary_left_undone(failed, error)
+            if isinstance(error, SagaFailed) and error.status is _SAGA_FAILED:
+                self.leave_undone(failed.name, error)  # _primary_left_undone, inlined
             return True
         primary_error, self.primary_error = self.primary_error, None
         if primary_error is not None and error is not primary_error:
