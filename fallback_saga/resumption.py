@@ -68,6 +68,7 @@ from .executor import Execution
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .store.base import Lease, SagaRecord
+from .unwinding import STOP_SCOPE, StopScope
 from .write_ahead import JournalWriteFailed
 
 if TYPE_CHECKING:
@@ -301,8 +302,11 @@ class LeasedRun:
         self.handed_off = False
         self._renew: Callable[[Lease, float], Any] | None = getattr(store, "renew", None)
         # The run's own context: the executor's cursor in it is how the run's
-        # Execution is reached to fence it out (see _stop_without_unwinding).
+        # Execution is reached to fence it out (see _stop_without_unwinding),
+        # and its stop scope is how the runs it starts (a SubSaga's child) are.
         self._context = contextvars.copy_context()
+        self._scope = StopScope(self._context.get(STOP_SCOPE))
+        self._context.run(STOP_SCOPE.set, self._scope)
         self._task: asyncio.Task[SagaResult[Any]] | None = None
 
     async def run(self) -> SagaResult[Any]:
@@ -359,11 +363,15 @@ class LeasedRun:
         return error if cause is error else cause
 
     def _stop_without_unwinding(self) -> None:
+        reason = self.lost or LeaseLost(self.lease.saga_id, self.lease.token)
+        # A run this one started (a SubSaga's child) stops without unwinding
+        # too, when the cancellation below reaches it (StopScope).
+        self._scope.reason = reason
         execution = self._context.get(_CURSOR)
         if isinstance(execution, Execution):
             # Every later write of this run is refused and no compensate is
             # called: the cancellation below then stops it without unwinding.
-            execution.abandon(self.lost or LeaseLost(self.lease.saga_id, self.lease.token))
+            execution.abandon(reason)
         if self._task is not None:
             self._task.cancel()
 

@@ -46,6 +46,7 @@ from .status import SagaStatus
 from .step import current_step
 from .store._common import check_saga_id
 from .store.base import Lease, SagaRecord, is_recoverable
+from .unwinding import stopped_without_unwinding
 from .write_ahead import JournalWriteFailed
 
 __all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "saga_family"]
@@ -157,6 +158,11 @@ class SubSaga(Generic[ParentT, ChildT]):
             # under a COMPENSATED parent. Recovery finishes both.
             raise JournalWriteFailed(stopped) from stopped
         except asyncio.CancelledError:
+            if parent.abandoned is not None or stopped_without_unwinding() is not None:
+                # The parent is stopped without unwinding (handed off, or its
+                # lease lost), and so was the child (StopScope): the next owner
+                # of the parent resumes both.
+                raise
             # The parent's step fails with the cancellation, and a child whose
             # step fails unwinds itself. It has, if the cancellation reached one
             # of its steps; not if it landed while the child's completion was

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any, Literal, NoReturn
 
 from .context import freeze_context
@@ -45,7 +46,7 @@ from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
 from .write_ahead import JournaledRun, JournalWriteFailed
 
-__all__ = ["UnwindingRun"]
+__all__ = ["StopScope", "UnwindingRun", "stopped_without_unwinding"]
 
 _log = logging.getLogger("fallback_saga")
 
@@ -53,6 +54,44 @@ _COMPENSATING = SagaStatus.COMPENSATING
 _COMPENSATED = SagaStatus.COMPENSATED
 _SAGA_FAILED = SagaStatus.FAILED
 _now = time.time
+
+
+class StopScope:
+    """What a leased run (``resumption.LeasedRun``) shares with the runs it
+    starts — a ``SubSaga``'s child saga, in its own task or under a lease of
+    its own: once it is stopped without unwinding (handed off by a worker
+    shutting down, or its lease lost), they stop without unwinding too. A
+    child's unwinding would undo what the next owner of the parent resumes
+    (the child is no longer its own to drive), and leave that owner a child
+    COMPENSATED under a parent that never failed.
+
+    Set in the leased run's context (``STOP_SCOPE``), which the runs it
+    starts inherit; a nested leased run's scope keeps the one around it."""
+
+    __slots__ = ("outer", "reason")
+
+    def __init__(self, outer: StopScope | None) -> None:
+        self.outer = outer
+        self.reason: LeaseLost | None = None  # set once the run is stopped
+
+    def stopped(self) -> LeaseLost | None:
+        """Why this scope, or one around it, was stopped; None if none was."""
+        scope: StopScope | None = self
+        while scope is not None:
+            if scope.reason is not None:
+                return scope.reason
+            scope = scope.outer
+        return None
+
+
+STOP_SCOPE: ContextVar[StopScope | None] = ContextVar("fallback_saga_stop_scope", default=None)
+
+
+def stopped_without_unwinding() -> LeaseLost | None:
+    """Why the leased run the current task works for was stopped without
+    unwinding (see ``StopScope``); None when it was not, or there is none."""
+    scope = STOP_SCOPE.get()
+    return None if scope is None else scope.stopped()
 
 
 class UnwindingRun(JournaledRun):
@@ -101,6 +140,8 @@ class UnwindingRun(JournaledRun):
             for name, failure in failures.items():
                 if isinstance(failure, SagaFailed) and failure.status is _SAGA_FAILED:
                     self.leave_undone(name, failure)
+        if self.abandoned is None and STOP_SCOPE.get() is not None:
+            self._adopt_stop()
         try:
             compensation_errors = await shielded(self.unwind())
         except asyncio.CancelledError:
@@ -143,11 +184,20 @@ class UnwindingRun(JournaledRun):
 
     async def abort(self) -> None:
         """The task was cancelled mid-step: unwind; the caller re-raises."""
+        if self.abandoned is None and STOP_SCOPE.get() is not None:
+            self._adopt_stop()
         try:
             await shielded(self.unwind())
         finally:
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
+
+    def _adopt_stop(self) -> None:
+        """This run was started by a leased run that is being stopped without
+        unwinding (``StopScope``): it stops the same way."""
+        reason = stopped_without_unwinding()
+        if reason is not None:
+            self.abandon(reason)
 
     def abandon(self, reason: LeaseLost) -> None:
         """Stop driving this saga *without* unwinding it: another worker owns it

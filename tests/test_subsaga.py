@@ -27,6 +27,7 @@ from helpers_saga import JsonStore
 from fallback_saga import (
     Fallback,
     Parallel,
+    RecoveryWorker,
     Saga,
     SagaContext,
     SagaFailed,
@@ -771,6 +772,85 @@ async def test_S5_S15_a_child_left_mid_group_by_a_crash_is_undone_when_its_paren
         "g1/Pay:DyingAuthorize:compensate", "g1/Pay:HeldCapture:compensate"
     ]
     assert undone[2:] == ["g1:Reserve:compensate"]
+
+
+async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
+    """The first run dies in ``crash_in`` (Reserve: before the child exists;
+    Capture: inside the child). A worker resumes the parent and is stopped
+    (grace 0: a hand-off) while the child's Capture is in its call. The
+    hand-off stops the child too, without unwinding anything; the next
+    worker finishes both forward."""
+    dies = [True]
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    class DyingReserve(app.Reserve):
+        async def act(self, ctx: app.OrderCtx, /) -> str:
+            response = await super().act(ctx)
+            if crash_in == "Reserve" and dies[0]:
+                dies[0] = False
+                raise Crash  # the process dies before the child is created
+            return response
+
+    class HeldCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if crash_in == "Capture" and dies[0]:
+                dies[0] = False
+                raise Crash  # the process dies inside the child
+            if not release.is_set():
+                inside.set()
+                await release.wait()  # a slow call: the worker is stopped meanwhile
+            return response
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            DyingReserve,
+            SubSaga(Payment, context=app.pay_context, name="Pay", lease_seconds=5.0),
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Order(store=store).run(app.OrderCtx(), saga_id="h1")
+        first = RecoveryWorker(store, [Order, Payment], lease=30, poll=0.02, older_than=0,
+                               owner="leaving")
+        running = asyncio.create_task(first.run())
+        await asyncio.wait_for(inside.wait(), 10)
+        await asyncio.wait_for(first.stop(grace=0), 10)
+        await running
+        assert first.stats.handed_off >= 1
+        assert (await store.load("h1")).status is SagaStatus.RUNNING
+        assert (await store.load("h1/Pay")).status is SagaStatus.RUNNING
+        assert [c["action"] for c in calls(app.LEDGER)].count("compensate") == 0
+        release.set()
+        second = RecoveryWorker(store, [Order, Payment], lease=30, poll=0.02, older_than=0)
+        finishing = asyncio.create_task(second.run())
+        for _ in range(500):
+            if (await store.load("h1")).status.is_final:
+                break
+            await asyncio.sleep(0.02)
+        await second.stop()
+        await finishing
+        assert (await store.load("h1")).status is SagaStatus.COMPLETED
+        assert (await store.load("h1/Pay")).status is SagaStatus.COMPLETED
+    assert [c["action"] for c in calls(app.LEDGER)].count("compensate") == 0
+
+
+async def test_S15_a_hand_off_inside_a_resumed_child_unwinds_neither_child_nor_parent(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The child is resumed under a lease of its own (it existed before)."""
+    await _handed_off_mid_child(tmp_path, "Capture")
+
+
+async def test_S15_a_hand_off_inside_a_child_started_by_the_resumed_parent_unwinds_nothing(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The child is created by the resumed parent, in the parent's own task."""
+    await _handed_off_mid_child(tmp_path, "Reserve")
 
 
 # --------------------------------------------------------------------------- crashes
