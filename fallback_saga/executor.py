@@ -53,7 +53,7 @@ from .context import (
 )
 from .errors import ContextSerializationError, SagaFailed
 from .events import emit
-from .group_run import Lane, LaneCursor, run_group
+from .group_run import IN_A_MEMBER, Lane, LaneCursor, run_group
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .run_settings import RunSettings
 from .status import RAW_COMPLETED as _COMPLETED
@@ -76,6 +76,7 @@ T = TypeVar("T")
 _RUNNING = SagaStatus.RUNNING
 _SAGA_COMPLETED = SagaStatus.COMPLETED
 _SAGA_FAILED = SagaStatus.FAILED
+_CancelledError = asyncio.CancelledError
 _now = time.time
 
 
@@ -688,11 +689,17 @@ class Execution(UnwindingRun):
         # A function of its own so that no frame local of the retry loop keeps
         # the error alive (error -> traceback -> frame -> error is a cycle the
         # garbage collector would have to find, for every failed step).
-        text = str(error)  # _describe(error), inlined: every failed act comes here
-        self.journal.append(
-            (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-             f"{type(error).__name__}: {text}" if text else type(error).__name__, _now(), None)
-        )
+        if error.__class__ is _CancelledError and IN_A_MEMBER.get():
+            # This run is a child saga of a group member, cancelled with it:
+            # its call in flight is as uncertain as the member's own would be.
+            self.act_cancelled(branch, attempt)
+        else:
+            text = str(error)  # _describe(error), inlined: every failed act comes here
+            self.journal.append(
+                (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
+                 f"{type(error).__name__}: {text}" if text else type(error).__name__, _now(),
+                 None)
+            )
         if self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from .context import (
@@ -43,7 +44,13 @@ from .status import RAW_STARTED as _STARTED
 from .step import _CURSOR, SagaStepResult, StepCursor
 from .store.base import RawEntry
 
-__all__ = ["GroupHost", "GroupRun", "Lane", "LaneCursor", "run_group"]
+__all__ = ["IN_A_MEMBER", "GroupHost", "GroupRun", "Lane", "LaneCursor", "run_group"]
+
+# Set while a group member runs a saga of its own (a SubSaga's child): that
+# run is cancelled with the member, and a call of it cancelled in flight is
+# as uncertain as the member's own call would be — journaled CANCELLED and
+# compensated (Execution.act_failed), not a failed step.
+IN_A_MEMBER: ContextVar[bool] = ContextVar("fallback_saga_in_a_member", default=False)
 
 _now = time.time
 _new_object = object.__new__

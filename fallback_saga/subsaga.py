@@ -40,10 +40,11 @@ from typing import Any, Generic, TypeVar
 
 from .errors import SagaAlreadyExists, SagaBusy, SagaFailed, SagaInterrupted, SagaNotFound
 from .executor import Execution, running_execution
+from .group_run import IN_A_MEMBER, LaneCursor
 from .saga import Saga
 from .shielding import shielded
 from .status import SagaStatus
-from .step import current_step
+from .step import _CURSOR, current_step
 from .store._common import check_saga_id
 from .store.base import Lease, SagaRecord, is_recoverable
 from .unwinding import stopped_without_unwinding
@@ -141,6 +142,9 @@ class SubSaga(Generic[ParentT, ChildT]):
         parent = _parent()
         child = self._child(parent)
         child_id = self._child_id(parent)
+        # A group member: a cancellation of the child's call in flight leaves
+        # its effect uncertain, as the member's (see IN_A_MEMBER).
+        member = IN_A_MEMBER.set(True) if isinstance(_CURSOR.get(None), LaneCursor) else None
         try:
             try:
                 result = await child.run(self.context(context), saga_id=child_id)
@@ -171,6 +175,9 @@ class SubSaga(Generic[ParentT, ChildT]):
             # cancellation again meanwhile does not stop it), then go on failing.
             await shielded(self._undo_cancelled(parent, child, child_id, current_step().step))
             raise
+        finally:
+            if member is not None:
+                IN_A_MEMBER.reset(member)
         if self.merge is not None:
             self.merge(context, result.context)
         return result.context

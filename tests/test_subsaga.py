@@ -774,6 +774,46 @@ async def test_S5_S15_a_child_left_mid_group_by_a_crash_is_undone_when_its_paren
     assert undone[2:] == ["g1:Reserve:compensate"]
 
 
+async def test_S15_a_child_cancelled_in_flight_as_a_group_member_undoes_its_call_in_flight(
+    store: Any, ledger: Path
+) -> None:
+    """A group member cancelled in flight has an uncertain effect and is
+    compensated (a sibling failed). When the member is a child saga, the
+    uncertain effect is its step in flight: that call is compensated too,
+    as a plain member's would be — not only the child's completed steps."""
+    charging = asyncio.Event()
+
+    class SlowCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)  # the participant took effect
+            charging.set()
+            await asyncio.Event().wait()  # its answer never comes: cancelled
+            return response
+
+    class Declined(SagaStepHandler[app.OrderCtx, None]):
+        async def act(self, ctx: app.OrderCtx, /) -> None:
+            await charging.wait()
+            raise RuntimeError("declined")
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, SlowCapture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            Parallel(SubSaga(Payment, context=app.pay_context, name="Pay"), Declined)
+        ]
+
+    with pytest.raises(SagaFailed) as failed:
+        await Order(store=store).run(app.OrderCtx(), saga_id="m1")
+    assert failed.value.status is SagaStatus.COMPENSATED
+    assert (await store.load("m1/Pay")).status is SagaStatus.COMPENSATED
+    # Every effect applied is compensated: the child's call in flight included.
+    assert applied(ledger) == Counter({
+        ("act", "Authorize"): 1, ("act", "SlowCapture"): 1,
+        ("compensate", "SlowCapture"): 1, ("compensate", "Authorize"): 1,
+    })
+
+
 async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
     """The first run dies in ``crash_in`` (Reserve: before the child exists;
     Capture: inside the child). A worker resumes the parent and is stopped
