@@ -108,6 +108,7 @@ class ClaimedSaga:
         saga_id = self.saga_id
         release = True
         handed_off = False  # stopped unfinished by a shutdown: announce it
+        deferred = False  # a child whose parent drives it: see below
         try:
             record = await self.store.load(saga_id)
             self.saga_name = record.saga_name
@@ -115,6 +116,7 @@ class ClaimedSaga:
             if parent_id is not None and await self._in_flight(parent_id):
                 # A child saga (SubSaga): its parent resumes it, when the
                 # parent is resumed — driving it from here too would run it twice.
+                deferred = True
                 return "deferred", f"its parent {parent_id!r} drives it"
             saga = self.by_name.get(record.saga_name)
             if saga is None:
@@ -154,8 +156,16 @@ class ClaimedSaga:
             # workers that all skip it, as fast as they can claim.
             if release:
                 try:
+                    defer = getattr(self.store, "defer", None) if deferred else None
                     if handed_off and is_work_notifier(self.store):
                         await self.store.hand_off(self.lease)
+                    elif defer is not None:
+                        # Out of claims for a lease's length (its parent, if
+                        # it stalls, is taken over within that): released, it
+                        # would be claimed again at once — a worker spinning
+                        # on it, starving the rest. The parent's driver may
+                        # still lease it by id at any moment.
+                        await defer(self.lease, self.lease_seconds)
                     else:
                         await self.store.release(self.lease)
                 except Exception as error:  # it expires on its own

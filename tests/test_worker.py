@@ -626,3 +626,81 @@ async def test_postgres_heartbeat_and_lost_lease(pg_conninfo: str, pg_schema: st
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
     asyncio.run(_child(sys.argv[2], sys.argv[3]))
+
+
+# --------------------------------------------------------------------------- deferred children
+
+
+class Pay(Saga[Ctx]):
+    """A child saga (its parent's ``SubSaga`` step named ``Pay``)."""
+
+    steps: ClassVar[list[Any]] = [A(Ledger())]
+
+
+def _paying_parent() -> type[Saga[Ctx]]:
+    from fallback_saga import SubSaga
+
+    class Paying(Saga[Ctx]):
+        steps: ClassVar[list[Any]] = [SubSaga(Pay, context=lambda c: Ctx(c.order_id), name="Pay")]
+
+    return Paying
+
+
+async def _child_whose_parent_runs_elsewhere(store: Any) -> None:
+    """``p1`` (its child ``p1/Pay`` inside A) as a crash left them, the parent
+    leased by another worker now: the child is its to drive."""
+    paying = _paying_parent()
+    await store.create("p1/Pay", "Pay", Pay.definition.fingerprint, {"order_id": "p1"},
+                       [_act(0, "A", StepStatus.STARTED)])
+    await store.create("p1", "Paying", paying.definition.fingerprint, {"order_id": "p1"},
+                       [_act(0, "Pay", StepStatus.STARTED)])
+    await store.claim_saga("p1", owner="elsewhere", lease_seconds=60)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_deferred_child_is_left_out_of_claims_but_its_parent_can_lease_it(
+    kind: str, db: Path, request: pytest.FixtureRequest
+) -> None:
+    """A recovery pass that finds a child whose parent is in flight defers it:
+    the lease goes back, and the child stays out of ``claim`` for the
+    deferral (claimed again at once, a worker would spin on it) — while its
+    parent's driver can still lease it by id at any moment."""
+    from fallback_saga import recover
+
+    if kind == "postgres":
+        from fallback_saga.store.postgres import PostgresSagaStore
+
+        store: Any = PostgresSagaStore(request.getfixturevalue("pg_conninfo"),
+                                       schema=request.getfixturevalue("pg_schema"))
+    else:
+        store = SQLiteSagaStore(db)
+    async with store:
+        await _child_whose_parent_runs_elsewhere(store)
+        report = await recover(store, [_paying_parent(), Pay], older_than=0, lease=30)
+        assert report.deferred == ["p1/Pay"]
+        assert await store.claim(owner="w", lease_seconds=30, older_than=0, limit=10) == []
+        lease = await store.claim_saga("p1/Pay", owner="the parent's driver", lease_seconds=30)
+        assert lease.owner == "the parent's driver"
+        (child,) = [s for s in await store.list_sagas() if s.saga_id == "p1/Pay"]
+        assert child.lease_owner == "the parent's driver"
+
+
+async def test_a_worker_spins_on_no_deferred_child_and_starves_no_other_saga(
+    store: SQLiteSagaStore,
+) -> None:
+    """One free slot, an older child whose parent runs elsewhere, and an
+    interrupted saga: the worker defers the child once and goes on to the
+    saga, instead of claiming the child again and again."""
+    await _child_whose_parent_runs_elsewhere(store)
+    await seed(store, 1)  # updated after the child: claimed after it
+    ledger = Ledger()
+    worker = RecoveryWorker(store, [order_saga(store, ledger), _paying_parent(), Pay],
+                            concurrency=1, lease=30, poll=0.02, older_than=0)
+    running = asyncio.create_task(worker.run())
+    try:
+        await eventually(lambda: worker.stats.completed == 1, what="the other saga")
+    finally:
+        await worker.stop()
+        await running
+    assert worker.stats.deferred == 1
+    assert (await store.load("p1/Pay")).status is SagaStatus.RUNNING  # its parent's to drive

@@ -542,7 +542,9 @@ class _Statements:
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
-            f" WHERE saga_id = %s AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+            # A lease with no owner was given back (released, or deferred): free.
+            f" WHERE saga_id = %s AND (lease_owner IS NULL OR lease_expires_at IS NULL"
+            f" OR lease_expires_at < now())"
             f" RETURNING fence, {_EPOCH.format('lease_expires_at')}"
         )
         self.lease_of = (
@@ -557,6 +559,12 @@ class _Statements:
         )
         self.release = (
             f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now()"
+            f" WHERE saga_id = %s AND fence = %s::bigint"
+        )
+        # Released, and out of `claimable` until then (take_lease leases it at once).
+        self.defer = (
+            f"UPDATE {sagas} SET lease_owner = NULL,"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8)"
             f" WHERE saga_id = %s AND fence = %s::bigint"
         )
         # A release announced on the work channel (delivered when it commits)
@@ -1514,6 +1522,18 @@ class PostgresSagaStore:
             f"cannot release the lease on saga {short_repr(check_saga_id(lease.saga_id))}",
             self._sql.release,
             (lease.saga_id, lease.token),
+            rows="none",
+        )
+
+    async def defer(self, lease: Lease, seconds: float) -> None:
+        """``release`` the lease (if it is still the saga's current one), and
+        keep the saga out of ``claim`` for ``seconds``; ``claim_saga`` leases
+        it at once all the same. For a child saga its parent drives: recovery
+        defers it rather than claim it again and again."""
+        await self._fetch(
+            f"cannot defer saga {short_repr(check_saga_id(lease.saga_id))}",
+            self._sql.defer,
+            (finite_seconds("seconds", seconds), lease.saga_id, lease.token),
             rows="none",
         )
 

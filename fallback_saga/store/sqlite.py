@@ -255,6 +255,11 @@ _RELEASE: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?"
     " WHERE saga_id = ? AND fence = ?"
 )
+_DEFER: Final = (
+    # Released, and out of _CLAIMABLE until then; _claim_saga leases it at once.
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?"
+    " WHERE saga_id = ? AND fence = ?"
+)
 _PURGE_STEPS: Final = (
     "DELETE FROM saga_steps WHERE saga_id IN (SELECT saga_id FROM sagas"
     " WHERE status IN (?, ?, ?) AND updated_at < ?)"
@@ -687,7 +692,10 @@ def _claim_saga(
     if row is None:
         raise SagaNotFound(saga_id)
     fence, lease_owner, lease_expires_at = row
-    if lease_expires_at is not None and lease_expires_at >= txn.now:
+    # A lease with no owner was given back (released, or deferred): free.
+    if lease_owner is not None and lease_expires_at is not None and (
+        lease_expires_at >= txn.now
+    ):
         raise SagaBusy(saga_id, lease_owner, lease_expires_at)
     lease = Lease(saga_id, owner, fence + 1, txn.now + lease_seconds)
     cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, saga_id))
@@ -710,6 +718,12 @@ def _renew(
 
 def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
     cursor.execute(_RELEASE, (txn.now, saga_id, token))
+
+
+def _defer(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, seconds: float
+) -> None:
+    cursor.execute(_DEFER, (txn.now + seconds, saga_id, token))
 
 
 def _purge(cursor: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
@@ -1913,6 +1927,14 @@ class SQLiteSagaStore:
     async def release(self, lease: Lease) -> None:
         """Clear the lease, if it is still the saga's current one."""
         await self._submit(_release, (check_saga_id(lease.saga_id), lease.token), write=True)
+
+    async def defer(self, lease: Lease, seconds: float) -> None:
+        """``release`` the lease (if it is still the saga's current one), and
+        keep the saga out of ``claim`` for ``seconds``; ``claim_saga`` leases
+        it at once all the same. For a child saga its parent drives: recovery
+        defers it rather than claim it again and again."""
+        args = (check_saga_id(lease.saga_id), lease.token, finite_seconds("seconds", seconds))
+        await self._submit(_defer, args, write=True)
 
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for
