@@ -174,6 +174,7 @@ class Execution(UnwindingRun):
     """
 
     __slots__ = (
+        "crashed_calls",
         "created_at",
         "fingerprint",
         "primary_error",
@@ -182,6 +183,10 @@ class Execution(UnwindingRun):
         "scalars",
         "shape",
     )
+
+    # Set by a resume only (Saga._execution_at), read only when ``resumed``:
+    # the branches whose calls the crashed run was making (see try_branch).
+    crashed_calls: tuple[Branch, ...]
 
     def __init__(
         self,
@@ -637,9 +642,14 @@ class Execution(UnwindingRun):
             if hooks.step_started:
                 emit(hooks.step_started, self.saga_id, branch.name, attempt)
             try:
-                if breaker is not None:
+                if breaker is not None and not (
+                    attempt == 1 and self.resumed and branch in self.crashed_calls
+                ):
                     response = await breaker.call(self.act, branch, lane)
-                elif hooks.step_call_started or hooks.step_call_finished:
+                elif breaker is not None or hooks.step_call_started or hooks.step_call_finished:
+                    # (Past its breaker: the call a crashed run was making is
+                    # answered by a call of it, not by a rejection — see
+                    # crashed_calls.)
                     response = await self.act(branch, lane)  # which reports the call
                 else:  # self.act, inlined (one coroutine less per step)
                     if not self.live and (lane is None or not lane.durable):

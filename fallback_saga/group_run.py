@@ -268,12 +268,13 @@ async def run_group(
     member's). A cancelled caller waits for every member to stop before
     the unwinding begins (S8).
 
-    A crashed call is answered when its member is called again and that
-    call returns or fails (S5). A member stopped before then — the group
-    cancelled during its write-ahead, or the member cancelled before its
-    call was made again — leaves the crashed call's effect unknown: it goes
-    on the compensation stack (``push_crashed_call``), as the straight line
-    does with its one crashed step (``Execution.run_all``)."""
+    A crashed call is answered when its member is called again (at once,
+    past its breaker: see ``Execution.try_branch``) and that call returns
+    or fails (S5). A group cancelled during its write-ahead calls no member
+    again: the crashed calls' effects stay unknown, so they go on the
+    compensation stack (``push_crashed_call``), as the straight line does
+    with its one crashed step (``Execution.run_all``); a member cancelled in
+    its call again is compensated anyway (``act_cancelled``)."""
     base = host.image = take_snapshot(host.context)
     todo: list[tuple[Member, Branch]] = []
     now = _now()
@@ -353,8 +354,6 @@ async def run_group(
                     cancelled = True
     finally:
         host.write_lock = None
-    if crashed and (cancelled or run.failures):
-        _unanswered_crashed_calls(host, crashed, tasks, todo)
     failures = run.failures
     if failures:
         for task in tasks:
@@ -374,21 +373,3 @@ async def run_group(
         done[member.position] = task.result()
     return [done[member.position] for member in group.members]
 
-
-def _unanswered_crashed_calls(
-    host: GroupHost,
-    crashed: tuple[Branch, ...],
-    tasks: list[asyncio.Task[SagaStepResult[Any, Any]]],
-    todo: list[tuple[Member, Branch]],
-) -> None:
-    """A stopped group: the crashed calls of members cancelled before any call
-    of theirs answered go on the compensation stack. A member that failed
-    answered (S5); one that completed, or was cancelled in its call, is on
-    the stack already."""
-    on_stack = {branch.position for branch in host.stack}
-    stopped = {
-        first.position for task, (_, first) in zip(tasks, todo, strict=True) if task.cancelled()
-    }
-    for branch in crashed:
-        if branch.position in stopped and branch.position not in on_stack:
-            host.push_crashed_call(branch)

@@ -387,6 +387,12 @@ class Saga(Generic[ContextT]):
         as written, the compensation stack as it stands."""
         execution = self._execution(context, record.saga_id, fence=lease)
         execution.resumed = True
+        # The calls the crashed run was making: each is answered by a call of
+        # it with the same idempotency key — past its breaker, even an open
+        # one (Execution.try_branch): a rejection answers nothing, and the
+        # fallback would then do the work again while the first call's
+        # effect may stand.
+        execution.crashed_calls = self._crashed_calls(record, point)
         execution.created = True
         execution.journaled_status = record.status  # what a SagaInterrupted reports
         execution.journal = list(record.history)

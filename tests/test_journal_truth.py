@@ -890,6 +890,57 @@ async def test_S5_S8_a_resume_cancelled_before_the_interrupted_step_reruns_undoe
     assert log == ["reserve", "charge", "refund", "release"]
 
 
+async def test_S5_S9_a_crashed_call_is_answered_by_its_own_call_even_behind_an_open_breaker(
+    tmp_path: Path,
+) -> None:
+    """The process died inside the primary's call (the charge went through).
+    When the saga resumes, the primary's breaker is open (the service failed
+    meanwhile). The crashed call is answered by calling the primary again
+    with the same idempotency key — the breaker does not stand in the way of
+    an answer to a call already made — rather than by the fallback, which
+    would charge a second time while the first charge stays applied."""
+    from fallback_saga import CircuitBreaker, Fallback, SagaStatus
+
+    log: list[str] = []
+    crash = [True]
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=1000.0, clock=lambda: 0.0)
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> str:
+            log.append("charge")
+            if crash[0]:
+                crash[0] = False
+                raise Crash  # the charge went through; the process died
+            return "charged"
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+
+    class ChargeElsewhere:
+        async def act(self, ctx: Ctx) -> str:
+            log.append("charge elsewhere")
+            return "charged elsewhere"
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund elsewhere")
+
+    class Paying(Saga[Ctx]):
+        steps = [Fallback(Charge, ChargeElsewhere, circuit_breaker=breaker)]
+
+    async def down() -> None:
+        raise OSError("the payment service is down")
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Paying(store=store).run(Ctx(order_id="o-15"), saga_id="o-15")
+        with pytest.raises(OSError, match="down"):
+            await breaker.call(down)  # the circuit opens meanwhile
+        result = await Paying(store=store).resume("o-15")
+        assert result.status is SagaStatus.COMPLETED
+        assert [r.step_name for r in result.results] == ["Charge"]
+    assert log == ["charge", "charge"]  # the same key twice: the participant answers
+
+
 class RefusesTheLastContext(FaultyStore):
     """Refuses the context of write number ``at`` as PostgreSQL refuses a NUL
     (``ContextSerializationError``), after cancelling the caller meanwhile."""
