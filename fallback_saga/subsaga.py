@@ -12,8 +12,10 @@ to its parent while the parent is in flight (``recover`` defers it).
   A child that fails has unwound itself: the step fails with the child's
   ``SagaFailed`` and the parent unwinds as for any failed step (the child is
   not compensated twice); a child that ended FAILED leaves the parent FAILED
-  too (``Execution.leave_undone``). A child whose journal failed (``SagaInterrupted``)
-  stops the parent too, without unwinding: both are left for recovery.
+  too (``Execution.leave_undone``). A child out of reach — its journal
+  failed (``SagaInterrupted``), another worker drives it, the store could
+  not read it, its definition changed — stops the parent too, without
+  unwinding: both are left for recovery.
   A cancelled parent fails this step too, so the child is undone before the
   cancellation goes on — even when it landed as the child's completion was
   written (the child COMPLETED, its caller cancelled).
@@ -38,7 +40,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .errors import SagaAlreadyExists, SagaBusy, SagaFailed, SagaInterrupted, SagaNotFound
+from .errors import (
+    ContextDecodeError,
+    SagaAlreadyExists,
+    SagaBusy,
+    SagaDefinitionChanged,
+    SagaFailed,
+    SagaNotFound,
+    SagaStoreError,
+)
 from .executor import Execution, running_execution
 from .group_run import IN_A_MEMBER, LaneCursor
 from .saga import Saga
@@ -154,12 +164,13 @@ class SubSaga(Generic[ParentT, ChildT]):
                     lambda: child.resume(child_id, lease_seconds=self.lease_seconds),
                     self.lease_seconds,
                 )
-        except (SagaInterrupted, SagaBusy) as stopped:
-            # The child's journal failed, or another worker drives the child
-            # right now (its lease outlived the wait): the parent stops too,
-            # without unwinding (S13) — unwinding the steps before it while
-            # the child may still complete would leave the child's effects
-            # under a COMPENSATED parent. Recovery finishes both.
+        except _CHILD_OUT_OF_REACH as stopped:
+            # The child's journal failed, another worker drives the child right
+            # now (its lease outlived the wait, or took it over), or the child
+            # could not be read or resumed: the parent stops too, without
+            # unwinding (S13) — unwinding the steps before it while the child
+            # may still complete would leave the child's effects under a
+            # COMPENSATED parent. Recovery finishes both.
             raise JournalWriteFailed(stopped) from stopped
         except asyncio.CancelledError:
             if parent.abandoned is not None or stopped_without_unwinding() is not None:
@@ -204,7 +215,7 @@ class SubSaga(Generic[ParentT, ChildT]):
                 parent, child, self._child_id(parent),
                 f"its parent {parent.saga_id!r} is unwinding",
             )
-        except (SagaInterrupted, SagaBusy) as stopped:
+        except _CHILD_OUT_OF_REACH as stopped:
             # As in act: the parent's unwinding stops, left for recovery — not
             # a compensation that failed (the child is not done unwinding).
             raise JournalWriteFailed(stopped) from stopped
@@ -292,6 +303,15 @@ async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[
             continue
         children.append(child)
     return parent, children
+
+
+# What running, resuming or unwinding a child can fail with, besides the
+# child's own outcome (SagaFailed) and a context it cannot journal: its
+# store's errors (a journal interrupted, a lease held or lost, the store
+# unreachable, a record unreadable) and a child its definition or stored
+# context no longer fits. None says how far the child got, so none may
+# count as the step's failure.
+_CHILD_OUT_OF_REACH = (SagaStoreError, SagaDefinitionChanged, ContextDecodeError)
 
 
 def _parent() -> Execution:

@@ -814,6 +814,58 @@ async def test_S15_a_child_cancelled_in_flight_as_a_group_member_undoes_its_call
     })
 
 
+async def test_S13_S15_a_child_the_store_cannot_read_stops_the_parent_unwound_by_none(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The process died inside the child. When the parent resumes, reading
+    the child fails (the store is down for a moment). The parent must not
+    unwind over a child it could not reach — the child would be left
+    RUNNING under a COMPENSATED parent, and recovery would later complete
+    it: the parent stops (``SagaInterrupted``), both are left for recovery,
+    which finishes them forward."""
+    from fallback_saga import SagaStoreError
+
+    dies = [True]
+
+    class DyingCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if dies[0]:
+                dies[0] = False
+                raise Crash  # after the effect: the process dies
+            return response
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, DyingCapture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
+        ]
+
+    class Blinking(SQLiteSagaStore):
+        fail_child_load = True
+
+        async def load(self, saga_id: str) -> Any:
+            if saga_id.endswith("/Pay") and self.fail_child_load:
+                self.fail_child_load = False
+                raise SagaStoreError("the database is unreachable")
+            return await super().load(saga_id)
+
+    async with Blinking(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Order(store=store).run(app.OrderCtx(), saga_id="r1")
+        with pytest.raises(SagaInterrupted):
+            await Order(store=store).resume("r1")
+        assert (await store.load("r1")).status is SagaStatus.RUNNING
+        assert (await store.load("r1/Pay")).status is SagaStatus.RUNNING
+        assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+        report = await recover(store, [Order, Payment], older_than=0)
+        assert report.resumed == ["r1"]
+        assert (await store.load("r1/Pay")).status is SagaStatus.COMPLETED
+    assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+
+
 async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
     """The first run dies in ``crash_in`` (Reserve: before the child exists;
     Capture: inside the child). A worker resumes the parent and is stopped
