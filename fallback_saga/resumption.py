@@ -359,7 +359,9 @@ class LeasedRun:
         if isinstance(cause, SagaStoreError) and isinstance(cause.__cause__, LeaseLost):
             cause = cause.__cause__  # the completion's write was fenced out
         if isinstance(cause, LeaseLost):
-            return cause
+            # Its own lease: another worker drives the saga now. A child's
+            # (SubSaga): the saga stopped for recovery, as the run said.
+            return cause if cause.saga_id == self.lease.saga_id else error
         return error if cause is error else cause
 
     def _stop_without_unwinding(self) -> None:

@@ -57,7 +57,7 @@ from .status import SagaStatus
 from .step import _CURSOR, current_step
 from .store._common import check_saga_id
 from .store.base import Lease, SagaRecord, is_recoverable
-from .unwinding import stopped_without_unwinding
+from .unwinding import STOP_SCOPE, StopScope, stopped_without_unwinding
 from .write_ahead import JournalWriteFailed
 
 __all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "saga_family"]
@@ -155,6 +155,9 @@ class SubSaga(Generic[ParentT, ChildT]):
         # A group member: a cancellation of the child's call in flight leaves
         # its effect uncertain, as the member's (see IN_A_MEMBER).
         member = IN_A_MEMBER.set(True) if isinstance(_CURSOR.get(None), LaneCursor) else None
+        # The child stops without unwinding if the parent does (StopScope):
+        # handed off, its lease lost, or its journal failed.
+        scope = STOP_SCOPE.set(StopScope(STOP_SCOPE.get(), parent))
         try:
             try:
                 result = await child.run(self.context(context), saga_id=child_id)
@@ -173,10 +176,10 @@ class SubSaga(Generic[ParentT, ChildT]):
             # COMPENSATED parent. Recovery finishes both.
             raise JournalWriteFailed(stopped) from stopped
         except asyncio.CancelledError:
-            if parent.abandoned is not None or stopped_without_unwinding() is not None:
-                # The parent is stopped without unwinding (handed off, or its
-                # lease lost), and so was the child (StopScope): the next owner
-                # of the parent resumes both.
+            if stopped_without_unwinding() is not None:
+                # The parent stops without unwinding (handed off, its lease
+                # lost, or its journal failed), and so did the child
+                # (StopScope): the parent's next run resumes both.
                 raise
             # The parent's step fails with the cancellation, and a child whose
             # step fails unwinds itself. It has, if the cancellation reached one
@@ -187,6 +190,7 @@ class SubSaga(Generic[ParentT, ChildT]):
             await shielded(self._undo_cancelled(parent, child, child_id, current_step().step))
             raise
         finally:
+            STOP_SCOPE.reset(scope)
             if member is not None:
                 IN_A_MEMBER.reset(member)
         if self.merge is not None:

@@ -57,29 +57,39 @@ _now = time.time
 
 
 class StopScope:
-    """What a leased run (``resumption.LeasedRun``) shares with the runs it
-    starts — a ``SubSaga``'s child saga, in its own task or under a lease of
-    its own: once it is stopped without unwinding (handed off by a worker
-    shutting down, or its lease lost), they stop without unwinding too. A
-    child's unwinding would undo what the next owner of the parent resumes
-    (the child is no longer its own to drive), and leave that owner a child
-    COMPENSATED under a parent that never failed.
+    """What a run that stops *without unwinding* shares with the runs it
+    started: they stop without unwinding too. A run stops so when a worker
+    hands it off or loses its lease (``resumption.LeasedRun`` sets
+    ``reason``), or when its journal fails (``run``: its ``interruption``,
+    or ``abandoned``, is read when asked). The runs it started are its
+    ``SubSaga`` steps' child sagas — in its own task, in a member's, or
+    under a lease of their own — which a cancellation reaches as the
+    parent stops. A child that unwound then would undo what the parent's
+    next run resumes, and hand it a child COMPENSATED under a parent in
+    which nothing failed.
 
-    Set in the leased run's context (``STOP_SCOPE``), which the runs it
-    starts inherit; a nested leased run's scope keeps the one around it."""
+    Set in the context of the run it stands for (``STOP_SCOPE``), which the
+    runs it starts inherit; a scope keeps the one around it (``outer``)."""
 
-    __slots__ = ("outer", "reason")
+    __slots__ = ("outer", "reason", "run")
 
-    def __init__(self, outer: StopScope | None) -> None:
+    def __init__(self, outer: StopScope | None, run: JournaledRun | None = None) -> None:
         self.outer = outer
-        self.reason: LeaseLost | None = None  # set once the run is stopped
+        self.run = run
+        self.reason: BaseException | None = None  # set once the run is stopped
 
-    def stopped(self) -> LeaseLost | None:
+    def stopped(self) -> BaseException | None:
         """Why this scope, or one around it, was stopped; None if none was."""
         scope: StopScope | None = self
         while scope is not None:
             if scope.reason is not None:
                 return scope.reason
+            run = scope.run
+            if run is not None:
+                if run.abandoned is not None:
+                    return run.abandoned
+                if run.interruption is not None:
+                    return run.interruption
             scope = scope.outer
         return None
 
@@ -87,9 +97,9 @@ class StopScope:
 STOP_SCOPE: ContextVar[StopScope | None] = ContextVar("fallback_saga_stop_scope", default=None)
 
 
-def stopped_without_unwinding() -> LeaseLost | None:
-    """Why the leased run the current task works for was stopped without
-    unwinding (see ``StopScope``); None when it was not, or there is none."""
+def stopped_without_unwinding() -> BaseException | None:
+    """Why a run the current task works for (see ``StopScope``) is stopping
+    without unwinding; None when none is."""
     scope = STOP_SCOPE.get()
     return None if scope is None else scope.stopped()
 
@@ -199,9 +209,10 @@ class UnwindingRun(JournaledRun):
         if reason is not None:
             self.abandon(reason)
 
-    def abandon(self, reason: LeaseLost) -> None:
+    def abandon(self, reason: BaseException) -> None:
         """Stop driving this saga *without* unwinding it: another worker owns it
-        now (the lease was lost), or this worker hands it off on shutdown.
+        now (the lease was lost), this worker hands it off on shutdown, or a
+        run above it stops so (``StopScope``).
 
         From now on every write is refused with ``reason`` — locally, without
         asking a store that may be unreachable — and no further ``compensate``
@@ -216,8 +227,9 @@ class UnwindingRun(JournaledRun):
         """What the caller gets when the journal failed: ``LeaseLost`` when
         another worker owns the saga now (it goes on driving it),
         ``SagaAlreadyExists`` when the saga could not even be created because
-        its id is taken, else ``SagaInterrupted``."""
-        if isinstance(error, LeaseLost):
+        its id is taken, else ``SagaInterrupted`` — also for a lease lost on
+        another saga (a child's, or a parent's that stopped this one)."""
+        if self._lost_its_lease(error):
             return error
         if isinstance(error, SagaAlreadyExists | ContextSerializationError) and (
             self.journaled_status is None
@@ -247,8 +259,12 @@ class UnwindingRun(JournaledRun):
         # A cancelled caller gets CancelledError whatever happened; a journal
         # that failed meanwhile must still be told to someone.
         error = self.interruption
-        if error is not None and not isinstance(error, LeaseLost):
+        if error is not None and not self._lost_its_lease(error):
             _log.error("%s", self._stopped(error))
+
+    def _lost_its_lease(self, error: BaseException) -> bool:
+        """``error`` says another worker drives this saga now."""
+        return isinstance(error, LeaseLost) and error.saga_id == self.saga_id
 
     def _announce_finish(self, error: BaseException | None) -> None:
         if self.status.is_final:

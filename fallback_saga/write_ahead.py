@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from .context import context_to_dict
-from .errors import ContextSerializationError, LeaseLost
+from .errors import ContextSerializationError
 from .journal import JournalWrite, NotDurable, settle_inline, write_durably
 from .run_settings import RunSettings
 from .shielding import settle
@@ -87,7 +87,7 @@ class JournaledRun(StepCursor):
     interruption: BaseException | None
     # The interrupting write may have landed unseen: the status it carried.
     landed_unseen: SagaStatus | None
-    abandoned: LeaseLost | None  # see Execution.abandon
+    abandoned: BaseException | None  # see UnwindingRun.abandon
     initial_context: dict[str, Any] | None  # the creation's, in journal form
     written: int  # journal entries the store already has
     pending_status: SagaStatus | None  # the status the next write carries

@@ -866,6 +866,168 @@ async def test_S13_S15_a_child_the_store_cannot_read_stops_the_parent_unwound_by
     assert [c["action"] for c in calls(ledger)].count("compensate") == 0
 
 
+async def test_S13_S15_a_group_its_journal_stops_leaves_its_child_member_to_recovery(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """A group of a child saga (inside its Capture) and Ship. Ship's
+    completion cannot be journaled: the run stops for recovery, unwinding
+    nothing (S13), and stops the child member on the way. The child must
+    stop the same way — undone, it would leave recovery a COMPENSATED child
+    under a parent in which nothing failed, and the parent would unwind."""
+    from fallback_saga import SagaStoreError, StepStatus
+
+    capturing = asyncio.Event()
+    release = asyncio.Event()
+
+    class HeldCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if not release.is_set():
+                capturing.set()
+                await release.wait()  # in its call when the journal fails
+            return response
+
+    class ShipSoon(SagaStepHandler[app.OrderCtx, str]):
+        async def act(self, ctx: app.OrderCtx, /) -> str:
+            await capturing.wait()
+            app.call("act")
+            return "shipped"
+
+        async def compensate(self, ctx: app.OrderCtx, /) -> None:
+            app.call("compensate")
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Parallel(SubSaga(Payment, context=app.pay_context, name="Pay"), ShipSoon),
+        ]
+
+    class Refusing(SQLiteSagaStore):
+        refuse = True
+
+        async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+            if self.refuse and any(
+                e.step == "ShipSoon" and e.status is StepStatus.COMPLETED for e in args[0]
+            ):
+                raise SagaStoreError("the disk is full")
+            await super().append(saga_id, *args, **kwargs)
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    async with Refusing(tmp_path / "j.db") as store:
+        with pytest.raises(SagaInterrupted):
+            await Order(store=store, journal_retry=fast).run(app.OrderCtx(), saga_id="g2")
+        assert (await store.load("g2")).status is SagaStatus.RUNNING
+        assert (await store.load("g2/Pay")).status is SagaStatus.RUNNING
+        assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+        store.refuse = False
+        release.set()
+        report = await recover(store, [Order, Payment], older_than=0)
+        assert report.resumed == ["g2"]
+        assert (await store.load("g2/Pay")).status is SagaStatus.COMPLETED
+    assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+
+
+async def test_S13_S15_a_child_fenced_out_mid_run_stops_its_parent_unwound_by_none(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """A recovery pass claims the child while its parent's first run is
+    inside it (a step slower than ``older_than``), and defers it: the
+    child's fencing token has moved on, so its next write is refused
+    (``LeaseLost``). That says nothing of how far the child got: the parent
+    stops for recovery (``SagaInterrupted`` — not ``LeaseLost``, its own
+    lease is not lost), unwinding nothing, and recovery finishes both."""
+    from fallback_saga import LeaseLost
+
+    capturing = asyncio.Event()
+    release = asyncio.Event()
+
+    class HeldCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if not release.is_set():
+                capturing.set()
+                await release.wait()
+            return response
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        running = asyncio.create_task(Order(store=store).run(app.OrderCtx(), saga_id="f1"))
+        await asyncio.wait_for(capturing.wait(), 10)
+        # A recovery pass claims the child, finds its parent in flight, defers it.
+        lease = await store.claim_saga("f1/Pay", owner="a recovery pass", lease_seconds=30)
+        await store.defer(lease, 30)
+        release.set()
+        with pytest.raises(SagaInterrupted) as stopped:
+            await running
+        assert isinstance(stopped.value.error, LeaseLost)
+        assert stopped.value.error.saga_id == "f1/Pay"
+        assert (await store.load("f1")).status is SagaStatus.RUNNING
+        assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+        report = await recover(store, [Order, Payment], older_than=0)
+        assert report.resumed == ["f1"]
+        assert (await store.load("f1/Pay")).status is SagaStatus.COMPLETED
+    assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+
+
+async def test_S13_S15_a_resumed_parent_whose_child_is_fenced_out_is_interrupted_not_lost(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The same under a recovery pass: the parent's own lease is intact, so
+    the pass reports it interrupted (and releases it for the next pass) —
+    not lost, which would keep it leased for nothing."""
+    from fallback_saga import Lease
+
+    dies = [True]
+    capturing = asyncio.Event()
+    release = asyncio.Event()
+
+    class HeldCapture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            if dies[0]:
+                dies[0] = False
+                raise Crash
+            if not release.is_set():
+                capturing.set()
+                await release.wait()
+            return response
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Order(store=store).run(app.OrderCtx(), saga_id="f2")
+        passing = asyncio.create_task(recover(store, [Order], older_than=0))
+        await asyncio.wait_for(capturing.wait(), 10)
+        # The child's lease runs out (its holder paused, say) and another
+        # worker takes the child over: the resumed parent's child is fenced out.
+        held = await store.lease_state("f2/Pay")
+        assert held.owner is not None
+        await store.release(Lease("f2/Pay", held.owner, held.token, held.expires_at))
+        await store.claim_saga("f2/Pay", owner="another worker", lease_seconds=30)
+        release.set()
+        report = await passing
+        parent = await store.lease_state("f2")
+    assert [saga_id for saga_id, _ in report.interrupted] == ["f2"]
+    assert parent.owner is None  # released: the next pass need not wait for it
+
+
 async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
     """The first run dies in ``crash_in`` (Reserve: before the child exists;
     Capture: inside the child). A worker resumes the parent and is stopped

@@ -154,7 +154,8 @@ class LeaseState(NamedTuple):
     """A saga's recovery lease as its store holds it (optional ``lease_state``).
 
     ``owner`` is ``None`` when the saga was never claimed or its lease was
-    released; ``expires_at`` (Unix time) is then ``None`` or the release time.
+    released; ``expires_at`` (Unix time) is then ``None``, the release time,
+    or the end of a deferral (``defer``: out of ``claim`` until then).
     ``token`` is the fencing token (0 until the first claim).
     """
 
