@@ -672,6 +672,96 @@ async def test_S15_S13_unwinding_a_child_another_worker_drives_stops_for_recover
     ]
 
 
+class Script:
+    """What a participant's call does once it took effect: on its first
+    ``dies`` calls the process dies (``Crash``); if ``holds``, a later call
+    then waits in the call (``inside`` set) until ``release`` is set."""
+
+    def __init__(self, *, dies: int = 0, holds: bool = True) -> None:
+        self.dies = dies
+        self.inside = asyncio.Event()
+        self.release = asyncio.Event()
+        if not holds:
+            self.release.set()
+
+    async def after_effect(self) -> None:
+        if self.dies:
+            self.dies -= 1
+            raise Crash  # after the effect: the process dies
+        if not self.release.is_set():
+            self.inside.set()
+            await self.release.wait()
+
+
+def scripted_capture(script: Script) -> type[app.Capture]:
+    """``app.Capture`` (journaled as ``Capture``) following ``script``."""
+
+    class Capture(app.Capture):
+        async def act(self, ctx: app.PayCtx, /) -> str:
+            response = await super().act(ctx)
+            await script.after_effect()
+            return response
+
+    return Capture
+
+
+def paying_order(*payment_steps: Any, reserve: Any = app.Reserve) -> tuple[type[Any], type[Any]]:
+    """``Payment`` (``payment_steps``) and ``Order`` (``reserve``, then a
+    ``SubSaga`` of the payment named ``Pay``)."""
+
+    class Payment(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = list(payment_steps)
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
+        ]
+
+    return Payment, Order
+
+
+async def _crash_then_cancelled_resume(tmp_path: Path, payment: type[Any], saga_id: str) -> None:
+    """``[Reserve, SubSaga(payment), Ship]`` dies inside the child; its
+    resume is cancelled at its first write, before it calls the child step
+    again. Both end COMPENSATED and recovery finds nothing left to do."""
+    from journal_faults import FaultyRecoverableStore
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, SubSaga(payment, context=app.pay_context, name="Pay"), app.Ship
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
+        with pytest.raises(Crash):
+            await Order(store=inner).run(app.OrderCtx(), saga_id=saga_id)
+        store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
+        task = asyncio.create_task(Order(store=store).resume(saga_id))
+        store.victim = task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await inner.load(saga_id)).status is SagaStatus.COMPENSATED
+        assert (await inner.load(f"{saga_id}/Pay")).status is SagaStatus.COMPENSATED
+        assert (await recover(inner, [Order, payment], older_than=0)).total == 0
+
+
+def compensations(ledger: Path) -> int:
+    return [c["action"] for c in calls(ledger)].count("compensate")
+
+
+async def _left_to_recovery_then_finished(
+    store: Any, ledger: Path, saga_id: str, order: type[Any], payment: type[Any]
+) -> None:
+    """Parent and child were left RUNNING for recovery, nothing undone; a
+    recovery pass then finishes both forward, still undoing nothing."""
+    assert (await store.load(saga_id)).status is SagaStatus.RUNNING
+    assert (await store.load(f"{saga_id}/Pay")).status is SagaStatus.RUNNING
+    assert compensations(ledger) == 0
+    report = await recover(store, [order, payment], older_than=0)
+    assert report.resumed == [saga_id]
+    assert (await store.load(f"{saga_id}/Pay")).status is SagaStatus.COMPLETED
+    assert compensations(ledger) == 0
+
+
 async def test_S5_S15_a_child_left_mid_step_by_a_crash_is_undone_when_its_parent_unwinds(
     tmp_path: Path, ledger: Path
 ) -> None:
@@ -680,37 +770,14 @@ async def test_S5_S15_a_child_left_mid_step_by_a_crash_is_undone_when_its_parent
     parent unwinds, and its child step — whose child a crashed run left
     RUNNING — is compensated, Authorize included (its call may have taken
     effect). Nothing stays applied; recovery finds nothing to do."""
-    from journal_faults import FaultyRecoverableStore
-
-    dies = [True]
 
     class DyingAuthorize(app.Authorize):
         async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if dies[0]:
-                dies[0] = False
-                raise Crash  # after the effect: the process dies
-            return response
+            await super().act(ctx)
+            raise Crash  # after the effect: the process dies
 
-    class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [DyingAuthorize, app.Capture]
-
-    class Order(Saga[app.OrderCtx]):
-        steps: ClassVar[list[Any]] = [
-            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay"), app.Ship
-        ]
-
-    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
-        with pytest.raises(Crash):
-            await Order(store=inner).run(app.OrderCtx(), saga_id="u1")
-        store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
-        task = asyncio.create_task(Order(store=store).resume("u1"))
-        store.victim = task
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert (await inner.load("u1")).status is SagaStatus.COMPENSATED
-        assert (await inner.load("u1/Pay")).status is SagaStatus.COMPENSATED
-        assert (await recover(inner, [Order, Payment], older_than=0)).total == 0
+    payment, _ = paying_order(DyingAuthorize, app.Capture)
+    await _crash_then_cancelled_resume(tmp_path, payment, "u1")
     assert [(c["action"], c["key"]) for c in calls(ledger)] == [
         ("act", "u1:Reserve"), ("act", "u1/Pay:DyingAuthorize"),
         ("compensate", "u1/Pay:DyingAuthorize:compensate"),
@@ -726,51 +793,18 @@ async def test_S5_S15_a_child_left_mid_group_by_a_crash_is_undone_when_its_paren
     calls its child step again: the parent unwinds its child, and both
     crashed calls are compensated — every one the crash left open, not only
     the first."""
-    from journal_faults import FaultyRecoverableStore
-
-    dies = [True]
-    capturing = asyncio.Event()
-
-    class HeldCapture(app.Capture):
-        async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if dies[0]:
-                capturing.set()
-                await asyncio.Event().wait()  # in its call when the process dies
-            return response
+    capture = Script()  # in its call (it never answers) when the process dies
 
     class DyingAuthorize(app.Authorize):
         async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if dies[0]:
-                await capturing.wait()
-                dies[0] = False
-                raise Crash  # after the effect, with Capture in flight: the process dies
-            return response
+            await super().act(ctx)
+            await capture.inside.wait()
+            raise Crash  # after the effect, with Capture in flight: the process dies
 
-    class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [Parallel(DyingAuthorize, HeldCapture)]
-
-    class Order(Saga[app.OrderCtx]):
-        steps: ClassVar[list[Any]] = [
-            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay"), app.Ship
-        ]
-
-    async with SQLiteSagaStore(tmp_path / "j.db") as inner:
-        with pytest.raises(Crash):
-            await Order(store=inner).run(app.OrderCtx(), saga_id="g1")
-        store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
-        task = asyncio.create_task(Order(store=store).resume("g1"))
-        store.victim = task
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert (await inner.load("g1")).status is SagaStatus.COMPENSATED
-        assert (await inner.load("g1/Pay")).status is SagaStatus.COMPENSATED
-        assert (await recover(inner, [Order, Payment], older_than=0)).total == 0
+    payment, _ = paying_order(Parallel(DyingAuthorize, scripted_capture(capture)))
+    await _crash_then_cancelled_resume(tmp_path, payment, "g1")
     undone = [c["key"] for c in calls(ledger) if c["action"] == "compensate"]
-    assert sorted(undone[:2]) == [
-        "g1/Pay:DyingAuthorize:compensate", "g1/Pay:HeldCapture:compensate"
-    ]
+    assert sorted(undone[:2]) == ["g1/Pay:Capture:compensate", "g1/Pay:DyingAuthorize:compensate"]
     assert undone[2:] == ["g1:Reserve:compensate"]
 
 
@@ -825,23 +859,7 @@ async def test_S13_S15_a_child_the_store_cannot_read_stops_the_parent_unwound_by
     which finishes them forward."""
     from fallback_saga import SagaStoreError
 
-    dies = [True]
-
-    class DyingCapture(app.Capture):
-        async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if dies[0]:
-                dies[0] = False
-                raise Crash  # after the effect: the process dies
-            return response
-
-    class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [app.Authorize, DyingCapture]
-
-    class Order(Saga[app.OrderCtx]):
-        steps: ClassVar[list[Any]] = [
-            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
-        ]
+    payment, order = paying_order(app.Authorize, scripted_capture(Script(dies=1, holds=False)))
 
     class Blinking(SQLiteSagaStore):
         fail_child_load = True
@@ -854,16 +872,10 @@ async def test_S13_S15_a_child_the_store_cannot_read_stops_the_parent_unwound_by
 
     async with Blinking(tmp_path / "j.db") as store:
         with pytest.raises(Crash):
-            await Order(store=store).run(app.OrderCtx(), saga_id="r1")
+            await order(store=store).run(app.OrderCtx(), saga_id="r1")
         with pytest.raises(SagaInterrupted):
-            await Order(store=store).resume("r1")
-        assert (await store.load("r1")).status is SagaStatus.RUNNING
-        assert (await store.load("r1/Pay")).status is SagaStatus.RUNNING
-        assert [c["action"] for c in calls(ledger)].count("compensate") == 0
-        report = await recover(store, [Order, Payment], older_than=0)
-        assert report.resumed == ["r1"]
-        assert (await store.load("r1/Pay")).status is SagaStatus.COMPLETED
-    assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+            await order(store=store).resume("r1")
+        await _left_to_recovery_then_finished(store, ledger, "r1", order, payment)
 
 
 async def test_S13_S15_a_group_its_journal_stops_leaves_its_child_member_to_recovery(
@@ -876,20 +888,11 @@ async def test_S13_S15_a_group_its_journal_stops_leaves_its_child_member_to_reco
     under a parent in which nothing failed, and the parent would unwind."""
     from fallback_saga import SagaStoreError, StepStatus
 
-    capturing = asyncio.Event()
-    release = asyncio.Event()
-
-    class HeldCapture(app.Capture):
-        async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if not release.is_set():
-                capturing.set()
-                await release.wait()  # in its call when the journal fails
-            return response
+    capture = Script()  # in its call when the journal fails
 
     class ShipSoon(SagaStepHandler[app.OrderCtx, str]):
         async def act(self, ctx: app.OrderCtx, /) -> str:
-            await capturing.wait()
+            await capture.inside.wait()
             app.call("act")
             return "shipped"
 
@@ -897,7 +900,7 @@ async def test_S13_S15_a_group_its_journal_stops_leaves_its_child_member_to_reco
             app.call("compensate")
 
     class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
+        steps: ClassVar[list[Any]] = [app.Authorize, scripted_capture(capture)]
 
     class Order(Saga[app.OrderCtx]):
         steps: ClassVar[list[Any]] = [
@@ -919,15 +922,9 @@ async def test_S13_S15_a_group_its_journal_stops_leaves_its_child_member_to_reco
     async with Refusing(tmp_path / "j.db") as store:
         with pytest.raises(SagaInterrupted):
             await Order(store=store, journal_retry=fast).run(app.OrderCtx(), saga_id="g2")
-        assert (await store.load("g2")).status is SagaStatus.RUNNING
-        assert (await store.load("g2/Pay")).status is SagaStatus.RUNNING
-        assert [c["action"] for c in calls(ledger)].count("compensate") == 0
         store.refuse = False
-        release.set()
-        report = await recover(store, [Order, Payment], older_than=0)
-        assert report.resumed == ["g2"]
-        assert (await store.load("g2/Pay")).status is SagaStatus.COMPLETED
-    assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+        capture.release.set()
+        await _left_to_recovery_then_finished(store, ledger, "g2", Order, Payment)
 
 
 async def test_S13_S15_a_child_fenced_out_mid_run_stops_its_parent_unwound_by_none(
@@ -941,42 +938,21 @@ async def test_S13_S15_a_child_fenced_out_mid_run_stops_its_parent_unwound_by_no
     lease is not lost), unwinding nothing, and recovery finishes both."""
     from fallback_saga import LeaseLost
 
-    capturing = asyncio.Event()
-    release = asyncio.Event()
-
-    class HeldCapture(app.Capture):
-        async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if not release.is_set():
-                capturing.set()
-                await release.wait()
-            return response
-
-    class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
-
-    class Order(Saga[app.OrderCtx]):
-        steps: ClassVar[list[Any]] = [
-            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
-        ]
+    capture = Script()
+    payment, order = paying_order(app.Authorize, scripted_capture(capture))
 
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
-        running = asyncio.create_task(Order(store=store).run(app.OrderCtx(), saga_id="f1"))
-        await asyncio.wait_for(capturing.wait(), 10)
+        running = asyncio.create_task(order(store=store).run(app.OrderCtx(), saga_id="f1"))
+        await asyncio.wait_for(capture.inside.wait(), 10)
         # A recovery pass claims the child, finds its parent in flight, defers it.
         lease = await store.claim_saga("f1/Pay", owner="a recovery pass", lease_seconds=30)
         await store.defer(lease, 30)
-        release.set()
+        capture.release.set()
         with pytest.raises(SagaInterrupted) as stopped:
             await running
         assert isinstance(stopped.value.error, LeaseLost)
         assert stopped.value.error.saga_id == "f1/Pay"
-        assert (await store.load("f1")).status is SagaStatus.RUNNING
-        assert [c["action"] for c in calls(ledger)].count("compensate") == 0
-        report = await recover(store, [Order, Payment], older_than=0)
-        assert report.resumed == ["f1"]
-        assert (await store.load("f1/Pay")).status is SagaStatus.COMPLETED
-    assert [c["action"] for c in calls(ledger)].count("compensate") == 0
+        await _left_to_recovery_then_finished(store, ledger, "f1", order, payment)
 
 
 async def test_S13_S15_a_resumed_parent_whose_child_is_fenced_out_is_interrupted_not_lost(
@@ -987,84 +963,45 @@ async def test_S13_S15_a_resumed_parent_whose_child_is_fenced_out_is_interrupted
     not lost, which would keep it leased for nothing."""
     from fallback_saga import Lease
 
-    dies = [True]
-    capturing = asyncio.Event()
-    release = asyncio.Event()
-
-    class HeldCapture(app.Capture):
-        async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if dies[0]:
-                dies[0] = False
-                raise Crash
-            if not release.is_set():
-                capturing.set()
-                await release.wait()
-            return response
-
-    class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
-
-    class Order(Saga[app.OrderCtx]):
-        steps: ClassVar[list[Any]] = [
-            app.Reserve, SubSaga(Payment, context=app.pay_context, name="Pay")
-        ]
+    capture = Script(dies=1)
+    _, order = paying_order(app.Authorize, scripted_capture(capture))
 
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
         with pytest.raises(Crash):
-            await Order(store=store).run(app.OrderCtx(), saga_id="f2")
-        passing = asyncio.create_task(recover(store, [Order], older_than=0))
-        await asyncio.wait_for(capturing.wait(), 10)
+            await order(store=store).run(app.OrderCtx(), saga_id="f2")
+        passing = asyncio.create_task(recover(store, [order], older_than=0))
+        await asyncio.wait_for(capture.inside.wait(), 10)
         # The child's lease runs out (its holder paused, say) and another
         # worker takes the child over: the resumed parent's child is fenced out.
         held = await store.lease_state("f2/Pay")
         assert held.owner is not None
         await store.release(Lease("f2/Pay", held.owner, held.token, held.expires_at))
         await store.claim_saga("f2/Pay", owner="another worker", lease_seconds=30)
-        release.set()
+        capture.release.set()
         report = await passing
         parent = await store.lease_state("f2")
     assert [saga_id for saga_id, _ in report.interrupted] == ["f2"]
     assert parent.owner is None  # released: the next pass need not wait for it
 
 
-async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
+async def _handed_off_mid_child(tmp_path: Path, ledger: Path, crash_in: str) -> None:
     """The first run dies in ``crash_in`` (Reserve: before the child exists;
     Capture: inside the child). A worker resumes the parent and is stopped
     (grace 0: a hand-off) while the child's Capture is in its call. The
     hand-off stops the child too, without unwinding anything; the next
     worker finishes both forward."""
-    dies = [True]
-    inside = asyncio.Event()
-    release = asyncio.Event()
+    reserve = Script(dies=int(crash_in == "Reserve"), holds=False)
+    capture = Script(dies=int(crash_in == "Capture"))  # then slow: the worker stops meanwhile
 
     class DyingReserve(app.Reserve):
         async def act(self, ctx: app.OrderCtx, /) -> str:
             response = await super().act(ctx)
-            if crash_in == "Reserve" and dies[0]:
-                dies[0] = False
-                raise Crash  # the process dies before the child is created
+            await reserve.after_effect()
             return response
 
-    class HeldCapture(app.Capture):
-        async def act(self, ctx: app.PayCtx, /) -> str:
-            response = await super().act(ctx)
-            if crash_in == "Capture" and dies[0]:
-                dies[0] = False
-                raise Crash  # the process dies inside the child
-            if not release.is_set():
-                inside.set()
-                await release.wait()  # a slow call: the worker is stopped meanwhile
-            return response
-
-    class Payment(Saga[app.PayCtx]):
-        steps: ClassVar[list[Any]] = [app.Authorize, HeldCapture]
-
-    class Order(Saga[app.OrderCtx]):
-        steps: ClassVar[list[Any]] = [
-            DyingReserve,
-            SubSaga(Payment, context=app.pay_context, name="Pay", lease_seconds=5.0),
-        ]
+    Payment, Order = paying_order(
+        app.Authorize, scripted_capture(capture), reserve=DyingReserve
+    )
 
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
         with pytest.raises(Crash):
@@ -1072,14 +1009,14 @@ async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
         first = RecoveryWorker(store, [Order, Payment], lease=30, poll=0.02, older_than=0,
                                owner="leaving")
         running = asyncio.create_task(first.run())
-        await asyncio.wait_for(inside.wait(), 10)
+        await asyncio.wait_for(capture.inside.wait(), 10)
         await asyncio.wait_for(first.stop(grace=0), 10)
         await running
         assert first.stats.handed_off >= 1
         assert (await store.load("h1")).status is SagaStatus.RUNNING
         assert (await store.load("h1/Pay")).status is SagaStatus.RUNNING
-        assert [c["action"] for c in calls(app.LEDGER)].count("compensate") == 0
-        release.set()
+        assert compensations(ledger) == 0
+        capture.release.set()
         second = RecoveryWorker(store, [Order, Payment], lease=30, poll=0.02, older_than=0)
         finishing = asyncio.create_task(second.run())
         for _ in range(500):
@@ -1090,21 +1027,21 @@ async def _handed_off_mid_child(tmp_path: Path, crash_in: str) -> None:
         await finishing
         assert (await store.load("h1")).status is SagaStatus.COMPLETED
         assert (await store.load("h1/Pay")).status is SagaStatus.COMPLETED
-    assert [c["action"] for c in calls(app.LEDGER)].count("compensate") == 0
+    assert compensations(ledger) == 0
 
 
 async def test_S15_a_hand_off_inside_a_resumed_child_unwinds_neither_child_nor_parent(
     tmp_path: Path, ledger: Path
 ) -> None:
     """The child is resumed under a lease of its own (it existed before)."""
-    await _handed_off_mid_child(tmp_path, "Capture")
+    await _handed_off_mid_child(tmp_path, ledger, "Capture")
 
 
 async def test_S15_a_hand_off_inside_a_child_started_by_the_resumed_parent_unwinds_nothing(
     tmp_path: Path, ledger: Path
 ) -> None:
     """The child is created by the resumed parent, in the parent's own task."""
-    await _handed_off_mid_child(tmp_path, "Reserve")
+    await _handed_off_mid_child(tmp_path, ledger, "Reserve")
 
 
 # --------------------------------------------------------------------------- crashes
