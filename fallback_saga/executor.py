@@ -398,8 +398,11 @@ class Execution(UnwindingRun):
         except (Exception, JournalWriteFailed) as error:
             await self.fail(error)
         except asyncio.CancelledError:
-            if uncertain and len(results) == resumed_with:
-                self.push_crashed_call(uncertain[0])  # cancelled before it answered: see above
+            if uncertain and len(results) == resumed_with and uncertain[0] not in self.stack:
+                # Cancelled before it answered: see above. (On the stack
+                # already if its new call was cancelled in flight in a group
+                # member's child: see act_failed. Once is enough.)
+                self.push_crashed_call(uncertain[0])
             await self.abort()
             raise
         finally:

@@ -173,7 +173,10 @@ class SubSaga(Generic[ParentT, ChildT]):
             # could not be read or resumed: the parent stops too, without
             # unwinding (S13) — unwinding the steps before it while the child
             # may still complete would leave the child's effects under a
-            # COMPENSATED parent. Recovery finishes both.
+            # COMPENSATED parent. Recovery finishes both. The parent is
+            # interrupted from now on: in a group, the siblings it then
+            # cancels stop their own children without unwinding (StopScope).
+            parent.interrupt(stopped)
             raise JournalWriteFailed(stopped) from stopped
         except asyncio.CancelledError:
             if stopped_without_unwinding() is not None:

@@ -984,6 +984,89 @@ async def test_S13_S15_a_resumed_parent_whose_child_is_fenced_out_is_interrupted
     assert parent.owner is None  # released: the next pass need not wait for it
 
 
+async def test_S13_S15_a_member_whose_child_is_fenced_out_stops_its_siblings_children_too(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """Two child sagas run side by side in a group, both inside a step. A
+    recovery pass claims and defers one (its parent is in flight): that
+    child's next write is refused, so the parent stops for recovery — and
+    the group cancels the other member on the way. Its child must stop the
+    same way, not undo itself: nothing failed, and recovery finishes all."""
+    first, second = Script(), Script()
+    pay, _ = paying_order(app.Authorize, scripted_capture(first))
+
+    class PaymentAgain(Saga[app.PayCtx]):
+        steps: ClassVar[list[Any]] = [app.Authorize, scripted_capture(second)]
+
+    pay_again = PaymentAgain
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Parallel(
+                SubSaga(pay, context=app.pay_context, name="Pay"),
+                SubSaga(pay_again, context=app.pay_context, name="PayAgain"),
+            ),
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        running = asyncio.create_task(Order(store=store).run(app.OrderCtx(), saga_id="s2"))
+        await asyncio.wait_for(asyncio.gather(first.inside.wait(), second.inside.wait()), 10)
+        lease = await store.claim_saga("s2/PayAgain", owner="a recovery pass", lease_seconds=30)
+        await store.defer(lease, 30)
+        second.release.set()  # its next write is refused: LeaseLost
+        with pytest.raises(SagaInterrupted):
+            await running
+        assert (await store.load("s2/Pay")).status is SagaStatus.RUNNING
+        assert compensations(ledger) == 0
+        first.release.set()
+        report = await recover(store, [Order, pay, pay_again], older_than=0)
+        assert report.resumed == ["s2"]
+        assert (await store.load("s2/Pay")).status is SagaStatus.COMPLETED
+        assert (await store.load("s2/PayAgain")).status is SagaStatus.COMPLETED
+    assert compensations(ledger) == 0
+
+
+async def test_S5_S10_a_members_child_resumed_mid_step_and_cancelled_undoes_that_step_once(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The process died inside the child's Capture (a group member). On the
+    resume, Capture is called again, and a sibling fails while it is in its
+    call: the child's call is cancelled in flight. It is compensated — once:
+    it is both the call a crashed run was making and a member's child's call
+    cancelled in flight, one call on the compensation stack, not two (which
+    compensated it twice and left a journal no resume could read)."""
+    capture = Script(dies=1)
+
+    class Declined(SagaStepHandler[app.OrderCtx, None]):
+        async def act(self, ctx: app.OrderCtx, /) -> None:
+            await capture.inside.wait()
+            raise RuntimeError("declined")
+
+    pay, _ = paying_order(app.Authorize, scripted_capture(capture))
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve, Parallel(SubSaga(pay, context=app.pay_context, name="Pay"), Declined)
+        ]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Order(store=store).run(app.OrderCtx(), saga_id="t2")
+        with pytest.raises(SagaFailed) as failed:
+            await Order(store=store).resume("t2")
+        assert failed.value.status is SagaStatus.COMPENSATED
+        with pytest.raises(SagaFailed):  # the child's journal reads back
+            await pay(store=store).resume("t2/Pay")
+    assert applied(ledger) == Counter({
+        ("act", "Reserve"): 1, ("act", "Authorize"): 1, ("act", "Capture"): 1,
+        ("compensate", "Capture"): 1, ("compensate", "Authorize"): 1,
+        ("compensate", "Reserve"): 1,
+    })
+    undone = [c["key"] for c in calls(ledger) if c["action"] == "compensate"]
+    assert undone.count("t2/Pay:Capture:compensate") == 1
+
+
 async def _handed_off_mid_child(tmp_path: Path, ledger: Path, crash_in: str) -> None:
     """The first run dies in ``crash_in`` (Reserve: before the child exists;
     Capture: inside the child). A worker resumes the parent and is stopped
