@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -351,5 +351,32 @@ async def recover(
             outcome = "skipped"
         note(saga_id, outcome)
 
-    await asyncio.gather(*(resume_one(claimed) for claimed in leases))
+    await _all_settled([resume_one(claimed) for claimed in leases])
     return report
+
+
+async def _all_settled(coroutines: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coroutines`` concurrently until every one has finished. When we
+    are cancelled meanwhile, they are cancelled too — each resumed saga then
+    unwinds (S8) or stops — and ``CancelledError`` is raised only once all
+    have finished: ``asyncio.gather`` raises as soon as the first of them
+    is cancelled (one still waiting for a free slot), while the others are
+    still unwinding, and a caller closing the store then would cut their
+    compensations off half-way."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(coroutine) for coroutine in coroutines]
+    pending: set[asyncio.Task[None]] = set(tasks)
+    cancelled = False
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            if not cancelled:
+                cancelled = True
+                for task in pending:
+                    task.cancel()
+            # and wait on, however often we are cancelled again
+    if cancelled:
+        raise asyncio.CancelledError
+    for task in tasks:
+        task.result()  # an unexpected error of one, raised as gather would

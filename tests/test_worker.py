@@ -704,3 +704,32 @@ async def test_a_worker_spins_on_no_deferred_child_and_starves_no_other_saga(
         await running
     assert worker.stats.deferred == 1
     assert (await store.load("p1/Pay")).status is SagaStatus.RUNNING  # its parent's to drive
+
+
+async def test_S8_a_cancelled_recover_pass_returns_once_its_sagas_have_unwound(
+    store: SQLiteSagaStore,
+) -> None:
+    """``recover()`` resumes one saga (the other waits for a free slot) and is
+    cancelled while the first is in a step: that saga unwinds (S8), and the
+    pass's ``CancelledError`` reaches the caller only once it has — a caller
+    that closes the store then must not cut a compensation off half-way."""
+    from fallback_saga import recover
+
+    await seed(store, 2)
+    ledger = Ledger()
+    ledger.hold("act B")  # never released: the cancellation stops it
+    undo = ledger.hold("compensate A")
+    passing = asyncio.create_task(
+        recover(store, [order_saga(store, ledger)], older_than=0, concurrency=1)
+    )
+    unwound_when_done: list[bool] = []
+    passing.add_done_callback(lambda _: unwound_when_done.append(undo.is_set()))
+    await ledger.entered["act B"].wait()
+    passing.cancel()
+    await ledger.entered["compensate A"].wait()
+    undo.set()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+    assert unwound_when_done == [True]
+    statuses = {s.saga_id: s.status for s in await store.list_sagas()}
+    assert SagaStatus.COMPENSATED in statuses.values()
