@@ -342,12 +342,12 @@ class Saga(Generic[ContextT]):
             return await execution.run_all(
                 self._plan, start, resumed_group=group_results,
                 fallbacks_started=point.fallbacks_started,
-                uncertain=self._crashed_calls(record, point),
+                uncertain=execution.crashed_calls,
             )
         execution.results = [result for _, result in results]
         return await execution.run_all(
             self._plan, start, point.fallback_in_flight,
-            uncertain=self._crashed_calls(record, point),
+            uncertain=execution.crashed_calls,
         )
 
     def _crashed_calls(self, record: SagaRecord, point: ResumePoint) -> tuple[Branch, ...]:
@@ -376,7 +376,7 @@ class Saga(Generic[ContextT]):
             # of a group): they may have taken effect, and no later call
             # answered for them: they are undone with the rest (see
             # Execution.run_all).
-            for branch in self._crashed_calls(record, point):
+            for branch in execution.crashed_calls:
                 execution.push_crashed_call(branch)
         await execution.resume_unwinding("", RecordedError(why))
 
