@@ -57,6 +57,7 @@ _log = logging.getLogger("fallback_saga")
 # operator), interrupted (the journal failed; with a reason), skipped (with a
 # reason), lost (the lease; with a reason), handed_off.
 Outcome = tuple[str, str | None]
+_CANCELLED: Outcome = ("handed_off", "the recovery was cancelled")
 
 
 class ClaimedSaga:
@@ -79,20 +80,35 @@ class ClaimedSaga:
         self.listeners = listeners
         self.saga_name: str | None = None  # once its record is read
         self.run: LeasedRun | None = None
+        self._keep_lease = False  # lost to another worker, or a corrupt record
 
     @property
     def saga_id(self) -> str:
         return self.lease.saga_id
 
     async def resume(self) -> Outcome:
-        """Resume the saga; its outcome, also told to the listeners (``recovery_outcome``)."""
+        """Resume the saga; its outcome, also told to the listeners (``recovery_outcome``).
+
+        Cancelled, it raises ``CancelledError`` once the saga has unwound (S8)
+        or stopped; the outcome told is then the status the journal holds
+        (``compensated``, say), or ``handed_off`` when the saga was left
+        unfinished for another pass."""
+        outcome: Outcome = _CANCELLED
         try:
-            outcome = await self._resume()
+            outcome = await self._drive()
         except asyncio.CancelledError:
-            self._report(("handed_off", "the recovery was cancelled"))
+            outcome = await self._after_cancellation()
             raise
-        self._report(outcome)
+        finally:
+            self._report(outcome)
+            await self._let_go(outcome[0])
         return outcome
+
+    async def hand_back(self) -> None:
+        """Give the saga back untouched (the pass was cancelled before it
+        ran): its lease is released at once, not left to expire."""
+        self._report(_CANCELLED)
+        await self._let_go(_CANCELLED[0])
 
     def _report(self, outcome: Outcome) -> None:
         listeners = self.listeners
@@ -104,11 +120,8 @@ class ClaimedSaga:
         if hooks:
             emit(hooks, self.saga_id, self.saga_name, outcome[0], outcome[1])
 
-    async def _resume(self) -> Outcome:
+    async def _drive(self) -> Outcome:
         saga_id = self.saga_id
-        release = True
-        handed_off = False  # stopped unfinished by a shutdown: announce it
-        deferred = False  # a child whose parent drives it: see below
         try:
             record = await self.store.load(saga_id)
             self.saga_name = record.saga_name
@@ -116,7 +129,6 @@ class ClaimedSaga:
             if parent_id is not None and await self._in_flight(parent_id):
                 # A child saga (SubSaga): its parent resumes it, when the
                 # parent is resumed — driving it from here too would run it twice.
-                deferred = True
                 return "deferred", f"its parent {parent_id!r} drives it"
             saga = self.by_name.get(record.saga_name)
             if saga is None:
@@ -133,44 +145,54 @@ class ClaimedSaga:
             # that the journal does not hold. The saga stays for the next pass.
             return "interrupted", str(interrupted)
         except LeaseLost as lost:
-            release = False  # the lease is someone else's now
+            self._keep_lease = True  # someone else's now
             return "lost", str(lost)
         except SagaHandedOff as handed:
-            handed_off = True
             return "handed_off", str(handed)
-        except asyncio.CancelledError:
-            handed_off = True  # cancelled while loading it: nothing ran
-            raise
         except CorruptSagaRecord as error:
             # Keep the lease: other workers skip it until it expires, rather
             # than re-reading a row that cannot be read on every pass.
-            release = False
+            self._keep_lease = True
             return "skipped", f"{type(error).__name__}: {error}"
         except Exception as error:  # changed definition, store error, ...
             # Released: an operator may resume it now (allow_changed_definition).
             return "skipped", f"{type(error).__name__}: {error}"
-        finally:
-            # A released saga is claimable at once (a hand-off, or a saga this
-            # worker does not know, which another one may). Only a hand-off
-            # is announced: a skipped saga announced would bounce between
-            # workers that all skip it, as fast as they can claim.
-            if release:
-                try:
-                    defer = getattr(self.store, "defer", None) if deferred else None
-                    if handed_off and is_work_notifier(self.store):
-                        await self.store.hand_off(self.lease)
-                    elif defer is not None:
-                        # Out of claims for a lease's length (its parent, if
-                        # it stalls, is taken over within that): released, it
-                        # would be claimed again at once — a worker spinning
-                        # on it, starving the rest. The parent's driver may
-                        # still lease it by id at any moment.
-                        await defer(self.lease, self.lease_seconds)
-                    else:
-                        await self.store.release(self.lease)
-                except Exception as error:  # it expires on its own
-                    _log.warning("saga %s: could not release its lease: %s: %s",
-                                 saga_id, type(error).__name__, error)
+
+    async def _after_cancellation(self) -> Outcome:
+        """What a cancelled resume left: a saga that ran has unwound (S8) or
+        stopped for recovery by now, and only the journal says which — a
+        status is reported only as the journal holds it (S13)."""
+        if self.run is None:
+            return _CANCELLED  # cancelled while loading it: nothing ran
+        try:
+            status = (await self.store.load(self.saga_id)).status
+        except Exception:  # the journal is out of reach: left for another pass
+            return _CANCELLED
+        return (status.value, None) if status.is_final else _CANCELLED
+
+    async def _let_go(self, outcome: str) -> None:
+        """Release the lease as ``outcome`` asks. A released saga is
+        claimable at once (a hand-off, or a saga this worker does not know,
+        which another one may). Only a hand-off is announced: a skipped saga
+        announced would bounce between workers that all skip it, as fast as
+        they can claim."""
+        if self._keep_lease:
+            return
+        try:
+            if outcome == "handed_off" and is_work_notifier(self.store):
+                await self.store.hand_off(self.lease)
+            elif outcome == "deferred" and hasattr(self.store, "defer"):
+                # Out of claims for a lease's length (its parent, if it
+                # stalls, is taken over within that): released, a child
+                # would be claimed again at once — a worker spinning on it,
+                # starving the rest. The parent's driver may still lease it
+                # by id at any moment.
+                await self.store.defer(self.lease, self.lease_seconds)
+            else:
+                await self.store.release(self.lease)
+        except Exception as error:  # it expires on its own
+            _log.warning("saga %s: could not release its lease: %s: %s",
+                         self.saga_id, type(error).__name__, error)
 
     async def _in_flight(self, saga_id: str) -> bool:
         try:
@@ -331,10 +353,16 @@ async def recover(
             progress(saga_id, outcome)
 
     async def resume_one(claimed: Lease) -> None:
-        async with gate:
-            outcome, reason = await ClaimedSaga(
-                store, by_name, claimed, lease_seconds=lease, listeners=given
-            ).resume()
+        saga = ClaimedSaga(store, by_name, claimed, lease_seconds=lease, listeners=given)
+        try:
+            await gate.acquire()
+        except asyncio.CancelledError:
+            await saga.hand_back()  # it waited for a slot: nothing ran
+            raise
+        try:
+            outcome, reason = await saga.resume()
+        finally:
+            gate.release()
         saga_id = claimed.saga_id
         if outcome == "completed":
             report.resumed.append(saga_id)

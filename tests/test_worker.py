@@ -733,3 +733,64 @@ async def test_S8_a_cancelled_recover_pass_returns_once_its_sagas_have_unwound(
     assert unwound_when_done == [True]
     statuses = {s.saga_id: s.status for s in await store.list_sagas()}
     assert SagaStatus.COMPENSATED in statuses.values()
+
+
+class OutcomeRecorder:
+    """A listener that keeps every ``recovery_outcome`` it is told."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, str | None, str, str | None]] = []
+
+    def recovery_outcome(
+        self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
+    ) -> None:
+        self.outcomes.append((saga_id, saga_name, outcome, reason))
+
+
+async def test_S13_a_cancelled_recover_pass_reports_the_status_its_saga_unwound_to(
+    store: SQLiteSagaStore,
+) -> None:
+    """A saga that ``recover()`` resumed unwinds when the pass is cancelled
+    (S8). Its ``recovery_outcome`` is then the status the journal now holds
+    (``compensated``), not ``handed_off``: nothing was handed to anyone."""
+    from fallback_saga import recover
+
+    await seed(store, 1)
+    ledger = Ledger()
+    ledger.hold("act B")  # never released: the cancellation stops it
+    told = OutcomeRecorder()
+    passing = asyncio.create_task(
+        recover(store, [order_saga(store, ledger)], older_than=0, listeners=[told])
+    )
+    await ledger.entered["act B"].wait()
+    passing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+    [saga] = await store.list_sagas()
+    assert saga.status is SagaStatus.COMPENSATED
+    assert told.outcomes == [(saga.saga_id, "OrderSaga", "compensated", None)]
+
+
+async def test_S13_a_cancelled_recover_pass_releases_the_sagas_it_had_not_started(
+    store: SQLiteSagaStore,
+) -> None:
+    """``recover()`` claims two sagas and resumes one (concurrency 1); it is
+    cancelled meanwhile. The saga still waiting for a free slot never ran:
+    its lease is released, so that the next pass claims it at once rather
+    than after the lease expires."""
+    from fallback_saga import recover
+
+    await seed(store, 2)
+    ledger = Ledger()
+    ledger.hold("act B")
+    passing = asyncio.create_task(
+        recover(store, [order_saga(store, ledger)], older_than=0, concurrency=1, lease=3600)
+    )
+    await ledger.entered["act B"].wait()
+    passing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+    waiting = [s.saga_id for s in await store.list_sagas() if s.status is SagaStatus.RUNNING]
+    assert len(waiting) == 1
+    [lease] = await store.claim(owner="next", lease_seconds=60, older_than=0, limit=10)
+    assert lease.saga_id == waiting[0]
