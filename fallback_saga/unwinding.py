@@ -35,6 +35,7 @@ from .errors import (
     SagaAlreadyExists,
     SagaFailed,
     SagaInterrupted,
+    short_id,
 )
 from .events import Hooks, StepCall, emit
 from .plan import Branch
@@ -259,8 +260,20 @@ class UnwindingRun(JournaledRun):
         # A cancelled caller gets CancelledError whatever happened; a journal
         # that failed meanwhile must still be told to someone.
         error = self.interruption
-        if error is not None and not self._lost_its_lease(error):
-            _log.error("%s", self._stopped(error))
+        if error is None or self._lost_its_lease(error):
+            return
+        if error is self.abandoned:
+            # Not its own journal's failure: a run above it stopped without
+            # unwinding — handed off, fenced out, or its journal failed —
+            # and this one with it (StopScope); that run reports its own stop.
+            _log.info(
+                "saga %s (%s) stopped with its parent, without unwinding (%s: %s); "
+                "it is left %s for the parent's next run",
+                self.saga_name, short_id(self.saga_id), type(error).__name__, error,
+                (self.journaled_status or SagaStatus.RUNNING).value,
+            )
+            return
+        _log.error("%s", self._stopped(error))
 
     def _lost_its_lease(self, error: BaseException) -> bool:
         """``error`` says another worker drives this saga now."""

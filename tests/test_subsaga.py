@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -1125,6 +1126,23 @@ async def test_S15_a_hand_off_inside_a_child_started_by_the_resumed_parent_unwin
 ) -> None:
     """The child is created by the resumed parent, in the parent's own task."""
     await _handed_off_mid_child(tmp_path, ledger, "Reserve")
+
+
+@pytest.mark.parametrize("crash_in", ["Capture", "Reserve"])
+async def test_S13_a_child_handed_off_with_its_parent_logs_no_journal_failure(
+    crash_in: str, tmp_path: Path, ledger: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-off is routine (a worker shutting down): the child that stops
+    with its parent is not reported as a saga whose journal failed — its
+    own journal never did. One line says it stopped with its parent."""
+    caplog.set_level(logging.INFO, logger="fallback_saga")
+    await _handed_off_mid_child(tmp_path, ledger, crash_in)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    stopped = [r.getMessage() for r in caplog.records if "h1/Pay" in r.getMessage()
+               and "stopped with its parent" in r.getMessage()]
+    assert len(stopped) == 1, caplog.text
+    assert "journal could not be written" not in stopped[0]
 
 
 # --------------------------------------------------------------------------- crashes
