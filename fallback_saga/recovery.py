@@ -404,7 +404,13 @@ async def _all_settled(coroutines: list[Coroutine[Any, Any, None]]) -> None:
                 for task in pending:
                     task.cancel()
             # and wait on, however often we are cancelled again
+    # Every task's error is read, so that none is logged as never retrieved;
+    # the first is raised (a BaseException a step let out, such as
+    # SystemExit: the sagas stop where they are, as in a crash) — over a
+    # cancellation, which must not hide it.
+    errors = [task.exception() for task in tasks if not task.cancelled()]
+    for error in errors:
+        if error is not None:
+            raise error
     if cancelled:
         raise asyncio.CancelledError
-    for task in tasks:
-        task.result()  # an unexpected error of one, raised as gather would

@@ -794,3 +794,41 @@ async def test_S13_a_cancelled_recover_pass_releases_the_sagas_it_had_not_starte
     assert len(waiting) == 1
     [lease] = await store.claim(owner="next", lease_seconds=60, older_than=0, limit=10)
     assert lease.saga_id == waiting[0]
+
+
+class ProcessDies(BaseException):
+    """A step's BaseException that no saga handles (as SystemExit would be)."""
+
+
+async def test_a_recover_pass_that_dies_in_two_sagas_raises_once_and_leaks_no_task_error(
+    store: SQLiteSagaStore,
+) -> None:
+    """Two resumed sagas each raise a ``BaseException`` out of a step. The
+    pass raises the first; the other's is not left unretrieved for asyncio
+    to log ("Task exception was never retrieved") when its task is freed."""
+    import gc
+
+    from fallback_saga import recover
+
+    class Dying(_Step):
+        name = "A"
+
+        async def act(self, ctx: Ctx, /) -> Any:
+            await asyncio.sleep(0)
+            raise ProcessDies(ctx.order_id)
+
+    await seed(store, 2)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        dying = OrderSaga(
+            store=store, step_factory=lambda cls: (Dying if cls is A else cls)(Ledger())
+        )
+        with pytest.raises(ProcessDies):
+            await recover(store, [dying], older_than=0)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
