@@ -49,7 +49,7 @@ from .errors import (
     SagaNotFound,
     SagaStoreError,
 )
-from .executor import Execution, running_execution
+from .executor import Execution, SagaResult, running_execution
 from .group_run import IN_A_MEMBER, LaneCursor
 from .saga import Saga
 from .shielding import shielded
@@ -159,14 +159,7 @@ class SubSaga(Generic[ParentT, ChildT]):
         # handed off, its lease lost, or its journal failed.
         scope = STOP_SCOPE.set(StopScope(STOP_SCOPE.get(), parent))
         try:
-            try:
-                result = await child.run(self.context(context), saga_id=child_id)
-            except SagaAlreadyExists:
-                # A resumed parent: the child ran before. Resume it from its journal.
-                result = await _when_free(
-                    lambda: child.resume(child_id, lease_seconds=self.lease_seconds),
-                    self.lease_seconds,
-                )
+            result = await self._run_or_resume(parent, child, child_id, context)
         except _CHILD_OUT_OF_REACH as stopped:
             # The child's journal failed, another worker drives the child right
             # now (its lease outlived the wait, or took it over), or the child
@@ -199,6 +192,31 @@ class SubSaga(Generic[ParentT, ChildT]):
         if self.merge is not None:
             self.merge(context, result.context)
         return result.context
+
+    async def _run_or_resume(
+        self, parent: Execution, child: Saga[ChildT], child_id: str, context: ParentT
+    ) -> SagaResult[ChildT]:
+        """Run the child; or resume it from its journal if it ran before — in
+        an earlier run of a resumed parent, or an earlier attempt of this
+        step. Then it is looked up first: a run started only to be refused
+        (``SagaAlreadyExists``) would tell the listeners of a child that
+        started a step and was interrupted, when neither happened."""
+        if parent.resumed or current_step().attempt > 1:
+            try:
+                return await self._resume(child, child_id)
+            except SagaNotFound:
+                pass  # the crash came before this step: the child never started
+        try:
+            return await child.run(self.context(context), saga_id=child_id)
+        except SagaAlreadyExists:
+            return await self._resume(child, child_id)
+
+    async def _resume(self, child: Saga[ChildT], child_id: str) -> SagaResult[ChildT]:
+        result: SagaResult[ChildT] = await _when_free(
+            lambda: child.resume(child_id, lease_seconds=self.lease_seconds),
+            self.lease_seconds,
+        )
+        return result
 
     async def _undo_cancelled(
         self, parent: Execution, child: Saga[ChildT], child_id: str, step: str
@@ -271,8 +289,11 @@ class SubSaga(Generic[ParentT, ChildT]):
             return self.saga
         key = id(parent.store)
         built = self._built.get(key)
-        if built is None or built.store is not parent.store:
-            built = self.saga(store=parent.store, listeners=parent.hooks.listeners)
+        listeners = parent.hooks.listeners
+        # Built again for another store, or for a parent with other listeners
+        # (two Order instances share this step: each tells its own listeners).
+        if built is None or built.store is not parent.store or built.listeners != listeners:
+            built = self.saga(store=parent.store, listeners=listeners)
             if len(self._built) > 64:  # a saga per store: a few, unless stores come and go
                 self._built.clear()
             self._built[key] = built

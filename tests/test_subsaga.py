@@ -33,6 +33,7 @@ from fallback_saga import (
     SagaContext,
     SagaFailed,
     SagaInterrupted,
+    SagaListener,
     SagaStatus,
     SagaStepHandler,
     SQLiteSagaStore,
@@ -719,6 +720,66 @@ def paying_order(*payment_steps: Any, reserve: Any = app.Reserve) -> tuple[type[
         ]
 
     return Payment, Order
+
+
+class ChildEvents(SagaListener):
+    """The saga-level and step-level events told about each saga."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def saga_started(self, saga_id: str, saga_name: str) -> None:
+        self.events.append(("started", saga_id))
+
+    def saga_resumed(self, saga_id: str, saga_name: str) -> None:
+        self.events.append(("resumed", saga_id))
+
+    def saga_finished(self, saga_id: str, saga_name: str, status: SagaStatus,
+                      error: BaseException | None) -> None:
+        self.events.append(("finished", saga_id, status))
+
+    def saga_interrupted(self, saga_id: str, saga_name: str, status: SagaStatus | None,
+                         error: BaseException | None) -> None:
+        self.events.append(("interrupted", saga_id, status))
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.events.append(("step", saga_id, step))
+
+
+async def test_S13_a_resumed_parent_reports_its_child_resumed_not_started_and_interrupted(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """The process dies inside the child; the parent is resumed. Listeners
+    are told the child was resumed and finished — not that a run of it
+    started a step that never ran again and was interrupted with nothing
+    journaled (a false ``saga_interrupted``: a WARNING in the logs and an
+    interrupted run in the metrics, at every such resume)."""
+    capture = Script(dies=1, holds=False)
+    _, Order = paying_order(app.Authorize, scripted_capture(capture))
+    told = ChildEvents()
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Order(store=store).run(app.OrderCtx(), saga_id="r1")
+        result = await Order(store=store, listeners=[told]).resume("r1")
+    assert result.status is SagaStatus.COMPLETED
+    child = [event[0] if event[0] != "step" else event for event in told.events
+             if event[1] == "r1/Pay"]
+    assert child == ["started", "resumed", ("step", "r1/Pay", "Capture"), "finished"]
+
+
+async def test_a_child_saga_tells_the_listeners_of_the_parent_instance_that_runs_it(
+    tmp_path: Path, ledger: Path
+) -> None:
+    """Two instances of one parent saga class, with listeners of their own,
+    on one store: each is told about its own child saga (the ``SubSaga``
+    step is shared by the class, and built its child once per store)."""
+    _, Order = paying_order(app.Authorize)
+    first, second = ChildEvents(), ChildEvents()
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        await Order(store=store, listeners=[first]).run(app.OrderCtx(), saga_id="a1")
+        await Order(store=store, listeners=[second]).run(app.OrderCtx(), saga_id="a2")
+    assert {event[1] for event in first.events} == {"a1", "a1/Pay"}
+    assert {event[1] for event in second.events} == {"a2", "a2/Pay"}
 
 
 async def _crash_then_cancelled_resume(tmp_path: Path, payment: type[Any], saga_id: str) -> None:
