@@ -136,9 +136,12 @@ class SagaListener:
         ``outcome``: ``completed``, ``compensated`` or ``failed`` (the status
         the journal now holds), ``interrupted`` (the journal failed; left for
         a later pass), ``skipped`` (unknown saga name, corrupt record, changed
-        definition, store error), ``lost`` (another worker took it over) or
-        ``handed_off`` (the worker shut down). ``reason`` says why for the
-        last four. ``saga_name`` is None when the record could not be read.
+        definition, store error), ``lost`` (another worker took it over),
+        ``handed_off`` (the worker shut down, or a ``recover`` pass was
+        cancelled before the saga finished) or ``deferred`` (a child saga
+        whose parent is in flight: the parent's run drives it). ``reason``
+        says why for the last five. ``saga_name`` is None when the record
+        could not be read.
         Reported to the listeners given to ``recover``/``RecoveryWorker``
         and to those of the saga that resumed it (each listener once)."""
 
@@ -298,7 +301,8 @@ class LoggingListener(SagaListener):
     def recovery_outcome(
         self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
     ) -> None:
-        level = self.level if outcome in ("completed", "compensated", "handed_off") else (
+        level = self.level if outcome in (
+            "completed", "compensated", "handed_off", "deferred") else (
             logging.ERROR if outcome == "failed" else logging.WARNING)
         self._write(level, "recovery: saga %s %s %s%s", saga_name or "?", saga_id, outcome,
                     "" if reason is None else f" ({reason})")

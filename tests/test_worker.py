@@ -832,3 +832,27 @@ async def test_a_recover_pass_that_dies_in_two_sagas_raises_once_and_leaks_no_ta
     finally:
         loop.set_exception_handler(None)
     assert unretrieved == []
+
+
+async def test_a_deferred_child_is_told_as_deferred_and_logged_as_routine(
+    store: SQLiteSagaStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``deferred`` is one of the documented outcomes (SagaListener's
+    ``recovery_outcome``), and ``LoggingListener`` logs it as routine, at its
+    level — not as a WARNING an operator must look into."""
+    import logging
+
+    from fallback_saga import LoggingListener, SagaListener, recover
+
+    documented = SagaListener.recovery_outcome.__doc__ or ""
+    told = OutcomeRecorder()
+    caplog.set_level(logging.INFO, logger="fallback_saga")
+    await _child_whose_parent_runs_elsewhere(store)
+    await recover(store, [_paying_parent(), Pay], older_than=0,
+                  listeners=[told, LoggingListener()])
+    assert [(saga_id, outcome) for saga_id, _, outcome, _ in told.outcomes] == [
+        ("p1/Pay", "deferred")
+    ]
+    assert "``deferred``" in documented
+    [line] = [r for r in caplog.records if "p1/Pay" in r.getMessage()]
+    assert line.levelno == logging.INFO
