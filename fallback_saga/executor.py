@@ -675,6 +675,8 @@ class Execution(UnwindingRun):
                 restore_step(context, snapshot)
                 if lane is not None and lane.called and isinstance(error, asyncio.CancelledError):
                     self.act_cancelled(branch, attempt)
+                    if hooks.step_failed:  # as for any try that did not complete
+                        emit(hooks.step_failed, self.saga_id, branch.name, error)
                     raise
                 self.act_failed(branch, attempt, error)
                 retry = branch.retry

@@ -35,6 +35,7 @@ from .context import (
     write_fields,
 )
 from .errors import ParallelWriteConflict
+from .events import Hooks, emit
 from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
 from .shielding import EAGER_TASKS, own_task
@@ -73,6 +74,7 @@ class GroupHost(Protocol):
     write_lock: asyncio.Lock | None
     branch_errors: dict[str, BaseException] | None
     context_dirty: bool
+    hooks: Hooks
 
     def flush(self, *, unwinding: bool = False) -> Awaitable[None]: ...
 
@@ -295,16 +297,21 @@ async def run_group(
     if not host.live:
         try:
             await host.flush()  # the group's write-ahead: one write for every member
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled_error:
             # Cancelled while it was written: no member ran. Say so, as a
             # step whose write-ahead was cancelled does (S13: the journal
-            # ends saying what happened).
+            # ends saying what happened) — to the listeners too.
             now = _now()
+            hooks = host.hooks
             for _, first in todo:
                 journal.append(
                     (first.position, first.name, first.branch, "act", _FAILED, 1,
                      "CancelledError: cancelled before its act ran", now, None)
                 )
+                if hooks.step_started:
+                    emit(hooks.step_started, host.saga_id, first.name, 1)
+                if hooks.step_failed:
+                    emit(hooks.step_failed, host.saga_id, first.name, cancelled_error)
             for branch in crashed:
                 host.push_crashed_call(branch)
             raise

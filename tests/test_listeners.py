@@ -275,3 +275,79 @@ async def test_logging_listener_uses_the_logger_it_is_given(
 
     names = {record.name for record in caplog.records if "own-logger" in record.getMessage()}
     assert names == {"my.app.sagas"}
+
+
+# --------------------------------------------------------------------------- group members
+
+
+async def test_a_group_member_cancelled_in_flight_is_told_failed_before_it_is_compensated() -> (
+    None
+):
+    """A sibling fails; the member in flight is cancelled, journaled
+    CANCELLED and compensated. Its try ends for the listeners as every try
+    that does not complete does — ``step_failed`` — before its
+    compensation starts (a plain step cancelled in flight is told the same)."""
+    from fallback_saga import MemorySagaStore, Parallel
+
+    trace: Trace = []
+    slow = Blocker("Slow", trace)
+
+    class Failing:
+        name = "Failing"
+
+        async def act(self, ctx: OrderCtx) -> None:
+            await reached(slow.started)
+            raise Boom("declined")
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            trace.append(("compensate", "Failing"))
+
+    recorder = Recorder()
+    saga = declare(Parallel(slow, Failing()))
+    with pytest.raises(SagaFailed):
+        await saga(store=MemorySagaStore(), listeners=[recorder]).run(OrderCtx(), saga_id="g1")
+    slow_events = [e[0:3] for e in recorder.events if len(e) > 1 and e[1] == "Slow"]
+    assert slow_events == [
+        ("step_started", "Slow", 1),
+        ("step_failed", "Slow", "CancelledError"),
+        ("compensation_started", "Slow", 1),
+        ("compensation_completed", "Slow"),
+    ]
+
+
+async def test_a_group_cancelled_in_its_write_ahead_tells_each_member_it_failed(
+    tmp_path: Any,
+) -> None:
+    """Cancelled while the group's write-ahead is written, no member runs and
+    the journal says each failed before its act ran; the listeners are told
+    so too (``step_started`` then ``step_failed``), as for a straight-line
+    step whose write-ahead is cancelled."""
+    from fallback_saga import Parallel, SQLiteSagaStore, StepStatus
+
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowStore(SQLiteSagaStore):
+        async def append(self, *args: Any, **kwargs: Any) -> None:
+            if any(e.step == "B" and e.status is StepStatus.STARTED for e in args[1]):
+                entered.set()
+                await release.wait()  # the group's write-ahead, held up
+            await super().append(*args, **kwargs)
+
+    trace: Trace = []
+    recorder = Recorder()
+    saga = declare(Probe("Before", trace), Parallel(Probe("A", trace), Probe("B", trace)))
+    async with SlowStore(tmp_path / "s.db") as store:
+        task = asyncio.create_task(
+            saga(store=store, listeners=[recorder]).run(OrderCtx(), saga_id="w1")
+        )
+        await reached(entered)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    members = [e for e in recorder.events if len(e) > 1 and e[1] in ("A", "B")]
+    assert members == [
+        ("step_started", "A", 1), ("step_failed", "A", "CancelledError"),
+        ("step_started", "B", 1), ("step_failed", "B", "CancelledError"),
+    ]
