@@ -6,6 +6,7 @@ stores that lack the optional listing capabilities."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
@@ -623,3 +624,48 @@ async def test_serve_runs_until_cancelled(journal: Path) -> None:
             await task
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", console.port), timeout=2).close()
+
+
+# --------------------------------------------------------------------------- Host check
+
+
+def _loopback_names() -> list[str]:
+    """Names and spellings of this machine that resolve to loopback addresses only."""
+    names = ["127.1", "localhost"]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return names
+    if infos and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
+        names.append(socket.gethostname())
+    return names
+
+
+@pytest.mark.parametrize("host", _loopback_names())
+async def test_console_a_host_name_that_binds_loopback_keeps_the_host_check(
+    journal: Path, host: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--host NAME (a name, or a spelling like 127.1) that binds loopback only:
+    the console is on loopback, so DNS rebinding is refused (421) as for 127.0.0.1,
+    and it does not warn that it listens beyond this machine."""
+    caplog.set_level(logging.INFO, "fallback_saga.console")
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(
+        store, host=host, port=0
+    ) as console:
+        rebound = await get(
+            console, "/api/sagas", headers={"Host": f"attacker.example:{console.port}"}
+        )
+        assert rebound.status == 421
+        for name in ("127.0.0.1", "localhost", f"{host}:{console.port}", host.upper()):
+            assert (await get(console, "/healthz", headers={"Host": name})).status == 200
+    assert "beyond this machine" not in caplog.text
+
+
+async def test_console_the_unspecified_address_is_no_name_to_answer_to(journal: Path) -> None:
+    """--host 0.0.0.0 with --allow-host: the Host check is on, and a request
+    naming 0.0.0.0 (which browsers route to this machine) is refused."""
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(
+        store, host="0.0.0.0", port=0, allowed_hosts=["sagas.internal"]
+    ) as console:
+        assert (await get(console, "/healthz", headers={"Host": "0.0.0.0"})).status == 421
+        assert (await get(console, "/healthz", headers={"Host": "sagas.internal"})).status == 200

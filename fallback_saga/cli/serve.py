@@ -102,8 +102,8 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     serving.add_argument(
         "--allow-host", action="append", default=[], metavar="NAME", dest="allow_hosts",
         help="also answer requests for this host name (the Host header), e.g. the name "
-        "a reverse proxy forwards; repeatable. Without it, a console on a loopback "
-        "address answers loopback names only (no DNS rebinding)",
+        "a reverse proxy forwards; repeatable. Without it, a console that listens on "
+        "loopback addresses only answers loopback names and --host only (no DNS rebinding)",
     )
     serving.set_defaults(handler=run_serve)
 

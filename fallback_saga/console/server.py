@@ -74,6 +74,31 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_loopback_address(address: str) -> bool:
+    """Whether a bound socket's address is a loopback one (``::ffff:127.0.0.1`` too)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _is_unspecified(host: str) -> bool:
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _bare_host(host: str) -> str:
+    """A host name as compared: lower case, no brackets, no trailing dot."""
+    return host.strip("[]").lower().rstrip(".")
+
+
 def _host_name(header: str) -> str:
     """The host of a ``Host`` header, without its port."""
     if header.startswith("["):
@@ -107,11 +132,12 @@ class ConsoleServer:
     ``/api/sagas``; ``/metrics`` in the Prometheus text format; ``/healthz``.
     Only GET and HEAD are served.
 
-    ``host`` defaults to the loopback interface. While it is a loopback
-    address, requests must name a loopback host too (``Host:`` header), so a
-    web page elsewhere cannot read the console through DNS rebinding;
-    ``allowed_hosts`` adds names (say, behind a reverse proxy). The console
-    never closes the store.
+    ``host`` defaults to the loopback interface. While every address it
+    binds is a loopback one (whatever ``host`` spells: ``localhost``, this
+    machine's name, ``127.1``), requests must name a loopback host or
+    ``host`` itself (``Host:`` header), so a web page elsewhere cannot read
+    the console through DNS rebinding; ``allowed_hosts`` adds names (say,
+    behind a reverse proxy). The console never closes the store.
     """
 
     def __init__(
@@ -141,7 +167,15 @@ class ConsoleServer:
         self.request_timeout = float(request_timeout)
         self._requested_port = port
         self._allowed = {name.lower() for name in allowed_hosts}
-        self._check_host = _is_loopback(host) or bool(self._allowed)
+        # Requests may also name the host the console was told to listen on
+        # (``--host vm``: its users open http://vm:8080/, and a rebinding
+        # page's origin cannot be that name), unless it is a wildcard:
+        # browsers send 0.0.0.0 to this machine too.
+        self._own_name = "" if _is_unspecified(host) else _bare_host(host)
+        # Whether requests must name this console's host: decided by start()
+        # from the addresses actually bound, checked until then.
+        self._check_host = True
+        self._listens_beyond = False
         self._label = store_label(store)
         self._connections = 0
         self._max_connections = max_connections
@@ -164,8 +198,15 @@ class ConsoleServer:
             self._on_connection, self.host, self._requested_port, limit=MAX_LINE
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        # From what is bound, not from the --host text: a name or a spelling
+        # (``vm``, ``127.1``) that resolves to loopback is a loopback console,
+        # and must refuse DNS-rebound requests like 127.0.0.1 does.
+        self._listens_beyond = not all(
+            _is_loopback_address(sock.getsockname()[0]) for sock in self._server.sockets
+        )
+        self._check_host = not self._listens_beyond or bool(self._allowed)
         _log.info("console serving %s at %s", self._label, self.url)
-        if not _is_loopback(self.host):
+        if self._listens_beyond:
             _log.warning(
                 "the console listens on %s, beyond this machine, and has no authentication: "
                 "whoever can reach port %d can read every saga, contexts included",
@@ -331,7 +372,11 @@ class ConsoleServer:
         kind = "json" if request.path.startswith("/api/") else "html"
         if self._check_host:
             host = _host_name(request.headers.get("host", ""))
-            if host and not (_is_loopback(host) or host.lower() in self._allowed):
+            if host and not (
+                _is_loopback(host)
+                or host.lower() in self._allowed
+                or (self._own_name and _bare_host(host) == self._own_name)
+            ):
                 return self._error(
                     kind,
                     HTTPStatus.MISDIRECTED_REQUEST,
