@@ -28,7 +28,7 @@ from prometheus_text import parse_exposition
 
 from fallback_saga import MemorySagaStore, SagaStatus, SQLiteSagaStore
 from fallback_saga.console import ConsoleServer
-from fallback_saga.errors import SagaStoreError
+from fallback_saga.errors import SagaNotFound, SagaStoreError
 from fallback_saga.store.base import SagaSummary
 
 SHOP_IDS = ["order-1006", "payout-1005", "atlantis-1004", "order-1003", "order-1002",
@@ -477,6 +477,8 @@ def test_bad_arguments_are_refused_at_construction() -> None:
         ConsoleServer(store, port=70000)
     with pytest.raises(ValueError, match="page_size"):
         ConsoleServer(store, page_size=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        ConsoleServer(store, max_connections=0)
 
 
 # --------------------------------------------------------------------------- other stores
@@ -669,3 +671,85 @@ async def test_console_the_unspecified_address_is_no_name_to_answer_to(journal: 
     ) as console:
         assert (await get(console, "/healthz", headers={"Host": "0.0.0.0"})).status == 421
         assert (await get(console, "/healthz", headers={"Host": "sagas.internal"})).status == 200
+
+
+# --------------------------------------------------------------------------- connection bound
+
+
+async def _until(condition: Any) -> None:
+    """Let the event loop run until ``condition()`` (no timing: a bounded
+    number of turns of the loop, each letting the server take a step)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the server never got there")
+
+
+async def _stalled(console: ConsoleServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that sends a request line and never ends its headers."""
+    before = len(console._waiting)
+    reader, writer = await asyncio.open_connection("127.0.0.1", console.port)
+    writer.write(b"GET / HTTP/1.1\r\n")
+    await writer.drain()
+    await _until(lambda: len(console._waiting) > before)
+    return reader, writer
+
+
+async def test_console_idle_connections_cannot_lock_others_out(journal: Path) -> None:
+    """Slowloris: as many connections as the bound that never finish their
+    headers do not turn other clients away; the one that waited longest is
+    closed for the newcomer, and re-opening them does not help the attacker."""
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(
+        store, port=0, max_connections=2
+    ) as console:
+        stalled = [await _stalled(console), await _stalled(console)]
+        for _ in range(3):
+            assert (await get(console, "/healthz")).status == 200
+            await _until(lambda: len(console._handlers) == 1)
+            # The oldest stalled connection was closed, with nothing sent...
+            reader, writer = stalled.pop(0)
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            # ...and the attacker opens another one.
+            stalled.append(await _stalled(console))
+        assert len(console._waiting) == 2  # the bound on sockets still holds
+        for _, writer in stalled:
+            writer.close()
+
+
+async def test_console_a_client_that_keeps_its_answered_connection_open_holds_no_slot(
+    journal: Path,
+) -> None:
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(
+        store, port=0, max_connections=1
+    ) as console:
+        reader, writer = await asyncio.open_connection("127.0.0.1", console.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"ok\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 200")
+        # Answered, but neither closed nor read to the end: the next client is served.
+        assert (await get(console, "/healthz")).status == 200
+        writer.close()
+
+
+async def test_console_requests_being_answered_are_bounded(journal: Path) -> None:
+    """The bound holds for requests the store is answering: one more is a 503."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    class BlockingStore:
+        async def load(self, saga_id: str) -> Any:
+            entered.set()
+            await release.wait()
+            raise SagaNotFound(saga_id)
+
+    async with ConsoleServer(BlockingStore(), port=0, max_connections=1) as console:
+        first = asyncio.create_task(get(console, "/sagas/a"))
+        await entered.wait()
+        reply = await get(console, "/healthz")
+        assert reply.status == 503
+        assert "too many connections" in reply.text
+        release.set()
+        assert (await first).status == 404

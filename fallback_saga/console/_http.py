@@ -3,7 +3,9 @@
 One request per connection (``Connection: close``): no keep-alive, no
 request bodies, no chunked encoding, so there is nothing to smuggle and
 nothing to buffer. Request lines and headers are bounded in size, count and
-time, so a slow or huge client cannot hold the console.
+time, and so is sending the answer; the server (``ConsoleServer``) also
+closes the connection idle longest when a newcomer finds it at its bound, so a
+slow or huge client cannot hold the console.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from http import HTTPStatus
 from typing import Final
 from urllib.parse import urlsplit
 
-__all__ = ["HttpError", "Request", "Response", "read_request", "write_response"]
+__all__ = [
+    "HEADER_TIMEOUT", "SEND_TIMEOUT", "HttpError", "Request", "Response", "read_request",
+    "write_response",
+]
 
 MAX_LINE: Final = 8192  # bytes in the request line and in each header line
 MAX_HEADERS: Final = 64
 HEADER_TIMEOUT: Final = 10.0  # seconds to send the request line and headers
+SEND_TIMEOUT: Final = 30.0  # seconds for the client to take the answer
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION: Final = re.compile(r"HTTP/(\d)\.(\d)")

@@ -17,7 +17,15 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
-from ._http import MAX_LINE, HttpError, Request, Response, read_request, write_response
+from ._http import (
+    MAX_LINE,
+    SEND_TIMEOUT,
+    HttpError,
+    Request,
+    Response,
+    read_request,
+    write_response,
+)
 from .data import (
     BadRequest,
     Listing,
@@ -177,7 +185,10 @@ class ConsoleServer:
         self._check_host = True
         self._listens_beyond = False
         self._label = store_label(store)
-        self._connections = 0
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
+            max_connections < 1
+        ):
+            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
         self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -185,6 +196,15 @@ class ConsoleServer:
         # close() ends those at once, the others after a grace period.
         self._handlers: set[asyncio.Task[Any]] = set()
         self._waiting: set[asyncio.Task[Any]] = set()
+        # The connections held up by their client, not by the console: waiting
+        # for the request, or sending the answer and waiting for the close.
+        # Oldest first (a dict keeps insertion order): at the bound, the
+        # console closes the first of them for a newcomer, so idle or slow
+        # clients cannot lock others out; they are the only ones it can close
+        # without cutting off work.
+        self._client_bound: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        # Closed that way and not finished yet: no longer counted.
+        self._evicted: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -281,18 +301,22 @@ class ConsoleServer:
         started = time.perf_counter()
         request: Request | None = None
         status = 0
-        self._connections += 1
         task = asyncio.current_task()
         assert task is not None
+        # Bound the sockets held: at the limit a newcomer takes the place of
+        # the connection that has waited longest on its client; it is turned
+        # away only while every connection is a request being answered.
+        full = len(self._handlers) - len(self._evicted) >= self._max_connections
+        refused = full and not self._evict_oldest()
         self._handlers.add(task)
         try:
-            if self._connections > self._max_connections:
+            if refused:
                 response = self._error(
                     "text", HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; retry"
                 )
             else:
                 try:
-                    request = await self._next_request(reader, task)
+                    request = await self._next_request(reader, writer, task)
                 except HttpError as error:
                     response = self._error("text", error.status, error.message)
                 else:
@@ -301,8 +325,10 @@ class ConsoleServer:
                     response = await self.respond(request)
             status = response.status.value
             head = request is not None and request.method == "HEAD"
+            self._client_bound[task] = writer
             write_response(writer, response, head=head, common_headers=_COMMON_HEADERS)
-            await writer.drain()
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
             # Read what the client may still send (a body we did not want), so
@@ -312,18 +338,19 @@ class ConsoleServer:
                     while await reader.read(65536):
                         pass
         except (ConnectionError, OSError):
-            pass  # the client went away
+            pass  # the client went away (or does not read: TimeoutError)
         except asyncio.CancelledError:
-            # Ended by close(): quietly (Python 3.11's streams log a cancelled
-            # handler's task as an error).
-            if not self._closing:
+            # Ended by close() or for a newcomer: quietly (Python 3.11's
+            # streams log a cancelled handler's task as an error).
+            if task in self._evicted:
+                task.uncancel()
+            elif not self._closing:
                 raise
         finally:
             self._handlers.discard(task)
-            self._connections -= 1
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            self._evicted.discard(task)
+            self._client_bound.pop(task, None)
+            await _shut(writer)
             if request is not None or status:
                 target = "-" if request is None else request.path + (
                     "?" + request.query if request.query else ""
@@ -336,15 +363,31 @@ class ConsoleServer:
                     (time.perf_counter() - started) * 1000,
                 )
 
+    def _evict_oldest(self) -> bool:
+        """Close the connection that has waited longest on its client (``False``:
+        there is none, every connection is a request being answered)."""
+        if not self._client_bound:
+            return False
+        task = next(iter(self._client_bound))
+        writer = self._client_bound.pop(task)
+        self._evicted.add(task)
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()  # a client that does not read: no flush to wait for
+        task.cancel()
+        return True
+
     async def _next_request(
-        self, reader: asyncio.StreamReader, task: asyncio.Task[Any]
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[Any]
     ) -> Request | None:
-        """``read_request``, while ``close`` may end the wait at once."""
+        """``read_request``, while ``close`` may end the wait at once, and a
+        newcomer may take the connection's place."""
         self._waiting.add(task)
+        self._client_bound[task] = writer
         try:
             return await read_request(reader)
         finally:
             self._waiting.discard(task)
+            self._client_bound.pop(task, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -515,6 +558,19 @@ class ConsoleServer:
         return Response(
             HTTPStatus.OK, FAVICON.encode(), "image/svg+xml", [_csp(_DATA_CSP)]
         )
+
+
+async def _shut(writer: asyncio.StreamWriter) -> None:
+    """Close a connection; one whose client does not take the rest of the
+    answer is cut off after a second rather than held."""
+    writer.close()
+    try:
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        pass
 
 
 def _csp(policy: str) -> tuple[str, str]:
