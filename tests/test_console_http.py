@@ -753,3 +753,69 @@ async def test_console_requests_being_answered_are_bounded(journal: Path) -> Non
         assert "too many connections" in reply.text
         release.set()
         assert (await first).status == 404
+
+
+# --------------------------------------------------------------------------- corrupt rows (S12)
+
+
+@pytest.fixture
+def corrupt_lease_journal(journal: Path, tmp_path: Path) -> Path:
+    """The shop's journal, with the running saga's lease expiry not a time and
+    its fencing token markup (what a hand-edited or damaged row may hold)."""
+    import shutil
+    import sqlite3
+
+    path = tmp_path / "corrupt.db"
+    shutil.copy(journal, path)
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "UPDATE sagas SET lease_owner = 'w1', lease_expires_at = 'soon', "
+        "fence = '<b>7</b>' WHERE saga_id = ?",
+        (RUNNING_ID,),
+    )
+    connection.execute(
+        "UPDATE sagas SET lease_owner = 'w2', lease_expires_at = X'00' WHERE saga_id = ?",
+        ("order-1003",),
+    )
+    connection.commit()
+    connection.close()
+    return path
+
+
+async def test_S12_an_unreadable_lease_is_shown_as_such_not_a_500(
+    corrupt_lease_journal: Path,
+) -> None:
+    async with SQLiteSagaStore(corrupt_lease_journal) as store, ConsoleServer(
+        store, port=0
+    ) as console:
+        listing = await get(console, "/")
+        assert listing.status == 200
+        assert saga_ids_in(listing.text) == SHOP_IDS  # the others listed too
+        assert "expiry unreadable" in listing.text
+        assert (await get(console, "/api/sagas")).status == 200
+        for saga_id in (RUNNING_ID, "order-1003"):
+            page = await get(console, f"/sagas/{saga_id}")
+            assert page.status == 200, saga_id
+            assert "unreadable" in page.text
+            assert "<b>7</b>" not in page.text  # and escaped
+            data = (await get(console, f"/api/sagas/{saga_id}")).json()
+            assert data["lease"]["state"] == "unreadable"
+            assert data["lease"]["expires_at"] is None
+
+
+async def test_S12_a_saga_that_cannot_be_read_is_a_clear_page_not_a_500() -> None:
+    from fallback_saga.errors import CorruptSagaRecord
+
+    class CorruptStore(BrokenStore):
+        async def load(self, saga_id: str) -> Any:
+            raise CorruptSagaRecord(saga_id, "the context is not valid JSON")
+
+    async with ConsoleServer(CorruptStore(SagaStoreError("x")), port=0) as console:
+        page = await get(console, "/sagas/bad-1")
+        assert page.status == 422
+        assert "cannot be read" in page.text
+        assert "bad-1" in page.text
+        assert "not valid JSON" in page.text
+        data = await get(console, "/api/sagas/bad-1")
+        assert data.status == 422
+        assert "cannot be read" in data.json()["error"]["message"]

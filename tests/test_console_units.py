@@ -11,6 +11,7 @@ from fallback_saga import SagaRecord, SagaStatus, StepStatus
 from fallback_saga.console.data import BadRequest, ListQuery, parse_list_query, parse_time
 from fallback_saga.console.text import format_age, format_seconds
 from fallback_saga.console.timeline import MAX_ROWS, bars_of, timeline_svg
+from fallback_saga.store.base import LeaseState
 from fallback_saga.testing import entry
 
 NOW = 1_750_000_000.0
@@ -227,3 +228,24 @@ def test_the_console_imports_only_the_standard_library() -> None:
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert alias.name.split(".")[0] in sys.stdlib_module_names, module.name
+
+
+@pytest.mark.parametrize(
+    "lease",
+    [
+        LeaseState("w1", "soon", 3),  # type: ignore[arg-type]
+        LeaseState("w1", float("nan"), 3),
+        LeaseState("w1", b"\x00", 3),  # type: ignore[arg-type]
+        LeaseState(None, None, "<b>7</b>"),  # type: ignore[arg-type]
+        LeaseState(b"w1", 5.0, 3),  # type: ignore[arg-type]
+    ],
+)
+def test_S12_a_lease_a_row_cannot_hold_is_unreadable_not_an_error(lease: LeaseState) -> None:
+    from fallback_saga.console.data import lease_json, lease_phase
+
+    assert lease_phase(lease, 100.0) == "unreadable"
+    data = lease_json(lease, 100.0)
+    assert data is not None
+    assert data["state"] == "unreadable"
+    assert data["expires_at"] is None
+    assert data["fencing_token"] is None

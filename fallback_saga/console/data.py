@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, urlencode
 
-from ..errors import SagaNotFound
+from ..errors import SagaNotFound, SagaStoreError
 from ..record_json import history_json
 from ..status import SagaStatus
 from ..store.base import LeaseState, SagaRecord, SagaSummary
 from ..subsaga import saga_family
+from .text import redact
 
 __all__ = [
     "SCAN_LIMIT",
@@ -366,14 +367,40 @@ async def fetch_saga(store: object, saga_id: str) -> SagaView:
         state = await lease_state(saga_id)
     except SagaNotFound:  # purged since the load
         return SagaView(record, None, "the saga is gone from the store", parent, children)
+    except SagaStoreError as error:
+        # The record was read: show it, and say why its lease is missing.
+        note = f"the store cannot read it ({redact(str(error))})"
+        return SagaView(record, None, note, parent, children)
     return SagaView(record, LeaseState(*state), None, parent, children)
 
 
 # --------------------------------------------------------------------------- JSON
 
 
+def is_time(value: object) -> bool:
+    """Whether a stored time is one (finite Unix seconds): a damaged or
+    hand-edited row may hold anything (``'soon'``, bytes) where a store
+    keeps the lease, and one such row must not take a page down (S12)."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def lease_readable(lease: LeaseState) -> bool:
+    """Whether the lease's owner, expiry and fencing token are what a store writes."""
+    return (
+        (lease.owner is None or isinstance(lease.owner, str))
+        and (lease.expires_at is None or is_time(lease.expires_at))
+        and isinstance(lease.token, int)
+        and not isinstance(lease.token, bool)
+    )
+
+
 def lease_phase(lease: LeaseState, now: float) -> str:
-    """``held``, ``expired``, ``released`` or ``never claimed``."""
+    """``held``, ``expired``, ``released``, ``never claimed``, or
+    ``unreadable`` (the row holds something else than a lease)."""
+    if not lease_readable(lease):
+        return "unreadable"
     if lease.owner is not None:
         return "held" if lease.expires_at is None or lease.expires_at > now else "expired"
     return "released" if lease.token > 0 else "never claimed"
@@ -382,12 +409,13 @@ def lease_phase(lease: LeaseState, now: float) -> str:
 def lease_json(lease: LeaseState | None, now: float) -> dict[str, Any] | None:
     if lease is None:
         return None
+    readable = lease_readable(lease)
     return {
         "state": lease_phase(lease, now),
-        "owner": lease.owner,
+        "owner": lease.owner if isinstance(lease.owner, str) else None,
         # A released lease's expiry is only when it was released: not shown as a deadline.
-        "expires_at": lease.expires_at if lease.owner is not None else None,
-        "fencing_token": lease.token,
+        "expires_at": lease.expires_at if readable and lease.owner is not None else None,
+        "fencing_token": lease.token if readable else None,
     }
 
 
@@ -399,7 +427,11 @@ def summary_json(summary: SagaSummary) -> dict[str, Any]:
         "created_at": summary.created_at,
         "updated_at": summary.updated_at,
         "lease_owner": summary.lease_owner,
-        "lease_expires_at": summary.lease_expires_at if summary.lease_owner else None,
+        "lease_expires_at": (
+            summary.lease_expires_at
+            if summary.lease_owner and is_time(summary.lease_expires_at)
+            else None
+        ),
     }
 
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from .. import __version__
 from ..status import SagaStatus, StepStatus
 from ..store.base import SagaRecord, SagaSummary
-from .data import STATUSES, Listing, ListQuery, SagaView, lease_phase
+from .data import STATUSES, Listing, ListQuery, SagaView, is_time, lease_phase
 from .text import esc, format_age, format_seconds, format_time, shorten
 from .timeline import Bar, timeline_svg
 
@@ -274,7 +274,9 @@ def _lease_cell(summary: SagaSummary, now: float) -> str:
     if summary.lease_owner is None:
         return '<span class="muted">&ndash;</span>'
     expires = summary.lease_expires_at
-    if expires is not None and expires <= now:
+    if expires is not None and not is_time(expires):  # a damaged row (S12)
+        state = '<span class="muted small">expiry unreadable</span>'
+    elif expires is not None and expires <= now:
         state = f'<span class="muted small">expired {esc(format_age(expires, now))}</span>'
     elif expires is not None:
         state = f'<span class="muted small">until {esc(format_time(expires))}</span>'
@@ -399,6 +401,11 @@ def _lease_card(view: SagaView, now: float) -> str:
         )
     elif phase == "released":
         state = '<span class="badge pending">released</span>'
+    elif phase == "unreadable":
+        state = (
+            '<span class="badge failed">unreadable</span> the store holds something '
+            "other than an owner, an expiry time and a fencing token for this lease"
+        )
     else:
         state = '<span class="muted">never claimed by a recovery worker</span>'
     owner = (
@@ -410,7 +417,7 @@ def _lease_card(view: SagaView, now: float) -> str:
         '<div class="card"><h2>Lease &amp; fencing</h2><dl>'
         f"<dt>Lease</dt><dd>{state}</dd>"
         f"<dt>Owner</dt><dd>{owner}</dd>"
-        f'<dt>Fencing token</dt><dd class="mono">{lease.token}</dd>'
+        f'<dt>Fencing token</dt><dd class="mono">{esc(lease.token)}</dd>'
         "</dl><p class=\"muted small\">Each claim by a recovery worker increments the "
         "fencing token; writes under an older token are refused.</p></div>"
     )

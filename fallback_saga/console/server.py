@@ -447,8 +447,20 @@ class ConsoleServer:
                 route.kind, HTTPStatus.NOT_FOUND, f"no saga with id {error.saga_id!r}"
             )
         except CorruptSagaRecord as error:
+            # One damaged row (S12): its own page says so; the others are unaffected.
             _log.warning("console: %s", redact(str(error)))
-            return self._error(route.kind, HTTPStatus.INTERNAL_SERVER_ERROR, redact(str(error)))
+            if route.argument:
+                return self._error(
+                    route.kind,
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
+                    f"saga {error.saga_id!r} is in the store but cannot be read: "
+                    f"{redact(error.reason)}",
+                )
+            return self._error(
+                route.kind,
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the saga store cannot be read right now: {redact(str(error))}",
+            )
         except SagaStoreError as error:
             message = redact(str(error))
             _log.warning("console: the store failed: %s", message)
@@ -475,6 +487,7 @@ class ConsoleServer:
             heading = {
                 HTTPStatus.NOT_FOUND: "Not found",
                 HTTPStatus.BAD_REQUEST: "Bad request",
+                HTTPStatus.UNPROCESSABLE_ENTITY: "Cannot be read",
             }.get(status, status.phrase)
             body = error_page(
                 status.value, heading, message, store_label=self._label, now=time.time()
