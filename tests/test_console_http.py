@@ -819,3 +819,47 @@ async def test_S12_a_saga_that_cannot_be_read_is_a_clear_page_not_a_500() -> Non
         data = await get(console, "/api/sagas/bad-1")
         assert data.status == 422
         assert "cannot be read" in data.json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- dot ids
+
+
+def _browser_path(href: str) -> str:
+    """The path a browser requests for a link: the URL standard removes "." and
+    ".." segments, their percent-encoded spellings (%2e) included."""
+    path, _, query = href.partition("?")
+    out: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment.lower() in ("..", ".%2e", "%2e.", "%2e%2e"):
+            if out:
+                out.pop()
+        elif segment.lower() not in (".", "%2e"):
+            out.append(segment)
+    return "/" + "/".join(out) + ("?" + query if query else "")
+
+
+async def test_saga_ids_that_are_dot_segments_open_from_their_links(tmp_path: Path) -> None:
+    dot_ids = (".", "..")
+    async with SQLiteSagaStore(tmp_path / "dots.db") as store:
+        for saga_id in (*dot_ids, "..."):
+            await store.create(saga_id, "Dotted", "fp", {}, [])
+        async with ConsoleServer(store, port=0) as console:
+            html = (await get(console, "/")).text
+            hrefs = re.findall(r'<a class="id" href="([^"]*)">([^<]*)</a>', html)
+            assert sorted(name for _, name in hrefs) == [".", "..", "..."]
+            for href, saga_id in hrefs:
+                href = href.replace("&amp;", "&")
+                page = await get(console, _browser_path(href))
+                assert page.status == 200, (saga_id, href)
+                assert f'<h1 class="id">{saga_id}</h1>' in page.text
+                api = re.search(r'href="(/api[^"]*)">View as JSON', page.text)
+                assert api is not None
+                data = await get(console, _browser_path(api.group(1).replace("&amp;", "&")))
+                assert data.json()["saga_id"] == saga_id
+            for saga_id in dot_ids:
+                # The search box's form, and a client that sends %2E%2E as is.
+                found = await get(console, f"/sagas?id={saga_id}")
+                assert found.status == 200
+                assert f'<h1 class="id">{saga_id}</h1>' in found.text
+                encoded = quote(saga_id, safe="").replace(".", "%2E")
+                assert (await get(console, f"/api/sagas/{encoded}")).json()["saga_id"] == saga_id

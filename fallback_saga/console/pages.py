@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from typing import Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from .. import __version__
 from ..status import SagaStatus, StepStatus
@@ -166,9 +166,20 @@ FAVICON: Final = (
 _STATUS_LABELS: Final = {status: status.value.capitalize() for status in STATUSES}
 
 
-def saga_href(saga_id: str) -> str:
-    """The detail page's path (the id percent-encoded, ``/`` included)."""
-    return "/sagas/" + quote(saga_id, safe="")
+# Path segments the URL standard removes (browsers and curl fold ``/sagas/..``
+# to ``/``; browsers treat ``%2e`` as a dot too): no encoding of these ids
+# survives in a path, so their links carry the id in the query.
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
+
+
+def saga_href(saga_id: str, *, api: bool = False) -> str:
+    """The saga's page (``api``: its JSON): ``/sagas/<id>``, the id
+    percent-encoded (``/`` included); ``/sagas?id=..`` for the ids ``.`` and
+    ``..``, which a browser would fold out of the path."""
+    base = "/api/sagas" if api else "/sagas"
+    if saga_id in _DOT_SEGMENTS:
+        return f"{base}?{urlencode({'id': saga_id})}"
+    return f"{base}/{quote(saga_id, safe='')}"
 
 
 def badge(status: SagaStatus | StepStatus) -> str:
@@ -574,7 +585,7 @@ def saga_page(view: SagaView, bars: list[Bar], *, store_label: str, now: float) 
     context = json.dumps(record.context, indent=2, ensure_ascii=False, default=str)
     if len(context) > _CONTEXT_LIMIT:
         context = context[:_CONTEXT_LIMIT] + "\n… (cut short: the JSON API has all of it)"
-    href = saga_href(record.saga_id)
+    api_href = saga_href(record.saga_id, api=True)
     body = (
         f'<nav class="crumbs"><a href="/">Sagas</a> &rsaquo; <span class="id">{esc(record.saga_id)}'
         "</span></nav>"
@@ -582,7 +593,7 @@ def saga_page(view: SagaView, bars: list[Bar], *, store_label: str, now: float) 
         f'<div class="sub">{esc(record.saga_name)} {badge(record.status)}'
         + _family(view)
         + "</div></div>"
-        f'<a class="button" href="/api{esc(href)}">View as JSON</a></div>'
+        f'<a class="button" href="{esc(api_href)}">View as JSON</a></div>'
         + _alert(record)
         + '<section class="grid">'
         + _summary_card(record, bars, now)

@@ -528,20 +528,34 @@ class ConsoleServer:
         )
 
     async def _find_saga(self, request: Request, _: str) -> Response:
+        """``/sagas?id=X``: the search box's form, redirected to X's page, and
+        the page itself of the ids ``.`` and ``..`` (no path can carry them)."""
         saga_id = single_values(request.query, ("id",)).get("id", "")
         if not saga_id:
             return _redirect("/")
-        return _redirect(saga_href(saga_id))
+        href = saga_href(saga_id)
+        if href.startswith("/sagas/"):
+            return _redirect(href)
+        return await self._one_saga_page(saga_id)
 
     async def _saga_page(self, request: Request, raw_id: str) -> Response:
         single_values(request.query, ())
-        saga_id = _saga_id(raw_id)
+        return await self._one_saga_page(_saga_id(raw_id))
+
+    async def _one_saga_page(self, saga_id: str) -> Response:
         now = time.time()
         view = await fetch_saga(self.store, saga_id)
         bars = bars_of(view.record, now)
         return self._html(saga_page(view, bars, store_label=self._label, now=now))
 
     async def _listing_json(self, request: Request, _: str) -> Response:
+        if _names_param(request.query, "id"):
+            # /api/sagas?id=X: one saga, as /api/sagas/X (the form linked for
+            # the ids "." and "..", which no path can carry).
+            saga_id = single_values(request.query, ("id",))["id"]
+            if not saga_id:
+                raise SagaNotFound(saga_id)
+            return await self._one_saga_json(saga_id)
         now = time.time()
         query = parse_list_query(request.query, now=now, default_limit=self.page_size)
         listing = await fetch_listing(self.store, query)
@@ -549,7 +563,9 @@ class ConsoleServer:
 
     async def _saga_json(self, request: Request, raw_id: str) -> Response:
         single_values(request.query, ())
-        saga_id = _saga_id(raw_id)
+        return await self._one_saga_json(_saga_id(raw_id))
+
+    async def _one_saga_json(self, saga_id: str) -> Response:
         now = time.time()
         view = await fetch_saga(self.store, saga_id)
         data = record_json(view, now)
@@ -600,6 +616,11 @@ def _redirect(location: str) -> Response:
     return Response(
         HTTPStatus.SEE_OTHER, b"", _TEXT, [("Location", location), _csp(_DATA_CSP)]
     )
+
+
+def _names_param(raw_query: str, name: str) -> bool:
+    """Whether the query string has a parameter ``name`` (as sent, not decoded)."""
+    return any(part.partition("=")[0] == name for part in raw_query.split("&"))
 
 
 def _saga_id(raw: str) -> str:
