@@ -55,6 +55,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import queue
 import re
@@ -64,7 +65,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, NamedTuple
@@ -165,18 +166,65 @@ _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 
+# The columns version 1 made: a file whose sagas/saga_steps lack one is not a
+# saga store, whatever its user_version says.
+_TABLE_COLUMNS: Final = {
+    "sagas": frozenset({
+        "saga_id", "saga_name", "fingerprint", "status", "context", "version",
+        "created_at", "updated_at", "lease_owner", "lease_expires_at", "fence",
+    }),
+    "saga_steps": frozenset({
+        "saga_id", "seq", "position", "step", "branch", "action", "status", "attempt",
+        "error", "at",
+    }),
+}
+_OUR_NAMES: Final = "SELECT name FROM sqlite_master WHERE name IN ('sagas', 'saga_steps')"
+_COLUMNS_OF: Final = "SELECT name FROM pragma_table_info(?)"
+
+
+def _saga_schema_version(conn: sqlite3.Connection, path: str) -> int:
+    """The saga store schema version of the file (0: none yet, a new store is
+    made in it, beside any tables of other programs), read without a write.
+
+    Another program's file is refused (``SagaStoreError``) before anything
+    changes it — no WAL switch, no migration: one with a ``sagas`` or
+    ``saga_steps`` of its own, or a ``user_version`` of its own without the
+    saga tables. (``PRAGMA user_version`` alone says nothing: any program
+    may set it.)
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    names = {name for (name,) in conn.execute(_OUR_NAMES)}
+    if version == 0 and not names:
+        return 0
+    current = len(_MIGRATIONS)
+    if version > current:  # a newer schema may look like anything
+        newer = (
+            f"schema version {version}, newer than this fallback_saga understands "
+            f"({current}); upgrade fallback_saga"
+        )
+        if names:
+            raise SagaStoreError(f"{path} has saga store {newer}")
+        raise SagaStoreError(
+            f"{path} is not a fallback_saga saga store (it has no saga tables), or it has {newer}"
+        )
+    for table, needed in _TABLE_COLUMNS.items():
+        columns = {name for (name,) in conn.execute(_COLUMNS_OF, (table,))}
+        if version == 0 or not needed <= columns:
+            raise SagaStoreError(
+                f"{path} is not a fallback_saga saga store: it is another program's SQLite "
+                f"database (its {table} table is not a saga store's, user_version {version});"
+                f" it is left as it is"
+            )
+    return int(version)
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the file to the current schema, all steps in one transaction:
     a failed migration leaves the file as it was."""
     current = len(_MIGRATIONS)
     conn.execute("BEGIN IMMEDIATE")  # two processes opening a new file migrate once
     try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > current:
-            raise SagaStoreError(
-                f"{path} has saga store schema version {version}, newer than this "
-                f"fallback_saga understands ({current}); upgrade fallback_saga"
-            )
+        version = _saga_schema_version(conn, path)  # refuses a newer one
         for number in range(version, current):
             _MIGRATIONS[number](conn)
         if version != current:
@@ -676,22 +724,53 @@ def _claim(
     # The group's transaction is BEGIN IMMEDIATE: no other connection can
     # claim between this SELECT and the UPDATEs below.
     now = txn.now
-    rows = cursor.execute(_CLAIMABLE, (*_INTERRUPTED, now - older_than, now, limit)).fetchall()
+    wanted = limit
+    while True:
+        with _lenient_text(cursor):
+            rows = cursor.execute(
+                _CLAIMABLE, (*_INTERRUPTED, now - older_than, now, wanted)
+            ).fetchall()
+        claimable: list[tuple[str, int]] = []
+        corrupt: list[str] = []
+        for saga_id, fence in rows:
+            problem = _claim_problem(saga_id, fence)
+            if problem is None:
+                claimable.append((saga_id, fence))
+            else:
+                corrupt.append(_unreadable(saga_id, problem))
+        # S12: a corrupt row is skipped, and must not take the place of a
+        # saga that can be resumed: ask again for as many more as were corrupt
+        # (rarely: one query when no row is corrupt).
+        if len(claimable) >= limit or len(rows) < wanted:
+            break
+        wanted = limit + len(corrupt)
+    for message in corrupt:
+        _log.warning("skipping a saga in recovery: %s", message)
     expires_at = now + lease_seconds
-    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in rows]
+    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in claimable[:limit]]
     cursor.executemany(
         _TAKE_LEASE, [(owner, expires_at, lease.token, lease.saga_id) for lease in leases]
     )
     return leases
 
 
+def _claim_problem(saga_id: object, fence: object) -> str | None:
+    """Why a claimable row cannot be leased (and resumed), or ``None``."""
+    if type(fence) is not int:
+        return "its fence is not an integer"
+    if not isinstance(saga_id, str):
+        return f"its saga id is {_not_text(saga_id)}"
+    try:
+        check_saga_id(saga_id)
+    except ValueError as bad:
+        return f"its saga id is not one a saga can have ({bad})"
+    return None
+
+
 def _claim_saga(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
 ) -> Lease:
-    row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
-    if row is None:
-        raise SagaNotFound(saga_id)
-    fence, lease_owner, lease_expires_at = row
+    fence, lease_owner, lease_expires_at = _read_lease(cursor, saga_id)
     # A lease with no owner was given back (released, or deferred): free.
     if lease_owner is not None and lease_expires_at is not None and (
         lease_expires_at >= txn.now
@@ -700,6 +779,22 @@ def _claim_saga(
     lease = Lease(saga_id, owner, fence + 1, txn.now + lease_seconds)
     cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, saga_id))
     return lease
+
+
+def _read_lease(cursor: sqlite3.Cursor, saga_id: str) -> tuple[int, str | None, float | None]:
+    """The fence, lease owner and expiry of a saga, checked (``CorruptSagaRecord``)."""
+    with _lenient_text(cursor):
+        row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    fence, owner, expires_at = row
+    if type(fence) is not int:
+        raise CorruptSagaRecord(saga_id, "its fence is not an integer")
+    if owner is not None and not isinstance(owner, str):
+        raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
+    if expires_at is not None:
+        expires_at = _number(saga_id, "lease_expires_at", expires_at)
+    return fence, owner, expires_at
 
 
 def _renew(
@@ -740,11 +835,23 @@ def _ping(cursor: sqlite3.Cursor, txn: _Txn) -> None:
 
 
 def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
+    try:
+        row, steps = _read_saga(cursor, saga_id)
+    except sqlite3.OperationalError:
+        # Text that is not UTF-8 (another tool wrote it, or a page is
+        # damaged): sqlite3's error quotes it, and it may be part of a
+        # context. Read it again as bytes; _decode_record names the column.
+        # (Only then: decoding every text in Python would slow each load.)
+        with _lenient_text(cursor):
+            row, steps = _read_saga(cursor, saga_id)
+    return _decode_record(saga_id, row, steps)
+
+
+def _read_saga(cursor: sqlite3.Cursor, saga_id: str) -> tuple[Any, list[Any]]:
     row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
     if row is None:
         raise SagaNotFound(saga_id)
-    steps = cursor.execute(_SELECT_STEPS, (saga_id,)).fetchall()
-    return _decode_record(saga_id, row, steps)
+    return row, cursor.execute(_SELECT_STEPS, (saga_id,)).fetchall()
 
 
 def _list(
@@ -770,27 +877,50 @@ def _list(
         where.append("rowid < ?")
         params.append(cursor_row[0])
     clause = " WHERE " + " AND ".join(where) if where else ""
-    rows = cursor.execute(_SUMMARY_COLUMNS + clause + _NEWEST_FIRST, (*params, limit))
+    with _lenient_text(cursor):
+        query = _SUMMARY_COLUMNS + clause + _NEWEST_FIRST
+        rows = cursor.execute(query, (*params, limit)).fetchall()
     summaries: list[SagaSummary] = []
-    for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in rows:
+    for row in rows:
+        # S12: one bad row must not hide every other saga from an operator.
+        if not isinstance(row[0], str):
+            problem = f"the saga id is {_not_text(row[0])}"
+            _log.warning("skipping a saga in the listing: %s", _unreadable(row[0], problem))
+            continue
         try:
-            summaries.append(
-                SagaSummary(
-                    saga_id=saga_id,
-                    saga_name=_text(saga_id, "saga_name", name),
-                    status=_saga_status(saga_id, saga_status),
-                    created_at=_number(saga_id, "created_at", created_at),
-                    updated_at=_number(saga_id, "updated_at", updated_at),
-                    lease_owner=owner,
-                    # A released lease keeps its release time as the expiry (the
-                    # saga is claimable at once); it is no lease to show.
-                    lease_expires_at=None if owner is None else expires_at,
-                )
-            )
+            summaries.append(_summary(*row))
         except CorruptSagaRecord as error:
-            # One bad row must not hide every other saga from an operator.
             _log.warning("skipping a saga in the listing: %s", error)
     return summaries
+
+
+def _summary(
+    saga_id: object,
+    name: object,
+    status: object,
+    created_at: object,
+    updated_at: object,
+    owner: object,
+    expires_at: object,
+) -> SagaSummary:
+    """A listing's row, every value checked: what is handed out is what the
+    types say (``CorruptSagaRecord`` otherwise)."""
+    assert isinstance(saga_id, str)  # checked by the caller
+    if owner is not None and not isinstance(owner, str):
+        raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
+    return SagaSummary(
+        saga_id=saga_id,
+        saga_name=_text(saga_id, "saga_name", name),
+        status=_saga_status(saga_id, status),
+        created_at=_number(saga_id, "created_at", created_at),
+        updated_at=_number(saga_id, "updated_at", updated_at),
+        lease_owner=owner,
+        # A released lease keeps its release time as the expiry (the saga is
+        # claimable at once); it is no lease to show.
+        lease_expires_at=(
+            None if owner is None else _number(saga_id, "lease_expires_at", expires_at)
+        ),
+    )
 
 
 def _optional_time(name: str, value: float | None) -> float | None:
@@ -824,7 +954,9 @@ def _count(
     where, params = _listing_filter(saga_name, created_since, created_until)
     clause = " WHERE " + " AND ".join(where) if where else ""
     counts: dict[tuple[str, SagaStatus], int] = {}
-    for name, status, count in cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params):
+    with _lenient_text(cursor):
+        groups = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
+    for name, status, count in groups:
         if not isinstance(name, str) or status not in _STATUS_VALUES:
             # Unreadable rows are left out, as from a listing.
             _log.warning(
@@ -837,10 +969,7 @@ def _count(
 
 
 def _lease_state(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> LeaseState:
-    row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
-    if row is None:
-        raise SagaNotFound(saga_id)
-    fence, owner, expires_at = row
+    fence, owner, expires_at = _read_lease(cursor, saga_id)
     return LeaseState(owner, expires_at, fence)
 
 
@@ -911,14 +1040,62 @@ def _saga_status(saga_id: str, value: object) -> SagaStatus:
 
 def _text(saga_id: str, column: str, value: object) -> str:
     if not isinstance(value, str):
-        raise CorruptSagaRecord(saga_id, f"{column} is not text")
+        raise CorruptSagaRecord(saga_id, f"{column} is {_not_text(value)}")
     return value
 
 
 def _number(saga_id: str, column: str, value: object) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise CorruptSagaRecord(saga_id, f"{column} is not a number")
+    # A time that is not finite would break every date shown for it.
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise CorruptSagaRecord(saga_id, f"{column} is not a finite number")
     return float(value)
+
+
+def _not_text(value: object) -> str:
+    """What a stored value is instead of text (for a message)."""
+    if isinstance(value, _Undecodable):
+        return "text that is not valid UTF-8"
+    return f"not text (a {type(value).__name__})"
+
+
+def _unreadable(saga_id: object, problem: str) -> str:
+    """``CorruptSagaRecord``'s message, also for a saga id that is no str
+    (a BLOB, or text that is not UTF-8: shown as its escaped bytes)."""
+    if isinstance(saga_id, _Undecodable):
+        saga_id = bytes(saga_id)
+    return f"saga {short_repr(saga_id)} in the store is unreadable: {problem}"
+
+
+class _Undecodable(bytes):
+    """Stored text that is not valid UTF-8, as its bytes (see ``_lenient_text``)."""
+
+    __slots__ = ()
+
+
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return _Undecodable(raw)
+
+
+@contextlib.contextmanager
+def _lenient_text(cursor: sqlite3.Cursor) -> Iterator[None]:
+    """Within: text that is not valid UTF-8 reads as ``_Undecodable`` bytes.
+
+    sqlite3 raises for such text, for the whole query: one row another tool
+    wrote (or a damaged page) would hide every saga from a listing and stop
+    every recovery (S12), and its error quotes the text. The checks of the
+    values read then name the saga and skip it. For the reads that are not
+    on the hot path only (a Python call per text value read).
+    """
+    conn = cursor.connection
+    given = conn.text_factory
+    conn.text_factory = _text_or_bytes
+    try:
+        yield
+    finally:
+        conn.text_factory = given
 
 
 # --------------------------------------------------------------------------- threads
@@ -1268,14 +1445,35 @@ def _not_a_database(error: sqlite3.Error) -> bool:
     )
 
 
+def _database(path: str) -> tuple[str, bool]:
+    """What ``sqlite3.connect`` takes for ``path``, and whether it is a URI.
+
+    A path is always a file's path: a ``file:orders.db`` must not open
+    ``orders.db`` (SQLite may read every name as a URI when built so, even
+    without ``uri=True``), so a file is named by its own ``file:`` URI, in
+    which ``?`` and ``#`` are escaped. ``""`` (a private temporary database)
+    and ``":memory:"`` stay what SQLite makes of them.
+    """
+    if path in ("", ":memory:"):
+        return path, False
+    from pathlib import Path  # here: only at a connection's open
+
+    return Path(path).absolute().as_uri(), True
+
+
 def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    database, uri = _database(path)
     try:
         conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            database, uri=uri, timeout=busy_timeout, isolation_level=None,
+            check_same_thread=False,
         )
     except sqlite3.Error as error:
         raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
     try:
+        # Another program's file is refused before the WAL switch changes it
+        # for good (_migrate checks again, in its transaction).
+        _saga_schema_version(conn, path)
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode != "wal" and path not in ("", ":memory:"):
             # Still correct, only slower: readers and the writer block each other.
@@ -1311,9 +1509,11 @@ def _connect_reader(path: str, synchronous: str, busy_timeout: float) -> sqlite3
 
 
 def _open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
+    database, uri = _database(path)
     try:
         conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            database, uri=uri, timeout=busy_timeout, isolation_level=None,
+            check_same_thread=False,
         )
     except sqlite3.Error as error:
         raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
@@ -1335,12 +1535,10 @@ def _connect_read_only(path: str, busy_timeout: float, immutable: bool) -> sqlit
     ``immutable=1`` reads the file alone, without locks: right only while no
     process writes it.
     """
-    from pathlib import Path  # here: the only use
-
     query = "?mode=ro&immutable=1" if immutable else "?mode=ro"
     try:
         conn = sqlite3.connect(
-            Path(path).absolute().as_uri() + query,
+            _database(path)[0] + query,
             uri=True,
             timeout=busy_timeout,
             isolation_level=None,
@@ -1350,7 +1548,10 @@ def _connect_read_only(path: str, busy_timeout: float, immutable: bool) -> sqlit
         raise SagaStoreError(f"cannot open SQLite database {path} read-only: {error}") from error
     try:
         conn.execute("PRAGMA query_only = ON")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        version = _saga_schema_version(conn, path)
+    except SagaStoreError:
+        conn.close()
+        raise
     except sqlite3.Error as error:
         conn.close()
         if _not_a_database(error):
@@ -1365,13 +1566,8 @@ def _connect_read_only(path: str, busy_timeout: float, immutable: bool) -> sqlit
             ) from error
         raise SagaStoreError(f"cannot read SQLite database {path} read-only: {error}") from error
     current = len(_MIGRATIONS)
-    if version != current:
+    if version != current:  # a newer one was refused
         conn.close()
-        if version > current:
-            raise SagaStoreError(
-                f"{path} has saga store schema version {version}, newer than this "
-                f"fallback_saga understands ({current}); upgrade fallback_saga"
-            )
         if version == 0:
             raise SagaStoreError(f"{path} has no saga store schema (read-only: none is made)")
         raise SagaStoreError(
@@ -1384,7 +1580,10 @@ def _connect_read_only(path: str, busy_timeout: float, immutable: bool) -> sqlit
 
 def _schema_version(conn: sqlite3.Connection, path: str) -> int:
     try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        version = _saga_schema_version(conn, path)
+    except SagaStoreError:
+        conn.close()
+        raise
     except sqlite3.DatabaseError as error:
         conn.close()
         if _not_a_database(error):

@@ -1,0 +1,259 @@
+"""SQLite saga store rows that another tool (or a damaged page) wrote wrong,
+and files that are not saga stores (S12: bad input gets a clear error, and
+nothing is lost).
+
+* A corrupt row -- text that is not UTF-8, a BLOB where text belongs, a fence
+  or lease that is not a number -- is reported with its saga id (escaped) and
+  skipped: listings, counts and ``claim`` go on with every other saga, and
+  ``claim`` still fills its limit with good rows.
+* Reading a corrupt saga raises ``CorruptSagaRecord`` naming it, and never
+  quotes the undecodable text (a context may hold secrets).
+* Another program's SQLite file is never switched to WAL, migrated or
+  written: a ``sagas`` table of its own, or a ``user_version`` of its own
+  without the saga tables, is refused before anything changes.
+* The path is always a file's path: ``file:orders.db`` is the file of that
+  name, never SQLite's URI for ``orders.db``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fallback_saga.errors import CorruptSagaRecord, SagaStoreError
+from fallback_saga.status import SagaStatus
+from fallback_saga.store.sqlite import SQLiteSagaStore
+from fallback_saga.testing import entry
+
+# s\xff: not UTF-8; written the way a C program or another tool would.
+_BAD_TEXT = "CAST(X'73ff' AS TEXT)"
+_SECRET_BYTES = "CAST(X'7b2263617264223a2234323432ff227d' AS TEXT)"  # {"card":"4242\xff"}
+
+
+@pytest.fixture
+def path(tmp_path: pathlib.Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+async def _make(path: str, *ids: str, running: bool = False) -> None:
+    async with SQLiteSagaStore(path) as store:
+        for saga_id in ids:
+            await store.create(saga_id, "OrderSaga", "fp", {"n": 1}, [entry(0, "a")])
+            if not running:
+                await store.append(saga_id, [], status=SagaStatus.COMPLETED)
+
+
+def _damage(path: str, sql: str, *params: Any) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+@pytest.fixture
+def warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.WARNING, logger="fallback_saga.store.sqlite"):
+        yield caplog
+
+
+# --------------------------------------------------------------------------- listings
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "shown"),
+    [
+        ("saga_name", _BAD_TEXT, "s2"),
+        ("saga_id", _BAD_TEXT, r"b's\xff'"),
+        ("saga_id", "X'7332'", "b's2'"),  # a BLOB id
+        ("lease_expires_at", "'soon'", "s2"),
+        ("lease_owner", _BAD_TEXT, "s2"),
+        ("lease_owner", "X'77'", "s2"),
+        ("status", _BAD_TEXT, "s2"),
+        ("created_at", "'yesterday'", "s2"),
+        ("updated_at", "9e999", "s2"),  # infinity
+    ],
+)
+async def test_S12_a_corrupt_row_is_left_out_of_the_listing_and_named(
+    path: str, warnings: pytest.LogCaptureFixture, column: str, value: str, shown: str
+) -> None:
+    await _make(path, "s1", "s2", "s3")
+    owner = "" if column == "lease_owner" else ", lease_owner = 'w1'"
+    _damage(path, f"UPDATE sagas SET {column} = {value}{owner} WHERE saga_id = 's2'")
+    async with SQLiteSagaStore(path) as store:
+        listed = await store.list_sagas(limit=10)
+        assert [summary.saga_id for summary in listed] == ["s3", "s1"]
+        counts = await store.count_sagas()
+    assert shown in warnings.text
+    if column in ("saga_name", "status"):
+        assert sum(counts.values()) == 2
+
+
+async def test_S12_a_read_only_store_lists_around_a_row_that_is_not_utf8(
+    path: str, warnings: pytest.LogCaptureFixture
+) -> None:
+    await _make(path, "s1", "s2", "s3")
+    _damage(path, f"UPDATE sagas SET saga_name = {_BAD_TEXT} WHERE saga_id = 's2'")
+    async with SQLiteSagaStore(path, read_only=True) as store:
+        assert [s.saga_id for s in await store.list_sagas(limit=10)] == ["s3", "s1"]
+        assert await store.count_sagas() == {("OrderSaga", SagaStatus.COMPLETED): 2}
+
+
+# --------------------------------------------------------------------------- claim
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "shown"),
+    [
+        ("fence", "'x'", "s2"),
+        ("fence", "1.5", "s2"),
+        ("saga_id", _BAD_TEXT, r"b's\xff'"),
+        ("saga_id", "X'7332'", "b's2'"),
+        ("saga_id", "''", "''"),
+    ],
+)
+async def test_S12_claim_skips_a_corrupt_row_names_it_and_claims_the_others(
+    path: str, warnings: pytest.LogCaptureFixture, column: str, value: str, shown: str
+) -> None:
+    await _make(path, "s1", "s2", "s3", running=True)
+    _damage(path, f"UPDATE sagas SET {column} = {value}, updated_at = 0 WHERE saga_id = 's2'")
+    async with SQLiteSagaStore(path) as store:
+        # The corrupt row is the oldest: it must not take the one place.
+        (first,) = await store.claim(owner="w", lease_seconds=60, older_than=0, limit=1)
+        rest = await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10)
+    assert sorted([first.saga_id] + [lease.saga_id for lease in rest]) == ["s1", "s3"]
+    assert shown in warnings.text
+
+
+async def test_S12_claim_fills_its_limit_past_many_corrupt_rows(
+    path: str, warnings: pytest.LogCaptureFixture
+) -> None:
+    ids = [f"s{n}" for n in range(10)]
+    await _make(path, *ids, running=True)
+    _damage(path, "UPDATE sagas SET fence = 'x', updated_at = 0 WHERE saga_id < 's7'")
+    async with SQLiteSagaStore(path) as store:
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=0, limit=2)
+    assert len(leases) == 2
+    assert {lease.saga_id for lease in leases} <= {"s7", "s8", "s9"}
+    assert warnings.text.count("fence") == 7  # each corrupt row reported once
+
+
+async def test_S12_claim_saga_and_lease_state_of_a_corrupt_lease_name_the_saga(
+    path: str,
+) -> None:
+    await _make(path, "s1", running=True)
+    _damage(path, "UPDATE sagas SET fence = 'x', lease_expires_at = 'soon' WHERE saga_id = 's1'")
+    async with SQLiteSagaStore(path) as store:
+        with pytest.raises(CorruptSagaRecord, match="s1"):
+            await store.claim_saga("s1", owner="w", lease_seconds=60)
+        with pytest.raises(CorruptSagaRecord, match="s1"):
+            await store.lease_state("s1")
+
+
+# --------------------------------------------------------------------------- load
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("sagas", "context", _SECRET_BYTES),
+        ("sagas", "saga_name", _BAD_TEXT),
+        ("sagas", "fingerprint", _BAD_TEXT),
+        ("saga_steps", "step", _BAD_TEXT),
+        ("saga_steps", "error", _SECRET_BYTES),
+    ],
+)
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_S12_loading_text_that_is_not_utf8_is_a_corrupt_record_that_quotes_nothing(
+    path: str, table: str, column: str, value: str, read_only: bool
+) -> None:
+    await _make(path, "s1")
+    _damage(path, f"UPDATE {table} SET {column} = {value} WHERE saga_id = 's1'")
+    async with SQLiteSagaStore(path, read_only=read_only) as store:
+        with pytest.raises(CorruptSagaRecord, match="s1") as caught:
+            await store.load("s1")
+    assert "4242" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- foreign files
+
+
+def _journal_mode_and_tables(path: str) -> tuple[str, set[str]]:
+    conn = sqlite3.connect(path)
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    return mode, tables
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        ["CREATE TABLE sagas (id INTEGER PRIMARY KEY, title TEXT)"],  # a book catalogue
+        ["CREATE TABLE saga_steps (id INTEGER PRIMARY KEY)"],
+        ["CREATE TABLE invoices (id INTEGER PRIMARY KEY)", "PRAGMA user_version = 1"],
+        ["CREATE TABLE invoices (id INTEGER PRIMARY KEY)", "PRAGMA user_version = 7"],
+        ["CREATE TABLE sagas (id INTEGER PRIMARY KEY)", "PRAGMA user_version = 2"],
+    ],
+)
+@pytest.mark.parametrize("writer", ["thread", "inline", "process"])
+async def test_S12_another_programs_file_is_refused_and_left_as_it_was(
+    path: str, schema: list[str], writer: str
+) -> None:
+    conn = sqlite3.connect(path)
+    for statement in schema:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    before = _journal_mode_and_tables(path)
+    store = SQLiteSagaStore(path, writer=writer)
+    with pytest.raises(SagaStoreError, match="not a fallback_saga saga store"):
+        await store.open()
+    with pytest.raises(SagaStoreError, match="not a fallback_saga saga store"):
+        await store.list_sagas()
+    await store.close()
+    reader = SQLiteSagaStore(path, read_only=True)
+    with pytest.raises(SagaStoreError, match="not a fallback_saga saga store"):
+        await reader.list_sagas()
+    await reader.close()
+    assert _journal_mode_and_tables(path) == before
+    assert before[0] == "delete"
+
+
+async def test_a_saga_store_may_share_a_file_with_other_tables(path: str) -> None:
+    _damage(path, "CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    await _make(path, "s1")
+    mode, tables = _journal_mode_and_tables(path)
+    assert mode == "wal"
+    assert {"invoices", "sagas", "saga_steps"} <= tables
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline", "process"])
+async def test_S12_a_path_that_looks_like_a_uri_is_the_file_of_that_name(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    await _make("file:orders.db?mode=memory", "s1")
+    assert (tmp_path / "file:orders.db?mode=memory").exists()
+    assert not (tmp_path / "orders.db").exists()
+    async with SQLiteSagaStore("file:orders.db?mode=memory", writer=writer) as store:
+        assert (await store.load("s1")).status is SagaStatus.COMPLETED
+    async with SQLiteSagaStore("file:orders.db?mode=memory", read_only=True) as store:
+        assert (await store.load("s1")).status is SagaStatus.COMPLETED
+    # (a read-only store may leave the -wal/-shm files of the same name)
+    assert all(name.startswith("file:orders.db?mode=memory") for name in os.listdir(tmp_path))
+
+
+async def test_memory_and_temporary_databases_still_work() -> None:
+    for path in (":memory:", ""):
+        async with SQLiteSagaStore(path) as store:
+            await store.create("s1", "OrderSaga", "fp", {}, [entry(0, "a")])
+            assert (await store.load("s1")).saga_id == "s1"
