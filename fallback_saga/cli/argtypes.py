@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Final
 
-__all__ = ["format_duration", "parse_duration", "positive_int"]
+__all__ = ["MAX_COUNT", "MAX_DURATION", "format_duration", "parse_duration", "positive_int"]
 
 _SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+
+# Beyond these a value means nothing but a typo, and would overflow on its way
+# (a float's infinity, a date past year 9999, SQLite's 64-bit integers): a
+# usage error, not a store failure or a traceback.
+MAX_DURATION: Final = 100 * 365 * 86400.0  # about a century, in seconds
+MAX_COUNT: Final = 10**9
 
 
 def parse_duration(text: str) -> float:
@@ -16,10 +23,15 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(text.strip().lower())
     if match is None:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: give seconds (90) or a number with a unit "
+            f"invalid duration {_cut(text)}: give seconds (90) or a number with a unit "
             f"(30s, 15m, 12h, 7d)"
         )
-    return float(match[1]) * _SECONDS_PER_UNIT[match[2]]
+    seconds = float(match[1]) * _SECONDS_PER_UNIT[match[2]]  # inf for 400 digits
+    if not seconds <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_cut(text)}: at most {MAX_DURATION / 86400:.0f}d"
+        )
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -36,6 +48,13 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_COUNT}, got {_cut(text)}"
+        )
     return value
+
+
+def _cut(text: str) -> str:
+    """``text`` as a message quotes it: a 400-digit number must not fill the screen."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + "…"

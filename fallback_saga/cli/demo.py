@@ -635,6 +635,13 @@ def add_demo_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
+    if args.db in ("", ":memory:"):
+        # SQLite's private temporary or in-memory database: the crash child,
+        # another process, could not see the sagas it should crash in.
+        raise UsageError(
+            f"--db {args.db!r} is no file: the demo needs a new SQLite file that its "
+            f"crash child can open too (give a path, e.g. --db demo.db)"
+        )
     if args.db is not None and os.path.exists(args.db):
         raise UsageError(
             f"{args.db} already exists; the demo writes a new database "

@@ -281,7 +281,10 @@ def run_purge(args: argparse.Namespace) -> int:
 
     async def purge() -> int:
         async with open_store(target, connections=1) as store:
-            return await store.purge(older_than=args.older_than)
+            try:
+                return await store.purge(older_than=args.older_than)
+            except ValueError as error:  # an age the store cannot take
+                raise UsageError(f"--older-than: {error}") from None
 
     count = asyncio.run(purge())
     age = format_duration(args.older_than)

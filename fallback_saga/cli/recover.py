@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import logging
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -192,14 +193,48 @@ def run_recover(args: argparse.Namespace) -> int:
             except (TypeError, ValueError) as error:  # e.g. two sagas of one name
                 raise UsageError(str(error)) from None
 
+    corrupt = _CorruptRows()
+    store_log = logging.getLogger("fallback_saga.store")
+    store_log.addHandler(corrupt)
     try:
         report = asyncio.run(run())
     except asyncio.CancelledError:  # the second Ctrl-C
         raise KeyboardInterrupt from None
+    finally:
+        store_log.removeHandler(corrupt)
+    for saga_id, reason in corrupt.skipped:
+        progress(saga_id, "skipped")
+        report.skipped.append((saga_id, reason))
     print_lines([_scrubbed(target, line) for line in report_lines(report)])
     # A saga left interrupted (the journal could not be written) needs another pass.
     unfinished = report.failed or report.skipped or getattr(report, "interrupted", None)
     return EXIT_FAILURE if unfinished else EXIT_OK
+
+
+class _CorruptRows(logging.Handler):
+    """Collects the sagas the store could not even claim (a corrupt row: S12,
+    reported with its id and skipped), for the report: skipped, exit status 1.
+
+    Every other record goes where it would have gone without this handler:
+    to stderr (``logging.lastResort``) unless the program configured logging.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.skipped: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        skipped = getattr(record, "skipped_saga", None)
+        if skipped is not None:
+            self.skipped.append(skipped)
+            return
+        last_resort = logging.lastResort
+        if (
+            not logging.getLogger().handlers
+            and last_resort is not None
+            and record.levelno >= last_resort.level
+        ):
+            last_resort.handle(record)
 
 
 def _scrubbed(target: StoreTarget, text: str) -> str:

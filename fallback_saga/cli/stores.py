@@ -33,7 +33,7 @@ from typing import Final, TypeVar
 
 from ..errors import SagaStoreError
 from ..store.base import RecoverableStore
-from ..store.sqlite import SQLiteSagaStore
+from ..store.sqlite import SQLiteSagaStore, _NotASagaStore, _saga_schema_version
 from .errors import UsageError
 
 __all__ = [
@@ -209,22 +209,27 @@ def check_store_file(path: str) -> None:
         raise UsageError(f"{path} is an empty file, not a saga store")
     immutable = _FileState.of(path).quiet
     query = "?mode=ro&immutable=1" if immutable else "?mode=ro"
+    # The file of that very name, as the store opens it (never a URI's file).
     uri = pathlib.Path(path).resolve().as_uri() + query
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=5.0)
     except sqlite3.Error as error:
         raise UsageError(f"cannot open {path}: {error}") from None
     try:
-        found = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sagas'"
-        ).fetchone()
+        # The store's own test of what is a saga store (its tables' columns,
+        # not just a table named sagas, which other programs have too).
+        version = _saga_schema_version(conn, path)
+    except _NotASagaStore as error:
+        raise UsageError(str(error)) from None
+    except SagaStoreError:
+        return  # a saga store of a newer schema: the store says why it cannot use it
     except sqlite3.DatabaseError as error:
         if "not a database" in str(error):
             raise UsageError(f"{path} is not a SQLite database") from None
         raise UsageError(f"cannot read {path}: {error}") from None
     finally:
         conn.close()
-    if found is None:
+    if version == 0:
         raise UsageError(f"{path} is a SQLite database, but not a fallback_saga saga store")
 
 

@@ -182,6 +182,10 @@ _OUR_NAMES: Final = "SELECT name FROM sqlite_master WHERE name IN ('sagas', 'sag
 _COLUMNS_OF: Final = "SELECT name FROM pragma_table_info(?)"
 
 
+class _NotASagaStore(SagaStoreError):
+    """Another program's SQLite file (the CLI's usage error: exit status 2)."""
+
+
 def _saga_schema_version(conn: sqlite3.Connection, path: str) -> int:
     """The saga store schema version of the file (0: none yet, a new store is
     made in it, beside any tables of other programs), read without a write.
@@ -204,13 +208,13 @@ def _saga_schema_version(conn: sqlite3.Connection, path: str) -> int:
         )
         if names:
             raise SagaStoreError(f"{path} has saga store {newer}")
-        raise SagaStoreError(
+        raise _NotASagaStore(
             f"{path} is not a fallback_saga saga store (it has no saga tables), or it has {newer}"
         )
     for table, needed in _TABLE_COLUMNS.items():
         columns = {name for (name,) in conn.execute(_COLUMNS_OF, (table,))}
         if version == 0 or not needed <= columns:
-            raise SagaStoreError(
+            raise _NotASagaStore(
                 f"{path} is not a fallback_saga saga store: it is another program's SQLite "
                 f"database (its {table} table is not a saga store's, user_version {version});"
                 f" it is left as it is"
@@ -731,21 +735,27 @@ def _claim(
                 _CLAIMABLE, (*_INTERRUPTED, now - older_than, now, wanted)
             ).fetchall()
         claimable: list[tuple[str, int]] = []
-        corrupt: list[str] = []
+        corrupt: list[tuple[object, str]] = []
         for saga_id, fence in rows:
             problem = _claim_problem(saga_id, fence)
             if problem is None:
                 claimable.append((saga_id, fence))
             else:
-                corrupt.append(_unreadable(saga_id, problem))
+                corrupt.append((saga_id, problem))
         # S12: a corrupt row is skipped, and must not take the place of a
         # saga that can be resumed: ask again for as many more as were corrupt
         # (rarely: one query when no row is corrupt).
         if len(claimable) >= limit or len(rows) < wanted:
             break
         wanted = limit + len(corrupt)
-    for message in corrupt:
-        _log.warning("skipping a saga in recovery: %s", message)
+    for saga_id, problem in corrupt:
+        # ``skipped_saga``: for whoever reports the pass (``recover`` on the
+        # command line lists it as skipped): the id as a str, and why.
+        shown = saga_id if isinstance(saga_id, str) else _shown_bytes(saga_id)
+        _log.warning(
+            "skipping a saga in recovery: %s", _unreadable(saga_id, problem),
+            extra={"skipped_saga": (shown, f"its row is unreadable: {problem}")},
+        )
     expires_at = now + lease_seconds
     leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in claimable[:limit]]
     cursor.executemany(
@@ -1061,9 +1071,13 @@ def _not_text(value: object) -> str:
 def _unreadable(saga_id: object, problem: str) -> str:
     """``CorruptSagaRecord``'s message, also for a saga id that is no str
     (a BLOB, or text that is not UTF-8: shown as its escaped bytes)."""
-    if isinstance(saga_id, _Undecodable):
-        saga_id = bytes(saga_id)
-    return f"saga {short_repr(saga_id)} in the store is unreadable: {problem}"
+    shown = short_repr(saga_id) if isinstance(saga_id, str) else _shown_bytes(saga_id)
+    return f"saga {shown} in the store is unreadable: {problem}"
+
+
+def _shown_bytes(value: object) -> str:
+    """A value that is no str, as its (escaped) repr: ``b's\\xff'``."""
+    return short_repr(bytes(value) if isinstance(value, _Undecodable) else value)
 
 
 class _Undecodable(bytes):

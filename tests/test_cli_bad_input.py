@@ -1,0 +1,189 @@
+"""The operator commands given bad input (S12: bad input gets a clear error,
+and nothing is lost; the CLI: one line, exit status 2, no traceback).
+
+* A corrupt row in a SQLite store (text that is not UTF-8, a BLOB id, a text
+  fence, a lease expiry that is no number) is named and skipped: ``list``
+  shows the other sagas, ``recover`` resumes the others and reports the
+  corrupt one as skipped (exit 1, as for any skipped saga).
+* Another program's SQLite file with a ``sagas`` table is refused with exit
+  2 by every command, and left as it was (not switched to WAL).
+* ``--db file:orders.db`` is the file of that name.
+* Numbers too big to mean anything (a 400-digit age, a limit of 10**23) are
+  usage errors, as are ``demo --db ""`` and ``demo --db :memory:`` (the
+  crash child could not see such a database).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from helpers_cli import import_app
+from test_cli_ops import APP_SOURCE, one_line_error, run_sagas
+
+from fallback_saga.cli import main
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    yield from import_app(tmp_path, monkeypatch, APP_SOURCE, "cli_bad_input_app")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+def damage(db: str, sql: str) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+# --------------------------------------------------------------------------- corrupt rows
+
+
+@pytest.mark.parametrize(
+    ("damage_sql", "shown"),
+    [
+        ("UPDATE sagas SET saga_name = CAST(X'4f72646572ff' AS TEXT) WHERE saga_id = 'o-2'",
+         "'o-2'"),
+        ("UPDATE sagas SET saga_id = CAST(X'73ff' AS TEXT) WHERE saga_id = 'o-2'", r"b's\xff'"),
+        ("UPDATE sagas SET saga_id = X'6f2d32' WHERE saga_id = 'o-2'", "b'o-2'"),
+        ("UPDATE sagas SET lease_owner = 'w1', lease_expires_at = 'soon' WHERE saga_id = 'o-2'",
+         "'o-2'"),
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_S12_list_names_a_corrupt_row_and_lists_the_others(
+    db: str,
+    app: ModuleType,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    damage_sql: str,
+    shown: str,
+    as_json: bool,
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""), ("o-2", {}, ""), ("o-3", {}, ""))
+    damage(db, damage_sql)
+    with caplog.at_level(logging.WARNING):
+        assert main(["list", "--db", db, *(["--json"] if as_json else [])]) == 0
+    out = capsys.readouterr().out
+    if as_json:
+        assert [row["saga_id"] for row in json.loads(out)] == ["o-3", "o-1"]
+    else:
+        assert "o-1" in out
+        assert "o-3" in out
+        assert "o-2" not in out
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert shown in warning
+
+
+@pytest.mark.parametrize(
+    ("damage_sql", "shown"),
+    [
+        ("UPDATE sagas SET fence = 'x' WHERE saga_id = 'o-2'", "o-2"),
+        ("UPDATE sagas SET saga_id = CAST(X'73ff' AS TEXT) WHERE saga_id = 'o-2'", r"b's\xff'"),
+    ],
+)
+def test_S12_recover_skips_a_corrupt_row_resumes_the_others_and_reports_it(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str], damage_sql: str, shown: str
+) -> None:
+    run_sagas(
+        db, app, ("o-1", {}, "act Charge"), ("o-2", {}, "act Charge"), ("o-3", {}, "act Charge")
+    )
+    damage(db, damage_sql)
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 1  # a skipped saga needs an operator
+    out = capsys.readouterr().out
+    assert "  o-1: completed" in out
+    assert "  o-3: completed" in out
+    assert "2 completed, 0 compensated, 0 failed, 0 interrupted, 1 skipped" in out
+    (skipped,) = [line for line in out.splitlines() if line.startswith("  skipped ")]
+    assert skipped.startswith(f"  skipped {shown}: its row is unreadable: ")
+
+
+# --------------------------------------------------------------------------- not a saga store
+
+
+@pytest.mark.parametrize("command", ["list", "show", "purge", "recover"])
+def test_S12_another_programs_sagas_table_is_a_usage_error_and_left_alone(
+    tmp_path: Path, app: ModuleType, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    path = tmp_path / "blog.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE sagas (id INTEGER PRIMARY KEY, title TEXT)")
+    conn.execute("INSERT INTO sagas (title) VALUES ('Njals saga')")
+    conn.commit()
+    conn.close()
+    extra = {
+        "list": [],
+        "show": ["o-1"],
+        "purge": ["--older-than", "7d"],
+        "recover": ["--app", f"{app.__name__}:sagas"],
+    }[command]
+    assert main([command, *extra, "--db", str(path)]) == 2
+    assert "not a fallback_saga saga store" in one_line_error(capsys.readouterr().err)
+    conn = sqlite3.connect(path)
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert (mode, tables) == ("delete", {"sagas"})
+
+
+def test_S12_a_db_named_like_a_uri_is_that_file(
+    tmp_path: Path,
+    app: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_sagas(str(tmp_path / "file:orders.db"), app, ("o-1", {}, ""), ("o-2", {}, ""))
+    monkeypatch.chdir(tmp_path)
+    assert main(["purge", "--db", "file:orders.db", "--older-than", "0"]) == 0
+    assert "purged 2 finished sagas" in capsys.readouterr().out
+    assert not (tmp_path / "orders.db").exists()
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["purge", "--older-than", "9" * 400],
+        ["purge", "--older-than", "9" * 306 + "d"],  # finite seconds, infinite days
+        ["purge", "--older-than", "1e9999"],
+        ["list", "--limit", "1" + "0" * 23],
+        ["recover", "--app", "APP", "--limit", "1" + "0" * 23],
+        ["recover", "--app", "APP", "--lease", "9" * 400],
+    ],
+)
+def test_a_number_too_big_to_mean_anything_is_a_usage_error(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    argv = [f"{app.__name__}:sagas" if arg == "APP" else arg for arg in argv]
+    assert main([*argv, "--db", db, "--older-than", "0"] if "recover" in argv else
+                [*argv, "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error:" in err
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@pytest.mark.parametrize("value", ["", ":memory:"])
+def test_demo_refuses_a_db_the_crash_child_cannot_see(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--db", value]) == 2
+    captured = capsys.readouterr()
+    assert "--db" in one_line_error(captured.err)
+    assert captured.out == ""
