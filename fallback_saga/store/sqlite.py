@@ -290,8 +290,13 @@ _CLAIMABLE: Final = (
     # Never leased: due once not updated for older_than. Leased before: due as
     # soon as that lease expired or was released (a dead or departed worker's
     # saga does not wait for older_than on top of the lease).
-    "SELECT saga_id, fence FROM sagas WHERE status IN (?, ?)"
-    " AND ((lease_expires_at IS NULL AND updated_at < ?) OR lease_expires_at <= ?)"
+    # A time that is text or a BLOB (SQLite orders both after every number,
+    # so ">= ''" finds them; cheaper than typeof) is never due by those
+    # comparisons: such a row is selected too, for _claim to report it (S12)
+    # rather than to leave the saga unrecovered without a word.
+    "SELECT saga_id, fence, lease_expires_at, updated_at FROM sagas WHERE status IN (?, ?)"
+    " AND ((lease_expires_at IS NULL AND updated_at < ?) OR lease_expires_at <= ?"
+    " OR lease_expires_at >= '' OR updated_at >= '')"
     " ORDER BY updated_at LIMIT ?"
 )
 _TAKE_LEASE: Final = (
@@ -736,8 +741,8 @@ def _claim(
             ).fetchall()
         claimable: list[tuple[str, int]] = []
         corrupt: list[tuple[object, str]] = []
-        for saga_id, fence in rows:
-            problem = _claim_problem(saga_id, fence)
+        for saga_id, fence, expires_at, updated_at in rows:
+            problem = _claim_problem(saga_id, fence, expires_at, updated_at)
             if problem is None:
                 claimable.append((saga_id, fence))
             else:
@@ -764,10 +769,14 @@ def _claim(
     return leases
 
 
-def _claim_problem(saga_id: object, fence: object) -> str | None:
+def _claim_problem(
+    saga_id: object, fence: object, expires_at: object, updated_at: object
+) -> str | None:
     """Why a claimable row cannot be leased (and resumed), or ``None``."""
     if type(fence) is not int:
         return "its fence is not an integer"
+    if not _is_time(updated_at) or not (expires_at is None or _is_time(expires_at)):
+        return "its updated_at or lease_expires_at is not a finite number"
     if not isinstance(saga_id, str):
         return f"its saga id is {_not_text(saga_id)}"
     try:
@@ -928,7 +937,9 @@ def _summary(
         # A released lease keeps its release time as the expiry (the saga is
         # claimable at once); it is no lease to show.
         lease_expires_at=(
-            None if owner is None else _number(saga_id, "lease_expires_at", expires_at)
+            None
+            if owner is None or expires_at is None
+            else _number(saga_id, "lease_expires_at", expires_at)
         ),
     )
 
@@ -1055,10 +1066,16 @@ def _text(saga_id: str, column: str, value: object) -> str:
 
 
 def _number(saga_id: str, column: str, value: object) -> float:
-    # A time that is not finite would break every date shown for it.
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not _is_time(value):
         raise CorruptSagaRecord(saga_id, f"{column} is not a finite number")
-    return float(value)
+    return float(value)  # type: ignore[arg-type]  # checked right here
+
+
+def _is_time(value: object) -> bool:
+    # A time that is not finite would break every date shown for it.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        math.isfinite(value)
+    )
 
 
 def _not_text(value: object) -> str:
