@@ -45,8 +45,11 @@ database from version ``n`` to ``n + 1`` inside the same transaction that
 records the new version. A database written by a newer version is refused.
 
 Data. Contexts are stored as JSON text (never pickle); a row that cannot be
-read back (bad JSON, an unknown status) raises ``CorruptSagaRecord`` naming
-the saga. Every statement is parameterized.
+read back (bad JSON, an unknown status, text that is not UTF-8) raises
+``CorruptSagaRecord`` naming the saga; listings, counts and ``claim`` skip
+such a row with a warning that names it, and go on with the others (S12).
+Every statement is parameterized. The path is always a file's path (never a
+URI), and another program's file is refused before anything changes it.
 """
 
 from __future__ import annotations
