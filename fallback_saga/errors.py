@@ -62,6 +62,7 @@ class ContextDecodeError(SagaError, ValueError):
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
+        self.reason = reason
         super().__init__(f"cannot restore context field {path!r}: {reason}")
 
 

@@ -31,12 +31,13 @@ import dataclasses
 import enum
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from uuid import UUID
 
 from .errors import ContextDecodeError, ContextSerializationError
@@ -183,33 +184,33 @@ def dump_model(value: Any, kind: Kind, path: str) -> Any:
         except ContextSerializationError:
             raise
         except Exception as exc:
+            # Its type only: the message is the model's own and may quote a value.
             raise ContextSerializationError(
-                where, value, f"{cls.__qualname__}.to_dict() raised {exc!r}"
+                where, value, f"{cls.__qualname__}.to_dict() raised {type(exc).__name__}"
             ) from exc
         data = _json_copy(raw, path, f"{cls.__qualname__}.to_dict()", 0)
         text = None
     elif kind is Kind.PYDANTIC:
         try:
-            text = value.model_dump_json(by_alias=True, round_trip=True)
+            # No serializer warnings: they quote the value (a possible secret),
+            # and what does not come back exactly is refused below anyway.
+            text = value.model_dump_json(by_alias=True, round_trip=True, warnings=False)
         except Exception as exc:
-            raise ContextSerializationError(
-                where, value, f"pydantic cannot dump it as JSON: {exc}"
-            ) from exc
+            raise _encode_refused(value, kind, path, exc) from _cause(exc)
         data = json.loads(text)
     else:
         try:
             text = sys.modules["msgspec"].json.encode(value).decode()
         except Exception as exc:
-            raise ContextSerializationError(
-                where, value, f"msgspec cannot encode it as JSON: {exc}"
-            ) from exc
+            raise _encode_refused(value, kind, path, exc) from _cause(exc)
         data = json.loads(text)
     try:
         back = _load(cls, kind, data, text, path)
     except ContextDecodeError as exc:
         raise ContextSerializationError(
-            where, value, f"its journal form cannot be read back ({exc}): it could not be resumed"
-        ) from exc
+            exc.path, value, f"its journal form cannot be read back ({exc.reason}): it could "
+            f"not be resumed"
+        ) from exc.__cause__
     difference = first_difference(value, back, path)
     if difference is not None:
         at, what = difference
@@ -241,9 +242,10 @@ def _load(cls: Any, kind: Kind, data: Any, text: str | None, path: str) -> Any:
     except ContextDecodeError:
         raise
     except Exception as exc:
+        at, why = _library_error(exc, path)
         raise ContextDecodeError(
-            where, f"{_codec_name(cls, kind, load=True)} raised {exc}"
-        ) from exc
+            at, f"{_codec_name(cls, kind, load=True)} raised {why}"
+        ) from _cause(exc)
     if type(value) is not cls:
         raise ContextDecodeError(
             where,
@@ -251,6 +253,151 @@ def _load(cls: Any, kind: Kind, data: Any, text: str | None, path: str) -> Any:
             f"not a {cls.__name__}",
         )
     return value
+
+
+# ------------------------------------------------------------- the libraries' refusals
+#
+# pydantic's and msgspec's messages may quote the value they refused
+# (pydantic's ``input_value='...'``, msgspec's ``Invalid enum value '...'``),
+# and a model's own code may put anything in its exceptions: a refusal says
+# where, by the library's location or by trying field by field, and what kind
+# of problem, from a message with no value in it — never the value, which may
+# be a secret. Exceptions that carry values are not chained either (a logged
+# traceback would print them); the model's own exceptions are: its own code.
+
+
+def _library(exc: BaseException) -> str | None:
+    """``"pydantic"``/``"msgspec"`` when ``exc`` is one of theirs."""
+    module = type(exc).__module__
+    for name in ("pydantic", "msgspec"):
+        if module == name or module.startswith((name + ".", name + "_")):
+            return name
+    return None
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What a refusal is chained to: ``exc``, unless its text may hold a value."""
+    if _library(exc) is not None or isinstance(exc, UnicodeError):
+        return None
+    return exc
+
+
+def _joined(path: str, steps: Any) -> str:
+    for step in steps:
+        if isinstance(step, int):
+            path = f"{path}[{step}]"
+        elif step != "":
+            path = f"{path}.{step}" if path else str(step)
+    return path
+
+
+_MSGSPEC_AT = re.compile(r" - at `\$((?:[^`])*)`$")
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _library_error(exc: BaseException, path: str) -> tuple[str, str]:
+    """Where ``exc`` (raised decoding, or encoding, a model) points at, and
+    what it says, without any value."""
+    where = path or "<context>"
+    library = _library(exc)
+    if isinstance(exc, UnicodeError):
+        return where, "UnicodeError: a str holds a lone surrogate, which UTF-8 cannot hold"
+    if library == "pydantic" and callable(getattr(exc, "errors", None)):
+        try:
+            errors = exc.errors(  # type: ignore[attr-defined]
+                include_url=False, include_context=False, include_input=False
+            )
+            first = errors[0]
+            at = _joined(path, first.get("loc", ())) or where
+            kind = str(first.get("type", ""))
+            # A validator's own message may quote the value: its kind only.
+            said = (
+                "a validator refused it"
+                if kind in ("value_error", "assertion_error")
+                else str(first.get("msg", ""))
+            )
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            return at, f"ValidationError: {said} [type={kind}]{more}"
+        except Exception:  # not the errors() we know
+            return where, type(exc).__name__
+    if library == "msgspec":
+        text = str(exc)
+        match = _MSGSPEC_AT.search(text)
+        at = where
+        if match is not None:
+            text = text[: match.start()]
+            at = _msgspec_path(path, match.group(1)) or where
+        if text.startswith("Invalid enum value"):
+            text = "Invalid enum value"
+        return at, f"{type(exc).__name__}: {_QUOTED.sub('...', text)}"
+    if str(exc).startswith(_NAMES_TYPES_ONLY):
+        return where, f"{type(exc).__name__}: {exc}"  # names a class, not a value
+    return where, type(exc).__name__
+
+
+# The encoders' messages that name a class or a rule, never a value.
+_NAMES_TYPES_ONLY: Final = (
+    "Unable to serialize unknown type",  # pydantic
+    "Encoding objects of type",  # msgspec
+    "Only dicts with str-like or number-like keys are supported",  # msgspec
+)
+
+
+def _msgspec_path(path: str, located: str) -> str:
+    """``path`` followed by msgspec's ``$``-less location (``.a[0].b``)."""
+    if not located:
+        return path
+    if located.startswith("."):
+        return f"{path}{located}" if path else located[1:]
+    return f"{path}{located}"
+
+
+def _encode_refused(value: Any, kind: Kind, path: str, exc: BaseException) -> Exception:
+    """``ContextSerializationError`` for a model its library cannot encode,
+    naming the field: found by encoding the model's fields one by one."""
+    at, what = _locate(value, kind, path)
+    _, why = _library_error(exc, at)
+    library = "pydantic cannot dump it" if kind is Kind.PYDANTIC else "msgspec cannot encode it"
+    return ContextSerializationError(at or "<context>", what, f"{library} as JSON: {why}")
+
+
+def _locate(value: Any, kind: Kind, path: str) -> tuple[str, Any]:
+    """The path and value of what ``value``'s library fails to encode: the
+    first field (or item, or nested model's field) that fails alone; ``value``
+    itself when none does. Refusals only: never on the way of a good write."""
+    if kind is Kind.PYDANTIC:
+        names = list(getattr(type(value), "__pydantic_fields__", None) or {})
+        names += list(getattr(value, "__pydantic_extra__", None) or {})
+        for name in names:
+            try:
+                value.model_dump_json(
+                    include={name}, by_alias=True, round_trip=True, warnings=False
+                )
+            except Exception:
+                field = getattr(value, name, None)
+                where = f"{path}.{name}" if path else name
+                inner = kind_of(type(field))
+                if inner is Kind.PYDANTIC or inner is Kind.MSGSPEC:
+                    return _locate(field, inner, where)
+                return where, field
+        return path, value
+    encode = sys.modules["msgspec"].json.encode
+    items: list[tuple[str, Any]]
+    fields = getattr(type(value), "__struct_fields__", None)
+    if isinstance(fields, tuple):
+        items = [(f"{path}.{name}" if path else name, getattr(value, name)) for name in fields]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [(f"{path}[{key!r}]", item) for key, item in value.items()]
+    else:
+        return path, value
+    for where, item in items:
+        try:
+            encode(item)
+        except Exception:
+            return _locate(item, kind, where)
+    return path, value
 
 
 def _codec_name(cls: type, kind: Kind, load: bool = False) -> str:
@@ -305,16 +452,30 @@ def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, str] | None:
     return _difference(a, b, path, set())
 
 
+# Every ``what`` names types and the kind of change, never a value: a
+# context may hold secrets (a pydantic ``SecretStr`` that comes back masked),
+# and refusals are shown and logged.
+
+
+def _a(cls: type) -> str:
+    """``cls``'s name with its article: "an int", "a str"."""
+    name = cls.__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' and name[:1] else 'a'} {name}"
+
+
 def _difference(a: Any, b: Any, path: str, seen: set[tuple[int, int]]) -> tuple[str, str] | None:
     ta, tb = type(a), type(b)
     if ta is not tb:
-        return path, f"a {ta.__name__} comes back as a {tb.__name__} ({b!r:.60})"
+        return path, f"{_a(ta)} comes back as {_a(tb)}"
     if a is b:
         return None
     if ta is float:
         same = repr(a) == repr(b)
     elif ta is Decimal:
-        same = a.as_tuple() == b.as_tuple()
+        if a.as_tuple() == b.as_tuple():
+            return None
+        if a == b:
+            return path, "a Decimal comes back with another exponent"
     elif ta is datetime or ta is time:
         return _time_difference(a, b, path)
     elif ta in _PLAIN:
@@ -327,7 +488,7 @@ def _difference(a: Any, b: Any, path: str, seen: set[tuple[int, int]]) -> tuple[
             return None
         seen.add(pair)
         return _container_difference(a, b, path, seen)
-    return None if same else (path, f"{a!r:.60} comes back as {b!r:.60}")
+    return None if same else (path, f"{_a(ta)} comes back different")
 
 
 _PLAIN: frozenset[type] = frozenset(
@@ -336,8 +497,13 @@ _PLAIN: frozenset[type] = frozenset(
 
 
 def _time_difference(a: Any, b: Any, path: str) -> tuple[str, str] | None:
-    if a != b or a.fold != b.fold or a.utcoffset() != b.utcoffset():
-        return path, f"{a!r:.80} comes back as {b!r:.80}"
+    kind = _a(type(a))
+    if a != b:
+        return path, f"{kind} comes back different"
+    if a.fold != b.fold:
+        return path, f"{kind} comes back with another fold"
+    if a.utcoffset() != b.utcoffset():
+        return path, f"{kind} comes back with another UTC offset"
     za, zb = a.tzinfo, b.tzinfo
     if za is zb or (type(za) is type(zb) and za == zb):
         return None
@@ -346,7 +512,9 @@ def _time_difference(a: Any, b: Any, path: str) -> tuple[str, str] | None:
     offset = za.utcoffset(None) if za is not None else None
     if offset is not None and zb is not None and zb.utcoffset(None) == offset:
         return None
-    return path, f"the time zone {za!r:.40} comes back as {zb!r:.40}"
+    return path, (
+        f"the time zone of {kind} ({_a(type(za))}) comes back as {_a(type(zb))}"
+    )
 
 
 def _container_difference(
@@ -362,12 +530,14 @@ def _container_difference(
                 return found
         return None
     if cls is dict:
-        return _items_difference(list(a.items()), b, path, seen)
+        return _items_difference(list(a.items()), b, path, seen, keyed=True)
     if cls is set or cls is frozenset:
-        return _items_difference([(item, None) for item in a], {k: None for k in b}, path, seen)
+        return _items_difference(
+            [(item, None) for item in a], {k: None for k in b}, path, seen, keyed=False
+        )
     state_a, state_b = _state(a), _state(b)
     if state_a is None or state_b is None:
-        return None if a == b else (path, f"{a!r:.60} comes back as {b!r:.60}")
+        return None if a == b else (path, f"{_a(cls)} comes back different")
     for name in state_a.keys() | state_b.keys():
         where = f"{path}.{name}" if path else name
         if name not in state_b:
@@ -381,16 +551,23 @@ def _container_difference(
 
 
 def _items_difference(
-    items: list[tuple[Any, Any]], other: dict[Any, Any], path: str, seen: set[tuple[int, int]]
+    items: list[tuple[Any, Any]],
+    other: dict[Any, Any],
+    path: str,
+    seen: set[tuple[int, int]],
+    keyed: bool,
 ) -> tuple[str, str] | None:
     if len(items) != len(other):
         return path, f"{len(items)} items come back as {len(other)}"
     keys = {key: key for key in other}
     for key, value in items:
-        where = f"{path}[{key!r}]"
+        # A dict's key names the field, as in the codec's paths; a set's
+        # item is a value, so the set is named instead (never the item).
+        where = f"{path}[{key!r}]" if keyed else path
         if key not in keys:
-            return where, "the key is missing"
-        found = _difference(key, keys[key], where + " (the key)", seen)
+            missing = "the key" if keyed else f"an item ({_a(type(key))})"
+            return where, f"{missing} is missing"
+        found = _difference(key, keys[key], where + (" (the key)" if keyed else ""), seen)
         if found:
             return found
         found = _difference(value, other[key], where, seen)
@@ -408,10 +585,13 @@ def _state(value: Any) -> dict[str, Any] | None:
     if isinstance(fields, tuple) and _from_library(cls, "msgspec", "Struct"):
         return {name: getattr(value, name) for name in fields}
     if _from_library(cls, "pydantic", "BaseModel"):
-        # Its fields and extras: not what else its __dict__ may cache.
+        # Its fields, extras and private attributes (``PrivateAttr``: set by
+        # a step, they are state too, though its JSON form leaves them out),
+        # not what else its __dict__ may cache.
         names = getattr(cls, "__pydantic_fields__", None) or {}
         state = {name: getattr(value, name) for name in names if hasattr(value, name)}
         state.update(getattr(value, "__pydantic_extra__", None) or {})
+        state.update(getattr(value, "__pydantic_private__", None) or {})
         return state
     state = {}
     own = getattr(value, "__dict__", None)

@@ -242,7 +242,7 @@ def unresumable_contexts() -> list[Any]:
         cases += [
             pytest.param(lambda: StructAny(data=(1, 2)), "data", "tuple", id="msgspec-any"),
             pytest.param(
-                lambda: StructAny(data=object()), "<context>", "msgspec", id="msgspec-obj"
+                lambda: StructAny(data=object()), "data", "msgspec", id="msgspec-obj"
             ),
         ]
     return cases
