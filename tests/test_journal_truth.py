@@ -637,7 +637,7 @@ async def test_S13_a_recovery_worker_counts_a_failing_journal_as_interrupted_nev
 async def test_S12_a_context_postgres_cannot_hold_is_refused_before_the_first_step(
     postgres_factory: Callable[[], Awaitable[Any]], text: str
 ) -> None:
-    """PostgreSQL's jsonb holds neither NUL nor a lone surrogate: such a context
+    """PostgreSQL's JSON functions read neither NUL nor a lone surrogate: such a context
     is refused with ContextSerializationError naming the field, before any
     step runs — not a SagaInterrupted after the journal's retries."""
     from fallback_saga import ContextSerializationError

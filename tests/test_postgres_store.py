@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import pytest
 from conftest_pg import require_driver
@@ -190,15 +191,15 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 3
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(3,)]
+    assert SCHEMA_VERSION == 4
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(4,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
             " WHERE table_schema = current_schema() AND table_name = 'fallback_saga_sagas'"
         ).fetchall()
     )
-    assert columns["context"] == "jsonb"
+    assert columns["context"] == "json"  # its text as written: jsonb reprints numbers
     assert columns["fence"] == "bigint"
     assert columns["lease_expires_at"] == "timestamp with time zone"
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
@@ -349,7 +350,10 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
     before = {row[0]: row[1:] for row in raw.execute(
         "SELECT saga_id, status, updated_at, version FROM fallback_saga_sagas").fetchall()}
 
-    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+    with monkeypatch.context() as v3:  # v3's migration alone (v4 rewrites the table)
+        v3.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:3])
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as migrated:
+            await migrated.open()
         assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (3,)
         # Not rewritten: the same file, the same rows.
         assert raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone() == (
@@ -368,12 +372,55 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
         assert raw.execute(
             "SELECT reloptions FROM pg_class WHERE oid = 'fallback_saga_sagas'::regclass"
         ).fetchone() == (["fillfactor=70"],)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:  # and on to v4
         leases = await store.claim(owner="w", lease_seconds=60, older_than=10, limit=10)
         assert [lease.saga_id for lease in leases] == ["running-0", "running-2", "running-1"]
         await store.append("running-0", [entry(1, "b")], fence=leases[0])
         record = await store.load("running-0")
         assert [e.step for e in record.history] == ["a", "b"]
         assert (await store.load("done")).status is SagaStatus.COMPLETED
+
+
+async def test_schema_v3_is_migrated_to_v4_the_context_kept_as_json_text(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database written by schema v3 (contexts as jsonb): opening it turns
+    the context column into json, in place and once; every saga reads as it
+    read before (jsonb's form of its numbers: what it changed then stays
+    changed), claims and appends as before, and from then on a context's
+    numbers come back as they were written (S14)."""
+    with monkeypatch.context() as v3:
+        v3.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:3])
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
+            await old.create("running", "OrderSaga", "fp", _AWKWARD_CONTEXT, [entry(0, "a")])
+            await new_saga(old, "done", status=SagaStatus.COMPLETED)
+            before = {saga_id: await old.load(saga_id) for saga_id in ("running", "done")}
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (3,)
+    assert json.dumps(before["running"].context) != json.dumps(_AWKWARD_CONTEXT)  # jsonb's
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (4,)
+        (kind,) = raw.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema ="
+            " current_schema() AND table_name = 'fallback_saga_sagas'"
+            " AND column_name = 'context'"
+        ).fetchone()
+        assert kind == "json"
+        for saga_id, record in before.items():
+            after = await store.load(saga_id)
+            assert json.dumps(after.context) == json.dumps(record.context)
+            assert (after.status, after.history, after.version) == (
+                record.status, record.history, record.version
+            )
+        (lease,) = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
+        assert lease.saga_id == "running"
+        await store.append("running", [entry(1, "b")], context=_AWKWARD_CONTEXT, fence=lease)
+        record = await store.load("running")
+        assert [e.step for e in record.history] == ["a", "b"]
+        assert json.dumps(record.context) == json.dumps(_AWKWARD_CONTEXT)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as again:  # migrated once
+        assert json.dumps((await again.load("running")).context) == json.dumps(_AWKWARD_CONTEXT)
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(4,)]
 
 
 async def _groups_prepared_on(pool: Any) -> int:
@@ -653,16 +700,55 @@ async def test_times_are_the_database_servers(store: PostgresSagaStore, raw: Any
     assert 25 < lease.expires_at - server_now < 90
 
 
-async def test_the_context_is_stored_as_jsonb(store: PostgresSagaStore, raw: Any) -> None:
+async def test_the_context_is_stored_as_json(store: PostgresSagaStore, raw: Any) -> None:
     await store.create("saga-1", "OrderSaga", "fp", {"b": [1, 2.5, None], "a": "é"}, [])
     (value,) = raw.execute(
         "SELECT context FROM fallback_saga_sagas WHERE saga_id = 'saga-1'"
     ).fetchone()
     assert value == {"a": "é", "b": [1, 2.5, None]}
     (kind,) = raw.execute(
-        "SELECT jsonb_typeof(context -> 'b') FROM fallback_saga_sagas"
+        "SELECT json_typeof(context -> 'b') FROM fallback_saga_sagas"
     ).fetchone()
     assert kind == "array"
+
+
+# Numbers jsonb would print in a form of its own (``numeric``): the float 1e+16
+# as the int 10000000000000000, -0.0 as 0.0; and keys out of their order.
+_AWKWARD_CONTEXT: Final = {
+    "z": [1e16, -0.0, 2.0**60, 1e22, 5e-324, 1.0, 0.1 + 0.2, 1.7976931348623157e308],
+    "a": {"y": -0.0, "b": 10**30, "m": 1e-7, "n": -1e16},
+    "m": 12345678901234567890,
+}
+
+
+async def test_S14_the_context_comes_back_as_the_json_it_was_written_as(
+    store: PostgresSagaStore,
+) -> None:
+    """Every number of a context (and its keys' order) comes back as it was
+    written, through the statements of a write alone and of a group, as on
+    SQLite: a resumed saga sees the same floats (S14)."""
+    def context(k: int) -> dict[str, Any]:
+        return {**_AWKWARD_CONTEXT, "k": k, "k-float": float(k) * 1e16}
+
+    written = json.dumps(context(0))
+    await store.create("saga-0", "OrderSaga", "fp", context(0), [])  # alone
+    sagas = [f"saga-{k}" for k in range(1, 9)]
+    await asyncio.gather(*(  # many in flight: grouped
+        store.create(saga_id, "OrderSaga", "fp", context(k), [])
+        for k, saga_id in enumerate(sagas, 1)
+    ))
+    assert json.dumps((await store.load("saga-0")).context) == written
+    for k, saga_id in enumerate(sagas, 1):
+        assert json.dumps((await store.load(saga_id)).context) == json.dumps(context(k))
+    await store.append("saga-0", [entry(0, "a")], context=context(100))  # alone
+    await asyncio.gather(*(
+        store.append(saga_id, [entry(0, "a")], context=context(k + 100))
+        for k, saga_id in enumerate(sagas, 1)
+    ))
+    assert store.stats.largest_group > 1
+    for k, saga_id in enumerate(["saga-0", *sagas]):
+        loaded = (await store.load(saga_id)).context
+        assert json.dumps(loaded) == json.dumps(context(k + 100)), saga_id
 
 
 async def test_a_context_postgresql_cannot_hold_is_refused_and_nothing_is_written(

@@ -71,10 +71,13 @@ advisory lock, so concurrent starters migrate once. A schema newer than this
 code is refused. ``schema="name"`` puts the tables in that PostgreSQL schema
 (created if missing); by default they go where ``search_path`` says.
 
-Data. Contexts are JSONB (never pickle): keys come back in JSONB's order,
-not insertion order, and PostgreSQL refuses strings holding NUL characters
-(such a write fails with ``SagaStoreError`` and writes nothing). Journaled
-error texts have NUL characters replaced. Every statement is parameterized.
+Data. Contexts are ``json`` (never pickle; ``jsonb`` before schema v4): the
+JSON text as written, so every number comes back as it was written (jsonb
+turned the float 1e+16 into the int 10000000000000000, -0.0 into 0.0). A
+context holding NUL characters or lone surrogates is refused before it is
+sent (``ContextSerializationError`` naming the field; nothing is written).
+Journaled error texts have NUL characters replaced. Every statement is
+parameterized.
 """
 
 from __future__ import annotations
@@ -277,11 +280,27 @@ async def _migrate_to_v3(execute: _Cursor, names: _Names) -> None:
     )
 
 
+async def _migrate_to_v4(execute: _Cursor, names: _Names) -> None:
+    # The context keeps its JSON text as written: ``json``, not ``jsonb``.
+    # jsonb keeps numbers as ``numeric`` and prints them in its own form, so
+    # a float written as 1e+16 came back as the int 10000000000000000, and
+    # -0.0 as 0.0 (S14); it also reordered an object's keys. json stores the
+    # text (and costs the server less per write than building jsonb's binary
+    # form: benchmarks/README.md). The type change rewrites the sagas table
+    # once (under the migration's lock; its pages then fill to the v3
+    # fillfactor). Rows written before keep jsonb's printed form: what was
+    # changed then cannot be told back.
+    await execute(
+        f"ALTER TABLE {names.sagas} ALTER COLUMN context TYPE json USING context::json"
+    )
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
+    _migrate_to_v4,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -416,7 +435,7 @@ class _Statements:
         self.create = (
             f"WITH saga AS ("
             f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
-            f" journal_length) VALUES (%s, %s, %s, %s, %s::jsonb, %s::int)"
+            f" journal_length) VALUES (%s, %s, %s, %s, %s::json, %s::int)"
             f" ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
             f"), journal AS ("
             f" INSERT INTO {steps} {_STEP_COLUMNS}"
@@ -429,7 +448,7 @@ class _Statements:
         self.append = (
             f"WITH saga AS ("
             f" UPDATE {sagas} SET status = COALESCE(%s, status),"
-            f" context = COALESCE(%s::jsonb, context), version = version + 1,"
+            f" context = COALESCE(%s::json, context), version = version + 1,"
             f" journal_length = journal_length + %s::int, updated_at = now(),"
             f" {_TOUCH.format('')}"
             f" WHERE saga_id = %s AND fence = COALESCE(%s::bigint, fence)"
@@ -450,7 +469,7 @@ class _Statements:
         self.group = (
             f"WITH w AS MATERIALIZED ("
             f" SELECT * FROM json_to_recordset(%s::json) AS w(i int, c bool, id text,"
-            f" name text, fp text, st text, ctx jsonb, n int, f bigint, a int, es json)"
+            f" name text, fp text, st text, ctx json, n int, f bigint, a int, es json)"
             f"), created AS ("
             f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
             f" journal_length) SELECT id, name, fp, st, ctx, n FROM w WHERE c"
@@ -596,9 +615,11 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
         raise SagaStoreError(
             f"the context of saga {short_repr(saga_id)} cannot be stored as JSON: {error}"
         ) from error
-    # jsonb refuses the escapes of NUL and of a lone surrogate (the encoder's
-    # ASCII output escapes every non-ASCII character). Rare: look closer only
-    # when such an escape may be there.
+    # PostgreSQL's JSON functions refuse the escapes of NUL and of a lone
+    # surrogate (json_to_recordset, which reads a group's writes; jsonb
+    # before schema v4): refused here, whichever statement carries the write,
+    # naming the field. (The encoder's ASCII output escapes every non-ASCII
+    # character.) Rare: look closer only when such an escape may be there.
     if "\\u0000" in text or "\\ud" in text:
         unstorable = _unstorable_text(context, "")
         if unstorable is not None:
