@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, get_args
 from uuid import UUID
 
 from .errors import ContextDecodeError, ContextSerializationError
@@ -300,8 +300,16 @@ def _library_error(exc: BaseException, path: str) -> tuple[str, str]:
     what it says, without any value."""
     where = path or "<context>"
     library = _library(exc)
-    if isinstance(exc, UnicodeError):
-        return where, "UnicodeError: a str holds a lone surrogate, which UTF-8 cannot hold"
+    text = str(exc)
+    if isinstance(exc, UnicodeEncodeError) or "surrogates not allowed" in text:
+        return where, "a str holds a lone surrogate, which UTF-8 cannot hold"
+    if isinstance(exc, UnicodeError) or "utf-8 sequence" in text:
+        return where, (
+            "bytes that are not UTF-8 text (pydantic writes bytes as text unless the model "
+            "says ser_json_bytes='base64')"
+            if library == "pydantic"
+            else "a value that is not UTF-8 text"
+        )
     if library == "pydantic" and callable(getattr(exc, "errors", None)):
         try:
             errors = exc.errors(  # type: ignore[attr-defined]
@@ -310,18 +318,18 @@ def _library_error(exc: BaseException, path: str) -> tuple[str, str]:
             first = errors[0]
             at = _joined(path, first.get("loc", ())) or where
             kind = str(first.get("type", ""))
-            # A validator's own message may quote the value: its kind only.
+            # pydantic's own messages say what was expected; a validator's
+            # (value_error, a custom type) may quote the value: its kind only.
             said = (
-                "a validator refused it"
-                if kind in ("value_error", "assertion_error")
-                else str(first.get("msg", ""))
+                str(first.get("msg", ""))
+                if kind in _pydantic_error_types() and kind not in _PYDANTIC_QUOTING
+                else "a validator refused it"
             )
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             return at, f"ValidationError: {said} [type={kind}]{more}"
         except Exception:  # not the errors() we know
             return where, type(exc).__name__
     if library == "msgspec":
-        text = str(exc)
         match = _MSGSPEC_AT.search(text)
         at = where
         if match is not None:
@@ -329,11 +337,40 @@ def _library_error(exc: BaseException, path: str) -> tuple[str, str]:
             at = _msgspec_path(path, match.group(1)) or where
         if text.startswith("Invalid enum value"):
             text = "Invalid enum value"
+        elif not text.startswith(_MSGSPEC_OWN):  # a __post_init__'s own message
+            text = "the model's own check refused it"
         return at, f"{type(exc).__name__}: {_QUOTED.sub('...', text)}"
-    if str(exc).startswith(_NAMES_TYPES_ONLY):
+    if text.startswith(_NAMES_TYPES_ONLY):
         return where, f"{type(exc).__name__}: {exc}"  # names a class, not a value
     return where, type(exc).__name__
 
+
+# pydantic's error types whose message may carry the value: a validator's
+# own (value_error, assertion_error), the tag an input holds.
+_PYDANTIC_QUOTING: Final = frozenset({"value_error", "assertion_error", "union_tag_invalid"})
+
+
+def _pydantic_error_types() -> frozenset[str]:
+    """The error types pydantic itself raises (their messages are its own)."""
+    schema = sys.modules.get("pydantic_core.core_schema")
+    try:
+        return frozenset(get_args(schema.ErrorType))  # type: ignore[union-attr]
+    except Exception:  # another pydantic_core: no message is trusted
+        return frozenset()
+
+
+# How msgspec's own validation messages begin (a __post_init__'s are the model's).
+_MSGSPEC_OWN: Final = (
+    "Expected ",
+    "Object missing required field",
+    "Object contains unknown field",
+    "Invalid ",
+    "Duplicate ",
+    "JSON is malformed",
+    "Input data was truncated",
+    "Integer value out of range",
+    "Number out of range",
+)
 
 # The encoders' messages that name a class or a rule, never a value.
 _NAMES_TYPES_ONLY: Final = (

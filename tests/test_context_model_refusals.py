@@ -277,13 +277,38 @@ def decode_refusals() -> list[Any]:
         class Pin(pydantic.BaseModel):
             pin: int = 0
 
-        cases.append(pytest.param(Pin, {"pin": SECRET}, "pin", id="pydantic"))
+        class Custom(pydantic.BaseModel):
+            token: str = ""
+
+            @pydantic.field_validator("token")
+            @classmethod
+            def _check(cls, value: str) -> str:
+                if value.startswith("SECRET"):
+                    raise importlib.import_module("pydantic_core").PydanticCustomError(
+                        "token_refused", "refused {token}", {"token": value}
+                    )
+                return value
+
+        cases += [
+            pytest.param(Pin, {"pin": SECRET}, "pin", id="pydantic"),
+            pytest.param(Custom, {"token": SECRET}, "token", id="pydantic-custom-error"),
+        ]
     if msgspec is not None:
 
         class Choice(msgspec.Struct):
             mode: Literal["a", "b"] = "a"
 
-        cases.append(pytest.param(Choice, {"mode": SECRET}, "mode", id="msgspec"))
+        class Checked(msgspec.Struct):
+            token: str = ""
+
+            def __post_init__(self) -> None:
+                if self.token.startswith("SECRET"):
+                    raise ValueError(f"refused {self.token}")
+
+        cases += [
+            pytest.param(Choice, {"mode": SECRET}, "mode", id="msgspec"),
+            pytest.param(Checked, {"token": SECRET}, "<context>", id="msgspec-post-init"),
+        ]
     return cases
 
 
@@ -398,12 +423,16 @@ def encoder_refusals() -> list[Any]:
             order_id: str = "o-1"
             data: Any = None
             inner: PInner | None = None
+            note: str = ""
+            raw: bytes = b""
 
         cases += [
             pytest.param(lambda: POuter(data=object()), "data", id="pydantic-object"),
             pytest.param(
                 lambda: POuter(inner=PInner(data=object())), "inner.data", id="pydantic-nested"
             ),
+            pytest.param(lambda: POuter(note="a\ud800"), "note", id="pydantic-surrogate"),
+            pytest.param(lambda: POuter(raw=b"\xff\xfe"), "raw", id="pydantic-bytes-not-utf8"),
         ]
     return cases
 
