@@ -208,8 +208,9 @@ def dump_model(value: Any, kind: Kind, path: str) -> Any:
         back = _load(cls, kind, data, text, path)
     except ContextDecodeError as exc:
         raise ContextSerializationError(
-            exc.path, value, f"its journal form cannot be read back ({exc.reason}): it could "
-            f"not be resumed"
+            exc.path,
+            value,
+            f"its journal form cannot be read back ({exc.reason}): it could not be resumed",
         ) from exc.__cause__
     difference = first_difference(value, back, path)
     if difference is not None:
@@ -513,6 +514,7 @@ def _difference(a: Any, b: Any, path: str, seen: set[tuple[int, int]]) -> tuple[
             return None
         if a == b:
             return path, "a Decimal comes back with another exponent"
+        same = False
     elif ta is datetime or ta is time:
         return _time_difference(a, b, path)
     elif ta in _PLAIN:
@@ -549,9 +551,7 @@ def _time_difference(a: Any, b: Any, path: str) -> tuple[str, str] | None:
     offset = za.utcoffset(None) if za is not None else None
     if offset is not None and zb is not None and zb.utcoffset(None) == offset:
         return None
-    return path, (
-        f"the time zone of {kind} ({_a(type(za))}) comes back as {_a(type(zb))}"
-    )
+    return path, f"the time zone of {kind} ({_a(type(za))}) comes back as {_a(type(zb))}"
 
 
 def _container_difference(

@@ -18,6 +18,7 @@ import importlib
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +116,14 @@ def protocol_refusals() -> list[Any]:
         pytest.param(
             lambda: _protocol({"at": when}, {"at": when.replace(second=13)}), "at", True,
             id="datetime-differs",
+        ),
+        pytest.param(
+            lambda: _protocol({"pin": Decimal("4111")}, {"pin": Decimal("4112")}), "pin", True,
+            id="decimal-differs",
+        ),
+        pytest.param(
+            lambda: _protocol({"pin": Decimal("4111")}, {"pin": Decimal("4111.0")}), "pin", True,
+            id="decimal-exponent-differs",
         ),
         pytest.param(
             lambda: _protocol(
@@ -248,6 +257,7 @@ def test_S14_a_refused_context_is_named_by_field_and_type_never_by_value(
     assert SECRET not in shown
     assert SECRET.lower() not in shown
     assert "2031" not in shown  # the datetime's value
+    assert "411" not in shown  # the Decimal's
 
 
 @pytest.mark.skipif(pydantic is None, reason="pydantic is not installed")
