@@ -106,7 +106,11 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
         task, cancelled_again = await _waited_for(task, signal)
         cancelled = cancelled or cancelled_again
     if cancelled:
-        raise asyncio.CancelledError
+        # What the work let out (a BaseException such as SystemExit: it
+        # handles every Exception itself) outranks our cancellation, and must
+        # not be left unretrieved, for asyncio to log when the task is freed.
+        error = None if task.cancelled() else task.exception()
+        raise error if error is not None else asyncio.CancelledError()
     return task.result()
 
 

@@ -855,6 +855,59 @@ async def test_S8_a_cancellation_as_the_unwinding_starts_interrupts_no_compensat
     assert (await saga.store.load("s8c")).status is SagaStatus.COMPENSATED
 
 
+class ProcessDies(BaseException):
+    """What a compensation may let out that no saga handles (as SystemExit)."""
+
+
+class DiesInItsUndo:
+    """A step whose compensate waits until ``go`` is set, then lets a
+    BaseException out."""
+
+    name = "DiesInItsUndo"
+
+    def __init__(self) -> None:
+        self.inside = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def act(self, ctx: Any) -> str:
+        return "ok"
+
+    async def compensate(self, ctx: Any) -> None:
+        self.inside.set()
+        await self.go.wait()
+        raise ProcessDies("in the undo")
+
+
+async def test_S8_a_base_exception_out_of_a_shielded_unwinding_reaches_the_caller() -> None:
+    """The caller is cancelled mid-step, and again while the unwinding runs;
+    a compensation then lets a ``BaseException`` out (SystemExit, say). That
+    is what the caller gets — not a ``CancelledError`` that hides it, leaving
+    it for asyncio to log as "Task exception was never retrieved"."""
+    import gc
+
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    undo = DiesInItsUndo()
+    saga = declare(undo, blocker)()
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        task = asyncio.create_task(saga.run(OrderCtx(), saga_id="s8d"))
+        await reached(blocker.started)
+        task.cancel()
+        await reached(undo.inside)
+        task.cancel()  # while the shielded unwinding runs
+        undo.go.set()
+        with pytest.raises(ProcessDies):
+            await task
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
+
+
 # --------------------------------------------------------------------------- S12
 
 
