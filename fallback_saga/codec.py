@@ -51,7 +51,7 @@ from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from enum import Enum
 from fractions import Fraction
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from .decoding import (
     JSON_SCALARS,
@@ -59,6 +59,7 @@ from .decoding import (
     TAG,
     decode_dataclass,
     decode_state,
+    decoder,
     fields,
     is_union,
     is_untyped,
@@ -66,7 +67,7 @@ from .decoding import (
     untyped_union,
     unwrap,
 )
-from .errors import ContextSerializationError
+from .errors import ContextDecodeError, ContextSerializationError
 from .models import Kind, dump_model, kind_of, load_model, why_not
 
 __all__ = [
@@ -93,8 +94,9 @@ _Encoder = Callable[[Any, str, int], Any]
 # --------------------------------------------------------------------------- contexts
 
 
-#: Per dataclass context class: ``(field name, encoder)`` for each field.
-FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder], ...]] = {}
+#: Per dataclass context class: ``(field name, encoder, plain classes)`` for
+#: each field (see "typed positions" below).
+FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
 
 
 def encode_context(context: object) -> dict[str, Any]:
@@ -102,12 +104,11 @@ def encode_context(context: object) -> dict[str, Any]:
     plan = FIELD_PLANS.get(context.__class__)
     if plan is None:
         return _encode_other_context(context)
-    scalars = JSON_SCALARS
     out: dict[str, Any] = {}
     try:
-        for name, encode in plan:
+        for name, encode, plain in plan:
             value = getattr(context, name)
-            out[name] = value if value.__class__ in scalars else encode(value, name, 1)
+            out[name] = value if value.__class__ in plain else encode(value, name, 1)
     except _TooDeep as too_deep:
         raise _nesting_error(context, too_deep) from None
     return out
@@ -204,35 +205,53 @@ def decode_structure(cls: type, data: Mapping[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- typed positions
+#
+# An annotation's encoder writes the plain form (what the annotation's decoder
+# turns back into the value) only for a value it gives back exactly: of the
+# very class the annotation names (not a subclass, not an int in a float
+# field, not None in a str field, not a bool in an int field, not an Enum
+# member in an int field), in the form that class is read back from. Any other
+# value is written in the self-describing tagged form (``_tagged``), which
+# every typed decoder reads too (``decoding.py``). So the journal is exact by
+# construction: no value is ever decoded again to check it, and a context
+# whose values match their annotations is written as it always was.
+#
+# Each encoder comes with its *plain classes*: the classes whose values it
+# writes as they are (``str`` for a ``str`` field). The writers of fields and
+# items test those first, inline, and call the encoder only for the rest: a
+# flat context of matching scalars costs one set lookup per field.
+
+_Typed = tuple[_Encoder, frozenset[type]]
+_NONE: type = type(None)
+_NOTHING: frozenset[type] = frozenset()
 
 
-def _field_plan(cls: type) -> tuple[tuple[str, _Encoder], ...]:
+def _field_plan(cls: type) -> tuple[tuple[str, _Encoder, frozenset[type]], ...]:
     hints = type_hints(cls)
     return tuple(
-        (field.name, _encoder_for(hints.get(field.name, Any)) or _encode)
-        for field in fields(cls)
+        (field.name, *_encoder_for(hints.get(field.name, Any))) for field in fields(cls)
     )
 
 
 def _encode_fields(
-    value: Any, plan: tuple[tuple[str, _Encoder], ...], path: str, depth: int
+    value: Any, plan: tuple[tuple[str, _Encoder, frozenset[type]], ...], path: str, depth: int
 ) -> Any:
     # ``depth``: the level ``value`` is at; its fields are one level deeper.
     if depth > MAX_CONTEXT_DEPTH:
         raise _TooDeep(path, value)
     depth += 1
-    scalars = JSON_SCALARS
     out = {}
-    for name, encode in plan:
+    for name, encode, plain in plan:
         item = getattr(value, name)
-        if item.__class__ in scalars:
+        if item.__class__ in plain:
             out[name] = item
         else:
             out[name] = encode(item, f"{path}.{name}" if path else name, depth)
     return out
 
 
-_STATE_PLANS: dict[type, dict[str, _Encoder]] = {}
+_STATE_PLANS: dict[type, dict[str, _Typed]] = {}
+_UNTYPED: _Typed
 
 
 def _encode_state(value: Any, path: str, depth: int) -> Any:
@@ -245,63 +264,27 @@ def _encode_state(value: Any, path: str, depth: int) -> Any:
     plan = _STATE_PLANS.get(cls)
     if plan is None:
         plan = _STATE_PLANS[cls] = {
-            name: _encoder_for(hint) or _encode for name, hint in type_hints(cls).items()
+            name: _encoder_for(hint) for name, hint in type_hints(cls).items()
         }
-    scalars = JSON_SCALARS
+    untyped = _UNTYPED
     out = {}
     for name, item in vars(value).items():
-        if item.__class__ in scalars:
+        encode, plain = plan.get(name, untyped)
+        if item.__class__ in plain:
             out[name] = item
         else:
-            encode = plan.get(name, _encode_untyped)
             out[name] = encode(item, f"{path}.{name}" if path else name, depth)
     return out
 
 
-def _encode(value: Any, path: str, depth: int = 1) -> Any:
-    """A value in a typed position: plain JSON, by its runtime type (the
-    annotation turns it back). ``depth``: the level ``value`` is at, checked
-    once per container, never per scalar: flat contexts pay nothing."""
-    cls = value.__class__
-    if cls in JSON_SCALARS:
-        return value
-    if cls is float:
-        if not math.isfinite(value):
-            raise ContextSerializationError(path, value, "NaN and infinity are not JSON")
-        return value
-    if cls is list or cls is tuple:
-        if depth > MAX_CONTEXT_DEPTH:
-            raise _TooDeep(path, value)  # a cycle, or a very deep value: told apart above
-        scalars = JSON_SCALARS
-        depth += 1
-        return [
-            item if item.__class__ in scalars else _encode(item, f"{path}[{index}]", depth)
-            for index, item in enumerate(value)
-        ]
-    if cls is dict:
-        if depth > MAX_CONTEXT_DEPTH:
-            raise _TooDeep(path, value)
-        depth += 1
-        return {
-            _encode_key(key, path): _encode(item, f"{path}[{key!r}]", depth)
-            for key, item in value.items()
-        }
-    if isinstance(value, Enum):
-        return _encode(value.value, path, depth)
-    if cls is uuid.UUID or cls is Decimal:
-        return str(value)
-    if cls is datetime or cls is date or cls is time:
-        return value.isoformat()
-    if cls is set or cls is frozenset:
-        if depth > MAX_CONTEXT_DEPTH:
-            raise _TooDeep(path, value)
-        depth += 1
-        items = sorted(value, key=repr)  # a stable order, so equal sets journal equally
-        return [_encode(item, f"{path}[{index}]", depth) for index, item in enumerate(items)]
-    encode = _object_encoder(cls)
-    if encode is not None:
-        return encode(value, path, depth)
-    raise ContextSerializationError(path, value)
+def _tagged(value: Any, path: str, depth: int) -> Any:
+    """The self-describing form of a value its position's annotation would
+    not give back: what an untyped position holds, under the ``"any"`` tag
+    when that is plain JSON (a tag already says what it is)."""
+    out = _encode_untyped(value, path, depth)
+    if out.__class__ is dict and len(out) == 1 and TAG in out:
+        return out
+    return {TAG: ["any", out]}
 
 
 _OBJECT_ENCODERS: dict[type, _Encoder | None] = {}
@@ -335,32 +318,16 @@ def _object_encoder(cls: type) -> _Encoder | None:
     return encode
 
 
-def _encode_key(key: Any, path: str) -> str:
-    if isinstance(key, Enum):
-        key = key.value
-    cls = key.__class__
-    if cls is str:
-        return key  # type: ignore[no-any-return]
-    if cls is int or cls is uuid.UUID or cls is Decimal:
-        return str(key)
-    if cls is bool:
-        return "true" if key else "false"
-    raise ContextSerializationError(f"{path}[{key!r}]", key, "a JSON object key must be text")
+_ENCODERS: dict[Any, _Typed] = {}
 
 
-# Encoders for annotations with an untyped part (``list[Any]``, ``dict[str, Any]``,
-# ``tuple[int, Any]``, ``Any | None``...). Every other annotation is encoded by
-# ``_encode``: ``_encoder_for`` gives ``None`` for it.
-
-_ENCODERS: dict[Any, _Encoder | None] = {}
-
-
-def _encoder_for(tp: Any) -> _Encoder | None:
+def _encoder_for(tp: Any) -> _Typed:
+    """The encoder of a position annotated ``tp``, and its plain classes."""
     try:
         return _ENCODERS[tp]
     except KeyError:
-        encode = _ENCODERS[tp] = _build_encoder(tp)
-        return encode
+        typed = _ENCODERS[tp] = _build_encoder(tp)
+        return typed
     except TypeError:  # unhashable annotation
         return _build_encoder(tp)
 
@@ -370,132 +337,388 @@ _SEQUENCES: dict[Any, type] = {
 }
 
 
-def _build_encoder(tp: Any) -> _Encoder | None:
+def _build_encoder(tp: Any) -> _Typed:
     tp = unwrap(tp)
     if is_untyped(tp) or untyped_union(tp):
-        return _encode_untyped
+        return _UNTYPED
+    if tp is None or tp is _NONE:
+        return _exact(_NONE), frozenset({_NONE})
+    if tp is str or tp is int or tp is bool:
+        return _exact(tp), frozenset({tp})
+    if tp is float:
+        return _encode_float, _NOTHING
+    if tp is Decimal or tp is uuid.UUID:
+        return _as_text(tp), _NOTHING
+    if tp is datetime or tp is time:
+        return _moment_encoder(tp), _NOTHING
+    if tp is date:
+        return _encode_date, _NOTHING
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return _enum_encoder(tp), _NOTHING
     origin, args = get_origin(tp), get_args(tp)
     if is_union(tp):
         return _union_encoder(args)
+    if origin is Literal:
+        return _literal_encoder(tp), _NOTHING
     container = origin or tp
     try:
         sequence = _SEQUENCES.get(container)
     except TypeError:
-        return None
+        sequence = None
     if sequence is not None:
-        item = _encoder_for(args[0] if args else Any)
-        return None if item is None else _sequence_encoder(tp, sequence, item)
+        return _sequence_encoder(sequence, _encoder_for(args[0] if args else Any)), _NOTHING
     if container is tuple:
         if not args or (len(args) == 2 and args[1] is Ellipsis):
-            item = _encoder_for(args[0] if args else Any)
-            return None if item is None else _sequence_encoder(tp, tuple, item)
-        items = [_encoder_for(arg) for arg in args]
-        if all(item is None for item in items):
-            return None
-        return _fixed_tuple_encoder(tp, [item or _encode for item in items])
+            return _sequence_encoder(tuple, _encoder_for(args[0] if args else Any)), _NOTHING
+        return _fixed_tuple_encoder([_encoder_for(arg) for arg in args]), _NOTHING
     if container in MAPPINGS:
         key_tp, value_tp = args if args else (Any, Any)
         value = _encoder_for(value_tp)
         if is_untyped(unwrap(key_tp)):
-            return _any_key_mapping_encoder(tp, value or _encode)
-        return None if value is None else _mapping_encoder(tp, unwrap(key_tp), value)
-    return None
+            return _any_key_mapping_encoder(value), _NOTHING
+        return _mapping_encoder(unwrap(key_tp), value), _NOTHING
+    if isinstance(tp, type):  # a dataclass, a model: by its fields; any other class: tagged
+        return _class_encoder(tp), _NOTHING
+    return _tagged, _NOTHING  # an annotation no decoder reads plainly (a generic alias...)
 
 
-def _mismatch(tp: Any, value: Any, path: str, expected: type) -> ContextSerializationError:
-    return ContextSerializationError(
-        path,
-        value,
-        f"the field is annotated {_type_name(tp)}, so a resume would give back a "
-        f"{expected.__name__}: annotate it precisely (or Any)",
-    )
+_EXACT: dict[type, _Encoder] = {}
 
 
-def _type_name(tp: Any) -> str:
-    return tp.__name__ if isinstance(tp, type) else repr(tp).replace("typing.", "")
+def _exact(cls: type) -> _Encoder:
+    """``str``, ``int``, ``bool``, ``None``: the value itself, if of that very class."""
+    encode = _EXACT.get(cls)
+    if encode is None:
+
+        def encode(value: Any, path: str, depth: int) -> Any:
+            if value.__class__ is cls:
+                return value
+            return _tagged(value, path, depth)
+
+        _EXACT[cls] = encode
+    return encode
 
 
-def _union_encoder(args: tuple[Any, ...]) -> _Encoder | None:
-    special: list[tuple[type, _Encoder]] = []
-    for arg in args:
-        member = _encoder_for(arg)
-        klass = get_origin(unwrap(arg)) or unwrap(arg)
-        if member is not None and isinstance(klass, type):
-            special.append((klass, member))
-    if not special:
-        return None
+def _encode_float(value: Any, path: str, depth: int) -> Any:
+    if value.__class__ is float:
+        if not math.isfinite(value):
+            raise ContextSerializationError(path, value, "NaN and infinity are not JSON")
+        return value
+    return _tagged(value, path, depth)  # an int stays an int (JSON 10 would read back 10.0)
+
+
+def _as_text(cls: type) -> _Encoder:
+    """``Decimal``, ``UUID``: their text, which their constructor reads back."""
 
     def encode(value: Any, path: str, depth: int) -> Any:
-        for klass, member in special:
-            if isinstance(value, klass):
-                return member(value, path, depth)
-        return _encode(value, path, depth)
+        if value.__class__ is cls:
+            return str(value)
+        return _tagged(value, path, depth)
 
     return encode
 
 
-def _sequence_encoder(tp: Any, expected: type, item: _Encoder) -> _Encoder:
-    ordered = expected is set or expected is frozenset
+def _moment_encoder(cls: type) -> _Encoder:
+    """``datetime``, ``time``: ISO 8601 when that carries the time zone (none,
+    or an unnamed fixed offset) and the fold; else the tagged exact form."""
+    tag = "datetime" if cls is datetime else "time"
 
     def encode(value: Any, path: str, depth: int) -> Any:
-        if value.__class__ is not expected:
-            raise _mismatch(tp, value, path, expected)
+        if value.__class__ is not cls:
+            return _tagged(value, path, depth)
+        moment: Any = value  # (not narrowed by the test of its class)
+        form = _moment(moment, path, depth)
+        return form if form.__class__ is str else {TAG: [tag, form]}
+
+    return encode
+
+
+def _encode_date(value: Any, path: str, depth: int) -> Any:
+    if value.__class__ is date:
+        return value.isoformat()
+    return _tagged(value, path, depth)  # a datetime is a date, but not read back as one
+
+
+def _enum_encoder(cls: type[Enum]) -> _Encoder:
+    """A member of the annotation's Enum: its value, when that is a JSON
+    scalar (``cls(value)`` gives the member back)."""
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        if value.__class__ is cls:
+            raw = value.value
+            kind = raw.__class__
+            if kind in JSON_SCALARS or (kind is float and math.isfinite(raw)):
+                return raw
+        return _tagged(value, path, depth)
+
+    return encode
+
+
+def _literal_encoder(tp: Any) -> _Encoder:
+    """A ``Literal``: the value (an Enum option: its value) when the
+    Literal's decoder gives back this very value."""
+    read = decoder(tp)
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        raw = value.value if isinstance(value, Enum) else value
+        kind = raw.__class__
+        if kind in JSON_SCALARS or (kind is float and math.isfinite(raw)):
+            try:
+                back = read(raw, path)
+            except ContextDecodeError:
+                back = _NOT_READ
+            if back is value or (back.__class__ is value.__class__ and back == value):
+                return raw
+        return _tagged(value, path, depth)
+
+    return encode
+
+
+_NOT_READ = object()
+
+
+def _sorted(items: Any) -> list[Any]:
+    """A set's items in a stable order, so that equal sets journal equally
+    (an item without a repr — an int beyond ``sys.get_int_max_str_digits``
+    — leaves them unsorted: still exact)."""
+    try:
+        return sorted(items, key=repr)
+    except ValueError:
+        return list(items)
+
+
+def _sequence_encoder(expected: type, item: _Typed) -> _Encoder:
+    ordered = expected is set or expected is frozenset
+    encode_item, plain = item
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        if value.__class__ is not expected:  # a tuple in a list field, a list subclass...
+            return _tagged(value, path, depth)
         if depth > MAX_CONTEXT_DEPTH:
             raise _TooDeep(path, value)
         depth += 1
-        scalars = JSON_SCALARS
-        entries: Any = value
-        items = sorted(entries, key=repr) if ordered else entries
+        items: Any = _sorted(value) if ordered else value
         return [
-            entry if entry.__class__ in scalars else item(entry, f"{path}[{index}]", depth)
+            entry if entry.__class__ in plain else encode_item(entry, f"{path}[{index}]", depth)
             for index, entry in enumerate(items)
         ]
 
     return encode
 
 
-def _fixed_tuple_encoder(tp: Any, items: list[_Encoder]) -> _Encoder:
+def _fixed_tuple_encoder(items: list[_Typed]) -> _Encoder:
     def encode(value: Any, path: str, depth: int) -> Any:
         if value.__class__ is not tuple or len(value) != len(items):
-            raise _mismatch(tp, value, path, tuple)
+            return _tagged(value, path, depth)
         if depth > MAX_CONTEXT_DEPTH:
             raise _TooDeep(path, value)
         depth += 1
         return [
-            item(entry, f"{path}[{index}]", depth)
-            for index, (item, entry) in enumerate(zip(items, value, strict=True))
+            entry if entry.__class__ in plain else item(entry, f"{path}[{index}]", depth)
+            for index, ((item, plain), entry) in enumerate(zip(items, value, strict=True))
         ]
 
     return encode
 
 
-def _mapping_encoder(tp: Any, key_tp: Any, item: _Encoder) -> _Encoder:
-    text_keys = key_tp is str
+def _key_writer(key_tp: Any) -> Callable[[Any], str | None]:
+    """The text a key of the annotated key type is written as, such that the
+    key decoder (``decoding._key_decoder``) gives the very key back; ``None``
+    for a key it would not give back (the dict is then written tagged)."""
+    if key_tp is str:
+        return lambda key: key if key.__class__ is str else None
+    if key_tp is bool:
+        return lambda key: ("true" if key else "false") if key.__class__ is bool else None
+    if key_tp is int:
+
+        def int_key(key: Any) -> str | None:
+            if key.__class__ is not int:
+                return None
+            try:
+                return str(key)
+            except ValueError:  # beyond sys.get_int_max_str_digits(): tagged
+                return None
+
+        return int_key
+    if key_tp is uuid.UUID or key_tp is Decimal:
+        return lambda key: str(key) if key.__class__ is key_tp else None
+    if isinstance(key_tp, type) and issubclass(key_tp, Enum):
+        kinds = {member.value.__class__ for member in key_tp}
+        if kinds == {str}:
+            return lambda key: key.value if key.__class__ is key_tp else None
+        if kinds == {int}:
+            return lambda key: str(key.value) if key.__class__ is key_tp else None
+    return lambda key: None  # (a union of key types, a datetime...): tagged
+
+
+def _mapping_encoder(key_tp: Any, item: _Typed) -> _Encoder:
+    key_text = _key_writer(key_tp)
+    encode_item, plain = item
 
     def encode(value: Any, path: str, depth: int) -> Any:
-        if value.__class__ is not dict:
-            raise _mismatch(tp, value, path, dict)
+        # A dict whose only key is the tag's is written tagged, so that the
+        # decoder can read a tag wherever it finds one.
+        if value.__class__ is not dict or (len(value) == 1 and TAG in value):
+            return _tagged(value, path, depth)
         if depth > MAX_CONTEXT_DEPTH:
             raise _TooDeep(path, value)
-        depth += 1
-        scalars = JSON_SCALARS
         out = {}
         for key, entry in value.items():
-            if text_keys and key.__class__ is not str:
-                raise _mismatch(tp, key, f"{path}[{key!r}]", str)
-            out[_encode_key(key, path)] = (
-                entry if entry.__class__ in scalars else item(entry, f"{path}[{key!r}]", depth)
+            text = key_text(key)
+            if text is None:
+                return _tagged(value, path, depth)
+            out[text] = (
+                entry if entry.__class__ in plain
+                else encode_item(entry, f"{path}[{key!r}]", depth + 1)
             )
         return out
 
     return encode
 
 
-def _any_key_mapping_encoder(tp: Any, item: _Encoder) -> _Encoder:
+def _any_key_mapping_encoder(item: _Typed) -> _Encoder:
+    encode_item, plain = item
+
     def encode(value: Any, path: str, depth: int) -> Any:
         if value.__class__ is not dict:
-            raise _mismatch(tp, value, path, dict)
-        return _encode_dict(value, path, depth, item)
+            return _tagged(value, path, depth)
+        return _encode_dict(value, path, depth, encode_item, plain)
+
+    return encode
+
+
+def _class_encoder(cls: type) -> _Encoder:
+    """A dataclass or model annotation: an instance of that very class by its
+    fields (a subclass, or another class, tagged: it names its class). Its
+    fields' encoders are looked up on first use: a class may refer to itself."""
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        if value.__class__ is cls:
+            encode_object = _object_encoder(cls)
+            if encode_object is not None:
+                return encode_object(value, path, depth)
+        return _tagged(value, path, depth)
+
+    return encode
+
+
+# Unions. The decoder (``decoding._union_decoder``) reads a tag as itself, and
+# plain JSON by the first member whose decoder accepts it. So a value is
+# written plainly only by the first member whose plain class is the value's
+# class, and only if no member before it could take that member's plain JSON
+# (``Decimal | str``: a str is tagged, else "1.5" would come back a Decimal).
+
+
+def _plain_class(tp: Any) -> tuple[type, type] | None:
+    """``(the class a member writes plainly, the JSON type it writes it as)``;
+    ``None`` for a member that is better always tagged in a union."""
+    tp = unwrap(tp)
+    if tp is str or tp is int or tp is bool or tp is float:
+        return tp, tp
+    if tp is Decimal or tp is uuid.UUID or tp is datetime or tp is date or tp is time:
+        return tp, str
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        kinds = {member.value.__class__ for member in tp}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        return (tp, kind) if kind in (str, int, bool, float) else None
+    container = get_origin(tp) or tp
+    if container is tuple:
+        return tuple, list
+    try:
+        sequence = _SEQUENCES.get(container)
+    except TypeError:
+        return None
+    if sequence is not None:
+        return sequence, list
+    if container in MAPPINGS:
+        return dict, dict
+    if isinstance(tp, type) and kind_of(tp) in (Kind.DATACLASS, Kind.STATE):
+        return tp, dict
+    return None
+
+
+_EVERY_JSON_TYPE: frozenset[type] = frozenset({str, int, float, bool, list, dict})
+
+
+def _accepts(tp: Any) -> frozenset[type]:
+    """The JSON types (untagged) the decoder of a member may accept: a
+    superset (an Enum's ``_missing_`` or a model may take anything)."""
+    tp = unwrap(tp)
+    if tp is str or tp is int or tp is bool:
+        return frozenset({tp})
+    if tp is float:
+        return frozenset({int, float})
+    if tp is Decimal:
+        return frozenset({str, int, float})
+    if tp is uuid.UUID or tp is datetime or tp is date or tp is time:
+        return frozenset({str})
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return _EVERY_JSON_TYPE
+    container = get_origin(tp) or tp
+    try:
+        if container is tuple or container in _SEQUENCES:
+            return frozenset({list})
+    except TypeError:
+        return _EVERY_JSON_TYPE
+    if container in MAPPINGS:
+        return frozenset({dict})
+    if isinstance(tp, type):
+        kind = kind_of(tp)
+        if kind is None:
+            return _NOTHING  # its decoder reads tags only
+        if kind is Kind.DATACLASS or kind is Kind.STATE:
+            return frozenset({dict})
+    return _EVERY_JSON_TYPE
+
+
+def _union_encoder(args: tuple[Any, ...]) -> _Typed:
+    allows_none = _NONE in args
+    members = [arg for arg in args if arg is not _NONE]
+    if len(members) == 1:  # Optional[X]: None is read first, then X alone
+        encode_member, plain = _encoder_for(members[0])
+
+        def encode_optional(value: Any, path: str, depth: int) -> Any:
+            return None if value is None else encode_member(value, path, depth)
+
+        return encode_optional, plain | {_NONE}
+    by_class: dict[type, _Encoder] = {}
+    seen: set[type] = set()
+    plain_classes: set[type] = {_NONE} if allows_none else set()
+    for index, member in enumerate(members):
+        found = _plain_class(member)
+        if found is None or found[0] in seen:
+            continue
+        cls, json_type = found
+        seen.add(cls)
+        if any(json_type in _accepts(earlier) for earlier in members[:index]):
+            continue
+        encode_member = _encoder_for(member)[0]
+        if json_type is dict and cls is dict:
+            encode_member = _self_describing(encode_member)
+        by_class[cls] = encode_member
+        if cls in JSON_SCALARS:
+            plain_classes.add(cls)
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        if value is None and allows_none:
+            return None
+        encode_member = by_class.get(value.__class__)
+        if encode_member is None:
+            return _tagged(value, path, depth)
+        return encode_member(value, path, depth)
+
+    return encode, frozenset(plain_classes)
+
+
+def _self_describing(encode_member: _Encoder) -> _Encoder:
+    """A ``dict[Any, V]`` member writes non-text keys as pairs whose values
+    are in V's form; a union reads a tag untyped, so those are tagged whole."""
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        out = encode_member(value, path, depth)
+        if out.__class__ is dict and len(out) == 1 and TAG in out:
+            return _tagged(value, path, depth)
+        return out
 
     return encode
 
@@ -523,7 +746,7 @@ def _encode_untyped(value: Any, path: str, depth: int) -> Any:
             for i, item in enumerate(value)
         ]
     if cls is dict:
-        return _encode_dict(value, path, depth, _encode_untyped)
+        return _encode_dict(value, path, depth, _encode_untyped, JSON_SCALARS)
     write = _TAGGED.get(cls)
     if write is not None:
         tag, payload = write
@@ -538,14 +761,15 @@ def _encode_untyped(value: Any, path: str, depth: int) -> Any:
     raise ContextSerializationError(path, value)
 
 
-def _encode_dict(value: dict[Any, Any], path: str, depth: int, item: _Encoder) -> Any:
+def _encode_dict(
+    value: dict[Any, Any], path: str, depth: int, item: _Encoder, plain: frozenset[type]
+) -> Any:
     if depth > MAX_CONTEXT_DEPTH:
         raise _TooDeep(path, value)
     depth += 1
-    scalars = JSON_SCALARS
     if all(key.__class__ is str for key in value) and not (len(value) == 1 and TAG in value):
         return {
-            key: entry if entry.__class__ in scalars else item(entry, f"{path}[{key!r}]", depth)
+            key: entry if entry.__class__ in plain else item(entry, f"{path}[{key!r}]", depth)
             for key, entry in value.items()
         }
     # Keys JSON cannot carry as object keys (or data shaped like a tag): pairs.
@@ -554,8 +778,8 @@ def _encode_dict(value: dict[Any, Any], path: str, depth: int, item: _Encoder) -
             "dict",
             [
                 [
-                    _encode_untyped(key, f"{path}[{key!r}]", depth),
-                    entry if entry.__class__ in scalars else item(entry, f"{path}[{key!r}]", depth),
+                    _encode_untyped(key, _at(path, key), depth),
+                    entry if entry.__class__ in plain else item(entry, _at(path, key), depth),
                 ]
                 for key, entry in value.items()
             ],
@@ -563,11 +787,20 @@ def _encode_dict(value: dict[Any, Any], path: str, depth: int, item: _Encoder) -
     }
 
 
+def _at(path: str, key: Any) -> str:
+    """The path of a dict entry (a key without a repr — an int beyond
+    ``sys.get_int_max_str_digits`` — by its type)."""
+    try:
+        return f"{path}[{key!r}]"
+    except ValueError:
+        return f"{path}[<{type(key).__name__}>]"
+
+
 def _items(value: Any, path: str, depth: int) -> list[Any]:
     if depth > MAX_CONTEXT_DEPTH:
         raise _TooDeep(path, value)
     depth += 1
-    items = value if value.__class__ is tuple else sorted(value, key=repr)
+    items = value if value.__class__ is tuple else _sorted(value)
     return [_encode_untyped(item, f"{path}[{i}]", depth) for i, item in enumerate(items)]
 
 
@@ -609,6 +842,13 @@ def _text(value: Any, path: str, depth: int) -> str:
     return str(value)
 
 
+def _fraction(value: Fraction, path: str, depth: int) -> Any:
+    try:
+        return str(value)
+    except ValueError:  # beyond sys.get_int_max_str_digits(): the two ints
+        return [value.numerator, value.denominator]
+
+
 _TAGGED: dict[type, tuple[str, _Encoder]] = {
     tuple: ("tuple", _items),
     set: ("set", _items),
@@ -623,8 +863,10 @@ _TAGGED: dict[type, tuple[str, _Encoder]] = {
     uuid.UUID: ("uuid", _text),
     bytes: ("bytes", _base64),
     bytearray: ("bytearray", _base64),
-    Fraction: ("fraction", _text),
+    Fraction: ("fraction", _fraction),
 }
+
+_UNTYPED = (_encode_untyped, JSON_SCALARS)
 
 
 _CLASS_NAMES: dict[type, str | None] = {}

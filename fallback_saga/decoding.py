@@ -121,6 +121,25 @@ def _decode_untyped(value: Any, path: str) -> Any:
     return value
 
 
+def _is_tag(value: Any) -> bool:
+    return value.__class__ is dict and len(value) == 1 and TAG in value
+
+
+def _tag_shaped(tagged: Any) -> bool:
+    return tagged.__class__ is list and len(tagged) == 2 and tagged[0].__class__ is str
+
+
+def _read_tag(value: Any, path: str) -> Any:
+    """A tagged value in a typed position: what the encoder writes for a
+    value the annotation would not give back (None in a ``str`` field, an int
+    in a ``float`` one, a subclass instance...). It says what it is, so it
+    reads as in an untyped position."""
+    tagged = value[TAG]
+    if _tag_shaped(tagged):
+        return _decode_tag(tagged[0], tagged[1], path)
+    raise ContextDecodeError(path, f"invalid tag {tagged!r:.80}")
+
+
 def decode_untyped(value: Any, path: str) -> Any:
     """Read back a value ``codec.journal_untyped`` wrote (tags and all)."""
     return _decode_untyped(value, path)
@@ -144,8 +163,24 @@ def _decode_pairs(payload: Any, path: str, item: _Decoder = _decode_untyped) -> 
     out = {}
     for key, entry in payload:
         key = _decode_untyped(key, path)
-        out[key] = item(entry, f"{path}[{key!r}]")
+        out[key] = item(entry, _at(path, key))
     return out
+
+
+def _at(path: str, key: Any) -> str:
+    """The path of a dict entry (a key without a repr — an int beyond
+    ``sys.get_int_max_str_digits`` — by its type)."""
+    try:
+        return f"{path}[{key!r}]"
+    except ValueError:
+        return f"{path}[<{type(key).__name__}>]"
+
+
+def _decode_fraction(payload: Any, path: str) -> Fraction:
+    if payload.__class__ is list:  # an int beyond sys.get_int_max_str_digits(): two ints
+        numerator, denominator = (_decode_untyped(part, path) for part in payload)
+        return Fraction(numerator, denominator)
+    return Fraction(_text_payload(payload))
 
 
 def _decode_items(payload: Any, path: str) -> list[Any]:
@@ -228,9 +263,16 @@ _UNTAG: dict[str, _Decoder] = {
     "bytearray": lambda payload, path: bytearray(
         base64.b64decode(_text_payload(payload), validate=True)
     ),
-    "fraction": lambda payload, path: Fraction(_text_payload(payload)),
+    "fraction": _decode_fraction,
     "enum": _decode_enum,
     "obj": _decode_object,
+    # A value in a typed position that its annotation would not give back,
+    # and that is plain JSON in an untyped one (None in a str field).
+    "any": _decode_untyped,
+    # Written by the stores' JSON encoding (store/_common.py), not by codec.py:
+    # an int beyond sys.get_int_max_str_digits() (JSON text cannot hold it:
+    # Python refuses to read it back), in hexadecimal, which has no such limit.
+    "int": lambda payload, path: int(_text_payload(payload), 16),
 }
 
 
@@ -238,6 +280,18 @@ def _text_payload(payload: Any) -> str:
     if payload.__class__ is not str:
         raise TypeError(f"expected text, got {_kind(payload)}")
     return str(payload)
+
+
+def _class_decoder(cls: type) -> _Decoder:
+    """A class annotation: its instance's fields, or a tag (a subclass instance...)."""
+    decode_object = _model_decoder(cls)
+
+    def decode(value: Any, path: str) -> Any:
+        if value.__class__ is dict and len(value) == 1 and TAG in value:
+            return _read_tag(value, path)
+        return decode_object(value, path)
+
+    return decode
 
 
 def _model_decoder(cls: type, name: str | None = None) -> _Decoder:
@@ -258,38 +312,41 @@ def _model_decoder(cls: type, name: str | None = None) -> _Decoder:
 
 
 def decode_dataclass(cls: type, data: Any, path: str) -> Any:
+    """A dataclass instance with the stored field values, made without
+    ``__init__`` (as ``copy`` makes one): its ``__init__`` may want what is
+    not a field (an ``InitVar``), and ``__post_init__`` already ran in the
+    first run — running it again could change what was stored."""
     if not isinstance(data, Mapping):
         raise ContextDecodeError(path or "<context>", f"expected an object, got {_kind(data)}")
     hints = type_hints(cls)
-    init_args: dict[str, Any] = {}
-    late: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     known = set()
     for field in fields(cls):
         known.add(field.name)
         where = f"{path}.{field.name}" if path else field.name
-        if field.name not in data:
-            has_default = (
-                field.default is not dataclasses.MISSING
-                or field.default_factory is not dataclasses.MISSING
-            )
-            if field.init and not has_default:
-                raise ContextDecodeError(where, "the field is missing")
-            continue
-        value = decoder(hints.get(field.name, Any))(data[field.name], where)
-        (init_args if field.init else late)[field.name] = value
+        if field.name in data:
+            values[field.name] = decoder(hints.get(field.name, Any))(data[field.name], where)
+        elif field.default is not dataclasses.MISSING:  # (a journal older than the field)
+            values[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            values[field.name] = field.default_factory()
+        elif field.init:
+            raise ContextDecodeError(where, "the field is missing")
     unknown = [key for key in data if key not in known]
     if unknown:
         raise ContextDecodeError(
             path or "<context>",
             f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}",
         )
+    maker: Any = cls
     try:
-        instance = cls(**init_args)
-    except Exception as exc:  # a __post_init__ that rejects the stored values
-        where = path or "<context>"
-        raise ContextDecodeError(where, f"{cls.__name__}(...) raised {exc!r}") from exc
-    for name, value in late.items():
-        object.__setattr__(instance, name, value)
+        instance = maker.__new__(maker)
+    except Exception as exc:
+        raise ContextDecodeError(
+            path or "<context>", f"{cls.__name__}.__new__ raised {exc!r}"
+        ) from exc
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)  # (a frozen dataclass too)
     return instance
 
 
@@ -370,6 +427,8 @@ def _expect(kind: type | tuple[type, ...], name: str) -> _Decoder:
         if type(value) is bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise ContextDecodeError(path, f"expected {name}, got bool")
         if not isinstance(value, kind):
+            if _is_tag(value):
+                return _read_tag(value, path)
             raise ContextDecodeError(path, f"expected {name}, got {_kind(value)}")
         return value
 
@@ -385,13 +444,17 @@ def _via(
                 return convert(value)
             except (ValueError, ArithmeticError) as exc:
                 raise ContextDecodeError(path, f"invalid {name}: {value!r}") from exc
+        if _is_tag(value):
+            return _read_tag(value, path)
         raise ContextDecodeError(path, f"expected {name} text, got {_kind(value)}")
 
     return decode
 
 
-def _decode_float(value: Any, path: str) -> float:
+def _decode_float(value: Any, path: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
+        if _is_tag(value):
+            return _read_tag(value, path)
         raise ContextDecodeError(path, f"expected float, got {_kind(value)}")
     return float(value)
 
@@ -441,11 +504,13 @@ def _build_decoder(tp: Any) -> _Decoder:
         if is_untyped(unwrap(key_tp)):
             return _any_key_mapping_decoder(value_tp)
         return _mapping_decoder(key_tp, value_tp)
-    if isinstance(tp, type):  # a dataclass, a model, or a class we cannot decode
-        return _model_decoder(tp)
+    if isinstance(tp, type):  # a dataclass, a model, or a class read from tags only
+        return _class_decoder(tp)
     name = getattr(tp, "__name__", repr(tp))
 
     def refuse(value: Any, path: str) -> Any:
+        if _is_tag(value):
+            return _read_tag(value, path)
         raise ContextDecodeError(path, f"no JSON decoding is known for type {name}")
 
     return refuse
@@ -453,6 +518,8 @@ def _build_decoder(tp: Any) -> _Decoder:
 
 def _enum_decoder(enum_cls: type[Enum]) -> _Decoder:
     def decode(value: Any, path: str) -> Any:
+        if _is_tag(value):
+            return _read_tag(value, path)
         try:
             return enum_cls(value)
         except ValueError as exc:
@@ -468,6 +535,8 @@ def _union_decoder(args: tuple[Any, ...]) -> _Decoder:
     def decode(value: Any, path: str) -> Any:
         if value is None and allows_none:
             return None
+        if _is_tag(value):
+            return _read_tag(value, path)
         failures = []
         for option in options:
             try:
@@ -486,6 +555,8 @@ def _literal_decoder(args: tuple[Any, ...]) -> _Decoder:
                 return option
             if isinstance(option, Enum) and value == option.value:
                 return option
+        if _is_tag(value):
+            return _read_tag(value, path)
         raise ContextDecodeError(path, f"{value!r} is not one of {args!r}")
 
     return decode
@@ -496,6 +567,8 @@ def _sequence_decoder(container: Callable[[Any], Any], item_tp: Any) -> _Decoder
 
     def decode(value: Any, path: str) -> Any:
         if not isinstance(value, list | tuple):
+            if _is_tag(value):
+                return _read_tag(value, path)
             raise ContextDecodeError(path, f"expected an array, got {_kind(value)}")
         return container(item(entry, f"{path}[{index}]") for index, entry in enumerate(value))
 
@@ -507,6 +580,8 @@ def _fixed_tuple_decoder(args: tuple[Any, ...]) -> _Decoder:
 
     def decode(value: Any, path: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(items):
+            if _is_tag(value):
+                return _read_tag(value, path)
             raise ContextDecodeError(path, f"expected an array of {len(items)} items")
         return tuple(
             item(entry, f"{path}[{index}]")
@@ -542,6 +617,8 @@ def _mapping_decoder(key_tp: Any, value_tp: Any) -> _Decoder:
     def decode(value: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise ContextDecodeError(path, f"expected an object, got {_kind(value)}")
+        if len(value) == 1 and TAG in value and _tag_shaped(value[TAG]):
+            return _read_tag(value, path)  # (data shaped so: journals before typed tags)
         return {
             decode_key(key, f"{path}[{key!r}]"): decode_value(item, f"{path}[{key!r}]")
             for key, item in value.items()
@@ -566,6 +643,7 @@ def _any_key_mapping_decoder(value_tp: Any) -> _Decoder:
                     raise
                 except (ValueError, TypeError) as exc:
                     raise ContextDecodeError(path, f"invalid dict pairs: {exc}") from exc
+            return _read_tag(value, path)
         return {key: decode_value(item, f"{path}[{key!r}]") for key, item in value.items()}
 
     return decode

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Final
 
+from ..decoding import TAG
 from ..status import SagaStatus
 
 __all__ = [
@@ -58,12 +59,46 @@ def _make_encoder() -> Callable[[Any], str]:
     )
 
     def encode_json(value: Any) -> str:
-        return "".join(encode(value, 0))
+        try:
+            return "".join(encode(value, 0))
+        except ValueError:
+            escaped = _escape_huge_ints(value)
+            if escaped is value:
+                raise  # NaN, an infinity
+            return "".join(encode(escaped, 0))
 
     return encode_json
 
 
 encode_json: Final = _make_encoder()
+
+
+def _escape_huge_ints(value: Any) -> Any:
+    """``value`` with every int that JSON text cannot carry — one beyond
+    ``sys.get_int_max_str_digits()``, which Python refuses to write as
+    decimal digits and to read back from them — tagged as its hexadecimal
+    digits (no limit there): ``{"$fs": ["int", "-1f…"]}``, which the journal
+    decoders (``decoding.py``) read in every position. ``value`` itself when
+    it holds none. Only called once the fast encoding failed: such ints are
+    rare, and the common case pays nothing."""
+    cls = value.__class__
+    if cls is int:
+        try:
+            int.__repr__(value)
+        except ValueError:
+            return {TAG: ["int", format(value, "x")]}
+        return value
+    if cls is list or cls is tuple:
+        items = [_escape_huge_ints(item) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return items
+    if cls is dict:
+        entries = {key: _escape_huge_ints(item) for key, item in value.items()}
+        if all(entries[key] is item for key, item in value.items()):
+            return value
+        return entries
+    return value
 
 
 def _refuse_constant(name: str) -> Any:
