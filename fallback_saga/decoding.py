@@ -273,6 +273,9 @@ _UNTAG: dict[str, _Decoder] = {
     # an int beyond sys.get_int_max_str_digits() (JSON text cannot hold it:
     # Python refuses to read it back), in hexadecimal, which has no such limit.
     "int": lambda payload, path: int(_text_payload(payload), 16),
+    # ... and a text holding two adjacent lone surrogates, in pieces (a JSON
+    # reader would join the two into one character).
+    "str": lambda payload, path: "".join(_text_payload(piece) for piece in payload),
 }
 
 
@@ -345,9 +348,27 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
         raise ContextDecodeError(
             path or "<context>", f"{cls.__name__}.__new__ raised {exc!r}"
         ) from exc
-    for name, value in values.items():
-        object.__setattr__(instance, name, value)  # (a frozen dataclass too)
+    if _in_dict(cls):
+        instance.__dict__.update(values)
+    else:
+        for name, value in values.items():
+            object.__setattr__(instance, name, value)  # (a frozen dataclass too)
     return instance
+
+
+_IN_DICT: dict[type, bool] = {}
+
+
+def _in_dict(cls: type) -> bool:
+    """Whether every field of the dataclass ``cls`` lives in its instances'
+    ``__dict__`` (no slot, no descriptor): then they are set in one go."""
+    known = _IN_DICT.get(cls)
+    if known is None:
+        known = _IN_DICT[cls] = "__dict__" in dir(cls) and not any(
+            hasattr(type(inspect.getattr_static(cls, field.name, None)), "__set__")
+            for field in fields(cls)
+        )
+    return known
 
 
 def decode_state(cls: type, data: Any, path: str) -> Any:

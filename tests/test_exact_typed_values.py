@@ -296,3 +296,32 @@ def test_S14_a_none_default_in_a_str_field_is_resumed_after_a_crash(tmp_path: Pa
     CRASH[0] = True
     asyncio.run(main())
     assert TRACE == ["reserve None 0", "charge None 10", "charge None 10"]
+
+
+PAIR = "\ud83d\ude00"  # two lone surrogates, which would encode one character: "😀"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        Big(anything=PAIR),
+        Big(anything={f"k{PAIR}": [f"x{PAIR}y", "😀"]}),
+        Big(by_id={1: f"{PAIR}{PAIR}\ud800"}),
+        Big(anything={"$fs": PAIR}),
+    ],
+    ids=["any", "key", "typed", "tag-shaped"],
+)
+def test_S14_adjacent_lone_surrogates_stay_two_characters(context: Big) -> None:
+    assert_identical(through_a_store(context), context)
+
+
+def test_S14_a_step_result_holding_adjacent_lone_surrogates_stays_as_it_was() -> None:
+    response = [PAIR, {"k": PAIR}]
+
+    back = decode_untyped(decode_json(encode_json(journal_untyped(response, "r"))), "r")
+
+    assert_identical(back, response)
+
+
+def test_S14_a_character_beyond_the_bmp_keeps_its_plain_json_form() -> None:
+    assert encode_json({"v": "😀"}) == '{"v":"\\ud83d\\ude00"}'

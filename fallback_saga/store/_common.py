@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -57,15 +58,25 @@ def _make_encoder() -> Callable[[Any], str]:
     encode = make(
         None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
     )
+    # The same, with text as it is (not escaped): what tells a lone surrogate
+    # pair from a character beyond the BMP, which ASCII JSON writes alike.
+    encode_text = make(
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
 
     def encode_json(value: Any) -> str:
         try:
-            return "".join(encode(value, 0))
+            text = "".join(encode(value, 0))
         except ValueError:
-            escaped = _escape_huge_ints(value)
+            escaped = _escape(value)
             if escaped is value:
                 raise  # NaN, an infinity
             return "".join(encode(escaped, 0))
+        # A surrogate escape: a character beyond the BMP (an emoji), or a lone
+        # surrogate, which JSON readers join to the next one if that makes a pair.
+        if "\\ud" in text and _LONE_PAIR.search("".join(encode_text(value, 0))):
+            return "".join(encode(_escape(value), 0))
+        return text
 
     return encode_json
 
@@ -73,14 +84,26 @@ def _make_encoder() -> Callable[[Any], str]:
 encode_json: Final = _make_encoder()
 
 
-def _escape_huge_ints(value: Any) -> Any:
-    """``value`` with every int that JSON text cannot carry — one beyond
-    ``sys.get_int_max_str_digits()``, which Python refuses to write as
-    decimal digits and to read back from them — tagged as its hexadecimal
-    digits (no limit there): ``{"$fs": ["int", "-1f…"]}``, which the journal
-    decoders (``decoding.py``) read in every position. ``value`` itself when
-    it holds none. Only called once the fast encoding failed: such ints are
-    rare, and the common case pays nothing."""
+# Two adjacent lone surrogates: a JSON reader joins their escapes into one character.
+_LONE_PAIR: Final = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_PAIR_JOINT: Final = re.compile("(?<=[\ud800-\udbff])(?=[\udc00-\udfff])")
+
+
+def _escape(value: Any) -> Any:
+    """``value`` with what JSON text cannot carry exactly tagged, in the
+    journal's tags (``decoding.py`` reads them in every position); ``value``
+    itself when it holds nothing such. Only called once the fast encoding
+    failed or found a surrogate pair: such values are rare, and the common
+    case pays nothing.
+
+    * an int beyond ``sys.get_int_max_str_digits()`` (Python refuses to write
+      it as decimal digits, and to read it back from them): its hexadecimal
+      digits, which have no such limit — ``{"$fs": ["int", "-1f…"]}``;
+    * a text holding two adjacent lone surrogates (which JSON reads back as
+      the one character they would encode): in pieces cut between the two —
+      ``{"$fs": ["str", ["…\ud83d", "\ude00…"]]}``; a dict with such a key:
+      as its ``[key, value]`` pairs (``{"$fs": ["dict", …]}``).
+    """
     cls = value.__class__
     if cls is int:
         try:
@@ -88,13 +111,19 @@ def _escape_huge_ints(value: Any) -> Any:
         except ValueError:
             return {TAG: ["int", format(value, "x")]}
         return value
+    if cls is str:
+        if _LONE_PAIR.search(value):
+            return {TAG: ["str", _PAIR_JOINT.split(value)]}
+        return value
     if cls is list or cls is tuple:
-        items = [_escape_huge_ints(item) for item in value]
+        items = [_escape(item) for item in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
         return items
     if cls is dict:
-        entries = {key: _escape_huge_ints(item) for key, item in value.items()}
+        if any(_LONE_PAIR.search(key) for key in value if key.__class__ is str):
+            return {TAG: ["dict", [[_escape(key), _escape(item)] for key, item in value.items()]]}
+        entries = {key: _escape(item) for key, item in value.items()}
         if all(entries[key] is item for key, item in value.items()):
             return value
         return entries
