@@ -85,8 +85,8 @@ encode_json: Final = _make_encoder()
 
 
 # Two adjacent lone surrogates: a JSON reader joins their escapes into one character.
-_LONE_PAIR: Final = re.compile("[\ud800-\udbff][\udc00-\udfff]")
-_PAIR_JOINT: Final = re.compile("(?<=[\ud800-\udbff])(?=[\udc00-\udfff])")
+_LONE_PAIR: Final = re.compile(r"[\ud800-\udbff][\udc00-\udfff]")
+_PAIR_JOINT: Final = re.compile(r"(?<=[\ud800-\udbff])(?=[\udc00-\udfff])")
 
 
 def _escape(value: Any) -> Any:
@@ -101,7 +101,7 @@ def _escape(value: Any) -> Any:
       digits, which have no such limit — ``{"$fs": ["int", "-1f…"]}``;
     * a text holding two adjacent lone surrogates (which JSON reads back as
       the one character they would encode): in pieces cut between the two —
-      ``{"$fs": ["str", ["…\ud83d", "\ude00…"]]}``; a dict with such a key:
+      ``{"$fs": ["str", ["…\\ud83d", "\\ude00…"]]}``; a dict with such a key:
       as its ``[key, value]`` pairs (``{"$fs": ["dict", …]}``).
     """
     cls = value.__class__
