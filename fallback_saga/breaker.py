@@ -89,6 +89,13 @@ _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", N
 # and the entry below it.
 _Entry: TypeAlias = tuple[int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object]
 
+# A transition (old, new) for the listeners, or None.
+_Change: TypeAlias = tuple[CircuitState, CircuitState] | None
+# What a shared breaker's store work leaves for its listeners: a transition and
+# a store failure to report, both told once ``_sync_lock`` is released.
+_Notices: TypeAlias = tuple[_Change, BaseException | None]
+_NOTHING: _Notices = (None, None)
+
 
 def _current_task() -> asyncio.Task[Any] | None:
     try:
@@ -174,6 +181,7 @@ class CircuitBreaker:
         "_on_change",
         "_on_store_failed",
         "_open_until",
+        "_pending",
         "_permits",
         "_shared",
         "_shared_version",
@@ -272,6 +280,9 @@ class CircuitBreaker:
         self._next_sync = math.inf
         self._shared_version = 0
         self._unpublished = False
+        # The generation of a local transition on its way to the store: a row
+        # pulled meanwhile is older than it and must not undo it.
+        self._pending = -1
         self._next_failure_report = -math.inf
         self._sync_lock = threading.Lock()
         self._on_store_failed = collect_hooks(listeners, "breaker_state_store_failed")
@@ -328,7 +339,7 @@ class CircuitBreaker:
         """Open the circuit now (e.g. from an operator command or a health check)."""
         with self._lock:
             change = self._transition(CircuitState.OPEN, self._clock())
-            generation = self._generation
+            generation = self._pending = self._generation
         self._announce(change)
         if self._shared is not None:
             self._publish(generation, force=True)
@@ -337,7 +348,7 @@ class CircuitBreaker:
         """Close the circuit now and forget counted failures."""
         with self._lock:
             change = self._transition(CircuitState.CLOSED, self._clock())
-            generation = self._generation
+            generation = self._pending = self._generation
         self._announce(change)
         if self._shared is not None:
             self._publish(generation, force=True)
@@ -409,6 +420,7 @@ class CircuitBreaker:
                 change = None
                 if permit == self._generation and self._state is CircuitState.HALF_OPEN:
                     change = self._transition(CircuitState.CLOSED, self._clock())
+                    self._pending = self._generation
                 generation = self._generation
             self._announce(change)
             if change is not None and self._shared is not None:
@@ -425,6 +437,8 @@ class CircuitBreaker:
                         change = self._transition(CircuitState.OPEN, self._clock())
                 elif self._state is CircuitState.HALF_OPEN:
                     change = self._transition(CircuitState.OPEN, self._clock())
+                if change is not None:
+                    self._pending = self._generation
             generation = self._generation
         self._announce(change)
         if change is not None and self._shared is not None:
@@ -499,7 +513,13 @@ class CircuitBreaker:
 
     def _acquire_shared(self) -> int:
         """``acquire`` for a breaker with a state store: pull when due, claim the
-        trial round when the reopen time passes, then the usual permit rules."""
+        trial round when the reopen time passes, then the usual permit rules.
+
+        Only the owner of a live claim lets trials through: an OPEN breaker
+        always rejects (even one whose claim just lost to a row whose time has
+        already passed: the next call claims), and an owner whose claim has
+        expired renews it before its next trial, whatever its free slots.
+        """
         now = self._clock()
         if now >= self._next_sync:
             self._sync(now)
@@ -512,27 +532,27 @@ class CircuitBreaker:
             if remaining > 0:
                 raise CircuitOpenError(self.name, remaining)
             self._claim_trials(generation)
-        elif (
-            self._half_open_in_flight >= self.half_open_max_calls
-            and now >= self._half_open_until
-        ):
-            # Our trials never reported back: a new round needs a renewed claim.
+        elif now >= self._half_open_until:
+            # Our claim ran out (trials that never reported back, or simply
+            # time): another instance may have taken the round over, so a new
+            # trial needs a renewed claim, which starts a new round.
             self._claim_trials(generation)
         with self._lock:
             now = self._clock()
             state = self._state
+            granted = False
             if state is CircuitState.OPEN:
                 retry_after = self._open_until - now
             elif state is CircuitState.HALF_OPEN:
-                if self._half_open_in_flight < self.half_open_max_calls:
+                retry_after = self._half_open_until - now
+                if retry_after > 0 and self._half_open_in_flight < self.half_open_max_calls:
                     self._half_open_in_flight += 1
-                    retry_after = -1.0
-                else:
-                    retry_after = self._half_open_until - now
+                    granted = True
             else:
-                retry_after = -1.0
+                retry_after = 0.0
+                granted = True
             generation = self._generation
-        if retry_after >= 0:
+        if not granted:
             raise CircuitOpenError(self.name, max(retry_after, 0.0))
         return generation
 
@@ -542,35 +562,41 @@ class CircuitBreaker:
         store = self._shared
         assert store is not None
         with self._sync_lock:
-            if self._generation != seen:
-                return  # something happened meanwhile; the caller re-reads the state
-            lease = self._wall_clock() + self.reset_timeout
-            try:
-                row = store.compare_and_set(
-                    self.name, self._shared_version, CircuitState.HALF_OPEN, lease,
-                    self._instance_id,
-                )
-                if row is None:
-                    self._adopt(store.read(self.name))
-                    return
-            except Exception as error:
-                # Keep working on local state; publish once the store is back.
-                self._store_failed(error)
-                self._unpublished = True
-            else:
-                self._shared_version = row.version
-                self._unpublished = False
-            with self._lock:
-                change = None
-                if self._generation == seen:
-                    now = self._clock()
-                    if self._state is CircuitState.OPEN:
-                        change = self._transition(CircuitState.HALF_OPEN, now)
-                    elif self._state is CircuitState.HALF_OPEN:
-                        self._generation += 1
-                        self._half_open_in_flight = 0
-                        self._half_open_until = now + self.reset_timeout
-        self._announce(change)
+            notices = self._claim_trials_locked(store, seen)
+        self._notify(notices)
+
+    def _claim_trials_locked(self, store: CircuitStateStore, seen: int) -> _Notices:
+        if self._generation != seen:
+            return _NOTHING  # something happened meanwhile; the caller re-reads the state
+        # The local lease starts before the round trip, as the row's does: it
+        # never outlives the lease the other instances see.
+        claimed_at = self._clock()
+        lease = self._wall_clock() + self.reset_timeout
+        error: BaseException | None = None
+        try:
+            row = store.compare_and_set(
+                self.name, self._shared_version, CircuitState.HALF_OPEN, lease,
+                self._instance_id,
+            )
+            if row is None:
+                return self._adopt(store.read(self.name)), None
+        except Exception as failure:
+            # Keep working on local state; publish once the store is back.
+            error = self._store_failure_due(failure)
+            self._unpublished = True
+        else:
+            self._shared_version = row.version
+            self._unpublished = False
+        with self._lock:
+            change = None
+            if self._generation == seen:
+                if self._state is CircuitState.OPEN:
+                    change = self._transition(CircuitState.HALF_OPEN, claimed_at)
+                elif self._state is CircuitState.HALF_OPEN:
+                    self._generation += 1
+                    self._half_open_in_flight = 0
+                    self._half_open_until = claimed_at + self.reset_timeout
+        return change, error
 
     def _sync(self, now: float) -> None:
         """Pull the shared row (publishing first what the store missed)."""
@@ -579,31 +605,36 @@ class CircuitBreaker:
             return  # another thread is syncing this breaker right now
         try:
             if self._unpublished:
-                self._publish_locked(self._generation, force=False)
+                notices = self._publish_locked(self._generation, force=False)
             else:
                 store = self._shared
                 assert store is not None
                 try:
                     row = store.read(self.name)
                 except Exception as error:
-                    self._store_failed(error)
-                    return
-                self._adopt(row)
+                    notices = None, self._store_failure_due(error)
+                else:
+                    notices = self._adopt(row), None
         finally:
             self._sync_lock.release()
+        self._notify(notices)
 
     def _publish(self, generation: int, *, force: bool = False) -> None:
         """Publish a local transition (the state at ``generation``)."""
         with self._sync_lock:
-            self._publish_locked(generation, force=force)
+            notices = self._publish_locked(generation, force=force)
+        self._notify(notices)
 
-    def _publish_locked(self, generation: int, *, force: bool) -> None:
+    def _publish_locked(self, generation: int, *, force: bool) -> _Notices:
         store = self._shared
         assert store is not None
         with self._lock:
             if self._generation != generation:
-                # A later local transition publishes itself; an adopted row is newer.
-                return
+                # A later local transition publishes itself; a claim published
+                # its own row.
+                return _NOTHING
+            if self._pending == generation:
+                self._pending = -1  # settled here: from now on, a pulled row may win
             state = self._state
             now = self._clock()
             if state is CircuitState.OPEN:
@@ -633,28 +664,37 @@ class CircuitBreaker:
                     if row is None:
                         current = store.read(self.name)
                 if row is None:
-                    self._adopt(current)
-                    return
+                    return self._adopt(current), None
         except Exception as error:
-            self._store_failed(error)
             self._unpublished = True
-            return
+            return None, self._store_failure_due(error)
         self._shared_version = row.version
         self._unpublished = False
+        return _NOTHING
 
-    def _adopt(self, row: SharedCircuit | None) -> None:
-        """Take over a row another instance published (``_sync_lock`` held)."""
-        self._unpublished = False
-        if row is None:
-            self._shared_version = 0
-            return
-        if row.version == self._shared_version:
-            return
-        self._shared_version = row.version
-        if row.state is CircuitState.HALF_OPEN and row.half_open_owner == self._instance_id:
-            return  # our own claim
-        remaining = row.open_until - self._wall_clock()
+    def _adopt(self, row: SharedCircuit | None) -> _Change:
+        """Take over a row another instance published (``_sync_lock`` held).
+
+        Returns the transition, for the caller to announce once ``_sync_lock``
+        is released (a listener may call back into the breaker).
+        """
+        wall = self._wall_clock()
         with self._lock:
+            if self._pending == self._generation:
+                # A local transition (a trip, a trial's outcome, an operator's
+                # command) made while this row was read is on its way to the
+                # store: it is newer, and its publish settles the two (failures
+                # seen here still open a circuit the row says is closed).
+                return None
+            self._unpublished = False
+            if row is None:
+                self._shared_version = 0
+                return None
+            if row.version == self._shared_version:
+                return None
+            self._shared_version = row.version
+            if row.state is CircuitState.HALF_OPEN and row.half_open_owner == self._instance_id:
+                return None  # our own claim
             now = self._clock()
             change = None
             if row.state is CircuitState.CLOSED:
@@ -665,15 +705,24 @@ class CircuitBreaker:
                 # reopen time (or the end of the owner's trial lease).
                 if self._state is not CircuitState.OPEN:
                     change = self._transition(CircuitState.OPEN, now)
-                self._open_until = now + max(remaining, 0.0)
-        self._announce(change)
+                self._open_until = now + max(row.open_until - wall, 0.0)
+        return change
 
-    def _store_failed(self, error: BaseException) -> None:
-        """Report a failing store at most once per ``sync_interval``."""
+    def _store_failure_due(self, error: BaseException) -> BaseException | None:
+        """``error`` if it is to be reported: at most once per ``sync_interval``."""
         now = self._clock()
         if now < self._next_failure_report:
-            return
+            return None
         self._next_failure_report = now + self._sync_interval
+        return error
+
+    def _notify(self, notices: _Notices) -> None:
+        """Tell the listeners what the store work found, no lock held: a
+        listener may call back into the breaker (``open()``, ``close()``)."""
+        change, error = notices
+        self._announce(change)
+        if error is None:
+            return
         if self._on_store_failed:
             emit(self._on_store_failed, self.name, error)
         else:
