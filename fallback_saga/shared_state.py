@@ -49,6 +49,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Protocol, runtime_checkable
 
 from .status import CircuitState
@@ -119,7 +120,9 @@ class SQLiteCircuitStateStore:
     Uses its own table (``fallback_saga_breakers``, created if missing) and
     its own connections — one per thread, in autocommit mode with WAL and a
     busy timeout — so it may share a file with ``SQLiteSagaStore`` without
-    touching that store's schema. Every statement is a single parameterized
+    touching that store's schema. A thread's connection is closed when the
+    thread ends (threads that come and go leave no open file behind), the
+    others by ``close()``. Every statement is a single parameterized
     statement, atomic on its own.
     """
 
@@ -137,7 +140,7 @@ class SQLiteCircuitStateStore:
         self.path: str = text
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
         self._closed = False
 
@@ -145,9 +148,9 @@ class SQLiteCircuitStateStore:
         return f"SQLiteCircuitStateStore({self.path!r})"
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is not None:
+            return held.conn
         if self._closed:
             raise RuntimeError("the circuit state store is closed")
         conn = sqlite3.connect(
@@ -161,8 +164,12 @@ class SQLiteCircuitStateStore:
             conn.close()
             raise
         with self._all_lock:
-            self._all.append(conn)
-        self._local.conn = conn
+            self._all.add(conn)
+        held = _ThreadConnection(conn)
+        # The thread's slot of ``_local`` goes when the thread ends, and with
+        # it ``held``: then the connection is closed, from whichever thread.
+        weakref.finalize(held, _release, conn, self._all, self._all_lock)
+        self._local.held = held
         return conn
 
     def read(self, name: str) -> SharedCircuit | None:
@@ -211,6 +218,25 @@ class SQLiteCircuitStateStore:
         """Close every connection this store opened (call when no breaker uses it)."""
         self._closed = True
         with self._all_lock:
-            conns, self._all = self._all, []
+            conns = list(self._all)
+            self._all.clear()
         for conn in conns:
             conn.close()
+
+
+class _ThreadConnection:
+    """One thread's connection, in the thread's slot of a ``threading.local``."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+def _release(
+    conn: sqlite3.Connection, every: set[sqlite3.Connection], lock: threading.Lock
+) -> None:
+    """Close the connection of a thread that ended."""
+    with lock:
+        every.discard(conn)
+    conn.close()

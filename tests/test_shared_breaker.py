@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -125,6 +126,36 @@ def test_sqlite_store_compare_and_set_is_versioned(sqlite_store: SQLiteCircuitSt
         CircuitState.HALF_OPEN, 2, 5.0, "me",
     )
     assert isinstance(sqlite_store, CircuitStateStore)
+
+
+def _open_files(path: Path) -> int:
+    """How many file descriptors of this process are open on ``path``."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                count += 1
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_sqlite_store_closes_the_connection_of_a_thread_that_ended(tmp_path: Path) -> None:
+    path = tmp_path / "breakers.db"
+    store = SQLiteCircuitStateStore(path)
+    store.read("payments")  # this thread's connection stays
+    kept = _open_files(path)
+    assert kept >= 1
+    for _ in range(10):
+        thread = threading.Thread(target=store.read, args=("payments",))
+        thread.start()
+        thread.join()
+    # SQLite may hold on to the file of one closed connection while another
+    # connection of the process has it open (not to drop its POSIX locks),
+    # and reuses it for the next one: at most one more, not one per thread.
+    assert _open_files(path) <= kept + 1
+    store.close()
+    assert _open_files(path) == 0
 
 
 async def test_sqlite_store_shares_a_file_with_the_saga_store(tmp_path: Path) -> None:
@@ -623,3 +654,89 @@ def test_shared_circuit_across_processes_postgres(pg_conninfo: str, pg_schema: s
     assert delay <= sync + SLACK, f"B skipped its primary {delay:.3f}s after A opened"
     assert calls_after == 0
     assert rejections > 0
+
+
+def test_postgres_store_keeps_no_connection_per_thread_that_used_it(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+
+    store = PostgresCircuitStateStore(pg_conninfo, schema=pg_schema)
+    for _ in range(10):
+        thread = threading.Thread(target=store.read, args=("payments",))
+        thread.start()
+        thread.join()
+    with psycopg.connect(pg_conninfo, autocommit=True) as admin:
+        assert len(_store_backends(admin, pg_schema)) == 1  # one call at a time: one worker
+        store.close()
+        for _ in range(100):  # the server notices a closed connection a moment later
+            if not _store_backends(admin, pg_schema):
+                break
+            admin.execute("SELECT pg_sleep(0.05)")
+        assert _store_backends(admin, pg_schema) == []
+
+
+def _store_backends(admin: Any, schema: str) -> list[int]:
+    """The server processes of the store's connections (found by their last query)."""
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE %s",
+        (f'%"{schema}".fallback_saga_breakers%',),
+    ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def test_S9_postgres_store_bounds_a_call_to_a_server_that_stops_answering(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    import asyncio
+    import signal
+
+    import psycopg
+
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+
+    store = PostgresCircuitStateStore(
+        pg_conninfo, schema=pg_schema, connect_timeout=0.5, statement_timeout=0.5
+    )
+    assert store.call_timeout == 1.0
+    clock = FakeClock()
+    failures = StoreFailures()
+    breaker = make(store, clock, listeners=[failures])
+    connected, stalled = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    async def caller() -> None:
+        outcome.append(await breaker.call(succeed))  # the first pull connects
+        connected.set()
+        assert stalled.wait(10)
+        clock.advance(SYNC)  # a pull is due: the server does not answer it
+        outcome.append(await breaker.call(succeed))
+
+    thread = threading.Thread(target=lambda: asyncio.run(caller()), daemon=True)
+    with psycopg.connect(pg_conninfo, autocommit=True) as admin:
+        thread.start()
+        assert connected.wait(10)
+        (backend,) = _store_backends(admin, pg_schema)
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            stalled.set()
+            thread.join(10 * store.call_timeout)  # a bound, not a synchronization
+            assert not thread.is_alive(), "the store call was not bounded"
+        finally:
+            os.kill(backend, signal.SIGCONT)
+    assert outcome == ["ok", "ok"]  # the breaker went on with its local state
+    assert failures.failures == [("payments", "TimeoutError")]
+    store.close()
+
+
+@pytest.mark.parametrize("call_timeout", [0, -1.0, math.inf, math.nan, "1", True])
+def test_postgres_store_call_timeout_must_be_positive_seconds(call_timeout: Any) -> None:
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+
+    with pytest.raises(ValueError, match="call_timeout"):
+        PostgresCircuitStateStore("dbname=x", call_timeout=call_timeout)
+    store = PostgresCircuitStateStore("dbname=x", connect_timeout=1.5, statement_timeout=2)
+    assert store.call_timeout == 3.5
+    assert PostgresCircuitStateStore("dbname=x", call_timeout=0.25).call_timeout == 0.25

@@ -2,23 +2,37 @@
 
 Implements ``fallback_saga.shared_state.CircuitStateStore`` on one table,
 ``fallback_saga_breakers`` (created if missing, in ``schema`` if given), with
-**synchronous** psycopg 3 connections: the breaker calls its store inline and
-rarely (a pull at most once per ``sync_interval``, a publish per transition),
-from whatever thread calls the breaker, so each thread gets its own autocommit
-connection. Every statement is a single parameterized statement; the
-compare-and-set is ``UPDATE … WHERE version = %s RETURNING`` (or ``INSERT …
-ON CONFLICT DO NOTHING RETURNING`` for the first row).
+**synchronous** psycopg 3 connections in autocommit mode. Every statement is a
+single parameterized statement; the compare-and-set is ``UPDATE … WHERE
+version = %s RETURNING`` (or ``INSERT … ON CONFLICT DO NOTHING RETURNING`` for
+the first row).
 
-Because those calls block the caller, the store bounds them: ``connect_timeout``
-for connecting and ``statement_timeout`` for every statement. A failed call
-drops the thread's connection (reconnected at the next call); the breaker
-reports the error and goes on with its local state.
+The breaker calls its store inline and rarely (a pull at most once per
+``sync_interval``, a publish per transition), from whatever thread calls the
+breaker, and that thread may be running an event loop: so the store bounds
+every call *on the caller's side*. ``statement_timeout`` (server side) and
+``connect_timeout`` do not help against a server that stops answering (a
+frozen host or backend, a network partition): the socket just waits. So each
+call runs on one of the store's worker threads, each with its own
+connection, and the caller waits at most ``call_timeout`` (default
+``connect_timeout + statement_timeout``) for it. A call that does not answer
+in time raises ``TimeoutError`` (the breaker reports it and goes on with its
+local state); its worker is abandoned and closes its connection once the
+server lets go of it. A failed call drops its worker's connection too
+(reconnected at the next call).
+
+The workers are daemon threads, reused from call to call: there are as many as
+calls were ever running at once (a breaker makes one store call at a time),
+not one per thread that used the store, so threads that come and go leave no
+connection behind. ``close()`` ends them and their connections.
 
 The driver is imported lazily (``pip install "fallback-saga[postgres]"``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
 import threading
 from typing import Any
@@ -34,7 +48,12 @@ _DDL_LOCK = 0x0FA1_1BAC_B8EA_0001  # advisory lock key for creating the table
 
 
 class PostgresCircuitStateStore:
-    """Shared circuit state in PostgreSQL. ``conninfo`` is a libpq connection string."""
+    """Shared circuit state in PostgreSQL. ``conninfo`` is a libpq connection string.
+
+    ``call_timeout`` bounds each call on the caller's side (connecting
+    included), whatever the server does; default ``connect_timeout +
+    statement_timeout``.
+    """
 
     def __init__(
         self,
@@ -43,6 +62,7 @@ class PostgresCircuitStateStore:
         schema: str | None = None,
         connect_timeout: float = 2.0,
         statement_timeout: float = 2.0,
+        call_timeout: float | None = None,
     ) -> None:
         if not isinstance(conninfo, str):
             raise TypeError(
@@ -52,11 +72,10 @@ class PostgresCircuitStateStore:
             not isinstance(schema, str) or not _IDENTIFIER.fullmatch(schema)
         ):
             raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
-        timeouts = {
-            label: finite_seconds(label, value)
-            for label, value in (("connect_timeout", connect_timeout),
-                                 ("statement_timeout", statement_timeout))
-        }
+        given = {"connect_timeout": connect_timeout, "statement_timeout": statement_timeout}
+        if call_timeout is not None:
+            given["call_timeout"] = call_timeout
+        timeouts = {label: finite_seconds(label, value) for label, value in given.items()}
         for label, seconds in timeouts.items():
             if seconds <= 0:
                 raise ValueError(f"{label} must be seconds > 0, got {seconds!r}")
@@ -64,22 +83,20 @@ class PostgresCircuitStateStore:
         self.schema = schema
         self.connect_timeout = timeouts["connect_timeout"]
         self.statement_timeout = timeouts["statement_timeout"]
+        self.call_timeout = timeouts.get(
+            "call_timeout", self.connect_timeout + self.statement_timeout
+        )
         prefix = "" if schema is None else f'"{schema}".'
         self._table = f"{prefix}fallback_saga_breakers"
-        self._local = threading.local()
-        self._all: list[Any] = []
-        self._all_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []  # workers waiting for a call (guarded by _lock)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"PostgresCircuitStateStore(schema={self.schema!r})"
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and not conn.closed:
-            return conn
-        if self._closed:
-            raise RuntimeError("the circuit state store is closed")
+    def _connect(self) -> Any:
+        """A new connection with the table in place (on a worker thread)."""
         import psycopg  # type: ignore[import-not-found, unused-ignore]
 
         conn = psycopg.connect(
@@ -104,25 +121,31 @@ class PostgresCircuitStateStore:
         except BaseException:
             conn.close()
             raise
-        with self._all_lock:
-            self._all.append(conn)
-        self._local.conn = conn
         return conn
 
     def _run(self, statement: str, params: tuple[Any, ...]) -> Any:
-        conn = self._connection()
-        try:
-            return conn.execute(statement, params).fetchone()
-        except BaseException:
-            # A broken connection is replaced at the next call.
-            self._local.conn = None
-            try:
-                conn.close()
-            finally:
-                with self._all_lock:
-                    if conn in self._all:
-                        self._all.remove(conn)
-            raise
+        """Run one statement on a worker; wait at most ``call_timeout``."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the circuit state store is closed")
+            worker = self._idle.pop() if self._idle else _Worker(self)
+        job = _Job(statement, params)
+        worker.submit(job)
+        if not job.done.wait(self.call_timeout) and job.abandon():
+            raise TimeoutError(
+                f"the circuit state store did not answer within {self.call_timeout:g}s"
+            )
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _finished(self, worker: _Worker, keep: bool) -> None:
+        """A worker's call is over: back to the idle list, or let it end."""
+        with self._lock:
+            if keep and not self._closed:
+                self._idle.append(worker)
+                return
+        worker.stop()
 
     def read(self, name: str) -> SharedCircuit | None:
         row = self._run(
@@ -161,11 +184,95 @@ class PostgresCircuitStateStore:
         return None if row is None else _circuit(name, row)
 
     def close(self) -> None:
-        """Close every connection this store opened."""
-        self._closed = True
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for conn in conns:
+        """End the workers and close their connections; a worker still waiting
+        for the server closes its connection once it answers."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop()
+        for worker in idle:
+            worker.join(self.call_timeout)
+
+
+class _Job:
+    """One statement for a worker, and what came of it."""
+
+    __slots__ = ("_lock", "abandoned", "done", "error", "params", "result", "statement")
+
+    def __init__(self, statement: str, params: tuple[Any, ...]) -> None:
+        self.statement = statement
+        self.params = params
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.abandoned = False
+        self._lock = threading.Lock()
+
+    def abandon(self) -> bool:
+        """The caller gives up: True unless the job finished meanwhile."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.abandoned = True
+            return True
+
+    def finish(self) -> bool:
+        """Tell the caller; False if the caller had given up already."""
+        with self._lock:
+            self.done.set()
+            return not self.abandoned
+
+
+class _Worker:
+    """A daemon thread that owns one connection and runs one job at a time."""
+
+    def __init__(self, store: PostgresCircuitStateStore) -> None:
+        self._store = store
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._loop, name="fallback_saga-breaker-store", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        conn: Any = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    if conn is None:
+                        conn = self._store._connect()
+                    job.result = conn.execute(job.statement, job.params).fetchone()
+                except BaseException as error:
+                    # A broken connection is replaced at the next call.
+                    job.error = error
+                    _close(conn)
+                    conn = None
+                wanted = job.finish()
+                if not wanted:
+                    # The caller gave up on this connection: it may be stalled.
+                    _close(conn)
+                    conn = None
+                self._store._finished(self, keep=wanted)
+                if not wanted:
+                    return
+        finally:
+            _close(conn)
+
+
+def _close(conn: Any) -> None:
+    """Close ``conn`` if there is one (errors closing a broken one say nothing)."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
             conn.close()
 
 
