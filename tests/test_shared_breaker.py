@@ -740,3 +740,22 @@ def test_postgres_store_call_timeout_must_be_positive_seconds(call_timeout: Any)
     store = PostgresCircuitStateStore("dbname=x", connect_timeout=1.5, statement_timeout=2)
     assert store.call_timeout == 3.5
     assert PostgresCircuitStateStore("dbname=x", call_timeout=0.25).call_timeout == 0.25
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_postgres_store_works_in_a_forked_child(pg_store: Any) -> None:
+    assert pg_store.read("payments") is None  # the parent has a worker now
+    pid = os.fork()
+    if pid == 0:  # the child: its own worker, the parent's connection untouched
+        code = 1
+        try:
+            pg_store.call_timeout = 5.0  # far more than a call takes
+            row = pg_store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None)
+            code = 0 if row is not None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    row = pg_store.read("payments")  # the parent's connection still works
+    assert row is not None
+    assert row.state is CircuitState.OPEN

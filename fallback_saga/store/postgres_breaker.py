@@ -24,7 +24,8 @@ server lets go of it. A failed call drops its worker's connection too
 The workers are daemon threads, reused from call to call: there are as many as
 calls were ever running at once (a breaker makes one store call at a time),
 not one per thread that used the store, so threads that come and go leave no
-connection behind. ``close()`` ends them and their connections.
+connection behind. ``close()`` ends them and their connections. A forked
+child starts its own workers.
 
 The driver is imported lazily (``pip install "fallback-saga[postgres]"``).
 """
@@ -32,6 +33,7 @@ The driver is imported lazily (``pip install "fallback-saga[postgres]"``).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import threading
@@ -90,6 +92,7 @@ class PostgresCircuitStateStore:
         self._table = f"{prefix}fallback_saga_breakers"
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []  # workers waiting for a call (guarded by _lock)
+        self._pid = os.getpid()  # the process whose threads the workers are
         self._closed = False
 
     def __repr__(self) -> str:
@@ -128,6 +131,11 @@ class PostgresCircuitStateStore:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the circuit state store is closed")
+            if self._pid != os.getpid():
+                # A forked child has none of its parent's threads: forget
+                # them (not closing their connections, which are the parent's).
+                self._pid = os.getpid()
+                self._idle = []
             worker = self._idle.pop() if self._idle else _Worker(self)
         job = _Job(statement, params)
         worker.submit(job)
