@@ -340,18 +340,22 @@ class CircuitBreaker:
         with self._lock:
             change = self._transition(CircuitState.OPEN, self._clock())
             generation = self._pending = self._generation
-        self._announce(change)
-        if self._shared is not None:
-            self._publish(generation, force=True)
+        try:
+            self._announce(change)
+        finally:  # even past a listener's BaseException: a pending transition is published
+            if self._shared is not None:
+                self._publish(generation, force=True)
 
     def close(self) -> None:
         """Close the circuit now and forget counted failures."""
         with self._lock:
             change = self._transition(CircuitState.CLOSED, self._clock())
             generation = self._pending = self._generation
-        self._announce(change)
-        if self._shared is not None:
-            self._publish(generation, force=True)
+        try:
+            self._announce(change)
+        finally:  # even past a listener's BaseException: a pending transition is published
+            if self._shared is not None:
+                self._publish(generation, force=True)
 
     # ------------------------------------------------------------------ permits
 
@@ -422,9 +426,11 @@ class CircuitBreaker:
                     change = self._transition(CircuitState.CLOSED, self._clock())
                     self._pending = self._generation
                 generation = self._generation
-            self._announce(change)
-            if change is not None and self._shared is not None:
-                self._publish(generation)
+            try:
+                self._announce(change)
+            finally:
+                if change is not None and self._shared is not None:
+                    self._publish(generation)
 
     def record_failure(self, permit: int) -> None:
         """The permitted call failed with an error that counts."""
@@ -440,9 +446,11 @@ class CircuitBreaker:
                 if change is not None:
                     self._pending = self._generation
             generation = self._generation
-        self._announce(change)
-        if change is not None and self._shared is not None:
-            self._publish(generation)
+        try:
+            self._announce(change)
+        finally:
+            if change is not None and self._shared is not None:
+                self._publish(generation)
 
     def release(self, permit: int) -> None:
         """Return a permit whose outcome says nothing (cancelled, or an excluded error)."""

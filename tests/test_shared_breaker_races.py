@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_breaker import Boom, FakeClock, succeed, trip
+from helpers_breaker import Boom, FakeClock, fail_with, succeed, trip
 
 from fallback_saga import (
     CircuitBreaker,
@@ -308,3 +308,30 @@ def test_S9_shared_listener_may_call_back_when_a_lost_claim_adopts_a_row(
     row = sqlite_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN  # the listener's open() was published
+
+
+async def test_S9_shared_trip_is_published_even_past_a_listener_that_raises_a_base_exception(
+    sqlite_store: SQLiteCircuitStateStore,
+) -> None:
+    clock = FakeClock()
+
+    class Abort(BaseException):
+        pass
+
+    class Raises:
+        def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
+            if new == "open":
+                raise Abort  # e.g. a KeyboardInterrupt while the listener runs
+
+    b = make(sqlite_store, clock, listeners=[Raises()])
+    other = make(sqlite_store, clock)
+    await b.call(succeed)
+    with pytest.raises(Abort):
+        await b.call(fail_with, Boom("down"))
+    row = sqlite_store.read("payments")
+    assert row is not None
+    assert row.state is CircuitState.OPEN  # the trip was published all the same
+    other.close()  # and b still follows the row afterwards
+    clock.advance(SYNC)
+    assert await b.call(succeed) == "ok"
+    assert b.state is CircuitState.CLOSED
