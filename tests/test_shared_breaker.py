@@ -764,3 +764,25 @@ def test_postgres_store_works_in_a_forked_child(pg_store: Any) -> None:
     row = pg_store.read("payments")  # the parent's connection still works
     assert row is not None
     assert row.state is CircuitState.OPEN
+
+
+def test_postgres_store_dropped_without_close_ends_its_connections(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    import gc
+
+    import psycopg
+
+    from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
+
+    store = PostgresCircuitStateStore(pg_conninfo, schema=pg_schema)
+    assert store.read("payments") is None
+    with psycopg.connect(pg_conninfo, autocommit=True) as admin:
+        assert len(_store_backends(admin, pg_schema)) == 1
+        del store
+        gc.collect()
+        for _ in range(100):  # the server notices a closed connection a moment later
+            if not _store_backends(admin, pg_schema):
+                break
+            admin.execute("SELECT pg_sleep(0.05)")
+        assert _store_backends(admin, pg_schema) == []

@@ -37,6 +37,7 @@ import os
 import queue
 import re
 import threading
+import weakref
 from typing import Any
 
 from ..shared_state import SharedCircuit
@@ -93,6 +94,9 @@ class PostgresCircuitStateStore:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []  # workers waiting for a call (guarded by _lock)
         self._pid = os.getpid()  # the process whose threads the workers are
+        # The workers hold the store weakly: a store dropped without close()
+        # ends its idle workers (and their connections) when it is collected.
+        weakref.finalize(self, _stop_all, self._idle)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -135,8 +139,8 @@ class PostgresCircuitStateStore:
                 # A forked child has none of its parent's threads: forget
                 # them (not closing their connections, which are the parent's).
                 self._pid = os.getpid()
-                self._idle = []
-            worker = self._idle.pop() if self._idle else _Worker(self)
+                self._idle.clear()
+            worker = self._idle.pop() if self._idle else _Worker(weakref.ref(self))
         job = _Job(statement, params)
         worker.submit(job)
         if not job.done.wait(self.call_timeout) and job.abandon():
@@ -196,7 +200,8 @@ class PostgresCircuitStateStore:
         for the server closes its connection once it answers."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
+            idle = list(self._idle)
+            self._idle.clear()
         for worker in idle:
             worker.stop()
         for worker in idle:
@@ -235,7 +240,7 @@ class _Job:
 class _Worker:
     """A daemon thread that owns one connection and runs one job at a time."""
 
-    def __init__(self, store: PostgresCircuitStateStore) -> None:
+    def __init__(self, store: weakref.ref[PostgresCircuitStateStore]) -> None:
         self._store = store
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
@@ -256,9 +261,12 @@ class _Worker:
         conn: Any = None
         try:
             while (job := self._jobs.get()) is not None:
+                store = self._store()
                 try:
+                    if store is None:
+                        raise RuntimeError("the circuit state store is gone")
                     if conn is None:
-                        conn = self._store._connect()
+                        conn = store._connect()
                     job.result = conn.execute(job.statement, job.params).fetchone()
                 except BaseException as error:
                     # A broken connection is replaced at the next call.
@@ -270,11 +278,19 @@ class _Worker:
                     # The caller gave up on this connection: it may be stalled.
                     _close(conn)
                     conn = None
-                self._store._finished(self, keep=wanted)
+                if store is not None:
+                    store._finished(self, keep=wanted)
+                del store
                 if not wanted:
                     return
         finally:
             _close(conn)
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    """End the idle workers of a store that was collected without ``close()``."""
+    for worker in workers:
+        worker.stop()
 
 
 def _close(conn: Any) -> None:
