@@ -620,6 +620,10 @@ class CircuitBreaker:
                 try:
                     row = store.read(self.name)
                 except Exception as error:
+                    # The next try comes a full interval after this one gave
+                    # up: a store that hangs until its timeout must not hold
+                    # every call of the breaker.
+                    self._next_sync = self._clock() + self._sync_interval
                     notices = None, self._store_failure_due(error)
                 else:
                     notices = self._adopt(row), None

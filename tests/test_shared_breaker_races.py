@@ -335,3 +335,31 @@ async def test_S9_shared_trip_is_published_even_past_a_listener_that_raises_a_ba
     clock.advance(SYNC)
     assert await b.call(succeed) == "ok"
     assert b.state is CircuitState.CLOSED
+
+
+async def test_S9_shared_pull_that_times_out_is_retried_an_interval_after_it_gave_up() -> None:
+    clock = FakeClock()
+
+    class Hangs:
+        """A store that answers nothing until its (client-side) timeout."""
+
+        reads = 0
+
+        def read(self, name: str) -> SharedCircuit | None:
+            self.reads += 1
+            clock.advance(4 * SYNC)  # the call's timeout
+            raise TimeoutError("the circuit state store did not answer within 4s")
+
+        def compare_and_set(self, *args: Any) -> SharedCircuit | None:
+            raise AssertionError("not reached")
+
+    store = Hangs()
+    b = make(store, clock)
+    assert await b.call(succeed) == "ok"  # the first pull hangs, then gives up
+    assert store.reads == 1
+    for _ in range(10):  # not one more pull before an interval has passed
+        assert await b.call(succeed) == "ok"
+    assert store.reads == 1
+    clock.advance(SYNC)
+    assert await b.call(succeed) == "ok"
+    assert store.reads == 2
