@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, urlencode
 
-from ..errors import SagaNotFound, SagaStoreError
+from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
 from ..record_json import history_json
 from ..status import SagaStatus
 from ..store.base import LeaseState, SagaRecord, SagaSummary
@@ -367,6 +367,11 @@ async def fetch_saga(store: object, saga_id: str) -> SagaView:
         state = await lease_state(saga_id)
     except SagaNotFound:  # purged since the load
         return SagaView(record, None, "the saga is gone from the store", parent, children)
+    except CorruptSagaRecord:
+        # The row's lease columns hold something other than a lease (a
+        # damaged or hand-edited row; the store names it in its warning):
+        # shown as an unreadable lease, as one read back that way would be.
+        return SagaView(record, UNREADABLE_LEASE, None, parent, children)
     except SagaStoreError as error:
         # The record was read: show it, and say why its lease is missing.
         note = f"the store cannot read it ({redact(str(error))})"
@@ -384,6 +389,11 @@ def is_time(value: object) -> bool:
     return (
         isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     )
+
+
+# A lease a store refused to read (``CorruptSagaRecord``): its expiry is no
+# time, so every view shows it as unreadable.
+UNREADABLE_LEASE: Final = LeaseState(None, math.nan, 0)
 
 
 def lease_readable(lease: LeaseState) -> bool:
