@@ -67,7 +67,7 @@ from .decoding import (
     untyped_union,
     unwrap,
 )
-from .errors import ContextDecodeError, ContextSerializationError
+from .errors import ContextDecodeError, ContextSerializationError, key_path
 from .models import Kind, dump_model, kind_of, load_model, why_not
 
 __all__ = [
@@ -569,7 +569,7 @@ def _mapping_encoder(key_tp: Any, item: _Typed) -> _Encoder:
                 return _tagged(value, path, depth)
             out[text] = (
                 entry if entry.__class__ in plain
-                else encode_item(entry, f"{path}[{key!r}]", depth + 1)
+                else encode_item(entry, key_path(path, key), depth + 1)
             )
         return out
 
@@ -769,7 +769,7 @@ def _encode_dict(
     depth += 1
     if all(key.__class__ is str for key in value) and not (len(value) == 1 and TAG in value):
         return {
-            key: entry if entry.__class__ in plain else item(entry, f"{path}[{key!r}]", depth)
+            key: entry if entry.__class__ in plain else item(entry, key_path(path, key), depth)
             for key, entry in value.items()
         }
     # Keys JSON cannot carry as object keys (or data shaped like a tag): pairs.
@@ -791,7 +791,7 @@ def _at(path: str, key: Any) -> str:
     """The path of a dict entry (a key without a repr — an int beyond
     ``sys.get_int_max_str_digits`` — by its type)."""
     try:
-        return f"{path}[{key!r}]"
+        return key_path(path, key)
     except ValueError:
         return f"{path}[<{type(key).__name__}>]"
 
@@ -941,7 +941,7 @@ def _children(value: Any, path: str) -> list[tuple[Any, str]] | None:
     if cls is list or cls is tuple:
         return [(item, f"{path}[{index}]") for index, item in enumerate(value)]
     if cls is dict:
-        return [(item, f"{path}[{key!r}]") for key, item in value.items()]
+        return [(item, key_path(path, key)) for key, item in value.items()]
     if isinstance(value, Enum):
         return [(value.value, path)]
     if cls is set or cls is frozenset:

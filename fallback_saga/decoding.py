@@ -26,7 +26,7 @@ from enum import Enum
 from fractions import Fraction
 from typing import Any, ClassVar, Final, ForwardRef, Literal, TypeVar, Union, get_args, get_origin
 
-from .errors import ContextDecodeError
+from .errors import ContextDecodeError, key_path
 from .models import Kind, kind_of, load_model
 
 __all__ = [
@@ -115,7 +115,7 @@ def _decode_untyped(value: Any, path: str) -> Any:
                 return _decode_tag(tagged[0], tagged[1], path)
         scalars = JSON_SCALARS
         return {
-            key: item if item.__class__ in scalars else _decode_untyped(item, f"{path}[{key!r}]")
+            key: item if item.__class__ in scalars else _decode_untyped(item, key_path(path, key))
             for key, item in value.items()
         }
     return value
@@ -137,7 +137,7 @@ def _read_tag(value: Any, path: str) -> Any:
     tagged = value[TAG]
     if _tag_shaped(tagged):
         return _decode_tag(tagged[0], tagged[1], path)
-    raise ContextDecodeError(path, f"invalid tag {tagged!r:.80}")
+    raise ContextDecodeError(path, f"invalid tag (a {type(tagged).__name__})")
 
 
 def decode_untyped(value: Any, path: str) -> Any:
@@ -156,7 +156,11 @@ def _decode_tag(tag: str, payload: Any, path: str) -> Any:
     except ContextDecodeError:
         raise
     except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
-        raise ContextDecodeError(path, f"invalid {tag} {payload!r:.80}: {exc}") from exc
+        # Neither the stored value nor the error (which may quote it) in the
+        # message: it may be a secret of the context.
+        raise ContextDecodeError(
+            path, f"invalid {tag} (a {type(payload).__name__}: {type(exc).__name__})"
+        ) from None
 
 
 def _decode_pairs(payload: Any, path: str, item: _Decoder = _decode_untyped) -> dict[Any, Any]:
@@ -171,7 +175,7 @@ def _at(path: str, key: Any) -> str:
     """The path of a dict entry (a key without a repr — an int beyond
     ``sys.get_int_max_str_digits`` — by its type)."""
     try:
-        return f"{path}[{key!r}]"
+        return key_path(path, key)
     except ValueError:
         return f"{path}[<{type(key).__name__}>]"
 
@@ -346,7 +350,7 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
         instance = maker.__new__(maker)
     except Exception as exc:
         raise ContextDecodeError(
-            path or "<context>", f"{cls.__name__}.__new__ raised {exc!r}"
+            path or "<context>", f"{cls.__name__}.__new__ raised {type(exc).__name__}"
         ) from exc
     if _in_dict(cls):
         instance.__dict__.update(values)
@@ -381,7 +385,7 @@ def decode_state(cls: type, data: Any, path: str) -> Any:
         instance = maker.__new__(maker)
     except Exception as exc:
         raise ContextDecodeError(
-            path or "<context>", f"{cls.__name__}.__new__ raised {exc!r}"
+            path or "<context>", f"{cls.__name__}.__new__ raised {type(exc).__name__}"
         ) from exc
     hints = type_hints(cls)
     state = instance.__dict__
@@ -463,8 +467,10 @@ def _via(
         if isinstance(value, source) and not isinstance(value, bool):
             try:
                 return convert(value)
-            except (ValueError, ArithmeticError) as exc:
-                raise ContextDecodeError(path, f"invalid {name}: {value!r}") from exc
+            except (ValueError, ArithmeticError):
+                raise ContextDecodeError(
+                    path, f"invalid {name} (a {type(value).__name__} that does not convert)"
+                ) from None
         if _is_tag(value):
             return _read_tag(value, path)
         raise ContextDecodeError(path, f"expected {name} text, got {_kind(value)}")
@@ -543,8 +549,10 @@ def _enum_decoder(enum_cls: type[Enum]) -> _Decoder:
             return _read_tag(value, path)
         try:
             return enum_cls(value)
-        except ValueError as exc:
-            raise ContextDecodeError(path, f"{value!r} is not a {enum_cls.__name__}") from exc
+        except ValueError:
+            raise ContextDecodeError(
+                path, f"a {type(value).__name__} that is no {enum_cls.__name__} value"
+            ) from None
 
     return decode
 
@@ -578,7 +586,9 @@ def _literal_decoder(args: tuple[Any, ...]) -> _Decoder:
                 return option
         if _is_tag(value):
             return _read_tag(value, path)
-        raise ContextDecodeError(path, f"{value!r} is not one of {args!r}")
+        raise ContextDecodeError(
+            path, f"a {type(value).__name__} that is not one of the Literal's values"
+        )
 
     return decode
 
@@ -641,7 +651,7 @@ def _mapping_decoder(key_tp: Any, value_tp: Any) -> _Decoder:
         if len(value) == 1 and TAG in value and _tag_shaped(value[TAG]):
             return _read_tag(value, path)  # (data shaped so: journals before typed tags)
         return {
-            decode_key(key, f"{path}[{key!r}]"): decode_value(item, f"{path}[{key!r}]")
+            decode_key(key, key_path(path, key)): decode_value(item, key_path(path, key))
             for key, item in value.items()
         }
 
@@ -663,8 +673,10 @@ def _any_key_mapping_decoder(value_tp: Any) -> _Decoder:
                 except ContextDecodeError:
                     raise
                 except (ValueError, TypeError) as exc:
-                    raise ContextDecodeError(path, f"invalid dict pairs: {exc}") from exc
+                    raise ContextDecodeError(
+                        path, f"invalid dict pairs ({type(exc).__name__})"
+                    ) from None
             return _read_tag(value, path)
-        return {key: decode_value(item, f"{path}[{key!r}]") for key, item in value.items()}
+        return {key: decode_value(item, key_path(path, key)) for key, item in value.items()}
 
     return decode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import Any
 
 from .status import SagaStatus
@@ -159,6 +160,26 @@ def short_id(saga_id: object, limit: int = 80) -> str:
     characters are escaped), cut to ``limit`` characters."""
     text = repr(saga_id)
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def key_path(path: str, key: object) -> str:
+    """The path of a dict's item, as a message names it: ``path['sku']``.
+
+    A key that reads like a name (a short identifier, a small int, an Enum
+    member) is shown; any other — an e-mail address, a card number, a token
+    a context is keyed by — only by its type, ``path[<str key>]``: context
+    values never appear in messages (they may be secrets), and a key is one.
+    """
+    cls = key.__class__
+    if isinstance(key, str) and cls is str:
+        if len(key) <= 40 and key.isidentifier() and key.isascii():
+            return f"{path}[{key!r}]"
+    elif key is None or (isinstance(key, int) and (cls is bool or cls is int)):
+        if key is None or -100_000 < key < 100_000:
+            return f"{path}[{key!r}]"
+    elif isinstance(key, Enum):
+        return f"{path}[{cls.__name__}.{key.name}]"
+    return f"{path}[<{cls.__name__} key>]"
 
 
 class SagaNotFound(SagaStoreError, KeyError):

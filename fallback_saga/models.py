@@ -40,7 +40,7 @@ from fractions import Fraction
 from typing import Any, Final, TypeVar, get_args
 from uuid import UUID
 
-from .errors import ContextDecodeError, ContextSerializationError
+from .errors import ContextDecodeError, ContextSerializationError, key_path
 
 __all__ = [
     "CONTEXT_KINDS_HINT",
@@ -427,7 +427,7 @@ def _locate(value: Any, kind: Kind, path: str) -> tuple[str, Any]:
     elif isinstance(value, list | tuple):
         items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
     elif isinstance(value, dict):
-        items = [(f"{path}[{key!r}]", item) for key, item in value.items()]
+        items = [(key_path(path, key), item) for key, item in value.items()]
     else:
         return path, value
     for where, item in items:
@@ -468,7 +468,7 @@ def _json_copy(value: Any, path: str, source: str, depth: int) -> Any:
         for key, item in value.items():
             if key.__class__ is not str:
                 raise ContextSerializationError(
-                    f"{path}[{key!r}]", key, f"{source} returned a key that is not text"
+                    key_path(path, key), key, f"{source} returned a key that is not text"
                 )
             out[key] = _json_copy(item, f"{path}.{key}" if path else key, source, depth + 1)
         return out
@@ -600,7 +600,7 @@ def _items_difference(
     for key, value in items:
         # A dict's key names the field, as in the codec's paths; a set's
         # item is a value, so the set is named instead (never the item).
-        where = f"{path}[{key!r}]" if keyed else path
+        where = key_path(path, key) if keyed else path
         if key not in keys:
             missing = "the key" if keyed else f"an item ({_a(type(key))})"
             return where, f"{missing} is missing"

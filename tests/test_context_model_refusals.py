@@ -14,10 +14,12 @@ logged, and a context may hold a card token.
 from __future__ import annotations
 
 import array
+import dataclasses
+import enum
 import importlib
 import traceback
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -280,8 +282,32 @@ async def test_S14_the_SecretStr_refusal_at_run_shows_no_secret() -> None:
         await store.load("o1")
 
 
+class Mode(enum.Enum):
+    FAST = "fast"
+
+
+@dataclasses.dataclass
+class Typed:
+    """A dataclass context, its fields typed: what a journal must fit."""
+
+    count: int = 0
+    amount: Decimal = Decimal(0)
+    mode: Mode = Mode.FAST
+    kind: Literal["a", "b"] = "a"
+    when: date | None = None
+    anything: Any = None
+
+
 def decode_refusals() -> list[Any]:
-    cases = []
+    cases = [
+        pytest.param(Typed, {"count": SECRET}, "count", id="dataclass-int"),
+        pytest.param(Typed, {"amount": SECRET}, "amount", id="dataclass-decimal"),
+        pytest.param(Typed, {"mode": SECRET}, "mode", id="dataclass-enum"),
+        pytest.param(Typed, {"kind": SECRET}, "kind", id="dataclass-literal"),
+        pytest.param(Typed, {"when": SECRET}, "when", id="dataclass-date"),
+        pytest.param(Typed, {"anything": {"$fs": ["decimal", SECRET]}}, "anything",
+                     id="dataclass-tag-payload"),
+    ]
     if pydantic is not None:
 
         class Pin(pydantic.BaseModel):
@@ -455,3 +481,23 @@ def test_S14_a_context_its_own_library_cannot_encode_is_refused_naming_the_field
         context_to_dict(make())
 
     assert info.value.path == path, str(info.value)
+
+
+@dataclasses.dataclass
+class KeyedBySecrets:
+    """A context keyed by what may be secret: card numbers, e-mail addresses."""
+
+    tokens: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def test_S14_a_refusal_names_a_dict_item_by_a_key_that_reads_like_a_name_only() -> None:
+    """The path of a dict item names its key when the key reads like a name
+    (``tokens['visa']``); any other key — an e-mail address, a card number —
+    only by its type: a key is context data, and may be a secret."""
+    with pytest.raises(ContextSerializationError) as named:
+        context_to_dict(KeyedBySecrets(tokens={"visa": object()}))
+    assert named.value.path == "tokens['visa']"
+    with pytest.raises(ContextSerializationError) as masked:
+        context_to_dict(KeyedBySecrets(tokens={SECRET: object()}))
+    assert masked.value.path == "tokens[<str key>]"
+    assert SECRET not in _shown(masked.value)
