@@ -325,3 +325,15 @@ def test_S14_a_step_result_holding_adjacent_lone_surrogates_stays_as_it_was() ->
 
 def test_S14_a_character_beyond_the_bmp_keeps_its_plain_json_form() -> None:
     assert encode_json({"v": "😀"}) == '{"v":"\\ud83d\\ude00"}'
+
+
+@pytest.mark.parametrize("response", [PAIR, "id-" + PAIR, "😀", "\ud83d"])
+def test_S14_a_text_step_result_keeps_its_characters(response: str) -> None:
+    """A step that returns a bare text (the commonest result: an id) is
+    journaled on a fast path of its own; two adjacent lone surrogates in it
+    stay two characters, and a character beyond the BMP stays one."""
+    from fallback_saga.store._responses import response_text
+
+    back = decode_untyped(decode_json(response_text(response, "Saga", "Step")), "response")
+
+    assert_identical(back, response)

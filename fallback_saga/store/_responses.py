@@ -80,7 +80,10 @@ def response_text(response: Any, saga_name: str, step: str) -> str:
     try:
         cls = response.__class__
         if cls is str:
-            return _str_json(response)  # the commonest response: an id
+            text = _str_json(response)  # the commonest response: an id
+            # A surrogate escape may be two lone surrogates, which a JSON
+            # reader would join into one character: encode_json tags those.
+            return text if "\\ud" not in text else _to_json(response)
         known = _OBJECT_TEXT.get(cls)
         if known is not None:
             prefix, fields = known
