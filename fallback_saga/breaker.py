@@ -337,19 +337,15 @@ class CircuitBreaker:
 
     def open(self) -> None:
         """Open the circuit now (e.g. from an operator command or a health check)."""
-        with self._lock:
-            change = self._transition(CircuitState.OPEN, self._clock())
-            generation = self._pending = self._generation
-        try:
-            self._announce(change)
-        finally:  # even past a listener's BaseException: a pending transition is published
-            if self._shared is not None:
-                self._publish(generation, force=True)
+        self._force(CircuitState.OPEN)
 
     def close(self) -> None:
         """Close the circuit now and forget counted failures."""
+        self._force(CircuitState.CLOSED)
+
+    def _force(self, state: CircuitState) -> None:
         with self._lock:
-            change = self._transition(CircuitState.CLOSED, self._clock())
+            change = self._transition(state, self._clock())
             generation = self._pending = self._generation
         try:
             self._announce(change)

@@ -778,22 +778,13 @@ def _encode_dict(
             "dict",
             [
                 [
-                    _encode_untyped(key, _at(path, key), depth),
-                    entry if entry.__class__ in plain else item(entry, _at(path, key), depth),
+                    _encode_untyped(key, key_path(path, key), depth),
+                    entry if entry.__class__ in plain else item(entry, key_path(path, key), depth),
                 ]
                 for key, entry in value.items()
             ],
         ]
     }
-
-
-def _at(path: str, key: Any) -> str:
-    """The path of a dict entry (a key without a repr — an int beyond
-    ``sys.get_int_max_str_digits`` — by its type)."""
-    try:
-        return key_path(path, key)
-    except ValueError:
-        return f"{path}[<{type(key).__name__}>]"
 
 
 def _items(value: Any, path: str, depth: int) -> list[Any]:

@@ -167,17 +167,8 @@ def _decode_pairs(payload: Any, path: str, item: _Decoder = _decode_untyped) -> 
     out = {}
     for key, entry in payload:
         key = _decode_untyped(key, path)
-        out[key] = item(entry, _at(path, key))
+        out[key] = item(entry, key_path(path, key))
     return out
-
-
-def _at(path: str, key: Any) -> str:
-    """The path of a dict entry (a key without a repr — an int beyond
-    ``sys.get_int_max_str_digits`` — by its type)."""
-    try:
-        return key_path(path, key)
-    except ValueError:
-        return f"{path}[<{type(key).__name__}>]"
 
 
 def _decode_fraction(payload: Any, path: str) -> Fraction:

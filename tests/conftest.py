@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import fallback_saga
+from fallback_saga import SQLiteCircuitStateStore
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +17,11 @@ def _no_real_sleep() -> Iterator[None]:
     fallback_saga.set_testing(True)
     yield
     fallback_saga.set_testing(False)
+
+
+@pytest.fixture
+def circuit_file_store(tmp_path: Path) -> Iterator[SQLiteCircuitStateStore]:
+    """A shared breaker's state store in a file of the test's own."""
+    store = SQLiteCircuitStateStore(str(tmp_path / "breakers.db"))
+    yield store
+    store.close()

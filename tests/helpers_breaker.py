@@ -16,6 +16,11 @@ from typing import Any
 
 from fallback_saga import CircuitBreaker, CircuitState
 
+# A shared breaker's timing in the tests: it pulls the row every SYNC seconds
+# of its FakeClock, and tries again RESET seconds after it opened.
+SYNC = 1.0
+RESET = 10.0
+
 
 class FakeClock:
     """A monotonic clock that only moves when told to (thread-safe)."""
@@ -151,3 +156,13 @@ class Held:
         if self.outcome is not None:
             raise self.outcome
         return "released"
+
+
+def shared_breaker(store: Any, clock: FakeClock, **kwargs: Any) -> CircuitBreaker:
+    """The breaker ``payments`` sharing its state through ``store`` (three
+    failures open it unless ``fail_max`` says otherwise), on ``clock``."""
+    options: dict[str, Any] = {
+        "name": "payments", "fail_max": 3, "reset_timeout": RESET, "sync_interval": SYNC,
+    }
+    options.update(kwargs)
+    return CircuitBreaker(state_store=store, clock=clock, wall_clock=clock, **options)

@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_breaker import Boom, FakeClock, StateChanges, fail_with, succeed, trip
+from helpers_breaker import (
+    RESET,
+    SYNC,
+    Boom,
+    FakeClock,
+    StateChanges,
+    fail_with,
+    shared_breaker,
+    succeed,
+    trip,
+)
 
 from fallback_saga import (
     CircuitBreaker,
@@ -41,8 +51,6 @@ pytest_plugins = ["conftest_pg"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SYNC = 1.0
-RESET = 10.0
 
 
 class CountingStore:
@@ -84,19 +92,7 @@ class StoreFailures(SagaListener):
         self.failures.append((breaker, type(error).__name__))
 
 
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> Any:
-    store = SQLiteCircuitStateStore(str(tmp_path / "breakers.db"))
-    yield store
-    store.close()
-
-
-def make(store: Any, clock: FakeClock, **kwargs: Any) -> CircuitBreaker:
-    options: dict[str, Any] = {
-        "name": "payments", "fail_max": 3, "reset_timeout": RESET, "sync_interval": SYNC,
-    }
-    options.update(kwargs)
-    return CircuitBreaker(state_store=store, clock=clock, wall_clock=clock, **options)
+make = shared_breaker
 
 
 async def rejected(breaker: CircuitBreaker) -> bool:
@@ -110,23 +106,25 @@ async def rejected(breaker: CircuitBreaker) -> bool:
 # --------------------------------------------------------------------------- the store
 
 
-def test_sqlite_store_compare_and_set_is_versioned(sqlite_store: SQLiteCircuitStateStore) -> None:
-    assert sqlite_store.read("x") is None
-    first = sqlite_store.compare_and_set("x", 0, CircuitState.OPEN, 123.0, None)
+def test_sqlite_store_compare_and_set_is_versioned(
+    circuit_file_store: SQLiteCircuitStateStore,
+) -> None:
+    assert circuit_file_store.read("x") is None
+    first = circuit_file_store.compare_and_set("x", 0, CircuitState.OPEN, 123.0, None)
     assert first is not None
     assert first.version == 1
     assert first.state is CircuitState.OPEN
-    assert sqlite_store.compare_and_set("x", 0, CircuitState.OPEN, 1.0, None) is None
-    assert sqlite_store.compare_and_set("x", 2, CircuitState.CLOSED, 0.0, None) is None
-    second = sqlite_store.compare_and_set("x", 1, CircuitState.HALF_OPEN, 5.0, "me")
+    assert circuit_file_store.compare_and_set("x", 0, CircuitState.OPEN, 1.0, None) is None
+    assert circuit_file_store.compare_and_set("x", 2, CircuitState.CLOSED, 0.0, None) is None
+    second = circuit_file_store.compare_and_set("x", 1, CircuitState.HALF_OPEN, 5.0, "me")
     assert second is not None
     assert second.version == 2
-    row = sqlite_store.read("x")
+    row = circuit_file_store.read("x")
     assert row is not None
     assert (row.state, row.version, row.open_until, row.half_open_owner) == (
         CircuitState.HALF_OPEN, 2, 5.0, "me",
     )
-    assert isinstance(sqlite_store, CircuitStateStore)
+    assert isinstance(circuit_file_store, CircuitStateStore)
 
 
 def _open_files(path: Path) -> int:
@@ -181,17 +179,17 @@ def test_sqlite_store_refuses_memory() -> None:
 # --------------------------------------------------------------------------- construction
 
 
-def test_shared_breaker_needs_a_name(sqlite_store: SQLiteCircuitStateStore) -> None:
+def test_shared_breaker_needs_a_name(circuit_file_store: SQLiteCircuitStateStore) -> None:
     with pytest.raises(ValueError, match="name"):
-        CircuitBreaker(state_store=sqlite_store)
+        CircuitBreaker(state_store=circuit_file_store)
 
 
 @pytest.mark.parametrize("interval", [0, -1.0, float("inf"), True, "1"])
 def test_shared_breaker_sync_interval_must_be_positive_seconds(
-    sqlite_store: SQLiteCircuitStateStore, interval: Any
+    circuit_file_store: SQLiteCircuitStateStore, interval: Any
 ) -> None:
     with pytest.raises(ValueError, match="sync_interval"):
-        CircuitBreaker(name="x", state_store=sqlite_store, sync_interval=interval)
+        CircuitBreaker(name="x", state_store=circuit_file_store, sync_interval=interval)
 
 
 def test_shared_breaker_rejects_a_non_store() -> None:
@@ -203,18 +201,18 @@ def test_shared_breaker_rejects_a_non_store() -> None:
 
 
 async def test_shared_an_opened_circuit_is_adopted_at_the_next_sync_not_before(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a = make(sqlite_store, clock)
-    counted = CountingStore(sqlite_store)
+    a = make(circuit_file_store, clock)
+    counted = CountingStore(circuit_file_store)
     b = make(counted, clock)
     await b.call(succeed)  # b's first call pulls (nothing shared yet)
     assert counted.calls == 1
 
     await trip(a)
     assert a.state is CircuitState.OPEN
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN
 
@@ -235,10 +233,10 @@ async def test_shared_an_opened_circuit_is_adopted_at_the_next_sync_not_before(
 
 
 async def test_shared_closed_path_reads_the_clock_once_and_the_store_never(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    counted = CountingStore(sqlite_store)
+    counted = CountingStore(circuit_file_store)
     breaker = make(counted, clock)
     await breaker.call(succeed)
     reads, calls = clock.reads, counted.calls
@@ -257,10 +255,10 @@ async def test_local_breaker_closed_path_reads_no_clock() -> None:
 
 
 async def test_shared_only_one_instance_runs_half_open_trials(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     await b.call(succeed)
     await trip(a)
     clock.advance(SYNC)
@@ -269,7 +267,7 @@ async def test_shared_only_one_instance_runs_half_open_trials(
     clock.advance(RESET)  # both past the reset timeout
     permit = a.acquire()  # a claims the trial round
     assert a.state is CircuitState.HALF_OPEN
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.half_open_owner == a.instance_id
 
@@ -282,11 +280,11 @@ async def test_shared_only_one_instance_runs_half_open_trials(
 
 
 async def test_shared_owner_closes_and_the_other_adopts_closed(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
     changes = StateChanges()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock, listeners=[changes])
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock, listeners=[changes])
     await b.call(succeed)
     await trip(a)
     clock.advance(SYNC)
@@ -302,10 +300,10 @@ async def test_shared_owner_closes_and_the_other_adopts_closed(
 
 
 async def test_shared_other_instance_waits_for_the_owner_then_adopts_closed(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     await b.call(succeed)
     await trip(a)
     clock.advance(RESET)
@@ -321,10 +319,10 @@ async def test_shared_other_instance_waits_for_the_owner_then_adopts_closed(
 
 
 async def test_shared_failed_trial_reopens_the_circuit_everywhere(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     await b.call(succeed)
     await trip(a)
     clock.advance(RESET)
@@ -338,10 +336,10 @@ async def test_shared_failed_trial_reopens_the_circuit_everywhere(
 
 
 async def test_shared_a_stuck_owner_loses_its_trials_after_the_lease(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     await b.call(succeed)
     await trip(a)
     clock.advance(RESET)
@@ -360,20 +358,20 @@ async def test_shared_a_stuck_owner_loses_its_trials_after_the_lease(
 
 
 async def test_shared_a_new_instance_learns_the_open_circuit_on_its_first_call(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a = make(sqlite_store, clock)
+    a = make(circuit_file_store, clock)
     await trip(a)
-    late = make(sqlite_store, clock)
+    late = make(circuit_file_store, clock)
     assert await rejected(late)
 
 
 async def test_shared_manual_open_and_close_are_published(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     a.open()
     assert await rejected(b)
     a.close()
@@ -416,7 +414,7 @@ async def test_shared_unreachable_store_keeps_local_behaviour_and_reports_once_p
 
 
 async def test_shared_store_back_after_an_outage_gets_the_local_state(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
 
@@ -433,17 +431,17 @@ async def test_shared_store_back_after_an_outage_gets_the_local_state(
                 raise ConnectionError("down")
             return super().compare_and_set(*args)
 
-    flaky = Flaky(sqlite_store)
+    flaky = Flaky(circuit_file_store)
     a = make(flaky, clock)
     await trip(a)  # opened locally while the store is down
-    assert sqlite_store.read("payments") is None
+    assert circuit_file_store.read("payments") is None
     flaky.down = False
     clock.advance(SYNC)
     assert await rejected(a)  # the next sync publishes the open circuit
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN
-    assert await rejected(make(sqlite_store, clock))
+    assert await rejected(make(circuit_file_store, clock))
 
 
 def test_logging_listener_logs_store_failures_at_warning(

@@ -13,11 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_breaker import Boom, FakeClock, fail_with, succeed, trip
+from helpers_breaker import (
+    RESET,
+    SYNC,
+    Boom,
+    FakeClock,
+    fail_with,
+    shared_breaker,
+    succeed,
+    trip,
+)
 
 from fallback_saga import (
     CircuitBreaker,
@@ -26,9 +34,6 @@ from fallback_saga import (
     SharedCircuit,
     SQLiteCircuitStateStore,
 )
-
-SYNC = 1.0
-RESET = 10.0
 
 
 class TickingClock(FakeClock):
@@ -39,30 +44,20 @@ class TickingClock(FakeClock):
         return super().__call__()
 
 
-@pytest.fixture
-def sqlite_store(tmp_path: Path) -> Any:
-    store = SQLiteCircuitStateStore(str(tmp_path / "breakers.db"))
-    yield store
-    store.close()
-
-
 def make(store: Any, clock: FakeClock, **kwargs: Any) -> CircuitBreaker:
-    options: dict[str, Any] = {
-        "name": "payments", "fail_max": 1, "reset_timeout": RESET, "sync_interval": SYNC,
-    }
-    options.update(kwargs)
-    return CircuitBreaker(state_store=store, clock=clock, wall_clock=clock, **options)
+    """A shared breaker that one failure opens."""
+    return shared_breaker(store, clock, **{"fail_max": 1, **kwargs})
 
 
 # ------------------------------------------------- OPEN never lets an untracked call through
 
 
 async def test_S9_shared_open_breaker_that_loses_the_claim_rejects_without_calling(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = TickingClock()
-    a = make(sqlite_store, clock)
-    b = make(sqlite_store, clock, sync_interval=100 * RESET)  # b pulls once, then rarely
+    a = make(circuit_file_store, clock)
+    b = make(circuit_file_store, clock, sync_interval=100 * RESET)  # b pulls once, then rarely
     await b.call(succeed)
     await trip(a)
     await trip(b)  # b opens too (its publish adopts a's OPEN row)
@@ -88,20 +83,20 @@ async def test_S9_shared_open_breaker_that_loses_the_claim_rejects_without_calli
         await b.call(service)
     assert calls == ["called"]
     assert b.state is CircuitState.OPEN
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN
     a.release(hung)
 
 
 async def test_S9_shared_open_breaker_rejects_after_adopting_an_expired_open_row(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     # reset_timeout shorter than sync_interval: the OPEN row b adopts at its
     # claim has already passed its reopen time.
     clock = TickingClock()
-    a = make(sqlite_store, clock, reset_timeout=0.5)
-    b = make(sqlite_store, clock, reset_timeout=0.5, sync_interval=100.0)
+    a = make(circuit_file_store, clock, reset_timeout=0.5)
+    b = make(circuit_file_store, clock, reset_timeout=0.5, sync_interval=100.0)
     await a.call(succeed)
     await b.call(succeed)  # both pulled: no row yet
     await trip(b)  # b opens (publishes v1)
@@ -123,17 +118,17 @@ async def test_S9_shared_open_breaker_rejects_after_adopting_an_expired_open_row
 
 
 async def test_S9_shared_owner_renews_its_expired_claim_before_a_new_trial(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     await b.call(succeed)
     await trip(a)
     clock.advance(RESET)
     a.release(a.acquire())  # a's trial was cancelled: its slot is back
     clock.advance(RESET + 1)  # a's claim has expired
     permit = a.acquire()  # a may trial again only by renewing its claim...
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.half_open_owner == a.instance_id
     assert row.open_until > clock.now  # ...a live lease
@@ -143,10 +138,10 @@ async def test_S9_shared_owner_renews_its_expired_claim_before_a_new_trial(
 
 
 async def test_S9_shared_owner_with_a_free_slot_loses_an_expired_claim_taken_over(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
-    a, b = make(sqlite_store, clock), make(sqlite_store, clock)
+    a, b = make(circuit_file_store, clock), make(circuit_file_store, clock)
     await b.call(succeed)
     await trip(a)
     clock.advance(RESET)
@@ -164,7 +159,7 @@ async def test_S9_shared_owner_with_a_free_slot_loses_an_expired_claim_taken_ove
 
 
 async def test_S9_shared_trip_is_not_undone_by_a_pull_in_another_thread(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
     opened = threading.Event()
@@ -180,7 +175,7 @@ async def test_S9_shared_trip_is_not_undone_by_a_pull_in_another_thread(
         armed = False
 
         def read(self, name: str) -> SharedCircuit | None:
-            row = sqlite_store.read(name)
+            row = circuit_file_store.read(name)
             if self.armed:
                 self.armed = False
                 tripper.start()
@@ -188,10 +183,10 @@ async def test_S9_shared_trip_is_not_undone_by_a_pull_in_another_thread(
             return row
 
         def compare_and_set(self, *args: Any) -> SharedCircuit | None:
-            return sqlite_store.compare_and_set(*args)
+            return circuit_file_store.compare_and_set(*args)
 
     slow = SlowPull()
-    other = make(sqlite_store, clock)
+    other = make(circuit_file_store, clock)
     b = make(slow, clock, listeners=[Opened()])
     await b.call(succeed)  # b pulls: no row yet
     other.open()
@@ -204,7 +199,7 @@ async def test_S9_shared_trip_is_not_undone_by_a_pull_in_another_thread(
     tripper.join(10)
     assert not tripper.is_alive()
     assert b.state is CircuitState.OPEN
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN
 
@@ -220,7 +215,7 @@ def _returns_in_time(body: Any) -> bool:
 
 
 def test_S9_shared_listener_may_close_the_breaker_on_an_adopted_open(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
 
@@ -232,9 +227,9 @@ def test_S9_shared_listener_may_close_the_breaker_on_an_adopted_open(
                 self.breaker.close()  # e.g. an operator's override
 
     override = Override()
-    b = make(sqlite_store, clock, listeners=[override])
+    b = make(circuit_file_store, clock, listeners=[override])
     override.breaker = b
-    other = make(sqlite_store, clock)
+    other = make(circuit_file_store, clock)
 
     async def body() -> None:
         await b.call(succeed)
@@ -244,7 +239,7 @@ def test_S9_shared_listener_may_close_the_breaker_on_an_adopted_open(
 
     assert _returns_in_time(body)
     assert b.state is CircuitState.CLOSED
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.CLOSED
 
@@ -278,7 +273,7 @@ def test_S9_shared_store_failed_listener_may_open_the_breaker() -> None:
 
 
 def test_S9_shared_listener_may_call_back_when_a_lost_claim_adopts_a_row(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
 
@@ -290,8 +285,8 @@ def test_S9_shared_listener_may_call_back_when_a_lost_claim_adopts_a_row(
                 self.breaker.open()  # e.g. keep it open for maintenance
 
     reopen = Reopen()
-    a = make(sqlite_store, clock)
-    b = make(sqlite_store, clock, listeners=[reopen], sync_interval=100 * RESET)
+    a = make(circuit_file_store, clock)
+    b = make(circuit_file_store, clock, listeners=[reopen], sync_interval=100 * RESET)
     reopen.breaker = b
 
     async def body() -> None:
@@ -305,13 +300,13 @@ def test_S9_shared_listener_may_call_back_when_a_lost_claim_adopts_a_row(
             b.acquire()  # b's renewal loses and adopts a's claim: HALF_OPEN -> OPEN
 
     assert _returns_in_time(body)
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN  # the listener's open() was published
 
 
 async def test_S9_shared_trip_is_published_even_past_a_listener_that_raises_a_base_exception(
-    sqlite_store: SQLiteCircuitStateStore,
+    circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
     clock = FakeClock()
 
@@ -323,12 +318,12 @@ async def test_S9_shared_trip_is_published_even_past_a_listener_that_raises_a_ba
             if new == "open":
                 raise Abort  # e.g. a KeyboardInterrupt while the listener runs
 
-    b = make(sqlite_store, clock, listeners=[Raises()])
-    other = make(sqlite_store, clock)
+    b = make(circuit_file_store, clock, listeners=[Raises()])
+    other = make(circuit_file_store, clock)
     await b.call(succeed)
     with pytest.raises(Abort):
         await b.call(fail_with, Boom("down"))
-    row = sqlite_store.read("payments")
+    row = circuit_file_store.read("payments")
     assert row is not None
     assert row.state is CircuitState.OPEN  # the trip was published all the same
     other.close()  # and b still follows the row afterwards
