@@ -112,31 +112,6 @@ def test_S12_recover_skips_a_corrupt_row_resumes_the_others_and_reports_it(
 # --------------------------------------------------------------------------- not a saga store
 
 
-@pytest.mark.parametrize("command", ["list", "show", "purge", "recover"])
-def test_S12_another_programs_sagas_table_is_a_usage_error_and_left_alone(
-    tmp_path: Path, app: ModuleType, capsys: pytest.CaptureFixture[str], command: str
-) -> None:
-    path = tmp_path / "blog.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE sagas (id INTEGER PRIMARY KEY, title TEXT)")
-    conn.execute("INSERT INTO sagas (title) VALUES ('Njals saga')")
-    conn.commit()
-    conn.close()
-    extra = {
-        "list": [],
-        "show": ["o-1"],
-        "purge": ["--older-than", "7d"],
-        "recover": ["--app", f"{app.__name__}:sagas"],
-    }[command]
-    assert main([command, *extra, "--db", str(path)]) == 2
-    assert "not a fallback_saga saga store" in one_line_error(capsys.readouterr().err)
-    conn = sqlite3.connect(path)
-    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    conn.close()
-    assert (mode, tables) == ("delete", {"sagas"})
-
-
 def test_S12_a_db_named_like_a_uri_is_that_file(
     tmp_path: Path,
     app: ModuleType,

@@ -314,6 +314,8 @@ def test_list_runs_as_a_real_command(db: str, app: ModuleType) -> None:
         ("text", "is not a SQLite database"),
         ("empty", "is an empty file"),
         ("foreign", "not a fallback_saga saga store"),
+        # Another program's file with a table of the saga store's name (S12).
+        ("foreign-sagas", "not a fallback_saga saga store"),
     ],
 )
 @pytest.mark.parametrize("command", ["list", "show", "purge", "recover"])
@@ -332,9 +334,10 @@ def test_a_bad_db_is_a_one_line_usage_error(
         path.write_text("these are not the bytes you are looking for\n" * 100)
     elif kind == "empty":
         path.touch()
-    elif kind == "foreign":
+    elif kind.startswith("foreign"):
+        table = "sagas" if kind == "foreign-sagas" else "invoices"
         conn = sqlite3.connect(path)
-        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, title TEXT)")
         conn.commit()
         conn.close()
     extra = {
@@ -347,12 +350,12 @@ def test_a_bad_db_is_a_one_line_usage_error(
     error = one_line_error(capsys.readouterr().err)
     assert message in error
     assert store_threads() == []
-    if kind == "foreign":  # looked at, never migrated or switched to WAL
+    if kind.startswith("foreign"):  # looked at, never migrated or switched to WAL
         conn = sqlite3.connect(path)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         conn.close()
-        assert tables == {"invoices"}
+        assert tables == {table}
         assert mode == "delete"
     if kind == "missing":
         assert not path.exists()  # not created either

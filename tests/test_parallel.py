@@ -26,6 +26,7 @@ from fallback_saga import (
     ParallelWriteConflict,
     SagaDefinitionError,
     SagaFailed,
+    SagaListener,
     SagaStatus,
     SagaStepHandler,
     SQLiteSagaStore,
@@ -663,6 +664,19 @@ async def test_S15_S10_a_member_retried_in_its_lane_journals_each_attempt_before
     assert record.status is SagaStatus.COMPLETED
 
 
+class MemberEnds(SagaListener):
+    """How each try of a step starts and ends, as the listeners are told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.events.append(("step_started", step))
+
+    def step_failed(self, saga_id: str, step: str, error: BaseException) -> None:
+        self.events.append(("step_failed", step, type(error).__name__))
+
+
 async def test_S13_a_group_cancelled_during_its_write_ahead_runs_no_member_and_says_so(
     tmp_path: Path,
 ) -> None:
@@ -678,9 +692,11 @@ async def test_S13_a_group_cancelled_during_its_write_ahead_runs_no_member_and_s
             await super().append(*args, **kwargs)
 
     store = SlowStore(tmp_path / "s.db")
+    told = MemberEnds()
     try:
         saga = _group_saga(Probe("A", trace), Probe("B", trace), before=Probe("Before", trace))
-        task = asyncio.create_task(saga(store=store).run(OrderCtx(), saga_id="w1"))
+        running = saga(store=store, listeners=[told]).run(OrderCtx(), saga_id="w1")
+        task = asyncio.create_task(running)
         await reached(entered)
         task.cancel()
         release.set()
@@ -697,6 +713,12 @@ async def test_S13_a_group_cancelled_during_its_write_ahead_runs_no_member_and_s
         ("A", StepStatus.FAILED), ("B", StepStatus.FAILED),
     ]
     assert record.status is SagaStatus.COMPENSATED
+    # The listeners are told so too, as for a straight-line step whose
+    # write-ahead is cancelled: each member's try started and failed.
+    assert [e for e in told.events if e[1] in ("A", "B")] == [
+        ("step_started", "A"), ("step_failed", "A", "CancelledError"),
+        ("step_started", "B"), ("step_failed", "B", "CancelledError"),
+    ]
 
 
 async def test_S13_a_store_that_refuses_a_members_completion_stops_the_saga_unwound_by_none(
