@@ -311,9 +311,13 @@ def _model_decoder(cls: type, name: str | None = None) -> _Decoder:
 
 def decode_dataclass(cls: type, data: Any, path: str) -> Any:
     """A dataclass instance with the stored field values, made without
-    ``__init__`` (as ``copy`` makes one): its ``__init__`` may want what is
-    not a field (an ``InitVar``), and ``__post_init__`` already ran in the
-    first run — running it again could change what was stored."""
+    ``__init__`` (as ``copy`` makes one: its ``__init__`` may want what is not
+    stored, an ``InitVar``). Its ``__post_init__`` then runs, as at
+    construction — it derives what is not stored (an index, a cache), as
+    pydantic's validators run when a model is read — between the fields
+    ``__init__`` takes and the others (``init=False``), which keep the values
+    the journal holds. Not for a class with an ``InitVar``: its
+    ``__post_init__`` wants the value, which is not stored."""
     if not isinstance(data, Mapping):
         raise ContextDecodeError(path or "<context>", f"expected an object, got {_kind(data)}")
     hints = type_hints(cls)
@@ -343,12 +347,55 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
         raise ContextDecodeError(
             path or "<context>", f"{cls.__name__}.__new__ raised {type(exc).__name__}"
         ) from exc
+    post_init, not_in_init = _post_init_plan(cls)
+    if post_init is None:
+        _set_fields(cls, instance, values)
+    else:
+        late = {name: values.pop(name) for name in not_in_init if name in values}
+        _set_fields(cls, instance, values)
+        try:
+            post_init(instance)
+        except Exception as exc:  # one that rejects the stored values
+            raise ContextDecodeError(
+                path or "<context>", f"{cls.__name__}.__post_init__ raised {type(exc).__name__}"
+            ) from exc
+        _set_fields(cls, instance, late)
+    return instance
+
+
+def _set_fields(cls: type, instance: Any, values: dict[str, Any]) -> None:
     if _in_dict(cls):
         instance.__dict__.update(values)
     else:
         for name, value in values.items():
             object.__setattr__(instance, name, value)  # (a frozen dataclass too)
-    return instance
+
+
+_POST_INITS: dict[type, tuple[Callable[[Any], None] | None, tuple[str, ...]]] = {}
+
+
+def _post_init_plan(cls: type) -> tuple[Callable[[Any], None] | None, tuple[str, ...]]:
+    """The dataclass's ``__post_init__`` to run when it is read back (None:
+    it has none, or one that wants an ``InitVar`` with no default), and its
+    fields ``__init__`` does not take."""
+    plan = _POST_INITS.get(cls)
+    if plan is None:
+        post_init = getattr(cls, "__post_init__", None)
+        if post_init is not None:
+            wanted = list(inspect.signature(post_init).parameters.values())[1:]  # after self
+            if any(
+                parameter.default is parameter.empty
+                and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+                for parameter in wanted
+            ):
+                post_init = None
+        plan = _POST_INITS[cls] = (
+            post_init,
+            tuple(field.name for field in fields(cls) if not field.init),
+        )
+    return plan
+
+
 
 
 _IN_DICT: dict[type, bool] = {}

@@ -241,6 +241,34 @@ def test_S14_a_dataclass_is_rebuilt_without_running_its_init_again() -> None:
     assert back.history == ["created"]
 
 
+@dataclasses.dataclass
+class Indexed(SagaContext):
+    """A dataclass whose ``__post_init__`` derives what is not stored (an
+    index) and leaves a field it computes (``init=False``) as stored."""
+
+    lines: list[str]
+    count: int = dataclasses.field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._index = {line: n for n, line in enumerate(self.lines)}
+        self.count = len(self.lines)
+
+
+def test_S14_a_dataclass_read_back_derives_again_what_is_not_stored() -> None:
+    """Its ``__post_init__`` runs again when it is read back — as pydantic
+    runs its validators — so an attribute it derives is there after a
+    resume; a field it computes keeps the value the journal holds."""
+    context = Indexed(["a", "b"])
+    context.lines.append("c")  # a step's change: the index is not updated
+    context.count = 7
+
+    back = through_a_store(context)
+
+    assert back.lines == ["a", "b", "c"]
+    assert back.count == 7  # the stored value, not the one __post_init__ computes
+    assert back._index == {"a": 0, "b": 1, "c": 2}  # derived again, from what was stored
+
+
 # --------------------------------------------------------------------------- a crash and a resume
 
 
