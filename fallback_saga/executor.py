@@ -310,100 +310,110 @@ class Execution(UnwindingRun):
         results = self.results
         resumed_with = len(results)
         try:
-            if fallback_first:
-                resumed: FallbackPlan = plan[start]  # type: ignore[assignment]
-                snapshot = self.image = step_snapshot(self.context)
-                response = await self.try_branch(resumed.fallback, snapshot, None)
-                if not isinstance(response, SagaStepResult):
-                    response = SagaStepResult(response, resumed.fallback.name, self.saga_id)
-                results.append(response)
-                start += 1
-            elif resumed_group is not None:
-                group: GroupPlan = plan[start]  # type: ignore[assignment]
-                # The group answers for its members' crashed calls (run_group).
-                crashed, uncertain = uncertain, ()
-                results += await run_group(self, group, resumed_group, fallbacks_started, crashed)
-                start += 1
-            # A step with no retry, timeout or breaker, with no step listener,
-            # runs inlined below: try_branch's work (and run_fallback's), less
-            # their coroutines and checks.
-            inline = self.settings.inline_steps
-            live = self.live
-            context = self.context
-            journal = self.journal
-            stack = self.stack
-            # A flat context (its state is its __dict__): step_snapshot's fast
-            # path is inlined below, one call fewer per step.
-            flat = _DICT_ONLY.get(context.__class__)
-            item: Any  # a PlanItem (Any: the checks below are by exact class, for speed)
-            branch: Branch
-            for item in plan[start:] if start else plan:
-                # run_item, inlined: this loop is the hottest path of the library
-                kind = item.__class__
-                if kind is GroupPlan:
-                    results += await run_group(self, item)
-                    continue
-                if flat and _IMMUTABLE.issuperset(map(type, (state := context.__dict__).values())):
-                    snapshot = self.image = state.copy()
-                else:
-                    snapshot = self.image = step_snapshot(context)
-                if inline and item.plain:
-                    branch = item if kind is Branch else item.primary
-                    while True:
-                        self.step = name = branch.name
-                        self.attempt = 1
-                        journal.append((branch.position, name, branch.branch, "act", _STARTED,
-                                        1, None, _now(), None))
-                        self.action = "act"
-                        try:
-                            if not live:
-                                await self.flush()  # the write-ahead: STARTED is durable first
-                            self.active = True
-                            response = await branch.act(context)
-                        except JournalWriteFailed:
-                            raise  # the act never ran: nothing to record or fall back from
-                        except BaseException as error:
-                            self.active = False
-                            restore_step(context, snapshot)
-                            self.act_failed(branch, 1, error)
-                            if kind is Branch or not self._falls_back(item, branch, error):
-                                raise
-                            branch = item.fallback
-                            continue
-                        break
-                    self.active = False
-                    if kind is not Branch:
-                        self.primary_error = None  # the fallback (if it ran) completed
-                    # The journal keeps the response itself, not the SagaStepResult
-                    # around it (one object fewer for the collector per retained step).
-                    if response.__class__ is SagaStepResult:
-                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                        1, None, _now(), response[0]))
-                    else:
-                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                        1, None, _now(), response))
-                        response = _new_tuple(SagaStepResult, (response, name, self.saga_id))
-                    self.context_dirty = True
-                    stack.append(branch)
+            try:
+                if fallback_first:
+                    resumed: FallbackPlan = plan[start]  # type: ignore[assignment]
+                    snapshot = self.image = step_snapshot(self.context)
+                    response = await self.try_branch(resumed.fallback, snapshot, None)
+                    if not isinstance(response, SagaStepResult):
+                        response = SagaStepResult(response, resumed.fallback.name, self.saga_id)
                     results.append(response)
-                    continue
-                elif kind is Branch:
-                    branch = item
-                    response = await self.try_branch(branch, snapshot, None)
-                else:
-                    branch, response = await self.run_fallback(item, snapshot)
-                if not isinstance(response, SagaStepResult):
-                    response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
-                results.append(response)
-        except (Exception, JournalWriteFailed) as error:
-            await self.fail(error)
-        except asyncio.CancelledError:
-            if uncertain and len(results) == resumed_with and uncertain[0] not in self.stack:
-                # Cancelled before it answered: see above. (On the stack
-                # already if its new call was cancelled in flight in a group
-                # member's child: see act_failed. Once is enough.)
-                self.push_crashed_call(uncertain[0])
-            await self.abort()
+                    start += 1
+                elif resumed_group is not None:
+                    group: GroupPlan = plan[start]  # type: ignore[assignment]
+                    # The group answers for its members' crashed calls (run_group).
+                    crashed, uncertain = uncertain, ()
+                    results += await run_group(
+                        self, group, resumed_group, fallbacks_started, crashed
+                    )
+                    start += 1
+                # A step with no retry, timeout or breaker, with no step listener,
+                # runs inlined below: try_branch's work (and run_fallback's), less
+                # their coroutines and checks.
+                inline = self.settings.inline_steps
+                live = self.live
+                context = self.context
+                journal = self.journal
+                stack = self.stack
+                # A flat context (its state is its __dict__): step_snapshot's fast
+                # path is inlined below, one call fewer per step.
+                flat = _DICT_ONLY.get(context.__class__)
+                item: Any  # a PlanItem (Any: the checks below are by exact class, for speed)
+                branch: Branch
+                for item in plan[start:] if start else plan:
+                    # run_item, inlined: this loop is the hottest path of the library
+                    kind = item.__class__
+                    if kind is GroupPlan:
+                        results += await run_group(self, item)
+                        continue
+                    if flat and _IMMUTABLE.issuperset(
+                        map(type, (state := context.__dict__).values())
+                    ):
+                        snapshot = self.image = state.copy()
+                    else:
+                        snapshot = self.image = step_snapshot(context)
+                    if inline and item.plain:
+                        branch = item if kind is Branch else item.primary
+                        while True:
+                            self.step = name = branch.name
+                            self.attempt = 1
+                            journal.append((branch.position, name, branch.branch, "act", _STARTED,
+                                            1, None, _now(), None))
+                            self.action = "act"
+                            try:
+                                if not live:
+                                    await self.flush()  # the write-ahead: STARTED is durable first
+                                self.active = True
+                                response = await branch.act(context)
+                            except JournalWriteFailed:
+                                raise  # the act never ran: nothing to record or fall back from
+                            except BaseException as error:
+                                self.active = False
+                                restore_step(context, snapshot)
+                                self.act_failed(branch, 1, error)
+                                if kind is Branch or not self._falls_back(item, branch, error):
+                                    raise
+                                branch = item.fallback
+                                continue
+                            break
+                        self.active = False
+                        if kind is not Branch:
+                            self.primary_error = None  # the fallback (if it ran) completed
+                        # The journal keeps the response itself, not the SagaStepResult
+                        # around it (one object fewer for the collector per retained step).
+                        if response.__class__ is SagaStepResult:
+                            journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                            1, None, _now(), response[0]))
+                        else:
+                            journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                            1, None, _now(), response))
+                            response = _new_tuple(SagaStepResult, (response, name, self.saga_id))
+                        self.context_dirty = True
+                        stack.append(branch)
+                        results.append(response)
+                        continue
+                    elif kind is Branch:
+                        branch = item
+                        response = await self.try_branch(branch, snapshot, None)
+                    else:
+                        branch, response = await self.run_fallback(item, snapshot)
+                    if not isinstance(response, SagaStepResult):
+                        response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
+                    results.append(response)
+            except (Exception, JournalWriteFailed) as error:
+                await self.fail(error)
+            except asyncio.CancelledError:
+                if uncertain and len(results) == resumed_with and uncertain[0] not in self.stack:
+                    # Cancelled before it answered: see above. (On the stack
+                    # already if its new call was cancelled in flight in a group
+                    # member's child: see act_failed. Once is enough.)
+                    self.push_crashed_call(uncertain[0])
+                await self.abort()
+                raise
+        except (Exception, asyncio.CancelledError):
+            raise  # announced where it was handled
+        except BaseException as error:
+            self.crashed(error)
             raise
         finally:
             _CURSOR.reset(token)
@@ -566,6 +576,11 @@ class Execution(UnwindingRun):
         token = _CURSOR.set(self)
         try:
             await self.fail(error)
+        except (Exception, asyncio.CancelledError):
+            raise  # announced where it was handled
+        except BaseException as crash:
+            self.crashed(crash)
+            raise
         finally:
             _CURSOR.reset(token)
 

@@ -507,17 +507,21 @@ class SagaTransaction(Generic[ContextT]):
                 self._token = None
 
     async def _settle(self, exc: BaseException | None) -> None:
+        execution = self._execution
+        if exc is not None and not isinstance(exc, _LEFT_EARLY):
+            # KeyboardInterrupt, SystemExit: the process is going down, nothing
+            # is unwound (also when it came out of the unwinding itself).
+            self._finished = True
+            execution.crashed(exc)
+            return
         if self._finished:
             return
         self._finished = True
-        execution = self._execution
         token = _CURSOR.set(execution)  # see __anext__
         try:
             if exc is None and self._next >= len(self._plan):
                 self.result = await execution.complete()
                 return
-            if exc is not None and not isinstance(exc, _LEFT_EARLY):
-                return  # KeyboardInterrupt, SystemExit: the process is going down
             try:
                 await shielded(execution.unwind())
             finally:

@@ -279,6 +279,17 @@ class UnwindingRun(JournaledRun):
         """``error`` says another worker drives this saga now."""
         return isinstance(error, LeaseLost) and error.saga_id == self.saga_id
 
+    def crashed(self, error: BaseException) -> None:
+        """A ``BaseException`` that is no cancellation (``SystemExit``, a test
+        framework's outcome) stopped the run where it was: nothing more is
+        unwound in-process (docs/mechanics.md), and the saga is left as its
+        journal holds it, for recovery. The listeners still hear that the
+        run stopped, so that no ``saga_started`` is left unanswered (a
+        tracer's span open)."""
+        if self.hooks.saga_interrupted and not self.status.is_final:
+            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
+                 self.status if self.live else self.journaled_status, error)
+
     def _announce_finish(self, error: BaseException | None) -> None:
         if self.status.is_final:
             if self.hooks.saga_finished:
@@ -378,6 +389,10 @@ class UnwindingRun(JournaledRun):
                 # child's): the unwinding stops here, left for recovery (see unwind).
                 if call is not None:
                     self._call_finished(call, stopped.error)
+                raise
+            except BaseException as crash:  # no cancellation: see crashed
+                if call is not None:
+                    self._call_finished(call, crash)
                 raise
             finally:
                 self.active = False

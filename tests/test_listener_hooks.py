@@ -262,6 +262,59 @@ async def test_a_resumed_run_says_so_right_after_it_starts(tmp_path: Path) -> No
     assert recorder.events[-1] == ("saga_finished", "completed", None)
 
 
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+@pytest.mark.parametrize("where", ["act", "compensate"])
+async def test_a_run_a_crash_stops_is_announced_as_interrupted_with_the_journals_status(
+    tmp_path: Path, durable: bool, where: str
+) -> None:
+    # A BaseException that is not a cancellation (SystemExit, a test
+    # framework's outcome) stops the run where it is, unwinding nothing more
+    # (docs/mechanics.md). Every saga_started still gets its saga_interrupted
+    # (docs/observability.md), with the status the journal is left in: a
+    # tracer's span is closed, not left open.
+    recorder = Recorder()
+    steps = (
+        (Probe("A", []), Probe("B", [], error=Crash))
+        if where == "act"
+        else (Probe("A", [], comp_error=Crash), Probe("B", [], error=Boom))
+    )
+    left = "running" if where == "act" else "compensating"
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        saga = declare(*steps)(store=store if durable else None, listeners=[recorder])
+        with pytest.raises(Crash):
+            await saga.run(OrderCtx(), saga_id="crashed")
+        if durable:
+            assert (await store.load("crashed")).status.value == left
+    assert recorder.events[-1] == ("saga_interrupted", left, "Crash")
+    kinds = [event[0] for event in recorder.events]
+    assert kinds.count("saga_interrupted") == 1
+    assert kinds.count("call") == kinds.count("call_finished")  # the crashed call's too
+    crashed = "B" if where == "act" else "A"
+    assert [e for e in recorder.events if e[0] == "call_finished"][-1] == (
+        "call_finished", crashed, "Crash"
+    )
+
+
+@pytest.mark.parametrize("where", ["block", "act", "compensate"])
+async def test_a_transaction_a_crash_stops_is_announced_as_interrupted(where: str) -> None:
+    recorder = Recorder()
+    saga = declare(
+        Probe("A", [], comp_error=Crash if where == "compensate" else None),
+        Probe("B", [], error={"act": Crash, "compensate": Boom}.get(where)),
+    )(listeners=[recorder])
+    async def drive() -> None:
+        async with saga.transaction(OrderCtx()) as steps:
+            async for _ in steps:
+                if where == "block":
+                    raise Crash
+
+    with pytest.raises(Crash):
+        await drive()
+    left = "compensating" if where == "compensate" else "running"
+    assert recorder.events[-1] == ("saga_interrupted", left, "Crash")
+    assert [event[0] for event in recorder.events].count("saga_interrupted") == 1
+
+
 async def test_recover_reports_each_outcome_once_to_its_and_the_sagas_listeners(
     tmp_path: Path,
 ) -> None:

@@ -675,9 +675,12 @@ async def test_a_resumed_saga_has_a_resume_span_with_the_same_saga_id(
     telemetry: Telemetry, db: Path
 ) -> None:
     await crash(db, telemetry.listener, "shop-1")
-    # The crashed run's saga span is never ended (the process died): only its
-    # step spans were exported.
-    assert [span.name for span in telemetry.spans()] == ["act Reserve", "act Charge"]
+    # The crash (a BaseException, as SystemExit) ends the crashed run's span
+    # as interrupted, with the status its journal is left in.
+    assert [span.name for span in telemetry.spans()] == ["act Reserve", "act Charge", "run ShopSaga"]
+    crashed = telemetry.span("run ShopSaga")
+    assert (crashed.attributes or {})["fallback_saga.saga.interrupted"] is True
+    assert (crashed.attributes or {})["fallback_saga.saga.status"] == "running"
 
     charge = Charge()
     charge.crash = False
