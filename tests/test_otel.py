@@ -677,7 +677,9 @@ async def test_a_resumed_saga_has_a_resume_span_with_the_same_saga_id(
     await crash(db, telemetry.listener, "shop-1")
     # The crash (a BaseException, as SystemExit) ends the crashed run's span
     # as interrupted, with the status its journal is left in.
-    assert [span.name for span in telemetry.spans()] == ["act Reserve", "act Charge", "run ShopSaga"]
+    assert [span.name for span in telemetry.spans()] == [
+        "act Reserve", "act Charge", "run ShopSaga"
+    ]
     crashed = telemetry.span("run ShopSaga")
     assert (crashed.attributes or {})["fallback_saga.saga.interrupted"] is True
     assert (crashed.attributes or {})["fallback_saga.saga.status"] == "running"
