@@ -23,8 +23,9 @@ blocks are found on their per-task permit stack.
 With a ``state_store`` (see ``shared_state``), breakers of the same name in
 several processes share their state: counting stays local, transitions are
 published with a compare-and-set, and the shared row is pulled at most once
-per ``sync_interval``. The closed path then adds one clock read and a float
-comparison; without a store it is unchanged.
+per ``sync_interval`` (that side of the breaker: ``breaker_sync``). The
+closed path then adds one clock read and a float comparison; without a store
+it is unchanged.
 """
 
 from __future__ import annotations
@@ -32,13 +33,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
-import os
-import socket
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
@@ -53,11 +50,12 @@ from typing import (
     runtime_checkable,
 )
 
+from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit
 from .status import CircuitState
 
 if TYPE_CHECKING:
-    from .shared_state import CircuitStateStore, SharedCircuit
+    from .shared_state import CircuitStateStore
 
 _log = logging.getLogger("fallback_saga")
 
@@ -89,12 +87,6 @@ _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", N
 # and the entry below it.
 _Entry: TypeAlias = tuple[int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object]
 
-# A transition (old, new) for the listeners, or None.
-_Change: TypeAlias = tuple[CircuitState, CircuitState] | None
-# What a shared breaker's store work leaves for its listeners: a transition and
-# a store failure to report, both told once ``_sync_lock`` is released.
-_Notices: TypeAlias = tuple[_Change, BaseException | None]
-_NOTHING: _Notices = (None, None)
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -131,7 +123,7 @@ class CircuitBreakerProtocol(Protocol):
     def is_open_error(self, error: BaseException) -> bool: ...
 
 
-class CircuitBreaker:
+class CircuitBreaker(SharedStateSync):
     """CLOSED → OPEN after ``fail_max`` consecutive counted failures; OPEN rejects
     with ``CircuitOpenError`` for ``reset_timeout`` seconds; then HALF_OPEN lets
     ``half_open_max_calls`` trial calls through at once: a success closes the
@@ -174,22 +166,11 @@ class CircuitBreaker:
         "_generation",
         "_half_open_in_flight",
         "_half_open_until",
-        "_instance_id",
         "_lock",
-        "_next_failure_report",
-        "_next_sync",
         "_on_change",
-        "_on_store_failed",
         "_open_until",
-        "_pending",
         "_permits",
-        "_shared",
-        "_shared_version",
         "_state",
-        "_sync_interval",
-        "_sync_lock",
-        "_unpublished",
-        "_wall_clock",
         "fail_max",
         "half_open_max_calls",
         "name",
@@ -274,22 +255,9 @@ class CircuitBreaker:
         # follows ``_state`` for a local breaker and is never CLOSED for a
         # shared one, whose closed path must also look at ``_next_sync``.
         self._gate: CircuitState | None = CircuitState.CLOSED
-        self._shared = state_store
-        self._sync_interval = float(sync_interval)
-        self._wall_clock = wall_clock or time.time
-        self._next_sync = math.inf
-        self._shared_version = 0
-        self._unpublished = False
-        # The generation of a local transition on its way to the store: a row
-        # pulled meanwhile is older than it and must not undo it.
-        self._pending = -1
-        self._next_failure_report = -math.inf
-        self._sync_lock = threading.Lock()
-        self._on_store_failed = collect_hooks(listeners, "breaker_state_store_failed")
-        self._instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._init_sharing(state_store, sync_interval, wall_clock, listeners)
         if state_store is not None:
             self._gate = None
-            self._next_sync = -math.inf  # the first call pulls
         # Per-task stack of the permits taken by ``async with`` blocks.
         self._permits: ContextVar[_Entry | None] = ContextVar(
             f"fallback_saga_permits_{self.name}", default=None
@@ -388,9 +356,7 @@ class CircuitBreaker:
                 ):
                     # The trials never reported back: start a new round; their
                     # late outcomes belong to the old generation and are ignored.
-                    self._generation += 1
-                    self._half_open_in_flight = 0
-                    self._half_open_until = now + self.reset_timeout
+                    self._new_trial_round(now)
                 if self._half_open_in_flight < self.half_open_max_calls:
                     self._half_open_in_flight += 1
                     retry_after = -1.0
@@ -509,6 +475,14 @@ class CircuitBreaker:
             self._half_open_until = now + self.reset_timeout
         return None if old is new else (old, new)
 
+    def _new_trial_round(self, now: float) -> None:
+        self._generation += 1
+        self._half_open_in_flight = 0
+        self._half_open_until = now + self.reset_timeout
+
+    def _reject_until(self, until: float) -> None:
+        self._open_until = until
+
     def _announce(self, change: tuple[CircuitState, CircuitState] | None) -> None:
         if change is not None and self._on_change:
             emit(self._on_change, self.name, change[0].value, change[1].value)
@@ -559,183 +533,6 @@ class CircuitBreaker:
         if not granted:
             raise CircuitOpenError(self.name, max(retry_after, 0.0))
         return generation
-
-    def _claim_trials(self, seen: int) -> None:
-        """Become the one instance that runs half-open trials (OPEN → HALF_OPEN,
-        or a new round of our own): win the compare-and-set, else adopt the row."""
-        store = self._shared
-        assert store is not None
-        with self._sync_lock:
-            notices = self._claim_trials_locked(store, seen)
-        self._notify(notices)
-
-    def _claim_trials_locked(self, store: CircuitStateStore, seen: int) -> _Notices:
-        if self._generation != seen:
-            return _NOTHING  # something happened meanwhile; the caller re-reads the state
-        # The local lease starts before the round trip, as the row's does: it
-        # never outlives the lease the other instances see.
-        claimed_at = self._clock()
-        lease = self._wall_clock() + self.reset_timeout
-        error: BaseException | None = None
-        try:
-            row = store.compare_and_set(
-                self.name, self._shared_version, CircuitState.HALF_OPEN, lease,
-                self._instance_id,
-            )
-            if row is None:
-                return self._adopt(store.read(self.name)), None
-        except Exception as failure:
-            # Keep working on local state; publish once the store is back.
-            error = self._store_failure_due(failure)
-            self._unpublished = True
-        else:
-            self._shared_version = row.version
-            self._unpublished = False
-        with self._lock:
-            change = None
-            if self._generation == seen:
-                if self._state is CircuitState.OPEN:
-                    change = self._transition(CircuitState.HALF_OPEN, claimed_at)
-                elif self._state is CircuitState.HALF_OPEN:
-                    self._generation += 1
-                    self._half_open_in_flight = 0
-                    self._half_open_until = claimed_at + self.reset_timeout
-        return change, error
-
-    def _sync(self, now: float) -> None:
-        """Pull the shared row (publishing first what the store missed)."""
-        self._next_sync = now + self._sync_interval
-        if not self._sync_lock.acquire(blocking=False):
-            return  # another thread is syncing this breaker right now
-        try:
-            if self._unpublished:
-                notices = self._publish_locked(self._generation, force=False)
-            else:
-                store = self._shared
-                assert store is not None
-                try:
-                    row = store.read(self.name)
-                except Exception as error:
-                    # The next try comes a full interval after this one gave
-                    # up: a store that hangs until its timeout must not hold
-                    # every call of the breaker.
-                    self._next_sync = self._clock() + self._sync_interval
-                    notices = None, self._store_failure_due(error)
-                else:
-                    notices = self._adopt(row), None
-        finally:
-            self._sync_lock.release()
-        self._notify(notices)
-
-    def _publish(self, generation: int, *, force: bool = False) -> None:
-        """Publish a local transition (the state at ``generation``)."""
-        with self._sync_lock:
-            notices = self._publish_locked(generation, force=force)
-        self._notify(notices)
-
-    def _publish_locked(self, generation: int, *, force: bool) -> _Notices:
-        store = self._shared
-        assert store is not None
-        with self._lock:
-            if self._generation != generation:
-                # A later local transition publishes itself; a claim published
-                # its own row.
-                return _NOTHING
-            if self._pending == generation:
-                self._pending = -1  # settled here: from now on, a pulled row may win
-            state = self._state
-            now = self._clock()
-            if state is CircuitState.OPEN:
-                until = self._open_until - now
-            elif state is CircuitState.HALF_OPEN:
-                until = self._half_open_until - now
-            else:
-                until = None
-        open_until = 0.0 if until is None else self._wall_clock() + until
-        owner = self._instance_id if state is CircuitState.HALF_OPEN else None
-        try:
-            row = store.compare_and_set(
-                self.name, self._shared_version, state, open_until, owner
-            )
-            if row is None:
-                current = store.read(self.name)
-                # Evidence of failure (and an operator's command) wins over a
-                # closed row; an OPEN or HALF_OPEN row already protects everyone.
-                if force or (
-                    state is CircuitState.OPEN
-                    and (current is None or current.state is CircuitState.CLOSED)
-                ):
-                    row = store.compare_and_set(
-                        self.name, 0 if current is None else current.version, state,
-                        open_until, owner,
-                    )
-                    if row is None:
-                        current = store.read(self.name)
-                if row is None:
-                    return self._adopt(current), None
-        except Exception as error:
-            self._unpublished = True
-            return None, self._store_failure_due(error)
-        self._shared_version = row.version
-        self._unpublished = False
-        return _NOTHING
-
-    def _adopt(self, row: SharedCircuit | None) -> _Change:
-        """Take over a row another instance published (``_sync_lock`` held).
-
-        Returns the transition, for the caller to announce once ``_sync_lock``
-        is released (a listener may call back into the breaker).
-        """
-        wall = self._wall_clock()
-        with self._lock:
-            if self._pending == self._generation:
-                # A local transition (a trip, a trial's outcome, an operator's
-                # command) made while this row was read is on its way to the
-                # store: it is newer, and its publish settles the two (failures
-                # seen here still open a circuit the row says is closed).
-                return None
-            self._unpublished = False
-            if row is None:
-                self._shared_version = 0
-                return None
-            if row.version == self._shared_version:
-                return None
-            self._shared_version = row.version
-            if row.state is CircuitState.HALF_OPEN and row.half_open_owner == self._instance_id:
-                return None  # our own claim
-            now = self._clock()
-            change = None
-            if row.state is CircuitState.CLOSED:
-                if self._state is not CircuitState.CLOSED:
-                    change = self._transition(CircuitState.CLOSED, now)
-            else:
-                # OPEN, or trials owned by another instance: reject until the
-                # reopen time (or the end of the owner's trial lease).
-                if self._state is not CircuitState.OPEN:
-                    change = self._transition(CircuitState.OPEN, now)
-                self._open_until = now + max(row.open_until - wall, 0.0)
-        return change
-
-    def _store_failure_due(self, error: BaseException) -> BaseException | None:
-        """``error`` if it is to be reported: at most once per ``sync_interval``."""
-        now = self._clock()
-        if now < self._next_failure_report:
-            return None
-        self._next_failure_report = now + self._sync_interval
-        return error
-
-    def _notify(self, notices: _Notices) -> None:
-        """Tell the listeners what the store work found, no lock held: a
-        listener may call back into the breaker (``open()``, ``close()``)."""
-        change, error = notices
-        self._announce(change)
-        if error is None:
-            return
-        if self._on_store_failed:
-            emit(self._on_store_failed, self.name, error)
-        else:
-            _log.warning("circuit breaker %s: state store failed: %s: %s", self.name,
-                         type(error).__name__, error)
 
     # ------------------------------------------------------------------ ways to call
 
