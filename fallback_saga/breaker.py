@@ -227,6 +227,10 @@ class CircuitBreaker(SharedStateSync):
             raise TypeError(f"wall_clock must be a zero-argument callable, got {wall_clock!r}")
         types: list[type[BaseException]] = []
         predicates: list[Callable[[BaseException], bool]] = []
+        # One rule alone (``exclude=BusinessError``) is a rule, not an iterable
+        # of them; a string would be taken apart letter by letter.
+        if isinstance(exclude, type | str) or callable(exclude):
+            exclude = (exclude,)
         for rule in exclude:
             if isinstance(rule, type) and issubclass(rule, BaseException):
                 types.append(rule)

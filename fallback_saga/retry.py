@@ -57,18 +57,32 @@ class RetryPolicy:
         if self.attempts < 1:
             raise ValueError(f"attempts is the total number of tries and must be >= 1, "
                              f"got {self.attempts}")
-        for name in ("delay", "max_delay", "jitter"):
+        for name, least in (("delay", 0), ("max_delay", 0), ("jitter", 0), ("backoff", 1)):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (isinstance(self.backoff, int | float) and self.backoff >= 1):
-            raise ValueError(f"backoff must be >= 1, got {self.backoff!r}")
-        if isinstance(self.retry_on, tuple):
-            for kind in self.retry_on:
+            # A bool is an int to Python, never a number of seconds to a user.
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and math.isfinite(value) and value >= least
+            ):
+                raise ValueError(f"{name} must be a finite number >= {least}, got {value!r}")
+        retry_on = self.retry_on
+        # A lone exception type is callable too: taken for a predicate, any
+        # error would pass it (``ConnectionError(error)`` is truthy). One type,
+        # or a list of them, means the errors of those types.
+        if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+            retry_on = (retry_on,)
+        elif isinstance(retry_on, list):
+            retry_on = tuple(retry_on)
+        if isinstance(retry_on, tuple):
+            for kind in retry_on:
                 if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                     raise TypeError(f"retry_on must hold exception types, got {kind!r}")
-        elif not callable(self.retry_on):
+            object.__setattr__(self, "retry_on", retry_on)
+        elif not callable(retry_on):
             raise TypeError("retry_on must be a tuple of exception types or a predicate")
+        if self.sleep is not None and not callable(self.sleep):
+            raise TypeError(
+                f"sleep must be an async function like asyncio.sleep, got {self.sleep!r}"
+            )
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before try number ``attempt`` (2, 3, ...)."""
