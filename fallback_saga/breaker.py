@@ -51,7 +51,7 @@ from typing import (
 )
 
 from .breaker_sync import SharedStateSync
-from .events import collect_hooks, emit
+from .events import collect_hooks, emit, listener_tuple
 from .status import CircuitState
 
 if TYPE_CHECKING:
@@ -247,6 +247,7 @@ class CircuitBreaker(SharedStateSync):
         self._exclude_types = tuple(types)
         self._exclude_predicates = tuple(predicates)
         self._clock = clock or time.monotonic
+        listeners = listener_tuple(listeners)  # read twice: an iterator would be spent
         self._on_change = collect_hooks(listeners, "breaker_state_changed")
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED

@@ -25,6 +25,7 @@ pair and reset it in the second):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -32,7 +33,9 @@ from typing import Any, Literal
 from .status import SagaStatus
 from .step import StepInfo
 
-__all__ = ["HOOK_NAMES", "Hooks", "LoggingListener", "SagaListener", "StepCall"]
+__all__ = [
+    "HOOK_NAMES", "Hooks", "LoggingListener", "SagaListener", "StepCall", "listener_tuple",
+]
 
 _log = logging.getLogger("fallback_saga")
 
@@ -175,16 +178,46 @@ HOOK_NAMES: tuple[str, ...] = (
 Hook = Callable[..., Any]
 
 
+def listener_tuple(listeners: Iterable[object]) -> tuple[object, ...]:
+    """``listeners`` as given to a saga, a breaker or recovery, checked (see
+    ``collect_hooks``); one listener not in a list is refused by name."""
+    if not isinstance(listeners, Iterable) or any(
+        hasattr(listeners, name) for name in HOOK_NAMES
+    ):
+        kind = listeners.__name__ if isinstance(listeners, type) else type(listeners).__name__
+        raise TypeError(
+            f"listeners takes a list of listener instances, e.g. listeners=[{kind}()], "
+            f"got a {kind}"
+        )
+    return tuple(listeners)
+
+
 def collect_hooks(listeners: Iterable[object], name: str) -> tuple[Hook, ...]:
     """The callables to notify for hook ``name``: overridden or duck-typed ones only,
-    so listeners that do not care about a hook cost nothing."""
+    so listeners that do not care about a hook cost nothing.
+
+    What would be silently ignored is refused: a listener class (its hooks
+    would be looked up on ``type``, and none found) and an ``async def`` hook
+    (called, never awaited: it would do nothing)."""
     base = getattr(SagaListener, name)
     hooks: list[Hook] = []
     for listener in listeners:
+        if isinstance(listener, type):
+            raise TypeError(
+                f"listeners take instances: pass {listener.__name__}(), not the class "
+                f"{listener.__name__}"
+            )
         method = getattr(type(listener), name, None)
         if method is None or method is base:
             continue
-        hooks.append(getattr(listener, name))
+        hook = getattr(listener, name)
+        if inspect.iscoroutinefunction(hook):
+            raise TypeError(
+                f"listener hook {type(listener).__name__}.{name} is async; hooks are "
+                f"plain synchronous calls on the saga's path (declare `def {name}`, and "
+                f"hand slow work to a queue or a task)"
+            )
+        hooks.append(hook)
     return tuple(hooks)
 
 

@@ -23,7 +23,7 @@ from .errors import (
     SagaInterrupted,
     SagaNotFound,
 )
-from .events import collect_hooks, emit
+from .events import collect_hooks, emit, listener_tuple
 from .resumption import (
     LeasedRun,
     ResumePoint,
@@ -34,7 +34,13 @@ from .resumption import (
 )
 from .saga import Saga
 from .status import SagaStatus
-from .store.base import Lease, RecoverableStore, is_recoverable, is_work_notifier
+from .store.base import (
+    Lease,
+    RecoverableStore,
+    check_store,
+    is_recoverable,
+    is_work_notifier,
+)
 from .subsaga import parent_saga_id
 
 __all__ = [
@@ -340,8 +346,10 @@ async def recover(
             f"{type(store).__name__} cannot be recovered from: it has no leases "
             f"(use a durable store such as SQLiteSagaStore)"
         )
+    check_store(store)  # a store class passes the test above
     by_name = sagas_by_name(store, sagas)
-    given = tuple(listeners)
+    given = listener_tuple(listeners)
+    collect_hooks(given, "recovery_outcome")  # refuses a class or an async hook now
     report = RecoveryReport()
     leases = await store.claim(
         owner=owner or default_owner(), lease_seconds=lease, older_than=older_than, limit=limit

@@ -22,7 +22,7 @@ from .definition import (
     check_saga_name,
 )
 from .errors import CorruptSagaRecord, RecordedError, SagaFailed, short_id
-from .events import Hooks
+from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
@@ -44,6 +44,7 @@ from .store.base import (
     RecoverableStore,
     SagaRecord,
     SagaStore,
+    check_store,
     is_live_journal,
     is_recoverable,
 )
@@ -136,10 +137,12 @@ class Saga(Generic[ContextT]):
                 f"got {journal_timeout!r}"
             )
         self.journal_timeout = journal_timeout
+        if store is not None:
+            check_store(store)
         self.store: SagaStore = store if store is not None else MemorySagaStore()
         self._live_store = is_live_journal(self.store)
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
-        self.listeners = tuple(listeners)
+        self.listeners = listener_tuple(listeners)
         self._hooks = Hooks(self.listeners)
         factory = step_factory or _default_factory(type(self))
         self._plan: tuple[PlanItem, ...] = tuple(

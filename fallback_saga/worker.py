@@ -32,8 +32,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from .events import collect_hooks, listener_tuple
 from .recovery import ClaimedSaga, SagasGiven, default_owner, sagas_by_name
-from .store.base import RecoverableStore, WorkNotifier, is_recoverable, is_work_notifier
+from .store.base import (
+    RecoverableStore,
+    WorkNotifier,
+    check_store,
+    is_recoverable,
+    is_work_notifier,
+)
 
 __all__ = ["RecoveryWorker", "WorkerStats"]
 
@@ -111,6 +118,7 @@ class RecoveryWorker:
                 f"{type(store).__name__} cannot be recovered from: it has no leases "
                 f"(use a durable store such as SQLiteSagaStore)"
             )
+        check_store(store)  # a store class passes the test above
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if owner is not None and (not isinstance(owner, str) or not owner):
@@ -126,7 +134,8 @@ class RecoveryWorker:
         self.owner = owner or default_owner()
         self.stats = WorkerStats()
         self._by_name = by_name
-        self._listeners = tuple(listeners)
+        self._listeners = listener_tuple(listeners)
+        collect_hooks(self._listeners, "recovery_outcome")  # refuses a class or an async hook
         self._in_flight: dict[asyncio.Task[None], ClaimedSaga] = {}
         self._wake = asyncio.Event()
         self._stopping = False

@@ -9,13 +9,20 @@ import asyncio
 import dataclasses
 
 import pytest
+from helpers_saga import declare
 
 from fallback_saga import (
     CircuitBreaker,
+    LoggingListener,
+    MemorySagaStore,
+    RecoveryWorker,
     RetryPolicy,
     SagaContext,
+    SagaListener,
     SagaStepHandler,
     SagaStepResult,
+    SQLiteSagaStore,
+    recover,
 )
 
 SECRET = "tok-hunter2"
@@ -93,3 +100,77 @@ def test_S9_exclude_takes_a_single_exception_type() -> None:
 def test_S9_exclude_that_is_a_string_is_named_whole() -> None:
     with pytest.raises(TypeError, match="'ValueError'"):
         CircuitBreaker(exclude="ValueError")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+class AsyncHooks(SagaListener):
+    async def saga_finished(  # type: ignore[override]
+        self, saga_id: str, saga_name: str, status: object, error: BaseException | None
+    ) -> None:
+        pass
+
+
+class AsyncBreakerHook:
+    async def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
+        pass
+
+
+def test_a_listener_class_instead_of_an_instance_is_refused() -> None:
+    """Its hooks were looked up on ``type``: none found, nothing ever logged."""
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"LoggingListener\(\)"):
+        saga(listeners=[LoggingListener])
+    with pytest.raises(TypeError, match=r"LoggingListener\(\)"):
+        CircuitBreaker(listeners=[LoggingListener])
+
+
+def test_an_async_hook_is_refused_naming_it() -> None:
+    """It was called and never awaited: a RuntimeWarning, and nothing done."""
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"AsyncHooks\.saga_finished.*async"):
+        saga(listeners=[AsyncHooks()])
+    with pytest.raises(TypeError, match=r"AsyncBreakerHook\.breaker_state_changed.*async"):
+        CircuitBreaker(listeners=[AsyncBreakerHook()])
+
+
+def test_a_single_listener_not_in_a_list_says_to_pass_a_list() -> None:
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"listeners=\[LoggingListener\(\)\]"):
+        saga(listeners=LoggingListener())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- stores
+
+
+@pytest.mark.parametrize("store_class", [MemorySagaStore, SQLiteSagaStore])
+def test_S12_a_store_class_instead_of_an_instance_is_refused_when_the_saga_is_built(
+    store_class: type,
+) -> None:
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=rf"store=.*instance.*class {store_class.__name__}"):
+        saga(store=store_class)
+
+
+def test_S12_a_store_that_is_not_a_store_is_refused_without_showing_it() -> None:
+    """A path or a DSN given as the store: refused at once (it took the journal's
+    whole retry budget, then a SagaInterrupted), and never echoed (a DSN may
+    hold a password)."""
+    saga = declare(Records, context=SecretCtx)
+    dsn = f"postgresql://app:{SECRET}@db/sagas"
+    with pytest.raises(TypeError, match=r"store=.*SagaStore.*got a str") as caught:
+        saga(store=dsn)  # type: ignore[arg-type]
+    assert SECRET not in str(caught.value)
+
+
+async def test_S12_recovery_refuses_a_store_class_and_a_listener_class() -> None:
+    with pytest.raises(TypeError, match=r"pass SQLiteSagaStore\(\.\.\.\)"):
+        await recover(SQLiteSagaStore, [])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"pass SQLiteSagaStore\(\.\.\.\)"):
+        RecoveryWorker(SQLiteSagaStore, [])  # type: ignore[arg-type]
+    store = SQLiteSagaStore(":memory:")
+    with pytest.raises(TypeError, match=r"LoggingListener\(\)"):
+        await recover(store, [], listeners=[LoggingListener])
+    with pytest.raises(TypeError, match=r"LoggingListener\(\)"):
+        RecoveryWorker(store, [], listeners=[LoggingListener])

@@ -18,6 +18,7 @@ __all__ = [
     "SagaRecord",
     "SagaStore",
     "SagaSummary",
+    "check_store",
     "is_conditional",
     "is_live_journal",
     "is_recoverable",
@@ -312,6 +313,26 @@ _NOTIFIER = ("hand_off", "work_notifications")
 
 def _has(store: object, names: tuple[str, ...]) -> bool:
     return all(callable(getattr(store, name, None)) for name in names)
+
+
+def check_store(store: object) -> None:
+    """Refuse, when a saga (or recovery) is given it, what cannot be a store:
+    a store class instead of an instance (its methods are callable, so it
+    would pass every ``is_*`` test below and fail in its first write), or an
+    object without ``create``/``append``/``load`` (a path or DSN given as the
+    store would be retried as a failing journal, then ``SagaInterrupted``).
+    The value itself is never shown: a DSN may hold a password."""
+    if isinstance(store, type):
+        raise TypeError(
+            f"store= takes a store instance, got the class {store.__name__}: "
+            f"pass {store.__name__}(...)"
+        )
+    if not _has(store, ("create", "append", "load")):
+        hint = ", e.g. SQLiteSagaStore(path)" if isinstance(store, str | bytes) else ""
+        raise TypeError(
+            f"store= takes a saga store (async create, append and load: see SagaStore"
+            f"{hint}), got a {type(store).__name__}"
+        )
 
 
 def is_recoverable(store: object) -> TypeGuard[RecoverableStore]:
