@@ -260,6 +260,8 @@ def _branch(
     if is_class and inspect.isabstract(item):
         missing = ", ".join(sorted(getattr(item, "__abstractmethods__", ())))
         raise SagaDefinitionError(f"{label}: step {item.__name__} does not implement {missing}")
+    for method in ("act", "compensate"):
+        _check_takes_context(item, method, label)
     timeout = getattr(item, "timeout", None)
     if timeout is not None and (
         isinstance(timeout, bool)
@@ -277,6 +279,32 @@ def _branch(
     return BranchSpec(
         position, step_name(item), item, branch, None if timeout is None else float(timeout)
     )
+
+
+def _check_takes_context(item: Any, method: str, label: str) -> None:
+    """``item.<method>`` can be called with the context alone. Otherwise every
+    call would fail with a ``TypeError`` — taken for a failure of the step
+    itself, and by a Fallback as the reason to run its fallback, every time."""
+    function = getattr(item, method)
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to read: the run will tell
+        return
+    # A class's method is a plain function (``self`` still to bind); an
+    # instance's is bound already, and so is a static or class method.
+    unbound = isinstance(item, type) and not isinstance(
+        inspect.getattr_static(item, method, None), staticmethod | classmethod
+    )
+    arguments = (None, None) if unbound else (None,)
+    try:
+        signature.bind(*arguments)
+    except TypeError as error:
+        owner = item.__name__ if isinstance(item, type) else type(item).__name__
+        raise SagaDefinitionError(
+            f"{label}: {owner}.{method} cannot be called as {method}(context) ({error}); "
+            f"declare `async def {method}(self, context)` (the step's other needs go to "
+            f"its constructor: see step_factory)"
+        ) from None
 
 
 def _has_async(item: Any, method: str) -> bool:

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 from helpers_saga import declare
 
 from fallback_saga import (
     CircuitBreaker,
+    Fallback,
     LoggingListener,
     MemorySagaStore,
     RecoveryWorker,
     RetryPolicy,
     SagaContext,
+    SagaDefinitionError,
     SagaListener,
     SagaStepHandler,
     SagaStepResult,
@@ -174,3 +177,73 @@ async def test_S12_recovery_refuses_a_store_class_and_a_listener_class() -> None
         await recover(store, [], listeners=[LoggingListener])
     with pytest.raises(TypeError, match=r"LoggingListener\(\)"):
         RecoveryWorker(store, [], listeners=[LoggingListener])
+
+
+# --------------------------------------------------------------------------- S11: signatures
+
+
+class ActWithoutContext(SagaStepHandler[SecretCtx, None]):
+    async def act(self) -> None:  # type: ignore[override]
+        return None
+
+
+class ActWithAnExtraArgument(SagaStepHandler[SecretCtx, None]):
+    async def act(self, context: SecretCtx, gateway: object) -> None:  # type: ignore[override]
+        return None
+
+
+class CompensateWithoutContext(SagaStepHandler[SecretCtx, None]):
+    async def act(self, context: SecretCtx) -> None:
+        return None
+
+    async def compensate(self) -> None:  # type: ignore[override]
+        return None
+
+
+class TakesContextOptionally:
+    async def act(self, context: object, *extra: object, retries: int = 0) -> None:
+        return None
+
+    async def compensate(self, *args: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("step", "method"),
+    [
+        (ActWithoutContext, "ActWithoutContext.act"),
+        (ActWithoutContext(), "ActWithoutContext.act"),
+        (ActWithAnExtraArgument, "ActWithAnExtraArgument.act"),
+        (CompensateWithoutContext, "CompensateWithoutContext.compensate"),
+    ],
+)
+def test_S11_a_step_method_that_cannot_take_the_context_is_refused_at_class_creation(
+    step: Any, method: str
+) -> None:
+    """It failed every run with a TypeError — taken, as any error, for a
+    failure of the step (and by a Fallback as the reason to fall back)."""
+    with pytest.raises(SagaDefinitionError, match=rf"steps\[1\].*{method}.*\(self, context\)"):
+        declare(Records, step, context=SecretCtx)
+
+
+def test_S11_a_fallback_primary_that_cannot_take_the_context_is_refused() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"steps\[0\]\.step.*ActWithoutContext\.act"):
+        declare(Fallback(step=ActWithoutContext, fallback=Records), context=SecretCtx)
+
+
+def test_S11_a_step_method_that_takes_the_context_among_others_is_fine() -> None:
+    declare(TakesContextOptionally, context=SecretCtx)
+
+
+class StaticSteps:
+    @staticmethod
+    async def act(context: object) -> None:
+        return None
+
+    @classmethod
+    async def compensate(cls, context: object) -> None:
+        return None
+
+
+def test_S11_static_and_class_methods_taking_the_context_are_fine() -> None:
+    declare(StaticSteps, context=SecretCtx)
