@@ -60,7 +60,7 @@ from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
-from .step import _CURSOR, SagaStepResult, StepCursor
+from .step import _CURSOR, COROUTINE, SagaStepResult, StepCursor, unawaited
 from .store._common import check_saga_id
 from .store.base import Lease
 from .unwinding import UnwindingRun
@@ -365,6 +365,14 @@ class Execution(UnwindingRun):
                                     await self.flush()  # the write-ahead: STARTED is durable first
                                 self.active = True
                                 response = await branch.act(context)
+                                if (returned := response.__class__) is not SagaStepResult:
+                                    # Checked only here, so that a step returning its
+                                    # SagaStepResult pays nothing for it.
+                                    if returned is COROUTINE:  # a forgotten await
+                                        raise unawaited(name, "act", response)
+                                    response = _new_tuple(
+                                        SagaStepResult, (response, name, self.saga_id)
+                                    )
                             except JournalWriteFailed:
                                 raise  # the act never ran: nothing to record or fall back from
                             except BaseException as error:
@@ -381,13 +389,8 @@ class Execution(UnwindingRun):
                             self.primary_error = None  # the fallback (if it ran) completed
                         # The journal keeps the response itself, not the SagaStepResult
                         # around it (one object fewer for the collector per retained step).
-                        if response.__class__ is SagaStepResult:
-                            journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                            1, None, _now(), response[0]))
-                        else:
-                            journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                            1, None, _now(), response))
-                            response = _new_tuple(SagaStepResult, (response, name, self.saga_id))
+                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
+                                        1, None, _now(), response[0]))
                         self.context_dirty = True
                         stack.append(branch)
                         results.append(response)
@@ -473,6 +476,11 @@ class Execution(UnwindingRun):
                     self.active = True
                     try:
                         response = await branch.act(context)
+                        if (returned := response.__class__) is not SagaStepResult:
+                            # Checked only here: see run_all.
+                            if returned is COROUTINE:  # a forgotten await
+                                raise unawaited(name, "act", response)
+                            response = _new_tuple(SagaStepResult, (response, name, saga_id))
                     except BaseException as error:
                         self.active = False
                         restore_step(context, snapshot)
@@ -487,8 +495,6 @@ class Execution(UnwindingRun):
                 if item is not branch:
                     self.primary_error = None  # a Fallback's: the fallback (if it ran) completed
                 journal.append(_now())  # COMPLETED, compact: its response is in results
-                if response.__class__ is not SagaStepResult:
-                    response = _new_tuple(SagaStepResult, (response, name, saga_id))
                 stack.append(branch)
                 results.append(response)
         except Exception as error:
@@ -684,6 +690,8 @@ class Execution(UnwindingRun):
                                 response = await branch.act(context)
                     finally:
                         cursor.active = False
+                    if response.__class__ is COROUTINE:
+                        raise unawaited(branch.name, "act", response)
             except JournalWriteFailed:
                 raise  # the act never ran: nothing to record, retry or fall back from
             except BaseException as error:
@@ -795,6 +803,8 @@ class Execution(UnwindingRun):
             else:
                 async with asyncio.timeout(branch.timeout):
                     response = await branch.act(context)
+            if response.__class__ is COROUTINE:
+                raise unawaited(branch.name, "act", response)
         except BaseException as error:
             if call is not None:
                 self._call_finished(call, error)

@@ -42,7 +42,7 @@ from .shielding import EAGER_TASKS, own_task
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
-from .step import _CURSOR, SagaStepResult, StepCursor
+from .step import _CURSOR, COROUTINE, SagaStepResult, StepCursor, unawaited
 from .store.base import RawEntry
 
 __all__ = ["IN_A_MEMBER", "GroupHost", "GroupRun", "Lane", "LaneCursor", "run_group"]
@@ -191,6 +191,8 @@ class GroupRun:
                 cursor.active = True
                 try:
                     response = await branch.act(context)
+                    if response.__class__ is COROUTINE:
+                        raise unawaited(branch.name, "act", response)
                 except BaseException as error:
                     cursor.active = False
                     restore_step(context, snapshot)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import (
     Any,
@@ -28,6 +29,7 @@ __all__ = [
     "StepInfo",
     "current_step",
     "step_name",
+    "unawaited",
 ]
 
 ContextT = TypeVar("ContextT")
@@ -163,11 +165,31 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
         """Undo ``act``. The default does nothing (a step with no effect to undo)."""
 
     def _generate_step_result(self, response: ResponseT) -> SagaStepResult[ContextT, ResponseT]:
+        if response.__class__ is COROUTINE:
+            raise unawaited(step_name(self), "act", response)  # type: ignore[arg-type]
         cursor = _CURSOR.get()
         if cursor is None or not cursor.active:
             return SagaStepResult(response=response, step_name=step_name(self), saga_id="")
         # The named tuple made directly: its generated __new__ is a Python call.
         return _new_tuple(SagaStepResult, (response, cursor.step, cursor.saga_id))
+
+
+# What calling an ``async def`` function returns. An act or compensate that
+# hands one back has a call in it missing its ``await``: the work never ran.
+# Tested by exact class, one comparison per call on the hot path.
+COROUTINE = types.CoroutineType
+
+
+def unawaited(step: str, action: str, returned: Coroutine[Any, Any, Any]) -> TypeError:
+    """The error a step's call fails with when it returned ``returned``, a
+    coroutine, instead of awaiting it. The coroutine is closed: it will never
+    run, and Python's "never awaited" warning would only add noise."""
+    called = getattr(returned, "__qualname__", "")
+    returned.close()
+    return TypeError(
+        f"step {step!r}: {action} returned the coroutine {called}() instead of awaiting "
+        f"it: a call inside {action} is missing `await`, and its work never ran"
+    )
 
 
 def step_name(step: object) -> str:

@@ -45,6 +45,7 @@ from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
+from .step import COROUTINE, unawaited
 from .write_ahead import JournaledRun, JournalWriteFailed
 
 __all__ = ["StopScope", "UnwindingRun", "stopped_without_unwinding"]
@@ -362,10 +363,12 @@ class UnwindingRun(JournaledRun):
             call = self._call_started(branch, "compensate", attempt)
             try:
                 if branch.timeout is None:
-                    await branch.compensate(self.context)
+                    returned = await branch.compensate(self.context)
                 else:
                     async with asyncio.timeout(branch.timeout):
-                        await branch.compensate(self.context)
+                        returned = await branch.compensate(self.context)
+                if returned.__class__ is COROUTINE:  # the undo never ran
+                    raise unawaited(branch.name, "compensate", returned)
             except Exception as error:
                 if call is not None:
                     self._call_finished(call, error)

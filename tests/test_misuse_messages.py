@@ -17,11 +17,14 @@ from fallback_saga import (
     Fallback,
     LoggingListener,
     MemorySagaStore,
+    Parallel,
     RecoveryWorker,
     RetryPolicy,
     SagaContext,
     SagaDefinitionError,
+    SagaFailed,
     SagaListener,
+    SagaStatus,
     SagaStepHandler,
     SagaStepResult,
     SQLiteSagaStore,
@@ -247,3 +250,98 @@ class StaticSteps:
 
 def test_S11_static_and_class_methods_taking_the_context_are_fine() -> None:
     declare(StaticSteps, context=SecretCtx)
+
+
+# --------------------------------------------------------------------------- a missing await
+
+
+class Inventory:
+    def __init__(self) -> None:
+        self.reserved: list[str] = []
+        self.released: list[str] = []
+
+    async def reserve(self) -> str:
+        self.reserved.append("r")
+        return "r"
+
+    async def release(self) -> None:
+        self.released.append("r")
+
+
+INVENTORY = Inventory()
+
+
+class ReturnsUnawaited(SagaStepHandler[SecretCtx, Any]):
+    async def act(self, context: SecretCtx) -> Any:
+        return INVENTORY.reserve()  # forgot await
+
+
+class WrapsUnawaited(SagaStepHandler[SecretCtx, Any]):
+    async def act(self, context: SecretCtx) -> Any:
+        return self._generate_step_result(INVENTORY.reserve())  # forgot await
+
+
+class CompensatesUnawaited(SagaStepHandler[SecretCtx, str]):
+    async def act(self, context: SecretCtx) -> SagaStepResult[SecretCtx, str]:
+        return self._generate_step_result("ok")
+
+    async def compensate(self, context: SecretCtx) -> Any:
+        return INVENTORY.release()  # forgot await
+
+
+class Fails(SagaStepHandler[SecretCtx, None]):
+    async def act(self, context: SecretCtx) -> None:
+        raise RuntimeError("card declined")
+
+
+class StepListener(SagaListener):
+    def step_completed(self, saga_id: str, step: str) -> None:
+        pass
+
+
+async def _run_expecting_unawaited(saga: Any, message: str) -> SagaFailed:
+    with pytest.raises(SagaFailed) as caught:
+        await saga.run(SecretCtx())
+    error = caught.value.error
+    assert isinstance(error, TypeError)
+    assert message in str(error)
+    assert "await" in str(error)
+    assert SECRET not in str(error)
+    return caught.value
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # "coroutine ... was never awaited"
+@pytest.mark.parametrize(
+    "how", ["plain", "listener", "retry", "timeout", "group", "sqlite", "wrapped"]
+)
+async def test_S7_an_act_that_returns_a_coroutine_fails_the_step(how: str, tmp_path: Any) -> None:
+    """The work it was to await never ran, and the saga said COMPLETED."""
+    step: Any = WrapsUnawaited if how == "wrapped" else ReturnsUnawaited
+    if how == "retry":
+        step = type("Retried", (ReturnsUnawaited,), {"retry": RetryPolicy(attempts=1)})
+    if how == "timeout":
+        step = type("Timed", (ReturnsUnawaited,), {"timeout": 5.0})
+    steps: list[Any] = [Records, Parallel(step) if how == "group" else step]
+    saga_cls = declare(*steps, context=SecretCtx)
+    if how == "sqlite":
+        async with SQLiteSagaStore(tmp_path / "s.db") as store:
+            failed = await _run_expecting_unawaited(saga_cls(store=store), "Inventory.reserve")
+    else:
+        listeners = [StepListener()] if how == "listener" else []
+        failed = await _run_expecting_unawaited(
+            saga_cls(listeners=listeners), "Inventory.reserve"
+        )
+    assert failed.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+async def test_S6_a_compensate_that_returns_a_coroutine_is_a_failed_compensation() -> None:
+    saga = declare(CompensatesUnawaited, Fails, context=SecretCtx)(
+        compensation_retry=RetryPolicy(attempts=1)
+    )
+    with pytest.raises(SagaFailed) as caught:
+        await saga.run(SecretCtx())
+    assert caught.value.status is SagaStatus.FAILED  # an operator must look: nothing was undone
+    error = caught.value.compensation_errors["CompensatesUnawaited"]
+    assert isinstance(error, TypeError)
+    assert "Inventory.release" in str(error)
