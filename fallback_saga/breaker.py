@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from types import FrameType, TracebackType
 from typing import (
@@ -626,8 +626,11 @@ class CircuitBreaker(SharedStateSync):
             elif f_code is _LOOP_STEP:
                 return False  # below: the event loop, not this task
 
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        """Decorate an async function so every call goes through the breaker."""
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Decorate an async function so every call goes through the breaker.
+
+        The result is a coroutine function (typed as one: ``asyncio.create_task``
+        and ``asyncio.run`` take what it returns)."""
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
