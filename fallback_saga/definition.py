@@ -199,11 +199,13 @@ def _member(
         if primary.source is fallback.source:
             raise SagaDefinitionError(f"{full}: Fallback step and fallback are the same step")
         branches: tuple[BranchSpec, ...] = (primary, fallback)
+        labels: tuple[str, ...] = (f"{label}.step", f"{label}.fallback")
         spec = FallbackSpec(position, primary, fallback, item)
     else:
         spec = _branch(item, position, "primary", full, context_type, where)
         branches = (spec,)
-    for branch in branches:
+        labels = (label,)
+    for branch, label in zip(branches, labels, strict=True):
         # The same class or instance twice would share one name (and, for an
         # instance, one object run twice at once in a group): refused.
         earlier = sources.get(id(branch.source))

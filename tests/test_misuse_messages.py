@@ -345,3 +345,16 @@ async def test_S6_a_compensate_that_returns_a_coroutine_is_a_failed_compensation
     error = caught.value.compensation_errors["CompensatesUnawaited"]
     assert isinstance(error, TypeError)
     assert "Inventory.release" in str(error)
+
+
+class NamedLikeRecords(SagaStepHandler[SecretCtx, None]):
+    name = "Records"
+
+    async def act(self, context: SecretCtx) -> None:
+        return None
+
+
+def test_S11_a_name_used_on_both_sides_of_a_fallback_says_which_sides() -> None:
+    """It said "(steps[0] and steps[0])"."""
+    with pytest.raises(SagaDefinitionError, match=r"\(steps\[0\]\.step and steps\[0\]\.fallback\)"):
+        declare(Fallback(step=Records, fallback=NamedLikeRecords), context=SecretCtx)
