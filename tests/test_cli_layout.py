@@ -100,3 +100,20 @@ def test_a_vendored_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) ->
     # The child process ran the vendored copy: `-m someapp._vendor.fallback_saga _crash-demo`.
     assert done.stdout.count("*** the process dies here (os._exit)") == 2
     assert "recovered 2 saga(s): 1 completed, 1 compensated" in done.stdout
+
+
+def test_a_vendored_copy_names_itself_in_its_messages(tmp_path: Path) -> None:
+    """Not ``python -m fallback_saga``, which its user has no module for."""
+    vendor = tmp_path / "someapp" / "_vendor"
+    shutil.copytree(
+        PACKAGE_DIR, vendor / "fallback_saga", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (tmp_path / "someapp" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "someapp._vendor.fallback_saga", "list"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("python -m someapp._vendor.fallback_saga: error: ")

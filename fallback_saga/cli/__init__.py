@@ -81,7 +81,7 @@ __all__ = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fallback-saga" if _invoked_as_script() else "python -m fallback_saga",
+        prog="fallback-saga" if _invoked_as_script() else f"python -m {_PACKAGE}",
         description="fallback_saga: resilient multi-step transactions for asyncio.",
     )
     parser.add_argument("--version", action="version", version=f"fallback_saga {__version__}")
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_purge_command(commands)
     add_serve_command(commands)
     return parser
+
+
+# The package as it is imported here: ``fallback_saga``, or the vendored
+# copy's dotted path (``someapp._vendor.fallback_saga``), which is what its
+# user types after ``python -m``.
+_PACKAGE = __name__.rpartition(".")[0]
 
 
 def _invoked_as_script() -> bool:
