@@ -117,3 +117,34 @@ def test_a_vendored_copy_names_itself_in_its_messages(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith("python -m someapp._vendor.fallback_saga: error: ")
+
+
+_WITHOUT_PSYCOPG = (
+    "import runpy, sys; sys.modules['psycopg'] = sys.modules['psycopg_pool'] = None; "
+    "sys.argv = ['x', 'list', '--dsn', 'postgresql://db/sagas']; "
+    "runpy.run_module('{package}', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_a_vendored_copy_without_psycopg_names_the_drivers_to_install(tmp_path: Path) -> None:
+    """Not the fallback-saga extra, which would install a second copy of the library."""
+    vendor = tmp_path / "someapp" / "_vendor"
+    shutil.copytree(
+        PACKAGE_DIR, vendor / "fallback_saga", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (tmp_path / "someapp" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    vendored = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PSYCOPG.format(package="someapp._vendor.fallback_saga")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
+    )
+    assert vendored.returncode == 2, vendored.stderr
+    assert 'pip install "psycopg[binary]>=3.2" "psycopg-pool>=3.2"' in vendored.stderr
+    assert "fallback-saga[postgres]" not in vendored.stderr
+    installed = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PSYCOPG.format(package="fallback_saga")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=PACKAGE_DIR.parent,
+    )
+    assert installed.returncode == 2, installed.stderr
+    assert 'pip install "fallback-saga[postgres]"' in installed.stderr

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
 from ..errors import SagaStoreError
+from ..store._common import POSTGRES_INSTALL_HINT
 from ..store.base import RecoverableStore
 from ..store.sqlite import SQLiteSagaStore, _NotASagaStore, _saga_schema_version
 from .errors import UsageError
@@ -148,7 +149,7 @@ def _postgres_target(dsn: str, schema: str | None) -> StoreTarget:
         )
     except ImportError:
         raise UsageError(
-            'a PostgreSQL store (--dsn) needs psycopg 3: pip install "fallback-saga[postgres]"'
+            f"a PostgreSQL store (--dsn) needs psycopg 3: {POSTGRES_INSTALL_HINT}"
         ) from None
     try:
         params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}

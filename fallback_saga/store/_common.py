@@ -14,8 +14,19 @@ from typing import Any, Final
 from ..decoding import TAG
 from ..status import SagaStatus
 
+# How to get PostgreSQL's driver. A vendored copy (imported under another
+# name) is not the fallback-saga distribution, whose extra would install a
+# second copy of the library: it is told the drivers themselves.
+POSTGRES_INSTALL_HINT: Final = (
+    'pip install "fallback-saga[postgres]"'
+    if __name__ == "fallback_saga.store._common"
+    else 'pip install "psycopg[binary]>=3.2" "psycopg-pool>=3.2" (the drivers of this '
+    'vendored copy)'
+)
+
 __all__ = [
     "MAX_SAGA_ID_LENGTH",
+    "POSTGRES_INSTALL_HINT",
     "JournalFuture",
     "check_owner",
     "check_saga_id",

@@ -106,6 +106,7 @@ from ..errors import (
 from ..shielding import own_task
 from ..status import SagaStatus, StepStatus
 from ._common import (
+    POSTGRES_INSTALL_HINT,
     check_owner,
     check_saga_id,
     decode_json,
@@ -128,7 +129,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresSagaStore", "PostgresStoreStats"]
 
 _log = logging.getLogger("fallback_saga.store.postgres")
 
-_INSTALL_HINT: Final = 'pip install "fallback-saga[postgres]"'
+_INSTALL_HINT: Final = POSTGRES_INSTALL_HINT
 
 # Seconds between checks, by a listening connection, that the store is still open.
 _LISTEN_CHECK: Final = 1.0
