@@ -199,6 +199,8 @@ class CircuitBreaker(SharedStateSync):
             or not 0 < reset_timeout < float("inf")
         ):
             raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
+        if name is not None and not (isinstance(name, str) and name):
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
         if (

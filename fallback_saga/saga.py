@@ -122,6 +122,11 @@ class Saga(Generic[ContextT]):
         definition = getattr(type(self), "definition", None)
         if definition is None:
             raise TypeError(f"{type(self).__name__} declares no steps; subclass Saga with steps")
+        if step_factory is not None and not callable(step_factory):
+            raise TypeError(
+                f"step_factory must be a callable factory(step_class) -> step, "
+                f"got a {type(step_factory).__name__}"
+            )
         if compensation_retry is not None and not isinstance(compensation_retry, RetryPolicy):
             raise TypeError(f"compensation_retry must be a RetryPolicy, got {compensation_retry!r}")
         if journal_retry is not None and not isinstance(journal_retry, RetryPolicy):

@@ -358,3 +358,19 @@ def test_S11_a_name_used_on_both_sides_of_a_fallback_says_which_sides() -> None:
     """It said "(steps[0] and steps[0])"."""
     with pytest.raises(SagaDefinitionError, match=r"\(steps\[0\]\.step and steps\[0\]\.fallback\)"):
         declare(Fallback(step=Records, fallback=NamedLikeRecords), context=SecretCtx)
+
+
+# --------------------------------------------------------------------------- constructor arguments
+
+
+def test_S12_a_step_factory_that_is_not_callable_is_named() -> None:
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"step_factory.*factory\(step_class\)"):
+        saga(step_factory=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [1, b"payments", ""])
+def test_S9_a_breaker_name_is_a_non_empty_str(name: object) -> None:
+    """It names the breaker in errors, logs and the shared state store."""
+    with pytest.raises(ValueError, match="name"):
+        CircuitBreaker(name=name)  # type: ignore[arg-type]
