@@ -338,6 +338,7 @@ class Execution(UnwindingRun):
                 # A flat context (its state is its __dict__): step_snapshot's fast
                 # path is inlined below, one call fewer per step.
                 flat = _DICT_ONLY.get(context.__class__)
+                coroutine = COROUTINE  # a local: read for every step that returns a bare response
                 item: Any  # a PlanItem (Any: the checks below are by exact class, for speed)
                 branch: Branch
                 for item in plan[start:] if start else plan:
@@ -368,7 +369,7 @@ class Execution(UnwindingRun):
                                 if (returned := response.__class__) is not SagaStepResult:
                                     # Checked only here, so that a step returning its
                                     # SagaStepResult pays nothing for it.
-                                    if returned is COROUTINE:  # a forgotten await
+                                    if returned is coroutine:  # a forgotten await
                                         raise unawaited(name, "act", response)
                                     response = _new_tuple(
                                         SagaStepResult, (response, name, self.saga_id)
@@ -450,6 +451,7 @@ class Execution(UnwindingRun):
         results = self.results
         saga_id = self.saga_id
         flat = _DICT_ONLY.get(context.__class__)
+        coroutine = COROUTINE  # a local: read for every step that returns a bare response
         # S12's check (__init__) has just found JSON scalars only, all of them
         # immutable: the first step's snapshot is a copy with no scan of its own.
         scanned = flat and self.scalars
@@ -478,7 +480,7 @@ class Execution(UnwindingRun):
                         response = await branch.act(context)
                         if (returned := response.__class__) is not SagaStepResult:
                             # Checked only here: see run_all.
-                            if returned is COROUTINE:  # a forgotten await
+                            if returned is coroutine:  # a forgotten await
                                 raise unawaited(name, "act", response)
                             response = _new_tuple(SagaStepResult, (response, name, saga_id))
                     except BaseException as error:
@@ -690,7 +692,7 @@ class Execution(UnwindingRun):
                                 response = await branch.act(context)
                     finally:
                         cursor.active = False
-                    if response.__class__ is COROUTINE:
+                    if type(response) is COROUTINE:
                         raise unawaited(branch.name, "act", response)
             except JournalWriteFailed:
                 raise  # the act never ran: nothing to record, retry or fall back from
@@ -803,7 +805,7 @@ class Execution(UnwindingRun):
             else:
                 async with asyncio.timeout(branch.timeout):
                     response = await branch.act(context)
-            if response.__class__ is COROUTINE:
+            if type(response) is COROUTINE:
                 raise unawaited(branch.name, "act", response)
         except BaseException as error:
             if call is not None:

@@ -191,7 +191,7 @@ class GroupRun:
                 cursor.active = True
                 try:
                     response = await branch.act(context)
-                    if response.__class__ is COROUTINE:
+                    if type(response) is COROUTINE:
                         raise unawaited(branch.name, "act", response)
                 except BaseException as error:
                     cursor.active = False

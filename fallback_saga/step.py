@@ -165,7 +165,7 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
         """Undo ``act``. The default does nothing (a step with no effect to undo)."""
 
     def _generate_step_result(self, response: ResponseT) -> SagaStepResult[ContextT, ResponseT]:
-        if response.__class__ is COROUTINE:
+        if type(response) is COROUTINE:
             raise unawaited(step_name(self), "act", response)  # type: ignore[arg-type]
         cursor = _CURSOR.get()
         if cursor is None or not cursor.active:
@@ -176,7 +176,8 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
 
 # What calling an ``async def`` function returns. An act or compensate that
 # hands one back has a call in it missing its ``await``: the work never ran.
-# Tested by exact class, one comparison per call on the hot path.
+# Tested by exact class, one comparison per call on the hot path, as
+# ``type(x) is COROUTINE``: on CPython 3.11 ``x.__class__`` is a slower read.
 COROUTINE = types.CoroutineType
 
 

@@ -367,7 +367,7 @@ class UnwindingRun(JournaledRun):
                 else:
                     async with asyncio.timeout(branch.timeout):
                         returned = await branch.compensate(self.context)
-                if returned.__class__ is COROUTINE:  # the undo never ran
+                if type(returned) is COROUTINE:  # the undo never ran
                     raise unawaited(branch.name, "compensate", returned)
             except Exception as error:
                 if call is not None:
