@@ -662,7 +662,7 @@ def test_postgres_store_keeps_no_connection_per_thread_that_used_it(
 
     from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
 
-    store = PostgresCircuitStateStore(pg_conninfo, schema=pg_schema)
+    store = PostgresCircuitStateStore(_tagged(pg_conninfo, pg_schema), schema=pg_schema)
     for _ in range(10):
         thread = threading.Thread(target=store.read, args=("payments",))
         thread.start()
@@ -677,11 +677,18 @@ def test_postgres_store_keeps_no_connection_per_thread_that_used_it(
         assert _store_backends(admin, pg_schema) == []
 
 
+def _tagged(conninfo: str, schema: str) -> str:
+    """``conninfo`` whose sessions name themselves after the test's schema."""
+    return f"{conninfo} application_name={schema}"
+
+
 def _store_backends(admin: Any, schema: str) -> list[int]:
-    """The server processes of the store's connections (found by their last query)."""
+    """The server processes of the connections of a store made with
+    ``_tagged(..., schema)``."""
     rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE %s",
-        (f'%"{schema}".fallback_saga_breakers%',),
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+        " AND application_name = %s",
+        (schema,),
     ).fetchall()
     return [pid for (pid,) in rows]
 
@@ -697,7 +704,8 @@ def test_S9_postgres_store_bounds_a_call_to_a_server_that_stops_answering(
     from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
 
     store = PostgresCircuitStateStore(
-        pg_conninfo, schema=pg_schema, connect_timeout=0.5, statement_timeout=0.5
+        _tagged(pg_conninfo, pg_schema), schema=pg_schema, connect_timeout=0.5,
+        statement_timeout=0.5,
     )
     assert store.call_timeout == 1.0
     clock = FakeClock()
@@ -773,7 +781,7 @@ def test_postgres_store_dropped_without_close_ends_its_connections(
 
     from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
 
-    store = PostgresCircuitStateStore(pg_conninfo, schema=pg_schema)
+    store = PostgresCircuitStateStore(_tagged(pg_conninfo, pg_schema), schema=pg_schema)
     assert store.read("payments") is None
     with psycopg.connect(pg_conninfo, autocommit=True) as admin:
         assert len(_store_backends(admin, pg_schema)) == 1

@@ -88,6 +88,7 @@ import json
 import logging
 import math
 import re
+import select
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -134,6 +135,13 @@ _INSTALL_HINT: Final = POSTGRES_INSTALL_HINT
 # Seconds between checks, by a listening connection, that the store is still open.
 _LISTEN_CHECK: Final = 1.0
 
+# The first statement of the store's transactions (the migration, the claim):
+# they rely on READ COMMITTED (each statement sees what committed before it;
+# a row locked by another is re-checked once it is free), and a server or a
+# role may default to REPEATABLE READ or SERIALIZABLE, under which concurrent
+# claimers failed with serialization errors most of the time.
+_READ_COMMITTED: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
 
 def _driver() -> tuple[Any, Any]:
     """The psycopg and psycopg_pool modules, imported on first need."""
@@ -162,6 +170,51 @@ async def _query(
     cursor = conn.cursor(row_factory=tuple_row)
     await cursor.execute(statement, params, binary=True, prepare=prepare)
     return cursor
+
+
+# --------------------------------------------------------------------------- connections
+
+
+async def _getconn(pool: AsyncConnectionPool[Any]) -> AsyncConnection[Any]:
+    """A connection from ``pool`` that the server has not closed while it
+    sat idle (``idle_session_timeout``, a restart, a proxy's idle limit): a
+    worker polling less often than that timeout failed every poll, once per
+    dead connection. A closed one is handed back for the pool to replace.
+    (A network that silently drops a connection is not seen here: that
+    still fails once, as before.)"""
+    conn: AsyncConnection[Any]
+    for _ in range(pool.max_size):
+        conn = await pool.getconn()
+        if not closed_by_server(conn):
+            return conn
+        await conn.close()
+        await pool.putconn(conn)  # the pool discards a closed connection
+    conn = await pool.getconn()
+    return conn
+
+
+def closed_by_server(conn: Any) -> bool:
+    """Whether the server spoke on an idle connection (psycopg's, sync or
+    async) of a store. It only does to end it (its FATAL message, then end
+    of file), as nothing of the stores LISTENs on such a connection. One
+    ``select`` call, no round trip: the hot path pays about a microsecond."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+# SQLSTATEs of a prepared statement the server does not know (or knows
+# another by its name): a pooler in transaction mode hands each transaction
+# to any of its server connections.
+_PREPARED_LOST: Final = frozenset({"26000", "42P05"})
+_PREPARED_HINT: Final = (
+    " (is a pooler in transaction mode, such as PgBouncer, between the store and"
+    " PostgreSQL? Pass PostgresSagaStore(..., prepared_statements=False))"
+)
 
 
 # --------------------------------------------------------------------------- names
@@ -315,10 +368,34 @@ async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
     until it ends, so that concurrent starters queue and migrate once, and a
     failed migration leaves everything as it was.
     """
+    for attempt in range(_MIGRATE_ATTEMPTS):
+        try:
+            await _migrate_once(conn, names)
+            return
+        except Exception as error:  # psycopg's, by its SQLSTATE
+            # Another starter created the schema or a table while we queued
+            # on the lock, and this session's catalog cache, which an
+            # advisory lock does not refresh, said it was not there: CREATE
+            # ... IF NOT EXISTS then fails. The next transaction sees it.
+            if getattr(error, "sqlstate", None) not in _CREATED_MEANWHILE:
+                raise
+            if attempt == _MIGRATE_ATTEMPTS - 1:
+                raise
+
+
+# Duplicate key (a catalog's unique index), schema, table, object.
+_CREATED_MEANWHILE: Final = frozenset({"23505", "42P06", "42P07", "42710"})
+_MIGRATE_ATTEMPTS: Final = 3
+
+
+async def _migrate_once(conn: AsyncConnection[Any], names: _Names) -> None:
     current = len(_MIGRATIONS)
     if await _schema_version(conn, names) == current:
         return
     async with conn.transaction():
+        # READ COMMITTED whatever the server's default: the checks below
+        # must see what a starter that held the lock before us committed.
+        await conn.execute(_READ_COMMITTED)
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key,))
         if names.schema is not None:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{names.schema}"')
@@ -326,7 +403,9 @@ async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
             f"CREATE TABLE IF NOT EXISTS {names.version} ("
             " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
         )
-        cursor = await _query(conn, f"SELECT version FROM {names.version} WHERE id = 1")
+        cursor = await _query(
+            conn, f"SELECT version FROM {names.version} WHERE id = 1", prepare=False
+        )
         row = await cursor.fetchone()
         version = 0 if row is None else row[0]
         if version > current:
@@ -348,11 +427,16 @@ async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
 async def _schema_version(conn: AsyncConnection[Any], names: _Names) -> int | None:
     """The recorded version; ``None`` when there is no version table yet."""
     try:
-        cursor = await _query(conn, "SELECT to_regclass(%s)::text", (names.version,))
+        # Never prepared: run once, and maybe behind a pooler.
+        cursor = await _query(
+            conn, "SELECT to_regclass(%s)::text", (names.version,), prepare=False
+        )
         row = await cursor.fetchone()
         if row is None or row[0] is None:
             return None
-        cursor = await _query(conn, f"SELECT version FROM {names.version} WHERE id = 1")
+        cursor = await _query(
+            conn, f"SELECT version FROM {names.version} WHERE id = 1", prepare=False
+        )
         row = await cursor.fetchone()
     finally:
         if not conn.autocommit:
@@ -371,6 +455,7 @@ def _newer_schema(version: int, current: int) -> SagaStoreError:
 
 
 # --------------------------------------------------------------------------- SQL
+
 
 # Status lists are literals, not parameters: the planner must see that a query
 # implies the partial index's predicate even in a generic (prepared) plan.
@@ -658,17 +743,36 @@ _UNSTORABLE_CONTEXT: Final = re.compile(
 )
 
 
-def _entries_json(saga_id: str, entries: Sequence[JournalEntry]) -> str:
+# What PostgreSQL text cannot hold: NUL, and the lone surrogates UTF-8 cannot encode.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+# In a database whose encoding is not UTF-8: whatever is not ASCII too. The
+# entries travel as JSON, and the server turns a \u escape of a character
+# its encoding lacks (any, in SQL_ASCII) into an error: the saga's failure
+# could not be journaled, so it was never compensated.
+_NOT_ASCII: Final = re.compile("[^\x01-\x7f]")
+
+
+def _storable_error(text: str, unstorable: re.Pattern[str]) -> str:
+    """An exception's text, kept readable where the database cannot hold it
+    as it is (NUL characters and lone surrogates, or non-ASCII characters)."""
+    if unstorable is _UNSTORABLE:
+        return unstorable.sub("\ufffd", text)
+    # Python's escapes (\xe9, \u2603, \U0001d11e): ASCII, and still legible.
+    return text.replace("\x00", "\ufffd").encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _entries_json(
+    saga_id: str, entries: Sequence[JournalEntry], unstorable: re.Pattern[str] = _UNSTORABLE
+) -> str:
     """The entries as ``_ENTRIES`` reads them: a JSON array of one object per
-    entry (``_entry_objects``), a StepStatus as its string value."""
+    entry (``_entry_objects``), a StepStatus as its string value. Error texts
+    holding ``unstorable`` characters are made storable (``_storable_error``)."""
     if not entries:
         return "[]"
     rows: Sequence[Sequence[Any]] = entries
-    if any(e[6] is not None and _UNSTORABLE.search(e[6]) for e in entries):
-        # PostgreSQL text cannot hold NUL, nor UTF-8 a lone surrogate (an
-        # exception's text may hold either): keep the rest of the error readable.
+    if any(e[6] is not None and unstorable.search(e[6]) for e in entries):
         rows = [
-            e if e[6] is None else (*e[:6], _UNSTORABLE.sub("\ufffd", e[6]), *e[7:])
+            e if e[6] is None else (*e[:6], _storable_error(e[6], unstorable), *e[7:])
             for e in entries
         ]
     try:
@@ -687,8 +791,6 @@ def _entry_objects(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     ]
 
 
-# What PostgreSQL text cannot hold: NUL, and the lone surrogates UTF-8 cannot encode.
-_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
 _BRANCHES: Final = frozenset({"primary", "fallback"})
@@ -852,6 +954,17 @@ class PostgresSagaStore:
     transactions; it is off anyway with a libpq older than 14 (no pipeline
     mode).
 
+    ``prepared_statements`` (default on): statements run often are prepared
+    on the server (psycopg's ``prepare_threshold``; the group and claim
+    statements once the tables are big). Pass ``False`` behind a pooler in
+    transaction mode (PgBouncer before 1.21, or without
+    ``max_prepared_statements``): a prepared statement lives on one server
+    connection, and the pooler hands each transaction to any of them.
+
+    The store's own connections talk UTF-8 (``client_encoding``) whatever
+    the database's encoding; in a database that is not UTF-8, journaled
+    error texts are kept to ASCII (Python's escapes).
+
     Connections are not pinged before use (that would double the round
     trips): after the database restarts, a write on a pooled connection that
     died fails once with ``SagaStoreError`` and the pool replaces it. Give
@@ -887,10 +1000,13 @@ class PostgresSagaStore:
         synchronous_commit: str = "on",
         connect_timeout: float = 30.0,
         group_commit: bool = True,
+        prepared_statements: bool = True,
     ) -> None:
         psycopg, psycopg_pool = _driver()
         if not isinstance(group_commit, bool):
             raise TypeError(f"group_commit must be a bool, got {group_commit!r}")
+        if not isinstance(prepared_statements, bool):
+            raise TypeError(f"prepared_statements must be a bool, got {prepared_statements!r}")
         if schema is not None and (
             not isinstance(schema, str) or _IDENTIFIER.fullmatch(schema) is None
         ):
@@ -949,6 +1065,13 @@ class PostgresSagaStore:
         # each) until the tables are big enough for a cached plan
         # (_PREPARE_FROM), then None (prepared, psycopg's default).
         self._prepare: bool | None = False
+        # False: no statement is ever prepared (behind a transaction-mode
+        # pooler, a statement prepared on one server connection is unknown,
+        # or another one, on the next). psycopg's prepare for the others.
+        self.prepared_statements = prepared_statements
+        # What an error text cannot hold in this database (``_note_encoding``).
+        self._unstorable: re.Pattern[str] = _UNSTORABLE
+        self._prepare_any: bool | None = None if prepared_statements else False
         self.size_check_every: float = _SIZE_CHECK
         self._size_check_at = 0.0  # loop time of the next check while not prepared
         self._size_checks: set[asyncio.Task[None]] = set()
@@ -1004,6 +1127,7 @@ class PostgresSagaStore:
                     async with self._pool.connection() as conn:
                         await _migrate(conn, self._names)
                         await self._read_sizes(conn)
+                        self._note_encoding(conn)
             except SagaStoreError:
                 raise
             except self._errors as error:
@@ -1017,7 +1141,9 @@ class PostgresSagaStore:
         # server's own words, not after a pool's retry timeout.
         try:
             async with asyncio.timeout(self.connect_timeout):
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, **self._connection_kwargs()
+                )
         except TimeoutError:
             raise SagaStoreError(
                 f"cannot open the PostgreSQL saga store: no connection within "
@@ -1026,6 +1152,7 @@ class PostgresSagaStore:
         try:
             await _migrate(conn, self._names)
             await self._read_sizes(conn)
+            self._note_encoding(conn)
         finally:
             await conn.close()
         synchronous_commit = self.synchronous_commit
@@ -1040,7 +1167,7 @@ class PostgresSagaStore:
             self._conninfo,
             min_size=self.min_size,
             max_size=self.max_size,
-            kwargs={"autocommit": True},
+            kwargs=self._connection_kwargs(),
             configure=configure,
             open=False,
             name="fallback_saga",
@@ -1052,6 +1179,25 @@ class PostgresSagaStore:
             await pool.close()
             raise
         self._pool = pool
+
+    def _note_encoding(self, conn: AsyncConnection[Any]) -> None:
+        """Error texts are kept to ASCII in a database that is not UTF-8."""
+        encoding = conn.info.parameter_status("server_encoding")
+        if encoding is not None and encoding.upper() not in ("UTF8", "UNICODE"):
+            self._unstorable = _NOT_ASCII
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        """The arguments of the store's own connections."""
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            # Text travels as UTF-8 whatever the database's encoding: in a
+            # SQL_ASCII database (no conversion by the server) text came
+            # back as bytes, and every saga read as corrupt.
+            "client_encoding": "UTF8",
+        }
+        if not self.prepared_statements:
+            kwargs["prepare_threshold"] = None
+        return kwargs
 
     async def close(self) -> None:
         """Close the store's own pool (a given pool is left open). Later calls
@@ -1085,7 +1231,10 @@ class PostgresSagaStore:
         sql = self._sql
         cursor = await _query(conn, sql.table_rows, sql.table_rows_params, prepare=False)
         row = await cursor.fetchone()
-        if row is not None and row[0] is not None and row[0] >= _PREPARE_FROM:
+        if (
+            self.prepared_statements and row is not None and row[0] is not None
+            and row[0] >= _PREPARE_FROM
+        ):
             self._prepare = None
         self._size_check_at = asyncio.get_running_loop().time() + self.size_check_every
 
@@ -1106,7 +1255,7 @@ class PostgresSagaStore:
         if pool is None:
             return
         try:
-            conn = await pool.getconn()
+            conn = await _getconn(pool)
             try:
                 await self._read_sizes(conn)
             finally:
@@ -1115,7 +1264,10 @@ class PostgresSagaStore:
             _log.debug("cannot read the table sizes: %s", error)
 
     def _wrap(self, error: BaseException, doing: str) -> SagaStoreError:
-        wrapped = SagaStoreError(f"{doing}: {type(error).__name__}: {error}".rstrip())
+        hint = ""
+        if getattr(error, "sqlstate", None) in _PREPARED_LOST:
+            hint = _PREPARED_HINT
+        wrapped = SagaStoreError(f"{doing}: {type(error).__name__}: {error}".rstrip() + hint)
         wrapped.__cause__ = error
         return wrapped
 
@@ -1132,13 +1284,14 @@ class PostgresSagaStore:
         try:
             # getconn/putconn rather than pool.connection(): the hot path, and an
             # autocommit connection has no transaction for the context to end.
-            conn = await pool.getconn()
+            conn = await _getconn(pool)
             try:
+                prepare = self._prepare_any
                 if conn.autocommit:
-                    cursor = await _query(conn, statement, params)
+                    cursor = await _query(conn, statement, params, prepare)
                 else:
                     async with conn.transaction():
-                        cursor = await _query(conn, statement, params)
+                        cursor = await _query(conn, statement, params, prepare)
                 if rows == "one":
                     return await cursor.fetchone()
                 if rows == "all":
@@ -1207,7 +1360,7 @@ class PostgresSagaStore:
         if prepare is False:
             self._check_sizes_soon()
         try:
-            conn = await pool.getconn()
+            conn = await _getconn(pool)
         except self._errors as error:
             return [self._wrap(error, doing) for doing, _, _ in writes]
         try:
@@ -1328,7 +1481,7 @@ class PostgresSagaStore:
         text = _context_json(saga_id, context)
         params = [
             saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
-            _entries_json(saga_id, entries),
+            _entries_json(saga_id, entries, self._unstorable),
         ]
         return f"cannot create saga {short_repr(saga_id)}", self._sql.create, params
 
@@ -1353,7 +1506,7 @@ class PostgresSagaStore:
         params = [
             None if status is None else status_text(status),
             None if context is None else _context_json(saga_id, context),
-            count, saga_id, token, after, count, _entries_json(saga_id, entries),
+            count, saga_id, token, after, count, _entries_json(saga_id, entries, self._unstorable),
         ]
         return f"cannot journal saga {short_repr(saga_id)}", self._sql.append, params
 
@@ -1483,18 +1636,15 @@ class PostgresSagaStore:
         pool = self._pool
         if pool is None:
             raise SagaStoreError("the PostgreSQL saga store is closed")
-        sql = self._sql
         try:
-            async with pool.connection() as conn, conn.transaction():
-                prepare = self._prepare
-                cursor = await _query(conn, sql.claimable, (older_than, limit), prepare)
-                due = [saga_id for (saga_id,) in await cursor.fetchall()]
-                if not due:
-                    return []
-                cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, due),
-                                      prepare)
-                taken = {saga_id: (fence, expires) for saga_id, fence, expires in
-                         await cursor.fetchall()}
+            conn = await _getconn(pool)
+            try:
+                async with conn.transaction():
+                    await conn.execute(_READ_COMMITTED)
+                    due, taken = await self._claim_in(conn, owner, lease_seconds, older_than,
+                                                      limit)
+            finally:
+                await pool.putconn(conn)
         except self._errors as error:
             raise self._wrap(error, "cannot claim sagas") from error
         # Oldest first, as selected (RETURNING has no order).
@@ -1503,6 +1653,22 @@ class PostgresSagaStore:
             for saga_id in due
             if saga_id in taken
         ]
+
+    async def _claim_in(
+        self, conn: AsyncConnection[Any], owner: str, lease_seconds: float, older_than: float,
+        limit: int,
+    ) -> tuple[list[str], dict[str, tuple[int, float]]]:
+        """``claim``'s statements, in the caller's transaction: the sagas due,
+        oldest first, and the fence and expiry of each one leased."""
+        sql = self._sql
+        prepare = self._prepare
+        cursor = await _query(conn, sql.claimable, (older_than, limit), prepare)
+        due = [saga_id for (saga_id,) in await cursor.fetchall()]
+        if not due:
+            return [], {}
+        cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, due), prepare)
+        taken = {saga_id: (fence, expires) for saga_id, fence, expires in await cursor.fetchall()}
+        return due, taken
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
         """Lease one saga by id, whatever its status and age (``Saga.resume``

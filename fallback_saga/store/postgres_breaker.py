@@ -43,11 +43,15 @@ from typing import Any
 from ..shared_state import SharedCircuit
 from ..status import CircuitState
 from ._common import finite_seconds
+from .postgres import closed_by_server
 
 __all__ = ["PostgresCircuitStateStore"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 _DDL_LOCK = 0x0FA1_1BAC_B8EA_0001  # advisory lock key for creating the table
+# Duplicate key (a catalog's unique index), schema, table: another store
+# created it while this one queued on _DDL_LOCK (see _connect).
+_CREATED_MEANWHILE = frozenset({"23505", "42P06", "42P07"})
 
 
 class PostgresCircuitStateStore:
@@ -103,32 +107,58 @@ class PostgresCircuitStateStore:
         return f"PostgresCircuitStateStore(schema={self.schema!r})"
 
     def _connect(self) -> Any:
-        """A new connection with the table in place (on a worker thread)."""
+        """A new connection with the table in place (on a worker thread).
+
+        Made to work behind a pooler in transaction mode (PgBouncer): no
+        startup ``options`` (refused by it), no prepared statement (each
+        transaction may land on another server connection), and the
+        ``statement_timeout`` set in each call's own transaction (``_call``)."""
         import psycopg  # type: ignore[import-not-found, unused-ignore]
 
         conn = psycopg.connect(
             self.conninfo,
             autocommit=True,
             connect_timeout=max(1, round(self.connect_timeout)),
-            # At least 1 ms: 0 would mean no timeout at all.
-            options=f"-c statement_timeout={max(1, round(self.statement_timeout * 1000))}",
+            prepare_threshold=None,
+            client_encoding="UTF8",
         )
         try:
-            # Concurrent CREATE ... IF NOT EXISTS can still collide: serialize.
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-                if self.schema is not None:
-                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._table} ("
-                    "name TEXT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL, "
-                    "open_until DOUBLE PRECISION NOT NULL, half_open_owner TEXT, "
-                    "updated_at DOUBLE PRECISION NOT NULL)"
-                )
+            # The table's creator needs the DDL privileges; the others only
+            # read and write it.
+            if _call(conn, "SELECT to_regclass(%s)", (self._table,), self._timeout_ms)[0] is None:
+                self._create_table(conn)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @property
+    def _timeout_ms(self) -> int:
+        return max(1, round(self.statement_timeout * 1000))  # 0 would mean no timeout
+
+    def _create_table(self, conn: Any) -> None:
+        for attempt in range(3):
+            try:
+                # Concurrent CREATE ... IF NOT EXISTS can still collide: serialize.
+                with conn.transaction():
+                    # READ COMMITTED: see what a creator before us committed.
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+                    if self.schema is not None:
+                        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {self._table} ("
+                        "name TEXT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL, "
+                        "open_until DOUBLE PRECISION NOT NULL, half_open_owner TEXT, "
+                        "updated_at DOUBLE PRECISION NOT NULL)"
+                    )
+                return
+            except Exception as error:
+                # Created by another while we queued on the lock: this
+                # session's catalog cache (not refreshed by an advisory lock)
+                # missed it. The next transaction sees it.
+                if getattr(error, "sqlstate", None) not in _CREATED_MEANWHILE or attempt == 2:
+                    raise
 
     def _run(self, statement: str, params: tuple[Any, ...]) -> Any:
         """Run one statement on a worker; wait at most ``call_timeout``."""
@@ -265,9 +295,14 @@ class _Worker:
                 try:
                     if store is None:
                         raise RuntimeError("the circuit state store is gone")
+                    if conn is not None and closed_by_server(conn):
+                        # Ended while idle (idle_session_timeout, a restart):
+                        # a new one rather than a failed call.
+                        _close(conn)
+                        conn = None
                     if conn is None:
                         conn = store._connect()
-                    job.result = conn.execute(job.statement, job.params).fetchone()
+                    job.result = _call(conn, job.statement, job.params, store._timeout_ms)
                 except BaseException as error:
                     # A broken connection is replaced at the next call.
                     job.error = error
@@ -285,6 +320,24 @@ class _Worker:
                     return
         finally:
             _close(conn)
+
+
+def _call(conn: Any, statement: str, params: tuple[Any, ...], timeout_ms: int) -> Any:
+    """``statement``'s first row, under a ``statement_timeout`` of its own
+    transaction: set_config(..., true) is undone at its end, so nothing is
+    left on a server connection a pooler gives to another client. Pipelined
+    (one round trip) where libpq can (14 and later)."""
+    pipelined = conn.pipeline() if _pipelines() else contextlib.nullcontext()
+    with pipelined, conn.transaction():
+        conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{timeout_ms}ms",))
+        cursor = conn.execute(statement, params)
+    return cursor.fetchone()
+
+
+def _pipelines() -> bool:
+    import psycopg  # type: ignore[import-not-found, unused-ignore]
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def _stop_all(workers: list[_Worker]) -> None:
