@@ -403,3 +403,21 @@ def test_a_wrong_password_is_a_one_line_failure_that_does_not_print_it(
     error = one_line_error(capsys.readouterr().err)
     assert "password authentication failed" in error
     assert wrong not in error
+
+
+# --------------------------------------------------------------------------- behind a pooler
+
+
+async def test_S13_the_commands_open_a_store_that_works_behind_a_transaction_pooler(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """An operator's command often goes through the application's PgBouncer:
+    its store prepares nothing (a prepared statement lives on one server
+    connection; a short command gains nothing from it anyway)."""
+    from fallback_saga.cli.stores import _postgres_target, open_store
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema):
+        pass  # the tables, as the application makes them
+    async with open_store(_postgres_target(pg_conninfo, pg_schema)) as store:
+        assert isinstance(store, PostgresSagaStore)
+        assert store.prepared_statements is False

@@ -347,6 +347,10 @@ async def _open_postgres(
             min_size=1,
             max_size=connections,
             connect_timeout=CONNECT_TIMEOUT,
+            # Commands often go through the application's pooler (PgBouncer in
+            # transaction mode), where a prepared statement is lost; a short
+            # command gains nothing from one.
+            prepared_statements=False,
         )
     except ValueError as error:  # e.g. --schema is not a plain identifier
         raise UsageError(f"--schema: {error}") from None
