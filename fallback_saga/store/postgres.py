@@ -456,7 +456,6 @@ def _newer_schema(version: int, current: int) -> SagaStoreError:
 
 # --------------------------------------------------------------------------- SQL
 
-
 # Status lists are literals, not parameters: the planner must see that a query
 # implies the partial index's predicate even in a generic (prepared) plan.
 _INTERRUPTED_SQL: Final = "('running', 'compensating')"
@@ -791,8 +790,6 @@ def _entry_objects(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     ]
 
 
-
-
 _BRANCHES: Final = frozenset({"primary", "fallback"})
 _ACTIONS: Final = frozenset({"act", "compensate"})
 
@@ -966,10 +963,12 @@ class PostgresSagaStore:
     error texts are kept to ASCII (Python's escapes).
 
     Connections are not pinged before use (that would double the round
-    trips): after the database restarts, a write on a pooled connection that
-    died fails once with ``SagaStoreError`` and the pool replaces it. Give
-    your own pool ``check=AsyncConnectionPool.check_connection`` if you prefer
-    paying a round trip per write for that.
+    trips). One that the server closed while it sat idle (a restart,
+    ``idle_session_timeout``) is seen without a round trip (the server's
+    goodbye waits on its socket) and replaced before use; one that a network
+    dropped silently fails once with ``SagaStoreError`` and the pool replaces
+    it. Give your own pool ``check=AsyncConnectionPool.check_connection`` if
+    you prefer paying a round trip per write for that.
 
     Use ``async with PostgresSagaStore(dsn) as store:`` or ``await
     store.close()`` at shutdown. Many processes and machines may share one
