@@ -458,3 +458,48 @@ async def test_S9_breaker_stores_racing_on_a_new_schema_all_work(
             store.close()
 
 
+
+
+def test_S9_the_breaker_store_compare_and_set_is_read_committed_whatever_the_default(
+    database: Any,
+) -> None:
+    """A compare-and-set that waited for another transaction on its row
+    re-checks the version (READ COMMITTED) rather than failing with a
+    serialization error under a SERIALIZABLE default (the breaker then
+    reported the store as failed instead of publishing)."""
+    import threading
+    import time
+
+    dsn = database("default_transaction_isolation = 'serializable'")
+    store = PostgresCircuitStateStore(dsn, call_timeout=30.0)
+    try:
+        first = store.compare_and_set("gate", 0, CircuitState.OPEN, 1.0, None)
+        assert first is not None
+        outcome: list[object] = []
+        with psycopg.connect(dsn, autocommit=True) as other:
+            with other.transaction():
+                other.execute(
+                    "UPDATE fallback_saga_breakers SET updated_at = updated_at WHERE name = 'gate'"
+                )
+                waiter = threading.Thread(
+                    target=lambda: outcome.append(
+                        store.compare_and_set("gate", 1, CircuitState.CLOSED, 0.0, None)
+                    )
+                )
+                waiter.start()
+                for _ in range(1000):  # until the compare-and-set waits for our row lock
+                    (waiting,) = other.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    ).fetchone()
+                    if waiting:
+                        break
+                    time.sleep(0.01)  # polling a condition
+            waiter.join(30)
+        assert len(outcome) == 1
+        written = outcome[0]
+        assert written is not None
+        assert written.state is CircuitState.CLOSED  # type: ignore[attr-defined]
+        assert written.version == 2  # type: ignore[attr-defined]
+    finally:
+        store.close()

@@ -323,12 +323,16 @@ class _Worker:
 
 
 def _call(conn: Any, statement: str, params: tuple[Any, ...], timeout_ms: int) -> Any:
-    """``statement``'s first row, under a ``statement_timeout`` of its own
-    transaction: set_config(..., true) is undone at its end, so nothing is
-    left on a server connection a pooler gives to another client. Pipelined
-    (one round trip) where libpq can (14 and later)."""
+    """``statement``'s first row, in a transaction of its own: READ COMMITTED
+    whatever the server's default (a compare-and-set that waited for another
+    on its row re-checks the version instead of failing with a serialization
+    error), and under a ``statement_timeout`` that set_config(..., true)
+    undoes at its end, so nothing is left on a server connection a pooler
+    gives to another client. Pipelined (one round trip) where libpq can (14
+    and later)."""
     pipelined = conn.pipeline() if _pipelines() else contextlib.nullcontext()
     with pipelined, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{timeout_ms}ms",))
         cursor = conn.execute(statement, params)
     return cursor.fetchone()
