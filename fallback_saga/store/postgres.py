@@ -202,7 +202,7 @@ def closed_by_server(conn: Any) -> bool:
         return True
     try:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
+    except Exception:  # no socket (psycopg: "the connection is lost"), or a bad one
         return True
     return bool(readable)
 
