@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .. import errors
 from ..errors import SagaStoreError
@@ -268,12 +268,21 @@ class WriterProcess:
             transport.close()  # kills the child if it still runs
 
     async def _start(self) -> None:
+        transport: asyncio.SubprocessTransport | None = None
         try:
             transport, pipe = await self.loop.subprocess_exec(
                 lambda: _Pipe(self), *child_command(),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
             )
+            # A write transport by what it does: uvloop's pipes are no
+            # subclasses of asyncio.WriteTransport.
+            stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+            opening = frame(("open", *self.opening))
         except Exception as error:
+            # Whatever failed, the writes waiting must hear of it: a future
+            # left unsettled would hang its saga (it refuses cancellation).
+            if transport is not None:
+                transport.close()  # kills the child if it runs
             failure = SagaStoreError(
                 f"SQLite saga store {self.path}: cannot start the writer process: "
                 f"{type(error).__name__}: {error}"
@@ -284,12 +293,10 @@ class WriterProcess:
             return
         finally:
             self.starting = None
-        stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
         self.transport, self.pipe, self.stdin = transport, pipe, stdin
         self.answering = False
         self.ready = self.loop.create_future()
-        stdin.write(frame(("open", *self.opening)))
+        stdin.write(opening)
         if self.pending:
             self.ship()
 

@@ -1,0 +1,191 @@
+"""The event loops and processes a saga store lives in, besides the one loop of
+a plain ``asyncio.run``: a process forked after the store was opened (gunicorn
+``--preload``, multiprocessing's "fork"), and uvloop.
+
+The rule held is S13's "nothing hangs, nothing is lost": each store works in
+the forked child on connections and threads of the child's own, and the
+parent keeps working; under uvloop every writer works as under asyncio's
+own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_ledger import Ctx, ledger_saga
+
+from fallback_saga import SagaInterrupted, SagaStatus, SQLiteSagaStore
+from fallback_saga.errors import SagaStoreError
+from fallback_saga.store import _sqlite_pipe
+
+WRITERS = ["thread", "inline", "process"]
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _in_a_forked_child(body: Callable[[], int], *, within: float = 20.0) -> int:
+    """Run ``body`` in a forked child; its exit code. A child still running
+    after ``within`` seconds is killed and reported as hung (-1)."""
+    with warnings.catch_warnings():
+        # 3.12+ warns about forking a process with threads (the store's): the
+        # child starts threads of its own and needs no lock of the parent's.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+def _completes(store: SQLiteSagaStore, saga_id: str, ledger: list[tuple[str, str]]) -> Coroutine[Any, Any, bool]:
+    async def run() -> bool:
+        await ledger_saga(ledger)(store=store).run(Ctx(order_id=saga_id), saga_id=saga_id)
+        return (await store.load(saga_id)).status is SagaStatus.COMPLETED
+
+    return run()
+
+
+@needs_fork
+@pytest.mark.parametrize("writer", WRITERS)
+def test_S13_a_forked_child_uses_the_parents_store_on_its_own_connections(
+    tmp_path: Path, writer: str
+) -> None:
+    """The store was opened (threads, connections, writer process) before the
+    fork: the child's sagas and reads work, never waiting on a thread or a
+    process that is the parent's; the parent's store goes on working."""
+    ledger: list[tuple[str, str]] = []
+    store = SQLiteSagaStore(tmp_path / "f.db", writer=writer)
+    runner = asyncio.Runner()  # the parent's loop stays open over the fork
+    try:
+        assert runner.run(_completes(store, "before", ledger))
+
+        def child() -> int:
+            async def work() -> int:
+                if not await _completes(store, "in-child", ledger):
+                    return 2
+                if (await store.load("before")).status is not SagaStatus.COMPLETED:
+                    return 3
+                await store.close()
+                return 0
+
+            return asyncio.run(work())
+
+        assert _in_a_forked_child(child) == 0
+        assert runner.run(_completes(store, "after", ledger))
+        assert runner.run(store.load("in-child")).status is SagaStatus.COMPLETED
+        runner.run(store.close())
+    finally:
+        runner.close()
+    assert sorted(ledger) == sorted(
+        (saga, f"S{k}") for saga in ("before", "after") for k in range(3)
+    )  # the child's steps ran in the child's ledger
+
+
+@needs_fork
+def test_S13_the_parent_closes_its_writer_process_at_once_while_a_forked_child_lives(
+    tmp_path: Path,
+) -> None:
+    """The child inherits the pipe to the parent's writer process; unless it
+    lets go of it, the writer never sees the end of its input while the child
+    lives, and the parent's close() waits for it."""
+    store = SQLiteSagaStore(tmp_path / "p.db", writer="process")
+    runner = asyncio.Runner()
+    try:
+        assert runner.run(_completes(store, "before", []))
+        read, write = os.pipe()
+
+        def child() -> int:
+            os.close(write)
+            os.read(read, 1)  # alive until the parent is done
+            return 0
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            code = 99
+            try:
+                code = child()
+            finally:
+                os._exit(code)
+        os.close(read)
+        try:
+            started = time.monotonic()
+            runner.run(asyncio.wait_for(store.close(), 30))
+            assert time.monotonic() - started < 5.0  # the writer's 10 s kill timeout not hit
+        finally:
+            os.close(write)
+            os.waitpid(pid, 0)
+    finally:
+        runner.close()
+
+
+async def test_S13_a_writer_process_whose_start_breaks_fails_its_writes_never_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong while the child is being set up (here: the loop's
+    pipe transport is not what the start expects) fails open() and the writes
+    waiting with SagaStoreError; a saga stops with SagaInterrupted."""
+
+    def broken(*_args: Any, **_kwargs: Any) -> bytes:
+        raise RuntimeError("the pipe transport says no")
+
+    store = SQLiteSagaStore(tmp_path / "b.db", writer="process")
+    monkeypatch.setattr(_sqlite_pipe, "frame", broken)
+    try:
+        async with asyncio.timeout(20):
+            with pytest.raises(SagaStoreError, match="writer process"):
+                await store.open()
+            with pytest.raises(SagaInterrupted):
+                await ledger_saga([])(store=store).run(Ctx(order_id="b"), saga_id="b-1")
+    finally:
+        monkeypatch.undo()
+        await store.close()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_S13_every_writer_works_under_uvloop(tmp_path: Path, writer: str) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    ledger: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        async with asyncio.timeout(30):
+            async with SQLiteSagaStore(tmp_path / "u.db", writer=writer) as store:
+                assert await _completes(store, "u-1", ledger)
+                # A caller's timeout during a step: compensated, journaled so (S8).
+                gate = asyncio.Event()
+
+                async def stuck(_ctx: Ctx) -> None:
+                    await gate.wait()
+
+                saga = ledger_saga(ledger, S1=stuck)(store=store)
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        await saga.run(Ctx(order_id="u-2"), saga_id="u-2")
+                assert (await store.load("u-2")).status is SagaStatus.COMPENSATED
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    assert sorted(ledger) == sorted(
+        [("u-1", "S0"), ("u-1", "S1"), ("u-1", "S2"), ("u-2", "S0"), ("u-2", "undo-S0")]
+    )
