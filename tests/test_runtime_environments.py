@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Callable, Coroutine
@@ -57,7 +56,9 @@ def _in_a_forked_child(body: Callable[[], int], *, within: float = 20.0) -> int:
     return -1
 
 
-def _completes(store: SQLiteSagaStore, saga_id: str, ledger: list[tuple[str, str]]) -> Coroutine[Any, Any, bool]:
+def _completes(
+    store: SQLiteSagaStore, saga_id: str, ledger: list[tuple[str, str]]
+) -> Coroutine[Any, Any, bool]:
     async def run() -> bool:
         await ledger_saga(ledger)(store=store).run(Ctx(order_id=saga_id), saga_id=saga_id)
         return (await store.load(saga_id)).status is SagaStatus.COMPLETED

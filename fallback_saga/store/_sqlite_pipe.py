@@ -380,6 +380,25 @@ class WriterProcess:
             transport.kill()
         transport.close()
 
+    def forget_after_fork(self) -> None:
+        """In a process forked from the one that runs this child: let go of
+        the pipes, without a word to the loop (a copy of the parent's, whose
+        epoll and wake-up pipe the parent still uses). The child's copy of
+        the pipe to the writer's input would keep it from seeing its end
+        when the parent closes the store."""
+        self.closing = True
+        transport = self.transport
+        self.transport = self.pipe = self.stdin = None
+        self.pending, self.waiting = [], {}
+        if transport is None:
+            return
+        for fd in (0, 1):
+            pipe = transport.get_pipe_transport(fd)
+            file = None if pipe is None else pipe.get_extra_info("pipe")
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    file.close()
+
     def pid(self) -> int | None:
         return None if self.transport is None else self.transport.get_pid()
 

@@ -1209,6 +1209,8 @@ class _Worker:
         self.reads = 0
         self.largest_group = 0
         self.known: dict[str, tuple[int, int]] = {}  # see _Txn
+        # The thread's connection once open: a forked child closes its copy.
+        self.conn: sqlite3.Connection | None = None
         # Where outcomes go: their futures' loops (the writer process answers by pipe).
         self.settle: Callable[[Sequence[_Outcome]], None] = _settle
         self.thread = threading.Thread(
@@ -1237,7 +1239,7 @@ class _Worker:
                         # one if that failed: a file locked past busy_timeout
                         # (or a directory created since) must not break the
                         # store for good.
-                        conn = self._open(group)
+                        conn = self.conn = self._open(group)
                         if conn is None:
                             continue
                     self._serve(conn, group)
@@ -1771,6 +1773,8 @@ class SQLiteSagaStore:
         # and the lock that lets one caller at a time use it.
         self._inline_conn: sqlite3.Connection | None = None
         self._inline_lock = threading.Lock()
+        self._process_finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
+        _STORES.add(self)  # a forked child starts afresh (_after_fork_in_child)
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self.path!r}, synchronous={self.synchronous!r})"
@@ -1918,6 +1922,37 @@ class SQLiteSagaStore:
         self._serve_inline(worker, _Request(op, args, loop, future, write))
         return future
 
+    def _forget_the_parents(self) -> None:
+        """In a process just forked: the threads did not come along, and the
+        connections and the writer process are the parent's. The child's
+        next request opens its own (as at first use); the parent's are
+        never used here, so the parent goes on undisturbed.
+
+        The inherited connections are closed, not merely dropped: SQLite
+        keeps one lock record per file and process, which the child copied
+        with the parent's locks in it; until they are closed, a connection
+        the child opens to the same file would believe it holds locks that
+        only the parent holds. (fcntl locks belong to a process: closing
+        the child's copies releases none of the parent's.)"""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._inline_lock = threading.Lock()
+        for finalizer in (self._finalizer, self._process_finalizer):
+            if finalizer is not None:
+                finalizer.detach()  # they would stop the parent's threads and child
+        self._finalizer = self._process_finalizer = None
+        connections = [self._inline_conn] + [
+            worker.conn for worker in (self._writer, self._reader) if worker is not None
+        ]
+        self._writer = self._reader = None
+        self._inline_conn = None
+        for conn in connections:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        process, self._process = self._process, None
+        if process is not None:
+            process.forget_after_fork()
+
     def _closed_error(self) -> SagaStoreError:
         return SagaStoreError(f"the SQLite saga store {self.path} is closed")
 
@@ -2058,7 +2093,7 @@ class SQLiteSagaStore:
                 )
                 # Dropped unclosed: the child stops (the finalizer holds the
                 # process, never the store).
-                weakref.finalize(self, abandon_soon, process)
+                self._process_finalizer = weakref.finalize(self, abandon_soon, process)
         return process if process.loop is loop else None
 
     async def load(self, saga_id: str) -> SagaRecord:
@@ -2176,3 +2211,19 @@ class SQLiteSagaStore:
             _purge, (finite_seconds("older_than", older_than),), write=True
         )
         return purged
+
+
+# ------------------------------------------------------------------------- fork
+
+# Every store of the process, for a forked child to reset (weakly: a store
+# dropped is gone from it).
+_STORES: weakref.WeakSet[SQLiteSagaStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_the_parents()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
