@@ -170,6 +170,11 @@ class RecoveryWorker:
         self._running = True
         self._stopping = False
         self._finished = asyncio.Event()
+        # Events of this run's loop: an asyncio.Event that has been waited on
+        # belongs to its loop, and the worker may have run on another before
+        # (two successive asyncio.run calls, as function-scoped test loops do).
+        self._wake = asyncio.Event()
+        self._listening = asyncio.Event()
         listener: asyncio.Task[None] | None = None
         if self._notifier is not None:
             listener = asyncio.get_running_loop().create_task(self._listen(self._notifier))

@@ -416,6 +416,36 @@ async def test_a_worker_claims_only_its_free_slots_and_wakes_up_early(
     assert worker.stats.claimed == 5
 
 
+def test_S13_a_worker_stopped_on_one_event_loop_runs_again_on_another(db: Path) -> None:
+    """One worker object (made at import, say) run by two successive
+    ``asyncio.run`` calls, as function-scoped test loops do: the second run
+    claims and resumes, instead of failing inside asyncio with an event
+    bound to the first loop."""
+    ledger = Ledger()
+    store = SQLiteSagaStore(db)
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], poll=3600, older_than=0)
+
+    async def one_run(prefix: str) -> None:
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: worker._running or task.done(), what="start")
+        await seed(store, 2, prefix)
+        worker.wake()  # poll is an hour: only wake() makes it look now
+        await eventually(lambda: task.done() or worker.stats.completed == done + 2,
+                         what="both resumed")
+        await worker.stop()
+        await task
+
+    done = 0
+    asyncio.run(one_run("first"))
+    done = 2
+    asyncio.run(one_run("second"))
+    asyncio.run(store.close())
+    assert worker.stats.completed == 4
+    assert Counter(saga for action, _, saga in ledger.calls if action == "act") == {
+        f"{prefix}{n:04d}": 3 for prefix in ("first", "second") for n in range(2)
+    }
+
+
 async def test_a_graceful_stop_lets_sagas_finish_and_releases_their_leases(
     store: SQLiteSagaStore,
 ) -> None:
