@@ -43,6 +43,7 @@ PostgreSQL implementation lives in ``fallback_saga.store.postgres_breaker``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -143,6 +144,7 @@ class SQLiteCircuitStateStore:
         self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
         self._closed = False
+        _STATE_STORES.add(self)  # a forked child opens its own (_forget_the_parents)
 
     def __repr__(self) -> str:
         return f"SQLiteCircuitStateStore({self.path!r})"
@@ -168,7 +170,7 @@ class SQLiteCircuitStateStore:
         held = _ThreadConnection(conn)
         # The thread's slot of ``_local`` goes when the thread ends, and with
         # it ``held``: then the connection is closed, from whichever thread.
-        weakref.finalize(held, _release, conn, self._all, self._all_lock)
+        weakref.finalize(held, _release, conn, weakref.ref(self))
         self._local.held = held
         return conn
 
@@ -214,6 +216,19 @@ class SQLiteCircuitStateStore:
             return None
         return SharedCircuit(name, state, version, float(open_until), half_open_owner, now)
 
+    def _forget_the_parents(self) -> None:
+        """In a process just forked: the connections are the parent's, which
+        SQLite forbids using here (the child's copies share the parent's
+        lock records). They are closed — fcntl locks belong to a process, so
+        none of the parent's is released — and each thread of the child
+        opens its own at its next call."""
+        self._all_lock = threading.Lock()  # another thread may have held it at the fork
+        inherited, self._all = self._all, set()
+        self._local = threading.local()
+        for conn in inherited:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def close(self) -> None:
         """Close every connection this store opened (call when no breaker uses it)."""
         self._closed = True
@@ -233,10 +248,24 @@ class _ThreadConnection:
         self.conn = conn
 
 
-def _release(
-    conn: sqlite3.Connection, every: set[sqlite3.Connection], lock: threading.Lock
-) -> None:
-    """Close the connection of a thread that ended."""
-    with lock:
-        every.discard(conn)
+def _release(conn: sqlite3.Connection, owner: weakref.ref[SQLiteCircuitStateStore]) -> None:
+    """Close the connection of a thread that ended (the store's set and lock
+    of now, which a fork may have replaced)."""
+    store = owner()
+    if store is not None:
+        with store._all_lock:
+            store._all.discard(conn)
     conn.close()
+
+
+# Every state store of the process, for a forked child to reset (weakly).
+_STATE_STORES: weakref.WeakSet[SQLiteCircuitStateStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STATE_STORES):
+        store._forget_the_parents()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

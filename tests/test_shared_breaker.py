@@ -750,6 +750,40 @@ def test_postgres_store_call_timeout_must_be_positive_seconds(call_timeout: Any)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_S9_sqlite_state_store_opens_a_connection_of_its_own_in_a_forked_child(
+    tmp_path: Path,
+) -> None:
+    """SQLite forbids using a connection in a process forked after it was
+    opened (the child's copy shares the parent's lock records: corruption).
+    The child of a process whose breakers already share state (gunicorn
+    --preload) opens its own; the parent's goes on working."""
+    store = SQLiteCircuitStateStore(tmp_path / "c.db")
+    parents = store._connection()
+    assert store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None) is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if store._connection() is parents:
+                code = 2
+            else:
+                row = store.read("payments")
+                done = store.compare_and_set("payments", 1, CircuitState.CLOSED, 0.0, None)
+                code = 0 if row is not None and done is not None else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    row = store.read("payments")  # the parent's connection still works, and sees the child's
+    assert row is not None
+    assert row.state is CircuitState.CLOSED
+    assert store._connection() is parents
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_postgres_store_works_in_a_forked_child(pg_store: Any) -> None:
     assert pg_store.read("payments") is None  # the parent has a worker now
     with warnings.catch_warnings():
