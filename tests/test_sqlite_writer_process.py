@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,46 @@ async def test_another_event_loop_writes_through_the_writer_thread(tmp_path: Pat
         assert store._writer is not None
         assert store._writer.writes >= 4  # the other loop's writes took the thread
         assert store.stats.writes >= writes_before + 4
+
+
+def test_a_store_used_by_successive_event_loops_stops_the_child_of_a_closed_one(
+    tmp_path: Path,
+) -> None:
+    """A store made at import and used by one ``asyncio.run`` after another
+    (function-scoped test loops): the child of a loop that has closed is
+    stopped, not left running until the parent exits, and the next loop
+    gets a child of its own."""
+    ledger: list[tuple[str, str]] = []
+    store = SQLiteSagaStore(tmp_path / "s.db", writer="process")
+    saga = ledger_saga(ledger)(store=store)
+    asyncio.run(saga.run(Ctx(order_id="1"), saga_id="first"))
+    first = child_pid(store)
+    asyncio.run(saga.run(Ctx(order_id="2"), saga_id="second"))
+    second = child_pid(store)
+    assert second != first
+    assert ends(first)
+    asyncio.run(store.close())
+    assert ends(second)
+    assert sorted(ledger) == sorted((s, f"S{k}") for s in ("first", "second") for k in range(3))
+
+
+def ends(pid: int) -> bool:
+    """Whether process ``pid`` ends within a few seconds (polled): gone, or a
+    zombie (the child watcher of a closed loop may never reap it: that takes
+    this process's own exit, and costs nothing meanwhile)."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if stat.read_text().rpartition(")")[2].split()[0] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        except OSError:
+            pass  # no /proc here: wait until it is gone
+        time.sleep(0.01)
+    return False
 
 
 async def exits(pid: int) -> bool:

@@ -380,15 +380,20 @@ class WriterProcess:
             transport.kill()
         transport.close()
 
-    def forget_after_fork(self) -> None:
-        """In a process forked from the one that runs this child: let go of
-        the pipes, without a word to the loop (a copy of the parent's, whose
-        epoll and wake-up pipe the parent still uses). The child's copy of
-        the pipe to the writer's input would keep it from seeing its end
-        when the parent closes the store."""
+    def let_go(self, *, loop_closed: bool = False) -> None:
+        """Let go of the child without a word to the loop: close our ends of
+        its pipes, so that it sees the end of its input, commits what it
+        has and exits. For a process forked from this one (whose loop is a
+        copy of the parent's: its epoll and wake-up pipe are the parent's
+        still), and for a loop that has closed (``loop_closed``: then the
+        transport is marked closed too, as far as a closed loop lets it,
+        so that it says nothing when it is freed)."""
         self.closing = True
         transport = self.transport
         self.transport = self.pipe = self.stdin = None
+        # The writes on their way are dropped, not failed: their futures
+        # belong to that loop (closed, or the parent's), where no one awaits
+        # them and where failing them would schedule callbacks.
         self.pending, self.waiting = [], {}
         if transport is None:
             return
@@ -398,15 +403,21 @@ class WriterProcess:
             if file is not None:
                 with contextlib.suppress(OSError):
                     file.close()
+        if loop_closed:
+            with contextlib.suppress(RuntimeError):  # the closed loop refuses the rest
+                transport.close()
 
     def pid(self) -> int | None:
         return None if self.transport is None else self.transport.get_pid()
 
 
 def abandon_soon(process: WriterProcess) -> None:
-    """``abandon`` on the child's own loop, from any thread (a finalizer's)."""
-    with contextlib.suppress(RuntimeError):  # that loop is closed: its pipes are gone
+    """``abandon`` on the child's own loop, from any thread (a finalizer's);
+    if that loop has closed, the child is let go of here."""
+    try:
         process.loop.call_soon_threadsafe(process.abandon)
+    except RuntimeError:  # the loop is closed: nothing runs there any more
+        process.let_go(loop_closed=True)
 
 
 def _sendable(item: tuple[str, tuple[Any, ...], asyncio.Future[Any]]) -> bool:

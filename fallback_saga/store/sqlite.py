@@ -1951,7 +1951,7 @@ class SQLiteSagaStore:
                     conn.close()
         process, self._process = self._process, None
         if process is not None:
-            process.forget_after_fork()
+            process.let_go()
 
     def _closed_error(self) -> SagaStoreError:
         return SagaStoreError(f"the SQLite saga store {self.path} is closed")
@@ -2086,6 +2086,14 @@ class SQLiteSagaStore:
             if self._closed:
                 raise self._closed_error()
             process = self._process
+            if process is not None and process.loop.is_closed():
+                # Its loop has ended (asyncio.run returned; the next test's
+                # loop is here): stop its child, which would otherwise live
+                # on unused until this process exits, and make this loop's.
+                if self._process_finalizer is not None:
+                    self._process_finalizer.detach()
+                process.let_go(loop_closed=True)
+                process = None
             if process is None:
                 process = self._process = WriterProcess(
                     loop, (self.path, self.synchronous, self.busy_timeout), JournalFuture,
