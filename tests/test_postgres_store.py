@@ -1795,3 +1795,69 @@ async def test_S10_with_group_commit_each_intent_is_committed_before_its_step_ru
             await asyncio.gather(*(saga.run(Order(order_id=f"o{n}")) for n in range(60)))
             assert store.stats.largest_group > 1, store.stats  # writes were grouped
     assert Witnessed.seen == ["started"] * 180
+
+
+# --------------------------------------------------------------------------- event loops
+
+
+def test_S13_a_store_used_by_successive_event_loops_serves_each(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """A store made at import and used by one ``asyncio.run`` after another
+    (function-scoped test loops): each loop's sagas are journaled, with
+    writes enough to queue, and close() from the last loop closes it."""
+    from helpers_ledger import Ctx, ledger_saga
+
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2)
+    ledger: list[tuple[str, str]] = []
+    saga = ledger_saga(ledger)(store=store)
+
+    async def burst(prefix: str) -> list[SagaStatus]:
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(
+                saga.run(Ctx(order_id=str(n)), saga_id=f"{prefix}-{n}") for n in range(20)
+            ))
+            return [(await store.load(f"{prefix}-{n}")).status for n in range(20)]
+
+    assert asyncio.run(burst("first")) == [SagaStatus.COMPLETED] * 20
+    assert asyncio.run(burst("second")) == [SagaStatus.COMPLETED] * 20
+    asyncio.run(store.close())
+    assert len(ledger) == 2 * 20 * 3
+
+
+def test_S13_a_store_another_running_loop_uses_refuses_at_once(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """Its pool and its group commit belong to the loop it was first used
+    on: a second loop running meanwhile (another thread's) gets a clear
+    SagaStoreError at once, never a write that waits forever."""
+    import threading
+
+    from helpers_ledger import Ctx, ledger_saga
+
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2)
+    saga = ledger_saga([])(store=store)
+    outcome: list[BaseException | None] = []
+
+    def elsewhere() -> None:
+        async def run() -> None:
+            async with asyncio.timeout(20):
+                await saga.run(Ctx(order_id="t"), saga_id="there")
+
+        try:
+            asyncio.run(run())
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    async def here() -> None:
+        await saga.run(Ctx(order_id="h"), saga_id="here")
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        await store.close()
+
+    asyncio.run(here())
+    (error,) = outcome
+    assert isinstance(error, SagaStoreError)
+    assert "event loop" in str(error)

@@ -1079,12 +1079,58 @@ class PostgresSagaStore:
         # (one statement, one round trip), at most _GROUP_SLOTS on their way.
         # A libpq without pipeline mode (older than 14) writes each alone.
         self.group_commit: bool = group_commit and psycopg.Pipeline.is_supported()
-        self._journal: GroupCommit[_Write, None] = GroupCommit(
-            slots=max(1, min(_GROUP_SLOTS, pool_size // 2)),
+        self._slots = max(1, min(_GROUP_SLOTS, pool_size // 2))
+        self._journal: GroupCommit[_Write, None] = self._new_journal()
+        # The event loop the store serves: its pool's and its group commit's
+        # (the first that uses it; see _on_its_loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _new_journal(self) -> GroupCommit[_Write, None]:
+        return GroupCommit(
+            slots=self._slots,
             write_one=self._write_one,
             write_many=self._write_many,
             grouped=self.group_commit,
         )
+
+    def _on_its_loop(self) -> None:
+        """Check that the running event loop is the store's, before anything
+        else: the pool, the group commit's queue and its tasks belong to one
+        loop, and a write queued from another would wait forever (woken from
+        a thread that is not its loop's). A store whose loop has closed —
+        one made at import and used by one ``asyncio.run`` after another —
+        starts afresh on the new loop (its own pool is opened again)."""
+        loop = asyncio.get_running_loop()
+        bound = self._loop
+        if bound is loop:
+            return
+        if bound is None:
+            self._loop = loop
+            return
+        if not bound.is_closed():
+            raise SagaStoreError(
+                "this PostgreSQL saga store serves the event loop it was first used on, "
+                "which is still open (another thread's?): its connection pool and its "
+                "journal writes belong to that loop; give each event loop a store of its own"
+            )
+        if not self._owns_pool:
+            raise SagaStoreError(
+                "the event loop this PostgreSQL saga store was first used on has closed, "
+                "and the connection pool it was given belongs to that loop; give the "
+                "store a pool made on this loop"
+            )
+        # Its pool was opened on the closed loop: dropped (its connections
+        # end when it is freed), and opened again here at the first call.
+        old = self._journal
+        self._journal = self._new_journal()
+        self._journal.writes, self._journal.commits = old.writes, old.commits
+        self._journal.largest_group = old.largest_group
+        self._pool = None
+        self._ready = False
+        self._opening = None
+        self._size_checks = set()
+        self._size_check_at = 0.0
+        self._loop = loop
 
     def __repr__(self) -> str:
         # Never the conninfo: it may hold a password.
@@ -1107,6 +1153,7 @@ class PostgresSagaStore:
     async def open(self) -> None:
         """Connect and migrate the schema now rather than at first use, so a
         bad conninfo or a too-new schema fails here (``SagaStoreError``)."""
+        self._on_its_loop()
         if self._ready:
             return
         if self._closed:
@@ -1203,6 +1250,13 @@ class PostgresSagaStore:
         raise ``SagaStoreError``; closing twice is harmless."""
         if self._closed:
             return
+        if self._loop is not None and self._loop.is_closed():
+            # Used last by a loop that has closed: its pool goes with it.
+            self._closed = True
+            self._ready = False
+            self._pool = None
+            return
+        self._on_its_loop()
         await self._journal.idle()  # writes already queued are finished first
         if self._size_checks:
             await asyncio.gather(*self._size_checks, return_exceptions=True)
@@ -1275,6 +1329,7 @@ class PostgresSagaStore:
     ) -> Any:
         """Run one statement on a pooled connection; its first row (``rows="one"``),
         all rows (``"all"``) or nothing (``"none"``)."""
+        self._on_its_loop()
         if not self._ready:
             await self.open()
         pool = self._pool
@@ -1407,6 +1462,7 @@ class PostgresSagaStore:
         """Record a new saga with its first entries, in one statement;
         ``SagaAlreadyExists`` if the id is taken (nothing is written then);
         ``ValueError`` for an id no store can key a saga by (``check_saga_id``)."""
+        self._on_its_loop()
         await self._journal.write(
             self._create_write(saga_id, saga_name, fingerprint, context, entries, status)
         )
@@ -1426,6 +1482,7 @@ class PostgresSagaStore:
         current one (else ``LeaseLost``, nothing written); with ``after``,
         only while the journal holds that many entries (else
         ``JournalConflict``, nothing written)."""
+        self._on_its_loop()
         await self._journal.write(
             self._append_write(saga_id, entries, status, context, fence, after)
         )
@@ -1447,6 +1504,7 @@ class PostgresSagaStore:
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``create``'s write, queued: its future."""
+        self._on_its_loop()
         return self._journal.submit(
             self._create_write(saga_id, saga_name, fingerprint, context, entries, status),
             deadline,
@@ -1463,6 +1521,7 @@ class PostgresSagaStore:
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``append``'s write, queued: its future."""
+        self._on_its_loop()
         return self._journal.submit(
             self._append_write(saga_id, entries, status, context, fence, after), deadline
         )
@@ -1630,6 +1689,7 @@ class PostgresSagaStore:
         limit = non_negative_int("limit", limit)
         if limit == 0:
             return []
+        self._on_its_loop()
         if not self._ready:
             await self.open()
         pool = self._pool
@@ -1749,6 +1809,7 @@ class PostgresSagaStore:
         closed; ``SagaStoreError`` if the connection is lost. One connection
         per iteration: a worker needs one."""
         psycopg, _ = _driver()
+        self._on_its_loop()
         if not self._ready:
             await self.open()
         pool = self._pool
