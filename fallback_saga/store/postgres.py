@@ -87,6 +87,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import select
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -1084,6 +1085,7 @@ class PostgresSagaStore:
         # The event loop the store serves: its pool's and its group commit's
         # (the first that uses it; see _on_its_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0  # the process whose loop that is
 
     def _new_journal(self) -> GroupCommit[_Write, None]:
         return GroupCommit(
@@ -1105,8 +1107,18 @@ class PostgresSagaStore:
         if bound is loop:
             return
         if bound is None:
-            self._loop = loop
+            self._loop, self._pid = loop, os.getpid()
             return
+        if self._pid != os.getpid():
+            # Its connections are sockets the parent still uses: neither using
+            # them here nor closing them (libpq says goodbye to the server)
+            # would leave the parent's sessions intact.
+            raise SagaStoreError(
+                "this PostgreSQL saga store was used before os.fork(): its connections "
+                "belong to the parent process, which a forked child must neither use nor "
+                "close; make the store in the child (after the fork), or leave it unused "
+                "in the parent"
+            )
         if not bound.is_closed():
             raise SagaStoreError(
                 "this PostgreSQL saga store serves the event loop it was first used on, "
