@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine
@@ -25,15 +26,22 @@ from helpers_ledger import Ctx, ledger_saga
 from fallback_saga import SagaInterrupted, SagaStatus, SQLiteSagaStore
 from fallback_saga.errors import SagaStoreError
 from fallback_saga.store import _sqlite_pipe
+from fallback_saga.store import sqlite as sqlite_store
 
 WRITERS = ["thread", "inline", "process"]
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
-def _in_a_forked_child(body: Callable[[], int], *, within: float = 20.0) -> int:
+def _in_a_forked_child(
+    body: Callable[[], int],
+    *,
+    within: float = 20.0,
+    before_waiting: Callable[[], object] | None = None,
+) -> int:
     """Run ``body`` in a forked child; its exit code. A child still running
-    after ``within`` seconds is killed and reported as hung (-1)."""
+    after ``within`` seconds is killed and reported as hung (-1).
+    ``before_waiting`` runs in the parent once the child is forked."""
     with warnings.catch_warnings():
         # 3.12+ warns about forking a process with threads (the store's): the
         # child starts threads of its own and needs no lock of the parent's.
@@ -45,6 +53,8 @@ def _in_a_forked_child(body: Callable[[], int], *, within: float = 20.0) -> int:
             code = body()
         finally:
             os._exit(code)
+    if before_waiting is not None:
+        before_waiting()
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -100,6 +110,53 @@ def test_S13_a_forked_child_uses_the_parents_store_on_its_own_connections(
     assert sorted(ledger) == sorted(
         (saga, f"S{k}") for saga in ("before", "after") for k in range(3)
     )  # the child's steps ran in the child's ledger
+
+
+@needs_fork
+def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork waits for the store's threads to leave SQLite (a connection in
+    use at the fork keeps SQLite's mutex held for ever in the child, which
+    can then neither use nor close it). A request still running past that
+    wait: the child's store refuses every call, saying why, instead of
+    hanging; the parent's request finishes and the store goes on."""
+    monkeypatch.setattr(sqlite_store, "_FORK_WAIT", 0.2)
+    store = SQLiteSagaStore(tmp_path / "m.db")
+    runner = asyncio.Runner()
+    inside, forked = threading.Event(), threading.Event()
+
+    def held(cursor: Any, txn: Any) -> None:  # an op, run by the writer thread
+        cursor.execute("SELECT 1")
+        inside.set()
+        forked.wait(10)
+
+    try:
+        assert runner.run(_completes(store, "before", []))
+
+        async def around_the_fork() -> int:
+            write = store._submit(held, (), write=True)
+            await asyncio.to_thread(inside.wait, 10)
+
+            def child() -> int:
+                async def refused() -> int:
+                    try:
+                        await store.load("before")
+                    except SagaStoreError as error:
+                        return 0 if "forked" in str(error) else 2
+                    return 3
+
+                return asyncio.run(refused())
+
+            code = _in_a_forked_child(child, before_waiting=forked.set)
+            await write
+            return code
+
+        assert runner.run(around_the_fork()) == 0
+        assert runner.run(_completes(store, "after", []))
+        runner.run(store.close())
+    finally:
+        runner.close()
 
 
 @needs_fork

@@ -1211,6 +1211,10 @@ class _Worker:
         self.known: dict[str, tuple[int, int]] = {}  # see _Txn
         # The thread's connection once open: a forked child closes its copy.
         self.conn: sqlite3.Connection | None = None
+        # Held while the thread is inside SQLite: a fork waits for it
+        # (_before_fork), so that no connection is mid-call in the child,
+        # where SQLite's mutex would stay held for ever.
+        self.using = threading.Lock()
         # Where outcomes go: their futures' loops (the writer process answers by pipe).
         self.settle: Callable[[Sequence[_Outcome]], None] = _settle
         self.thread = threading.Thread(
@@ -1234,20 +1238,22 @@ class _Worker:
                 if not group:
                     continue
                 try:
-                    if conn is None:
-                        # Opened at the first request, and again at the next
-                        # one if that failed: a file locked past busy_timeout
-                        # (or a directory created since) must not break the
-                        # store for good.
-                        conn = self.conn = self._open(group)
+                    with self.using:
                         if conn is None:
-                            continue
-                    self._serve(conn, group)
+                            # Opened at the first request, and again at the next
+                            # one if that failed: a file locked past busy_timeout
+                            # (or a directory created since) must not break the
+                            # store for good.
+                            conn = self.conn = self._open(group)
+                            if conn is None:
+                                continue
+                        self._serve(conn, group)
                 except BaseException as error:  # a bug here must not leave sagas waiting
                     self.settle([(request, False, self._wrap(error)) for request in group])
         finally:
             if conn is not None:
-                conn.close()
+                with self.using:
+                    conn.close()
             if stop is not None and stop.loop is not None and stop.future is not None:
                 _settle_stop(stop)
 
@@ -1774,6 +1780,10 @@ class SQLiteSagaStore:
         self._inline_conn: sqlite3.Connection | None = None
         self._inline_lock = threading.Lock()
         self._process_finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
+        self._forked_mid_request = False
+        # Around a fork (_before_fork): the locks taken, and whether one could not be.
+        self._fork_held: list[threading.Lock] = []
+        self._fork_blocked = False
         _STORES.add(self)  # a forked child starts afresh (_after_fork_in_child)
 
     def __repr__(self) -> str:
@@ -1933,7 +1943,14 @@ class SQLiteSagaStore:
         with the parent's locks in it; until they are closed, a connection
         the child opens to the same file would believe it holds locks that
         only the parent holds. (fcntl locks belong to a process: closing
-        the child's copies releases none of the parent's.)"""
+        the child's copies releases none of the parent's.) A connection that
+        a thread was using at the moment of the fork cannot be closed — its
+        mutex stays held for ever in the child. The fork waits for the
+        connections to be idle (``_hold_for_fork``); if one stayed busy past
+        that wait, the store refuses every call in the child, saying why,
+        rather than risk the file."""
+        in_use = self._fork_blocked
+        self._fork_blocked = False
         self._lock = threading.Lock()  # another thread may have held it at the fork
         self._inline_lock = threading.Lock()
         for finalizer in (self._finalizer, self._process_finalizer):
@@ -1945,15 +1962,46 @@ class SQLiteSagaStore:
         ]
         self._writer = self._reader = None
         self._inline_conn = None
+        process, self._process = self._process, None
+        if process is not None:
+            process.let_go()
+        if in_use:
+            _FORKED_MID_REQUEST.extend(conn for conn in connections if conn is not None)
+            self._forked_mid_request = True
+            self._closed = True
+            return
         for conn in connections:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-        process, self._process = self._process, None
-        if process is not None:
-            process.let_go()
+
+    def _hold_for_fork(self) -> None:
+        """Before a fork, in the forking thread: wait until no thread of the
+        store is inside SQLite, and keep it so until the fork is done
+        (``_release_after_fork`` in the parent; the child starts afresh)."""
+        locks = [w.using for w in (self._writer, self._reader) if w is not None]
+        if self._inline_conn is not None:
+            locks.append(self._inline_lock)
+        for lock in locks:
+            if lock.acquire(timeout=_FORK_WAIT):
+                self._fork_held.append(lock)
+            else:
+                self._fork_blocked = True  # a request longer than the wait: see the child
+
+    def _release_after_fork(self) -> None:
+        held, self._fork_held = self._fork_held, []
+        self._fork_blocked = False
+        for lock in held:
+            lock.release()
 
     def _closed_error(self) -> SagaStoreError:
+        if self._forked_mid_request:
+            return SagaStoreError(
+                f"the SQLite saga store {self.path} was in the middle of a request when "
+                f"this process was forked from its parent: its connections cannot be "
+                f"used or closed here; fork while no saga runs, or open the store after "
+                f"the fork"
+            )
         return SagaStoreError(f"the SQLite saga store {self.path} is closed")
 
     def _serve_inline(self, worker: _Worker, request: _Request) -> None:
@@ -2226,12 +2274,41 @@ class SQLiteSagaStore:
 # Every store of the process, for a forked child to reset (weakly: a store
 # dropped is gone from it).
 _STORES: weakref.WeakSet[SQLiteSagaStore] = weakref.WeakSet()
+# In a forked child: connections a parent's thread was using at the fork,
+# kept (never closed, never freed) for the child's life.
+_FORKED_MID_REQUEST: list[sqlite3.Connection] = []
+
+
+# How long a fork waits for a store's request in progress (a commit waiting
+# on another process's lock may take up to busy_timeout) before it goes on.
+_FORK_WAIT: Final = 10.0
+
+
+# The stores held across a fork (strongly: each must be released after it).
+_HELD_FOR_FORK: list[SQLiteSagaStore] = []
+
+
+def _before_fork() -> None:
+    _HELD_FOR_FORK[:] = _STORES
+    for store in _HELD_FOR_FORK:
+        store._hold_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in _HELD_FOR_FORK:
+        store._release_after_fork()
+    _HELD_FOR_FORK.clear()
 
 
 def _after_fork_in_child() -> None:
-    for store in list(_STORES):
+    for store in _HELD_FOR_FORK:
         store._forget_the_parents()
+    _HELD_FOR_FORK.clear()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
