@@ -144,6 +144,10 @@ class SQLiteCircuitStateStore:
         self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
         self._closed = False
+        # Held around each statement: a fork waits for it (_hold_for_fork),
+        # so that no connection is mid-call in the child.
+        self._using = threading.Lock()
+        self._held_for_fork = False
         _STATE_STORES.add(self)  # a forked child opens its own (_forget_the_parents)
 
     def __repr__(self) -> str:
@@ -155,16 +159,18 @@ class SQLiteCircuitStateStore:
             return held.conn
         if self._closed:
             raise RuntimeError("the circuit state store is closed")
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(_CREATE)
-        except BaseException:
-            conn.close()
-            raise
+        with self._using:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(_CREATE)
+            except BaseException:
+                conn.close()
+                raise
         with self._all_lock:
             self._all.add(conn)
         held = _ThreadConnection(conn)
@@ -175,11 +181,13 @@ class SQLiteCircuitStateStore:
         return conn
 
     def read(self, name: str) -> SharedCircuit | None:
-        row = self._connection().execute(
-            f"SELECT state, version, open_until, half_open_owner, updated_at "
-            f"FROM {_TABLE} WHERE name = ?",
-            (name,),
-        ).fetchone()
+        conn = self._connection()
+        with self._using:
+            row = conn.execute(
+                f"SELECT state, version, open_until, half_open_owner, updated_at "
+                f"FROM {_TABLE} WHERE name = ?",
+                (name,),
+            ).fetchone()
         if row is None:
             return None
         state, version, open_until, owner, updated_at = row
@@ -196,9 +204,23 @@ class SQLiteCircuitStateStore:
         half_open_owner: str | None,
     ) -> SharedCircuit | None:
         state = CircuitState(new_state)
+        conn = self._connection()
+        with self._using:
+            return self._compare_and_set(
+                conn, name, state, expected_version, open_until, half_open_owner
+            )
+
+    @staticmethod
+    def _compare_and_set(
+        conn: sqlite3.Connection,
+        name: str,
+        state: CircuitState,
+        expected_version: int,
+        open_until: float,
+        half_open_owner: str | None,
+    ) -> SharedCircuit | None:
         now = time.time()
         version = expected_version + 1
-        conn = self._connection()
         if expected_version == 0:
             cursor = conn.execute(
                 f"INSERT INTO {_TABLE} "
@@ -216,15 +238,32 @@ class SQLiteCircuitStateStore:
             return None
         return SharedCircuit(name, state, version, float(open_until), half_open_owner, now)
 
+    def _hold_for_fork(self) -> None:
+        """Before a fork: wait (a little) until no statement is running."""
+        self._held_for_fork = self._using.acquire(timeout=_FORK_WAIT)
+
+    def _release_after_fork(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._using.release()
+
     def _forget_the_parents(self) -> None:
         """In a process just forked: the connections are the parent's, which
         SQLite forbids using here (the child's copies share the parent's
         lock records). They are closed — fcntl locks belong to a process, so
         none of the parent's is released — and each thread of the child
-        opens its own at its next call."""
+        opens its own at its next call. (Only if no statement was running at
+        the fork: a connection mid-call cannot be closed in the child, where
+        SQLite's mutex stays held; then it is left alone, never freed.)"""
+        idle, self._held_for_fork = self._held_for_fork, False
         self._all_lock = threading.Lock()  # another thread may have held it at the fork
+        self._using = threading.Lock()
         inherited, self._all = self._all, set()
-        self._local = threading.local()
+        old_local, self._local = self._local, threading.local()
+        if not idle:
+            # Kept, with the threads' slots whose finalizers would close them.
+            _FORKED_MID_CALL.append((old_local, inherited))
+            return
         for conn in inherited:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -258,14 +297,37 @@ def _release(conn: sqlite3.Connection, owner: weakref.ref[SQLiteCircuitStateStor
     conn.close()
 
 
-# Every state store of the process, for a forked child to reset (weakly).
+# Every state store of the process, for a fork to quiesce and a forked child
+# to reset (weakly), and those held across the fork in progress (strongly).
 _STATE_STORES: weakref.WeakSet[SQLiteCircuitStateStore] = weakref.WeakSet()
+_HELD_FOR_FORK: list[SQLiteCircuitStateStore] = []
+# In a forked child: connections in use at the fork, never closed nor freed.
+_FORKED_MID_CALL: list[object] = []
+# How long a fork waits for a statement in progress (one busy_timeout at most).
+_FORK_WAIT = 5.0
+
+
+def _before_fork() -> None:
+    _HELD_FOR_FORK[:] = _STATE_STORES
+    for store in _HELD_FOR_FORK:
+        store._hold_for_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in _HELD_FOR_FORK:
+        store._release_after_fork()
+    _HELD_FOR_FORK.clear()
 
 
 def _after_fork_in_child() -> None:
-    for store in list(_STATE_STORES):
+    for store in _HELD_FOR_FORK:
         store._forget_the_parents()
+    _HELD_FOR_FORK.clear()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

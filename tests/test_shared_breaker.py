@@ -784,6 +784,37 @@ def test_S9_sqlite_state_store_opens_a_connection_of_its_own_in_a_forked_child(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_S9_sqlite_state_store_forked_mid_statement_leaves_that_connection_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork waits for a statement in progress; one still running past the
+    wait (here: held) cannot be closed in the child (SQLite's mutex stays
+    held there), so it is left alone — and the child, not hung, opens its
+    own connection and works."""
+    from fallback_saga import shared_state
+
+    monkeypatch.setattr(shared_state, "_FORK_WAIT", 0.1)
+    store = SQLiteCircuitStateStore(tmp_path / "c.db")
+    parents = store._connection()
+    assert store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None) is not None
+    with store._using:  # a statement in progress, as far as the fork can tell
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                row = store.read("payments")
+                code = 0 if store._connection() is not parents and row is not None else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.read("payments") is not None
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_postgres_store_works_in_a_forked_child(pg_store: Any) -> None:
     assert pg_store.read("payments") is None  # the parent has a worker now
     with warnings.catch_warnings():
