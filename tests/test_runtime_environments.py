@@ -159,15 +159,24 @@ def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_ha
         runner.close()
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "asyncio":
+        return None
+    uvloop = pytest.importorskip("uvloop")
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 @needs_fork
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_S13_the_parent_closes_its_writer_process_at_once_while_a_forked_child_lives(
-    tmp_path: Path,
+    tmp_path: Path, loop: str
 ) -> None:
     """The child inherits the pipe to the parent's writer process; unless it
     lets go of it, the writer never sees the end of its input while the child
     lives, and the parent's close() waits for it."""
     store = SQLiteSagaStore(tmp_path / "p.db", writer="process")
-    runner = asyncio.Runner()
+    runner = asyncio.Runner(loop_factory=_loop_factory(loop))
     try:
         assert runner.run(_completes(store, "before", []))
         read, write = os.pipe()

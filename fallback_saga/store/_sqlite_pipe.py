@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import contextvars
 import marshal
+import os
 import struct
 import subprocess
 import sys
@@ -399,16 +400,35 @@ class WriterProcess:
             return
         for fd in (0, 1):
             pipe = transport.get_pipe_transport(fd)
-            file = None if pipe is None else pipe.get_extra_info("pipe")
-            if file is not None:
-                with contextlib.suppress(OSError):
-                    file.close()
+            if pipe is not None:
+                _unplug(pipe)
         if loop_closed:
             with contextlib.suppress(RuntimeError):  # the closed loop refuses the rest
                 transport.close()
 
     def pid(self) -> int | None:
         return None if self.transport is None else self.transport.get_pid()
+
+
+def _unplug(pipe: asyncio.BaseTransport) -> None:
+    """Make our end of ``pipe`` let go of it, without the loop: /dev/null is
+    put in its place, so that the descriptor's number stays taken (whoever
+    closes it later closes /dev/null, never a file opened since). asyncio's
+    pipes show their file as "pipe", uvloop's as "socket"."""
+    handle = pipe.get_extra_info("pipe") or pipe.get_extra_info("socket")
+    try:
+        fd = handle.fileno() if handle is not None else -1
+    except (OSError, ValueError):  # closed already
+        return
+    if fd < 0:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(null, fd, inheritable=False)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 def abandon_soon(process: WriterProcess) -> None:
