@@ -22,6 +22,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers_ledger import Ctx, journals_of_sagas, ledger_saga
@@ -218,23 +219,30 @@ async def test_another_event_loop_writes_through_the_writer_thread(tmp_path: Pat
         assert store.stats.writes >= writes_before + 4
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_store_used_by_successive_event_loops_stops_the_child_of_a_closed_one(
-    tmp_path: Path,
+    tmp_path: Path, loop: str
 ) -> None:
     """A store made at import and used by one ``asyncio.run`` after another
     (function-scoped test loops): the child of a loop that has closed is
     stopped, not left running until the parent exits, and the next loop
     gets a child of its own."""
+    factory = None if loop == "asyncio" else pytest.importorskip("uvloop").new_event_loop
+
+    def run(coroutine: Any) -> Any:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(coroutine)
+
     ledger: list[tuple[str, str]] = []
     store = SQLiteSagaStore(tmp_path / "s.db", writer="process")
     saga = ledger_saga(ledger)(store=store)
-    asyncio.run(saga.run(Ctx(order_id="1"), saga_id="first"))
+    run(saga.run(Ctx(order_id="1"), saga_id="first"))
     first = child_pid(store)
-    asyncio.run(saga.run(Ctx(order_id="2"), saga_id="second"))
+    run(saga.run(Ctx(order_id="2"), saga_id="second"))
     second = child_pid(store)
     assert second != first
     assert ends(first)
-    asyncio.run(store.close())
+    run(store.close())
     assert ends(second)
     assert sorted(ledger) == sorted((s, f"S{k}") for s in ("first", "second") for k in range(3))
 
