@@ -1980,8 +1980,8 @@ class SQLiteSagaStore:
         store is inside SQLite, and keep it so until the fork is done
         (``_release_after_fork`` in the parent; the child starts afresh)."""
         locks = [w.using for w in (self._writer, self._reader) if w is not None]
-        if self._inline_conn is not None:
-            locks.append(self._inline_lock)
+        if self.writer == "inline":
+            locks.append(self._inline_lock)  # held by a request, its connection's opening too
         for lock in locks:
             if lock.acquire(timeout=_FORK_WAIT):
                 self._fork_held.append(lock)
@@ -2281,7 +2281,7 @@ _FORKED_MID_REQUEST: list[sqlite3.Connection] = []
 
 # How long a fork waits for a store's request in progress (a commit waiting
 # on another process's lock may take up to busy_timeout) before it goes on.
-_FORK_WAIT: Final = 10.0
+_FORK_WAIT = 10.0
 
 
 # The stores held across a fork (strongly: each must be released after it).
