@@ -680,3 +680,34 @@ async def test_S13_inlined_steps_journal_what_the_general_path_journals(
     assert histories[0][1]["reservation"] == "r-1"
     assert histories[0][1]["items"] == ["apple", "pear"]
     assert histories[0][1]["order_id"] == "order-1"
+
+
+# --------------------------------------------------------------------------- the -wal file
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline", "process"])
+async def test_S10_the_wal_file_shrinks_back_once_a_long_reader_lets_go(
+    db: Path, raw: sqlite3.Connection, writer: str
+) -> None:
+    """A reader holding a snapshot (a console page, a listing, a backup tool)
+    keeps SQLite from recycling the -wal file, so it grows with every write
+    meanwhile. Once the reader lets go, the next checkpoint recycles it — and
+    the file must shrink back too, not stay at its largest for as long as the
+    service runs."""
+    limit = sqlite_store.WAL_SIZE_LIMIT
+    wal = Path(f"{db}-wal")
+    big = "x" * 200_000
+    async with SQLiteSagaStore(db, synchronous="normal", writer=writer) as store:
+        await new_saga(store, "first")
+        raw.execute("BEGIN")
+        raw.execute("SELECT count(*) FROM sagas").fetchone()  # a snapshot, held
+        n = 0
+        while wal.stat().st_size <= 2 * limit:
+            n += 1
+            await store.create(f"held-{n}", "OrderSaga", "fp", {"blob": big}, [entry(0, "a")])
+        raw.execute("ROLLBACK")  # the reader lets go
+        for m in range(4 * limit // len(big) + 10):  # enough writes for checkpoints
+            await store.create(f"after-{m}", "OrderSaga", "fp", {"blob": big}, [entry(0, "a")])
+            if wal.stat().st_size <= limit:
+                break
+        assert wal.stat().st_size <= limit

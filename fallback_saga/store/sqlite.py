@@ -168,6 +168,14 @@ _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
+# The -wal file grows while a reader holds a snapshot (a console page, a long
+# listing, a backup): SQLite cannot recycle it meanwhile. Recycled later, it
+# would keep its largest size for as long as the writer's connection stays
+# open — days, in a service. SQLite cuts it back to this size when it
+# recycles it; a steady load's WAL (about 1,000 pages between checkpoints)
+# stays below it, so a busy store never pays for shrinking and growing it.
+WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
+
 
 # The columns version 1 made: a file whose sagas/saga_steps lack one is not a
 # saga store, whatever its user_version says.
@@ -1522,6 +1530,7 @@ def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3
             _log.warning("%s: WAL mode is not available here (journal mode %s)", path, mode)
         # PRAGMA takes no parameters; the value was checked against a fixed set.
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT:d}")
         _migrate(conn, path)
     except sqlite3.DatabaseError as error:
         conn.close()
