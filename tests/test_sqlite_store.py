@@ -123,12 +123,13 @@ async def test_wal_mode_is_on(store: SQLiteSagaStore, raw: sqlite3.Connection) -
 
 
 async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.Connection) -> None:
-    assert SCHEMA_VERSION == 2
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert SCHEMA_VERSION == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     columns = [row[1] for row in raw.execute("PRAGMA table_info(sagas)")]
     assert columns == [
         "saga_id", "saga_name", "fingerprint", "status", "context", "version",
         "created_at", "updated_at", "lease_owner", "lease_expires_at", "fence",
+        "lease_written_at",
     ]
     steps = [row[1] for row in raw.execute("PRAGMA table_info(saga_steps)")]
     assert steps == [
@@ -685,6 +686,10 @@ async def test_S13_inlined_steps_journal_what_the_general_path_journals(
 # --------------------------------------------------------------------------- the -wal file
 
 
+def wal_size(db: Path) -> int:
+    return Path(f"{db}-wal").stat().st_size
+
+
 @pytest.mark.parametrize("writer", ["thread", "inline", "process"])
 async def test_S10_the_wal_file_shrinks_back_once_a_long_reader_lets_go(
     db: Path, raw: sqlite3.Connection, writer: str
@@ -695,19 +700,18 @@ async def test_S10_the_wal_file_shrinks_back_once_a_long_reader_lets_go(
     the file must shrink back too, not stay at its largest for as long as the
     service runs."""
     limit = sqlite_store.WAL_SIZE_LIMIT
-    wal = Path(f"{db}-wal")
     big = "x" * 200_000
     async with SQLiteSagaStore(db, synchronous="normal", writer=writer) as store:
         await new_saga(store, "first")
         raw.execute("BEGIN")
         raw.execute("SELECT count(*) FROM sagas").fetchone()  # a snapshot, held
         n = 0
-        while wal.stat().st_size <= 2 * limit:
+        while wal_size(db) <= 2 * limit:
             n += 1
             await store.create(f"held-{n}", "OrderSaga", "fp", {"blob": big}, [entry(0, "a")])
         raw.execute("ROLLBACK")  # the reader lets go
         for m in range(4 * limit // len(big) + 10):  # enough writes for checkpoints
             await store.create(f"after-{m}", "OrderSaga", "fp", {"blob": big}, [entry(0, "a")])
-            if wal.stat().st_size <= limit:
+            if wal_size(db) <= limit:
                 break
-        assert wal.stat().st_size <= limit
+        assert wal_size(db) <= limit
