@@ -160,10 +160,20 @@ def _migrate_to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE saga_steps ADD COLUMN result TEXT NULL")
 
 
+def _migrate_to_v3(conn: sqlite3.Connection) -> None:
+    # When the lease columns were last written (taken, renewed, released,
+    # deferred), by the store's clock. A lease written "in the future" was
+    # written before the clock stepped back, and its expiry is on the old
+    # scale: claim does not wait for it (see _CLAIMABLE). Rows leased before
+    # the migration stay NULL: their leases expire as they always did.
+    conn.execute("ALTER TABLE sagas ADD COLUMN lease_written_at REAL NULL")
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
     _migrate_to_v1,
     _migrate_to_v2,
+    _migrate_to_v3,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -305,27 +315,37 @@ _CLAIMABLE: Final = (
     # so ">= ''" finds them; cheaper than typeof) is never due by those
     # comparisons: such a row is selected too, for _claim to report it (S12)
     # rather than to leave the saga unrecovered without a word.
+    # A wall clock that stepped back must not strand a saga until it catches
+    # up (a month, if it ran a month ahead): a last write, or a lease written,
+    # more than older_than *ahead* of now was made before the step — due, as
+    # one more than older_than behind is. (Stamps are taken under the write
+    # lock, so on one machine none is ahead of a later claim's now but after a
+    # step back; a forward step, likewise, makes sagas look older.)
     "SELECT saga_id, fence, lease_expires_at, updated_at FROM sagas WHERE status IN (?, ?)"
-    " AND ((lease_expires_at IS NULL AND updated_at < ?) OR lease_expires_at <= ?"
+    " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
+    " OR lease_expires_at <= ? OR lease_written_at > ?"
     " OR lease_expires_at >= '' OR updated_at >= '')"
     " ORDER BY updated_at LIMIT ?"
 )
 _TAKE_LEASE: Final = (
-    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ? WHERE saga_id = ?"
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?"
+    " WHERE saga_id = ?"
 )
 _LEASE_STATE: Final = "SELECT fence, lease_owner, lease_expires_at FROM sagas WHERE saga_id = ?"
+_LEASE_WRITTEN_AT: Final = "SELECT lease_written_at FROM sagas WHERE saga_id = ?"
 _RENEW: Final = (
-    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ? WHERE saga_id = ? AND fence = ?"
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, lease_written_at = ?"
+    " WHERE saga_id = ? AND fence = ?"
 )
 _FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
 _RELEASE: Final = (
     # Expired now, rather than no lease: the saga is claimable at once.
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?"
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
     " WHERE saga_id = ? AND fence = ?"
 )
 _DEFER: Final = (
     # Released, and out of _CLAIMABLE until then; _claim_saga leases it at once.
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?"
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
     " WHERE saga_id = ? AND fence = ?"
 )
 _PURGE_STEPS: Final = (
@@ -748,7 +768,9 @@ def _claim(
     while True:
         with _lenient_text(cursor):
             rows = cursor.execute(
-                _CLAIMABLE, (*_INTERRUPTED, now - older_than, now, wanted)
+                _CLAIMABLE,
+                (*_INTERRUPTED, now - older_than, now + older_than, now,
+                 now + max(older_than, 0.0), wanted),
             ).fetchall()
         claimable: list[tuple[str, int]] = []
         corrupt: list[tuple[object, str]] = []
@@ -775,7 +797,7 @@ def _claim(
     expires_at = now + lease_seconds
     leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in claimable[:limit]]
     cursor.executemany(
-        _TAKE_LEASE, [(owner, expires_at, lease.token, lease.saga_id) for lease in leases]
+        _TAKE_LEASE, [(owner, expires_at, lease.token, now, lease.saga_id) for lease in leases]
     )
     return leases
 
@@ -801,13 +823,17 @@ def _claim_saga(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
 ) -> Lease:
     fence, lease_owner, lease_expires_at = _read_lease(cursor, saga_id)
-    # A lease with no owner was given back (released, or deferred): free.
+    # A lease with no owner was given back (released, or deferred): free. So
+    # is one written before the clock stepped back (see _CLAIMABLE): its
+    # expiry is on the old scale.
     if lease_owner is not None and lease_expires_at is not None and (
         lease_expires_at >= txn.now
     ):
-        raise SagaBusy(saga_id, lease_owner, lease_expires_at)
+        (written_at,) = cursor.execute(_LEASE_WRITTEN_AT, (saga_id,)).fetchone()
+        if not (_is_time(written_at) and written_at > txn.now):
+            raise SagaBusy(saga_id, lease_owner, lease_expires_at)
     lease = Lease(saga_id, owner, fence + 1, txn.now + lease_seconds)
-    cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, saga_id))
+    cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, txn.now, saga_id))
     return lease
 
 
@@ -833,7 +859,7 @@ def _renew(
     # Neither the version nor updated_at moves: a heartbeat is not a transition
     # (the writer's memory of versions stays valid; listings keep the real age).
     expires_at = txn.now + lease_seconds
-    params = (lease.owner, expires_at, lease.saga_id, lease.token)
+    params = (lease.owner, expires_at, txn.now, lease.saga_id, lease.token)
     if not cursor.execute(_RENEW, params).rowcount:
         if cursor.execute(_FENCE_OF, (lease.saga_id,)).fetchone() is None:
             raise SagaNotFound(lease.saga_id)
@@ -842,13 +868,13 @@ def _renew(
 
 
 def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
-    cursor.execute(_RELEASE, (txn.now, saga_id, token))
+    cursor.execute(_RELEASE, (txn.now, txn.now, saga_id, token))
 
 
 def _defer(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, seconds: float
 ) -> None:
-    cursor.execute(_DEFER, (txn.now + seconds, saga_id, token))
+    cursor.execute(_DEFER, (txn.now + seconds, txn.now, saga_id, token))
 
 
 def _purge(cursor: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
@@ -1318,8 +1344,10 @@ class _Worker:
         if len(known) > _MAX_KNOWN:
             known.clear()
         try:
-            txn = _Txn(self.clock(), known)
             cursor.execute("BEGIN IMMEDIATE")
+            # Read under the write lock: the stamps of the processes sharing
+            # the file then follow their commit order (claims rely on it).
+            txn = _Txn(self.clock(), known)
             in_requests = True
             if _BATCHED and len(group) > 1:
                 _run_group(cursor, txn, group, outcomes)
