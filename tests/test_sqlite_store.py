@@ -557,6 +557,51 @@ async def test_purge_removes_the_history_rows_too(
     assert rows == [("running", 1)]
 
 
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+async def test_S13_a_big_purge_commits_in_batches_so_live_sagas_keep_journaling(
+    db: Path, raw: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """A purge of millions of old sagas (cron, once a month) must not hold the
+    write lock for all of them at once: a service journaling its live sagas
+    in another process waits at most ``busy_timeout`` for it, then its runs
+    stop with ``SagaInterrupted``. The purge commits a batch at a time, and
+    sagas that finish while it runs are not purged by it (its cutoff is the
+    moment it was called)."""
+    monkeypatch.setattr(sqlite_store, "PURGE_BATCH", 3)
+    now = [1_000.0]
+    async with SQLiteSagaStore(db, clock=lambda: now[0], writer=writer) as store:
+        for n in range(10):
+            await new_saga(store, f"done-{n}", status=SagaStatus.COMPLETED)
+            await store.append(f"done-{n}", [entry(1, "b")])
+        await new_saga(store, "running")
+        now[0] += 100
+        before = store.stats.commits
+        batches: list[int] = []
+        real_purge = sqlite_store._purge
+
+        def one_batch(cursor: sqlite3.Cursor, *args: Any) -> Any:
+            # Meanwhile, a saga finishes (written in the batch's transaction:
+            # another writer cannot get in while the test holds this one).
+            if batches:
+                cursor.execute(
+                    "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context,"
+                    " version, created_at, updated_at) VALUES (?, 'OrderSaga', 'fp',"
+                    " 'completed', '{}', 1, ?, ?)", (f"late-{len(batches)}", now[0], now[0]),
+                )
+            purged = real_purge(cursor, *args)
+            batches.append(purged[0])
+            return purged
+
+        monkeypatch.setattr(sqlite_store, "_purge", one_batch)
+        assert await store.purge(older_than=50) == 10
+        assert batches == [3, 3, 3, 1]
+        assert store.stats.commits - before == len(batches)
+        left = raw.execute("SELECT saga_id FROM sagas ORDER BY saga_id").fetchall()
+        assert left == [("late-1",), ("late-2",), ("late-3",), ("running",)]
+        steps = raw.execute("SELECT DISTINCT saga_id FROM saga_steps").fetchall()
+        assert steps == [("running",)]
+
+
 # --------------------------------------------------------------------------- bad rows
 
 

@@ -186,6 +186,10 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 # stays below it, so a busy store never pays for shrinking and growing it.
 WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 
+# Finished sagas deleted per transaction by ``purge`` (see there): a few
+# milliseconds of the write lock each.
+PURGE_BATCH = 2_000
+
 
 # The columns version 1 made: a file whose sagas/saga_steps lack one is not a
 # saga store, whatever its user_version says.
@@ -348,11 +352,11 @@ _DEFER: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
     " WHERE saga_id = ? AND fence = ?"
 )
-_PURGE_STEPS: Final = (
-    "DELETE FROM saga_steps WHERE saga_id IN (SELECT saga_id FROM sagas"
-    " WHERE status IN (?, ?, ?) AND updated_at < ?)"
+_PURGEABLE: Final = (
+    "SELECT saga_id FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ? LIMIT ?"
 )
-_PURGE_SAGAS: Final = "DELETE FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
+_PURGE_STEPS: Final = "DELETE FROM saga_steps WHERE saga_id = ?"
+_PURGE_SAGA: Final = "DELETE FROM sagas WHERE saga_id = ?"
 
 _INTERRUPTED: Final = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
 _FINISHED: Final = (
@@ -877,13 +881,20 @@ def _defer(
     cursor.execute(_DEFER, (txn.now + seconds, txn.now, saga_id, token))
 
 
-def _purge(cursor: sqlite3.Cursor, txn: _Txn, older_than: float) -> int:
+def _purge(
+    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, limit: int, cutoff: float | None
+) -> tuple[int, float]:
+    """One batch of a purge: up to ``limit`` finished sagas last updated
+    before ``cutoff`` (the first batch's ``now - older_than`` when ``None``),
+    with their history; how many, and the cutoff for the next batch."""
     txn.flush(cursor)  # the steps written earlier in this group go too
     txn.known.clear()
-    cutoff = txn.now - older_than
-    cursor.execute(_PURGE_STEPS, (*_FINISHED, cutoff))
-    count: int = cursor.execute(_PURGE_SAGAS, (*_FINISHED, cutoff)).rowcount
-    return count
+    if cutoff is None:
+        cutoff = txn.now - older_than
+    ids = cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, limit)).fetchall()
+    cursor.executemany(_PURGE_STEPS, ids)
+    cursor.executemany(_PURGE_SAGA, ids)
+    return len(ids), cutoff
 
 
 def _ping(cursor: sqlite3.Cursor, txn: _Txn) -> None:
@@ -2299,11 +2310,31 @@ class SQLiteSagaStore:
 
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for
-        ``older_than`` seconds; returns how many."""
-        purged: int = await self._submit(
-            _purge, (finite_seconds("older_than", older_than),), write=True
-        )
-        return purged
+        ``older_than`` seconds; returns how many.
+
+        ``PURGE_BATCH`` sagas a transaction: a purge of millions holds the
+        write lock for one batch at a time, not for all of them, so the
+        journal writes of live sagas (of other processes too) go on between
+        batches. A saga that finishes meanwhile is not purged by this call."""
+        older_than = finite_seconds("older_than", older_than)
+        loop = asyncio.get_running_loop()
+        total = 0
+        cutoff: float | None = None
+        while True:
+            limit = PURGE_BATCH
+            started = loop.time()
+            count: int
+            count, cutoff = await self._submit(
+                _purge, (older_than, limit, cutoff), write=True
+            )
+            total += count
+            if count < limit:
+                return total
+            # Leave the lock free for as long as the batch held it: another
+            # process waiting for it polls (SQLite's busy handler sleeps up to
+            # 0.1 s between tries), and a purge taking it back at once would
+            # starve it all the same.
+            await asyncio.sleep(loop.time() - started)
 
 
 # ------------------------------------------------------------------------- fork
