@@ -262,7 +262,13 @@ class SharedStateSync:
                 # reopen time (or the end of the owner's trial lease).
                 if self._state is not CircuitState.OPEN:
                     change = self._transition(CircuitState.OPEN, now)
-                self._reject_until(now + max(row.open_until - wall, 0.0))
+                # Never longer than a reset_timeout: a reopen time (or trial
+                # lease) is always published as one from its writer's wall
+                # clock, so more than that left means a clock that ran ahead
+                # (since put right, or another machine's), which must not
+                # hold the circuit open until it is caught up with.
+                remaining = min(max(row.open_until - wall, 0.0), self.reset_timeout)
+                self._reject_until(now + remaining)
         return change
 
     def _store_failure_due(self, error: BaseException) -> BaseException | None:

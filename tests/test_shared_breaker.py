@@ -357,6 +357,31 @@ async def test_shared_a_stuck_owner_loses_its_trials_after_the_lease(
     assert await a.call(succeed) == "ok"
 
 
+async def test_S9_a_reopen_time_from_a_clock_ahead_holds_no_circuit_past_reset_timeout(
+    circuit_file_store: SQLiteCircuitStateStore,
+) -> None:
+    """Reopen times travel as wall-clock seconds. One written by a clock that
+    ran a month ahead (since put right, or another machine's) must not keep
+    the circuit open for that month everywhere: no instance waits longer than
+    its ``reset_timeout`` before trying the service again."""
+    clock = FakeClock()
+    ahead = FakeClock(start=clock.now + 30 * 86_400.0)
+    a = CircuitBreaker(
+        name="payments", fail_max=3, reset_timeout=RESET, sync_interval=SYNC,
+        state_store=circuit_file_store, clock=clock, wall_clock=ahead,
+    )
+    b = make(circuit_file_store, clock)
+    await b.call(succeed)
+    await trip(a)
+    clock.advance(SYNC)
+    with pytest.raises(CircuitOpenError) as caught:
+        await b.call(succeed)  # b adopts the open circuit ...
+    assert caught.value.retry_after <= RESET
+    clock.advance(RESET)
+    assert await b.call(succeed) == "ok"  # ... and tries again after reset_timeout
+    assert b.state is CircuitState.CLOSED
+
+
 async def test_shared_a_new_instance_learns_the_open_circuit_on_its_first_call(
     circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:
