@@ -145,6 +145,7 @@ class RecoveryWorker:
         self._finished: asyncio.Event | None = None
         self._notifier = store if listen and is_work_notifier(store) else None
         self._listening = asyncio.Event()
+        self._claims_failing = False  # warned about this outage of the store already
 
     def __repr__(self) -> str:
         return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
@@ -249,9 +250,19 @@ class RecoveryWorker:
                 limit=free,
             )
         except Exception as error:  # the store is down: try again at the next poll
-            _log.warning("recovery worker %s: claim failed: %s: %s", self.owner,
-                         type(error).__name__, error)
+            # Once per outage, as _listen does: a store down for hours is
+            # thousands of polls, and one line per poll says nothing more.
+            if not self._claims_failing:
+                self._claims_failing = True
+                _log.warning(
+                    "recovery worker %s: claim failed: %s: %s; claiming again every %g s "
+                    "(said once until a claim works)", self.owner, type(error).__name__,
+                    error, self.poll,
+                )
             return
+        if self._claims_failing:
+            self._claims_failing = False
+            _log.info("recovery worker %s: claims work again", self.owner)
         self._backlog = len(leases) == free
         self.stats.claimed += len(leases)
         for lease in leases:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -886,3 +887,53 @@ async def test_a_deferred_child_is_told_as_deferred_and_logged_as_routine(
     assert "``deferred``" in documented
     [line] = [r for r in caplog.records if "p1/Pay" in r.getMessage()]
     assert line.levelno == logging.INFO
+
+
+# --------------------------------------------------------------------------- a store that is down
+
+
+class ClaimOutage:
+    """A store whose ``claim`` does what the test plans, one claim at a time:
+    ``"down"`` raises, ``"up"`` finds nothing to do. Everything else is the
+    real store's."""
+
+    def __init__(self, store: SQLiteSagaStore) -> None:
+        self._store = store
+        self.plan: asyncio.Queue[str] = asyncio.Queue()
+        self.claimed: asyncio.Queue[str] = asyncio.Queue()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def claim(self, **kwargs: Any) -> list[Lease]:
+        outcome = await self.plan.get()
+        try:
+            if outcome == "down":
+                raise SagaStoreError("the database is unreachable")
+            return []
+        finally:
+            self.claimed.put_nowait(outcome)
+
+
+async def test_S13_a_worker_polling_a_store_that_is_down_warns_once_per_outage(
+    store: SQLiteSagaStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker polls every ``poll`` seconds for as long as the store is down
+    — hours, at 5 s, are thousands of claims: one warning says so, not one
+    per poll, and one line says when claims work again."""
+    caplog.set_level(logging.INFO, logger="fallback_saga")
+    outage = ClaimOutage(store)
+    worker = RecoveryWorker(outage, [order_saga(outage, Ledger())], poll=0.001)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    plan = ["down"] * 50 + ["up"] * 3 + ["down"] * 20 + ["up"]
+    for outcome in plan:
+        outage.plan.put_nowait(outcome)
+        assert await outage.claimed.get() == outcome
+    stopping = asyncio.create_task(worker.stop())
+    outage.plan.put_nowait("up")  # the claim the loop was waiting in
+    await stopping
+    await task
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if "claim" in r.getMessage()]
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "WARNING", "INFO"]
+    assert "SagaStoreError: the database is unreachable" in lines[0][1]
+    assert "every 0.001 s" in lines[0][1]
