@@ -152,7 +152,7 @@ class _EncodeOnlyStore:
     writes_outlive_cancellation = True
 
     def __init__(self) -> None:
-        from fallback_saga.store.sqlite import _context_json
+        from fallback_saga.store._sqlite_sql import _context_json
 
         self._encode = _context_json
 
@@ -195,7 +195,7 @@ def _writer_writes_nothing() -> Iterator[None]:
     writes nothing: what the store's front end, the thread's wake-ups and the
     GIL cost the event loop, with no SQLite work at all. (Private API, like
     section 4: a measurement, not a store.)"""
-    from fallback_saga.store import sqlite as sqlite_store
+    from fallback_saga.store import _sqlite_workers as sqlite_store
 
     serve = sqlite_store._Worker._serve
 
@@ -270,21 +270,21 @@ def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> tuple[fl
     Uses ``SQLiteSagaStore``'s private functions (the same ones its writer
     thread runs), so it may need updating when they change."""
     from fallback_saga.status import StepStatus
-    from fallback_saga.store import sqlite as impl
+    from fallback_saga.store import _sqlite_schema, _sqlite_sql, _sqlite_workers
     from fallback_saga.store.base import JournalEntry
 
     path = os.path.join(tmpdir, f"writer-{synchronous}.db")
-    worker = impl._Worker(
+    worker = _sqlite_workers._Worker(
         role="writer",
         path=path,
-        connect=lambda: impl._connect_writer(path, synchronous, 5.0),
+        connect=lambda: _sqlite_schema._connect_writer(path, synchronous, 5.0),
         clock=time.time,
     )
     conn = worker.connect()
     cursor = conn.cursor()
     no_loop: Any = _NoLoop()
     contexts = [
-        impl.encode_json({"order_id": "o-1", "a": "a" if done > 0 else None,
+        _sqlite_sql.encode_json({"order_id": "o-1", "a": "a" if done > 0 else None,
                           "b": "b" if done > 1 else None, "c": "c" if done > 2 else None})
         for done in range(4)
     ]
@@ -305,18 +305,18 @@ def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> tuple[fl
                     op: Any
                     args: tuple[Any, ...]
                     if phase == 0:
-                        op = impl._create
+                        op = _sqlite_sql._create
                         args = (saga_id, "Plain3", "fp", "running", contexts[0],
                                 (entry(0, started),))
                     elif phase < 3:
-                        op = impl._append
+                        op = _sqlite_sql._append
                         args = (saga_id, (entry(phase - 1, completed), entry(phase, started)),
                                 None, contexts[phase], None, None)
                     else:
-                        op = impl._append
+                        op = _sqlite_sql._append
                         args = (saga_id, (entry(2, completed),), "completed", contexts[3],
                                 None, None)
-                    group.append(impl._Request(op, args, no_loop, None, True))  # type: ignore[arg-type]
+                    group.append(_sqlite_workers._Request(op, args, no_loop, None, True))  # type: ignore[arg-type]
                 c0, w0 = time.thread_time(), time.perf_counter()
                 worker._write(conn, cursor, group)
                 cpu += time.thread_time() - c0

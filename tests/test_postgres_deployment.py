@@ -408,7 +408,7 @@ async def test_S13_first_starters_racing_on_a_new_schema_all_open(
     UniqueViolation: the store did not open."""
     import psycopg_pool
 
-    from fallback_saga.store.postgres import _Names
+    from fallback_saga.store._postgres_schema import _Names
 
     pools = [
         psycopg_pool.AsyncConnectionPool(

@@ -52,6 +52,7 @@ require_driver()  # skips this module without psycopg (fails under CI)
 import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402
 
+from fallback_saga.store import _postgres_schema as pg_schema_module  # noqa: E402
 from fallback_saga.store import postgres as pg_store  # noqa: E402
 from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
 
@@ -335,7 +336,7 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
     updated_at; the others a constant, with no table rewrite), replaces the
     index, and every saga reads, claims and appends as before."""
     with monkeypatch.context() as v2:
-        v2.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:2])
+        v2.setattr(pg_schema_module, "_MIGRATIONS", pg_schema_module._MIGRATIONS[:2])
         async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
             for n in range(3):
                 await new_saga(old, f"running-{n}")
@@ -351,7 +352,7 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
         "SELECT saga_id, status, updated_at, version FROM fallback_saga_sagas").fetchall()}
 
     with monkeypatch.context() as v3:  # v3's migration alone (v4 rewrites the table)
-        v3.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:3])
+        v3.setattr(pg_schema_module, "_MIGRATIONS", pg_schema_module._MIGRATIONS[:3])
         async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as migrated:
             await migrated.open()
         assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (3,)
@@ -390,7 +391,7 @@ async def test_schema_v3_is_migrated_to_v4_the_context_kept_as_json_text(
     changed), claims and appends as before, and from then on a context's
     numbers come back as they were written (S14)."""
     with monkeypatch.context() as v3:
-        v3.setattr(pg_store, "_MIGRATIONS", pg_store._MIGRATIONS[:3])
+        v3.setattr(pg_schema_module, "_MIGRATIONS", pg_schema_module._MIGRATIONS[:3])
         async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
             await old.create("running", "OrderSaga", "fp", _AWKWARD_CONTEXT, [entry(0, "a")])
             await new_saga(old, "done", status=SagaStatus.COMPLETED)
@@ -518,7 +519,7 @@ async def test_a_new_schema_version_is_one_more_migration(
     async def to_next(execute: Any, names: Any) -> None:
         await execute(f"ALTER TABLE {names.sagas} ADD COLUMN tenant text NULL")
 
-    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, to_next))
+    monkeypatch.setattr(pg_schema_module, "_MIGRATIONS", (*pg_schema_module._MIGRATIONS, to_next))
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         assert (await store.load("saga-1")).saga_name == "OrderSaga"
     assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
@@ -537,7 +538,9 @@ async def test_a_failed_migration_leaves_the_schema_as_it_was(
         await execute(f"ALTER TABLE {names.sagas} ADD COLUMN tenant text NULL")
         await execute("SELECT no_such_function()")
 
-    monkeypatch.setattr(pg_store, "_MIGRATIONS", (*pg_store._MIGRATIONS, broken_next))
+    monkeypatch.setattr(
+        pg_schema_module, "_MIGRATIONS", (*pg_schema_module._MIGRATIONS, broken_next)
+    )
     with pytest.raises(SagaStoreError, match="no_such_function"):
         await PostgresSagaStore(pg_conninfo, schema=pg_schema).open()
     assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (

@@ -16,7 +16,8 @@ import pytest
 from test_sqlite_store import Gate, new_saga
 
 from fallback_saga import SagaStatus, StepStatus
-from fallback_saga.store import sqlite as sqlite_store
+from fallback_saga.errors import SagaStoreError
+from fallback_saga.store import _sqlite_sql, _sqlite_workers
 from fallback_saga.store.sqlite import SQLiteSagaStore
 from fallback_saga.testing import entry
 
@@ -28,8 +29,9 @@ MANY = 64 + 16 + 4 + 2 + 1
 def batched(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     value: bool = request.param
     if not value:
-        monkeypatch.setattr(sqlite_store, "_BATCHED", False)
-    elif not sqlite_store._BATCHED:
+        for module in (_sqlite_sql, _sqlite_workers):  # each reads it
+            monkeypatch.setattr(module, "_BATCHED", False)
+    elif not _sqlite_sql._BATCHED:
         pytest.skip("this SQLite has no UPDATE ... FROM")
     return value
 
@@ -188,14 +190,14 @@ async def test_a_failed_group_fails_every_request_of_it(
 
     calls: list[Awaitable[Any]] = [new_saga(store, f"s-{n}") for n in range(70)]
     calls.append(store.append("old", [entry(1, "b")]))
-    monkeypatch.setattr(sqlite_store._Txn, "flush", failing_flush)
+    monkeypatch.setattr(_sqlite_sql._Txn, "flush", failing_flush)
     async with Gate(store):
         futures = [asyncio.ensure_future(call) for call in calls]
         await asyncio.sleep(0)
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     monkeypatch.undo()
     for outcome in outcomes:
-        assert type(outcome) is sqlite_store.SagaStoreError
+        assert type(outcome) is SagaStoreError
         assert "disk I/O error" in str(outcome)
     assert [summary.saga_id for summary in await store.list_sagas()] == ["old"]
     assert await steps(store, "old") == ["a"]

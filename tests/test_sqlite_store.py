@@ -20,6 +20,7 @@ import pytest
 
 from fallback_saga import Saga, SagaContext, SagaFailed, SagaStatus, StepStatus
 from fallback_saga.errors import CorruptSagaRecord, SagaStoreError
+from fallback_saga.store import _sqlite_schema
 from fallback_saga.store import sqlite as sqlite_store
 from fallback_saga.store.base import Lease, RecoverableStore
 from fallback_saga.store.sqlite import SCHEMA_VERSION, SQLiteSagaStore
@@ -193,7 +194,7 @@ async def test_a_new_schema_version_is_one_more_migration(
         ran.append(SCHEMA_VERSION + 1)
         conn.execute("ALTER TABLE sagas ADD COLUMN note TEXT NULL")
 
-    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, to_next))
+    monkeypatch.setattr(_sqlite_schema, "_MIGRATIONS", (*_sqlite_schema._MIGRATIONS, to_next))
     async with SQLiteSagaStore(db) as store:
         assert (await store.load("saga-1")).saga_name == "OrderSaga"
     async with SQLiteSagaStore(db) as store:  # already migrated: nothing runs again
@@ -214,7 +215,9 @@ async def test_a_failed_migration_leaves_the_file_as_it_was(
         conn.execute("ALTER TABLE sagas ADD COLUMN note TEXT NULL")
         conn.execute("THIS IS NOT SQL")
 
-    monkeypatch.setattr(sqlite_store, "_MIGRATIONS", (*sqlite_store._MIGRATIONS, broken_next))
+    monkeypatch.setattr(
+        _sqlite_schema, "_MIGRATIONS", (*_sqlite_schema._MIGRATIONS, broken_next)
+    )
     store = SQLiteSagaStore(db)
     with pytest.raises(SagaStoreError, match="cannot open SQLite database"):
         await store.open()

@@ -29,7 +29,7 @@ from helpers_ledger import Ctx, journals_of_sagas, ledger_saga
 
 from fallback_saga import Saga, SagaContext, SagaStatus, SQLiteSagaStore, recover
 from fallback_saga.errors import SagaStoreError
-from fallback_saga.store import sqlite as sqlite_module
+from fallback_saga.store import _sqlite_workers
 from fallback_saga.testing import entry
 
 SAGAS = 60  # per thread, in the test below
@@ -155,7 +155,7 @@ async def test_a_full_disk_fails_the_commit_and_nothing_of_it_is_kept(
     async with SQLiteSagaStore(path, writer="inline") as store:
         saga = ledger_saga([])(store=store)
         await saga.run(Ctx(order_id="o"), saga_id="before")
-        real = sqlite_module._Worker._write
+        real = _sqlite_workers._Worker._write
 
         def disk_full(self: Any, conn: sqlite3.Connection, cursor: Any, group: Any) -> None:
             # What SQLite reports when the WAL cannot grow: the COMMIT fails.
@@ -168,13 +168,13 @@ async def test_a_full_disk_fails_the_commit_and_nothing_of_it_is_kept(
             wrapped = _CursorProxy(cursor, failing_commit)
             return real(self, conn, wrapped, group)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(sqlite_module._Worker, "_write", disk_full)
+        monkeypatch.setattr(_sqlite_workers._Worker, "_write", disk_full)
         future = store.submit_create(
             "lost", "Order", "fp", {"order_id": "o"}, [], SagaStatus.RUNNING
         )
         assert isinstance(future.exception(), SagaStoreError)
         assert "disk is full" in str(future.exception())
-        monkeypatch.setattr(sqlite_module._Worker, "_write", real)
+        monkeypatch.setattr(_sqlite_workers._Worker, "_write", real)
         assert [s.saga_id for s in await store.list_sagas()] == ["before"]
         await saga.run(Ctx(order_id="o"), saga_id="after")
         assert (await store.load("after")).status is SagaStatus.COMPLETED
@@ -251,7 +251,7 @@ def test_a_process_killed_mid_saga_is_recovered_from_its_file(tmp_path: Path) ->
     out = subprocess.run(
         [sys.executable, str(script), str(db), str(ledger_file)],
         capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(Path(sqlite_module.__file__).parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(_sqlite_workers.__file__).parents[2])},
     )
     assert out.returncode == -signal.SIGKILL, out.stderr
     assert ledger_file.read_text().split() == ["S0"]

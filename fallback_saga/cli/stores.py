@@ -33,8 +33,9 @@ from typing import Final, TypeVar
 
 from ..errors import SagaStoreError
 from ..store._common import POSTGRES_INSTALL_HINT
+from ..store._sqlite_schema import _NotASagaStore, _saga_schema_version
 from ..store.base import RecoverableStore
-from ..store.sqlite import SQLiteSagaStore, _NotASagaStore, _saga_schema_version
+from ..store.sqlite import SQLiteSagaStore
 from .errors import UsageError
 
 __all__ = [
@@ -302,7 +303,7 @@ async def _check_postgres_store(target: StoreTarget, *, read_only: bool) -> None
     ``read_only``, one whose schema a command that only reads would migrate."""
     import psycopg  # type: ignore[import-not-found, unused-ignore]
 
-    from ..store.postgres import SCHEMA_VERSION, _Names, _schema_version
+    from ..store._postgres_schema import SCHEMA_VERSION, _Names, _schema_version
 
     assert target.dsn is not None
     try:

@@ -137,7 +137,8 @@ def child_command() -> list[str]:
     package = Path(__file__).resolve().parent.parent
     code = (
         f"import sys; sys.path.insert(0, {str(package.parent)!r}); "
-        f"from {package.name}.store.sqlite import _writer_process_main; _writer_process_main()"
+        f"from {package.name}.store._sqlite_workers import _writer_process_main; "
+        f"_writer_process_main()"
     )
     return [sys.executable, "-I", "-c", code]
 

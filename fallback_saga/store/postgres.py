@@ -78,25 +78,26 @@ context holding NUL characters or lone surrogates is refused before it is
 sent (``ContextSerializationError`` naming the field; nothing is written).
 Journaled error texts have NUL characters replaced. Every statement is
 parameterized.
+
+Layout. This module is the store itself; talking to the server (the driver,
+queries, connections the server closed) is ``_postgres_conn``, the tables
+and their migrations ``_postgres_schema``, and the statements, the JSON the
+writes travel as and the decoding of rows ``_postgres_sql``. Imports run
+that way round: each of them imports only those named before it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import math
 import os
 import re
-import select
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import (
-    ContextSerializationError,
     CorruptSagaRecord,
     JournalConflict,
     LeaseLost,
@@ -106,13 +107,10 @@ from ..errors import (
     SagaStoreError,
 )
 from ..shielding import own_task
-from ..status import SagaStatus, StepStatus
+from ..status import SagaStatus
 from ._common import (
-    POSTGRES_INSTALL_HINT,
     check_owner,
     check_saga_id,
-    decode_json,
-    encode_json,
     finite_seconds,
     non_negative_int,
     short_repr,
@@ -126,738 +124,42 @@ if TYPE_CHECKING:
     # checks this module (the names are then Any), hence the ignores.
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
+from ._postgres_conn import (
+    _PREPARED_HINT,
+    _PREPARED_LOST,
+    _READ_COMMITTED,
+    _driver,
+    _getconn,
+    _query,
+)
+from ._postgres_schema import (
+    _IDENTIFIER,
+    SCHEMA_VERSION,
+    _migrate,
+    _Names,
+)
+from ._postgres_sql import (
+    _NOT_ASCII,
+    _STATUS_VALUES,
+    _SYNCHRONOUS_COMMIT,
+    _UNSTORABLE,
+    _commit_in_doubt,
+    _context_json,
+    _decode_record,
+    _entries_json,
+    _group_json,
+    _listing_filter,
+    _saga_status,
+    _Statements,
+    _Write,
+)
 
 __all__ = ["SCHEMA_VERSION", "PostgresSagaStore", "PostgresStoreStats"]
 
 _log = logging.getLogger("fallback_saga.store.postgres")
 
-_INSTALL_HINT: Final = POSTGRES_INSTALL_HINT
-
 # Seconds between checks, by a listening connection, that the store is still open.
 _LISTEN_CHECK: Final = 1.0
-
-# The first statement of the store's transactions (the migration, the claim):
-# they rely on READ COMMITTED (each statement sees what committed before it;
-# a row locked by another is re-checked once it is free), and a server or a
-# role may default to REPEATABLE READ or SERIALIZABLE, under which concurrent
-# claimers failed with serialization errors most of the time.
-_READ_COMMITTED: Final = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
-
-
-def _driver() -> tuple[Any, Any]:
-    """The psycopg and psycopg_pool modules, imported on first need."""
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as error:
-        raise ImportError(
-            f"PostgresSagaStore needs psycopg 3 and psycopg-pool: {_INSTALL_HINT} ({error})"
-        ) from error
-    return psycopg, psycopg_pool
-
-
-async def _query(
-    conn: AsyncConnection[Any],
-    statement: str,
-    params: Sequence[Any] | None = None,
-    prepare: bool | None = None,
-) -> Any:
-    """Execute on a cursor that returns tuples, whatever row factory the
-    connection (perhaps from the caller's pool) was given. Results in binary
-    format: floats come back exactly, whatever ``extra_float_digits`` says.
-    ``prepare``: psycopg's (``None``: prepared once it ran a few times)."""
-    from psycopg.rows import tuple_row  # type: ignore[import-not-found, unused-ignore]
-
-    cursor = conn.cursor(row_factory=tuple_row)
-    await cursor.execute(statement, params, binary=True, prepare=prepare)
-    return cursor
-
-
-# --------------------------------------------------------------------------- connections
-
-
-async def _getconn(pool: AsyncConnectionPool[Any]) -> AsyncConnection[Any]:
-    """A connection from ``pool`` that the server has not closed while it
-    sat idle (``idle_session_timeout``, a restart, a proxy's idle limit): a
-    worker polling less often than that timeout failed every poll, once per
-    dead connection. A closed one is handed back for the pool to replace.
-    (A network that silently drops a connection is not seen here: that
-    still fails once, as before.)"""
-    conn: AsyncConnection[Any]
-    for _ in range(pool.max_size):
-        conn = await pool.getconn()
-        if not closed_by_server(conn):
-            return conn
-        await conn.close()
-        await pool.putconn(conn)  # the pool discards a closed connection
-    conn = await pool.getconn()
-    return conn
-
-
-def closed_by_server(conn: Any) -> bool:
-    """Whether the server spoke on an idle connection (psycopg's, sync or
-    async) of a store. It only does to end it (its FATAL message, then end
-    of file), as nothing of the stores LISTENs on such a connection. One
-    ``select`` call, no round trip: the hot path pays about a microsecond."""
-    if conn.closed:
-        return True
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except Exception:  # no socket (psycopg: "the connection is lost"), or a bad one
-        return True
-    return bool(readable)
-
-
-# SQLSTATEs of a prepared statement the server does not know (or knows
-# another by its name): a pooler in transaction mode hands each transaction
-# to any of its server connections.
-_PREPARED_LOST: Final = frozenset({"26000", "42P05"})
-_PREPARED_HINT: Final = (
-    " (is a pooler in transaction mode, such as PgBouncer, between the store and"
-    " PostgreSQL? Pass PostgresSagaStore(..., prepared_statements=False))"
-)
-
-
-# --------------------------------------------------------------------------- names
-
-_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-
-
-class _Names:
-    """The store's table names, schema-qualified and quoted once."""
-
-    def __init__(self, schema: str | None) -> None:
-        self.schema = schema
-        prefix = "" if schema is None else f'"{schema}".'
-        self.sagas = f"{prefix}fallback_saga_sagas"
-        self.steps = f"{prefix}fallback_saga_steps"
-        self.version = f"{prefix}fallback_saga_schema"
-        digest = hashlib.sha256(f"fallback_saga.schema:{schema or ''}".encode()).digest()
-        self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
-        # The NOTIFY channel of this set of tables (at most 63 bytes, the
-        # longest name PostgreSQL keeps): readable when it fits, else hashed.
-        channel = "fallback_saga_work" if schema is None else f"fallback_saga_work.{schema}"
-        if len(channel.encode()) > 63:
-            channel = f"fallback_saga_work.{digest[8:20].hex()}"
-        self.channel = channel
-
-
-# --------------------------------------------------------------------------- schema
-
-_Cursor = Callable[[str], Awaitable[Any]]  # execute one DDL statement
-
-
-async def _migrate_to_v1(execute: _Cursor, names: _Names) -> None:
-    await execute(
-        f"""
-        CREATE TABLE {names.sagas} (
-            saga_id          text PRIMARY KEY,
-            seq              bigint GENERATED ALWAYS AS IDENTITY,
-            saga_name        text NOT NULL,
-            fingerprint      text NOT NULL,
-            status           text NOT NULL,
-            context          jsonb NOT NULL,
-            version          integer NOT NULL DEFAULT 1,
-            journal_length   integer NOT NULL DEFAULT 0,
-            fence            bigint NOT NULL DEFAULT 0,
-            lease_owner      text NULL,
-            lease_expires_at timestamptz NULL,
-            created_at       timestamptz NOT NULL DEFAULT now(),
-            updated_at       timestamptz NOT NULL DEFAULT now()
-        )
-        """
-    )
-    # Listings are newest first: creation order (seq), not a clock that may tie.
-    await execute(f"CREATE UNIQUE INDEX fallback_saga_sagas_by_seq ON {names.sagas} (seq)")
-    await execute(
-        f"CREATE INDEX fallback_saga_sagas_by_name ON {names.sagas} (saga_name, seq)"
-    )
-    # Recovery's query: interrupted sagas, oldest update first. Partial, so the
-    # index holds only the (few) sagas in flight, not the finished millions.
-    await execute(
-        f"CREATE INDEX fallback_saga_sagas_interrupted ON {names.sagas} (updated_at)"
-        f" WHERE status IN ('running', 'compensating')"
-    )
-    await execute(
-        f"""
-        CREATE TABLE {names.steps} (
-            saga_id  text NOT NULL,
-            seq      integer NOT NULL,
-            position integer NOT NULL,
-            step     text NOT NULL,
-            branch   text NOT NULL,
-            action   text NOT NULL,
-            status   text NOT NULL,
-            attempt  integer NOT NULL,
-            error    text NULL,
-            at       double precision NOT NULL,
-            PRIMARY KEY (saga_id, seq)
-        )
-        """
-    )
-
-
-async def _migrate_to_v2(execute: _Cursor, names: _Names) -> None:
-    # 0.6.0: each completed act keeps its step's response (JSON text, see
-    # store/_responses.py; text, not jsonb, which refuses some escapes). Rows
-    # written before stay NULL: "not kept". A nullable column with no default
-    # is added without rewriting the table.
-    await execute(f"ALTER TABLE {names.steps} ADD COLUMN result text NULL")
-
-
-async def _migrate_to_v3(execute: _Cursor, names: _Names) -> None:
-    # Recovery's index moves to a clock that moves at most once a second
-    # (``touched_at``, see _TOUCH): an append then changes no indexed column,
-    # and PostgreSQL updates the row where it is (a heap-only tuple, HOT)
-    # instead of adding an entry to every index of the table. updated_at
-    # stays exact (listings, and the claim's filter).
-    #
-    # A HOT update needs room on the row's page: new pages are filled to 70 %
-    # (the rest is for the updates of the sagas in flight; measured at 100 in
-    # flight: 52 % of updates HOT at 70 %, 27 % at 85 %, 8 % at 100 %).
-    #
-    # Rows written before read the migration's time (a constant default
-    # added without rewriting the table); the sagas in flight take their
-    # updated_at. A plain CREATE INDEX: one pass over the table, under the
-    # migration's lock, for an index that holds only the sagas in flight.
-    prefix = "" if names.schema is None else f'"{names.schema}".'
-    await execute(f"ALTER TABLE {names.sagas} SET (fillfactor = 70)")
-    await execute(
-        f"ALTER TABLE {names.sagas} ADD COLUMN touched_at timestamptz NOT NULL DEFAULT now()"
-    )
-    await execute(
-        f"UPDATE {names.sagas} SET touched_at = updated_at WHERE status IN {_INTERRUPTED_SQL}"
-    )
-    await execute(f"DROP INDEX {prefix}fallback_saga_sagas_interrupted")
-    await execute(
-        f"CREATE INDEX fallback_saga_sagas_due ON {names.sagas} (touched_at)"
-        f" WHERE status IN {_INTERRUPTED_SQL}"
-    )
-
-
-async def _migrate_to_v4(execute: _Cursor, names: _Names) -> None:
-    # The context keeps its JSON text as written: ``json``, not ``jsonb``.
-    # jsonb keeps numbers as ``numeric`` and prints them in its own form, so
-    # a float written as 1e+16 came back as the int 10000000000000000, and
-    # -0.0 as 0.0 (S14); it also reordered an object's keys. json stores the
-    # text (and costs the server less per write than building jsonb's binary
-    # form: benchmarks/README.md). The type change rewrites the sagas table
-    # once (under the migration's lock; its pages then fill to the v3
-    # fillfactor). Rows written before keep jsonb's printed form: what was
-    # changed then cannot be told back.
-    await execute(
-        f"ALTER TABLE {names.sagas} ALTER COLUMN context TYPE json USING context::json"
-    )
-
-
-# _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
-_MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
-    _migrate_to_v1,
-    _migrate_to_v2,
-    _migrate_to_v3,
-    _migrate_to_v4,
-)
-
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-
-async def _migrate(conn: AsyncConnection[Any], names: _Names) -> None:
-    """Bring the database to the current schema.
-
-    The common case (already current) is one read and needs no privilege
-    beyond SELECT. Otherwise: one transaction, under an advisory lock held
-    until it ends, so that concurrent starters queue and migrate once, and a
-    failed migration leaves everything as it was.
-    """
-    for attempt in range(_MIGRATE_ATTEMPTS):
-        try:
-            await _migrate_once(conn, names)
-            return
-        except Exception as error:  # psycopg's, by its SQLSTATE
-            # Another starter created the schema or a table while we queued
-            # on the lock, and this session's catalog cache, which an
-            # advisory lock does not refresh, said it was not there: CREATE
-            # ... IF NOT EXISTS then fails. The next transaction sees it.
-            if getattr(error, "sqlstate", None) not in _CREATED_MEANWHILE:
-                raise
-            if attempt == _MIGRATE_ATTEMPTS - 1:
-                raise
-
-
-# Duplicate key (a catalog's unique index), schema, table, object.
-_CREATED_MEANWHILE: Final = frozenset({"23505", "42P06", "42P07", "42710"})
-_MIGRATE_ATTEMPTS: Final = 3
-
-
-async def _migrate_once(conn: AsyncConnection[Any], names: _Names) -> None:
-    current = len(_MIGRATIONS)
-    if await _schema_version(conn, names) == current:
-        return
-    async with conn.transaction():
-        # READ COMMITTED whatever the server's default: the checks below
-        # must see what a starter that held the lock before us committed.
-        await conn.execute(_READ_COMMITTED)
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (names.lock_key,))
-        if names.schema is not None:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{names.schema}"')
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {names.version} ("
-            " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
-        )
-        cursor = await _query(
-            conn, f"SELECT version FROM {names.version} WHERE id = 1", prepare=False
-        )
-        row = await cursor.fetchone()
-        version = 0 if row is None else row[0]
-        if version > current:
-            raise _newer_schema(version, current)
-
-        async def execute(statement: str) -> None:
-            await conn.execute(statement)
-
-        for number in range(version, current):
-            await _MIGRATIONS[number](execute, names)
-        if version != current:
-            await conn.execute(
-                f"INSERT INTO {names.version} (id, version) VALUES (1, %s)"
-                " ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
-                (current,),
-            )
-
-
-async def _schema_version(conn: AsyncConnection[Any], names: _Names) -> int | None:
-    """The recorded version; ``None`` when there is no version table yet."""
-    try:
-        # Never prepared: run once, and maybe behind a pooler.
-        cursor = await _query(
-            conn, "SELECT to_regclass(%s)::text", (names.version,), prepare=False
-        )
-        row = await cursor.fetchone()
-        if row is None or row[0] is None:
-            return None
-        cursor = await _query(
-            conn, f"SELECT version FROM {names.version} WHERE id = 1", prepare=False
-        )
-        row = await cursor.fetchone()
-    finally:
-        if not conn.autocommit:
-            await conn.rollback()  # end the read's transaction: a migration opens its own
-    version = None if row is None else int(row[0])
-    if version is not None and version > len(_MIGRATIONS):
-        raise _newer_schema(version, len(_MIGRATIONS))
-    return version
-
-
-def _newer_schema(version: int, current: int) -> SagaStoreError:
-    return SagaStoreError(
-        f"the PostgreSQL saga store has schema version {version}, newer than this "
-        f"fallback_saga understands ({current}); upgrade fallback_saga"
-    )
-
-
-# --------------------------------------------------------------------------- SQL
-
-# Status lists are literals, not parameters: the planner must see that a query
-# implies the partial index's predicate even in a generic (prepared) plan.
-_INTERRUPTED_SQL: Final = "('running', 'compensating')"
-_FINISHED_SQL: Final = "('completed', 'compensated', 'failed')"
-
-# The journal entries of one write: one JSON array of objects, one per entry,
-# numbered from 1 (``n``). json_to_recordset reads each object once; ``->>``
-# on an array element would parse the element again for every field (issue
-# #12: 15 -> 7 µs of server CPU per write). The keys are one letter
-# (``_entry_objects``): p position, s step, b branch, a action, t status,
-# y attempt, e error, w at ("when"), r result. One text parameter costs the
-# client far less than one array parameter per column; ``json`` (not
-# ``jsonb``) keeps each number's text, so times parse exactly.
-_ENTRIES_OF: Final = (  # {}: the JSON array
-    "ROWS FROM (json_to_recordset({}) AS (p int, s text, b text, a text, t text,"
-    " y int, e text, w float8, r text)) WITH ORDINALITY"
-    " AS e(position, step, branch, action, status, attempt, error, at, result, n)"
-)
-_ENTRIES: Final = _ENTRIES_OF.format("%s::json")
-_ENTRY_VALUES: Final = (
-    "e.position, e.step, e.branch, e.action, e.status, e.attempt, e.error, e.at, e.result"
-)
-_STEP_COLUMNS: Final = (
-    "(saga_id, seq, position, step, branch, action, status, attempt, error, at, result)"
-)
-_EPOCH: Final = "extract(epoch FROM {})::float8"
-
-
-# ``touched_at`` (recovery's index, schema v3): the saga's last update to
-# within a second. Kept while less than a second old, so most appends leave
-# every indexed column as it was: a HOT update. Never later than updated_at,
-# and never a second or more behind it.
-_TOUCH: Final = (
-    "touched_at = CASE WHEN {0}touched_at > now() - interval '1 second'"
-    " THEN {0}touched_at ELSE now() END"
-)
-
-_STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
-
-
-def _listing_filter(
-    saga_name: str | None, created_since: float | None, created_until: float | None
-) -> tuple[list[str], list[Any]]:
-    """The filters of a listing or count: fixed fragments, every value a parameter."""
-    where: list[str] = []
-    params: list[Any] = []
-    if saga_name is not None:
-        where.append("saga_name = %s")
-        params.append(saga_name)
-    if created_since is not None:
-        where.append("created_at >= to_timestamp(%s::float8)")
-        params.append(finite_seconds("created_since", created_since))
-    if created_until is not None:
-        where.append("created_at < to_timestamp(%s::float8)")
-        params.append(finite_seconds("created_until", created_until))
-    return where, params
-
-
-class _Statements:
-    def __init__(self, names: _Names) -> None:
-        sagas, steps = names.sagas, names.steps
-        self.create = (
-            f"WITH saga AS ("
-            f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
-            f" journal_length) VALUES (%s, %s, %s, %s, %s::json, %s::int)"
-            f" ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
-            f"), journal AS ("
-            f" INSERT INTO {steps} {_STEP_COLUMNS}"
-            f" SELECT saga.saga_id, e.n - 1, {_ENTRY_VALUES} FROM saga, {_ENTRIES}"
-            f") SELECT 1 FROM saga"
-        )
-        # The saga row is updated only while the fence matches (NULL: no fence);
-        # the entries are numbered from the row's counter, under the row lock
-        # the UPDATE holds, so concurrent appends never collide.
-        self.append = (
-            f"WITH saga AS ("
-            f" UPDATE {sagas} SET status = COALESCE(%s, status),"
-            f" context = COALESCE(%s::json, context), version = version + 1,"
-            f" journal_length = journal_length + %s::int, updated_at = now(),"
-            f" {_TOUCH.format('')}"
-            f" WHERE saga_id = %s AND fence = COALESCE(%s::bigint, fence)"
-            f" AND journal_length = COALESCE(%s::int, journal_length)"
-            f" RETURNING saga_id, journal_length - %s::int AS start"
-            f"), journal AS ("
-            f" INSERT INTO {steps} {_STEP_COLUMNS}"
-            f" SELECT saga.saga_id, saga.start + e.n - 1, {_ENTRY_VALUES}"
-            f" FROM saga, {_ENTRIES}"
-            f") SELECT 1 FROM saga"
-        )
-        # Many sagas' creates and appends in one statement (group commit): one
-        # JSON array of writes (``_group_json``), read once by json_to_recordset;
-        # each write's conditions (fence, ``after``) are those of ``append``,
-        # per row. Returns the number (``i``) of every write that was made. Its
-        # writes must name distinct sagas: the UPDATE could not tell two
-        # writes to one row apart, nor see a row the INSERT beside it adds.
-        self.group = (
-            f"WITH w AS MATERIALIZED ("
-            f" SELECT * FROM json_to_recordset(%s::json) AS w(i int, c bool, id text,"
-            f" name text, fp text, st text, ctx json, n int, f bigint, a int, es json)"
-            f"), created AS ("
-            f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
-            f" journal_length) SELECT id, name, fp, st, ctx, n FROM w WHERE c"
-            f" ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
-            f"), updated AS ("
-            f" UPDATE {sagas} s SET status = COALESCE(w.st, s.status),"
-            f" context = COALESCE(w.ctx, s.context), version = s.version + 1,"
-            f" journal_length = s.journal_length + w.n, updated_at = now(),"
-            f" {_TOUCH.format('s.')}"
-            # The rows by their key, whatever the table's statistics: a
-            # generic plan (prepared) would hash-join a small table in full
-            # (and one made while the table is small still does: _PREPARE_FROM).
-            f" FROM w WHERE s.saga_id = ANY(ARRAY(SELECT id FROM w WHERE NOT c))"
-            f" AND NOT w.c AND s.saga_id = w.id"
-            f" AND s.fence = COALESCE(w.f, s.fence)"
-            f" AND s.journal_length = COALESCE(w.a, s.journal_length)"
-            f" RETURNING w.i, s.saga_id, s.journal_length - w.n AS start, w.es"
-            f"), done AS ("
-            f" SELECT w.i, w.id AS saga_id, 0 AS start, w.es FROM w"
-            f" JOIN created ON created.saga_id = w.id WHERE w.c"
-            f" UNION ALL SELECT i, saga_id, start, es FROM updated"
-            f"), journal AS ("
-            f" INSERT INTO {steps} {_STEP_COLUMNS}"
-            f" SELECT done.saga_id, done.start + e.n - 1, {_ENTRY_VALUES}"
-            f" FROM done, {_ENTRIES_OF.format('done.es')}"
-            f") SELECT i FROM done"
-        )
-        self.fence_of = f"SELECT fence, journal_length FROM {sagas} WHERE saga_id = %s"
-        # The smaller table's row count by the server's statistics (_PREPARE_FROM).
-        self.table_rows = (
-            "SELECT min(reltuples)::float8 FROM pg_class"
-            " WHERE oid IN (to_regclass(%s), to_regclass(%s))"
-        )
-        self.table_rows_params = (names.sagas, names.steps)
-        self.load = (
-            f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
-            f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
-            f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
-            f" h.errors, h.ats, h.results"
-            f" FROM {sagas} s LEFT JOIN LATERAL ("
-            f" SELECT array_agg(seq ORDER BY seq) AS seqs,"
-            f" array_agg(position ORDER BY seq) AS positions,"
-            f" array_agg(step ORDER BY seq) AS steps,"
-            f" array_agg(branch ORDER BY seq) AS branches,"
-            f" array_agg(action ORDER BY seq) AS actions,"
-            f" array_agg(status ORDER BY seq) AS statuses,"
-            f" array_agg(attempt ORDER BY seq) AS attempts,"
-            f" array_agg(error ORDER BY seq) AS errors,"
-            f" array_agg(at ORDER BY seq) AS ats,"
-            f" array_agg(result ORDER BY seq) AS results"
-            f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
-            f" WHERE s.saga_id = %s"
-        )
-        summary = (
-            f"SELECT saga_id, saga_name, status, {_EPOCH.format('created_at')},"
-            f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')}"
-            f" FROM {sagas}"
-        )
-        # Listings and counts: a WHERE clause of fixed fragments (``_listing_filter``).
-        self.summary = summary
-        self.newest_first = " ORDER BY seq DESC LIMIT %s::bigint"
-        self.seq_of = f"SELECT seq FROM {sagas} WHERE saga_id = %s"
-        self.count = f"SELECT saga_name, status, count(*) FROM {sagas}"
-        self.count_groups = " GROUP BY saga_name, status"
-        self.lease_state = (
-            f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence FROM {sagas}"
-            f" WHERE saga_id = %s"
-        )
-        # One table, no join, no subquery in the locking SELECT (see the module doc).
-        self.claimable = (
-            f"SELECT saga_id FROM {sagas}"
-            f" WHERE status IN {_INTERRUPTED_SQL}"
-            # Never leased: due once not updated for older_than. Leased before:
-            # due as soon as that lease expired or was released.
-            f" AND ((lease_expires_at IS NULL"
-            f" AND updated_at < now() - make_interval(secs => %s::float8))"
-            f" OR lease_expires_at <= now())"
-            # Oldest update first, to within a second: the order of the
-            # partial index on touched_at (updated_at is not indexed).
-            f" ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
-        )
-        self.take_leases = (
-            f"UPDATE {sagas} SET lease_owner = %s,"
-            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
-            f" WHERE saga_id = ANY(%s::text[])"
-            f" RETURNING saga_id, fence, {_EPOCH.format('lease_expires_at')}"
-        )
-        # Lease one saga by id: one statement, atomic under the row lock.
-        self.take_lease = (
-            f"UPDATE {sagas} SET lease_owner = %s,"
-            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
-            # A lease with no owner was given back (released, or deferred): free.
-            f" WHERE saga_id = %s AND (lease_owner IS NULL OR lease_expires_at IS NULL"
-            f" OR lease_expires_at < now())"
-            f" RETURNING fence, {_EPOCH.format('lease_expires_at')}"
-        )
-        self.lease_of = (
-            f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')} FROM {sagas}"
-            f" WHERE saga_id = %s"
-        )
-        self.renew = (
-            f"UPDATE {sagas} SET lease_expires_at = now() + make_interval(secs => %s::float8),"
-            f" lease_owner = COALESCE(NULLIF(%s, ''), lease_owner)"
-            f" WHERE saga_id = %s AND fence = %s::bigint"
-            f" RETURNING {_EPOCH.format('lease_expires_at')}"
-        )
-        self.release = (
-            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now()"
-            f" WHERE saga_id = %s AND fence = %s::bigint"
-        )
-        # Released, and out of `claimable` until then (take_lease leases it at once).
-        self.defer = (
-            f"UPDATE {sagas} SET lease_owner = NULL,"
-            f" lease_expires_at = now() + make_interval(secs => %s::float8)"
-            f" WHERE saga_id = %s AND fence = %s::bigint"
-        )
-        # A release announced on the work channel (delivered when it commits)
-        # if the saga still needs a worker.
-        self.hand_off = (
-            f"WITH released AS ({self.release} RETURNING saga_id, status)"
-            f" SELECT pg_notify(%s, saga_id) FROM released"
-            f" WHERE status IN {_INTERRUPTED_SQL}"
-        )
-        self.purge = (
-            f"WITH gone AS ("
-            f" DELETE FROM {sagas} WHERE status IN {_FINISHED_SQL}"
-            f" AND updated_at < now() - make_interval(secs => %s::float8) RETURNING saga_id"
-            f"), history AS ("
-            f" DELETE FROM {steps} USING gone WHERE {steps}.saga_id = gone.saga_id"
-            f") SELECT count(*) FROM gone"
-        )
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _context_json(saga_id: str, context: dict[str, Any]) -> str:
-    if not isinstance(context, dict):
-        raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
-    try:
-        text = encode_json(context)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise SagaStoreError(
-            f"the context of saga {short_repr(saga_id)} cannot be stored as JSON: {error}"
-        ) from error
-    # PostgreSQL's JSON functions refuse the escapes of NUL and of a lone
-    # surrogate (json_to_recordset, which reads a group's writes; jsonb
-    # before schema v4): refused here, whichever statement carries the write,
-    # naming the field. (The encoder's ASCII output escapes every non-ASCII
-    # character.) Rare: look closer only when such an escape may be there.
-    if "\\u0000" in text or "\\ud" in text:
-        unstorable = _unstorable_text(context, "")
-        if unstorable is not None:
-            path, value = unstorable
-            raise ContextSerializationError(
-                path, value, "PostgreSQL cannot store a NUL character or a lone surrogate"
-            )
-    return text
-
-
-def _unstorable_text(value: Any, path: str) -> tuple[str, str] | None:
-    """The path and value of the first string (key or value) holding NUL or a
-    lone surrogate, if any."""
-    if isinstance(value, str):
-        return (path or "<context>", value) if _UNSTORABLE_CONTEXT.search(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and _UNSTORABLE_CONTEXT.search(key):
-                return where, key
-            found = _unstorable_text(item, where)
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _unstorable_text(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
-# NUL, or a surrogate not part of a pair.
-_UNSTORABLE_CONTEXT: Final = re.compile(
-    "\x00|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
-)
-
-
-# What PostgreSQL text cannot hold: NUL, and the lone surrogates UTF-8 cannot encode.
-_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
-# In a database whose encoding is not UTF-8: whatever is not ASCII too. The
-# entries travel as JSON, and the server turns a \u escape of a character
-# its encoding lacks (any, in SQL_ASCII) into an error: the saga's failure
-# could not be journaled, so it was never compensated.
-_NOT_ASCII: Final = re.compile("[^\x01-\x7f]")
-
-
-def _storable_error(text: str, unstorable: re.Pattern[str]) -> str:
-    """An exception's text, kept readable where the database cannot hold it
-    as it is (NUL characters and lone surrogates, or non-ASCII characters)."""
-    if unstorable is _UNSTORABLE:
-        return unstorable.sub("\ufffd", text)
-    # Python's escapes (\xe9, \u2603, \U0001d11e): ASCII, and still legible.
-    return text.replace("\x00", "\ufffd").encode("ascii", "backslashreplace").decode("ascii")
-
-
-def _entries_json(
-    saga_id: str, entries: Sequence[JournalEntry], unstorable: re.Pattern[str] = _UNSTORABLE
-) -> str:
-    """The entries as ``_ENTRIES`` reads them: a JSON array of one object per
-    entry (``_entry_objects``), a StepStatus as its string value. Error texts
-    holding ``unstorable`` characters are made storable (``_storable_error``)."""
-    if not entries:
-        return "[]"
-    rows: Sequence[Sequence[Any]] = entries
-    if any(e[6] is not None and unstorable.search(e[6]) for e in entries):
-        rows = [
-            e if e[6] is None else (*e[:6], _storable_error(e[6], unstorable), *e[7:])
-            for e in entries
-        ]
-    try:
-        return encode_json(_entry_objects(rows))
-    except (TypeError, ValueError) as error:
-        raise SagaStoreError(
-            f"the journal entries of saga {short_repr(saga_id)} cannot be stored: {error}"
-        ) from error
-
-
-def _entry_objects(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Each entry as the object ``_ENTRIES`` names its fields by."""
-    return [
-        {"p": p, "s": s, "b": b, "a": a, "t": t, "y": y, "e": e, "w": w, "r": r}
-        for p, s, b, a, t, y, e, w, r in rows
-    ]
-
-
-_BRANCHES: Final = frozenset({"primary", "fallback"})
-_ACTIONS: Final = frozenset({"act", "compensate"})
-
-
-def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
-    (saga_name, fingerprint, status, context_text, version, created_at, updated_at,
-     seqs, positions, steps, branches, actions, statuses, attempts, errors, ats, results) = row
-    if not isinstance(context_text, str):
-        raise CorruptSagaRecord(saga_id, "the context is not JSON text")
-    try:
-        context = decode_json(context_text)
-    except ValueError as bad:
-        raise CorruptSagaRecord(saga_id, f"the context is not valid JSON ({bad})") from None
-    if not isinstance(context, dict):
-        raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
-    history: list[JournalEntry] = []
-    if seqs is not None:
-        for seq, position, step, branch, action, raw_status, attempt, error, at, result in zip(
-            seqs, positions, steps, branches, actions, statuses, attempts, errors, ats, results,
-            strict=True,
-        ):
-            try:
-                step_status = StepStatus(raw_status)
-            except ValueError:
-                raise CorruptSagaRecord(
-                    saga_id, f"transition {seq} has an unknown status {short_repr(raw_status)}"
-                ) from None
-            if branch not in _BRANCHES or action not in _ACTIONS:
-                raise CorruptSagaRecord(
-                    saga_id,
-                    f"transition {seq} has an unknown branch/action "
-                    f"{short_repr(branch)}/{short_repr(action)}",
-                )
-            if not isinstance(at, float) or not math.isfinite(at):
-                raise CorruptSagaRecord(saga_id, f"transition {seq} has no valid time")
-            history.append(
-                JournalEntry(position, step, branch, action, step_status, attempt, error, at,
-                             result)
-            )
-    return SagaRecord(
-        saga_id=saga_id,
-        saga_name=saga_name,
-        fingerprint=fingerprint,
-        status=_saga_status(saga_id, status),
-        context=context,
-        history=history,
-        created_at=created_at,
-        updated_at=updated_at,
-        version=version,
-    )
-
-
-def _saga_status(saga_id: str, value: object) -> SagaStatus:
-    try:
-        return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
-    except ValueError:
-        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None
-
-
-_SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
-
-# SQLSTATE classes after which a grouped commit may or may not have happened:
-# connection exceptions and operator intervention (the server shut down).
-_COMMIT_UNKNOWN: Final = ("08", "57P")
-
-_Write = tuple[str, str, list[Any]]  # doing, statement, parameters
-
 
 # At most this many journal writes or groups on their way at once (and at
 # most half the pool). With groups that share the queue out
@@ -879,37 +181,6 @@ _GROUP_SLOTS: Final = 3
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
-
-_json_text: Final = json.encoder.encode_basestring_ascii  # a str as JSON (C)
-
-
-def _group_json(number: int, is_create: bool, params: list[Any]) -> str:
-    """One write as an element of ``_Statements.group``'s JSON array, built from
-    the parameters of its own statement (``create`` or ``append``): the
-    context and the entries are JSON text already and go in as they are."""
-    if is_create:
-        saga_id, name, fingerprint, status, context, count, entries = params
-        return (
-            f'{{"i":{number},"c":true,"id":{_json_text(saga_id)},'
-            f'"name":{_json_text(name)},"fp":{_json_text(fingerprint)},'
-            f'"st":"{status}","ctx":{context},"n":{count},"es":{entries}}}'
-        )
-    status, context, count, saga_id, token, after, _, entries = params
-    return (
-        f'{{"i":{number},"c":false,"id":{_json_text(saga_id)},'
-        f'"st":{"null" if status is None else _json_text(status)},'
-        f'"ctx":{"null" if context is None else context},"n":{count},'
-        f'"f":{"null" if token is None else int(token)},'
-        f'"a":{"null" if after is None else int(after)},"es":{entries}}}'
-    )
-
-
-def _commit_in_doubt(error: BaseException) -> bool:
-    """Whether a failed transaction may have been committed all the same: yes
-    unless the server reported an error (it then rolled the transaction
-    back), other than a lost connection or a shutdown."""
-    sqlstate = getattr(error, "sqlstate", None)
-    return not sqlstate or str(sqlstate).startswith(_COMMIT_UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from typing import Any
 from ..shared_state import SharedCircuit
 from ..status import CircuitState
 from ._common import finite_seconds
-from .postgres import closed_by_server
+from ._postgres_conn import closed_by_server
 
 __all__ = ["PostgresCircuitStateStore"]
 

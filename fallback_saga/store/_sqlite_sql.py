@@ -1,0 +1,832 @@
+"""What each request does to a SQLite saga store, in SQL: the statements,
+the operations the store's threads run in a transaction, and the batched
+writes that put a whole group of sagas' creates and appends in a few
+multi-row statements (see ``sqlite``). Every statement is parameterized."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
+
+from ..errors import (
+    CorruptSagaRecord,
+    JournalConflict,
+    LeaseLost,
+    SagaAlreadyExists,
+    SagaBusy,
+    SagaNotFound,
+    SagaStoreError,
+)
+from ..status import SagaStatus
+from ._common import (
+    check_saga_id,
+    encode_json,
+    finite_seconds,
+    short_repr,
+)
+from ._sqlite_rows import (
+    _decode_record,
+    _is_time,
+    _lenient_text,
+    _not_text,
+    _number,
+    _saga_status,
+    _shown_bytes,
+    _text,
+    _unreadable,
+)
+from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
+
+_log = logging.getLogger("fallback_saga.store.sqlite")
+
+# --------------------------------------------------------------------------- SQL
+
+_INSERT_SAGA: Final = (
+    "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+)
+# Absent values are bound as a marker, never as None: sqlite3 binds None
+# through its adaptation protocol (several attribute look-ups, with the GIL
+# held), about as costly as the rest of a row. NULLIF turns the marker back
+# into NULL. The marker of a text column is the integer 0, which no text
+# equals (SQLite compares values of different storage classes as unequal);
+# the marker of an absent fencing token (an int, 0 included) is ''.
+_STEP_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, 0), ?, NULLIF(?, 0))"
+_INSERT_STEP: Final = (
+    "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+    " attempt, error, at, result) VALUES " + _STEP_ROW
+)
+_STEP_WIDTH: Final = 11  # values per step row
+_UPDATE_SAGA: Final = (
+    "UPDATE sagas SET status = COALESCE(NULLIF(?, 0), status),"
+    " context = COALESCE(NULLIF(?, 0), context),"
+    " version = version + 1, updated_at = ? WHERE saga_id = ?"
+)
+_UPDATE_KNOWN: Final = _UPDATE_SAGA + " AND version = ?"
+_UPDATE_KNOWN_FENCED: Final = _UPDATE_KNOWN + " AND fence = ?"
+_SELECT_VERSION: Final = (
+    "SELECT version, fence, (SELECT COALESCE(MAX(seq) + 1, 0) FROM saga_steps"
+    " WHERE saga_id = ?) FROM sagas WHERE saga_id = ?"
+)
+_SELECT_SAGA: Final = (
+    "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at"
+    " FROM sagas WHERE saga_id = ?"
+)
+_SELECT_STEPS: Final = (
+    "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
+    " FROM saga_steps WHERE saga_id = ? ORDER BY seq"
+)
+_SUMMARY_COLUMNS: Final = (
+    "SELECT saga_id, saga_name, status, created_at, updated_at, lease_owner,"
+    " lease_expires_at FROM sagas"
+)
+_NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
+_ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
+_COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
+_COUNT_GROUPS: Final = " GROUP BY saga_name, status"
+_STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
+_CLAIMABLE: Final = (
+    # Never leased: due once not updated for older_than. Leased before: due as
+    # soon as that lease expired or was released (a dead or departed worker's
+    # saga does not wait for older_than on top of the lease).
+    # A time that is text or a BLOB (SQLite orders both after every number,
+    # so ">= ''" finds them; cheaper than typeof) is never due by those
+    # comparisons: such a row is selected too, for _claim to report it (S12)
+    # rather than to leave the saga unrecovered without a word.
+    # A wall clock that stepped back must not strand a saga until it catches
+    # up (a month, if it ran a month ahead): a last write, or a lease written,
+    # more than older_than *ahead* of now was made before the step — due, as
+    # one more than older_than behind is. (Stamps are taken under the write
+    # lock, so on one machine none is ahead of a later claim's now but after a
+    # step back; a forward step, likewise, makes sagas look older.)
+    "SELECT saga_id, fence, lease_expires_at, updated_at FROM sagas WHERE status IN (?, ?)"
+    " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
+    " OR lease_expires_at <= ? OR lease_written_at > ?"
+    " OR lease_expires_at >= '' OR updated_at >= '')"
+    " ORDER BY updated_at LIMIT ?"
+)
+_TAKE_LEASE: Final = (
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?"
+    " WHERE saga_id = ?"
+)
+_LEASE_STATE: Final = "SELECT fence, lease_owner, lease_expires_at FROM sagas WHERE saga_id = ?"
+_LEASE_WRITTEN_AT: Final = "SELECT lease_written_at FROM sagas WHERE saga_id = ?"
+_RENEW: Final = (
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, lease_written_at = ?"
+    " WHERE saga_id = ? AND fence = ?"
+)
+_FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
+_RELEASE: Final = (
+    # Expired now, rather than no lease: the saga is claimable at once.
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
+    " WHERE saga_id = ? AND fence = ?"
+)
+_DEFER: Final = (
+    # Released, and out of _CLAIMABLE until then; _claim_saga leases it at once.
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
+    " WHERE saga_id = ? AND fence = ?"
+)
+_PURGEABLE: Final = (
+    "SELECT saga_id FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ? LIMIT ?"
+)
+_PURGE_STEPS: Final = "DELETE FROM saga_steps WHERE saga_id = ?"
+_PURGE_SAGA: Final = "DELETE FROM sagas WHERE saga_id = ?"
+
+_INTERRUPTED: Final = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
+_FINISHED: Final = (
+    SagaStatus.COMPLETED.value,
+    SagaStatus.COMPENSATED.value,
+    SagaStatus.FAILED.value,
+)
+
+def _context_json(saga_id: str, context: dict[str, Any]) -> str:
+    if not isinstance(context, dict):
+        raise TypeError(f"a saga context must be a dict, got {type(context).__name__}")
+    try:
+        return encode_json(context)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise SagaStoreError(
+            f"the context of saga {short_repr(saga_id)} cannot be stored as JSON: {error}"
+        ) from error
+
+
+# A lone surrogate: UTF-8 (SQLite's text) cannot encode it.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _storable(entries: Sequence[JournalEntry]) -> tuple[JournalEntry, ...]:
+    """The entries, with any lone surrogate in an error text replaced: an
+    exception's text is whatever the exception says, and must not make the
+    journal write fail."""
+    rows = tuple(entries)
+    for entry in rows:  # a loop, not any(genexpr): this runs for every journal write
+        error = entry[6]
+        if error is not None and not error.isascii() and _SURROGATE.search(error):
+            break
+    else:
+        return rows
+    return tuple(
+        e if e[6] is None else JournalEntry(*e[:6], _SURROGATE.sub("\ufffd", e[6]), *e[7:])
+        for e in rows
+    )
+
+
+def _storable_plain(entries: Sequence[JournalEntry]) -> tuple[tuple[Any, ...], ...]:
+    """``_storable``'s entries as plain 9-tuples (the status as its text), in
+    one pass: what the writer process's pipe carries (marshal)."""
+    rows = []
+    for position, step, branch, action, status, attempt, error, at, result in entries:
+        if error is not None and not error.isascii() and _SURROGATE.search(error):
+            error = _SURROGATE.sub("\ufffd", error)
+        rows.append((position, step, branch, action, str(status), attempt, error, at, result))
+    return tuple(rows)
+
+
+# --------------------------------------------------------------------------- operations
+#
+# Each runs on a store thread as ``op(cursor, txn, *args)``. A write operation
+# raises its ``SagaStoreError`` refusals *before* writing anything: the group
+# it shares a transaction with commits without it.
+
+
+class _Request(NamedTuple):
+    """An operation of this module and its arguments, for a worker to run
+    (``_sqlite_workers``), and the future to resolve on ``loop`` with its outcome.
+    """
+
+    op: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    write: bool
+
+
+class _Txn:
+    """One group's transaction: its timestamp, and the step rows of the whole
+    group, inserted by a few multi-row INSERTs just before the commit (or
+    earlier, when an append reads a saga's truth: see ``_append``). ``rows``
+    holds their values end to end, ``_STEP_WIDTH`` a row, absent ones as
+    their markers (see ``_STEP_ROW``): the parameters of those INSERTs.
+
+    ``known`` is the writer's memory across groups: ``saga_id -> (version,
+    next seq)`` as of its own last write of the saga. An append then needs
+    no ``MAX(seq)`` query: it updates the saga *on condition* that the
+    version is still the remembered one, and only when it is not (another
+    process wrote the saga, a transaction rolled back) reads the truth.
+    """
+
+    __slots__ = ("known", "now", "rows")
+
+    def __init__(self, now: float, known: dict[str, tuple[int, int]]) -> None:
+        self.now = now
+        self.known = known
+        self.rows: list[Any] = []
+
+    def add(self, saga_id: str, start: int, entries: tuple[JournalEntry, ...]) -> None:
+        # str(status): a plain str binds without sqlite3's adaptation lookup.
+        rows = self.rows
+        seq = start
+        for position, step, branch, action, status, attempt, error, at, result in entries:
+            rows += (
+                saga_id, seq, position, step, branch, action, str(status), attempt,
+                0 if error is None else error, at, 0 if result is None else result,
+            )
+            seq += 1
+
+    def flush(self, cursor: sqlite3.Cursor) -> None:
+        values = self.rows
+        if not values:
+            return
+        self.rows = []
+        count = len(values) // _STEP_WIDTH
+        if count == 1:
+            cursor.execute(_INSERT_STEP, values)
+            return
+        if not _BATCHED:
+            cursor.executemany(_INSERT_STEP, [
+                values[at:at + _STEP_WIDTH] for at in range(0, len(values), _STEP_WIDTH)
+            ])
+            return
+        # Multi-row INSERTs: a handful of statements for the whole group
+        # rather than one sqlite3 step (and one GIL release and re-take, with
+        # the event loop's thread in between) per row.
+        done = 0
+        for size in _chunk_sizes(count):
+            cursor.execute(
+                _insert_steps_sql(size), values[done:done + size * _STEP_WIDTH]
+            )
+            done += size * _STEP_WIDTH
+
+
+# Remembered sagas beyond this are forgotten (at a group's start): sagas that
+# stopped without reaching a final status must not grow the memory forever.
+_MAX_KNOWN: Final = 100_000
+
+
+# --------------------------------------------------------------------------- batched writes
+#
+# With many sagas in flight a group holds many creates and appends. Run one
+# by one, each is a statement (and each step of it a release and re-take of
+# the GIL, which the event loop's thread is waiting for); batched, the group's
+# creates are a few multi-row INSERTs and its appends a few UPDATE ... FROM
+# (VALUES ...): SQLite does the same work, with the GIL released throughout.
+# Requests are batched in segments of distinct sagas (order within a segment
+# cannot matter); a saga met twice, or any other operation, ends a segment.
+# A batched statement is all or nothing for its chunk: a create that finds its
+# id taken, an append whose remembered version or fencing token is no longer
+# the saga's, make the chunk's statement fail (and write nothing), and that
+# chunk's requests are then run one by one, each refused or written alone.
+
+# UPDATE ... FROM needs SQLite 3.33; older libraries run every request alone.
+_BATCHED: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
+
+# Chunk sizes: a few statement texts (each prepared once, then cached by the
+# connection), at most 64 rows (11 values each: under SQLite's old default
+# limit of 999 parameters).
+_CHUNK: Final = 64
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    sizes = [_CHUNK] * (count // _CHUNK)
+    rest = count % _CHUNK
+    size = _CHUNK // 2
+    while rest:
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+        size //= 2
+    return sizes
+
+
+_SQL_CACHE: dict[tuple[str, int], str] = {}
+
+
+def _insert_steps_sql(rows: int) -> str:
+    sql = _SQL_CACHE.get(("steps", rows))
+    if sql is None:
+        sql = _SQL_CACHE["steps", rows] = (
+            "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+            " attempt, error, at, result) VALUES " + ",".join([_STEP_ROW] * rows)
+        )
+    return sql
+
+
+def _insert_sagas_sql(rows: int) -> str:
+    sql = _SQL_CACHE.get(("sagas", rows))
+    if sql is None:
+        sql = _SQL_CACHE["sagas", rows] = (
+            "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+            " created_at, updated_at) VALUES " + ",".join(["(?, ?, ?, ?, ?, 1, ?, ?)"] * rows)
+        )
+    return sql
+
+
+def _update_sagas_sql(rows: int) -> str:
+    # version: NOT NULL, so a saga whose version (or fencing token, when one
+    # is given) is not the remembered one fails the whole statement.
+    sql = _SQL_CACHE.get(("update", rows))
+    if sql is None:
+        sql = _SQL_CACHE["update", rows] = (
+            "UPDATE sagas SET status = COALESCE(NULLIF(v.column2, 0), status),"
+            " context = COALESCE(NULLIF(v.column3, 0), context),"
+            " version = CASE WHEN sagas.version = v.column4"
+            " AND (v.column5 = '' OR sagas.fence = v.column5)"
+            " THEN sagas.version + 1 END, updated_at = ?"
+            " FROM (VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * rows) + ") AS v"
+            " WHERE sagas.saga_id = v.column1"
+        )
+    return sql
+
+
+def _run_group(
+    cursor: sqlite3.Cursor, txn: _Txn, requests: list[_Request], outcomes: list[Any]
+) -> None:
+    """Every request of a group, in order, creates and appends batched in
+    segments of distinct sagas; ``outcomes[i]`` becomes ``(request,
+    succeeded, result or refusal)`` for ``requests[i]``."""
+    segment: list[int] = []
+    sagas: set[str] = set()
+    for index, request in enumerate(requests):
+        op = request.op
+        if op is _create or op is _append:
+            saga_id = request.args[0]
+            if saga_id not in sagas:
+                segment.append(index)
+                sagas.add(saga_id)
+                continue
+        if segment:
+            _run_segment(cursor, txn, requests, segment, outcomes)
+            segment, sagas = [], set()
+        if op is _create or op is _append:  # a saga met again: the next segment
+            segment.append(index)
+            sagas.add(request.args[0])
+        else:
+            _run_alone(cursor, txn, requests, [index], outcomes)
+    if segment:
+        _run_segment(cursor, txn, requests, segment, outcomes)
+
+
+def _run_segment(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    requests: list[_Request],
+    segment: list[int],
+    outcomes: list[Any],
+) -> None:
+    """Creates and appends of distinct sagas (``requests[i]`` for ``i`` in
+    ``segment``), batched."""
+    known = txn.known
+    creates: list[int] = []
+    appends: list[int] = []
+    for index in segment:
+        request = requests[index]
+        if request.op is _create:
+            creates.append(index)
+            continue
+        saga_id, _entries, _status, _context, _token, after = request.args
+        remembered = known.get(saga_id)
+        if remembered is None or (after is not None and remembered[1] != after):
+            _run_alone(cursor, txn, requests, [index], outcomes)
+        else:
+            appends.append(index)
+    now = txn.now
+    done = 0
+    for size in _chunk_sizes(len(creates)):
+        chunk = creates[done:done + size]
+        done += size
+        params: list[Any] = []
+        for index in chunk:
+            saga_id, saga_name, fingerprint, status, context, _entries = requests[index].args
+            params += (saga_id, saga_name, fingerprint, status, context, now, now)
+        try:
+            cursor.execute(_insert_sagas_sql(size), params)
+        except sqlite3.IntegrityError:  # an id is taken: the statement wrote nothing
+            _run_alone(cursor, txn, requests, chunk, outcomes)
+            continue
+        for index in chunk:
+            request = requests[index]
+            saga_id, _name, _fingerprint, status, _context, entries = request.args
+            if entries:
+                txn.add(saga_id, 0, entries)
+            if status not in _FINISHED:
+                known[saga_id] = (1, len(entries))
+            outcomes[index] = (request, True, None)
+    done = 0
+    for size in _chunk_sizes(len(appends)):
+        chunk = appends[done:done + size]
+        done += size
+        params = [now]
+        for index in chunk:
+            saga_id, _entries, status, context, token, _after = requests[index].args
+            params += (  # absent values as their markers: see _STEP_ROW
+                saga_id,
+                0 if status is None else status,
+                0 if context is None else context,
+                known[saga_id][0],
+                "" if token is None else token,
+            )
+        try:
+            updated = cursor.execute(_update_sagas_sql(size), params).rowcount
+        except sqlite3.IntegrityError:  # a version or a token moved: nothing written
+            _run_alone(cursor, txn, requests, chunk, outcomes)
+            continue
+        if updated != size:
+            # Sagas gone (another process purged them): every saga still
+            # here was written; the others are SagaNotFound, as alone.
+            ids = [requests[index].args[0] for index in chunk]
+            marks = ",".join("?" * len(ids))
+            present = {
+                row[0] for row in
+                cursor.execute(f"SELECT saga_id FROM sagas WHERE saga_id IN ({marks})", ids)
+            }
+        for index in chunk:
+            request = requests[index]
+            saga_id, entries, status, _context, _token, _after = request.args
+            if updated != size and saga_id not in present:
+                known.pop(saga_id, None)
+                outcomes[index] = (request, False, SagaNotFound(saga_id))
+                continue
+            version, start = known[saga_id]
+            if entries:
+                txn.add(saga_id, start, entries)
+            if status in _FINISHED:
+                del known[saga_id]
+            else:
+                known[saga_id] = (version + 1, start + len(entries))
+            outcomes[index] = (request, True, None)
+
+
+def _run_alone(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    requests: list[_Request],
+    indexes: list[int],
+    outcomes: list[Any],
+) -> None:
+    for index in indexes:
+        request = requests[index]
+        try:
+            outcomes[index] = (request, True, request.op(cursor, txn, *request.args))
+        except SagaStoreError as refused:  # raised before it wrote anything
+            outcomes[index] = (request, False, refused)
+
+
+def _create(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    saga_id: str,
+    saga_name: str,
+    fingerprint: str,
+    status: str,
+    context: str,
+    entries: tuple[JournalEntry, ...],
+) -> None:
+    now = txn.now
+    try:
+        cursor.execute(_INSERT_SAGA, (saga_id, saga_name, fingerprint, status, context, now, now))
+    except sqlite3.IntegrityError as error:
+        if getattr(error, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY":
+            raise SagaAlreadyExists(saga_id) from None
+        raise
+    if entries:
+        txn.add(saga_id, 0, entries)
+    if status not in _FINISHED:
+        txn.known[saga_id] = (1, len(entries))
+
+
+def _append(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    saga_id: str,
+    entries: tuple[JournalEntry, ...],
+    status: str | None,
+    context: str | None,
+    token: int | None,
+    after: int | None,
+) -> None:
+    now = txn.now
+    known = txn.known.get(saga_id)
+    if known is not None and after is not None and known[1] != after:
+        known = None  # read the truth: it may be another writer's, or ours landed late
+    updated = 0
+    # Absent values as their markers: see _STEP_ROW.
+    status_value = 0 if status is None else status
+    context_value = 0 if context is None else context
+    if known is not None:
+        version, start = known
+        if token is None:
+            params: tuple[Any, ...] = (status_value, context_value, now, saga_id, version)
+            updated = cursor.execute(_UPDATE_KNOWN, params).rowcount
+        else:
+            params = (status_value, context_value, now, saga_id, version, token)
+            updated = cursor.execute(_UPDATE_KNOWN_FENCED, params).rowcount
+    if not updated:
+        # The truth includes this group's earlier transitions: they are
+        # inserted now, not at the end (a saga appended twice in one group,
+        # the second time after= a count that the first made wrong).
+        txn.flush(cursor)
+        row = cursor.execute(_SELECT_VERSION, (saga_id, saga_id)).fetchone()
+        if row is None:
+            raise SagaNotFound(saga_id)
+        version, fence, start = row
+        if token is not None and fence != token:
+            raise LeaseLost(saga_id, token)
+        if after is not None and start != after:
+            raise JournalConflict(saga_id, after, start)
+        # The group holds the write lock: nobody can change the row in between.
+        cursor.execute(_UPDATE_SAGA, (status_value, context_value, now, saga_id))
+    if entries:
+        txn.add(saga_id, start, entries)
+    if status in _FINISHED:
+        txn.known.pop(saga_id, None)
+    else:
+        txn.known[saga_id] = (version + 1, start + len(entries))
+
+
+def _claim(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    owner: str,
+    lease_seconds: float,
+    older_than: float,
+    limit: int,
+) -> list[Lease]:
+    # The group's transaction is BEGIN IMMEDIATE: no other connection can
+    # claim between this SELECT and the UPDATEs below.
+    now = txn.now
+    wanted = limit
+    while True:
+        with _lenient_text(cursor):
+            rows = cursor.execute(
+                _CLAIMABLE,
+                (*_INTERRUPTED, now - older_than, now + older_than, now,
+                 now + max(older_than, 0.0), wanted),
+            ).fetchall()
+        claimable: list[tuple[str, int]] = []
+        corrupt: list[tuple[object, str]] = []
+        for saga_id, fence, expires_at, updated_at in rows:
+            problem = _claim_problem(saga_id, fence, expires_at, updated_at)
+            if problem is None:
+                claimable.append((saga_id, fence))
+            else:
+                corrupt.append((saga_id, problem))
+        # S12: a corrupt row is skipped, and must not take the place of a
+        # saga that can be resumed: ask again for as many more as were corrupt
+        # (rarely: one query when no row is corrupt).
+        if len(claimable) >= limit or len(rows) < wanted:
+            break
+        wanted = limit + len(corrupt)
+    for saga_id, problem in corrupt:
+        # ``skipped_saga``: for whoever reports the pass (``recover`` on the
+        # command line lists it as skipped): the id as a str, and why.
+        shown = saga_id if isinstance(saga_id, str) else _shown_bytes(saga_id)
+        _log.warning(
+            "skipping a saga in recovery: %s", _unreadable(saga_id, problem),
+            extra={"skipped_saga": (shown, f"its row is unreadable: {problem}")},
+        )
+    expires_at = now + lease_seconds
+    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in claimable[:limit]]
+    cursor.executemany(
+        _TAKE_LEASE, [(owner, expires_at, lease.token, now, lease.saga_id) for lease in leases]
+    )
+    return leases
+
+
+def _claim_problem(
+    saga_id: object, fence: object, expires_at: object, updated_at: object
+) -> str | None:
+    """Why a claimable row cannot be leased (and resumed), or ``None``."""
+    if type(fence) is not int:
+        return "its fence is not an integer"
+    if not _is_time(updated_at) or not (expires_at is None or _is_time(expires_at)):
+        return "its updated_at or lease_expires_at is not a finite number"
+    if not isinstance(saga_id, str):
+        return f"its saga id is {_not_text(saga_id)}"
+    try:
+        check_saga_id(saga_id)
+    except ValueError as bad:
+        return f"its saga id is not one a saga can have ({bad})"
+    return None
+
+
+def _claim_saga(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
+) -> Lease:
+    fence, lease_owner, lease_expires_at = _read_lease(cursor, saga_id)
+    # A lease with no owner was given back (released, or deferred): free. So
+    # is one written before the clock stepped back (see _CLAIMABLE): its
+    # expiry is on the old scale.
+    if lease_owner is not None and lease_expires_at is not None and (
+        lease_expires_at >= txn.now
+    ):
+        (written_at,) = cursor.execute(_LEASE_WRITTEN_AT, (saga_id,)).fetchone()
+        if not (_is_time(written_at) and written_at > txn.now):
+            raise SagaBusy(saga_id, lease_owner, lease_expires_at)
+    lease = Lease(saga_id, owner, fence + 1, txn.now + lease_seconds)
+    cursor.execute(_TAKE_LEASE, (owner, lease.expires_at, lease.token, txn.now, saga_id))
+    return lease
+
+
+def _read_lease(cursor: sqlite3.Cursor, saga_id: str) -> tuple[int, str | None, float | None]:
+    """The fence, lease owner and expiry of a saga, checked (``CorruptSagaRecord``)."""
+    with _lenient_text(cursor):
+        row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    fence, owner, expires_at = row
+    if type(fence) is not int:
+        raise CorruptSagaRecord(saga_id, "its fence is not an integer")
+    if owner is not None and not isinstance(owner, str):
+        raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
+    if expires_at is not None:
+        expires_at = _number(saga_id, "lease_expires_at", expires_at)
+    return fence, owner, expires_at
+
+
+def _renew(
+    cursor: sqlite3.Cursor, txn: _Txn, lease: Lease, lease_seconds: float
+) -> Lease:
+    # Neither the version nor updated_at moves: a heartbeat is not a transition
+    # (the writer's memory of versions stays valid; listings keep the real age).
+    expires_at = txn.now + lease_seconds
+    params = (lease.owner, expires_at, txn.now, lease.saga_id, lease.token)
+    if not cursor.execute(_RENEW, params).rowcount:
+        if cursor.execute(_FENCE_OF, (lease.saga_id,)).fetchone() is None:
+            raise SagaNotFound(lease.saga_id)
+        raise LeaseLost(lease.saga_id, lease.token)
+    return Lease(lease.saga_id, lease.owner, lease.token, expires_at)
+
+
+def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
+    cursor.execute(_RELEASE, (txn.now, txn.now, saga_id, token))
+
+
+def _defer(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, seconds: float
+) -> None:
+    cursor.execute(_DEFER, (txn.now + seconds, txn.now, saga_id, token))
+
+
+def _purge(
+    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, limit: int, cutoff: float | None
+) -> tuple[int, float]:
+    """One batch of a purge: up to ``limit`` finished sagas last updated
+    before ``cutoff`` (the first batch's ``now - older_than`` when ``None``),
+    with their history; how many, and the cutoff for the next batch."""
+    txn.flush(cursor)  # the steps written earlier in this group go too
+    txn.known.clear()
+    if cutoff is None:
+        cutoff = txn.now - older_than
+    ids = cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, limit)).fetchall()
+    cursor.executemany(_PURGE_STEPS, ids)
+    cursor.executemany(_PURGE_SAGA, ids)
+    return len(ids), cutoff
+
+
+def _ping(cursor: sqlite3.Cursor, txn: _Txn) -> None:
+    """A no-op that makes the store thread open the database."""
+
+
+def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
+    try:
+        row, steps = _read_saga(cursor, saga_id)
+    except sqlite3.OperationalError:
+        # Text that is not UTF-8 (another tool wrote it, or a page is
+        # damaged): sqlite3's error quotes it, and it may be part of a
+        # context. Read it again as bytes; _decode_record names the column.
+        # (Only then: decoding every text in Python would slow each load.)
+        with _lenient_text(cursor):
+            row, steps = _read_saga(cursor, saga_id)
+    return _decode_record(saga_id, row, steps)
+
+
+def _read_saga(cursor: sqlite3.Cursor, saga_id: str) -> tuple[Any, list[Any]]:
+    row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    return row, cursor.execute(_SELECT_STEPS, (saga_id,)).fetchall()
+
+
+def _list(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    status: str | None,
+    saga_name: str | None,
+    limit: int,
+    before: str | None = None,
+    created_since: float | None = None,
+    created_until: float | None = None,
+) -> list[SagaSummary]:
+    # The WHERE clause is made of fixed fragments; every value is a parameter.
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    if before is not None:
+        # A cursor by id, resolved to its place in the listing's order.
+        cursor_row = cursor.execute(_ROWID_OF, (before,)).fetchone()
+        if cursor_row is None:
+            raise SagaNotFound(before)
+        where.append("rowid < ?")
+        params.append(cursor_row[0])
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    with _lenient_text(cursor):
+        query = _SUMMARY_COLUMNS + clause + _NEWEST_FIRST
+        rows = cursor.execute(query, (*params, limit)).fetchall()
+    summaries: list[SagaSummary] = []
+    for row in rows:
+        # S12: one bad row must not hide every other saga from an operator.
+        if not isinstance(row[0], str):
+            problem = f"the saga id is {_not_text(row[0])}"
+            _log.warning("skipping a saga in the listing: %s", _unreadable(row[0], problem))
+            continue
+        try:
+            summaries.append(_summary(*row))
+        except CorruptSagaRecord as error:
+            _log.warning("skipping a saga in the listing: %s", error)
+    return summaries
+
+
+def _summary(
+    saga_id: object,
+    name: object,
+    status: object,
+    created_at: object,
+    updated_at: object,
+    owner: object,
+    expires_at: object,
+) -> SagaSummary:
+    """A listing's row, every value checked: what is handed out is what the
+    types say (``CorruptSagaRecord`` otherwise)."""
+    assert isinstance(saga_id, str)  # checked by the caller
+    if owner is not None and not isinstance(owner, str):
+        raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
+    return SagaSummary(
+        saga_id=saga_id,
+        saga_name=_text(saga_id, "saga_name", name),
+        status=_saga_status(saga_id, status),
+        created_at=_number(saga_id, "created_at", created_at),
+        updated_at=_number(saga_id, "updated_at", updated_at),
+        lease_owner=owner,
+        # A released lease keeps its release time as the expiry (the saga is
+        # claimable at once); it is no lease to show.
+        lease_expires_at=(
+            None
+            if owner is None or expires_at is None
+            else _number(saga_id, "lease_expires_at", expires_at)
+        ),
+    )
+
+
+def _optional_time(name: str, value: float | None) -> float | None:
+    return None if value is None else finite_seconds(name, value)
+
+
+def _listing_filter(
+    saga_name: str | None, created_since: float | None, created_until: float | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if saga_name is not None:
+        where.append("saga_name = ?")
+        params.append(saga_name)
+    if created_since is not None:
+        where.append("created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        where.append("created_at < ?")
+        params.append(created_until)
+    return where, params
+
+
+def _count(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> dict[tuple[str, SagaStatus], int]:
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    counts: dict[tuple[str, SagaStatus], int] = {}
+    with _lenient_text(cursor):
+        groups = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
+    for name, status, count in groups:
+        if not isinstance(name, str) or status not in _STATUS_VALUES:
+            # Unreadable rows are left out, as from a listing.
+            _log.warning(
+                "leaving %d saga(s) out of the counts: name %s, status %s",
+                count, short_repr(name), short_repr(status),
+            )
+            continue
+        counts[name, SagaStatus(status)] = count
+    return counts
+
+
+def _lease_state(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> LeaseState:
+    fence, owner, expires_at = _read_lease(cursor, saga_id)
+    return LeaseState(owner, expires_at, fence)

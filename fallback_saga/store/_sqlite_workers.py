@@ -1,0 +1,374 @@
+"""The threads (and the writer process) that run a SQLite saga store's
+requests, each on a connection of its own, and resolve each request's
+future on the event loop that made it (see ``sqlite``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import queue
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..errors import SagaStoreError
+from ._sqlite_pipe import (
+    FrameReader,
+    error_to_wire,
+    frame,
+)
+from ._sqlite_schema import (
+    _connect_writer,
+    _rollback,
+)
+from ._sqlite_sql import (
+    _BATCHED,
+    _MAX_KNOWN,
+    _append,
+    _create,
+    _Request,
+    _run_alone,
+    _run_group,
+    _Txn,
+)
+
+# --------------------------------------------------------------------------- threads
+
+
+@dataclass(slots=True)
+class _Stop:
+    """Queued by ``close`` (with a future) or by the finalizer (without)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[None] | None = None
+
+
+_Outcome = tuple[_Request, bool, Any]  # (request, succeeded, result or exception)
+
+# How many queued requests one transaction takes at most: bounds a group's latency.
+_MAX_GROUP: Final = 4096
+
+
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, succeeded, value in items:
+        if future.done():  # the awaiting task was cancelled; the write still happened
+            continue
+        if succeeded:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _settle(outcomes: Sequence[_Outcome]) -> None:
+    """Resolve each future on its own loop, one thread-safe wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for request, succeeded, value in outcomes:
+        items = by_loop.get(request.loop)
+        if items is None:
+            items = by_loop[request.loop] = []
+        items.append((request.future, succeeded, value))
+    for loop, items in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting for these any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+class _Worker:
+    """A thread that owns one connection and serves a queue of requests."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        path: str,
+        connect: Callable[[], sqlite3.Connection],
+        clock: Callable[[], float],
+    ) -> None:
+        self.role = role
+        self.path = path
+        self.connect = connect
+        self.clock = clock
+        self.queue: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
+        self.commits = 0
+        self.writes = 0
+        self.reads = 0
+        self.largest_group = 0
+        self.known: dict[str, tuple[int, int]] = {}  # see _Txn
+        # The thread's connection once open: a forked child closes its copy.
+        self.conn: sqlite3.Connection | None = None
+        # Held while the thread is inside SQLite: a fork waits for it
+        # (sqlite._before_fork), so that no connection is mid-call in the child,
+        # where SQLite's mutex would stay held for ever.
+        self.using = threading.Lock()
+        # Where outcomes go: their futures' loops (the writer process answers by pipe).
+        self.settle: Callable[[Sequence[_Outcome]], None] = _settle
+        self.thread = threading.Thread(
+            target=self._main, name=f"fallback_saga-sqlite-{role}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop_soon(self) -> None:
+        self.queue.put(_Stop())
+
+    # -- thread side
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        stop: _Stop | None = None
+        try:
+            while stop is None:
+                group, stop = self._next_group()
+                if not group:
+                    continue
+                try:
+                    with self.using:
+                        if conn is None:
+                            # Opened at the first request, and again at the next
+                            # one if that failed: a file locked past busy_timeout
+                            # (or a directory created since) must not break the
+                            # store for good.
+                            conn = self.conn = self._open(group)
+                            if conn is None:
+                                continue
+                        self._serve(conn, group)
+                except BaseException as error:  # a bug here must not leave sagas waiting
+                    self.settle([(request, False, self._wrap(error)) for request in group])
+        finally:
+            if conn is not None:
+                with self.using:
+                    conn.close()
+            if stop is not None and stop.loop is not None and stop.future is not None:
+                _settle_stop(stop)
+
+    def _open(self, group: list[_Request]) -> sqlite3.Connection | None:
+        """The connection, or ``None`` once ``group`` has been refused with the
+        reason it could not be opened (each request gets its own exception)."""
+        try:
+            return self.connect()
+        except Exception as error:
+            failure = self._wrap(error)
+        outcomes: list[_Outcome] = []
+        for request in group:
+            refused = SagaStoreError(*failure.args)
+            refused.__cause__ = failure.__cause__
+            outcomes.append((request, False, refused))
+        self.settle(outcomes)
+        return None
+
+    def _next_group(self) -> tuple[list[_Request], _Stop | None]:
+        item = self.queue.get()
+        group: list[_Request] = []
+        while True:
+            if isinstance(item, _Stop):
+                return group, item
+            group.append(item)
+            if len(group) >= _MAX_GROUP:
+                return group, None
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return group, None
+
+    def _serve(self, conn: sqlite3.Connection, group: list[_Request]) -> None:
+        # One cursor per group: ops use it for every statement.
+        cursor = conn.cursor()
+        try:
+            if self.role == "reader":
+                self._read(conn, cursor, group)
+                return
+            writes = [request for request in group if request.write]
+            if writes:
+                self._write(conn, cursor, writes)
+            if len(writes) < len(group):  # a database only this connection can see
+                self._read(conn, cursor, [request for request in group if not request.write])
+        finally:
+            cursor.close()
+
+    def _write(
+        self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
+    ) -> None:
+        outcomes: list[_Outcome] = [None] * len(group)  # type: ignore[list-item]
+        in_requests = False
+        known = self.known
+        if len(known) > _MAX_KNOWN:
+            known.clear()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            # Read under the write lock: the stamps of the processes sharing
+            # the file then follow their commit order (claims rely on it).
+            txn = _Txn(self.clock(), known)
+            in_requests = True
+            if _BATCHED and len(group) > 1:
+                _run_group(cursor, txn, group, outcomes)
+            else:
+                _run_alone(cursor, txn, group, list(range(len(group))), outcomes)
+            txn.flush(cursor)
+            in_requests = False
+            cursor.execute("COMMIT")
+        except Exception as error:
+            _rollback(conn)
+            known.clear()  # it may remember writes that were just rolled back
+            if in_requests and len(group) > 1:
+                # A request failed half-way: replay each in a transaction of
+                # its own, so that only the culprit fails.
+                for request in group:
+                    self._write(conn, cursor, [request])
+                return
+            # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
+            # full, I/O error) failed: nothing of the group was written.
+            self.settle([(request, False, self._wrap(error)) for request in group])
+            return
+        self.commits += 1
+        self.writes += len(group)
+        if len(group) > self.largest_group:
+            self.largest_group = len(group)
+        self.settle(outcomes)
+
+    def _read(
+        self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
+    ) -> None:
+        outcomes: list[_Outcome] = []
+        try:
+            cursor.execute("BEGIN")  # one snapshot: a record and its history agree
+        except sqlite3.Error as error:
+            self.settle([(request, False, self._wrap(error)) for request in group])
+            return
+        try:
+            txn = _Txn(self.clock(), {})
+            for request in group:
+                try:
+                    outcomes.append((request, True, request.op(cursor, txn, *request.args)))
+                except SagaStoreError as error:
+                    outcomes.append((request, False, error))
+                except Exception as error:
+                    outcomes.append((request, False, self._wrap(error)))
+        finally:
+            _rollback(conn)  # nothing to commit; ends the read transaction
+        self.reads += len(group)
+        self.settle(outcomes)
+
+    def _wrap(self, error: BaseException) -> SagaStoreError:
+        if isinstance(error, SagaStoreError):
+            return error
+        wrapped = SagaStoreError(
+            f"SQLite saga store {self.path}: {type(error).__name__}: {error}"
+        )
+        wrapped.__cause__ = error
+        return wrapped
+
+
+def _settle_now(outcomes: Sequence[_Outcome]) -> None:
+    """``writer="inline"``: resolve the futures here, on their own loop's thread."""
+    _resolve([(request.future, succeeded, value) for request, succeeded, value in outcomes])
+
+
+def _settle_stop(stop: _Stop) -> None:
+    def resolve() -> None:
+        if stop.future is not None and not stop.future.done():
+            stop.future.set_result(None)
+
+    assert stop.loop is not None
+    with contextlib.suppress(RuntimeError):
+        stop.loop.call_soon_threadsafe(resolve)
+
+
+def _stop_workers(*workers: _Worker) -> None:
+    for worker in workers:
+        worker.stop_soon()
+
+
+# --------------------------------------------------------------------------- the writer process
+
+_WIRE_OPS: Final = {"c": _create, "a": _append}
+
+
+def _writer_process_main() -> None:
+    """The child of ``SQLiteSagaStore(path, writer="process")`` (the parent's
+    side and the wire format: ``_sqlite_pipe``). It reads write requests from
+    stdin and commits everything that has arrived since its last commit as
+    one group, through the writer thread's own code (``_Worker._write``);
+    it answers each on stdout. It ends at the end of its input: the store
+    closed, or the parent gone."""
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides
+    # when its writer ends (by closing its input), so writes on their way land.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin, stdout = sys.stdin.buffer.fileno(), sys.stdout.buffer
+    reader = FrameReader()
+    captured: list[_Outcome] = []
+    worker: _Worker | None = None
+    conn: sqlite3.Connection | None = None
+    while True:
+        data = os.read(stdin, 1 << 20)
+        if not data:
+            break
+        messages = reader.feed(data)
+        if not messages:
+            continue
+        if messages[0][0] == "open":
+            _, path, synchronous, busy_timeout = messages.pop(0)
+            worker = _Worker(
+                role="writer", path=path,
+                connect=functools.partial(_connect_writer, path, synchronous, busy_timeout),
+                clock=time.time,
+            )
+            worker.settle = captured.extend
+            refusal = None
+            try:  # opened (and migrated) now: the parent's open() hears if it cannot be
+                conn = worker.connect()
+            except Exception as error:
+                refusal = error_to_wire(worker._wrap(error))
+            if not _answer(stdout, ("ready", refusal)):
+                break
+        if not messages:
+            continue
+        assert worker is not None, "the first message opens the file"
+        group: list[_Request] = []
+        spans: list[tuple[int, int, int]] = []
+        for _, batch, items in messages:
+            spans.append((batch, len(group), len(items)))
+            group += [
+                _new_request(_Request, (_WIRE_OPS[op], args, None, None, True))
+                for op, args in items
+            ]
+        captured.clear()
+        if conn is None:
+            conn = worker._open(group)  # on failure each request is refused with the reason
+        if conn is not None:
+            try:
+                worker._serve(conn, group)
+            except BaseException as error:  # a bug here must not leave sagas waiting
+                worker.settle([(request, False, worker._wrap(error)) for request in group])
+        by_request = {id(request): value if not succeeded else None
+                      for request, succeeded, value in captured}
+        answers = [by_request[id(request)] for request in group]
+        wire = [None if answer is None else error_to_wire(answer) for answer in answers]
+        if not _answer(stdout, ("done", worker.commits, worker.writes, tuple(
+            (batch, tuple(wire[start:start + count])) for batch, start, count in spans
+        ))):
+            break
+    if conn is not None:
+        conn.close()
+
+
+def _answer(stdout: Any, message: Any) -> bool:
+    """Send ``message`` to the parent; False when it is gone (its pipe closed)."""
+    try:
+        stdout.write(frame(message))
+        stdout.flush()
+    except (BrokenPipeError, ValueError):  # ValueError: the stream is closed
+        return False
+    return True
+
+
+_new_request: Final = tuple.__new__
