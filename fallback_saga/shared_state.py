@@ -53,6 +53,7 @@ import time
 import weakref
 from typing import Protocol, runtime_checkable
 
+from .forking import watch_forks
 from .status import CircuitState
 
 __all__ = ["CircuitStateStore", "SQLiteCircuitStateStore", "SharedCircuit"]
@@ -148,7 +149,7 @@ class SQLiteCircuitStateStore:
         # so that no connection is mid-call in the child.
         self._using = threading.Lock()
         self._held_for_fork = False
-        _STATE_STORES.add(self)  # a forked child opens its own (_forget_the_parents)
+        watch_forks(self)  # a forked child opens its own (_forget_the_parents)
 
     def __repr__(self) -> str:
         return f"SQLiteCircuitStateStore({self.path!r})"
@@ -297,37 +298,7 @@ def _release(conn: sqlite3.Connection, owner: weakref.ref[SQLiteCircuitStateStor
     conn.close()
 
 
-# Every state store of the process, for a fork to quiesce and a forked child
-# to reset (weakly), and those held across the fork in progress (strongly).
-_STATE_STORES: weakref.WeakSet[SQLiteCircuitStateStore] = weakref.WeakSet()
-_HELD_FOR_FORK: list[SQLiteCircuitStateStore] = []
 # In a forked child: connections in use at the fork, never closed nor freed.
 _FORKED_MID_CALL: list[object] = []
 # How long a fork waits for a statement in progress (one busy_timeout at most).
 _FORK_WAIT = 5.0
-
-
-def _before_fork() -> None:
-    _HELD_FOR_FORK[:] = _STATE_STORES
-    for store in _HELD_FOR_FORK:
-        store._hold_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for store in _HELD_FOR_FORK:
-        store._release_after_fork()
-    _HELD_FOR_FORK.clear()
-
-
-def _after_fork_in_child() -> None:
-    for store in _HELD_FOR_FORK:
-        store._forget_the_parents()
-    _HELD_FOR_FORK.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )

@@ -74,6 +74,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from ..errors import SagaStoreError
+from ..forking import watch_forks
 from ..status import SagaStatus
 from ._common import (
     JournalFuture,
@@ -280,7 +281,7 @@ class SQLiteSagaStore:
         # Around a fork (_before_fork): the locks taken, and whether one could not be.
         self._fork_held: list[threading.Lock] = []
         self._fork_blocked = False
-        _STORES.add(self)  # a forked child starts afresh (_after_fork_in_child)
+        watch_forks(self)  # a forked child starts afresh (_forget_the_parents)
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self.path!r}, synchronous={self.synchronous!r})"
@@ -787,44 +788,10 @@ class SQLiteSagaStore:
 
 # ------------------------------------------------------------------------- fork
 
-# Every store of the process, for a forked child to reset (weakly: a store
-# dropped is gone from it).
-_STORES: weakref.WeakSet[SQLiteSagaStore] = weakref.WeakSet()
 # In a forked child: connections a parent's thread was using at the fork,
 # kept (never closed, never freed) for the child's life.
 _FORKED_MID_REQUEST: list[sqlite3.Connection] = []
 
-
 # How long a fork waits for a store's request in progress (a commit waiting
 # on another process's lock may take up to busy_timeout) before it goes on.
 _FORK_WAIT = 10.0
-
-
-# The stores held across a fork (strongly: each must be released after it).
-_HELD_FOR_FORK: list[SQLiteSagaStore] = []
-
-
-def _before_fork() -> None:
-    _HELD_FOR_FORK[:] = _STORES
-    for store in _HELD_FOR_FORK:
-        store._hold_for_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for store in _HELD_FOR_FORK:
-        store._release_after_fork()
-    _HELD_FOR_FORK.clear()
-
-
-def _after_fork_in_child() -> None:
-    for store in _HELD_FOR_FORK:
-        store._forget_the_parents()
-    _HELD_FOR_FORK.clear()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
