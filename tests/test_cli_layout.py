@@ -84,14 +84,20 @@ def test_python_m_fallback_saga_draws_the_demo_saga() -> None:
     assert "ChargeCard" in done.stdout
 
 
-def test_a_vendored_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) -> None:
+def _vendored_copy(tmp_path: Path) -> dict[str, str]:
+    """The package copied to ``tmp_path/someapp/_vendor/fallback_saga``, as a
+    user vendors it; the environment that imports ``someapp`` from there."""
     vendor = tmp_path / "someapp" / "_vendor"
     shutil.copytree(
         PACKAGE_DIR, vendor / "fallback_saga", ignore=shutil.ignore_patterns("__pycache__")
     )
     (tmp_path / "someapp" / "__init__.py").write_text("")
     (vendor / "__init__.py").write_text("")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def test_a_vendored_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) -> None:
+    env = _vendored_copy(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "someapp._vendor.fallback_saga", "demo", "--db", "demo.db"],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
@@ -104,13 +110,7 @@ def test_a_vendored_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) ->
 
 def test_a_vendored_copy_names_itself_in_its_messages(tmp_path: Path) -> None:
     """Not ``python -m fallback_saga``, which its user has no module for."""
-    vendor = tmp_path / "someapp" / "_vendor"
-    shutil.copytree(
-        PACKAGE_DIR, vendor / "fallback_saga", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (tmp_path / "someapp" / "__init__.py").write_text("")
-    (vendor / "__init__.py").write_text("")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = _vendored_copy(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "someapp._vendor.fallback_saga", "list"],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
@@ -128,13 +128,7 @@ _WITHOUT_PSYCOPG = (
 
 def test_a_vendored_copy_without_psycopg_names_the_drivers_to_install(tmp_path: Path) -> None:
     """Not the fallback-saga extra, which would install a second copy of the library."""
-    vendor = tmp_path / "someapp" / "_vendor"
-    shutil.copytree(
-        PACKAGE_DIR, vendor / "fallback_saga", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    (tmp_path / "someapp" / "__init__.py").write_text("")
-    (vendor / "__init__.py").write_text("")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = _vendored_copy(tmp_path)
     vendored = subprocess.run(
         [sys.executable, "-c", _WITHOUT_PSYCOPG.format(package="someapp._vendor.fallback_saga")],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
