@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ..decoding import TAG
-from ..status import SagaStatus
+from ..errors import CorruptSagaRecord
+from ..status import SagaStatus, StepStatus
 
 # How to get PostgreSQL's driver. A vendored copy (imported under another
 # name) is not the fallback-saga distribution, whose extra would install a
@@ -238,3 +239,27 @@ def check_owner(owner: object) -> str:
     if problem is not None:
         raise ValueError(f"owner {short_repr(owner)} {problem}")
     return owner
+
+
+_BRANCHES: Final = frozenset({"primary", "fallback"})
+_ACTIONS: Final = frozenset({"act", "compensate"})
+
+
+def transition_status(
+    saga_id: str, seq: object, raw_status: Any, branch: object, action: object
+) -> StepStatus:
+    """A journal row's status, once its status, branch and action are known
+    ones; else ``CorruptSagaRecord`` naming the saga and the transition."""
+    try:
+        status = StepStatus(raw_status)
+    except ValueError:
+        raise CorruptSagaRecord(
+            saga_id, f"transition {seq} has an unknown status {short_repr(raw_status)}"
+        ) from None
+    if branch not in _BRANCHES or action not in _ACTIONS:
+        raise CorruptSagaRecord(
+            saga_id,
+            f"transition {seq} has an unknown branch/action "
+            f"{short_repr(branch)}/{short_repr(action)}",
+        )
+    return status

@@ -16,12 +16,13 @@ from ..errors import (
     CorruptSagaRecord,
     SagaStoreError,
 )
-from ..status import SagaStatus, StepStatus
+from ..status import SagaStatus
 from ._common import (
     decode_json,
     encode_json,
     finite_seconds,
     short_repr,
+    transition_status,
 )
 from .base import JournalEntry, SagaRecord
 
@@ -370,8 +371,6 @@ def _entry_objects(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     ]
 
 
-_BRANCHES: Final = frozenset({"primary", "fallback"})
-_ACTIONS: Final = frozenset({"act", "compensate"})
 
 
 def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
@@ -391,18 +390,7 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
             seqs, positions, steps, branches, actions, statuses, attempts, errors, ats, results,
             strict=True,
         ):
-            try:
-                step_status = StepStatus(raw_status)
-            except ValueError:
-                raise CorruptSagaRecord(
-                    saga_id, f"transition {seq} has an unknown status {short_repr(raw_status)}"
-                ) from None
-            if branch not in _BRANCHES or action not in _ACTIONS:
-                raise CorruptSagaRecord(
-                    saga_id,
-                    f"transition {seq} has an unknown branch/action "
-                    f"{short_repr(branch)}/{short_repr(action)}",
-                )
+            step_status = transition_status(saga_id, seq, raw_status, branch, action)
             if not isinstance(at, float) or not math.isfinite(at):
                 raise CorruptSagaRecord(saga_id, f"transition {seq} has no valid time")
             history.append(

@@ -8,20 +8,19 @@ import contextlib
 import math
 import sqlite3
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any
 
 from ..errors import CorruptSagaRecord
-from ..status import SagaStatus, StepStatus
+from ..status import SagaStatus
 from ._common import (
     decode_json,
     short_repr,
+    transition_status,
 )
 from .base import JournalEntry, SagaRecord
 
 # --------------------------------------------------------------------------- decoding
 
-_BRANCHES: Final = frozenset({"primary", "fallback"})
-_ACTIONS: Final = frozenset({"act", "compensate"})
 
 
 def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> SagaRecord:
@@ -36,18 +35,7 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
         raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
     history: list[JournalEntry] = []
     for seq, position, step, branch, action, raw_status, attempt, error, at, result in steps:
-        try:
-            step_status = StepStatus(raw_status)
-        except ValueError:
-            raise CorruptSagaRecord(
-                saga_id, f"transition {seq} has an unknown status {short_repr(raw_status)}"
-            ) from None
-        if branch not in _BRANCHES or action not in _ACTIONS:
-            raise CorruptSagaRecord(
-                saga_id,
-                f"transition {seq} has an unknown branch/action "
-                f"{short_repr(branch)}/{short_repr(action)}",
-            )
+        step_status = transition_status(saga_id, seq, raw_status, branch, action)
         if not (
             type(position) is int
             and type(attempt) is int
