@@ -202,15 +202,20 @@ def _database(path: str) -> tuple[str, bool]:
     return Path(path).absolute().as_uri(), True
 
 
-def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to the file at ``path``; ``SagaStoreError`` if none can be made."""
     database, uri = _database(path)
     try:
-        conn = sqlite3.connect(
+        return sqlite3.connect(
             database, uri=uri, timeout=busy_timeout, isolation_level=None,
             check_same_thread=False,
         )
     except sqlite3.Error as error:
         raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+
+
+def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    conn = _connect(path, busy_timeout)
     try:
         # Another program's file is refused before the WAL switch changes it
         # for good (_migrate checks again, in its transaction).
@@ -251,14 +256,7 @@ def _connect_reader(path: str, synchronous: str, busy_timeout: float) -> sqlite3
 
 
 def _open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
-    database, uri = _database(path)
-    try:
-        conn = sqlite3.connect(
-            database, uri=uri, timeout=busy_timeout, isolation_level=None,
-            check_same_thread=False,
-        )
-    except sqlite3.Error as error:
-        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+    conn = _connect(path, busy_timeout)
     try:
         conn.execute("PRAGMA query_only = ON")
     except sqlite3.Error as error:
