@@ -263,3 +263,11 @@ def transition_status(
             f"{short_repr(branch)}/{short_repr(action)}",
         )
     return status
+
+
+def saga_status(saga_id: str, value: object) -> SagaStatus:
+    """A saga row's status; ``CorruptSagaRecord`` naming the saga if unknown."""
+    try:
+        return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
+    except ValueError:
+        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None

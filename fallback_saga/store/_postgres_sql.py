@@ -21,6 +21,7 @@ from ._common import (
     decode_json,
     encode_json,
     finite_seconds,
+    saga_status,
     short_repr,
     transition_status,
 )
@@ -401,20 +402,13 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
         saga_id=saga_id,
         saga_name=saga_name,
         fingerprint=fingerprint,
-        status=_saga_status(saga_id, status),
+        status=saga_status(saga_id, status),
         context=context,
         history=history,
         created_at=created_at,
         updated_at=updated_at,
         version=version,
     )
-
-
-def _saga_status(saga_id: str, value: object) -> SagaStatus:
-    try:
-        return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
-    except ValueError:
-        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None
 
 
 _SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})

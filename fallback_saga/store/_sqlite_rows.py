@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import CorruptSagaRecord
-from ..status import SagaStatus
 from ._common import (
     decode_json,
+    saga_status,
     short_repr,
     transition_status,
 )
@@ -55,20 +55,13 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
         saga_id=saga_id,
         saga_name=_text(saga_id, "saga_name", saga_name),
         fingerprint=_text(saga_id, "fingerprint", fingerprint),
-        status=_saga_status(saga_id, status),
+        status=saga_status(saga_id, status),
         context=context,
         history=history,
         created_at=_number(saga_id, "created_at", created_at),
         updated_at=_number(saga_id, "updated_at", updated_at),
         version=version,
     )
-
-
-def _saga_status(saga_id: str, value: object) -> SagaStatus:
-    try:
-        return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
-    except ValueError:
-        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None
 
 
 def _text(saga_id: str, column: str, value: object) -> str:

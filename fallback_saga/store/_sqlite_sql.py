@@ -26,6 +26,7 @@ from ._common import (
     check_saga_id,
     encode_json,
     finite_seconds,
+    saga_status,
     short_repr,
 )
 from ._sqlite_rows import (
@@ -34,7 +35,6 @@ from ._sqlite_rows import (
     _lenient_text,
     _not_text,
     _number,
-    _saga_status,
     _shown_bytes,
     _text,
     _unreadable,
@@ -768,7 +768,7 @@ def _summary(
     return SagaSummary(
         saga_id=saga_id,
         saga_name=_text(saga_id, "saga_name", name),
-        status=_saga_status(saga_id, status),
+        status=saga_status(saga_id, status),
         created_at=_number(saga_id, "created_at", created_at),
         updated_at=_number(saga_id, "updated_at", updated_at),
         lease_owner=owner,

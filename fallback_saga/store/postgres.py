@@ -113,6 +113,7 @@ from ._common import (
     check_saga_id,
     finite_seconds,
     non_negative_int,
+    saga_status,
     short_repr,
     status_text,
 )
@@ -149,7 +150,6 @@ from ._postgres_sql import (
     _entries_json,
     _group_json,
     _listing_filter,
-    _saga_status,
     _Statements,
     _Write,
 )
@@ -903,13 +903,13 @@ class PostgresSagaStore:
         params.append(limit)
         found = await self._fetch("cannot list sagas", statement, params, rows="all")
         summaries: list[SagaSummary] = []
-        for saga_id, name, saga_status, created_at, updated_at, owner, expires_at in found:
+        for saga_id, name, raw_status, created_at, updated_at, owner, expires_at in found:
             try:
                 summaries.append(
                     SagaSummary(
                         saga_id=saga_id,
                         saga_name=name,
-                        status=_saga_status(saga_id, saga_status),
+                        status=saga_status(saga_id, raw_status),
                         created_at=created_at,
                         updated_at=updated_at,
                         lease_owner=owner,
