@@ -1873,27 +1873,21 @@ def test_S13_a_store_used_before_a_fork_is_refused_in_the_child_and_the_parent_g
     """Its pooled connections are sockets the parent still uses: the child
     must neither talk on them nor close them (libpq's goodbye would end the
     parent's sessions). It gets a SagaStoreError saying so at once."""
-    import os
-    import warnings
-
+    from helpers_fork import in_a_forked_child
     from helpers_ledger import Ctx, ledger_saga
 
     store = PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=2, max_size=2)
     saga = ledger_saga([])(store=store)
     asyncio.run(saga.run(Ctx(order_id="p"), saga_id="before"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
-        pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def child() -> int:
         try:
             asyncio.run(store.load("before"))
         except SagaStoreError as error:
-            code = 0 if "fork" in str(error) else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+            return 0 if "fork" in str(error) else 2
+        return 1
+
+    assert in_a_forked_child(child) == 0
     asyncio.run(saga.run(Ctx(order_id="p"), saga_id="after"))
     assert asyncio.run(store.load("after")).status is SagaStatus.COMPLETED
     asyncio.run(store.close())

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
-import time
-import warnings
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_fork import fork, in_a_forked_child
 from helpers_ledger import Ctx, ledger_saga
 
 from fallback_saga import SagaInterrupted, SagaStatus, SQLiteSagaStore
@@ -31,45 +29,6 @@ from fallback_saga.store import sqlite as sqlite_store
 WRITERS = ["thread", "inline", "process"]
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _fork(body: Callable[[], int]) -> int:
-    """Fork: the child runs ``body`` and exits with its code; the parent gets its pid."""
-    with warnings.catch_warnings():
-        # 3.12+ warns about forking a process with threads (the store's): the
-        # child starts threads of its own and needs no lock of the parent's.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            code = body()
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _in_a_forked_child(
-    body: Callable[[], int],
-    *,
-    within: float = 20.0,
-    before_waiting: Callable[[], object] | None = None,
-) -> int:
-    """Run ``body`` in a forked child; its exit code. A child still running
-    after ``within`` seconds is killed and reported as hung (-1).
-    ``before_waiting`` runs in the parent once the child is forked."""
-    pid = _fork(body)
-    if before_waiting is not None:
-        before_waiting()
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -1
 
 
 def _completes(
@@ -107,7 +66,7 @@ def test_S13_a_forked_child_uses_the_parents_store_on_its_own_connections(
 
             return asyncio.run(work())
 
-        assert _in_a_forked_child(child) == 0
+        assert in_a_forked_child(child) == 0
         assert runner.run(_completes(store, "after", ledger))
         assert runner.run(store.load("in-child")).status is SagaStatus.COMPLETED
         runner.run(store.close())
@@ -154,7 +113,7 @@ def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_ha
 
                 return asyncio.run(refused())
 
-            code = _in_a_forked_child(child, before_waiting=forked.set)
+            code = in_a_forked_child(child, before_waiting=forked.set)
             await write
             return code
 
@@ -192,7 +151,7 @@ def test_S13_the_parent_closes_its_writer_process_at_once_while_a_forked_child_l
             os.read(read, 1)  # alive until the parent is done
             return 0
 
-        pid = _fork(child)
+        pid = fork(child)
         os.close(read)
         try:
             process = store._process

@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from helpers_breaker import (
     succeed,
     trip,
 )
+from helpers_fork import fork, in_a_forked_child
 
 from fallback_saga import (
     CircuitBreaker,
@@ -785,22 +785,15 @@ def test_S9_sqlite_state_store_opens_a_connection_of_its_own_in_a_forked_child(
     store = SQLiteCircuitStateStore(tmp_path / "c.db")
     parents = store._connection()
     assert store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None) is not None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
-        pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if store._connection() is parents:
-                code = 2
-            else:
-                row = store.read("payments")
-                done = store.compare_and_set("payments", 1, CircuitState.CLOSED, 0.0, None)
-                code = 0 if row is not None and done is not None else 3
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> int:
+        if store._connection() is parents:
+            return 2
+        row = store.read("payments")
+        done = store.compare_and_set("payments", 1, CircuitState.CLOSED, 0.0, None)
+        return 0 if row is not None and done is not None else 3
+
+    assert in_a_forked_child(child) == 0
     row = store.read("payments")  # the parent's connection still works, and sees the child's
     assert row is not None
     assert row.state is CircuitState.CLOSED
@@ -822,17 +815,13 @@ def test_S9_sqlite_state_store_forked_mid_statement_leaves_that_connection_alone
     store = SQLiteCircuitStateStore(tmp_path / "c.db")
     parents = store._connection()
     assert store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None) is not None
+
+    def child() -> int:
+        row = store.read("payments")
+        return 0 if store._connection() is not parents and row is not None else 2
+
     with store._using:  # a statement in progress, as far as the fork can tell
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                row = store.read("payments")
-                code = 0 if store._connection() is not parents and row is not None else 2
-            finally:
-                os._exit(code)
+        pid = fork(child)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.read("payments") is not None
@@ -842,21 +831,13 @@ def test_S9_sqlite_state_store_forked_mid_statement_leaves_that_connection_alone
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_postgres_store_works_in_a_forked_child(pg_store: Any) -> None:
     assert pg_store.read("payments") is None  # the parent has a worker now
-    with warnings.catch_warnings():
-        # The child runs one store call and ends: no lock of the parent's threads
-        # is needed there (3.12+ warns about forking a multi-threaded process).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: its own worker, the parent's connection untouched
-        code = 1
-        try:
-            pg_store.call_timeout = 5.0  # far more than a call takes
-            row = pg_store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None)
-            code = 0 if row is not None else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> int:  # its own worker, the parent's connection untouched
+        pg_store.call_timeout = 5.0  # far more than a call takes
+        row = pg_store.compare_and_set("payments", 0, CircuitState.OPEN, 1.0, None)
+        return 0 if row is not None else 2
+
+    assert in_a_forked_child(child) == 0
     row = pg_store.read("payments")  # the parent's connection still works
     assert row is not None
     assert row.state is CircuitState.OPEN
