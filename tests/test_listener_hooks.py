@@ -264,7 +264,7 @@ async def test_a_resumed_run_says_so_right_after_it_starts(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
 @pytest.mark.parametrize("where", ["act", "compensate"])
-async def test_a_run_a_crash_stops_is_announced_as_interrupted_with_the_journals_status(
+async def test_S13_a_run_a_crash_stops_is_announced_as_interrupted_with_the_journals_status(
     tmp_path: Path, durable: bool, where: str
 ) -> None:
     # A BaseException that is not a cancellation (SystemExit, a test
@@ -296,7 +296,7 @@ async def test_a_run_a_crash_stops_is_announced_as_interrupted_with_the_journals
 
 
 @pytest.mark.parametrize("where", ["block", "act", "compensate"])
-async def test_a_transaction_a_crash_stops_is_announced_as_interrupted(where: str) -> None:
+async def test_S13_a_transaction_a_crash_stops_is_announced_as_interrupted(where: str) -> None:
     recorder = Recorder()
     saga = declare(
         Probe("A", [], comp_error=Crash if where == "compensate" else None),
