@@ -28,6 +28,7 @@ from prometheus_text import parse_exposition
 
 from fallback_saga import MemorySagaStore, SagaStatus, SQLiteSagaStore
 from fallback_saga.console import ConsoleServer
+from fallback_saga.console.counting import CountCache
 from fallback_saga.errors import SagaNotFound, SagaStoreError
 from fallback_saga.store.base import SagaSummary
 
@@ -318,6 +319,29 @@ async def test_metrics_are_prometheus_text(console: ConsoleServer) -> None:
     assert values[("PayoutSaga", "running")] == 0  # every status, so no series vanishes
     assert len(values) == 2 * len(SagaStatus)
     assert families["fallback_saga_sagas_counted_exactly"].samples[0].value == 1
+
+
+async def test_a_slow_count_serves_the_pages_and_scrapes_that_follow(journal: Path) -> None:
+    """Counting a big store reads the whole table: the console counts once
+    for the listing, its JSON and /metrics that come soon after, and says
+    on the page how old the counts are (see console/counting.py)."""
+    clock = [0.0]
+    counted: list[object] = []
+    async with SQLiteSagaStore(journal) as store, ConsoleServer(store, port=0) as console:
+        count_sagas = store.count_sagas
+
+        async def slow_count(**filters: Any) -> Any:
+            counted.append(filters)
+            clock[0] += 1.0  # a second of counting, by the console's clock
+            return await count_sagas(**filters)
+
+        console._counts = CountCache(clock=lambda: clock[0])
+        store.count_sagas = slow_count  # type: ignore[method-assign]
+        first = await get(console, "/metrics")
+        later = [await get(console, path) for path in ("/metrics", "/", "/api/sagas")]
+    assert len(counted) == 1
+    assert later[0].text == first.text
+    assert "counted 1 s ago" in later[1].text
 
 
 # --------------------------------------------------------------------------- HTTP and security

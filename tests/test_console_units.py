@@ -3,12 +3,20 @@ the listing query and its links, and the timeline built from a journal."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
 
 from fallback_saga import SagaRecord, SagaStatus, StepStatus
-from fallback_saga.console.data import BadRequest, ListQuery, parse_list_query, parse_time
+from fallback_saga.console.counting import CountCache
+from fallback_saga.console.data import (
+    BadRequest,
+    Counts,
+    ListQuery,
+    parse_list_query,
+    parse_time,
+)
 from fallback_saga.console.text import format_age, format_seconds
 from fallback_saga.console.timeline import MAX_ROWS, bars_of, timeline_svg
 from fallback_saga.store.base import LeaseState
@@ -249,3 +257,76 @@ def test_S12_a_lease_a_row_cannot_hold_is_unreadable_not_an_error(lease: LeaseSt
     assert data["state"] == "unreadable"
     assert data["expires_at"] is None
     assert data["fencing_token"] is None
+
+
+# --------------------------------------------------------------------------- counts
+
+
+class CountingStore:
+    """A store whose count takes ``took`` seconds of the fake clock, and
+    whose ``gate`` (if set) holds the count until it is opened."""
+
+    def __init__(self, clock: list[float], took: float) -> None:
+        self.clock = clock
+        self.took = took
+        self.calls = 0
+        self.total = 0
+        self.gate: asyncio.Event | None = None
+
+    async def load(self, saga_id: str) -> None:
+        raise NotImplementedError
+
+    async def count_sagas(self, **_filters: object) -> dict[tuple[str, str], int]:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        self.clock[0] += self.took
+        return {("OrderSaga", "completed"): self.total}
+
+
+def _completed(counts: Counts) -> int:
+    return counts.by_status()[SagaStatus.COMPLETED]
+
+
+async def test_a_slow_count_is_shown_again_for_ten_times_its_duration_and_says_its_age() -> None:
+    clock = [100.0]
+    store = CountingStore(clock, took=2.0)
+    cache = CountCache(clock=lambda: clock[0])
+    store.total = 5
+    assert _completed(await cache.counts(store)) == 5
+    store.total = 6
+    clock[0] += 15.0  # 17 s after the count began, 2 s long: 20 s of reuse
+    again = await cache.counts(store)
+    assert (_completed(again), store.calls) == (5, 1)
+    assert again.note is not None
+    assert "counted 17 s ago" in again.note
+    other = await cache.counts(store, saga_name="OrderSaga")  # other filters: counted
+    assert (_completed(other), store.calls) == (6, 2)
+    clock[0] += 10.0  # 27 s after the first count: counted again
+    assert (_completed(await cache.counts(store)), store.calls) == (6, 3)
+
+
+async def test_a_quick_count_is_never_shown_again() -> None:
+    clock = [100.0]
+    store = CountingStore(clock, took=CountCache.CHEAP / 2)
+    cache = CountCache(clock=lambda: clock[0])
+    for total in (1, 2, 3):
+        store.total = total
+        counts = await cache.counts(store)
+        assert (_completed(counts), counts.note) == (total, None)
+    assert store.calls == 3
+
+
+async def test_requests_during_a_count_share_it() -> None:
+    clock = [100.0]
+    store = CountingStore(clock, took=0.0)
+    store.gate = asyncio.Event()
+    store.total = 7
+    cache = CountCache(clock=lambda: clock[0])
+    first = asyncio.ensure_future(cache.counts(store))
+    await asyncio.sleep(0)  # the first count is running, held by the gate
+    second = asyncio.ensure_future(cache.counts(store))
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert [_completed(c) for c in await asyncio.gather(first, second)] == [7, 7]
+    assert store.calls == 1

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlencode
 
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
@@ -30,6 +30,7 @@ from .text import redact
 __all__ = [
     "SCAN_LIMIT",
     "BadRequest",
+    "CountFetcher",
     "Counts",
     "ListQuery",
     "Listing",
@@ -243,6 +244,19 @@ def _scan_filter(summary: SagaSummary, query: ListQuery) -> bool:
     )
 
 
+class CountFetcher(Protocol):
+    """``fetch_counts``, or what stands in for it (``counting.CountCache``)."""
+
+    def __call__(
+        self,
+        store: object,
+        *,
+        saga_name: str | None = ...,
+        since: float | None = ...,
+        until: float | None = ...,
+    ) -> Awaitable[Counts]: ...
+
+
 async def fetch_counts(
     store: object,
     *,
@@ -276,11 +290,14 @@ async def fetch_counts(
     )
 
 
-async def fetch_listing(store: object, query: ListQuery) -> Listing:
+async def fetch_listing(
+    store: object, query: ListQuery, count: CountFetcher | None = None
+) -> Listing:
     """One page of sagas, newest first, and the counts by status (for the
-    name and time filters, all statuses). ``BadRequest`` if the page cursor
-    names a saga that is gone."""
-    counts = await fetch_counts(
+    name and time filters, all statuses), from ``count`` (default:
+    ``fetch_counts``). ``BadRequest`` if the page cursor names a saga that
+    is gone."""
+    counts = await (count or fetch_counts)(
         store, saga_name=query.name, since=query.since, until=query.until
     )
     list_sagas = getattr(store, "list_sagas", None)

@@ -26,10 +26,10 @@ from ._http import (
     read_request,
     write_response,
 )
+from .counting import CountCache
 from .data import (
     BadRequest,
     Listing,
-    fetch_counts,
     fetch_listing,
     fetch_saga,
     lenient_list_query,
@@ -206,6 +206,8 @@ class ConsoleServer:
         # Closed that way and not finished yet: no longer counted.
         self._evicted: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # Counts are slow on a big store: one that took long is shown again a while.
+        self._counts = CountCache()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -509,11 +511,11 @@ class ConsoleServer:
         now = time.time()
         try:
             query = parse_list_query(request.query, now=now, default_limit=self.page_size)
-            listing = await fetch_listing(self.store, query)
+            listing = await fetch_listing(self.store, query, self._counts.counts)
         except BadRequest as error:
             # The page again, with the filters as given and what is wrong with them.
             query = lenient_list_query(request.query, default_limit=self.page_size)
-            listing = Listing([], None, await fetch_counts(self.store))
+            listing = Listing([], None, await self._counts.counts(self.store))
             page = listing_page(
                 listing, query, default_limit=self.page_size, store_label=self._label, now=now,
                 error=str(error),
@@ -558,7 +560,7 @@ class ConsoleServer:
             return await self._one_saga_json(saga_id)
         now = time.time()
         query = parse_list_query(request.query, now=now, default_limit=self.page_size)
-        listing = await fetch_listing(self.store, query)
+        listing = await fetch_listing(self.store, query, self._counts.counts)
         return _json(HTTPStatus.OK, listing_json(listing, query, default_limit=self.page_size))
 
     async def _saga_json(self, request: Request, raw_id: str) -> Response:
@@ -574,7 +576,7 @@ class ConsoleServer:
 
     async def _metrics(self, request: Request, _: str) -> Response:
         single_values(request.query, ())
-        counts = await fetch_counts(self.store)
+        counts = await self._counts.counts(self.store)
         return Response(
             HTTPStatus.OK, exposition(counts).encode("utf-8"), METRICS_CONTENT_TYPE,
             [_csp(_DATA_CSP)],
