@@ -192,8 +192,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 4
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(4,)]
+    assert SCHEMA_VERSION == 5
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(5,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -203,6 +203,7 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert columns["context"] == "json"  # its text as written: jsonb reprints numbers
     assert columns["fence"] == "bigint"
     assert columns["lease_expires_at"] == "timestamp with time zone"
+    assert columns["lease_written_at"] == "timestamp with time zone"  # clock steps (v5)
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
     assert columns["touched_at"] == "timestamp with time zone"
     step_columns = dict(
@@ -400,7 +401,9 @@ async def test_schema_v3_is_migrated_to_v4_the_context_kept_as_json_text(
     assert json.dumps(before["running"].context) != json.dumps(_AWKWARD_CONTEXT)  # jsonb's
 
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
-        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (4,)
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
+            SCHEMA_VERSION,
+        )
         (kind,) = raw.execute(
             "SELECT data_type FROM information_schema.columns WHERE table_schema ="
             " current_schema() AND table_name = 'fallback_saga_sagas'"
@@ -421,7 +424,9 @@ async def test_schema_v3_is_migrated_to_v4_the_context_kept_as_json_text(
         assert json.dumps(record.context) == json.dumps(_AWKWARD_CONTEXT)
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as again:  # migrated once
         assert json.dumps((await again.load("running")).context) == json.dumps(_AWKWARD_CONTEXT)
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(4,)]
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [
+        (SCHEMA_VERSION,)
+    ]
 
 
 async def _groups_prepared_on(pool: Any) -> int:

@@ -14,6 +14,7 @@ The clock is injected (one list cell moved by the test); nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -182,3 +183,64 @@ async def test_S10_recover_finishes_a_saga_its_dead_worker_leased_before_a_step_
     report = await recover(store, [saga], older_than=60)
     assert report.resumed == ["o-1"]
     assert (await store.load("o-1")).status is SagaStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- forward
+
+
+class Stuck:
+    """The first run's Hold is in flight until the test lets it go."""
+
+    entered: asyncio.Event
+    release: asyncio.Event
+    calls = 0
+
+
+class Hold(SagaStepHandler[Ctx, str]):
+    async def act(self, ctx: Ctx, /) -> Any:
+        Stuck.calls += 1
+        if Stuck.calls == 1:
+            Stuck.entered.set()
+            await Stuck.release.wait()
+        return self._generate_step_result("held")
+
+
+class HoldSaga(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [Hold, Reserve]
+
+
+async def test_S13_a_clock_stepped_forward_fences_out_the_live_first_run(
+    store: SQLiteSagaStore, clock: Clock
+) -> None:
+    """A step forward makes a live saga look older than ``older_than``:
+    recovery takes it over (its step runs again, with the same idempotency
+    key), and the first run, still alive, is refused at its next write:
+    ``LeaseLost``, nothing written, the journal is the new owner's."""
+    Stuck.entered, Stuck.release, Stuck.calls = asyncio.Event(), asyncio.Event(), 0
+    first = asyncio.create_task(HoldSaga(store=store).run(Ctx("o-1"), saga_id="o-1"))
+    await Stuck.entered.wait()
+    clock.now = T0 + 3_600
+    report = await recover(store, [HoldSaga(store=store)], older_than=60)
+    assert report.resumed == ["o-1"]
+    Stuck.release.set()
+    with pytest.raises(LeaseLost):
+        await first
+    assert (await store.load("o-1")).status is SagaStatus.COMPLETED
+    assert Stuck.calls == 2
+
+
+async def test_S13_a_lease_expired_by_a_clock_step_forward_is_fenced(
+    store: SQLiteSagaStore, clock: Clock
+) -> None:
+    """A worker's lease that a forward step expires early is taken over, and
+    the worker's next renewal or write is refused."""
+    await new_saga(store, "s")
+    (held,) = await store.claim(owner="w1", lease_seconds=300, older_than=-1, limit=1)
+    clock.now = T0 + 301
+    (taken,) = await store.claim(owner="w2", lease_seconds=300, older_than=60, limit=1)
+    assert taken.token == held.token + 1
+    with pytest.raises(LeaseLost):
+        await store.renew(held, 300)
+    with pytest.raises(LeaseLost):
+        await store.append("s", [entry(0, "a", StepStatus.COMPLETED)], fence=held)
+    await store.append("s", [entry(0, "a", StepStatus.COMPLETED)], fence=taken)

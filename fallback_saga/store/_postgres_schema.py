@@ -156,12 +156,24 @@ async def _migrate_to_v4(execute: _Cursor, names: _Names) -> None:
     )
 
 
+async def _migrate_to_v5(execute: _Cursor, names: _Names) -> None:
+    # When the lease columns were last written (taken, renewed, released,
+    # deferred, handed off), by the server's clock. A lease written "in the
+    # future" was written before the server's clock stepped back, and its
+    # expiry is on the old scale: claims do not wait for it (see
+    # _postgres_sql's claimable). A nullable column with no default is added
+    # without rewriting the table; rows leased before stay NULL, and their
+    # leases expire as they always did.
+    await execute(f"ALTER TABLE {names.sagas} ADD COLUMN lease_written_at timestamptz NULL")
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
+    _migrate_to_v5,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

@@ -75,6 +75,18 @@ _TOUCH: Final = (
     " THEN {0}touched_at ELSE now() END"
 )
 
+# A time written more than older_than (the claim's second parameter, never
+# negative) ahead of the server's clock: written before the clock stepped
+# back. A saga last written, or a lease written, then is due: it must not
+# wait for the clock to catch up (a month, if it ran a month ahead). Against
+# clock_timestamp(), not now(): now() is the claim's transaction start, and
+# a concurrent claim or write committed after it is visible to the claim's
+# statement, stamped after its now() but never after its clock_timestamp()
+# (the server's stamps and clock_timestamp() read one clock). So without a
+# step back nothing is ever ahead; a step back of less than older_than takes
+# nothing live over.
+_AHEAD: Final = "{} > clock_timestamp() + make_interval(secs => %s::float8)"
+
 _STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
 
 
@@ -212,25 +224,30 @@ class _Statements:
             # Never leased: due once not updated for older_than. Leased before:
             # due as soon as that lease expired or was released.
             f" AND ((lease_expires_at IS NULL"
-            f" AND updated_at < now() - make_interval(secs => %s::float8))"
-            f" OR lease_expires_at <= now())"
+            f" AND (updated_at < now() - make_interval(secs => %s::float8)"
+            f" OR {_AHEAD.format('updated_at')}))"
+            f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')})"
             # Oldest update first, to within a second: the order of the
             # partial index on touched_at (updated_at is not indexed).
             f" ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
         )
         self.take_leases = (
             f"UPDATE {sagas} SET lease_owner = %s,"
-            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
+            f" lease_written_at = now()"
             f" WHERE saga_id = ANY(%s::text[])"
             f" RETURNING saga_id, fence, {_EPOCH.format('lease_expires_at')}"
         )
         # Lease one saga by id: one statement, atomic under the row lock.
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"
-            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
+            f" lease_written_at = now()"
             # A lease with no owner was given back (released, or deferred): free.
+            # So is one written ahead of the server's clock at all (see _AHEAD):
+            # before a step back, its expiry on the old scale.
             f" WHERE saga_id = %s AND (lease_owner IS NULL OR lease_expires_at IS NULL"
-            f" OR lease_expires_at < now())"
+            f" OR lease_expires_at < now() OR lease_written_at > clock_timestamp())"
             f" RETURNING fence, {_EPOCH.format('lease_expires_at')}"
         )
         self.lease_of = (
@@ -239,19 +256,19 @@ class _Statements:
         )
         self.renew = (
             f"UPDATE {sagas} SET lease_expires_at = now() + make_interval(secs => %s::float8),"
-            f" lease_owner = COALESCE(NULLIF(%s, ''), lease_owner)"
+            f" lease_owner = COALESCE(NULLIF(%s, ''), lease_owner), lease_written_at = now()"
             f" WHERE saga_id = %s AND fence = %s::bigint"
             f" RETURNING {_EPOCH.format('lease_expires_at')}"
         )
         self.release = (
-            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now()"
-            f" WHERE saga_id = %s AND fence = %s::bigint"
+            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
+            f" lease_written_at = now() WHERE saga_id = %s AND fence = %s::bigint"
         )
         # Released, and out of `claimable` until then (take_lease leases it at once).
         self.defer = (
             f"UPDATE {sagas} SET lease_owner = NULL,"
-            f" lease_expires_at = now() + make_interval(secs => %s::float8)"
-            f" WHERE saga_id = %s AND fence = %s::bigint"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8),"
+            f" lease_written_at = now() WHERE saga_id = %s AND fence = %s::bigint"
         )
         # A release announced on the work channel (delivered when it commits)
         # if the saga still needs a worker.

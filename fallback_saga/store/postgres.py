@@ -44,6 +44,9 @@ break), then an ``UPDATE`` that sets the owner and expiry and increments the
 fencing token, then commit: no lock is held while the steps run. Every time
 a lease is decided on (created/updated times, lease expiry) comes from the
 **database server's clock**, so workers on machines with skewed clocks agree.
+A step back of that clock strands no saga: a last write or a lease written
+more than ``older_than`` ahead of it is due (schema v5's ``lease_written_at``;
+``_postgres_sql._AHEAD``).
 
 Notifications. ``hand_off`` (a worker shutting down hands its sagas off)
 releases a lease and, if the saga still needs a worker, runs ``pg_notify``
@@ -1004,7 +1007,8 @@ class PostgresSagaStore:
         oldest first, and the fence and expiry of each one leased."""
         sql = self._sql
         prepare = self._prepare
-        cursor = await _query(conn, sql.claimable, (older_than, limit), prepare)
+        ahead = max(older_than, 0.0)  # a negative older_than takes nothing more as ahead
+        cursor = await _query(conn, sql.claimable, (older_than, ahead, ahead, limit), prepare)
         due = [saga_id for (saga_id,) in await cursor.fetchall()]
         if not due:
             return [], {}
