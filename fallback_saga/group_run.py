@@ -38,7 +38,7 @@ from .errors import ParallelWriteConflict
 from .events import Hooks, emit
 from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
-from .shielding import EAGER_TASKS, own_task
+from .shielding import EAGER_TASKS, cancelled_again, own_task
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
@@ -323,7 +323,9 @@ async def run_group(
     # has finished before the next one is made, without a trip through the
     # loop. Each task runs in a copy of this context: its own cursor.
     tasks = [own_task(run.run_member(member, first)) for member, first in todo]
-    cancelled = False
+    # Our own cancellation, the first (it carries the caller's message),
+    # raised again once every member has stopped.
+    cancelled: asyncio.CancelledError | None = None
     try:
         if run.remaining and not EAGER_TASKS:
             # Python 3.11: the members start in the loop's next round. Let
@@ -331,8 +333,8 @@ async def run_group(
             # again, since one cancelled before it began never said it ended.
             try:
                 await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                cancelled = True
+            except asyncio.CancelledError as caught:
+                cancelled = caught
             if run.remaining:
                 run.remaining = sum(not task.done() for task in tasks)
         if run.remaining and not (run.failures or cancelled):
@@ -341,8 +343,8 @@ async def run_group(
             waiter = run.waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
-            except asyncio.CancelledError:
-                cancelled = True  # wait on: every member stops before unwinding
+            except asyncio.CancelledError as caught:
+                cancelled = cancelled or caught  # wait on: every member stops before unwinding
             run.waiter = None
         if run.remaining or run.failures or cancelled:
             # A member failed, or we were cancelled: stop the others, wait for all.
@@ -351,16 +353,20 @@ async def run_group(
             while True:
                 if (cancelled or run.failures) and not stopping:
                     stopping = True
+                    # With the caller's message, when it is the caller who stops them.
+                    message = None if cancelled is None or not cancelled.args else (
+                        cancelled.args[0]
+                    )
                     for task in pending:
-                        task.cancel()
+                        task.cancel(message)
                 if not pending:
                     break
                 try:
                     _, pending = await asyncio.wait(
                         pending, return_when=asyncio.FIRST_EXCEPTION
                     )
-                except asyncio.CancelledError:
-                    cancelled = True
+                except asyncio.CancelledError as caught:
+                    cancelled = cancelled or caught
     finally:
         host.write_lock = None
     failures = run.failures
@@ -368,8 +374,8 @@ async def run_group(
         for task in tasks:
             if not task.cancelled():
                 task.exception()  # retrieved: its error is in failures
-    if cancelled:
-        raise asyncio.CancelledError
+    if cancelled is not None:
+        raise cancelled_again(cancelled)
     if failures:
         name, error = failures[0]
         host.step = name

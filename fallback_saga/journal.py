@@ -326,7 +326,7 @@ def _open(gate: asyncio.Future[None] | None, _done: object = None) -> None:
 
 async def settle_inline(
     coroutine: Coroutine[Any, Any, None], deadline: float | None = None
-) -> tuple[BaseException | None, bool]:
+) -> tuple[BaseException | None, asyncio.CancelledError | None]:
     """``settle`` without a task of its own, for a store whose writes outlive
     cancellation: the coroutine is driven right here, and a cancellation of
     this task never reaches it (each future it waits on is awaited through a
@@ -342,7 +342,9 @@ async def settle_inline(
     it may land after all). A future that refuses cancellation (the SQLite
     store's journal future: its writer bounds each write itself) is waited
     for to its end either way."""
-    cancelled = False
+    # The first cancellation of this task while the write ran (it carries the
+    # caller's message), for the caller to raise once the write is done.
+    cancelled: asyncio.CancelledError | None = None
     clock: _Deadline | None = None
     timer: asyncio.TimerHandle | None = None
     throw = False  # a future that refused the deadline's cancellation is done: say it now
@@ -365,8 +367,8 @@ async def settle_inline(
             if waiting_on is None:  # a bare yield: let the loop run once
                 try:
                     await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    cancelled = True
+                except asyncio.CancelledError as caught:
+                    cancelled = cancelled or caught
                 continue
             waiting_on._asyncio_future_blocking = False  # as a task would: it is ours now
             if getattr(waiting_on, "outlives_cancellation", False) is True:
@@ -375,10 +377,10 @@ async def settle_inline(
                 while not waiting_on.done():
                     try:
                         await waiting_on
-                    except asyncio.CancelledError:
+                    except asyncio.CancelledError as caught:
                         if waiting_on.cancelled():
                             break  # the store cancelled its own future: the coroutine sees it
-                        cancelled = True
+                        cancelled = cancelled or caught
                     except BaseException:
                         break  # the future's error: the coroutine sees it when resumed
                 continue
@@ -405,8 +407,8 @@ async def settle_inline(
                     clock.gate = gate
                 try:
                     await gate
-                except asyncio.CancelledError:
-                    cancelled = True  # only our cancellation can cancel the gate
+                except asyncio.CancelledError as caught:
+                    cancelled = cancelled or caught  # only our cancellation can cancel the gate
     finally:
         if timer is not None:
             timer.cancel()

@@ -33,6 +33,7 @@ from .resumption import (
     resume_point,
 )
 from .saga import Saga
+from .shielding import cancelled_again
 from .status import SagaStatus
 from .store.base import (
     Lease,
@@ -402,15 +403,15 @@ async def _all_settled(coroutines: list[Coroutine[Any, Any, None]]) -> None:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(coroutine) for coroutine in coroutines]
     pending: set[asyncio.Task[None]] = set(tasks)
-    cancelled = False
+    cancelled: asyncio.CancelledError | None = None
     while pending:
         try:
             _, pending = await asyncio.wait(pending)
-        except asyncio.CancelledError:
-            if not cancelled:
-                cancelled = True
+        except asyncio.CancelledError as caught:
+            if cancelled is None:
+                cancelled = caught  # the first: the caller's message
                 for task in pending:
-                    task.cancel()
+                    task.cancel(*caught.args[:1])
             # and wait on, however often we are cancelled again
     # Every task's error is read, so that none is logged as never retrieved;
     # the first is raised (a BaseException a step let out, such as
@@ -420,5 +421,5 @@ async def _all_settled(coroutines: list[Coroutine[Any, Any, None]]) -> None:
     for error in errors:
         if error is not None:
             raise error
-    if cancelled:
-        raise asyncio.CancelledError
+    if cancelled is not None:
+        raise cancelled_again(cancelled)

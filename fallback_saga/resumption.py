@@ -65,6 +65,7 @@ from .errors import (
     SagaStoreError,
 )
 from .executor import Execution
+from .shielding import cancelled_again
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .store.base import Lease, SagaRecord
@@ -347,9 +348,11 @@ class LeasedRun:
     def _outcome(self, error: BaseException) -> BaseException:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
-            # Our caller cancelled us: that wins over whatever the run says.
+            # Our caller cancelled us: that wins over whatever the run says,
+            # with the caller's message (the cancellation the run turned
+            # into its own error is in that error's context).
             return error if isinstance(error, asyncio.CancelledError) else (
-                asyncio.CancelledError()
+                cancelled_again(_cancellation_behind(error))
             )
         if self.lost is not None:
             return self.lost
@@ -404,3 +407,16 @@ class LeasedRun:
 def default_owner() -> str:
     """A lease owner name that tells an operator where the worker runs."""
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _cancellation_behind(error: BaseException) -> BaseException:
+    """The ``CancelledError`` that ``error`` was raised while handling, if
+    any (its message is the caller's); else a bare one."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, asyncio.CancelledError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return asyncio.CancelledError()

@@ -17,7 +17,7 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
-__all__ = ["EAGER_TASKS", "own_task", "settle", "shielded"]
+__all__ = ["EAGER_TASKS", "cancelled_again", "own_task", "settle", "shielded"]
 
 T = TypeVar("T")
 
@@ -38,10 +38,22 @@ def own_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     return loop.create_task(coroutine)
 
 
-async def settle(coroutine: Coroutine[Any, Any, None]) -> tuple[BaseException | None, bool]:
+def cancelled_again(caught: BaseException) -> asyncio.CancelledError:
+    """The ``CancelledError`` to raise for a cancellation caught earlier and
+    held back until the work it must not abandon was done: a new one with the
+    caught one's arguments, so the caller's ``task.cancel(msg)`` message is
+    what the caller finally sees. (The task's cancellation count is
+    untouched: the request is still pending, and is answered by this raise.)"""
+    return asyncio.CancelledError(*caught.args)
+
+
+async def settle(
+    coroutine: Coroutine[Any, Any, None],
+) -> tuple[BaseException | None, asyncio.CancelledError | None]:
     """Run ``coroutine`` to its end in a task of its own, whatever happens to the
-    calling task meanwhile. Returns ``(error or None, cancelled)``: whether the
-    caller was cancelled while waiting is reported, never acted on, here."""
+    calling task meanwhile. Returns ``(error or None, cancellation or None)``:
+    the ``CancelledError`` the caller got while waiting, if any, is reported,
+    never acted on, here (``cancelled_again`` raises it)."""
     task, cancelled = await _to_the_end(coroutine)
     return task.exception(), cancelled
 
@@ -85,7 +97,7 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     task there, or the timeout would cancel the caller instead of the
     compensation.
     """
-    cancelled = False
+    cancelled: asyncio.CancelledError | None = None
     task = own_task(coroutine)
     if sys.version_info < (3, 12):
         # No eager start: let the loop run the task's first step, which comes
@@ -94,8 +106,8 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
         # through the loop, no future of our own.
         try:
             await _one_turn()
-        except asyncio.CancelledError:
-            cancelled = True  # reported once the task is done, like any other
+        except asyncio.CancelledError as caught:
+            cancelled = caught  # reported once the task is done, like any other
     # Started eagerly (3.12+): a coroutine that never waits (compensations
     # that touch only memory) is done already, with nothing to wait for.
     if not task.done():
@@ -103,14 +115,14 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
         # which our cancellation would cancel), resolved once the task is done.
         signal = _Signal(task.get_loop())
         task.add_done_callback(signal.fired)
-        task, cancelled_again = await _waited_for(task, signal)
-        cancelled = cancelled or cancelled_again
-    if cancelled:
+        task, later = await _waited_for(task, signal)
+        cancelled = cancelled or later
+    if cancelled is not None:
         # What the work let out (a BaseException such as SystemExit: it
         # handles every Exception itself) outranks our cancellation, and must
         # not be left unretrieved, for asyncio to log when the task is freed.
         error = None if task.cancelled() else task.exception()
-        raise error if error is not None else asyncio.CancelledError()
+        raise error if error is not None else cancelled_again(cancelled)
     return task.result()
 
 
@@ -120,30 +132,35 @@ def _one_turn() -> Generator[None, None, None]:
     yield
 
 
-async def _to_the_end(coroutine: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], bool]:
+async def _to_the_end(
+    coroutine: Coroutine[Any, Any, T],
+) -> tuple[asyncio.Task[T], asyncio.CancelledError | None]:
     """Run ``coroutine`` in a task of its own and wait until it is done,
-    whatever happens to us meanwhile; the task, and whether we were cancelled
-    while waiting."""
+    whatever happens to us meanwhile; the task, and the cancellation we got
+    while waiting, if any."""
     loop = asyncio.get_running_loop()
     signal = _Signal(loop)
     return await _waited_for(own_task(_signalling(coroutine, signal)), signal)
 
 
-async def _waited_for(task: asyncio.Task[T], signal: _Signal) -> tuple[asyncio.Task[T], bool]:
+async def _waited_for(
+    task: asyncio.Task[T], signal: _Signal
+) -> tuple[asyncio.Task[T], asyncio.CancelledError | None]:
     """Wait until ``task`` is done, whatever happens to us meanwhile (woken by
-    ``signal``); whether we were cancelled while waiting."""
+    ``signal``); the cancellation we got while waiting (the first: it carries
+    the caller's message), if any."""
     loop = asyncio.get_running_loop()
-    cancelled = False
+    cancelled: asyncio.CancelledError | None = None
     while not task.done():
         try:
             if signal.waiter.done():
                 await asyncio.sleep(0)  # fired: the task ends in its current step
             else:
                 await signal.waiter
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as caught:
             if task.done() and task.cancelled():
                 raise  # the task itself was cancelled (the loop is closing)
-            cancelled = True
+            cancelled = cancelled or caught
             if signal.waiter.cancelled():
                 signal.waiter = loop.create_future()
     return task, cancelled

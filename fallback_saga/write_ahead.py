@@ -24,7 +24,7 @@ from .context import context_to_dict
 from .errors import ContextSerializationError
 from .journal import JournalWrite, NotDurable, settle_inline, write_durably
 from .run_settings import RunSettings
-from .shielding import settle
+from .shielding import cancelled_again, settle
 from .status import SagaStatus
 from .step import StepCursor
 from .store._responses import journal_entry
@@ -162,7 +162,7 @@ class JournaledRun(StepCursor):
             # The store ends it by the deadline, as settle_inline would.
             deadline = self._deadline()
             failure: BaseException | None = None
-            cancelled = False
+            cancelled: asyncio.CancelledError | None = None
             try:
                 if create:
                     written_by = store.submit_create(  # type: ignore[attr-defined]
@@ -177,17 +177,18 @@ class JournaledRun(StepCursor):
                 while not written_by.done():
                     try:
                         await written_by
-                    except asyncio.CancelledError:
-                        cancelled = True  # arrives once the write's outcome is known
+                    except asyncio.CancelledError as caught:
+                        # Arrives once the write's outcome is known (its message kept).
+                        cancelled = cancelled or caught
                     except BaseException:
                         break  # the write's own failure: read below
                 failure = written_by.exception()
             if failure is not None:
-                failure, cancelled_again = await settle(write_durably(
+                failure, later = await settle(write_durably(
                     store, self._write(create, entries, status, context), settings.journal_retry,
                     deadline=deadline, failed=failure,
                 ))
-                cancelled = cancelled or cancelled_again
+                cancelled = cancelled or later
         elif settings.inline_writes:
             # The hot path of durable sagas: the first try is made right here,
             # without a task or a record of the write; a failure goes on to
@@ -206,11 +207,11 @@ class JournaledRun(StepCursor):
             deadline = self._deadline()
             failure, cancelled = await settle_inline(first, deadline)
             if failure is not None:
-                failure, cancelled_again = await settle(write_durably(
+                failure, later = await settle(write_durably(
                     store, self._write(create, entries, status, context), settings.journal_retry,
                     deadline=deadline, failed=failure,
                 ))
-                cancelled = cancelled or cancelled_again
+                cancelled = cancelled or later
         else:
             failure, cancelled = await settle(write_durably(
                 store, self._write(create, entries, status, context), settings.journal_retry,
@@ -236,8 +237,8 @@ class JournaledRun(StepCursor):
                 self.landed_unseen = status or self.journaled_status
         if failure is not None and was_dirty:
             self.context_dirty = True  # the context it carried is not journaled
-        if cancelled:
-            raise asyncio.CancelledError
+        if cancelled is not None:
+            raise cancelled_again(cancelled)
         if failure is not None:
             raise JournalWriteFailed(failure) from failure
 
