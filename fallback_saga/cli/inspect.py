@@ -8,12 +8,14 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
-from ..errors import SagaNotFound
+from ..errors import SagaNotFound, SagaStoreError
 from ..record_json import history_json
 from ..status import SagaStatus
 from ..store._common import short_repr
@@ -164,9 +166,18 @@ def add_list_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     listing.set_defaults(handler=run_list)
 
 
+# ``list --json`` reads and writes this many sagas at a time: its memory is
+# one page's, whatever --limit says (it was every row's: 426 MB for 200,000).
+LIST_PAGE: int = 1000
+# Output up to this size stays in memory; more goes to a temporary file.
+_SPOOL_IN_MEMORY = 1 << 20
+
+
 def run_list(args: argparse.Namespace) -> int:
     target = store_target(args)
     status = None if args.status is None else SagaStatus(args.status)
+    if args.json:
+        return _list_json(target, status, args.name, args.limit)
 
     async def fetch(store: RecoverableStore) -> list[SagaSummary]:
         # One more than asked: tells whether the listing was cut short.
@@ -175,9 +186,6 @@ def run_list(args: argparse.Namespace) -> int:
     summaries = asyncio.run(read_store(target, fetch))
     more = len(summaries) > args.limit
     summaries = summaries[: args.limit]
-    if args.json:
-        print_json([summary_json(summary) for summary in summaries])
-        return EXIT_OK
     if not summaries:
         filters = args.status is not None or args.name is not None
         where = "match" if filters else "in " + terminal_text(target.shown, MAX_PATH)
@@ -190,6 +198,73 @@ def run_list(args: argparse.Namespace) -> int:
         lines.append(f"({len(summaries)} saga{'' if len(summaries) == 1 else 's'}, newest first)")
     print_lines(lines)
     return EXIT_OK
+
+
+def _list_json(target: Any, status: SagaStatus | None, name: str | None, limit: int) -> int:
+    """``list --json``: the JSON array ``print_json`` would print for the whole
+    listing, byte for byte, built a page at a time. It is written to a spool
+    (in memory while small, else a temporary file) and copied to stdout once
+    the read is done: a SQLite file read while a writer changed it is read
+    again (``read_store``), and what was printed could not be taken back."""
+    with tempfile.SpooledTemporaryFile(
+        max_size=_SPOOL_IN_MEMORY, mode="w+", encoding="utf-8", errors="surrogatepass"
+    ) as spool:
+
+        async def fetch(store: RecoverableStore) -> None:
+            await _write_json_pages(store, status, name, limit, spool)
+
+        asyncio.run(read_store(target, fetch))
+        spool.seek(0)
+        shutil.copyfileobj(spool, sys.stdout)
+    return EXIT_OK
+
+
+async def _write_json_pages(
+    store: RecoverableStore, status: SagaStatus | None, name: str | None, limit: int,
+    out: IO[str],
+) -> None:
+    """The listing's JSON array into ``out`` (emptied first: a read may be
+    made again), one page of ``LIST_PAGE`` sagas at a time."""
+    out.seek(0)
+    out.truncate()
+    out.write("[")
+    first = True
+    last_page: list[str] = []
+    left = limit
+    while left > 0:
+        page = await _next_page(store, status, name, min(LIST_PAGE, left), last_page)
+        if not page:
+            break
+        # The page as json.dumps writes it, less its brackets: its elements
+        # as they stand in the whole array (each line two spaces in).
+        text = json.dumps([summary_json(summary) for summary in page], indent=2,
+                          ensure_ascii=False)
+        out.write(("\n" if first else ",\n") + json_text(text[2:-2]))
+        first = False
+        left -= len(page)
+        last_page = [summary.saga_id for summary in page]
+    out.write("]\n" if first else "\n]\n")
+
+
+async def _next_page(
+    store: RecoverableStore, status: SagaStatus | None, name: str | None, size: int,
+    last_page: list[str],
+) -> list[SagaSummary]:
+    """The ``size`` sagas after the last one written (the first page when
+    none was). If that one is gone by now (purged meanwhile), the page starts
+    after the one before it, less the sagas written already."""
+    if not last_page:
+        return await store.list_sagas(status=status, saga_name=name, limit=size)
+    for back, cursor in enumerate(reversed(last_page)):
+        try:
+            found = await store.list_sagas(  # type: ignore[call-arg]
+                status=status, saga_name=name, limit=size + back, before=cursor
+            )
+        except SagaNotFound:
+            continue
+        written = set(last_page[len(last_page) - back:])
+        return [summary for summary in found if summary.saga_id not in written][:size]
+    raise SagaStoreError("the sagas being listed were deleted meanwhile; list again")
 
 
 # --------------------------------------------------------------------------- show
