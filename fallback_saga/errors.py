@@ -255,19 +255,37 @@ class SagaDefinitionChanged(SagaError):
     """A saga was started with another definition than the code has now.
 
     Resuming it could run the wrong step or compensate the wrong one, so it is
-    refused unless the caller says otherwise (``allow_changed_definition``).
+    refused unless the caller says otherwise (``allow_changed_definition``),
+    which only helps when the steps the journal holds are where they were
+    (``overridable``): else only the code the saga was started with can
+    finish it. The message says which, and names steps, never context values.
     """
 
     def __init__(
-        self, saga_id: str, stored: str, current: str, differences: list[str]
+        self,
+        saga_id: str,
+        stored: str,
+        current: str,
+        differences: list[str],
+        *,
+        overridable: bool = True,
     ) -> None:
         self.saga_id = saga_id
         self.stored_fingerprint = stored
         self.current_fingerprint = current
         self.differences = differences
+        self.overridable = overridable
+        way = (
+            "resume(..., allow_changed_definition=True) continues it with the new steps"
+            " (matched by position)"
+            if overridable else
+            "allow_changed_definition cannot resume it (a step the journal holds would be "
+            "driven as another step, or compensated by another's compensate); resume it "
+            "with the code it was started with, or have an operator settle it"
+        )
         super().__init__(
             f"saga {short_id(saga_id)} was started with another definition (fingerprint {stored}, "
-            f"the code now has {current}): " + "; ".join(differences)
+            f"the code now has {current}): " + "; ".join(differences) + f". {way}"
         )
 
 

@@ -221,11 +221,39 @@ def _check_order(
         raise CorruptSagaRecord(saga_id, f"steps completed out of order (positions {order})")
 
 
-def check_definition(record: SagaRecord, definition: SagaDefinition) -> None:
+def check_definition(
+    record: SagaRecord, definition: SagaDefinition, *, allow_changed: bool = False
+) -> None:
     """Refuse to resume a saga whose stored fingerprint differs from the code's,
-    saying what changed (``SagaDefinitionChanged``)."""
+    saying what changed (``SagaDefinitionChanged``).
+
+    ``allow_changed`` (the operator's override) lets through a definition
+    whose changes are all among the steps not yet run: the saga then goes on
+    with the new ones. It cannot let through one in which a step the journal
+    holds is at another place, another branch or gone: steps are matched by
+    position, so that step would be resumed, retried or compensated as
+    whatever step the code now has there — another step's ``compensate``
+    undoing its effect (S5, S10). Only the code it was started with can
+    finish such a saga.
+    """
     if record.fingerprint == definition.fingerprint:
         return
+    differences = journaled_differences(record, definition)
+    overridable = not differences
+    if allow_changed and overridable:
+        return
+    if overridable:
+        differences.append("the steps not yet run were changed (added, removed, reordered "
+                           "or given another fallback)")
+    raise SagaDefinitionChanged(
+        record.saga_id, record.fingerprint, definition.fingerprint, differences,
+        overridable=overridable,
+    )
+
+
+def journaled_differences(record: SagaRecord, definition: SagaDefinition) -> list[str]:
+    """How the steps the journal holds differ from the code's steps at their
+    positions and branches (names only: never a context value)."""
     current = [member_shape(member) for member in definition.members()]
     differences: list[str] = []
     seen: set[tuple[int, str, str]] = set()
@@ -250,12 +278,7 @@ def check_definition(record: SagaRecord, definition: SagaDefinition) -> None:
                 f"position {entry.position} ran {entry.step!r} as a {entry.branch}, "
                 f"which the saga no longer has"
             )
-    if not differences:
-        differences.append("the steps not yet run were changed (added, removed, reordered "
-                           "or given another fallback)")
-    raise SagaDefinitionChanged(
-        record.saga_id, record.fingerprint, definition.fingerprint, differences
-    )
+    return differences
 
 
 # --------------------------------------------------------------------------- leased runs

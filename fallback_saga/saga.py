@@ -247,7 +247,9 @@ class Saga(Generic[ContextT]):
         it; anyone who drove it before is fenced out. ``SagaNotFound`` for an
         unknown id;
         ``SagaDefinitionChanged`` if the saga was started with other steps,
-        unless ``allow_changed_definition`` (steps are then matched by position).
+        unless ``allow_changed_definition`` (steps are then matched by position),
+        which only lets through changes to the steps not yet run: a step the
+        journal holds must be where it was, under its own name.
         """
         store = self.store
         record = await store.load(saga_id)
@@ -302,8 +304,7 @@ class Saga(Generic[ContextT]):
             raise ValueError(
                 f"saga {record.saga_id!r} is a {record.saga_name}, not a {definition.saga_name}"
             )
-        if not allow_changed_definition:
-            check_definition(record, definition)
+        check_definition(record, definition, allow_changed=allow_changed_definition)
         if definition.context_type is None:
             raise TypeError(
                 f"{definition.saga_name} must declare its context type (Saga[MyContext]) "

@@ -915,3 +915,44 @@ async def test_a_store_wrapper_delegating_through_getattr_is_recoverable_on_ever
         assert is_live_journal(_Delegating(MemorySagaStore()))
         report = await recover(wrapper, [])  # type: ignore[arg-type]
         assert report.total == 0
+
+
+@pytest.mark.parametrize(
+    ("new_steps", "plan", "said"),
+    [
+        # A and the Fallback swapped places: position 0 now holds B's Fallback.
+        ([Fallback(step=B, fallback=B2), A, C],
+         {"act_B": "fail", "act_C": "fail", "compensate_B2": "crash"},
+         "position 0 (primary) ran 'A', now 'B'"),
+        # The Fallback dropped: position 1 now holds C, which never ran.
+        ([A, C, D], {"act_B": "fail", "act_C": "fail", "compensate_B2": "crash"},
+         "position 1 ran 'B2' as a fallback, which the saga no longer has"),
+        # A renamed while the saga ran forward: a later unwind would call
+        # Reserve's compensation for A's act.
+        ([Reserve, Fallback(step=B, fallback=B2), C], {"act_C": "crash"},
+         "position 0 (primary) ran 'A', now 'Reserve'"),
+    ],
+    ids=["reordered-compensating", "fallback-removed-compensating", "renamed-running"],
+)
+async def test_S10_allow_changed_definition_never_runs_another_step_for_a_journaled_one(
+    db: Path, store: SQLiteSagaStore, new_steps: list[Any], plan: dict[str, Any], said: str
+) -> None:
+    """The override lets the steps not yet run change; a step the journal says
+    ran is undone by its own compensation or not at all: when the code holds
+    another step at its place, the override is refused too, naming the saga,
+    the position and both names (and no context value)."""
+    await crashed(db, "s1", ShopCtx(order_id="secret-42"), **plan)
+    before = rows(await store.load("s1"))
+    changed = changed_shop_saga(new_steps)
+    script = Script()
+
+    with pytest.raises(SagaDefinitionChanged) as caught:
+        await shop(store, script, changed).resume("s1", allow_changed_definition=True)
+
+    message = str(caught.value)
+    assert "'s1'" in message
+    assert said in message
+    assert "cannot" in message  # says the override cannot help
+    assert "secret-42" not in message
+    assert script.calls == []
+    assert rows(await store.load("s1")) == before
