@@ -17,9 +17,14 @@ moves on.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,8 +33,16 @@ import pytest
 import upgrade_app
 from upgrade_app import CASES, Receipt, UpgradeCtx, UpgradeSaga, ledger_lines
 
-from fallback_saga import SagaBusy, SagaFailed, SagaStatus, SQLiteSagaStore, recover
+from fallback_saga import (
+    SagaBusy,
+    SagaFailed,
+    SagaStatus,
+    SagaStoreError,
+    SQLiteSagaStore,
+    recover,
+)
 from fallback_saga.codec import decode_context
+from fallback_saga.store import _sqlite_schema
 from fallback_saga.store import sqlite as sqlite_store
 
 DATA = Path(__file__).parent / "data"
@@ -165,3 +178,118 @@ async def test_S10_S14_every_saga_of_an_old_release_resumes_exactly(
                  and ((line["action"] == "act" and line["step"] in done)
                       or record.status.is_final)]
         assert again == [], (saga_id, again)
+
+
+def schema_of(db: Path) -> tuple[int, list[str], list[tuple[str, str]]]:
+    """The file's schema version, the sagas table's columns and every saga's status."""
+    conn = sqlite3.connect(db)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
+        sagas = conn.execute("SELECT saga_id, status FROM sagas ORDER BY saga_id").fetchall()
+    finally:
+        conn.close()
+    return version, columns, sagas
+
+
+async def test_S13_a_migration_that_fails_halfway_leaves_the_old_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up at the last step of migrating a 0.4.0 file (v1 -> v3):
+    the open fails saying why, the file is still a v1 file with every saga,
+    and the next open (disk freed) migrates it and resumes them."""
+    db, ledger = old_journal("0.4.0", tmp_path)
+    monkeypatch.setenv("UPGRADE_APP_LEDGER", str(ledger))
+    before = schema_of(db)
+    assert before[0] == 1
+
+    def disk_full(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE sagas ADD COLUMN lease_written_at REAL NULL")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as full:
+        full.setattr(_sqlite_schema, "_MIGRATIONS", (*_sqlite_schema._MIGRATIONS[:2], disk_full))
+        store = SQLiteSagaStore(db)
+        with pytest.raises(SagaStoreError, match="disk is full"):
+            await store.open()
+        await store.close()
+    assert schema_of(db) == before
+
+    async with SQLiteSagaStore(db) as store:
+        expire_leases(db)
+        report = await recover(store, [UpgradeSaga(store=store)], older_than=0)
+    assert sorted(report.resumed + report.compensated) == sorted(
+        saga_id for saga_id, (_, crash_at, _) in CASES.items() if crash_at is not None
+    )
+    assert schema_of(db)[0] == _sqlite_schema.SCHEMA_VERSION
+
+
+def test_S13_processes_that_open_an_old_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Four writers open a 0.6.0 file at the same moment (a rolling restart):
+    one migrates it, the others wait for the write lock and find it done;
+    none fails, and no saga is lost."""
+    db, _ = old_journal("0.6.0", tmp_path)
+    before = schema_of(db)
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def open_writer() -> None:
+        try:
+            start.wait()
+            _sqlite_schema._connect_writer(str(db), "full", 30.0).close()
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    version, columns, sagas = schema_of(db)
+    assert version == _sqlite_schema.SCHEMA_VERSION
+    assert columns.count("lease_written_at") == 1
+    assert sagas == before[2]
+
+
+@pytest.mark.parametrize("release", ["0.4.0", "0.8.0"])
+def test_S12_an_old_release_refuses_todays_file_naming_both_versions(
+    release: str, tmp_path: Path
+) -> None:
+    """A rolling deploy: once today's code has migrated the file, a process of
+    the old release that starts is refused with a message naming both schema
+    versions — never a silent use of a schema it does not know. (Run only
+    where git history can give the old release.)"""
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(DATA))
+    try:
+        import make_old_journals
+    finally:
+        sys.path.remove(str(DATA))
+    commit = make_old_journals.RELEASES[release]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "fallback_saga"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        pytest.skip("no git history here")
+    old = tmp_path / "old"
+    old.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    db, _ = old_journal(release, tmp_path)
+
+    async def migrate() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.open()
+
+    asyncio.run(migrate())
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, sys; from fallback_saga import SQLiteSagaStore\n"
+         "asyncio.run(SQLiteSagaStore(sys.argv[1]).open())", str(db)],
+        cwd=old, env={**os.environ, "PYTHONPATH": str(old)}, capture_output=True, text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    old_version = 1 if release < "0.6.0" else 2
+    assert (f"schema version {_sqlite_schema.SCHEMA_VERSION}, newer than this fallback_saga "
+            f"understands ({old_version})") in done.stderr
+    assert schema_of(db)[0] == _sqlite_schema.SCHEMA_VERSION
