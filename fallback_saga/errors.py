@@ -256,9 +256,9 @@ class SagaDefinitionChanged(SagaError):
 
     Resuming it could run the wrong step or compensate the wrong one, so it is
     refused unless the caller says otherwise (``allow_changed_definition``),
-    which only helps when the steps the journal holds are where they were
-    (``overridable``): else only the code the saga was started with can
-    finish it. The message says which, and names steps, never context values.
+    which only helps when no step the journal holds has moved to another
+    place or lost its place (``overridable``): else only the code the saga
+    was started with can finish it. The message says which, and names steps, never context values.
     """
 
     def __init__(
@@ -276,12 +276,13 @@ class SagaDefinitionChanged(SagaError):
         self.differences = differences
         self.overridable = overridable
         way = (
-            "resume(..., allow_changed_definition=True) continues it with the new steps"
-            " (matched by position)"
+            "if the change is harmless, resume(..., allow_changed_definition=True) continues "
+            "it with the new steps, matched by position (a renamed step gets a new "
+            "idempotency key)"
             if overridable else
-            "allow_changed_definition cannot resume it (a step the journal holds would be "
-            "driven as another step, or compensated by another's compensate); resume it "
-            "with the code it was started with, or have an operator settle it"
+            "allow_changed_definition cannot resume it (a step the journal holds is at "
+            "another place now, or its place is gone: it would be driven as another step, "
+            "or undone by another's compensate); resume it with the code it was started with"
         )
         super().__init__(
             f"saga {short_id(saga_id)} was started with another definition (fingerprint {stored}, "

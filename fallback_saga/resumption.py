@@ -227,22 +227,24 @@ def check_definition(
     """Refuse to resume a saga whose stored fingerprint differs from the code's,
     saying what changed (``SagaDefinitionChanged``).
 
-    ``allow_changed`` (the operator's override) lets through a definition
-    whose changes are all among the steps not yet run: the saga then goes on
-    with the new ones. It cannot let through one in which a step the journal
-    holds is at another place, another branch or gone: steps are matched by
-    position, so that step would be resumed, retried or compensated as
-    whatever step the code now has there — another step's ``compensate``
-    undoing its effect (S5, S10). Only the code it was started with can
-    finish such a saga.
+    ``allow_changed`` (the operator's override) matches the steps by
+    position: it lets through steps added, removed or changed among those
+    not yet run, and a journaled step renamed in place (its name is gone
+    from the code; the operator vouches that the step at its place is it).
+    It cannot let through a journaled step that the code now has at another
+    place or branch, nor one whose place or branch is gone: that step would
+    be resumed, retried or compensated as whatever step the code has there —
+    another step's ``compensate`` undoing its effect (S5, S10). Only the
+    code the saga was started with can finish it.
     """
     if record.fingerprint == definition.fingerprint:
         return
-    differences = journaled_differences(record, definition)
-    overridable = not differences
+    renamed, misplaced = journaled_differences(record, definition)
+    overridable = not misplaced
     if allow_changed and overridable:
         return
-    if overridable:
+    differences = renamed + misplaced
+    if not differences:
         differences.append("the steps not yet run were changed (added, removed, reordered "
                            "or given another fallback)")
     raise SagaDefinitionChanged(
@@ -251,11 +253,20 @@ def check_definition(
     )
 
 
-def journaled_differences(record: SagaRecord, definition: SagaDefinition) -> list[str]:
+def journaled_differences(
+    record: SagaRecord, definition: SagaDefinition
+) -> tuple[list[str], list[str]]:
     """How the steps the journal holds differ from the code's steps at their
-    positions and branches (names only: never a context value)."""
+    positions and branches (names only: never a context value): those
+    renamed in place, and those misplaced (the code has them elsewhere, or
+    has no such position or branch any more)."""
     current = [member_shape(member) for member in definition.members()]
-    differences: list[str] = []
+    where_now: dict[str, str] = {}
+    for position, shape in enumerate(current):
+        for branch, name in zip(("primary", "fallback"), shape[1:], strict=False):
+            where_now[name] = f"position {position} ({branch})"
+    renamed: list[str] = []
+    misplaced: list[str] = []
     seen: set[tuple[int, str, str]] = set()
     for entry in record.history:
         key = (entry.position, entry.step, entry.branch)
@@ -263,22 +274,27 @@ def journaled_differences(record: SagaRecord, definition: SagaDefinition) -> lis
             continue
         seen.add(key)
         if entry.position >= len(current):
-            differences.append(
+            misplaced.append(
                 f"position {entry.position} ran {entry.step!r}, but the saga now has only "
                 f"{len(current)} steps"
             )
             continue
         shape = current[entry.position]
         names = {"primary": shape[1], "fallback": shape[2] if len(shape) > 2 else None}
-        if names.get(entry.branch) != entry.step:
-            now = names.get(entry.branch)
-            differences.append(
-                f"position {entry.position} ({entry.branch}) ran {entry.step!r}, "
-                f"now {now!r}" if now else
-                f"position {entry.position} ran {entry.step!r} as a {entry.branch}, "
-                f"which the saga no longer has"
+        now = names.get(entry.branch)
+        if now == entry.step:
+            continue
+        if now is None:
+            misplaced.append(f"position {entry.position} ran {entry.step!r} as a "
+                             f"{entry.branch}, which the saga no longer has")
+        elif entry.step in where_now:
+            misplaced.append(f"position {entry.position} ({entry.branch}) ran {entry.step!r}, "
+                             f"now {now!r} ({entry.step!r} is at {where_now[entry.step]})")
+        else:
+            renamed.append(
+                f"position {entry.position} ({entry.branch}) ran {entry.step!r}, now {now!r}"
             )
-    return differences
+    return renamed, misplaced
 
 
 # --------------------------------------------------------------------------- leased runs

@@ -248,8 +248,8 @@ class Saga(Generic[ContextT]):
         unknown id;
         ``SagaDefinitionChanged`` if the saga was started with other steps,
         unless ``allow_changed_definition`` (steps are then matched by position),
-        which only lets through changes to the steps not yet run: a step the
-        journal holds must be where it was, under its own name.
+        which refuses too when a step the journal holds is now at another
+        place or its place is gone (it would be compensated as another step).
         """
         store = self.store
         record = await store.load(saga_id)

@@ -923,24 +923,24 @@ async def test_a_store_wrapper_delegating_through_getattr_is_recoverable_on_ever
         # A and the Fallback swapped places: position 0 now holds B's Fallback.
         ([Fallback(step=B, fallback=B2), A, C],
          {"act_B": "fail", "act_C": "fail", "compensate_B2": "crash"},
-         "position 0 (primary) ran 'A', now 'B'"),
+         "position 0 (primary) ran 'A', now 'B' ('A' is at position 1 (primary))"),
         # The Fallback dropped: position 1 now holds C, which never ran.
         ([A, C, D], {"act_B": "fail", "act_C": "fail", "compensate_B2": "crash"},
          "position 1 ran 'B2' as a fallback, which the saga no longer has"),
-        # A renamed while the saga ran forward: a later unwind would call
-        # Reserve's compensation for A's act.
-        ([Reserve, Fallback(step=B, fallback=B2), C], {"act_C": "crash"},
-         "position 0 (primary) ran 'A', now 'Reserve'"),
+        # C moved before the Fallback while the saga ran forward: a later
+        # unwind would call C's compensation for B's act.
+        ([A, C, Fallback(step=B, fallback=B2)], {"act_C": "crash"},
+         "position 1 (primary) ran 'B', now 'C' ('B' is at position 2 (primary))"),
     ],
-    ids=["reordered-compensating", "fallback-removed-compensating", "renamed-running"],
+    ids=["reordered-compensating", "fallback-removed-compensating", "moved-running"],
 )
 async def test_S10_allow_changed_definition_never_runs_another_step_for_a_journaled_one(
     db: Path, store: SQLiteSagaStore, new_steps: list[Any], plan: dict[str, Any], said: str
 ) -> None:
-    """The override lets the steps not yet run change; a step the journal says
-    ran is undone by its own compensation or not at all: when the code holds
-    another step at its place, the override is refused too, naming the saga,
-    the position and both names (and no context value)."""
+    """The override matches steps by position: a step the journal says ran is
+    undone by its own compensation or not at all. When the code has that step
+    at another place (or its place is gone), the override is refused too,
+    naming the saga, the position and both names (and no context value)."""
     await crashed(db, "s1", ShopCtx(order_id="secret-42"), **plan)
     before = rows(await store.load("s1"))
     changed = changed_shop_saga(new_steps)
@@ -952,7 +952,28 @@ async def test_S10_allow_changed_definition_never_runs_another_step_for_a_journa
     message = str(caught.value)
     assert "'s1'" in message
     assert said in message
-    assert "cannot" in message  # says the override cannot help
+    assert "allow_changed_definition cannot resume it" in message
+    assert caught.value.overridable is False
     assert "secret-42" not in message
     assert script.calls == []
     assert rows(await store.load("s1")) == before
+
+
+async def test_S10_a_step_renamed_in_place_is_resumed_with_the_override_as_the_message_offers(
+    db: Path, store: SQLiteSagaStore
+) -> None:
+    """C, in flight at the crash, is renamed D in place (its old name is gone
+    from the code): the refusal says the override continues it, and it does."""
+    await crashed(db, "s1", act_C="crash")
+    changed = changed_shop_saga([A, Fallback(step=B, fallback=B2), D])
+    script = Script()
+
+    with pytest.raises(SagaDefinitionChanged) as caught:
+        await shop(store, script, changed).resume("s1")
+    assert caught.value.overridable is True
+    assert "position 2 (primary) ran 'C', now 'D'" in str(caught.value)
+    assert "allow_changed_definition=True) continues it" in str(caught.value)
+
+    result = await shop(store, script, changed).resume("s1", allow_changed_definition=True)
+    assert result.status is SagaStatus.COMPLETED
+    assert script.steps() == [("act", "D")]
