@@ -240,8 +240,19 @@ CASES: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
+def open_store(db: str) -> Any:
+    """``DB`` is a SQLite file, or ``pg:SCHEMA`` for a PostgreSQL store whose
+    conninfo is ``$UPGRADE_APP_DSN`` (psycopg imported only then)."""
+    if db.startswith("pg:"):
+        from fallback_saga.store.postgres import PostgresSagaStore
+
+        return PostgresSagaStore(os.environ["UPGRADE_APP_DSN"], schema=db[3:],
+                                 min_size=1, max_size=4)
+    return SQLiteSagaStore(db)
+
+
 async def main(db: str, saga_id: str) -> None:
-    store = SQLiteSagaStore(db)
+    store = open_store(db)
     saga = UpgradeSaga(store=store, compensation_retry=no_retry())
     try:
         if saga_id.startswith("resume:"):

@@ -12,6 +12,10 @@ some die inside a step (``os._exit``), one is then resumed by a second
 process that dies too, leaving its lease behind. What is left is
 ``journal-<release>.db`` (the SQLite file) and ``journal-<release>.jsonl``
 (the participant's ledger: the calls the old processes made).
+
+tests/test_upgrades_postgres.py uses ``extract`` and ``write_journal`` to
+write the same sagas into a PostgreSQL schema with each release, at test
+time (a database cannot be committed as a file; skipped without git history).
 """
 
 from __future__ import annotations
@@ -38,36 +42,51 @@ RELEASES: dict[str, str] = {
 }
 
 
-def make(release: str) -> None:
-    sys.path.insert(0, str(APP.parent))
-    from upgrade_app import CASES
+def extract(release: str, into: Path) -> None:
+    """The package as it was at ``release``, into directory ``into``
+    (``subprocess.CalledProcessError`` where there is no git history)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", RELEASES[release], "fallback_saga"],
+        check=True, capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
 
-    commit = RELEASES[release]
+
+def write_journal(old: Path, db: str, ledger: Path, env: dict[str, str] | None = None) -> None:
+    """Run every saga of ``upgrade_app.CASES`` with the package in ``old``
+    against store ``db`` (a SQLite file, or ``pg:SCHEMA`` with
+    ``$UPGRADE_APP_DSN`` in ``env``), each in a process of its own."""
+    sys.path.insert(0, str(APP.parent))
+    try:
+        from upgrade_app import CASES
+    finally:
+        sys.path.remove(str(APP.parent))
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join((str(old), str(APP.parent)))}
+
+    def run(saga_id: str, crash_at: str | None) -> None:
+        argv = [sys.executable, "-c", "import sys, upgrade_app; upgrade_app.cli(sys.argv[1:])",
+                db, str(ledger), saga_id]
+        argv += [crash_at] if crash_at else []
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=old,
+                              check=False)
+        expected = 0 if crash_at is None else 137
+        if done.returncode != expected:
+            raise RuntimeError(f"{old} {saga_id}: exit {done.returncode}\n{done.stderr}")
+
+    for saga_id, (_variant, crash_at, crash_again_at) in CASES.items():
+        run(saga_id, crash_at)
+        if crash_again_at is not None:
+            run(f"resume:{saga_id}", crash_again_at)
+
+
+def make(release: str) -> None:
     db = HERE / f"journal-{release}.db"
     ledger = HERE / f"journal-{release}.jsonl"
     for path in (db, ledger, Path(f"{db}-wal"), Path(f"{db}-shm")):
         path.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as old:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", commit, "fallback_saga"],
-            check=True, capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join((old, str(APP.parent)))}
-
-        def run(saga_id: str, crash_at: str | None) -> None:
-            argv = [sys.executable, "-c", "import sys, upgrade_app; upgrade_app.cli(sys.argv[1:])",
-                    str(db), str(ledger), saga_id]
-            argv += [crash_at] if crash_at else []
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=old)
-            expected = 0 if crash_at is None else 137
-            if done.returncode != expected:
-                raise SystemExit(f"{release} {saga_id}: exit {done.returncode}\n{done.stderr}")
-
-        for saga_id, (_variant, crash_at, crash_again_at) in CASES.items():
-            run(saga_id, crash_at)
-            if crash_again_at is not None:
-                run(f"resume:{saga_id}", crash_again_at)
+        extract(release, Path(old))
+        write_journal(Path(old), str(db), ledger)
     # Fold the -wal file a killed process left into the database file.
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
