@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -345,3 +346,41 @@ def test_S12_an_old_release_refuses_todays_file_naming_both_versions(
     assert (f"schema version {_sqlite_schema.SCHEMA_VERSION}, newer than this fallback_saga "
             f"understands ({old_version})") in done.stderr
     assert schema_of(db)[0] == _sqlite_schema.SCHEMA_VERSION
+
+
+def newer_release_migrates(db: Path) -> None:
+    """What a newer release's migration may do to the file while today's
+    store has it open: a table and a column of its own, and its version."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE saga_steps RENAME TO saga_journal")
+    conn.execute("ALTER TABLE sagas DROP COLUMN lease_written_at")
+    conn.execute(f"PRAGMA user_version = {_sqlite_schema.SCHEMA_VERSION + 1}")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "process", "inline"])
+async def test_S12_a_store_open_while_a_newer_release_migrates_the_file_says_so(
+    tmp_path: Path, writer: str
+) -> None:
+    """A rolling deploy the other way: this release's store is open when a
+    newer release migrates the file. Its statements then fail; each failure
+    says the file has a newer schema, naming both versions — not an SQL
+    error about a missing table."""
+    db = tmp_path / "sagas.db"
+    from fallback_saga import JournalEntry, StepStatus
+
+    first = JournalEntry(0, "A", "primary", "act", StepStatus.STARTED, 1, None, 1.0)
+    async with SQLiteSagaStore(db, writer=writer) as store:
+        await store.create("s1", "OrderSaga", "fp", {"n": 1}, [first])
+        await store.load("s1")
+        newer_release_migrates(db)
+        newer = (f"schema version {_sqlite_schema.SCHEMA_VERSION + 1}, newer than this "
+                 f"fallback_saga understands ({_sqlite_schema.SCHEMA_VERSION})")
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.append("s1", [first])
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.create("s2", "OrderSaga", "fp", {"n": 1}, [first])
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.load("s1")

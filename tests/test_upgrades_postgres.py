@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,34 @@ def test_S12_an_old_release_refuses_todays_postgres_schema_naming_both_versions(
     old_version = 1 if release == "0.4.0" else 2
     assert (f"schema version {SCHEMA_VERSION}, newer than this fallback_saga understands "
             f"({old_version})") in done.stderr, done.stderr[-2000:]
+
+
+async def test_S12_a_store_open_while_a_newer_release_migrates_the_schema_says_so(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """A rolling deploy the other way: this release's store is open when a
+    newer release migrates the schema. Its statements then fail; each failure
+    says the schema is newer, naming both versions — not an SQL error."""
+    from fallback_saga import JournalEntry, SagaStoreError, StepStatus
+
+    first = JournalEntry(0, "A", "primary", "act", StepStatus.STARTED, 1, None, 1.0)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await store.create("s1", "OrderSaga", "fp", {"n": 1}, [first])
+        await store.load("s1")
+        with psycopg.connect(pg_conninfo, autocommit=True) as raw, raw.transaction():
+            raw.execute(f'ALTER TABLE "{pg_schema}".fallback_saga_steps'
+                        " RENAME TO fallback_saga_journal")
+            raw.execute(f'ALTER TABLE "{pg_schema}".fallback_saga_sagas'
+                        " RENAME TO fallback_saga_runs")
+            raw.execute(f'UPDATE "{pg_schema}".fallback_saga_schema SET version = %s',
+                        (SCHEMA_VERSION + 1,))
+        newer = (f"schema version {SCHEMA_VERSION + 1}, newer than this fallback_saga "
+                 f"understands ({SCHEMA_VERSION})")
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.append("s1", [first])
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.create("s2", "OrderSaga", "fp", {"n": 1}, [first])
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.load("s1")
+        with pytest.raises(SagaStoreError, match=re.escape(newer)):
+            await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)

@@ -151,6 +151,27 @@ def _saga_schema_version(conn: sqlite3.Connection, path: str) -> int:
     return int(version)
 
 
+def _newer_schema(conn: sqlite3.Connection, path: str) -> SagaStoreError | None:
+    """After a statement failed: the refusal to give instead of the SQL error
+    when a newer fallback_saga migrated the file while this store had it
+    open (the version is checked at open; a rolling deploy migrates later).
+    A migration that older code must not run beside makes its statements
+    fail; this turns their failure into one that names both versions. Read
+    only on a failure: the hot path pays nothing."""
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error:
+        return None
+    current = len(_MIGRATIONS)
+    if not isinstance(version, int) or version <= current:
+        return None
+    return SagaStoreError(
+        f"{path} has saga store schema version {version}, newer than this fallback_saga "
+        f"understands ({current}): a newer release migrated it while this store had it "
+        f"open; upgrade fallback_saga in every process that opens it"
+    )
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the file to the current schema, all steps in one transaction:
     a failed migration leaves the file as it was."""

@@ -26,6 +26,7 @@ from ._sqlite_pipe import (
 )
 from ._sqlite_schema import (
     _connect_writer,
+    _newer_schema,
     _rollback,
 )
 from ._sqlite_sql import (
@@ -226,8 +227,9 @@ class _Worker:
                     self._write(conn, cursor, [request])
                 return
             # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
-            # full, I/O error) failed: nothing of the group was written.
-            self.settle([(request, False, self._wrap(error)) for request in group])
+            # full, I/O error) failed, or the request did: nothing of the
+            # group was written.
+            self.settle([(request, False, self._wrap(error, conn)) for request in group])
             return
         self.commits += 1
         self.writes += len(group)
@@ -252,15 +254,23 @@ class _Worker:
                 except SagaStoreError as error:
                     outcomes.append((request, False, error))
                 except Exception as error:
-                    outcomes.append((request, False, self._wrap(error)))
+                    outcomes.append((request, False, self._wrap(error, conn)))
         finally:
             _rollback(conn)  # nothing to commit; ends the read transaction
         self.reads += len(group)
         self.settle(outcomes)
 
-    def _wrap(self, error: BaseException) -> SagaStoreError:
+    def _wrap(
+        self, error: BaseException, conn: sqlite3.Connection | None = None
+    ) -> SagaStoreError:
         if isinstance(error, SagaStoreError):
             return error
+        newer = None
+        if conn is not None and isinstance(error, sqlite3.DatabaseError):
+            newer = _newer_schema(conn, self.path)
+        if newer is not None:
+            newer.__cause__ = error
+            return newer
         wrapped = SagaStoreError(
             f"SQLite saga store {self.path}: {type(error).__name__}: {error}"
         )

@@ -141,6 +141,7 @@ from ._postgres_schema import (
     SCHEMA_VERSION,
     _migrate,
     _Names,
+    _schema_version,
 )
 from ._postgres_sql import (
     _NOT_ASCII,
@@ -642,9 +643,35 @@ class PostgresSagaStore:
                 # transaction is rolled back or replaced by the pool.
                 await pool.putconn(conn)
         except self._errors as error:
-            raise self._wrap(error, doing) from error
+            raise await self._explain(error, doing) from error
         except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
             raise self._wrap(error, doing) from error
+
+    async def _explain(self, error: BaseException, doing: str) -> SagaStoreError:
+        """``_wrap``, unless a newer fallback_saga migrated the schema while
+        this store was open (the version is checked at open; a rolling deploy
+        migrates later): a statement that failed on a table, column, type or
+        function then says so, naming both versions, rather than giving the
+        SQL error. Read only after such a failure: the hot path pays nothing."""
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        pool = self._pool
+        if pool is not None and (sqlstate.startswith("42") or sqlstate == "23502"):
+            try:
+                conn = await _getconn(pool)
+                try:
+                    await _schema_version(conn, self._names)  # raises for a newer one
+                finally:
+                    await pool.putconn(conn)
+            except SagaStoreError as newer:
+                explained = SagaStoreError(
+                    f"{doing}: {newer} (a newer release migrated it while this store had it "
+                    f"open; upgrade every process that opens it)"
+                )
+                explained.__cause__ = error
+                return explained
+            except self._errors:
+                pass  # the original error says enough
+        return self._wrap(error, doing)
 
     # The journal's writes (create/append), made by the group commit's tasks:
     # each ends with None (made) or the error to raise for it.
@@ -991,7 +1018,7 @@ class PostgresSagaStore:
             finally:
                 await pool.putconn(conn)
         except self._errors as error:
-            raise self._wrap(error, "cannot claim sagas") from error
+            raise await self._explain(error, "cannot claim sagas") from error
         # Oldest first, as selected (RETURNING has no order).
         return [
             Lease(saga_id, owner, taken[saga_id][0], taken[saga_id][1])
