@@ -258,7 +258,8 @@ class SagaDefinitionChanged(SagaError):
     refused unless the caller says otherwise (``allow_changed_definition``),
     which only helps when no step the journal holds has moved to another
     place or lost its place (``overridable``): else only the code the saga
-    was started with can finish it. The message says which, and names steps, never context values.
+    was started with can finish it. The message says which, and names
+    steps, never context values.
     """
 
     def __init__(

@@ -266,7 +266,14 @@ class _Worker:
         if isinstance(error, SagaStoreError):
             return error
         newer = None
-        if conn is not None and isinstance(error, sqlite3.DatabaseError):
+        if (
+            conn is not None and isinstance(error, sqlite3.DatabaseError)
+            # A file locked past busy_timeout says so itself (and the read
+            # of the version could wait as long again).
+            and not getattr(error, "sqlite_errorname", "").startswith(
+                ("SQLITE_BUSY", "SQLITE_LOCKED")
+            )
+        ):
             newer = _newer_schema(conn, self.path)
         if newer is not None:
             newer.__cause__ = error
