@@ -61,10 +61,26 @@ class ContextDecodeError(SagaError, ValueError):
     ``path`` names the offending field.
     """
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, *, saga: str = "") -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"cannot restore context field {path!r}: {reason}")
+        where = f"{saga}: " if saga else ""
+        super().__init__(f"{where}cannot restore context field {path!r}: {reason}")
+
+    def in_saga(self, saga_id: str, saga_name: str, context_type: type) -> ContextDecodeError:
+        """This error as a resume reports it: naming the saga, and saying that
+        the code's context class no longer fits what the journal holds."""
+        name = context_type.__qualname__
+        error = ContextDecodeError(
+            self.path,
+            f"{self.reason} (the journal does not fit the code's {name}: a field added "
+            f"without a default, removed or retyped since the saga started — give it a default "
+            f"or a type that reads the old values, or resume with the code the saga started "
+            f"with; or a corrupt row)",
+            saga=f"saga {short_id(saga_id)} ({saga_name})",
+        )
+        error.reason = self.reason
+        return error
 
 
 class SagaStoreError(SagaError):

@@ -21,7 +21,7 @@ from .definition import (
     build_definition,
     check_saga_name,
 )
-from .errors import CorruptSagaRecord, RecordedError, SagaFailed, short_id
+from .errors import ContextDecodeError, CorruptSagaRecord, RecordedError, SagaFailed, short_id
 from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
@@ -310,7 +310,7 @@ class Saga(Generic[ContextT]):
                 f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
                 f"to be resumed from a journal"
             )
-        context: Any = context_from_dict(definition.context_type, record.context)
+        context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
         status = record.status
         point = resume_point(record, self._groups)
         failure = point.last_failure or ("", "")
@@ -377,7 +377,7 @@ class Saga(Generic[ContextT]):
         check_definition(record, definition)
         if definition.context_type is None:
             raise TypeError(f"{definition.saga_name} must declare its context type")
-        context: Any = context_from_dict(definition.context_type, record.context)
+        context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
         point = resume_point(record, self._groups)
         execution = self._execution_at(record, context, point, lease)
         if record.status is SagaStatus.RUNNING:
@@ -606,3 +606,13 @@ def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | N
     if retry is None and isinstance(own_retry, RetryPolicy):
         retry = own_retry
     return Branch(spec.position, spec.name, spec.branch, step, spec.timeout, retry)
+
+
+def _journaled_context(record: SagaRecord, saga_name: str, context_type: type) -> Any:
+    """The context ``record`` holds, as ``context_type``; a journal it does
+    not fit (the class changed since the saga started) is refused naming the
+    saga and the field (``ContextDecodeError``), before any step runs."""
+    try:
+        return context_from_dict(context_type, record.context)
+    except ContextDecodeError as error:
+        raise error.in_saga(record.saga_id, saga_name, context_type) from error

@@ -28,6 +28,7 @@ import pytest
 from crash_app import APP, CrashSaga
 
 from fallback_saga import (
+    ContextDecodeError,
     ContextSerializationError,
     Fallback,
     JournalEntry,
@@ -977,3 +978,42 @@ async def test_S10_a_step_renamed_in_place_is_resumed_with_the_override_as_the_m
     result = await shop(store, script, changed).resume("s1", allow_changed_definition=True)
     assert result.status is SagaStatus.COMPLETED
     assert script.steps() == [("act", "D")]
+
+
+@dataclasses.dataclass(kw_only=True)
+class ShopCtxWithPriority(ShopCtx):
+    priority: int  # added without a default after sagas started
+
+
+@dataclasses.dataclass
+class ShopCtxRetyped(ShopCtx):
+    order_id: int = 0  # type: ignore[assignment]  # was a str
+
+
+@pytest.mark.parametrize(
+    ("context_cls", "said"),
+    [(ShopCtxWithPriority, "'priority': the field is missing"),
+     (ShopCtxRetyped, "'order_id': expected int, got str")],
+    ids=["field-added", "field-retyped"],
+)
+async def test_S14_a_context_class_changed_since_the_saga_started_is_refused_naming_saga_and_field(
+    db: Path, store: SQLiteSagaStore, context_cls: type[ShopCtx], said: str
+) -> None:
+    """The code's context class no longer fits what the journal holds: resume
+    refuses before any step, naming the saga, its saga class and the field,
+    and saying what to do; never a context value."""
+    await crashed(db, "s1", ShopCtx(order_id="secret-42"), act_C="crash")
+
+    class ShopSaga(Saga[context_cls]):  # type: ignore[valid-type]
+        steps: ClassVar[list[Any]] = [A, Fallback(step=B, fallback=B2), C]
+
+    script = Script()
+    with pytest.raises(ContextDecodeError) as caught:
+        await shop(store, script, ShopSaga).resume("s1")
+    message = str(caught.value)
+    assert message.startswith("saga 's1' (ShopSaga): cannot restore context field"), message
+    assert said in message
+    assert context_cls.__name__ in message
+    assert "secret-42" not in message
+    assert script.calls == []
+    assert (await store.load("s1")).status is SagaStatus.RUNNING
