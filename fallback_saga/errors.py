@@ -293,9 +293,9 @@ class SagaDefinitionChanged(SagaError):
         self.differences = differences
         self.overridable = overridable
         way = (
-            "if the change is harmless, resume(..., allow_changed_definition=True) continues "
-            "it with the new steps, matched by position (a renamed step gets a new "
-            "idempotency key)"
+            "if the change is harmless, resume(..., allow_changed_definition=True) (or "
+            "recover --allow-changed-definition) continues it with the new steps, matched by "
+            "position (a renamed step gets a new idempotency key)"
             if overridable else
             "allow_changed_definition cannot resume it (a step the journal holds is at "
             "another place now, or its place is gone: it would be driven as another step, "

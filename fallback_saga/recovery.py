@@ -79,12 +79,14 @@ class ClaimedSaga:
         *,
         lease_seconds: float,
         listeners: tuple[object, ...] = (),
+        allow_changed_definition: bool = False,
     ) -> None:
         self.store = store
         self.by_name = by_name
         self.lease = lease
         self.lease_seconds = lease_seconds
         self.listeners = listeners
+        self.allow_changed_definition = allow_changed_definition
         self.saga_name: str | None = None  # once its record is read
         self.run: LeasedRun | None = None
         self._keep_lease = False  # lost to another worker, or a corrupt record
@@ -141,7 +143,8 @@ class ClaimedSaga:
             if saga is None:
                 return "skipped", f"no saga named {record.saga_name!r} given"
             self.run = LeasedRun(
-                saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds
+                saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds,
+                allow_changed_definition=self.allow_changed_definition,
             )
             await self.run.run()
             return "completed", None
@@ -322,6 +325,7 @@ async def recover(
     concurrency: int = 8,
     progress: Callable[[str, str], None] | None = None,
     listeners: Iterable[object] = (),
+    allow_changed_definition: bool = False,
 ) -> RecoveryReport:
     """Find interrupted sagas (RUNNING or COMPENSATING, not updated for
     ``older_than``) and resume each with the saga of the same name.
@@ -334,7 +338,10 @@ async def recover(
     saga name or a changed definition is reported as skipped; it never stops
     the others. ``progress(saga_id, outcome)`` is called after each saga.
     ``listeners`` are told each saga's outcome (``recovery_outcome``), as are
-    the listeners of the saga that resumed it.
+    the listeners of the saga that resumed it. ``allow_changed_definition``
+    resumes sagas started with another definition of their saga, as
+    ``Saga.resume`` does with it (steps matched by position; a saga one of
+    whose journaled steps moved or lost its place is still skipped).
     """
     if isinstance(older_than, timedelta):
         older_than = older_than.total_seconds()
@@ -362,7 +369,8 @@ async def recover(
             progress(saga_id, outcome)
 
     async def resume_one(claimed: Lease) -> None:
-        saga = ClaimedSaga(store, by_name, claimed, lease_seconds=lease, listeners=given)
+        saga = ClaimedSaga(store, by_name, claimed, lease_seconds=lease, listeners=given,
+                           allow_changed_definition=allow_changed_definition)
         try:
             await gate.acquire()
         except asyncio.CancelledError:

@@ -118,6 +118,30 @@ def sagas(store):
     return [ShopSaga(store=store)]
 
 
+# The next release of ShopSaga: Ship renamed Dispatch in place; or Reserve
+# and Charge swapped.
+class Dispatch(Step):
+    flag = "shipped"
+
+
+class ShopSagaRenamed(Saga[ShopContext]):
+    name = "ShopSaga"
+    steps = [Reserve, Charge, Dispatch]
+
+
+class ShopSagaReordered(Saga[ShopContext]):
+    name = "ShopSaga"
+    steps = [Charge, Reserve, Ship]
+
+
+def sagas_renamed(store):
+    return [ShopSagaRenamed(store=store)]
+
+
+def sagas_reordered(store):
+    return [ShopSagaReordered(store=store)]
+
+
 def slow_sagas(store):
     return [SlowSaga(store=store)]
 
@@ -589,6 +613,39 @@ def test_recover_exits_1_when_a_saga_is_skipped(
     out = capsys.readouterr().out
     assert "  x-1: skipped" in out
     assert "  skipped x-1: no saga named 'GoneSaga' given" in out
+
+
+def test_S10_recover_says_why_a_changed_definition_is_skipped_and_the_flag_resumes_it(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deploy renamed Ship (in flight at the crash) Dispatch: recover skips
+    the saga saying what changed and the way forward; with
+    --allow-changed-definition it resumes it. Reordered steps stay skipped,
+    even with the flag: another step's compensation would undo them."""
+    run_sagas(db, app, ("o-1", {}, "act Ship"), ("o-2", {}, "act Ship"))
+    app.CALLS.clear()
+    renamed = ["recover", "--db", db, "--app", f"{app.__name__}:sagas_renamed",
+               "--older-than", "0", "--limit", "1"]
+    assert main(renamed) == 1
+    out = capsys.readouterr().out
+    assert "  o-1: skipped" in out
+    assert "position 2 (primary) ran 'Ship', now 'Dispatch'" in out
+    assert "recover --allow-changed-definition" in out
+    assert app.CALLS == []
+
+    assert main([*renamed, "--allow-changed-definition"]) == 0
+    assert "  o-1: completed" in capsys.readouterr().out
+    assert app.CALLS == ["act Dispatch"]
+    assert load(db, "o-1").status is SagaStatus.COMPLETED
+
+    reordered = ["recover", "--db", db, "--app", f"{app.__name__}:sagas_reordered",
+                 "--older-than", "0", "--allow-changed-definition"]
+    assert main(reordered) == 1
+    out = capsys.readouterr().out
+    assert "  o-2: skipped" in out
+    assert "allow_changed_definition cannot resume it" in out
+    assert app.CALLS == ["act Dispatch"]
+    assert load(db, "o-2").status is SagaStatus.RUNNING
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

@@ -973,7 +973,8 @@ async def test_S10_a_step_renamed_in_place_is_resumed_with_the_override_as_the_m
         await shop(store, script, changed).resume("s1")
     assert caught.value.overridable is True
     assert "position 2 (primary) ran 'C', now 'D'" in str(caught.value)
-    assert "allow_changed_definition=True) continues it" in str(caught.value)
+    way = "allow_changed_definition=True) (or recover --allow-changed-definition) continues it"
+    assert way in str(caught.value)
 
     result = await shop(store, script, changed).resume("s1", allow_changed_definition=True)
     assert result.status is SagaStatus.COMPLETED

@@ -89,6 +89,13 @@ def add_recover_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--lease", type=parse_duration, default=300.0, metavar="TIME",
         help="how long each claimed saga is reserved for this process (default 300s)",
     )
+    recovering.add_argument(
+        "--allow-changed-definition", action="store_true",
+        help="also resume sagas started with another definition of their saga (steps "
+        "added, removed or renamed since), matching steps by position; a saga whose "
+        "journaled steps the code moved is still skipped. Only when you know the change "
+        "is harmless (docs/durability.md, Changed definitions)",
+    )
     recovering.set_defaults(handler=run_recover)
 
 
@@ -189,6 +196,7 @@ def run_recover(args: argparse.Namespace) -> int:
                     limit=args.limit,
                     lease=args.lease,
                     progress=progress,
+                    allow_changed_definition=args.allow_changed_definition,
                 )
             except (TypeError, ValueError) as error:  # e.g. two sagas of one name
                 raise UsageError(str(error)) from None
@@ -244,13 +252,16 @@ def _scrubbed(target: StoreTarget, text: str) -> str:
 
 def report_lines(report: RecoveryReport) -> list[str]:
     """The lines of ``str(report)`` (the report's own format), with every
-    saga id and reason in it made safe to print (``terminal_text``)."""
+    saga id and reason in it made safe to print (``terminal_text``). A
+    reason is kept longer than an id: it ends with what to do (a changed
+    definition's way forward comes after what changed)."""
     safe: dict[str, Any] = {}
     for item in dataclasses.fields(report):
         value = getattr(report, item.name)
         if isinstance(value, list):
             safe[item.name] = [
-                tuple(terminal_text(part, MAX_VALUE) for part in entry)
+                (terminal_text(entry[0], MAX_VALUE),
+                 *(terminal_text(part, MAX_CONTEXT) for part in entry[1:]))
                 if isinstance(entry, tuple)
                 else terminal_text(entry, MAX_VALUE)
                 for entry in value
