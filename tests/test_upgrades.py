@@ -384,3 +384,38 @@ async def test_S12_a_store_open_while_a_newer_release_migrates_the_file_says_so(
             await store.create("s2", "OrderSaga", "fp", {"n": 1}, [first])
         with pytest.raises(SagaStoreError, match=re.escape(newer)):
             await store.load("s1")
+
+
+def test_S13_a_process_killed_in_the_middle_of_a_migration_leaves_the_old_file(
+    tmp_path: Path,
+) -> None:
+    """The process dies (os._exit) inside the last step of migrating a 0.4.0
+    file, after it altered a table: the file is still the v1 file with every
+    saga, and the next open migrates it."""
+    db, _ = old_journal("0.4.0", tmp_path)
+    before = schema_of(db)
+    killed = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, os, sys\n"
+         "from fallback_saga import SQLiteSagaStore\n"
+         "from fallback_saga.store import _sqlite_schema as schema\n"
+         "def dies(conn):\n"
+         "    conn.execute('ALTER TABLE sagas ADD COLUMN lease_written_at REAL NULL')\n"
+         "    os._exit(137)\n"
+         "schema._MIGRATIONS = (*schema._MIGRATIONS[:2], dies)\n"
+         "asyncio.run(SQLiteSagaStore(sys.argv[1]).open())", str(db)],
+        capture_output=True, text=True, check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert killed.returncode == 137, killed.stderr
+    assert schema_of(db) == before
+
+    async def reopen() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.open()
+
+    asyncio.run(reopen())
+    version, columns, sagas = schema_of(db)
+    assert version == _sqlite_schema.SCHEMA_VERSION
+    assert "lease_written_at" in columns
+    assert sagas == before[2]
