@@ -11,7 +11,9 @@ process of its own with that directory first on ``sys.path``: some end,
 some die inside a step (``os._exit``), one is then resumed by a second
 process that dies too, leaving its lease behind. What is left is
 ``journal-<release>.db`` (the SQLite file) and ``journal-<release>.jsonl``
-(the participant's ledger: the calls the old processes made).
+(the participant's ledger: the calls the old processes made). The
+``.gitignore`` leaves ``*.db`` out: commit regenerated files with
+``git add -f``.
 
 tests/test_upgrades_postgres.py uses ``extract`` and ``write_journal`` to
 write the same sagas into a PostgreSQL schema with each release, at test
