@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .store.base import SagaRecord
+from .stored_json import parse_stored_json
 
 __all__ = ["history_json"]
 
@@ -35,6 +35,6 @@ def _parsed(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return parse_stored_json(text)
     except ValueError:  # a store of someone else's kept something else: show it as it is
         return text

@@ -21,7 +21,6 @@ renamed or moved without an alias) and for steps journaled before 0.6.0.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Final
 
@@ -31,6 +30,7 @@ from .status import StepStatus
 from .step import SagaStepResult
 from .store._responses import UNJOURNALED
 from .store.base import JournalEntry, SagaRecord
+from .stored_json import parse_stored_json
 
 __all__ = ["UnjournaledResponse", "journaled_results", "results_by_position"]
 
@@ -106,7 +106,7 @@ def _read(entry: JournalEntry, saga_id: str) -> Any:
     if text == "null":
         return None
     try:
-        data = json.loads(text)
+        data = parse_stored_json(text)
         marker = _marker(data)
         if marker is not None:
             return UnjournaledResponse(entry.step, *marker)

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 from .. import __version__
 from ..status import SagaStatus, StepStatus
 from ..store.base import SagaRecord, SagaSummary
+from ..stored_json import parse_stored_json
 from .data import STATUSES, Listing, ListQuery, SagaView, is_time, lease_phase
 from .text import esc, format_age, format_seconds, format_time, shorten
 from .timeline import Bar, timeline_svg
@@ -511,7 +512,7 @@ def _cell_text(text: str, css: str, limit: int = 160) -> str:
 
 def _result_text(result: str) -> str:
     try:
-        return json.dumps(json.loads(result), ensure_ascii=False, separators=(", ", ": "))
+        return json.dumps(parse_stored_json(result), ensure_ascii=False, separators=(", ", ": "))
     except ValueError:
         return result
 

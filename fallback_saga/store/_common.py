@@ -14,6 +14,7 @@ from typing import Any, Final
 from ..decoding import TAG
 from ..errors import CorruptSagaRecord
 from ..status import SagaStatus, StepStatus
+from ..stored_json import parse_stored_json
 
 # How to get PostgreSQL's driver. A vendored copy (imported under another
 # name) is not the fallback-saga distribution, whose extra would install a
@@ -142,11 +143,8 @@ def _escape(value: Any) -> Any:
     return value
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-decode_json: Final = json.JSONDecoder(parse_constant=_refuse_constant).decode
+# Stored JSON text, parsed as untrusted input (a ValueError for anything else).
+decode_json: Final = parse_stored_json
 
 
 def status_text(status: SagaStatus) -> str:
