@@ -55,6 +55,7 @@ from .errors import ContextSerializationError, SagaFailed
 from .events import emit
 from .group_run import IN_A_MEMBER, Lane, LaneCursor, run_group
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
+from .redaction import withheld
 from .run_settings import RunSettings
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
@@ -88,6 +89,13 @@ class SagaResult(Generic[ContextT]):
     status: SagaStatus
     context: ContextT
     results: list[SagaStepResult[ContextT, Any]]
+
+    def __repr__(self) -> str:
+        # The context may hold secrets: its class only (redaction.py).
+        return (
+            f"SagaResult(saga_id={self.saga_id!r}, status={self.status!r}, "
+            f"context={withheld(self.context)}, results={self.results!r})"
+        )
 
 
 _new_object = object.__new__

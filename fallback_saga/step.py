@@ -20,6 +20,8 @@ from typing import (
     runtime_checkable,
 )
 
+from .redaction import withheld
+
 __all__ = [
     "Response",
     "SagaStepHandler",
@@ -132,6 +134,13 @@ class SagaStepResult(NamedTuple, Generic[ContextT, ResponseT]):
     response: ResponseT
     step_name: str
     saga_id: str
+
+    def __repr__(self) -> str:
+        # The response may be a secret (a payment token): its kind only (redaction.py).
+        return (
+            f"SagaStepResult(response={withheld(self.response)}, step_name={self.step_name!r}, "
+            f"saga_id={self.saga_id!r})"
+        )
 
 
 _new_tuple = tuple.__new__

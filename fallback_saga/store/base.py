@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
+from ..redaction import withheld
 from ..status import SagaStatus, StepStatus
 
 __all__ = [
@@ -54,6 +55,15 @@ class JournalEntry(NamedTuple):
     at: float
     result: str | None = None
 
+    def __repr__(self) -> str:
+        # The response may be a secret (a payment token): its size only (redaction.py).
+        return (
+            f"JournalEntry(position={self.position!r}, step={self.step!r}, "
+            f"branch={self.branch!r}, action={self.action!r}, status={self.status!r}, "
+            f"attempt={self.attempt!r}, error={self.error!r}, at={self.at!r}, "
+            f"result={withheld(self.result)})"
+        )
+
 
 @dataclass(slots=True)
 class SagaRecord:
@@ -68,6 +78,16 @@ class SagaRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     version: int = 0
+
+    def __repr__(self) -> str:
+        # The context may hold secrets: its size only (redaction.py).
+        return (
+            f"SagaRecord(saga_id={self.saga_id!r}, saga_name={self.saga_name!r}, "
+            f"fingerprint={self.fingerprint!r}, status={self.status!r}, "
+            f"context={withheld(self.context)}, history=<{len(self.history)} entries>, "
+            f"created_at={self.created_at!r}, updated_at={self.updated_at!r}, "
+            f"version={self.version!r})"
+        )
 
 
 @runtime_checkable
