@@ -54,6 +54,7 @@ import weakref
 from typing import Protocol, runtime_checkable
 
 from .forking import watch_forks
+from .private_file import create_private_file
 from .status import CircuitState
 
 __all__ = ["CircuitStateStore", "SQLiteCircuitStateStore", "SharedCircuit"]
@@ -161,6 +162,7 @@ class SQLiteCircuitStateStore:
         if self._closed:
             raise RuntimeError("the circuit state store is closed")
         with self._using:
+            create_private_file(self.path)  # not world-readable (private_file.py)
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None,
                 check_same_thread=False,

@@ -157,6 +157,9 @@ def test_an_operator_who_cannot_write_sees_what_a_live_writer_committed(
 ) -> None:
     db = str(shared_dir / "sagas.db")
     fill(db, "o-1")
+    # Created for its owner only (mode 0600): shared with the operator on
+    # purpose. The -wal file the application opens next takes this mode.
+    Path(db).chmod(0o644)
 
     async def while_open() -> subprocess.CompletedProcess[str]:
         async with SQLiteSagaStore(db) as store:  # the application, running
@@ -175,6 +178,7 @@ def test_an_operator_who_cannot_write_is_told_why_purge_fails(
 ) -> None:
     db = str(shared_dir / "sagas.db")
     fill(db, "o-1")
+    Path(db).chmod(0o644)  # shared with the operator (a new store file is 0600)
     done = nobody.run("purge", "--db", db, "--older-than", "0")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
@@ -189,6 +193,7 @@ def test_a_read_only_store_says_why_it_cannot_read_without_a_shm_file(
     that no process has open; it cannot create one here."""
     db = str(shared_dir / "sagas.db")
     fill(db, "o-1")
+    Path(db).chmod(0o644)  # shared with the operator (a new store file is 0600)
     code = (
         "import asyncio\n"
         "from fallback_saga import SQLiteSagaStore\n"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ..errors import SagaStoreError
+from ..private_file import create_private_file
 
 _log = logging.getLogger("fallback_saga.store.sqlite")
 
@@ -225,6 +226,7 @@ def _database(path: str) -> tuple[str, bool]:
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection to the file at ``path``; ``SagaStoreError`` if none can be made."""
+    create_private_file(path)  # a journal of contexts: not world-readable
     database, uri = _database(path)
     try:
         return sqlite3.connect(
