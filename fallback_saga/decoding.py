@@ -237,10 +237,24 @@ def _resolve(name: Any, path: str) -> Any:
             f"{module_name[:200]} before resuming (the journal never imports code)",
         )
     for part in qualname.split("."):
-        found = getattr(found, part, None)
+        found = _static_attribute(found, part)
     if not isinstance(found, type):
         raise ContextDecodeError(path, f"there is no class {name}")
     return found
+
+
+def _static_attribute(owner: Any, name: str) -> Any:
+    """``owner.name`` as stored in a module's or a class's namespace, without
+    running code: no module ``__getattr__`` (PEP 562: it may import a
+    submodule, as ``concurrent.futures`` does), no metaclass ``__getattr__``,
+    no descriptor. ``None`` when it is not there."""
+    if isinstance(owner, types.ModuleType):
+        return vars(owner).get(name)
+    if isinstance(owner, type):
+        for klass in owner.__mro__:
+            if name in vars(klass):
+                return vars(klass)[name]
+    return None
 
 
 _UNTAG: dict[str, _Decoder] = {

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
+import types
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from helpers_console import fetch
 
 from fallback_saga import (
+    ContextDecodeError,
     CorruptSagaRecord,
     Saga,
     SagaContext,
@@ -252,3 +255,63 @@ def test_S12_show_reports_hostile_rows_without_a_traceback(
     assert "'deep-context'" in error
     assert "nested" in error
     assert "Traceback" not in error
+
+
+# --------------------------------------------------------------------------- class names in rows
+
+
+@pytest.mark.parametrize("tag", ["obj", "enum"])
+def test_S12_a_stored_class_name_never_runs_a_module_getattr(
+    tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module's ``__getattr__`` (PEP 562) may import a submodule on first
+    use, as ``concurrent.futures`` does: looking a stored name up must not
+    call it -- the journal never makes the library import or run code."""
+    asked: list[str] = []
+
+    def lazy(name: str) -> Any:
+        asked.append(name)
+        raise AttributeError(name)
+
+    module = types.ModuleType("lazy_app")
+    module.__getattr__ = lazy  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "lazy_app", module)
+    stored = {"data": {"$fs": [tag, ["lazy_app:Submodule.Model", {}]]}}
+    with pytest.raises(ContextDecodeError, match="no class"):
+        context_from_dict(Order, stored)
+    assert asked == []
+
+
+def test_S12_a_stored_class_name_never_runs_a_metaclass_getattr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+
+    class Lazy(type):
+        def __getattr__(cls, name: str) -> Any:
+            asked.append(name)
+            raise AttributeError(name)
+
+    class Holder(metaclass=Lazy):
+        pass
+
+    module = types.ModuleType("meta_app")
+    module.Holder = Holder  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "meta_app", module)
+    with pytest.raises(ContextDecodeError, match="no class"):
+        context_from_dict(Order, {"data": {"$fs": ["obj", ["meta_app:Holder.Model", {}]]}})
+    assert asked == []
+
+
+@dataclass
+class Nested:
+    @dataclass
+    class Inner:
+        value: int = 0
+
+
+def test_a_stored_class_name_still_finds_a_nested_class() -> None:
+    module = sys.modules[__name__]
+    assert module is not None
+    stored = {"data": {"$fs": ["obj", [f"{__name__}:Nested.Inner", {"value": 7}]]}}
+    assert context_from_dict(Order, stored).data == Nested.Inner(7)
