@@ -121,6 +121,18 @@ def _decode_untyped(value: Any, path: str) -> Any:
     return value
 
 
+def _shown(text: object, limit: int = 120) -> str:
+    """A name a row holds (a tag, a class name, a field), as a message quotes
+    it: as it is when short and printable, else escaped and cut — a row
+    must not forge log lines or make a message of megabytes."""
+    if not isinstance(text, str):
+        return f"(a {type(text).__name__})"
+    if len(text) <= limit and text.isprintable():
+        return text
+    shown = repr(text[:limit])
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def _is_tag(value: Any) -> bool:
     return value.__class__ is dict and len(value) == 1 and TAG in value
 
@@ -149,7 +161,7 @@ def _decode_tag(tag: str, payload: Any, path: str) -> Any:
     read = _UNTAG.get(tag)
     if read is None:
         raise ContextDecodeError(
-            path, f"unknown tag {tag!r} (written by a newer fallback_saga?)"
+            path, f"unknown tag {_shown(tag)} (written by a newer fallback_saga?)"
         )
     try:
         return read(payload, path)
@@ -211,7 +223,7 @@ def _decode_enum(payload: Any, path: str) -> Any:
     name, value = payload
     cls = _resolve(name, path)
     if not (isinstance(cls, type) and issubclass(cls, Enum)):
-        raise ContextDecodeError(path, f"{name} is not an Enum")
+        raise ContextDecodeError(path, f"{_shown(name)} is not an Enum")
     return cls(_decode_untyped(value, path))
 
 
@@ -227,19 +239,19 @@ def _resolve(name: Any, path: str) -> Any:
     not make the library run code (importing a module runs its top level), so
     a resuming process imports its own modules, as it does its saga classes."""
     if name.__class__ is not str or ":" not in name:
-        raise ContextDecodeError(path, f"invalid class name {name[:80]!r}")
+        raise ContextDecodeError(path, f"invalid class name {_shown(name)}")
     module_name, qualname = name.split(":", 1)
     found: Any = sys.modules.get(module_name)
     if found is None:
         raise ContextDecodeError(
             path,
-            f"{name[:200]} is in a module this process has not imported; import "
-            f"{module_name[:200]} before resuming (the journal never imports code)",
+            f"{_shown(name)} is in a module this process has not imported; import "
+            f"{_shown(module_name)} before resuming (the journal never imports code)",
         )
     for part in qualname.split("."):
         found = _static_attribute(found, part)
     if not isinstance(found, type):
-        raise ContextDecodeError(path, f"there is no class {name}")
+        raise ContextDecodeError(path, f"there is no class {_shown(name)}")
     return found
 
 
@@ -315,7 +327,7 @@ def _model_decoder(cls: type, name: str | None = None) -> _Decoder:
     if kind is not None:
         model_kind = kind
         return lambda value, path: load_model(cls, model_kind, value, path)
-    shown = name or cls.__qualname__
+    shown = _shown(name) if name is not None else cls.__qualname__
 
     def refuse(value: Any, path: str) -> Any:
         raise ContextDecodeError(path, f"no JSON decoding is known for type {shown}")
@@ -352,7 +364,8 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
     if unknown:
         raise ContextDecodeError(
             path or "<context>",
-            f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}",
+            f"{cls.__name__} has no field(s) {', '.join(map(_shown, unknown[:5]))}"
+            f"{f' (and {len(unknown) - 5} more)' if len(unknown) > 5 else ''}",
         )
     maker: Any = cls
     try:

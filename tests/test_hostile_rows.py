@@ -315,3 +315,28 @@ def test_a_stored_class_name_still_finds_a_nested_class() -> None:
     assert module is not None
     stored = {"data": {"$fs": ["obj", [f"{__name__}:Nested.Inner", {"value": 7}]]}}
     assert context_from_dict(Order, stored).data == Nested.Inner(7)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"data": {"$fs": ["x\nFORGED LOG LINE" + "x" * 1_000_000, 1]}},  # an unknown tag
+        {"data": {"$fs": ["obj", ["os:x\nFORGED LOG LINE" + "x" * 1_000_000, {}]]}},
+        {"data": {"$fs": ["enum", ["os:x\nFORGED LOG LINE" + "x" * 1_000_000, 1]]}},
+        {"data": {"$fs": ["obj", ["no_such_module\nFORGED" + "x" * 1_000_000 + ":A", {}]]}},
+        {"data": {"$fs": ["enum", [f"{__name__}:Order", 1]]}},  # "... is not an Enum"
+        {"data": {"$fs": ["obj", [f"{__name__}:Nested.Inner", {
+            f"k{index}\nFORGED" + "x" * 1000: 1 for index in range(10_000)
+        }]]}},  # unknown fields
+        {"data": 1, **{f"k{index}\nFORGED" + "x" * 1000: 1 for index in range(10_000)}},
+    ],
+    ids=["tag", "obj", "enum", "module", "not-an-enum", "nested-fields", "fields"],
+)
+def test_S12_names_a_row_holds_are_quoted_short_and_on_one_line(stored: Any) -> None:
+    """A message that quotes what a row holds (a tag, a class name, field
+    names) quotes it escaped and cut: one line, never megabytes."""
+    with pytest.raises(ContextDecodeError) as raised:
+        context_from_dict(Order, stored)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert len(message) < 1000
