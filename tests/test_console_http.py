@@ -428,6 +428,19 @@ async def raw_exchange(console: ConsoleServer, data: bytes) -> bytes:
         (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", b"431"),
         (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"200"),
         (b"GET http://127.0.0.1/api/sagas HTTP/1.1\r\n\r\n", b"200"),
+        (b"GET / HTTP/1.0\r\n\r\n", b"200"),  # HTTP/1.0 had no Host
+        # RFC 9112 3.2: a Host that is missing (HTTP/1.1), repeated or not a
+        # host[:port] is a 400 -- a proxy and the console must not disagree
+        # about which host a request is for.
+        (b"GET / HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: evil.example\r\nHost: 127.0.0.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: 127.0.0.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:80@evil.example\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:port\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1 evil.example\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", b"200"),
+        # absolute-form: its authority is the host (RFC 9112 3.2.2), checked as one
+        (b"GET http://evil.example/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"421"),
     ],
 )
 async def test_malformed_requests_get_a_clear_status(

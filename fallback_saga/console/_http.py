@@ -29,6 +29,9 @@ SEND_TIMEOUT: Final = 30.0  # seconds for the client to take the answer
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION: Final = re.compile(r"HTTP/(\d)\.(\d)")
+# A Host header's value (RFC 9112 3.2, RFC 3986 3.2.2): a bracketed IP
+# literal or a registered name (no "@", no space), then an optional port.
+_HOST: Final = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]*\]|[0-9A-Za-z!$&'()*+,;=._~%-]*)(?::[0-9]*)?")
 
 
 class HttpError(Exception):
@@ -94,11 +97,13 @@ async def _read(reader: asyncio.StreamReader) -> Request | None:
         raise HttpError(HTTPStatus.BAD_REQUEST, "the HTTP version is missing")
     if matched.group(1) != "1":
         raise HttpError(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.x is spoken here")
+    authority = None
     if target.startswith("/"):
         path, _, query = target.partition("?")
     elif target.startswith(("http://", "https://")):  # absolute-form (a proxy's)
         parts_of = urlsplit(target)
         path, query = parts_of.path or "/", parts_of.query
+        authority = parts_of.netloc
     else:
         raise HttpError(HTTPStatus.BAD_REQUEST, "the request target must be a path")
     path = path.partition("#")[0]
@@ -109,16 +114,37 @@ async def _read(reader: asyncio.StreamReader) -> Request | None:
         except EOFError:
             raise HttpError(HTTPStatus.BAD_REQUEST, "the request ended in its headers") from None
         if not line:
+            _check_host(headers, authority, http_1_1=matched.group(2) != "0")
             return Request(method, path, query, headers)
         if line[:1] in (b" ", b"\t"):
             raise HttpError(HTTPStatus.BAD_REQUEST, "folded header lines are not accepted")
         name, colon, value = line.decode("latin-1").partition(":")
         if not colon or not _TOKEN.fullmatch(name):
             raise HttpError(HTTPStatus.BAD_REQUEST, "a header line is not 'Name: value'")
-        headers[name.lower()] = value.strip(" \t")
+        name = name.lower()
+        if name == "host" and name in headers:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "the request has more than one Host header")
+        headers[name] = value.strip(" \t")
     raise HttpError(
         HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {MAX_HEADERS} header lines"
     )
+
+
+def _check_host(headers: dict[str, str], authority: str | None, *, http_1_1: bool) -> None:
+    """RFC 9112 3.2: an HTTP/1.1 request names its host once, as host[:port].
+    One the console would read otherwise than a proxy in front of it (the
+    first of two Host headers, or the part after an "@") would pass the
+    console's DNS-rebinding check for a host the proxy did not check: a 400.
+    A target in absolute-form names the host itself, in place of ``Host``."""
+    if authority is not None:
+        headers["host"] = authority
+    host = headers.get("host")
+    if host is None:
+        if http_1_1:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
+        return
+    if not _HOST.fullmatch(host):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "the Host header is not a host[:port]")
 
 
 async def read_request(reader: asyncio.StreamReader) -> Request | None:
