@@ -264,6 +264,32 @@ async def test_logging_listener_never_logs_context_values(
     assert all(SECRET not in repr(record.args) for record in caplog.records)
 
 
+async def test_S12_logging_listener_lines_cannot_be_forged_by_ids_or_error_texts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A saga id taken from a request, or an error text quoting a downstream
+    service's answer, may hold a line break: logged as is, it would forge a
+    log line ("2026-... INFO payment approved"). Control characters are
+    logged escaped, one record one line."""
+    forged = "\n2026-12-05 03:00:00,000 INFO saga approved\r\x1b[2K"
+    listener = LoggingListener()
+    failing = declare(
+        Probe("Reserve", [], comp_error=lambda: Boom("undo failed" + forged), comp_fail_times=1),
+        Probe("Charge", [], error=lambda: Boom("card declined" + forged)),
+        context=PaymentCtx,
+    )(listeners=[listener])
+    with caplog.at_level(logging.DEBUG, logger="fallback_saga"), pytest.raises(SagaFailed):
+        await failing.run(PaymentCtx("o-2", SECRET), saga_id="o-2" + forged)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) > 3
+    for message in messages:
+        assert "\n" not in message
+        assert "\r" not in message
+        assert "\x1b" not in message
+    assert any("o-2\\x0a2026" in message for message in messages)  # shown, escaped
+    assert any("card declined\\x0a" in message for message in messages)
+
+
 async def test_logging_listener_uses_the_logger_it_is_given(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
