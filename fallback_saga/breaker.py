@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import sys
 import threading
 import time
@@ -52,12 +51,13 @@ from typing import (
 
 from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
+from .log_lines import library_logger
 from .status import CircuitState
 
 if TYPE_CHECKING:
     from .shared_state import CircuitStateStore
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 __all__ = [
     "CircuitBreaker",

@@ -17,7 +17,6 @@ that a listener may call back into the breaker (``_notify``).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import socket
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeAlias
 
 from .events import collect_hooks, emit
+from .log_lines import library_logger
 from .status import CircuitState
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SharedStateSync"]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 # A transition (old, new) for the listeners, or None.
 Change: TypeAlias = tuple[CircuitState, CircuitState] | None

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from .log_lines import library_logger, one_line
 from .status import SagaStatus
 from .step import StepInfo
 
@@ -38,26 +38,7 @@ __all__ = [
     "HOOK_NAMES", "Hooks", "LoggingListener", "SagaListener", "StepCall", "listener_tuple",
 ]
 
-_log = logging.getLogger("fallback_saga")
-
-# Characters that break or rewrite a log line (line breaks, escape sequences,
-# bidi overrides): logged escaped (see ``LoggingListener``).
-_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _one_line(value: object) -> object:
-    """A saga id, step name or error as a log line shows it: control
-    characters escaped, so that a value (an id from a request, an error
-    quoting a downstream answer) cannot forge a line of its own."""
-    if value.__class__ is not str and not isinstance(value, BaseException):
-        return value
-    text = str(value)
-    return text if text.isprintable() else _LINE_BREAKERS.sub(_escape_char, text)
+_log = library_logger("fallback_saga")
 
 
 class StepCall(StepInfo):
@@ -290,7 +271,7 @@ class LoggingListener(SagaListener):
 
     def _write(self, level: int, message: str, *args: object) -> None:
         if self.logger.isEnabledFor(level):
-            self.logger.log(level, message, *map(_one_line, args))
+            self.logger.log(level, message, *map(one_line, args))
 
     def saga_started(self, saga_id: str, saga_name: str) -> None:
         self._write(self.level, "saga %s %s started", saga_name, saga_id)

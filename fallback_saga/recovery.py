@@ -10,7 +10,6 @@ heartbeat, fencing, hand-offs — is ``resumption.py``'s part.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +23,7 @@ from .errors import (
     SagaNotFound,
 )
 from .events import collect_hooks, emit, listener_tuple
+from .log_lines import library_logger
 from .resumption import (
     LeasedRun,
     ResumePoint,
@@ -57,7 +57,7 @@ __all__ = [
     "sagas_by_name",
 ]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 
 # What became of one claimed saga: completed, compensated, failed (needs an

@@ -21,11 +21,11 @@ renamed or moved without an alias) and for steps journaled before 0.6.0.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Final
 
 from .decoding import TAG, decode_untyped
 from .errors import ContextDecodeError
+from .log_lines import library_logger
 from .status import StepStatus
 from .step import SagaStepResult
 from .store._responses import UNJOURNALED
@@ -34,7 +34,7 @@ from .stored_json import parse_stored_json
 
 __all__ = ["UnjournaledResponse", "journaled_results", "results_by_position"]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 _COMPLETED: Final = StepStatus.COMPLETED
 

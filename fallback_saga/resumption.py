@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -65,6 +64,7 @@ from .errors import (
     SagaStoreError,
 )
 from .executor import Execution
+from .log_lines import library_logger
 from .shielding import cancelled_again
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
@@ -86,7 +86,7 @@ __all__ = [
     "resume_point",
 ]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 
 class ResumesRecords(Protocol):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from types import TracebackType
@@ -25,6 +24,7 @@ from .errors import ContextDecodeError, CorruptSagaRecord, RecordedError, SagaFa
 from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
+from .log_lines import library_logger
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .results import journaled_results, results_by_position
 from .resumption import (
@@ -53,7 +53,7 @@ from .write_ahead import JournalWriteFailed
 
 __all__ = ["Saga", "SagaTransaction"]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 ContextT = TypeVar("ContextT")
 

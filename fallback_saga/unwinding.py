@@ -23,7 +23,6 @@ those two helpers live here too.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from contextvars import ContextVar
 from typing import Any, Literal, NoReturn
@@ -38,6 +37,7 @@ from .errors import (
     short_id,
 )
 from .events import Hooks, StepCall, emit
+from .log_lines import library_logger
 from .plan import Branch
 from .shielding import shielded
 from .status import RAW_CANCELLED as _CANCELLED
@@ -50,7 +50,7 @@ from .write_ahead import JournaledRun, JournalWriteFailed
 
 __all__ = ["StopScope", "UnwindingRun", "stopped_without_unwinding"]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 _COMPENSATING = SagaStatus.COMPENSATING
 _COMPENSATED = SagaStatus.COMPENSATED

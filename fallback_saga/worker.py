@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from .events import collect_hooks, listener_tuple
+from .log_lines import library_logger
 from .recovery import ClaimedSaga, SagasGiven, default_owner, sagas_by_name
 from .store.base import (
     RecoverableStore,
@@ -44,7 +44,7 @@ from .store.base import (
 
 __all__ = ["RecoveryWorker", "WorkerStats"]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import sys
 import types
@@ -340,3 +341,25 @@ def test_S12_names_a_row_holds_are_quoted_short_and_on_one_line(stored: Any) -> 
     message = str(raised.value)
     assert "\n" not in message
     assert len(message) < 1000
+
+
+# --------------------------------------------------------------------------- log lines
+
+
+async def test_S12_the_library_logs_ids_and_texts_a_row_holds_on_one_line(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every logger of the library (not only ``LoggingListener``) escapes
+    control characters in the values it logs: a saga id or step name with a
+    line break forges no log line."""
+    saga_id = "o-1\n2026-12-05 03:00:00,000 INFO forged"
+    await _left_running(db, saga_id)
+    _set_response(db, saga_id, "not json\r\nforged")
+    with caplog.at_level(logging.DEBUG, logger="fallback_saga"):
+        async with SQLiteSagaStore(db) as store:
+            await OrderSaga(store=store).resume(saga_id)
+    warned = [record.getMessage() for record in caplog.records if "o-1" in record.getMessage()]
+    assert warned
+    for message in warned:
+        assert "\n" not in message
+        assert "\r" not in message

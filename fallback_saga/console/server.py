@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -17,6 +16,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
+from ..log_lines import library_logger
 from ._http import (
     MAX_LINE,
     SEND_TIMEOUT,
@@ -46,7 +46,7 @@ from .timeline import bars_json, bars_of
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConsoleServer", "run_console", "serve"]
 
-_log = logging.getLogger("fallback_saga.console")
+_log = library_logger("fallback_saga.console")
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080

@@ -9,13 +9,13 @@ importing anything above the stores.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any, Final
 
 from ..codec import journal_object, journal_untyped
 from ..decoding import TAG
 from ..errors import ContextSerializationError
+from ..log_lines import library_logger
 from ..status import StepStatus
 from ..step import SagaStepResult
 from ._common import encode_json
@@ -23,7 +23,7 @@ from .base import JournalEntry, RawEntry
 
 __all__ = ["UNJOURNALED", "journal_entry", "response_text"]
 
-_log = logging.getLogger("fallback_saga")
+_log = library_logger("fallback_saga")
 
 _COMPLETED: Final = StepStatus.COMPLETED
 # A raw entry's status (its value, or the member itself) -> the member.

@@ -5,15 +5,15 @@ and the connections the store's threads open (see ``sqlite``)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 from collections.abc import Callable
 from typing import Final
 
 from ..errors import SagaStoreError
+from ..log_lines import library_logger
 from ..private_file import create_private_file
 
-_log = logging.getLogger("fallback_saga.store.sqlite")
+_log = library_logger("fallback_saga.store.sqlite")
 
 # --------------------------------------------------------------------------- schema
 

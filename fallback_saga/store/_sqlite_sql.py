@@ -6,7 +6,6 @@ multi-row statements (see ``sqlite``). Every statement is parameterized."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from ..errors import (
     SagaNotFound,
     SagaStoreError,
 )
+from ..log_lines import library_logger
 from ..status import SagaStatus
 from ._common import (
     check_saga_id,
@@ -41,7 +41,7 @@ from ._sqlite_rows import (
 )
 from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
-_log = logging.getLogger("fallback_saga.store.sqlite")
+_log = library_logger("fallback_saga.store.sqlite")
 
 # --------------------------------------------------------------------------- SQL
 

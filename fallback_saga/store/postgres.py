@@ -92,7 +92,6 @@ that way round: each of them imports only those named before it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -128,6 +127,7 @@ if TYPE_CHECKING:
     # checks this module (the names are then Any), hence the ignores.
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
+from ..log_lines import library_logger
 from ._postgres_conn import (
     _PREPARED_HINT,
     _PREPARED_LOST,
@@ -160,7 +160,7 @@ from ._postgres_sql import (
 
 __all__ = ["SCHEMA_VERSION", "PostgresSagaStore", "PostgresStoreStats"]
 
-_log = logging.getLogger("fallback_saga.store.postgres")
+_log = library_logger("fallback_saga.store.postgres")
 
 # Seconds between checks, by a listening connection, that the store is still open.
 _LISTEN_CHECK: Final = 1.0
