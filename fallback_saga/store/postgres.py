@@ -119,6 +119,7 @@ from ._common import (
     short_repr,
     status_text,
 )
+from ._dsn_secrets import dsn_secrets, scrub
 from ._group_commit import GroupCommit, RetryAlone
 from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
@@ -309,6 +310,7 @@ class PostgresSagaStore:
                     f"min_size={min_size!r}, max_size={max_size!r}"
                 )
             self._conninfo: str | None = conninfo_or_pool
+            self._secrets: tuple[str, ...] = dsn_secrets(conninfo_or_pool)
             self._pool: AsyncConnectionPool[Any] | None = None
             self._owns_pool = True
             pool_size: int = max_size
@@ -319,6 +321,7 @@ class PostgresSagaStore:
                     "pool's connections instead"
                 )
             self._conninfo = None
+            self._secrets = dsn_secrets(conninfo_or_pool.conninfo)
             self._pool = conninfo_or_pool
             self._owns_pool = False
             pool_size = conninfo_or_pool.max_size
@@ -464,7 +467,9 @@ class PostgresSagaStore:
             except SagaStoreError:
                 raise
             except self._errors as error:
-                raise self._wrap(error, "cannot open the PostgreSQL saga store") from error
+                raise self._wrap(
+                    error, "cannot open the PostgreSQL saga store"
+                ) from self._shown_cause(error)
             self._ready = True
 
     async def _open_own_pool(self) -> None:
@@ -607,9 +612,18 @@ class PostgresSagaStore:
         hint = ""
         if getattr(error, "sqlstate", None) in _PREPARED_LOST:
             hint = _PREPARED_HINT
-        wrapped = SagaStoreError(f"{doing}: {type(error).__name__}: {error}".rstrip() + hint)
-        wrapped.__cause__ = error
+        shown = scrub(f"{type(error).__name__}: {error}", self._secrets)
+        wrapped = SagaStoreError(f"{doing}: {shown}".rstrip() + hint)
+        wrapped.__cause__ = self._shown_cause(error)
+        wrapped.__suppress_context__ = True
         return wrapped
+
+    def _shown_cause(self, error: BaseException) -> BaseException | None:
+        """``error``, to chain to the store's own, unless the driver's message
+        quotes a password of the conninfo (libpq quotes what it cannot parse):
+        then nothing is chained, and a traceback shows only the scrubbed text."""
+        text = str(error)
+        return None if any(secret in text for secret in self._secrets) else error
 
     async def _fetch(
         self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one"
@@ -643,9 +657,9 @@ class PostgresSagaStore:
                 # transaction is rolled back or replaced by the pool.
                 await pool.putconn(conn)
         except self._errors as error:
-            raise await self._explain(error, doing) from error
+            raise await self._explain(error, doing) from self._shown_cause(error)
         except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
-            raise self._wrap(error, doing) from error
+            raise self._wrap(error, doing) from self._shown_cause(error)
 
     async def _explain(self, error: BaseException, doing: str) -> SagaStoreError:
         """``_wrap``, unless a newer fallback_saga migrated the schema while
@@ -667,7 +681,7 @@ class PostgresSagaStore:
                     f"{doing}: {newer} (a newer release migrated it while this store had it "
                     f"open; upgrade every process that opens it)"
                 )
-                explained.__cause__ = error
+                explained.__cause__ = self._shown_cause(error)
                 return explained
             except self._errors:
                 pass  # the original error says enough
@@ -1018,7 +1032,7 @@ class PostgresSagaStore:
             finally:
                 await pool.putconn(conn)
         except self._errors as error:
-            raise await self._explain(error, "cannot claim sagas") from error
+            raise await self._explain(error, "cannot claim sagas") from self._shown_cause(error)
         # Oldest first, as selected (RETURNING has no order).
         return [
             Lease(saga_id, owner, taken[saga_id][0], taken[saga_id][1])
@@ -1141,14 +1155,14 @@ class PostgresSagaStore:
                 f"cannot listen for work: no connection within {self.connect_timeout:g} s"
             ) from None
         except self._errors as error:
-            raise self._wrap(error, "cannot listen for work") from error
+            raise self._wrap(error, "cannot listen for work") from self._shown_cause(error)
         try:
             try:
                 await conn.execute(
                     psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self._names.channel))
                 )
             except self._errors as error:
-                raise self._wrap(error, "cannot listen for work") from error
+                raise self._wrap(error, "cannot listen for work") from self._shown_cause(error)
             yield ""
             while not self._closed:
                 # Woken at least every _LISTEN_CHECK seconds, to end promptly
@@ -1162,7 +1176,9 @@ class PostgresSagaStore:
                 except self._errors as error:
                     if self._closed:
                         break
-                    raise self._wrap(error, "lost the connection listening for work") from error
+                    raise self._wrap(
+                        error, "lost the connection listening for work"
+                    ) from self._shown_cause(error)
         finally:
             await conn.close()
 

@@ -43,6 +43,7 @@ from typing import Any
 from ..shared_state import SharedCircuit
 from ..status import CircuitState
 from ._common import finite_seconds
+from ._dsn_secrets import dsn_secrets, scrub
 from ._postgres_conn import closed_by_server
 
 __all__ = ["PostgresCircuitStateStore"]
@@ -115,13 +116,22 @@ class PostgresCircuitStateStore:
         ``statement_timeout`` set in each call's own transaction (``_call``)."""
         import psycopg  # type: ignore[import-not-found, unused-ignore]
 
-        conn = psycopg.connect(
-            self.conninfo,
-            autocommit=True,
-            connect_timeout=max(1, round(self.connect_timeout)),
-            prepare_threshold=None,
-            client_encoding="UTF8",
-        )
+        try:
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                prepare_threshold=None,
+                client_encoding="UTF8",
+            )
+        except psycopg.Error as error:
+            # libpq quotes what it cannot parse, a password too: the breaker
+            # logs this error, so it must not (and must not chain one that does).
+            secrets = dsn_secrets(self.conninfo)
+            shown = scrub(str(error), secrets)
+            if shown == str(error):
+                raise
+            raise type(error)(shown) from None
         try:
             # The table's creator needs the DDL privileges; the others only
             # read and write it.
