@@ -31,11 +31,12 @@ def _escape_char(match: re.Match[str]) -> str:
 
 def one_line(value: object) -> object:
     """A str or an exception as a log line shows it, control characters
-    escaped (``\\x0a``); any other value as it is (``%d`` wants an int)."""
+    escaped (``\\x0a``); any other value, and one with nothing to escape, as
+    it is (``%d`` wants an int; a handler may read an exception argument)."""
     if value.__class__ is not str and not isinstance(value, BaseException):
         return value
     text = str(value)
-    return text if text.isprintable() else _LINE_BREAKERS.sub(_escape_char, text)
+    return value if text.isprintable() else _LINE_BREAKERS.sub(_escape_char, text)
 
 
 class _OneLine(logging.Filter):

@@ -37,6 +37,7 @@ from fallback_saga.cli import main
 from fallback_saga.codec import MAX_CONTEXT_DEPTH
 from fallback_saga.console import ConsoleServer
 from fallback_saga.context import context_from_dict
+from fallback_saga.log_lines import one_line
 from fallback_saga.store._common import encode_json
 from fallback_saga.stored_json import MAX_STORED_DEPTH, parse_stored_json
 
@@ -363,3 +364,11 @@ async def test_S12_the_library_logs_ids_and_texts_a_row_holds_on_one_line(
     for message in warned:
         assert "\n" not in message
         assert "\r" not in message
+
+
+def test_a_log_argument_with_nothing_to_escape_is_passed_as_it_is() -> None:
+    error = ValueError("card declined")
+    assert one_line(error) is error  # a handler may read the exception itself
+    assert one_line(7) == 7
+    assert one_line("o-1\n") == "o-1\\x0a"
+    assert one_line(ValueError("a\u2028b")) == "a\\u2028b"
