@@ -174,8 +174,20 @@ def _rebuild_interrupted(
 def short_id(saga_id: object, limit: int = 80) -> str:
     """A saga id as an error message may show it: ``repr`` (so control
     characters are escaped), cut to ``limit`` characters."""
+    if isinstance(saga_id, str) and len(saga_id) > limit:
+        saga_id = saga_id[:limit]  # repr() of the whole would cost as much as the value
     text = repr(saga_id)
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _plain(text: str, limit: int = 80) -> str:
+    """A name a row holds (a fingerprint): as it is when short and printable,
+    else as ``short_id`` shows it."""
+    return text if len(text) <= limit and text.isprintable() else short_id(text[:limit], limit)
+
+
+# The differences a SagaDefinitionChanged message names (all in ``differences``).
+_MOST_DIFFERENCES = 10
 
 
 def key_path(path: str, key: object) -> str:
@@ -301,9 +313,15 @@ class SagaDefinitionChanged(SagaError):
             "another place now, or its place is gone: it would be driven as another step, "
             "or undone by another's compensate); resume it with the code it was started with"
         )
+        # What the row holds is shown escaped and cut, and so many
+        # differences at most: a damaged or hostile row makes no message of
+        # megabytes and no log line of its own.
+        shown = differences[:_MOST_DIFFERENCES]
+        if len(differences) > _MOST_DIFFERENCES:
+            shown = [*shown, f"and {len(differences) - _MOST_DIFFERENCES} more"]
         super().__init__(
-            f"saga {short_id(saga_id)} was started with another definition (fingerprint {stored}, "
-            f"the code now has {current}): " + "; ".join(differences) + f". {way}"
+            f"saga {short_id(saga_id)} was started with another definition (fingerprint "
+            f"{_plain(stored)}, the code now has {current}): " + "; ".join(shown) + f". {way}"
         )
 
 

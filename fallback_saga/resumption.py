@@ -62,6 +62,7 @@ from .errors import (
     SagaDefinitionChanged,
     SagaNotFound,
     SagaStoreError,
+    short_id,
 )
 from .executor import Execution
 from .log_lines import library_logger
@@ -275,7 +276,7 @@ def journaled_differences(
         seen.add(key)
         if entry.position >= len(current):
             misplaced.append(
-                f"position {entry.position} ran {entry.step!r}, but the saga now has only "
+                f"position {entry.position} ran {short_id(entry.step)}, but the saga now has only "
                 f"{len(current)} steps"
             )
             continue
@@ -285,14 +286,16 @@ def journaled_differences(
         if now == entry.step:
             continue
         if now is None:
-            misplaced.append(f"position {entry.position} ran {entry.step!r} as a "
+            misplaced.append(f"position {entry.position} ran {short_id(entry.step)} as a "
                              f"{entry.branch}, which the saga no longer has")
         elif entry.step in where_now:
-            misplaced.append(f"position {entry.position} ({entry.branch}) ran {entry.step!r}, "
-                             f"now {now!r} ({entry.step!r} is at {where_now[entry.step]})")
+            misplaced.append(f"position {entry.position} ({entry.branch}) ran "
+                             f"{short_id(entry.step)}, now {now!r} ({short_id(entry.step)} is at "
+                             f"{where_now[entry.step]})")
         else:
             renamed.append(
-                f"position {entry.position} ({entry.branch}) ran {entry.step!r}, now {now!r}"
+                f"position {entry.position} ({entry.branch}) ran {short_id(entry.step)}, "
+                f"now {now!r}"
             )
     return renamed, misplaced
 

@@ -28,6 +28,7 @@ from fallback_saga import (
     CorruptSagaRecord,
     Saga,
     SagaContext,
+    SagaDefinitionChanged,
     SagaStepHandler,
     SQLiteSagaStore,
     UnjournaledResponse,
@@ -372,3 +373,29 @@ def test_a_log_argument_with_nothing_to_escape_is_passed_as_it_is() -> None:
     assert one_line(7) == 7
     assert one_line("o-1\n") == "o-1\\x0a"
     assert one_line(ValueError("a\u2028b")) == "a\\u2028b"
+
+
+async def test_S12_a_changed_definition_message_quotes_a_hostile_row_short(db: Path) -> None:
+    """The steps and fingerprint a row holds, as ``SagaDefinitionChanged``
+    quotes them: escaped, cut, and at most a few differences -- not a
+    message of megabytes, nor a forged log line."""
+    await _left_running(db, "o-1")
+    huge = "X\nforged" * 100_000
+    _damage(db, "UPDATE sagas SET fingerprint = ? WHERE saga_id = 'o-1'", huge)
+    _damage(db, "UPDATE saga_steps SET step = ? WHERE saga_id = 'o-1'", huge)
+    conn = sqlite3.connect(db)
+    rows = [("o-1", 100 + seq, seq, f"Step{seq}", "primary", "act", "started", 1, None, 1.0)
+            for seq in range(5000)]
+    conn.executemany(
+        "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+        " attempt, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+    )
+    conn.commit()
+    conn.close()
+    async with SQLiteSagaStore(db) as store:
+        with pytest.raises(SagaDefinitionChanged) as raised:
+            await OrderSaga(store=store).resume("o-1")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert len(message) < 3000
+    assert "more" in message
