@@ -142,10 +142,16 @@ class SagaInterrupted(SagaStoreError):
             else:
                 where += " (its last write may have landed unseen)"
         during = f" while handling {type(failure).__name__}: {failure}" if failure else ""
+        # A child saga (SubSaga) it drives was refused for a changed
+        # definition: its journal is fine, and the refusal says the way on.
+        why = (
+            "a child saga it drives cannot be resumed with the code it has now"
+            if isinstance(error, SagaDefinitionChanged) else "the journal could not be written"
+        )
         super().__init__(
-            f"saga {saga_name} ({short_id(saga_id)}) stopped: the journal could not be "
-            f"written{during} ({type(error).__name__}: {error}); nothing ran after the "
-            f"last write the journal holds; {where}"
+            f"saga {saga_name} ({short_id(saga_id)}) stopped: {why}{during} "
+            f"({type(error).__name__}: {error}); nothing ran after the last write the "
+            f"journal holds; {where}"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -288,6 +294,11 @@ class SagaDefinitionChanged(SagaError):
     place or lost its place (``overridable``): else only the code the saga
     was started with can finish it. The message says which, and names
     steps, never context values.
+
+    ``driven_by``: the saga was a child saga (``SubSaga``) refused while the
+    saga ``driven_by`` drove it (its parent, or the parent's own driver): the
+    way forward is then a resume or recovery of that saga, which hands its
+    override on to the children it drives.
     """
 
     def __init__(
@@ -298,21 +309,32 @@ class SagaDefinitionChanged(SagaError):
         differences: list[str],
         *,
         overridable: bool = True,
+        driven_by: str | None = None,
     ) -> None:
         self.saga_id = saga_id
         self.stored_fingerprint = stored
         self.current_fingerprint = current
         self.differences = differences
         self.overridable = overridable
+        self.driven_by = driven_by
+        if driven_by is None:
+            resume, driver = "resume(..., allow_changed_definition=True)", "it"
+        else:
+            resume = f"resume({short_id(driven_by)}, allow_changed_definition=True)"
+            driver = f"the saga that drives it, {short_id(driven_by)}"
         way = (
-            "if the change is harmless, resume(..., allow_changed_definition=True) (or "
-            "recover --allow-changed-definition) continues it with the new steps, matched by "
-            "position (a renamed step gets a new idempotency key)"
+            f"if the change is harmless, {resume} (or recover --allow-changed-definition) "
+            "continues it with the new steps, matched by position (a renamed step gets a new "
+            "idempotency key)"
             if overridable else
             "allow_changed_definition cannot resume it (a step the journal holds is at "
             "another place now, or its place is gone: it would be driven as another step, "
-            "or undone by another's compensate); resume it with the code it was started with"
+            f"or undone by another's compensate); resume {driver} with the code it was "
+            "started with"
         )
+        if driven_by is not None:
+            way = (f"it is a child saga (SubSaga) that {short_id(driven_by)} drives, and is "
+                   f"resumed only with it: {way}")
         # What the row holds is shown escaped and cut, and so many
         # differences at most: a damaged or hostile row makes no message of
         # megabytes and no log line of its own.
@@ -323,6 +345,29 @@ class SagaDefinitionChanged(SagaError):
             f"saga {short_id(saga_id)} was started with another definition (fingerprint "
             f"{_plain(stored)}, the code now has {current}): " + "; ".join(shown) + f". {way}"
         )
+
+    def driven(self, saga_id: str) -> SagaDefinitionChanged:
+        """The same refusal, of a child saga that ``saga_id`` drives."""
+        return SagaDefinitionChanged(
+            self.saga_id, self.stored_fingerprint, self.current_fingerprint, self.differences,
+            overridable=self.overridable, driven_by=saga_id,
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:  # keyword-only arguments need help to pickle
+        return (
+            _rebuild_definition_changed,
+            (self.saga_id, self.stored_fingerprint, self.current_fingerprint,
+             self.differences, self.overridable, self.driven_by),
+        )
+
+
+def _rebuild_definition_changed(
+    saga_id: str, stored: str, current: str, differences: list[str], overridable: bool,
+    driven_by: str | None,
+) -> SagaDefinitionChanged:
+    return SagaDefinitionChanged(
+        saga_id, stored, current, differences, overridable=overridable, driven_by=driven_by
+    )
 
 
 class RecordedError(SagaError):

@@ -182,6 +182,7 @@ class Execution(UnwindingRun):
     """
 
     __slots__ = (
+        "allow_changed_definition",
         "crashed_calls",
         "created_at",
         "fingerprint",
@@ -195,6 +196,10 @@ class Execution(UnwindingRun):
     # Set by a resume only (Saga._execution_at), read only when ``resumed``:
     # the branches whose calls the crashed run was making (see try_branch).
     crashed_calls: tuple[Branch, ...]
+    # Set by a resume only, read only when ``resumed``: the operator's
+    # override of a changed definition, which the child sagas this run
+    # drives (SubSaga) are resumed or unwound with too.
+    allow_changed_definition: bool
 
     def __init__(
         self,

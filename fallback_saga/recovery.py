@@ -18,6 +18,7 @@ from typing import Any
 from .errors import (
     CorruptSagaRecord,
     LeaseLost,
+    SagaDefinitionChanged,
     SagaFailed,
     SagaInterrupted,
     SagaNotFound,
@@ -89,6 +90,8 @@ class ClaimedSaga:
         self.allow_changed_definition = allow_changed_definition
         self.saga_name: str | None = None  # once its record is read
         self.run: LeasedRun | None = None
+        # Why it was skipped, when its definition (or a child's) changed.
+        self.definition_changed: SagaDefinitionChanged | None = None
         self._keep_lease = False  # lost to another worker, or a corrupt record
 
     @property
@@ -151,6 +154,13 @@ class ClaimedSaga:
         except SagaFailed as failure:
             return failure.status.value, None
         except SagaInterrupted as interrupted:
+            if isinstance(interrupted.error, SagaDefinitionChanged):
+                # A child saga it drives (SubSaga) was refused for a changed
+                # definition: the journal is fine, and another pass would
+                # stop there again. It needs an operator, as its own
+                # changed definition would (released below: one may resume it).
+                self.definition_changed = interrupted.error
+                return "skipped", f"SagaDefinitionChanged: {interrupted.error}"
             # The journal could not be written: nothing is reported finished
             # that the journal does not hold. The saga stays for the next pass.
             return "interrupted", str(interrupted)
@@ -166,6 +176,8 @@ class ClaimedSaga:
             return "skipped", f"{type(error).__name__}: {error}"
         except Exception as error:  # changed definition, store error, ...
             # Released: an operator may resume it now (allow_changed_definition).
+            if isinstance(error, SagaDefinitionChanged):
+                self.definition_changed = error
             return "skipped", f"{type(error).__name__}: {error}"
 
     async def _after_cancellation(self) -> Outcome:

@@ -324,7 +324,7 @@ class Saga(Generic[ContextT]):
                 failed_step=failure[0],
                 error=RecordedError(failure[1] or "failed in an earlier run"),
             )
-        execution = self._execution_at(record, context, point, lease)
+        execution = self._execution_at(record, context, point, lease, allow_changed_definition)
         if status is SagaStatus.COMPENSATING:
             await execution.resume_unwinding(
                 failure[0], RecordedError(failure[1] or "failed in an earlier run")
@@ -366,20 +366,28 @@ class Saga(Generic[ContextT]):
             self._branch_at(record, position, branch) for position, branch in point.open_calls
         )
 
-    async def _unwind_record(self, record: SagaRecord, lease: Lease | None, why: str) -> None:
+    async def _unwind_record(
+        self,
+        record: SagaRecord,
+        lease: Lease | None,
+        why: str,
+        *,
+        allow_changed_definition: bool = False,
+    ) -> None:
         """Compensate every step of ``record`` that completed (or was
         cancelled in flight) and is not compensated yet, in reverse — a
         saga COMPLETED, RUNNING or already COMPENSATING alike — and raise
         ``SagaFailed`` with the final status (COMPENSATED, or FAILED when a
         compensation gave up). How a ``SubSaga`` undoes a child saga whose
-        parent unwinds; ``why`` is the error the child's record is given."""
+        parent unwinds; ``why`` is the error the child's record is given;
+        ``allow_changed_definition``: the override of the parent's resume."""
         definition = self.definition
-        check_definition(record, definition)
+        check_definition(record, definition, allow_changed=allow_changed_definition)
         if definition.context_type is None:
             raise TypeError(f"{definition.saga_name} must declare its context type")
         context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
         point = resume_point(record, self._groups)
-        execution = self._execution_at(record, context, point, lease)
+        execution = self._execution_at(record, context, point, lease, allow_changed_definition)
         if record.status is SagaStatus.RUNNING:
             # A crashed run was inside these steps' acts (one step, or members
             # of a group): they may have taken effect, and no later call
@@ -390,12 +398,19 @@ class Saga(Generic[ContextT]):
         await execution.resume_unwinding("", RecordedError(why))
 
     def _execution_at(
-        self, record: SagaRecord, context: Any, point: ResumePoint, lease: Lease | None
+        self,
+        record: SagaRecord,
+        context: Any,
+        point: ResumePoint,
+        lease: Lease | None,
+        allow_changed_definition: bool,
     ) -> Execution:
         """A run that picks ``record`` up where its journal stops: the journal
         as written, the compensation stack as it stands."""
         execution = self._execution(context, record.saga_id, fence=lease)
         execution.resumed = True
+        # The operator's override reaches the child sagas the run drives.
+        execution.allow_changed_definition = allow_changed_definition
         # The calls the crashed run was making: each is answered by a call of
         # it with the same idempotency key — past its breaker, even an open
         # one (Execution.try_branch): a rejection answers nothing, and the

@@ -16,6 +16,14 @@ to its parent while the parent is in flight (``recover`` defers it).
   failed (``SagaInterrupted``), another worker drives it, the store could
   not read it, its definition changed — stops the parent too, without
   unwinding: both are left for recovery.
+* **Changed definitions.** A parent resumed with the operator's override
+  (``resume(..., allow_changed_definition=True)``, ``recover(...,
+  allow_changed_definition=True)``) hands it on to the children it drives,
+  resumed or unwound, and they to theirs: the operator vouched for the
+  family's new code. As for any saga, the override never lets through a
+  child whose journaled step moved or lost its place. A child's refusal
+  (``SagaDefinitionChanged``) names the saga that drives the family
+  (``driven_by``): that is the saga to resume, with or without the override.
   A cancelled parent fails this step too, so the child is undone before the
   cancellation goes on — even when it landed as the child's completion was
   written (the child COMPLETED, its caller cancelled).
@@ -46,6 +54,7 @@ from .errors import (
     SagaBusy,
     SagaDefinitionChanged,
     SagaFailed,
+    SagaInterrupted,
     SagaNotFound,
     SagaStoreError,
 )
@@ -169,8 +178,9 @@ class SubSaga(Generic[ParentT, ChildT]):
             # COMPENSATED parent. Recovery finishes both. The parent is
             # interrupted from now on: in a group, the siblings it then
             # cancels stop their own children without unwinding (StopScope).
-            parent.interrupt(stopped)
-            raise JournalWriteFailed(stopped) from stopped
+            reason = _driven(stopped, parent)
+            parent.interrupt(reason)
+            raise JournalWriteFailed(reason) from stopped
         except asyncio.CancelledError:
             if stopped_without_unwinding() is not None:
                 # The parent stops without unwinding (handed off, its lease
@@ -203,17 +213,22 @@ class SubSaga(Generic[ParentT, ChildT]):
         started a step and was interrupted, when neither happened."""
         if parent.resumed or current_step().attempt > 1:
             try:
-                return await self._resume(child, child_id)
+                return await self._resume(parent, child, child_id)
             except SagaNotFound:
                 pass  # the crash came before this step: the child never started
         try:
             return await child.run(self.context(context), saga_id=child_id)
         except SagaAlreadyExists:
-            return await self._resume(child, child_id)
+            return await self._resume(parent, child, child_id)
 
-    async def _resume(self, child: Saga[ChildT], child_id: str) -> SagaResult[ChildT]:
+    async def _resume(
+        self, parent: Execution, child: Saga[ChildT], child_id: str
+    ) -> SagaResult[ChildT]:
+        allow = _override(parent)
         result: SagaResult[ChildT] = await _when_free(
-            lambda: child.resume(child_id, lease_seconds=self.lease_seconds),
+            lambda: child.resume(
+                child_id, lease_seconds=self.lease_seconds, allow_changed_definition=allow
+            ),
             self.lease_seconds,
         )
         return result
@@ -228,9 +243,10 @@ class SubSaga(Generic[ParentT, ChildT]):
             # cannot end COMPENSATED over it either.
             parent.leave_undone(step, gave_up)
         except Exception as error:
-            # Its journal failed: the parent must not unwind as if the child
-            # were undone. It stops too, and recovery finishes both.
-            parent.interrupt(error)
+            # Its journal failed (or its definition changed): the parent must
+            # not unwind as if the child were undone. It stops too, and
+            # recovery finishes both.
+            parent.interrupt(_driven(error, parent))
 
     async def compensate(self, context: ParentT) -> None:
         parent = _parent()
@@ -243,7 +259,7 @@ class SubSaga(Generic[ParentT, ChildT]):
         except _CHILD_OUT_OF_REACH as stopped:
             # As in act: the parent's unwinding stops, left for recovery — not
             # a compensation that failed (the child is not done unwinding).
-            raise JournalWriteFailed(stopped) from stopped
+            raise JournalWriteFailed(_driven(stopped, parent)) from stopped
 
     async def _unwind(
         self, parent: Execution, child: Saga[ChildT], child_id: str, why: str
@@ -273,7 +289,9 @@ class SubSaga(Generic[ParentT, ChildT]):
                     ),
                 )
             try:
-                await child._unwind_record(record, lease, why)
+                await child._unwind_record(
+                    record, lease, why, allow_changed_definition=_override(parent)
+                )
             except SagaFailed as done:
                 if done.status is not SagaStatus.COMPENSATED:
                     raise
@@ -340,6 +358,31 @@ async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[
 # context no longer fits. None says how far the child got, so none may
 # count as the step's failure.
 _CHILD_OUT_OF_REACH = (SagaStoreError, SagaDefinitionChanged, ContextDecodeError)
+
+
+def _override(parent: Execution) -> bool:
+    """The operator's override of a changed definition, which a parent's
+    resume was given (a run that is no resume has none): its children are
+    resumed and unwound with it."""
+    return parent.resumed and parent.allow_changed_definition
+
+
+def _driven(error: BaseException, parent: Execution) -> BaseException:
+    """``error``, unless it is a child's refusal of its changed definition
+    (its own, or a grandchild's that stopped the child): then that refusal,
+    naming the saga that drives the family — the one to resume, whose
+    override reaches every child it drives. A child resumed by its own id
+    would run forward apart from its parent, even while the parent unwinds."""
+    refusal = error.error if isinstance(error, SagaInterrupted) else error
+    if not isinstance(refusal, SagaDefinitionChanged):
+        return error
+    driver = parent.saga_id
+    scope = STOP_SCOPE.get()  # the runs that started this one, innermost first
+    while scope is not None:
+        if isinstance(scope.run, Execution):
+            driver = scope.run.saga_id
+        scope = scope.outer
+    return refusal.driven(driver)
 
 
 def _parent() -> Execution:

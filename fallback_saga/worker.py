@@ -96,6 +96,11 @@ class RecoveryWorker:
     * ``listeners`` — told each claimed saga's outcome (``recovery_outcome``),
       as are the listeners of the saga that resumed it.
 
+    A worker never overrides a changed definition (``recover``'s
+    ``allow_changed_definition``): a standing override would resume every
+    saga a later deploy changes, unseen. It skips such a saga, and its
+    warning says how an operator resumes it once.
+
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
     """
@@ -299,8 +304,18 @@ class RecoveryWorker:
                          claimed.saga_id, reason)
         else:
             stats.skipped += 1
-            _log.warning("recovery worker %s: skipped saga %s: %s", self.owner,
-                         claimed.saga_id, reason)
+            changed = claimed.definition_changed
+            # A worker has no allow_changed_definition on purpose: a standing
+            # override would resume every saga a later deploy changes, unseen.
+            # Overriding is an operator's call, saga by saga: say how.
+            how = (
+                "; a worker never resumes a changed definition: if the change is harmless, "
+                "an operator resumes it once, as said (python -m fallback_saga recover "
+                "--allow-changed-definition, or recover(..., allow_changed_definition=True))"
+                if changed is not None and changed.overridable else ""
+            )
+            _log.warning("recovery worker %s: skipped saga %s: %s%s", self.owner,
+                         claimed.saga_id, reason, how)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

@@ -92,8 +92,9 @@ def add_recover_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     recovering.add_argument(
         "--allow-changed-definition", action="store_true",
         help="also resume sagas started with another definition of their saga (steps "
-        "added, removed or renamed since), matching steps by position; a saga whose "
-        "journaled steps the code moved is still skipped. Only when you know the change "
+        "added, removed or renamed since), and the child sagas (SubSaga) they drive, "
+        "matching steps by position; a saga whose journaled steps the code moved is still "
+        "skipped. Only when you know the change "
         "is harmless (docs/durability.md, Changed definitions)",
     )
     recovering.set_defaults(handler=run_recover)
