@@ -3,6 +3,8 @@
 as it comes, so memory stays bounded however large ``--limit`` is (it held
 every row, 426 MB for 200,000 sagas) — and the output is byte for byte what
 one ``json.dumps`` of the whole listing printed. On SQLite and PostgreSQL.
+Rows the store cannot read are left out, each warned about once, and end
+no listing: a store's ``list_sagas(limit=n)`` does not count them.
 
 The page is made small here (``inspect.LIST_PAGE``) so that a few sagas
 span many pages; a spy on the stores' ``list_sagas`` sees every read.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +195,151 @@ def test_list_json_goes_on_when_a_page_s_last_saga_is_purged_meanwhile(
         assert capsys.readouterr().out == expected(
             [summary for summary in everything if summary.saga_id != gone]
         )
+
+
+# --------------------------------------------------------------------------- unreadable rows
+
+
+def damage(kind: str, options: list[str], saga_ids: list[str]) -> None:
+    """Make these sagas' rows unreadable (a status no release writes):
+    ``list_sagas`` leaves them out, with a warning each."""
+    if kind == "sqlite":
+        with sqlite3.connect(options[1]) as conn:
+            conn.executemany("UPDATE sagas SET status = 'bogus' WHERE saga_id = ?",
+                             [(saga_id,) for saga_id in saga_ids])
+        conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(options[1], autocommit=True) as conn:
+        for saga_id in saga_ids:
+            conn.execute(
+                f'UPDATE "{options[3]}".fallback_saga_sagas SET status = %s WHERE saga_id = %s',
+                ("bogus", saga_id),
+            )
+
+
+def warned_about(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return sorted(
+        saga_id
+        for record in caplog.records
+        for saga_id in [record.getMessage()]
+        if "skipping a saga in the listing" in saga_id
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [range(4, 12), range(2, 6), range(15, 23), range(0, 9)],
+    ids=["two-whole-pages", "across-a-page-boundary", "the-tail", "the-head"],
+)
+def test_S12_list_json_lists_every_readable_saga_whatever_rows_are_unreadable(
+    target: tuple[str, list[str]], reads: Reads, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture, bad: range,
+) -> None:
+    """A page of unreadable rows does not end the listing (every later saga
+    was dropped, silently), and each unreadable row is warned about once
+    (one at a page's end was warned about again by the next page)."""
+    kind, options = target
+    everything = fill(kind, options, SAGAS)
+    gone = [everything[n].saga_id for n in bad]
+    damage(kind, options, gone)
+    readable = [summary for summary in everything if summary.saga_id not in gone]
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main(["list", *options, "--json", "--limit", "1000"]) == 0
+    assert capsys.readouterr().out == expected(readable)
+    warnings = warned_about(caplog)
+    assert len(warnings) == len(gone), warnings
+    for saga_id in gone:
+        assert sum(repr(saga_id) in warning for warning in warnings) == 1, (saga_id, warnings)
+
+
+@pytest.mark.parametrize("limit", [3, 8, 9])
+def test_S12_list_json_with_a_limit_counts_readable_sagas(
+    target: tuple[str, list[str]], reads: Reads, capsys: pytest.CaptureFixture[str],
+    limit: int,
+) -> None:
+    kind, options = target
+    everything = fill(kind, options, SAGAS)
+    gone = [everything[n].saga_id for n in range(1, 10)]
+    damage(kind, options, gone)
+    readable = [summary for summary in everything if summary.saga_id not in gone]
+    capsys.readouterr()
+    assert main(["list", *options, "--json", "--limit", str(limit)]) == 0
+    assert capsys.readouterr().out == expected(readable[:limit])
+
+
+def test_S12_list_shows_as_many_sagas_as_asked_and_says_more_match_past_unreadable_rows(
+    target: tuple[str, list[str]], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The table asks for one saga more than --limit to tell whether more
+    match: unreadable rows among them made it show fewer and say that was all."""
+    kind, options = target
+    everything = fill(kind, options, SAGAS)
+    gone = [everything[n].saga_id for n in range(0, 6)]
+    damage(kind, options, gone)
+    readable = [summary.saga_id for summary in everything if summary.saga_id not in gone]
+    capsys.readouterr()
+    assert main(["list", *options, "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    for saga_id in readable[:5]:
+        assert saga_id in out
+    assert readable[5] not in out
+    assert "(the newest 5 shown; more match: raise --limit)" in out
+
+
+def test_S12_a_store_listing_counts_only_readable_sagas_toward_its_limit(
+    target: tuple[str, list[str]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What the web console's pages rest on: ``list_sagas(limit=n)`` gives n
+    sagas while n readable ones are left, unreadable rows skipped (and
+    warned about) but not counted; ``before`` pages on from the last one."""
+    kind, options = target
+    everything = fill(kind, options, SAGAS)
+    gone = [everything[n].saga_id for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)]
+    damage(kind, options, gone)
+    readable = [summary.saga_id for summary in everything if summary.saga_id not in gone]
+
+    async def go() -> tuple[list[str], list[str], list[str]]:
+        async with open_store(kind, options) as store:
+            first = [s.saga_id for s in await store.list_sagas(limit=2)]
+            after = [s.saga_id for s in await store.list_sagas(limit=2, before=first[-1])]
+            none = await store.list_sagas(limit=0)
+            assert none == []
+            rest = [s.saga_id for s in await store.list_sagas(limit=100, before=after[-1])]
+            return first, after, rest
+
+    with caplog.at_level(logging.WARNING):
+        first, after, rest = asyncio.run(go())
+    assert first == readable[:2]
+    assert after == readable[2:4]
+    assert rest == readable[4:]
+    assert len(warned_about(caplog)) == len(gone)
+
+
+def test_S12_the_console_pages_on_past_a_page_of_unreadable_rows(
+    target: tuple[str, list[str]],
+) -> None:
+    """The web console's listing pages (``limit + 1`` asked, to know whether
+    a next page exists): a page of unreadable rows ended its paging."""
+    from fallback_saga.console.data import ListQuery, fetch_listing
+
+    kind, options = target
+    everything = fill(kind, options, SAGAS)
+    gone = [everything[n].saga_id for n in range(2, 8)]
+    damage(kind, options, gone)
+    readable = [summary.saga_id for summary in everything if summary.saga_id not in gone]
+
+    async def go() -> list[str]:
+        seen: list[str] = []
+        before = None
+        async with open_store(kind, options) as store:
+            while True:
+                page = await fetch_listing(store, ListQuery(limit=2, before=before))
+                seen += [summary.saga_id for summary in page.sagas]
+                if page.next_before is None:
+                    return seen
+                before = page.next_before
+
+    assert asyncio.run(go()) == readable

@@ -232,7 +232,8 @@ async def _write_json_pages(
     last_page: list[str] = []
     left = limit
     while left > 0:
-        page = await _next_page(store, status, name, min(LIST_PAGE, left), last_page)
+        size = min(LIST_PAGE, left)
+        page = await _next_page(store, status, name, size, last_page)
         if not page:
             break
         # The page as json.dumps writes it, less its brackets: its elements
@@ -243,6 +244,11 @@ async def _write_json_pages(
         first = False
         left -= len(page)
         last_page = [summary.saga_id for summary in page]
+        if len(page) < size:
+            # The store lists ``size`` sagas while there are more (rows it
+            # cannot read do not count): a page short of it is the last one.
+            # Reading on would read, and warn about, its unreadable rows again.
+            break
     out.write("]\n" if first else "\n]\n")
 
 

@@ -203,7 +203,7 @@ class _Statements:
             f" WHERE s.saga_id = %s"
         )
         summary = (
-            f"SELECT saga_id, saga_name, status, {_EPOCH.format('created_at')},"
+            f"SELECT seq, saga_id, saga_name, status, {_EPOCH.format('created_at')},"
             f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')}"
             f" FROM {sagas}"
         )

@@ -81,9 +81,12 @@ _SELECT_STEPS: Final = (
     " FROM saga_steps WHERE saga_id = ? ORDER BY seq"
 )
 _SUMMARY_COLUMNS: Final = (
-    "SELECT saga_id, saga_name, status, created_at, updated_at, lease_owner,"
+    "SELECT rowid, saga_id, saga_name, status, created_at, updated_at, lease_owner,"
     " lease_expires_at FROM sagas"
 )
+# After rows that could not be read, a listing reads on at least this many
+# rows at a time (a store with many such rows is not read a row at a time).
+_READ_ON: Final = 64
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
 _ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
 _COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
@@ -726,28 +729,42 @@ def _list(
     if status is not None:
         where.append("status = ?")
         params.append(status)
+    below: int | None = None  # the rowid the listing goes on below
     if before is not None:
         # A cursor by id, resolved to its place in the listing's order.
         cursor_row = cursor.execute(_ROWID_OF, (before,)).fetchone()
         if cursor_row is None:
             raise SagaNotFound(before)
-        where.append("rowid < ?")
-        params.append(cursor_row[0])
-    clause = " WHERE " + " AND ".join(where) if where else ""
-    with _lenient_text(cursor):
-        query = _SUMMARY_COLUMNS + clause + _NEWEST_FIRST
-        rows = cursor.execute(query, (*params, limit)).fetchall()
+        below = cursor_row[0]
     summaries: list[SagaSummary] = []
-    for row in rows:
-        # S12: one bad row must not hide every other saga from an operator.
-        if not isinstance(row[0], str):
-            problem = f"the saga id is {_not_text(row[0])}"
-            _log.warning("skipping a saga in the listing: %s", _unreadable(row[0], problem))
-            continue
-        try:
-            summaries.append(_summary(*row))
-        except CorruptSagaRecord as error:
-            _log.warning("skipping a saga in the listing: %s", error)
+    # ``limit`` counts the sagas listed: a row that cannot be read is left
+    # out (S12: one bad row must not hide every other saga from an
+    # operator) and the read goes on past it — else a page of such rows
+    # would end a listing paged by ``before`` early, and a table asking for
+    # one saga more than it shows would say that no more match.
+    chunk = limit
+    while len(summaries) < limit:
+        conditions = [*where, "rowid < ?"] if below is not None else where
+        clause = " WHERE " + " AND ".join(conditions) if conditions else ""
+        query = _SUMMARY_COLUMNS + clause + _NEWEST_FIRST
+        values = (*params, below, chunk) if below is not None else (*params, chunk)
+        with _lenient_text(cursor):
+            rows = cursor.execute(query, values).fetchall()
+        for row in rows:
+            if len(summaries) >= limit:
+                break  # rows past the last saga listed are not read (nor warned about)
+            below = row[0]
+            if not isinstance(row[1], str):
+                problem = f"the saga id is {_not_text(row[1])}"
+                _log.warning("skipping a saga in the listing: %s", _unreadable(row[1], problem))
+                continue
+            try:
+                summaries.append(_summary(*row[1:]))
+            except CorruptSagaRecord as error:
+                _log.warning("skipping a saga in the listing: %s", error)
+        if len(rows) < chunk:
+            break  # no more rows
+        chunk = max(limit - len(summaries), _READ_ON)
     return summaries
 
 

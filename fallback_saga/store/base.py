@@ -213,7 +213,9 @@ class RecoverableStore(SagaStore, Protocol):
         saga_name: str | None = None,
         limit: int = 100,
     ) -> list[SagaSummary]:
-        """Newest first."""
+        """Newest first; at most ``limit`` sagas, and that many while more
+        match (a row that cannot be read is left out and not counted: the
+        CLI's paged ``list --json`` takes a short page for the last)."""
         ...
 
     async def claim(

@@ -186,6 +186,9 @@ _GROUP_SLOTS: Final = 3
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
+# After rows that could not be read, a listing reads on at least this many
+# rows at a time (a store with many such rows is not read a row at a time).
+_READ_ON: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -923,7 +926,8 @@ class PostgresSagaStore:
         created_until: float | None = None,
     ) -> list[SagaSummary]:
         """Newest first (creation order). A row that cannot be read is logged
-        and left out.
+        and left out, and not counted in ``limit``: the read goes on past it (a
+        page of such rows ends no listing).
 
         ``before`` (a saga id) lists the sagas after it, for the next page
         (``SagaNotFound`` if it is gone); ``created_since <= created_at <
@@ -934,37 +938,53 @@ class PostgresSagaStore:
         if status is not None:
             where.append("status = %s")
             params.append(status_text(status))
+        below: int | None = None  # the seq the listing goes on below
         if before is not None:
             before = check_saga_id(before)
             # A cursor by id, resolved to its place in the listing's order.
             cursor_row = await self._fetch("cannot list sagas", sql.seq_of, (before,))
             if cursor_row is None:
                 raise SagaNotFound(before)
-            where.append("seq < %s::bigint")
-            params.append(cursor_row[0])
-        clause = " WHERE " + " AND ".join(where) if where else ""
-        statement = sql.summary + clause + sql.newest_first
-        params.append(limit)
-        found = await self._fetch("cannot list sagas", statement, params, rows="all")
+            below = cursor_row[0]
         summaries: list[SagaSummary] = []
-        for saga_id, name, raw_status, created_at, updated_at, owner, expires_at in found:
-            try:
-                summaries.append(
-                    SagaSummary(
-                        saga_id=saga_id,
-                        saga_name=name,
-                        status=saga_status(saga_id, raw_status),
-                        created_at=created_at,
-                        updated_at=updated_at,
-                        lease_owner=owner,
-                        # A released lease keeps its release time as the expiry
-                        # (the saga is claimable at once); it is no lease to show.
-                        lease_expires_at=None if owner is None else expires_at,
+        # ``limit`` counts the sagas listed: a row that cannot be read is
+        # left out (one bad row must not hide every other saga from an
+        # operator) and the read goes on past it — else a page of such rows
+        # would end a listing paged by ``before`` early, and a table asking
+        # for one saga more than it shows would say that no more match.
+        chunk = limit
+        while len(summaries) < limit:
+            conditions = [*where, "seq < %s::bigint"] if below is not None else where
+            clause = " WHERE " + " AND ".join(conditions) if conditions else ""
+            statement = sql.summary + clause + sql.newest_first
+            values = [*params, below, chunk] if below is not None else [*params, chunk]
+            found = await self._fetch("cannot list sagas", statement, values, rows="all")
+            for seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at in (
+                found
+            ):
+                if len(summaries) >= limit:
+                    break  # rows past the last saga listed are not read (nor warned about)
+                below = seq
+                try:
+                    summaries.append(
+                        SagaSummary(
+                            saga_id=saga_id,
+                            saga_name=name,
+                            status=saga_status(saga_id, raw_status),
+                            created_at=created_at,
+                            updated_at=updated_at,
+                            lease_owner=owner,
+                            # A released lease keeps its release time as the
+                            # expiry (the saga is claimable at once); it is no
+                            # lease to show.
+                            lease_expires_at=None if owner is None else expires_at,
+                        )
                     )
-                )
-            except CorruptSagaRecord as error:
-                # One bad row must not hide every other saga from an operator.
-                _log.warning("skipping a saga in the listing: %s", error)
+                except CorruptSagaRecord as error:
+                    _log.warning("skipping a saga in the listing: %s", error)
+            if len(found) < chunk:
+                break  # no more rows
+            chunk = max(limit - len(summaries), _READ_ON)
         return summaries
 
     async def count_sagas(

@@ -667,7 +667,9 @@ class SQLiteSagaStore:
         created_since: float | None = None,
         created_until: float | None = None,
     ) -> list[SagaSummary]:
-        """Newest first. A row that cannot be read is logged and left out.
+        """Newest first. A row that cannot be read is logged and left out,
+        and not counted in ``limit``: the read goes on past it (a page of
+        such rows ends no listing).
 
         ``before`` (a saga id) lists the sagas after it, for the next page
         (``SagaNotFound`` if it is gone); ``created_since <= created_at <
