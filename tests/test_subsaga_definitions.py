@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from fallback_saga import (
+    Parallel,
     RecoveryWorker,
     Saga,
     SagaContext,
@@ -412,3 +413,34 @@ async def test_S15_a_grandchilds_refusal_names_the_saga_that_drives_the_family(
     result = await checkout(store=store).resume("c1", allow_changed_definition=True)
     assert result.status is SagaStatus.COMPLETED
     assert keys("act") == ["c1/Order/Pay:Capture", "c1/Order/Pay:Receipt", "c1/Order:Ship"]
+
+
+def grouped_order_of(payment: type[Saga[Ctx]]) -> type[Saga[Ctx]]:
+    class Order(Saga[Ctx]):
+        name = "Order"
+        steps: ClassVar[list[Any]] = [
+            Reserve,
+            Parallel(SubSaga(payment, context=lambda ctx: Ctx(ctx.order), name="Pay"), Ship),
+        ]
+
+    return Order
+
+
+async def test_S15_the_override_reaches_a_changed_child_that_is_a_group_member(
+    store: SQLiteSagaStore,
+) -> None:
+    DIE_IN.add("Capture")
+    with pytest.raises(Crash):
+        await grouped_order_of(Payment)(store=store).run(Ctx("o1"), saga_id="o1")
+    CALLS.clear()
+    order = grouped_order_of(PaymentAdded)
+    with pytest.raises(SagaInterrupted) as stopped:
+        await order(store=store).resume("o1")
+    assert isinstance(stopped.value.error, SagaDefinitionChanged)
+    assert stopped.value.error.driven_by == "o1"
+    assert keys("compensate") == []
+
+    result = await order(store=store).resume("o1", allow_changed_definition=True)
+    assert result.status is SagaStatus.COMPLETED
+    assert "o1/Pay:Receipt" in keys("act")
+    assert keys("compensate") == []
