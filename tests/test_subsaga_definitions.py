@@ -444,3 +444,18 @@ async def test_S15_the_override_reaches_a_changed_child_that_is_a_group_member(
     assert result.status is SagaStatus.COMPLETED
     assert "o1/Pay:Receipt" in keys("act")
     assert keys("compensate") == []
+
+
+def test_S12_a_childs_refusal_survives_pickling_with_its_advice() -> None:
+    """Errors cross process boundaries (a worker pool, a task queue): the
+    refusal keeps its fields and its message (it could not be unpickled)."""
+    import pickle
+
+    refusal = SagaDefinitionChanged(
+        "o1/Pay", "aaaa", "bbbb", ["position 1 (primary) ran 'Capture', now 'CaptureFunds'"],
+        overridable=False, driven_by="o1",
+    )
+    copy = pickle.loads(pickle.dumps(refusal))
+    assert str(copy) == str(refusal)
+    assert (copy.saga_id, copy.driven_by, copy.overridable) == ("o1/Pay", "o1", False)
+    assert copy.differences == refusal.differences
