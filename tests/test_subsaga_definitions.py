@@ -459,3 +459,38 @@ def test_S12_a_childs_refusal_survives_pickling_with_its_advice() -> None:
     assert str(copy) == str(refusal)
     assert (copy.saga_id, copy.driven_by, copy.overridable) == ("o1/Pay", "o1", False)
     assert copy.differences == refusal.differences
+
+
+def sagas_added(store: Any) -> list[Saga[Any]]:
+    """``--app`` of the CLI test below: the release that added Receipt."""
+    return [order_of(PaymentAdded)(store=store), PaymentAdded(store=store)]
+
+
+def test_S12_S15_the_recover_command_follows_a_childs_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m fallback_saga recover`` skips the parent (exit 1) with the
+    child's advice; run again with --allow-changed-definition, as advised,
+    it completes both."""
+    from fallback_saga.cli import main
+
+    monkeypatch.delenv("FALLBACK_SAGA_DSN", raising=False)
+    monkeypatch.delenv("FALLBACK_SAGA_DB", raising=False)
+    db = str(tmp_path / "j.db")
+
+    async def crash() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await crashed_in_child(store)
+
+    asyncio.run(crash())
+    argv = ["recover", "--db", db, "--app", f"{__name__}:sagas_added", "--older-than", "0"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "  o1: skipped" in out
+    assert "resume('o1', allow_changed_definition=True)" in out
+    assert "recover --allow-changed-definition" in out
+    assert CALLS == []
+
+    assert main([*argv, "--allow-changed-definition"]) == 0
+    assert "  o1: completed" in capsys.readouterr().out
+    assert keys("act") == ["o1/Pay:Capture", "o1/Pay:Receipt", "o1:Ship"]
