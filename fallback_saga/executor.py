@@ -388,11 +388,13 @@ class Execution(UnwindingRun):
                                         SagaStepResult, (response, name, self.saga_id)
                                     )
                             except JournalWriteFailed:
-                                raise  # the act never ran: nothing to record or fall back from
-                            except BaseException as error:
+                                # The act never ran (or a child of it is out of
+                                # reach): nothing to record or fall back from.
                                 self.active = False
+                                raise
+                            except BaseException as error:
                                 restore_step(context, snapshot)
-                                self.act_failed(branch, 1, error)
+                                self.act_failed(branch, 1, error)  # (and active = False)
                                 if kind is Branch or not self._falls_back(item, branch, error):
                                     raise
                                 branch = item.fallback
@@ -497,9 +499,8 @@ class Execution(UnwindingRun):
                                 raise unawaited(name, "act", response)
                             response = _new_tuple(SagaStepResult, (response, name, saga_id))
                     except BaseException as error:
-                        self.active = False
                         restore_step(context, snapshot)
-                        self.act_failed(branch, 1, error)
+                        self.act_failed(branch, 1, error)  # (and active = False)
                         # A plain step's failure, or a Fallback's that does not fall back.
                         if item is branch or not self._falls_back(item, branch, error):
                             raise
@@ -697,25 +698,29 @@ class Execution(UnwindingRun):
                     cursor.active = True
                     if lane is not None:
                         lane.called = True
-                    try:
-                        if branch.timeout is None:
+                    # (cursor.active stays set if the act fails: see act_failed)
+                    if branch.timeout is None:
+                        response = await branch.act(context)
+                    else:
+                        async with asyncio.timeout(branch.timeout):
                             response = await branch.act(context)
-                        else:
-                            async with asyncio.timeout(branch.timeout):
-                                response = await branch.act(context)
-                    finally:
-                        cursor.active = False
+                    cursor.active = False
                     if type(response) is COROUTINE:
                         raise unawaited(branch.name, "act", response)
             except JournalWriteFailed:
-                raise  # the act never ran: nothing to record, retry or fall back from
+                # The act never ran (or a child of it is out of reach): nothing
+                # to record, retry or fall back from.
+                cursor.active = False
+                raise
             except BaseException as error:
                 restore_step(context, snapshot)
-                if lane is not None and lane.called and isinstance(error, asyncio.CancelledError):
-                    self.act_cancelled(branch, attempt)
-                    if hooks.step_failed:  # as for any try that did not complete
-                        emit(hooks.step_failed, self.saga_id, branch.name, error)
-                    raise
+                if lane is not None:
+                    cursor.active = False  # the lane's cursor (act_failed resets the run's)
+                    if lane.called and isinstance(error, asyncio.CancelledError):
+                        self.act_cancelled(branch, attempt)
+                        if hooks.step_failed:  # as for any try that did not complete
+                            emit(hooks.step_failed, self.saga_id, branch.name, error)
+                        raise
                 self.act_failed(branch, attempt, error)
                 retry = branch.retry
                 if (
@@ -742,9 +747,15 @@ class Execution(UnwindingRun):
         # A function of its own so that no frame local of the retry loop keeps
         # the error alive (error -> traceback -> frame -> error is a cycle the
         # garbage collector would have to find, for every failed step).
-        if error.__class__ is _CancelledError and IN_A_MEMBER.get():
+        # ``active`` is still set if the act was called (its callers reset it
+        # here, not before): a cancellation that landed in the write-ahead
+        # called nothing.
+        called = self.active
+        self.active = False
+        if error.__class__ is _CancelledError and called and IN_A_MEMBER.get():
             # This run is a child saga of a group member, cancelled with it:
-            # its call in flight is as uncertain as the member's own would be.
+            # its call in flight is as uncertain as the member's own would be
+            # (not a call its write-ahead never let through: nothing to undo).
             self.act_cancelled(branch, attempt)
         else:
             text = str(error)  # _describe(error), inlined: every failed act comes here
@@ -823,9 +834,8 @@ class Execution(UnwindingRun):
         except BaseException as error:
             if call is not None:
                 self._call_finished(call, error)
-            raise
-        finally:
-            cursor.active = False
+            raise  # (cursor.active stays set: see act_failed)
+        cursor.active = False
         if call is not None:
             self._call_finished(call, None)
         return response

@@ -1,0 +1,219 @@
+"""Composition under faults (S15 with S8/S10/S13): sagas built of plain steps,
+Fallbacks, ``Parallel`` groups and ``SubSaga`` children (nested several levels
+deep), whose every act and compensate reports to the participant ``Ledger``
+of ``journal_faults``; and the invariants of the whole family — the parent and
+each child — after a fault and recovery.
+
+A shape is a list of items: ``StepSpec``, ``FallbackSpec``, ``GroupSpec``
+(a ``Parallel`` group of steps, Fallbacks and children) and ``ChildSpec`` (a
+``SubSaga`` running a saga of its own items). Members do not change the
+context (a group's members would conflict on one field): what ran is in the
+ledger and the journals.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from journal_faults import (
+    FAST_COMPENSATION_RETRY,
+    FAST_JOURNAL_RETRY,
+    Call,
+    Ctx,
+    FallbackSpec,
+    Ledger,
+    StepSpec,
+)
+
+from fallback_saga import Fallback, Parallel, RetryPolicy, Saga, SagaStatus, StepStatus, SubSaga
+from fallback_saga.store.base import SagaRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    name: str
+    items: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    members: tuple[Any, ...]
+
+
+class ComposedStep:
+    """A step reporting to the family's ledger (a class attribute: a child
+    saga built by its parent makes its steps with no arguments)."""
+
+    spec: StepSpec
+    ledger: Ledger
+
+    def __init__(self) -> None:
+        self.retry = (
+            RetryPolicy(attempts=2, delay=0.0, jitter=0.0) if self.spec.act == "once" else None
+        )
+
+    async def act(self, ctx: Ctx) -> str:
+        self.ledger.call("act", self.spec.act)
+        return self.spec.name
+
+    async def compensate(self, ctx: Ctx) -> None:
+        self.ledger.call("compensate", self.spec.compensate)
+
+
+class Family:
+    """The saga classes of one shape (the parent and every child, any depth),
+    built over ``store`` with fast retries, reporting to ``ledger``."""
+
+    def __init__(self, items: Sequence[Any], store: Any, ledger: Ledger) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.specs: dict[str, StepSpec] = {}
+        self.sagas: list[Saga[Ctx]] = []
+        self.parent = self._saga("Parent", items)
+
+    def _step(self, spec: StepSpec) -> type:
+        assert spec.name not in self.specs, f"step names must be unique: {spec.name}"
+        self.specs[spec.name] = spec
+        return type(spec.name, (ComposedStep,), {"spec": spec, "ledger": self.ledger})
+
+    def _item(self, item: Any) -> Any:
+        if isinstance(item, StepSpec):
+            return self._step(item)
+        if isinstance(item, FallbackSpec):
+            return Fallback(step=self._step(item.primary), fallback=self._step(item.fallback))
+        if isinstance(item, ChildSpec):
+            child = self._saga(f"Child{item.name}", item.items)
+            return SubSaga(child, context=lambda parent: Ctx(order_id=parent.order_id),
+                           name=item.name)
+        assert isinstance(item, GroupSpec)
+        return Parallel(*(self._item(member) for member in item.members))
+
+    def _saga(self, name: str, items: Sequence[Any]) -> Saga[Ctx]:
+        steps = [self._item(item) for item in items]
+        saga_class: type[Saga[Ctx]] = types.new_class(
+            name, (Saga[Ctx],), {}, lambda namespace: namespace.update(steps=steps)
+        )
+        saga = saga_class(
+            store=self.store,
+            journal_retry=FAST_JOURNAL_RETRY,
+            compensation_retry=FAST_COMPENSATION_RETRY,
+        )
+        self.sagas.append(saga)
+        return saga
+
+
+def step_names(items: Sequence[Any]) -> list[str]:
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, StepSpec):
+            names.append(item.name)
+        elif isinstance(item, FallbackSpec):
+            names += [item.primary.name, item.fallback.name]
+        elif isinstance(item, ChildSpec):
+            names += step_names(item.items)
+        else:
+            names += step_names(item.members)
+    return names
+
+
+def child_ids(parent_id: str, items: Sequence[Any]) -> dict[str, list[str]]:
+    """Each saga id of the family -> the ids of its direct children."""
+    family: dict[str, list[str]] = {parent_id: []}
+    for item in items:
+        inner = item.members if isinstance(item, GroupSpec) else (item,)
+        for member in inner:
+            if isinstance(member, ChildSpec):
+                child = f"{parent_id}/{member.name}"
+                family[parent_id].append(child)
+                family.update(child_ids(child, member.items))
+    return family
+
+
+def check_saga(
+    saga_id: str, calls: Sequence[Call], record: SagaRecord | None, specs: dict[str, StepSpec],
+    *, exact: bool = False,
+) -> None:
+    """One saga of the family, after recovery: every call had its durable
+    STARTED; the saga is final; each applied act is kept (COMPLETED) or
+    compensated exactly once (COMPENSATED; FAILED only over compensations
+    designed to fail); no act ran after a compensation; and the compensations
+    applied come in the reverse order of the completions the journal holds.
+    ``exact`` (no store fault: every write's outcome was known): nothing is
+    compensated whose act was never called."""
+    if record is None:
+        assert not calls, (saga_id, calls)
+        return
+    started = Counter(
+        (e.step, e.action) for e in record.history if e.status is StepStatus.STARTED
+    )
+    made = Counter((call.step, call.action) for call in calls)
+    unknown = {key: n - started[key] for key, n in made.items() if n > started[key]}
+    assert not unknown, f"{saga_id}: calls without a durable STARTED record: {unknown}"
+    assert record.status.is_final, (saga_id, record.status)
+    first_undo = next((n for n, c in enumerate(calls) if c.action == "compensate"), len(calls))
+    late = [c for c in calls[first_undo:] if c.action == "act"]
+    assert not late, f"{saga_id}: forward acts after a compensation: {late}"
+    acted = [c.step for c in calls if c.action == "act" and c.applied]
+    undone = [c.step for c in calls if c.action == "compensate" and c.applied]
+    twice = [step for step, n in Counter(undone).items() if n > 1]
+    assert not twice, f"{saga_id}: compensated twice: {twice}"
+    never = set(undone) - set(acted)
+    if exact:
+        called = {c.step for c in calls if c.action == "act"}
+        never |= {c.step for c in calls if c.action == "compensate"} - called
+    assert not never, f"{saga_id}: compensated what never acted: {never}"
+    if record.status is SagaStatus.COMPLETED:
+        assert not undone, f"{saga_id}: COMPLETED, yet compensated {undone}"
+    elif record.status is SagaStatus.COMPENSATED:
+        assert set(undone) == set(acted), (saga_id, acted, undone)
+    else:
+        missing = set(acted) - set(undone)
+        assert missing, f"{saga_id}: FAILED, yet every applied act was compensated"
+        assert all(specs[name].compensate == "always" for name in missing), (saga_id, missing)
+    completed = [
+        e.step for e in record.history
+        if e.action == "act" and e.status is StepStatus.COMPLETED and e.step in undone
+    ]
+    assert _reverse_ok(undone, completed), (
+        f"{saga_id}: compensations {undone} are not in the reverse of the completions {completed}"
+    )
+
+
+def _reverse_ok(undone: list[str], completed: list[str]) -> bool:
+    """The compensations of steps with a COMPLETED record come in the reverse
+    of their completions (crashed calls, with no such record, may be anywhere)."""
+    ordered = [s for s in undone if s in completed]
+    return ordered == [s for s in reversed(completed) if s in ordered]
+
+
+def check_family(
+    ledger: Ledger, family: dict[str, list[str]], records: dict[str, SagaRecord | None],
+    specs: dict[str, StepSpec], *, exact: bool = False,
+) -> None:
+    """Every saga of the family (``check_saga``), and each child as its
+    parent ended: a COMPLETED parent keeps its children completed (or never
+    started); a COMPENSATED parent leaves none of a child's effects."""
+    for saga_id in family:
+        check_saga(saga_id, ledger.of(saga_id), records[saga_id], specs, exact=exact)
+    for parent_id, children in family.items():
+        parent = records[parent_id]
+        for child_id in children:
+            child = records[child_id]
+            if parent is None:
+                assert child is None, f"{child_id} exists without its parent"
+                continue
+            if child is None:
+                continue
+            if parent.status is SagaStatus.COMPLETED:
+                assert child.status is SagaStatus.COMPLETED, (child_id, child.status)
+            elif parent.status is SagaStatus.COMPENSATED:
+                assert child.status is not SagaStatus.COMPLETED, (child_id, child.status)
+                # the child's effects are undone, or it never applied any
+                assert child.status is SagaStatus.COMPENSATED or not any(
+                    c.applied for c in ledger.of(child_id) if c.action == "act"
+                ), (child_id, child.status)
+
