@@ -35,11 +35,13 @@ from fallback_saga import (
     Parallel,
     RetryPolicy,
     Saga,
+    SagaListener,
     SagaStatus,
     StepStatus,
     SubSaga,
     current_step,
 )
+from fallback_saga.events import StepCall
 from fallback_saga.store.base import SagaRecord
 
 
@@ -83,18 +85,52 @@ class ComposedStep:
         self.ledger.call("compensate", self.spec.compensate)
 
 
+class Balance(SagaListener):
+    """Every run a listener hears begin ends (``saga_finished`` or
+    ``saga_interrupted``), and every step call it hears begin finishes: what
+    an ``OpenTelemetryListener`` needs to close every span it opens."""
+
+    def __init__(self) -> None:
+        self.runs: Counter[str] = Counter()
+        self.calls: set[StepCall] = set()
+        self.ended: list[tuple[str, str]] = []
+
+    def saga_started(self, saga_id: str, saga_name: str) -> None:
+        self.runs[saga_id] += 1
+
+    def saga_finished(self, saga_id: str, saga_name: str, status: Any, error: Any) -> None:
+        self.runs[saga_id] -= 1
+        self.ended.append((saga_id, status.value))
+
+    def saga_interrupted(self, saga_id: str, saga_name: str, status: Any, error: Any) -> None:
+        self.runs[saga_id] -= 1
+
+    def step_call_started(self, call: StepCall) -> None:
+        self.calls.add(call)
+
+    def step_call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        self.calls.remove(call)
+
+    def check(self) -> None:
+        unbalanced = {saga_id: n for saga_id, n in self.runs.items() if n}
+        assert not unbalanced, f"runs begun and never ended (or ended twice): {unbalanced}"
+        assert not self.calls, f"step calls never finished: {self.calls}"
+
+
 class Family:
     """The saga classes of one shape (the parent and every child, any depth),
     built over ``store`` with fast retries, reporting to ``ledger``."""
 
     def __init__(
         self, items: Sequence[Any], store: Any, ledger: Ledger,
-        yields: dict[str, int] | None = None,
+        yields: dict[str, int] | None = None, listen: bool = False,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.yields = yields or {}
         self.entered: set[tuple[str, str]] = set()
+        self.balance = Balance()
+        self.listeners = (self.balance,) if listen else ()
         self.specs: dict[str, StepSpec] = {}
         self.sagas: list[Saga[Ctx]] = []
         self.parent = self._saga("Parent", items)
@@ -128,6 +164,7 @@ class Family:
             store=self.store,
             journal_retry=FAST_JOURNAL_RETRY,
             compensation_retry=FAST_COMPENSATION_RETRY,
+            listeners=self.listeners,
         )
         self.sagas.append(saga)
         return saga
