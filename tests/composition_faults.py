@@ -45,6 +45,9 @@ from fallback_saga.events import StepCall
 from fallback_saga.store.base import SagaRecord
 
 
+CHILD_LEASE = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
     name: str
@@ -150,8 +153,10 @@ class Family:
             return Fallback(step=self._step(item.primary), fallback=self._step(item.fallback))
         if isinstance(item, ChildSpec):
             child = self._saga(f"Child{item.name}", item.items)
+            # A short lease: a child's lease its parent could not release
+            # (the store went down) holds up its recovery for that long.
             return SubSaga(child, context=lambda parent: Ctx(order_id=parent.order_id),
-                           name=item.name)
+                           name=item.name, lease_seconds=CHILD_LEASE)
         assert isinstance(item, GroupSpec)
         return Parallel(*(self._item(member) for member in item.members))
 
