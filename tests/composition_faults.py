@@ -44,7 +44,6 @@ from fallback_saga import (
 from fallback_saga.events import StepCall
 from fallback_saga.store.base import SagaRecord
 
-
 CHILD_LEASE = 2.0
 
 
