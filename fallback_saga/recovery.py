@@ -10,6 +10,7 @@ heartbeat, fencing, hand-offs — is ``resumption.py``'s part.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -81,6 +82,7 @@ class ClaimedSaga:
         lease_seconds: float,
         listeners: tuple[object, ...] = (),
         allow_changed_definition: bool = False,
+        skip_for: float | None = None,
     ) -> None:
         self.store = store
         self.by_name = by_name
@@ -88,6 +90,9 @@ class ClaimedSaga:
         self.lease_seconds = lease_seconds
         self.listeners = listeners
         self.allow_changed_definition = allow_changed_definition
+        # Seconds a skipped saga stays out of claims (a worker's lease), or
+        # None: released, claimable at once (a one-off ``recover`` pass).
+        self.skip_for = skip_for
         self.saga_name: str | None = None  # once its record is read
         self.run: LeasedRun | None = None
         # Why it was skipped, when its definition (or a child's) changed.
@@ -194,8 +199,8 @@ class ClaimedSaga:
 
     async def _let_go(self, outcome: str) -> None:
         """Release the lease as ``outcome`` asks. A released saga is
-        claimable at once (a hand-off, or a saga this worker does not know,
-        which another one may). Only a hand-off is announced: a skipped saga
+        claimable at once (a hand-off; a saga a ``recover`` pass skipped, for
+        the operator's next pass). Only a hand-off is announced: a skipped saga
         announced would bounce between workers that all skip it, as fast as
         they can claim."""
         if self._keep_lease:
@@ -203,6 +208,17 @@ class ClaimedSaga:
         try:
             if outcome == "handed_off" and is_work_notifier(self.store):
                 await self.store.hand_off(self.lease)
+            elif outcome == "skipped" and self.skip_for is not None and hasattr(
+                self.store, "defer"
+            ):
+                # A worker's skip stays a skip until an operator acts (or a
+                # deploy): released, the saga — as old as ever — would be
+                # the first one claimed again at once, on every poll, warned
+                # about every time, and as many of them as a claim takes
+                # would starve every other saga. Out of claims for
+                # ``skip_for``: another worker (one that knows its name) gets
+                # it within that; an operator's resume leases it at once by id.
+                await self.store.defer(self.lease, self.skip_for)
             elif outcome == "deferred" and hasattr(self.store, "defer"):
                 # Out of claims for a lease's length (its parent, if it
                 # stalls, is taken over within that): released, a child
@@ -371,8 +387,12 @@ async def recover(
     given = listener_tuple(listeners)
     collect_hooks(given, "recovery_outcome")  # refuses a class or an async hook now
     report = RecoveryReport()
+    # An operator's pass takes the sagas workers keep out of their claims
+    # too (skipped ones, until an operator acts: this is the operator acting).
+    deferred = {"deferred": True} if _claims_deferred(store) else {}
     leases = await store.claim(
-        owner=owner or default_owner(), lease_seconds=lease, older_than=older_than, limit=limit
+        owner=owner or default_owner(), lease_seconds=lease, older_than=older_than, limit=limit,
+        **deferred,
     )
     gate = asyncio.Semaphore(concurrency)
 
@@ -410,6 +430,15 @@ async def recover(
 
     await _all_settled([resume_one(claimed) for claimed in leases])
     return report
+
+
+def _claims_deferred(store: RecoverableStore) -> bool:
+    """Whether ``store.claim`` takes ``deferred`` (the built-in stores do; a
+    store of one's own, or a wrapper of one, may not)."""
+    try:
+        return "deferred" in inspect.signature(store.claim).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 async def _all_settled(coroutines: list[Coroutine[Any, Any, None]]) -> None:

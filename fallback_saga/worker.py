@@ -61,7 +61,9 @@ class WorkerStats:
     compensated: int = 0
     failed: int = 0  # finished FAILED: needs an operator
     interrupted: int = 0  # the journal could not be written: left for a later claim
-    skipped: int = 0  # unknown saga, corrupt row, changed definition, store error
+    # unknown saga, corrupt row, changed definition, store error: each out of
+    # claims for the lease's length, then claimed (and counted) again
+    skipped: int = 0
     deferred: int = 0  # a child saga (SubSaga) whose parent is in flight: the parent drives it
     lost: int = 0
     handed_off: int = 0
@@ -100,6 +102,15 @@ class RecoveryWorker:
     ``allow_changed_definition``): a standing override would resume every
     saga a later deploy changes, unseen. It skips such a saga, and its
     warning says how an operator resumes it once.
+
+    A skipped saga (a name not given, a changed definition, ...) is kept out
+    of every worker's claims for ``lease`` seconds, as an unreadable one is
+    (its lease kept): released, it would be the oldest saga again, claimed and
+    warned about on every poll, and enough of them would fill every claim and
+    starve the sagas that can be resumed. So the warning comes once per
+    ``lease`` seconds per saga; a worker that knows the saga (a mixed fleet, a
+    rolling deploy) claims it within ``lease`` + its ``poll`` seconds; an
+    operator takes it at once (``recover``, ``resume`` by id).
 
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
@@ -272,7 +283,7 @@ class RecoveryWorker:
         self.stats.claimed += len(leases)
         for lease in leases:
             claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
-                                  listeners=self._listeners)
+                                  listeners=self._listeners, skip_for=self.lease)
             task = asyncio.get_running_loop().create_task(self._resume(claimed))
             self._in_flight[task] = claimed
             task.add_done_callback(self._done)
@@ -314,8 +325,9 @@ class RecoveryWorker:
                 "--allow-changed-definition, or recover(..., allow_changed_definition=True))"
                 if changed is not None and changed.overridable else ""
             )
-            _log.warning("recovery worker %s: skipped saga %s: %s%s", self.owner,
-                         claimed.saga_id, reason, how)
+            _log.warning("recovery worker %s: skipped saga %s: %s%s (workers claim it "
+                         "again in %g s)", self.owner, claimed.saga_id, reason, how,
+                         self.lease)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)

@@ -249,7 +249,7 @@ async def test_the_recovery_query_uses_the_partial_index(
         for row in raw.execute(
             "EXPLAIN " + store._sql.claimable.replace("%s::float8", "-1").replace(
                 "%s::bigint", "10"
-            )
+            ).replace("%s::boolean", "false")
         ).fetchall()
     )
     assert "fallback_saga_sagas_due" in plan, plan

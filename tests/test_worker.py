@@ -937,3 +937,187 @@ async def test_S13_a_worker_polling_a_store_that_is_down_warns_once_per_outage(
     assert [level for level, _ in lines] == ["WARNING", "INFO", "WARNING", "INFO"]
     assert "SagaStoreError: the database is unreachable" in lines[0][1]
     assert "every 0.001 s" in lines[0][1]
+
+
+# --------------------------------------------------------------------------- skipped sagas
+
+
+class OutcomeSignal(OutcomeRecorder):
+    """An ``OutcomeRecorder`` that a test can await: each outcome sets ``told``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = asyncio.Event()
+
+    def recovery_outcome(
+        self, saga_id: str, saga_name: str | None, outcome: str, reason: str | None
+    ) -> None:
+        super().recovery_outcome(saga_id, saga_name, outcome, reason)
+        self.told.set()
+
+    async def until(self, outcome: str, *, at_most: int) -> None:
+        """Wait until ``outcome`` is told, failing once ``at_most`` outcomes
+        came without it (a worker spinning on other sagas)."""
+        while not any(told == outcome for _, _, told, _ in self.outcomes):
+            assert len(self.outcomes) < at_most, (
+                f"no {outcome!r} in {at_most} outcomes: {self.outcomes}")
+            self.told.clear()
+            await asyncio.wait_for(self.told.wait(), 60)  # a safety net, not a sync
+
+
+def _a_store(kind: str, db: Path, request: pytest.FixtureRequest) -> Any:
+    if kind == "postgres":
+        from fallback_saga.store.postgres import PostgresSagaStore
+
+        return PostgresSagaStore(request.getfixturevalue("pg_conninfo"),
+                                 schema=request.getfixturevalue("pg_schema"))
+    return SQLiteSagaStore(db)
+
+
+class NoSuchSaga(OrderSaga):
+    """A saga of a name the workers are not given (until one is)."""
+
+
+async def _two_sagas_no_worker_resumes(store: Any) -> list[str]:
+    """The oldest sagas: one of a name the worker is not given, one whose
+    definition changed since it started (until an operator acts, both are
+    skipped)."""
+    await store.create("x-unknown", "NoSuchSaga", NoSuchSaga.definition.fingerprint,
+                       {"order_id": "x"},
+                       [_act(0, "A", StepStatus.STARTED)])
+    await store.create("x-changed", "OrderSaga", "an older fingerprint", {"order_id": "x"},
+                       [_act(0, "A", StepStatus.STARTED)])
+    return ["x-changed", "x-unknown"]
+
+
+def _skip_warnings(caplog: pytest.LogCaptureFixture) -> Counter[str]:
+    return Counter(
+        saga_id for record in caplog.records for saga_id in ("x-unknown", "x-changed")
+        if record.levelno == logging.WARNING and f"skipped saga {saga_id}" in record.getMessage()
+    )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_S12_skipped_sagas_starve_no_due_saga_and_are_not_reclaimed_every_poll(
+    kind: str, db: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As many skipped sagas as a claim takes, older than a saga the worker
+    can resume: each is skipped (and warned about) once, then kept out of
+    claims for the worker's lease — released, they were the oldest again and
+    the worker claimed them on every poll, logging the same warning each
+    time and never reaching the other saga. An operator still leases one at
+    once by id (``Saga.resume``)."""
+    caplog.set_level(logging.WARNING, logger="fallback_saga")
+    told = OutcomeSignal()
+    async with _a_store(kind, db, request) as store:
+        skipped = await _two_sagas_no_worker_resumes(store)
+        await seed(store, 1)  # newer than both: claimed after them
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=2,
+                                lease=30, poll=3600, older_than=0, listeners=[told])
+        started = time.time()
+        running = asyncio.create_task(worker.run())
+        try:
+            await told.until("completed", at_most=10)
+        finally:
+            await worker.stop()
+            await running
+        assert sorted(s for s, _, o, _ in told.outcomes if o == "skipped") == skipped
+        assert worker.stats.skipped == 2
+        assert _skip_warnings(caplog) == Counter(skipped)
+        # Out of claims, for a bounded time: the worker's lease.
+        assert await store.claim(owner="w", lease_seconds=30, older_than=0, limit=10) == []
+        for saga_id in skipped:
+            state = await store.lease_state(saga_id)
+            assert state.owner is None
+            assert started < state.expires_at <= time.time() + 30 + 1
+        lease = await store.claim_saga("x-changed", owner="an operator", lease_seconds=30)
+        assert lease.owner == "an operator"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_S12_a_saga_a_worker_skipped_is_the_operators_at_once_and_warned_again_later(
+    kind: str, db: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kept out of the workers' claims, a skipped saga is still an operator's
+    at once: ``recover`` lists it (and resumes it with
+    ``allow_changed_definition``). Once its time out of claims has run out,
+    a worker that knows its name resumes it, and one that does not claims it
+    and warns about it again."""
+    from fallback_saga import recover
+
+    caplog.set_level(logging.WARNING, logger="fallback_saga")
+    told = OutcomeSignal()
+    async with _a_store(kind, db, request) as store:
+        await _two_sagas_no_worker_resumes(store)
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=2,
+                                lease=30, poll=3600, older_than=0, listeners=[told])
+        running = asyncio.create_task(worker.run())
+        try:
+            while len(told.outcomes) < 2:
+                told.told.clear()
+                await asyncio.wait_for(told.told.wait(), 60)
+        finally:
+            await worker.stop()
+            await running
+        assert _skip_warnings(caplog) == Counter(["x-unknown", "x-changed"])
+        assert await store.claim(owner="w", lease_seconds=30, older_than=0, limit=10) == []
+        # The operator's pass: both are seen; the override resumes the changed one.
+        report = await recover(store, [order_saga(store, Ledger())], older_than=0,
+                               allow_changed_definition=True)
+        assert report.resumed == ["x-changed"]
+        assert [saga_id for saga_id, _ in report.skipped] == ["x-unknown"]
+        # Released by that pass, or its time out of claims run out: claimed again,
+        # and warned about again by a worker that still does not know it ...
+        lease = await store.claim_saga("x-unknown", owner="t", lease_seconds=30)
+        await store.defer(lease, -1)
+        told = OutcomeSignal()
+        again = RecoveryWorker(store, [order_saga(store, Ledger())], poll=3600, older_than=0,
+                               listeners=[told])
+        running = asyncio.create_task(again.run())
+        try:
+            await told.until("skipped", at_most=1)
+        finally:
+            await again.stop()
+            await running
+        assert _skip_warnings(caplog) == Counter(["x-unknown", "x-unknown", "x-changed"])
+
+        # ... and resumed by one that knows it.
+        lease = await store.claim_saga("x-unknown", owner="t", lease_seconds=30)
+        await store.defer(lease, -1)
+        told = OutcomeSignal()
+        knowing = RecoveryWorker(store, [NoSuchSaga(store=store, step_factory=lambda c: c(
+            Ledger()))], poll=3600, older_than=0, listeners=[told])
+        running = asyncio.create_task(knowing.run())
+        try:
+            await told.until("completed", at_most=1)
+        finally:
+            await knowing.stop()
+            await running
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_S12_a_claim_of_deferred_sagas_takes_no_leased_nor_young_saga(
+    kind: str, db: Path, request: pytest.FixtureRequest
+) -> None:
+    """``claim(deferred=True)`` (an operator's pass) adds the sagas ``defer``
+    keeps out of claims — and nothing else: not a saga another worker holds,
+    nor one not yet ``older_than`` old, nor a finished one."""
+    async with _a_store(kind, db, request) as store:
+        await seed(store, 4)
+        held = await store.claim_saga("s0001", owner="elsewhere", lease_seconds=60)
+        assert held.owner == "elsewhere"
+        deferred = await store.claim_saga("s0002", owner="w", lease_seconds=60)
+        await store.defer(deferred, 60)
+        done = await store.claim_saga("s0003", owner="w", lease_seconds=60)
+        await store.append("s0003", [], status=SagaStatus.COMPLETED, fence=done)
+        await store.defer(done, 60)
+        # s0000: never leased, and not an hour old.
+        assert await store.claim(owner="o", lease_seconds=30, older_than=3600,
+                                 limit=10) == []
+        taken = await store.claim(owner="o", lease_seconds=30, older_than=3600, limit=10,
+                                  deferred=True)
+        assert [lease.saga_id for lease in taken] == ["s0002"]
+        assert taken[0].token == deferred.token + 1
+        with pytest.raises(TypeError, match="deferred must be a bool"):
+            await store.claim(owner="o", lease_seconds=30, older_than=0, limit=1,
+                              deferred="yes")

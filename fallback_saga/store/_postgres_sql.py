@@ -226,7 +226,9 @@ class _Statements:
             f" AND ((lease_expires_at IS NULL"
             f" AND (updated_at < now() - make_interval(secs => %s::float8)"
             f" OR {_AHEAD.format('updated_at')}))"
-            f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')})"
+            f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')}"
+            # Deferred (given back with a later expiry), if the claim asks for them too.
+            f" OR (%s::boolean AND lease_owner IS NULL AND lease_expires_at IS NOT NULL))"
             # Oldest update first, to within a second: the order of the
             # partial index on touched_at (updated_at is not indexed).
             f" ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"

@@ -109,7 +109,9 @@ _CLAIMABLE: Final = (
     "SELECT saga_id, fence, lease_expires_at, updated_at FROM sagas WHERE status IN (?, ?)"
     " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
     " OR lease_expires_at <= ? OR lease_written_at > ?"
-    " OR lease_expires_at >= '' OR updated_at >= '')"
+    " OR lease_expires_at >= '' OR updated_at >= ''"
+    # Deferred (given back with a later expiry), if the claim asks for them too.
+    " OR (? AND lease_owner IS NULL AND lease_expires_at IS NOT NULL))"
     " ORDER BY updated_at LIMIT ?"
 )
 _TAKE_LEASE: Final = (
@@ -557,6 +559,7 @@ def _claim(
     lease_seconds: float,
     older_than: float,
     limit: int,
+    deferred: bool,
 ) -> list[Lease]:
     # The group's transaction is BEGIN IMMEDIATE: no other connection can
     # claim between this SELECT and the UPDATEs below.
@@ -567,7 +570,7 @@ def _claim(
             rows = cursor.execute(
                 _CLAIMABLE,
                 (*_INTERRUPTED, now - older_than, now + older_than, now,
-                 now + max(older_than, 0.0), wanted),
+                 now + max(older_than, 0.0), 1 if deferred else 0, wanted),
             ).fetchall()
         claimable: list[tuple[str, int]] = []
         corrupt: list[tuple[object, str]] = []

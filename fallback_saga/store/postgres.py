@@ -1023,13 +1023,18 @@ class PostgresSagaStore:
         return LeaseState(owner, expires_at, token)
 
     async def claim(
-        self, *, owner: str, lease_seconds: float, older_than: float, limit: int
+        self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
+        deferred: bool = False,
     ) -> list[Lease]:
         """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
         updated for ``older_than`` seconds, no unexpired lease), oldest first,
         in one short transaction; each claim increments the saga's fencing
         token. Negative durations are allowed (tests use them for "already
-        expired" without sleeping). Times are the database server's."""
+        expired" without sleeping). Times are the database server's.
+        ``deferred``: also sagas ``defer`` keeps out of claims (an operator's
+        ``recover`` pass)."""
+        if not isinstance(deferred, bool):
+            raise TypeError(f"deferred must be a bool, got {deferred!r}")
         owner = check_owner(owner)
         lease_seconds = finite_seconds("lease_seconds", lease_seconds)
         older_than = finite_seconds("older_than", older_than)
@@ -1048,7 +1053,7 @@ class PostgresSagaStore:
                 async with conn.transaction():
                     await conn.execute(_READ_COMMITTED)
                     due, taken = await self._claim_in(conn, owner, lease_seconds, older_than,
-                                                      limit)
+                                                      limit, deferred)
             finally:
                 await pool.putconn(conn)
         except self._errors as error:
@@ -1062,14 +1067,15 @@ class PostgresSagaStore:
 
     async def _claim_in(
         self, conn: AsyncConnection[Any], owner: str, lease_seconds: float, older_than: float,
-        limit: int,
+        limit: int, deferred: bool = False,
     ) -> tuple[list[str], dict[str, tuple[int, float]]]:
         """``claim``'s statements, in the caller's transaction: the sagas due,
         oldest first, and the fence and expiry of each one leased."""
         sql = self._sql
         prepare = self._prepare
         ahead = max(older_than, 0.0)  # a negative older_than takes nothing more as ahead
-        cursor = await _query(conn, sql.claimable, (older_than, ahead, ahead, limit), prepare)
+        cursor = await _query(conn, sql.claimable, (older_than, ahead, ahead, deferred, limit),
+                              prepare)
         due = [saga_id for (saga_id,) in await cursor.fetchall()]
         if not due:
             return [], {}

@@ -710,18 +710,23 @@ class SQLiteSagaStore:
         return state
 
     async def claim(
-        self, *, owner: str, lease_seconds: float, older_than: float, limit: int
+        self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
+        deferred: bool = False,
     ) -> list[Lease]:
         """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
         updated for ``older_than`` seconds, no unexpired lease), oldest first,
         inside one ``BEGIN IMMEDIATE`` transaction; each claim increments the
         saga's fencing token. Negative durations are allowed (tests use them
-        for "already expired" without sleeping)."""
+        for "already expired" without sleeping). ``deferred``: also sagas
+        ``defer`` keeps out of claims (an operator's ``recover`` pass)."""
+        if not isinstance(deferred, bool):
+            raise TypeError(f"deferred must be a bool, got {deferred!r}")
         args = (
             check_owner(owner),
             finite_seconds("lease_seconds", lease_seconds),
             finite_seconds("older_than", older_than),
             non_negative_int("limit", limit),
+            deferred,
         )
         leases: list[Lease] = await self._submit(_claim, args, write=True)
         return leases
