@@ -370,17 +370,27 @@ async def run_group(
     finally:
         host.write_lock = None
     failures = run.failures
-    if failures:
+    if failures or cancelled is not None:
+        # The error raised from here holds this frame in its traceback, and
+        # the failed member's frame holds ``run``: neither may keep a task
+        # or an error (error -> traceback -> frame -> task -> error is a
+        # cycle only the garbage collector finds, and until it does the
+        # saga's context and every frame's locals stay alive).
+        run.failures = []
         for task in tasks:
             if not task.cancelled():
                 task.exception()  # retrieved: its error is in failures
-    if cancelled is not None:
-        raise cancelled_again(cancelled)
-    if failures:
+        tasks = task = _ = pending = None  # type: ignore[assignment]
+        if cancelled is not None:
+            raise cancelled_again(cancelled)
         name, error = failures[0]
         host.step = name
         host.branch_errors = dict(failures)
-        raise error
+        failures = None  # type: ignore[assignment]
+        try:
+            raise error
+        finally:
+            del error
     if resumed is None:
         return [task.result() for task in tasks]
     done = dict(resumed)

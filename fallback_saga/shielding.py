@@ -43,7 +43,13 @@ def cancelled_again(caught: BaseException) -> asyncio.CancelledError:
     held back until the work it must not abandon was done: a new one with the
     caught one's arguments, so the caller's ``task.cancel(msg)`` message is
     what the caller finally sees. (The task's cancellation count is
-    untouched: the request is still pending, and is answered by this raise.)"""
+    untouched: the request is still pending, and is answered by this raise.)
+
+    The caught one is never raised again: its traceback is dropped. It holds
+    the frame that caught it, whose local holds the caught one — a reference
+    cycle that would keep the frame's locals (the saga's run, its context)
+    alive until the garbage collector finds it."""
+    caught.__traceback__ = None
     return asyncio.CancelledError(*caught.args)
 
 

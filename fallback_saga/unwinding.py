@@ -147,8 +147,11 @@ class UnwindingRun(JournaledRun):
                 raise self._interrupted(cause)
             error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
-        if self.branch_errors or isinstance(error, SagaFailed):
-            failures = self.branch_errors or {failed_step: error}
+        # Handed to SagaFailed, not kept: a member's error holds, through its
+        # traceback, a frame that holds this run (a reference cycle).
+        branch_errors, self.branch_errors = self.branch_errors, None
+        if branch_errors or isinstance(error, SagaFailed):
+            failures = branch_errors or {failed_step: error}
             for name, failure in failures.items():
                 if isinstance(failure, SagaFailed) and failure.status is _SAGA_FAILED:
                     self.leave_undone(name, failure)
@@ -170,7 +173,7 @@ class UnwindingRun(JournaledRun):
             failed_step=failed_step,
             error=error,
             compensation_errors=compensation_errors,
-            branch_errors=self.branch_errors,
+            branch_errors=branch_errors,
         ) from error
 
     def leave_undone(self, step: str, error: BaseException) -> None:

@@ -1,0 +1,165 @@
+"""A long-running service runs sagas for months: nothing a finished saga
+used may outlive it.
+
+Each test runs many sagas through one path and counts what is left: the
+contexts (freed at once, by reference counting — a reference cycle through
+an exception's traceback would keep a context, and the secrets in its
+frames, alive until the garbage collector happens to run), the objects the
+collector has to find, threads, file descriptors and tasks. Counting, never
+timing: each test is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fallback_saga import (
+    MemorySagaStore,
+    Parallel,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaStepHandler,
+    SQLiteSagaStore,
+)
+
+
+class Boom(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class LeakCtx(SagaContext):
+    secret: str = "hunter2"
+    a: int | None = None
+    b: int | None = None
+
+
+# Every context a step saw, weakly: a test counts those still alive.
+SEEN: list[weakref.ref[LeakCtx]] = []
+
+
+def alive() -> int:
+    return sum(ref() is not None for ref in SEEN)
+
+
+class Seen(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        SEEN.append(weakref.ref(context))
+
+
+class WriteA(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        context.a = 1
+
+
+class WriteB(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        context.b = 1
+
+
+class Fails(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        raise Boom("no")
+
+
+class WaitsThenFails(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        await asyncio.sleep(0)
+        raise Boom("no")
+
+
+@pytest.fixture
+def no_collector() -> Iterator[Callable[[], int]]:
+    """The garbage collector off; yields ``collect``: how many unreachable
+    objects (cycles) the runs left for it."""
+    SEEN.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        yield gc.collect
+    finally:
+        gc.enable()
+        SEEN.clear()
+
+
+async def run_failing(saga: Saga[Any], times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(SagaFailed):
+            await saga.run(LeakCtx())
+
+
+@pytest.mark.parametrize("member", [Fails, WaitsThenFails])
+def test_S15_a_failed_group_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], member: type
+) -> None:
+    class GroupFails(Saga[LeakCtx]):
+        steps = [Seen, Parallel(WriteA, WriteB, member)]
+
+    saga = GroupFails(store=MemorySagaStore(max_finished=0))
+    asyncio.run(run_failing(saga, 1))  # warm-up: caches, the loop's first objects
+    no_collector()
+    asyncio.run(run_failing(saga, 20))
+    assert alive() == 0, "a failed group's context outlived its saga"
+    assert no_collector() == 0
+
+
+class Waits(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        await asyncio.sleep(0)
+
+
+class WaitsAgain(Waits):
+    name = "WaitsAgain"
+
+
+async def cancel_after(saga: Saga[Any], turns: int) -> None:
+    """Run a saga in a task, cancel it after ``turns`` turns of the loop, wait."""
+    task = asyncio.ensure_future(saga.run(LeakCtx()))
+    try:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SagaFailed):
+            await task
+    finally:
+        del task  # (the awaited task holds the error that holds this frame)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process", "inline"])
+def test_S8_a_cancelled_saga_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], writer: str, tmp_path: Path
+) -> None:
+    """Cancelled at every point of its run (in a journal write too), a saga's
+    context is freed as its run ends, with nothing left for the collector."""
+
+    class Cancelled(Saga[LeakCtx]):
+        steps = [Seen, Waits, Parallel(WriteA, WriteB), WaitsAgain, Fails]
+
+    async def main() -> list[tuple[int, int]]:
+        cycles = []
+        async with SQLiteSagaStore(str(tmp_path / "leaks.db"), writer=writer) as store:
+            saga = Cancelled(store=store)
+            await cancel_after(saga, 3)  # warm-up
+            SEEN.clear()
+            for turns in range(12):
+                no_collector()
+                await cancel_after(saga, turns)
+                left = no_collector()
+                if left:
+                    cycles.append((turns, left))
+            # asyncio itself keeps the last cancellation it raised (with its
+            # frames) until the next one: one context at most, never more.
+            assert alive() <= 1
+        return cycles
+
+    assert asyncio.run(main()) == []
