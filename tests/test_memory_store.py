@@ -29,6 +29,7 @@ from fallback_saga import (
     SagaStepResult,
     SagaStore,
     StepStatus,
+    SubSaga,
     current_step,
 )
 from fallback_saga.store._responses import response_text
@@ -537,3 +538,68 @@ async def test_a_lean_saga_shows_its_journal_while_it_runs() -> None:
     assert finished.history[:5] == running.history
     assert [e.result for e in finished.history[5:]] == ['{"$fs":["tuple",["t",1.0]]}']
     assert [r.response for r in result.results] == [2.5, ("t", 1.0)]
+
+
+# --------------------------------------------------------------------------- a saga finished twice
+
+
+@dataclasses.dataclass
+class _UndoCtx(SagaContext):
+    order_id: str = "o"
+
+
+_undo_gate: dict[str, asyncio.Event] = {}
+
+
+class _SlowUndo(SagaStepHandler[_UndoCtx, None]):
+    async def act(self, context: _UndoCtx, /) -> None:
+        pass
+
+    async def compensate(self, context: _UndoCtx, /) -> None:
+        _undo_gate["started"].set()
+        await _undo_gate["release"].wait()
+
+
+class _FailsAfterChild(SagaStepHandler[_UndoCtx, None]):
+    async def act(self, context: _UndoCtx, /) -> None:
+        raise Boom("no")
+
+
+class _UndoneChild(Saga[_UndoCtx]):
+    steps = [_SlowUndo]
+
+
+class _UnwindsItsChild(Saga[_UndoCtx]):
+    steps = [SubSaga(_UndoneChild, context=lambda parent: _UndoCtx()), _FailsAfterChild]
+
+
+async def test_a_child_saga_unwound_by_its_parent_is_running_again_and_never_dropped() -> None:
+    # The child finished (COMPLETED), then its parent failed and unwinds it:
+    # it runs again, and a running saga is never dropped, however many
+    # others finish meanwhile.
+    _undo_gate.update(started=asyncio.Event(), release=asyncio.Event())
+    store = MemorySagaStore(max_finished=1)
+    quick = declare(Probe("A", []))(store=store)
+    task = asyncio.create_task(_UnwindsItsChild(store=store).run(_UndoCtx(), saga_id="p"))
+    await reached(_undo_gate["started"])
+    for n in range(3):
+        await quick.run(OrderCtx(), saga_id=f"quick-{n}")
+
+    assert (await store.load("p/_UndoneChild")).status is SagaStatus.COMPENSATING
+    _undo_gate["release"].set()
+    with pytest.raises(SagaFailed):
+        await task
+    assert (await store.load("p")).status is SagaStatus.COMPENSATED
+    assert len(store) == 1
+
+
+async def test_retention_counts_a_child_unwound_by_its_parent_once() -> None:
+    _undo_gate.update(started=asyncio.Event(), release=asyncio.Event())
+    _undo_gate["release"].set()
+    store = MemorySagaStore(max_finished=4)
+    saga = _UnwindsItsChild(store=store)
+    for n in range(5):
+        with pytest.raises(SagaFailed):
+            await saga.run(_UndoCtx(), saga_id=f"p-{n}")
+    # Ten sagas finished (five parents, five children): the four newest are kept.
+    assert sorted(store._sagas) == ["p-3", "p-3/_UndoneChild", "p-4", "p-4/_UndoneChild"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -58,9 +59,18 @@ class MemorySagaStore:
     # ------------------------------------------------------------------ LiveJournal
 
     def track(self, saga: LiveSaga, *, replace: bool = False) -> None:
-        if saga.saga_id in self._sagas and not replace:
-            raise SagaAlreadyExists(saga.saga_id)
-        self._sagas[saga.saga_id] = saga
+        saga_id = saga.saga_id
+        held = self._sagas.get(saga_id)
+        if held is not None:
+            if not replace:
+                raise SagaAlreadyExists(saga_id)
+            if _is_final(held):
+                # A finished saga runs again (a child saga its parent unwinds):
+                # no longer one of the finished, which the oldest are dropped
+                # from — a running saga never is — and it retires once more
+                # when it ends. (A scan, on this rare path only.)
+                self._reopened(saga_id)
+        self._sagas[saga_id] = saga
 
     def finished(self, saga: LiveSaga) -> None:
         saga_id = saga.saga_id
@@ -164,6 +174,8 @@ class MemorySagaStore:
         record.updated_at = time.time()
         record.version += 1
         if status is not None and status is not record.status:
+            if record.status.is_final:
+                self._reopened(saga_id)  # see track
             record.status = status
             if status.is_final:
                 self._retire(saga_id)
@@ -270,6 +282,11 @@ class MemorySagaStore:
             saga_id, saga.saga_name, saga.status, saga.created_at, updated_at
         )
 
+    def _reopened(self, saga_id: str) -> None:
+        """A finished saga is running again: out of the finished (each is there once)."""
+        with contextlib.suppress(ValueError):
+            self._finished.remove(saga_id)
+
     def _retire(self, saga_id: str) -> None:
         finished = self._finished
         finished.append(saga_id)
@@ -310,6 +327,14 @@ _SAGA_STATUS = {member.value: member for member in SagaStatus}
 _COMPLETED_VALUE = SagaStatus.COMPLETED.value
 # A member's plain value (``.value`` is a Python-level property on 3.11: 5x a lookup here).
 _STATUS_VALUE = {member: member.value for member in SagaStatus}
+_FINAL_VALUES = frozenset(member.value for member in SagaStatus if member.is_final)
+
+
+def _is_final(saga: SagaRecord | LiveSaga | _Frozen) -> bool:
+    """Whether a held saga (a record, a watched run, a frozen tuple) has finished."""
+    if isinstance(saga, tuple):
+        return saga[2] in _FINAL_VALUES  # the status value (see the layout above)
+    return saga.status.is_final
 
 
 def _freeze(saga: LiveSaga) -> _Frozen | None:
