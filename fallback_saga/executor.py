@@ -390,6 +390,9 @@ class Execution(UnwindingRun):
                             except JournalWriteFailed:
                                 # The act never ran (or a child of it is out of
                                 # reach): nothing to record or fall back from.
+                                # The run stops: it keeps no primary's error
+                                # (whose traceback holds this frame: a cycle).
+                                self.primary_error = None
                                 self.active = False
                                 raise
                             except BaseException as error:
@@ -565,10 +568,13 @@ class Execution(UnwindingRun):
             await self._cancelled_at_the_end()
             raise
         if failure is not None:
-            if isinstance(failure.error, ContextSerializationError):
-                # The last step left a context the journal cannot hold.
-                await self.fail(failure)
-            raise self._interrupted(failure.error)
+            try:
+                if isinstance(failure.error, ContextSerializationError):
+                    # The last step left a context the journal cannot hold.
+                    await self.fail(failure)
+                raise self._interrupted(failure.error)
+            finally:
+                failure = None  # no local keeps it: its traceback holds this frame
         self.status = SagaStatus.COMPLETED
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
@@ -711,6 +717,7 @@ class Execution(UnwindingRun):
                 # The act never ran (or a child of it is out of reach): nothing
                 # to record, retry or fall back from.
                 cursor.active = False
+                self.primary_error = None  # the run stops: see run_all
                 raise
             except BaseException as error:
                 restore_step(context, snapshot)

@@ -120,50 +120,56 @@ async def write_durably(
     loop time ``deadline``; raises ``NotDurable`` when the budget is spent or
     the refusal is definitive. ``failed``: the first try was made already (in
     the caller's task) and failed with that error."""
-    attempt = 1
-    in_doubt = False
-    if failed is not None:
-        if isinstance(failed, (*_DEFINITIVE, JournalConflict)):
-            raise NotDurable(failed, in_doubt=False)
-        in_doubt = True
-        error: BaseException = failed
-    else:
-        try:
-            async with asyncio.timeout_at(deadline):
-                await send(store, write)
-            return
-        except (*_DEFINITIVE, JournalConflict) as refused:
-            raise NotDurable(refused, in_doubt=False) from refused
-        except Exception as first:
-            error, in_doubt = first, True
-    while True:
-        # A failed try may have landed (in_doubt): before another, ask the store.
-        if not policy.should_retry(error, attempt) or not await _wait(
-            policy, attempt + 1, deadline
-        ):
-            raise NotDurable(error, in_doubt) from error
-        attempt += 1
-        try:
-            async with asyncio.timeout_at(deadline):
-                if in_doubt and await _landed(store, write):
-                    return
-                in_doubt = False
-                try:
+    try:
+        attempt = 1
+        in_doubt = False
+        if failed is not None:
+            if isinstance(failed, (*_DEFINITIVE, JournalConflict)):
+                raise NotDurable(failed, in_doubt=False)
+            in_doubt = True
+            error: BaseException = failed
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
                     await send(store, write)
-                except JournalConflict:
-                    # The try reconciled a moment ago as "not landed" landed
-                    # after all (a commit still in flight on the server when
-                    # we read): the conditional append refused to repeat it.
-                    if write.conditional and await _landed(store, write):
+                return
+            except (*_DEFINITIVE, JournalConflict) as refused:
+                raise NotDurable(refused, in_doubt=False) from refused
+            except Exception as first:
+                error, in_doubt = first, True
+        while True:
+            # A failed try may have landed (in_doubt): before another, ask the store.
+            if not policy.should_retry(error, attempt) or not await _wait(
+                policy, attempt + 1, deadline
+            ):
+                raise NotDurable(error, in_doubt) from error
+            attempt += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if in_doubt and await _landed(store, write):
                         return
-                    raise
-            return
-        except (*_DEFINITIVE, JournalConflict) as refused:
-            # A creation found to be another run's: this one's did not land.
-            landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
-            raise NotDurable(refused, landed_maybe) from refused
-        except Exception as failure:
-            error, in_doubt = failure, True
+                    in_doubt = False
+                    try:
+                        await send(store, write)
+                    except JournalConflict:
+                        # The try reconciled a moment ago as "not landed" landed
+                        # after all (a commit still in flight on the server when
+                        # we read): the conditional append refused to repeat it.
+                        if write.conditional and await _landed(store, write):
+                            return
+                        raise
+                return
+            except (*_DEFINITIVE, JournalConflict) as refused:
+                # A creation found to be another run's: this one's did not land.
+                landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
+                raise NotDurable(refused, landed_maybe) from refused
+            except Exception as failure:
+                error, in_doubt = failure, True
+    finally:
+        # No local may keep an error once this ends: each holds this frame
+        # in its traceback (a reference cycle, which would keep the write
+        # and the frames of its tries alive until the collector runs).
+        error = failed = None  # type: ignore[assignment]
 
 
 async def _wait(policy: RetryPolicy, attempt: int, deadline: float | None) -> bool:

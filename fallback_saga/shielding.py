@@ -61,7 +61,12 @@ async def settle(
     the ``CancelledError`` the caller got while waiting, if any, is reported,
     never acted on, here (``cancelled_again`` raises it)."""
     task, cancelled = await _to_the_end(coroutine)
-    return task.exception(), cancelled
+    try:
+        return task.exception(), cancelled
+    finally:
+        # No frame local keeps the task: its error's traceback can hold this
+        # frame (a task started eagerly ran its first step inside our call).
+        del task
 
 
 

@@ -184,6 +184,8 @@ class JournaledRun(StepCursor):
                         break  # the write's own failure: read below
                 failure = written_by.exception()
             if failure is not None:
+                # Raised into this frame: no local keeps it (see the end).
+                written_by = None
                 failure, later = await settle(write_durably(
                     store, self._write(create, entries, status, context), settings.journal_retry,
                     deadline=deadline, failed=failure,
@@ -237,10 +239,16 @@ class JournaledRun(StepCursor):
                 self.landed_unseen = status or self.journaled_status
         if failure is not None and was_dirty:
             self.context_dirty = True  # the context it carried is not journaled
-        if cancelled is not None:
-            raise cancelled_again(cancelled)
-        if failure is not None:
-            raise JournalWriteFailed(failure) from failure
+        if cancelled is not None or failure is not None:
+            try:
+                if cancelled is not None:
+                    raise cancelled_again(cancelled)
+                assert failure is not None
+                raise JournalWriteFailed(failure) from failure
+            finally:
+                # No frame local keeps the failure: its traceback can hold
+                # this frame (a try started eagerly, in this task's step).
+                failure = None
 
     def _write(
         self,

@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_faults import (
+    COMPLETES,
+    FAULT_KINDS,
+    UNWINDS,
+    Ctx,
+    FaultyStore,
+    FaultySubmittingStore,
+    Ledger,
+)
 
 from fallback_saga import (
     MemorySagaStore,
@@ -30,6 +39,7 @@ from fallback_saga import (
     SagaFailed,
     SagaStepHandler,
     SQLiteSagaStore,
+    set_testing,
 )
 
 
@@ -160,6 +170,48 @@ def test_S8_a_cancelled_saga_leaves_no_reference_cycle(
             # asyncio itself keeps the last cancellation it raised (with its
             # frames) until the next one: one context at most, never more.
             assert alive() <= 1
+        return cycles
+
+    assert asyncio.run(main()) == []
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_S13_a_journal_fault_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], store_kind: str, tmp_path: Path
+) -> None:
+    """At every journal write, every fault of ``journal_faults`` (an outage,
+    an answer lost, a cancellation): whether the run completes, unwinds or
+    is interrupted, nothing it held is left for the collector. (With the
+    retries' real waits, as a service has them.)"""
+    set_testing(False)  # (the fixture turns it back on for the next test)
+
+    async def main() -> list[tuple[str, str, int, int]]:
+        cycles = []
+        if store_kind == "memory":
+            inner: Any = MemorySagaStore(max_finished=0)
+        else:
+            inner = SQLiteSagaStore(str(tmp_path / "faults.db"))
+            await inner.open()
+        faulty = FaultyStore if store_kind == "memory" else FaultySubmittingStore
+        number = 0
+        for shape in (COMPLETES, UNWINDS):
+            for kind in FAULT_KINDS:
+                for at in range(8):
+                    number += 1
+                    store = faulty(inner, at=at, kind=kind)
+                    saga = shape.build(store, Ledger())
+                    no_collector()
+                    task = asyncio.create_task(saga.run(Ctx(order_id="o"), saga_id=f"s-{number}"))
+                    store.victim = task
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await task
+                    del task, store.victim
+                    left = no_collector()
+                    if left:
+                        cycles.append((shape.name, kind, at, left))
+                    store.heal()
+        if store_kind == "sqlite":
+            await inner.close()
         return cycles
 
     assert asyncio.run(main()) == []
