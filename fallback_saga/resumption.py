@@ -372,10 +372,17 @@ class LeasedRun:
             return await task
         except BaseException as error:
             outcome = self._outcome(error)
-            if outcome is error:
-                raise
-            raise outcome from error
+            try:
+                if outcome is error:
+                    raise
+                raise outcome from error
+            finally:
+                del outcome  # see below
         finally:
+            # Neither a local nor the run keeps the task: its error's
+            # traceback holds this frame (a cycle only the collector finds).
+            del task
+            self._task = None
             if beat is not None:
                 beat.cancel()
                 await asyncio.wait([beat])

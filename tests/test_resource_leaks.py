@@ -39,6 +39,7 @@ from fallback_saga import (
     SagaFailed,
     SagaStepHandler,
     SQLiteSagaStore,
+    recover,
     set_testing,
 )
 
@@ -215,3 +216,46 @@ def test_S13_a_journal_fault_leaves_no_reference_cycle(
         return cycles
 
     assert asyncio.run(main()) == []
+
+
+class Crash(BaseException):
+    """The process going down mid-step (what SystemExit is): the saga is left
+    as its journal holds it, for recovery."""
+
+
+CRASHING = [True]
+
+
+class CrashesOnce(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        if CRASHING[0]:
+            raise Crash
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_S10_a_resumed_saga_that_fails_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], writer: str, tmp_path: Path
+) -> None:
+    """A recovery pass resumes crashed sagas, which then fail and unwind
+    (``LeasedRun``: the resumed run's task holds its error, whose traceback
+    holds the frame awaiting it)."""
+
+    class Resumed(Saga[LeakCtx]):
+        steps = [Seen, CrashesOnce, Parallel(WriteA, Fails)]
+
+    async def main() -> int:
+        clock = iter(range(10**9))
+        async with SQLiteSagaStore(
+            str(tmp_path / "resumed.db"), writer=writer, clock=lambda: 1e9 + next(clock)
+        ) as store:
+            CRASHING[0] = True
+            for _ in range(10):
+                with contextlib.suppress(Crash):
+                    await Resumed(store=store).run(LeakCtx())
+            CRASHING[0] = False
+            no_collector()
+            report = await recover(store, [Resumed], older_than=0.0)
+            assert len(report.compensated) == 10
+            return no_collector()
+
+    assert asyncio.run(main()) == 0
