@@ -128,13 +128,22 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
         task.add_done_callback(signal.fired)
         task, later = await _waited_for(task, signal)
         cancelled = cancelled or later
-    if cancelled is not None:
-        # What the work let out (a BaseException such as SystemExit: it
-        # handles every Exception itself) outranks our cancellation, and must
-        # not be left unretrieved, for asyncio to log when the task is freed.
-        error = None if task.cancelled() else task.exception()
-        raise error if error is not None else cancelled_again(cancelled)
-    return task.result()
+    error: BaseException | None = None
+    try:
+        if cancelled is not None:
+            # What the work let out (a BaseException such as SystemExit: it
+            # handles every Exception itself) outranks our cancellation, and
+            # must not be left unretrieved, for asyncio to log when the task
+            # is freed.
+            error = None if task.cancelled() else task.exception()
+            raise error if error is not None else cancelled_again(cancelled)
+        return task.result()
+    finally:
+        # No local keeps the task or what it let out: an error it returns or
+        # raises can hold this frame in its traceback (the task started
+        # eagerly, inside our call) — a reference cycle.
+        del task
+        error = None
 
 
 @types.coroutine

@@ -166,15 +166,19 @@ class UnwindingRun(JournaledRun):
         if self.interruption is not None:
             raise self._interrupted(self.interruption, failure=error)
         self._announce_finish(error)
-        raise SagaFailed(
-            saga_id=self.saga_id,
-            saga_name=self.saga_name,
-            status=self.status,
-            failed_step=failed_step,
-            error=error,
-            compensation_errors=compensation_errors,
-            branch_errors=branch_errors,
-        ) from error
+        try:
+            raise SagaFailed(
+                saga_id=self.saga_id,
+                saga_name=self.saga_name,
+                status=self.status,
+                failed_step=failed_step,
+                error=error,
+                compensation_errors=compensation_errors,
+                branch_errors=branch_errors,
+            ) from error
+        finally:
+            # SagaFailed has them; no local keeps them (see unwind).
+            compensation_errors = branch_errors = failures = failure = None  # type: ignore[assignment]
 
     def leave_undone(self, step: str, error: BaseException) -> None:
         """``step`` failed, leaving effects no compensation of this run can
@@ -319,25 +323,35 @@ class UnwindingRun(JournaledRun):
         errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
         try:
-            while stack:
-                branch = stack[-1]
-                error = await self.compensate(branch)
-                stack.pop()
-                if error is not None:
-                    errors[branch.name] = error
-            final = _SAGA_FAILED if errors else _COMPENSATED
-            if self.live:
-                self.status = final
-                self.image = freeze_context(self.context)
-                self.store.finished(self)  # type: ignore[attr-defined]
-            else:
-                self.pending_status = final
-                await self.flush(unwinding=True)
-                self.status = final
-        except JournalWriteFailed as failure:
-            self.interruption = failure.error
-            self.status = self.journaled_status or SagaStatus.RUNNING
-        return errors
+            try:
+                while stack:
+                    branch = stack[-1]
+                    error = await self.compensate(branch)
+                    stack.pop()
+                    if error is not None:
+                        errors[branch.name] = error
+                final = _SAGA_FAILED if errors else _COMPENSATED
+                if self.live:
+                    self.status = final
+                    self.image = freeze_context(self.context)
+                    self.store.finished(self)  # type: ignore[attr-defined]
+                else:
+                    self.pending_status = final
+                    await self.flush(unwinding=True)
+                    self.status = final
+            except JournalWriteFailed as failure:
+                self.interruption = failure.error
+                self.status = self.journaled_status or SagaStatus.RUNNING
+            return errors
+        finally:
+            # The errors go to the caller; neither this frame nor the run keeps
+            # one. A compensation's error holds, through its traceback, the
+            # frame that caught it, whose caller is this one (a reference
+            # cycle, which would keep the run and its context alive until the
+            # garbage collector finds it).
+            self.left_undone = None
+            errors = {}
+            error = left_undone = None
 
     async def compensate(self, branch: Branch) -> BaseException | None:
         """Call ``branch.compensate`` under the retry policy; the final error, if any.

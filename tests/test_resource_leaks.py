@@ -34,11 +34,13 @@ from journal_faults import (
 from fallback_saga import (
     MemorySagaStore,
     Parallel,
+    RetryPolicy,
     Saga,
     SagaContext,
     SagaFailed,
     SagaStepHandler,
     SQLiteSagaStore,
+    SubSaga,
     recover,
     set_testing,
 )
@@ -259,3 +261,55 @@ def test_S10_a_resumed_saga_that_fails_leaves_no_reference_cycle(
             return no_collector()
 
     assert asyncio.run(main()) == 0
+
+
+class UndoFails(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        pass
+
+    async def compensate(self, context: LeakCtx, /) -> None:
+        raise Boom("cannot undo")
+
+
+class ChildLeftUndone(Saga[LeakCtx]):
+    steps = [UndoFails, Fails]  # ends FAILED: its own unwinding gave up
+
+
+class StraightUndoFails(Saga[LeakCtx]):
+    steps = [Seen, UndoFails, Fails]
+
+
+class GroupUndoFails(Saga[LeakCtx]):
+    steps = [Seen, Parallel(UndoFails, WaitsThenFails)]
+
+
+class ChildUndoFails(Saga[LeakCtx]):
+    steps = [Seen, SubSaga(ChildLeftUndone, context=lambda parent: LeakCtx())]
+
+
+@pytest.mark.parametrize("shape", [StraightUndoFails, GroupUndoFails, ChildUndoFails])
+@pytest.mark.parametrize("writer", [None, "thread"])
+def test_S6_a_compensation_that_fails_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], shape: type[Saga[LeakCtx]], writer: str | None,
+    tmp_path: Path,
+) -> None:
+    """A compensation that gives up (S6) is handed to SagaFailed, not kept by
+    the run's frames or the run: its traceback holds the frame that caught
+    it, whose caller is the unwinding."""
+
+    async def main() -> int:
+        store: Any = MemorySagaStore(max_finished=0)
+        if writer is not None:
+            store = SQLiteSagaStore(str(tmp_path / "undo.db"), writer=writer)
+            await store.open()
+        saga = shape(store=store, compensation_retry=RetryPolicy(attempts=2, delay=0.0))
+        await run_failing(saga, 1)  # warm-up
+        no_collector()
+        await run_failing(saga, 10)
+        left = no_collector()
+        if writer is not None:
+            await store.close()
+        return left
+
+    assert asyncio.run(main()) == 0
+    assert alive() == 0
