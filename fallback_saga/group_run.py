@@ -156,7 +156,9 @@ class GroupRun:
         if waiter is not None and (failed or not self.remaining) and not waiter.done():
             waiter.set_result(None)
 
-    async def run_member(self, member: Member, first: Branch) -> SagaStepResult[Any, Any]:
+    async def run_member(
+        self, member: Member, first: Branch
+    ) -> SagaStepResult[Any, Any] | None:
         """One member of a group, in the task of its own that ``run_group`` made."""
         host = self.host
         cursor = LaneCursor(host)
@@ -241,9 +243,18 @@ class GroupRun:
                 await host.flush()  # its completion, and its writes, made durable
         except asyncio.CancelledError:
             raise
-        except BaseException as error:
+        except Exception as error:
             failed = True
             self.failures.append((cursor.step, error))  # the last branch it tried
+            # Not raised: the group raises it (run_group). A task that ended
+            # with it would keep it, and its traceback can lead back to the
+            # task (a step's asyncio.timeout holds its task): a reference
+            # cycle, keeping the member's frames and context until the
+            # garbage collector finds it.
+            return None
+        except BaseException as error:  # SystemExit and the like: the loop hears of it
+            failed = True
+            self.failures.append((cursor.step, error))
             raise
         finally:
             self.member_done(failed)
@@ -322,7 +333,10 @@ async def run_group(
     # Started eagerly where Python can (3.12+): a member that does not wait
     # has finished before the next one is made, without a trip through the
     # loop. Each task runs in a copy of this context: its own cursor.
-    tasks = [own_task(run.run_member(member, first)) for member, first in todo]
+    # (Any: a member that failed returns None, read only when none failed.)
+    tasks: list[asyncio.Task[Any]] = [
+        own_task(run.run_member(member, first)) for member, first in todo
+    ]
     # Our own cancellation, the first (it carries the caller's message),
     # raised again once every member has stopped.
     cancelled: asyncio.CancelledError | None = None

@@ -313,3 +313,28 @@ def test_S6_a_compensation_that_fails_leaves_no_reference_cycle(
 
     assert asyncio.run(main()) == 0
     assert alive() == 0
+
+
+class TimesOut(SagaStepHandler[LeakCtx, None]):
+    timeout = 0.001
+
+    async def act(self, context: LeakCtx, /) -> None:
+        await asyncio.Event().wait()  # never set: the step's timeout ends it
+
+
+def test_S15_a_group_member_that_times_out_leaves_no_reference_cycle(
+    no_collector: Callable[[], int],
+) -> None:
+    """A member's failure is the group's to raise, not its task's to keep: a
+    step's ``asyncio.timeout`` holds the task, and the error's traceback holds
+    the timeout."""
+
+    class GroupTimesOut(Saga[LeakCtx]):
+        steps = [Seen, Parallel(WriteA, TimesOut)]
+
+    saga = GroupTimesOut(store=MemorySagaStore(max_finished=0))
+    asyncio.run(run_failing(saga, 1))
+    no_collector()
+    asyncio.run(run_failing(saga, 5))
+    assert alive() == 0
+    assert no_collector() == 0
