@@ -525,6 +525,7 @@ class Execution(UnwindingRun):
             _CURSOR.reset(token)
         # complete_live, inlined (nobody to tell); the store is a MemorySagaStore
         self.status = _SAGA_COMPLETED
+        self.left_undone = None  # see complete_live
         if not self.store.retire_run(self, context):  # type: ignore[attr-defined]
             self.image = freeze_context(context)
             self.store.finished(self)  # type: ignore[attr-defined]
@@ -549,6 +550,9 @@ class Execution(UnwindingRun):
         # The final state, frozen (no snapshot to take when it is flat).
         self.image = freeze_context(self.context)
         self.status = _SAGA_COMPLETED
+        # Nothing more to unwind: the run keeps no child's error (it holds,
+        # through its traceback, a frame that holds this run: a cycle).
+        self.left_undone = None
         self.store.finished(self)  # type: ignore[attr-defined]
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
@@ -576,6 +580,7 @@ class Execution(UnwindingRun):
             finally:
                 failure = None  # no local keeps it: its traceback holds this frame
         self.status = SagaStatus.COMPLETED
+        self.left_undone = None  # see complete_live
         if self.hooks.saga_finished:
             emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
         return _saga_result(self.saga_id, self.status, self.context, self.results)
@@ -587,6 +592,7 @@ class Execution(UnwindingRun):
         ``CancelledError`` propagates."""
         if self.journaled_status is _SAGA_COMPLETED:
             self.status = _SAGA_COMPLETED  # it landed: the saga is done
+            self.left_undone = None  # see complete_live
             self._announce_finish(asyncio.CancelledError())
         elif self.context_refused:
             # The store refused the context the last step left: unwind, as

@@ -32,6 +32,7 @@ from journal_faults import (
 )
 
 from fallback_saga import (
+    Fallback,
     MemorySagaStore,
     Parallel,
     RetryPolicy,
@@ -336,5 +337,31 @@ def test_S15_a_group_member_that_times_out_leaves_no_reference_cycle(
     asyncio.run(run_failing(saga, 1))
     no_collector()
     asyncio.run(run_failing(saga, 5))
+    assert alive() == 0
+    assert no_collector() == 0
+
+
+def test_S4_a_saga_that_completes_over_a_child_left_undone_leaves_no_reference_cycle(
+    no_collector: Callable[[], int],
+) -> None:
+    """A Fallback's primary ran a child saga that ended FAILED, the fallback
+    completed the step, and the saga completed: the run keeps the child's
+    error (for an unwinding that never came) no longer than it runs."""
+
+    class CompletesOverIt(Saga[LeakCtx]):
+        steps = [
+            Seen,
+            Fallback(step=SubSaga(ChildLeftUndone, context=lambda parent: LeakCtx()),
+                     fallback=WriteA),
+        ]
+
+    async def main() -> None:
+        saga = CompletesOverIt(store=MemorySagaStore(max_finished=0))
+        for _ in range(5):
+            await saga.run(LeakCtx())
+
+    asyncio.run(main())
+    no_collector()
+    asyncio.run(main())
     assert alive() == 0
     assert no_collector() == 0
