@@ -273,6 +273,21 @@ def held_at(store: Any, match: Match) -> tuple[asyncio.Event, asyncio.Event]:
     return gate.reached, gate.release
 
 
+def held(
+    store: Any, where: str, *, act: str, written: str, compensated: str
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the saga where the case says: in the act of step ``act`` (any
+    ``where`` but "write" and "compensation"), in the journal write of
+    ``written``'s completion, or in the compensation of ``compensated``."""
+    if where == "write":
+        return held_at(store, completing(written))
+    if where == "compensation":
+        Hold.hold_comp = compensated
+        return Hold.comp_reached, Hold.comp_release
+    Hold.hold_act = act
+    return Hold.act_reached, Hold.act_release
+
+
 def check(outcome: tuple[BaseException, int]) -> None:
     error, cancelling = outcome
     assert error.args == (MESSAGE,)
@@ -345,14 +360,7 @@ async def test_S8_transaction_cancelled_keeps_the_message(store: Any, where: str
             async for _ in tx:
                 pass
 
-    if where == "step":
-        Hold.hold_act = "Charge"
-        reached, release = Hold.act_reached, Hold.act_release
-    elif where == "write":
-        reached, release = held_at(store, completing("Reserve"))
-    else:
-        Hold.hold_comp = "Charge"
-        reached, release = Hold.comp_reached, Hold.comp_release
+    reached, release = held(store, where, act="Charge", written="Reserve", compensated="Charge")
     check(await cancelled_with_message(stepping, reached, release))
     assert "Reserve" in Hold.compensated
 
@@ -362,14 +370,7 @@ async def test_S8_transaction_cancelled_keeps_the_message(store: Any, where: str
 
 @pytest.mark.parametrize("where", ["member", "write", "compensation"])
 async def test_S15_a_parallel_group_cancelled_keeps_the_message(store: Any, where: str) -> None:
-    if where == "member":
-        Hold.hold_act = "Pack"
-        reached, release = Hold.act_reached, Hold.act_release
-    elif where == "write":
-        reached, release = held_at(store, completing("Charge"))
-    else:
-        Hold.hold_comp = "Pack"
-        reached, release = Hold.comp_reached, Hold.comp_release
+    reached, release = held(store, where, act="Pack", written="Charge", compensated="Pack")
     ctx = Ctx(fail=where == "compensation")
     check(await cancelled_with_message(
         lambda: GroupSaga(store=store).run(ctx), reached, release
@@ -379,14 +380,7 @@ async def test_S15_a_parallel_group_cancelled_keeps_the_message(store: Any, wher
 
 @pytest.mark.parametrize("where", ["step", "write", "compensation"])
 async def test_S15_a_child_saga_cancelled_keeps_the_message(store: Any, where: str) -> None:
-    if where == "step":
-        Hold.hold_act = "Pack"
-        reached, release = Hold.act_reached, Hold.act_release
-    elif where == "write":
-        reached, release = held_at(store, completing("Charge"))
-    else:
-        Hold.hold_comp = "Pack"
-        reached, release = Hold.comp_reached, Hold.comp_release
+    reached, release = held(store, where, act="Pack", written="Charge", compensated="Pack")
     ctx = Ctx(fail=where == "compensation")
     check(await cancelled_with_message(
         lambda: ParentSaga(store=store).run(ctx), reached, release
@@ -403,14 +397,7 @@ async def test_S8_a_timeout_around_a_saga_still_becomes_timeout_error(
 ) -> None:
     """The timeout's own cancellation (no message) is told from the caller's
     by the count: ``asyncio.timeout`` turns it into ``TimeoutError``."""
-    if where == "step":
-        Hold.hold_act = "Charge"
-        reached, release = Hold.act_reached, Hold.act_release
-    elif where == "write":
-        reached, release = held_at(store, completing("Reserve"))
-    else:
-        Hold.hold_comp = "Charge"
-        reached, release = Hold.comp_reached, Hold.comp_release
+    reached, release = held(store, where, act="Charge", written="Reserve", compensated="Charge")
     ctx = Ctx(fail=where == "compensation")
     loop = asyncio.get_running_loop()
 

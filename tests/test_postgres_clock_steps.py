@@ -23,6 +23,14 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest_pg import require_driver
+from test_sqlite_clock_steps import (
+    deferred_ahead,
+    leased_ahead,
+    new_saga,
+    released_ahead,
+    renewed_ahead,
+    written_ahead,
+)
 
 from fallback_saga import (
     LeaseLost,
@@ -75,40 +83,6 @@ def clock_step(raw: Any, seconds: float) -> None:
     assert {"created_at", "updated_at", "lease_expires_at"} <= set(columns)
     shift = ", ".join(f"{c} = {c} - make_interval(secs => %s)" for c in columns)
     raw.execute(f"UPDATE fallback_saga_sagas SET {shift}", [seconds] * len(columns))
-
-
-async def new_saga(store: PostgresSagaStore, saga_id: str) -> None:
-    await store.create(saga_id, "OrderSaga", "fp", {"order_id": saga_id}, [entry(0, "a")])
-
-
-async def written_ahead(store: PostgresSagaStore) -> None:
-    """A first run that crashed (no lease)."""
-    await new_saga(store, "s")
-
-
-async def leased_ahead(store: PostgresSagaStore) -> None:
-    """Claimed by a worker that died holding the lease."""
-    await new_saga(store, "s")
-    await store.claim_saga("s", owner="dead-worker", lease_seconds=300)
-
-
-async def renewed_ahead(store: PostgresSagaStore) -> None:
-    """Claimed long ago, renewed by its heartbeat just before the worker died."""
-    await new_saga(store, "s")
-    lease = await store.claim_saga("s", owner="dead-worker", lease_seconds=-1)
-    await store.renew(lease, 300)
-
-
-async def released_ahead(store: PostgresSagaStore) -> None:
-    """Handed back by a stopping worker (claimable at once, until the step)."""
-    await new_saga(store, "s")
-    await store.release(await store.claim_saga("s", owner="leaving", lease_seconds=300))
-
-
-async def deferred_ahead(store: PostgresSagaStore) -> None:
-    """Deferred for a while (a child saga whose parent was in flight)."""
-    await new_saga(store, "s")
-    await store.defer(await store.claim_saga("s", owner="w", lease_seconds=300), 60)
 
 
 async def handed_off_ahead(store: PostgresSagaStore) -> None:

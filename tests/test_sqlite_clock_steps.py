@@ -59,35 +59,40 @@ async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[SQLiteSagaStore]:
         yield store
 
 
-async def new_saga(store: SQLiteSagaStore, saga_id: str) -> None:
+# The states a saga is left in before a clock step, for either store (the
+# PostgreSQL clock-step tests use them too).
+LeasingStore = Any  # SQLiteSagaStore or PostgresSagaStore
+
+
+async def new_saga(store: LeasingStore, saga_id: str) -> None:
     await store.create(saga_id, "OrderSaga", "fp", {"order_id": saga_id}, [entry(0, "a")])
 
 
-async def written_ahead(store: SQLiteSagaStore) -> None:
+async def written_ahead(store: LeasingStore) -> None:
     """A first run that crashed (no lease)."""
     await new_saga(store, "s")
 
 
-async def leased_ahead(store: SQLiteSagaStore) -> None:
+async def leased_ahead(store: LeasingStore) -> None:
     """Claimed by a worker that died holding the lease."""
     await new_saga(store, "s")
     await store.claim_saga("s", owner="dead-worker", lease_seconds=300)
 
 
-async def renewed_ahead(store: SQLiteSagaStore) -> None:
+async def renewed_ahead(store: LeasingStore) -> None:
     """Claimed long ago, renewed by its heartbeat just before the worker died."""
     await new_saga(store, "s")
     lease = await store.claim_saga("s", owner="dead-worker", lease_seconds=-1)
     await store.renew(lease, 300)
 
 
-async def released_ahead(store: SQLiteSagaStore) -> None:
+async def released_ahead(store: LeasingStore) -> None:
     """Handed back by a stopping worker (claimable at once, until the step)."""
     await new_saga(store, "s")
     await store.release(await store.claim_saga("s", owner="leaving", lease_seconds=300))
 
 
-async def deferred_ahead(store: SQLiteSagaStore) -> None:
+async def deferred_ahead(store: LeasingStore) -> None:
     """Deferred for a while (a child saga whose parent was in flight)."""
     await new_saga(store, "s")
     await store.defer(await store.claim_saga("s", owner="w", lease_seconds=300), 60)
