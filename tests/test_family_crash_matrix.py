@@ -1,0 +1,273 @@
+"""S10/S15 process-kill matrix for a saga family: a parent with a Parallel
+group (one member a Fallback) and a SubSaga child that runs a group of its
+own, on ``SQLiteSagaStore`` (both the writer thread and the inline writer).
+
+The app is ``tests/family_crash_app.py``. A dry run of each variant (completes;
+fails late and unwinds the child and the group; the child fails and unwinds
+itself, then the parent) lists every journal boundary the family crosses —
+before and after each write of parent and child, inside each act after its
+effect, inside each failing act, inside each compensation — and every one is
+a case: a forked child process runs the family and dies with
+``os._exit(137)`` there; a second, fresh process runs ``recover`` until a
+pass finds nothing. The participant ledger (a file, fsynced per call) then
+shows what really happened, and each case checks the family's invariants:
+
+* the family ends as the variant says, parent and child alike (a COMPLETED
+  parent has a COMPLETED child; a COMPENSATED parent a COMPENSATED child);
+* every effect is applied exactly once, and every act applied under a
+  COMPENSATED family is compensated (no child effect left behind);
+* no act or compensation the crashed journal holds COMPLETED is called again;
+* nothing is compensated whose act never ran, unless the journal says the
+  call was uncertain (``CANCELLED``: the contract's in-flight case);
+* the child is driven by its parent: recovery never resumes it on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from crash_app import CRASH_EXIT, Ledger
+from family_crash_app import APP, CHILD, EXPECTED_EFFECTS, EXPECTED_STATUS, VARIANTS
+
+WRITERS = ("thread", "inline")
+TIMEOUT = 60.0
+PARALLEL = 2  # the fork servers at once (a case is two short processes, one after the other)
+ROOT = str(Path(__file__).resolve().parent.parent)  # the package these processes import
+
+
+def _env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
+
+
+class Case(NamedTuple):
+    writer: str
+    variant: str
+    number: int
+    label: str
+
+    @property
+    def saga_id(self) -> str:
+        return f"{self.writer}-{self.variant}-{self.number:02d}"
+
+
+_DRY: dict[tuple[str, str], tuple[str, list[str]]] = {}
+
+
+def dry_runs(tmp: Path) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """``(writer, variant) -> (outcome, boundaries)`` of uninterrupted runs."""
+    if not _DRY:
+        procs = {
+            (writer, variant): subprocess.Popen(
+                [sys.executable, str(APP), "run", str(tmp / f"{writer}-{variant}.db"), writer,
+                 str(tmp / f"{writer}-{variant}.jsonl"), variant, f"dry-{variant}"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+            )
+            for writer in WRITERS
+            for variant in VARIANTS
+        }
+        for key, proc in procs.items():
+            out, err = proc.communicate(timeout=TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"dry run {key} failed:\n{err}")
+            data = json.loads(out)
+            _DRY[key] = (data["outcome"], data["boundaries"])
+    return _DRY
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "family_case" not in metafunc.fixturenames:
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = dry_runs(Path(tmp))
+    cases = [
+        Case(writer, variant, number, label)
+        for (writer, variant), (_, boundaries) in runs.items()
+        for number, label in enumerate(boundaries)
+    ]
+    metafunc.parametrize("family_case", cases, ids=[c.saga_id for c in cases])
+
+
+class ForkServer:
+    """One ``family_crash_app.py serve``: each case's processes are forked
+    from a Python that imported everything once (none ever opened a store)."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.jobs = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, str(APP), "serve"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env=_env(),
+        )
+
+    def child(self, *args: Any) -> subprocess.CompletedProcess[str]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.jobs += 1
+        out = self.scratch / f"{self.proc.pid}-{self.jobs}.out"
+        err = out.with_suffix(".err")
+        argv = [str(a) for a in args]
+        job = {"argv": argv, "stdout": str(out), "stderr": str(err), "timeout": TIMEOUT}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the fork server died ({self.proc.wait()})")
+        code = json.loads(answer)["returncode"]
+        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Played(NamedTuple):
+    crashed: subprocess.CompletedProcess[str]
+    recovered: subprocess.CompletedProcess[str]
+    ledger: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def matrix(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[Case, Played | BaseException]:
+    """Play every selected case, a fork server per worker thread."""
+    cases = [
+        item.callspec.params["family_case"]
+        for item in request.session.items
+        if "family_case" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+    root = tmp_path_factory.mktemp("family-crash")
+    local = threading.local()
+    servers: list[ForkServer] = []
+    lock = threading.Lock()
+
+    def one(case: Case) -> Played | BaseException:
+        try:
+            server = getattr(local, "server", None)
+            if server is None:
+                server = local.server = ForkServer(root)
+                with lock:
+                    servers.append(server)
+            where = root / case.saga_id
+            where.mkdir()
+            db, ledger = where / "sagas.db", where / "ledger.jsonl"
+            crashed = server.child("run", db, case.writer, ledger, case.variant,
+                                   case.saga_id, case.label)
+            recovered = server.child("recover", db, case.writer, ledger, case.saga_id)
+            return Played(crashed, recovered, Ledger.read(ledger))
+        except BaseException as error:  # reported by the case's own test
+            return error
+
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            return dict(zip(cases, pool.map(one, cases), strict=True))
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_S10_S15_family_dry_runs_cross_parent_child_group_and_fallback_boundaries(
+    tmp_path: Path,
+) -> None:
+    """The enumeration is not vacuous: the writes of both sagas, the group's
+    write-ahead in each, the fallback and every compensation are crash points."""
+    for (writer, variant), (outcome, boundaries) in dry_runs(tmp_path).items():
+        assert outcome == EXPECTED_STATUS[variant], (writer, variant)
+        writes = [b for b in boundaries if b.startswith("before write")]
+        assert len(writes) == {"ok": 13, "unwind": 21, "child": 16}[variant], boundaries
+        assert "before write 2 append [A act completed, P act started, Q act started]" in writes
+        assert "before write 8 append [X act completed, Y act started, Z act started]" in writes
+        assert any("create [X act started]" in b for b in writes)  # the child's record
+        assert "inside act Q: about to fail" in boundaries
+        assert "inside act Q2: effect applied, not returned" in boundaries
+        if variant != "ok":
+            assert "inside compensate X: effect applied, not returned" in boundaries
+            assert "inside compensate A: effect applied, not returned" in boundaries
+
+
+def _side(line: dict[str, Any]) -> str:
+    return "child" if line["saga"].endswith(f"/{CHILD}") else "parent"
+
+
+def _rows(family: dict[str, Any], saga_id: str, action: str, status: str) -> set[str]:
+    record = family.get(saga_id)
+    if record is None:
+        return set()
+    return {step for step, act, st in record["rows"] if act == action and st == status}
+
+
+def test_S10_S15_a_family_killed_at_any_journal_point_recovers_each_effect_exactly_once(
+    family_case: Case, matrix: dict[Case, Played | BaseException]
+) -> None:
+    played = matrix[family_case]
+    if isinstance(played, BaseException):
+        raise played
+    case = family_case
+    parent_id, child_id = case.saga_id, f"{case.saga_id}/{CHILD}"
+    # The process died exactly at the boundary the dry run named.
+    assert played.crashed.returncode == CRASH_EXIT, played.crashed.stderr
+    assert played.crashed.stdout == f"CRASH {case.label}\n"
+    assert played.recovered.returncode == 0, played.recovered.stderr
+    out = json.loads(played.recovered.stdout)
+    before, after, report = out["before"], out["after"], out["report"]
+    ledger = played.ledger
+    resumed_calls = [line for line in ledger if line["run"] == "resume"]
+
+    if not before:
+        # Killed before the family's first write was durable: nothing began.
+        assert case.label.startswith("before write 1 create"), out
+        assert after == {}
+        assert ledger == []
+        return
+
+    expected = EXPECTED_STATUS[case.variant]
+    # -- the family ends as the journal says, parent and child alike
+    assert after[parent_id]["status"] == expected, out
+    assert after[child_id]["status"] == expected, out
+    assert report["skipped"] == []
+    assert report["failed"] == []
+    if before[parent_id]["status"] in ("running", "compensating"):
+        bucket = "resumed" if expected == "completed" else "compensated"
+        assert report[bucket] == [parent_id], out  # the parent, once
+    else:
+        assert resumed_calls == [], out  # final before the kill: nothing to do
+    # The child is its parent's to drive: recovery never finishes it on its own.
+    assert child_id not in report["resumed"] + report["compensated"], out
+
+    # -- every effect exactly once; under a COMPENSATED family none is left
+    applied = Counter((_side(x), x["action"], x["step"]) for x in ledger if x["kind"] == "apply")
+    assert set(applied) == EXPECTED_EFFECTS[case.variant], (applied, out)
+    assert set(applied.values()) == {1}, applied
+
+    # -- nothing the crashed journal holds COMPLETED is called again
+    for saga_id in (parent_id, child_id):
+        for action in ("act", "compensate"):
+            done = _rows(before, saga_id, action, "completed")
+            again = [x for x in resumed_calls
+                     if x["saga"] == saga_id and x["action"] == action and x["step"] in done]
+            assert again == [], (saga_id, action, again, out)
+
+    # -- no compensation for an act that never ran, but for an uncertain call
+    acted = {(x["saga"], x["step"]) for x in ledger if x["action"] == "act" and x["kind"] != "fail"}
+    for line in ledger:
+        if line["action"] != "compensate" or (line["saga"], line["step"]) in acted:
+            continue
+        uncertain = _rows(after, line["saga"], "act", "cancelled")
+        assert line["step"] in uncertain, (line, out)
