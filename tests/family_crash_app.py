@@ -20,10 +20,13 @@ Run as a script (``python tests/family_crash_app.py COMMAND ...``):
   compensation) is counted, and at the boundary named ``LABEL`` the process
   prints ``CRASH <label>`` and dies with ``os._exit(137)``. Without a label
   (the dry run) it prints ``{"outcome": ..., "boundaries": [...]}``;
-* ``recover DB WRITER LEDGER SAGA-ID`` is the fresh process: it reads the
-  family's journal as the crash left it, runs ``recover(store, [FamilySaga,
-  ChildSaga], older_than=0)`` until a pass finds nothing, reads the journal
-  again and prints all of it as JSON;
+* ``recover DB WRITER LEDGER SAGA-ID [LABEL [later]]`` is the fresh process:
+  it reads the family's journal as the crash left it (and prints it on a line
+  of its own at once), runs ``recover(store, [FamilySaga, ChildSaga],
+  older_than=0)`` until a pass finds nothing, reads the journal again and
+  prints all of it as JSON. With ``LABEL`` it dies at that boundary of its
+  own run as ``run`` does (a recovery killed in turn); with ``later`` its
+  store's clock is an hour ahead (the leases a killed recovery held ran out);
 * ``serve`` forks one child per JSON job read from stdin (see ``crash_app``):
   each case costs its own work, not an interpreter start.
 
@@ -39,6 +42,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,14 +211,22 @@ async def _run(db: str, writer: str, saga_id: str, variant: str) -> dict[str, An
     return {"outcome": outcome, "boundaries": _Crash.seen}
 
 
-async def _recover(db: str, writer: str, saga_id: str) -> dict[str, Any]:
-    store = SQLiteSagaStore(db, writer=writer)
+async def _recover(db: str, writer: str, saga_id: str, label: str, later: bool) -> dict[str, Any]:
+    # ``later``: this process comes after the leases of a killed recovery ran
+    # out (its store's clock is an hour ahead), as a recovery would.
+    clock = (lambda: time.time() + 3600.0) if later else time.time
+    store = CrashingStore(db, writer=writer, clock=clock) if label else SQLiteSagaStore(
+        db, writer=writer, clock=clock
+    )
+    _Crash.label = label or None
     await store.open()
     before = await _journal(store, saga_id)
+    # Printed first: a recovery killed later has told what it started from.
+    print(json.dumps({"pid": os.getpid(), "before": before}), flush=True)
     report: dict[str, list[Any]] = {"resumed": [], "compensated": [], "failed": [],
                                     "skipped": [], "deferred": []}
     passes = 0
-    while True:
+    while passes < 10:
         passes += 1
         found = await recover(store, [FamilySaga, ChildSaga], older_than=0)
         for key in ("resumed", "compensated", "failed", "deferred"):
@@ -222,11 +234,10 @@ async def _recover(db: str, writer: str, saga_id: str) -> dict[str, Any]:
         report["skipped"] += [list(item) for item in found.skipped]
         if found.total == 0 and not found.deferred:
             break
-        if passes > 10:
-            break
     after = await _journal(store, saga_id)
     await store.close()
-    return {"before": before, "after": after, "report": report, "passes": passes}
+    return {"before": before, "after": after, "report": report, "passes": passes,
+            "boundaries": _Crash.seen}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -239,9 +250,10 @@ def main(argv: Sequence[str]) -> int:
         _Crash.label = label[0] if label else None
         output = asyncio.run(_run(db, writer, saga_id, variant))
     else:
-        (saga_id,) = rest
-        Ledger.run = "resume"
-        output = asyncio.run(_recover(db, writer, saga_id))
+        saga_id, *crash = rest
+        label, later = [*crash, "", ""][:2]
+        Ledger.run = f"resume-{os.getpid()}"
+        output = asyncio.run(_recover(db, writer, saga_id, label, later == "later"))
     print(json.dumps(output), flush=True)
     return 0
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -220,49 +222,64 @@ def test_S10_S15_a_family_killed_at_any_journal_point_recovers_each_effect_exact
     if isinstance(played, BaseException):
         raise played
     case = family_case
-    parent_id, child_id = case.saga_id, f"{case.saga_id}/{CHILD}"
     # The process died exactly at the boundary the dry run named.
     assert played.crashed.returncode == CRASH_EXIT, played.crashed.stderr
     assert played.crashed.stdout == f"CRASH {case.label}\n"
     assert played.recovered.returncode == 0, played.recovered.stderr
-    out = json.loads(played.recovered.stdout)
-    before, after, report = out["before"], out["after"], out["report"]
-    ledger = played.ledger
-    resumed_calls = [line for line in ledger if line["run"] == "resume"]
+    started, final = map(json.loads, played.recovered.stdout.splitlines())
+    check_family(case.variant, case.saga_id, case.label, [started], final, played.ledger)
 
-    if not before:
+
+def check_family(
+    variant: str,
+    parent_id: str,
+    first_kill: str,
+    recoveries: list[dict[str, Any]],
+    final: dict[str, Any],
+    ledger: list[dict[str, Any]],
+) -> None:
+    """The family's invariants once the last recovery is done. ``recoveries``:
+    what each recovery process (killed or not) found at its start, in order."""
+    child_id = f"{parent_id}/{CHILD}"
+    first, after, report = recoveries[0]["before"], final["after"], final["report"]
+    resumed_calls = [line for line in ledger if line["run"] != "crash"]
+
+    if not first:
         # Killed before the family's first write was durable: nothing began.
-        assert case.label.startswith("before write 1 create"), out
+        assert first_kill.startswith("before write 1 create"), final
         assert after == {}
         assert ledger == []
         return
 
-    expected = EXPECTED_STATUS[case.variant]
+    expected = EXPECTED_STATUS[variant]
     # -- the family ends as the journal says, parent and child alike
-    assert after[parent_id]["status"] == expected, out
-    assert after[child_id]["status"] == expected, out
+    assert after[parent_id]["status"] == expected, final
+    assert after[child_id]["status"] == expected, final
     assert report["skipped"] == []
     assert report["failed"] == []
-    if before[parent_id]["status"] in ("running", "compensating"):
+    if final["before"][parent_id]["status"] in ("running", "compensating"):
         bucket = "resumed" if expected == "completed" else "compensated"
-        assert report[bucket] == [parent_id], out  # the parent, once
+        assert report[bucket] == [parent_id], final  # the parent, once
     else:
-        assert resumed_calls == [], out  # final before the kill: nothing to do
+        # Final before the last recovery: it had nothing to do.
+        assert [x for x in ledger if x["pid"] == recoveries[-1]["pid"]] == [], final
     # The child is its parent's to drive: recovery never finishes it on its own.
-    assert child_id not in report["resumed"] + report["compensated"], out
+    assert child_id not in report["resumed"] + report["compensated"], final
 
     # -- every effect exactly once; under a COMPENSATED family none is left
     applied = Counter((_side(x), x["action"], x["step"]) for x in ledger if x["kind"] == "apply")
-    assert set(applied) == EXPECTED_EFFECTS[case.variant], (applied, out)
+    assert set(applied) == EXPECTED_EFFECTS[variant], (applied, final)
     assert set(applied.values()) == {1}, applied
 
-    # -- nothing the crashed journal holds COMPLETED is called again
-    for saga_id in (parent_id, child_id):
-        for action in ("act", "compensate"):
-            done = _rows(before, saga_id, action, "completed")
-            again = [x for x in resumed_calls
-                     if x["saga"] == saga_id and x["action"] == action and x["step"] in done]
-            assert again == [], (saga_id, action, again, out)
+    # -- nothing a recovery found COMPLETED in the journal is called again by it
+    for recovery in recoveries:
+        calls = [x for x in resumed_calls if x["pid"] == recovery["pid"]]
+        for saga_id in (parent_id, child_id):
+            for action in ("act", "compensate"):
+                done = _rows(recovery["before"], saga_id, action, "completed")
+                again = [x for x in calls
+                         if x["saga"] == saga_id and x["action"] == action and x["step"] in done]
+                assert again == [], (saga_id, action, again, recovery)
 
     # -- no compensation for an act that never ran, but for an uncertain call
     acted = {(x["saga"], x["step"]) for x in ledger if x["action"] == "act" and x["kind"] != "fail"}
@@ -270,4 +287,110 @@ def test_S10_S15_a_family_killed_at_any_journal_point_recovers_each_effect_exact
         if line["action"] != "compensate" or (line["saga"], line["step"]) in acted:
             continue
         uncertain = _rows(after, line["saga"], "act", "cancelled")
-        assert line["step"] in uncertain, (line, out)
+        assert line["step"] in uncertain, (line, final)
+
+
+# --------------------------------------------------------------------------- killed twice
+
+# The first kills of the double-kill matrix (the variants that unwind, on the
+# writer thread: the forward part of ``ok`` is theirs too): every call in the
+# child or after it that a kill leaves uncertain (inside an act or a
+# compensation, the journal saying STARTED), and the writes that hand over
+# between parent and child.
+def _first_kills(boundaries: list[str]) -> list[str]:
+    handovers = ("Pay act started", "create [X", "Pay act completed",
+                 "Pay compensate started", "Pay act failed")
+    calls = tuple(f"inside {what} " for what in (
+        "act X", "act Y", "act Z", "act C", "compensate Z", "compensate Y",
+        "compensate X", "compensate Q2",
+    ))
+    return [b for b in boundaries if b.startswith(calls) or any(h in b for h in handovers)]
+
+
+def pytest_generate_tests_twice() -> list[tuple[str, str]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = dry_runs(Path(tmp))
+    return [
+        (variant, label)
+        for (writer, variant), (_, boundaries) in runs.items()
+        if writer == "thread" and variant != "ok"
+        for label in _first_kills(boundaries)
+    ]
+
+
+@pytest.fixture(scope="module")
+def fork_servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("family-twice-servers")
+    local = threading.local()
+    servers: list[ForkServer] = []
+    lock = threading.Lock()
+
+    def server() -> ForkServer:
+        mine = getattr(local, "server", None)
+        if mine is None:
+            mine = local.server = ForkServer(root)
+            with lock:
+                servers.append(mine)
+        return mine
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        yield pool, server
+    for one in servers:
+        one.close()
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.mkdir()
+    for one in source.iterdir():
+        if one.is_file():
+            shutil.copyfile(one, target / one.name)
+
+
+@pytest.mark.parametrize(
+    ("variant", "first_kill"), pytest_generate_tests_twice(),
+    ids=lambda v: v if v in VARIANTS else _slug(v)[:60],
+)
+def test_S10_S15_a_family_whose_recovery_is_killed_at_any_journal_point_too_recovers_once(
+    variant: str, first_kill: str, fork_servers: Any, tmp_path: Path
+) -> None:
+    """Killed, then its recovery killed at every boundary of its own run, then
+    recovered again (once the killed recovery's leases ran out): the same
+    invariants, over all three processes."""
+    pool, server = fork_servers
+    saga_id = "fam"
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    killed = server().child("run", crashed / "sagas.db", "thread", crashed / "ledger.jsonl",
+                            variant, saga_id, first_kill)
+    assert killed.returncode == CRASH_EXIT, killed.stderr
+    # A recovery run to the end lists the boundaries a recovery crosses.
+    _copy(crashed, tmp_path / "dry")
+    dry = server().child("recover", tmp_path / "dry" / "sagas.db", "thread",
+                         tmp_path / "dry" / "ledger.jsonl", saga_id, "-", "")
+    assert dry.returncode == 0, dry.stderr
+    boundaries = json.loads(dry.stdout.splitlines()[-1])["boundaries"]
+    assert boundaries, dry.stdout
+
+    def one(number_label: tuple[int, str]) -> tuple[str, Any]:
+        number, label = number_label
+        where = tmp_path / f"second-{number:02d}"
+        _copy(crashed, where)
+        db, ledger = where / "sagas.db", where / "ledger.jsonl"
+        second = server().child("recover", db, "thread", ledger, saga_id, label, "")
+        last = server().child("recover", db, "thread", ledger, saga_id, "", "later")
+        return label, (second, last, Ledger.read(ledger))
+
+    for label, (second, last, ledger) in pool.map(one, enumerate(boundaries)):
+        assert second.returncode == CRASH_EXIT, (label, second.stderr)
+        lines = second.stdout.splitlines()
+        assert lines[-1] == f"CRASH {label}"
+        assert last.returncode == 0, last.stderr
+        started, final = map(json.loads, last.stdout.splitlines())
+        recoveries = [json.loads(lines[0]), started] if len(lines) == 2 else [started]
+        check_family(variant, saga_id, first_kill, recoveries, final, ledger)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
