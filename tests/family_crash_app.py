@@ -9,7 +9,10 @@ behaves alike):
 * ``unwind`` — ``C`` fails: the child's steps, ``Q2``, ``P`` and ``A`` are
   compensated: COMPENSATED;
 * ``child``  — the child's ``Z`` fails: the child unwinds itself (``Y``, ``X``),
-  then the parent (``Q2``, ``P``, ``A``): COMPENSATED.
+  then the parent (``Q2``, ``P``, ``A``): COMPENSATED;
+* ``cancel-after`` / ``cancel-before`` — as ``child``, but ``Y``'s call never
+  answers (after / before its effect): Z's failure cancels it in flight, and
+  it is compensated as an uncertain call.
 
 Run as a script (``python tests/family_crash_app.py COMMAND ...``):
 
@@ -65,10 +68,11 @@ from fallback_saga import (
 )
 
 APP = Path(__file__).resolve()
-VARIANTS: tuple[str, ...] = ("ok", "unwind", "child")
+VARIANTS: tuple[str, ...] = ("ok", "unwind", "child", "cancel-after", "cancel-before")
 CHILD = "Pay"
 EXPECTED_STATUS: dict[str, str] = {
     "ok": "completed", "unwind": "compensated", "child": "compensated",
+    "cancel-after": "compensated", "cancel-before": "compensated",
 }
 # Effects the participant must have applied in the end, each exactly once: (saga, action, step)
 # with saga "parent" or "child".
@@ -86,6 +90,10 @@ EXPECTED_EFFECTS: dict[str, set[tuple[str, str, str]]] = {
         ("child", "compensate", "X"), ("child", "compensate", "Y"),
     },
 }
+# Y is cancelled in flight (Z fails while it waits): its effect is uncertain,
+# so it is compensated all the same — whether it had applied it or not.
+EXPECTED_EFFECTS["cancel-after"] = EXPECTED_EFFECTS["child"]
+EXPECTED_EFFECTS["cancel-before"] = EXPECTED_EFFECTS["child"] - {("child", "act", "Y")}
 
 
 @dataclasses.dataclass
@@ -138,7 +146,7 @@ class StepP(_Step, SagaStepHandler[FamilyCtx, str]):
 
 
 class StepQ(_Step, SagaStepHandler[FamilyCtx, str]):
-    name, field, fails_in = "Q", "q", ("ok", "unwind", "child")
+    name, field, fails_in = "Q", "q", VARIANTS  # always: Q2 runs
 
 
 class StepQ2(_Step, SagaStepHandler[FamilyCtx, str]):
@@ -154,11 +162,23 @@ class StepX(_Step, SagaStepHandler[ChildCtx, str]):
 
 
 class StepY(_Step, SagaStepHandler[ChildCtx, str]):
+    """In the ``cancel-*`` variants Y's call never answers (before or after
+    its effect): Z's failure cancels it in flight."""
+
     name, field = "Y", "y"
+
+    async def act(self, ctx: Any, /) -> str:
+        if ctx.variant == "cancel-before":
+            await asyncio.Event().wait()
+        if ctx.variant == "cancel-after":
+            Ledger.call("act", self.name)
+            boundary(f"inside act {self.name}: effect applied, never answering")
+            await asyncio.Event().wait()
+        return await super().act(ctx)
 
 
 class StepZ(_Step, SagaStepHandler[ChildCtx, str]):
-    name, field, fails_in = "Z", "z", ("child",)
+    name, field, fails_in = "Z", "z", ("child", "cancel-after", "cancel-before")
 
 
 class ChildSaga(Saga[ChildCtx]):
