@@ -12,7 +12,11 @@ behaves alike):
   then the parent (``Q2``, ``P``, ``A``): COMPENSATED;
 * ``cancel-after`` / ``cancel-before`` — as ``child``, but ``Y``'s call never
   answers (after / before its effect): Z's failure cancels it in flight, and
-  it is compensated as an uncertain call.
+  it is compensated as an uncertain call;
+* ``member`` — ``MemberFamilySaga``: ``A``, ``Parallel(SubSaga(MemberChildSaga)
+  (``X``, ``W``), M)``, ``C``. M fails once W was called, W never answers:
+  the group cancels the child in flight (W compensated as uncertain, then X),
+  then A is compensated: COMPENSATED.
 
 Run as a script (``python tests/family_crash_app.py COMMAND ...``):
 
@@ -68,11 +72,13 @@ from fallback_saga import (
 )
 
 APP = Path(__file__).resolve()
-VARIANTS: tuple[str, ...] = ("ok", "unwind", "child", "cancel-after", "cancel-before")
+VARIANTS: tuple[str, ...] = (
+    "ok", "unwind", "child", "cancel-after", "cancel-before", "member",
+)
 CHILD = "Pay"
 EXPECTED_STATUS: dict[str, str] = {
     "ok": "completed", "unwind": "compensated", "child": "compensated",
-    "cancel-after": "compensated", "cancel-before": "compensated",
+    "cancel-after": "compensated", "cancel-before": "compensated", "member": "compensated",
 }
 # Effects the participant must have applied in the end, each exactly once: (saga, action, step)
 # with saga "parent" or "child".
@@ -94,6 +100,12 @@ EXPECTED_EFFECTS: dict[str, set[tuple[str, str, str]]] = {
 # so it is compensated all the same — whether it had applied it or not.
 EXPECTED_EFFECTS["cancel-after"] = EXPECTED_EFFECTS["child"]
 EXPECTED_EFFECTS["cancel-before"] = EXPECTED_EFFECTS["child"] - {("child", "act", "Y")}
+# The child is a group member, cancelled in flight (inside W) when M fails.
+EXPECTED_EFFECTS["member"] = {
+    ("parent", "act", "A"), ("parent", "compensate", "A"),
+    ("child", "act", "X"), ("child", "act", "W"),
+    ("child", "compensate", "X"), ("child", "compensate", "W"),
+}
 
 
 @dataclasses.dataclass
@@ -181,6 +193,63 @@ class StepZ(_Step, SagaStepHandler[ChildCtx, str]):
     name, field, fails_in = "Z", "z", ("child", "cancel-after", "cancel-before")
 
 
+_W_CALLED: dict[int, asyncio.Event] = {}  # per event loop
+
+
+def _w_called() -> asyncio.Event:
+    loop = id(asyncio.get_running_loop())
+    if loop not in _W_CALLED:
+        _W_CALLED[loop] = asyncio.Event()
+    return _W_CALLED[loop]
+
+
+class StepW(_Step, SagaStepHandler[ChildCtx, str]):
+    """The ``member`` variant's child step: applies its effect, tells M, and
+    never answers (it is in flight when its parent's group fails)."""
+
+    name, field = "W", "z"
+
+    async def act(self, ctx: Any, /) -> str:
+        Ledger.call("act", self.name)
+        boundary(f"inside act {self.name}: effect applied, never answering")
+        _w_called().set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+
+class StepM(_Step, SagaStepHandler[FamilyCtx, str]):
+    """The child's sibling in the ``member`` variant: fails once W was called."""
+
+    name, field, fails_in = "M", "p", ("member",)
+
+    async def act(self, ctx: Any, /) -> str:
+        await _w_called().wait()
+        return await super().act(ctx)
+
+
+class MemberChildSaga(Saga[ChildCtx]):
+    steps: ClassVar[list[Any]] = [StepX, StepW]
+
+
+class MemberFamilySaga(Saga[FamilyCtx]):
+    """``A``, ``Parallel(SubSaga(MemberChildSaga), M)``, ``C``: M fails while the
+    child is in flight, so the group cancels the child in the middle of W."""
+
+    steps: ClassVar[list[Any]] = [
+        StepA,
+        Parallel(
+            SubSaga(MemberChildSaga, context=lambda p: ChildCtx(variant=p.variant), name=CHILD,
+                    lease_seconds=0.3),
+            StepM,
+        ),
+        StepC,
+    ]
+
+
+def family_for(variant: str) -> type[Saga[FamilyCtx]]:
+    return MemberFamilySaga if variant == "member" else FamilySaga
+
+
 class ChildSaga(Saga[ChildCtx]):
     steps: ClassVar[list[Any]] = [StepX, Parallel(StepY, StepZ)]
 
@@ -198,6 +267,9 @@ class FamilySaga(Saga[FamilyCtx]):
         SubSaga(ChildSaga, context=child_context, name=CHILD, lease_seconds=0.3),
         StepC,
     ]
+
+
+SAGAS: list[Any] = [FamilySaga, ChildSaga, MemberFamilySaga, MemberChildSaga]
 
 
 class CrashingStore(_Crashing, SQLiteSagaStore):
@@ -223,7 +295,8 @@ async def _journal(store: SQLiteSagaStore, saga_id: str) -> dict[str, Any] | Non
 async def _run(db: str, writer: str, saga_id: str, variant: str) -> dict[str, Any]:
     store = CrashingStore(db, writer=writer)
     try:
-        result = await FamilySaga(store=store).run(FamilyCtx(variant=variant), saga_id=saga_id)
+        family = family_for(variant)(store=store)
+        result = await family.run(FamilyCtx(variant=variant), saga_id=saga_id)
         outcome = result.status.value
     except SagaFailed as failed:
         outcome = failed.status.value
@@ -248,7 +321,7 @@ async def _recover(db: str, writer: str, saga_id: str, label: str, later: bool) 
     passes = 0
     while passes < 10:
         passes += 1
-        found = await recover(store, [FamilySaga, ChildSaga], older_than=0)
+        found = await recover(store, SAGAS, older_than=0)
         for key in ("resumed", "compensated", "failed", "deferred"):
             report[key] += list(getattr(found, key))
         report["skipped"] += [list(item) for item in found.skipped]

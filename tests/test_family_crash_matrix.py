@@ -195,10 +195,19 @@ def test_S10_S15_family_dry_runs_cross_parent_child_group_and_fallback_boundarie
         writes = [b for b in boundaries if b.startswith("before write")]
         assert len(writes) == {
             "ok": 13, "unwind": 21, "child": 16, "cancel-after": 15, "cancel-before": 15,
+            "member": 10,
         }[variant], boundaries
+        assert any("create [X act started]" in b for b in writes)  # the child's record
+        if variant == "member":
+            # S8/S15: the child, a group member in flight when its sibling
+            # fails, is cancelled with its call in flight; both unwound.
+            assert "before write 5 append [W act cancelled, W compensate started]; " \
+                "saga compensating" in writes
+            assert "before write 8 append [M act failed, Pay act cancelled, Pay compensate " \
+                "started]; saga compensating" in writes
+            continue
         assert "before write 2 append [A act completed, P act started, Q act started]" in writes
         assert "before write 8 append [X act completed, Y act started, Z act started]" in writes
-        assert any("create [X act started]" in b for b in writes)  # the child's record
         assert "inside act Q: about to fail" in boundaries
         assert "inside act Q2: effect applied, not returned" in boundaries
         if variant.startswith("cancel"):
@@ -273,7 +282,16 @@ def check_family(
 
     # -- every effect exactly once; under a COMPENSATED family none is left
     applied = Counter((_side(x), x["action"], x["step"]) for x in ledger if x["kind"] == "apply")
-    assert set(applied) == EXPECTED_EFFECTS[variant], (applied, final)
+    # Beyond the variant's effects, only the compensation of a call the journal
+    # holds uncertain (CANCELLED: e.g. a member whose failure the kill kept out
+    # of the journal, not called again by the unwinding resume) — S5/S8.
+    uncertain = {
+        (side, "compensate", step)
+        for side, saga_id in (("parent", parent_id), ("child", child_id))
+        for step in _rows(after, saga_id, "act", "cancelled")
+    }
+    assert set(applied) - EXPECTED_EFFECTS[variant] <= uncertain, (applied, final)
+    assert EXPECTED_EFFECTS[variant] <= set(applied), (applied, final)
     assert set(applied.values()) == {1}, applied
 
     # -- nothing a recovery found COMPLETED in the journal is called again by it
@@ -305,9 +323,9 @@ def check_family(
 # between parent and child.
 def _first_kills(boundaries: list[str]) -> list[str]:
     handovers = ("Pay act started", "create [X", "Pay act completed",
-                 "Pay compensate started", "Pay act failed")
+                 "Pay compensate started", "Pay act failed", "Pay act cancelled")
     calls = tuple(f"inside {what} " for what in (
-        "act X", "act Y", "act Z", "act C", "compensate Z", "compensate Y",
+        "act X", "act Y", "act Z", "act W", "compensate W", "act C", "compensate Z", "compensate Y",
         "compensate X", "compensate Q2",
     ))
     # (A kill before a write leaves the journal a kill after the write before
