@@ -71,7 +71,7 @@ import select
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
@@ -524,8 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- fork server
 
 
-def serve() -> int:
-    """Run jobs from stdin in forked children (see the module docstring)."""
+def serve(run: Callable[[list[str]], int] | None = None) -> int:
+    """Run jobs from stdin in forked children (see the module docstring),
+    each with ``run`` (this app's ``main`` unless given: another app's)."""
     with contextlib.suppress(ImportError):  # preload: each child skips these imports
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
@@ -539,14 +540,14 @@ def serve() -> int:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _forked(job)  # never returns
+            _forked(job, run or main)  # never returns
         code = _wait(pid, float(job.get("timeout", 60.0)))
         sys.stdout.write(json.dumps({"returncode": code}) + "\n")
         sys.stdout.flush()
     return 0
 
 
-def _forked(job: dict[str, Any]) -> None:
+def _forked(job: dict[str, Any], run: Callable[[list[str]], int]) -> None:
     code = 1
     try:
         for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
@@ -557,7 +558,7 @@ def _forked(job: dict[str, Any]) -> None:
         os.dup2(null, 0)
         os.close(null)
         os.environ.update(job.get("env") or {})
-        code = main(job["argv"])
+        code = run(job["argv"])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:

@@ -50,7 +50,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -353,32 +352,7 @@ def main(argv: Sequence[str]) -> int:
 
 def serve() -> int:
     """Run jobs from stdin in forked children, as ``crash_app.serve`` does."""
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        job = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
-                    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                    os.dup2(target, fd)
-                    os.close(target)
-                code = main(job["argv"])
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(BaseException):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        code = crash_app._wait(pid, float(job.get("timeout", 60.0)))
-        sys.stdout.write(json.dumps({"returncode": code}) + "\n")
-        sys.stdout.flush()
-    return 0
+    return crash_app.serve(main)
 
 
 __all__ = ["CRASH_EXIT", "main", "serve"]

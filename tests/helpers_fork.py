@@ -1,14 +1,21 @@
-"""Forking in tests: a child that runs a function and exits with its code."""
+"""Forking in tests: a child that runs a function and exits with its code,
+and a fork server (an app's ``serve`` command) that runs each job in a
+child forked from one process that imported everything once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
-__all__ = ["fork", "in_a_forked_child"]
+__all__ = ["ForkServer", "fork", "in_a_forked_child"]
 
 
 def fork(body: Callable[[], int]) -> int:
@@ -48,3 +55,52 @@ def in_a_forked_child(
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return -1
+
+
+class ForkServer:
+    """One ``<app> serve`` process (``crash_app.serve``): each child it runs is
+    forked from a Python that has imported the app already, so a case costs
+    its own work, not two interpreter starts. A child is a new process all the
+    same: the server never opened a store nor ran a saga."""
+
+    def __init__(
+        self, app: Path, scratch: Path, *, timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.scratch = scratch
+        self.timeout = timeout
+        self.jobs = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, str(app), "serve"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env=None if env is None else dict(env),
+        )
+
+    def child(
+        self, *args: Any, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``<app> *args`` in a forked child (``env`` added to its
+        environment); its exit code and output."""
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.jobs += 1
+        out = self.scratch / f"{self.proc.pid}-{self.jobs}.out"
+        err = out.with_suffix(".err")
+        argv = [str(arg) for arg in args]
+        job = {"argv": argv, "env": dict(env or {}), "stdout": str(out), "stderr": str(err),
+               "timeout": self.timeout}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the fork server died ({self.proc.wait()})")
+        code = json.loads(answer)["returncode"]
+        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -59,6 +59,7 @@ from crash_app import (
     VARIANTS,
     Ledger,
 )
+from helpers_fork import ForkServer
 
 # The steps of both crash sagas in declared order (results come in this order).
 _STEP_ORDER = ["A", "B", "B2", "P", "Q", "Q2", "C"]
@@ -97,51 +98,6 @@ def child(
     )
 
 
-class ForkServer:
-    """One ``crash_app.py serve`` process: each child it runs is forked from a
-    Python that has imported the app (and psycopg) already, so a case costs
-    its own work, not two interpreter starts. A child is a new process all the
-    same: the server never opened a store nor ran a saga."""
-
-    def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
-        self.jobs = 0
-        self.proc = subprocess.Popen(
-            [sys.executable, str(APP), "serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def child(
-        self, *args: Any, env: Mapping[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.jobs += 1
-        out = self.scratch / f"{self.proc.pid}-{self.jobs}.out"
-        err = out.with_suffix(".err")
-        argv = [str(arg) for arg in args]
-        job = {"argv": argv, "env": dict(env or {}), "stdout": str(out), "stderr": str(err),
-               "timeout": CHILD_TIMEOUT}
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"the fork server died ({self.proc.wait()})")
-        code = json.loads(answer)["returncode"]
-        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=CHILD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 class ForkServers:
     """A fork server per thread of a pool (created on first use)."""
 
@@ -156,7 +112,7 @@ class ForkServers:
     ) -> subprocess.CompletedProcess[str]:
         server = getattr(self.local, "server", None)
         if server is None:
-            server = self.local.server = ForkServer(self.scratch)
+            server = self.local.server = ForkServer(APP, self.scratch, timeout=CHILD_TIMEOUT)
             with self.lock:
                 self.all.append(server)
         return server.child(*args, env=env)

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import pytest
 from crash_app import CRASH_EXIT, Ledger
 from family_crash_app import APP, CHILD, EXPECTED_EFFECTS, EXPECTED_STATUS, VARIANTS
+from helpers_fork import ForkServer
 
 WRITERS = ("thread", "inline")
 # The inline writer's share of the matrix (the whole matrix runs on the writer
@@ -106,44 +107,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("family_case", cases, ids=[c.saga_id for c in cases])
 
 
-class ForkServer:
-    """One ``family_crash_app.py serve``: each case's processes are forked
-    from a Python that imported everything once (none ever opened a store)."""
-
-    def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
-        self.jobs = 0
-        self.proc = subprocess.Popen(
-            [sys.executable, str(APP), "serve"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, env=_env(),
-        )
-
-    def child(self, *args: Any) -> subprocess.CompletedProcess[str]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.jobs += 1
-        out = self.scratch / f"{self.proc.pid}-{self.jobs}.out"
-        err = out.with_suffix(".err")
-        argv = [str(a) for a in args]
-        job = {"argv": argv, "stdout": str(out), "stderr": str(err), "timeout": TIMEOUT}
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"the fork server died ({self.proc.wait()})")
-        code = json.loads(answer)["returncode"]
-        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 class Played(NamedTuple):
     crashed: subprocess.CompletedProcess[str]
     recovered: subprocess.CompletedProcess[str]
@@ -169,7 +132,7 @@ def matrix(
         try:
             server = getattr(local, "server", None)
             if server is None:
-                server = local.server = ForkServer(root)
+                server = local.server = ForkServer(APP, root, timeout=TIMEOUT, env=_env())
                 with lock:
                     servers.append(server)
             where = root / case.saga_id
@@ -363,7 +326,7 @@ def fork_servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     def server() -> ForkServer:
         mine = getattr(local, "server", None)
         if mine is None:
-            mine = local.server = ForkServer(root)
+            mine = local.server = ForkServer(APP, root, timeout=TIMEOUT, env=_env())
             with lock:
                 servers.append(mine)
         return mine
