@@ -17,13 +17,14 @@ may take a live saga over, and fencing must then shut its first runner out.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from conftest_pg import require_driver
 from test_sqlite_clock_steps import (
+    check_a_lease_a_step_forward_expired_is_fenced,
+    check_a_step_forward_fences_out_the_live_first_run,
     deferred_ahead,
     leased_ahead,
     new_saga,
@@ -34,12 +35,7 @@ from test_sqlite_clock_steps import (
 
 from fallback_saga import (
     LeaseLost,
-    Saga,
-    SagaContext,
-    SagaStatus,
-    SagaStepHandler,
     StepStatus,
-    recover,
 )
 from fallback_saga.testing import entry
 
@@ -227,70 +223,17 @@ async def test_S10_leases_taken_before_the_migration_expire_as_they_did(
 # --------------------------------------------------------------------------- forward
 
 
-@dataclasses.dataclass
-class Ctx(SagaContext):
-    order_id: str = ""
-
-
-class Stuck:
-    """The first run's Reserve is in flight until the test lets it go."""
-
-    entered: asyncio.Event
-    release: asyncio.Event
-    calls = 0
-
-
-class Reserve(SagaStepHandler[Ctx, str]):
-    async def act(self, ctx: Ctx, /) -> Any:
-        Stuck.calls += 1
-        if Stuck.calls == 1:
-            Stuck.entered.set()
-            await Stuck.release.wait()
-        return self._generate_step_result("reserved")
-
-
-class Ship(SagaStepHandler[Ctx, str]):
-    async def act(self, ctx: Ctx, /) -> Any:
-        return self._generate_step_result("shipped")
-
-
-class OrderSaga(Saga[Ctx]):
-    steps: ClassVar[list[Any]] = [Reserve, Ship]
-
-
 async def test_S13_a_server_clock_stepped_forward_fences_out_the_live_first_run(
     store: PostgresSagaStore, raw: Any
 ) -> None:
-    """A step forward makes a live saga look older than ``older_than``:
-    recovery takes it over (its step runs again, with the same idempotency
-    key), and the first run, still alive, is refused at its next write:
-    ``LeaseLost``, nothing written, the journal is the new owner's."""
-    Stuck.entered, Stuck.release, Stuck.calls = asyncio.Event(), asyncio.Event(), 0
-    first = asyncio.create_task(OrderSaga(store=store).run(Ctx("o-1"), saga_id="o-1"))
-    await Stuck.entered.wait()
-    clock_step(raw, 3_600)
-    report = await recover(store, [OrderSaga(store=store)], older_than=60)
-    assert report.resumed == ["o-1"]
-    Stuck.release.set()
-    with pytest.raises(LeaseLost):
-        await first
-    record = await store.load("o-1")
-    assert record.status is SagaStatus.COMPLETED
-    assert Stuck.calls == 2
+    await check_a_step_forward_fences_out_the_live_first_run(
+        store, lambda seconds: clock_step(raw, seconds)
+    )
 
 
 async def test_S13_a_lease_expired_by_a_server_clock_step_forward_is_fenced(
     store: PostgresSagaStore, raw: Any
 ) -> None:
-    """A worker's lease that a forward step expires early is taken over, and
-    the worker's next renewal or write is refused."""
-    await new_saga(store, "s")
-    (held,) = await store.claim(owner="w1", lease_seconds=300, older_than=-1, limit=1)
-    clock_step(raw, 301)
-    (taken,) = await store.claim(owner="w2", lease_seconds=300, older_than=60, limit=1)
-    assert taken.token == held.token + 1
-    with pytest.raises(LeaseLost):
-        await store.renew(held, 300)
-    with pytest.raises(LeaseLost):
-        await store.append("s", [entry(0, "a", StepStatus.COMPLETED)], fence=held)
-    await store.append("s", [entry(0, "a", StepStatus.COMPLETED)], fence=taken)
+    await check_a_lease_a_step_forward_expired_is_fenced(
+        store, lambda seconds: clock_step(raw, seconds)
+    )

@@ -47,6 +47,9 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
 
 @pytest.fixture
 def clock() -> Clock:
@@ -217,6 +220,22 @@ class HoldSaga(Saga[Ctx]):
 async def test_S13_a_clock_stepped_forward_fences_out_the_live_first_run(
     store: SQLiteSagaStore, clock: Clock
 ) -> None:
+    await check_a_step_forward_fences_out_the_live_first_run(store, clock.step)
+
+
+async def test_S13_a_lease_expired_by_a_clock_step_forward_is_fenced(
+    store: SQLiteSagaStore, clock: Clock
+) -> None:
+    await check_a_lease_a_step_forward_expired_is_fenced(store, clock.step)
+
+
+# The forward-step checks, for either store (the PostgreSQL clock-step tests
+# use them too); ``step(seconds)`` moves the store's clock forward.
+
+
+async def check_a_step_forward_fences_out_the_live_first_run(
+    store: LeasingStore, step: Callable[[float], None]
+) -> None:
     """A step forward makes a live saga look older than ``older_than``:
     recovery takes it over (its step runs again, with the same idempotency
     key), and the first run, still alive, is refused at its next write:
@@ -224,7 +243,7 @@ async def test_S13_a_clock_stepped_forward_fences_out_the_live_first_run(
     Stuck.entered, Stuck.release, Stuck.calls = asyncio.Event(), asyncio.Event(), 0
     first = asyncio.create_task(HoldSaga(store=store).run(Ctx("o-1"), saga_id="o-1"))
     await Stuck.entered.wait()
-    clock.now = T0 + 3_600
+    step(3_600)
     report = await recover(store, [HoldSaga(store=store)], older_than=60)
     assert report.resumed == ["o-1"]
     Stuck.release.set()
@@ -234,14 +253,14 @@ async def test_S13_a_clock_stepped_forward_fences_out_the_live_first_run(
     assert Stuck.calls == 2
 
 
-async def test_S13_a_lease_expired_by_a_clock_step_forward_is_fenced(
-    store: SQLiteSagaStore, clock: Clock
+async def check_a_lease_a_step_forward_expired_is_fenced(
+    store: LeasingStore, step: Callable[[float], None]
 ) -> None:
     """A worker's lease that a forward step expires early is taken over, and
     the worker's next renewal or write is refused."""
     await new_saga(store, "s")
     (held,) = await store.claim(owner="w1", lease_seconds=300, older_than=-1, limit=1)
-    clock.now = T0 + 301
+    step(301)
     (taken,) = await store.claim(owner="w2", lease_seconds=300, older_than=60, limit=1)
     assert taken.token == held.token + 1
     with pytest.raises(LeaseLost):
