@@ -29,6 +29,7 @@ from ._common import (
     saga_status,
     short_repr,
 )
+from ._listing_pages import ListingPages, UnreadableRow
 from ._sqlite_rows import (
     _decode_record,
     _is_time,
@@ -84,9 +85,6 @@ _SUMMARY_COLUMNS: Final = (
     "SELECT rowid, saga_id, saga_name, status, created_at, updated_at, lease_owner,"
     " lease_expires_at FROM sagas"
 )
-# After rows that could not be read, a listing reads on at least this many
-# rows at a time (a store with many such rows is not read a row at a time).
-_READ_ON: Final = 64
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
 _ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
 _COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
@@ -739,36 +737,26 @@ def _list(
         if cursor_row is None:
             raise SagaNotFound(before)
         below = cursor_row[0]
-    summaries: list[SagaSummary] = []
-    # ``limit`` counts the sagas listed: a row that cannot be read is left
-    # out (S12: one bad row must not hide every other saga from an
-    # operator) and the read goes on past it — else a page of such rows
-    # would end a listing paged by ``before`` early, and a table asking for
-    # one saga more than it shows would say that no more match.
-    chunk = limit
-    while len(summaries) < limit:
-        conditions = [*where, "rowid < ?"] if below is not None else where
+    pages = ListingPages(limit, below, _log)
+    while pages.wanted:
+        conditions = [*where, "rowid < ?"] if pages.below is not None else where
         clause = " WHERE " + " AND ".join(conditions) if conditions else ""
         query = _SUMMARY_COLUMNS + clause + _NEWEST_FIRST
-        values = (*params, below, chunk) if below is not None else (*params, chunk)
+        values = (
+            (*params, pages.below, pages.chunk)
+            if pages.below is not None
+            else (*params, pages.chunk)
+        )
         with _lenient_text(cursor):
             rows = cursor.execute(query, values).fetchall()
-        for row in rows:
-            if len(summaries) >= limit:
-                break  # rows past the last saga listed are not read (nor warned about)
-            below = row[0]
-            if not isinstance(row[1], str):
-                problem = f"the saga id is {_not_text(row[1])}"
-                _log.warning("skipping a saga in the listing: %s", _unreadable(row[1], problem))
-                continue
-            try:
-                summaries.append(_summary(*row[1:]))
-            except CorruptSagaRecord as error:
-                _log.warning("skipping a saga in the listing: %s", error)
-        if len(rows) < chunk:
-            break  # no more rows
-        chunk = max(limit - len(summaries), _READ_ON)
-    return summaries
+        pages.take(rows, _listed)
+    return pages.summaries
+
+
+def _listed(row: Sequence[Any]) -> SagaSummary:
+    if not isinstance(row[1], str):
+        raise UnreadableRow(_unreadable(row[1], f"the saga id is {_not_text(row[1])}"))
+    return _summary(*row[1:])
 
 
 def _summary(

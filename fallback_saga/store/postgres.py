@@ -121,6 +121,7 @@ from ._common import (
 )
 from ._dsn_secrets import dsn_secrets, scrub
 from ._group_commit import GroupCommit, RetryAlone
+from ._listing_pages import ListingPages
 from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
 
 if TYPE_CHECKING:
@@ -186,9 +187,22 @@ _GROUP_SLOTS: Final = 3
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
-# After rows that could not be read, a listing reads on at least this many
-# rows at a time (a store with many such rows is not read a row at a time).
-_READ_ON: Final = 64
+
+
+def _listed(row: Sequence[Any]) -> SagaSummary:
+    """A listing's row (its seq first), every column typed by the driver."""
+    _seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at = row
+    return SagaSummary(
+        saga_id=saga_id,
+        saga_name=name,
+        status=saga_status(saga_id, raw_status),
+        created_at=created_at,
+        updated_at=updated_at,
+        lease_owner=owner,
+        # A released lease keeps its release time as the expiry (the saga is
+        # claimable at once); it is no lease to show.
+        lease_expires_at=None if owner is None else expires_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -946,46 +960,20 @@ class PostgresSagaStore:
             if cursor_row is None:
                 raise SagaNotFound(before)
             below = cursor_row[0]
-        summaries: list[SagaSummary] = []
-        # ``limit`` counts the sagas listed: a row that cannot be read is
-        # left out (one bad row must not hide every other saga from an
-        # operator) and the read goes on past it — else a page of such rows
-        # would end a listing paged by ``before`` early, and a table asking
-        # for one saga more than it shows would say that no more match.
-        chunk = limit
-        while len(summaries) < limit:
-            conditions = [*where, "seq < %s::bigint"] if below is not None else where
+        pages = ListingPages(limit, below, _log)
+        while pages.wanted:
+            conditions = [*where, "seq < %s::bigint"] if pages.below is not None else where
             clause = " WHERE " + " AND ".join(conditions) if conditions else ""
             statement = sql.summary + clause + sql.newest_first
-            values = [*params, below, chunk] if below is not None else [*params, chunk]
-            found = await self._fetch("cannot list sagas", statement, values, rows="all")
-            for seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at in (
-                found
-            ):
-                if len(summaries) >= limit:
-                    break  # rows past the last saga listed are not read (nor warned about)
-                below = seq
-                try:
-                    summaries.append(
-                        SagaSummary(
-                            saga_id=saga_id,
-                            saga_name=name,
-                            status=saga_status(saga_id, raw_status),
-                            created_at=created_at,
-                            updated_at=updated_at,
-                            lease_owner=owner,
-                            # A released lease keeps its release time as the
-                            # expiry (the saga is claimable at once); it is no
-                            # lease to show.
-                            lease_expires_at=None if owner is None else expires_at,
-                        )
-                    )
-                except CorruptSagaRecord as error:
-                    _log.warning("skipping a saga in the listing: %s", error)
-            if len(found) < chunk:
-                break  # no more rows
-            chunk = max(limit - len(summaries), _READ_ON)
-        return summaries
+            values = (
+                [*params, pages.below, pages.chunk]
+                if pages.below is not None
+                else [*params, pages.chunk]
+            )
+            pages.take(
+                await self._fetch("cannot list sagas", statement, values, rows="all"), _listed
+            )
+        return pages.summaries
 
     async def count_sagas(
         self,
