@@ -25,7 +25,7 @@ from ._common import (
     short_repr,
     transition_status,
 )
-from .base import JournalEntry, SagaRecord
+from .base import JournalEntry, SagaRecord, SagaSummary
 
 if TYPE_CHECKING:
     # Types only. The driver is an optional extra: without it, mypy still
@@ -427,6 +427,22 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
         created_at=created_at,
         updated_at=updated_at,
         version=version,
+    )
+
+
+def _listed_summary(row: Sequence[Any]) -> SagaSummary:
+    """A listing's row (its seq first), every column typed by the driver."""
+    _seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at = row
+    return SagaSummary(
+        saga_id=saga_id,
+        saga_name=name,
+        status=saga_status(saga_id, raw_status),
+        created_at=created_at,
+        updated_at=updated_at,
+        lease_owner=owner,
+        # A released lease keeps its release time as the expiry (the saga is
+        # claimable at once); it is no lease to show.
+        lease_expires_at=None if owner is None else expires_at,
     )
 
 

@@ -115,7 +115,6 @@ from ._common import (
     check_saga_id,
     finite_seconds,
     non_negative_int,
-    saga_status,
     short_repr,
     status_text,
 )
@@ -155,6 +154,7 @@ from ._postgres_sql import (
     _decode_record,
     _entries_json,
     _group_json,
+    _listed_summary,
     _listing_filter,
     _Statements,
     _Write,
@@ -187,22 +187,6 @@ _GROUP_SLOTS: Final = 3
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
-
-
-def _listed(row: Sequence[Any]) -> SagaSummary:
-    """A listing's row (its seq first), every column typed by the driver."""
-    _seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at = row
-    return SagaSummary(
-        saga_id=saga_id,
-        saga_name=name,
-        status=saga_status(saga_id, raw_status),
-        created_at=created_at,
-        updated_at=updated_at,
-        lease_owner=owner,
-        # A released lease keeps its release time as the expiry (the saga is
-        # claimable at once); it is no lease to show.
-        lease_expires_at=None if owner is None else expires_at,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -971,7 +955,8 @@ class PostgresSagaStore:
                 else [*params, pages.chunk]
             )
             pages.take(
-                await self._fetch("cannot list sagas", statement, values, rows="all"), _listed
+                await self._fetch("cannot list sagas", statement, values, rows="all"),
+                _listed_summary,
             )
         return pages.summaries
 
