@@ -32,7 +32,8 @@ _EXCEPTION_ARGS: Any = BaseException.__dict__["args"]
 
 
 class SagaError(Exception):
-    """Base class of every error this library raises on its own account."""
+    """Base class of every error this library raises on its own account,
+    except ``CircuitOpenError``: the circuit breaker knows nothing of sagas."""
 
 
 class SagaDefinitionError(SagaError, TypeError):

@@ -44,9 +44,10 @@ Saga instances (sync or async):
 or a Saga subclass, or a list of them, which are built as cls(store=store).
 Each interrupted saga is resumed with the saga of the same name.
 
-Exit status: 0 if every saga claimed was completed or compensated; 1 if one
-ended FAILED (a compensation gave up: an operator is needed) or was skipped
-(unknown saga name, changed definition, unreadable row); 2 on a usage error.
+Exit status: 1 if a saga claimed ended FAILED (a compensation gave up: an
+operator is needed), was skipped (unknown saga name, changed definition,
+unreadable row) or was interrupted (its journal writes failed: it stays for
+the next pass); 2 on a usage error; else 0.
 """
 
 _APP_CONTRACT = (

@@ -1,0 +1,486 @@
+"""The checkable claims of README.md and docs/*.md hold: what the prose says
+about the API and the command line is what the code has.
+
+``test_doc_blocks.py`` runs the pages' code; this file checks the words
+around it, as a new user reading them would rely on them:
+
+* every relative link and ``#anchor`` resolves (GitHub's heading slugs);
+* every ``--flag`` the pages show exists on the command line — on the
+  subcommand it is shown with, when the text names one;
+* every error class the pages name is one ``fallback_saga`` exports (or a
+  builtin, or one listed below as someone else's);
+* every ``fallback_saga.module.NAME`` the pages name can be imported;
+* the signatures in the README's API tables are the code's (every
+  parameter, its kind and its default), and so are the defaults of every
+  other signature the pages spell out (``name(..., *, x=1) -> T``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import builtins
+import importlib
+import inspect
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from doc_blocks import FENCE, ROOT, pages
+
+import fallback_saga
+from fallback_saga.cli import build_parser
+
+PAGES = pages()
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def prose(page: Path) -> str:
+    """The page without its fenced blocks (line numbers kept)."""
+    text = page.read_text(encoding="utf-8")
+    return FENCE.sub(lambda match: "\n" * match.group(0).count("\n"), text)
+
+
+def line_of(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+# ------------------------------------------------------------------ links and anchors
+
+
+def github_slug(heading: str) -> str:
+    """GitHub's anchor for a heading: markup dropped, lower case, punctuation
+    dropped (``-`` and ``_`` kept), spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link: its text
+    text = text.replace("`", "").strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    for match in re.finditer(r"^#{1,6} +(.+?) *#*$", prose(page), re.MULTILINE):
+        slug = github_slug(match.group(1))
+        if slug in seen:  # GitHub numbers repeated headings: slug-1, slug-2, ...
+            seen[slug] += 1
+            found.add(f"{slug}-{seen[slug]}")
+        else:
+            seen[slug] = 0
+            found.add(slug)
+    return found
+
+
+def links(page: Path) -> Iterator[tuple[int, str]]:
+    text = prose(page)
+    for match in re.finditer(r"\]\(([^)\s]+)\)", text):
+        yield line_of(text, match.start()), match.group(1)
+
+
+def test_the_slugs_are_githubs() -> None:
+    assert github_slug("Issue #12, PostgreSQL: one statement per group (target 5,000 sagas/s)") == (
+        "issue-12-postgresql-one-statement-per-group-target-5000-sagass"
+    )
+    assert github_slug("`SagaFailed` wraps the step's exception") == (
+        "sagafailed-wraps-the-steps-exception"
+    )
+    assert github_slug('synchronous="full" or "normal"') == "synchronousfull-or-normal"
+    assert github_slug("current_step() and idempotency keys") == "current_step-and-idempotency-keys"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_relative_links_and_anchors_resolve(page: Path) -> None:
+    broken = []
+    for line, link in links(page):
+        if re.match(r"^[a-z][a-z+.-]*:", link):  # http:, https:, mailto:
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{page.name}:{line}: {link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+            broken.append(f"{page.name}:{line}: {link}: {target.name} has no heading for #{anchor}")
+    assert not broken, "\n".join(broken)
+
+
+# ------------------------------------------------------------------ command-line flags
+
+# Flags of other programs that the pages show (gunicorn, pytest, docker, the
+# benchmark scripts, which are checked against their own files below).
+FOREIGN_FLAGS = {
+    "--preload": "gunicorn",
+    "--collect-only": "pytest",
+    "--rm": "docker run",
+    "--only": "benchmarks/compare.py, benchmarks/versus_release.py",
+    "--profile": "benchmarks/compare.py",
+}
+
+
+def subcommand_flags() -> dict[str, set[str]]:
+    """Each subcommand's flags ("" for the top level's)."""
+    parser = build_parser()
+    flags: dict[str, set[str]] = {"": set()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                flags[name] = {s for a in sub._actions for s in a.option_strings}
+        else:
+            flags[""].update(action.option_strings)
+    return flags
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+# A command shown with its subcommand: "python -m fallback_saga list ..." in a
+# shell block or a code span, or a row of the README's and durability.md's
+# command tables ("`list --db PATH [--status S]`").
+COMMAND = re.compile(
+    r"(?:fallback_saga|fallback-saga)\s+(?P<cmd>[a-z][a-z-]*)(?P<rest>[^\n`|]*)"
+    r"|^\|\s*`(?P<row>demo|graph|list|show|recover|purge|serve)\b(?P<rowrest>[^`]*)`",
+    re.MULTILINE,
+)
+
+
+def test_foreign_flags_are_where_the_pages_say() -> None:
+    compare = (ROOT / "benchmarks" / "compare.py").read_text(encoding="utf-8")
+    assert '"--only"' in compare and '"--profile"' in compare
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_flag_shown_exists(page: Path) -> None:
+    flags = subcommand_flags()
+    every = set().union(*flags.values())
+    text = page.read_text(encoding="utf-8")
+    wrong = []
+    for match in FLAG.finditer(text):
+        flag = match.group(0)
+        if flag not in every and flag not in FOREIGN_FLAGS:
+            wrong.append(f"{page.name}:{line_of(text, match.start())}: {flag} is no option")
+    for match in COMMAND.finditer(text):
+        command = match.group("cmd") or match.group("row")
+        rest = match.group("rest") if match.group("cmd") else match.group("rowrest")
+        if command not in flags:
+            if match.group("cmd") and command not in ("is", "and", "or", "a", "the"):
+                # "python -m fallback_saga frobnicate": no such command
+                if re.match(r"^\s*(--|\w+[\s:.]|$)", rest) and "python -m" in text[
+                    max(0, match.start() - 12) : match.start()
+                ]:
+                    wrong.append(f"{page.name}:{line_of(text, match.start())}: "
+                                 f"no command {command!r}")
+            continue
+        for flag in FLAG.findall(rest):
+            if flag not in flags[command] and flag not in FOREIGN_FLAGS:
+                wrong.append(f"{page.name}:{line_of(text, match.start())}: "
+                             f"`{command}` has no {flag}")
+    assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------------ error names
+
+# Error classes the pages name that are not fallback_saga's.
+FOREIGN_ERRORS = {
+    "CancelledError": "asyncio",
+    "CircuitBreakerError": "aiobreaker, in the migration notes",
+    "PaymentError": "the pages' example application",
+    "ReadOnlySqlTransaction": "psycopg",
+}
+ERROR_NAME = re.compile(
+    r"\b[A-Z][A-Za-z0-9]*(?:Error|Exception|Lost|Busy|Failed|Interrupted|NotFound|"
+    r"Exists|Changed|Conflict|Record)\b"
+)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_error_named_is_exported(page: Path) -> None:
+    """A user who reads ``except SagaBusy`` must be able to import it."""
+    text = prose(page)
+    known = set(fallback_saga.__all__) | set(dir(builtins)) | set(FOREIGN_ERRORS)
+    unknown = []
+    for span in CODE_SPAN.finditer(text):
+        for name in ERROR_NAME.findall(span.group(1)):
+            if name not in known:
+                unknown.append(f"{page.name}:{line_of(text, span.start())}: {name}")
+    assert not unknown, "\n".join(unknown)
+
+
+def test_every_exported_name_has_a_readme_api_row() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    api = readme.split("## The API", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([\w.]+)` \|", api, re.MULTILINE))
+    missing = [name for name in fallback_saga.__all__ if name not in rows]
+    assert not missing, f"README's API tables have no row for {missing}"
+
+
+# ------------------------------------------------------------------ dotted references
+
+
+def resolve(dotted: str) -> object:
+    """``fallback_saga.a.b.NAME``: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            target = getattr(target, attribute)
+        return target
+    raise ImportError(dotted)
+
+
+# The OpenTelemetry names (``fallback_saga.saga.id``, ``fallback_saga.fallbacks``)
+# look like module paths: they must be names the listener uses.
+OTEL_SOURCE = (ROOT / "fallback_saga" / "otel.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_dotted_references_resolve(page: Path) -> None:
+    """``fallback_saga.store.sqlite.WAL_SIZE_LIMIT`` can be imported, and
+    ``fallback_saga.step.attempt`` is a span attribute the listener sets."""
+    text = prose(page)
+    wrong = []
+    for match in re.finditer(r"`(fallback_saga(?:\.\w+)+)", text):
+        try:
+            resolve(match.group(1))
+        except (ImportError, AttributeError) as error:
+            if f'"{match.group(1)}"' in OTEL_SOURCE:
+                continue
+            wrong.append(f"{page.name}:{line_of(text, match.start())}: {match.group(1)}: {error!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------------ signatures
+
+# What a documented default may name.
+NAMESPACE: dict[str, Any] = {"time": time, "logging": logging, "__builtins__": builtins}
+
+
+def api_object(name: str) -> object | None:
+    """What a README row or a signature names: ``Saga.run``,
+    ``fallback_saga.store.postgres.PostgresSagaStore``, ``recover``, ..."""
+    if name.startswith("fallback_saga."):
+        try:
+            return resolve(name)
+        except (ImportError, AttributeError):
+            return None
+    head, _, rest = name.partition(".")
+    if head not in fallback_saga.__all__:
+        return None
+    target: object = getattr(fallback_saga, head)
+    for attribute in rest.split(".") if rest else ():
+        target = getattr(target, attribute, None)
+        if target is None:
+            return None
+    return target
+
+
+SIGNATURE = re.compile(r"^(?:await\s+)?(?:[a-z_]\w*\.)*(?P<name>\w+)\((?P<params>.*)\)(?:\s*->.*)?$")
+
+
+def parsed_signature(span: str) -> tuple[str, ast.arguments] | None:
+    """``await saga.run(context, *, saga_id=None) -> SagaResult`` as
+    ``("run", <its parameters>)``, if the span reads as a signature: its
+    parentheses hold what a ``def`` may (names, defaults, ``*``, ``/``)."""
+    match = SIGNATURE.match(span.strip())
+    if not match:
+        return None
+    try:
+        tree = ast.parse(f"def _signature({match['params']}): pass")
+    except SyntaxError:  # an example call: Parallel(StepA, Fallback(...), ...)
+        return None
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef)
+    return match["name"], function.args
+
+
+def check_signature(
+    where: str, target: object, shown: ast.arguments, *, complete: bool
+) -> list[str]:
+    """What ``shown`` says wrongly about ``target``'s parameters."""
+    signature = inspect.signature(target)  # type: ignore[arg-type]
+    real = [p for p in signature.parameters.values() if p.name not in ("self", "cls")]
+    by_name = {p.name: p for p in real}
+    positional = [p for p in real if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    problems = []
+    documented: set[str] = set()
+
+    def compare_default(name: str, node: ast.expr | None, parameter: inspect.Parameter) -> None:
+        if node is None:  # shown required
+            if parameter.default is not parameter.empty:
+                problems.append(f"{where}: {name} is shown required; the code's default is "
+                                f"{parameter.default!r}")
+            return
+        if parameter.default is parameter.empty:
+            return  # an example value of a required parameter (context=lambda parent: ...)
+        try:
+            value = eval(compile(ast.Expression(node), where, "eval"), NAMESPACE)
+        except Exception:
+            problems.append(f"{where}: {name}={ast.unparse(node)} is no default "
+                            f"(the code's is {parameter.default!r})")
+            return
+        same_number = (isinstance(value, int | float) and isinstance(parameter.default, int | float)
+                       and not isinstance(value, bool) and not isinstance(parameter.default, bool))
+        if value != parameter.default or (type(value) is not type(parameter.default)
+                                          and not same_number):
+            problems.append(f"{where}: {name}={ast.unparse(node)}, but the code's default is "
+                            f"{parameter.default!r}")
+
+    shown_positional = [*shown.posonlyargs, *shown.args]
+    defaults: list[ast.expr | None] = [None] * (len(shown_positional) - len(shown.defaults))
+    defaults += shown.defaults
+    for index, (argument, default) in enumerate(zip(shown_positional, defaults, strict=True)):
+        name = argument.arg
+        if index >= len(positional):
+            parameter = by_name.get(name)
+            if parameter is not None and parameter.kind is parameter.KEYWORD_ONLY:
+                problems.append(f"{where}: {name} is keyword-only in the code: show `*,` before it")
+                documented.add(name)
+                compare_default(name, default, parameter)
+            else:
+                problems.append(f"{where}: {name}: the code takes no further positional parameter")
+            continue
+        parameter = positional[index]
+        documented.add(parameter.name)
+        if parameter.name != name:
+            problems.append(f"{where}: positional parameter {name!r} is {parameter.name!r} "
+                            f"in the code")
+            continue
+        compare_default(name, default, parameter)
+    if shown.vararg is not None:
+        varargs = [p for p in real if p.kind is p.VAR_POSITIONAL]
+        if not varargs:
+            problems.append(f"{where}: *{shown.vararg.arg}: the code takes no *args")
+        documented.update(p.name for p in varargs)
+    for argument, default in zip(shown.kwonlyargs, shown.kw_defaults, strict=True):
+        name = argument.arg
+        parameter = by_name.get(name)
+        if parameter is None:
+            problems.append(f"{where}: {name} is no parameter of the code")
+            continue
+        documented.add(name)
+        if parameter.kind is not parameter.KEYWORD_ONLY:
+            problems.append(f"{where}: {name} is shown after `*` but is not keyword-only")
+        compare_default(name, default, parameter)
+    if shown.kwarg is not None:
+        if not any(p.kind is p.VAR_KEYWORD for p in real):
+            problems.append(f"{where}: **{shown.kwarg.arg}: the code takes none")
+        documented.update(p.name for p in real if p.kind is p.VAR_KEYWORD)
+    if complete:
+        missing = [p.name for p in real if p.name not in documented]
+        if missing:
+            problems.append(f"{where}: the code also takes {missing}")
+    return problems
+
+
+def readme_api_rows() -> Iterator[tuple[int, str, str]]:
+    """(line, name, signature cell) of each row of the README's API tables."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## The API")
+    end = readme.index("\n## ", start + 1)
+    for match in re.finditer(r"^\| `([\w.]+)` \| (.*?) \| .* \|$", readme[start:end], re.MULTILINE):
+        yield line_of(readme, start + match.start()), match.group(1), match.group(2)
+
+
+def readme_api_signatures() -> Iterator[tuple[str, object, ast.arguments, bool]]:
+    """(where, the object, the call shown, whether it must be complete) for
+    each row of the README's API tables that shows a signature."""
+    for line, name, cell in readme_api_rows():
+        target = api_object(name)
+        if target is None or not callable(target):
+            continue
+        short = name.rpartition(".")[2]
+        aliases = {short, "OrderSaga"} if short == "Saga" else {short}
+        for span in CODE_SPAN.findall(cell):
+            parsed = parsed_signature(span)
+            if parsed and parsed[0] in aliases:
+                exception = isinstance(target, type) and issubclass(target, BaseException)
+                yield f"README.md:{line} ({name})", target, parsed[1], not exception
+                break
+
+
+README_SIGNATURES = list(readme_api_signatures())
+
+
+def test_the_readme_signatures_are_found() -> None:
+    shown = {where.split("(")[1].rstrip(")") for where, _, _, _ in README_SIGNATURES}
+    assert {"Saga", "Saga.run", "Saga.resume", "RetryPolicy", "CircuitBreaker", "SQLiteSagaStore",
+            "recover", "RecoveryWorker", "SagaFailed", "SubSaga"} <= shown
+
+
+@pytest.mark.parametrize(
+    ("where", "target", "call", "complete"), README_SIGNATURES,
+    ids=[row[0] for row in README_SIGNATURES],
+)
+def test_readme_api_signatures_are_the_codes(
+    where: str, target: object, call: ast.arguments, complete: bool
+) -> None:
+    """Each signature of the README's API tables names every parameter of
+    the code (an exception's constructor: those it shows), in its kind
+    (positional, or keyword-only after ``*``), with the code's default."""
+    problems = check_signature(where, target, call, complete=complete)
+    assert not problems, "\n".join(problems)
+
+
+def prose_signatures() -> Iterator[tuple[str, object, ast.arguments]]:
+    """Signatures the pages spell out in a code span (``*`` or ``->`` in it)."""
+    for page in PAGES:
+        text = prose(page).replace("\n", " ")  # a span may wrap
+        for match in re.finditer(r"`([^`]+)`", text):
+            span = match.group(1)
+            if not re.search(r"[(,]\s*\*\s*[,)]|\)\s*->", span):  # "*," or "-> T"
+                continue
+            parsed = parsed_signature(span)
+            if parsed is None:
+                continue
+            name, call = parsed
+            target = None
+            for candidate in (name, f"Saga.{name}", f"RecoveryWorker.{name}",
+                              f"fallback_saga.store.postgres.{name}",
+                              f"fallback_saga.store.postgres_breaker.{name}",
+                              f"fallback_saga.otel.{name}", f"fallback_saga.console.{name}"):
+                try:
+                    target = api_object(candidate)
+                except ImportError:  # an extra that is not installed
+                    target = None
+                if target is not None:
+                    break
+            if target is None or not callable(target):
+                continue
+            yield f"{page.name}:{line_of(prose(page), match.start())}", target, call
+
+
+PROSE_SIGNATURES = list(prose_signatures())
+
+
+def test_prose_signatures_are_found() -> None:
+    found = {where.split(":")[0] for where, _, _ in PROSE_SIGNATURES}
+    assert {"README.md", "durability.md", "scaling.md"} <= found
+
+
+@pytest.mark.parametrize(
+    ("where", "target", "call"), PROSE_SIGNATURES, ids=[row[0] for row in PROSE_SIGNATURES]
+)
+def test_prose_signatures_show_the_codes_defaults(where: str, target: object, call: ast.arguments) -> None:
+    problems = check_signature(where, target, call, complete=False)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_signature_check_can_fail() -> None:
+    def sample(a: int, /, b: int = 1, *, c: float = 2.0, d: str = "x") -> None: ...
+
+    def check(span: str, complete: bool = False) -> list[str]:
+        parsed = parsed_signature(span)
+        assert parsed is not None
+        return check_signature("here", sample, parsed[1], complete=complete)
+
+    assert check("sample(a, b=1, *, c=2.0, d='x')", complete=True) == []
+    assert check("sample(a, b=2)")  # wrong default
+    assert check("sample(a, b=1, c=2.0)")  # c shown positional-capable
+    assert check("sample(a, b=1, *, c)")  # c shown required
+    assert check("sample(a, *, e=1)")  # no such parameter
+    assert check("sample(z, b=1)")  # wrong positional name
+    assert check("sample(a, b=1)", complete=True)  # c and d missing
+
