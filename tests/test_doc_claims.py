@@ -107,6 +107,21 @@ def test_relative_links_and_anchors_resolve(page: Path) -> None:
     assert not broken, "\n".join(broken)
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_file_named_exists(page: Path) -> None:
+    """``tests/test_crash_matrix.py``, ``benchmarks/compare.py``,
+    ``examples/shop.py``: the files the prose sends a reader to are there."""
+    text = page.read_text(encoding="utf-8")
+    missing = [
+        f"{page.name}:{line_of(text, match.start())}: {match.group(0)}"
+        for match in re.finditer(
+            r"(?<![\w/])(?:tests|benchmarks|examples|fallback_saga)/[\w/]+\.py\b", text
+        )
+        if not (ROOT / match.group(0)).is_file()
+    ]
+    assert not missing, "\n".join(missing)
+
+
 # ------------------------------------------------------------------ command-line flags
 
 # Flags of other programs that the pages show (gunicorn, pytest, docker, the
@@ -118,6 +133,7 @@ FOREIGN_FLAGS = {
     "--only": "benchmarks/compare.py, benchmarks/versus_release.py",
     "--profile": "benchmarks/compare.py",
 }
+BENCHMARK_FLAGS = {"--only": ("compare.py", "versus_release.py"), "--profile": ("compare.py",)}
 
 
 def subcommand_flags() -> dict[str, set[str]]:
@@ -138,15 +154,16 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 # shell block or a code span, or a row of the README's and durability.md's
 # command tables ("`list --db PATH [--status S]`").
 COMMAND = re.compile(
-    r"(?:fallback_saga|fallback-saga)\s+(?P<cmd>[a-z][a-z-]*)(?P<rest>[^\n`|]*)"
+    r"(?:python -m fallback_saga|fallback-saga)\s+(?P<cmd>[a-z][a-z-]*)(?P<rest>[^\n`|]*)"
     r"|^\|\s*`(?P<row>demo|graph|list|show|recover|purge|serve)\b(?P<rowrest>[^`]*)`",
     re.MULTILINE,
 )
 
 
-def test_foreign_flags_are_where_the_pages_say() -> None:
-    compare = (ROOT / "benchmarks" / "compare.py").read_text(encoding="utf-8")
-    assert '"--only"' in compare and '"--profile"' in compare
+def test_the_benchmark_flags_shown_exist() -> None:
+    for flag, scripts in BENCHMARK_FLAGS.items():
+        for script in scripts:
+            assert f'"{flag}"' in (ROOT / "benchmarks" / script).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
@@ -163,13 +180,7 @@ def test_every_flag_shown_exists(page: Path) -> None:
         command = match.group("cmd") or match.group("row")
         rest = match.group("rest") if match.group("cmd") else match.group("rowrest")
         if command not in flags:
-            if match.group("cmd") and command not in ("is", "and", "or", "a", "the"):
-                # "python -m fallback_saga frobnicate": no such command
-                if re.match(r"^\s*(--|\w+[\s:.]|$)", rest) and "python -m" in text[
-                    max(0, match.start() - 12) : match.start()
-                ]:
-                    wrong.append(f"{page.name}:{line_of(text, match.start())}: "
-                                 f"no command {command!r}")
+            wrong.append(f"{page.name}:{line_of(text, match.start())}: no command {command!r}")
             continue
         for flag in FLAG.findall(rest):
             if flag not in flags[command] and flag not in FOREIGN_FLAGS:
@@ -277,7 +288,9 @@ def api_object(name: str) -> object | None:
     return target
 
 
-SIGNATURE = re.compile(r"^(?:await\s+)?(?:[a-z_]\w*\.)*(?P<name>\w+)\((?P<params>.*)\)(?:\s*->.*)?$")
+SIGNATURE = re.compile(
+    r"^(?:await\s+)?(?:[a-z_]\w*\.)*(?P<name>\w+)\((?P<params>.*)\)(?:\s*->.*)?$"
+)
 
 
 def parsed_signature(span: str) -> tuple[str, ast.arguments] | None:
@@ -463,7 +476,9 @@ def test_prose_signatures_are_found() -> None:
 @pytest.mark.parametrize(
     ("where", "target", "call"), PROSE_SIGNATURES, ids=[row[0] for row in PROSE_SIGNATURES]
 )
-def test_prose_signatures_show_the_codes_defaults(where: str, target: object, call: ast.arguments) -> None:
+def test_prose_signatures_show_the_codes_defaults(
+    where: str, target: object, call: ast.arguments
+) -> None:
     problems = check_signature(where, target, call, complete=False)
     assert not problems, "\n".join(problems)
 
@@ -484,3 +499,85 @@ def test_the_signature_check_can_fail() -> None:
     assert check("sample(z, b=1)")  # wrong positional name
     assert check("sample(a, b=1)", complete=True)  # c and d missing
 
+
+
+# ------------------------------------------------------------------ numbers
+
+
+def documented_numbers() -> list[tuple[str, str, object]]:
+    """(page, what the page says with ``{}`` for the number, the code's value)."""
+    from fallback_saga.cli import MAX_CELL, MAX_CONTEXT, MAX_VALUE
+    from fallback_saga.cli.inspect import LIST_PAGE
+    from fallback_saga.cli.serve import _CONNECTIONS
+    from fallback_saga.cli.stores import CONNECT_TIMEOUT
+    from fallback_saga.console import ConsoleServer
+    from fallback_saga.console._http import HEADER_TIMEOUT, SEND_TIMEOUT
+    from fallback_saga.console.data import MAX_PAGE, SCAN_LIMIT
+    from fallback_saga.context import MAX_CONTEXT_DEPTH
+    from fallback_saga.definition import MAX_SAGA_NAME_LENGTH
+    from fallback_saga.journal import DEFAULT_JOURNAL_RETRY
+    from fallback_saga.retry import DEFAULT_COMPENSATION_RETRY
+    from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
+    from fallback_saga.store._group_commit import MAX_GROUP, SHARE_AT_LEAST
+    from fallback_saga.store.sqlite import _FORK_WAIT, PURGE_BATCH, WAL_SIZE_LIMIT
+
+    def default(target: object, name: str) -> object:
+        return inspect.signature(target).parameters[name].default  # type: ignore[arg-type]
+
+    console = inspect.signature(ConsoleServer).parameters
+    journal, compensation = DEFAULT_JOURNAL_RETRY, DEFAULT_COMPENSATION_RETRY
+    max_finished = default(fallback_saga.MemorySagaStore, "max_finished")
+    return [
+        ("README.md", "keeps at most {:,} finished", max_finished),
+        ("mechanics.md", "finished sagas (default {:,};", max_finished),
+        ("mechanics.md", "(`lease_seconds`, {:g} s by default", default(fallback_saga.SubSaga,
+                                                                        "lease_seconds")),
+        ("mechanics.md", "(default: {} attempts, 50 ms doubling to 1 s", journal.attempts),
+        ("mechanics.md", "{:g} ms doubling to 1 s", journal.delay * 1000),
+        ("mechanics.md", "50 ms doubling to {:g} s", journal.max_delay),
+        ("mechanics.md", "`RetryPolicy(attempts=3, delay=0.1, backoff=2.0, max_delay={})`",
+         compensation.max_delay),
+        ("mechanics.md", "`RetryPolicy(attempts={}, delay=0.1, backoff=2.0, max_delay=5.0)`",
+         compensation.attempts),
+        ("README.md", "Default: {} tries, 0.1 s doubling, capped at 5 s.", compensation.attempts),
+        ("README.md", "Default: 3 tries, 0.1 s doubling, capped at {:g} s.",
+         compensation.max_delay),
+        ("mechanics.md", "`Saga(journal_timeout={})`",
+         default(fallback_saga.Saga, "journal_timeout")),
+        ("durability.md", "cuts it back to {} MiB", WAL_SIZE_LIMIT // 2**20),
+        ("durability.md", "The fork waits (up to {:g} s)", _FORK_WAIT),
+        ("durability.md", "`fallback_saga.context.MAX_CONTEXT_DEPTH` ({})", MAX_CONTEXT_DEPTH),
+        ("durability.md", "a non-empty `str` of at most {} characters", MAX_SAGA_ID_LENGTH),
+        ("durability.md", "printable str of at most {} characters", MAX_SAGA_NAME_LENGTH),
+        ("durability.md", "purges {:,} sagas a transaction", PURGE_BATCH),
+        ("durability.md", "reads and writes {:,} sagas at a time", LIST_PAGE),
+        ("durability.md", "({} characters in a table cell", MAX_CELL),
+        ("durability.md", "{} for a value on a line of its own", MAX_VALUE),
+        ("durability.md", "{:,} for the context", MAX_CONTEXT),
+        ("observability.md", "| `--page-size N` | `{}` |", console["page_size"].default),
+        ("observability.md", "sagas per page of the list, 1 to {} |", MAX_PAGE),
+        ("observability.md", "read through a pool of at most {} connections", _CONNECTIONS),
+        ("observability.md", "It holds at most {} connections.",
+         console["max_connections"].default),
+        ("observability.md", "arrive within {:g} s of connecting", HEADER_TIMEOUT),
+        ("observability.md", "its answer be taken within {:g} s", SEND_TIMEOUT),
+        ("observability.md", "cover only its newest {} sagas", SCAN_LIMIT),
+        ("observability.md", "(unreachable within {:g} seconds", CONNECT_TIMEOUT),
+        ("scaling.md", "at least {} writes", SHARE_AT_LEAST),
+        ("scaling.md", "and at most {}; the rest", MAX_GROUP),
+        ("scaling.md", "(within {:g} seconds, or the DSN's own `connect_timeout`)",
+         CONNECT_TIMEOUT),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("page", "phrase", "value"), documented_numbers(),
+    ids=[f"{page}: {phrase}" for page, phrase, _ in documented_numbers()],
+)
+def test_documented_numbers_are_the_codes(page: str, phrase: str, value: object) -> None:
+    """A number the pages state (a default, a limit) is the code's: a change
+    of the constant must come with the page's."""
+    path = ROOT / page if page == "README.md" else ROOT / "docs" / page
+    text = " ".join(path.read_text(encoding="utf-8").split())  # lines rewrapped
+    expected = phrase.format(value)
+    assert expected in text, f"{page} should say {expected!r} (the code's value is {value!r})"
