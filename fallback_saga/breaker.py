@@ -280,7 +280,8 @@ class CircuitBreaker(SharedStateSync):
 
     @property
     def state(self) -> CircuitState:
-        """The current state; an OPEN circuit whose timeout passed reads HALF_OPEN."""
+        """The current state; an OPEN circuit whose timeout passed reads HALF_OPEN
+        (with a ``state_store``: OPEN until a call claims the trial round)."""
         if self._state is CircuitState.OPEN and self._clock() >= self._open_until:
             with self._lock:
                 change = self._maybe_half_open(self._clock())

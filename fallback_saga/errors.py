@@ -253,8 +253,9 @@ class JournalConflict(SagaStoreError):
 
 
 class LeaseLost(SagaStoreError):
-    """This worker's lease on a saga expired and another worker took it over:
-    the write was refused and this worker must stop driving the saga."""
+    """Another worker claimed the saga — this worker's lease had expired, or
+    this is the run that started it (fencing token 0) and recovery took it
+    over: the write was refused and this runner must stop driving the saga."""
 
     def __init__(self, saga_id: str, token: int) -> None:
         self.saga_id = saga_id

@@ -154,7 +154,9 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
 
     * ``name`` — the step's name in the journal (default: the class name);
     * ``timeout`` — seconds allowed for each ``act``/``compensate`` call;
-      exceeding it fails the call with ``TimeoutError``.
+      exceeding it fails the call with ``TimeoutError``;
+    * ``retry`` — a ``RetryPolicy`` for ``act`` (a ``Fallback(retry=...)``
+      takes precedence for its primary).
     """
 
     name: ClassVar[str | None] = None

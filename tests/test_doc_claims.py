@@ -581,3 +581,11 @@ def test_documented_numbers_are_the_codes(page: str, phrase: str, value: object)
     text = " ".join(path.read_text(encoding="utf-8").split())  # lines rewrapped
     expected = phrase.format(value)
     assert expected in text, f"{page} should say {expected!r} (the code's value is {value!r})"
+
+
+def test_the_version_is_the_distributions() -> None:
+    """README: ``__version__`` is the distribution's version, as in pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert fallback_saga.__version__ == project["version"]
