@@ -1,8 +1,9 @@
 """Which saga store a command works on, and opening it.
 
 The store is ``--db PATH`` (a SQLite file) or ``--dsn DSN`` (PostgreSQL, a
-libpq conninfo or ``postgresql://`` URL); without either, the environment
-variable ``FALLBACK_SAGA_DSN``, else ``FALLBACK_SAGA_DB``. The store must
+libpq conninfo or ``postgresql://`` URL); without either, the one of the
+environment variables ``FALLBACK_SAGA_DSN`` and ``FALLBACK_SAGA_DB`` that is
+set (both set is a usage error: which one was meant?). The store must
 exist already: a missing file, a SQLite database that is not a saga store,
 or a PostgreSQL database without the saga tables is a usage error — never
 created, migrated or switched to WAL.
@@ -93,7 +94,7 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     """``--db PATH`` or ``--dsn DSN`` (exclusive), and ``--schema`` for PostgreSQL."""
     where = parser.add_argument_group(
         "the saga store",
-        f"--db or --dsn; without either, ${DSN_VARIABLE}, else ${DB_VARIABLE}",
+        f"--db or --dsn; without either, ${DSN_VARIABLE} or ${DB_VARIABLE} (one of them)",
     )
     chosen = where.add_mutually_exclusive_group()
     chosen.add_argument("--db", metavar="PATH", help="a SQLite saga store (the file)")
