@@ -399,10 +399,19 @@ class UnwindingRun(JournaledRun):
                 await policy.wait_before(attempt)
                 continue
             except asyncio.CancelledError as error:
-                # Only the compensation itself can raise this here (the unwinding
-                # task is shielded): it failed.
                 if call is not None:
                     self._call_finished(call, error)
+                if _unwinding_cancelled():
+                    # The unwinding task itself was cancelled: its callers wait
+                    # shielded, so only the event loop shutting down does that
+                    # (``asyncio.run`` cancels every task left). The call was
+                    # interrupted, not failed — its effect is uncertain — so
+                    # nothing more is journaled and nothing earlier is
+                    # compensated behind the shutdown's back: the saga stays
+                    # COMPENSATING, its STARTED row the last, and recovery
+                    # calls this compensation again (S8, S10, S13).
+                    raise
+                # The compensation itself let a CancelledError out: it failed.
                 return self._compensation_failed(branch, attempt, error)
             except JournalWriteFailed as stopped:
                 # A journal this run does not write itself failed (a SubSaga's
@@ -484,3 +493,10 @@ def _describe(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
     return f"{name}: {text}" if text else name
+
+
+def _unwinding_cancelled() -> bool:
+    """The task running the unwinding has been asked to cancel (not merely a
+    ``CancelledError`` let out by a ``compensate`` on its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

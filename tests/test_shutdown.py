@@ -1,0 +1,152 @@
+"""How a saga behaves when its process or its event loop shuts down.
+
+``asyncio.run`` (``asyncio.Runner``) ends by cancelling every task still
+pending — the sagas' own tasks *and* the tasks their unwinding runs in — and
+Ctrl-C turns into a cancellation of the main task (a second one into
+``KeyboardInterrupt``). These tests stop real loops (and, in
+``tests/shutdown_app.py``, real processes) that way, then check the journal
+against what the steps' participant saw: no act and no compensation ran
+without its journal record (S13), nothing compensated was lost, and every
+saga left unfinished is finished by recovery, exactly (S8, S10)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fallback_saga import (
+    MemorySagaStore,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaStatus,
+    SQLiteSagaStore,
+    StepStatus,
+    recover,
+)
+
+pytest_plugins = ["conftest_pg"]
+
+WRITERS = ("thread", "inline", "process")
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    n: int = 0
+
+
+class Participant:
+    """What the steps did, and where one of them waits until the loop shuts down."""
+
+    def __init__(self, hang_at: str | None) -> None:
+        self.calls: list[str] = []
+        self.hang_at = hang_at
+        self.reached = asyncio.Event()
+
+    async def call(self, what: str) -> None:
+        self.calls.append(what)
+        if what == self.hang_at:
+            self.hang_at = None  # once: a resumed run gets through
+            self.reached.set()
+            await asyncio.Event().wait()  # until the loop cancels us
+
+
+def shutdown_saga(participant: Participant, *, fail_last: bool = True) -> type[Saga[Ctx]]:
+    def step(name: str, fail: bool = False) -> type:
+        class Step:
+            async def act(self, ctx: Ctx) -> None:
+                await participant.call(f"act {name}")
+                if fail:
+                    raise RuntimeError("declined")
+                ctx.n += 1
+
+            async def compensate(self, ctx: Ctx) -> None:
+                await participant.call(f"undo {name}")
+
+        Step.__name__ = Step.__qualname__ = name
+        return Step
+
+    class ShutdownSaga(Saga[Ctx]):
+        steps = [step("A"), step("B"), step("C", fail=fail_last)]
+
+    return ShutdownSaga
+
+
+@pytest.fixture
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """``stores()``: the store of the test's kind (``kind``), a new object
+    on the same data each call — but the one ``MemorySagaStore``."""
+    kind = request.getfixturevalue("kind")
+    if kind == "memory":
+        memory = MemorySagaStore()
+        return lambda: memory
+    if kind == "postgres":
+        from fallback_saga.store.postgres import PostgresSagaStore
+
+        conninfo = request.getfixturevalue("pg_conninfo")
+        schema = request.getfixturevalue("pg_schema")
+        return lambda: PostgresSagaStore(conninfo, schema=schema, min_size=1)
+    return lambda: SQLiteSagaStore(tmp_path / "sagas.db", writer=kind)
+
+
+def returns_while_unwinding(store: Any, participant: Participant, saga_id: str) -> None:
+    """``asyncio.run(main)`` whose ``main`` starts a saga and returns while the
+    saga's unwinding waits in a compensation: the runner cancels what is left."""
+    saga = shutdown_saga(participant)(store=store)
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id=saga_id))
+        async with asyncio.timeout(10):
+            await participant.reached.wait()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["memory", *WRITERS, "postgres"])
+@pytest.mark.parametrize("hang_at", ["undo B", "undo A"])
+def test_S8_loop_shutdown_mid_compensation_leaves_the_unwinding_to_recovery(
+    kind: str, hang_at: str, stores: Callable[[], Any]
+) -> None:
+    """The loop's shutdown cancels the unwinding task itself while a
+    ``compensate`` is awaited. That compensation did not fail — it was
+    interrupted, its effect uncertain — so the journal must not say FAILED
+    (a saga FAILED needs an operator; recovery leaves it alone) and the
+    earlier steps must not be compensated behind the shutdown's back: the
+    saga stays COMPENSATING, and recovery finishes the unwinding."""
+    participant = Participant(hang_at)
+    returns_while_unwinding(stores(), participant, "s-1")
+
+    async def after() -> None:
+        store = stores()
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPENSATING
+        hung = hang_at.split()[1]
+        rows = [(e.step, e.action, e.status) for e in record.history]
+        # Its STARTED is durable (it ran), and nothing claims how it ended.
+        assert rows[-1] == (hung, "compensate", StepStatus.STARTED)
+        assert participant.calls[-1] == hang_at
+        # The memory store has no leases for ``recover``: resume it by id there.
+        if kind == "memory":
+            with pytest.raises(SagaFailed) as failed:
+                await shutdown_saga(participant)(store=store).resume("s-1")
+            assert failed.value.status is SagaStatus.COMPENSATED
+        else:
+            report = await recover(store, [shutdown_saga(participant)], older_than=0)
+            assert report.compensated == ["s-1"], report
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPENSATED
+        if kind != "memory":
+            await store.close()
+
+    asyncio.run(after())
+    # The interrupted compensation is called again (compensations are
+    # idempotent); every completed step is compensated, each act ran once.
+    assert participant.calls == [
+        "act A", "act B", "act C", "undo B", *(["undo B"] if hang_at == "undo B" else []),
+        "undo A", *(["undo A"] if hang_at == "undo A" else []),
+    ]
