@@ -395,6 +395,20 @@ async def run_group(
             if not task.cancelled():
                 task.exception()  # retrieved: its error is in failures
         tasks = task = _ = pending = None  # type: ignore[assignment]
+        # A member's KeyboardInterrupt or SystemExit (no Exception) outranks
+        # everything: the process is going down, and the saga with it, as
+        # after a plain step's — nothing is unwound in-process, and the
+        # member's call, whose effect may have landed, is left to recovery
+        # (a cancellation would unwind without it: the loop's shutdown
+        # cancels the group right after such an exception left the loop).
+        crash = next((item for item in failures if not isinstance(item[1], Exception)), None)
+        if crash is not None:
+            host.step = crash[0]
+            failures = None  # type: ignore[assignment]
+            try:
+                raise crash[1]
+            finally:
+                crash = None
         if cancelled is not None:
             raise cancelled_again(cancelled)
         name, error = failures[0]

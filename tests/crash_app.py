@@ -8,6 +8,11 @@ Run as a script (``python tests/crash_app.py COMMAND ...``; ``sys.executable``):
   ``CRASH <label>`` to stdout and dies with ``os._exit(137)`` — no ``finally``,
   no flush, no ``close``: what is on disk is all that survives. Without
   ``--crash-at`` (the dry run) it prints ``{"outcome": ..., "boundaries": [...]}``.
+  With ``--interrupt-at K [K2]`` the process is sent SIGINT (Ctrl-C) at
+  boundary ``K`` instead (and again at ``K2``): ``asyncio.run`` cancels the
+  saga's task at the first, raises ``KeyboardInterrupt`` at the second; the
+  run prints ``{"outcome": "interrupted", ...}`` and exits 130.
+  ``--writer`` picks the SQLite store's writer.
 * ``recover STORE --ledger LEDGER [--ids ID ...] [--limit N] [--wait-for-go]``
   is the fresh process: it runs ``recover(store, [CrashSaga], older_than=0)``
   (pass after pass until one finds nothing), then ``saga.resume(id)`` for each
@@ -97,6 +102,7 @@ from fallback_saga import (
 
 APP = Path(__file__).resolve()
 CRASH_EXIT = 137
+INTERRUPTED_EXIT = 130  # a shell's code for a program stopped by Ctrl-C
 
 VARIANTS: tuple[str, ...] = (
     "ok", "fallback", "unwind", "stuck",
@@ -174,16 +180,24 @@ class _Crash:
     # Or the boundary's label: the same crash point on every store, even where
     # a group's members interleave differently with the writes of another store.
     label: str | None = None
+    # Or the boundary numbers at which the process gets a SIGINT (Ctrl-C), as
+    # a terminal sends it: ``asyncio.run`` cancels its main task at the first
+    # and raises KeyboardInterrupt at the second (``--interrupt-at``).
+    interrupts: ClassVar[tuple[int, ...]] = ()
     seen: ClassVar[list[str]] = []
 
 
 def boundary(label: str) -> None:
-    """One journal boundary: die here if this is the chosen crash point."""
+    """One journal boundary: die here if this is the chosen crash point (or
+    be interrupted, if it is an interruption's)."""
     number = len(_Crash.seen)
     _Crash.seen.append(label)
     if _Crash.at == number or _Crash.label == label:
         os.write(1, f"CRASH {label}\n".encode())
         os._exit(CRASH_EXIT)
+    if number in _Crash.interrupts:
+        os.write(1, f"INTERRUPT {label}\n".encode())
+        signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
 
 
 def _describe(entries: Sequence[JournalEntry], status: Any) -> str:
@@ -228,9 +242,10 @@ def crashing_postgres_store(dsn: str, schema: str) -> Any:
 
 
 def open_store(args: argparse.Namespace, *, crashing: bool) -> Any:
-    """The store ``--db`` or ``--dsn``/``--schema`` names."""
+    """The store ``--db`` (with ``--writer``) or ``--dsn``/``--schema`` names."""
     if args.db is not None:
-        return CrashingStore(args.db) if crashing else SQLiteSagaStore(args.db)
+        writer = getattr(args, "writer", "thread")
+        return CrashingStore(args.db, writer=writer) if crashing else SQLiteSagaStore(args.db)
     dsn = os.environ["CRASH_APP_DSN"] if args.dsn == "env" else args.dsn
     if crashing:
         return crashing_postgres_store(dsn, args.schema)
@@ -495,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--saga-id", required=True)
     run.add_argument("--crash-at", type=int, default=None)
     run.add_argument("--crash-label", default=None)
+    run.add_argument("--interrupt-at", type=int, nargs="*", default=[],
+                     help="boundary numbers at which to send the process SIGINT")
+    run.add_argument("--writer", choices=("thread", "inline", "process"), default="thread")
     rec = commands.add_parser("recover")
     _store_arguments(rec)
     rec.add_argument("--ledger", required=True)
@@ -513,7 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         Ledger.run = "crash"
         _Crash.at = args.crash_at
         _Crash.label = args.crash_label
-        output = asyncio.run(_run(args))
+        _Crash.interrupts = tuple(args.interrupt_at)
+        try:
+            output = asyncio.run(_run(args))
+        except KeyboardInterrupt:  # what Ctrl-C makes of asyncio.run
+            print(json.dumps({"outcome": "interrupted", "boundaries": _Crash.seen}), flush=True)
+            return INTERRUPTED_EXIT
     else:
         Ledger.run = "resume"
         output = asyncio.run(_recover(args))

@@ -21,6 +21,7 @@ import pytest
 
 from fallback_saga import (
     MemorySagaStore,
+    Parallel,
     Saga,
     SagaContext,
     SagaFailed,
@@ -150,3 +151,91 @@ def test_S8_loop_shutdown_mid_compensation_leaves_the_unwinding_to_recovery(
         "act A", "act B", "act C", "undo B", *(["undo B"] if hang_at == "undo B" else []),
         "undo A", *(["undo A"] if hang_at == "undo A" else []),
     ]
+
+
+class P:
+    """A group member whose act applies its effect, then the process is
+    interrupted right there (KeyboardInterrupt out of the act, as a second
+    Ctrl-C raises it wherever the main thread is)."""
+
+    def __init__(self, participant: Participant) -> None:
+        self.participant = participant
+        self.interrupt = True
+        self.first_ctrl_c: Callable[[], object] | None = None
+
+    async def act(self, ctx: Ctx) -> None:
+        await self.participant.call("act P")
+        if self.interrupt:
+            self.interrupt = False  # once: the resumed run gets through
+            await self.participant.reached.wait()  # the sibling is in flight
+            if self.first_ctrl_c is not None:
+                self.first_ctrl_c()  # the saga's task cancelled, while this act runs
+            raise KeyboardInterrupt
+
+    async def compensate(self, ctx: Ctx) -> None:
+        await self.participant.call("undo P")
+
+
+def group_saga(participant: Participant, member: Any) -> type[Saga[Ctx]]:
+    class A:
+        async def act(self, ctx: Ctx) -> None:
+            await participant.call("act A")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            await participant.call("undo A")
+
+    class Q:
+        async def act(self, ctx: Ctx) -> None:
+            await participant.call("act Q")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            await participant.call("undo Q")
+
+    class GroupSaga(Saga[Ctx]):
+        steps = [A, Parallel(member, Q)]
+
+    return GroupSaga
+
+
+@pytest.mark.parametrize("kind", ["memory", *WRITERS, "postgres"])
+@pytest.mark.parametrize("cancelled_first", [False, True])
+def test_S15_a_member_interrupted_in_its_act_leaves_the_saga_to_recovery(
+    kind: str, cancelled_first: bool, stores: Callable[[], Any]
+) -> None:
+    """KeyboardInterrupt out of a group member's act: the process is going
+    down, as it would out of a plain step (docs/mechanics.md, Cancellation):
+    nothing is unwound in-process, the member's act is not journaled as a
+    failure — its effect is applied, or may be — and the saga stays RUNNING
+    for recovery, which calls the member again (S10, S15). So too when the
+    saga's task was cancelled first (a first Ctrl-C; the second one raises
+    the KeyboardInterrupt): the unwinding that cancellation would start must
+    not leave the interrupted member's effect in place, uncompensated."""
+    participant = Participant("act Q")  # the sibling waits, as in flight
+    member = P(participant)
+
+    async def main() -> None:
+        saga = group_saga(participant, member)(store=stores())
+        task = asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="g-1"))
+        if cancelled_first:
+            member.first_ctrl_c = task.cancel
+        await task
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
+
+    async def after() -> None:
+        store = stores()
+        record = await store.load("g-1")
+        rows = [(e.step, e.action, e.status) for e in record.history]
+        assert record.status is SagaStatus.RUNNING, rows
+        if kind != "memory":  # (the memory store shows the run's journal as it goes)
+            assert ("P", "act", StepStatus.FAILED) not in rows, rows
+        saga = group_saga(participant, member)(store=store)
+        result = await saga.resume("g-1")
+        assert result.status is SagaStatus.COMPLETED
+        if kind != "memory":
+            await store.close()
+
+    asyncio.run(after())
+    assert "undo A" not in participant.calls
+    assert participant.calls.count("act A") == 1
