@@ -83,8 +83,13 @@ class ClaimedSaga:
         listeners: tuple[object, ...] = (),
         allow_changed_definition: bool = False,
         skip_for: float | None = None,
+        hand_off_when_cancelled: bool = False,
     ) -> None:
         self.store = store
+        # A worker's: a cancellation that reaches the saga's run directly
+        # (the event loop shutting down) hands it off, as the worker's own
+        # shutdown does; a ``recover`` pass cancelled unwinds its sagas (S8).
+        self.hand_off_when_cancelled = hand_off_when_cancelled
         self.by_name = by_name
         self.lease = lease
         self.lease_seconds = lease_seconds
@@ -153,6 +158,7 @@ class ClaimedSaga:
             self.run = LeasedRun(
                 saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds,
                 allow_changed_definition=self.allow_changed_definition,
+                hand_off_when_cancelled=self.hand_off_when_cancelled,
             )
             await self.run.run()
             return "completed", None

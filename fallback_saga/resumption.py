@@ -320,7 +320,8 @@ class LeasedRun:
     renews the lease every ``renew_every`` seconds (default ``lease_seconds / 3``)
     while the run lasts, when the store has ``renew`` (and the interval is > 0). Raises what the run
     raises, except that a lost lease is always reported as ``LeaseLost`` and a
-    hand-off as ``SagaHandedOff``.
+    hand-off as ``SagaHandedOff``. With ``hand_off_when_cancelled`` (a
+    worker's runs) a cancellation of the run's own task hands it off too.
     """
 
     def __init__(
@@ -333,6 +334,7 @@ class LeasedRun:
         lease_seconds: float,
         renew_every: float | None = None,
         allow_changed_definition: bool = False,
+        hand_off_when_cancelled: bool = False,
     ) -> None:
         self.allow_changed_definition = allow_changed_definition
         self.saga = saga
@@ -349,6 +351,8 @@ class LeasedRun:
         # and its stop scope is how the runs it starts (a SubSaga's child) are.
         self._context = contextvars.copy_context()
         self._scope = StopScope(self._context.get(STOP_SCOPE))
+        if hand_off_when_cancelled:
+            self._scope.when_cancelled = self._cancelled_from_outside
         self._context.run(STOP_SCOPE.set, self._scope)
         self._task: asyncio.Task[SagaResult[Any]] | None = None
 
@@ -416,8 +420,24 @@ class LeasedRun:
             return cause if cause.saga_id == self.lease.saga_id else error
         return error if cause is error else cause
 
+    def _cancelled_from_outside(self) -> BaseException | None:
+        """``hand_off_when_cancelled``: the run's own task is being cancelled —
+        by the event loop shutting down (``asyncio.run`` cancels every task
+        left, this one too, before the worker can hand it off), since the
+        worker itself hands its runs off — so the run is handed off: it stops
+        without unwinding (the hand-off's reason), and the runs it started
+        stop with it. None while its task is not being cancelled."""
+        task = self._task
+        if task is None or not task.cancelling():
+            return None
+        self.handed_off = True
+        return self._hand_off_reason()
+
+    def _hand_off_reason(self) -> BaseException:
+        return self.lost or LeaseLost(self.lease.saga_id, self.lease.token)
+
     def _stop_without_unwinding(self) -> None:
-        reason = self.lost or LeaseLost(self.lease.saga_id, self.lease.token)
+        reason = self._hand_off_reason()
         # A run this one started (a SubSaga's child) stops without unwinding
         # too, when the cancellation below reaches it (StopScope).
         self._scope.reason = reason

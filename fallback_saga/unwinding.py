@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal, NoReturn
 
@@ -73,12 +74,15 @@ class StopScope:
     Set in the context of the run it stands for (``STOP_SCOPE``), which the
     runs it starts inherit; a scope keeps the one around it (``outer``)."""
 
-    __slots__ = ("outer", "reason", "run")
+    __slots__ = ("outer", "reason", "run", "when_cancelled")
 
     def __init__(self, outer: StopScope | None, run: JournaledRun | None = None) -> None:
         self.outer = outer
         self.run = run
         self.reason: BaseException | None = None  # set once the run is stopped
+        # For a run that a cancellation stops without unwinding (a worker's:
+        # see ``LeasedRun``): the reason, once its task is being cancelled.
+        self.when_cancelled: Callable[[], BaseException | None] | None = None
 
     def stopped(self) -> BaseException | None:
         """Why this scope, or one around it, was stopped; None if none was."""
@@ -86,6 +90,10 @@ class StopScope:
         while scope is not None:
             if scope.reason is not None:
                 return scope.reason
+            if scope.when_cancelled is not None:
+                reason = scope.when_cancelled()
+                if reason is not None:
+                    return reason
             run = scope.run
             if run is not None:
                 if run.abandoned is not None:

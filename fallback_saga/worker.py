@@ -283,7 +283,8 @@ class RecoveryWorker:
         self.stats.claimed += len(leases)
         for lease in leases:
             claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
-                                  listeners=self._listeners, skip_for=self.lease)
+                                  listeners=self._listeners, skip_for=self.lease,
+                                  hand_off_when_cancelled=True)
             task = asyncio.get_running_loop().create_task(self._resume(claimed))
             self._in_flight[task] = claimed
             task.add_done_callback(self._done)

@@ -22,6 +22,7 @@ import pytest
 from fallback_saga import (
     MemorySagaStore,
     Parallel,
+    RecoveryWorker,
     Saga,
     SagaContext,
     SagaFailed,
@@ -239,3 +240,77 @@ def test_S15_a_member_interrupted_in_its_act_leaves_the_saga_to_recovery(
     asyncio.run(after())
     assert "undo A" not in participant.calls
     assert participant.calls.count("act A") == 1
+
+
+class Crash(BaseException):
+    """The process dies in a step (as os._exit would, minus the exit): the
+    saga stays as its journal has it, for recovery."""
+
+
+def crashed_saga(participant: Participant, *, crash: bool) -> type[Saga[Ctx]]:
+    class A:
+        async def act(self, ctx: Ctx) -> None:
+            await participant.call("act A")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            await participant.call("undo A")
+
+    class B:
+        async def act(self, ctx: Ctx) -> None:
+            await participant.call("act B")
+            if crash:
+                raise Crash
+
+        async def compensate(self, ctx: Ctx) -> None:
+            await participant.call("undo B")
+
+    class WorkerSaga(Saga[Ctx]):
+        steps = [A, B]
+
+    return WorkerSaga
+
+
+@pytest.mark.parametrize("kind", [*WRITERS, "postgres"])
+def test_S8_a_worker_whose_loop_shuts_down_hands_its_sagas_off(
+    kind: str, stores: Callable[[], Any]
+) -> None:
+    """A service runs its ``RecoveryWorker`` in a task of its own and
+    ``asyncio.run`` ends (its main returned, or Ctrl-C cancelled it): the
+    runner cancels every task left, the worker's saga runs among them. A
+    worker's saga is never rolled back for a shutdown (docs/scaling.md,
+    Graceful shutdown): it is handed off — not unwound, its lease released —
+    as when the task running ``worker.run()`` is cancelled."""
+
+    async def crash_it() -> None:
+        with pytest.raises(Crash):
+            await crashed_saga(Participant(None), crash=True)(store=stores()).run(
+                Ctx(), saga_id="w-1"
+            )
+
+    asyncio.run(crash_it())
+    participant = Participant("act B")
+
+    async def main() -> None:
+        store = stores()
+        worker = RecoveryWorker(store, [crashed_saga(participant, crash=False)],
+                                older_than=0, poll=0.01)
+        asyncio.get_running_loop().create_task(worker.run())
+        async with asyncio.timeout(10):
+            await participant.reached.wait()  # the worker's run is in B's act
+
+    asyncio.run(main())
+    assert participant.calls == ["act A", "act B"][1:]
+
+    async def after() -> None:
+        store = stores()
+        record = await store.load("w-1")
+        rows = [(e.step, e.action, e.status) for e in record.history]
+        assert record.status is SagaStatus.RUNNING, rows
+        assert all(action == "act" for _, action, _ in rows), rows
+        assert (await store.lease_state("w-1")).owner is None  # released, not left to expire
+        report = await recover(store, [crashed_saga(participant, crash=False)], older_than=0)
+        assert report.resumed == ["w-1"], report
+        await store.close()
+
+    asyncio.run(after())
+    assert participant.calls == ["act B", "act B"]
