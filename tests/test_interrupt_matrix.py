@@ -33,10 +33,13 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crash_app import APP, INTERRUPTED_EXIT, Ledger
 from helpers_fork import ForkServer
+
+pytest_plugins = ["conftest_pg"]
 
 TIMEOUT = 60.0
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -66,6 +69,29 @@ def boundaries_of(server: ForkServer, tmp: Path, variant: str) -> list[str]:
     return boundaries
 
 
+def pg_journal_rows(
+    conninfo: str, schema: str, saga_id: str
+) -> tuple[str | None, list[tuple[str, str, str, int]]]:
+    """``journal_rows``, as the PostgreSQL server has them (plain SQL)."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        (exists,) = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".fallback_saga_steps',)
+        ).fetchone() or (False,)
+        if not exists:
+            return None, []
+        head = conn.execute(
+            f'SELECT status FROM "{schema}".fallback_saga_sagas WHERE saga_id = %s',
+            (saga_id,),
+        ).fetchone()
+        rows = conn.execute(
+            f'SELECT step, action, status, attempt FROM "{schema}".fallback_saga_steps '
+            "WHERE saga_id = %s ORDER BY seq", (saga_id,),
+        ).fetchall()
+    return (None if head is None else head[0]), [tuple(row) for row in rows]
+
+
 def journal_rows(db: Path, saga_id: str) -> tuple[str | None, list[tuple[str, str, str, int]]]:
     """The saga's status and its (step, action, status, attempt) rows, as on disk."""
     if not db.exists():
@@ -83,19 +109,23 @@ def journal_rows(db: Path, saga_id: str) -> tuple[str | None, list[tuple[str, st
 
 
 def play(
-    server: ForkServer, tmp: Path, variant: str, writer: str, interrupts: tuple[int, ...]
+    server: ForkServer, tmp: Path, variant: str, writer: str, interrupts: tuple[int, ...],
+    pg: tuple[str, str] | None = None,
 ) -> list[str]:
-    """One case; the invariants it broke (none: an empty list)."""
+    """One case; the invariants it broke (none: an empty list). ``pg``: on
+    PostgreSQL (conninfo, schema), else on SQLite with ``writer``."""
     name = f"{variant}-{writer}-" + "-".join(map(str, interrupts))
     db, ledger, saga_id = tmp / f"{name}.db", tmp / f"{name}.ledger", f"{variant}-{name}"
-    run = server.child("run", "--db", db, "--ledger", ledger, "--variant", variant,
+    store: list[Any] = ["--db", db] if pg is None else ["--dsn", "env", "--schema", pg[1]]
+    env = None if pg is None else {"CRASH_APP_DSN": pg[0]}
+    run = server.child("run", *store, "--ledger", ledger, "--variant", variant,
                        "--saga-id", saga_id, "--writer", writer,
-                       "--interrupt-at", *interrupts)
+                       "--interrupt-at", *interrupts, env=env)
     problems: list[str] = []
     where = f"{name}: {run.stdout.splitlines()[:2]}"
     if run.returncode != INTERRUPTED_EXIT:
         return [f"{where}: exit {run.returncode}\n{run.stderr[-2000:]}"]
-    _status, rows = journal_rows(db, saga_id)
+    _status, rows = journal_rows(db, saga_id) if pg is None else pg_journal_rows(*pg, saga_id)
     started = Counter((step, action, attempt) for step, action, status, attempt in rows
                       if status == "started")
     called = Counter((line["step"], line["action"], line["attempt"])
@@ -103,7 +133,7 @@ def play(
     unjournaled = called - started
     if unjournaled:
         problems.append(f"{where}: called without a STARTED row (S13): {dict(unjournaled)}")
-    recovered = server.child("recover", "--db", db, "--ledger", ledger, "--ids", saga_id)
+    recovered = server.child("recover", *store, "--ledger", ledger, "--ids", saga_id, env=env)
     if recovered.returncode != 0:
         return [*problems, f"{where}: recovery exited {recovered.returncode}\n"
                 f"{recovered.stderr[-2000:]}"]
@@ -179,3 +209,19 @@ def test_S10_S13_ctrl_c_twice_on_each_sqlite_writer(
     run_matrix(servers, tmp_path, variant, writer, 1)
 
 
+
+
+@pytest.mark.parametrize("variant", ["unwind", "group-unwind"])
+def test_S10_S13_ctrl_c_twice_on_postgres(
+    servers: list[ForkServer], tmp_path: Path, variant: str, pg_conninfo: str, pg_schema: str
+) -> None:
+    """As on SQLite; one case at a time (each recovery pass sees the whole
+    schema, so no case may run while another recovers)."""
+    server = servers[0]
+    count = len(boundaries_of(server, tmp_path, variant))
+    problems = [
+        problem for k in range(count)
+        for problem in play(server, tmp_path, variant, "thread", (k, k + 1),
+                            pg=(pg_conninfo, pg_schema))
+    ]
+    assert problems == [], "\n".join(problems)
