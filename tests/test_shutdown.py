@@ -29,6 +29,7 @@ from fallback_saga import (
     SagaStatus,
     SQLiteSagaStore,
     StepStatus,
+    SubSaga,
     recover,
 )
 
@@ -314,3 +315,67 @@ def test_S8_a_worker_whose_loop_shuts_down_hands_its_sagas_off(
 
     asyncio.run(after())
     assert participant.calls == ["act B", "act B"]
+
+
+@dataclasses.dataclass
+class ChildCtx(SagaContext):
+    m: int = 0
+
+
+def family_saga(participant: Participant) -> type[Saga[Ctx]]:
+    def step(name: str, context: type, fail: bool = False) -> type:
+        class Step:
+            async def act(self, ctx: Any) -> None:
+                await participant.call(f"act {name}")
+                if fail:
+                    raise RuntimeError("declined")
+
+            async def compensate(self, ctx: Any) -> None:
+                await participant.call(f"undo {name}")
+
+        Step.__name__ = Step.__qualname__ = name
+        return Step
+
+    class Child(Saga[ChildCtx]):
+        steps = [step("X", ChildCtx), step("Y", ChildCtx)]
+
+    class Parent(Saga[Ctx]):
+        steps = [
+            step("A", Ctx),
+            SubSaga(Child, context=lambda parent: ChildCtx(), name="Pay"),
+            step("C", Ctx, fail=True),
+        ]
+
+    return Parent
+
+
+@pytest.mark.parametrize("kind", ["thread", "postgres"])
+def test_S15_loop_shutdown_mid_compensation_of_a_child_saga_leaves_both_to_recovery(
+    kind: str, stores: Callable[[], Any]
+) -> None:
+    """The parent's unwinding compensates its child saga, whose own unwinding
+    waits in a ``compensate`` when the loop shuts down: neither is journaled
+    as FAILED, both stay COMPENSATING, and recovery finishes the family."""
+    participant = Participant("undo Y")
+    saga = family_saga(participant)(store=stores())
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="f-1"))
+        async with asyncio.timeout(10):
+            await participant.reached.wait()
+
+    asyncio.run(main())
+
+    async def after() -> None:
+        store = stores()
+        for saga_id in ("f-1", "f-1/Pay"):
+            assert (await store.load(saga_id)).status is SagaStatus.COMPENSATING, saga_id
+        report = await recover(store, [family_saga(participant)], older_than=0)
+        assert report.compensated == ["f-1"], report
+        assert (await store.load("f-1/Pay")).status is SagaStatus.COMPENSATED
+        await store.close()
+
+    asyncio.run(after())
+    assert participant.calls == [
+        "act A", "act X", "act Y", "act C", "undo Y", "undo Y", "undo X", "undo A",
+    ]
