@@ -3,8 +3,8 @@
 ``asyncio.run`` (``asyncio.Runner``) ends by cancelling every task still
 pending — the sagas' own tasks *and* the tasks their unwinding runs in — and
 Ctrl-C turns into a cancellation of the main task (a second one into
-``KeyboardInterrupt``). These tests stop real loops (and, in
-``tests/shutdown_app.py``, real processes) that way, then check the journal
+``KeyboardInterrupt``). These tests stop real loops that way (real
+processes: ``test_interrupt_matrix.py``), then check the journal
 against what the steps' participant saw: no act and no compensation ran
 without its journal record (S13), nothing compensated was lost, and every
 saga left unfinished is finished by recovery, exactly (S8, S10)."""
@@ -283,10 +283,12 @@ def test_S8_a_worker_whose_loop_shuts_down_hands_its_sagas_off(
     as when the task running ``worker.run()`` is cancelled."""
 
     async def crash_it() -> None:
+        store = stores()
         with pytest.raises(Crash):
-            await crashed_saga(Participant(None), crash=True)(store=stores()).run(
+            await crashed_saga(Participant(None), crash=True)(store=store).run(
                 Ctx(), saga_id="w-1"
             )
+        await store.close()
 
     asyncio.run(crash_it())
     participant = Participant("act B")
