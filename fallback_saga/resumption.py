@@ -131,6 +131,24 @@ class ResumePoint:
     open_calls: tuple[tuple[int, str], ...] = ()
 
 
+def _is_cancellation(error: str) -> bool:
+    return error == "CancelledError" or error.startswith("CancelledError:")
+
+
+def _failure_that_stopped(
+    final_failures: dict[int, tuple[str, str]], last_failure: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    """The failure a resumed ``SagaFailed`` reports (S7: the failed step and
+    the original error). In a straight line it is the last act failure; in a
+    ``Parallel`` group it is the first member that failed for good, as the
+    first run reported — not a sibling the group then stopped, whose row
+    says only ``CancelledError`` (cancelled before or while its act ran)."""
+    for failure in final_failures.values():
+        if not _is_cancellation(failure[1]):
+            return failure
+    return last_failure
+
+
 def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoint:
     """Read ``record.history`` into a ``ResumePoint``; ``CorruptSagaRecord`` if it
     cannot describe a run (positions out of order, a compensation of a step
@@ -148,10 +166,14 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     left_undone: dict[str, str] = {}
     last_act: dict[int, tuple[StepStatus, str]] = {}  # position -> its last act row
     last_failure: tuple[str, str] | None = None
+    # position -> its last act row, when FAILED: the steps that failed for good
+    final_failures: dict[int, tuple[str, str]] = {}
     for entry in record.history:
         if entry.action == "act":
             status = entry.status
             last_act[entry.position] = (status, entry.branch)
+            if status is not StepStatus.FAILED:
+                final_failures.pop(entry.position, None)
             if status is StepStatus.COMPLETED or status is StepStatus.CANCELLED:
                 if entry.position in on_stack:
                     raise CorruptSagaRecord(
@@ -165,6 +187,8 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
                 fallback_started.add(entry.position)
             elif status is StepStatus.FAILED:
                 last_failure = (entry.step, entry.error or "")
+                final_failures.pop(entry.position, None)  # re-inserted last: journal order
+                final_failures[entry.position] = last_failure
         elif entry.status is StepStatus.COMPLETED:
             if entry.position not in on_stack:
                 raise CorruptSagaRecord(
@@ -187,7 +211,7 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
         stack=tuple((p, on_stack[p]) for p in order if p not in compensated),
         next_position=next_position,
         fallback_in_flight=next_position in fallback_started,
-        last_failure=last_failure,
+        last_failure=_failure_that_stopped(final_failures, last_failure),
         completed=frozenset(completed),
         fallbacks_started=frozenset(fallback_started),
         left_undone=tuple(left_undone.items()),

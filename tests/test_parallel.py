@@ -885,3 +885,54 @@ async def test_S5_S9_S15_a_crashed_members_call_is_answered_past_its_breaker(
     assert sorted(acted(trace)) == ["Book", "Charge"]  # never ChargeLater
     assert compensated(trace) == ["Charge", "Before"]
     assert record.status is SagaStatus.COMPENSATED
+
+
+async def test_S7_S15_a_resumed_group_failure_names_the_member_that_failed_not_a_cancelled_one(
+    tmp_path: Path,
+) -> None:
+    """A member fails for good; its sibling, a Fallback whose primary failed,
+    is stopped while its fallback's STARTED is being written (journaled
+    FAILED with the CancelledError, never called). The SagaFailed a resume
+    reads from that journal names the member that failed, with its error (S7:
+    the original error; mechanics: "the first member that failed for good"),
+    as the first run's did — not the sibling the group stopped."""
+
+    class Refused(Exception):
+        pass
+
+    class Member:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name = name
+            self.fails = fails
+
+        async def act(self, ctx: OrderCtx) -> str:
+            if self.fails:
+                raise Refused(f"{self.name} refused")
+            return self.name
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            pass
+
+    saga_class = declare(
+        Member("Before", False),
+        Parallel(
+            Member("Fails", True),
+            Fallback(step=Member("Primary", True), fallback=Member("Backup", False)),
+        ),
+    )
+    store = SQLiteSagaStore(tmp_path / "s.db")
+    try:
+        with pytest.raises(SagaFailed) as first:
+            await saga_class(store=store).run(OrderCtx(), saga_id="g1")
+        assert first.value.failed_step == "Fails"
+        history = (await store.load("g1")).history
+        stopped = [e for e in history if e.step == "Backup" and e.status is StepStatus.FAILED]
+        assert stopped
+        assert (stopped[0].error or "").startswith("CancelledError")
+        with pytest.raises(SagaFailed) as resumed:
+            await saga_class(store=store).resume("g1")
+    finally:
+        await store.close()
+    assert resumed.value.status is SagaStatus.COMPENSATED
+    assert resumed.value.failed_step == "Fails"
+    assert str(resumed.value.error).startswith("Refused: Fails refused")
