@@ -1,0 +1,349 @@
+"""Runs a ``reference_model.Case`` on the real library and checks it against
+the model: the participant calls (in lockstep), the final context, the status,
+the outcome's type, the failed step, the compensation errors, the results,
+each child's status and each breaker's state."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import types
+from typing import Any
+
+from journal_faults import FAST_JOURNAL_RETRY, FaultyStore, FaultySubmittingStore
+from reference_model import (
+    ERRORS,
+    BreakerModel,
+    Call,
+    Case,
+    ChildPlan,
+    FallbackPlan,
+    GroupPlan,
+    Mismatch,
+    Model,
+    Script,
+    StepPlan,
+    child_names,
+    merged_value,
+    response,
+    step_plans,
+)
+
+from fallback_saga import (
+    CircuitBreaker,
+    CircuitOpenError,
+    Fallback,
+    MemorySagaStore,
+    Parallel,
+    RecordedError,
+    RetryPolicy,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaInterrupted,
+    SagaNotFound,
+    SagaResult,
+    SQLiteSagaStore,
+    SubSaga,
+    current_step,
+)
+
+
+class Runtime:
+    """The participant side of one case: the script, the trace, the victim
+    task a cancelling call cancels, and the store the crash takes down."""
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self.script = Script(case.items)
+        self.trace: list[Call] = []
+        self.victim: asyncio.Task[Any] | None = None
+        self.store: Any = None
+        self.crash_after: int | None = None
+        self.crashed_at: int | None = None
+        self.cancelled = False  # a call cancelled the caller (no crash after that)
+        self.members = {
+            plan.name
+            for item in _walk(case.items) if isinstance(item, GroupPlan)
+            for plan in step_plans(item.members)
+        }
+
+    def maybe_crash(self, name: str, cancelled: bool) -> None:
+        """After a successful call at or past ``crash_after`` (not a group's
+        member, whose siblings' writes race with it): the store dies, as a
+        process would (its next journal write never lands)."""
+        if self.crash_after is None or self.crashed_at is not None or cancelled or self.cancelled:
+            return
+        if name in self.members or len(self.trace) - 1 < self.crash_after:
+            return
+        self.crashed_at = len(self.trace) - 1
+        self.store.down = True
+
+
+def _walk(items: tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        out.append(item)
+        if isinstance(item, ChildPlan):
+            out += _walk(item.items)
+    return out
+
+
+def context_class(case: Case) -> type[SagaContext]:
+    names = [plan.name for plan in step_plans(case.items)] + child_names(case.items)
+    fields: list[Any] = [
+        ("order_id", str),
+        ("log", list[str], dataclasses.field(default_factory=list)),
+    ]
+    fields += [("f_" + name, int, dataclasses.field(default=0)) for name in names]
+    global _made
+    _made += 1
+    name = f"RefCtx{_made}"
+    made = dataclasses.make_dataclass(name, fields, bases=(SagaContext,))
+    made.__module__ = __name__
+    globals()[name] = made  # found again by its name on resume (a child's response)
+    return made
+
+
+_made = 0
+
+
+def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
+    name = plan.name
+
+    async def act(self: Any, ctx: Any) -> str:
+        info = current_step()
+        call = (info.saga_id, name, "act")
+        n = rt.script.count(call)
+        rt.trace.append(call)
+        setattr(ctx, "f_" + name, n)
+        if not member:
+            ctx.log.append(name)
+        if plan.cancel and n == 1:
+            assert rt.victim is not None
+            rt.cancelled = True
+            rt.victim.cancel()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        if rt.script.act_fails(name, n):
+            raise ERRORS[plan.exc](f"{name} act #{n}")
+        rt.maybe_crash(name, plan.cancel and n == 1)
+        return response(name, n)
+
+    async def compensate(self: Any, ctx: Any) -> None:
+        info = current_step()
+        call = (info.saga_id, name, "compensate")
+        n = rt.script.count(call)
+        rt.trace.append(call)
+        if plan.comp_cancel and n == 1:
+            assert rt.victim is not None
+            rt.cancelled = True
+            rt.victim.cancel()
+            await asyncio.sleep(0)
+        if rt.script.comp_fails(name, n):
+            raise ERRORS["A"](f"{name} compensate #{n}")
+        rt.maybe_crash(name, False)
+
+    namespace: dict[str, Any] = {"act": act, "compensate": compensate}
+    if plan.retry > 1:
+        namespace["retry"] = RetryPolicy(attempts=plan.retry, delay=0.0, jitter=0.0)
+    return type(name, (), namespace)
+
+
+class Built:
+    """The saga classes of a case over one store."""
+
+    def __init__(self, rt: Runtime, store: Any, breakers: list[CircuitBreaker]) -> None:
+        self.rt = rt
+        self.store = store
+        self.breakers = breakers
+        self.ctx_class = context_class(rt.case)
+        self.retry = RetryPolicy(attempts=rt.case.comp_attempts, delay=0.0, jitter=0.0)
+        self.parent_class = self._saga_class("RefSaga", rt.case.items)
+
+    def saga(self) -> Saga[Any]:
+        return self.parent_class(
+            store=self.store, compensation_retry=self.retry, journal_retry=FAST_JOURNAL_RETRY,
+        )
+
+    def _item(self, item: Any, member: bool = False) -> Any:
+        rt = self.rt
+        if isinstance(item, StepPlan):
+            return step_class(rt, item, member)
+        if isinstance(item, FallbackPlan):
+            return Fallback(
+                step=step_class(rt, item.primary, member),
+                fallback=step_class(rt, item.fallback, member),
+                failure_exceptions=tuple(ERRORS[e] for e in item.failure_exceptions),
+                circuit_breaker=None if item.breaker is None else self.breakers[item.breaker],
+                retry=None if item.retry == 1 else RetryPolicy(
+                    attempts=item.retry, delay=0.0, jitter=0.0
+                ),
+            )
+        if isinstance(item, GroupPlan):
+            return Parallel(*(self._item(m, member=True) for m in item.members))
+        assert isinstance(item, ChildPlan)
+        child_class = self._saga_class(f"Child{item.name}", item.items)
+        child = child_class(
+            store=self.store, compensation_retry=self.retry, journal_retry=FAST_JOURNAL_RETRY,
+        )
+        ctx_class = self.ctx_class
+        field = "f_" + item.name
+
+        def merge(parent: Any, kid: Any) -> None:
+            setattr(parent, field, merged_value(as_dict(kid)))
+
+        return SubSaga(
+            child, context=lambda parent: ctx_class(order_id=parent.order_id), merge=merge,
+            name=item.name, lease_seconds=0.05,
+        )
+
+    def _saga_class(self, name: str, items: tuple[Any, ...]) -> type[Saga[Any]]:
+        steps = [self._item(item) for item in items]
+        return types.new_class(
+            name, (Saga[self.ctx_class],), {},  # type: ignore[name-defined]
+            lambda namespace: namespace.update(steps=steps),
+        )
+
+
+def as_dict(ctx: Any) -> dict[str, Any]:
+    return {f.name: copy_value(getattr(ctx, f.name)) for f in dataclasses.fields(ctx)}
+
+
+def copy_value(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def breaker_state(model: BreakerModel, now: float) -> str:
+    if model.state == "open" and now - model.opened_at >= model.plan.reset_timeout:
+        return "half_open"
+    return model.state
+
+
+async def run_case(case: Case, durable: bool) -> int:
+    """Runs every saga of ``case``; raises ``Mismatch`` (an AssertionError) on
+    the first disagreement; returns the number of participant calls checked."""
+    inner: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+    try:
+        return await _run_case(case, durable, inner)
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            await close()
+
+
+async def _run_case(case: Case, durable: bool, inner: Any) -> int:
+    rt = Runtime(case)
+    store = (FaultySubmittingStore if durable else FaultyStore)(inner)
+    rt.store = store
+    clock = [1000.0]
+    breakers = [
+        CircuitBreaker(
+            fail_max=b.fail_max, reset_timeout=b.reset_timeout,
+            exclude=(ERRORS["B"],) if b.exclude_b else (), clock=lambda: clock[0],
+        )
+        for b in case.breakers
+    ]
+    models = [BreakerModel(b) for b in case.breakers]
+    built = Built(rt, store, breakers)
+    checked = 0
+    for run in range(case.runs):
+        clock[0] += case.advances[run]
+        saga_id = f"c{case.seed}-r{run}"
+        rt.trace = []
+        rt.crash_after = case.crash_after if durable and run == 0 else None
+        rt.crashed_at = None
+        rt.cancelled = False
+        ctx = built.ctx_class(order_id=saga_id)
+        saga = built.saga()
+        task = asyncio.create_task(saga.run(ctx, saga_id=saga_id))
+        rt.victim = task
+        outcome: object
+        try:
+            outcome = await task
+        except (Exception, asyncio.CancelledError) as error:
+            outcome = error
+        resumed = False
+        if rt.crashed_at is not None:
+            if not isinstance(outcome, SagaInterrupted):
+                raise Mismatch(f"the store died after call {rt.crashed_at}, yet got {outcome!r}")
+            store.heal()
+            resumer = built.saga()
+            task = asyncio.create_task(resumer.resume(saga_id))
+            rt.victim = task
+            try:
+                outcome = await task
+            except (Exception, asyncio.CancelledError) as error:
+                outcome = error
+            resumed = True
+        model = Model(case, Script(case.items), models, clock[0], rt.trace, rt.crashed_at)
+        try:
+            expected, expected_ctx = model.run(saga_id)
+            model.done()
+        except Mismatch as mismatch:
+            raise Mismatch(f"run {run}: {mismatch}; outcome {outcome!r}") from None
+        checked += len(rt.trace)
+        record = await inner.load(saga_id)
+        where = f"run {run} ({saga_id}), outcome {outcome!r}, trace {rt.trace}"
+
+        def check(ok: bool, what: str, where: str = where) -> None:
+            if not ok:
+                raise Mismatch(f"{what}: {where}")
+
+        check(record.status.value == expected.status,
+              f"journal status {record.status.value}, model {expected.status}")
+        if expected.kind == "completed":
+            check(isinstance(outcome, SagaResult), f"expected a SagaResult ({expected})")
+            assert isinstance(outcome, SagaResult)
+            got = [
+                (r.step_name, r.response if r.step_name not in child_names(case.items)
+                 else "<child>")
+                for r in outcome.results
+            ]
+            check(got == expected.results, f"results {got} != {expected.results}")
+            if not resumed:
+                check(outcome.context is ctx, "S2: the result's context is not the caller's")
+            final = as_dict(outcome.context)
+        elif expected.kind == "failed":
+            check(isinstance(outcome, SagaFailed), f"expected SagaFailed ({expected})")
+            assert isinstance(outcome, SagaFailed)
+            check(outcome.status.value == expected.status, "SagaFailed.status")
+            check(outcome.failed_step in expected.failed_steps,
+                  f"failed_step {outcome.failed_step}, model {expected.failed_steps}")
+            check(set(outcome.compensation_errors) == expected.compensation_errors,
+                  f"compensation_errors {set(outcome.compensation_errors)}, "
+                  f"model {expected.compensation_errors}")
+            check(outcome.__cause__ is outcome.error, "S7: error is not the __cause__")
+            kind = expected.errors.get(outcome.failed_step, expected.error)
+            if kind in ("A", "B") and resumed and isinstance(outcome.error, RecordedError):
+                # a resumed run knows an earlier run's error by its journaled text
+                check(str(outcome.error).startswith(f"Err{kind}:"),
+                      f"error {outcome.error!r}, model {kind}")
+            elif kind in ("A", "B"):
+                check(isinstance(outcome.error, ERRORS[kind]),
+                      f"error {outcome.error!r}, model {kind}")
+            elif kind == "open":
+                check(isinstance(outcome.error, CircuitOpenError), f"error {outcome.error!r}")
+            final = as_dict(ctx)
+        else:
+            check(isinstance(outcome, asyncio.CancelledError),
+                  f"expected CancelledError ({expected})")
+            final = as_dict(ctx)
+        if resumed:
+            final = dict(record.context)
+        check(final == expected_ctx, f"context {final} != model {expected_ctx}")
+        check(dict(record.context) == expected_ctx,
+              f"journaled context {record.context} != model {expected_ctx}")
+        for child_id, status in model.child_status.items():
+            try:
+                child = await inner.load(child_id)
+            except SagaNotFound:
+                raise Mismatch(f"child {child_id} not journaled, model {status}") from None
+            check(child.status.value == status,
+                  f"child {child_id} status {child.status.value}, model {status}")
+        for index, (real, modelled) in enumerate(zip(breakers, models, strict=True)):
+            got_state = real.state.value
+            check(got_state == breaker_state(modelled, clock[0]),
+                  f"breaker {index} {got_state}, model {modelled.state} "
+                  f"(failures {modelled.failures})")
+    return checked
