@@ -51,8 +51,8 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class FallbackPlan:
-    primary: StepPlan
-    fallback: StepPlan
+    primary: StepPlan | ChildPlan  # a branch may run a child saga (SubSaga)
+    fallback: StepPlan | ChildPlan
     failure_exceptions: tuple[str, ...] = ()  # () -> any Exception
     breaker: int | None = None  # index of a shared CircuitBreaker
     retry: int = 1  # Fallback(retry=RetryPolicy(attempts=retry)), 1: none
@@ -88,6 +88,9 @@ class Case:
     advances: tuple[float, ...]  # the breakers' clock moves this much before each run
     comp_attempts: int  # the saga's compensation_retry attempts
     crash_after: int | None = None  # durable only: the store dies after this call of run 0
+    crash_again: int | None = None  # ... and again this many calls after the first crash
+    cancel_resume: bool = False  # the resume is cancelled in its repeated call (single crash)
+    transaction: bool = False  # run 0 is driven step by step with saga.transaction()
 
 
 def step_plans(items: tuple[Any, ...]) -> list[StepPlan]:
@@ -96,7 +99,7 @@ def step_plans(items: tuple[Any, ...]) -> list[StepPlan]:
         if isinstance(item, StepPlan):
             found.append(item)
         elif isinstance(item, FallbackPlan):
-            found += [item.primary, item.fallback]
+            found += step_plans((item.primary, item.fallback))
         elif isinstance(item, GroupPlan):
             found += step_plans(item.members)
         else:
@@ -109,6 +112,8 @@ def child_names(items: tuple[Any, ...]) -> list[str]:
     for item in items:
         if isinstance(item, ChildPlan):
             found += [item.name, *child_names(item.items)]
+        elif isinstance(item, FallbackPlan):
+            found += child_names((item.primary, item.fallback))
     return found
 
 
@@ -266,6 +271,9 @@ class _SagaRun:
     stack: list[_Entry] = field(default_factory=list)
     results: list[tuple[str, str]] = field(default_factory=list)
     status: str = "running"
+    # children a Fallback branch ran that were left FAILED: should this saga
+    # unwind, it ends FAILED with them in its compensation errors
+    left_failed: set[str] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------- the model
@@ -283,7 +291,7 @@ class Model:
         breakers: list[BreakerModel],
         now: float,
         actual: list[Call],
-        crash_after: int | None = None,
+        crashes: tuple[int, ...] = (),
     ) -> None:
         self.case = case
         self.script = script
@@ -292,7 +300,7 @@ class Model:
         self.actual = actual
         self.i = 0
         self.calls = 0
-        self.crash_after = crash_after
+        self.crashes = set(crashes)  # indexes in ``actual`` of calls after which the store died
         self.crashed = False
         self.child_status: dict[str, str] = {}
         self.names = [plan.name for plan in step_plans(case.items)] + child_names(case.items)
@@ -318,19 +326,30 @@ class Model:
             raise Mismatch(f"expected {call}, got {got} ({self._where()})")
         self.i += 1
         self.calls += 1
-        if self.crash_after is not None and self.calls - 1 == self.crash_after:
+        if self.i - 1 in self.crashes:
             self.crashed = True
             note("crash and resume")
             return True
         return False
 
-    def repeat(self, call: Call) -> None:
+    def repeat(self, call: Call, unwinding: bool = False) -> int:
         """S10/S13: the call the crash left without a journaled outcome is
-        answered for by calling it again (same idempotency key)."""
-        got = self.peek()
-        if got != call:
-            raise Mismatch(f"expected the crashed call {call} again, got {got} ({self._where()})")
-        self.i += 1
+        answered for by calling it again (same idempotency key) — again if the
+        store died after that call too. Returns how many calls were made."""
+        made = 0
+        while True:
+            got = self.peek()
+            if got != call:
+                raise Mismatch(
+                    f"expected the crashed call {call} again, got {got} ({self._where()})"
+                )
+            self.i += 1
+            made += 1
+            if self.i - 1 not in self.crashes:
+                return made
+            note("crash again in the repeated call")
+            if unwinding:
+                self._retry_given_up()
 
     def done(self) -> None:
         if self.i != len(self.actual):
@@ -352,6 +371,7 @@ class Model:
                 self._item(saga, item)
             except _Failure as failure:
                 errors = failure.comp_errors | self._unwind(saga.saga_id, saga.stack)
+                errors |= saga.left_failed
                 errors -= {name for sid, name in self.recovered if sid == saga.saga_id}
                 self._finished(saga.saga_id)
                 saga.status = "failed" if errors else "compensated"
@@ -391,7 +411,9 @@ class Model:
         act is cancelled in flight. Restores ``ctx`` on every failed try."""
         snapshot = copy.deepcopy(ctx)
         error = ""
-        for _attempt in range(attempts):
+        left = attempts
+        while left:
+            left -= 1
             if breaker is not None and not breaker.admit(self.now):
                 return False, "open"  # S3/S9: rejected without calling; never retried
             call = (saga.saga_id, plan.name, "act")
@@ -404,20 +426,42 @@ class Model:
                 # fallback, no retry; the breaker counts nothing.
                 _restore(ctx, snapshot)
                 raise _Failure({plan.name}, "cancel", cancelled=True)
-            if not self.script.act_fails(plan.name, n):
-                if repeat:
-                    self.repeat(call)
-                    n = self.script.count(call)
-                    _restore(ctx, snapshot)
-                    act_writes(ctx, plan.name, n, member)
+            ok = not self.script.act_fails(plan.name, n)
+            told = breaker
+            if repeat:
+                # S10/S13: the call the crash left without an outcome is
+                # answered for by calling it again (same key, same try), past
+                # the breaker, which is not told of it (docs: "Resuming")
                 if breaker is not None:
-                    breaker.success()
+                    if ok:
+                        breaker.success()
+                    else:
+                        breaker.failure(plan.exc, self.now)
+                told = None
+                # the resumed run gives the step a new retry budget, the
+                # repeated call being its first try (the contract is silent)
+                left = attempts - 1
+                for _ in range(self.repeat(call)):
+                    n = self.script.count(call)
+                _restore(ctx, snapshot)
+                if self.case.cancel_resume:
+                    # docs, "Resuming": cancelled before the repeated call
+                    # answered, the crashed call may have taken effect: it is
+                    # journaled CANCELLED and compensated with the rest (S8)
+                    note("resume cancelled in the repeated call")
+                    saga.stack.append(_Entry("step", saga.saga_id, plan.name))
+                    raise _Failure({plan.name}, "cancel", cancelled=True)
+                act_writes(ctx, plan.name, n, member)
+                ok = not self.script.act_fails(plan.name, n)
+            if ok:
+                if told is not None:
+                    told.success()
                 saga.results.append((plan.name, response(plan.name, n)))
                 return True, ""
             _restore(ctx, snapshot)
             error = plan.exc
-            if breaker is not None:
-                breaker.failure(plan.exc, self.now)
+            if told is not None:
+                told.failure(plan.exc, self.now)
         return False, error
 
     def _step(
@@ -434,9 +478,8 @@ class Model:
         member: bool,
     ) -> None:
         breaker = None if plan.breaker is None else self.breakers[plan.breaker]
-        ok, error = self._try_branch(saga, plan.primary, ctx, plan.retry, member, breaker)
+        ok, error = self._branch(saga, plan.primary, ctx, plan.retry, member, breaker)
         if ok:
-            stack.append(_Entry("step", saga.saga_id, plan.primary.name))  # S5
             return
         # S3: an open circuit always falls back; () means any Exception
         eligible = (
@@ -448,27 +491,59 @@ class Model:
             note("primary error not fallback-eligible")
             raise _Failure({plan.primary.name}, error)
         note("fallback taken")
-        ok, error2 = self._try_branch(saga, plan.fallback, ctx, plan.fallback.retry, member)
+        retry = plan.fallback.retry if isinstance(plan.fallback, StepPlan) else 1
+        ok, error2 = self._branch(saga, plan.fallback, ctx, retry, member, None)
         if not ok:
             raise _Failure({plan.fallback.name}, error2)  # S4
-        stack.append(_Entry("step", saga.saga_id, plan.fallback.name))
+
+    def _branch(
+        self, saga: _SagaRun, plan: StepPlan | ChildPlan, ctx: dict[str, Any], attempts: int,
+        member: bool, breaker: BreakerModel | None,
+    ) -> tuple[bool, str]:
+        """One branch of a Fallback, pushed on the stack if it completed (S5)."""
+        if isinstance(plan, ChildPlan):
+            note("a Fallback branch runs a child")
+            child = self._run_child(saga, plan, ctx)
+            if child is None:
+                return False, "child"
+            saga.stack.append(_Entry("child", saga.saga_id, plan.name, child=child))
+            return True, ""
+        ok, error = self._try_branch(saga, plan, ctx, attempts, member, breaker)
+        if ok:
+            saga.stack.append(_Entry("step", saga.saga_id, plan.name))
+        return ok, error
 
     # ---- a child saga
 
-    def _child(self, saga: _SagaRun, plan: ChildPlan) -> None:
+    def _run_child(
+        self, saga: _SagaRun, plan: ChildPlan, ctx: dict[str, Any]
+    ) -> _SagaRun | None:
+        """Runs a child; returns it if it completed (merged into ``ctx``), else
+        None: it unwound itself (a child left FAILED is remembered). A
+        cancelled child cancels its parent's step (S8)."""
         child_id = f"{saga.saga_id}/{plan.name}"
         child = _SagaRun(child_id, plan.items, fresh_context(saga.saga_id, self.names))
         outcome = self._saga(child)
         self.child_status[child_id] = child.status
-        if outcome.kind != "completed":
-            # the child unwound itself; the parent's step failed (not compensated
-            # a second time); a child left FAILED leaves its parent FAILED
+        if outcome.kind == "cancelled":
             raise _Failure(
-                {plan.name}, "child", cancelled=outcome.kind == "cancelled",
+                {plan.name}, "child", cancelled=True,
                 comp_errors={plan.name} if child.status == "failed" else set(),
             )
-        saga.ctx["f_" + plan.name] = merged_value(child.ctx)
+        if outcome.kind != "completed":
+            if child.status == "failed":
+                saga.left_failed.add(plan.name)
+            return None
+        ctx["f_" + plan.name] = merged_value(child.ctx)
         saga.results.append((plan.name, "<child>"))
+        return child
+
+    def _child(self, saga: _SagaRun, plan: ChildPlan) -> None:
+        # the child unwound itself; the parent's step failed (the child is not
+        # compensated a second time); a child left FAILED leaves its parent FAILED
+        child = self._run_child(saga, plan, saga.ctx)
+        if child is None:
+            raise _Failure({plan.name}, "child")
         saga.stack.append(_Entry("child", saga.saga_id, plan.name, child=child))
 
     # ---- a parallel group
@@ -593,25 +668,30 @@ class Model:
         if entry.kind == "child":
             assert entry.child is not None
             child = entry.child
-            errors = self._unwind(child.saga_id, child.stack)
+            # a child left FAILED under this one (a Fallback branch) leaves it FAILED
+            errors = self._unwind(child.saga_id, child.stack) | child.left_failed
             self._finished(child.saga_id)
             child.status = "failed" if errors else "compensated"
             self.child_status[child.saga_id] = child.status
             return {entry.name} if errors else set()
         # S6: retried by the compensation policy; a give-up is recorded
         call = (entry.saga_id, entry.name, "compensate")
-        for _attempt in range(self.case.comp_attempts):
+        left = self.case.comp_attempts
+        while left:
+            left -= 1
             n = self.script.count(call)
             repeat = self.expect(call)
             plan = self.script.plans[entry.name]
             if plan.comp_cancel and n == 1:
                 note("caller cancelled during a compensation")
                 self.cancel_pending = True  # shielded: the unwinding goes on
-            if not self.script.comp_fails(entry.name, n):
-                if repeat:
-                    self._retry_given_up()
-                    self.repeat(call)
-                    self.script.count(call)
+            ok = not self.script.comp_fails(entry.name, n)
+            if repeat:
+                self._retry_given_up()
+                left = self.case.comp_attempts - 1  # a new budget on resume, as for acts
+                for _ in range(self.repeat(call, unwinding=True)):
+                    ok = not self.script.comp_fails(entry.name, self.script.count(call))
+            if ok:
                 return set()
         note("compensation gave up")
         self.gave_up.append((entry.saga_id, entry))
@@ -675,16 +755,26 @@ class Generator:
             comp_cancel=not member and r.random() < 0.03,
         )
 
-    def fallback(self, breakers: int, *, member: bool = False) -> FallbackPlan:
+    def fallback(self, breakers: int, *, member: bool = False, depth: int = 0) -> FallbackPlan:
         r = self.rng
-        primary = self.step(member=True, cancel_ok=not member)
-        fallback = self.step(member=True, cancel_ok=False)
+        primary: StepPlan | ChildPlan
+        fallback: StepPlan | ChildPlan
+        if not member and depth < 2 and r.random() < 0.15:
+            primary = ChildPlan(self.name(), self.items(depth + 1, 0, r.randint(1, 2)))
+        else:
+            primary = self.step(member=True, cancel_ok=not member)
+        if not member and depth < 2 and r.random() < 0.1:
+            fallback = ChildPlan(self.name(), self.items(depth + 1, 0, r.randint(1, 2)))
+        else:
+            fallback = self.step(member=True, cancel_ok=False)
+        child_primary = isinstance(primary, ChildPlan)
         return FallbackPlan(
             primary,
             fallback,
             failure_exceptions=r.choice([(), (), ("A",), ("B",), ("A", "B")]),
-            breaker=None if member or not breakers or r.random() < 0.3 else r.randrange(breakers),
-            retry=1 if member else r.choice([1, 1, 2]),
+            breaker=None if member or child_primary or not breakers or r.random() < 0.3
+            else r.randrange(breakers),
+            retry=1 if member or child_primary else r.choice([1, 1, 2]),
         )
 
     def items(self, depth: int, breakers: int, length: int) -> tuple[Item, ...]:
@@ -695,7 +785,7 @@ class Generator:
             if roll < 0.45:
                 out.append(self.step())
             elif roll < 0.75:
-                out.append(self.fallback(breakers))
+                out.append(self.fallback(breakers, depth=depth))
             elif roll < 0.88:
                 members: list[StepPlan | FallbackPlan] = []
                 for _m in range(r.randint(2, 3)):

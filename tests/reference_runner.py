@@ -60,7 +60,10 @@ class Runtime:
         self.victim: asyncio.Task[Any] | None = None
         self.store: Any = None
         self.crash_after: int | None = None
-        self.crashed_at: int | None = None
+        self.crash_again: int | None = None
+        self.crashes: list[int] = []
+        self.resuming: Call | None = None  # the crashed call, while the resume repeats it
+        self.resumes = 0
         self.cancelled = False  # a call cancelled the caller (no crash after that)
         self.members = {
             plan.name
@@ -69,14 +72,17 @@ class Runtime:
         }
 
     def maybe_crash(self, name: str, cancelled: bool) -> None:
-        """After a successful call at or past ``crash_after`` (not a group's
+        """After a call at or past ``crash_after`` (not a group's
         member, whose siblings' writes race with it): the store dies, as a
         process would (its next journal write never lands)."""
-        if self.crash_after is None or self.crashed_at is not None or cancelled or self.cancelled:
+        if self.crash_after is None or cancelled or self.cancelled or self.store.down:
             return
-        if name in self.members or len(self.trace) - 1 < self.crash_after:
+        if len(self.crashes) == 2 or (self.crashes and self.crash_again is None):
             return
-        self.crashed_at = len(self.trace) - 1
+        at = self.crash_after if not self.crashes else self.crashes[0] + 1 + (self.crash_again or 0)
+        if name in self.members or len(self.trace) - 1 < at:
+            return
+        self.crashes.append(len(self.trace) - 1)
         self.store.down = True
 
 
@@ -86,6 +92,8 @@ def _walk(items: tuple[Any, ...]) -> list[Any]:
         out.append(item)
         if isinstance(item, ChildPlan):
             out += _walk(item.items)
+        elif isinstance(item, FallbackPlan):
+            out += _walk((item.primary, item.fallback))
     return out
 
 
@@ -125,9 +133,17 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
             rt.victim.cancel()
             await asyncio.sleep(0)
             await asyncio.sleep(0)
+        if rt.resuming == call:
+            rt.resuming = None
+            if rt.case.cancel_resume:
+                rt.cancelled = True
+                assert rt.victim is not None
+                rt.victim.cancel()
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+        rt.maybe_crash(name, plan.cancel and n == 1)
         if rt.script.act_fails(name, n):
             raise ERRORS[plan.exc](f"{name} act #{n}")
-        rt.maybe_crash(name, plan.cancel and n == 1)
         return response(name, n)
 
     async def compensate(self: Any, ctx: Any) -> None:
@@ -140,9 +156,9 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
             rt.cancelled = True
             rt.victim.cancel()
             await asyncio.sleep(0)
+        rt.maybe_crash(name, False)
         if rt.script.comp_fails(name, n):
             raise ERRORS["A"](f"{name} compensate #{n}")
-        rt.maybe_crash(name, False)
 
     namespace: dict[str, Any] = {"act": act, "compensate": compensate}
     if plan.retry > 1:
@@ -172,8 +188,8 @@ class Built:
             return step_class(rt, item, member)
         if isinstance(item, FallbackPlan):
             return Fallback(
-                step=step_class(rt, item.primary, member),
-                fallback=step_class(rt, item.fallback, member),
+                step=self._branch(item.primary, member),
+                fallback=self._branch(item.fallback, member),
                 failure_exceptions=tuple(ERRORS[e] for e in item.failure_exceptions),
                 circuit_breaker=None if item.breaker is None else self.breakers[item.breaker],
                 retry=None if item.retry == 1 else RetryPolicy(
@@ -183,6 +199,14 @@ class Built:
         if isinstance(item, GroupPlan):
             return Parallel(*(self._item(m, member=True) for m in item.members))
         assert isinstance(item, ChildPlan)
+        return self._child(item)
+
+    def _branch(self, plan: StepPlan | ChildPlan, member: bool) -> Any:
+        if isinstance(plan, ChildPlan):
+            return self._child(plan)
+        return step_class(self.rt, plan, member)
+
+    def _child(self, item: ChildPlan) -> Any:
         child_class = self._saga_class(f"Child{item.name}", item.items)
         child = child_class(
             store=self.store, compensation_retry=self.retry, journal_retry=FAST_JOURNAL_RETRY,
@@ -214,6 +238,13 @@ def copy_value(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
+async def step_by_step(saga: Saga[Any], ctx: Any, saga_id: str) -> object:
+    async with saga.transaction(ctx, saga_id=saga_id) as transaction:
+        async for _ in transaction:
+            pass
+    return transaction.result
+
+
 def breaker_state(model: BreakerModel, now: float) -> str:
     if model.state == "open" and now - model.opened_at >= model.plan.reset_timeout:
         return "half_open"
@@ -223,16 +254,22 @@ def breaker_state(model: BreakerModel, now: float) -> str:
 async def run_case(case: Case, durable: bool) -> int:
     """Runs every saga of ``case``; raises ``Mismatch`` (an AssertionError) on
     the first disagreement; returns the number of participant calls checked."""
-    inner: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+    store_clock = [1_000_000.0]
+    inner: Any = (
+        SQLiteSagaStore(":memory:", clock=lambda: store_clock[0]) if durable
+        else MemorySagaStore()
+    )
     try:
-        return await _run_case(case, durable, inner)
+        return await _run_case(case, durable, inner, store_clock)
     finally:
         close = getattr(inner, "close", None)
         if close is not None:
             await close()
 
 
-async def _run_case(case: Case, durable: bool, inner: Any) -> int:
+async def _run_case(
+    case: Case, durable: bool, inner: Any, store_clock: list[float] | None = None
+) -> int:
     rt = Runtime(case)
     store = (FaultySubmittingStore if durable else FaultyStore)(inner)
     rt.store = store
@@ -252,11 +289,15 @@ async def _run_case(case: Case, durable: bool, inner: Any) -> int:
         saga_id = f"c{case.seed}-r{run}"
         rt.trace = []
         rt.crash_after = case.crash_after if durable and run == 0 else None
-        rt.crashed_at = None
+        rt.crash_again = case.crash_again
+        rt.crashes = []
         rt.cancelled = False
         ctx = built.ctx_class(order_id=saga_id)
         saga = built.saga()
-        task = asyncio.create_task(saga.run(ctx, saga_id=saga_id))
+        if case.transaction and run == 0:
+            task = asyncio.create_task(step_by_step(saga, ctx, saga_id))
+        else:
+            task = asyncio.create_task(saga.run(ctx, saga_id=saga_id))
         rt.victim = task
         outcome: object
         try:
@@ -264,10 +305,13 @@ async def _run_case(case: Case, durable: bool, inner: Any) -> int:
         except (Exception, asyncio.CancelledError) as error:
             outcome = error
         resumed = False
-        if rt.crashed_at is not None:
+        while len(rt.crashes) > rt.resumes:
             if not isinstance(outcome, SagaInterrupted):
-                raise Mismatch(f"the store died after call {rt.crashed_at}, yet got {outcome!r}")
+                raise Mismatch(f"the store died after call {rt.crashes}, yet got {outcome!r}")
             store.heal()
+            if store_clock is not None:
+                store_clock[0] += 3600.0  # the dead run's leases ran out
+            rt.resuming = rt.trace[rt.crashes[-1]] if rt.trace[rt.crashes[-1]][2] == "act" else None
             resumer = built.saga()
             task = asyncio.create_task(resumer.resume(saga_id))
             rt.victim = task
@@ -275,8 +319,11 @@ async def _run_case(case: Case, durable: bool, inner: Any) -> int:
                 outcome = await task
             except (Exception, asyncio.CancelledError) as error:
                 outcome = error
+            rt.resuming = None
             resumed = True
-        model = Model(case, Script(case.items), models, clock[0], rt.trace, rt.crashed_at)
+            rt.resumes += 1
+        rt.resumes = 0
+        model = Model(case, Script(case.items), models, clock[0], rt.trace, tuple(rt.crashes))
         try:
             expected, expected_ctx = model.run(saga_id)
             model.done()

@@ -28,18 +28,29 @@ CHUNK = 50
 CHUNKS = 10  # 500 seeds per variant
 
 
-def make_case(seed: int, *, durable: bool, crash: bool) -> Case:
+async def make_case(seed: int, *, durable: bool, crash: bool) -> Case:
     case = Generator(seed, durable=durable).case()
     if crash:
-        # the store dies after the first eligible call at or past this one
-        case = dataclasses.replace(case, crash_after=random.Random(seed).randrange(0, 25))
+        # The store dies after the first eligible call at or past a call of the
+        # first run, drawn among the calls a run without the crash makes.
+        calls = await run_case(dataclasses.replace(case, runs=1), False)
+        rng = random.Random(seed)
+        again = rng.random() < 0.3
+        case = dataclasses.replace(
+            case,
+            crash_after=rng.randrange(max(calls, 1)),
+            crash_again=rng.randrange(6) if again else None,  # the resume dies too
+            cancel_resume=not again and rng.random() < 0.25,  # the resume is cancelled
+        )
+    if random.Random(-seed).random() < 0.3:
+        case = dataclasses.replace(case, transaction=True)  # driven step by step
     return case
 
 
 async def check_seeds(seeds: range, *, durable: bool, crash: bool) -> int:
     calls = 0
     for seed in seeds:
-        case = make_case(seed, durable=durable, crash=crash)
+        case = await make_case(seed, durable=durable, crash=crash)
         try:
             calls += await run_case(case, durable)
         except AssertionError as error:
