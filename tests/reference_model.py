@@ -91,6 +91,7 @@ class Case:
     crash_again: int | None = None  # ... and again this many calls after the first crash
     cancel_resume: bool = False  # the resume is cancelled in its repeated call (single crash)
     transaction: bool = False  # run 0 is driven step by step with saga.transaction()
+    cancel_after: int | None = None  # durable: this act (of run 0) cancels the caller as it returns
 
 
 def step_plans(items: tuple[Any, ...]) -> list[StepPlan]:
@@ -292,6 +293,7 @@ class Model:
         now: float,
         actual: list[Call],
         crashes: tuple[int, ...] = (),
+        cancel_after: int | None = None,
     ) -> None:
         self.case = case
         self.script = script
@@ -305,6 +307,8 @@ class Model:
         self.child_status: dict[str, str] = {}
         self.names = [plan.name for plan in step_plans(case.items)] + child_names(case.items)
         self.cancel_pending = False  # a compensate cancelled the caller (shielded unwinding)
+        self.cancelled_in_write = False  # the caller was cancelled as an act returned
+        self.cancel_after = cancel_after  # the index in ``actual`` of that act
         # compensations that gave up, in order (saga id, entry): a resumed
         # unwinding finds their steps completed and not compensated
         self.gave_up: list[tuple[str, _Entry]] = []
@@ -368,6 +372,11 @@ class Model:
     def _saga(self, saga: _SagaRun) -> Outcome:
         for item in saga.items:
             try:
+                if self.cancelled_in_write:
+                    # S8/S13: the cancellation that landed during the journal
+                    # write before this item is handled once the write is done:
+                    # the item is never called; what completed is undone
+                    raise _Failure(set(), "cancel", cancelled=True)
                 self._item(saga, item)
             except _Failure as failure:
                 errors = failure.comp_errors | self._unwind(saga.saga_id, saga.stack)
@@ -384,7 +393,10 @@ class Model:
                     errors=failure.errors,
                 )
         saga.status = "completed"
-        return Outcome("completed", "completed", results=list(saga.results))
+        kind: Literal["completed", "cancelled"] = (
+            "cancelled" if self.cancelled_in_write else "completed"
+        )  # cancelled while its completion was written: the journal says COMPLETED
+        return Outcome(kind, "completed", results=list(saga.results))
 
     def _item(self, saga: _SagaRun, item: Any) -> None:
         if isinstance(item, StepPlan):
@@ -457,6 +469,9 @@ class Model:
                 if told is not None:
                     told.success()
                 saga.results.append((plan.name, response(plan.name, n)))
+                if self.i - 1 == self.cancel_after:
+                    note("caller cancelled during a journal write")
+                    self.cancelled_in_write = True
                 return True, ""
             _restore(ctx, snapshot)
             error = plan.exc
@@ -525,6 +540,15 @@ class Model:
         child = _SagaRun(child_id, plan.items, fresh_context(saga.saga_id, self.names))
         outcome = self._saga(child)
         self.child_status[child_id] = child.status
+        if child.status == "completed" and self.cancelled_in_write:
+            # the child's journal says COMPLETED, its caller was cancelled: the
+            # SubSaga step undoes the child itself (docs: "A cancelled parent")
+            errors = self._unwind(child.saga_id, child.stack) | child.left_failed
+            self._finished(child.saga_id)
+            child.status = "failed" if errors else "compensated"
+            self.child_status[child_id] = child.status
+            raise _Failure({plan.name}, "cancel", cancelled=True,
+                           comp_errors={plan.name} if errors else set())
         if outcome.kind == "cancelled":
             raise _Failure(
                 {plan.name}, "child", cancelled=True,

@@ -64,6 +64,8 @@ class Runtime:
         self.crashes: list[int] = []
         self.resuming: Call | None = None  # the crashed call, while the resume repeats it
         self.resumes = 0
+        self.cancel_after: int | None = None
+        self.cancelled_in_write = False
         self.cancelled = False  # a call cancelled the caller (no crash after that)
         self.members = {
             plan.name
@@ -144,6 +146,15 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
         rt.maybe_crash(name, plan.cancel and n == 1)
         if rt.script.act_fails(name, n):
             raise ERRORS[plan.exc](f"{name} act #{n}")
+        if (
+            rt.cancel_after is not None and len(rt.trace) - 1 == rt.cancel_after
+            and name not in rt.members and not rt.cancelled
+        ):
+            # the caller is cancelled as this act returns: the cancellation
+            # lands in the journal write that follows (a durable store)
+            assert rt.victim is not None
+            rt.cancelled = rt.cancelled_in_write = True
+            rt.victim.cancel()
         return response(name, n)
 
     async def compensate(self: Any, ctx: Any) -> None:
@@ -290,6 +301,8 @@ async def _run_case(
         rt.trace = []
         rt.crash_after = case.crash_after if durable and run == 0 else None
         rt.crash_again = case.crash_again
+        rt.cancel_after = case.cancel_after if durable and run == 0 else None
+        rt.cancelled_in_write = False
         rt.crashes = []
         rt.cancelled = False
         ctx = built.ctx_class(order_id=saga_id)
@@ -323,7 +336,10 @@ async def _run_case(
             resumed = True
             rt.resumes += 1
         rt.resumes = 0
-        model = Model(case, Script(case.items), models, clock[0], rt.trace, tuple(rt.crashes))
+        model = Model(
+            case, Script(case.items), models, clock[0], rt.trace, tuple(rt.crashes),
+            cancel_after=rt.cancel_after if rt.cancelled_in_write else None,
+        )
         try:
             expected, expected_ctx = model.run(saga_id)
             model.done()

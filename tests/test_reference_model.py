@@ -42,6 +42,10 @@ async def make_case(seed: int, *, durable: bool, crash: bool) -> Case:
             crash_again=rng.randrange(6) if again else None,  # the resume dies too
             cancel_resume=not again and rng.random() < 0.25,  # the resume is cancelled
         )
+    elif durable and random.Random(seed).random() < 0.3:
+        # the caller is cancelled as an act returns (its next journal write)
+        calls = await run_case(dataclasses.replace(case, runs=1), False)
+        case = dataclasses.replace(case, cancel_after=random.Random(seed).randrange(max(calls, 1)))
     if random.Random(-seed).random() < 0.3:
         case = dataclasses.replace(case, transaction=True)  # driven step by step
     return case
@@ -87,12 +91,15 @@ def test_the_generated_cases_reach_every_behaviour_the_model_knows() -> None:
     if "crash and resume" not in STATS:
         asyncio.run(check_seeds(range(20_000, 20_100), durable=True, crash=True))
         asyncio.run(check_seeds(range(0, 200), durable=False, crash=False))
+        asyncio.run(check_seeds(range(10_000, 10_100), durable=True, crash=False))
     for behaviour in (
         "act cancelled", "breaker opens", "breaker rejects", "breaker trial",
         "breaker ignores an excluded error", "caller cancelled during a compensation",
         "compensation gave up", "fallback taken", "group failed",
         "primary error not fallback-eligible", "crash and resume",
-        "given-up compensation tried again on resume",
+        "given-up compensation tried again on resume", "crash again in the repeated call",
+        "resume cancelled in the repeated call", "caller cancelled during a journal write",
+        "a Fallback branch runs a child", "group member stopped short",
     ):
         assert STATS.get(behaviour, 0) > 0, (behaviour, STATS)
 
