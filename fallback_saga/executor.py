@@ -425,10 +425,14 @@ class Execution(UnwindingRun):
             except (Exception, JournalWriteFailed) as error:
                 await self.fail(error)
             except asyncio.CancelledError:
-                if uncertain and len(results) == resumed_with and uncertain[0] not in self.stack:
-                    # Cancelled before it answered: see above. (On the stack
-                    # already if its new call was cancelled in flight in a group
-                    # member's child: see act_failed. Once is enough.)
+                if (
+                    uncertain and len(results) == resumed_with
+                    and uncertain[0] in self.crashed_calls and uncertain[0] not in self.stack
+                ):
+                    # Cancelled before it answered: see above. (Answered if its
+                    # new call failed: act_failed. On the stack already if its
+                    # new call was cancelled in flight in a group member's
+                    # child: see act_failed. Once is enough.)
                     self.push_crashed_call(uncertain[0])
                 await self.abort()
                 raise
@@ -765,6 +769,12 @@ class Execution(UnwindingRun):
         # called nothing.
         called = self.active
         self.active = False
+        if called and self.resumed and error.__class__ is not _CancelledError:
+            crashed = self.crashed_calls
+            if branch in crashed:
+                # The participant answered for the crashed call: it failed
+                # (S5). Its effect is no longer uncertain (see run_all).
+                self.crashed_calls = tuple(one for one in crashed if one is not branch)
         if error.__class__ is _CancelledError and called and IN_A_MEMBER.get():
             # This run is a child saga of a group member, cancelled with it:
             # its call in flight is as uncertain as the member's own would be

@@ -941,6 +941,67 @@ async def test_S5_S9_a_crashed_call_is_answered_by_its_own_call_even_behind_an_o
     assert log == ["charge", "charge"]  # the same key twice: the participant answers
 
 
+async def test_S5_S8_a_crashed_call_answered_failed_is_not_undone_by_a_later_cancel(
+    tmp_path: Path,
+) -> None:
+    """The process died inside the primary's call. The resume calls it again
+    (same idempotency key) and the participant answers: it failed — so the
+    step's primary failed (S5: never compensated), and the Fallback hands
+    over. The caller is then cancelled while the fallback runs (S8): the
+    saga unwinds what completed. The primary answered before the
+    cancellation, so it is not "a crashed call nobody answered for": it is
+    neither journaled CANCELLED nor compensated."""
+    from fallback_saga import Fallback, SagaStatus, StepStatus
+
+    log: list[str] = []
+    crash = [True]
+    victim: list[asyncio.Task[Any]] = []
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> str:
+            log.append("reserve")
+            return "reserved"
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> str:
+            log.append("charge")
+            if crash[0]:
+                crash[0] = False
+                raise Crash  # the process died in the call
+            raise OSError("card declined")  # called again: it answers, it failed
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+
+    class ChargeLater:
+        async def act(self, ctx: Ctx) -> str:
+            log.append("charge later")
+            victim[0].cancel()  # the caller gives up meanwhile
+            await asyncio.sleep(0)
+            return "charged later"
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund later")
+
+    class Paying(Saga[Ctx]):
+        steps = [Reserve, Fallback(Charge, ChargeLater)]
+
+    async with SQLiteSagaStore(tmp_path / "j.db") as store:
+        with pytest.raises(Crash):
+            await Paying(store=store).run(Ctx(order_id="o-16"), saga_id="o-16")
+        task = asyncio.create_task(Paying(store=store).resume("o-16"))
+        victim.append(task)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await store.load("o-16")
+    assert record.status is SagaStatus.COMPENSATED
+    assert log == ["reserve", "charge", "charge", "charge later", "release"]
+    assert not [e for e in record.history if e.status is StepStatus.CANCELLED]
+
+
 class RefusesTheLastContext(FaultyStore):
     """Refuses the context of write number ``at`` as PostgreSQL refuses a NUL
     (``ContextSerializationError``), after cancelling the caller meanwhile."""
