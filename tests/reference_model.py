@@ -20,6 +20,7 @@ both agree on what the n-th call of a step does.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -549,7 +550,9 @@ class Model:
             self.child_status[child_id] = child.status
             raise _Failure({plan.name}, "cancel", cancelled=True,
                            comp_errors={plan.name} if errors else set())
-        if outcome.kind == "cancelled":
+        if outcome.kind == "cancelled" or self.cancel_pending:
+            # (the caller was cancelled during the child's own unwinding: the
+            # child's caller gets CancelledError, never a fallback — S3, S8)
             raise _Failure(
                 {plan.name}, "child", cancelled=True,
                 comp_errors={plan.name} if child.status == "failed" else set(),
@@ -824,8 +827,37 @@ class Generator:
                 out.append(self.step())
         return tuple(out)
 
+    def breaker_case(self) -> Case:
+        """Sagas run one after another through shared breakers: primaries that
+        fail often, excluded errors, the clock moved across reset timeouts."""
+        r = self.rng
+        breakers = tuple(
+            BreakerPlan(r.randint(1, 2), r.choice([5.0, 30.0]), r.random() < 0.5)
+            for _ in range(r.randint(1, 2))
+        )
+        items: list[Item] = []
+        for _ in range(r.randint(1, 4)):
+            primary = dataclasses.replace(
+                self.step(member=True, cancel_ok=False), act_fail=r.choice([0, 1, 9, 9])
+            )
+            items.append(FallbackPlan(
+                primary, self.step(member=True, cancel_ok=False),
+                failure_exceptions=r.choice([(), ("A",), ("B",)]),
+                breaker=r.randrange(len(breakers)), retry=r.choice([1, 1, 2, 3]),
+            ))
+            if r.random() < 0.3:
+                items.append(self.step())
+        runs = r.randint(3, 8)
+        return Case(
+            seed=self.seed, items=tuple(items), breakers=breakers, runs=runs,
+            advances=tuple(r.choice([0.0, 0.0, 3.0, 6.0, 40.0]) for _ in range(runs)),
+            comp_attempts=r.randint(1, 3),
+        )
+
     def case(self) -> Case:
         r = self.rng
+        if r.random() < 0.2:
+            return self.breaker_case()
         breakers = tuple(
             BreakerPlan(r.randint(1, 3), r.choice([5.0, 30.0]), r.random() < 0.5)
             for _ in range(r.randint(0, 2))
