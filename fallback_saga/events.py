@@ -97,8 +97,11 @@ class SagaListener:
         resumption of a saga from its journal (``Saga.resume``, recovery)."""
 
     def step_started(self, saga_id: str, step: str, attempt: int) -> None:
-        """A step's ``act`` is about to be called (``attempt`` counts retries from 1),
-        or to be offered to its circuit breaker, which may reject it."""
+        """A step's ``act`` is about to be called (``attempt`` counts retries from 1):
+        its STARTED record is durable. Also told, right before ``step_failed``,
+        for a try its circuit breaker rejected or that was cancelled in its
+        write-ahead; never for a try whose STARTED the store refused (that
+        act is not called: the run stops, ``saga_interrupted``)."""
 
     def step_completed(self, saga_id: str, step: str) -> None:
         """A step's ``act`` returned; the step is on the compensation stack."""

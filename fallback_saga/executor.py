@@ -695,8 +695,9 @@ class Execution(UnwindingRun):
                 lane.first = None
                 lane.durable = True  # the group's write-ahead made this STARTED durable
                 lane.called = False
-            if hooks.step_started:
-                emit(hooks.step_started, self.saga_id, branch.name, attempt)
+            # (step_started is told once the STARTED record is durable, right
+            # before the call — in ``act`` or below — as compensation_started is:
+            # an attempt the journal refused was never made.)
             try:
                 if breaker is not None and not (
                     attempt == 1 and self.resumed and branch in self.crashed_calls
@@ -710,6 +711,8 @@ class Execution(UnwindingRun):
                 else:  # self.act, inlined (one coroutine less per step)
                     if not self.live and (lane is None or not lane.durable):
                         await self.flush()
+                    if hooks.step_started:
+                        emit(hooks.step_started, self.saga_id, branch.name, attempt)
                     cursor.action = "act"
                     cursor.active = True
                     if lane is not None:
@@ -720,9 +723,9 @@ class Execution(UnwindingRun):
                     else:
                         async with asyncio.timeout(branch.timeout):
                             response = await branch.act(context)
-                    cursor.active = False
                     if type(response) is COROUTINE:
                         raise unawaited(branch.name, "act", response)
+                    cursor.active = False
             except JournalWriteFailed:
                 # The act never ran (or a child of it is out of reach): nothing
                 # to record, retry or fall back from.
@@ -731,6 +734,11 @@ class Execution(UnwindingRun):
                 raise
             except BaseException as error:
                 restore_step(context, snapshot)
+                if hooks.step_started and not cursor.active:
+                    # Stopped before the call was announced: rejected by the
+                    # breaker, or cancelled in the write-ahead. The journal
+                    # records the attempt (STARTED, then FAILED): told so too.
+                    emit(hooks.step_started, self.saga_id, branch.name, attempt)
                 if lane is not None:
                     cursor.active = False  # the lane's cursor (act_failed resets the run's)
                     if lane.called and isinstance(error, asyncio.CancelledError):
@@ -843,6 +851,8 @@ class Execution(UnwindingRun):
             cursor = lane.cursor
             context = lane.context
             lane.called = True
+        if self.hooks.step_started:  # its STARTED is durable now: see try_branch
+            emit(self.hooks.step_started, self.saga_id, branch.name, cursor.attempt)
         cursor.action = "act"
         cursor.active = True
         call = self._call_started(branch, "act", cursor.attempt)

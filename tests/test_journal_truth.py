@@ -504,18 +504,25 @@ async def test_S13_cancel_while_a_real_sqlite_write_is_in_flight_ends_final_in_t
     tmp_path: Path, cancel_at: str
 ) -> None:
     """No wrapper: the cancellation is sent right before the STARTED write of
-    ``cancel_at`` is submitted to the store's writer thread, so it lands while
-    that write is in flight. The write finishes, the saga unwinds, and the
-    journal says COMPENSATED before the caller sees CancelledError."""
+    ``cancel_at`` is submitted to the store's writer thread (from the hook
+    told just before it: the saga's start, or the previous step's
+    completion), so it lands while that write is in flight. The write
+    finishes, the saga unwinds, and the journal says COMPENSATED before the
+    caller sees CancelledError."""
     from fallback_saga import SagaStatus
 
     log: list[str] = []
     saga_class = order_saga(log, charge_failures=0)
     victim: list[asyncio.Task[Any]] = []
+    before = {"Reserve": None, "Charge": "Reserve", "Ship": "Charge"}[cancel_at]
 
     class CancelOnStart:
-        def step_started(self, saga_id: str, step: str, attempt: int) -> None:
-            if step == cancel_at:
+        def saga_started(self, saga_id: str, saga_name: str) -> None:
+            if before is None:
+                victim[0].cancel()
+
+        def step_completed(self, saga_id: str, step: str) -> None:
+            if step == before:
                 victim[0].cancel()
 
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
@@ -716,8 +723,9 @@ async def test_S13_a_resumed_run_stopped_by_its_journal_reports_the_status_it_ho
     crash = [True]
 
     class CrashOnce:
-        def step_started(self, saga_id: str, step: str, attempt: int) -> None:
-            if step == "Charge" and crash[0]:
+        # (told before Reserve's COMPLETED is written: with Charge's write-ahead)
+        def step_completed(self, saga_id: str, step: str) -> None:
+            if step == "Reserve" and crash[0]:
                 crash[0] = False
                 raise Crash
 

@@ -7,28 +7,46 @@ key), ``saga_interrupted`` for a run that stops short of a final status,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers_saga import Boom, OrderCtx, Probe, declare
-from journal_faults import FaultyStore, FaultySubmittingStore
+from journal_faults import (
+    FAST_JOURNAL_RETRY,
+    FallbackSpec,
+    FaultKind,
+    FaultyStore,
+    FaultySubmittingStore,
+    Ledger,
+    Shape,
+    StepSpec,
+    journal_of,
+)
+from journal_faults import (
+    Ctx as LedgerCtx,
+)
 
 from fallback_saga import (
     CircuitBreaker,
     Fallback,
     LoggingListener,
+    MemorySagaStore,
     RecoveryWorker,
     RetryPolicy,
     SagaContext,
+    SagaError,
     SagaFailed,
     SagaInterrupted,
     SagaListener,
     SagaStatus,
     SQLiteSagaStore,
     StepCall,
+    StepStatus,
     current_step,
     recover,
 )
@@ -191,8 +209,9 @@ async def test_a_run_the_journal_stops_is_announced_as_interrupted(tmp_path: Pat
         with pytest.raises(SagaInterrupted):
             await saga.run(OrderCtx(), saga_id="stopped")
 
+    # B's write-ahead failed: B was never called, and no one is told it started
     assert recorder.events[-2:] == [
-        ("step_started", "B", 1),  # B's write-ahead failed: B was never called
+        ("step_completed", "A"),
         ("saga_interrupted", "running", "SagaInterrupted"),
     ]
     assert not any(event[0] == "saga_finished" for event in recorder.events)
@@ -211,6 +230,97 @@ async def test_a_store_that_refuses_the_creation_is_announced_as_interrupted(
             await saga.run(OrderCtx(), saga_id="never")
 
     assert recorder.events[-1] == ("saga_interrupted", None, "SagaInterrupted")
+
+
+class Starts(SagaListener):
+    """The ``step_started`` announcements, as (step, attempt)."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[str, int]] = []
+
+    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
+        self.starts.append((step, attempt))
+
+
+STARTS_SHAPE = Shape(
+    [
+        StepSpec("Reserve"),
+        StepSpec("Ship", act="once"),  # retried: its second attempt has a write-ahead too
+        FallbackSpec(StepSpec("Charge", act="always"), StepSpec("ChargeLater")),
+    ],
+    name="StartsSaga",
+)
+
+
+def _journal_starts(record: Any) -> Counter[tuple[str, int]]:
+    return Counter(
+        (entry.step, entry.attempt) for entry in (record.history if record else ())
+        if entry.action == "act" and entry.status is StepStatus.STARTED
+    )
+
+
+@pytest.mark.parametrize("kind", ["outage", "in_doubt_outage", "cancel"])
+@pytest.mark.parametrize("at", range(8))
+async def test_S13_a_step_start_is_announced_only_once_its_started_record_is_durable(
+    at: int, kind: FaultKind
+) -> None:
+    """``step_started`` says the act is about to be called, as
+    ``compensation_started`` does for a compensate: after the write-ahead
+    (S13), never for an attempt whose STARTED record the store refused —
+    that act is never called, and a retry that is not made is no retry
+    (the OpenTelemetry listener counts ``fallback_saga.step.retries`` from
+    it). What the listener heard started is what the journal holds."""
+    inner = MemorySagaStore()
+    store = FaultyStore(inner, at=at, kind=kind)
+    ledger = Ledger()
+    listener = Starts()
+    saga = STARTS_SHAPE.saga_class(
+        store=store, step_factory=lambda cls: cls(ledger), journal_retry=FAST_JOURNAL_RETRY,
+        listeners=[listener],
+    )
+    task = asyncio.create_task(saga.run(LedgerCtx(order_id="o"), saga_id="o"))
+    store.victim = task
+    with contextlib.suppress(SagaError, asyncio.CancelledError):
+        await task
+    record = await journal_of(inner, "o")
+    announced = Counter(listener.starts)
+    journal = _journal_starts(record)
+    if kind == "cancel":  # the store stays up: the journal ends holding every STARTED
+        assert announced == journal, (announced, journal)
+        return
+    called = Counter(call.step for call in ledger.calls if call.action == "act")
+    assert Counter(step for step, _ in listener.starts) == called, (listener.starts, called)
+    assert not announced - journal, f"announced, never journaled: {announced - journal}"
+
+
+@pytest.mark.parametrize("at", range(4))
+async def test_S13_a_breaker_guarded_start_is_announced_after_its_write_ahead(at: int) -> None:
+    """The same behind a circuit breaker (whose call makes the write-ahead):
+    a rejection is still announced, started then failed; a call the store
+    stopped is not."""
+    inner = MemorySagaStore()
+    store = FaultyStore(inner, at=at)
+    recorder = Recorder()
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=60.0)
+    saga = declare(
+        Fallback(step=Probe("Pay", [], error=Boom), fallback=Probe("PayLater", []),
+                 circuit_breaker=breaker),
+        Fallback(step=Probe("Refund", []), fallback=Probe("RefundLater", []),
+                 circuit_breaker=breaker),
+    )(store=store, listeners=[recorder], journal_retry=FAST_JOURNAL_RETRY)
+    with contextlib.suppress(SagaError):
+        await saga.run(OrderCtx(), saga_id="o")
+    record = await journal_of(inner, "o")
+    starts = Counter((e[1], e[2]) for e in recorder.events if e[0] == "step_started")
+    # (a rejection is no call: its rows go with the next write, like a failure's)
+    rejected = Counter(
+        (e[1], 1) for e in recorder.events if e[0] == "step_failed" and e[2] == "CircuitOpenError"
+    )
+    assert not starts - rejected - _journal_starts(record), (recorder.events, record)
+    if record is not None and record.status is SagaStatus.COMPLETED:
+        # the open circuit's rejection: announced, started then failed
+        assert ("step_started", "Refund", 1) in recorder.events
+        assert ("step_failed", "Refund", "CircuitOpenError") in recorder.events
 
 
 # --------------------------------------------------------------------------- resume, recovery

@@ -1194,15 +1194,23 @@ async def test_journal_writes_are_driven_from_the_sagas_own_task(
 
 
 class CancelAt:
-    """Cancels the victim (a saga's task) as ``step`` starts: right as that
-    step's write-ahead (its STARTED entry) is on its way."""
+    """Cancels the victim (a saga's task) right before ``step``'s write-ahead
+    (its STARTED entry) is sent: from the hook told just before it — the
+    saga's start for the first step, the previous step's completion else —
+    so that the cancellation lands while that write is on its way."""
+
+    BEFORE = {"Reserve": None, "Charge": "Reserve", "Ship": "Charge"}
 
     def __init__(self, step: str) -> None:
-        self.step = step
+        self.before = self.BEFORE[step]
         self.victims: dict[str, asyncio.Task[Any]] = {}
 
-    def step_started(self, saga_id: str, step: str, attempt: int) -> None:
-        if step == self.step:
+    def saga_started(self, saga_id: str, saga_name: str) -> None:
+        if self.before is None:
+            self.victims[saga_id].cancel()
+
+    def step_completed(self, saga_id: str, step: str) -> None:
+        if step == self.before:
             self.victims[saga_id].cancel()
 
 
