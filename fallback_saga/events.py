@@ -30,12 +30,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from .errors import SagaInterrupted
 from .log_lines import library_logger, one_line
 from .status import SagaStatus
 from .step import StepInfo
 
 __all__ = [
     "HOOK_NAMES", "Hooks", "LoggingListener", "SagaListener", "StepCall", "listener_tuple",
+    "status_if_landed",
 ]
 
 _log = library_logger("fallback_saga")
@@ -88,9 +90,12 @@ class SagaListener:
         """The run stopped without reaching a final status: the journal could not
         be written (``SagaInterrupted``), the lease was lost (``LeaseLost``) or
         the worker handed the saga off, or a cancellation's unwinding could not
-        be journaled. ``status`` is what the journal holds (``None``: nothing
-        was journaled); ``error`` is what the caller gets. The saga is left
-        for recovery."""
+        be journaled. ``status`` is the last status the journal is known to
+        hold (``None``: nothing was confirmed journaled); ``error`` is what the
+        caller gets. When that last write is in doubt (it may have landed
+        unseen), the journal may hold another status: ``status_if_landed(status,
+        error)`` says which — report both, not ``status`` alone. The saga is
+        left for recovery."""
 
     def saga_resumed(self, saga_id: str, saga_name: str) -> None:
         """The run that just started (``saga_started``, called right before) is a
@@ -158,6 +163,17 @@ class SagaListener:
     def breaker_state_store_failed(self, breaker: str, error: BaseException) -> None:
         """A breaker's shared ``state_store`` raised; the breaker goes on with its
         local state. Reported at most once per ``sync_interval`` per breaker."""
+
+
+def status_if_landed(status: SagaStatus | None, error: BaseException | None) -> SagaStatus | None:
+    """For ``saga_interrupted(status, error)``: the status the journal holds
+    instead of ``status`` if the run's last write, reported failed, landed
+    unseen (``SagaInterrupted.in_doubt``) — the saga may be final already.
+    None when the journal holds ``status`` either way."""
+    if not isinstance(error, SagaInterrupted) or not error.in_doubt:
+        return None
+    landed = error.status_if_landed or (SagaStatus.RUNNING if status is None else status)
+    return None if landed is status else landed
 
 
 HOOK_NAMES: tuple[str, ...] = (
@@ -295,6 +311,9 @@ class LoggingListener(SagaListener):
         self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
     ) -> None:
         held = "nothing" if status is None else status.value
+        landed = status_if_landed(status, error)
+        if landed is not None:
+            held += f" (or {landed.value}, if its last write landed unseen)"
         reason = "" if error is None else f" ({type(error).__name__}: {error})"
         self._write(logging.WARNING, "saga %s %s stopped without a final status, left for "
                     "recovery; the journal says %s%s", saga_name, saga_id, held, reason)

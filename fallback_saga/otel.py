@@ -48,7 +48,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 from . import __version__
 from .breaker import CircuitOpenError
-from .events import SagaListener, StepCall
+from .events import SagaListener, StepCall, status_if_landed
 from .status import SagaStatus
 
 __all__ = ["OpenTelemetryListener"]
@@ -61,6 +61,7 @@ SAGA_NAME = "fallback_saga.saga.name"
 SAGA_STATUS = "fallback_saga.saga.status"
 SAGA_RESUMED = "fallback_saga.saga.resumed"
 SAGA_INTERRUPTED = "fallback_saga.saga.interrupted"
+SAGA_STATUS_IN_DOUBT = "fallback_saga.saga.status_in_doubt"
 STEP = "fallback_saga.step.name"
 BRANCH = "fallback_saga.step.branch"
 ACTION = "fallback_saga.step.action"
@@ -291,7 +292,14 @@ class OpenTelemetryListener(SagaListener):
             return
         span = run.span
         span.set_attribute(SAGA_INTERRUPTED, True)
-        if status is not None:
+        landed = status_if_landed(status, error)
+        if landed is not None:
+            # The last write may have landed unseen: the journal holds one of
+            # two statuses (the saga may even be final), and the span names
+            # both rather than claim the one last confirmed.
+            before = "none" if status is None else status.value
+            span.set_attribute(SAGA_STATUS_IN_DOUBT, (before, landed.value))
+        elif status is not None:
             span.set_attribute(SAGA_STATUS, status.value)  # what the journal holds
         span.set_status(
             StatusCode.ERROR,

@@ -499,6 +499,27 @@ async def test_logging_listener_logs_the_new_hooks(
             "the journal says running (RuntimeError: disk full)") in text
 
 
+async def test_S13_a_log_line_never_states_a_status_the_journal_may_not_hold(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The run's final write landed, then its answer was lost and the store
+    went down: the journal says COMPLETED. ``LoggingListener`` must not log
+    "the journal says running" alone."""
+    inner = MemorySagaStore()
+    store = FaultyStore(inner, at=2, kind="in_doubt_outage")
+    saga = declare(Probe("Reserve", []), Probe("Charge", []))(
+        store=store, listeners=[LoggingListener()], journal_retry=FAST_JOURNAL_RETRY,
+    )
+    with caplog.at_level(logging.WARNING, logger="fallback_saga"), pytest.raises(
+        SagaInterrupted
+    ):
+        await saga.run(OrderCtx(), saga_id="doubt")
+    assert (await inner.load("doubt")).status is SagaStatus.COMPLETED
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert ("the journal says running (or completed, if its last write landed unseen)"
+            in text), text
+
+
 class FallbackOnly:
     """Listens to the fallback and failure hooks only: the run keeps its
     inlined path for plain steps (no step_started/completed/call hooks)."""

@@ -55,6 +55,7 @@ from opentelemetry.trace import StatusCode  # noqa: E402
 from fallback_saga import (  # noqa: E402
     CircuitBreaker,
     Fallback,
+    MemorySagaStore,
     Parallel,
     RetryPolicy,
     Saga,
@@ -751,6 +752,35 @@ async def test_an_interrupted_run_ends_its_span_with_an_error_and_is_counted(
     assert telemetry.metric("fallback_saga.saga.finished") == {}
     assert telemetry.metric("fallback_saga.saga.active") == {attrs(saga_name="TestSaga"): 0}
     assert not trace.get_current_span().get_span_context().is_valid  # detached
+
+
+@pytest.mark.parametrize("at", [2, 3])
+async def test_S13_a_span_never_claims_a_status_the_journal_may_not_hold(
+    telemetry: Telemetry, at: int
+) -> None:
+    """The run's last write landed, then its answer was lost and the store
+    went down (in doubt): the journal holds the new status (COMPLETED; or
+    COMPENSATING, as the unwinding began), not the one the run last saw
+    confirmed. The span says both possibilities rather than the stale one."""
+    inner = MemorySagaStore()
+    store = FaultyStore(inner, at=at, kind="in_doubt_outage")
+    steps = [Probe("Reserve", []), Probe("Charge", [])]
+    if at == 3:
+        steps.append(Probe("Ship", [], error=Boom))
+    saga = declare(*steps)(
+        store=store, listeners=[telemetry.listener],
+        journal_retry=RetryPolicy(attempts=2, delay=0.0, jitter=0.0),
+    )
+    with pytest.raises(SagaInterrupted) as stopped:
+        await saga.run(OrderCtx(), saga_id="doubt")
+    assert stopped.value.in_doubt
+    held = (await inner.load("doubt")).status
+    assert held is stopped.value.status_if_landed  # it landed
+    attributes = telemetry.span("run TestSaga").attributes or {}
+    assert attributes.get("fallback_saga.saga.status", held.value) == held.value, attributes
+    assert tuple(attributes["fallback_saga.saga.status_in_doubt"]) == (
+        stopped.value.status.value if stopped.value.status else "none", held.value
+    )
 
 
 # --------------------------------------------------------------------------- robustness
