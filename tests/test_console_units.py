@@ -161,6 +161,57 @@ def test_tries_of_a_parallel_group_overlap() -> None:
     ]
 
 
+async def test_S15_a_member_cancelled_in_flight_is_cut_off_not_failed_as_the_cli_shows_it() -> (
+    None
+):
+    """A ``Parallel`` member whose act was cancelled while it ran (a sibling
+    failed) is journaled CANCELLED: its effect is uncertain, and it is
+    compensated like a completed act. It did not fail: the console's
+    timeline, its summary and ``show --mermaid`` all show it cut off."""
+    from fallback_saga import MemorySagaStore, Parallel, Saga, SagaContext, SagaFailed
+    from fallback_saga.cli.mermaid import mermaid_gantt
+    from fallback_saga.console.pages import _summary_card
+
+    entered = asyncio.Event()
+
+    class Slow:
+        async def act(self, context: object) -> None:
+            entered.set()
+            await asyncio.Event().wait()  # cancelled here, when its sibling fails
+
+        async def compensate(self, context: object) -> None:
+            pass
+
+    class Fails:
+        async def act(self, context: object) -> None:
+            await entered.wait()
+            raise RuntimeError("no stock")
+
+        async def compensate(self, context: object) -> None:
+            pass
+
+    class Ctx(SagaContext):
+        pass
+
+    class Group(Saga[Ctx]):
+        steps = [Parallel(Slow, Fails)]
+
+    store = MemorySagaStore()
+    with pytest.raises(SagaFailed):
+        await Group(store=store).run(Ctx(), saga_id="g")
+    saga = await store.load("g")
+    assert [e.status for e in saga.history if e.step == "Slow" and e.action == "act"] == [
+        StepStatus.STARTED, StepStatus.CANCELLED,
+    ]
+    bars = bars_of(saga, NOW)
+    assert [(b.step, b.outcome) for b in bars if b.action == "act"] == [
+        ("Slow", "interrupted"), ("Fails", "failed"),
+    ]
+    assert "Slow (cut off)" in mermaid_gantt(saga)
+    summary = _summary_card(saga, bars, NOW)
+    assert "<dt>Acts</dt><dd>0 completed, 1 failed</dd>" in summary, summary  # Fails only
+
+
 def test_a_try_left_open_in_a_final_saga_ends_at_the_next_row() -> None:
     saga = record(
         SagaStatus.COMPENSATED,

@@ -16,8 +16,14 @@ __all__ = ["Bar", "bars_json", "bars_of", "timeline_svg"]
 # Outcomes of a try: its terminal row, or why it has none.
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"
-INTERRUPTED: Final = "interrupted"  # cut off (a crash): a later row, or a final status, ended it
+# Cut off: a crash (a later row, or a final status, ended it), or a group
+# member cancelled while it ran (CANCELLED: its effect is uncertain, and it
+# is compensated) — an outcome the journal does not know, not a failure.
+INTERRUPTED: Final = "interrupted"
 RUNNING: Final = "running"  # no outcome yet: the saga is still in flight
+
+
+_OUTCOMES: Final = {StepStatus.COMPLETED: COMPLETED, StepStatus.CANCELLED: INTERRUPTED}
 
 
 @dataclass(slots=True)
@@ -65,7 +71,7 @@ def bars_of(record: SagaRecord, now: float) -> list[Bar]:
         else:
             bar = found[0]
         bar.end = max(bar.start, entry.at)
-        bar.outcome = COMPLETED if entry.status is StepStatus.COMPLETED else FAILED
+        bar.outcome = _OUTCOMES.get(entry.status, FAILED)
         bar.error = entry.error
     for bar, index in running.values():
         if record.status.is_final:
