@@ -200,7 +200,9 @@ Hook = Callable[..., Any]
 
 def listener_tuple(listeners: Iterable[object]) -> tuple[object, ...]:
     """``listeners`` as given to a saga, a breaker or recovery, checked (see
-    ``collect_hooks``); one listener not in a list is refused by name."""
+    ``collect_hooks``); one listener not in a list is refused by name. A
+    listener listed twice is kept once (in its first place): each transition
+    is told to each listener once."""
     if not isinstance(listeners, Iterable) or any(
         hasattr(listeners, name) for name in HOOK_NAMES
     ):
@@ -209,7 +211,10 @@ def listener_tuple(listeners: Iterable[object]) -> tuple[object, ...]:
             f"listeners takes a list of listener instances, e.g. listeners=[{kind}()], "
             f"got a {kind}"
         )
-    return tuple(listeners)
+    kept: dict[int, object] = {}  # by identity: a listener need not be hashable
+    for listener in listeners:
+        kept.setdefault(id(listener), listener)
+    return tuple(kept.values())
 
 
 def collect_hooks(listeners: Iterable[object], name: str) -> tuple[Hook, ...]:

@@ -172,6 +172,30 @@ async def test_every_listener_is_called_in_the_order_given() -> None:
     assert calls == ["1:A", "2:A", "1:B", "2:B"]
 
 
+async def test_a_listener_given_twice_is_told_each_transition_once() -> None:
+    """One listener object listed twice (say, the application's tracer added by
+    two layers of set-up) hears each transition once: twice would open two
+    spans for one run and count every metric double."""
+    calls: list[str] = []
+
+    class Counting:
+        def step_completed(self, saga_id: str, step: str) -> None:
+            calls.append(step)
+
+        def breaker_state_changed(self, breaker: str, old: str, new: str) -> None:
+            calls.append(f"{breaker}:{new}")
+
+    counting = Counting()
+    saga = declare(Probe("A", []), Probe("B", []))(listeners=[counting, counting])
+    await saga.run(OrderCtx())
+    assert calls == ["A", "B"]
+    assert saga.listeners == (counting,)
+
+    breaker = CircuitBreaker(name="cards", listeners=[counting, counting])
+    breaker.open()
+    assert calls[2:] == ["cards:open"]
+
+
 async def test_duck_typed_listener_needs_only_the_hooks_it_wants() -> None:
     finished: list[SagaStatus] = []
 
