@@ -106,7 +106,8 @@ class SagaListener:
         its STARTED record is durable. Also told, right before ``step_failed``,
         for a try its circuit breaker rejected or that was cancelled in its
         write-ahead; never for a try whose STARTED the store refused (that
-        act is not called: the run stops, ``saga_interrupted``)."""
+        act is not called: the run stops, ``saga_interrupted``), and then no
+        ``step_failed`` is told of it either."""
 
     def step_completed(self, saga_id: str, step: str) -> None:
         """A step's ``act`` returned; the step is on the compensation stack."""

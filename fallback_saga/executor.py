@@ -734,11 +734,16 @@ class Execution(UnwindingRun):
                 raise
             except BaseException as error:
                 restore_step(context, snapshot)
-                if hooks.step_started and not cursor.active:
+                told = True
+                if not cursor.active:
                     # Stopped before the call was announced: rejected by the
                     # breaker, or cancelled in the write-ahead. The journal
-                    # records the attempt (STARTED, then FAILED): told so too.
-                    emit(hooks.step_started, self.saga_id, branch.name, attempt)
+                    # records the attempt (STARTED, then FAILED): told so too —
+                    # unless that write-ahead failed as well, and the journal
+                    # will never hold the attempt (the run stops: see _flush).
+                    told = self.interruption is None
+                    if told and hooks.step_started:
+                        emit(hooks.step_started, self.saga_id, branch.name, attempt)
                 if lane is not None:
                     cursor.active = False  # the lane's cursor (act_failed resets the run's)
                     if lane.called and isinstance(error, asyncio.CancelledError):
@@ -746,7 +751,7 @@ class Execution(UnwindingRun):
                         if hooks.step_failed:  # as for any try that did not complete
                             emit(hooks.step_failed, self.saga_id, branch.name, error)
                         raise
-                self.act_failed(branch, attempt, error)
+                self.act_failed(branch, attempt, error, told)
                 retry = branch.retry
                 if (
                     retry is None
@@ -768,13 +773,16 @@ class Execution(UnwindingRun):
                 emit(hooks.step_completed, self.saga_id, branch.name)
             return response
 
-    def act_failed(self, branch: Branch, attempt: int, error: BaseException) -> None:
+    def act_failed(
+        self, branch: Branch, attempt: int, error: BaseException, told: bool = True
+    ) -> None:
         # A function of its own so that no frame local of the retry loop keeps
         # the error alive (error -> traceback -> frame -> error is a cycle the
         # garbage collector would have to find, for every failed step).
         # ``active`` is still set if the act was called (its callers reset it
         # here, not before): a cancellation that landed in the write-ahead
-        # called nothing.
+        # called nothing. ``told``: the listeners heard this try start (see
+        # try_branch), and hear it fail.
         called = self.active
         self.active = False
         if called and self.resumed and error.__class__ is not _CancelledError:
@@ -795,7 +803,7 @@ class Execution(UnwindingRun):
                  f"{type(error).__name__}: {text}" if text else type(error).__name__, _now(),
                  None)
             )
-        if self.hooks.step_failed:
+        if told and self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
 
     def _falls_back(self, plan: FallbackPlan, failed: Branch, error: BaseException) -> bool:

@@ -233,13 +233,21 @@ async def test_a_store_that_refuses_the_creation_is_announced_as_interrupted(
 
 
 class Starts(SagaListener):
-    """The ``step_started`` announcements, as (step, attempt)."""
+    """The ``step_started`` announcements, as (step, attempt), and the
+    outcomes told of them."""
 
     def __init__(self) -> None:
         self.starts: list[tuple[str, int]] = []
+        self.outcomes: list[str] = []
 
     def step_started(self, saga_id: str, step: str, attempt: int) -> None:
         self.starts.append((step, attempt))
+
+    def step_completed(self, saga_id: str, step: str) -> None:
+        self.outcomes.append(step)
+
+    def step_failed(self, saga_id: str, step: str, error: BaseException) -> None:
+        self.outcomes.append(step)
 
 
 STARTS_SHAPE = Shape(
@@ -259,7 +267,7 @@ def _journal_starts(record: Any) -> Counter[tuple[str, int]]:
     )
 
 
-@pytest.mark.parametrize("kind", ["outage", "in_doubt_outage", "cancel"])
+@pytest.mark.parametrize("kind", ["outage", "in_doubt_outage", "cancel", "cancel_outage"])
 @pytest.mark.parametrize("at", range(8))
 async def test_S13_a_step_start_is_announced_only_once_its_started_record_is_durable(
     at: int, kind: FaultKind
@@ -285,6 +293,8 @@ async def test_S13_a_step_start_is_announced_only_once_its_started_record_is_dur
     record = await journal_of(inner, "o")
     announced = Counter(listener.starts)
     journal = _journal_starts(record)
+    # every try told started is told completed or failed, and no other
+    assert Counter(step for step, _ in listener.starts) == Counter(listener.outcomes)
     if kind == "cancel":  # the store stays up: the journal ends holding every STARTED
         assert announced == journal, (announced, journal)
         return
