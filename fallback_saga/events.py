@@ -21,6 +21,16 @@ pair and reset it in the second):
 * every ``step_call_started`` is followed by one ``step_call_finished`` for
   the same ``StepCall``, in the same task, with nothing awaited in between
   but the step's own ``act``/``compensate``.
+
+What the hooks say against the journal (the truth, S13): a hook that starts
+a call (``step_started``, ``compensation_started``, ``step_call_started``)
+is told once the call's STARTED record is durable — a call the store
+refused is never made, nor told. An outcome (``step_completed``,
+``step_failed``, ``fallback_taken``, ``compensation_completed``/``failed``)
+is told as it happens in this process; its row reaches the journal with the
+run's next write. A run the journal stops (``saga_interrupted``) may have
+told an outcome the journal never got: its resumption, which redoes what the
+journal does not hold, tells it again.
 """
 
 from __future__ import annotations
