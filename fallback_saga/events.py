@@ -40,14 +40,14 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from .errors import SagaInterrupted
+from .errors import ContextSerializationError, SagaAlreadyExists, SagaInterrupted
 from .log_lines import library_logger, one_line
 from .status import SagaStatus
 from .step import StepInfo
 
 __all__ = [
     "HOOK_NAMES", "Hooks", "LoggingListener", "SagaListener", "StepCall", "listener_tuple",
-    "status_if_landed",
+    "refused_at_creation", "status_if_landed",
 ]
 
 _log = library_logger("fallback_saga")
@@ -105,7 +105,11 @@ class SagaListener:
         caller gets. When that last write is in doubt (it may have landed
         unseen), the journal may hold another status: ``status_if_landed(status,
         error)`` says which — report both, not ``status`` alone. The saga is
-        left for recovery."""
+        left for recovery — unless the store refused to create it
+        (``refused_at_creation(status, error)``: its id is another saga's, or
+        it cannot hold the context; a durable store says so only at the run's
+        first write): then nothing of this run was journaled, and nothing is
+        left."""
 
     def saga_resumed(self, saga_id: str, saga_name: str) -> None:
         """The run that just started (``saga_started``, called right before) is a
@@ -174,6 +178,14 @@ class SagaListener:
     def breaker_state_store_failed(self, breaker: str, error: BaseException) -> None:
         """A breaker's shared ``state_store`` raised; the breaker goes on with its
         local state. Reported at most once per ``sync_interval`` per breaker."""
+
+
+def refused_at_creation(status: SagaStatus | None, error: BaseException | None) -> bool:
+    """For ``saga_interrupted(status, error)``: the store refused to create
+    the saga (``SagaAlreadyExists``: the id is another saga's, which this
+    run never touched; ``ContextSerializationError``), so the run left
+    nothing in the journal — no saga to recover, no step run."""
+    return status is None and isinstance(error, SagaAlreadyExists | ContextSerializationError)
 
 
 def status_if_landed(status: SagaStatus | None, error: BaseException | None) -> SagaStatus | None:
@@ -326,6 +338,11 @@ class LoggingListener(SagaListener):
     def saga_interrupted(
         self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
     ) -> None:
+        if refused_at_creation(status, error):
+            self._write(logging.WARNING, "saga %s %s refused by the store before any step ran "
+                        "(%s: %s); nothing was journaled", saga_name, saga_id,
+                        type(error).__name__, error)
+            return
         held = "nothing" if status is None else status.value
         landed = status_if_landed(status, error)
         if landed is not None:

@@ -48,7 +48,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 from . import __version__
 from .breaker import CircuitOpenError
-from .events import SagaListener, StepCall, status_if_landed
+from .events import SagaListener, StepCall, refused_at_creation, status_if_landed
 from .status import SagaStatus
 
 __all__ = ["OpenTelemetryListener"]
@@ -62,6 +62,7 @@ SAGA_STATUS = "fallback_saga.saga.status"
 SAGA_RESUMED = "fallback_saga.saga.resumed"
 SAGA_INTERRUPTED = "fallback_saga.saga.interrupted"
 SAGA_STATUS_IN_DOUBT = "fallback_saga.saga.status_in_doubt"
+SAGA_REFUSED = "fallback_saga.saga.refused"
 STEP = "fallback_saga.step.name"
 BRANCH = "fallback_saga.step.branch"
 ACTION = "fallback_saga.step.action"
@@ -291,6 +292,16 @@ class OpenTelemetryListener(SagaListener):
         if run is None:
             return
         span = run.span
+        if error is not None and refused_at_creation(status, error):
+            # The store refused to create the saga (its id is taken): nothing
+            # of this run is in the journal, nor left for recovery — no
+            # interrupted saga to count.
+            span.set_attribute(SAGA_REFUSED, True)
+            span.set_status(StatusCode.ERROR, f"refused: {_describe(error)}")
+            span.record_exception(error)
+            run.detach()
+            span.end()
+            return
         span.set_attribute(SAGA_INTERRUPTED, True)
         landed = status_if_landed(status, error)
         if landed is not None:

@@ -38,6 +38,7 @@ from fallback_saga import (
     MemorySagaStore,
     RecoveryWorker,
     RetryPolicy,
+    SagaAlreadyExists,
     SagaContext,
     SagaError,
     SagaFailed,
@@ -528,6 +529,24 @@ async def test_S13_a_log_line_never_states_a_status_the_journal_may_not_hold(
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert ("the journal says running (or completed, if its last write landed unseen)"
             in text), text
+
+
+async def test_S13_a_run_refused_for_a_taken_id_is_not_logged_as_left_for_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A durable store refuses a taken saga id at the run's first write: the
+    run is told interrupted with nothing journaled. The other saga, with
+    that id, is none of this run's: nothing is left for recovery."""
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        saga = declare(Probe("Reserve", []))(store=store, listeners=[LoggingListener()])
+        await saga.run(OrderCtx(), saga_id="taken")
+        with caplog.at_level(logging.WARNING, logger="fallback_saga"), pytest.raises(
+            SagaAlreadyExists
+        ):
+            await saga.run(OrderCtx(), saga_id="taken")
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "saga TestSaga taken refused by the store before any step ran" in text, text
+    assert "left for recovery" not in text, text
 
 
 class FallbackOnly:

@@ -59,6 +59,7 @@ from fallback_saga import (  # noqa: E402
     Parallel,
     RetryPolicy,
     Saga,
+    SagaAlreadyExists,
     SagaContext,
     SagaFailed,
     SagaInterrupted,
@@ -781,6 +782,33 @@ async def test_S13_a_span_never_claims_a_status_the_journal_may_not_hold(
     assert tuple(attributes["fallback_saga.saga.status_in_doubt"]) == (
         stopped.value.status.value if stopped.value.status else "none", held.value
     )
+
+
+async def test_S13_a_run_refused_for_a_taken_id_is_no_interrupted_saga(
+    telemetry: Telemetry, db: Path
+) -> None:
+    """A durable store learns that a saga id is taken only at the run's first
+    write: the run was announced, then refused (``SagaAlreadyExists``) —
+    nothing of it was journaled, and nothing is left for recovery. Its span
+    says refused, not interrupted, and no saga is counted interrupted: the
+    journal holds the other saga, completed."""
+    async with SQLiteSagaStore(db) as store:
+        saga = declare(Probe("Reserve", []))(store=store, listeners=[telemetry.listener])
+        await saga.run(OrderCtx(), saga_id="taken")
+        with pytest.raises(SagaAlreadyExists):
+            await saga.run(OrderCtx(), saga_id="taken")
+        assert (await store.load("taken")).status is SagaStatus.COMPLETED
+
+    _completed, refused = (span for span in telemetry.spans() if span.name == "run TestSaga")
+    attributes = refused.attributes or {}
+    assert "fallback_saga.saga.interrupted" not in attributes, attributes
+    assert attributes["fallback_saga.saga.refused"] is True
+    assert (refused.status.description or "").startswith("refused: SagaAlreadyExists")
+    assert telemetry.metric("fallback_saga.saga.interrupted") == {}
+    assert telemetry.metric("fallback_saga.saga.finished") == {
+        attrs(saga_name="TestSaga", status="completed"): 1
+    }
+    assert telemetry.metric("fallback_saga.saga.active") == {attrs(saga_name="TestSaga"): 0}
 
 
 # --------------------------------------------------------------------------- robustness
