@@ -135,6 +135,7 @@ class UnwindingRun(JournaledRun):
     image: Any  # the context as the current step began; once finished, frozen
     branch_errors: dict[str, BaseException] | None  # of a failed group, by member
     left_undone: dict[str, BaseException] | None  # see leave_undone
+    shape: Any  # a compact journal's plan shape (Execution.run_plain's), else None
 
     # ------------------------------------------------------------------ ending short of done
 
@@ -173,7 +174,9 @@ class UnwindingRun(JournaledRun):
             raise
         if self.interruption is not None:
             raise self._interrupted(self.interruption, failure=error)
-        self._announce_finish(error)
+        hooks = self.hooks
+        if hooks.saga_finished or hooks.saga_interrupted:  # no call when nobody listens
+            self._announce_finish(error)
         try:
             raise SagaFailed(
                 saga_id=self.saga_id,
@@ -341,8 +344,13 @@ class UnwindingRun(JournaledRun):
                 final = _SAGA_FAILED if errors else _COMPENSATED
                 if self.live:
                     self.status = final
-                    self.image = freeze_context(self.context)
-                    self.store.finished(self)  # type: ignore[attr-defined]
+                    # A run_plain run's (a compact journal) is retired as one
+                    # that completed is; any other is frozen and handed over.
+                    if self.shape is None or not self.store.retire_run(  # type: ignore[attr-defined]
+                        self, self.context, final
+                    ):
+                        self.image = freeze_context(self.context)
+                        self.store.finished(self)  # type: ignore[attr-defined]
                 else:
                     self.pending_status = final
                     await self.flush(unwinding=True)
@@ -385,7 +393,10 @@ class UnwindingRun(JournaledRun):
             if hooks.compensation_started:
                 emit(hooks.compensation_started, self.saga_id, branch.name, attempt)
             self.active = True
-            call = self._call_started(branch, "compensate", attempt)
+            # (No call at all when nobody listens: twice per failed saga of three.)
+            call = self._call_started(branch, "compensate", attempt) if (
+                hooks.step_call_started or hooks.step_call_finished
+            ) else None
             try:
                 if branch.timeout is None:
                     returned = await branch.compensate(self.context)

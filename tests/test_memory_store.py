@@ -10,7 +10,16 @@ import time
 from typing import Any
 
 import pytest
-from helpers_saga import Blocker, Boom, OrderCtx, Probe, Trace, declare, reached
+from helpers_saga import (
+    Blocker,
+    Boom,
+    OrderCtx,
+    Probe,
+    SleepRecorder,
+    Trace,
+    declare,
+    reached,
+)
 
 from fallback_saga import (
     CircuitBreaker,
@@ -18,6 +27,7 @@ from fallback_saga import (
     JournalEntry,
     MemorySagaStore,
     Response,
+    RetryPolicy,
     Saga,
     SagaAlreadyExists,
     SagaContext,
@@ -486,6 +496,58 @@ async def test_a_saga_retired_from_the_lean_path_reads_back_like_any_other(
     summary = (await store.list_sagas(limit=1))[0]
     assert (summary.saga_id, summary.status) == ("lean-5", SagaStatus.COMPLETED)
     assert summary.updated_at == (await store.load("lean-5")).updated_at
+
+
+@pytest.mark.parametrize("context_type", [_FlatCtx, _SlottedCtx, _ListCtx])
+@pytest.mark.parametrize("undo_fails", [False, True])
+async def test_S7_S13_a_lean_saga_that_unwound_reads_back_like_any_other(
+    context_type: type, undo_fails: bool
+) -> None:
+    # A lean saga (Execution.run_plain) that fails is unwound, then retired
+    # like one that completed (MemorySagaStore.retire_run, given its final
+    # status) when its context is flat; other contexts go the general way.
+    # Its record must hold the status the caller got and the clock reading of
+    # its last row, the unwinding's.
+    def charge(ctx: Any) -> None:
+        ctx.amount = 12
+
+    store = MemorySagaStore(max_finished=3)
+    saga = declare(
+        Probe("Reserve", [], response="r-1", comp_error=Boom if undo_fails else None),
+        Probe("Charge", [], mutate=charge, error=Boom),
+        context=context_type, name="Lean",
+    )(store=store, compensation_retry=RetryPolicy(attempts=2, sleep=SleepRecorder()))
+    assert saga._runs_plain
+    final = SagaStatus.FAILED if undo_fails else SagaStatus.COMPENSATED
+    for n in range(5):
+        with pytest.raises(SagaFailed) as failed:
+            await saga.run(context_type(order_id=f"o-{n}"), saga_id=f"unwound-{n}")
+        assert failed.value.status is final
+
+    assert len(store) == 3
+    with pytest.raises(SagaNotFound):
+        await store.load("unwound-1")
+    for n in range(2, 5):
+        record = await store.load(f"unwound-{n}")
+        assert record.status is final
+        assert record.saga_name == "Lean"
+        assert rows(record) == [
+            ("Reserve", "act", STARTED), ("Reserve", "act", COMPLETED),
+            ("Charge", "act", STARTED), ("Charge", "act", FAILED),
+            *(
+                [("Reserve", "compensate", STARTED), ("Reserve", "compensate", FAILED)] * 2
+                if undo_fails
+                else [("Reserve", "compensate", STARTED), ("Reserve", "compensate", COMPLETED)]
+            ),
+        ]
+        assert record.history[1].result == '"r-1"'
+        # Charge's act failed: its change was rolled back (S2)
+        assert record.context == context_type(order_id=f"o-{n}").to_dict()
+        assert record.created_at <= record.history[0].at <= record.updated_at
+        assert record.updated_at == record.history[-1].at
+    summary = (await store.list_sagas(limit=1))[0]
+    assert (summary.saga_id, summary.status) == ("unwound-4", final)
+    assert summary.updated_at == (await store.load("unwound-4")).updated_at
 
 
 async def test_a_lean_saga_shows_its_journal_while_it_runs() -> None:

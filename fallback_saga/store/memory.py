@@ -88,12 +88,15 @@ class MemorySagaStore:
             while len(finished) > self.max_finished:
                 sagas.pop(finished.popleft(), None)
 
-    def retire_run(self, saga: LiveSaga, context: object) -> bool:
-        """``finished``, for a saga of this process that COMPLETED through
-        ``Execution.run_plain``, whose final ``context`` nobody has frozen
-        yet: a flat one of atomic values goes into the record straight from
-        its ``__dict__`` (what ``freeze_context`` makes, without its call or
-        ``finished``'s three: 2-4 % of such a saga). False when the context
+    def retire_run(
+        self, saga: LiveSaga, context: object, status: SagaStatus | None = None
+    ) -> bool:
+        """``finished``, for a saga of this process run by
+        ``Execution.run_plain`` (its journal compact) that COMPLETED — or
+        ended ``status``, once unwound — whose final ``context`` nobody has
+        frozen yet: a flat one of atomic values goes into the record straight
+        from its ``__dict__`` (what ``freeze_context`` makes, without its call
+        or ``finished``'s three: 2-4 % of such a saga). False when the context
         is not such a one: the caller freezes it and calls ``finished``."""
         saga_id = saga.saga_id
         sagas = self._sagas
@@ -106,13 +109,17 @@ class MemorySagaStore:
                 map(type, (state := context.__dict__).values())
             ):
                 return False
-            # run_plain's journal is compact; it ends with a COMPLETED reading
             journal: list[Any] = saga.journal
             results = saga.results  # type: ignore[attr-defined]
+            # A completed run's journal ends with a COMPLETED reading, an
+            # unwound one's with a whole row.
+            last = journal[-1]
             # freeze_context's flat tuple, made here from the state it reads
             sagas[saga_id] = _COMPACT_BUILDERS[len(results)](
-                saga.saga_name, saga.fingerprint, _COMPLETED_VALUE, saga.created_at,
-                journal[-1], len(journal), saga.shape, journal, results,  # type: ignore[attr-defined]
+                saga.saga_name, saga.fingerprint,
+                _COMPLETED_VALUE if status is None else _STATUS_VALUE[status], saga.created_at,
+                last if last.__class__ is float else last[7], len(journal),
+                saga.shape, journal, results,  # type: ignore[attr-defined]
                 _FROZEN, (index, len(state), *state, *state.values()),
             )
             # _retire, inlined
