@@ -41,10 +41,11 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from .. import errors
 from ..errors import SagaStoreError
@@ -143,7 +144,10 @@ def child_command() -> list[str]:
     return [sys.executable, "-I", "-c", code]
 
 
-class _Pipe(asyncio.SubprocessProtocol):
+class _Pipe:
+    """The loop's ends of one child's pipes, as one: what the child says (fd
+    1), a pipe that breaks (fd 0 or 1), and the child's exit."""
+
     def __init__(self, owner: WriterProcess) -> None:
         self.owner = owner
         self.reader = FrameReader()
@@ -161,6 +165,90 @@ class _Pipe(asyncio.SubprocessProtocol):
         self.owner.lost(self, None)
         if not self.exited.done():
             self.exited.set_result(None)
+
+
+class _End(asyncio.Protocol):
+    """One pipe's protocol: tells the ``_Pipe`` which end spoke."""
+
+    def __init__(self, pipe: _Pipe, fd: int) -> None:
+        self.pipe = pipe
+        self.fd = fd
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.pipe_data_received(self.fd, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.pipe_connection_lost(self.fd, exc)
+
+
+class _Child:
+    """The writer process and the loop's transports of its pipes (what
+    ``loop.subprocess_exec`` gives, made by hand).
+
+    Why by hand: a start that the loop's shutdown cancels half-way (an
+    ``asyncio.run`` that returns while a saga's first write waits for the
+    child) must end. ``subprocess_exec`` connects the pipes in a task of its
+    own, which the shutdown cancels too, and then waits for ever for the
+    child's exit (CPython 3.11 and 3.12: python/cpython#125502): the
+    shutdown, and the thread that called ``asyncio.run``, would hang. Here
+    the child is started by ``subprocess.Popen`` (as ``subprocess_exec`` does,
+    on the loop's thread) and each pipe is connected by a plain call that a
+    cancellation leaves with nothing to wait for. A thread of the child's own
+    reaps it and tells the loop (as asyncio's threaded child watcher does)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pipes: dict[int, asyncio.BaseTransport] = {}
+        self.closed = False
+
+    @classmethod
+    def spawn(cls) -> _Child:
+        """Start the child (on the loop's thread, as ``subprocess_exec`` does:
+        a fork and an exec, no wait for the child to get going)."""
+        return cls(subprocess.Popen(
+            child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, bufsize=0
+        ))
+
+    def watch(self, loop: asyncio.AbstractEventLoop, exited: Callable[[], None]) -> None:
+        """Reap the child when it exits, then call ``exited`` on ``loop`` (not
+        if that loop has closed meanwhile: nobody there to tell)."""
+
+        def reap() -> None:
+            self.popen.wait()
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(exited)
+
+        threading.Thread(target=reap, name="fallback_saga-sqlite-reaper", daemon=True).start()
+
+    def get_pid(self) -> int:
+        return self.popen.pid
+
+    def get_returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def get_pipe_transport(self, fd: int) -> asyncio.BaseTransport | None:
+        return self.pipes.get(fd)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):  # exited (and reaped) already
+            self.popen.kill()
+
+    def close(self, *, kill: bool = True) -> None:
+        """Close our ends of the pipes and (``kill``) kill the child if it
+        still runs, as a subprocess transport's ``close`` does."""
+        if self.closed:
+            return
+        self.closed = True
+        for pipe in self.pipes.values():
+            with contextlib.suppress(RuntimeError):  # a closed loop refuses
+                pipe.close()
+        for end in (self.popen.stdin, self.popen.stdout):
+            if end is not None and not any(  # a pipe never connected
+                pipe.get_extra_info("pipe") is end for pipe in self.pipes.values()
+            ):
+                end.close()
+        if kill and self.popen.poll() is None:
+            self.kill()
 
 
 class WriterProcess:
@@ -182,7 +270,7 @@ class WriterProcess:
         self.waiting: dict[int, list[asyncio.Future[Any]]] = {}
         self.batches = 0
         self.scheduled = False
-        self.transport: asyncio.SubprocessTransport | None = None
+        self.transport: _Child | None = None
         self.pipe: _Pipe | None = None
         self.stdin: asyncio.WriteTransport | None = None
         self.starting: asyncio.Task[None] | None = None
@@ -253,6 +341,23 @@ class WriterProcess:
         # child and keep the context they were made in, which must not be a
         # saga's (its cursor, its context's values).
         self.starting = self.loop.create_task(self._start(), context=contextvars.Context())
+        self.starting.add_done_callback(self._start_ended)
+
+    def _start_ended(self, task: asyncio.Task[None]) -> None:
+        """The start was cancelled (perhaps before its first line): the
+        loop is closing (``asyncio.run`` returned with a saga still writing).
+        The writes waiting were never sent: they fail, certainly not written,
+        or their sagas (their futures refuse cancellation) would hold up the
+        loop's shutdown for ever. Not "broken": the next start may work."""
+        if not task.cancelled():
+            return
+        if self.starting is task:
+            self.starting = None
+        self._fail(self.pending, SagaStoreError(
+            f"SQLite saga store {self.path}: the event loop stopped before the writer "
+            f"process started (nothing of these writes was sent)"
+        ))
+        self.pending = []
 
     def abandon(self) -> None:
         """Stop the child at once (the store was closed from another loop, or
@@ -270,21 +375,27 @@ class WriterProcess:
             transport.close()  # kills the child if it still runs
 
     async def _start(self) -> None:
-        transport: asyncio.SubprocessTransport | None = None
+        child: _Child | None = None
         try:
-            transport, pipe = await self.loop.subprocess_exec(
-                lambda: _Pipe(self), *child_command(),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            child = _Child.spawn()
+            pipe = _Pipe(self)
+            child.watch(self.loop, pipe.process_exited)
+            popen = child.popen
+            assert popen.stdin is not None
+            assert popen.stdout is not None
+            child.pipes[1], _ = await self.loop.connect_read_pipe(
+                lambda: _End(pipe, 1), popen.stdout
             )
             # A write transport by what it does: uvloop's pipes are no
             # subclasses of asyncio.WriteTransport.
-            stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+            stdin, _ = await self.loop.connect_write_pipe(lambda: _End(pipe, 0), popen.stdin)
+            child.pipes[0] = stdin
             opening = frame(("open", *self.opening))
         except Exception as error:
             # Whatever failed, the writes waiting must hear of it: a future
             # left unsettled would hang its saga (it refuses cancellation).
-            if transport is not None:
-                transport.close()  # kills the child if it runs
+            if child is not None:
+                child.close()  # kills the child if it runs
             failure = SagaStoreError(
                 f"SQLite saga store {self.path}: cannot start the writer process: "
                 f"{type(error).__name__}: {error}"
@@ -293,9 +404,14 @@ class WriterProcess:
             self._fail(self.pending, failure)
             self.pending = []
             return
+        except BaseException:
+            # Cancelled (the loop is closing): _start_ended fails the writes.
+            if child is not None:
+                child.close()
+            raise
         finally:
             self.starting = None
-        self.transport, self.pipe, self.stdin = transport, pipe, stdin
+        self.transport, self.pipe, self.stdin = child, pipe, stdin
         self.answering = False
         self.ready = self.loop.create_future()
         stdin.write(opening)
@@ -404,8 +520,8 @@ class WriterProcess:
             if pipe is not None:
                 _unplug(pipe)
         if loop_closed:
-            with contextlib.suppress(RuntimeError):  # the closed loop refuses the rest
-                transport.close()
+            # Not killed: it commits what it has, sees the end of its input and exits.
+            transport.close(kill=False)
 
     def pid(self) -> int | None:
         return None if self.transport is None else self.transport.get_pid()

@@ -1,0 +1,123 @@
+"""Sagas whose event loop ends under them: a sync web app's ``asyncio.run``
+per request that returns while a saga it started is still writing its
+journal (a background task, a handler that gave up), and the next request
+on a new loop, with the one module-level store.
+
+The rules held are S8 and S13: the loop's shutdown (which cancels every task
+left) ends — nothing waits for ever on a write or a writer that this loop
+can no longer answer — and the journal is the truth afterwards: no step ran
+that the journal does not hold as started, recovery on a later loop ends
+every saga, and no completed step of a compensated saga is left without its
+compensation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_ledger import Ctx, ledger_saga
+
+from fallback_saga import SagaStatus, SQLiteSagaStore, recover
+from fallback_saga.errors import SagaNotFound
+
+WRITERS = ["thread", "inline", "process"]
+# Loop turns the request gives its saga before it returns: 0 and 1 end the
+# loop while the first write waits (for the writer process: while it starts).
+TURNS = [0, 1, 2, 3, 5, 8, 13, 30]
+
+
+def ends(run: Callable[[], Coroutine[Any, Any, Any]], seconds: float = 60.0) -> None:
+    """``asyncio.run(run())`` in a thread of its own, as a sync web app's
+    request does; fails (instead of hanging the suite) unless it returns."""
+    failure: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as error:  # reported below, in the test's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "asyncio.run never returned: the loop's shutdown hangs"
+    assert not failure, failure
+
+
+def _journal_is_the_truth(
+    store: SQLiteSagaStore, ledger: list[tuple[str, str]], saga_ids: list[str]
+) -> None:
+    async def check() -> None:
+        for saga_id in saga_ids:
+            ran = [step for sid, step in ledger if sid == saga_id]
+            try:
+                record = await store.load(saga_id)
+            except SagaNotFound:
+                assert ran == [], f"{saga_id}: {ran} ran, and the journal has no saga"
+                continue
+            assert record.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED), (
+                saga_id, record.status)
+            started = [
+                e.step for e in record.history if e.action == "act" and e.status.value == "started"
+            ]
+            acts = [step for step in ran if not step.startswith("undo-")]
+            for step in set(acts):
+                assert acts.count(step) <= started.count(step), (
+                    f"{saga_id}: {step} ran {acts.count(step)} time(s), "
+                    f"the journal started it {started.count(step)}")
+            if record.status is SagaStatus.COMPENSATED:
+                done = {
+                    e.step for e in record.history
+                    if e.action == "act" and e.status.value == "completed"
+                }
+                for step in done:
+                    assert f"undo-{step}" in ran, f"{saga_id}: {step} completed, never compensated"
+
+    ends(check)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the writer process needs POSIX pipes")
+@pytest.mark.parametrize("writer", WRITERS)
+def test_S13_a_loop_that_ends_with_a_saga_mid_write_ends_and_the_journal_stays_the_truth(
+    tmp_path: Path, writer: str
+) -> None:
+    """One store for every request; each request starts its saga in a task
+    and returns after ``turns`` loop turns, so the loop's shutdown cancels
+    the saga wherever it is: its first write waiting for the writer process
+    to start, a write on its way, a step. Each ``asyncio.run`` returns; a
+    later loop recovers what was left; the ledger agrees with the journal."""
+    ledger: list[tuple[str, str]] = []
+    store = SQLiteSagaStore(tmp_path / "loops.db", writer=writer)
+    saga = ledger_saga(ledger)(store=store)
+    saga_ids: list[str] = []
+
+    def request(saga_id: str, turns: int) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:
+            asyncio.get_running_loop().create_task(
+                saga.run(Ctx(order_id=saga_id), saga_id=saga_id))
+            for _ in range(turns):
+                await asyncio.sleep(0)  # one loop turn: the saga goes on meanwhile
+            # Returning: asyncio.run cancels the saga and waits for it.
+
+        return run
+
+    for turns in TURNS:
+        saga_id = f"turns-{turns}"
+        saga_ids.append(saga_id)
+        ends(request(saga_id, turns))
+
+    async def afterwards() -> None:
+        await recover(store, [saga], older_than=0)
+        # The store still serves a request on a new loop.
+        await saga.run(Ctx(order_id="next"), saga_id="next")
+
+    ends(afterwards)
+    saga_ids.append("next")
+    _journal_is_the_truth(store, ledger, saga_ids)
+    ends(store.close)
