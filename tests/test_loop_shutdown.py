@@ -121,3 +121,62 @@ def test_S13_a_loop_that_ends_with_a_saga_mid_write_ends_and_the_journal_stays_t
     saga_ids.append("next")
     _journal_is_the_truth(store, ledger, saga_ids)
     ends(store.close)
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_S8_S13_a_compensation_the_loops_shutdown_interrupts_is_left_for_recovery_not_failed(
+    tmp_path: Path, writer: str
+) -> None:
+    """The request returns while its saga unwinds: asyncio.run's shutdown
+    cancels every task left, the unwinding's own (shielded) task too. The
+    compensation in progress did not fail, it was interrupted: the journal
+    must not say it failed (the saga FAILED, an operator's case) but leave
+    the saga COMPENSATING with that compensation started, for recovery on a
+    later loop to finish — each completed step compensated, nothing
+    compensated without its record, the saga COMPENSATED."""
+    ledger: list[tuple[str, str]] = []
+    undoing: list[asyncio.Event] = []  # set once S0's compensate has begun
+    blocked: list[bool] = [True]  # S0's compensate waits for ever, the first time
+
+    async def s1_fails(ctx: Ctx) -> None:
+        raise RuntimeError("the payment was declined")
+
+    class Saga2(ledger_saga(ledger, steps=2, S1=s1_fails)):  # type: ignore[misc]
+        name = "LedgerSaga"
+
+    original = Saga2.steps[0].compensate
+
+    async def compensate(self: Any, ctx: Ctx) -> None:
+        await original(self, ctx)
+        if blocked[0]:
+            undoing[0].set()
+            await asyncio.Event().wait()  # until the loop's shutdown cancels it
+
+    Saga2.steps[0].compensate = compensate
+    store = SQLiteSagaStore(tmp_path / "unwind.db", writer=writer)
+    saga = Saga2(store=store)
+
+    async def request() -> None:
+        undoing.append(asyncio.Event())
+        asyncio.get_running_loop().create_task(saga.run(Ctx(order_id="u"), saga_id="u"))
+        await undoing[0].wait()  # the unwinding is in S0's compensate: return
+
+    ends(request)
+    record: list[Any] = []
+
+    async def load() -> None:
+        record.append(await store.load("u"))
+
+    ends(load)
+    assert record[0].status is SagaStatus.COMPENSATING, [
+        (e.step, e.action, e.status.value, e.error) for e in record[0].history]
+    blocked[0] = False
+
+    async def afterwards() -> None:
+        report = await recover(store, [saga], older_than=0)
+        assert report.compensated == ["u"], report
+
+    ends(afterwards)
+    _journal_is_the_truth(store, ledger, ["u"])
+    assert ledger.count(("u", "undo-S0")) == 2  # interrupted, then done by recovery
+    ends(store.close)
