@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest_pg import require_driver
 from helpers_ledger import Ctx, ledger_saga
 
 from fallback_saga import SagaStatus, SQLiteSagaStore, recover
 from fallback_saga.errors import SagaNotFound
+
+pytest_plugins = ["conftest_pg"]
 
 WRITERS = ["thread", "inline", "process"]
 # Loop turns the request gives its saga before it returns: 0 and 1 end the
@@ -51,7 +54,7 @@ def ends(run: Callable[[], Coroutine[Any, Any, Any]], seconds: float = 60.0) -> 
 
 
 def _journal_is_the_truth(
-    store: SQLiteSagaStore, ledger: list[tuple[str, str]], saga_ids: list[str]
+    store: Any, ledger: list[tuple[str, str]], saga_ids: list[str]
 ) -> None:
     async def check() -> None:
         for saga_id in saga_ids:
@@ -82,10 +85,23 @@ def _journal_is_the_truth(
     ends(check)
 
 
+def _store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """One module-level store of ``kind``: an SQLite writer, or "postgres"
+    (on the session's throwaway cluster; skipped where it cannot start)."""
+    if kind != "postgres":
+        return SQLiteSagaStore(tmp_path / "loops.db", writer=kind)
+    require_driver()
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    conninfo = request.getfixturevalue("pg_conninfo")
+    schema = request.getfixturevalue("pg_schema")
+    return PostgresSagaStore(conninfo, schema=schema, min_size=1, max_size=2)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the writer process needs POSIX pipes")
-@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("kind", [*WRITERS, "postgres"])
 def test_S13_a_loop_that_ends_with_a_saga_mid_write_ends_and_the_journal_stays_the_truth(
-    tmp_path: Path, writer: str
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
     """One store for every request; each request starts its saga in a task
     and returns after ``turns`` loop turns, so the loop's shutdown cancels
@@ -93,7 +109,7 @@ def test_S13_a_loop_that_ends_with_a_saga_mid_write_ends_and_the_journal_stays_t
     to start, a write on its way, a step. Each ``asyncio.run`` returns; a
     later loop recovers what was left; the ledger agrees with the journal."""
     ledger: list[tuple[str, str]] = []
-    store = SQLiteSagaStore(tmp_path / "loops.db", writer=writer)
+    store = _store(kind, tmp_path, request)
     saga = ledger_saga(ledger)(store=store)
     saga_ids: list[str] = []
 
