@@ -665,3 +665,103 @@ async def test_retention_counts_a_child_unwound_by_its_parent_once() -> None:
             await saga.run(_UndoCtx(), saga_id=f"p-{n}")
     # Ten sagas finished (five parents, five children): the four newest are kept.
     assert sorted(store._sagas) == ["p-3", "p-3/_UndoneChild", "p-4", "p-4/_UndoneChild"]
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class _LooksTogether(dict):  # type: ignore[type-arg]
+    """The store's dict of sagas, instrumented: the first ``looks`` lookups
+    (``get``, ``in``, ``setdefault``), one per thread, wait for each other, so
+    that the threads look at once, before either writes — the overlap a GIL
+    switch makes now and then, made every time."""
+
+    def __init__(self, looks: int) -> None:
+        super().__init__()
+        self.barrier = __import__("threading").Barrier(looks, timeout=10)
+        self.waits = looks
+
+    def _together(self, looked: Any) -> Any:
+        if self.waits > 0:
+            self.waits -= 1
+            self.barrier.wait()  # looked: wait until the other thread has too
+        return looked
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._together(super().get(key, default))
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self._together(super().__contains__(key)))
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return self._together(super().setdefault(key, default))
+
+
+def _at_once(*work: Any) -> list[BaseException | None]:
+    """Each of ``work`` (coroutine functions) in an ``asyncio.run`` of its own
+    thread, as a sync web app's requests; what each raised."""
+    import threading
+
+    outcomes: list[BaseException | None] = [None] * len(work)
+
+    def request(index: int) -> None:
+        try:
+            asyncio.run(work[index]())
+        except BaseException as error:
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(len(work))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
+def test_S13_two_threads_running_one_saga_id_at_once_run_it_once() -> None:
+    """One module-level store; two threads (duplicate requests) start the
+    same saga id at the same moment. One runs it; the other is refused with
+    SagaAlreadyExists before any step — never two runs of which the journal
+    holds one (the other's acts unjournaled)."""
+    ran: list[str] = []
+
+    class Charge:
+        async def act(self, ctx: OrderCtx) -> None:
+            ran.append("charged")
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            pass
+
+    class Once(Saga[OrderCtx]):
+        steps = [Charge]
+
+    store = MemorySagaStore()
+    store._sagas = _LooksTogether(2)
+    saga = Once(store=store)
+
+    async def request() -> None:
+        await saga.run(OrderCtx(order_id="o"), saga_id="order-1")
+
+    outcomes = _at_once(request, request)
+    assert ran == ["charged"], outcomes
+    assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "SagaAlreadyExists"]
+
+
+def test_S13_two_threads_creating_one_saga_id_at_once_create_it_once() -> None:
+    """The SagaStore contract's ``create`` from two threads at once: one
+    creates, the other gets SagaAlreadyExists (its context is never
+    written over the first's)."""
+    store = MemorySagaStore()
+    store._sagas = _LooksTogether(2)
+
+    def create(who: str) -> Any:
+        async def run() -> None:
+            await store.create("s-1", "Order", "fp", {"by": who}, [])
+
+        return run
+
+    outcomes = _at_once(create("a"), create("b"))
+    assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "SagaAlreadyExists"]
+    winner = "a" if outcomes[0] is None else "b"
+    assert asyncio.run(store.load("s-1")).context == {"by": winner}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -49,6 +50,9 @@ class MemorySagaStore:
         self.max_finished = max_finished
         self._sagas: dict[str, SagaRecord | LiveSaga | _Frozen] = {}
         self._finished: deque[str] = deque()  # oldest first; each saga retires once
+        # append's compare-and-set (``after``) between threads, each with its
+        # own event loop (a sync app's asyncio.run per request).
+        self._appending = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sagas)
@@ -60,16 +64,21 @@ class MemorySagaStore:
 
     def track(self, saga: LiveSaga, *, replace: bool = False) -> None:
         saga_id = saga.saga_id
-        held = self._sagas.get(saga_id)
-        if held is not None:
-            if not replace:
-                raise SagaAlreadyExists(saga_id)
-            if _is_final(held):
-                # A finished saga runs again (a child saga its parent unwinds):
-                # no longer one of the finished, which the oldest are dropped
-                # from — a running saga never is — and it retires once more
-                # when it ends. (A scan, on this rare path only.)
-                self._reopened(saga_id)
+        # Looked up and claimed in one step (dict.setdefault is atomic): two
+        # threads starting the same saga id at once (a sync app's duplicate
+        # requests, each in an asyncio.run of its own) never both find it
+        # free and both run it, one of them unjournaled (S13).
+        held = self._sagas.setdefault(saga_id, saga)
+        if held is saga:
+            return
+        if not replace:
+            raise SagaAlreadyExists(saga_id)
+        if _is_final(held):
+            # A finished saga runs again (a child saga its parent unwinds):
+            # no longer one of the finished, which the oldest are dropped
+            # from — a running saga never is — and it retires once more
+            # when it ends. (A scan, on this rare path only.)
+            self._reopened(saga_id)
         self._sagas[saga_id] = saga
 
     def finished(self, saga: LiveSaga) -> None:
@@ -144,7 +153,7 @@ class MemorySagaStore:
         if saga_id in self._sagas:
             raise SagaAlreadyExists(saga_id)
         now = time.time()
-        self._sagas[saga_id] = SagaRecord(
+        record = SagaRecord(
             saga_id=saga_id,
             saga_name=saga_name,
             fingerprint=fingerprint,
@@ -155,6 +164,10 @@ class MemorySagaStore:
             updated_at=now,
             version=1,
         )
+        # Claimed in one step (see track): another thread's create of the
+        # same id since the look above is never overwritten.
+        if self._sagas.setdefault(saga_id, record) is not record:
+            raise SagaAlreadyExists(saga_id)
         if status.is_final:
             self._retire(saga_id)
 
@@ -173,9 +186,10 @@ class MemorySagaStore:
             raise SagaNotFound(saga_id)
         if not isinstance(record, SagaRecord):
             raise SagaAlreadyExists(saga_id)  # a saga this process is running itself
-        if after is not None and len(record.history) != after:
-            raise JournalConflict(saga_id, after, len(record.history))
-        record.history.extend(entries)
+        with self._appending:  # the check and the write as one, whatever the thread
+            if after is not None and len(record.history) != after:
+                raise JournalConflict(saga_id, after, len(record.history))
+            record.history.extend(entries)
         if context is not None:
             record.context = copy.deepcopy(context)
         record.updated_at = time.time()
@@ -298,7 +312,11 @@ class MemorySagaStore:
         finished = self._finished
         finished.append(saga_id)
         while len(finished) > self.max_finished:
-            self._sagas.pop(finished.popleft(), None)
+            try:
+                oldest = finished.popleft()
+            except IndexError:  # another thread retired the last one meanwhile
+                break
+            self._sagas.pop(oldest, None)
 
 
 # A finished saga this process ran is kept as one flat tuple of plain values
