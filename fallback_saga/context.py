@@ -31,6 +31,7 @@ Two different copies of a context exist, for two different jobs:
 from __future__ import annotations
 
 import copy
+import threading
 import types
 import uuid
 from collections.abc import Callable, Mapping
@@ -527,6 +528,7 @@ def step_snapshot_to_dict(context: object, snapshot: StepSnapshot | Any) -> dict
 
 _FROZEN_TYPES: list[type] = []
 _FROZEN_INDEX: dict[type, int] = {}
+_REGISTERING = threading.Lock()
 # Exact types a frozen state may hold: never tracked by the garbage collector.
 _ATOMIC: frozenset[type] = frozenset({str, int, float, bool, bytes, complex, type(None)})
 
@@ -535,8 +537,14 @@ def type_index(cls: type) -> int:
     """A small int standing for ``cls`` (see ``type_at``): what a frozen record holds."""
     index = _FROZEN_INDEX.get(cls)
     if index is None:
-        index = _FROZEN_INDEX[cls] = len(_FROZEN_TYPES)
-        _FROZEN_TYPES.append(cls)
+        # A new class, once per class: under the lock, so that two threads
+        # registering two classes at once (a sync app's requests, each in an
+        # asyncio.run of its own) never get one index for both.
+        with _REGISTERING:
+            index = _FROZEN_INDEX.get(cls)
+            if index is None:
+                _FROZEN_TYPES.append(cls)
+                index = _FROZEN_INDEX[cls] = len(_FROZEN_TYPES) - 1
     return index
 
 

@@ -4,6 +4,7 @@ snapshot/restore that Fallback relies on (S1, S2)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import dataclasses
 import json
@@ -549,3 +550,72 @@ def test_property_journal_form_round_trips_json_like_data(data: Any) -> None:
     ctx = Holder(data=data, point=Point(1, [2]))
 
     assert round_trip(ctx) == ctx
+
+
+class _CountsTogether(list):  # type: ignore[type-arg]
+    """The registry of frozen context classes, instrumented: the first two
+    threads that count it each wait, having counted, for the other to count
+    too (at most ``bound`` seconds: a registry that lets one thread at a time
+    in never brings the second) — the overlap a GIL switch between two
+    threads makes now and then, made every time."""
+
+    def __init__(self, items: list[type], bound: float) -> None:
+        import threading
+
+        super().__init__(items)
+        self.barrier = threading.Barrier(2, timeout=bound)
+        self.waits = 2
+
+    def __len__(self) -> int:
+        import threading
+
+        counted = super().__len__()
+        if self.waits > 0:
+            self.waits -= 1
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait()
+        return counted
+
+
+def test_S13_two_threads_freezing_new_context_classes_at_once_keep_each_its_own_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finished saga's record (MemorySagaStore) keeps its context as a
+    frozen tuple naming its class by a small index. Two threads (a sync app's
+    requests, each in its own asyncio.run) freezing contexts of two classes
+    never seen before, at once, must get an index each: the record must
+    read back as its own class's context, never as the other's."""
+    import threading
+
+    from fallback_saga import context as context_module
+
+    @dataclasses.dataclass
+    class Refund(SagaContext):
+        order_id: str
+        cents: int
+
+    @dataclasses.dataclass
+    class Shipment(SagaContext):
+        order_id: str
+        parcels: int
+
+    contexts = [Refund("r-1", 999), Shipment("s-1", 3)]
+    for context in contexts:
+        take_snapshot(context)  # learns that each class can be frozen
+    monkeypatch.setattr(
+        context_module, "_FROZEN_TYPES", _CountsTogether(context_module._FROZEN_TYPES, 2.0)
+    )
+    frozen: list[Any] = [None, None]
+
+    def finish(index: int) -> None:
+        frozen[index] = context_module.freeze_context(contexts[index])
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert context_module.frozen_to_dict(frozen[0]) == context_module.context_to_dict(contexts[0])
+    assert context_module.frozen_to_dict(frozen[1]) == context_module.context_to_dict(contexts[1])
+    assert context_module.type_at(frozen[0][0]) is Refund
+    assert context_module.type_at(frozen[1][0]) is Shipment
