@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .. import errors
 from ..errors import SagaStoreError
@@ -251,6 +251,45 @@ class _Child:
             self.kill()
 
 
+class _Spawn(asyncio.SubprocessProtocol):
+    """Windows: the protocol of asyncio's own subprocess start, for the ``_Pipe``."""
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.pipe.pipe_data_received(fd, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.pipe.pipe_connection_lost(fd, exc)
+
+    def process_exited(self) -> None:
+        self.pipe.process_exited()
+
+
+class _Spawned:
+    """Windows: ``_Child``'s calls on asyncio's subprocess transport."""
+
+    def __init__(self, transport: asyncio.SubprocessTransport) -> None:
+        self.transport = transport
+
+    def get_pid(self) -> int:
+        return self.transport.get_pid()
+
+    def get_returncode(self) -> int | None:
+        return self.transport.get_returncode()
+
+    def get_pipe_transport(self, fd: int) -> asyncio.BaseTransport | None:
+        return self.transport.get_pipe_transport(fd)
+
+    def kill(self) -> None:
+        self.transport.kill()
+
+    def close(self, *, kill: bool = True) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop refuses the rest
+            self.transport.close()  # kills the child if it still runs
+
+
 class WriterProcess:
     """The loop's side of one writer process (one event loop: the one that
     made it). ``submit`` queues a write and returns its future."""
@@ -270,7 +309,7 @@ class WriterProcess:
         self.waiting: dict[int, list[asyncio.Future[Any]]] = {}
         self.batches = 0
         self.scheduled = False
-        self.transport: _Child | None = None
+        self.transport: _Child | _Spawned | None = None
         self.pipe: _Pipe | None = None
         self.stdin: asyncio.WriteTransport | None = None
         self.starting: asyncio.Task[None] | None = None
@@ -375,21 +414,32 @@ class WriterProcess:
             transport.close()  # kills the child if it still runs
 
     async def _start(self) -> None:
-        child: _Child | None = None
+        child: _Child | _Spawned | None = None
         try:
-            child = _Child.spawn()
             pipe = _Pipe(self)
-            child.watch(self.loop, pipe.process_exited)
-            popen = child.popen
-            assert popen.stdin is not None
-            assert popen.stdout is not None
-            child.pipes[1], _ = await self.loop.connect_read_pipe(
-                lambda: _End(pipe, 1), popen.stdout
-            )
+            if sys.platform == "win32":
+                # Windows: only asyncio's own start makes the overlapped pipes
+                # its loop reads (the hang on a cancelled start is POSIX's).
+                transport, _ = await self.loop.subprocess_exec(
+                    lambda: _Spawn(pipe), *child_command(),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                )
+                child = _Spawned(transport)
+            else:
+                child = _Child.spawn()
+                child.watch(self.loop, pipe.process_exited)
+                popen = child.popen
+                assert popen.stdin is not None
+                assert popen.stdout is not None
+                child.pipes[1], _ = await self.loop.connect_read_pipe(
+                    lambda: _End(pipe, 1), popen.stdout
+                )
+                child.pipes[0], _ = await self.loop.connect_write_pipe(
+                    lambda: _End(pipe, 0), popen.stdin
+                )
             # A write transport by what it does: uvloop's pipes are no
             # subclasses of asyncio.WriteTransport.
-            stdin, _ = await self.loop.connect_write_pipe(lambda: _End(pipe, 0), popen.stdin)
-            child.pipes[0] = stdin
+            stdin = cast(asyncio.WriteTransport, child.get_pipe_transport(0))
             opening = frame(("open", *self.opening))
         except Exception as error:
             # Whatever failed, the writes waiting must hear of it: a future
