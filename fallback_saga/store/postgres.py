@@ -94,7 +94,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -187,6 +187,63 @@ _GROUP_SLOTS: Final = 3
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
+
+
+_CLOSER: Final = "fallback_saga-pool-closer"
+
+
+async def _close_pool_when_cancelled(pool: AsyncConnectionPool[Any]) -> None:
+    """Wait until cancelled, then close ``pool`` (unless it is closed).
+
+    ``asyncio.run`` (``asyncio.Runner``) ends by cancelling every task left,
+    and waits for them all. psycopg_pool's maintenance workers count a
+    ``CancelledError`` that lands in their work (a connection being added as
+    the pool grows, or one replacing a broken connection) among the errors
+    a worker survives, and go back to wait for more work: a loop that ended
+    with the store open (a sync app's request that returned, a service's
+    Ctrl-C) waited for ever. This task is cancelled with them, and closing
+    the pool tells its workers to stop — once every other task is done: what
+    the loop's end cancelled along with this one (a worker handing its sagas
+    off, a saga unwinding) may still write through the pool.
+    (``PostgresSagaStore.close`` closes the pool itself first.)"""
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        # (Only when cancelled: a task never cancelled — made while the loop
+        # ended — is dropped with its loop, and must not wait in that.)
+        if not pool.closed:
+            await _after_the_rest()
+            await pool.close()
+        raise
+
+
+async def _close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerator[None, None]:
+    """Closes ``pool`` (unless it is closed) when the loop's end closes this
+    generator (``shutdown_asyncgens``, once the tasks it cancelled are done):
+    a pool opened while the loop ended (by a write that its end cancelled,
+    made before any task of the pool's was there to cancel) is closed too,
+    its workers told to stop, instead of dropped with the loop."""
+    try:
+        yield
+    finally:
+        if not pool.closed:
+            await pool.close()
+
+
+# The tasks of the stores' own pools (psycopg_pool names its scheduler and
+# workers after the pool) and of their closers: never waited for by a closer
+# (they would wait for each other).
+_POOL_TASKS: Final = ("fallback_saga-worker-", "fallback_saga-scheduler", _CLOSER)
+
+
+async def _after_the_rest() -> None:
+    """Return once every task of the loop is done but the pools' own."""
+    me = asyncio.current_task()
+    while rest := [
+        task for task in asyncio.all_tasks()
+        if task is not me and not task.get_name().startswith(_POOL_TASKS)
+    ]:
+        await asyncio.wait(rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +422,10 @@ class PostgresSagaStore:
         # (the first that uses it; see _on_its_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0  # the process whose loop that is
+        # Closes the own pool when the loop's end cancels every task (see
+        # _close_pool_when_cancelled); None while no own pool is open.
+        self._pool_closer: asyncio.Task[None] | None = None
+        self._pool_guard: AsyncGenerator[None, None] | None = None  # the same, later
 
     def _new_journal(self) -> GroupCommit[_Write, None]:
         return GroupCommit(
@@ -417,6 +478,7 @@ class PostgresSagaStore:
         self._journal.writes, self._journal.commits = old.writes, old.commits
         self._journal.largest_group = old.largest_group
         self._pool = None
+        self._pool_closer = self._pool_guard = None  # went with the closed loop
         self._ready = False
         self._opening = None
         self._size_checks = set()
@@ -518,6 +580,12 @@ class PostgresSagaStore:
             await pool.close()
             raise
         self._pool = pool
+        self._pool_closer = asyncio.get_running_loop().create_task(
+            _close_pool_when_cancelled(pool), name=_CLOSER
+        )
+        guard = _close_pool_at_loop_end(pool)
+        await anext(guard)  # known to the loop from now on
+        self._pool_guard = guard
 
     def _note_encoding(self, conn: AsyncConnection[Any]) -> None:
         """Error texts are kept to ASCII in a database that is not UTF-8."""
@@ -548,6 +616,7 @@ class PostgresSagaStore:
             self._closed = True
             self._ready = False
             self._pool = None
+            self._pool_closer = self._pool_guard = None
             return
         self._on_its_loop()
         await self._journal.idle()  # writes already queued are finished first
@@ -558,6 +627,10 @@ class PostgresSagaStore:
         if self._owns_pool and self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+        closer, self._pool_closer = self._pool_closer, None
+        if closer is not None:
+            closer.cancel()  # the pool is closed: it finds nothing to do
+        self._pool_guard = None  # nor does it
 
     async def __aenter__(self) -> PostgresSagaStore:
         await self.open()
