@@ -73,6 +73,16 @@ class Runtime:
             for plan in step_plans(item.members)
         }
 
+    async def cancel_victim(self, turns: int) -> None:
+        """Cancel the task driving the case, then give the loop ``turns``
+        turns (for the cancellation to reach the run: a member's sibling, a
+        child's caller) before the participant goes on."""
+        assert self.victim is not None
+        self.cancelled = True
+        self.victim.cancel()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
     def maybe_crash(self, name: str, cancelled: bool) -> None:
         """After a call at or past ``crash_after`` (not a group's
         member, whose siblings' writes race with it): the store dies, as a
@@ -130,19 +140,11 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
         if not member:
             ctx.log.append(name)
         if plan.cancel and n == 1:
-            assert rt.victim is not None
-            rt.cancelled = True
-            rt.victim.cancel()
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            await rt.cancel_victim(turns=2)
         if rt.resuming == call:
             rt.resuming = None
             if rt.case.cancel_resume:
-                rt.cancelled = True
-                assert rt.victim is not None
-                rt.victim.cancel()
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
+                await rt.cancel_victim(turns=2)
         rt.maybe_crash(name, plan.cancel and n == 1)
         if rt.script.act_fails(name, n):
             raise ERRORS[plan.exc](f"{name} act #{n}")
@@ -152,9 +154,8 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
         ):
             # the caller is cancelled as this act returns: the cancellation
             # lands in the journal write that follows (a durable store)
-            assert rt.victim is not None
-            rt.cancelled = rt.cancelled_in_write = True
-            rt.victim.cancel()
+            rt.cancelled_in_write = True
+            await rt.cancel_victim(turns=0)
         return response(name, n)
 
     async def compensate(self: Any, ctx: Any) -> None:
@@ -163,10 +164,7 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
         n = rt.script.count(call)
         rt.trace.append(call)
         if plan.comp_cancel and n == 1:
-            assert rt.victim is not None
-            rt.cancelled = True
-            rt.victim.cancel()
-            await asyncio.sleep(0)
+            await rt.cancel_victim(turns=1)
         rt.maybe_crash(name, False)
         if rt.script.comp_fails(name, n):
             raise ERRORS["A"](f"{name} compensate #{n}")
