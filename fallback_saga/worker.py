@@ -245,6 +245,8 @@ class RecoveryWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if _cancelled_meanwhile():
+                    raise asyncio.CancelledError from error  # see _cancelled_meanwhile
                 if not warned:
                     _log.warning(
                         "recovery worker %s: not listening for work (%s: %s); "
@@ -266,6 +268,8 @@ class RecoveryWorker:
                 limit=free,
             )
         except Exception as error:  # the store is down: try again at the next poll
+            if _cancelled_meanwhile():
+                raise asyncio.CancelledError from error  # see _cancelled_meanwhile
             # Once per outage, as _listen does: a store down for hours is
             # thousands of polls, and one line per poll says nothing more.
             if not self._claims_failing:
@@ -359,3 +363,15 @@ class RecoveryWorker:
         # Handing off stops a run at its next write or suspension; it does
         # not wait for a step to finish (the step is cancelled, as in a crash).
         await asyncio.wait(pending)
+
+
+def _cancelled_meanwhile() -> bool:
+    """Whether this task has a cancellation pending that an error stands for.
+
+    A database driver cancelled while it connects or waits for an answer may
+    give up the connection and raise an error of its own instead of the
+    ``CancelledError`` (which the store then wraps). Taken for a store
+    outage, that cancellation was lost: the worker polled on for ever, and
+    the loop's end (``asyncio.run`` cancels every task left) never came."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1121,3 +1121,58 @@ async def test_S12_a_claim_of_deferred_sagas_takes_no_leased_nor_young_saga(
         with pytest.raises(TypeError, match="deferred must be a bool"):
             await store.claim(owner="o", lease_seconds=30, older_than=0, limit=1,
                               deferred="yes")
+
+
+class _DriverSwallowsCancellation(SQLiteSagaStore):
+    """A store whose driver turns a cancellation that lands in a claim, or in
+    listening for work, into an error of its own, as database drivers do (a
+    connection given up half-way: ``OperationalError``, wrapped as
+    ``SagaStoreError``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.waiting = asyncio.Event()
+
+    async def _cancelled_into_an_error(self) -> None:
+        self.waiting.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            raise SagaStoreError("the connection was lost") from None
+
+    async def claim(self, **kwargs: Any) -> list[Lease]:  # type: ignore[override]
+        await self._cancelled_into_an_error()
+        return []
+
+    async def hand_off(self, lease: Lease) -> None:
+        await self.release(lease)
+
+    async def work_notifications(self) -> AsyncIterator[str]:
+        await self._cancelled_into_an_error()
+        yield ""
+
+
+@pytest.mark.parametrize("where", ["claim", "listen"])
+async def test_S8_a_worker_cancelled_in_a_call_whose_driver_swallows_it_stops(
+    tmp_path: Path, where: str
+) -> None:
+    """The task running ``worker.run()`` is cancelled (the loop's end cancels
+    every task left) while the worker waits on its store, whose driver turns
+    the cancellation into an error: the worker still stops. It took the error
+    for a store outage and polled on for ever, and ``asyncio.run`` never
+    returned."""
+    store = _DriverSwallowsCancellation(tmp_path / "w.db")
+    if where == "listen":
+        # Claims answer at once; the listener is the one waiting on the driver.
+        async def no_work(**kwargs: Any) -> list[Lease]:
+            return []
+
+        store.claim = no_work  # type: ignore[method-assign]
+    worker = RecoveryWorker(store, [order_saga(store, Ledger())], poll=0.01)
+    running = asyncio.get_running_loop().create_task(worker.run())
+    await store.waiting.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(10):  # a bound, not a wait: it fails the test
+            await running
+    await store.close()
