@@ -201,6 +201,8 @@ class RecoveryWorker:
                 await self._claim()
                 if self._stopping:
                     break
+                if _cancelled_meanwhile():  # swallowed below us: see _cancelled_meanwhile
+                    raise asyncio.CancelledError
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll)
         except asyncio.CancelledError:
@@ -256,6 +258,8 @@ class RecoveryWorker:
                     warned = True
             finally:
                 self._listening.clear()
+            if _cancelled_meanwhile():  # swallowed below us: see _cancelled_meanwhile
+                raise asyncio.CancelledError
             await asyncio.sleep(self.poll)
 
     async def _claim(self) -> None:
@@ -366,12 +370,14 @@ class RecoveryWorker:
 
 
 def _cancelled_meanwhile() -> bool:
-    """Whether this task has a cancellation pending that an error stands for.
+    """Whether this task has a cancellation pending that it never saw.
 
     A database driver cancelled while it connects or waits for an answer may
     give up the connection and raise an error of its own instead of the
-    ``CancelledError`` (which the store then wraps). Taken for a store
-    outage, that cancellation was lost: the worker polled on for ever, and
-    the loop's end (``asyncio.run`` cancels every task left) never came."""
+    ``CancelledError`` (which the store then wraps), or retry and answer
+    (psycopg_pool retries a connection check that a cancellation cut off).
+    Taken for a store outage, or never seen, that cancellation was lost: the
+    worker polled on for ever, and the loop's end (``asyncio.run`` cancels
+    every task left) never came."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
