@@ -66,7 +66,7 @@ from .errors import (
 )
 from .executor import Execution
 from .log_lines import library_logger
-from .shielding import cancelled_again
+from .shielding import cancellation_pending, cancelled_again
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .store.base import Lease, SagaRecord
@@ -423,8 +423,7 @@ class LeasedRun:
         self._stop_without_unwinding()
 
     def _outcome(self, error: BaseException) -> BaseException:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if cancellation_pending():
             # Our caller cancelled us: that wins over whatever the run says,
             # with the caller's message (the cancellation the run turned
             # into its own error is in that error's context).

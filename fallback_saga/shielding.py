@@ -17,7 +17,14 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
-__all__ = ["EAGER_TASKS", "cancelled_again", "own_task", "settle", "shielded"]
+__all__ = [
+    "EAGER_TASKS",
+    "cancellation_pending",
+    "cancelled_again",
+    "own_task",
+    "settle",
+    "shielded",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +45,20 @@ def own_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     if sys.version_info >= (3, 12):
         return asyncio.Task(coroutine, loop=loop, eager_start=True)
     return loop.create_task(coroutine)
+
+
+def cancellation_pending() -> bool:
+    """Whether the current task has been asked to cancel, whatever it caught.
+
+    A ``CancelledError`` is not proof of a cancellation (a ``compensate`` can
+    raise one of its own), and a cancellation can arrive without one: a
+    database driver cancelled while it connects or waits for an answer may
+    raise an error of its own instead (which the store then wraps), or retry
+    and answer (psycopg_pool retries a connection check that a cancellation
+    cut off). The task's count of pending requests is the one witness that
+    such a driver cannot swallow."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def cancelled_again(caught: BaseException) -> asyncio.CancelledError:

@@ -40,7 +40,7 @@ from .errors import (
 from .events import Hooks, StepCall, emit
 from .log_lines import library_logger
 from .plan import Branch
-from .shielding import shielded
+from .shielding import cancellation_pending, shielded
 from .status import RAW_CANCELLED as _CANCELLED
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
@@ -420,7 +420,7 @@ class UnwindingRun(JournaledRun):
             except asyncio.CancelledError as error:
                 if call is not None:
                     self._call_finished(call, error)
-                if _unwinding_cancelled():
+                if cancellation_pending():
                     # The unwinding task itself was cancelled: its callers wait
                     # shielded, so only the event loop shutting down does that
                     # (``asyncio.run`` cancels every task left). The call was
@@ -512,10 +512,3 @@ def _describe(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
     return f"{name}: {text}" if text else name
-
-
-def _unwinding_cancelled() -> bool:
-    """The task running the unwinding has been asked to cancel (not merely a
-    ``CancelledError`` let out by a ``compensate`` on its own)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -34,6 +34,7 @@ from datetime import timedelta
 from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
 from .recovery import ClaimedSaga, SagasGiven, default_owner, sagas_by_name
+from .shielding import cancellation_pending
 from .store.base import (
     RecoverableStore,
     WorkNotifier,
@@ -201,7 +202,7 @@ class RecoveryWorker:
                 await self._claim()
                 if self._stopping:
                     break
-                if _cancelled_meanwhile():  # swallowed below us: see _cancelled_meanwhile
+                if cancellation_pending():  # a driver swallowed it
                     raise asyncio.CancelledError
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll)
@@ -247,8 +248,8 @@ class RecoveryWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                if _cancelled_meanwhile():
-                    raise asyncio.CancelledError from error  # see _cancelled_meanwhile
+                if cancellation_pending():
+                    raise asyncio.CancelledError from error  # see cancellation_pending
                 if not warned:
                     _log.warning(
                         "recovery worker %s: not listening for work (%s: %s); "
@@ -258,7 +259,7 @@ class RecoveryWorker:
                     warned = True
             finally:
                 self._listening.clear()
-            if _cancelled_meanwhile():  # swallowed below us: see _cancelled_meanwhile
+            if cancellation_pending():  # a driver swallowed it
                 raise asyncio.CancelledError
             await asyncio.sleep(self.poll)
 
@@ -272,8 +273,8 @@ class RecoveryWorker:
                 limit=free,
             )
         except Exception as error:  # the store is down: try again at the next poll
-            if _cancelled_meanwhile():
-                raise asyncio.CancelledError from error  # see _cancelled_meanwhile
+            if cancellation_pending():
+                raise asyncio.CancelledError from error  # see cancellation_pending
             # Once per outage, as _listen does: a store down for hours is
             # thousands of polls, and one line per poll says nothing more.
             if not self._claims_failing:
@@ -367,17 +368,3 @@ class RecoveryWorker:
         # Handing off stops a run at its next write or suspension; it does
         # not wait for a step to finish (the step is cancelled, as in a crash).
         await asyncio.wait(pending)
-
-
-def _cancelled_meanwhile() -> bool:
-    """Whether this task has a cancellation pending that it never saw.
-
-    A database driver cancelled while it connects or waits for an answer may
-    give up the connection and raise an error of its own instead of the
-    ``CancelledError`` (which the store then wraps), or retry and answer
-    (psycopg_pool retries a connection check that a cancellation cut off).
-    Taken for a store outage, or never seen, that cancellation was lost: the
-    worker polled on for ever, and the loop's end (``asyncio.run`` cancels
-    every task left) never came."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
