@@ -339,6 +339,34 @@ async def test_close_is_idempotent_and_a_closed_store_refuses_work(db: Path) -> 
         await store.load("saga-1")
 
 
+async def test_a_close_called_while_another_closes_returns_once_the_file_is_closed(
+    db: Path, raw: sqlite3.Connection
+) -> None:
+    """A second ``close()`` (another request's shutdown hook, say) used to
+    return at once while the first was still finishing the queued writes:
+    "closed" did not mean the file was. It now waits for the first."""
+    store = SQLiteSagaStore(db)
+    await new_saga(store, "saga-1")
+    async with Gate(store):  # the writer is busy: the append and the closes queue up
+        append = asyncio.ensure_future(store.append("saga-1", [entry(1, "b")]))
+        first = asyncio.ensure_future(store.close())
+        second = asyncio.ensure_future(store.close())
+        for _ in range(20):  # turns of the loop, not time: nothing can finish
+            await asyncio.sleep(0)
+        assert not second.done() and not first.done() and not append.done()
+        second.cancel()  # a waiter cancelled leaves the closing alone
+        third = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+        assert not third.done()
+    await asyncio.gather(append, first, third)
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    (rows,) = raw.execute("SELECT count(*) FROM saga_steps WHERE saga_id = 'saga-1'").fetchone()
+    assert rows == 2
+    with pytest.raises(SagaStoreError, match="closed"):
+        await store.load("saga-1")
+
+
 async def test_closing_a_store_that_was_never_used(db: Path) -> None:
     await SQLiteSagaStore(db).close()
     assert file_text(db) is None  # not even created

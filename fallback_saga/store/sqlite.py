@@ -62,6 +62,7 @@ imports only those named before it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import sqlite3
@@ -265,6 +266,9 @@ class SQLiteSagaStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._closed = False
+        # Set once close() has finished: a close() called meanwhile (from any
+        # loop or thread) waits for it, so that "closed" means the file is.
+        self._close_finished: concurrent.futures.Future[None] | None = None
         self._writer: _Worker | None = None
         self._reader: _Worker | None = None
         self._finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
@@ -300,16 +304,33 @@ class SQLiteSagaStore:
     async def close(self) -> None:
         """Finish the queued requests, then stop the threads and close the file.
 
-        Later calls raise ``SagaStoreError``. Closing twice is harmless.
+        Later calls raise ``SagaStoreError``. Closing twice is harmless: a
+        ``close()`` called while another is closing returns when that one has.
         """
         with self._lock:
             if self._closed:
-                return
-            self._closed = True
-            workers = [w for w in (self._reader, self._writer) if w is not None]
-            if self._finalizer is not None:
-                self._finalizer.detach()
-            process, self._process = self._process, None
+                finished = self._close_finished
+                if finished is None or finished.done():
+                    return
+            else:
+                finished = None
+                self._closed = True
+                closing: concurrent.futures.Future[None] = concurrent.futures.Future()
+                self._close_finished = closing
+                workers = [w for w in (self._reader, self._writer) if w is not None]
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                process, self._process = self._process, None
+        if finished is not None:
+            # shield: cancelling this wait must not cancel the other close's future
+            await asyncio.shield(asyncio.wrap_future(finished))
+            return
+        try:
+            await self._close(workers, process)
+        finally:
+            closing.set_result(None)
+
+    async def _close(self, workers: list[_Worker], process: WriterProcess | None) -> None:
         if self.writer == "inline":
             with self._inline_lock:  # after the request in progress, if any
                 conn, self._inline_conn = self._inline_conn, None
