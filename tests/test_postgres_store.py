@@ -617,6 +617,42 @@ async def test_close_is_idempotent_and_a_closed_store_refuses_work(
         await store.open()
 
 
+async def test_a_close_called_while_another_closes_returns_once_the_pool_is_closed(
+    pg_conninfo: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second ``close()`` (another shutdown hook, say) used to return while
+    the first was still closing the pool. It now waits for the first."""
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema)
+    await new_saga(store, "saga-1")
+    pool = store.pool
+    assert pool is not None
+    opened = asyncio.Event()
+    close_pool = pool.close
+
+    async def held_close(*args: Any, **kwargs: Any) -> None:
+        await opened.wait()
+        await close_pool(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "close", held_close)
+    first = asyncio.ensure_future(store.close())
+    second = asyncio.ensure_future(store.close())
+    try:
+        for _ in range(20):  # turns of the loop, not time: nothing can finish
+            await asyncio.sleep(0)
+        assert not first.done()
+        assert not second.done()
+        second.cancel()  # a waiter cancelled leaves the closing alone
+        third = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+        assert not third.done()
+    finally:
+        opened.set()
+    await asyncio.gather(first, third)
+    assert pool.closed
+    with pytest.raises(asyncio.CancelledError):
+        await second
+
+
 async def test_a_given_pool_is_used_and_left_open(pg_conninfo: str, pg_schema: str) -> None:
     async with psycopg_pool.AsyncConnectionPool(
         pg_conninfo, min_size=1, max_size=2, kwargs={"autocommit": True}

@@ -353,7 +353,9 @@ async def test_a_close_called_while_another_closes_returns_once_the_file_is_clos
         second = asyncio.ensure_future(store.close())
         for _ in range(20):  # turns of the loop, not time: nothing can finish
             await asyncio.sleep(0)
-        assert not second.done() and not first.done() and not append.done()
+        assert not second.done()
+        assert not first.done()
+        assert not append.done()
         second.cancel()  # a waiter cancelled leaves the closing alone
         third = asyncio.ensure_future(store.close())
         await asyncio.sleep(0)

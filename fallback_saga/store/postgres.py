@@ -397,6 +397,9 @@ class PostgresSagaStore:
         self._sql = _Statements(self._names)
         self._ready = False  # migrated and, for an owned pool, opened
         self._closed = False
+        # The close() in progress: a close() called meanwhile waits for it,
+        # so that "closed" means the pool is.
+        self._closing: asyncio.Future[None] | None = None
         # psycopg's prepare for the group and claim statements: False (plan
         # each) until the tables are big enough for a cached plan
         # (_PREPARE_FROM), then None (prepared, psycopg's default).
@@ -608,7 +611,11 @@ class PostgresSagaStore:
 
     async def close(self) -> None:
         """Close the store's own pool (a given pool is left open). Later calls
-        raise ``SagaStoreError``; closing twice is harmless."""
+        raise ``SagaStoreError``; closing twice is harmless: a ``close()``
+        called while another is closing returns when that one has."""
+        while self._closing is not None:
+            # shield: cancelling this wait must not cancel the other close
+            await asyncio.shield(self._closing)
         if self._closed:
             return
         if self._loop is not None and self._loop.is_closed():
@@ -619,6 +626,14 @@ class PostgresSagaStore:
             self._pool_closer = self._pool_guard = None
             return
         self._on_its_loop()
+        self._closing = closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close()
+        finally:
+            self._closing = None
+            closing.set_result(None)
+
+    async def _close(self) -> None:
         await self._journal.idle()  # writes already queued are finished first
         if self._size_checks:
             await asyncio.gather(*self._size_checks, return_exceptions=True)
