@@ -364,3 +364,35 @@ def test_a_vendored_copy_starts_its_child_without_importing_the_application(
     assert status == "completed"
     assert int(commits) >= 2
     assert len(imports.read_text().split()) == 1  # the application, in the parent only
+
+
+async def test_a_close_cancelled_while_the_writer_process_finishes_still_stops_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's threads (its reader, and the writer thread that serves
+    other loops) were told to stop only after the writer process had closed:
+    a ``close()`` cancelled meanwhile (a shutdown that timed out) left them
+    running for the life of the process, on a store that says it is closed."""
+    store = SQLiteSagaStore(tmp_path / "c.db", writer="process")
+    await store.create("a", "Order", "fp", {}, [])  # starts the writer process
+    await store.load("a")  # starts the reader thread
+    reader = store._reader
+    process = store._process
+    assert reader is not None
+    assert process is not None
+    held = asyncio.Event()
+    finish_closing = process.close
+
+    async def held_close() -> None:
+        held.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    monkeypatch.setattr(process, "close", held_close)
+    closing = asyncio.ensure_future(store.close())
+    await held.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.to_thread(reader.thread.join, 60)  # a bound, not a wait for time
+    assert not reader.thread.is_alive()
+    await finish_closing()  # the child, which the cancelled close left

@@ -338,19 +338,21 @@ class SQLiteSagaStore:
                     conn.close()
             return
         loop = asyncio.get_running_loop()
-        if process is not None:
-            if process.loop is loop:
-                await process.close()
-            else:  # closed from another loop: the child's own loop lets it go
-                abandon_soon(process)
-        if not workers:
-            return
+        # The threads are told first, without a wait: a close() cancelled
+        # while the writer process finishes still stops them (each finishes
+        # its queue first, so the order between them does not matter).
         futures: list[asyncio.Future[None]] = []
         for worker in workers:
             future: asyncio.Future[None] = loop.create_future()
             worker.queue.put(_Stop(loop, future))
             futures.append(future)
-        await asyncio.gather(*futures)
+        if process is not None:
+            if process.loop is loop:
+                await process.close()
+            else:  # closed from another loop: the child's own loop lets it go
+                abandon_soon(process)
+        if futures:
+            await asyncio.gather(*futures)
 
     async def __aenter__(self) -> SQLiteSagaStore:
         await self.open()
