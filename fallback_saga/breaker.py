@@ -182,7 +182,7 @@ class CircuitBreaker(SharedStateSync):
         *,
         fail_max: int = 5,
         reset_timeout: float = 60.0,
-        exclude: Iterable[ExcludeRule] = (),
+        exclude: ExcludeRule | Iterable[ExcludeRule] = (),
         half_open_max_calls: int = 1,
         clock: Callable[[], float] | None = None,
         name: str | None = None,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .breaker import CircuitBreakerProtocol, CircuitOpenError
 from .errors import SagaDefinitionError
 from .retry import RetryPolicy
+from .step import StepDeclaration
 
 __all__ = ["Fallback"]
 
@@ -29,11 +31,24 @@ class Fallback:
       retry starts from the pre-step snapshot. An open circuit is never retried.
     """
 
-    step: Any
-    fallback: Any
+    step: StepDeclaration
+    fallback: StepDeclaration
     failure_exceptions: tuple[type[Exception], ...] = ()
     circuit_breaker: CircuitBreakerProtocol | None = None
     retry: RetryPolicy | None = None
+
+    if TYPE_CHECKING:
+        # For type checkers only (the dataclass's own __init__ runs): what
+        # __post_init__ accepts and makes a tuple — one exception type
+        # (``failure_exceptions=ConnectionError``) or any iterable of them.
+        def __init__(
+            self,
+            step: StepDeclaration,
+            fallback: StepDeclaration,
+            failure_exceptions: type[Exception] | Iterable[type[Exception]] = (),
+            circuit_breaker: CircuitBreakerProtocol | None = None,
+            retry: RetryPolicy | None = None,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         failure_exceptions = self.failure_exceptions

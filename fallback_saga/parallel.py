@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .errors import SagaDefinitionError
+from .fallback import Fallback
+from .step import StepDeclaration
 
 __all__ = ["Parallel"]
 
@@ -28,7 +28,7 @@ class Parallel:
 
     __slots__ = ("members",)
 
-    def __init__(self, *members: Any) -> None:
+    def __init__(self, *members: StepDeclaration | Fallback) -> None:
         if len(members) == 1 and isinstance(members[0], list | tuple):
             raise SagaDefinitionError(
                 "Parallel takes its members as arguments: Parallel(StepA, StepB), "
@@ -42,7 +42,7 @@ class Parallel:
                     "a Parallel group cannot hold another Parallel group: list the "
                     "steps of both in one group"
                 )
-        self.members: tuple[Any, ...] = members
+        self.members: tuple[StepDeclaration | Fallback, ...] = members
 
     def __repr__(self) -> str:
         names = ", ".join(getattr(m, "__name__", None) or repr(m) for m in self.members)

@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 __all__ = ["RetryPolicy", "set_testing"]
 
@@ -50,6 +51,24 @@ class RetryPolicy:
     jitter: float = 0.1
     retry_on: ExceptionFilter = (Exception,)
     sleep: Sleep | None = field(default=None, compare=False, repr=False)
+
+    if TYPE_CHECKING:
+        # For type checkers only (the dataclass's own __init__ runs): what
+        # __post_init__ accepts for ``retry_on`` and makes a tuple — one
+        # exception type (``retry_on=ConnectionError``) or a list of them.
+        def __init__(
+            self,
+            *,
+            attempts: int = 3,
+            delay: float = 0.1,
+            backoff: float = 2.0,
+            max_delay: float = 10.0,
+            jitter: float = 0.1,
+            retry_on: ExceptionFilter
+            | type[BaseException]
+            | list[type[BaseException]] = (Exception,),
+            sleep: Sleep | None = None,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):

@@ -28,6 +28,7 @@ __all__ = [
     "SagaStepResult",
     "Step",
     "StepCursor",
+    "StepDeclaration",
     "StepInfo",
     "current_step",
     "step_name",
@@ -122,6 +123,13 @@ class Step(Protocol[ContextT_contra]):
     async def act(self, context: ContextT_contra, /) -> Any: ...
 
     async def compensate(self, context: ContextT_contra, /) -> None: ...
+
+
+# What a saga's ``steps`` (and a Fallback's branch, a Parallel group's member)
+# may name: a step class, built by the saga's step factory, or a step instance.
+# Any context type: which one a saga provides is checked when its class is
+# created (S11) — a class attribute cannot be typed by the saga's ContextT.
+StepDeclaration = type[Step[Any]] | Step[Any]
 
 
 class SagaStepResult(NamedTuple, Generic[ContextT, ResponseT]):
@@ -226,11 +234,13 @@ class StepInfo:
         action: Literal["act", "compensate"],
         attempt: int,
     ) -> None:
-        self.saga_id = saga_id
-        self.saga_name = saga_name
-        self.step = step
-        self.action = action
-        self.attempt = attempt
+        # Annotated: a checker inferring them from the assignments widens
+        # ``action`` to ``str`` (pyright does).
+        self.saga_id: str = saga_id
+        self.saga_name: str = saga_name
+        self.step: str = step
+        self.action: Literal["act", "compensate"] = action
+        self.attempt: int = attempt
 
     @property
     def idempotency_key(self) -> str:

@@ -118,6 +118,11 @@ class SubSaga(Generic[ParentT, ChildT]):
 
     Use it like a step instance: in ``steps``, in a ``Parallel`` group, or as
     a Fallback's branch.
+
+    Typed ``SubSaga[Parent, Child]``: a checker learns ``Parent`` from an
+    annotated ``context`` function or a typed ``merge``, never from a lambda
+    alone — then name both, ``SubSaga[Checkout, Payment](PaymentSaga,
+    context=lambda c: Payment(c.amount))``.
     """
 
     timeout: float | None = None

@@ -3,6 +3,7 @@
 from .base import (
     JournalEntry,
     Lease,
+    LeaseState,
     LiveJournal,
     RecoverableStore,
     SagaRecord,
@@ -16,6 +17,7 @@ from .sqlite import SQLiteSagaStore
 __all__ = [
     "JournalEntry",
     "Lease",
+    "LeaseState",
     "LiveJournal",
     "MemorySagaStore",
     "RecoverableStore",
