@@ -10,7 +10,6 @@ from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import (
     Any,
-    ClassVar,
     Generic,
     Literal,
     NamedTuple,
@@ -21,6 +20,7 @@ from typing import (
 )
 
 from .redaction import withheld
+from .retry import RetryPolicy  # imported, not only for checkers: get_type_hints resolves it
 
 __all__ = [
     "Response",
@@ -158,7 +158,8 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     """Convenient base for steps bound to a context type and a response type.
 
     The saga checks at class creation that the context type is one the saga
-    provides. Optional class attributes:
+    provides. Optional attributes, of the class or of an instance (a step
+    class built with arguments may set them in ``__init__``):
 
     * ``name`` — the step's name in the journal (default: the class name);
     * ``timeout`` — seconds allowed for each ``act``/``compensate`` call;
@@ -167,8 +168,13 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
       takes precedence for its primary).
     """
 
-    name: ClassVar[str | None] = None
-    timeout: ClassVar[float | None] = None
+    # Not ClassVars: the saga reads them from the step object (getattr), so an
+    # instance's own ``self.name = ...`` counts as much as the class's.
+    name: str | None = None
+    timeout: float | None = None
+    # Declared without a value, so that nothing changes at run time (a mixin's
+    # ``retry`` later in the MRO still counts): read it with getattr.
+    retry: RetryPolicy | None
 
     @abstractmethod
     async def act(self, context: ContextT, /) -> SagaStepResult[ContextT, ResponseT] | ResponseT:
