@@ -100,6 +100,19 @@ class PlainStep:
         return None
 
 
+class CallPartner(SagaStepHandler[Checkout, None]):
+    """One step class, several steps: each instance names itself and has its
+    own time budget and retries (the saga reads them from the step object)."""
+
+    def __init__(self, partner: str, timeout: float) -> None:
+        self.name = f"call-{partner}"
+        self.timeout = timeout
+        self.retry = RetryPolicy(attempts=2, retry_on=TimeoutError)
+
+    async def act(self, context: Checkout) -> None:
+        return None
+
+
 def keep_charge(parent: Checkout, child: Payment) -> None:
     parent.charge_id = child.charge_id
 
@@ -133,7 +146,8 @@ class CheckoutSaga(Saga[Checkout]):
 
 
 class PositionalFallbackSaga(Saga[Checkout]):
-    steps = [ReserveStock, Fallback(ExactQuote, FlatRate(), (WarehouseDown, TimeoutError))]
+    steps = [ReserveStock, Fallback(ExactQuote, FlatRate(), (WarehouseDown, TimeoutError)),
+             CallPartner("carrier", 2.0), CallPartner("insurer", 5.0)]
 
 
 class AnnotatedStepsSaga(Saga[Checkout]):

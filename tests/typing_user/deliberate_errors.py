@@ -69,6 +69,14 @@ class ActsOnInvoices(SagaStepHandler[Order, None]):
         return None
 
 
+class BadlyTuned(SagaStepHandler[Order, None]):
+    timeout = "5s"  # E: assignment
+    retry = RetryPolicy  # E: assignment
+
+    async def act(self, context: Order) -> None:
+        return None
+
+
 class NotAStepSaga(Saga[Order]):
     steps = [Reserve, 42]  # E: list-item
 
