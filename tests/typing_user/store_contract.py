@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import assert_type
 
 import pytest
@@ -19,8 +20,8 @@ class TestMemoryStore(SagaStoreContract):
 
 class TestMySQLiteStore(RecoverableStoreContract):
     @pytest.fixture
-    async def store(self, tmp_path: str) -> AsyncIterator[SQLiteSagaStore]:
-        store = SQLiteSagaStore(f"{tmp_path}/sagas.db")
+    async def store(self, tmp_path: Path) -> AsyncIterator[SQLiteSagaStore]:
+        store = SQLiteSagaStore(tmp_path / "sagas.db")
         await store.open()
         yield store
         await store.close()
