@@ -23,10 +23,8 @@ from .definition import (
 from .errors import ContextDecodeError, CorruptSagaRecord, RecordedError, SagaFailed, short_id
 from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
-from .fallback import Fallback
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
 from .log_lines import library_logger
-from .parallel import Parallel
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .results import journaled_results, results_by_position
 from .resumption import (
@@ -40,7 +38,7 @@ from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
 from .shielding import shielded
 from .status import SagaStatus
-from .step import _CURSOR, SagaStepResult, Step, StepCursor, StepDeclaration
+from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (
     Lease,
     RecoverableStore,
@@ -92,13 +90,12 @@ class Saga(Generic[ContextT]):
     per-run state on ``self`` (the context is where run state lives).
     """
 
-    # Step classes, step instances, Fallbacks and Parallel groups. Typed so that
-    # a checker refuses what is not a step (no async act/compensate); the
-    # context type each step takes is checked when the class is created (S11):
-    # a class attribute cannot name ContextT. A list, as declared since the
-    # start: a subclass's ``steps: ClassVar[list[Any]]`` must stay valid, and
-    # pyright holds a class variable's type invariant.
-    steps: ClassVar[list[StepDeclaration | Fallback | Parallel]]
+    # Step classes, step instances, Fallbacks and Parallel groups, checked when
+    # the class is created (S11). Left list[Any] on purpose: a class variable's
+    # type is invariant, so a narrower list refuses ``steps = made`` (a list
+    # built elsewhere, of step classes) and a Sequence refuses a subclass's
+    # ``steps: ClassVar[list[Any]]`` under pyright, both correct code.
+    steps: ClassVar[list[Any]]
     definition: ClassVar[SagaDefinition]
     # The saga's name in the journal: recovery finds the class to resume a saga
     # with by it, so a renamed class keeps its sagas in flight by keeping it.

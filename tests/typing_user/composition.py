@@ -150,6 +150,15 @@ class PositionalFallbackSaga(Saga[Checkout]):
              CallPartner("carrier", 2.0), CallPartner("insurer", 5.0)]
 
 
+def shared_steps() -> list[type[SagaStepHandler[Checkout, None]]]:
+    return [ReserveStock]
+
+
+class BuiltStepsSaga(Saga[Checkout]):
+    # A list of steps built elsewhere, with a type of its own.
+    steps = shared_steps()
+
+
 class AnnotatedStepsSaga(Saga[Checkout]):
     # docs/mechanics.md declares its steps this way.
     steps: ClassVar[list[Any]] = [ReserveStock]

@@ -77,16 +77,12 @@ class BadlyTuned(SagaStepHandler[Order, None]):
         return None
 
 
-class NotAStepSaga(Saga[Order]):
-    steps = [Reserve, 42]  # E: list-item
-
-
-class ActOnlySaga(Saga[Order]):
-    steps = [ActOnly]  # E: list-item
-
-
-class SyncStepSaga(Saga[Order]):
-    steps = [SyncStep()]  # E: list-item
+# Not steps, as a group's members or a Fallback's branches. (Listed in a saga's
+# `steps` they are refused when the class is created, S11, not by a checker:
+# `steps` is list[Any], see Saga.steps.)
+not_a_step_in_a_group = Parallel(Reserve, 42)  # E: arg-type
+act_only_as_primary = Fallback(step=ActOnly, fallback=Reserve)  # E: arg-type
+sync_act_in_a_group = Parallel(SyncStep())  # E: arg-type
 
 
 class StepsAsStringSaga(Saga[Order]):
