@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import SagaStoreError
+from ._loop_waker import posted_waker
 from ._sqlite_pipe import (
     FrameReader,
     error_to_wire,
@@ -78,9 +79,22 @@ def _settle(outcomes: Sequence[_Outcome]) -> None:
             items = by_loop[request.loop] = []
         items.append((request.future, succeeded, value))
     for loop, items in by_loop.items():
-        # A closed loop raises RuntimeError: nobody is waiting for these any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, items)
+        _on_loop(loop, _resolve, items)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[Any], None], arg: Any) -> None:
+    """``call(arg)`` on ``loop``, from this thread: through the loop's waker
+    (made by the store when the loop sent its first request), else
+    ``call_soon_threadsafe``. Both keep the order of the calls."""
+    if loop.is_closed():
+        return  # nobody is waiting for these any more
+    waker = posted_waker(loop)
+    if waker is not None:
+        waker.post(call, arg)
+        return
+    # A loop closed meanwhile raises RuntimeError: nobody is waiting either.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(call, arg)
 
 
 class _Worker:
@@ -291,13 +305,13 @@ def _settle_now(outcomes: Sequence[_Outcome]) -> None:
 
 
 def _settle_stop(stop: _Stop) -> None:
-    def resolve() -> None:
+    def resolve(_: None) -> None:
         if stop.future is not None and not stop.future.done():
             stop.future.set_result(None)
 
     assert stop.loop is not None
-    with contextlib.suppress(RuntimeError):
-        stop.loop.call_soon_threadsafe(resolve)
+    # The way the outcomes went: close() returns after every outcome is set.
+    _on_loop(stop.loop, resolve, None)
 
 
 def _stop_workers(*workers: _Worker) -> None:

@@ -8,7 +8,8 @@ every statement runs on a thread the store owns:
   the requests that are waiting, runs them in **one** ``BEGIN IMMEDIATE``
   transaction and commits once — one fsync for the whole group (group
   commit) — and only then resolves each request's future, on the loop that
-  made it. A saga still waits for its own write to be durable; it just
+  made it (through that loop's waker, one descriptor the loop watches: see
+  ``_loop_waker``). A saga still waits for its own write to be durable; it just
   shares the fsync with every other saga that was waiting at the same time.
   A request that is refused (``SagaAlreadyExists``, ``SagaNotFound``,
   ``LeaseLost``) is refused before it writes anything, so it fails alone;
@@ -86,6 +87,7 @@ from ._common import (
     short_repr,
     status_text,
 )
+from ._loop_waker import waker_of
 from ._sqlite_pipe import (
     WriterProcess,
     abandon_soon,
@@ -447,6 +449,7 @@ class SQLiteSagaStore:
             writer = self._writer or self._start()
             worker = writer if write or self._reader is None else self._reader
             if self.writer != "inline":
+                waker_of(loop)  # made at the loop's first request: how the threads answer it
                 worker.queue.put(_Request(op, args, loop, future, write))
                 return future
         self._serve_inline(worker, _Request(op, args, loop, future, write))
