@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["LoopWaker", "posted_waker", "waker_of"]
+__all__ = ["LoopWaker", "waker_of"]
 
 _EVENTFD: Final = hasattr(os, "eventfd")
 
@@ -136,7 +136,3 @@ def waker_of(loop: asyncio.AbstractEventLoop) -> LoopWaker | None:
     _WAKERS[loop] = waker
     return waker
 
-
-def posted_waker(loop: asyncio.AbstractEventLoop) -> LoopWaker | None:
-    """The waker ``waker_of`` made for ``loop``, if any (from any thread)."""
-    return _WAKERS.get(loop)

@@ -30,6 +30,7 @@ from ._common import (
     short_repr,
 )
 from ._listing_pages import ListingPages, UnreadableRow
+from ._loop_waker import LoopWaker
 from ._sqlite_rows import (
     _decode_record,
     _is_time,
@@ -198,7 +199,8 @@ def _storable_plain(entries: Sequence[JournalEntry]) -> tuple[tuple[Any, ...], .
 
 class _Request(NamedTuple):
     """An operation of this module and its arguments, for a worker to run
-    (``_sqlite_workers``), and the future to resolve on ``loop`` with its outcome.
+    (``_sqlite_workers``), and the future to resolve on ``loop`` with its
+    outcome (through ``waker``, the loop's, when it has one).
     """
 
     op: Callable[..., Any]
@@ -206,6 +208,7 @@ class _Request(NamedTuple):
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     write: bool
+    waker: LoopWaker | None = None
 
 
 class _Txn:

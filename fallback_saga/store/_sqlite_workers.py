@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import SagaStoreError
-from ._loop_waker import posted_waker
+from ._loop_waker import LoopWaker
 from ._sqlite_pipe import (
     FrameReader,
     error_to_wire,
@@ -46,10 +46,12 @@ from ._sqlite_sql import (
 
 @dataclass(slots=True)
 class _Stop:
-    """Queued by ``close`` (with a future) or by the finalizer (without)."""
+    """Queued by ``close`` (with a future, and its loop's waker if it has
+    one) or by the finalizer (without)."""
 
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[None] | None = None
+    waker: LoopWaker | None = None
 
 
 _Outcome = tuple[_Request, bool, Any]  # (request, succeeded, result or exception)
@@ -72,23 +74,31 @@ def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 
 def _settle(outcomes: Sequence[_Outcome]) -> None:
     """Resolve each future on its own loop, one thread-safe wake-up per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    by_loop: dict[
+        asyncio.AbstractEventLoop,
+        tuple[LoopWaker | None, list[tuple[asyncio.Future[Any], bool, Any]]],
+    ] = {}
     for request, succeeded, value in outcomes:
-        items = by_loop.get(request.loop)
-        if items is None:
-            items = by_loop[request.loop] = []
-        items.append((request.future, succeeded, value))
-    for loop, items in by_loop.items():
-        _on_loop(loop, _resolve, items)
+        entry = by_loop.get(request.loop)
+        if entry is None:
+            # One waker per loop: any of the loop's requests carries it.
+            entry = by_loop[request.loop] = (request.waker, [])
+        entry[1].append((request.future, succeeded, value))
+    for loop, (waker, items) in by_loop.items():
+        _on_loop(loop, waker, _resolve, items)
 
 
-def _on_loop(loop: asyncio.AbstractEventLoop, call: Callable[[Any], None], arg: Any) -> None:
+def _on_loop(
+    loop: asyncio.AbstractEventLoop,
+    waker: LoopWaker | None,
+    call: Callable[[Any], None],
+    arg: Any,
+) -> None:
     """``call(arg)`` on ``loop``, from this thread: through the loop's waker
-    (made by the store when the loop sent its first request), else
+    (``_loop_waker``; the store looked it up on the loop's thread), else
     ``call_soon_threadsafe``. Both keep the order of the calls."""
     if loop.is_closed():
         return  # nobody is waiting for these any more
-    waker = posted_waker(loop)
     if waker is not None:
         waker.post(call, arg)
         return
@@ -311,7 +321,7 @@ def _settle_stop(stop: _Stop) -> None:
 
     assert stop.loop is not None
     # The way the outcomes went: close() returns after every outcome is set.
-    _on_loop(stop.loop, resolve, None)
+    _on_loop(stop.loop, stop.waker, resolve, None)
 
 
 def _stop_workers(*workers: _Worker) -> None:
@@ -369,7 +379,7 @@ def _writer_process_main() -> None:
         for _, batch, items in messages:
             spans.append((batch, len(group), len(items)))
             group += [
-                _new_request(_Request, (_WIRE_OPS[op], args, None, None, True))
+                _new_request(_Request, (_WIRE_OPS[op], args, None, None, True, None))
                 for op, args in items
             ]
         captured.clear()

@@ -87,7 +87,7 @@ from ._common import (
     short_repr,
     status_text,
 )
-from ._loop_waker import waker_of
+from ._loop_waker import LoopWaker, waker_of
 from ._sqlite_pipe import (
     WriterProcess,
     abandon_soon,
@@ -284,6 +284,10 @@ class SQLiteSagaStore:
         self._inline_lock = threading.Lock()
         self._process_finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
         self._forked_mid_request = False
+        # The last event loop that sent a request, and its waker (see _waker).
+        self._last_waker: (
+            tuple[weakref.ReferenceType[asyncio.AbstractEventLoop], LoopWaker | None] | None
+        ) = None
         # Around a fork (_before_fork): the locks taken, and whether one could not be.
         self._fork_held: list[threading.Lock] = []
         self._fork_blocked = False
@@ -346,7 +350,7 @@ class SQLiteSagaStore:
         futures: list[asyncio.Future[None]] = []
         for worker in workers:
             future: asyncio.Future[None] = loop.create_future()
-            worker.queue.put(_Stop(loop, future))
+            worker.queue.put(_Stop(loop, future, waker_of(loop)))
             futures.append(future)
         if process is not None:
             if process.loop is loop:
@@ -449,11 +453,21 @@ class SQLiteSagaStore:
             writer = self._writer or self._start()
             worker = writer if write or self._reader is None else self._reader
             if self.writer != "inline":
-                waker_of(loop)  # made at the loop's first request: how the threads answer it
-                worker.queue.put(_Request(op, args, loop, future, write))
+                worker.queue.put(_Request(op, args, loop, future, write, self._waker(loop)))
                 return future
         self._serve_inline(worker, _Request(op, args, loop, future, write))
         return future
+
+    def _waker(self, loop: asyncio.AbstractEventLoop) -> LoopWaker | None:
+        """``loop``'s waker (made at its first request), through which the
+        threads answer it; remembered for the last loop (a weak reference:
+        the store keeps no loop alive)."""
+        last = self._last_waker
+        if last is not None and last[0]() is loop:
+            return last[1]
+        waker = waker_of(loop)
+        self._last_waker = (weakref.ref(loop), waker)
+        return waker
 
     def _forget_the_parents(self) -> None:
         """In a process just forked: the threads did not come along, and the
@@ -485,6 +499,7 @@ class SQLiteSagaStore:
         ]
         self._writer = self._reader = None
         self._inline_conn = None
+        self._last_waker = None  # the parent's loops are not this process's
         process, self._process = self._process, None
         if process is not None:
             process.let_go()
