@@ -57,7 +57,8 @@ connections) is ``_sqlite_schema``, reading rows back is ``_sqlite_rows``,
 what each request does in SQL is ``_sqlite_sql``, and the threads and
 the writer process that run the requests are ``_sqlite_workers`` (the
 process's pipe: ``_sqlite_pipe``). Imports run that way round: each of them
-imports only those named before it.
+imports only those named before it, and ``_loop_waker`` (how the threads
+wake an event loop with its answers), which imports none of them.
 """
 
 from __future__ import annotations
