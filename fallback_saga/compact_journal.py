@@ -37,9 +37,10 @@ from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_STARTED as _STARTED
 
 if TYPE_CHECKING:  # store/memory.py imports this module: no import of the store package here
+    from .store.base import Branch as BranchLabel
     from .store.base import RawEntry
 
-__all__ = ["Shape", "expand", "plan_shape"]
+__all__ = ["Shape", "branch_of", "expand", "plan_shape"]
 
 # For each plan item in order, how many branches it has (one for a plain step,
 # two for a Fallback: the primary, then the fallback), then each branch's
@@ -60,6 +61,19 @@ def plan_shape(items: Iterable[Sequence[Any]]) -> Shape:
         for branch in branches:
             shape += (branch.position, branch.name, branch.branch)
     return tuple(shape)
+
+
+def branch_of(shape: Shape, name: str) -> tuple[int, BranchLabel] | None:
+    """The position and branch label of the step called ``name`` (names are
+    unique in a saga), or None if the plan has no such step."""
+    item = 0
+    while item < len(shape):
+        count: int = shape[item]  # type: ignore[assignment]
+        for start in range(item + 1, item + 1 + 3 * count, 3):
+            if shape[start + 1] == name:
+                return shape[start], shape[start + 2]  # type: ignore[return-value]
+        item += 1 + 3 * count
+    return None
 
 
 def expand(
@@ -88,7 +102,10 @@ def expand(
                 started = True
         else:
             rows.append(entry)
-            if started:  # the act's outcome: FAILED (run_plain records a cancelled act so too)
+            # The act's outcome: FAILED (run_plain records a cancelled act so
+            # too). Not a compensation row a cancelled step's child left
+            # between the two (Execution.leave_undone): the act's own comes next.
+            if started and entry[3] == "act":
                 started = False
                 if branch == item + 1 and shape[item] == 2:
                     branch += 3  # a Fallback's primary: its fallback comes next, if anything

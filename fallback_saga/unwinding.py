@@ -28,6 +28,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal, NoReturn
 
+from .compact_journal import branch_of
 from .context import freeze_context
 from .errors import (
     ContextSerializationError,
@@ -204,13 +205,18 @@ class UnwindingRun(JournaledRun):
         elif step in left:
             return
         left[step] = error
-        # The step's act rows say where it stands (a compact journal's clock
-        # readings are not rows: see compact_journal).
+        # The step's act rows say where it stands; in a compact journal
+        # (run_plain's) a step cancelled in its act has only its STARTED
+        # clock reading, and the plan's shape tells where it stands.
         for row in reversed(self.journal):
             if isinstance(row, tuple) and row[1] == step and row[3] == "act":
                 self.journal.append((row[0], step, row[2], "compensate", _FAILED, 1,
                                      _describe(error), _now(), None))
                 return
+        where = None if self.shape is None else branch_of(self.shape, step)
+        if where is not None:
+            self.journal.append((where[0], step, where[1], "compensate", _FAILED, 1,
+                                 _describe(error), _now(), None))
 
     async def abort(self) -> None:
         """The task was cancelled mid-step: unwind; the caller re-raises."""

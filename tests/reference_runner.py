@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import types
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from journal_faults import FAST_JOURNAL_RETRY, FaultyStore, FaultySubmittingStore
@@ -178,11 +180,14 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
 class Built:
     """The saga classes of a case over one store."""
 
-    def __init__(self, rt: Runtime, store: Any, breakers: list[CircuitBreaker]) -> None:
+    def __init__(
+        self, rt: Runtime, store: Any, breakers: list[CircuitBreaker],
+        ctx_class: type[SagaContext] | None = None,
+    ) -> None:
         self.rt = rt
         self.store = store
         self.breakers = breakers
-        self.ctx_class = context_class(rt.case)
+        self.ctx_class = ctx_class or context_class(rt.case)
         self.retry = RetryPolicy(attempts=rt.case.comp_attempts, delay=0.0, jitter=0.0)
         self.parent_class = self._saga_class("RefSaga", rt.case.items)
 
@@ -276,30 +281,150 @@ async def run_case(case: Case, durable: bool) -> int:
             await close()
 
 
+@dataclass
+class StoreKind:
+    """How the differential oracle (``test_store_differential.py``) gets a
+    store of one kind: ``open()`` a fresh one; ``reopen(old)`` closes ``old``
+    and opens a new store object on the same file or database, as the
+    process that resumes after a crash would (None: the store's journal dies
+    with its object — the memory store); ``clock`` is the store's injected
+    Unix clock, if it takes one. ``wrap=False``: the saga is given the store
+    itself (no fault can be injected: the memory store's in-process path)."""
+
+    name: str
+    open: Callable[[], Awaitable[Any]]
+    reopen: Callable[[Any], Awaitable[Any]] | None = None
+    clock: list[float] | None = None
+    durable: bool = True
+    wrap: bool = True
+
+
+@dataclass
+class RunSeen:
+    """What one run of a case (with its resumes) left, as the oracle compares
+    it across stores: the participant calls, the caller's outcome, and each
+    journaled saga (the run's and its children's) as its store gives it back."""
+
+    trace: list[Call]
+    outcome: tuple[Any, ...]
+    journals: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    members: frozenset[str] = frozenset()  # the steps of Parallel groups
+    children: frozenset[str] = frozenset()
+
+
+def outcome_summary(outcome: object, children: list[str]) -> tuple[Any, ...]:
+    if isinstance(outcome, SagaResult):
+        return (
+            "result", outcome.status.value,
+            [(r.step_name, "<child>" if r.step_name in children else repr(r.response))
+             for r in outcome.results],
+            as_dict(outcome.context),
+        )
+    if isinstance(outcome, SagaFailed):
+        return (
+            "failed", outcome.status.value, outcome.failed_step,
+            type(outcome.error).__name__, str(outcome.error),
+            sorted((k, type(v).__name__, str(v)) for k, v in outcome.compensation_errors.items()),
+            sorted((k, type(v).__name__, str(v)) for k, v in outcome.branch_errors.items()),
+        )
+    if isinstance(outcome, asyncio.CancelledError):
+        return ("cancelled",)
+    return ("other", type(outcome).__name__, str(outcome))
+
+
+async def journal_summary(inner: Any, saga_id: str) -> tuple[Any, ...]:
+    try:
+        record = await inner.load(saga_id)
+    except SagaNotFound:
+        return ("absent",)
+    return (
+        record.saga_name, record.fingerprint, record.status.value, dict(record.context),
+        [(e.position, e.step, e.branch, e.action, e.status.value, e.attempt, e.error, e.result)
+         for e in record.history],
+    )
+
+
+class LeaseKeepingStore(FaultySubmittingStore):
+    """A faulty durable store that remembers the leases it granted, so that
+    the leases of a run the crash killed can be let go of before the resume
+    (they would run out: a lease's end stands for its expiry on stores whose
+    clock cannot be moved)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.leases: dict[str, Any] = {}
+
+    async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
+        lease = await super().claim_saga(saga_id, **kwargs)
+        self.leases[saga_id] = lease
+        return lease
+
+    async def renew(self, lease: Any, lease_seconds: float) -> Any:
+        renewed = await super().renew(lease, lease_seconds)
+        self.leases[renewed.saga_id] = renewed
+        return renewed
+
+    async def expire_leases(self) -> None:
+        leases, self.leases = self.leases, {}
+        for lease in leases.values():
+            await self.inner.release(lease)
+
+
+async def run_case_on(case: Case, kind: StoreKind, box: list[Any], seen: list[RunSeen]) -> int:
+    """Runs ``case`` on the store in ``box[0]`` (of ``kind``; a reopen puts
+    the new store object there), checking it against the model as
+    ``run_case`` does, and appends what each run left to ``seen``. A case
+    whose store dies is resumed on a reopened store where ``kind`` can."""
+    return await _run_case(
+        case, kind.durable, box[0], kind.clock, kind=kind, box=box, seen=seen,
+    )
+
+
+_ctx_classes: dict[tuple[int, Any], type[SagaContext]] = {}
+
+
 async def _run_case(
-    case: Case, durable: bool, inner: Any, store_clock: list[float] | None = None
+    case: Case, durable: bool, inner: Any, store_clock: list[float] | None = None, *,
+    kind: StoreKind | None = None, box: list[Any] | None = None,
+    seen: list[RunSeen] | None = None,
 ) -> int:
     rt = Runtime(case)
-    store = (FaultySubmittingStore if durable else FaultyStore)(inner)
+    store: Any
+    if kind is None:
+        store = (FaultySubmittingStore if durable else FaultyStore)(inner)
+    elif not kind.wrap:
+        assert case.crash_after is None, "no fault on a bare store"
+        assert case.cancel_after is None, "no fault on a bare store"
+        store = inner
+    else:
+        store = LeaseKeepingStore(inner) if durable else FaultyStore(inner)
+    faults = durable or kind is not None
     rt.store = store
     clock = [1000.0]
     breakers = [
         CircuitBreaker(
             fail_max=b.fail_max, reset_timeout=b.reset_timeout,
             exclude=(ERRORS["B"],) if b.exclude_b else (), clock=lambda: clock[0],
+            name=f"breaker-{index}",  # journaled in an open circuit's error: the same everywhere
         )
-        for b in case.breakers
+        for index, b in enumerate(case.breakers)
     ]
     models = [BreakerModel(b) for b in case.breakers]
-    built = Built(rt, store, breakers)
+    ctx_class = None
+    if kind is not None:
+        # one context class per case, whatever the store (its fingerprint is compared)
+        ctx_class = _ctx_classes.get((case.seed, case.items))
+        if ctx_class is None:
+            ctx_class = _ctx_classes[(case.seed, case.items)] = context_class(case)
+    built = Built(rt, store, breakers, ctx_class)
     checked = 0
     for run in range(case.runs):
         clock[0] += case.advances[run]
         saga_id = f"c{case.seed}-r{run}"
         rt.trace = []
-        rt.crash_after = case.crash_after if durable and run == 0 else None
+        rt.crash_after = case.crash_after if faults and run == 0 else None
         rt.crash_again = case.crash_again
-        rt.cancel_after = case.cancel_after if durable and run == 0 else None
+        rt.cancel_after = case.cancel_after if faults and run == 0 else None
         rt.cancelled_in_write = False
         rt.crashes = []
         rt.cancelled = False
@@ -322,6 +447,12 @@ async def _run_case(
             store.heal()
             if store_clock is not None:
                 store_clock[0] += 3600.0  # the dead run's leases ran out
+            if isinstance(store, LeaseKeepingStore):
+                await store.expire_leases()  # ... on every store, whatever its clock
+            if kind is not None and kind.reopen is not None:
+                # the resuming process opens the file or database anew
+                assert box is not None
+                box[0] = inner = store.inner = await kind.reopen(store.inner)
             rt.resuming = rt.trace[rt.crashes[-1]] if rt.trace[rt.crashes[-1]][2] == "act" else None
             resumer = built.saga()
             task = asyncio.create_task(resumer.resume(saga_id))
@@ -345,6 +476,15 @@ async def _run_case(
             raise Mismatch(f"run {run}: {mismatch}; outcome {outcome!r}") from None
         checked += len(rt.trace)
         record = await inner.load(saga_id)
+        if seen is not None:
+            children = child_names(case.items)
+            ids = [saga_id, *sorted(model.child_status)]
+            ids += sorted({call[0] for call in rt.trace} - set(ids))
+            seen.append(RunSeen(
+                list(rt.trace), outcome_summary(outcome, children),
+                {sid: await journal_summary(inner, sid) for sid in ids},
+                frozenset(rt.members), frozenset(children),
+            ))
         where = f"run {run} ({saga_id}), outcome {outcome!r}, trace {rt.trace}"
 
         def check(ok: bool, what: str, where: str = where) -> None:
