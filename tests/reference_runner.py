@@ -310,6 +310,7 @@ class RunSeen:
     journals: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     members: frozenset[str] = frozenset()  # the steps of Parallel groups
     children: frozenset[str] = frozenset()
+    replayed: tuple[Any, ...] = ()  # the outcome of resuming it once it had finished
 
 
 def outcome_summary(outcome: object, children: list[str]) -> tuple[Any, ...]:
@@ -480,10 +481,18 @@ async def _run_case(
             children = child_names(case.items)
             ids = [saga_id, *sorted(model.child_status)]
             ids += sorted({call[0] for call in rt.trace} - set(ids))
+            # A finished saga resumed again answers from its journal alone
+            # (S14: the results it kept, with their values and types).
+            replayed: object
+            try:
+                replayed = await built.saga().resume(saga_id)
+            except Exception as error:
+                replayed = error
             seen.append(RunSeen(
                 list(rt.trace), outcome_summary(outcome, children),
                 {sid: await journal_summary(inner, sid) for sid in ids},
                 frozenset(rt.members), frozenset(children),
+                outcome_summary(replayed, children),
             ))
         where = f"run {run} ({saga_id}), outcome {outcome!r}, trace {rt.trace}"
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -141,9 +142,30 @@ def _canonical_stretches(items: list[Any], in_group: Any) -> list[Any]:
     return out
 
 
+# SagaFailed's text names the steps whose compensation gave up in the order
+# they were compensated: among a group's members, the order they ran in.
+_GAVE_UP = re.compile(r"(compensation failed for )([^;'\"]+)")
+
+
+def _canonical_text(value: Any, members: frozenset[str]) -> Any:
+    """``value`` with each list of steps whose compensation gave up put in
+    canonical order where it names consecutive group members."""
+    if isinstance(value, str):
+        def order(found: re.Match[str]) -> str:
+            names = [("", name) for name in found.group(2).split(", ")]
+            names = _canonical_stretches(names, lambda item: item[1] in members)
+            return found.group(1) + ", ".join(name for _, name in names)
+
+        return _GAVE_UP.sub(order, value)
+    if isinstance(value, list | tuple):
+        return type(value)(_canonical_text(item, members) for item in value)
+    return value
+
+
 def canonical(seen: RunSeen) -> RunSeen:
     """What the contract fixes of a run: the same, with the order among a
-    Parallel group's members left out."""
+    Parallel group's members left out (and so the order in which an error's
+    text lists those whose compensation gave up)."""
     members = seen.members
     trace = _canonical_stretches(seen.trace, lambda call: call[1] in members)
     journals = {}
@@ -152,8 +174,10 @@ def canonical(seen: RunSeen) -> RunSeen:
             journals[saga_id] = journal
             continue
         *head, rows = journal
-        journals[saga_id] = (*head, _canonical_stretches(rows, lambda row: row[1] in members))
-    return RunSeen(trace, seen.outcome, journals, members, seen.children)
+        rows = _canonical_stretches(rows, lambda row: row[1] in members)
+        journals[saga_id] = (*head, _canonical_text(rows, members))
+    return RunSeen(trace, _canonical_text(seen.outcome, members), journals, members,
+                   seen.children, _canonical_text(seen.replayed, members))
 
 
 def _compare(run: int, b: RunSeen, o: RunSeen) -> list[str]:
@@ -162,6 +186,8 @@ def _compare(run: int, b: RunSeen, o: RunSeen) -> list[str]:
         found.append(f"run {run}: participant calls\n  {o.trace}\n  memory: {b.trace}")
     if b.outcome != o.outcome:
         found.append(f"run {run}: outcome\n  {o.outcome}\n  memory: {b.outcome}")
+    if b.replayed != o.replayed:
+        found.append(f"run {run}: resumed once finished\n  {o.replayed}\n  memory: {b.replayed}")
     for saga_id in sorted(set(b.journals) | set(o.journals)):
         got, want = o.journals.get(saga_id), b.journals.get(saga_id)
         if got != want:
@@ -186,10 +212,14 @@ def differences(base: list[RunSeen], other: list[RunSeen], kind: str = "") -> li
     if len(base) != len(other):
         return [f"{len(other)} runs, the memory store {len(base)}"]
     for run, (b, o) in enumerate(zip(base, other, strict=True)):
-        if (b.trace, b.outcome, b.journals) == (o.trace, o.outcome, o.journals):
+        if (b.trace, b.outcome, b.journals, b.replayed) == (
+            o.trace, o.outcome, o.journals, o.replayed
+        ):
             continue
         cb, co = canonical(b), canonical(o)
-        if (cb.trace, cb.outcome, cb.journals) == (co.trace, co.outcome, co.journals):
+        if (cb.trace, cb.outcome, cb.journals, cb.replayed) == (
+            co.trace, co.outcome, co.journals, co.replayed
+        ):
             ALLOWED[f"{kind}: the order among a group's members"] += 1
             continue
         outside_b = [call for call in b.trace if call[1] not in b.members]
@@ -398,16 +428,34 @@ def _cluster(names: list[str]) -> Iterator[str | None]:
         cluster.remove()
 
 
+HUNG_AFTER = 120.0  # seconds: a case takes well under one
+
+
+def _stacks() -> str:
+    """Where every task of the loop is waiting (for a case that hung)."""
+    import io
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=out)
+    return out.getvalue()
+
+
 async def _hunt(start: int, count: int, kinds: list[StoreKind]) -> AsyncIterator[str]:
-    chunk = 100
-    for crash in (False, True):
-        for first in range(start, start + count, chunk):
-            seeds = range(first, min(first + chunk, start + count))
+    chunk = 50
+    for first in range(start, start + count, chunk):
+        seeds = range(first, min(first + chunk, start + count))
+        for crash in (False, True):
             async with Stores(kinds) as stores:
                 for seed in seeds:
                     case = await make_case(seed, durable=True, crash=crash)
+                    task = asyncio.ensure_future(compare_case(case, kinds, stores.boxes))
+                    if not (await asyncio.wait({task}, timeout=HUNG_AFTER))[0]:
+                        yield f"HUNG seed {seed} crash={crash}: {case}\n{_stacks()}"
+                        task.cancel()
+                        return
                     try:
-                        found = await compare_case(case, kinds, stores.boxes)
+                        found = task.result()
                     except AssertionError as error:
                         yield f"MODEL seed {seed} crash={crash}: {error}"
                         continue
