@@ -102,10 +102,7 @@ def expand(
                 started = True
         else:
             rows.append(entry)
-            # The act's outcome: FAILED (run_plain records a cancelled act so
-            # too). Not a compensation row a cancelled step's child left
-            # between the two (Execution.leave_undone): the act's own comes next.
-            if started and entry[3] == "act":
+            if started:  # the act's outcome: FAILED (run_plain records a cancelled act so too)
                 started = False
                 if branch == item + 1 and shape[item] == 2:
                     branch += 3  # a Fallback's primary: its fallback comes next, if anything
