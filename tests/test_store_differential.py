@@ -17,8 +17,10 @@ What the contract leaves open is inside a ``Parallel`` group only
 * the order among the members: they run concurrently and are compensated
   "in the reverse order of their completion (any order among them is
   valid: they are independent)", so the interleaving of their calls and
-  rows (and the order in which an error's text lists those whose
-  compensation gave up) depends on how each store schedules its writes.
+  rows depends on how each store schedules its writes — and with it the
+  order in which an error's text lists those whose compensation gave up,
+  and which cancelled member a resumed saga names as its failed step when
+  every failure was the caller's cancellation.
   Those stretches are compared as multisets; everything else is identical.
 * how far the other members got when one failed for good: "the group
   cancels the members still running", and where the cancellation meets each
@@ -176,6 +178,18 @@ def _canonical_text(value: Any, members: frozenset[str]) -> Any:
     return value
 
 
+def _canonical_outcome(outcome: tuple[Any, ...], members: frozenset[str]) -> tuple[Any, ...]:
+    """A SagaFailed whose failed step is a group member that was cancelled
+    (a resumed run, or a finished saga resumed, names the last failure the
+    journal holds when every failure was a cancellation — the caller's:
+    docs/mechanics.md, "Parallel groups", S8): which member's row comes last
+    is the order among members, so any cancelled member will do."""
+    outcome = _canonical_text(outcome, members)
+    if outcome[0] == "failed" and outcome[2] in members and outcome[4] == "CancelledError":
+        outcome = (*outcome[:2], "<a cancelled member>", *outcome[3:])
+    return outcome
+
+
 def canonical(seen: RunSeen) -> RunSeen:
     """What the contract fixes of a run: the same, with the order among a
     Parallel group's members left out (and so the order in which an error's
@@ -190,8 +204,8 @@ def canonical(seen: RunSeen) -> RunSeen:
         *head, rows = journal
         rows = _canonical_stretches(rows, lambda row: row[1] in members)
         journals[saga_id] = (*head, _canonical_text(rows, members))
-    return RunSeen(trace, _canonical_text(seen.outcome, members), journals, members,
-                   seen.children, _canonical_text(seen.replayed, members))
+    return RunSeen(trace, _canonical_outcome(seen.outcome, members), journals, members,
+                   seen.children, _canonical_outcome(seen.replayed, members))
 
 
 def _compare(run: int, b: RunSeen, o: RunSeen) -> list[str]:
