@@ -347,7 +347,8 @@ def add_purge_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "purge",
         help="delete finished sagas older than an age",
         description="Delete completed, compensated and failed sagas (and their history) "
-        "last updated more than AGE ago. Running and compensating sagas are never deleted.",
+        "last updated more than AGE ago. Running and compensating sagas are never deleted, "
+        "nor is a child saga (SubSaga) while its parent is kept: a family goes parent first.",
     )
     add_store_options(purge)
     purge.add_argument(

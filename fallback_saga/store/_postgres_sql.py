@@ -279,13 +279,27 @@ class _Statements:
             f" SELECT pg_notify(%s, saga_id) FROM released"
             f" WHERE status IN {_INTERRUPTED_SQL}"
         )
+        # Not a child saga (SubSaga) while its parent is stored: unwinding a
+        # parent unwinds its finished child from the child's own journal. A
+        # family goes parent first, its children by the next statement
+        # (the second column: a saga purged left a child behind). The parent's id
+        # is the child's up to its last "/", as subsaga.parent_saga_id says.
         self.purge = (
             f"WITH gone AS ("
-            f" DELETE FROM {sagas} WHERE status IN {_FINISHED_SQL}"
-            f" AND updated_at < now() - make_interval(secs => %s::float8) RETURNING saga_id"
+            f" DELETE FROM {sagas} AS child WHERE status IN {_FINISHED_SQL}"
+            f" AND updated_at < now() - make_interval(secs => %s::float8)"
+            f" AND NOT (strpos(saga_id, '/') > 0 AND EXISTS (SELECT 1 FROM {sagas} AS parent"
+            f" WHERE parent.saga_id = left(child.saga_id,"
+            f" length(child.saga_id) - strpos(reverse(child.saga_id), '/'))))"
+            f" RETURNING saga_id"
             f"), history AS ("
             f" DELETE FROM {steps} USING gone WHERE {steps}.saga_id = gone.saga_id"
-            f") SELECT count(*) FROM gone"
+            f") SELECT count(*), EXISTS (SELECT 1 FROM gone"
+            # A child's id is its parent's, "/", and the parent's step that ran
+            # it (the history the statement deletes, as it was before it).
+            f" JOIN {steps} AS step ON step.saga_id = gone.saga_id"
+            f" JOIN {sagas} AS left_behind"
+            f" ON left_behind.saga_id = gone.saga_id || '/' || step.step) FROM gone"
         )
 
 

@@ -135,8 +135,19 @@ _DEFER: Final = (
     " WHERE saga_id = ? AND fence = ?"
 )
 _PURGEABLE: Final = (
-    "SELECT saga_id FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ? LIMIT ?"
+    "SELECT saga_id FROM sagas AS child WHERE status IN (?, ?, ?) AND updated_at < ?"
+    # Not a child saga (SubSaga) while its parent is stored: unwinding a
+    # parent unwinds its finished child from the child's own journal, so a
+    # family goes parent first, then its children (the next batch), like
+    # subsaga.parent_saga_id: the id up to its last "/" (rtrim cuts the
+    # characters after it, replace() leaving every other character).
+    " AND NOT (instr(saga_id, '/') > 0 AND EXISTS (SELECT 1 FROM sagas AS parent"
+    " WHERE parent.saga_id = substr(rtrim(child.saga_id, replace(child.saga_id, '/', '')),"
+    " 1, length(rtrim(child.saga_id, replace(child.saga_id, '/', ''))) - 1)))"
+    " LIMIT ?"
 )
+# A saga whose id starts with "<id>/" ("0" follows "/"): a child of <id>'s.
+_HAS_CHILD: Final = "SELECT 1 FROM sagas WHERE saga_id >= ? AND saga_id < ? LIMIT 1"
 _PURGE_STEPS: Final = "DELETE FROM saga_steps WHERE saga_id = ?"
 _PURGE_SAGA: Final = "DELETE FROM sagas WHERE saga_id = ?"
 
@@ -680,10 +691,11 @@ def _defer(
 
 def _purge(
     cursor: sqlite3.Cursor, txn: _Txn, older_than: float, limit: int, cutoff: float | None
-) -> tuple[int, float]:
+) -> tuple[int, float, bool]:
     """One batch of a purge: up to ``limit`` finished sagas last updated
     before ``cutoff`` (the first batch's ``now - older_than`` when ``None``),
-    with their history; how many, and the cutoff for the next batch."""
+    with their history; how many, the cutoff for the next batch, and whether
+    a saga purged left child sagas behind (which the next batch may take)."""
     txn.flush(cursor)  # the steps written earlier in this group go too
     txn.known.clear()
     if cutoff is None:
@@ -691,7 +703,11 @@ def _purge(
     ids = cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, limit)).fetchall()
     cursor.executemany(_PURGE_STEPS, ids)
     cursor.executemany(_PURGE_SAGA, ids)
-    return len(ids), cutoff
+    orphaned = any(
+        cursor.execute(_HAS_CHILD, (saga_id + "/", saga_id + "0")).fetchone() is not None
+        for (saga_id,) in ids
+    )
+    return len(ids), cutoff, orphaned
 
 
 def _ping(cursor: sqlite3.Cursor, txn: _Txn) -> None:

@@ -1271,7 +1271,14 @@ class PostgresSagaStore:
 
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for
-        ``older_than`` seconds, in one statement; returns how many."""
+        ``older_than`` seconds, in one statement; returns how many. A child
+        saga (``SubSaga``) is not purged while its parent is stored (a parent
+        unwinding unwinds it): a family goes parent first, its children by
+        one more statement each generation."""
         cutoff = finite_seconds("older_than", older_than)
-        row = await self._fetch("cannot purge sagas", self._sql.purge, (cutoff,))
-        return int(row[0])
+        total = 0
+        while True:
+            row = await self._fetch("cannot purge sagas", self._sql.purge, (cutoff,))
+            total += int(row[0])
+            if not row[1]:
+                return total

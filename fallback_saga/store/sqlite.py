@@ -813,7 +813,9 @@ class SQLiteSagaStore:
         ``PURGE_BATCH`` sagas a transaction: a purge of millions holds the
         write lock for one batch at a time, not for all of them, so the
         journal writes of live sagas (of other processes too) go on between
-        batches. A saga that finishes meanwhile is not purged by this call."""
+        batches. A saga that finishes meanwhile is not purged by this call.
+        A child saga (``SubSaga``) is not purged while its parent is stored
+        (a parent unwinding unwinds it): a family goes parent first."""
         older_than = finite_seconds("older_than", older_than)
         loop = asyncio.get_running_loop()
         total = 0
@@ -822,11 +824,12 @@ class SQLiteSagaStore:
             limit = PURGE_BATCH
             started = loop.time()
             count: int
-            count, cutoff = await self._submit(
+            orphaned: bool
+            count, cutoff, orphaned = await self._submit(
                 _purge, (older_than, limit, cutoff), write=True
             )
             total += count
-            if count < limit:
+            if count < limit and not orphaned:
                 return total
             # Leave the lock free for as long as the batch held it: another
             # process waiting for it polls (SQLite's busy handler sleeps up to
