@@ -765,3 +765,70 @@ def test_S13_two_threads_creating_one_saga_id_at_once_create_it_once() -> None:
     assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "SagaAlreadyExists"]
     winner = "a" if outcomes[0] is None else "b"
     assert asyncio.run(store.load("s-1")).context == {"by": winner}
+
+
+@pytest.mark.parametrize("max_finished", [0, 1])
+async def test_S15_a_finished_child_saga_is_kept_while_its_parent_is_in_flight(
+    max_finished: int,
+) -> None:
+    """Retention drops the oldest finished sagas — but not a child saga
+    (SubSaga) whose parent still runs: a later step of the parent may fail,
+    and unwinding the parent unwinds the child from the child's record. A
+    child dropped as it finished (``max_finished=0``), or as other sagas
+    finished after it, let the parent end COMPENSATED with the child's steps
+    never compensated (the child, not found, counted as never started)."""
+    from fallback_saga import SubSaga, current_step
+
+    ledger: list[str] = []
+    shipping = asyncio.Event()
+    fail = asyncio.Event()
+
+    @dataclasses.dataclass
+    class Ctx(SagaContext):
+        n: int = 0
+
+    class Participant(SagaStepHandler[Ctx, None]):
+        async def act(self, ctx: Ctx, /) -> None:
+            ledger.append(current_step().idempotency_key)
+
+        async def compensate(self, ctx: Ctx, /) -> None:
+            ledger.append(current_step().idempotency_key)
+
+    class Authorize(Participant):
+        pass
+
+    class Capture(Participant):
+        pass
+
+    class Payment(Saga[Ctx]):
+        steps = [Authorize, Capture]
+
+    class ShipLate(SagaStepHandler[Ctx, None]):
+        async def act(self, ctx: Ctx, /) -> None:
+            shipping.set()
+            await fail.wait()
+            raise RuntimeError("no courier")
+
+    class Order(Saga[Ctx]):
+        steps = [SubSaga(Payment, context=lambda parent: Ctx(), name="Pay"), ShipLate]
+
+    class Other(Saga[Ctx]):
+        steps = [Authorize]
+
+    store = MemorySagaStore(max_finished=max_finished)
+    run = asyncio.create_task(Order(store=store).run(Ctx(), saga_id="o1"))
+    try:
+        await shipping.wait()  # the child completed; the parent runs its last step
+        for n in range(2):  # other sagas finish meanwhile
+            await Other(store=store).run(Ctx(), saga_id=f"other-{n}")
+    finally:
+        fail.set()
+    with pytest.raises(SagaFailed) as failed:
+        await run
+    assert failed.value.status is SagaStatus.COMPENSATED
+    assert [key for key in ledger if not key.startswith("other")] == [
+        "o1/Pay:Authorize", "o1/Pay:Capture",
+        "o1/Pay:Capture:compensate", "o1/Pay:Authorize:compensate",
+    ]
+    # Once the parent is finished, its child retires as any finished saga.
+    assert len(store) == max_finished

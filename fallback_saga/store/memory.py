@@ -22,6 +22,10 @@ from .base import JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
 
 __all__ = ["MemorySagaStore"]
 
+# Between a parent saga's id and its child's step name in a child's saga id
+# (subsaga.CHILD_SEPARATOR: a store knows nothing of steps, so not imported).
+_CHILD = "/"
+
 
 class MemorySagaStore:
     """Keeps sagas in a dict. Nothing survives the process: use it for tests,
@@ -35,7 +39,8 @@ class MemorySagaStore:
     Finished sagas (COMPLETED, COMPENSATED, FAILED) are kept for inspection,
     at most ``max_finished`` of them: the oldest finished are dropped first,
     so a long-running service's memory stays flat. Running sagas are never
-    dropped. The context of a watched saga need not be JSON-serializable
+    dropped, nor is a finished child saga (``SubSaga``) while its parent
+    runs: it retires with its parent. The context of a watched saga need not be JSON-serializable
     until ``load`` is asked for it.
     """
 
@@ -50,6 +55,9 @@ class MemorySagaStore:
         self.max_finished = max_finished
         self._sagas: dict[str, SagaRecord | LiveSaga | _Frozen] = {}
         self._finished: deque[str] = deque()  # oldest first; each saga retires once
+        # Finished child sagas (SubSaga) kept off ``_finished`` while their
+        # parent is in flight, by the parent's id: the parent may yet unwind them.
+        self._kept: dict[str, dict[str, None]] = {}
         # append's compare-and-set (``after``) between threads, each with its
         # own event loop (a sync app's asyncio.run per request).
         self._appending = threading.Lock()
@@ -85,6 +93,10 @@ class MemorySagaStore:
         saga_id = saga.saga_id
         sagas = self._sagas
         if sagas.get(saga_id) is saga:
+            if _CHILD in saga_id and self._kept_for_parent(saga_id):
+                return
+            if self._kept:
+                self._let_children_go(saga_id)
             if not self.max_finished:  # nothing is retained: nothing to freeze
                 del sagas[saga_id]
                 return
@@ -110,7 +122,11 @@ class MemorySagaStore:
         saga_id = saga.saga_id
         sagas = self._sagas
         if sagas.get(saga_id) is saga:
+            if _CHILD in saga_id and self._kept_for_parent(saga_id):
+                return False  # the caller freezes it and calls finished, which keeps it
             if not self.max_finished:  # nothing is retained: nothing to freeze
+                if self._kept:
+                    self._let_children_go(saga_id)
                 del sagas[saga_id]
                 return True
             index = _FREEZABLE.get(context.__class__)
@@ -131,6 +147,8 @@ class MemorySagaStore:
                 saga.shape, journal, results,  # type: ignore[attr-defined]
                 _FROZEN, (index, len(state), *state, *state.values()),
             )
+            if self._kept:
+                self._let_children_go(saga_id)
             # _retire, inlined
             finished = self._finished
             finished.append(saga_id)
@@ -309,6 +327,10 @@ class MemorySagaStore:
             self._finished.remove(saga_id)
 
     def _retire(self, saga_id: str) -> None:
+        if _CHILD in saga_id and self._kept_for_parent(saga_id):
+            return
+        if self._kept:
+            self._let_children_go(saga_id)
         finished = self._finished
         finished.append(saga_id)
         while len(finished) > self.max_finished:
@@ -317,6 +339,34 @@ class MemorySagaStore:
             except IndexError:  # another thread retired the last one meanwhile
                 break
             self._sagas.pop(oldest, None)
+
+    def _kept_for_parent(self, saga_id: str) -> bool:
+        """Keep the finished ``saga_id`` off the finished (never dropped) if it
+        is a child saga whose parent is in flight: unwinding the parent
+        unwinds the child from the child's record, which must be there. The
+        parent's id is the child's up to its last ``/`` (``SubSaga``)."""
+        parent_id, separator, step = saga_id.rpartition(_CHILD)
+        if not (separator and parent_id and step):
+            return False
+        parent = self._sagas.get(parent_id)
+        if parent is None or _is_final(parent):
+            return False
+        self._kept.setdefault(parent_id, {})[saga_id] = None
+        return True
+
+    def _let_children_go(self, saga_id: str) -> None:
+        """``saga_id`` is retiring: the children kept for it retire first (they
+        finished before it), each after its own kept children. The caller
+        then drops the oldest finished, as usual."""
+        for child in self._kept.pop(saga_id, {}):
+            held = self._sagas.get(child)
+            if held is not None and _is_final(held):  # not running again
+                if self._kept:
+                    self._let_children_go(child)
+                if self.max_finished:
+                    self._finished.append(child)
+                else:
+                    self._sagas.pop(child, None)
 
 
 # A finished saga this process ran is kept as one flat tuple of plain values
