@@ -25,6 +25,7 @@ from fallback_saga import (
     SagaStatus,
     SagaStepHandler,
     SQLiteSagaStore,
+    StepStatus,
     SubSaga,
 )
 from fallback_saga.cli import main
@@ -130,3 +131,25 @@ async def test_S15_S13_purge_keeps_a_finished_child_while_its_parent_is_in_fligh
     # Once the parent is finished, one purge takes the whole family.
     status, out = await live.command("purge", "--older-than", "0")
     assert (status, out.split(" (")[0]) == (0, "purged 2 finished sagas")
+
+
+async def test_S15_one_purge_takes_a_finished_family_down_to_its_grandchildren(
+    live: Live,
+) -> None:
+    """A family goes parent first, then each generation, in one purge; a
+    child of a parent in flight stays, however old."""
+    from fallback_saga.testing import entry
+
+    async def saga(saga_id: str, status: SagaStatus, *children: str) -> None:
+        steps = [entry(n, step, StepStatus.COMPLETED) for n, step in enumerate(children)]
+        await live.store.create(saga_id, "S", "fp", {}, steps, status=status)
+
+    await saga("p", SagaStatus.COMPLETED, "A")
+    await saga("p/A", SagaStatus.COMPLETED, "B")
+    await saga("p/A/B", SagaStatus.COMPENSATED)
+    await saga("q", SagaStatus.RUNNING, "X")
+    await saga("q/X", SagaStatus.COMPLETED, "Y")
+    await saga("q/X/Y", SagaStatus.COMPLETED)
+    assert await live.store.purge(older_than=-1) == 3
+    left = await live.store.list_sagas(limit=10)
+    assert sorted(summary.saga_id for summary in left) == ["q", "q/X", "q/X/Y"]

@@ -146,8 +146,6 @@ _PURGEABLE: Final = (
     " 1, length(rtrim(child.saga_id, replace(child.saga_id, '/', ''))) - 1)))"
     " LIMIT ?"
 )
-# A saga whose id starts with "<id>/" ("0" follows "/"): a child of <id>'s.
-_HAS_CHILD: Final = "SELECT 1 FROM sagas WHERE saga_id >= ? AND saga_id < ? LIMIT 1"
 _PURGE_STEPS: Final = "DELETE FROM saga_steps WHERE saga_id = ?"
 _PURGE_SAGA: Final = "DELETE FROM sagas WHERE saga_id = ?"
 
@@ -703,9 +701,10 @@ def _purge(
     ids = cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, limit)).fetchall()
     cursor.executemany(_PURGE_STEPS, ids)
     cursor.executemany(_PURGE_SAGA, ids)
-    orphaned = any(
-        cursor.execute(_HAS_CHILD, (saga_id + "/", saga_id + "0")).fetchone() is not None
-        for (saga_id,) in ids
+    # A short batch is the last, unless it purged the parent of a child
+    # (kept while its parent was there) that is purgeable now.
+    orphaned = len(ids) < limit and bool(ids) and (
+        cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, 1)).fetchone() is not None
     )
     return len(ids), cutoff, orphaned
 
