@@ -579,6 +579,49 @@ def test_recover_leaves_sagas_younger_than_older_than(
     assert load(db, "o-1").status is SagaStatus.RUNNING
 
 
+def test_S13_recover_beside_a_worker_names_the_sagas_it_left_and_why(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator runs ``recover`` by hand while a worker resumes a saga
+    (its lease) and another saga is still within ``--older-than``: the pass
+    takes neither, and says so (which saga, whose lease, until when; how
+    many too recent), instead of a bare "recovered 0" about sagas ``list``
+    shows RUNNING. The exit status stays 0: nothing failed."""
+    run_sagas(db, app, ("o-1", {}, "act Charge"), ("o-2", {}, "act Charge"))
+
+    async def worker_claims() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.claim_saga("o-1", owner="worker-7:4242:ab", lease_seconds=600)
+
+    asyncio.run(worker_claims())
+    app.CALLS.clear()
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (
+        "recovered 0 saga(s): 0 completed, 0 compensated, 0 failed, 0 interrupted, 0 skipped"
+    )
+    assert out[2].startswith("  leased  o-1 (running) by worker-7:4242:ab until ")
+    assert out[2].endswith(
+        " UTC: not taken (another worker holds it; claimable once its lease runs out)"
+    )
+    assert out[3:] == [
+        "  not taken: 1 running or compensating saga updated within --older-than 1m "
+        "(in flight, or interrupted too recently)"
+    ]
+    assert app.CALLS == []
+    # Once due, the other saga is taken; the leased one is still named.
+    assert main([*argv, "--older-than", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == [
+        "  o-2: completed",
+        "recovered 1 saga(s): 1 completed, 0 compensated, 0 failed, 0 interrupted, 0 skipped",
+    ]
+    assert out[3].startswith("  leased  o-1 (running) by worker-7:4242:ab until ")
+    assert len(out) == 4
+    assert load(db, "o-1").status is SagaStatus.RUNNING
+
+
 def test_recover_limit(db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     run_sagas(db, app, ("o-1", {}, "act Charge"), ("o-2", {}, "act Charge"))
     argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]

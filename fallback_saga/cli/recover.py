@@ -11,19 +11,21 @@ import inspect
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..recovery import RecoveryReport, recover
 from ..saga import Saga
-from ..store.base import RecoverableStore
+from ..status import SagaStatus
+from ..store.base import RecoverableStore, SagaSummary
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_FAILURE, EXIT_OK, UsageError
 from .stores import StoreTarget, add_store_options, open_store, store_target
 from .targets import import_target, is_saga_class
-from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
+from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text, when
 
-__all__ = ["add_recover_command", "build_app_sagas", "load_app", "report_lines"]
+__all__ = ["add_recover_command", "build_app_sagas", "left_alone", "load_app", "report_lines"]
 
 _RECOVER_EPILOG = """\
 --app module:attr names what to resume the sagas with, built on the store this
@@ -43,6 +45,11 @@ Saga instances (sync or async):
 
 or a Saga subclass, or a list of them, which are built as cls(store=store).
 Each interrupted saga is resumed with the saga of the same name.
+
+After the report come the interrupted sagas the pass did not take, and why:
+each one another worker holds a lease on (its owner, until when), and how
+many were written within --older-than (in flight, or interrupted too
+recently).
 
 Exit status: 1 if a saga claimed ended FAILED (a compensation gave up: an
 operator is needed), was skipped (unknown saga name, changed definition,
@@ -191,7 +198,7 @@ def run_recover(args: argparse.Namespace) -> int:
             )
             sys.stdout.flush()
             try:
-                return await recover(
+                report = await recover(
                     store,
                     sagas,
                     older_than=args.older_than,
@@ -202,6 +209,10 @@ def run_recover(args: argparse.Namespace) -> int:
                 )
             except (TypeError, ValueError) as error:  # e.g. two sagas of one name
                 raise UsageError(str(error)) from None
+            left.extend(await left_alone(store, report, args.older_than))
+            return report
+
+    left: list[str] = []
 
     corrupt = _CorruptRows()
     store_log = logging.getLogger("fallback_saga.store")
@@ -215,7 +226,7 @@ def run_recover(args: argparse.Namespace) -> int:
     for saga_id, reason in corrupt.skipped:
         progress(saga_id, "skipped")
         report.skipped.append((saga_id, reason))
-    print_lines([_scrubbed(target, line) for line in report_lines(report)])
+    print_lines([_scrubbed(target, line) for line in report_lines(report) + left])
     # A saga left interrupted (the journal could not be written) needs another pass.
     unfinished = report.failed or report.skipped or getattr(report, "interrupted", None)
     return EXIT_FAILURE if unfinished else EXIT_OK
@@ -269,6 +280,56 @@ def report_lines(report: RecoveryReport) -> list[str]:
                 for entry in value
             ]
     return str(dataclasses.replace(report, **safe)).split("\n")
+
+
+# How many in-flight sagas ``left_alone`` looks at, per status (the newest),
+# and how many leased ones it names.
+_LEFT_SCAN = 1000
+_LEFT_NAMED = 20
+
+
+async def left_alone(
+    store: RecoverableStore, report: RecoveryReport, older_than: float
+) -> list[str]:
+    """Lines saying which interrupted sagas the pass did not take, and why:
+    another worker's unexpired lease (named, with its owner: that worker is
+    resuming it), or a last write within ``older_than`` (counted: in flight,
+    or interrupted too recently). Without them, an operator who runs
+    ``recover`` beside workers is told "recovered 0" about a saga that
+    ``list`` shows RUNNING, and cannot tell a no-op from a wait."""
+    handled = {*report.resumed, *report.compensated, *report.failed, *report.deferred}
+    handled.update(saga_id for saga_id, _ in report.skipped + report.interrupted)
+    now = time.time()
+    leased: list[SagaSummary] = []
+    recent = 0
+    more = False
+    for status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        summaries = await store.list_sagas(status=status, limit=_LEFT_SCAN)
+        more = more or len(summaries) >= _LEFT_SCAN
+        for summary in summaries:
+            if summary.saga_id in handled:
+                continue
+            expires = summary.lease_expires_at
+            if summary.lease_owner is not None and expires is not None and expires > now:
+                leased.append(summary)
+            elif summary.updated_at > now - older_than:
+                recent += 1
+    lines = [
+        f"  leased  {terminal_text(s.saga_id, MAX_VALUE)} ({s.status.value}) by "
+        f"{terminal_text(s.lease_owner or '')} until {when(s.lease_expires_at)} UTC: "
+        f"not taken (another worker holds it; claimable once its lease runs out)"
+        for s in leased[:_LEFT_NAMED]
+    ]
+    if len(leased) > _LEFT_NAMED:
+        lines.append(f"  ... and {len(leased) - _LEFT_NAMED} more leased (list shows them)")
+    if recent:
+        at_least = "at least " if more else ""
+        lines.append(
+            f"  not taken: {at_least}{recent} running or compensating saga"
+            f"{'' if recent == 1 else 's'} updated within --older-than "
+            f"{format_duration(older_than)} (in flight, or interrupted too recently)"
+        )
+    return lines
 
 
 def _warn_before_interrupting() -> None:
