@@ -802,6 +802,34 @@ def test_purge_deletes_finished_sagas_only(
     assert [row["saga_id"] for row in json.loads(capsys.readouterr().out)] == ["o-3"]
 
 
+def test_purge_tells_how_much_of_the_file_is_free_space_and_how_to_give_it_back(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file does not shrink when a purge deletes sagas: SQLite keeps the
+    freed pages for new ones. An operator who purged to get disk space back
+    is told that, and how much, rather than left to think it did nothing."""
+
+    async def fill() -> None:
+        async with SQLiteSagaStore(db) as store:
+            for n in range(200):
+                await store.create(
+                    f"big-{n}", "ShopSaga", "fp", {"blob": "x" * 4000}, [entry(0, "Reserve")],
+                    status=SagaStatus.COMPLETED,
+                )
+
+    asyncio.run(fill())
+    size = os.path.getsize(db)
+    assert main(["purge", "--db", db, "--older-than", "0"]) == 0
+    purged, note = capsys.readouterr().out.splitlines()
+    assert purged.startswith("purged 200 finished sagas ")
+    assert note.startswith(f"the file keeps its size ({size / 1e6:.1f} MB): ")
+    assert note.endswith(
+        " of it is free space that new sagas reuse; VACUUM it, with the service stopped, "
+        "to give that back to the disk"
+    )
+    assert os.path.getsize(db) == size
+
+
 @pytest.mark.parametrize("bad", ["7x", "-1d", "d", "", "1e3", "7 days", "inf"])
 def test_purge_bad_duration_is_a_usage_error(
     db: str, capsys: pytest.CaptureFixture[str], bad: str

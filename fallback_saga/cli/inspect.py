@@ -8,7 +8,9 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import pathlib
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -374,4 +376,37 @@ def run_purge(args: argparse.Namespace) -> int:
         f"purged {count} finished saga{'' if count == 1 else 's'} "
         f"(completed, compensated or failed, last updated more than {age} ago)\n"
     )
+    if target.db is not None:
+        note = _free_space_note(target.db)
+        if note:
+            sys.stdout.write(note + "\n")
     return EXIT_OK
+
+
+def _free_space_note(path: str) -> str | None:
+    """What the purge left in the SQLite file: a purge frees pages, which
+    SQLite reuses for new sagas, but the file keeps its size. An operator
+    watching the disk is told so (and how to give the space back), rather
+    than left to think the purge did nothing."""
+    try:
+        conn = sqlite3.connect(pathlib.Path(path).resolve().as_uri(), uri=True, timeout=1.0)
+        try:
+            page_size, pages, free = (
+                conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("page_size", "page_count", "freelist_count")
+            )
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # the count is a courtesy: the purge itself is done
+    if not free:
+        return None
+    return (
+        f"the file keeps its size ({_megabytes(pages * page_size)}): "
+        f"{_megabytes(free * page_size)} of it is free space that new sagas reuse; "
+        f"VACUUM it, with the service stopped, to give that back to the disk"
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
