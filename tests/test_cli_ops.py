@@ -622,6 +622,30 @@ def test_S13_recover_beside_a_worker_names_the_sagas_it_left_and_why(
     assert load(db, "o-1").status is SagaStatus.RUNNING
 
 
+def test_S13_recover_still_reports_its_pass_when_listing_what_it_left_fails(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a pass left alone is a courtesy read after it: a store failing
+    then (the server gone) must not hide the report of what the pass did,
+    nor turn its exit status into a failure."""
+    from fallback_saga.errors import SagaStoreError
+
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+
+    async def unreachable(self: Any, **kwargs: Any) -> Any:
+        raise SagaStoreError("the store went away")
+
+    monkeypatch.setattr(SQLiteSagaStore, "list_sagas", unreachable)
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  o-1: completed",
+        "recovered 1 saga(s): 1 completed, 0 compensated, 0 failed, 0 interrupted, 0 skipped",
+        "  (could not list the sagas left: the store went away)",
+    ]
+
+
 def test_recover_limit(db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     run_sagas(db, app, ("o-1", {}, "act Charge"), ("o-2", {}, "act Charge"))
     argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]

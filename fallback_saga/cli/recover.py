@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..errors import SagaStoreError
 from ..recovery import RecoveryReport, recover
 from ..saga import Saga
 from ..status import SagaStatus
@@ -209,7 +210,10 @@ def run_recover(args: argparse.Namespace) -> int:
                 )
             except (TypeError, ValueError) as error:  # e.g. two sagas of one name
                 raise UsageError(str(error)) from None
-            left.extend(await left_alone(store, report, args.older_than))
+            try:
+                left.extend(await left_alone(store, report, args.older_than))
+            except SagaStoreError as error:  # a courtesy: the report stands without it
+                left.append(f"  (could not list the sagas left: {terminal_text(error)})")
             return report
 
     left: list[str] = []
