@@ -281,25 +281,23 @@ class _Statements:
         )
         # Not a child saga (SubSaga) while its parent is stored: unwinding a
         # parent unwinds its finished child from the child's own journal. A
-        # family goes parent first, its children by the next statement
-        # (the second column: a saga purged left a child behind). The parent's id
-        # is the child's up to its last "/", as subsaga.parent_saga_id says.
+        # family goes parent first, its children by the next statement. The
+        # parent's id is the child's up to its last "/", as
+        # subsaga.parent_saga_id says. The cut-off is absolute (Unix time on
+        # the server's clock, ``purge_cutoff``): every statement of a purge
+        # takes the same sagas, and one that finishes meanwhile is not purged.
+        self.purge_cutoff = "SELECT extract(epoch FROM now())::float8 - %s::float8"
         self.purge = (
             f"WITH gone AS ("
             f" DELETE FROM {sagas} AS child WHERE status IN {_FINISHED_SQL}"
-            f" AND updated_at < now() - make_interval(secs => %s::float8)"
+            f" AND updated_at < to_timestamp(%s::float8)"
             f" AND NOT (strpos(saga_id, '/') > 0 AND EXISTS (SELECT 1 FROM {sagas} AS parent"
             f" WHERE parent.saga_id = left(child.saga_id,"
             f" length(child.saga_id) - strpos(reverse(child.saga_id), '/'))))"
             f" RETURNING saga_id"
             f"), history AS ("
             f" DELETE FROM {steps} USING gone WHERE {steps}.saga_id = gone.saga_id"
-            f") SELECT count(*), EXISTS (SELECT 1 FROM gone"
-            # A child's id is its parent's, "/", and the parent's step that ran
-            # it (the history the statement deletes, as it was before it).
-            f" JOIN {steps} AS step ON step.saga_id = gone.saga_id"
-            f" JOIN {sagas} AS left_behind"
-            f" ON left_behind.saga_id = gone.saga_id || '/' || step.step) FROM gone"
+            f") SELECT count(*) FROM gone"
         )
 
 

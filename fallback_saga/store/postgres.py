@@ -1271,14 +1271,17 @@ class PostgresSagaStore:
 
     async def purge(self, *, older_than: float) -> int:
         """Delete finished sagas (and their history) not updated for
-        ``older_than`` seconds, in one statement; returns how many. A child
-        saga (``SubSaga``) is not purged while its parent is stored (a parent
-        unwinding unwinds it): a family goes parent first, its children by
-        one more statement each generation."""
-        cutoff = finite_seconds("older_than", older_than)
+        ``older_than`` seconds; returns how many. A child saga (``SubSaga``)
+        is not purged while its parent is stored (a parent unwinding unwinds
+        it): a family goes parent first, its children by one more statement
+        each generation, until a statement finds nothing (all with the cut-off
+        of the first: a saga that finishes meanwhile is not purged by it)."""
+        older_than = finite_seconds("older_than", older_than)
+        doing = "cannot purge sagas"
+        cutoff = (await self._fetch(doing, self._sql.purge_cutoff, (older_than,)))[0]
         total = 0
         while True:
-            row = await self._fetch("cannot purge sagas", self._sql.purge, (cutoff,))
+            row = await self._fetch(doing, self._sql.purge, (cutoff,))
             total += int(row[0])
-            if not row[1]:
+            if not row[0]:
                 return total
