@@ -482,6 +482,8 @@ class LeasedRun:
             try:
                 current = await renew(current, self.lease_seconds)
                 self.renewals += 1
+                if cancellation_pending():  # the run ended meanwhile (see there)
+                    raise asyncio.CancelledError
             except LeaseLost as lost:
                 _log.warning("saga %s: lease lost (%s); stopping without unwinding",
                              saga_id, lost)
@@ -492,6 +494,8 @@ class LeasedRun:
                 _log.warning("saga %s: deleted while it ran; heartbeat stopped", saga_id)
                 return
             except Exception as error:
+                if cancellation_pending():  # the run ended meanwhile (see there)
+                    raise asyncio.CancelledError from error
                 _log.warning("saga %s: lease renewal failed, will retry: %s: %s",
                              saga_id, type(error).__name__, error)
 

@@ -56,7 +56,11 @@ def cancellation_pending() -> bool:
     raise an error of its own instead (which the store then wraps), or retry
     and answer (psycopg_pool retries a connection check that a cancellation
     cut off). The task's count of pending requests is the one witness that
-    such a driver cannot swallow."""
+    such a driver cannot swallow. A loop that takes such an error for a store
+    outage and tries again (a worker's claims, a lease's heartbeat) asks this
+    after each call to its store, and stops: otherwise whoever cancelled it
+    and waits for its end (a worker's stop, a run's end, the loop's end)
+    waits for ever."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 

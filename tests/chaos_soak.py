@@ -64,7 +64,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
+# The children are started as scripts: the package beside the tests (this
+# checkout's, not an installed one) and the test helpers come first.
+sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
 from ledger_file import whole_lines  # noqa: E402
 
