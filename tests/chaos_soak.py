@@ -8,10 +8,10 @@ Run offline (``python tests/chaos_soak.py soak --store sqlite --writer thread
 * **the saga** (``ChaosSaga``): ``A, B, Fallback(C, CBackup), D``; its kind
   comes from the saga id (``kind_of``): ``ok`` (completes), ``fb`` (C fails,
   CBackup runs: completes), ``unwind`` (C and CBackup fail: B and A are
-  compensated), ``late`` (D fails: CBackup, B, A compensated), ``flaky`` (C
-  fails over; A's compensate... no: D fails and B's compensate fails once,
-  then succeeds on its retry), ``park`` (D fails and A's compensate always
-  fails: FAILED, parked for an operator). Every act appends its token (a
+  compensated), ``late`` (D fails: C, B, A compensated), ``flaky`` (D
+  fails, and B's compensate fails once, then succeeds on its retry),
+  ``park`` (D fails and A's compensate always fails: FAILED, parked for an
+  operator). Every act appends its token (a
   fresh random string per call, also its response) to ``ctx.tokens`` and
   records in the ledger the tokens it saw (S14: a resumed run sees the
   context the first run journaled).
@@ -859,11 +859,12 @@ class Soak:
 
     @staticmethod
     def late_calls(lines: list[dict[str, Any]]) -> dict[str, int]:
-        """Calls a fenced-out run started (``late_calls``), and finished
-        (``late_applies``), after a newer run had taken the saga over; and
-        how many of those started came after the saga's compensation had
-        begun (``hanging``): the participant's idempotency key (and, for a
-        hanging act, a barrier) is what keeps their effect single."""
+        """Calls a fenced-out run started (``late_calls``: the one call each
+        had in flight) and effects it applied (``late_applies``) after a run
+        with a newer token had taken the saga over; and how many of those
+        calls were acts made after the saga's compensation had begun
+        (``hanging``): the participant's idempotency key (and, for a hanging
+        act, a barrier) is what keeps their effect single."""
         by_saga: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for line in lines:
             if line["event"] in ("enter", "apply", "raise", "claim"):

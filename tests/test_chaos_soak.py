@@ -77,7 +77,7 @@ def _unwound(saga_id: str) -> tuple[SagaRecord, list[dict[str, Any]]]:
     return record, lines
 
 
-def test_the_chaos_checks_report_each_broken_invariant() -> None:
+def test_S10_S13_S14_the_chaos_checks_report_each_broken_invariant() -> None:
     saga_id = _saga_of_kind("late")
     record, lines = _unwound(saga_id)
     assert check({saga_id: record}, lines) == []
