@@ -482,7 +482,7 @@ class LeasedRun:
             try:
                 current = await renew(current, self.lease_seconds)
                 self.renewals += 1
-                if cancellation_pending():  # the run ended meanwhile (see there)
+                if cancellation_pending():  # the run ended meanwhile: see cancellation_pending
                     raise asyncio.CancelledError
             except LeaseLost as lost:
                 _log.warning("saga %s: lease lost (%s); stopping without unwinding",
@@ -494,7 +494,7 @@ class LeasedRun:
                 _log.warning("saga %s: deleted while it ran; heartbeat stopped", saga_id)
                 return
             except Exception as error:
-                if cancellation_pending():  # the run ended meanwhile (see there)
+                if cancellation_pending():  # the run ended meanwhile: see cancellation_pending
                     raise asyncio.CancelledError from error
                 _log.warning("saga %s: lease renewal failed, will retry: %s: %s",
                              saga_id, type(error).__name__, error)
