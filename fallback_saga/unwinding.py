@@ -154,7 +154,23 @@ class UnwindingRun(JournaledRun):
         if isinstance(error, JournalWriteFailed):
             cause = error.error
             if not isinstance(cause, ContextSerializationError) or not self.created:
-                raise self._interrupted(cause)
+                stopped = self._interrupted(cause)
+                # Handed to the caller, not kept: the store's error was raised
+                # through this run's frames (a first try's: SagaAlreadyExists,
+                # LeaseLost), and its traceback holds them, and they this run
+                # (a reference cycle). The run ends here: nothing writes again.
+                self.interruption = None
+                # The caller may get the store's own error: raised while its
+                # wrapper is handled, it would take the wrapper, which holds
+                # it, as its context (a cycle too). It keeps the context it had.
+                context = stopped.__context__
+                try:
+                    raise stopped
+                finally:
+                    if stopped is cause:
+                        stopped.__context__ = context
+                    # No frame local keeps it: its traceback holds this frame.
+                    error = cause = stopped = context = None  # type: ignore[assignment]
             error = cause  # a step left a context the journal cannot hold: unwind
         failed_step = self.step
         # Handed to SagaFailed, not kept: a member's error holds, through its

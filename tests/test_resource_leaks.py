@@ -38,6 +38,7 @@ from fallback_saga import (
     Parallel,
     RetryPolicy,
     Saga,
+    SagaAlreadyExists,
     SagaContext,
     SagaFailed,
     SagaStepHandler,
@@ -270,6 +271,34 @@ def test_S13_a_journal_fault_leaves_no_reference_cycle(
         return cycles
 
     assert asyncio.run(main()) == []
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_S13_a_saga_id_already_taken_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], writer: str, tmp_path: Path
+) -> None:
+    """A run whose creation the store refuses (the id is taken: a client
+    retrying a request) raises the store's ``SagaAlreadyExists`` itself, and
+    keeps nothing of it: the error's traceback holds the run's frames (the
+    run kept it as its ``interruption``; it took the run's wrapper of it as
+    its context), and the writer's frame that refused it (which held it)."""
+
+    class Taken(Saga[LeakCtx]):
+        steps = [Seen, WriteA]
+
+    async def main() -> int:
+        async with SQLiteSagaStore(str(tmp_path / "taken.db"), writer=writer) as store:
+            saga = Taken(store=store)
+            await saga.run(LeakCtx(), saga_id="taken")
+            with pytest.raises(SagaAlreadyExists):  # warm-up
+                await saga.run(LeakCtx(), saga_id="taken")
+            no_collector()
+            for _ in range(5):
+                with pytest.raises(SagaAlreadyExists):
+                    await saga.run(LeakCtx(), saga_id="taken")
+            return no_collector()
+
+    assert asyncio.run(main()) == 0
 
 
 class Crash(BaseException):

@@ -487,7 +487,11 @@ def _run_alone(
         try:
             outcomes[index] = (request, True, request.op(cursor, txn, *request.args))
         except SagaStoreError as refused:  # raised before it wrote anything
-            outcomes[index] = (request, False, refused)
+            # Without its traceback, nor its context's (the driver's error it
+            # replaced): they hold this frame, which holds ``outcomes`` and so
+            # the refusal (a reference cycle, left for the collector).
+            refused.__context__ = None
+            outcomes[index] = (request, False, refused.with_traceback(None))
 
 
 def _create(
