@@ -488,9 +488,11 @@ def _run_alone(
             outcomes[index] = (request, True, request.op(cursor, txn, *request.args))
         except SagaStoreError as refused:  # raised before it wrote anything
             # Without its traceback, nor its context's (the driver's error it
-            # replaced): they hold this frame, which holds ``outcomes`` and so
-            # the refusal (a reference cycle, left for the collector).
-            refused.__context__ = None
+            # replaced, kept for its message): they hold this frame, which
+            # holds ``outcomes`` and so the refusal (a reference cycle, left
+            # for the collector).
+            if refused.__context__ is not None:
+                refused.__context__.__traceback__ = None
             outcomes[index] = (request, False, refused.with_traceback(None))
 
 
