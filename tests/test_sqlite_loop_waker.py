@@ -15,9 +15,8 @@ descriptor with it. Counting and ordering, never timing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,6 @@ from fallback_saga.store._loop_waker import LoopWaker, waker_of
 needs_proc_fds = pytest.mark.skipif(
     not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd"
 )
-
-
-def _wakers_fds() -> set[int]:
-    """The descriptors open in this process that are wakers' (eventfds, on
-    Linux). Not a count of every descriptor: in a full suite, what earlier
-    tests left (a store's threads, a subprocess's pipes) may close meanwhile."""
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # closed since the listing
-            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]":
-                found.add(int(name))
-    return found
 
 
 async def test_S13_a_sequential_saga_is_answered_without_call_soon_threadsafe(
@@ -218,23 +205,46 @@ def test_S13_a_loop_that_cannot_watch_a_descriptor_still_gets_every_answer(
     assert [status for status, _context, _history in journals] == [SagaStatus.COMPLETED] * 20
 
 
+# Run in a process of its own: in a full suite, loops that earlier tests
+# left alive (and their wakers' descriptors) come and go meanwhile, so only
+# a fresh process can count what twenty loops leave.
+_GONE_LOOPS = """
+import asyncio, gc, os, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from helpers_ledger import Ctx, ledger_saga
+from fallback_saga import SQLiteSagaStore
+from fallback_saga.store import _loop_waker
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+store = SQLiteSagaStore(sys.argv[3])
+ledger = []
+
+async def one(i):
+    saga = ledger_saga(ledger)(store=store)
+    await saga.run(Ctx(order_id=str(i)), saga_id=f"g-{i}")
+
+asyncio.run(one(0))  # the store's threads and connections: opened once
+gc.collect()
+before, wakers_before = open_fds(), len(_loop_waker._WAKERS)
+for i in range(1, 21):  # a loop each, one after the other, as successive asyncio.run
+    asyncio.run(one(i))
+gc.collect()
+print(open_fds() - before, len(_loop_waker._WAKERS) - wakers_before, len(ledger))
+asyncio.run(store.close())
+"""
+
+
 @needs_proc_fds
 def test_S13_a_loop_that_is_gone_takes_its_descriptor_with_it(tmp_path: Path) -> None:
-    store = SQLiteSagaStore(tmp_path / "g.db")
-    ledger: list[tuple[str, str]] = []
-
-    async def one(i: int) -> None:
-        saga = ledger_saga(ledger)(store=store)
-        await saga.run(Ctx(order_id=str(i)), saga_id=f"g-{i}")
-
-    asyncio.run(one(0))  # the store's threads and connections: opened once
-    gc.collect()
-    before = _wakers_fds()
-    wakers_before = len(_loop_waker._WAKERS)
-    for i in range(1, 21):  # a loop each, one after the other, as successive asyncio.run
-        asyncio.run(one(i))
-    gc.collect()
-    assert not _wakers_fds() - before  # none of the twenty loops' left open
-    assert len(_loop_waker._WAKERS) == wakers_before
-    asyncio.run(store.close())
-    assert len(ledger) == 63
+    tests = Path(__file__).resolve().parent
+    completed = subprocess.run(
+        [sys.executable, "-c", _GONE_LOOPS, str(tests.parent), str(tests),
+         str(tmp_path / "g.db")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    fds_left, wakers_left, calls = map(int, completed.stdout.split())
+    assert (fds_left, wakers_left) == (0, 0)  # none of the twenty loops' left open
+    assert calls == 63
