@@ -21,6 +21,7 @@ __all__ = [
     "EAGER_TASKS",
     "cancellation_pending",
     "cancelled_again",
+    "land_pending_cancellation",
     "own_task",
     "settle",
     "shielded",
@@ -63,6 +64,30 @@ def cancellation_pending() -> bool:
     waits for ever."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def land_pending_cancellation() -> asyncio.CancelledError | None:
+    """Let a cancellation asked for while this task never waited land here,
+    now: the ``CancelledError`` it raised, or None.
+
+    ``task.cancel()`` takes effect at the task's next wait. A journal write
+    on a durable store always waits, so a cancellation asked for during a
+    step that then returned without waiting (the step cancelled its caller,
+    or something it called synchronously did) lands in the write after it.
+    A write that never waits (an in-process store's; on Python 3.12+, where
+    the write's task starts eagerly, it finishes without a trip through the
+    loop) would carry it on, unseen, into the next step's act. One turn of
+    the loop, taken only when a request is pending, lands it where a
+    durable store's write would, on every Python. (A pending count with no
+    cancellation to deliver, such as a saga run inside an ``except
+    CancelledError:`` cleanup, costs that one turn and nothing else.)"""
+    if not cancellation_pending():
+        return None
+    try:
+        await _one_turn()
+    except asyncio.CancelledError as caught:
+        return caught
+    return None
 
 
 def cancelled_again(caught: BaseException) -> asyncio.CancelledError:

@@ -88,11 +88,13 @@ class Case:
     runs: int  # sagas run one after the other with this plan (sharing breakers)
     advances: tuple[float, ...]  # the breakers' clock moves this much before each run
     comp_attempts: int  # the saga's compensation_retry attempts
+    # Both counted among the calls outside Parallel groups (Runtime.outside_index):
     crash_after: int | None = None  # durable only: the store dies after this call of run 0
     crash_again: int | None = None  # ... and again this many calls after the first crash
     cancel_resume: bool = False  # the resume is cancelled in its repeated call (single crash)
     transaction: bool = False  # run 0 is driven step by step with saga.transaction()
-    cancel_after: int | None = None  # durable: this act (of run 0) cancels the caller as it returns
+    cancel_after: int | None = None  # durable: this act (of run 0) cancels the caller as it
+    # returns (counted as crash_after is)
 
 
 def step_plans(items: tuple[Any, ...]) -> list[StepPlan]:

@@ -66,8 +66,10 @@ class Runtime:
         self.crashes: list[int] = []
         self.resuming: Call | None = None  # the crashed call, while the resume repeats it
         self.resumes = 0
-        self.cancel_after: int | None = None
+        self.cancel_after: int | None = None  # by the calls outside groups (outside_index)
         self.cancelled_in_write = False
+        self.cancelled_at: int | None = None  # the index in ``trace`` of the act that cancelled
+        self.crashed_outside: list[int] = []  # each crash's call, by outside_index
         self.cancelled = False  # a call cancelled the caller (no crash after that)
         self.members = {
             plan.name
@@ -85,6 +87,16 @@ class Runtime:
         for _ in range(turns):
             await asyncio.sleep(0)
 
+    def outside_index(self) -> int:
+        """The last call's index among the calls outside ``Parallel`` groups,
+        by which a crash or a cancellation is placed: every store makes
+        those calls in the same order, whereas how far a group's members get
+        before one fails is scheduling (the contract leaves it open, and on
+        Python 3.12+, where tasks start eagerly, the in-process store's
+        members get further). Placed by every call, the same fault landed on
+        a different call outside the group on each store."""
+        return sum(1 for call in self.trace if call[1] not in self.members) - 1
+
     def maybe_crash(self, name: str, cancelled: bool) -> None:
         """After a call at or past ``crash_after`` (not a group's
         member, whose siblings' writes race with it): the store dies, as a
@@ -93,10 +105,14 @@ class Runtime:
             return
         if len(self.crashes) == 2 or (self.crashes and self.crash_again is None):
             return
-        at = self.crash_after if not self.crashes else self.crashes[0] + 1 + (self.crash_again or 0)
-        if name in self.members or len(self.trace) - 1 < at:
+        at = (
+            self.crash_after if not self.crashes
+            else self.crashed_outside[0] + 1 + (self.crash_again or 0)
+        )
+        if name in self.members or self.outside_index() < at:
             return
         self.crashes.append(len(self.trace) - 1)
+        self.crashed_outside.append(self.outside_index())
         self.store.down = True
 
 
@@ -151,12 +167,13 @@ def step_class(rt: Runtime, plan: StepPlan, member: bool) -> type:
         if rt.script.act_fails(name, n):
             raise ERRORS[plan.exc](f"{name} act #{n}")
         if (
-            rt.cancel_after is not None and len(rt.trace) - 1 == rt.cancel_after
-            and name not in rt.members and not rt.cancelled
+            rt.cancel_after is not None and name not in rt.members and not rt.cancelled
+            and rt.outside_index() == rt.cancel_after
         ):
             # the caller is cancelled as this act returns: the cancellation
             # lands in the journal write that follows (a durable store)
             rt.cancelled_in_write = True
+            rt.cancelled_at = len(rt.trace) - 1
             await rt.cancel_victim(turns=0)
         return response(name, n)
 
@@ -428,6 +445,7 @@ async def _run_case(
         rt.cancel_after = case.cancel_after if faults and run == 0 else None
         rt.cancelled_in_write = False
         rt.crashes = []
+        rt.crashed_outside = []
         rt.cancelled = False
         ctx = built.ctx_class(order_id=saga_id)
         saga = built.saga()
@@ -468,7 +486,7 @@ async def _run_case(
         rt.resumes = 0
         model = Model(
             case, Script(case.items), models, clock[0], rt.trace, tuple(rt.crashes),
-            cancel_after=rt.cancel_after if rt.cancelled_in_write else None,
+            cancel_after=rt.cancelled_at if rt.cancelled_in_write else None,
         )
         try:
             expected, expected_ctx = model.run(saga_id)

@@ -1102,3 +1102,85 @@ async def test_S13_a_write_that_lands_after_the_reconciling_read_is_never_journa
         (p, s) for p in range(3) for s in (StepStatus.STARTED, StepStatus.COMPLETED)
     ]
     assert log == ["reserve", "charge", "ship"]
+
+
+def cancelling_step_saga(
+    log: list[str], victim: list[asyncio.Task[Any]], how: str
+) -> type[Saga[Ctx]]:
+    """Reserve cancels the caller's task as its act returns (nothing waits
+    after the request, so it has not landed yet); Charge and Ship follow.
+    ``how``: Reserve is a plain step, a retried one, or a Fallback's primary
+    behind a breaker (the executor's three paths to a step)."""
+    from fallback_saga import CircuitBreaker, Fallback, RetryPolicy
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("reserve")
+            victim[0].cancel("shutting down")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class ReserveElsewhere:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("reserve-elsewhere")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release-elsewhere")
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("charge")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+
+    first: Any
+    if how == "plain":
+        first = Reserve
+    elif how == "retried":
+        first = type("Reserve", (Reserve,), {"retry": RetryPolicy(attempts=3, delay=0.0)})
+    else:
+        first = Fallback(Reserve(), ReserveElsewhere(), circuit_breaker=CircuitBreaker())
+
+    class OrderSaga(Saga[Ctx]):
+        steps = [first, Charge]
+
+    return OrderSaga
+
+
+@pytest.mark.parametrize("how", ["plain", "retried", "fallback-with-breaker"])
+async def test_S8_S13_a_cancellation_asked_for_in_an_act_lands_in_the_journal_write_after_it(
+    how: str,
+) -> None:
+    """A caller cancelled while a step's act runs without waiting (the act
+    cancels it, or anything it calls synchronously does) is cancelled in the
+    journal write that follows, on every Python — as a durable store's write,
+    which always waits, would deliver it: the next step's act never runs, the
+    completed step is compensated, and the caller gets its own message.
+
+    A store whose writes never wait (a user's in-process store) must not
+    make the difference: on Python 3.12+ the executor's write task starts
+    eagerly and finishes without a trip through the loop, so nothing
+    delivered the cancellation until the next step's own first wait — the
+    next step's act ran after the caller had asked to stop."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    victim: list[asyncio.Task[Any]] = []
+    inner = MemorySagaStore()
+    saga = cancelling_step_saga(log, victim, how)(store=FaultyStore(inner))
+    task = asyncio.create_task(saga.run(Ctx(order_id="o-11"), saga_id="o-11"))
+    victim.append(task)
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert raised.value.args == ("shutting down",)
+    assert log == ["reserve", "release"]
+    record = await inner.load("o-11")
+    assert record.status is SagaStatus.COMPENSATED
+    charge = [(e.action, e.status, e.error) for e in record.history if e.step == "Charge"]
+    # Its STARTED was in the write the cancellation landed in: failed, never called.
+    assert charge == [
+        ("act", StepStatus.STARTED, None),
+        ("act", StepStatus.FAILED, "CancelledError: shutting down"),
+    ]
