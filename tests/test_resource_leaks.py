@@ -15,7 +15,10 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import queue
 import sys
+import threading
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +44,7 @@ from fallback_saga import (
     SagaAlreadyExists,
     SagaContext,
     SagaFailed,
+    SagaStatus,
     SagaStepHandler,
     SQLiteSagaStore,
     SubSaga,
@@ -445,3 +449,64 @@ def test_S4_a_saga_that_completes_over_a_child_left_undone_leaves_no_reference_c
     asyncio.run(main())
     assert alive() == 0
     assert no_collector() == 0
+
+
+
+class _SeenWaiting(queue.SimpleQueue):  # type: ignore[type-arg]
+    """A worker's queue that tells when its thread waits for work with
+    every request put so far taken (and served: it takes the next group
+    only once the last one is settled)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.idle_after = -1  # how many puts had been made when it last waited, idle
+        self.changed = threading.Condition()
+
+    def put(self, *args: Any, **kwargs: Any) -> None:
+        with self.changed:
+            self.puts += 1
+        super().put(*args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        with self.changed:
+            if self.qsize() == 0:
+                self.idle_after = self.puts
+                self.changed.notify_all()
+        return super().get(*args, **kwargs)
+
+    def wait_idle(self) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.idle_after == self.puts, timeout=10)
+
+
+def test_S15_an_idle_sqlite_writer_keeps_nothing_of_its_last_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the store's writer thread waits for work, it keeps nothing of
+    the requests it last served: their futures (and through them their
+    event loops, which a store outliving one ``asyncio.run`` would keep
+    alive) and their arguments (a journal, a context) are the caller's to
+    free. (The thread kept its last group of requests until the next one.)
+    The reader thread runs the same loop."""
+    from fallback_saga.store import _sqlite_workers
+
+    monkeypatch.setattr(
+        _sqlite_workers, "queue", types.SimpleNamespace(SimpleQueue=_SeenWaiting, Empty=queue.Empty)
+    )
+
+    async def main() -> bool:
+        async with SQLiteSagaStore(str(tmp_path / "idle.db"), writer="thread") as store:
+            await store.create("s-1", "S", "fp", {}, [], status=SagaStatus.RUNNING)
+            writer = store._writer
+            assert writer is not None
+            assert isinstance(writer.queue, _SeenWaiting)
+            future = store.submit_append("s-1", [], SagaStatus.COMPLETED, None, None, None)
+            await future
+            served = weakref.ref(future)
+            del future
+            await asyncio.sleep(0)  # out of the loop's callback that woke us (it holds the future)
+            idle = writer.queue.wait_idle()
+            assert idle, "the writer never went back to waiting"
+            return served() is None
+
+    assert asyncio.run(main())

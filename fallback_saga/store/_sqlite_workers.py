@@ -169,6 +169,10 @@ class _Worker:
                         self._serve(conn, group)
                 except BaseException as error:  # a bug here must not leave sagas waiting
                     self.settle([(request, False, self._wrap(error)) for request in group])
+                finally:
+                    # Waiting for the next request, keep nothing of these: their
+                    # futures hold their event loops, their arguments a journal.
+                    group = []
         finally:
             if conn is not None:
                 with self.using:
