@@ -575,3 +575,19 @@ async def _run_case(
                   f"breaker {index} {got_state}, model {modelled.state} "
                   f"(failures {modelled.failures})")
     return checked
+
+
+def exit_unless_this_trees_package() -> None:
+    """A hunt run as a script (``python tests/<file>.py``) finds the package
+    on ``sys.path`` from ``tests/``: without ``PYTHONPATH`` that is an
+    installed one (an editable install of another worktree, say), and the
+    hunt would test the wrong code while saying nothing. Exit instead."""
+    import sys
+    from pathlib import Path
+
+    import fallback_saga
+
+    tree = Path(__file__).resolve().parent.parent
+    if Path(fallback_saga.__file__).resolve().parent.parent != tree:
+        sys.exit(f"hunting another tree's package ({fallback_saga.__file__}): "
+                 f"run with PYTHONPATH={tree}")

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_model import STATS, Case, Generator
-from reference_runner import run_case
+from reference_runner import exit_unless_this_trees_package, run_case
 
 CHUNK = 50
 CHUNKS = 10  # 500 seeds per variant
@@ -119,6 +119,7 @@ if __name__ == "__main__":  # a longer hunt
 
     import fallback_saga
 
+    exit_unless_this_trees_package()
     fallback_saga.set_testing(True)
     logging.getLogger("fallback_saga").setLevel(logging.CRITICAL)
     start, count = int(sys.argv[1]), int(sys.argv[2])

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 
 import pytest
 from reference_model import Case
-from reference_runner import RunSeen, StoreKind, run_case_on
+from reference_runner import RunSeen, StoreKind, exit_unless_this_trees_package, run_case_on
 from test_reference_model import make_case
 
 from fallback_saga import (
@@ -499,11 +499,7 @@ if __name__ == "__main__":
 
     import fallback_saga
 
-    tree = Path(__file__).resolve().parent.parent
-    if Path(fallback_saga.__file__).resolve().parent.parent != tree:
-        # (the script's folder is tests/: the package found is an installed one)
-        sys.exit(f"hunting another tree's package ({fallback_saga.__file__}): "
-                 f"run with PYTHONPATH={tree}")
+    exit_unless_this_trees_package()
     fallback_saga.set_testing(True)
     logging.getLogger("fallback_saga").setLevel(logging.CRITICAL)
     start, count = int(sys.argv[1]), int(sys.argv[2])
