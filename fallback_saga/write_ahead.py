@@ -24,7 +24,7 @@ from .context import context_to_dict
 from .errors import ContextSerializationError
 from .journal import JournalWrite, NotDurable, settle_inline, write_durably
 from .run_settings import RunSettings
-from .shielding import cancelled_again, land_pending_cancellation, settle
+from .shielding import cancellation_pending, cancelled_again, land_pending_cancellation, settle
 from .status import SagaStatus
 from .step import StepCursor
 from .store._responses import journal_entry
@@ -219,7 +219,7 @@ class JournaledRun(StepCursor):
                 store, self._write(create, entries, status, context), settings.journal_retry,
                 deadline=self._deadline(),
             ))
-        if cancelled is None:
+        if cancelled is None and cancellation_pending():
             # Asked for while nothing waited: it lands in this write (see there).
             cancelled = await land_pending_cancellation()
         in_doubt = True
