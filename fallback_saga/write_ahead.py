@@ -153,6 +153,9 @@ class JournaledRun(StepCursor):
                 context = self.initial_context
         store = self.store
         settings = self.settings
+        # Whether this task surely waited in the write, where a cancellation
+        # asked for before it would have landed (see the end).
+        waited = False
         if settings.submitted_writes:
             # The hot path of durable sagas (SQLite, PostgreSQL): the first try
             # is queued by a plain call and its future awaited right here (no
@@ -175,6 +178,7 @@ class JournaledRun(StepCursor):
                 failure = error
             else:
                 while not written_by.done():
+                    waited = True
                     try:
                         await written_by
                     except asyncio.CancelledError as caught:
@@ -219,8 +223,10 @@ class JournaledRun(StepCursor):
                 store, self._write(create, entries, status, context), settings.journal_retry,
                 deadline=self._deadline(),
             ))
-        if cancelled is None and cancellation_pending():
-            # Asked for while nothing waited: it lands in this write (see there).
+        if cancelled is None and not waited and cancellation_pending():
+            # Asked for while nothing waited: it lands in this write (see
+            # land_pending_cancellation). A durable store's write always waits
+            # (and pays nothing here); SQLite's writer="inline" answers at once.
             cancelled = await land_pending_cancellation()
         in_doubt = True
         if isinstance(failure, NotDurable):

@@ -1149,9 +1149,10 @@ def cancelling_step_saga(
     return OrderSaga
 
 
+@pytest.mark.parametrize("store_kind", ["writes-never-wait", "sqlite-thread", "sqlite-inline"])
 @pytest.mark.parametrize("how", ["plain", "retried", "fallback-with-breaker"])
 async def test_S8_S13_a_cancellation_asked_for_in_an_act_lands_in_the_journal_write_after_it(
-    how: str,
+    how: str, store_kind: str, tmp_path: Path
 ) -> None:
     """A caller cancelled while a step's act runs without waiting (the act
     cancels it, or anything it calls synchronously does) is cancelled in the
@@ -1168,15 +1169,24 @@ async def test_S8_S13_a_cancellation_asked_for_in_an_act_lands_in_the_journal_wr
 
     log: list[str] = []
     victim: list[asyncio.Task[Any]] = []
-    inner = MemorySagaStore()
-    saga = cancelling_step_saga(log, victim, how)(store=FaultyStore(inner))
-    task = asyncio.create_task(saga.run(Ctx(order_id="o-11"), saga_id="o-11"))
-    victim.append(task)
-    with pytest.raises(asyncio.CancelledError) as raised:
-        await task
+    async with contextlib.AsyncExitStack() as stack:
+        inner: Any
+        if store_kind == "writes-never-wait":
+            inner = MemorySagaStore()
+            store: Any = FaultyStore(inner)
+        else:
+            writer = store_kind.removeprefix("sqlite-")
+            inner = store = await stack.enter_async_context(
+                SQLiteSagaStore(tmp_path / "j.db", writer=writer)
+            )
+        saga = cancelling_step_saga(log, victim, how)(store=store)
+        task = asyncio.create_task(saga.run(Ctx(order_id="o-11"), saga_id="o-11"))
+        victim.append(task)
+        with pytest.raises(asyncio.CancelledError) as raised:
+            await task
+        record = await inner.load("o-11")
     assert raised.value.args == ("shutting down",)
     assert log == ["reserve", "release"]
-    record = await inner.load("o-11")
     assert record.status is SagaStatus.COMPENSATED
     charge = [(e.action, e.status, e.error) for e in record.history if e.step == "Charge"]
     # Its STARTED was in the write the cancellation landed in: failed, never called.
