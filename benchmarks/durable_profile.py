@@ -258,6 +258,9 @@ class _NoLoop:
     def call_soon_threadsafe(self, *args: Any) -> None:
         pass
 
+    def is_closed(self) -> bool:  # asked before settling (``_sqlite_workers._on_loop``)
+        return False
+
 
 def writer_alone_us(tmpdir: str, synchronous: str, waves: int = 100) -> tuple[float, float]:
     """CPU microseconds per saga of the store's writes alone, and wall
