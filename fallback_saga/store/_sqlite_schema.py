@@ -202,6 +202,26 @@ def _rollback(conn: sqlite3.Connection) -> None:
 # --------------------------------------------------------------------------- connections
 
 
+def _disk_full(error: BaseException) -> bool:
+    """SQLite's answers to a full disk: a write that found no room, or (at an
+    open) a -shm file that could not be made."""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
+
+
+# What a store's error adds to SQLite's own when the disk is full.
+FULL_DISK_ADVICE: Final = (
+    "the disk holding the store is full; free space on it — at least the size of "
+    "the -wal file — and the store's next write moves the -wal file into the "
+    "database and goes on; a purge, too, needs that room"
+)
+
+
+def _cannot_open(path: str, error: sqlite3.Error) -> str:
+    if _disk_full(error):
+        return f"cannot open SQLite database {path}: {error} ({FULL_DISK_ADVICE})"
+    return f"cannot open SQLite database {path}: {error}"
+
+
 def _not_a_database(error: sqlite3.Error) -> bool:
     return getattr(error, "sqlite_errorname", "") == "SQLITE_NOTADB" or (
         "not a database" in str(error)
@@ -255,7 +275,7 @@ def _connect_writer(path: str, synchronous: str, busy_timeout: float) -> sqlite3
         conn.close()
         if _not_a_database(error):
             raise SagaStoreError(f"{path} is not a SQLite database") from error
-        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+        raise SagaStoreError(_cannot_open(path, error)) from error
     except BaseException:
         conn.close()
         raise
@@ -284,7 +304,7 @@ def _open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = ON")
     except sqlite3.Error as error:
         conn.close()
-        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+        raise SagaStoreError(_cannot_open(path, error)) from error
     return conn
 
 
@@ -351,5 +371,5 @@ def _schema_version(conn: sqlite3.Connection, path: str) -> int:
         conn.close()
         if _not_a_database(error):
             raise SagaStoreError(f"{path} is not a SQLite database") from error
-        raise SagaStoreError(f"cannot open SQLite database {path}: {error}") from error
+        raise SagaStoreError(_cannot_open(path, error)) from error
     return int(version)
