@@ -519,6 +519,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.retry import DEFAULT_COMPENSATION_RETRY
     from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
     from fallback_saga.store._group_commit import MAX_GROUP, SHARE_AT_LEAST
+    from fallback_saga.store._sqlite_workers import _ROOMY
     from fallback_saga.store.sqlite import _FORK_WAIT, PURGE_BATCH, WAL_SIZE_LIMIT
 
     def default(target: object, name: str) -> object:
@@ -545,6 +546,8 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("mechanics.md", "`Saga(journal_timeout={})`",
          default(fallback_saga.Saga, "journal_timeout")),
         ("durability.md", "cuts it back to {} MiB", WAL_SIZE_LIMIT // 2**20),
+        ("durability.md", "holds half of the disk's free space, until {} MiB are free",
+         _ROOMY // 2**20),
         ("durability.md", "The fork waits (up to {:g} s)", _FORK_WAIT),
         ("durability.md", "`fallback_saga.context.MAX_CONTEXT_DEPTH` ({})", MAX_CONTEXT_DEPTH),
         ("durability.md", "a non-empty `str` of at most {} characters", MAX_SAGA_ID_LENGTH),
