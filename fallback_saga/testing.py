@@ -617,14 +617,46 @@ class RecoverableStoreContract(SagaStoreContract):
         for status in SagaStatus:
             if status is not SagaStatus.PENDING:
                 await _new_saga(store, f"saga-{status.value}", status=status)
-        assert await store.purge(older_than=_ALREADY_PAST) == 3
-        for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+        every_final = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+        assert await store.purge(older_than=_ALREADY_PAST, statuses=every_final) == 3
+        for status in every_final:
             saga_id = f"saga-{status.value}"
             await _raises(SagaNotFound, lambda: store.load(saga_id))  # noqa: B023
         remaining = {s.saga_id for s in await store.list_sagas()}
         assert remaining == {"saga-running", "saga-compensating"}
         assert len((await store.load("saga-running")).history) == 1
-        assert await store.purge(older_than=_ALREADY_PAST) == 0
+        assert await store.purge(older_than=_ALREADY_PAST, statuses=every_final) == 0
+
+    async def test_purge_keeps_failed_sagas_unless_named(self, store: RecoverableStore) -> None:
+        """A FAILED saga is parked for an operator: by default a purge leaves it."""
+        for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+            await _new_saga(store, f"saga-{status.value}", status=status)
+        assert await store.purge(older_than=_ALREADY_PAST) == 2
+        assert (await store.load("saga-failed")).status is SagaStatus.FAILED
+        assert await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]) == 1
+        await _raises(SagaNotFound, lambda: store.load("saga-failed"))
+
+    async def test_purge_takes_only_the_statuses_named(self, store: RecoverableStore) -> None:
+        for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+            await _new_saga(store, f"saga-{status.value}", status=status)
+        assert await store.purge(older_than=_ALREADY_PAST, statuses=[SagaStatus.COMPENSATED]) == 1
+        remaining = {s.saga_id for s in await store.list_sagas()}
+        assert remaining == {"saga-completed", "saga-failed"}
+
+    async def test_purge_refuses_statuses_it_cannot_take(self, store: RecoverableStore) -> None:
+        """Not a status, a live one, none at all, or a bare string (read as its
+        characters): refused before anything is deleted."""
+        await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED)
+        cases: list[tuple[Any, type[Exception]]] = [
+            ([], ValueError), ([SagaStatus.RUNNING], ValueError), (["compensating"], ValueError),
+            (["done"], ValueError), ("completed", TypeError), (None, TypeError),
+        ]
+        for statuses, error in cases:
+            await _raises(
+                error,
+                lambda: store.purge(older_than=_ALREADY_PAST, statuses=statuses),  # noqa: B023
+            )
+        assert (await store.load("saga-1")).status is SagaStatus.COMPLETED
 
     async def test_purge_keeps_recently_finished_sagas(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED)

@@ -21,7 +21,7 @@ from ..errors import SagaNotFound, SagaStoreError
 from ..record_json import history_json
 from ..status import SagaStatus
 from ..store._common import short_repr
-from ..store.base import RecoverableStore, SagaRecord, SagaSummary
+from ..store.base import PURGED_BY_DEFAULT, RecoverableStore, SagaRecord, SagaSummary
 from ..subsaga import saga_family
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_OK, UsageError
@@ -344,12 +344,35 @@ def run_show(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- purge
 
 
+_PURGEABLE = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+
+def _purge_statuses(text: str) -> tuple[SagaStatus, ...]:
+    """``--status``'s value: final statuses, comma-separated (``completed,failed``)."""
+    chosen: list[SagaStatus] = []
+    for word in text.split(","):
+        name = word.strip().lower()
+        try:
+            status = SagaStatus(name)
+        except ValueError:
+            status = None
+        if status not in _PURGEABLE:
+            why = "not a saga status" if status is None else "a saga still live: never purged"
+            raise argparse.ArgumentTypeError(
+                f"invalid status {short_repr(word.strip())} ({why}): "
+                f"choose from {', '.join(s.value for s in _PURGEABLE)}"
+            )
+        chosen.append(status)
+    return tuple(chosen)
+
+
 def add_purge_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     purge = commands.add_parser(
         "purge",
         help="delete finished sagas older than an age",
-        description="Delete completed, compensated and failed sagas (and their history) "
-        "last updated more than AGE ago. Running and compensating sagas are never deleted, "
+        description="Delete completed and compensated sagas (and their history) last updated "
+        "more than AGE ago. Failed sagas (a compensation gave up: an operator must look) are "
+        "kept unless --status names them. Running and compensating sagas are never deleted, "
         "nor is a child saga (SubSaga) while its parent is kept: a family goes parent first.",
     )
     add_store_options(purge)
@@ -357,24 +380,37 @@ def add_purge_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--older-than", type=parse_duration, required=True, metavar="AGE",
         help="90 (seconds), 30s, 15m, 12h, 7d",
     )
+    purge.add_argument(
+        "--status", type=_purge_statuses, action="append", metavar="STATUS[,STATUS]",
+        help="delete only sagas with these statuses (completed, compensated, failed; "
+        "comma-separated or repeated). Default: completed,compensated. Failed sagas "
+        "go only when named: --status failed",
+    )
     purge.set_defaults(handler=run_purge)
 
 
 def run_purge(args: argparse.Namespace) -> int:
     target = store_target(args)
+    if args.status is None:
+        statuses = PURGED_BY_DEFAULT
+    else:
+        asked = {status for statuses in args.status for status in statuses}
+        statuses = tuple(status for status in _PURGEABLE if status in asked)
 
     async def purge() -> int:
         async with open_store(target, connections=1) as store:
             try:
-                return await store.purge(older_than=args.older_than)
+                return await store.purge(older_than=args.older_than, statuses=statuses)
             except ValueError as error:  # an age the store cannot take
                 raise UsageError(f"--older-than: {error}") from None
 
     count = asyncio.run(purge())
     age = format_duration(args.older_than)
+    names = [status.value for status in statuses]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
     sys.stdout.write(
         f"purged {count} finished saga{'' if count == 1 else 's'} "
-        f"(completed, compensated or failed, last updated more than {age} ago)\n"
+        f"({listed}, last updated more than {age} ago)\n"
     )
     if target.db is not None:
         note = _free_space_note(target.db)

@@ -1,6 +1,7 @@
 """Saga stores: the contract, and the implementations that need only the standard library."""
 
 from .base import (
+    PURGED_BY_DEFAULT,
     JournalEntry,
     Lease,
     LeaseState,
@@ -15,6 +16,7 @@ from .memory import MemorySagaStore
 from .sqlite import SQLiteSagaStore
 
 __all__ = [
+    "PURGED_BY_DEFAULT",
     "JournalEntry",
     "Lease",
     "LeaseState",

@@ -8,7 +8,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 from ..decoding import TAG
@@ -36,6 +36,7 @@ __all__ = [
     "encode_json",
     "finite_seconds",
     "non_negative_int",
+    "purge_statuses",
     "short_repr",
     "status_text",
 ]
@@ -163,6 +164,42 @@ def non_negative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return value
+
+
+_FINAL_VALUES: Final = (
+    SagaStatus.COMPLETED.value, SagaStatus.COMPENSATED.value, SagaStatus.FAILED.value
+)
+
+
+def purge_statuses(statuses: object) -> tuple[str, ...]:
+    """The statuses a purge was asked to delete, as their values, each once,
+    in a fixed order: a collection of final ``SagaStatus`` members or their
+    values (``"failed"``). A bare string is refused (it would read as its
+    characters), and so are an empty collection (a purge that can delete
+    nothing is a mistake) and a status a saga is still live in."""
+    if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Collection):
+        raise TypeError(
+            f"statuses must be a collection of saga statuses, such as "
+            f"[SagaStatus.COMPLETED, SagaStatus.FAILED], got {short_repr(statuses)}"
+        )
+    asked: set[str] = set()
+    for status in statuses:
+        try:
+            value = SagaStatus(status).value
+        except ValueError:
+            raise ValueError(
+                f"statuses: {short_repr(status)} is not a saga status; a purge takes "
+                f"{', '.join(_FINAL_VALUES)}"
+            ) from None
+        if value not in _FINAL_VALUES:
+            raise ValueError(
+                f"statuses: a purge never deletes a {value} saga (it is still live); "
+                f"it takes {', '.join(_FINAL_VALUES)}"
+            )
+        asked.add(value)
+    if not asked:
+        raise ValueError(f"statuses: name at least one of {', '.join(_FINAL_VALUES)}")
+    return tuple(value for value in _FINAL_VALUES if value in asked)
 
 
 # --------------------------------------------------------------------------- saga ids

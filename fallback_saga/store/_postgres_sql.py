@@ -286,10 +286,11 @@ class _Statements:
         # subsaga.parent_saga_id says. The cut-off is absolute (Unix time on
         # the server's clock, ``purge_cutoff``): every statement of a purge
         # takes the same sagas, and one that finishes meanwhile is not purged.
+        # Parameters: the statuses asked for (a text array), the cut-off.
         self.purge_cutoff = "SELECT extract(epoch FROM now())::float8 - %s::float8"
         self.purge = (
             f"WITH gone AS ("
-            f" DELETE FROM {sagas} AS child WHERE status IN {_FINISHED_SQL}"
+            f" DELETE FROM {sagas} AS child WHERE status = ANY(%s::text[])"
             f" AND updated_at < to_timestamp(%s::float8)"
             f" AND NOT (strpos(saga_id, '/') > 0 AND EXISTS (SELECT 1 FROM {sagas} AS parent"
             f" WHERE parent.saga_id = left(child.saga_id,"

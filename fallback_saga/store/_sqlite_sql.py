@@ -694,23 +694,31 @@ def _defer(
 
 
 def _purge(
-    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, limit: int, cutoff: float | None
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    older_than: float,
+    limit: int,
+    cutoff: float | None,
+    statuses: tuple[str, ...],
 ) -> tuple[int, float, bool]:
-    """One batch of a purge: up to ``limit`` finished sagas last updated
-    before ``cutoff`` (the first batch's ``now - older_than`` when ``None``),
-    with their history; how many, the cutoff for the next batch, and whether
-    a saga purged left child sagas behind (which the next batch may take)."""
+    """One batch of a purge: up to ``limit`` sagas with one of ``statuses``
+    (final ones, at least one) last updated before ``cutoff`` (the first
+    batch's ``now - older_than`` when ``None``), with their history; how
+    many, the cutoff for the next batch, and whether a saga purged left child
+    sagas behind (which the next batch may take)."""
     txn.flush(cursor)  # the steps written earlier in this group go too
     txn.known.clear()
     if cutoff is None:
         cutoff = txn.now - older_than
-    ids = cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, limit)).fetchall()
+    # _PURGEABLE's three placeholders: fewer statuses are repeated to fill them.
+    chosen = (statuses * 3)[:3]
+    ids = cursor.execute(_PURGEABLE, (*chosen, cutoff, limit)).fetchall()
     cursor.executemany(_PURGE_STEPS, ids)
     cursor.executemany(_PURGE_SAGA, ids)
     # A short batch is the last, unless it purged the parent of a child
     # (kept while its parent was there) that is purgeable now.
     orphaned = len(ids) < limit and bool(ids) and (
-        cursor.execute(_PURGEABLE, (*_FINISHED, cutoff, 1)).fetchone() is not None
+        cursor.execute(_PURGEABLE, (*chosen, cutoff, 1)).fetchone() is not None
     )
     return len(ids), cutoff, orphaned
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
@@ -10,6 +10,7 @@ from ..redaction import withheld
 from ..status import SagaStatus, StepStatus
 
 __all__ = [
+    "PURGED_BY_DEFAULT",
     "JournalEntry",
     "Lease",
     "LeaseState",
@@ -25,6 +26,12 @@ __all__ = [
     "is_recoverable",
     "is_work_notifier",
 ]
+
+#: The statuses ``purge`` deletes unless told others: ``FAILED`` is left out
+#: on purpose. A FAILED saga is parked for an operator (a compensation gave
+#: up; the library has no action that resolves it), and its journal is the
+#: only record of what was left undone: it goes only when asked for by name.
+PURGED_BY_DEFAULT: tuple[SagaStatus, ...] = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
 
 Action = Literal["act", "compensate"]
 Branch = Literal["primary", "fallback"]
@@ -236,9 +243,15 @@ class RecoverableStore(SagaStore, Protocol):
         """Give a lease back (only if it is still the current one)."""
         ...
 
-    async def purge(self, *, older_than: float) -> int:
-        """Delete finished sagas last updated more than ``older_than`` seconds
-        ago; returns how many were deleted."""
+    async def purge(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """Delete finished sagas with one of ``statuses`` (``COMPLETED``,
+        ``COMPENSATED``, ``FAILED``; by default the first two: ``FAILED`` only
+        when named) last updated more than ``older_than`` seconds ago; returns
+        how many were deleted. ``ValueError`` for a status that is not final
+        or not a status, or for none at all. A child saga (``SubSaga``) is
+        not deleted while its parent is stored."""
         ...
 
 

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -16,9 +16,9 @@ from ..compact_journal import expand
 from ..context import _ATOMIC, _FREEZABLE, frozen_to_dict
 from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
 from ..status import SagaStatus
-from ._common import finite_seconds, non_negative_int
+from ._common import finite_seconds, non_negative_int, purge_statuses
 from ._responses import journal_entry
-from .base import JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
+from .base import PURGED_BY_DEFAULT, JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
 
 __all__ = ["MemorySagaStore"]
 
@@ -307,6 +307,59 @@ class MemorySagaStore:
                 key = (summary.saga_name, summary.status)
                 counts[key] = counts.get(key, 0) + 1
         return counts
+
+    # ------------------------------------------------------------------ retention (operators)
+
+    async def purge(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """Delete finished sagas with one of ``statuses`` not updated for
+        ``older_than`` seconds, as the durable stores' ``purge`` does; returns
+        how many. By default ``COMPLETED`` and ``COMPENSATED`` ones: a
+        ``FAILED`` saga goes only when ``statuses`` names it. A child saga
+        (``SubSaga``) is not deleted while its parent is held: a family goes
+        parent first, its children in the next round of the same call. (The
+        ``max_finished`` bound applies all the same: purge is for dropping
+        sooner, never for keeping longer.)"""
+        older_than = finite_seconds("older_than", older_than)
+        chosen = purge_statuses(statuses)
+        cutoff = time.time() - older_than
+        sagas = self._sagas
+        total = 0
+        while True:
+            # One generation: what the store holds now decides which children
+            # still have their parent (a parent purged in this round lets its
+            # children go in the next).
+            gone: list[str] = []
+            for saga_id in list(sagas):
+                held = sagas.get(saga_id)
+                if held is None or not _is_final(held):
+                    continue
+                summary = self._summary(saga_id)
+                if summary.status.value not in chosen or not summary.updated_at < cutoff:
+                    continue
+                parent_id, separator, step = saga_id.rpartition(_CHILD)
+                if separator and parent_id and step and parent_id in sagas:
+                    continue
+                gone.append(saga_id)
+            if not gone:
+                return total
+            for saga_id in gone:
+                sagas.pop(saga_id, None)
+            # Out of the finished too: a stale id there would later drop a new
+            # saga that took the id again. In place (each entry is taken from
+            # the left and put back unless purged), so that sagas other threads
+            # retire meanwhile stay.
+            purged = set(gone)
+            finished = self._finished
+            for _ in range(len(finished)):
+                try:
+                    saga_id = finished.popleft()
+                except IndexError:  # another thread dropped the oldest meanwhile
+                    break
+                if saga_id not in purged:
+                    finished.append(saga_id)
+            total += len(gone)
 
     def _summary(self, saga_id: str) -> SagaSummary:
         saga = self._sagas[saga_id]

@@ -94,7 +94,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -115,13 +115,21 @@ from ._common import (
     check_saga_id,
     finite_seconds,
     non_negative_int,
+    purge_statuses,
     short_repr,
     status_text,
 )
 from ._dsn_secrets import dsn_secrets, scrub
 from ._group_commit import GroupCommit, RetryAlone
 from ._listing_pages import ListingPages
-from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
+from .base import (
+    PURGED_BY_DEFAULT,
+    JournalEntry,
+    Lease,
+    LeaseState,
+    SagaRecord,
+    SagaSummary,
+)
 
 if TYPE_CHECKING:
     # Types only. The driver is an optional extra: without it, mypy still
@@ -1269,19 +1277,24 @@ class PostgresSagaStore:
         finally:
             await conn.close()
 
-    async def purge(self, *, older_than: float) -> int:
-        """Delete finished sagas (and their history) not updated for
-        ``older_than`` seconds; returns how many. A child saga (``SubSaga``)
+    async def purge(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """Delete finished sagas (and their history) with one of ``statuses``
+        not updated for ``older_than`` seconds; returns how many. By default
+        ``COMPLETED`` and ``COMPENSATED`` ones: a ``FAILED`` saga (parked for
+        an operator) goes only when ``statuses`` names it. A child saga (``SubSaga``)
         is not purged while its parent is stored (a parent unwinding unwinds
         it): a family goes parent first, its children by one more statement
         each generation, until a statement finds nothing (all with the cut-off
         of the first: a saga that finishes meanwhile is not purged by it)."""
         older_than = finite_seconds("older_than", older_than)
+        chosen = list(purge_statuses(statuses))
         doing = "cannot purge sagas"
         cutoff = (await self._fetch(doing, self._sql.purge_cutoff, (older_than,)))[0]
         total = 0
         while True:
-            row = await self._fetch(doing, self._sql.purge, (cutoff,))
+            row = await self._fetch(doing, self._sql.purge, (chosen, cutoff))
             total += int(row[0])
             if not row[0]:
                 return total

@@ -71,7 +71,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -85,6 +85,7 @@ from ._common import (
     check_saga_id,
     finite_seconds,
     non_negative_int,
+    purge_statuses,
     short_repr,
     status_text,
 )
@@ -126,7 +127,14 @@ from ._sqlite_workers import (
     _stop_workers,
     _Worker,
 )
-from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
+from .base import (
+    PURGED_BY_DEFAULT,
+    JournalEntry,
+    Lease,
+    LeaseState,
+    SagaRecord,
+    SagaSummary,
+)
 
 __all__ = ["PURGE_BATCH", "SCHEMA_VERSION", "WAL_SIZE_LIMIT", "SQLiteSagaStore", "SQLiteStoreStats"]
 
@@ -806,9 +814,13 @@ class SQLiteSagaStore:
         args = (check_saga_id(lease.saga_id), lease.token, finite_seconds("seconds", seconds))
         await self._submit(_defer, args, write=True)
 
-    async def purge(self, *, older_than: float) -> int:
-        """Delete finished sagas (and their history) not updated for
-        ``older_than`` seconds; returns how many.
+    async def purge(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """Delete finished sagas (and their history) with one of ``statuses``
+        not updated for ``older_than`` seconds; returns how many. By default
+        ``COMPLETED`` and ``COMPENSATED`` ones: a ``FAILED`` saga (parked for
+        an operator) goes only when ``statuses`` names it.
 
         ``PURGE_BATCH`` sagas a transaction: a purge of millions holds the
         write lock for one batch at a time, not for all of them, so the
@@ -817,6 +829,7 @@ class SQLiteSagaStore:
         A child saga (``SubSaga``) is not purged while its parent is stored
         (a parent unwinding unwinds it): a family goes parent first."""
         older_than = finite_seconds("older_than", older_than)
+        chosen = purge_statuses(statuses)
         loop = asyncio.get_running_loop()
         total = 0
         cutoff: float | None = None
@@ -826,7 +839,7 @@ class SQLiteSagaStore:
             count: int
             orphaned: bool
             count, cutoff, orphaned = await self._submit(
-                _purge, (older_than, limit, cutoff), write=True
+                _purge, (older_than, limit, cutoff, chosen), write=True
             )
             total += count
             if count < limit and not orphaned:
