@@ -520,6 +520,8 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
     from fallback_saga.store._group_commit import MAX_GROUP, SHARE_AT_LEAST
     from fallback_saga.store._sqlite_workers import _ROOMY
+    from fallback_saga.store.postgres import PURGE_BATCH as PG_PURGE_BATCH
+    from fallback_saga.store.postgres import PURGE_BATCH_SECONDS
     from fallback_saga.store.sqlite import _FORK_WAIT, PURGE_BATCH, WAL_SIZE_LIMIT
 
     def default(target: object, name: str) -> object:
@@ -553,6 +555,9 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("durability.md", "a non-empty `str` of at most {} characters", MAX_SAGA_ID_LENGTH),
         ("durability.md", "printable str of at most {} characters", MAX_SAGA_NAME_LENGTH),
         ("durability.md", "purges {:,} sagas a transaction", PURGE_BATCH),
+        ("durability.md", "A batch starts at {:,} sagas", PG_PURGE_BATCH),
+        ("durability.md", "it aims at {}, or a quarter",
+         {0.25: "a quarter of a second"}.get(PURGE_BATCH_SECONDS, PURGE_BATCH_SECONDS)),
         ("durability.md", "reads and writes {:,} sagas at a time", LIST_PAGE),
         ("durability.md", "({} characters in a table cell", MAX_CELL),
         ("durability.md", "{} for a value on a line of its own", MAX_VALUE),

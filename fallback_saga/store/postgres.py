@@ -108,7 +108,7 @@ from ..errors import (
     SagaNotFound,
     SagaStoreError,
 )
-from ..shielding import own_task
+from ..shielding import cancellation_pending, own_task
 from ..status import SagaStatus
 from ._common import (
     check_owner,
@@ -168,7 +168,14 @@ from ._postgres_sql import (
     _Write,
 )
 
-__all__ = ["SCHEMA_VERSION", "PostgresSagaStore", "PostgresStoreStats"]
+__all__ = [
+    "PURGE_BATCH",
+    "PURGE_BATCH_MAX",
+    "PURGE_BATCH_SECONDS",
+    "SCHEMA_VERSION",
+    "PostgresSagaStore",
+    "PostgresStoreStats",
+]
 
 _log = library_logger("fallback_saga.store.postgres")
 
@@ -195,6 +202,24 @@ _GROUP_SLOTS: Final = 3
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
+
+
+# ``purge``'s batches: the first takes PURGE_BATCH sagas; each then doubles
+# (up to PURGE_BATCH_MAX) while one takes under half of PURGE_BATCH_SECONDS,
+# or a quarter of the server's statement_timeout if that is less, and halves
+# (down to one saga) when one takes longer.
+PURGE_BATCH: Final = 1_000
+PURGE_BATCH_MAX: Final = 20_000
+PURGE_BATCH_SECONDS: Final = 0.25
+
+# What the server answers when it stops a statement itself: statement_timeout
+# (query_canceled) or lock_timeout (lock_not_available). A batch of a purge
+# that gets it was rolled back, and is tried again at half its size.
+_SERVER_GAVE_UP: Final = frozenset({"57014", "55P03"})
+
+
+def _server_gave_up(error: SagaStoreError) -> bool:
+    return getattr(error.__cause__, "sqlstate", None) in _SERVER_GAVE_UP
 
 
 _CLOSER: Final = "fallback_saga-pool-closer"
@@ -1283,18 +1308,61 @@ class PostgresSagaStore:
         """Delete finished sagas (and their history) with one of ``statuses``
         not updated for ``older_than`` seconds; returns how many. By default
         ``COMPLETED`` and ``COMPENSATED`` ones: a ``FAILED`` saga (parked for
-        an operator) goes only when ``statuses`` names it. A child saga (``SubSaga``)
-        is not purged while its parent is stored (a parent unwinding unwinds
-        it): a family goes parent first, its children by one more statement
-        each generation, until a statement finds nothing (all with the cut-off
-        of the first: a saga that finishes meanwhile is not purged by it)."""
+        an operator) goes only when ``statuses`` names it.
+
+        In batches, each one statement and its own short transaction, in the
+        sagas' creation order: a backlog of millions holds no lock for long,
+        and each batch stays well inside the server's ``statement_timeout``
+        (batches are sized by how long the last took; one the server cancels
+        all the same is tried again at half the size, down to one saga).
+        Cancelled, a purge keeps the batches it committed. A saga that
+        finishes meanwhile is not purged by it (one cut-off, on the server's
+        clock). A child saga (``SubSaga``) is not purged while its parent is
+        stored (a parent unwinding unwinds it): a family goes parent first,
+        its children in a later batch of the same purge."""
         older_than = finite_seconds("older_than", older_than)
         chosen = list(purge_statuses(statuses))
         doing = "cannot purge sagas"
-        cutoff = (await self._fetch(doing, self._sql.purge_cutoff, (older_than,)))[0]
+        cutoff, timeout_ms = await self._fetch(doing, self._sql.purge_cutoff, (older_than,))
+        # A batch aims at this long: short enough for the locks it holds,
+        # and a quarter of the statement timeout at most.
+        aim = PURGE_BATCH_SECONDS
+        if timeout_ms:
+            aim = min(aim, float(timeout_ms) / 4000.0)
+        loop = asyncio.get_running_loop()
+        limit = PURGE_BATCH
+        after = 0
         total = 0
         while True:
-            row = await self._fetch(doing, self._sql.purge, (chosen, cutoff))
-            total += int(row[0])
-            if not row[0]:
+            started = loop.time()
+            try:
+                gone, read, last, again = await self._fetch(
+                    doing, self._sql.purge, (after, chosen, cutoff, limit, chosen, cutoff)
+                )
+            except SagaStoreError as error:
+                if cancellation_pending():
+                    # A driver cancelled mid-statement may raise an error of
+                    # its own instead (the server's cancellation among them,
+                    # which would read as a timeout): the purge stops here.
+                    raise asyncio.CancelledError from error
+                if limit > 1 and _server_gave_up(error):
+                    limit //= 2  # this batch was rolled back: again, smaller
+                    continue
+                raise
+            if cancellation_pending():
+                # Cancelled while a batch ran, and the driver (or the pool,
+                # retrying) answered all the same: the purge stops here.
+                raise asyncio.CancelledError
+            took = loop.time() - started
+            total += int(gone)
+            if again is not None:
+                # Children whose parent this batch deleted: from the first of them.
+                after = int(again) - 1
+            elif read < limit:
                 return total
+            else:
+                after = int(last)
+            if took > aim:
+                limit = max(1, limit // 2)
+            elif took < aim / 2 and read == limit:
+                limit = min(PURGE_BATCH_MAX, limit * 2)
