@@ -57,6 +57,12 @@ from .group_run import IN_A_MEMBER, Lane, LaneCursor, run_group
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .redaction import withheld
 from .run_settings import RunSettings
+from .shielding import (
+    cancellation_behind,
+    cancelled_again,
+    land_pending_cancellation,
+    running_task,
+)
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
@@ -183,6 +189,7 @@ class Execution(UnwindingRun):
 
     __slots__ = (
         "allow_changed_definition",
+        "cancels",
         "crashed_calls",
         "created_at",
         "fingerprint",
@@ -276,6 +283,7 @@ class Execution(UnwindingRun):
     # ------------------------------------------------------------------ lifecycle
 
     def begin(self) -> None:
+        self.cancels = running_task().cancelling()  # see running_task
         if self.live:
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
             self.created = True
@@ -322,6 +330,12 @@ class Execution(UnwindingRun):
         token = _CURSOR.set(self)
         results = self.results
         resumed_with = len(results)
+        # The requests to cancel pending as the run starts are not its own
+        # (see running_task); one made meanwhile that a step swallowed stops
+        # the run before the next step's act (see stop_swallowed).
+        task = running_task()
+        self.cancels = cancels = task.cancelling()
+        late: asyncio.CancelledError | None = None
         try:
             try:
                 if fallback_first:
@@ -377,6 +391,8 @@ class Execution(UnwindingRun):
                             try:
                                 if not live:
                                     await self.flush()  # the write-ahead: STARTED is durable first
+                                if task.cancelling() > cancels:
+                                    await self.stop_swallowed()
                                 self.active = True
                                 response = await branch.act(context)
                                 if (returned := response.__class__) is not SagaStepResult:
@@ -397,6 +413,8 @@ class Execution(UnwindingRun):
                                 raise
                             except BaseException as error:
                                 restore_step(context, snapshot)
+                                if task.cancelling() > cancels and isinstance(error, Exception):
+                                    raise self._act_cancelled_instead(branch, 1, error) from error
                                 self.act_failed(branch, 1, error)  # (and active = False)
                                 if kind is Branch or not self._falls_back(item, branch, error):
                                     raise
@@ -422,6 +440,9 @@ class Execution(UnwindingRun):
                     if not isinstance(response, SagaStepResult):
                         response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
                     results.append(response)
+                if task.cancelling() > cancels:
+                    # After the last step: see stop_swallowed.
+                    late = await self.stop_swallowed(at_the_end=True)
             except (Exception, JournalWriteFailed) as error:
                 await self.fail(error)
             except asyncio.CancelledError:
@@ -443,6 +464,11 @@ class Execution(UnwindingRun):
             raise
         finally:
             _CURSOR.reset(token)
+            # No local keeps the task: the error raised from here holds this
+            # frame, and the task, once done, that error (a reference cycle).
+            task = None  # type: ignore[assignment]
+        if late is not None:
+            return await self._complete_then_cancel(late)
         if self.live:
             return self.complete_live()  # one coroutine fewer
         return await self.complete()
@@ -477,6 +503,9 @@ class Execution(UnwindingRun):
         # S12's check (__init__) has just found JSON scalars only, all of them
         # immutable: the first step's snapshot is a copy with no scan of its own.
         scanned = flat and self.scalars
+        task = running_task()  # see run_all
+        self.cancels = cancels = task.cancelling()
+        late: asyncio.CancelledError | None = None
         token = _CURSOR.set(self)
         try:
             item: Any  # a Branch or a FallbackPlan (Any: told apart by exact class)
@@ -497,8 +526,10 @@ class Execution(UnwindingRun):
                     self.attempt = 1
                     journal.append(_now())  # STARTED, compact
                     self.action = "act"
-                    self.active = True
                     try:
+                        if task.cancelling() > cancels:
+                            await self.stop_swallowed()  # see run_all
+                        self.active = True
                         response = await branch.act(context)
                         if (returned := response.__class__) is not SagaStepResult:
                             # Checked only here: see run_all.
@@ -507,6 +538,8 @@ class Execution(UnwindingRun):
                             response = _new_tuple(SagaStepResult, (response, name, saga_id))
                     except BaseException as error:
                         restore_step(context, snapshot)
+                        if task.cancelling() > cancels and isinstance(error, Exception):
+                            raise self._act_cancelled_instead(branch, 1, error) from error
                         self.act_failed(branch, 1, error)  # (and active = False)
                         # A plain step's failure, or a Fallback's that does not fall back.
                         if item is branch or not self._falls_back(item, branch, error):
@@ -520,6 +553,8 @@ class Execution(UnwindingRun):
                 journal.append(_now())  # COMPLETED, compact: its response is in results
                 stack.append(branch)
                 results.append(response)
+            if task.cancelling() > cancels:
+                late = await self.stop_swallowed(at_the_end=True)  # see run_all
         except Exception as error:
             await self.fail(error)
         except asyncio.CancelledError:
@@ -527,6 +562,11 @@ class Execution(UnwindingRun):
             raise
         finally:
             _CURSOR.reset(token)
+            # No local keeps the task: the error raised from here holds this
+            # frame, and the task, once done, that error (a reference cycle).
+            task = None  # type: ignore[assignment]
+        if late is not None:
+            return await self._complete_then_cancel(late)
         # complete_live, inlined (nobody to tell); the store is a MemorySagaStore
         self.status = _SAGA_COMPLETED
         self.left_undone = None  # see complete_live
@@ -549,8 +589,9 @@ class Execution(UnwindingRun):
             return [response]
         return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
 
-    def complete_live(self) -> SagaResult[Any]:
-        """``complete`` on an in-process store: nothing to await."""
+    def complete_live(self, cancelled: BaseException | None = None) -> SagaResult[Any]:
+        """``complete`` on an in-process store: nothing to await.
+        ``cancelled``: see ``_complete_then_cancel``."""
         # The final state, frozen (no snapshot to take when it is flat).
         self.image = freeze_context(self.context)
         self.status = _SAGA_COMPLETED
@@ -559,12 +600,13 @@ class Execution(UnwindingRun):
         self.left_undone = None
         self.store.finished(self)  # type: ignore[attr-defined]
         if self.hooks.saga_finished:
-            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
+            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, cancelled)
         return _saga_result(self.saga_id, self.status, self.context, self.results)
 
-    async def complete(self) -> SagaResult[Any]:
+    async def complete(self, cancelled: BaseException | None = None) -> SagaResult[Any]:
+        """``cancelled``: see ``_complete_then_cancel``."""
         if self.live:
-            return self.complete_live()
+            return self.complete_live(cancelled)
         # S13: the caller hears "completed" only once the journal says so.
         self.pending_status = SagaStatus.COMPLETED
         failure: JournalWriteFailed | None = None
@@ -586,7 +628,7 @@ class Execution(UnwindingRun):
         self.status = SagaStatus.COMPLETED
         self.left_undone = None  # see complete_live
         if self.hooks.saga_finished:
-            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, None)
+            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, cancelled)
         return _saga_result(self.saga_id, self.status, self.context, self.results)
 
     async def _cancelled_at_the_end(self) -> None:
@@ -711,6 +753,8 @@ class Execution(UnwindingRun):
                 else:  # self.act, inlined (one coroutine less per step)
                     if not self.live and (lane is None or not lane.durable):
                         await self.flush()
+                    if lane is None and running_task().cancelling() > self.cancels:
+                        await self.stop_swallowed()  # see run_all
                     if hooks.step_started:
                         emit(hooks.step_started, self.saga_id, branch.name, attempt)
                     cursor.action = "act"
@@ -718,11 +762,16 @@ class Execution(UnwindingRun):
                     if lane is not None:
                         lane.called = True
                     # (cursor.active stays set if the act fails: see act_failed)
-                    if branch.timeout is None:
-                        response = await branch.act(context)
-                    else:
-                        async with asyncio.timeout(branch.timeout):
+                    try:
+                        if branch.timeout is None:
                             response = await branch.act(context)
+                        else:
+                            async with asyncio.timeout(branch.timeout):
+                                response = await branch.act(context)
+                    except Exception as error:
+                        if self.cancelled_meanwhile(lane):
+                            raise cancellation_behind(error) from error
+                        raise
                     if type(response) is COROUTINE:
                         raise unawaited(branch.name, "act", response)
                     cursor.active = False
@@ -806,6 +855,65 @@ class Execution(UnwindingRun):
         if told and self.hooks.step_failed:
             emit(self.hooks.step_failed, self.saga_id, branch.name, error)
 
+    def cancelled_meanwhile(self, lane: Lane | None) -> bool:
+        """Whether this task was asked to cancel since the run (a group
+        member: its task) began: the error an ``act`` let out then is the
+        cancellation its participant converted (see ``running_task``)."""
+        return running_task().cancelling() > (self.cancels if lane is None else 0)
+
+    def _act_cancelled_instead(
+        self, branch: Branch, attempt: int, error: Exception
+    ) -> asyncio.CancelledError:
+        """An inlined step's ``act`` raised ``error`` after its task was asked
+        to cancel: the cancellation its participant converted (a driver
+        cancelled mid-query raises an error of its own). It is the
+        cancellation that stopped the step — never a reason to fall back or
+        retry (S3, S8) — journaled as one, and raised in ``error``'s place."""
+        stopped = cancellation_behind(error)
+        self.primary_error = None  # a Fallback's: nothing falls back from here
+        self.act_failed(branch, attempt, stopped)
+        return stopped
+
+    async def stop_swallowed(self, at_the_end: bool = False) -> asyncio.CancelledError:
+        """This task was asked to cancel while the run went on: called right
+        before a step's act (its STARTED durable, if the store writes ahead)
+        or, ``at_the_end``, after the last step, when its count of requests
+        has grown past the run's (``running_task``).
+
+        A request not delivered yet (an act cancelled its caller as it
+        returned, without waiting) lands here, in one turn of the loop, and
+        is raised, with the caller's message — where a write-ahead store's
+        write has landed it already. At the end it is returned instead: it
+        lands where the completion's write would have landed it (the saga
+        completes; see ``_complete_then_cancel``).
+
+        Otherwise a participant swallowed it: it caught the
+        ``CancelledError`` and returned, or converted it and its fallback
+        answered (or the call in flight of a group member's, a child saga's,
+        did). Those steps completed — they are on the compensation stack —
+        but the caller asked to stop: ``CancelledError`` is raised here, the
+        next step is journaled as cancelled before its act (as in a
+        write-ahead), and the run unwinds (S8; S13: a cancellation never
+        becomes a forward run). The caller's message went with the error the
+        participant caught."""
+        landed = await land_pending_cancellation()
+        if landed is None:
+            raise asyncio.CancelledError
+        if at_the_end:
+            return landed
+        raise cancelled_again(landed)
+
+    async def _complete_then_cancel(self, late: asyncio.CancelledError) -> NoReturn:
+        """The saga completed, and a request to cancel landed right after its
+        last step (``stop_swallowed``): as when it lands in the completion's
+        write, the journal says COMPLETED, the listeners hear of the
+        completion with the cancellation, and the caller gets it."""
+        if self.live:
+            self.complete_live(late)
+        else:
+            await self.complete(late)  # (what stops it is raised instead)
+        raise cancelled_again(late)
+
     def _falls_back(self, plan: FallbackPlan, failed: Branch, error: BaseException) -> bool:
         """For the inlined run of a Fallback: whether ``failed`` (which raised
         ``error``) hands over to the fallback now (S3). When it was the
@@ -859,6 +967,8 @@ class Execution(UnwindingRun):
             cursor = lane.cursor
             context = lane.context
             lane.called = True
+        if lane is None and running_task().cancelling() > self.cancels:
+            await self.stop_swallowed()  # see run_all
         if self.hooks.step_started:  # its STARTED is durable now: see try_branch
             emit(self.hooks.step_started, self.saga_id, branch.name, cursor.attempt)
         cursor.action = "act"
@@ -875,6 +985,9 @@ class Execution(UnwindingRun):
         except BaseException as error:
             if call is not None:
                 self._call_finished(call, error)
+            if isinstance(error, Exception) and self.cancelled_meanwhile(lane):
+                # Under a breaker, it counts as nothing (S9).
+                raise cancellation_behind(error) from error
             raise  # (cursor.active stays set: see act_failed)
         cursor.active = False
         if call is not None:

@@ -38,7 +38,7 @@ from .errors import ParallelWriteConflict
 from .events import Hooks, emit
 from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
-from .shielding import EAGER_TASKS, cancelled_again, own_task
+from .shielding import EAGER_TASKS, cancellation_behind, cancelled_again, own_task, running_task
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
@@ -75,6 +75,9 @@ class GroupHost(Protocol):
     branch_errors: dict[str, BaseException] | None
     context_dirty: bool
     hooks: Hooks
+    cancels: int  # the run's task's count of requests to cancel as it began
+
+    def stop_swallowed(self) -> Awaitable[asyncio.CancelledError]: ...
 
     def flush(self, *, unwinding: bool = False) -> Awaitable[None]: ...
 
@@ -202,6 +205,13 @@ class GroupRun:
                     restore_step(context, snapshot)
                     if isinstance(error, asyncio.CancelledError):
                         host.act_cancelled(branch, 1)
+                    elif isinstance(error, Exception) and running_task().cancelling():
+                        # Stopped by the group, or with the saga: the
+                        # cancellation its participant converted into an
+                        # error of its own. Its call's effect is as uncertain
+                        # as a cancelled one's (see running_task).
+                        host.act_cancelled(branch, 1)
+                        raise cancellation_behind(error) from error
                     else:
                         host.act_failed(branch, 1, error)
                     raise
@@ -309,9 +319,14 @@ async def run_group(
         journal.append(
             (first.position, first.name, first.branch, "act", _STARTED, 1, None, now, None)
         )
-    if not host.live:
+    if not host.live or running_task().cancelling() > host.cancels:
         try:
-            await host.flush()  # the group's write-ahead: one write for every member
+            if not host.live:
+                await host.flush()  # the group's write-ahead: one write for every member
+            if running_task().cancelling() > host.cancels:
+                # A request to cancel the run that a participant swallowed
+                # (Execution.stop_swallowed): no member runs.
+                await host.stop_swallowed()
         except asyncio.CancelledError as cancelled_error:
             # Cancelled while it was written: no member ran. Say so, as a
             # step whose write-ahead was cancelled does (S13: the journal
@@ -330,6 +345,7 @@ async def run_group(
             for branch in crashed:
                 host.push_crashed_call(branch)
             raise
+    if not host.live:
         host.write_lock = asyncio.Lock()
     run = GroupRun(host, base, len(todo))
     # Started eagerly where Python can (3.12+): a member that does not wait

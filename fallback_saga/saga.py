@@ -36,7 +36,7 @@ from .resumption import (
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
-from .shielding import shielded
+from .shielding import running_task, shielded
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (
@@ -507,6 +507,10 @@ class SagaTransaction(Generic[ContextT]):
         token = _CURSOR.set(execution)
         try:
             step_results = await execution.run_item(item)
+            if running_task().cancelling() > execution.cancels:
+                # The step's participant swallowed the caller's cancellation
+                # (see there): the transaction stops after it, and unwinds.
+                await execution.stop_swallowed()
         except (Exception, JournalWriteFailed) as error:
             self._finished = True
             await execution.fail(error)

@@ -19,10 +19,13 @@ from typing import Any, TypeVar
 
 __all__ = [
     "EAGER_TASKS",
+    "NO_TASK",
+    "cancellation_behind",
     "cancellation_pending",
     "cancelled_again",
     "land_pending_cancellation",
     "own_task",
+    "running_task",
     "settle",
     "shielded",
 ]
@@ -64,6 +67,62 @@ def cancellation_pending() -> bool:
     waits for ever."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+class _NoTask:
+    """What ``running_task`` gives outside a task (a coroutine driven by
+    hand): nobody can cancel it, so nothing is ever pending."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def cancelling() -> int:
+        return 0
+
+
+NO_TASK = _NoTask()
+
+
+def running_task() -> asyncio.Task[Any] | _NoTask:
+    """The current task, whose ``cancelling()`` a run compares with the count
+    it started with (``NO_TASK`` outside one).
+
+    A run started inside an ``except CancelledError:`` cleanup handler, or
+    under a timeout that has fired, starts with requests pending that are
+    not its own to answer: only a request made *while it runs* stops it. So
+    a run keeps the count it started with, and a cancellation swallowed or
+    converted by a participant (an ``act`` that catches ``CancelledError``
+    and returns, or raises an error of its own, as a database driver
+    cancelled mid-query does) is told by the count having grown past it.
+    (``asyncio.timeout()`` and ``TaskGroup`` take back their own requests
+    with ``uncancel()``: a step's timeout that fired leaves the count as
+    it was.)"""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop: a coroutine driven by hand
+        return NO_TASK
+    return NO_TASK if task is None else task
+
+
+def cancellation_behind(error: BaseException) -> asyncio.CancelledError:
+    """A ``CancelledError`` to raise in place of ``error``, an error a
+    participant raised once its task had been asked to cancel: with the
+    message of the ``CancelledError`` that ``error`` was raised while
+    handling, if its chain holds one (the caller's), and ``error`` as its
+    cause, so the driver's own error is still told."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    args: tuple[Any, ...] = ()
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, asyncio.CancelledError):
+            args = cause.args
+            break
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    del cause
+    stopped = asyncio.CancelledError(*args)
+    stopped.__cause__ = error
+    return stopped
 
 
 async def land_pending_cancellation() -> asyncio.CancelledError | None:

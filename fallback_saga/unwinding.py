@@ -41,7 +41,7 @@ from .errors import (
 from .events import Hooks, StepCall, emit
 from .log_lines import library_logger
 from .plan import Branch
-from .shielding import cancellation_pending, shielded
+from .shielding import cancellation_behind, cancellation_pending, shielded
 from .status import RAW_CANCELLED as _CANCELLED
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
@@ -363,6 +363,12 @@ class UnwindingRun(JournaledRun):
                     stack.pop()
                     if error is not None:
                         errors[branch.name] = error
+                    if stack and cancellation_pending():
+                        # This task was cancelled (the loop is shutting down:
+                        # see compensate) and the compensation caught it and
+                        # returned: nothing earlier is compensated behind the
+                        # shutdown's back; the saga stays COMPENSATING.
+                        raise asyncio.CancelledError
                 final = _SAGA_FAILED if errors else _COMPENSATED
                 if self.live:
                     self.status = final
@@ -430,6 +436,11 @@ class UnwindingRun(JournaledRun):
             except Exception as error:
                 if call is not None:
                     self._call_finished(call, error)
+                if cancellation_pending():
+                    # The unwinding task itself was cancelled (see below) and
+                    # the compensation converted it into an error of its own
+                    # (a driver cancelled mid-query): interrupted, not failed.
+                    raise cancellation_behind(error) from error
                 if not policy.should_retry(error, attempt):
                     return self._compensation_failed(branch, attempt, error)
                 journal.append(
