@@ -36,7 +36,7 @@ from .resumption import (
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
-from .shielding import running_task, shielded
+from .shielding import cancelled_again, running_task, shielded
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (
@@ -506,11 +506,9 @@ class SagaTransaction(Generic[ContextT]):
         # unwinds), whatever another transaction open in this task set since.
         token = _CURSOR.set(execution)
         try:
+            # (A cancellation a step's participant swallowed stops the run
+            # before the next act: Execution.stop_swallowed.)
             step_results = await execution.run_item(item)
-            if running_task().cancelling() > execution.cancels:
-                # The step's participant swallowed the caller's cancellation
-                # (see there): the transaction stops after it, and unwinds.
-                await execution.stop_swallowed()
         except (Exception, JournalWriteFailed) as error:
             self._finished = True
             await execution.fail(error)
@@ -553,7 +551,17 @@ class SagaTransaction(Generic[ContextT]):
         token = _CURSOR.set(execution)  # see __anext__
         try:
             if exc is None and self._next >= len(self._plan):
-                self.result = await execution.complete()
+                late = None
+                if running_task().cancelling() > execution.cancels:
+                    # After the last step, as Execution.run_all does.
+                    try:
+                        late = await execution.stop_swallowed(at_the_end=True)
+                    except asyncio.CancelledError:
+                        await execution.abort()  # swallowed by its participant: unwind
+                        raise
+                self.result = await execution.complete(late)
+                if late is not None:
+                    raise cancelled_again(late)
                 return
             try:
                 await shielded(execution.unwind())

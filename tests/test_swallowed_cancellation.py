@@ -419,7 +419,8 @@ async def test_S15_S8_a_child_saga_whose_step_swallows_the_cancellation_unwinds_
 @pytest.mark.parametrize("hang", ["swallow", "convert"])
 async def test_S8_a_transaction_step_that_swallows_the_cancellation_stops_it(hang: str) -> None:
     """``saga.transaction()``: the caller's cancellation, swallowed or
-    converted in a step, stops the transaction there and unwinds it."""
+    converted in a step, stops the transaction before the next step's act
+    and unwinds it (Ship is never called)."""
     ledger = Ledger()
     store = MemorySagaStore()
     saga = order_saga(ledger, "plain", hang, CircuitBreaker())(store=store)
@@ -435,7 +436,9 @@ async def test_S8_a_transaction_step_that_swallows_the_cancellation_stops_it(han
     task.cancel("shutting down")
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert seen == ["Reserve"]
+    # Charge returned (it swallowed the cancellation): the transaction yields
+    # it, and stops before the next step's act.
+    assert seen == (["Reserve", "Charge"] if hang == "swallow" else ["Reserve"])
     undone = ["undo Charge"] if hang == "swallow" else []
     assert ledger.calls == [
         "Reserve", "Charge", "Charge caught the cancellation", *undone, "undo Reserve",
@@ -608,3 +611,33 @@ async def test_S8_S13_an_act_that_cancels_its_caller_stops_the_memory_store_run_
         ("act", StepStatus.STARTED, None),
         ("act", StepStatus.FAILED, "CancelledError: shutting down"),
     ]
+
+
+@pytest.mark.parametrize("hang", ["swallow", "convert"])
+async def test_S8_a_transaction_whose_last_step_swallows_the_cancellation_never_commits(
+    hang: str,
+) -> None:
+    """The last step of a ``saga.transaction()`` swallows or converts the
+    caller's cancellation; the block then ends normally. The transaction must
+    not commit (COMPLETED) for a caller that asked to stop: it unwinds, and
+    the ``async with`` raises ``CancelledError``."""
+    ledger = Ledger()
+    store = MemorySagaStore()
+
+    class LastSaga(Saga[Ctx]):
+        steps = [plain_step(ledger, "Reserve"), plain_step(ledger, "Ship", hang=hang)]
+
+    async def drive() -> None:
+        async with LastSaga(store=store).transaction(Ctx(order_id="t-2"), saga_id="t-2") as tx:
+            async for _ in tx:
+                pass
+
+    task = asyncio.create_task(drive())
+    await ledger.reached.wait()
+    task.cancel("shutting down")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    undone = ["undo Ship"] if hang == "swallow" else []
+    assert ledger.calls == ["Reserve", "Ship", "Ship caught the cancellation", *undone,
+                            "undo Reserve"]
+    assert (await store.load("t-2")).status is SagaStatus.COMPENSATED
