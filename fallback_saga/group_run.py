@@ -38,7 +38,14 @@ from .errors import ParallelWriteConflict
 from .events import Hooks, emit
 from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
-from .shielding import EAGER_TASKS, cancellation_behind, cancelled_again, own_task, running_task
+from .shielding import (
+    EAGER_TASKS,
+    cancellation_behind,
+    cancelled_again,
+    land_pending_cancellation,
+    own_task,
+    running_task,
+)
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
@@ -369,6 +376,12 @@ async def run_group(
                 cancelled = caught
             if run.remaining:
                 run.remaining = sum(not task.done() for task in tasks)
+        elif not run.remaining:
+            # Python 3.12+, every member done in our own step: we never
+            # waited. A cancellation asked for meanwhile (by a member, or
+            # before the group) lands here, as it does in 3.11's turn above —
+            # not in the steps after the group (S8, S15).
+            cancelled = await land_pending_cancellation()
         if run.remaining and not (run.failures or cancelled):
             # Some member waits: the last one to finish (or the first to
             # fail) wakes us, as its last act — no callback per member.

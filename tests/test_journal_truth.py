@@ -1194,3 +1194,89 @@ async def test_S8_S13_a_cancellation_asked_for_in_an_act_lands_in_the_journal_wr
         ("act", StepStatus.STARTED, None),
         ("act", StepStatus.FAILED, "CancelledError: shutting down"),
     ]
+
+
+def cancelling_member_saga(
+    log: list[str], victim: list[asyncio.Task[Any]], how: str
+) -> type[Saga[Ctx]]:
+    """Reserve, then a group of Charge and Notify, then (but for ``last``)
+    Ship. A participant cancels the caller's task and returns without
+    waiting, so the request has not landed when it returns. ``how``: where —
+    ``member`` (Charge's act; Ship follows the group), ``last`` (the same,
+    the group ends the saga), ``before`` (Reserve's act, the group follows),
+    ``sibling-fails`` (Notify's act, while Charge fails)."""
+    from fallback_saga import Parallel
+
+    def step(name: str, undo: str, *, cancels: bool = False, fails: bool = False) -> type:
+        async def act(self: Any, ctx: Ctx) -> None:
+            log.append(name)
+            if cancels:
+                victim[0].cancel("shutting down")
+            if fails:
+                raise RuntimeError(f"{name} failed")
+
+        async def compensate(self: Any, ctx: Any) -> None:
+            log.append(undo)
+
+        return type(name, (), {"act": act, "compensate": compensate})
+
+    reserve = step("Reserve", "release", cancels=how == "before")
+    charge = step("Charge", "refund", cancels=how in ("member", "last"),
+                  fails=how == "sibling-fails")
+    notify = step("Notify", "retract", cancels=how == "sibling-fails")
+    ship = step("Ship", "unship")
+    plan: list[Any] = [reserve, Parallel(charge, notify)]
+    if how != "last":
+        plan.append(ship)
+
+    class OrderSaga(Saga[Ctx]):
+        steps = plan
+
+    return OrderSaga
+
+
+@pytest.mark.parametrize("how", ["member", "last", "before", "sibling-fails"])
+@pytest.mark.parametrize("writes", ["none", "never-wait"])
+async def test_S8_S15_a_cancellation_asked_for_as_a_group_runs_lands_when_the_group_joins(
+    how: str, writes: str
+) -> None:
+    """A caller cancelled while a ``Parallel`` group runs (a member cancels
+    it, or the step before the group did, and nothing waited since) is
+    cancelled when the group joins, on every Python: the members are
+    stopped or finished, everything that ran is compensated, and only then
+    does ``CancelledError`` (the caller's message) propagate — no step after
+    the group runs, the saga never completes behind its caller's back, and a
+    member's failure does not turn the cancellation into ``SagaFailed``.
+
+    On Python 3.11 the group gives the loop a turn to start its members, and
+    the cancellation lands there. On 3.12+ the members start eagerly: ones
+    that never wait (an in-process store, or a store of your own whose
+    writes never wait) finished inside the group's own step, the group
+    returned without waiting once, and the next step ran (with nothing
+    after the group, the saga completed and the caller got its
+    ``CancelledError`` over a COMPLETED journal)."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    victim: list[asyncio.Task[Any]] = []
+    inner = MemorySagaStore()
+    store: Any = inner if writes == "none" else FaultyStore(inner)
+    saga = cancelling_member_saga(log, victim, how)(store=store)
+    task = asyncio.create_task(saga.run(Ctx(order_id="o-12"), saga_id="o-12"))
+    victim.append(task)
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert raised.value.args == ("shutting down",)
+    if how == "before" and writes == "never-wait":
+        # It landed in the group's write-ahead: no member was called (S13).
+        assert log == ["Reserve", "release"]
+    elif how == "sibling-fails":
+        # Charge failed: not compensated (S5); Notify completed: compensated.
+        assert log == ["Reserve", "Charge", "Notify", "retract", "release"]
+    else:
+        # The members complete in their declared order; undone in reverse.
+        assert log == ["Reserve", "Charge", "Notify", "retract", "refund", "release"]
+    record = await inner.load("o-12")
+    assert record.status is SagaStatus.COMPENSATED
+    assert "Ship" not in {entry.step for entry in record.history}
+
