@@ -224,6 +224,12 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
         # Started eagerly: a coroutine that never waits (compensations that
         # touch only memory) is done already, with nothing to wait for.
         task = asyncio.Task(coroutine, loop=_running_loop(), eager_start=True)
+        if task.done() and cancellation_pending():
+            # Done inside our own step: we never waited, so a cancellation
+            # asked for meanwhile (a compensate cancelled its caller) has
+            # not landed. It lands here, as in 3.11's turn below: reported
+            # once the work is done, never dropped with the result taken.
+            cancelled = await land_pending_cancellation()
     else:
         # No eager start: let the loop run the task's first step, which comes
         # before our own next step (both are queued, the task's first), so a

@@ -1280,3 +1280,70 @@ async def test_S8_S15_a_cancellation_asked_for_as_a_group_runs_lands_when_the_gr
     assert record.status is SagaStatus.COMPENSATED
     assert "Ship" not in {entry.step for entry in record.history}
 
+
+@pytest.mark.parametrize("writes", ["none", "never-wait"])
+@pytest.mark.parametrize("driver", ["run", "transaction"])
+async def test_S8_a_caller_cancelled_by_a_compensation_that_never_waits_gets_cancelled_error(
+    writes: str, driver: str
+) -> None:
+    """A caller cancelled during the unwinding that follows a step's failure
+    gets ``CancelledError`` (its own message) once the last compensation
+    has run, not ``SagaFailed`` (docs/mechanics.md, "Cancellation") — also
+    when the cancellation is asked for by a compensation that returns
+    without waiting, on every Python.
+
+    On Python 3.11 the caller gives the loop a turn as the shielded
+    unwinding starts, and the cancellation lands there once the unwinding
+    is done. On 3.12+ the unwinding's task starts eagerly: one that never
+    waits finished inside the caller's step, which took its result and
+    raised ``SagaFailed``, the cancellation dropped."""
+    from fallback_saga import SagaStatus
+
+    log: list[str] = []
+    victim: list[asyncio.Task[Any]] = []
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("reserve")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("release")
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("charge")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("refund")
+            victim[0].cancel("shutting down")
+
+    class Ship:
+        async def act(self, ctx: Ctx) -> None:
+            log.append("ship")
+            raise RuntimeError("no courier")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            log.append("unship")
+
+    class OrderSaga(Saga[Ctx]):
+        steps = [Reserve, Charge, Ship]
+
+    inner = MemorySagaStore()
+    store: Any = inner if writes == "none" else FaultyStore(inner)
+    saga = OrderSaga(store=store)
+
+    async def drive() -> None:
+        if driver == "run":
+            await saga.run(Ctx(order_id="o-13"), saga_id="o-13")
+            return
+        async with saga.transaction(Ctx(order_id="o-13"), saga_id="o-13") as tx:
+            async for _ in tx:
+                pass
+
+    task = asyncio.create_task(drive())
+    victim.append(task)
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert raised.value.args == ("shutting down",)
+    assert log == ["reserve", "charge", "ship", "refund", "release"]
+    assert (await inner.load("o-13")).status is SagaStatus.COMPENSATED
