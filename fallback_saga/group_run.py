@@ -441,6 +441,11 @@ async def run_group(
             finally:
                 crash = None
         if cancelled is not None:
+            # Nor the members' errors: each one's traceback holds its
+            # member's frame, which (a member started eagerly, 3.12+, and
+            # done) links back to this one — a cycle through the
+            # cancellation's traceback.
+            failures = None  # type: ignore[assignment]
             raise cancelled_again(cancelled)
         name, error = failures[0]
         host.step = name

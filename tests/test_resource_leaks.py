@@ -205,6 +205,65 @@ async def cancel_after(saga: Saga[Any], turns: int) -> None:
         del task  # (the awaited task holds the error that holds this frame)
 
 
+# The task running the saga, for a member that cancels it.
+CALLER: list[asyncio.Task[Any]] = []
+
+
+class CancelsTheCaller(SagaStepHandler[LeakCtx, None]):
+    async def act(self, context: LeakCtx, /) -> None:
+        CALLER[0].cancel()  # and returns without waiting
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_S8_S15_a_group_failing_as_its_caller_is_cancelled_leaves_no_reference_cycle(
+    no_collector: Callable[[], int], store_kind: str, tmp_path: Path
+) -> None:
+    """A member fails while a sibling cancels the caller: the group raises
+    the caller's cancellation, and nothing the run held is left for the
+    collector. On Python 3.12+ the members start eagerly, inside the
+    group's own step: a member's frame, once done, links back to the
+    group's (its caller then), so the group's frame must not keep the
+    failed member's error — whose traceback holds the member's frame — as
+    the cancellation it raises carries the group's frame away."""
+
+    class GroupCancelled(Saga[LeakCtx]):
+        steps = [Seen, Parallel(WriteA, Fails, CancelsTheCaller)]
+
+    async def run(saga: Saga[LeakCtx]) -> None:
+        task = asyncio.ensure_future(saga.run(LeakCtx()))
+        CALLER[:] = [task]
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            CALLER.clear()
+            del task  # (the awaited task holds the error that holds this frame)
+
+    async def main() -> list[int]:
+        cycles = []
+        store: Any = (
+            MemorySagaStore(max_finished=0) if store_kind == "memory"
+            else SQLiteSagaStore(str(tmp_path / "group.db"))
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            if store_kind == "sqlite":
+                await stack.enter_async_context(store)
+            saga = GroupCancelled(store=store)
+            await run(saga)  # warm-up: caches, the loop's first objects
+            SEEN.clear()
+            for _ in range(5):
+                no_collector()
+                await run(saga)
+                left = no_collector()
+                if left:
+                    cycles.append(left)
+            # asyncio keeps the last cancellation it raised (see below).
+            assert alive() <= 1
+        return cycles
+
+    assert asyncio.run(main()) == []
+
+
 @pytest.mark.parametrize("writer", ["thread", "process", "inline"])
 def test_S8_a_cancelled_saga_leaves_no_reference_cycle(
     no_collector: Callable[[], int], writer: str, tmp_path: Path
