@@ -41,6 +41,7 @@ from .run_settings import RunSettings
 from .shielding import (
     EAGER_TASKS,
     cancellation_behind,
+    cancellation_pending,
     cancelled_again,
     land_pending_cancellation,
     own_task,
@@ -376,11 +377,12 @@ async def run_group(
                 cancelled = caught
             if run.remaining:
                 run.remaining = sum(not task.done() for task in tasks)
-        elif not run.remaining:
+        elif not run.remaining and cancellation_pending():
             # Python 3.12+, every member done in our own step: we never
             # waited. A cancellation asked for meanwhile (by a member, or
             # before the group) lands here, as it does in 3.11's turn above —
-            # not in the steps after the group (S8, S15).
+            # not in the steps after the group (S8, S15). (Asked first: no
+            # coroutine to make when nothing is pending, as is the rule.)
             cancelled = await land_pending_cancellation()
         if run.remaining and not (run.failures or cancelled):
             # Some member waits: the last one to finish (or the first to
