@@ -41,7 +41,7 @@ from .errors import (
 from .events import Hooks, StepCall, emit
 from .log_lines import library_logger
 from .plan import Branch
-from .shielding import cancellation_behind, cancellation_pending, shielded
+from .shielding import cancellation_behind, cancellation_pending, running_task, shielded
 from .status import RAW_CANCELLED as _CANCELLED
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
@@ -355,6 +355,7 @@ class UnwindingRun(JournaledRun):
         left_undone = self.left_undone
         errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
+        task: Any = None  # this task (running_task), looked up once if needed
         try:
             try:
                 while stack:
@@ -363,7 +364,7 @@ class UnwindingRun(JournaledRun):
                     stack.pop()
                     if error is not None:
                         errors[branch.name] = error
-                    if stack and cancellation_pending():
+                    if stack and (task or (task := running_task())).cancelling():
                         # This task was cancelled (the loop is shutting down:
                         # see compensate) and the compensation caught it and
                         # returned: nothing earlier is compensated behind the
@@ -395,7 +396,7 @@ class UnwindingRun(JournaledRun):
             # garbage collector finds it).
             self.left_undone = None
             errors = {}
-            error = left_undone = None
+            error = left_undone = task = None
 
     async def compensate(self, branch: Branch) -> BaseException | None:
         """Call ``branch.compensate`` under the retry policy; the final error, if any.
