@@ -1104,36 +1104,44 @@ async def test_S13_a_write_that_lands_after_the_reconciling_read_is_never_journa
     assert log == ["reserve", "charge", "ship"]
 
 
+def logged_step(
+    log: list[str], name: str, done: str, undone: str, *,
+    on_act: Callable[[], object] | None = None, on_undo: Callable[[], object] | None = None,
+) -> type:
+    """A step class ``name``: its act logs ``done``, then calls ``on_act``
+    (which may cancel the caller's task, or raise); its compensate logs
+    ``undone``, then calls ``on_undo``. Neither waits."""
+
+    async def act(self: Any, ctx: Any) -> None:
+        log.append(done)
+        if on_act is not None:
+            on_act()
+
+    async def compensate(self: Any, ctx: Any) -> None:
+        log.append(undone)
+        if on_undo is not None:
+            on_undo()
+
+    return type(name, (), {"act": act, "compensate": compensate})
+
+
 def cancelling_step_saga(
     log: list[str], victim: list[asyncio.Task[Any]], how: str
 ) -> type[Saga[Ctx]]:
     """Reserve cancels the caller's task as its act returns (nothing waits
-    after the request, so it has not landed yet); Charge and Ship follow.
+    after the request, so it has not landed yet); Charge follows.
     ``how``: Reserve is a plain step, a retried one, or a Fallback's primary
     behind a breaker (the executor's three paths to a step)."""
     from fallback_saga import CircuitBreaker, Fallback, RetryPolicy
 
-    class Reserve:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("reserve")
-            victim[0].cancel("shutting down")
+    def cancel() -> None:
+        victim[0].cancel("shutting down")
 
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("release")
-
-    class ReserveElsewhere:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("reserve-elsewhere")
-
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("release-elsewhere")
-
-    class Charge:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("charge")
-
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("refund")
+    Reserve = logged_step(log, "Reserve", "reserve", "release", on_act=cancel)
+    ReserveElsewhere = logged_step(
+        log, "ReserveElsewhere", "reserve-elsewhere", "release-elsewhere"
+    )
+    Charge = logged_step(log, "Charge", "charge", "refund")
 
     first: Any
     if how == "plain":
@@ -1208,17 +1216,13 @@ def cancelling_member_saga(
     from fallback_saga import Parallel
 
     def step(name: str, undo: str, *, cancels: bool = False, fails: bool = False) -> type:
-        async def act(self: Any, ctx: Ctx) -> None:
-            log.append(name)
+        def then() -> None:
             if cancels:
                 victim[0].cancel("shutting down")
             if fails:
                 raise RuntimeError(f"{name} failed")
 
-        async def compensate(self: Any, ctx: Any) -> None:
-            log.append(undo)
-
-        return type(name, (), {"act": act, "compensate": compensate})
+        return logged_step(log, name, name, undo, on_act=then)
 
     reserve = step("Reserve", "release", cancels=how == "before")
     charge = step("Charge", "refund", cancels=how in ("member", "last"),
@@ -1304,28 +1308,13 @@ async def test_S8_a_caller_cancelled_by_a_compensation_that_never_waits_gets_can
     log: list[str] = []
     victim: list[asyncio.Task[Any]] = []
 
-    class Reserve:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("reserve")
+    def no_courier() -> None:
+        raise RuntimeError("no courier")
 
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("release")
-
-    class Charge:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("charge")
-
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("refund")
-            victim[0].cancel("shutting down")
-
-    class Ship:
-        async def act(self, ctx: Ctx) -> None:
-            log.append("ship")
-            raise RuntimeError("no courier")
-
-        async def compensate(self, ctx: Ctx) -> None:
-            log.append("unship")
+    Reserve = logged_step(log, "Reserve", "reserve", "release")
+    Charge = logged_step(log, "Charge", "charge", "refund",
+                         on_undo=lambda: victim[0].cancel("shutting down"))
+    Ship = logged_step(log, "Ship", "ship", "unship", on_act=no_courier)
 
     class OrderSaga(Saga[Ctx]):
         steps = [Reserve, Charge, Ship]

@@ -53,12 +53,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import json
-import os
 import random
 import sqlite3
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -69,6 +66,7 @@ from typing import Any, ClassVar
 import pytest
 from conftest_pg import throwaway_cluster
 from pg_cluster import PostgresCluster
+from small_disk import fill, mounted_tmpfs
 
 from fallback_saga import (
     RetryPolicy,
@@ -477,47 +475,9 @@ WAVE = 3
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of DISK_SIZE mounted for this test (skipped, with the reason,
-    where mounting is not allowed)."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("the full-disk test mounts a tmpfs and needs root (run as root, or in CI)")
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs",
-             str(mountpoint)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as error:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {error}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {done.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """Fill ``disk`` with a ballast file, then give back ``leave`` bytes."""
-    ballast = disk / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for chunk in (b"\xa5" * 65536, b"\xa5" * 4096, b"\xa5"):
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as error:
-                    if error.errno != errno.ENOSPC:
-                        raise
-                    break
-        size = os.fstat(fd).st_size
-        os.ftruncate(fd, max(0, size - leave))
-    finally:
-        os.close(fd)
-    return ballast
+    """A tmpfs of DISK_SIZE mounted for this test (``small_disk.py``)."""
+    with mounted_tmpfs(tmp_path, DISK_SIZE) as disk:
+        yield disk
 
 
 @pytest.mark.parametrize("left_free", LEFT_FREE, ids=[f"{n // 1024}KiB-free" for n in LEFT_FREE])

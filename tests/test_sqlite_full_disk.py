@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import os
 import sqlite3
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from small_disk import fill, mounted_tmpfs
 
 from fallback_saga import (
     RetryPolicy,
@@ -66,46 +65,9 @@ NO_RETRY = RetryPolicy(attempts=2, delay=0, jitter=0)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of DISK_SIZE mounted for this test (skipped, with the reason,
-    where mounting is not allowed)."""
-    if os.geteuid() != 0:
-        pytest.skip("the full-disk tests mount a tmpfs and need root (run as root, or in CI)")
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs",
-             str(mountpoint)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as error:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk tests: {error}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk tests: {done.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def ballast(disk: Path, leave: int) -> Path:
-    """Fill ``disk`` with a ballast file, then give back ``leave`` bytes."""
-    path = disk / "ballast"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for chunk in (b"\xa5" * 65536, b"\xa5" * 4096, b"\xa5"):
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as error:
-                    if error.errno != errno.ENOSPC:
-                        raise
-                    break
-        os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
-    finally:
-        os.close(fd)
-    return path
+    """A tmpfs of DISK_SIZE mounted for this test (``small_disk.py``)."""
+    with mounted_tmpfs(tmp_path, DISK_SIZE) as disk:
+        yield disk
 
 
 def free_some(path: Path, amount: int) -> None:
@@ -229,7 +191,7 @@ async def test_S13_full_disk_the_same_store_goes_on_once_space_is_freed(
     small_disk: Path, writer: str
 ) -> None:
     db = small_disk / "sagas.db"
-    weight = ballast(small_disk, LEFT_FREE)
+    weight = fill(small_disk, LEFT_FREE)
     participant = Participant()
     store = SQLiteSagaStore(db, writer=writer)
     try:
@@ -284,7 +246,7 @@ async def finished_sagas_then_full(
     saga = disk_saga(store, participant)
     for n in range(COMPLETED):
         assert await run(saga, f"done-{n}") == ("result", "completed", None)
-    return store, ballast(disk, 0)
+    return store, fill(disk, 0)
 
 
 COMPLETED = 20
@@ -360,7 +322,7 @@ async def test_S13_opening_a_store_on_a_full_disk_says_the_disk_is_full(
         assert await run(disk_saga(first, participant), "before") == (
             "result", "completed", None
         )
-    weight = ballast(small_disk, 0)
+    weight = fill(small_disk, 0)
     store = SQLiteSagaStore(db)
     try:
         with pytest.raises(SagaStoreError) as refused:
