@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import sqlite3
 import tempfile
 from collections import Counter
@@ -55,9 +56,14 @@ def servers() -> Iterator[list[ForkServer]]:
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + path if path else "")}
     made = [ForkServer(APP, scratch, timeout=TIMEOUT, env=env) for _ in range(2)]
-    yield made
-    for server in made:
-        server.close()
+    try:
+        yield made
+    finally:
+        for server in made:
+            server.close()
+        # Each variant's databases, ledgers and the children's output: some
+        # thousands of files a run, not to be left behind in /tmp.
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def boundaries_of(server: ForkServer, tmp: Path, variant: str) -> list[str]:
