@@ -448,6 +448,12 @@ def fallback_saga_check(kind: str) -> Callable[[Any], None]:
 # * S5/S8: the completed steps compensated in reverse, in a task of its own
 #   that the caller's cancellation cannot interrupt (eagerly started on
 #   3.12+, as the library does);
+# * S8: a cancellation of the run that a step swallows (catches and
+#   returns) or converts (raises an error of its own, as a database driver
+#   cancelled mid-query does) stops the run all the same: the task's count
+#   of cancellation requests, read as the run starts (``current_task()``:
+#   on 3.11 a pure-Python lookup with a ``getpid`` system call) and compared
+#   before each act, after a failed one, and after the last;
 # * the finished saga kept in bounded retention (10,000) as one flat tuple of
 #   its journal and final context, the oldest dropped;
 # * a result naming the saga id, its status, the context and each step's
@@ -487,6 +493,7 @@ def build_contract_floor() -> dict[str, Workload]:
     new_tuple = tuple.__new__
     first = operator.itemgetter(0)
     eager = sys.version_info >= (3, 12)
+    current_task = asyncio.current_task
 
     class Step:
         __slots__ = ("act", "branch", "compensate", "name", "position")
@@ -576,6 +583,11 @@ def build_contract_floor() -> dict[str, Workload]:
                 created_at = now()
                 live[saga_id] = run
                 results = []
+                # S8: a cancellation a step swallows or converts stops the run
+                # (docs/mechanics.md): the task's count of requests, read as the
+                # run starts and compared before each act and after the last.
+                task = current_task()
+                cancels = task.cancelling()
                 token = _CURSOR.set(run)
                 try:
                     for item in plan:
@@ -587,6 +599,8 @@ def build_contract_floor() -> dict[str, Workload]:
                             run.attempt = 1
                             journal.append(now())  # STARTED, compact
                             run.action = "act"
+                            if task.cancelling() > cancels:
+                                raise asyncio.CancelledError
                             run.active = True
                             try:
                                 response = await step.act(context)
@@ -594,6 +608,8 @@ def build_contract_floor() -> dict[str, Workload]:
                                 run.active = False
                                 state.clear()
                                 state.update(snapshot)  # type: ignore[arg-type]
+                                if task.cancelling() > cancels:
+                                    raise asyncio.CancelledError from error
                                 journal.append((step.position, step.name, step.branch, "act",
                                                 "failed", 1, f"{type(error).__name__}: {error}",
                                                 now(), None))
@@ -608,6 +624,8 @@ def build_contract_floor() -> dict[str, Workload]:
                         journal.append(now())  # COMPLETED, compact: the response is in results
                         stack.append(step)
                         results.append(response)
+                    if task.cancelling() > cancels:
+                        raise asyncio.CancelledError
                 except Exception as error:
                     failed_step = run.step
                     await shielded(unwind(run, context))
