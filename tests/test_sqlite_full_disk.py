@@ -186,14 +186,28 @@ def wal_size(db: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("writer", ["thread", "process", "inline"])
+@pytest.mark.parametrize(
+    ("writer", "relative"),
+    [("thread", False), ("process", False), ("inline", False), ("inline", True)],
+    ids=["thread", "process", "inline", "inline-relative-path-then-chdir"],
+)
 async def test_S13_full_disk_the_same_store_goes_on_once_space_is_freed(
-    small_disk: Path, writer: str
+    small_disk: Path, writer: str, relative: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """``relative``: the store is named by a path relative to the working
+    directory, which the program leaves once the store is open; the check
+    for the -wal file's size (made when a write meets the full disk) used
+    to look for it in the new directory, find none, and never checkpoint."""
     db = small_disk / "sagas.db"
     weight = fill(small_disk, LEFT_FREE)
     participant = Participant()
-    store = SQLiteSagaStore(db, writer=writer)
+    if relative:
+        monkeypatch.chdir(small_disk)
+        store = SQLiteSagaStore("sagas.db", writer=writer)
+        await store.open()
+        monkeypatch.chdir(small_disk.parent)
+    else:
+        store = SQLiteSagaStore(db, writer=writer)
     try:
         saga = disk_saga(store, participant)
         told: dict[str, Told] = {}

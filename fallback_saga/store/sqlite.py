@@ -270,6 +270,16 @@ class SQLiteSagaStore:
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning Unix time, got {clock!r}")
         self.path: str = os.fsdecode(path)  # any path-like; bytes are decoded
+        # The file, resolved now: connections open late (the reader's at its
+        # first read, a thread's again after a failed open, the writer
+        # process at its start) and the full-disk check finds the -wal file
+        # by it; a relative path read after the program's os.chdir named
+        # another file (a second, empty journal). Joined, not normalized:
+        # "a/../b" goes through a's symlink as SQLite would have gone.
+        self._file: str = (
+            self.path if self.path in ("", ":memory:") or os.path.isabs(self.path)
+            else os.path.join(os.getcwd(), self.path)
+        )
         self.synchronous: str = synchronous.lower()
         self.busy_timeout: float = busy
         self.read_only: bool = read_only
@@ -395,7 +405,7 @@ class SQLiteSagaStore:
 
     def _start(self) -> _Worker:
         """Start the threads (under ``self._lock``)."""
-        path, timeout = self.path, self.busy_timeout
+        path, timeout = self._file, self.busy_timeout
         synchronous = self.synchronous
         if self.read_only:
             # No writer: one thread, on a connection that writes nothing.
@@ -691,8 +701,8 @@ class SQLiteSagaStore:
                 process = None
             if process is None:
                 process = self._process = WriterProcess(
-                    loop, (self.path, self.synchronous, self.busy_timeout), JournalFuture,
-                    self.path,
+                    loop, (self._file, self.synchronous, self.busy_timeout), JournalFuture,
+                    self._file,
                 )
                 # Dropped unclosed: the child stops (the finalizer holds the
                 # process, never the store).
