@@ -85,7 +85,15 @@ class ContextDecodeError(SagaError, ValueError):
 
 
 class SagaStoreError(SagaError):
-    """The saga store failed to read or write the journal."""
+    """The saga store failed to read or write the journal.
+
+    ``nothing_written``: the store knows that the write it failed wrote
+    nothing (the database refused it before it could commit: a file locked
+    by another process, a full disk, a file it could not open). A run
+    stopped by such an error is not in doubt about it (``SagaInterrupted``).
+    A store of your own sets it only where that is certain."""
+
+    nothing_written: bool = False
 
 
 class SagaInterrupted(SagaStoreError):
@@ -104,7 +112,8 @@ class SagaInterrupted(SagaStoreError):
     even the saga's creation could not be confirmed: then no step ran, and the
     saga exists in the store only if that first write landed unseen).
     ``in_doubt``: the last write failed in a way that does not say whether it
-    landed, and no later read could tell (the connection died after the
+    landed (not so when the store says it wrote nothing:
+    ``SagaStoreError.nothing_written``), and no later read could tell (the connection died after the
     commit was sent, the store stopped answering); if it did land, the
     journal holds ``status_if_landed`` (for a write that changed no status,
     the same as ``status``): load the saga to know. ``error`` (also
@@ -130,7 +139,10 @@ class SagaInterrupted(SagaStoreError):
         self.failure = failure
         self.in_doubt = in_doubt
         self.status_if_landed = status_if_landed if in_doubt else None
-        if status is None:
+        if status is None and not in_doubt:
+            where = ("its creation was not written, and no step ran: the saga is not in "
+                     "the store (run it again once the store works)")
+        elif status is None:
             where = ("its creation could not be confirmed, and no step ran; if the write "
                      "landed unseen, recovery will run it")
         else:

@@ -126,7 +126,7 @@ async def write_durably(
         if failed is not None:
             if isinstance(failed, (*_DEFINITIVE, JournalConflict)):
                 raise NotDurable(failed, in_doubt=False)
-            in_doubt = True
+            in_doubt = _may_have_landed(failed)
             error: BaseException = failed
         else:
             try:
@@ -136,7 +136,7 @@ async def write_durably(
             except (*_DEFINITIVE, JournalConflict) as refused:
                 raise NotDurable(refused, in_doubt=False) from refused
             except Exception as first:
-                error, in_doubt = first, True
+                error, in_doubt = first, _may_have_landed(first)
         while True:
             # A failed try may have landed (in_doubt): before another, ask the store.
             if not policy.should_retry(error, attempt) or not await _wait(
@@ -164,12 +164,20 @@ async def write_durably(
                 landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
                 raise NotDurable(refused, landed_maybe) from refused
             except Exception as failure:
-                error, in_doubt = failure, True
+                error, in_doubt = failure, _may_have_landed(failure)
     finally:
         # No local may keep an error once this ends: each holds this frame
         # in its traceback (a reference cycle, which would keep the write
         # and the frames of its tries alive until the collector runs).
         error = failed = None  # type: ignore[assignment]
+
+
+def _may_have_landed(error: BaseException) -> bool:
+    """Whether a failed try may have been written all the same: yes, unless
+    the store says it wrote nothing (``SagaStoreError.nothing_written``:
+    refused before it could commit). Then no read is needed before the next
+    try, and a run that stops on it is not in doubt."""
+    return not getattr(error, "nothing_written", False)
 
 
 async def _wait(policy: RetryPolicy, attempt: int, deadline: float | None) -> bool:

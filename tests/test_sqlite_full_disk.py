@@ -348,3 +348,35 @@ async def test_S13_opening_a_store_on_a_full_disk_says_the_disk_is_full(
         assert (await store.load("before")).status.value == "completed"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "process", "inline"])
+async def test_S13_a_creation_refused_by_a_full_disk_is_not_in_doubt(
+    small_disk: Path, writer: str
+) -> None:
+    """SQLite's SQLITE_FULL is final: the commit is the last thing it writes,
+    so a write that found no room was not committed. A saga whose creation
+    met the full disk is reported as not written (``in_doubt`` false, no
+    "if the write landed unseen"), and the caller may run it again, under
+    the same id, once there is room."""
+    db = small_disk / "sagas.db"
+    participant = Participant()
+    store = SQLiteSagaStore(db, writer=writer)
+    try:
+        saga = disk_saga(store, participant)
+        assert await run(saga, "before") == ("result", "completed", None)
+        weight = fill(small_disk, 0)
+        with pytest.raises(SagaInterrupted) as refused:
+            await saga.run(ctx("while-full"), saga_id="while-full")
+        assert refused.value.status is None
+        assert refused.value.in_doubt is False, refused.value
+        assert "its creation was not written" in str(refused.value), refused.value
+        assert "the disk holding the store is full" in str(refused.value.error)
+        assert "while-full" not in journal(db)
+        assert [call for call in participant.calls if call[0] == "while-full"] == []
+
+        free_some(weight, FREED)
+        assert await run(saga, "while-full") == ("result", "completed", None)
+        assert check_told({}, db, participant) == []
+    finally:
+        await store.close()

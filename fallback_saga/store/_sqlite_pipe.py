@@ -104,7 +104,7 @@ _REFUSALS: Final[dict[str, type[SagaStoreError]]] = {
         errors.JournalConflict, errors.LeaseLost, errors.SagaBusy, errors.SagaAlreadyExists,
     )
 }
-_PLAIN: Final = (str, int, float, type(None))
+_PLAIN: Final = (str, int, float, bool, type(None))
 
 
 def error_to_wire(error: BaseException) -> tuple[str, tuple[Any, ...], dict[str, Any]]:

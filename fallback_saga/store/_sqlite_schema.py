@@ -216,9 +216,35 @@ FULL_DISK_ADVICE: Final = (
 )
 
 
-def _cannot_open(path: str, error: sqlite3.Error) -> str:
+def _locked(error: BaseException) -> bool:
+    """SQLite's answer when another connection kept the write lock past
+    ``busy_timeout``."""
+    return getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+
+
+# What a store's error adds to SQLite's "database is locked".
+LOCKED_ADVICE: Final = (
+    "another process holds the file's write lock (an open transaction: a sqlite3 "
+    "shell, a backup, another program) and kept it longer than the store's "
+    "busy_timeout; end that transaction, or give the store a longer busy_timeout, "
+    "and the store's next write goes on"
+)
+
+
+def _advice(error: BaseException) -> str | None:
+    """What to tell the operator about a SQLite error, where more can be said
+    than SQLite's own words (read on the error path only)."""
     if _disk_full(error):
-        return f"cannot open SQLite database {path}: {error} ({FULL_DISK_ADVICE})"
+        return FULL_DISK_ADVICE
+    if _locked(error):
+        return LOCKED_ADVICE
+    return None
+
+
+def _cannot_open(path: str, error: sqlite3.Error) -> str:
+    advice = _advice(error)
+    if advice is not None:
+        return f"cannot open SQLite database {path}: {error} ({advice})"
     return f"cannot open SQLite database {path}: {error}"
 
 

@@ -26,10 +26,11 @@ from ._sqlite_pipe import (
     frame,
 )
 from ._sqlite_schema import (
-    FULL_DISK_ADVICE,
     WAL_SIZE_LIMIT,
+    _advice,
     _connect_writer,
     _disk_full,
+    _locked,
     _newer_schema,
     _rollback,
 )
@@ -197,6 +198,8 @@ class _Worker:
         for request in group:
             refused = SagaStoreError(*failure.args)
             refused.__cause__ = failure.__cause__
+            # No connection, no write: whatever the reason, nothing was written.
+            refused.nothing_written = True
             outcomes.append((request, False, refused))
         self.settle(outcomes)
         return None
@@ -236,7 +239,7 @@ class _Worker:
         self, conn: sqlite3.Connection, cursor: sqlite3.Cursor, group: list[_Request]
     ) -> None:
         outcomes: list[_Outcome] = [None] * len(group)  # type: ignore[list-item]
-        in_requests = False
+        in_requests = committing = False
         known = self.known
         if len(known) > _MAX_KNOWN:
             known.clear()
@@ -252,6 +255,7 @@ class _Worker:
                 _run_alone(cursor, txn, group, list(range(len(group))), outcomes)
             txn.flush(cursor)
             in_requests = False
+            committing = True
             cursor.execute("COMMIT")
         except Exception as error:
             _rollback(conn)
@@ -266,8 +270,13 @@ class _Worker:
                 return
             # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
             # full, I/O error) failed, or the request did: nothing of the
-            # group was written.
-            self.settle([(request, False, self._wrap(error, conn)) for request in group])
+            # group was written. Certainly so, unless COMMIT failed on the
+            # way to the disk (an I/O error): the commit may be there.
+            nothing_written = not committing or _refused_commit(error)
+            self.settle([
+                (request, False, self._wrap(error, conn, nothing_written=nothing_written))
+                for request in group
+            ])
             return
         self.commits += 1
         self.writes += len(group)
@@ -338,7 +347,11 @@ class _Worker:
         self.settle(outcomes)
 
     def _wrap(
-        self, error: BaseException, conn: sqlite3.Connection | None = None
+        self,
+        error: BaseException,
+        conn: sqlite3.Connection | None = None,
+        *,
+        nothing_written: bool = False,
     ) -> SagaStoreError:
         if isinstance(error, SagaStoreError):
             return error
@@ -354,13 +367,31 @@ class _Worker:
             newer = _newer_schema(conn, self.path)
         if newer is not None:
             newer.__cause__ = error
+            newer.nothing_written = nothing_written
             return newer
         detail = f"{type(error).__name__}: {error}"
-        if _disk_full(error):
-            detail += f" (nothing was written: {FULL_DISK_ADVICE})"
+        advice = _advice(error)
+        if nothing_written:
+            detail += " (nothing was written" + ("" if advice is None else f": {advice}") + ")"
+        elif advice is not None:
+            detail += f" ({advice})"
         wrapped = SagaStoreError(f"SQLite saga store {self.path}: {detail}")
         wrapped.__cause__ = error
+        wrapped.nothing_written = nothing_written
         return wrapped
+
+
+def _refused_commit(error: BaseException) -> bool:
+    """Whether a COMMIT that failed with ``error`` certainly wrote nothing.
+
+    A full disk: the commit frame is the last one SQLite writes to the -wal
+    file (or, without WAL, the rollback journal is still there and undoes
+    the pages), so a write that found no room was not committed. A lock
+    (SQLITE_BUSY) or a read-only file: refused before writing. Any other
+    error (an I/O error from a write or an fsync) may come after the commit
+    reached the disk: in doubt."""
+    name = getattr(error, "sqlite_errorname", "")
+    return _disk_full(error) or _locked(error) or name.startswith("SQLITE_READONLY")
 
 
 def _free_space(path: str) -> int | None:
