@@ -34,7 +34,7 @@ from typing import Final, TypeVar
 
 from ..errors import SagaStoreError
 from ..store._common import POSTGRES_INSTALL_HINT
-from ..store._sqlite_schema import _NotASagaStore, _saga_schema_version
+from ..store._sqlite_schema import _advice, _NotASagaStore, _saga_schema_version
 from ..store.base import RecoverableStore
 from ..store.sqlite import SQLiteSagaStore
 from .errors import UsageError
@@ -229,7 +229,9 @@ def check_store_file(path: str) -> None:
     except sqlite3.DatabaseError as error:
         if "not a database" in str(error):
             raise UsageError(f"{path} is not a SQLite database") from None
-        raise UsageError(f"cannot read {path}: {error}") from None
+        advice = _advice(error, path)
+        more = "" if advice is None else f" ({advice})"
+        raise UsageError(f"cannot read {path}: {error}{more}") from None
     finally:
         conn.close()
     if version == 0:

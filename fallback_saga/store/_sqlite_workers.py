@@ -370,7 +370,7 @@ class _Worker:
             newer.nothing_written = nothing_written
             return newer
         detail = f"{type(error).__name__}: {error}"
-        advice = _advice(error)
+        advice = _advice(error, self.path)
         if nothing_written:
             detail += " (nothing was written" + ("" if advice is None else f": {advice}") + ")"
         elif advice is not None:
