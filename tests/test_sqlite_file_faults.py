@@ -252,6 +252,10 @@ from fallback_saga import RetryPolicy, SagaInterrupted, SQLiteSagaStore
 from fallback_saga.errors import SagaStoreError
 
 path, writer, uid, gid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+# What the store imports late (pathlib's as_uri imports urllib on 3.13), now:
+# as nobody, the interpreter's own library may be out of reach.
+from fallback_saga.store._sqlite_schema import _database
+_database(path)
 os.setgroups([])
 os.setgid(gid)
 os.setuid(uid)
