@@ -312,7 +312,10 @@ async def made_by_root(db: Path) -> None:
         await ledger_saga([])(store=first).run(Ctx(order_id="0"), saga_id="before")
 
 
-@pytest.mark.parametrize("writer", WRITERS)
+# Not the process writer: its child is the store's own interpreter, which
+# 'nobody' may not start where Python lives under /root (pyenv; CI too) — a
+# test that would only skip. Its message is the same code, run in the child.
+@pytest.mark.parametrize("writer", [writer for writer in WRITERS if writer != "process"])
 def test_S13_a_directory_the_service_may_not_write_is_named_then_the_store_goes_on(
     shared_dir: Path, writer: str
 ) -> None:
@@ -324,12 +327,6 @@ def test_S13_a_directory_the_service_may_not_write_is_named_then_the_store_goes_
     doubt; once the operator gives the directory and the file to the
     service's user, the same store goes on."""
     uid, gid = nobody()
-    if writer == "process":
-        try:
-            subprocess.run([sys.executable, "-c", "pass"], user=uid, group=gid,
-                           capture_output=True, timeout=60, check=True)
-        except (OSError, subprocess.SubprocessError) as error:
-            pytest.skip(f"nobody cannot start the writer process's interpreter here: {error}")
     tests = Path(__file__).parent
     home = shared_dir / "service"
     home.mkdir(mode=0o755)
