@@ -36,7 +36,7 @@ from .resumption import (
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
-from .shielding import cancelled_again, running_task, shielded
+from .shielding import cancelled_again, claimed, running_task, shielded
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (
@@ -277,7 +277,11 @@ class Saga(Generic[ContextT]):
     ) -> SagaResult[ContextT]:
         # An interrupted saga in a durable store: lease it first, so that
         # resuming is exclusive and whoever drove it before is fenced out.
-        lease = await store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds)
+        # (Given back if we are cancelled while the claim is on its way: see claimed.)
+        lease = await claimed(
+            store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds),
+            store.release,
+        )
         try:
             record = await store.load(saga_id)
             # With its heartbeat: the lease is renewed while the saga runs.

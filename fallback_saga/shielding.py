@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "cancellation_behind",
     "cancellation_pending",
     "cancelled_again",
+    "claimed",
     "land_pending_cancellation",
     "own_task",
     "running_task",
@@ -179,6 +180,31 @@ async def settle(
         # frame (a task started eagerly ran its first step inside our call).
         del task
 
+
+
+async def claimed(
+    claim: Coroutine[Any, Any, T], release: Callable[[T], Coroutine[Any, Any, None]]
+) -> T:
+    """What ``claim`` (a lease's claim) gives, run to its end in a task of its
+    own; should the caller be cancelled meanwhile, what it claimed is given
+    back with ``release`` before the ``CancelledError`` is raised.
+
+    A durable store's claim is a write, and a write once sent lands whatever
+    the task waiting for it does (the SQLite store's writer thread, a
+    PostgreSQL server). Abandoned by a cancelled caller, it would hold the
+    saga for nobody until the lease ran out — and the one who comes next is
+    often the same run a moment later: the parent unwinding the child whose
+    resume the cancellation cut off (S8, S15)."""
+    task, cancelled = await _to_the_end(claim)
+    try:
+        if cancelled is None:
+            return task.result()
+        if not task.cancelled() and task.exception() is None:
+            # Its error is not the caller's to hear: the lease expires on its own.
+            await settle(release(task.result()))
+        raise cancelled_again(cancelled)
+    finally:
+        del task  # its error's traceback can hold this frame (see settle)
 
 
 class _Signal:

@@ -61,7 +61,7 @@ from .errors import (
 from .executor import Execution, SagaResult, running_execution
 from .group_run import IN_A_MEMBER, LaneCursor
 from .saga import Saga
-from .shielding import shielded
+from .shielding import claimed, shielded
 from .status import SagaStatus
 from .step import _CURSOR, current_step
 from .store._common import check_saga_id
@@ -274,9 +274,9 @@ class SubSaga(Generic[ParentT, ChildT]):
         lease: Lease | None = None
         if is_recoverable(store):
             try:
-                lease = await _when_free(lambda: store.claim_saga(
+                lease = await _when_free(lambda: claimed(store.claim_saga(
                     child_id, owner=_owner(), lease_seconds=self.lease_seconds
-                ), self.lease_seconds)
+                ), store.release), self.lease_seconds)
             except SagaNotFound:
                 return  # the child never started: nothing of it to undo
         try:

@@ -1,0 +1,200 @@
+"""S8/S13/S15: a lease claimed for a caller that was cancelled meanwhile.
+
+A durable store's claim is a write: once sent it lands, whatever happens
+to the task that waits for it (the SQLite store's writer thread, a
+PostgreSQL server). A resume — of a saga, or of a child by its parent
+running as a ``Parallel`` member — cancelled while its claim was in flight
+must not leave that lease behind: whoever comes next (the parent's own
+unwinding of the child a moment later, recovery) would find the saga
+"driven" by nobody until the lease ran out. Found by the cancellation hunt
+(``test_group_cancel_faults.py``, seed 711 on SQLite's thread writer).
+
+The stores' clocks are frozen: a lease left behind never runs out here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any, ClassVar
+
+import pytest
+from journal_faults import FAST_JOURNAL_RETRY, FaultySubmittingStore
+
+from fallback_saga import (
+    Parallel,
+    RetryPolicy,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaInterrupted,
+    SagaStatus,
+    SQLiteSagaStore,
+    SubSaga,
+)
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    order_id: str
+
+
+class GatedClaims(FaultySubmittingStore):
+    """A store whose claim of ``gated`` waits at ``gate`` once sent (it is
+    already on its way: it lands whatever its caller does, as a writer
+    thread's does), after saying so (``claiming``)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gated: str | None = None
+        self.claiming = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
+        if saga_id != self.gated:
+            return await super().claim_saga(saga_id, **kwargs)
+        self.gated = None
+
+        async def sent() -> Any:
+            await self.gate.wait()
+            return await self.inner.claim_saga(saga_id, **kwargs)
+
+        self.claiming.set()
+        return await asyncio.shield(asyncio.ensure_future(sent()))
+
+
+async def leased_by_nobody(store: Any, saga_id: str) -> bool:
+    from fallback_saga import SagaBusy
+
+    try:
+        lease = await store.claim_saga(saga_id, owner="the next one", lease_seconds=60)
+    except SagaBusy:
+        return False
+    await store.release(lease)
+    return True
+
+
+async def test_S8_S13_a_resume_cancelled_while_its_claim_is_in_flight_leaves_no_lease() -> None:
+    clock = [1_000_000.0]
+    inner = SQLiteSagaStore(":memory:", clock=lambda: clock[0])
+    try:
+        store = GatedClaims(inner)
+        ran: list[str] = []
+
+        class First:
+            async def act(self, ctx: Ctx) -> None:
+                ran.append("First")
+                store.down = len(ran) == 1  # the process dies as the first call returns
+
+            async def compensate(self, ctx: Ctx) -> None:
+                ran.append("undo First")
+
+        class Second:
+            async def act(self, ctx: Ctx) -> None:
+                ran.append("Second")
+
+            async def compensate(self, ctx: Ctx) -> None:
+                ran.append("undo Second")
+
+        class Order(Saga[Ctx]):
+            steps: ClassVar[list[Any]] = [First, Second]
+
+        with pytest.raises(SagaInterrupted):
+            await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).run(
+                Ctx("o"), saga_id="o"
+            )
+        store.heal()
+        clock[0] += 3600.0  # the dead run's lease ran out
+        store.gated = "o"
+        resuming = asyncio.create_task(Order(store=store).resume("o"))
+        await store.claiming.wait()
+        resuming.cancel()
+        store.gate.set()  # the claim lands, after its caller was cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await resuming
+        assert ran == ["First"]  # nothing ran again
+        assert await leased_by_nobody(inner, "o")
+        # ... so the next resume goes on at once: First's call again (its
+        # outcome unknown), then Second
+        done = await Order(store=store).resume("o")
+        assert done.status is SagaStatus.COMPLETED
+        assert ran == ["First", "First", "Second"]
+    finally:
+        await inner.close()
+
+
+async def test_S8_S15_a_members_child_cancelled_while_its_resume_claims_it_is_undone_at_once(
+) -> None:
+    """The parent's group resumes its child member (a crash left the child
+    mid-way) while a sibling fails: the child's claim was in flight when the
+    group cancelled the member. The parent then unwinds the child itself —
+    at once, not after the lease left behind ran out (nor, with a clock that
+    does not move, never: the parent stopped, SagaBusy, for recovery that
+    met the same lease again and again)."""
+    clock = [1_000_000.0]
+    inner = SQLiteSagaStore(":memory:", clock=lambda: clock[0])
+    try:
+        store = GatedClaims(inner)
+        ledger: list[tuple[str, str]] = []
+        resumed = [False]
+
+        class K1:
+            async def act(self, ctx: Ctx) -> None:
+                ledger.append(("act", "K1"))
+                if not resumed[0]:
+                    store.down = True  # the process dies as K1 returns
+
+            async def compensate(self, ctx: Ctx) -> None:
+                ledger.append(("compensate", "K1"))
+
+        class K2:
+            async def act(self, ctx: Ctx) -> None:
+                ledger.append(("act", "K2"))
+
+            async def compensate(self, ctx: Ctx) -> None:
+                ledger.append(("compensate", "K2"))
+
+        class Declined:
+            async def act(self, ctx: Ctx) -> None:
+                if not resumed[0]:
+                    await asyncio.Event().wait()  # in flight until the crash stops it
+                await store.claiming.wait()  # the child's claim is on its way
+                store.gate.set()
+                raise RuntimeError("declined")
+
+            async def compensate(self, ctx: Ctx) -> None:
+                ledger.append(("compensate", "Declined"))
+
+        class Pay(Saga[Ctx]):
+            steps: ClassVar[list[Any]] = [K1, K2]
+
+        retry = RetryPolicy(attempts=1, delay=0.0, jitter=0.0)
+        child = Pay(store=store, journal_retry=FAST_JOURNAL_RETRY, compensation_retry=retry)
+
+        class Order(Saga[Ctx]):
+            steps: ClassVar[list[Any]] = [
+                Parallel(
+                    SubSaga(child, context=lambda parent: Ctx(parent.order_id), name="Pay",
+                            lease_seconds=0.05),
+                    Declined,
+                ),
+            ]
+
+        with pytest.raises(SagaInterrupted):
+            await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).run(
+                Ctx("o"), saga_id="o"
+            )
+        assert (await inner.load("o/Pay")).status is SagaStatus.RUNNING
+        store.heal()
+        clock[0] += 3600.0  # the dead run's leases ran out
+        resumed[0] = True
+        store.gated = "o/Pay"
+        with pytest.raises(SagaFailed) as failed:
+            await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).resume("o")
+        assert failed.value.status is SagaStatus.COMPENSATED
+        assert (await inner.load("o/Pay")).status is SagaStatus.COMPENSATED
+        # K1's call the crash cut off is answered for: compensated, once
+        assert ledger.count(("compensate", "K1")) == 1, ledger
+        assert ("act", "K2") not in ledger, ledger
+    finally:
+        await inner.close()
