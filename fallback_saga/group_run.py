@@ -34,7 +34,7 @@ from .context import (
     working_copy,
     write_fields,
 )
-from .errors import ParallelWriteConflict
+from .errors import ParallelWriteConflict, SagaFailed
 from .events import Hooks, emit
 from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
@@ -50,6 +50,7 @@ from .shielding import (
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
+from .status import SagaStatus
 from .step import _CURSOR, COROUTINE, SagaStepResult, StepCursor, unawaited
 from .store.base import RawEntry
 
@@ -108,6 +109,8 @@ class GroupHost(Protocol):
     def act_cancelled(self, branch: Branch, attempt: int) -> None: ...
 
     def push_crashed_call(self, branch: Branch) -> None: ...
+
+    def leave_undone(self, step: str, error: BaseException) -> None: ...
 
 
 class LaneCursor(StepCursor):
@@ -443,11 +446,18 @@ async def run_group(
             finally:
                 crash = None
         if cancelled is not None:
+            # The cancellation outranks the members' errors — not what a
+            # member's child left: ended FAILED (its own unwinding gave up),
+            # its effects stay whatever this run undoes, so the run cannot
+            # end COMPENSATED (S6, S15), as when no cancellation came.
+            for name, error in failures:
+                if isinstance(error, SagaFailed) and error.status is SagaStatus.FAILED:
+                    host.leave_undone(name, error)
             # Nor the members' errors: each one's traceback holds its
             # member's frame, which (a member started eagerly, 3.12+, and
             # done) links back to this one — a cycle through the
             # cancellation's traceback.
-            failures = None  # type: ignore[assignment]
+            failures = error = None  # type: ignore[assignment]
             raise cancelled_again(cancelled)
         name, error = failures[0]
         host.step = name

@@ -367,6 +367,42 @@ async def test_S15_S8_a_cancelled_parent_whose_child_gave_up_ends_failed(
     assert applied(ledger)[("compensate", "Reserve")] == 1
 
 
+async def test_S15_S8_S6_a_member_child_left_failed_as_the_caller_cancels_leaves_the_parent_failed(
+    store: Any, ledger: Path
+) -> None:
+    """A group member's child fails and its unwinding gives up (FAILED); the
+    group stops its sibling, and the caller is cancelled meanwhile. The
+    cancellation outranks the members' errors — but not what the child
+    left: the parent ends FAILED, never COMPENSATED over the child's
+    leftovers (found by the cancellation hunt, seeds 2983 and 3081)."""
+    victim: list[asyncio.Task[Any]] = []
+
+    class Slow(SagaStepHandler[app.OrderCtx, None]):
+        async def act(self, ctx: app.OrderCtx, /) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                victim[0].cancel()  # the caller cancels while the group stops
+                raise
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            Parallel(Slow, SubSaga(StuckPayment, context=app.pay_context, name="Pay")),
+        ]
+
+    fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
+    task = asyncio.create_task(
+        Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o14")
+    )
+    victim.append(task)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await store.load("o14/Pay")).status is SagaStatus.FAILED
+    assert (await store.load("o14")).status is SagaStatus.FAILED
+    assert applied(ledger)[("compensate", "Reserve")] == 1
+
+
 class Crash(BaseException):
     """The process dies here: nothing after it is unwound or journaled."""
 
