@@ -168,12 +168,20 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     last_failure: tuple[str, str] | None = None
     # position -> its last act row, when FAILED: the steps that failed for good
     final_failures: dict[int, tuple[str, str]] = {}
+    uncertain: set[int] = set()  # on the stack as cancelled in flight, not completed
     for entry in record.history:
         if entry.action == "act":
             status = entry.status
             last_act[entry.position] = (status, entry.branch)
             if status is not StepStatus.FAILED:
                 final_failures.pop(entry.position, None)
+            if status is StepStatus.STARTED and entry.position in uncertain:
+                # Called again by a resume: that call answers for the one
+                # cancelled in flight (same idempotency key), as for a crashed
+                # call — its own outcome says whether it goes on the stack.
+                uncertain.discard(entry.position)
+                del on_stack[entry.position]
+                order.remove(entry.position)
             if status is StepStatus.COMPLETED or status is StepStatus.CANCELLED:
                 if entry.position in on_stack:
                     raise CorruptSagaRecord(
@@ -183,6 +191,8 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
                 order.append(entry.position)
                 if status is StepStatus.COMPLETED:
                     completed.add(entry.position)
+                else:
+                    uncertain.add(entry.position)
             elif status is StepStatus.STARTED and entry.branch == "fallback":
                 fallback_started.add(entry.position)
             elif status is StepStatus.FAILED:
@@ -201,14 +211,23 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
     next_position = 0
     while next_position in completed:
         next_position += 1
+    # A saga left RUNNING with members cancelled in flight (the run stopped
+    # its group, then died before its unwinding was journaled) resumes
+    # forward: the group calls them again. Each is then what a crashed call
+    # is — answered for by its next call, or undone if the group stops
+    # before making it — never both on the stack and called again (which
+    # compensated it twice, and journaled a step "completed twice").
+    reopened = uncertain if record.status is SagaStatus.RUNNING else set()
     open_calls = tuple(
         (position, branch) for position, (status, branch) in sorted(last_act.items())
-        if status is StepStatus.STARTED
+        if status is StepStatus.STARTED or position in reopened
     )
     _check_order(record.saga_id, order, completed, next_position, groups)
     return ResumePoint(
         status=record.status,
-        stack=tuple((p, on_stack[p]) for p in order if p not in compensated),
+        stack=tuple(
+            (p, on_stack[p]) for p in order if p not in compensated and p not in reopened
+        ),
         next_position=next_position,
         fallback_in_flight=next_position in fallback_started,
         last_failure=_failure_that_stopped(final_failures, last_failure),

@@ -936,3 +936,113 @@ async def test_S7_S15_a_resumed_group_failure_names_the_member_that_failed_not_a
     assert resumed.value.status is SagaStatus.COMPENSATED
     assert resumed.value.failed_step == "Fails"
     assert str(resumed.value.error).startswith("Refused: Fails refused")
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_S10_S15_a_member_cancelled_in_flight_then_a_crash_is_resumed_and_undone_once(
+    durable: bool,
+) -> None:
+    """A member fails; the group stops its siblings: one is cancelled in
+    flight (journaled CANCELLED: its effect is uncertain), the other
+    swallows the cancellation and completes — its completion's write
+    carries the CANCELLED row — and the store dies right after, before the
+    unwinding is journaled (the saga stays RUNNING). The resume calls the
+    cancelled member again (its new call answers for the one cancelled,
+    same idempotency key); the failing member fails again, and the saga
+    unwinds: each member that ran is compensated once, and the journal reads
+    back (not "step completed twice"). Found by the cancellation hunt (seed
+    1861)."""
+    from journal_faults import FAST_JOURNAL_RETRY, FaultyStore, FaultySubmittingStore
+
+    from fallback_saga import Saga, SagaInterrupted
+
+    inner: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+    store = (FaultySubmittingStore if durable else FaultyStore)(inner)
+    calls: list[tuple[str, str]] = []
+    dying = [False]
+    first_run = [True]
+    stopped = asyncio.Event()
+
+    def call(action: str) -> None:
+        calls.append((action, current_step().step))  # type: ignore[union-attr]
+
+    class Declined:
+        async def act(self, ctx: OrderCtx) -> None:
+            call("act")
+            await asyncio.sleep(0)  # the siblings are in their calls
+            raise Boom("declined")
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            raise AssertionError("a failed act is never compensated")
+
+    class Reserve:
+        async def act(self, ctx: OrderCtx) -> str:
+            call("act")
+            if first_run[0]:
+                try:
+                    await asyncio.Event().wait()  # in flight until the group stops it
+                except asyncio.CancelledError:
+                    stopped.set()
+                    raise
+            return "reserved"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            call("compensate")
+
+    class Late:
+        async def act(self, ctx: OrderCtx) -> str:
+            call("act")
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:  # swallowed; it completes once Reserve stopped
+                await stopped.wait()
+                dying[0] = True  # the process dies once this is journaled
+            return "late"
+
+        async def compensate(self, ctx: OrderCtx) -> None:
+            call("compensate")
+
+    class Order(Saga[OrderCtx]):
+        steps = [Parallel(Declined, Reserve, Late)]
+
+    original = store._write
+
+    async def write(send: Any) -> None:
+        await original(send)
+        if dying[0]:
+            store.down = True
+
+    store._write = write  # type: ignore[method-assign]
+    if durable:
+        original_submit = store._submit
+
+        def submit(send: Any) -> Any:
+            answer = original_submit(send)
+            if dying[0]:
+                store.down = True
+            return answer
+
+        store._submit = submit  # type: ignore[method-assign]
+    try:
+        saga = Order(store=store, journal_retry=FAST_JOURNAL_RETRY)
+        with pytest.raises(SagaInterrupted):  # the store died
+            await saga.run(OrderCtx(), saga_id="p1")
+        first = await inner.load("p1")
+        assert first.status is SagaStatus.RUNNING
+        assert ("Reserve", StepStatus.CANCELLED) in [
+            (e.step, e.status) for e in first.history
+        ], first.history
+        dying[0] = first_run[0] = False
+        store.heal()
+        with pytest.raises(SagaFailed) as failed:
+            await Order(store=store).resume("p1")
+        assert failed.value.status is SagaStatus.COMPENSATED
+        undone = [step for action, step in calls if action == "compensate"]
+        assert sorted(undone) == ["Late", "Reserve"], calls
+        with pytest.raises(SagaFailed) as again:  # the journal reads back
+            await Order(store=store).resume("p1")
+        assert again.value.status is SagaStatus.COMPENSATED
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            await close()
