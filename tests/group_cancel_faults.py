@@ -43,6 +43,7 @@ from journal_faults import (
     StepSpec,
     check_caller_matches_journal,
     journal_of,
+    step_by_step,
 )
 
 from fallback_saga import (
@@ -84,6 +85,7 @@ class Plan:
     fault_at: int | None = None
     fault_kind: FaultKind = "outage"
     listen: bool = False
+    transaction: bool = False  # driven step by step with saga.transaction()
 
 
 @dataclass
@@ -105,12 +107,33 @@ class Runtime:
             self.trace.append(event)
             self.tasks.append(asyncio.current_task())
 
+    asker: tuple[str, str] | None = None  # the step that first asked (a store: the one writing)
+
     def cancel(self) -> None:
         assert self.victim is not None
         if self.victim.cancel() and not self.recovering:
             if self.alive is None:
                 self.alive = set(asyncio.all_tasks())
+                if asyncio.current_task() is not self.victim:
+                    # asked from a member's task: its group is in flight
+                    self.asker = _where_asked()
             self.record(("cancel",))
+
+
+def _where_asked() -> tuple[str, str] | None:
+    """The step (or child saga) whose task asks for the cancellation — a
+    store's write included, outside any act: (saga id, step or child name)."""
+    from fallback_saga.step import _CURSOR
+
+    cursor = _CURSOR.get(None)
+    if cursor is None:
+        return None
+    if cursor.step:
+        return (cursor.saga_id, cursor.step)
+    if "/" in cursor.saga_id:  # a child between its steps: its step in its parent
+        parent, child = cursor.saga_id.rsplit("/", 1)
+        return (parent, child)
+    return None
 
 
 class _Asker:
@@ -307,8 +330,10 @@ def generate(seed: int, *, faults: bool) -> Plan:
     if faults and rng.random() < 0.3:
         fault_at = rng.randrange(0, 25)
         kind = rng.choice(FAULT_KINDS)
+    listen = rng.random() < 0.3
     return Plan(
-        seed, shape, acts, comp_cancel, yields, ticks, fault_at, kind, listen=rng.random() < 0.3
+        seed, shape, acts, comp_cancel, yields, ticks, fault_at, kind, listen=listen,
+        transaction=rng.random() < 0.2,
     )
 
 
@@ -359,7 +384,8 @@ def check_nothing_starts_after_the_cancellation(rt: Runtime, items: Sequence[Any
 
     mark = rt.trace.index(("cancel",))
     in_flight: dict[str, int] = {}
-    for event in rt.trace[:mark]:
+    asked = [] if rt.asker is None else [("act", *rt.asker)]  # what asked was in flight
+    for event in [*rt.trace[:mark], *asked]:
         if event[0] == "act":
             sid, name = event[1], event[2]
             while True:
@@ -483,7 +509,10 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
     ledger = Ledger()
     rt = Runtime()
     family = CancelFamily(plan, store, ledger, rt)
-    task = asyncio.create_task(family.parent.run(Ctx(order_id="x"), saga_id=saga_id))
+    task = asyncio.create_task(
+        step_by_step(family.parent, saga_id) if plan.transaction
+        else family.parent.run(Ctx(order_id="x"), saga_id=saga_id)
+    )
     rt.victim = task
     if wrap != "none":
         store.victim = _Asker(rt)  # the store's own cancellation is marked in the trace
@@ -538,7 +567,7 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
         )
         family.balance.check()
     except AssertionError as error:
-        raise AssertionError(f"{error}\n{where}") from None
+        raise AssertionError(f"{error}\n{where}") from error
     return Outcome(outcome, asked, faulted)
 
 
