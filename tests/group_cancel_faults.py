@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -101,6 +102,8 @@ class Runtime:
     recovering: bool = False
     alive: set[asyncio.Task[Any]] | None = None  # the tasks there when first asked to stop
     started: dict[str, asyncio.Task[Any] | None] = field(default_factory=dict)  # by saga id
+    # every compensation that succeeded: (during recovery?, saga id, step)
+    undone: list[tuple[bool, str, str]] = field(default_factory=list)
 
     def record(self, event: tuple[str, ...]) -> None:
         if not self.recovering:
@@ -205,6 +208,7 @@ class CancellingStep:
         for _ in range(self.yields):
             await asyncio.sleep(0)
         self.ledger.call("compensate", self.spec.compensate)
+        self.rt.undone.append((self.rt.recovering, info.saga_id, info.step))
 
 
 class CancelFamily(Family):
@@ -466,6 +470,14 @@ def _all(items: Sequence[Any]) -> list[Any]:
     return out
 
 
+def check_compensated_once(rt: Runtime) -> None:
+    """S8/S10: no step is compensated again once its compensation succeeded —
+    within a run, or within the recovery after it (across the two, a crash
+    may have kept the first one's success out of the journal)."""
+    twice = [key for key, n in Counter(rt.undone).items() if n > 1]
+    assert not twice, f"S10: compensated again after succeeding: {twice}"
+
+
 def check_breakers(family: CancelFamily, ledger: Any) -> None:
     """S9: a breaker whose primary never failed on its own counts nothing
     (a cancellation, converted or not, is not a failure)."""
@@ -562,6 +574,7 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
                 await before_recovery(store)
             await _recover(family, store, inner, saga_id, wrap)
         records = {one: await journal_of(inner, one) for one in ids}
+        check_compensated_once(rt)
         check_family(
             ledger, ids, records, family.specs, exact=not faulted, entered=family.entered,
         )
