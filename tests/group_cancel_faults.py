@@ -87,6 +87,7 @@ class Plan:
     fault_kind: FaultKind = "outage"
     listen: bool = False
     transaction: bool = False  # driven step by step with saga.transaction()
+    cancel_resume: int | None = None  # after a fault: a resume cancelled after these rounds
 
 
 @dataclass
@@ -274,6 +275,9 @@ def member_steps(items: Sequence[Any]) -> set[str]:
 # --------------------------------------------------------------------------- generation
 
 
+FAULT_SHARE = 0.3  # of the cases on a store that can fail (a hunt may raise it)
+
+
 def generate(seed: int, *, faults: bool) -> Plan:
     """A random family with its cancellation points; ``faults``: the store
     may fail at some write too (stores that can be wrapped)."""
@@ -331,13 +335,14 @@ def generate(seed: int, *, faults: bool) -> Plan:
         ticks = tuple(rng.randint(0, 30) for _ in range(rng.choice([1, 1, 2])))
     fault_at = None
     kind: FaultKind = "outage"
-    if faults and rng.random() < 0.3:
+    if faults and rng.random() < FAULT_SHARE:
         fault_at = rng.randrange(0, 25)
         kind = rng.choice(FAULT_KINDS)
     listen = rng.random() < 0.3
     return Plan(
         seed, shape, acts, comp_cancel, yields, ticks, fault_at, kind, listen=listen,
         transaction=rng.random() < 0.2,
+        cancel_resume=rng.randint(0, 20) if rng.random() < 0.4 else None,
     )
 
 
@@ -572,6 +577,8 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
             store.heal()
             if before_recovery is not None:
                 await before_recovery(store)
+            if plan.cancel_resume is not None:
+                await _cancelled_resume(family, saga_id, plan.cancel_resume)
             await _recover(family, store, inner, saga_id, wrap)
         records = {one: await journal_of(inner, one) for one in ids}
         check_compensated_once(rt)
@@ -582,6 +589,18 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
     except AssertionError as error:
         raise AssertionError(f"{error}\n{where}") from error
     return Outcome(outcome, asked, faulted)
+
+
+async def _cancelled_resume(family: CancelFamily, saga_id: str, rounds: int) -> None:
+    """A resume whose caller cancels it after ``rounds`` loop rounds (in its
+    claim, a repeated call, a group, its unwinding...): what it leaves, the
+    recovery after it finishes (leases given back, the journal readable)."""
+    resuming = asyncio.create_task(family.parent.resume(saga_id))
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+    resuming.cancel()
+    with contextlib.suppress(SagaError, asyncio.CancelledError):
+        await resuming
 
 
 async def _recover(family: CancelFamily, store: Any, inner: Any, saga_id: str, wrap: str) -> None:
