@@ -61,6 +61,7 @@ from .shielding import (
     cancellation_behind,
     cancelled_again,
     land_pending_cancellation,
+    outer_run_cancelled,
     running_task,
 )
 from .status import RAW_COMPLETED as _COMPLETED
@@ -413,7 +414,9 @@ class Execution(UnwindingRun):
                                 raise
                             except BaseException as error:
                                 restore_step(context, snapshot)
-                                if task.cancelling() > cancels and isinstance(error, Exception):
+                                if isinstance(error, Exception) and (
+                                    task.cancelling() > cancels or outer_run_cancelled()
+                                ):
                                     raise self._act_cancelled_instead(branch, 1, error) from error
                                 self.act_failed(branch, 1, error)  # (and active = False)
                                 if kind is Branch or not self._falls_back(item, branch, error):
@@ -538,7 +541,9 @@ class Execution(UnwindingRun):
                             response = _new_tuple(SagaStepResult, (response, name, saga_id))
                     except BaseException as error:
                         restore_step(context, snapshot)
-                        if task.cancelling() > cancels and isinstance(error, Exception):
+                        if isinstance(error, Exception) and (
+                            task.cancelling() > cancels or outer_run_cancelled()
+                        ):
                             raise self._act_cancelled_instead(branch, 1, error) from error
                         self.act_failed(branch, 1, error)  # (and active = False)
                         # A plain step's failure, or a Fallback's that does not fall back.
@@ -857,9 +862,14 @@ class Execution(UnwindingRun):
 
     def cancelled_meanwhile(self, lane: Lane | None) -> bool:
         """Whether this task was asked to cancel since the run (a group
-        member: its task) began: the error an ``act`` let out then is the
-        cancellation its participant converted (see ``running_task``)."""
-        return running_task().cancelling() > (self.cancels if lane is None else 0)
+        member: its task) began, or a run it works for was since that one
+        began (``RUNS_AROUND``: in a group member, or a child saga's step in
+        one): the error an ``act`` let out then is the cancellation its
+        participant converted, or its act made (see ``running_task``)."""
+        return (
+            running_task().cancelling() > (self.cancels if lane is None else 0)
+            or outer_run_cancelled()  # the run a member (or a child's) works for
+        )
 
     def _act_cancelled_instead(
         self, branch: Branch, attempt: int, error: Exception

@@ -40,10 +40,12 @@ from .plan import Branch, FallbackPlan, GroupPlan, Member
 from .run_settings import RunSettings
 from .shielding import (
     EAGER_TASKS,
+    RUNS_AROUND,
     cancellation_behind,
     cancellation_pending,
     cancelled_again,
     land_pending_cancellation,
+    outer_run_cancelled,
     own_task,
     running_task,
 )
@@ -216,11 +218,15 @@ class GroupRun:
                     restore_step(context, snapshot)
                     if isinstance(error, asyncio.CancelledError):
                         host.act_cancelled(branch, 1)
-                    elif isinstance(error, Exception) and running_task().cancelling():
-                        # Stopped by the group, or with the saga: the
-                        # cancellation its participant converted into an
-                        # error of its own. Its call's effect is as uncertain
-                        # as a cancelled one's (see running_task).
+                    elif isinstance(error, Exception) and (
+                        running_task().cancelling() or outer_run_cancelled()
+                    ):
+                        # Stopped by the group, or with the saga (its task
+                        # asked to cancel, the request not passed on to the
+                        # members yet: see RUNS_AROUND): the cancellation its
+                        # participant converted into an error of its own, or
+                        # its act made. Its call's effect is as uncertain as
+                        # a cancelled one's (see running_task).
                         host.act_cancelled(branch, 1)
                         raise cancellation_behind(error) from error
                     else:
@@ -363,9 +369,22 @@ async def run_group(
     # has finished before the next one is made, without a trip through the
     # loop. Each task runs in a copy of this context: its own cursor.
     # (Any: a member that failed returns None, read only when none failed.)
-    tasks: list[asyncio.Task[Any]] = [
-        own_task(run.run_member(member, first)) for member, first in todo
-    ]
+    # The members work for this run (and the runs around it): a request to
+    # cancel it that a member's act makes, or meets, is told from a failure
+    # of its own (RUNS_AROUND). Set while the members' tasks are made only.
+    here = running_task()
+    outer = RUNS_AROUND.get()
+    around = RUNS_AROUND.set(
+        (*outer, (here, host.cancels)) if isinstance(here, asyncio.Task) else outer
+    )
+    try:
+        tasks: list[asyncio.Task[Any]] = [
+            own_task(run.run_member(member, first)) for member, first in todo
+        ]
+    finally:
+        RUNS_AROUND.reset(around)
+        # No frame local keeps this task (see the end).
+        here = outer = None  # type: ignore[assignment]
     # Our own cancellation, the first (it carries the caller's message),
     # raised again once every member has stopped.
     cancelled: asyncio.CancelledError | None = None

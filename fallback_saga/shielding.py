@@ -15,16 +15,19 @@ import asyncio
 import sys
 import types
 from collections.abc import Callable, Coroutine, Generator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 __all__ = [
     "EAGER_TASKS",
     "NO_TASK",
+    "RUNS_AROUND",
     "cancellation_behind",
     "cancellation_pending",
     "cancelled_again",
     "claimed",
     "land_pending_cancellation",
+    "outer_run_cancelled",
     "own_task",
     "running_task",
     "settle",
@@ -103,6 +106,32 @@ def running_task() -> asyncio.Task[Any] | _NoTask:
     except RuntimeError:  # no running event loop: a coroutine driven by hand
         return NO_TASK
     return NO_TASK if task is None else task
+
+
+# The runs a task works for besides its own: a ``Parallel`` group's member
+# runs in a task of its own, for the run whose task made the group (and for
+# the runs around that one, when the group is in a child saga of a member).
+# Each entry is that run's task and its count of requests to cancel as the run
+# began (see running_task). A member's own count does not grow when its run is
+# asked to cancel: that request reaches the member only once the run's task
+# takes its next step (it then cancels its members). Set for the members'
+# tasks only, while they are made (a task copies its context as it is made),
+# so no task outlives the group holding it.
+RUNS_AROUND: ContextVar[tuple[tuple[asyncio.Task[Any], int], ...]] = ContextVar(
+    "fallback_saga_runs_around", default=()
+)
+
+
+def outer_run_cancelled() -> bool:
+    """Whether a run this task works for (``RUNS_AROUND``) has been asked to
+    cancel since it began. Asked on failure paths only: an error a group
+    member's ``act`` let out then is that cancellation, converted (the act
+    cancelled its saga's caller and raised, or its participant converted the
+    request before it reached the member: see ``running_task``) — not a
+    reason to fall back or retry (S3), as the same error is not in a run's
+    own task. (A run that writes ahead learns of it in its next write,
+    which lets the run's task take its step; one that never waits, never.)"""
+    return any(task.cancelling() > cancels for task, cancels in RUNS_AROUND.get())
 
 
 def cancellation_behind(error: BaseException) -> asyncio.CancelledError:

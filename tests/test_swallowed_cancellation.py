@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_faults import FaultyStore
 
 from fallback_saga import (
     CircuitBreaker,
@@ -641,3 +642,109 @@ async def test_S8_a_transaction_whose_last_step_swallows_the_cancellation_never_
     assert ledger.calls == ["Reserve", "Ship", "Ship caught the cancellation", *undone,
                             "undo Reserve"]
     assert (await store.load("t-2")).status is SagaStatus.COMPENSATED
+
+
+def cancelling_member_saga(
+    ledger: Ledger, victim: list[asyncio.Task[Any]], how: str, where: str,
+    breaker: CircuitBreaker, store: Any,
+) -> type[Saga[Ctx]]:
+    """Reserve; a group of Charge and Notify; Ship. Charge's act cancels the
+    saga's caller (the task awaiting the run, through a captured handle)
+    and then raises an ordinary error, without waiting — so the request has
+    not reached the member when its error does. ``how``: Charge is a
+    Fallback's primary (ChargeElsewhere its fallback; with a breaker, or
+    not) or a step retried at once (its retry's sleep never waits).
+    ``where``: Charge is the member itself, or a step of a child saga
+    (Hold, Charge, Pay) that is the member."""
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> None:
+            ledger.calls.append("Charge")
+            victim[0].cancel("shutting down")
+            raise ConnectionError("card service unreachable")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ledger.calls.append("undo Charge")
+
+    async def no_wait(delay: float) -> None:
+        return None
+
+    charge: Any
+    if how == "retried":
+        charge = type("Charge", (Charge,), {
+            "retry": RetryPolicy(attempts=3, delay=0.0, jitter=0.0, sleep=no_wait)})
+    else:
+        charge = Fallback(Charge(), plain_step(ledger, "ChargeElsewhere")(),
+                          circuit_breaker=breaker if how == "fallback-with-breaker" else None)
+    if where == "child":
+
+        class Child(Saga[Ctx]):
+            steps = [plain_step(ledger, "Hold"), charge, plain_step(ledger, "Pay")]
+
+        charge = SubSaga(Child(store=store), context=lambda c: Ctx(order_id=c.order_id))
+
+    class GroupSaga(Saga[Ctx]):
+        steps = [plain_step(ledger, "Reserve"), Parallel(charge, plain_step(ledger, "Notify")),
+                 plain_step(ledger, "Ship")]
+
+    return GroupSaga
+
+
+@pytest.mark.parametrize("kind", [*STORES, "writes-never-wait"])
+@pytest.mark.parametrize("how", ["fallback", "fallback-with-breaker", "retried"])
+@pytest.mark.parametrize("where", ["member", "child"])
+async def test_S3_S9_S15_a_member_that_cancels_its_run_and_raises_never_falls_back_or_retries(
+    kind: str, how: str, where: str, make_store: Callable[[str], Any]
+) -> None:
+    """A group member's act cancels the saga's caller, then raises. That is
+    the run's cancellation, not the member's failure: no fallback, no retry
+    (S3), the breaker counts nothing (S9), the member is journaled
+    cancelled in flight and compensated like any member cancelled in flight
+    (S15), Ship never runs, and the caller gets ``CancelledError`` — once.
+
+    The request is made of the run's task; the member runs in a task of its
+    own, whose count of requests does not grow. A store that writes ahead
+    (SQLite) let the run's task take its step in the fallback's (or the
+    retry's) write, and it cancelled the member there; on an in-process
+    store, or one whose writes never wait, nothing waited: the fallback ran
+    (and completed, and was compensated), or the step was tried again."""
+    ledger = Ledger()
+    if kind == "writes-never-wait":
+        inner = MemorySagaStore()
+        store: Any = FaultyStore(inner)
+    else:
+        inner = store = make_store(kind)
+    breaker = CircuitBreaker(fail_max=1)
+    victim: list[asyncio.Task[Any]] = []
+    saga = cancelling_member_saga(ledger, victim, how, where, breaker, store)(store=store)
+    outcome: list[Any] = []
+
+    async def caller() -> None:
+        try:
+            await saga.run(Ctx(order_id="g-2"), saga_id="g-2")
+            outcome.append("returned")
+        except asyncio.CancelledError as stopped:
+            outcome.append(stopped.args)
+        # A caller that handles the cancellation and goes on: one request,
+        # one CancelledError — none left to land in its next wait.
+        await asyncio.sleep(0)
+        outcome.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+
+    task = asyncio.create_task(caller())
+    victim.append(task)
+    await task
+    assert outcome == [("shutting down",), 1]
+    child = ["Hold", "undo Hold"] if where == "child" else []
+    assert sorted(ledger.calls) == sorted(
+        ["Reserve", "Charge", "Notify", "undo Notify", "undo Charge", "undo Reserve", *child]
+    )
+    assert breaker.failure_count == 0
+    assert breaker.state.value == "closed"
+    record = await inner.load("g-2/Child" if where == "child" else "g-2")
+    assert record.status is SagaStatus.COMPENSATED
+    assert [(a, s) for a, s, _ in rows(record, "Charge")] == [
+        ("act", StepStatus.STARTED), ("act", StepStatus.CANCELLED),
+        ("compensate", StepStatus.STARTED), ("compensate", StepStatus.COMPLETED),
+    ]
+    assert rows(record, "ChargeElsewhere") == []
+    assert (await inner.load("g-2")).status is SagaStatus.COMPENSATED
