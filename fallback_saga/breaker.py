@@ -52,6 +52,7 @@ from typing import (
 from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
+from .shielding import running_task
 from .status import CircuitState
 
 if TYPE_CHECKING:
@@ -454,9 +455,19 @@ class CircuitBreaker(SharedStateSync):
     def _record(self, permit: int, error: BaseException | None) -> None:
         if error is None:
             self.record_success(permit)
-        elif isinstance(error, Exception) and not self.is_excluded(error):
+        elif (
+            isinstance(error, Exception)
+            and not self.is_excluded(error)
+            # A call that fails while its task is being cancelled was
+            # cancelled: the error is the cancellation, converted by what
+            # it awaited (a database driver cancelled mid-query raises an
+            # error of its own), not the service failing. Asked here, on a
+            # failure only: the closed path stays as it is. (running_task:
+            # a call driven by hand, with no loop, is nobody's to cancel.)
+            and not running_task().cancelling()
+        ):
             self.record_failure(permit)
-        else:  # cancellation and other BaseExceptions, or an excluded error
+        else:  # a cancellation (converted or not), other BaseExceptions, an excluded error
             self.release(permit)
 
     # ------------------------------------------------------------------ transitions (lock held)

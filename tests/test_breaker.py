@@ -421,6 +421,87 @@ async def test_S9_cancelled_call_returns_permit_counts_nothing_when_half_open(wa
     assert breaker.state is CLOSED
 
 
+class DriverError(Exception):
+    """What a database driver raises when cancelled mid-query (psycopg's
+    ``OperationalError``: "canceling statement due to user request")."""
+
+
+class Converting:
+    """A guarded function that waits until its task is cancelled, then
+    converts the cancellation into an error of its own, as psycopg does."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def __call__(self) -> str:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise DriverError("canceling statement due to user request") from None
+        return "never"
+
+
+async def _cancel_a_converting_call(breaker: CircuitBreaker, way: str) -> None:
+    """One call through ``breaker`` (``way``), cancelled while it waits; its
+    function converts the cancellation. The driver's own error reaches the
+    caller unchanged (the breaker never swaps errors)."""
+    converting = Converting()
+
+    async def through() -> str:
+        if way == "call":
+            return await breaker.call(converting)
+        if way == "decorator":
+            return await breaker(converting)()
+        async with breaker:
+            return await converting()
+
+    task = asyncio.create_task(through())
+    entered = asyncio.create_task(converting.entered.wait())
+    # (A rejected call never enters: it ends first, with CircuitOpenError.)
+    await asyncio.wait([task, entered], return_when=asyncio.FIRST_COMPLETED)
+    entered.cancel()
+    task.cancel()
+    with pytest.raises(DriverError):
+        await task
+
+
+@pytest.mark.parametrize("way", ["call", "decorator", "async_with"])
+async def test_S9_a_cancellation_the_call_converts_counts_nothing_when_closed(way: str) -> None:
+    """A call whose function turns its task's cancellation into an error of
+    its own (psycopg cancelled mid-query) was cancelled, not failed: the
+    service did nothing wrong. Before, each such call counted as a failure,
+    and cancellations alone opened the breaker (here: 5 of them, with
+    ``fail_max=3``). It returns its permit and counts nothing, like a
+    ``CancelledError``; a real failure after them still counts from where
+    the count stood."""
+    breaker, _ = make_breaker(fail_max=3)
+    await trip(breaker, 2)
+    for _ in range(5):
+        await _cancel_a_converting_call(breaker, way)
+    assert (breaker.state, breaker.failure_count) == (CLOSED, 2)
+    await trip(breaker, 1)
+    assert breaker.state is OPEN
+
+
+@pytest.mark.parametrize("way", ["call", "decorator", "async_with"])
+async def test_S9_a_cancellation_the_call_converts_returns_the_half_open_permit(
+    way: str,
+) -> None:
+    """The same for a half-open trial: it frees its slot for another trial
+    instead of re-opening the circuit on a cancellation."""
+    changes = StateChanges()
+    breaker, clock = make_breaker(fail_max=1, half_open_max_calls=1, listeners=[changes])
+    await open_then_half_open(breaker, clock)
+    edges_before = changes.edges()
+    await _cancel_a_converting_call(breaker, way)
+    assert breaker.state is HALF_OPEN
+    assert breaker.half_open_calls_in_flight == 0
+    assert changes.edges() == edges_before
+    assert await breaker.call(succeed) == "ok"  # the permit came back: a new trial runs
+    assert breaker.state is CLOSED
+
+
 async def _hold_through(breaker: CircuitBreaker, held: Held, way: str) -> str:
     if way == "call":
         return await breaker.call(held)

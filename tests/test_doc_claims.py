@@ -195,6 +195,7 @@ def test_every_flag_shown_exists(page: Path) -> None:
 FOREIGN_ERRORS = {
     "CancelledError": "asyncio",
     "CircuitBreakerError": "aiobreaker, in the migration notes",
+    "OperationalError": "psycopg",
     "PaymentError": "the pages' example application",
     "ReadOnlySqlTransaction": "psycopg",
 }
