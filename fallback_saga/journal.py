@@ -130,9 +130,14 @@ async def write_durably(
             error: BaseException = failed
         else:
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(deadline) as window:
                     await send(store, write)
-                return
+                if not window.expired():
+                    return
+                # It returned after the deadline had cancelled it: a driver
+                # that swallowed the cancellation — whether it wrote first
+                # or not, nothing says. In doubt, as if it had raised.
+                error, in_doubt = TimeoutError(), True
             except (*_DEFINITIVE, JournalConflict) as refused:
                 raise NotDurable(refused, in_doubt=False) from refused
             except Exception as first:
@@ -145,20 +150,21 @@ async def write_durably(
                 raise NotDurable(error, in_doubt) from error
             attempt += 1
             try:
-                async with asyncio.timeout_at(deadline):
-                    if in_doubt and await _landed(store, write):
-                        return
-                    in_doubt = False
-                    try:
-                        await send(store, write)
-                    except JournalConflict:
-                        # The try reconciled a moment ago as "not landed" landed
-                        # after all (a commit still in flight on the server when
-                        # we read): the conditional append refused to repeat it.
-                        if write.conditional and await _landed(store, write):
-                            return
-                        raise
-                return
+                async with asyncio.timeout_at(deadline) as window:
+                    if not (in_doubt and await _landed(store, write)):
+                        in_doubt = False
+                        try:
+                            await send(store, write)
+                        except JournalConflict:
+                            # The try reconciled a moment ago as "not landed"
+                            # landed after all (a commit still in flight on the
+                            # server when we read): the conditional append
+                            # refused to repeat it.
+                            if not (write.conditional and await _landed(store, write)):
+                                raise
+                if not window.expired():
+                    return
+                error, in_doubt = TimeoutError(), True  # past its deadline: see the first try
             except (*_DEFINITIVE, JournalConflict) as refused:
                 # A creation found to be another run's: this one's did not land.
                 landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
@@ -352,8 +358,9 @@ async def settle_inline(
     of its own with ``asyncio.timeout_at``: a try still waiting at the
     deadline is abandoned — the future it waits on is cancelled, as a task's
     cancellation would cancel it, and the coroutine is driven to its end —
-    and fails with ``TimeoutError`` unless it finished all the same (in doubt:
-    it may land after all). A future that refuses cancellation (the SQLite
+    and fails with ``TimeoutError`` (in doubt: it may land after all), even
+    if it returned normally (a driver that swallowed the cancellation may
+    have written, or not). A future that refuses cancellation (the SQLite
     store's journal future: its writer bounds each write itself) is waited
     for to its end either way."""
     # The first cancellation of this task while the write ran (it carries the
@@ -371,6 +378,11 @@ async def settle_inline(
                 else:
                     waiting_on = coroutine.send(None)
             except StopIteration:
+                if clock is not None and clock.abandoned:
+                    # It finished after the deadline had cancelled it: a
+                    # driver that swallowed the cancellation, whether it
+                    # wrote first or not — in doubt, as if it had raised.
+                    return TimeoutError(), cancelled
                 return None, cancelled
             except asyncio.CancelledError as error:
                 if clock is not None and clock.abandoned:

@@ -288,10 +288,15 @@ def test_a_future_that_refuses_cancellation_is_waited_for_past_the_deadline() ->
     assert run_virtual(main) == (None, None, 2 * TIMEOUT)  # no cancellation
 
 
-def test_a_try_that_finishes_despite_its_abandonment_succeeds() -> None:
-    """As with ``asyncio.timeout_at`` around a try in a task of its own: a
-    coroutine that absorbs the cancellation and finishes its write anyway
-    has succeeded."""
+def test_S13_a_try_that_finishes_despite_its_abandonment_is_in_doubt() -> None:
+    """A coroutine that absorbs the deadline's cancellation and returns may
+    have finished its write (as here) or swallowed the cancellation and
+    written nothing: nothing tells the two apart, so it fails with
+    ``TimeoutError`` (in doubt), as ``write_durably`` now counts such a try
+    under ``asyncio.timeout_at`` (before, both counted it a success, and a
+    driver that wrote nothing let the run go on over a journal that did not
+    hold the write: see
+    ``test_S13_a_write_that_returns_after_its_deadline_cancelled_it_is_in_doubt``)."""
 
     async def main() -> tuple[BaseException | None, asyncio.CancelledError | None]:
         loop = asyncio.get_running_loop()
@@ -304,7 +309,9 @@ def test_a_try_that_finishes_despite_its_abandonment_succeeds() -> None:
 
         return await settle_inline(write(), loop.time() + TIMEOUT)
 
-    assert run_virtual(main) == (None, None)  # no cancellation
+    error, cancelled = run_virtual(main)
+    assert isinstance(error, TimeoutError)
+    assert cancelled is None
 
 
 def test_a_task_awaited_by_the_try_is_waited_for_once_cancelled_at_the_deadline() -> None:
@@ -349,3 +356,71 @@ def test_without_a_deadline_an_inline_try_is_never_abandoned() -> None:
         return error, cancelled, loop.time()
 
     assert run_virtual(main) == (None, None, 1000.0)  # no cancellation
+
+
+class Swallowing(Unanswering):
+    """A store whose driver swallows the deadline's cancellation: the first
+    try of write ``at`` waits for an answer that never comes, and when the
+    deadline cancels it, catches the ``CancelledError`` and returns
+    normally, having written nothing (``except BaseException: log;
+    return``). ``inline``: the store's writes outlive cancellation (its
+    first try is driven inline, ``settle_inline``) or not (every try runs
+    in a task of its own, under ``asyncio.timeout_at``)."""
+
+    def __init__(self, *, at: int, inline: bool) -> None:
+        super().__init__(at=at)
+        self.writes_outlive_cancellation = inline
+
+    async def _write(self, number: int, send: Callable[[], Any]) -> None:
+        if number == self.at and not any(n == number for n, _, _ in self.tries):
+            self.hanging.set()
+            try:
+                await asyncio.get_running_loop().create_future()  # never resolved
+            except asyncio.CancelledError:
+                self.tries.append((number, "swallowed", self._now()))
+                return  # nothing written, and no error said
+        await super()._write(number, send)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "in-a-task"])
+@pytest.mark.parametrize("at", [0, 1, 2])
+def test_S13_a_write_that_returns_after_its_deadline_cancelled_it_is_in_doubt(
+    at: int, inline: bool
+) -> None:
+    """The try of write ``at`` is cancelled by ``journal_timeout`` and
+    returns normally all the same. Nothing says whether it wrote: a driver
+    that absorbed the cancellation may have finished the write, or (here)
+    swallowed it and written nothing. Before, the run took it for a durable
+    write: it called the next act, whose STARTED the journal did not hold
+    (at 0 and 1), or told the caller COMPLETED over a journal that said
+    RUNNING (at 2). It is in doubt, as a try abandoned at its deadline is:
+    the run stops, reporting both statuses the journal may hold, and no act
+    runs that the journal does not know of."""
+    log: list[str] = []
+    store = Swallowing(at=at, inline=inline)
+
+    async def main() -> tuple[SagaInterrupted | None, float, Any]:
+        saga = saga_on(store, log)
+        start = asyncio.get_running_loop().time()
+        try:
+            await saga.run(Ctx(order_id="o-6"), saga_id="o-6")
+        except SagaInterrupted as stopped:
+            return stopped, start, await _journal(store, "o-6")
+        return None, start, await _journal(store, "o-6")
+
+    stopped, start, record = run_virtual(main)
+    assert store.tries.count((at, "swallowed", start + TIMEOUT)) == 1
+    assert stopped is not None, "the run went on as if the write had landed"
+    assert stopped.in_doubt
+    assert log == ["reserve", "charge"][:at]  # each act only once its STARTED is durable
+    started = [] if record is None else [
+        e.step for e in record.history if e.action == "act" and e.status.name == "STARTED"
+    ]
+    assert started == ["Reserve", "Charge"][:at]
+
+
+async def _journal(store: Unanswering, saga_id: str) -> Any:
+    try:
+        return await store.inner.load(saga_id)
+    except Exception:
+        return None  # never created
