@@ -120,6 +120,7 @@ async def write_durably(
     loop time ``deadline``; raises ``NotDurable`` when the budget is spent or
     the refusal is definitive. ``failed``: the first try was made already (in
     the caller's task) and failed with that error."""
+    window: asyncio.Timeout | None = None
     try:
         attempt = 1
         in_doubt = False
@@ -174,8 +175,10 @@ async def write_durably(
     finally:
         # No local may keep an error once this ends: each holds this frame
         # in its traceback (a reference cycle, which would keep the write
-        # and the frames of its tries alive until the collector runs).
+        # and the frames of its tries alive until the collector runs), nor
+        # a try's timeout (it holds this task, which holds the error).
         error = failed = None  # type: ignore[assignment]
+        window = None
 
 
 def _may_have_landed(error: BaseException) -> bool:
