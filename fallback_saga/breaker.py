@@ -52,7 +52,7 @@ from typing import (
 from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
-from .shielding import running_task
+from .shielding import outer_run_cancelled, running_task
 from .status import CircuitState
 
 if TYPE_CHECKING:
@@ -463,8 +463,11 @@ class CircuitBreaker(SharedStateSync):
             # it awaited (a database driver cancelled mid-query raises an
             # error of its own), not the service failing. Asked here, on a
             # failure only: the closed path stays as it is. (running_task:
-            # a call driven by hand, with no loop, is nobody's to cancel.)
+            # a call driven by hand, with no loop, is nobody's to cancel.
+            # outer_run_cancelled: a saga's group member, whose saga is
+            # being cancelled — the request has not reached its task yet.)
             and not running_task().cancelling()
+            and not outer_run_cancelled()
         ):
             self.record_failure(permit)
         else:  # a cancellation (converted or not), other BaseExceptions, an excluded error

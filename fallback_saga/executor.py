@@ -414,9 +414,7 @@ class Execution(UnwindingRun):
                                 raise
                             except BaseException as error:
                                 restore_step(context, snapshot)
-                                if isinstance(error, Exception) and (
-                                    task.cancelling() > cancels or outer_run_cancelled()
-                                ):
+                                if task.cancelling() > cancels and isinstance(error, Exception):
                                     raise self._act_cancelled_instead(branch, 1, error) from error
                                 self.act_failed(branch, 1, error)  # (and active = False)
                                 if kind is Branch or not self._falls_back(item, branch, error):
@@ -541,9 +539,7 @@ class Execution(UnwindingRun):
                             response = _new_tuple(SagaStepResult, (response, name, saga_id))
                     except BaseException as error:
                         restore_step(context, snapshot)
-                        if isinstance(error, Exception) and (
-                            task.cancelling() > cancels or outer_run_cancelled()
-                        ):
+                        if task.cancelling() > cancels and isinstance(error, Exception):
                             raise self._act_cancelled_instead(branch, 1, error) from error
                         self.act_failed(branch, 1, error)  # (and active = False)
                         # A plain step's failure, or a Fallback's that does not fall back.
@@ -680,7 +676,7 @@ class Execution(UnwindingRun):
         try:
             return plan.primary, await self.try_branch(plan.primary, snapshot, plan, lane)
         except Exception as error:
-            if not rule.should_fall_back(error):
+            if not rule.should_fall_back(error) or outer_run_cancelled():  # see _falls_back
                 raise
             primary_error = error
             self._primary_left_undone(plan.primary, error)
@@ -811,6 +807,7 @@ class Execution(UnwindingRun):
                     retry is None
                     or not retry.should_retry(error, attempt)
                     or (plan is not None and plan.rule.is_open_circuit(error))
+                    or outer_run_cancelled()  # see _falls_back
                 ):
                     raise
                 attempt += 1
@@ -862,14 +859,9 @@ class Execution(UnwindingRun):
 
     def cancelled_meanwhile(self, lane: Lane | None) -> bool:
         """Whether this task was asked to cancel since the run (a group
-        member: its task) began, or a run it works for was since that one
-        began (``RUNS_AROUND``: in a group member, or a child saga's step in
-        one): the error an ``act`` let out then is the cancellation its
-        participant converted, or its act made (see ``running_task``)."""
-        return (
-            running_task().cancelling() > (self.cancels if lane is None else 0)
-            or outer_run_cancelled()  # the run a member (or a child's) works for
-        )
+        member: its task) began: the error an ``act`` let out then is the
+        cancellation its participant converted (see ``running_task``)."""
+        return running_task().cancelling() > (self.cancels if lane is None else 0)
 
     def _act_cancelled_instead(
         self, branch: Branch, attempt: int, error: Exception
@@ -930,6 +922,16 @@ class Execution(UnwindingRun):
         fallback that failed, it chains the primary's error to ``error`` (S4),
         which the caller then raises."""
         if failed is plan.primary:
+            if outer_run_cancelled():
+                # A group member (or a child saga's step in one) whose act
+                # failed once the run it works for was asked to cancel: the
+                # run is stopping, and the request has not reached this
+                # task yet (RUNS_AROUND). The act answered — it failed, and
+                # is not compensated (S5) — but nothing runs forward after
+                # it: no fallback, no retry (S3, S8; a write-ahead store
+                # stops the fallback in its write, where the run's task
+                # cancels the member).
+                return False
             if plan.any_exception:
                 if not isinstance(error, Exception):
                     return False  # cancellation, KeyboardInterrupt, SystemExit: never

@@ -45,7 +45,6 @@ from .shielding import (
     cancellation_pending,
     cancelled_again,
     land_pending_cancellation,
-    outer_run_cancelled,
     own_task,
     running_task,
 )
@@ -218,15 +217,11 @@ class GroupRun:
                     restore_step(context, snapshot)
                     if isinstance(error, asyncio.CancelledError):
                         host.act_cancelled(branch, 1)
-                    elif isinstance(error, Exception) and (
-                        running_task().cancelling() or outer_run_cancelled()
-                    ):
-                        # Stopped by the group, or with the saga (its task
-                        # asked to cancel, the request not passed on to the
-                        # members yet: see RUNS_AROUND): the cancellation its
-                        # participant converted into an error of its own, or
-                        # its act made. Its call's effect is as uncertain as
-                        # a cancelled one's (see running_task).
+                    elif isinstance(error, Exception) and running_task().cancelling():
+                        # Stopped by the group, or with the saga: the
+                        # cancellation its participant converted into an
+                        # error of its own. Its call's effect is as uncertain
+                        # as a cancelled one's (see running_task).
                         host.act_cancelled(branch, 1)
                         raise cancellation_behind(error) from error
                     else:

@@ -124,13 +124,13 @@ RUNS_AROUND: ContextVar[tuple[tuple[asyncio.Task[Any], int], ...]] = ContextVar(
 
 def outer_run_cancelled() -> bool:
     """Whether a run this task works for (``RUNS_AROUND``) has been asked to
-    cancel since it began. Asked on failure paths only: an error a group
-    member's ``act`` let out then is that cancellation, converted (the act
-    cancelled its saga's caller and raised, or its participant converted the
-    request before it reached the member: see ``running_task``) — not a
-    reason to fall back or retry (S3), as the same error is not in a run's
-    own task. (A run that writes ahead learns of it in its next write,
-    which lets the run's task take its step; one that never waits, never.)"""
+    cancel since it began. Asked on failure paths only: a group member's
+    ``act`` that failed then (it cancelled its saga's caller and raised,
+    say) answered — it failed — but the run is stopping, and the request
+    has not reached the member's task yet: nothing falls back or is retried
+    after it, and no breaker counts it (S3, S9). A run that writes ahead
+    learns of the request in its next write, which lets the run's task take
+    its step and cancel the member; one whose writes never wait, never."""
     return any(task.cancelling() > cancels for task, cancels in RUNS_AROUND.get())
 
 
