@@ -121,6 +121,8 @@ RUNS_AROUND: ContextVar[tuple[tuple[asyncio.Task[Any], int], ...]] = ContextVar(
     "fallback_saga_runs_around", default=()
 )
 
+_runs_around = RUNS_AROUND.get
+
 
 def outer_run_cancelled() -> bool:
     """Whether a run this task works for (``RUNS_AROUND``) has been asked to
@@ -131,7 +133,12 @@ def outer_run_cancelled() -> bool:
     after it, and no breaker counts it (S3, S9). A run that writes ahead
     learns of the request in its next write, which lets the run's task take
     its step and cancel the member; one whose writes never wait, never."""
-    return any(task.cancelling() > cancels for task, cancels in RUNS_AROUND.get())
+    runs = _runs_around()
+    if runs:  # (outside a group member: one lookup, no generator)
+        for task, cancels in runs:
+            if task.cancelling() > cancels:
+                return True
+    return False
 
 
 def cancellation_behind(error: BaseException) -> asyncio.CancelledError:
