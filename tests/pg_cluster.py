@@ -396,6 +396,17 @@ def running_cluster(**kwargs: object) -> Iterator[PostgresCluster]:
         cluster.remove()
 
 
+def hunt_conninfos(stores: Sequence[str]) -> Iterator[str | None]:
+    """For a seeded hunt's ``__main__`` run over ``stores`` (names on its
+    command line): one throwaway cluster's conninfo when they name
+    ``postgres`` (removed once the hunt is done), else one ``None``."""
+    if "postgres" not in stores:
+        yield None
+        return
+    with running_cluster() as cluster:
+        yield cluster.conninfo
+
+
 if __name__ == "__main__":  # a quick manual check: python tests/pg_cluster.py
     with running_cluster() as running:
         print(running.conninfo)

@@ -19,7 +19,7 @@ import asyncio
 import os
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,19 +136,6 @@ async def _hunt(start: int, count: int, openers: dict[str, Opener]) -> AsyncIter
            f"{dict(sorted(seen.items()))}")
 
 
-def _cluster(names: list[str]) -> Iterator[str | None]:
-    if "postgres" not in names:
-        yield None
-        return
-    from pg_cluster import PostgresCluster
-
-    cluster = PostgresCluster.start_new()
-    try:
-        yield cluster.conninfo
-    finally:
-        cluster.remove()
-
-
 if __name__ == "__main__":
     import logging
     import sys
@@ -171,5 +158,7 @@ if __name__ == "__main__":
             async for line in _hunt(start, count, _openers(names, Path(where), conninfo)):
                 print(line, flush=True)
 
-    for conninfo in _cluster(names):
+    from pg_cluster import hunt_conninfos
+
+    for conninfo in hunt_conninfos(names):
         asyncio.run(main(conninfo))

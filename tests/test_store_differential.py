@@ -46,7 +46,7 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -444,19 +444,6 @@ def _hunt_kinds(names: list[str], where: Path, conninfo: str | None) -> list[Sto
     return kinds
 
 
-def _cluster(names: list[str]) -> Iterator[str | None]:
-    if "postgres" not in names:
-        yield None
-        return
-    from pg_cluster import PostgresCluster
-
-    cluster = PostgresCluster.start_new()
-    try:
-        yield cluster.conninfo
-    finally:
-        cluster.remove()
-
-
 HUNG_AFTER = 120.0  # seconds: a case takes well under one
 
 
@@ -511,5 +498,7 @@ if __name__ == "__main__":
             async for line in _hunt(start, count, kinds):
                 print(line, flush=True)
 
-    for conninfo in _cluster(names):
+    from pg_cluster import hunt_conninfos
+
+    for conninfo in hunt_conninfos(names):
         asyncio.run(main(conninfo))
