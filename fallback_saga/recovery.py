@@ -35,7 +35,7 @@ from .resumption import (
     resume_point,
 )
 from .saga import Saga
-from .shielding import cancelled_again
+from .shielding import cancelled_again, claimed
 from .status import SagaStatus
 from .store.base import (
     Lease,
@@ -53,6 +53,7 @@ __all__ = [
     "ResumePoint",
     "SagaHandedOff",
     "check_definition",
+    "claim_batch",
     "default_owner",
     "recover",
     "resume_point",
@@ -348,6 +349,28 @@ class RecoveryReport:
         return "\n".join(lines)
 
 
+async def claim_batch(store: RecoverableStore, **claim: Any) -> list[Lease]:
+    """``store.claim(**claim)``, given back whole if the caller is cancelled
+    while it is on its way (see ``shielding.claimed``): a claim is a write,
+    which lands whatever its caller does, and leases abandoned so would keep
+    every saga of the batch from the other workers until they ran out — the
+    sagas of a worker (or a recovery pass) stopped mid-claim, handed off to
+    nobody (S10, S15)."""
+    leases: list[Lease] = await claimed(
+        store.claim(**claim), lambda taken: _give_back(store, taken)
+    )
+    return leases
+
+
+async def _give_back(store: RecoverableStore, leases: list[Lease]) -> None:
+    for lease in leases:
+        try:
+            await store.release(lease)
+        except Exception as error:  # that one runs out on its own; the others go back
+            _log.warning("cannot give back the lease on saga %s: %s: %s",
+                         lease.saga_id, type(error).__name__, error)
+
+
 async def recover(
     store: RecoverableStore,
     sagas: SagasGiven,
@@ -396,9 +419,9 @@ async def recover(
     # An operator's pass takes the sagas workers keep out of their claims
     # too (skipped ones, until an operator acts: this is the operator acting).
     deferred = {"deferred": True} if _claims_deferred(store) else {}
-    leases = await store.claim(
-        owner=owner or default_owner(), lease_seconds=lease, older_than=older_than, limit=limit,
-        **deferred,
+    leases = await claim_batch(
+        store, owner=owner or default_owner(), lease_seconds=lease, older_than=older_than,
+        limit=limit, **deferred,
     )
     gate = asyncio.Semaphore(concurrency)
 

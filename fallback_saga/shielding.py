@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 __all__ = [
+    "CLAIM_GRACE",
     "EAGER_TASKS",
     "NO_TASK",
     "RUNS_AROUND",
@@ -218,23 +219,51 @@ async def settle(
 
 
 
+# How long a claim on its way is given to land once its caller is cancelled
+# (see claimed): a working store's claim lands in moments.
+CLAIM_GRACE = 5.0
+
+
 async def claimed(
     claim: Coroutine[Any, Any, T], release: Callable[[T], Coroutine[Any, Any, None]]
 ) -> T:
-    """What ``claim`` (a lease's claim) gives, run to its end in a task of its
-    own; should the caller be cancelled meanwhile, what it claimed is given
-    back with ``release`` before the ``CancelledError`` is raised.
+    """What ``claim`` (a lease's claim) gives, run in a task of its own;
+    should the caller be cancelled meanwhile, what it claimed is given back
+    with ``release`` before the ``CancelledError`` is raised.
 
     A durable store's claim is a write, and a write once sent lands whatever
     the task waiting for it does (the SQLite store's writer thread, a
     PostgreSQL server). Abandoned by a cancelled caller, it would hold the
     saga for nobody until the lease ran out — and the one who comes next is
     often the same run a moment later: the parent unwinding the child whose
-    resume the cancellation cut off (S8, S15)."""
-    task, cancelled = await _to_the_end(claim)
+    resume the cancellation cut off, or, after a worker stopped mid-claim,
+    the other workers (S8, S10, S15). So a cancelled caller lets the claim
+    land and gives it back — for at most ``CLAIM_GRACE`` seconds: a claim
+    still not done by then (a server out of reach) gets the cancellation
+    too, so that the caller's cancellation never waits on the network
+    (the driver aborts its query; what it claimed, if anything, runs out)."""
+    loop = asyncio.get_running_loop()
+    signal = _Signal(loop)
+    task = own_task(_signalling(claim, signal))
+    cancelled: asyncio.CancelledError | None = None
     try:
+        if not task.done():
+            try:
+                await signal.waiter  # fired by the task as its last act
+            except asyncio.CancelledError as caught:
+                if task.done() and task.cancelled():
+                    raise  # the task itself was cancelled (the loop is closing)
+                cancelled = caught
+                signal.waiter = loop.create_future()
+            if cancelled is None:
+                task, cancelled = await _waited_for(task, signal)  # ends in this step
         if cancelled is None:
             return task.result()
+        task, _ = await _waited_for(task, signal, until=loop.time() + CLAIM_GRACE)
+        if not task.done():
+            task.cancel()
+            signal.waiter = loop.create_future()
+            task, _ = await _waited_for(task, signal)
         if not task.cancelled() and task.exception() is None:
             # Its error is not the caller's to hear: the lease expires on its own.
             await settle(release(task.result()))
@@ -352,23 +381,28 @@ async def _to_the_end(
 
 
 async def _waited_for(
-    task: asyncio.Task[T], signal: _Signal
+    task: asyncio.Task[T], signal: _Signal, until: float | None = None
 ) -> tuple[asyncio.Task[T], asyncio.CancelledError | None]:
-    """Wait until ``task`` is done, whatever happens to us meanwhile (woken by
-    ``signal``); the cancellation we got while waiting (the first: it carries
-    the caller's message), if any."""
+    """Wait until ``task`` is done (or the loop's time ``until``), whatever
+    happens to us meanwhile (woken by ``signal``); the cancellation we got
+    while waiting (the first: it carries the caller's message), if any."""
     loop = asyncio.get_running_loop()
     cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            if signal.waiter.done():
-                await asyncio.sleep(0)  # fired: the task ends in its current step
-            else:
-                await signal.waiter
-        except asyncio.CancelledError as caught:
-            if task.done() and task.cancelled():
-                raise  # the task itself was cancelled (the loop is closing)
-            cancelled = cancelled or caught
-            if signal.waiter.cancelled():
-                signal.waiter = loop.create_future()
+    timer = None if until is None else loop.call_at(until, signal.fire)
+    try:
+        while not task.done() and (until is None or loop.time() < until):
+            try:
+                if signal.waiter.done():
+                    await asyncio.sleep(0)  # fired: the task ends in its current step
+                else:
+                    await signal.waiter
+            except asyncio.CancelledError as caught:
+                if task.done() and task.cancelled():
+                    raise  # the task itself was cancelled (the loop is closing)
+                cancelled = cancelled or caught
+                if signal.waiter.cancelled():
+                    signal.waiter = loop.create_future()
+    finally:
+        if timer is not None:
+            timer.cancel()
     return task, cancelled

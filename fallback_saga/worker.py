@@ -33,7 +33,7 @@ from datetime import timedelta
 
 from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
-from .recovery import ClaimedSaga, SagasGiven, default_owner, sagas_by_name
+from .recovery import ClaimedSaga, SagasGiven, claim_batch, default_owner, sagas_by_name
 from .shielding import cancellation_pending
 from .store.base import (
     RecoverableStore,
@@ -268,9 +268,9 @@ class RecoveryWorker:
         if free <= 0:
             return
         try:
-            leases = await self.store.claim(
-                owner=self.owner, lease_seconds=self.lease, older_than=self.older_than,
-                limit=free,
+            leases = await claim_batch(  # given back if we are cancelled meanwhile
+                self.store, owner=self.owner, lease_seconds=self.lease,
+                older_than=self.older_than, limit=free,
             )
         except Exception as error:  # the store is down: try again at the next poll
             if cancellation_pending():

@@ -1,4 +1,4 @@
-"""S8/S13/S15: a lease claimed for a caller that was cancelled meanwhile.
+"""S8/S10/S13/S15: a lease claimed for a caller that was cancelled meanwhile.
 
 A durable store's claim is a write: once sent it lands, whatever happens
 to the task that waits for it (the SQLite store's writer thread, a
@@ -23,6 +23,7 @@ from journal_faults import FAST_JOURNAL_RETRY, FaultySubmittingStore
 
 from fallback_saga import (
     Parallel,
+    RecoveryWorker,
     RetryPolicy,
     Saga,
     SagaContext,
@@ -31,6 +32,7 @@ from fallback_saga import (
     SagaStatus,
     SQLiteSagaStore,
     SubSaga,
+    recover,
 )
 
 
@@ -49,6 +51,20 @@ class GatedClaims(FaultySubmittingStore):
         self.gated: str | None = None
         self.claiming = asyncio.Event()
         self.gate = asyncio.Event()
+
+    async def claim(self, **kwargs: Any) -> Any:
+        """A batch claim (recovery's, a worker's), gated the same way when
+        ``gated`` is ``"*"``."""
+        if self.gated != "*":
+            return await self.inner.claim(**kwargs)
+        self.gated = None
+
+        async def sent() -> Any:
+            await self.gate.wait()
+            return await self.inner.claim(**kwargs)
+
+        self.claiming.set()
+        return await asyncio.shield(asyncio.ensure_future(sent()))
 
     async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
         if saga_id != self.gated:
@@ -196,5 +212,126 @@ async def test_S8_S15_a_members_child_cancelled_while_its_resume_claims_it_is_un
         # K1's call the crash cut off is answered for: compensated, once
         assert ledger.count(("compensate", "K1")) == 1, ledger
         assert ("act", "K2") not in ledger, ledger
+    finally:
+        await inner.close()
+
+
+async def interrupted_order(store: FaultySubmittingStore, ran: list[str]) -> type[Saga[Ctx]]:
+    """A saga ``o`` left RUNNING by a run that died as its first step
+    returned; its saga class (``ran``: the calls of its steps)."""
+
+    class First:
+        async def act(self, ctx: Ctx) -> None:
+            ran.append("First")
+            store.down = len(ran) == 1  # the process dies as the first call returns
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ran.append("undo First")
+
+    class Second:
+        async def act(self, ctx: Ctx) -> None:
+            ran.append("Second")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ran.append("undo Second")
+
+    class Order(Saga[Ctx]):
+        steps: ClassVar[list[Any]] = [First, Second]
+
+    with pytest.raises(SagaInterrupted):
+        await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).run(Ctx("o"), saga_id="o")
+    store.heal()
+    return Order
+
+
+@pytest.mark.parametrize("who", ["recover", "worker"])
+async def test_S10_S15_a_recovery_cancelled_while_its_batch_claim_is_in_flight_leaves_no_lease(
+    who: str,
+) -> None:
+    """A recovery pass (``recover()``) or a worker's claim loop cancelled
+    while its claim of a batch is on its way (a service shutting down
+    cancels every task it has): the claim lands, and each lease it took is
+    given back before the ``CancelledError`` goes on. Left behind, they
+    would keep every saga of the batch from the other workers until the
+    lease ran out (300 s by default) — the sagas of a worker stopped
+    mid-claim, handed off to nobody."""
+    clock = [1_000_000.0]
+    inner = SQLiteSagaStore(":memory:", clock=lambda: clock[0])
+    try:
+        store = GatedClaims(inner)
+        ran: list[str] = []
+        order = await interrupted_order(store, ran)
+        clock[0] += 3600.0  # the dead run's lease ran out
+        store.gated = "*"
+        if who == "recover":
+            recovering = asyncio.create_task(recover(store, [order], older_than=0))
+        else:
+            worker = RecoveryWorker(store, [order], older_than=0, poll=3600, listen=False)
+            recovering = asyncio.create_task(worker.run())
+        await store.claiming.wait()
+        recovering.cancel()
+        store.gate.set()  # the claim lands, after its caller was cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await recovering
+        assert ran == ["First"]  # nothing ran again
+        assert await leased_by_nobody(inner, "o")
+        # ... so the next pass resumes it at once
+        report = await recover(store, [order], older_than=0)
+        assert report.resumed == ["o"], str(report)
+        assert ran == ["First", "First", "Second"]
+    finally:
+        await inner.close()
+
+
+class StuckClaims(FaultySubmittingStore):
+    """A store whose claims never answer until cancelled (a server out of
+    reach); its driver then raises an error of its own, as psycopg does."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.claiming = asyncio.Event()
+
+    async def stuck(self) -> Any:
+        self.claiming.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            raise OSError("the connection was lost") from None
+
+    async def claim(self, **kwargs: Any) -> Any:
+        return await self.stuck()
+
+    async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
+        return await self.stuck()
+
+
+@pytest.mark.parametrize("who", ["resume", "recover"])
+async def test_S8_a_claim_that_never_lands_gets_its_callers_cancellation_after_the_grace(
+    who: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim on its way is let land once its caller is cancelled — but not
+    for ever: one still waiting after ``CLAIM_GRACE`` (a server out of
+    reach) gets the cancellation, so a service's shutdown never waits on
+    the network. (No grace here: the claim never lands.)"""
+    import fallback_saga.shielding
+
+    monkeypatch.setattr(fallback_saga.shielding, "CLAIM_GRACE", 0.0)
+    clock = [1_000_000.0]
+    inner = SQLiteSagaStore(":memory:", clock=lambda: clock[0])
+    try:
+        ran: list[str] = []
+        order = await interrupted_order(FaultySubmittingStore(inner), ran)
+        clock[0] += 3600.0  # the dead run's lease ran out
+        store = StuckClaims(inner)
+        if who == "resume":
+            waiting = asyncio.create_task(order(store=store).resume("o"))
+        else:
+            waiting = asyncio.create_task(recover(store, [order], older_than=0))
+        await store.claiming.wait()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(10):  # a bound, not a wait: it fails the test
+                await waiting
+        assert ran == ["First"]
     finally:
         await inner.close()

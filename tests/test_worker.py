@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+import fallback_saga.shielding
 from fallback_saga import (
     JournalEntry,
     Lease,
@@ -1158,13 +1159,15 @@ class _DriverSwallowsCancellation(SQLiteSagaStore):
 
 @pytest.mark.parametrize("where", ["claim", "claim answered", "listen", "listen answered"])
 async def test_S8_a_worker_cancelled_in_a_call_whose_driver_swallows_it_stops(
-    tmp_path: Path, where: str
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The task running ``worker.run()`` is cancelled (the loop's end cancels
     every task left) while the worker waits on its store, whose driver turns
     the cancellation into an error: the worker still stops. It took the error
     for a store outage and polled on for ever, and ``asyncio.run`` never
-    returned."""
+    returned. (A claim on its way is given ``CLAIM_GRACE`` to land before
+    the cancellation reaches it: none here, this one never lands.)"""
+    monkeypatch.setattr(fallback_saga.shielding, "CLAIM_GRACE", 0.0)
     store = _DriverSwallowsCancellation(tmp_path / "w.db")
     store.answers = where.endswith("answered")
     if where.startswith("listen"):
