@@ -90,6 +90,34 @@ async def leased_by_nobody(store: Any, saga_id: str) -> bool:
     return True
 
 
+async def interrupted_order(store: FaultySubmittingStore, ran: list[str]) -> type[Saga[Ctx]]:
+    """A saga ``o`` left RUNNING by a run that died as its first step
+    returned; its saga class (``ran``: the calls of its steps)."""
+
+    class First:
+        async def act(self, ctx: Ctx) -> None:
+            ran.append("First")
+            store.down = len(ran) == 1  # the process dies as the first call returns
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ran.append("undo First")
+
+    class Second:
+        async def act(self, ctx: Ctx) -> None:
+            ran.append("Second")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ran.append("undo Second")
+
+    class Order(Saga[Ctx]):
+        steps: ClassVar[list[Any]] = [First, Second]
+
+    with pytest.raises(SagaInterrupted):
+        await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).run(Ctx("o"), saga_id="o")
+    store.heal()
+    return Order
+
+
 async def test_S8_S13_a_resume_cancelled_while_its_claim_is_in_flight_leaves_no_lease() -> None:
     clock = [1_000_000.0]
     inner = SQLiteSagaStore(":memory:", clock=lambda: clock[0])
@@ -97,29 +125,7 @@ async def test_S8_S13_a_resume_cancelled_while_its_claim_is_in_flight_leaves_no_
         store = GatedClaims(inner)
         ran: list[str] = []
 
-        class First:
-            async def act(self, ctx: Ctx) -> None:
-                ran.append("First")
-                store.down = len(ran) == 1  # the process dies as the first call returns
-
-            async def compensate(self, ctx: Ctx) -> None:
-                ran.append("undo First")
-
-        class Second:
-            async def act(self, ctx: Ctx) -> None:
-                ran.append("Second")
-
-            async def compensate(self, ctx: Ctx) -> None:
-                ran.append("undo Second")
-
-        class Order(Saga[Ctx]):
-            steps: ClassVar[list[Any]] = [First, Second]
-
-        with pytest.raises(SagaInterrupted):
-            await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).run(
-                Ctx("o"), saga_id="o"
-            )
-        store.heal()
+        Order = await interrupted_order(store, ran)
         clock[0] += 3600.0  # the dead run's lease ran out
         store.gated = "o"
         resuming = asyncio.create_task(Order(store=store).resume("o"))
@@ -214,34 +220,6 @@ async def test_S8_S15_a_members_child_cancelled_while_its_resume_claims_it_is_un
         assert ("act", "K2") not in ledger, ledger
     finally:
         await inner.close()
-
-
-async def interrupted_order(store: FaultySubmittingStore, ran: list[str]) -> type[Saga[Ctx]]:
-    """A saga ``o`` left RUNNING by a run that died as its first step
-    returned; its saga class (``ran``: the calls of its steps)."""
-
-    class First:
-        async def act(self, ctx: Ctx) -> None:
-            ran.append("First")
-            store.down = len(ran) == 1  # the process dies as the first call returns
-
-        async def compensate(self, ctx: Ctx) -> None:
-            ran.append("undo First")
-
-    class Second:
-        async def act(self, ctx: Ctx) -> None:
-            ran.append("Second")
-
-        async def compensate(self, ctx: Ctx) -> None:
-            ran.append("undo Second")
-
-    class Order(Saga[Ctx]):
-        steps: ClassVar[list[Any]] = [First, Second]
-
-    with pytest.raises(SagaInterrupted):
-        await Order(store=store, journal_retry=FAST_JOURNAL_RETRY).run(Ctx("o"), saga_id="o")
-    store.heal()
-    return Order
 
 
 @pytest.mark.parametrize("who", ["recover", "worker"])
