@@ -89,7 +89,8 @@ class SagaStoreError(SagaError):
 
     ``nothing_written``: the store knows that the write it failed wrote
     nothing (the database refused it before it could commit: a file locked
-    by another process, a full disk, a file it could not open). A run
+    by another process, a full disk, a file it could not open; PostgreSQL
+    answered it with an error, and rolled it back). A run
     stopped by such an error is not in doubt about it (``SagaInterrupted``).
     A store of your own sets it only where that is certain."""
 

@@ -1322,14 +1322,29 @@ async def test_a_pool_that_times_out_fails_the_write_never_cancels_the_saga(
         await pool.close()
 
 
+class _Answered:
+    """A server's answer, as psycopg's errors carry it (``diag``)."""
+
+    def __init__(self, severity: str) -> None:
+        self.severity_nonlocalized = severity
+
+
+def _answered(cls: type[Exception], message: str, severity: str = "ERROR") -> Exception:
+    """``cls``'s error as the server reports it: with its severity."""
+    answered = type(cls.__name__, (cls,), {"diag": _Answered(severity)})
+    return answered(message)
+
+
 @pytest.mark.parametrize(
     ("error", "in_doubt"),
     [
-        (psycopg.errors.UntranslatableCharacter("nul"), False),  # refused: rolled back
-        (psycopg.errors.SerializationFailure("retry"), False),
-        (psycopg.errors.ConnectionFailure("lost"), True),  # 08006
-        (psycopg.errors.AdminShutdown("shutdown"), True),  # 57P01
+        (_answered(psycopg.errors.UntranslatableCharacter, "nul"), False),  # rolled back
+        (_answered(psycopg.errors.SerializationFailure, "retry"), False),
+        (_answered(psycopg.errors.ConnectionFailure, "lost", "FATAL"), True),  # 08006
+        (_answered(psycopg.errors.AdminShutdown, "shutdown", "FATAL"), True),  # 57P01
         (psycopg.OperationalError("no sqlstate: the client lost the connection"), True),
+        # A SQLSTATE without the server's severity: not the server's answer.
+        (psycopg.errors.SerializationFailure("made by the client"), True),
     ],
 )
 def test_a_group_is_retried_alone_only_when_its_commit_is_certainly_undone(

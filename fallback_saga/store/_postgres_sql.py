@@ -496,9 +496,17 @@ def _listed_summary(row: Sequence[Any]) -> SagaSummary:
 
 _SYNCHRONOUS_COMMIT: Final = frozenset({"on", "off", "local", "remote_write", "remote_apply"})
 
-# SQLSTATE classes after which a grouped commit may or may not have happened:
-# connection exceptions and operator intervention (the server shut down).
-_COMMIT_UNKNOWN: Final = ("08", "57P")
+# SQLSTATE classes after which a transaction may or may not have committed:
+# connection exceptions (08) and operator intervention that ends the session
+# (57P: a shutdown, a terminated backend). Class 57's other code, 57014
+# (query_canceled: statement_timeout, a cancel request), is a refusal. Kept
+# in doubt too, though no known path reports them after a commit: system
+# errors (58: I/O) and internal errors (XX).
+_COMMIT_UNKNOWN: Final = ("08", "57P", "58", "XX")
+# An error the server reports at these severities ends the session, and a
+# FATAL or PANIC may come after the commit record was written (PostgreSQL
+# turns an error after it into a PANIC): in doubt, whatever its SQLSTATE.
+_SESSION_ENDING: Final = frozenset({"FATAL", "PANIC"})
 
 _Write = tuple[str, str, list[Any]]  # doing, statement, parameters
 
@@ -528,8 +536,20 @@ def _group_json(number: int, is_create: bool, params: list[Any]) -> str:
 
 
 def _commit_in_doubt(error: BaseException) -> bool:
-    """Whether a failed transaction may have been committed all the same: yes
-    unless the server reported an error (it then rolled the transaction
-    back), other than a lost connection or a shutdown."""
+    """Whether a failed write may have been committed all the same; if not,
+    the server rolled it back and nothing of it was written.
+
+    Not in doubt only when the server itself answered the write — its
+    statement, or the COMMIT that ended its transaction — with an ERROR: a
+    transaction that meets an ERROR is rolled back whole, the COMMIT's own
+    included (a deferred constraint or a serialization failure found at
+    commit), and an error after the commit record is written is a PANIC,
+    not an ERROR. Everything else is in doubt: no SQLSTATE (the driver lost
+    the connection, perhaps with the COMMIT sent and its answer on the way;
+    a pool that gave no connection, which says no more), a lost connection
+    or a shutdown (``_COMMIT_UNKNOWN``), a session ended (``_SESSION_ENDING``)."""
     sqlstate = getattr(error, "sqlstate", None)
-    return not sqlstate or str(sqlstate).startswith(_COMMIT_UNKNOWN)
+    if not sqlstate or str(sqlstate).startswith(_COMMIT_UNKNOWN):
+        return True
+    severity = getattr(getattr(error, "diag", None), "severity_nonlocalized", None)
+    return severity is None or str(severity).upper() in _SESSION_ENDING

@@ -34,8 +34,10 @@ transaction. With many sagas in flight, far fewer commits and statements;
 with one, nothing changes. Each write still returns only once its
 transaction has committed. If the server refuses the group (one bad write),
 it was rolled back and each write is retried alone, so only the bad one
-fails; if the connection is lost, the commit is in doubt and every write of
-the group fails, none retried. ``store.stats`` counts writes and commits.
+fails (saying that nothing of it was written: ``nothing_written``, as
+does any write the server answered with an error); if the connection is
+lost, the commit is in doubt and every write of the group fails, none
+retried. ``store.stats`` counts writes and commits.
 
 Leases. ``claim`` is one short transaction: ``SELECT ... FOR UPDATE SKIP
 LOCKED`` on the sagas table alone (no join, no subquery: under READ COMMITTED
@@ -220,6 +222,12 @@ _SERVER_GAVE_UP: Final = frozenset({"57014", "55P03"})
 
 def _server_gave_up(error: SagaStoreError) -> bool:
     return getattr(error.__cause__, "sqlstate", None) in _SERVER_GAVE_UP
+
+
+# What a write's error says when nothing of it was written
+# (``SagaStoreError.nothing_written``).
+_REFUSED: Final = "refused by the server, which rolled it back: nothing of it was written"
+_NOT_SENT: Final = "never sent: nothing of it was written"
 
 
 _CLOSER: Final = "fallback_saga-pool-closer"
@@ -730,12 +738,17 @@ class PostgresSagaStore:
         except self._errors as error:  # the next check may do better
             _log.debug("cannot read the table sizes: %s", error)
 
-    def _wrap(self, error: BaseException, doing: str) -> SagaStoreError:
+    def _wrap(self, error: BaseException, doing: str, not_written: str = "") -> SagaStoreError:
+        """The store's error for the driver's ``error``. ``not_written``: why
+        the write that failed certainly wrote nothing (``_REFUSED``,
+        ``_NOT_SENT``), said in the message and by ``nothing_written``."""
         hint = ""
         if getattr(error, "sqlstate", None) in _PREPARED_LOST:
             hint = _PREPARED_HINT
         shown = scrub(f"{type(error).__name__}: {error}", self._secrets)
-        wrapped = SagaStoreError(f"{doing}: {shown}".rstrip() + hint)
+        text = f"{doing}: {shown}".rstrip() + hint
+        wrapped = SagaStoreError(f"{text} ({not_written})" if not_written else text)
+        wrapped.nothing_written = bool(not_written)
         wrapped.__cause__ = self._shown_cause(error)
         wrapped.__suppress_context__ = True
         return wrapped
@@ -748,10 +761,15 @@ class PostgresSagaStore:
         return None if any(secret in text for secret in self._secrets) else error
 
     async def _fetch(
-        self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one"
+        self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one",
+        write: bool = False,
     ) -> Any:
         """Run one statement on a pooled connection; its first row (``rows="one"``),
-        all rows (``"all"``) or nothing (``"none"``)."""
+        all rows (``"all"``) or nothing (``"none"``). ``write``: the statement
+        writes, and an error the server answered it with (it rolled it back)
+        says that nothing was written (``_explain``). Never for a read: the
+        executor takes a read's error for no answer about an earlier write
+        in doubt, and must not take it for "that write did not land"."""
         self._on_its_loop()
         if not self._ready:
             await self.open()
@@ -779,16 +797,27 @@ class PostgresSagaStore:
                 # transaction is rolled back or replaced by the pool.
                 await pool.putconn(conn)
         except self._errors as error:
-            raise await self._explain(error, doing) from self._shown_cause(error)
+            raise await self._explain(error, doing, write=write) from self._shown_cause(error)
         except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
-            raise self._wrap(error, doing) from self._shown_cause(error)
+            raise self._wrap(
+                error, doing, _NOT_SENT if write else ""
+            ) from self._shown_cause(error)
 
-    async def _explain(self, error: BaseException, doing: str) -> SagaStoreError:
+    async def _explain(
+        self, error: BaseException, doing: str, *, write: bool = False
+    ) -> SagaStoreError:
         """``_wrap``, unless a newer fallback_saga migrated the schema while
         this store was open (the version is checked at open; a rolling deploy
         migrates later): a statement that failed on a table, column, type or
         function then says so, naming both versions, rather than giving the
-        SQL error. Read only after such a failure: the hot path pays nothing."""
+        SQL error. Read only after such a failure: the hot path pays nothing.
+
+        ``write``: ``error`` ended a write's transaction, which the server
+        certainly rolled back if it answered with an error of its own
+        (``_commit_in_doubt``): the error then says that nothing was
+        written. A lost connection, a shutdown, or no connection at all
+        stays in doubt: the COMMIT may have been sent, and committed."""
+        not_written = _REFUSED if write and not _commit_in_doubt(error) else ""
         sqlstate = getattr(error, "sqlstate", None) or ""
         pool = self._pool
         if pool is not None and (sqlstate.startswith("42") or sqlstate == "23502"):
@@ -799,22 +828,24 @@ class PostgresSagaStore:
                 finally:
                     await pool.putconn(conn)
             except SagaStoreError as newer:
+                also = f"; {not_written}" if not_written else ""
                 explained = SagaStoreError(
                     f"{doing}: {newer} (a newer release migrated it while this store had it "
-                    f"open; upgrade every process that opens it)"
+                    f"open; upgrade every process that opens it{also})"
                 )
+                explained.nothing_written = bool(not_written)
                 explained.__cause__ = self._shown_cause(error)
                 return explained
             except self._errors:
                 pass  # the original error says enough
-        return self._wrap(error, doing)
+        return self._wrap(error, doing, not_written)
 
     # The journal's writes (create/append), made by the group commit's tasks:
     # each ends with None (made) or the error to raise for it.
 
     async def _write_one(self, write: _Write) -> None:
         doing, statement, params = write
-        if await self._fetch(doing, statement, params) is None:
+        if await self._fetch(doing, statement, params, write=True) is None:
             raise await self._refusal(write)
 
     async def _refusal(self, write: _Write) -> Exception:
@@ -1151,7 +1182,10 @@ class PostgresSagaStore:
             finally:
                 await pool.putconn(conn)
         except self._errors as error:
-            raise await self._explain(error, "cannot claim sagas") from self._shown_cause(error)
+            # Rolled back whole if the server answered with an error: no lease taken.
+            raise await self._explain(
+                error, "cannot claim sagas", write=True
+            ) from self._shown_cause(error)
         # Oldest first, as selected (RETURNING has no order).
         return [
             Lease(saga_id, owner, taken[saga_id][0], taken[saga_id][1])
@@ -1186,7 +1220,8 @@ class PostgresSagaStore:
         owner = check_owner(owner)
         seconds = finite_seconds("lease_seconds", lease_seconds)
         doing = f"cannot lease saga {short_repr(saga_id)}"
-        row = await self._fetch(doing, self._sql.take_lease, (owner, seconds, saga_id))
+        row = await self._fetch(doing, self._sql.take_lease, (owner, seconds, saga_id),
+                                write=True)
         if row is not None:
             return Lease(saga_id, owner, row[0], row[1])
         holder = await self._fetch(doing, self._sql.lease_of, (saga_id,))
@@ -1202,7 +1237,8 @@ class PostgresSagaStore:
         seconds = finite_seconds("lease_seconds", lease_seconds)
         doing = f"cannot renew the lease on saga {short_repr(lease.saga_id)}"
         row = await self._fetch(
-            doing, self._sql.renew, (seconds, lease.owner, lease.saga_id, lease.token)
+            doing, self._sql.renew, (seconds, lease.owner, lease.saga_id, lease.token),
+            write=True,
         )
         if row is not None:
             return Lease(lease.saga_id, lease.owner, lease.token, row[0])
@@ -1218,6 +1254,7 @@ class PostgresSagaStore:
             self._sql.release,
             (lease.saga_id, lease.token),
             rows="none",
+            write=True,
         )
 
     async def defer(self, lease: Lease, seconds: float) -> None:
@@ -1230,6 +1267,7 @@ class PostgresSagaStore:
             self._sql.defer,
             (finite_seconds("seconds", seconds), lease.saga_id, lease.token),
             rows="none",
+            write=True,
         )
 
     # ------------------------------------------------------------------ WorkNotifier
@@ -1242,6 +1280,7 @@ class PostgresSagaStore:
             self._sql.hand_off,
             (lease.saga_id, lease.token, self._names.channel),
             rows="none",
+            write=True,
         )
 
     @property
@@ -1337,7 +1376,8 @@ class PostgresSagaStore:
             started = loop.time()
             try:
                 gone, read, last, again = await self._fetch(
-                    doing, self._sql.purge, (after, chosen, cutoff, limit, chosen, cutoff)
+                    doing, self._sql.purge, (after, chosen, cutoff, limit, chosen, cutoff),
+                    write=True,
                 )
             except SagaStoreError as error:
                 if cancellation_pending():
@@ -1348,6 +1388,13 @@ class PostgresSagaStore:
                 if limit > 1 and _server_gave_up(error):
                     limit //= 2  # this batch was rolled back: again, smaller
                     continue
+                if total and error.nothing_written:
+                    # This batch wrote nothing, but the purge did: the
+                    # batches before it deleted sagas, and stay committed.
+                    raise SagaStoreError(
+                        f"{error}; the purge's earlier batches deleted {total} saga(s), "
+                        f"which stay deleted"
+                    ) from error.__cause__
                 raise
             if cancellation_pending():
                 # Cancelled while a batch ran, and the driver (or the pool,

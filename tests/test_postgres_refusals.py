@@ -1,0 +1,531 @@
+"""PostgreSQL refusing a write, against a real, throwaway server: a write the
+server answered with an error was rolled back, so the store says that
+nothing of it was written (``SagaStoreError.nothing_written``); a write whose
+connection was lost stays in doubt.
+
+Faults injected, each for real: a trigger that raises on the journal's
+tables, a CHECK constraint, a deferred constraint trigger that refuses at
+COMMIT, another session's row lock held past the store's ``lock_timeout``
+or ``statement_timeout``, a database made read-only
+(``default_transaction_read_only``), and ``pg_terminate_backend`` on the
+store's connection while its write waits at the server.
+
+What is promised (S13): a run stopped by a write the server refused is not
+in doubt (``SagaInterrupted.in_doubt`` false), and its journal holds what
+the caller was told; a creation refused says it was not written, and may be
+run again; a lost connection is still in doubt. Each time ``recover()`` (or
+a second run) finishes the saga, every step applied once — checked with a
+participant ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest_pg import require_driver
+from helpers_ledger import Ctx, ledger_saga
+
+from fallback_saga import RetryPolicy, SagaInterrupted, SagaStatus
+from fallback_saga.errors import SagaStoreError
+from fallback_saga.recovery import recover
+from fallback_saga.testing import entry
+
+pytest_plugins = ["conftest_pg"]
+
+require_driver()  # skips this module without psycopg (fails under CI)
+
+import psycopg  # noqa: E402
+import psycopg_pool  # noqa: E402
+from pg_cluster import PostgresCluster  # noqa: E402
+
+from fallback_saga.store import postgres as pg_store  # noqa: E402
+from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
+
+# Two tries: the second is made without reading the journal back first only
+# if the first said that it wrote nothing.
+TWO_TRIES = RetryPolicy(attempts=2, delay=0, jitter=0)
+ONE_TRY = RetryPolicy(attempts=1, delay=0, jitter=0)
+
+Ledger = list[tuple[str, str]]
+
+
+def with_options(conninfo: str, **settings: str) -> str:
+    """``conninfo`` whose sessions start with these server settings."""
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return f"{conninfo} options='{options}'"
+
+
+class Admin:
+    """An autocommit session of the test's own, in the test's schema."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def run(self, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        cursor = await self.conn.execute(statement, params)
+        return await cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture
+async def admin(pg_conninfo: str, pg_schema: str) -> AsyncIterator[Admin]:
+    conn = await psycopg.AsyncConnection.connect(pg_conninfo, autocommit=True)
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{pg_schema}"')
+    await conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+    try:
+        yield Admin(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def locker(pg_conninfo: str, pg_schema: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """Another session (not autocommit): what it locks it holds until the
+    test ends its transaction."""
+    conn = await psycopg.AsyncConnection.connect(pg_conninfo)
+    await conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+    await conn.commit()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def open_store(
+    kind: str, conninfo: str, schema: str, pools: list[psycopg_pool.AsyncConnectionPool[Any]]
+) -> PostgresSagaStore:
+    """The store with its own pool (autocommit: a write is one statement,
+    committed by the server as it ends), or with a given pool of ordinary
+    connections (each write in a transaction the store COMMITs)."""
+    if kind == "own":
+        store = PostgresSagaStore(conninfo, schema=schema)
+    else:
+        pool = psycopg_pool.AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
+        await pool.open(wait=True)
+        pools.append(pool)
+        store = PostgresSagaStore(pool, schema=schema)
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[list[psycopg_pool.AsyncConnectionPool[Any]]]:
+    made: list[psycopg_pool.AsyncConnectionPool[Any]] = []
+    yield made
+    for pool in made:
+        await pool.close()
+
+
+def history(record: Any) -> list[tuple[str, str, str]]:
+    return [(e.step, e.action, e.status.value) for e in record.history]
+
+
+# ------------------------------------------------------------------ refusals
+
+
+# Each refusal: the store's session settings, and how S1's hook installs it
+# and the test takes it away. It refuses S1's COMPLETED row (the write that
+# follows S1's act), and nothing else.
+_REFUSE_S1_COMPLETED = (
+    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " IF NEW.step = 'S1' AND NEW.status = 'completed' THEN"
+    " RAISE EXCEPTION 'the journal refuses this row'; END IF; RETURN NEW; END $$"
+)
+
+
+async def install(
+    refusal: str, admin: Admin, locker: psycopg.AsyncConnection[Any], saga_id: str
+) -> Callable[[], Awaitable[None]]:
+    """Install ``refusal``; returns what takes it away."""
+    if refusal == "trigger":
+        await admin.run(_REFUSE_S1_COMPLETED)
+        await admin.run("CREATE TRIGGER refuse BEFORE INSERT ON fallback_saga_steps"
+                        " FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+        async def remove() -> None:
+            await admin.run("DROP TRIGGER refuse ON fallback_saga_steps")
+    elif refusal == "check":
+        await admin.run("ALTER TABLE fallback_saga_steps ADD CONSTRAINT refuse"
+                        " CHECK (NOT (step = 'S1' AND status = 'completed')) NOT VALID")
+
+        async def remove() -> None:
+            await admin.run("ALTER TABLE fallback_saga_steps DROP CONSTRAINT refuse")
+    elif refusal == "deferred":
+        # Checked at COMMIT: the server answers the COMMIT itself with the error.
+        await admin.run(_REFUSE_S1_COMPLETED)
+        await admin.run("CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON fallback_saga_steps"
+                        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+        async def remove() -> None:
+            await admin.run("DROP TRIGGER refuse ON fallback_saga_steps")
+    else:  # lock_timeout, statement_timeout: the saga's row, locked by another session
+        await locker.execute(
+            "SELECT 1 FROM fallback_saga_sagas WHERE saga_id = %s FOR UPDATE", (saga_id,)
+        )
+
+        async def remove() -> None:
+            await locker.rollback()
+    return remove
+
+
+# The timeouts (ms) leave every other statement of the run far more time
+# than it takes on a loaded machine: only the locked row's wait meets them.
+REFUSALS = {
+    "trigger": {},
+    "check": {},
+    "deferred": {},
+    "lock_timeout": {"lock_timeout": "200"},
+    "statement_timeout": {"statement_timeout": "1500"},
+}
+SQLSTATES = {
+    "trigger": "P0001", "check": "23514", "deferred": "P0001",
+    "lock_timeout": "55P03", "statement_timeout": "57014",
+}
+
+
+@pytest.mark.parametrize("kind", ["own", "transactional"])
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+async def test_S13_a_journal_write_the_server_refuses_stops_the_run_not_in_doubt(
+    pg_conninfo: str, pg_schema: str, admin: Admin, locker: psycopg.AsyncConnection[Any],
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]], refusal: str, kind: str,
+) -> None:
+    """The server refuses the write after S1's act (its statement, or its
+    COMMIT: a deferred constraint), on both tries: the run stops with
+    ``SagaInterrupted``, **not in doubt** (the server rolled the write
+    back), and the error says that nothing of it was written. The journal
+    holds what the caller was told; once the refusal is gone ``recover()``
+    finishes the saga, S0 and S2 applied once."""
+    ledger: Ledger = []
+    removals: list[Callable[[], Awaitable[None]]] = []
+
+    async def refuse_from_now_on(ctx: Ctx) -> None:
+        if not removals:  # once: not again when recovery runs S1 again
+            removals.append(await install(refusal, admin, locker, "s-1"))
+
+    saga_class = ledger_saga(ledger, S1=refuse_from_now_on)
+    conninfo = with_options(pg_conninfo, **REFUSALS[refusal]) if REFUSALS[refusal] else pg_conninfo
+    store = await open_store(kind, conninfo, pg_schema, pools)
+    try:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES)
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        interrupted = stopped.value
+        assert interrupted.status is SagaStatus.RUNNING
+        assert interrupted.in_doubt is False, interrupted
+        assert isinstance(interrupted.error, SagaStoreError)
+        assert interrupted.error.nothing_written is True
+        assert "nothing of it was written" in str(interrupted.error), interrupted.error
+        assert getattr(interrupted.error.__cause__, "sqlstate", None) == SQLSTATES[refusal]
+        # The journal holds what the caller was told, S1's act included.
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.RUNNING
+        assert history(record) == [
+            ("S0", "act", "started"), ("S0", "act", "completed"), ("S1", "act", "started"),
+        ]
+        assert ledger == [("s-1", "S0"), ("s-1", "S1")]
+
+        await removals[0]()
+        report = await recover(store, [saga_class], older_than=0)
+        assert report.resumed == ["s-1"], report
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        # S1's act ran again (its COMPLETED row never landed), S0 and S2 once.
+        assert sorted(set(ledger)) == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
+        assert ledger.count(("s-1", "S0")) == 1
+        assert ledger.count(("s-1", "S2")) == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["own", "transactional"])
+async def test_S13_a_creation_the_server_refuses_was_not_written_and_may_run_again(
+    pg_conninfo: str, pg_schema: str, admin: Admin,
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]], kind: str,
+) -> None:
+    """A trigger refuses the saga's row: the run stops before any step,
+    saying that its creation was not written (``status`` None, not in
+    doubt: no "if the write landed unseen"). Nothing of it is in the store;
+    run again under the same id once the trigger is gone, it completes."""
+    ledger: Ledger = []
+    saga_class = ledger_saga(ledger)
+    store = await open_store(kind, pg_conninfo, pg_schema, pools)
+    try:
+        await admin.run(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'no new sagas'; END $$")
+        await admin.run("CREATE TRIGGER refuse BEFORE INSERT ON fallback_saga_sagas"
+                        " FOR EACH ROW EXECUTE FUNCTION refuse()")
+        saga = saga_class(store=store, journal_retry=TWO_TRIES)
+        with pytest.raises(SagaInterrupted) as refused:
+            await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        assert refused.value.status is None
+        assert refused.value.in_doubt is False, refused.value
+        assert "its creation was not written" in str(refused.value), refused.value
+        assert ledger == []
+        assert await admin.run("SELECT count(*) FROM fallback_saga_sagas") == [(0,)]
+
+        await admin.run("DROP TRIGGER refuse ON fallback_saga_sagas")
+        await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert ledger == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
+    finally:
+        await store.close()
+
+
+async def _blocked_backend(admin: Admin, pid_of_admin: int) -> int:
+    """The pid of the session that waits for a lock the locker holds (the
+    store's write), once there is one."""
+    while True:
+        rows = await admin.run(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND pid <> %s", (pid_of_admin,))
+        if rows:
+            return int(rows[0][0])
+        await asyncio.sleep(0.01)  # polls the server's state; bounded by the test's timeout
+
+
+async def test_S13_a_write_whose_connection_is_lost_stays_in_doubt(
+    pg_conninfo: str, pg_schema: str, admin: Admin, locker: psycopg.AsyncConnection[Any],
+) -> None:
+    """The line must not be overdrawn: the write after S1's act waits at the
+    server for another session's row lock, and its backend is terminated
+    (``pg_terminate_backend``: FATAL, 57P01). The server said nothing of the
+    write itself, so the run stops **in doubt**; the write did not land, and
+    ``recover()`` finishes the saga, S0 and S2 once."""
+    ledger: Ledger = []
+    taken: list[bool] = []
+
+    async def lock_the_row(ctx: Ctx) -> None:
+        if not taken:
+            taken.append(True)
+            await locker.execute(
+                "SELECT 1 FROM fallback_saga_sagas WHERE saga_id = 's-1' FOR UPDATE")
+
+    saga_class = ledger_saga(ledger, S1=lock_the_row)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        saga = saga_class(store=store, journal_retry=ONE_TRY, journal_timeout=None)
+        run = asyncio.create_task(saga.run(Ctx(order_id="1"), saga_id="s-1"))
+        pid = await asyncio.wait_for(
+            _blocked_backend(admin, admin.conn.info.backend_pid), timeout=30)
+        assert await admin.run("SELECT pg_terminate_backend(%s, 10000)", (pid,)) == [(True,)]
+        with pytest.raises(SagaInterrupted) as stopped:
+            await asyncio.wait_for(run, timeout=30)
+        interrupted = stopped.value
+        assert interrupted.in_doubt is True, interrupted
+        assert interrupted.status is SagaStatus.RUNNING
+        assert getattr(interrupted.error, "nothing_written", False) is False
+        assert "nothing of it was written" not in str(interrupted.error)
+        assert ledger == [("s-1", "S0"), ("s-1", "S1")]
+
+        await locker.rollback()
+        report = await recover(store, [saga_class], older_than=0)
+        assert report.resumed == ["s-1"], report
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert ledger.count(("s-1", "S0")) == 1
+        assert ledger.count(("s-1", "S2")) == 1
+
+
+# ------------------------------------------------------------------ group commit
+
+
+@pytest.mark.parametrize("refusal", ["trigger", "deferred"])
+@pytest.mark.parametrize("pipelined", [False, True])
+async def test_S13_a_refused_write_of_a_group_is_retried_alone_and_says_nothing_was_written(
+    pg_conninfo: str, pg_schema: str, admin: Admin, refusal: str, pipelined: bool
+) -> None:
+    """Writes submitted together go as one group (one statement; or, with a
+    saga twice in it, a pipelined transaction). One of them the server
+    refuses (at its statement, or at COMMIT): the group is rolled back, each
+    write retried alone, and only the culprit fails — saying that nothing of
+    it was written. The others land."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        ids = [f"g-{n}" for n in range(5)]
+        for saga_id in ids:
+            await store.create(saga_id, "G", "fp", {}, [entry(0, "a")])
+        await admin.run(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.saga_id = 'g-3' THEN RAISE EXCEPTION 'not g-3'; END IF;"
+            " RETURN NEW; END $$")
+        when = ("BEFORE INSERT" if refusal == "trigger"
+                else "AFTER INSERT")
+        constraint = "CONSTRAINT " if refusal == "deferred" else ""
+        deferred = " DEFERRABLE INITIALLY DEFERRED" if refusal == "deferred" else ""
+        await admin.run(f"CREATE {constraint}TRIGGER refuse {when} ON fallback_saga_steps"
+                        f"{deferred} FOR EACH ROW EXECUTE FUNCTION refuse()")
+        writes = [(saga_id, 1) for saga_id in ids]
+        if pipelined:
+            writes.append(("g-1", 2))  # g-1 again: a second statement in the group
+        futures = [
+            store.submit_append(saga_id, [entry(1, "b")] if seq == 1 else [entry(2, "c")],
+                                None, None, None, seq)
+            for saga_id, seq in writes
+        ]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert store.stats.largest_group >= 2, store.stats  # a group was sent
+        for (saga_id, _), outcome in zip(writes, outcomes, strict=True):
+            if saga_id == "g-3":
+                assert isinstance(outcome, SagaStoreError), outcome
+                assert outcome.nothing_written is True, outcome
+                assert "nothing of it was written" in str(outcome)
+            else:
+                assert outcome is None, (saga_id, outcome)
+        lengths = {saga_id: len((await store.load(saga_id)).history) for saga_id in ids}
+        assert lengths == {"g-0": 2, "g-1": 3 if pipelined else 2, "g-2": 2, "g-3": 1,
+                           "g-4": 2}
+
+
+# ------------------------------------------------------------------ a read-only database
+
+
+@pytest.fixture
+def read_only_db(pg_cluster: PostgresCluster) -> Iterator[tuple[str, Callable[[bool], None]]]:
+    """A database of the test's own (no other test sees it read-only), and
+    what makes it read-only, or not, for the sessions that start after."""
+    name = f"ro_{uuid.uuid4().hex[:12]}"
+    pg_cluster.create_database(name)
+
+    def read_only(on: bool) -> None:
+        value = "on" if on else "off"
+        pg_cluster.psql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {value}')
+
+    try:
+        yield pg_cluster.conninfo_for(name), read_only
+    finally:
+        pg_cluster.psql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def test_S13_a_read_only_database_refuses_every_write_and_says_nothing_was_written(
+    read_only_db: tuple[str, Callable[[bool], None]],
+) -> None:
+    """The database turns read-only (a failover to a standby, an operator's
+    ``default_transaction_read_only``): every write — a creation, a claim,
+    a lease by id, a renewal, a release, a deferral, a hand-off, a purge —
+    is refused with 25006,
+    and says that nothing of it was written; reads go on. Once it is
+    writable again, the saga refused at its creation runs under the same id,
+    and the interrupted one is recovered."""
+    conninfo, read_only = read_only_db
+    ledger: Ledger = []
+    saga_class = ledger_saga(ledger)
+    async with PostgresSagaStore(conninfo) as store:
+        # "old": a saga of this class left RUNNING after its first STARTED row.
+        await saga_class(store=store).run(Ctx(order_id="0"), saga_id="tmp")
+        tmp = await store.load("tmp")
+        await store.create("old", tmp.saga_name, tmp.fingerprint,
+                           {"order_id": "0", "done": 0}, [entry(0, "S0")])
+        ledger.clear()
+        await store.create("done", "X", "fp", {}, [], status=SagaStatus.COMPLETED)
+        lease = await store.claim_saga("old", owner="w", lease_seconds=60)
+    read_only(True)
+    async with PostgresSagaStore(conninfo) as store:  # its sessions start read-only
+        saga = saga_class(store=store, journal_retry=TWO_TRIES)
+        with pytest.raises(SagaInterrupted) as refused:
+            await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        assert refused.value.status is None
+        assert refused.value.in_doubt is False, refused.value
+        assert "its creation was not written" in str(refused.value)
+        writes: dict[str, Callable[[], Awaitable[Any]]] = {
+            "claim": lambda: store.claim(owner="w2", lease_seconds=60, older_than=-1, limit=5),
+            "claim_saga": lambda: store.claim_saga("done", owner="w2", lease_seconds=60),
+            "renew": lambda: store.renew(lease, 60),
+            "release": lambda: store.release(lease),
+            "defer": lambda: store.defer(lease, 60),
+            "hand_off": lambda: store.hand_off(lease),
+            "purge": lambda: store.purge(older_than=-1),
+        }
+        for name, write in writes.items():
+            with pytest.raises(SagaStoreError) as failed:
+                await write()
+            assert failed.value.nothing_written is True, (name, failed.value)
+            assert getattr(failed.value.__cause__, "sqlstate", None) == "25006", name
+            assert "nothing of it was written" in str(failed.value), name
+        assert (await store.load("old")).status is SagaStatus.RUNNING  # reads go on
+        assert ledger == []
+    read_only(False)
+    async with PostgresSagaStore(conninfo) as store:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES)
+        await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert (await store.lease_state("old")).token == lease.token  # no claim landed
+        await store.release(lease)
+        report = await recover(store, [saga_class], older_than=0)
+        assert report.resumed == ["old"], report
+        assert (await store.load("old")).status is SagaStatus.COMPLETED
+        assert sorted(ledger) == sorted(
+            [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2"), ("old", "S0"), ("old", "S1"),
+             ("old", "S2")])
+
+
+# ------------------------------------------------------------------ purge
+
+
+async def test_S13_a_purge_refused_after_earlier_batches_says_they_stay_deleted(
+    pg_conninfo: str, pg_schema: str, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge goes in batches, each its own transaction. The server refuses
+    a batch (a trigger): if it was the first, nothing of the purge was
+    written, and the error says so; after batches that committed, it is
+    not "nothing written" — the error says how many sagas stay deleted."""
+    monkeypatch.setattr(pg_store, "PURGE_BATCH", 1)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        for saga_id in ("p-1", "p-2", "p-3"):
+            await store.create(saga_id, "P", "fp", {}, [], status=SagaStatus.COMPLETED)
+        await admin.run(
+            "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF OLD.saga_id = (SELECT keep FROM \"{pg_schema}\".keeping) THEN"
+            " RAISE EXCEPTION 'kept'; END IF; RETURN OLD; END $$")
+        await admin.run("CREATE TABLE keeping (keep text)")
+        await admin.run("INSERT INTO keeping VALUES ('p-1')")
+        await admin.run("CREATE TRIGGER keep BEFORE DELETE ON fallback_saga_sagas"
+                        " FOR EACH ROW EXECUTE FUNCTION keep()")
+        with pytest.raises(SagaStoreError) as first:
+            await store.purge(older_than=-1)
+        assert first.value.nothing_written is True, first.value
+        assert "kept" in str(first.value), first.value
+        assert len(await store.list_sagas()) == 3
+
+        await admin.run("UPDATE keeping SET keep = 'p-2'")
+        with pytest.raises(SagaStoreError) as later:
+            await store.purge(older_than=-1)
+        assert later.value.nothing_written is False, later.value
+        assert "kept" in str(later.value), later.value
+        assert "earlier batches deleted 1 saga(s)" in str(later.value), later.value
+        assert [s.saga_id for s in await store.list_sagas()] == ["p-3", "p-2"]
+
+
+# ------------------------------------------------------------------ what counts as refused
+
+
+class _Diag:
+    def __init__(self, severity: str | None) -> None:
+        self.severity_nonlocalized = severity
+
+
+class _ServerError(Exception):
+    """An error as the server reports it: a SQLSTATE and a severity."""
+
+    def __init__(self, sqlstate: str | None, severity: str | None) -> None:
+        super().__init__(f"{sqlstate} {severity}")
+        self.sqlstate = sqlstate
+        self.diag = _Diag(severity)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "severity", "in_doubt"),
+    [
+        ("40001", "ERROR", False),  # serialization failure (at COMMIT too): rolled back
+        ("57014", "ERROR", False),  # statement_timeout, a cancel request
+        ("53100", "ERROR", False),  # disk full, reported as an ERROR: rolled back
+        ("25P03", "FATAL", True),  # the session ended: said by the severity
+        ("XX000", "PANIC", True),  # an error after the commit record is a PANIC
+        ("XX000", "ERROR", True),  # internal errors: kept in doubt
+        ("58030", "ERROR", True),  # I/O errors: kept in doubt
+        ("40001", None, True),  # no severity: not the server's answer (psycopg's own)
+    ],
+)
+def test_S13_only_an_error_the_server_answered_with_says_nothing_was_written(
+    sqlstate: str, severity: str | None, in_doubt: bool
+) -> None:
+    assert pg_store._commit_in_doubt(_ServerError(sqlstate, severity)) is in_doubt
