@@ -529,3 +529,28 @@ def test_S13_only_an_error_the_server_answered_with_says_nothing_was_written(
     sqlstate: str, severity: str | None, in_doubt: bool
 ) -> None:
     assert pg_store._commit_in_doubt(_ServerError(sqlstate, severity)) is in_doubt
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+async def test_S13_a_write_whose_text_utf8_cannot_encode_was_never_sent(
+    pg_conninfo: str, pg_schema: str, grouped: bool
+) -> None:
+    """A saga name holding a lone surrogate cannot travel as UTF-8: the
+    driver refuses the parameter before anything is sent (alone, or as the
+    lone retry of a group), so the error says that nothing was written."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        names = ["ok-0", "bad\ud800", "ok-1"] if grouped else ["bad\ud800"]
+        futures = [
+            store.submit_create(f"u-{n}", name, "fp", {}, [entry(0, "a")], SagaStatus.RUNNING)
+            for n, name in enumerate(names)
+        ]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert (store.stats.largest_group >= 2) is grouped, store.stats
+        for name, outcome in zip(names, outcomes, strict=True):
+            if name.startswith("bad"):
+                assert isinstance(outcome, SagaStoreError), outcome
+                assert outcome.nothing_written is True, outcome
+                assert "never sent: nothing of it was written" in str(outcome), outcome
+            else:
+                assert outcome is None, outcome
+        assert len(await store.list_sagas()) == len(names) - 1
