@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from held_lock import HeldLock
 from helpers_ledger import Ctx, ledger_saga
 from small_disk import mounted_tmpfs
 
@@ -91,45 +92,6 @@ async def test_S13_a_store_named_by_a_relative_path_keeps_to_its_file_after_chdi
 
 
 # ------------------------------------------------------------------ another process's lock
-
-
-@pytest.fixture
-def sqlite3_shell() -> str:
-    shell = shutil.which("sqlite3")
-    if shell is None:
-        pytest.skip("the sqlite3 command-line shell is not installed (apt-get install sqlite3)")
-    return shell
-
-
-class HeldLock:
-    """An operator's ``sqlite3`` shell, in a process of its own, holding the
-    file's write lock (``BEGIN IMMEDIATE``) until ``release``."""
-
-    def __init__(self, shell: str, db: Path) -> None:
-        self.process = subprocess.Popen(
-            [shell, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write("BEGIN IMMEDIATE;\nSELECT 'held';\n")
-        self.process.stdin.flush()
-        # Printed once BEGIN IMMEDIATE returned: the lock is held from here on.
-        assert self.process.stdout.readline().strip() == "held"
-
-    def release(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("ROLLBACK;\n.quit\n")
-            self.process.stdin.close()
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def locks() -> Iterator[list[HeldLock]]:
-    held: list[HeldLock] = []
-    yield held
-    for lock in held:
-        lock.release()
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -258,6 +220,7 @@ async def test_S13_a_read_only_file_system_is_named_and_the_same_store_goes_on_o
 # was told.
 _AS_NOBODY = """
 import asyncio, os, sys
+from held_lock import HeldLock
 from helpers_ledger import Ctx, ledger_saga
 from fallback_saga import RetryPolicy, SagaInterrupted, SQLiteSagaStore
 from fallback_saga.errors import SagaStoreError
