@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from held_lock import HeldLock
 from journal_faults import FAST_JOURNAL_RETRY, FaultySubmittingStore
 
 from fallback_saga import (
@@ -34,6 +36,7 @@ from fallback_saga import (
     SubSaga,
     recover,
 )
+from fallback_saga.store.base import Lease
 
 
 @dataclasses.dataclass
@@ -311,5 +314,175 @@ async def test_S8_a_claim_that_never_lands_gets_its_callers_cancellation_after_t
             async with asyncio.timeout(10):  # a bound, not a wait: it fails the test
                 await waiting
         assert ran == ["First"]
+    finally:
+        await inner.close()
+
+
+class Claiming(FaultySubmittingStore):
+    """Says when a claim (of one saga, or a batch) has been sent (``claiming``)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.claiming = asyncio.Event()
+
+    async def claim(self, **kwargs: Any) -> Any:
+        self.claiming.set()
+        return await self.inner.claim(**kwargs)
+
+    async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
+        self.claiming.set()
+        return await self.inner.claim_saga(saga_id, **kwargs)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("who", ["resume", "recover", "worker"])
+async def test_S8_S10_a_claim_landing_after_its_caller_was_cancelled_is_given_back(
+    who: str, writer: str, tmp_path: Path, sqlite3_shell: str, locks: list[HeldLock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process (an operator's ``sqlite3`` shell) holds the file's
+    write lock past the claim's grace: the caller's cancellation reaches the
+    claim, whose write is queued on the store's writer thread all the same,
+    and lands once the lock is let go — after its caller has gone. The
+    store gives that lease back itself (fenced by its token); left behind,
+    it would keep every other worker out of the saga until it ran out (300
+    s by default; never here, the thread writer's clock being frozen).
+    (``writer="inline"`` has no such claim: it blocks the event loop until
+    it is answered, so nobody can cancel its caller meanwhile.)"""
+    import fallback_saga.shielding
+
+    db = tmp_path / "sagas.db"
+    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
+    ran: list[str] = []
+    try:
+        order = await interrupted_order(FaultySubmittingStore(setup), ran)
+    finally:
+        await setup.close()
+    # The lock is held past the grace (none here: a lock held for ever).
+    monkeypatch.setattr(fallback_saga.shielding, "CLAIM_GRACE", 0.0)
+    if writer == "process":  # its child stamps with time.time: decades after the crash
+        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600)
+    else:
+        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600, clock=lambda: 1_003_600.0)
+    try:
+        await inner.open()
+        store = Claiming(inner)
+        locks.append(HeldLock(sqlite3_shell, db))
+        if who == "resume":
+            waiting = asyncio.create_task(order(store=store).resume("o"))
+        elif who == "recover":
+            waiting = asyncio.create_task(recover(store, [order], older_than=0))
+        else:
+            worker = RecoveryWorker(store, [order], older_than=0, poll=3600, listen=False)
+            waiting = asyncio.create_task(worker.run())
+        await store.claiming.wait()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(60):  # a bound, not a wait: it fails the test
+                await waiting
+        locks.pop().release()  # the claim lands, its caller gone
+        # A write queued after the claim: answered once the claim's is.
+        await inner.release(Lease("o", "nobody", -1, 0.0))
+        assert ran == ["First"]  # nothing ran again
+        assert await leased_by_nobody(inner, "o")
+        report = await recover(store, [order], older_than=0)
+        assert report.resumed == ["o"], str(report)
+        assert ran == ["First", "First", "Second"]
+    finally:
+        await inner.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_S8_S10_a_claim_landing_as_the_store_closes_is_given_back_before_it_closes(
+    writer: str, tmp_path: Path, sqlite3_shell: str, locks: list[HeldLock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same late claim, the store being closed meanwhile (a service
+    shutting down cancels its tasks, then closes its store): the claim's
+    outcome reaches the event loop after ``close`` queued its stop, and its
+    give-back is queued behind that stop — still written before ``close``
+    returns, not dropped with the thread."""
+    import fallback_saga.shielding
+
+    db = tmp_path / "sagas.db"
+    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
+    ran: list[str] = []
+    try:
+        order = await interrupted_order(FaultySubmittingStore(setup), ran)
+    finally:
+        await setup.close()
+    monkeypatch.setattr(fallback_saga.shielding, "CLAIM_GRACE", 0.0)
+    if writer == "process":
+        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600)
+    else:
+        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600, clock=lambda: 1_003_600.0)
+    try:
+        await inner.open()
+        store = Claiming(inner)
+        locks.append(HeldLock(sqlite3_shell, db))
+        waiting = asyncio.create_task(order(store=store).resume("o"))
+        await store.claiming.wait()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(60):  # a bound, not a wait: it fails the test
+                await waiting
+        closing = asyncio.create_task(inner.close())
+        await asyncio.sleep(0)  # close() has queued its stop, behind the claim
+        locks.pop().release()  # the claim lands, its caller gone
+        await closing
+    finally:
+        await inner.close()
+    # On the clock the lease was written by (a lease stamped ahead of the
+    # clock counts as written before the clock stepped back: free).
+    after = (
+        SQLiteSagaStore(db) if writer == "process"
+        else SQLiteSagaStore(db, clock=lambda: 1_003_600.0)
+    )
+    try:
+        assert await leased_by_nobody(after, "o")
+    finally:
+        await after.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_S8_S10_a_claim_cancelled_as_its_answer_arrives_is_given_back(
+    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancellation lands in the loop turn the claim's answer arrives
+    (``claimed``'s grace running out just then): the outcome is set, but
+    the task never takes it — it raises ``CancelledError``. The store gives
+    that lease back too (nobody else can know it was taken)."""
+    import fallback_saga.store._sqlite_workers as workers
+
+    db = tmp_path / "sagas.db"
+    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
+    ran: list[str] = []
+    try:
+        await interrupted_order(FaultySubmittingStore(setup), ran)
+    finally:
+        await setup.close()
+    if writer == "process":
+        inner = SQLiteSagaStore(db, writer=writer)
+    else:
+        inner = SQLiteSagaStore(db, writer=writer, clock=lambda: 1_003_600.0)
+    try:
+        await inner.open()
+        resolve = workers._resolve
+        claiming: list[asyncio.Task[Any]] = []
+
+        def answered_then_cancelled(items: Any) -> None:
+            resolve(items)  # the claim's outcome is set ...
+            monkeypatch.setattr(workers, "_resolve", resolve)
+            claiming[0].cancel()  # ... and its task cancelled before it takes it
+
+        monkeypatch.setattr(workers, "_resolve", answered_then_cancelled)
+        claiming.append(asyncio.create_task(
+            inner.claim_saga("o", owner="gone", lease_seconds=300)
+        ))
+        with pytest.raises(asyncio.CancelledError):
+            await claiming[0]
+        # A write queued after the give-back: answered once it is.
+        await inner.release(Lease("o", "nobody", -1, 0.0))
+        assert await leased_by_nobody(inner, "o")
     finally:
         await inner.close()

@@ -39,6 +39,7 @@ from ._sqlite_sql import (
     _MAX_KNOWN,
     _append,
     _create,
+    _release,
     _Request,
     _run_alone,
     _run_group,
@@ -66,9 +67,50 @@ _MAX_GROUP: Final = 4096
 
 
 
+class LeaseFuture(asyncio.Future[Any]):
+    """The future of a write that takes leases (``claim``, ``claim_saga``) on
+    a worker's thread. Its caller may be gone by the time the write lands
+    (cancelled while the write waited its turn, or another process's lock:
+    ``shielding.claimed`` waits ``CLAIM_GRACE`` for it, no longer); the
+    write is not stopped by that, and a lease nobody holds would keep every
+    other worker out of its saga until it ran out. So the lease is given
+    back (``give_back``): by ``_resolve`` when the future was cancelled
+    before the outcome came, by the store's claim when its task was
+    cancelled with the outcome already set but not yet taken."""
+
+    __slots__ = ("waker", "worker")
+
+    def __init__(
+        self, *, loop: asyncio.AbstractEventLoop, worker: _Worker, waker: LoopWaker | None
+    ) -> None:
+        super().__init__(loop=loop)
+        self.worker = worker
+        self.waker = waker
+
+    def give_back(self, taken: Any) -> None:
+        """Queue a release of each lease in ``taken`` (a ``Lease``, or a
+        list of them), fenced by its token: one somebody took since is
+        left alone. Nobody waits for it (a failed release leaves the lease
+        to run out, as before)."""
+        loop = self.get_loop()
+        for lease in taken if isinstance(taken, list) else (taken,):
+            done: asyncio.Future[None] = loop.create_future()
+            done.add_done_callback(_retrieved)
+            self.worker.queue.put(
+                _Request(_release, (lease.saga_id, lease.token), loop, done, True, self.waker)
+            )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # nobody else asks: asyncio must not log it
+
+
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for future, succeeded, value in items:
         if future.done():  # the awaiting task was cancelled; the write still happened
+            if succeeded and type(future) is LeaseFuture:
+                future.give_back(value)  # what it took, nobody holds
             continue
         if succeeded:
             future.set_result(value)
@@ -152,6 +194,31 @@ class _Worker:
 
     def stop_soon(self) -> None:
         self.queue.put(_Stop())
+
+    def leftovers(self) -> list[_Request]:
+        """The requests queued after the thread stopped: the give-backs
+        (``LeaseFuture``) of claims that landed just before ``close``,
+        whose outcomes reached their loop after the stop was queued."""
+        left: list[_Request] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return left
+            if isinstance(item, _Request):
+                left.append(item)
+
+    def serve_after_stop(self, group: list[_Request]) -> None:
+        """``group`` (``leftovers``), on a connection opened and closed here:
+        the thread's is closed."""
+        conn = self._open(group)
+        if conn is None:
+            return
+        try:
+            with self.using:
+                self._serve(conn, group)
+        finally:
+            conn.close()
 
     # -- thread side
 

@@ -122,6 +122,7 @@ from ._sqlite_sql import (
     _storable_plain,
 )
 from ._sqlite_workers import (
+    LeaseFuture,
     _settle_now,
     _Stop,
     _stop_workers,
@@ -378,6 +379,12 @@ class SQLiteSagaStore:
                 abandon_soon(process)
         if futures:
             await asyncio.gather(*futures)
+            for worker in workers:
+                # Give-backs queued behind the stop (see LeaseFuture): each
+                # claim's outcome reached this loop before the stop's did.
+                left = worker.leftovers()
+                if left:
+                    await loop.run_in_executor(None, worker.serve_after_stop, left)
 
     async def __aenter__(self) -> SQLiteSagaStore:
         await self.open()
@@ -459,6 +466,7 @@ class SQLiteSagaStore:
         *,
         write: bool,
         journal: bool = False,
+        leases: bool = False,
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = (
@@ -472,7 +480,12 @@ class SQLiteSagaStore:
             writer = self._writer or self._start()
             worker = writer if write or self._reader is None else self._reader
             if self.writer != "inline":
-                worker.queue.put(_Request(op, args, loop, future, write, self._waker(loop)))
+                waker = self._waker(loop)
+                if leases:
+                    # Given back should it land for nobody (see LeaseFuture).
+                    # Inline needs none: answered before _submit returns.
+                    future = LeaseFuture(loop=loop, worker=worker, waker=waker)
+                worker.queue.put(_Request(op, args, loop, future, write, waker))
                 return future
         self._serve_inline(worker, _Request(op, args, loop, future, write))
         return future
@@ -788,7 +801,7 @@ class SQLiteSagaStore:
             non_negative_int("limit", limit),
             deferred,
         )
-        leases: list[Lease] = await self._submit(_claim, args, write=True)
+        leases: list[Lease] = await _taken(self._submit(_claim, args, write=True, leases=True))
         return leases
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
@@ -799,7 +812,9 @@ class SQLiteSagaStore:
             check_owner(owner),
             finite_seconds("lease_seconds", lease_seconds),
         )
-        lease: Lease = await self._submit(_claim_saga, args, write=True)
+        lease: Lease = await _taken(
+            self._submit(_claim_saga, args, write=True, leases=True)
+        )
         return lease
 
     async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
@@ -859,6 +874,23 @@ class SQLiteSagaStore:
             # 0.1 s between tries), and a purge taking it back at once would
             # starve it all the same.
             await asyncio.sleep(loop.time() - started)
+
+
+async def _taken(future: asyncio.Future[Any]) -> Any:
+    """What a claim's ``future`` gives. Should the task be cancelled with the
+    outcome already set but not yet taken (the grace of ``claimed`` ran out
+    in the loop turn the answer came), the lease is given back: nobody else
+    will see it (``LeaseFuture``). A future cancelled before its outcome
+    came is the writer's to give back, once it lands."""
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if (
+            isinstance(future, LeaseFuture) and future.done() and not future.cancelled()
+            and future.exception() is None
+        ):
+            future.give_back(future.result())
+        raise
 
 
 # ------------------------------------------------------------------------- fork
