@@ -364,27 +364,36 @@ class SQLiteSagaStore:
                     conn.close()
             return
         loop = asyncio.get_running_loop()
-        # The threads are told first, without a wait: a close() cancelled
-        # while the writer process finishes still stops them (each finishes
-        # its queue first, so the order between them does not matter).
-        futures: list[asyncio.Future[None]] = []
-        for worker in workers:
-            future: asyncio.Future[None] = loop.create_future()
-            worker.queue.put(_Stop(loop, future, waker_of(loop)))
-            futures.append(future)
-        if process is not None:
-            if process.loop is loop:
-                await process.close()
-            else:  # closed from another loop: the child's own loop lets it go
-                abandon_soon(process)
-        if futures:
-            await asyncio.gather(*futures)
+        # One connection closes at a time, the writer thread's last (workers
+        # is [reader, writer]). SQLite removes the -wal and -shm files as the
+        # last connection to the file closes, which it tells by taking the
+        # file's exclusive lock: two connections closing at once can each
+        # find the other still open, and both leave the files (seen about
+        # once in 30 closes on a loaded machine, when the threads and the
+        # writer process were told to stop together).
+        told: list[_Worker] = []
+        try:
+            for worker in workers[:-1]:
+                await _stopped(worker, loop, told)
+            if process is not None:
+                if process.loop is loop:
+                    await process.close()
+                else:  # closed from another loop: the child's own loop lets it go
+                    abandon_soon(process)
+            if workers:
+                await _stopped(workers[-1], loop, told)
             for worker in workers:
                 # Give-backs queued behind the stop (see LeaseFuture): each
                 # claim's outcome reached this loop before the stop's did.
                 left = worker.leftovers()
                 if left:
                     await loop.run_in_executor(None, worker.serve_after_stop, left)
+        finally:
+            # A close() cancelled half-way still stops every thread (each
+            # finishes its queue first).
+            for worker in workers:
+                if worker not in told:
+                    worker.stop_soon()
 
     async def __aenter__(self) -> SQLiteSagaStore:
         await self.open()
@@ -874,6 +883,17 @@ class SQLiteSagaStore:
             # 0.1 s between tries), and a purge taking it back at once would
             # starve it all the same.
             await asyncio.sleep(loop.time() - started)
+
+
+async def _stopped(
+    worker: _Worker, loop: asyncio.AbstractEventLoop, told: list[_Worker]
+) -> None:
+    """Stop ``worker`` (once its queue is served) and wait until its
+    connection is closed; ``told`` gets it first."""
+    future: asyncio.Future[None] = loop.create_future()
+    worker.queue.put(_Stop(loop, future, waker_of(loop)))
+    told.append(worker)
+    await future
 
 
 async def _taken(future: asyncio.Future[Any]) -> Any:
