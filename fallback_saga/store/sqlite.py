@@ -364,24 +364,22 @@ class SQLiteSagaStore:
                     conn.close()
             return
         loop = asyncio.get_running_loop()
-        # One connection closes at a time, the writer thread's last (workers
-        # is [reader, writer]). SQLite removes the -wal and -shm files as the
-        # last connection to the file closes, which it tells by taking the
-        # file's exclusive lock: two connections closing at once can each
-        # find the other still open, and both leave the files (seen about
-        # once in 30 closes on a loaded machine, when the threads and the
-        # writer process were told to stop together).
+        # One connection closes at a time: the writer process's, the reader
+        # thread's, the writer thread's last (workers is [reader, writer]).
+        # SQLite removes the -wal and -shm files as the last connection to
+        # the file closes, which it tells by taking the file's exclusive
+        # lock: two connections closing at once can each find the other
+        # still open, and both leave the files (seen about once in 30
+        # closes on a loaded machine, when all were told to stop together).
         told: list[_Worker] = []
         try:
-            for worker in workers[:-1]:
-                await _stopped(worker, loop, told)
             if process is not None:
                 if process.loop is loop:
                     await process.close()
                 else:  # closed from another loop: the child's own loop lets it go
                     abandon_soon(process)
-            if workers:
-                await _stopped(workers[-1], loop, told)
+            for worker in workers:
+                await _stopped(worker, loop, told)
             for worker in workers:
                 # Give-backs queued behind the stop (see LeaseFuture): each
                 # claim's outcome reached this loop before the stop's did.
