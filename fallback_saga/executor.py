@@ -34,6 +34,7 @@ import itertools
 import math
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -622,7 +623,7 @@ class Execution(UnwindingRun):
             try:
                 if isinstance(failure.error, ContextSerializationError):
                     # The last step left a context the journal cannot hold.
-                    await self.fail(failure)
+                    await self._unwind_refused_context(self.fail(failure))
                 raise self._interrupted(failure.error)
             finally:
                 failure = None  # no local keeps it: its traceback holds this frame
@@ -644,11 +645,22 @@ class Execution(UnwindingRun):
         elif self.context_refused:
             # The store refused the context the last step left: unwind, as
             # ``complete`` does for a caller still waiting.
-            await self.abort()
+            await self._unwind_refused_context(self.abort())
         else:
             # Refused for good: left for recovery, as ``complete`` would leave it.
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
+
+    async def _unwind_refused_context(self, unwinding: Coroutine[Any, Any, None]) -> None:
+        """``unwinding`` (the run's ``fail`` or ``abort``) after the run's
+        steps have ended: with this run as the current step cursor again,
+        as while the steps ran, so that each ``compensate`` can ask
+        ``current_step()`` for its idempotency key."""
+        token = _CURSOR.set(self)
+        try:
+            await unwinding
+        finally:
+            _CURSOR.reset(token)
 
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""
