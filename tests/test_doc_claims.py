@@ -520,6 +520,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.retry import DEFAULT_COMPENSATION_RETRY
     from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
     from fallback_saga.store._group_commit import MAX_GROUP, SHARE_AT_LEAST
+    from fallback_saga.store._responses import MAX_ERROR_TEXT
     from fallback_saga.store._sqlite_workers import _ROOMY
     from fallback_saga.store.postgres import PURGE_BATCH as PG_PURGE_BATCH
     from fallback_saga.store.postgres import PURGE_BATCH_SECONDS
@@ -555,6 +556,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("durability.md", "`fallback_saga.context.MAX_CONTEXT_DEPTH` ({})", MAX_CONTEXT_DEPTH),
         ("durability.md", "a non-empty `str` of at most {} characters", MAX_SAGA_ID_LENGTH),
         ("durability.md", "printable str of at most {} characters", MAX_SAGA_NAME_LENGTH),
+        ("durability.md", "cut to its first {:,} characters", MAX_ERROR_TEXT),
         ("durability.md", "purges {:,} sagas a transaction", PURGE_BATCH),
         ("durability.md", "A batch starts at {:,} sagas", PG_PURGE_BATCH),
         ("durability.md", "it aims at {}, or a quarter",

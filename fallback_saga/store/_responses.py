@@ -21,7 +21,7 @@ from ..step import SagaStepResult
 from ._common import encode_json
 from .base import JournalEntry, RawEntry
 
-__all__ = ["UNJOURNALED", "journal_entry", "response_text"]
+__all__ = ["MAX_ERROR_TEXT", "UNJOURNALED", "error_text", "journal_entry", "response_text"]
 
 _log = library_logger("fallback_saga")
 
@@ -35,6 +35,26 @@ _STEP_STATUS: Final[dict[str, StepStatus]] = {
 # The journal form of a response that could not be kept: a tag the context
 # codec never writes, so it cannot be confused with a journaled value.
 UNJOURNALED: Final = "unjournaled"
+
+# The most characters of an exception's text the journal keeps. The text is
+# whatever the exception says (an HTTP client's error may quote a whole
+# response body): uncut, a failure's record could be more than a store holds
+# (SQLite's SQLITE_LIMIT_LENGTH, PostgreSQL's 1 GB field), and the write that
+# must record the failure — before anything is compensated — could never
+# land: the run would stop for recovery, and every recovery pass would run
+# the failing step again, for ever. The head says what failed; the rest is
+# for the service's own logs.
+MAX_ERROR_TEXT: Final = 4000
+
+
+def error_text(text: str) -> str:
+    """``text`` as the journal keeps it: cut to ``MAX_ERROR_TEXT`` characters,
+    saying how many were left out."""
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    cut = len(text) - MAX_ERROR_TEXT
+    return f"{text[:MAX_ERROR_TEXT]}… [{cut} more characters not journaled]"
+
 
 # (saga name, step name) already warned about in this process: a step that
 # returns a client object does so on every run; one warning says it.
@@ -137,6 +157,8 @@ def journal_entry(raw: RawEntry | JournalEntry, saga_name: str) -> JournalEntry:
     if status is _COMPLETED and action == "act":
         return _new_tuple(JournalEntry, (position, step, branch, action, status, attempt,
                                          error, at, response_text(response, saga_name, step)))
+    if error is not None and len(error) > MAX_ERROR_TEXT:
+        error = error_text(error)
     # The named tuple made directly: its generated __new__ is a Python call.
     return _new_tuple(JournalEntry, (position, step, branch, action, status, attempt, error, at,
                                      None))
