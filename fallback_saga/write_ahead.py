@@ -242,6 +242,21 @@ class JournaledRun(StepCursor):
             # The store cannot hold the context a step left: the run unwinds
             # (see fail), journaling without it — the last good one stays.
             self.context_refused = True
+            if unwinding and context is not None:
+                # Left by a compensation: its transitions are written again
+                # at once without it, as for a context that cannot be
+                # encoded (_encode_context). Stopping here would leave the
+                # saga for a recovery whose compensation would leave the
+                # same context, to be refused again, at every pass.
+                failure = None
+                self.context_dirty = was_dirty
+                try:
+                    await self._flush(unwinding)
+                finally:
+                    if cancelled is not None:
+                        # No later write, once the unwinding is done: say it now.
+                        raise cancelled_again(cancelled)
+                return
         else:
             self.interruption = failure
             if in_doubt:

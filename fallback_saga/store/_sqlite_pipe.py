@@ -97,11 +97,13 @@ class FrameReader:
 
 # The store's refusals cross the pipe as themselves: the executor tells a
 # definitive refusal (LeaseLost, SagaAlreadyExists, ...) from a failure by class.
-_REFUSALS: Final[dict[str, type[SagaStoreError]]] = {
+_REFUSALS: Final[dict[str, type[Exception]]] = {
     cls.__name__: cls
     for cls in (
         errors.SagaStoreError, errors.SagaNotFound, errors.CorruptSagaRecord,
         errors.JournalConflict, errors.LeaseLost, errors.SagaBusy, errors.SagaAlreadyExists,
+        # A context longer than SQLite stores (_sqlite_oversize).
+        errors.ContextSerializationError,
     )
 }
 _PLAIN: Final = (str, int, float, bool, type(None))
@@ -116,7 +118,7 @@ def error_to_wire(error: BaseException) -> tuple[str, tuple[Any, ...], dict[str,
     return "SagaStoreError", (f"{name}: {error}",), {}
 
 
-def error_from_wire(wire: Sequence[Any]) -> SagaStoreError:
+def error_from_wire(wire: Sequence[Any]) -> Exception:
     name, args, attrs = wire
     cls = _REFUSALS.get(name, SagaStoreError)
     error = cls.__new__(cls)  # as it was: its message and attributes, no __init__ to satisfy

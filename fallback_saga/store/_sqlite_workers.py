@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from ..errors import SagaStoreError
 from ._loop_waker import LoopWaker
+from ._sqlite_oversize import fit_oversized, too_big
 from ._sqlite_pipe import (
     FrameReader,
     error_to_wire,
@@ -335,6 +336,16 @@ class _Worker:
                 for request in group:
                     self._write(conn, cursor, [request])
                 return
+            if in_requests and too_big(error):
+                # A value longer than SQLite stores: refused again at every
+                # try, so made to fit now, or refused for what it is.
+                fitted = fit_oversized(conn, group[0], self.path)
+                if isinstance(fitted, _Request):
+                    self._write_as(conn, cursor, fitted, group[0])
+                    return
+                if fitted is not None:
+                    self.settle([(group[0], False, fitted)])
+                    return
             # BEGIN (the file stayed locked past busy_timeout) or COMMIT (disk
             # full, I/O error) failed, or the request did: nothing of the
             # group was written. Certainly so, unless COMMIT failed on the
@@ -350,6 +361,24 @@ class _Worker:
         if len(group) > self.largest_group:
             self.largest_group = len(group)
         self.settle(outcomes)
+
+    def _write_as(
+        self,
+        conn: sqlite3.Connection,
+        cursor: sqlite3.Cursor,
+        fitted: _Request,
+        original: _Request,
+    ) -> None:
+        """Write ``fitted`` (``original`` made to fit), its outcome settled as
+        ``original``'s: the writer process answers by the request object."""
+        settle = self.settle
+        self.settle = lambda outcomes: settle(
+            [(original, succeeded, value) for _, succeeded, value in outcomes]
+        )
+        try:
+            self._write(conn, cursor, [fitted])
+        finally:
+            self.settle = settle
 
     def _checkpoint_after_full_disk(self, conn: sqlite3.Connection) -> None:
         """Since a write met a full disk: move the -wal file into the database

@@ -124,6 +124,13 @@ from ._common import (
 from ._dsn_secrets import dsn_secrets, scrub
 from ._group_commit import GroupCommit, RetryAlone
 from ._listing_pages import ListingPages
+from ._postgres_oversize import (
+    MAX_STATEMENT_TEXT,
+    check_context_size,
+    check_entries_size,
+    fit_entries,
+    split_batches,
+)
 from .base import (
     PURGED_BY_DEFAULT,
     JournalEntry,
@@ -171,6 +178,7 @@ from ._postgres_sql import (
 )
 
 __all__ = [
+    "MAX_STATEMENT_TEXT",
     "PURGE_BATCH",
     "PURGE_BATCH_MAX",
     "PURGE_BATCH_SECONDS",
@@ -900,7 +908,7 @@ class PostgresSagaStore:
         try:
             done: set[int] = set()
             statement = self._sql.group
-            arrays = ["[" + ",".join(batch) + "]" for batch in batches]
+            arrays = ["[" + ",".join(batch) + "]" for batch in split_batches(batches)]
             if len(arrays) == 1 and conn.autocommit:
                 # One statement is one transaction: no BEGIN/COMMIT to send.
                 cursor = await _query(conn, statement, arrays, prepare)
@@ -1017,9 +1025,10 @@ class PostgresSagaStore:
     ) -> _Write:
         saga_id = check_saga_id(saga_id)
         text = _context_json(saga_id, context)
+        check_context_size(saga_id, text)
         params = [
             saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
-            _entries_json(saga_id, entries, self._unstorable),
+            self._entries_text(saga_id, entries, len(text)),
         ]
         return f"cannot create saga {short_repr(saga_id)}", self._sql.create, params
 
@@ -1041,12 +1050,26 @@ class PostgresSagaStore:
                 )
             token = fence.token
         count = len(entries)
+        text = None
+        if context is not None:
+            text = _context_json(saga_id, context)
+            check_context_size(saga_id, text)
         params = [
-            None if status is None else status_text(status),
-            None if context is None else _context_json(saga_id, context),
-            count, saga_id, token, after, count, _entries_json(saga_id, entries, self._unstorable),
+            None if status is None else status_text(status), text, count, saga_id, token,
+            after, count, self._entries_text(saga_id, entries, 0 if text is None else len(text)),
         ]
         return f"cannot journal saga {short_repr(saga_id)}", self._sql.append, params
+
+    def _entries_text(self, saga_id: str, entries: Sequence[JournalEntry], beside: int) -> str:
+        """The entries' journal form, in the room a statement has beside
+        ``beside`` bytes of context (responses too large as their markers)."""
+        text = _entries_json(saga_id, entries, self._unstorable)
+        fitted = fit_entries(saga_id, entries, text, beside)
+        if fitted is None:
+            return text
+        text = _entries_json(saga_id, fitted, self._unstorable)
+        check_entries_size(saga_id, len(entries), text, beside)
+        return text
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record, read in one snapshot; ``SagaNotFound``, or
