@@ -353,7 +353,7 @@ def test_S12_the_writer_process_hands_a_context_refusal_over_as_itself() -> None
     would retry and then leave for recovery."""
     from fallback_saga.store._sqlite_oversize import fit_oversized
     from fallback_saga.store._sqlite_pipe import error_from_wire, error_to_wire, frame
-    from fallback_saga.store._sqlite_sql import _create, _Request
+    from fallback_saga.store._sqlite_sql import _append, _create, _Request
 
     conn = sqlite3.connect(":memory:")
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, LIMIT)
@@ -366,3 +366,16 @@ def test_S12_the_writer_process_hands_a_context_refusal_over_as_itself() -> None
     assert type(back) is ContextSerializationError
     assert str(back) == str(refusal)
     assert back.path == "<context>"
+    # The pipe carries entries as plain 9-tuples: a response too large is
+    # replaced there too, and the entry stays a plain tuple for marshal.
+    row = (1, "Charge", "primary", "act", "completed", 1, None, 1.5, '"' + "z" * HUGE + '"')
+    request = _Request(_append, ("s-1", (row,), None, None, None, 1),
+                       None, None, True)  # type: ignore[arg-type]
+    fitted = fit_oversized(conn, request, "sagas.db")
+    assert isinstance(fitted, _Request)
+    (entry,) = fitted.args[1]
+    assert type(entry) is tuple
+    assert entry[:8] == row[:8]
+    assert "unjournaled" in entry[8]
+    assert "SQLITE_LIMIT_LENGTH" in entry[8]
+    frame(fitted.args)
