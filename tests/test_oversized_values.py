@@ -379,3 +379,39 @@ def test_S12_the_writer_process_hands_a_context_refusal_over_as_itself() -> None
     assert "unjournaled" in entry[8]
     assert "SQLITE_LIMIT_LENGTH" in entry[8]
     frame(fitted.args)
+
+
+async def test_S13_a_nul_a_compensation_left_in_the_context_does_not_stop_the_unwinding(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """The same rule for the other context PostgreSQL refuses at the write:
+    one holding a NUL character, left by a compensation."""
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    ledger = Ledger()
+
+    class Reserve:
+        async def act(self, ctx: Ctx) -> None:
+            ledger.call("act", "ok")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ledger.call("compensate", "ok")
+            ctx.marks.append("released\x00")
+
+    class Charge:
+        async def act(self, ctx: Ctx) -> None:
+            ledger.call("act", "always")
+
+        async def compensate(self, ctx: Ctx) -> None:
+            ledger.call("compensate", "ok")
+
+    class Order(Saga[Ctx]):
+        steps = [Reserve, Charge]
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1) as store:
+        saga = Order(store=store, journal_retry=FAST_JOURNAL_RETRY)
+        outcome, record = await run_then_recover(saga, store, ledger, Ctx(order_id="o-8"), "o-8")
+    assert isinstance(outcome, SagaFailed), outcome
+    assert record.status is SagaStatus.COMPENSATED
+    check_ledger(ledger.of("o-8"), record, {})
+    assert record.context["marks"] == []
