@@ -22,15 +22,11 @@ The texts measured are the encoder's ASCII output: a character is a byte.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Final
 
-from ..decoding import TAG
 from ..errors import ContextSerializationError, SagaStoreError, short_id
-from ..log_lines import library_logger
-from ._common import encode_json
-from ._responses import UNJOURNALED
+from ._responses import oversized_response
 from .base import JournalEntry
 
 __all__ = [
@@ -38,15 +34,9 @@ __all__ = [
     "split_batches",
 ]
 
-_log = library_logger("fallback_saga")
-
 #: The most bytes of JSON text one statement carries: PostgreSQL's limit on a
 #: message (and on a field), 1 GiB, less room for the rest of the statement.
 MAX_STATEMENT_TEXT: Final = 2**30 - 2**20
-
-# The class name in a response's journal form: {"$fs":["obj",["shop:Reserved", ...
-_OBJECT_NAME: Final = re.compile(r'\{"\$fs":\["obj",\["([^"\\]{1,200})"')
-_KINDS: Final = {'"': "str", "[": "list", "{": "dict"}
 
 
 def check_context_size(saga_id: str, text: str) -> None:
@@ -100,18 +90,10 @@ def check_entries_size(saga_id: str, count: int, text: str, beside: int) -> None
 
 
 def _marker(saga_id: str, step: str, result: str, limit: int) -> str:
-    named = _OBJECT_NAME.match(result)
-    kind = named.group(1) if named else _KINDS.get(result[:1], "value")
-    reason = (
+    return oversized_response(saga_id, step, result, (
         f"its journal form is {len(result)} bytes, more than PostgreSQL takes in one "
         f"statement (fallback_saga.store.postgres.MAX_STATEMENT_TEXT: {limit} bytes)"
-    )
-    # The type and the size only: never the value, which may hold secrets.
-    _log.warning("saga %s: the response of step %s (a %s) is too large to journal (%s); "
-                 "this run returns it, a resumed run gives an UnjournaledResponse in its place",
-                 short_id(saga_id), short_id(step), kind, reason)
-    marker: str = encode_json({TAG: [UNJOURNALED, [kind, reason]]})
-    return marker
+    ))
 
 
 def split_batches(batches: list[list[str]]) -> list[list[str]]:

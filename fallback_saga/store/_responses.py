@@ -9,19 +9,23 @@ importing anything above the stores.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
 from ..codec import journal_object, journal_untyped
 from ..decoding import TAG
-from ..errors import ContextSerializationError
+from ..errors import ContextSerializationError, short_id
 from ..log_lines import library_logger
 from ..status import StepStatus
 from ..step import SagaStepResult
 from ._common import encode_json
 from .base import JournalEntry, RawEntry
 
-__all__ = ["MAX_ERROR_TEXT", "UNJOURNALED", "error_text", "journal_entry", "response_text"]
+__all__ = [
+    "MAX_ERROR_TEXT", "UNJOURNALED", "error_text", "journal_entry", "oversized_response",
+    "response_text",
+]
 
 _log = library_logger("fallback_saga")
 
@@ -54,6 +58,25 @@ def error_text(text: str) -> str:
         return text
     cut = len(text) - MAX_ERROR_TEXT
     return f"{text[:MAX_ERROR_TEXT]}… [{cut} more characters not journaled]"
+
+
+# The class name in a response's journal form: {"$fs":["obj",["shop:Reserved", ...
+_OBJECT_NAME: Final = re.compile(r'\{"\$fs":\["obj",\["([^"\\]{1,200})"')
+_KINDS: Final = {'"': "str", "[": "list", "{": "dict"}
+
+
+def oversized_response(saga_id: str, step: str, result: str, reason: str) -> str:
+    """The journal form that replaces a step's response (``result``, its
+    journal form) too large for the store to hold (``reason`` says what
+    limit): the marker of a response that could not be kept, naming only
+    its kind and ``reason`` — never the value, which may hold secrets. A
+    resumed run gets an ``UnjournaledResponse`` in its place."""
+    named = _OBJECT_NAME.match(result)
+    kind = named.group(1) if named else _KINDS.get(result[:1], "value")
+    _log.warning("saga %s: the response of step %s (a %s) is too large to journal (%s); "
+                 "this run returns it, a resumed run gives an UnjournaledResponse in its place",
+                 short_id(saga_id), short_id(step), kind, reason)
+    return _to_json({TAG: [UNJOURNALED, [kind, reason]]})
 
 
 # (saga name, step name) already warned about in this process: a step that

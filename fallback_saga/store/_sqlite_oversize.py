@@ -20,29 +20,19 @@ never will:
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from typing import Any, Final
 
-from ..decoding import TAG
 from ..errors import ContextSerializationError, short_id
-from ..log_lines import library_logger
-from ._common import encode_json
-from ._responses import UNJOURNALED
+from ._responses import oversized_response
 from ._sqlite_sql import _append, _create, _Request
 from .base import JournalEntry
 
 __all__ = ["fit_oversized", "too_big"]
 
-_log = library_logger("fallback_saga")
-
 # What a row needs beside its large value (ids, names, numbers, SQLite's
 # record header): a value within this of the limit is taken as the cause.
 _ROW_ROOM: Final = 4096
-
-# The class name in a response's journal form: {"$fs":["obj",["shop:Reserved", ...
-_OBJECT_NAME: Final = re.compile(r'\{"\$fs":\["obj",\["([^"\\]{1,200})"')
-_KINDS: Final = {'"': "str", "[": "list", "{": "dict"}
 
 
 def too_big(error: BaseException) -> bool:
@@ -72,7 +62,7 @@ def fit_oversized(
     for entry in entries:
         error, result = entry[6], entry[8]
         if result is not None and _size(result) + _size(error) > room:
-            result = _marker(saga_id, entry[1], result, limit, path)
+            result = _marker(saga_id, entry[1], result, limit)
         if error is not None and _size(error) > room:
             error = _cut(error, room)
         if error is entry[6] and result is entry[8]:
@@ -109,19 +99,11 @@ def _context_refused(
     return refusal
 
 
-def _marker(saga_id: str, step: str, result: str, limit: int, path: str) -> str:
-    named = _OBJECT_NAME.match(result)
-    kind = named.group(1) if named else _KINDS.get(result[:1], "value")
-    reason = (
+def _marker(saga_id: str, step: str, result: str, limit: int) -> str:
+    return oversized_response(saga_id, step, result, (
         f"its journal form is {_size(result)} bytes, more than the SQLite saga store "
         f"holds in a row (SQLITE_LIMIT_LENGTH: {limit} bytes)"
-    )
-    # The type and the size only: never the value, which may hold secrets.
-    _log.warning("saga %s: the response of step %s (a %s) is too large to journal (%s); "
-                 "this run returns it, a resumed run gives an UnjournaledResponse in its place",
-                 short_id(saga_id), short_id(step), kind, reason)
-    text: str = encode_json({TAG: [UNJOURNALED, [kind, reason]]})
-    return text
+    ))
 
 
 def _cut(error: str, room: int) -> str:
