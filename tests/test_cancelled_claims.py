@@ -334,6 +334,26 @@ class Claiming(FaultySubmittingStore):
         return await self.inner.claim_saga(saga_id, **kwargs)
 
 
+async def interrupted_file(tmp_path: Path, ran: list[str]) -> tuple[Path, type[Saga[Ctx]]]:
+    """A SQLite file holding ``interrupted_order``'s saga "o", written on a
+    clock frozen at 1,000,000 s, and the saga class."""
+    db = tmp_path / "sagas.db"
+    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
+    try:
+        return db, await interrupted_order(FaultySubmittingStore(setup), ran)
+    finally:
+        await setup.close()
+
+
+def store_after_the_crash(db: Path, writer: str, **options: Any) -> SQLiteSagaStore:
+    """The store a service opens on ``db`` an hour after the crash: on a
+    clock frozen then, except the writer process's child, which stamps with
+    ``time.time`` (decades after the crash)."""
+    if writer == "process":
+        return SQLiteSagaStore(db, writer=writer, **options)
+    return SQLiteSagaStore(db, writer=writer, clock=lambda: 1_003_600.0, **options)
+
+
 @pytest.mark.parametrize("writer", ["thread", "process"])
 @pytest.mark.parametrize("who", ["resume", "recover", "worker"])
 async def test_S8_S10_a_claim_landing_after_its_caller_was_cancelled_is_given_back(
@@ -351,19 +371,11 @@ async def test_S8_S10_a_claim_landing_after_its_caller_was_cancelled_is_given_ba
     it is answered, so nobody can cancel its caller meanwhile.)"""
     import fallback_saga.shielding
 
-    db = tmp_path / "sagas.db"
-    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
     ran: list[str] = []
-    try:
-        order = await interrupted_order(FaultySubmittingStore(setup), ran)
-    finally:
-        await setup.close()
+    db, order = await interrupted_file(tmp_path, ran)
     # The lock is held past the grace (none here: a lock held for ever).
     monkeypatch.setattr(fallback_saga.shielding, "CLAIM_GRACE", 0.0)
-    if writer == "process":  # its child stamps with time.time: decades after the crash
-        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600)
-    else:
-        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600, clock=lambda: 1_003_600.0)
+    inner = store_after_the_crash(db, writer, busy_timeout=600)
     try:
         await inner.open()
         store = Claiming(inner)
@@ -404,18 +416,9 @@ async def test_S8_S10_a_claim_landing_as_the_store_closes_is_given_back_before_i
     returns, not dropped with the thread."""
     import fallback_saga.shielding
 
-    db = tmp_path / "sagas.db"
-    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
-    ran: list[str] = []
-    try:
-        order = await interrupted_order(FaultySubmittingStore(setup), ran)
-    finally:
-        await setup.close()
+    db, order = await interrupted_file(tmp_path, [])
     monkeypatch.setattr(fallback_saga.shielding, "CLAIM_GRACE", 0.0)
-    if writer == "process":
-        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600)
-    else:
-        inner = SQLiteSagaStore(db, writer=writer, busy_timeout=600, clock=lambda: 1_003_600.0)
+    inner = store_after_the_crash(db, writer, busy_timeout=600)
     try:
         await inner.open()
         store = Claiming(inner)
@@ -434,10 +437,7 @@ async def test_S8_S10_a_claim_landing_as_the_store_closes_is_given_back_before_i
         await inner.close()
     # On the clock the lease was written by (a lease stamped ahead of the
     # clock counts as written before the clock stepped back: free).
-    after = (
-        SQLiteSagaStore(db) if writer == "process"
-        else SQLiteSagaStore(db, clock=lambda: 1_003_600.0)
-    )
+    after = store_after_the_crash(db, writer)
     try:
         assert await leased_by_nobody(after, "o")
     finally:
@@ -454,17 +454,8 @@ async def test_S8_S10_a_claim_cancelled_as_its_answer_arrives_is_given_back(
     that lease back too (nobody else can know it was taken)."""
     import fallback_saga.store._sqlite_workers as workers
 
-    db = tmp_path / "sagas.db"
-    setup = SQLiteSagaStore(db, clock=lambda: 1_000_000.0)
-    ran: list[str] = []
-    try:
-        await interrupted_order(FaultySubmittingStore(setup), ran)
-    finally:
-        await setup.close()
-    if writer == "process":
-        inner = SQLiteSagaStore(db, writer=writer)
-    else:
-        inner = SQLiteSagaStore(db, writer=writer, clock=lambda: 1_003_600.0)
+    db, _ = await interrupted_file(tmp_path, [])
+    inner = store_after_the_crash(db, writer)
     try:
         await inner.open()
         resolve = workers._resolve
