@@ -109,8 +109,11 @@ class RetryPolicy:
             return 0.0
         try:
             base = self.delay * self.backoff ** (attempt - 2)
-        except OverflowError:  # thousands of attempts: long past the cap anyway
-            base = self.max_delay
+        except OverflowError:
+            # backoff**(attempt - 2) is past the float range (try 1,026 at
+            # 2.0): any delay > 0 is long past the cap by then; a delay of 0
+            # stays 0 (0 times anything), as the formula says.
+            base = self.max_delay if self.delay else 0.0
         wait = min(self.max_delay, base)
         if self.jitter:
             wait += random.uniform(0.0, self.jitter)

@@ -500,6 +500,42 @@ def test_S6_backoff_is_exponential_capped_and_jittered() -> None:
             assert base <= wait <= min(5.0, base + 0.5)
 
 
+@pytest.mark.parametrize("backoff", [2.0, 10.0])
+def test_S6_a_zero_delay_keeps_its_zero_wait_past_a_backoff_float_overflow(
+    backoff: float,
+) -> None:
+    """``delay * backoff**(n-1)`` with ``delay=0`` is 0 at every try; past the
+    float range of ``backoff**(n-1)`` (try 1,026 at 2.0, 310 at 10.0) the wait
+    was the cap, ``max_delay``, on every later try."""
+    late = range(1_000, 1_200) if backoff == 2.0 else range(300, 400)
+    exact = RetryPolicy(attempts=2_000, delay=0.0, backoff=backoff, jitter=0.0)
+    assert {exact.delay_before(n) for n in late} == {0.0}
+
+    jittered = RetryPolicy(attempts=2_000, delay=0.0, backoff=backoff, jitter=0.25)
+    assert all(0.0 <= jittered.delay_before(n) <= 0.25 for n in late)
+
+    # With a delay, the overflow is far past the cap: the cap it is.
+    capped = RetryPolicy(attempts=2_000, delay=0.1, backoff=backoff, max_delay=5.0, jitter=0.0)
+    assert {capped.delay_before(n) for n in late} == {5.0}
+
+
+async def test_S6_a_compensation_retried_thousands_of_times_never_waits_with_zero_delay() -> None:
+    trace: Trace = []
+    tries = 1_100  # the 1,026th try is past 2.0**1023, the largest power of 2 a float holds
+    a = Probe("A", trace, comp_error=Boom, comp_fail_times=tries - 1)
+    b = Probe("B", trace, error=Boom)
+    sleeps = SleepRecorder()
+    policy = RetryPolicy(attempts=tries, delay=0.0, jitter=0.0, sleep=sleeps)
+    saga = declare(a, b)(compensation_retry=policy)
+
+    with pytest.raises(SagaFailed) as info:
+        await saga.run(OrderCtx())
+
+    assert info.value.status is SagaStatus.COMPENSATED
+    assert compensated(trace) == ["A"] * tries
+    assert sleeps.delays == [0.0] * (tries - 1)
+
+
 def test_S6_cancellation_is_never_retried() -> None:
     policy = RetryPolicy(attempts=5)
     assert not policy.should_retry(asyncio.CancelledError(), 1)
