@@ -121,6 +121,29 @@ async def interrupted_order(store: FaultySubmittingStore, ran: list[str]) -> typ
     return Order
 
 
+async def check_given_back(
+    inner: Any, store: Any, order: type[Saga[Ctx]], ran: list[str]
+) -> None:
+    """Nothing ran again, saga "o" is leased by nobody (``inner``: the
+    store itself), so the next recovery pass resumes it at once."""
+    assert ran == ["First"]
+    assert await leased_by_nobody(inner, "o")
+    report = await recover(store, [order], older_than=0)
+    assert report.resumed == ["o"], str(report)
+    assert ran == ["First", "First", "Second"]
+
+
+def claimer_task(who: str, order: type[Saga[Ctx]], store: Any) -> asyncio.Task[Any]:
+    """A task claiming saga "o" as ``who`` does: its ``resume``,
+    ``recover()``, or a ``RecoveryWorker``."""
+    if who == "resume":
+        return asyncio.create_task(order(store=store).resume("o"))
+    if who == "recover":
+        return asyncio.create_task(recover(store, [order], older_than=0))
+    worker = RecoveryWorker(store, [order], older_than=0, poll=3600, listen=False)
+    return asyncio.create_task(worker.run())
+
+
 async def test_S8_S13_a_resume_cancelled_while_its_claim_is_in_flight_leaves_no_lease() -> None:
     clock = [1_000_000.0]
     inner = SQLiteSagaStore(":memory:", clock=lambda: clock[0])
@@ -244,22 +267,13 @@ async def test_S10_S15_a_recovery_cancelled_while_its_batch_claim_is_in_flight_l
         order = await interrupted_order(store, ran)
         clock[0] += 3600.0  # the dead run's lease ran out
         store.gated = "*"
-        if who == "recover":
-            recovering = asyncio.create_task(recover(store, [order], older_than=0))
-        else:
-            worker = RecoveryWorker(store, [order], older_than=0, poll=3600, listen=False)
-            recovering = asyncio.create_task(worker.run())
+        recovering = claimer_task(who, order, store)
         await store.claiming.wait()
         recovering.cancel()
         store.gate.set()  # the claim lands, after its caller was cancelled
         with pytest.raises(asyncio.CancelledError):
             await recovering
-        assert ran == ["First"]  # nothing ran again
-        assert await leased_by_nobody(inner, "o")
-        # ... so the next pass resumes it at once
-        report = await recover(store, [order], older_than=0)
-        assert report.resumed == ["o"], str(report)
-        assert ran == ["First", "First", "Second"]
+        await check_given_back(inner, store, order, ran)
     finally:
         await inner.close()
 
@@ -380,13 +394,7 @@ async def test_S8_S10_a_claim_landing_after_its_caller_was_cancelled_is_given_ba
         await inner.open()
         store = Claiming(inner)
         locks.append(HeldLock(sqlite3_shell, db))
-        if who == "resume":
-            waiting = asyncio.create_task(order(store=store).resume("o"))
-        elif who == "recover":
-            waiting = asyncio.create_task(recover(store, [order], older_than=0))
-        else:
-            worker = RecoveryWorker(store, [order], older_than=0, poll=3600, listen=False)
-            waiting = asyncio.create_task(worker.run())
+        waiting = claimer_task(who, order, store)
         await store.claiming.wait()
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -395,11 +403,7 @@ async def test_S8_S10_a_claim_landing_after_its_caller_was_cancelled_is_given_ba
         locks.pop().release()  # the claim lands, its caller gone
         # A write queued after the claim: answered once the claim's is.
         await inner.release(Lease("o", "nobody", -1, 0.0))
-        assert ran == ["First"]  # nothing ran again
-        assert await leased_by_nobody(inner, "o")
-        report = await recover(store, [order], older_than=0)
-        assert report.resumed == ["o"], str(report)
-        assert ran == ["First", "First", "Second"]
+        await check_given_back(inner, store, order, ran)
     finally:
         await inner.close()
 
