@@ -35,9 +35,9 @@ with one, nothing changes. Each write still returns only once its
 transaction has committed. If the server refuses the group (one bad write),
 it was rolled back and each write is retried alone, so only the bad one
 fails (saying that nothing of it was written: ``nothing_written``, as
-does any write the server answered with an error); if the connection is
-lost, the commit is in doubt and every write of the group fails, none
-retried. ``store.stats`` counts writes and commits.
+does any write the server answered with an error, or that could get no
+connection from the pool); if the connection is lost, the commit is in
+doubt and every write of the group fails, none retried. ``store.stats`` counts writes and commits.
 
 Leases. ``claim`` is one short transaction: ``SELECT ... FOR UPDATE SKIP
 LOCKED`` on the sagas table alone (no join, no subquery: under READ COMMITTED
@@ -236,6 +236,7 @@ def _server_gave_up(error: SagaStoreError) -> bool:
 # (``SagaStoreError.nothing_written``).
 _REFUSED: Final = "refused by the server, which rolled it back: nothing of it was written"
 _NOT_SENT: Final = "never sent: nothing of it was written"
+_NO_CONNECTION: Final = "never sent, as no connection could be had: nothing of it was written"
 
 
 _CLOSER: Final = "fallback_saga-pool-closer"
@@ -768,6 +769,24 @@ class PostgresSagaStore:
         text = str(error)
         return None if any(secret in text for secret in self._secrets) else error
 
+    async def _connection(
+        self, pool: AsyncConnectionPool[Any], doing: str, *, write: bool
+    ) -> AsyncConnection[Any]:
+        """``_getconn``'s connection, or the store's error if none could be
+        had: the pool timed out waiting for one (the server is down or
+        unreachable, or every connection is in use), is closed, or has too
+        many waiting. The pool's own ``check`` of a connection runs before it
+        hands it out and sends nothing of the caller's; so for a ``write``
+        nothing of it was sent, and the error says so (``_NO_CONNECTION``).
+        A connection that was had and then lost is not this: its write stays
+        in doubt (``_commit_in_doubt``)."""
+        try:
+            return await _getconn(pool)
+        except self._errors as error:
+            raise self._wrap(
+                error, doing, _NO_CONNECTION if write else ""
+            ) from self._shown_cause(error)
+
     async def _fetch(
         self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one",
         write: bool = False,
@@ -787,7 +806,7 @@ class PostgresSagaStore:
         try:
             # getconn/putconn rather than pool.connection(): the hot path, and an
             # autocommit connection has no transaction for the context to end.
-            conn = await _getconn(pool)
+            conn = await self._connection(pool, doing, write=write)
             try:
                 prepare = self._prepare_any
                 if conn.autocommit:
@@ -823,8 +842,9 @@ class PostgresSagaStore:
         ``write``: ``error`` ended a write's transaction, which the server
         certainly rolled back if it answered with an error of its own
         (``_commit_in_doubt``): the error then says that nothing was
-        written. A lost connection, a shutdown, or no connection at all
-        stays in doubt: the COMMIT may have been sent, and committed."""
+        written. A lost connection or a shutdown stays in doubt: the COMMIT
+        may have been sent, and committed. (No connection at all is
+        ``_connection``'s: nothing was sent.)"""
         not_written = _REFUSED if write and not _commit_in_doubt(error) else ""
         sqlstate = getattr(error, "sqlstate", None) or ""
         pool = self._pool
@@ -904,7 +924,8 @@ class PostgresSagaStore:
         try:
             conn = await _getconn(pool)
         except self._errors as error:
-            return [self._wrap(error, doing) for doing, _, _ in writes]
+            # No connection: nothing of the group was sent (``_connection``).
+            return [self._wrap(error, doing, _NO_CONNECTION) for doing, _, _ in writes]
         try:
             done: set[int] = set()
             statement = self._sql.group
@@ -1196,7 +1217,7 @@ class PostgresSagaStore:
         if pool is None:
             raise SagaStoreError("the PostgreSQL saga store is closed")
         try:
-            conn = await _getconn(pool)
+            conn = await self._connection(pool, "cannot claim sagas", write=True)
             try:
                 async with conn.transaction():
                     await conn.execute(_READ_COMMITTED)
