@@ -1292,8 +1292,10 @@ async def test_a_pool_that_times_out_fails_the_write_never_cancels_the_saga(
     ``asyncio.timeout`` bound to the current task: had the write been made
     in the saga's own task (driven inline), the timeout would have cancelled
     the saga instead, and the write would have waited on. It is made in a
-    task of the store's, so the write fails (in doubt) and the run stops
-    with ``SagaInterrupted``."""
+    task of the store's, so the write fails and the run stops with
+    ``SagaInterrupted`` — not in doubt: the write got no connection, so
+    nothing of it was sent (it was taken for in doubt before, as if the
+    connection had been lost mid-statement)."""
     from fallback_saga import RetryPolicy, SagaInterrupted
 
     pool = psycopg_pool.AsyncConnectionPool(
@@ -1313,8 +1315,9 @@ async def test_a_pool_that_times_out_fails_the_write_never_cancels_the_saga(
         assert finished, "the write waited on past the pool's timeout"
         with pytest.raises(SagaInterrupted) as stopped:
             await run
-        assert stopped.value.in_doubt
+        assert stopped.value.in_doubt is False, stopped.value
         assert isinstance(stopped.value.error, SagaStoreError)
+        assert stopped.value.error.nothing_written is True
         assert isinstance(stopped.value.error.__cause__, psycopg_pool.PoolTimeout)
         assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
         await store.close()

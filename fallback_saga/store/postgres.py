@@ -1406,7 +1406,12 @@ class PostgresSagaStore:
         older_than = finite_seconds("older_than", older_than)
         chosen = list(purge_statuses(statuses))
         doing = "cannot purge sagas"
-        cutoff, timeout_ms = await self._fetch(doing, self._sql.purge_cutoff, (older_than,))
+        # A read, but the purge's first statement: whatever fails it (no
+        # connection, the server's error) leaves the purge with nothing
+        # written, and its error says so as a batch's would.
+        cutoff, timeout_ms = await self._fetch(
+            doing, self._sql.purge_cutoff, (older_than,), write=True
+        )
         # A batch aims at this long: short enough for the locks it holds,
         # and a quarter of the statement timeout at most.
         aim = PURGE_BATCH_SECONDS

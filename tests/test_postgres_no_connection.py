@@ -1,0 +1,253 @@
+"""A PostgreSQL write that could get no connection, against a real,
+throwaway server: nothing of it was sent, so the store says that nothing of
+it was written (``SagaStoreError.nothing_written``).
+
+Faults injected, each for real: the pool's only connection held by another
+(the store's wait for one ends in ``psycopg_pool.PoolTimeout``), and the
+server stopped (every connection the pool held is closed by the server's
+shutdown, and a new one cannot be made: ``PoolTimeout`` again).
+
+What is promised (S13): a run stopped by a write that got no connection is
+not in doubt (``SagaInterrupted.in_doubt`` false), its journal holds what
+the caller was told, and a creation that got none says it was not written;
+once a connection can be had, ``recover()`` (or a second run) finishes the
+saga, every step applied once — checked with a participant ledger. A write
+whose connection was lost mid-statement stays in doubt
+(``test_postgres_refusals.test_S13_a_write_whose_connection_is_lost_stays_in_doubt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest_pg import require_driver
+from helpers_ledger import Ctx, ledger_saga
+
+from fallback_saga import RetryPolicy, SagaInterrupted, SagaStatus
+from fallback_saga.errors import SagaNotFound, SagaStoreError
+from fallback_saga.recovery import recover
+from fallback_saga.testing import entry
+
+pytest_plugins = ["conftest_pg"]
+
+require_driver()  # skips this module without psycopg (fails under CI)
+
+import psycopg_pool  # noqa: E402
+from pg_cluster import PostgresCluster  # noqa: E402
+
+from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
+
+# Two tries: the second is made without reading the journal back first only
+# if the first said that it wrote nothing (a read would find no connection
+# either, and leave the run in doubt).
+TWO_TRIES = RetryPolicy(attempts=2, delay=0, jitter=0)
+NO_CONNECTION = "no connection could be had: nothing of it was written"
+
+Ledger = list[tuple[str, str]]
+
+
+@pytest.fixture
+async def one_connection(pg_conninfo: str) -> AsyncIterator[psycopg_pool.AsyncConnectionPool[Any]]:
+    """A pool of one connection, whose wait for it gives up soon: another
+    holder of that connection leaves the store none."""
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, timeout=0.3, open=False,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def history(record: Any) -> list[tuple[str, str, str]]:
+    return [(e.step, e.action, e.status.value) for e in record.history]
+
+
+def assert_not_written(error: BaseException | None) -> None:
+    assert isinstance(error, SagaStoreError), error
+    assert error.nothing_written is True, error
+    assert NO_CONNECTION in str(error), error
+    assert isinstance(error.__cause__, psycopg_pool.PoolTimeout), error.__cause__
+
+
+async def test_S13_a_journal_write_that_gets_no_connection_stops_the_run_not_in_doubt(
+    pg_schema: str, one_connection: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """S1's act takes the pool's only connection: the write after it waits
+    for one until the pool gives up, on both tries. Nothing was sent, so
+    the run stops **not in doubt**; the journal holds what the caller was
+    told, and once the connection is back ``recover()`` finishes the saga,
+    S0 and S2 applied once."""
+    pool = one_connection
+    ledger: Ledger = []
+    held: list[Any] = []
+
+    async def take_the_connection(ctx: Ctx) -> None:
+        if not held:  # once: not again when recovery runs S1 again
+            held.append(await pool.getconn())
+
+    saga_class = ledger_saga(ledger, S1=take_the_connection)
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=None)
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        interrupted = stopped.value
+        assert interrupted.in_doubt is False, interrupted
+        assert interrupted.status is SagaStatus.RUNNING
+        assert_not_written(interrupted.error)
+        assert ledger == [("s-1", "S0"), ("s-1", "S1")]
+
+        await pool.putconn(held[0])
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.RUNNING
+        assert history(record) == [
+            ("S0", "act", "started"), ("S0", "act", "completed"), ("S1", "act", "started"),
+        ]
+        report = await recover(store, [saga_class], older_than=0)
+        assert report.resumed == ["s-1"], report
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert sorted(set(ledger)) == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
+        assert ledger.count(("s-1", "S0")) == 1
+        assert ledger.count(("s-1", "S2")) == 1
+
+
+async def test_S13_a_creation_that_gets_no_connection_was_not_written_and_may_run_again(
+    pg_schema: str, one_connection: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """The pool's only connection is held when the saga starts: its creation
+    gets none, and the run says that it was not written (not in doubt). No
+    step ran, nothing is stored; run again once the connection is back, the
+    saga completes under the same id."""
+    pool = one_connection
+    ledger: Ledger = []
+    saga_class = ledger_saga(ledger)
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=None)
+        held = await pool.getconn()
+        with pytest.raises(SagaInterrupted) as refused:
+            await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        await pool.putconn(held)
+        assert refused.value.status is None
+        assert refused.value.in_doubt is False, refused.value
+        assert "its creation was not written" in str(refused.value), refused.value
+        assert_not_written(refused.value.error)
+        assert ledger == []
+        with pytest.raises(SagaNotFound):
+            await store.load("s-1")
+
+        await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert ledger == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
+
+
+async def test_S13_writes_of_a_group_that_gets_no_connection_each_say_nothing_was_written(
+    pg_schema: str, one_connection: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """Appends submitted together while the pool's only connection is held:
+    the one sent alone and the group that follows it both get no
+    connection, and each write says that nothing of it was written. Once
+    the connection is back, the journals are as they were, and the same
+    appends land."""
+    pool = one_connection
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        ids = [f"g-{n}" for n in range(5)]
+        for saga_id in ids:
+            await store.create(saga_id, "G", "fp", {}, [entry(0, "a")])
+        held = await pool.getconn()
+        futures = [store.submit_append(saga_id, [entry(1, "b")], None, None, None, 1)
+                   for saga_id in ids]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        await pool.putconn(held)
+        assert store.stats.largest_group >= 2, store.stats  # a group was tried
+        for outcome in outcomes:
+            assert_not_written(outcome)
+        assert [len((await store.load(saga_id)).history) for saga_id in ids] == [1] * 5
+        await asyncio.gather(*(store.append(saga_id, [entry(1, "b")], after=1)
+                               for saga_id in ids))
+        assert [len((await store.load(saga_id)).history) for saga_id in ids] == [2] * 5
+
+
+async def test_S13_leases_and_purges_that_get_no_connection_say_nothing_was_written(
+    pg_schema: str, one_connection: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """A claim, a lease by id, a renewal, a release, a deferral and a purge
+    made while the pool's only connection is held: each says that nothing
+    of it was written, and indeed the lease and the sagas are as before."""
+    pool = one_connection
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        await store.create("old", "X", "fp", {}, [entry(0, "a")])
+        await store.create("done", "X", "fp", {}, [], status=SagaStatus.COMPLETED)
+        lease = await store.claim_saga("old", owner="w", lease_seconds=60)
+        held = await pool.getconn()
+        attempts = {
+            "claim": lambda: store.claim(owner="v", lease_seconds=60, older_than=-60, limit=10),
+            "claim_saga": lambda: store.claim_saga("old", owner="v", lease_seconds=60),
+            "renew": lambda: store.renew(lease, 120),
+            "release": lambda: store.release(lease),
+            "defer": lambda: store.defer(lease, 60),
+            "purge": lambda: store.purge(older_than=-60),
+        }
+        for name, attempt in attempts.items():
+            with pytest.raises(SagaStoreError) as failed:
+                await attempt()
+            assert failed.value.nothing_written is True, (name, failed.value)
+            assert NO_CONNECTION in str(failed.value), (name, failed.value)
+        await pool.putconn(held)
+        assert (await store.load("done")).status is SagaStatus.COMPLETED  # not purged
+        # The lease is still w's, with its token: a renewal by it works.
+        renewed = await store.renew(lease, 60)
+        assert renewed.token == lease.token
+
+
+async def test_S13_a_journal_write_with_the_server_stopped_stops_the_run_not_in_doubt(
+    pg_cluster: PostgresCluster, pg_conninfo: str, pg_schema: str,
+) -> None:
+    """The commonest outage: S1's act stops the server (a fast shutdown,
+    which closes every pooled connection). The write after it finds the
+    pool's connections closed and cannot make a new one: nothing was sent,
+    so the run stops **not in doubt**. Once the server is back, a new
+    store's ``recover()`` finishes the saga, S0 and S2 applied once."""
+    ledger: Ledger = []
+    stopped_once: list[bool] = []
+
+    async def stop_the_server(ctx: Ctx) -> None:
+        if not stopped_once:
+            stopped_once.append(True)
+            await asyncio.to_thread(pg_cluster.stop)
+
+    saga_class = ledger_saga(ledger, S1=stop_the_server)
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema, connect_timeout=2.0)
+    await store.open()
+    try:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=None)
+        with pytest.raises(SagaInterrupted) as stopped:
+            await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        interrupted = stopped.value
+        assert interrupted.in_doubt is False, interrupted
+        assert interrupted.status is SagaStatus.RUNNING
+        assert_not_written(interrupted.error)
+        assert ledger == [("s-1", "S0"), ("s-1", "S1")]
+    finally:
+        await store.close()
+        await asyncio.to_thread(pg_cluster.start)
+    # Another store (a worker started once the server is back: the first
+    # one's pool waits out its reconnection backoff) recovers the saga.
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema)
+    await store.open()
+    try:
+        record = await store.load("s-1")
+        assert history(record) == [
+            ("S0", "act", "started"), ("S0", "act", "completed"), ("S1", "act", "started"),
+        ]
+        report = await recover(store, [saga_class], older_than=0)
+        assert report.resumed == ["s-1"], report
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert ledger.count(("s-1", "S0")) == 1
+        assert ledger.count(("s-1", "S2")) == 1
+    finally:
+        await store.close()
