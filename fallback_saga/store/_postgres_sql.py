@@ -541,15 +541,14 @@ def _commit_in_doubt(error: BaseException) -> bool:
 
     For an error met once a connection was had (a write that got none sent
     nothing: the store says so before asking this). Not in doubt only when
-    the server itself answered the write — its
-    statement, or the COMMIT that ended its transaction — with an ERROR: a
-    transaction that meets an ERROR is rolled back whole, the COMMIT's own
-    included (a deferred constraint or a serialization failure found at
-    commit), and an error after the commit record is written is a PANIC,
-    not an ERROR. Everything else is in doubt: no SQLSTATE (the driver lost
-    the connection, perhaps with the COMMIT sent and its answer on the
-    way), a lost connection
-    or a shutdown (``_COMMIT_UNKNOWN``), a session ended (``_SESSION_ENDING``)."""
+    the server itself answered the write — its statement, or the COMMIT
+    that ended its transaction — with an ERROR: a transaction that meets an
+    ERROR is rolled back whole, the COMMIT's own included (a deferred
+    constraint or a serialization failure found at commit), and an error
+    after the commit record is written is a PANIC, not an ERROR. Everything
+    else is in doubt: no SQLSTATE (the driver lost the connection, perhaps
+    with the COMMIT sent and its answer on the way), a lost connection or a
+    shutdown (``_COMMIT_UNKNOWN``), a session ended (``_SESSION_ENDING``)."""
     sqlstate = getattr(error, "sqlstate", None)
     if not sqlstate or str(sqlstate).startswith(_COMMIT_UNKNOWN):
         return True

@@ -37,7 +37,8 @@ it was rolled back and each write is retried alone, so only the bad one
 fails (saying that nothing of it was written: ``nothing_written``, as
 does any write the server answered with an error, or that could get no
 connection from the pool); if the connection is lost, the commit is in
-doubt and every write of the group fails, none retried. ``store.stats`` counts writes and commits.
+doubt and every write of the group fails, none retried. ``store.stats``
+counts writes and commits.
 
 Leases. ``claim`` is one short transaction: ``SELECT ... FOR UPDATE SKIP
 LOCKED`` on the sagas table alone (no join, no subquery: under READ COMMITTED
