@@ -487,12 +487,34 @@ def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, str] | None:
     """Where ``b`` is not exactly ``a`` — values *and* types, dict key types,
     tuple-ness, Decimal exponents, time zones — as ``(path, what)``; ``None``
     when it is. Objects compare by their state, not their ``__eq__``."""
-    return _difference(a, b, path, set())
+    found = _difference(a, b, set())
+    if found is None:
+        return None
+    # The path is built once, from the steps gathered on the way back up
+    # (innermost first): a group member's writes are found by comparing its
+    # whole copy, and building every compared item's path cost more than
+    # the comparison itself.
+    trail, what = found
+    for kind, step in reversed(trail):
+        if kind is _INDEX:
+            path = f"{path}[{step}]"
+        elif kind is _KEY:
+            path = key_path(path, step)
+        elif kind is _KEY_ITSELF:
+            path = key_path(path, step) + " (the key)"
+        else:
+            path = f"{path}.{step}" if path else step
+    return path, what
 
 
 # Every ``what`` names types and the kind of change, never a value: a
 # context may hold secrets (a pydantic ``SecretStr`` that comes back masked),
 # and refusals are shown and logged.
+
+# A difference found below the top: the steps of its path (innermost first,
+# each ``(kind, index/key/name)``) and what differs.
+_Found = tuple[list[tuple[str, Any]], str]
+_INDEX, _KEY, _KEY_ITSELF, _ATTRIBUTE = "index", "key", "key itself", "attribute"
 
 
 def _a(cls: type) -> str:
@@ -501,24 +523,25 @@ def _a(cls: type) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' and name[:1] else 'a'} {name}"
 
 
-def _difference(a: Any, b: Any, path: str, seen: set[tuple[int, int]]) -> tuple[str, str] | None:
+def _difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found | None:
     ta, tb = type(a), type(b)
     if ta is not tb:
-        return path, f"{_a(ta)} comes back as {_a(tb)}"
+        return [], f"{_a(ta)} comes back as {_a(tb)}"
     if a is b:
         return None
-    if ta is float:
+    if ta in _PLAIN:  # (no float, Decimal, datetime or time is one: exact types)
+        same = a == b
+    elif ta is float:
         same = repr(a) == repr(b)
     elif ta is Decimal:
         if a.as_tuple() == b.as_tuple():
             return None
         if a == b:
-            return path, "a Decimal comes back with another exponent"
+            return [], "a Decimal comes back with another exponent"
         same = False
     elif ta is datetime or ta is time:
-        return _time_difference(a, b, path)
-    elif ta in _PLAIN:
-        same = a == b
+        what = _time_difference(a, b)
+        return None if what is None else ([], what)
     elif isinstance(a, enum.Enum):
         same = False  # members are singletons: ``a is b`` was checked
     else:
@@ -526,8 +549,8 @@ def _difference(a: Any, b: Any, path: str, seen: set[tuple[int, int]]) -> tuple[
         if pair in seen:
             return None
         seen.add(pair)
-        return _container_difference(a, b, path, seen)
-    return None if same else (path, f"{_a(ta)} comes back different")
+        return _container_difference(a, b, seen)
+    return None if same else ([], f"{_a(ta)} comes back different")
 
 
 _PLAIN: frozenset[type] = frozenset(
@@ -535,14 +558,14 @@ _PLAIN: frozenset[type] = frozenset(
 )
 
 
-def _time_difference(a: Any, b: Any, path: str) -> tuple[str, str] | None:
+def _time_difference(a: Any, b: Any) -> str | None:
     kind = _a(type(a))
     if a != b:
-        return path, f"{kind} comes back different"
+        return f"{kind} comes back different"
     if a.fold != b.fold:
-        return path, f"{kind} comes back with another fold"
+        return f"{kind} comes back with another fold"
     if a.utcoffset() != b.utcoffset():
-        return path, f"{kind} comes back with another UTC offset"
+        return f"{kind} comes back with another UTC offset"
     za, zb = a.tzinfo, b.tzinfo
     if za is zb or (type(za) is type(zb) and za == zb):
         return None
@@ -551,38 +574,64 @@ def _time_difference(a: Any, b: Any, path: str) -> tuple[str, str] | None:
     offset = za.utcoffset(None) if za is not None else None
     if offset is not None and zb is not None and zb.utcoffset(None) == offset:
         return None
-    return path, f"the time zone of {kind} ({_a(type(za))}) comes back as {_a(type(zb))}"
+    return f"the time zone of {kind} ({_a(type(za))}) comes back as {_a(type(zb))}"
 
 
-def _container_difference(
-    a: Any, b: Any, path: str, seen: set[tuple[int, int]]
-) -> tuple[str, str] | None:
+def _container_difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found | None:
     cls = type(a)
+    plain = _PLAIN
     if cls is list or cls is tuple:
         if len(a) != len(b):
-            return path, f"{len(a)} items come back as {len(b)}"
+            return [], f"{len(a)} items come back as {len(b)}"
         for index, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = _difference(x, y, f"{path}[{index}]", seen)
+            # What _difference says of two identical objects, or of two
+            # equal ones of one plain type, without the call.
+            if x is y:
+                continue
+            tx = type(x)
+            if tx is type(y) and tx in plain and x == y:
+                continue
+            found = _difference(x, y, seen)
             if found:
+                found[0].append((_INDEX, index))
                 return found
         return None
     if cls is dict:
-        return _items_difference(list(a.items()), b, path, seen, keyed=True)
+        if len(a) != len(b):
+            return [], f"{len(a)} items come back as {len(b)}"
+        # A copy keeps the order of its keys: walk both side by side while
+        # each key of ``b`` is the one ``b[key]`` would find (the same object,
+        # or an equal one of the same plain type); else the general walk.
+        for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True):
+            if ka is not kb:
+                tk = type(ka)
+                if not (tk is type(kb) and tk in plain and ka == kb):
+                    break
+            if va is vb:
+                continue
+            tv = type(va)
+            if tv is type(vb) and tv in plain and va == vb:
+                continue
+            found = _difference(va, vb, seen)
+            if found:
+                found[0].append((_KEY, ka))
+                return found
+        else:
+            return None
+        return _items_difference(list(a.items()), b, seen, keyed=True)
     if cls is set or cls is frozenset:
-        return _items_difference(
-            [(item, None) for item in a], {k: None for k in b}, path, seen, keyed=False
-        )
+        return _items_difference([(item, None) for item in a], {k: None for k in b}, seen, False)
     state_a, state_b = _state(a), _state(b)
     if state_a is None or state_b is None:
-        return None if a == b else (path, f"{_a(cls)} comes back different")
+        return None if a == b else ([], f"{_a(cls)} comes back different")
     for name in state_a.keys() | state_b.keys():
-        where = f"{path}.{name}" if path else name
         if name not in state_b:
-            return where, "the attribute is missing"
+            return [(_ATTRIBUTE, name)], "the attribute is missing"
         if name not in state_a:
-            return where, "an attribute that was not there appears"
-        found = _difference(state_a[name], state_b[name], where, seen)
+            return [(_ATTRIBUTE, name)], "an attribute that was not there appears"
+        found = _difference(state_a[name], state_b[name], seen)
         if found:
+            found[0].append((_ATTRIBUTE, name))
             return found
     return None
 
@@ -590,25 +639,28 @@ def _container_difference(
 def _items_difference(
     items: list[tuple[Any, Any]],
     other: dict[Any, Any],
-    path: str,
     seen: set[tuple[int, int]],
     keyed: bool,
-) -> tuple[str, str] | None:
+) -> _Found | None:
     if len(items) != len(other):
-        return path, f"{len(items)} items come back as {len(other)}"
+        return [], f"{len(items)} items come back as {len(other)}"
     keys = {key: key for key in other}
     for key, value in items:
         # A dict's key names the field, as in the codec's paths; a set's
         # item is a value, so the set is named instead (never the item).
-        where = key_path(path, key) if keyed else path
         if key not in keys:
-            missing = "the key" if keyed else f"an item ({_a(type(key))})"
-            return where, f"{missing} is missing"
-        found = _difference(key, keys[key], where + (" (the key)" if keyed else ""), seen)
+            if keyed:
+                return [(_KEY, key)], "the key is missing"
+            return [], f"an item ({_a(type(key))}) is missing"
+        found = _difference(key, keys[key], seen)
         if found:
+            if keyed:
+                found[0].append((_KEY_ITSELF, key))
             return found
-        found = _difference(value, other[key], where, seen)
+        found = _difference(value, other[key], seen)
         if found:
+            if keyed:
+                found[0].append((_KEY, key))
             return found
     return None
 
