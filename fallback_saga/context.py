@@ -395,10 +395,25 @@ def flat_changes(state: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
 def member_snapshot(base: Snapshot, copy: object) -> StepSnapshot:
     """The step snapshot of ``copy``, a ``working_copy`` of ``base`` not yet
     changed: what its ``restore_step`` needs. For a flat context that is
-    ``base``'s own state (``restore_step`` only reads it), nothing to copy."""
+    ``base``'s own state (``restore_step`` only reads it), nothing to copy;
+    else ``base`` itself, restored into the copy as ``working_copy`` made it
+    (a deep copy again, only when a try fails — not one per member up front)."""
     if base[4]:
         return base[1]  # type: ignore[no-any-return]
-    return step_snapshot(copy)
+    return _make_snapshot(_MemberSnapshot, base)
+
+
+class _MemberSnapshot(Snapshot):
+    """A group's Snapshot (of the saga's context) as the step snapshot of a
+    member's working copy: restoring installs a fresh deep copy of it into
+    the copy, references to the saga's context becoming references to the
+    copy — what ``working_copy`` did. The group's Snapshot is never handed
+    over (always copied), so it serves every member and every retry."""
+
+    __slots__ = ()
+
+    def restore(self, context: object, *, reuse: bool = True) -> None:
+        self._install(context, True)
 
 
 def changed_fields(base: Snapshot, copy: object) -> dict[str, Any]:
