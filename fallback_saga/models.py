@@ -542,7 +542,7 @@ def _difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found | None:
     elif ta is datetime or ta is time:
         what = _time_difference(a, b)
         return None if what is None else ([], what)
-    elif isinstance(a, enum.Enum):
+    elif ta is not dict and ta is not list and isinstance(a, enum.Enum):
         same = False  # members are singletons: ``a is b`` was checked
     else:
         pair = (id(a), id(b))
