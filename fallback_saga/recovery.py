@@ -84,6 +84,7 @@ class ClaimedSaga:
         listeners: tuple[object, ...] = (),
         allow_changed_definition: bool = False,
         skip_for: float | None = None,
+        retry_in: float | None = None,
         hand_off_when_cancelled: bool = False,
     ) -> None:
         self.store = store
@@ -99,6 +100,9 @@ class ClaimedSaga:
         # Seconds a skipped saga stays out of claims (a worker's lease), or
         # None: released, claimable at once (a one-off ``recover`` pass).
         self.skip_for = skip_for
+        # Seconds an interrupted saga stays out of claims (a worker's
+        # backoff), or None: released, claimable at once (``recover``).
+        self.retry_in = retry_in
         self.saga_name: str | None = None  # once its record is read
         self.run: LeasedRun | None = None
         # Why it was skipped, when its definition (or a child's) changed.
@@ -226,6 +230,17 @@ class ClaimedSaga:
                 # ``skip_for``: another worker (one that knows its name) gets
                 # it within that; an operator's resume leases it at once by id.
                 await self.store.defer(self.lease, self.skip_for)
+            elif outcome == "interrupted" and self.retry_in is not None and hasattr(
+                self.store, "defer"
+            ):
+                # The journal refused this saga's write. Released, it would
+                # be the oldest claimable saga again at once, and a worker
+                # whose claim filled its slots claims again at once: a saga
+                # whose rows the store always refuses (a poison saga) was
+                # claimed, resumed and warned about hundreds of times a
+                # second, and the sagas behind it never got a slot. Out of
+                # claims for the worker's backoff instead.
+                await self.store.defer(self.lease, self.retry_in)
             elif outcome == "deferred" and hasattr(self.store, "defer"):
                 # Out of claims for a lease's length (its parent, if it
                 # stalls, is taken over within that): released, a child

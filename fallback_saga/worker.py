@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -111,7 +112,11 @@ class RecoveryWorker:
     starve the sagas that can be resumed. So the warning comes once per
     ``lease`` seconds per saga; a worker that knows the saga (a mixed fleet, a
     rolling deploy) claims it within ``lease`` + its ``poll`` seconds; an
-    operator takes it at once (``recover``, ``resume`` by id).
+    operator takes it at once (``recover``, ``resume`` by id). An
+    interrupted saga (its journal write failed) is kept out of claims for a
+    backoff: ``poll`` seconds, doubled per interruption of it in a row,
+    capped at ``lease``, jittered — a saga whose writes the store always
+    refuses is never claimed hot, and never holds up the others.
 
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
@@ -163,6 +168,9 @@ class RecoveryWorker:
         self._notifier = store if listen and is_work_notifier(store) else None
         self._listening = asyncio.Event()
         self._claims_failing = False  # warned about this outage of the store already
+        # Saga id -> its interruptions in a row here (the journal refused its
+        # writes): each one doubles its time out of claims (``_retry_in``).
+        self._interruptions: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
@@ -293,10 +301,19 @@ class RecoveryWorker:
         for lease in leases:
             claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
                                   listeners=self._listeners, skip_for=self.lease,
+                                  retry_in=self._retry_in(lease.saga_id),
                                   hand_off_when_cancelled=True)
             task = asyncio.get_running_loop().create_task(self._resume(claimed))
             self._in_flight[task] = claimed
             task.add_done_callback(self._done)
+
+    def _retry_in(self, saga_id: str) -> float:
+        """Seconds a saga interrupted now stays out of claims: ``poll``,
+        doubled for each interruption of it in a row, capped at ``lease``,
+        jittered down to half of that (workers that met the same outage do
+        not all come back at once)."""
+        doublings = min(self._interruptions.get(saga_id, 0), 32)
+        return min(self.lease, self.poll * 2.0 ** doublings) * random.uniform(0.5, 1.0)
 
     async def _resume(self, claimed: ClaimedSaga) -> None:
         try:
@@ -307,6 +324,11 @@ class RecoveryWorker:
             self.stats.handed_off += 1
             raise
         stats = self.stats
+        if outcome == "interrupted":
+            self._interruptions[claimed.saga_id] = (
+                self._interruptions.get(claimed.saga_id, 0) + 1)
+        else:
+            self._interruptions.pop(claimed.saga_id, None)
         if outcome == "completed":
             stats.completed += 1
         elif outcome == "compensated":
@@ -321,8 +343,10 @@ class RecoveryWorker:
             stats.deferred += 1  # a child saga: its parent drives it
         elif outcome == "interrupted":
             stats.interrupted += 1
-            _log.warning("recovery worker %s: saga %s interrupted: %s", self.owner,
-                         claimed.saga_id, reason)
+            again = (f" (claimed again in {claimed.retry_in:.3g} s)"
+                     if claimed.retry_in is not None and hasattr(self.store, "defer") else "")
+            _log.warning("recovery worker %s: saga %s interrupted: %s%s", self.owner,
+                         claimed.saga_id, reason, again)
         else:
             stats.skipped += 1
             changed = claimed.definition_changed

@@ -41,6 +41,7 @@ from fallback_saga import (
     Lease,
     LeaseLost,
     RecoveryWorker,
+    RetryPolicy,
     Saga,
     SagaContext,
     SagaNotFound,
@@ -1184,3 +1185,126 @@ async def test_S8_a_worker_cancelled_in_a_call_whose_driver_swallows_it_stops(
         async with asyncio.timeout(10):  # a bound, not a wait: it fails the test
             await running
     await store.close()
+
+
+# --------------------------------------------------------------------------- poison sagas
+
+
+def _refusing_appends_of(store: Any, victim: str) -> Any:
+    """``store``, whose journal refuses every write of saga ``victim`` (a row
+    the database rejects: a trigger, a constraint, a page it cannot write),
+    and counts the claims that hand that saga out."""
+    append, submit_append, claim = store.append, store.submit_append, store.claim
+    store.victim_claims = 0
+
+    async def refused_append(saga_id: str, *args: Any, **kwargs: Any) -> None:
+        if saga_id == victim:
+            raise SagaStoreError(f"the database refuses saga {victim}'s rows")
+        await append(saga_id, *args, **kwargs)
+
+    def refused_submit(saga_id: str, *args: Any) -> asyncio.Future[None]:
+        if saga_id != victim:
+            return submit_append(saga_id, *args)  # type: ignore[no-any-return]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_exception(SagaStoreError(f"the database refuses saga {victim}'s rows"))
+        return future
+
+    async def counted_claim(**kwargs: Any) -> list[Lease]:
+        leases: list[Lease] = await claim(**kwargs)
+        store.victim_claims += sum(lease.saga_id == victim for lease in leases)
+        return leases
+
+    store.append, store.submit_append, store.claim = refused_append, refused_submit, counted_claim
+    return store
+
+
+async def _outcomes_until(told: OutcomeSignal, outcome: str, count: int, *, at_most: int) -> None:
+    while sum(each == outcome for _, _, each, _ in told.outcomes) < count:
+        assert len(told.outcomes) < at_most, (
+            f"fewer than {count} {outcome!r} in {at_most} outcomes: {told.outcomes}")
+        told.told.clear()
+        await asyncio.wait_for(told.told.wait(), 60)  # a safety net, not a sync
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_S13_a_saga_whose_journal_always_fails_is_backed_off_not_claimed_hot(
+    kind: str, db: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saga the journal refuses every time (a poison saga), older than the
+    others, with one free slot: each resume of it is ``interrupted``. Released,
+    it was the oldest claimable saga again at once, and the worker — woken
+    because its claim had filled its slot — claimed it again straight away:
+    hundreds of claims (and warnings) a second, none of the other sagas ever
+    resumed. Now it is kept out of claims for a backoff (``poll`` doubled per
+    interruption, capped at ``lease``), the others are resumed meanwhile, and
+    its journal is kept as it was."""
+    caplog.set_level(logging.WARNING, logger="fallback_saga")
+    told = OutcomeSignal()
+    async with _a_store(kind, db, request) as store:
+        await store.create("p-poison", "OrderSaga", OrderSaga.definition.fingerprint,
+                           {"order_id": "p"}, [_act(0, "A", StepStatus.STARTED)])
+        due = await seed(store, 3)  # newer: claimed after it
+        _refusing_appends_of(store, "p-poison")
+        saga = OrderSaga(store=store, step_factory=lambda cls: cls(Ledger()),
+                         journal_retry=RetryPolicy(attempts=1, delay=0, jitter=0))
+        worker = RecoveryWorker(store, [saga], concurrency=1, lease=600, poll=20,
+                                older_than=0, listen=False, listeners=[told])
+        started = time.time()
+        running = asyncio.create_task(worker.run())
+        try:
+            await _outcomes_until(told, "completed", 3, at_most=8)
+        finally:
+            await worker.stop()
+            await running
+        assert [(s, o) for s, _, o, _ in told.outcomes] == [
+            ("p-poison", "interrupted"), *[(s, "completed") for s in due]]
+        assert store.victim_claims == 1
+        warned = [r for r in caplog.records if "saga p-poison interrupted" in r.getMessage()]
+        assert len(warned) == 1
+        assert "claimed again in" in warned[0].getMessage()
+        # Out of claims for the first step of the backoff (poll, jittered down
+        # to no less than half of it), then every worker's again.
+        assert await store.claim(owner="w", lease_seconds=30, older_than=0, limit=10) == []
+        state = await store.lease_state("p-poison")
+        assert state.owner is None
+        assert started + 10 <= state.expires_at <= time.time() + 20
+        record = await store.load("p-poison")
+        assert record.status is SagaStatus.RUNNING
+        assert [(e.step, e.status) for e in record.history] == [("A", StepStatus.STARTED)]
+
+
+async def test_S13_a_poison_sagas_backoff_doubles_per_interruption_up_to_the_lease(
+    db: Path,
+) -> None:
+    """Each further interruption of the same saga doubles its time out of
+    claims, up to the worker's lease; an operator still leases it at once."""
+    told = OutcomeSignal()
+    async with SQLiteSagaStore(db) as store:
+        await store.create("p-poison", "OrderSaga", OrderSaga.definition.fingerprint,
+                           {"order_id": "p"}, [_act(0, "A", StepStatus.STARTED)])
+        _refusing_appends_of(store, "p-poison")
+        saga = OrderSaga(store=store, step_factory=lambda cls: cls(Ledger()),
+                         journal_retry=RetryPolicy(attempts=1, delay=0, jitter=0))
+        worker = RecoveryWorker(store, [saga], concurrency=1, lease=100, poll=20,
+                                older_than=0, listen=False, listeners=[told])
+        running = asyncio.create_task(worker.run())
+        out_for: list[float] = []
+        try:
+            for times in range(1, 5):
+                await _outcomes_until(told, "interrupted", times, at_most=times + 1)
+                await eventually(lambda: worker.in_flight == 0, what="the lease let go")
+                state = await store.lease_state("p-poison")
+                out_for.append(state.expires_at - time.time())
+                # The backoff's time passes (an operator's claim, given back at once).
+                lease = await store.claim_saga("p-poison", owner="t", lease_seconds=30)
+                await store.defer(lease, -1)
+                worker.wake()
+        finally:
+            await worker.stop()
+            await running
+        assert store.victim_claims == 4
+        first, second, third, fourth = out_for
+        assert 10 - 5 <= first <= 20
+        assert 20 - 5 <= second <= 40
+        assert 40 - 5 <= third <= 80
+        assert 50 - 5 <= fourth <= 100  # capped at the lease
