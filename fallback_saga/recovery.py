@@ -124,12 +124,29 @@ class ClaimedSaga:
         try:
             outcome = await self._drive()
         except asyncio.CancelledError:
-            outcome = await self._after_cancellation()
+            ended_by = self.run.ended_by if self.run is not None else None
+            outcome = (self._ended(ended_by) if ended_by is not None
+                       else await self._after_cancellation())
+            raise
+        except BaseException as error:  # SystemExit, KeyboardInterrupt out of a step
+            outcome = self._ended(error)
             raise
         finally:
             self._report(outcome)
             await self._let_go(outcome[0])
         return outcome
+
+    def _ended(self, error: BaseException) -> Outcome:
+        """The saga's own run let out SystemExit or KeyboardInterrupt: the
+        process stops (asyncio lets them out of the loop, then cancels what
+        is left). Handed off on the way out, as a shutdown's sagas are, the
+        saga would be claimable at once — the oldest, claimed first by the
+        restarted worker (or, announced, by every other worker in turn), each
+        dying of it at once, the sagas behind it never reached. Its lease is
+        kept instead, as a crash keeps it: it comes back once per lease."""
+        self._keep_lease = True
+        return ("interrupted", f"{type(error).__name__} out of the resumed run: the "
+                               f"process stops; its lease is kept until it runs out")
 
     async def hand_back(self) -> None:
         """Give the saga back untouched (the pass was cancelled before it

@@ -398,6 +398,11 @@ class LeasedRun:
             self._scope.when_cancelled = self._cancelled_from_outside
         self._context.run(STOP_SCOPE.set, self._scope)
         self._task: asyncio.Task[SagaResult[Any]] | None = None
+        # What ended the run, when that is a BaseException that is no
+        # Exception and no cancellation (SystemExit, KeyboardInterrupt out of
+        # a step): it leaves the event loop, which then cancels this task,
+        # so our caller sees only a cancellation.
+        self.ended_by: BaseException | None = None
 
     async def run(self) -> SagaResult[Any]:
         if self.handed_off:
@@ -418,6 +423,10 @@ class LeasedRun:
             # for its unwinding (S8), during which the heartbeat keeps beating.
             return await task
         except BaseException as error:
+            if task.done() and not task.cancelled():
+                ended = task.exception()
+                if ended is not None and not isinstance(ended, Exception):
+                    self.ended_by = ended  # see ``ended_by``
             outcome = self._outcome(error)
             try:
                 if outcome is error:

@@ -1308,3 +1308,67 @@ async def test_S13_a_poison_sagas_backoff_doubles_per_interruption_up_to_the_lea
         assert 20 - 5 <= second <= 40
         assert 40 - 5 <= third <= 80
         assert 50 - 5 <= fourth <= 100  # capped at the lease
+
+
+class _KillsTheProcess(_Step):
+    """A step whose act lets a process-ending exception out, every time."""
+
+    name = "A"
+    kills: ClassVar[type[BaseException]] = SystemExit
+
+    async def act(self, ctx: Ctx, /) -> Any:
+        await self.ledger.perform("act", self.name)
+        raise self.kills("the step ends the process")
+
+
+class _PoisonSaga(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [_KillsTheProcess, B, C]
+
+
+@pytest.mark.parametrize("kills", [SystemExit, KeyboardInterrupt])
+def test_S10_a_saga_whose_step_ends_the_process_keeps_its_lease_not_handed_to_the_next(
+    db: Path, kills: type[BaseException]
+) -> None:
+    """A resumed saga whose act raises SystemExit or KeyboardInterrupt ends the
+    worker's process (as ``asyncio.run`` lets them out). Its lease used to be
+    handed off on the way out, as a shutdown's sagas are: the saga was
+    claimable at once, the oldest, so the restarted worker — or, announced,
+    every other worker of the fleet in turn — claimed it first and died of it
+    at once, and the sagas behind it were never reached. Now its lease is kept,
+    as a crash keeps it: it comes back once per lease, and the others are
+    claimed meanwhile."""
+    ledger = Ledger()
+    ledger_kills = type("Kills", (_KillsTheProcess,), {"kills": kills})
+
+    async def seeding() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create("p-poison", "_PoisonSaga", _PoisonSaga.definition.fingerprint,
+                               {"order_id": "p"}, [_act(0, "A", StepStatus.STARTED)])
+            await seed(store, 1)
+
+    async def working() -> None:
+        async with SQLiteSagaStore(db) as store:
+            saga = _PoisonSaga(store=store, step_factory=lambda cls: (
+                ledger_kills if cls is _KillsTheProcess else cls)(ledger))
+            worker = RecoveryWorker(store, [saga, order_saga(store, ledger)], concurrency=1,
+                                    lease=600, poll=3600, older_than=0, owner="worker-1")
+            await worker.run()
+
+    async def after() -> tuple[Any, list[str], Any]:
+        async with SQLiteSagaStore(db) as store:
+            state = await store.lease_state("p-poison")
+            taken = await store.claim(owner="worker-2", lease_seconds=30, older_than=0,
+                                      limit=10)
+            return state, [lease.saga_id for lease in taken], await store.load("p-poison")
+
+    asyncio.run(seeding())
+    with pytest.raises(kills):
+        asyncio.run(working())
+    state, taken, record = asyncio.run(after())
+    assert ledger.calls == [("act", "A", "p-poison")]
+    assert state.owner == "worker-1"
+    assert state.expires_at > time.time() + 500
+    assert taken == ["s0000"]  # the restarted worker takes the others, not the poison
+    # The journal holds both runs' intents, and nothing was compensated.
+    assert [(e.step, e.status) for e in record.history] == [("A", StepStatus.STARTED)] * 2
+    assert record.status is SagaStatus.RUNNING
