@@ -423,10 +423,7 @@ class LeasedRun:
             # for its unwinding (S8), during which the heartbeat keeps beating.
             return await task
         except BaseException as error:
-            if task.done() and not task.cancelled():
-                ended = task.exception()
-                if ended is not None and not isinstance(ended, Exception):
-                    self.ended_by = ended  # see ``ended_by``
+            self.ended_by = _process_ending(task)
             outcome = self._outcome(error)
             try:
                 if outcome is error:
@@ -526,6 +523,17 @@ class LeasedRun:
                     raise asyncio.CancelledError from error
                 _log.warning("saga %s: lease renewal failed, will retry: %s: %s",
                              saga_id, type(error).__name__, error)
+
+
+def _process_ending(task: asyncio.Task[Any]) -> BaseException | None:
+    """The BaseException that is no Exception and no cancellation (SystemExit,
+    KeyboardInterrupt) ``task`` ended with, if any. (A function of its own:
+    no frame of the run's caller keeps the task's error, whose traceback
+    holds that frame — a cycle only the collector finds.)"""
+    if not task.done() or task.cancelled():
+        return None
+    error = task.exception()
+    return None if error is None or isinstance(error, Exception) else error
 
 
 def default_owner() -> str:
