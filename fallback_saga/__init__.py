@@ -22,6 +22,7 @@ from .errors import (
     SagaError,
     SagaFailed,
     SagaInterrupted,
+    SagaNotFailed,
     SagaNotFound,
     SagaStoreError,
 )
@@ -30,6 +31,7 @@ from .executor import SagaResult
 from .fallback import Fallback
 from .parallel import Parallel
 from .recovery import RecoveryReport, recover
+from .reopening import retry_unwinding
 from .results import UnjournaledResponse
 from .retry import RetryPolicy, set_testing
 from .saga import Saga, SagaTransaction
@@ -87,6 +89,7 @@ __all__ = [
     "SagaFailed",
     "SagaInterrupted",
     "SagaListener",
+    "SagaNotFailed",
     "SagaNotFound",
     "SagaRecord",
     "SagaResult",
@@ -108,5 +111,6 @@ __all__ = [
     "__version__",
     "current_step",
     "recover",
+    "retry_unwinding",
     "set_testing",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "SagaError",
     "SagaFailed",
     "SagaInterrupted",
+    "SagaNotFailed",
     "SagaNotFound",
     "SagaStoreError",
 ]
@@ -298,6 +299,18 @@ class SagaAlreadyExists(SagaStoreError):
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
         super().__init__(f"a saga with id {short_id(saga_id)} already exists in the store")
+
+
+class SagaNotFailed(SagaError):
+    """An operator's ``retry_unwinding`` was refused: the saga is not one
+    whose unwinding gave up (FAILED), so there is no unwinding to retry.
+    ``status`` is the status the journal holds; the message says why and
+    what to do instead."""
+
+    def __init__(self, saga_id: str, status: SagaStatus, reason: str) -> None:
+        self.saga_id = saga_id
+        self.status = status
+        super().__init__(f"saga {short_id(saga_id)} is {status.value.upper()}: {reason}")
 
 
 class SagaDefinitionChanged(SagaError):

@@ -60,6 +60,7 @@ from .errors import (
     CorruptSagaRecord,
     LeaseLost,
     SagaDefinitionChanged,
+    SagaNotFailed,
     SagaNotFound,
     SagaStoreError,
     short_id,
@@ -83,6 +84,7 @@ __all__ = [
     "ResumesRecords",
     "SagaHandedOff",
     "check_definition",
+    "check_unwinding_retryable",
     "default_owner",
     "resume_point",
 ]
@@ -295,6 +297,29 @@ def check_definition(
         record.saga_id, record.fingerprint, definition.fingerprint, differences,
         overridable=overridable,
     )
+
+
+def check_unwinding_retryable(record: SagaRecord, *, leased: bool) -> None:
+    """Refuse an operator's retry of ``record``'s unwinding (``SagaNotFailed``)
+    unless the saga is FAILED — its unwinding gave up — or, under a lease
+    (``leased``: a durable store), COMPENSATING: an unwinding interrupted
+    (an operator's retry cut off by a fault, say), which the retry finishes
+    as recovery would. In memory a COMPENSATING saga is one this process is
+    unwinding right now: nothing fences a second unwinding out there."""
+    status = record.status
+    if status is SagaStatus.FAILED or (leased and status is SagaStatus.COMPENSATING):
+        return
+    if status is SagaStatus.COMPLETED:
+        reason = "every step completed; there is nothing to undo"
+    elif status is SagaStatus.COMPENSATED:
+        reason = "every completed step was compensated already"
+    elif status is SagaStatus.COMPENSATING:
+        reason = "it is being unwound by this process now"
+    else:
+        reason = ("it is in flight or was interrupted before unwinding: recovery resumes it "
+                  "(recover, RecoveryWorker, Saga.resume)")
+    raise SagaNotFailed(record.saga_id, status, f"only a FAILED saga's unwinding can be "
+                                                f"retried; {reason}")
 
 
 def journaled_differences(

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from .compact_journal import Shape, plan_shape
 from .context import context_from_dict
@@ -31,6 +31,7 @@ from .resumption import (
     LeasedRun,
     ResumePoint,
     check_definition,
+    check_unwinding_retryable,
     default_owner,
     resume_point,
 )
@@ -406,6 +407,42 @@ class Saga(Generic[ContextT]):
                 execution.push_crashed_call(branch)
         await execution.resume_unwinding("", RecordedError(why))
 
+    async def _reopen_record(
+        self,
+        record: SagaRecord,
+        *,
+        lease: Lease | None,
+        allow_changed_definition: bool,
+        reopened_by: str,
+    ) -> NoReturn:
+        """An operator's retry of a FAILED saga's unwinding (reopening.py):
+        compensate, in reverse, every step the journal holds completed and
+        not compensated — the one whose compensation gave up first, called
+        again with its idempotency key — never a forward step; raise
+        ``SagaFailed`` with the final status (COMPENSATED, or FAILED again).
+        The saga goes FAILED -> COMPENSATING with the first compensation's
+        STARTED row, which names ``reopened_by`` (S13: durable before it runs)."""
+        definition = self.definition
+        if record.saga_name != definition.saga_name:
+            raise ValueError(
+                f"saga {record.saga_id!r} is a {record.saga_name}, not a {definition.saga_name}"
+            )
+        check_unwinding_retryable(record, leased=lease is not None)
+        check_definition(record, definition, allow_changed=allow_changed_definition)
+        if definition.context_type is None:
+            raise TypeError(
+                f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
+                f"to be resumed from a journal"
+            )
+        context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
+        point = resume_point(record, self._groups)
+        failure = point.last_failure or ("", "")
+        execution = self._execution_at(record, context, point, lease, allow_changed_definition)
+        execution.reopened_by = f"reopened by an operator: {reopened_by}"
+        await execution.resume_unwinding(
+            failure[0], RecordedError(failure[1] or "failed in an earlier run")
+        )
+
     def _execution_at(
         self,
         record: SagaRecord,
@@ -418,6 +455,7 @@ class Saga(Generic[ContextT]):
         as written, the compensation stack as it stands."""
         execution = self._execution(context, record.saga_id, fence=lease)
         execution.resumed = True
+        execution.reopened_by = None  # an operator's reopening sets it: see _reopen_record
         # The operator's override reaches the child sagas the run drives.
         execution.allow_changed_definition = allow_changed_definition
         # The calls the crashed run was making: each is answered by a call of

@@ -125,6 +125,7 @@ class UnwindingRun(JournaledRun):
         "image",
         "left_undone",
         "live",
+        "reopened_by",
         "stack",
         "status",
     )
@@ -136,6 +137,11 @@ class UnwindingRun(JournaledRun):
     image: Any  # the context as the current step began; once finished, frozen
     branch_errors: dict[str, BaseException] | None  # of a failed group, by member
     left_undone: dict[str, BaseException] | None  # see leave_undone
+    resumed: bool  # Execution's: the run picks a journal up (Saga._execution_at)
+    # Set by a resume only (Saga._execution_at), read only when ``resumed``:
+    # who reopened a FAILED saga's unwinding (reopening.py), said once, in
+    # the STARTED row of the first compensation it calls again.
+    reopened_by: str | None
     shape: Any  # a compact journal's plan shape (Execution.run_plain's), else None
 
     # ------------------------------------------------------------------ ending short of done
@@ -408,9 +414,12 @@ class UnwindingRun(JournaledRun):
         policy = self.settings.compensation_retry
         attempt = 1
         while True:
+            note = self.reopened_by if self.resumed else None
+            if note is not None:
+                self.reopened_by = None  # said once: in this row, durable with the reopening
             journal.append(
                 (branch.position, branch.name, branch.branch, "compensate", _STARTED, attempt,
-                 None, _now(), None)
+                 note, _now(), None)
             )
             self.step = branch.name
             self.action = "compensate"

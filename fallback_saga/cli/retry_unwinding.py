@@ -1,0 +1,162 @@
+"""``retry-unwinding ID --app module:attr``: an operator finishes the unwinding
+of a FAILED saga once the participant whose compensation gave up is fixed
+(``fallback_saga.retry_unwinding``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import socket
+import sys
+
+from ..errors import SagaBusy, SagaDefinitionChanged, SagaInterrupted, SagaNotFailed, SagaNotFound
+from ..reopening import retry_unwinding
+from ..status import SagaStatus, StepStatus
+from ..store._common import short_repr
+from ..store.base import SagaRecord
+from .argtypes import format_duration, parse_duration
+from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
+from .recover import build_app_sagas, load_app
+from .stores import StoreTarget, add_store_options, open_store, store_target
+from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
+
+__all__ = ["add_retry_unwinding_command"]
+
+_EPILOG = """\
+A saga ends FAILED when a compensation still failed after its retries: an
+effect is left in place, and nothing retries it on its own (recover and the
+workers leave FAILED sagas alone). Once the participant is fixed, this
+command compensates, in reverse, every step the journal holds completed and
+not yet compensated — the one that gave up first, called again with its
+idempotency key, so it must tolerate having partly run — and never runs a
+forward step. The saga goes FAILED -> COMPENSATING -> COMPENSATED (or FAILED
+again, when a compensation still fails), leased like any recovery, and the
+journal's first new row names who reopened it (see show ID).
+
+--app module:attr is as for recover (python -m fallback_saga recover --help):
+it IMPORTS the module and so RUNS CODE with your privileges. Trusted modules
+only.
+
+A retry cut off (the store failed, the process was killed) leaves the saga
+FAILED, or COMPENSATING: run this command again (recover finishes it too).
+Ctrl-C stops it once the compensations under way have finished.
+
+Exit status: 0 when the saga ended COMPENSATED; 1 when it ended FAILED again,
+another worker holds its lease, its definition changed, or the store failed;
+2 on a usage error (an unknown saga id, a saga that is not FAILED).
+"""
+
+# A retry drives one saga: a small pool is plenty.
+_CONNECTIONS = 2
+
+
+def add_retry_unwinding_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    retrying = commands.add_parser(
+        "retry-unwinding",
+        help="finish the unwinding of a FAILED saga (an operator's action)",
+        description="Compensate what a FAILED saga left undone, now that the participant\n"
+        "is fixed, with the app's saga of the same name, and print how it ended.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retrying.add_argument("saga_id", metavar="ID", help="the FAILED saga's id")
+    add_store_options(retrying)
+    retrying.add_argument(
+        "--app", required=True, metavar="module:attr",
+        help="the sagas to unwind with, as for recover. This imports the module and runs "
+        "its code with your privileges: trusted modules only",
+    )
+    retrying.add_argument(
+        "--lease", type=parse_duration, default=300.0, metavar="TIME",
+        help="how long the saga is reserved for this process (default 300s)",
+    )
+    retrying.add_argument(
+        "--allow-changed-definition", action="store_true",
+        help="also when the saga was started with another definition of its saga, as for "
+        "recover (docs/durability.md, Changed definitions)",
+    )
+    retrying.set_defaults(handler=run_retry_unwinding)
+
+
+def run_retry_unwinding(args: argparse.Namespace) -> int:
+    app = load_app(args.app)  # before opening the store: a bad --app touches nothing
+    if args.lease <= 0:
+        raise UsageError("--lease must be longer than 0 seconds")
+    target = store_target(args)
+    saga_id: str = args.saga_id
+    shown = terminal_text(saga_id, MAX_VALUE)
+
+    async def run() -> tuple[SagaStatus, list[tuple[str, str]]]:
+        async with open_store(target, connections=_CONNECTIONS) as store:
+            sagas = await build_app_sagas(args.app, app, store)
+            sys.stdout.write(
+                f"retrying the unwinding of saga {shown} in "
+                f"{terminal_text(target.shown, MAX_PATH)} (lease "
+                f"{format_duration(args.lease)})\n"
+            )
+            sys.stdout.flush()
+            try:
+                status = await retry_unwinding(
+                    store, sagas, saga_id, lease=args.lease, owner=_operator(),
+                    allow_changed_definition=args.allow_changed_definition,
+                )
+            except SagaNotFound:
+                raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}"
+                                 ) from None
+            except (SagaNotFailed, TypeError, ValueError) as error:
+                raise UsageError(_scrubbed(target, str(error))) from None
+            except (SagaBusy, SagaDefinitionChanged, SagaInterrupted) as error:
+                raise CommandFailed(_scrubbed(target, str(error))) from None
+            gave_up = [] if status is SagaStatus.COMPENSATED else _given_up(
+                await store.load(saga_id))
+            return status, gave_up
+
+    try:
+        status, gave_up = asyncio.run(run())
+    except asyncio.CancelledError:  # Ctrl-C: the compensation under way finished first
+        raise KeyboardInterrupt from None
+    if status is SagaStatus.COMPENSATED:
+        print_lines([f"  {shown}: compensated: every completed step is undone"])
+        return EXIT_OK
+    lines = [f"  {shown}: failed again (still needs an operator)"]
+    for step, error in gave_up:
+        text = terminal_text(_scrubbed(target, error), MAX_CONTEXT)
+        lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
+    print_lines(lines)
+    return EXIT_FAILURE
+
+
+def _given_up(record: SagaRecord) -> list[tuple[str, str]]:
+    """The compensations that gave up in the last reopening, with their last
+    error (the journal's rows after the one that names the reopening)."""
+    start = 0
+    for index, entry in enumerate(record.history):
+        if entry.action == "compensate" and (entry.error or "").startswith("reopened by"):
+            start = index
+    last: dict[str, str] = {}
+    for entry in record.history[start:]:
+        if entry.action == "compensate":
+            if entry.status is StepStatus.FAILED:
+                last[entry.step] = entry.error or ""
+            elif entry.status is StepStatus.COMPLETED:
+                last.pop(entry.step, None)
+    return list(last.items())
+
+
+def _operator() -> str:
+    """Who reopened the saga, as the journal names them: the user, the
+    machine and the process (the lease's owner too)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name to be found (a container without one)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()} (retry-unwinding)"
+
+
+def _scrubbed(target: StoreTarget, text: str) -> str:
+    # A store's error may quote the PostgreSQL driver's message.
+    return target.scrub(text) if target.secrets else text
