@@ -36,7 +36,12 @@ from .errors import SagaFailed
 from .executor import SagaResult
 from .log_lines import library_logger
 from .recovery import SagasGiven, sagas_by_name
-from .resumption import LeasedRun, check_unwinding_retryable, default_owner
+from .resumption import (
+    LeasedRun,
+    check_definition,
+    check_unwinding_retryable,
+    default_owner,
+)
 from .saga import Saga
 from .shielding import claimed
 from .status import SagaStatus
@@ -84,6 +89,9 @@ async def retry_unwinding(
     if saga is None:
         raise ValueError(f"saga {saga_id!r} is a {record.saga_name}, and no saga of that "
                          f"name was given")
+    # As recover skips for, and refused before the claim too: nothing to undo
+    # with steps that may not be these (checked again under the lease).
+    check_definition(record, saga.definition, allow_changed=allow_changed_definition)
     reopening = _Reopening(saga, owner)
     if not is_recoverable(store):
         return await _ended(reopening._resume_record(

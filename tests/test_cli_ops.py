@@ -715,6 +715,87 @@ def test_S10_recover_says_why_a_changed_definition_is_skipped_and_the_flag_resum
     assert load(db, "o-2").status is SagaStatus.RUNNING
 
 
+# --------------------------------------------------------------------------- retry-unwinding
+
+
+def test_S6_retry_unwinding_finishes_a_FAILED_saga_that_recover_leaves_alone(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app.BROKEN.add("Reserve")  # the reservation service is down: Reserve's undo gives up
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    assert load(db, "o-1").status is SagaStatus.FAILED
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    app.CALLS.clear()
+    assert main(["recover", *argv, "--older-than", "0"]) == 0
+    assert "recovered 0 saga(s)" in capsys.readouterr().out
+    assert app.CALLS == []  # never automatic
+
+    app.BROKEN.clear()  # the service is back
+    assert main(["retry-unwinding", "o-1", *argv]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"retrying the unwinding of saga o-1 in {db} (lease 5m)",
+        "  o-1: compensated: every completed step is undone",
+    ]
+    assert app.CALLS == ["compensate Reserve"]
+    record = load(db, "o-1")
+    assert record.status is SagaStatus.COMPENSATED
+    reopened = [e for e in record.history if e.error and e.error.startswith("reopened by")]
+    assert [(e.step, e.action, e.status) for e in reopened] == [
+        ("Reserve", "compensate", StepStatus.STARTED)
+    ]
+    assert reopened[0].error is not None
+    assert reopened[0].error.endswith(f":{os.getpid()} (retry-unwinding)")
+
+
+def test_S6_retry_unwinding_exits_1_when_the_saga_fails_again(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app.BROKEN.add("Reserve")
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    capsys.readouterr()
+    argv = ["retry-unwinding", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "  o-1: failed again (still needs an operator)",
+        "    Reserve: ConnectionError: Reserve service down",
+    ]
+    assert load(db, "o-1").status is SagaStatus.FAILED
+    app.BROKEN.clear()
+    assert main(argv) == 0
+    assert load(db, "o-1").status is SagaStatus.COMPENSATED
+
+
+def test_S6_retry_unwinding_refuses_an_unknown_id_and_a_saga_not_FAILED(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, ""), ("o-2", {"declined": True}, ""))
+    capsys.readouterr()
+    app.CALLS.clear()
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(["retry-unwinding", "nope", *argv]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(f"no saga with id 'nope' in {db}")
+    assert main(["retry-unwinding", "o-1", *argv]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
+        "saga 'o-1' is COMPLETED: only a FAILED saga's unwinding can be retried; every step "
+        "completed; there is nothing to undo"
+    )
+    assert main(["retry-unwinding", "o-2", *argv]) == 2
+    assert "is COMPENSATED: " in one_line_error(capsys.readouterr().err)
+    assert app.CALLS == []
+    assert load(db, "o-1").status is SagaStatus.COMPLETED
+    assert load(db, "o-2").status is SagaStatus.COMPENSATED
+
+
+def test_retry_unwinding_help_says_what_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["retry-unwinding", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED -> COMPENSATING -> COMPENSATED" in out
+    assert "never runs a\nforward step" in out
+    assert "RUNS CODE" in out
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_recover_a_first_ctrl_c_only_warns(db: str, app: ModuleType) -> None:
     """Interrupting would cancel the resumed sagas, and a cancelled saga unwinds:

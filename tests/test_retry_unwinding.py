@@ -312,6 +312,8 @@ async def test_S10_retry_unwinding_refuses_a_changed_definition_as_recover_does(
     with pytest.raises(SagaDefinitionChanged):
         await retry_unwinding(store, [changed], "order-1")
     assert (await store.load("order-1")).status is SagaStatus.FAILED
+    if not isinstance(store, MemorySagaStore):
+        assert (await store.lease_state("order-1")).token == 0  # refused before the claim
     status = await retry_unwinding(store, [changed], "order-1", allow_changed_definition=True)
     assert status is SagaStatus.COMPENSATED
     check_each_effect_undone_once(participant)

@@ -29,8 +29,9 @@ __all__ = [
 
 #: The statuses ``purge`` deletes unless told others: ``FAILED`` is left out
 #: on purpose. A FAILED saga is parked for an operator (a compensation gave
-#: up; the library has no action that resolves it), and its journal is the
-#: only record of what was left undone: it goes only when asked for by name.
+#: up; ``retry_unwinding`` finishes it once the participant is fixed), and
+#: its journal is the only record of what was left undone: it goes only when
+#: asked for by name.
 PURGED_BY_DEFAULT: tuple[SagaStatus, ...] = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
 
 Action = Literal["act", "compensate"]
