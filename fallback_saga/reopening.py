@@ -30,9 +30,10 @@ unfenced, as ``Saga.resume`` resumes one.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
-from .errors import SagaFailed
+from .errors import SagaFailed, short_id
 from .executor import SagaResult
 from .log_lines import library_logger
 from .recovery import SagasGiven, sagas_by_name
@@ -82,18 +83,17 @@ async def retry_unwinding(
         raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
     owner = owner or default_owner()
     record = await store.load(saga_id)
-    leased = is_recoverable(store)
     # Refused before anything is claimed: a wrong id leaves no trace.
-    check_unwinding_retryable(record, leased=leased)
+    check_unwinding_retryable(record, leased=is_recoverable(store))
     saga = by_name.get(record.saga_name)
     if saga is None:
-        raise ValueError(f"saga {saga_id!r} is a {record.saga_name}, and no saga of that "
-                         f"name was given")
+        raise ValueError(f"saga {short_id(saga_id)} is a {short_id(record.saga_name)}, and no "
+                         f"saga of that name was given")
     # As recover skips for, and refused before the claim too: nothing to undo
     # with steps that may not be these (checked again under the lease).
     check_definition(record, saga.definition, allow_changed=allow_changed_definition)
     reopening = _Reopening(saga, owner)
-    if not is_recoverable(store):
+    if not is_recoverable(store):  # no leases (MemorySagaStore): as Saga.resume does
         return await _ended(reopening._resume_record(
             record, allow_changed_definition=allow_changed_definition))
     # Given back if we are cancelled while the claim is on its way (see claimed).
@@ -113,7 +113,7 @@ async def retry_unwinding(
                          saga_id, type(error).__name__, error)
 
 
-async def _ended(unwinding: Any) -> SagaStatus:
+async def _ended(unwinding: Awaitable[object]) -> SagaStatus:
     """The status an unwinding ended with: it always ends in ``SagaFailed``
     (S7), whose status is the one journaled (COMPENSATED or FAILED)."""
     try:
