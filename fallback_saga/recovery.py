@@ -375,7 +375,8 @@ class RecoveryReport:
             f"{len(self.compensated)} compensated, {len(self.failed)} failed, "
             f"{len(self.interrupted)} interrupted, {len(self.skipped)} skipped"
         ]
-        lines += [f"  failed  {saga_id} (needs an operator)" for saga_id in self.failed]
+        lines += [f"  failed  {saga_id} (needs an operator: retry its unwinding once fixed)"
+                  for saga_id in self.failed]
         lines += [f"  interrupted {saga_id}: {reason}" for saga_id, reason in self.interrupted]
         lines += [f"  skipped {saga_id}: {reason}" for saga_id, reason in self.skipped]
         return "\n".join(lines)

@@ -664,7 +664,7 @@ def test_recover_exits_1_when_a_saga_failed(
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "  o-1: failed" in out
-    assert "  failed  o-1 (needs an operator)" in out
+    assert "  failed  o-1 (needs an operator: retry its unwinding once fixed)" in out
 
 
 def test_recover_exits_1_when_a_saga_is_skipped(

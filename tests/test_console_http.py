@@ -197,6 +197,8 @@ async def test_the_saga_page_shows_errors_and_fallbacks(console: ConsoleServer) 
     assert "LedgerUnavailable" in failed
     assert 'class="alert failed"' in failed
     assert "an operator must finish undoing it" in failed
+    # and what the operator does once the ledger is back (reopening.py)
+    assert "python -m fallback_saga retry-unwinding payout-1005 --app" in failed
     assert failed.count('class="bar compensate failed"') == 3  # three tries
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shlex
 from collections.abc import Sequence
 from typing import Final
 from urllib.parse import quote, urlencode
@@ -492,12 +493,24 @@ def _alert(record: SagaRecord) -> str:
                 f"<pre>{esc(shorten(last.error or 'no error text', 2000), keep_newlines=True)}"
                 "</pre>"
             )
+            parts.append(_retry_hint(record.saga_id))
         else:
             parts.append("<strong>The saga needs an operator.</strong>")
+            parts.append(_retry_hint(record.saga_id))
     if not parts:
         return ""
     kind = "failed" if record.status is SagaStatus.FAILED else "compensated"
     return f'<div class="alert {kind}" role="status">{"".join(parts)}</div>'
+
+
+def _retry_hint(saga_id: str) -> str:
+    """What the operator does about a FAILED saga once its participant is
+    fixed: finish the unwinding (reopening.py), never done on its own."""
+    return (
+        "<p>Once the cause is fixed, finish the unwinding: <code>python -m fallback_saga "
+        f"retry-unwinding {esc(shlex.quote(shorten(saga_id, 200)))} --app module:sagas</code> (with this "
+        "store's <code>--db</code> or <code>--dsn</code>), or <code>retry_unwinding()</code>.</p>"
+    )
 
 
 def _cell_text(text: str, css: str, limit: int = 160) -> str:
