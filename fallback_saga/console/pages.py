@@ -508,8 +508,9 @@ def _retry_hint(saga_id: str) -> str:
     fixed: finish the unwinding (reopening.py), never done on its own."""
     return (
         "<p>Once the cause is fixed, finish the unwinding: <code>python -m fallback_saga "
-        f"retry-unwinding {esc(shlex.quote(shorten(saga_id, 200)))} --app module:sagas</code> (with this "
-        "store's <code>--db</code> or <code>--dsn</code>), or <code>retry_unwinding()</code>.</p>"
+        f"retry-unwinding {esc(shlex.quote(shorten(saga_id, 200)))} --app module:sagas</code> "
+        "(with this store's <code>--db</code> or <code>--dsn</code>), or "
+        "<code>retry_unwinding()</code>.</p>"
     )
 
 
