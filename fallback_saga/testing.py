@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import JournalConflict, LeaseLost, SagaAlreadyExists, SagaBusy, SagaNotFound
 from .status import SagaStatus, StepStatus
@@ -50,6 +50,8 @@ from .store.base import (
 
 __all__ = ["RecoverableStoreContract", "SagaStoreContract", "entry"]
 
+# The most characters of a value's repr a failed check shows.
+_MOST_SHOWN = 2000
 _ALREADY_PAST = -1.0  # seconds: "older than -1 s" is every saga; a lease of -1 s has expired
 
 
@@ -68,9 +70,37 @@ def entry(
     return JournalEntry(position, step, branch, action, status, attempt, error, at)
 
 
-async def _raises(
-    kind: type[BaseException], call: Callable[[], Any]
-) -> BaseException:
+def _expect(condition: object, message: str) -> None:
+    """Fail the check with ``message`` unless ``condition`` holds.
+
+    Not an ``assert``: under ``python -O`` (or ``PYTHONOPTIMIZE``) asserts
+    are compiled away, and every check of the suite would pass whatever the
+    store did."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MOST_SHOWN else f"{text[:_MOST_SHOWN]}… ({len(text)} characters)"
+
+
+def _expect_equal(actual: object, expected: object, what: str) -> None:
+    """``_expect(actual == expected)``, saying what each side was."""
+    if not actual == expected:
+        raise AssertionError(f"{what}: got {_shown(actual)}, expected {_shown(expected)}")
+
+
+def _expect_is(actual: object, expected: object, what: str) -> None:
+    """``_expect(actual is expected)``, saying what each side was."""
+    if actual is not expected:
+        raise AssertionError(f"{what}: got {_shown(actual)}, expected {_shown(expected)}")
+
+
+_Raised = TypeVar("_Raised", bound=BaseException)
+
+
+async def _raises(kind: type[_Raised], call: Callable[[], Any]) -> _Raised:
     """Await ``call()`` and return the ``kind`` error it raised (the suite does
     not import pytest)."""
     try:
@@ -142,32 +172,46 @@ class SagaStoreContract:
             "saga-1", "OrderSaga", "fp-abc", {"order_id": "o-1", "n": 3}, entries
         )
         record = await store.load("saga-1")
-        assert isinstance(record, SagaRecord)
-        assert record.saga_id == "saga-1"
-        assert record.saga_name == "OrderSaga"
-        assert record.fingerprint == "fp-abc"
-        assert record.status is SagaStatus.RUNNING
-        assert record.context == {"order_id": "o-1", "n": 3}
-        assert record.history == entries
-        assert all(isinstance(e, JournalEntry) for e in record.history)
-        assert all(type(e.status) is StepStatus for e in record.history)
+        _expect(isinstance(record, SagaRecord), "isinstance(record, SagaRecord)")
+        _expect_equal(record.saga_id, "saga-1", 'record.saga_id == "saga-1"')
+        _expect_equal(record.saga_name, "OrderSaga", 'record.saga_name == "OrderSaga"')
+        _expect_equal(record.fingerprint, "fp-abc", 'record.fingerprint == "fp-abc"')
+        _expect_is(record.status, SagaStatus.RUNNING, "record.status is SagaStatus.RUNNING")
+        _expect_equal(
+            record.context,
+            {"order_id": "o-1", "n": 3},
+            'record.context == {"order_id": "o-1", "n": 3}',
+        )
+        _expect_equal(record.history, entries, "record.history == entries")
+        _expect(
+            all(isinstance(e, JournalEntry) for e in record.history),
+            "all(isinstance(e, JournalEntry) for e in record.history)",
+        )
+        _expect(
+            all(type(e.status) is StepStatus for e in record.history),
+            "all(type(e.status) is StepStatus for e in record.history)",
+        )
 
     async def test_create_records_times_and_a_version(self, store: SagaStore) -> None:
         await _new_saga(store, "saga-1")
         record = await store.load("saga-1")
-        assert record.created_at > 0
-        assert record.updated_at >= record.created_at
-        assert record.version >= 1
+        _expect(record.created_at > 0, "record.created_at > 0")
+        _expect(record.updated_at >= record.created_at, "record.updated_at >= record.created_at")
+        _expect(record.version >= 1, "record.version >= 1")
 
     async def test_create_with_a_status_keeps_it(self, store: SagaStore) -> None:
         await _new_saga(store, "saga-1", status=SagaStatus.COMPENSATING)
-        assert (await store.load("saga-1")).status is SagaStatus.COMPENSATING
+        _expect_is(
+            (await store.load("saga-1")).status,
+            SagaStatus.COMPENSATING,
+            '(await store.load("saga-1")).status is SagaStatus.COMPENSATING',
+        )
 
     async def test_create_with_no_entries(self, store: SagaStore) -> None:
         await store.create("saga-1", "OrderSaga", "fp", {}, [])
         record = await store.load("saga-1")
-        assert record.history == []
-        assert record.context == {}
+        _expect_equal(record.history, [], "record.history == []")
+        _expect_equal(record.context, {}, "record.context == {}")
 
     async def test_create_with_a_taken_id_raises_saga_already_exists(
         self, store: SagaStore
@@ -177,15 +221,15 @@ class SagaStoreContract:
             SagaAlreadyExists,
             lambda: store.create("saga-1", "Other", "fp-2", {"first": False}, [entry(0, "x")]),
         )
-        assert "saga-1" in str(error)
+        _expect("saga-1" in str(error), '"saga-1" in str(error)')
         record = await store.load("saga-1")  # the first saga is untouched
-        assert record.saga_name == "OrderSaga"
-        assert record.context == {"first": True}
-        assert len(record.history) == 1
+        _expect_equal(record.saga_name, "OrderSaga", 'record.saga_name == "OrderSaga"')
+        _expect_equal(record.context, {"first": True}, 'record.context == {"first": True}')
+        _expect_equal(len(record.history), 1, "len(record.history) == 1")
 
     async def test_load_of_an_unknown_id_raises_saga_not_found(self, store: SagaStore) -> None:
         error = await _raises(SagaNotFound, lambda: store.load("nope"))
-        assert "nope" in str(error)
+        _expect("nope" in str(error), '"nope" in str(error)')
 
     async def test_append_to_an_unknown_id_raises_saga_not_found(self, store: SagaStore) -> None:
         await _raises(SagaNotFound, lambda: store.append("nope", [entry(0, "reserve")]))
@@ -208,8 +252,16 @@ class SagaStoreContract:
         for batch in batches:
             await store.append("saga-1", batch)
         record = await store.load("saga-1")
-        assert record.history == [first, *(e for batch in batches for e in batch)]
-        assert record.history[3].error == "Boom: declined"
+        _expect_equal(
+            record.history,
+            [first, *(e for batch in batches for e in batch)],
+            "record.history == [first, *(e for batch in batches for e in batch)]",
+        )
+        _expect_equal(
+            record.history[3].error,
+            "Boom: declined",
+            'record.history[3].error == "Boom: declined"',
+        )
 
     async def test_an_append_after_the_journal_length_writes_only_at_that_length(
         self, store: SagaStore
@@ -229,14 +281,26 @@ class SagaStoreContract:
                 status=SagaStatus.FAILED, context={"n": 666}, after=1,
             ),
         )
-        assert isinstance(error, JournalConflict)
-        assert (error.expected, error.actual) == (1, 2)
+        _expect(isinstance(error, JournalConflict), "isinstance(error, JournalConflict)")
+        _expect_equal(
+            (error.expected, error.actual),
+            (1, 2),
+            "(error.expected, error.actual) == (1, 2)",
+        )
         record = await store.load("saga-1")
-        assert len(record.history) == 2
-        assert record.status is SagaStatus.RUNNING
-        assert record.context == {"order_id": "saga-1"}
+        _expect_equal(len(record.history), 2, "len(record.history) == 2")
+        _expect_is(record.status, SagaStatus.RUNNING, "record.status is SagaStatus.RUNNING")
+        _expect_equal(
+            record.context,
+            {"order_id": "saga-1"},
+            'record.context == {"order_id": "saga-1"}',
+        )
         await append("saga-1", [], status=SagaStatus.COMPLETED, after=2)
-        assert (await store.load("saga-1")).status is SagaStatus.COMPLETED
+        _expect_is(
+            (await store.load("saga-1")).status,
+            SagaStatus.COMPLETED,
+            '(await store.load("saga-1")).status is SagaStatus.COMPLETED',
+        )
 
     async def test_append_sets_status_and_context_when_given(self, store: SagaStore) -> None:
         await _new_saga(store, "saga-1", context={"n": 0})
@@ -244,21 +308,25 @@ class SagaStoreContract:
             "saga-1", [entry(0, "reserve", StepStatus.COMPLETED)], context={"n": 1}
         )
         record = await store.load("saga-1")
-        assert record.context == {"n": 1}
-        assert record.status is SagaStatus.RUNNING
+        _expect_equal(record.context, {"n": 1}, 'record.context == {"n": 1}')
+        _expect_is(record.status, SagaStatus.RUNNING, "record.status is SagaStatus.RUNNING")
         await store.append("saga-1", [], status=SagaStatus.COMPENSATING)
         record = await store.load("saga-1")
-        assert record.status is SagaStatus.COMPENSATING
-        assert record.context == {"n": 1}  # kept when not given
+        _expect_is(
+            record.status,
+            SagaStatus.COMPENSATING,
+            "record.status is SagaStatus.COMPENSATING",
+        )
+        _expect_equal(record.context, {"n": 1}, 'record.context == {"n": 1}')  # kept when not given
 
     async def test_append_bumps_version_and_updated_at(self, store: SagaStore) -> None:
         await _new_saga(store, "saga-1")
         before = await store.load("saga-1")
         await store.append("saga-1", [entry(0, "reserve", StepStatus.COMPLETED)])
         after = await store.load("saga-1")
-        assert after.version > before.version
-        assert after.updated_at >= before.updated_at
-        assert after.created_at == before.created_at
+        _expect(after.version > before.version, "after.version > before.version")
+        _expect(after.updated_at >= before.updated_at, "after.updated_at >= before.updated_at")
+        _expect_equal(after.created_at, before.created_at, "after.created_at == before.created_at")
 
     async def test_final_status_is_retained(self, store: SagaStore) -> None:
         for number, final in enumerate(
@@ -270,10 +338,14 @@ class SagaStoreContract:
                 saga_id, [entry(0, "reserve", StepStatus.COMPLETED)], status=final
             )
             record = await store.load(saga_id)
-            assert record.status is final
-            assert len(record.history) == 2
+            _expect_is(record.status, final, "record.status is final")
+            _expect_equal(len(record.history), 2, "len(record.history) == 2")
             await store.append(saga_id, [entry(9, "late")])  # a write without a status
-            assert (await store.load(saga_id)).status is final
+            _expect_is(
+                (await store.load(saga_id)).status,
+                final,
+                "(await store.load(saga_id)).status is final",
+            )
 
     async def test_sagas_do_not_share_history(self, store: SagaStore) -> None:
         await _new_saga(store, "saga-a", entries=[entry(0, "a0")])
@@ -281,11 +353,19 @@ class SagaStoreContract:
         await store.append("saga-a", [entry(1, "a1")], context={"who": "a"})
         await store.append("saga-b", [entry(1, "b1")], status=SagaStatus.COMPLETED)
         a, b = await store.load("saga-a"), await store.load("saga-b")
-        assert [e.step for e in a.history] == ["a0", "a1"]
-        assert [e.step for e in b.history] == ["b0", "b1"]
-        assert a.context == {"who": "a"}
-        assert a.status is SagaStatus.RUNNING
-        assert b.status is SagaStatus.COMPLETED
+        _expect_equal(
+            [e.step for e in a.history],
+            ["a0", "a1"],
+            '[e.step for e in a.history] == ["a0", "a1"]',
+        )
+        _expect_equal(
+            [e.step for e in b.history],
+            ["b0", "b1"],
+            '[e.step for e in b.history] == ["b0", "b1"]',
+        )
+        _expect_equal(a.context, {"who": "a"}, 'a.context == {"who": "a"}')
+        _expect_is(a.status, SagaStatus.RUNNING, "a.status is SagaStatus.RUNNING")
+        _expect_is(b.status, SagaStatus.COMPLETED, "b.status is SagaStatus.COMPLETED")
 
     async def test_concurrent_writes_to_many_sagas_are_all_kept(self, store: SagaStore) -> None:
         async def run(number: int) -> None:
@@ -300,22 +380,30 @@ class SagaStoreContract:
         await asyncio.gather(*(run(number) for number in range(50)))
         for number in range(50):
             record = await store.load(f"saga-{number}")
-            assert [e.step for e in record.history] == ["s0", "s1", "s2", "s3"]
-            assert record.context == {"at": 3}
-            assert record.status is SagaStatus.COMPLETED
+            _expect_equal(
+                [e.step for e in record.history],
+                ["s0", "s1", "s2", "s3"],
+                '[e.step for e in record.history] == ["s0", "s1", "s2", "s3"]',
+            )
+            _expect_equal(record.context, {"at": 3}, 'record.context == {"at": 3}')
+            _expect_is(record.status, SagaStatus.COMPLETED, "record.status is SagaStatus.COMPLETED")
 
     # ------------------------------------------------------------------ data
 
     async def test_context_round_trips_nested_json_values(self, store: SagaStore) -> None:
         await store.create("saga-1", "OrderSaga", "fp", NESTED_CONTEXT, [entry(0, "reserve")])
-        assert (await store.load("saga-1")).context == NESTED_CONTEXT
+        _expect_equal(
+            (await store.load("saga-1")).context,
+            NESTED_CONTEXT,
+            '(await store.load("saga-1")).context == NESTED_CONTEXT',
+        )
         changed = {**NESTED_CONTEXT, "items": [], "amount": 0}
         await store.append("saga-1", [], context=changed)
         loaded = (await store.load("saga-1")).context
-        assert loaded == changed
-        assert type(loaded["amount"]) is int
-        assert type(loaded["rate"]) is float
-        assert type(loaded["paid"]) is bool
+        _expect_equal(loaded, changed, "loaded == changed")
+        _expect_is(type(loaded["amount"]), int, 'type(loaded["amount"]) is int')
+        _expect_is(type(loaded["rate"]), float, 'type(loaded["rate"]) is float')
+        _expect_is(type(loaded["paid"]), bool, 'type(loaded["paid"]) is bool')
 
     async def test_entry_values_round_trip(self, store: SagaStore) -> None:
         odd = entry(
@@ -324,9 +412,12 @@ class SagaStoreContract:
         )
         await _new_saga(store, "saga-1", entries=[odd])
         (loaded,) = (await store.load("saga-1")).history
-        assert loaded[:-1] == odd[:-1]
-        assert type(loaded.status) is StepStatus
-        assert math.isclose(loaded.at, odd.at, rel_tol=0, abs_tol=1e-6)  # microseconds kept
+        _expect_equal(loaded[:-1], odd[:-1], "loaded[:-1] == odd[:-1]")
+        _expect_is(type(loaded.status), StepStatus, "type(loaded.status) is StepStatus")
+        _expect(
+            math.isclose(loaded.at, odd.at, rel_tol=0, abs_tol=1e-6),
+            "math.isclose(loaded.at, odd.at, rel_tol=0, abs_tol=1e-6)",
+        )  # microseconds kept
 
     async def test_loaded_records_are_copies(self, store: SagaStore) -> None:
         await store.create(
@@ -340,9 +431,17 @@ class SagaStoreContract:
         record.history.append(entry(5, "forged"))
         record.status = SagaStatus.FAILED
         again = await store.load("saga-1")
-        assert again.context == {"items": [{"sku": "apple"}], "n": 1}
-        assert [e.step for e in again.history] == ["reserve"]
-        assert again.status is SagaStatus.RUNNING
+        _expect_equal(
+            again.context,
+            {"items": [{"sku": "apple"}], "n": 1},
+            'again.context == {"items": [{"sku": "apple"}], "n": 1}',
+        )
+        _expect_equal(
+            [e.step for e in again.history],
+            ["reserve"],
+            '[e.step for e in again.history] == ["reserve"]',
+        )
+        _expect_is(again.status, SagaStatus.RUNNING, "again.status is SagaStatus.RUNNING")
 
     async def test_the_store_keeps_no_reference_to_the_callers_data(
         self, store: SagaStore
@@ -356,8 +455,12 @@ class SagaStoreContract:
         await store.append("saga-1", [], context=update)
         update["items"].clear()
         record = await store.load("saga-1")
-        assert record.context == {"items": ["kiwi"]}
-        assert [e.step for e in record.history] == ["reserve"]
+        _expect_equal(record.context, {"items": ["kiwi"]}, 'record.context == {"items": ["kiwi"]}')
+        _expect_equal(
+            [e.step for e in record.history],
+            ["reserve"],
+            '[e.step for e in record.history] == ["reserve"]',
+        )
 
 
 class RecoverableStoreContract(SagaStoreContract):
@@ -371,9 +474,17 @@ class RecoverableStoreContract(SagaStoreContract):
         for number in range(4):
             await _new_saga(store, f"saga-{number}")
         listing = await store.list_sagas()
-        assert [s.saga_id for s in listing] == ["saga-3", "saga-2", "saga-1", "saga-0"]
+        _expect_equal(
+            [s.saga_id for s in listing],
+            ["saga-3", "saga-2", "saga-1", "saga-0"],
+            '[s.saga_id for s in listing] == ["saga-3", "saga-2", "saga-1", "saga-0"]',
+        )
         created = [s.created_at for s in listing]
-        assert created == sorted(created, reverse=True)
+        _expect_equal(
+            created,
+            sorted(created, reverse=True),
+            "created == sorted(created, reverse=True)",
+        )
 
     async def test_list_sagas_filters_by_status_and_name_and_limits(
         self, store: RecoverableStore
@@ -383,27 +494,55 @@ class RecoverableStoreContract(SagaStoreContract):
         await _new_saga(store, "r-1", saga_name="RefundSaga")
         await _new_saga(store, "r-2", saga_name="RefundSaga", status=SagaStatus.COMPLETED)
         completed = await store.list_sagas(status=SagaStatus.COMPLETED)
-        assert {s.saga_id for s in completed} == {"o-2", "r-2"}
+        _expect_equal(
+            {s.saga_id for s in completed},
+            {"o-2", "r-2"},
+            '{s.saga_id for s in completed} == {"o-2", "r-2"}',
+        )
         refunds = await store.list_sagas(saga_name="RefundSaga")
-        assert {s.saga_id for s in refunds} == {"r-1", "r-2"}
+        _expect_equal(
+            {s.saga_id for s in refunds},
+            {"r-1", "r-2"},
+            '{s.saga_id for s in refunds} == {"r-1", "r-2"}',
+        )
         both = await store.list_sagas(status=SagaStatus.RUNNING, saga_name="RefundSaga")
-        assert [s.saga_id for s in both] == ["r-1"]
-        assert len(await store.list_sagas(limit=3)) == 3
-        assert await store.list_sagas(limit=0) == []
-        assert await store.list_sagas(saga_name="Unknown") == []
+        _expect_equal([s.saga_id for s in both], ["r-1"], '[s.saga_id for s in both] == ["r-1"]')
+        _expect_equal(
+            len(await store.list_sagas(limit=3)),
+            3,
+            "len(await store.list_sagas(limit=3)) == 3",
+        )
+        _expect_equal(await store.list_sagas(limit=0), [], "await store.list_sagas(limit=0) == []")
+        _expect_equal(
+            await store.list_sagas(saga_name="Unknown"),
+            [],
+            'await store.list_sagas(saga_name="Unknown") == []',
+        )
 
     async def test_list_sagas_summarizes(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1", saga_name="OrderSaga")
         await store.append("saga-1", [], status=SagaStatus.COMPENSATING)
         (summary,) = await store.list_sagas()
         record = await store.load("saga-1")
-        assert summary.saga_id == "saga-1"
-        assert summary.saga_name == "OrderSaga"
-        assert summary.status is SagaStatus.COMPENSATING
-        assert summary.created_at == record.created_at
-        assert summary.updated_at == record.updated_at
-        assert summary.lease_owner is None
-        assert summary.lease_expires_at is None
+        _expect_equal(summary.saga_id, "saga-1", 'summary.saga_id == "saga-1"')
+        _expect_equal(summary.saga_name, "OrderSaga", 'summary.saga_name == "OrderSaga"')
+        _expect_is(
+            summary.status,
+            SagaStatus.COMPENSATING,
+            "summary.status is SagaStatus.COMPENSATING",
+        )
+        _expect_equal(
+            summary.created_at,
+            record.created_at,
+            "summary.created_at == record.created_at",
+        )
+        _expect_equal(
+            summary.updated_at,
+            record.updated_at,
+            "summary.updated_at == record.updated_at",
+        )
+        _expect_is(summary.lease_owner, None, "summary.lease_owner is None")
+        _expect_is(summary.lease_expires_at, None, "summary.lease_expires_at is None")
 
     # ------------------------------------------------------------------ claim
 
@@ -416,12 +555,16 @@ class RecoverableStoreContract(SagaStoreContract):
         leases = await store.claim(
             owner="worker-1", lease_seconds=60, older_than=_ALREADY_PAST, limit=100
         )
-        assert {lease.saga_id for lease in leases} == {"saga-running", "saga-compensating"}
+        _expect_equal(
+            {lease.saga_id for lease in leases},
+            {"saga-running", "saga-compensating"},
+            '{lease.saga_id for lease in leases} == {"saga-running", "saga-compensating"}',
+        )
 
     async def test_claim_skips_recently_updated_sagas(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1")
         leases = await store.claim(owner="worker-1", lease_seconds=60, older_than=3600, limit=10)
-        assert leases == []
+        _expect_equal(leases, [], "leases == []")
 
     async def test_claim_sets_a_lease_with_a_new_fencing_token(
         self, store: RecoverableStore
@@ -430,13 +573,17 @@ class RecoverableStoreContract(SagaStoreContract):
         (lease,) = await store.claim(
             owner="worker-1", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
         )
-        assert isinstance(lease, Lease)
-        assert lease.saga_id == "saga-1"
-        assert lease.owner == "worker-1"
+        _expect(isinstance(lease, Lease), "isinstance(lease, Lease)")
+        _expect_equal(lease.saga_id, "saga-1", 'lease.saga_id == "saga-1"')
+        _expect_equal(lease.owner, "worker-1", 'lease.owner == "worker-1"')
         (summary,) = await store.list_sagas()
-        assert summary.lease_owner == "worker-1"
-        assert summary.lease_expires_at == lease.expires_at
-        assert lease.expires_at > summary.updated_at
+        _expect_equal(summary.lease_owner, "worker-1", 'summary.lease_owner == "worker-1"')
+        _expect_equal(
+            summary.lease_expires_at,
+            lease.expires_at,
+            "summary.lease_expires_at == lease.expires_at",
+        )
+        _expect(lease.expires_at > summary.updated_at, "lease.expires_at > summary.updated_at")
 
     async def test_a_leased_saga_is_not_claimed_again(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1")
@@ -446,8 +593,8 @@ class RecoverableStoreContract(SagaStoreContract):
         second = await store.claim(
             owner="worker-2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
         )
-        assert len(first) == 1
-        assert second == []
+        _expect_equal(len(first), 1, "len(first) == 1")
+        _expect_equal(second, [], "second == []")
 
     async def test_an_expired_lease_can_be_claimed_with_a_higher_token(
         self, store: RecoverableStore
@@ -459,19 +606,23 @@ class RecoverableStoreContract(SagaStoreContract):
         (second,) = await store.claim(
             owner="worker-2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
         )
-        assert second.owner == "worker-2"
-        assert second.token > first.token
+        _expect_equal(second.owner, "worker-2", 'second.owner == "worker-2"')
+        _expect(second.token > first.token, "second.token > first.token")
 
     async def test_claim_respects_the_limit(self, store: RecoverableStore) -> None:
         for number in range(5):
             await _new_saga(store, f"saga-{number}")
         first = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=2)
         rest = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10)
-        assert len(first) == 2
-        assert len(rest) == 3
-        assert {lease.saga_id for lease in first + rest} == {f"saga-{n}" for n in range(5)}
+        _expect_equal(len(first), 2, "len(first) == 2")
+        _expect_equal(len(rest), 3, "len(rest) == 3")
+        _expect_equal(
+            {lease.saga_id for lease in first + rest},
+            {f"saga-{n}" for n in range(5)},
+            '{lease.saga_id for lease in first + rest} == {f"saga-{n}" for n in range(5)}',
+        )
         none = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=0)
-        assert none == []
+        _expect_equal(none, [], "none == []")
 
     async def test_concurrent_claims_never_share_a_saga(self, store: RecoverableStore) -> None:
         for number in range(30):
@@ -483,7 +634,7 @@ class RecoverableStoreContract(SagaStoreContract):
             )
         )
         claimed = [lease.saga_id for leases in claims for lease in leases]
-        assert len(claimed) == len(set(claimed)) == 30
+        _expect(len(claimed) == len(set(claimed)) == 30, "len(claimed) == len(set(claimed)) == 30")
 
     # ------------------------------------------------------------------ fencing
 
@@ -497,9 +648,9 @@ class RecoverableStoreContract(SagaStoreContract):
             status=SagaStatus.COMPLETED, context={"done": True}, fence=lease,
         )
         record = await store.load("saga-1")
-        assert record.status is SagaStatus.COMPLETED
-        assert record.context == {"done": True}
-        assert len(record.history) == 2
+        _expect_is(record.status, SagaStatus.COMPLETED, "record.status is SagaStatus.COMPLETED")
+        _expect_equal(record.context, {"done": True}, 'record.context == {"done": True}')
+        _expect_equal(len(record.history), 2, "len(record.history) == 2")
 
     async def test_append_under_a_stale_lease_raises_lease_lost_and_writes_nothing(
         self, store: RecoverableStore
@@ -519,14 +670,18 @@ class RecoverableStoreContract(SagaStoreContract):
                 context={"n": 666}, fence=stale,
             ),
         )
-        assert "saga-1" in str(error)
+        _expect("saga-1" in str(error), '"saga-1" in str(error)')
         after = await store.load("saga-1")
-        assert after.history == before.history
-        assert after.status is SagaStatus.RUNNING
-        assert after.context == {"n": 0}
-        assert after.version == before.version
+        _expect_equal(after.history, before.history, "after.history == before.history")
+        _expect_is(after.status, SagaStatus.RUNNING, "after.status is SagaStatus.RUNNING")
+        _expect_equal(after.context, {"n": 0}, 'after.context == {"n": 0}')
+        _expect_equal(after.version, before.version, "after.version == before.version")
         await store.append("saga-1", [entry(1, "real")], fence=current)  # the new owner can
-        assert [e.step for e in (await store.load("saga-1")).history][-1] == "real"
+        _expect_equal(
+            [e.step for e in (await store.load("saga-1")).history][-1],
+            "real",
+            '[e.step for e in (await store.load("saga-1")).history][-1] == "real"',
+        )
 
     async def test_append_under_a_lease_of_an_unknown_saga_raises_saga_not_found(
         self, store: RecoverableStore
@@ -543,11 +698,11 @@ class RecoverableStoreContract(SagaStoreContract):
         )
         await store.release(lease)
         (summary,) = await store.list_sagas()
-        assert summary.lease_owner is None
+        _expect_is(summary.lease_owner, None, "summary.lease_owner is None")
         (again,) = await store.claim(
             owner="w2", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
         )
-        assert again.token > lease.token
+        _expect(again.token > lease.token, "again.token > lease.token")
 
     async def test_release_of_a_stale_lease_leaves_the_current_one(
         self, store: RecoverableStore
@@ -561,11 +716,17 @@ class RecoverableStoreContract(SagaStoreContract):
         )
         await store.release(stale)
         (summary,) = await store.list_sagas()
-        assert summary.lease_owner == "w2"
-        assert summary.lease_expires_at == current.expires_at
-        assert await store.claim(
-            owner="w3", lease_seconds=60, older_than=_ALREADY_PAST, limit=10
-        ) == []
+        _expect_equal(summary.lease_owner, "w2", 'summary.lease_owner == "w2"')
+        _expect_equal(
+            summary.lease_expires_at,
+            current.expires_at,
+            "summary.lease_expires_at == current.expires_at",
+        )
+        _expect_equal(
+            await store.claim(owner="w3", lease_seconds=60, older_than=_ALREADY_PAST, limit=10),
+            [],
+            "a claim while another worker's unexpired lease holds the saga",
+        )
 
     # ------------------------------------------------------------------ claim_saga / renew
 
@@ -574,8 +735,13 @@ class RecoverableStoreContract(SagaStoreContract):
     ) -> None:
         await _new_saga(store, "saga-1")
         lease = await store.claim_saga("saga-1", owner="w1", lease_seconds=60)
-        assert (lease.saga_id, lease.owner) == ("saga-1", "w1")
-        assert lease.token >= 1  # the first run writes with token 0: it is fenced out
+        _expect_equal(
+            (lease.saga_id, lease.owner),
+            ("saga-1", "w1"),
+            '(lease.saga_id, lease.owner) == ("saga-1", "w1")',
+        )
+        # The first run writes with token 0: it is fenced out.
+        _expect(lease.token >= 1, "lease.token >= 1")
         await _raises(LeaseLost, lambda: store.append("saga-1", [], fence=_first_run("saga-1")))
         await store.append("saga-1", [entry(1, "mine")], fence=lease)
 
@@ -602,13 +768,13 @@ class RecoverableStoreContract(SagaStoreContract):
             owner="w1", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
         )
         renewed = await renew(old, 60)
-        assert renewed.token == old.token
-        assert renewed.expires_at > old.expires_at
+        _expect_equal(renewed.token, old.token, "renewed.token == old.token")
+        _expect(renewed.expires_at > old.expires_at, "renewed.expires_at > old.expires_at")
         (summary,) = await store.list_sagas()
-        assert summary.lease_owner == "w1"
+        _expect_equal(summary.lease_owner, "w1", 'summary.lease_owner == "w1"')
         await renew(renewed, _ALREADY_PAST)  # w1 stops beating: the lease runs out
         newer = await store.claim_saga("saga-1", owner="w2", lease_seconds=60)
-        assert newer.token > old.token
+        _expect(newer.token > old.token, "newer.token > old.token")
         await _raises(LeaseLost, lambda: renew(old, 60))
 
     # ------------------------------------------------------------------ purge
@@ -618,30 +784,66 @@ class RecoverableStoreContract(SagaStoreContract):
             if status is not SagaStatus.PENDING:
                 await _new_saga(store, f"saga-{status.value}", status=status)
         every_final = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
-        assert await store.purge(older_than=_ALREADY_PAST, statuses=every_final) == 3
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST, statuses=every_final),
+            3,
+            "await store.purge(older_than=_ALREADY_PAST, statuses=every_final) == 3",
+        )
         for status in every_final:
             saga_id = f"saga-{status.value}"
             await _raises(SagaNotFound, lambda: store.load(saga_id))  # noqa: B023
         remaining = {s.saga_id for s in await store.list_sagas()}
-        assert remaining == {"saga-running", "saga-compensating"}
-        assert len((await store.load("saga-running")).history) == 1
-        assert await store.purge(older_than=_ALREADY_PAST, statuses=every_final) == 0
+        _expect_equal(
+            remaining,
+            {"saga-running", "saga-compensating"},
+            'remaining == {"saga-running", "saga-compensating"}',
+        )
+        _expect_equal(
+            len((await store.load("saga-running")).history),
+            1,
+            'len((await store.load("saga-running")).history) == 1',
+        )
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST, statuses=every_final),
+            0,
+            "await store.purge(older_than=_ALREADY_PAST, statuses=every_final) == 0",
+        )
 
     async def test_purge_keeps_failed_sagas_unless_named(self, store: RecoverableStore) -> None:
         """A FAILED saga is parked for an operator: by default a purge leaves it."""
         for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
             await _new_saga(store, f"saga-{status.value}", status=status)
-        assert await store.purge(older_than=_ALREADY_PAST) == 2
-        assert (await store.load("saga-failed")).status is SagaStatus.FAILED
-        assert await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]) == 1
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST),
+            2,
+            "await store.purge(older_than=_ALREADY_PAST) == 2",
+        )
+        _expect_is(
+            (await store.load("saga-failed")).status,
+            SagaStatus.FAILED,
+            '(await store.load("saga-failed")).status is SagaStatus.FAILED',
+        )
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]),
+            1,
+            'await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]) == 1',
+        )
         await _raises(SagaNotFound, lambda: store.load("saga-failed"))
 
     async def test_purge_takes_only_the_statuses_named(self, store: RecoverableStore) -> None:
         for status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
             await _new_saga(store, f"saga-{status.value}", status=status)
-        assert await store.purge(older_than=_ALREADY_PAST, statuses=[SagaStatus.COMPENSATED]) == 1
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST, statuses=[SagaStatus.COMPENSATED]),
+            1,
+            "await store.purge(older_than=_ALREADY_PAST, statuses=[SagaStatus.COMPENSATED]) == 1",
+        )
         remaining = {s.saga_id for s in await store.list_sagas()}
-        assert remaining == {"saga-completed", "saga-failed"}
+        _expect_equal(
+            remaining,
+            {"saga-completed", "saga-failed"},
+            'remaining == {"saga-completed", "saga-failed"}',
+        )
 
     async def test_purge_refuses_statuses_it_cannot_take(self, store: RecoverableStore) -> None:
         """Not a status, a live one, none at all, or a bare string (read as its
@@ -656,15 +858,35 @@ class RecoverableStoreContract(SagaStoreContract):
                 error,
                 lambda: store.purge(older_than=_ALREADY_PAST, statuses=statuses),  # noqa: B023
             )
-        assert (await store.load("saga-1")).status is SagaStatus.COMPLETED
+        _expect_is(
+            (await store.load("saga-1")).status,
+            SagaStatus.COMPLETED,
+            '(await store.load("saga-1")).status is SagaStatus.COMPLETED',
+        )
 
     async def test_purge_keeps_recently_finished_sagas(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED)
-        assert await store.purge(older_than=3600) == 0
-        assert (await store.load("saga-1")).status is SagaStatus.COMPLETED
+        _expect_equal(
+            await store.purge(older_than=3600),
+            0,
+            "await store.purge(older_than=3600) == 0",
+        )
+        _expect_is(
+            (await store.load("saga-1")).status,
+            SagaStatus.COMPLETED,
+            '(await store.load("saga-1")).status is SagaStatus.COMPLETED',
+        )
 
     async def test_a_purged_id_can_be_used_again(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED, entries=[entry(0, "old")])
-        assert await store.purge(older_than=_ALREADY_PAST) == 1
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST),
+            1,
+            "await store.purge(older_than=_ALREADY_PAST) == 1",
+        )
         await _new_saga(store, "saga-1", entries=[entry(0, "new")])
-        assert [e.step for e in (await store.load("saga-1")).history] == ["new"]
+        _expect_equal(
+            [e.step for e in (await store.load("saga-1")).history],
+            ["new"],
+            '[e.step for e in (await store.load("saga-1")).history] == ["new"]',
+        )

@@ -57,3 +57,48 @@ class TestSQLiteSagaStoreInMemory(RecoverableStoreContract):
     async def store(self) -> AsyncIterator[SQLiteSagaStore]:
         async with SQLiteSagaStore(":memory:") as store:
             yield store
+
+
+# A store that forgets the saga's name, and the kit's check of it, run with
+# ``python -O``: the interpreter users may run their suites with.
+_BROKEN_STORE_UNDER_O = """
+import asyncio, dataclasses, sys
+from fallback_saga import MemorySagaStore
+from fallback_saga.testing import SagaStoreContract
+
+if not sys.flags.optimize:
+    sys.exit("not run with -O: the check would mean nothing")
+
+class ForgetsNames(MemorySagaStore):
+    async def load(self, saga_id):
+        return dataclasses.replace(await super().load(saga_id), saga_name="Forgotten")
+
+check = SagaStoreContract().test_create_then_load_round_trips_header_context_and_entries
+try:
+    asyncio.run(check(ForgetsNames()))
+except AssertionError as error:
+    print("FAILED:", error)
+else:
+    print("PASSED")
+"""
+
+
+def test_the_contract_kit_fails_a_broken_store_under_python_O(tmp_path: Path) -> None:
+    """``fallback_saga.testing`` checks with ``_expect``, not ``assert``:
+    under ``python -O`` asserts vanish, and a broken store passed every check."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "broken_store_under_o.py"
+    script.write_text(_BROKEN_STORE_UNDER_O)
+    # The package under test, not whichever one the interpreter has installed.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-O", str(script)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": package_root},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "FAILED: record.saga_name == \"OrderSaga\": got 'Forgotten', expected 'OrderSaga'"
+    )
