@@ -33,6 +33,7 @@ from fallback_saga.testing import entry
 
 # s\xff: not UTF-8; written the way a C program or another tool would.
 _BAD_TEXT = "CAST(X'73ff' AS TEXT)"
+_PAST = -1.0  # "older than -1 s": every saga, whatever the clock says
 _SECRET_BYTES = "CAST(X'7b2263617264223a2234323432ff227d' AS TEXT)"  # {"card":"4242\xff"}
 
 
@@ -144,6 +145,28 @@ async def test_S12_claim_fills_its_limit_past_many_corrupt_rows(
     assert len(leases) == 2
     assert {lease.saga_id for lease in leases} <= {"s7", "s8", "s9"}
     assert warnings.text.count("fence") == 7  # each corrupt row reported once
+
+
+async def test_S12_a_corrupt_row_is_reported_once_per_lease_not_on_every_claim(
+    path: str, warnings: pytest.LogCaptureFixture
+) -> None:
+    """A corrupt row is never leased, so every claim (every worker's poll)
+    meets it again: it is reported once per ``lease_seconds``, as a worker
+    reports a saga it skips, not once per poll."""
+    await _make(path, "s1", "s2", running=True)
+    _damage(path, "UPDATE sagas SET fence = 'x', updated_at = 0 WHERE saga_id = 's1'")
+    now = [1_800_000_000.0]
+    async with SQLiteSagaStore(path, clock=lambda: now[0]) as store:
+        for _ in range(5):  # five polls within one lease's length
+            await store.claim(owner="w", lease_seconds=60, older_than=_PAST, limit=10)
+            now[0] += 10
+        reported = [r for r in warnings.records if "skipping a saga in recovery" in r.message]
+        assert len(reported) == 1
+        assert "s1" in reported[0].getMessage()
+        now[0] += 20  # a lease's length after the first report
+        await store.claim(owner="w", lease_seconds=60, older_than=_PAST, limit=10)
+    reported = [r for r in warnings.records if "skipping a saga in recovery" in r.message]
+    assert len(reported) == 2
 
 
 async def test_S12_claim_saga_and_lease_state_of_a_corrupt_lease_name_the_saga(

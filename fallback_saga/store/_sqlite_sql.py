@@ -6,6 +6,7 @@ multi-row statements (see ``sqlite``). Every statement is parameterized."""
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -232,13 +233,23 @@ class _Txn:
     no ``MAX(seq)`` query: it updates the saga *on condition* that the
     version is still the remembered one, and only when it is not (another
     process wrote the saga, a transaction rolled back) reads the truth.
+
+    ``quiet`` is the writer's memory of the corrupt rows ``claim`` has
+    reported: ``saga id as read -> time until which it is not reported
+    again`` (see ``_claim``).
     """
 
-    __slots__ = ("known", "now", "rows")
+    __slots__ = ("known", "now", "quiet", "rows")
 
-    def __init__(self, now: float, known: dict[str, tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        now: float,
+        known: dict[str, tuple[int, int]],
+        quiet: dict[object, float] | None = None,
+    ) -> None:
         self.now = now
         self.known = known
+        self.quiet: dict[object, float] = {} if quiet is None else quiet
         self.rows: list[Any] = []
 
     def add(self, saga_id: str, start: int, entries: tuple[JournalEntry, ...]) -> None:
@@ -280,6 +291,9 @@ class _Txn:
 # Remembered sagas beyond this are forgotten (at a group's start): sagas that
 # stopped without reaching a final status must not grow the memory forever.
 _MAX_KNOWN: Final = 100_000
+# Corrupt rows remembered as reported beyond this are forgotten (and so
+# reported again): a file of damaged rows must not grow the memory forever.
+_MAX_QUIET: Final = 10_000
 
 
 # --------------------------------------------------------------------------- batched writes
@@ -602,7 +616,16 @@ def _claim(
         if len(claimable) >= limit or len(rows) < wanted:
             break
         wanted = limit + len(corrupt)
+    quiet = txn.quiet
+    if len(quiet) > _MAX_QUIET:
+        quiet.clear()
     for saga_id, problem in corrupt:
+        # Once per lease's length per row, as a worker warns of a saga it
+        # skips: a corrupt row is never leased, so it is met again by every
+        # claim — every worker's poll — and one line per poll says nothing more.
+        if quiet.get(saga_id, -math.inf) > now:
+            continue
+        quiet[saga_id] = now + lease_seconds
         # ``skipped_saga``: for whoever reports the pass (``recover`` on the
         # command line lists it as skipped): the id as a str, and why.
         shown = saga_id if isinstance(saga_id, str) else _shown_bytes(saga_id)

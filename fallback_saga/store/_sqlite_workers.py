@@ -175,6 +175,7 @@ class _Worker:
         self.reads = 0
         self.largest_group = 0
         self.known: dict[str, tuple[int, int]] = {}  # see _Txn
+        self.quiet: dict[object, float] = {}  # see _Txn
         # A write met a full disk: the next ones checkpoint the -wal file
         # first, until the disk has room (see _checkpoint_after_full_disk).
         self.checkpoint_due = False
@@ -315,7 +316,7 @@ class _Worker:
             cursor.execute("BEGIN IMMEDIATE")
             # Read under the write lock: the stamps of the processes sharing
             # the file then follow their commit order (claims rely on it).
-            txn = _Txn(self.clock(), known)
+            txn = _Txn(self.clock(), known, self.quiet)
             in_requests = True
             if _BATCHED and len(group) > 1:
                 _run_group(cursor, txn, group, outcomes)
