@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections import deque
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from types import TracebackType
@@ -506,7 +507,8 @@ class SagaTransaction(Generic[ContextT]):
         self._execution = execution
         self._plan = plan
         self._next = 0
-        self._ready: list[SagaStepResult[ContextT, Any]] = []  # a group's results, to yield
+        # A group's results still to yield, first first (popleft: O(1) each).
+        self._ready: deque[SagaStepResult[ContextT, Any]] = deque()
         self._entered = False
         self._finished = False
         self._token: Token[StepCursor | None] | None = None
@@ -539,7 +541,7 @@ class SagaTransaction(Generic[ContextT]):
         if not self._entered:
             raise RuntimeError("iterate a saga transaction inside `async with`")
         if self._ready:
-            return self._ready.pop(0)
+            return self._ready.popleft()
         if self._finished or self._next >= len(self._plan):
             raise StopAsyncIteration
         item = self._plan[self._next]
@@ -563,7 +565,7 @@ class SagaTransaction(Generic[ContextT]):
         self._next += 1
         execution.results += step_results
         # A group yields its members' results one by one, in declared order.
-        self._ready = step_results[1:]
+        self._ready = deque(step_results[1:])
         return step_results[0]
 
     async def __aexit__(
