@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from .status import SagaStatus
 
@@ -27,6 +27,33 @@ __all__ = [
     "SagaNotFound",
     "SagaStoreError",
 ]
+
+# The most characters of an exception's text that the journal keeps
+# (``store._responses``) and that a message or a log line of the library
+# quotes. The text is whatever the exception says (an HTTP client's error may
+# quote a whole response body): quoted whole, a failure of a few megabytes
+# makes a message and a log line of as many. The head says what failed; the
+# exception itself stays whole where the caller gets it (``SagaFailed.error``).
+MAX_ERROR_TEXT: Final = 4000
+
+
+def cut_text(text: str, left_out: str = "not shown") -> str:
+    """``text`` cut to ``MAX_ERROR_TEXT`` characters, saying how many more
+    there were (``… [N more characters <left_out>]``)."""
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return f"{text[:MAX_ERROR_TEXT]}… [{len(text) - MAX_ERROR_TEXT} more characters {left_out}]"
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)`` as a message or a log line quotes it: cut (``cut_text``)."""
+    return cut_text(str(error))
+
+
+def described(error: BaseException) -> str:
+    """``TypeName: text``, the text cut (``error_text``)."""
+    return f"{type(error).__name__}: {error_text(error)}"
+
 
 # ``BaseException.args`` as stored, under ``SagaFailed.args`` (which reads it).
 _EXCEPTION_ARGS: Any = BaseException.__dict__["args"]
@@ -156,7 +183,7 @@ class SagaInterrupted(SagaStoreError):
                           f"to know)")
             else:
                 where += " (its last write may have landed unseen)"
-        during = f" while handling {type(failure).__name__}: {failure}" if failure else ""
+        during = f" while handling {described(failure)}" if failure else ""
         # A child saga (SubSaga) it drives was refused for a changed
         # definition: its journal is fine, and the refusal says the way on.
         why = (
@@ -165,7 +192,7 @@ class SagaInterrupted(SagaStoreError):
         )
         super().__init__(
             f"saga {saga_name} ({short_id(saga_id)}) stopped: {why}{during} "
-            f"({type(error).__name__}: {error}); nothing ran after the last write the "
+            f"({described(error)}); nothing ran after the last write the "
             f"journal holds; {where}"
         )
 
@@ -449,7 +476,7 @@ class SagaFailed(SagaError):
             # (A SagaStatus is a StrEnum: its str() is its value.)
             message = (
                 f"saga {self.saga_name} ({short_id(self.saga_id)}) failed at step "
-                f"{self.failed_step!r}: {type(self.error).__name__}: {self.error}; "
+                f"{self.failed_step!r}: {described(self.error)}; "
                 f"status {self.status!s}"
             )
             if self.compensation_errors:

@@ -40,7 +40,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from .errors import ContextSerializationError, SagaAlreadyExists, SagaInterrupted
+from .errors import ContextSerializationError, SagaAlreadyExists, SagaInterrupted, described
 from .log_lines import library_logger, one_line
 from .status import SagaStatus
 from .step import StepInfo
@@ -347,7 +347,7 @@ class LoggingListener(SagaListener):
         landed = status_if_landed(status, error)
         if landed is not None:
             held += f" (or {landed.value}, if its last write landed unseen)"
-        reason = "" if error is None else f" ({type(error).__name__}: {error})"
+        reason = "" if error is None else f" ({described(error)})"
         self._write(logging.WARNING, "saga %s %s stopped without a final status, left for "
                     "recovery; the journal says %s%s", saga_name, saga_id, held, reason)
 

@@ -8,7 +8,9 @@ line break in one forges a log line of its own
 escape sequence rewrites what an operator sees. Every logger of the library
 carries ``ONE_LINE``, a filter that escapes control characters (and line
 separators, bidi overrides) in a record's arguments; ``LoggingListener``
-applies ``one_line`` to the logger it is given too.
+applies ``one_line`` to the logger it is given too. An exception argument
+is quoted cut to ``MAX_ERROR_TEXT`` characters (``errors.cut_text``): a
+failure of megabytes makes no log line of megabytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 from typing import Final
+
+from .errors import MAX_ERROR_TEXT, cut_text
 
 __all__ = ["ONE_LINE", "library_logger", "one_line"]
 
@@ -31,11 +35,17 @@ def _escape_char(match: re.Match[str]) -> str:
 
 def one_line(value: object) -> object:
     """A str or an exception as a log line shows it, control characters
-    escaped (``\\x0a``); any other value, and one with nothing to escape, as
-    it is (``%d`` wants an int; a handler may read an exception argument)."""
-    if value.__class__ is not str and not isinstance(value, BaseException):
+    escaped (``\\x0a``), an exception's text cut (``errors.cut_text``);
+    any other value, and one with nothing to escape or cut, as it is (``%d``
+    wants an int; a handler may read an exception argument)."""
+    if value.__class__ is str:
+        text = str(value)
+    elif isinstance(value, BaseException):
+        text = str(value)
+        if len(text) > MAX_ERROR_TEXT:
+            text = value = cut_text(text)
+    else:
         return value
-    text = str(value)
     return value if text.isprintable() else _LINE_BREAKERS.sub(_escape_char, text)
 
 

@@ -48,6 +48,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 from . import __version__
 from .breaker import CircuitOpenError
+from .errors import error_text
 from .events import SagaListener, StepCall, refused_at_creation, status_if_landed
 from .status import SagaStatus
 
@@ -94,9 +95,16 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
+    text = error_text(error)
     name = type(error).__name__
     return f"{name}: {text}" if text else name
+
+
+def _exception_message(error: BaseException) -> dict[str, str]:
+    """The attributes ``record_exception`` is given: the exception's text
+    cut, in place of the whole text the SDK would quote. (Its stack trace
+    ends with the text whole: ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` bounds it.)"""
+    return {"exception.message": error_text(error)}
 
 
 class _Attached:
@@ -278,7 +286,7 @@ class OpenTelemetryListener(SagaListener):
             reason = status.value if error is None else f"{status.value}: {_describe(error)}"
             span.set_status(StatusCode.ERROR, reason)
             if error is not None:
-                span.record_exception(error)
+                span.record_exception(error, _exception_message(error))
         seconds = run.detach()
         span.end()
         attributes = {SAGA_NAME: saga_name, SAGA_STATUS: status.value}
@@ -298,7 +306,7 @@ class OpenTelemetryListener(SagaListener):
             # interrupted saga to count.
             span.set_attribute(SAGA_REFUSED, True)
             span.set_status(StatusCode.ERROR, f"refused: {_describe(error)}")
-            span.record_exception(error)
+            span.record_exception(error, _exception_message(error))
             run.detach()
             span.end()
             return
@@ -317,7 +325,7 @@ class OpenTelemetryListener(SagaListener):
             _INTERRUPTED if error is None else f"{_INTERRUPTED}: {_describe(error)}",
         )
         if error is not None:
-            span.record_exception(error)
+            span.record_exception(error, _exception_message(error))
         seconds = run.detach()
         span.end()
         self._interrupted.add(1, {SAGA_NAME: saga_name})
@@ -361,7 +369,7 @@ class OpenTelemetryListener(SagaListener):
             attributes[ERROR_TYPE] = error_type
             span.set_attribute(ERROR_TYPE, error_type)
             span.set_status(StatusCode.ERROR, _describe(error))
-            span.record_exception(error)
+            span.record_exception(error, _exception_message(error))
         span.end()
         self._step_duration.record(seconds, attributes)
 
@@ -398,7 +406,7 @@ class OpenTelemetryListener(SagaListener):
     ) -> None:
         self._event(saga_id, "fallback_saga.fallback", {
             STEP: primary, FALLBACK: fallback, "exception.type": type(error).__qualname__,
-            "exception.message": str(error),
+            "exception.message": error_text(error),
         })
         self._fallbacks.add(1, {SAGA_NAME: self._saga_name(saga_id), STEP: primary,
                                 FALLBACK: fallback})
@@ -406,7 +414,7 @@ class OpenTelemetryListener(SagaListener):
     def compensation_failed(self, saga_id: str, step: str, error: BaseException) -> None:
         self._event(saga_id, "fallback_saga.compensation.failed", {
             STEP: step, "exception.type": type(error).__qualname__,
-            "exception.message": str(error),
+            "exception.message": error_text(error),
         })
         self._compensation_failures.add(1, {SAGA_NAME: self._saga_name(saga_id), STEP: step})
 
@@ -426,7 +434,7 @@ class OpenTelemetryListener(SagaListener):
         if span.is_recording():
             span.add_event("fallback_saga.breaker.state_store_failed", {
                 BREAKER: breaker, "exception.type": type(error).__qualname__,
-                "exception.message": str(error),
+                "exception.message": error_text(error),
             })
         self._state_store_failures.add(1, {BREAKER: breaker})
 

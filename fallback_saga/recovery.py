@@ -23,6 +23,7 @@ from .errors import (
     SagaFailed,
     SagaInterrupted,
     SagaNotFound,
+    described,
 )
 from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
@@ -206,12 +207,12 @@ class ClaimedSaga:
             # Keep the lease: other workers skip it until it expires, rather
             # than re-reading a row that cannot be read on every pass.
             self._keep_lease = True
-            return "skipped", f"{type(error).__name__}: {error}"
+            return "skipped", described(error)
         except Exception as error:  # changed definition, store error, ...
             # Released: an operator may resume it now (allow_changed_definition).
             if isinstance(error, SagaDefinitionChanged):
                 self.definition_changed = error
-            return "skipped", f"{type(error).__name__}: {error}"
+            return "skipped", described(error)
 
     async def _after_cancellation(self) -> Outcome:
         """What a cancelled resume left: a saga that ran has unwound (S8) or

@@ -320,7 +320,9 @@ class UnwindingRun(JournaledRun):
                 (self.journaled_status or SagaStatus.RUNNING).value,
             )
             return
-        _log.error("%s", self._stopped(error))
+        # Its message, as it is: it quotes the errors cut already, and says
+        # at its end where the saga is left (one_line would cut an exception).
+        _log.error("%s", str(self._stopped(error)))
 
     def _lost_its_lease(self, error: BaseException) -> bool:
         """``error`` says another worker drives this saga now."""

@@ -335,6 +335,35 @@ async def test_a_compensation_that_gives_up_fails_the_saga_and_is_counted(
     }
 
 
+async def test_S12_span_statuses_and_events_quote_error_texts_cut(
+    telemetry: Telemetry,
+) -> None:
+    """An error of a megabyte (a response body quoted whole) is quoted cut to
+    ``MAX_ERROR_TEXT`` characters in span statuses and exception events."""
+    from fallback_saga.store._responses import MAX_ERROR_TEXT
+
+    huge = 1_000_000
+    saga = declare(
+        Probe("Reserve", [], comp_error=lambda: Boom("gone: " + "x" * huge)),
+        Probe("Charge", [], error=lambda: Boom("declined: " + "y" * huge)),
+    )(listeners=[telemetry.listener], compensation_retry=FAST)
+
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx(), saga_id="huge-errors")
+
+    spans = telemetry.spans()
+    # (An exception event's stack trace ends with the text whole: the SDK's
+    # attribute length limit is the bound there.)
+    texts = [span.status.description or "" for span in spans] + [
+        str(value) for span in spans for event in span.events
+        for key, value in (event.attributes or {}).items() if key != "exception.stacktrace"
+    ]
+    quoting = [text for text in texts if "xxxx" in text or "yyyy" in text]
+    assert len(quoting) >= 3  # the act's span, the compensations' spans and events
+    assert all(len(text) < MAX_ERROR_TEXT + 100 for text in quoting)
+    assert all("more characters not shown" in text for text in quoting)
+
+
 async def test_a_retried_act_has_a_span_per_attempt_and_a_retry_event(
     telemetry: Telemetry,
 ) -> None:

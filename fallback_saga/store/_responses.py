@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from ..codec import journal_object, journal_untyped
 from ..decoding import TAG
-from ..errors import ContextSerializationError, short_id
+from ..errors import MAX_ERROR_TEXT, ContextSerializationError, cut_text, short_id
 from ..log_lines import library_logger
 from ..status import StepStatus
 from ..step import SagaStepResult
@@ -40,24 +40,16 @@ _STEP_STATUS: Final[dict[str, StepStatus]] = {
 # codec never writes, so it cannot be confused with a journaled value.
 UNJOURNALED: Final = "unjournaled"
 
-# The most characters of an exception's text the journal keeps. The text is
-# whatever the exception says (an HTTP client's error may quote a whole
-# response body): uncut, a failure's record could be more than a store holds
-# (SQLite's SQLITE_LIMIT_LENGTH, PostgreSQL's 1 GB field), and the write that
-# must record the failure — before anything is compensated — could never
-# land: the run would stop for recovery, and every recovery pass would run
-# the failing step again, for ever. The head says what failed; the rest is
-# for the service's own logs.
-MAX_ERROR_TEXT: Final = 4000
-
-
 def error_text(text: str) -> str:
     """``text`` as the journal keeps it: cut to ``MAX_ERROR_TEXT`` characters,
-    saying how many were left out."""
-    if len(text) <= MAX_ERROR_TEXT:
-        return text
-    cut = len(text) - MAX_ERROR_TEXT
-    return f"{text[:MAX_ERROR_TEXT]}… [{cut} more characters not journaled]"
+    saying how many were left out.
+
+    Uncut, a failure's record could be more than a store holds (SQLite's
+    SQLITE_LIMIT_LENGTH, PostgreSQL's 1 GB field), and the write that must
+    record the failure — before anything is compensated — could never land:
+    the run would stop for recovery, and every recovery pass would run the
+    failing step again, for ever. The rest is for the service's own logs."""
+    return cut_text(text, "not journaled")
 
 
 # The class name in a response's journal form: {"$fs":["obj",["shop:Reserved", ...
