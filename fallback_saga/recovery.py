@@ -109,6 +109,9 @@ class ClaimedSaga:
         # Why it was skipped, when its definition (or a child's) changed.
         self.definition_changed: SagaDefinitionChanged | None = None
         self._keep_lease = False  # lost to another worker, or a corrupt record
+        # Seconds the lease is kept for an interrupted saga's backoff, on a
+        # store without ``defer``: the worker gives it back once they passed.
+        self.held_for: float | None = None
 
     @property
     def saga_id(self) -> str:
@@ -248,17 +251,21 @@ class ClaimedSaga:
                 # ``skip_for``: another worker (one that knows its name) gets
                 # it within that; an operator's resume leases it at once by id.
                 await self.store.defer(self.lease, self.skip_for)
-            elif outcome == "interrupted" and self.retry_in is not None and hasattr(
-                self.store, "defer"
-            ):
+            elif outcome == "interrupted" and self.retry_in is not None:
                 # The journal refused this saga's write. Released, it would
                 # be the oldest claimable saga again at once, and a worker
                 # whose claim filled its slots claims again at once: a saga
                 # whose rows the store always refuses (a poison saga) was
                 # claimed, resumed and warned about hundreds of times a
                 # second, and the sagas behind it never got a slot. Out of
-                # claims for the worker's backoff instead.
-                await self.store.defer(self.lease, self.retry_in)
+                # claims for the worker's backoff instead: deferred, or —
+                # a store of one's own without ``defer`` — its lease kept,
+                # for the worker to release once the backoff has passed
+                # (``held_for``; it expires on its own if the worker dies).
+                if hasattr(self.store, "defer"):
+                    await self.store.defer(self.lease, self.retry_in)
+                else:
+                    self.held_for = self.retry_in
             elif outcome == "deferred" and hasattr(self.store, "defer"):
                 # Out of claims for a lease's length (its parent, if it
                 # stalls, is taken over within that): released, a child

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,6 +37,7 @@ from .log_lines import library_logger
 from .recovery import ClaimedSaga, SagasGiven, claim_batch, default_owner, sagas_by_name
 from .shielding import cancellation_pending
 from .store.base import (
+    Lease,
     RecoverableStore,
     WorkNotifier,
     check_store,
@@ -116,7 +117,10 @@ class RecoveryWorker:
     interrupted saga (its journal write failed) is kept out of claims for a
     backoff: ``poll`` seconds, doubled per interruption of it in a row,
     capped at ``lease``, jittered — a saga whose writes the store always
-    refuses is never claimed hot, and never holds up the others.
+    refuses is never claimed hot, and never holds up the others. (On a
+    store without ``defer`` the worker keeps the saga's lease through the
+    backoff, then releases it; an operator's ``resume`` of it meanwhile is
+    ``SagaBusy``.)
 
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
@@ -168,9 +172,16 @@ class RecoveryWorker:
         self._notifier = store if listen and is_work_notifier(store) else None
         self._listening = asyncio.Event()
         self._claims_failing = False  # warned about this outage of the store already
+        # The event loop's clock (monotonic), read when needed: a worker may run
+        # on several loops in turn (see run).
+        self._clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
         # Saga id -> its interruptions in a row here (the journal refused its
         # writes): each one doubles its time out of claims (``_retry_in``).
         self._interruptions: dict[str, int] = {}
+        # The leases kept through an interrupted saga's backoff, on a store
+        # without ``defer`` (``ClaimedSaga.held_for``): saga id -> (lease,
+        # loop time at which it is released).
+        self._held: dict[str, tuple[Lease, float]] = {}
 
     def __repr__(self) -> str:
         return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
@@ -207,19 +218,23 @@ class RecoveryWorker:
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
+                await self._release_held(everything=False)
                 await self._claim()
                 if self._stopping:
                     break
                 if cancellation_pending():  # a driver swallowed it
                     raise asyncio.CancelledError
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                    await asyncio.wait_for(self._wake.wait(), self._until_next_claim())
         except asyncio.CancelledError:
             await self._drain(0.0)
             raise
         else:
             await self._drain(self._grace)
         finally:
+            # A worker that stops keeps nothing out of the others' claims.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._release_held(everything=True)
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -307,6 +322,30 @@ class RecoveryWorker:
             self._in_flight[task] = claimed
             task.add_done_callback(self._done)
 
+    def _until_next_claim(self) -> float:
+        """``poll``, or less: until the first kept lease is due for release."""
+        if not self._held:
+            return self.poll
+        first = min(due for _, due in self._held.values())
+        return max(0.0, min(self.poll, first - self._clock()))
+
+    async def _release_held(self, *, everything: bool) -> None:
+        """Give back the leases kept through a backoff (``_held``) that are
+        due — or all of them. One that cannot be given back expires on its own."""
+        now = self._clock()
+        for saga_id, (lease, due) in list(self._held.items()):
+            if not everything and due > now:
+                continue
+            del self._held[saga_id]
+            try:
+                await self.store.release(lease)
+            except Exception as error:
+                if cancellation_pending():
+                    raise asyncio.CancelledError from error  # see cancellation_pending
+                _log.warning("recovery worker %s: could not release saga %s after its "
+                             "backoff (it expires on its own): %s: %s", self.owner,
+                             saga_id, type(error).__name__, error)
+
     def _retry_in(self, saga_id: str) -> float:
         """Seconds a saga interrupted now stays out of claims: ``poll``,
         doubled for each interruption of it in a row, capped at ``lease``,
@@ -343,8 +382,10 @@ class RecoveryWorker:
             stats.deferred += 1  # a child saga: its parent drives it
         elif outcome == "interrupted":
             stats.interrupted += 1
+            if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
+                self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
             again = (f" (claimed again in {claimed.retry_in:.3g} s)"
-                     if claimed.retry_in is not None and hasattr(self.store, "defer") else "")
+                     if claimed.retry_in is not None else "")
             _log.warning("recovery worker %s: saga %s interrupted: %s%s", self.owner,
                          claimed.saga_id, reason, again)
         else:

@@ -1194,7 +1194,8 @@ def _refusing_appends_of(store: Any, victim: str) -> Any:
     """``store``, whose journal refuses every write of saga ``victim`` (a row
     the database rejects: a trigger, a constraint, a page it cannot write),
     and counts the claims that hand that saga out."""
-    append, submit_append, claim = store.append, store.submit_append, store.claim
+    append, claim = store.append, store.claim
+    submit_append = getattr(store, "submit_append", None)  # optional
     store.victim_claims = 0
 
     async def refused_append(saga_id: str, *args: Any, **kwargs: Any) -> None:
@@ -1204,6 +1205,7 @@ def _refusing_appends_of(store: Any, victim: str) -> Any:
 
     def refused_submit(saga_id: str, *args: Any) -> asyncio.Future[None]:
         if saga_id != victim:
+            assert submit_append is not None
             return submit_append(saga_id, *args)  # type: ignore[no-any-return]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_exception(SagaStoreError(f"the database refuses saga {victim}'s rows"))
@@ -1214,7 +1216,9 @@ def _refusing_appends_of(store: Any, victim: str) -> Any:
         store.victim_claims += sum(lease.saga_id == victim for lease in leases)
         return leases
 
-    store.append, store.submit_append, store.claim = refused_append, refused_submit, counted_claim
+    store.append, store.claim = refused_append, counted_claim
+    if submit_append is not None:
+        store.submit_append = refused_submit
     return store
 
 
@@ -1308,6 +1312,87 @@ async def test_S13_a_poison_sagas_backoff_doubles_per_interruption_up_to_the_lea
         assert 20 - 5 <= second <= 40
         assert 40 - 5 <= third <= 80
         assert 50 - 5 <= fourth <= 100  # capped at the lease
+
+
+class _StoreWithoutDefer:
+    """A minimal store of one's own: ``RecoverableStore``'s methods (and
+    ``renew``), none of the optional ones — no ``defer`` in particular."""
+
+    def __init__(self, inner: SQLiteSagaStore) -> None:
+        self.inner = inner
+        self.releases: list[str] = []
+
+    async def create(self, *args: Any, **kwargs: Any) -> None:
+        await self.inner.create(*args, **kwargs)
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        await self.inner.append(*args, **kwargs)
+
+    async def load(self, saga_id: str) -> Any:
+        return await self.inner.load(saga_id)
+
+    async def list_sagas(self, **kwargs: Any) -> Any:
+        return await self.inner.list_sagas(**kwargs)
+
+    async def claim(self, **kwargs: Any) -> list[Lease]:
+        return await self.inner.claim(**kwargs)
+
+    async def claim_saga(self, saga_id: str, **kwargs: Any) -> Lease:
+        return await self.inner.claim_saga(saga_id, **kwargs)
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        return await self.inner.renew(lease, lease_seconds)
+
+    async def release(self, lease: Lease) -> None:
+        self.releases.append(lease.saga_id)
+        await self.inner.release(lease)
+
+    async def purge(self, **kwargs: Any) -> int:
+        return await self.inner.purge(**kwargs)
+
+
+async def test_S13_a_store_without_defer_still_backs_a_poison_saga_off(db: Path) -> None:
+    """``defer`` is optional: a store of one's own without it released an
+    interrupted saga at once, and the worker claimed it again at once (hot).
+    The worker keeps its lease instead, and gives it back once the backoff
+    has passed (the worker's clock, moved by the test) — or when it stops."""
+    told = OutcomeSignal()
+    async with SQLiteSagaStore(db) as inner:
+        store = _StoreWithoutDefer(inner)
+        assert not hasattr(store, "defer")
+        await store.create("p-poison", "OrderSaga", OrderSaga.definition.fingerprint,
+                           {"order_id": "p"}, [_act(0, "A", StepStatus.STARTED)])
+        due = await seed(store, 3)  # newer: claimed after it
+        _refusing_appends_of(store, "p-poison")
+        saga = OrderSaga(store=store, step_factory=lambda cls: cls(Ledger()),
+                         journal_retry=RetryPolicy(attempts=1, delay=0, jitter=0))
+        worker = RecoveryWorker(store, [saga], concurrency=1, lease=600, poll=20,
+                                older_than=0, listen=False, listeners=[told])
+        running = asyncio.create_task(worker.run())
+        try:
+            await _outcomes_until(told, "completed", 3, at_most=8)
+            assert [(s, o) for s, _, o, _ in told.outcomes] == [
+                ("p-poison", "interrupted"), *[(s, "completed") for s in due]]
+            assert store.victim_claims == 1
+            # Out of every worker's claims: its lease is still the worker's.
+            assert "p-poison" not in store.releases
+            assert (await inner.lease_state("p-poison")).owner == worker.owner
+            assert await inner.claim(owner="w", lease_seconds=30, older_than=0, limit=10) == []
+            # The backoff (at most poll, 20 s) passes: given back, and claimed again.
+            clock = worker._clock
+            worker._clock = lambda: clock() + 20
+            worker.wake()
+            await _outcomes_until(told, "interrupted", 2, at_most=6)
+            assert store.releases.count("p-poison") == 1
+            assert store.victim_claims == 2
+        finally:
+            await worker.stop()
+            await running
+        # A stopped worker keeps nothing out of the others' claims.
+        assert (await inner.lease_state("p-poison")).owner is None
+        record = await store.load("p-poison")
+        assert record.status is SagaStatus.RUNNING
+        assert [(e.step, e.status) for e in record.history] == [("A", StepStatus.STARTED)]
 
 
 class _KillsTheProcess(_Step):
