@@ -9,13 +9,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from .errors import SagaDefinitionError
+from .errors import SagaDefinitionError, short_id
 from .fallback import Fallback
 from .parallel import Parallel
 from .step import SagaStepHandler, step_name
 
 __all__ = [
     "MAX_SAGA_NAME_LENGTH",
+    "MAX_STEP_NAME_LENGTH",
     "BranchSpec",
     "FallbackSpec",
     "GroupSpec",
@@ -28,6 +29,8 @@ __all__ = [
 
 # A saga name is an identifier in the journal, in logs and in the CLI's tables.
 MAX_SAGA_NAME_LENGTH = 200
+# So is a step name, written in every journal entry of its step.
+MAX_STEP_NAME_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +282,38 @@ def _branch(
             f"provides {context_type.__name__}"
         )
     return BranchSpec(
-        position, step_name(item), item, branch, None if timeout is None else float(timeout)
+        position, _checked_step_name(item, label), item, branch,
+        None if timeout is None else float(timeout),
     )
+
+
+def _checked_step_name(item: Any, label: str) -> str:
+    """``step_name(item)``, if every store can journal it: at most
+    ``MAX_STEP_NAME_LENGTH`` characters, no NUL (PostgreSQL text cannot hold
+    it) and no lone surrogate (UTF-8 cannot encode it: SQLite and PostgreSQL
+    refuse it). Else the first write of every run of the saga was refused
+    (``SagaInterrupted``, for ever), or the name went whole into each of its
+    journal entries. Control characters are journaled as they are (logs,
+    the CLI and the console show them escaped), so they are left alone."""
+    name = step_name(item)
+    if len(name) > MAX_STEP_NAME_LENGTH:
+        raise SagaDefinitionError(
+            f"{label}: step name {short_id(name)} is {len(name)} characters long; a step name "
+            f"is at most {MAX_STEP_NAME_LENGTH} (every journal entry of the step holds it)"
+        )
+    problem = None
+    if "\x00" in name:
+        problem = "a NUL character, which PostgreSQL text cannot hold"
+    elif not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "a lone surrogate, which UTF-8 cannot encode (SQLite, PostgreSQL)"
+    if problem is not None:
+        raise SagaDefinitionError(
+            f"{label}: step name {short_id(name)} holds {problem}: no store could journal it"
+        )
+    return name
 
 
 def _check_takes_context(item: Any, method: str, label: str) -> None:

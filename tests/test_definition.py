@@ -184,6 +184,41 @@ def test_S11_distinct_names_of_one_class_are_fine() -> None:
     assert [item.name for item in saga_cls.definition.items] == ["A", "B"]
 
 
+def test_S11_a_step_name_longer_than_the_limit_is_refused_at_class_creation() -> None:
+    """A step name is written in every journal entry of its step: a name of a
+    megabyte made every entry a megabyte. At most ``MAX_STEP_NAME_LENGTH``."""
+    from fallback_saga.definition import MAX_STEP_NAME_LENGTH
+
+    trace: Trace = []
+    at_most = "s" * MAX_STEP_NAME_LENGTH
+    assert declare(Probe(at_most, trace)).definition.items[0].name == at_most
+    with pytest.raises(SagaDefinitionError, match=r"steps\[1\]: step name .* is 1000000 "
+                       r"characters long; a step name is at most 200") as refused:
+        declare(Probe("A", trace), Probe("x" * 1_000_000, trace))
+    assert len(str(refused.value)) < 400  # the name is shown cut
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("nul\x00step", "a NUL character"), ("lone\ud800surrogate", "a lone surrogate")],
+    ids=["NUL", "lone-surrogate"],
+)
+def test_S11_a_step_name_a_store_cannot_journal_is_refused_at_class_creation(
+    name: str, why: str
+) -> None:
+    """PostgreSQL text cannot hold NUL, and UTF-8 (SQLite, PostgreSQL) no lone
+    surrogate: such a step name made the first write of every run fail
+    (``SagaInterrupted``, for ever). Refused when the class is created."""
+    class Named(Charge):
+        pass
+
+    Named.name = name  # type: ignore[attr-defined]
+    with pytest.raises(SagaDefinitionError, match=rf"steps\[0\].step: step name .* holds {why}"
+                       r".*: no store could journal it") as refused:
+        declare(Fallback(step=Named, fallback=Reserve))
+    assert repr(name)[1:-1] in str(refused.value)  # shown escaped
+
+
 @pytest.mark.parametrize("same", [Reserve, Reserve()], ids=["class", "instance"])
 def test_S11_fallback_with_same_step_both_sides(same: Any) -> None:
     with pytest.raises(SagaDefinitionError, match="same"):

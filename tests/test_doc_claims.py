@@ -515,7 +515,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.console._http import HEADER_TIMEOUT, SEND_TIMEOUT
     from fallback_saga.console.data import MAX_PAGE, SCAN_LIMIT
     from fallback_saga.context import MAX_CONTEXT_DEPTH
-    from fallback_saga.definition import MAX_SAGA_NAME_LENGTH
+    from fallback_saga.definition import MAX_SAGA_NAME_LENGTH, MAX_STEP_NAME_LENGTH
     from fallback_saga.journal import DEFAULT_JOURNAL_RETRY
     from fallback_saga.retry import DEFAULT_COMPENSATION_RETRY
     from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
@@ -556,6 +556,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("durability.md", "`fallback_saga.context.MAX_CONTEXT_DEPTH` ({})", MAX_CONTEXT_DEPTH),
         ("durability.md", "a non-empty `str` of at most {} characters", MAX_SAGA_ID_LENGTH),
         ("durability.md", "printable str of at most {} characters", MAX_SAGA_NAME_LENGTH),
+        ("durability.md", "checked then too: at most {} characters", MAX_STEP_NAME_LENGTH),
         ("durability.md", "cut to its first {:,} characters", MAX_ERROR_TEXT),
         ("durability.md", "purges {:,} sagas a transaction", PURGE_BATCH),
         ("durability.md", "A batch starts at {:,} sagas", PG_PURGE_BATCH),
