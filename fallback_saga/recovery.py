@@ -109,8 +109,9 @@ class ClaimedSaga:
         # Why it was skipped, when its definition (or a child's) changed.
         self.definition_changed: SagaDefinitionChanged | None = None
         self._keep_lease = False  # lost to another worker, or a corrupt record
-        # Seconds the lease is kept for an interrupted saga's backoff, on a
-        # store without ``defer``: the worker gives it back once they passed.
+        # Seconds the lease is kept, on a store without ``defer``, to keep a
+        # saga out of claims (a worker's skip, or an interrupted saga's
+        # backoff): the worker gives it back once they have passed.
         self.held_for: float | None = None
 
     @property
@@ -240,17 +241,20 @@ class ClaimedSaga:
         try:
             if outcome == "handed_off" and is_work_notifier(self.store):
                 await self.store.hand_off(self.lease)
-            elif outcome == "skipped" and self.skip_for is not None and hasattr(
-                self.store, "defer"
-            ):
+            elif outcome == "skipped" and self.skip_for is not None:
                 # A worker's skip stays a skip until an operator acts (or a
                 # deploy): released, the saga — as old as ever — would be
                 # the first one claimed again at once, on every poll, warned
                 # about every time, and as many of them as a claim takes
                 # would starve every other saga. Out of claims for
                 # ``skip_for``: another worker (one that knows its name) gets
-                # it within that; an operator's resume leases it at once by id.
-                await self.store.defer(self.lease, self.skip_for)
+                # it within that; an operator's resume leases it at once by id
+                # — unless the store has no ``defer``: its lease is kept then
+                # (``held_for``), and such a resume is SagaBusy until it ends.
+                if hasattr(self.store, "defer"):
+                    await self.store.defer(self.lease, self.skip_for)
+                else:
+                    self.held_for = self.skip_for
             elif outcome == "interrupted" and self.retry_in is not None:
                 # The journal refused this saga's write. Released, it would
                 # be the oldest claimable saga again at once, and a worker

@@ -118,9 +118,9 @@ class RecoveryWorker:
     backoff: ``poll`` seconds, doubled per interruption of it in a row,
     capped at ``lease``, jittered — a saga whose writes the store always
     refuses is never claimed hot, and never holds up the others. (On a
-    store without ``defer`` the worker keeps the saga's lease through the
-    backoff, then releases it; an operator's ``resume`` of it meanwhile is
-    ``SagaBusy``.)
+    store without ``defer`` the worker keeps a skipped or interrupted saga's
+    lease for that time instead, then releases it; an operator's ``resume``
+    of it meanwhile is ``SagaBusy``.)
 
     ``worker.stats`` counts what happened; ``worker.in_flight`` is the number
     of sagas being resumed right now.
@@ -178,9 +178,9 @@ class RecoveryWorker:
         # Saga id -> its interruptions in a row here (the journal refused its
         # writes): each one doubles its time out of claims (``_retry_in``).
         self._interruptions: dict[str, int] = {}
-        # The leases kept through an interrupted saga's backoff, on a store
-        # without ``defer`` (``ClaimedSaga.held_for``): saga id -> (lease,
-        # loop time at which it is released).
+        # The leases kept to keep sagas out of claims (skipped, or backing
+        # off), on a store without ``defer`` (``ClaimedSaga.held_for``):
+        # saga id -> (lease, loop time at which it is released).
         self._held: dict[str, tuple[Lease, float]] = {}
 
     def __repr__(self) -> str:
@@ -363,6 +363,8 @@ class RecoveryWorker:
             self.stats.handed_off += 1
             raise
         stats = self.stats
+        if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
+            self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
         if outcome == "interrupted":
             self._interruptions[claimed.saga_id] = (
                 self._interruptions.get(claimed.saga_id, 0) + 1)
@@ -382,8 +384,6 @@ class RecoveryWorker:
             stats.deferred += 1  # a child saga: its parent drives it
         elif outcome == "interrupted":
             stats.interrupted += 1
-            if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
-                self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
             again = (f" (claimed again in {claimed.retry_in:.3g} s)"
                      if claimed.retry_in is not None else "")
             _log.warning("recovery worker %s: saga %s interrupted: %s%s", self.owner,

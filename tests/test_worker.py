@@ -1395,6 +1395,40 @@ async def test_S13_a_store_without_defer_still_backs_a_poison_saga_off(db: Path)
         assert [(e.step, e.status) for e in record.history] == [("A", StepStatus.STARTED)]
 
 
+async def test_S12_a_store_without_defer_keeps_a_skipped_saga_out_of_claims(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saga the worker skips (a name it was not given), older than a saga it
+    can resume, with one slot: released at once on a store without ``defer``,
+    it was claimed and warned about again at once, and the other saga never
+    got the slot. The worker keeps its lease for its ``lease`` instead."""
+    caplog.set_level(logging.WARNING, logger="fallback_saga")
+    told = OutcomeSignal()
+    async with SQLiteSagaStore(db) as inner:
+        store = _StoreWithoutDefer(inner)
+        await store.create("x-unknown", "NoSuchSaga", NoSuchSaga.definition.fingerprint,
+                           {"order_id": "x"}, [_act(0, "A", StepStatus.STARTED)])
+        (due,) = await seed(store, 1)  # newer: claimed after it
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=1,
+                                lease=30, poll=3600, older_than=0, listen=False,
+                                listeners=[told])
+        running = asyncio.create_task(worker.run())
+        try:
+            await told.until("completed", at_most=4)
+            assert [(s, o) for s, _, o, _ in told.outcomes] == [
+                ("x-unknown", "skipped"), (due, "completed")]
+            assert (await inner.lease_state("x-unknown")).owner == worker.owner
+            assert await inner.claim(owner="w", lease_seconds=30, older_than=0, limit=10) == []
+        finally:
+            await worker.stop()
+            await running
+        warned = [r for r in caplog.records if "skipped saga x-unknown" in r.getMessage()]
+        assert len(warned) == 1
+        # A stopped worker keeps nothing out of the others' claims.
+        assert "x-unknown" in store.releases
+        assert (await inner.lease_state("x-unknown")).owner is None
+
+
 class _KillsTheProcess(_Step):
     """A step whose act lets a process-ending exception out, every time."""
 
