@@ -45,6 +45,7 @@ from .store.base import (
     RecoverableStore,
     SagaRecord,
     SagaStore,
+    claims_by_name,
     is_conditional,
 )
 
@@ -623,6 +624,30 @@ class RecoverableStoreContract(SagaStoreContract):
         )
         none = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=0)
         _expect_equal(none, [], "none == []")
+
+    async def test_claim_by_names_takes_only_sagas_of_those_names(
+        self, store: RecoverableStore
+    ) -> None:
+        """For stores whose ``claim`` takes ``names`` (``claims_by_name``): a
+        claim takes only sagas of those names, and the limit counts only them
+        — what lets services sharing a store each recover their own."""
+        if not claims_by_name(store):
+            return  # an optional capability (a worker then claims every saga)
+        await _new_saga(store, "billing-1", saga_name="BillingSaga")
+        await _new_saga(store, "order-1")
+        await _new_saga(store, "billing-2", saga_name="BillingSaga")
+        await _new_saga(store, "order-2")
+        claim: Any = store.claim
+        taken = await claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=1,
+                            names=["OrderSaga"])
+        taken += await claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10,
+                             names=["OrderSaga", "NoSuchSaga"])
+        assert sorted(lease.saga_id for lease in taken) == ["order-1", "order-2"]
+        assert await claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10,
+                           names=[]) == []
+        rest = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST,
+                                 limit=10)
+        assert sorted(lease.saga_id for lease in rest) == ["billing-1", "billing-2"]
 
     async def test_concurrent_claims_never_share_a_saga(self, store: RecoverableStore) -> None:
         for number in range(30):

@@ -258,6 +258,45 @@ async def test_the_recovery_query_uses_the_partial_index(
     assert sorted(lease.saga_id for lease in leases) == [f"running-{n}" for n in range(5)]
 
 
+async def test_S10_a_named_claim_walks_the_partial_index_even_for_a_name_rare_in_the_statistics(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """A worker's claim (``claim(names=...)``) filters the walk of the index of
+    sagas in flight, oldest first, and stops at its LIMIT — also for a name
+    the statistics call rare (a new service's), for which the planner, left
+    to itself, read the index by name (every saga of that name ever run,
+    finished ones included) and sorted them."""
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
+        " SELECT 'done-' || n, 'OrderSaga', 'fp', 'completed', '{}'"
+        " FROM generate_series(1, 20000) n"
+    )
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
+        " SELECT 'billing-' || n, 'BillingSaga', 'fp', 'running', '{}'"
+        " FROM generate_series(1, 2000) n"
+    )
+    for n in range(3):
+        await new_saga(store, f"rare-{n}")
+    raw.execute("UPDATE fallback_saga_sagas SET saga_name = 'Rare' WHERE saga_id LIKE 'rare-%'")
+    raw.execute("ANALYZE fallback_saga_sagas")
+    for name in ("Rare", "BillingSaga"):
+        plan = "\n".join(
+            row[0]
+            for row in raw.execute(
+                "EXPLAIN " + store._sql.claimable_named.replace("%s::float8", "-1").replace(
+                    "%s::bigint", "10"
+                ).replace("%s::boolean", "false").replace("%s::text[]", f"ARRAY['{name}']")
+            ).fetchall()
+        )
+        assert "fallback_saga_sagas_due" in plan, plan
+        assert "Sort" not in plan, plan
+        assert "by_name" not in plan, plan
+    leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10,
+                               names=["Rare"])
+    assert sorted(lease.saga_id for lease in leases) == [f"rare-{n}" for n in range(3)]
+
+
 def _append_params(saga_id: str, *, status: str | None = None, after: int | None = None) -> Any:
     entries = pg_store._entries_json(saga_id, [entry(1, "b")])
     return (status, '{"n": 1}', 1, saga_id, None, after, 1, entries)

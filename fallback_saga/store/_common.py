@@ -32,6 +32,7 @@ __all__ = [
     "JournalFuture",
     "check_owner",
     "check_saga_id",
+    "claim_names",
     "decode_json",
     "encode_json",
     "finite_seconds",
@@ -274,6 +275,26 @@ def check_owner(owner: object) -> str:
     if problem is not None:
         raise ValueError(f"owner {short_repr(owner)} {problem}")
     return owner
+
+
+def claim_names(names: object) -> tuple[str, ...] | None:
+    """The saga names a ``claim`` is limited to (``names=``), each once, in
+    a fixed order (one SQL text and one plan per set of names); ``None``: no
+    limit. A bare string is refused: it would read as its characters, and a
+    worker would claim nothing of its own without a word."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, Collection):
+        raise TypeError(
+            f"names must be a collection of saga names (or None), got {short_repr(names)}"
+        )
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"names: a saga name is a str, got {short_repr(name)}")
+        problem = _text_problem(name)
+        if problem is not None:  # no store holds such a name: no saga has it
+            raise ValueError(f"names: saga name {short_repr(name)} {problem}")
+    return tuple(sorted(set(names)))
 
 
 _BRANCHES: Final = frozenset({"primary", "fallback"})

@@ -219,7 +219,7 @@ class _Statements:
             f" WHERE saga_id = %s"
         )
         # One table, no join, no subquery in the locking SELECT (see the module doc).
-        self.claimable = (
+        claimable = (
             f"SELECT saga_id FROM {sagas}"
             f" WHERE status IN {_INTERRUPTED_SQL}"
             # Never leased: due once not updated for older_than. Leased before:
@@ -230,9 +230,22 @@ class _Statements:
             f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')}"
             # Deferred (given back with a later expiry), if the claim asks for them too.
             f" OR (%s::boolean AND lease_owner IS NULL AND lease_expires_at IS NOT NULL))"
-            # Oldest update first, to within a second: the order of the
-            # partial index on touched_at (updated_at is not indexed).
-            f" ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
+        )
+        # Oldest update first, to within a second: the order of the
+        # partial index on touched_at (updated_at is not indexed).
+        oldest_first = " ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
+        self.claimable = claimable + oldest_first
+        # A worker's claim: only the sagas it can resume (``claim(names=...)``),
+        # one more predicate on the same single-table SELECT — no join, no
+        # subquery. It filters the walk of the partial index (the sagas in
+        # flight, oldest first), so its cost is bounded by the sagas in
+        # flight whatever the statistics say. ``saga_name || ''`` keeps the
+        # planner off fallback_saga_sagas_by_name, which holds every saga of
+        # those names ever run, finished ones included: the planner takes it
+        # for a name its statistics call rare — a new service's name, rare
+        # when the table was last analyzed and common long before the next.
+        self.claimable_named = (
+            claimable + " AND (saga_name || '') = ANY(%s::text[])" + oldest_first
         )
         self.take_leases = (
             f"UPDATE {sagas} SET lease_owner = %s,"

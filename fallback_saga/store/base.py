@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeGuard, runtime_checkable
@@ -21,6 +22,7 @@ __all__ = [
     "SagaStore",
     "SagaSummary",
     "check_store",
+    "claims_by_name",
     "is_conditional",
     "is_live_journal",
     "is_recoverable",
@@ -231,7 +233,14 @@ class RecoverableStore(SagaStore, Protocol):
     ) -> list[Lease]:
         """Atomically lease up to ``limit`` interrupted sagas: status RUNNING or
         COMPENSATING, last updated more than ``older_than`` seconds ago, and no
-        unexpired lease. Each claim increments the saga's fencing token."""
+        unexpired lease. Each claim increments the saga's fencing token.
+
+        Optional: a store whose ``claim`` also takes ``names:
+        Collection[str] | None = None`` leases only sagas of one of those
+        names (``None``: any; empty: none) — ``RecoveryWorker`` passes the
+        names of its sagas, so that services sharing a store do not claim
+        each other's (see ``claims_by_name``). Without it, a worker claims
+        every saga and skips the ones it does not know."""
         ...
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
@@ -384,6 +393,18 @@ def is_live_journal(store: object) -> TypeGuard[LiveJournal]:
 def is_conditional(store: object) -> bool:
     """``store`` takes ``append(..., after=N)`` (see ``SagaStore.append``)."""
     return getattr(store, "appends_after", False) is True
+
+
+def claims_by_name(store: object) -> bool:
+    """``store.claim`` takes ``names`` (see ``RecoverableStore.claim``): the
+    built-in stores do. Read from ``claim``'s signature, as a wrapper that
+    delegates through ``__getattr__`` hands over the wrapped store's own
+    method; a ``claim(**kwargs)`` of one's own says nothing of what it passes
+    on, and is not taken to (its worker claims every saga, as before)."""
+    try:
+        return "names" in inspect.signature(store.claim).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):  # no claim, or no signature to read
+        return False
 
 
 def is_work_notifier(store: object) -> TypeGuard[WorkNotifier]:

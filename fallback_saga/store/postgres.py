@@ -116,6 +116,7 @@ from ..status import SagaStatus
 from ._common import (
     check_owner,
     check_saga_id,
+    claim_names,
     finite_seconds,
     non_negative_int,
     purge_statuses,
@@ -1194,7 +1195,7 @@ class PostgresSagaStore:
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
-        deferred: bool = False,
+        deferred: bool = False, names: Collection[str] | None = None,
     ) -> list[Lease]:
         """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
         updated for ``older_than`` seconds, no unexpired lease), oldest first,
@@ -1202,14 +1203,16 @@ class PostgresSagaStore:
         token. Negative durations are allowed (tests use them for "already
         expired" without sleeping). Times are the database server's.
         ``deferred``: also sagas ``defer`` keeps out of claims (an operator's
-        ``recover`` pass)."""
+        ``recover`` pass). ``names``: only sagas of these names (a
+        ``RecoveryWorker``'s sagas; ``None``: any)."""
         if not isinstance(deferred, bool):
             raise TypeError(f"deferred must be a bool, got {deferred!r}")
         owner = check_owner(owner)
         lease_seconds = finite_seconds("lease_seconds", lease_seconds)
         older_than = finite_seconds("older_than", older_than)
         limit = non_negative_int("limit", limit)
-        if limit == 0:
+        named = claim_names(names)
+        if limit == 0 or named == ():
             return []
         self._on_its_loop()
         if not self._ready:
@@ -1223,7 +1226,7 @@ class PostgresSagaStore:
                 async with conn.transaction():
                     await conn.execute(_READ_COMMITTED)
                     due, taken = await self._claim_in(conn, owner, lease_seconds, older_than,
-                                                      limit, deferred)
+                                                      limit, deferred, named)
             finally:
                 await pool.putconn(conn)
         except self._errors as error:
@@ -1240,15 +1243,20 @@ class PostgresSagaStore:
 
     async def _claim_in(
         self, conn: AsyncConnection[Any], owner: str, lease_seconds: float, older_than: float,
-        limit: int, deferred: bool = False,
+        limit: int, deferred: bool = False, names: tuple[str, ...] | None = None,
     ) -> tuple[list[str], dict[str, tuple[int, float]]]:
         """``claim``'s statements, in the caller's transaction: the sagas due,
         oldest first, and the fence and expiry of each one leased."""
         sql = self._sql
         prepare = self._prepare
         ahead = max(older_than, 0.0)  # a negative older_than takes nothing more as ahead
-        cursor = await _query(conn, sql.claimable, (older_than, ahead, ahead, deferred, limit),
-                              prepare)
+        if names is None:
+            cursor = await _query(conn, sql.claimable,
+                                  (older_than, ahead, ahead, deferred, limit), prepare)
+        else:
+            cursor = await _query(conn, sql.claimable_named,
+                                  (older_than, ahead, ahead, deferred, list(names), limit),
+                                  prepare)
         due = [saga_id for (saga_id,) in await cursor.fetchall()]
         if not due:
             return [], {}

@@ -83,6 +83,7 @@ from ._common import (
     JournalFuture,
     check_owner,
     check_saga_id,
+    claim_names,
     finite_seconds,
     non_negative_int,
     purge_statuses,
@@ -791,14 +792,16 @@ class SQLiteSagaStore:
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
-        deferred: bool = False,
+        deferred: bool = False, names: Collection[str] | None = None,
     ) -> list[Lease]:
         """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
         updated for ``older_than`` seconds, no unexpired lease), oldest first,
         inside one ``BEGIN IMMEDIATE`` transaction; each claim increments the
         saga's fencing token. Negative durations are allowed (tests use them
         for "already expired" without sleeping). ``deferred``: also sagas
-        ``defer`` keeps out of claims (an operator's ``recover`` pass)."""
+        ``defer`` keeps out of claims (an operator's ``recover`` pass).
+        ``names``: only sagas of these names (a ``RecoveryWorker``'s sagas;
+        ``None``: any)."""
         if not isinstance(deferred, bool):
             raise TypeError(f"deferred must be a bool, got {deferred!r}")
         args = (
@@ -807,6 +810,7 @@ class SQLiteSagaStore:
             finite_seconds("older_than", older_than),
             non_negative_int("limit", limit),
             deferred,
+            claim_names(names),
         )
         leases: list[Lease] = await _taken(self._submit(_claim, args, write=True, leases=True))
         return leases
