@@ -41,6 +41,7 @@ from .store.base import (
     RecoverableStore,
     WorkNotifier,
     check_store,
+    claims_by_name,
     is_recoverable,
     is_work_notifier,
 )
@@ -64,8 +65,9 @@ class WorkerStats:
     compensated: int = 0
     failed: int = 0  # finished FAILED: needs an operator
     interrupted: int = 0  # the journal could not be written: left for a later claim
-    # unknown saga, corrupt row, changed definition, store error: each out of
-    # claims for the lease's length, then claimed (and counted) again
+    # changed definition, corrupt row, store error (an unknown saga name only
+    # on a store that cannot claim by name): each out of claims for the
+    # lease's length, then claimed (and counted) again
     skipped: int = 0
     deferred: int = 0  # a child saga (SubSaga) whose parent is in flight: the parent drives it
     lost: int = 0
@@ -86,9 +88,13 @@ def _seconds(name: str, value: float | timedelta, *, positive: bool) -> float:
 class RecoveryWorker:
     """Claims interrupted sagas and resumes them, until stopped (see the module docstring).
 
-    * ``sagas`` — one saga per saga name it may meet (others are skipped): a
-      Saga subclass, built as ``cls(store=store)``, or an instance built with
-      ``store`` (to give it a ``step_factory``);
+    * ``sagas`` — the sagas it resumes, one per saga name: a Saga subclass,
+      built as ``cls(store=store)``, or an instance built with ``store`` (to
+      give it a ``step_factory``). It claims only sagas of these names (a
+      store whose ``claim`` takes ``names``, as the built-in ones do), so
+      services sharing one store each recover their own; a child saga
+      (``SubSaga``) is matched by its own saga's name, and its parent's
+      resumption drives it whether or not the child's saga is listed;
     * ``concurrency`` — sagas resumed at once;
     * ``lease`` — seconds of each claim; renewed every ``lease / 3`` while the
       saga runs, if the store has ``renew``;
@@ -106,14 +112,16 @@ class RecoveryWorker:
     saga a later deploy changes, unseen. It skips such a saga, and its
     warning says how an operator resumes it once.
 
-    A skipped saga (a name not given, a changed definition, ...) is kept out
-    of every worker's claims for ``lease`` seconds, as an unreadable one is
-    (its lease kept): released, it would be the oldest saga again, claimed and
-    warned about on every poll, and enough of them would fill every claim and
-    starve the sagas that can be resumed. So the warning comes once per
-    ``lease`` seconds per saga; a worker that knows the saga (a mixed fleet, a
-    rolling deploy) claims it within ``lease`` + its ``poll`` seconds; an
-    operator takes it at once (``recover``, ``resume`` by id). An
+    A skipped saga (a changed definition, a store error, ...; with a store
+    that cannot claim by name, also a name not given) is kept out of every
+    worker's claims for ``lease`` seconds, as an unreadable one is (its lease
+    kept): released, it would be the oldest saga again, claimed and warned
+    about on every poll, and enough of them would fill every claim and starve
+    the sagas that can be resumed. So the warning comes once per ``lease``
+    seconds per saga; an operator takes it at once (``recover``, ``resume``
+    by id). (A store that cannot claim by name also delays a mixed fleet: a
+    saga the first worker to claim it does not know waits up to ``lease`` +
+    ``poll`` seconds for one that knows it.) An
     interrupted saga (its journal write failed) is kept out of claims for a
     backoff: ``poll`` seconds, doubled per interruption of it in a row,
     capped at ``lease``, jittered — a saga whose writes the store always
@@ -160,6 +168,13 @@ class RecoveryWorker:
         self.owner = owner or default_owner()
         self.stats = WorkerStats()
         self._by_name = by_name
+        # Claims ask only for the sagas this worker can resume: services that
+        # share a store (a mixed fleet) do not take each other's sagas, and a
+        # saga of another service is no skip, no warning, no lease taken. A
+        # store whose claim cannot filter by name gets no ``names``: every
+        # saga is claimed and the unknown ones skipped (see the class doc).
+        self._claim_names: dict[str, object] = (
+            {"names": tuple(sorted(by_name))} if claims_by_name(store) else {})
         self._listeners = listener_tuple(listeners)
         collect_hooks(self._listeners, "recovery_outcome")  # refuses a class or an async hook
         self._in_flight: dict[asyncio.Task[None], ClaimedSaga] = {}
@@ -293,7 +308,7 @@ class RecoveryWorker:
         try:
             leases = await claim_batch(  # given back if we are cancelled meanwhile
                 self.store, owner=self.owner, lease_seconds=self.lease,
-                older_than=self.older_than, limit=free,
+                older_than=self.older_than, limit=free, **self._claim_names,
             )
         except Exception as error:  # the store is down: try again at the next poll
             if cancellation_pending():

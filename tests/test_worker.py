@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from helpers_claims import ClaimsEveryName
 
 import fallback_saga.shielding
 from fallback_saga import (
@@ -520,9 +521,12 @@ async def test_a_cancelled_worker_hands_its_sagas_off(store: SQLiteSagaStore) ->
 
 
 async def test_the_worker_reports_unknown_sagas_as_skipped(store: SQLiteSagaStore) -> None:
+    """On a store whose ``claim`` cannot filter by name (a store of one's own;
+    the built-in ones claim only the worker's names: test_mixed_fleet.py)."""
+    claiming_all = ClaimsEveryName(store)
     await store.create("x1", "NoSuchSaga", "f", {}, [_act(0, "A", StepStatus.STARTED)])
-    worker = RecoveryWorker(store, [order_saga(store, Ledger())], lease=30, poll=0.02,
-                            older_than=0)
+    worker = RecoveryWorker(claiming_all, [order_saga(claiming_all, Ledger())], lease=30,
+                            poll=0.02, older_than=0)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: worker.stats.skipped == 1, what="the skip")
     await worker.stop()
@@ -1011,7 +1015,8 @@ async def test_S12_skipped_sagas_starve_no_due_saga_and_are_not_reclaimed_every_
     once by id (``Saga.resume``)."""
     caplog.set_level(logging.WARNING, logger="fallback_saga")
     told = OutcomeSignal()
-    async with _a_store(kind, db, request) as store:
+    async with _a_store(kind, db, request) as shared:
+        store = ClaimsEveryName(shared)  # a name not given is claimed (and skipped) too
         skipped = await _two_sagas_no_worker_resumes(store)
         await seed(store, 1)  # newer than both: claimed after them
         worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=2,
@@ -1049,7 +1054,8 @@ async def test_S12_a_saga_a_worker_skipped_is_the_operators_at_once_and_warned_a
 
     caplog.set_level(logging.WARNING, logger="fallback_saga")
     told = OutcomeSignal()
-    async with _a_store(kind, db, request) as store:
+    async with _a_store(kind, db, request) as shared:
+        store = ClaimsEveryName(shared)  # a name not given is claimed (and skipped) too
         await _two_sagas_no_worker_resumes(store)
         worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=2,
                                 lease=30, poll=3600, older_than=0, listeners=[told])
