@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_claims import ClaimsEveryName
 from helpers_saga import Boom, OrderCtx, Probe, declare
 from journal_faults import (
     FAST_JOURNAL_RETRY,
@@ -452,6 +453,8 @@ async def test_recover_reports_each_outcome_once_to_its_and_the_sagas_listeners(
 
 
 async def test_a_worker_reports_a_saga_it_cannot_resume(tmp_path: Path) -> None:
+    """A saga of a name it was not given, on a store that cannot claim by name
+    (a store of one's own: built-in ones claim only the worker's names)."""
     db = tmp_path / "s.db"
     await _crashed(db, "r-2")
     reported = asyncio.Event()
@@ -465,7 +468,8 @@ async def test_a_worker_reports_a_saga_it_cannot_resume(tmp_path: Path) -> None:
 
     recorder = Waiting()
     OtherSaga = declare(Probe("X", []), context=Ctx, name="OtherSaga")
-    async with SQLiteSagaStore(db) as store:
+    async with SQLiteSagaStore(db) as sqlite:
+        store = ClaimsEveryName(sqlite)
         worker = RecoveryWorker(store, [OtherSaga], older_than=0, poll=0.01,
                                 listeners=[recorder])
         running = asyncio.create_task(worker.run())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_claims import ClaimsEveryName
 from test_worker import Ledger, _act, eventually, order_saga, seed
 
 from fallback_saga import (
@@ -243,8 +244,11 @@ async def test_postgres_a_skipped_saga_is_released_but_never_announced(
                 for m in (first, second)]
         heard: asyncio.Queue[str] = asyncio.Queue()
         listener = asyncio.create_task(_collect(store, heard))
-        worker = RecoveryWorker(store, [order_saga(store, Ledger())], poll=AN_HOUR,
-                                older_than=0)
+        # A store that cannot claim by name (a store of one's own): the
+        # built-in ones never hand a worker a saga of a name it was not given.
+        claiming_all = ClaimsEveryName(store)
+        worker = RecoveryWorker(claiming_all, [order_saga(claiming_all, Ledger())],
+                                poll=AN_HOUR, older_than=0)
         task = asyncio.create_task(worker.run())
         try:
             assert await _next(heard) == ""
