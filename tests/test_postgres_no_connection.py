@@ -35,6 +35,7 @@ pytest_plugins = ["conftest_pg"]
 
 require_driver()  # skips this module without psycopg (fails under CI)
 
+import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402
 from pg_cluster import PostgresCluster  # noqa: E402
 
@@ -45,6 +46,7 @@ from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
 # either, and leave the run in doubt).
 TWO_TRIES = RetryPolicy(attempts=2, delay=0, jitter=0)
 NO_CONNECTION = "no connection could be had: nothing of it was written"
+NOT_OPENED = "as the store could not be opened: nothing of it was written"
 
 Ledger = list[tuple[str, str]]
 
@@ -249,5 +251,72 @@ async def test_S13_a_journal_write_with_the_server_stopped_stops_the_run_not_in_
         assert (await store.load("s-1")).status is SagaStatus.COMPLETED
         assert ledger.count(("s-1", "S0")) == 1
         assert ledger.count(("s-1", "S2")) == 1
+    finally:
+        await store.close()
+
+
+async def test_S13_a_creation_whose_store_cannot_open_was_not_written_and_the_store_works_later(
+    pg_cluster: PostgresCluster, pg_conninfo: str, pg_schema: str,
+) -> None:
+    """A store never opened, its first write a saga's creation, made while
+    the server is stopped: the store opens itself for that write and cannot
+    (no connection can be made). Nothing of the write was sent, so the run
+    says that its creation was not written (not in doubt). Once the server
+    is back, the same store object opens and runs the saga under the same
+    id: no half-open state is left behind."""
+    ledger: Ledger = []
+    saga_class = ledger_saga(ledger)
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema, connect_timeout=2.0)
+    try:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=None)
+        await asyncio.to_thread(pg_cluster.stop)
+        try:
+            with pytest.raises(SagaInterrupted) as refused:
+                await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        finally:
+            await asyncio.to_thread(pg_cluster.start)
+        assert refused.value.status is None
+        assert refused.value.in_doubt is False, refused.value
+        assert "its creation was not written" in str(refused.value), refused.value
+        error = refused.value.error
+        assert isinstance(error, SagaStoreError), error
+        assert error.nothing_written is True, error
+        assert NOT_OPENED in str(error), error
+        assert isinstance(error.__cause__, psycopg.OperationalError), error.__cause__
+        assert ledger == []
+
+        await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert ledger == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
+    finally:
+        await store.close()
+
+
+async def test_S13_writes_grouped_while_the_store_cannot_open_each_say_nothing_was_written(
+    pg_cluster: PostgresCluster, pg_conninfo: str, pg_schema: str,
+) -> None:
+    """Creations submitted together to a store never opened, while the
+    server is stopped: the first goes alone and opens the store, the others
+    queue and go as a group, which opens it too. Neither open can connect:
+    every write says that nothing of it was written. Once the server is
+    back, the same store writes them all."""
+    store = PostgresSagaStore(pg_conninfo, schema=pg_schema, connect_timeout=2.0)
+    ids = [f"g-{n}" for n in range(5)]
+    try:
+        await asyncio.to_thread(pg_cluster.stop)
+        try:
+            futures = [store.submit_create(saga_id, "G", "fp", {}, [entry(0, "a")],
+                                           SagaStatus.RUNNING) for saga_id in ids]
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            await asyncio.to_thread(pg_cluster.start)
+        assert store.stats.largest_group >= 2, store.stats  # a group was tried
+        for outcome in outcomes:
+            assert isinstance(outcome, SagaStoreError), outcome
+            assert outcome.nothing_written is True, outcome
+            assert NOT_OPENED in str(outcome), outcome
+        await asyncio.gather(*(store.create(saga_id, "G", "fp", {}, [entry(0, "a")])
+                               for saga_id in ids))
+        assert [len((await store.load(saga_id)).history) for saga_id in ids] == [1] * 5
     finally:
         await store.close()

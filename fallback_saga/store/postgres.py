@@ -239,6 +239,7 @@ def _server_gave_up(error: SagaStoreError) -> bool:
 _REFUSED: Final = "refused by the server, which rolled it back: nothing of it was written"
 _NOT_SENT: Final = "never sent: nothing of it was written"
 _NO_CONNECTION: Final = "never sent, as no connection could be had: nothing of it was written"
+_NOT_OPENED: Final = "never sent, as the store could not be opened: nothing of it was written"
 
 
 _CLOSER: Final = "fallback_saga-pool-closer"
@@ -771,6 +772,30 @@ class PostgresSagaStore:
         text = str(error)
         return None if any(secret in text for secret in self._secrets) else error
 
+    async def _open_for(self, doing: str, *, write: bool) -> None:
+        """``open``, for a statement about to be made: a store opens itself
+        at its first use. An open that fails (the server down, a bad
+        conninfo, a schema too new, the store closed) has sent nothing of
+        that statement; for a ``write`` the error says so (``_NOT_OPENED``,
+        ``nothing_written``), as for a write that got no connection: the
+        first write of a store opened lazily while the server is down stops
+        its run not in doubt. A failed open leaves the store unopened, to be
+        opened again by the next call."""
+        try:
+            await self.open()
+        except SagaStoreError as error:
+            if not write:
+                raise
+            raise self._not_opened(error, doing) from error.__cause__
+
+    def _not_opened(self, error: SagaStoreError, doing: str) -> SagaStoreError:
+        """The error of a write that was never sent, as ``open`` failed with ``error``."""
+        wrapped = SagaStoreError(f"{doing}: {error} ({_NOT_OPENED})")
+        wrapped.nothing_written = True
+        wrapped.__cause__ = error.__cause__
+        wrapped.__suppress_context__ = True
+        return wrapped
+
     async def _connection(
         self, pool: AsyncConnectionPool[Any], doing: str, *, write: bool
     ) -> AsyncConnection[Any]:
@@ -801,7 +826,7 @@ class PostgresSagaStore:
         in doubt, and must not take it for "that write did not land"."""
         self._on_its_loop()
         if not self._ready:
-            await self.open()
+            await self._open_for(doing, write=write)
         pool = self._pool
         if pool is None:
             raise SagaStoreError("the PostgreSQL saga store is closed")
@@ -905,7 +930,11 @@ class PostgresSagaStore:
         saga comes back (in order, pipelined: one round trip); the outcome of
         each, as ``_write_one``'s (``GroupCommit``)."""
         if not self._ready:
-            await self.open()
+            try:
+                await self.open()
+            except SagaStoreError as error:
+                # Not opened: nothing of the group was sent (``_open_for``).
+                return [self._not_opened(error, doing) for doing, _, _ in writes]
         pool = self._pool
         if pool is None:
             return [SagaStoreError("the PostgreSQL saga store is closed") for _ in writes]
@@ -1216,7 +1245,7 @@ class PostgresSagaStore:
             return []
         self._on_its_loop()
         if not self._ready:
-            await self.open()
+            await self._open_for("cannot claim sagas", write=True)
         pool = self._pool
         if pool is None:
             raise SagaStoreError("the PostgreSQL saga store is closed")
