@@ -18,7 +18,9 @@ every interleaving below is decided by the test, never by timing:
 * ``idle()`` waits for queued writes;
 * a submitted write (``submit``) refuses cancellation and ends by its
   deadline: never sent if still queued, in doubt if on its way, with one
-  timer per group rather than one per write.
+  timer per group rather than one per write; a writer that says when it
+  sends (``says_when_sent``) has a write it had not sent by then reported
+  not sent, and leaves it out when it sends.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fallback_saga.store._group_commit import (
     MAX_GROUP,
     SHARE_AT_LEAST,
     GroupCommit,
+    NotSent,
     RetryAlone,
 )
 
@@ -446,8 +449,10 @@ def test_a_submitted_write_still_queued_at_its_deadline_is_never_sent() -> None:
         await settle()
         start = loop.time()
         queued = writer.submit("w1", start + 10)
-        with pytest.raises(TimeoutError, match="not sent"):
+        with pytest.raises(NotSent, match="not sent") as dropped:
             await queued
+        assert isinstance(dropped.value, TimeoutError)
+        assert dropped.value.nothing_written is True  # S13: not in doubt
         assert loop.time() == start + 10
         server.release_all()
         assert await blocker == "ok w0"
@@ -568,3 +573,109 @@ async def test_submitted_writes_get_an_error_when_the_group_commit_is_stopped() 
         task.cancel()
     await settle()
     assert isinstance(queued.exception(), SagaStoreError)
+
+
+class WaitingServer:
+    """Fake writes that wait for a connection (``connected``), then say what
+    they send (``sending``), then wait for the server's answer (``answer``)."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.sent: list[list[str]] = []
+        self.writer: GroupCommit[str, str] | None = None
+
+    async def _send(self, requests: list[str]) -> list[str]:
+        await self.connected.wait()
+        assert self.writer is not None
+        live = self.writer.sending()
+        assert live is not None
+        chosen = [request for request, go in zip(requests, live, strict=True) if go]
+        if chosen:
+            self.sent.append(chosen)
+            await self.answer.wait()
+        return chosen
+
+    async def write_one(self, request: str) -> str:
+        if not await self._send([request]):
+            raise SagaStoreError("not sent")
+        return f"ok {request}"
+
+    async def write_many(self, requests: list[str]) -> list[str | BaseException]:
+        chosen = await self._send(requests)
+        return [f"ok {r}" if r in chosen else SagaStoreError("not sent") for r in requests]
+
+
+def waiting_group(server: WaitingServer, slots: int = 1) -> GroupCommit[str, str]:
+    writer = GroupCommit(slots=slots, write_one=server.write_one,
+                         write_many=server.write_many, says_when_sent=True)
+    server.writer = writer
+    return writer
+
+
+def test_S13_a_write_alone_still_waiting_to_be_sent_at_its_deadline_is_never_sent() -> None:
+    """Its task waits for a connection when the deadline comes: the write is
+    reported not sent (nothing written, not in doubt), and once the
+    connection comes it is not sent."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = WaitingServer()
+        writer = waiting_group(server)
+        start = loop.time()
+        alone = writer.submit("w0", start + 3)
+        with pytest.raises(NotSent, match="not sent") as dropped:
+            await alone
+        assert dropped.value.nothing_written is True
+        assert isinstance(dropped.value, TimeoutError)
+        assert loop.time() == start + 3
+        server.connected.set()
+        await writer.idle()
+        assert server.sent == []
+
+    run_virtual(main)
+
+
+def test_S13_a_write_sent_stays_in_doubt_at_its_deadline() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = WaitingServer()
+        writer = waiting_group(server)
+        server.connected.set()
+        start = loop.time()
+        alone = writer.submit("w0", start + 3)
+        with pytest.raises(TimeoutError, match="may have landed") as doubt:
+            await alone
+        assert not isinstance(doubt.value, NotSent)
+        assert server.sent == [["w0"]]
+        server.answer.set()
+        await writer.idle()
+
+    run_virtual(main)
+
+
+def test_S13_a_grouped_write_not_yet_sent_at_its_deadline_is_left_out_of_its_group() -> None:
+    """A group of three sagas' writes waits for a connection; one write's
+    deadline comes meanwhile: it is reported not sent, and the group sends
+    the other two, which get their outcomes."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = WaitingServer()
+        writer = waiting_group(server, slots=2)
+        start = loop.time()
+        first = writer.submit("w0", None)  # alone, waiting
+        await settle()
+        soon = writer.submit("w1", start + 5)
+        others = [writer.submit("w2", None), writer.submit("w3", start + 50)]
+        await settle()  # the group took them, and waits too
+        with pytest.raises(NotSent):
+            await soon
+        assert loop.time() == start + 5
+        assert writer.largest_group == 3
+        server.connected.set()
+        server.answer.set()
+        assert await asyncio.gather(first, *others) == ["ok w0", "ok w2", "ok w3"]
+        assert sorted(server.sent) == [["w0"], ["w2", "w3"]]
+
+    run_virtual(main)

@@ -320,3 +320,103 @@ async def test_S13_writes_grouped_while_the_store_cannot_open_each_say_nothing_w
         assert [len((await store.load(saga_id)).history) for saga_id in ids] == [1] * 5
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def patient_pool(pg_conninfo: str) -> AsyncIterator[psycopg_pool.AsyncConnectionPool[Any]]:
+    """A pool of four connections whose wait for one outlasts any test:
+    a write waiting for one ends by its own deadline (``journal_timeout``),
+    not the pool's."""
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=4, max_size=4, timeout=600, open=False,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def test_S13_a_run_whose_write_waits_for_a_connection_past_its_timeout_is_not_in_doubt(
+    pg_schema: str, patient_pool: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """S1's act takes every connection of the pool: the write after it is on
+    its way, but waits for a connection until its ``journal_timeout`` runs
+    out. Nothing of it was sent, and nothing will be: the run stops **not in
+    doubt**, and once the connections are back the journal still holds
+    only what the caller was told (the write was not sent late); then
+    ``recover()`` finishes the saga, S0 and S2 applied once."""
+    pool = patient_pool
+    ledger: Ledger = []
+    held: list[Any] = []
+
+    async def take_the_connections(ctx: Ctx) -> None:
+        if not held:  # once: not again when recovery runs S1 again
+            held.extend([await pool.getconn() for _ in range(pool.max_size)])
+
+    saga_class = ledger_saga(ledger, S1=take_the_connections)
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=0.3)
+        try:
+            with pytest.raises(SagaInterrupted) as stopped:
+                await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        finally:
+            for conn in held:  # (the write that waited has its connection then)
+                await pool.putconn(conn)
+        interrupted = stopped.value
+        assert interrupted.in_doubt is False, interrupted
+        assert interrupted.status is SagaStatus.RUNNING
+        error = interrupted.error
+        assert isinstance(error, SagaStoreError) and error.nothing_written is True, error
+        assert "not sent" in str(error), error
+        assert ledger == [("s-1", "S0"), ("s-1", "S1")]
+
+        await store._journal.idle()  # the write that waited had its chance to be sent
+        record = await store.load("s-1")
+        assert history(record) == [
+            ("S0", "act", "started"), ("S0", "act", "completed"), ("S1", "act", "started"),
+        ]
+        report = await recover(store, [saga_class], older_than=0)
+        assert report.resumed == ["s-1"], report
+        assert (await store.load("s-1")).status is SagaStatus.COMPLETED
+        assert ledger.count(("s-1", "S0")) == 1
+        assert ledger.count(("s-1", "S2")) == 1
+
+
+async def test_S13_a_grouped_write_whose_deadline_comes_before_its_group_is_sent_is_left_out(
+    pg_schema: str, patient_pool: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """Every connection held: one append goes alone and waits for one, and
+    three more go as a group that waits too (a group commit shared by three
+    sagas). The deadline of one of the group's writes comes while the group
+    waits: that write says that nothing of it was written, and once the
+    connections are back the group is sent without it — the other writes
+    land, its saga's journal is as it was."""
+    pool = patient_pool
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        ids = [f"g-{n}" for n in range(4)]
+        for saga_id in ids:
+            await store.create(saga_id, "G", "fp", {}, [entry(0, "a")])
+        held = [await pool.getconn() for _ in range(pool.max_size)]
+        loop = asyncio.get_running_loop()
+        alone = store.submit_append(ids[0], [entry(1, "b")], None, None, None, 1)
+        soon = store.submit_append(ids[1], [entry(1, "b")], None, None, None, 1,
+                                   deadline=loop.time() + 0.2)
+        others = [store.submit_append(saga_id, [entry(1, "b")], None, None, None, 1)
+                  for saga_id in ids[2:]]
+        try:
+            with pytest.raises(SagaStoreError) as timed_out:
+                await soon
+            waited = store.stats.largest_group
+        finally:
+            for conn in held:
+                await pool.putconn(conn)
+        assert waited == 3, store.stats  # its group was on its way
+        assert timed_out.value.nothing_written is True, timed_out.value
+        assert isinstance(timed_out.value, TimeoutError), timed_out.value
+        assert "not sent" in str(timed_out.value), timed_out.value
+        await asyncio.gather(alone, *others)
+        await store._journal.idle()
+        lengths = {saga_id: len((await store.load(saga_id)).history) for saga_id in ids}
+        assert lengths == {"g-0": 2, "g-1": 1, "g-2": 2, "g-3": 2}

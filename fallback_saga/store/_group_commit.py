@@ -37,10 +37,18 @@ Rules that keep it correct:
   cancelled direct write.
 * **A submitted write ends by its deadline.** ``submit`` (the executor's
   hot path) returns a future that refuses cancellation, bounded by the
-  write's deadline: a write still queued then is dropped (never sent), one
-  on its way is reported in doubt (``TimeoutError``; it may land all the
-  same). One timer per group (and one for the queue) does this, not one per
-  write.
+  write's deadline: a write still queued then is dropped (never sent), and
+  so is one whose task has not sent it yet (waiting for a connection) —
+  both fail with ``NotSent``, which says that nothing of it was written; one
+  sent is reported in doubt (``TimeoutError``; it may land all the same).
+  One timer per group (and one for the queue) does this, not one per write.
+* **Sent is said by the writer.** ``write_one`` and ``write_many`` call
+  ``sending()`` at the last moment before they send anything (a connection
+  in hand): it says which of their writes are still to be sent — one
+  dropped at its deadline while they waited must not be — and from then on
+  the others are on their way, in doubt at their deadline. A writer that
+  does not say it calls it (``says_when_sent``) has its writes taken as
+  sent from the start: in doubt at their deadline.
 * **One bad write does not sink the others.** When the server refused a
   grouped transaction (it was rolled back: nothing in it was written),
   ``write_many`` raises ``RetryAlone`` and each write is retried on its own,
@@ -55,13 +63,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from ..errors import SagaStoreError
 from ..shielding import own_task
 from ._common import JournalFuture
 
-__all__ = ["GroupCommit", "RetryAlone"]
+__all__ = ["GroupCommit", "NotSent", "RetryAlone"]
 
 W = TypeVar("W")  # a write request
 R = TypeVar("R")  # its result
@@ -86,10 +95,31 @@ class RetryAlone(Exception):
     back; write each request on its own."""
 
 
+class NotSent(SagaStoreError, TimeoutError):
+    """A submitted write's deadline came before any of it was sent (still
+    queued, or its task still waiting for a connection): nothing of it was
+    written, and nothing of it will be."""
+
+    nothing_written = True
+
+
+# The writes the current task (a group's, or a write's alone) is about to
+# send: (their group commit, their entries); see ``GroupCommit.sending``.
+_SENDING: ContextVar[tuple[object, list[Any]] | None] = ContextVar(
+    "fallback_saga_sending", default=None
+)
+
+
+def _dropped(future: asyncio.Future[Any]) -> bool:
+    """Whether ``future``'s write was ended by its deadline before it was sent."""
+    return future.done() and not future.cancelled() and isinstance(future.exception(), NotSent)
+
+
 class GroupCommit(Generic[W, R]):
     """Writes through ``write_one`` while nothing else is on its way, else
     grouped (see the module docstring). ``write_many`` returns one outcome per request, in
-    order: its result, or the exception to raise for it."""
+    order: its result, or the exception to raise for it. ``says_when_sent``:
+    both call ``sending()`` before they send anything."""
 
     gather_trips = GATHER_TRIPS
 
@@ -100,6 +130,7 @@ class GroupCommit(Generic[W, R]):
         write_one: Callable[[W], Awaitable[R]],
         write_many: Callable[[list[W]], Awaitable[list[R | BaseException]]],
         grouped: bool = True,
+        says_when_sent: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots!r}")
@@ -113,6 +144,12 @@ class GroupCommit(Generic[W, R]):
         # Drops a submitted write still queued at its deadline (never sent).
         self._queue_deadlines: _Deadlines[W, R] = _Deadlines(self._queue, queued=True)
         self._drains: set[asyncio.Task[None]] = set()  # groups and writes alone on their way
+        # The futures of the writes on their way that their task has sent
+        # (``sending``): in doubt at their deadline; the others are not sent.
+        self._sent: set[asyncio.Future[Any]] = set()
+        # None: the writer does not call ``sending``; its writes on their
+        # way are all taken as sent.
+        self._sent_known = self._sent if says_when_sent else None
         self.writes = 0  # requests (refused ones included)
         self.commits = 0  # transactions sent: one per request alone, one per group
         self.largest_group = 0
@@ -160,7 +197,8 @@ class GroupCommit(Generic[W, R]):
             if counted:
                 self._busy = 1
             self.commits += 1
-            bound = None if deadline is None else _Deadlines([(request, future, deadline)])
+            bound = (None if deadline is None
+                     else _Deadlines([(request, future, deadline)], sent=self._sent_known))
             self._start(self._alone(request, future, counted=counted, bound=bound))
             return None
         entry = (request, future, deadline)
@@ -189,6 +227,7 @@ class GroupCommit(Generic[W, R]):
         """One write alone, its outcome on ``future`` (dropped when the caller
         stopped waiting, or its deadline passed: the write was made all the
         same)."""
+        _SENDING.set((self, [(request, future, None)]))  # this task's own context
         try:
             result = await self._write_one(request)
         except Exception as error:
@@ -201,11 +240,30 @@ class GroupCommit(Generic[W, R]):
             if not future.done():
                 future.set_result(result)
         finally:
+            self._sent.discard(future)
             if bound is not None:
                 bound.stop()
             if counted:
                 self._busy -= 1
                 self._kick()
+
+    def sending(self) -> list[bool] | None:
+        """For ``write_one``/``write_many``, at the last moment before they
+        send anything: whether each of their writes is still to be sent
+        (False: its deadline came while they waited, it was reported not
+        sent, and must not be). From now on the others are on their way: in
+        doubt at their deadline. None when the caller is not writing for
+        this group commit (a statement made outside it)."""
+        batch = _SENDING.get()
+        if batch is None or batch[0] is not self:
+            return None
+        live = []
+        for _, future, _ in batch[1]:
+            dropped = _dropped(future)
+            if not dropped:
+                self._sent.add(future)
+            live.append(not dropped)
+        return live
 
     async def idle(self) -> None:
         """Return once nothing is queued and no write is on its way."""
@@ -271,7 +329,7 @@ class GroupCommit(Generic[W, R]):
         live = [entry for entry in group if not entry[1].done()]
         if not live:
             return
-        bound = _Deadlines(live)  # no timer when no write has a deadline
+        bound = _Deadlines(live, sent=self._sent_known)  # no timer when no write has a deadline
         try:
             await self._write_live(live)
         finally:
@@ -281,10 +339,12 @@ class GroupCommit(Generic[W, R]):
         if len(live) > 1:
             self.commits += 1
             self.largest_group = max(self.largest_group, len(live))
+            _SENDING.set((self, live))  # this task's own context
             try:
                 outcomes = await self._write_many([request for request, _, _ in live])
             except RetryAlone:
-                pass  # rolled back: each on its own below
+                # Rolled back: each on its own below, sent again only then.
+                self._sent.difference_update(future for _, future, _ in live)
             except Exception as error:  # a bug in write_many: fail the group
                 for _, future, _ in live:
                     if not future.done():
@@ -299,10 +359,14 @@ class GroupCommit(Generic[W, R]):
                     else:
                         future.set_result(outcome)
                 return
-        for request, future, _ in live:
+            finally:
+                self._sent.difference_update(future for _, future, _ in live)
+        for entry in live:
+            request, future, _ = entry
             if future.done():
                 continue
             self.commits += 1
+            _SENDING.set((self, [entry]))
             try:
                 result = await self._write_one(request)
             except Exception as error:
@@ -311,6 +375,8 @@ class GroupCommit(Generic[W, R]):
             else:
                 if not future.done():
                     future.set_result(result)
+            finally:
+                self._sent.discard(future)
 
 
 def _stopped(future: asyncio.Future[Any]) -> None:
@@ -326,14 +392,19 @@ class _Deadlines(Generic[W, R]):
     """Ends each submitted write of ``entries`` (a list, perhaps one that
     changes: the queue) not done by its deadline, with ``TimeoutError``: one
     timer at a time, at the soonest deadline. ``queued``: the writes are
-    still queued — one at its deadline leaves the queue, never sent; else
-    they are on their way, and in doubt."""
+    still queued — one at its deadline leaves the queue, never sent
+    (``NotSent``); else they are on their way: in doubt if their future is
+    in ``sent``, else not sent yet, and never to be (``NotSent``)."""
 
-    __slots__ = ("_due", "_entries", "_queued", "_timer")
+    __slots__ = ("_due", "_entries", "_queued", "_sent", "_timer")
 
-    def __init__(self, entries: list[_Entry[W, R]], *, queued: bool = False) -> None:
+    def __init__(
+        self, entries: list[_Entry[W, R]], *, queued: bool = False,
+        sent: set[asyncio.Future[Any]] | None = None,
+    ) -> None:
         self._entries = entries
         self._queued = queued
+        self._sent = sent
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0  # the deadline the timer is set for
         if not queued:
@@ -371,8 +442,15 @@ class _Deadlines(Generic[W, R]):
         for entry in expired:
             if self._queued:
                 self._entries.remove(entry)
-                entry[1].set_exception(TimeoutError(
-                    "the journal write was still queued at its deadline: it was not sent"))
+                entry[1].set_exception(NotSent(
+                    "the journal write was still queued at its deadline: it was not sent, "
+                    "nothing of it was written"))
+            elif self._sent is not None and entry[1] not in self._sent:
+                # Its task still waits (for a connection): it sends only
+                # what ``sending`` says is still to be sent.
+                entry[1].set_exception(NotSent(
+                    "the journal write was still waiting to be sent at its deadline (no "
+                    "connection yet): it was not sent, nothing of it was written"))
             else:
                 entry[1].set_exception(TimeoutError(
                     "the journal write was on its way at its deadline: it may have landed"))

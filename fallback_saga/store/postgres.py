@@ -35,8 +35,9 @@ with one, nothing changes. Each write still returns only once its
 transaction has committed. If the server refuses the group (one bad write),
 it was rolled back and each write is retried alone, so only the bad one
 fails (saying that nothing of it was written: ``nothing_written``, as
-does any write the server answered with an error, or that could get no
-connection from the pool); if the connection is lost, the commit is in
+does any write the server answered with an error, that could get no
+connection from the pool, or whose deadline came before it was sent —
+``_group_commit.NotSent``); if the connection is lost, the commit is in
 doubt and every write of the group fails, none retried. ``store.stats``
 counts writes and commits.
 
@@ -489,6 +490,7 @@ class PostgresSagaStore:
             write_one=self._write_one,
             write_many=self._write_many,
             grouped=self.group_commit,
+            says_when_sent=True,  # _fetch and _write_many call its sending()
         )
 
     def _on_its_loop(self) -> None:
@@ -835,6 +837,10 @@ class PostgresSagaStore:
             # autocommit connection has no transaction for the context to end.
             conn = await self._connection(pool, doing, write=write)
             try:
+                if write and self._journal.sending() == [False]:
+                    # A journal write whose deadline came while it waited for
+                    # this connection: it was reported not sent, and is not.
+                    raise SagaStoreError(f"{doing}: {_NOT_SENT}")
                 prepare = self._prepare_any
                 if conn.autocommit:
                     cursor = await _query(conn, statement, params, prepare)
@@ -938,17 +944,6 @@ class PostgresSagaStore:
         pool = self._pool
         if pool is None:
             return [SagaStoreError("the PostgreSQL saga store is closed") for _ in writes]
-        create = self._sql.create
-        batches: list[list[str]] = [[]]
-        seen: set[str] = set()
-        for number, (_, statement, params) in enumerate(writes):
-            is_create = statement is create
-            saga_id = params[0] if is_create else params[3]
-            if saga_id in seen:  # a second write to one saga: the next statement
-                batches.append([])
-                seen.clear()
-            seen.add(saga_id)
-            batches[-1].append(_group_json(number, is_create, params))
         prepare = self._prepare
         if prepare is False:
             self._check_sizes_soon()
@@ -958,6 +953,25 @@ class PostgresSagaStore:
             # No connection: nothing of the group was sent (``_connection``).
             return [self._wrap(error, doing, _NO_CONNECTION) for doing, _, _ in writes]
         try:
+            # The writes still to be sent: a write whose deadline came while
+            # the group waited for its connection was reported not sent, and
+            # is left out (its outcome here goes to nobody).
+            live = self._journal.sending() or [True] * len(writes)
+            if not any(live):
+                return [SagaStoreError(f"{doing}: {_NOT_SENT}") for doing, _, _ in writes]
+            create = self._sql.create
+            batches: list[list[str]] = [[]]
+            seen: set[str] = set()
+            for number, (_, statement, params) in enumerate(writes):
+                if not live[number]:
+                    continue
+                is_create = statement is create
+                saga_id = params[0] if is_create else params[3]
+                if saga_id in seen:  # a second write to one saga: the next statement
+                    batches.append([])
+                    seen.clear()
+                seen.add(saga_id)
+                batches[-1].append(_group_json(number, is_create, params))
             done: set[int] = set()
             statement = self._sql.group
             arrays = ["[" + ",".join(batch) + "]" for batch in split_batches(batches)]
@@ -984,7 +998,9 @@ class PostgresSagaStore:
             raise RetryAlone from error
         finally:
             await pool.putconn(conn)
-        return [None if number in done else await self._refusal(write)
+        return [None if number in done
+                else SagaStoreError(f"{write[0]}: {_NOT_SENT}") if not live[number]
+                else await self._refusal(write)
                 for number, write in enumerate(writes)]
 
     # ------------------------------------------------------------------ SagaStore
