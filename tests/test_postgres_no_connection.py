@@ -368,7 +368,8 @@ async def test_S13_a_run_whose_write_waits_for_a_connection_past_its_timeout_is_
         assert interrupted.in_doubt is False, interrupted
         assert interrupted.status is SagaStatus.RUNNING
         error = interrupted.error
-        assert isinstance(error, SagaStoreError) and error.nothing_written is True, error
+        assert isinstance(error, SagaStoreError), error
+        assert error.nothing_written is True, error
         assert "not sent" in str(error), error
         assert ledger == [("s-1", "S0"), ("s-1", "S1")]
 
