@@ -153,6 +153,7 @@ from ._postgres_conn import (
     _PREPARED_HINT,
     _PREPARED_LOST,
     _READ_COMMITTED,
+    RECONNECT_TIMEOUT,
     _driver,
     _getconn,
     _query,
@@ -357,7 +358,9 @@ class PostgresSagaStore:
     goodbye waits on its socket) and replaced before use; one that a network
     dropped silently fails once with ``SagaStoreError`` and the pool replaces
     it. Give your own pool ``check=AsyncConnectionPool.check_connection`` if
-    you prefer paying a round trip per write for that.
+    you prefer paying a round trip per write for that. After a server
+    outage the own pool is used again at the next call once the server is
+    back (``_postgres_conn.RECONNECT_TIMEOUT``, ``_wait_for_connection``).
 
     Use ``async with PostgresSagaStore(dsn) as store:`` or ``await
     store.close()`` at shutdown. Many processes and machines may share one
@@ -631,6 +634,10 @@ class PostgresSagaStore:
             open=False,
             name="fallback_saga",
             timeout=self.connect_timeout,
+            # Reconnections given up soon, and made again for the next
+            # request (``_wait_for_connection``): a server back from an
+            # outage is used at once, not after a backoff as long as it.
+            reconnect_timeout=min(RECONNECT_TIMEOUT, self.connect_timeout),
         )
         try:
             await pool.open(wait=self.min_size > 0, timeout=self.connect_timeout)
