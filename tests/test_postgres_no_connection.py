@@ -295,17 +295,24 @@ async def test_S13_writes_grouped_while_the_store_cannot_open_each_say_nothing_w
     pg_cluster: PostgresCluster, pg_conninfo: str, pg_schema: str,
 ) -> None:
     """Creations submitted together to a store never opened, while the
-    server is stopped: the first goes alone and opens the store, the others
-    queue and go as a group, which opens it too. Neither open can connect:
-    every write says that nothing of it was written. Once the server is
-    back, the same store writes them all."""
+    server is stopped and an open of the store is on its way: the first
+    goes alone and waits for that open, the others queue and go as a group,
+    which waits for it too. The open cannot connect, nor can theirs: every
+    write says that nothing of it was written. Once the server is back, the
+    same store writes them all."""
     store = PostgresSagaStore(pg_conninfo, schema=pg_schema, connect_timeout=2.0)
     ids = [f"g-{n}" for n in range(5)]
     try:
         await asyncio.to_thread(pg_cluster.stop)
         try:
+            # An open on its way (its lock held), so that the first write
+            # waits and the others group behind it, on every Python (3.12+
+            # would make a write that fails at once alone, eagerly).
+            store._opening = opening = asyncio.Lock()
+            await opening.acquire()
             futures = [store.submit_create(saga_id, "G", "fp", {}, [entry(0, "a")],
                                            SagaStatus.RUNNING) for saga_id in ids]
+            opening.release()
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
         finally:
             await asyncio.to_thread(pg_cluster.start)
