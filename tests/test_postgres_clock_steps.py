@@ -203,7 +203,8 @@ async def test_S10_leases_taken_before_the_migration_expire_as_they_did(
     )
     relfile = raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone()
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
-        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (5,)
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
+            pg_schema_module.SCHEMA_VERSION,)
         assert raw.execute(
             "SELECT pg_relation_filenode('fallback_saga_sagas')"
         ).fetchone() == relfile  # not rewritten

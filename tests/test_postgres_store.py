@@ -192,8 +192,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 5
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(5,)]
+    assert SCHEMA_VERSION == 6
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(6,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -204,6 +204,7 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert columns["fence"] == "bigint"
     assert columns["lease_expires_at"] == "timestamp with time zone"
     assert columns["lease_written_at"] == "timestamp with time zone"  # clock steps (v5)
+    assert columns["unreleased_claims"] == "integer"  # parking (v6)
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
     assert columns["touched_at"] == "timestamp with time zone"
     step_columns = dict(

@@ -124,13 +124,13 @@ async def test_wal_mode_is_on(store: SQLiteSagaStore, raw: sqlite3.Connection) -
 
 
 async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.Connection) -> None:
-    assert SCHEMA_VERSION == 3
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert SCHEMA_VERSION == 4
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
     columns = [row[1] for row in raw.execute("PRAGMA table_info(sagas)")]
     assert columns == [
         "saga_id", "saga_name", "fingerprint", "status", "context", "version",
         "created_at", "updated_at", "lease_owner", "lease_expires_at", "fence",
-        "lease_written_at",
+        "lease_written_at", "unreleased_claims",
     ]
     steps = [row[1] for row in raw.execute("PRAGMA table_info(saga_steps)")]
     assert steps == [

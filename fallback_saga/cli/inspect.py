@@ -21,6 +21,7 @@ from ..errors import SagaNotFound, SagaStoreError
 from ..record_json import history_json
 from ..status import SagaStatus
 from ..store._common import short_repr
+from ..store._parking import parked_claims, parked_text
 from ..store.base import PURGED_BY_DEFAULT, RecoverableStore, SagaRecord, SagaSummary
 from ..subsaga import saga_family
 from .argtypes import format_duration, parse_duration, positive_int
@@ -63,11 +64,32 @@ def _lease_text(summary: SagaSummary, now: float) -> str:
     return owner
 
 
-def summary_table(summaries: Sequence[SagaSummary], *, times: bool = True) -> list[str]:
-    """The ``list`` table (``times=False``: id, saga and status only)."""
+def summary_table(
+    summaries: Sequence[SagaSummary], *, times: bool = True, store: object = None
+) -> list[str]:
+    """The ``list`` table (``times=False``: id, saga and status only); a saga
+    ``store`` parks shows as such, and is said so under the table."""
+    parked = {
+        s.saga_id: claims for s in summaries
+        if (claims := parked_claims(store, s.status, s.unreleased_claims)) is not None
+    }
+    lines = _summary_rows(summaries, times=times, parked=parked)
+    lines += [f"{terminal_text(saga_id)}: {parked_text(claims)}"
+              for saga_id, claims in parked.items()]
+    return lines
+
+
+def _status_text(summary: SagaSummary, parked: dict[str, int]) -> str:
+    status = summary.status.value
+    return f"{status} (parked)" if summary.saga_id in parked else status
+
+
+def _summary_rows(
+    summaries: Sequence[SagaSummary], *, times: bool, parked: dict[str, int]
+) -> list[str]:
     if not times:
         rows = [
-            [terminal_text(s.saga_id), terminal_text(s.saga_name), s.status.value]
+            [terminal_text(s.saga_id), terminal_text(s.saga_name), _status_text(s, parked)]
             for s in summaries
         ]
         return render_table(["id", "saga", "status"], rows)
@@ -76,7 +98,7 @@ def summary_table(summaries: Sequence[SagaSummary], *, times: bool = True) -> li
         [
             terminal_text(s.saga_id),
             terminal_text(s.saga_name),
-            s.status.value,
+            _status_text(s, parked),
             when(s.created_at),
             when(s.updated_at),
             _lease_text(s, now),
@@ -163,7 +185,8 @@ def add_list_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument(
         "--json", action="store_true",
         help="a JSON array of {saga_id, saga_name, status, created_at, updated_at, "
-        "lease_owner, lease_expires_at} (times in Unix seconds)",
+        "lease_owner, lease_expires_at, unreleased_claims} (times in Unix seconds; "
+        "unreleased_claims: claims since the lease was last given back)",
     )
     listing.set_defaults(handler=run_list)
 
@@ -181,11 +204,12 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         return _list_json(target, status, args.name, args.limit)
 
-    async def fetch(store: RecoverableStore) -> list[SagaSummary]:
+    async def fetch(store: RecoverableStore) -> tuple[list[SagaSummary], object]:
         # One more than asked: tells whether the listing was cut short.
-        return await store.list_sagas(status=status, saga_name=args.name, limit=args.limit + 1)
+        listed = await store.list_sagas(status=status, saga_name=args.name, limit=args.limit + 1)
+        return listed, store
 
-    summaries = asyncio.run(read_store(target, fetch))
+    summaries, store = asyncio.run(read_store(target, fetch))
     more = len(summaries) > args.limit
     summaries = summaries[: args.limit]
     if not summaries:
@@ -193,7 +217,7 @@ def run_list(args: argparse.Namespace) -> int:
         where = "match" if filters else "in " + terminal_text(target.shown, MAX_PATH)
         sys.stdout.write(f"no sagas {where}\n")
         return EXIT_OK
-    lines = summary_table(summaries)
+    lines = summary_table(summaries, store=store)
     if more:
         lines.append(f"(the newest {args.limit} shown; more match: raise --limit)")
     else:
@@ -302,7 +326,9 @@ def add_show_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
 def run_show(args: argparse.Namespace) -> int:
     target = store_target(args)
 
-    async def fetch(store: RecoverableStore) -> tuple[SagaRecord, str | None, list[str]]:
+    async def fetch(
+        store: RecoverableStore,
+    ) -> tuple[SagaRecord, int | None, str | None, list[str]]:
         try:
             record = await store.load(args.saga_id)
         except SagaNotFound:
@@ -311,9 +337,9 @@ def run_show(args: argparse.Namespace) -> int:
             ) from None
         except ValueError as error:  # not a saga id at all (empty, too long, ...)
             raise UsageError(str(error)) from None
-        return (record, *await saga_family(store, record))
+        return (record, await _parked(store, record), *await saga_family(store, record))
 
-    record, parent, children = asyncio.run(read_store(target, fetch))
+    record, parked, parent, children = asyncio.run(read_store(target, fetch))
     if args.json:
         print_json(record_json(record, parent, children))
         return EXIT_OK
@@ -332,6 +358,8 @@ def run_show(args: argparse.Namespace) -> int:
         f"fingerprint  {terminal_text(record.fingerprint, MAX_VALUE)}",
         f"context      {terminal_text(context, MAX_CONTEXT)}",
     ]
+    if parked is not None:
+        lines.append(f"recovery     {parked_text(parked)}")
     if parent is not None:
         lines.append(f"parent       {terminal_text(parent, MAX_VALUE)}  (this is its child saga)")
     lines += [f"child        {terminal_text(child, MAX_VALUE)}" for child in children]
@@ -339,6 +367,18 @@ def run_show(args: argparse.Namespace) -> int:
     lines += history_table(record) if record.history else ["(no step history)"]
     print_lines(lines)
     return EXIT_OK
+
+
+async def _parked(store: RecoverableStore, record: SagaRecord) -> int | None:
+    """The saga's claims if ``store`` parks it (see ``store._parking``)."""
+    lease_state = getattr(store, "lease_state", None)
+    if record.status.is_final or not callable(lease_state):
+        return None
+    try:
+        state = await lease_state(record.saga_id)
+    except (SagaNotFound, SagaStoreError):  # purged since, or unreadable: nothing to say
+        return None
+    return parked_claims(store, record.status, getattr(state, "unreleased_claims", 0))
 
 
 # --------------------------------------------------------------------------- purge

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
 from ..record_json import history_json
 from ..status import SagaStatus
+from ..store._parking import parked_claims
 from ..store.base import LeaseState, SagaRecord, SagaSummary
 from ..subsaga import saga_family
 from .text import redact
@@ -232,6 +233,8 @@ class Listing:
     counts: Counts
     notes: list[str] = field(default_factory=list)
     can_list: bool = True
+    # Saga id -> its claims, for the sagas the store parks (store._parking).
+    parked: dict[str, int] = field(default_factory=dict)
 
 
 def _store_name(store: object) -> str:
@@ -353,7 +356,11 @@ async def fetch_listing(
     if len(found) > query.limit:
         found = found[: query.limit]
         next_before = found[-1].saga_id
-    return Listing(found, next_before, counts, notes)
+    parked = {
+        s.saga_id: claims for s in found
+        if (claims := parked_claims(store, s.status, s.unreleased_claims)) is not None
+    }
+    return Listing(found, next_before, counts, notes, parked=parked)
 
 
 @dataclass(slots=True)
@@ -365,6 +372,7 @@ class SagaView:
     lease_note: str | None = None
     parent: str | None = None  # a child saga's parent (SubSaga)
     children: list[str] = field(default_factory=list)  # a parent's child sagas
+    parked: int | None = None  # its claims, if the store parks it (store._parking)
 
 
 async def fetch_saga(store: object, saga_id: str) -> SagaView:
@@ -393,7 +401,8 @@ async def fetch_saga(store: object, saga_id: str) -> SagaView:
         # The record was read: show it, and say why its lease is missing.
         note = f"the store cannot read it ({redact(str(error))})"
         return SagaView(record, None, note, parent, children)
-    return SagaView(record, LeaseState(*state), None, parent, children)
+    parked = parked_claims(store, record.status, getattr(state, "unreleased_claims", 0))
+    return SagaView(record, LeaseState(*state), None, parent, children, parked)
 
 
 # --------------------------------------------------------------------------- JSON

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 from .. import __version__
 from ..status import SagaStatus, StepStatus
+from ..store._parking import parked_text
 from ..store.base import SagaRecord, SagaSummary
 from ..stored_json import parse_stored_json
 from .data import STATUSES, Listing, ListQuery, SagaView, is_time, lease_phase
@@ -298,6 +299,15 @@ def _lease_cell(summary: SagaSummary, now: float) -> str:
     return f'<span class="id">{esc(summary.lease_owner)}</span><br>{state}'
 
 
+def _parked_badge(claims: int) -> str:
+    return f'<span class="badge failed">parked</span> {esc(parked_text(claims))}'
+
+
+def _parked_note(claims: int | None) -> str:
+    """Under a listed saga's lease: parked, if the store parks it."""
+    return "" if claims is None else "<br>" + _parked_badge(claims)
+
+
 def _duration(created: float, updated: float, status: SagaStatus, now: float) -> str:
     if status.is_final:
         return esc(format_seconds(max(updated - created, 0.0)))
@@ -324,7 +334,7 @@ def listing_page(
             f"<td>{when(s.created_at, now)}</td>"
             f"<td>{when(s.updated_at, now)}</td>"
             f"<td>{_duration(s.created_at, s.updated_at, s.status, now)}</td>"
-            f"<td>{_lease_cell(s, now)}</td>"
+            f"<td>{_lease_cell(s, now)}{_parked_note(listing.parked.get(s.saga_id))}</td>"
             "</tr>"
         )
     if error is not None:
@@ -431,7 +441,9 @@ def _lease_card(view: SagaView, now: float) -> str:
         f"<dt>Lease</dt><dd>{state}</dd>"
         f"<dt>Owner</dt><dd>{owner}</dd>"
         f'<dt>Fencing token</dt><dd class="mono">{esc(lease.token)}</dd>'
-        "</dl><p class=\"muted small\">Each claim by a recovery worker increments the "
+        + (f"<dt>Parked</dt><dd>{_parked_badge(view.parked)}</dd>"
+           if view.parked is not None else "")
+        + "</dl><p class=\"muted small\">Each claim by a recovery worker increments the "
         "fencing token; writes under an older token are refused.</p></div>"
     )
 

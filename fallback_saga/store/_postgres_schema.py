@@ -167,6 +167,18 @@ async def _migrate_to_v5(execute: _Cursor, names: _Names) -> None:
     await execute(f"ALTER TABLE {names.sagas} ADD COLUMN lease_written_at timestamptz NULL")
 
 
+async def _migrate_to_v6(execute: _Cursor, names: _Names) -> None:
+    # The claims (``claim``: workers, recover passes) of a saga since its
+    # lease was last given back in order (released, deferred, handed off).
+    # A saga whose resume ends the process every time never gives its lease
+    # back: the count climbs once per lease, and at the store's
+    # ``park_after`` claims stop taking it (parked for an operator). A
+    # constant default is added without rewriting the table; rows before: 0.
+    await execute(
+        f"ALTER TABLE {names.sagas} ADD COLUMN unreleased_claims integer NOT NULL DEFAULT 0"
+    )
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v1,
@@ -174,6 +186,7 @@ _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v3,
     _migrate_to_v4,
     _migrate_to_v5,
+    _migrate_to_v6,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

@@ -205,8 +205,8 @@ class _Statements:
         )
         summary = (
             f"SELECT seq, saga_id, saga_name, status, {_EPOCH.format('created_at')},"
-            f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')}"
-            f" FROM {sagas}"
+            f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')},"
+            f" unreleased_claims FROM {sagas}"
         )
         # Listings and counts: a WHERE clause of fixed fragments (``_listing_filter``).
         self.summary = summary
@@ -215,13 +215,16 @@ class _Statements:
         self.count = f"SELECT saga_name, status, count(*) FROM {sagas}"
         self.count_groups = " GROUP BY saga_name, status"
         self.lease_state = (
-            f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence FROM {sagas}"
-            f" WHERE saga_id = %s"
+            f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence, unreleased_claims"
+            f" FROM {sagas} WHERE saga_id = %s"
         )
         # One table, no join, no subquery in the locking SELECT (see the module doc).
         claimable = (
             f"SELECT saga_id FROM {sagas}"
             f" WHERE status IN {_INTERRUPTED_SQL}"
+            # Parked (see _parking): claimed park_after times without the
+            # lease given back. take_lease (claim_saga, by id) still leases it.
+            f" AND unreleased_claims < %s::bigint"
             # Never leased: due once not updated for older_than. Leased before:
             # due as soon as that lease expired or was released.
             f" AND ((lease_expires_at IS NULL"
@@ -250,9 +253,9 @@ class _Statements:
         self.take_leases = (
             f"UPDATE {sagas} SET lease_owner = %s,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
-            f" lease_written_at = now()"
+            f" lease_written_at = now(), unreleased_claims = unreleased_claims + 1"
             f" WHERE saga_id = ANY(%s::text[])"
-            f" RETURNING saga_id, fence, {_EPOCH.format('lease_expires_at')}"
+            f" RETURNING saga_id, fence, {_EPOCH.format('lease_expires_at')}, unreleased_claims"
         )
         # Lease one saga by id: one statement, atomic under the row lock.
         self.take_lease = (
@@ -276,15 +279,18 @@ class _Statements:
             f" WHERE saga_id = %s AND fence = %s::bigint"
             f" RETURNING {_EPOCH.format('lease_expires_at')}"
         )
+        # Given back in order: its claims count from 0 again (see _parking).
         self.release = (
             f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
-            f" lease_written_at = now() WHERE saga_id = %s AND fence = %s::bigint"
+            f" lease_written_at = now(), unreleased_claims = 0"
+            f" WHERE saga_id = %s AND fence = %s::bigint"
         )
         # Released, and out of `claimable` until then (take_lease leases it at once).
         self.defer = (
             f"UPDATE {sagas} SET lease_owner = NULL,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8),"
-            f" lease_written_at = now() WHERE saga_id = %s AND fence = %s::bigint"
+            f" lease_written_at = now(), unreleased_claims = 0"
+            f" WHERE saga_id = %s AND fence = %s::bigint"
         )
         # A release announced on the work channel (delivered when it commits)
         # if the saga still needs a worker.
@@ -493,7 +499,7 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
 
 def _listed_summary(row: Sequence[Any]) -> SagaSummary:
     """A listing's row (its seq first), every column typed by the driver."""
-    _seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at = row
+    _seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at, claims = row
     return SagaSummary(
         saga_id=saga_id,
         saga_name=name,
@@ -504,6 +510,7 @@ def _listed_summary(row: Sequence[Any]) -> SagaSummary:
         # A released lease keeps its release time as the expiry (the saga is
         # claimable at once); it is no lease to show.
         lease_expires_at=None if owner is None else expires_at,
+        unreleased_claims=claims,
     )
 
 

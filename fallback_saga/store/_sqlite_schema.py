@@ -79,11 +79,21 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sagas ADD COLUMN lease_written_at REAL NULL")
 
 
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    # The claims (``claim``: workers, recover passes) of a saga since its
+    # lease was last given back in order (released, deferred, handed off).
+    # A saga whose resume ends the process every time never gives its lease
+    # back: the count climbs once per lease, and at the store's ``park_after``
+    # claims stop taking it (parked for an operator). Rows before: 0.
+    conn.execute("ALTER TABLE sagas ADD COLUMN unreleased_claims INTEGER NOT NULL DEFAULT 0")
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
+    _migrate_to_v4,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

@@ -32,6 +32,7 @@ from ._common import (
 )
 from ._listing_pages import ListingPages, UnreadableRow
 from ._loop_waker import LoopWaker
+from ._parking import log_last_claim
 from ._sqlite_rows import (
     _decode_record,
     _is_time,
@@ -85,14 +86,16 @@ _SELECT_STEPS: Final = (
 )
 _SUMMARY_COLUMNS: Final = (
     "SELECT rowid, saga_id, saga_name, status, created_at, updated_at, lease_owner,"
-    " lease_expires_at FROM sagas"
+    " lease_expires_at, unreleased_claims FROM sagas"
 )
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
 _ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
 _COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
 _COUNT_GROUPS: Final = " GROUP BY saga_name, status"
 _STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
-_CLAIM_COLUMNS: Final = "SELECT saga_id, fence, lease_expires_at, updated_at FROM sagas"
+_CLAIM_COLUMNS: Final = (
+    "SELECT saga_id, fence, lease_expires_at, updated_at, unreleased_claims FROM sagas"
+)
 _CLAIM_DUE: Final = (
     # Never leased: due once not updated for older_than. Leased before: due as
     # soon as that lease expired or was released (a dead or departed worker's
@@ -108,6 +111,9 @@ _CLAIM_DUE: Final = (
     # lock, so on one machine none is ahead of a later claim's now but after a
     # step back; a forward step, likewise, makes sagas look older.)
     " WHERE status IN (?, ?)"
+    # Parked (see _parking): claimed park_after times without the lease
+    # given back. A claim_saga by id still leases it.
+    " AND unreleased_claims < ?"
     " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
     " OR lease_expires_at <= ? OR lease_written_at > ?"
     " OR lease_expires_at >= '' OR updated_at >= ''"
@@ -131,7 +137,14 @@ _TAKE_LEASE: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?"
     " WHERE saga_id = ?"
 )
-_LEASE_STATE: Final = "SELECT fence, lease_owner, lease_expires_at FROM sagas WHERE saga_id = ?"
+# A claim (not claim_saga) counts: see _parking.
+_TAKE_COUNTED_LEASE: Final = (
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?,"
+    " unreleased_claims = unreleased_claims + 1 WHERE saga_id = ?"
+)
+_LEASE_STATE: Final = (
+    "SELECT fence, lease_owner, lease_expires_at, unreleased_claims FROM sagas WHERE saga_id = ?"
+)
 _LEASE_WRITTEN_AT: Final = "SELECT lease_written_at FROM sagas WHERE saga_id = ?"
 _RENEW: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, lease_written_at = ?"
@@ -140,13 +153,14 @@ _RENEW: Final = (
 _FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
 _RELEASE: Final = (
     # Expired now, rather than no lease: the saga is claimable at once.
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
-    " WHERE saga_id = ? AND fence = ?"
+    # Given back in order: its claims count from 0 again (see _parking).
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
+    " unreleased_claims = 0 WHERE saga_id = ? AND fence = ?"
 )
 _DEFER: Final = (
     # Released, and out of _CLAIMABLE until then; _claim_saga leases it at once.
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?"
-    " WHERE saga_id = ? AND fence = ?"
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
+    " unreleased_claims = 0 WHERE saga_id = ? AND fence = ?"
 )
 _PURGEABLE: Final = (
     "SELECT saga_id FROM sagas AS child WHERE status IN (?, ?, ?) AND updated_at < ?"
@@ -603,6 +617,7 @@ def _claim(
     older_than: float,
     limit: int,
     deferred: bool,
+    park_after: int,
     names: tuple[str, ...] | None = None,
 ) -> list[Lease]:
     # The group's transaction is BEGIN IMMEDIATE: no other connection can
@@ -617,15 +632,17 @@ def _claim(
         with _lenient_text(cursor):
             rows = cursor.execute(
                 sql,
-                (*_INTERRUPTED, now - older_than, now + older_than, now,
+                (*_INTERRUPTED, park_after, now - older_than, now + older_than, now,
                  now + max(older_than, 0.0), 1 if deferred else 0, *(names or ()), wanted),
             ).fetchall()
-        claimable: list[tuple[str, int]] = []
+        claimable: list[tuple[str, int, int]] = []
         corrupt: list[tuple[object, str]] = []
-        for saga_id, fence, expires_at, updated_at in rows:
+        for saga_id, fence, expires_at, updated_at, claims in rows:
             problem = _claim_problem(saga_id, fence, expires_at, updated_at)
+            if problem is None and type(claims) is not int:
+                problem = "its unreleased_claims is not an integer"
             if problem is None:
-                claimable.append((saga_id, fence))
+                claimable.append((saga_id, fence, claims))
             else:
                 corrupt.append((saga_id, problem))
         # S12: a corrupt row is skipped, and must not take the place of a
@@ -652,10 +669,15 @@ def _claim(
             extra={"skipped_saga": (shown, f"its row is unreadable: {problem}")},
         )
     expires_at = now + lease_seconds
-    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence in claimable[:limit]]
+    taken = claimable[:limit]
+    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence, _ in taken]
     cursor.executemany(
-        _TAKE_LEASE, [(owner, expires_at, lease.token, now, lease.saga_id) for lease in leases]
+        _TAKE_COUNTED_LEASE,
+        [(owner, expires_at, lease.token, now, lease.saga_id) for lease in leases],
     )
+    for saga_id, _, claims in taken:
+        if claims + 1 == park_after:
+            log_last_claim(saga_id, claims + 1)
     return leases
 
 
@@ -679,7 +701,7 @@ def _claim_problem(
 def _claim_saga(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
 ) -> Lease:
-    fence, lease_owner, lease_expires_at = _read_lease(cursor, saga_id)
+    fence, lease_owner, lease_expires_at, _ = _read_lease(cursor, saga_id)
     # A lease with no owner was given back (released, or deferred): free. So
     # is one written before the clock stepped back (see _CLAIMABLE): its
     # expiry is on the old scale.
@@ -694,20 +716,25 @@ def _claim_saga(
     return lease
 
 
-def _read_lease(cursor: sqlite3.Cursor, saga_id: str) -> tuple[int, str | None, float | None]:
-    """The fence, lease owner and expiry of a saga, checked (``CorruptSagaRecord``)."""
+def _read_lease(
+    cursor: sqlite3.Cursor, saga_id: str
+) -> tuple[int, str | None, float | None, int]:
+    """The fence, lease owner, expiry and unreleased claims of a saga,
+    checked (``CorruptSagaRecord``)."""
     with _lenient_text(cursor):
         row = cursor.execute(_LEASE_STATE, (saga_id,)).fetchone()
     if row is None:
         raise SagaNotFound(saga_id)
-    fence, owner, expires_at = row
+    fence, owner, expires_at, claims = row
     if type(fence) is not int:
         raise CorruptSagaRecord(saga_id, "its fence is not an integer")
+    if type(claims) is not int:
+        raise CorruptSagaRecord(saga_id, "its unreleased_claims is not an integer")
     if owner is not None and not isinstance(owner, str):
         raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
     if expires_at is not None:
         expires_at = _number(saga_id, "lease_expires_at", expires_at)
-    return fence, owner, expires_at
+    return fence, owner, expires_at, claims
 
 
 def _renew(
@@ -840,6 +867,7 @@ def _summary(
     updated_at: object,
     owner: object,
     expires_at: object,
+    claims: object = 0,
 ) -> SagaSummary:
     """A listing's row, every value checked: what is handed out is what the
     types say (``CorruptSagaRecord`` otherwise)."""
@@ -860,6 +888,8 @@ def _summary(
             if owner is None or expires_at is None
             else _number(saga_id, "lease_expires_at", expires_at)
         ),
+        # Not a number: shown as none (the claims skip such a row: see _claim).
+        unreleased_claims=claims if type(claims) is int else 0,
     )
 
 
@@ -909,5 +939,5 @@ def _count(
 
 
 def _lease_state(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> LeaseState:
-    fence, owner, expires_at = _read_lease(cursor, saga_id)
-    return LeaseState(owner, expires_at, fence)
+    fence, owner, expires_at, claims = _read_lease(cursor, saga_id)
+    return LeaseState(owner, expires_at, fence, claims)

@@ -179,6 +179,9 @@ class SagaSummary:
     updated_at: float
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    # Claims (``claim``) since its lease was last given back in order; a store
+    # that does not count them says 0 (see ``park_after`` of the built-in stores).
+    unreleased_claims: int = 0
 
 
 class LeaseState(NamedTuple):
@@ -188,11 +191,14 @@ class LeaseState(NamedTuple):
     released; ``expires_at`` (Unix time) is then ``None``, the release time,
     or the end of a deferral (``defer``: out of ``claim`` until then).
     ``token`` is the fencing token (0 until the first claim).
+    ``unreleased_claims``: claims (``claim``) since the lease was last given
+    back in order (0 from a store that does not count them).
     """
 
     owner: str | None
     expires_at: float | None
     token: int
+    unreleased_claims: int = 0
 
 
 @runtime_checkable

@@ -149,6 +149,7 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
 from ..log_lines import library_logger
+from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, log_last_claim
 from ._postgres_conn import (
     _PREPARED_HINT,
     _PREPARED_LOST,
@@ -348,6 +349,12 @@ class PostgresSagaStore:
     ``max_prepared_statements``): a prepared statement lives on one server
     connection, and the pooler hands each transaction to any of them.
 
+    ``park_after`` (default 5; ``None``: never): ``claim`` takes a saga no
+    more once it has claimed it that many times without its lease given back
+    in order (``release``, ``defer``, ``hand_off``): its resumes keep ending
+    the process. Such a saga is parked for an operator, who resumes it once
+    by id (``Saga.resume``; ``claim_saga`` is never refused for it).
+
     The store's own connections talk UTF-8 (``client_encoding``) whatever
     the database's encoding; in a database that is not UTF-8, journaled
     error texts are kept to ASCII (Python's escapes).
@@ -392,7 +399,9 @@ class PostgresSagaStore:
         connect_timeout: float = 30.0,
         group_commit: bool = True,
         prepared_statements: bool = True,
+        park_after: int | None = PARK_AFTER,
     ) -> None:
+        park_after = check_park_after(park_after)
         psycopg, psycopg_pool = _driver()
         if not isinstance(group_commit, bool):
             raise TypeError(f"group_commit must be a bool, got {group_commit!r}")
@@ -446,6 +455,7 @@ class PostgresSagaStore:
                 f"AsyncConnectionPool, got {type(conninfo_or_pool).__name__}"
             )
         self.schema: str | None = schema
+        self.park_after: int | None = park_after
         self.min_size = min_size
         self.max_size = max_size
         self.synchronous_commit: str = synchronous_commit.lower()
@@ -1242,8 +1252,8 @@ class PostgresSagaStore:
         row = await self._fetch(doing, self._sql.lease_state, (saga_id,))
         if row is None:
             raise SagaNotFound(saga_id)
-        owner, expires_at, token = row
-        return LeaseState(owner, expires_at, token)
+        owner, expires_at, token, claims = row
+        return LeaseState(owner, expires_at, token, claims)
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
@@ -1302,18 +1312,25 @@ class PostgresSagaStore:
         sql = self._sql
         prepare = self._prepare
         ahead = max(older_than, 0.0)  # a negative older_than takes nothing more as ahead
+        park_after = NEVER_PARKED if self.park_after is None else self.park_after
         if names is None:
             cursor = await _query(conn, sql.claimable,
-                                  (older_than, ahead, ahead, deferred, limit), prepare)
+                                  (park_after, older_than, ahead, ahead, deferred, limit),
+                                  prepare)
         else:
             cursor = await _query(conn, sql.claimable_named,
-                                  (older_than, ahead, ahead, deferred, list(names), limit),
+                                  (park_after, older_than, ahead, ahead, deferred, list(names),
+                                   limit),
                                   prepare)
         due = [saga_id for (saga_id,) in await cursor.fetchall()]
         if not due:
             return [], {}
         cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, due), prepare)
-        taken = {saga_id: (fence, expires) for saga_id, fence, expires in await cursor.fetchall()}
+        taken: dict[str, tuple[int, float]] = {}
+        for saga_id, fence, expires, claims in await cursor.fetchall():
+            taken[saga_id] = (fence, expires)
+            if claims == park_after:
+                log_last_claim(saga_id, claims)
         return due, taken
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:

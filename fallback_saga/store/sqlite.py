@@ -91,6 +91,7 @@ from ._common import (
     status_text,
 )
 from ._loop_waker import LoopWaker, waker_of
+from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after
 from ._sqlite_pipe import (
     WriterProcess,
     abandon_soon,
@@ -206,6 +207,12 @@ class SQLiteSagaStore:
     hand-over between threads, about 1.4x the sagas per second there; with
     many sagas in flight every write commits alone, which is far slower
     than the writer thread's group commit.
+
+    ``park_after`` (default 5; ``None``: never): ``claim`` takes a saga no
+    more once it has claimed it that many times without its lease given back
+    in order (``release``, ``defer``, ``hand_off``): its resumes keep ending
+    the process. Such a saga is parked for an operator, who resumes it once
+    by id (``Saga.resume``; ``claim_saga`` is never refused for it).
     """
 
     # Reads on a thread and connection of their own (see the module docstring).
@@ -232,7 +239,9 @@ class SQLiteSagaStore:
         read_only: bool = False,
         immutable: bool = False,
         writer: str = "thread",
+        park_after: int | None = PARK_AFTER,
     ) -> None:
+        park_after = check_park_after(park_after)
         if writer not in ("thread", "process", "inline"):
             raise ValueError(
                 f"writer must be 'thread' (the default), 'process' (journal writes "
@@ -296,6 +305,7 @@ class SQLiteSagaStore:
         self._reader: _Worker | None = None
         self._finalizer: weakref.finalize[Any, SQLiteSagaStore] | None = None
         self.writer: str = writer
+        self.park_after: int | None = park_after
         # writer="process": the journal writes of the first loop that writes
         # (other loops' go through the writer thread, as with "thread").
         self._process: WriterProcess | None = None
@@ -810,6 +820,7 @@ class SQLiteSagaStore:
             finite_seconds("older_than", older_than),
             non_negative_int("limit", limit),
             deferred,
+            NEVER_PARKED if self.park_after is None else self.park_after,
             claim_names(names),
         )
         leases: list[Lease] = await _taken(self._submit(_claim, args, write=True, leases=True))

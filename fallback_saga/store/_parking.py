@@ -1,0 +1,89 @@
+"""Parking a saga whose resumes keep ending the process (S10; LESSONS.md).
+
+A resume that kills its process (``SystemExit`` out of a step, a segfault
+in a C extension, an OOM kill) leaves the saga's lease held (see
+``ClaimedSaga._ended``): the lease runs out, a worker claims the saga again
+and dies again, for ever, taking down whatever else that process ran. The
+durable stores count each saga's ``claim``s since its lease was last given
+back in order (``release``, ``defer``, ``hand_off``: a process that dies
+holding the lease gives nothing back), and ``claim`` stops taking a saga
+whose count has reached the store's ``park_after``. It is parked: it waits
+for an operator, who resumes it once by id (``Saga.resume(saga_id)``, which
+leases it with ``claim_saga``, uncounted, and clears the count when it gives
+the lease back). A one-off crash (a deploy's ``kill -9``) is cleared by the
+next run that finishes.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..log_lines import library_logger
+from ..status import SagaStatus
+
+__all__ = [
+    "NEVER_PARKED",
+    "PARK_AFTER",
+    "check_park_after",
+    "log_last_claim",
+    "parked_claims",
+    "parked_text",
+]
+
+_log = library_logger("fallback_saga")
+
+# Five claims in a row that never gave the lease back: with a worker's
+# default lease (300 s) about 25 minutes of a crash loop, each one taking
+# down a worker with every other saga it ran, before the saga waits for an
+# operator; yet two or three unlucky kills in a row (a node restarted during
+# a deploy) park nothing, and any run that finishes clears the count.
+PARK_AFTER: Final = 5
+
+# ``park_after=None``: never parked (the bound compared with is out of reach).
+NEVER_PARKED: Final = 2**62
+
+
+def check_park_after(value: object) -> int | None:
+    """``park_after`` as a store takes it: an int >= 1, or ``None`` (never)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"park_after must be an int >= 1 or None, got {value!r}")
+    return value
+
+
+def log_last_claim(saga_id: str, claims: int) -> None:
+    """The claim that took ``saga_id`` for the last time before it is parked."""
+    _log.error(
+        "saga %s claimed for the %d%s time without its lease given back (its resumes "
+        "keep ending the process): if this resume ends the process too, workers and "
+        "recover passes claim it no more; an operator resumes it once by id "
+        "(Saga.resume(saga_id)), which clears the count when it finishes",
+        saga_id, claims, _ordinal(claims),
+    )
+
+
+def parked_text(claims: int) -> str:
+    """What an operator reads about a parked saga (``list``, ``show``, the console)."""
+    return (f"parked: claimed {claims} times without finishing (its resumes keep "
+            f"ending the process); resume it by id")
+
+
+def parked_claims(store: object, status: SagaStatus, claims: object) -> int | None:
+    """``claims`` if the saga is parked by ``store``'s ``park_after`` (an
+    interrupted saga claimed that many times without its lease given back),
+    else ``None`` (a finished saga, or a store that does not park)."""
+    park_after = getattr(store, "park_after", None)
+    if (
+        not isinstance(park_after, int) or isinstance(park_after, bool)
+        or not isinstance(claims, int) or isinstance(claims, bool)
+        or status.is_final
+    ):
+        return None
+    return claims if claims >= park_after else None
+
+
+def _ordinal(number: int) -> str:
+    if number % 100 in (11, 12, 13):
+        return "th"
+    return {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")

@@ -1,0 +1,404 @@
+"""A saga whose resume ends the process every time is parked for an operator
+(S10, S13; LESSONS.md: "park the saga for an operator with a clear status").
+
+Its lease is kept when the process dies (``ClaimedSaga._ended``, as a crash
+keeps it), so before the durable stores counted claims it came back once per
+lease for ever, taking each time the worker's process down with every other
+saga it ran. Now ``claim`` (workers, ``recover`` passes) counts the claims of
+each saga since its lease was last given back in order, and takes it no more
+once the count reaches the store's ``park_after``; ``claim_saga`` (by id:
+``Saga.resume``) still leases it, and a lease given back in order (release,
+defer, hand-off) clears the count.
+
+The process's death is simulated as tests/test_worker.py does: a step lets
+``SystemExit`` out, which ends ``asyncio.run``; each "process" is one
+``asyncio.run`` with its own store on the same file. Between processes the
+dead worker's lease is made to have run out (its expiry written into the
+past), as the lease's length would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from test_worker import (
+    B,
+    C,
+    Ctx,
+    Ledger,
+    _act,
+    _KillsTheProcess,
+    _Step,
+    eventually,
+    order_saga,
+    seed,
+)
+
+from fallback_saga import RecoveryWorker, Saga, SagaStatus, SQLiteSagaStore, StepStatus
+from fallback_saga.recovery import recover
+from fallback_saga.store import _sqlite_schema
+
+pytest_plugins = ["conftest_pg"]
+
+PARK_AFTER = 3
+DATA = Path(__file__).resolve().parent / "data"
+
+
+class A(_Step):
+    name = "A"
+
+
+class _PoisonSaga(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [_KillsTheProcess, B, C]
+
+
+def _column(db: Path, saga_id: str, column: str = "unreleased_claims") -> Any:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute(f"SELECT {column} FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else row[0]
+
+
+def _lease_ran_out(db: Path, saga_id: str) -> None:
+    """The dead worker's lease, as its length would leave it: run out."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("UPDATE sagas SET lease_expires_at = 1.0, lease_written_at = 1.0"
+                     " WHERE saga_id = ?", (saga_id,))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("writer", ["thread", "inline", "process"])
+def test_S10_a_saga_whose_resumes_keep_ending_the_process_is_parked_for_an_operator(
+    tmp_path: Path, writer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each worker process claims the poison saga and dies of it, holding its
+    lease; after ``park_after`` such claims no worker and no ``recover`` pass
+    takes it again, while the other sagas are resumed; the last claim says so
+    (ERROR, naming the saga and how to resume it); an operator's resume by id
+    still leases it, and its orderly end clears the count."""
+    db = tmp_path / "sagas.db"
+    ledger = Ledger()
+
+    def poison(store: SQLiteSagaStore, fixed: bool = False) -> _PoisonSaga:
+        return _PoisonSaga(store=store, step_factory=lambda cls: (
+            (A if fixed else cls) if cls is _KillsTheProcess else cls)(ledger))
+
+    async def seeding(prefix: str, count: int, *, with_poison: bool) -> list[str]:
+        async with SQLiteSagaStore(db, writer=writer) as store:
+            if with_poison:
+                await store.create("p-poison", "_PoisonSaga", _PoisonSaga.definition.fingerprint,
+                                   {"order_id": "p"}, [_act(0, "A", StepStatus.STARTED)])
+            return await seed(store, count, prefix)
+
+    async def one_process(others: list[str]) -> list[str]:
+        """A worker process: dies of the poison if it claims it; else it
+        resumes the others and finds nothing more to claim."""
+        async with SQLiteSagaStore(db, writer=writer, park_after=PARK_AFTER) as store:
+            worker = RecoveryWorker(store, [poison(store), order_saga(store, ledger)],
+                                    concurrency=1, lease=600, poll=3600, older_than=0,
+                                    owner="worker")
+            running = asyncio.get_running_loop().create_task(worker.run())
+
+            async def finished() -> bool:
+                return all([(await store.load(saga_id)).status is SagaStatus.COMPLETED
+                            for saga_id in others]) and worker.in_flight == 0
+
+            await eventually(finished, what="the other sagas resumed")
+            await worker.stop()
+            await running
+            # Nothing more is claimable: the poison is parked, for recover too.
+            taken = await store.claim(owner="probe", lease_seconds=60, older_than=0,
+                                      limit=10, deferred=True)
+            report = await recover(store, [poison(store)], older_than=0)
+            return [lease.saga_id for lease in taken] + report.resumed + [
+                saga_id for saga_id, _ in report.skipped + report.interrupted]
+
+    others = asyncio.run(seeding("s", 2, with_poison=True))
+    for deaths in range(1, PARK_AFTER + 1):
+        with pytest.raises(SystemExit):
+            asyncio.run(one_process(others))
+        assert _column(db, "p-poison") == deaths
+        _lease_ran_out(db, "p-poison")
+    poison_acts = [call for call in ledger.calls if call[2] == "p-poison"]
+    assert len(poison_acts) == PARK_AFTER
+    last_claims = [record for record in caplog.records if record.levelno == logging.ERROR
+                   and "p-poison" in record.getMessage() and "claimed for the" in
+                   record.getMessage()]
+    assert len(last_claims) == 1
+    assert "3rd time" in last_claims[0].getMessage()
+    assert "Saga.resume(saga_id)" in last_claims[0].getMessage()
+
+    # The next process: the poison is not claimed; the others (old and new) are resumed.
+    newer = asyncio.run(seeding("t", 3, with_poison=False))
+    assert asyncio.run(one_process(others + newer)) == []
+    assert [call for call in ledger.calls if call[2] == "p-poison"] == poison_acts
+    assert _column(db, "p-poison") == PARK_AFTER
+    assert _column(db, "p-poison", "status") == "running"
+
+    # An operator resumes it by id (the fixed step): leased despite the count,
+    # finished, and its lease given back clears the count.
+    async def operator() -> SagaStatus:
+        async with SQLiteSagaStore(db, writer=writer, park_after=PARK_AFTER) as store:
+            await poison(store, fixed=True).resume("p-poison")
+            return (await store.load("p-poison")).status
+
+    assert asyncio.run(operator()) is SagaStatus.COMPLETED
+    assert _column(db, "p-poison") == 0
+
+
+# --------------------------------------------------------------------------- stores
+
+
+StoreMaker = Callable[..., AbstractAsyncContextManager[Any]]
+
+
+@pytest.fixture(params=["sqlite-thread", "sqlite-inline", "sqlite-process", "postgres"])
+async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
+    """Opens a store of the kind asked for, on one database, with the options given."""
+    if request.param.startswith("sqlite"):
+        writer = request.param.split("-")[1]
+
+        def sqlite_store(**options: Any) -> AbstractAsyncContextManager[Any]:
+            return SQLiteSagaStore(tmp_path / "sagas.db", writer=writer, **options)
+
+        yield sqlite_store
+        return
+    from conftest_pg import require_driver
+
+    require_driver()
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    conninfo = request.getfixturevalue("pg_conninfo")
+    schema = request.getfixturevalue("pg_schema")
+
+    def pg_store(**options: Any) -> AbstractAsyncContextManager[Any]:
+        return PostgresSagaStore(conninfo, schema=schema, min_size=1, **options)
+
+    yield pg_store
+
+
+async def _create(store: Any, *saga_ids: str) -> None:
+    for saga_id in saga_ids:
+        await store.create(saga_id, "OrderSaga", "fp", {}, [_act(0, "A", StepStatus.STARTED)])
+
+
+async def _claimed(store: Any, *, given_back: tuple[str, ...] = (), **options: Any) -> list[str]:
+    """The sagas a claim takes; those in ``given_back`` are released (their
+    process ended in order), the others kept, as a process that died keeps
+    them (a negative lease: run out at once, as a dead worker's lease runs out)."""
+    leases = await store.claim(owner="w", lease_seconds=-1, older_than=0, limit=10, **options)
+    for lease in leases:
+        if lease.saga_id in given_back:
+            await store.release(lease)
+    return sorted(lease.saga_id for lease in leases)
+
+
+async def test_S10_claims_stop_at_park_after_unreleased_claims_and_claim_saga_still_leases(
+    durable: StoreMaker,
+) -> None:
+    async with durable(park_after=PARK_AFTER) as store:
+        await _create(store, "dies", "lives")
+        lives = ("lives",)  # its process gives its lease back in order, every time
+        for _ in range(PARK_AFTER):
+            assert await _claimed(store, given_back=lives) == ["dies", "lives"]
+        # "dies" was never given back: parked, for workers and recover passes.
+        assert await _claimed(store, given_back=lives) == ["lives"]
+        assert await _claimed(store, given_back=lives, deferred=True) == ["lives"]
+        # An operator's claim by id leases it all the same, and its release
+        # (an orderly end) clears the count: claims take it again.
+        lease = await store.claim_saga("dies", owner="operator", lease_seconds=60)
+        assert await _claimed(store, given_back=lives) == ["lives"]
+        await store.release(lease)
+        assert await _claimed(store, given_back=lives) == ["dies", "lives"]
+
+
+@pytest.mark.parametrize("give_back", ["release", "defer", "hand_off"])
+async def test_S10_a_lease_given_back_in_order_clears_the_count_of_claims(
+    durable: StoreMaker, give_back: str
+) -> None:
+    """One-off crashes (a deploy's kill -9) do not add up to a parked saga:
+    the next run that ends in order starts the count again."""
+    async with durable(park_after=PARK_AFTER) as store:
+        if not hasattr(store, give_back):
+            pytest.skip(f"{type(store).__name__} has no {give_back}")
+        await _create(store, "crashy")
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == ["crashy"]  # held by a process that died
+        (lease,) = await store.claim(owner="w", lease_seconds=-1, older_than=0, limit=10)
+        if give_back == "defer":
+            await store.defer(lease, -1)  # out of claims for no time at all
+        else:
+            await getattr(store, give_back)(lease)
+        for _ in range(PARK_AFTER):
+            assert await _claimed(store) == ["crashy"]
+        assert await _claimed(store) == []
+
+
+async def test_S10_a_stale_lease_given_back_does_not_clear_the_count(
+    durable: StoreMaker,
+) -> None:
+    """The reset is fenced: a worker whose lease was taken over releasing late
+    clears nothing of the new holder's count."""
+    async with durable(park_after=PARK_AFTER) as store:
+        await _create(store, "crashy")
+        (stale,) = await store.claim(owner="w", lease_seconds=-1, older_than=0, limit=10)
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == ["crashy"]
+        await store.release(stale)
+        assert await _claimed(store) == []
+
+
+async def test_S10_park_after_none_never_parks(durable: StoreMaker) -> None:
+    async with durable(park_after=None) as store:
+        await _create(store, "crashy")
+        for _ in range(PARK_AFTER + 2):
+            assert await _claimed(store) == ["crashy"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "5"])
+def test_S10_park_after_must_be_a_positive_int_or_none(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ValueError, match="park_after"):
+        SQLiteSagaStore(tmp_path / "x.db", park_after=bad)
+
+
+# --------------------------------------------------------------------------- migration
+
+
+async def test_S13_an_old_sqlite_file_migrates_keeping_its_rows_and_counts_claims(
+    tmp_path: Path,
+) -> None:
+    """A file 0.8.0 wrote (schema v3) gains the count, 0 for every saga, and
+    keeps every row; its interrupted sagas then park like any other."""
+    db = tmp_path / "sagas.db"
+    shutil.copyfile(DATA / "journal-0.8.0.db", db)
+    conn = sqlite3.connect(db)
+    try:
+        before = conn.execute("SELECT saga_id, status, fence FROM sagas ORDER BY saga_id"
+                              ).fetchall()
+        steps = conn.execute("SELECT count(*) FROM saga_steps").fetchone()
+        assert "unreleased_claims" not in [r[1] for r in conn.execute("PRAGMA table_info(sagas)")]
+    finally:
+        conn.close()
+    async with SQLiteSagaStore(db, park_after=2) as store:
+        await store.open()
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("PRAGMA user_version").fetchone() == (
+                _sqlite_schema.SCHEMA_VERSION,)
+            assert conn.execute("SELECT saga_id, status, fence FROM sagas ORDER BY saga_id"
+                                ).fetchall() == before
+            assert conn.execute("SELECT count(*) FROM saga_steps").fetchone() == steps
+            assert conn.execute("SELECT DISTINCT unreleased_claims FROM sagas").fetchall() == [
+                (0,)]
+        finally:
+            conn.close()
+        interrupted = sorted(saga_id for saga_id, status, _ in before
+                             if status in ("running", "compensating"))
+        assert interrupted
+        assert await _claimed(store) == interrupted
+        assert await _claimed(store) == interrupted
+        assert await _claimed(store) == []
+
+
+async def test_S13_an_old_postgres_schema_migrates_keeping_its_rows_and_counts_claims(
+    pg_conninfo: str, pg_schema: str,
+) -> None:
+    """A schema at the version before (v5: no count) gains it, 0 for every
+    saga, keeping every row."""
+    from conftest_pg import require_driver
+
+    require_driver()
+    import psycopg
+
+    from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1) as store:
+        await _create(store, "a", "b", "c")
+        await store.append("c", [], status=SagaStatus.COMPLETED)
+    # The schema as the release before left it: no column, version 5.
+    with psycopg.connect(pg_conninfo, autocommit=True) as raw:
+        raw.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+        raw.execute("ALTER TABLE fallback_saga_sagas DROP COLUMN unreleased_claims")
+        raw.execute("UPDATE fallback_saga_schema SET version = %s", (SCHEMA_VERSION - 1,))
+        before = raw.execute("SELECT saga_id, status, fence FROM fallback_saga_sagas"
+                             " ORDER BY saga_id").fetchall()
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1,
+                                 park_after=2) as store:
+        await store.open()
+        with psycopg.connect(pg_conninfo, autocommit=True) as raw:
+            raw.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+            assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
+                SCHEMA_VERSION,)
+            assert raw.execute("SELECT saga_id, status, fence FROM fallback_saga_sagas"
+                               " ORDER BY saga_id").fetchall() == before
+            assert raw.execute("SELECT DISTINCT unreleased_claims FROM fallback_saga_sagas"
+                               ).fetchall() == [(0,)]
+        assert await _claimed(store) == ["a", "b"]
+        assert await _claimed(store) == ["a", "b"]
+        assert await _claimed(store) == []
+
+
+# --------------------------------------------------------------------------- operators
+
+
+async def _parked_store(path: Path) -> None:
+    """A file with one saga parked (claimed by the default park_after, 5,
+    processes that all died) and one claimed as often but given back."""
+    async with SQLiteSagaStore(path) as store:
+        await _create(store, "p-parked", "p-fine")
+        for _ in range(5):
+            assert await _claimed(store, given_back=("p-fine",)) == ["p-fine", "p-parked"]
+        assert await _claimed(store, given_back=("p-fine",)) == ["p-fine"]
+
+
+def test_S10_list_and_show_say_a_saga_is_parked_and_how_to_resume_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fallback_saga.cli import main
+
+    db = tmp_path / "sagas.db"
+    asyncio.run(_parked_store(db))
+    assert main(["list", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("p-")}
+    assert "running (parked)" in rows["p-parked"]
+    assert "parked" not in rows["p-fine"]
+    assert ("p-parked: parked: claimed 5 times without finishing (its resumes keep ending "
+            "the process); resume it by id") in out
+    assert main(["show", "p-parked", "--db", str(db)]) == 0
+    assert ("recovery     parked: claimed 5 times without finishing (its resumes keep "
+            "ending the process); resume it by id") in capsys.readouterr().out.splitlines()
+    assert main(["show", "p-fine", "--db", str(db)]) == 0
+    assert "parked" not in capsys.readouterr().out
+
+
+async def test_S10_the_console_says_a_saga_is_parked(tmp_path: Path) -> None:
+    from helpers_console import fetch
+
+    from fallback_saga.console import ConsoleServer
+
+    db = tmp_path / "sagas.db"
+    await _parked_store(db)
+    async with SQLiteSagaStore(db) as store, ConsoleServer(store, port=0) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        listing = (await fetch(base + "/")).text
+        page = (await fetch(base + "/sagas/p-parked")).text
+        fine = (await fetch(base + "/sagas/p-fine")).text
+    said = ("parked: claimed 5 times without finishing (its resumes keep ending the "
+            "process); resume it by id")
+    assert listing.count(said) == 1
+    assert said in page
+    assert said not in fine
