@@ -402,3 +402,30 @@ async def test_S10_the_console_says_a_saga_is_parked(tmp_path: Path) -> None:
     assert listing.count(said) == 1
     assert said in page
     assert said not in fine
+
+
+def test_S10_recover_says_which_sagas_it_left_parked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """"recovered 0" beside a RUNNING saga is never a puzzle: the pass names
+    the parked saga it did not take, and how to resume it."""
+    from helpers_cli import import_app
+
+    from fallback_saga.cli import main
+
+    db = tmp_path / "sagas.db"
+    asyncio.run(_parked_store(db))
+    source = (
+        "from fallback_saga import Saga, SagaContext, SagaStepHandler\n"
+        "class A(SagaStepHandler):\n"
+        "    async def act(self, ctx):\n        return None\n"
+        "    async def compensate(self, ctx):\n        return None\n"
+        "class OrderSaga(Saga[SagaContext]):\n    steps = [A]\n"
+    )
+    for app in import_app(tmp_path, monkeypatch, source, "parking_app"):
+        main(["recover", "--db", str(db), "--app", f"{app.__name__}:OrderSaga",
+              "--older-than", "0"])
+    out = capsys.readouterr().out
+    assert ("  parked  p-parked (running): not taken; parked: claimed 5 times without "
+            "finishing (its resumes keep ending the process); resume it by id") in out
+    assert not [line for line in out.splitlines() if line.startswith("  parked  p-fine")]

@@ -19,6 +19,7 @@ from ..errors import SagaStoreError
 from ..recovery import RecoveryReport, recover
 from ..saga import Saga
 from ..status import SagaStatus
+from ..store._parking import parked_claims, parked_text
 from ..store.base import RecoverableStore, SagaSummary
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -297,7 +298,8 @@ async def left_alone(
 ) -> list[str]:
     """Lines saying which interrupted sagas the pass did not take, and why:
     another worker's unexpired lease (named, with its owner: that worker is
-    resuming it), or a last write within ``older_than`` (counted: in flight,
+    resuming it), parked (named: its resumes keep ending the process, see
+    ``store._parking``), or a last write within ``older_than`` (counted: in flight,
     or interrupted too recently). Without them, an operator who runs
     ``recover`` beside workers is told "recovered 0" about a saga that
     ``list`` shows RUNNING, and cannot tell a no-op from a wait."""
@@ -305,6 +307,7 @@ async def left_alone(
     handled.update(saga_id for saga_id, _ in report.skipped + report.interrupted)
     now = time.time()
     leased: list[SagaSummary] = []
+    parked: list[tuple[SagaSummary, int]] = []
     recent = 0
     more = False
     for status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
@@ -314,8 +317,11 @@ async def left_alone(
             if summary.saga_id in handled:
                 continue
             expires = summary.lease_expires_at
+            claims = parked_claims(store, summary.status, summary.unreleased_claims)
             if summary.lease_owner is not None and expires is not None and expires > now:
                 leased.append(summary)
+            elif claims is not None:
+                parked.append((summary, claims))
             elif summary.updated_at > now - older_than:
                 recent += 1
     lines = [
@@ -326,6 +332,13 @@ async def left_alone(
     ]
     if len(leased) > _LEFT_NAMED:
         lines.append(f"  ... and {len(leased) - _LEFT_NAMED} more leased (list shows them)")
+    lines += [
+        f"  parked  {terminal_text(s.saga_id, MAX_VALUE)} ({s.status.value}): not taken; "
+        f"{parked_text(claims)}"
+        for s, claims in parked[:_LEFT_NAMED]
+    ]
+    if len(parked) > _LEFT_NAMED:
+        lines.append(f"  ... and {len(parked) - _LEFT_NAMED} more parked (list shows them)")
     if recent:
         at_least = "at least " if more else ""
         lines.append(
