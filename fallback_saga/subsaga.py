@@ -50,6 +50,7 @@ from typing import Any, Generic, TypeVar
 
 from .errors import (
     ContextDecodeError,
+    CorruptSagaRecord,
     SagaAlreadyExists,
     SagaBusy,
     SagaDefinitionChanged,
@@ -339,21 +340,35 @@ async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[
     """The parent of ``record`` and its children (``SubSaga``), as stored: a
     child's id is ``<parent id>/<step>``, so each is looked up by that id."""
     parent = parent_saga_id(record.saga_id)
-    if parent is not None:
-        try:
-            await store.load(parent)
-        except SagaNotFound:
-            parent = None  # an id of its own that merely looks like a child's
+    if parent is not None and not await _saga_exists(store, parent):
+        parent = None  # an id of its own that merely looks like a child's
     children: list[str] = []
     steps = dict.fromkeys(e.step for e in record.history if e.action == "act")
     for step in steps:
         child = child_saga_id(record.saga_id, step)
-        try:
-            await store.load(child)
-        except (SagaNotFound, ValueError):
-            continue
-        children.append(child)
+        if await _saga_exists(store, child):
+            children.append(child)
     return parent, children
+
+
+async def _saga_exists(store: Any, saga_id: str) -> bool:
+    """Whether the store holds a saga with this id. Asked through
+    ``lease_state`` when the store has it: one short row, where ``load``
+    would read the whole journal and context of every child a saga has
+    (one per step name) only to learn that it is there. A lease that cannot
+    be read (``CorruptSagaRecord``) is still a saga that is there."""
+    lease_state = getattr(store, "lease_state", None)
+    try:
+        if callable(lease_state):
+            try:
+                await lease_state(saga_id)
+            except CorruptSagaRecord:
+                return True
+        else:
+            await store.load(saga_id)
+    except (SagaNotFound, ValueError):  # ValueError: an id no store can hold
+        return False
+    return True
 
 
 # What running, resuming or unwinding a child can fail with, besides the

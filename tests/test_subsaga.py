@@ -1362,3 +1362,49 @@ async def test_the_web_console_links_parent_and_child(tmp_path: Path) -> None:
     page = saga_page(parent, [], store_label="s.db", now=0.0)
     assert 'child sagas: <a class="id" href="/sagas/o%3C8%3E%2FPay">o&lt;8&gt;/Pay</a>' in page
     assert "child of" in saga_page(child, [], store_label="s.db", now=0.0)
+
+
+async def test_saga_family_reads_no_child_journal_to_find_the_children(tmp_path: Path) -> None:
+    """``show`` and the console look each possible child up by its id (one per
+    step name): through ``lease_state``, one short row, not a ``load`` of the
+    child's whole journal. A store without ``lease_state`` is asked ``load``."""
+    from fallback_saga import JournalEntry, MemorySagaStore, StepStatus
+    from fallback_saga.subsaga import saga_family
+
+    class Counting:
+        def __init__(self, store: Any, *, leases: bool) -> None:
+            self.store, self.loads, self.leases = store, 0, 0
+            if leases:
+                self.lease_state = self._lease_state
+
+        async def load(self, saga_id: str) -> Any:
+            self.loads += 1
+            return await self.store.load(saga_id)
+
+        async def _lease_state(self, saga_id: str) -> Any:
+            self.leases += 1
+            return await self.store.lease_state(saga_id)
+
+    def acts(steps: list[str]) -> list[JournalEntry]:
+        return [
+            JournalEntry(i, step, "primary", "act", status, 1, None, 1.0 + i)
+            for i, step in enumerate(steps)
+            for status in (StepStatus.STARTED, StepStatus.COMPLETED)
+        ]
+
+    steps = [f"Step{i}" for i in range(40)]
+    async with SQLiteSagaStore(tmp_path / "s.db") as sqlite:
+        memory = MemorySagaStore()
+        for store in (sqlite, memory):
+            await store.create("p/q", "Big", "fp", {}, acts(steps))
+            await store.create("p", "Top", "fp", {}, acts(["q"]))
+            for step in steps[::10]:
+                await store.create(f"p/q/{step}", "Child", "fp", {}, acts(["A", "B"]))
+        record = await sqlite.load("p/q")
+        counted = Counting(sqlite, leases=True)
+        family = await saga_family(counted, record)
+        assert family == ("p", [f"p/q/{step}" for step in steps[::10]])
+        assert (counted.loads, counted.leases) == (0, len(steps) + 1)
+        plain = Counting(memory, leases=False)
+        assert await saga_family(plain, await memory.load("p/q")) == family
+        assert plain.loads == len(steps) + 1
