@@ -18,8 +18,10 @@ whatever else runs on it).
   return a response and write nothing. ``empty``: a context of one field;
   ``lines``: a context holding n order lines (the batch the group works on).
 * **family** — ``show`` and the console look for a saga's children
-  (``SubSaga``) by loading ``<id>/<step>`` for every step name the journal
-  holds: the loads made for a saga of n steps.
+  (``SubSaga``) by looking ``<id>/<step>`` up for every step name the journal
+  holds (``lease_state``, one short row; ``load`` on stores without it): the
+  loads and lease reads made for a saga of n steps (``family_lookups.py``:
+  their time, with children of long journals).
 * **resume** — a saga interrupted after n completed steps, resumed from a
   SQLite file: entries read, acts run again, time.
 """
@@ -138,24 +140,30 @@ async def group_section(sizes: list[int]) -> None:
 
 
 async def family_section(sizes: list[int], tmp: str) -> None:
-    print("\nfamily: loads show/the console make to find a saga's children")
-    print(f"{'n':>6} {'loads':>7}")
+    print("\nfamily: look-ups show/the console make to find a saga's children")
+    print(f"{'n':>6} {'loads':>7} {'leases':>7}")
     for n in sizes:
         path = os.path.join(tmp, f"family-{n}.db")
         async with SQLiteSagaStore(path, synchronous="normal") as store:
             await saga_of("Batch", list(lines(n)))(store=store).run(BatchCtx(), saga_id="s")
             record = await store.load("s")
-            loads = 0
-            load = store.load
+            loads = leases = 0
+            load, lease_state = store.load, store.lease_state
 
             async def counting(saga_id: str, load: Any = load) -> Any:
                 nonlocal loads
                 loads += 1
                 return await load(saga_id)
 
+            async def counting_leases(saga_id: str, lease_state: Any = lease_state) -> Any:
+                nonlocal leases
+                leases += 1
+                return await lease_state(saga_id)
+
             store.load = counting  # type: ignore[method-assign]
+            store.lease_state = counting_leases  # type: ignore[method-assign]
             await saga_family(store, record)
-        print(f"{n:>6} {loads:>7}")
+        print(f"{n:>6} {loads:>7} {leases:>7}")
 
 
 async def resume_section(sizes: list[int], tmp: str) -> None:
