@@ -904,3 +904,102 @@ async def test_saga_ids_that_are_dot_segments_open_from_their_links(tmp_path: Pa
                 assert f'<h1 class="id">{saga_id}</h1>' in found.text
                 encoded = quote(saga_id, safe="").replace(".", "%2E")
                 assert (await get(console, f"/api/sagas/{encoded}")).json()["saga_id"] == saga_id
+
+
+# --------------------------------------------------------------------------- long sagas
+
+
+def _long_journal(entries: int) -> list[Any]:
+    """A saga's journal of ``entries`` rows: a large group's members, each
+    STARTED then COMPLETED (the step name tells each row's seq)."""
+    from fallback_saga import JournalEntry, StepStatus
+
+    return [
+        JournalEntry(
+            seq // 2, f"Member{seq // 2}", "primary", "act",
+            StepStatus.STARTED if seq % 2 == 0 else StepStatus.COMPLETED,
+            1, None, 1000.0 + seq * 0.001,
+        )
+        for seq in range(entries)
+    ]
+
+
+def _history_seqs(html: str) -> list[int]:
+    """The ``#`` column of the page's history table."""
+    return [int(n) for n in re.findall(r'<tr><td class="num muted">(\d+)</td>', html)]
+
+
+async def test_a_long_saga_page_stays_small_and_pages_reach_every_entry(tmp_path: Path) -> None:
+    """A saga of thousands of journal entries: each of its pages stays under
+    250 kB (the whole history in one page was megabytes), and following the
+    history's "Later" links from the first page lists every entry once, in
+    journal order; the timeline says how many tries it does not draw."""
+    from fallback_saga.console.timeline import MAX_ROWS
+
+    entries = 4_001
+    history_page = 200
+    async with SQLiteSagaStore(tmp_path / "long.db") as store:
+        await store.create("long", "Big", "fp", {}, _long_journal(entries))
+        await store.create("..", "Big", "fp", {}, _long_journal(history_page + 1))
+        async with ConsoleServer(store, port=0) as console:
+            seen: list[int] = []
+            path: str | None = "/sagas/long"
+            pages = 0
+            while path is not None:
+                reply = await get(console, path)
+                assert reply.status == 200, path
+                assert len(reply.body) < 250_000, (path, len(reply.body))
+                pages += 1
+                seen += _history_seqs(reply.text)
+                later = re.search(r'<a class="button" rel=next href="([^"]*)">', reply.text)
+                path = later.group(1).replace("&amp;", "&") if later else None
+            assert seen == list(range(entries))
+            from fallback_saga.console.data import HISTORY_PAGE
+
+            assert history_page == HISTORY_PAGE  # the journal of ".." fills a page and one
+            assert pages == -(-entries // HISTORY_PAGE)
+            first = (await get(console, "/sagas/long")).text
+            tries = (entries + 1) // 2
+            assert f"The first {MAX_ROWS} of {tries} tries are drawn ({tries - MAX_ROWS} are" in (
+                first
+            )
+            last = (await get(console, f"/sagas/long?page={pages}")).text
+            assert _history_seqs(last) == list(range((pages - 1) * HISTORY_PAGE, entries))
+            assert f"entries {(pages - 1) * HISTORY_PAGE} to {entries - 1} of {entries}" in last
+            # The id "..": its page links carry the id in the query, and keep the page.
+            dots = (await get(console, "/sagas?id=..")).text
+            later = re.search(r'<a class="button" rel=next href="([^"]*)">', dots)
+            assert later is not None
+            assert later.group(1).replace("&amp;", "&") == "/sagas?id=..&page=2"
+            assert _history_seqs((await get(console, "/sagas?id=..&page=2")).text) == [
+                HISTORY_PAGE
+            ]
+            # The search box's redirect keeps the page.
+            moved = await get(console, "/sagas?id=long&page=3")
+            assert (moved.status, moved.headers["location"]) == (303, "/sagas/long?page=3")
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("page=0", "page must be a whole number from 1 to 21 "),
+        ("page=22", "page must be a whole number from 1 to 21 "),
+        ("page=two", "got &#x27;two&#x27;"),
+        ("page=%C2%B2", "page must be a whole number from 1 to 21 "),  # "²"
+        ("page=-1", "page must be a whole number"),
+        ("page=" + "9" * 400, "page must be a whole number"),
+        ("page=1&page=2", "&#x27;page&#x27; is given 2 times"),
+        ("pg=2", "unknown query parameter &#x27;pg&#x27; (known: page)"),
+    ],
+)
+async def test_bad_history_pages_are_400_with_a_clear_message(
+    tmp_path: Path, query: str, message: str
+) -> None:
+    async with SQLiteSagaStore(tmp_path / "long.db") as store:
+        await store.create("long", "Big", "fp", {}, _long_journal(4_001))
+        async with ConsoleServer(store, port=0) as console:
+            reply = await get(console, f"/sagas/long?{query}")
+            assert reply.status == 400
+            assert reply.headers["content-type"].startswith("text/html")
+            assert message in reply.text, reply.text[-2000:]
+            assert "Traceback" not in reply.text

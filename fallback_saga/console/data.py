@@ -26,9 +26,10 @@ from ..status import SagaStatus
 from ..store._parking import parked_claims
 from ..store.base import LeaseState, SagaRecord, SagaSummary
 from ..subsaga import saga_family
-from .text import redact
+from .text import redact, shorten
 
 __all__ = [
+    "HISTORY_PAGE",
     "SCAN_LIMIT",
     "BadRequest",
     "CountFetcher",
@@ -39,6 +40,7 @@ __all__ = [
     "fetch_counts",
     "fetch_listing",
     "fetch_saga",
+    "history_page",
     "lease_json",
     "lenient_list_query",
     "listing_json",
@@ -51,6 +53,10 @@ __all__ = [
 #: count by itself; it then works on these, the newest.
 SCAN_LIMIT: Final = 1000
 MAX_PAGE: Final = 500
+#: Journal entries per page of a saga's history table: a saga of tens of
+#: thousands of entries (a large Parallel group, many retries) would make a
+#: page of megabytes.
+HISTORY_PAGE: Final = 200
 STATUSES: Final = tuple(SagaStatus)
 
 
@@ -203,6 +209,21 @@ def lenient_list_query(raw_query: str, *, default_limit: int) -> ListQuery:
         until_text=values.get("until", ""),
         limit=default_limit,
     )
+
+
+def history_page(text: str | None, entries: int) -> int:
+    """The history page asked for by ``?page=`` (1 when not given) of a saga
+    with ``entries`` journal entries; ``BadRequest`` for one it does not have."""
+    pages = max(1, -(-entries // HISTORY_PAGE))
+    if not text:
+        return 1
+    # ASCII digits only: str.isdigit also takes "²", which int() refuses.
+    if re.fullmatch(r"[0-9]{1,12}", text) is None or not 1 <= int(text) <= pages:
+        raise BadRequest(
+            f"page must be a whole number from 1 to {pages} (this saga's history has "
+            f"{entries} entries, {HISTORY_PAGE} a page); got {shorten(text, 40)!r}"
+        )
+    return int(text)
 
 
 # --------------------------------------------------------------------------- reading the store

@@ -20,11 +20,21 @@ from ..status import SagaStatus, StepStatus
 from ..store._parking import parked_text
 from ..store.base import SagaRecord, SagaSummary
 from ..stored_json import parse_stored_json
-from .data import STATUSES, Listing, ListQuery, SagaView, is_time, lease_phase
+from .data import (
+    HISTORY_PAGE,
+    STATUSES,
+    Listing,
+    ListQuery,
+    SagaView,
+    is_time,
+    lease_phase,
+)
 from .text import esc, format_age, format_seconds, format_time, shorten
 from .timeline import Bar, timeline_svg
 
-__all__ = ["STYLE_HASH", "error_page", "listing_page", "saga_href", "saga_page"]
+__all__ = [
+    "STYLE_HASH", "error_page", "history_href", "listing_page", "saga_href", "saga_page",
+]
 
 CSS: Final = """
 :root{--bg:#f5f6f8;--card:#fff;--line:#e4e7ec;--text:#101828;--muted:#667085;
@@ -183,6 +193,14 @@ def saga_href(saga_id: str, *, api: bool = False) -> str:
     if saga_id in _DOT_SEGMENTS:
         return f"{base}?{urlencode({'id': saga_id})}"
     return f"{base}/{quote(saga_id, safe='')}"
+
+
+def history_href(saga_id: str, page: int) -> str:
+    """The saga's page showing history page ``page`` (1: no parameter)."""
+    href = saga_href(saga_id)
+    if page == 1:
+        return href
+    return f"{href}{'&' if '?' in href else '?'}{urlencode({'page': page})}"
 
 
 def badge(status: SagaStatus | StepStatus) -> str:
@@ -543,18 +561,51 @@ def _result_text(result: str) -> str:
         return result
 
 
-def _history(record: SagaRecord, now: float) -> str:
+def _history_pager(record: SagaRecord, page: int) -> str:
+    """Where this page of the history is, and links to the others (none for
+    a history that fits one page)."""
+    total = len(record.history)
+    if total <= HISTORY_PAGE:
+        return ""
+    pages = -(-total // HISTORY_PAGE)
+    first = (page - 1) * HISTORY_PAGE
+    last = min(first + HISTORY_PAGE, total) - 1
+
+    def link(to: int, text: str, rel: str = "") -> str:
+        if to == page or not 1 <= to <= pages:
+            return f'<span class="muted small">{text}</span>'
+        return (
+            f'<a class="button"{f" rel={rel}" if rel else ""} '
+            f'href="{esc(history_href(record.saga_id, to))}">{text}</a>'
+        )
+
+    return (
+        '<nav class="pager" aria-label="history pages"><span class="actions">'
+        + link(1, "« First")
+        + link(page - 1, "← Earlier", "prev")
+        + f'</span><span class="muted small">entries {first} to {last} of {total} '
+        f"(page {page} of {pages})</span><span class=\"actions\">"
+        + link(page + 1, "Later →", "next")
+        + link(pages, "Last »")
+        + "</span></nav>"
+    )
+
+
+def _history(record: SagaRecord, now: float, page: int = 1) -> str:
     if not record.history:
         return '<div class="empty">No journal entries.</div>'
     origin = record.history[0].at
+    # The same columns on every page: the Result column if any entry has one.
     results = any(len(entry) > 8 and entry[8] is not None for entry in record.history)
+    first = (page - 1) * HISTORY_PAGE
+    shown = record.history[first : first + HISTORY_PAGE]
     head = (
         '<th class="num">#</th><th>Time (UTC)</th><th class="num">+</th><th>Step</th>'
         "<th>Branch</th><th>Action</th><th>Status</th><th class=\"num\">Try</th><th>Error</th>"
         + ("<th>Result</th>" if results else "")
     )
     rows = []
-    for seq, entry in enumerate(record.history):
+    for seq, entry in enumerate(shown, start=first):
         result = entry[8] if len(entry) > 8 else None
         rows.append(
             "<tr>"
@@ -575,7 +626,11 @@ def _history(record: SagaRecord, now: float) -> str:
             )
             + "</tr>"
         )
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    pager = _history_pager(record, page)
+    return (
+        f'{pager}<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f"{pager}"
+    )
 
 
 _CONTEXT_LIMIT: Final = 256 * 1024
@@ -607,7 +662,10 @@ def _family(view: SagaView) -> str:
     return "".join(parts)
 
 
-def saga_page(view: SagaView, bars: list[Bar], *, store_label: str, now: float) -> str:
+def saga_page(
+    view: SagaView, bars: list[Bar], *, store_label: str, now: float, page: int = 1
+) -> str:
+    """The saga's page, with page ``page`` of its history (``data.history_page``)."""
     record = view.record
     context = json.dumps(record.context, indent=2, ensure_ascii=False, default=str)
     if len(context) > _CONTEXT_LIMIT:
@@ -631,7 +689,7 @@ def saga_page(view: SagaView, bars: list[Bar], *, store_label: str, now: float) 
         + (_LEGEND if bars else "")
         + "</section>"
         + '<section class="card table" aria-label="history"><h2>History</h2>'
-        + _history(record, now)
+        + _history(record, now, page)
         + "</section>"
         + '<section class="card" aria-label="context"><h2>Context</h2>'
         + f'<pre class="json">{esc(context, keep_newlines=True)}</pre></section>'

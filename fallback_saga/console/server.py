@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
 from ..log_lines import library_logger
@@ -32,6 +32,7 @@ from .data import (
     Listing,
     fetch_listing,
     fetch_saga,
+    history_page,
     lenient_list_query,
     listing_json,
     parse_list_query,
@@ -40,7 +41,14 @@ from .data import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import exposition
-from .pages import FAVICON, STYLE_HASH, error_page, listing_page, saga_href, saga_page
+from .pages import (
+    FAVICON,
+    STYLE_HASH,
+    error_page,
+    listing_page,
+    saga_href,
+    saga_page,
+)
 from .text import redact, shorten, visible
 from .timeline import bars_json, bars_of
 
@@ -532,23 +540,27 @@ class ConsoleServer:
     async def _find_saga(self, request: Request, _: str) -> Response:
         """``/sagas?id=X``: the search box's form, redirected to X's page, and
         the page itself of the ids ``.`` and ``..`` (no path can carry them)."""
-        saga_id = single_values(request.query, ("id",)).get("id", "")
+        values = single_values(request.query, ("id", "page"))
+        saga_id = values.get("id", "")
         if not saga_id:
             return _redirect("/")
         href = saga_href(saga_id)
         if href.startswith("/sagas/"):
-            return _redirect(href)
-        return await self._one_saga_page(saga_id)
+            page = values.get("page")
+            return _redirect(f"{href}?{urlencode({'page': page})}" if page else href)
+        return await self._one_saga_page(saga_id, values.get("page"))
 
     async def _saga_page(self, request: Request, raw_id: str) -> Response:
-        single_values(request.query, ())
-        return await self._one_saga_page(_saga_id(raw_id))
+        page = single_values(request.query, ("page",)).get("page")
+        return await self._one_saga_page(_saga_id(raw_id), page)
 
-    async def _one_saga_page(self, saga_id: str) -> Response:
+    async def _one_saga_page(self, saga_id: str, page_text: str | None = None) -> Response:
         now = time.time()
         view = await fetch_saga(self.store, saga_id)
+        # Checked against the saga's length, known once it is loaded.
+        page = history_page(page_text, len(view.record.history))
         bars = bars_of(view.record, now)
-        return self._html(saga_page(view, bars, store_label=self._label, now=now))
+        return self._html(saga_page(view, bars, store_label=self._label, now=now, page=page))
 
     async def _listing_json(self, request: Request, _: str) -> Response:
         if _names_param(request.query, "id"):

@@ -227,7 +227,8 @@ def timeline_svg(record: SagaRecord, bars: list[Bar]) -> str:
     out.append("</svg>")
     if len(bars) > MAX_ROWS:
         out.append(
-            f'<p class="muted">The first {MAX_ROWS} of {len(bars)} tries are drawn; the '
-            f"history below lists them all.</p>"
+            f'<p class="muted">The first {MAX_ROWS} of {len(bars)} tries are drawn '
+            f"({len(bars) - MAX_ROWS} are not); the history below, page by page, lists "
+            f"every journal entry.</p>"
         )
     return "".join(out)
