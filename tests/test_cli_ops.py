@@ -1017,3 +1017,37 @@ def test_the_crash_demo_command_is_hidden(capsys: pytest.CaptureFixture[str]) ->
     for command in ("demo", "graph", "list", "show", "recover", "purge"):
         assert f"    {command} " in out
 
+
+
+def test_show_limit_prints_the_newest_entries_numbered_as_in_the_journal(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long saga's ``show`` need not print every entry: ``--limit N`` keeps the
+    newest N (like ``list``), says how many are left out, and refuses a bad N
+    and the forms that print the whole record."""
+
+    async def fill() -> None:
+        async with SQLiteSagaStore(db) as store:
+            rows = [entry(i, f"Member{i}", StepStatus.COMPLETED) for i in range(1_000)]
+            await store.create("long", "Big", "fp", {}, rows)
+
+    asyncio.run(fill())
+    assert main(["show", "long", "--db", db, "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    table = out.partition("\n\n")[2].splitlines()
+    seqs = [line.split()[0] for line in table[2:5]]  # the header, its rule, then rows
+    assert seqs == ["997", "998", "999"]
+    assert "Member996" not in out
+    assert table[-1] == (
+        "(the newest 3 of 1000 entries shown; earlier ones: raise --limit, or --json for all)"
+    )
+    assert main(["show", "long", "--db", db, "--limit", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "Member0 " in out
+    assert "entries shown" not in out
+    for bad in ("0", "x", "-2"):
+        assert main(["show", "long", "--db", db, "--limit", bad]) == 2
+        assert "--limit" in capsys.readouterr().err
+    for form in ("--json", "--mermaid"):
+        assert main(["show", "long", "--db", db, "--limit", "3", form]) == 2
+        assert f"{form} gives the whole record" in capsys.readouterr().err

@@ -109,14 +109,18 @@ def _summary_rows(
     return render_table(headers, rows)
 
 
-def history_table(record: SagaRecord, *, times: bool = True) -> list[str]:
-    """The step history of ``show`` (``times=False``: without the time column)."""
+def history_table(
+    record: SagaRecord, *, times: bool = True, limit: int | None = None
+) -> list[str]:
+    """The step history of ``show`` (``times=False``: without the time column;
+    ``limit``: the newest ``limit`` entries only, numbered as in the journal)."""
     headers = ["seq", "pos", "step", "branch", "action", "status", "try"]
     if times:
         headers.append("time (UTC)")
     headers.append("error")
     rows = []
-    for seq, entry in enumerate(record.history):
+    first = 0 if limit is None else max(len(record.history) - limit, 0)
+    for seq, entry in enumerate(record.history[first:], start=first):
         row = [
             str(seq),
             str(entry.position),
@@ -320,10 +324,20 @@ def add_show_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--mermaid", action="store_true",
         help="a Mermaid gantt timeline: a bar per act/compensate try, failed ones marked crit",
     )
+    show.add_argument(
+        "--limit", type=positive_int, metavar="N",
+        help="the newest N history entries only (default: all), as list's --limit; "
+        "not with --json or --mermaid, which give the whole record",
+    )
     show.set_defaults(handler=run_show)
 
 
 def run_show(args: argparse.Namespace) -> int:
+    if args.limit is not None and (args.json or args.mermaid):
+        form = "--json" if args.json else "--mermaid"
+        raise UsageError(
+            f"--limit pages the history table; {form} gives the whole record: use one of them"
+        )
     target = store_target(args)
 
     async def fetch(
@@ -364,7 +378,16 @@ def run_show(args: argparse.Namespace) -> int:
         lines.append(f"parent       {terminal_text(parent, MAX_VALUE)}  (this is its child saga)")
     lines += [f"child        {terminal_text(child, MAX_VALUE)}" for child in children]
     lines.append("")
-    lines += history_table(record) if record.history else ["(no step history)"]
+    if not record.history:
+        lines.append("(no step history)")
+    else:
+        lines += history_table(record, limit=args.limit)
+        total = len(record.history)
+        if args.limit is not None and total > args.limit:
+            lines.append(
+                f"(the newest {args.limit} of {total} entries shown; earlier ones: "
+                "raise --limit, or --json for all)"
+            )
     print_lines(lines)
     return EXIT_OK
 
