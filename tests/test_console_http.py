@@ -150,6 +150,7 @@ async def test_a_gone_cursor_is_a_clear_bad_request(console: ConsoleServer) -> N
         ("limit=0", "limit must be a whole number from 1 to 500"),
         ("limit=lots", "limit must be a whole number"),
         ("limit=501", "limit must be a whole number from 1 to 500"),
+        ("limit=%C2%B2", "limit must be a whole number from 1 to 500"),  # "²": a digit to isdigit
         ("since=last+tuesday", "since must be an ISO 8601 date or time"),
         ("until=2024-13-45", "until must be an ISO 8601"),
         ("since=2024-05-02&until=2024-05-01", "since must be earlier than until"),

@@ -171,7 +171,8 @@ def parse_list_query(raw_query: str, *, now: float, default_limit: int) -> ListQ
     limit = default_limit
     if "limit" in values:
         text = values["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        # ASCII digits only: str.isdigit also takes "²", which int() refuses (a 500).
+        if re.fullmatch(r"[0-9]{1,12}", text) is None or not 1 <= int(text) <= MAX_PAGE:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}; got {text!r}")
         limit = int(text)
     since = until = None
