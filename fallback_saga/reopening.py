@@ -12,7 +12,10 @@ unwinding from where it gave up.
   compensated, in reverse (S5) — the one that gave up first, called again
   with its idempotency key (it may have partly run: compensations must
   tolerate that, as after a crash). A compensation journaled COMPLETED
-  never runs again; no forward step ever runs.
+  never runs again; no forward step ever runs. A ``SubSaga`` step whose
+  child ended FAILED (left undone, or its compensation failed) is
+  compensated too: the child's unwinding is retried with the parent's, and
+  the parent ends COMPENSATED only once the child is (S15).
 * The status: FAILED -> COMPENSATING (durable with the first compensation's
   STARTED row, which names who reopened it) -> COMPENSATED, or FAILED again
   when a compensation still fails.
@@ -47,6 +50,7 @@ from .saga import Saga
 from .shielding import claimed
 from .status import SagaStatus
 from .store.base import Lease, SagaRecord, SagaStore, check_store, is_recoverable
+from .subsaga import runs_a_child
 
 __all__ = ["retry_unwinding"]
 
@@ -140,5 +144,5 @@ class _Reopening:
     ) -> SagaResult[Any]:
         await self.saga._reopen_record(
             record, lease=lease, allow_changed_definition=allow_changed_definition,
-            reopened_by=self.owner,
+            reopened_by=self.owner, runs_a_child=runs_a_child,
         )

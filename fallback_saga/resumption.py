@@ -202,6 +202,11 @@ def resume_point(record: SagaRecord, groups: Sequence[range] = ()) -> ResumePoin
                 final_failures.pop(entry.position, None)  # re-inserted last: journal order
                 final_failures[entry.position] = last_failure
         elif entry.status is StepStatus.COMPLETED:
+            if entry.step in left_undone and on_stack.get(entry.position) != entry.branch:
+                # A step left undone, compensated by an operator's retry
+                # (reopening.py: the FAILED child saga it ran was unwound).
+                del left_undone[entry.step]
+                continue
             if entry.position not in on_stack:
                 raise CorruptSagaRecord(
                     record.saga_id,

@@ -415,6 +415,7 @@ class Saga(Generic[ContextT]):
         lease: Lease | None,
         allow_changed_definition: bool,
         reopened_by: str,
+        runs_a_child: Callable[[Branch], bool],
     ) -> NoReturn:
         """An operator's retry of a FAILED saga's unwinding (reopening.py):
         compensate, in reverse, every step the journal holds completed and
@@ -422,7 +423,13 @@ class Saga(Generic[ContextT]):
         again with its idempotency key — never a forward step; raise
         ``SagaFailed`` with the final status (COMPENSATED, or FAILED again).
         The saga goes FAILED -> COMPENSATING with the first compensation's
-        STARTED row, which names ``reopened_by`` (S13: durable before it runs)."""
+        STARTED row, which names ``reopened_by`` (S13: durable before it runs).
+
+        A step journaled left undone because the saga it ran ended FAILED
+        (``runs_a_child``: a ``SubSaga``) is compensated too, first among
+        the steps at its place or before: its compensation reopens the
+        child's unwinding (S15) — the saga ends COMPENSATED only once the
+        child is, and the step's COMPLETED compensation row says so."""
         definition = self.definition
         if record.saga_name != definition.saga_name:
             raise ValueError(
@@ -440,6 +447,20 @@ class Saga(Generic[ContextT]):
         failure = point.last_failure or ("", "")
         execution = self._execution_at(record, context, point, lease, allow_changed_definition)
         execution.reopened_by = f"reopened by an operator: {reopened_by}"
+        execution.reopener = reopened_by
+        left = execution.left_undone
+        if left:
+            for position, branch_name, step in _left_undone_at(record, left):
+                branch = self._branch_at(record, position, branch_name)
+                if not runs_a_child(branch):
+                    continue  # its act's own saga is not ours to reopen: still left undone
+                del left[step]
+                stack = execution.stack
+                # Above what ran before it, below what ran at its place after
+                # it (a Fallback's fallback): LIFO (S5).
+                index = next((i for i, b in enumerate(stack) if b.position >= position),
+                             len(stack))
+                stack.insert(index, branch)
         await execution.resume_unwinding(
             failure[0], RecordedError(failure[1] or "failed in an earlier run")
         )
@@ -457,6 +478,7 @@ class Saga(Generic[ContextT]):
         execution = self._execution(context, record.saga_id, fence=lease)
         execution.resumed = True
         execution.reopened_by = None  # an operator's reopening sets it: see _reopen_record
+        execution.reopener = None
         # The operator's override reaches the child sagas the run drives.
         execution.allow_changed_definition = allow_changed_definition
         # The calls the crashed run was making: each is answered by a call of
@@ -498,6 +520,18 @@ class Saga(Generic[ContextT]):
         the steps that completed; an exception then propagates unchanged.
         """
         return SagaTransaction(self._execution(context, saga_id), self._plan)
+
+
+def _left_undone_at(
+    record: SagaRecord, left: dict[str, BaseException]
+) -> list[tuple[int, str, str]]:
+    """(position, branch, step) of each step of ``left``, as its last
+    compensation row (the FAILED one ``Execution.leave_undone`` wrote) has them."""
+    found: dict[str, tuple[int, str, str]] = {}
+    for entry in record.history:
+        if entry.action == "compensate" and entry.step in left:
+            found[entry.step] = (entry.position, entry.branch, entry.step)
+    return list(found.values())
 
 
 class SagaTransaction(Generic[ContextT]):

@@ -36,6 +36,9 @@ to its parent while the parent is in flight (``recover`` defers it).
   FAILED if a compensation gave up, which fails this compensation too, so
   the parent ends FAILED). Compensating a child already compensated, or one
   that never started, does nothing: it is idempotent, as a compensation must be.
+  A child FAILED is refused (its unwinding is an operator's), except when an
+  operator retries the parent's unwinding (``retry_unwinding``): the
+  child's is retried with it — a child left undone by the act too.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from .errors import (
 )
 from .executor import Execution, SagaResult, running_execution
 from .group_run import IN_A_MEMBER, LaneCursor
+from .plan import Branch
 from .saga import Saga
 from .shielding import claimed, shielded
 from .status import SagaStatus
@@ -70,7 +74,7 @@ from .store.base import Lease, SagaRecord, is_recoverable
 from .unwinding import STOP_SCOPE, StopScope, stopped_without_unwinding
 from .write_ahead import JournalWriteFailed
 
-__all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "saga_family"]
+__all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "runs_a_child", "saga_family"]
 
 ParentT = TypeVar("ParentT")
 ChildT = TypeVar("ChildT")
@@ -287,6 +291,18 @@ class SubSaga(Generic[ParentT, ChildT]):
                 return
             if record.status is SagaStatus.COMPENSATED:
                 return  # undone already (this compensation is running again)
+            if record.status is SagaStatus.FAILED and _reopened_by(parent) is not None:
+                # An operator retries the parent's unwinding (reopening.py):
+                # the child's, which gave up, is retried with it (S15).
+                try:
+                    await child._reopen_record(
+                        record, lease=lease, allow_changed_definition=_override(parent),
+                        reopened_by=_reopened_by(parent) or "", runs_a_child=runs_a_child,
+                    )
+                except SagaFailed as done:
+                    if done.status is not SagaStatus.COMPENSATED:
+                        raise
+                return
             if record.status is SagaStatus.FAILED:
                 raise SagaFailed(
                     saga_id=child_id, saga_name=record.saga_name, status=record.status,
@@ -334,6 +350,17 @@ class SubSaga(Generic[ParentT, ChildT]):
                 f"which no store can hold ({error}): use a shorter parent saga id or "
                 f"step name"
             ) from error
+
+
+def runs_a_child(branch: Branch) -> bool:
+    """Whether ``branch`` is a ``SubSaga``'s: a step whose compensation can
+    reopen the unwinding of the child saga it ran (see ``_unwind``)."""
+    return isinstance(getattr(branch.compensate, "__self__", None), SubSaga)
+
+
+def _reopened_by(parent: Execution) -> str | None:
+    """Who reopened ``parent``'s unwinding (an operator's ``retry_unwinding``), if anyone."""
+    return parent.reopener if parent.resumed else None
 
 
 async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[str]]:

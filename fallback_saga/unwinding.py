@@ -126,6 +126,7 @@ class UnwindingRun(JournaledRun):
         "left_undone",
         "live",
         "reopened_by",
+        "reopener",
         "stack",
         "status",
     )
@@ -142,6 +143,10 @@ class UnwindingRun(JournaledRun):
     # who reopened a FAILED saga's unwinding (reopening.py), said once, in
     # the STARTED row of the first compensation it calls again.
     reopened_by: str | None
+    # Set by a resume only, read only when ``resumed``: the owner who
+    # reopened the saga, for the whole run — a FAILED child saga this run
+    # unwinds (SubSaga) is reopened by it too, not refused as FAILED.
+    reopener: str | None
     shape: Any  # a compact journal's plan shape (Execution.run_plain's), else None
 
     # ------------------------------------------------------------------ ending short of done

@@ -477,3 +477,145 @@ async def test_S10_an_operators_retry_stopped_mid_compensation_is_finished_by_an
     # Recovery would finish it too (an interrupted unwinding); the operator does it now.
     assert await retry_unwinding(durable, [saga], "order-1") is SagaStatus.COMPENSATED
     check_each_effect_undone_once(participant)
+
+
+# --------------------------------------------------------------------------- a family (SubSaga)
+
+
+def family(
+    store: Any, participant: Participant, *, child_fails: bool
+) -> tuple[Saga[Ctx], Saga[Ctx]]:
+    """``Reserve``, ``SubSaga(Child: Hold, Charge[, Refuse])``, ``Ship``: with
+    ``child_fails`` the child's ``Refuse`` fails (the child unwinds: Charge
+    gives up, the child ends FAILED, the parent's step is left undone);
+    otherwise the child completes and the parent's ``Ship`` fails (the
+    parent unwinds the child: Charge gives up there, the child ends FAILED,
+    and so the parent's compensation of the step)."""
+    from fallback_saga import SubSaga
+
+    child_steps = ["Hold", "Charge", *(["Refuse"] if child_fails else [])]
+    child_classes = [participant_step(s, act_fails=s == "Refuse") for s in child_steps]
+    child_class = types.new_class("ChildSaga", (Saga[Ctx],), {},
+                                  lambda ns: ns.update(steps=child_classes))
+    child = build(store, participant, child_class)
+    parent_classes: list[Any] = [
+        participant_step("Reserve"),
+        SubSaga(child, context=lambda parent: Ctx(order_id=parent.order_id), name="Pay"),
+    ]
+    if not child_fails:
+        parent_classes.append(participant_step("Ship", act_fails=True))
+    parent_class = types.new_class("FamilySaga", (Saga[Ctx],), {},
+                                   lambda ns: ns.update(steps=parent_classes))
+    return build(store, participant, parent_class), child
+
+
+async def failed_family(store: Any, participant: Participant, *, child_fails: bool,
+                        ) -> tuple[Saga[Ctx], Saga[Ctx]]:
+    participant.down |= {"Charge"}
+    parent, child = family(store, participant, child_fails=child_fails)
+    with pytest.raises(SagaFailed) as failed:
+        await parent.run(Ctx(order_id="fam"), saga_id="fam")
+    assert failed.value.status is SagaStatus.FAILED
+    assert (await store.load("fam")).status is SagaStatus.FAILED
+    assert (await store.load("fam/Pay")).status is SagaStatus.FAILED
+    return parent, child
+
+
+def check_family_undone_once(participant: Participant) -> None:
+    assert participant.done() == {"fam:Reserve", "fam/Pay:Hold", "fam/Pay:Charge"}
+    assert participant.undone() == participant.done()
+    assert set(participant.undo_calls.values()) == {1}
+
+
+@pytest.mark.parametrize("child_fails", [True, False], ids=["left-undone", "on-the-stack"])
+async def test_S15_retrying_a_parent_retries_its_FAILED_childs_unwinding(
+    store: Any, child_fails: bool
+) -> None:
+    """The parent is FAILED because its child's unwinding gave up (the step
+    left undone, or its compensation failed): retrying the parent retries
+    the child's, journaled in the child's record; the parent ends
+    COMPENSATED only once the child is, never while the child's effects stand."""
+    participant = Participant()
+    parent, _ = await failed_family(store, participant, child_fails=child_fails)
+    acts = participant.acts()
+
+    # Still down: both stay FAILED; Charge was tried again, in the child.
+    assert await retry_unwinding(store, [parent], "fam") is SagaStatus.FAILED
+    assert (await store.load("fam/Pay")).status is SagaStatus.FAILED
+    assert "fam/Pay:Charge" not in participant.undone()
+
+    participant.down.clear()
+    assert await retry_unwinding(store, [parent], "fam") is SagaStatus.COMPENSATED
+    assert (await store.load("fam/Pay")).status is SagaStatus.COMPENSATED
+    check_family_undone_once(participant)
+    assert participant.acts() == acts
+    # The child's compensation retried is journaled in the parent as the step's.
+    rows = compensate_rows(await store.load("fam"))
+    assert [row[:2] for row in rows[-2:]] == [("Pay", StepStatus.STARTED),
+                                              ("Pay", StepStatus.COMPLETED)]
+
+
+async def test_S15_a_child_retried_by_its_id_lets_its_parent_end_COMPENSATED(
+    store: Any,
+) -> None:
+    participant = Participant()
+    parent, child = await failed_family(store, participant, child_fails=True)
+    participant.down.clear()
+
+    assert await retry_unwinding(store, [child], "fam/Pay") is SagaStatus.COMPENSATED
+    calls = participant.compensations()
+    assert await retry_unwinding(store, [parent], "fam") is SagaStatus.COMPENSATED
+    assert participant.compensations() == calls  # the child is not unwound again
+    check_family_undone_once(participant)
+    # And the journal reads back as a finished unwinding: nothing left to retry.
+    with pytest.raises(SagaNotFailed):
+        await retry_unwinding(store, [parent], "fam")
+
+
+@pytest.mark.parametrize("finisher", ["retry", "recover"])
+async def test_S10_a_parents_retry_stopped_inside_its_child_is_finished_nothing_twice(
+    durable: Any, finisher: str
+) -> None:
+    """The event loop stops under the parent's retry while it unwinds the
+    child (in Charge's compensation: every task is cancelled, as
+    ``asyncio.run`` does on the way out). The child stays COMPENSATING, and
+    the parent is not COMPENSATED. A second retry — or recovery, then a
+    retry — finishes; nothing is undone twice."""
+    participant = Participant()
+    parent, _ = await failed_family(durable, participant, child_fails=True)
+    participant.down.clear()
+    stopped = asyncio.Event()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def stop_the_loop(step: str) -> None:
+        if step == "Charge":
+            task = asyncio.current_task()
+            assert task is not None
+            participant.in_compensation = None
+            stopped.set()
+            for each in {task, *tasks}:
+                each.cancel()
+            await asyncio.sleep(0)
+
+    participant.in_compensation = stop_the_loop
+    tasks.append(asyncio.create_task(retry_unwinding(durable, [parent], "fam")))
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    assert stopped.is_set()
+    assert (await durable.load("fam")).status in (SagaStatus.FAILED, SagaStatus.COMPENSATING)
+    assert (await durable.load("fam/Pay")).status is SagaStatus.COMPENSATING
+
+    if finisher == "recover":
+        await recover(durable, [parent], older_than=0.0)
+        await recover(durable, [parent], older_than=0.0)
+        statuses = ((await durable.load("fam")).status, (await durable.load("fam/Pay")).status)
+        # The parent says COMPENSATED only once the child is (S15); recovery
+        # never reopens a FAILED saga (S6).
+        assert statuses[0] is not SagaStatus.COMPENSATED or (
+            statuses[1] is SagaStatus.COMPENSATED)
+    if (await durable.load("fam")).status is not SagaStatus.COMPENSATED:
+        assert await retry_unwinding(durable, [parent], "fam") is SagaStatus.COMPENSATED
+    assert (await durable.load("fam/Pay")).status is SagaStatus.COMPENSATED
+    assert participant.done() == {"fam:Reserve", "fam/Pay:Hold", "fam/Pay:Charge"}
+    assert participant.undone() == participant.done()
+    assert set(participant.applied.values()) == {1}
