@@ -619,3 +619,38 @@ async def test_S10_a_parents_retry_stopped_inside_its_child_is_finished_nothing_
     assert participant.done() == {"fam:Reserve", "fam/Pay:Hold", "fam/Pay:Charge"}
     assert participant.undone() == participant.done()
     assert set(participant.applied.values()) == {1}
+
+
+async def test_S15_a_Fallbacks_primary_child_left_undone_is_retried_after_its_fallback(
+    store: Any,
+) -> None:
+    """A ``SubSaga`` primary whose child ended FAILED, its fallback (Cash)
+    completed, a later step failed: the parent is FAILED with the primary's
+    child left undone. The retry calls neither Cash nor Reserve again (both
+    compensated) and unwinds the child; the parent ends COMPENSATED (S5, S15)."""
+    from fallback_saga import Fallback, SubSaga
+
+    participant = Participant(down={"Charge"})
+    child_classes = [participant_step(s, act_fails=s == "Refuse")
+                     for s in ("Hold", "Charge", "Refuse")]
+    child = build(store, participant, types.new_class(
+        "ChildSaga", (Saga[Ctx],), {}, lambda ns: ns.update(steps=child_classes)))
+    parent_steps: list[Any] = [
+        participant_step("Reserve"),
+        Fallback(step=SubSaga(child, context=lambda p: Ctx(order_id=p.order_id), name="Pay"),
+                 fallback=participant_step("Cash")),
+        participant_step("Ship", act_fails=True),
+    ]
+    parent = build(store, participant, types.new_class(
+        "FallbackFamilySaga", (Saga[Ctx],), {}, lambda ns: ns.update(steps=parent_steps)))
+    with pytest.raises(SagaFailed) as failed:
+        await parent.run(Ctx(order_id="fam"), saga_id="fam")
+    assert failed.value.status is SagaStatus.FAILED
+    assert participant.compensations() == ["Charge", "Charge", "Hold", "Cash", "Reserve"]
+    participant.down.clear()
+
+    assert await retry_unwinding(store, [parent], "fam") is SagaStatus.COMPENSATED
+    assert participant.compensations()[5:] == ["Charge"]
+    assert (await store.load("fam/Pay")).status is SagaStatus.COMPENSATED
+    assert participant.undone() == participant.done()
+    assert set(participant.undo_calls.values()) == {1}
