@@ -18,9 +18,10 @@ them on ``SQLiteSagaStore(path, writer="process")``, whose writes the
 writer thread then does not see; ``--step-returns response`` has the steps
 return a ``Response``, journaled as an object, instead of ``None``).
 ``--only postgres`` runs the durable saga on ``PostgresSagaStore`` instead,
-on a throwaway cluster (``tests/pg_cluster.py``): both trees' stores on one
-schema (the same tables, first filled with ``--fill`` sagas and analyzed, so
-neither tree gets fresher tables), with the client's and the server's CPU
+on a throwaway cluster (``tests/pg_cluster.py``): each tree's store on a
+schema of its own (two trees may differ in schema version), both first
+filled with ``--fill`` sagas and analyzed, so that neither tree gets fresher
+tables, with the client's and the server's CPU
 per saga (``--cpu``). Each round the tree that starts alternates. A
 regression check for changes that are not about speed (the journal-truth
 work of 0.5.0 was measured this way), not a replacement for ``compare.py``.
@@ -174,25 +175,33 @@ PG_SERVER_UID: list[int] = []  # the cluster's OS user, whose CPU is the server'
 
 
 async def postgres_setup(libs: dict[str, ModuleType], conninfo: str, fill: int) -> None:
-    """One store per tree on one schema, filled and analyzed (every
-    statement then prepared, as in a service that has run a while)."""
-    for lib in libs.values():
+    """One store per tree, each on a schema of its own (two trees may differ
+    in schema version: a newer one migrates a schema an older one then
+    refuses), filled alike and analyzed (every statement then prepared, as in
+    a service that has run a while)."""
+    schemas: dict[str, str] = {}
+    for number, lib in enumerate(libs.values()):
         from_module = importlib.import_module(f"{lib.__name__}.store.postgres")
-        store = from_module.PostgresSagaStore(conninfo, schema="versus")
+        schemas[lib.__name__] = schema = f"versus_{number}"
+        store = from_module.PostgresSagaStore(conninfo, schema=schema)
         await store.open()
         ctx_class, bench = saga_class(lib, fail=False)
         PG_SAGAS[lib.__name__] = (store, ctx_class, bench(store=store))
     while True:
         for lib in libs.values():
             await postgres(lib, 100, 1000)
-        store = PG_SAGAS[fallback_saga.__name__][0]
-        async with store.pool.connection() as conn:
-            (rows,) = await (await conn.execute(
-                "SELECT count(*) FROM versus.fallback_saga_sagas")).fetchone()
-            if rows >= fill:
-                await conn.execute("ANALYZE versus.fallback_saga_sagas")
-                await conn.execute("ANALYZE versus.fallback_saga_steps")
-                break
+        filled = True
+        for name, schema in schemas.items():
+            async with PG_SAGAS[name][0].pool.connection() as conn:
+                (rows,) = await (await conn.execute(
+                    f"SELECT count(*) FROM {schema}.fallback_saga_sagas")).fetchone()
+                filled = filled and rows >= fill
+        if filled:
+            break
+    for name, schema in schemas.items():
+        async with PG_SAGAS[name][0].pool.connection() as conn:
+            await conn.execute(f"ANALYZE {schema}.fallback_saga_sagas")
+            await conn.execute(f"ANALYZE {schema}.fallback_saga_steps")
     for store, _, _ in PG_SAGAS.values():
         store._size_check_at = 0.0  # read the analyzed sizes now: prepare
         store._check_sizes_soon()
@@ -205,7 +214,7 @@ async def postgres_close() -> None:
 
 
 async def postgres(lib: Any, in_flight: int, count: int, key: Any = None) -> float:
-    """Sagas per second on PostgreSQL; ids by tree, so both share the tables."""
+    """Sagas per second on PostgreSQL, on the tree's own store (and schema)."""
     from postgres_groups import server_cpu_seconds
 
     _, ctx_class, saga = PG_SAGAS[lib.__name__]
