@@ -1051,3 +1051,193 @@ def test_show_limit_prints_the_newest_entries_numbered_as_in_the_journal(
     for form in ("--json", "--mermaid"):
         assert main(["show", "long", "--db", db, "--limit", "3", form]) == 2
         assert f"{form} gives the whole record" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def park(db: str, *saga_ids: str, times: int = 5) -> None:
+    """Park ``saga_ids`` as a crash loop would: claimed ``times`` times by
+    workers that all died holding the lease (a lease that ran out at once:
+    a dead worker's, once its length has passed); every other saga claimed
+    is given back."""
+
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            for _ in range(times):
+                for lease in await store.claim(owner="dead-worker", lease_seconds=-1,
+                                               older_than=0, limit=100):
+                    if lease.saga_id not in saga_ids:
+                        await store.release(lease)
+
+    asyncio.run(go())
+
+
+def claims(db: str, saga_id: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT unreleased_claims FROM sagas WHERE saga_id = ?",
+                           (saga_id,)).fetchone()
+    finally:
+        conn.close()
+    return int(row[0])
+
+
+def test_S10_resume_resumes_a_parked_saga_by_id_and_clears_its_count(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A parked saga (its resumes kept ending the process) waits for an
+    operator: recover takes it no more; ``resume ID`` resumes it once, leased
+    (RUNNING: from the step that did not complete; COMPENSATING: its
+    unwinding finished), and its lease given back clears the count."""
+    run_sagas(
+        db, app,
+        ("o-1", {}, "act Charge"),  # RUNNING
+        ("o-2", {"declined": True}, "compensate Reserve"),  # COMPENSATING
+    )
+    park(db, "o-1", "o-2")
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(["list", "--db", db]) == 0
+    listed = capsys.readouterr().out
+    assert "running (parked)" in listed
+    assert "compensating (parked)" in listed
+    app.CALLS.clear()
+    assert main(["recover", *argv, "--older-than", "0"]) == 0
+    assert "recovered 0 saga(s)" in capsys.readouterr().out
+    assert app.CALLS == []
+
+    assert main(["resume", "o-1", *argv]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"resuming saga o-1 (running) in {db} (lease 5m) with ShopSaga",
+        "  o-1: completed",
+    ]
+    assert app.CALLS == ["act Charge", "act Ship"]  # Charge again (its key), never Reserve
+    assert load(db, "o-1").status is SagaStatus.COMPLETED
+    assert claims(db, "o-1") == 0
+
+    app.CALLS.clear()
+    assert main(["resume", "o-2", *argv]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"resuming saga o-2 (compensating) in {db} (lease 5m) with ShopSaga",
+        "  o-2: compensated: Charge failed: ValueError: card declined; every "
+        "completed step is undone",
+    ]
+    assert app.CALLS == ["compensate Reserve"]  # no forward step
+    assert load(db, "o-2").status is SagaStatus.COMPENSATED
+    assert claims(db, "o-2") == 0
+    assert main(["list", "--db", db]) == 0
+    assert "parked" not in capsys.readouterr().out
+
+
+def test_S10_a_resume_cut_off_by_the_store_exits_1_and_workers_claim_the_saga_again(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's resume of a parked saga is interrupted (the journal
+    write refused: a full disk): exit status 1, nothing run that the journal
+    does not know, and — its lease given back in order — its count is 0:
+    workers and recover passes take it again."""
+    from fallback_saga.errors import SagaStoreError
+
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    park(db, "o-1")
+    real_append = SQLiteSagaStore.submit_append
+
+    def refused(self: SQLiteSagaStore, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        # The writer's answer to every journal write of a run: the disk is full.
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer.set_exception(SagaStoreError("database or disk is full"))
+        return answer
+
+    monkeypatch.setattr(SQLiteSagaStore, "submit_append", refused)
+    app.CALLS.clear()
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(["resume", "o-1", *argv]) == 1
+    assert "database or disk is full" in one_line_error(capsys.readouterr().err)
+    assert app.CALLS == []  # Charge's STARTED row was refused: Charge never called
+    assert load(db, "o-1").status is SagaStatus.RUNNING
+    assert claims(db, "o-1") == 0
+    monkeypatch.setattr(SQLiteSagaStore, "submit_append", real_append)
+    assert main(["recover", *argv, "--older-than", "0"]) == 0
+    assert "  o-1: completed" in capsys.readouterr().out
+    assert app.CALLS == ["act Charge", "act Ship"]
+
+
+def test_S10_resume_exits_1_when_leased_or_changed_or_the_saga_ends_FAILED(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_sagas(db, app, ("o-1", {}, "act Ship"), ("o-2", {"declined": True}, "act Charge"))
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+
+    async def lease_held() -> Any:
+        async with SQLiteSagaStore(db) as store:
+            return await store.claim_saga("o-1", owner="worker-7", lease_seconds=600)
+
+    held = asyncio.run(lease_held())
+    app.CALLS.clear()
+    assert main(["resume", "o-1", *argv]) == 1
+    assert "worker-7" in one_line_error(capsys.readouterr().err)
+
+    async def release() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.release(held)
+
+    asyncio.run(release())
+    renamed = ["resume", "o-1", "--db", db, "--app", f"{app.__name__}:sagas_renamed"]
+    assert main(renamed) == 1
+    assert "position 2 (primary) ran 'Ship', now 'Dispatch'" in one_line_error(
+        capsys.readouterr().err)
+    assert app.CALLS == []
+    assert main([*renamed, "--allow-changed-definition"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "  o-1: completed"
+    assert app.CALLS == ["act Dispatch"]
+
+    app.BROKEN.add("Reserve")  # o-2's card is declined, and Reserve's undo gives up
+    app.CALLS.clear()
+    assert main(["resume", "o-2", *argv]) == 1
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  o-2: failed: Charge failed: ValueError: card declined; a compensation gave up "
+        "(an operator is needed: retry-unwinding o-2 once the participant is fixed)",
+        "    Reserve: ConnectionError: Reserve service down",
+    ]
+    assert load(db, "o-2").status is SagaStatus.FAILED
+    assert app.CALLS[0] == "act Charge"
+
+
+def test_resume_refuses_an_unknown_id_a_finished_saga_and_a_child_its_parent_drives(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app.BROKEN.add("Reserve")
+    run_sagas(db, app, ("o-1", {}, ""), ("o 2", {"declined": True}, ""),
+              ("o-3", {}, "act Charge"), ("o-3/Pay", {}, "act Charge"))
+    app.BROKEN.clear()
+    app.CALLS.clear()
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(["resume", "nope", *argv]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(f"no saga with id 'nope' in {db}")
+    assert main(["resume", "o-1", *argv]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
+        "saga 'o-1' is COMPLETED: it is finished, there is nothing to resume")
+    assert main(["resume", "o 2", *argv]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
+        "saga 'o 2' is FAILED: its unwinding gave up, and resuming would only return that; "
+        "once the participant is fixed, finish it with retry-unwinding 'o 2'")
+    assert main(["resume", "o-3/Pay", *argv]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
+        "saga 'o-3/Pay' is a child saga of 'o-3' (RUNNING), which drives it: resume the "
+        "parent (resume o-3)")
+    assert main(["resume", "o-3", "--db", db, "--app", f"{app.__name__}:slow_sagas"]) == 2
+    assert "gives no saga of that name" in one_line_error(capsys.readouterr().err)
+    assert app.CALLS == []
+    assert capsys.readouterr().out == ""
+    assert load(db, "o-3").status is SagaStatus.RUNNING
+
+
+def test_resume_help_says_what_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["resume", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "parked" in out
+    assert "retry-unwinding" in out
+    assert "RUNS CODE" in out
+    assert main(["--help"]) == 0
+    assert "resume" in capsys.readouterr().out

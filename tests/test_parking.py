@@ -140,6 +140,8 @@ def test_S10_a_saga_whose_resumes_keep_ending_the_process_is_parked_for_an_opera
     assert len(last_claims) == 1
     assert "3rd time" in last_claims[0].getMessage()
     assert "Saga.resume(saga_id)" in last_claims[0].getMessage()
+    assert ("python -m fallback_saga resume p-poison --app module:attr"
+            in last_claims[0].getMessage())
 
     # The next process: the poison is not claimed; the others (old and new) are resumed.
     newer = asyncio.run(seeding("t", 3, with_poison=False))
@@ -387,10 +389,13 @@ def test_S10_list_and_show_say_a_saga_is_parked_and_how_to_resume_it(
     assert "running (parked)" in rows["p-parked"]
     assert "parked" not in rows["p-fine"]
     assert ("p-parked: parked: claimed 5 times without finishing (its resumes keep ending "
-            "the process); resume it by id") in out
+            "the process); once the cause is fixed, resume it by id: python -m fallback_saga "
+            "resume p-parked --app module:attr") in out
     assert main(["show", "p-parked", "--db", str(db)]) == 0
     assert ("recovery     parked: claimed 5 times without finishing (its resumes keep "
-            "ending the process); resume it by id") in capsys.readouterr().out.splitlines()
+            "ending the process); once the cause is fixed, resume it by id: python -m "
+            "fallback_saga resume p-parked --app module:attr"
+            ) in capsys.readouterr().out.splitlines()
     assert main(["show", "p-fine", "--db", str(db)]) == 0
     assert "parked" not in capsys.readouterr().out
 
@@ -408,7 +413,8 @@ async def test_S10_the_console_says_a_saga_is_parked(tmp_path: Path) -> None:
         page = (await fetch(base + "/sagas/p-parked")).text
         fine = (await fetch(base + "/sagas/p-fine")).text
     said = ("parked: claimed 5 times without finishing (its resumes keep ending the "
-            "process); resume it by id")
+            "process); once the cause is fixed, resume it by id: python -m fallback_saga "
+            "resume p-parked --app module:attr")
     assert listing.count(said) == 1
     assert said in page
     assert said not in fine
@@ -437,5 +443,98 @@ def test_S10_recover_says_which_sagas_it_left_parked(
               "--older-than", "0"])
     out = capsys.readouterr().out
     assert ("  parked  p-parked (running): not taken; parked: claimed 5 times without "
-            "finishing (its resumes keep ending the process); resume it by id") in out
+            "finishing (its resumes keep ending the process); once the cause is fixed, resume "
+            "it by id: python -m fallback_saga resume p-parked --app module:attr") in out
     assert not [line for line in out.splitlines() if line.startswith("  parked  p-fine")]
+
+
+async def _claimed_three_times(path: Path) -> None:
+    """A saga claimed 3 times by processes that all died (parked for an app
+    whose stores have ``park_after=3``; not for the default, 5)."""
+    async with SQLiteSagaStore(path) as store:
+        await _create(store, "p three")
+        for _ in range(3):
+            assert await _claimed(store) == ["p three"]
+
+
+def test_S10_list_show_and_recover_judge_parked_by_the_apps_park_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's store parks by ``--park-after`` (the app's stores' option):
+    with it, list and show say the saga is parked (naming the command that
+    resumes it, the id shell-quoted) and recover leaves it, as the app's
+    workers do; without it, the default 5 judges it, and 'never' never."""
+    from helpers_cli import import_app
+
+    from fallback_saga.cli import main
+    from fallback_saga.cli.stores import open_store, store_target
+
+    db = tmp_path / "sagas.db"
+    asyncio.run(_claimed_three_times(db))
+    said = ("parked: claimed 3 times without finishing (its resumes keep ending the "
+            "process); once the cause is fixed, resume it by id: python -m fallback_saga "
+            "resume 'p three' --app module:attr")
+    assert main(["list", "--db", str(db), "--park-after", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "running (parked)" in out
+    assert f"p three: {said}" in out
+    assert main(["show", "p three", "--db", str(db), "--park-after", "3"]) == 0
+    assert f"recovery     {said}" in capsys.readouterr().out.splitlines()
+    for default in ([], ["--park-after", "never"]):
+        assert main(["list", "--db", str(db), *default]) == 0
+        assert "parked" not in capsys.readouterr().out
+        assert main(["show", "p three", "--db", str(db), *default]) == 0
+        assert "parked" not in capsys.readouterr().out
+    assert main(["list", "--db", str(db), "--park-after", "0"]) == 2
+    assert "'never'" in capsys.readouterr().err
+
+    async def serve_store_parks_after(*argv: str) -> Any:
+        from fallback_saga.cli import build_parser
+
+        args = build_parser().parse_args(["serve", "--db", str(db), *argv])
+        async with open_store(store_target(args), read_only=True) as store:
+            return store.park_after
+
+    assert asyncio.run(serve_store_parks_after("--park-after", "3")) == 3
+    assert asyncio.run(serve_store_parks_after()) == 5
+
+    source = (
+        "from fallback_saga import Saga, SagaContext, SagaStepHandler\n"
+        "class A(SagaStepHandler):\n"
+        "    async def act(self, ctx):\n        return None\n"
+        "    async def compensate(self, ctx):\n        return None\n"
+        "class OrderSaga(Saga[SagaContext]):\n    steps = [A]\n"
+    )
+    for app in import_app(tmp_path, monkeypatch, source, "park_after_app"):
+        recover = ["recover", "--db", str(db), "--app", f"{app.__name__}:OrderSaga",
+                   "--older-than", "0"]
+        assert main([*recover, "--park-after", "3"]) == 0
+        out = capsys.readouterr().out
+        assert "recovered 0 saga(s)" in out
+        assert f"  parked  p three (running): not taken; {said}" in out
+        assert _column(db, "p three") == 3
+        assert _column(db, "p three", "status") == "running"
+        # By the default, 5, it is not parked: taken (its journal was written
+        # with a stand-in fingerprint, hence the flag).
+        assert main([*recover, "--allow-changed-definition"]) == 0
+        assert "  p three: completed" in capsys.readouterr().out
+
+
+async def test_S10_the_console_names_the_command_that_resumes_a_parked_saga(
+    tmp_path: Path,
+) -> None:
+    """The console's listing and saga page name ``resume`` with the id
+    shell-quoted, as its retry-unwinding hint does."""
+    from helpers_console import fetch
+
+    from fallback_saga.console import ConsoleServer
+
+    db = tmp_path / "sagas.db"
+    await _claimed_three_times(db)
+    async with SQLiteSagaStore(db, park_after=3) as store, ConsoleServer(store, port=0) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        listing = (await fetch(base + "/")).text
+        page = (await fetch(base + "/sagas/p%20three")).text
+    command = "python -m fallback_saga resume &#x27;p three&#x27; --app module:attr"
+    assert command in listing
+    assert command in page

@@ -6,6 +6,8 @@ operator commands for a saga store (SQLite or PostgreSQL).
     python -m fallback_saga list --db PATH              list the sagas in a store
     python -m fallback_saga show ID --db PATH           one saga and its step history
     python -m fallback_saga recover --db PATH --app module:attr   resume interrupted sagas
+    python -m fallback_saga resume ID --db PATH --app module:attr
+                                                        resume one interrupted (or parked) saga
     python -m fallback_saga retry-unwinding ID --db PATH --app module:attr
                                                         finish a FAILED saga's unwinding
     python -m fallback_saga purge --db PATH --older-than 7d       delete old finished sagas
@@ -17,22 +19,24 @@ with ``--schema``), or reads ``$FALLBACK_SAGA_DSN`` / ``$FALLBACK_SAGA_DB``
 (``stores.py``). ``list`` and ``show`` only read: they need no write access
 and leave no files behind; ``serve`` opens the store read-only.
 
-``graph``, ``recover --app`` and ``retry-unwinding --app`` import the module
-they name: that runs its top-level code (and, for the last two, its factory)
-with the operator's privileges. Name only trusted modules.
+``graph`` and the ``--app`` of ``recover``, ``resume`` and ``retry-unwinding``
+import the module they name: that runs its top-level code (and, for the
+last three, its factory) with the operator's privileges. Name only trusted
+modules.
 
 Every stored value a human format prints (saga ids, names, owners, step
 names, error texts) goes through ``terminal_text``: control characters and
 other unprintable ones escaped, long values cut. ``--json`` prints exact JSON.
 
 Exit status: 0 on success (``serve``: stopped by Ctrl-C or SIGTERM); 1 when
-``recover`` left a saga failed or skipped, ``retry-unwinding`` left it failed
-again (or found it leased, or its definition changed), the store failed (a
-PostgreSQL server that cannot be reached included), or ``serve`` cannot
-listen (the port is in use); 2 on a usage error (a bad ``module:attr`` spec,
-no store given, a ``--db`` or ``--dsn`` that is not a saga store, an unknown
-saga id, a saga ``retry-unwinding`` refuses as not FAILED, a ``--host`` that
-is no address of this machine).
+``recover`` left a saga failed or skipped, ``resume`` left it failed or
+interrupted, ``retry-unwinding`` left it failed again (or either found it
+leased, or its definition changed), the store failed (a PostgreSQL server
+that cannot be reached included), or ``serve`` cannot listen (the port is
+in use); 2 on a usage error (a bad ``module:attr`` spec, no store given, a
+``--db`` or ``--dsn`` that is not a saga store, an unknown saga id, a saga
+``resume`` refuses as not RUNNING or COMPENSATING, or ``retry-unwinding`` as
+not FAILED, a ``--host`` that is no address of this machine).
 
 The package, one module per part; imports run one way, from here down:
 
@@ -41,6 +45,7 @@ The package, one module per part; imports run one way, from here down:
     graph       graph
     inspect     list, show, purge, and their tables
     recover     recover
+    resume      resume
     retry_unwinding  retry-unwinding
     serve       serve (the web console of fallback_saga.console)
     stores      --db / --dsn / the environment, and opening a store
@@ -67,6 +72,7 @@ from .graph import add_graph_command
 from .inspect import add_list_command, add_purge_command, add_show_command
 from .mermaid import mermaid_flowchart, mermaid_gantt
 from .recover import add_recover_command
+from .resume import add_resume_command
 from .retry_unwinding import add_retry_unwinding_command
 from .serve import add_serve_command
 from .text import MAX_CELL, MAX_CONTEXT, MAX_VALUE, terminal_text
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_list_command(commands)
     add_show_command(commands)
     add_recover_command(commands)
+    add_resume_command(commands)
     add_retry_unwinding_command(commands)
     add_purge_command(commands)
     add_serve_command(commands)

@@ -6,7 +6,14 @@ import argparse
 import re
 from typing import Final
 
-__all__ = ["MAX_COUNT", "MAX_DURATION", "format_duration", "parse_duration", "positive_int"]
+__all__ = [
+    "MAX_COUNT",
+    "MAX_DURATION",
+    "format_duration",
+    "park_after",
+    "parse_duration",
+    "positive_int",
+]
 
 _SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
@@ -53,6 +60,18 @@ def positive_int(text: str) -> int:
             f"expected a whole number from 1 to {MAX_COUNT}, got {_cut(text)}"
         )
     return value
+
+
+def park_after(text: str) -> int | None:
+    """``--park-after``: a count as ``positive_int``, or ``never`` (``None``)."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_COUNT} or 'never', got {_cut(text)}"
+        ) from None
 
 
 def _cut(text: str) -> str:

@@ -74,8 +74,10 @@ def summary_table(
         if (claims := parked_claims(store, s.status, s.unreleased_claims)) is not None
     }
     lines = _summary_rows(summaries, times=times, parked=parked)
-    lines += [f"{terminal_text(saga_id)}: {parked_text(claims)}"
-              for saga_id, claims in parked.items()]
+    lines += [
+        f"{terminal_text(saga_id)}: {terminal_text(parked_text(claims, saga_id), MAX_CONTEXT)}"
+        for saga_id, claims in parked.items()
+    ]
     return lines
 
 
@@ -373,7 +375,8 @@ def run_show(args: argparse.Namespace) -> int:
         f"context      {terminal_text(context, MAX_CONTEXT)}",
     ]
     if parked is not None:
-        lines.append(f"recovery     {parked_text(parked)}")
+        lines.append(
+            f"recovery     {terminal_text(parked_text(parked, record.saga_id), MAX_CONTEXT)}")
     if parent is not None:
         lines.append(f"parent       {terminal_text(parent, MAX_VALUE)}  (this is its child saga)")
     lines += [f"child        {terminal_text(child, MAX_VALUE)}" for child in children]

@@ -27,7 +27,14 @@ from .stores import StoreTarget, add_store_options, open_store, store_target
 from .targets import import_target, is_saga_class
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text, when
 
-__all__ = ["add_recover_command", "build_app_sagas", "left_alone", "load_app", "report_lines"]
+__all__ = [
+    "add_recover_command",
+    "build_app_sagas",
+    "left_alone",
+    "load_app",
+    "report_lines",
+    "warn_before_interrupting",
+]
 
 _RECOVER_EPILOG = """\
 --app module:attr names what to resume the sagas with, built on the store this
@@ -189,7 +196,10 @@ def run_recover(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     async def run() -> RecoveryReport:
-        _warn_before_interrupting()
+        warn_before_interrupting(
+            "recover: finishing the sagas being resumed; interrupting them would compensate "
+            "them."
+        )
         async with open_store(target, connections=_CONNECTIONS) as store:
             sagas = await build_app_sagas(args.app, app, store)
             names = terminal_text(", ".join(saga.name for saga in sagas), MAX_CONTEXT)
@@ -334,7 +344,7 @@ async def left_alone(
         lines.append(f"  ... and {len(leased) - _LEFT_NAMED} more leased (list shows them)")
     lines += [
         f"  parked  {terminal_text(s.saga_id, MAX_VALUE)} ({s.status.value}): not taken; "
-        f"{parked_text(claims)}"
+        f"{terminal_text(parked_text(claims, s.saga_id), MAX_CONTEXT)}"
         for s, claims in parked[:_LEFT_NAMED]
     ]
     if len(parked) > _LEFT_NAMED:
@@ -349,7 +359,7 @@ async def left_alone(
     return lines
 
 
-def _warn_before_interrupting() -> None:
+def warn_before_interrupting(warning: str) -> None:
     """Make the first Ctrl-C a warning, the second the interrupt.
 
     A resumed saga that is cancelled unwinds (S8): interrupting ``recover``
@@ -368,8 +378,7 @@ def _warn_before_interrupting() -> None:
             task.cancel()
             return
         sys.stderr.write(
-            "recover: finishing the sagas being resumed; interrupting them would compensate "
-            "them. Press Ctrl-C again to interrupt anyway.\n"
+            f"{warning} Press Ctrl-C again to interrupt anyway.\n"
         )
         sys.stderr.flush()
 

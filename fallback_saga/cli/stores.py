@@ -34,9 +34,11 @@ from typing import Final, TypeVar
 
 from ..errors import SagaStoreError
 from ..store._common import POSTGRES_INSTALL_HINT
+from ..store._parking import PARK_AFTER
 from ..store._sqlite_schema import _advice, _NotASagaStore, _saga_schema_version
 from ..store.base import RecoverableStore
 from ..store.sqlite import SQLiteSagaStore
+from .argtypes import park_after
 from .errors import UsageError
 
 __all__ = [
@@ -80,6 +82,10 @@ class StoreTarget:
     shown: str = ""  # how messages name it: the path, or the conninfo without secrets
     # What ``scrub`` replaces: the password, and the whole DSN that holds it.
     secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    # The application's stores' ``park_after`` (``--park-after``): what the
+    # CLI's store claims by (recover) and judges "parked" by (list, show,
+    # serve), as the app's workers do.
+    park_after: int | None = PARK_AFTER
 
     def scrub(self, text: str) -> str:
         """``text`` without the DSN's password (should a driver's message quote it)."""
@@ -111,6 +117,15 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         help="PostgreSQL only: the schema of the saga tables, as given to "
         "PostgresSagaStore(schema=...) (default: the connection's search_path)",
     )
+    where.add_argument(
+        "--park-after",
+        type=park_after,
+        default=PARK_AFTER,
+        metavar="N",
+        help=f"the park_after your application's stores are given (default {PARK_AFTER}, "
+        "theirs; 'never' for None): a saga claimed N times without its lease given back is "
+        "parked — recover takes it no more, list, show and serve say so",
+    )
 
 
 def store_target(
@@ -138,9 +153,14 @@ def store_target(
     if db is not None:
         if args.schema is not None:
             raise UsageError("--schema is for a PostgreSQL store (--dsn), not --db")
-        return StoreTarget(db=db, shown=db)
+        return StoreTarget(db=db, shown=db, park_after=_park_after(args))
     assert dsn is not None
-    return _postgres_target(dsn, args.schema)
+    return dataclasses.replace(_postgres_target(dsn, args.schema), park_after=_park_after(args))
+
+
+def _park_after(args: argparse.Namespace) -> int | None:
+    value = getattr(args, "park_after", PARK_AFTER)
+    return value if value is None or isinstance(value, int) else PARK_AFTER
 
 
 def _postgres_target(dsn: str, schema: str | None) -> StoreTarget:
@@ -270,11 +290,14 @@ class _FileState:
         return not self.wal and not self.journal
 
 
-async def _read_sqlite(path: str, read: Callable[[RecoverableStore], Awaitable[_T]]) -> _T:
+async def _read_sqlite(
+    path: str, read: Callable[[RecoverableStore], Awaitable[_T]], park_after: int | None
+) -> _T:
     check_store_file(path)
     for attempt in range(_SNAPSHOT_TRIES):
         before = _FileState.of(path)
-        store = SQLiteSagaStore(path, read_only=True, immutable=before.quiet)
+        store = SQLiteSagaStore(path, read_only=True, immutable=before.quiet,
+                                park_after=park_after)
         try:
             await store.open()
             result = await read(store)
@@ -355,6 +378,7 @@ async def _open_postgres(
             # transaction mode), where a prepared statement is lost; a short
             # command gains nothing from one.
             prepared_statements=False,
+            park_after=target.park_after,
         )
     except ValueError as error:  # e.g. --schema is not a plain identifier
         raise UsageError(f"--schema: {error}") from None
@@ -383,7 +407,7 @@ async def open_store(
     try:
         if target.db is not None:
             check_store_file(target.db)
-            store = SQLiteSagaStore(target.db, read_only=read_only)
+            store = SQLiteSagaStore(target.db, read_only=read_only, park_after=target.park_after)
             try:
                 try:
                     await store.open()
@@ -416,7 +440,7 @@ async def read_store(
     if target.db is None:
         async with open_store(target, read_only=True) as store:
             return await read(store)
-    return await _read_sqlite(target.db, read)
+    return await _read_sqlite(target.db, read, target.park_after)
 
 
 def _refused_writing(error: SagaStoreError) -> bool:

@@ -317,13 +317,15 @@ def _lease_cell(summary: SagaSummary, now: float) -> str:
     return f'<span class="id">{esc(summary.lease_owner)}</span><br>{state}'
 
 
-def _parked_badge(claims: int) -> str:
-    return f'<span class="badge failed">parked</span> {esc(parked_text(claims))}'
+def _parked_badge(claims: int, saga_id: str) -> str:
+    # The command names the id shell-quoted (and cut, as _retry_hint does).
+    return (f'<span class="badge failed">parked</span> '
+            f"{esc(parked_text(claims, shorten(saga_id, 200)))}")
 
 
-def _parked_note(claims: int | None) -> str:
+def _parked_note(claims: int | None, saga_id: str) -> str:
     """Under a listed saga's lease: parked, if the store parks it."""
-    return "" if claims is None else "<br>" + _parked_badge(claims)
+    return "" if claims is None else "<br>" + _parked_badge(claims, saga_id)
 
 
 def _duration(created: float, updated: float, status: SagaStatus, now: float) -> str:
@@ -352,7 +354,8 @@ def listing_page(
             f"<td>{when(s.created_at, now)}</td>"
             f"<td>{when(s.updated_at, now)}</td>"
             f"<td>{_duration(s.created_at, s.updated_at, s.status, now)}</td>"
-            f"<td>{_lease_cell(s, now)}{_parked_note(listing.parked.get(s.saga_id))}</td>"
+            f"<td>{_lease_cell(s, now)}"
+            f"{_parked_note(listing.parked.get(s.saga_id), s.saga_id)}</td>"
             "</tr>"
         )
     if error is not None:
@@ -459,7 +462,7 @@ def _lease_card(view: SagaView, now: float) -> str:
         f"<dt>Lease</dt><dd>{state}</dd>"
         f"<dt>Owner</dt><dd>{owner}</dd>"
         f'<dt>Fencing token</dt><dd class="mono">{esc(lease.token)}</dd>'
-        + (f"<dt>Parked</dt><dd>{_parked_badge(view.parked)}</dd>"
+        + (f"<dt>Parked</dt><dd>{_parked_badge(view.parked, view.record.saga_id)}</dd>"
            if view.parked is not None else "")
         + "</dl><p class=\"muted small\">Each claim by a recovery worker increments the "
         "fencing token; writes under an older token are refused.</p></div>"

@@ -8,14 +8,15 @@ durable stores count each saga's ``claim``s since its lease was last given
 back in order (``release``, ``defer``, ``hand_off``: a process that dies
 holding the lease gives nothing back), and ``claim`` stops taking a saga
 whose count has reached the store's ``park_after``. It is parked: it waits
-for an operator, who resumes it once by id (``Saga.resume(saga_id)``, which
-leases it with ``claim_saga``, uncounted, and clears the count when it gives
-the lease back). A one-off crash (a deploy's ``kill -9``) is cleared by the
-next run that finishes.
+for an operator, who resumes it once by id (``python -m fallback_saga resume
+ID``, or ``Saga.resume(saga_id)``, which leases it with ``claim_saga``,
+uncounted, and clears the count when it gives the lease back). A one-off
+crash (a deploy's ``kill -9``) is cleared by the next run that finishes.
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Final
 
 from ..log_lines import library_logger
@@ -24,10 +25,12 @@ from ..status import SagaStatus
 __all__ = [
     "NEVER_PARKED",
     "PARK_AFTER",
+    "RESUME_COMMAND",
     "check_park_after",
     "log_last_claim",
     "parked_claims",
     "parked_text",
+    "resume_command",
 ]
 
 _log = library_logger("fallback_saga")
@@ -52,21 +55,35 @@ def check_park_after(value: object) -> int | None:
     return value
 
 
+# The operator's command that resumes a parked saga (cli/resume.py); the
+# module is the one named here, as the console's retry-unwinding hint does.
+RESUME_COMMAND: Final = "python -m fallback_saga resume"
+
+
+def resume_command(saga_id: str) -> str:
+    """The shell command that resumes ``saga_id`` (its id shell-quoted: it
+    may hold spaces or quotes); the store and the app are the operator's."""
+    return f"{RESUME_COMMAND} {shlex.quote(saga_id)} --app module:attr"
+
+
 def log_last_claim(saga_id: str, claims: int) -> None:
     """The claim that took ``saga_id`` for the last time before it is parked."""
     _log.error(
         "saga %s claimed for the %d%s time without its lease given back (its resumes "
         "keep ending the process): if this resume ends the process too, workers and "
-        "recover passes claim it no more; an operator resumes it once by id "
-        "(Saga.resume(saga_id)), which clears the count when it finishes",
-        saga_id, claims, _ordinal(claims),
+        "recover passes claim it no more; once the cause is fixed, an operator resumes "
+        "it once by id (%s, with this store's --db or --dsn; or Saga.resume(saga_id)), "
+        "which clears the count when it gives the lease back",
+        saga_id, claims, _ordinal(claims), resume_command(saga_id),
     )
 
 
-def parked_text(claims: int) -> str:
-    """What an operator reads about a parked saga (``list``, ``show``, the console)."""
+def parked_text(claims: int, saga_id: str) -> str:
+    """What an operator reads about the parked saga ``saga_id`` (``list``,
+    ``show``, ``recover``, the console): why, and the command that resumes it."""
     return (f"parked: claimed {claims} times without finishing (its resumes keep "
-            f"ending the process); resume it by id")
+            f"ending the process); once the cause is fixed, resume it by id: "
+            f"{resume_command(saga_id)}")
 
 
 def parked_claims(store: object, status: SagaStatus, claims: object) -> int | None:
