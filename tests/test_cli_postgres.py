@@ -279,6 +279,44 @@ def test_recover_resumes_the_interrupted_sagas_of_a_postgresql_store(
     assert all(row["lease_expires_at"] is None for row in rows)
 
 
+def test_S10_resume_resumes_a_parked_saga_of_a_postgresql_store_and_clears_its_count(
+    app: ModuleType,
+    pg: list[str],
+    pg_conninfo: str,
+    pg_schema: str,
+    pg_cluster: PostgresCluster,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """o-3 parked by an app whose stores park after 2 claims: --park-after 2
+    makes list say so and recover leave it; resume o-3 resumes it, fenced,
+    and its count is 0 again."""
+    fill_postgres(pg_conninfo, pg_schema, app)
+
+    async def park() -> None:
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema, park_after=2) as store:
+            for _ in range(2):  # two workers that died holding the lease
+                leases = await store.claim(owner="dead", lease_seconds=-1, older_than=0,
+                                           limit=10)
+                assert [lease.saga_id for lease in leases] == ["o-3"]
+
+    async def count() -> int:
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+            return (await store.lease_state("o-3")).unreleased_claims
+
+    asyncio.run(park())
+    assert "running (parked)" in output(["list", *pg, "--park-after", "2"], capsys)
+    apps = ["--app", f"{app.__name__}:sagas"]
+    out = output(["recover", *pg, *apps, "--older-than", "0", "--park-after", "2"], capsys)
+    assert "recovered 0 saga(s)" in out
+    assert "  parked  o-3 (running): not taken; parked: claimed 2 times" in out
+    out = output(["resume", "o-3", *pg, *apps], capsys)
+    assert out.splitlines()[-1] == "  o-3: completed"
+    assert pg_cluster.password not in out
+    assert asyncio.run(count()) == 0
+    rows = json.loads(output(["list", *pg, "--json"], capsys))
+    assert {row["saga_id"]: row["status"] for row in rows}["o-3"] == "completed"
+
+
 def test_purge_deletes_the_finished_sagas_of_a_postgresql_store(
     app: ModuleType,
     pg: list[str],
