@@ -23,7 +23,7 @@ from ..store._parking import parked_claims, parked_text
 from ..store.base import RecoverableStore, SagaSummary
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_FAILURE, EXIT_OK, UsageError
-from .stores import StoreTarget, add_store_options, open_store, store_target
+from .stores import add_store_options, open_store, store_target
 from .targets import import_target, is_saga_class
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text, when
 
@@ -117,6 +117,29 @@ def add_recover_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     recovering.set_defaults(handler=run_recover)
 
 
+def add_one_saga_options(
+    parser: argparse.ArgumentParser, *, saga_help: str, app_use: str, lease_help: str
+) -> None:
+    """What a command acting on one saga by id takes (``resume``,
+    ``retry-unwinding``): the saga's id, the store, the app's sagas to run it
+    with, its lease, and the override of a changed definition, as for recover."""
+    parser.add_argument("saga_id", metavar="ID", help=saga_help)
+    add_store_options(parser)
+    parser.add_argument(
+        "--app", required=True, metavar="module:attr",
+        help=f"the sagas to {app_use} with, as for recover. This imports the module and runs "
+        "its code with your privileges: trusted modules only",
+    )
+    parser.add_argument(
+        "--lease", type=parse_duration, default=300.0, metavar="TIME", help=lease_help,
+    )
+    parser.add_argument(
+        "--allow-changed-definition", action="store_true",
+        help="also when the saga was started with another definition of its saga, as for "
+        "recover (docs/durability.md, Changed definitions)",
+    )
+
+
 def load_app(spec: str) -> SagaFactory:
     """Import ``--app`` and return it as a factory ``(store) -> sagas``.
 
@@ -191,7 +214,7 @@ def run_recover(args: argparse.Namespace) -> int:
     target = store_target(args)
 
     def progress(saga_id: str, outcome: str) -> None:
-        text = terminal_text(_scrubbed(target, outcome))
+        text = terminal_text(target.scrubbed(outcome))
         sys.stdout.write(f"  {terminal_text(saga_id, MAX_VALUE)}: {text}\n")
         sys.stdout.flush()
 
@@ -241,7 +264,7 @@ def run_recover(args: argparse.Namespace) -> int:
     for saga_id, reason in corrupt.skipped:
         progress(saga_id, "skipped")
         report.skipped.append((saga_id, reason))
-    print_lines([_scrubbed(target, line) for line in report_lines(report) + left])
+    print_lines([target.scrubbed(line) for line in report_lines(report) + left])
     # A saga left interrupted (the journal could not be written) needs another pass.
     unfinished = report.failed or report.skipped or getattr(report, "interrupted", None)
     return EXIT_FAILURE if unfinished else EXIT_OK
@@ -273,9 +296,6 @@ class _CorruptRows(logging.Handler):
             last_resort.handle(record)
 
 
-def _scrubbed(target: StoreTarget, text: str) -> str:
-    # A skipped saga's reason may quote the PostgreSQL driver's message.
-    return target.scrub(text) if target.secrets else text
 
 
 def report_lines(report: RecoveryReport) -> list[str]:

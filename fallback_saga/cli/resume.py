@@ -27,10 +27,15 @@ from ..status import SagaStatus
 from ..store._common import short_repr
 from ..store.base import RecoverableStore, SagaRecord
 from ..subsaga import parent_saga_id
-from .argtypes import format_duration, parse_duration
+from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
-from .recover import build_app_sagas, load_app, warn_before_interrupting
-from .stores import StoreTarget, add_store_options, open_store, store_target
+from .recover import (
+    add_one_saga_options,
+    build_app_sagas,
+    load_app,
+    warn_before_interrupting,
+)
+from .stores import StoreTarget, open_store, store_target
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_resume_command"]
@@ -85,22 +90,10 @@ def add_resume_command(
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    resuming.add_argument("saga_id", metavar="ID", help="the interrupted saga's id")
-    add_store_options(resuming)
-    resuming.add_argument(
-        "--app", required=True, metavar="module:attr",
-        help="the sagas to resume with, as for recover. This imports the module and runs "
-        "its code with your privileges: trusted modules only",
-    )
-    resuming.add_argument(
-        "--lease", type=parse_duration, default=300.0, metavar="TIME",
-        help="how long the saga is reserved for this process, renewed while it runs "
+    add_one_saga_options(
+        resuming, saga_help="the interrupted saga's id", app_use="resume",
+        lease_help="how long the saga is reserved for this process, renewed while it runs "
         "(default 300s)",
-    )
-    resuming.add_argument(
-        "--allow-changed-definition", action="store_true",
-        help="also when the saga was started with another definition of its saga, as for "
-        "recover (docs/durability.md, Changed definitions)",
     )
     resuming.set_defaults(handler=run_resume)
 
@@ -137,7 +130,7 @@ def run_resume(args: argparse.Namespace) -> int:
                 check_definition(record, saga.definition,
                                  allow_changed=args.allow_changed_definition)
             except SagaDefinitionChanged as error:
-                raise CommandFailed(_scrubbed(target, str(error))) from None
+                raise CommandFailed(target.scrubbed(str(error))) from None
             sys.stdout.write(
                 f"resuming saga {shown} ({record.status.value}) in "
                 f"{terminal_text(target.shown, MAX_PATH)} (lease "
@@ -150,7 +143,7 @@ def run_resume(args: argparse.Namespace) -> int:
             except SagaFailed as failed:
                 return failed.status, failed
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted, LeaseLost) as error:
-                raise CommandFailed(_scrubbed(target, str(error))) from None
+                raise CommandFailed(target.scrubbed(str(error))) from None
             except SagaNotFound:  # purged meanwhile
                 raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}"
                                  ) from None
@@ -205,7 +198,7 @@ def _report(target: StoreTarget, saga_id: str, status: SagaStatus,
     if failed is None:
         print_lines([f"  {shown}: completed"])
         return EXIT_OK
-    why = terminal_text(_scrubbed(target, _stopped_by(failed)), MAX_CONTEXT)
+    why = terminal_text(target.scrubbed(_stopped_by(failed)), MAX_CONTEXT)
     if status is SagaStatus.COMPENSATED:
         print_lines([f"  {shown}: compensated: {why}; every completed step is undone"])
         return EXIT_OK
@@ -213,7 +206,7 @@ def _report(target: StoreTarget, saga_id: str, status: SagaStatus,
              f"retry-unwinding {terminal_text(shlex.quote(saga_id), MAX_VALUE)} once the "
              f"participant is fixed)"]
     for step, error in failed.compensation_errors.items():
-        text = terminal_text(_scrubbed(target, f"{type(error).__name__}: {error}"), MAX_CONTEXT)
+        text = terminal_text(target.scrubbed(f"{type(error).__name__}: {error}"), MAX_CONTEXT)
         lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
     print_lines(lines)
     return EXIT_FAILURE
@@ -224,8 +217,3 @@ def _stopped_by(failed: SagaFailed) -> str:
     # An error an earlier run journaled is its text ("ValueError: ...") already.
     text = str(error) if isinstance(error, RecordedError) else f"{type(error).__name__}: {error}"
     return f"{failed.failed_step} failed: {text}"
-
-
-def _scrubbed(target: StoreTarget, text: str) -> str:
-    # A store's error may quote the PostgreSQL driver's message.
-    return target.scrub(text) if target.secrets else text

@@ -16,10 +16,10 @@ from ..reopening import retry_unwinding
 from ..status import SagaStatus, StepStatus
 from ..store._common import short_repr
 from ..store.base import SagaRecord
-from .argtypes import format_duration, parse_duration
+from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
-from .recover import build_app_sagas, load_app
-from .stores import StoreTarget, add_store_options, open_store, store_target
+from .recover import add_one_saga_options, build_app_sagas, load_app
+from .stores import open_store, store_target
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_retry_unwinding_command"]
@@ -63,21 +63,9 @@ def add_retry_unwinding_command(
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    retrying.add_argument("saga_id", metavar="ID", help="the FAILED saga's id")
-    add_store_options(retrying)
-    retrying.add_argument(
-        "--app", required=True, metavar="module:attr",
-        help="the sagas to unwind with, as for recover. This imports the module and runs "
-        "its code with your privileges: trusted modules only",
-    )
-    retrying.add_argument(
-        "--lease", type=parse_duration, default=300.0, metavar="TIME",
-        help="how long the saga is reserved for this process (default 300s)",
-    )
-    retrying.add_argument(
-        "--allow-changed-definition", action="store_true",
-        help="also when the saga was started with another definition of its saga, as for "
-        "recover (docs/durability.md, Changed definitions)",
+    add_one_saga_options(
+        retrying, saga_help="the FAILED saga's id", app_use="unwind",
+        lease_help="how long the saga is reserved for this process (default 300s)",
     )
     retrying.set_defaults(handler=run_retry_unwinding)
 
@@ -108,9 +96,9 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
                 raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}"
                                  ) from None
             except (SagaNotFailed, TypeError, ValueError) as error:
-                raise UsageError(_scrubbed(target, str(error))) from None
+                raise UsageError(target.scrubbed(str(error))) from None
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted) as error:
-                raise CommandFailed(_scrubbed(target, str(error))) from None
+                raise CommandFailed(target.scrubbed(str(error))) from None
             gave_up = [] if status is SagaStatus.COMPENSATED else _given_up(
                 await store.load(saga_id))
             return status, gave_up
@@ -124,7 +112,7 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
         return EXIT_OK
     lines = [f"  {shown}: failed again (still needs an operator)"]
     for step, error in gave_up:
-        text = terminal_text(_scrubbed(target, error), MAX_CONTEXT)
+        text = terminal_text(target.scrubbed(error), MAX_CONTEXT)
         lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
     print_lines(lines)
     return EXIT_FAILURE
@@ -155,8 +143,3 @@ def _operator() -> str:
     except Exception:  # no user name to be found (a container without one)
         user = "unknown"
     return f"{user}@{socket.gethostname()}:{os.getpid()} (retry-unwinding)"
-
-
-def _scrubbed(target: StoreTarget, text: str) -> str:
-    # A store's error may quote the PostgreSQL driver's message.
-    return target.scrub(text) if target.secrets else text

@@ -87,6 +87,12 @@ class StoreTarget:
     # serve), as the app's workers do.
     park_after: int | None = PARK_AFTER
 
+    def scrubbed(self, text: str) -> str:
+        """``text`` as a command shows it: ``scrub``bed when the store has a
+        secret to leave out (a store's error may quote the PostgreSQL
+        driver's message), else as it is."""
+        return self.scrub(text) if self.secrets else text
+
     def scrub(self, text: str) -> str:
         """``text`` without the DSN's password (should a driver's message quote it)."""
         for secret in self.secrets:
