@@ -86,6 +86,7 @@ __all__ = [
     "check_definition",
     "check_unwinding_retryable",
     "default_owner",
+    "ended_the_process",
     "resume_point",
 ]
 
@@ -566,6 +567,19 @@ def _process_ending(task: asyncio.Task[Any]) -> BaseException | None:
         return None
     error = task.exception()
     return None if error is None or isinstance(error, Exception) else error
+
+
+def ended_the_process(error: BaseException, run: LeasedRun | None) -> bool:
+    """Whether a leased run ended with a BaseException that is no Exception
+    and no cancellation (SystemExit, KeyboardInterrupt out of a step) — seen
+    as itself, or as the cancellation that the event loop's shutdown sends
+    after it (``run.ended_by``). Its lease is kept then, as a crash keeps it:
+    given back, it would clear the saga's count of claims (store._parking)
+    and a saga that kills every process resuming it would be claimed again
+    at once."""
+    if run is not None and run.ended_by is not None:
+        return True
+    return not isinstance(error, (Exception, asyncio.CancelledError))
 
 
 def default_owner() -> str:

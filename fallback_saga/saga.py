@@ -34,6 +34,7 @@ from .resumption import (
     check_definition,
     check_unwinding_retryable,
     default_owner,
+    ended_the_process,
     resume_point,
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
@@ -284,6 +285,8 @@ class Saga(Generic[ContextT]):
             store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds),
             store.release,
         )
+        run: LeasedRun | None = None
+        keep_lease = False
         try:
             record = await store.load(saga_id)
             # With its heartbeat: the lease is renewed while the saga runs.
@@ -296,12 +299,18 @@ class Saga(Generic[ContextT]):
                 allow_changed_definition=allow_changed_definition,
             )
             return await run.run()
+        except BaseException as error:
+            # A step ended the process: the lease is kept, as a worker keeps
+            # it (see ended_the_process) — a parked saga stays parked.
+            keep_lease = ended_the_process(error, run)
+            raise
         finally:
-            try:
-                await store.release(lease)
-            except Exception as error:  # the lease expires on its own
-                _log.warning("saga %s: could not release its lease: %s: %s",
-                             short_id(saga_id), type(error).__name__, error)
+            if not keep_lease:
+                try:
+                    await store.release(lease)
+                except Exception as error:  # the lease expires on its own
+                    _log.warning("saga %s: could not release its lease: %s: %s",
+                                 short_id(saga_id), type(error).__name__, error)
 
     async def _resume_record(
         self,

@@ -161,6 +161,47 @@ def test_S10_a_saga_whose_resumes_keep_ending_the_process_is_parked_for_an_opera
     assert _column(db, "p-poison") == 0
 
 
+def test_S10_an_operators_resume_that_ends_its_process_leaves_the_saga_parked(
+    tmp_path: Path,
+) -> None:
+    """``Saga.resume`` by id of a parked saga whose step still ends the
+    process keeps its lease, as a worker's claim does: given back on the
+    way out, it cleared the count, and the workers' crash loop began again
+    for ``park_after`` more claims."""
+    db = tmp_path / "sagas.db"
+    ledger = Ledger()
+
+    async def parked() -> None:
+        async with SQLiteSagaStore(db, park_after=PARK_AFTER) as store:
+            await store.create("p-poison", "_PoisonSaga", _PoisonSaga.definition.fingerprint,
+                               {"order_id": "p"}, [_act(0, "A", StepStatus.STARTED)])
+            for _ in range(PARK_AFTER):
+                assert [lease.saga_id for lease in await store.claim(
+                    owner="dead-worker", lease_seconds=-1, older_than=0, limit=10)
+                ] == ["p-poison"]
+
+    async def operator() -> None:
+        async with SQLiteSagaStore(db, park_after=PARK_AFTER) as store:
+            saga = _PoisonSaga(store=store, step_factory=lambda cls: cls(ledger))
+            await saga.resume("p-poison", lease_seconds=600)
+
+    asyncio.run(parked())
+    assert _column(db, "p-poison") == PARK_AFTER
+    with pytest.raises(SystemExit):
+        asyncio.run(operator())
+    assert [call[:2] for call in ledger.calls if call[2] == "p-poison"] == [("act", "A")]
+    assert _column(db, "p-poison") == PARK_AFTER  # still parked
+    assert _column(db, "p-poison", "lease_owner") is not None  # kept, runs out on its own
+
+    async def claimable() -> list[str]:
+        async with SQLiteSagaStore(db, park_after=PARK_AFTER) as store:
+            _lease_ran_out(db, "p-poison")
+            return [lease.saga_id for lease in await store.claim(
+                owner="worker", lease_seconds=60, older_than=0, limit=10, deferred=True)]
+
+    assert asyncio.run(claimable()) == []  # workers leave it to the operator
+
+
 # --------------------------------------------------------------------------- stores
 
 
