@@ -45,6 +45,7 @@ from .resumption import (
     check_definition,
     check_unwinding_retryable,
     default_owner,
+    ended_the_process,
 )
 from .saga import Saga
 from .shielding import claimed
@@ -104,17 +105,23 @@ async def retry_unwinding(
     taken: Lease = await claimed(
         store.claim_saga(saga_id, owner=owner, lease_seconds=lease), store.release
     )
+    run: LeasedRun | None = None
+    keep_lease = False
     try:
         record = await store.load(saga_id)  # as it stands now that nobody else drives it
         run = LeasedRun(reopening, record, taken, store=store, lease_seconds=lease,
                         allow_changed_definition=allow_changed_definition)
         return await _ended(run.run())
+    except BaseException as error:
+        keep_lease = ended_the_process(error, run)  # kept, as a crash keeps it
+        raise
     finally:
-        try:
-            await store.release(taken)
-        except Exception as error:  # the lease runs out on its own
-            _log.warning("saga %s: could not release its lease: %s: %s",
-                         saga_id, type(error).__name__, error)
+        if not keep_lease:
+            try:
+                await store.release(taken)
+            except Exception as error:  # the lease runs out on its own
+                _log.warning("saga %s: could not release its lease: %s: %s",
+                             saga_id, type(error).__name__, error)
 
 
 async def _ended(unwinding: Awaitable[object]) -> SagaStatus:

@@ -67,7 +67,7 @@ from .errors import (
 )
 from .executor import Execution
 from .log_lines import library_logger
-from .shielding import cancellation_pending, cancelled_again
+from .shielding import PROCESS_ENDING, cancellation_pending, cancelled_again
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .store.base import Lease, SagaRecord
@@ -430,6 +430,10 @@ class LeasedRun:
         if hand_off_when_cancelled:
             self._scope.when_cancelled = self._cancelled_from_outside
         self._context.run(STOP_SCOPE.set, self._scope)
+        # What a shielded piece of the run (a compensation) let out that ends
+        # the process, reported to us as a cancellation (see shielded).
+        self._process_ending: list[BaseException] = []
+        self._context.run(PROCESS_ENDING.set, self._process_ending)
         self._task: asyncio.Task[SagaResult[Any]] | None = None
         # What ended the run, when that is a BaseException that is no
         # Exception and no cancellation (SystemExit, KeyboardInterrupt out of
@@ -456,7 +460,7 @@ class LeasedRun:
             # for its unwinding (S8), during which the heartbeat keeps beating.
             return await task
         except BaseException as error:
-            self.ended_by = _process_ending(task)
+            self.ended_by = _process_ending(task) or next(iter(self._process_ending), None)
             outcome = self._outcome(error)
             try:
                 if outcome is error:

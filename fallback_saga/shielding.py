@@ -22,6 +22,7 @@ __all__ = [
     "CLAIM_GRACE",
     "EAGER_TASKS",
     "NO_TASK",
+    "PROCESS_ENDING",
     "RUNS_AROUND",
     "cancellation_behind",
     "cancellation_pending",
@@ -154,6 +155,16 @@ RUNS_AROUND: ContextVar[tuple[tuple[asyncio.Task[Any], int], ...]] = ContextVar(
 )
 
 _runs_around = RUNS_AROUND.get
+
+# Where ``shielded`` puts what a shielded piece of work let out that ends the
+# process (SystemExit, KeyboardInterrupt) when it reports it as our
+# cancellation (see there): a list that a run which must know sets in its
+# context (``LeasedRun``: the saga's lease is kept, as a crash keeps it), and
+# that the tasks made within that context (a group's members, a child saga)
+# share. None elsewhere.
+PROCESS_ENDING: ContextVar[list[BaseException] | None] = ContextVar(
+    "fallback_saga_process_ending", default=None
+)
 
 
 def outer_run_cancelled() -> bool:
@@ -382,11 +393,25 @@ async def shielded(coroutine: Coroutine[Any, Any, T]) -> T:
     error: BaseException | None = None
     try:
         if cancelled is not None:
-            # What the work let out (a BaseException such as SystemExit: it
-            # handles every Exception itself) outranks our cancellation, and
-            # must not be left unretrieved, for asyncio to log when the task
-            # is freed.
+            # What the work let out (a BaseException: it handles every
+            # Exception itself) outranks our cancellation, and must not be
+            # left unretrieved, for asyncio to log when the task is freed —
+            # except SystemExit and KeyboardInterrupt. Those left the event
+            # loop already, out of the work's own task's step (asyncio lets
+            # them out where they are raised), and what cancelled us since is
+            # the shutdown that followed (asyncio.run cancels every task
+            # left). Raised again here, one would leave the loop a second
+            # time, out of that shutdown, and stop it half-way: tasks
+            # destroyed pending, stores never closed. We end cancelled
+            # instead, as asyncio ends a cancelled task whose awaited one let
+            # such an error out; a run that must know that the process is
+            # ending learns it from PROCESS_ENDING.
             error = None if task.cancelled() else task.exception()
+            if isinstance(error, (SystemExit, KeyboardInterrupt)):
+                ending = PROCESS_ENDING.get()
+                if ending is not None:
+                    ending.append(error)
+                error = None
             raise error if error is not None else cancelled_again(cancelled)
         return task.result()
     finally:

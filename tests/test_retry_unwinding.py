@@ -654,3 +654,43 @@ async def test_S15_a_Fallbacks_primary_child_left_undone_is_retried_after_its_fa
     assert (await store.load("fam/Pay")).status is SagaStatus.COMPENSATED
     assert participant.undone() == participant.done()
     assert set(participant.undo_calls.values()) == {1}
+
+
+def test_S10_an_operators_retry_that_ends_its_process_keeps_its_lease(tmp_path: Path) -> None:
+    """A compensation that lets ``SystemExit`` out of the operator's retry
+    ends the process with the saga still leased, as a worker's claim keeps a
+    saga whose resume ends the process: given back on the way out, it would
+    clear the saga's count of claims (a parked saga would be claimed again).
+    And the event loop's shutdown finishes: the retry's store is closed."""
+    db = tmp_path / "sagas.db"
+    participant = Participant()
+    closed: list[bool] = []
+
+    async def failed() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await failed_saga(store, participant)
+
+    async def ends_the_process(step: str) -> None:
+        await asyncio.sleep(0)
+        raise SystemExit(f"{step}: the compensation ends the process")
+
+    async def retried() -> None:
+        participant.down.clear()
+        participant.in_compensation = ends_the_process
+        try:
+            async with SQLiteSagaStore(db) as store:
+                await retry_unwinding(store, [build(store, participant)], "order-1",
+                                      owner="ops")
+        finally:
+            closed.append(True)
+
+    async def lease_owner() -> Any:
+        async with SQLiteSagaStore(db) as store:
+            return (await store.lease_state("order-1")).owner
+
+    asyncio.run(failed())
+    with pytest.raises(SystemExit):
+        asyncio.run(retried())
+    assert closed == [True]
+    assert participant.compensations()[-1] == "Charge"  # the retry's first call, cut short
+    assert asyncio.run(lease_owner()) == "ops"  # kept: it runs out on its own

@@ -1497,3 +1497,82 @@ def test_S10_a_saga_whose_step_ends_the_process_keeps_its_lease_not_handed_to_th
     # The journal holds both runs' intents, and nothing was compensated.
     assert [(e.step, e.status) for e in record.history] == [("A", StepStatus.STARTED)] * 2
     assert record.status is SagaStatus.RUNNING
+
+
+class _CompensationKills(_Step):
+    """A step whose compensation ends the process, every time."""
+
+    name = "A"
+    kills: ClassVar[type[BaseException]] = SystemExit
+
+    async def compensate(self, ctx: Ctx, /) -> None:
+        await self.ledger.perform("compensate", self.name)
+        await asyncio.sleep(0)  # past its first step: it runs in a task of its own
+        raise self.kills("the compensation ends the process")
+
+
+class _Declined(_Step):
+    name = "B"
+
+    async def act(self, ctx: Ctx, /) -> Any:
+        await self.ledger.perform("act", self.name)
+        raise RuntimeError("declined")
+
+
+class _UnwindsIntoAKill(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [_CompensationKills, _Declined]
+
+
+@pytest.mark.parametrize("kills", [SystemExit, KeyboardInterrupt])
+def test_S10_a_compensation_that_ends_the_process_lets_the_shutdown_finish_and_keeps_the_lease(
+    db: Path, kills: type[BaseException]
+) -> None:
+    """A compensation (run shielded, in a task of its own: S8) that lets
+    SystemExit or KeyboardInterrupt out ends the process as an act's does.
+    The error used to be raised a second time by the run awaiting the
+    compensation, out of ``asyncio.run``'s shutdown, which stopped half-way:
+    the worker's own task was destroyed pending — its listeners never told,
+    its store never closed. Now the shutdown finishes: the worker reports the
+    saga interrupted by the error, keeps its lease as a crash keeps it, and
+    closes its store; the journal holds the compensation's intent and no
+    outcome (it may have partly run), for the next claim."""
+    ledger = Ledger()
+    killer = type("Kills", (_CompensationKills,), {"kills": kills})
+    recorder = OutcomeRecorder()
+    closed: list[bool] = []
+
+    async def seeding() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create("p-poison", "_UnwindsIntoAKill",
+                               _UnwindsIntoAKill.definition.fingerprint, {"order_id": "p"},
+                               [_act(0, "A", StepStatus.STARTED),
+                                _act(0, "A", StepStatus.COMPLETED)])
+
+    async def working() -> None:
+        try:
+            async with SQLiteSagaStore(db) as store:
+                saga = _UnwindsIntoAKill(store=store, step_factory=lambda cls: (
+                    killer if cls is _CompensationKills else cls)(ledger))
+                worker = RecoveryWorker(store, [saga], concurrency=1, lease=600, poll=3600,
+                                        older_than=0, owner="worker-1", listeners=[recorder])
+                await worker.run()
+        finally:
+            closed.append(True)
+
+    async def after() -> tuple[Any, Any]:
+        async with SQLiteSagaStore(db) as store:
+            return await store.lease_state("p-poison"), await store.load("p-poison")
+
+    asyncio.run(seeding())
+    with pytest.raises(kills):
+        asyncio.run(working())
+    assert closed == [True]
+    state, record = asyncio.run(after())
+    assert ledger.calls == [("act", "B", "p-poison"), ("compensate", "A", "p-poison")]
+    assert [(saga_id, outcome) for saga_id, _, outcome, _ in recorder.outcomes] == [
+        ("p-poison", "interrupted")]
+    assert kills.__name__ in (recorder.outcomes[0][3] or "")
+    assert state.owner == "worker-1"  # kept: the next claim waits for it to run out
+    last = record.history[-1]
+    assert (last.step, last.action, last.status) == ("A", "compensate", StepStatus.STARTED)
+    assert record.status is SagaStatus.COMPENSATING
