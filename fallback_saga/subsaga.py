@@ -365,14 +365,22 @@ def _reopened_by(parent: Execution) -> str | None:
 
 async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[str]]:
     """The parent of ``record`` and its children (``SubSaga``), as stored: a
-    child's id is ``<parent id>/<step>``, so each is looked up by that id."""
+    child's id is ``<parent id>/<step>``, so each is looked up by that id —
+    all at once through the store's ``existing_saga_ids(ids) -> set[str]``
+    when it has one (the built-in stores do), else one by one."""
     parent = parent_saga_id(record.saga_id)
     if parent is not None and not await _saga_exists(store, parent):
         parent = None  # an id of its own that merely looks like a child's
-    children: list[str] = []
     steps = dict.fromkeys(e.step for e in record.history if e.action == "act")
-    for step in steps:
-        child = child_saga_id(record.saga_id, step)
+    candidates = [child_saga_id(record.saga_id, step) for step in steps]
+    existing_saga_ids = getattr(store, "existing_saga_ids", None)
+    if callable(existing_saga_ids):
+        # One look-up for them all (the built-in stores): a saga of 25,000
+        # step names was 25,000 lease reads, seconds for a console page.
+        found = await existing_saga_ids(candidates)
+        return parent, [child for child in candidates if child in found]
+    children: list[str] = []
+    for child in candidates:
         if await _saga_exists(store, child):
             children.append(child)
     return parent, children

@@ -95,3 +95,13 @@ async def test_a_postgres_password_never_reaches_a_page() -> None:
                 assert "hunter2" not in reply.text
     finally:
         await store.close()
+
+
+async def test_S15_saga_family_finds_children_in_one_look_up_postgres(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """The console's and show's child look-up: one query for every step name."""
+    from helpers_family import family_in_one_look_up
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await family_in_one_look_up(store)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import pytest
 import subsaga_app as app
+from helpers_family import family_in_one_look_up
 from helpers_saga import JsonStore
 
 from fallback_saga import (
@@ -1408,3 +1409,15 @@ async def test_saga_family_reads_no_child_journal_to_find_the_children(tmp_path:
         plain = Counting(memory, leases=False)
         assert await saga_family(plain, await memory.load("p/q")) == family
         assert plain.loads == len(steps) + 1
+
+
+async def test_S15_saga_family_finds_children_in_one_look_up_memory() -> None:
+    from fallback_saga import MemorySagaStore
+
+    await family_in_one_look_up(MemorySagaStore())
+
+
+async def test_S15_saga_family_finds_children_in_one_look_up_sqlite(tmp_path: Path) -> None:
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await family_in_one_look_up(store)
+

@@ -8,7 +8,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final
 
 from ..decoding import TAG
@@ -40,6 +40,7 @@ __all__ = [
     "purge_statuses",
     "short_repr",
     "status_text",
+    "valid_saga_ids",
 ]
 
 
@@ -265,6 +266,18 @@ def check_saga_id(saga_id: object) -> str:
     if problem is not None:
         raise ValueError(f"saga id {short_repr(saga_id)} {problem}")
     return str.__str__(saga_id)  # a plain str, also for a str subclass
+
+
+def valid_saga_ids(saga_ids: Iterable[object]) -> list[str]:
+    """The ids of ``saga_ids`` a store can hold, once each, in order: the
+    others (too long, a NUL, not text) are no saga's, so never there."""
+    valid: dict[str, None] = {}
+    for saga_id in saga_ids:
+        try:
+            valid[check_saga_id(saga_id)] = None
+        except ValueError:
+            continue
+    return list(valid)
 
 
 def check_owner(owner: object) -> str:

@@ -218,6 +218,8 @@ class _Statements:
             f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence, unreleased_claims"
             f" FROM {sagas} WHERE saga_id = %s"
         )
+        # A text[] parameter: one statement however many ids are asked about.
+        self.existing_ids = f"SELECT saga_id FROM {sagas} WHERE saga_id = ANY(%s::text[])"
         # One table, no join, no subquery in the locking SELECT (see the module doc).
         claimable = (
             f"SELECT saga_id FROM {sagas}"

@@ -941,3 +941,22 @@ def _count(
 def _lease_state(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> LeaseState:
     fence, owner, expires_at, claims = _read_lease(cursor, saga_id)
     return LeaseState(owner, expires_at, fence, claims)
+
+
+# Ids a query asks about at once: below SQLITE_MAX_VARIABLE_NUMBER (999 before 3.32).
+_IDS_A_QUERY: Final = 500
+
+
+def _existing_ids(cursor: sqlite3.Cursor, txn: _Txn, saga_ids: list[str]) -> set[str]:
+    """Which of ``saga_ids`` (checked ids) the file holds: a query per
+    ``_IDS_A_QUERY`` ids, in one read transaction."""
+    found: set[str] = set()
+    for start in range(0, len(saga_ids), _IDS_A_QUERY):
+        chunk = saga_ids[start : start + _IDS_A_QUERY]
+        marks = ",".join("?" * len(chunk))
+        with _lenient_text(cursor):
+            rows = cursor.execute(
+                f"SELECT saga_id FROM sagas WHERE saga_id IN ({marks})", chunk
+            ).fetchall()
+        found.update(saga_id for (saga_id,) in rows if isinstance(saga_id, str))
+    return found

@@ -218,8 +218,11 @@ class RecoverableStore(SagaStore, Protocol):
     and ``created_until`` (Unix time: ``created_since <= created_at <
     created_until``); ``async def count_sagas(*, saga_name=None,
     created_since=None, created_until=None) -> dict[tuple[str, SagaStatus],
-    int]``, the number of sagas by (name, status); and ``async def
-    lease_state(saga_id) -> LeaseState`` (``SagaNotFound`` if missing).
+    int]``, the number of sagas by (name, status); ``async def
+    lease_state(saga_id) -> LeaseState`` (``SagaNotFound`` if missing); and
+    ``async def existing_saga_ids(saga_ids) -> set[str]``, which of those ids
+    the store holds (``saga_family`` finds a saga's children with one call,
+    else with a ``lease_state`` or ``load`` per step name).
     """
 
     async def list_sagas(

@@ -251,6 +251,10 @@ class MemorySagaStore:
             version=len(history),
         )
 
+    async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
+        """Which of ``saga_ids`` the store holds (those ``load`` finds)."""
+        return {saga_id for saga_id in saga_ids if isinstance(saga_id, str) and saga_id in self}
+
     # ------------------------------------------------------------------ listing (operators)
 
     async def list_sagas(

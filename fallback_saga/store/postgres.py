@@ -123,6 +123,7 @@ from ._common import (
     purge_statuses,
     short_repr,
     status_text,
+    valid_saga_ids,
 )
 from ._dsn_secrets import dsn_secrets, scrub
 from ._group_commit import GroupCommit, RetryAlone
@@ -1254,6 +1255,18 @@ class PostgresSagaStore:
             raise SagaNotFound(saga_id)
         owner, expires_at, token, claims = row
         return LeaseState(owner, expires_at, token, claims)
+
+    async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
+        """Which of ``saga_ids`` the store holds, in one query (an id no store
+        can hold is not among them): what ``saga_family`` asks for a saga's
+        possible child sagas, one ``lease_state`` each otherwise."""
+        wanted = valid_saga_ids(saga_ids)
+        if not wanted:
+            return set()
+        found = await self._fetch(
+            "cannot look up saga ids", self._sql.existing_ids, (wanted,), rows="all"
+        )
+        return {saga_id for (saga_id,) in found}
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int,

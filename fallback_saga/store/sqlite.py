@@ -89,6 +89,7 @@ from ._common import (
     purge_statuses,
     short_repr,
     status_text,
+    valid_saga_ids,
 )
 from ._loop_waker import LoopWaker, waker_of
 from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after
@@ -111,6 +112,7 @@ from ._sqlite_sql import (
     _count,
     _create,
     _defer,
+    _existing_ids,
     _lease_state,
     _list,
     _load,
@@ -799,6 +801,16 @@ class SQLiteSagaStore:
             _lease_state, (check_saga_id(saga_id),), write=False
         )
         return state
+
+    async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
+        """Which of ``saga_ids`` the store holds, in one read (an id no store
+        can hold is not among them): what ``saga_family`` asks for a saga's
+        possible child sagas, one ``lease_state`` each otherwise."""
+        wanted = valid_saga_ids(saga_ids)
+        if not wanted:
+            return set()
+        found: set[str] = await self._submit(_existing_ids, (wanted,), write=False)
+        return found
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
