@@ -11,9 +11,14 @@ from .stored_json import parse_stored_json
 __all__ = ["history_json"]
 
 
-def history_json(record: SagaRecord) -> list[dict[str, Any]]:
-    """``record.history``, an object per entry; ``result`` is a completed
-    act's response in its journal form, parsed (``None``: none was kept)."""
+def history_json(
+    record: SagaRecord, first: int = 0, count: int | None = None
+) -> list[dict[str, Any]]:
+    """``record.history`` (``count`` entries from seq ``first``: one page),
+    an object per entry, ``seq`` its place in the whole journal; ``result``
+    is a completed act's response in its journal form, parsed (``None``:
+    none was kept)."""
+    stop = None if count is None else first + count
     return [
         {
             "seq": seq,
@@ -27,7 +32,7 @@ def history_json(record: SagaRecord) -> list[dict[str, Any]]:
             "at": entry.at,
             "result": _parsed(entry.result),
         }
-        for seq, entry in enumerate(record.history)
+        for seq, entry in enumerate(record.history[first:stop], start=first)
     ]
 
 

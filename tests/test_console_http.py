@@ -1004,3 +1004,83 @@ async def test_bad_history_pages_are_400_with_a_clear_message(
             assert reply.headers["content-type"].startswith("text/html")
             assert message in reply.text, reply.text[-2000:]
             assert "Traceback" not in reply.text
+
+
+async def test_the_json_api_pages_a_long_sagas_history_as_the_page_does(tmp_path: Path) -> None:
+    """``/api/sagas/<id>`` of a saga of thousands of entries: 200 entries a
+    response (it was the whole journal, megabytes for 50,000), with where the
+    page is and links to the others (body and ``Link`` header); following
+    ``next`` from the first reaches every entry once, and every try of the
+    timeline once, on the page of its STARTED row. A short saga is one page,
+    its answer as before plus ``history_page``."""
+    from fallback_saga.console.data import HISTORY_PAGE
+
+    entries = 4_001
+    async with SQLiteSagaStore(tmp_path / "long.db") as store:
+        await store.create("long", "Big", "fp", {"k": 1}, _long_journal(entries))
+        await store.create("..", "Big", "fp", {}, _long_journal(HISTORY_PAGE + 1))
+        await store.create("short", "Small", "fp", {}, _long_journal(6))
+        async with ConsoleServer(store, port=0) as console:
+            seqs: list[int] = []
+            tries: list[int] = []
+            path: str | None = "/api/sagas/long"
+            pages = 0
+            while path is not None:
+                reply = await get(console, path)
+                assert reply.status == 200, (path, reply.text[:500])
+                assert len(reply.body) < 250_000, (path, len(reply.body))
+                data = reply.json()
+                pages += 1
+                assert (data["saga_id"], data["context"]) == ("long", {"k": 1})
+                seqs += [entry["seq"] for entry in data["history"]]
+                tries += [bar["position"] for bar in data["timeline"]]
+                meta = data["history_page"]
+                assert (meta["page"], meta["per_page"], meta["entries"]) == (
+                    pages, HISTORY_PAGE, entries
+                )
+                assert meta["first_seq"] == data["history"][0]["seq"]
+                assert meta["last_seq"] == data["history"][-1]["seq"]
+                if meta["next"] is not None:
+                    assert f'<{meta["next"]}>; rel="next"' in reply.headers["link"]
+                path = meta["next"]
+            assert seqs == list(range(entries))
+            assert tries == list(range((entries + 1) // 2))
+            assert pages == meta["pages"] == -(-entries // HISTORY_PAGE)
+            assert meta["prev"] == f"/api/sagas/long?page={pages - 1}"
+            assert meta["first"] == "/api/sagas/long"
+            # The id ".." (no path carries it): its links keep the id in the query.
+            dots = (await get(console, "/api/sagas?id=..")).json()["history_page"]
+            assert dots["next"] == "/api/sagas?id=..&page=2"
+            second = (await get(console, dots["next"])).json()
+            assert [entry["seq"] for entry in second["history"]] == [HISTORY_PAGE]
+            short = (await get(console, "/api/sagas/short")).json()
+            assert [entry["seq"] for entry in short["history"]] == list(range(6))
+            assert len(short["timeline"]) == 3
+            assert short["history_page"]["pages"] == 1
+            assert short["history_page"]["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("page=0", "page must be a whole number from 1 to 21 "),
+        ("page=22", "page must be a whole number from 1 to 21 "),
+        ("page=two", "got 'two'"),
+        ("page=%C2%B2", "page must be a whole number from 1 to 21 "),
+        ("page=" + "9" * 400, "page must be a whole number"),
+        ("page=1&page=2", "'page' is given 2 times"),
+        ("pg=2", "unknown query parameter 'pg' (known: page)"),
+    ],
+)
+async def test_bad_json_history_pages_are_400_naming_the_valid_range(
+    tmp_path: Path, query: str, message: str
+) -> None:
+    async with SQLiteSagaStore(tmp_path / "long.db") as store:
+        await store.create("long", "Big", "fp", {}, _long_journal(4_001))
+        async with ConsoleServer(store, port=0) as console:
+            reply = await get(console, f"/api/sagas/long?{query}")
+            assert reply.status == 400
+            assert reply.headers["content-type"] == "application/json"
+            error = reply.json()["error"]
+            assert error["status"] == 400
+            assert message in error["message"], error

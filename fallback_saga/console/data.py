@@ -41,6 +41,7 @@ __all__ = [
     "fetch_listing",
     "fetch_saga",
     "history_page",
+    "history_span",
     "lease_json",
     "lenient_list_query",
     "listing_json",
@@ -522,10 +523,25 @@ def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> d
 
 
 
-def record_json(view: SagaView, now: float | None = None) -> dict[str, Any]:
+def history_span(page: int, entries: int) -> tuple[int, int, int]:
+    """History page ``page`` of ``entries`` entries: its first seq, how many
+    entries it shows, and how many pages there are."""
+    pages = max(1, -(-entries // HISTORY_PAGE))
+    first = (page - 1) * HISTORY_PAGE
+    return first, max(0, min(HISTORY_PAGE, entries - first)), pages
+
+
+def record_json(
+    view: SagaView, now: float | None = None, *, page: int | None = None
+) -> dict[str, Any]:
+    """The saga as the JSON API gives it: with ``page``, that page of its
+    history only (``HISTORY_PAGE`` entries, ``history_page`` says which)."""
     record = view.record
     now = time.time() if now is None else now
-    return {
+    first, count, pages = 0, len(record.history), 1
+    if page is not None:
+        first, count, pages = history_span(page, len(record.history))
+    data = {
         "saga_id": record.saga_id,
         "saga_name": record.saga_name,
         "status": record.status.value,
@@ -536,10 +552,20 @@ def record_json(view: SagaView, now: float | None = None) -> dict[str, Any]:
         "lease": lease_json(view.lease, now),
         "lease_note": view.lease_note,
         "context": record.context,
-        "history": history_json(record),
+        "history": history_json(record, first, count),
         "parent": view.parent,
         "children": view.children,
     }
+    if page is not None:
+        data["history_page"] = {
+            "page": page,
+            "pages": pages,
+            "per_page": HISTORY_PAGE,
+            "entries": len(record.history),
+            "first_seq": first if count else None,
+            "last_seq": first + count - 1 if count else None,
+        }
+    return data
 
 
 def status_counts_json(counts: Mapping[SagaStatus, int]) -> dict[str, int]:

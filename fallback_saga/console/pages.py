@@ -195,9 +195,10 @@ def saga_href(saga_id: str, *, api: bool = False) -> str:
     return f"{base}/{quote(saga_id, safe='')}"
 
 
-def history_href(saga_id: str, page: int) -> str:
-    """The saga's page showing history page ``page`` (1: no parameter)."""
-    href = saga_href(saga_id)
+def history_href(saga_id: str, page: int, *, api: bool = False) -> str:
+    """The saga's page (``api``: its JSON) showing history page ``page`` (1:
+    no parameter)."""
+    href = saga_href(saga_id, api=api)
     if page == 1:
         return href
     return f"{href}{'&' if '?' in href else '?'}{urlencode({'page': page})}"

@@ -33,6 +33,7 @@ from .data import (
     fetch_listing,
     fetch_saga,
     history_page,
+    history_span,
     lenient_list_query,
     listing_json,
     parse_list_query,
@@ -45,6 +46,7 @@ from .pages import (
     FAVICON,
     STYLE_HASH,
     error_page,
+    history_href,
     listing_page,
     saga_href,
     saga_page,
@@ -566,25 +568,47 @@ class ConsoleServer:
         if _names_param(request.query, "id"):
             # /api/sagas?id=X: one saga, as /api/sagas/X (the form linked for
             # the ids "." and "..", which no path can carry).
-            saga_id = single_values(request.query, ("id",))["id"]
+            values = single_values(request.query, ("id", "page"))
+            saga_id = values["id"]
             if not saga_id:
                 raise SagaNotFound(saga_id)
-            return await self._one_saga_json(saga_id)
+            return await self._one_saga_json(saga_id, values.get("page"))
         now = time.time()
         query = parse_list_query(request.query, now=now, default_limit=self.page_size)
         listing = await fetch_listing(self.store, query, self._counts.counts)
         return _json(HTTPStatus.OK, listing_json(listing, query, default_limit=self.page_size))
 
     async def _saga_json(self, request: Request, raw_id: str) -> Response:
-        single_values(request.query, ())
-        return await self._one_saga_json(_saga_id(raw_id))
+        page = single_values(request.query, ("page",)).get("page")
+        return await self._one_saga_json(_saga_id(raw_id), page)
 
-    async def _one_saga_json(self, saga_id: str) -> Response:
+    async def _one_saga_json(self, saga_id: str, page_text: str | None = None) -> Response:
+        """The saga with one page of its history (``HISTORY_PAGE`` entries,
+        ``?page=N``) and the timeline's tries that begin on it: a saga of
+        50,000 entries was one response of megabytes."""
         now = time.time()
         view = await fetch_saga(self.store, saga_id)
-        data = record_json(view, now)
-        data["timeline"] = bars_json(bars_of(view.record, now))
-        return _json(HTTPStatus.OK, data)
+        entries = len(view.record.history)
+        page = history_page(page_text, entries)
+        data = record_json(view, now, page=page)
+        first, count, pages = history_span(page, entries)
+        data["timeline"] = bars_json(
+            [bar for bar in bars_of(view.record, now) if first <= bar.seq < first + count]
+        )
+        links = {
+            "first": history_href(saga_id, 1, api=True),
+            "prev": history_href(saga_id, page - 1, api=True) if page > 1 else None,
+            "next": history_href(saga_id, page + 1, api=True) if page < pages else None,
+            "last": history_href(saga_id, pages, api=True),
+        }
+        data["history_page"].update(links)
+        response = _json(HTTPStatus.OK, data)
+        # The same links as a header (RFC 8288), for clients that page by it.
+        response.headers.append((
+            "Link",
+            ", ".join(f'<{href}>; rel="{rel}"' for rel, href in links.items() if href),
+        ))
+        return response
 
     async def _metrics(self, request: Request, _: str) -> Response:
         single_values(request.query, ())

@@ -37,6 +37,7 @@ class Bar:
     end: float
     outcome: str
     error: str | None = None
+    seq: int = 0  # the journal row that began it (its STARTED row, or its only one)
 
 
 def bars_of(record: SagaRecord, now: float) -> list[Bar]:
@@ -59,14 +60,14 @@ def bars_of(record: SagaRecord, now: float) -> list[Bar]:
                 cut_off, _ = again
                 cut_off.end, cut_off.outcome = max(cut_off.start, entry.at), INTERRUPTED
             bar = Bar(entry.position, entry.step, entry.branch, entry.action, entry.attempt,
-                      entry.at, entry.at, RUNNING)
+                      entry.at, entry.at, RUNNING, seq=index)
             running[key] = (bar, index)
             bars.append(bar)
             continue
         found = running.pop(key, None)
         if found is None:  # a terminal row without its STARTED (an edited journal)
             bar = Bar(entry.position, entry.step, entry.branch, entry.action, entry.attempt,
-                      entry.at, entry.at, RUNNING)
+                      entry.at, entry.at, RUNNING, seq=index)
             bars.append(bar)
         else:
             bar = found[0]
@@ -94,6 +95,7 @@ def bars_json(bars: list[Bar]) -> list[dict[str, Any]]:
             "end": bar.end,
             "outcome": bar.outcome,
             "error": bar.error,
+            "seq": bar.seq,
         }
         for bar in bars
     ]
