@@ -205,8 +205,11 @@ def test_show_cuts_overlong_values(db: str, capsys: pytest.CaptureFixture[str]) 
     conn.close()
     assert main(["show", "big", "--db", db]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert max(map(len, lines)) <= MAX_CONTEXT + 20
-    assert all(line.endswith("…") for line in lines if line.startswith(("name", "context")))
+    assert max(map(len, lines)) <= MAX_CONTEXT + 100
+    assert all(line.endswith("…") for line in lines if line.startswith("name"))
+    context = next(line for line in lines if line.startswith("context"))
+    more = len(long_context) - (MAX_CONTEXT - 0)
+    assert context.endswith(f"C… {more:,} more bytes; the whole context: show big --json")
     history = lines[-1]
     assert len(history) <= MAX_CELL + MAX_VALUE + 80
 
@@ -327,3 +330,31 @@ def test_graph_help_says_that_importing_runs_code(capsys: pytest.CaptureFixture[
     assert main(["graph", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "runs the module's top-level code" in text
+
+
+def test_S12_show_bounds_a_huge_context_says_how_much_is_left_and_never_cuts_into_a_password(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``show`` of a several-MB context prints its start and "… N more bytes;
+    the whole context: show ID --json" (it said "…" only); a step error
+    quoting a password is redacted before the history table cuts it."""
+    password = "Zq9Zq9Zq9Zq9Zq9Zq9"
+    error = "e" * (MAX_VALUE - len("postgresql://app:") - 4) + (
+        f"postgresql://app:{password}@db/x " + "e" * 10_000
+    )
+    context = {"rows": [f"row {i}" for i in range(400_000)]}
+
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create("o'big", "Big", "fp", context,
+                               [entry(0, "Pay", StepStatus.FAILED, error=error)])
+
+    asyncio.run(go())
+    assert main(["show", "o'big", "--db", db]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("context"))
+    more = len(json.dumps(context, ensure_ascii=False).encode()) - MAX_CONTEXT
+    assert line.endswith(f"… {more:,} more bytes; the whole context: show 'o'\"'\"'big' --json")
+    assert len(out) < 10_000
+    assert "Zq9" not in out
+    assert "postgresql://app:***" in out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import re
 import socket
@@ -1084,3 +1085,83 @@ async def test_bad_json_history_pages_are_400_naming_the_valid_range(
             error = reply.json()["error"]
             assert error["status"] == 400
             assert message in error["message"], error
+
+
+# --------------------------------------------------------------------------- huge values
+
+# A password in a step's error, as a driver's message might quote it, placed
+# so that each cut of the page (a history cell's first line and its text,
+# the failure alert, the timeline's tooltip) falls inside it.
+_PASSWORD = "Zq9Zq9Zq9Zq9Zq9Zq9"
+_DSN = f"postgresql://app:{_PASSWORD}@db.internal/orders"
+
+
+def _secret_across(cut: int) -> str:
+    """An error text whose password spans character ``cut``."""
+    return "e" * (cut - len("postgresql://app:") - 4) + _DSN + " and more" + "e" * 50_000
+
+
+async def test_S12_huge_values_make_a_bounded_page_that_says_what_it_leaves_out(
+    tmp_path: Path,
+) -> None:
+    """A context of several MB and 200 entries of 50 kB errors and results:
+    the saga page stays under 1 MB (it was tens of MB), and each cut value
+    says how many bytes it leaves out and where the whole is (the JSON API,
+    which still has all of it)."""
+    from fallback_saga import JournalEntry, StepStatus
+
+    context = {"rows": [f"row {i}: some data" for i in range(250_000)]}
+    context_bytes = len(json.dumps(context, indent=2, ensure_ascii=False).encode())
+    error = "E" * 50_000
+    result = json.dumps("R" * 50_000)
+    history = [
+        JournalEntry(i, f"Step{i}", "primary", "act", StepStatus.FAILED, 1, error, 1.0 + i,
+                     result)
+        for i in range(200)
+    ]
+    async with SQLiteSagaStore(tmp_path / "big.db") as store:
+        await store.create("big", "Big", "fp", context, history)
+        async with ConsoleServer(store, port=0) as console:
+            page = await get(console, "/sagas/big")
+            assert page.status == 200
+            assert len(page.body) < 1_000_000, len(page.body)
+            from fallback_saga.console.pages import CONTEXT_SHOWN
+
+            shown = context_bytes - CONTEXT_SHOWN
+            assert (
+                f"… {shown:,} more bytes of JSON; the whole context: "
+                '<a href="/api/sagas/big">/api/sagas/big</a>'
+            ) in page.text
+            cells = re.findall(r"… ([\d,]+) more bytes; the whole text: <a href=\"([^\"]*)\"",
+                               page.text)
+            assert len(cells) == 400  # every error and result of the page says so
+            assert {href for _, href in cells} == {"/api/sagas/big"}
+            first = int(cells[0][0].replace(",", ""))
+            assert first == len(error) - 4 * 1024
+            whole = (await get(console, "/api/sagas/big")).json()
+            assert whole["context"] == context
+            assert whole["history"][0]["error"] == error
+
+
+async def test_S12_a_cut_never_shows_part_of_a_password_the_console_redacts(
+    tmp_path: Path,
+) -> None:
+    """Step errors that quote a connection string are shown redacted, and
+    redacted before they are cut: a cut through the password (cell, first
+    line, alert, timeline) must not leave its start, as cutting first did."""
+    from fallback_saga import JournalEntry, StepStatus
+    from fallback_saga.console.pages import CELL_SHOWN
+
+    cuts = [160, 300, CELL_SHOWN, 40, 2000]  # the last failed act: the alert
+    history = [
+        JournalEntry(i, f"Step{i}", "primary", "act", StepStatus.FAILED, 1,
+                     _secret_across(cut), 1.0 + i)
+        for i, cut in enumerate(cuts)
+    ]
+    async with SQLiteSagaStore(tmp_path / "secret.db") as store:
+        await store.create("leaky", "Leaky", "fp", {}, history, status=SagaStatus.COMPENSATED)
+        async with ConsoleServer(store, port=0) as console:
+            page = (await get(console, "/sagas/leaky")).text
+            assert "postgresql://app:***@db.internal" in page
+            assert "Zq9" not in page
+            assert "more bytes; the whole text" in page

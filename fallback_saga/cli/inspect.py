@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import pathlib
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 from ..errors import SagaNotFound, SagaStoreError
 from ..record_json import history_json
+from ..shown_text import cut_bytes, redact_start
 from ..status import SagaStatus
 from ..store._common import short_repr
 from ..store._parking import parked_claims, parked_text
@@ -134,7 +136,8 @@ def history_table(
         ]
         if times:
             row.append(when(entry.at, precise=True))
-        row.append(terminal_text(entry.error or "", MAX_VALUE))
+        # Redacted before terminal_text cuts it: a cut could leave part of a password.
+        row.append(terminal_text(redact_start(entry.error or "", MAX_VALUE), MAX_VALUE))
         rows.append(row)
     return render_table(headers, rows, right=(0, 1, 6))
 
@@ -362,8 +365,15 @@ def run_show(args: argparse.Namespace) -> int:
     if args.mermaid:
         sys.stdout.write(mermaid_gantt(record))
         return EXIT_OK
-    # The context stays JSON (unsafe characters as JSON escapes), cut if long.
-    context = json_text(json.dumps(record.context, ensure_ascii=False))
+    # The context stays JSON (unsafe characters as JSON escapes), cut if long,
+    # saying how much more there is and where it is.
+    context_json, more = cut_bytes(json.dumps(record.context, ensure_ascii=False), MAX_CONTEXT)
+    context = terminal_text(json_text(context_json), MAX_CONTEXT)
+    if more:
+        context += (
+            f"… {more:,} more bytes; the whole context: show "
+            f"{terminal_text(shlex.quote(record.saga_id), MAX_VALUE)} --json"
+        )
     lines = [
         f"saga         {terminal_text(record.saga_id, MAX_VALUE)}",
         f"name         {terminal_text(record.saga_name, MAX_VALUE)}",
@@ -372,7 +382,7 @@ def run_show(args: argparse.Namespace) -> int:
         f"updated      {when(record.updated_at, precise=True)} UTC",
         f"version      {record.version}",
         f"fingerprint  {terminal_text(record.fingerprint, MAX_VALUE)}",
-        f"context      {terminal_text(context, MAX_CONTEXT)}",
+        f"context      {context}",
     ]
     if parked is not None:
         lines.append(

@@ -29,7 +29,16 @@ from .data import (
     is_time,
     lease_phase,
 )
-from .text import esc, format_age, format_seconds, format_time, shorten
+from .text import (
+    cut_bytes,
+    esc,
+    format_age,
+    format_seconds,
+    format_time,
+    redact_start,
+    shorten,
+    shown_start,
+)
 from .timeline import Bar, timeline_svg
 
 __all__ = [
@@ -350,7 +359,7 @@ def listing_page(
         rows.append(
             "<tr>"
             f'<td><a class="id" href="{esc(saga_href(s.saga_id))}">{esc(s.saga_id)}</a></td>'
-            f"<td>{esc(s.saga_name)}</td>"
+            f"<td>{esc(shorten(s.saga_name, _NAME_SHOWN))}</td>"
             f"<td>{badge(s.status)}</td>"
             f"<td>{when(s.created_at, now)}</td>"
             f"<td>{when(s.updated_at, now)}</td>"
@@ -484,7 +493,7 @@ def _summary_card(record: SagaRecord, bars: Sequence[Bar], now: float) -> str:
         return f"{done} completed" + (f", {failed} failed" if failed else "")
     return (
         '<div class="card"><h2>Summary</h2><dl>'
-        f"<dt>Saga name</dt><dd>{esc(record.saga_name)}</dd>"
+        f"<dt>Saga name</dt><dd>{esc(shorten(record.saga_name, _NAME_SHOWN))}</dd>"
         f"<dt>Status</dt><dd>{badge(record.status)}</dd>"
         f"<dt>Started</dt><dd>{when(record.created_at, now, precise=True)} UTC</dd>"
         f"<dt>Last update</dt><dd>{when(record.updated_at, now, precise=True)} UTC</dd>"
@@ -513,19 +522,18 @@ def _alert(record: SagaRecord) -> str:
     if failed_acts:
         last = failed_acts[-1]
         parts.append(
-            f"<strong>Step {esc(last.step)}"
+            f"<strong>Step {esc(shorten(last.step, _NAME_SHOWN))}"
             f"{' (fallback)' if last.branch == 'fallback' else ''} failed; the saga "
             f"{'unwound' if record.status.is_final else 'is unwinding'}.</strong>"
-            f"<pre>{esc(shorten(last.error or 'no error text', 2000), keep_newlines=True)}</pre>"
+            + _error_block(last.error)
         )
     if record.status is SagaStatus.FAILED:
         if failed_undo:
             last = failed_undo[-1]
             parts.append(
-                f"<strong>Compensation of {esc(last.step)} kept failing (try "
+                f"<strong>Compensation of {esc(shorten(last.step, _NAME_SHOWN))} kept failing (try "
                 f"{last.attempt}): an operator must finish undoing it.</strong>"
-                f"<pre>{esc(shorten(last.error or 'no error text', 2000), keep_newlines=True)}"
-                "</pre>"
+                + _error_block(last.error)
             )
             parts.append(_retry_hint(record.saga_id))
         else:
@@ -535,6 +543,13 @@ def _alert(record: SagaRecord) -> str:
         return ""
     kind = "failed" if record.status is SagaStatus.FAILED else "compensated"
     return f'<div class="alert {kind}" role="status">{"".join(parts)}</div>'
+
+
+def _error_block(error: str | None) -> str:
+    """A step's error text in the alert: redacted, then cut (never the other
+    way round: a cut could leave part of a secret ``redact`` would hide)."""
+    text = shorten(redact_start(error or "no error text", 2000), 2000)
+    return f"<pre>{esc(text, keep_newlines=True)}</pre>"
 
 
 def _retry_hint(saga_id: str) -> str:
@@ -548,13 +563,45 @@ def _retry_hint(saga_id: str) -> str:
     )
 
 
-def _cell_text(text: str, css: str, limit: int = 160) -> str:
+#: Bytes of one error or result a history cell shows, and (escaped) of all
+#: of a page's cells together: 200 entries of long errors made a page of
+#: tens of megabytes. The JSON API has the whole texts.
+CELL_SHOWN: Final = 4 * 1024
+CELLS_SHOWN: Final = 192 * 1024
+
+
+class _Budget:
+    """What is left of a page's ``CELLS_SHOWN``."""
+
+    def __init__(self) -> None:
+        self.left = CELLS_SHOWN
+
+
+def _cell_text(
+    text: str, css: str, budget: _Budget, whole: str, *, secret: bool, limit: int = 160
+) -> str:
+    """A history cell: its first line, and the text, cut to what the page
+    has room for with a marker saying how much more there is and where
+    (``whole``: the JSON API's page with it). ``secret``: redacted before
+    it is cut, so a cut never leaves part of a secret ``redact`` hides."""
+    start = redact_start(text, CELL_SHOWN) if secret else text[: CELL_SHOWN + 1]
     if len(text) <= limit and "\n" not in text:
-        return f'<td class="{css}"><pre>{esc(text)}</pre></td>'
+        return f'<td class="{css}"><pre>{esc(start)}</pre></td>'
+    first = start.split("\n", 1)[0]
+    shown, more = shown_start(text, max(0, min(CELL_SHOWN, budget.left)), secret=secret)
+    escaped = esc(shown, keep_newlines=True)
+    budget.left -= len(escaped)  # as sent: markup-heavy text escapes to several times its size
+    marker = (
+        f'<p class="muted small">… {more:,} more bytes; the whole text: '
+        f'<a href="{esc(whole)}">{esc(whole)}</a></p>'
+        if more
+        else ""
+    )
     return (
         f'<td class="{css}"><details><summary><pre>'
-        f"{esc(shorten(text.splitlines()[0] if text else text, limit))}</pre></summary>"
-        f"<pre>{esc(shorten(text, 20_000), keep_newlines=True)}</pre></details></td>"
+        f"{esc(shorten(first, limit))}</pre></summary>"
+        + (f"<pre>{escaped}</pre>" if shown else "")
+        + f"{marker}</details></td>"
     )
 
 
@@ -609,6 +656,8 @@ def _history(record: SagaRecord, now: float, page: int = 1) -> str:
         + ("<th>Result</th>" if results else "")
     )
     rows = []
+    budget = _Budget()
+    whole = history_href(record.saga_id, page, api=True)
     for seq, entry in enumerate(shown, start=first):
         result = entry[8] if len(entry) > 8 else None
         rows.append(
@@ -617,14 +666,22 @@ def _history(record: SagaRecord, now: float, page: int = 1) -> str:
             f"<td>{when(entry.at, now, precise=True)}</td>"
             f'<td class="num muted small nowrap">{esc(format_seconds(entry.at - origin))}</td>'
             f'<td class="nowrap"><span class="muted">{entry.position + 1}.</span> '
-            f"{esc(entry.step)}</td>"
-            f"<td>{esc(entry.branch)}</td>"
-            f"<td>{esc(entry.action)}</td>"
+            f"{esc(shorten(entry.step, _NAME_SHOWN))}</td>"
+            f"<td>{esc(shorten(entry.branch, _NAME_SHOWN))}</td>"
+            f"<td>{esc(shorten(entry.action, _NAME_SHOWN))}</td>"
             f"<td>{badge(entry.status)}</td>"
             f'<td class="num">{entry.attempt}</td>'
-            + (_cell_text(entry.error, "error") if entry.error else "<td></td>")
             + (
-                (_cell_text(_result_text(result), "result") if result is not None else "<td></td>")
+                _cell_text(entry.error, "error", budget, whole, secret=True)
+                if entry.error
+                else "<td></td>"
+            )
+            + (
+                (
+                    _cell_text(_result_text(result), "result", budget, whole, secret=False)
+                    if result is not None
+                    else "<td></td>"
+                )
                 if results
                 else ""
             )
@@ -637,7 +694,10 @@ def _history(record: SagaRecord, now: float, page: int = 1) -> str:
     )
 
 
-_CONTEXT_LIMIT: Final = 256 * 1024
+#: Bytes of a context's JSON its page shows: the JSON API has all of it.
+CONTEXT_SHOWN: Final = 64 * 1024
+#: Characters of a step or saga name shown (a hostile row may hold megabytes).
+_NAME_SHOWN: Final = 200
 
 _LEGEND: Final = (
     '<div class="legend"><span><span class="swatch act"></span>act completed</span>'
@@ -671,15 +731,22 @@ def saga_page(
 ) -> str:
     """The saga's page, with page ``page`` of its history (``data.history_page``)."""
     record = view.record
-    context = json.dumps(record.context, indent=2, ensure_ascii=False, default=str)
-    if len(context) > _CONTEXT_LIMIT:
-        context = context[:_CONTEXT_LIMIT] + "\n… (cut short: the JSON API has all of it)"
+    context, more = cut_bytes(
+        json.dumps(record.context, indent=2, ensure_ascii=False, default=str), CONTEXT_SHOWN
+    )
     api_href = saga_href(record.saga_id, api=True)
+    context_more = (
+        f'<p class="muted small">… {more:,} more bytes of JSON; the whole context: '
+        f'<a href="{esc(api_href)}">{esc(api_href)}</a> (its <code>context</code>), '
+        f"or <code>python -m fallback_saga show ID --json</code></p>"
+        if more
+        else ""
+    )
     body = (
         f'<nav class="crumbs"><a href="/">Sagas</a> &rsaquo; <span class="id">{esc(record.saga_id)}'
         "</span></nav>"
         f'<div class="head"><div><h1 class="id">{esc(record.saga_id)}</h1>'
-        f'<div class="sub">{esc(record.saga_name)} {badge(record.status)}'
+        f'<div class="sub">{esc(shorten(record.saga_name, _NAME_SHOWN))} {badge(record.status)}'
         + _family(view)
         + "</div></div>"
         f'<a class="button" href="{esc(api_href)}">View as JSON</a></div>'
@@ -696,7 +763,7 @@ def saga_page(
         + _history(record, now, page)
         + "</section>"
         + '<section class="card" aria-label="context"><h2>Context</h2>'
-        + f'<pre class="json">{esc(context, keep_newlines=True)}</pre></section>'
+        + f'<pre class="json">{esc(context, keep_newlines=True)}</pre>{context_more}</section>'
     )
     return layout(f"Saga {shorten(record.saga_id, 60)}", body, store_label=store_label, now=now)
 

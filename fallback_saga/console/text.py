@@ -7,16 +7,20 @@ import html
 import re
 from typing import Final
 
+from ..shown_text import cut_bytes, redact, redact_start, shown_start
 from ..timestamps import utc_text
 
 __all__ = [
     "attr",
+    "cut_bytes",
     "esc",
     "format_age",
     "format_seconds",
     "format_time",
     "redact",
+    "redact_start",
     "shorten",
+    "shown_start",
     "visible",
 ]
 
@@ -92,17 +96,3 @@ def format_age(timestamp: float, now: float) -> str:
     # Whole units read better here than "12.34 s ago".
     words = re.sub(r"(\d+)\.\d+ (s|ms)", r"\1 \2", words)
     return f"{words} ago" if delta > 0 else f"in {words}"
-
-
-# A password in a conninfo string or URL, should a driver's message quote one.
-_SECRETS: Final = (
-    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE), r"\1***"),
-    (re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE), r"\1***@"),
-)
-
-
-def redact(text: str) -> str:
-    """``text`` with any password it quotes replaced by ``***``."""
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from ..status import StepStatus
 from ..store.base import SagaRecord
-from .text import attr, esc, format_seconds, shorten
+from .text import attr, esc, format_seconds, redact_start, shorten
 
 __all__ = ["Bar", "bars_json", "bars_of", "timeline_svg"]
 
@@ -197,11 +197,14 @@ def timeline_svg(record: SagaRecord, bars: list[Bar]) -> str:
         x = LABELS + (bar.start - origin) * scale
         width = max((bar.end - bar.start) * scale, 3.0)
         duration = bar.end - bar.start
+        # Redacted before the cut, which could leave part of a secret.
+        error = shorten(redact_start(bar.error, 300), 300) if bar.error else None
         detail = (
-            f"{bar.step} ({bar.branch}) {bar.action}, try {bar.attempt}: "
+            f"{shorten(bar.step, 200)} ({shorten(bar.branch, 40)}) {shorten(bar.action, 40)}, "
+            f"try {bar.attempt}: "
             f"{_OUTCOME_TEXT[bar.outcome]}"
             f"{'' if bar.outcome == RUNNING else ' after ' + format_seconds(duration)}"
-            f"{chr(10) + 'error: ' + shorten(bar.error, 600) if bar.error else ''}"
+            f"{chr(10) + 'error: ' + error if error else ''}"
         )
         tags = _tags(bar)
         out.append('<g class="row">')
