@@ -82,6 +82,14 @@ async def _read(reader: asyncio.StreamReader) -> Request | None:
         first = await _line(reader)
     except EOFError:
         return None  # the client connected and left
+    except HttpError as error:
+        if error.status is HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+            # RFC 9112 3: a request-target longer than the server parses is a 414.
+            raise HttpError(
+                HTTPStatus.REQUEST_URI_TOO_LONG,
+                f"the request line is longer than {MAX_LINE} bytes (a long query string?)",
+            ) from None
+        raise
     try:
         text = first.decode("ascii")
     except UnicodeDecodeError:
