@@ -119,6 +119,11 @@ async def test_S12_a_read_only_store_lists_around_a_row_that_is_not_utf8(
         # Rows no comparison with a time would ever find due: reported all the same.
         ("lease_expires_at", "'soon'", "s2"),
         ("updated_at", "'yesterday'", "s2"),
+        # A count of claims no comparison with park_after would ever find
+        # below it: reported too, not left unclaimed without a word.
+        ("unreleased_claims", "'x'", "s2"),
+        ("unreleased_claims", "X'01'", "s2"),
+        ("unreleased_claims", "1.5", "s2"),
     ],
 )
 async def test_S12_claim_skips_a_corrupt_row_names_it_and_claims_the_others(
