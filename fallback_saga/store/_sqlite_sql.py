@@ -112,8 +112,11 @@ _CLAIM_DUE: Final = (
     # step back; a forward step, likewise, makes sagas look older.)
     " WHERE status IN (?, ?)"
     # Parked (see _parking): claimed park_after times without the lease
-    # given back. A claim_saga by id still leases it.
-    " AND unreleased_claims < ?"
+    # given back. A claim_saga by id still leases it. A count that is text
+    # or a BLOB (after every number, as for the times below) is selected,
+    # for _claim to report it: "< ?" alone would leave the saga unclaimed
+    # and unreported, neither parked nor recovered.
+    " AND (unreleased_claims < ? OR unreleased_claims >= '')"
     " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
     " OR lease_expires_at <= ? OR lease_written_at > ?"
     " OR lease_expires_at >= '' OR updated_at >= ''"
