@@ -449,6 +449,44 @@ async def test_S10_claim_by_names_takes_those_names_oldest_first_up_to_the_limit
                                      limit=5)) == ["b0", "b1", "b2"]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_S10_a_claim_by_more_names_than_sqlite_binds_in_one_statement_still_claims(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """More names than one SQLite statement may bind (999 variables before
+    SQLite 3.32, 32,766 since, up to 250,000 in some builds) still claim
+    their sagas, oldest first up to the limit: one placeholder per name made
+    every such claim fail ("too many SQL variables"), so a worker given
+    that many sagas never resumed any. The count is taken from the SQLite
+    this Python links, one past its bound, whatever the build."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        bound = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        probe.close()
+    if kind == "postgres":
+        from fallback_saga.store.postgres import PostgresSagaStore
+
+        store: Any = PostgresSagaStore(request.getfixturevalue("pg_conninfo"),
+                                       schema=request.getfixturevalue("pg_schema"))
+    else:
+        store = SQLiteSagaStore(tmp_path / "s.db", writer=kind)
+    names = [f"Saga{n}" for n in range(bound + 1)] + ["OrderSaga"]
+    async with store:
+        await crashed(store, BillingSaga, ["b0"])
+        await crashed(store, OrderSaga, ["o0", "o1", "o2"])
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=2,
+                                   names=names)
+        assert [lease.saga_id for lease in leases] == ["o0", "o1"]
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=5,
+                                   names=names)
+        assert [lease.saga_id for lease in leases] == ["o2"]
+        # A claim by a few names after it: none of the many is left behind.
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=5,
+                                   names=["BillingSaga"])
+        assert [lease.saga_id for lease in leases] == ["b0"]
+
+
 def test_S10_a_named_claim_on_sqlite_walks_the_sagas_in_flight_not_every_saga_of_its_names(
     tmp_path: Path,
 ) -> None:
