@@ -136,6 +136,23 @@ _CLAIMABLE_OF_NAMES: Final = (
     _CLAIM_COLUMNS + " INDEXED BY sagas_by_status" + _CLAIM_DUE + " AND saga_name IN ({})"
     + _OLDEST_FIRST
 )
+# At most this many names go in as placeholders: a statement binds at most
+# 999 variables before SQLite 3.32 (32,766 since; some builds more), and the
+# claim binds 8 more. More names than that (a worker given hundreds of sagas)
+# go in rows of a table of the writer's connection's own (TEMP: no other
+# connection sees it, and the claim's transaction holds its rows), filled
+# and emptied by the claim, instead of failing every claim with "too many
+# SQL variables" — a worker that never resumes anything.
+_NAMES_BOUND: Final = 500
+_CLAIM_NAMES_TABLE: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS fallback_saga_claim_names"
+    " (saga_name TEXT PRIMARY KEY) WITHOUT ROWID"
+)
+_ADD_CLAIM_NAME: Final = "INSERT INTO temp.fallback_saga_claim_names VALUES (?)"
+_CLEAR_CLAIM_NAMES: Final = "DELETE FROM temp.fallback_saga_claim_names"
+_CLAIMABLE_OF_MANY_NAMES: Final = _CLAIMABLE_OF_NAMES.format(
+    "SELECT saga_name FROM temp.fallback_saga_claim_names"
+)
 _TAKE_LEASE: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?"
     " WHERE saga_id = ?"
@@ -629,14 +646,22 @@ def _claim(
         return []  # no saga has a name out of none
     now = txn.now
     wanted = limit
-    sql = (_CLAIMABLE if names is None
-           else _CLAIMABLE_OF_NAMES.format(", ".join("?" * len(names))))
+    bound = names or ()
+    if names is None:
+        sql = _CLAIMABLE
+    elif len(names) <= _NAMES_BOUND:
+        sql = _CLAIMABLE_OF_NAMES.format(", ".join("?" * len(names)))
+    else:
+        cursor.execute(_CLAIM_NAMES_TABLE)
+        cursor.execute(_CLEAR_CLAIM_NAMES)
+        cursor.executemany(_ADD_CLAIM_NAME, [(name,) for name in names])
+        sql, bound = _CLAIMABLE_OF_MANY_NAMES, ()
     while True:
         with _lenient_text(cursor):
             rows = cursor.execute(
                 sql,
                 (*_INTERRUPTED, park_after, now - older_than, now + older_than, now,
-                 now + max(older_than, 0.0), 1 if deferred else 0, *(names or ()), wanted),
+                 now + max(older_than, 0.0), 1 if deferred else 0, *bound, wanted),
             ).fetchall()
         claimable: list[tuple[str, int, int]] = []
         corrupt: list[tuple[object, str]] = []
@@ -654,6 +679,8 @@ def _claim(
         if len(claimable) >= limit or len(rows) < wanted:
             break
         wanted = limit + len(corrupt)
+    if sql is _CLAIMABLE_OF_MANY_NAMES:
+        cursor.execute(_CLEAR_CLAIM_NAMES)  # not kept between claims
     quiet = txn.quiet
     if len(quiet) > _MAX_QUIET:
         quiet.clear()
