@@ -1129,6 +1129,33 @@ def test_S10_resume_resumes_a_parked_saga_by_id_and_clears_its_count(
     assert "parked" not in capsys.readouterr().out
 
 
+def test_S10_a_resume_that_ends_its_process_leaves_the_saga_parked_as_its_help_says(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``resume ID`` of a parked saga whose step still ends the process
+    (``SystemExit``, or here another BaseException out of the step) keeps
+    the lease, as a worker does (``Saga.resume``): the count stays, and the
+    saga stays parked. ``resume --help`` says so — it said that such a
+    resume gave the lease back and cleared the count, which would send an
+    operator to watch workers crash-loop on it again."""
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    park(db, "o-1")
+    parked = claims(db, "o-1")
+    assert parked > 0
+    app.CRASH_IN.add("act Charge")
+    with pytest.raises(app.Crash):
+        main(["resume", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"])
+    app.CRASH_IN.clear()
+    assert claims(db, "o-1") == parked
+    assert load(db, "o-1").status is SagaStatus.RUNNING
+    capsys.readouterr()
+    assert main(["resume", "--help"]) == 0
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "gives the lease back on its way out" not in helped
+    assert ("A resume that ends this process (SystemExit out of a step, a segfault, an OOM "
+            "kill) keeps the lease, as a worker does: the saga stays parked.") in helped
+
+
 def test_S10_a_resume_cut_off_by_the_store_exits_1_and_workers_claim_the_saga_again(
     db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
