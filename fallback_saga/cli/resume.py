@@ -51,10 +51,9 @@ its lease is refused, and whoever drove it before is fenced out), RUNNING
 continues from the step that did not complete (called again with its
 idempotency key), COMPENSATING finishes its unwinding. When the run gives
 its lease back, the saga's claim count is 0 again: workers take it as any
-other, should it be interrupted later. A resume that kills this process
-outright (a segfault, an OOM kill) gives nothing back: the saga stays
-parked. (One that lets SystemExit out of a step gives the lease back on its
-way out, which clears the count too.)
+other, should it be interrupted later. A resume that ends this process (SystemExit
+out of a step, a segfault, an OOM kill) keeps the lease, as a worker does:
+the saga stays parked.
 
 A FAILED saga is not resumed (its unwinding gave up: see retry-unwinding);
 a COMPLETED or COMPENSATED one has nothing left to do; a child saga
