@@ -487,6 +487,30 @@ async def test_S10_a_claim_by_more_names_than_sqlite_binds_in_one_statement_stil
         assert [lease.saga_id for lease in leases] == ["b0"]
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_S10_a_named_claim_works_on_a_file_whose_status_index_was_dropped(
+    writer: str, tmp_path: Path
+) -> None:
+    """A worker's claim names the index it walks (``INDEXED BY
+    sagas_by_status``): on a file whose index an operator or a tool dropped
+    (a bulk load, a hand-made copy), every worker's claim failed ("no such
+    index") and no worker resumed anything, while a ``recover`` pass (no
+    names) still did. The store makes the index again when it opens."""
+    path = tmp_path / "s.db"
+    async with SQLiteSagaStore(path, writer=writer) as store:
+        await crashed(store, OrderSaga, ["o0", "o1"])
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("DROP INDEX sagas_by_status")
+        conn.commit()
+    finally:
+        conn.close()
+    async with SQLiteSagaStore(path, writer=writer) as store:
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=5,
+                                   names=["OrderSaga"])
+    assert [lease.saga_id for lease in leases] == ["o0", "o1"]
+
+
 def test_S10_a_named_claim_on_sqlite_walks_the_sagas_in_flight_not_every_saga_of_its_names(
     tmp_path: Path,
 ) -> None:
