@@ -98,6 +98,10 @@ _MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
+# The index a claim walks (the sagas in flight, oldest first), as version 1
+# made it: made again at each open if missing (see _migrate).
+_STATUS_INDEX: Final = "CREATE INDEX IF NOT EXISTS sagas_by_status ON sagas (status, updated_at)"
+
 # The -wal file grows while a reader holds a snapshot (a console page, a long
 # listing, a backup): SQLite cannot recycle it meanwhile. Recycled later, it
 # would keep its largest size for as long as the writer's connection stays
@@ -194,6 +198,12 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         version = _saga_schema_version(conn, path)  # refuses a newer one
         for number in range(version, current):
             _MIGRATIONS[number](conn)
+        # A worker's claim names this index (INDEXED BY, see
+        # _sqlite_sql._CLAIMABLE_OF_NAMES): on a file whose index an
+        # operator or a tool dropped, every such claim would fail ("no such
+        # index") instead of merely being slower. Made again if missing (a
+        # no-op, without a write, when it is there).
+        conn.execute(_STATUS_INDEX)
         if version != current:
             # PRAGMA takes no parameters; the value is this module's own int.
             conn.execute(f"PRAGMA user_version = {int(current)}")
