@@ -23,6 +23,7 @@ import asyncio
 import logging
 import shutil
 import sqlite3
+import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -42,7 +43,14 @@ from test_worker import (
     seed,
 )
 
-from fallback_saga import RecoveryWorker, Saga, SagaStatus, SQLiteSagaStore, StepStatus
+from fallback_saga import (
+    RecoveryWorker,
+    Saga,
+    SagaDefinitionChanged,
+    SagaStatus,
+    SQLiteSagaStore,
+    StepStatus,
+)
 from fallback_saga.recovery import recover
 from fallback_saga.store import _sqlite_schema
 
@@ -312,6 +320,36 @@ async def test_S10_a_stale_lease_given_back_does_not_clear_the_count(
             assert await _claimed(store) == ["crashy"]
         await store.release(stale)
         assert await _claimed(store) == []
+
+
+class D(_Step):
+    name = "D"
+
+
+async def test_S10_a_resume_refused_for_its_saga_or_its_steps_leaves_a_parked_saga_parked(
+    durable: StoreMaker,
+) -> None:
+    """``Saga.resume(saga_id)`` is the operator's way out of parking. Called
+    with another saga than the one journaled, or with code whose steps
+    differ, it is refused — and it was refused only once it had leased the
+    saga, whose lease given back then cleared the count: workers took the
+    parked saga again, to die of it ``park_after`` more times. It is refused
+    before the claim now, as ``resume ID`` and ``retry_unwinding`` refuse."""
+    ledger = Ledger()
+    async with durable(park_after=PARK_AFTER) as store:
+        (saga_id,) = await seed(store, 1, "p")
+        for _ in range(PARK_AFTER):
+            assert await _claimed(store) == [saga_id]  # each process died of it
+        assert await _claimed(store) == []
+        changed = types.new_class("OrderSaga", (Saga[Ctx],), {},
+                                  lambda namespace: namespace.update(steps=[D, B, C]))
+        with pytest.raises(ValueError, match="not a _PoisonSaga"):
+            await _PoisonSaga(store=store, step_factory=lambda cls: cls(ledger)).resume(saga_id)
+        with pytest.raises(SagaDefinitionChanged):
+            await changed(store=store, step_factory=lambda cls: cls(ledger)).resume(saga_id)
+        assert ledger.calls == []
+        assert (await store.lease_state(saga_id)).unreleased_claims == PARK_AFTER
+        assert await _claimed(store) == []  # still parked
 
 
 async def test_S10_park_after_none_never_parks(durable: StoreMaker) -> None:
