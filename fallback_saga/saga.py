@@ -265,6 +265,11 @@ class Saga(Generic[ContextT]):
             return await self._resume_record(
                 record, allow_changed_definition=allow_changed_definition
             )
+        # Refused before the claim (and checked again under the lease): a
+        # lease taken and given back clears the saga's count of claims, and
+        # a parked saga resumed by mistake with another saga, or with other
+        # steps, would be claimed by workers again (store._parking).
+        self._check_record(record, allow_changed_definition=allow_changed_definition)
         return await self._resume_leased(
             store, saga_id, lease_seconds=lease_seconds,
             allow_changed_definition=allow_changed_definition,
@@ -312,6 +317,17 @@ class Saga(Generic[ContextT]):
                     _log.warning("saga %s: could not release its lease: %s: %s",
                                  short_id(saga_id), type(error).__name__, error)
 
+    def _check_record(self, record: SagaRecord, *, allow_changed_definition: bool) -> None:
+        """Refuse ``record`` unless it is a saga of this definition's name
+        (``ValueError``) started with these steps (``SagaDefinitionChanged``,
+        unless ``allow_changed_definition`` may override it)."""
+        definition = self.definition
+        if record.saga_name != definition.saga_name:
+            raise ValueError(
+                f"saga {record.saga_id!r} is a {record.saga_name}, not a {definition.saga_name}"
+            )
+        check_definition(record, definition, allow_changed=allow_changed_definition)
+
     async def _resume_record(
         self,
         record: SagaRecord,
@@ -320,11 +336,7 @@ class Saga(Generic[ContextT]):
         allow_changed_definition: bool = False,
     ) -> SagaResult[ContextT]:
         definition = self.definition
-        if record.saga_name != definition.saga_name:
-            raise ValueError(
-                f"saga {record.saga_id!r} is a {record.saga_name}, not a {definition.saga_name}"
-            )
-        check_definition(record, definition, allow_changed=allow_changed_definition)
+        self._check_record(record, allow_changed_definition=allow_changed_definition)
         if definition.context_type is None:
             raise TypeError(
                 f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
