@@ -352,6 +352,29 @@ async def test_S10_a_resume_refused_for_its_saga_or_its_steps_leaves_a_parked_sa
         assert await _claimed(store) == []  # still parked
 
 
+async def test_S10_a_recover_pass_that_skips_a_saga_neither_counts_nor_clears_its_claims(
+    durable: StoreMaker,
+) -> None:
+    """A ``recover`` pass claims every saga and skips those it was not given
+    (another service's, on a shared store). Its lease given back cleared
+    the skipped saga's count: a saga that kills every worker of its own
+    service was never parked while another service's passes ran (a cron).
+    Nor does the pass's claim count one more: it ran nothing."""
+    ledger = Ledger()
+    async with durable(park_after=PARK_AFTER) as store:
+        (saga_id,) = await seed(store, 1, "p")
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == [saga_id]  # each process died of it
+        other_service = _PoisonSaga(store=store, step_factory=lambda cls: cls(ledger))
+        for _ in range(PARK_AFTER):
+            report = await recover(store, [other_service], older_than=0)
+            assert [skipped for skipped, _ in report.skipped] == [saga_id]
+        assert ledger.calls == []
+        assert (await store.lease_state(saga_id)).unreleased_claims == PARK_AFTER - 1
+        assert await _claimed(store) == [saga_id]  # its last claim: it dies of it too
+        assert await _claimed(store) == []  # parked
+
+
 async def test_S10_park_after_none_never_parks(durable: StoreMaker) -> None:
     async with durable(park_after=None) as store:
         await _create(store, "crashy")
