@@ -42,6 +42,7 @@ from .store.base import (
     Lease,
     RecoverableStore,
     check_store,
+    gives_back_unrun,
     is_recoverable,
     is_work_notifier,
 )
@@ -109,6 +110,10 @@ class ClaimedSaga:
         # Why it was skipped, when its definition (or a child's) changed.
         self.definition_changed: SagaDefinitionChanged | None = None
         self._keep_lease = False  # lost to another worker, or a corrupt record
+        # Given back without anything of it run (skipped for its name or its
+        # own definition, a child its parent drives, a pass cancelled before
+        # it): the claim that took it is not counted (store._parking).
+        self._untouched = False
         # Seconds the lease is kept, on a store without ``defer``, to keep a
         # saga out of claims (a worker's skip, or an interrupted saga's
         # backoff): the worker gives it back once they have passed.
@@ -157,6 +162,7 @@ class ClaimedSaga:
         """Give the saga back untouched (the pass was cancelled before it
         ran): its lease is released at once, not left to expire."""
         self._report(_CANCELLED)
+        self._untouched = True
         await self._let_go(_CANCELLED[0])
 
     def _report(self, outcome: Outcome) -> None:
@@ -178,9 +184,11 @@ class ClaimedSaga:
             if parent_id is not None and await self._in_flight(parent_id):
                 # A child saga (SubSaga): its parent resumes it, when the
                 # parent is resumed — driving it from here too would run it twice.
+                self._untouched = True
                 return "deferred", f"its parent {parent_id!r} drives it"
             saga = self.by_name.get(record.saga_name)
             if saga is None:
+                self._untouched = True
                 return "skipped", f"no saga named {record.saga_name!r} given"
             self.run = LeasedRun(
                 saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds,
@@ -216,6 +224,7 @@ class ClaimedSaga:
             # Released: an operator may resume it now (allow_changed_definition).
             if isinstance(error, SagaDefinitionChanged):
                 self.definition_changed = error
+                self._untouched = True  # refused before any step of it ran
             return "skipped", described(error)
 
     async def _after_cancellation(self) -> Outcome:
@@ -238,9 +247,12 @@ class ClaimedSaga:
         they can claim."""
         if self._keep_lease:
             return
+        # Typed Any: ``ran`` is the built-in stores' (gives_back_unrun).
+        store: Any = self.store
+        unrun = {"ran": False} if self._untouched and gives_back_unrun(store) else {}
         try:
-            if outcome == "handed_off" and is_work_notifier(self.store):
-                await self.store.hand_off(self.lease)
+            if outcome == "handed_off" and is_work_notifier(store):
+                await store.hand_off(self.lease, **unrun)
             elif outcome == "skipped" and self.skip_for is not None:
                 # A worker's skip stays a skip until an operator acts (or a
                 # deploy): released, the saga — as old as ever — would be
@@ -252,7 +264,7 @@ class ClaimedSaga:
                 # — unless the store has no ``defer``: its lease is kept then
                 # (``held_for``), and such a resume is SagaBusy until it ends.
                 if hasattr(self.store, "defer"):
-                    await self.store.defer(self.lease, self.skip_for)
+                    await store.defer(self.lease, self.skip_for, **unrun)
                 else:
                     self.held_for = self.skip_for
             elif outcome == "interrupted" and self.retry_in is not None:
@@ -276,9 +288,9 @@ class ClaimedSaga:
                 # would be claimed again at once — a worker spinning on it,
                 # starving the rest. The parent's driver may still lease it
                 # by id at any moment.
-                await self.store.defer(self.lease, self.lease_seconds)
+                await store.defer(self.lease, self.lease_seconds, **unrun)
             else:
-                await self.store.release(self.lease)
+                await store.release(self.lease, **unrun)
         except Exception as error:  # it expires on its own
             _log.warning("saga %s: could not release its lease: %s: %s",
                          self.saga_id, type(error).__name__, error)
@@ -408,9 +420,11 @@ async def claim_batch(store: RecoverableStore, **claim: Any) -> list[Lease]:
 
 
 async def _give_back(store: RecoverableStore, leases: list[Lease]) -> None:
+    # Nothing of them ran: their claim is not counted (store._parking).
+    unrun: dict[str, Any] = {"ran": False} if gives_back_unrun(store) else {}
     for lease in leases:
         try:
-            await store.release(lease)
+            await store.release(lease, **unrun)
         except Exception as error:  # that one runs out on its own; the others go back
             _log.warning("cannot give back the lease on saga %s: %s: %s",
                          lease.saga_id, type(error).__name__, error)

@@ -27,6 +27,7 @@ __all__ = [
     "PARK_AFTER",
     "RESUME_COMMAND",
     "check_park_after",
+    "check_ran",
     "log_last_claim",
     "parked_claims",
     "parked_text",
@@ -52,6 +53,15 @@ def check_park_after(value: object) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"park_after must be an int >= 1 or None, got {value!r}")
+    return value
+
+
+def check_ran(value: object) -> bool:
+    """``ran`` as ``release`` and ``defer`` take it: whether the holder ran
+    anything of the saga (False: a ``claim``'s saga given back untouched —
+    skipped, or a child its parent drives — whose claim is not counted)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"ran must be a bool, got {value!r}")
     return value
 
 

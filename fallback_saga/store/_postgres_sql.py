@@ -294,10 +294,32 @@ class _Statements:
             f" lease_written_at = now(), unreleased_claims = 0"
             f" WHERE saga_id = %s AND fence = %s::bigint"
         )
+        # Given back by a holder that ran nothing of the saga (``ran=False``):
+        # the claim that took it is taken back from the count (see _parking),
+        # once: a lease given back already (no owner) is not taken back again.
+        uncounted = (
+            " unreleased_claims = CASE WHEN lease_owner IS NULL THEN unreleased_claims"
+            " ELSE GREATEST(unreleased_claims - 1, 0) END"
+            " WHERE saga_id = %s AND fence = %s::bigint"
+        )
+        self.release_unrun = (
+            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
+            f" lease_written_at = now(),{uncounted}"
+        )
+        self.defer_unrun = (
+            f"UPDATE {sagas} SET lease_owner = NULL,"
+            f" lease_expires_at = now() + make_interval(secs => %s::float8),"
+            f" lease_written_at = now(),{uncounted}"
+        )
         # A release announced on the work channel (delivered when it commits)
         # if the saga still needs a worker.
         self.hand_off = (
             f"WITH released AS ({self.release} RETURNING saga_id, status)"
+            f" SELECT pg_notify(%s, saga_id) FROM released"
+            f" WHERE status IN {_INTERRUPTED_SQL}"
+        )
+        self.hand_off_unrun = (
+            f"WITH released AS ({self.release_unrun} RETURNING saga_id, status)"
             f" SELECT pg_notify(%s, saga_id) FROM released"
             f" WHERE status IN {_INTERRUPTED_SQL}"
         )

@@ -182,6 +182,25 @@ _DEFER: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
     " unreleased_claims = 0 WHERE saga_id = ? AND fence = ?"
 )
+# Given back by a holder that ran nothing of the saga (``ran=False``: a
+# recover pass that was not given its name, a child its parent drives): the
+# claim that took it is taken back from its count rather than clearing it —
+# cleared, a crash loop was never parked while such passes ran; kept, their
+# claims alone would park a saga (see _parking). Once only: a lease given
+# back already (no owner: the fence stays until the next claim) is not
+# taken back again.
+_UNCOUNTED: Final = (
+    " unreleased_claims = CASE WHEN lease_owner IS NULL THEN unreleased_claims"
+    " ELSE MAX(unreleased_claims - 1, 0) END WHERE saga_id = ? AND fence = ?"
+)
+_RELEASE_UNRUN: Final = (
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
+    + _UNCOUNTED
+)
+_DEFER_UNRUN: Final = (
+    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
+    + _UNCOUNTED
+)
 _PURGEABLE: Final = (
     "SELECT saga_id FROM sagas AS child WHERE status IN (?, ?, ?) AND updated_at < ?"
     # Not a child saga (SubSaga) while its parent is stored: unwinding a
@@ -781,14 +800,17 @@ def _renew(
     return Lease(lease.saga_id, lease.owner, lease.token, expires_at)
 
 
-def _release(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int) -> None:
-    cursor.execute(_RELEASE, (txn.now, txn.now, saga_id, token))
+def _release(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, ran: bool = True
+) -> None:
+    cursor.execute(_RELEASE if ran else _RELEASE_UNRUN, (txn.now, txn.now, saga_id, token))
 
 
 def _defer(
-    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, seconds: float
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, seconds: float,
+    ran: bool = True,
 ) -> None:
-    cursor.execute(_DEFER, (txn.now + seconds, txn.now, saga_id, token))
+    cursor.execute(_DEFER if ran else _DEFER_UNRUN, (txn.now + seconds, txn.now, saga_id, token))
 
 
 def _purge(

@@ -23,6 +23,7 @@ __all__ = [
     "SagaSummary",
     "check_store",
     "claims_by_name",
+    "gives_back_unrun",
     "is_conditional",
     "is_live_journal",
     "is_recoverable",
@@ -414,6 +415,25 @@ def claims_by_name(store: object) -> bool:
         return "names" in inspect.signature(store.claim).parameters  # type: ignore[attr-defined]
     except (AttributeError, TypeError, ValueError):  # no claim, or no signature to read
         return False
+
+
+def gives_back_unrun(store: object) -> bool:
+    """``store.release`` takes ``ran`` (as do its ``defer`` and ``hand_off``,
+    where it has them): the built-in durable stores do. ``ran=False`` gives
+    back a lease ``claim`` took without having run anything of the saga
+    (skipped, or handed back untouched): that claim is not counted towards
+    parking the saga, and the count of the claims before it is kept (see
+    ``store._parking``). Read from the signatures, as ``claims_by_name``."""
+    for name in ("release", "defer", "hand_off"):
+        method = getattr(store, name, None)
+        if method is None and name != "release":
+            continue
+        try:
+            if "ran" not in inspect.signature(method).parameters:  # type: ignore[arg-type]
+                return False
+        except (TypeError, ValueError):  # no signature to read
+            return False
+    return True
 
 
 def is_work_notifier(store: object) -> TypeGuard[WorkNotifier]:

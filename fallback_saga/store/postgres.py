@@ -150,7 +150,13 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
 from ..log_lines import library_logger
-from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, log_last_claim
+from ._parking import (
+    NEVER_PARKED,
+    PARK_AFTER,
+    check_park_after,
+    check_ran,
+    log_last_claim,
+)
 from ._postgres_conn import (
     _PREPARED_HINT,
     _PREPARED_LOST,
@@ -1382,24 +1388,28 @@ class PostgresSagaStore:
             raise SagaNotFound(lease.saga_id)
         raise LeaseLost(lease.saga_id, lease.token)
 
-    async def release(self, lease: Lease) -> None:
-        """Clear the lease, if it is still the saga's current one."""
+    async def release(self, lease: Lease, *, ran: bool = True) -> None:
+        """Clear the lease, if it is still the saga's current one. Its count
+        of claims (see ``park_after``) starts again; ``ran=False`` (the
+        holder ran nothing of it: a ``claim``'s saga skipped or given back
+        untouched) takes that claim back from the count instead."""
         await self._fetch(
             f"cannot release the lease on saga {short_repr(check_saga_id(lease.saga_id))}",
-            self._sql.release,
+            self._sql.release if check_ran(ran) else self._sql.release_unrun,
             (lease.saga_id, lease.token),
             rows="none",
             write=True,
         )
 
-    async def defer(self, lease: Lease, seconds: float) -> None:
+    async def defer(self, lease: Lease, seconds: float, *, ran: bool = True) -> None:
         """``release`` the lease (if it is still the saga's current one), and
         keep the saga out of ``claim`` for ``seconds``; ``claim_saga`` leases
         it at once all the same. For a child saga its parent drives: recovery
-        defers it rather than claim it again and again."""
+        defers it rather than claim it again and again. ``ran``: as for
+        ``release``."""
         await self._fetch(
             f"cannot defer saga {short_repr(check_saga_id(lease.saga_id))}",
-            self._sql.defer,
+            self._sql.defer if check_ran(ran) else self._sql.defer_unrun,
             (finite_seconds("seconds", seconds), lease.saga_id, lease.token),
             rows="none",
             write=True,
@@ -1407,12 +1417,13 @@ class PostgresSagaStore:
 
     # ------------------------------------------------------------------ WorkNotifier
 
-    async def hand_off(self, lease: Lease) -> None:
+    async def hand_off(self, lease: Lease, *, ran: bool = True) -> None:
         """``release``, and if the saga is still RUNNING or COMPENSATING,
-        announce it on ``work_channel`` in the same statement."""
+        announce it on ``work_channel`` in the same statement. ``ran``: as
+        for ``release``."""
         await self._fetch(
             f"cannot hand off saga {short_repr(check_saga_id(lease.saga_id))}",
-            self._sql.hand_off,
+            self._sql.hand_off if check_ran(ran) else self._sql.hand_off_unrun,
             (lease.saga_id, lease.token, self._names.channel),
             rows="none",
             write=True,

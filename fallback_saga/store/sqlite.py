@@ -92,7 +92,7 @@ from ._common import (
     valid_saga_ids,
 )
 from ._loop_waker import LoopWaker, waker_of
-from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after
+from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
 from ._sqlite_pipe import (
     WriterProcess,
     abandon_soon,
@@ -861,16 +861,22 @@ class SQLiteSagaStore:
         renewed: Lease = await self._submit(_renew, (lease, seconds), write=True)
         return renewed
 
-    async def release(self, lease: Lease) -> None:
-        """Clear the lease, if it is still the saga's current one."""
-        await self._submit(_release, (check_saga_id(lease.saga_id), lease.token), write=True)
+    async def release(self, lease: Lease, *, ran: bool = True) -> None:
+        """Clear the lease, if it is still the saga's current one. Its count
+        of claims (see ``park_after``) starts again; ``ran=False`` (the
+        holder ran nothing of it: a ``claim``'s saga skipped or given back
+        untouched) takes that claim back from the count instead."""
+        args = (check_saga_id(lease.saga_id), lease.token, check_ran(ran))
+        await self._submit(_release, args, write=True)
 
-    async def defer(self, lease: Lease, seconds: float) -> None:
+    async def defer(self, lease: Lease, seconds: float, *, ran: bool = True) -> None:
         """``release`` the lease (if it is still the saga's current one), and
         keep the saga out of ``claim`` for ``seconds``; ``claim_saga`` leases
         it at once all the same. For a child saga its parent drives: recovery
-        defers it rather than claim it again and again."""
-        args = (check_saga_id(lease.saga_id), lease.token, finite_seconds("seconds", seconds))
+        defers it rather than claim it again and again. ``ran``: as for
+        ``release``."""
+        args = (check_saga_id(lease.saga_id), lease.token, finite_seconds("seconds", seconds),
+                check_ran(ran))
         await self._submit(_defer, args, write=True)
 
     async def purge(
