@@ -375,6 +375,38 @@ async def test_S10_a_recover_pass_that_skips_a_saga_neither_counts_nor_clears_it
         assert await _claimed(store) == []  # parked
 
 
+@pytest.mark.parametrize("give_back", ["release", "defer"])
+async def test_S10_a_claim_given_back_unrun_is_taken_back_from_the_count(
+    durable: StoreMaker, give_back: str
+) -> None:
+    await _given_back_unrun(durable, give_back)
+
+
+@pytest.mark.parametrize("durable", ["postgres"], indirect=True)
+async def test_S10_a_claim_handed_off_unrun_is_taken_back_from_the_count(
+    durable: StoreMaker,
+) -> None:
+    await _given_back_unrun(durable, "hand_off")
+
+
+async def _given_back_unrun(durable: StoreMaker, give_back: str) -> None:
+    """``ran=False``: the holder ran nothing of the saga. The count stays as
+    the claims before this one left it — not cleared, not one more — and
+    only while the lease is still the saga's (fenced, as a release is)."""
+    async with durable(park_after=PARK_AFTER) as store:
+        await _create(store, "crashy")
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == ["crashy"]  # held by a process that died
+        for _ in range(PARK_AFTER):
+            (lease,) = await store.claim(owner="w", lease_seconds=-1, older_than=0, limit=10)
+            extra = (-1,) if give_back == "defer" else ()
+            await getattr(store, give_back)(lease, *extra, ran=False)
+            await getattr(store, give_back)(lease, *extra, ran=False)  # late, again: no effect
+            assert (await store.lease_state("crashy")).unreleased_claims == PARK_AFTER - 1
+        assert await _claimed(store) == ["crashy"]
+        assert await _claimed(store) == []  # parked
+
+
 async def test_S10_park_after_none_never_parks(durable: StoreMaker) -> None:
     async with durable(park_after=None) as store:
         await _create(store, "crashy")
