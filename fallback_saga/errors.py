@@ -45,6 +45,18 @@ def cut_text(text: str, left_out: str = "not shown") -> str:
     return f"{text[:MAX_ERROR_TEXT]}… [{len(text) - MAX_ERROR_TEXT} more characters {left_out}]"
 
 
+def cut_middle(text: str, left_out: str = "not shown") -> str:
+    """``text`` cut to ``MAX_ERROR_TEXT`` characters by leaving out its
+    middle (``… [N characters <left_out>] …``): for a text whose two ends
+    both matter — a stack trace starts with the outermost call and ends with
+    the innermost one and the error it raised."""
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    half = MAX_ERROR_TEXT // 2
+    return (f"{text[:half]}… [{len(text) - 2 * half} characters {left_out}] …"
+            f"{text[len(text) - half:]}")
+
+
 def error_text(error: BaseException) -> str:
     """``str(error)`` as a message or a log line quotes it: cut (``cut_text``)."""
     return cut_text(str(error))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from contextvars import Token
 from typing import Any
 
@@ -48,7 +49,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 from . import __version__
 from .breaker import CircuitOpenError
-from .errors import error_text
+from .errors import cut_middle, cut_text, error_text
 from .events import SagaListener, StepCall, refused_at_creation, status_if_landed
 from .status import SagaStatus
 
@@ -101,10 +102,20 @@ def _describe(error: BaseException) -> str:
 
 
 def _exception_message(error: BaseException) -> dict[str, str]:
-    """The attributes ``record_exception`` is given: the exception's text
-    cut, in place of the whole text the SDK would quote. (Its stack trace
-    ends with the text whole: ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` bounds it.)"""
-    return {"exception.message": error_text(error)}
+    """The attributes ``record_exception`` is given, in place of those the
+    SDK would quote whole: the exception's text cut, and its stack trace
+    cut — each error's text in it (the raised one's, and those it chained)
+    to its head, then the whole to its two ends (the outermost call, the
+    innermost one and the error). Whole, an error text of a megabyte made an
+    event of a megabyte, which ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` bounds
+    only where the user set it."""
+    return {"exception.message": error_text(error),
+            "exception.stacktrace": _stack_trace(error)}
+
+
+def _stack_trace(error: BaseException) -> str:
+    parts = traceback.format_exception(type(error), error, error.__traceback__)
+    return cut_middle("".join(map(cut_text, parts)))
 
 
 class _Attached:

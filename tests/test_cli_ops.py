@@ -873,6 +873,44 @@ def test_recover_bad_app_spec(
     assert message in one_line_error(capsys.readouterr().err)
 
 
+_HUGE_ERRORS_APP = """
+import sys
+if "--raise-at-import" in sys.argv or RAISE_AT_IMPORT:
+    raise RuntimeError("bad configuration: " + "x" * 1_000_000)
+
+def sagas(store):
+    raise RuntimeError("no configuration: " + "y" * 1_000_000)
+"""
+
+
+@pytest.mark.parametrize("at", ["import", "factory"])
+def test_S12_an_apps_error_of_a_megabyte_is_quoted_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """``--app``'s own error (its import, its factory) is quoted with its
+    text cut to ``MAX_ERROR_TEXT`` (``errors.cut_text``), as the library's
+    other error texts are, not a megabyte in the UsageError."""
+    from fallback_saga.cli.errors import UsageError
+    from fallback_saga.cli.recover import build_app_sagas, load_app
+    from fallback_saga.errors import MAX_ERROR_TEXT
+
+    name = f"huge_errors_app_{at}"
+    (tmp_path / f"{name}.py").write_text(
+        f"RAISE_AT_IMPORT = {at == 'import'}\n" + _HUGE_ERRORS_APP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async def loaded() -> None:
+        factory = load_app(f"{name}:sagas")
+        await build_app_sagas(f"{name}:sagas", factory, None)  # type: ignore[arg-type]
+
+    with pytest.raises(UsageError) as raised:
+        asyncio.run(loaded())
+    text = str(raised.value)
+    assert len(text) < MAX_ERROR_TEXT + 200
+    assert "RuntimeError: " + ("bad configuration: xxx" if at == "import"
+                               else "no configuration: yyy") in text
+    assert text.endswith("more characters not shown]")
+
+
 def test_recover_help_documents_the_app_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["recover", "--help"]) == 0
     out = capsys.readouterr().out

@@ -352,16 +352,72 @@ async def test_S12_span_statuses_and_events_quote_error_texts_cut(
         await saga.run(OrderCtx(), saga_id="huge-errors")
 
     spans = telemetry.spans()
-    # (An exception event's stack trace ends with the text whole: the SDK's
-    # attribute length limit is the bound there.)
     texts = [span.status.description or "" for span in spans] + [
         str(value) for span in spans for event in span.events
-        for key, value in (event.attributes or {}).items() if key != "exception.stacktrace"
+        for value in (event.attributes or {}).values()
     ]
     quoting = [text for text in texts if "xxxx" in text or "yyyy" in text]
     assert len(quoting) >= 3  # the act's span, the compensations' spans and events
     assert all(len(text) < MAX_ERROR_TEXT + 100 for text in quoting)
     assert all("more characters not shown" in text for text in quoting)
+
+
+def _stack_traces(telemetry: Telemetry) -> list[str]:
+    """The ``exception.stacktrace`` of every exception event (at least one)."""
+    traces = [str((event.attributes or {})["exception.stacktrace"])
+              for span in telemetry.spans() for event in span.events
+              if "exception.stacktrace" in (event.attributes or {})]
+    assert traces
+    return traces
+
+
+async def test_S12_an_exception_events_stack_trace_keeps_its_ends_cut_to_max_error_text(
+    telemetry: Telemetry,
+) -> None:
+    """The ``exception.stacktrace`` of an error whose text is a megabyte is
+    cut as the other texts are (the SDK quoted it whole): the frames, the
+    error's type and the head of its text; a trace longer than that keeps
+    its two ends (``errors.cut_middle``)."""
+    from fallback_saga.store._responses import MAX_ERROR_TEXT
+
+    def deepest() -> Boom:
+        return Boom("deepest: " + "z" * 1_000_000)
+
+    saga = declare(Probe("Charge", [], error=deepest))(listeners=[telemetry.listener])
+
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx(), saga_id="huge-trace")
+
+    traces = _stack_traces(telemetry)
+    for text in traces:
+        assert len(text) < MAX_ERROR_TEXT + 200
+        assert text.startswith("Traceback (most recent call last):")
+        assert ", in act\n" in text  # the frames: where it was raised
+        assert "Boom: deepest: zzz" in text  # the error: its type and its text's head
+        assert text.rstrip().endswith("more characters not shown]")  # that text, cut
+
+    # Fifty errors chained (each one's text cut to its head still makes 200 kB):
+    # the trace keeps its head and its tail, the error raised.
+    def chained() -> Boom:
+        error: BaseException | None = None
+        for number in range(50):
+            cause = error
+            error = ValueError(f"cause {number}: " + "c" * 100_000)
+            error.__cause__ = cause
+        last = Boom("the last one")
+        last.__cause__ = error
+        return last
+
+    telemetry.spans_out.clear()
+    saga = declare(Probe("Charge", [], error=chained))(listeners=[telemetry.listener])
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx(), saga_id="chained-trace")
+    traces = _stack_traces(telemetry)
+    for text in traces:
+        assert len(text) < MAX_ERROR_TEXT + 200
+        head, tail = text.split(" characters not shown] …")
+        assert head.startswith("ValueError: cause 0: ccc")  # the first of the chain
+        assert tail.rstrip().endswith("Boom: the last one")  # the error raised
 
 
 async def test_a_retried_act_has_a_span_per_attempt_and_a_retry_event(

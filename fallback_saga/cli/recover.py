@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import SagaStoreError
+from ..errors import SagaStoreError, described
 from ..recovery import RecoveryReport, recover
 from ..saga import Saga
 from ..status import SagaStatus
@@ -185,7 +185,7 @@ async def build_app_sagas(
             made = await made
     except Exception as error:  # the app's own code failed
         raise UsageError(
-            f"{spec}: building the sagas failed: {type(error).__name__}: {error}"
+            f"{spec}: building the sagas failed: {described(error)}"
         ) from None
     if isinstance(made, Saga):
         made = [made]

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, TypeGuard
 
+from ..errors import described, error_text
 from ..saga import Saga
 from .errors import UsageError
 
@@ -32,11 +33,11 @@ def import_target(spec: str, example: str) -> object:
         missing = error.name or ""
         if missing == module_name or module_name.startswith(missing + "."):
             raise UsageError(f"no module named {module_name!r}") from error
-        raise UsageError(f"importing {module_name!r} failed: {error}") from error
+        raise UsageError(f"importing {module_name!r} failed: {error_text(error)}") from error
     except Exception as error:  # the module itself raised, e.g. SagaDefinitionError
-        raise UsageError(
-            f"importing {module_name!r} failed: {type(error).__name__}: {error}"
-        ) from error
+        # Its text cut, as the library quotes every error's (errors.cut_text):
+        # an app's error may quote megabytes.
+        raise UsageError(f"importing {module_name!r} failed: {described(error)}") from error
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
