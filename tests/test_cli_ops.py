@@ -923,7 +923,31 @@ def test_recover_lease_must_be_positive(
 ) -> None:
     argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--lease", "0"]
     assert main(argv) == 2
-    assert "--lease" in one_line_error(capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "argument --lease: invalid duration '0': must be longer than 0 seconds" in err
+
+
+@pytest.mark.parametrize("command", [["recover"], ["resume", "o-1"], ["retry-unwinding", "o-1"]])
+@pytest.mark.parametrize("lease", ["0", "0s", "0.0m"])
+def test_S12_a_lease_of_no_time_is_refused_before_app_is_imported(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], command: list[str], lease: str,
+) -> None:
+    """``--lease`` is checked as the command line is read (``positive_duration``):
+    a lease of no time is a usage error before ``--app`` is imported (which
+    runs the app's code) or the store is opened."""
+    marker = tmp_path / "imported"
+    name = f"lease_app_{abs(hash((tuple(command), lease)))}"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef sagas(store):\n    return []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = [*command, "--db", db, "--app", f"{name}:sagas", "--lease", lease]
+    assert main(argv) == 2
+    assert "argument --lease: invalid duration" in capsys.readouterr().err
+    assert not marker.exists()  # the app was not imported
+    assert not Path(db).exists()  # nor the store opened
+    sys.modules.pop(name, None)
 
 
 # --------------------------------------------------------------------------- purge

@@ -12,6 +12,7 @@ __all__ = [
     "format_duration",
     "park_after",
     "parse_duration",
+    "positive_duration",
     "positive_int",
 ]
 
@@ -38,6 +39,16 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"invalid duration {_cut(text)}: at most {MAX_DURATION / 86400:.0f}d"
         )
+    return seconds
+
+
+def positive_duration(text: str) -> float:
+    """``parse_duration``, longer than 0 (a lease): refused as the command
+    line is read, before anything is imported or opened."""
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_cut(text)}: must be longer than 0 seconds")
     return seconds
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import SagaStoreError, described
 from ..recovery import RecoveryReport, recover
@@ -21,17 +21,20 @@ from ..saga import Saga
 from ..status import SagaStatus
 from ..store._parking import parked_claims, parked_text
 from ..store.base import RecoverableStore, SagaSummary
-from .argtypes import format_duration, parse_duration, positive_int
+from .argtypes import format_duration, parse_duration, positive_duration, positive_int
 from .errors import EXIT_FAILURE, EXIT_OK, UsageError
-from .stores import add_store_options, open_store, store_target
+from .stores import StoreTarget, add_store_options, open_store, store_target
 from .targets import import_target, is_saga_class
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text, when
 
 __all__ = [
+    "OneSaga",
+    "add_one_saga_options",
     "add_recover_command",
     "build_app_sagas",
     "left_alone",
     "load_app",
+    "one_saga",
     "report_lines",
     "warn_before_interrupting",
 ]
@@ -103,7 +106,7 @@ def add_recover_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="resume at most N sagas (default 100)",
     )
     recovering.add_argument(
-        "--lease", type=parse_duration, default=300.0, metavar="TIME",
+        "--lease", type=positive_duration, default=300.0, metavar="TIME",
         help="how long each claimed saga is reserved for this process (default 300s)",
     )
     recovering.add_argument(
@@ -131,13 +134,31 @@ def add_one_saga_options(
         "its code with your privileges: trusted modules only",
     )
     parser.add_argument(
-        "--lease", type=parse_duration, default=300.0, metavar="TIME", help=lease_help,
+        "--lease", type=positive_duration, default=300.0, metavar="TIME", help=lease_help,
     )
     parser.add_argument(
         "--allow-changed-definition", action="store_true",
         help="also when the saga was started with another definition of its saga, as for "
         "recover (docs/durability.md, Changed definitions)",
     )
+
+
+class OneSaga(NamedTuple):
+    """What a command acting on one saga by id starts from (``one_saga``)."""
+
+    app: SagaFactory  # --app, loaded
+    target: StoreTarget  # the store named
+    saga_id: str
+    shown: str  # the id as printed (escaped, cut)
+
+
+def one_saga(args: argparse.Namespace) -> OneSaga:
+    """The start of a command given ``add_one_saga_options``' options:
+    ``--app`` loaded first (a bad one touches no store), then the store
+    target, and the saga id."""
+    app = load_app(args.app)
+    saga_id: str = args.saga_id
+    return OneSaga(app, store_target(args), saga_id, terminal_text(saga_id, MAX_VALUE))
 
 
 def load_app(spec: str) -> SagaFactory:
@@ -209,8 +230,6 @@ async def build_app_sagas(
 
 def run_recover(args: argparse.Namespace) -> int:
     app = load_app(args.app)  # before opening the store: a bad --app touches nothing
-    if args.lease <= 0:
-        raise UsageError("--lease must be longer than 0 seconds")
     target = store_target(args)
 
     def progress(saga_id: str, outcome: str) -> None:

@@ -29,13 +29,8 @@ from ..store.base import RecoverableStore, SagaRecord
 from ..subsaga import parent_saga_id
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
-from .recover import (
-    add_one_saga_options,
-    build_app_sagas,
-    load_app,
-    warn_before_interrupting,
-)
-from .stores import StoreTarget, open_store, store_target
+from .recover import add_one_saga_options, build_app_sagas, one_saga, warn_before_interrupting
+from .stores import StoreTarget, open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_resume_command"]
@@ -98,12 +93,7 @@ def add_resume_command(
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    app = load_app(args.app)  # before opening the store: a bad --app touches nothing
-    if args.lease <= 0:
-        raise UsageError("--lease must be longer than 0 seconds")
-    target = store_target(args)
-    saga_id: str = args.saga_id
-    shown = terminal_text(saga_id, MAX_VALUE)
+    app, target, saga_id, shown = one_saga(args)
 
     async def run() -> tuple[SagaStatus, SagaFailed | None]:
         warn_before_interrupting(

@@ -18,8 +18,8 @@ from ..store._common import short_repr
 from ..store.base import SagaRecord
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
-from .recover import add_one_saga_options, build_app_sagas, load_app
-from .stores import open_store, store_target
+from .recover import add_one_saga_options, build_app_sagas, one_saga
+from .stores import open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_retry_unwinding_command"]
@@ -71,12 +71,7 @@ def add_retry_unwinding_command(
 
 
 def run_retry_unwinding(args: argparse.Namespace) -> int:
-    app = load_app(args.app)  # before opening the store: a bad --app touches nothing
-    if args.lease <= 0:
-        raise UsageError("--lease must be longer than 0 seconds")
-    target = store_target(args)
-    saga_id: str = args.saga_id
-    shown = terminal_text(saga_id, MAX_VALUE)
+    app, target, saga_id, shown = one_saga(args)
 
     async def run() -> tuple[SagaStatus, list[tuple[str, str]]]:
         async with open_store(target, connections=_CONNECTIONS) as store:
