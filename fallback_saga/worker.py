@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
 from .recovery import ClaimedSaga, SagasGiven, claim_batch, default_owner, sagas_by_name
@@ -411,7 +412,7 @@ class RecoveryWorker:
             # Overriding is an operator's call, saga by saga: say how.
             how = (
                 "; a worker never resumes a changed definition: if the change is harmless, "
-                "an operator resumes it once, as said (python -m fallback_saga recover "
+                f"an operator resumes it once, as said ({PYTHON_M} recover "
                 "--allow-changed-definition, or recover(..., allow_changed_definition=True))"
                 if changed is not None and changed.overridable else ""
             )

@@ -106,6 +106,8 @@ def test_a_vendored_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) ->
     # The child process ran the vendored copy: `-m someapp._vendor.fallback_saga _crash-demo`.
     assert done.stdout.count("*** the process dies here (os._exit)") == 2
     assert "recovered 2 saga(s): 1 completed, 1 compensated" in done.stdout
+    # Its "look for yourself" commands name the copy (test_S12_a_vendored_copys_hints...).
+    assert "  python -m someapp._vendor.fallback_saga list --db demo.db" in done.stdout
 
 
 def test_a_vendored_copy_names_itself_in_its_messages(tmp_path: Path) -> None:
@@ -117,6 +119,47 @@ def test_a_vendored_copy_names_itself_in_its_messages(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith("python -m someapp._vendor.fallback_saga: error: ")
+
+
+_PARKED_AND_FAILED = """
+import asyncio
+from someapp._vendor.fallback_saga import SagaStatus, SQLiteSagaStore
+from someapp._vendor.fallback_saga.console.pages import _alert
+from someapp._vendor.fallback_saga.testing import entry
+
+async def main():
+    async with SQLiteSagaStore("sagas.db", park_after=1) as store:
+        await store.create("p-1", "OrderSaga", "fp", {}, [entry(0, "A")])
+        await store.claim(owner="dead", lease_seconds=-1, older_than=0, limit=10)
+        await store.create("f-1", "OrderSaga", "fp", {}, [entry(0, "A")],
+                           status=SagaStatus.FAILED)
+        print(_alert(await store.load("f-1")))  # the FAILED saga page's alert
+
+asyncio.run(main())
+"""
+
+
+def test_S12_a_vendored_copys_hints_name_the_copy(tmp_path: Path) -> None:
+    """The commands a vendored copy's texts tell an operator to run — the
+    resume of a parked saga (list, show, recover, the console, the log), the
+    console's retry-unwinding of a FAILED one, the demo's — name the copy's
+    module, not ``python -m fallback_saga``, which its user does not have."""
+    env = _vendored_copy(tmp_path)
+    made = subprocess.run(
+        [sys.executable, "-c", _PARKED_AND_FAILED],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "<code>python -m someapp._vendor.fallback_saga retry-unwinding f-1 --app" in made.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "someapp._vendor.fallback_saga", "list", "--db", "sagas.db",
+         "--park-after", "1"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=env,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "resume it by id: python -m someapp._vendor.fallback_saga resume p-1 --app" in (
+        listed.stdout)
+    assert "python -m fallback_saga" not in made.stdout + listed.stdout
 
 
 _WITHOUT_PSYCOPG = (

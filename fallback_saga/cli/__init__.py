@@ -64,6 +64,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
+from ..command_line import PYTHON_M
 from ..errors import SagaStoreError
 from .argtypes import parse_duration
 from .demo import add_demo_commands
@@ -93,7 +94,7 @@ __all__ = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fallback-saga" if _invoked_as_script() else f"python -m {_PACKAGE}",
+        prog="fallback-saga" if _invoked_as_script() else PYTHON_M,
         description="fallback_saga: resilient multi-step transactions for asyncio.",
     )
     parser.add_argument("--version", action="version", version=f"fallback_saga {__version__}")
@@ -109,12 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_purge_command(commands)
     add_serve_command(commands)
     return parser
-
-
-# The package as it is imported here: ``fallback_saga``, or the vendored
-# copy's dotted path (``someapp._vendor.fallback_saga``), which is what its
-# user types after ``python -m``.
-_PACKAGE = __name__.rpartition(".")[0]
 
 
 def _invoked_as_script() -> bool:

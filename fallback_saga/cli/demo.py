@@ -33,6 +33,7 @@ from typing import TextIO
 
 from .. import __version__
 from ..breaker import CircuitBreaker, CircuitBreakerProtocol, CircuitOpenError
+from ..command_line import PYTHON_M
 from ..context import SagaContext
 from ..errors import SagaFailed
 from ..events import SagaListener
@@ -578,8 +579,8 @@ async def crash_and_recover(store: SQLiteSagaStore, db: str, write: Write) -> No
             write(f"  {line}")
     write("")
     write("Look for yourself:")
-    write(f"  python -m fallback_saga list --db {db}")
-    write(f"  python -m fallback_saga show A-1007 --db {db} --mermaid")
+    write(f"  {PYTHON_M} list --db {db}")
+    write(f"  {PYTHON_M} show A-1007 --db {db} --mermaid")
 
 
 async def durable_demo(db: str, write: Write) -> None:

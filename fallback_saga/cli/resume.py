@@ -54,7 +54,7 @@ A FAILED saga is not resumed (its unwinding gave up: see retry-unwinding);
 a COMPLETED or COMPENSATED one has nothing left to do; a child saga
 (SubSaga) whose parent is in flight is resumed by resuming the parent.
 
---app module:attr is as for recover (python -m fallback_saga recover --help):
+--app module:attr is as for recover (see recover --help):
 it IMPORTS the module and so RUNS CODE with your privileges. Trusted modules
 only.
 

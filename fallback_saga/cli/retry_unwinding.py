@@ -35,7 +35,7 @@ forward step. The saga goes FAILED -> COMPENSATING -> COMPENSATED (or FAILED
 again, when a compensation still fails), leased like any recovery, and the
 journal's first new row names who reopened it (see show ID).
 
---app module:attr is as for recover (python -m fallback_saga recover --help):
+--app module:attr is as for recover (see recover --help):
 it IMPORTS the module and so RUNS CODE with your privileges. Trusted modules
 only.
 

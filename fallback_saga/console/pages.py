@@ -16,6 +16,7 @@ from typing import Final
 from urllib.parse import quote, urlencode
 
 from .. import __version__
+from ..command_line import PYTHON_M
 from ..status import SagaStatus, StepStatus
 from ..store._parking import parked_text
 from ..store.base import SagaRecord, SagaSummary
@@ -556,7 +557,7 @@ def _retry_hint(saga_id: str) -> str:
     """What the operator does about a FAILED saga once its participant is
     fixed: finish the unwinding (reopening.py), never done on its own."""
     return (
-        "<p>Once the cause is fixed, finish the unwinding: <code>python -m fallback_saga "
+        f"<p>Once the cause is fixed, finish the unwinding: <code>{esc(PYTHON_M)} "
         f"retry-unwinding {esc(shlex.quote(shorten(saga_id, 200)))} --app module:sagas</code> "
         "(with this store's <code>--db</code> or <code>--dsn</code>), or "
         "<code>retry_unwinding()</code>.</p>"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import shlex
 from typing import Final
 
+from ..command_line import PYTHON_M
 from ..log_lines import library_logger
 from ..status import SagaStatus
 
@@ -65,9 +66,9 @@ def check_ran(value: object) -> bool:
     return value
 
 
-# The operator's command that resumes a parked saga (cli/resume.py); the
-# module is the one named here, as the console's retry-unwinding hint does.
-RESUME_COMMAND: Final = "python -m fallback_saga resume"
+# The operator's command that resumes a parked saga (cli/resume.py), with
+# the package as it is imported (a vendored copy names itself).
+RESUME_COMMAND: Final = f"{PYTHON_M} resume"
 
 
 def resume_command(saga_id: str) -> str:
