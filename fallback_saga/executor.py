@@ -275,6 +275,7 @@ class Execution(UnwindingRun):
         self.initial_context = context_to_dict(context)
         self.written = 0
         self.pending_status = None
+        self.note = None
         self.context_refused = False
         # Every write is conditional on the fencing token: 0 for a first run
         # (so that a recovery worker claiming the saga — token 1 — shuts this

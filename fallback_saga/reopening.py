@@ -148,6 +148,7 @@ class _Reopening:
         *,
         lease: Lease | None = None,
         allow_changed_definition: bool = False,
+        resumed_by: str | None = None,  # unused: the reopening names its owner
     ) -> SagaResult[Any]:
         await self.saga._reopen_record(
             record, lease=lease, allow_changed_definition=allow_changed_definition,

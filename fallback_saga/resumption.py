@@ -103,6 +103,7 @@ class ResumesRecords(Protocol):
         *,
         lease: Lease | None = None,
         allow_changed_definition: bool = False,
+        resumed_by: str | None = None,
     ) -> SagaResult[Any]: ...
 
 
@@ -411,8 +412,12 @@ class LeasedRun:
         renew_every: float | None = None,
         allow_changed_definition: bool = False,
         hand_off_when_cancelled: bool = False,
+        resumed_by: str | None = None,
     ) -> None:
         self.allow_changed_definition = allow_changed_definition
+        # The operator resuming it by hand (Saga.resume(operator=...)), whom
+        # the run's first journal row names; None: a program or a worker.
+        self.resumed_by = resumed_by
         self.saga = saga
         self.record = record
         self.lease = lease
@@ -449,6 +454,7 @@ class LeasedRun:
                 self.record,
                 lease=self.lease,
                 allow_changed_definition=self.allow_changed_definition,
+                resumed_by=self.resumed_by,
             ),
             context=self._context,
         )

@@ -236,6 +236,7 @@ class Saga(Generic[ContextT]):
         *,
         allow_changed_definition: bool = False,
         lease_seconds: float = 300.0,
+        operator: str | None = None,
     ) -> SagaResult[ContextT]:
         """Continue a saga from its journal in ``self.store`` (S10).
 
@@ -258,12 +259,22 @@ class Saga(Generic[ContextT]):
         unless ``allow_changed_definition`` (steps are then matched by position),
         which refuses too when a step the journal holds is now at another
         place or its place is gone (it would be compensated as another step).
+
+        ``operator``: who resumes it by hand (``user@host:pid``, as the CLI's
+        ``resume ID`` passes), for an operator's tool; ``None`` (a program's
+        resume) changes nothing. Given, the lease is taken in that name, and
+        the first row the resumed run writes in a durable store says
+        ``resumed by an operator: <operator>`` (``show ID`` lists it), as
+        ``retry_unwinding`` names who reopened a saga.
         """
+        if operator is not None and (not isinstance(operator, str) or not operator):
+            raise ValueError(f"operator must be a non-empty str or None, got {operator!r}")
         store = self.store
         record = await store.load(saga_id)
         if record.status.is_final or not is_recoverable(store):
             return await self._resume_record(
-                record, allow_changed_definition=allow_changed_definition
+                record, allow_changed_definition=allow_changed_definition,
+                resumed_by=operator,
             )
         # Refused before the claim (and checked again under the lease): a
         # lease taken and given back clears the saga's count of claims, and
@@ -272,7 +283,7 @@ class Saga(Generic[ContextT]):
         self._check_record(record, allow_changed_definition=allow_changed_definition)
         return await self._resume_leased(
             store, saga_id, lease_seconds=lease_seconds,
-            allow_changed_definition=allow_changed_definition,
+            allow_changed_definition=allow_changed_definition, operator=operator,
         )
 
     async def _resume_leased(
@@ -282,12 +293,14 @@ class Saga(Generic[ContextT]):
         *,
         lease_seconds: float,
         allow_changed_definition: bool,
+        operator: str | None,
     ) -> SagaResult[ContextT]:
         # An interrupted saga in a durable store: lease it first, so that
         # resuming is exclusive and whoever drove it before is fenced out.
         # (Given back if we are cancelled while the claim is on its way: see claimed.)
         lease = await claimed(
-            store.claim_saga(saga_id, owner=default_owner(), lease_seconds=lease_seconds),
+            store.claim_saga(saga_id, owner=operator or default_owner(),
+                             lease_seconds=lease_seconds),
             store.release,
         )
         run: LeasedRun | None = None
@@ -302,6 +315,7 @@ class Saga(Generic[ContextT]):
                 store=store,
                 lease_seconds=lease_seconds,
                 allow_changed_definition=allow_changed_definition,
+                resumed_by=operator,
             )
             return await run.run()
         except BaseException as error:
@@ -334,6 +348,7 @@ class Saga(Generic[ContextT]):
         *,
         lease: Lease | None = None,
         allow_changed_definition: bool = False,
+        resumed_by: str | None = None,
     ) -> SagaResult[ContextT]:
         definition = self.definition
         self._check_record(record, allow_changed_definition=allow_changed_definition)
@@ -357,6 +372,8 @@ class Saga(Generic[ContextT]):
                 error=RecordedError(failure[1] or "failed in an earlier run"),
             )
         execution = self._execution_at(record, context, point, lease, allow_changed_definition)
+        if resumed_by is not None and not execution.live:
+            execution.note = f"resumed by an operator: {resumed_by}"
         if status is SagaStatus.COMPENSATING:
             await execution.resume_unwinding(
                 failure[0], RecordedError(failure[1] or "failed in an earlier run")

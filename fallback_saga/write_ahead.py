@@ -66,6 +66,7 @@ class JournaledRun(StepCursor):
         "journal",
         "journaled_status",
         "landed_unseen",
+        "note",
         "pending_status",
         "settings",
         "store",
@@ -93,6 +94,10 @@ class JournaledRun(StepCursor):
     pending_status: SagaStatus | None  # the status the next write carries
     context_refused: bool  # the store refused the context a step left
     fence: Lease  # every write is conditional on its token
+    # Said once, by the first row this run writes: who resumed it, when an
+    # operator did (``Saga.resume(operator=...)``), as a reopening names who
+    # reopened it (reopening.py) — the journal is the one trace that stays.
+    note: str | None
 
     def interrupt(self, error: BaseException) -> None:
         """The journal failed where this run does not write itself (a child
@@ -110,6 +115,14 @@ class JournaledRun(StepCursor):
         if lock is None:
             return self._flush(unwinding)
         return self._flush_locked(lock, unwinding)
+
+    def _say_note(self, journal: list[RawEntry], written: int) -> None:
+        """Put ``note`` on the first row still to write (a STARTED row: the
+        write-ahead of the run's first call, which says nothing else)."""
+        first = journal[written]
+        if first[6] is None:
+            journal[written] = (*first[:6], self.note, *first[7:])
+            self.note = None
 
     async def _flush_locked(self, lock: asyncio.Lock, unwinding: bool) -> None:
         async with lock:
@@ -137,6 +150,8 @@ class JournaledRun(StepCursor):
         status = self.pending_status
         if self.created and written == len(journal) and status is None:
             return
+        if self.note is not None and written < len(journal):
+            self._say_note(journal, written)
         saga_name = self.saga_name
         entries = [journal_entry(raw, saga_name) for raw in journal[written:]]
         try:

@@ -1218,6 +1218,39 @@ def test_S10_a_resume_that_ends_its_process_leaves_the_saga_parked_as_its_help_s
             "kill) keeps the lease, as a worker does: the saga stays parked.") in helped
 
 
+def test_S13_an_operators_resume_is_named_in_the_journal_as_a_reopening_is(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``resume ID`` leaves the trace ``retry-unwinding`` leaves: the first
+    row the resumed run writes (an act's STARTED, for a RUNNING saga; a
+    compensation's, for a COMPENSATING one) names the operator — user,
+    machine, process, command — and ``show ID`` lists it."""
+    import getpass
+    import socket
+
+    run_sagas(
+        db, app,
+        ("o-1", {}, "act Charge"),  # RUNNING
+        ("o-2", {"declined": True}, "compensate Reserve"),  # COMPENSATING
+    )
+    written = {saga_id: len(load(db, saga_id).history) for saga_id in ("o-1", "o-2")}
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(["resume", "o-1", *argv]) == 0
+    assert main(["resume", "o-2", *argv]) == 0
+    operator = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()} (resume)"
+    note = f"resumed by an operator: {operator}"
+    for saga_id, (action, step) in {"o-1": ("act", "Charge"),
+                                    "o-2": ("compensate", "Reserve")}.items():
+        new_rows = load(db, saga_id).history[written[saga_id]:]
+        first = new_rows[0]
+        assert (first.action, first.step, first.status, first.error) == (
+            action, step, StepStatus.STARTED, note)
+        assert [row.error for row in new_rows[1:] if row.error == note] == []  # said once
+    capsys.readouterr()
+    assert main(["show", "o-1", "--db", db]) == 0
+    assert "resumed by an operator: " in capsys.readouterr().out
+
+
 def test_S10_a_resume_cut_off_by_the_store_exits_1_and_workers_claim_the_saga_again(
     db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

@@ -228,6 +228,39 @@ async def test_S10_a_running_saga_resumes_at_the_first_act_that_did_not_complete
     assert record.context["trail"] == ["A", "B", "C"]
 
 
+@pytest.mark.parametrize("operator", [None, "ops-alice@box:7 (console)"])
+async def test_S13_resume_by_an_operator_names_them_in_the_journal_and_the_lease(
+    db: Path, store: SQLiteSagaStore, operator: str | None
+) -> None:
+    """``Saga.resume(saga_id, operator=...)`` (the CLI's ``resume ID``)
+    leases the saga in the operator's name and says, in the first row the
+    resumed run writes, ``resumed by an operator: <operator>``, as
+    ``retry_unwinding`` names who reopened a saga; without ``operator`` (a
+    program's resume) the journal and the lease are as they always were."""
+    await crashed(db, "s1", act_C="crash")
+    written = len((await store.load("s1")).history)
+    owners: list[str | None] = []
+
+    async def lease_owner() -> None:
+        owners.append((await store.lease_state("s1")).owner)
+
+    result = await shop(store, Script(act_C=lease_owner)).resume("s1", operator=operator)
+
+    assert result.status is SagaStatus.COMPLETED
+    new_rows = [(e.step, e.action, e.status.value, e.error)
+                for e in (await store.load("s1")).history[written:]]
+    assert new_rows == [
+        ("C", "act", "started",
+         None if operator is None else f"resumed by an operator: {operator}"),
+        ("C", "act", "completed", None),
+    ]
+    assert owners[0] is not None
+    if operator is None:
+        assert "ops-alice" not in owners[0]
+    else:
+        assert owners == [operator]
+
+
 async def test_S10_a_primary_in_flight_restarts_its_step_with_the_primary(
     db: Path, store: SQLiteSagaStore
 ) -> None:

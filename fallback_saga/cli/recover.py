@@ -7,9 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import getpass
 import inspect
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +38,7 @@ __all__ = [
     "left_alone",
     "load_app",
     "one_saga",
+    "operator_name",
     "report_lines",
     "warn_before_interrupting",
 ]
@@ -159,6 +163,16 @@ def one_saga(args: argparse.Namespace) -> OneSaga:
     app = load_app(args.app)
     saga_id: str = args.saga_id
     return OneSaga(app, store_target(args), saga_id, terminal_text(saga_id, MAX_VALUE))
+
+
+def operator_name(command: str) -> str:
+    """Who acts on the saga by hand, as the journal names them and as the
+    lease's owner: the user, the machine, the process and the command."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name to be found (a container without one)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()} ({command})"
 
 
 def load_app(spec: str) -> SagaFactory:

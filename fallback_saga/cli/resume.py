@@ -29,7 +29,13 @@ from ..store.base import RecoverableStore, SagaRecord
 from ..subsaga import parent_saga_id
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
-from .recover import add_one_saga_options, build_app_sagas, one_saga, warn_before_interrupting
+from .recover import (
+    add_one_saga_options,
+    build_app_sagas,
+    one_saga,
+    operator_name,
+    warn_before_interrupting,
+)
 from .stores import StoreTarget, open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
@@ -41,8 +47,10 @@ Workers and recover take it up on their own — but not a parked one: a saga
 whose resumes kept ending the process (list, show and the console say
 "parked") waits for an operator. Once the cause is fixed (or to watch it
 under a debugger), this command resumes it once, with the app's saga of the
-same name, exactly as Saga.resume(ID) does: leased (another worker holding
-its lease is refused, and whoever drove it before is fenced out), RUNNING
+same name, exactly as Saga.resume(ID, operator=...) does: leased in the name
+user@host:pid (resume), which the first row it writes names too (see show
+ID), as retry-unwinding's does (another worker holding its lease is
+refused, and whoever drove it before is fenced out), RUNNING
 continues from the step that did not complete (called again with its
 idempotency key), COMPENSATING finishes its unwinding. When the run gives
 its lease back, the saga's claim count is 0 again: workers take it as any
@@ -128,7 +136,8 @@ def run_resume(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             try:
                 await saga.resume(saga_id, lease_seconds=args.lease,
-                                  allow_changed_definition=args.allow_changed_definition)
+                                  allow_changed_definition=args.allow_changed_definition,
+                                  operator=operator_name("resume"))
             except SagaFailed as failed:
                 return failed.status, failed
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted, LeaseLost) as error:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
-import os
-import socket
 import sys
 
 from ..errors import SagaBusy, SagaDefinitionChanged, SagaInterrupted, SagaNotFailed, SagaNotFound
@@ -18,7 +15,7 @@ from ..store._common import short_repr
 from ..store.base import SagaRecord
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
-from .recover import add_one_saga_options, build_app_sagas, one_saga
+from .recover import add_one_saga_options, build_app_sagas, one_saga, operator_name
 from .stores import open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
@@ -84,7 +81,7 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             try:
                 status = await retry_unwinding(
-                    store, sagas, saga_id, lease=args.lease, owner=_operator(),
+                    store, sagas, saga_id, lease=args.lease, owner=operator_name("retry-unwinding"),
                     allow_changed_definition=args.allow_changed_definition,
                 )
             except SagaNotFound:
@@ -128,13 +125,3 @@ def _given_up(record: SagaRecord) -> list[tuple[str, str]]:
             elif entry.status is StepStatus.COMPLETED:
                 last.pop(entry.step, None)
     return list(last.items())
-
-
-def _operator() -> str:
-    """Who reopened the saga, as the journal names them: the user, the
-    machine and the process (the lease's owner too)."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name to be found (a container without one)
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}:{os.getpid()} (retry-unwinding)"
