@@ -109,7 +109,9 @@ class ClaimedSaga:
         self.run: LeasedRun | None = None
         # Why it was skipped, when its definition (or a child's) changed.
         self.definition_changed: SagaDefinitionChanged | None = None
-        self._keep_lease = False  # lost to another worker, or a corrupt record
+        self._keep_lease = False  # lost to another worker, or the process ends
+        # Its record cannot be read (CorruptSagaRecord): deferred, see _drive.
+        self._unreadable = False
         # Given back without anything of it run (skipped for its name or its
         # own definition, a child its parent drives, a pass cancelled before
         # it): the claim that took it is not counted (store._parking).
@@ -216,9 +218,18 @@ class ClaimedSaga:
         except SagaHandedOff as handed:
             return "handed_off", str(handed)
         except CorruptSagaRecord as error:
-            # Keep the lease: other workers skip it until it expires, rather
-            # than re-reading a row that cannot be read on every pass.
-            self._keep_lease = True
+            # Out of claims for a lease's length: other workers skip it until
+            # then, rather than re-read a row that cannot be read on every
+            # pass. Deferred, not held: a lease never given back is what a
+            # process that died of its saga leaves, and counted as one
+            # (store._parking) the row was parked after park_after lease
+            # periods, said to be a saga whose resumes end the process, with
+            # a resume by id for remedy — which stops on the same row. A row
+            # that cannot be read ends no process and needs another remedy
+            # (its row repaired, or purged): it is reported skipped, naming
+            # what is wrong (S12), once a lease period, and never parked. (A
+            # store without ``defer`` counts no claims: its lease is kept.)
+            self._unreadable = True
             return "skipped", described(error)
         except Exception as error:  # changed definition, store error, ...
             # Released: an operator may resume it now (allow_changed_definition).
@@ -251,7 +262,11 @@ class ClaimedSaga:
         store: Any = self.store
         unrun = {"ran": False} if self._untouched and gives_back_unrun(store) else {}
         try:
-            if outcome == "handed_off" and is_work_notifier(store):
+            if self._unreadable:
+                if hasattr(store, "defer"):
+                    await store.defer(self.lease, self.lease_seconds)
+                # else: kept, to run out on its own (see _drive)
+            elif outcome == "handed_off" and is_work_notifier(store):
                 await store.hand_off(self.lease, **unrun)
             elif outcome == "skipped" and self.skip_for is not None:
                 # A worker's skip stays a skip until an operator acts (or a

@@ -210,6 +210,59 @@ def test_S10_an_operators_resume_that_ends_its_process_leaves_the_saga_parked(
     assert asyncio.run(claimable()) == []  # workers leave it to the operator
 
 
+def test_S12_a_row_that_cannot_be_read_is_never_parked_as_a_crash_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A saga whose row cannot be read (``CorruptSagaRecord``) is skipped and
+    kept out of claims for a lease's length, deferred, not held: its lease
+    held counted as a process that died of it, and after ``park_after``
+    lease periods it was parked and described as a saga whose resumes end
+    the process, to be resumed by id — which fails on the same row. It kills
+    nothing and needs its row repaired or purged: every pass past its lease
+    reports it skipped, naming what is wrong (S12) — an operator's ``recover``
+    pass at once (it claims deferred sagas too) — and no text calls it
+    parked."""
+    from fallback_saga.cli import main
+
+    db = tmp_path / "sagas.db"
+
+    async def one_pass() -> list[tuple[str, str]]:
+        async with SQLiteSagaStore(db, park_after=PARK_AFTER) as store:
+            saga = _PoisonSaga(store=store, step_factory=lambda cls: cls(Ledger()))
+            report = await recover(store, [saga], older_than=0)
+            return report.skipped
+
+    async def claimed_by_a_worker() -> list[str]:
+        async with SQLiteSagaStore(db, park_after=PARK_AFTER) as store:
+            leases = await store.claim(owner="worker", lease_seconds=60, older_than=0, limit=10)
+            for lease in leases:
+                await store.release(lease)
+            return [lease.saga_id for lease in leases]
+
+    async def corrupt() -> None:
+        async with SQLiteSagaStore(db) as store:
+            # Its one step completed twice: a history no resume can read.
+            await store.create("unreadable", "_PoisonSaga", _PoisonSaga.definition.fingerprint,
+                               {"order_id": "u"}, [
+                                   _act(0, "A", StepStatus.STARTED),
+                                   _act(0, "A", StepStatus.COMPLETED),
+                                   _act(0, "A", StepStatus.COMPLETED),
+                               ])
+
+    asyncio.run(corrupt())
+    for _ in range(PARK_AFTER + 2):
+        ((saga_id, reason),) = asyncio.run(one_pass())
+        assert saga_id == "unreadable"
+        assert reason.startswith("CorruptSagaRecord: ")
+        assert "completed twice" in reason
+        assert _column(db, "unreadable") == 0  # deferred: never counted as a dead process
+        assert _column(db, "unreadable", "lease_owner") is None
+        assert asyncio.run(claimed_by_a_worker()) == []  # out of claims for a lease's length
+        _lease_ran_out(db, "unreadable")
+    assert main(["list", "--db", str(db), "--park-after", str(PARK_AFTER)]) == 0
+    assert "parked" not in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- stores
 
 

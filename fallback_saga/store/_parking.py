@@ -12,6 +12,11 @@ for an operator, who resumes it once by id (``python -m fallback_saga resume
 ID``, or ``Saga.resume(saga_id)``, which leases it with ``claim_saga``,
 uncounted, and clears the count when it gives the lease back). A one-off
 crash (a deploy's ``kill -9``) is cleared by the next run that finishes.
+
+A row that cannot be read (``CorruptSagaRecord``) is deferred for a lease's
+length, not held (``recovery.ClaimedSaga``): it ends no process, a resume
+by id stops on it as a worker does, and its remedy is another (the row
+repaired, or deleted), so it is never counted here nor called parked.
 """
 
 from __future__ import annotations
