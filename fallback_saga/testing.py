@@ -14,7 +14,13 @@ imported from this module, ``fallback_saga.testing``)::
 ``SagaStoreContract`` checks what the executor relies on (``create``,
 ``append``, ``load``); ``RecoverableStoreContract`` adds what recovery and
 the operator CLI rely on (``list_sagas``, ``claim`` with leases and fencing
-tokens, ``release``, ``purge``).
+tokens, ``release``, ``purge``), and — for a store that parks sagas whose
+resumes keep ending the process, which it declares with an ``int``
+attribute ``park_after`` — what parking is: ``claim`` skips a saga claimed
+``park_after`` times without its lease given back, ``release`` (and
+``defer``, ``hand_off`` where the store has them) clears the count, and
+``claim_saga`` by id leases a parked saga all the same. For a store without
+``park_after`` those checks are skipped (``unittest.SkipTest``).
 
 The tests are ``async def`` methods: run them with pytest-asyncio in
 ``asyncio_mode = "auto"`` (in strict mode, set ``pytestmark =
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import unittest
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -915,3 +922,109 @@ class RecoverableStoreContract(SagaStoreContract):
             ["new"],
             '[e.step for e in (await store.load("saga-1")).history] == ["new"]',
         )
+
+    # ------------------------------------------------------------------ parking (optional)
+
+    async def test_claim_skips_a_saga_claimed_park_after_times_without_its_lease_given_back(
+        self, store: RecoverableStore
+    ) -> None:
+        """A saga whose process dies holding its lease, ``park_after`` times
+        in a row, is parked: ``claim`` takes it no more (the others it does),
+        its summary counts the claims (list, show and the console say
+        "parked" by it), ``claim_saga`` by id still leases it, uncounted, and
+        its release clears the count."""
+        park_after = _park_after(store)
+        await _new_saga(store, "dies")
+        await _new_saga(store, "lives")
+        for number in range(park_after):
+            _expect_equal(await _claimed_by_dying(store, given_back="lives"), ["dies", "lives"],
+                          f"claim number {number + 1} of {park_after}")
+        _expect_equal(await _claimed_by_dying(store, given_back="lives"), ["lives"],
+                      f"a claim after {park_after} claims of 'dies' never given back")
+        _expect_equal(await _unreleased_claims(store, "dies"), park_after,
+                      "the summary's unreleased_claims of the parked saga")
+        lease = await store.claim_saga("dies", owner="operator", lease_seconds=60)
+        _expect_equal(await _unreleased_claims(store, "dies"), park_after,
+                      "unreleased_claims after claim_saga (which is not counted)")
+        await store.release(lease)
+        _expect_equal(await _unreleased_claims(store, "dies"), 0,
+                      "unreleased_claims once the operator's lease is released")
+        _expect_equal(await _claimed_by_dying(store, given_back="lives"), ["dies", "lives"],
+                      "a claim once the parked saga's count is cleared")
+
+    async def test_a_lease_given_back_in_order_clears_the_count_of_claims(
+        self, store: RecoverableStore
+    ) -> None:
+        """``release``, and ``defer`` and ``hand_off`` where the store has
+        them, end a run in order: the count of claims starts again, so that
+        one-off crashes never add up to a parked saga."""
+        park_after = _park_after(store)
+        ways: list[tuple[str, Callable[[Lease], Any]]] = [("release", store.release)]
+        defer = getattr(store, "defer", None)
+        if defer is not None:
+            ways.append(("defer", lambda lease: defer(lease, _ALREADY_PAST)))
+        hand_off = getattr(store, "hand_off", None)
+        if hand_off is not None:
+            ways.append(("hand_off", hand_off))
+        for way, give_back in ways:
+            saga_id = f"crashy-{way}"  # the earlier ones are parked by now
+            await _new_saga(store, saga_id)
+            for _ in range(park_after - 1):
+                await _claimed_by_dying(store)
+            (lease,) = await store.claim(
+                owner="w", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+            )
+            await give_back(lease)
+            _expect_equal(await _unreleased_claims(store, saga_id), 0,
+                          f"unreleased_claims after {way}")
+            for number in range(park_after):
+                _expect_equal(await _claimed_by_dying(store), [saga_id],
+                              f"claim number {number + 1} after {way}")
+            _expect_equal(await _claimed_by_dying(store), [],
+                          f"a claim after {park_after} more claims never given back")
+
+    async def test_a_stale_lease_given_back_does_not_clear_the_count_of_claims(
+        self, store: RecoverableStore
+    ) -> None:
+        """The reset is fenced: a worker whose lease was taken over, releasing
+        late, clears nothing of the new holder's count."""
+        park_after = _park_after(store)
+        await _new_saga(store, "crashy")
+        (stale,) = await store.claim(
+            owner="w", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+        )
+        for _ in range(park_after - 1):
+            await _claimed_by_dying(store)
+        await store.release(stale)
+        _expect_equal(await _claimed_by_dying(store), [],
+                      "a claim after a stale lease of a parked saga was released")
+
+
+def _park_after(store: object) -> int:
+    """The store's ``park_after``; the parking checks are skipped
+    (``unittest.SkipTest``, which pytest reports as a skip) for a store that
+    does not declare one: parking is optional."""
+    park_after = getattr(store, "park_after", None)
+    if not isinstance(park_after, int) or isinstance(park_after, bool) or park_after < 1:
+        raise unittest.SkipTest(
+            f"{type(store).__name__} does not park sagas (no park_after: an int >= 1)"
+        )
+    return park_after
+
+
+async def _claimed_by_dying(store: RecoverableStore, *, given_back: str | None = None) -> list[str]:
+    """The ids a claim takes, sorted, by a worker whose process dies holding
+    the leases (a lease already run out, as a dead worker's is once its
+    length has passed), but for ``given_back``'s, released in order."""
+    leases = await store.claim(
+        owner="w", lease_seconds=_ALREADY_PAST, older_than=_ALREADY_PAST, limit=10
+    )
+    for lease in leases:
+        if lease.saga_id == given_back:
+            await store.release(lease)
+    return sorted(lease.saga_id for lease in leases)
+
+
+async def _unreleased_claims(store: RecoverableStore, saga_id: str) -> int:
+    (summary,) = [s for s in await store.list_sagas(limit=1000) if s.saga_id == saga_id]
+    return summary.unreleased_claims

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,52 @@ class TestSQLiteSagaStoreInMemory(RecoverableStoreContract):
     async def store(self) -> AsyncIterator[SQLiteSagaStore]:
         async with SQLiteSagaStore(":memory:") as store:
             yield store
+
+
+class TestSQLiteSagaStoreThatNeverParks(RecoverableStoreContract):
+    """``park_after=None``: the kit's parking checks are skipped, the rest run."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SQLiteSagaStore]:
+        async with SQLiteSagaStore(tmp_path / "sagas.db", park_after=None) as store:
+            yield store
+
+
+_PARKING_CHECKS = [
+    "test_claim_skips_a_saga_claimed_park_after_times_without_its_lease_given_back",
+    "test_a_lease_given_back_in_order_clears_the_count_of_claims",
+    "test_a_stale_lease_given_back_does_not_clear_the_count_of_claims",
+]
+
+
+@pytest.mark.parametrize("check", _PARKING_CHECKS)
+async def test_S10_the_kits_parking_checks_skip_a_store_that_does_not_park(check: str) -> None:
+    """``MemorySagaStore`` (no leases) declares no ``park_after``: the checks
+    say so with ``unittest.SkipTest``, a skip to pytest, not a failure."""
+    import unittest
+
+    with pytest.raises(unittest.SkipTest, match="does not park sagas"):
+        await getattr(RecoverableStoreContract(), check)(MemorySagaStore())
+
+
+class _SaysItParksButNeverDoes(SQLiteSagaStore):
+    """Declares ``park_after`` yet claims as a store that never parks."""
+
+    async def claim(self, **options: Any) -> Any:
+        declared, self.park_after = self.park_after, None
+        try:
+            return await super().claim(**options)
+        finally:
+            self.park_after = declared
+
+
+@pytest.mark.parametrize("check", _PARKING_CHECKS[:2])
+async def test_S10_the_kits_parking_checks_fail_a_store_that_does_not_park_as_it_says(
+    tmp_path: Path, check: str
+) -> None:
+    async with _SaysItParksButNeverDoes(tmp_path / "sagas.db", park_after=3) as store:
+        with pytest.raises(AssertionError, match="after 3"):
+            await getattr(RecoverableStoreContract(), check)(store)
 
 
 # A store that forgets the saga's name, and the kit's check of it, run with
