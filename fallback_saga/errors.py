@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any, Final
 
 from .status import SagaStatus
+from .timestamps import utc_text
 
 __all__ = [
     "ContextDecodeError",
@@ -328,8 +329,18 @@ class SagaBusy(SagaStoreError):
         self.expires_at = expires_at
         super().__init__(
             f"saga {short_id(saga_id)} is being driven by {owner or 'another worker'} "
-            f"(lease until {expires_at})"
+            f"(lease until {_lease_end(expires_at)})"
         )
+
+
+def _lease_end(expires_at: float | None) -> str:
+    """When a lease ends, as the CLI and the console print times (the store's
+    Unix number meant nothing to the operator reading it); a time no
+    calendar holds (a corrupt row) as stored."""
+    if expires_at is None:
+        return "an unknown time"
+    shown = utc_text(expires_at)
+    return shown if shown == repr(expires_at) else f"{shown} UTC"
 
 
 class SagaAlreadyExists(SagaStoreError):

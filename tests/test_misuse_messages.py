@@ -374,3 +374,18 @@ def test_S9_a_breaker_name_is_a_non_empty_str(name: object) -> None:
     """It names the breaker in errors, logs and the shared state store."""
     with pytest.raises(ValueError, match="name"):
         CircuitBreaker(name=name)  # type: ignore[arg-type]
+
+
+def test_S12_saga_busy_says_until_when_in_utc_not_as_a_unix_number() -> None:
+    """``SagaBusy`` tells an operator until when the lease holds, as the CLI
+    and the console print times (``YYYY-MM-DD HH:MM:SS UTC``): it printed
+    the store's Unix time (``lease until 1796514863.1``). A time no calendar
+    holds (a corrupt row) is quoted as stored, and no time says so."""
+    from fallback_saga import SagaBusy
+
+    busy = SagaBusy("o-1", "worker-7", 1796514863.1)
+    assert "lease until 2026-12-05 23:54:23 UTC" in str(busy), str(busy)
+    assert "1796514863" not in str(busy)
+    assert busy.expires_at == 1796514863.1  # the number stays for programs
+    assert "lease until 1e+300" in str(SagaBusy("o-1", "w", 1e300))
+    assert "lease until an unknown time" in str(SagaBusy("o-1", None, None))
