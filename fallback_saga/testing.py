@@ -470,6 +470,28 @@ class SagaStoreContract:
             '[e.step for e in record.history] == ["reserve"]',
         )
 
+    async def test_existing_saga_ids_names_the_ids_the_store_holds(
+        self, store: SagaStore
+    ) -> None:
+        """For stores with ``existing_saga_ids`` (optional; the built-in ones
+        have it, and ``show`` and the console find a saga's child sagas with
+        it): exactly the ids of those asked that ``load`` finds — each once,
+        whatever the number asked (more than a statement binds, for a SQL
+        store), and none for an id no store can hold."""
+        existing_saga_ids: Any = getattr(store, "existing_saga_ids", None)
+        if existing_saga_ids is None:
+            return  # optional: callers then ask one id at a time
+        for saga_id in ("order-1", "order-1/Charge", "ünï ✓", "order-1600"):
+            await _new_saga(store, saga_id)
+        _expect_equal(await existing_saga_ids([]), set(), "the ids found of none asked")
+        asked = ["order-1", "order-1/Charge", "order-1/Ship", "ünï ✓", "order-1", "",
+                 "order-1\x00", "x" * 100_000]
+        _expect_equal(await existing_saga_ids(asked), {"order-1", "order-1/Charge", "ünï ✓"},
+                      "the ids found of a few asked")
+        many = [f"order-{number}" for number in range(2000)]
+        _expect_equal(await existing_saga_ids(many), {"order-1", "order-1600"},
+                      "the ids found of 2,000 asked")
+
 
 class RecoverableStoreContract(SagaStoreContract):
     """What a ``RecoverableStore`` must do on top: listing, leases, fencing, purge."""
@@ -649,12 +671,15 @@ class RecoverableStoreContract(SagaStoreContract):
                             names=["OrderSaga"])
         taken += await claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10,
                              names=["OrderSaga", "NoSuchSaga"])
-        assert sorted(lease.saga_id for lease in taken) == ["order-1", "order-2"]
-        assert await claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST, limit=10,
-                           names=[]) == []
+        _expect_equal(sorted(lease.saga_id for lease in taken), ["order-1", "order-2"],
+                      "the sagas a claim by the name OrderSaga took")
+        _expect_equal(await claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST,
+                                  limit=10, names=[]), [],
+                      "what a claim by no name took")
         rest = await store.claim(owner="w", lease_seconds=60, older_than=_ALREADY_PAST,
                                  limit=10)
-        assert sorted(lease.saga_id for lease in rest) == ["billing-1", "billing-2"]
+        _expect_equal(sorted(lease.saga_id for lease in rest), ["billing-1", "billing-2"],
+                      "what a claim by any name took after them")
 
     async def test_concurrent_claims_never_share_a_saga(self, store: RecoverableStore) -> None:
         for number in range(30):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +149,46 @@ def test_the_contract_kit_fails_a_broken_store_under_python_O(tmp_path: Path) ->
     assert done.stdout.strip() == (
         "FAILED: record.saga_name == \"OrderSaga\": got 'Forgotten', expected 'OrderSaga'"
     )
+
+
+def test_the_contract_kit_has_no_assert_statement() -> None:
+    """Every check of ``fallback_saga.testing`` goes through ``_expect``: an
+    ``assert`` vanishes under ``python -O``, and the check with it (the
+    claim-by-name check was written with three, after the others had been
+    moved off them)."""
+    import ast
+    import inspect
+
+    import fallback_saga.testing as kit
+
+    tree = ast.parse(inspect.getsource(kit))
+    asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    assert asserts == [], f"assert statements at lines {asserts} of fallback_saga/testing.py"
+
+
+class _FindsWhatItIsAsked(MemorySagaStore):
+    """Says it holds every id it is asked about."""
+
+    async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
+        return set(saga_ids)
+
+
+class _ForgetsAfterFiveHundred(MemorySagaStore):
+    """Answers for the first 500 ids asked only (a SQL store that binds one
+    statement's worth)."""
+
+    async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
+        return await super().existing_saga_ids(list(saga_ids)[:500])
+
+
+@pytest.mark.parametrize("broken", [_FindsWhatItIsAsked, _ForgetsAfterFiveHundred])
+async def test_S15_the_kits_existing_saga_ids_check_fails_a_store_that_answers_wrong(
+    broken: type[MemorySagaStore],
+) -> None:
+    """``existing_saga_ids`` is how ``show`` and the console find a saga's
+    child sagas (S15): a store answering wrong shows children that are not
+    there, or hides some. The kit's check must fail such a store."""
+    with pytest.raises(AssertionError, match="the ids found of"):
+        await SagaStoreContract().test_existing_saga_ids_names_the_ids_the_store_holds(
+            broken()
+        )
