@@ -120,6 +120,14 @@ class ClaimedSaga:
         # saga out of claims (a worker's skip, or an interrupted saga's
         # backoff): the worker gives it back once they have passed.
         self.held_for: float | None = None
+        # Set by a worker: the ``resume_timeout`` its resume outran (the run
+        # was stopped, see time_out), and whether it stopped waiting for the
+        # run altogether (``let_go``: the run did not stop when asked).
+        self.timed_out: float | None = None
+        self.let_go = False
+        # Told and let go (resume, hand_back): a worker's drain gives back
+        # the lease of a saga whose task was cancelled before it began.
+        self.settled = False
 
     @property
     def saga_id(self) -> str:
@@ -144,7 +152,8 @@ class ClaimedSaga:
             outcome = self._ended(error)
             raise
         finally:
-            self._report(outcome)
+            if not self.let_go:  # told already, by the worker that let it go
+                self._report(outcome)
             await self._let_go(outcome[0])
         return outcome
 
@@ -166,6 +175,40 @@ class ClaimedSaga:
         self._report(_CANCELLED)
         self._untouched = True
         await self._let_go(_CANCELLED[0])
+
+    def time_out(self, seconds: float) -> None:
+        """The resume outran the worker's ``resume_timeout`` (``seconds``):
+        stop it without unwinding (``LeasedRun.stop_hung``). Its outcome is
+        ``interrupted``; its lease is kept for the backoff and counted
+        (``_let_go``). Not loaded yet (a store that hangs): the caller
+        cancels the task instead, as a hand-off does."""
+        self.timed_out = seconds
+        if self.run is not None:
+            self.run.stop_hung()
+
+    def give_up(self) -> Outcome:
+        """The worker stops waiting for this resume: asked to stop, the run
+        did not (a step that swallows ``CancelledError`` and goes on). Nothing
+        can kill a coroutine: it goes on in the background, every write of
+        it refused (it was handed off). Its lease is kept and renewed no
+        more: it runs out, and the saga is claimed again — counted, so that
+        one that hangs on every resume is parked (store._parking). The
+        outcome, ``interrupted``, is told now, once."""
+        self.let_go = self._keep_lease = True
+        if self.run is not None:
+            self.run.stop_renewing()
+        where = self.where()
+        outcome: Outcome = ("interrupted", (
+            f"stopped {'at its resume_timeout' if self.timed_out is not None else 'by a hand-off'}"
+            f" but still running{f' ({where})' if where else ''}: a step ignores cancellation; "
+            f"the worker no longer waits for it, its writes are refused and its lease runs "
+            f"out unrenewed"))
+        self._report(outcome)
+        return outcome
+
+    def where(self) -> str | None:
+        """What the resumed run is doing (``LeasedRun.where``), if it runs."""
+        return self.run.where() if self.run is not None else None
 
     def _report(self, outcome: Outcome) -> None:
         listeners = self.listeners
@@ -216,6 +259,12 @@ class ClaimedSaga:
             self._keep_lease = True  # someone else's now
             return "lost", str(lost)
         except SagaHandedOff as handed:
+            if self.timed_out is not None:
+                # Stopped by the worker's bound, not by its shutdown: another
+                # worker claiming it at once would hang the same way.
+                return "interrupted", (
+                    f"its resume ran longer than the worker's resume_timeout "
+                    f"({self.timed_out:g} s) and was stopped without unwinding")
             return "handed_off", str(handed)
         except CorruptSagaRecord as error:
             # Out of claims for a lease's length: other workers skip it until
@@ -256,6 +305,7 @@ class ClaimedSaga:
         the operator's next pass). Only a hand-off is announced: a skipped saga
         announced would bounce between workers that all skip it, as fast as
         they can claim."""
+        self.settled = True
         if self._keep_lease:
             return
         # Typed Any: ``ran`` is the built-in stores' (gives_back_unrun).
@@ -266,6 +316,17 @@ class ClaimedSaga:
                 if hasattr(store, "defer"):
                     await store.defer(self.lease, self.lease_seconds)
                 # else: kept, to run out on its own (see _drive)
+            elif outcome == "interrupted" and self.timed_out is not None:
+                # Stopped at the worker's bound: out of claims for the
+                # backoff, as any interrupted saga — but neither released nor
+                # deferred, which would clear its count of claims: a saga that
+                # hangs on every resume would hold a slot for resume_timeout
+                # on every backoff, for ever. Its lease, kept, is cut to the
+                # backoff (renew), and the next claim counts (store._parking).
+                # A store without renew: the lease runs out on its own.
+                renew = getattr(store, "renew", None)
+                if renew is not None:
+                    await renew(self.lease, self.retry_in or self.lease_seconds)
             elif outcome == "handed_off" and is_work_notifier(store):
                 await store.hand_off(self.lease, **unrun)
             elif outcome == "skipped" and self.skip_for is not None:
@@ -304,6 +365,15 @@ class ClaimedSaga:
                 # starving the rest. The parent's driver may still lease it
                 # by id at any moment.
                 await store.defer(self.lease, self.lease_seconds, **unrun)
+            elif outcome == "deferred" and self.retry_in is not None:
+                # A worker's, on a store without ``defer``: released at once,
+                # the child was claimed again at once, and again — a worker
+                # spinning on it, the sagas behind it starved. Its lease is
+                # kept instead (``held_for``), then given back by the worker
+                # — for the worker's backoff (about ``poll``), not a lease's
+                # length: meanwhile the parent's driver, which leases the
+                # child by id, gets SagaBusy and waits (SubSaga's _when_free).
+                self.held_for = self.retry_in
             else:
                 await store.release(self.lease, **unrun)
         except Exception as error:  # it expires on its own

@@ -440,6 +440,7 @@ class LeasedRun:
         self._process_ending: list[BaseException] = []
         self._context.run(PROCESS_ENDING.set, self._process_ending)
         self._task: asyncio.Task[SagaResult[Any]] | None = None
+        self._beat: asyncio.Task[None] | None = None
         # What ended the run, when that is a BaseException that is no
         # Exception and no cancellation (SystemExit, KeyboardInterrupt out of
         # a step): it leaves the event loop, which then cancels this task,
@@ -460,7 +461,7 @@ class LeasedRun:
         )
         beat = None
         if self._renew is not None and self.renew_every > 0:
-            beat = asyncio.get_running_loop().create_task(self._heartbeat())
+            beat = self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
             # If *we* are cancelled, awaiting the task cancels it too and waits
             # for its unwinding (S8), during which the heartbeat keeps beating.
@@ -479,6 +480,7 @@ class LeasedRun:
             # traceback holds this frame (a cycle only the collector finds).
             del task
             self._task = None
+            self._beat = None
             if beat is not None:
                 beat.cancel()
                 await asyncio.wait([beat])
@@ -489,6 +491,35 @@ class LeasedRun:
             return
         self.handed_off = True
         self._stop_without_unwinding()
+
+    def stop_hung(self) -> None:
+        """Stop a run that has hung (a worker's ``resume_timeout``): handed
+        off — no unwinding starts, no later write lands — and a compensation
+        in flight, which a hand-off waits for (it is shielded), is cancelled
+        as the event loop's shutdown cancels it: its STARTED row stays the
+        last, the saga COMPENSATING, and the next resume calls it again, in
+        full, with the same idempotency key (S8, S10, S13)."""
+        self.hand_off()
+        execution = self._context.get(_CURSOR)
+        unwinding = getattr(execution, "unwinding", None)
+        if isinstance(unwinding, asyncio.Task) and not unwinding.done():
+            unwinding.cancel()
+
+    def stop_renewing(self) -> None:
+        """Renew the lease no more: the run's worker stopped waiting for it
+        (it did not stop when asked: see ``RecoveryWorker``), and the lease
+        must run out, for the saga to be claimed again (and counted: see
+        store._parking), whatever the run still does."""
+        if self._beat is not None:
+            self._beat.cancel()
+
+    def where(self) -> str | None:
+        """What the run is doing, for an operator: ``"act of step 'B'"``
+        (None before its first step)."""
+        execution = self._context.get(_CURSOR)
+        if not isinstance(execution, Execution) or not execution.step:
+            return None
+        return f"{execution.action} of step {execution.step!r} (attempt {execution.attempt})"
 
     def _outcome(self, error: BaseException) -> BaseException:
         if cancellation_pending():

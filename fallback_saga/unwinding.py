@@ -129,6 +129,7 @@ class UnwindingRun(JournaledRun):
         "reopener",
         "stack",
         "status",
+        "unwinding",
     )
 
     hooks: Hooks
@@ -148,6 +149,8 @@ class UnwindingRun(JournaledRun):
     # unwinds (SubSaga) is reopened by it too, not refused as FAILED.
     reopener: str | None
     shape: Any  # a compact journal's plan shape (Execution.run_plain's), else None
+    # The task running ``unwind`` (set there only: unset until a run unwinds).
+    unwinding: Any
 
     # ------------------------------------------------------------------ ending short of done
 
@@ -365,6 +368,9 @@ class UnwindingRun(JournaledRun):
         left for recovery to compensate, which it will, since the journal
         shows them completed and not compensated."""
         self.status = self.pending_status = _COMPENSATING
+        # The task the unwinding runs in (shielded: see fail), for a worker
+        # that must stop a compensation that hangs (LeasedRun.stop_hung).
+        self.unwinding = running_task()
         left_undone = self.left_undone
         errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
@@ -408,6 +414,7 @@ class UnwindingRun(JournaledRun):
             # cycle, which would keep the run and its context alive until the
             # garbage collector finds it).
             self.left_undone = None
+            self.unwinding = None  # a task kept would keep what it returns
             errors = {}
             error = left_undone = task = None
 

@@ -21,6 +21,36 @@ the sagas still running are *handed off*: stopped without unwinding, like a
 crashed run, and their leases released so that another worker resumes them
 at once. (A shutdown is no business failure: it must not roll sagas back.)
 If the task running ``run()`` is cancelled, the sagas are handed off at once.
+A run handed off stops at its next write or suspension; a compensation in
+flight is shielded and finishes first — unless it has not ``STOP_WAIT``
+seconds later: it is then cancelled (left to be called again, in full, as
+below). A run that has not stopped ``STOP_WAIT`` seconds after that (a step
+that swallows ``CancelledError`` and goes on) is *let go*: see below.
+
+Participants that never answer. A step with no ``timeout`` whose call never
+returns holds its worker slot for as long as it hangs: ``concurrency`` such
+sagas and the worker resumes nothing else. So a resume running longer than
+``resume_warning`` seconds is logged (once, saying where it is), and one
+running longer than ``resume_timeout`` is *stopped*: handed off — no
+unwinding starts, no later write of it lands — with a compensation in flight
+cancelled as the loop's shutdown cancels one (its STARTED row stays the
+last, the saga COMPENSATING; the next resume calls it again, in full, with
+the same idempotency key). It ends ``interrupted``: warned about, told to the
+listeners (``recovery_outcome``), counted in ``stats.interrupted``, and kept
+out of claims for the backoff of an interrupted saga — its lease kept and
+cut to the backoff, not given back, so every claim of it counts toward the
+store's ``park_after``: a saga that hangs on every resume is parked for an
+operator (store/_parking.py) instead of taking a slot for ``resume_timeout``
+after every backoff, for ever.
+
+Nothing can kill a coroutine. A run asked to stop (by ``resume_timeout`` or a
+shutdown's hand-off) that has not ended ``STOP_WAIT`` seconds later has
+swallowed the cancellation: the worker lets it go — its slot is free again,
+its outcome (``interrupted``) told, its lease kept and renewed no more (it
+runs out, and the next claim counts) — while it goes on in the background,
+every write of it refused. ``stop()`` does not wait for such a run; the
+event loop's own shutdown (``asyncio.run``) cancels it once more and waits
+for it, which only the step can end.
 """
 
 from __future__ import annotations
@@ -31,6 +61,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Final
 
 from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
@@ -47,9 +78,18 @@ from .store.base import (
     is_work_notifier,
 )
 
-__all__ = ["RecoveryWorker", "WorkerStats"]
+__all__ = ["RESUME_WARNING", "STOP_WAIT", "RecoveryWorker", "WorkerStats"]
 
 _log = library_logger("fallback_saga")
+
+# Seconds a run asked to stop (resume_timeout, a shutdown's hand-off) has to
+# end before the worker lets it go: a run stops at its next suspension, in
+# well under a second, unless a step swallows the cancellation.
+STOP_WAIT: Final = 10.0
+
+# A resume running longer than this is logged (``resume_warning``): a lease's
+# length by default; a healthy resume takes seconds, not minutes.
+RESUME_WARNING: Final = 300.0
 
 
 @dataclass(slots=True)
@@ -65,7 +105,9 @@ class WorkerStats:
     completed: int = 0
     compensated: int = 0
     failed: int = 0  # finished FAILED: needs an operator
-    interrupted: int = 0  # the journal could not be written: left for a later claim
+    # the journal could not be written, or the resume outran resume_timeout
+    # (or, asked to stop, did not and was let go): left for a later claim
+    interrupted: int = 0
     # changed definition, corrupt row, store error (an unknown saga name only
     # on a store that cannot claim by name): each out of claims for the
     # lease's length, then claimed (and counted) again
@@ -73,6 +115,18 @@ class WorkerStats:
     deferred: int = 0  # a child saga (SubSaga) whose parent is in flight: the parent drives it
     lost: int = 0
     handed_off: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Resuming:
+    """One saga the worker resumes, as its watch (``_watch``) sees it."""
+
+    claimed: ClaimedSaga
+    since: float  # the worker's clock when it was claimed
+    began: bool = False  # its task has started
+    warned: bool = False  # resume_warning said
+    stop_asked: float | None = None  # the clock when it was asked to stop
+    forced: bool = False  # a compensation in flight cancelled too (stop_hung)
 
 
 def _seconds(name: str, value: float | timedelta, *, positive: bool) -> float:
@@ -106,7 +160,16 @@ class RecoveryWorker:
     * ``listen`` — claim as soon as the store announces work, if it can
       (``WorkNotifier``); polling goes on either way;
     * ``listeners`` — told each claimed saga's outcome (``recovery_outcome``),
-      as are the listeners of the saga that resumed it.
+      as are the listeners of the saga that resumed it;
+    * ``resume_timeout`` — seconds one resume may run before the worker stops
+      it (``interrupted``: see the module docstring); ``None`` (the
+      default): no bound, for a worker cannot know how long a saga's steps
+      may rightly take, and a bound cut into a healthy long saga would park
+      it. Give each step a ``timeout`` first; this is the backstop for a
+      fleet, set well above the longest healthy resume;
+    * ``resume_warning`` — seconds after which a resume still running is
+      logged, once, with the step it is in (``RESUME_WARNING``, 300, by
+      default; ``None``: never).
 
     A worker never overrides a changed definition (``recover``'s
     ``allow_changed_definition``): a standing override would resume every
@@ -147,6 +210,8 @@ class RecoveryWorker:
         owner: str | None = None,
         listen: bool = True,
         listeners: Iterable[object] = (),
+        resume_timeout: float | timedelta | None = None,
+        resume_warning: float | timedelta | None = RESUME_WARNING,
     ) -> None:
         if not is_recoverable(store):
             raise TypeError(
@@ -166,6 +231,10 @@ class RecoveryWorker:
         self.lease = _seconds("lease", lease, positive=True)
         self.poll = _seconds("poll", poll, positive=True)
         self.older_than = _seconds("older_than", older_than, positive=False)
+        self.resume_timeout = (None if resume_timeout is None
+                               else _seconds("resume_timeout", resume_timeout, positive=True))
+        self.resume_warning = (None if resume_warning is None
+                               else _seconds("resume_warning", resume_warning, positive=True))
         self.owner = owner or default_owner()
         self.stats = WorkerStats()
         self._by_name = by_name
@@ -178,7 +247,13 @@ class RecoveryWorker:
             {"names": tuple(sorted(by_name))} if claims_by_name(store) else {})
         self._listeners = listener_tuple(listeners)
         collect_hooks(self._listeners, "recovery_outcome")  # refuses a class or an async hook
-        self._in_flight: dict[asyncio.Task[None], ClaimedSaga] = {}
+        self._in_flight: dict[asyncio.Task[None], _Resuming] = {}
+        # Runs let go (asked to stop, they did not: see the module
+        # docstring), kept referenced until they end, whenever that is.
+        self._let_go: set[asyncio.Task[None]] = set()
+        self._handing_off = False  # the drain hands off what is left
+        self._settled = asyncio.Event()  # nothing in flight (set as it empties)
+        self._watch_wake = asyncio.Event()  # a deadline of _watch's may have moved
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = False
@@ -215,6 +290,7 @@ class RecoveryWorker:
     def wake(self) -> None:
         """Claim now rather than at the next poll (safe to call any time, from the loop)."""
         self._wake.set()
+        self._watch_wake.set()
 
     async def run(self) -> None:
         """Claim and resume until ``stop()``; then drain (see the module docstring)."""
@@ -228,9 +304,13 @@ class RecoveryWorker:
         # (two successive asyncio.run calls, as function-scoped test loops do).
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._watch_wake = asyncio.Event()
+        self._handing_off = False
         listener: asyncio.Task[None] | None = None
         if self._notifier is not None:
             listener = asyncio.get_running_loop().create_task(self._listen(self._notifier))
+        watch = asyncio.get_running_loop().create_task(self._watch())
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
@@ -251,10 +331,15 @@ class RecoveryWorker:
             # A worker that stops keeps nothing out of the others' claims.
             with contextlib.suppress(asyncio.CancelledError):
                 await self._release_held(everything=True)
-            if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+            for helper in (listener, watch):
+                if helper is not None:
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await helper
+            for task in self._let_go:
+                # Asked once more: a step that swallowed one cancellation
+                # may heed the next. Not waited for (see the module docstring).
+                task.cancel()
             self._running = False
             self._finished.set()
 
@@ -334,9 +419,12 @@ class RecoveryWorker:
                                   listeners=self._listeners, skip_for=self.lease,
                                   retry_in=self._retry_in(lease.saga_id),
                                   hand_off_when_cancelled=True)
-            task = asyncio.get_running_loop().create_task(self._resume(claimed))
-            self._in_flight[task] = claimed
+            resuming = _Resuming(claimed, self._clock())
+            task = asyncio.get_running_loop().create_task(self._resume(resuming))
+            self._in_flight[task] = resuming
             task.add_done_callback(self._done)
+        if leases and (self.resume_timeout is not None or self.resume_warning is not None):
+            self._watch_wake.set()  # new deadlines
 
     def _until_next_claim(self) -> float:
         """``poll``, or less: until the first kept lease is due for release."""
@@ -370,14 +458,26 @@ class RecoveryWorker:
         doublings = min(self._interruptions.get(saga_id, 0), 32)
         return min(self.lease, self.poll * 2.0 ** doublings) * random.uniform(0.5, 1.0)
 
-    async def _resume(self, claimed: ClaimedSaga) -> None:
+    async def _resume(self, resuming: _Resuming) -> None:
+        resuming.began = True
+        claimed = resuming.claimed
+        if self._handing_off:
+            # The worker stopped before this task began: nothing ran, and
+            # nothing must (a task cancelled before its first step never
+            # runs a line, and its lease would be kept until it ran out).
+            self.stats.handed_off += 1
+            await claimed.hand_back()
+            return
         try:
             outcome, reason = await claimed.resume()
         except asyncio.CancelledError:
             # Cancelled before the saga ran (while loading it): it was handed
             # off untouched; ClaimedSaga released the lease.
-            self.stats.handed_off += 1
+            if not claimed.let_go:  # counted when it was let go
+                self.stats.handed_off += 1
             raise
+        if claimed.let_go:
+            return  # let go, told and counted already: see _give_up
         stats = self.stats
         if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
             self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
@@ -422,30 +522,144 @@ class RecoveryWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._let_go.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("recovery worker %s: resuming a saga raised", self.owner,
                        exc_info=task.exception())
+        self._freed()
+
+    def _freed(self) -> None:
+        """A slot is free again."""
+        if not self._in_flight:
+            self._settled.set()
         if self._backlog or self._stopping:
             self._wake.set()
 
+    async def _watch(self) -> None:
+        """Keep the resumes in flight to their bounds (``resume_warning``,
+        ``resume_timeout``, ``STOP_WAIT``), on the worker's clock, for as
+        long as the worker runs — its drain included."""
+        while True:
+            self._watch_wake.clear()
+            delay = self._check_resumes()
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a
+            # cancellation that comes as the event is set (a wake-up).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._watch_wake.wait()
+            if cancellation_pending():  # see cancellation_pending
+                raise asyncio.CancelledError
+
+    def _check_resumes(self) -> float | None:
+        """Act on the bounds passed; seconds until the next one (None: none)."""
+        now = self._clock()
+        nearest: float | None = None
+        for task, resuming in list(self._in_flight.items()):
+            due: float | None
+            if resuming.stop_asked is not None:
+                due = resuming.stop_asked + STOP_WAIT
+                if now >= due and not resuming.forced and resuming.claimed.run is not None:
+                    # Handed off, it waits for a compensation in flight
+                    # (shielded): one that hangs is cancelled now.
+                    resuming.forced = True
+                    resuming.stop_asked = now
+                    resuming.claimed.run.stop_hung()
+                    due = now + STOP_WAIT
+                elif now >= due:
+                    self._give_up(task, resuming)
+                    continue
+            elif self.resume_timeout is not None and (
+                now >= resuming.since + self.resume_timeout
+            ):
+                self._time_out(task, resuming, now)
+                due = now + STOP_WAIT
+            else:
+                due = None if self.resume_timeout is None else (
+                    resuming.since + self.resume_timeout)
+                if self.resume_warning is not None and not resuming.warned:
+                    warn_at = resuming.since + self.resume_warning
+                    if now >= warn_at:
+                        resuming.warned = True
+                        self._warn_slow(resuming, now)
+                    else:
+                        due = warn_at if due is None else min(due, warn_at)
+            if due is not None:
+                nearest = due if nearest is None else min(nearest, due)
+        return None if nearest is None else max(0.0, nearest - now)
+
+    def _warn_slow(self, resuming: _Resuming, now: float) -> None:
+        claimed = resuming.claimed
+        where = claimed.where()
+        bound = ("" if self.resume_timeout is None
+                 else f"; stopped at resume_timeout ({self.resume_timeout:g} s)")
+        _log.warning(
+            "recovery worker %s: saga %s has been resuming for %.0f s%s, holding one of "
+            "%d slots (a call that never answers? give the step a timeout; the "
+            "worker's resume_timeout bounds a resume)%s", self.owner, claimed.saga_id,
+            now - resuming.since, f", in the {where}" if where else "",
+            self.concurrency, bound,
+        )
+
+    def _time_out(self, task: asyncio.Task[None], resuming: _Resuming, now: float) -> None:
+        resuming.stop_asked = now
+        resuming.forced = True
+        claimed = resuming.claimed
+        where = claimed.where()
+        _log.warning(
+            "recovery worker %s: saga %s resumed for longer than resume_timeout (%g s)%s: "
+            "stopping it without unwinding; it is left interrupted, claimed again after "
+            "a backoff", self.owner, claimed.saga_id, self.resume_timeout,
+            f", in the {where}" if where else "",
+        )
+        assert self.resume_timeout is not None
+        if claimed.run is not None:
+            claimed.time_out(self.resume_timeout)
+        else:
+            task.cancel()  # still loading it (the store hangs): nothing ran
+
+    def _give_up(self, task: asyncio.Task[None], resuming: _Resuming) -> None:
+        """Asked to stop ``STOP_WAIT`` seconds ago, the run has not: let it
+        go (see the module docstring)."""
+        claimed = resuming.claimed
+        del self._in_flight[task]
+        self._let_go.add(task)
+        _, reason = claimed.give_up()
+        self.stats.interrupted += 1
+        self._interruptions[claimed.saga_id] = self._interruptions.get(claimed.saga_id, 0) + 1
+        _log.error("recovery worker %s: saga %s did not stop %g s after it was asked to "
+                   "(%s); its slot is free again: %s", self.owner, claimed.saga_id,
+                   STOP_WAIT, "resume_timeout" if claimed.timed_out is not None
+                   else "handed off", reason)
+        self._freed()
+
+    async def _until_settled(self, within: float | None) -> None:
+        """Until nothing is in flight (each run ended or let go), or ``within`` seconds."""
+        if self._in_flight:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await self._settled.wait()
+
     async def _drain(self, grace: float | None) -> None:
-        tasks = set(self._in_flight)
-        if not tasks:
+        if not self._in_flight:
             return
         if grace is None or grace > 0:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-        else:
-            pending = tasks
-        if not pending:
+            await self._until_settled(grace)
+        if not self._in_flight:
             return
         _log.warning("recovery worker %s: handing off %d saga(s) still running",
-                     self.owner, len(pending))
-        for task in pending:
-            claimed = self._in_flight.get(task)
-            if claimed is not None and claimed.run is not None:
-                claimed.hand_off()
-            else:
+                     self.owner, len(self._in_flight))
+        self._handing_off = True  # a task yet to begin hands its saga back
+        now = self._clock()
+        for task, resuming in self._in_flight.items():
+            if resuming.stop_asked is None:
+                resuming.stop_asked = now
+            if resuming.claimed.run is not None:
+                resuming.claimed.hand_off()
+            elif resuming.began:
                 task.cancel()  # still loading it: nothing ran yet
+        self._watch_wake.set()  # STOP_WAIT runs from now
         # Handing off stops a run at its next write or suspension; it does
         # not wait for a step to finish (the step is cancelled, as in a crash).
-        await asyncio.wait(pending)
+        # A run that does not stop is let go after STOP_WAIT (_watch).
+        await self._until_settled(None)
