@@ -576,11 +576,11 @@ def test_S10_list_and_show_say_a_saga_is_parked_and_how_to_resume_it(
     assert "running (parked)" in rows["p-parked"]
     assert "parked" not in rows["p-fine"]
     assert ("p-parked: parked: claimed 5 times without finishing (its resumes keep ending "
-            "the process); once the cause is fixed, resume it by id: python -m fallback_saga "
-            "resume p-parked --app module:attr") in out
+            "the process or hanging); once the cause is fixed, resume it by id: python -m "
+            "fallback_saga resume p-parked --app module:attr") in out
     assert main(["show", "p-parked", "--db", str(db)]) == 0
     assert ("recovery     parked: claimed 5 times without finishing (its resumes keep "
-            "ending the process); once the cause is fixed, resume it by id: python -m "
+            "ending the process or hanging); once the cause is fixed, resume it by id: python -m "
             "fallback_saga resume p-parked --app module:attr"
             ) in capsys.readouterr().out.splitlines()
     assert main(["show", "p-fine", "--db", str(db)]) == 0
@@ -600,8 +600,8 @@ async def test_S10_the_console_says_a_saga_is_parked(tmp_path: Path) -> None:
         page = (await fetch(base + "/sagas/p-parked")).text
         fine = (await fetch(base + "/sagas/p-fine")).text
     said = ("parked: claimed 5 times without finishing (its resumes keep ending the "
-            "process); once the cause is fixed, resume it by id: python -m fallback_saga "
-            "resume p-parked --app module:attr")
+            "process or hanging); once the cause is fixed, resume it by id: python -m "
+            "fallback_saga resume p-parked --app module:attr")
     assert listing.count(said) == 1
     assert said in page
     assert said not in fine
@@ -630,8 +630,9 @@ def test_S10_recover_says_which_sagas_it_left_parked(
               "--older-than", "0"])
     out = capsys.readouterr().out
     assert ("  parked  p-parked (running): not taken; parked: claimed 5 times without "
-            "finishing (its resumes keep ending the process); once the cause is fixed, resume "
-            "it by id: python -m fallback_saga resume p-parked --app module:attr") in out
+            "finishing (its resumes keep ending the process or hanging); once the cause is "
+            "fixed, resume it by id: python -m fallback_saga resume p-parked "
+            "--app module:attr") in out
     assert not [line for line in out.splitlines() if line.startswith("  parked  p-fine")]
 
 
@@ -659,8 +660,8 @@ def test_S10_list_show_and_recover_judge_parked_by_the_apps_park_after(
     db = tmp_path / "sagas.db"
     asyncio.run(_claimed_three_times(db))
     said = ("parked: claimed 3 times without finishing (its resumes keep ending the "
-            "process); once the cause is fixed, resume it by id: python -m fallback_saga "
-            "resume 'p three' --app module:attr")
+            "process or hanging); once the cause is fixed, resume it by id: python -m "
+            "fallback_saga resume 'p three' --app module:attr")
     assert main(["list", "--db", str(db), "--park-after", "3"]) == 0
     out = capsys.readouterr().out
     assert "running (parked)" in out

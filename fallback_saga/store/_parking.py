@@ -1,5 +1,8 @@
 """Parking a saga whose resumes keep ending the process (S10; LESSONS.md).
 
+(Or keep hanging: a worker that stops a resume at its ``resume_timeout``
+keeps the lease too, so such a saga is counted and parked the same way.)
+
 A resume that kills its process (``SystemExit`` out of a step, a segfault
 in a C extension, an OOM kill) leaves the saga's lease held (see
 ``ClaimedSaga._ended``): the lease runs out, a worker claims the saga again
@@ -86,10 +89,11 @@ def log_last_claim(saga_id: str, claims: int) -> None:
     """The claim that took ``saga_id`` for the last time before it is parked."""
     _log.error(
         "saga %s claimed for the %d%s time without its lease given back (its resumes "
-        "keep ending the process): if this resume ends the process too, workers and "
-        "recover passes claim it no more; once the cause is fixed, an operator resumes "
-        "it once by id (%s, with this store's --db or --dsn; or Saga.resume(saga_id)), "
-        "which clears the count when it gives the lease back",
+        "keep ending the process, or hanging past a worker's resume_timeout): if this "
+        "resume does too, workers and recover passes claim it no more; once the cause "
+        "is fixed, an operator resumes it once by id (%s, with this store's --db or "
+        "--dsn; or Saga.resume(saga_id)), which clears the count when it gives the "
+        "lease back",
         saga_id, claims, _ordinal(claims), resume_command(saga_id),
     )
 
@@ -98,7 +102,7 @@ def parked_text(claims: int, saga_id: str) -> str:
     """What an operator reads about the parked saga ``saga_id`` (``list``,
     ``show``, ``recover``, the console): why, and the command that resumes it."""
     return (f"parked: claimed {claims} times without finishing (its resumes keep "
-            f"ending the process); once the cause is fixed, resume it by id: "
+            f"ending the process or hanging); once the cause is fixed, resume it by id: "
             f"{resume_command(saga_id)}")
 
 
