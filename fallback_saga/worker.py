@@ -563,6 +563,11 @@ class RecoveryWorker:
                     # (shielded): one that hangs is cancelled now.
                     resuming.forced = True
                     resuming.stop_asked = now
+                    where = resuming.claimed.where()
+                    _log.warning("recovery worker %s: saga %s, handed off %g s ago, is still "
+                                 "running%s: cancelling its compensation in flight, if any",
+                                 self.owner, resuming.claimed.saga_id, STOP_WAIT,
+                                 f" (in the {where})" if where else "")
                     resuming.claimed.run.stop_hung()
                     due = now + STOP_WAIT
                 elif now >= due:

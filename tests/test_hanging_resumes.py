@@ -447,6 +447,53 @@ async def test_S8_a_stop_past_its_grace_while_a_compensation_hangs_returns_and_h
             "act A", "act B", "act C", "compensate B", "compensate B", "compensate A"]
 
 
+async def test_S8_a_stop_while_a_step_swallows_cancellation_returns_and_keeps_its_lease(
+    open_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``stop(grace=0)`` with no ``resume_timeout``, while act B swallows
+    every cancellation: the hand-off cannot stop it, and ``stop()`` waited
+    for ever. It returns once the run is let go (``STOP_WAIT`` after the
+    hand-off, and again after the forced stop); the saga's lease is kept,
+    not released — the run may still act — and renewed no more."""
+    told = Told()
+    participant = Participant()
+    async with open_store() as store:
+        (hung,) = await seed(store, 1)
+        gate = participant.hang(hung, "act B", swallow=True)
+        worker = RecoveryWorker(store, [order_saga(store, participant)], concurrency=1,
+                                lease=600, poll=3600, older_than=0, listen=False,
+                                listeners=[told])
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(participant.hanging[(hung, "act B")].wait(), 30)
+        stopping = asyncio.create_task(worker.stop(grace=0))
+        try:
+            await eventually(lambda: any("handing off 1 saga" in r.getMessage()
+                                         for r in caplog.records), what="the hand-off")
+            move_clock(worker, STOP_WAIT + 1)
+            await eventually(lambda: any("is still running" in r.getMessage()
+                                         for r in caplog.records), what="the forced stop")
+            assert not stopping.done()
+            (zombie,) = worker._in_flight
+            move_clock(worker, 2 * STOP_WAIT + 2)
+            await asyncio.wait_for(stopping, 30)
+            await running
+        finally:
+            if not stopping.done():  # without the bound: never
+                stopping.cancel()
+                running.cancel()
+            gate.set()
+        await asyncio.wait_for(asyncio.wait([zombie]), 30)
+        assert [(s, o) for s, _, o, _ in told.outcomes] == [(hung, "interrupted")]
+        assert worker.stats.interrupted == 1
+        assert worker.stats.handed_off == 0
+        state = await store.lease_state(hung)
+        assert state.owner == worker.owner
+        assert state.unreleased_claims == 1
+        record = await store.load(hung)
+        assert rows(record)[-1] == ("B", "act", StepStatus.STARTED)
+        assert participant.of(hung) == ["act A", "act B", "act returned B"]
+
+
 class _ClaimHeld:
     """A store whose ``claim`` lands, then waits for ``gate`` before it
     answers (a claim in flight when the worker is stopped)."""
