@@ -125,9 +125,6 @@ class ClaimedSaga:
         # run altogether (``let_go``: the run did not stop when asked).
         self.timed_out: float | None = None
         self.let_go = False
-        # Told and let go (resume, hand_back): a worker's drain gives back
-        # the lease of a saga whose task was cancelled before it began.
-        self.settled = False
 
     @property
     def saga_id(self) -> str:
@@ -305,7 +302,6 @@ class ClaimedSaga:
         the operator's next pass). Only a hand-off is announced: a skipped saga
         announced would bounce between workers that all skip it, as fast as
         they can claim."""
-        self.settled = True
         if self._keep_lease:
             return
         # Typed Any: ``ran`` is the built-in stores' (gives_back_unrun).
