@@ -524,6 +524,89 @@ def test_gantt_shows_a_try_cut_off_by_a_crash(app: ModuleType) -> None:
     assert "section compensation" not in chart
 
 
+def test_gantt_ends_a_cut_off_try_where_the_resumed_run_starts_it_again() -> None:
+    """durability.md's session: a plain step cut off by a kill, resumed, and
+    the later steps run. The cut-off try is not left open (the steps after it
+    are not a parallel group): it runs until the resumed try starts."""
+    record = SagaRecord(
+        saga_id="order-2",
+        saga_name="OrderSaga",
+        fingerprint="fp",
+        status=SagaStatus.COMPLETED,
+        context={},
+        history=[
+            entry(0, "Reserve", at=100.0),
+            entry(0, "Reserve", status=StepStatus.COMPLETED, at=100.001),
+            entry(1, "Charge", at=100.001),  # the process was killed here
+            entry(1, "Charge", at=100.850),  # recover resumed it
+            entry(1, "Charge", status=StepStatus.COMPLETED, at=100.851),
+            entry(2, "Ship", at=100.851),
+            entry(2, "Ship", status=StepStatus.COMPLETED, at=100.852),
+        ],
+        updated_at=100.852,
+    )
+    chart = mermaid_gantt(record)
+    assert "    Charge (cut off) :active, t1, 100001, 849ms" in chart
+    assert "no outcome yet" not in chart
+    assert "    Charge :done, t2, 100850, 1ms" in chart
+    assert "    Ship :done, t3, 100851, 1ms" in chart
+
+
+def test_gantt_ends_a_cut_off_retry_where_the_resumed_run_starts_the_step() -> None:
+    """A retried step killed in its second try: the resumed run starts it
+    again as try 1 (another try). The cut-off try ends there, not at the
+    saga's last update, and the steps after it are no parallel group."""
+    record = SagaRecord(
+        saga_id="order-4",
+        saga_name="OrderSaga",
+        fingerprint="fp",
+        status=SagaStatus.COMPLETED,
+        context={},
+        history=[
+            entry(0, "Charge", at=100.0),
+            entry(0, "Charge", status=StepStatus.FAILED, error="TimeoutError", at=100.5),
+            entry(0, "Charge", attempt=2, at=100.5),  # the process was killed here
+            entry(0, "Charge", at=160.0),  # recover resumed it
+            entry(0, "Charge", status=StepStatus.COMPLETED, at=160.25),
+            entry(1, "Ship", at=160.25),
+            entry(1, "Ship", status=StepStatus.COMPLETED, at=190.0),
+        ],
+        updated_at=190.0,
+    )
+    chart = mermaid_gantt(record)
+    assert "    Charge try 2 (cut off) :active, t1, 100500, 59500ms" in chart
+    assert "    Charge :done, t2, 160000, 250ms" in chart
+    assert "    Ship :done, t3, 160250, 29750ms" in chart
+
+
+def test_gantt_ends_the_cut_off_tries_of_a_group_where_they_start_again() -> None:
+    """A parallel group (members side by side at positions 1 and 2) killed
+    while both ran, then resumed: each member's first try is cut off where
+    its resumed try starts, not left open on a completed saga."""
+    record = SagaRecord(
+        saga_id="order-3",
+        saga_name="OrderSaga",
+        fingerprint="fp",
+        status=SagaStatus.COMPLETED,
+        context={},
+        history=[
+            entry(1, "Charge", at=100.0),
+            entry(2, "Mail", at=100.0),  # the process was killed here
+            entry(1, "Charge", at=101.0),  # recover resumed the group
+            entry(2, "Mail", at=101.0),
+            entry(1, "Charge", status=StepStatus.COMPLETED, at=101.5),
+            entry(2, "Mail", status=StepStatus.COMPLETED, at=101.25),
+        ],
+        updated_at=101.5,
+    )
+    chart = mermaid_gantt(record)
+    assert "    Charge (cut off) :active, t0, 100000, 1000ms" in chart
+    assert "    Mail (cut off) :active, t1, 100000, 1000ms" in chart
+    assert "no outcome yet" not in chart
+    assert "    Charge :done, t2, 101000, 500ms" in chart
+    assert "    Mail :done, t3, 101000, 250ms" in chart
+
+
 def test_gantt_of_a_running_saga_leaves_the_last_try_open() -> None:
     record = SagaRecord(
         saga_id="o-9",

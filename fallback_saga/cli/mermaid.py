@@ -279,7 +279,10 @@ def _group_positions(record: SagaRecord) -> set[int]:
             if others:
                 found.update(others)
                 found.add(entry.position)
-            open_acts[entry.position] = open_acts.get(entry.position, 0) + 1
+            # One position runs one try at a time: a try of it still open was
+            # cut off (a crash), and the resumed run starts it again. Counted
+            # open, it would make the steps after it look like a group.
+            open_acts[entry.position] = 1
         elif open_acts.get(entry.position):
             open_acts[entry.position] -= 1
     return found
@@ -306,6 +309,9 @@ def mermaid_gantt(record: SagaRecord) -> str:
                 for cut_off in running.values():
                     cut_off.end, cut_off.outcome = entry.at, "interrupted"
                 running.clear()
+            again = running.pop(key, None)
+            if again is not None:  # the same try starts again: the first was cut off
+                again.end, again.outcome = entry.at, "interrupted"
             label = entry.step if entry.attempt == 1 else f"{entry.step} try {entry.attempt}"
             running[key] = _Bar(entry.action, _gantt_label(label), entry.at)
             bars.append(running[key])
