@@ -601,3 +601,91 @@ def test_the_version_is_the_distributions() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert fallback_saga.__version__ == project["version"]
+
+
+# ------------------------------------------------------------------ the shop session
+
+SESSION_START = "A session with [`examples/shop.py`]"
+SESSION_END = "**The demo.**"
+# What differs from run to run, in the page and in what is printed alike.
+SESSION_NOISE = [
+    (re.compile(r"\b\d{4}-\d\d-\d\d(?: \d\d:\d\d:\d\d(?:\.\d+)?)?"), "<time>"),
+    (re.compile(r"\b1\d{9}\.\d+"), "<time>"),  # Unix seconds (--json)
+    (re.compile(r"\b1\d{12}\b"), "<time>"),  # Unix milliseconds (--mermaid)
+    (re.compile(r"\b\d+ms\b"), "<n>ms"),
+]
+
+
+def session_commands(text: str) -> list[tuple[str, list[str]]]:
+    """The ``$ command`` lines of the ```text blocks of ``text``, each with
+    the lines the page shows it print."""
+    commands: list[tuple[str, list[str]]] = []
+    for match in FENCE.finditer(text):
+        if match.group("lang").strip() != "text" or not match.group("body").startswith("$ "):
+            continue
+        for line in match.group("body").splitlines():
+            if line.startswith("$ "):
+                commands.append((line[2:], []))
+            else:
+                commands[-1][1].append(line)
+    return commands
+
+
+def session_lines(text: str) -> list[str]:
+    for pattern, replacement in SESSION_NOISE:
+        text = pattern.sub(replacement, text)
+    return [line.rstrip() for line in text.rstrip("\n").splitlines()]
+
+
+def session_matches(shown: list[str], printed: list[str]) -> bool:
+    """Line by line; a line ``...`` on the page stands for any lines."""
+    if not shown:
+        return not printed
+    if shown[0].strip() == "...":
+        return any(session_matches(shown[1:], printed[cut:]) for cut in range(len(printed) + 1))
+    return bool(printed) and shown[0] == printed[0] and session_matches(shown[1:], printed[1:])
+
+
+def test_the_shop_session_of_durability_md_prints_what_the_page_shows(tmp_path: Path) -> None:
+    """durability.md's session with examples/shop.py, replayed command by
+    command in a copy of examples/: each prints what the page shows (times,
+    timestamps and durations aside; ``...`` where the page leaves lines out)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    page = (ROOT / "docs" / "durability.md").read_text(encoding="utf-8")
+    text = page[page.index(SESSION_START):page.index(SESSION_END)]
+    commands = session_commands(text)
+    assert len(commands) >= 15, "the session's commands were not found"
+    (tmp_path / "shop.py").write_text(
+        (ROOT / "examples" / "shop.py").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("FALLBACK_SAGA_", "SHOP_"))}
+    base["PYTHONPATH"] = os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")])
+    base["COLUMNS"] = "80"  # argparse wraps its usage lines to the terminal
+    wrong = []
+    for command, shown in commands:
+        if command == "cd examples":
+            continue
+        words = shlex.split(command)
+        env = dict(base)
+        while "=" in words[0]:
+            name, _, value = words.pop(0).partition("=")
+            env[name] = value
+        assert words[0] == "python", command
+        child = subprocess.run(
+            [sys.executable, *words[1:]], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        printed = child.stdout + child.stderr
+        if shown[-1:] == ["Killed"]:  # the shell's word for a SIGKILL
+            shown = shown[:-1]
+            if child.returncode != -9:
+                wrong.append(f"$ {command}: exit status {child.returncode}, not killed")
+        if not session_matches(session_lines("\n".join(shown)), session_lines(printed)):
+            wrong.append(f"$ {command}\nthe page shows:\n" + "\n".join(shown)
+                         + f"\nit printed:\n{printed}")
+    assert not wrong, "\n\n".join(wrong)
