@@ -27,6 +27,7 @@ from fallback_saga import (
     SagaStatus,
     SagaStepHandler,
     SagaStepResult,
+    SagaStoreError,
     SQLiteSagaStore,
     recover,
 )
@@ -157,6 +158,34 @@ def test_S12_a_store_class_instead_of_an_instance_is_refused_when_the_saga_is_bu
     saga = declare(Records, context=SecretCtx)
     with pytest.raises(TypeError, match=rf"store=.*instance.*class {store_class.__name__}"):
         saga(store=store_class)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process", "inline"])
+async def test_S12_a_store_path_in_a_directory_that_does_not_exist_names_it(
+    tmp_path: Any, writer: str
+) -> None:
+    """SQLite's own words ("unable to open database file") did not say that
+    the store makes its file, never the directories above it."""
+    missing = tmp_path / "var" / "lib" / "shop"
+    with pytest.raises(SagaStoreError) as caught:
+        async with SQLiteSagaStore(missing / "sagas.db", writer=writer):
+            pass
+    message = str(caught.value)
+    assert f"the directory {missing} does not exist" in message
+    assert "create it" in message
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("writer", ["thread", "process", "inline"])
+async def test_S12_a_store_path_that_is_a_directory_says_to_name_a_file(
+    tmp_path: Any, writer: str
+) -> None:
+    with pytest.raises(SagaStoreError) as caught:
+        async with SQLiteSagaStore(tmp_path, writer=writer):
+            pass
+    message = str(caught.value)
+    assert f"{tmp_path} is a directory" in message
+    assert "sagas.db" in message  # the path of a file in it, for example
 
 
 def test_S12_a_store_that_is_not_a_store_is_refused_without_showing_it() -> None:

@@ -281,9 +281,21 @@ _THEN: Final = "; the store's next request opens it again"
 def _cannot_write(path: str) -> str | None:
     """Why this process cannot write the file at ``path`` and the -wal and
     -shm files beside it (which SQLite makes in its directory), if the file
-    system says: a read-only mount, a directory or file this user may not
-    write, a -wal file removed under an open database."""
+    system says: a path that is a directory or in one that does not exist, a
+    read-only mount, a directory or file this user may not write, a -wal
+    file removed under an open database."""
     where = os.path.dirname(path) or "."
+    # A new user's first two: SQLite says only "unable to open database file".
+    if os.path.isdir(path):
+        return (
+            f"{path} is a directory; give the path of a file in it, such as "
+            f"{os.path.join(path, 'sagas.db')}: the store creates the file"
+        )
+    if not os.path.isdir(where):
+        return (
+            f"the directory {where} does not exist: the store creates its file, "
+            f"never the directories above it; create it, or give another path{_THEN}"
+        )
     try:
         read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):  # no statvfs here, or no such directory
