@@ -947,6 +947,12 @@ def test_recover_bad_app_is_a_usage_error(
     [
         ("no_such_module_for_cli:sagas", "no module named 'no_such_module_for_cli'"),
         ("just_a_module", "expected module:attr"),
+        # What a new user types first: where it looked, and how to be found.
+        ("no_such_module_for_cli:sagas", "in the current directory, "),
+        ("no_such_module_for_cli:sagas", "PYTHONPATH"),
+        # A file's name instead of the module's.
+        ("shop.py:sagas", "give the module's name, not its file's: shop:sagas"),
+        ("app/recovery.py:sagas", "give the module's name, not its file's: app.recovery:sagas"),
     ],
 )
 def test_recover_bad_app_spec(

@@ -23,6 +23,8 @@ def import_target(spec: str, example: str) -> object:
     module_name, colon, attr_path = spec.partition(":")
     if not colon or not module_name or not attr_path:
         raise UsageError(f"expected module:attr (e.g. {example}), got {spec!r}")
+    if "/" in module_name or os.sep in module_name:  # a path: never a module's name
+        raise _names_a_file(spec)
     # Like ``python -m``: modules in the current directory are importable
     # (the ``fallback-saga`` console script would not see them otherwise).
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -32,7 +34,13 @@ def import_target(spec: str, example: str) -> object:
     except ModuleNotFoundError as error:
         missing = error.name or ""
         if missing == module_name or module_name.startswith(missing + "."):
-            raise UsageError(f"no module named {module_name!r}") from error
+            if module_name.endswith(".py"):  # a file's name, as `python shop.py` takes it
+                raise _names_a_file(spec) from error
+            raise UsageError(
+                f"no module named {module_name!r} in the current directory, "
+                f"{os.getcwd()}, or on the Python path: run the command from the "
+                "directory that holds it, or add that directory to PYTHONPATH"
+            ) from error
         raise UsageError(f"importing {module_name!r} failed: {error_text(error)}") from error
     except Exception as error:  # the module itself raised, e.g. SagaDefinitionError
         # Its text cut, as the library quotes every error's (errors.cut_text):
@@ -44,6 +52,17 @@ def import_target(spec: str, example: str) -> object:
         except AttributeError:
             raise UsageError(f"{module_name!r} has no attribute {attr_path!r}") from None
     return target
+
+
+def _names_a_file(spec: str) -> UsageError:
+    """``shop.py:sagas`` or ``app/recovery.py:sagas``: what to give instead."""
+    module_name, _, attr_path = spec.partition(":")
+    path = module_name.removesuffix(".py").replace(os.sep, "/")
+    dotted = ".".join(part for part in path.split("/") if part not in ("", "."))
+    return UsageError(
+        f"{spec!r} names a file; give the module's name, not its file's: "
+        f"{dotted}:{attr_path} (as python -m takes it)"
+    )
 
 
 def is_saga_class(target: object) -> TypeGuard[type[Saga[Any]]]:
