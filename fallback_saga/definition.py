@@ -256,6 +256,9 @@ def _branch(
             f"declare {declare} (a decorator around it must keep it a coroutine "
             f"function: see inspect.markcoroutinefunction)"
         )
+    missing = _missing_method(item)
+    if missing is not None:
+        raise SagaDefinitionError(f"{label}: {missing}")
     if not _has_async(item, "act") or not _has_async(item, "compensate"):
         raise SagaDefinitionError(
             f"{label} is {item!r}, which is neither a Fallback nor a step "
@@ -340,6 +343,24 @@ def _check_takes_context(item: Any, method: str, label: str) -> None:
             f"declare `async def {method}(self, context)` (the step's other needs go to "
             f"its constructor: see step_factory)"
         ) from None
+
+
+def _missing_method(item: Any) -> str | None:
+    """What a would-be step (a class or an instance with one of ``act`` and
+    ``compensate`` as ``async def``) lacks, and how to give it."""
+    act, compensate = (getattr(item, name, None) for name in ("act", "compensate"))
+    if (act is None) == (compensate is None):
+        return None
+    owner = item.__name__ if isinstance(item, type) else type(item).__name__
+    if compensate is None and inspect.iscoroutinefunction(act):
+        return (
+            f"{owner} has `async def act` but no `compensate`; add `async def "
+            f"compensate(self, context)` (`pass` when there is nothing to undo), or "
+            f"subclass SagaStepHandler, whose compensate does nothing"
+        )
+    if act is None and inspect.iscoroutinefunction(compensate):
+        return f"{owner} has no `act`; add `async def act(self, context)`"
+    return None
 
 
 def _has_async(item: Any, method: str) -> bool:

@@ -85,8 +85,30 @@ class OnlyAct:
 
 
 def test_a_step_missing_a_method_still_says_what_a_step_is() -> None:
-    with pytest.raises(SagaDefinitionError, match=r"async def compensate\(context\)"):
+    with pytest.raises(SagaDefinitionError, match=r"async def compensate\(self, context\)"):
         declare(Reserve, OnlyAct)
+
+
+class OnlyCompensate:
+    async def compensate(self, context: Any) -> None: ...
+
+
+@pytest.mark.parametrize("item", [OnlyAct, OnlyAct()], ids=["class", "instance"])
+def test_S11_a_step_without_compensate_says_which_method_to_add(item: Any) -> None:
+    """The first thing a new user writes: a step with only ``act``. The
+    message names the missing method, and the two ways to give it."""
+    with pytest.raises(SagaDefinitionError) as caught:
+        declare(Reserve, item)
+    message = str(caught.value)
+    assert "steps[1]: OnlyAct has `async def act` but no `compensate`" in message
+    assert "add `async def compensate(self, context)`" in message
+    assert "SagaStepHandler" in message  # whose compensate does nothing
+
+
+def test_S11_a_step_without_act_says_so() -> None:
+    with pytest.raises(SagaDefinitionError,
+                       match=r"steps\[1\]: OnlyCompensate has no `act`; add `async def act"):
+        declare(Reserve, OnlyCompensate)
 
 
 # --------------------------------------------------------------------------- step_factory
