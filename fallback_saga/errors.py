@@ -348,7 +348,12 @@ class SagaAlreadyExists(SagaStoreError):
 
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
-        super().__init__(f"a saga with id {short_id(saga_id)} already exists in the store")
+        shown = short_id(saga_id)
+        super().__init__(
+            f"a saga with id {shown} already exists in the store: run() starts a new saga, "
+            f"so give each its own id (or none, and one is made); to continue this one, "
+            f"or read its outcome, call resume({shown})"
+        )
 
 
 class SagaNotFailed(SagaError):

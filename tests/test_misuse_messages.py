@@ -6,6 +6,7 @@ into a wrong behaviour. No message holds a context value."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -20,6 +21,7 @@ from fallback_saga import (
     Parallel,
     RecoveryWorker,
     RetryPolicy,
+    SagaAlreadyExists,
     SagaContext,
     SagaDefinitionError,
     SagaFailed,
@@ -186,6 +188,24 @@ async def test_S12_a_store_path_that_is_a_directory_says_to_name_a_file(
     message = str(caught.value)
     assert f"{tmp_path} is a directory" in message
     assert "sagas.db" in message  # the path of a file in it, for example
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_S12_a_saga_id_used_twice_says_to_give_another_or_resume_it(
+    tmp_path: Any, durable: bool
+) -> None:
+    """A new user's script run twice with a fixed id: what to do, not only what is wrong."""
+    saga = declare(Records, context=SecretCtx)
+    async with contextlib.AsyncExitStack() as stack:
+        store = (await stack.enter_async_context(SQLiteSagaStore(tmp_path / "s.db"))
+                 if durable else MemorySagaStore())
+        await saga(store=store).run(SecretCtx(), saga_id="order-42")
+        with pytest.raises(SagaAlreadyExists) as caught:
+            await saga(store=store).run(SecretCtx(), saga_id="order-42")
+    message = str(caught.value)
+    assert message.startswith("a saga with id 'order-42' already exists in the store")
+    assert "give each its own id" in message
+    assert "resume('order-42')" in message
 
 
 def test_S12_a_store_that_is_not_a_store_is_refused_without_showing_it() -> None:
