@@ -91,6 +91,15 @@ MAX_CONTEXT_DEPTH = 100
 
 _Encoder = Callable[[Any, str, int], Any]
 
+# Why a value of no journaled kind is refused, and where it goes instead: a
+# new user's first context holds the service client its steps call.
+NOT_DATA = (
+    "a context holds data; keep a client, connection, lock or function on the step "
+    "(given by step_factory) and only what identifies it (an id, a str) in the "
+    "context; a class of your own is journaled as a dataclass, or with to_dict() "
+    "and a classmethod from_dict(data)"
+)
+
 # --------------------------------------------------------------------------- contexts
 
 
@@ -758,7 +767,7 @@ def _encode_untyped(value: Any, path: str, depth: int) -> Any:
     if encode is not None:
         name = _class_name(cls, path, value)
         return {TAG: ["obj", [name, encode(value, path, depth)]]}
-    raise ContextSerializationError(path, value)
+    raise ContextSerializationError(path, value, NOT_DATA)
 
 
 def _encode_dict(

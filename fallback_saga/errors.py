@@ -91,8 +91,9 @@ class ContextSerializationError(SagaError, TypeError):
         self.path = path
         self.value_type = type(value).__name__
         detail = f": {reason}" if reason else ""
+        article = "an" if self.value_type[:1].lower() in "aeiou" else "a"
         super().__init__(
-            f"context field {path!r} holds a {self.value_type}, "
+            f"context field {path!r} holds {article} {self.value_type}, "
             f"which cannot be stored as JSON{detail}"
         )
 

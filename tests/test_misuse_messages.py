@@ -8,19 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from helpers_saga import declare
 
 from fallback_saga import (
     CircuitBreaker,
+    ContextSerializationError,
     Fallback,
     LoggingListener,
     MemorySagaStore,
     Parallel,
     RecoveryWorker,
     RetryPolicy,
+    Saga,
     SagaAlreadyExists,
     SagaContext,
     SagaDefinitionError,
@@ -206,6 +208,40 @@ async def test_S12_a_saga_id_used_twice_says_to_give_another_or_resume_it(
     assert message.startswith("a saga with id 'order-42' already exists in the store")
     assert "give each its own id" in message
     assert "resume('order-42')" in message
+
+
+class PaymentClient:
+    """A service client, as a new user puts it in the context."""
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(PaymentClient(), "a PaymentClient"), (object(), "an object"), (lambda: None, "a function")],
+    ids=["client", "object", "function"],
+)
+async def test_S12_a_context_field_that_cannot_be_journaled_says_where_it_belongs(
+    value: object, kind: str
+) -> None:
+    """Not only that it "cannot be stored as JSON": where such an object goes
+    instead (on the step), and what a class of one's own needs."""
+
+    @dataclasses.dataclass
+    class WithClient(SagaContext):
+        client: object = None
+
+    class Charge(SagaStepHandler[WithClient, None]):
+        async def act(self, context: WithClient) -> SagaStepResult[WithClient, None]:
+            return self._generate_step_result(None)
+
+    class ClientSaga(Saga[WithClient]):
+        steps: ClassVar[list[Any]] = [Charge]
+
+    with pytest.raises(ContextSerializationError) as caught:
+        await ClientSaga().run(WithClient(client=value))
+    message = str(caught.value)
+    assert f"context field 'client' holds {kind}, which cannot be stored as JSON" in message
+    assert "on the step" in message and "step_factory" in message
+    assert "to_dict()" in message and "dataclass" in message
 
 
 def test_S12_a_store_that_is_not_a_store_is_refused_without_showing_it() -> None:
