@@ -240,8 +240,8 @@ async def test_S12_a_context_field_that_cannot_be_journaled_says_where_it_belong
         await ClientSaga().run(WithClient(client=value))
     message = str(caught.value)
     assert f"context field 'client' holds {kind}, which cannot be stored as JSON" in message
-    assert "on the step" in message and "step_factory" in message
-    assert "to_dict()" in message and "dataclass" in message
+    for advice in ("on the step", "step_factory", "to_dict()", "dataclass"):
+        assert advice in message
 
 
 def test_S12_a_store_that_is_not_a_store_is_refused_without_showing_it() -> None:
