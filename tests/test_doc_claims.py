@@ -155,7 +155,8 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 # command tables ("`list --db PATH [--status S]`").
 COMMAND = re.compile(
     r"(?:python -m fallback_saga|fallback-saga)\s+(?P<cmd>[a-z][a-z-]*)(?P<rest>[^\n`|]*)"
-    r"|^\|\s*`(?P<row>demo|graph|list|show|recover|purge|serve)\b(?P<rowrest>[^`]*)`",
+    r"|^\|\s*`(?P<row>demo|graph|list|show|recover|resume|retry-unwinding|purge|serve)"
+    r"(?![\w-])(?P<rowrest>[^`]*)`",
     re.MULTILINE,
 )
 
@@ -689,3 +690,64 @@ def test_the_shop_session_of_durability_md_prints_what_the_page_shows(tmp_path: 
             wrong.append(f"$ {command}\nthe page shows:\n" + "\n".join(shown)
                          + f"\nit printed:\n{printed}")
     assert not wrong, "\n\n".join(wrong)
+
+
+def test_the_recoverable_store_row_shows_the_protocols_methods_in_full() -> None:
+    """README's ``RecoverableStore`` row: each method of the protocol with its
+    parameters as the protocol has them, and ``claim`` as the built-in stores
+    take it (``names=`` and ``deferred=`` besides), checked against both."""
+    from fallback_saga.store import PURGED_BY_DEFAULT
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `RecoverableStore` |")]
+    protocol = fallback_saga.RecoverableStore
+    methods = {"list_sagas", "claim", "claim_saga", "release", "purge"}
+    found: set[str] = set()
+    problems: list[str] = []
+    NAMESPACE["PURGED_BY_DEFAULT"] = PURGED_BY_DEFAULT
+    try:
+        for span in CODE_SPAN.findall(row):
+            parsed = parsed_signature(span)
+            if parsed is None or parsed[0] not in methods:
+                continue
+            name, call = parsed
+            shown = {argument.arg for argument in [*call.args, *call.kwonlyargs]}
+            if name == "claim" and "names" in shown:
+                found.add("claim (built-in stores)")
+                for store in (fallback_saga.SQLiteSagaStore, PostgresSagaStore):
+                    problems += check_signature(f"README ({store.__name__}.claim)",
+                                                store.claim, call, complete=True)
+                continue
+            found.add(name)
+            problems += check_signature(f"README (RecoverableStore.{name})",
+                                        getattr(protocol, name), call, complete=True)
+    finally:
+        del NAMESPACE["PURGED_BY_DEFAULT"]
+    assert found == methods | {"claim (built-in stores)"}, f"shown in full: {sorted(found)}"
+    assert not problems, "\n".join(problems)
+
+
+def public_commands() -> set[str]:
+    return {name for name in subcommand_flags() if name and not name.startswith("_")}
+
+
+def test_the_command_table_rows_are_checked_for_every_command() -> None:
+    """The rows of the command tables (README, durability.md) are matched by
+    COMMAND for every public command, so their flags are checked."""
+    rows = {f"| `{name} ID --db PATH` |" for name in public_commands()}
+    matched = {match.group("row") for row in rows for match in COMMAND.finditer(row)}
+    assert matched == public_commands()
+
+
+def test_the_readme_names_every_command() -> None:
+    """README's command table has a row for each command, and the
+    Documentation section's ``--help`` line names each one."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Command line", 1)[1].split("\n#", 1)[0]
+    rows = set(re.findall(r"^\| `python -m fallback_saga ([a-z-]+)", table, re.MULTILINE))
+    assert rows == public_commands()
+    (line,) = [paragraph for paragraph in readme.split("\n* ")
+               if paragraph.startswith("`python -m fallback_saga --help`")]
+    named = set(re.findall(r"`([a-z][a-z-]*)[ `]", " ".join(line.split())))
+    assert public_commands() <= named, f"not named: {sorted(public_commands() - named)}"
