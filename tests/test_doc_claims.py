@@ -751,3 +751,31 @@ def test_the_readme_names_every_command() -> None:
                if paragraph.startswith("`python -m fallback_saga --help`")]
     named = set(re.findall(r"`([a-z][a-z-]*)[ `]", " ".join(line.split())))
     assert public_commands() <= named, f"not named: {sorted(public_commands() - named)}"
+
+
+def test_the_json_api_table_names_every_key_the_console_sends() -> None:
+    """observability.md's JSON API rows: each key of a saga in the list, and
+    each top-level key of one saga, is named (a script reads what it is told of)."""
+    from fallback_saga.console.data import SagaView, record_json, summary_json
+    from fallback_saga.store.base import SagaRecord
+    from fallback_saga.testing import entry
+
+    text = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+
+    def row(request: str) -> set[str]:
+        (line,) = [line for line in text.splitlines() if line.startswith(f"| `{request}` |")]
+        return set(re.findall(r"`(\w+)`", line))
+
+    record = SagaRecord(saga_id="o-1", saga_name="OrderSaga", fingerprint="fp",
+                        status=fallback_saga.SagaStatus.RUNNING, context={},
+                        history=[entry(0, "Reserve")])
+    summary = fallback_saga.SagaSummary(saga_id="o-1", saga_name="OrderSaga",
+                                        status=fallback_saga.SagaStatus.RUNNING,
+                                        created_at=1.0, updated_at=2.0)
+    one = {*record_json(SagaView(record, None)), "timeline"}  # the server adds the bars
+    assert set(summary_json(summary)) <= row("GET /api/sagas"), (
+        f"GET /api/sagas: not named: {sorted(set(summary_json(summary)) - row('GET /api/sagas'))}"
+    )
+    assert one <= row("GET /api/sagas/<id>"), (
+        f"GET /api/sagas/<id>: not named: {sorted(one - row('GET /api/sagas/<id>'))}"
+    )
