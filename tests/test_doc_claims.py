@@ -779,3 +779,17 @@ def test_the_json_api_table_names_every_key_the_console_sends() -> None:
     assert one <= row("GET /api/sagas/<id>"), (
         f"GET /api/sagas/<id>: not named: {sorted(one - row('GET /api/sagas/<id>'))}"
     )
+
+
+def test_the_readme_states_the_benchmarks_saving_of_max_finished_0() -> None:
+    """README says what ``MemorySagaStore(max_finished=0)`` saves twice (its
+    operational notes, its performance notes): both as benchmarks/README.md
+    measured it."""
+    percent = r"(\d+)–(\d+) %"
+    bench = " ".join((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8").split())
+    measured = re.search(rf"\*\*`max_finished=0`\*\* saves [^(]*\({percent}\)", bench)
+    assert measured, "benchmarks/README.md no longer states the saving"
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    stated = re.findall(rf"`MemorySagaStore\(max_finished=0\)`[^.]*?{percent}", readme)
+    assert len(stated) == 2, stated
+    assert all(found == measured.groups() for found in stated), (stated, measured.groups())
