@@ -793,3 +793,17 @@ def test_the_readme_states_the_benchmarks_saving_of_max_finished_0() -> None:
     stated = re.findall(rf"`MemorySagaStore\(max_finished=0\)`[^.]*?{percent}", readme)
     assert len(stated) == 2, stated
     assert all(found == measured.groups() for found in stated), (stated, measured.groups())
+
+
+def test_the_readmes_first_commands_start_in_a_virtualenv() -> None:
+    """On a fresh machine the OS's Python refuses ``pip install`` (PEP 668):
+    the README's first block makes a virtualenv and enters it before the
+    install commands (which .ci/run runs as they are written)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = next(match for match in FENCE.finditer(readme) if match.group("lang") == "sh")
+    lines = first.group("body").splitlines()
+    assert lines[0].split("#")[0].split() == [
+        "python3", "-m", "venv", ".venv", "&&", ".", ".venv/bin/activate"
+    ]
+    assert lines[1:] == ["pip install -e . && python -m fallback_saga demo",
+                         'pip install -e ".[dev]" && python -m pytest']
