@@ -330,7 +330,8 @@ class SagaBusy(SagaStoreError):
         self.expires_at = expires_at
         super().__init__(
             f"saga {short_id(saga_id)} is being driven by {owner or 'another worker'} "
-            f"(lease until {_lease_end(expires_at)})"
+            f"(lease until {_lease_end(expires_at)}): let that worker finish it, or resume "
+            f"it once its lease runs out"
         )
 
 

@@ -24,6 +24,7 @@ from fallback_saga import (
     RetryPolicy,
     Saga,
     SagaAlreadyExists,
+    SagaBusy,
     SagaContext,
     SagaDefinitionError,
     SagaFailed,
@@ -242,6 +243,24 @@ async def test_S12_a_context_field_that_cannot_be_journaled_says_where_it_belong
     assert f"context field 'client' holds {kind}, which cannot be stored as JSON" in message
     for advice in ("on the step", "step_factory", "to_dict()", "dataclass"):
         assert advice in message
+
+
+async def test_S12_a_saga_leased_to_another_worker_says_until_when_in_utc_and_what_to_do(
+    tmp_path: Any,
+) -> None:
+    """``resume`` of a saga another worker drives: its lease's end as a time
+    a person reads (it was a raw Unix timestamp), and what to do."""
+    saga = declare(Records, context=SecretCtx)
+    async with SQLiteSagaStore(tmp_path / "s.db", clock=lambda: 1_800_000_000.0) as store:
+        await store.create("o-1", saga.name, saga.definition.fingerprint,
+                           SecretCtx().to_dict(), [])
+        await store.claim(owner="worker-7", lease_seconds=600, older_than=-1, limit=1)
+        with pytest.raises(SagaBusy) as caught:
+            await saga(store=store).resume("o-1")
+    message = str(caught.value)
+    assert "is being driven by worker-7 (lease until 2027-01-15 08:10:00 UTC)" in message
+    assert "1800000600" not in message
+    assert "once its lease runs out" in message
 
 
 def test_S12_a_store_that_is_not_a_store_is_refused_without_showing_it() -> None:
