@@ -351,10 +351,12 @@ class SagaAlreadyExists(SagaStoreError):
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
         shown = short_id(saga_id)
+        # The call to make, with the id when it is short (the message stays short).
+        call = f"resume({shown})" if len(shown) <= 40 else "resume() with that id"
         super().__init__(
             f"a saga with id {shown} already exists in the store: run() starts a new saga, "
             f"so give each its own id (or none, and one is made); to continue this one, "
-            f"or read its outcome, call resume({shown})"
+            f"or read its outcome, call {call}"
         )
 
 
