@@ -133,8 +133,10 @@ class SagaStoreError(SagaError):
     nothing (the database refused it before it could commit: a file locked
     by another process, a full disk, a file it could not open; PostgreSQL
     answered it with an error, and rolled it back). A run
-    stopped by such an error is not in doubt about it (``SagaInterrupted``).
-    A store of your own sets it only where that is certain."""
+    stopped by such an error is not in doubt about it (``SagaInterrupted``)
+    — unless an earlier try of the same write failed in doubt and nothing
+    since made its landing impossible: it may still commit. A store of
+    your own sets it only where that is certain."""
 
     nothing_written: bool = False
 

@@ -145,6 +145,15 @@ async def write_durably(
                 error, in_doubt = first, _may_have_landed(first)
         while True:
             # A failed try may have landed (in_doubt): before another, ask the store.
+            # A read that does not find it clears nothing: the try may be
+            # a transaction still in flight on the server (its client gave
+            # up at the deadline, or lost the connection, while the server
+            # waited on a lock or an fsync), which commits after the read.
+            # Only a write that makes its landing impossible settles it: a
+            # conditional append on the same length that succeeds, or is
+            # refused as a conflict; a creation, which the saga's id makes
+            # conditional. Until then the write stays in doubt, whatever the
+            # later tries' errors say of themselves (nothing_written).
             if not policy.should_retry(error, attempt) or not await _wait(
                 policy, attempt + 1, deadline
             ):
@@ -153,7 +162,6 @@ async def write_durably(
             try:
                 async with asyncio.timeout_at(deadline) as window:
                     if not (in_doubt and await _landed(store, write)):
-                        in_doubt = False
                         try:
                             await send(store, write)
                         except JournalConflict:
@@ -163,15 +171,23 @@ async def write_durably(
                             # refused to repeat it.
                             if not (write.conditional and await _landed(store, write)):
                                 raise
+                        except SagaAlreadyExists:
+                            # The same for a creation: the earlier try's
+                            # row may be what refused this one.
+                            if not (in_doubt and await _landed(store, write)):
+                                raise
                 if not window.expired():
                     return
                 error, in_doubt = TimeoutError(), True  # past its deadline: see the first try
             except (*_DEFINITIVE, JournalConflict) as refused:
-                # A creation found to be another run's: this one's did not land.
+                # A creation found to be another run's: this one's did not
+                # land, and cannot (the id is taken). Any other refusal
+                # leaves an earlier try as much in doubt as it was.
                 landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
                 raise NotDurable(refused, landed_maybe) from refused
             except Exception as failure:
-                error, in_doubt = failure, _may_have_landed(failure)
+                # An earlier try still in doubt stays so (see above).
+                error, in_doubt = failure, in_doubt or _may_have_landed(failure)
     finally:
         # No local may keep an error once this ends: each holds this frame
         # in its traceback (a reference cycle, which would keep the write

@@ -1104,6 +1104,94 @@ async def test_S13_a_write_that_lands_after_the_reconciling_read_is_never_journa
     assert log == ["reserve", "charge", "ship"]
 
 
+class NothingWritten(StoreDown):
+    """A refusal the store knows wrote nothing (no connection to be had)."""
+
+    nothing_written = True
+
+
+class LandsLateThenRefuses(FaultyStore):
+    """A conditional store whose write number ``at`` fails in doubt and lands
+    only after the executor's reconciling read (a transaction the client
+    gave up on, still waiting on the server for a lock, commits a moment
+    later); every later write is refused with ``nothing_written`` until
+    ``heal()`` (the pool then gets no connection)."""
+
+    appends_after = True
+
+    def __init__(self, inner: Any, *, at: int) -> None:
+        super().__init__(inner, at=at)
+        self.late: Callable[[], Any] | None = None
+        self.refusing = False
+
+    def heal(self) -> None:
+        self.refusing = False
+
+    async def _write(self, send: Callable[[], Any]) -> None:
+        number = self.writes
+        self.writes += 1
+        if self.refusing:
+            raise NothingWritten("timed out waiting for a connection")
+        if number == self.at:
+            self.late = send
+            self.refusing = True
+            raise StoreDown("the client gave up; the transaction waits on a lock")
+        await send()
+
+    async def load(self, saga_id: str) -> Any:
+        try:
+            return await self.inner.load(saga_id)
+        finally:
+            if self.late is not None:
+                late, self.late = self.late, None
+                await late()  # commits only now: the read above did not see it
+
+
+@pytest.mark.parametrize(("shape", "at"), [
+    pytest.param(shape, at, id=f"{shape.name}-write{at}")
+    for shape in (COMPLETES, UNWINDS) for at in range(count_writes(shape))
+])
+async def test_S13_a_read_never_clears_the_doubt_of_a_write_that_may_still_land(
+    shape: Shape, at: int
+) -> None:
+    """A try fails in doubt; the reconciling read does not find it; the
+    retries are then refused with errors that say nothing was written
+    (``nothing_written``) until the budget is spent — and the first try
+    lands after the read. The run must not report "certainly not written"
+    (``in_doubt=False``): the caller is told a status the journal can end
+    with, and recovery, once the store heals, finishes the saga by the ledger."""
+    ledger = Ledger()
+    store = LandsLateThenRefuses(MemorySagaStore(), at=at)
+    case = await run_case(shape, store, ledger, f"late-{at}", resume_by_id)
+    calls = ledger.of(case.saga_id)
+    assert store.late is None  # the late try did land
+    check_no_effect_the_journal_does_not_know(calls[: case.calls_before], case.before)
+    check_caller_matches_journal(case.outcome, case.before, cancel_with_store_up=False)
+    check_no_effect_the_journal_does_not_know(calls, case.after)
+    check_ledger(calls, case.after, shape.specs())
+
+
+async def test_S13_a_refusal_after_an_unsettled_try_leaves_the_write_in_doubt() -> None:
+    """``write_durably`` itself: the first try is in doubt, the read finds
+    nothing, every retry is refused with ``nothing_written`` and the budget
+    runs out — ``NotDurable`` stays in doubt (the first try did land)."""
+    from fallback_saga import RetryPolicy
+    from fallback_saga.journal import JournalWrite, NotDurable, write_durably
+    from fallback_saga.store.base import JournalEntry
+
+    entry = JournalEntry(0, "A", "primary", "act", StepStatus.STARTED, 1, None, 1.0)
+    inner = MemorySagaStore()
+    await inner.create("s", "S", "f", {}, [])
+    store = LandsLateThenRefuses(inner, at=0)
+    write = JournalWrite("s", "S", "f", False, [entry], None, None, None, held=0,
+                         conditional=True)
+    with pytest.raises(NotDurable) as gave_up:
+        await write_durably(store, write, RetryPolicy(attempts=2, delay=0.0, jitter=0.0))
+    assert isinstance(gave_up.value.error, NothingWritten)
+    assert gave_up.value.in_doubt  # and indeed it landed:
+    assert len((await inner.load("s")).history) == 1
+
+
 def logged_step(
     log: list[str], name: str, done: str, undone: str, *,
     on_act: Callable[[], object] | None = None, on_undo: Callable[[], object] | None = None,
