@@ -49,6 +49,7 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .status import SagaStatus
+from .store._deadline import JOURNAL_DEADLINE
 from .store.base import JournalEntry, Lease, SagaStore
 
 __all__ = [
@@ -121,6 +122,9 @@ async def write_durably(
     the refusal is definitive. ``failed``: the first try was made already (in
     the caller's task) and failed with that error."""
     window: asyncio.Timeout | None = None
+    # Each try's deadline, for a store that ends a write by it itself (see
+    # JOURNAL_DEADLINE): set in this task's own context (settle's).
+    bound = JOURNAL_DEADLINE.set(deadline)
     try:
         attempt = 1
         in_doubt = False
@@ -195,6 +199,7 @@ async def write_durably(
         # a try's timeout (it holds this task, which holds the error).
         error = failed = None  # type: ignore[assignment]
         window = None
+        JOURNAL_DEADLINE.reset(bound)
 
 
 def _may_have_landed(error: BaseException) -> bool:
@@ -388,6 +393,9 @@ async def settle_inline(
     clock: _Deadline | None = None
     timer: asyncio.TimerHandle | None = None
     throw = False  # a future that refused the deadline's cancellation is done: say it now
+    # For a store that ends the write by its deadline itself (JOURNAL_DEADLINE):
+    # set while the coroutine is driven here (this task does nothing else meanwhile).
+    bound = JOURNAL_DEADLINE.set(deadline)
     try:
         while True:
             try:
@@ -455,5 +463,6 @@ async def settle_inline(
                 except asyncio.CancelledError as caught:
                     cancelled = cancelled or caught  # only our cancellation can cancel the gate
     finally:
+        JOURNAL_DEADLINE.reset(bound)
         if timer is not None:
             timer.cancel()

@@ -391,6 +391,98 @@ async def test_S13_a_run_whose_write_waits_for_a_connection_past_its_timeout_is_
         assert ledger.count(("s-1", "S2")) == 1
 
 
+class DelegatingStore:
+    """A user's store wrapping ours, delegating all it does not define
+    (``writes_outlive_cancellation`` included): the executor drives its
+    ``create``/``append`` coroutines inline (``journal.settle_inline``)."""
+
+    def __init__(self, inner: PostgresSagaStore) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def create(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        await self.inner.create(*args, **kwargs)
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        await self.inner.append(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class OwnMethodsStore:
+    """A user's store wrapping ours with methods of its own only: the
+    executor runs each write in a task of its own (``journal.write_durably``
+    under ``asyncio.timeout_at``)."""
+
+    appends_after = True
+
+    def __init__(self, inner: PostgresSagaStore) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    async def create(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        await self.inner.create(*args, **kwargs)
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        await self.inner.append(*args, **kwargs)
+
+    async def load(self, saga_id: str) -> Any:
+        return await self.inner.load(saga_id)
+
+
+@pytest.mark.parametrize("wrapper", [DelegatingStore, OwnMethodsStore])
+async def test_S13_a_wrapped_store_s_write_that_waits_past_its_timeout_is_not_in_doubt(
+    pg_schema: str, patient_pool: psycopg_pool.AsyncConnectionPool[Any], wrapper: type[Any],
+) -> None:
+    """As ``test_S13_a_run_whose_write_waits_for_a_connection_past_its_timeout_is_not_in_doubt``,
+    through a user's store wrapping ours (the executor then drives
+    ``append``'s coroutine, not the store's submitting path): the write
+    that waited for a connection past its ``journal_timeout`` was not sent,
+    the run says so (not in doubt), and the write is not sent late once the
+    connections are back — the journal holds what the caller was told."""
+    pool = patient_pool
+    ledger: Ledger = []
+    held: list[Any] = []
+
+    async def take_the_connections(ctx: Ctx) -> None:
+        if not held:
+            held.extend([await pool.getconn() for _ in range(pool.max_size)])
+
+    saga_class = ledger_saga(ledger, S1=take_the_connections)
+    async with PostgresSagaStore(pool, schema=pg_schema) as inner:
+        store = wrapper(inner)
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=0.3)
+        try:
+            with pytest.raises(SagaInterrupted) as stopped:
+                await saga.run(Ctx(order_id="1"), saga_id="s-1")
+        finally:
+            for conn in held:
+                await pool.putconn(conn)
+        assert store.writes >= 2  # the wrapper made the writes
+        interrupted = stopped.value
+        assert interrupted.in_doubt is False, interrupted
+        assert interrupted.status is SagaStatus.RUNNING
+        error = interrupted.error
+        assert isinstance(error, SagaStoreError), error
+        assert error.nothing_written is True, error
+        assert "not sent" in str(error), error
+
+        await inner._journal.idle()  # the write that waited had its chance to be sent
+        record = await inner.load("s-1")
+        assert history(record) == [
+            ("S0", "act", "started"), ("S0", "act", "completed"), ("S1", "act", "started"),
+        ]
+        report = await recover(inner, [saga_class], older_than=0)
+        assert report.resumed == ["s-1"], report
+        assert ledger.count(("s-1", "S0")) == 1
+        assert ledger.count(("s-1", "S2")) == 1
+
+
 async def test_S13_a_grouped_write_whose_deadline_comes_before_its_group_is_sent_is_left_out(
     pg_schema: str, patient_pool: psycopg_pool.AsyncConnectionPool[Any],
 ) -> None:

@@ -69,6 +69,7 @@ from typing import Any, Generic, TypeVar
 from ..errors import SagaStoreError
 from ..shielding import own_task
 from ._common import JournalFuture
+from ._deadline import JOURNAL_DEADLINE
 
 __all__ = ["GroupCommit", "NotSent", "RetryAlone"]
 
@@ -161,7 +162,16 @@ class GroupCommit(Generic[W, R]):
         so it binds nothing to the caller's (no timeout of the pool or the
         driver can cancel the caller) and runs to its end whatever happens
         to the caller meanwhile (the store says so to the executor:
-        ``writes_outlive_cancellation``)."""
+        ``writes_outlive_cancellation``).
+
+        A write the executor makes through a wrapper of the store (its
+        deadline in ``JOURNAL_DEADLINE``) is ``submit``'s, bounded by that
+        deadline: never sent if it was not sent by then (``NotSent``), as
+        on the executor's own path, rather than cancelled with its caller's
+        timeout and sent all the same once a connection comes."""
+        deadline = JOURNAL_DEADLINE.get()
+        if deadline is not None:
+            return await self._bounded(request, deadline)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         entry = self._send(request, future, None)
         try:
@@ -171,6 +181,26 @@ class GroupCommit(Generic[W, R]):
             if entry is not None:
                 with contextlib.suppress(ValueError):
                     self._queue.remove(entry)
+            raise
+
+    async def _bounded(self, request: W, deadline: float) -> R:
+        """``write``'s for the executor (``JOURNAL_DEADLINE``). The future
+        refuses cancellation, and ends by the deadline: the executor's own
+        deadline cancels this task at the same moment (a try bounded by
+        ``asyncio.timeout_at``), and its ``CancelledError`` then comes once
+        the outcome is known. That outcome is the truth of the try, which
+        the cancellation would hide (its timeout says "in doubt"): a write
+        dropped unsent (``NotSent``, which only its deadline does) is raised
+        instead — the deadline's is the only cancellation the executor's
+        try can get (its task is its own: ``shielding.settle``)."""
+        future = self.submit(request, deadline)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if _dropped(future):
+                unsent = future.exception()
+                assert unsent is not None
+                raise unsent from None
             raise
 
     def submit(self, request: W, deadline: float | None) -> asyncio.Future[R]:
