@@ -327,6 +327,78 @@ async def test_S13_a_write_whose_connection_is_lost_stays_in_doubt(
         assert ledger.count(("s-1", "S2")) == 1
 
 
+async def test_S13_a_write_that_commits_after_its_client_gave_up_is_reported_in_doubt(
+    pg_conninfo: str, pg_schema: str, admin: Admin, locker: psycopg.AsyncConnection[Any],
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]],
+) -> None:
+    """The completion write (after S2's act) waits at the server for another
+    session's row lock, and its client loses the connection (the client's
+    side of the socket is shut down: the server, waiting on the lock, does
+    not notice). The run reads the journal — the write is not there yet —
+    and tries again, on a new connection whose ``lock_timeout`` the locked
+    row meets: refused, "nothing of it was written"; the budget is spent.
+    Then the lock goes, and the first transaction commits, COMPLETED. The
+    caller must have been told that the write is in doubt, with the status
+    it carried — never "certainly not written" — and the ledger holds each
+    step once."""
+    import os
+    import socket
+
+    ledger: Ledger = []
+    connections: list[psycopg.AsyncConnection[Any]] = []
+    impatient: list[bool] = []
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        connections.append(conn)
+        if impatient:  # the retry's connection: the locked row refuses it soon
+            await conn.execute("SET lock_timeout = 200")
+
+    async def lock_the_row(ctx: Ctx) -> None:
+        await locker.execute("SELECT 1 FROM fallback_saga_sagas WHERE saga_id = 's-1' FOR UPDATE")
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=1, open=False, configure=configure,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    pools.append(pool)
+    saga_class = ledger_saga(ledger, S2=lock_the_row)
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        saga = saga_class(store=store, journal_retry=TWO_TRIES, journal_timeout=60)
+        run = asyncio.create_task(saga.run(Ctx(order_id="1"), saga_id="s-1"))
+        pid = await asyncio.wait_for(
+            _blocked_backend(admin, admin.conn.info.backend_pid), timeout=30)
+        (waiting,) = [conn for conn in connections if conn.info.backend_pid == pid]
+        impatient.append(True)
+        cut = socket.socket(fileno=os.dup(waiting.pgconn.socket))
+        try:
+            cut.shutdown(socket.SHUT_RDWR)  # the client's side only: the server waits on
+        finally:
+            cut.close()
+        with pytest.raises(SagaInterrupted) as stopped:
+            await asyncio.wait_for(run, timeout=30)
+        await locker.rollback()  # the first try's transaction goes on, and commits
+        await asyncio.wait_for(_ended(admin, pid), timeout=30)
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPLETED  # the first try landed
+        interrupted = stopped.value
+        told = {interrupted.status}
+        if interrupted.in_doubt:
+            told.add(interrupted.status_if_landed)
+        assert record.status in told, interrupted
+        assert interrupted.in_doubt is True, interrupted
+        assert interrupted.status_if_landed is SagaStatus.COMPLETED
+        assert sorted(ledger) == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
+
+
+async def _ended(admin: Admin, pid: int) -> None:
+    """Return once the session ``pid`` is gone."""
+    while True:
+        if not await admin.run("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)):
+            return
+        await asyncio.sleep(0.01)  # polls the server's state; bounded by the test's timeout
+
+
 # ------------------------------------------------------------------ group commit
 
 
