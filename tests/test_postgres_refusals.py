@@ -391,6 +391,93 @@ async def test_S13_a_write_that_commits_after_its_client_gave_up_is_reported_in_
         assert sorted(ledger) == [("s-1", "S0"), ("s-1", "S1"), ("s-1", "S2")]
 
 
+_GATE = 4242  # the advisory lock the gate below waits for
+
+
+@pytest.mark.parametrize("gave_up", ["connection-lost", "cancelled"])
+async def test_S10_S13_a_claim_that_commits_after_its_client_gave_up_is_given_back(
+    pg_conninfo: str, pg_schema: str, admin: Admin,
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]], gave_up: str,
+) -> None:
+    """A recovery claim sends its COMMIT, and the server holds it (a
+    deferred trigger waits for an advisory lock the test holds: as a slow
+    fsync or a synchronous standby would); the claim's client loses the
+    connection (its side of the socket shut down) and its caller gets an
+    error, or the caller is cancelled (``shielding.claimed``'s grace ran
+    out) and the cancel request comes too late (the gate ignores it) — no
+    leases either way. Then the server commits the claim. The leases it took
+    must not sit leased to nobody until they run out, nor count towards
+    parking: the store gives them back by the claim's marker once that
+    transaction has ended, and the next claim takes the saga at once."""
+    import os
+    import socket
+
+    connections: list[psycopg.AsyncConnection[Any]] = []
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        connections.append(conn)
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=2, open=False, configure=configure,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    pools.append(pool)
+    store = PostgresSagaStore(pool, schema=pg_schema)
+    try:
+        await store.create("s-1", "S", "fp", {}, [entry(0, "a")])
+        await admin.run(
+            "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" LOOP BEGIN PERFORM pg_advisory_xact_lock({_GATE}); EXIT;"
+            # Cancel requests that came too late (any number): the commit goes on.
+            " EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
+            " RETURN NULL; END $$")
+        await admin.run(
+            "CREATE CONSTRAINT TRIGGER gate AFTER UPDATE ON fallback_saga_sagas"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate()")
+        await admin.run("SELECT pg_advisory_lock(%s)", (_GATE,))
+        claim = asyncio.create_task(
+            store.claim(owner="w-1", lease_seconds=600, older_than=-1, limit=10))
+        pid = await asyncio.wait_for(
+            _blocked_backend(admin, admin.conn.info.backend_pid), timeout=30)
+        if gave_up == "cancelled":
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(claim, timeout=30)
+        else:
+            (waiting,) = [conn for conn in connections if conn.info.backend_pid == pid]
+            cut = socket.socket(fileno=os.dup(waiting.pgconn.socket))
+            try:
+                cut.shutdown(socket.SHUT_RDWR)  # the client's side only: the server waits on
+            finally:
+                cut.close()
+            with pytest.raises(SagaStoreError) as failed:
+                await asyncio.wait_for(claim, timeout=30)
+            assert failed.value.nothing_written is False  # no answer: it may have landed
+        await admin.run("SELECT pg_advisory_unlock(%s)", (_GATE,))  # the COMMIT goes on
+        await asyncio.wait_for(_out_of_transaction(admin, pid), timeout=30)
+    finally:
+        await store.close()  # what the store gives back is given back by then
+    owner, claims, fence = (await admin.run(
+        "SELECT lease_owner, unreleased_claims, fence FROM fallback_saga_sagas"
+        " WHERE saga_id = 's-1'"))[0]
+    assert fence >= 1  # the claim did commit
+    assert (owner, claims) == (None, 0)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as other:
+        (lease,) = await other.claim(owner="w-2", lease_seconds=600, older_than=-1, limit=10)
+    assert lease.saga_id == "s-1"
+
+
+async def _out_of_transaction(admin: Admin, pid: int) -> None:
+    """Return once the session ``pid`` is gone, or in no transaction (its
+    connection may live on in the pool)."""
+    while True:
+        if not await admin.run("SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                               " AND xact_start IS NOT NULL", (pid,)):
+            return
+        await asyncio.sleep(0.01)  # polls the server's state; bounded by the test's timeout
+
+
 async def _ended(admin: Admin, pid: int) -> None:
     """Return once the session ``pid`` is gone."""
     while True:

@@ -192,8 +192,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 6
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(6,)]
+    assert SCHEMA_VERSION == 7
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(7,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -205,6 +205,7 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert columns["lease_expires_at"] == "timestamp with time zone"
     assert columns["lease_written_at"] == "timestamp with time zone"  # clock steps (v5)
     assert columns["unreleased_claims"] == "integer"  # parking (v6)
+    assert columns["claim_marker"] == "text"  # claims whose answer never came (v7)
     assert {"lease_owner", "version", "created_at", "updated_at"} <= set(columns)
     assert columns["touched_at"] == "timestamp with time zone"
     step_columns = dict(
@@ -421,6 +422,47 @@ async def test_schema_v2_is_migrated_to_v3_in_place(
         record = await store.load("running-0")
         assert [e.step for e in record.history] == ["a", "b"]
         assert (await store.load("done")).status is SagaStatus.COMPLETED
+
+
+async def test_schema_v6_is_migrated_to_v7_in_place(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database written by schema v6 (no claim marker), with a saga leased
+    by a v6 claim: opening it adds ``claim_marker`` (NULL: no claim to give
+    back) without rewriting the table; the lease held stays held and fences
+    as before, and claims and releases work as before."""
+    with monkeypatch.context() as v6:
+        v6.setattr(pg_schema_module, "_MIGRATIONS", pg_schema_module._MIGRATIONS[:6])
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
+            await new_saga(old, "leased")
+            await new_saga(old, "free")
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (6,)
+    # Leased as a v6 claim leased it (today's claim statement sets the marker).
+    fence, expires = raw.execute(
+        "UPDATE fallback_saga_sagas SET lease_owner = 'w',"
+        " lease_expires_at = now() + interval '600 seconds', fence = fence + 1,"
+        " lease_written_at = now(), unreleased_claims = unreleased_claims + 1"
+        " WHERE saga_id = 'leased' RETURNING fence, extract(epoch FROM lease_expires_at)"
+    ).fetchone()
+    held = Lease("leased", "w", fence, float(expires))
+    relfile = raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone()
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await store.open()
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        assert raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone() == (
+            relfile
+        )
+        assert raw.execute("SELECT claim_marker FROM fallback_saga_sagas").fetchall() == [
+            (None,), (None,)
+        ]
+        await store.append(held.saga_id, [entry(1, "b")], fence=held)  # still its lease
+        (other,) = await store.claim(owner="w2", lease_seconds=600, older_than=-1, limit=10)
+        assert other.saga_id != held.saga_id  # the held lease is respected
+        await store.release(held)
+        assert (await store.lease_state(held.saga_id)).unreleased_claims == 0
 
 
 async def test_schema_v3_is_migrated_to_v4_the_context_kept_as_json_text(

@@ -179,6 +179,18 @@ async def _migrate_to_v6(execute: _Cursor, names: _Names) -> None:
     )
 
 
+async def _migrate_to_v7(execute: _Cursor, names: _Names) -> None:
+    # The marker of the claim that last leased the saga (``claim``: random,
+    # made by the claimer before it sends the claim). A claim whose answer
+    # never came (cancelled past its grace, its connection lost) may have
+    # committed all the same: the claimer gives back what it took by this
+    # marker, once the claim's transaction has ended (see the store's
+    # ``_forget_claim``), rather than leaving the sagas leased to nobody and
+    # counted towards parking. Nullable, no default: added without
+    # rewriting the table; rows before: NULL (no claim to forget).
+    await execute(f"ALTER TABLE {names.sagas} ADD COLUMN claim_marker text NULL")
+
+
 # _MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit.
 _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v1,
@@ -187,6 +199,7 @@ _MIGRATIONS: Final[tuple[Callable[[_Cursor, _Names], Awaitable[None]], ...]] = (
     _migrate_to_v4,
     _migrate_to_v5,
     _migrate_to_v6,
+    _migrate_to_v7,
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

@@ -255,15 +255,31 @@ class _Statements:
         self.take_leases = (
             f"UPDATE {sagas} SET lease_owner = %s,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
-            f" lease_written_at = now(), unreleased_claims = unreleased_claims + 1"
+            f" lease_written_at = now(), unreleased_claims = unreleased_claims + 1,"
+            f" claim_marker = %s"
             f" WHERE saga_id = ANY(%s::text[])"
             f" RETURNING saga_id, fence, {_EPOCH.format('lease_expires_at')}, unreleased_claims"
+        )
+        # A claim whose answer never came: first wait for its transaction to
+        # end (it holds these rows' locks from its first statement to its
+        # end), then give back what it took, if it committed — the leases
+        # still marked by it — and take back its count towards parking.
+        # Two statements: the second's snapshot is taken once the wait is over.
+        self.lock_claimed = (
+            f"SELECT saga_id FROM {sagas} WHERE saga_id = ANY(%s::text[]) FOR UPDATE"
+        )
+        self.forget_claim = (
+            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
+            f" lease_written_at = now(), fence = fence + 1, claim_marker = NULL,"
+            f" unreleased_claims = GREATEST(unreleased_claims - 1, 0)"
+            f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s"
         )
         # Lease one saga by id: one statement, atomic under the row lock.
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
-            f" lease_written_at = now()"
+            # Not a claim's lease any more: forgetting one must not give it back.
+            f" lease_written_at = now(), claim_marker = NULL"
             # A lease with no owner was given back (released, or deferred): free.
             # So is one written ahead of the server's clock at all (see _AHEAD):
             # before a step back, its expiry on the old scale.

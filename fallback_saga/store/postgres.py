@@ -98,6 +98,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -223,6 +224,17 @@ _GROUP_SLOTS: Final = 3
 # sizes are read again every _SIZE_CHECK seconds. (A statement that finds
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
+
+# Giving back what a claim whose answer never came took (_forget_claim): each
+# try waits this long at most for the claim's transaction to end (its row
+# locks), then gives its connection back; tries again after a delay that
+# doubles up to a cap, for the lease's length and at least this long; close()
+# waits this long for the tries under way.
+_FORGET_WAIT: Final = "SET LOCAL lock_timeout = '2s'"
+_FORGET_DELAY: Final = 0.1
+_FORGET_DELAY_MAX: Final = 5.0
+_FORGET_AT_LEAST: Final = 60.0
+_FORGET_AT_CLOSE: Final = 5.0
 _SIZE_CHECK: Final = 5.0
 
 
@@ -474,6 +486,8 @@ class PostgresSagaStore:
         # The close() in progress: a close() called meanwhile waits for it,
         # so that "closed" means the pool is.
         self._closing: asyncio.Future[None] | None = None
+        # Claims whose answer never came, being given back (_forget_claim).
+        self._forgetting: set[asyncio.Task[None]] = set()
         # psycopg's prepare for the group and claim statements: False (plan
         # each) until the tables are big enough for a cached plan
         # (_PREPARE_FROM), then None (prepared, psycopg's default).
@@ -714,6 +728,14 @@ class PostgresSagaStore:
 
     async def _close(self) -> None:
         await self._journal.idle()  # writes already queued are finished first
+        if self._forgetting:
+            # Claims whose answer never came, still being given back: a
+            # moment for them, then their leases run out on their own.
+            _, late = await asyncio.wait(set(self._forgetting), timeout=_FORGET_AT_CLOSE)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if self._size_checks:
             await asyncio.gather(*self._size_checks, return_exceptions=True)
         self._closed = True
@@ -1285,7 +1307,12 @@ class PostgresSagaStore:
         expired" without sleeping). Times are the database server's.
         ``deferred``: also sagas ``defer`` keeps out of claims (an operator's
         ``recover`` pass). ``names``: only sagas of these names (a
-        ``RecoveryWorker``'s sagas; ``None``: any)."""
+        ``RecoveryWorker``'s sagas; ``None``: any).
+
+        A claim whose answer never comes (cancelled, its connection lost)
+        may commit all the same: what it took is given back in the
+        background, by the marker it set on its leases, once its
+        transaction has ended (``_forget_claim``)."""
         if not isinstance(deferred, bool):
             raise TypeError(f"deferred must be a bool, got {deferred!r}")
         owner = check_owner(owner)
@@ -1301,16 +1328,31 @@ class PostgresSagaStore:
         pool = self._pool
         if pool is None:
             raise SagaStoreError("the PostgreSQL saga store is closed")
+        # This claim's own mark on the leases it takes: should its answer
+        # never come, what it took is given back by it (_forget_claim).
+        marker = secrets.token_hex(16)
+        locked: list[str] = []  # the sagas its transaction locked, once known
         try:
             conn = await self._connection(pool, "cannot claim sagas", write=True)
             try:
                 async with conn.transaction():
                     await conn.execute(_READ_COMMITTED)
                     due, taken = await self._claim_in(conn, owner, lease_seconds, older_than,
-                                                      limit, deferred, named)
+                                                      limit, deferred, named, marker, locked)
             finally:
                 await pool.putconn(conn)
-        except self._errors as error:
+        except BaseException as error:
+            if locked:
+                # Cancelled (past shielding.claimed's grace, or the loop is
+                # closing), or failed with no answer: the leases may have
+                # been taken all the same, for nobody who knows their
+                # tokens — they would sit until they ran out, each counted
+                # towards parking. Given back once the claim's transaction
+                # has ended. (Refused by the server: nothing to give back,
+                # and the giving back finds nothing.)
+                self._forget_soon(locked, marker, lease_seconds)
+            if not isinstance(error, self._errors):
+                raise
             # Rolled back whole if the server answered with an error: no lease taken.
             raise await self._explain(
                 error, "cannot claim sagas", write=True
@@ -1325,9 +1367,12 @@ class PostgresSagaStore:
     async def _claim_in(
         self, conn: AsyncConnection[Any], owner: str, lease_seconds: float, older_than: float,
         limit: int, deferred: bool = False, names: tuple[str, ...] | None = None,
+        marker: str | None = None, locked: list[str] | None = None,
     ) -> tuple[list[str], dict[str, tuple[int, float]]]:
         """``claim``'s statements, in the caller's transaction: the sagas due,
-        oldest first, and the fence and expiry of each one leased."""
+        oldest first, and the fence and expiry of each one leased.
+        ``marker``: set on each lease taken; ``locked``: extended with the
+        sagas due as soon as they are locked, before the leases are sent."""
         sql = self._sql
         prepare = self._prepare
         ahead = max(older_than, 0.0)  # a negative older_than takes nothing more as ahead
@@ -1344,13 +1389,66 @@ class PostgresSagaStore:
         due = [saga_id for (saga_id,) in await cursor.fetchall()]
         if not due:
             return [], {}
-        cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, due), prepare)
+        if locked is not None:
+            locked.extend(due)
+        cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, marker, due),
+                              prepare)
         taken: dict[str, tuple[int, float]] = {}
         for saga_id, fence, expires, claims in await cursor.fetchall():
             taken[saga_id] = (fence, expires)
             if claims == park_after:
                 log_last_claim(saga_id, claims)
         return due, taken
+
+    def _forget_soon(self, saga_ids: list[str], marker: str, lease_seconds: float) -> None:
+        """``_forget_claim``, in a task of its own (the claimer is cancelled,
+        or failing): finished, or given up, by ``close``."""
+        if self._closed or self._pool is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._forget_claim(list(saga_ids), marker, lease_seconds))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+
+    async def _forget_claim(self, saga_ids: list[str], marker: str, lease_seconds: float) -> None:
+        """Give back the leases a claim whose answer never came took, if it
+        committed: those still marked by it (a later claim marks its own;
+        ``claim_saga`` clears the mark), with the count towards parking it
+        added. Sound only once the claim's transaction has ended — until
+        then a read finds nothing, and the claim may commit a moment later —
+        so this first waits for the row locks that transaction held from its
+        first statement to its end (``_forget_wait`` at a time, the
+        connection given back between tries). Tried for the lease's length
+        at least; after that, the leases have run out, and only the count
+        is left to take back."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max(lease_seconds, _FORGET_AT_LEAST)
+        delay = _FORGET_DELAY
+        sql = self._sql
+        while True:
+            pool = self._pool
+            if pool is None:
+                return
+            try:
+                conn = await _getconn(pool)
+                try:
+                    async with conn.transaction():
+                        await conn.execute(_READ_COMMITTED)
+                        await conn.execute(_FORGET_WAIT)
+                        await _query(conn, sql.lock_claimed, (saga_ids,), self._prepare)
+                        await _query(conn, sql.forget_claim, (saga_ids, marker), self._prepare)
+                    return
+                finally:
+                    await pool.putconn(conn)
+            except self._errors as error:
+                if loop.time() + delay > until:
+                    _log.warning(
+                        "cannot give back the leases a claim whose answer never came may have "
+                        "taken (%d sagas): %s: %s; they run out on their own",
+                        len(saga_ids), type(error).__name__, scrub(str(error), self._secrets))
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _FORGET_DELAY_MAX)
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
         """Lease one saga by id, whatever its status and age (``Saga.resume``
