@@ -199,7 +199,9 @@ async def write_durably(
         # a try's timeout (it holds this task, which holds the error).
         error = failed = None  # type: ignore[assignment]
         window = None
+        # (Nor the token: it holds this task's context.)
         JOURNAL_DEADLINE.reset(bound)
+        bound = None  # type: ignore[assignment]
 
 
 def _may_have_landed(error: BaseException) -> bool:
@@ -464,5 +466,6 @@ async def settle_inline(
                     cancelled = cancelled or caught  # only our cancellation can cancel the gate
     finally:
         JOURNAL_DEADLINE.reset(bound)
+        bound = None  # type: ignore[assignment]  # (it holds this task's context)
         if timer is not None:
             timer.cancel()

@@ -197,11 +197,17 @@ class GroupCommit(Generic[W, R]):
         try:
             return await future
         except asyncio.CancelledError:
-            if _dropped(future):
-                unsent = future.exception()
-                assert unsent is not None
-                raise unsent from None
-            raise
+            unsent = future.exception() if _dropped(future) else None
+            if unsent is None:
+                raise
+        finally:
+            # No local keeps the future: it holds the error raised here,
+            # whose traceback holds this frame (a reference cycle).
+            future = None  # type: ignore[assignment]
+        try:
+            raise unsent
+        finally:
+            unsent = None
 
     def submit(self, request: W, deadline: float | None) -> asyncio.Future[R]:
         """``write`` by a plain call: the write is started or queued at once,

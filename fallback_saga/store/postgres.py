@@ -224,6 +224,7 @@ _GROUP_SLOTS: Final = 3
 # sizes are read again every _SIZE_CHECK seconds. (A statement that finds
 # one saga by its key is planned on the key's index whatever the size.)
 _PREPARE_FROM: Final = 10_000
+_SIZE_CHECK: Final = 5.0
 
 # Giving back what a claim whose answer never came took (_forget_claim): each
 # try waits this long at most for the claim's transaction to end (its row
@@ -235,7 +236,6 @@ _FORGET_DELAY: Final = 0.1
 _FORGET_DELAY_MAX: Final = 5.0
 _FORGET_AT_LEAST: Final = 60.0
 _FORGET_AT_CLOSE: Final = 5.0
-_SIZE_CHECK: Final = 5.0
 
 
 # ``purge``'s batches: the first takes PURGE_BATCH sagas; each then doubles
