@@ -61,12 +61,12 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
 
 from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
 from .recovery import ClaimedSaga, SagasGiven, claim_batch, default_owner, sagas_by_name
+from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds, Resuming
 from .shielding import cancellation_pending
 from .store.base import (
     Lease,
@@ -81,16 +81,6 @@ from .store.base import (
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "RecoveryWorker", "WorkerStats"]
 
 _log = library_logger("fallback_saga")
-
-# Seconds a run asked to stop (resume_timeout, a shutdown's hand-off) has to
-# end before the worker lets it go: a run stops at its next suspension, in
-# well under a second, unless a step swallows the cancellation.
-STOP_WAIT: Final = 10.0
-
-# A resume running longer than this is logged (``resume_warning``): a lease's
-# length by default; a healthy resume takes seconds, not minutes.
-RESUME_WARNING: Final = 300.0
-
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -115,18 +105,6 @@ class WorkerStats:
     deferred: int = 0  # a child saga (SubSaga) whose parent is in flight: the parent drives it
     lost: int = 0
     handed_off: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class _Resuming:
-    """One saga the worker resumes, as its watch (``_watch``) sees it."""
-
-    claimed: ClaimedSaga
-    since: float  # the worker's clock when it was claimed
-    began: bool = False  # its task has started
-    warned: bool = False  # resume_warning said
-    stop_asked: float | None = None  # the clock when it was asked to stop
-    forced: bool = False  # a compensation in flight cancelled too (stop_hung)
 
 
 def _seconds(name: str, value: float | timedelta, *, positive: bool) -> float:
@@ -236,6 +214,8 @@ class RecoveryWorker:
         self.resume_warning = (None if resume_warning is None
                                else _seconds("resume_warning", resume_warning, positive=True))
         self.owner = owner or default_owner()
+        self._bounds = ResumeBounds(self.owner, concurrency, self.resume_timeout,
+                                    self.resume_warning)
         self.stats = WorkerStats()
         self._by_name = by_name
         # Claims ask only for the sagas this worker can resume: services that
@@ -247,7 +227,7 @@ class RecoveryWorker:
             {"names": tuple(sorted(by_name))} if claims_by_name(store) else {})
         self._listeners = listener_tuple(listeners)
         collect_hooks(self._listeners, "recovery_outcome")  # refuses a class or an async hook
-        self._in_flight: dict[asyncio.Task[None], _Resuming] = {}
+        self._in_flight: dict[asyncio.Task[None], Resuming] = {}
         # Runs let go (asked to stop, they did not: see the module
         # docstring), kept referenced until they end, whenever that is.
         self._let_go: set[asyncio.Task[None]] = set()
@@ -419,11 +399,11 @@ class RecoveryWorker:
                                   listeners=self._listeners, skip_for=self.lease,
                                   retry_in=self._retry_in(lease.saga_id),
                                   hand_off_when_cancelled=True)
-            resuming = _Resuming(claimed, self._clock())
+            resuming = Resuming(claimed, self._clock())
             task = asyncio.get_running_loop().create_task(self._resume(resuming))
             self._in_flight[task] = resuming
             task.add_done_callback(self._done)
-        if leases and (self.resume_timeout is not None or self.resume_warning is not None):
+        if leases and self._bounds.watched:
             self._watch_wake.set()  # new deadlines
 
     def _until_next_claim(self) -> float:
@@ -458,7 +438,7 @@ class RecoveryWorker:
         doublings = min(self._interruptions.get(saga_id, 0), 32)
         return min(self.lease, self.poll * 2.0 ** doublings) * random.uniform(0.5, 1.0)
 
-    async def _resume(self, resuming: _Resuming) -> None:
+    async def _resume(self, resuming: Resuming) -> None:
         resuming.began = True
         claimed = resuming.claimed
         if self._handing_off:
@@ -552,77 +532,9 @@ class RecoveryWorker:
 
     def _check_resumes(self) -> float | None:
         """Act on the bounds passed; seconds until the next one (None: none)."""
-        now = self._clock()
-        nearest: float | None = None
-        for task, resuming in list(self._in_flight.items()):
-            due: float | None
-            if resuming.stop_asked is not None:
-                due = resuming.stop_asked + STOP_WAIT
-                if now >= due and not resuming.forced and resuming.claimed.run is not None:
-                    # Handed off, it waits for a compensation in flight
-                    # (shielded): one that hangs is cancelled now.
-                    resuming.forced = True
-                    resuming.stop_asked = now
-                    where = resuming.claimed.where()
-                    _log.warning("recovery worker %s: saga %s, handed off %g s ago, is still "
-                                 "running%s: cancelling its compensation in flight, if any",
-                                 self.owner, resuming.claimed.saga_id, STOP_WAIT,
-                                 f" (in the {where})" if where else "")
-                    resuming.claimed.run.stop_hung()
-                    due = now + STOP_WAIT
-                elif now >= due:
-                    self._give_up(task, resuming)
-                    continue
-            elif self.resume_timeout is not None and (
-                now >= resuming.since + self.resume_timeout
-            ):
-                self._time_out(task, resuming, now)
-                due = now + STOP_WAIT
-            else:
-                due = None if self.resume_timeout is None else (
-                    resuming.since + self.resume_timeout)
-                if self.resume_warning is not None and not resuming.warned:
-                    warn_at = resuming.since + self.resume_warning
-                    if now >= warn_at:
-                        resuming.warned = True
-                        self._warn_slow(resuming, now)
-                    else:
-                        due = warn_at if due is None else min(due, warn_at)
-            if due is not None:
-                nearest = due if nearest is None else min(nearest, due)
-        return None if nearest is None else max(0.0, nearest - now)
+        return self._bounds.check(self._in_flight, self._clock(), self._give_up)
 
-    def _warn_slow(self, resuming: _Resuming, now: float) -> None:
-        claimed = resuming.claimed
-        where = claimed.where()
-        bound = ("" if self.resume_timeout is None
-                 else f"; stopped at resume_timeout ({self.resume_timeout:g} s)")
-        _log.warning(
-            "recovery worker %s: saga %s has been resuming for %.0f s%s, holding one of "
-            "%d slots (a call that never answers? give the step a timeout; the "
-            "worker's resume_timeout bounds a resume)%s", self.owner, claimed.saga_id,
-            now - resuming.since, f", in the {where}" if where else "",
-            self.concurrency, bound,
-        )
-
-    def _time_out(self, task: asyncio.Task[None], resuming: _Resuming, now: float) -> None:
-        resuming.stop_asked = now
-        resuming.forced = True
-        claimed = resuming.claimed
-        where = claimed.where()
-        _log.warning(
-            "recovery worker %s: saga %s resumed for longer than resume_timeout (%g s)%s: "
-            "stopping it without unwinding; it is left interrupted, claimed again after "
-            "a backoff", self.owner, claimed.saga_id, self.resume_timeout,
-            f", in the {where}" if where else "",
-        )
-        assert self.resume_timeout is not None
-        if claimed.run is not None:
-            claimed.time_out(self.resume_timeout)
-        else:
-            task.cancel()  # still loading it (the store hangs): nothing ran
-
-    def _give_up(self, task: asyncio.Task[None], resuming: _Resuming) -> None:
+    def _give_up(self, task: asyncio.Task[None], resuming: Resuming) -> None:
         """Asked to stop ``STOP_WAIT`` seconds ago, the run has not: let it
         go (see the module docstring)."""
         claimed = resuming.claimed
