@@ -627,8 +627,10 @@ def test_S10_recover_says_which_sagas_it_left_parked(
         "class OrderSaga(Saga[SagaContext]):\n    steps = [A]\n"
     )
     for app in import_app(tmp_path, monkeypatch, source, "parking_app"):
-        main(["recover", "--db", str(db), "--app", f"{app.__name__}:OrderSaga",
-              "--older-than", "0"])
+        # 1: a parked saga needs an operator, as a FAILED one does (a cron's
+        # `recover ... || alert` fires); it exited 0.
+        assert main(["recover", "--db", str(db), "--app", f"{app.__name__}:OrderSaga",
+                     "--older-than", "0"]) == 1
     out = capsys.readouterr().out
     assert ("  parked  p-parked (running): not taken; parked: claimed 5 times without "
             "finishing (its resumes keep ending the process or hanging); once the cause is "
@@ -697,7 +699,7 @@ def test_S10_list_show_and_recover_judge_parked_by_the_apps_park_after(
     for app in import_app(tmp_path, monkeypatch, source, "park_after_app"):
         recover = ["recover", "--db", str(db), "--app", f"{app.__name__}:OrderSaga",
                    "--older-than", "0"]
-        assert main([*recover, "--park-after", "3"]) == 0
+        assert main([*recover, "--park-after", "3"]) == 1  # left parked
         out = capsys.readouterr().out
         assert "recovered 0 saga(s)" in out
         assert f"  parked  p three (running): not taken; {said}" in out

@@ -70,7 +70,9 @@ recently).
 Exit status: 1 if a saga claimed ended FAILED (a compensation gave up: an
 operator is needed), was skipped (unknown saga name, changed definition,
 unreadable row) or was interrupted (its journal writes failed: it stays for
-the next pass); 2 on a usage error; else 0.
+the next pass), or if the pass left a saga parked (its resumes keep ending
+the process or hanging: an operator is needed too); 2 on a usage error;
+else 0.
 """
 
 _APP_CONTRACT = (
@@ -281,9 +283,11 @@ def run_recover(args: argparse.Namespace) -> int:
                 left.extend(await left_alone(store, report, args.older_than))
             except SagaStoreError as error:  # a courtesy: the report stands without it
                 left.append(f"  (could not list the sagas left: {terminal_text(error)})")
+            parked.extend(line for line in left if line.startswith(_PARKED))
             return report
 
     left: list[str] = []
+    parked: list[str] = []  # of left: sagas no worker takes until an operator acts
 
     corrupt = _CorruptRows()
     store_log = logging.getLogger("fallback_saga.store")
@@ -298,8 +302,10 @@ def run_recover(args: argparse.Namespace) -> int:
         progress(saga_id, "skipped")
         report.skipped.append((saga_id, reason))
     print_lines([target.scrubbed(line) for line in report_lines(report) + left])
-    # A saga left interrupted (the journal could not be written) needs another pass.
-    unfinished = report.failed or report.skipped or getattr(report, "interrupted", None)
+    # A saga left interrupted (the journal could not be written) needs another
+    # pass; a FAILED or a parked one, an operator (a cron's `|| alert` fires).
+    unfinished = (report.failed or report.skipped or getattr(report, "interrupted", None)
+                  or parked)
     return EXIT_FAILURE if unfinished else EXIT_OK
 
 
@@ -354,6 +360,8 @@ def report_lines(report: RecoveryReport) -> list[str]:
 # and how many leased ones it names.
 _LEFT_SCAN = 1000
 _LEFT_NAMED = 20
+# How left_alone's line of a parked saga begins (one more is counted so too).
+_PARKED = "  parked  "
 
 
 async def left_alone(
@@ -396,12 +404,12 @@ async def left_alone(
     if len(leased) > _LEFT_NAMED:
         lines.append(f"  ... and {len(leased) - _LEFT_NAMED} more leased (list shows them)")
     lines += [
-        f"  parked  {terminal_text(s.saga_id, MAX_VALUE)} ({s.status.value}): not taken; "
+        f"{_PARKED}{terminal_text(s.saga_id, MAX_VALUE)} ({s.status.value}): not taken; "
         f"{terminal_text(parked_text(claims, s.saga_id), MAX_CONTEXT)}"
         for s, claims in parked[:_LEFT_NAMED]
     ]
     if len(parked) > _LEFT_NAMED:
-        lines.append(f"  ... and {len(parked) - _LEFT_NAMED} more parked (list shows them)")
+        lines.append(f"{_PARKED}... and {len(parked) - _LEFT_NAMED} more (list shows them)")
     if recent:
         at_least = "at least " if more else ""
         lines.append(
