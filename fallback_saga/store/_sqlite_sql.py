@@ -171,14 +171,12 @@ _RENEW: Final = (
     " WHERE saga_id = ? AND fence = ?"
 )
 _FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
-_RELEASE: Final = (
-    # Expired now, rather than no lease: the saga is claimable at once.
-    # Given back in order: its claims count from 0 again (see _parking).
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
-    " unreleased_claims = 0 WHERE saga_id = ? AND fence = ?"
-)
-_DEFER: Final = (
-    # Released, and out of _CLAIMABLE until then; _claim_saga leases it at once.
+# A release and a deferral are one statement: both end the lease at a time
+# (now for a release, later for a deferral, which keeps the saga out of
+# _CLAIMABLE until then; _claim_saga leases it at once). Expired rather than
+# no lease, so a released saga is claimable at once. Given back in order: its
+# claims count from 0 again (see _parking).
+_GIVE_BACK: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
     " unreleased_claims = 0 WHERE saga_id = ? AND fence = ?"
 )
@@ -193,11 +191,7 @@ _UNCOUNTED: Final = (
     " unreleased_claims = CASE WHEN lease_owner IS NULL THEN unreleased_claims"
     " ELSE MAX(unreleased_claims - 1, 0) END WHERE saga_id = ? AND fence = ?"
 )
-_RELEASE_UNRUN: Final = (
-    "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
-    + _UNCOUNTED
-)
-_DEFER_UNRUN: Final = (
+_GIVE_BACK_UNRUN: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
     + _UNCOUNTED
 )
@@ -803,14 +797,20 @@ def _renew(
 def _release(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, ran: bool = True
 ) -> None:
-    cursor.execute(_RELEASE if ran else _RELEASE_UNRUN, (txn.now, txn.now, saga_id, token))
+    _give_back(cursor, txn.now, txn.now, saga_id, token, ran)
 
 
 def _defer(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, token: int, seconds: float,
     ran: bool = True,
 ) -> None:
-    cursor.execute(_DEFER if ran else _DEFER_UNRUN, (txn.now + seconds, txn.now, saga_id, token))
+    _give_back(cursor, txn.now + seconds, txn.now, saga_id, token, ran)
+
+
+def _give_back(
+    cursor: sqlite3.Cursor, until: float, now: float, saga_id: str, token: int, ran: bool
+) -> None:
+    cursor.execute(_GIVE_BACK if ran else _GIVE_BACK_UNRUN, (until, now, saga_id, token))
 
 
 def _purge(
