@@ -14,7 +14,11 @@ This module is how one write becomes durable, or fails for good:
   retry the saga is loaded and the write counts as done when the store holds
   it already. The executor knows how many entries the store held before the
   write, so "landed" and "not landed" are told apart exactly; anything else
-  means another writer and stops the run.
+  means another writer and stops the run. "Not landed" proves nothing for
+  good (the try may commit a moment later): the retry is sent only where a
+  late landing cannot double it — a creation, an append on the journal's
+  length (``appends_after``), a status change alone. An append of entries
+  to a store without ``appends_after`` stops the run in doubt instead.
 * **A bounded time.** A store that does not answer at all (a PostgreSQL
   server that is down keeps a pool waiting for a connection) is as
   unavailable as one that refuses: all the tries of one write, their waits
@@ -163,26 +167,23 @@ async def write_durably(
             ):
                 raise NotDurable(error, in_doubt) from error
             attempt += 1
+            unsettled = False
             try:
                 async with asyncio.timeout_at(deadline) as window:
                     if not (in_doubt and await _landed(store, write)):
-                        try:
-                            await send(store, write)
-                        except JournalConflict:
-                            # The try reconciled a moment ago as "not landed"
-                            # landed after all (a commit still in flight on the
-                            # server when we read): the conditional append
-                            # refused to repeat it.
-                            if not (write.conditional and await _landed(store, write)):
-                                raise
-                        except SagaAlreadyExists:
-                            # The same for a creation: the earlier try's
-                            # row may be what refused this one.
-                            if not (in_doubt and await _landed(store, write)):
-                                raise
-                if not window.expired():
+                        if in_doubt and not _repeatable(write):
+                            # The read did not find it, which proves nothing
+                            # (see above), and this store cannot make the
+                            # retry conditional: sent again, the entries
+                            # would be journaled twice if the first try
+                            # commits late. The run ends in doubt instead.
+                            unsettled = True
+                        else:
+                            await _send_again(store, write, in_doubt)
+                if window.expired():
+                    error, in_doubt = TimeoutError(), True  # past its deadline: see the first try
+                elif not unsettled:
                     return
-                error, in_doubt = TimeoutError(), True  # past its deadline: see the first try
             except (*_DEFINITIVE, JournalConflict) as refused:
                 # A creation found to be another run's: this one's did not
                 # land, and cannot (the id is taken). Any other refusal
@@ -192,6 +193,8 @@ async def write_durably(
             except Exception as failure:
                 # An earlier try still in doubt stays so (see above).
                 error, in_doubt = failure, in_doubt or _may_have_landed(failure)
+            if unsettled:
+                raise NotDurable(error, in_doubt=True) from error
     finally:
         # No local may keep an error once this ends: each holds this frame
         # in its traceback (a reference cycle, which would keep the write
@@ -202,6 +205,34 @@ async def write_durably(
         # (Nor the token: it holds this task's context.)
         JOURNAL_DEADLINE.reset(bound)
         bound = None  # type: ignore[assignment]
+
+
+async def _send_again(store: SagaStore, write: JournalWrite, in_doubt: bool) -> None:
+    """A retry of ``write``, once the store was found not to hold it (or a
+    failed try said it wrote nothing)."""
+    try:
+        await send(store, write)
+    except JournalConflict:
+        # The try reconciled a moment ago as "not landed" landed after all
+        # (a commit still in flight on the server when we read): the
+        # conditional append refused to repeat it.
+        if not (write.conditional and await _landed(store, write)):
+            raise
+    except SagaAlreadyExists:
+        # The same for a creation: the earlier try's row may be what
+        # refused this one.
+        if not (in_doubt and await _landed(store, write)):
+            raise
+
+
+def _repeatable(write: JournalWrite) -> bool:
+    """Whether ``write`` may be sent again while an earlier try of it is in
+    doubt: a try that lands late cannot then make it land twice. So it is
+    with a creation (the saga's id makes it conditional), an append on the
+    journal's length (``appends_after``), or a status change alone (the same
+    status and context, set twice). An append of entries to a store without
+    ``appends_after`` is not: its entries would be journaled twice."""
+    return write.create or write.conditional or not write.entries
 
 
 def _may_have_landed(error: BaseException) -> bool:

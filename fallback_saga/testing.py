@@ -22,6 +22,17 @@ attribute ``park_after`` — what parking is: ``claim`` skips a saga claimed
 ``claim_saga`` by id leases a parked saga all the same. For a store without
 ``park_after`` those checks are skipped (``unittest.SkipTest``).
 
+What the executor makes of a store's failed write is not the contract's to
+check, but a store's author should know it: a write that fails with
+``SagaStoreError(..., nothing_written=True)`` is retried as it is; any other
+error leaves it in doubt, and the executor reads the saga back before a
+retry. A store with ``appends_after`` (its ``append`` takes ``after=N``)
+then gets a retry made on the journal's length, which a late landing of
+the first try turns into a ``JournalConflict``; a store without it gets no
+retry of an append of entries that the read does not find — the run stops
+with ``SagaInterrupted.in_doubt`` (a retry sent blind would journal the
+entries twice should the first try land after the read).
+
 The tests are ``async def`` methods: run them with pytest-asyncio in
 ``asyncio_mode = "auto"`` (in strict mode, set ``pytestmark =
 pytest.mark.asyncio`` on your subclass and declare the fixture with
@@ -278,7 +289,11 @@ class SagaStoreContract:
         while the journal holds N entries, else ``JournalConflict`` and nothing
         is written — what keeps a retried in-doubt write from landing twice."""
         if not is_conditional(store):
-            return  # an optional capability (the executor then reconciles by reading)
+            # An optional capability. Without it, an append whose try failed
+            # in doubt (an error without ``nothing_written``) and whose
+            # reconciling read does not find it is never sent again: the run
+            # stops with ``SagaInterrupted.in_doubt`` (see SagaStore.append).
+            return
         await _new_saga(store, "saga-1")  # one entry
         append: Any = store.append
         await append("saga-1", [entry(0, "reserve", StepStatus.COMPLETED)], after=1)

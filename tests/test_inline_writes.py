@@ -181,6 +181,10 @@ def test_S13_one_deadline_covers_the_inline_first_try_and_its_retries() -> None:
     log: list[str] = []
 
     class FailsThenHangs(Unanswering):
+        # Conditional appends: a store without them is not sent an in-doubt
+        # write again at all (test_journal_truth).
+        appends_after = True
+
         async def _write(self, number: int, send: Callable[[], Any]) -> None:
             if number == self.at and not any(n == number for n, _, _ in self.tries):
                 await asyncio.sleep(4.0)  # a slow answer, then the connection drops

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -1169,6 +1170,72 @@ async def test_S13_a_read_never_clears_the_doubt_of_a_write_that_may_still_land(
     check_caller_matches_journal(case.outcome, case.before, cancel_with_store_up=False)
     check_no_effect_the_journal_does_not_know(calls, case.after)
     check_ledger(calls, case.after, shape.specs())
+
+
+class LandsLateUnconditionally(LandsLate):
+    """``LandsLate`` for a store of one's own without ``appends_after``: a
+    retry cannot be made on the condition of the journal's length."""
+
+    appends_after = False
+
+
+def journaled_twice(record: Any) -> list[tuple[Any, ...]]:
+    """The transitions ``record`` holds more than once (each step's try is
+    one transition: its position, branch, action, status and attempt)."""
+    seen = Counter(tuple(e)[:6] for e in record.history)
+    return [key for key, times in seen.items() if times > 1]
+
+
+@pytest.mark.parametrize(("shape", "at"), [
+    pytest.param(shape, at, id=f"{shape.name}-write{at}")
+    # (write 0, the creation, is conditional by the saga's id: tested above)
+    for shape in (COMPLETES, UNWINDS) for at in range(1, count_writes(shape))
+])
+async def test_S13_a_store_without_conditional_appends_never_journals_an_in_doubt_write_twice(
+    shape: Shape, at: int
+) -> None:
+    """A store without ``appends_after``: a try fails in doubt and lands
+    right after the executor's reconciling read. Sent again, its entries
+    would be journaled twice; the run ends in doubt instead
+    (``SagaInterrupted.in_doubt``) — unless the write is a creation or a
+    status change alone, which a late landing cannot double — and the
+    journal, resumed, ends with each transition once, by the ledger."""
+    from fallback_saga import SagaInterrupted
+
+    ledger = Ledger()
+    store = LandsLateUnconditionally(MemorySagaStore(), at=at)
+    case = await run_case(shape, store, ledger, f"unconditional-{at}", resume_by_id)
+    assert store.late is None  # the late try did land
+    assert case.before is not None
+    assert journaled_twice(case.before) == []  # (a resume may journal a crashed try again)
+    if isinstance(case.outcome, SagaInterrupted):
+        assert case.outcome.in_doubt
+    calls = ledger.of(case.saga_id)
+    check_no_effect_the_journal_does_not_know(calls[: case.calls_before], case.before)
+    check_caller_matches_journal(case.outcome, case.before, cancel_with_store_up=False)
+    check_no_effect_the_journal_does_not_know(calls, case.after)
+    check_ledger(calls, case.after, shape.specs())
+
+
+async def test_S13_an_in_doubt_append_without_conditional_appends_is_not_sent_again() -> None:
+    """``write_durably`` itself, on a store without ``appends_after``: the
+    first try of an append is in doubt, the read does not find it (it lands
+    right after) — ``NotDurable`` in doubt, the append never sent again."""
+    from fallback_saga import RetryPolicy
+    from fallback_saga.journal import JournalWrite, NotDurable, write_durably
+    from fallback_saga.store.base import JournalEntry
+
+    entry = JournalEntry(0, "A", "primary", "act", StepStatus.STARTED, 1, None, 1.0)
+    inner = MemorySagaStore()
+    await inner.create("s", "S", "f", {}, [])
+    store = LandsLateUnconditionally(inner, at=0)
+    write = JournalWrite("s", "S", "f", False, [entry], None, None, None, held=0)
+    with pytest.raises(NotDurable) as gave_up:
+        await write_durably(store, write, RetryPolicy(attempts=3, delay=0.0, jitter=0.0))
+    assert isinstance(gave_up.value.error, StoreDown)
+    assert gave_up.value.in_doubt
+    assert store.writes == 1  # one try: the one that landed late
+    assert len((await inner.load("s")).history) == 1
 
 
 async def test_S13_a_refusal_after_an_unsettled_try_leaves_the_write_in_doubt() -> None:

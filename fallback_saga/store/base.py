@@ -144,7 +144,11 @@ class SagaStore(Protocol):
         ``after: int | None`` — write only if the saga's journal holds exactly
         that many entries, else raise ``JournalConflict`` and write nothing.
         The executor passes it so that retrying a write whose outcome was in
-        doubt can never journal it twice (see ``is_conditional``).
+        doubt can never journal it twice (see ``is_conditional``). A store
+        without it is never sent an append of entries again while an earlier
+        try of it is in doubt and not found by a read: the run stops with
+        ``SagaInterrupted.in_doubt``. An error with ``nothing_written`` (see
+        ``SagaStoreError``) leaves no doubt, and is retried as it is.
         """
         ...
 
