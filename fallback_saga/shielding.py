@@ -284,8 +284,9 @@ async def claimed(
     still not done by then (a server out of reach) gets the cancellation
     too, so that the caller's cancellation never waits on the network
     (the driver aborts its query; what it claimed, if anything, runs out —
-    but for a PostgreSQL store's ``claim``, which gives back what it took
-    once that transaction has ended: see ``PostgresSagaStore.claim``).
+    but for a PostgreSQL store's ``claim`` and ``claim_saga``, which give
+    back what they took once that transaction has ended: see
+    ``PostgresSagaStore.claim``).
     A SQLite store's claim cannot be aborted (its writer thread may be
     waiting for another process's lock): the store gives back itself what
     such a claim takes, once it lands (``_sqlite_workers.LeaseFuture``)."""

@@ -468,6 +468,144 @@ async def test_S10_S13_a_claim_that_commits_after_its_client_gave_up_is_given_ba
     assert lease.saga_id == "s-1"
 
 
+async def _blocked_backends(admin: Admin, pid_of_admin: int, count: int) -> None:
+    """Return once ``count`` sessions wait for a lock."""
+    while True:
+        rows = await admin.run(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND pid <> %s", (pid_of_admin,))
+        if len(rows) >= count:
+            return
+        await asyncio.sleep(0.01)  # polls the server's state; bounded by the test's timeout
+
+
+async def _gate_commits(admin: Admin) -> None:
+    """Hold every COMMIT that updated a saga until the test lets go of the
+    advisory lock ``_GATE`` (a deferred trigger waits for it, ignoring
+    cancel requests: as a slow fsync or a synchronous standby would)."""
+    await admin.run(
+        "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" LOOP BEGIN PERFORM pg_advisory_xact_lock({_GATE}); EXIT;"
+        " EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
+        " RETURN NULL; END $$")
+    await admin.run(
+        "CREATE CONSTRAINT TRIGGER gate AFTER UPDATE ON fallback_saga_sagas"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate()")
+    await admin.run("SELECT pg_advisory_lock(%s)", (_GATE,))
+
+
+async def _lose_the_answer(
+    claim: asyncio.Task[Any], gave_up: str, pid: int,
+    connections: list[psycopg.AsyncConnection[Any]],
+) -> None:
+    """The claim in ``claim`` (its session ``pid`` waits at its COMMIT) gets
+    no answer: its caller is cancelled, or its client loses the connection."""
+    import os
+    import socket
+
+    if gave_up == "cancelled":
+        claim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(claim, timeout=30)
+        return
+    (waiting,) = [conn for conn in connections if conn.info.backend_pid == pid]
+    cut = socket.socket(fileno=os.dup(waiting.pgconn.socket))
+    try:
+        cut.shutdown(socket.SHUT_RDWR)  # the client's side only: the server waits on
+    finally:
+        cut.close()
+    with pytest.raises(SagaStoreError) as failed:
+        await asyncio.wait_for(claim, timeout=30)
+    assert failed.value.nothing_written is False  # no answer: it may have landed
+
+
+@pytest.mark.parametrize("gave_up", ["connection-lost", "cancelled"])
+async def test_S10_S13_a_claim_by_id_that_commits_after_its_client_gave_up_is_given_back(
+    pg_conninfo: str, pg_schema: str, admin: Admin,
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]], gave_up: str,
+) -> None:
+    """``claim_saga`` (``Saga.resume``, the CLI's ``resume ID``): its COMMIT
+    is held at the server, and its answer never comes (the caller is
+    cancelled, or its connection lost); then the server commits it. The
+    lease it took must not keep the saga busy for a whole lease, for nobody
+    who knows its token: it is given back once that transaction has ended,
+    and an operator trying again finds the saga free."""
+    connections: list[psycopg.AsyncConnection[Any]] = []
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        connections.append(conn)
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=2, open=False, configure=configure,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    pools.append(pool)
+    store = PostgresSagaStore(pool, schema=pg_schema)
+    try:
+        await store.create("s-1", "S", "fp", {}, [entry(0, "a")])
+        await _gate_commits(admin)
+        claim = asyncio.create_task(store.claim_saga("s-1", owner="w-1", lease_seconds=600))
+        pid = await asyncio.wait_for(
+            _blocked_backend(admin, admin.conn.info.backend_pid), timeout=30)
+        await _lose_the_answer(claim, gave_up, pid, connections)
+        await admin.run("SELECT pg_advisory_unlock(%s)", (_GATE,))  # the COMMIT goes on
+        await asyncio.wait_for(_out_of_transaction(admin, pid), timeout=30)
+    finally:
+        await store.close()  # what the store gives back is given back by then
+    owner, fence, marker = (await admin.run(
+        "SELECT lease_owner, fence, claim_marker FROM fallback_saga_sagas"
+        " WHERE saga_id = 's-1'"))[0]
+    assert fence >= 1  # the claim did commit
+    assert (owner, marker) == (None, None)
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as other:
+        lease = await other.claim_saga("s-1", owner="operator", lease_seconds=600)
+    assert lease.token == fence + 1
+
+
+@pytest.mark.parametrize("gave_up", ["connection-lost", "cancelled"])
+async def test_S10_giving_back_a_claim_by_id_never_releases_a_later_claims_lease(
+    pg_conninfo: str, pg_schema: str, admin: Admin,
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]], gave_up: str,
+) -> None:
+    """The give-back is by the claim's own marker: a later claim by the same
+    store, queued for the saga's row before the give-back and taking the
+    saga once the first claim's (already run out) lease is committed, keeps
+    its lease — the give-back, which gets the row after it, finds the mark
+    of the later claim, not its own. (A guard of the give-back: without it,
+    nothing is given back at all.)"""
+    connections: list[psycopg.AsyncConnection[Any]] = []
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        connections.append(conn)
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        pg_conninfo, min_size=1, max_size=3, open=False, configure=configure,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True)
+    pools.append(pool)
+    store = PostgresSagaStore(pool, schema=pg_schema)
+    me = admin.conn.info.backend_pid
+    try:
+        await store.create("s-1", "S", "fp", {}, [entry(0, "a")])
+        await _gate_commits(admin)
+        first = asyncio.create_task(store.claim_saga("s-1", owner="w-1", lease_seconds=-1))
+        pid = await asyncio.wait_for(_blocked_backend(admin, me), timeout=30)
+        later = asyncio.create_task(store.claim_saga("s-1", owner="w-2", lease_seconds=600))
+        # The later claim waits for the row, queued before any give-back.
+        await asyncio.wait_for(_blocked_backends(admin, me, 2), timeout=30)
+        await _lose_the_answer(first, gave_up, pid, connections)
+        await admin.run("SELECT pg_advisory_unlock(%s)", (_GATE,))  # the COMMITs go on
+        lease = await asyncio.wait_for(later, timeout=30)
+        await asyncio.wait_for(_out_of_transaction(admin, pid), timeout=30)
+    finally:
+        await store.close()  # what the store gives back is given back by then
+    owner, fence = (await admin.run(
+        "SELECT lease_owner, fence FROM fallback_saga_sagas WHERE saga_id = 's-1'"))[0]
+    assert (owner, fence) == ("w-2", lease.token)
+
+
 async def _out_of_transaction(admin: Admin, pid: int) -> None:
     """Return once the session ``pid`` is gone, or in no transaction (its
     connection may live on in the pool)."""

@@ -274,12 +274,22 @@ class _Statements:
             f" unreleased_claims = GREATEST(unreleased_claims - 1, 0)"
             f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s"
         )
-        # Lease one saga by id: one statement, atomic under the row lock.
+        # The same for a claim by id (claim_saga): no count towards parking
+        # to take back.
+        self.forget_lease = (
+            f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
+            f" lease_written_at = now(), fence = fence + 1, claim_marker = NULL"
+            f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s"
+        )
+        # Lease one saga by id, in the transaction that locked its row first
+        # (lock_saga): atomic under the row lock.
+        self.lock_saga = f"SELECT saga_id FROM {sagas} WHERE saga_id = %s FOR UPDATE"
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
-            # Not a claim's lease any more: forgetting one must not give it back.
-            f" lease_written_at = now(), claim_marker = NULL"
+            # This claim's own mark (an earlier claim's lease is not that
+            # claim's any more: forgetting it must not give this one back).
+            f" lease_written_at = now(), claim_marker = %s"
             # A lease with no owner was given back (released, or deferred): free.
             # So is one written ahead of the server's clock at all (see _AHEAD):
             # before a step back, its expiry on the old scale.

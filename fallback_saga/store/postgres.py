@@ -1400,22 +1400,27 @@ class PostgresSagaStore:
                 log_last_claim(saga_id, claims)
         return due, taken
 
-    def _forget_soon(self, saga_ids: list[str], marker: str, lease_seconds: float) -> None:
+    def _forget_soon(
+        self, saga_ids: list[str], marker: str, lease_seconds: float, *, by_id: bool = False
+    ) -> None:
         """``_forget_claim``, in a task of its own (the claimer is cancelled,
         or failing): finished, or given up, by ``close``."""
         if self._closed or self._pool is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self._forget_claim(list(saga_ids), marker, lease_seconds))
+            self._forget_claim(list(saga_ids), marker, lease_seconds, by_id=by_id))
         self._forgetting.add(task)
         task.add_done_callback(self._forgetting.discard)
 
-    async def _forget_claim(self, saga_ids: list[str], marker: str, lease_seconds: float) -> None:
+    async def _forget_claim(
+        self, saga_ids: list[str], marker: str, lease_seconds: float, *, by_id: bool = False
+    ) -> None:
         """Give back the leases a claim whose answer never came took, if it
-        committed: those still marked by it (a later claim marks its own;
-        ``claim_saga`` clears the mark), with the count towards parking it
-        added. Sound only once the claim's transaction has ended — until
-        then a read finds nothing, and the claim may commit a moment later —
+        committed: those still marked by it (a later claim, by id or not,
+        marks its own), with the count towards parking it added (none for
+        a claim by id, ``by_id``: ``claim_saga`` adds none). Sound only once
+        the claim's transaction has ended — until then a read finds nothing,
+        and the claim may commit a moment later —
         so this first waits for the row locks that transaction held from its
         first statement to its end (``_forget_wait`` at a time, the
         connection given back between tries). Tried for the lease's length
@@ -1436,7 +1441,8 @@ class PostgresSagaStore:
                         await conn.execute(_READ_COMMITTED)
                         await conn.execute(_FORGET_WAIT)
                         await _query(conn, sql.lock_claimed, (saga_ids,), self._prepare)
-                        await _query(conn, sql.forget_claim, (saga_ids, marker), self._prepare)
+                        await _query(conn, sql.forget_lease if by_id else sql.forget_claim,
+                                     (saga_ids, marker), self._prepare)
                     return
                 finally:
                     await pool.putconn(conn)
@@ -1452,20 +1458,69 @@ class PostgresSagaStore:
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
         """Lease one saga by id, whatever its status and age (``Saga.resume``
-        uses it), incrementing its fencing token, in one statement;
+        uses it), incrementing its fencing token, in one short transaction;
         ``SagaNotFound`` if missing, ``SagaBusy`` if another worker holds an
-        unexpired lease on it."""
+        unexpired lease on it.
+
+        As with ``claim``, a claim whose answer never comes (cancelled, its
+        deadline past, its connection lost) once its transaction has locked
+        the saga's row may commit all the same: the lease it took is given
+        back in the background, by the marker it set on it, once that
+        transaction has ended (``_forget_claim``) — an operator trying
+        ``resume`` again finds the saga free, not busy for a whole lease."""
         saga_id = check_saga_id(saga_id)
         owner = check_owner(owner)
         seconds = finite_seconds("lease_seconds", lease_seconds)
         doing = f"cannot lease saga {short_repr(saga_id)}"
-        row = await self._fetch(doing, self._sql.take_lease, (owner, seconds, saga_id),
-                                write=True)
+        self._on_its_loop()
+        if not self._ready:
+            await self._open_for(doing, write=True)
+        pool = self._pool
+        if pool is None:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        sql = self._sql
+        marker = secrets.token_hex(16)  # this claim's own mark on its lease
+        # The row is locked first, in a statement of its own: once its answer
+        # has come, the lease can only be taken by this transaction, and a
+        # give-back that waits for the row's lock waits for its end. (Had
+        # the lease been taken in one statement, nothing would tell whether
+        # the server had even begun it when its answer failed to come: a
+        # give-back could run before it and find nothing.)
+        locked = False
+        found: Any = None
+        row: Any = None
+        holder: Any = None
+        try:
+            conn = await self._connection(pool, doing, write=True)
+            try:
+                async with conn.transaction():
+                    await conn.execute(_READ_COMMITTED)
+                    cursor = await _query(conn, sql.lock_saga, (saga_id,), self._prepare_any)
+                    found = await cursor.fetchone()
+                    if found is not None:
+                        locked = True
+                        cursor = await _query(conn, sql.take_lease,
+                                              (owner, seconds, marker, saga_id), self._prepare_any)
+                        row = await cursor.fetchone()
+                        if row is None:
+                            cursor = await _query(conn, sql.lease_of, (saga_id,),
+                                                  self._prepare_any)
+                            holder = await cursor.fetchone()
+            finally:
+                await pool.putconn(conn)
+        except BaseException as error:
+            if locked:
+                # The lease may have been taken all the same, for nobody who
+                # knows its token (see claim). A server that answered with
+                # an error rolled it back: the give-back then finds nothing.
+                self._forget_soon([saga_id], marker, lease_seconds, by_id=True)
+            if not isinstance(error, self._errors):
+                raise
+            raise await self._explain(error, doing, write=True) from self._shown_cause(error)
+        if found is None:
+            raise SagaNotFound(saga_id)
         if row is not None:
             return Lease(saga_id, owner, row[0], row[1])
-        holder = await self._fetch(doing, self._sql.lease_of, (saga_id,))
-        if holder is None:
-            raise SagaNotFound(saga_id)
         raise SagaBusy(saga_id, holder[0], holder[1])
 
     async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
