@@ -1514,6 +1514,8 @@ class PostgresSagaStore:
                 # knows its token (see claim). A server that answered with
                 # an error rolled it back: the give-back then finds nothing.
                 self._forget_soon([saga_id], marker, lease_seconds, by_id=True)
+            if isinstance(error, UnicodeEncodeError):  # a parameter UTF-8 cannot encode
+                raise self._wrap(error, doing, _NOT_SENT) from self._shown_cause(error)
             if not isinstance(error, self._errors):
                 raise
             raise await self._explain(error, doing, write=True) from self._shown_cause(error)
