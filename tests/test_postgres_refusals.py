@@ -409,9 +409,6 @@ async def test_S10_S13_a_claim_that_commits_after_its_client_gave_up_is_given_ba
     must not sit leased to nobody until they run out, nor count towards
     parking: the store gives them back by the claim's marker once that
     transaction has ended, and the next claim takes the saga at once."""
-    import os
-    import socket
-
     connections: list[psycopg.AsyncConnection[Any]] = []
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -426,34 +423,12 @@ async def test_S10_S13_a_claim_that_commits_after_its_client_gave_up_is_given_ba
     store = PostgresSagaStore(pool, schema=pg_schema)
     try:
         await store.create("s-1", "S", "fp", {}, [entry(0, "a")])
-        await admin.run(
-            "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            f" LOOP BEGIN PERFORM pg_advisory_xact_lock({_GATE}); EXIT;"
-            # Cancel requests that came too late (any number): the commit goes on.
-            " EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
-            " RETURN NULL; END $$")
-        await admin.run(
-            "CREATE CONSTRAINT TRIGGER gate AFTER UPDATE ON fallback_saga_sagas"
-            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate()")
-        await admin.run("SELECT pg_advisory_lock(%s)", (_GATE,))
+        await _gate_commits(admin)
         claim = asyncio.create_task(
             store.claim(owner="w-1", lease_seconds=600, older_than=-1, limit=10))
         pid = await asyncio.wait_for(
             _blocked_backend(admin, admin.conn.info.backend_pid), timeout=30)
-        if gave_up == "cancelled":
-            claim.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.wait_for(claim, timeout=30)
-        else:
-            (waiting,) = [conn for conn in connections if conn.info.backend_pid == pid]
-            cut = socket.socket(fileno=os.dup(waiting.pgconn.socket))
-            try:
-                cut.shutdown(socket.SHUT_RDWR)  # the client's side only: the server waits on
-            finally:
-                cut.close()
-            with pytest.raises(SagaStoreError) as failed:
-                await asyncio.wait_for(claim, timeout=30)
-            assert failed.value.nothing_written is False  # no answer: it may have landed
+        await _lose_the_answer(claim, gave_up, pid, connections)
         await admin.run("SELECT pg_advisory_unlock(%s)", (_GATE,))  # the COMMIT goes on
         await asyncio.wait_for(_out_of_transaction(admin, pid), timeout=30)
     finally:
@@ -486,6 +461,7 @@ async def _gate_commits(admin: Admin) -> None:
     await admin.run(
         "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
         f" LOOP BEGIN PERFORM pg_advisory_xact_lock({_GATE}); EXIT;"
+        # Cancel requests that came too late (any number): the commit goes on.
         " EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
         " RETURN NULL; END $$")
     await admin.run(
