@@ -871,6 +871,26 @@ def test_S6_retry_unwinding_refuses_an_unknown_id_and_a_saga_not_FAILED(
     assert load(db, "o-2").status is SagaStatus.COMPENSATED
 
 
+def test_S6_retry_unwinding_refuses_before_saying_it_retries(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused retry prints nothing on stdout: no "retrying the unwinding
+    of saga ..." line that an operator (or a cron's log) would read as a
+    retry that happened. The refusal is on stderr, exit status 2."""
+    run_sagas(db, app, ("o-1", {}, ""), ("o-2", {"declined": True}, ""))
+    capsys.readouterr()
+    app.CALLS.clear()
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    for saga_id, status in [("o-1", "COMPLETED"), ("o-2", "COMPENSATED"), ("nope", None)]:
+        assert main(["retry-unwinding", saga_id, *argv]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        expected = f"is {status}: only a FAILED saga's unwinding can be retried" if status \
+            else "no saga with id 'nope'"
+        assert expected in one_line_error(err)
+    assert app.CALLS == []
+
+
 def test_retry_unwinding_help_says_what_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["retry-unwinding", "--help"]) == 0
     out = capsys.readouterr().out

@@ -10,13 +10,14 @@ import sys
 
 from ..errors import SagaBusy, SagaDefinitionChanged, SagaInterrupted, SagaNotFailed, SagaNotFound
 from ..reopening import retry_unwinding
+from ..resumption import check_unwinding_retryable
 from ..status import SagaStatus, StepStatus
 from ..store._common import short_repr
-from ..store.base import SagaRecord
+from ..store.base import SagaRecord, SagaStore, is_recoverable
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
 from .recover import add_one_saga_options, build_app_sagas, one_saga, operator_name
-from .stores import open_store
+from .stores import StoreTarget, open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_retry_unwinding_command"]
@@ -73,6 +74,11 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
     async def run() -> tuple[SagaStatus, list[tuple[str, str]]]:
         async with open_store(target, connections=_CONNECTIONS) as store:
             sagas = await build_app_sagas(args.app, app, store)
+            # Refused before a word is printed: "retrying the unwinding of
+            # saga X" over a saga that is not FAILED would tell an operator
+            # (and a log) that something was retried. retry_unwinding checks
+            # again under the lease.
+            await _retryable(store, target, saga_id)
             sys.stdout.write(
                 f"retrying the unwinding of saga {shown} in "
                 f"{terminal_text(target.shown, MAX_PATH)} (lease "
@@ -108,6 +114,21 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
         lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
     print_lines(lines)
     return EXIT_FAILURE
+
+
+async def _retryable(store: SagaStore, target: StoreTarget, saga_id: str) -> None:
+    """``UsageError`` (exit status 2) unless the saga's unwinding can be
+    retried: an unknown id, or a saga that is not FAILED, with why."""
+    try:
+        record = await store.load(saga_id)
+    except SagaNotFound:
+        raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}") from None
+    except ValueError as error:  # not a saga id at all (empty, too long, ...)
+        raise UsageError(str(error)) from None
+    try:
+        check_unwinding_retryable(record, leased=is_recoverable(store))
+    except SagaNotFailed as error:
+        raise UsageError(target.scrubbed(str(error))) from None
 
 
 def _given_up(record: SagaRecord) -> list[tuple[str, str]]:
