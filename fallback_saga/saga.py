@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from types import TracebackType
-from typing import Any, ClassVar, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypeVar
 
 from .compact_journal import Shape, plan_shape
 from .context import context_from_dict
@@ -597,6 +597,22 @@ class SagaTransaction(Generic[ContextT]):
     @property
     def context(self) -> ContextT:
         return self._execution.context  # type: ignore[no-any-return]
+
+    if not TYPE_CHECKING:
+        # A forgotten `async` (`with saga.transaction(ctx)`, `for r in tx`)
+        # would otherwise get Python's bare "does not support the context
+        # manager protocol". Hidden from type checkers, which already flag
+        # both and would accept them if they saw these methods.
+        def __enter__(self) -> NoReturn:
+            raise TypeError("a saga transaction is asynchronous: use "
+                            "`async with saga.transaction(context) as tx:`")
+
+        def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - never entered
+            return None
+
+        def __iter__(self) -> NoReturn:
+            raise TypeError("a saga transaction is asynchronous: iterate it with "
+                            "`async for step_result in tx:`")
 
     async def __aenter__(self) -> SagaTransaction[ContextT]:
         if self._entered:

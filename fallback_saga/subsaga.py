@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import socket
 import time
@@ -78,6 +79,7 @@ __all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "runs_a_child", "saga_f
 
 ParentT = TypeVar("ParentT")
 ChildT = TypeVar("ChildT")
+_V = TypeVar("_V")
 
 #: Between a parent's id and its child's step name in the child's saga id.
 CHILD_SEPARATOR = "/"
@@ -156,6 +158,16 @@ class SubSaga(Generic[ParentT, ChildT]):
             raise TypeError("SubSaga context= must be a callable: parent context -> child context")
         if merge is not None and not callable(merge):
             raise TypeError("SubSaga merge= must be a callable (parent context, child context)")
+        # An async function here would hand the child a coroutine for a
+        # context, or merge nothing at all (a coroutine never awaited): both
+        # run synchronously inside the step; awaited work belongs in a step.
+        for keyword, given in (("context", context), ("merge", merge)):
+            if inspect.iscoroutinefunction(given):
+                raise TypeError(
+                    f"SubSaga({self.saga_name}) {keyword}= is an async function "
+                    f"({_callable_name(given)}): it is called without await, so declare it "
+                    f"with `def` (do awaited work in a step of the parent or the child)"
+                )
         self.saga = saga
         self.context = context
         self.merge = merge
@@ -203,14 +215,25 @@ class SubSaga(Generic[ParentT, ChildT]):
             # written: the child is COMPLETED then, and the parent will not
             # compensate a step that failed. So undo it here (shielded: a
             # cancellation again meanwhile does not stop it), then go on failing.
-            await shielded(self._undo_cancelled(parent, child, child_id, current_step().step))
+            await shielded(self._undo_completed(parent, child, child_id, current_step().step,
+                                                "its parent's step was cancelled"))
             raise
         finally:
             STOP_SCOPE.reset(scope)
             if member is not None:
                 IN_A_MEMBER.reset(member)
         if self.merge is not None:
-            self.merge(context, result.context)
+            try:
+                _not_awaitable(self.merge(context, result.context), self.name, "merge")
+            except Exception:
+                # The child is COMPLETED, and the parent's step fails: the
+                # parent never compensates a step that failed (S5), so the
+                # child's effects would stay under a COMPENSATED parent.
+                # Undone here, as after a cancellation.
+                await shielded(self._undo_completed(parent, child, child_id,
+                                                    current_step().step,
+                                                    "its merge into the parent failed"))
+                raise
         return result.context
 
     async def _run_or_resume(
@@ -227,7 +250,8 @@ class SubSaga(Generic[ParentT, ChildT]):
             except SagaNotFound:
                 pass  # the crash came before this step: the child never started
         try:
-            return await child.run(self.context(context), saga_id=child_id)
+            child_context = _not_awaitable(self.context(context), self.name, "context")
+            return await child.run(child_context, saga_id=child_id)
         except SagaAlreadyExists:
             return await self._resume(parent, child, child_id)
 
@@ -243,11 +267,11 @@ class SubSaga(Generic[ParentT, ChildT]):
         )
         return result
 
-    async def _undo_cancelled(
-        self, parent: Execution, child: Saga[ChildT], child_id: str, step: str
+    async def _undo_completed(
+        self, parent: Execution, child: Saga[ChildT], child_id: str, step: str, why: str
     ) -> None:
         try:
-            await self._unwind(parent, child, child_id, "its parent's step was cancelled")
+            await self._unwind(parent, child, child_id, why)
         except SagaFailed as gave_up:
             # The child ended FAILED (a compensation of it gave up): the parent
             # cannot end COMPENSATED over it either.
@@ -468,3 +492,23 @@ async def _when_free(call: Callable[[], Any], lease_seconds: float) -> Any:
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:subsaga"
+
+
+def _callable_name(given: object) -> str:
+    return str(getattr(given, "__qualname__", None) or type(given).__name__)
+
+
+def _not_awaitable(value: _V, name: str, keyword: str) -> _V:
+    """``value``, what a ``SubSaga``'s ``context=`` or ``merge=`` returned,
+    unless it is an awaitable: a lambda around an async call, which the
+    construction-time check cannot see. It is closed (no "never awaited"
+    warning on top) and refused, naming the step and the fix."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise TypeError(
+            f"SubSaga {name!r}: {keyword}= returned an awaitable ({type(value).__name__}) "
+            f"instead of {'the child context' if keyword == 'context' else 'None'}: it is "
+            f"called without await, so it must be a plain function (do awaited work in a step)"
+        )
+    return value

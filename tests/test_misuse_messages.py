@@ -34,6 +34,7 @@ from fallback_saga import (
     SagaStepResult,
     SagaStoreError,
     SQLiteSagaStore,
+    SubSaga,
     recover,
 )
 
@@ -145,6 +146,69 @@ def test_an_async_hook_is_refused_naming_it() -> None:
         saga(listeners=[AsyncHooks()])
     with pytest.raises(TypeError, match=r"AsyncBreakerHook\.breaker_state_changed.*async"):
         CircuitBreaker(listeners=[AsyncBreakerHook()])
+
+
+# --------------------------------------------------------------------------- a forgotten await
+
+
+async def _child_context(parent: SecretCtx) -> SecretCtx:
+    return SecretCtx()
+
+
+async def _merge(parent: SecretCtx, child: SecretCtx) -> None:
+    parent.done.append("merged")
+
+
+@pytest.mark.parametrize("keyword", ["context", "merge"])
+def test_S11_an_async_subsaga_context_or_merge_is_refused_naming_it(keyword: str) -> None:
+    """Called without await, an async ``context=`` handed the child a
+    coroutine (a confusing "runs on SecretCtx, got coroutine" once the saga
+    ran), and an async ``merge=`` merged nothing, silently."""
+    child = declare(Records, context=SecretCtx)
+    given: dict[str, Any] = {"context": lambda parent: SecretCtx()}
+    given[keyword] = _child_context if keyword == "context" else _merge
+    with pytest.raises(TypeError, match=rf"SubSaga\({child.__name__}\) {keyword}= is an async "
+                                        r"function \(_\w+\).*declare it with `def`"):
+        SubSaga(child, **given)
+
+
+@pytest.mark.parametrize("keyword", ["context", "merge"])
+async def test_S12_a_subsaga_lambda_returning_a_coroutine_fails_its_step_saying_so(
+    keyword: str,
+) -> None:
+    """A lambda around an async call looks synchronous when the SubSaga is
+    made; its coroutine is refused when the step runs, naming the step, and
+    nothing is left done: the merge's child is undone."""
+    child = declare(Records, context=SecretCtx, name="Child")
+    given: dict[str, Any] = {"context": lambda parent: SecretCtx(), "name": "Pay"}
+    given[keyword] = ((lambda parent: _child_context(parent)) if keyword == "context"
+                      else (lambda parent, kid: _merge(parent, kid)))
+    parent = declare(SubSaga(child, **given), context=SecretCtx, name="Parent")
+    store = MemorySagaStore()
+    with pytest.raises(SagaFailed) as info:
+        await parent(store=store).run(SecretCtx(), saga_id="p")
+    assert info.value.status is SagaStatus.COMPENSATED
+    assert isinstance(info.value.error, TypeError)
+    assert f"SubSaga 'Pay': {keyword}= returned an awaitable (coroutine)" in str(info.value.error)
+    assert "must be a plain function" in str(info.value.error)
+    if keyword == "merge":
+        assert (await store.load("p/Pay")).status is SagaStatus.COMPENSATED
+
+
+async def test_S12_a_transaction_without_async_says_to_use_async_with_and_async_for() -> None:
+    saga = declare(Records, context=SecretCtx)(store=MemorySagaStore())
+    transaction = saga.transaction(SecretCtx())
+    with (
+        pytest.raises(TypeError, match=r"use `async with saga\.transaction\(context\) as tx:`"),
+        transaction,  # type: ignore[attr-defined]
+    ):
+        pass
+    async with transaction as tx:
+        with pytest.raises(TypeError, match=r"`async for step_result in tx:`"):
+            for _ in tx:  # type: ignore[attr-defined]
+                pass
+        assert [result.step_name async for result in tx] == ["Records"]
+    assert tx.status is SagaStatus.COMPLETED
 
 
 def test_a_single_listener_not_in_a_list_says_to_pass_a_list() -> None:

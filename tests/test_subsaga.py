@@ -83,6 +83,34 @@ async def test_S15_a_child_saga_runs_in_its_own_record_and_the_parent_goes_on(
     ]
 
 
+async def test_S15_a_merge_that_fails_undoes_the_completed_child(
+    store: Any, ledger: Path
+) -> None:
+    """The child COMPLETED, then the parent's merge raised: the parent's step
+    failed, and the parent never compensates a failed step (S5) — so the
+    child's effects stayed under a COMPENSATED parent. The step undoes its
+    child before failing, as after a cancellation."""
+
+    def broken_merge(parent: app.OrderCtx, child: app.PayCtx) -> None:
+        raise RuntimeError("merge broke")
+
+    class Order(Saga[app.OrderCtx]):
+        steps: ClassVar[list[Any]] = [
+            app.Reserve,
+            SubSaga(app.PaymentSaga, context=app.pay_context, merge=broken_merge, name="Pay"),
+        ]
+
+    with pytest.raises(SagaFailed) as info:
+        await Order(store=store).run(app.OrderCtx(), saga_id="o9")
+    assert info.value.status is SagaStatus.COMPENSATED
+    assert (await store.load("o9/Pay")).status is SagaStatus.COMPENSATED
+    assert applied(ledger) == Counter({
+        ("act", "Reserve"): 1, ("act", "Authorize"): 1, ("act", "Capture"): 1,
+        ("compensate", "Capture"): 1, ("compensate", "Authorize"): 1,
+        ("compensate", "Reserve"): 1,
+    })
+
+
 async def test_S15_a_failing_child_unwinds_itself_and_the_parent_unwinds_the_rest(
     store: Any, ledger: Path
 ) -> None:
