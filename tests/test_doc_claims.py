@@ -227,6 +227,66 @@ def test_every_exported_name_has_a_readme_api_row() -> None:
     assert not missing, f"README's API tables have no row for {missing}"
 
 
+def public_modules() -> list[str]:
+    """The modules the README's API section calls public, besides
+    ``fallback_saga`` itself (its sentence "... public modules of their own:
+    `a`, `b` and `c`.")."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    api = readme.split("## The API", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"public modules of their own:(.+?)\.\n", api, re.DOTALL)
+    assert match, "README's API section no longer lists the public modules"
+    return CODE_SPAN.findall(match.group(1))
+
+
+def names_the_module(text: str, module: str, exported: list[str]) -> bool:
+    """The page names ``module`` in a code span: alone, or one of its
+    exported names spelt in full."""
+    return any(
+        span == module or (span.startswith(module + ".")
+                           and span[len(module) + 1:].split(".")[0] in exported)
+        for span in CODE_SPAN.findall(text)
+    )
+
+
+def test_the_public_modules_are_the_ones_the_pages_import_from() -> None:
+    """The list the next test walks is the README's, and is not empty or stale."""
+    modules = public_modules()
+    assert {"fallback_saga.store", "fallback_saga.console", "fallback_saga.store.postgres"} <= set(
+        modules)
+    for module in modules:
+        assert isinstance(importlib.import_module(module).__all__, list), module
+
+
+@pytest.mark.parametrize("module", public_modules())
+def test_every_name_a_public_module_exports_is_documented(module: str) -> None:
+    """A name in a public module's ``__all__`` is one users may import and rely
+    on; the docs must say what it is. It is documented when a page's prose
+    shows it in a code span (``fallback_saga.console.DEFAULT_PORT``, or
+    ``DEFAULT_PORT`` on a page that names ``fallback_saga.console``), or it
+    is the same object as a ``fallback_saga`` name (the README's API rows
+    cover those: see above)."""
+    imported = importlib.import_module(module)
+    exported: list[str] = list(imported.__all__)
+    texts = [prose(page) for page in PAGES]
+    naming = [text for text in texts if names_the_module(text, module, exported)]
+    undocumented = []
+    for name in exported:
+        if name in fallback_saga.__all__ and getattr(fallback_saga, name) is getattr(imported,
+                                                                                     name):
+            continue
+        bare = re.compile(rf"(?<![\w.]){re.escape(name)}\b")
+        dotted = f"{module}.{name}"
+        if any(dotted in span for text in texts for span in CODE_SPAN.findall(text)):
+            continue
+        if any(bare.search(span) for text in naming for span in CODE_SPAN.findall(text)):
+            continue
+        undocumented.append(name)
+    assert not undocumented, (
+        f"{module}.__all__ exports {undocumented}, which no page documents: describe each "
+        f"(what it is, when a user needs it) on a page that names {module}, or deprecate it"
+    )
+
+
 # ------------------------------------------------------------------ dotted references
 
 
@@ -524,7 +584,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.store._responses import MAX_ERROR_TEXT
     from fallback_saga.store._sqlite_workers import _ROOMY
     from fallback_saga.store.postgres import PURGE_BATCH as PG_PURGE_BATCH
-    from fallback_saga.store.postgres import PURGE_BATCH_SECONDS
+    from fallback_saga.store.postgres import PURGE_BATCH_MAX, PURGE_BATCH_SECONDS
     from fallback_saga.store.sqlite import _FORK_WAIT, PURGE_BATCH, WAL_SIZE_LIMIT
 
     def default(target: object, name: str) -> object:
@@ -563,6 +623,10 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("durability.md", "A batch starts at {:,} sagas", PG_PURGE_BATCH),
         ("durability.md", "it aims at {}, or a quarter",
          {0.25: "a quarter of a second"}.get(PURGE_BATCH_SECONDS, PURGE_BATCH_SECONDS)),
+        ("durability.md", "twice as large, up to {:,} sagas", PURGE_BATCH_MAX),
+        ("observability.md", "default to `DEFAULT_HOST` (`\"{}\"`: loopback only)",
+         default(ConsoleServer, "host")),
+        ("observability.md", "`DEFAULT_PORT` (`{}`), as `serve`'s", default(ConsoleServer, "port")),
         ("durability.md", "reads and writes {:,} sagas at a time", LIST_PAGE),
         ("durability.md", "({} characters in a table cell", MAX_CELL),
         ("durability.md", "{} for a value on a line of its own", MAX_VALUE),
