@@ -1,14 +1,55 @@
 """A saga's journal as JSON, the one shape every operator surface shows
-(``show --json`` and the web console's ``/api/sagas/<id>``)."""
+(``show --json`` and the web console's ``/api/sagas/<id>``), and the record
+those surfaces show: redacted unless the operator asked for raw values."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import json
+import re
+from typing import Any, Final
 
-from .store.base import SagaRecord
+from .redaction import redacted
+from .shown_text import redact
+from .store.base import JournalEntry, SagaRecord
 from .stored_json import parse_stored_json
 
-__all__ = ["history_json"]
+__all__ = ["history_json", "shown_record"]
+
+# A result that holds none of these cannot hold a secret key's value or a
+# quoted password: it is shown as it is, unparsed (a long history's results
+# are not all parsed and written again to find nothing).
+_MAYBE_SECRET: Final = re.compile(
+    r"pass|secret|token|key|credential|authoriz|cookie|card|security|cvv|cvc|ssn|pin|pan|"
+    r"iban|otp|://",
+    re.IGNORECASE,
+)
+
+
+def shown_record(record: SagaRecord, *, unredacted: bool = False) -> SagaRecord:
+    """``record`` as the operator's views show it: a copy whose context,
+    step results and error texts are ``redaction.redacted`` — unless
+    ``unredacted``, the operator's explicit opt-in, which gives it as stored."""
+    if unredacted:
+        return record
+    return dataclasses.replace(
+        record,
+        context=redacted(record.context),
+        history=[_shown_entry(entry) for entry in record.history],
+    )
+
+
+def _shown_entry(entry: JournalEntry) -> JournalEntry:
+    error = redact(entry.error) if entry.error else entry.error
+    result = entry.result
+    if result is not None and _MAYBE_SECRET.search(result):
+        try:
+            result = json.dumps(redacted(parse_stored_json(result)), ensure_ascii=False)
+        except ValueError:  # not JSON (a store of someone else's): its passwords at least
+            result = redact(result)
+    if error is entry.error and result is entry.result:
+        return entry
+    return entry._replace(error=error, result=result)
 
 
 def history_json(

@@ -7,11 +7,37 @@ token. The public records that hold them (``SagaResult``, ``SagaStepResult``,
 those values only what they are: a ``log.info("done: %r", result)`` or a
 test failure's message must not copy them into a log. The values stay one
 attribute away for whoever means to show them.
+
+The operator's views (``show``, ``show --json``, the web console's pages and
+JSON API) show values, and by default ``redacted``: the value of every key
+whose name says it holds a secret is replaced by ``***``, and a password a
+string quotes (a DSN, a URL with credentials) too. Raw values are an explicit
+opt-in of the operator's (``show --unredacted``; a console started with
+``--allow-unredacted``, asked with ``?raw=1``).
 """
 
 from __future__ import annotations
 
-__all__ = ["withheld"]
+import re
+from typing import Any, Final
+
+from .shown_text import redact
+
+__all__ = ["REDACTED", "is_secret_key", "redacted", "withheld"]
+
+#: What a redacted value is shown as.
+REDACTED: Final = "***"
+
+# Words that make a key a secret's. The short ones only as a whole word of
+# the key (``card_pin``, ``cvv``; not ``shipping``), the others anywhere in
+# it, its separators dropped (``apiKey``, ``db_password``, ``x-auth-token``).
+_SHORT_WORDS: Final = frozenset({"pin", "cvv", "cvc", "cvv2", "ssn", "pan", "iban", "otp"})
+_LONG_WORDS: Final = (
+    "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey",
+    "privatekey", "credential", "authorization", "cookie", "cardnumber", "securitycode",
+)
+# A key's words: camelCase humps and runs of letters or digits.
+_WORD: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
 def withheld(value: object) -> str:
@@ -26,3 +52,30 @@ def withheld(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return f"<{kind}, {len(value)} items>"
     return f"<{kind}>"
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key named ``name`` holds a secret, by its name alone."""
+    words = [word.lower() for word in _WORD.findall(name)]
+    if _SHORT_WORDS.intersection(words):
+        return True
+    joined = "".join(words)
+    return any(word in joined for word in _LONG_WORDS)
+
+
+def redacted(value: Any) -> Any:
+    """A JSON value (a context, a step's result) as the operator's views show
+    it by default: a copy in which the value of every key ``is_secret_key``
+    is ``REDACTED`` (``None`` and ``""`` stay: they hide nothing) and every
+    string has the passwords it quotes replaced (``shown_text.redact``)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if (is_secret_key(str(key)) and item is not None and item != "")
+            else redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    return value

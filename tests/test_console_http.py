@@ -994,7 +994,7 @@ async def test_a_long_saga_page_stays_small_and_pages_reach_every_entry(tmp_path
         ("page=-1", "page must be a whole number"),
         ("page=" + "9" * 400, "page must be a whole number"),
         ("page=1&page=2", "&#x27;page&#x27; is given 2 times"),
-        ("pg=2", "unknown query parameter &#x27;pg&#x27; (known: page)"),
+        ("pg=2", "unknown query parameter &#x27;pg&#x27; (known: page, raw)"),
     ],
 )
 async def test_bad_history_pages_are_400_with_a_clear_message(
@@ -1073,7 +1073,7 @@ async def test_the_json_api_pages_a_long_sagas_history_as_the_page_does(tmp_path
         ("page=%C2%B2", "page must be a whole number from 1 to 21 "),
         ("page=" + "9" * 400, "page must be a whole number"),
         ("page=1&page=2", "'page' is given 2 times"),
-        ("pg=2", "unknown query parameter 'pg' (known: page)"),
+        ("pg=2", "unknown query parameter 'pg' (known: page, raw)"),
     ],
 )
 async def test_bad_json_history_pages_are_400_naming_the_valid_range(

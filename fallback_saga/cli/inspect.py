@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from ..errors import SagaNotFound, SagaStoreError
-from ..record_json import history_json
+from ..record_json import history_json, shown_record
 from ..shown_text import cut_bytes, redact_start
 from ..status import SagaStatus
 from ..store._common import short_repr
@@ -114,10 +114,12 @@ def _summary_rows(
 
 
 def history_table(
-    record: SagaRecord, *, times: bool = True, limit: int | None = None
+    record: SagaRecord, *, times: bool = True, limit: int | None = None,
+    unredacted: bool = False,
 ) -> list[str]:
     """The step history of ``show`` (``times=False``: without the time column;
-    ``limit``: the newest ``limit`` entries only, numbered as in the journal)."""
+    ``limit``: the newest ``limit`` entries only, numbered as in the journal;
+    ``unredacted``: errors as stored, passwords they quote included)."""
     headers = ["seq", "pos", "step", "branch", "action", "status", "try"]
     if times:
         headers.append("time (UTC)")
@@ -137,7 +139,9 @@ def history_table(
         if times:
             row.append(when(entry.at, precise=True))
         # Redacted before terminal_text cuts it: a cut could leave part of a password.
-        row.append(terminal_text(redact_start(entry.error or "", MAX_VALUE), MAX_VALUE))
+        error = entry.error or ""
+        row.append(terminal_text(error if unredacted else redact_start(error, MAX_VALUE),
+                                 MAX_VALUE))
         rows.append(row)
     return render_table(headers, rows, right=(0, 1, 6))
 
@@ -334,6 +338,12 @@ def add_show_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="the newest N history entries only (default: all), as list's --limit; "
         "not with --json or --mermaid, which give the whole record",
     )
+    show.add_argument(
+        "--unredacted", action="store_true",
+        help="the context, step results and errors as stored; by default the value of "
+        "every key named like a secret (password, token, api_key, card_number, ...) is "
+        "shown as *** and passwords in DSNs and URLs too",
+    )
     show.set_defaults(handler=run_show)
 
 
@@ -359,6 +369,9 @@ def run_show(args: argparse.Namespace) -> int:
         return (record, await _parked(store, record), *await saga_family(store, record))
 
     record, parked, parent, children = asyncio.run(read_store(target, fetch))
+    # What a terminal, a ticket or a log it is pasted into gets: redacted,
+    # unless the operator asked for the values (redaction.py).
+    record = shown_record(record, unredacted=args.unredacted)
     if args.json:
         print_json(record_json(record, parent, children))
         return EXIT_OK
@@ -394,7 +407,7 @@ def run_show(args: argparse.Namespace) -> int:
     if not record.history:
         lines.append("(no step history)")
     else:
-        lines += history_table(record, limit=args.limit)
+        lines += history_table(record, limit=args.limit, unredacted=args.unredacted)
         total = len(record.history)
         if args.limit is not None and total > args.limit:
             lines.append(

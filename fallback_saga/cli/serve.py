@@ -37,7 +37,10 @@ Pages: / (the sagas, newest first, with filters and counts by status),
 /sagas/ID (one saga: SVG timeline, history, context, lease), the same as JSON
 under /api/sagas, Prometheus metrics at /metrics, /healthz.
 
-Security: the console has NO AUTHENTICATION and shows every saga's context.
+Security: the console has NO AUTHENTICATION and shows every saga's context,
+redacted: the value of every key named like a secret (password, token,
+api_key, card_number, ...) as ***, and passwords in DSNs and URLs too. With
+--allow-unredacted, a request may ask for the values as stored (?raw=1).
 By default it listens on 127.0.0.1 only and answers only requests that name a
 loopback host. To reach it from elsewhere, put it behind your own
 authenticating reverse proxy (or an SSH tunnel) and name the host the proxy
@@ -105,6 +108,11 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "a reverse proxy forwards; repeatable. Without it, a console that listens on "
         "loopback addresses only answers loopback names and --host only (no DNS rebinding)",
     )
+    serving.add_argument(
+        "--allow-unredacted", action="store_true",
+        help="let a request ask for a saga's context, results and errors as stored, "
+        "secrets included, with ?raw=1 (default: refused, 403; shown redacted)",
+    )
     serving.set_defaults(handler=run_serve)
 
 
@@ -139,6 +147,7 @@ async def _serve(target: StoreTarget, args: argparse.Namespace) -> None:
                         page_size=args.page_size,
                         allowed_hosts=args.allow_hosts,
                         ready=ready,
+                        allow_unredacted=args.allow_unredacted,
                     )
                 except OSError as error:
                     if listening:

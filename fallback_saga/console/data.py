@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlencode
 
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
-from ..record_json import history_json
+from ..record_json import history_json, shown_record
 from ..status import SagaStatus
 from ..store._parking import parked_claims
 from ..store.base import LeaseState, SagaRecord, SagaSummary
@@ -398,8 +398,9 @@ class SagaView:
     parked: int | None = None  # its claims, if the store parks it (store._parking)
 
 
-async def fetch_saga(store: object, saga_id: str) -> SagaView:
-    """``SagaNotFound`` for an unknown id, or one no store could hold."""
+async def fetch_saga(store: object, saga_id: str, *, unredacted: bool = False) -> SagaView:
+    """``SagaNotFound`` for an unknown id, or one no store could hold. The
+    record is redacted (``record_json.shown_record``) unless ``unredacted``."""
     load = getattr(store, "load", None)
     if not callable(load):
         raise SagaNotFound(saga_id)
@@ -407,6 +408,7 @@ async def fetch_saga(store: object, saga_id: str) -> SagaView:
         record: SagaRecord = await load(saga_id)
     except ValueError:  # not a valid saga id: no saga has it
         raise SagaNotFound(saga_id) from None
+    record = shown_record(record, unredacted=unredacted)
     parent, children = await saga_family(store, record)
     lease_state = getattr(store, "lease_state", None)
     if not callable(lease_state):

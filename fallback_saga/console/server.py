@@ -156,6 +156,12 @@ class ConsoleServer:
     ``host`` itself (``Host:`` header), so a web page elsewhere cannot read
     the console through DNS rebinding; ``allowed_hosts`` adds names (say,
     behind a reverse proxy). The console never closes the store.
+
+    A saga's context, step results and errors are shown redacted (the value
+    of every key named like a secret as ``***``, passwords in DSNs and URLs
+    too: ``redaction.redacted``). ``allow_unredacted`` lets a request ask for
+    them as stored with ``?raw=1`` (on ``/sagas/<id>`` and
+    ``/api/sagas/<id>``); without it such a request is refused (403).
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class ConsoleServer:
         allowed_hosts: Iterable[str] = (),
         request_timeout: float = 30.0,
         max_connections: int = 64,
+        allow_unredacted: bool = False,
     ) -> None:
         if not callable(getattr(store, "load", None)):
             raise TypeError(f"the console reads a saga store (with load()), got {store!r}")
@@ -180,6 +187,9 @@ class ConsoleServer:
         if not request_timeout > 0:
             raise ValueError(f"request_timeout must be > 0 seconds, got {request_timeout!r}")
         self.store = store
+        # Whether a request may ask for a saga's values as stored (?raw=1):
+        # the console's starter decides, not whoever can reach the page.
+        self.allow_unredacted = bool(allow_unredacted)
         self.host = host
         self.page_size = page_size
         self.request_timeout = float(request_timeout)
@@ -454,6 +464,8 @@ class ConsoleServer:
                 return await route.handler(request, route.argument)
         except BadRequest as error:
             return self._error(route.kind, HTTPStatus.BAD_REQUEST, str(error))
+        except HttpError as error:
+            return self._error(route.kind, error.status, error.message)
         except SagaNotFound as error:
             return self._error(
                 route.kind, HTTPStatus.NOT_FOUND, f"no saga with id {error.saga_id!r}"
@@ -542,23 +554,44 @@ class ConsoleServer:
     async def _find_saga(self, request: Request, _: str) -> Response:
         """``/sagas?id=X``: the search box's form, redirected to X's page, and
         the page itself of the ids ``.`` and ``..`` (no path can carry them)."""
-        values = single_values(request.query, ("id", "page"))
+        values = single_values(request.query, ("id", "page", "raw"))
         saga_id = values.get("id", "")
+        raw = self._raw(values)
         if not saga_id:
             return _redirect("/")
         href = saga_href(saga_id)
         if href.startswith("/sagas/"):
-            page = values.get("page")
-            return _redirect(f"{href}?{urlencode({'page': page})}" if page else href)
-        return await self._one_saga_page(saga_id, values.get("page"))
+            kept: dict[str, str] = {
+                name: values[name] for name in ("page", "raw") if name in values
+            }
+            return _redirect(f"{href}?{urlencode(kept)}" if kept else href)
+        return await self._one_saga_page(saga_id, values.get("page"), raw=raw)
 
     async def _saga_page(self, request: Request, raw_id: str) -> Response:
-        page = single_values(request.query, ("page",)).get("page")
-        return await self._one_saga_page(_saga_id(raw_id), page)
+        values = single_values(request.query, ("page", "raw"))
+        return await self._one_saga_page(_saga_id(raw_id), values.get("page"),
+                                          raw=self._raw(values))
 
-    async def _one_saga_page(self, saga_id: str, page_text: str | None = None) -> Response:
+    def _raw(self, values: dict[str, str]) -> bool:
+        """Whether the request asks for the saga's values as stored (``raw=1``),
+        and may: ``HttpError`` 403 unless the console allows it."""
+        if "raw" not in values:
+            return False
+        if values["raw"] != "1":
+            raise BadRequest(f"raw must be 1 (the values as stored), got {values['raw']!r}")
+        if not self.allow_unredacted:
+            raise HttpError(
+                HTTPStatus.FORBIDDEN,
+                "this console shows contexts, results and errors redacted only: it was "
+                "started without allow_unredacted (serve --allow-unredacted)",
+            )
+        return True
+
+    async def _one_saga_page(
+        self, saga_id: str, page_text: str | None = None, *, raw: bool = False
+    ) -> Response:
         now = time.time()
-        view = await fetch_saga(self.store, saga_id)
+        view = await fetch_saga(self.store, saga_id, unredacted=raw)
         # Checked against the saga's length, known once it is loaded.
         page = history_page(page_text, len(view.record.history))
         bars = bars_of(view.record, now)
@@ -568,26 +601,30 @@ class ConsoleServer:
         if _names_param(request.query, "id"):
             # /api/sagas?id=X: one saga, as /api/sagas/X (the form linked for
             # the ids "." and "..", which no path can carry).
-            values = single_values(request.query, ("id", "page"))
+            values = single_values(request.query, ("id", "page", "raw"))
             saga_id = values["id"]
+            raw = self._raw(values)
             if not saga_id:
                 raise SagaNotFound(saga_id)
-            return await self._one_saga_json(saga_id, values.get("page"))
+            return await self._one_saga_json(saga_id, values.get("page"), raw=raw)
         now = time.time()
         query = parse_list_query(request.query, now=now, default_limit=self.page_size)
         listing = await fetch_listing(self.store, query, self._counts.counts)
         return _json(HTTPStatus.OK, listing_json(listing, query, default_limit=self.page_size))
 
     async def _saga_json(self, request: Request, raw_id: str) -> Response:
-        page = single_values(request.query, ("page",)).get("page")
-        return await self._one_saga_json(_saga_id(raw_id), page)
+        values = single_values(request.query, ("page", "raw"))
+        return await self._one_saga_json(_saga_id(raw_id), values.get("page"),
+                                          raw=self._raw(values))
 
-    async def _one_saga_json(self, saga_id: str, page_text: str | None = None) -> Response:
+    async def _one_saga_json(
+        self, saga_id: str, page_text: str | None = None, *, raw: bool = False
+    ) -> Response:
         """The saga with one page of its history (``HISTORY_PAGE`` entries,
         ``?page=N``) and the timeline's tries that begin on it: a saga of
         50,000 entries was one response of megabytes."""
         now = time.time()
-        view = await fetch_saga(self.store, saga_id)
+        view = await fetch_saga(self.store, saga_id, unredacted=raw)
         entries = len(view.record.history)
         page = history_page(page_text, entries)
         data = record_json(view, now, page=page)
@@ -684,12 +721,14 @@ async def serve(
     page_size: int = 50,
     allowed_hosts: Iterable[str] = (),
     ready: Callable[[ConsoleServer], object] | None = None,
+    allow_unredacted: bool = False,
 ) -> None:
     """Serve the console over ``store`` until cancelled. ``ready(console)`` is
     called once it listens (``console.url``, ``console.port``). The store is
     left open."""
     async with ConsoleServer(
-        store, host=host, port=port, page_size=page_size, allowed_hosts=allowed_hosts
+        store, host=host, port=port, page_size=page_size, allowed_hosts=allowed_hosts,
+        allow_unredacted=allow_unredacted,
     ) as console:
         if ready is not None:
             ready(console)
@@ -705,6 +744,7 @@ def run_console(
     allowed_hosts: Iterable[str] = (),
     ready: Callable[[ConsoleServer], object] | None = None,
     close_store: bool = True,
+    allow_unredacted: bool = False,
 ) -> None:
     """``serve`` in a new event loop until Ctrl-C, then close the store (its
     ``close()``, if it has one) unless ``close_store=False``."""
@@ -713,7 +753,7 @@ def run_console(
         try:
             await serve(
                 store, host=host, port=port, page_size=page_size,
-                allowed_hosts=allowed_hosts, ready=ready,
+                allowed_hosts=allowed_hosts, ready=ready, allow_unredacted=allow_unredacted,
             )
         finally:
             close = getattr(store, "close", None)

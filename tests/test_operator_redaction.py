@@ -1,0 +1,182 @@
+"""S12: the operator's views show a saga's values redacted by default, the
+same in each of them — ``show``, ``show --json``, the web console's page and
+its JSON API (``/api/sagas/<id>``): the value of every key named like a
+secret (``card_number``, ``api_token``, ``db_password``) as ``***``, and a
+password a string quotes (a DSN, a URL with credentials) too, in the
+context, the step results and the error texts. A view pasted into a ticket
+or scraped into a log does not carry them (DESIGN: never log secrets from
+contexts by default).
+
+The values as stored are an explicit opt-in of the operator's: ``show
+--unredacted``, and ``?raw=1`` on a console *started* with
+``allow_unredacted`` (``serve --allow-unredacted``); a console started
+without it refuses ``?raw=1`` (403) — whoever can reach the page cannot
+opt in on the starter's behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_console import fetch
+
+from fallback_saga import (
+    MemorySagaStore,
+    Response,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaStepHandler,
+    SagaStepResult,
+    SQLiteSagaStore,
+)
+from fallback_saga.cli import main
+from fallback_saga.console import ConsoleServer
+from fallback_saga.redaction import REDACTED, is_secret_key, redacted
+
+CARD = "4111111111111111"
+TOKEN = "tok_live_5ecret"
+PASSWORD = "hunter2-pw"
+DSN = f"postgresql://app:{PASSWORD}@db.internal/orders"
+SECRETS = (CARD, TOKEN, PASSWORD)
+
+
+@dataclass
+class Payment(SagaContext):
+    order_id: str = "o-1"
+    card_number: str = CARD
+    api_token: str = TOKEN
+    ledger_dsn: str = DSN
+
+
+class Charged(Response):
+    charge_id: str
+    auth_token: str
+
+
+class Charge(SagaStepHandler[Payment, Charged]):
+    async def act(self, context: Payment) -> SagaStepResult[Payment, Charged]:
+        return self._generate_step_result(Charged(charge_id="ch-1", auth_token=TOKEN))
+
+
+class Book(SagaStepHandler[Payment, None]):
+    async def act(self, context: Payment) -> SagaStepResult[Payment, None]:
+        raise ConnectionError(f"ledger unreachable: host=db.internal password={PASSWORD}")
+
+
+class PaymentSaga(Saga[Payment]):
+    steps = [Charge, Book]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = str(tmp_path / "sagas.db")
+
+    async def journal() -> None:
+        async with SQLiteSagaStore(path) as store:
+            with pytest.raises(SagaFailed):
+                await PaymentSaga(store=store).run(Payment(), saga_id="pay-1")
+
+    asyncio.run(journal())
+    return path
+
+
+def leaked(text: str) -> list[str]:
+    return [secret for secret in SECRETS if secret in text]
+
+
+def test_S12_secret_keys_are_named_like_secrets() -> None:
+    for name in ("password", "db_password", "apiKey", "api_key", "x-auth-token", "card_pin",
+                 "cardNumber", "CVV", "Authorization", "client_secret", "session_cookie"):
+        assert is_secret_key(name), name
+    for name in ("order_id", "shipping", "company", "idempotency_key", "amount", "spin"):
+        assert not is_secret_key(name), name
+    value = {"user": {"password": "x", "empty_token": "", "pin": None},
+             "urls": [f"see {DSN}"], "n": 3}
+    assert redacted(value) == {
+        "user": {"password": REDACTED, "empty_token": "", "pin": None},
+        "urls": ["see postgresql://app:***@db.internal/orders"], "n": 3,
+    }
+    assert value["user"]["password"] == "x"  # a copy: the record itself is not changed
+
+
+def test_S12_show_json_redacts_the_context_results_and_errors_by_default(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "pay-1", "--db", db, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert leaked(out) == []
+    shown = json.loads(out)
+    assert shown["context"] == {
+        "order_id": "o-1", "card_number": REDACTED, "api_token": REDACTED,
+        "ledger_dsn": "postgresql://app:***@db.internal/orders",
+    }
+    results = [entry["result"] for entry in shown["history"] if entry["result"] is not None]
+    assert results
+    assert all(REDACTED in json.dumps(result) for result in results)
+    errors = [entry["error"] for entry in shown["history"] if entry["error"]]
+    assert any("password=***" in error for error in errors)
+
+
+def test_S12_show_redacts_the_context_and_unredacted_shows_it_as_stored(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "pay-1", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert leaked(out) == []
+    assert '"card_number": "***"' in out
+    assert main(["show", "pay-1", "--db", db, "--json", "--unredacted"]) == 0
+    raw = capsys.readouterr().out
+    assert leaked(raw) == list(SECRETS)
+    assert json.loads(raw)["context"]["card_number"] == CARD
+    assert main(["show", "pay-1", "--db", db, "--unredacted"]) == 0
+    assert leaked(capsys.readouterr().out) == list(SECRETS)
+
+
+async def test_S12_the_console_page_and_json_api_redact_and_refuse_raw_unless_allowed(
+    db: str,
+) -> None:
+    async with SQLiteSagaStore(db, read_only=True) as store:
+        async with ConsoleServer(store, port=0) as console:
+            api = await fetch(f"{console.url}api/sagas/pay-1")
+            page = await fetch(f"{console.url}sagas/pay-1")
+            by_id = await fetch(f"{console.url}api/sagas?id=pay-1")
+            refused = [await fetch(f"{console.url}{path}")
+                       for path in ("api/sagas/pay-1?raw=1", "sagas/pay-1?raw=1",
+                                    "api/sagas?id=pay-1&raw=1")]
+        for reply in (api, page, by_id):
+            assert reply.status == 200
+            assert leaked(reply.text) == []
+        assert api.json()["context"]["card_number"] == REDACTED
+        assert by_id.json()["context"] == api.json()["context"]
+        assert "password=***" in json.dumps(api.json()["timeline"])
+        assert [reply.status for reply in refused] == [403, 403, 403]
+        assert "serve --allow-unredacted" in refused[0].json()["error"]["message"]
+        assert leaked(refused[0].text + refused[1].text) == []
+
+        async with ConsoleServer(store, port=0, allow_unredacted=True) as console:
+            still = await fetch(f"{console.url}api/sagas/pay-1")
+            raw_api = await fetch(f"{console.url}api/sagas/pay-1?raw=1")
+            raw_page = await fetch(f"{console.url}sagas/pay-1?raw=1")
+            bad = await fetch(f"{console.url}api/sagas/pay-1?raw=yes")
+        assert leaked(still.text) == []  # allowed is not asked: redacted still
+        assert raw_api.json()["context"]["card_number"] == CARD
+        assert leaked(raw_api.text) == list(SECRETS)
+        assert CARD in raw_page.text
+        assert bad.status == 400
+
+
+async def test_S12_a_memory_store_console_redacts_too() -> None:
+    store = MemorySagaStore()
+    with pytest.raises(SagaFailed):
+        await PaymentSaga(store=store).run(Payment(), saga_id="pay-2")
+    async with ConsoleServer(store, port=0) as console:
+        reply = await fetch(f"{console.url}api/sagas/pay-2")
+    data: dict[str, Any] = reply.json()
+    assert data["context"]["api_token"] == REDACTED
+    assert leaked(reply.text) == []
