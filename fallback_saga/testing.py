@@ -949,6 +949,31 @@ class RecoverableStoreContract(SagaStoreContract):
             '(await store.load("saga-1")).status is SagaStatus.COMPLETED',
         )
 
+    async def test_purge_keeps_a_finished_saga_a_lease_holds(
+        self, store: RecoverableStore
+    ) -> None:
+        """An operator's ``retry-unwinding`` leases a FAILED saga
+        (``claim_saga``) before it writes COMPENSATING: a purge in between
+        must not delete the saga from under it. Given back, it is purged."""
+        await _new_saga(store, "saga-failed", status=SagaStatus.FAILED)
+        lease = await store.claim_saga("saga-failed", owner="operator", lease_seconds=3600)
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]),
+            0,
+            'await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]) == 0',
+        )
+        _expect_is(
+            (await store.load("saga-failed")).status,
+            SagaStatus.FAILED,
+            '(await store.load("saga-failed")).status is SagaStatus.FAILED',
+        )
+        await store.release(lease)
+        _expect_equal(
+            await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]),
+            1,
+            'await store.purge(older_than=_ALREADY_PAST, statuses=["failed"]) == 1 (released)',
+        )
+
     async def test_a_purged_id_can_be_used_again(self, store: RecoverableStore) -> None:
         await _new_saga(store, "saga-1", status=SagaStatus.COMPLETED, entries=[entry(0, "old")])
         _expect_equal(

@@ -245,3 +245,38 @@ def test_S12_purge_command_refuses_a_status_it_cannot_take(
             return await ids(store)
 
     assert len(asyncio.run(left())) == 3
+
+
+async def test_S13_purge_keeps_a_failed_saga_an_operators_retry_unwinding_holds(
+    live: tuple[Any, list[str]],
+) -> None:
+    """``retry-unwinding`` leases a FAILED saga (``claim_saga``) before it
+    writes COMPENSATING: a purge in between deleted the saga it was
+    unwinding, whose next write then found nothing. A held lease keeps a
+    saga from any purge, which says how many it kept (and how many FAILED
+    sagas it was not asked to delete); given back, the saga is purged."""
+    store, options = live
+    await one_of_each(store)
+    lease = await store.claim_saga("s-failed", owner="operator", lease_seconds=3600)
+    status, out, _ = await command("purge", "--older-than", "0", *options)
+    assert status == 0
+    assert out.splitlines()[:2] == [
+        "purged 2 finished sagas (completed or compensated, last updated more than 0s ago)",
+        "kept 1 failed saga (a compensation gave up: an operator must look; --status failed "
+        "purges them)",
+    ]
+    status, out, _ = await command("purge", "--older-than", "0", "--status", "failed", *options)
+    assert status == 0
+    assert out.splitlines()[:2] == [
+        "purged 0 finished sagas (failed, last updated more than 0s ago)",
+        "kept 1 leased saga old enough to purge (an operator's retry-unwinding or resume "
+        "holds it: purge again once done)",
+    ]
+    assert await ids(store) == {"s-failed"}
+    assert (await store.load("s-failed")).status is SagaStatus.FAILED
+    await store.release(lease)
+    status, out, _ = await command("purge", "--older-than", "0", "--status", "failed", *options)
+    assert (status, out.splitlines()[0]) == (
+        0, "purged 1 finished saga (failed, last updated more than 0s ago)")
+    assert "kept" not in out
+    assert await ids(store) == set()

@@ -486,14 +486,15 @@ def run_purge(args: argparse.Namespace) -> int:
         asked = {status for statuses in args.status for status in statuses}
         statuses = tuple(status for status in _PURGEABLE if status in asked)
 
-    async def purge() -> int:
+    async def purge() -> tuple[int, int, int]:
         async with open_store(target, connections=1) as store:
             try:
-                return await store.purge(older_than=args.older_than, statuses=statuses)
+                count = await store.purge(older_than=args.older_than, statuses=statuses)
             except ValueError as error:  # an age the store cannot take
                 raise UsageError(f"--older-than: {error}") from None
+            return count, *await _kept(store, args.older_than, statuses)
 
-    count = asyncio.run(purge())
+    count, failed, held = asyncio.run(purge())
     age = format_duration(args.older_than)
     names = [status.value for status in statuses]
     listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -501,11 +502,46 @@ def run_purge(args: argparse.Namespace) -> int:
         f"purged {count} finished saga{'' if count == 1 else 's'} "
         f"({listed}, last updated more than {age} ago)\n"
     )
+    if failed:
+        sys.stdout.write(
+            f"kept {failed} failed saga{'' if failed == 1 else 's'} (a compensation gave up: "
+            f"an operator must look; --status failed purges them)\n"
+        )
+    if held:
+        sys.stdout.write(
+            f"kept {held} leased saga{'' if held == 1 else 's'} old enough to purge (an "
+            f"operator's retry-unwinding or resume holds {'it' if held == 1 else 'them'}: "
+            f"purge again once done)\n"
+        )
     if target.db is not None:
         note = _free_space_note(target.db)
         if note:
             sys.stdout.write(note + "\n")
     return EXIT_OK
+
+
+async def _kept(
+    store: Any, older_than: float, statuses: tuple[SagaStatus, ...]
+) -> tuple[int, int]:
+    """What a purge kept for an operator: the FAILED sagas it was not asked
+    to delete (of any age), and the sagas it would have deleted but for a
+    lease that holds them (a store without ``held_finished`` keeps none so).
+    Counted after the purge: a courtesy, and a store that cannot say is no error."""
+    failed = 0
+    if SagaStatus.FAILED not in statuses:
+        try:
+            counts = await store.count_sagas()
+        except Exception:
+            counts = {}
+        failed = sum(n for (_, status), n in counts.items() if status is SagaStatus.FAILED)
+    held = 0
+    held_finished = getattr(store, "held_finished", None)
+    if held_finished is not None:
+        try:
+            held = await held_finished(older_than=older_than, statuses=statuses)
+        except Exception:
+            held = 0
+    return failed, held
 
 
 def _free_space_note(path: str) -> str | None:

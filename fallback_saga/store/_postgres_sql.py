@@ -381,17 +381,29 @@ class _Statements:
         # Parameters: after, statuses (a text array), cut-off, limit,
         # statuses, cut-off.
         parent_of = "left({0}, length({0}) - strpos(reverse({0}), '/'))"
+        # Nor a saga a lease holds: an operator's ``retry-unwinding`` leases
+        # a FAILED saga before it writes COMPENSATING, and a purge in between
+        # deleted the saga it was unwinding (given back, the owner is NULL).
+        held = "(lease_owner IS NOT NULL AND lease_expires_at > now())"
+        # How many a purge keeps so (the ``purge`` command says it).
+        # Parameters: statuses (a text array), seconds.
+        self.held_finished = (
+            f"SELECT count(*) FROM {sagas} WHERE status = ANY(%s::text[])"
+            f" AND updated_at < now() - make_interval(secs => %s::float8) AND {held}"
+        )
         self.purge = (
             f"WITH candidates AS ("
             f" SELECT saga_id, seq FROM {sagas} WHERE seq > %s::bigint"
             f" AND status = ANY(%s::text[])"
             f" AND updated_at < to_timestamp(%s::float8)"
+            f" AND NOT {held}"
             f" ORDER BY seq LIMIT %s::int"
             f"), gone AS ("
             f" DELETE FROM {sagas} AS child"
             f" WHERE child.saga_id = ANY(ARRAY(SELECT saga_id FROM candidates))"
             f" AND child.status = ANY(%s::text[])"
             f" AND child.updated_at < to_timestamp(%s::float8)"
+            f" AND NOT {held}"
             f" AND NOT (strpos(child.saga_id, '/') > 0 AND EXISTS (SELECT 1 FROM {sagas} AS parent"
             f" WHERE parent.saga_id = {parent_of.format('child.saga_id')}))"
             f" RETURNING child.saga_id"

@@ -195,6 +195,14 @@ _GIVE_BACK_UNRUN: Final = (
     "UPDATE sagas SET lease_owner = NULL, lease_expires_at = ?, lease_written_at = ?,"
     + _UNCOUNTED
 )
+# A lease still held at ``?`` (now): given back, its owner is NULL.
+_HELD: Final = "(lease_owner IS NOT NULL AND lease_expires_at > ?)"
+# Finished sagas a purge would take but for a lease that holds them (the
+# ``purge`` command says how many it kept).
+_HELD_FINISHED: Final = (
+    "SELECT count(*) FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
+    f" AND {_HELD}"
+)
 _PURGEABLE: Final = (
     "SELECT saga_id FROM sagas AS child WHERE status IN (?, ?, ?) AND updated_at < ?"
     # Not a child saga (SubSaga) while its parent is stored: unwinding a
@@ -205,6 +213,11 @@ _PURGEABLE: Final = (
     " AND NOT (instr(saga_id, '/') > 0 AND EXISTS (SELECT 1 FROM sagas AS parent"
     " WHERE parent.saga_id = substr(rtrim(child.saga_id, replace(child.saga_id, '/', '')),"
     " 1, length(rtrim(child.saga_id, replace(child.saga_id, '/', ''))) - 1)))"
+    # Nor while a lease holds it: an operator's ``retry-unwinding`` leases a
+    # FAILED saga before it writes COMPENSATING, and a purge in between
+    # deleted the saga it was unwinding. (An expiry that is no number reads
+    # as held: a purge keeps what it cannot judge.)
+    f" AND NOT {_HELD}"
     " LIMIT ?"
 )
 _PURGE_STEPS: Final = "DELETE FROM saga_steps WHERE saga_id = ?"
@@ -832,15 +845,26 @@ def _purge(
         cutoff = txn.now - older_than
     # _PURGEABLE's three placeholders: fewer statuses are repeated to fill them.
     chosen = (statuses * 3)[:3]
-    ids = cursor.execute(_PURGEABLE, (*chosen, cutoff, limit)).fetchall()
+    ids = cursor.execute(_PURGEABLE, (*chosen, cutoff, txn.now, limit)).fetchall()
     cursor.executemany(_PURGE_STEPS, ids)
     cursor.executemany(_PURGE_SAGA, ids)
     # A short batch is the last, unless it purged the parent of a child
     # (kept while its parent was there) that is purgeable now.
     orphaned = len(ids) < limit and bool(ids) and (
-        cursor.execute(_PURGEABLE, (*chosen, cutoff, 1)).fetchone() is not None
+        cursor.execute(_PURGEABLE, (*chosen, cutoff, txn.now, 1)).fetchone() is not None
     )
     return len(ids), cutoff, orphaned
+
+
+def _held_finished(
+    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, statuses: tuple[str, ...]
+) -> int:
+    """How many sagas with one of ``statuses`` (final ones), last updated
+    more than ``older_than`` seconds ago, a lease holds (``purge`` keeps them)."""
+    chosen = (statuses * 3)[:3]
+    (count,) = cursor.execute(
+        _HELD_FINISHED, (*chosen, txn.now - older_than, txn.now)).fetchone()
+    return int(count)
 
 
 def _ping(cursor: sqlite3.Cursor, txn: _Txn) -> None:

@@ -1659,7 +1659,9 @@ class PostgresSagaStore:
         finishes meanwhile is not purged by it (one cut-off, on the server's
         clock). A child saga (``SubSaga``) is not purged while its parent is
         stored (a parent unwinding unwinds it): a family goes parent first,
-        its children in a later batch of the same purge."""
+        its children in a later batch of the same purge. Nor is a saga a
+        lease holds (an operator's ``retry-unwinding`` of a FAILED one):
+        ``held_finished`` counts those it keeps."""
         older_than = finite_seconds("older_than", older_than)
         chosen = list(purge_statuses(statuses))
         doing = "cannot purge sagas"
@@ -1719,3 +1721,16 @@ class PostgresSagaStore:
                 limit = max(1, limit // 2)
             elif took < aim / 2 and read == limit:
                 limit = min(PURGE_BATCH_MAX, limit * 2)
+
+    async def held_finished(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """How many sagas ``purge`` (with the same arguments) keeps because a
+        lease holds them: finished, with one of ``statuses``, not updated for
+        ``older_than`` seconds, and leased (an operator's ``retry-unwinding``)."""
+        older_than = finite_seconds("older_than", older_than)
+        (count,) = await self._fetch(
+            "cannot count the leased sagas a purge keeps", self._sql.held_finished,
+            (list(purge_statuses(statuses)), older_than),
+        )
+        return int(count)

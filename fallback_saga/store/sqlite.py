@@ -113,6 +113,7 @@ from ._sqlite_sql import (
     _create,
     _defer,
     _existing_ids,
+    _held_finished,
     _lease_state,
     _list,
     _load,
@@ -892,7 +893,9 @@ class SQLiteSagaStore:
         journal writes of live sagas (of other processes too) go on between
         batches. A saga that finishes meanwhile is not purged by this call.
         A child saga (``SubSaga``) is not purged while its parent is stored
-        (a parent unwinding unwinds it): a family goes parent first."""
+        (a parent unwinding unwinds it): a family goes parent first. Nor is a
+        saga a lease holds (an operator's ``retry-unwinding`` of a FAILED
+        one): ``held_finished`` counts those it keeps."""
         older_than = finite_seconds("older_than", older_than)
         chosen = purge_statuses(statuses)
         loop = asyncio.get_running_loop()
@@ -914,6 +917,18 @@ class SQLiteSagaStore:
             # 0.1 s between tries), and a purge taking it back at once would
             # starve it all the same.
             await asyncio.sleep(loop.time() - started)
+
+
+    async def held_finished(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """How many sagas ``purge`` (with the same arguments) keeps because a
+        lease holds them: finished, with one of ``statuses``, not updated for
+        ``older_than`` seconds, and leased (an operator's ``retry-unwinding``)."""
+        older_than = finite_seconds("older_than", older_than)
+        count: int = await self._submit(
+            _held_finished, (older_than, purge_statuses(statuses)), write=False)
+        return count
 
 
 async def _stopped(
