@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from .errors import (
@@ -38,9 +39,11 @@ from .resumption import (
 from .saga import Saga
 from .shielding import cancelled_again, claimed
 from .status import SagaStatus
+from .store._parking import warn_if_last_claim
 from .store.base import (
     Lease,
     RecoverableStore,
+    SagaRecord,
     check_store,
     gives_back_unrun,
     is_recoverable,
@@ -125,6 +128,9 @@ class ClaimedSaga:
         # run altogether (``let_go``: the run did not stop when asked).
         self.timed_out: float | None = None
         self.let_go = False
+        # The lease's give-back (release, defer, hand-off), if the store
+        # refused it: the holder tries it again (``_give_back``).
+        self.not_given_back: Callable[[], Awaitable[object]] | None = None
 
     @property
     def saga_id(self) -> str:
@@ -232,6 +238,7 @@ class ClaimedSaga:
             if saga is None:
                 self._untouched = True
                 return "skipped", f"no saga named {record.saga_name!r} given"
+            self._warn_if_last_claim(saga, record)
             self.run = LeasedRun(
                 saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds,
                 allow_changed_definition=self.allow_changed_definition,
@@ -284,6 +291,18 @@ class ClaimedSaga:
                 self._untouched = True  # refused before any step of it ran
             return "skipped", described(error)
 
+    def _warn_if_last_claim(self, saga: Saga[Any], record: SagaRecord) -> None:
+        """The parking store's warning that this claim is the saga's last
+        (store._parking), now that it is going to run: not for a saga given
+        back unrun — one this pass has no saga for (above), or one a changed
+        definition refuses (its lease given back uncounted, ``_drive``)."""
+        try:
+            check_definition(record, saga.definition,
+                             allow_changed=self.allow_changed_definition)
+        except SagaDefinitionChanged:
+            return
+        warn_if_last_claim(self.store, self.lease)
+
     async def _after_cancellation(self) -> Outcome:
         """What a cancelled resume left: a saga that ran has unwound (S8) or
         stopped for recovery by now, and only the journal says which — a
@@ -307,10 +326,11 @@ class ClaimedSaga:
         # Typed Any: ``ran`` is the built-in stores' (gives_back_unrun).
         store: Any = self.store
         unrun = {"ran": False} if self._untouched and gives_back_unrun(store) else {}
+        give_back: Callable[[], Awaitable[object]] | None = None
         try:
             if self._unreadable:
                 if hasattr(store, "defer"):
-                    await store.defer(self.lease, self.lease_seconds)
+                    give_back = partial(store.defer, self.lease, self.lease_seconds)
                 # else: kept, to run out on its own (see _drive)
             elif outcome == "interrupted" and self.timed_out is not None:
                 # Stopped at the worker's bound: out of claims for the
@@ -324,7 +344,7 @@ class ClaimedSaga:
                 if renew is not None:
                     await renew(self.lease, self.retry_in or self.lease_seconds)
             elif outcome == "handed_off" and is_work_notifier(store):
-                await store.hand_off(self.lease, **unrun)
+                give_back = partial(store.hand_off, self.lease, **unrun)
             elif outcome == "skipped" and self.skip_for is not None:
                 # A worker's skip stays a skip until an operator acts (or a
                 # deploy): released, the saga — as old as ever — would be
@@ -336,7 +356,7 @@ class ClaimedSaga:
                 # — unless the store has no ``defer``: its lease is kept then
                 # (``held_for``), and such a resume is SagaBusy until it ends.
                 if hasattr(self.store, "defer"):
-                    await store.defer(self.lease, self.skip_for, **unrun)
+                    give_back = partial(store.defer, self.lease, self.skip_for, **unrun)
                 else:
                     self.held_for = self.skip_for
             elif outcome == "interrupted" and self.retry_in is not None:
@@ -351,7 +371,7 @@ class ClaimedSaga:
                 # for the worker to release once the backoff has passed
                 # (``held_for``; it expires on its own if the worker dies).
                 if hasattr(self.store, "defer"):
-                    await self.store.defer(self.lease, self.retry_in)
+                    give_back = partial(store.defer, self.lease, self.retry_in)
                 else:
                     self.held_for = self.retry_in
             elif outcome == "deferred" and hasattr(self.store, "defer"):
@@ -360,7 +380,7 @@ class ClaimedSaga:
                 # would be claimed again at once — a worker spinning on it,
                 # starving the rest. The parent's driver may still lease it
                 # by id at any moment.
-                await store.defer(self.lease, self.lease_seconds, **unrun)
+                give_back = partial(store.defer, self.lease, self.lease_seconds, **unrun)
             elif outcome == "deferred" and self.retry_in is not None:
                 # A worker's, on a store without ``defer``: released at once,
                 # the child was claimed again at once, and again — a worker
@@ -371,9 +391,27 @@ class ClaimedSaga:
                 # child by id, gets SagaBusy and waits (SubSaga's _when_free).
                 self.held_for = self.retry_in
             else:
-                await store.release(self.lease, **unrun)
+                give_back = partial(store.release, self.lease, **unrun)
         except Exception as error:  # it expires on its own
             _log.warning("saga %s: could not release its lease: %s: %s",
+                         self.saga_id, type(error).__name__, error)
+            return
+        if give_back is not None:
+            await self._give_back(give_back)
+
+    async def _give_back(self, give_back: Callable[[], Awaitable[object]]) -> None:
+        """Give the lease back as ``give_back`` does; if the store refuses
+        (down for a moment), keep it as ``not_given_back`` for the holder to
+        try again — a worker before its next claim, a ``recover`` pass at
+        its end. Left to run out instead, the lease was counted as a crash's
+        (store._parking): a worker whose resume ended in order, met by a
+        store outage at each give-back, parked a saga that killed nothing."""
+        try:
+            await give_back()
+        except Exception as error:
+            self.not_given_back = give_back
+            _log.warning("saga %s: could not give its lease back (tried again before the "
+                         "next claim; else it expires on its own): %s: %s",
                          self.saga_id, type(error).__name__, error)
 
     async def _in_flight(self, saga_id: str) -> bool:
@@ -564,6 +602,10 @@ async def recover(
         limit=limit, **deferred,
     )
     gate = asyncio.Semaphore(concurrency)
+    # Give-backs the store refused (ClaimedSaga.not_given_back): tried once
+    # more at the pass's end, for a store down a moment — left to run out,
+    # each lease counts as a crash's towards parking (store._parking).
+    refused: list[Callable[[], Awaitable[object]]] = []
 
     def note(saga_id: str, outcome: str) -> None:
         if progress is not None:
@@ -581,6 +623,8 @@ async def recover(
             outcome, reason = await saga.resume()
         finally:
             gate.release()
+            if saga.not_given_back is not None:
+                refused.append(saga.not_given_back)
         saga_id = claimed.saga_id
         if outcome == "completed":
             report.resumed.append(saga_id)
@@ -598,6 +642,12 @@ async def recover(
         note(saga_id, outcome)
 
     await _all_settled([resume_one(claimed) for claimed in leases])
+    for give_back in refused:
+        try:
+            await give_back()
+        except Exception as error:  # it expires on its own, counted
+            _log.warning("could not give a lease back at the end of the pass: %s: %s",
+                         type(error).__name__, error)
     return report
 
 

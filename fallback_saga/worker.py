@@ -58,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -253,6 +253,13 @@ class RecoveryWorker:
         # off), on a store without ``defer`` (``ClaimedSaga.held_for``):
         # saga id -> (lease, loop time at which it is released).
         self._held: dict[str, tuple[Lease, float]] = {}
+        # Saga id -> the give-back of its lease (release, defer, hand-off)
+        # that the store refused (``ClaimedSaga.not_given_back``): tried
+        # again before each claim, until the store takes it. This worker is
+        # alive, so that lease is no crash's (store._parking): left to run
+        # out, it counted as one, and a store down at the give-back of five
+        # resumes in a row parked a saga that never ended a process.
+        self._not_given_back: dict[str, Callable[[], Awaitable[object]]] = {}
 
     def __repr__(self) -> str:
         return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
@@ -295,6 +302,7 @@ class RecoveryWorker:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
                 await self._release_held(everything=False)
+                await self._give_back_again()
                 await self._claim()
                 if self._stopping:
                     break
@@ -310,6 +318,7 @@ class RecoveryWorker:
         finally:
             # A worker that stops keeps nothing out of the others' claims.
             with contextlib.suppress(asyncio.CancelledError):
+                await self._give_back_again()
                 await self._release_held(everything=True)
             for helper in (listener, watch):
                 if helper is not None:
@@ -430,6 +439,20 @@ class RecoveryWorker:
                              "backoff (it expires on its own): %s: %s", self.owner,
                              saga_id, type(error).__name__, error)
 
+    async def _give_back_again(self) -> None:
+        """Try again the give-backs the store refused (``_not_given_back``);
+        one refused again is kept for the next claim. Fenced as any
+        give-back: once another worker has taken the saga, it changes nothing."""
+        for saga_id, give_back in list(self._not_given_back.items()):
+            try:
+                await give_back()
+            except Exception as error:
+                if cancellation_pending():
+                    raise asyncio.CancelledError from error  # see cancellation_pending
+                continue
+            if self._not_given_back.get(saga_id) is give_back:
+                del self._not_given_back[saga_id]
+
     def _retry_in(self, saga_id: str) -> float:
         """Seconds a saga interrupted now stays out of claims: ``poll``,
         doubled for each interruption of it in a row, capped at ``lease``,
@@ -501,7 +524,9 @@ class RecoveryWorker:
                          self.lease)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        resuming = self._in_flight.pop(task, None)
+        if resuming is not None and resuming.claimed.not_given_back is not None:
+            self._not_given_back[resuming.claimed.saga_id] = resuming.claimed.not_given_back
         self._let_go.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("recovery worker %s: resuming a saga raised", self.owner,

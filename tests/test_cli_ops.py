@@ -268,7 +268,7 @@ def test_list_json_is_an_array_of_summaries(
     for row in rows:
         assert set(row) == {
             "saga_id", "saga_name", "status", "created_at", "updated_at",
-            "lease_owner", "lease_expires_at", "unreleased_claims",
+            "lease_owner", "lease_expires_at", "unreleased_claims", "parked",
         }
         assert row["saga_name"] == "ShopSaga"
         assert isinstance(row["created_at"], float)

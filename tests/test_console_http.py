@@ -268,6 +268,8 @@ async def test_the_api_gives_the_listing_as_json(console: ConsoleServer) -> None
             "updated_at": data["sagas"][0]["updated_at"],
             "lease_owner": LEASE_OWNER,
             "lease_expires_at": data["sagas"][0]["lease_expires_at"],
+            "unreleased_claims": 0,
+            "parked": False,
         }
     ]
     assert data["counts"] == {

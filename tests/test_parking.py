@@ -20,6 +20,7 @@ past), as the lease's length would.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import sqlite3
@@ -428,6 +429,39 @@ async def test_S10_a_recover_pass_that_skips_a_saga_neither_counts_nor_clears_it
         assert await _claimed(store) == []  # parked
 
 
+def _last_claim_errors(caplog: pytest.LogCaptureFixture, saga_id: str) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.levelno == logging.ERROR and saga_id in record.getMessage()
+            and "claimed for the" in record.getMessage()]
+
+
+async def test_S10_a_recover_pass_that_runs_nothing_of_a_saga_never_warns_of_its_last_claim(
+    durable: StoreMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ERROR that a saga's next crash parks it was logged by the store's
+    ``claim``, before anyone knew whether the claimer would run the saga: a
+    ``recover`` pass of another service (not given its name) claimed it at
+    ``park_after``, gave it back unrun (uncounted) — and the operator was
+    told of a last claim that counted for nothing and ran nothing. The pass
+    that runs it still says so, once."""
+    ledger = Ledger()
+    caplog.set_level(logging.ERROR, logger="fallback_saga")
+    async with durable(park_after=PARK_AFTER) as store:
+        (saga_id,) = await seed(store, 1, "p")
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == [saga_id]  # each process died of it
+        other_service = _PoisonSaga(store=store, step_factory=lambda cls: cls(ledger))
+        for _ in range(2):
+            report = await recover(store, [other_service], older_than=0)
+            assert [skipped for skipped, _ in report.skipped] == [saga_id]
+        assert _last_claim_errors(caplog, saga_id) == []
+        assert ledger.calls == []
+        report = await recover(store, [order_saga(store, ledger)], older_than=0)
+        assert report.resumed == [saga_id]
+        (said,) = _last_claim_errors(caplog, saga_id)
+        assert f"claimed for the {PARK_AFTER}rd time" in said
+
+
 @pytest.mark.parametrize("give_back", ["release", "defer"])
 async def test_S10_a_claim_given_back_unrun_is_taken_back_from_the_count(
     durable: StoreMaker, give_back: str
@@ -729,3 +763,194 @@ async def test_S10_the_console_names_the_command_that_resumes_a_parked_saga(
     command = "python -m fallback_saga resume &#x27;p three&#x27; --app module:attr"
     assert command in listing
     assert command in page
+
+
+# --------------------------------------------------------------------------- operators' views
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def operated(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[StoreMaker, list[str]]]:
+    """A store maker and the command line's options for the same store."""
+    if request.param == "sqlite":
+        path = tmp_path / "sagas.db"
+        yield (lambda **options: SQLiteSagaStore(path, **options)), ["--db", str(path)]
+        return
+    from conftest_pg import require_driver
+
+    require_driver()
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    conninfo = request.getfixturevalue("pg_conninfo")
+    schema = request.getfixturevalue("pg_schema")
+    yield ((lambda **options: PostgresSagaStore(conninfo, schema=schema, min_size=1, **options)),
+           ["--dsn", conninfo, "--schema", schema])
+
+
+async def _command(*argv: str) -> tuple[int, str]:
+    """``python -m fallback_saga ARGV`` in a thread (it runs its own loop)."""
+    import contextlib
+    import io
+
+    from fallback_saga.cli import main
+
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main(list(argv))
+
+    return await asyncio.to_thread(run), out.getvalue()
+
+
+async def test_S10_the_last_allowed_resume_is_shown_running_until_it_is_over(
+    operated: tuple[StoreMaker, list[str]],
+) -> None:
+    """The claim that reaches ``park_after`` is the last allowed, not a
+    parking: while its resume holds the lease it runs, and may finish and
+    clear the count. ``list`` (table and ``--json``) and the console (page
+    and ``/api/sagas``) said "parked" all the while; they say so only once
+    that lease is over without being given back, and ``/api/sagas`` says
+    ``parked`` as ``list --json`` does."""
+    from helpers_console import fetch
+
+    from fallback_saga.console import ConsoleServer
+
+    maker, options = operated
+    async with maker(park_after=PARK_AFTER) as store:
+        await _create(store, "p-over", "p-last")
+        for _ in range(PARK_AFTER - 1):  # processes that died of both
+            assert await _claimed(store) == ["p-last", "p-over"]
+        assert await _claimed(store, given_back=("p-last",)) == ["p-last", "p-over"]
+        assert await _claimed(store) == ["p-last"]  # "p-over" is parked
+        for _ in range(PARK_AFTER - 2):
+            assert await _claimed(store) == ["p-last"]
+        # The last allowed claim of "p-last": its resume runs, lease held.
+        (last,) = await store.claim(owner="w-last", lease_seconds=3600, older_than=0, limit=10)
+        assert (await store.lease_state("p-last")).unreleased_claims == PARK_AFTER
+
+        status, out = await _command("list", *options, "--park-after", str(PARK_AFTER))
+        assert status == 0
+        rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("p-")}
+        assert "running (parked)" in rows["p-over"]
+        assert "parked" not in rows["p-last"]
+        assert "w-last" in rows["p-last"]
+        assert "p-last: parked" not in out
+        status, out = await _command("list", *options, "--park-after", str(PARK_AFTER),
+                                     "--json")
+        listed = {row["saga_id"]: row for row in json.loads(out)}
+        assert (listed["p-over"]["parked"], listed["p-last"]["parked"]) == (True, False)
+        assert listed["p-last"]["unreleased_claims"] == PARK_AFTER
+        status, out = await _command("show", "p-last", *options, "--park-after",
+                                     str(PARK_AFTER))
+        assert (status, "parked" in out) == (0, False)
+
+        async with ConsoleServer(store, port=0) as server:
+            base = f"http://127.0.0.1:{server.port}"
+            api = (await fetch(base + "/api/sagas")).json()["sagas"]
+            page = (await fetch(base + "/sagas/p-last")).text
+            listing = (await fetch(base + "/")).text
+        shown = {row["saga_id"]: (row["parked"], row["unreleased_claims"]) for row in api}
+        assert shown == {"p-over": (True, PARK_AFTER), "p-last": (False, PARK_AFTER)}
+        assert "parked:" not in page
+        assert listing.count("parked: claimed") == 1  # "p-over" only
+
+        await store.renew(last, -1)  # that resume is over, its lease not given back
+        status, out = await _command("list", *options, "--park-after", str(PARK_AFTER),
+                                     "--json")
+        assert {row["saga_id"]: row["parked"] for row in json.loads(out)} == {
+            "p-over": True, "p-last": True}
+
+
+# --------------------------------------------------------------------------- store outages
+
+
+class _GiveBackOutage:
+    """Fault injection: while ``down``, the store refuses to give leases
+    back (``release``, ``defer``, ``hand_off``; and the methods named in
+    ``also``), as a store briefly out of reach does; ``refused`` counts the
+    refusals."""
+
+    def __init__(self, store: Any, also: tuple[str, ...] = ()) -> None:
+        self.down = True
+        self.refused = 0
+        for name in ("release", "defer", "hand_off", *also):
+            method = getattr(store, name, None)
+            if method is not None:
+                setattr(store, name, self._refusing(method))
+
+    def _refusing(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        import functools
+
+        from fallback_saga import SagaStoreError
+
+        @functools.wraps(method)  # its signature too: ``ran`` is read from it
+        async def refusing(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                self.refused += 1
+                raise SagaStoreError("the store is out of reach (injected)")
+            return await method(*args, **kwargs)
+
+        return refusing
+
+
+async def test_S10_a_lease_a_live_worker_could_not_give_back_is_not_counted_as_a_crash(
+    durable: StoreMaker,
+) -> None:
+    """A worker that ran a saga to its end, but whose release met the store
+    out of reach for a moment, left its lease to run out — counted as a
+    crash's (store._parking), the count never cleared. The worker is alive:
+    it gives the lease back before its next claim once the store answers,
+    which clears the count as any orderly end does."""
+    ledger = Ledger()
+    async with durable(park_after=PARK_AFTER) as store:
+        (saga_id,) = await seed(store, 1, "p")
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == [saga_id]  # each process died of it
+        outage = _GiveBackOutage(store)
+        worker = RecoveryWorker(store, [order_saga(store, ledger)], concurrency=1, lease=600,
+                                poll=3600, older_than=0, owner="worker")
+        running = asyncio.get_running_loop().create_task(worker.run())
+        await eventually(lambda: worker.stats.completed == 1 and worker.in_flight == 0,
+                         what="the saga resumed to its end")
+        assert outage.refused >= 1  # its release (tried again while down: refused too)
+        state = await store.lease_state(saga_id)
+        assert (state.owner, state.unreleased_claims) == ("worker", PARK_AFTER)
+        outage.down = False  # the store is back; the worker's next claim comes
+        worker.wake()
+
+        async def given_back() -> bool:
+            return (await store.lease_state(saga_id)).owner is None
+
+        await eventually(given_back, what="the lease given back")
+        await worker.stop()
+        await running
+        assert (await store.lease_state(saga_id)).unreleased_claims == 0
+        assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
+
+
+async def test_S10_a_recover_pass_gives_back_at_its_end_a_lease_the_store_refused(
+    durable: StoreMaker,
+) -> None:
+    """The same for a ``recover`` pass: a give-back the store refused is
+    tried once more when the pass ends, rather than left to run out, counted."""
+    ledger = Ledger()
+    async with durable(park_after=PARK_AFTER) as store:
+        (saga_id,) = await seed(store, 1, "p")
+        for _ in range(PARK_AFTER - 1):
+            assert await _claimed(store) == [saga_id]  # each process died of it
+        outage = _GiveBackOutage(store)
+        other_service = _PoisonSaga(store=store, step_factory=lambda cls: cls(ledger))
+
+        def back_after_the_first_refusal(saga_id: str, outcome: str) -> None:
+            outage.down = False
+
+        report = await recover(store, [other_service], older_than=0,
+                               progress=back_after_the_first_refusal)
+        assert [skipped for skipped, _ in report.skipped] == [saga_id]
+        assert outage.refused == 1
+        state = await store.lease_state(saga_id)
+        assert (state.owner, state.unreleased_claims) == (None, PARK_AFTER - 1)
+        assert await _claimed(store) == [saga_id]  # the last claim allowed
+        assert await _claimed(store) == []  # parked

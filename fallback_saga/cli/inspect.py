@@ -71,9 +71,10 @@ def summary_table(
 ) -> list[str]:
     """The ``list`` table (``times=False``: id, saga and status only); a saga
     ``store`` parks shows as such, and is said so under the table."""
+    now = time.time()
     parked = {
         s.saga_id: claims for s in summaries
-        if (claims := parked_claims(store, s.status, s.unreleased_claims)) is not None
+        if (claims := _summary_parked(store, s, now)) is not None
     }
     lines = _summary_rows(summaries, times=times, parked=parked)
     lines += [
@@ -81,6 +82,13 @@ def summary_table(
         for saga_id, claims in parked.items()
     ]
     return lines
+
+
+def _summary_parked(store: object, summary: SagaSummary, now: float) -> int | None:
+    """Its claims if ``store`` parks the listed saga (not while its last
+    allowed resume holds the lease: see ``parked_claims``)."""
+    return parked_claims(store, summary.status, summary.unreleased_claims,
+                         summary.lease_owner, summary.lease_expires_at, now)
 
 
 def _status_text(summary: SagaSummary, parked: dict[str, int]) -> str:
@@ -146,12 +154,18 @@ def history_table(
     return render_table(headers, rows, right=(0, 1, 6))
 
 
-def summary_json(summary: SagaSummary) -> dict[str, Any]:
+def summary_json(
+    summary: SagaSummary, store: object = None, now: float | None = None
+) -> dict[str, Any]:
+    """``list --json``'s element: the summary's fields, and ``parked``
+    (whether ``store`` parks the saga: see ``parked_claims``)."""
     data = dataclasses.asdict(summary)
     data["status"] = summary.status.value
     if summary.lease_owner is None:
         # A released lease is no lease, whatever expiry a store kept with it.
         data["lease_expires_at"] = None
+    data["parked"] = _summary_parked(
+        store, summary, time.time() if now is None else now) is not None
     return data
 
 
@@ -277,7 +291,8 @@ async def _write_json_pages(
             break
         # The page as json.dumps writes it, less its brackets: its elements
         # as they stand in the whole array (each line two spaces in).
-        text = json.dumps([summary_json(summary) for summary in page], indent=2,
+        now = time.time()
+        text = json.dumps([summary_json(summary, store, now) for summary in page], indent=2,
                           ensure_ascii=False)
         out.write(("\n" if first else ",\n") + json_text(text[2:-2]))
         first = False
@@ -427,7 +442,8 @@ async def _parked(store: RecoverableStore, record: SagaRecord) -> int | None:
         state = await lease_state(record.saga_id)
     except (SagaNotFound, SagaStoreError):  # purged since, or unreadable: nothing to say
         return None
-    return parked_claims(store, record.status, getattr(state, "unreleased_claims", 0))
+    return parked_claims(store, record.status, getattr(state, "unreleased_claims", 0),
+                         getattr(state, "owner", None), getattr(state, "expires_at", None))
 
 
 # --------------------------------------------------------------------------- purge

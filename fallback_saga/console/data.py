@@ -379,9 +379,11 @@ async def fetch_listing(
     if len(found) > query.limit:
         found = found[: query.limit]
         next_before = found[-1].saga_id
+    now = time.time()
     parked = {
         s.saga_id: claims for s in found
-        if (claims := parked_claims(store, s.status, s.unreleased_claims)) is not None
+        if (claims := parked_claims(store, s.status, s.unreleased_claims, s.lease_owner,
+                                    s.lease_expires_at, now)) is not None
     }
     return Listing(found, next_before, counts, notes, parked=parked)
 
@@ -426,7 +428,8 @@ async def fetch_saga(store: object, saga_id: str, *, unredacted: bool = False) -
         # The record was read: show it, and say why its lease is missing.
         note = f"the store cannot read it ({redact(str(error))})"
         return SagaView(record, None, note, parent, children)
-    parked = parked_claims(store, record.status, getattr(state, "unreleased_claims", 0))
+    parked = parked_claims(store, record.status, getattr(state, "unreleased_claims", 0),
+                           getattr(state, "owner", None), getattr(state, "expires_at", None))
     return SagaView(record, LeaseState(*state), None, parent, children, parked)
 
 
@@ -480,7 +483,9 @@ def lease_json(lease: LeaseState | None, now: float) -> dict[str, Any] | None:
     }
 
 
-def summary_json(summary: SagaSummary) -> dict[str, Any]:
+def summary_json(summary: SagaSummary, parked: bool = False) -> dict[str, Any]:
+    """One saga of ``/api/sagas``: ``unreleased_claims`` and ``parked`` as
+    ``list --json`` gives them (``parked``: ``Listing.parked`` holds it)."""
     return {
         "saga_id": summary.saga_id,
         "saga_name": summary.saga_name,
@@ -493,13 +498,17 @@ def summary_json(summary: SagaSummary) -> dict[str, Any]:
             if summary.lease_owner and is_time(summary.lease_expires_at)
             else None
         ),
+        "unreleased_claims": summary.unreleased_claims,
+        "parked": parked,
     }
 
 
 def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> dict[str, Any]:
     counts = listing.counts
     return {
-        "sagas": [summary_json(summary) for summary in listing.sagas],
+        "sagas": [
+            summary_json(summary, summary.saga_id in listing.parked) for summary in listing.sagas
+        ],
         "next_before": listing.next_before,
         "next": (
             query.link("/api/sagas", default_limit=default_limit, before=listing.next_before)

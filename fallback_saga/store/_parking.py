@@ -24,12 +24,15 @@ repaired, or deleted), so it is never counted here nor called parked.
 
 from __future__ import annotations
 
+import math
 import shlex
+import time
 from typing import Final
 
 from ..command_line import PYTHON_M
 from ..log_lines import library_logger
 from ..status import SagaStatus
+from .base import Lease
 
 __all__ = [
     "NEVER_PARKED",
@@ -41,6 +44,7 @@ __all__ = [
     "parked_claims",
     "parked_text",
     "resume_command",
+    "warn_if_last_claim",
 ]
 
 _log = library_logger("fallback_saga")
@@ -98,6 +102,22 @@ def log_last_claim(saga_id: str, claims: int) -> None:
     )
 
 
+def warn_if_last_claim(store: object, lease: Lease) -> None:
+    """``log_last_claim`` if ``lease`` is the last claim ``store`` allows.
+
+    Called by the holder that is about to run the saga, not by the store's
+    ``claim``: a ``recover`` pass not given the saga's name claims it all
+    the same and gives it back unrun (``ran=False``, uncounted), and the
+    store's warning — the next crash parks it — was then logged for a claim
+    that ran nothing and counts for nothing."""
+    park_after = getattr(store, "park_after", None)
+    if (
+        isinstance(park_after, int) and not isinstance(park_after, bool)
+        and lease.unreleased_claims == park_after
+    ):
+        log_last_claim(lease.saga_id, lease.unreleased_claims)
+
+
 def parked_text(claims: int, saga_id: str) -> str:
     """What an operator reads about the parked saga ``saga_id`` (``list``,
     ``show``, ``recover``, the console): why, and the command that resumes it."""
@@ -106,18 +126,44 @@ def parked_text(claims: int, saga_id: str) -> str:
             f"{resume_command(saga_id)}")
 
 
-def parked_claims(store: object, status: SagaStatus, claims: object) -> int | None:
+def parked_claims(
+    store: object,
+    status: SagaStatus,
+    claims: object,
+    lease_owner: object = None,
+    lease_expires_at: object = None,
+    now: float | None = None,
+) -> int | None:
     """``claims`` if the saga is parked by ``store``'s ``park_after`` (an
-    interrupted saga claimed that many times without its lease given back),
-    else ``None`` (a finished saga, or a store that does not park)."""
+    interrupted saga claimed that many times without its lease given back,
+    and the last of those leases over), else ``None`` (a finished saga, a
+    store that does not park, or the last allowed resume still running).
+
+    The claim that reaches ``park_after`` is the last one allowed, not a
+    parking: while its lease is held (``lease_owner`` set, ``lease_expires_at``
+    after ``now``) that resume runs, and may yet finish and clear the count
+    — shown parked then, an operator resumed by id a saga a worker held
+    (``SagaBusy``), or gave up on one about to finish."""
     park_after = getattr(store, "park_after", None)
     if (
         not isinstance(park_after, int) or isinstance(park_after, bool)
         or not isinstance(claims, int) or isinstance(claims, bool)
         or status.is_final
+        or claims < park_after
     ):
         return None
-    return claims if claims >= park_after else None
+    if lease_owner is not None and _still_held(lease_expires_at, now):
+        return None
+    return claims
+
+
+def _still_held(expires_at: object, now: float | None) -> bool:
+    if (
+        not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool)
+        or not math.isfinite(expires_at)
+    ):
+        return False  # no readable expiry: judged by the count alone
+    return expires_at > (time.time() if now is None else now)
 
 
 def _ordinal(number: int) -> str:

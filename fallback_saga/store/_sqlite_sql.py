@@ -32,7 +32,6 @@ from ._common import (
 )
 from ._listing_pages import ListingPages, UnreadableRow
 from ._loop_waker import LoopWaker
-from ._parking import log_last_claim
 from ._sqlite_rows import (
     _decode_record,
     _is_time,
@@ -726,14 +725,12 @@ def _claim(
         )
     expires_at = now + lease_seconds
     taken = claimable[:limit]
-    leases = [Lease(saga_id, owner, fence + 1, expires_at) for saga_id, fence, _ in taken]
+    leases = [Lease(saga_id, owner, fence + 1, expires_at, claims + 1)
+              for saga_id, fence, claims in taken]
     cursor.executemany(
         _TAKE_COUNTED_LEASE,
         [(owner, expires_at, lease.token, now, lease.saga_id) for lease in leases],
     )
-    for saga_id, _, claims in taken:
-        if claims + 1 == park_after:
-            log_last_claim(saga_id, claims + 1)
     return leases
 
 

@@ -171,6 +171,12 @@ class Lease:
     owner: str
     token: int
     expires_at: float  # Unix time
+    # A ``claim``'s lease: the saga's claims since its lease was last given
+    # back in order, this one included (0 for ``claim_saga``, or a store that
+    # does not count). The holder, not the store, warns at the last one a
+    # parking store allows (``store._parking.warn_if_last_claim``): only the
+    # holder knows whether it will run the saga or give it back unrun.
+    unreleased_claims: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,7 +156,6 @@ from ._parking import (
     PARK_AFTER,
     check_park_after,
     check_ran,
-    log_last_claim,
 )
 from ._postgres_conn import (
     _PREPARED_HINT,
@@ -1359,7 +1358,7 @@ class PostgresSagaStore:
             ) from self._shown_cause(error)
         # Oldest first, as selected (RETURNING has no order).
         return [
-            Lease(saga_id, owner, taken[saga_id][0], taken[saga_id][1])
+            Lease(saga_id, owner, *taken[saga_id])
             for saga_id in due
             if saga_id in taken
         ]
@@ -1368,9 +1367,9 @@ class PostgresSagaStore:
         self, conn: AsyncConnection[Any], owner: str, lease_seconds: float, older_than: float,
         limit: int, deferred: bool = False, names: tuple[str, ...] | None = None,
         marker: str | None = None, locked: list[str] | None = None,
-    ) -> tuple[list[str], dict[str, tuple[int, float]]]:
+    ) -> tuple[list[str], dict[str, tuple[int, float, int]]]:
         """``claim``'s statements, in the caller's transaction: the sagas due,
-        oldest first, and the fence and expiry of each one leased.
+        oldest first, and the fence, expiry and count of claims of each one leased.
         ``marker``: set on each lease taken; ``locked``: extended with the
         sagas due as soon as they are locked, before the leases are sent."""
         sql = self._sql
@@ -1393,11 +1392,9 @@ class PostgresSagaStore:
             locked.extend(due)
         cursor = await _query(conn, sql.take_leases, (owner, lease_seconds, marker, due),
                               prepare)
-        taken: dict[str, tuple[int, float]] = {}
+        taken: dict[str, tuple[int, float, int]] = {}
         for saga_id, fence, expires, claims in await cursor.fetchall():
-            taken[saga_id] = (fence, expires)
-            if claims == park_after:
-                log_last_claim(saga_id, claims)
+            taken[saga_id] = (fence, expires, claims)
         return due, taken
 
     def _forget_soon(
