@@ -319,6 +319,7 @@ class RecoveryWorker:
             # A worker that stops keeps nothing out of the others' claims.
             with contextlib.suppress(asyncio.CancelledError):
                 await self._give_back_again()
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._release_held(everything=True)
             for helper in (listener, watch):
                 if helper is not None:

@@ -141,9 +141,9 @@ def parked_claims(
 
     The claim that reaches ``park_after`` is the last one allowed, not a
     parking: while its lease is held (``lease_owner`` set, ``lease_expires_at``
-    after ``now``) that resume runs, and may yet finish and clear the count
-    — shown parked then, an operator resumed by id a saga a worker held
-    (``SagaBusy``), or gave up on one about to finish."""
+    after ``now``) that resume runs, and may yet finish and clear the count.
+    Shown parked meanwhile, it sent an operator to resume by id a saga a
+    worker held (``SagaBusy``), or to give up on one about to finish."""
     park_after = getattr(store, "park_after", None)
     if (
         not isinstance(park_after, int) or isinstance(park_after, bool)
