@@ -122,8 +122,13 @@ def test_S10_a_saga_whose_resumes_keep_ending_the_process_is_parked_for_an_opera
             running = asyncio.get_running_loop().create_task(worker.run())
 
             async def finished() -> bool:
-                return all([(await store.load(saga_id)).status is SagaStatus.COMPLETED
-                            for saga_id in others]) and worker.in_flight == 0
+                # A claim first: once the others are COMPLETED (every death
+                # after the first), "finished" held before the worker had
+                # claimed anything, and it was stopped before it claimed the
+                # poison (no SystemExit: a flaky test).
+                return worker.stats.claimed > 0 and all(
+                    [(await store.load(saga_id)).status is SagaStatus.COMPLETED
+                     for saga_id in others]) and worker.in_flight == 0
 
             await eventually(finished, what="the other sagas resumed")
             await worker.stop()
@@ -872,9 +877,12 @@ class _GiveBackOutage:
     ``also``), as a store briefly out of reach does; ``refused`` counts the
     refusals."""
 
-    def __init__(self, store: Any, also: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, store: Any, also: tuple[str, ...] = (), error: Exception | None = None
+    ) -> None:
         self.down = True
         self.refused = 0
+        self.error = error
         for name in ("release", "defer", "hand_off", *also):
             method = getattr(store, name, None)
             if method is not None:
@@ -889,7 +897,7 @@ class _GiveBackOutage:
         async def refusing(*args: Any, **kwargs: Any) -> Any:
             if self.down:
                 self.refused += 1
-                raise SagaStoreError("the store is out of reach (injected)")
+                raise self.error or SagaStoreError("the store is out of reach (injected)")
             return await method(*args, **kwargs)
 
         return refusing
@@ -928,6 +936,43 @@ async def test_S10_a_lease_a_live_worker_could_not_give_back_is_not_counted_as_a
         await running
         assert (await store.lease_state(saga_id)).unreleased_claims == 0
         assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
+
+
+async def test_S10_a_give_back_refused_for_good_is_not_tried_again(
+    durable: StoreMaker,
+) -> None:
+    """A give-back the store refuses because the lease is not the holder's
+    any more (``LeaseLost``: another worker took the saga) or the saga is
+    gone (``SagaNotFound``) can never succeed: tried again before every
+    claim, it was a store call per saga per poll for as long as the worker
+    ran, and an entry kept for ever."""
+    from fallback_saga import LeaseLost
+
+    ledger = Ledger()
+    async with durable(park_after=PARK_AFTER) as store:
+        (saga_id,) = await seed(store, 1, "p")
+        outage = _GiveBackOutage(store, error=LeaseLost(saga_id, 1))
+        claims = 0
+        claim = store.claim
+
+        async def counted_claim(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            return await claim(*args, **kwargs)
+
+        store.claim = counted_claim
+        worker = RecoveryWorker(store, [order_saga(store, ledger)], concurrency=1, lease=600,
+                                poll=3600, older_than=0, owner="worker")
+        running = asyncio.get_running_loop().create_task(worker.run())
+        await eventually(lambda: worker.stats.completed == 1 and worker.in_flight == 0,
+                         what="the saga resumed to its end")
+        assert outage.refused == 1
+        for passes in (claims + 1, claims + 2):
+            worker.wake()
+            await eventually(lambda passes=passes: claims >= passes, what="another claim")
+        await worker.stop()
+        await running
+        assert outage.refused == 1
 
 
 async def test_S10_a_recover_pass_gives_back_at_its_end_a_lease_the_store_refused(
