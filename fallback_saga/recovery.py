@@ -52,6 +52,7 @@ from .store.base import (
 from .subsaga import parent_saga_id
 
 __all__ = [
+    "GIVEN_BACK_FOR_GOOD",
     "ClaimedSaga",
     "LeasedRun",
     "RecoveryReport",
@@ -73,6 +74,12 @@ _log = library_logger("fallback_saga")
 # reason), lost (the lease; with a reason), handed_off.
 Outcome = tuple[str, str | None]
 _CANCELLED: Outcome = ("handed_off", "the recovery was cancelled")
+
+
+#: What a give-back of a lease (release, defer, hand-off) raises when there
+#: is nothing left to give back — the lease is another holder's now, or the
+#: saga is gone: never worth trying again.
+GIVEN_BACK_FOR_GOOD: tuple[type[Exception], ...] = (LeaseLost, SagaNotFound)
 
 
 class ClaimedSaga:
@@ -408,6 +415,8 @@ class ClaimedSaga:
         store outage at each give-back, parked a saga that killed nothing."""
         try:
             await give_back()
+        except GIVEN_BACK_FOR_GOOD:
+            pass  # another holder's now, or gone: nothing left to give back
         except Exception as error:
             self.not_given_back = give_back
             _log.warning("saga %s: could not give its lease back (tried again before the "
@@ -645,6 +654,8 @@ async def recover(
     for give_back in refused:
         try:
             await give_back()
+        except GIVEN_BACK_FOR_GOOD:
+            pass
         except Exception as error:  # it expires on its own, counted
             _log.warning("could not give a lease back at the end of the pass: %s: %s",
                          type(error).__name__, error)

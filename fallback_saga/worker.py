@@ -65,7 +65,14 @@ from datetime import timedelta
 from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
-from .recovery import ClaimedSaga, SagasGiven, claim_batch, default_owner, sagas_by_name
+from .recovery import (
+    GIVEN_BACK_FOR_GOOD,
+    ClaimedSaga,
+    SagasGiven,
+    claim_batch,
+    default_owner,
+    sagas_by_name,
+)
 from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds, Resuming
 from .shielding import cancellation_pending
 from .store.base import (
@@ -447,6 +454,8 @@ class RecoveryWorker:
         for saga_id, give_back in list(self._not_given_back.items()):
             try:
                 await give_back()
+            except GIVEN_BACK_FOR_GOOD:
+                pass  # dropped: it can never succeed
             except Exception as error:
                 if cancellation_pending():
                     raise asyncio.CancelledError from error  # see cancellation_pending
