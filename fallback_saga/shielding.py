@@ -317,6 +317,12 @@ async def claimed(
             await settle(release(task.result()))
         raise cancelled_again(cancelled)
     finally:
+        if task.done():
+            # A task cancelled before its first step (the loop shutting down
+            # on 3.11, which starts no task eagerly) never ran ``claim``:
+            # closed, it claimed nothing and says nothing ("coroutine ...
+            # was never awaited"). Done any other way, this is a no-op.
+            claim.close()
         del task  # its error's traceback can hold this frame (see settle)
 
 

@@ -481,3 +481,39 @@ async def test_S8_S10_a_claim_cancelled_as_its_answer_arrives_is_given_back(
         assert await leased_by_nobody(inner, "o")
     finally:
         await inner.close()
+
+
+def test_S8_a_claim_cut_off_by_the_loops_shutdown_before_it_began_claims_nothing_and_is_closed(
+) -> None:
+    """``asyncio.run`` ends while a claim's own task has not taken its first
+    step (3.11 starts no task eagerly): the runner cancels it, the claim
+    never runs — and its coroutine was left unawaited, Python's
+    "coroutine ... was never awaited" RuntimeWarning in the service's log at
+    every such shutdown (seen under a worker polling every 10 ms). It is
+    closed: nothing claimed, nothing said."""
+    import gc
+    import warnings
+
+    from fallback_saga.shielding import claimed
+
+    began: list[str] = []
+
+    async def claim() -> Lease:
+        began.append("claim")
+        return Lease("s-1", "w", 1, 0.0)
+
+    async def release(lease: Lease) -> None:
+        began.append("release")
+
+    async def main() -> None:
+        # Returns at once: the caller's task starts the claim's task, which
+        # the shutdown cancels before its first step (on 3.12+ it may run
+        # eagerly, done before its caller awaits it: the caller has the lease).
+        asyncio.get_running_loop().create_task(claimed(claim(), release))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    assert began in ([], ["claim"])
