@@ -49,7 +49,7 @@ from fallback_saga.store import _sqlite_schema
 from fallback_saga.store import sqlite as sqlite_store
 
 DATA = Path(__file__).parent / "data"
-RELEASES = ("0.4.0", "0.5.0", "0.6.0", "0.8.0")
+RELEASES = ("0.4.0", "0.5.0", "0.6.0", "0.8.0", "0.9.0")
 
 # What each variant's participant must have applied in the end, once each.
 EFFECTS: dict[str, set[tuple[str, str]]] = {
@@ -315,7 +315,7 @@ def test_S13_processes_that_open_an_old_file_at_once_migrate_it_once(tmp_path: P
     assert sagas == before[2]
 
 
-@pytest.mark.parametrize("release", ["0.4.0", "0.8.0"])
+@pytest.mark.parametrize("release", ["0.4.0", "0.8.0", "0.9.0"])
 def test_S12_an_old_release_refuses_todays_file_naming_both_versions(
     release: str, tmp_path: Path
 ) -> None:
@@ -342,7 +342,7 @@ def test_S12_an_old_release_refuses_todays_file_naming_both_versions(
         check=False,
     )
     assert done.returncode == 1
-    old_version = 1 if release < "0.6.0" else 2
+    old_version = {"0.4.0": 1, "0.8.0": 2, "0.9.0": 3}[release]
     assert (f"schema version {_sqlite_schema.SCHEMA_VERSION}, newer than this fallback_saga "
             f"understands ({old_version})") in done.stderr
     assert schema_of(db)[0] == _sqlite_schema.SCHEMA_VERSION

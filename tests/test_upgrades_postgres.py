@@ -25,8 +25,10 @@ import psycopg  # noqa: E402
 
 from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
 
-# 0.4.0 wrote schema version 1 (contexts as jsonb), 0.8.0 version 2 (step results).
-RELEASES = ("0.4.0", "0.8.0")
+# 0.4.0 wrote schema version 1 (contexts as jsonb), 0.8.0 version 2 (step
+# results), 0.9.0 version 5 (contexts as json, leases stamped by the server).
+RELEASES = ("0.4.0", "0.8.0", "0.9.0")
+WROTE = {"0.4.0": 1, "0.8.0": 2, "0.9.0": 5}
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -48,7 +50,7 @@ async def test_S10_S14_every_saga_an_old_release_wrote_on_postgres_resumes_exact
     try:
         raw.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
         (version,) = raw.execute("SELECT version FROM fallback_saga_schema").fetchone()
-        assert version == (1 if release == "0.4.0" else 2)
+        assert version == WROTE[release]
 
         def fence_of(saga_id: str) -> int:
             (fence,) = raw.execute(
@@ -66,7 +68,7 @@ async def test_S10_S14_every_saga_an_old_release_wrote_on_postgres_resumes_exact
                 SCHEMA_VERSION,
             )
             await check_every_saga_resumes_exactly(
-                release, OldStore(store, ledger, fence_of, expire_leases, jsonb=True)
+                release, OldStore(store, ledger, fence_of, expire_leases, jsonb=WROTE[release] < 4)
             )
     finally:
         raw.close()
@@ -100,7 +102,7 @@ def test_S12_an_old_release_refuses_todays_postgres_schema_naming_both_versions(
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 1
-    old_version = 1 if release == "0.4.0" else 2
+    old_version = WROTE[release]
     assert (f"schema version {SCHEMA_VERSION}, newer than this fallback_saga understands "
             f"({old_version})") in done.stderr, done.stderr[-2000:]
 

@@ -41,6 +41,7 @@ RELEASES: dict[str, str] = {
     "0.5.0": "af9e80c",  # 1; the codec of tagged values (bytes, timedelta)
     "0.6.0": "f6c69a0",  # 2: step results journaled
     "0.8.0": "f6de978",  # 2
+    "0.9.0": "0075750",  # 3 (PostgreSQL 5)
 }
 
 
