@@ -12,7 +12,14 @@ one saga; ``CRASH_AT`` (``act:B``, ``compensate:B2``...) makes the process die
 with ``os._exit`` inside that step, after its effect: no ``finally``, no
 flush, no ``close``. ``resume:ID`` as the saga id resumes saga ``ID`` (under
 a lease, as ``Saga.resume`` takes one) instead of starting it, so that a
-second crash leaves the saga leased by a dead worker.
+second crash leaves the saga leased by a dead worker; ``recover:ID`` runs a
+recovery pass (``recover``) instead, as a worker of that release claims.
+
+``$UPGRADE_APP_HOLD`` (``act:B``...) stops the process twice for a line on
+its standard input, saying so on its standard output: once its store is open
+(``opened``), and inside that step before its participant is called
+(``holding act:B``) — so that a test runs an old release's worker alongside
+today's code at exact points (tests/test_rolling_deploy.py).
 
 The steps call a participant that keeps a ledger (one JSON line per call,
 ``O_APPEND``), applying an effect at most once per idempotency key and
@@ -27,6 +34,7 @@ import datetime as dt
 import enum
 import json
 import os
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -133,6 +141,14 @@ def ledger_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def hold(point: str) -> None:
+    """Wait for a line on standard input if ``$UPGRADE_APP_HOLD`` names
+    ``point`` (the whole process waits: it holds its leases meanwhile)."""
+    if os.environ.get("UPGRADE_APP_HOLD") == point:
+        print(f"holding {point}", flush=True)
+        sys.stdin.readline()
+
+
 def participant(action: str, step: str, *, fail: bool = False) -> None:
     info = current_step()
     assert info is not None
@@ -174,6 +190,7 @@ class _Step(SagaStepHandler[UpgradeCtx, Receipt]):
         return False
 
     async def act(self, ctx: UpgradeCtx) -> Any:
+        hold(f"act:{self.name}")
         ctx.trail.append(self.name)
         if self.act_fails(ctx):
             participant("act", self.name, fail=True)
@@ -255,8 +272,16 @@ async def main(db: str, saga_id: str) -> None:
     store = open_store(db)
     saga = UpgradeSaga(store=store, compensation_retry=no_retry())
     try:
+        if os.environ.get("UPGRADE_APP_HOLD"):
+            await store.open()
+            print("opened", flush=True)
+            sys.stdin.readline()
         if saga_id.startswith("resume:"):
             await saga.resume(saga_id.removeprefix("resume:"))
+        elif saga_id.startswith("recover:"):
+            from fallback_saga import recover
+
+            await recover(store, [saga], older_than=0)
         else:
             import fallback_saga
 

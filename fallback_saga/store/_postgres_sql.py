@@ -263,7 +263,10 @@ class _Statements:
         # A claim whose answer never came: first wait for its transaction to
         # end (it holds these rows' locks from its first statement to its
         # end), then give back what it took, if it committed — the leases
-        # still marked by it — and take back its count towards parking.
+        # still marked by it, and still its owner's — and take back its count
+        # towards parking. The owner too: a release before schema version 7
+        # (0.9.0, still running in a rolling deploy) claims without touching
+        # the marker, so a lease it took since still carries this one.
         # Two statements: the second's snapshot is taken once the wait is over.
         self.lock_claimed = (
             f"SELECT saga_id FROM {sagas} WHERE saga_id = ANY(%s::text[]) FOR UPDATE"
@@ -272,14 +275,14 @@ class _Statements:
             f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
             f" lease_written_at = now(), fence = fence + 1, claim_marker = NULL,"
             f" unreleased_claims = GREATEST(unreleased_claims - 1, 0)"
-            f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s"
+            f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s AND lease_owner = %s"
         )
         # The same for a claim by id (claim_saga): no count towards parking
         # to take back.
         self.forget_lease = (
             f"UPDATE {sagas} SET lease_owner = NULL, lease_expires_at = now(),"
             f" lease_written_at = now(), fence = fence + 1, claim_marker = NULL"
-            f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s"
+            f" WHERE saga_id = ANY(%s::text[]) AND claim_marker = %s AND lease_owner = %s"
         )
         # Lease one saga by id, in the transaction that locked its row first
         # (lock_saga): atomic under the row lock.

@@ -1349,7 +1349,7 @@ class PostgresSagaStore:
                 # towards parking. Given back once the claim's transaction
                 # has ended. (Refused by the server: nothing to give back,
                 # and the giving back finds nothing.)
-                self._forget_soon(locked, marker, lease_seconds)
+                self._forget_soon(locked, marker, owner, lease_seconds)
             if not isinstance(error, self._errors):
                 raise
             # Rolled back whole if the server answered with an error: no lease taken.
@@ -1398,26 +1398,29 @@ class PostgresSagaStore:
         return due, taken
 
     def _forget_soon(
-        self, saga_ids: list[str], marker: str, lease_seconds: float, *, by_id: bool = False
+        self, saga_ids: list[str], marker: str, owner: str, lease_seconds: float, *,
+        by_id: bool = False,
     ) -> None:
         """``_forget_claim``, in a task of its own (the claimer is cancelled,
         or failing): finished, or given up, by ``close``."""
         if self._closed or self._pool is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self._forget_claim(list(saga_ids), marker, lease_seconds, by_id=by_id))
+            self._forget_claim(list(saga_ids), marker, owner, lease_seconds, by_id=by_id))
         self._forgetting.add(task)
         task.add_done_callback(self._forgetting.discard)
 
     async def _forget_claim(
-        self, saga_ids: list[str], marker: str, lease_seconds: float, *, by_id: bool = False
+        self, saga_ids: list[str], marker: str, owner: str, lease_seconds: float, *,
+        by_id: bool = False,
     ) -> None:
         """Give back the leases a claim whose answer never came took, if it
-        committed: those still marked by it (a later claim, by id or not,
-        marks its own), with the count towards parking it added (none for
-        a claim by id, ``by_id``: ``claim_saga`` adds none). Sound only once
-        the claim's transaction has ended — until then a read finds nothing,
-        and the claim may commit a moment later —
+        committed: those still marked by it and leased to ``owner`` (a later
+        claim, by id or not, marks its own; a claim of 0.9.0, which knows no
+        mark, leases to its own owner), with the count towards parking it
+        added (none for a claim by id, ``by_id``: ``claim_saga`` adds none).
+        Sound only once the claim's transaction has ended — until then a read
+        finds nothing, and the claim may commit a moment later —
         so this first waits for the row locks that transaction held from its
         first statement to its end (``_forget_wait`` at a time, the
         connection given back between tries). Tried for the lease's length
@@ -1439,7 +1442,7 @@ class PostgresSagaStore:
                         await conn.execute(_FORGET_WAIT)
                         await _query(conn, sql.lock_claimed, (saga_ids,), self._prepare)
                         await _query(conn, sql.forget_lease if by_id else sql.forget_claim,
-                                     (saga_ids, marker), self._prepare)
+                                     (saga_ids, marker, owner), self._prepare)
                     return
                 finally:
                     await pool.putconn(conn)
@@ -1510,7 +1513,7 @@ class PostgresSagaStore:
                 # The lease may have been taken all the same, for nobody who
                 # knows its token (see claim). A server that answered with
                 # an error rolled it back: the give-back then finds nothing.
-                self._forget_soon([saga_id], marker, lease_seconds, by_id=True)
+                self._forget_soon([saga_id], marker, owner, lease_seconds, by_id=True)
             if isinstance(error, UnicodeEncodeError):  # a parameter UTF-8 cannot encode
                 raise self._wrap(error, doing, _NOT_SENT) from self._shown_cause(error)
             if not isinstance(error, self._errors):
