@@ -49,6 +49,11 @@ class OldProcess:
         self.process.stdin.write("\n")
         self.process.stdin.flush()
 
+    def rest(self) -> str:
+        """What the process wrote to standard output since, once it has ended."""
+        assert self.process.stdout is not None
+        return self.process.stdout.read()
+
     async def ends(self) -> int:
         return await asyncio.to_thread(self.process.wait, 60)
 

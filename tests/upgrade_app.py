@@ -281,7 +281,7 @@ async def main(db: str, saga_id: str) -> None:
         elif saga_id.startswith("recover:"):
             from fallback_saga import recover
 
-            await recover(store, [saga], older_than=0)
+            print(await recover(store, [saga], older_than=0), flush=True)
         else:
             import fallback_saga
 
