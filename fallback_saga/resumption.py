@@ -496,14 +496,17 @@ class LeasedRun:
         """Stop a run that has hung (a worker's ``resume_timeout``): handed
         off — no unwinding starts, no later write lands — and a compensation
         in flight, which a hand-off waits for (it is shielded), is cancelled
-        as the event loop's shutdown cancels it: its STARTED row stays the
-        last, the saga COMPENSATING, and the next resume calls it again, in
-        full, with the same idempotency key (S8, S10, S13)."""
+        as the event loop's shutdown cancels it — the run's own, or a child
+        saga's or a group member's anywhere in its tree: its STARTED row
+        stays the last, that saga COMPENSATING, and the next resume calls it
+        again, in full, with the same idempotency key (S8, S10, S13, S15)."""
         self.hand_off()
-        execution = self._context.get(_CURSOR)
-        unwinding = getattr(execution, "unwinding", None)
-        if isinstance(unwinding, asyncio.Task) and not unwinding.done():
-            unwinding.cancel()
+        # Every unwinding in flight in the saga's tree: its own, and those
+        # of the child sagas (SubSaga) and group members it drives — each
+        # shielded in a task of its own that the hand-off does not reach.
+        for unwinding in list(self._scope.unwindings or ()):
+            if not unwinding.done():
+                unwinding.cancel()
 
     def stop_renewing(self) -> None:
         """Renew the lease no more: the run's worker stopped waiting for it

@@ -75,12 +75,17 @@ class StopScope:
     Set in the context of the run it stands for (``STOP_SCOPE``), which the
     runs it starts inherit; a scope keeps the one around it (``outer``)."""
 
-    __slots__ = ("outer", "reason", "run", "when_cancelled")
+    __slots__ = ("outer", "reason", "run", "unwindings", "when_cancelled")
 
     def __init__(self, outer: StopScope | None, run: JournaledRun | None = None) -> None:
         self.outer = outer
         self.run = run
         self.reason: BaseException | None = None  # set once the run is stopped
+        # The unwindings in flight (their tasks) of this run and of every run
+        # it started: a child saga's, a group member's — each shielded in a
+        # task of its own, which stopping this run's task never reaches.
+        # A worker stopping a hung run cancels them all (LeasedRun.stop_hung).
+        self.unwindings: set[asyncio.Task[Any]] | None = None
         # For a run that a cancellation stops without unwinding (a worker's:
         # see ``LeasedRun``): the reason, once its task is being cancelled.
         self.when_cancelled: Callable[[], BaseException | None] | None = None
@@ -103,6 +108,21 @@ class StopScope:
                     return run.interruption
             scope = scope.outer
         return None
+
+    def unwinding(self, task: asyncio.Task[Any], *, ended: bool = False) -> None:
+        """``task`` unwinds a run within this scope (or has ``ended``): told
+        to this scope and to each one around it, for the outermost run (the
+        one a worker stops) to reach every unwinding of its saga tree."""
+        scope: StopScope | None = self
+        while scope is not None:
+            if ended:
+                if scope.unwindings is not None:
+                    scope.unwindings.discard(task)
+            elif scope.unwindings is None:
+                scope.unwindings = {task}
+            else:
+                scope.unwindings.add(task)
+            scope = scope.outer
 
 
 STOP_SCOPE: ContextVar[StopScope | None] = ContextVar("fallback_saga_stop_scope", default=None)
@@ -129,7 +149,6 @@ class UnwindingRun(JournaledRun):
         "reopener",
         "stack",
         "status",
-        "unwinding",
     )
 
     hooks: Hooks
@@ -149,8 +168,6 @@ class UnwindingRun(JournaledRun):
     # unwinds (SubSaga) is reopened by it too, not refused as FAILED.
     reopener: str | None
     shape: Any  # a compact journal's plan shape (Execution.run_plain's), else None
-    # The task running ``unwind`` (set there only: unset until a run unwinds).
-    unwinding: Any
 
     # ------------------------------------------------------------------ ending short of done
 
@@ -369,8 +386,12 @@ class UnwindingRun(JournaledRun):
         shows them completed and not compensated."""
         self.status = self.pending_status = _COMPENSATING
         # The task the unwinding runs in (shielded: see fail), for a worker
-        # that must stop a compensation that hangs (LeasedRun.stop_hung).
-        self.unwinding = running_task()
+        # that must stop a compensation that hangs (LeasedRun.stop_hung) —
+        # wherever in its saga tree this run is (StopScope.unwinding).
+        scope = STOP_SCOPE.get()
+        own = running_task() if scope is not None else None
+        if isinstance(own, asyncio.Task):
+            scope.unwinding(own)  # type: ignore[union-attr]
         left_undone = self.left_undone
         errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
@@ -414,9 +435,10 @@ class UnwindingRun(JournaledRun):
             # cycle, which would keep the run and its context alive until the
             # garbage collector finds it).
             self.left_undone = None
-            self.unwinding = None  # a task kept would keep what it returns
+            if isinstance(own, asyncio.Task):
+                scope.unwinding(own, ended=True)  # type: ignore[union-attr]
             errors = {}
-            error = left_undone = task = None
+            error = left_undone = task = own = scope = None
 
     async def compensate(self, branch: Branch) -> BaseException | None:
         """Call ``branch.compensate`` under the retry policy; the final error, if any.

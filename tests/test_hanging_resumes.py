@@ -21,10 +21,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from test_worker import (
+    A,
+    B,
+    C,
+    Ctx,
     Ledger,
     OrderSaga,
     OutcomeSignal,
@@ -39,10 +43,13 @@ from test_worker import (
 
 from fallback_saga import (
     Lease,
+    Parallel,
     RecoveryWorker,
+    Saga,
     SagaStatus,
     SQLiteSagaStore,
     StepStatus,
+    SubSaga,
     current_step,
     recover,
 )
@@ -255,6 +262,91 @@ async def test_S8_a_compensation_that_hangs_is_cancelled_at_resume_timeout_and_c
         assert report.compensated == [hung]
         assert participant.of(hung) == [
             "act A", "act B", "act C", "compensate B", "compensate B", "compensate A"]
+
+
+class Pair(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [A, B]
+
+
+def family_saga(store: Any, participant: Participant, *, in_group: bool) -> Saga[Ctx]:
+    """A parent with a child saga ``Kid`` (``<parent>/Kid``) whose B's
+    compensation is the one to hang; every act C declines. ``in_group``:
+    the child (A, B, C) is a ``Parallel`` member's, and unwinds itself in
+    the member's task as its C declines; else the child (A, B) completes,
+    the parent's C declines, and the parent's unwinding unwinds the child."""
+    if in_group:
+        kid = SubSaga(declining_saga(store, participant), context=lambda c: Ctx(c.order_id),
+                      name="Kid")
+        members: list[Any] = [Parallel(kid, A)]
+    else:
+        participant.failing.add("act C")
+        pair = Pair(store=store, step_factory=lambda cls: cls(participant))
+        members = [A, SubSaga(pair, context=lambda c: Ctx(c.order_id), name="Kid"), C]
+
+    class Family(Saga[Ctx]):
+        steps: ClassVar[list[Any]] = members
+
+    return Family(store=store, step_factory=lambda cls: cls(participant))
+
+
+@pytest.mark.parametrize("in_group", [False, True], ids=["child", "group-member-child"])
+async def test_S15_a_compensation_hanging_in_a_child_saga_is_stopped_at_resume_timeout_as_a_plain_one(
+    open_store: Callable[..., Any], caplog: pytest.LogCaptureFixture, in_group: bool
+) -> None:
+    """The hung compensation is a child saga's own (``SubSaga``, unwound by
+    its parent's unwinding, or unwinding itself in a ``Parallel``
+    member): B's, in a task of its own that stopping the parent's run, or
+    cancelling the parent's unwinding, does not reach. It was left to hang
+    until the worker let the run go, ``STOP_WAIT`` later, its lease
+    unrenewed and the call still in flight. Now it is stopped at
+    ``resume_timeout`` as a plain step's is: cancelled at once, nothing
+    reported compensated that was not (the child COMPENSATING, B's STARTED
+    its last row; nothing before it in the parent compensated); the next
+    pass calls B's compensation again, in full, then the rest."""
+    told = Told()
+    participant = Participant()
+    child = "f1/Kid"
+    async with open_store() as store:
+        family = family_saga(store, participant, in_group=in_group)
+        await store.create("f1", "Family", family.definition.fingerprint,
+                           {"order_id": "f1"}, [])
+        participant.hang(child, "compensate B")
+        worker = RecoveryWorker(store, [family], concurrency=1, lease=600, poll=3600,
+                                older_than=0, listen=False, listeners=[told],
+                                resume_timeout=30)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(participant.hanging[(child, "compensate B")].wait(), 30)
+            move_clock(worker, 31)  # resume_timeout, not STOP_WAIT more
+            await asyncio.wait_for(told.until("interrupted", at_most=1), 20)
+            assert worker._let_go == set()
+        finally:
+            await worker.stop()
+            await running
+        assert [(s, o) for s, _, o, _ in told.outcomes] == [("f1", "interrupted")]
+        assert "resume_timeout" in (told.outcomes[0][3] or "")
+        assert worker.stats.interrupted == 1
+        assert not any("did not stop" in r.getMessage() for r in caplog.records)
+        kid = await store.load(child)
+        assert kid.status is SagaStatus.COMPENSATING
+        assert rows(kid)[-1] == ("B", "compensate", StepStatus.STARTED)
+        done = ["act A", "act B", "act C"] if in_group else ["act A", "act B"]
+        assert participant.of(child) == [*done, "compensate B"]
+        parent = await store.load("f1")
+        if in_group:
+            assert parent.status is SagaStatus.RUNNING
+            assert not any(action == "compensate" for _, action, _ in rows(parent))
+        else:
+            assert parent.status is SagaStatus.COMPENSATING
+            assert rows(parent)[-1] == ("Kid", "compensate", StepStatus.STARTED)
+        assert "compensate A" not in participant.of("f1")
+        await lease_ran_out(store, "f1")
+        report = await recover(store, [family_saga(store, participant, in_group=in_group)],
+                               older_than=0)
+        assert report.compensated == ["f1"]
+        assert participant.of(child) == [*done, "compensate B", "compensate B", "compensate A"]
+        assert participant.of("f1")[-1] == "compensate A"
+        assert participant.of("f1").count("compensate A") == 1
 
 
 async def test_S10_a_saga_that_hangs_on_every_resume_is_parked_for_an_operator(
