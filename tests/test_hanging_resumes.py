@@ -290,7 +290,7 @@ def family_saga(store: Any, participant: Participant, *, in_group: bool) -> Saga
 
 
 @pytest.mark.parametrize("in_group", [False, True], ids=["child", "group-member-child"])
-async def test_S15_a_compensation_hanging_in_a_child_saga_is_stopped_at_resume_timeout_as_a_plain_one(
+async def test_S15_a_compensation_hanging_in_a_child_saga_is_stopped_at_resume_timeout_too(
     open_store: Callable[..., Any], caplog: pytest.LogCaptureFixture, in_group: bool
 ) -> None:
     """The hung compensation is a child saga's own (``SubSaga``, unwound by
