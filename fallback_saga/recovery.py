@@ -191,7 +191,8 @@ class ClaimedSaga:
         stop it without unwinding (``LeasedRun.stop_hung``). Its outcome is
         ``interrupted``; its lease is kept for the backoff and counted
         (``_let_go``). Not loaded yet (a store that hangs): the caller
-        cancels the task instead, as a hand-off does."""
+        cancels the task instead, as a hand-off does — and the outcome is
+        ``interrupted`` all the same (see ``_after_cancellation``)."""
         self.timed_out = seconds
         if self.run is not None:
             self.run.stop_hung()
@@ -315,6 +316,13 @@ class ClaimedSaga:
         stopped for recovery by now, and only the journal says which — a
         status is reported only as the journal holds it (S13)."""
         if self.run is None:
+            if self.timed_out is not None:
+                # Stopped at the worker's bound while the store had not
+                # answered its load: no hand-off (no worker shut down), and
+                # another worker claiming it at once would wait the same way.
+                return "interrupted", (
+                    f"loading it from the store took longer than the worker's "
+                    f"resume_timeout ({self.timed_out:g} s): stopped before any step of it ran")
             return _CANCELLED  # cancelled while loading it: nothing ran
         try:
             status = (await self.store.load(self.saga_id)).status
@@ -400,7 +408,11 @@ class ClaimedSaga:
             else:
                 give_back = partial(store.release, self.lease, **unrun)
         except Exception as error:  # it expires on its own
-            _log.warning("saga %s: could not release its lease: %s: %s",
+            # Only the renewal is awaited here (a give-back is, below): a
+            # lease renewed for the backoff that a log called "released"
+            # misled an operator about whether the saga could be claimed.
+            _log.warning("saga %s: could not renew its lease for the backoff (cut to it): "
+                         "%s: %s (its lease runs out on its own)",
                          self.saga_id, type(error).__name__, error)
             return
         if give_back is not None:

@@ -151,7 +151,6 @@ class ResumeBounds:
             "a backoff", self.owner, claimed.saga_id, timeout,
             f", in the {where}" if where else "",
         )
-        if claimed.run is not None:
-            claimed.time_out(timeout)
-        else:
+        claimed.time_out(timeout)
+        if claimed.run is None:
             task.cancel()  # still loading it (the store hangs): nothing ran

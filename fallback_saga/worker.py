@@ -484,10 +484,20 @@ class RecoveryWorker:
         try:
             outcome, reason = await claimed.resume()
         except asyncio.CancelledError:
-            # Cancelled before the saga ran (while loading it): it was handed
-            # off untouched; ClaimedSaga released the lease.
-            if not claimed.let_go:  # counted when it was let go
+            # Cancelled before the saga ran (while loading it): handed off
+            # untouched (ClaimedSaga released the lease) — or, stopped at
+            # resume_timeout (a store that does not answer), interrupted.
+            if claimed.let_go:  # counted when it was let go
+                raise
+            if claimed.timed_out is None:
                 self.stats.handed_off += 1
+                raise
+            self.stats.interrupted += 1
+            self._interruptions[claimed.saga_id] = (
+                self._interruptions.get(claimed.saga_id, 0) + 1)
+            _log.warning("recovery worker %s: saga %s interrupted: loading it from the store "
+                         "took longer than resume_timeout (%g s)", self.owner,
+                         claimed.saga_id, claimed.timed_out)
             raise
         if claimed.let_go:
             return  # let go, told and counted already: see _give_up

@@ -349,6 +349,100 @@ async def test_S15_a_compensation_hanging_in_a_child_saga_is_stopped_at_resume_t
         assert participant.of("f1").count("compensate A") == 1
 
 
+class _StoreFaults:
+    """A store whose ``load`` of one saga hangs once (``hang_load``; until
+    ``load_gate`` is set) and whose ``renew`` fails (``renew_fails``)."""
+
+    def __init__(self, inner: Any, *, hang_load: str | None = None,
+                 renew_fails: bool = False) -> None:
+        self._inner = inner
+        self.hang_load = hang_load
+        self.renew_fails = renew_fails
+        self.load_gate = asyncio.Event()
+        self.loading = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def load(self, saga_id: str) -> Any:
+        if saga_id == self.hang_load:
+            self.hang_load = None  # once
+            self.loading.set()
+            await self.load_gate.wait()
+        return await self._inner.load(saga_id)
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        if self.renew_fails:
+            raise OSError("the store refused the renewal")
+        renewed: Lease = await self._inner.renew(lease, lease_seconds)
+        return renewed
+
+
+async def test_S13_a_load_that_outruns_resume_timeout_is_interrupted_not_handed_off(
+    open_store: Callable[..., Any],
+) -> None:
+    """The store does not answer the saga's load. At ``resume_timeout`` it
+    was reported ``handed_off`` — a worker's shutdown, which it was not —
+    its lease given back for every worker to claim and wait on the same way,
+    its claim not counted. It is ``interrupted`` (told, counted, warned),
+    its lease kept for the backoff and counted, as any stopped resume's;
+    nothing of it ran."""
+    told = Told()
+    participant = Participant()
+    async with open_store() as inner:
+        (hung,) = await seed(inner, 1)
+        store = _StoreFaults(inner, hang_load=hung)
+        worker = RecoveryWorker(store, [order_saga(store, participant)], concurrency=1,
+                                lease=600, poll=3600, older_than=0, listen=False,
+                                listeners=[told], resume_timeout=30)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(store.loading.wait(), 30)
+            move_clock(worker, 31)
+            await eventually(lambda: worker.in_flight == 0, what="the stop")
+        finally:
+            await worker.stop()
+            await running
+        assert [(s, o) for s, _, o, _ in told.outcomes] == [(hung, "interrupted")]
+        assert "resume_timeout" in (told.outcomes[0][3] or "")
+        assert (worker.stats.interrupted, worker.stats.handed_off) == (1, 0)
+        assert participant.calls == []
+        state = await inner.lease_state(hung)
+        assert state.owner == worker.owner
+        assert state.unreleased_claims == 1
+        assert rows(await inner.load(hung)) == [("A", "act", StepStatus.STARTED)]
+
+
+async def test_a_failed_renewal_of_a_stopped_resumes_lease_is_logged_as_a_renewal(
+    db_store: SQLiteSagaStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resume stopped at ``resume_timeout`` keeps its lease, cut to the
+    backoff by a renewal. When that renewal failed, the warning said the
+    lease "could not be released": an operator read that the saga was
+    still held when it was never to be released at all. It says what failed."""
+    participant = Participant()
+    (hung,) = await seed(db_store, 1)
+    store = _StoreFaults(db_store)
+    participant.hang(hung, "act B")
+    worker = RecoveryWorker(store, [order_saga(store, participant)], concurrency=1,
+                            lease=600, poll=3600, older_than=0, listen=False,
+                            resume_timeout=30)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(participant.hanging[(hung, "act B")].wait(), 30)
+        store.renew_fails = True
+        move_clock(worker, 31)
+        await eventually(lambda: worker.stats.interrupted == 1, what="the stop")
+    finally:
+        await worker.stop()
+        await running
+    (said,) = [r.getMessage() for r in caplog.records if "could not" in r.getMessage()]
+    assert hung in said
+    assert "renew" in said
+    assert "release" not in said
+    assert "the store refused the renewal" in said
+
+
 async def test_S10_a_saga_that_hangs_on_every_resume_is_parked_for_an_operator(
     open_store: Callable[..., Any],
 ) -> None:
