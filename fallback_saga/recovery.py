@@ -10,12 +10,13 @@ heartbeat, fencing, hand-offs — is ``resumption.py``'s part.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from .errors import (
     CorruptSagaRecord,
@@ -53,6 +54,7 @@ from .subsaga import parent_saga_id
 
 __all__ = [
     "GIVEN_BACK_FOR_GOOD",
+    "STOP_WAIT",
     "ClaimedSaga",
     "LeasedRun",
     "RecoveryReport",
@@ -64,6 +66,7 @@ __all__ = [
     "recover",
     "resume_point",
     "sagas_by_name",
+    "seconds_given",
 ]
 
 _log = library_logger("fallback_saga")
@@ -74,6 +77,28 @@ _log = library_logger("fallback_saga")
 # reason), lost (the lease; with a reason), handed_off.
 Outcome = tuple[str, str | None]
 _CANCELLED: Outcome = ("handed_off", "the recovery was cancelled")
+
+# Seconds a run asked to stop (a resume_timeout, a worker's hand-off) has to
+# end before it is let go: a run stops at its next suspension, in well under
+# a second, unless a step swallows the cancellation.
+STOP_WAIT: Final = 10.0
+
+# The resumes a ``recover`` pass let go (they did not stop when asked): kept
+# here until they end, as the event loop keeps only weak references to tasks.
+_LET_GO: set[asyncio.Task[Any]] = set()
+
+
+def seconds_given(name: str, value: float | timedelta, *, positive: bool) -> float:
+    """``value`` (seconds, or a ``timedelta``) as a float, refused with a
+    ``ValueError`` naming ``name`` unless finite and > 0 (``positive``) or >= 0."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        value > 0 if positive else value >= 0
+    ) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds "
+                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
 
 
 #: What a give-back of a lease (release, defer, hand-off) raises when there
@@ -138,6 +163,8 @@ class ClaimedSaga:
         # The lease's give-back (release, defer, hand-off), if the store
         # refused it: the holder tries it again (``_give_back``).
         self.not_given_back: Callable[[], Awaitable[object]] | None = None
+        # What ``resume`` told, once it has ended (also when it raised).
+        self.outcome: Outcome | None = None
 
     @property
     def saga_id(self) -> str:
@@ -162,6 +189,7 @@ class ClaimedSaga:
             outcome = self._ended(error)
             raise
         finally:
+            self.outcome = outcome
             if not self.let_go:  # told already, by the worker that let it go
                 self._report(outcome)
             await self._let_go(outcome[0])
@@ -582,6 +610,7 @@ async def recover(
     progress: Callable[[str, str], None] | None = None,
     listeners: Iterable[object] = (),
     allow_changed_definition: bool = False,
+    resume_timeout: float | timedelta | None = None,
 ) -> RecoveryReport:
     """Find interrupted sagas (RUNNING or COMPENSATING, not updated for
     ``older_than``) and resume each with the saga of the same name.
@@ -598,7 +627,21 @@ async def recover(
     resumes sagas started with another definition of their saga, as
     ``Saga.resume`` does with it (steps matched by position; a saga one of
     whose journaled steps moved or lost its place is still skipped).
+
+    ``resume_timeout`` — seconds one saga's resume may run (``None``, the
+    default: no bound). A resume that outruns it (a step with no
+    ``timeout`` whose call never answers, a store that does not answer its
+    load) is stopped as a ``RecoveryWorker`` stops one: without unwinding, a
+    compensation in flight cancelled (called again, in full, next time); it
+    is reported ``interrupted``, its lease kept for ``lease`` seconds and
+    counted toward the store's ``park_after``. A run that has not stopped
+    ``STOP_WAIT`` seconds after that, asked twice (a step that swallows the
+    cancellation), is let go: reported, its lease renewed no more, while it
+    goes on in the background, every write of it refused — and the event
+    loop's own end waits for it, which only the step can end.
     """
+    if resume_timeout is not None:
+        resume_timeout = seconds_given("resume_timeout", resume_timeout, positive=True)
     if isinstance(older_than, timedelta):
         older_than = older_than.total_seconds()
     if older_than < 0:
@@ -641,7 +684,10 @@ async def recover(
             await saga.hand_back()  # it waited for a slot: nothing ran
             raise
         try:
-            outcome, reason = await saga.resume()
+            if resume_timeout is None:
+                outcome, reason = await saga.resume()
+            else:
+                outcome, reason = await _within(saga, resume_timeout)
         finally:
             gate.release()
             if saga.not_given_back is not None:
@@ -672,6 +718,44 @@ async def recover(
             _log.warning("could not give a lease back at the end of the pass: %s: %s",
                          type(error).__name__, error)
     return report
+
+
+async def _within(saga: ClaimedSaga, bound: float) -> Outcome:
+    """``saga.resume()``, stopped if it runs longer than ``bound`` seconds
+    (see ``recover``'s ``resume_timeout``), on the event loop's clock."""
+    task = asyncio.get_running_loop().create_task(saga.resume())
+    try:
+        for wait in (bound, STOP_WAIT, STOP_WAIT):
+            await asyncio.wait([task], timeout=wait)
+            if task.done():
+                if task.cancelled() and saga.outcome is not None:
+                    return saga.outcome  # stopped while loading it: see time_out
+                return task.result()
+            if saga.timed_out is None:
+                saga.time_out(bound)
+                if saga.run is None:
+                    task.cancel()  # still loading it (the store hangs): nothing ran
+            elif saga.run is not None:
+                # Once more: a compensation begun since the stop (a child
+                # saga's, say) is cancelled too.
+                saga.run.stop_hung()
+        # Asked twice, it has not stopped: a step swallows the cancellation.
+        _LET_GO.add(task)
+        task.add_done_callback(_LET_GO.discard)
+        _log.error("recover: saga %s did not stop %g s after it was stopped at its "
+                   "resume_timeout; the pass goes on without it", saga.saga_id, 2 * STOP_WAIT)
+        return saga.give_up()
+    except asyncio.CancelledError:
+        # The pass is cancelled: the saga unwinds (S8), as it would in our
+        # own task; we return once it has.
+        if not task.done():
+            task.cancel()
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
+        raise
+    finally:
+        del task  # its error's traceback holds this frame
 
 
 def _claims_deferred(store: RecoverableStore) -> bool:

@@ -25,16 +25,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from .log_lines import library_logger
-from .recovery import ClaimedSaga
+from .recovery import STOP_WAIT, ClaimedSaga
 
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "ResumeBounds", "Resuming"]
 
 _log = library_logger("fallback_saga")
-
-# Seconds a run asked to stop (resume_timeout, a shutdown's hand-off) has to
-# end before the worker lets it go: a run stops at its next suspension, in
-# well under a second, unless a step swallows the cancellation.
-STOP_WAIT: Final = 10.0
 
 # A resume running longer than this is logged (``resume_warning``): a lease's
 # length by default; a healthy resume takes seconds, not minutes.

@@ -72,6 +72,7 @@ from .recovery import (
     claim_batch,
     default_owner,
     sagas_by_name,
+    seconds_given,
 )
 from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds, Resuming
 from .shielding import cancellation_pending
@@ -114,15 +115,7 @@ class WorkerStats:
     handed_off: int = 0
 
 
-def _seconds(name: str, value: float | timedelta, *, positive: bool) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        value > 0 if positive else value >= 0
-    ) or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds "
-                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
+_seconds = seconds_given
 
 
 class RecoveryWorker:

@@ -1059,6 +1059,52 @@ def test_S12_a_lease_of_no_time_is_refused_before_app_is_imported(
     sys.modules.pop(name, None)
 
 
+@pytest.mark.parametrize("timeout", ["0", "0s", "-5", "soon"])
+def test_S12_a_resume_timeout_that_is_no_duration_is_refused_before_app_is_imported(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], timeout: str,
+) -> None:
+    """``recover --resume-timeout`` is checked as ``--lease`` is, as the
+    command line is read: before ``--app`` is imported or the store opened."""
+    marker = tmp_path / "imported"
+    name = f"timeout_app_{abs(hash(timeout))}"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef sagas(store):\n    return []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["recover", "--db", db, "--app", f"{name}:sagas", f"--resume-timeout={timeout}"]
+    assert main(argv) == 2
+    assert "argument --resume-timeout: invalid duration" in capsys.readouterr().err
+    assert not marker.exists()
+    assert not Path(db).exists()
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize(("given", "seconds"), [([], None), (["--resume-timeout", "2m"], 120.0)])
+def test_recover_hands_its_resume_timeout_to_the_pass(
+    db: str, app: ModuleType, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], given: list[str], seconds: float | None,
+) -> None:
+    """A cron's ``recover`` pass hung for ever on a step that never answers:
+    the command had no bound to give. ``--resume-timeout`` is recover()'s
+    ``resume_timeout`` (none by default), and ``--help`` says so."""
+    import fallback_saga.cli.recover as command
+
+    passed: list[Any] = []
+    real = command.recover
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        passed.append(kwargs.get("resume_timeout", "not given"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(command, "recover", recording)
+    run_sagas(db, app, ("o-1", {}, ""))
+    assert main(["recover", "--db", db, "--app", f"{app.__name__}:sagas", *given]) == 0
+    assert passed == [seconds]
+    capsys.readouterr()
+    assert main(["recover", "--help"]) == 0
+    assert "--resume-timeout TIME" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- purge
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from helpers_clock import run_virtual
 from test_worker import (
     A,
     B,
@@ -586,6 +587,124 @@ def test_resume_timeout_and_resume_warning_are_checked(tmp_path: Path) -> None:
             assert worker.resume_warning is None
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- recover()
+
+
+def _recover_virtually(tmp_path: Path, body: Callable[[Any], Any]) -> Any:
+    """``body(store)`` on a loop whose clock jumps to its next timer when
+    nothing is ready (helpers_clock): a hang of 30 s costs no real time and
+    the loop's clock says exactly when the pass stopped it. The store
+    writes inline: no thread answers behind the loop's back."""
+
+    async def main() -> Any:
+        async with SQLiteSagaStore(tmp_path / "sagas.db", writer="inline") as store:
+            return await body(store)
+
+    return run_virtual(main)
+
+
+def test_S13_a_recover_pass_stops_a_resume_that_outruns_resume_timeout(tmp_path: Path) -> None:
+    """``recover()`` (a cron's pass) had no bound: a step that never
+    answers held the pass, and the cron, for ever. With ``resume_timeout``
+    the resume is stopped as a worker stops one — at the bound, not later:
+    no unwinding, the journal saying B started and nothing more; reported
+    ``interrupted``, its lease kept and counted; the other saga completes."""
+    participant = Participant()
+
+    async def body(store: SQLiteSagaStore) -> None:
+        hung, other = await seed(store, 2)
+        participant.hang(hung, "act B")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        report = await recover(store, [order_saga(store, participant)], older_than=0,
+                               resume_timeout=30)
+        took = loop.time() - began
+        assert 30 <= took < 30 + STOP_WAIT
+        assert report.resumed == [other]
+        ((saga_id, reason),) = report.interrupted
+        assert saga_id == hung
+        assert "resume_timeout" in reason
+        assert participant.of(hung) == ["act A", "act B"]
+        record = await store.load(hung)
+        assert record.status is SagaStatus.RUNNING
+        assert rows(record)[-1] == ("B", "act", StepStatus.STARTED)
+        state = await store.lease_state(hung)
+        assert state.owner is not None
+        assert state.unreleased_claims == 1
+
+    _recover_virtually(tmp_path, body)
+
+
+def test_S8_a_recover_pass_cancels_a_compensation_hanging_past_resume_timeout(
+    tmp_path: Path,
+) -> None:
+    """B's compensation never answers in a ``recover()`` pass. At
+    ``resume_timeout`` it is cancelled: the saga stays COMPENSATING with
+    B's STARTED last (A not compensated behind its back), and the next
+    pass calls B's compensation again, in full, then A's."""
+    participant = Participant()
+
+    async def body(store: SQLiteSagaStore) -> None:
+        (hung,) = await seed(store, 1)
+        participant.hang(hung, "compensate B")
+        report = await recover(store, [declining_saga(store, participant)], older_than=0,
+                               resume_timeout=30)
+        assert [saga_id for saga_id, _ in report.interrupted] == [hung]
+        record = await store.load(hung)
+        assert record.status is SagaStatus.COMPENSATING
+        assert rows(record)[-1] == ("B", "compensate", StepStatus.STARTED)
+        assert participant.of(hung) == ["act A", "act B", "act C", "compensate B"]
+        await lease_ran_out(store, hung)
+        report = await recover(store, [declining_saga(store, participant)], older_than=0,
+                               resume_timeout=30)
+        assert report.compensated == [hung]
+        assert participant.of(hung) == [
+            "act A", "act B", "act C", "compensate B", "compensate B", "compensate A"]
+
+    _recover_virtually(tmp_path, body)
+
+
+def test_S8_a_recover_pass_lets_go_a_step_that_swallows_cancellation(tmp_path: Path) -> None:
+    """Act B swallows every cancellation. The pass stops it at
+    ``resume_timeout``, asks again ``STOP_WAIT`` later, and ``STOP_WAIT``
+    after that returns without it (reported ``interrupted``), its lease
+    kept. When the step ends at last, its writes are refused: the journal
+    says B started, nothing more."""
+    from fallback_saga import recovery
+
+    participant = Participant()
+
+    async def body(store: SQLiteSagaStore) -> None:
+        (hung,) = await seed(store, 1)
+        gate = participant.hang(hung, "act B", swallow=True)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        report = await recover(store, [order_saga(store, participant)], older_than=0,
+                               resume_timeout=30)
+        assert loop.time() - began >= 30 + 2 * STOP_WAIT
+        ((saga_id, reason),) = report.interrupted
+        assert saga_id == hung
+        assert "still running" in reason
+        (zombie,) = recovery._LET_GO
+        assert not zombie.done()
+        gate.set()
+        await asyncio.wait([zombie])
+        assert participant.of(hung) == ["act A", "act B", "act returned B"]
+        assert rows(await store.load(hung))[-1] == ("B", "act", StepStatus.STARTED)
+        assert (await store.lease_state(hung)).unreleased_claims == 1
+
+    _recover_virtually(tmp_path, body)
+
+
+def test_recovers_resume_timeout_is_checked(tmp_path: Path) -> None:
+    async def body(store: SQLiteSagaStore) -> None:
+        for bad in (0, -1, float("inf"), "30", True):
+            with pytest.raises(ValueError, match="resume_timeout"):
+                await recover(store, [order_saga(store, Ledger())], resume_timeout=bad)
+
+    _recover_virtually(tmp_path, body)
 
 
 # --------------------------------------------------------------------------- shutdown

@@ -69,10 +69,10 @@ recently).
 
 Exit status: 1 if a saga claimed ended FAILED (a compensation gave up: an
 operator is needed), was skipped (unknown saga name, changed definition,
-unreadable row) or was interrupted (its journal writes failed: it stays for
-the next pass), or if the pass left a saga parked (its resumes keep ending
-the process or hanging: an operator is needed too); 2 on a usage error;
-else 0.
+unreadable row) or was interrupted (its journal writes failed, or its
+resume ran past --resume-timeout: it stays for the next pass), or if the
+pass left a saga parked (its resumes keep ending the process or hanging: an
+operator is needed too); 2 on a usage error; else 0.
 """
 
 _APP_CONTRACT = (
@@ -114,6 +114,12 @@ def add_recover_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     recovering.add_argument(
         "--lease", type=positive_duration, default=300.0, metavar="TIME",
         help="how long each claimed saga is reserved for this process (default 300s)",
+    )
+    recovering.add_argument(
+        "--resume-timeout", type=positive_duration, default=None, metavar="TIME",
+        help="stop a saga whose resume runs longer than TIME (a step with no timeout "
+        "that never answers): without unwinding, reported interrupted, its lease kept "
+        "for --lease and counted toward parking it (default: no bound)",
     )
     recovering.add_argument(
         "--allow-changed-definition", action="store_true",
@@ -276,6 +282,7 @@ def run_recover(args: argparse.Namespace) -> int:
                     lease=args.lease,
                     progress=progress,
                     allow_changed_definition=args.allow_changed_definition,
+                    resume_timeout=args.resume_timeout,
                 )
             except (TypeError, ValueError) as error:  # e.g. two sagas of one name
                 raise UsageError(str(error)) from None
