@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,38 @@ def returns_while_unwinding(store: Any, participant: Participant, saga_id: str) 
             await participant.reached.wait()
 
     asyncio.run(main())
+
+
+def test_S8_a_loop_that_ends_under_the_process_writer_leaves_no_pipe_open(
+    tmp_path: Path,
+) -> None:
+    """``asyncio.run`` ends while a saga's compensation waits, the store
+    unclosed (its user's ``main`` returned). The process writer's pipes are
+    the loop's transports, and a transport's ``close`` needs its loop: once
+    the loop had closed, they could only be left "closing" — and each one
+    freed warned ``ResourceWarning: unclosed transport`` (an error under
+    ``-W error``). They are closed at the loop's end, while it still runs;
+    the child sees the end of its input, commits and exits; the journal
+    keeps what the run wrote."""
+    participant = Participant("undo B")
+    path = tmp_path / "sagas.db"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = SQLiteSagaStore(path, writer="process")
+        returns_while_unwinding(store, participant, "s-1")
+        del store
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
+
+    async def after() -> None:
+        async with SQLiteSagaStore(path) as store:
+            record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPENSATING
+        assert [(e.step, e.action, e.status) for e in record.history][-1] == (
+            "B", "compensate", StepStatus.STARTED)
+
+    asyncio.run(after())
 
 
 @pytest.mark.parametrize("kind", ["memory", *WRITERS, "postgres"])

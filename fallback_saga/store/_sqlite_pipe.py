@@ -43,7 +43,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -321,6 +322,8 @@ class WriterProcess:
         self.commits = 0
         self.writes = 0
         self.closing = False
+        # Closed by the loop's shutdown (see _until_the_loop_ends).
+        self._loop_end: AsyncGenerator[None, None] | None = None
 
     # -- the loop's side
 
@@ -464,6 +467,8 @@ class WriterProcess:
         finally:
             self.starting = None
         self.transport, self.pipe, self.stdin = child, pipe, stdin
+        if self._loop_end is None:
+            self._loop_end = _until_the_loop_ends(self)
         self.answering = False
         self.ready = self.loop.create_future()
         stdin.write(opening)
@@ -529,6 +534,28 @@ class WriterProcess:
             if not future.done():
                 future.set_exception(_copy(error))
 
+    def loop_ending(self) -> None:
+        """The event loop is shutting down (``asyncio.run``'s end) with the
+        store unclosed — its user's ``main`` returned with a saga in flight.
+        The child's pipes are the loop's transports, and a transport closes
+        its file in a callback of its loop: once the loop has closed they
+        could only be left "closing", each one warning ``unclosed
+        transport`` when freed. So they are closed now, while the loop
+        runs: the child sees the end of its input, commits what it has and
+        exits. The writes on their way fail in doubt; nobody awaits them
+        (the loop's tasks have been cancelled and have ended)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._fail_all(SagaStoreError(
+            f"SQLite saga store {self.path}: its event loop ended with writes on their way "
+            f"to its writer process (they may have been committed)"
+        ))
+        transport = self.transport
+        self.transport = self.pipe = self.stdin = None
+        if transport is not None:
+            transport.close(kill=False)  # it commits what it has, and exits
+
     async def close(self) -> None:
         """Finish the writes on their way, then stop the child."""
         if self.starting is not None:
@@ -549,6 +576,9 @@ class WriterProcess:
         except TimeoutError:
             transport.kill()
         transport.close()
+        loop_end, self._loop_end = self._loop_end, None
+        if loop_end is not None:
+            await loop_end.aclose()  # nothing left for the loop's end to close
 
     def let_go(self, *, loop_closed: bool = False) -> None:
         """Let go of the child without a word to the loop: close our ends of
@@ -598,6 +628,34 @@ def _unplug(pipe: asyncio.BaseTransport) -> None:
         pass
     finally:
         os.close(null)
+
+
+def _until_the_loop_ends(process: WriterProcess) -> AsyncGenerator[None, None]:
+    """An async generator, started on the running loop and suspended, that
+    calls ``process.loop_ending()`` when it is closed. The loop's shutdown
+    (``loop.shutdown_asyncgens()``, which ``asyncio.run`` calls before it
+    closes the loop) closes every async generator started on it: the one
+    moment a library is told, with the loop still running, that the loop
+    ends. It holds the process weakly: it never keeps a dropped store's
+    writer alive (the store's finalizer stops that one)."""
+    held = weakref.ref(process)
+
+    async def until_closed() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            ending = held()
+            if ending is not None:
+                ending.loop_ending()
+
+    generator = until_closed()
+    # Started here, on the loop's thread while it runs: its first step
+    # registers it with the loop (the loop's asyncgen hooks) and stops at
+    # the ``yield`` without waiting for anything.
+    first: Any = generator.__anext__()
+    with contextlib.suppress(StopIteration):
+        first.send(None)
+    return generator
 
 
 def abandon_soon(process: WriterProcess) -> None:
