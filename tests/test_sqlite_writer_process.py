@@ -225,8 +225,8 @@ def test_a_store_used_by_successive_event_loops_stops_the_child_of_a_closed_one(
 ) -> None:
     """A store made at import and used by one ``asyncio.run`` after another
     (function-scoped test loops): the child of a loop that has closed is
-    stopped, not left running until the parent exits, and the next loop
-    gets a child of its own."""
+    stopped (at the loop's end: see test_shutdown), not left running until
+    the parent exits, and the next loop gets a child of its own."""
     factory = None if loop == "asyncio" else pytest.importorskip("uvloop").new_event_loop
 
     def run(coroutine: Any) -> Any:
@@ -236,10 +236,13 @@ def test_a_store_used_by_successive_event_loops_stops_the_child_of_a_closed_one(
     ledger: list[tuple[str, str]] = []
     store = SQLiteSagaStore(tmp_path / "s.db", writer="process")
     saga = ledger_saga(ledger)(store=store)
-    run(saga.run(Ctx(order_id="1"), saga_id="first"))
-    first = child_pid(store)
-    run(saga.run(Ctx(order_id="2"), saga_id="second"))
-    second = child_pid(store)
+
+    async def run_saga(order_id: str, saga_id: str) -> int:
+        await saga.run(Ctx(order_id=order_id), saga_id=saga_id)
+        return child_pid(store)  # while its loop runs
+
+    first = run(run_saga("1", "first"))
+    second = run(run_saga("2", "second"))
     assert second != first
     assert ends(first)
     run(store.close())
