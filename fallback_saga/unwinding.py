@@ -390,8 +390,8 @@ class UnwindingRun(JournaledRun):
         # wherever in its saga tree this run is (StopScope.unwinding).
         scope = STOP_SCOPE.get()
         own = running_task() if scope is not None else None
-        if isinstance(own, asyncio.Task):
-            scope.unwinding(own)  # type: ignore[union-attr]
+        if scope is not None and isinstance(own, asyncio.Task):
+            scope.unwinding(own)
         left_undone = self.left_undone
         errors: dict[str, BaseException] = dict(left_undone) if left_undone else {}
         stack = self.stack
@@ -435,8 +435,8 @@ class UnwindingRun(JournaledRun):
             # cycle, which would keep the run and its context alive until the
             # garbage collector finds it).
             self.left_undone = None
-            if isinstance(own, asyncio.Task):
-                scope.unwinding(own, ended=True)  # type: ignore[union-attr]
+            if scope is not None and isinstance(own, asyncio.Task):
+                scope.unwinding(own, ended=True)
             errors = {}
             error = left_undone = task = own = scope = None
 
