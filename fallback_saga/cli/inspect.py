@@ -29,7 +29,7 @@ from ..subsaga import saga_family
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_OK, UsageError
 from .mermaid import mermaid_gantt
-from .stores import add_store_options, open_store, read_store, store_target
+from .stores import add_store_options, load_saga, open_store, read_store, store_target
 from .text import (
     MAX_CONTEXT,
     MAX_PATH,
@@ -373,14 +373,7 @@ def run_show(args: argparse.Namespace) -> int:
     async def fetch(
         store: RecoverableStore,
     ) -> tuple[SagaRecord, int | None, str | None, list[str]]:
-        try:
-            record = await store.load(args.saga_id)
-        except SagaNotFound:
-            raise UsageError(
-                f"no saga with id {short_repr(args.saga_id)} in {target.shown}"
-            ) from None
-        except ValueError as error:  # not a saga id at all (empty, too long, ...)
-            raise UsageError(str(error)) from None
+        record = await load_saga(store, target, args.saga_id)
         return (record, await _parked(store, record), *await saga_family(store, record))
 
     record, parked, parent, children = asyncio.run(read_store(target, fetch))

@@ -36,7 +36,7 @@ from .recover import (
     operator_name,
     warn_before_interrupting,
 )
-from .stores import StoreTarget, open_store
+from .stores import StoreTarget, load_saga, no_such_saga, open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_resume_command"]
@@ -143,8 +143,7 @@ def run_resume(args: argparse.Namespace) -> int:
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted, LeaseLost) as error:
                 raise CommandFailed(target.scrubbed(str(error))) from None
             except SagaNotFound:  # purged meanwhile
-                raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}"
-                                 ) from None
+                raise no_such_saga(target, saga_id) from None
             return SagaStatus.COMPLETED, None
 
     try:
@@ -157,12 +156,7 @@ def run_resume(args: argparse.Namespace) -> int:
 async def _resumable(store: RecoverableStore, target: StoreTarget, saga_id: str) -> SagaRecord:
     """The saga's record, if this command resumes it; else ``UsageError``
     saying why not and what does."""
-    try:
-        record = await store.load(saga_id)
-    except SagaNotFound:
-        raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}") from None
-    except ValueError as error:  # not a saga id at all (empty, too long, ...)
-        raise UsageError(str(error)) from None
+    record = await load_saga(store, target, saga_id)
     status = record.status
     quoted = shlex.quote(saga_id)
     if status is SagaStatus.FAILED:

@@ -12,12 +12,11 @@ from ..errors import SagaBusy, SagaDefinitionChanged, SagaInterrupted, SagaNotFa
 from ..reopening import retry_unwinding
 from ..resumption import check_unwinding_retryable
 from ..status import SagaStatus, StepStatus
-from ..store._common import short_repr
 from ..store.base import SagaRecord, SagaStore, is_recoverable
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
 from .recover import add_one_saga_options, build_app_sagas, one_saga, operator_name
-from .stores import StoreTarget, open_store
+from .stores import StoreTarget, load_saga, no_such_saga, open_store
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_retry_unwinding_command"]
@@ -91,8 +90,7 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
                     allow_changed_definition=args.allow_changed_definition,
                 )
             except SagaNotFound:
-                raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}"
-                                 ) from None
+                raise no_such_saga(target, saga_id) from None
             except (SagaNotFailed, TypeError, ValueError) as error:
                 raise UsageError(target.scrubbed(str(error))) from None
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted) as error:
@@ -119,12 +117,7 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
 async def _retryable(store: SagaStore, target: StoreTarget, saga_id: str) -> None:
     """``UsageError`` (exit status 2) unless the saga's unwinding can be
     retried: an unknown id, or a saga that is not FAILED, with why."""
-    try:
-        record = await store.load(saga_id)
-    except SagaNotFound:
-        raise UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}") from None
-    except ValueError as error:  # not a saga id at all (empty, too long, ...)
-        raise UsageError(str(error)) from None
+    record = await load_saga(store, target, saga_id)
     try:
         check_unwinding_retryable(record, leased=is_recoverable(store))
     except SagaNotFailed as error:

@@ -32,11 +32,11 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
-from ..errors import SagaStoreError
-from ..store._common import POSTGRES_INSTALL_HINT
+from ..errors import SagaNotFound, SagaStoreError
+from ..store._common import POSTGRES_INSTALL_HINT, short_repr
 from ..store._parking import PARK_AFTER
 from ..store._sqlite_schema import _advice, _NotASagaStore, _saga_schema_version
-from ..store.base import RecoverableStore
+from ..store.base import RecoverableStore, SagaRecord, SagaStore
 from ..store.sqlite import SQLiteSagaStore
 from .argtypes import park_after
 from .errors import UsageError
@@ -47,6 +47,8 @@ __all__ = [
     "StoreTarget",
     "add_store_options",
     "check_store_file",
+    "load_saga",
+    "no_such_saga",
     "open_store",
     "read_store",
     "store_target",
@@ -464,3 +466,21 @@ def _scrub_in_place(target: StoreTarget, error: UsageError | SagaStoreError) -> 
         message = error.args[0]
         if isinstance(message, str):
             error.args = (target.scrub(" ".join(message.split())),)
+
+
+def no_such_saga(target: StoreTarget, saga_id: str) -> UsageError:
+    """The usage error (exit status 2) of a command given an id the store
+    ``target`` does not hold."""
+    return UsageError(f"no saga with id {short_repr(saga_id)} in {target.shown}")
+
+
+async def load_saga(store: SagaStore, target: StoreTarget, saga_id: str) -> SagaRecord:
+    """The saga a command was given by id (``show``, ``resume``,
+    ``retry-unwinding``), or a usage error: an id the store does not hold,
+    or no saga id at all (empty, too long, ...)."""
+    try:
+        return await store.load(saga_id)
+    except SagaNotFound:
+        raise no_such_saga(target, saga_id) from None
+    except ValueError as error:
+        raise UsageError(str(error)) from None

@@ -918,7 +918,6 @@ class SQLiteSagaStore:
             # starve it all the same.
             await asyncio.sleep(loop.time() - started)
 
-
     async def held_finished(
         self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
     ) -> int:
