@@ -214,6 +214,32 @@ async def test_S6_purge_command_keeps_failed_sagas_for_an_operator_unless_named(
     assert await ids(store) == set()
 
 
+async def test_S6_purge_command_counts_only_the_failed_sagas_old_enough_to_purge(
+    live: tuple[Any, list[str]],
+) -> None:
+    """The purge says how many FAILED sagas it kept: those ``--status
+    failed`` would have taken, last updated more than AGE ago. A FAILED saga
+    of a minute ago was counted too, under ``--older-than 7d``: the operator
+    was told to purge what no purge of that age takes."""
+    store, options = live
+    await one_of_each(store)
+    status, out, _ = await command("purge", "--older-than", "1h", *options)
+    assert (status, out.splitlines()) == (
+        0, ["purged 0 finished sagas (completed or compensated, last updated more than 1h ago)"]
+    )
+    status, out, _ = await command("purge", "--older-than", "1h", "--status", "failed", *options)
+    assert (status, out.splitlines()[0]) == (
+        0, "purged 0 finished sagas (failed, last updated more than 1h ago)"
+    )
+    status, out, _ = await command("purge", "--older-than", "0", *options)
+    assert (status, out.splitlines()) == (0, [
+        "purged 2 finished sagas (completed or compensated, last updated more than 0s ago)",
+        "kept 1 failed saga old enough to purge (a compensation gave up: an operator must "
+        "look; --status failed purges it)",
+    ])
+    assert await ids(store) == {"s-failed"}
+
+
 @pytest.mark.parametrize(
     ("value", "says"),
     [
@@ -262,8 +288,8 @@ async def test_S13_purge_keeps_a_failed_saga_an_operators_retry_unwinding_holds(
     assert status == 0
     assert out.splitlines()[:2] == [
         "purged 2 finished sagas (completed or compensated, last updated more than 0s ago)",
-        "kept 1 failed saga (a compensation gave up: an operator must look; --status failed "
-        "purges them)",
+        "kept 1 failed saga old enough to purge (a compensation gave up: an operator must "
+        "look; --status failed purges it)",
     ]
     status, out, _ = await command("purge", "--older-than", "0", "--status", "failed", *options)
     assert status == 0

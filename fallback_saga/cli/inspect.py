@@ -513,8 +513,9 @@ def run_purge(args: argparse.Namespace) -> int:
     )
     if failed:
         sys.stdout.write(
-            f"kept {failed} failed saga{'' if failed == 1 else 's'} (a compensation gave up: "
-            f"an operator must look; --status failed purges them)\n"
+            f"kept {failed} failed saga{'' if failed == 1 else 's'} old enough to purge (a "
+            f"compensation gave up: an operator must look; --status failed purges "
+            f"{'it' if failed == 1 else 'them'})\n"
         )
     if held:
         sys.stdout.write(
@@ -533,16 +534,18 @@ async def _kept(
     store: Any, older_than: float, statuses: tuple[SagaStatus, ...]
 ) -> tuple[int, int]:
     """What a purge kept for an operator: the FAILED sagas it was not asked
-    to delete (of any age), and the sagas it would have deleted but for a
-    lease that holds them (a store without ``held_finished`` keeps none so).
-    Counted after the purge: a courtesy, and a store that cannot say is no error."""
+    to delete that are old enough to purge (a younger one, ``--status
+    failed`` would keep too: counting it said there was more to purge than
+    there was), and the sagas it would have deleted but for a lease that
+    holds them (a store without ``held_finished`` keeps none so). Counted
+    after the purge: a courtesy, and a store that cannot say is no error."""
     failed = 0
-    if SagaStatus.FAILED not in statuses:
+    old_finished = getattr(store, "old_finished", None)
+    if SagaStatus.FAILED not in statuses and old_finished is not None:
         try:
-            counts = await store.count_sagas()
+            failed = await old_finished(older_than=older_than, statuses=(SagaStatus.FAILED,))
         except Exception:
-            counts = {}
-        failed = sum(n for (_, status), n in counts.items() if status is SagaStatus.FAILED)
+            failed = 0
     held = 0
     held_finished = getattr(store, "held_finished", None)
     if held_finished is not None:

@@ -394,6 +394,12 @@ class _Statements:
             f"SELECT count(*) FROM {sagas} WHERE status = ANY(%s::text[])"
             f" AND updated_at < now() - make_interval(secs => %s::float8) AND {held}"
         )
+        # Finished sagas old enough to purge, leased or not: the FAILED ones
+        # a purge not asked to take them keeps. Parameters: as held_finished.
+        self.old_finished = (
+            f"SELECT count(*) FROM {sagas} WHERE status = ANY(%s::text[])"
+            f" AND updated_at < now() - make_interval(secs => %s::float8)"
+        )
         self.purge = (
             f"WITH candidates AS ("
             f" SELECT saga_id, seq FROM {sagas} WHERE seq > %s::bigint"

@@ -202,6 +202,11 @@ _HELD_FINISHED: Final = (
     "SELECT count(*) FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
     f" AND {_HELD}"
 )
+# Finished sagas old enough to purge, leased or not: the FAILED ones a
+# purge not asked to take them keeps (the ``purge`` command says how many).
+_OLD_FINISHED: Final = (
+    "SELECT count(*) FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
+)
 _PURGEABLE: Final = (
     "SELECT saga_id FROM sagas AS child WHERE status IN (?, ?, ?) AND updated_at < ?"
     # Not a child saga (SubSaga) while its parent is stored: unwinding a
@@ -861,6 +866,16 @@ def _held_finished(
     chosen = (statuses * 3)[:3]
     (count,) = cursor.execute(
         _HELD_FINISHED, (*chosen, txn.now - older_than, txn.now)).fetchone()
+    return int(count)
+
+
+def _old_finished(
+    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, statuses: tuple[str, ...]
+) -> int:
+    """How many sagas with one of ``statuses`` (final ones) were last updated
+    more than ``older_than`` seconds ago, whether a lease holds them or not."""
+    chosen = (statuses * 3)[:3]
+    (count,) = cursor.execute(_OLD_FINISHED, (*chosen, txn.now - older_than)).fetchone()
     return int(count)
 
 

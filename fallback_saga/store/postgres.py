@@ -1734,3 +1734,17 @@ class PostgresSagaStore:
             (list(purge_statuses(statuses)), older_than),
         )
         return int(count)
+
+    async def old_finished(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """How many sagas with one of ``statuses`` (final ones) were last
+        updated more than ``older_than`` seconds ago, leased or not: the
+        ``FAILED`` ones a purge not told to take them keeps (the ``purge``
+        command says how many)."""
+        older_than = finite_seconds("older_than", older_than)
+        (count,) = await self._fetch(
+            "cannot count the finished sagas old enough to purge", self._sql.old_finished,
+            (list(purge_statuses(statuses)), older_than),
+        )
+        return int(count)

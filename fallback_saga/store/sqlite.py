@@ -117,6 +117,7 @@ from ._sqlite_sql import (
     _lease_state,
     _list,
     _load,
+    _old_finished,
     _optional_time,
     _ping,
     _purge,
@@ -927,6 +928,18 @@ class SQLiteSagaStore:
         older_than = finite_seconds("older_than", older_than)
         count: int = await self._submit(
             _held_finished, (older_than, purge_statuses(statuses)), write=False)
+        return count
+
+    async def old_finished(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+    ) -> int:
+        """How many sagas with one of ``statuses`` (final ones) were last
+        updated more than ``older_than`` seconds ago, leased or not: the
+        ``FAILED`` ones a purge not told to take them keeps (the ``purge``
+        command says how many)."""
+        older_than = finite_seconds("older_than", older_than)
+        count: int = await self._submit(
+            _old_finished, (older_than, purge_statuses(statuses)), write=False)
         return count
 
 
