@@ -17,10 +17,13 @@ opt in on the starter's behalf.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from helpers_console import fetch
@@ -180,3 +183,70 @@ async def test_S12_a_memory_store_console_redacts_too() -> None:
     data: dict[str, Any] = reply.json()
     assert data["context"]["api_token"] == REDACTED
     assert leaked(reply.text) == []
+
+
+def _journal(entries: int) -> list[Any]:
+    """``entries`` rows: members, each STARTED then COMPLETED (a member's
+    step name is a child saga's, ``<parent>/Member<n>``)."""
+    from fallback_saga import JournalEntry, StepStatus
+
+    return [
+        JournalEntry(seq // 2, f"Member{seq // 2}", "primary", "act",
+                     StepStatus.STARTED if seq % 2 == 0 else StepStatus.COMPLETED,
+                     1, None, 1000.0 + seq * 0.001)
+        for seq in range(entries)
+    ]
+
+
+def _saga_links(page: str) -> list[str]:
+    """The page's links to saga pages and their JSON (not to the listing)."""
+    return [html.unescape(href) for href in re.findall(r'href="(/(?:api/)?sagas[/?][^"]*)"', page)]
+
+
+async def test_S12_a_page_asked_raw_links_raw_so_the_next_page_is_not_redacted_again() -> None:
+    """A saga's page asked with ``?raw=1`` (a console started with
+    ``allow_unredacted``): its links — View as JSON, the history's pages
+    (and the JSON's first/prev/next/last), the parent and child sagas —
+    dropped ``raw=1``, so one click showed the values redacted again. Each
+    keeps it now, and what it reaches shows the values as stored; a page
+    not asked raw links without it (a console without the opt-in refuses
+    ``raw=1``)."""
+    from fallback_saga.console.data import HISTORY_PAGE
+
+    store = MemorySagaStore()
+    secret = {"card_number": CARD}
+    for saga_id in ("p", ".."):
+        await store.create(saga_id, "Big", "fp", secret, _journal(2 * HISTORY_PAGE + 1))
+        await store.create(f"{saga_id}/Member0", "Small", "fp", secret, _journal(2))
+    async with ConsoleServer(store, port=0, allow_unredacted=True) as console:
+        base = console.url.rstrip("/")
+        for start in ("/sagas/p?page=2&raw=1", "/sagas?id=..&page=2&raw=1",
+                      "/sagas/p%2FMember0?raw=1"):
+            page = await fetch(base + start)
+            assert page.status == 200, start
+            assert CARD in page.text, start
+            links = _saga_links(page.text)
+            assert links, start
+            for href in links:
+                query = parse_qs(urlsplit(href).query)
+                assert query.get("raw") == ["1"], (start, href)
+                reached = await fetch(base + href)
+                assert reached.status == 200, (start, href)
+                assert CARD in reached.text, (start, href)
+        first = await fetch(base + "/sagas/p?raw=1")
+        kinds = _saga_links(first.text)
+        assert "/api/sagas/p?raw=1" in kinds  # View as JSON
+        assert "/sagas/p?page=2&raw=1" in kinds  # the history's next page
+        assert "/sagas/p%2FMember0?raw=1" in kinds  # a child saga
+        api = await fetch(base + "/api/sagas/p?page=2&raw=1")
+        meta = api.json()["history_page"]
+        links = [meta[rel] for rel in ("first", "prev", "next", "last")]
+        assert links == ["/api/sagas/p?raw=1", "/api/sagas/p?raw=1",
+                         "/api/sagas/p?page=3&raw=1", "/api/sagas/p?page=3&raw=1"]
+        assert all(f"<{href}>" in api.headers["link"] for href in links)
+        following = await fetch(base + meta["next"])
+        assert following.json()["context"]["card_number"] == CARD
+        plain = await fetch(base + "/sagas/p")
+        assert leaked(plain.text) == []
+        assert all("raw" not in parse_qs(urlsplit(href).query)
+                   for href in _saga_links(plain.text))

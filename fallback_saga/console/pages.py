@@ -195,23 +195,30 @@ _STATUS_LABELS: Final = {status: status.value.capitalize() for status in STATUSE
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
 
 
-def saga_href(saga_id: str, *, api: bool = False) -> str:
+def saga_href(saga_id: str, *, api: bool = False, raw: bool = False) -> str:
     """The saga's page (``api``: its JSON): ``/sagas/<id>``, the id
     percent-encoded (``/`` included); ``/sagas?id=..`` for the ids ``.`` and
-    ``..``, which a browser would fold out of the path."""
-    base = "/api/sagas" if api else "/sagas"
-    if saga_id in _DOT_SEGMENTS:
-        return f"{base}?{urlencode({'id': saga_id})}"
-    return f"{base}/{quote(saga_id, safe='')}"
+    ``..``, which a browser would fold out of the path. ``raw``: with
+    ``raw=1``, the values as stored (a page asked raw links raw: a click
+    from it showed the next page redacted again)."""
+    return history_href(saga_id, 1, api=api, raw=raw)
 
 
-def history_href(saga_id: str, page: int, *, api: bool = False) -> str:
+def history_href(saga_id: str, page: int, *, api: bool = False, raw: bool = False) -> str:
     """The saga's page (``api``: its JSON) showing history page ``page`` (1:
-    no parameter)."""
-    href = saga_href(saga_id, api=api)
-    if page == 1:
-        return href
-    return f"{href}{'&' if '?' in href else '?'}{urlencode({'page': page})}"
+    no parameter); ``raw``: as ``saga_href``."""
+    base = "/api/sagas" if api else "/sagas"
+    query: dict[str, str | int] = {}
+    if saga_id in _DOT_SEGMENTS:
+        query["id"] = saga_id
+        href = base
+    else:
+        href = f"{base}/{quote(saga_id, safe='')}"
+    if page != 1:
+        query["page"] = page
+    if raw:
+        query["raw"] = 1
+    return f"{href}?{urlencode(query)}" if query else href
 
 
 def badge(status: SagaStatus | StepStatus) -> str:
@@ -613,7 +620,7 @@ def _result_text(result: str) -> str:
         return result
 
 
-def _history_pager(record: SagaRecord, page: int) -> str:
+def _history_pager(record: SagaRecord, page: int, raw: bool) -> str:
     """Where this page of the history is, and links to the others (none for
     a history that fits one page)."""
     total = len(record.history)
@@ -628,7 +635,7 @@ def _history_pager(record: SagaRecord, page: int) -> str:
             return f'<span class="muted small">{text}</span>'
         return (
             f'<a class="button"{f" rel={rel}" if rel else ""} '
-            f'href="{esc(history_href(record.saga_id, to))}">{text}</a>'
+            f'href="{esc(history_href(record.saga_id, to, raw=raw))}">{text}</a>'
         )
 
     return (
@@ -643,7 +650,7 @@ def _history_pager(record: SagaRecord, page: int) -> str:
     )
 
 
-def _history(record: SagaRecord, now: float, page: int = 1) -> str:
+def _history(record: SagaRecord, now: float, page: int = 1, raw: bool = False) -> str:
     if not record.history:
         return '<div class="empty">No journal entries.</div>'
     origin = record.history[0].at
@@ -658,7 +665,7 @@ def _history(record: SagaRecord, now: float, page: int = 1) -> str:
     )
     rows = []
     budget = _Budget()
-    whole = history_href(record.saga_id, page, api=True)
+    whole = history_href(record.saga_id, page, api=True, raw=raw)
     for seq, entry in enumerate(shown, start=first):
         result = entry[8] if len(entry) > 8 else None
         rows.append(
@@ -688,7 +695,7 @@ def _history(record: SagaRecord, now: float, page: int = 1) -> str:
             )
             + "</tr>"
         )
-    pager = _history_pager(record, page)
+    pager = _history_pager(record, page, raw)
     return (
         f'{pager}<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         f"{pager}"
@@ -710,17 +717,18 @@ _LEGEND: Final = (
 )
 
 
-def _family(view: SagaView) -> str:
-    """Links to a child saga's parent and a parent's children (``SubSaga``)."""
+def _family(view: SagaView, raw: bool) -> str:
+    """Links to a child saga's parent and a parent's children (``SubSaga``);
+    ``raw`` ones from a page asked raw."""
     parts = []
     if view.parent is not None:
         parts.append(
-            f' &middot; child of <a class="id" href="{esc(saga_href(view.parent))}">'
+            f' &middot; child of <a class="id" href="{esc(saga_href(view.parent, raw=raw))}">'
             f"{esc(view.parent)}</a>"
         )
     if view.children:
         links = ", ".join(
-            f'<a class="id" href="{esc(saga_href(child))}">{esc(child)}</a>'
+            f'<a class="id" href="{esc(saga_href(child, raw=raw))}">{esc(child)}</a>'
             for child in view.children
         )
         parts.append(f" &middot; child sagas: {links}")
@@ -728,14 +736,16 @@ def _family(view: SagaView) -> str:
 
 
 def saga_page(
-    view: SagaView, bars: list[Bar], *, store_label: str, now: float, page: int = 1
+    view: SagaView, bars: list[Bar], *, store_label: str, now: float, page: int = 1,
+    raw: bool = False,
 ) -> str:
-    """The saga's page, with page ``page`` of its history (``data.history_page``)."""
+    """The saga's page, with page ``page`` of its history (``data.history_page``);
+    ``raw``: the page was asked with ``raw=1``, and its links to sagas keep it."""
     record = view.record
     context, more = cut_bytes(
         json.dumps(record.context, indent=2, ensure_ascii=False, default=str), CONTEXT_SHOWN
     )
-    api_href = saga_href(record.saga_id, api=True)
+    api_href = saga_href(record.saga_id, api=True, raw=raw)
     context_more = (
         f'<p class="muted small">… {more:,} more bytes of JSON; the whole context: '
         f'<a href="{esc(api_href)}">{esc(api_href)}</a> (its <code>context</code>), '
@@ -748,7 +758,7 @@ def saga_page(
         "</span></nav>"
         f'<div class="head"><div><h1 class="id">{esc(record.saga_id)}</h1>'
         f'<div class="sub">{esc(shorten(record.saga_name, _NAME_SHOWN))} {badge(record.status)}'
-        + _family(view)
+        + _family(view, raw)
         + "</div></div>"
         f'<a class="button" href="{esc(api_href)}">View as JSON</a></div>'
         + _alert(record)
@@ -761,7 +771,7 @@ def saga_page(
         + (_LEGEND if bars else "")
         + "</section>"
         + '<section class="card table" aria-label="history"><h2>History</h2>'
-        + _history(record, now, page)
+        + _history(record, now, page, raw)
         + "</section>"
         + '<section class="card" aria-label="context"><h2>Context</h2>'
         + f'<pre class="json">{esc(context, keep_newlines=True)}</pre>{context_more}</section>'

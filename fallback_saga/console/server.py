@@ -595,7 +595,8 @@ class ConsoleServer:
         # Checked against the saga's length, known once it is loaded.
         page = history_page(page_text, len(view.record.history))
         bars = bars_of(view.record, now)
-        return self._html(saga_page(view, bars, store_label=self._label, now=now, page=page))
+        return self._html(saga_page(view, bars, store_label=self._label, now=now, page=page,
+                                         raw=raw))
 
     async def _listing_json(self, request: Request, _: str) -> Response:
         if _names_param(request.query, "id"):
@@ -633,10 +634,10 @@ class ConsoleServer:
             [bar for bar in bars_of(view.record, now) if first <= bar.seq < first + count]
         )
         links = {
-            "first": history_href(saga_id, 1, api=True),
-            "prev": history_href(saga_id, page - 1, api=True) if page > 1 else None,
-            "next": history_href(saga_id, page + 1, api=True) if page < pages else None,
-            "last": history_href(saga_id, pages, api=True),
+            "first": history_href(saga_id, 1, api=True, raw=raw),
+            "prev": history_href(saga_id, page - 1, api=True, raw=raw) if page > 1 else None,
+            "next": history_href(saga_id, page + 1, api=True, raw=raw) if page < pages else None,
+            "last": history_href(saga_id, pages, api=True, raw=raw),
         }
         data["history_page"].update(links)
         response = _json(HTTPStatus.OK, data)
