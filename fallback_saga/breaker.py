@@ -38,6 +38,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
+from inspect import isawaitable
 from types import FrameType, TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -580,13 +581,28 @@ class CircuitBreaker(SharedStateSync):
             if self._inside(_getframe()):
                 # Nested: the outer call's permit covers this one and its
                 # outcome is the one recorded. Never rejected by this breaker.
-                return await fn(*args, **kwargs)
+                returned = fn(*args, **kwargs)
+                if not isawaitable(returned):
+                    raise _not_awaitable(fn, returned)
+                return await returned
             return await self._call_guarded(fn, *args, **kwargs)
         try:
             # Without keywords, a plain call: unpacking an empty dict into the
             # call costs a tenth of this path.
-            result = await (fn(*args, **kwargs) if kwargs else fn(*args))  # type: ignore[call-arg]
+            returned = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
         except BaseException as error:
+            if not self._inside(_getframe()):
+                self._record(permit, error)
+            raise
+        # Awaited in a try of its own (free in 3.11+: a table, not code), so
+        # that a function that is no coroutine function is told apart only
+        # once awaiting what it returned failed: no check on this path.
+        try:
+            result = await returned
+        except BaseException as error:
+            if type(error) is TypeError and not isawaitable(returned):
+                # A misuse, not the service failing: nothing to record.
+                raise _not_awaitable(fn, returned) from None
             if not self._inside(_getframe()):
                 self._record(permit, error)
             raise
@@ -600,7 +616,17 @@ class CircuitBreaker(SharedStateSync):
     ) -> T:
         permit = self.acquire()
         try:
-            result = await fn(*args, **kwargs)
+            returned = fn(*args, **kwargs)
+        except BaseException as error:
+            self._record(permit, error)
+            raise
+        if not isawaitable(returned):
+            # A misuse, not the service failing: the permit (a half-open
+            # trial's slot) goes back unrecorded.
+            self.release(permit)
+            raise _not_awaitable(fn, returned)
+        try:
+            result = await returned
         except BaseException as error:
             self._record(permit, error)
             raise
@@ -703,6 +729,20 @@ class CircuitBreaker(SharedStateSync):
 
 
 _CALL_CODE = CircuitBreaker.call.__code__
+
+
+def _not_awaitable(fn: object, returned: object) -> TypeError:
+    """The error for a function that is not async under the breaker: Python's
+    own ("object int can't be used in 'await' expression") named neither the
+    function nor what to do. Found at call time, not when decorating: a plain
+    function that returns an awaitable is as good as a coroutine function."""
+    name = getattr(fn, "__qualname__", None)
+    shown = f"{name}()" if isinstance(name, str) else repr(fn)[:200]
+    return TypeError(
+        f"a circuit breaker awaits what its function returns, and {shown} (it ran) returned "
+        f"{type(returned).__name__}, not an awaitable: make it an 'async def' function "
+        f"(blocking code: an 'async def' that runs it with 'await asyncio.to_thread(...)')"
+    )
 
 
 def _in_current_task(own: FrameType, outer: FrameType) -> bool:

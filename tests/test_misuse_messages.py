@@ -15,6 +15,7 @@ from helpers_saga import declare
 
 from fallback_saga import (
     CircuitBreaker,
+    CircuitState,
     ContextSerializationError,
     Fallback,
     LoggingListener,
@@ -557,3 +558,52 @@ def test_S12_saga_busy_says_until_when_in_utc_not_as_a_unix_number() -> None:
     assert busy.expires_at == 1796514863.1  # the number stays for programs
     assert "lease until 1e+300" in str(SagaBusy("o-1", "w", 1e300))
     assert "lease until an unknown time" in str(SagaBusy("o-1", None, None))
+
+
+def _sync_charge(amount: int) -> int:
+    return amount
+
+
+async def _refused_by_the_service(amount: int) -> int:
+    raise TypeError(f"the service's own TypeError ({amount})")
+
+
+async def test_S9_a_breaker_guarding_a_plain_function_says_to_make_it_async_def() -> None:
+    """``breaker.call(fn)`` and ``@breaker`` on a function that is not
+    ``async def`` gave Python's bare "object int can't be used in 'await'
+    expression", and counted it as a failure: ``fail_max`` such calls opened
+    the circuit, the misuse hidden behind ``CircuitOpenError``. The error now
+    names the function and what to do, and is no failure of the service, on
+    every path (closed, nested, half-open trial: the trial's slot goes back).
+    Decorating is not refused: a plain function returning an awaitable is
+    fine, and a coroutine's own TypeError still counts."""
+    now = [0.0]
+    breaker = CircuitBreaker(fail_max=2, reset_timeout=10.0, clock=lambda: now[0])
+    guarded = breaker(_sync_charge)  # type: ignore[arg-type]
+    says = r"_sync_charge\(\) \(it ran\) returned int, not an awaitable: make it an 'async def'"
+    for _ in range(3):  # closed: more than fail_max times
+        with pytest.raises(TypeError, match=says) as raised:
+            await breaker.call(_sync_charge, 5)  # type: ignore[arg-type]
+        assert raised.value.__cause__ is None
+        with pytest.raises(TypeError, match=says):
+            await guarded(5)
+    assert (breaker.state, breaker.failure_count) == (CircuitState.CLOSED, 0)
+    async with breaker:  # nested in a guarded block: passes straight through
+        with pytest.raises(TypeError, match=says):
+            await breaker.call(_sync_charge, 5)  # type: ignore[arg-type]
+
+    async def later(amount: int) -> int:
+        return amount
+
+    assert await breaker(lambda amount: later(amount))(7) == 7  # returns an awaitable: fine
+
+    for _ in range(2):  # a coroutine's own TypeError is the service failing
+        with pytest.raises(TypeError, match="the service's own"):
+            await breaker.call(_refused_by_the_service, 1)
+    assert breaker.state is CircuitState.OPEN
+    now[0] += 10.0  # half-open: one trial at a time
+    with pytest.raises(TypeError, match=says):
+        await breaker.call(_sync_charge, 5)  # type: ignore[arg-type]
+    assert breaker.half_open_calls_in_flight == 0
+    assert await breaker.call(later, 9) == 9  # the trial slot was given back
+    assert breaker.state is CircuitState.CLOSED
