@@ -325,6 +325,34 @@ def test_dotted_references_resolve(page: Path) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_the_modules_functions_and_classes_named_are_public(page: Path) -> None:
+    """A page sends users only to public modules (``fallback_saga`` and the
+    README's list) for a module, function or class: durability.md said
+    ``claims_by_name(store)`` was "in ``fallback_saga.store.base``", a
+    module of the package's own, free to change. (A constant named where it
+    is defined, ``fallback_saga.context.MAX_CONTEXT_DEPTH``, states a limit:
+    no import is asked; an OpenTelemetry name is no module.)"""
+    public = {"fallback_saga", *public_modules()}
+    text = prose(page)
+    internal = []
+    for match in re.finditer(r"`(fallback_saga(?:\.\w+)+)", text):
+        dotted = match.group(1)
+        if f'"{dotted}"' in OTEL_SOURCE:
+            continue
+        target = resolve(dotted)
+        if not (inspect.ismodule(target) or inspect.isfunction(target)
+                or inspect.isclass(target)):
+            continue
+        # Where the page says to import it from: the module itself, or the
+        # module a function or class is named in (``fallback_saga.store.X``
+        # may be defined in an internal module and exported by a public one).
+        home = dotted if inspect.ismodule(target) else dotted.rpartition(".")[0]
+        if home not in public:
+            internal.append(f"{page.name}:{line_of(text, match.start())}: {dotted}")
+    assert not internal, "\n".join(internal)
+
+
 # ------------------------------------------------------------------ signatures
 
 # What a documented default may name.
