@@ -144,6 +144,34 @@ def test_S8_a_loop_that_ends_under_the_process_writer_leaves_no_pipe_open(
     asyncio.run(after())
 
 
+def test_S8_a_loop_that_ends_under_the_inline_writer_leaves_no_connection_open(
+    tmp_path: Path,
+) -> None:
+    """As above, with ``writer="inline"``: the store's one connection was
+    opened on the loop's thread, and nobody closes the store. Dropped, the
+    store closes that connection itself (the threads' connections are
+    closed by their threads, the writer process's by the child): freeing
+    an open ``sqlite3.Connection`` warns ``ResourceWarning: unclosed
+    database`` on Python 3.13 — an error under ``-W error``."""
+    participant = Participant("undo B")
+    path = tmp_path / "sagas.db"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = SQLiteSagaStore(path, writer="inline")
+        returns_while_unwinding(store, participant, "s-1")
+        del store
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
+
+    async def after() -> None:
+        async with SQLiteSagaStore(path) as store:
+            record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPENSATING
+
+    asyncio.run(after())
+
+
 @pytest.mark.parametrize("kind", ["memory", *WRITERS, "postgres"])
 @pytest.mark.parametrize("hang_at", ["undo B", "undo A"])
 def test_S8_loop_shutdown_mid_compensation_leaves_the_unwinding_to_recovery(

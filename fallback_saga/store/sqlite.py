@@ -609,6 +609,11 @@ class SQLiteSagaStore:
                     conn = self._inline_conn = worker._open([request])
                     if conn is None:
                         return  # refused with the reason it could not be opened
+                    # A store dropped without close() still closes its file:
+                    # no thread of its own does it, and an open connection
+                    # freed warns "unclosed database" (Python 3.13+). The
+                    # finalizer holds the connection, never the store.
+                    self._finalizer = weakref.finalize(self, _close_quietly, conn)
                 worker._serve(conn, [request])
             except BaseException as error:  # a bug here must not leave the saga waiting
                 if not request.future.done():
@@ -969,6 +974,13 @@ async def _taken(future: asyncio.Future[Any]) -> Any:
         ):
             future.give_back(future.result())
         raise
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    """The finalizer of an inline store dropped unclosed: close its connection
+    (from whichever thread frees the store; nothing else uses it by then)."""
+    with contextlib.suppress(Exception):  # a finalizer has nobody to tell
+        conn.close()
 
 
 # ------------------------------------------------------------------------- fork
