@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,59 @@ def test_S8_a_loop_that_ends_under_the_process_writer_leaves_no_pipe_open(
         assert record.status is SagaStatus.COMPENSATING
         assert [(e.step, e.action, e.status) for e in record.history][-1] == (
             "B", "compensate", StepStatus.STARTED)
+
+    asyncio.run(after())
+
+
+def test_S8_a_loop_whose_shutdown_a_second_ctrl_c_cuts_short_leaves_no_pipe_open(
+    tmp_path: Path,
+) -> None:
+    """As above, but a ``KeyboardInterrupt`` (a second Ctrl-C) cuts the
+    runner's shutdown short while it cancels the tasks left: asyncio then
+    closes the loop without ``shutdown_asyncgens`` — the process writer is
+    never told that its loop ends. Dropped after that, the store still
+    closes its pipes: nothing warns ``unclosed transport`` or ``unclosed
+    file``, and the child, at the end of its input, keeps what it committed."""
+    participant = Participant("undo B")
+    path = tmp_path / "sagas.db"
+
+    async def ctrl_c_at_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None  # the runner is cancelling the tasks
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = SQLiteSagaStore(path, writer="process")
+        saga = shutdown_saga(participant)(store=store)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            loop.create_task(ctrl_c_at_shutdown())
+            loop.create_task(saga.run(Ctx(), saga_id="s-1"))
+            async with asyncio.timeout(10):
+                await participant.reached.wait()
+
+        interrupted = False
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            interrupted = True
+        del store, saga, main
+        gc.collect()  # the store's finalizer lets go of the child: it exits
+        for thread in threading.enumerate():
+            if thread.name == "fallback_saga-sqlite-reaper":  # holds the pipes till then
+                thread.join(10)
+        gc.collect()
+    assert interrupted
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
+
+    async def after() -> None:
+        async with SQLiteSagaStore(path) as store:
+            record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPENSATING
 
     asyncio.run(after())
 

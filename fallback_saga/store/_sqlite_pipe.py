@@ -604,6 +604,10 @@ class WriterProcess:
         if loop_closed:
             # Not killed: it commits what it has, sees the end of its input and exits.
             transport.close(kill=False)
+            for fd in (0, 1):
+                pipe = transport.get_pipe_transport(fd)
+                if pipe is not None:
+                    _finish_on_a_closed_loop(pipe)
 
     def pid(self) -> int | None:
         return None if self.transport is None else self.transport.get_pid()
@@ -628,6 +632,21 @@ def _unplug(pipe: asyncio.BaseTransport) -> None:
         pass
     finally:
         os.close(null)
+
+
+def _finish_on_a_closed_loop(pipe: asyncio.BaseTransport) -> None:
+    """Finish closing ``pipe``, a transport of a loop that closed without
+    ``shutdown_asyncgens`` (a second Ctrl-C cut ``asyncio.run``'s shutdown
+    short, so ``loop_ending`` never ran). Its ``close`` leaves it "closing":
+    the rest is a callback that a closed loop refuses to schedule, and the
+    transport, freed so, warns ``unclosed transport`` and ``unclosed file``.
+    That callback is run here instead: nothing of the loop runs any more, and
+    the descriptor holds /dev/null (``_unplug``). Only asyncio's own pipe
+    transports have it (a private method, looked up, never assumed)."""
+    finish = getattr(pipe, "_call_connection_lost", None)
+    if callable(finish) and pipe.is_closing():
+        with contextlib.suppress(Exception):  # a finalizer's: nobody to tell
+            finish(None)
 
 
 def _until_the_loop_ends(process: WriterProcess) -> AsyncGenerator[None, None]:
