@@ -168,19 +168,18 @@ def test_S8_a_loop_whose_shutdown_a_second_ctrl_c_cuts_short_leaves_no_pipe_open
         store = SQLiteSagaStore(path, writer="process")
         saga = shutdown_saga(participant)(store=store)
 
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            loop.create_task(ctrl_c_at_shutdown())
-            loop.create_task(saga.run(Ctx(), saga_id="s-1"))
+        async def main(saga: Saga[Ctx]) -> None:
+            asyncio.get_running_loop().create_task(ctrl_c_at_shutdown())
+            asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="s-1"))
             async with asyncio.timeout(10):
                 await participant.reached.wait()
 
         interrupted = False
         try:
-            asyncio.run(main())
+            asyncio.run(main(saga))
         except KeyboardInterrupt:
             interrupted = True
-        del store, saga, main
+        del store, saga
         gc.collect()  # the store's finalizer lets go of the child: it exits
         for thread in threading.enumerate():
             if thread.name == "fallback_saga-sqlite-reaper":  # holds the pipes till then
