@@ -29,3 +29,5 @@ class HeldLock:
             self.process.stdin.write("ROLLBACK;\n.quit\n")
             self.process.stdin.close()
             self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()  # freed open, it warns "unclosed file"
