@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import (
     Any,
     Generic,
@@ -284,6 +285,17 @@ class StepCursor:
 
 
 _CURSOR: ContextVar[StepCursor | None] = ContextVar("fallback_saga_cursor", default=None)
+
+
+def _reset_cursor(token: Token[StepCursor | None]) -> None:
+    """Undo a run's ``_CURSOR.set`` as its coroutine ends. A coroutine whose
+    task was destroyed pending (the loop closed before cancelling it: a
+    second Ctrl-C cut ``asyncio.run``'s shutdown short) is closed by the
+    garbage collector, in whatever context is current then — not its task's,
+    where the token was made: there is nothing of that context to restore,
+    and the ``ValueError`` would be printed as "Exception ignored"."""
+    with contextlib.suppress(ValueError):
+        _CURSOR.reset(token)
 
 
 def current_step() -> StepInfo:

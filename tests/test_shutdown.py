@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -193,6 +194,53 @@ def test_S8_a_loop_whose_shutdown_a_second_ctrl_c_cuts_short_leaves_no_pipe_open
         async with SQLiteSagaStore(path) as store:
             record = await store.load("s-1")
         assert record.status is SagaStatus.COMPENSATING
+
+    asyncio.run(after())
+
+
+@pytest.mark.parametrize("kind", ["memory", "thread"])
+def test_S8_a_saga_left_pending_by_a_cut_short_shutdown_is_freed_without_an_error(
+    kind: str, stores: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C cuts ``asyncio.run``'s shutdown short before it has
+    cancelled a saga unwinding in a ``compensate``: the loop closes with the
+    saga's task pending. Freed, its coroutine is closed by the garbage
+    collector, outside the task's context — and the run's cleanup must not
+    raise there (it did: ``ValueError: <Token ...> was created in a
+    different Context``, printed as "Exception ignored in: <coroutine object
+    Saga.run>"). The journal keeps the saga for recovery, as it was."""
+    participant = Participant("undo B")
+    unraisable: list[str] = []
+    monkeypatch.setattr(
+        sys, "unraisablehook",
+        lambda report: unraisable.append(f"{report.exc_type.__name__}: {report.exc_value}"),
+    )
+
+    async def ctrl_c_at_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None  # the runner is cancelling the tasks
+
+    async def main(saga: Saga[Ctx]) -> None:
+        asyncio.get_running_loop().create_task(ctrl_c_at_shutdown())
+        asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="s-1"))
+        async with asyncio.timeout(10):
+            await participant.reached.wait()
+
+    store = stores()
+    saga = shutdown_saga(participant)(store=store)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main(saga))
+    del saga
+    gc.collect()
+    assert unraisable == []
+
+    async def after() -> None:
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.COMPENSATING
+        if kind != "memory":
+            await store.close()
 
     asyncio.run(after())
 
