@@ -17,6 +17,7 @@ import gc
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,12 @@ def test_S8_a_loop_that_ends_under_the_process_writer_leaves_no_pipe_open(
     asyncio.run(after())
 
 
+def retrieve_exceptions(tasks: list[asyncio.Task[Any]]) -> None:
+    """Retrieve the exceptions of ``tasks`` that ended (no local is left
+    holding the last task: a test checks that it is freed)."""
+    [task.exception() for task in tasks if task.done() and not task.cancelled()]
+
+
 def test_S8_a_loop_whose_shutdown_a_second_ctrl_c_cuts_short_leaves_no_pipe_open(
     tmp_path: Path,
 ) -> None:
@@ -170,23 +177,29 @@ def test_S8_a_loop_whose_shutdown_a_second_ctrl_c_cuts_short_leaves_no_pipe_open
         saga = shutdown_saga(participant)(store=store)
 
         async def main(saga: Saga[Ctx]) -> None:
-            asyncio.get_running_loop().create_task(ctrl_c_at_shutdown())
-            asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="s-1"))
+            # Held here: a task that only the loop knows may be freed pending.
+            tasks.append(asyncio.get_running_loop().create_task(ctrl_c_at_shutdown()))
+            tasks.append(asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="s-1")))
             async with asyncio.timeout(10):
                 await participant.reached.wait()
 
         interrupted = False
+        tasks: list[asyncio.Task[Any]] = []
         try:
             asyncio.run(main(saga))
         except KeyboardInterrupt:
             interrupted = True
-        del store, saga
+        # Retrieved: no "exception was never retrieved" logged when freed.
+        retrieve_exceptions(tasks)
+        freed = weakref.ref(store)
+        del store, saga, tasks[:]
         gc.collect()  # the store's finalizer lets go of the child: it exits
         for thread in threading.enumerate():
             if thread.name == "fallback_saga-sqlite-reaper":  # holds the pipes till then
                 thread.join(10)
         gc.collect()
     assert interrupted
+    assert freed() is None  # (else nothing was checked)
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert unclosed == []
 
@@ -223,17 +236,22 @@ def test_S8_a_saga_left_pending_by_a_cut_short_shutdown_is_freed_without_an_erro
             raise KeyboardInterrupt from None  # the runner is cancelling the tasks
 
     async def main(saga: Saga[Ctx]) -> None:
-        asyncio.get_running_loop().create_task(ctrl_c_at_shutdown())
-        asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="s-1"))
+        # Held here: a task that only the loop knows may be freed pending.
+        tasks.append(asyncio.get_running_loop().create_task(ctrl_c_at_shutdown()))
+        tasks.append(asyncio.get_running_loop().create_task(saga.run(Ctx(), saga_id="s-1")))
         async with asyncio.timeout(10):
             await participant.reached.wait()
 
     store = stores()
     saga = shutdown_saga(participant)(store=store)
+    tasks: list[asyncio.Task[Any]] = []
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(main(saga))
-    del saga
+    retrieve_exceptions(tasks)  # no "exception was never retrieved" logged when freed
+    freed = weakref.ref(saga)
+    del saga, tasks[:]
     gc.collect()
+    assert freed() is None  # (else nothing was checked)
     assert unraisable == []
 
     async def after() -> None:
