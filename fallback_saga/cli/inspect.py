@@ -537,7 +537,7 @@ async def _kept(
     to delete that are old enough to purge (a younger one, ``--status
     failed`` would keep too: counting it said there was more to purge than
     there was), and the sagas it would have deleted but for a lease that
-    holds them (a store without ``held_finished`` keeps none so). Counted
+    holds them (a store without ``old_finished`` keeps none so). Counted
     after the purge: a courtesy, and a store that cannot say is no error."""
     failed = 0
     old_finished = getattr(store, "old_finished", None)
@@ -547,10 +547,9 @@ async def _kept(
         except Exception:
             failed = 0
     held = 0
-    held_finished = getattr(store, "held_finished", None)
-    if held_finished is not None:
+    if old_finished is not None:
         try:
-            held = await held_finished(older_than=older_than, statuses=statuses)
+            held = await old_finished(older_than=older_than, statuses=statuses, held=True)
         except Exception:
             held = 0
     return failed, held

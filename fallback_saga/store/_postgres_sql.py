@@ -388,18 +388,15 @@ class _Statements:
         # a FAILED saga before it writes COMPENSATING, and a purge in between
         # deleted the saga it was unwinding (given back, the owner is NULL).
         held = "(lease_owner IS NOT NULL AND lease_expires_at > now())"
-        # How many a purge keeps so (the ``purge`` command says it).
-        # Parameters: statuses (a text array), seconds.
-        self.held_finished = (
-            f"SELECT count(*) FROM {sagas} WHERE status = ANY(%s::text[])"
-            f" AND updated_at < now() - make_interval(secs => %s::float8) AND {held}"
-        )
         # Finished sagas old enough to purge, leased or not: the FAILED ones
-        # a purge not asked to take them keeps. Parameters: as held_finished.
+        # a purge not asked to take them keeps; with ``held``, those a purge
+        # keeps for their lease (the ``purge`` command says how many).
+        # Parameters: statuses (a text array), seconds.
         self.old_finished = (
             f"SELECT count(*) FROM {sagas} WHERE status = ANY(%s::text[])"
             f" AND updated_at < now() - make_interval(secs => %s::float8)"
         )
+        self.old_finished_held = f"{self.old_finished} AND {held}"
         self.purge = (
             f"WITH candidates AS ("
             f" SELECT saga_id, seq FROM {sagas} WHERE seq > %s::bigint"

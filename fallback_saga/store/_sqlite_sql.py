@@ -196,17 +196,13 @@ _GIVE_BACK_UNRUN: Final = (
 )
 # A lease still held at ``?`` (now): given back, its owner is NULL.
 _HELD: Final = "(lease_owner IS NOT NULL AND lease_expires_at > ?)"
-# Finished sagas a purge would take but for a lease that holds them (the
-# ``purge`` command says how many it kept).
-_HELD_FINISHED: Final = (
-    "SELECT count(*) FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
-    f" AND {_HELD}"
-)
 # Finished sagas old enough to purge, leased or not: the FAILED ones a
-# purge not asked to take them keeps (the ``purge`` command says how many).
+# purge not asked to take them keeps; with _HELD, those a purge would take
+# but for a lease that holds them (the ``purge`` command says how many).
 _OLD_FINISHED: Final = (
     "SELECT count(*) FROM sagas WHERE status IN (?, ?, ?) AND updated_at < ?"
 )
+_OLD_FINISHED_HELD: Final = f"{_OLD_FINISHED} AND {_HELD}"
 _PURGEABLE: Final = (
     "SELECT saga_id FROM sagas AS child WHERE status IN (?, ?, ?) AND updated_at < ?"
     # Not a child saga (SubSaga) while its parent is stored: unwinding a
@@ -858,24 +854,19 @@ def _purge(
     return len(ids), cutoff, orphaned
 
 
-def _held_finished(
-    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, statuses: tuple[str, ...]
-) -> int:
-    """How many sagas with one of ``statuses`` (final ones), last updated
-    more than ``older_than`` seconds ago, a lease holds (``purge`` keeps them)."""
-    chosen = (statuses * 3)[:3]
-    (count,) = cursor.execute(
-        _HELD_FINISHED, (*chosen, txn.now - older_than, txn.now)).fetchone()
-    return int(count)
-
-
 def _old_finished(
-    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, statuses: tuple[str, ...]
+    cursor: sqlite3.Cursor, txn: _Txn, older_than: float, statuses: tuple[str, ...],
+    held: bool,
 ) -> int:
     """How many sagas with one of ``statuses`` (final ones) were last updated
-    more than ``older_than`` seconds ago, whether a lease holds them or not."""
+    more than ``older_than`` seconds ago: all, or (``held``) those a lease
+    holds (``purge`` keeps them)."""
     chosen = (statuses * 3)[:3]
-    (count,) = cursor.execute(_OLD_FINISHED, (*chosen, txn.now - older_than)).fetchone()
+    cutoff = txn.now - older_than
+    if held:
+        (count,) = cursor.execute(_OLD_FINISHED_HELD, (*chosen, cutoff, txn.now)).fetchone()
+    else:
+        (count,) = cursor.execute(_OLD_FINISHED, (*chosen, cutoff)).fetchone()
     return int(count)
 
 

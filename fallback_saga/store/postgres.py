@@ -1661,7 +1661,7 @@ class PostgresSagaStore:
         stored (a parent unwinding unwinds it): a family goes parent first,
         its children in a later batch of the same purge. Nor is a saga a
         lease holds (an operator's ``retry-unwinding`` of a FAILED one):
-        ``held_finished`` counts those it keeps."""
+        ``old_finished(held=True)`` counts those it keeps."""
         older_than = finite_seconds("older_than", older_than)
         chosen = list(purge_statuses(statuses))
         doing = "cannot purge sagas"
@@ -1722,29 +1722,20 @@ class PostgresSagaStore:
             elif took < aim / 2 and read == limit:
                 limit = min(PURGE_BATCH_MAX, limit * 2)
 
-    async def held_finished(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
-    ) -> int:
-        """How many sagas ``purge`` (with the same arguments) keeps because a
-        lease holds them: finished, with one of ``statuses``, not updated for
-        ``older_than`` seconds, and leased (an operator's ``retry-unwinding``)."""
-        older_than = finite_seconds("older_than", older_than)
-        (count,) = await self._fetch(
-            "cannot count the leased sagas a purge keeps", self._sql.held_finished,
-            (list(purge_statuses(statuses)), older_than),
-        )
-        return int(count)
-
     async def old_finished(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
+        held: bool = False,
     ) -> int:
         """How many sagas with one of ``statuses`` (final ones) were last
-        updated more than ``older_than`` seconds ago, leased or not: the
-        ``FAILED`` ones a purge not told to take them keeps (the ``purge``
-        command says how many)."""
+        updated more than ``older_than`` seconds ago, leased or not — the
+        ``FAILED`` ones a purge not told to take them keeps. ``held``: only
+        those a lease holds (an operator's ``retry-unwinding``), which
+        ``purge`` with the same arguments keeps. The ``purge`` command says
+        how many of each it kept."""
         older_than = finite_seconds("older_than", older_than)
         (count,) = await self._fetch(
-            "cannot count the finished sagas old enough to purge", self._sql.old_finished,
+            "cannot count the finished sagas old enough to purge",
+            self._sql.old_finished_held if held else self._sql.old_finished,
             (list(purge_statuses(statuses)), older_than),
         )
         return int(count)

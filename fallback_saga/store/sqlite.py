@@ -113,7 +113,6 @@ from ._sqlite_sql import (
     _create,
     _defer,
     _existing_ids,
-    _held_finished,
     _lease_state,
     _list,
     _load,
@@ -901,7 +900,7 @@ class SQLiteSagaStore:
         A child saga (``SubSaga``) is not purged while its parent is stored
         (a parent unwinding unwinds it): a family goes parent first. Nor is a
         saga a lease holds (an operator's ``retry-unwinding`` of a FAILED
-        one): ``held_finished`` counts those it keeps."""
+        one): ``old_finished(held=True)`` counts those it keeps."""
         older_than = finite_seconds("older_than", older_than)
         chosen = purge_statuses(statuses)
         loop = asyncio.get_running_loop()
@@ -924,27 +923,19 @@ class SQLiteSagaStore:
             # starve it all the same.
             await asyncio.sleep(loop.time() - started)
 
-    async def held_finished(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
-    ) -> int:
-        """How many sagas ``purge`` (with the same arguments) keeps because a
-        lease holds them: finished, with one of ``statuses``, not updated for
-        ``older_than`` seconds, and leased (an operator's ``retry-unwinding``)."""
-        older_than = finite_seconds("older_than", older_than)
-        count: int = await self._submit(
-            _held_finished, (older_than, purge_statuses(statuses)), write=False)
-        return count
-
     async def old_finished(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
+        held: bool = False,
     ) -> int:
         """How many sagas with one of ``statuses`` (final ones) were last
-        updated more than ``older_than`` seconds ago, leased or not: the
-        ``FAILED`` ones a purge not told to take them keeps (the ``purge``
-        command says how many)."""
+        updated more than ``older_than`` seconds ago, leased or not — the
+        ``FAILED`` ones a purge not told to take them keeps. ``held``: only
+        those a lease holds (an operator's ``retry-unwinding``), which
+        ``purge`` with the same arguments keeps. The ``purge`` command says
+        how many of each it kept."""
         older_than = finite_seconds("older_than", older_than)
         count: int = await self._submit(
-            _old_finished, (older_than, purge_statuses(statuses)), write=False)
+            _old_finished, (older_than, purge_statuses(statuses), bool(held)), write=False)
         return count
 
 
