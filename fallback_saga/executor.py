@@ -447,7 +447,7 @@ class Execution(UnwindingRun):
                     # After the last step: see stop_swallowed.
                     late = await self.stop_swallowed(at_the_end=True)
             except (Exception, JournalWriteFailed) as error:
-                await self.fail(error)
+                raise await self.unwound(error) from error  # fail's, one frame fewer
             except asyncio.CancelledError:
                 if (
                     uncertain and len(results) == resumed_with
@@ -559,7 +559,7 @@ class Execution(UnwindingRun):
             if task.cancelling() > cancels:
                 late = await self.stop_swallowed(at_the_end=True)  # see run_all
         except Exception as error:
-            await self.fail(error)
+            raise await self.unwound(error) from error  # fail's, one frame fewer
         except asyncio.CancelledError:
             await self.abort()
             raise

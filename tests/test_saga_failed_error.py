@@ -91,3 +91,85 @@ async def test_a_failed_saga_raises_saga_failed_whose_message_reads_its_fields()
         "status compensated"
     )
     assert failed.args == (str(failed),)
+
+
+class _SagaListener:
+    def saga_finished(self, *args: object) -> None:
+        pass
+
+
+def _fields(failed: SagaFailed) -> dict[str, object]:
+    return {
+        "saga_id": failed.saga_id,
+        "saga_name": failed.saga_name,
+        "status": failed.status,
+        "failed_step": failed.failed_step,
+        "error": failed.error,
+        "compensation_errors": failed.compensation_errors,
+        "branch_errors": failed.branch_errors,
+    }
+
+
+@pytest.mark.parametrize("listened", [False, True], ids=["lean-path", "general-path"])
+@pytest.mark.parametrize("undo_fails", [False, True], ids=["compensated", "failed"])
+async def test_S7_the_saga_failed_a_run_raises_is_the_one_its_init_makes(
+    listened: bool, undo_fails: bool
+) -> None:
+    # A run builds its SagaFailed without the keyword call (errors.saga_failed):
+    # what a caller gets must be what SagaFailed(...) makes from the same fields.
+    from fallback_saga.errors import saga_failed
+
+    trace: Trace = []
+    reserve = Probe("reserve", trace, comp_error=(lambda: ValueError("stuck")) if undo_fails
+                    else None)
+    saga_class = declare(reserve, Probe("ship", trace, error=lambda: Boom("no van")))
+    saga = saga_class(listeners=[_SagaListener()]) if listened else saga_class()
+    assert saga._runs_plain is not listened  # each path is the one meant
+    with pytest.raises(SagaFailed) as raised:
+        await saga.run(OrderCtx())
+    failed = raised.value
+    built = SagaFailed(**_fields(failed))  # type: ignore[arg-type]
+    assert list(vars(failed).items()) == list(vars(built).items())
+    assert failed.status is (SagaStatus.FAILED if undo_fails else SagaStatus.COMPENSATED)
+    assert (failed.args, str(failed), repr(failed)) == (built.args, str(built), repr(built))
+    assert BaseException.args.__get__(failed) == ()  # type: ignore[attr-defined]
+    again = pickle.loads(pickle.dumps(failed))
+    assert (again.saga_id, str(again)) == (failed.saga_id, str(failed))
+    # And saga_failed itself, for any fields (a mapping of any kind is copied).
+    errors = {"reserve": ValueError("gone")}
+    for compensation_errors, branch_errors in (({}, None), (errors, errors), (None, {})):
+        fields = dict(_fields(failed), compensation_errors=compensation_errors,
+                      branch_errors=branch_errors)
+        made = saga_failed(**fields)  # type: ignore[arg-type]
+        expected = SagaFailed(**fields)  # type: ignore[arg-type]
+        assert list(vars(made).items()) == list(vars(expected).items())
+        assert made.compensation_errors is not compensation_errors
+        assert (made.args, str(made), repr(made)) == (expected.args, str(expected),
+                                                      repr(expected))
+
+
+@pytest.mark.parametrize("listened", [False, True], ids=["lean-path", "general-path"])
+async def test_S7_saga_failed_is_raised_from_the_run_itself_with_the_error_as_cause(
+    listened: bool,
+) -> None:
+    # The run raises the SagaFailed that unwinding handed back (one frame fewer
+    # than raising it in the unwinding's caller, on every failed saga): it is
+    # still raised where the step's error is handled — its cause and its
+    # context — and its traceback starts in the run.
+    trace: Trace = []
+    saga_class = declare(Probe("reserve", trace), Probe("ship", trace, error=lambda: Boom("x")))
+    saga = saga_class(listeners=[_SagaListener()]) if listened else saga_class()
+    with pytest.raises(SagaFailed) as raised:
+        await saga.run(OrderCtx())
+    failed = raised.value
+    assert isinstance(failed.error, Boom)
+    assert failed.__cause__ is failed.error
+    assert failed.__context__ is failed.error
+    assert failed.__suppress_context__ is True
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(failed.__traceback__)]
+    assert frames[-2:] == ["run", "run_all" if listened else "run_plain"], frames
+    assert "fail" not in frames, frames
+    assert "unwound" not in frames, frames
+    shown = "".join(traceback.format_exception(failed))
+    assert "Boom: x" in shown
+    assert "The above exception was the direct cause" in shown
