@@ -575,7 +575,6 @@ def _rebuild_saga_failed(
     )
 
 
-
 _new_exception = BaseException.__new__
 
 
