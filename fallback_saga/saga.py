@@ -41,7 +41,7 @@ from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
 from .shielding import cancelled_again, claimed, running_task, shielded
 from .status import SagaStatus
-from .step import _CURSOR, SagaStepResult, Step, StepCursor
+from .step import _CURSOR, SagaStepResult, Step, StepCursor, _reset_cursor
 from .store.base import (
     Lease,
     RecoverableStore,
@@ -584,6 +584,7 @@ class SagaTransaction(Generic[ContextT]):
         self._entered = False
         self._finished = False
         self._token: Token[StepCursor | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.result: SagaResult[ContextT] | None = None
 
     @property
@@ -618,6 +619,7 @@ class SagaTransaction(Generic[ContextT]):
         if self._entered:
             raise RuntimeError("a saga transaction can be entered only once")
         self._entered = True
+        self._loop = asyncio.get_running_loop()
         self._execution.begin()
         self._token = _CURSOR.set(self._execution)
         return self
@@ -649,7 +651,7 @@ class SagaTransaction(Generic[ContextT]):
             await execution.abort()
             raise
         finally:
-            _CURSOR.reset(token)
+            _reset_cursor(token)
         self._next += 1
         execution.results += step_results
         # A group yields its members' results one by one, in declared order.
@@ -666,12 +668,12 @@ class SagaTransaction(Generic[ContextT]):
             await self._settle(exc)
         finally:
             if self._token is not None:
-                _CURSOR.reset(self._token)
+                _reset_cursor(self._token)
                 self._token = None
 
     async def _settle(self, exc: BaseException | None) -> None:
         execution = self._execution
-        if exc is not None and not isinstance(exc, _LEFT_EARLY):
+        if exc is not None and (not isinstance(exc, _LEFT_EARLY) or self._loop_gone(exc)):
             # KeyboardInterrupt, SystemExit: the process is going down, nothing
             # is unwound (also when it came out of the unwinding itself).
             self._finished = True
@@ -704,7 +706,21 @@ class SagaTransaction(Generic[ContextT]):
                 # The caller must not believe the steps were unwound: they were not all.
                 raise execution._stopped(execution.interruption, failure=exc)
         finally:
-            _CURSOR.reset(token)
+            _reset_cursor(token)
+
+    def _loop_gone(self, exc: BaseException) -> bool:
+        """The block is left by ``GeneratorExit`` away from the loop it ran
+        on: not a generator's consumer closing it, but the garbage collector
+        closing the coroutine of a task destroyed pending (a second Ctrl-C
+        cut ``asyncio.run``'s shutdown short, or the loop was closed with
+        the task left). Nothing can be awaited there: the saga is left as
+        its journal holds it, for recovery, as a crash leaves it."""
+        if not isinstance(exc, GeneratorExit):
+            return False
+        try:
+            return asyncio.get_running_loop() is not self._loop
+        except RuntimeError:  # no loop running at all
+            return True
 
 
 # Ways out of a transaction's block that leave the saga to unwind: an error,

@@ -263,6 +263,97 @@ def test_S8_a_saga_left_pending_by_a_cut_short_shutdown_is_freed_without_an_erro
     asyncio.run(after())
 
 
+@pytest.mark.parametrize("kind", ["memory", "thread"])
+@pytest.mark.parametrize("left", ["unwinding a failed step", "unwinding the block",
+                                  "in the block, never told"])
+def test_S8_a_transaction_left_pending_by_a_cut_short_shutdown_is_freed_without_an_error(
+    kind: str, left: str, stores: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, for a saga driven by ``async with saga.transaction(ctx) as
+    tx: async for ...``, whose task the loop left pending: unwinding after
+    its last step failed, unwinding the block the shutdown cancelled, or
+    still in the block — the second Ctrl-C came before the block's task
+    heard the runner's cancellation (here: the loop closed with the task
+    left, deterministically). Closed by the garbage collector, away from
+    its loop, the transaction must neither reset its step cursor in that
+    foreign context (``ValueError: ... was created in a different
+    Context``) nor try to unwind where nothing can be awaited (``RuntimeError:
+    no running event loop``, and a coroutine ``UnwindingRun.unwind`` never
+    awaited). The journal keeps the saga for recovery, as it was."""
+    never_told = left == "in the block, never told"
+    participant = Participant(None if never_told else "undo A")
+    block_reached = asyncio.Event()
+    unraisable: list[str] = []
+    monkeypatch.setattr(
+        sys, "unraisablehook",
+        lambda report: unraisable.append(f"{report.exc_type.__name__}: {report.exc_value}"),
+    )
+
+    async def ctrl_c_at_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            # The runner is cancelling the tasks: once the unwinding waits in
+            # its compensation (whichever task the runner cancelled first).
+            await participant.reached.wait()
+            raise KeyboardInterrupt from None
+
+    async def drive(saga: Saga[Ctx]) -> None:
+        async with saga.transaction(Ctx(), saga_id="s-1") as tx:
+            async for _ in tx:
+                if left != "unwinding a failed step":
+                    block_reached.set()
+                    await asyncio.Event().wait()  # until the loop cancels us
+
+    async def main(saga: Saga[Ctx]) -> None:
+        loop = asyncio.get_running_loop()
+        if not never_told:
+            # Held here: a task that only the loop knows may be freed pending.
+            tasks.append(loop.create_task(ctrl_c_at_shutdown()))
+        tasks.append(loop.create_task(drive(saga)))
+        async with asyncio.timeout(10):
+            if left == "unwinding a failed step":
+                await participant.reached.wait()
+            else:
+                await block_reached.wait()
+
+    store = stores()
+    saga = shutdown_saga(participant)(store=store)
+    tasks: list[asyncio.Task[Any]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if never_told:
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(main(saga))
+            loop.close()  # the block's task left pending, as it was
+            del loop
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                asyncio.run(main(saga))
+        retrieve_exceptions(tasks)  # no "exception was never retrieved" logged when freed
+        freed = weakref.ref(saga)
+        del saga, tasks[:]
+        gc.collect()
+    assert freed() is None  # (else nothing was checked)
+    assert unraisable == []
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+    async def after() -> None:
+        record = await store.load("s-1")
+        rows = [(e.step, e.action, e.status) for e in record.history]
+        if never_told:
+            # (A's completion may not have reached the writer thread.)
+            assert record.status is SagaStatus.RUNNING
+            assert [row for row in rows if row[1] == "compensate"] == []
+        else:
+            assert record.status is SagaStatus.COMPENSATING
+            assert rows[-1] == ("A", "compensate", StepStatus.STARTED)
+        if kind != "memory":
+            await store.close()
+
+    asyncio.run(after())
+
+
 def test_S8_a_loop_that_ends_under_the_inline_writer_leaves_no_connection_open(
     tmp_path: Path,
 ) -> None:
