@@ -63,13 +63,14 @@ from .shielding import (
     cancelled_again,
     land_pending_cancellation,
     outer_run_cancelled,
+    reset_var,
     running_task,
 )
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
-from .step import _CURSOR, COROUTINE, SagaStepResult, StepCursor, _reset_cursor, unawaited
+from .step import _CURSOR, COROUTINE, SagaStepResult, StepCursor, unawaited
 from .store._common import check_saga_id
 from .store.base import Lease
 from .unwinding import UnwindingRun
@@ -466,7 +467,7 @@ class Execution(UnwindingRun):
             self.crashed(error)
             raise
         finally:
-            _reset_cursor(token)
+            reset_var(_CURSOR, token)
             # No local keeps the task: the error raised from here holds this
             # frame, and the task, once done, that error (a reference cycle).
             task = None  # type: ignore[assignment]
@@ -564,7 +565,7 @@ class Execution(UnwindingRun):
             await self.abort()
             raise
         finally:
-            _reset_cursor(token)
+            reset_var(_CURSOR, token)
             # No local keeps the task: the error raised from here holds this
             # frame, and the task, once done, that error (a reference cycle).
             task = None  # type: ignore[assignment]
@@ -661,7 +662,7 @@ class Execution(UnwindingRun):
         try:
             await unwinding
         finally:
-            _reset_cursor(token)
+            reset_var(_CURSOR, token)
 
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""
@@ -676,7 +677,7 @@ class Execution(UnwindingRun):
             self.crashed(crash)
             raise
         finally:
-            _reset_cursor(token)
+            reset_var(_CURSOR, token)
 
     # ------------------------------------------------------------------ forward
 

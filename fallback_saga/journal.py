@@ -52,6 +52,7 @@ from .errors import (
     SagaNotFound,
 )
 from .retry import RetryPolicy
+from .shielding import reset_var
 from .status import SagaStatus
 from .store._deadline import JOURNAL_DEADLINE
 from .store.base import JournalEntry, Lease, SagaStore
@@ -203,7 +204,7 @@ async def write_durably(
         error = failed = None  # type: ignore[assignment]
         window = None
         # (Nor the token: it holds this task's context.)
-        JOURNAL_DEADLINE.reset(bound)
+        reset_var(JOURNAL_DEADLINE, bound)
         bound = None  # type: ignore[assignment]
 
 
@@ -496,7 +497,7 @@ async def settle_inline(
                 except asyncio.CancelledError as caught:
                     cancelled = cancelled or caught  # only our cancellation can cancel the gate
     finally:
-        JOURNAL_DEADLINE.reset(bound)
+        reset_var(JOURNAL_DEADLINE, bound)
         bound = None  # type: ignore[assignment]  # (it holds this task's context)
         if timer is not None:
             timer.cancel()

@@ -39,9 +39,9 @@ from .resumption import (
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
-from .shielding import cancelled_again, claimed, running_task, shielded
+from .shielding import cancelled_again, claimed, reset_var, running_task, shielded
 from .status import SagaStatus
-from .step import _CURSOR, SagaStepResult, Step, StepCursor, _reset_cursor
+from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (
     Lease,
     RecoverableStore,
@@ -651,7 +651,7 @@ class SagaTransaction(Generic[ContextT]):
             await execution.abort()
             raise
         finally:
-            _reset_cursor(token)
+            reset_var(_CURSOR, token)
         self._next += 1
         execution.results += step_results
         # A group yields its members' results one by one, in declared order.
@@ -668,7 +668,7 @@ class SagaTransaction(Generic[ContextT]):
             await self._settle(exc)
         finally:
             if self._token is not None:
-                _reset_cursor(self._token)
+                reset_var(_CURSOR, self._token)
                 self._token = None
 
     async def _settle(self, exc: BaseException | None) -> None:
@@ -706,7 +706,7 @@ class SagaTransaction(Generic[ContextT]):
                 # The caller must not believe the steps were unwound: they were not all.
                 raise execution._stopped(execution.interruption, failure=exc)
         finally:
-            _reset_cursor(token)
+            reset_var(_CURSOR, token)
 
     def _loop_gone(self, exc: BaseException) -> bool:
         """The block is left by ``GeneratorExit`` away from the loop it ran

@@ -15,7 +15,7 @@ import asyncio
 import sys
 import types
 from collections.abc import Callable, Coroutine, Generator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "land_pending_cancellation",
     "outer_run_cancelled",
     "own_task",
+    "reset_var",
     "running_task",
     "settle",
     "shielded",
@@ -165,6 +166,22 @@ _runs_around = RUNS_AROUND.get
 PROCESS_ENDING: ContextVar[list[BaseException] | None] = ContextVar(
     "fallback_saga_process_ending", default=None
 )
+
+
+def reset_var(var: ContextVar[T], token: Token[T]) -> None:
+    """Undo ``var.set`` (``token``) as the coroutine that made it ends. A
+    coroutine whose task was destroyed pending (the loop closed before
+    cancelling it: a second Ctrl-C cut ``asyncio.run``'s shutdown short) is
+    closed by the garbage collector, in whatever context is current then —
+    not its task's, where the token was made: there is nothing of that
+    context to restore, and the ``ValueError`` ("was created in a different
+    Context") would replace the ``GeneratorExit`` going through: taken for
+    an error, it made the code around try to unwind where no loop runs, and
+    was printed as "Exception ignored"."""
+    try:  # noqa: SIM105 - not contextlib.suppress: an object made on every run's way out
+        var.reset(token)
+    except ValueError:
+        pass
 
 
 def outer_run_cancelled() -> bool:
@@ -336,8 +353,16 @@ class _Signal:
         self.waiter: asyncio.Future[None] = loop.create_future()
 
     def fire(self) -> None:
-        if not self.waiter.done():
-            self.waiter.set_result(None)
+        waiter = self.waiter
+        if not waiter.done():
+            try:
+                waiter.set_result(None)
+            except RuntimeError:
+                # The task was destroyed pending, its loop closed (a second
+                # Ctrl-C cut ``asyncio.run``'s shutdown short): the garbage
+                # collector closes its coroutine, and nobody waits any more.
+                if not waiter.get_loop().is_closed():
+                    raise
 
     def fired(self, _task: object) -> None:
         """``fire``, as a done callback."""

@@ -7,7 +7,7 @@ import functools
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import (
     Any,
     Generic,
@@ -284,19 +284,6 @@ class StepCursor:
 
 
 _CURSOR: ContextVar[StepCursor | None] = ContextVar("fallback_saga_cursor", default=None)
-
-
-def _reset_cursor(token: Token[StepCursor | None]) -> None:
-    """Undo a run's ``_CURSOR.set`` as its coroutine ends. A coroutine whose
-    task was destroyed pending (the loop closed before cancelling it: a
-    second Ctrl-C cut ``asyncio.run``'s shutdown short) is closed by the
-    garbage collector, in whatever context is current then — not its task's,
-    where the token was made: there is nothing of that context to restore,
-    and the ``ValueError`` would be printed as "Exception ignored"."""
-    try:  # noqa: SIM105 - not contextlib.suppress: an object made on every run's way out
-        _CURSOR.reset(token)
-    except ValueError:
-        pass
 
 
 def current_step() -> StepInfo:

@@ -67,7 +67,7 @@ from .executor import Execution, SagaResult, running_execution
 from .group_run import IN_A_MEMBER, LaneCursor
 from .plan import Branch
 from .saga import Saga
-from .shielding import claimed, shielded
+from .shielding import claimed, reset_var, shielded
 from .status import SagaStatus
 from .step import _CURSOR, current_step
 from .store._common import check_saga_id
@@ -219,9 +219,9 @@ class SubSaga(Generic[ParentT, ChildT]):
                                                 "its parent's step was cancelled"))
             raise
         finally:
-            STOP_SCOPE.reset(scope)
+            reset_var(STOP_SCOPE, scope)
             if member is not None:
-                IN_A_MEMBER.reset(member)
+                reset_var(IN_A_MEMBER, member)
         if self.merge is not None:
             try:
                 _not_awaitable(self.merge(context, result.context), self.name, "merge")

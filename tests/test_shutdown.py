@@ -18,7 +18,7 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -263,40 +263,97 @@ def test_S8_a_saga_left_pending_by_a_cut_short_shutdown_is_freed_without_an_erro
     asyncio.run(after())
 
 
-@pytest.mark.parametrize("kind", ["memory", "thread"])
-@pytest.mark.parametrize("left", ["unwinding a failed step", "unwinding the block",
-                                  "in the block, never told"])
-def test_S8_a_transaction_left_pending_by_a_cut_short_shutdown_is_freed_without_an_error(
-    kind: str, left: str, stores: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As above, for a saga driven by ``async with saga.transaction(ctx) as
-    tx: async for ...``, whose task the loop left pending: unwinding after
-    its last step failed, unwinding the block the shutdown cancelled, or
-    still in the block — the second Ctrl-C came before the block's task
-    heard the runner's cancellation (here: the loop closed with the task
-    left, deterministically). Closed by the garbage collector, away from
-    its loop, the transaction must neither reset its step cursor in that
-    foreign context (``ValueError: ... was created in a different
-    Context``) nor try to unwind where nothing can be awaited (``RuntimeError:
-    no running event loop``, and a coroutine ``UnwindingRun.unwind`` never
-    awaited). The journal keeps the saga for recovery, as it was."""
-    never_told = left == "in the block, never told"
-    participant = Participant(None if never_told else "undo A")
-    block_reached = asyncio.Event()
-    unraisable: list[str] = []
-    monkeypatch.setattr(
-        sys, "unraisablehook",
-        lambda report: unraisable.append(f"{report.exc_type.__name__}: {report.exc_value}"),
-    )
+
+ENDINGS = ("second ctrl-c", "loop closed")
+
+
+def freed_after_a_cut_short_loop(
+    held: list[Saga[Any]],
+    start: Callable[[Saga[Any]], Coroutine[Any, Any, None]],
+    started: asyncio.Event,
+    hung: asyncio.Event,
+    ending: str,
+) -> list[str]:
+    """A loop runs ``start(saga)`` (``held``'s one saga, let go here) in a
+    task, waits for ``started``, then ends with that task pending:
+    ``"second ctrl-c"`` — ``asyncio.run`` returns, and a ``KeyboardInterrupt``
+    cuts its shutdown short once ``hung`` is set (the work it cancelled
+    waits again); ``"loop closed"`` — the loop closes with the task never
+    told, as when that second Ctrl-C comes before the task heard the
+    runner's cancellation. The saga, freed, has its coroutines closed by the
+    garbage collector. Returns what was reported meanwhile: each
+    "Exception ignored" (``sys.unraisablehook``) and each warning of the
+    kinds ``-W error`` makes fatal here (RuntimeWarning, ResourceWarning)."""
+    reported: list[str] = []
+
+    def unraisable(report: Any) -> None:
+        reported.append(f"{report.exc_type.__name__}: {report.exc_value}")
 
     async def ctrl_c_at_shutdown() -> None:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            # The runner is cancelling the tasks: once the unwinding waits in
-            # its compensation (whichever task the runner cancelled first).
-            await participant.reached.wait()
+            # The runner is cancelling the tasks: once the work it cancelled
+            # waits again (whichever task the runner cancelled first).
+            await hung.wait()
             raise KeyboardInterrupt from None
+
+    async def main(saga: Saga[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        # Held here: a task that only the loop knows may be freed pending.
+        if ending == "second ctrl-c":
+            tasks.append(loop.create_task(ctrl_c_at_shutdown()))
+        tasks.append(loop.create_task(start(saga)))
+        async with asyncio.timeout(10):
+            await started.wait()
+
+    tasks: list[asyncio.Task[Any]] = []
+    saga = held.pop()
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if ending == "loop closed":
+                loop = asyncio.new_event_loop()
+                loop.run_until_complete(main(saga))
+                loop.close()  # the task left pending, as it was
+                del loop
+            else:
+                with pytest.raises(KeyboardInterrupt):
+                    asyncio.run(main(saga))
+            retrieve_exceptions(tasks)  # no "exception was never retrieved" logged when freed
+            freed = weakref.ref(saga)
+            del saga, tasks[:]
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert freed() is None  # (else nothing was checked)
+    return reported + [
+        f"{w.category.__name__}: {w.message}" for w in caught
+        if issubclass(w.category, (RuntimeWarning, ResourceWarning))
+    ]
+
+
+@pytest.mark.parametrize("kind", ["memory", "thread"])
+@pytest.mark.parametrize("left", ["unwinding a failed step", "unwinding the block",
+                                  "in the block, never told"])
+def test_S8_a_transaction_left_pending_by_a_cut_short_shutdown_is_freed_without_an_error(
+    kind: str, left: str, stores: Callable[[], Any]
+) -> None:
+    """As above, for a saga driven by ``async with saga.transaction(ctx) as
+    tx: async for ...``, whose task the loop left pending: unwinding after
+    its last step failed, unwinding the block the shutdown cancelled, or
+    still in the block — the second Ctrl-C came before the block's task
+    heard the runner's cancellation. Closed by the garbage collector, away
+    from its loop, the transaction must neither reset its step cursor in
+    that foreign context (``ValueError: ... was created in a different
+    Context``) nor try to unwind where nothing can be awaited
+    (``RuntimeError: no running event loop``, and a coroutine
+    ``UnwindingRun.unwind`` never awaited). The journal keeps the saga for
+    recovery, as it was."""
+    never_told = left == "in the block, never told"
+    participant = Participant(None if never_told else "undo A")
+    block_reached = asyncio.Event()
 
     async def drive(saga: Saga[Ctx]) -> None:
         async with saga.transaction(Ctx(), saga_id="s-1") as tx:
@@ -305,38 +362,13 @@ def test_S8_a_transaction_left_pending_by_a_cut_short_shutdown_is_freed_without_
                     block_reached.set()
                     await asyncio.Event().wait()  # until the loop cancels us
 
-    async def main(saga: Saga[Ctx]) -> None:
-        loop = asyncio.get_running_loop()
-        if not never_told:
-            # Held here: a task that only the loop knows may be freed pending.
-            tasks.append(loop.create_task(ctrl_c_at_shutdown()))
-        tasks.append(loop.create_task(drive(saga)))
-        async with asyncio.timeout(10):
-            if left == "unwinding a failed step":
-                await participant.reached.wait()
-            else:
-                await block_reached.wait()
-
     store = stores()
-    saga = shutdown_saga(participant)(store=store)
-    tasks: list[asyncio.Task[Any]] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if never_told:
-            loop = asyncio.new_event_loop()
-            loop.run_until_complete(main(saga))
-            loop.close()  # the block's task left pending, as it was
-            del loop
-        else:
-            with pytest.raises(KeyboardInterrupt):
-                asyncio.run(main(saga))
-        retrieve_exceptions(tasks)  # no "exception was never retrieved" logged when freed
-        freed = weakref.ref(saga)
-        del saga, tasks[:]
-        gc.collect()
-    assert freed() is None  # (else nothing was checked)
-    assert unraisable == []
-    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    reported = freed_after_a_cut_short_loop(
+        [shutdown_saga(participant)(store=store)], drive,
+        participant.reached if left == "unwinding a failed step" else block_reached,
+        participant.reached, "loop closed" if never_told else "second ctrl-c",
+    )
+    assert reported == []
 
     async def after() -> None:
         record = await store.load("s-1")
@@ -353,6 +385,132 @@ def test_S8_a_transaction_left_pending_by_a_cut_short_shutdown_is_freed_without_
 
     asyncio.run(after())
 
+
+@pytest.mark.parametrize("kind", ["memory", "thread"])
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_S15_a_child_saga_left_pending_by_a_cut_short_shutdown_is_freed_without_an_error(
+    kind: str, ending: str, stores: Callable[[], Any]
+) -> None:
+    """A parent saga's task is left pending by the loop while its child saga
+    (a ``SubSaga`` step) waits in an ``act``. Closed by the garbage
+    collector, the ``SubSaga`` step must not reset its stop scope in that
+    foreign context: the ``ValueError`` replaced the ``GeneratorExit``, the
+    parent took it for its step's failure and tried to unwind where no loop
+    runs ("Exception ignored ... RuntimeError: no running event loop", a
+    coroutine never awaited). Both sagas are left as their journal holds
+    them, for recovery."""
+    # After a second Ctrl-C, the shutdown cut short while the child unwinds.
+    participant = HangsTwice("act Y", "undo X")
+    store = stores()
+
+    async def run(saga: Saga[Ctx]) -> None:
+        await saga.run(Ctx(), saga_id="p-1")
+
+    reported = freed_after_a_cut_short_loop(
+        [family_saga(participant)(store=store)], run, participant.reached,
+        participant.reached_again, ending,
+    )
+    assert reported == []
+
+    async def after() -> None:
+        parent = await store.load("p-1")
+        child = await store.load("p-1/Pay")
+        if ending == "loop closed":  # never told: as a crash leaves them
+            assert parent.status is child.status is SagaStatus.RUNNING
+            assert all(e.action == "act" for e in [*parent.history, *child.history])
+        else:  # cancelled, the child unwinding itself when the loop closed
+            assert parent.status is SagaStatus.RUNNING
+            assert child.status is SagaStatus.COMPENSATING
+            assert [(e.step, e.action, e.status) for e in child.history][-1] == (
+                "X", "compensate", StepStatus.STARTED)
+        if kind != "memory":
+            await store.close()
+
+    asyncio.run(after())
+
+
+class HangsTwice(Participant):
+    """Waits at ``first`` (``reached``), then at ``then`` (``reached_again``)."""
+
+    def __init__(self, first: str, then: str) -> None:
+        super().__init__(first)
+        self.then = then
+        self.reached_again = asyncio.Event()
+
+    async def call(self, what: str) -> None:
+        if what == self.then:
+            self.calls.append(what)
+            self.reached_again.set()
+            await asyncio.Event().wait()  # until the loop cancels us
+        await super().call(what)
+
+
+class StoreThatStopsAnswering:
+    """A store of a user's own over ``MemorySagaStore`` whose write number
+    ``at`` never answers (a server gone silent)."""
+
+    def __init__(self, participant: Participant, at: int, *, outlives: bool) -> None:
+        self.inner = MemorySagaStore()
+        self.participant = participant
+        self.at = at
+        self.writes = 0
+        # True: the executor drives each write in the saga's own task
+        # (settle_inline); False: in a task of its own (settle).
+        self.writes_outlive_cancellation = outlives
+
+    async def _write(self, send: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        number = self.writes
+        self.writes += 1
+        if number == self.at:
+            self.participant.reached.set()
+            await asyncio.Event().wait()  # until the loop cancels us
+        await send()
+
+    async def create(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        await self._write(lambda: self.inner.create(saga_id, *args, **kwargs))
+
+    async def append(self, saga_id: str, *args: Any, **kwargs: Any) -> None:
+        await self._write(lambda: self.inner.append(saga_id, *args, **kwargs))
+
+    async def load(self, saga_id: str) -> Any:
+        return await self.inner.load(saga_id)
+
+
+@pytest.mark.parametrize(("writes", "ending"), [
+    ("in the saga's task", "second ctrl-c"),
+    ("in the saga's task", "loop closed"),
+    ("in a task of their own", "loop closed"),
+])
+def test_S13_a_journal_write_left_pending_by_a_cut_short_shutdown_is_freed_without_an_error(
+    writes: str, ending: str
+) -> None:
+    """A journal write the store never answers is pending when the loop
+    ends, and its task with it. Closed by the garbage collector, the write
+    must not reset its deadline in that foreign context (the ``ValueError``
+    replaced the ``GeneratorExit``: the run took it for an error and tried
+    to unwind where no loop runs), nor wake its waiter on the closed loop
+    ("Exception ignored ... RuntimeError: Event loop is closed"). The
+    journal is as the loop left it: A's completion never written."""
+    participant = Participant(None)
+    store = StoreThatStopsAnswering(participant, 1, outlives=writes == "in the saga's task")
+
+    async def run(saga: Saga[Ctx]) -> None:
+        await saga.run(Ctx(), saga_id="s-1")
+
+    reported = freed_after_a_cut_short_loop(
+        [shutdown_saga(participant)(store=store)], run, participant.reached,
+        participant.reached, ending,
+    )
+    assert reported == []
+    assert participant.calls == ["act A"]
+
+    async def after() -> None:
+        record = await store.load("s-1")
+        assert record.status is SagaStatus.RUNNING
+        assert [(e.step, e.action, e.status) for e in record.history] == [
+            ("A", "act", StepStatus.STARTED)]
+
+    asyncio.run(after())
 
 def test_S8_a_loop_that_ends_under_the_inline_writer_leaves_no_connection_open(
     tmp_path: Path,
