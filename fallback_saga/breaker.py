@@ -711,6 +711,13 @@ class CircuitBreaker(SharedStateSync):
         tb: TracebackType | None,
     ) -> None:
         top = self._permits.get()
+        if exc_type is GeneratorExit and not _entered_here(top):
+            # The block's coroutine is closed away from its task: the task was
+            # destroyed pending (its loop closed: a second Ctrl-C cut
+            # asyncio.run's shutdown short) and the garbage collector closes
+            # it in whatever context is current — this block's permit stack
+            # is not there. Its permit is not handed back: its task never ends.
+            return
         if top is None:
             raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
         permit, closed_path, _, outer = top
@@ -743,6 +750,15 @@ def _not_awaitable(fn: object, returned: object) -> TypeError:
         f"{type(returned).__name__}, not an awaitable: make it an 'async def' function "
         f"(blocking code: an 'async def' that runs it with 'await asyncio.to_thread(...)')"
     )
+
+
+def _entered_here(top: _Entry | None) -> bool:
+    """Whether ``top`` (a permit stack's top, or None) was entered by the
+    current task (or, both without a task, by hand)."""
+    if top is None:
+        return False
+    owner, task = top[2], _current_task()
+    return owner() is task if owner is not None else task is None
 
 
 def _in_current_task(own: FrameType, outer: FrameType) -> bool:

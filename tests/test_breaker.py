@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import pickle
 import random
@@ -937,6 +938,41 @@ async def test_S9_async_with_concurrent_blocks_return_their_own_permits() -> Non
     b_leave.set()
     assert await b == "done"
     assert breaker.state is CLOSED
+
+
+def test_S9_async_with_block_left_pending_by_a_closed_loop_is_freed_without_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop closes with a task still inside ``async with breaker`` (a
+    second Ctrl-C cut ``asyncio.run``'s shutdown short): freed, its block
+    is closed outside any task — without "Exception ignored ...
+    RuntimeError: breaker __aexit__ without a matching __aenter__"."""
+    breaker, _ = make_breaker(fail_max=1)
+    unraisable: list[str] = []
+    monkeypatch.setattr(
+        sys, "unraisablehook",
+        lambda report: unraisable.append(f"{report.exc_type.__name__}: {report.exc_value}"),
+    )
+    entered = asyncio.Event()
+
+    async def guarded() -> None:
+        async with breaker:
+            entered.set()
+            await asyncio.Event().wait()  # until the loop cancels us: it never does
+
+    async def main() -> None:
+        held.append(asyncio.get_running_loop().create_task(guarded()))
+        await entered.wait()
+
+    held: list[asyncio.Task[None]] = []
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()
+    del loop, held[:]
+    gc.collect()
+    assert unraisable == []
+    assert breaker.state is CLOSED
+    assert breaker.failure_count == 0
 
 
 # --------------------------------------------------------------------------- manual control
