@@ -61,6 +61,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
@@ -89,6 +90,31 @@ from .store.base import (
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "RecoveryWorker", "WorkerStats"]
 
 _log = library_logger("fallback_saga")
+
+V = TypeVar("V")
+
+# How many sagas a worker remembers at most in each of its maps by saga id
+# (``_interruptions``, ``_not_given_back``), so that its memory is bounded
+# whatever the store does for however long the worker runs: the sagas it
+# interrupted that another worker finished stay in ``_interruptions`` for
+# ever, and a store that takes claims but refuses give-backs adds to
+# ``_not_given_back`` with every resume. Past it, the saga remembered
+# longest ago is forgotten: its backoff starts again from ``poll`` (a
+# forgotten interruption), or its lease is left to run out and counts as a
+# claim toward ``park_after`` (a forgotten give-back: logged).
+REMEMBERED_SAGAS = 10_000
+
+
+def _remember(kept: dict[str, V], saga_id: str, value: V) -> str | None:
+    """``kept[saga_id] = value``, as the most recent entry; the saga
+    remembered longest ago is dropped past ``REMEMBERED_SAGAS``: its id, or None."""
+    kept.pop(saga_id, None)
+    kept[saga_id] = value
+    if len(kept) <= REMEMBERED_SAGAS:
+        return None
+    oldest = next(iter(kept))
+    del kept[oldest]
+    return oldest
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -248,6 +274,7 @@ class RecoveryWorker:
         self._clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
         # Saga id -> its interruptions in a row here (the journal refused its
         # writes): each one doubles its time out of claims (``_retry_in``).
+        # (At most REMEMBERED_SAGAS: see there.)
         self._interruptions: dict[str, int] = {}
         # The leases kept to keep sagas out of claims (skipped, or backing
         # off), on a store without ``defer`` (``ClaimedSaga.held_for``):
@@ -258,7 +285,8 @@ class RecoveryWorker:
         # again before each claim, until the store takes it. This worker is
         # alive, so that lease is no crash's (store._parking): left to run
         # out, it counted as one, and a store down at the give-back of five
-        # resumes in a row parked a saga that never ended a process.
+        # resumes in a row parked a saga that never ended a process. (At
+        # most REMEMBERED_SAGAS: see there.)
         self._not_given_back: dict[str, Callable[[], Awaitable[object]]] = {}
 
     def __repr__(self) -> str:
@@ -456,6 +484,10 @@ class RecoveryWorker:
             if self._not_given_back.get(saga_id) is give_back:
                 del self._not_given_back[saga_id]
 
+    def _interrupted(self, saga_id: str) -> None:
+        """One more interruption of ``saga_id`` in a row."""
+        _remember(self._interruptions, saga_id, self._interruptions.get(saga_id, 0) + 1)
+
     def _retry_in(self, saga_id: str) -> float:
         """Seconds a saga interrupted now stays out of claims: ``poll``,
         doubled for each interruption of it in a row, capped at ``lease``,
@@ -486,8 +518,7 @@ class RecoveryWorker:
                 self.stats.handed_off += 1
                 raise
             self.stats.interrupted += 1
-            self._interruptions[claimed.saga_id] = (
-                self._interruptions.get(claimed.saga_id, 0) + 1)
+            self._interrupted(claimed.saga_id)
             _log.warning("recovery worker %s: saga %s interrupted: loading it from the store "
                          "took longer than resume_timeout (%g s)", self.owner,
                          claimed.saga_id, claimed.timed_out)
@@ -498,8 +529,7 @@ class RecoveryWorker:
         if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
             self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
         if outcome == "interrupted":
-            self._interruptions[claimed.saga_id] = (
-                self._interruptions.get(claimed.saga_id, 0) + 1)
+            self._interrupted(claimed.saga_id)
         else:
             self._interruptions.pop(claimed.saga_id, None)
         if outcome == "completed":
@@ -539,7 +569,14 @@ class RecoveryWorker:
     def _done(self, task: asyncio.Task[None]) -> None:
         resuming = self._in_flight.pop(task, None)
         if resuming is not None and resuming.claimed.not_given_back is not None:
-            self._not_given_back[resuming.claimed.saga_id] = resuming.claimed.not_given_back
+            forgotten = _remember(self._not_given_back, resuming.claimed.saga_id,
+                                  resuming.claimed.not_given_back)
+            if forgotten is not None:
+                _log.warning(
+                    "recovery worker %s: the store refuses to take back the leases of more "
+                    "than %d sagas; no longer trying to give back saga %s's (the oldest "
+                    "refused): its lease runs out on its own and counts as a claim toward "
+                    "the store's park_after", self.owner, REMEMBERED_SAGAS, forgotten)
         self._let_go.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("recovery worker %s: resuming a saga raised", self.owner,
@@ -580,7 +617,7 @@ class RecoveryWorker:
         self._let_go.add(task)
         _, reason = claimed.give_up()
         self.stats.interrupted += 1
-        self._interruptions[claimed.saga_id] = self._interruptions.get(claimed.saga_id, 0) + 1
+        self._interrupted(claimed.saga_id)
         _log.error("recovery worker %s: saga %s did not stop %g s after it was asked to "
                    "(%s); its slot is free again: %s", self.owner, claimed.saga_id,
                    STOP_WAIT, "resume_timeout" if claimed.timed_out is not None

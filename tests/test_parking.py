@@ -938,6 +938,69 @@ async def test_S10_a_lease_a_live_worker_could_not_give_back_is_not_counted_as_a
         assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
 
 
+
+async def test_S10_a_worker_keeps_a_bounded_number_of_refused_give_backs_and_says_which_it_drops(
+    durable: StoreMaker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that takes claims but refuses every give-back, for as long as
+    a worker runs, made the worker keep one give-back per saga it resumed,
+    without end. It keeps ``REMEMBERED_SAGAS`` (2 here) at most; the one
+    refused longest ago is dropped with a warning that names the saga and
+    says what it costs (its lease runs out and counts as a claim). The
+    give-backs it kept are made once the store takes them."""
+    import fallback_saga.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "REMEMBERED_SAGAS", 2, raising=False)
+    ledger = Ledger()
+    async with durable(park_after=PARK_AFTER) as store:
+        saga_ids = await seed(store, 3, "p")
+        outage = _GiveBackOutage(store)
+        worker = RecoveryWorker(store, [order_saga(store, ledger)], concurrency=1, lease=600,
+                                poll=3600, older_than=0, owner="worker")
+        with caplog.at_level(logging.WARNING, logger="fallback_saga"):
+            running = asyncio.get_running_loop().create_task(worker.run())
+            await eventually(lambda: worker.stats.completed == 3 and worker.in_flight == 0,
+                             what="the sagas resumed to their end")
+        dropped = [record.args[2] for record in caplog.records  # type: ignore[index]
+                   if "no longer trying to give back" in record.getMessage()]
+        assert len(dropped) == 1
+        assert dropped[0] in saga_ids
+        assert "counts as a claim toward the store's park_after" in caplog.text
+        outage.down = False  # the store is back; the worker's next claim comes
+        worker.wake()
+
+        async def kept_given_back() -> bool:
+            states = [await store.lease_state(saga_id) for saga_id in saga_ids]
+            return [state.owner for state in states].count(None) == 2
+
+        await eventually(kept_given_back, what="the give-backs kept made")
+        await worker.stop()
+        await running
+        for saga_id in saga_ids:
+            state = await store.lease_state(saga_id)
+            if saga_id == dropped[0]:  # left to run out: counted
+                assert (state.owner, state.unreleased_claims) == ("worker", 1)
+            else:
+                assert (state.owner, state.unreleased_claims) == (None, 0)
+
+
+async def test_S10_a_worker_remembers_a_bounded_number_of_interrupted_sagas(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Each saga a worker interrupted (its journal refused) is remembered for
+    its backoff until its next resume here — for ever when another worker
+    resumed it. At most ``REMEMBERED_SAGAS`` (2 here): the one remembered
+    longest ago is forgotten (its next backoff starts again from ``poll``),
+    and a saga interrupted again counts as remembered now."""
+    import fallback_saga.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "REMEMBERED_SAGAS", 2, raising=False)
+    async with SQLiteSagaStore(tmp_path / "sagas.db") as store:
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], older_than=0)
+        for saga_id in ("a", "b", "a", "c"):
+            worker._interrupted(saga_id)
+        assert worker._interruptions == {"a": 2, "c": 1}
+
 async def test_S10_a_give_back_refused_for_good_is_not_tried_again(
     durable: StoreMaker,
 ) -> None:
