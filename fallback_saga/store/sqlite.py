@@ -667,8 +667,11 @@ class SQLiteSagaStore:
         status: SagaStatus,
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
-        """``create``'s write, queued: its future. (``deadline``: the writer
-        bounds each write itself; see ``journal.submits_writes``.)"""
+        """``create``'s write, queued: its future. ``deadline`` is taken, as
+        the executor hands it to every submitting store (``journal.submits_writes``),
+        and not used: a write is never abandoned here — begun, it cannot be
+        withdrawn from SQLite — and the writer bounds it itself (another
+        process's lock is waited for ``busy_timeout`` at most)."""
         saga_id = check_saga_id(saga_id)
         text = _context_json(saga_id, context)
         if self.writer == "process":
