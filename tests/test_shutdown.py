@@ -512,6 +512,68 @@ def test_S13_a_journal_write_left_pending_by_a_cut_short_shutdown_is_freed_witho
 
     asyncio.run(after())
 
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_S8_a_store_listening_for_work_when_the_loop_is_cut_short_leaves_no_connection_open(
+    ending: str, pg_conninfo: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker listens for work (``PostgresSagaStore.work_notifications``:
+    a connection of its own, outside the pool) when a second Ctrl-C cuts
+    ``asyncio.run``'s shutdown short, or the loop is closed: the generator
+    is never closed, its ``finally`` never runs, and the connection, freed
+    open, warned ``ResourceWarning: ... was deleted while still open`` (an
+    error under ``-W error``). It is closed as the generator is dropped."""
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    listening = asyncio.Event()
+    unraisable: list[str] = []
+    monkeypatch.setattr(
+        sys, "unraisablehook",
+        lambda report: unraisable.append(f"{report.exc_type.__name__}: {report.exc_value}"),
+    )
+
+    async def listen(store: PostgresSagaStore) -> None:
+        async for _ in store.work_notifications():
+            listening.set()  # "" first: listening
+
+    async def ctrl_c_at_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None  # the runner is cancelling the tasks
+
+    async def main(store: PostgresSagaStore) -> None:
+        loop = asyncio.get_running_loop()
+        if ending == "second ctrl-c":
+            tasks.append(loop.create_task(ctrl_c_at_shutdown()))
+        tasks.append(loop.create_task(listen(store)))
+        async with asyncio.timeout(10):
+            await listening.wait()
+
+    tasks: list[asyncio.Task[Any]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1)
+        if ending == "loop closed":
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(main(store))
+            loop.close()
+            del loop
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                asyncio.run(main(store))
+        retrieve_exceptions(tasks)
+        freed = weakref.ref(store)
+        del store, tasks[:]
+        gc.collect()
+    assert freed() is None  # (else nothing was checked)
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
+    if ending == "second ctrl-c":
+        # (With the loop closed under them, the pool's own tasks print
+        # "Exception ignored in: <coroutine object Queue.get>": asyncio's.)
+        assert unraisable == []
+
 def test_S8_a_loop_that_ends_under_the_inline_writer_leaves_no_connection_open(
     tmp_path: Path,
 ) -> None:

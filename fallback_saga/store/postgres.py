@@ -99,6 +99,7 @@ import asyncio
 import os
 import re
 import secrets
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -308,6 +309,19 @@ async def _close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenera
 # workers after the pool) and of their closers: never waited for by a closer
 # (they would wait for each other).
 _POOL_TASKS: Final = ("fallback_saga-worker-", "fallback_saga-scheduler", _CLOSER)
+
+
+class _FrameEnd:
+    """Freed with the frame that holds it (see ``work_notifications``)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _finish(conn: AsyncConnection[Any]) -> None:
+    """Close ``conn``'s connection to the server without its loop (a no-op
+    once it is closed)."""
+    if not conn.closed:
+        conn.pgconn.finish()
 
 
 async def _after_the_rest() -> None:
@@ -1616,6 +1630,13 @@ class PostgresSagaStore:
             ) from None
         except self._errors as error:
             raise self._wrap(error, "cannot listen for work") from self._shown_cause(error)
+        # Closed by the ``finally`` below — unless the loop ends with this
+        # generator suspended and never closes it (a second Ctrl-C cut
+        # ``asyncio.run``'s shutdown short, or the loop was closed): dropped
+        # with its frame, the connection is then finished as ``ending`` is
+        # freed, synchronously (freed open, psycopg warns ``ResourceWarning``).
+        ending = _FrameEnd()
+        weakref.finalize(ending, _finish, conn)
         try:
             try:
                 await conn.execute(
