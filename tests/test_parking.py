@@ -367,6 +367,30 @@ async def _given_back_clears_the_count(durable: StoreMaker, give_back: str) -> N
         assert await _claimed(store) == []
 
 
+
+async def test_S10_a_finished_saga_reopened_by_id_counts_its_claims_afresh(
+    durable: StoreMaker,
+) -> None:
+    """A saga ended FAILED by the last claim ``park_after`` allows, whose
+    lease was never given back (its process died after the journal said
+    FAILED, or the store refused the give-back): the count stayed at
+    ``park_after``. An operator's ``retry_unwinding`` reopens it (a lease by
+    id, uncounted) and its process dies: the saga is COMPENSATING again,
+    and was parked at once — "claimed N times without finishing" — for one
+    crash, its runs having finished before. A lease by id of a finished
+    saga clears the count: the next claim is the first."""
+    async with durable(park_after=PARK_AFTER) as store:
+        await _create(store, "p-1")
+        for _ in range(PARK_AFTER):
+            assert await _claimed(store) == ["p-1"]  # the last one ends it FAILED
+        await store.append("p-1", [], status=SagaStatus.FAILED)
+        assert (await store.lease_state("p-1")).unreleased_claims == PARK_AFTER
+        reopened = await store.claim_saga("p-1", owner="operator", lease_seconds=-1)
+        await store.append("p-1", [], status=SagaStatus.COMPENSATING, fence=reopened)
+        # ... and the retry's process died: its lease runs out, not given back.
+        assert await _claimed(store) == ["p-1"]
+        assert (await store.lease_state("p-1")).unreleased_claims == 1
+
 async def test_S10_a_stale_lease_given_back_does_not_clear_the_count(
     durable: StoreMaker,
 ) -> None:

@@ -287,9 +287,12 @@ class _Statements:
         # Lease one saga by id, in the transaction that locked its row first
         # (lock_saga): atomic under the row lock.
         self.lock_saga = f"SELECT saga_id FROM {sagas} WHERE saga_id = %s FOR UPDATE"
+        # Uncounted; it clears a finished saga's count (see sqlite's _TAKE_LEASE).
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"
             f" lease_expires_at = now() + make_interval(secs => %s::float8), fence = fence + 1,"
+            f" unreleased_claims = CASE WHEN status IN ('completed', 'compensated', 'failed')"
+            f" THEN 0 ELSE unreleased_claims END,"
             # This claim's own mark (an earlier claim's lease is not that
             # claim's any more: forgetting it must not give this one back).
             f" lease_written_at = now(), claim_marker = %s"

@@ -152,9 +152,15 @@ _CLEAR_CLAIM_NAMES: Final = "DELETE FROM temp.fallback_saga_claim_names"
 _CLAIMABLE_OF_MANY_NAMES: Final = _CLAIMABLE_OF_NAMES.format(
     "SELECT saga_name FROM temp.fallback_saga_claim_names"
 )
+# A lease by id (claim_saga) is not counted. It clears the count of a
+# finished saga (see _parking): its runs came to an end, whatever became of
+# the give-back of the one that ended it; reopened (retry_unwinding of a
+# FAILED saga), it counts afresh — else one crash of the retry parked a saga
+# whose last claim's give-back had been lost at park_after.
 _TAKE_LEASE: Final = (
-    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?"
-    " WHERE saga_id = ?"
+    "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, fence = ?, lease_written_at = ?,"
+    " unreleased_claims = CASE WHEN status IN ('completed', 'compensated', 'failed') THEN 0"
+    " ELSE unreleased_claims END WHERE saga_id = ?"
 )
 # A claim (not claim_saga) counts: see _parking.
 _TAKE_COUNTED_LEASE: Final = (
