@@ -116,6 +116,7 @@ def _remember(kept: dict[str, V], saga_id: str, value: V) -> str | None:
     del kept[oldest]
     return oldest
 
+
 @dataclass(slots=True)
 class WorkerStats:
     """What a worker did since it was created (counts of sagas).
