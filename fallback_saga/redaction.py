@@ -18,26 +18,12 @@ opt-in of the operator's (``show --unredacted``; a console started with
 
 from __future__ import annotations
 
-import re
-from typing import Any, Final
+from typing import Any
 
+from .secret_names import REDACTED, is_secret_key
 from .shown_text import redact
 
 __all__ = ["REDACTED", "is_secret_key", "redacted", "withheld"]
-
-#: What a redacted value is shown as.
-REDACTED: Final = "***"
-
-# Words that make a key a secret's. The short ones only as a whole word of
-# the key (``card_pin``, ``cvv``; not ``shipping``), the others anywhere in
-# it, its separators dropped (``apiKey``, ``db_password``, ``x-auth-token``).
-_SHORT_WORDS: Final = frozenset({"pin", "cvv", "cvc", "cvv2", "ssn", "pan", "iban", "otp"})
-_LONG_WORDS: Final = (
-    "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey",
-    "privatekey", "credential", "authorization", "cookie", "cardnumber", "securitycode",
-)
-# A key's words: camelCase humps and runs of letters or digits.
-_WORD: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
 def withheld(value: object) -> str:
@@ -52,15 +38,6 @@ def withheld(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return f"<{kind}, {len(value)} items>"
     return f"<{kind}>"
-
-
-def is_secret_key(name: str) -> bool:
-    """Whether a key named ``name`` holds a secret, by its name alone."""
-    words = [word.lower() for word in _WORD.findall(name)]
-    if _SHORT_WORDS.intersection(words):
-        return True
-    joined = "".join(words)
-    return any(word in joined for word in _LONG_WORDS)
 
 
 def redacted(value: Any) -> Any:

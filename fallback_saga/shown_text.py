@@ -10,8 +10,11 @@ longer recognizes.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
+
+from .secret_names import REDACTED, is_secret_key
 
 __all__ = ["cut_bytes", "redact", "redact_start", "shown_start"]
 
@@ -50,14 +53,50 @@ _SECRETS: Final = (
         r"\1***@",
     ),
 )
+# A value a text quotes under its key: ``api_key=...`` (a URL's query, a
+# conninfo), ``Authorization: Bearer ...`` (a header), ``'card_number':
+# '...'`` (a payload's repr or JSON). Which keys are secrets' is for
+# ``is_secret_key`` to say, so the key and its separator are found first and
+# the value matched only after a secret's key: a value after another key is
+# not consumed, and the keys it quotes are found in turn (``url=...?token=``).
+# A key starts where no key character precedes it and is matched
+# possessively: a megabyte of letters is one try, not one per letter.
+_KEY: Final = re.compile(r"(?<![\w.-])([\"']?)([A-Za-z][\w.-]{0,63}+)\1\s{0,8}[=:]\s{0,8}")
+_VALUE: Final = re.compile(
+    r"(?:(?:bearer|basic|token|digest)\s{1,8})?"
+    r"(?:\"(?:[^\"\\]|\\.){0,1024}\"|'(?:[^'\\]|\\.){0,1024}'|[^\s&,;'\"<>(){}\[\]]{1,1024})",
+    re.I,
+)
 _LONGEST: Final = 1400
 
 
 def redact(text: str) -> str:
-    """``text`` with any password it quotes replaced by ``***``."""
+    """``text`` with any password it quotes, and any value it quotes under
+    a key named like a secret (``is_secret_key``), replaced by ``***``."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return _redact_keyed(text)
+
+
+def _redact_keyed(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for found in _KEY.finditer(text):
+        # A match inside a value just redacted is part of that value.
+        if found.start() < done or not _secret_key(found[2]):
+            continue
+        value = _VALUE.match(text, found.end())
+        if value is not None:
+            parts += (text[done:found.end()], REDACTED)
+            done = value.end()
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+# A long text quotes the same few keys over and over (a page of a log).
+_secret_key: Final = functools.lru_cache(maxsize=1024)(is_secret_key)
 
 
 def redact_start(text: str, chars: int) -> str:

@@ -250,3 +250,68 @@ async def test_S12_a_page_asked_raw_links_raw_so_the_next_page_is_not_redacted_a
         assert leaked(plain.text) == []
         assert all("raw" not in parse_qs(urlsplit(href).query)
                    for href in _saga_links(plain.text))
+
+
+# An error text quotes what the failing call had in hand: a payload's repr,
+# a request URL with its query string, a header. Each form names its key.
+QUOTING_ERRORS = (
+    f"declined: {{'card_number': '{CARD}', 'amount': 5}}",
+    f'gateway said {{"api_token": "{TOKEN}", "code": 402}}',
+    f"401 for url https://pay.example/v1/charge?order=o-1&api_key={TOKEN}&x=1",
+    f"request headers: Authorization: Bearer {TOKEN}",
+    f"ODBC: Server=db;DB_PASSWORD={PASSWORD};Uid=app",
+)
+
+
+class Refused(SagaStepHandler[Payment, None]):
+    async def act(self, context: Payment) -> SagaStepResult[Payment, None]:
+        raise ConnectionError(QUOTING_ERRORS[int(context.order_id)])
+
+
+class RefusedSaga(Saga[Payment]):
+    steps = [Refused]
+
+
+def test_S12_a_secret_an_error_text_quotes_under_its_key_is_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error text that quotes a value under a key named like a secret
+    (``'card_number': '4111…'`` of a payload's repr, ``?api_key=`` of a
+    URL, an ``Authorization: Bearer`` header) showed it whole: only
+    ``password=`` and a URL's password were redacted in error texts. The
+    views show ``***`` in its place now, the rest of the text as it was."""
+    path = str(tmp_path / "sagas.db")
+
+    async def journal() -> None:
+        async with SQLiteSagaStore(path) as store:
+            for number in range(len(QUOTING_ERRORS)):
+                with pytest.raises(SagaFailed):
+                    await RefusedSaga(store=store).run(
+                        Payment(order_id=str(number)), saga_id=f"e-{number}")
+
+    asyncio.run(journal())
+    for number, text in enumerate(QUOTING_ERRORS):
+        assert main(["show", f"e-{number}", "--db", path, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        errors = [entry["error"] for entry in shown["history"] if entry["error"]]
+        assert errors, text
+        assert all(leaked(error) == [] for error in errors), errors
+        assert any(REDACTED in error for error in errors), errors
+        assert main(["show", f"e-{number}", "--db", path]) == 0
+        assert leaked(capsys.readouterr().out) == [], text
+    kept = json.loads(json.dumps(redacted(QUOTING_ERRORS[2])))
+    assert "order=o-1&api_key=***&x=1" in kept  # the rest of the text as it was
+    assert redacted(QUOTING_ERRORS[3]).endswith("Authorization: ***")
+
+    async def console() -> None:
+        async with (
+            SQLiteSagaStore(path, read_only=True) as store,
+            ConsoleServer(store, port=0) as server,
+        ):
+            for number in range(len(QUOTING_ERRORS)):
+                for where in ("api/sagas", "sagas"):
+                    reply = await fetch(f"{server.url}{where}/e-{number}")
+                    assert reply.status == 200
+                    assert leaked(reply.text) == [], (where, number)
+
+    asyncio.run(console())
