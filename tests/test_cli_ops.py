@@ -52,6 +52,8 @@ class Crash(BaseException):
 CRASH_IN: set[str] = set()
 BROKEN: set[str] = set()
 CALLS: list[str] = []
+# What the failing participants' errors quote besides (a payload, a URL).
+QUOTED: list[str] = []
 
 
 @dataclasses.dataclass
@@ -70,7 +72,7 @@ class Step(SagaStepHandler[ShopContext, None]):
         if "act " + name in CRASH_IN:
             raise Crash(name)
         if name == "Charge" and context.declined:
-            raise ValueError("card declined")
+            raise ValueError("card declined" + "".join(QUOTED))
         setattr(context, self.flag, True)
 
     async def compensate(self, context: ShopContext) -> None:
@@ -79,7 +81,7 @@ class Step(SagaStepHandler[ShopContext, None]):
         if "compensate " + name in CRASH_IN:
             raise Crash(name)
         if name in BROKEN:
-            raise ConnectionError(f"{name} service down")
+            raise ConnectionError(f"{name} service down" + "".join(QUOTED))
         setattr(context, self.flag, False)
 
 
@@ -1485,6 +1487,34 @@ def test_S10_resume_exits_1_when_leased_or_changed_or_the_saga_ends_FAILED(
     ]
     assert load(db, "o-2").status is SagaStatus.FAILED
     assert app.CALLS[0] == "act Charge"
+
+
+def test_S12_resume_and_retry_unwinding_print_error_texts_redacted(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``resume ID`` and ``retry-unwinding ID`` print why the saga stopped
+    and what each compensation that gave up said: the journal's error
+    texts, which ``show`` redacts (a secret key's value, a URL's password).
+    They printed them whole — the card number a participant's error quoted
+    went to the terminal, and from there to a ticket or a cron's log. They
+    print them as ``show`` does now (``show ID --unredacted`` has them raw)."""
+    card, key = "4111111111111111", "sk_live_5ecret"
+    app.QUOTED.append(f" for {{'card_number': '{card}'}} at https://pay.example/v1?api_key={key}")
+    app.BROKEN.add("Reserve")  # o-1's card is declined, and Reserve's undo gives up
+    run_sagas(db, app, ("o-1", {"declined": True}, "act Charge"))
+    argv = ["--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(["resume", "o-1", *argv]) == 1
+    out = capsys.readouterr().out
+    assert "Charge failed: ValueError: card declined for {'card_number': ***}" in out
+    assert "Reserve: ConnectionError: Reserve service down for {'card_number': ***}" in out
+    assert "api_key=***" in out
+    assert (card in out, key in out) == (False, False)
+    assert main(["retry-unwinding", "o-1", *argv]) == 1
+    out = capsys.readouterr().out
+    assert "Reserve: ConnectionError: Reserve service down for {'card_number': ***}" in out
+    assert (card in out, key in out) == (False, False)
+    assert main(["show", "o-1", "--db", db, "--unredacted"]) == 0
+    assert card in capsys.readouterr().out  # the journal keeps them as they were
 
 
 def test_resume_refuses_an_unknown_id_a_finished_saga_and_a_child_its_parent_drives(

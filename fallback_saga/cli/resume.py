@@ -190,7 +190,7 @@ def _report(target: StoreTarget, saga_id: str, status: SagaStatus,
     if failed is None:
         print_lines([f"  {shown}: completed"])
         return EXIT_OK
-    why = terminal_text(target.scrubbed(_stopped_by(failed)), MAX_CONTEXT)
+    why = terminal_text(target.shown_error(_stopped_by(failed)), MAX_CONTEXT)
     if status is SagaStatus.COMPENSATED:
         print_lines([f"  {shown}: compensated: {why}; every completed step is undone"])
         return EXIT_OK
@@ -198,7 +198,8 @@ def _report(target: StoreTarget, saga_id: str, status: SagaStatus,
              f"retry-unwinding {terminal_text(shlex.quote(saga_id), MAX_VALUE)} once the "
              f"participant is fixed)"]
     for step, error in failed.compensation_errors.items():
-        text = terminal_text(target.scrubbed(f"{type(error).__name__}: {error}"), MAX_CONTEXT)
+        text = terminal_text(target.shown_error(f"{type(error).__name__}: {error}"),
+                             MAX_CONTEXT)
         lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
     print_lines(lines)
     return EXIT_FAILURE

@@ -108,7 +108,7 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
         return EXIT_OK
     lines = [f"  {shown}: failed again (still needs an operator)"]
     for step, error in gave_up:
-        text = terminal_text(target.scrubbed(error), MAX_CONTEXT)
+        text = terminal_text(target.shown_error(error), MAX_CONTEXT)
         lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
     print_lines(lines)
     return EXIT_FAILURE

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
 from ..errors import SagaNotFound, SagaStoreError
+from ..shown_text import redact
 from ..store._common import POSTGRES_INSTALL_HINT, short_repr
 from ..store._parking import PARK_AFTER
 from ..store._sqlite_schema import _advice, _NotASagaStore, _saga_schema_version
@@ -94,6 +95,12 @@ class StoreTarget:
         secret to leave out (a store's error may quote the PostgreSQL
         driver's message), else as it is."""
         return self.scrub(text) if self.secrets else text
+
+    def shown_error(self, text: str) -> str:
+        """A step's error text (the journal's, or a run's) as a command shows
+        it: redacted as ``show`` shows it (``shown_text.redact``: a password
+        or a secret key's value it quotes is ``***``), and ``scrubbed``."""
+        return self.scrubbed(redact(text))
 
     def scrub(self, text: str) -> str:
         """``text`` without the DSN's password (should a driver's message quote it)."""
