@@ -64,7 +64,8 @@ _SECRETS: Final = (
 _KEY: Final = re.compile(r"(?<![\w.-])([\"']?)([A-Za-z][\w.-]{0,63}+)\1\s{0,8}[=:]\s{0,8}")
 _VALUE: Final = re.compile(
     r"(?:(?:bearer|basic|token|digest)\s{1,8})?"
-    r"(?:\"(?:[^\"\\]|\\.){0,1024}\"|'(?:[^'\\]|\\.){0,1024}'|[^\s&,;'\"<>(){}\[\]]{1,1024})",
+    # A quoted value's closing quote may be missing: a text cut inside it.
+    r"(?:\"(?:[^\"\\]|\\.){0,1024}\"?|'(?:[^'\\]|\\.){0,1024}'?|[^\s&,;'\"<>(){}\[\]]{1,1024})",
     re.I,
 )
 _LONGEST: Final = 1400

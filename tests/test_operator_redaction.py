@@ -302,6 +302,9 @@ def test_S12_a_secret_an_error_text_quotes_under_its_key_is_redacted(
     kept = json.loads(json.dumps(redacted(QUOTING_ERRORS[2])))
     assert "order=o-1&api_key=***&x=1" in kept  # the rest of the text as it was
     assert redacted(QUOTING_ERRORS[3]).endswith("Authorization: ***")
+    # A text cut inside the quoted value (an error text cut to its limit,
+    # a page's start): what is left of it is redacted all the same.
+    assert redacted(QUOTING_ERRORS[0][:30]) == "declined: {'card_number': ***"
 
     async def console() -> None:
         async with (
