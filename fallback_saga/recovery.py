@@ -232,7 +232,15 @@ class ClaimedSaga:
         it refused (it was handed off). Its lease is kept and renewed no
         more: it runs out, and the saga is claimed again — counted, so that
         one that hangs on every resume is parked (store._parking). The
-        outcome, ``interrupted``, is told now, once."""
+        outcome, ``interrupted``, is told now, once.
+
+        A resume that has ended, its outcome told, and only waits for the
+        store to take its lease back (``_let_go``) has nothing to stop: that
+        outcome stands (the journal holds it), not told again, and the
+        give-back goes on."""
+        if self.outcome is not None:
+            self.let_go = True
+            return self.outcome
         self.let_go = self._keep_lease = True
         if self.run is not None:
             self.run.stop_renewing()
@@ -724,6 +732,7 @@ async def _within(saga: ClaimedSaga, bound: float) -> Outcome:
     """``saga.resume()``, stopped if it runs longer than ``bound`` seconds
     (see ``recover``'s ``resume_timeout``), on the event loop's clock."""
     task = asyncio.get_running_loop().create_task(saga.resume())
+    ended = False  # seen ended, only its give-back on its way
     try:
         for wait in (bound, STOP_WAIT, STOP_WAIT):
             await asyncio.wait([task], timeout=wait)
@@ -731,6 +740,15 @@ async def _within(saga: ClaimedSaga, bound: float) -> Outcome:
                 if task.cancelled() and saga.outcome is not None:
                     return saga.outcome  # stopped while loading it: see time_out
                 return task.result()
+            if saga.outcome is not None:
+                # The resume has ended and told its outcome: only the store's
+                # taking its lease back is still on its way. Nothing runs to
+                # be stopped: given STOP_WAIT to land, then the pass goes on
+                # without it.
+                if ended:
+                    break
+                ended = True
+                continue
             if saga.timed_out is None:
                 saga.time_out(bound)
                 if saga.run is None:
@@ -739,9 +757,11 @@ async def _within(saga: ClaimedSaga, bound: float) -> Outcome:
                 # Once more: a compensation begun since the stop (a child
                 # saga's, say) is cancelled too.
                 saga.run.stop_hung()
-        # Asked twice, it has not stopped: a step swallows the cancellation.
         _LET_GO.add(task)
         task.add_done_callback(_LET_GO.discard)
+        if saga.outcome is not None:
+            return saga.give_up()  # the outcome told
+        # Asked twice, it has not stopped: a step swallows the cancellation.
         _log.error("recover: saga %s did not stop %g s after it was stopped at its "
                    "resume_timeout; the pass goes on without it", saga.saga_id, 2 * STOP_WAIT)
         return saga.give_up()

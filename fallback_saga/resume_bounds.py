@@ -81,7 +81,8 @@ class ResumeBounds:
             due: float | None
             if resuming.stop_asked is not None:
                 due = resuming.stop_asked + STOP_WAIT
-                if now >= due and not resuming.forced and resuming.claimed.run is not None:
+                if (now >= due and not resuming.forced and resuming.claimed.run is not None
+                        and resuming.claimed.outcome is None):
                     due = self._force(resuming, now)
                 elif now >= due:
                     give_up(task, resuming)
@@ -139,6 +140,11 @@ class ResumeBounds:
         resuming.stop_asked = now
         resuming.forced = True
         claimed = resuming.claimed
+        if claimed.outcome is not None:
+            # It has ended, its outcome told: only the store's taking its
+            # lease back is on its way. Nothing to stop; let go STOP_WAIT on
+            # if still not done (``give_up`` keeps that outcome).
+            return
         where = claimed.where()
         _log.warning(
             "recovery worker %s: saga %s resumed for longer than resume_timeout (%g s)%s: "

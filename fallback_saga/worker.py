@@ -526,6 +526,10 @@ class RecoveryWorker:
             raise
         if claimed.let_go:
             return  # let go, told and counted already: see _give_up
+        self._count(claimed, outcome, reason)
+
+    def _count(self, claimed: ClaimedSaga, outcome: str, reason: str | None) -> None:
+        """Count (and log) the outcome a resume told, as it ended."""
         stats = self.stats
         if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
             self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
@@ -616,6 +620,13 @@ class RecoveryWorker:
         claimed = resuming.claimed
         del self._in_flight[task]
         self._let_go.add(task)
+        if claimed.outcome is not None:
+            # It ended, its outcome told: only the store's taking its lease
+            # back is on its way (see ClaimedSaga.give_up). Counted as it
+            # ended, its slot free for the next saga.
+            self._count(claimed, *claimed.give_up())
+            self._freed()
+            return
         _, reason = claimed.give_up()
         self.stats.interrupted += 1
         self._interrupted(claimed.saga_id)

@@ -888,3 +888,97 @@ async def test_S10_a_deferred_child_on_a_store_without_defer_is_kept_out_of_clai
         assert (await inner.lease_state("p1/Pay")).owner is None  # a stopped worker keeps none
         assert (await inner.load("p1/Pay")).status is SagaStatus.RUNNING  # its parent's
 
+
+
+class _SlowRelease(SQLiteSagaStore):
+    """A store whose ``release`` waits for ``gate`` (a store slow to answer
+    the give-back of a lease, once the saga has finished)."""
+
+    gate: asyncio.Event | None = None
+    entered: asyncio.Event | None = None  # set as a release begins to wait
+
+    async def release(self, lease: Lease, *, ran: bool = True) -> None:
+        if self.gate is not None:
+            if self.entered is not None:
+                self.entered.set()
+            await self.gate.wait()
+        await super().release(lease, ran=ran)
+
+
+def test_S13_a_recover_pass_reports_a_finished_resume_whose_give_back_outruns_resume_timeout_as_it_ended(  # noqa: E501
+    tmp_path: Path,
+) -> None:
+    """The saga completes; the store then does not answer the give-back of
+    its lease past ``resume_timeout``. The pass treated it as a hung run:
+    asked it to stop twice, then reported it ``interrupted`` ("a step
+    ignores cancellation") — a second outcome told for one resume, after
+    ``completed``, and a COMPLETED saga in the report's interrupted. The
+    outcome the resume told stands now, told once; the pass waits
+    ``STOP_WAIT`` for the give-back, then goes on, and the give-back lands
+    once the store answers."""
+    from fallback_saga import recovery
+
+    participant = Participant()
+    told = Told()
+
+    async def main() -> None:
+        async with _SlowRelease(tmp_path / "sagas.db", writer="inline") as store:
+            (saga_id,) = await seed(store, 1)
+            gate = store.gate = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            report = await recover(store, [order_saga(store, participant)], older_than=0,
+                                   resume_timeout=30, listeners=[told])
+            assert loop.time() - began == 30 + STOP_WAIT  # its give-back given STOP_WAIT
+            assert [(s, o) for s, _, o, _ in told.outcomes] == [(saga_id, "completed")]
+            assert report.resumed == [saga_id]
+            assert report.interrupted == []
+            assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
+            gate.set()  # the store answers: the lease is given back
+            await asyncio.wait(list(recovery._LET_GO))
+            assert (await store.lease_state(saga_id)).owner is None
+
+    run_virtual(main)
+
+
+async def test_S13_a_worker_counts_a_finished_resume_whose_give_back_outruns_resume_timeout_as_it_ended(  # noqa: E501
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, in a worker: the saga completed and the store did not take
+    its lease back before ``resume_timeout``. The worker logged that it
+    stopped the run "without unwinding", then that it "did not stop", told
+    ``interrupted`` after ``completed`` and counted it interrupted. It
+    counts it completed now, told once; its slot is freed ``STOP_WAIT``
+    after the bound, and the give-back lands once the store answers."""
+    told = Told()
+    participant = Participant()
+    async with _SlowRelease(tmp_path / "sagas.db") as store:
+        (saga_id,) = await seed(store, 1)
+        gate = store.gate = asyncio.Event()
+        entered = store.entered = asyncio.Event()
+        worker = RecoveryWorker(store, [order_saga(store, participant)], concurrency=1,
+                                lease=600, poll=3600, older_than=0, listen=False,
+                                listeners=[told], resume_timeout=30)
+        running = asyncio.create_task(worker.run())
+        try:
+            await told.until("completed", at_most=1)
+            await asyncio.wait_for(entered.wait(), 30)  # its release waits for the store
+            (resuming,) = worker._in_flight.values()
+            move_clock(worker, 31)  # resume_timeout
+            await eventually(lambda: resuming.stop_asked is not None, what="the bound")
+            move_clock(worker, STOP_WAIT + 1)
+            await eventually(lambda: worker.in_flight == 0, what="its slot freed")
+            (giving_back,) = worker._let_go
+            assert [(s, o) for s, _, o, _ in told.outcomes] == [(saga_id, "completed")]
+            assert (worker.stats.completed, worker.stats.interrupted) == (1, 0)
+            gate.set()  # the store answers: the lease is given back
+            await asyncio.wait_for(asyncio.wait([giving_back]), 30)
+        finally:
+            gate.set()
+            await worker.stop()
+            await running
+        messages = [r.getMessage() for r in caplog.records]
+        assert not any("without unwinding" in m or "did not stop" in m for m in messages)
+        assert len(told.outcomes) == 1
+        assert (await store.lease_state(saga_id)).owner is None
+        assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
