@@ -16,7 +16,9 @@ REDACTED: Final = "***"
 # Words that make a key a secret's. The short ones only as a whole word of
 # the key (``card_pin``, ``cvv``; not ``shipping``), the others anywhere in
 # it, its separators dropped (``apiKey``, ``db_password``, ``x-auth-token``).
-_SHORT_WORDS: Final = frozenset({"pin", "cvv", "cvc", "cvv2", "ssn", "pan", "iban", "otp"})
+_SHORT_WORDS: Final = frozenset(
+    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp"}
+)
 _LONG_WORDS: Final = (
     "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey",
     "privatekey", "credential", "authorization", "cookie", "cardnumber", "securitycode",

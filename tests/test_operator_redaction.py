@@ -318,3 +318,10 @@ def test_S12_a_secret_an_error_text_quotes_under_its_key_is_redacted(
                     assert leaked(reply.text) == [], (where, number)
 
     asyncio.run(console())
+
+
+def test_S12_a_card_code_is_a_secret_under_each_of_its_names() -> None:
+    """``cvv2`` was a secret's key and ``cvc2`` — the same code under the
+    other scheme's name — was not: shown whole."""
+    for name in ("cvv", "cvc", "cvv2", "cvc2", "card_cvc2", "CVC2"):
+        assert is_secret_key(name), name
