@@ -590,11 +590,13 @@ async def test_S13_an_old_postgres_schema_migrates_keeping_its_rows_and_counts_c
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1) as store:
         await _create(store, "a", "b", "c")
         await store.append("c", [], status=SagaStatus.COMPLETED)
-    # The schema as v5 left it: neither the count (v6) nor the claim marker (v7).
+    # The schema as v5 left it: neither the count (v6) nor the claim marker (v7)...
     with psycopg.connect(pg_conninfo, autocommit=True) as raw:
         raw.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
         raw.execute("ALTER TABLE fallback_saga_sagas DROP COLUMN unreleased_claims")
         raw.execute("ALTER TABLE fallback_saga_sagas DROP COLUMN claim_marker")
+        raw.execute("DROP INDEX fallback_saga_sagas_by_status")  # nor the listing indexes (v8)
+        raw.execute("DROP INDEX fallback_saga_sagas_by_name_status")
         raw.execute("UPDATE fallback_saga_schema SET version = 5")
         before = raw.execute("SELECT saga_id, status, fence FROM fallback_saga_sagas"
                              " ORDER BY saga_id").fetchall()

@@ -192,8 +192,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 7
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(7,)]
+    assert SCHEMA_VERSION == 8
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(8,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"
@@ -224,6 +224,9 @@ async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> 
     assert "(touched_at)" in due
     assert "WHERE (status = ANY (ARRAY['running'::text, 'compensating'::text]))" in due
     assert "fallback_saga_sagas_interrupted" not in indexes  # schema v2's, on updated_at
+    # The operator's listings by status, and by name and status (v8).
+    assert "(status, seq)" in indexes["fallback_saga_sagas_by_status"]
+    assert "(saga_name, status, seq)" in indexes["fallback_saga_sagas_by_name_status"]
     options = raw.execute(
         "SELECT reloptions FROM pg_class WHERE oid = 'fallback_saga_sagas'::regclass"
     ).fetchone()

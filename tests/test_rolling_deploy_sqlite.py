@@ -1,6 +1,6 @@
 """A rolling deploy from the released 0.9.0 to today's code on one SQLite
 file: a 0.9.0 process that opened the file before today's code migrated it
-(schema version 3 to 4) goes on running. Its writes still work (they name
+(schema version 3 to today's) goes on running. Its writes still work (they name
 no new column); its reads are refused, naming both versions. So a saga it
 was running finishes exactly, and its recovery passes claim and skip, each
 lease given back: today's workers take the sagas at once. (tests/
@@ -18,6 +18,7 @@ from helpers_release import OldProcess, extract_090
 from upgrade_app import ledger_lines
 
 from fallback_saga import SagaStatus, SQLiteSagaStore, recover
+from fallback_saga.store.sqlite import SCHEMA_VERSION
 
 SAGA = "running-in-act"  # upgrade_app's saga of steps A, B (after a failed B: B2), C
 
@@ -51,7 +52,7 @@ async def test_S10_a_saga_0_9_0_runs_while_todays_code_migrates_the_file_finishe
     await old.says("holding act:B")
     async with SQLiteSagaStore(db) as store:
         await store.open()  # migrates under the 0.9.0 process
-        assert _user_version(db) == 4
+        assert _user_version(db) == SCHEMA_VERSION
         old.go_on()
         assert await old.ends() == 0
         record = await store.load(SAGA)
@@ -83,7 +84,8 @@ async def test_S12_a_0_9_0_recovery_pass_on_the_migrated_file_skips_naming_both_
         old.go_on()
         assert await old.ends() == 0
         said = old.rest()
-        assert f"skipped {SAGA}: SagaStoreError: {db} has saga store schema version 4, newer " \
+        assert f"skipped {SAGA}: SagaStoreError: {db} has saga store schema version " \
+            f"{SCHEMA_VERSION}, newer " \
             "than this fallback_saga understands (3)" in said, said
         state = await store.lease_state(SAGA)
         assert state.owner is None  # given back

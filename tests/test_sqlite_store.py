@@ -124,8 +124,8 @@ async def test_wal_mode_is_on(store: SQLiteSagaStore, raw: sqlite3.Connection) -
 
 
 async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.Connection) -> None:
-    assert SCHEMA_VERSION == 4
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert SCHEMA_VERSION == 5
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 5
     columns = [row[1] for row in raw.execute("PRAGMA table_info(sagas)")]
     assert columns == [
         "saga_id", "saga_name", "fingerprint", "status", "context", "version",
@@ -138,9 +138,15 @@ async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.C
         "error", "at", "result",
     ]
     indexes = {row[1] for row in raw.execute("PRAGMA index_list(sagas)")}
-    assert {"sagas_by_status", "sagas_by_name"} <= indexes
+    assert {"sagas_by_status", "sagas_by_name", "sagas_listed_by_status",
+            "sagas_by_name_status"} <= indexes
     status_index = [row[2] for row in raw.execute("PRAGMA index_info(sagas_by_status)")]
     assert status_index == ["status", "updated_at"]
+    # The operator's listings by status, by name and status, and counts (v5).
+    listed = [row[2] for row in raw.execute("PRAGMA index_info(sagas_listed_by_status)")]
+    assert listed == ["status"]
+    named = [row[2] for row in raw.execute("PRAGMA index_info(sagas_by_name_status)")]
+    assert named == ["saga_name", "status"]
 
 
 @pytest.fixture
