@@ -102,7 +102,7 @@ def _migrate_to_v5(conn: sqlite3.Connection) -> None:
     # The console's counts by (name, status) on each refresh and /metrics
     # scrape, and a listing by name and status: read from this index alone
     # (covering), in GROUP BY order. Before, the count walked sagas_by_name
-    # and read each row from the table for its status (1.2–2.2 s at 1,000,000
+    # and read each row from the table for its status (1.2 to 2.2 s at 1,000,000
     # sagas, against 0.09 s), and a listing by both walked every saga of
     # the name.
     conn.execute("CREATE INDEX sagas_by_name_status ON sagas (saga_name, status)")
