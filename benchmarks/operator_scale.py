@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import functools
 import json
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -47,7 +50,11 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # pg_cluster
 # Children run in an empty directory: ``python -m``/``-c`` put the current
 # directory first on sys.path, and a tree's package there would be measured
 # instead of the one PYTHONPATH names.
-NEUTRAL = tempfile.mkdtemp(prefix="operator_scale_")
+@functools.cache
+def neutral() -> str:
+    path = tempfile.mkdtemp(prefix="operator_scale_")
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 YEAR = 365 * 86_400.0
 NAMES = ("DemoOrderSaga",) * 8 + ("BillingSaga", "ShippingSaga")
@@ -60,7 +67,7 @@ def templates() -> dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
         path = os.path.join(scratch, "demo.db")
         subprocess.run(
             [sys.executable, "-m", "fallback_saga", "demo", "--db", path],
-            check=True, capture_output=True, cwd=NEUTRAL,
+            check=True, capture_output=True, cwd=neutral(),
         )
         conn = sqlite3.connect(path)
         found: dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]] = {}
@@ -252,7 +259,7 @@ def measure(command: list[str]) -> tuple[float, int, int, str]:
         started = time.perf_counter()
         done = subprocess.run(
             ["/usr/bin/time", "-o", peak_file.name, "-f", "%M", *command],
-            capture_output=True, text=True, cwd=NEUTRAL,
+            capture_output=True, text=True, cwd=neutral(),
         )
         took = time.perf_counter() - started
         peak = int(peak_file.read().strip().splitlines()[-1])
@@ -289,7 +296,7 @@ asyncio.run(main())
 def measure_call(target: list[str], call: str) -> tuple[float, int, str]:
     code = SNIPPET.format(tests=str(HERE.parent / "tests"), target=json.dumps(target), call=call)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=NEUTRAL)
+                          cwd=neutral())
     if done.returncode:
         return -1.0, -1, done.stderr.strip().splitlines()[-1][:70]
     took, peak, size = json.loads(done.stdout.strip().splitlines()[-1])
@@ -329,7 +336,7 @@ def console_pages(target: list[str]) -> list[tuple[str, float, str]]:
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "fallback_saga", "serve", *target, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=NEUTRAL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=neutral(),
     )
     out: list[tuple[str, float, str]] = []
     try:
@@ -403,7 +410,7 @@ def run_all(target: list[str], only: set[str] | None) -> None:
         # A saga class no stored saga has the name of: the pass claims none,
         # then reports the interrupted sagas it left alone (its listings by
         # status, RUNNING and COMPENSATING).
-        Path(NEUTRAL, "scale_app.py").write_text(APP)
+        Path(neutral(), "scale_app.py").write_text(APP)
         took, peak, code, first = measure(
             [sys.executable, "-m", "fallback_saga", "recover", *target, "--limit", "10",
              "--app", "scale_app:IdleSaga"])
@@ -434,7 +441,7 @@ def main() -> None:
     print(f"fallback_saga from {Path(fallback_saga.__file__).parent}")
     child = subprocess.run(
         [sys.executable, "-c", "import fallback_saga; print(fallback_saga.__file__)"],
-        capture_output=True, text=True, cwd=NEUTRAL, check=True,
+        capture_output=True, text=True, cwd=neutral(), check=True,
     ).stdout.strip()
     assert Path(child).parent == Path(fallback_saga.__file__).parent, child
     if args.store == "sqlite":
