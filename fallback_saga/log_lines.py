@@ -11,6 +11,15 @@ separators, bidi overrides) in a record's arguments; ``LoggingListener``
 applies ``one_line`` to the logger it is given too. An exception argument
 is quoted cut to ``MAX_ERROR_TEXT`` characters (``errors.cut_text``): a
 failure of megabytes makes no log line of megabytes.
+
+An error text quotes what a participant's exception says, and that may be a
+card number under its key (``{'card_number': '4111...'}``), a token in a
+URL's query or a password: logs and traces are kept and read more widely
+than the journal, so what the library writes there is redacted as the
+operator's views show it (``shown_text.redact``), always — the same filter
+redacts every str and exception argument, and ``logged_text`` is what the
+OpenTelemetry adapter records. Only a line actually written pays for it: a
+filter runs after the logger's level check.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ import re
 from typing import Final
 
 from .errors import MAX_ERROR_TEXT, cut_text
+from .shown_text import redact, redact_start
 
-__all__ = ["ONE_LINE", "library_logger", "one_line"]
+__all__ = ["ONE_LINE", "library_logger", "logged_text", "one_line"]
 
 _LINE_BREAKERS: Final = re.compile(
     "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
@@ -33,20 +43,40 @@ def _escape_char(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def _redacted(text: str) -> str:
+    # Every pattern ``redact`` knows has a "=" or a ":" in it (``password=``,
+    # ``://``, ``key: value``): a text with neither costs two scans at C speed.
+    return redact(text) if "=" in text or ":" in text else text
+
+
+def logged_text(text: str) -> str:
+    """An error text as the library writes it to a log or a trace: redacted
+    (``shown_text.redact``), then cut to ``MAX_ERROR_TEXT`` characters
+    (``errors.cut_text``: the count of what is left out is of ``text``)."""
+    if len(text) <= MAX_ERROR_TEXT:
+        return _redacted(text)
+    # Redacted before it is cut: a cut through a secret would leave a start
+    # of it that ``redact`` no longer recognizes.
+    return redact_start(text, MAX_ERROR_TEXT)[:MAX_ERROR_TEXT] + cut_text(text)[MAX_ERROR_TEXT:]
+
+
 def one_line(value: object) -> object:
-    """A str or an exception as a log line shows it, control characters
-    escaped (``\\x0a``), an exception's text cut (``errors.cut_text``);
-    any other value, and one with nothing to escape or cut, as it is (``%d``
-    wants an int; a handler may read an exception argument)."""
+    """A str or an exception as a log line shows it: redacted (a secret it
+    quotes is ``***``), control characters escaped (``\\x0a``), an
+    exception's text cut (``logged_text``); any other value, and one with
+    nothing to redact, escape or cut, as it is (``%d`` wants an int; a
+    handler may read an exception argument)."""
     if value.__class__ is str:
-        text = str(value)
+        whole = str(value)
+        text = _redacted(whole)
     elif isinstance(value, BaseException):
-        text = str(value)
-        if len(text) > MAX_ERROR_TEXT:
-            text = value = cut_text(text)
+        whole = str(value)
+        text = logged_text(whole)
     else:
         return value
-    return value if text.isprintable() else _LINE_BREAKERS.sub(_escape_char, text)
+    if text.isprintable():
+        return value if text == whole else text
+    return _LINE_BREAKERS.sub(_escape_char, text)
 
 
 class _OneLine(logging.Filter):

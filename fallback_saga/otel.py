@@ -49,8 +49,9 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess tes
 
 from . import __version__
 from .breaker import CircuitOpenError
-from .errors import cut_middle, cut_text, error_text
+from .errors import cut_middle
 from .events import SagaListener, StepCall, refused_at_creation, status_if_landed
+from .log_lines import logged_text
 from .status import SagaStatus
 
 __all__ = ["OpenTelemetryListener"]
@@ -95,8 +96,15 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
+def _message(error: BaseException) -> str:
+    """An error's text as a span records it: as a log line quotes it
+    (``log_lines.logged_text``: a secret it quotes is ``***``, and it is
+    cut) — a trace is kept and read as widely as a log."""
+    return logged_text(str(error))
+
+
 def _describe(error: BaseException) -> str:
-    text = error_text(error)
+    text = _message(error)
     name = type(error).__name__
     return f"{name}: {text}" if text else name
 
@@ -109,13 +117,13 @@ def _exception_message(error: BaseException) -> dict[str, str]:
     innermost one and the error). Whole, an error text of a megabyte made an
     event of a megabyte, which ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` bounds
     only where the user set it."""
-    return {"exception.message": error_text(error),
+    return {"exception.message": _message(error),
             "exception.stacktrace": _stack_trace(error)}
 
 
 def _stack_trace(error: BaseException) -> str:
     parts = traceback.format_exception(type(error), error, error.__traceback__)
-    return cut_middle("".join(map(cut_text, parts)))
+    return cut_middle("".join(map(logged_text, parts)))
 
 
 class _Attached:
@@ -265,10 +273,14 @@ class OpenTelemetryListener(SagaListener):
         self._active.add(-1, {SAGA_NAME: run.name})
         return run
 
-    def _event(self, saga_id: str, name: str, attributes: dict[str, Any]) -> None:
+    def _event(self, saga_id: str, name: str, attributes: dict[str, Any],
+               error: BaseException | None = None) -> None:
         run = self._run(saga_id)
         span = run.span if run is not None else trace.get_current_span()
         if span.is_recording():
+            if error is not None:  # its text redacted only for a span that records it
+                attributes["exception.type"] = type(error).__qualname__
+                attributes["exception.message"] = _message(error)
             span.add_event(name, attributes)
 
     def saga_started(self, saga_id: str, saga_name: str) -> None:
@@ -293,7 +305,7 @@ class OpenTelemetryListener(SagaListener):
             return
         span = run.span
         span.set_attribute(SAGA_STATUS, status.value)
-        if status is not SagaStatus.COMPLETED:
+        if status is not SagaStatus.COMPLETED and span.is_recording():
             reason = status.value if error is None else f"{status.value}: {_describe(error)}"
             span.set_status(StatusCode.ERROR, reason)
             if error is not None:
@@ -379,8 +391,9 @@ class OpenTelemetryListener(SagaListener):
             error_type = type(error).__qualname__
             attributes[ERROR_TYPE] = error_type
             span.set_attribute(ERROR_TYPE, error_type)
-            span.set_status(StatusCode.ERROR, _describe(error))
-            span.record_exception(error, _exception_message(error))
+            if span.is_recording():  # the text redacted only for a span that keeps it
+                span.set_status(StatusCode.ERROR, _describe(error))
+                span.record_exception(error, _exception_message(error))
         span.end()
         self._step_duration.record(seconds, attributes)
 
@@ -415,18 +428,13 @@ class OpenTelemetryListener(SagaListener):
     def fallback_taken(
         self, saga_id: str, primary: str, fallback: str, error: BaseException
     ) -> None:
-        self._event(saga_id, "fallback_saga.fallback", {
-            STEP: primary, FALLBACK: fallback, "exception.type": type(error).__qualname__,
-            "exception.message": error_text(error),
-        })
+        self._event(saga_id, "fallback_saga.fallback", {STEP: primary, FALLBACK: fallback},
+                    error)
         self._fallbacks.add(1, {SAGA_NAME: self._saga_name(saga_id), STEP: primary,
                                 FALLBACK: fallback})
 
     def compensation_failed(self, saga_id: str, step: str, error: BaseException) -> None:
-        self._event(saga_id, "fallback_saga.compensation.failed", {
-            STEP: step, "exception.type": type(error).__qualname__,
-            "exception.message": error_text(error),
-        })
+        self._event(saga_id, "fallback_saga.compensation.failed", {STEP: step}, error)
         self._compensation_failures.add(1, {SAGA_NAME: self._saga_name(saga_id), STEP: step})
 
     # ------------------------------------------------------------------ breakers, recovery
@@ -445,7 +453,7 @@ class OpenTelemetryListener(SagaListener):
         if span.is_recording():
             span.add_event("fallback_saga.breaker.state_store_failed", {
                 BREAKER: breaker, "exception.type": type(error).__qualname__,
-                "exception.message": error_text(error),
+                "exception.message": _message(error),
             })
         self._state_store_failures.add(1, {BREAKER: breaker})
 

@@ -362,6 +362,40 @@ async def test_S12_span_statuses_and_events_quote_error_texts_cut(
     assert all("more characters not shown" in text for text in quoting)
 
 
+async def test_S12_span_statuses_and_events_redact_secrets_error_texts_quote(
+    telemetry: Telemetry,
+) -> None:
+    """A participant's error quoting a card number under its key, a password
+    and a token in a URL: no span status, exception event (message and stack
+    trace), fallback or compensation event quotes them; the rest of the text
+    is there."""
+    card, password, token = "4111111111111111", "hunter2-Pa55", "sk_live_51Hx9"
+    declined = (f"card declined: {{'card_number': '{card}'}} password={password} "
+                f"https://pay.example/cb?api_key={token}&order=o-7")
+    saga = declare(
+        Probe("Reserve", [], comp_error=lambda: Boom(declined)),
+        Fallback(step=Probe("Charge", [], error=lambda: Boom(declined)),
+                 fallback=Probe("Invoice", [], error=lambda: Boom(declined))),
+    )(listeners=[telemetry.listener], compensation_retry=FAST)
+
+    with pytest.raises(SagaFailed):
+        await saga.run(OrderCtx(), saga_id="o-7")
+
+    spans = telemetry.spans()
+    texts = [span.status.description or "" for span in spans] + [
+        str(value) for span in spans for event in span.events
+        for value in (event.attributes or {}).values()
+    ]
+    quoting = [text for text in texts if "card declined" in text]
+    # Statuses and exception events of the three spans that failed and the
+    # saga's, its fallback event, its compensation.failed event.
+    assert len(quoting) >= 8, quoting
+    assert all("'card_number': ***" in text and "password=***" in text
+               and "api_key=***&order=o-7" in text for text in quoting), quoting
+    for secret in (card, password, token):
+        assert not [text for text in texts if secret in text], secret
+
+
 def _stack_traces(telemetry: Telemetry) -> list[str]:
     """The ``exception.stacktrace`` of every exception event (at least one)."""
     traces = [str((event.attributes or {})["exception.stacktrace"])
