@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from ..errors import SagaStoreError, described
 from ..recovery import RecoveryReport, recover
 from ..saga import Saga
+from ..shown_text import redact
 from ..status import SagaStatus
 from ..store._parking import parked_claims, parked_text
 from ..store.base import RecoverableStore, SagaSummary
@@ -255,7 +256,7 @@ def run_recover(args: argparse.Namespace) -> int:
     target = store_target(args)
 
     def progress(saga_id: str, outcome: str) -> None:
-        text = terminal_text(target.scrubbed(outcome))
+        text = terminal_text(target.shown_error(outcome))
         sys.stdout.write(f"  {terminal_text(saga_id, MAX_VALUE)}: {text}\n")
         sys.stdout.flush()
 
@@ -346,16 +347,19 @@ class _CorruptRows(logging.Handler):
 
 def report_lines(report: RecoveryReport) -> list[str]:
     """The lines of ``str(report)`` (the report's own format), with every
-    saga id and reason in it made safe to print (``terminal_text``). A
-    reason is kept longer than an id: it ends with what to do (a changed
-    definition's way forward comes after what changed)."""
+    saga id and reason in it made safe to print (``terminal_text``), a
+    reason redacted first (``shown_text.redact``: it may quote a store's or
+    a participant's error, and a secret in it; before the cut, which could
+    leave a start of a secret no longer recognized). A reason is kept longer
+    than an id: it ends with what to do (a changed definition's way forward
+    comes after what changed)."""
     safe: dict[str, Any] = {}
     for item in dataclasses.fields(report):
         value = getattr(report, item.name)
         if isinstance(value, list):
             safe[item.name] = [
                 (terminal_text(entry[0], MAX_VALUE),
-                 *(terminal_text(part, MAX_CONTEXT) for part in entry[1:]))
+                 *(terminal_text(redact(part), MAX_CONTEXT) for part in entry[1:]))
                 if isinstance(entry, tuple)
                 else terminal_text(entry, MAX_VALUE)
                 for entry in value
