@@ -17,11 +17,20 @@ REDACTED: Final = "***"
 # the key (``card_pin``, ``cvv``; not ``shipping``), the others anywhere in
 # it, its separators dropped (``apiKey``, ``db_password``, ``x-auth-token``).
 _SHORT_WORDS: Final = frozenset(
-    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp"}
+    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp", "pwd"}
 )
 _LONG_WORDS: Final = (
-    "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey",
+    "password", "passwd", "passphrase", "passcode", "secret", "token", "apikey", "accesskey",
     "privatekey", "credential", "authorization", "cookie", "cardnumber", "securitycode",
+)
+# Words that make a key a secret's only as its last words: a card number's
+# other names (``creditCard``, ``cc_number``, ``card_no``; not
+# ``credit_card_type``, ``acc_number``, ``cc_email``) and a signature (a
+# presigned URL's ``X-Amz-Signature``, an Azure SAS's ``sig``; not
+# ``signature_required``, ``signal``).
+_LAST_WORDS: Final = (
+    ("credit", "card"), ("cc", "number"), ("cc", "num"), ("cc", "no"), ("card", "no"),
+    ("card", "num"), ("signature",), ("sig",),
 )
 # A key's words: camelCase humps and runs of letters or digits.
 _WORD: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
@@ -31,6 +40,8 @@ def is_secret_key(name: str) -> bool:
     """Whether a key named ``name`` holds a secret, by its name alone."""
     words = [word.lower() for word in _WORD.findall(name)]
     if _SHORT_WORDS.intersection(words):
+        return True
+    if any(tuple(words[-len(last):]) == last for last in _LAST_WORDS):
         return True
     joined = "".join(words)
     return any(word in joined for word in _LONG_WORDS)

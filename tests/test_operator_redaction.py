@@ -99,6 +99,18 @@ def test_S12_secret_keys_are_named_like_secrets() -> None:
         assert is_secret_key(name), name
     for name in ("order_id", "shipping", "company", "idempotency_key", "amount", "spin"):
         assert not is_secret_key(name), name
+    # Card numbers and passwords under their other common names, and the
+    # signature of a presigned URL (``X-Amz-Signature``, an Azure SAS's
+    # ``sig``): whole words at the key's end, so business keys that share
+    # their letters stay shown.
+    for name in ("creditCard", "credit_card", "cc_number", "CCNumber", "ccNum", "card_no",
+                 "cardNo", "pwd", "db_pwd", "passcode", "userPasscode", "X-Amz-Signature",
+                 "signature", "Stripe-Signature", "sig"):
+        assert is_secret_key(name), name
+    for name in ("credit_card_type", "creditCardBrand", "acc_number", "account_no", "cc_email",
+                 "card_note", "signal", "design", "signature_required", "signed_at",
+                 "passenger", "passport_country", "bypass", "sig_count"):
+        assert not is_secret_key(name), name
     value = {"user": {"password": "x", "empty_token": "", "pin": None},
              "urls": [f"see {DSN}"], "n": 3}
     assert redacted(value) == {
