@@ -67,7 +67,7 @@ from .errors import (
 )
 from .executor import Execution
 from .log_lines import library_logger
-from .shielding import PROCESS_ENDING, cancellation_pending, cancelled_again
+from .shielding import PROCESS_ENDING, cancellation_pending, cancelled_again, loop_gone
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .store.base import Lease, SagaRecord
@@ -462,10 +462,18 @@ class LeasedRun:
         beat = None
         if self._renew is not None and self.renew_every > 0:
             beat = self._beat = asyncio.get_running_loop().create_task(self._heartbeat())
+        loop = task.get_loop()
         try:
             # If *we* are cancelled, awaiting the task cancels it too and waits
             # for its unwinding (S8), during which the heartbeat keeps beating.
             return await task
+        except GeneratorExit as closed:
+            if loop_gone(closed, loop):
+                # Closed by the garbage collector, away from its loop (see
+                # loop_gone): the saga and its lease are left as a crash
+                # leaves them; the heartbeat, freed with us, stops beating.
+                beat = None
+            raise
         except BaseException as error:
             self.ended_by = _process_ending(task) or next(iter(self._process_ending), None)
             outcome = self._outcome(error)

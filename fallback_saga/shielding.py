@@ -29,6 +29,7 @@ __all__ = [
     "cancelled_again",
     "claimed",
     "land_pending_cancellation",
+    "loop_gone",
     "outer_run_cancelled",
     "own_task",
     "reset_var",
@@ -182,6 +183,23 @@ def reset_var(var: ContextVar[T], token: Token[T]) -> None:
         var.reset(token)
     except ValueError:
         pass
+
+
+def loop_gone(error: BaseException, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``error`` is the garbage collector closing, away from
+    ``loop``, the coroutine of a task destroyed pending (a second Ctrl-C cut
+    ``asyncio.run``'s shutdown short, or the loop was closed with the task
+    left): ``GeneratorExit`` with no loop running, or another one. Nothing
+    can be awaited, scheduled or asked of the task there (even
+    ``asyncio.current_task()`` raises "no running event loop", a closed
+    loop's ``call_soon`` "Event loop is closed"): the code going out leaves
+    things as a crash leaves them."""
+    if not isinstance(error, GeneratorExit):
+        return False
+    try:
+        return _running_loop() is not loop
+    except RuntimeError:  # no loop running at all
+        return True
 
 
 def outer_run_cancelled() -> bool:

@@ -76,7 +76,7 @@ from .recovery import (
     seconds_given,
 )
 from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds, Resuming
-from .shielding import cancellation_pending
+from .shielding import cancellation_pending, loop_gone
 from .store.base import (
     Lease,
     RecoverableStore,
@@ -326,7 +326,9 @@ class RecoveryWorker:
         listener: asyncio.Task[None] | None = None
         if self._notifier is not None:
             listener = asyncio.get_running_loop().create_task(self._listen(self._notifier))
-        watch = asyncio.get_running_loop().create_task(self._watch())
+        loop = asyncio.get_running_loop()
+        watch = loop.create_task(self._watch())
+        gone = False
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
@@ -342,25 +344,36 @@ class RecoveryWorker:
         except asyncio.CancelledError:
             await self._drain(0.0)
             raise
+        except GeneratorExit as closed:
+            if not loop_gone(closed, loop):
+                raise
+            # Closed by the garbage collector, away from its loop (see
+            # loop_gone): nothing can be given back, cancelled or awaited.
+            # The leases it holds run out on their own, as a crash's; the
+            # runs it resumed are freed with it and stop as theirs do.
+            gone = True
+            self._running = False
+            raise
         else:
             await self._drain(self._grace)
         finally:
-            # A worker that stops keeps nothing out of the others' claims.
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._give_back_again()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._release_held(everything=True)
-            for helper in (listener, watch):
-                if helper is not None:
-                    helper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await helper
-            for task in self._let_go:
-                # Asked once more: a step that swallowed one cancellation
-                # may heed the next. Not waited for (see the module docstring).
-                task.cancel()
-            self._running = False
-            self._finished.set()
+            if not gone:
+                # A worker that stops keeps nothing out of the others' claims.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._give_back_again()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._release_held(everything=True)
+                for helper in (listener, watch):
+                    if helper is not None:
+                        helper.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await helper
+                for task in self._let_go:
+                    # Asked once more: a step that swallowed one cancellation
+                    # may heed the next. Not waited for (see the module docstring).
+                    task.cancel()
+                self._running = False
+                self._finished.set()
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop claiming; wait for the sagas in flight, for at most ``grace``

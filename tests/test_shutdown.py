@@ -268,13 +268,13 @@ ENDINGS = ("second ctrl-c", "loop closed")
 
 
 def freed_after_a_cut_short_loop(
-    held: list[Saga[Any]],
-    start: Callable[[Saga[Any]], Coroutine[Any, Any, None]],
+    held: list[Any],
+    start: Callable[[Any], Coroutine[Any, Any, None]],
     started: asyncio.Event,
     hung: asyncio.Event,
     ending: str,
 ) -> list[str]:
-    """A loop runs ``start(saga)`` (``held``'s one saga, let go here) in a
+    """A loop runs ``start(saga)`` (``held``'s one saga — or worker —, let go here) in a
     task, waits for ``started``, then ends with that task pending:
     ``"second ctrl-c"`` — ``asyncio.run`` returns, and a ``KeyboardInterrupt``
     cuts its shutdown short once ``hung`` is set (the work it cancelled
@@ -298,7 +298,7 @@ def freed_after_a_cut_short_loop(
             await hung.wait()
             raise KeyboardInterrupt from None
 
-    async def main(saga: Saga[Any]) -> None:
+    async def main(saga: Any) -> None:
         loop = asyncio.get_running_loop()
         # Held here: a task that only the loop knows may be freed pending.
         if ending == "second ctrl-c":
@@ -816,6 +816,93 @@ def test_S8_a_worker_whose_loop_shuts_down_hands_its_sagas_off(
 
     asyncio.run(after())
     assert participant.calls == ["act B", "act B"]
+
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_S8_a_worker_left_pending_by_a_closed_loop_is_freed_without_an_error(
+    kind: str, stores: Callable[[], Any]
+) -> None:
+    """The loop closes with a worker's task pending, never cancelled (as when
+    a second Ctrl-C comes before the worker heard the runner's
+    cancellation), while the saga it resumed waits in a step. Freed, the
+    worker's ``run`` is closed by the garbage collector: its end gave its
+    leases back, read the loop's clock and stopped its helper tasks — where
+    no loop runs ("Exception ignored in: <coroutine object
+    RecoveryWorker.run> ... RuntimeError: no running event loop"). It now
+    leaves the leases to run out, as a crash does: the saga is as the loop
+    left it, for the next worker. (``poll`` long: the worker claims once,
+    then waits for its next poll when the step is reached. A claim still in
+    flight as the loop closes is held by the store's writer, which answers
+    it — and so keeps the worker — until the store is closed: with a short
+    poll, whether the worker was freed here depended on where the loop's
+    close found it.)"""
+    async def crash_it() -> None:
+        store = stores()
+        with pytest.raises(Crash):
+            await crashed_saga(Participant(None), crash=True)(store=store).run(
+                Ctx(), saga_id="w-1"
+            )
+        await store.close()
+
+    asyncio.run(crash_it())
+    participant = Participant("act B")
+    reported = freed_after_a_cut_short_loop(
+        [RecoveryWorker(stores(), [crashed_saga(participant, crash=False)],
+                        older_than=0, poll=3600)],
+        lambda worker: worker.run(), participant.reached, participant.reached,
+        "loop closed",
+    )
+    assert reported == []
+
+    async def after() -> None:
+        store = stores()
+        record = await store.load("w-1")
+        assert record.status is SagaStatus.RUNNING
+        assert (await store.lease_state("w-1")).owner is not None  # left to run out
+        await store.close()
+
+    asyncio.run(after())
+
+@pytest.mark.parametrize("kind", ["thread", "inline"])
+def test_S8_a_leased_run_left_pending_by_a_closed_loop_is_freed_without_an_error(
+    kind: str, stores: Callable[[], Any]
+) -> None:
+    """A resume under a lease (``LeasedRun.run``, a worker's and a
+    recovery pass's) whose task the loop left pending, never cancelled,
+    while the saga waits in a step. Closed by the garbage collector, the run asked its task
+    whether it was being cancelled (``asyncio.current_task()``: "Exception
+    ignored ... RuntimeError: no running event loop") and cancelled its
+    heartbeat on the closed loop. The saga and its lease are left as a
+    crash leaves them, for the next worker."""
+    from fallback_saga.resumption import LeasedRun
+
+    async def crash_it() -> Any:
+        store = stores()
+        with pytest.raises(Crash):
+            await crashed_saga(Participant(None), crash=True)(store=store).run(
+                Ctx(), saga_id="l-1"
+            )
+        (lease,) = await store.claim(owner="w1", lease_seconds=300, older_than=-1, limit=1)
+        record = await store.load("l-1")
+        return store, lease, record
+
+    store, lease, record = asyncio.run(crash_it())
+    participant = Participant("act B")
+    reported = freed_after_a_cut_short_loop(
+        [LeasedRun(crashed_saga(participant, crash=False)(store=store), record, lease,
+                   store=store, lease_seconds=300)],
+        lambda run: run.run(), participant.reached, participant.reached, "loop closed",
+    )
+    del record, lease
+    assert reported == []
+
+    async def after() -> None:
+        assert (await store.load("l-1")).status is SagaStatus.RUNNING
+        assert (await store.lease_state("l-1")).owner == "w1"  # left to run out
+        await store.close()
+
+    asyncio.run(after())
 
 
 @dataclasses.dataclass
