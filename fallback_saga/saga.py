@@ -39,7 +39,7 @@ from .resumption import (
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, RetryPolicy
 from .run_settings import RunSettings
-from .shielding import cancelled_again, claimed, reset_var, running_task, shielded
+from .shielding import cancelled_again, claimed, loop_gone, reset_var, running_task, shielded
 from .status import SagaStatus
 from .step import _CURSOR, SagaStepResult, Step, StepCursor
 from .store.base import (
@@ -671,9 +671,18 @@ class SagaTransaction(Generic[ContextT]):
                 reset_var(_CURSOR, self._token)
                 self._token = None
 
+    def _left_away_from_its_loop(self, exc: BaseException) -> bool:
+        """The block is left by ``GeneratorExit`` away from the loop it ran
+        on (``shielding.loop_gone``): not a generator's consumer closing it,
+        but the garbage collector closing a task destroyed pending. Nothing
+        can be awaited there: the saga is left as its journal holds it, for
+        recovery, as a crash leaves it."""
+        return self._loop is not None and loop_gone(exc, self._loop)
+
     async def _settle(self, exc: BaseException | None) -> None:
         execution = self._execution
-        if exc is not None and (not isinstance(exc, _LEFT_EARLY) or self._loop_gone(exc)):
+        if exc is not None and (
+                not isinstance(exc, _LEFT_EARLY) or self._left_away_from_its_loop(exc)):
             # KeyboardInterrupt, SystemExit: the process is going down, nothing
             # is unwound (also when it came out of the unwinding itself).
             self._finished = True
@@ -707,20 +716,6 @@ class SagaTransaction(Generic[ContextT]):
                 raise execution._stopped(execution.interruption, failure=exc)
         finally:
             reset_var(_CURSOR, token)
-
-    def _loop_gone(self, exc: BaseException) -> bool:
-        """The block is left by ``GeneratorExit`` away from the loop it ran
-        on: not a generator's consumer closing it, but the garbage collector
-        closing the coroutine of a task destroyed pending (a second Ctrl-C
-        cut ``asyncio.run``'s shutdown short, or the loop was closed with
-        the task left). Nothing can be awaited there: the saga is left as
-        its journal holds it, for recovery, as a crash leaves it."""
-        if not isinstance(exc, GeneratorExit):
-            return False
-        try:
-            return asyncio.get_running_loop() is not self._loop
-        except RuntimeError:  # no loop running at all
-            return True
 
 
 # Ways out of a transaction's block that leave the saga to unwind: an error,
