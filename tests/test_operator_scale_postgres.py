@@ -10,7 +10,6 @@ a year old").
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,25 +22,10 @@ pytest_plugins = ["conftest_pg"]
 
 require_driver()  # skips this module without psycopg (fails under CI)
 
-import psycopg  # noqa: E402
+from pg_fixtures import postgres_store, raw_connection  # noqa: E402, F401  (fixtures store, raw)
 
 from fallback_saga.store import _postgres_schema as pg_schema_module  # noqa: E402
 from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
-
-
-@pytest.fixture
-async def store(pg_conninfo: str, pg_schema: str) -> AsyncIterator[PostgresSagaStore]:
-    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
-        yield store
-
-
-@pytest.fixture
-def raw(pg_conninfo: str, pg_schema: str) -> Any:
-    """A plain autocommit connection whose search_path is the test's schema."""
-    conn = psycopg.connect(pg_conninfo, autocommit=True)
-    conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
-    yield conn
-    conn.close()
 
 
 def _year_old(raw: Any) -> None:

@@ -17,7 +17,7 @@ may take a live saga over, and fencing must then shut its first runner out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -43,7 +43,6 @@ pytest_plugins = ["conftest_pg"]
 
 require_driver()  # skips this module without psycopg (fails under CI)
 
-import psycopg  # noqa: E402
 
 from fallback_saga.store import _postgres_schema as pg_schema_module  # noqa: E402
 from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
@@ -51,19 +50,7 @@ from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
 MONTH = 30 * 86_400.0
 
 
-@pytest.fixture
-async def store(pg_conninfo: str, pg_schema: str) -> AsyncIterator[PostgresSagaStore]:
-    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
-        yield store
-
-
-@pytest.fixture
-def raw(pg_conninfo: str, pg_schema: str) -> Any:
-    """A plain autocommit connection whose search_path is the test's schema."""
-    conn = psycopg.connect(pg_conninfo, autocommit=True)
-    conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
-    yield conn
-    conn.close()
+from pg_fixtures import postgres_store, raw_connection  # noqa: E402, F401  (fixtures store, raw)
 
 
 def clock_step(raw: Any, seconds: float) -> None:

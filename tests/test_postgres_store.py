@@ -62,19 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-async def store(pg_conninfo: str, pg_schema: str) -> AsyncIterator[PostgresSagaStore]:
-    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
-        yield store
-
-
-@pytest.fixture
-def raw(pg_conninfo: str, pg_schema: str) -> Any:
-    """A plain autocommit connection whose search_path is the test's schema."""
-    conn = psycopg.connect(pg_conninfo, autocommit=True)
-    conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
-    yield conn
-    conn.close()
+from pg_fixtures import postgres_store, raw_connection  # noqa: E402, F401  (fixtures store, raw)
 
 
 async def new_saga(store: PostgresSagaStore, saga_id: str, **kwargs: Any) -> None:
