@@ -68,6 +68,11 @@ _VALUE: Final = re.compile(
     r"(?:\"(?:[^\"\\]|\\.){0,1024}\"?|'(?:[^'\\]|\\.){0,1024}'?|[^\s&,;'\"<>(){}\[\]]{1,1024})",
     re.I,
 )
+# Columns and their values as PostgreSQL's errors quote them: ``Key
+# (card_number)=(4111...) already exists``, the detail of a unique or
+# foreign-key violation a participant re-raises. The values are redacted
+# when any of the columns is named like a secret's.
+_COLUMNS: Final = re.compile(r"\(([^()=]{1,512})\)=\(([^()]{0,1024})\)?")
 _LONGEST: Final = 1400
 
 
@@ -76,7 +81,16 @@ def redact(text: str) -> str:
     a key named like a secret (``is_secret_key``), replaced by ``***``."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
+    if ")=(" in text:
+        text = _COLUMNS.sub(_redact_columns, text)
     return _redact_keyed(text)
+
+
+def _redact_columns(found: re.Match[str]) -> str:
+    columns = found[1]
+    if any(_secret_key(column.strip().strip('"')) for column in columns.split(",")):
+        return f"({columns})={REDACTED}"
+    return found[0]
 
 
 def _redact_keyed(text: str) -> str:

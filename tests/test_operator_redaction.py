@@ -41,6 +41,7 @@ from fallback_saga import (
 from fallback_saga.cli import main
 from fallback_saga.console import ConsoleServer
 from fallback_saga.redaction import REDACTED, is_secret_key, redacted
+from fallback_saga.shown_text import redact
 
 CARD = "4111111111111111"
 TOKEN = "tok_live_5ecret"
@@ -272,6 +273,9 @@ QUOTING_ERRORS = (
     f"401 for url https://pay.example/v1/charge?order=o-1&api_key={TOKEN}&x=1",
     f"request headers: Authorization: Bearer {TOKEN}",
     f"ODBC: Server=db;DB_PASSWORD={PASSWORD};Uid=app",
+    # PostgreSQL's detail of a unique violation a participant re-raises.
+    f'duplicate key value violates unique constraint "cards_pkey"\n'
+    f"DETAIL:  Key (card_number)=({CARD}) already exists.",
 )
 
 
@@ -337,3 +341,19 @@ def test_S12_a_card_code_is_a_secret_under_each_of_its_names() -> None:
     other scheme's name — was not: shown whole."""
     for name in ("cvv", "cvc", "cvv2", "cvc2", "card_cvc2", "CVC2"):
         assert is_secret_key(name), name
+
+
+def test_S12_the_columns_a_postgresql_error_quotes_are_redacted_by_their_names() -> None:
+    """PostgreSQL's errors quote the values of the columns they are about
+    (``Key (card_number)=(4111...) already exists``): redacted when one of
+    the columns is named like a secret, shown when none is (an order id is
+    what an operator needs to see)."""
+    for text in (f"Key (card_number)=({CARD}) already exists.",
+                 f"Key (order_id, card_number)=(o-7, {CARD}) already exists.",
+                 f'Key ("apiToken")=({TOKEN}) is not present in table "tokens".',
+                 f"Key (card_number)=({CARD}"):  # cut inside the value
+        assert leaked(redact(text)) == [], text
+        assert redact(text).startswith("Key ("), text
+        assert REDACTED in redact(text), text
+    kept = "Key (order_id)=(o-7) already exists."
+    assert redact(kept) == kept
