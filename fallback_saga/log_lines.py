@@ -18,20 +18,30 @@ URL's query or a password: logs and traces are kept and read more widely
 than the journal, so what the library writes there is redacted as the
 operator's views show it (``shown_text.redact``), always — the same filter
 redacts every str and exception argument, and ``logged_text`` is what the
-OpenTelemetry adapter records. Only a line actually written pays for it: a
-filter runs after the logger's level check.
+OpenTelemetry adapter records. A record logged with ``exc_info`` carries
+its traceback, whose last line (and each chained error's) quotes the text:
+the filter presets the record's ``exc_text``, which a standard ``Formatter``
+writes in place of formatting ``exc_info``, to the traceback with each error
+text as ``logged_text`` writes it. ``exc_info`` itself stays the exception
+(a handler may want the object): a formatter that formats it on its own
+(some JSON formatters) writes the text as raised. Only a line actually
+written pays for it: a filter runs after the logger's level check.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Final
+import traceback
+from types import TracebackType
+from typing import Final, TypeAlias
 
 from .errors import MAX_ERROR_TEXT, cut_text
 from .shown_text import redact, redact_start
 
 __all__ = ["ONE_LINE", "library_logger", "logged_text", "one_line"]
+
+_ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
 
 _LINE_BREAKERS: Final = re.compile(
     "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
@@ -79,11 +89,29 @@ def one_line(value: object) -> object:
     return _LINE_BREAKERS.sub(_escape_char, text)
 
 
+def _logged_traceback(exc_info: _ExcInfo) -> str:
+    """A record's traceback as ``logging.Formatter.formatException`` writes
+    it (without its last line break), each error text in it — the raised
+    one's and those it chains — as ``logged_text`` writes it: redacted and
+    cut. Its frames and line breaks are kept: a traceback is many lines."""
+    parts = traceback.format_exception(*exc_info)
+    # Part by part, as the OpenTelemetry adapter does: one part is a frame or
+    # one error's ``Type: text`` line, so no secret's pattern reaches across.
+    text = "".join(map(logged_text, parts))
+    return text[:-1] if text.endswith("\n") else text
+
+
 class _OneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args:
             record.args = tuple(map(one_line, args))
+        exc_info = record.exc_info
+        if exc_info and exc_info[1] is not None and not record.exc_text:
+            # A standard ``Formatter`` writes a preset ``exc_text`` in place
+            # of formatting ``exc_info`` itself: the traceback's last line
+            # quotes the error's text, which may carry a secret.
+            record.exc_text = _logged_traceback(exc_info)
         return True
 
 

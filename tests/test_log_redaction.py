@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import logging
 import pkgutil
 from collections.abc import Iterator
@@ -24,10 +25,12 @@ from fallback_saga import (
     LoggingListener,
     RetryPolicy,
     SagaFailed,
+    SagaListener,
     SQLiteSagaStore,
 )
 from fallback_saga.cli import main
 from fallback_saga.errors import MAX_ERROR_TEXT
+from fallback_saga.events import _log as events_log
 
 CARD = "4111111111111111"
 PASSWORD = "hunter2-Pa55"
@@ -204,3 +207,83 @@ def test_S12_recover_prints_the_reasons_it_reports_redacted(
     for secret in SECRETS:
         assert secret not in out, out
     assert "card declined by gateway: {'card_number': ***, 'amount': 125}" in out
+
+
+def _raise_chained() -> None:
+    try:
+        raise Boom("gateway said: " + DECLINED)
+    except Boom as cause:
+        raise Boom(DECLINED) from cause
+
+
+def _formatted_by_a_standard_handler(log: logging.Logger, write: object) -> str:
+    """What a plain ``logging.Formatter`` writes of the records ``write`` logs."""
+    lines: list[str] = []
+
+    class _Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = _Kept(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        write()  # type: ignore[operator]
+    finally:
+        log.removeHandler(handler)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(("module", "log"), _LOGGERS, ids=[module for module, _ in _LOGGERS])
+def test_S12_a_traceback_a_library_logger_writes_is_redacted(
+    caplog: pytest.LogCaptureFixture, module: str, log: logging.Logger
+) -> None:
+    """A line logged with ``exc_info`` (the worker's "resuming a saga raised",
+    a listener hook that raised) ends with the exception's text, and its
+    chained one's: a standard formatter writes them redacted, the types, the
+    frames and the rest of the texts as they are."""
+
+    def write() -> None:
+        try:
+            _raise_chained()
+        except Boom:
+            log.exception("saga %s: resuming raised", "o-7")
+        log.error("saga %s: resuming raised", "o-7", exc_info=Boom(DECLINED))
+
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        written = _formatted_by_a_standard_handler(log, write)
+
+    for text in (written, caplog.text):
+        _assert_redacted(text)
+        assert "Traceback (most recent call last)" in text
+        assert "in _raise_chained" in text
+        assert "The above exception was the direct cause" in text
+        assert "gateway said: card declined by gateway" in text
+        assert text.count("Boom: card declined by gateway") >= 2, text
+
+
+async def test_S12_a_listener_hook_that_raises_is_logged_with_its_traceback_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The path as it runs: a listener hook raises an error quoting a card
+    number; the library logs that (with its traceback), redacted."""
+
+    class Failing(SagaListener):
+        def saga_started(self, saga_id: str, saga_name: str) -> None:
+            raise Boom(DECLINED)
+
+    saga = declare(Probe("Reserve", []))(listeners=[Failing()])
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(logging.Formatter())
+    events_log.addHandler(handler)
+    try:
+        with caplog.at_level(logging.DEBUG, logger=events_log.name):
+            await saga.run(OrderCtx(), saga_id="o-7")  # type: ignore[attr-defined]
+    finally:
+        events_log.removeHandler(handler)
+    text = written.getvalue()
+    assert "listener hook" in text, text
+    assert "Traceback (most recent call last)" in text, text
+    assert "in saga_started" in text
+    _assert_redacted(text)
