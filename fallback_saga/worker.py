@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -328,7 +329,6 @@ class RecoveryWorker:
             listener = asyncio.get_running_loop().create_task(self._listen(self._notifier))
         loop = asyncio.get_running_loop()
         watch = loop.create_task(self._watch())
-        gone = False
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
@@ -344,20 +344,22 @@ class RecoveryWorker:
         except asyncio.CancelledError:
             await self._drain(0.0)
             raise
-        except GeneratorExit as closed:
-            if not loop_gone(closed, loop):
-                raise
-            # Closed by the garbage collector, away from its loop (see
-            # loop_gone): nothing can be given back, cancelled or awaited.
-            # The leases it holds run out on their own, as a crash's; the
-            # runs it resumed are freed with it and stop as theirs do.
-            gone = True
-            self._running = False
-            raise
         else:
             await self._drain(self._grace)
         finally:
-            if not gone:
+            # Decided here, not in an ``except GeneratorExit``: the closing
+            # may find the worker draining inside ``except CancelledError``
+            # (a second Ctrl-C cut the runner's cancellation short), which a
+            # sibling ``except`` never sees. Closed by the garbage collector
+            # away from its loop (see loop_gone), nothing can be given back,
+            # cancelled or awaited: the leases it holds run out on their own,
+            # as a crash's; the runs it resumed are freed with it and stop as
+            # theirs do. (``sys.exc_info``: what is propagating; 3.11 has no
+            # ``sys.exception``.)
+            closing = sys.exc_info()[1]
+            if closing is not None and loop_gone(closing, loop):
+                self._running = False
+            else:
                 # A worker that stops keeps nothing out of the others' claims.
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._give_back_again()

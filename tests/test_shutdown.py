@@ -12,8 +12,10 @@ saga left unfinished is finished by recovery, exactly (S8, S10)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
+import logging
 import sys
 import threading
 import warnings
@@ -863,6 +865,67 @@ def test_S8_a_worker_left_pending_by_a_closed_loop_is_freed_without_an_error(
         await store.close()
 
     asyncio.run(after())
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_S8_a_worker_whose_cancelled_drain_is_cut_short_is_freed_without_an_error(
+    kind: str, stores: Callable[[], Any]
+) -> None:
+    """A second Ctrl-C cuts ``asyncio.run``'s shutdown short while the
+    worker, cancelled by the runner, waits in its drain for a saga whose
+    step swallows every cancellation. Freed, the worker's ``run`` is closed
+    by the garbage collector inside its ``except CancelledError``, where its
+    ``except GeneratorExit`` never sees it: its end gave leases back and
+    stopped its helper tasks where no loop runs ("Exception ignored in:
+    <coroutine object RecoveryWorker.run>"). It now leaves the leases to run
+    out, as a crash does. (``hung`` is set as the drain waits: the worker's
+    "handing off" warning comes right before it.)"""
+    async def crash_it() -> None:
+        store = stores()
+        with pytest.raises(Crash):
+            await crashed_saga(Participant(None), crash=True)(store=store).run(
+                Ctx(), saga_id="w-1"
+            )
+        await store.close()
+
+    asyncio.run(crash_it())
+    reached, hung = asyncio.Event(), asyncio.Event()
+
+    class Stubborn(Participant):
+        async def call(self, what: str) -> None:
+            self.calls.append(what)
+            if what == "act B":
+                reached.set()
+                while True:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.Event().wait()
+
+    class Draining(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "handing off" in record.getMessage():
+                hung.set()
+
+    draining = Draining()
+    worker_log = logging.getLogger("fallback_saga")
+    worker_log.addHandler(draining)
+    try:
+        reported = freed_after_a_cut_short_loop(
+            [RecoveryWorker(stores(), [crashed_saga(Stubborn(None), crash=False)],
+                            older_than=0, poll=3600)],
+            lambda worker: worker.run(), reached, hung, "second ctrl-c",
+        )
+    finally:
+        worker_log.removeHandler(draining)
+    assert hung.is_set()
+    assert reported == []
+
+    async def after() -> None:
+        store = stores()
+        record = await store.load("w-1")
+        assert record.status is SagaStatus.RUNNING
+        await store.close()
+
+    asyncio.run(after())
+
 
 @pytest.mark.parametrize("kind", ["thread", "inline"])
 def test_S8_a_leased_run_left_pending_by_a_closed_loop_is_freed_without_an_error(
