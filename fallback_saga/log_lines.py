@@ -39,7 +39,7 @@ from typing import Final, TypeAlias
 from .errors import MAX_ERROR_TEXT, cut_text
 from .shown_text import redact, redact_start
 
-__all__ = ["ONE_LINE", "library_logger", "logged_text", "one_line"]
+__all__ = ["ONE_LINE", "library_logger", "logged_text", "logged_traceback", "one_line"]
 
 _ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -89,16 +89,26 @@ def one_line(value: object) -> object:
     return _LINE_BREAKERS.sub(_escape_char, text)
 
 
+def logged_traceback(error: BaseException) -> str:
+    """``error``'s traceback as ``traceback.format_exception`` writes it,
+    each error text in it — the raised one's and those it chains — as
+    ``logged_text`` writes it: redacted and cut. Its frames and line breaks
+    are kept: a traceback is many lines. (What the OpenTelemetry adapter
+    records as ``exception.stacktrace``.)"""
+    return _logged_parts(traceback.format_exception(type(error), error, error.__traceback__))
+
+
 def _logged_traceback(exc_info: _ExcInfo) -> str:
     """A record's traceback as ``logging.Formatter.formatException`` writes
-    it (without its last line break), each error text in it — the raised
-    one's and those it chains — as ``logged_text`` writes it: redacted and
-    cut. Its frames and line breaks are kept: a traceback is many lines."""
-    parts = traceback.format_exception(*exc_info)
-    # Part by part, as the OpenTelemetry adapter does: one part is a frame or
-    # one error's ``Type: text`` line, so no secret's pattern reaches across.
-    text = "".join(map(logged_text, parts))
+    it (without its last line break), as ``logged_traceback`` does."""
+    text = _logged_parts(traceback.format_exception(*exc_info))
     return text[:-1] if text.endswith("\n") else text
+
+
+def _logged_parts(parts: list[str]) -> str:
+    # Part by part: one part is a frame or one error's ``Type: text`` line,
+    # so no secret's pattern reaches across.
+    return "".join(map(logged_text, parts))
 
 
 class _OneLine(logging.Filter):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from contextvars import Token
 from typing import Any
 
@@ -51,7 +50,7 @@ from . import __version__
 from .breaker import CircuitOpenError
 from .errors import cut_middle
 from .events import SagaListener, StepCall, refused_at_creation, status_if_landed
-from .log_lines import logged_text
+from .log_lines import logged_text, logged_traceback
 from .status import SagaStatus
 
 __all__ = ["OpenTelemetryListener"]
@@ -122,8 +121,7 @@ def _exception_message(error: BaseException) -> dict[str, str]:
 
 
 def _stack_trace(error: BaseException) -> str:
-    parts = traceback.format_exception(type(error), error, error.__traceback__)
-    return cut_middle("".join(map(logged_text, parts)))
+    return cut_middle(logged_traceback(error))
 
 
 class _Attached:
