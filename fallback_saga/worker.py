@@ -25,7 +25,13 @@ A run handed off stops at its next write or suspension; a compensation in
 flight is shielded and finishes first — unless it has not ``STOP_WAIT``
 seconds later: it is then cancelled (left to be called again, in full, as
 below). A run that has not stopped ``STOP_WAIT`` seconds after that (a step
-that swallows ``CancelledError`` and goes on) is *let go*: see below.
+that swallows ``CancelledError`` and goes on) is *let go*: see below. Last,
+the worker gives back the leases it still holds (those the store refused
+before, those kept through a backoff) — within ``STOP_WAIT`` in all, however
+many: they add at most that to a stop, and a store that does not answer
+leaves the rest to run out, named in a warning. The same bound holds for the
+give-backs tried before each claim: a store out of reach delays the next
+claim by one of its timeouts (cut at ``STOP_WAIT``), not by one per lease.
 
 Participants that never answer. A step with no ``timeout`` whose call never
 returns holds its worker slot for as long as it hangs: ``concurrency`` such
@@ -104,6 +110,10 @@ V = TypeVar("V")
 # forgotten interruption), or its lease is left to run out and counts as a
 # claim toward ``park_after`` (a forgotten give-back: logged).
 REMEMBERED_SAGAS = 10_000
+
+# The sagas a stopping worker names, at most, in the warning about the
+# leases it could not give back (there may be REMEMBERED_SAGAS of them).
+_NAMED_AT_MOST = 20
 
 
 def _remember(kept: dict[str, V], saga_id: str, value: V) -> str | None:
@@ -245,6 +255,9 @@ class RecoveryWorker:
         self._bounds = ResumeBounds(self.owner, concurrency, self.resume_timeout,
                                     self.resume_warning)
         self.stats = WorkerStats()
+        # The last round of give-backs left leases due in ``_held`` (the
+        # store refused one, or did not answer): see _give_back_kept.
+        self._held_left = False
         self._by_name = by_name
         # Claims ask only for the sagas this worker can resume: services that
         # share a store (a mixed fleet) do not take each other's sagas, and a
@@ -332,8 +345,7 @@ class RecoveryWorker:
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
-                await self._release_held(everything=False)
-                await self._give_back_again()
+                await self._give_back_kept(everything=False)
                 await self._claim()
                 if self._stopping:
                     break
@@ -360,11 +372,15 @@ class RecoveryWorker:
             if closing is not None and loop_gone(closing, loop):
                 self._running = False
             else:
-                # A worker that stops keeps nothing out of the others' claims.
+                # A worker that stops keeps nothing out of the others' claims
+                # — as far as the store takes them back within STOP_WAIT
+                # (see _give_back_kept): a stop past its grace period is
+                # killed, and gives nothing back at all. Cut short by a
+                # cancellation, the rest of the stop goes on; the
+                # cancellation is raised at its end.
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._give_back_again()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._release_held(everything=True)
+                    await self._give_back_kept(everything=True)
+                self._say_left_to_run_out()
                 for helper in (listener, watch):
                     if helper is not None:
                         helper.cancel()
@@ -376,6 +392,12 @@ class RecoveryWorker:
                     task.cancel()
                 self._running = False
                 self._finished.set()
+                if closing is None and cancellation_pending():
+                    # Cancelled as it stopped (the give-backs above, a
+                    # helper's end): returning, run() swallowed it, and a
+                    # TaskGroup or asyncio.run took the cancelled task for
+                    # one that ended in order.
+                    raise asyncio.CancelledError
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop claiming; wait for the sagas in flight, for at most ``grace``
@@ -462,14 +484,50 @@ class RecoveryWorker:
 
     def _until_next_claim(self) -> float:
         """``poll``, or less: until the first kept lease is due for release."""
-        if not self._held:
+        if not self._held or self._held_left:
             return self.poll
         first = min(due for _, due in self._held.values())
         return max(0.0, min(self.poll, first - self._clock()))
 
-    async def _release_held(self, *, everything: bool) -> None:
+    async def _give_back_kept(self, *, everything: bool) -> None:
+        """Give back what keeps sagas out of the others' claims: the leases
+        kept through a backoff that are due (or all of them), then the
+        give-backs the store refused (``_not_given_back``) — within
+        ``STOP_WAIT`` in all, however many there are.
+
+        A store that is out need not refuse at once: a PostgreSQL server
+        that does not answer takes ``connect_timeout`` per call, a SQLite
+        file another process holds ``busy_timeout``, a store of one's own
+        may never answer. Tried one after another, each waited its full
+        timeout: ten thousand remembered give-backs held the claim loop for
+        ten thousand timeouts before its next claim, and a stop as long, far
+        past any grace period (or for ever). So a round stops at the first
+        one the store does not take — the store is out, and each of the
+        others would wait as long for the same answer: they wait for the
+        next round — and ``STOP_WAIT`` cuts short a call that does not
+        answer (and a long list on a slow store): the bound the worker
+        already gives what does not answer when asked to stop. A call cut
+        short may still land; a give-back is fenced by its lease's token,
+        so its next try changes nothing more. Not run concurrently: K at a
+        time still waits N / K timeouts during an outage, and a store that
+        comes back would meet thousands of calls at once."""
+        released = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_WAIT):
+                released = await self._release_held(everything=everything)
+                if released:
+                    await self._give_back_again()
+        # Leases due left behind wait for the next poll, as a failed claim
+        # does (_until_next_claim): not retried at once, and again, while the
+        # store is out.
+        self._held_left = not released
+
+    async def _release_held(self, *, everything: bool) -> bool:
         """Give back the leases kept through a backoff (``_held``) that are
-        due — or all of them. One that cannot be given back expires on its own."""
+        due — or all of them. One the store refuses expires on its own, and
+        the round stops there (see ``_give_back_kept``): False. One cut short
+        (``STOP_WAIT``, or the worker cancelled) is kept, at the back of the
+        line."""
         now = self._clock()
         for saga_id, (lease, due) in list(self._held.items()):
             if not everything and due > now:
@@ -477,28 +535,63 @@ class RecoveryWorker:
             del self._held[saga_id]
             try:
                 await self.store.release(lease)
+            except asyncio.CancelledError:
+                self._held.setdefault(saga_id, (lease, due))
+                raise
             except Exception as error:
                 if cancellation_pending():
+                    self._held.setdefault(saga_id, (lease, due))
                     raise asyncio.CancelledError from error  # see cancellation_pending
                 _log.warning("recovery worker %s: could not release saga %s after its "
                              "backoff (it expires on its own): %s: %s", self.owner,
                              saga_id, type(error).__name__, error)
+                return False
+        return True
 
     async def _give_back_again(self) -> None:
-        """Try again the give-backs the store refused (``_not_given_back``);
-        one refused again is kept for the next claim. Fenced as any
-        give-back: once another worker has taken the saga, it changes nothing."""
+        """Try again the give-backs the store refused (``_not_given_back``),
+        the one refused longest ago first, until one is refused again (see
+        ``_give_back_kept``): that one goes to the back of the line, so that
+        a give-back the store refuses for its saga alone (not an outage)
+        holds up none of the others. Fenced as any give-back: once another
+        worker has taken the saga, it changes nothing."""
         for saga_id, give_back in list(self._not_given_back.items()):
             try:
                 await give_back()
             except GIVEN_BACK_FOR_GOOD:
                 pass  # dropped: it can never succeed
+            except asyncio.CancelledError:
+                self._to_the_back(saga_id, give_back)  # cut short: tried again later
+                raise
             except Exception as error:
+                self._to_the_back(saga_id, give_back)
                 if cancellation_pending():
                     raise asyncio.CancelledError from error  # see cancellation_pending
-                continue
+                return
             if self._not_given_back.get(saga_id) is give_back:
                 del self._not_given_back[saga_id]
+
+    def _to_the_back(self, saga_id: str, give_back: Callable[[], Awaitable[object]]) -> None:
+        """``give_back``, not made yet, is now the last tried (unless a newer
+        give-back of its saga took its place meanwhile)."""
+        if self._not_given_back.get(saga_id) is give_back:
+            del self._not_given_back[saga_id]
+            self._not_given_back[saga_id] = give_back
+
+    def _say_left_to_run_out(self) -> None:
+        """As the worker stops: name the sagas whose leases it could not give
+        back (the store out, or slower than ``STOP_WAIT``): they run out."""
+        left = [*self._held, *(saga_id for saga_id in self._not_given_back
+                               if saga_id not in self._held)]
+        if not left:
+            return
+        named = ", ".join(left[:_NAMED_AT_MOST])
+        more = f" and {len(left) - _NAMED_AT_MOST} more" if len(left) > _NAMED_AT_MOST else ""
+        _log.warning(
+            "recovery worker %s: stopped with the leases of %d saga(s) not given back (the "
+            "store refused them, or did not answer within %g s): %s%s; they run out on their "
+            "own, and each counts as a claim toward the store's park_after", self.owner,
+            len(left), STOP_WAIT, named, more)
 
     def _interrupted(self, saga_id: str) -> None:
         """One more interruption of ``saga_id`` in a row."""
