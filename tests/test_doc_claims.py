@@ -614,6 +614,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.store.postgres import PURGE_BATCH as PG_PURGE_BATCH
     from fallback_saga.store.postgres import PURGE_BATCH_MAX, PURGE_BATCH_SECONDS
     from fallback_saga.store.sqlite import _FORK_WAIT, PURGE_BATCH, WAL_SIZE_LIMIT
+    from fallback_saga.worker import STOP_WAIT
 
     def default(target: object, name: str) -> object:
         return inspect.signature(target).parameters[name].default  # type: ignore[arg-type]
@@ -669,6 +670,9 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("observability.md", "cover only its newest {} sagas", SCAN_LIMIT),
         ("observability.md", "(unreachable within {:g} seconds", CONNECT_TIMEOUT),
         ("scaling.md", "at least {} writes", SHARE_AT_LEAST),
+        ("scaling.md", "for `STOP_WAIT` ({:g}) seconds", STOP_WAIT),
+        ("scaling.md", "up to three times `STOP_WAIT` ({:g} s) past `grace`", 3 * STOP_WAIT),
+        ("durability.md", "does not answer within `STOP_WAIT`, {:g} s:", STOP_WAIT),
         ("scaling.md", "and at most {}; the rest", MAX_GROUP),
         ("scaling.md", "(within {:g} seconds, or the DSN's own `connect_timeout`)",
          CONNECT_TIMEOUT),
