@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import sys
 import threading
 import time
@@ -89,6 +90,28 @@ _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", N
 # and the entry below it.
 _Entry: TypeAlias = tuple[int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object]
 
+
+
+# The thread in which the garbage collector is running (0: none), set by a
+# gc callback. A block left while it runs in this thread is a dead task's: see
+# ``__aexit__``. A module global: the one check on the closed path of
+# ``__aexit__`` is a global read that is 0 but inside a collection.
+_collecting_in = 0
+
+
+def _note_collection(
+    phase: str, info: dict[str, int], _ident: Callable[[], int] = threading.get_ident
+) -> None:
+    global _collecting_in
+    _collecting_in = _ident() if phase == "start" else 0
+
+
+def _watch_collections() -> None:
+    """Install the gc callback (once: again if something cleared the list).
+    Called when a breaker is made, so that only a program that has one pays
+    the callback's two calls per collection."""
+    if _note_collection not in gc.callbacks:
+        gc.callbacks.append(_note_collection)
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -267,6 +290,7 @@ class CircuitBreaker(SharedStateSync):
         self._init_sharing(state_store, sync_interval, wall_clock, listeners)
         if state_store is not None:
             self._gate = None
+        _watch_collections()
         # Per-task stack of the permits taken by ``async with`` blocks.
         self._permits: ContextVar[_Entry | None] = ContextVar(
             f"fallback_saga_permits_{self.name}", default=None
@@ -710,13 +734,36 @@ class CircuitBreaker(SharedStateSync):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if _collecting_in and _collecting_in == threading.get_ident():
+            # The garbage collector is closing this block's coroutine: its task
+            # was destroyed pending (asyncio keeps tasks only weakly: one
+            # awaiting a future nobody else holds is garbage; or its loop
+            # closed: a second Ctrl-C cut asyncio.run's shutdown short). This
+            # runs in whatever context is current — another task's step,
+            # perhaps inside its own block of this breaker, whose entry is the
+            # top of the stack seen here and names the task running: popping
+            # it took that block's permit and left its own exit without one.
+            # (A block's entry says which task made it, not which block: that
+            # would cost a frame per block on the closed path.) Nothing is
+            # recorded or handed back. This block's permit is on its dead
+            # task's stack, out of reach; and the collector may have
+            # interrupted, in this thread, a section holding this breaker's
+            # lock, which is not reentrant. A half-open trial it held is one
+            # that never reports back: a new round of trials is let through
+            # reset_timeout after this one began, as for a hung call. Asked
+            # whatever the block leaves with: its body may have turned the
+            # GeneratorExit into another error, or swallowed it. (Telling a
+            # close by the collector from the kind of frame closed — a
+            # coroutine, not an async generator — gets wrong an
+            # asynccontextmanager around the breaker, an AsyncExitStack in an
+            # async generator and a coroutine closed by hand in a task.)
+            return
         top = self._permits.get()
         if exc_type is GeneratorExit and not _entered_here(top):
-            # The block's coroutine is closed away from its task: the task was
-            # destroyed pending (its loop closed: a second Ctrl-C cut
-            # asyncio.run's shutdown short) and the garbage collector closes
-            # it in whatever context is current — this block's permit stack
-            # is not there. Its permit is not handed back: its task never ends.
+            # The block's coroutine is closed away from its task, without the
+            # collector (dropped by whatever held it last, in another task or
+            # none): its permit stack is not the one here. Its permit is not
+            # handed back either.
             return
         if top is None:
             raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
@@ -758,7 +805,12 @@ def _entered_here(top: _Entry | None) -> bool:
     if top is None:
         return False
     owner, task = top[2], _current_task()
-    return owner() is task if owner is not None else task is None
+    if owner is None:
+        return task is None
+    # Without a task, an entry a task made is not ours even when that task is
+    # gone (its weak reference then reads None, as the missing task does): a
+    # loop callback runs in a copy of the context it was scheduled from.
+    return task is not None and owner() is task
 
 
 def _in_current_task(own: FrameType, outer: FrameType) -> bool:
