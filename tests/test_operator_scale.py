@@ -188,3 +188,85 @@ async def test_S13_a_file_of_schema_version_4_gains_the_listing_indexes_and_keep
     finally:
         conn.close()
     assert {"sagas_listed_by_status", "sagas_by_name_status"} <= indexes
+
+
+def _indexes_written(conn: sqlite3.Connection, statement: str) -> set[str]:
+    """The indexes of the sagas table that ``statement`` opens for writing
+    (its program's OpenWrite cursors, named by their root pages)."""
+    roots = {
+        root: name for name, root in conn.execute(
+            "SELECT name, rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sagas'"
+        )
+    }
+    return {
+        roots[row[3]] for row in conn.execute("EXPLAIN " + statement)
+        if row[1] == "OpenWrite" and row[3] in roots  # (addr, opcode, p1, p2: the root page, …)
+    }
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_operator_the_listing_indexes_are_written_only_when_a_saga_changes_status(
+    tmp_path: Path, batched: bool
+) -> None:
+    """Every journal write of a saga updates its row, but only its last one
+    (mostly) changes its status: the indexes on the status that the
+    listings and counts read (schema 5) are rewritten by the writes that
+    change the status, not by every write of every saga — SQLite rewrites
+    every index on a column the UPDATE names, whether its value changed or
+    not. The claim's index (on status and the time of the last write) is
+    rewritten by every write, as it must be."""
+    path = tmp_path / "s.db"
+    asyncio.run(_year_old_store(path))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        cursor = conn.cursor()
+        txn = _sqlite_sql._Txn(1.0, {})
+        loop = asyncio.new_event_loop()
+        try:
+            def request(op: Callable[..., Any], *args: Any) -> _sqlite_sql._Request:
+                return _sqlite_sql._Request(op, args, loop, loop.create_future(), True)
+
+            def run(*requests: _sqlite_sql._Request) -> list[str]:
+                sent: list[str] = []
+                conn.set_trace_callback(sent.append)
+                try:
+                    outcomes: list[Any] = [None] * len(requests)
+                    if batched:
+                        _sqlite_sql._run_group(cursor, txn, list(requests), outcomes)
+                    else:
+                        _sqlite_sql._run_alone(
+                            cursor, txn, list(requests), list(range(len(requests))), outcomes
+                        )
+                    txn.flush(cursor)
+                finally:
+                    conn.set_trace_callback(None)
+                assert all(outcome[1] for outcome in outcomes), outcomes
+                return [statement for statement in sent if statement.startswith("UPDATE sagas")]
+
+            ids = ("a1", "a2")
+            run(*(request(_sqlite_sql._create, i, "OrderSaga", "f", "running", "{}", ())
+                  for i in ids))
+            keeping = run(*(request(_sqlite_sql._append, i, (), None, '{"n": 1}', None, None)
+                            for i in ids))
+            changing = run(*(request(_sqlite_sql._append, i, (), "completed", None, None, None)
+                             for i in ids))
+        finally:
+            loop.close()
+        assert keeping
+        assert changing
+        listing_indexes = {"sagas_listed_by_status", "sagas_by_name_status"}
+        for statement in keeping:
+            written = _indexes_written(conn, statement)
+            assert "sagas_by_status" in written  # the claim's: updated_at moved
+            assert not written & listing_indexes, statement
+        for statement in changing:
+            assert listing_indexes <= _indexes_written(conn, statement), statement
+        rows = conn.execute("SELECT saga_id, status, context, version FROM sagas ORDER BY saga_id")
+        assert rows.fetchall() == [(i, "completed", '{"n": 1}', 3) for i in ids]
+    finally:
+        conn.close()
+
+
+async def _year_old_store(path: Path) -> None:
+    async with SQLiteSagaStore(path):
+        pass

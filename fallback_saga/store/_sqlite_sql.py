@@ -64,13 +64,24 @@ _INSERT_STEP: Final = (
     " attempt, error, at, result) VALUES " + _STEP_ROW
 )
 _STEP_WIDTH: Final = 11  # values per step row
-_UPDATE_SAGA: Final = (
-    "UPDATE sagas SET status = COALESCE(NULLIF(?, 0), status),"
+# An append names the status in its SET clause only when it changes it (a
+# saga's last write, mostly): SQLite rewrites every index on a column the SET
+# clause names, whether the value changed or not — which indexes, it decides
+# when it prepares the statement. Three indexes hold the status (the claim's,
+# and the operator's listing and counts: _sqlite_schema); named in every
+# append, the two of schema 5 were rewritten on each write of every saga, about
+# a sixth of the writer thread's time (benchmarks/README.md, "The status in
+# every append"). The status is the first value of both forms.
+_SET_STATUS: Final = "UPDATE sagas SET status = ?,"
+_KEEP_STATUS: Final = "UPDATE sagas SET"
+_UPDATE_REST: Final = (
     " context = COALESCE(NULLIF(?, 0), context),"
     " version = version + 1, updated_at = ? WHERE saga_id = ?"
 )
-_UPDATE_KNOWN: Final = _UPDATE_SAGA + " AND version = ?"
-_UPDATE_KNOWN_FENCED: Final = _UPDATE_KNOWN + " AND fence = ?"
+# [status changed?]: the statement, alone / of a known version / fenced too.
+_UPDATE_SAGA: Final = (_KEEP_STATUS + _UPDATE_REST, _SET_STATUS + _UPDATE_REST)
+_UPDATE_KNOWN: Final = tuple(sql + " AND version = ?" for sql in _UPDATE_SAGA)
+_UPDATE_KNOWN_FENCED: Final = tuple(sql + " AND fence = ?" for sql in _UPDATE_KNOWN)
 _SELECT_VERSION: Final = (
     "SELECT version, fence, (SELECT COALESCE(MAX(seq) + 1, 0) FROM saga_steps"
     " WHERE saga_id = ?) FROM sagas WHERE saga_id = ?"
@@ -416,7 +427,7 @@ def _chunk_sizes(count: int) -> list[int]:
     return sizes
 
 
-_SQL_CACHE: dict[tuple[str, int], str] = {}
+_SQL_CACHE: dict[tuple[str, int] | tuple[str, int, bool], str] = {}
 
 
 def _insert_steps_sql(rows: int) -> str:
@@ -439,14 +450,16 @@ def _insert_sagas_sql(rows: int) -> str:
     return sql
 
 
-def _update_sagas_sql(rows: int) -> str:
+def _update_sagas_sql(rows: int, status_changed: bool) -> str:
     # version: NOT NULL, so a saga whose version (or fencing token, when one
-    # is given) is not the remembered one fails the whole statement.
-    sql = _SQL_CACHE.get(("update", rows))
+    # is given) is not the remembered one fails the whole statement. The
+    # status is named only by the statement of the sagas whose status
+    # changes: see _SET_STATUS.
+    sql = _SQL_CACHE.get(("update", rows, status_changed))
     if sql is None:
-        sql = _SQL_CACHE["update", rows] = (
-            "UPDATE sagas SET status = COALESCE(NULLIF(v.column2, 0), status),"
-            " context = COALESCE(NULLIF(v.column3, 0), context),"
+        sql = _SQL_CACHE["update", rows, status_changed] = (
+            ("UPDATE sagas SET status = v.column2," if status_changed else "UPDATE sagas SET")
+            + " context = COALESCE(NULLIF(v.column3, 0), context),"
             " version = CASE WHEN sagas.version = v.column4"
             " AND (v.column5 = '' OR sagas.fence = v.column5)"
             " THEN sagas.version + 1 END, updated_at = ?"
@@ -495,18 +508,23 @@ def _run_segment(
     ``segment``), batched."""
     known = txn.known
     creates: list[int] = []
-    appends: list[int] = []
+    # The appends that keep their saga's status, and those that change it:
+    # one statement each (see _SET_STATUS).
+    keeping: list[int] = []
+    changing: list[int] = []
     for index in segment:
         request = requests[index]
         if request.op is _create:
             creates.append(index)
             continue
-        saga_id, _entries, _status, _context, _token, after = request.args
+        saga_id, _entries, status, _context, _token, after = request.args
         remembered = known.get(saga_id)
         if remembered is None or (after is not None and remembered[1] != after):
             _run_alone(cursor, txn, requests, [index], outcomes)
+        elif status is None:
+            keeping.append(index)
         else:
-            appends.append(index)
+            changing.append(index)
     now = txn.now
     done = 0
     for size in _chunk_sizes(len(creates)):
@@ -529,11 +547,30 @@ def _run_segment(
             if status not in _FINISHED:
                 known[saga_id] = (1, len(entries))
             outcomes[index] = (request, True, None)
+    if keeping:
+        _update_segment(cursor, txn, requests, keeping, outcomes, False)
+    if changing:
+        _update_segment(cursor, txn, requests, changing, outcomes, True)
+
+
+def _update_segment(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    requests: list[_Request],
+    appends: list[int],
+    outcomes: list[Any],
+    status_changed: bool,
+) -> None:
+    """Appends of distinct sagas of known versions (``requests[i]`` for ``i``
+    in ``appends``), each keeping its saga's status or each changing it
+    (``status_changed``), batched."""
+    known = txn.known
+    now = txn.now
     done = 0
     for size in _chunk_sizes(len(appends)):
         chunk = appends[done:done + size]
         done += size
-        params = [now]
+        params: list[Any] = [now]
         for index in chunk:
             saga_id, _entries, status, context, token, _after = requests[index].args
             params += (  # absent values as their markers: see _STEP_ROW
@@ -544,7 +581,7 @@ def _run_segment(
                 "" if token is None else token,
             )
         try:
-            updated = cursor.execute(_update_sagas_sql(size), params).rowcount
+            updated = cursor.execute(_update_sagas_sql(size, status_changed), params).rowcount
         except sqlite3.IntegrityError:  # a version or a token moved: nothing written
             _run_alone(cursor, txn, requests, chunk, outcomes)
             continue
@@ -633,17 +670,21 @@ def _append(
     if known is not None and after is not None and known[1] != after:
         known = None  # read the truth: it may be another writer's, or ours landed late
     updated = 0
-    # Absent values as their markers: see _STEP_ROW.
-    status_value = 0 if status is None else status
+    # An absent context as its marker (see _STEP_ROW); the status is named
+    # only when it changes (see _SET_STATUS).
     context_value = 0 if context is None else context
+    values: tuple[Any, ...] = (
+        (context_value, now, saga_id) if status is None else (status, context_value, now, saga_id)
+    )
+    changed = status is not None
     if known is not None:
         version, start = known
         if token is None:
-            params: tuple[Any, ...] = (status_value, context_value, now, saga_id, version)
-            updated = cursor.execute(_UPDATE_KNOWN, params).rowcount
+            updated = cursor.execute(_UPDATE_KNOWN[changed], (*values, version)).rowcount
         else:
-            params = (status_value, context_value, now, saga_id, version, token)
-            updated = cursor.execute(_UPDATE_KNOWN_FENCED, params).rowcount
+            updated = cursor.execute(
+                _UPDATE_KNOWN_FENCED[changed], (*values, version, token)
+            ).rowcount
     if not updated:
         # The truth includes this group's earlier transitions: they are
         # inserted now, not at the end (a saga appended twice in one group,
@@ -658,7 +699,7 @@ def _append(
         if after is not None and start != after:
             raise JournalConflict(saga_id, after, start)
         # The group holds the write lock: nobody can change the row in between.
-        cursor.execute(_UPDATE_SAGA, (status_value, context_value, now, saga_id))
+        cursor.execute(_UPDATE_SAGA[changed], values)
     if entries:
         txn.add(saga_id, start, entries)
     if status in _FINISHED:
