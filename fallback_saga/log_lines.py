@@ -37,7 +37,7 @@ from types import TracebackType
 from typing import Final, TypeAlias
 
 from .errors import MAX_ERROR_TEXT, cut_text
-from .shown_text import redact, redact_start
+from .shown_text import may_quote_secret, redact, redact_start
 
 __all__ = ["ONE_LINE", "library_logger", "logged_text", "logged_traceback", "one_line"]
 
@@ -54,9 +54,10 @@ def _escape_char(match: re.Match[str]) -> str:
 
 
 def _redacted(text: str) -> str:
-    # Every pattern ``redact`` knows has a "=" or a ":" in it (``password=``,
-    # ``://``, ``key: value``): a text with neither costs two scans at C speed.
-    return redact(text) if "=" in text or ":" in text else text
+    # Most arguments are ids and names: a text with none of the marks of
+    # ``redact``'s patterns ("=", ":", a JWT's or an API key's prefix, ...)
+    # costs one scan.
+    return redact(text) if may_quote_secret(text) else text
 
 
 def logged_text(text: str) -> str:

@@ -17,7 +17,7 @@ REDACTED: Final = "***"
 # the key (``card_pin``, ``cvv``; not ``shipping``), the others anywhere in
 # it, its separators dropped (``apiKey``, ``db_password``, ``x-auth-token``).
 _SHORT_WORDS: Final = frozenset(
-    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp", "pwd"}
+    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp", "pwd", "pw"}
 )
 _LONG_WORDS: Final = (
     "password", "passwd", "passphrase", "passcode", "secret", "token", "apikey", "accesskey",
@@ -32,6 +32,18 @@ _LAST_WORDS: Final = (
     ("credit", "card"), ("cc", "number"), ("cc", "num"), ("cc", "no"), ("card", "no"),
     ("card", "num"), ("signature",), ("sig",),
 )
+# Words that, last in a key, make it a fact about a secret rather than one:
+# ``token_count``, ``token_type``, ``password_length``, ``secret_name``,
+# ``card_number_type``, ``token_file``. (Not ``id``: a payment token's id is the token.)
+_ABOUT_WORDS: Final = frozenset(
+    {"count", "counts", "type", "kind", "length", "len", "size", "name", "expiry", "expires",
+     "ttl", "limit", "used", "remaining", "file", "path"}
+)
+# A language model's usage counts its tokens: ``prompt_tokens``,
+# ``max_output_tokens`` (``tokens`` alone, ``card_tokens`` are secrets').
+_COUNTED: Final = frozenset(
+    {"prompt", "completion", "total", "input", "output", "max", "cached", "reasoning"}
+)
 # A key's words: camelCase humps and runs of letters or digits.
 _WORD: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
@@ -39,6 +51,10 @@ _WORD: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 def is_secret_key(name: str) -> bool:
     """Whether a key named ``name`` holds a secret, by its name alone."""
     words = [word.lower() for word in _WORD.findall(name)]
+    if not words or words[-1] in _ABOUT_WORDS:
+        return False
+    if words[-1] == "tokens" and len(words) > 1 and words[-2] in _COUNTED:
+        return False
     if _SHORT_WORDS.intersection(words):
         return True
     if any(tuple(words[-len(last):]) == last for last in _LAST_WORDS):

@@ -16,7 +16,7 @@ from typing import Final
 
 from .secret_names import REDACTED, is_secret_key
 
-__all__ = ["cut_bytes", "redact", "redact_start", "shown_start"]
+__all__ = ["cut_bytes", "may_quote_secret", "redact", "redact_start", "shown_start"]
 
 
 def cut_bytes(text: str, limit: int) -> tuple[str, int]:
@@ -39,51 +39,203 @@ def cut_bytes(text: str, limit: int) -> tuple[str, int]:
     return head, size - len(head.encode("utf-8", "surrogatepass"))
 
 
-# A password in a conninfo string or URL, should a driver's message quote one.
-# Every repetition is bounded: unbounded, a megabyte error text of letters
-# took minutes (each position scanned to the end for "://"), a page's worth
-# of them hours. No match is longer than _LONGEST characters.
-_SECRETS: Final = (
-    (
-        re.compile(r"(password\s{0,8}=\s{0,8})('(?:[^'\\]|\\.){0,1024}'|\S{1,1024})", re.I),
-        r"\1***",
-    ),
-    (
-        re.compile(r"([a-z][a-z0-9+.-]{0,31}://[^:/@\s]{1,256}:)[^@\s]{1,1024}@", re.I),
-        r"\1***@",
-    ),
+# How far the end of a value is looked for: a quote's closing quote, a
+# bracket's match, the end of an unquoted run. A value that does not end
+# within it (a huge secret, or a text cut inside one) is redacted to the end
+# of the text: the start of a text is then redacted as the whole of it is,
+# and no tail of a long secret is shown. A private key's block ends within
+# _PEM_SCAN (a 8192-bit RSA key is about 6,500 characters).
+_SCAN: Final = 4096
+_PEM_SCAN: Final = 8192
+# A password in a URL's authority (``postgresql://app:...@db``, a Redis
+# URL's ``redis://:...@cache``), whatever the scheme. Every repetition is
+# bounded or possessive: unbounded and backtracking, a megabyte error text
+# of letters took minutes (each position scanned to the end for "://"), a
+# page's worth of them hours; the scheme's letters, matched before "://",
+# cost 32 tries per letter of a megabyte of them.
+# The password runs to the "@", and not across another "://": where none
+# follows, each "://" of a megabyte of them scanned the next 1,024
+# characters again.
+_USERINFO: Final = re.compile(r"(://[^:/@\s]{0,256}+:)(?:[^@\s:]|:(?!//)){1,1024}+@")
+# Secrets a text quotes without a key, known by their shape: a JWT (the
+# base64 of '{"' and a dot), the prefixes of API keys that carry one (Stripe's
+# secret and restricted keys and webhook secrets, GitHub's and GitLab's
+# tokens, Slack's, OpenAI's and Anthropic's keys, Google's API keys), and an
+# ``Authorization`` scheme's credentials quoted without their header. A
+# match starts where no word character precedes it: a megabyte of letters
+# is one try per word, not one per letter.
+_SHAPED: Final = re.compile(
+    r"(?<![\w-])(?:"
+    r"eyJ[\w-]{8,}+\.[\w.-]*+"
+    r"|(?:[sr]k_(?:live|test)_|whsec_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-)[\w-]{8,}+"
+    r"|sk-(?:proj-|ant-)?[\w-]{20,}+"
+    r"|AIza[\w-]{30,}+"
+    r"|(?P<scheme>(?:Bearer|Basic)\s{1,8}+)(?P<credential>[\w.~+/-]{8,}+=*)"
+    r")"
 )
+# What tells a credential from a word after "Basic"/"Bearer" ("Basic
+# authentication failed", "Bearer token required"): base64's digits or
+# symbols, or a capital inside it.
+_CREDENTIAL: Final = re.compile(r"[\d+/=]|[a-z][A-Z]")
+# An AWS secret access key: 40 characters of base64 with capitals, small
+# letters and digits or "/" (a commit's hash is hex), looked for only in a
+# text that quotes an access key id (AKIA…, ASIA…), which is shown.
+_AWS_KEY_ID: Final = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+_AWS_SECRET: Final = re.compile(
+    r"(?<![\w/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
+    r"(?=[A-Za-z0-9/+]{0,39}[0-9/+])[A-Za-z0-9/+]{40}(?![\w/+=])"
+)
+# A private key's PEM block: its body is redacted, its armor lines kept.
+_PEM_BEGIN: Final = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END: Final = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+# An XML element named like a secret's: ``<password>...</password>`` (a
+# SOAP fault quoting its request). Its text up to the next tag.
+_ELEMENT: Final = re.compile(r"<([A-Za-z][\w:.-]{0,63}+)(?:\s[^<>]{0,256}+)?>([^<]{1,4096}+)")
 # A value a text quotes under its key: ``api_key=...`` (a URL's query, a
 # conninfo), ``Authorization: Bearer ...`` (a header), ``'card_number':
-# '...'`` (a payload's repr or JSON). Which keys are secrets' is for
+# '...'`` (a payload's repr or JSON, escaped inside another JSON string:
+# ``\\"password\\": ...``; a bytes key ``b'pin'``; a key with spaces
+# ``"card number"``), ``--password ...`` (a command line, or its argv's
+# repr: ``'--password', '...'``). Which keys are secrets' is for
 # ``is_secret_key`` to say, so the key and its separator are found first and
 # the value matched only after a secret's key: a value after another key is
 # not consumed, and the keys it quotes are found in turn (``url=...?token=``).
 # A key starts where no key character precedes it and is matched
 # possessively: a megabyte of letters is one try, not one per letter.
-_KEY: Final = re.compile(r"(?<![\w.-])([\"']?)([A-Za-z][\w.-]{0,63}+)\1\s{0,8}[=:]\s{0,8}")
-_VALUE: Final = re.compile(
-    r"(?:(?:bearer|basic|token|digest)\s{1,8})?"
-    # A quoted value's closing quote may be missing: a text cut inside it.
-    r"(?:\"(?:[^\"\\]|\\.){0,1024}\"?|'(?:[^'\\]|\\.){0,1024}'?|[^\s&,;'\"<>(){}\[\]]{1,1024})",
-    re.I,
+_KEY: Final = re.compile(
+    r"(?<![\w.-])(?:[bBuU](?=['\"]))?(?P<quote>\\{0,3}[\"'])?(?P<dashes>--?)?"
+    r"(?P<name>\w(?(quote)[\w .-]{0,63}+|[\w.-]*+))(?(quote)(?P=quote))"
+    # A flag's value follows it after a space, or after ", " in argv's repr.
+    r"(?:\s{0,8}+(?P<sep>=>?|:)\s{0,8}+|(?(dashes)(?(quote),\s{0,8}+|\s{1,8}+)|(?!)))"
+)
+# What may precede the value itself: an auth scheme, a string's prefix
+# (``b'...'``), a constructor's name (``SecretStr('...')``, ``<Secret ...>``).
+_SCHEME: Final = re.compile(r"(?:bearer|basic|token|digest)\s{1,8}+(?=\S)", re.I)
+_PREFIX: Final = re.compile(r"[bBrRuU]{1,2}(?=['\"])|[A-Za-z_][\w.]{0,63}+(?=\()")
+_QUOTED: Final = {
+    quote: re.compile(rf"{quote}(?:[^{quote}\\]|\\.){{0,{_SCAN}}}+{quote}", re.S)
+    for quote in "'\""
+}
+_TRIPLE: Final = {
+    quote: re.compile(rf"{quote * 3}.{{0,{_SCAN}}}?{quote * 3}", re.S) for quote in "'\""
+}
+# A YAML block scalar (``password: |``): its indented lines.
+_BLOCK: Final = re.compile(
+    r"[|>][-+]?[1-9]?[ \t]*+(?=\r?\n)(?:\r?\n(?:[ \t]++[^\r\n]*+|[ \t]*+(?=\r?\n)))*+"
+)
+_ESCAPED_QUOTE: Final = re.compile(r"\\{1,3}['\"]")
+# Inside brackets: the brackets, and strings (whose brackets do not count).
+_BRACKETED: Final = re.compile(r"""[\[\](){}]|'(?:[^'\\]|\\.)*+'?|"(?:[^"\\]|\\.)*+"?""", re.S)
+_ANGLED: Final = re.compile(r"""[<>]|'(?:[^'\\]|\\.)*+'?|"(?:[^"\\]|\\.)*+"?""", re.S)
+_CLOSING: Final = {"(": ")", "[": "]", "{": "}", "<": ">"}
+_BARE: Final = re.compile(rf"\S{{1,{_SCAN}}}+")
+_LINE: Final = re.compile(rf"[^\r\n]{{1,{_SCAN}}}+")
+# In an unquoted value, where the next parameter starts: a query's
+# ``&next=``, a conninfo's ``;Uid=`` (a value holding one is escaped there).
+_NEXT_PARAM: Final = re.compile(r"[&;,][A-Za-z_][\w.-]{0,63}+=")
+# A value that cannot hold a "," or ";": a number, None, true.
+_SCALAR: Final = re.compile(r"[-+]?[\d.]++(?:[eE][-+]?\d++)?|None|True|False|null|true|false")
+# A header whose value is the rest of its line: its credentials may hold
+# spaces (``Digest username="...", response="..."``), a cookie header several
+# ``name=value`` pairs.
+_LINE_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie"}
 )
 # Columns and their values as PostgreSQL's errors quote them: ``Key
 # (card_number)=(4111...) already exists``, the detail of a unique or
 # foreign-key violation a participant re-raises. The values are redacted
 # when any of the columns is named like a secret's.
 _COLUMNS: Final = re.compile(r"\(([^()=]{1,512})\)=\(([^()]{0,1024})\)?")
-_LONGEST: Final = 1400
+# No redaction looks further ahead than this past where its match starts.
+_LONGEST: Final = _PEM_SCAN + 256
+
+
+# What each of redact's patterns needs somewhere in a text (a key's
+# separator, "://", "</", a shape's prefix, a flag's dash): a text with none
+# of them quotes nothing redact would hide. Kept next to the patterns: one
+# added there needs its mark here.
+_MARKS: Final = re.compile(
+    r"</|eyJ|k_live_|k_test_|whsec_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|sk-|AIza"
+    r"|Bearer|Basic|PRIVATE KEY"
+)
+
+
+def may_quote_secret(text: str) -> bool:
+    """Whether ``redact`` may change ``text``: ``False`` for most short
+    texts (an id, a name) at the cost of a few scans, not of ``redact``'s."""
+    if "=" in text or ":" in text or _MARKS.search(text) is not None:
+        return True
+    # A flag (``--password``): a dash no key character precedes. Found by
+    # ``find``: a lookbehind tried at every character cost more than the
+    # rest together.
+    at = text.find("-")
+    while at >= 0:
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_.-"):
+            return True
+        at = text.find("-", at + 1)
+    return False
 
 
 def redact(text: str) -> str:
-    """``text`` with any password it quotes, and any value it quotes under
-    a key named like a secret (``is_secret_key``), replaced by ``***``."""
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
+    """``text`` with the secrets it quotes replaced by ``***``: a password
+    in a URL, any value it quotes under a key named like a secret
+    (``is_secret_key``), whatever that value is (a string, a number, a
+    list, a dict, an object's repr), and the secrets known by their shape
+    (a JWT, an API key's prefix, a private key's PEM block)."""
+    if "://" in text:
+        text = _USERINFO.sub(r"\1***@", text)
+    if "PRIVATE KEY" in text:
+        text = _redact_pem(text)
+    text = _SHAPED.sub(_redact_shaped, text)
+    if ("AKIA" in text or "ASIA" in text) and _AWS_KEY_ID.search(text):
+        text = _AWS_SECRET.sub(REDACTED, text)
     if ")=(" in text:
         text = _COLUMNS.sub(_redact_columns, text)
+    if "</" in text:
+        text = _redact_elements(text)
     return _redact_keyed(text)
+
+
+def _redact_shaped(found: re.Match[str]) -> str:
+    credential = found["credential"]
+    if credential is None:
+        return REDACTED
+    if _CREDENTIAL.search(credential):
+        return found["scheme"] + REDACTED
+    return found[0]
+
+
+def _redact_pem(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for begin in _PEM_BEGIN.finditer(text):
+        if begin.start() < done:
+            continue
+        parts += (text[done:begin.end()], REDACTED)
+        end = _PEM_END.search(text, begin.end(), begin.end() + _PEM_SCAN)
+        if end is None:  # cut inside it, or no end in sight: all of it
+            return "".join(parts)
+        done = end.start()
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _redact_elements(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for found in _ELEMENT.finditer(text):
+        if found.start() < done or not _secret_key(found[1]):
+            continue
+        parts += (text[done:found.start(2)], REDACTED)
+        done = _ended(text, found.end(), found.start(2))
+        if done >= len(text):
+            break
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _redact_columns(found: re.Match[str]) -> str:
@@ -98,16 +250,160 @@ def _redact_keyed(text: str) -> str:
     done = 0
     for found in _KEY.finditer(text):
         # A match inside a value just redacted is part of that value.
-        if found.start() < done or not _secret_key(found[2]):
+        if found.start() < done:
             continue
-        value = _VALUE.match(text, found.end())
-        if value is not None:
-            parts += (text[done:found.end()], REDACTED)
-            done = value.end()
+        name = found["name"]
+        if not _secret_key(name):
+            continue
+        start = found.end()
+        if (found["sep"] == ":" and not found["quote"]
+                and name.lower().replace("_", "-") in _LINE_HEADERS):
+            end = _rest_of_line(text, start)
+        else:
+            end = _value_end(text, start, found.start())
+        if end > start:
+            parts += (text[done:start], REDACTED)
+            done = end
+            if done >= len(text):
+                break
     if not parts:
         return text
     parts.append(text[done:])
     return "".join(parts)
+
+
+def _rest_of_line(text: str, start: int) -> int:
+    line = _LINE.match(text, start)
+    if line is None:
+        return start
+    return _ended(text, line.end(), start)
+
+
+def _ended(text: str, end: int, start: int) -> int:
+    """``end``, or the end of the text when the value reached ``_SCAN``
+    characters without ending."""
+    return len(text) if end - start >= _SCAN and end < len(text) else end
+
+
+def _value_end(text: str, start: int, key_start: int) -> int:
+    """Where the value a secret's key quotes at ``start`` ends (``start``:
+    none there)."""
+    position = start
+    scheme = _SCHEME.match(text, position)
+    if scheme is not None:
+        position = scheme.end()
+    prefix = _PREFIX.match(text, position)
+    if prefix is not None:
+        position = prefix.end()
+    if position >= len(text):
+        return position
+    first = text[position]
+    if first in "|>":
+        block = _BLOCK.match(text, position)
+        if block is not None:
+            return _block_end(text, block, key_start)
+    if first in "'\"":
+        if text.startswith(first * 3, position):
+            triple = _TRIPLE[first].match(text, position)
+            return len(text) if triple is None else triple.end()
+        quoted = _QUOTED[first].match(text, position)
+        return len(text) if quoted is None else quoted.end()
+    if first == "\\":
+        escaped = _ESCAPED_QUOTE.match(text, position)
+        if escaped is not None:
+            return _escaped_end(text, escaped.end(), escaped[0])
+    if first in _CLOSING:
+        return _bracket_end(text, position)
+    return _bare_end(text, position, key_start)
+
+
+def _block_end(text: str, block: re.Match[str], key_start: int) -> int:
+    """The end of a YAML block scalar: its lines indented deeper than its
+    key's (a sibling key after it is shown)."""
+    if block.end() - block.start() > _SCAN:
+        return len(text)
+    line_start = text.rfind("\n", max(0, key_start - 256), key_start) + 1
+    indent = len(text[line_start:key_start]) - len(text[line_start:key_start].lstrip(" \t"))
+    position = end = block.start()
+    for line in block[0].splitlines(keepends=True):
+        deeper = len(line) - len(line.lstrip(" \t")) > indent
+        if position > block.start() and line.strip() and not deeper:
+            break
+        end = position + len(line.rstrip("\r\n"))  # its line break is the sibling's
+        position += len(line)
+    return end
+
+
+def _escaped_end(text: str, position: int, quote: str) -> int:
+    """The end of a string inside a string (``\\"...\\"``): at the same
+    escaped quote, not one escaped once more (``\\\\\\"``)."""
+    limit = min(len(text), position + _SCAN)
+    while True:
+        found = text.find(quote, position, limit)
+        if found < 0:
+            return len(text)
+        if found == 0 or text[found - 1] != "\\":
+            return found + len(quote)
+        position = found + len(quote)
+
+
+def _bracket_end(text: str, position: int) -> int:
+    """The end of the bracketed value at ``position`` (a list, a dict, a
+    tuple, a call's arguments, an object's ``<repr>``)."""
+    tokens = _ANGLED if text[position] == "<" else _BRACKETED
+    limit = min(len(text), position + _SCAN)
+    opened: list[str] = []
+    for token in tokens.finditer(text, position, limit):
+        mark = token[0]
+        if mark in _CLOSING:
+            opened.append(_CLOSING[mark])
+        elif opened and mark == opened[-1]:
+            opened.pop()
+            if not opened:
+                return token.end()
+    return len(text)  # not closed within _SCAN: cut inside it, or huge
+
+
+def _bare_end(text: str, position: int, key_start: int) -> int:
+    """The end of an unquoted value: at the next whitespace, or the next
+    ``&key=``; without the brackets and quotes that close what was opened
+    before its key (``(password=...)``, ``'...?token=...'``)."""
+    run = _BARE.match(text, position)
+    if run is None:
+        return position
+    end = _ended(text, run.end(), position)
+    if end != run.end():
+        return end
+    value = text[position:end]
+    following = _NEXT_PARAM.search(value)
+    if following is not None:
+        return position + following.start()
+    # A "," or ";" after a number ends it; after anything else it may be a
+    # password's last character: redacted with it.
+    body = value.rstrip(",;.:")
+    if len(body) < len(value) and _SCALAR.fullmatch(body):
+        return position + len(body)
+    kept = len(body)
+    before = text[max(0, key_start - 256):key_start]
+    closed: dict[str, int] = {}
+    while kept > 1 and body[kept - 1] in _OPENER_OF:
+        mark = body[kept - 1]
+        inside = body[: kept - 1]
+        opener = _OPENER_OF[mark]
+        if opener == mark:  # a quote: open before the key if seen an odd number of times
+            if mark in closed or before.count(mark) % 2 == 0 or inside.count(mark) % 2:
+                break
+        elif (inside.count(opener) > inside.count(mark)
+              or before.count(opener) - before.count(mark) <= closed.get(mark, 0)):
+            break
+        closed[mark] = closed.get(mark, 0) + 1
+        kept -= 1
+    if kept == len(body):
+        return end  # nothing closed: any "," or ";" is the value's
+    return position + kept
+
+
+_OPENER_OF: Final = {")": "(", "]": "[", "}": "{", ">": "<", "'": "'", '"': '"'}
 
 
 # A long text quotes the same few keys over and over (a page of a log).
