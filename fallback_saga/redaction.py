@@ -10,8 +10,10 @@ attribute away for whoever means to show them.
 
 The operator's views (``show``, ``show --json``, the web console's pages and
 JSON API) show values, and by default ``redacted``: the value of every key
-whose name says it holds a secret is replaced by ``***``, and a password a
-string quotes (a DSN, a URL with credentials) too. Raw values are an explicit
+whose name says it holds a secret is replaced by ``***``, and in a string a
+password (a DSN, a URL with credentials), a value quoted under such a key
+(whatever it is: a list, a dict, an object's repr) and a secret known by its
+shape (a JWT, an API key's prefix, a PEM private key) too. Raw values are an explicit
 opt-in of the operator's (``show --unredacted``; a console started with
 ``--allow-unredacted``, asked with ``?raw=1``).
 """

@@ -6,6 +6,14 @@ journal, megabytes sometimes; a page or a terminal shows a bounded start of
 it and says how much more there is. ``redact`` comes first, the cut after:
 a cut through a password would leave a part of it that ``redact`` no
 longer recognizes.
+
+``redact`` errs on hiding: where a value's end is ambiguous (an unquoted
+password may hold a ",", a bracket, a quote) the ambiguous characters are
+redacted with it, and a value that does not end within ``_SCAN`` characters
+is redacted to the end of the text. It is linear in the text's length
+whatever the text: it runs on what a participant's exception says, on the
+console's pages and on every failure line the library logs, so each
+pattern is bounded or possessive and each value is scanned once.
 """
 
 from __future__ import annotations
