@@ -86,19 +86,24 @@ _SHAPED: Final = re.compile(
 # symbols, or a capital inside it.
 _CREDENTIAL: Final = re.compile(r"[\d+/=]|[a-z][A-Z]")
 # An AWS secret access key: 40 characters of base64 with capitals, small
-# letters and digits or "/" (a commit's hash is hex), looked for only in a
-# text that quotes an access key id (AKIA…, ASIA…), which is shown.
+# letters and digits or "/" (a commit's hash is hex), looked for only within
+# _AWS_NEAR characters of an access key id (AKIA…, ASIA…), which is shown.
+# Near, not anywhere in the text: the start of a text is redacted as the
+# whole of it is.
 _AWS_KEY_ID: Final = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
 _AWS_SECRET: Final = re.compile(
     r"(?<![\w/+=])(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])"
     r"(?=[A-Za-z0-9/+]{0,39}[0-9/+])[A-Za-z0-9/+]{40}(?![\w/+=])"
 )
+_AWS_NEAR: Final = 256
 # A private key's PEM block: its body is redacted, its armor lines kept.
 _PEM_BEGIN: Final = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END: Final = re.compile(r"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 # An XML element named like a secret's: ``<password>...</password>`` (a
-# SOAP fault quoting its request). Its text up to the next tag.
-_ELEMENT: Final = re.compile(r"<([A-Za-z][\w:.-]{0,63}+)(?:\s[^<>]{0,256}+)?>([^<]{1,4096}+)")
+# SOAP fault quoting its request). Its text up to its closing tag.
+_ELEMENT: Final = re.compile(
+    r"<([A-Za-z][\w:.-]{0,63}+)(?P<attributes>\s[^<>]{0,256}+)?>([^<]{1,4096}+)"
+)
 # A value a text quotes under its key: ``api_key=...`` (a URL's query, a
 # conninfo), ``Authorization: Bearer ...`` (a header), ``'card_number':
 # '...'`` (a payload's repr or JSON, escaped inside another JSON string:
@@ -195,11 +200,11 @@ def redact(text: str) -> str:
     if "PRIVATE KEY" in text:
         text = _redact_pem(text)
     text = _SHAPED.sub(_redact_shaped, text)
-    if ("AKIA" in text or "ASIA" in text) and _AWS_KEY_ID.search(text):
-        text = _AWS_SECRET.sub(REDACTED, text)
+    if "AKIA" in text or "ASIA" in text:
+        text = _redact_aws(text)
     if ")=(" in text:
         text = _COLUMNS.sub(_redact_columns, text)
-    if "</" in text:
+    if "<" in text:
         text = _redact_elements(text)
     return _redact_keyed(text)
 
@@ -211,6 +216,26 @@ def _redact_shaped(found: re.Match[str]) -> str:
     if _CREDENTIAL.search(credential):
         return found["scheme"] + REDACTED
     return found[0]
+
+
+def _redact_aws(text: str) -> str:
+    secrets: set[tuple[int, int]] = set()
+    for key_id in _AWS_KEY_ID.finditer(text):
+        # Past the end of the neighbourhood by a key's length: a longer run
+        # cut at the end would look like one.
+        end = key_id.end() + _AWS_NEAR
+        for secret in _AWS_SECRET.finditer(text, max(0, key_id.start() - _AWS_NEAR), end + 41):
+            if secret.start() <= end:
+                secrets.add(secret.span())
+    if not secrets:
+        return text
+    parts: list[str] = []
+    done = 0
+    for start, end in sorted(secrets):
+        parts += (text[done:start], REDACTED)
+        done = end
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _redact_pem(text: str) -> str:
@@ -236,8 +261,17 @@ def _redact_elements(text: str) -> str:
     for found in _ELEMENT.finditer(text):
         if found.start() < done or not _secret_key(found[1]):
             continue
-        parts += (text[done:found.start(2)], REDACTED)
-        done = _ended(text, found.end(), found.start(2))
+        # An element's text ends at its closing tag, or the text's end (cut
+        # inside it). ``<Secret object at 0x7f>`` in a repr is no element:
+        # a tag's attributes are name="value".
+        attributes = found["attributes"]
+        if attributes is not None and "=" not in attributes:
+            continue
+        if not (text.startswith(f"</{found[1]}", found.end()) or found.end() == len(text)
+                or len(found[3]) == _SCAN):
+            continue
+        parts += (text[done:found.start(3)], REDACTED)
+        done = _ended(text, found.end(), found.start(3))
         if done >= len(text):
             break
     if not parts:

@@ -284,3 +284,11 @@ def test_S12_a_log_line_redacts_what_the_views_redact() -> None:
     for text in texts:
         assert logged_text(text) == redact(text), text
         assert one_line(text) == redact(text).replace("\n", "\\x0a"), text
+
+
+def test_S12_an_object_repr_is_no_xml_element() -> None:
+    """``<Secret at 0x7f>`` in a repr read as an element named like a
+    secret's: the text after it was redacted up to the next "<"."""
+    text = "got <Secret object at 0x7f>, expected str; retry 'o-1' later"
+    assert redact(text) == text
+    assert redact("<password>hunter2") == "<password>***"  # cut inside it
