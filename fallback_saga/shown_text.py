@@ -56,14 +56,13 @@ def cut_bytes(text: str, limit: int) -> tuple[str, int]:
 _SCAN: Final = 4096
 _PEM_SCAN: Final = 8192
 # A password in a URL's authority (``postgresql://app:...@db``, a Redis
-# URL's ``redis://:...@cache``), whatever the scheme. Every repetition is
-# bounded or possessive: unbounded and backtracking, a megabyte error text
-# of letters took minutes (each position scanned to the end for "://"), a
-# page's worth of them hours; the scheme's letters, matched before "://",
-# cost 32 tries per letter of a megabyte of them.
-# The password runs to the "@", and not across another "://": where none
-# follows, each "://" of a megabyte of them scanned the next 1,024
-# characters again.
+# URL's ``redis://:...@cache``), whatever the scheme: matched from its
+# "://", not from the scheme's letters (32 tries per letter of a megabyte of
+# them). Every repetition is bounded or possessive: unbounded and
+# backtracking, a megabyte error text of letters took minutes (each position
+# scanned to the end for "://"), a page's worth of them hours. The password
+# runs to the "@", and not across another "://": where none follows, each
+# "://" of a megabyte of them scanned the next 1,024 characters again.
 _USERINFO: Final = re.compile(r"(://[^:/@\s]{0,256}+:)(?:[^@\s:]|:(?!//)){1,1024}+@")
 # Secrets a text quotes without a key, known by their shape: a JWT (the
 # base64 of '{"' and a dot), the prefixes of API keys that carry one (Stripe's
@@ -164,11 +163,11 @@ _LONGEST: Final = _PEM_SCAN + 256
 
 
 # What each of redact's patterns needs somewhere in a text (a key's
-# separator, "://", "</", a shape's prefix, a flag's dash): a text with none
+# separator, "://", a tag's "<", a shape's prefix, a flag's dash): a text with none
 # of them quotes nothing redact would hide. Kept next to the patterns: one
 # added there needs its mark here.
 _MARKS: Final = re.compile(
-    r"</|eyJ|k_live_|k_test_|whsec_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|sk-|AIza"
+    r"<[A-Za-z]|eyJ|k_live_|k_test_|whsec_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|sk-|AIza"
     r"|Bearer|Basic|PRIVATE KEY"
 )
 

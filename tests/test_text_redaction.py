@@ -280,7 +280,7 @@ def test_S12_a_log_line_redacts_what_the_views_redact() -> None:
     texts = [text for test in tests for mark in test.pytestmark  # type: ignore[attr-defined]
              if mark.name == "parametrize" for text, _ in mark.args[1]]
     texts += [f"got {JWT}", STRIPE, f"Bearer {BASIC}", "--password hunter2",
-              "<pwd>hunter2</pwd>", "'--token', 'hunter2'"]
+              "<pwd>hunter2</pwd>", "<password>hunter2", "'--token', 'hunter2'"]
     for text in texts:
         assert logged_text(text) == redact(text), text
         assert one_line(text) == redact(text).replace("\n", "\\x0a"), text
