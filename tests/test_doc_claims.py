@@ -132,6 +132,7 @@ FOREIGN_FLAGS = {
     "--rm": "docker run",
     "--only": "benchmarks/compare.py, benchmarks/versus_release.py",
     "--profile": "benchmarks/compare.py",
+    "--password": "another program's command line, in the redaction rules",
 }
 BENCHMARK_FLAGS = {"--only": ("compare.py", "versus_release.py"), "--profile": ("compare.py",)}
 
@@ -195,6 +196,7 @@ def test_every_flag_shown_exists(page: Path) -> None:
 # Error classes the pages name that are not fallback_saga's.
 FOREIGN_ERRORS = {
     "CancelledError": "asyncio",
+    "CalledProcessError": "subprocess, in the redaction rules",
     "CircuitBreakerError": "aiobreaker, in the migration notes",
     "OperationalError": "psycopg",
     "PaymentError": "the pages' example application",
