@@ -59,6 +59,9 @@ def neutral() -> str:
 YEAR = 365 * 86_400.0
 NAMES = ("DemoOrderSaga",) * 8 + ("BillingSaga", "ShippingSaga")
 LONG_ID = "long-journal"
+# A saga of ``--huge`` entries: a Parallel group of 25,000 members with a
+# retry each, or the compensations of a FAILED saga retried for months.
+HUGE_ID = "huge-journal"
 
 
 def templates() -> dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
@@ -174,6 +177,57 @@ def fill_sqlite(path: str, finished: int, interrupted: int, long: int, steps: in
     conn.close()
 
 
+def add_journal_sqlite(path: str, saga_id: str, entries: int) -> None:
+    """Adds a RUNNING saga of ``entries`` journal rows to a filled file (if missing)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    if conn.execute("SELECT 1 FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone():
+        conn.close()
+        return
+    (fingerprint, context), template = templates()["completed"]
+    now = time.time()
+    conn.execute("BEGIN")
+    conn.execute(
+        "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+        " created_at, updated_at, unreleased_claims) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        (saga_id, "DemoOrderSaga", fingerprint, "running", context, entries + 1, now - 60,
+         now - 30))
+    conn.executemany(
+        "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+        " attempt, error, at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ((saga_id, seq, *template[seq % 2][:6], None, now - 60 + seq / 1000,
+          template[seq % 2][7]) for seq in range(entries)))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def add_journal_postgres(conninfo: str, schema: str, saga_id: str, entries: int) -> None:
+    """Adds a RUNNING saga of ``entries`` journal rows to a filled schema (if missing)."""
+    import psycopg
+
+    table, history = f'"{schema}".fallback_saga_sagas', f'"{schema}".fallback_saga_steps'
+    (fingerprint, context), template = templates()["completed"]
+    now = time.time()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if conn.execute(f"SELECT 1 FROM {table} WHERE saga_id = %s", (saga_id,)).fetchone():
+            return
+        with conn.cursor().copy(
+            f"COPY {table} (saga_id, saga_name, fingerprint, status, context, version,"
+            " journal_length, created_at, updated_at, touched_at, unreleased_claims)"
+            " FROM STDIN"
+        ) as copy:
+            copy.write_row((saga_id, "DemoOrderSaga", fingerprint, "running", context,
+                            entries + 1, entries, _ts(now - 60), _ts(now - 30),
+                            _ts(now - 30), 0))
+        with conn.cursor().copy(
+            f"COPY {history} (saga_id, seq, position, step, branch, action, status, attempt,"
+            " error, at, result) FROM STDIN"
+        ) as copy:
+            for seq in range(entries):
+                copy.write_row((saga_id, seq, *template[seq % 2][:6], None,
+                                now - 60 + seq / 1000, template[seq % 2][7]))
+        conn.execute(f"VACUUM ANALYZE {history}")
+
+
 def fill_postgres(conninfo: str, schema: str, finished: int, interrupted: int, long: int,
                   steps: int) -> None:
     import psycopg
@@ -249,6 +303,9 @@ def operations(target: list[str]) -> dict[str, list[str]]:
         "list --limit 1000": [*cli, "list", *target, "--limit", "1000"],
         "show long": [*cli, "show", *target, LONG_ID],
         "show long --json": [*cli, "show", *target, LONG_ID, "--json"],
+        "show long --limit 50": [*cli, "show", *target, LONG_ID, "--limit", "50"],
+        "show huge": [*cli, "show", *target, HUGE_ID],
+        "show huge --limit 50": [*cli, "show", *target, HUGE_ID, "--limit", "50"],
     }
 
 
@@ -316,8 +373,27 @@ CALLS = {
         "store.list_sagas(created_until=time.time() - 335 * 86400, limit=101)"),
     "count_sagas(created_since=a month ago)": (
         "store.count_sagas(created_since=time.time() - 30 * 86400)"),
+    "list_sagas(created_since=a day ago)": (
+        "store.list_sagas(created_since=time.time() - 86400, limit=101)"),
+    "list_sagas(created_since=a month ago, status=failed)": (
+        "store.list_sagas(created_since=time.time() - 30 * 86400, status='failed', limit=101)"),
+    "list_sagas(created 7..6 months ago)": (
+        "store.list_sagas(created_since=time.time() - 210 * 86400,"
+        " created_until=time.time() - 180 * 86400, limit=101)"),
+    "list_sagas(created_until=a year ago) (none)": (
+        "store.list_sagas(created_until=time.time() - 400 * 86400, limit=101)"),
+    "count_sagas(created_since=a day ago)": (
+        "store.count_sagas(created_since=time.time() - 86400)"),
+    "count_sagas(created_until=11 months ago)": (
+        "store.count_sagas(created_until=time.time() - 335 * 86400)"),
+    "count_sagas(created 7..6 months ago)": (
+        "store.count_sagas(created_since=time.time() - 210 * 86400,"
+        " created_until=time.time() - 180 * 86400)"),
+    "count_sagas(name=Billing, created_since=a month ago)": (
+        "store.count_sagas(saga_name='BillingSaga', created_since=time.time() - 30 * 86400)"),
     "count_sagas()": "store.count_sagas()",
     "load(long)": f"store.load({LONG_ID!r})",
+    "load(huge)": f"store.load({HUGE_ID!r})",
     "claim(limit=10, names=[own])": (
         "store.claim(owner='w', lease_seconds=60, older_than=1, limit=10,"
         " names=['DemoOrderSaga'])"),
@@ -352,7 +428,11 @@ def console_pages(target: list[str]) -> list[tuple[str, float, str]]:
         for path in ("/", "/", "/sagas", "/?status=running", "/?status=failed", "/?status=pending",
                      "/?name=BillingSaga&status=failed", "/?before=s00500000", f"/sagas/{LONG_ID}",
                      "/api/sagas", "/api/sagas?status=running", f"/api/sagas/{LONG_ID}",
-                     "/metrics"):
+                     "/metrics", "/?since=24h", "/?since=24h", "/?since=30d",
+                     "/?since=30d&status=failed", "/?until=335d", "/?since=210d&until=180d",
+                     "/api/sagas?since=30d", f"/sagas/{LONG_ID}?page=100",
+                     f"/sagas/{HUGE_ID}", f"/sagas/{HUGE_ID}?page=500",
+                     f"/api/sagas/{HUGE_ID}"):
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(base + path, timeout=300) as answer:
@@ -428,6 +508,8 @@ def main() -> None:
     parser.add_argument("--finished", type=int, default=1_000_000)
     parser.add_argument("--interrupted", type=int, default=20_000)
     parser.add_argument("--long", type=int, default=20_000)
+    parser.add_argument("--huge", type=int, default=100_000,
+                        help="journal entries of the second long saga (added if missing)")
     parser.add_argument("--steps", type=int, default=4, help="journal rows per finished saga")
     parser.add_argument("--db", help="SQLite: the file (kept; filled only if new)")
     parser.add_argument("--only", help="comma-separated words: only operations naming one")
@@ -450,9 +532,11 @@ def main() -> None:
             started = time.perf_counter()
             fill_sqlite(path, args.finished, args.interrupted, args.long, args.steps)
             print(f"filled {path} in {time.perf_counter() - started:.0f} s")
+        add_journal_sqlite(path, HUGE_ID, args.huge)
         run_all(["--db", path], only)
         return
     if args.dsn:
+        add_journal_postgres(args.dsn, args.schema, HUGE_ID, args.huge)
         run_all(["--dsn", args.dsn, "--schema", args.schema], only)
         return
     from pg_cluster import PostgresCluster
@@ -462,6 +546,7 @@ def main() -> None:
         started = time.perf_counter()
         fill_postgres(cluster.conninfo, schema, args.finished, args.interrupted, args.long,
                       args.steps)
+        add_journal_postgres(cluster.conninfo, schema, HUGE_ID, args.huge)
         print(f"filled schema {schema} in {time.perf_counter() - started:.0f} s")
         run_all(["--dsn", cluster.conninfo, "--schema", schema], only)
 

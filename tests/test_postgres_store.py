@@ -180,8 +180,8 @@ def test_repr_never_shows_the_password() -> None:
 
 
 async def test_schema_tables_and_indexes(store: PostgresSagaStore, raw: Any) -> None:
-    assert SCHEMA_VERSION == 8
-    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(8,)]
+    assert SCHEMA_VERSION == 9
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchall() == [(9,)]
     columns = dict(
         raw.execute(
             "SELECT column_name, data_type FROM information_schema.columns"

@@ -124,8 +124,8 @@ async def test_wal_mode_is_on(store: SQLiteSagaStore, raw: sqlite3.Connection) -
 
 
 async def test_schema_version_is_recorded(store: SQLiteSagaStore, raw: sqlite3.Connection) -> None:
-    assert SCHEMA_VERSION == 5
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert SCHEMA_VERSION == 6
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 6
     columns = [row[1] for row in raw.execute("PRAGMA table_info(sagas)")]
     assert columns == [
         "saga_id", "saga_name", "fingerprint", "status", "context", "version",

@@ -109,9 +109,52 @@ def _listing_filter(
     return where, params
 
 
+def _created_filter(
+    created_since: float | None, created_until: float | None
+) -> tuple[list[str], list[Any]]:
+    where, params = [], []
+    if created_since is not None:
+        where.append("created_at >= to_timestamp(%s::float8)")
+        params.append(finite_seconds("created_since", created_since))
+    if created_until is not None:
+        where.append("created_at < to_timestamp(%s::float8)")
+        params.append(finite_seconds("created_until", created_until))
+    return where, params
+
+
+def _window(
+    sagas: str, created_since: float | None, created_until: float | None
+) -> tuple[list[str], list[Any]]:
+    """The conditions that keep a listing or count to the seqs between the
+    first and the last saga created in the window (none when the window is
+    empty), each read from fallback_saga_sagas_by_created alone (an index-only
+    scan of the window's entries).
+
+    seq follows the order sagas were created in, and so, but for a clock
+    that stepped back, does created_at: the rows between the two are about
+    the window's own. The statement still filters by created_at (exact
+    whatever the clock did); the bounds keep it from walking past every
+    saga newer than the window (a LIMIT the planner expects to reach soon,
+    as if the window's sagas were spread evenly over seq), or reading the
+    whole table for a count."""
+    where, params = _created_filter(created_since, created_until)
+    if not where:
+        return [], []
+    inside = " AND ".join(where)
+    # min(seq + 0), not min(seq): the planner reads a bare min(seq) off the
+    # index by seq, walking it from the oldest saga until one is in the
+    # window (every saga older than a window of the last day).
+    return (
+        [f"seq >= (SELECT min(seq + 0) FROM {sagas} WHERE {inside})",
+         f"seq <= (SELECT max(seq + 0) FROM {sagas} WHERE {inside})"],
+        [*params, *params],
+    )
+
+
 class _Statements:
     def __init__(self, names: _Names) -> None:
         sagas, steps = names.sagas, names.steps
+        self.sagas = sagas
         self.create = (
             f"WITH saga AS ("
             f" INSERT INTO {sagas} (saga_id, saga_name, fingerprint, status, context,"
@@ -213,6 +256,11 @@ class _Statements:
         self.newest_first = " ORDER BY seq DESC LIMIT %s::bigint"
         self.seq_of = f"SELECT seq FROM {sagas} WHERE saga_id = %s"
         self.count = f"SELECT saga_name, status, count(*) FROM {sagas}"
+        # The first and last creation time, for _covers_most (two index reads).
+        self.created_span = (
+            f"SELECT {_EPOCH.format('min(created_at)')}, {_EPOCH.format('max(created_at)')}"
+            f" FROM {sagas}"
+        )
         self.count_groups = " GROUP BY saga_name, status"
         self.lease_state = (
             f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence, unreleased_claims"

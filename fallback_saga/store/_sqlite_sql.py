@@ -101,6 +101,9 @@ _SUMMARY_COLUMNS: Final = (
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
 _ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
 _COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
+# The first and last rowid of the sagas created in a time window, from the
+# index by creation time alone (see _window).
+_WINDOW_PREFIX: Final = "SELECT MIN(rowid), MAX(rowid) FROM sagas INDEXED BY sagas_by_created"
 _COUNT_GROUPS: Final = " GROUP BY saga_name, status"
 _STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
 _CLAIM_COLUMNS: Final = (
@@ -969,6 +972,20 @@ def _list(
         if cursor_row is None:
             raise SagaNotFound(before)
         below = cursor_row[0]
+    # A window of most sagas is walked as it was: the walk reads at most the
+    # sagas created after it, then those before it (few), where the bounds
+    # would read most of the index.
+    span = (
+        None
+        if created_since is None and created_until is None
+        or _covers_most(cursor, created_since, created_until)
+        else _window(cursor, created_since, created_until)
+    )
+    if span is _EMPTY:
+        return []
+    if span is not None:
+        where.append("rowid BETWEEN ? AND ?")
+        params.extend(span)
     pages = ListingPages(limit, below, _log)
     while pages.wanted:
         conditions = [*where, "rowid < ?"] if pages.below is not None else where
@@ -983,6 +1000,40 @@ def _list(
             rows = cursor.execute(query, values).fetchall()
         pages.take(rows, _listed)
     return pages.summaries
+
+
+_EMPTY: Final = (0, -1)  # no saga was created in the window
+
+
+def _window(
+    cursor: sqlite3.Cursor, created_since: float | None, created_until: float | None
+) -> tuple[int, int] | None:
+    """The first and last rowid of the sagas created in the window (``None``:
+    no window; ``_EMPTY``: none in it), read from ``sagas_by_created`` alone.
+
+    Rowids follow the order sagas were created in, and so, but for a clock
+    that stepped back, does created_at: the rows between the two are about
+    the window's own. A listing or count then reads those (``rowid
+    BETWEEN``, filtering by created_at as before: exact whatever the clock
+    did) instead of walking past every saga newer than the window, or
+    reading every row for its created_at. The bounds cost a walk of the
+    window's entries in the index (no row is read)."""
+    if created_since is None and created_until is None:
+        return None
+    where: list[str] = []
+    params: list[float] = []
+    if created_since is not None:
+        where.append("created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        where.append("created_at < ?")
+        params.append(created_until)
+    low, high = cursor.execute(
+        _WINDOW_PREFIX + " WHERE " + " AND ".join(where), params
+    ).fetchone()
+    if low is None:
+        return _EMPTY
+    return int(low), int(high)
 
 
 def _listed(row: Sequence[Any]) -> SagaSummary:
@@ -1037,11 +1088,14 @@ def _listing_filter(
     if saga_name is not None:
         where.append("saga_name = ?")
         params.append(saga_name)
+    # "+created_at": not from sagas_by_created. The window's rows are found
+    # by rowid (_window); the index would have the rows read in its order,
+    # then sorted by rowid, or looked up one by one for a count.
     if created_since is not None:
-        where.append("created_at >= ?")
+        where.append("+created_at >= ?")
         params.append(created_since)
     if created_until is not None:
-        where.append("created_at < ?")
+        where.append("+created_at < ?")
         params.append(created_until)
     return where, params
 
@@ -1053,12 +1107,27 @@ def _count(
     created_since: float | None,
     created_until: float | None,
 ) -> dict[tuple[str, SagaStatus], int]:
-    where, params = _listing_filter(saga_name, created_since, created_until)
-    clause = " WHERE " + " AND ".join(where) if where else ""
+    if (created_since is not None or created_until is not None) and _covers_most(
+        cursor, created_since, created_until
+    ):
+        # A window of most sagas: every saga, from sagas_by_name_status alone,
+        # less those created outside it (the few rows read).
+        # (One read transaction: the parts add up.)
+        groups = _groups(cursor, saga_name, None, None)
+        outside = []
+        if created_since is not None:
+            outside.append(_groups(cursor, saga_name, None, created_since))
+        if created_until is not None:
+            outside.append(_groups(cursor, saga_name, created_until, None))
+        for part in outside:
+            for key, count in part.items():
+                groups[key] = groups.get(key, 0) - count
+    else:
+        groups = _groups(cursor, saga_name, created_since, created_until)
     counts: dict[tuple[str, SagaStatus], int] = {}
-    with _lenient_text(cursor):
-        groups = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
-    for name, status, count in groups:
+    for (name, status), count in groups.items():
+        if count <= 0:
+            continue
         if not isinstance(name, str) or status not in _STATUS_VALUES:
             # Unreadable rows are left out, as from a listing.
             _log.warning(
@@ -1068,6 +1137,47 @@ def _count(
             continue
         counts[name, SagaStatus(status)] = count
     return counts
+
+
+def _groups(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> dict[tuple[Any, Any], int]:
+    """Sagas by (name, status) as stored, in the window (see ``_window``)."""
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    span = _window(cursor, created_since, created_until)
+    if span is _EMPTY:
+        return {}
+    if span is not None:
+        where.append("rowid BETWEEN ? AND ?")
+        params.extend(span)
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    with _lenient_text(cursor):
+        rows = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
+    return {(name, status): count for name, status, count in rows}
+
+
+# The first and last creation time of all sagas: two reads of sagas_by_created.
+_CREATED_SPAN: Final = (
+    "SELECT (SELECT MIN(created_at) FROM sagas), (SELECT MAX(created_at) FROM sagas)"
+)
+
+
+def _covers_most(
+    cursor: sqlite3.Cursor, created_since: float | None, created_until: float | None
+) -> bool:
+    """Whether the window likely holds most sagas: it spans more than half
+    the time between the first saga and the last. A guess (sagas are not
+    created evenly), which decides only what is read: a window's own rows
+    (``_window``), or the rows outside it — the fewer, when the guess is right."""
+    first, last = cursor.execute(_CREATED_SPAN).fetchone()
+    if not (isinstance(first, float | int) and isinstance(last, float | int)) or last <= first:
+        return False  # no sagas, one instant, or a time that is no number (S12)
+    since = first if created_since is None else max(first, created_since)
+    until = last if created_until is None else min(last, created_until)
+    return (until - since) * 2 > last - first
 
 
 def _lease_state(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> LeaseState:
