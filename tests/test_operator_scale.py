@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -261,8 +261,35 @@ def test_operator_the_listing_indexes_are_written_only_when_a_saga_changes_statu
             assert not written & listing_indexes, statement
         for statement in changing:
             assert listing_indexes <= _indexes_written(conn, statement), statement
+        # The index by creation time (schema 6): written by no journal write,
+        # nor a status change (only by the INSERT of a saga, and its purge).
+        for statement in keeping + changing:
+            assert "sagas_by_created" not in _indexes_written(conn, statement), statement
         rows = conn.execute("SELECT saga_id, status, context, version FROM sagas ORDER BY saga_id")
         assert rows.fetchall() == [(i, "completed", '{"n": 1}', 3) for i in ids]
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- by creation time
+
+
+@pytest.fixture(params=[True, False], ids=["analyzed", "no-statistics"])
+def clock_stepped(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[sqlite3.Connection]:
+    """The year-old file (created_at 0 to 2,999 in rowid order), with two
+    sagas written while the clock was behind: one among the middle rowids
+    at time 10, one newest of all at time 1,100."""
+    path = tmp_path / "s.db"
+    _year_old_file(path, request.param)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE sagas SET created_at = 10 WHERE saga_id = 's01500'")
+    conn.execute(
+        "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+        " created_at, updated_at) VALUES ('late', 'BillingSaga', 'f', 'failed', '{}', 1,"
+        " 1100, 3000)"
+    )
+    try:
+        yield conn
     finally:
         conn.close()
 
@@ -270,3 +297,149 @@ def test_operator_the_listing_indexes_are_written_only_when_a_saga_changes_statu
 async def _year_old_store(path: Path) -> None:
     async with SQLiteSagaStore(path):
         pass
+
+
+def _created(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The window (and status, name) as a WHERE clause, for the answer read
+    without any index."""
+    where, values = ["1"], []
+    for key, fragment in (("created_since", "created_at >= ?"), ("created_until", "created_at < ?"),
+                          ("status", "status = ?"), ("saga_name", "saga_name = ?")):
+        if filters.get(key) is not None:
+            where.append(fragment)
+            values.append(filters[key])
+    return " AND ".join(where), values
+
+
+# A SELECT of scalar subqueries only (the first and last creation time).
+_ONE_ROW: Final = "SCAN CONSTANT ROW"
+
+_NARROW: Final = [
+    {"created_until": 300},  # the oldest tenth: 2,700 newer sagas above it
+    {"created_since": 1000, "created_until": 1300},
+    {"created_since": 1000, "created_until": 1300, "status": "failed"},
+    {"created_since": 1000, "created_until": 1300, "saga_name": "BillingSaga"},
+    {"created_until": -5},  # none
+]
+_WIDE: Final = [
+    {"created_since": 100},
+    {"created_until": 2900},
+    {"created_since": 100, "created_until": 2900, "status": "failed"},
+]
+
+
+def _ids(filters: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in filters.items())
+
+
+@pytest.mark.parametrize("filters", _NARROW, ids=_ids)
+def test_operator_a_listing_by_creation_time_reads_the_windows_rows_not_every_newer_saga(
+    clock_stepped: sqlite3.Connection, filters: dict[str, Any]
+) -> None:
+    """A page of the sagas created in a window (the console's since/until)
+    reads the window's bounds from the index by creation time alone, then
+    the rows between them in the listing's order: no walk past every saga
+    newer than the window (a window a year back: the whole table), no sort
+    of the window's sagas. A saga whose time is out of order (the clock
+    stepped back) is listed where it belongs all the same."""
+    def listing(cursor: sqlite3.Cursor) -> Any:
+        return _sqlite_sql._list(
+            cursor, None, filters.get("status"), filters.get("saga_name"), 51, None,
+            filters.get("created_since"), filters.get("created_until"),
+        )
+
+    where, values = _created(filters)
+    expected = [saga_id for (saga_id,) in clock_stepped.execute(
+        f"SELECT saga_id FROM sagas NOT INDEXED WHERE {where} ORDER BY rowid DESC LIMIT 51",
+        values)]
+    assert [summary.saga_id for summary in listing(clock_stepped.cursor())] == expected
+    plans = _plans(clock_stepped, listing)
+    for plan in plans:
+        assert "SCAN" not in plan.replace(_ONE_ROW, ""), plan
+        assert "TEMP B-TREE" not in plan, plan
+    assert any("COVERING INDEX sagas_by_created (created_at" in plan for plan in plans), plans
+
+
+@pytest.mark.parametrize("filters", _WIDE, ids=_ids)
+def test_operator_a_listing_of_a_window_of_most_sagas_is_exact(
+    clock_stepped: sqlite3.Connection, filters: dict[str, Any]
+) -> None:
+    """A window of most sagas is walked newest first, as before (what it
+    passes over is the few sagas outside the window): the same sagas as a
+    read of every row, the one written while the clock was behind too."""
+    where, values = _created(filters)
+    expected = [saga_id for (saga_id,) in clock_stepped.execute(
+        f"SELECT saga_id FROM sagas NOT INDEXED WHERE {where} ORDER BY rowid DESC LIMIT 51",
+        values)]
+    found = _sqlite_sql._list(
+        clock_stepped.cursor(), None, filters.get("status"), None, 51, None,
+        filters.get("created_since"), filters.get("created_until"),
+    )
+    assert [summary.saga_id for summary in found] == expected
+
+
+@pytest.mark.parametrize("filters", [
+    *_NARROW, *_WIDE, {"created_since": 100, "saga_name": "BillingSaga"},
+    {"created_since": 1000, "created_until": 1300, "saga_name": "BillingSaga"},
+], ids=_ids)
+def test_operator_the_consoles_counts_by_creation_time_read_the_window_or_the_rest_not_the_table(
+    clock_stepped: sqlite3.Connection, filters: dict[str, Any]
+) -> None:
+    """The counts by (name, status) of a window (every console page with
+    since/until counts again: "24h" is another window at each request) read
+    the window's rows, or for a window of most sagas every saga from the
+    index by (name, status) alone less the few outside it: never every row
+    of the table. Exact, the sagas written while the clock was behind too."""
+    if "status" in filters:
+        return  # counts are by status already
+    def count(cursor: sqlite3.Cursor) -> Any:
+        return _sqlite_sql._count(
+            cursor, None, filters.get("saga_name"), filters.get("created_since"),
+            filters.get("created_until"),
+        )
+
+    where, values = _created(filters)
+    expected = {
+        (name, SagaStatus(status)): n for name, status, n in clock_stepped.execute(
+            f"SELECT saga_name, status, COUNT(*) FROM sagas NOT INDEXED WHERE {where}"
+            " GROUP BY saga_name, status", values)
+    }
+    assert count(clock_stepped.cursor()) == expected
+    for plan in _plans(clock_stepped, count):
+        assert "SCAN" not in plan.replace(_ONE_ROW, "") or "COVERING INDEX" in plan, plan
+
+
+async def test_S13_a_file_of_schema_version_5_gains_the_index_by_creation_time_and_keeps_its_sagas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written at schema version 5 is migrated at the next open with
+    write access: the index by creation time is made, and its sagas list and
+    count by creation time as before."""
+    db = tmp_path / "v5.db"
+    with monkeypatch.context() as older:
+        older.setattr(_sqlite_schema, "_MIGRATIONS", _sqlite_schema._MIGRATIONS[:5])
+        conn = _sqlite_schema._connect_writer(str(db), "full", 5.0)
+        conn.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+        with conn:
+            conn.executemany(
+                "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+                " created_at, updated_at) VALUES (?, 'OrderSaga', 'f', 'failed', '{}', 1, ?, ?)",
+                [("old", 1, 1), ("older", 0.5, 0.5), ("new", 100, 100)],
+            )
+    finally:
+        conn.close()
+    async with SQLiteSagaStore(db) as store:
+        listed = await store.list_sagas(created_until=50)
+        assert [summary.saga_id for summary in listed] == ["older", "old"]
+        assert await store.count_sagas(created_since=50) == {("OrderSaga", SagaStatus.FAILED): 1}
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (
+            _sqlite_schema.SCHEMA_VERSION,)
+        indexed = [row[2] for row in conn.execute("PRAGMA index_info(sagas_by_created)")]
+    finally:
+        conn.close()
+    assert indexed == ["created_at"]

@@ -129,3 +129,169 @@ async def test_S13_schema_v7_is_migrated_to_v8_in_place_keeping_every_saga(
             ("OrderSaga", SagaStatus.RUNNING): 1, ("OrderSaga", SagaStatus.COMPLETED): 1}
         (lease,) = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
         assert lease.saga_id == "a"
+
+
+# --------------------------------------------------------------------------- by creation time
+
+_T0 = 1_700_000_000  # the first saga's creation time; one a minute after it
+
+
+def _year_old_by_time(raw: Any) -> None:
+    """The year-old table, its sagas created a minute apart in seq order,
+    and two written while the clock was behind: one among the middle seqs
+    at the time of the tenth saga, one newest of all at that of the 11,000th."""
+    _year_old(raw)
+    raw.execute(
+        "UPDATE fallback_saga_sagas SET created_at = to_timestamp(%s::float8 + (seq - 1) * 60)",
+        (_T0,))
+    raw.execute(
+        "UPDATE fallback_saga_sagas SET created_at = to_timestamp(%s::float8 + 10 * 60)"
+        " WHERE saga_id = 's010000'", (_T0,))
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context,"
+        " created_at) VALUES ('late', 'BillingSaga', 'fp', 'failed', '{}',"
+        " to_timestamp(%s::float8 + 11000 * 60))", (_T0,))
+    raw.execute("VACUUM ANALYZE fallback_saga_sagas")  # as autovacuum would
+
+
+def _at(minute: int | None) -> float | None:
+    return None if minute is None else _T0 + minute * 60.0
+
+
+def _expected(raw: Any, filters: dict[str, Any], select: str, tail: str) -> list[Any]:
+    where, values = ["true"], []
+    for key, fragment in (("created_since", "created_at >= to_timestamp(%s::float8)"),
+                          ("created_until", "created_at < to_timestamp(%s::float8)"),
+                          ("status", "status = %s"), ("saga_name", "saga_name = %s")):
+        if filters.get(key) is not None:
+            where.append(fragment)
+            values.append(getattr(filters[key], "value", filters[key]))
+    return list(raw.execute(
+        f"SELECT {select} FROM fallback_saga_sagas WHERE {' AND '.join(where)} {tail}", values))
+
+
+def _scanned(raw: Any, statement: str, values: list[Any]) -> tuple[str, list[tuple[str, int]]]:
+    """The plan of a statement as run, and each scan in it (its line and
+    conditions) with the rows it read (its rows and those its filter removed)."""
+    plan = [row[0] for row in raw.execute("EXPLAIN (ANALYZE) " + statement, values)]
+    scans: list[tuple[str, int]] = []
+    inside = False
+    for line in plan:
+        if m := re.search(r"Scan[^(]*\(.*actual time=\S+ rows=(\d+) loops=(\d+)", line):
+            scans.append((line.strip(), int(m.group(1)) * int(m.group(2))))
+            inside = True
+        elif "->" in line or "InitPlan" in line:
+            inside = False
+        elif inside:
+            text, rows = scans[-1]
+            removed = re.search(r"Rows Removed by Filter: (\d+)", line)
+            scans[-1] = (f"{text}\n{line.strip()}", rows + int(removed.group(1) if removed else 0))
+    return "\n".join(plan), scans
+
+
+# Minutes: the window, and how many sagas it holds (the rows it may read).
+_PG_NARROW = [
+    ({"created_until": 2000}, 2001),  # the oldest tenth: 18,000 newer sagas above it
+    ({"created_since": 5000, "created_until": 7000}, 2000),
+    ({"created_since": 5000, "created_until": 7000, "status": SagaStatus.FAILED}, 2000),
+    ({"created_since": 5000, "created_until": 7000, "saga_name": "BillingSaga"}, 2000),
+    ({"created_until": -5}, 0),
+]
+
+
+@pytest.mark.parametrize(("filters", "held"), _PG_NARROW,
+                         ids=lambda v: _ids(v) if isinstance(v, dict) else str(v))
+async def test_operator_a_listing_by_creation_time_reads_the_windows_rows_not_every_newer_saga(
+    store: PostgresSagaStore, raw: Any, monkeypatch: pytest.MonkeyPatch,
+    filters: dict[str, Any], held: int,
+) -> None:
+    """A page of the sagas created in a window (the console's since/until)
+    reads no more rows than the window holds: its first and last seq from
+    the index by creation time, then the rows between them newest first.
+    Not a walk by seq past every saga newer than the window (which the
+    planner expects to end soon, as if the window's sagas were spread over
+    every seq), nor a seq scan. Exact, a saga written while the clock was
+    behind too."""
+    _year_old_by_time(raw)
+    window = {key: _at(value) if key.startswith("created") else value
+              for key, value in filters.items()}
+    found, sent = await _sent(store, monkeypatch, limit=51, **window)
+    assert [s.saga_id for s in found] == [row[0] for row in _expected(
+        raw, window, "saga_id", "ORDER BY seq DESC LIMIT 51")]
+    for statement, values in sent:
+        text, scans = _scanned(raw, statement, values)
+        assert "Seq Scan" not in text, text
+        for _scan, rows in scans:
+            assert rows <= held + 60, text  # a page passed over at most, past the window
+
+
+def _ids(filters: dict[str, Any]) -> str:
+    return ",".join(f"{k}={getattr(v, 'value', v)}" for k, v in filters.items())
+
+
+@pytest.mark.parametrize(("filters", "held"), [
+    *[(f, h) for f, h in _PG_NARROW if "status" not in f],
+    ({"created_since": 1000}, 19001),  # most sagas: all, less the 1,000 before them
+    ({"created_since": 1000, "created_until": 19000, "saga_name": "BillingSaga"}, 4500),
+], ids=lambda v: _ids(v) if isinstance(v, dict) else str(v))
+async def test_operator_the_consoles_counts_by_creation_time_read_the_window_or_the_rest(
+    store: PostgresSagaStore, raw: Any, monkeypatch: pytest.MonkeyPatch,
+    filters: dict[str, Any], held: int,
+) -> None:
+    """The counts by (name, status) of a window read the window's rows, or
+    for a window of most sagas the index by (name, status) alone less the
+    sagas outside it: no seq scan, and no scan reads more rows than the
+    window holds but that index-only one. Exact, with a clock that stepped back."""
+    _year_old_by_time(raw)
+    window = {key: _at(value) if key.startswith("created") else value
+              for key, value in filters.items()}
+    sent: list[tuple[str, list[Any]]] = []
+    fetch = store._fetch
+
+    async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
+        sent.append((statement, list(values)))
+        return await fetch(doing, statement, values, **kwargs)
+
+    monkeypatch.setattr(store, "_fetch", recorded)
+    counts = await store.count_sagas(**window)
+    monkeypatch.undo()
+    assert counts == {
+        (name, SagaStatus(status)): n for name, status, n in _expected(
+            raw, window, "saga_name, status, count(*)", "GROUP BY saga_name, status")}
+    for statement, values in sent:
+        text, scans = _scanned(raw, statement, values)
+        for scan, rows in scans:
+            if "created_at" not in scan and "seq" not in scan:
+                continue  # all sagas (of the name): the console's count without a window
+            assert "Seq Scan" not in scan, text
+            assert rows <= min(held, 20001 - held) + 60, text
+
+
+async def test_S13_schema_v8_is_migrated_to_v9_in_place_gaining_the_index_by_creation_time(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database written at schema v8 gains the index by creation time at
+    the next open with write access, without rewriting the table; its sagas
+    list and count by creation time as before."""
+    with monkeypatch.context() as v8:
+        v8.setattr(pg_schema_module, "_MIGRATIONS", pg_schema_module._MIGRATIONS[:8])
+        async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
+            await old.create("a", "OrderSaga", "fp", {"n": 1}, [entry(0, "a")])
+            await old.create("b", "OrderSaga", "fp", {"n": 2}, [entry(0, "a")])
+    raw.execute("UPDATE fallback_saga_sagas SET created_at = to_timestamp(100)"
+                " WHERE saga_id = 'a'")
+    assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (8,)
+    relfile = raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone()
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await store.open()
+        assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (
+            SCHEMA_VERSION,)
+        assert raw.execute("SELECT pg_relation_filenode('fallback_saga_sagas')").fetchone() == (
+            relfile)
+        indexes = dict(raw.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'fallback_saga_sagas'"))
+        assert "(created_at, seq)" in indexes["fallback_saga_sagas_by_created"]
+        listed = await store.list_sagas(created_until=1000)
+        assert [summary.saga_id for summary in listed] == ["a"]
+        assert await store.count_sagas(created_since=1000) == {
+            ("OrderSaga", SagaStatus.RUNNING): 1}

@@ -977,7 +977,7 @@ def _list(
     # would read most of the index.
     span = (
         None
-        if created_since is None and created_until is None
+        if (created_since is None and created_until is None)
         or _covers_most(cursor, created_since, created_until)
         else _window(cursor, created_since, created_until)
     )

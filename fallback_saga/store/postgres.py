@@ -186,8 +186,8 @@ from ._postgres_sql import (
     _group_json,
     _listed_summary,
     _listing_filter,
-    _window,
     _Statements,
+    _window,
     _Write,
 )
 
@@ -1281,7 +1281,6 @@ class PostgresSagaStore:
     ) -> dict[tuple[str, SagaStatus], int]:
         """How many sagas there are, by (saga name, status); filtered like
         ``list_sagas``. Pairs with no saga are absent."""
-        sql = self._sql
         windowed = created_since is not None or created_until is not None
         if windowed and await self._covers_most(created_since, created_until):
             # A window of most sagas: every saga (an index-only scan of
