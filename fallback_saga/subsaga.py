@@ -49,7 +49,7 @@ import inspect
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from .errors import (
@@ -387,7 +387,9 @@ def _reopened_by(parent: Execution) -> str | None:
     return parent.reopener if parent.resumed else None
 
 
-async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[str]]:
+async def saga_family(
+    store: Any, record: SagaRecord, act_steps: Iterable[str] | None = None
+) -> tuple[str | None, list[str]]:
     """The parent of ``record`` and its children (``SubSaga``), as stored: a
     child's id is ``<parent id>/<step>``, so each is looked up by that id —
     all at once through the store's ``existing_saga_ids(ids) -> set[str]``
@@ -395,7 +397,10 @@ async def saga_family(store: Any, record: SagaRecord) -> tuple[str | None, list[
     parent = parent_saga_id(record.saga_id)
     if parent is not None and not await _saga_exists(store, parent):
         parent = None  # an id of its own that merely looks like a child's
-    steps = dict.fromkeys(e.step for e in record.history if e.action == "act")
+    # act_steps: the whole journal's, when record holds part of it (HistoryWindow).
+    steps = dict.fromkeys(
+        (e.step for e in record.history if e.action == "act") if act_steps is None else act_steps
+    )
     candidates = [child_saga_id(record.saga_id, step) for step in steps]
     existing_saga_ids = getattr(store, "existing_saga_ids", None)
     if callable(existing_saga_ids):

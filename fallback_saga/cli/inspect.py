@@ -24,12 +24,27 @@ from ..shown_text import cut_bytes, redact_start
 from ..status import SagaStatus
 from ..store._common import short_repr
 from ..store._parking import parked_claims, parked_text
-from ..store.base import PURGED_BY_DEFAULT, RecoverableStore, SagaRecord, SagaSummary
+from ..store.base import (
+    PURGED_BY_DEFAULT,
+    HistoryWindow,
+    RecoverableStore,
+    SagaRecord,
+    SagaSummary,
+    history_window,
+)
 from ..subsaga import saga_family
 from .argtypes import format_duration, parse_duration, positive_int
 from .errors import EXIT_OK, UsageError
 from .mermaid import mermaid_gantt
-from .stores import add_store_options, load_saga, open_store, read_store, store_target
+from .stores import (
+    StoreTarget,
+    add_store_options,
+    load_saga,
+    no_such_saga,
+    open_store,
+    read_store,
+    store_target,
+)
 from .text import (
     MAX_CONTEXT,
     MAX_PATH,
@@ -123,18 +138,19 @@ def _summary_rows(
 
 def history_table(
     record: SagaRecord, *, times: bool = True, limit: int | None = None,
-    unredacted: bool = False,
+    unredacted: bool = False, start: int = 0,
 ) -> list[str]:
     """The step history of ``show`` (``times=False``: without the time column;
     ``limit``: the newest ``limit`` entries only, numbered as in the journal;
-    ``unredacted``: errors as stored, passwords they quote included)."""
+    ``unredacted``: errors as stored, passwords they quote included;
+    ``start``: ``record.history`` is the journal from entry ``start`` on)."""
     headers = ["seq", "pos", "step", "branch", "action", "status", "try"]
     if times:
         headers.append("time (UTC)")
     headers.append("error")
     rows = []
     first = 0 if limit is None else max(len(record.history) - limit, 0)
-    for seq, entry in enumerate(record.history[first:], start=first):
+    for seq, entry in enumerate(record.history[first:], start=start + first):
         row = [
             str(seq),
             str(entry.position),
@@ -372,11 +388,20 @@ def run_show(args: argparse.Namespace) -> int:
 
     async def fetch(
         store: RecoverableStore,
-    ) -> tuple[SagaRecord, int | None, str | None, list[str]]:
-        record = await load_saga(store, target, args.saga_id)
-        return (record, await _parked(store, record), *await saga_family(store, record))
+    ) -> tuple[SagaRecord, int, int, int | None, str | None, list[str]]:
+        if args.limit is None:
+            record = await load_saga(store, target, args.saga_id)
+            entries, first, steps = len(record.history), 0, None
+        else:
+            # The newest entries only are read (the store's load_window):
+            # a journal of 100,000 entries was seconds of reading for 50 lines.
+            window = await _window(store, target, args.saga_id, args.limit)
+            record, first, entries = window.record, window.first, window.entries
+            steps = window.act_steps
+        return (record, first, entries, await _parked(store, record),
+                *await saga_family(store, record, steps))
 
-    record, parked, parent, children = asyncio.run(read_store(target, fetch))
+    record, first, total, parked, parent, children = asyncio.run(read_store(target, fetch))
     # What a terminal, a ticket or a log it is pasted into gets: redacted,
     # unless the operator asked for the values (redaction.py).
     record = shown_record(record, unredacted=args.unredacted)
@@ -415,8 +440,7 @@ def run_show(args: argparse.Namespace) -> int:
     if not record.history:
         lines.append("(no step history)")
     else:
-        lines += history_table(record, limit=args.limit, unredacted=args.unredacted)
-        total = len(record.history)
+        lines += history_table(record, unredacted=args.unredacted, start=first)
         if args.limit is not None and total > args.limit:
             lines.append(
                 f"(the newest {args.limit} of {total} entries shown; earlier ones: "
@@ -424,6 +448,19 @@ def run_show(args: argparse.Namespace) -> int:
             )
     print_lines(lines)
     return EXIT_OK
+
+
+async def _window(
+    store: RecoverableStore, target: StoreTarget, saga_id: str, newest: int
+) -> HistoryWindow:
+    """The saga and its newest ``newest`` journal entries, or ``load_saga``'s
+    usage errors."""
+    try:
+        return await history_window(store, saga_id, start=-newest, count=newest)
+    except SagaNotFound:
+        raise no_such_saga(target, saga_id) from None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 async def _parked(store: RecoverableStore, record: SagaRecord) -> int | None:

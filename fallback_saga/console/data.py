@@ -11,6 +11,7 @@ fencing token). Without them it filters and counts the newest
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -24,13 +25,14 @@ from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
 from ..record_json import history_json, shown_record
 from ..status import SagaStatus
 from ..store._parking import parked_claims
-from ..store.base import LeaseState, SagaRecord, SagaSummary
+from ..store.base import JournalEntry, LeaseState, SagaRecord, SagaSummary, history_window
 from ..subsaga import saga_family
 from .text import redact, shorten
 
 __all__ = [
     "HISTORY_PAGE",
     "SCAN_LIMIT",
+    "WHOLE_JOURNAL",
     "BadRequest",
     "CountFetcher",
     "Counts",
@@ -40,6 +42,7 @@ __all__ = [
     "fetch_counts",
     "fetch_listing",
     "fetch_saga",
+    "fetch_saga_page",
     "history_page",
     "history_span",
     "lease_json",
@@ -58,6 +61,11 @@ MAX_PAGE: Final = 500
 #: thousands of entries (a large Parallel group, many retries) would make a
 #: page of megabytes.
 HISTORY_PAGE: Final = 200
+#: A saga's page reads its whole journal up to this many entries (its
+#: timeline, its counts of tries, its alert drawn from all of it); past it,
+#: only the page of history shown and the newest page (for the alert): a
+#: journal of 100,000 entries was seconds of reading for a page of 200.
+WHOLE_JOURNAL: Final = 5000
 STATUSES: Final = tuple(SagaStatus)
 
 
@@ -398,6 +406,48 @@ class SagaView:
     parent: str | None = None  # a child saga's parent (SubSaga)
     children: list[str] = field(default_factory=list)  # a parent's child sagas
     parked: int | None = None  # its claims, if the store parks it (store._parking)
+    # Set when record.history holds part of the journal only (a journal longer
+    # than WHOLE_JOURNAL): the seq of its first entry, the journal's length,
+    # and its newest HISTORY_PAGE entries.
+    first: int = 0
+    entries: int | None = None
+    newest: list[JournalEntry] = field(default_factory=list)
+
+
+async def fetch_saga_page(
+    store: object, saga_id: str, page_text: str | None, *, unredacted: bool = False
+) -> tuple[SagaView, int]:
+    """The saga as its page shows page ``page_text`` of its history (``?page=``),
+    and that page's number (``BadRequest`` for one it does not have). A
+    journal of up to ``WHOLE_JOURNAL`` entries is read whole (``fetch_saga``);
+    a longer one, that page's entries and the newest page only
+    (``history_window``: the store's ``load_window`` if it has one)."""
+    asked = 1
+    if page_text and re.fullmatch(r"[0-9]{1,12}", page_text) and int(page_text) >= 1:
+        asked = int(page_text)
+    try:
+        window = await history_window(
+            store, saga_id, start=(asked - 1) * HISTORY_PAGE, count=HISTORY_PAGE
+        )
+    except ValueError:  # not a valid saga id: no saga has it
+        raise SagaNotFound(saga_id) from None
+    page = history_page(page_text, window.entries)
+    if window.first == 0 and len(window.record.history) == window.entries:
+        # The page holds the whole journal (a saga of one page): read once.
+        return await _view(store, window.record, unredacted), page
+    if window.entries <= WHOLE_JOURNAL:
+        view = await fetch_saga(store, saga_id, unredacted=unredacted)
+        return view, history_page(page_text, len(view.record.history))
+    newest = window.record.history
+    if window.first + len(newest) < window.entries:
+        newest = (await history_window(
+            store, saga_id, start=-HISTORY_PAGE, count=HISTORY_PAGE)).record.history
+    view = await _view(store, window.record, unredacted, window.act_steps)
+    view.first, view.entries = window.first, window.entries
+    view.newest = shown_record(
+        dataclasses.replace(window.record, history=newest), unredacted=unredacted
+    ).history
+    return view, page
 
 
 async def fetch_saga(store: object, saga_id: str, *, unredacted: bool = False) -> SagaView:
@@ -410,8 +460,15 @@ async def fetch_saga(store: object, saga_id: str, *, unredacted: bool = False) -
         record: SagaRecord = await load(saga_id)
     except ValueError:  # not a valid saga id: no saga has it
         raise SagaNotFound(saga_id) from None
+    return await _view(store, record, unredacted)
+
+
+async def _view(
+    store: object, record: SagaRecord, unredacted: bool, act_steps: Sequence[str] | None = None
+) -> SagaView:
+    saga_id = record.saga_id
     record = shown_record(record, unredacted=unredacted)
-    parent, children = await saga_family(store, record)
+    parent, children = await saga_family(store, record, act_steps)
     lease_state = getattr(store, "lease_state", None)
     if not callable(lease_state):
         return SagaView(record, None, f"{_store_name(store)} keeps no leases", parent, children)

@@ -8,6 +8,7 @@ names, errors, context — passed through ``esc``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -487,7 +488,19 @@ def _lease_card(view: SagaView, now: float) -> str:
     )
 
 
-def _summary_card(record: SagaRecord, bars: Sequence[Bar], now: float) -> str:
+def _timeline_left_out(saga_id: str, entries: int) -> str:
+    """In place of the timeline of a journal too long to read whole for a page."""
+    command = f"{PYTHON_M} show {shlex.quote(saga_id)} --mermaid"
+    return (
+        f'<p class="muted">Not drawn for a journal of {entries:,} entries: this page reads '
+        f"the page of history below and the newest entries only. The whole timeline: "
+        f"<code>{esc(shorten(command, 300))}</code></p>"
+    )
+
+
+def _summary_card(
+    record: SagaRecord, bars: Sequence[Bar], now: float, entries: int | None = None
+) -> str:
     if record.status.is_final:
         duration = esc(format_seconds(max(record.updated_at - record.created_at, 0.0)))
     else:
@@ -496,6 +509,8 @@ def _summary_card(record: SagaRecord, bars: Sequence[Bar], now: float) -> str:
             f'<span class="muted">(last step {esc(format_age(record.updated_at, now))})</span>'
         )
     def tally(action: str) -> str:
+        if entries is not None:  # part of the journal read: no count of its tries
+            return '<span class="muted">not counted</span>'
         done = sum(1 for bar in bars if bar.action == action and bar.outcome == "completed")
         failed = sum(1 for bar in bars if bar.action == action and bar.outcome == "failed")
         return f"{done} completed" + (f", {failed} failed" if failed else "")
@@ -508,7 +523,8 @@ def _summary_card(record: SagaRecord, bars: Sequence[Bar], now: float) -> str:
         f"<dt>Duration</dt><dd>{duration}</dd>"
         f"<dt>Acts</dt><dd>{tally('act')}</dd>"
         f"<dt>Compensations</dt><dd>{tally('compensate')} "
-        f'<span class="muted">({len(record.history)} journal entries)</span></dd>'
+        f'<span class="muted">({len(record.history) if entries is None else entries} '
+        f"journal entries)</span></dd>"
         f'<dt>Version</dt><dd class="mono">{record.version}</dd>'
         f'<dt>Definition</dt><dd class="mono small" title="the fingerprint of the saga\'s '
         f'definition when it started">{esc(record.fingerprint)}</dd>'
@@ -620,10 +636,9 @@ def _result_text(result: str) -> str:
         return result
 
 
-def _history_pager(record: SagaRecord, page: int, raw: bool) -> str:
+def _history_pager(record: SagaRecord, page: int, raw: bool, total: int) -> str:
     """Where this page of the history is, and links to the others (none for
     a history that fits one page)."""
-    total = len(record.history)
     if total <= HISTORY_PAGE:
         return ""
     pages = -(-total // HISTORY_PAGE)
@@ -650,14 +665,26 @@ def _history_pager(record: SagaRecord, page: int, raw: bool) -> str:
     )
 
 
-def _history(record: SagaRecord, now: float, page: int = 1, raw: bool = False) -> str:
+def _history(
+    record: SagaRecord, now: float, page: int = 1, raw: bool = False, start: int = 0,
+    entries: int | None = None,
+) -> str:
+    """Page ``page`` of the history: of ``record.history``, or (``entries``
+    given) that page itself, whose first entry is entry ``start`` of a
+    journal of ``entries``."""
     if not record.history:
         return '<div class="empty">No journal entries.</div>'
-    origin = record.history[0].at
-    # The same columns on every page: the Result column if any entry has one.
-    results = any(len(entry) > 8 and entry[8] is not None for entry in record.history)
     first = (page - 1) * HISTORY_PAGE
-    shown = record.history[first : first + HISTORY_PAGE]
+    if entries is None:
+        origin = record.history[0].at
+        shown = record.history[first : first + HISTORY_PAGE]
+        # The same columns on every page: the Result column if any entry has one.
+        results = any(len(entry) > 8 and entry[8] is not None for entry in record.history)
+        entries = len(record.history)
+    else:
+        # The journal's first entry is not read: offsets from the saga's start.
+        origin, shown, first = record.created_at, record.history, start
+        results = any(len(entry) > 8 and entry[8] is not None for entry in shown)
     head = (
         '<th class="num">#</th><th>Time (UTC)</th><th class="num">+</th><th>Step</th>'
         "<th>Branch</th><th>Action</th><th>Status</th><th class=\"num\">Try</th><th>Error</th>"
@@ -695,7 +722,7 @@ def _history(record: SagaRecord, now: float, page: int = 1, raw: bool = False) -
             )
             + "</tr>"
         )
-    pager = _history_pager(record, page, raw)
+    pager = _history_pager(record, page, raw, entries)
     return (
         f'{pager}<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
         f"{pager}"
@@ -761,17 +788,21 @@ def saga_page(
         + _family(view, raw)
         + "</div></div>"
         f'<a class="button" href="{esc(api_href)}">View as JSON</a></div>'
-        + _alert(record)
+        + _alert(record if view.entries is None else dataclasses.replace(
+            record, history=view.newest))
         + '<section class="grid">'
-        + _summary_card(record, bars, now)
+        + _summary_card(record, bars, now, view.entries)
         + _lease_card(view, now)
         + "</section>"
         + '<section class="card" aria-label="timeline"><h2>Timeline</h2>'
-        + timeline_svg(record, bars)
-        + (_LEGEND if bars else "")
+        + (
+            timeline_svg(record, bars) + (_LEGEND if bars else "")
+            if view.entries is None
+            else _timeline_left_out(record.saga_id, view.entries)
+        )
         + "</section>"
         + '<section class="card table" aria-label="history"><h2>History</h2>'
-        + _history(record, now, page, raw)
+        + _history(record, now, page, raw, view.first, view.entries)
         + "</section>"
         + '<section class="card" aria-label="context"><h2>Context</h2>'
         + f'<pre class="json">{esc(context, keep_newlines=True)}</pre>{context_more}</section>'

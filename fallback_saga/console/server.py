@@ -32,6 +32,7 @@ from .data import (
     Listing,
     fetch_listing,
     fetch_saga,
+    fetch_saga_page,
     history_page,
     history_span,
     lenient_list_query,
@@ -591,10 +592,9 @@ class ConsoleServer:
         self, saga_id: str, page_text: str | None = None, *, raw: bool = False
     ) -> Response:
         now = time.time()
-        view = await fetch_saga(self.store, saga_id, unredacted=raw)
-        # Checked against the saga's length, known once it is loaded.
-        page = history_page(page_text, len(view.record.history))
-        bars = bars_of(view.record, now)
+        # The page checked against the saga's length, known once it is read.
+        view, page = await fetch_saga_page(self.store, saga_id, page_text, unredacted=raw)
+        bars = bars_of(view.record, now) if view.entries is None else []
         return self._html(saga_page(view, bars, store_label=self._label, now=now, page=page,
                                          raw=raw))
 

@@ -41,6 +41,7 @@ __all__ = [
     "short_repr",
     "status_text",
     "valid_saga_ids",
+    "whole_int",
 ]
 
 
@@ -160,6 +161,12 @@ def finite_seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
     return float(value)
+
+
+def whole_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return value
 
 
 def non_negative_int(name: str, value: object) -> int:

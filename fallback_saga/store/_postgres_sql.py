@@ -246,6 +246,32 @@ class _Statements:
             f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
             f" WHERE s.saga_id = %s"
         )
+        self.load_window = (
+            f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
+            f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
+            f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
+            f" h.errors, h.ats, h.results, w.first, s.journal_length,"
+            f" ARRAY(SELECT step FROM {steps} WHERE saga_id = s.saga_id AND action = 'act'"
+            f" GROUP BY step ORDER BY min(seq))"
+            # The window's first seq: from the end when start < 0 (journal_length:
+            # the entries the store wrote, seqs 0, 1, ...).
+            f" FROM {sagas} s CROSS JOIN LATERAL (SELECT CASE WHEN %s::int < 0"
+            f" THEN greatest(s.journal_length + %s::int, 0) ELSE %s::int END AS first) w"
+            f" LEFT JOIN LATERAL ("
+            f" SELECT array_agg(seq ORDER BY seq) AS seqs,"
+            f" array_agg(position ORDER BY seq) AS positions,"
+            f" array_agg(step ORDER BY seq) AS steps,"
+            f" array_agg(branch ORDER BY seq) AS branches,"
+            f" array_agg(action ORDER BY seq) AS actions,"
+            f" array_agg(status ORDER BY seq) AS statuses,"
+            f" array_agg(attempt ORDER BY seq) AS attempts,"
+            f" array_agg(error ORDER BY seq) AS errors,"
+            f" array_agg(at ORDER BY seq) AS ats,"
+            f" array_agg(result ORDER BY seq) AS results"
+            f" FROM {steps} WHERE saga_id = s.saga_id AND seq >= w.first"
+            f" AND seq < w.first + %s::int) h ON true"
+            f" WHERE s.saga_id = %s"
+        )
         summary = (
             f"SELECT seq, saga_id, saga_name, status, {_EPOCH.format('created_at')},"
             f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')},"

@@ -42,7 +42,15 @@ from ._sqlite_rows import (
     _text,
     _unreadable,
 )
-from .base import JournalEntry, Lease, LeaseState, SagaRecord, SagaSummary
+from .base import (
+    HistoryWindow,
+    JournalEntry,
+    Lease,
+    LeaseState,
+    SagaRecord,
+    SagaSummary,
+    window_start,
+)
 
 _log = library_logger("fallback_saga.store.sqlite")
 
@@ -93,6 +101,15 @@ _SELECT_SAGA: Final = (
 _SELECT_STEPS: Final = (
     "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
     " FROM saga_steps WHERE saga_id = ? ORDER BY seq"
+)
+_STEPS_WINDOW: Final = (
+    "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
+    " FROM saga_steps WHERE saga_id = ? AND seq >= ? AND seq < ? ORDER BY seq"
+)
+_LAST_SEQ: Final = "SELECT MAX(seq) FROM saga_steps WHERE saga_id = ?"
+_ACT_STEPS: Final = (
+    "SELECT step FROM saga_steps WHERE saga_id = ? AND action = 'act'"
+    " GROUP BY step ORDER BY MIN(seq)"
 )
 _SUMMARY_COLUMNS: Final = (
     "SELECT rowid, saga_id, saga_name, status, created_at, updated_at, lease_owner,"
@@ -941,6 +958,35 @@ def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
         with _lenient_text(cursor):
             row, steps = _read_saga(cursor, saga_id)
     return _decode_record(saga_id, row, steps)
+
+
+def _load_window(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, start: int, count: int
+) -> HistoryWindow:
+    """The saga with ``count`` journal entries from ``start`` (negative:
+    from the end): the rows of the window only, by the primary key, and
+    the journal's length from its last seq (the store writes seqs 0, 1, ...)."""
+    def read() -> tuple[Any, int, int, list[Any], list[Any]]:
+        row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
+        if row is None:
+            raise SagaNotFound(saga_id)
+        (last,) = cursor.execute(_LAST_SEQ, (saga_id,)).fetchone()
+        if last is not None and type(last) is not int:
+            raise CorruptSagaRecord(saga_id, "a transition's seq is not an integer")
+        entries = 0 if last is None else last + 1
+        first = window_start(start, entries)
+        steps = cursor.execute(_STEPS_WINDOW, (saga_id, first, first + max(count, 0))).fetchall()
+        return row, first, entries, steps, cursor.execute(_ACT_STEPS, (saga_id,)).fetchall()
+
+    try:
+        row, first, entries, steps, acts = read()
+    except sqlite3.OperationalError:
+        with _lenient_text(cursor):  # as _load
+            row, first, entries, steps, acts = read()
+    record = _decode_record(saga_id, row, steps)
+    # (A name that is no text is left to the rows that hold it: see _decode_record.)
+    names = tuple(name for (name,) in acts if isinstance(name, str))
+    return HistoryWindow(record, first, entries, names)
 
 
 def _read_saga(cursor: sqlite3.Cursor, saga_id: str) -> tuple[Any, list[Any]]:

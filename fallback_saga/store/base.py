@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from ..status import SagaStatus, StepStatus
 
 __all__ = [
     "PURGED_BY_DEFAULT",
+    "HistoryWindow",
     "JournalEntry",
     "Lease",
     "LeaseState",
@@ -24,6 +26,7 @@ __all__ = [
     "check_store",
     "claims_by_name",
     "gives_back_unrun",
+    "history_window",
     "is_conditional",
     "is_live_journal",
     "is_recoverable",
@@ -99,6 +102,19 @@ class SagaRecord:
             f"created_at={self.created_at!r}, updated_at={self.updated_at!r}, "
             f"version={self.version!r})"
         )
+
+
+class HistoryWindow(NamedTuple):
+    """Part of a saga's journal, as ``history_window`` reads it."""
+
+    #: The saga, its history holding entries ``first`` .. ``first + len - 1`` only.
+    record: SagaRecord
+    first: int
+    #: The length of the whole journal.
+    entries: int
+    #: The names of the steps the whole journal holds an act of, in the
+    #: order they first appear (``saga_family`` finds the children by them).
+    act_steps: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -233,7 +249,13 @@ class RecoverableStore(SagaStore, Protocol):
     lease_state(saga_id) -> LeaseState`` (``SagaNotFound`` if missing); and
     ``async def existing_saga_ids(saga_ids) -> set[str]``, which of those ids
     the store holds (``saga_family`` finds a saga's children with one call,
-    else with a ``lease_state`` or ``load`` per step name).
+    else with a ``lease_state`` or ``load`` per step name); and ``async def
+    load_window(saga_id, *, start, count) -> HistoryWindow``, the saga with
+    only ``count`` entries of its journal from ``start`` (``start < 0``:
+    from the end; ``-count``, the newest), and the journal's length — the
+    console and ``show --limit`` read a page of a journal of tens of
+    thousands of entries without the rest (``history_window``; else the
+    whole record is loaded and cut).
     """
 
     async def list_sagas(
@@ -444,6 +466,28 @@ def gives_back_unrun(store: object) -> bool:
         except (TypeError, ValueError):  # no signature to read
             return False
     return True
+
+
+async def history_window(store: Any, saga_id: str, *, start: int, count: int) -> HistoryWindow:
+    """``count`` entries of a saga's journal from ``start`` (``start < 0``:
+    from the end), the header, and the journal's length: the store's
+    ``load_window`` when it has one, else its ``load``, cut."""
+    load_window = getattr(store, "load_window", None)
+    if callable(load_window):
+        window: HistoryWindow = await load_window(saga_id, start=start, count=count)
+        return window
+    record: SagaRecord = await store.load(saga_id)
+    entries = len(record.history)
+    first = window_start(start, entries)
+    return HistoryWindow(
+        dataclasses.replace(record, history=record.history[first : first + max(count, 0)]),
+        first, entries, tuple(dict.fromkeys(e.step for e in record.history if e.action == "act")),
+    )
+
+
+def window_start(start: int, entries: int) -> int:
+    """The first entry of a window from ``start`` (negative: from the end)."""
+    return max(0, entries + start) if start < 0 else start
 
 
 def is_work_notifier(store: object) -> TypeGuard[WorkNotifier]:

@@ -126,6 +126,7 @@ from ._common import (
     short_repr,
     status_text,
     valid_saga_ids,
+    whole_int,
 )
 from ._dsn_secrets import dsn_secrets, scrub
 from ._group_commit import GroupCommit, RetryAlone
@@ -139,6 +140,7 @@ from ._postgres_oversize import (
 )
 from .base import (
     PURGED_BY_DEFAULT,
+    HistoryWindow,
     JournalEntry,
     Lease,
     LeaseState,
@@ -351,6 +353,9 @@ class PostgresStoreStats:
 
 
 # --------------------------------------------------------------------------- the store
+
+
+_INT4_MAX: Final = 2**31 - 1
 
 
 class PostgresSagaStore:
@@ -1213,6 +1218,31 @@ class PostgresSagaStore:
             raise
         except (TypeError, ValueError) as error:  # a value of the wrong type in a row
             raise CorruptSagaRecord(saga_id, f"{type(error).__name__}: {error}") from None
+
+    async def load_window(self, saga_id: str, *, start: int, count: int) -> HistoryWindow:
+        """The saga with ``count`` journal entries from ``start`` (``start <
+        0``: from the end), and the journal's length, in one snapshot: only
+        those rows are read (the console's page of a long journal, ``show
+        --limit``)."""
+        saga_id = check_saga_id(saga_id)
+        start = whole_int("start", start)
+        count = non_negative_int("count", count)
+        # An int4 the statement can hold: a window past the end is empty.
+        start = max(min(start, _INT4_MAX), -_INT4_MAX)
+        count = min(count, _INT4_MAX - max(start, 0))
+        doing = f"cannot load saga {short_repr(saga_id)}"
+        row = await self._fetch(
+            doing, self._sql.load_window, (start, start, start, count, saga_id)
+        )
+        if row is None:
+            raise SagaNotFound(saga_id)
+        try:
+            record = _decode_record(saga_id, row[:-3])
+        except CorruptSagaRecord:
+            raise
+        except (TypeError, ValueError) as error:  # a value of the wrong type in a row
+            raise CorruptSagaRecord(saga_id, f"{type(error).__name__}: {error}") from None
+        return HistoryWindow(record, row[-3], row[-2], tuple(row[-1]))
 
     # ------------------------------------------------------------------ RecoverableStore
 

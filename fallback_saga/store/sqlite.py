@@ -90,6 +90,7 @@ from ._common import (
     short_repr,
     status_text,
     valid_saga_ids,
+    whole_int,
 )
 from ._loop_waker import LoopWaker, waker_of
 from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
@@ -116,6 +117,7 @@ from ._sqlite_sql import (
     _lease_state,
     _list,
     _load,
+    _load_window,
     _old_finished,
     _optional_time,
     _ping,
@@ -135,6 +137,7 @@ from ._sqlite_workers import (
 )
 from .base import (
     PURGED_BY_DEFAULT,
+    HistoryWindow,
     JournalEntry,
     Lease,
     LeaseState,
@@ -756,6 +759,17 @@ class SQLiteSagaStore:
         row that cannot be read back."""
         record: SagaRecord = await self._submit(_load, (check_saga_id(saga_id),), write=False)
         return record
+
+    async def load_window(self, saga_id: str, *, start: int, count: int) -> HistoryWindow:
+        """The saga with ``count`` journal entries from ``start`` (``start <
+        0``: from the end), and the journal's length: only those rows are
+        read (the console's page of a long journal, ``show --limit``)."""
+        start = whole_int("start", start)
+        count = non_negative_int("count", count)
+        window: HistoryWindow = await self._submit(
+            _load_window, (check_saga_id(saga_id), start, count), write=False
+        )
+        return window
 
     # ------------------------------------------------------------------ RecoverableStore
 

@@ -1,0 +1,202 @@
+"""A saga of tens of thousands of journal entries (a large Parallel group,
+retries journaled per try, compensations retried for months): the console's
+page of it and ``show --limit`` read the page of history they show (and the
+newest page), not the whole journal. The measured cost is in
+benchmarks/README.md ("The operator's paths on a store a year old")."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_console import fetch
+
+from fallback_saga import JournalEntry, MemorySagaStore, SagaStatus, SQLiteSagaStore, StepStatus
+from fallback_saga.cli import main
+from fallback_saga.console import ConsoleServer
+from fallback_saga.console.data import HISTORY_PAGE, WHOLE_JOURNAL
+from fallback_saga.store import _sqlite_sql
+from fallback_saga.store.base import history_window
+
+ENTRIES = WHOLE_JOURNAL + 1001  # longer than a page reads whole
+
+
+def _journal(entries: int) -> list[JournalEntry]:
+    """A group's members, each STARTED then COMPLETED (the step name tells
+    each row's seq); the last member's act failed, and its compensation."""
+    rows = [
+        JournalEntry(
+            seq // 2, f"Member{seq // 2}", "primary", "act",
+            StepStatus.STARTED if seq % 2 == 0 else StepStatus.COMPLETED,
+            1, None, 1000.0 + seq * 0.001,
+        )
+        for seq in range(entries - 2)
+    ]
+    rows.append(JournalEntry(0, "Member0", "primary", "act", StepStatus.FAILED, 2,
+                             "card declined", 2000.0))
+    rows.append(JournalEntry(0, "Member0", "primary", "compensate", StepStatus.FAILED, 3,
+                             "refund service down", 2001.0))
+    return rows
+
+
+class Watched:
+    """A store, counting the calls to its ``load`` (the whole record)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.loads = 0
+
+    async def load(self, saga_id: str) -> Any:
+        self.loads += 1
+        return await self._store.load(saga_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _seqs(html: str) -> list[int]:
+    return [int(n) for n in re.findall(r'<tr><td class="num muted">(\d+)</td>', html)]
+
+
+async def _filled(path: Path) -> SQLiteSagaStore:
+    store = SQLiteSagaStore(path)
+    await store.create("long", "Big", "fp", {"n": 1}, _journal(ENTRIES),
+                       status=SagaStatus.FAILED)
+    await store.create("long/Member7", "Child", "fp", {}, [])  # a SubSaga child
+    return store
+
+
+@pytest.mark.parametrize("start", [0, 200, ENTRIES - 200, -50, -ENTRIES - 5, ENTRIES + 3])
+async def test_operator_a_window_of_the_journal_is_the_records_slice(
+    tmp_path: Path, start: int
+) -> None:
+    """``load_window`` (SQLite) and ``history_window`` on a store without it
+    (``MemorySagaStore``) give the same: the header, the entries of the
+    window, its first seq, the journal's length and its act steps."""
+    memory = MemorySagaStore()
+    await memory.create("long", "Big", "fp", {"n": 1}, _journal(ENTRIES))
+    async with SQLiteSagaStore(tmp_path / "s.db") as sqlite:
+        await sqlite.create("long", "Big", "fp", {"n": 1}, _journal(ENTRIES))
+        whole = await sqlite.load("long")
+        first = max(0, ENTRIES + start) if start < 0 else start
+        for store in (sqlite, memory):
+            window = await history_window(store, "long", start=start, count=200)
+            assert (window.first, window.entries) == (first, ENTRIES)
+            assert window.record.history == whole.history[first : first + 200]
+            assert window.record.context == whole.context
+            assert window.act_steps == tuple(dict.fromkeys(e.step for e in whole.history))
+
+
+def test_operator_a_window_of_a_long_journal_reads_its_rows_by_the_primary_key(
+    tmp_path: Path
+) -> None:
+    """SQLite reads the window's rows by (saga_id, seq), and the journal's
+    length from its last seq: not every row of the saga."""
+    import asyncio
+
+    async def make() -> None:
+        async with SQLiteSagaStore(tmp_path / "s.db") as store:
+            await store.create("long", "Big", "fp", {}, _journal(ENTRIES))
+
+    asyncio.run(make())
+    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        window = _sqlite_sql._load_window(conn.cursor(), None, "long", 400, 200)  # type: ignore[arg-type]
+    finally:
+        conn.set_trace_callback(None)
+    assert (window.first, window.entries, len(window.record.history)) == (400, ENTRIES, 200)
+    plans = {
+        statement: " / ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
+        for statement in sent
+    }
+    conn.close()
+    (rows,) = [plan for statement, plan in plans.items() if "seq >=" in statement]
+    assert "PRIMARY KEY (saga_id=? AND seq>? AND seq<?)" in rows, rows
+    (last,) = [plan for statement, plan in plans.items() if "MAX(seq)" in statement]
+    assert "SEARCH" in last, last
+    assert "PRIMARY KEY" in last, last
+
+
+async def test_operator_the_console_page_of_a_long_journal_reads_that_page_not_the_journal(
+    tmp_path: Path,
+) -> None:
+    """The page of a saga whose journal is longer than ``WHOLE_JOURNAL``
+    reads its page of history and the newest page (the alert: the
+    compensation that kept failing), never the whole record: the rows
+    shown are numbered as in the journal, the pager counts every entry, the
+    child saga is linked, and the timeline says why it is not drawn."""
+    store = await _filled(tmp_path / "s.db")
+    watched = Watched(store)
+    pages = -(-ENTRIES // HISTORY_PAGE)
+    try:
+        async with ConsoleServer(watched, port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            first = (await fetch(f"{base}/sagas/long")).text
+            middle = (await fetch(f"{base}/sagas/long?page=3")).text
+            last = (await fetch(f"{base}/sagas/long?page={pages}")).text
+            beyond = await fetch(f"{base}/sagas/long?page={pages + 1}")
+    finally:
+        await store.close()
+    assert watched.loads == 0
+    assert _seqs(first) == list(range(HISTORY_PAGE))
+    assert _seqs(middle) == list(range(2 * HISTORY_PAGE, 3 * HISTORY_PAGE))
+    assert _seqs(last) == list(range((pages - 1) * HISTORY_PAGE, ENTRIES))
+    assert f"entries 0 to {HISTORY_PAGE - 1} of {ENTRIES}" in first
+    assert f"({ENTRIES} journal entries)" in first
+    assert f"Not drawn for a journal of {ENTRIES:,} entries" in first
+    assert "refund service down" in first  # the alert, from the newest page
+    assert "/sagas/long%2FMember7" in first or "/sagas/long/Member7" in first
+    assert beyond.status == 400
+    assert f"page must be a whole number from 1 to {pages}" in beyond.text
+
+
+async def test_operator_a_page_of_a_journal_read_whole_is_as_before(tmp_path: Path) -> None:
+    """A journal of up to ``WHOLE_JOURNAL`` entries is read whole, once when
+    it fits one page: the timeline and the counts of tries are drawn."""
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await store.create("short", "Small", "fp", {}, _journal(100))
+        await store.create("mid", "Small", "fp", {}, _journal(WHOLE_JOURNAL))
+        watched = Watched(store)
+        async with ConsoleServer(watched, port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            short = (await fetch(f"{base}/sagas/short")).text
+            assert watched.loads == 0  # its one page is the whole journal
+            mid = (await fetch(f"{base}/sagas/mid?page=2")).text
+            assert watched.loads == 1
+    assert "Not drawn" not in short
+    assert "<svg" in short
+    assert "49 completed" in short
+    assert "<svg" in mid
+    assert _seqs(mid) == list(range(HISTORY_PAGE, 2 * HISTORY_PAGE))
+
+
+def test_operator_show_limit_reads_the_newest_entries_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``show ID --limit N`` reads the newest N entries (the store's
+    ``load_window``), numbered as in the journal, and says how many it
+    leaves out; the child saga is still found."""
+    import asyncio
+
+    async def make() -> None:
+        store = await _filled(tmp_path / "s.db")
+        await store.close()
+
+    asyncio.run(make())
+
+    async def no_load(self: Any, saga_id: str) -> Any:
+        raise AssertionError("show --limit loaded the whole record")
+
+    monkeypatch.setattr(SQLiteSagaStore, "load", no_load)
+    assert main(["show", "long", "--db", str(tmp_path / "s.db"), "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    seqs = [int(line.split()[0]) for line in out.splitlines()
+            if line.strip() and line.split()[0].isdigit()]
+    assert seqs == [ENTRIES - 3, ENTRIES - 2, ENTRIES - 1]
+    assert f"(the newest 3 of {ENTRIES} entries shown" in out
+    assert "long/Member7" in out
