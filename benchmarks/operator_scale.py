@@ -5,13 +5,15 @@ Fills a SQLite file (``--db``; or a schema of a throwaway PostgreSQL cluster
 from ``tests/pg_cluster.py`` with ``--store postgres``) with ``--finished``
 finished sagas (90 % COMPLETED, 7 % COMPENSATED, 3 % FAILED) created over a
 year, ``--interrupted`` RUNNING/COMPENSATING ones scattered among them (some
-leased, some parked), and one saga whose journal holds ``--long`` entries.
+leased, some parked), one saga whose journal holds ``--long`` entries, and
+one of ``--huge`` (added to a file or schema filled before, if missing).
 Rows are copied from the journal of a real run (``python -m fallback_saga
 demo --db``), so every row reads back. Then it runs, each in its own
 process (so peak RSS is the operation's own), what an on-call engineer
 runs: ``list`` (plain, by status, by name, by both, a later page,
-``--json``), ``show`` and ``show --json`` of the long saga, the console's
-pages and ``/api/sagas``, a ``RecoveryWorker``-sized ``claim``, and (last,
+``--json``), ``show`` (``--json``, ``--limit``) of the long sagas, listings
+and counts by creation time, the console's pages (time windows, pages of
+the long journals) and ``/api/sagas``, a ``RecoveryWorker``-sized ``claim``, and (last,
 it empties the store) ``purge``.
 
 ``--explain`` prints the plan of each listing query instead.
@@ -20,7 +22,7 @@ The fallback_saga measured is the one imported: run it once per tree to
 compare (``PYTHONPATH=/path/to/tree python benchmarks/operator_scale.py``).
 
 Run: ``python benchmarks/operator_scale.py [--store sqlite|postgres]
-[--finished N] [--interrupted N] [--long N] [--db PATH] [--only WORD,...]``
+[--finished N] [--interrupted N] [--long N] [--huge N] [--db PATH] [--only WORD,...]``
 (``--store postgres --dsn DSN --schema S``: a schema filled before, by
 ``fill_postgres``, on a server of your own).
 """

@@ -295,3 +295,40 @@ async def test_S13_schema_v8_is_migrated_to_v9_in_place_gaining_the_index_by_cre
         assert [summary.saga_id for summary in listed] == ["a"]
         assert await store.count_sagas(created_since=1000) == {
             ("OrderSaga", SagaStatus.RUNNING): 1}
+
+
+# --------------------------------------------------------------------------- a long journal
+
+
+@pytest.mark.parametrize("start", [0, 1400, -50, -5000, 4000])
+async def test_operator_a_window_of_a_long_journal_reads_its_rows_by_the_primary_key(
+    store: PostgresSagaStore, raw: Any, monkeypatch: pytest.MonkeyPatch, start: int
+) -> None:
+    """``load_window`` gives the record's slice, the journal's length and its
+    act steps, in one statement whose read of the history takes the window's
+    rows by (saga_id, seq) — not every entry of the saga, as ``load`` does."""
+    history = [entry(n // 2, f"Member{n // 2}") for n in range(3000)]
+    await store.create("long", "Big", "fp", {"n": 1}, history)
+    whole = await store.load("long")
+    sent: list[tuple[str, list[Any]]] = []
+    fetch = store._fetch
+
+    async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
+        sent.append((statement, list(values)))
+        return await fetch(doing, statement, values, **kwargs)
+
+    monkeypatch.setattr(store, "_fetch", recorded)
+    window = await store.load_window("long", start=start, count=200)
+    monkeypatch.undo()
+    first = max(0, 3000 + start) if start < 0 else start
+    assert (window.first, window.entries) == (first, 3000)
+    assert window.record.history == whole.history[first : first + 200]
+    assert window.act_steps == tuple(f"Member{n}" for n in range(1500))
+    ((statement, values),) = sent
+    plan = [row[0] for row in raw.execute("EXPLAIN (ANALYZE) " + statement, values)]
+    text = "\n".join(plan)
+    assert "Seq Scan" not in text, text
+    (read,) = [n for n, line in enumerate(plan) if "seq >=" in line and "Index Cond" in line]
+    rows = re.search(r"actual time=\S+ rows=(\d+)", plan[read - 1])
+    assert rows is not None, text
+    assert int(rows.group(1)) <= 200, text
