@@ -423,6 +423,10 @@ async def fetch_saga_page(
     journal of up to ``WHOLE_JOURNAL`` entries is read whole (``fetch_saga``);
     a longer one, that page's entries and the newest page only
     (``history_window``: the store's ``load_window`` if it has one)."""
+    if not callable(getattr(store, "load_window", None)):
+        # A store that can only load the whole record: read it once, as before.
+        view = await fetch_saga(store, saga_id, unredacted=unredacted)
+        return view, history_page(page_text, len(view.record.history))
     asked = 1
     if page_text and re.fullmatch(r"[0-9]{1,12}", page_text) and int(page_text) >= 1:
         asked = int(page_text)
