@@ -106,6 +106,12 @@ def _note_collection(
     _collecting_in = _ident() if phase == "start" else 0
 
 
+def _collecting(_ident: Callable[[], int] = threading.get_ident) -> bool:
+    """Whether this thread is inside a garbage collection (asked off the
+    closed path only: there ``__aexit__`` reads the global itself)."""
+    return _collecting_in != 0 and _collecting_in == _ident()
+
+
 def _watch_collections() -> None:
     """Install the gc callback (once: again if something cleared the list).
     Called when a breaker is made, so that only a program that has one pays
@@ -615,7 +621,7 @@ class CircuitBreaker(SharedStateSync):
             # call costs a tenth of this path.
             returned = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
         except BaseException as error:
-            if not self._inside(_getframe()):
+            if not _collecting() and not self._inside(_getframe()):
                 self._record(permit, error)
             raise
         # Awaited in a try of its own (free in 3.11+: a table, not code), so
@@ -627,11 +633,15 @@ class CircuitBreaker(SharedStateSync):
             if type(error) is TypeError and not isawaitable(returned):
                 # A misuse, not the service failing: nothing to record.
                 raise _not_awaitable(fn, returned) from None
-            if not self._inside(_getframe()):
+            # Inside a collection: see _call_guarded.
+            if not _collecting() and not self._inside(_getframe()):
                 self._record(permit, error)
             raise
         # A stale permit's success records nothing: no need to look further.
-        if self._failures and permit == self._generation and not self._inside(_getframe()):
+        if (
+            self._failures and permit == self._generation
+            and not _collecting() and not self._inside(_getframe())
+        ):
             self.record_success(permit)
         return result
 
@@ -652,9 +662,19 @@ class CircuitBreaker(SharedStateSync):
         try:
             result = await returned
         except BaseException as error:
-            self._record(permit, error)
+            if not _collecting():
+                self._record(permit, error)
+            # Else the garbage collector is closing this call's coroutine: its
+            # task was destroyed pending. The collector may have interrupted,
+            # in this thread, a section holding this breaker's lock (not
+            # reentrant: taking it would hang the thread, its event loop with
+            # it), so nothing is recorded or handed back — as for an 'async
+            # with' block closed by the collector (__aexit__): a half-open
+            # trial held here is one that never reports back, and a new round
+            # is let through reset_timeout after this one began.
             raise
-        self.record_success(permit)
+        if not _collecting():  # a function that swallowed the GeneratorExit
+            self.record_success(permit)
         return result
 
     def _inside(self, frame: FrameType) -> bool:

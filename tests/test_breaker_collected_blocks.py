@@ -29,6 +29,7 @@ import contextlib
 import contextvars
 import gc
 import sys
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
@@ -99,6 +100,19 @@ async def enter_and_hang(breaker: CircuitBreaker, form: str, inside: asyncio.Eve
         async with wrapped(breaker):
             inside.set()
             await hang
+    elif form == "call":
+        async def waits_in_call() -> None:
+            inside.set()
+            await hang
+
+        await breaker.call(waits_in_call)
+    elif form == "decorated":
+        @breaker
+        async def waits_decorated() -> None:
+            inside.set()
+            await hang
+
+        await waits_decorated()
     elif form == "call_inside":
         async with breaker:
             async def waits() -> None:
@@ -405,3 +419,149 @@ async def test_S9_coroutine_closed_by_hand_in_a_task_leaves_its_block(
         await breaker.call(fail_with, Boom("counted: not nested in the closed block"))
     assert breaker.state is OPEN
 
+
+
+# ------------------------------------------------------------------- call() inside the lock
+
+
+class CollectingClock(FakeClock):
+    """A clock that, once armed, runs a collection on its next read. The
+    breaker reads its clock while it holds its lock (granting a half-open
+    trial, opening the circuit): the collection runs where one triggered by an
+    allocation inside that section would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed: weakref.ref[Any] | None = None
+
+    def __call__(self) -> float:
+        doomed, self.armed = self.armed, None
+        if doomed is not None:
+            collect(doomed)
+        return super().__call__()
+
+
+def within_seconds(scenario: Callable[[], Any], seconds: float = 10.0) -> None:
+    """Run the async ``scenario`` in a loop of its own in another thread: a
+    thread deadlocked on the breaker's lock fails the test instead of hanging
+    the suite (the thread is a daemon, left blocked)."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+        except BaseException as error:  # handed to the test's thread
+            failures.append(error)
+
+    thread = threading.Thread(target=run, daemon=True, name="breaker-collection")
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), (
+        "deadlocked: a dead task's call() took the breaker's lock inside a collection "
+        "that interrupted a section holding it"
+    )
+    if failures:
+        raise failures[0]
+
+
+@pytest.mark.parametrize("form", ["call", "decorated"])
+def test_S9_call_of_a_task_collected_while_the_breaker_holds_its_lock_takes_nothing(
+    form: str, unraisable: list[str],
+) -> None:
+    """Half-open, two trials: a task dies pending inside call() (or a decorated
+    function) holding one, and the collection that closes it runs while this
+    thread holds the breaker's lock, granting the other. The dead call hands
+    nothing back (taking the lock there deadlocked the thread, the event loop
+    with it): its trial is one that never reports back, the other trial's
+    success closes the circuit."""
+    in_flight: list[int] = []
+
+    async def scenario() -> None:
+        clock = CollectingClock()
+        breaker = CircuitBreaker(
+            clock=clock, reset_timeout=RESET, fail_max=1, half_open_max_calls=2
+        )
+        half_open(breaker, clock)
+        doomed = await start_doomed(breaker, form)
+        in_flight.append(breaker.half_open_calls_in_flight)
+        clock.armed = doomed
+
+        async def trial() -> str:
+            in_flight.append(breaker.half_open_calls_in_flight)
+            return "ok"
+
+        assert await breaker.call(trial) == "ok"
+        assert clock.armed is None  # the collection ran
+        assert breaker.state is CLOSED
+
+    within_seconds(scenario)
+    assert in_flight == [1, 2]  # the dead call's trial was not handed back
+    assert unraisable == []
+
+
+def test_S9_call_of_a_task_collected_while_the_breaker_holds_its_lock_after_one_trial(
+    unraisable: list[str],
+) -> None:
+    """Half-open, one trial, held by a call whose task dies pending inside a
+    locked section: calls are rejected as while a trial hangs, then a new
+    trial is let through ``reset_timeout`` after the round began."""
+
+    async def scenario() -> None:
+        clock = CollectingClock()
+        breaker = CircuitBreaker(
+            clock=clock, reset_timeout=RESET, fail_max=1, half_open_max_calls=1
+        )
+        half_open(breaker, clock)
+        doomed = await start_doomed(breaker, "call")
+        clock.armed = doomed
+        with pytest.raises(CircuitOpenError):
+            await breaker.call(succeed)
+        assert clock.armed is None
+        assert breaker.half_open_calls_in_flight == 1
+        clock.advance(RESET)
+        assert await breaker.call(succeed) == "ok"
+        assert breaker.state is CLOSED
+
+    within_seconds(scenario)
+    assert unraisable == []
+
+
+def test_S9_closed_path_call_of_a_collected_task_records_nothing_inside_the_lock(
+    unraisable: list[str],
+) -> None:
+    """Closed: a dead task's function turns the collector's GeneratorExit into
+    an error of its own, while this thread holds the breaker's lock (opening
+    the circuit on another call's failure). That error is not counted (it
+    took the lock: a deadlock); the collector reports it as raised in a
+    coroutine it was closing."""
+
+    async def scenario() -> None:
+        clock = CollectingClock()
+        breaker = CircuitBreaker(clock=clock, reset_timeout=RESET, fail_max=2)
+        inside = asyncio.Event()
+
+        async def converts() -> None:
+            hang = asyncio.get_running_loop().create_future()  # nobody else holds it
+            inside.set()
+            try:
+                await hang
+            except GeneratorExit:
+                raise Boom("turned from GeneratorExit") from None
+
+        task = asyncio.get_running_loop().create_task(breaker.call(converts))
+        await inside.wait()
+        doomed = weakref.ref(task)
+        del task
+        with pytest.raises(Boom):
+            await breaker.call(fail_with, Boom("first"))
+        clock.armed = doomed
+        with pytest.raises(Boom):
+            await breaker.call(fail_with, Boom("second: opens, reading the clock locked"))
+        assert clock.armed is None
+        assert breaker.state is OPEN
+        clock.advance(RESET)
+        assert await breaker.call(succeed) == "ok"
+        assert breaker.state is CLOSED
+
+    within_seconds(scenario)
+    assert unraisable == ["Boom: turned from GeneratorExit"]
