@@ -39,7 +39,8 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
-from inspect import isawaitable
+from dis import opmap
+from inspect import CO_ASYNC_GENERATOR, isawaitable
 from types import FrameType, TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -87,8 +88,29 @@ _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", N
 # nested block, which took none), whether it was let in on the closed path
 # (then whether it is nested is only looked at when it leaves, if that
 # matters), the task that entered it (weakly; None when no event loop runs),
-# and the entry below it.
-_Entry: TypeAlias = tuple[int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object]
+# the entry below it, and the frame that entered it (an async generator's
+# block outlives its place on the stack: see ``_block_over``).
+_Entry: TypeAlias = tuple[
+    int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object, FrameType
+]
+
+_asyncio_current_task = asyncio.current_task
+
+
+class _Nobody:
+    __weakref__: object
+
+
+# The weak reference to the task that entered the latest block, kept so that
+# the next block of the same task reuses it (a new one per block allocates).
+_last_owner: weakref.ref[Any] = weakref.ref(_Nobody())
+
+# The instructions a generator's frame is parked at (3.13 reports the one
+# just past its yield, a RESUME): see ``_block_over``.
+_YIELDS = frozenset(
+    opmap[name] for name in ("YIELD_VALUE", "INSTRUMENTED_YIELD_VALUE") if name in opmap
+)
+_RESUMES = frozenset(opmap[name] for name in ("RESUME", "INSTRUMENTED_RESUME") if name in opmap)
 
 
 
@@ -608,7 +630,7 @@ class CircuitBreaker(SharedStateSync):
             # CLOSED, and its closed path goes on unless a pull is due.
             self._state is not _CLOSED or self._clock() >= self._next_sync
         ):
-            if self._inside(_getframe()):
+            if self._inside(_getframe(), self._permits.get()):
                 # Nested: the outer call's permit covers this one and its
                 # outcome is the one recorded. Never rejected by this breaker.
                 returned = fn(*args, **kwargs)
@@ -621,7 +643,7 @@ class CircuitBreaker(SharedStateSync):
             # call costs a tenth of this path.
             returned = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
         except BaseException as error:
-            if not _collecting() and not self._inside(_getframe()):
+            if not _collecting() and not self._inside(_getframe(), self._permits.get()):
                 self._record(permit, error)
             raise
         # Awaited in a try of its own (free in 3.11+: a table, not code), so
@@ -634,13 +656,13 @@ class CircuitBreaker(SharedStateSync):
                 # A misuse, not the service failing: nothing to record.
                 raise _not_awaitable(fn, returned) from None
             # Inside a collection: see _call_guarded.
-            if not _collecting() and not self._inside(_getframe()):
+            if not _collecting() and not self._inside(_getframe(), self._permits.get()):
                 self._record(permit, error)
             raise
         # A stale permit's success records nothing: no need to look further.
         if (
             self._failures and permit == self._generation
-            and not _collecting() and not self._inside(_getframe())
+            and not _collecting() and not self._inside(_getframe(), self._permits.get())
         ):
             self.record_success(permit)
         return result
@@ -677,28 +699,35 @@ class CircuitBreaker(SharedStateSync):
             self.record_success(permit)
         return result
 
-    def _inside(self, frame: FrameType) -> bool:
+    def _inside(self, frame: FrameType, top: _Entry | None) -> bool:
         """Whether the call running in ``frame`` (``call``, ``__aenter__`` or
         ``__aexit__``) is nested: made while a guarded call of this breaker is in
         progress in the same task.
 
-        An outer ``async with`` block is the top of this task's permit stack; an
-        outer ``call()`` (or decorated function) is a frame of ``call`` on this
-        breaker below ``frame``. A task started inside a guarded call is not
-        nested: it copies the permit stack with its context, but the entries
-        name the task that made them; and a frame found below the task's own
-        coroutine (an eager task runs its first step on its creator's frames)
-        belongs to another task.
+        An outer ``async with`` block is on ``top``, this task's permit stack
+        (or the part of it below the block leaving); an outer ``call()`` (or
+        decorated function) is a frame of ``call`` on this breaker below
+        ``frame``. A task started inside a guarded call is not nested: it
+        copies the permit stack with its context, but the entries name the
+        task that made them; and a frame found below the task's own coroutine
+        (an eager task runs its first step on its creator's frames) belongs to
+        another task. The block of an async generator closed elsewhere (see
+        ``_block_over``) is passed over, and dropped from the stack when it
+        is on top of it.
         """
-        top = self._permits.get()
         if top is not None:
-            owner = top[2]
             task = _current_task()
-            if task is None:
-                if owner is None:
+            entry: _Entry | None = top
+            while entry is not None:
+                owner = entry[2]
+                if not (owner is None if task is None else owner is not None and owner() is task):
+                    break  # another task's: so are those below it
+                if not _block_over(entry[4]):
                     return True
-            elif owner is not None and owner() is task:
-                return True
+                entry = entry[3]  # type: ignore[assignment]
+            if entry is not top and self._permits.get() is top:
+                # Over: its exit ran elsewhere and will not pop it.
+                self._permits.set(_drop_over(top))
         code = _CALL_CODE
         own = frame
         while True:
@@ -734,18 +763,34 @@ class CircuitBreaker(SharedStateSync):
         if closed_path:
             # As in call(): nothing to decide yet, the permit is the generation.
             permit = self._generation
-        elif self._inside(_getframe()):
+        elif self._inside(_getframe(), self._permits.get()):
             permit = None  # nested: the outer call's permit covers this block
         else:
             permit = self.acquire()
-        task = _current_task()
+        global _last_owner
+        owner: weakref.ref[asyncio.Task[Any]] | None
+        try:  # (_current_task inlined: this is the closed path)
+            task = _asyncio_current_task()
+        except RuntimeError:  # no running event loop: a coroutine driven by hand
+            task = None
+        if task is None:  # (a loop callback, or no loop)
+            owner = None
+        else:
+            owner = _last_owner
+            if owner() is not task:
+                owner = _last_owner = weakref.ref(task)
+        outer = self._permits.get()
+        if outer is not None:
+            # An async generator dropped inside its block (its exit ran
+            # elsewhere) leaves its entry here: it goes, so that a task
+            # dropping such generators does not pile them up.
+            outer = _drop_over(outer)
         # A per-task stack of permits (immutable entries), so nested and
         # concurrent ``async with`` blocks each hand back their own permit, and
-        # the calls inside a block know they are nested.
-        self._permits.set((
-            permit, closed_path, None if task is None else weakref.ref(task),
-            self._permits.get(),
-        ))
+        # the calls inside a block know they are nested. The frame entering
+        # names the block: generators' blocks do not end in the order they
+        # began.
+        self._permits.set((permit, closed_path, owner, outer, _getframe(1)))
         return self
 
     async def __aexit__(
@@ -785,21 +830,46 @@ class CircuitBreaker(SharedStateSync):
             # none): its permit stack is not the one here. Its permit is not
             # handed back either.
             return
-        if top is None:
-            raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
-        permit, closed_path, _, outer = top
-        self._permits.set(outer)  # type: ignore[arg-type]
+        if top is not None and top[4] is _getframe(1):
+            entry = top
+            self._permits.set(top[3])  # type: ignore[arg-type]
+        else:
+            entry = self._unstack(top)
+        permit, closed_path, _, outer, _ = entry
         if permit is None:
             return
         if closed_path:
             # Let in on the closed path: only a failure, or a success with
             # failures to reset, records something; only then is nesting
-            # looked for (this block's entry is popped: the stack is the outer one's).
+            # looked for, among the blocks entered before this one.
             if exc is None and not (self._failures and permit == self._generation):
                 return
-            if self._inside(_getframe()):
+            if self._inside(_getframe(), outer):  # type: ignore[arg-type]
                 return
         self._record(permit, exc)
+
+    def _unstack(self, top: _Entry | None) -> _Entry:
+        """Take this block's entry off the stack when it is not the top one:
+        an async generator parked inside a block entered after this one (the
+        consumer dropped it, or drives it on), or a block entered and left
+        from two frames (``AsyncExitStack``: then the top one, as ever).
+        Entries above it stay, but for blocks that are over."""
+        if top is None:
+            raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
+        caller = _getframe(2)
+        above: list[_Entry] = []
+        entry: _Entry | None = top
+        while entry is not None and entry[4] is not caller and _entered_here(entry):
+            above.append(entry)
+            entry = entry[3]  # type: ignore[assignment]
+        if entry is None or entry[4] is not caller:
+            entry, above = top, []  # entered from another frame
+        stack = entry[3]
+        for kept in reversed(above):
+            if not _block_over(kept[4]):
+                stack = (*kept[:3], stack, kept[4])
+        self._permits.set(stack)  # type: ignore[arg-type]
+        return entry
 
 
 _CALL_CODE = CircuitBreaker.call.__code__
@@ -831,6 +901,42 @@ def _entered_here(top: _Entry | None) -> bool:
     # gone (its weak reference then reads None, as the missing task does): a
     # loop callback runs in a copy of the context it was scheduled from.
     return task is not None and owner() is task
+
+
+def _block_over(frame: FrameType) -> bool:
+    """Whether the block entered by ``frame`` is over although its entry is
+    still on the stack: the block of an async generator that its consumer
+    dropped while it was parked inside it (``break`` out of ``async for``),
+    closed later by asyncio's finalizer in a task of its own, where the
+    block's exit cannot reach this stack. Its frame has ended: it is neither
+    parked at a yield nor running (on this thread's stack, in this step of
+    the task: a frame that has ended keeps its last caller as ``f_back`` on
+    3.12+). A coroutine's block is never over here: its task ends it (or a
+    frame of its own that has ended entered it: ``AsyncExitStack``)."""
+    if not frame.f_code.co_flags & CO_ASYNC_GENERATOR:
+        return False
+    at = frame.f_lasti
+    if at < 0:
+        return False
+    code = frame.f_code.co_code
+    if code[at] in _YIELDS or (code[at] in _RESUMES and at >= 2 and code[at - 2] in _YIELDS):
+        return False
+    below: FrameType | None = _getframe(1)
+    while below is not None:
+        if below is frame:
+            return False
+        if below.f_code is _LOOP_STEP:
+            break
+        below = below.f_back
+    return True
+
+
+def _drop_over(top: _Entry) -> _Entry | None:
+    """``top`` without the entries at its top whose blocks are over."""
+    entry: _Entry | None = top
+    while entry is not None and _block_over(entry[4]):
+        entry = entry[3]  # type: ignore[assignment]
+    return entry
 
 
 def _in_current_task(own: FrameType, outer: FrameType) -> bool:

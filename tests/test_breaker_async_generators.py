@@ -1,0 +1,265 @@
+"""Rule S9, ``async with breaker:`` inside an async generator.
+
+An async generator's body runs in the context of whoever drives it: a block
+it enters goes on its consumer's permit stack, and stays there while the
+generator is parked at a ``yield`` inside it (the consumer's calls meanwhile
+are nested in that block, as the body of an ``asynccontextmanager`` wrapping
+the breaker is). A consumer that leaves ``async for`` early (``break``, an
+error) without closing the generator drops it: asyncio's finalizer closes it
+later in a task of its own, where the block's exit cannot reach its entry. The
+entry, left on the consumer's stack, made every later call of that task look
+nested: nothing it did was recorded again, and the breaker never opened on its
+failures. A block whose generator is over no longer counts as an outer block,
+and such entries do not pile up.
+
+Nothing sleeps: a generator's close is awaited through an event set in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from helpers_breaker import Boom, FakeClock, fail_with, succeed
+
+from fallback_saga import CircuitBreaker, CircuitState
+
+CLOSED = CircuitState.CLOSED
+OPEN = CircuitState.OPEN
+HALF_OPEN = CircuitState.HALF_OPEN
+
+
+def make_breaker(**options: Any) -> CircuitBreaker:
+    options.setdefault("reset_timeout", 30.0)
+    options.setdefault("name", "catalog")
+    return CircuitBreaker(clock=FakeClock(), **options)
+
+
+class Stream:
+    """``rows()``: an async generator that yields inside a block of the
+    breaker; ``closed`` is set once it has left the block (closed by its
+    consumer or by asyncio's finalizer)."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+        self.closed = asyncio.Event()
+        self.locals_alive: list[weakref.ref[object]] = []
+
+    async def rows(self) -> AsyncIterator[int]:
+        marker = Marker()  # a local: kept as long as something holds the frame
+        self.locals_alive.append(weakref.ref(marker))
+        try:
+            async with self.breaker:
+                for row in range(3):
+                    yield row
+        finally:
+            self.closed.set()
+
+
+class Marker:
+    pass
+
+
+async def fail_in(breaker: CircuitBreaker, form: str) -> None:
+    async def in_block() -> None:
+        async with breaker:
+            raise Boom("counted")
+
+    with pytest.raises(Boom):
+        await (breaker.call(fail_with, Boom("counted")) if form == "call" else in_block())
+
+
+def depth(breaker: CircuitBreaker) -> int:
+    """How many entries the current context's permit stack holds."""
+    entry: Any = breaker._permits.get()
+    count = 0
+    while entry is not None:
+        count += 1
+        entry = entry[3]
+    return count
+
+
+# ------------------------------------------------------------------- dropped by the consumer
+
+
+@pytest.mark.parametrize("form", ["call", "async_with"])
+async def test_S9_stream_dropped_by_break_leaves_its_consumer_counting(form: str) -> None:
+    """``async for ... break`` without closing the generator: once asyncio's
+    finalizer has closed it, the consumer's failures count again."""
+    breaker = make_breaker(fail_max=1)
+    stream = Stream(breaker)
+    async for _ in stream.rows():
+        break
+    await stream.closed.wait()
+    assert depth(breaker) <= 1  # (left until a later block or check drops it)
+    await fail_in(breaker, form)
+    assert breaker.state is OPEN
+    assert depth(breaker) == 0
+
+
+async def test_S9_stream_dropped_by_an_error_leaves_its_consumer_counting() -> None:
+    breaker = make_breaker(fail_max=1)
+    stream = Stream(breaker)
+    with contextlib.suppress(KeyError):
+        async for _ in stream.rows():
+            raise KeyError("the consumer's own error, not the service's")
+    await stream.closed.wait()
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
+
+
+async def test_S9_stream_dropped_inside_the_consumers_own_block() -> None:
+    """The consumer drops the stream inside its own block of the breaker:
+    that block's failure is counted once (not taken for nested in the
+    stream's block, entered after it), and once the stream is closed the
+    consumer's failures count."""
+    breaker = make_breaker(fail_max=3)
+    stream = Stream(breaker)
+
+    async def consumer() -> None:
+        async with breaker:
+            async for _ in stream.rows():
+                break
+            raise Boom("the consumer's block fails")
+
+    with pytest.raises(Boom):
+        await consumer()
+    assert breaker.failure_count == 1
+    await stream.closed.wait()
+    await fail_in(breaker, "call")
+    assert breaker.failure_count == 2
+    await fail_in(breaker, "async_with")
+    assert breaker.state is OPEN
+    assert depth(breaker) == 0
+
+
+async def test_S9_half_open_trial_after_a_dropped_stream_closes_the_circuit() -> None:
+    """Half-open: a consumer that dropped a stream earlier is let through
+    as a trial (not taken for nested), and its success closes the circuit."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, fail_max=1, reset_timeout=30.0, name="catalog")
+    stream = Stream(breaker)
+    async for _ in stream.rows():
+        break
+    await stream.closed.wait()
+    breaker.open()
+    clock.advance(30.0)
+    assert breaker.state is HALF_OPEN
+    assert await breaker.call(succeed) == "ok"
+    assert breaker.state is CLOSED
+    assert breaker.half_open_calls_in_flight == 0
+
+
+async def test_S9_streams_dropped_by_a_long_lived_task_do_not_pile_up() -> None:
+    """A worker task dropping a stream per job: the entries (and the
+    generators' frames, with their locals) do not accumulate on its stack."""
+    breaker = make_breaker(fail_max=1)
+    streams = []
+    for _ in range(20):
+        stream = Stream(breaker)
+        streams.append(stream)
+        async for _ in stream.rows():
+            break
+        await stream.closed.wait()
+        assert await breaker.call(succeed) == "ok"
+    assert depth(breaker) <= 1
+    alive = [ref for each in streams for ref in each.locals_alive if ref() is not None]
+    assert len(alive) <= 1
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
+
+
+# ------------------------------------------------------------------- closed, or parked outside
+
+
+@pytest.mark.parametrize("how", ["aclose", "aclosing"])
+async def test_S9_stream_closed_by_its_consumer_leaves_its_block(how: str) -> None:
+    breaker = make_breaker(fail_max=1)
+    stream = Stream(breaker)
+    if how == "aclose":
+        rows = stream.rows()
+        async for _ in rows:
+            break
+        await rows.aclose()
+    else:
+        async with contextlib.aclosing(stream.rows()) as rows:
+            async for _ in rows:
+                break
+    assert stream.closed.is_set()
+    assert depth(breaker) == 0
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
+
+
+async def test_S9_block_inside_a_generator_that_yields_outside_it() -> None:
+    """A block that ends before the generator yields: nothing is left on the
+    consumer's stack, dropped or not."""
+    breaker = make_breaker(fail_max=1)
+
+    async def rows() -> AsyncIterator[int]:
+        for row in range(3):
+            async with breaker:
+                value = await succeed(row)
+            yield value  # type: ignore[misc]
+
+    async for _ in rows():
+        break
+    assert depth(breaker) == 0
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
+
+
+# ------------------------------------------------------------------- nesting unchanged
+
+
+@contextlib.asynccontextmanager
+async def wrapped(breaker: CircuitBreaker) -> AsyncIterator[None]:
+    async with breaker:
+        yield
+
+
+async def fails_nested(breaker: CircuitBreaker, form: str) -> None:
+    if form == "wrapped":
+        async with wrapped(breaker):
+            await breaker.call(fail_with, Boom("once"))
+    elif form == "exit_stack":
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            await breaker.call(fail_with, Boom("once"))
+    elif form == "generator_body":
+        async def rows() -> AsyncIterator[int]:
+            async with breaker:
+                await breaker.call(fail_with, Boom("once"))
+                yield 1
+
+        async for _ in rows():
+            pass
+    else:
+        async def parked() -> AsyncIterator[int]:
+            async with breaker:
+                yield 1
+
+        generator = parked()
+        await generator.__anext__()
+        try:
+            await breaker.call(fail_with, Boom("nested in the parked block"))
+        except Boom as error:
+            await generator.athrow(error)  # the block leaves with it: counted there
+
+
+@pytest.mark.parametrize("form", ["wrapped", "exit_stack", "generator_body", "parked_stream"])
+async def test_S9_calls_in_a_block_entered_through_a_generator_are_nested(form: str) -> None:
+    """The body of an ``asynccontextmanager`` around the breaker, of a block
+    entered through an ``AsyncExitStack``, a call made by the generator
+    inside its own block, and the consumer's body while the stream is parked
+    inside its block: a failing call there is nested, counted once (by the
+    block, which the failure leaves)."""
+    breaker = make_breaker(fail_max=5)
+    with pytest.raises(Boom):
+        await fails_nested(breaker, form)
+    assert breaker.failure_count == 1
+    assert depth(breaker) == 0
