@@ -39,7 +39,6 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
-from dis import opmap
 from inspect import CO_ASYNC_GENERATOR, isawaitable
 from types import FrameType, TracebackType
 from typing import (
@@ -104,13 +103,6 @@ class _Nobody:
 # The weak reference to the task that entered the latest block, kept so that
 # the next block of the same task reuses it (a new one per block allocates).
 _last_owner: weakref.ref[Any] = weakref.ref(_Nobody())
-
-# The instructions a generator's frame is parked at (3.13 reports the one
-# just past its yield, a RESUME): see ``_block_over``.
-_YIELDS = frozenset(
-    opmap[name] for name in ("YIELD_VALUE", "INSTRUMENTED_YIELD_VALUE") if name in opmap
-)
-_RESUMES = frozenset(opmap[name] for name in ("RESUME", "INSTRUMENTED_RESUME") if name in opmap)
 
 
 
@@ -908,27 +900,19 @@ def _block_over(frame: FrameType) -> bool:
     still on the stack: the block of an async generator that its consumer
     dropped while it was parked inside it (``break`` out of ``async for``),
     closed later by asyncio's finalizer in a task of its own, where the
-    block's exit cannot reach this stack. Its frame has ended: it is neither
-    parked at a yield nor running (on this thread's stack, in this step of
-    the task: a frame that has ended keeps its last caller as ``f_back`` on
-    3.12+). A coroutine's block is never over here: its task ends it (or a
-    frame of its own that has ended entered it: ``AsyncExitStack``)."""
-    if not frame.f_code.co_flags & CO_ASYNC_GENERATOR:
+    block's exit cannot reach this stack. Its frame has ended. A coroutine's
+    block is never over here: its task ends it (or a frame of its own that
+    has ended entered it: ``AsyncExitStack``).
+
+    A generator's frame, running or parked, lives in the generator; once it
+    has ended, the frame object (held here) owns what it holds, and only then
+    does the collector see its code among the frame's referents. (Where it
+    stopped tells nothing: a frame that ended re-raising the GeneratorExit
+    thrown in at a yield reads as stopped at that yield.)"""
+    code = frame.f_code
+    if not code.co_flags & CO_ASYNC_GENERATOR:
         return False
-    at = frame.f_lasti
-    if at < 0:
-        return False
-    code = frame.f_code.co_code
-    if code[at] in _YIELDS or (code[at] in _RESUMES and at >= 2 and code[at - 2] in _YIELDS):
-        return False
-    below: FrameType | None = _getframe(1)
-    while below is not None:
-        if below is frame:
-            return False
-        if below.f_code is _LOOP_STEP:
-            break
-        below = below.f_back
-    return True
+    return any(referent is code for referent in gc.get_referents(frame))
 
 
 def _drop_over(top: _Entry) -> _Entry | None:

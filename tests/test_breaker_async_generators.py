@@ -52,12 +52,26 @@ class Stream:
     async def rows(self) -> AsyncIterator[int]:
         marker = Marker()  # a local: kept as long as something holds the frame
         self.locals_alive.append(weakref.ref(marker))
-        try:
-            async with self.breaker:
-                for row in range(3):
-                    yield row
-        finally:
-            self.closed.set()
+        # No try/finally around the block: the generator's frame ends with the
+        # exit of the breaker's block, re-raising the GeneratorExit from the
+        # yield (a frame that ended so reads as if parked at that yield).
+        async with self.breaker, SetOnExit(self.closed):
+            for row in range(3):
+                yield row
+
+
+class SetOnExit:
+    """Sets ``event`` when its block is left: inside the breaker's block, so
+    the breaker's exit follows in the same step."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.event.set()
 
 
 class Marker:
@@ -99,6 +113,24 @@ async def test_S9_stream_dropped_by_break_leaves_its_consumer_counting(form: str
     await fail_in(breaker, form)
     assert breaker.state is OPEN
     assert depth(breaker) == 0
+
+
+async def test_S9_stream_with_a_finally_dropped_by_break_leaves_its_consumer_counting() -> None:
+    breaker = make_breaker(fail_max=1)
+    closed = asyncio.Event()
+
+    async def rows() -> AsyncIterator[int]:
+        try:
+            async with breaker:
+                yield 1
+        finally:
+            closed.set()
+
+    async for _ in rows():
+        break
+    await closed.wait()
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
 
 
 async def test_S9_stream_dropped_by_an_error_leaves_its_consumer_counting() -> None:
