@@ -850,7 +850,7 @@ class Execution(UnwindingRun):
         # try_branch), and hear it fail.
         called = self.active
         self.active = False
-        if called and self.resumed and error.__class__ is not _CancelledError:
+        if called and self.resumed and isinstance(error, Exception):
             crashed = self.crashed_calls
             if branch in crashed:
                 # The participant answered for the crashed call: it failed
@@ -861,6 +861,17 @@ class Execution(UnwindingRun):
             # its call in flight is as uncertain as the member's own would be
             # (not a call its write-ahead never let through: nothing to undo).
             self.act_cancelled(branch, attempt)
+        elif not isinstance(error, Exception) and not isinstance(error, _CancelledError):
+            # KeyboardInterrupt, SystemExit, GeneratorExit: the process (or
+            # this coroutine) is going down inside the call, whose effect may
+            # have landed. Its STARTED stays the journal's last word on it, so
+            # that recovery calls it again with its key — and compensates it
+            # if that resume is cancelled before it answers. A FAILED row
+            # would tell recovery the call did nothing (S5, S10, S13); a
+            # MemorySagaStore shows this journal as it goes, and a durable
+            # one writes it with the next flush (a group's sibling that
+            # completes meanwhile), so none may get it.
+            pass
         else:
             text = str(error)  # _describe(error), inlined: every failed act comes here
             self.journal.append(
