@@ -47,6 +47,7 @@ from typing import Any
 import pytest
 
 from fallback_saga import (
+    CircuitBreaker,
     Fallback,
     MemorySagaStore,
     Parallel,
@@ -55,7 +56,6 @@ from fallback_saga import (
     SagaFailed,
     SagaStatus,
     SQLiteSagaStore,
-    StepStatus,
     SubSaga,
     recover,
 )
@@ -124,8 +124,11 @@ class Participant:
             raise self.error
 
 
-def family(participant: Participant, place: str) -> tuple[type[Saga[Ctx]], type[Saga[ChildCtx]]]:
-    """The saga for ``place`` (and the child saga it may run)."""
+def family(
+    participant: Participant, place: str, breaker: Any = None
+) -> tuple[type[Saga[Ctx]], type[Saga[ChildCtx]]]:
+    """The saga for ``place`` (and the child saga it may run); ``breaker``
+    guards the Fallback's primary."""
 
     def step(name: str, declines: bool = False) -> type:
         class Step:
@@ -144,7 +147,7 @@ def family(participant: Participant, place: str) -> tuple[type[Saga[Ctx]], type[
     second: Any = {
         "act": step("B"),
         "compensate": step("B", declines=True),
-        "primary": Fallback(step("P"), step("F")),
+        "primary": Fallback(step("P"), step("F"), circuit_breaker=breaker),
         "fallback": Fallback(step("P", declines=True), step("F")),
         "member": Parallel(step("M"), step("Q")),
         "child": SubSaga(Child, context=lambda parent: ChildCtx(), name="Pay", lease_seconds=0.1),
@@ -298,7 +301,8 @@ def test_S10_S13_a_crash_in_a_step_leaves_its_call_in_doubt_on_every_store(
                     await saga_class(store=store).resume("s")
             else:
                 report = await recover(store, [saga_class, child_class], older_than=0)
-                assert report.skipped == [] and report.interrupted == [], report
+                assert report.skipped == [], report
+                assert report.interrupted == [], report
             return (await store.load("s")).status
         finally:
             await closed(store)
@@ -393,3 +397,36 @@ def test_S6_S8_a_cancelled_error_raised_by_a_step_is_journaled_alike_on_every_st
         assert participant.applied == set(), participant.calls
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("error", CRASHES, ids=lambda e: e.__name__)
+def test_S5_S9_a_primary_interrupted_in_its_call_is_answered_by_its_own_call_behind_an_open_breaker(
+    kind: str, error: type[BaseException], store_of: Callable[[], Any]
+) -> None:
+    """The process went down inside the primary's call (its effect landed);
+    the primary's circuit opened meanwhile. The resume calls the primary
+    again with its key — not the fallback, which would apply a second
+    effect while the first one stands (docs/mechanics.md, Resuming from the
+    journal) — on every store."""
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=1000.0, clock=lambda: 0.0)
+    participant = Participant(("P", "act"), error)
+
+    async def run_then_resume() -> SagaStatus:
+        async def down() -> None:
+            raise OSError("the service is down")
+
+        with pytest.raises(OSError, match="down"):
+            await breaker.call(down)  # the circuit opens meanwhile
+        store = store_of()
+        try:
+            saga_class, _ = family(participant, "primary", breaker)
+            result = await saga_class(store=store).resume("s")
+            return result.status
+        finally:
+            await closed(store)
+
+    interrupted_run(store_of, participant, "primary", error)
+    final = asyncio.run(run_then_resume())
+    assert final is SagaStatus.COMPLETED
+    assert participant.calls.count(("P", "act")) == 2, participant.calls
+    assert ("F", "act") not in participant.calls, participant.calls
+    ledger_agrees(participant, final, {"A", "P"})
