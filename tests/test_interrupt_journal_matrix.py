@@ -32,6 +32,15 @@ Cancellation and Resuming from the journal):
 The participant's ledger must end consistent with the saga's outcome: every
 effect applied once and kept when the saga completed, every effect undone
 when it was compensated — no act that may have run left uncompensated.
+
+Before the act's crash was kept out of the journal (executor.act_failed),
+these cells failed: on ``MemorySagaStore`` every forward place for each of
+the three crashes (the act journaled ``FAILED``; with the resume cancelled
+before the call answered, its effect stayed applied under a ``COMPENSATED``
+saga — all but the member; behind an open breaker, the fallback ran while
+the primary's effect stood), and on SQLite (each writer) and PostgreSQL a
+``Parallel`` member's ``GeneratorExit`` (the loop goes on: the sibling's
+completion wrote the member's ``FAILED`` row too).
 """
 
 from __future__ import annotations
@@ -103,7 +112,8 @@ class Participant:
         self.applied: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         # The run to cancel as the interrupted act is called again (before it
-        # answers): see test_..._resume_cancelled_before_the_call_answers.
+        # answers): see test_S5_S8_S13_a_crashed_call_is_compensated_when_its_
+        # resume_is_cancelled_before_it_answers.
         self.cancel_on_rerun: asyncio.Task[Any] | None = None
 
     async def call(self, step: str, action: str, declines: bool = False) -> None:
@@ -225,16 +235,17 @@ def interrupted_run(
         expected = SagaFailed  # a compensation that raises it has failed (S6)
     with pytest.raises(expected):
         asyncio.run(main())
-    # A KeyboardInterrupt out of a Parallel member comes out of the saga's
-    # task again as the loop shuts down (the run stops without unwinding),
-    # which cuts that shutdown short: what it left pending is freed here,
-    # not in the middle of a later test.
-    gc.collect()
     if error in (KeyboardInterrupt, SystemExit):
         # The task keeps what it let out: retrieved here, not logged when
         # freed. (Out of a compensation, the unwinding's own task let it
         # out, and asyncio.run cancelled the saga's as it shut down.)
         assert tasks[0].cancelled() or isinstance(tasks[0].exception(), error)
+    # A KeyboardInterrupt out of a Parallel member comes out of the saga's
+    # task again as the loop shuts down (the run stops without unwinding),
+    # which cuts that shutdown short: what it left pending is freed here,
+    # not in the middle of a later test.
+    tasks.clear()
+    gc.collect()
 
 
 def the_crashed_call(rows: Rows, step: str, action: str) -> list[str]:
