@@ -499,9 +499,20 @@ async def _waited_for(
     while waiting (the first: it carries the caller's message), if any."""
     loop = asyncio.get_running_loop()
     cancelled: asyncio.CancelledError | None = None
-    timer = None if until is None else loop.call_at(until, signal.fire)
+    # The timer's firing, not the clock, ends the wait: a loop runs a timer
+    # up to its clock's resolution early, and ``loop.time() < until`` then
+    # held on, each turn a ``sleep(0)`` — a busy loop until the clock moved,
+    # and for ever on a clock that moves only to the next timer (a test's).
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        signal.fire()
+
+    timer = None if until is None else loop.call_at(until, expire)
     try:
-        while not task.done() and (until is None or loop.time() < until):
+        while not task.done() and not expired:
             try:
                 if signal.waiter.done():
                     await asyncio.sleep(0)  # fired: the task ends in its current step
