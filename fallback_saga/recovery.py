@@ -38,7 +38,7 @@ from .resumption import (
     resume_point,
 )
 from .saga import Saga
-from .shielding import cancelled_again, claimed
+from .shielding import cancellation_pending, cancelled_again, claimed
 from .status import SagaStatus
 from .store._parking import warn_if_last_claim
 from .store.base import (
@@ -105,6 +105,24 @@ def seconds_given(name: str, value: float | timedelta, *, positive: bool) -> flo
 #: is nothing left to give back — the lease is another holder's now, or the
 #: saga is gone: never worth trying again.
 GIVEN_BACK_FOR_GOOD: tuple[type[Exception], ...] = (LeaseLost, SagaNotFound)
+
+# The sagas named, at most, in a warning about the leases a pass (or a
+# stopping worker) could not give back: there may be thousands of them.
+NAMED_AT_MOST: Final = 20
+
+
+def _refusal(error: Exception) -> str:
+    """What a give-back's failure says in a log line: the store's error, or
+    that it did not answer within ``STOP_WAIT`` (a bare TimeoutError says nothing)."""
+    if isinstance(error, TimeoutError) and not str(error):
+        return f"the store did not answer within {STOP_WAIT:g} s"
+    return f"{type(error).__name__}: {error}"
+
+
+def named(saga_ids: list[str]) -> str:
+    """``saga_ids`` for a log line: the first ``NAMED_AT_MOST``, and how many more."""
+    more = len(saga_ids) - NAMED_AT_MOST
+    return ", ".join(saga_ids[:NAMED_AT_MOST]) + (f" and {more} more" if more > 0 else "")
 
 
 class ClaimedSaga:
@@ -460,16 +478,25 @@ class ClaimedSaga:
         try again — a worker before its next claim, a ``recover`` pass at
         its end. Left to run out instead, the lease was counted as a crash's
         (store._parking): a worker whose resume ended in order, met by a
-        store outage at each give-back, parked a saga that killed nothing."""
+        store outage at each give-back, parked a saga that killed nothing.
+
+        One that does not answer within ``STOP_WAIT`` is cut short and kept
+        the same way: with no ``resume_timeout`` nothing else watches a
+        resume, and a give-back the store never answers (a store of one's
+        own with no timeout) held a worker's slot for ever — capacity lost
+        until a restart — and a ``recover`` pass for ever. A give-back cut
+        short may still land; fenced by its lease's token, its next try
+        changes nothing more."""
         try:
-            await give_back()
+            async with asyncio.timeout(STOP_WAIT):
+                await give_back()
         except GIVEN_BACK_FOR_GOOD:
             pass  # another holder's now, or gone: nothing left to give back
         except Exception as error:
             self.not_given_back = give_back
             _log.warning("saga %s: could not give its lease back (tried again before the "
-                         "next claim; else it expires on its own): %s: %s",
-                         self.saga_id, type(error).__name__, error)
+                         "next claim; else it expires on its own): %s", self.saga_id,
+                         _refusal(error))
 
     async def _in_flight(self, saga_id: str) -> bool:
         try:
@@ -563,6 +590,12 @@ class RecoveryReport:
     # Child sagas (SubSaga) left to their parent, which was in flight: not
     # counted in ``total`` (the parent's resumption resumes them).
     deferred: list[str] = field(default_factory=list)
+    # Sagas (each also listed above) whose lease the pass could not give
+    # back: the store refused it, or did not answer within STOP_WAIT, and
+    # nothing tries it after the pass. It runs out on its own (``lease``
+    # seconds) — no worker takes the saga until then — and counts as a
+    # claim toward the store's ``park_after``, as a crashed pass's would.
+    not_given_back: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -579,6 +612,9 @@ class RecoveryReport:
                   for saga_id in self.failed]
         lines += [f"  interrupted {saga_id}: {reason}" for saga_id, reason in self.interrupted]
         lines += [f"  skipped {saga_id}: {reason}" for saga_id, reason in self.skipped]
+        lines += [f"  lease left {saga_id}: not given back (the store refused it, or did not "
+                  f"answer within {STOP_WAIT:g} s); it runs out on its own, and counts as a "
+                  f"claim toward the store's park_after" for saga_id in self.not_given_back]
         return "\n".join(lines)
 
 
@@ -674,10 +710,10 @@ async def recover(
         limit=limit, **deferred,
     )
     gate = asyncio.Semaphore(concurrency)
-    # Give-backs the store refused (ClaimedSaga.not_given_back): tried once
-    # more at the pass's end, for a store down a moment — left to run out,
-    # each lease counts as a crash's towards parking (store._parking).
-    refused: list[Callable[[], Awaitable[object]]] = []
+    # Give-backs the store refused (ClaimedSaga.not_given_back), by saga:
+    # tried once more at the pass's end, for a store down a moment — left to
+    # run out, each lease counts as a crash's towards parking (store._parking).
+    refused: list[tuple[str, Callable[[], Awaitable[object]]]] = []
 
     def note(saga_id: str, outcome: str) -> None:
         if progress is not None:
@@ -699,7 +735,7 @@ async def recover(
         finally:
             gate.release()
             if saga.not_given_back is not None:
-                refused.append(saga.not_given_back)
+                refused.append((claimed.saga_id, saga.not_given_back))
         saga_id = claimed.saga_id
         if outcome == "completed":
             report.resumed.append(saga_id)
@@ -717,15 +753,47 @@ async def recover(
         note(saga_id, outcome)
 
     await _all_settled([resume_one(claimed) for claimed in leases])
-    for give_back in refused:
-        try:
-            await give_back()
-        except GIVEN_BACK_FOR_GOOD:
-            pass
-        except Exception as error:  # it expires on its own, counted
-            _log.warning("could not give a lease back at the end of the pass: %s: %s",
-                         type(error).__name__, error)
+    report.not_given_back = await _give_back_at_the_end(refused)
     return report
+
+
+async def _give_back_at_the_end(
+    refused: list[tuple[str, Callable[[], Awaitable[object]]]],
+) -> list[str]:
+    """Try once more the give-backs the store refused during a pass —
+    within ``STOP_WAIT`` in all, however many; the sagas whose leases are
+    left (named in a warning; they run out, counted).
+
+    Tried one after another, each waited the store's full timeout: a pass
+    met by a store that hangs rather than refuses (a PostgreSQL server that
+    does not answer, a SQLite file another process keeps locked, a store of
+    one's own with no timeout) took ``limit`` timeouts at its end, or for
+    ever — a cron's pass that never ends. Unlike a worker's round, a refusal
+    does not end the tries: nothing tries them after the pass, and a store
+    that refuses one saga's give-back (its row, not an outage) must not
+    leave every other lease to run out; the budget bounds an outage."""
+    left = [saga_id for saga_id, _ in refused]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STOP_WAIT):
+            for saga_id, give_back in refused:
+                try:
+                    await give_back()
+                except GIVEN_BACK_FOR_GOOD:
+                    pass  # nothing left to give back
+                except Exception as error:  # it expires on its own, counted
+                    if cancellation_pending():
+                        raise asyncio.CancelledError from error  # see cancellation_pending
+                    _log.warning("could not give saga %s's lease back at the end of the "
+                                 "pass: %s", saga_id, _refusal(error))
+                    continue
+                left.remove(saga_id)
+    if left:
+        _log.warning(
+            "recover: the pass ends with the leases of %d saga(s) not given back (the store "
+            "refused them, or did not answer within %g s): %s; they run out on their own, "
+            "and each counts as a claim toward the store's park_after", len(left),
+            STOP_WAIT, named(left))
+    return left
 
 
 async def _within(saga: ClaimedSaga, bound: float) -> Outcome:

@@ -773,6 +773,29 @@ def test_recover_exits_1_when_a_saga_is_skipped(
     assert "  skipped x-1: no saga named 'GoneSaga' given" in out
 
 
+def test_S13_recover_exits_1_naming_the_leases_it_could_not_give_back(
+    db: str, app: ModuleType, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The store refuses every give-back (it is out as the pass ends): the
+    saga completed, but its lease is left to run out — no worker takes it
+    meanwhile, and it counts toward park_after. A cron's pass said nothing
+    of it and exited 0; the report names the lease, and the exit status is 1."""
+    from fallback_saga import SagaStoreError
+
+    async def refused(self: SQLiteSagaStore, *args: Any, **kwargs: Any) -> None:
+        raise SagaStoreError("the store is out of reach (injected)")
+
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    monkeypatch.setattr(SQLiteSagaStore, "release", refused)
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "  o-1: completed" in out
+    assert "  lease left o-1: not given back" in out
+    assert "park_after" in out
+
+
 def test_S10_recover_says_why_a_changed_definition_is_skipped_and_the_flag_resumes_it(
     db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:

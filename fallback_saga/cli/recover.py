@@ -73,7 +73,10 @@ operator is needed), was skipped (unknown saga name, changed definition,
 unreadable row) or was interrupted (its journal writes failed, or its
 resume ran past --resume-timeout: it stays for the next pass), or if the
 pass left a saga parked (its resumes keep ending the process or hanging: an
-operator is needed too); 2 on a usage error; else 0.
+operator is needed too), or a lease it could not give back (the store
+refused it, or did not answer within 10 s, as the pass ended: "lease left"
+in the report; it runs out on its own, counted toward parking); 2 on a
+usage error; else 0.
 """
 
 _APP_CONTRACT = (
@@ -312,8 +315,11 @@ def run_recover(args: argparse.Namespace) -> int:
     print_lines([target.scrubbed(line) for line in report_lines(report) + left])
     # A saga left interrupted (the journal could not be written) needs another
     # pass; a FAILED or a parked one, an operator (a cron's `|| alert` fires).
+    # So does a lease the pass could not give back (the store out as it
+    # ended): no worker takes that saga until it runs out, and it counts
+    # toward park_after — the store's outage is the operator's to see.
     unfinished = (report.failed or report.skipped or getattr(report, "interrupted", None)
-                  or parked)
+                  or getattr(report, "not_given_back", None) or parked)
     return EXIT_FAILURE if unfinished else EXIT_OK
 
 
