@@ -16,10 +16,13 @@ seconds. Polling is never turned off, because sagas left behind by a crashed
 process are announced by no one.
 
 Shutdown (``await worker.stop(grace=...)``): the worker stops claiming and
-waits for its sagas to finish. After ``grace`` seconds (``None``: no limit)
-the sagas still running are *handed off*: stopped without unwinding, like a
-crashed run, and their leases released so that another worker resumes them
-at once. (A shutdown is no business failure: it must not roll sagas back.)
+waits for its sagas to finish. A claim on its way has ``STOP_WAIT`` seconds
+from the stop to be answered; past that it is let go, and what it takes is
+given back should the answer come (see ``_answer_of``). After ``grace``
+seconds from the stop (``None``: no limit) the sagas still running are
+*handed off*: stopped without unwinding, like a crashed run, and their
+leases released so that another worker resumes them at once. (A shutdown
+is no business failure: it must not roll sagas back.)
 If the task running ``run()`` is cancelled, the sagas are handed off at once.
 A run handed off stops at its next write or suspension; a compensation in
 flight is shielded and finishes first — unless it has not ``STOP_WAIT``
@@ -32,6 +35,8 @@ many: they add at most that to a stop, and a store that does not answer
 leaves the rest to run out, named in a warning. The same bound holds for the
 give-backs tried before each claim: a store out of reach delays the next
 claim by one of its timeouts (cut at ``STOP_WAIT``), not by one per lease.
+And each resume's own give-back, as it ends, has ``STOP_WAIT``: one the store
+does not answer frees its slot then, and is tried again as a refused one.
 
 Participants that never answer. A step with no ``timeout`` whose call never
 returns holds its worker slot for as long as it hangs: ``concurrency`` such
@@ -83,7 +88,7 @@ from .recovery import (
     seconds_given,
 )
 from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds, Resuming
-from .shielding import cancellation_pending, loop_gone
+from .shielding import CLAIM_GRACE, cancellation_pending, loop_gone
 from .store.base import (
     Lease,
     RecoverableStore,
@@ -281,6 +286,14 @@ class RecoveryWorker:
         self._backlog = False  # the last claim filled every free slot: there may be more
         self._grace: float | None = None
         self._finished: asyncio.Event | None = None
+        # Set by stop(), with the loop's time it was asked at: a claim on its
+        # way then has STOP_WAIT from that moment (see _answer_of), and
+        # ``grace`` runs from it too.
+        self._stop_asked = asyncio.Event()
+        self._stopped_at: float | None = None
+        # Claims the worker stopped waiting for (see _answer_of), kept
+        # referenced until they end: what they take is given back.
+        self._abandoned: set[asyncio.Task[list[Lease]]] = set()
         self._notifier = store if listen and is_work_notifier(store) else None
         self._listening = asyncio.Event()
         self._claims_failing = False  # warned about this outage of the store already
@@ -336,6 +349,8 @@ class RecoveryWorker:
         self._listening = asyncio.Event()
         self._settled = asyncio.Event()
         self._watch_wake = asyncio.Event()
+        self._stop_asked = asyncio.Event()
+        self._stopped_at = None
         self._handing_off = False
         listener: asyncio.Task[None] | None = None
         if self._notifier is not None:
@@ -357,7 +372,7 @@ class RecoveryWorker:
             await self._drain(0.0)
             raise
         else:
-            await self._drain(self._grace)
+            await self._drain(self._grace_left())
         finally:
             # Decided here, not in an ``except GeneratorExit``: the closing
             # may find the worker draining inside ``except CancelledError``
@@ -401,11 +416,15 @@ class RecoveryWorker:
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop claiming; wait for the sagas in flight, for at most ``grace``
-        seconds (``None``: as long as they take), then hand the rest off.
+        seconds from this call (``None``: as long as they take), then hand
+        the rest off. A claim on its way is waited for ``STOP_WAIT`` at most.
         Returns once ``run()`` has finished. Harmless if not running."""
         if grace is not None:
             grace = _seconds("grace", grace, positive=False)
         self._grace = grace
+        if not self._stopping and self._running:
+            self._stopped_at = asyncio.get_running_loop().time()
+            self._stop_asked.set()
         self._stopping = True
         self._wake.set()
         if self._running and self._finished is not None:
@@ -443,15 +462,29 @@ class RecoveryWorker:
                 raise asyncio.CancelledError
             await asyncio.sleep(self.poll)
 
+    def _grace_left(self) -> float | None:
+        """``grace``, less the time since ``stop()`` was called (a claim on
+        its way, give-backs before it): ``grace`` bounds the stop, not the
+        drain alone."""
+        grace, stopped_at = self._grace, self._stopped_at
+        if grace is None or stopped_at is None:
+            return grace
+        return max(0.0, grace - (asyncio.get_running_loop().time() - stopped_at))
+
     async def _claim(self) -> None:
         free = self.concurrency - len(self._in_flight)
-        if free <= 0:
+        if free <= 0 or self._stopping:
             return
+        claiming = asyncio.get_running_loop().create_task(claim_batch(
+            # given back if we are cancelled meanwhile, or stop waiting for it
+            self.store, owner=self.owner, lease_seconds=self.lease,
+            older_than=self.older_than, limit=free, **self._claim_names,
+        ))
         try:
-            leases = await claim_batch(  # given back if we are cancelled meanwhile
-                self.store, owner=self.owner, lease_seconds=self.lease,
-                older_than=self.older_than, limit=free, **self._claim_names,
-            )
+            answer = await self._answer_of(claiming)
+            if answer is None:
+                return  # stopped, the claim let go: see _answer_of
+            leases = answer
         except Exception as error:  # the store is down: try again at the next poll
             if cancellation_pending():
                 raise asyncio.CancelledError from error  # see cancellation_pending
@@ -481,6 +514,62 @@ class RecoveryWorker:
             task.add_done_callback(self._done)
         if leases and self._bounds.watched:
             self._watch_wake.set()  # new deadlines
+
+    async def _answer_of(self, claiming: asyncio.Task[list[Lease]]) -> list[Lease] | None:
+        """The leases ``claiming`` took; None if the worker stops and the
+        store has not answered within ``STOP_WAIT`` of ``stop()``.
+
+        A claim still on its way when the worker is asked to stop was waited
+        for to its end: one store timeout (a PostgreSQL server that does not
+        answer: ``connect_timeout``; a SQLite file another process keeps
+        locked: ``busy_timeout``), or for ever on a store of one's own with
+        no timeout — before ``grace`` even began. It has ``STOP_WAIT`` from
+        the stop now, the bound the worker gives whatever does not answer
+        when asked to stop; then it is let go, as a cancelled claim is
+        (``claim_batch``): its answer, should it come within ``CLAIM_GRACE``,
+        is given back unrun (its leases claimable at once, the claim not
+        counted toward ``park_after``); past that its call is cancelled —
+        a built-in store gives back what it took once it lands, and what a
+        store of one's own took runs out on its own, counted as a claim, as
+        a crashed worker's. Not waited for: ``stop()`` returns meanwhile."""
+        try:
+            if not self._stopping:
+                stop = asyncio.get_running_loop().create_task(self._stop_asked.wait())
+                try:
+                    await asyncio.wait([claiming, stop], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+            if not claiming.done():
+                stopped_at = self._stopped_at
+                left = (STOP_WAIT if stopped_at is None else
+                        stopped_at + STOP_WAIT - asyncio.get_running_loop().time())
+                await asyncio.wait([claiming], timeout=max(0.0, left))
+        except asyncio.CancelledError:
+            # Cancelled ourselves (the worker's task): the claim is given back
+            # before the cancellation goes on (claim_batch), as before.
+            claiming.cancel()
+            while not claiming.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([claiming])
+            raise
+        if claiming.done():
+            return claiming.result()
+        claiming.cancel()  # claim_batch gives back what lands within CLAIM_GRACE
+        self._abandoned.add(claiming)
+        claiming.add_done_callback(self._claim_settled)
+        _log.warning(
+            "recovery worker %s: stopped while a claim was on its way that the store had not "
+            "answered within %g s; the claim is let go: the sagas it leases, if its answer "
+            "comes within %g s more, are given back at once, else their leases run out on "
+            "their own and each counts as a claim toward the store's park_after", self.owner,
+            STOP_WAIT, CLAIM_GRACE)
+        return None
+
+    def _claim_settled(self, claiming: asyncio.Task[list[Lease]]) -> None:
+        """A claim let go (see _answer_of) has ended: forgotten; its error read."""
+        self._abandoned.discard(claiming)
+        if not claiming.cancelled():
+            claiming.exception()  # cancelled, it raises CancelledError: nothing else to say
 
     def _until_next_claim(self) -> float:
         """``poll``, or less: until the first kept lease is due for release."""

@@ -609,6 +609,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.definition import MAX_SAGA_NAME_LENGTH, MAX_STEP_NAME_LENGTH
     from fallback_saga.journal import DEFAULT_JOURNAL_RETRY
     from fallback_saga.retry import DEFAULT_COMPENSATION_RETRY
+    from fallback_saga.shielding import CLAIM_GRACE
     from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
     from fallback_saga.store._group_commit import MAX_GROUP, SHARE_AT_LEAST
     from fallback_saga.store._responses import MAX_ERROR_TEXT
@@ -675,6 +676,9 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("scaling.md", "for `STOP_WAIT` ({:g}) seconds", STOP_WAIT),
         ("scaling.md", "up to three times `STOP_WAIT` ({:g} s) past `grace`", 3 * STOP_WAIT),
         ("durability.md", "does not answer within `STOP_WAIT`, {:g} s:", STOP_WAIT),
+        ("durability.md", "not answered within `STOP_WAIT` ({:g} s): a store", STOP_WAIT),
+        ("durability.md", "if its answer comes within {:g} s more", CLAIM_GRACE),
+        ("scaling.md", "`CLAIM_GRACE` ({:g} s) more", CLAIM_GRACE),
         ("scaling.md", "and at most {}; the rest", MAX_GROUP),
         ("scaling.md", "(within {:g} seconds, or the DSN's own `connect_timeout`)",
          CONNECT_TIMEOUT),

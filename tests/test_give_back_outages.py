@@ -36,8 +36,10 @@ from fallback_saga import (
     SagaStoreError,
     SQLiteSagaStore,
     StepStatus,
+    recover,
 )
 from fallback_saga import worker as worker_module
+from fallback_saga.shielding import CLAIM_GRACE
 
 STOP_WAIT: float = worker_module.STOP_WAIT
 SAGAS = 20  # remembered give-backs: each a store timeout, before the fix
@@ -343,5 +345,203 @@ def test_S8_a_worker_cancelled_while_its_stop_gives_leases_back_says_it_was_canc
             await running
         await stopping  # stop() returns once run() has finished
         assert len(worker._not_given_back) == SAGAS  # not given back: kept, none dropped
+
+    _virtually(tmp_path, body)
+
+
+# --------------------------------------------------------------------------- a recover pass
+
+
+def _seen_all(count: int, then: Callable[[], None]) -> Callable[[str, str], None]:
+    """A ``progress`` callback that calls ``then`` once ``count`` sagas were reported."""
+    seen: list[str] = []
+
+    def progress(saga_id: str, outcome: str) -> None:
+        seen.append(saga_id)
+        if len(seen) == count:
+            then()
+
+    return progress
+
+
+@pytest.mark.parametrize("outage", list(HANGS))
+def test_S13_a_recover_pass_spends_STOP_WAIT_at_most_on_the_give_backs_it_tries_again(
+    tmp_path: Path, outage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``recover`` pass (the command line's, from cron) tries once more at
+    its end each give-back the store refused — one after another, each
+    waiting the store's full timeout: ``limit`` timeouts for a pass met by
+    an outage (100 by default), or for ever on a store with no timeout. Each
+    resume's own give-back waited as long. Now each give-back has
+    ``STOP_WAIT``, and the tries at the end ``STOP_WAIT`` in all; the leases
+    left are named in the report and a warning (they run out, counted)."""
+
+    async def body(store: SQLiteSagaStore) -> None:
+        saga_ids = await seed(store, SAGAS)
+        give_backs = _GiveBacks(store)
+        give_backs.mode, give_backs.hang = "hang", HANGS[outage]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with caplog.at_level(logging.WARNING, logger="fallback_saga"):
+            async with asyncio.timeout(STOP_WAIT * SAGAS * 10):
+                report = await recover(store, [order_saga(store, Ledger())], older_than=0,
+                                       limit=SAGAS, concurrency=SAGAS)
+        # Each resume's give-back (at once, side by side), then the tries at the end.
+        assert loop.time() - began <= 2 * STOP_WAIT + 1e-6
+        assert sorted(report.resumed) == saga_ids
+        assert sorted(report.not_given_back) == saga_ids
+        shown = str(report)
+        assert f"lease left {saga_ids[0]}:" in shown
+        assert "park_after" in shown
+        (said,) = [record.getMessage() for record in caplog.records
+                   if "not given back" in record.getMessage()]
+        assert f"{SAGAS} saga(s)" in said
+        assert "run out on their own" in said
+        for saga_id in saga_ids:  # left to run out
+            assert (await store.lease_state(saga_id)).owner is not None
+
+    _virtually(tmp_path, body)
+
+
+def test_S10_a_recover_pass_tries_every_give_back_again_past_one_the_store_refuses(
+    tmp_path: Path,
+) -> None:
+    """Nothing tries a pass's give-backs after it: unlike a worker's round,
+    the tries at its end do not stop at the first one refused (its saga's
+    row, say): every other one is tried, and given back; the one left is
+    named in the report."""
+
+    async def body(store: SQLiteSagaStore) -> None:
+        saga_ids = await seed(store, SAGAS)
+        give_backs = _GiveBacks(store)  # every resume's give-back refused
+
+        def store_back() -> None:
+            give_backs.mode, give_backs.refused = "take", {saga_ids[0]}
+
+        report = await recover(store, [order_saga(store, Ledger())], older_than=0,
+                               limit=SAGAS, concurrency=SAGAS,
+                               progress=_seen_all(SAGAS, store_back))
+        assert report.not_given_back == [saga_ids[0]]
+        for saga_id in saga_ids:
+            state = await store.lease_state(saga_id)
+            assert (state.owner is None) == (saga_id != saga_ids[0])
+
+    _virtually(tmp_path, body)
+
+
+# --------------------------------------------------------------------------- a resume's give-back
+
+
+def test_S13_a_resumes_give_back_that_never_answers_frees_its_worker_slot(
+    tmp_path: Path,
+) -> None:
+    """``resume_timeout=None`` (the default): nothing watches a resume, and
+    one whose saga has ended but whose lease the store never takes back (a
+    store of one's own with no timeout) held its worker slot for ever —
+    ``concurrency`` of them and the worker resumed nothing more, until a
+    restart. Its give-back now has ``STOP_WAIT``: the slot is freed, the
+    give-back remembered and made once the store is back (uncounted)."""
+
+    async def body(store: SQLiteSagaStore) -> None:
+        first, second = await seed(store, 2)
+        give_backs = _GiveBacks(store)
+        give_backs.mode, give_backs.hang = "hang", None
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=1,
+                                lease=600, poll=3600, older_than=0, listen=False)
+        running = asyncio.get_running_loop().create_task(worker.run())
+        try:
+            await _until(lambda: worker.stats.completed == 1, what="the first saga resumed")
+            await _until(lambda: worker.in_flight == 0, within=STOP_WAIT * 10,
+                         what="its slot freed")
+            assert list(worker._not_given_back) == [first]
+            give_backs.mode = "take"  # the store is back
+            worker.wake()  # the slot is claimed again: the second saga
+            await _until(lambda: worker.stats.completed == 2 and worker.in_flight == 0,
+                         what="the second saga resumed")
+            await _until(lambda: not worker._not_given_back, what="the give-back made")
+            for saga_id in (first, second):
+                state = await store.lease_state(saga_id)
+                assert (state.owner, state.unreleased_claims) == (None, 0)
+        finally:
+            give_backs.mode = "take"
+            await worker.stop()
+            await running
+
+    _virtually(tmp_path, body)
+
+
+# --------------------------------------------------------------------------- a claim at stop()
+
+
+class _HeldClaims:
+    """The store's claim takes its leases at once, and its answer comes
+    ``hang`` seconds later — or never (``None``): a server that does not
+    answer once the transaction has committed, a store of one's own that
+    hangs. ``entered`` is set once the leases are taken."""
+
+    def __init__(self, store: Any, hang: float | None) -> None:
+        self.entered = asyncio.Event()
+        claim = store.claim
+
+        @functools.wraps(claim)  # its signature: ``names`` is read from it
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            leases = await claim(*args, **kwargs)
+            self.entered.set()
+            if hang is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep(hang)
+            return leases
+
+        store.claim = held
+
+
+CLAIM_HANGS = {
+    "answered within STOP_WAIT": STOP_WAIT / 2,
+    "answered within CLAIM_GRACE of being let go": STOP_WAIT + CLAIM_GRACE / 2,
+    "never answered": None,
+}
+
+
+@pytest.mark.parametrize("answer", list(CLAIM_HANGS))
+def test_S13_a_claim_in_flight_holds_a_stop_for_STOP_WAIT_at_most_and_loses_no_saga(
+    tmp_path: Path, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``stop()`` while a claim is on its way waited for the store's answer
+    — one store timeout, or for ever on a store with no timeout — before
+    ``grace`` even began. The claim now has ``STOP_WAIT`` from the stop,
+    counted within ``grace``. An answer that comes later is not lost: its
+    leases are given back unrun (not counted) when it lands; one that never
+    comes is cut off, and what that claim took runs out on its own, counted
+    as a claim toward ``park_after`` (as a crashed worker's claim is)."""
+    hang = CLAIM_HANGS[answer]
+
+    async def body(store: SQLiteSagaStore) -> None:
+        saga_ids = await seed(store, 2)
+        claims = _HeldClaims(store, hang)
+        ledger = Ledger()
+        worker = RecoveryWorker(store, [order_saga(store, ledger)], concurrency=4,
+                                lease=600, poll=3600, older_than=0, listen=False)
+        running = asyncio.get_running_loop().create_task(worker.run())
+        await claims.entered.wait()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with caplog.at_level(logging.WARNING, logger="fallback_saga"):
+            async with asyncio.timeout(STOP_WAIT * 100):
+                await worker.stop(grace=0)
+                await running
+            stopped = loop.time() - began
+            assert stopped == pytest.approx(STOP_WAIT if hang is None else min(hang, STOP_WAIT))
+            await _until(lambda: not getattr(worker, "_abandoned", ()),
+                         within=CLAIM_GRACE + STOP_WAIT, what="the claim let go settled")
+        assert ledger.calls == []  # nothing ran
+        said = [record.getMessage() for record in caplog.records
+                if "claim" in record.getMessage() and "let go" in record.getMessage()]
+        assert len(said) == (0 if hang is not None and hang < STOP_WAIT else 1)
+        for saga_id in saga_ids:
+            state = await store.lease_state(saga_id)
+            if hang is None:  # cut off: its leases run out, counted
+                assert (state.owner, state.unreleased_claims) == (worker.owner, 1)
+            else:  # given back unrun: claimable at once, the claim uncounted
+                assert (state.owner, state.unreleased_claims) == (None, 0)
 
     _virtually(tmp_path, body)
