@@ -610,6 +610,7 @@ async def test_S13_an_old_postgres_schema_migrates_keeping_its_rows_and_counts_c
         raw.execute("ALTER TABLE fallback_saga_sagas DROP COLUMN claim_marker")
         raw.execute("DROP INDEX fallback_saga_sagas_by_status")  # nor the listing indexes (v8)
         raw.execute("DROP INDEX fallback_saga_sagas_by_name_status")
+        raw.execute("DROP INDEX fallback_saga_sagas_by_created")  # nor by creation time (v9)
         raw.execute("UPDATE fallback_saga_schema SET version = 5")
         before = raw.execute("SELECT saga_id, status, fence FROM fallback_saga_sagas"
                              " ORDER BY saga_id").fetchall()
