@@ -58,6 +58,7 @@ from .errors import (
     SagaAlreadyExists,
     SagaBusy,
     SagaDefinitionChanged,
+    SagaError,
     SagaFailed,
     SagaInterrupted,
     SagaNotFound,
@@ -191,7 +192,7 @@ class SubSaga(Generic[ParentT, ChildT]):
         scope = STOP_SCOPE.set(StopScope(STOP_SCOPE.get(), parent))
         try:
             result = await self._run_or_resume(parent, child, child_id, context)
-        except _CHILD_OUT_OF_REACH as stopped:
+        except _OUT_OF_REACH as stopped:
             # The child's journal failed, another worker drives the child right
             # now (its lease outlived the wait, or took it over), or the child
             # could not be read or resumed: the parent stops too, without
@@ -200,9 +201,10 @@ class SubSaga(Generic[ParentT, ChildT]):
             # COMPENSATED parent. Recovery finishes both. The parent is
             # interrupted from now on: in a group, the siblings it then
             # cancels stop their own children without unwinding (StopScope).
-            reason = _driven(stopped, parent)
+            cause = _unwrapped(stopped)
+            reason = _driven(cause, parent)
             parent.interrupt(reason)
-            raise JournalWriteFailed(reason) from stopped
+            raise JournalWriteFailed(reason) from cause
         except asyncio.CancelledError:
             if stopped_without_unwinding() is not None:
                 # The parent stops without unwinding (handed off, its lease
@@ -259,12 +261,17 @@ class SubSaga(Generic[ParentT, ChildT]):
         self, parent: Execution, child: Saga[ChildT], child_id: str
     ) -> SagaResult[ChildT]:
         allow = _override(parent)
-        result: SagaResult[ChildT] = await _when_free(
-            lambda: child.resume(
-                child_id, lease_seconds=self.lease_seconds, allow_changed_definition=allow
-            ),
-            self.lease_seconds,
-        )
+        try:
+            result: SagaResult[ChildT] = await _when_free(
+                lambda: child.resume(
+                    child_id, lease_seconds=self.lease_seconds, allow_changed_definition=allow
+                ),
+                self.lease_seconds,
+            )
+        except SagaError:
+            raise  # the child's outcome (SagaFailed), or an error that says what it is
+        except Exception as error:
+            raise _Unreachable(error) from error
         return result
 
     async def _undo_completed(
@@ -280,7 +287,7 @@ class SubSaga(Generic[ParentT, ChildT]):
             # Its journal failed (or its definition changed): the parent must
             # not unwind as if the child were undone. It stops too, and
             # recovery finishes both.
-            parent.interrupt(_driven(error, parent))
+            parent.interrupt(_driven(_unwrapped(error), parent))
 
     async def compensate(self, context: ParentT) -> None:
         parent = _parent()
@@ -290,15 +297,26 @@ class SubSaga(Generic[ParentT, ChildT]):
                 parent, child, self._child_id(parent),
                 f"its parent {parent.saga_id!r} is unwinding",
             )
-        except _CHILD_OUT_OF_REACH as stopped:
+        except _OUT_OF_REACH as stopped:
             # As in act: the parent's unwinding stops, left for recovery — not
             # a compensation that failed (the child is not done unwinding).
-            raise JournalWriteFailed(_driven(stopped, parent)) from stopped
+            cause = _unwrapped(stopped)
+            raise JournalWriteFailed(_driven(cause, parent)) from cause
 
     async def _unwind(
         self, parent: Execution, child: Saga[ChildT], child_id: str, why: str
     ) -> None:
         """Unwind the child's completed steps (see ``compensate``)."""
+        try:
+            await self._unwind_child(parent, child, child_id, why)
+        except SagaError:
+            raise  # the child's outcome (SagaFailed), or an error that says what it is
+        except Exception as error:
+            raise _Unreachable(error) from error
+
+    async def _unwind_child(
+        self, parent: Execution, child: Saga[ChildT], child_id: str, why: str
+    ) -> None:
         store = child.store
         lease: Lease | None = None
         if is_recoverable(store):
@@ -442,6 +460,29 @@ async def _saga_exists(store: Any, saga_id: str) -> bool:
 # context no longer fits. None says how far the child got, so none may
 # count as the step's failure.
 _CHILD_OUT_OF_REACH = (SagaStoreError, SagaDefinitionChanged, ContextDecodeError)
+
+
+class _Unreachable(Exception):
+    """Internal: an error that is no ``SagaError`` out of a child's resume
+    or unwinding — the store's own, as it read or claimed the child's record
+    (a store of your own may raise its driver's errors: a connection
+    dropped), or a record that is not this child's. It says nothing of how
+    far the child got either, so it stops the parent like those above,
+    rather than failing the step (the parent would unwind around a child
+    that goes on) or its compensation (FAILED, while nothing gave up). The
+    step stops the parent with ``error`` itself, as with a store's error
+    on a journal write."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+_OUT_OF_REACH = (*_CHILD_OUT_OF_REACH, _Unreachable)
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    return error.error if isinstance(error, _Unreachable) else error
 
 
 def _override(parent: Execution) -> bool:

@@ -20,6 +20,12 @@ matrix and the property test in ``test_journal_truth.py``.
   - ``cancel``: the saga's task is cancelled while that write is in flight;
   - ``cancel_outage``: both at once.
 
+  Apart from that write fault, ``fail_reads(at, count)`` makes reads fail
+  for a while: the read number ``at`` (counted from 0 over ``load`` and, on
+  a recoverable store, ``claim``/``claim_saga``/``list_sagas``/``renew``)
+  and the ``count - 1`` after it raise ``StoreDown`` (nothing else does):
+  a connection dropped under a resume, the replica it read from restarting.
+
 * ``check_*`` are the invariants, stated against the journal as the inner
   store holds it.
 """
@@ -231,13 +237,26 @@ class FaultyStore:
         # The executor's cheaper wait (no task per write) is tested through
         # the durable stores, which allow it; the memory store takes the task path.
         self.writes_outlive_cancellation = getattr(inner, "writes_outlive_cancellation", False)
+        self.reads = 0
+        self.failing_reads = range(0)  # the read numbers that fail (fail_reads)
 
     def heal(self) -> None:
         self.down = False
 
+    def fail_reads(self, at: int, count: int = 1) -> None:
+        """Reads number ``at`` to ``at + count - 1`` fail (see the module's docstring)."""
+        self.failing_reads = range(at, at + count)
+
     def _check(self) -> None:
         if self.down:
             raise StoreDown("the store is unavailable")
+
+    def _read(self) -> None:
+        number = self.reads
+        self.reads += 1
+        self._check()
+        if number in self.failing_reads:
+            raise StoreDown("the connection dropped during a read")
 
     async def _write(self, send: Callable[[], Any]) -> None:
         number = self.writes
@@ -266,7 +285,7 @@ class FaultyStore:
         await self._write(lambda: self.inner.append(saga_id, *args, **kwargs))
 
     async def load(self, saga_id: str) -> SagaRecord:
-        self._check()
+        self._read()
         record: SagaRecord = await self.inner.load(saga_id)
         return record
 
@@ -275,19 +294,19 @@ class FaultyRecoverableStore(FaultyStore):
     """The same over a durable store, with what recovery needs."""
 
     async def list_sagas(self, **kwargs: Any) -> Any:
-        self._check()
+        self._read()
         return await self.inner.list_sagas(**kwargs)
 
     async def claim(self, **kwargs: Any) -> Any:
-        self._check()
+        self._read()
         return await self.inner.claim(**kwargs)
 
     async def claim_saga(self, saga_id: str, **kwargs: Any) -> Any:
-        self._check()
+        self._read()
         return await self.inner.claim_saga(saga_id, **kwargs)
 
     async def renew(self, lease: Any, lease_seconds: float) -> Any:
-        self._check()
+        self._read()
         return await self.inner.renew(lease, lease_seconds)
 
     async def release(self, lease: Any) -> None:

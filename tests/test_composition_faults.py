@@ -30,11 +30,19 @@ from journal_faults import (
     FaultySubmittingStore,
     Ledger,
     StepSpec,
+    StoreDown,
     check_caller_matches_journal,
     journal_of,
 )
 
-from fallback_saga import MemorySagaStore, SagaError, SQLiteSagaStore, recover
+from fallback_saga import (
+    MemorySagaStore,
+    SagaError,
+    SagaInterrupted,
+    SagaStatus,
+    SQLiteSagaStore,
+    recover,
+)
 
 S = StepSpec
 
@@ -166,6 +174,117 @@ async def test_S15_S13_fault_at_every_write_of_a_family_sqlite_store(
     # with a listener: the steps go through the reported call path, and every
     # run and call a listener hears begin must end (spans closed)
     await fault_case(SHAPES[shape], at, kind, durable=True, listen=True)
+
+
+# A child in the middle of its parent; and the same child as a group's member.
+READ_SHAPES: dict[str, tuple[Any, ...]] = {
+    "child": (S("A"), ChildSpec("Kid", (S("K1"), S("K2"))), S("B")),
+    "member": (S("A"), GroupSpec((ChildSpec("Kid", (S("K1"), S("K2"))), S("M"))), S("B")),
+}
+
+
+async def read_fault_case(items: tuple[Any, ...], at: int, read: int, durable: bool) -> None:
+    """The store dies at write ``at`` of the first run (a crash); once it is
+    back, the resume meets a failed read (``read``: which one, counted from
+    the resume's first) — its own record's, or its child's as the SubSaga
+    step resumes it. A store's read error says nothing of how far the child
+    got: the parent stops as it would after a journal write failed, leaving
+    both for recovery (S13), never unwinding around a child that goes on
+    (S15). Then recovery settles the family, and the ledger agrees."""
+    clock = [1_000_000.0]
+    inner: Any = (
+        SQLiteSagaStore(":memory:", clock=lambda: clock[0]) if durable else MemorySagaStore()
+    )
+    try:
+        store = (FaultySubmittingStore if durable else FaultyStore)(inner, at=at, kind="outage")
+        ledger = Ledger()
+        family = Family(items, store, ledger)
+        with contextlib.suppress(SagaError):
+            await family.parent.run(Ctx(order_id="x"), saga_id="o")
+        store.heal()
+        clock[0] += 3600.0  # the crashed run's leases ran out
+        store.fail_reads(store.reads + read)
+        outcome: object
+        try:
+            outcome = await family.parent.resume("o")
+        except (Exception, asyncio.CancelledError) as error:
+            outcome = error
+        if not isinstance(outcome, StoreDown):  # the parent's own read: nothing ran
+            check_caller_matches_journal(
+                outcome, await journal_of(inner, "o"), cancel_with_store_up=False
+            )
+        store.fail_reads(0, 0)
+        await recover_family(family, durable, "o")
+        ids = child_ids("o", items)
+        records = {one: await journal_of(inner, one) for one in ids}
+        check_family(ledger, ids, records, family.specs, entered=family.entered)
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            await close()
+
+
+READ_CASES = [
+    pytest.param(name, at, read, id=f"{name}-w{at}-r{read}")
+    for name, items in READ_SHAPES.items()
+    for at in range(1, write_count(items))
+    for read in range(3)
+]
+READ_CASES_DURABLE = [
+    pytest.param(name, at, read, id=f"{name}-w{at}-r{read}")
+    for name, items in READ_SHAPES.items()
+    for at in range(1, write_count(items))
+    for read in range(7)
+]
+
+
+@pytest.mark.parametrize(("shape", "at", "read"), READ_CASES)
+async def test_S15_S13_a_store_read_failing_on_resume_stops_the_parent_memory_store(
+    shape: str, at: int, read: int
+) -> None:
+    await read_fault_case(READ_SHAPES[shape], at, read, durable=False)
+
+
+@pytest.mark.parametrize(("shape", "at", "read"), READ_CASES_DURABLE)
+async def test_S15_S13_a_store_read_failing_on_resume_stops_the_parent_sqlite_store(
+    shape: str, at: int, read: int
+) -> None:
+    # a leased resume: the parent's load, claim and load, then its child's
+    await read_fault_case(READ_SHAPES[shape], at, read, durable=True)
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_S15_S13_a_store_read_failing_as_the_parent_unwinds_its_child_leaves_it_to_recovery(
+    durable: bool,
+) -> None:
+    """B fails; the parent unwinds its child, whose record the store fails to
+    read (or claim), on the compensation's every try. That is not a
+    compensation that gave up (FAILED, parked for an operator, the child's
+    effects standing): the parent stops as for a journal write that failed,
+    COMPENSATING, and recovery finishes the unwinding of both."""
+    items = (S("A"), ChildSpec("Kid", (S("K1"), S("K2"))), S("B", act="always"))
+    inner: Any = SQLiteSagaStore(":memory:") if durable else MemorySagaStore()
+    try:
+        store = (FaultySubmittingStore if durable else FaultyStore)(inner)
+        store.fail_reads(0, 4)  # the run reads nothing before it unwinds the child
+        ledger = Ledger()
+        family = Family(items, store, ledger)
+        with pytest.raises(SagaInterrupted) as stopped:
+            await family.parent.run(Ctx(order_id="x"), saga_id="o")
+        assert stopped.value.status is SagaStatus.COMPENSATING
+        assert isinstance(stopped.value.error, StoreDown)
+        assert (await inner.load("o")).status is SagaStatus.COMPENSATING
+        store.fail_reads(0, 0)
+        await recover_family(family, durable, "o")
+        ids = child_ids("o", items)
+        records = {one: await journal_of(inner, one) for one in ids}
+        assert records["o"] is not None
+        assert records["o"].status is SagaStatus.COMPENSATED
+        check_family(ledger, ids, records, family.specs, exact=True, entered=family.entered)
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            await close()
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
