@@ -42,6 +42,7 @@ from journal_faults import (
     FallbackSpec,
     FaultKind,
     StepSpec,
+    StoreDown,
     check_caller_matches_journal,
     journal_of,
     step_by_step,
@@ -53,6 +54,7 @@ from fallback_saga import (
     Fallback,
     RetryPolicy,
     SagaError,
+    SagaInterrupted,
     SagaListener,
     current_step,
     recover,
@@ -88,6 +90,10 @@ class Plan:
     listen: bool = False
     transaction: bool = False  # driven step by step with saga.transaction()
     cancel_resume: int | None = None  # after a fault: a resume cancelled after these rounds
+    # after a fault, once the store is back: reads that fail (a connection
+    # dropped) while the saga and its children are resumed and recovered —
+    # (the first, counted from the store's healing; how many in a row)
+    read_fault: tuple[int, int] | None = None
 
 
 @dataclass
@@ -276,6 +282,7 @@ def member_steps(items: Sequence[Any]) -> set[str]:
 
 
 FAULT_SHARE = 0.3  # of the cases on a store that can fail (a hunt may raise it)
+READ_FAULT_SHARE = 0.5  # of the cases with a store fault: reads fail in the recovery too
 
 
 def generate(seed: int, *, faults: bool) -> Plan:
@@ -339,10 +346,15 @@ def generate(seed: int, *, faults: bool) -> Plan:
         fault_at = rng.randrange(0, 25)
         kind = rng.choice(FAULT_KINDS)
     listen = rng.random() < 0.3
+    transaction = rng.random() < 0.2
+    cancel_resume = rng.randint(0, 20) if rng.random() < 0.4 else None
+    # Drawn last: the plans of the seeds before read faults came stay the same.
+    read_fault = None
+    if fault_at is not None and rng.random() < READ_FAULT_SHARE:
+        read_fault = (rng.randrange(0, 16), rng.choice([1, 1, 2, 4]))
     return Plan(
         seed, shape, acts, comp_cancel, yields, ticks, fault_at, kind, listen=listen,
-        transaction=rng.random() < 0.2,
-        cancel_resume=rng.randint(0, 20) if rng.random() < 0.4 else None,
+        transaction=transaction, cancel_resume=cancel_resume, read_fault=read_fault,
     )
 
 
@@ -577,6 +589,9 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
             store.heal()
             if before_recovery is not None:
                 await before_recovery(store)
+            if plan.read_fault is not None:
+                first, count = plan.read_fault
+                store.fail_reads(store.reads + first, count)
             if plan.cancel_resume is not None:
                 await _cancelled_resume(family, saga_id, plan.cancel_resume)
             await _recover(family, store, inner, saga_id, wrap)
@@ -599,21 +614,37 @@ async def _cancelled_resume(family: CancelFamily, saga_id: str, rounds: int) -> 
     for _ in range(rounds):
         await asyncio.sleep(0)
     resuming.cancel()
-    with contextlib.suppress(SagaError, asyncio.CancelledError):
-        await resuming
+    with contextlib.suppress(SagaError, StoreDown, asyncio.CancelledError):
+        await resuming  # StoreDown: a read failed (Plan.read_fault), nothing ran
 
 
 async def _recover(family: CancelFamily, store: Any, inner: Any, saga_id: str, wrap: str) -> None:
     if wrap == "submitting":
         await store.expire_leases()
         for _ in range(8):
-            report = await recover(store, family.sagas, older_than=0)
-            assert report.skipped == [], report
+            try:
+                report = await recover(store, family.sagas, older_than=0)
+            except StoreDown:  # its listing or a claim met a failed read (Plan.read_fault)
+                await store.expire_leases()
+                continue
+            # a saga whose load failed (Plan.read_fault) is skipped, for the next pass
+            assert all("StoreDown" in why for _, why in report.skipped), report
             if report.total == 0 and not report.deferred:
                 return
             await store.expire_leases()
         raise AssertionError("recovery never settled")
-    record = await journal_of(inner, saga_id)
-    if record is not None and not record.status.is_final:
-        with contextlib.suppress(SagaError):
+    for _ in range(8):
+        record = await journal_of(inner, saga_id)
+        if record is None or record.status.is_final:
+            return
+        try:
             await family.parent.resume(saga_id)
+        except StoreDown:
+            continue  # a read failed (Plan.read_fault) before any step: again
+        except SagaInterrupted as stopped:
+            if isinstance(stopped.error, StoreDown):
+                continue  # a child's read failed: the parent stopped for recovery
+        except SagaError:
+            pass
+        return  # the one resume a healthy store needs (check_family says if it ended)
+    raise AssertionError("the resumes never settled")
