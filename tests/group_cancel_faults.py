@@ -6,7 +6,8 @@ task as it runs (and lets the cancellation through, swallows it, or converts
 it into an error of its own, as psycopg does); a compensation cancels it; the
 caller cancels it after some loop rounds while members are in flight; a
 participant swallows or converts a cancellation that reaches it. Sometimes a
-store fault on top, then recovery.
+store fault on top, then recovery — whose reads (a load, a claim: the
+parent's or a child's) fail now and then too.
 
 How far each member gets is scheduling (Python 3.12+ starts tasks eagerly;
 each store waits differently), so nothing here is an exact sequence. The

@@ -9,8 +9,8 @@ top now and then. The invariants hold under any member scheduling
 ``PYTHONPATH=. python tests/test_group_cancel_faults.py START COUNT [KIND ...]``
 hunts over more seeds (KIND: memory-live, memory, sqlite-thread,
 sqlite-inline, postgres; postgres starts a throwaway server of its own;
-``GROUP_CANCEL_FAULTS=0.8`` gives more cases a store fault, recovery and a
-resume cancelled on the way).
+``GROUP_CANCEL_FAULTS=0.8`` gives more cases a store fault, recovery (half
+of them with reads failing) and a resume cancelled on the way).
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ if __name__ == "__main__":
     fallback_saga.set_testing(True)
     logging.getLogger("fallback_saga").setLevel(logging.CRITICAL)
     start, count = int(sys.argv[1]), int(sys.argv[2])
-    # GROUP_CANCEL_FAULTS=0.8: more cases with a store fault (and a resume cancelled)
+    # GROUP_CANCEL_FAULTS=0.8: more cases with a store fault (reads failing in the
+    # recovery, a resume cancelled)
     group_cancel_faults.FAULT_SHARE = float(os.environ.get("GROUP_CANCEL_FAULTS", "0.3"))
     names = sys.argv[3:] or ["memory-live", "memory", "sqlite-thread", "sqlite-inline"]
 
