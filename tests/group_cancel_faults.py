@@ -643,7 +643,10 @@ async def _recover(family: CancelFamily, store: Any, inner: Any, saga_id: str, w
         except StoreDown:
             continue  # a read failed (Plan.read_fault) before any step: again
         except SagaInterrupted as stopped:
-            if isinstance(stopped.error, StoreDown):
+            cause: BaseException = stopped
+            while isinstance(cause, SagaInterrupted):  # a grandchild's: the child's error
+                cause = cause.error
+            if isinstance(cause, StoreDown):
                 continue  # a child's read failed: the parent stopped for recovery
         except SagaError:
             pass
