@@ -95,24 +95,18 @@ def _listing_filter(
     saga_name: str | None, created_since: float | None, created_until: float | None
 ) -> tuple[list[str], list[Any]]:
     """The filters of a listing or count: fixed fragments, every value a parameter."""
-    where: list[str] = []
-    params: list[Any] = []
+    where, params = _created_filter(created_since, created_until)
     if saga_name is not None:
-        where.append("saga_name = %s")
-        params.append(saga_name)
-    if created_since is not None:
-        where.append("created_at >= to_timestamp(%s::float8)")
-        params.append(finite_seconds("created_since", created_since))
-    if created_until is not None:
-        where.append("created_at < to_timestamp(%s::float8)")
-        params.append(finite_seconds("created_until", created_until))
+        where.insert(0, "saga_name = %s")
+        params.insert(0, saga_name)
     return where, params
 
 
 def _created_filter(
     created_since: float | None, created_until: float | None
 ) -> tuple[list[str], list[Any]]:
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if created_since is not None:
         where.append("created_at >= to_timestamp(%s::float8)")
         params.append(finite_seconds("created_since", created_since))
