@@ -145,6 +145,21 @@ def _window(
     )
 
 
+# A saga's journal rows as one row of arrays, in seq order (load, load_window).
+_JOURNAL_ARRAYS: Final = (
+    " SELECT array_agg(seq ORDER BY seq) AS seqs,"
+    " array_agg(position ORDER BY seq) AS positions,"
+    " array_agg(step ORDER BY seq) AS steps,"
+    " array_agg(branch ORDER BY seq) AS branches,"
+    " array_agg(action ORDER BY seq) AS actions,"
+    " array_agg(status ORDER BY seq) AS statuses,"
+    " array_agg(attempt ORDER BY seq) AS attempts,"
+    " array_agg(error ORDER BY seq) AS errors,"
+    " array_agg(at ORDER BY seq) AS ats,"
+    " array_agg(result ORDER BY seq) AS results"
+)
+
+
 class _Statements:
     def __init__(self, names: _Names) -> None:
         sagas, steps = names.sagas, names.steps
@@ -227,16 +242,7 @@ class _Statements:
             f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
             f" h.errors, h.ats, h.results"
             f" FROM {sagas} s LEFT JOIN LATERAL ("
-            f" SELECT array_agg(seq ORDER BY seq) AS seqs,"
-            f" array_agg(position ORDER BY seq) AS positions,"
-            f" array_agg(step ORDER BY seq) AS steps,"
-            f" array_agg(branch ORDER BY seq) AS branches,"
-            f" array_agg(action ORDER BY seq) AS actions,"
-            f" array_agg(status ORDER BY seq) AS statuses,"
-            f" array_agg(attempt ORDER BY seq) AS attempts,"
-            f" array_agg(error ORDER BY seq) AS errors,"
-            f" array_agg(at ORDER BY seq) AS ats,"
-            f" array_agg(result ORDER BY seq) AS results"
+            + _JOURNAL_ARRAYS +
             f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
             f" WHERE s.saga_id = %s"
         )
@@ -252,16 +258,7 @@ class _Statements:
             f" FROM {sagas} s CROSS JOIN LATERAL (SELECT CASE WHEN %s::int < 0"
             f" THEN greatest(s.journal_length + %s::int, 0) ELSE %s::int END AS first) w"
             f" LEFT JOIN LATERAL ("
-            f" SELECT array_agg(seq ORDER BY seq) AS seqs,"
-            f" array_agg(position ORDER BY seq) AS positions,"
-            f" array_agg(step ORDER BY seq) AS steps,"
-            f" array_agg(branch ORDER BY seq) AS branches,"
-            f" array_agg(action ORDER BY seq) AS actions,"
-            f" array_agg(status ORDER BY seq) AS statuses,"
-            f" array_agg(attempt ORDER BY seq) AS attempts,"
-            f" array_agg(error ORDER BY seq) AS errors,"
-            f" array_agg(at ORDER BY seq) AS ats,"
-            f" array_agg(result ORDER BY seq) AS results"
+            + _JOURNAL_ARRAYS +
             f" FROM {steps} WHERE saga_id = s.saga_id AND seq >= w.first"
             f" AND seq < w.first + %s::int) h ON true"
             f" WHERE s.saga_id = %s"
