@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import dataclasses
 import gc
-import importlib.util
 import os
 import shutil
 import statistics
@@ -33,23 +32,11 @@ from typing import Any
 # The working tree's package, not an installed one.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from package_copies import import_copy
+
 import fallback_saga
 
 Run = Callable[[int, bool], Awaitable[float]]
-
-
-def load_baseline(folder: Path, tmp: Path) -> Any:
-    target = tmp / "fallback_saga_baseline"
-    shutil.copytree(folder, target)
-    spec = importlib.util.spec_from_file_location(
-        target.name, target / "__init__.py", submodule_search_locations=[str(target)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[target.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def group_run(lib: Any) -> Run:
@@ -99,7 +86,7 @@ async def main() -> None:
 
 async def compare(args: argparse.Namespace, tmp: Path) -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
-    base = load_baseline(args.baseline, tmp)
+    base = import_copy(args.baseline, tmp)
     runs = {"this": group_run(fallback_saga), "base": group_run(base)}
     print(f"Python {sys.version.split()[0]}: µs per member, median of {args.rounds} "
           f"interleaved rounds; base: {args.baseline}")

@@ -724,7 +724,7 @@ async def versus(
     thread (``time.thread_time``: other jobs on the machine do not count),
     medians. The first baseline is the reference of the last column. Each
     saga object first runs ``fill`` sagas (the steady state: its store full)."""
-    import importlib.util
+    from package_copies import import_copy
 
     import fallback_saga
 
@@ -733,16 +733,7 @@ async def versus(
     try:
         for i, folder in enumerate(baselines):
             name = "fallback_saga_baseline" + (str(i) if i else "")
-            target = tmp / name
-            shutil.copytree(folder, target)
-            spec = importlib.util.spec_from_file_location(
-                name, target / "__init__.py", submodule_search_locations=[str(target)]
-            )
-            assert spec is not None
-            assert spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+            module = import_copy(folder, tmp, name)
             libs[f"base{i}" if len(baselines) > 1 else "base"] = module
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

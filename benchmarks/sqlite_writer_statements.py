@@ -23,16 +23,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import importlib.util
 import shutil
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from package_copies import import_package_as
 
 HERE = Path(__file__).resolve().parent
 GROUPS = 30
@@ -42,14 +42,7 @@ PER_GROUP = 100
 def load(tree: Path, tag: str) -> tuple[ModuleType, ModuleType]:
     """``store._sqlite_sql`` and ``store._sqlite_schema`` of the package in
     ``tree``, imported under the name ``tag``."""
-    spec = importlib.util.spec_from_file_location(
-        tag, tree / "__init__.py", submodule_search_locations=[str(tree)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[tag] = package
-    spec.loader.exec_module(package)
+    import_package_as(tree, tag)
     return (importlib.import_module(f"{tag}.store._sqlite_sql"),
             importlib.import_module(f"{tag}.store._sqlite_schema"))
 

@@ -34,9 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
-import importlib.util
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -49,23 +47,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from package_copies import import_copy  # noqa: E402
+
 import fallback_saga  # noqa: E402
-
-
-def load_baseline(package: Path, into: Path) -> ModuleType:
-    """Import the package folder ``package`` as ``fallback_saga_baseline``."""
-    target = into / "fallback_saga_baseline"
-    shutil.copytree(package, target)
-    spec = importlib.util.spec_from_file_location(
-        "fallback_saga_baseline", target / "__init__.py", submodule_search_locations=[str(target)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fallback_saga_baseline"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 # What the durable runs' steps return (``--step-returns``): None, or a
 # ``Response`` model (journaled as an object: the benchmark sagas' case).
@@ -321,7 +305,7 @@ def main() -> None:
     global WRITER, RETURNS
     WRITER, RETURNS = args.writer, args.step_returns
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        baseline = load_baseline(args.baseline, Path(tmp))
+        baseline = import_copy(args.baseline, Path(tmp))
         rounds = 2 if args.quick else args.rounds
         in_flight = tuple(int(n) for n in args.in_flight.split(","))
         conninfo = None
