@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from .secret_names import REDACTED, is_secret_key
@@ -217,6 +218,20 @@ def _redact_shaped(found: re.Match[str]) -> str:
     return found[0]
 
 
+def _spliced(text: str, spans: Iterable[tuple[int, int]]) -> str:
+    """``text`` with each of ``spans`` (in order, none overlapping the one
+    before) replaced by ``***``: the one splice the redactions below share."""
+    parts: list[str] = []
+    done = 0
+    for start, end in spans:
+        parts += (text[done:start], REDACTED)
+        done = end
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
 def _redact_aws(text: str) -> str:
     secrets: set[tuple[int, int]] = set()
     for key_id in _AWS_KEY_ID.finditer(text):
@@ -226,36 +241,31 @@ def _redact_aws(text: str) -> str:
         for secret in _AWS_SECRET.finditer(text, max(0, key_id.start() - _AWS_NEAR), end + 41):
             if secret.start() <= end:
                 secrets.add(secret.span())
-    if not secrets:
-        return text
-    parts: list[str] = []
-    done = 0
-    for start, end in sorted(secrets):
-        parts += (text[done:start], REDACTED)
-        done = end
-    parts.append(text[done:])
-    return "".join(parts)
+    return _spliced(text, sorted(secrets))
 
 
 def _redact_pem(text: str) -> str:
-    parts: list[str] = []
+    return _spliced(text, _pem_bodies(text))
+
+
+def _pem_bodies(text: str) -> Iterator[tuple[int, int]]:
     done = 0
     for begin in _PEM_BEGIN.finditer(text):
         if begin.start() < done:
             continue
-        parts += (text[done:begin.end()], REDACTED)
         end = _PEM_END.search(text, begin.end(), begin.end() + _PEM_SCAN)
         if end is None:  # cut inside it, or no end in sight: all of it
-            return "".join(parts)
+            yield begin.end(), len(text)
+            return
         done = end.start()
-    if not parts:
-        return text
-    parts.append(text[done:])
-    return "".join(parts)
+        yield begin.end(), done
 
 
 def _redact_elements(text: str) -> str:
-    parts: list[str] = []
+    return _spliced(text, _secret_elements(text))
+
+
+def _secret_elements(text: str) -> Iterator[tuple[int, int]]:
     done = 0
     for found in _ELEMENT.finditer(text):
         if found.start() < done or not _secret_key(found[1]):
@@ -269,14 +279,10 @@ def _redact_elements(text: str) -> str:
         if not (text.startswith(f"</{found[1]}", found.end()) or found.end() == len(text)
                 or len(found[3]) == _SCAN):
             continue
-        parts += (text[done:found.start(3)], REDACTED)
         done = _ended(text, found.end(), found.start(3))
+        yield found.start(3), done
         if done >= len(text):
-            break
-    if not parts:
-        return text
-    parts.append(text[done:])
-    return "".join(parts)
+            return
 
 
 def _redact_columns(found: re.Match[str]) -> str:
@@ -287,7 +293,10 @@ def _redact_columns(found: re.Match[str]) -> str:
 
 
 def _redact_keyed(text: str) -> str:
-    parts: list[str] = []
+    return _spliced(text, _keyed_values(text))
+
+
+def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
     done = 0
     for found in _KEY.finditer(text):
         # A match inside a value just redacted is part of that value.
@@ -303,14 +312,10 @@ def _redact_keyed(text: str) -> str:
         else:
             end = _value_end(text, start, found.start())
         if end > start:
-            parts += (text[done:start], REDACTED)
             done = end
+            yield start, end
             if done >= len(text):
-                break
-    if not parts:
-        return text
-    parts.append(text[done:])
-    return "".join(parts)
+                return
 
 
 def _rest_of_line(text: str, start: int) -> int:
