@@ -855,6 +855,24 @@ def test_the_readme_names_every_command() -> None:
     assert public_commands() <= named, f"not named: {sorted(public_commands() - named)}"
 
 
+def test_the_readme_command_rows_name_every_option() -> None:
+    """Each row of README's command table shows all of its command's options
+    (but the store's, described once below the table): a new user reads the
+    row, not ``--help`` (``recover --resume-timeout`` was left out once)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Command line", 1)[1].split("\n#", 1)[0]
+    store_flags = {"--db", "--dsn", "--schema", "--park-after", "--help", "-h"}
+    missing: dict[str, list[str]] = {}
+    for name, flags in subcommand_flags().items():
+        if name not in public_commands():
+            continue
+        (row,) = re.findall(rf"^\| `python -m fallback_saga {name} .*$", table, re.MULTILINE)
+        shown = set(FLAG.findall(row.split("` |", 1)[0]))
+        if left_out := sorted({f for f in flags if f.startswith("--")} - store_flags - shown):
+            missing[name] = left_out
+    assert not missing, f"options not in their README row: {missing}"
+
+
 def test_the_json_api_table_names_every_key_the_console_sends() -> None:
     """observability.md's JSON API rows: each key of a saga in the list, and
     each top-level key of one saga, is named (a script reads what it is told of)."""
