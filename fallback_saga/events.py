@@ -235,7 +235,18 @@ def listener_tuple(listeners: Iterable[object]) -> tuple[object, ...]:
             f"got a {kind}"
         )
     kept: dict[int, object] = {}  # by identity: a listener need not be hashable
-    for listener in listeners:
+    for index, listener in enumerate(listeners):
+        # An object with no hook at all (a number, a logger, a function) would
+        # be kept and never called: the listening it was meant for silently
+        # missing. A class is refused by collect_hooks, naming it.
+        if not isinstance(listener, type) and not any(
+            hasattr(listener, name) for name in HOOK_NAMES
+        ):
+            raise TypeError(
+                f"listeners[{index}] is {listener!r} ({type(listener).__name__}), which has "
+                f"none of the listener hooks ({', '.join(HOOK_NAMES[:3])}, ...): pass an "
+                f"instance of a SagaListener subclass, e.g. listeners=[LoggingListener()]"
+            )
         kept.setdefault(id(listener), listener)
     return tuple(kept.values())
 
@@ -313,6 +324,22 @@ class LoggingListener(SagaListener):
     """
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        # Checked here: a wrong one fails in every hook, each failure logged
+        # and ignored (a listener never breaks a saga), so nothing is logged
+        # as asked and nothing says why but a traceback per transition.
+        if logger is not None and not (
+            callable(getattr(logger, "isEnabledFor", None))
+            and callable(getattr(logger, "log", None))
+        ):
+            hint = f"logging.getLogger({logger!r})" if isinstance(logger, str) else "a logger"
+            raise TypeError(
+                f"logger must be a logging.Logger (or None: the 'fallback_saga' logger), "
+                f"got {logger!r}: pass {hint}"
+            )
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise TypeError(
+                f"level must be a logging level number such as logging.INFO, got {level!r}"
+            )
         self.logger = logger or _log
         self.level = level
 

@@ -209,6 +209,43 @@ async def test_duck_typed_listener_needs_only_the_hooks_it_wants() -> None:
     assert finished == [SagaStatus.COMPLETED]
 
 
+@pytest.mark.parametrize("given", [5, "LoggingListener", logging.getLogger("x"), print])
+def test_an_object_with_no_hook_is_refused_as_a_listener(given: object) -> None:
+    """It would be kept and never called: whatever it was meant to hear, silently
+    missed. Refused where it is given, saga, breaker or recovery alike, naming it."""
+    saga_class = declare(Probe("A", []))
+    with pytest.raises(TypeError, match=r"listeners\[1\] is .*none of the listener hooks"):
+        saga_class(listeners=[Recorder(), given])
+    with pytest.raises(TypeError, match=r"listeners\[0\] is .*none of the listener hooks"):
+        CircuitBreaker(listeners=[given])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"level": "INFO"}, "level must be a logging level number"),
+        ({"level": logging.INFO * 1.0}, "level must be a logging level number"),
+        ({"level": True}, "level must be a logging level number"),
+        ({"level": -1}, "level must be a logging level number"),
+        ({"logger": "shop"}, r"logger must be a logging.Logger .*logging.getLogger\('shop'\)"),
+        ({"logger": print}, "logger must be a logging.Logger"),
+    ],
+)
+def test_logging_listener_refuses_a_wrong_logger_or_level(
+    arguments: dict[str, Any], named: str
+) -> None:
+    """Accepted, they failed in every hook, each failure logged and ignored (a
+    listener never breaks a saga): nothing logged as asked, a traceback per
+    transition instead."""
+    with pytest.raises(TypeError, match=named):
+        LoggingListener(**arguments)
+
+
+def test_logging_listener_takes_a_logger_adapter_and_any_level_number() -> None:
+    adapter = logging.LoggerAdapter(logging.getLogger("shop"), {})
+    assert LoggingListener(logger=adapter, level=25).level == 25  # type: ignore[arg-type]
+
+
 async def test_raising_listener_is_logged_and_never_breaks_a_saga(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
