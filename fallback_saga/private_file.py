@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["create_private_file"]
+__all__ = ["create_private_file", "database_path"]
 
 
 def create_private_file(path: str) -> None:
@@ -28,3 +28,16 @@ def create_private_file(path: str) -> None:
     except OSError:  # it exists (another process may have just made it), or cannot be made
         return
     os.close(fd)
+
+
+def database_path(path: object, owner: str) -> str:
+    """``path`` given to ``owner`` (a store's class name) as a str: a str, a
+    path-like (a ``pathlib.Path``) or bytes, decoded. Anything else is refused
+    naming the argument, where ``os.fsdecode`` would say only "expected str,
+    bytes or os.PathLike object, not int"."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{owner} takes the path of its database file (a str or a pathlib.Path), "
+            f"got {path!r}"
+        )
+    return os.fsdecode(path)

@@ -54,8 +54,9 @@ import weakref
 from typing import Protocol, runtime_checkable
 
 from .forking import watch_forks
-from .private_file import create_private_file
+from .private_file import create_private_file, database_path
 from .status import CircuitState
+from .store._sqlite_schema import explain_cannot_open
 
 __all__ = ["CircuitStateStore", "SQLiteCircuitStateStore", "SharedCircuit"]
 
@@ -131,7 +132,7 @@ class SQLiteCircuitStateStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 1.0) -> None:
         # Any path-like (a pathlib.Path, as SQLiteSagaStore takes); bytes are decoded.
-        text = os.fsdecode(path)
+        text = database_path(path, "SQLiteCircuitStateStore")
         if text in ("", ":memory:") or text.startswith("file::memory:"):
             raise ValueError("shared circuit state needs a database file, not :memory:")
         if (
@@ -163,16 +164,21 @@ class SQLiteCircuitStateStore:
             raise RuntimeError("the circuit state store is closed")
         with self._using:
             create_private_file(self.path)  # not world-readable (private_file.py)
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None,
-                check_same_thread=False,
-            )
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as error:
+                raise self._explained(error) from error
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(_CREATE)
-            except BaseException:
+            except BaseException as error:
                 conn.close()
+                if isinstance(error, sqlite3.Error):
+                    raise self._explained(error) from error
                 raise
         with self._all_lock:
             self._all.add(conn)
@@ -182,6 +188,21 @@ class SQLiteCircuitStateStore:
         weakref.finalize(held, _release, conn, weakref.ref(self))
         self._local.held = held
         return conn
+
+    def _explained(self, error: sqlite3.Error) -> sqlite3.Error:
+        """``error`` opening the file, with what the file system says of the
+        cause (a missing directory, a read-only one, a directory as the path)
+        where SQLite says only "unable to open database file": the breaker
+        logs it and works on local state, so its words are all the operator
+        sees. Same type, so a caller's ``except sqlite3.Error`` still holds."""
+        advice = explain_cannot_open(self.path)
+        if advice is None:
+            return error
+        explained = type(error)(f"{error} ({advice})")
+        for name in ("sqlite_errorcode", "sqlite_errorname"):  # kept for callers that look
+            if hasattr(error, name):
+                setattr(explained, name, getattr(error, name))
+        return explained
 
     def read(self, name: str) -> SharedCircuit | None:
         conn = self._connection()

@@ -176,6 +176,25 @@ def test_sqlite_store_refuses_memory() -> None:
         SQLiteCircuitStateStore(":memory:")
 
 
+def test_sqlite_store_names_a_missing_directory(tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file"; the breaker logs the
+    store's error and goes on locally, so those words are all an operator sees."""
+    breakers = SQLiteCircuitStateStore(tmp_path / "no" / "such" / "breakers.db")
+    with pytest.raises(sqlite3.OperationalError, match=(
+        r"unable to open database file \(the directory .*no.such does not exist"
+    )):
+        breakers.read("payments")
+    (tmp_path / "no" / "such").mkdir(parents=True)
+    assert breakers.read("payments") is None  # the next call opens it
+    breakers.close()
+
+
+@pytest.mark.parametrize("path", [5, None])
+def test_sqlite_store_names_a_path_of_the_wrong_type(path: Any) -> None:
+    with pytest.raises(TypeError, match=r"SQLiteCircuitStateStore takes the path of its database"):
+        SQLiteCircuitStateStore(path)
+
+
 # --------------------------------------------------------------------------- construction
 
 

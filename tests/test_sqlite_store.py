@@ -266,6 +266,13 @@ async def test_a_missing_directory_gets_a_clear_error(tmp_path: Path) -> None:
     await store.close()
 
 
+@pytest.mark.parametrize("path", [5, None, ["sagas.db"]])
+def test_a_path_of_the_wrong_type_is_named(path: Any) -> None:
+    """Not os.fsdecode's "expected str, bytes or os.PathLike object, not int"."""
+    with pytest.raises(TypeError, match=r"SQLiteSagaStore takes the path of its database file"):
+        SQLiteSagaStore(path)
+
+
 # --------------------------------------------------------------------------- options
 
 

@@ -313,6 +313,13 @@ def _advice(error: BaseException, path: str = "") -> str | None:
 _THEN: Final = "; the store's next request opens it again"
 
 
+def explain_cannot_open(path: str) -> str | None:
+    """What ``_cannot_write`` says of ``path``, for the SQLite files of the
+    package's other parts (the breakers' ``SQLiteCircuitStateStore``), which
+    open theirs as this store does and get SQLite's same few words."""
+    return _cannot_write(path)
+
+
 def _cannot_write(path: str) -> str | None:
     """Why this process cannot write the file at ``path`` and the -wal and
     -shm files beside it (which SQLite makes in its directory), if the file

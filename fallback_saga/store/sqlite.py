@@ -78,6 +78,7 @@ from typing import Any, Final
 
 from ..errors import SagaStoreError
 from ..forking import watch_forks
+from ..private_file import database_path
 from ..status import SagaStatus
 from ._common import (
     JournalFuture,
@@ -248,6 +249,7 @@ class SQLiteSagaStore:
         park_after: int | None = PARK_AFTER,
     ) -> None:
         park_after = check_park_after(park_after)
+        path = database_path(path, "SQLiteSagaStore")
         if writer not in ("thread", "process", "inline"):
             raise ValueError(
                 f"writer must be 'thread' (the default), 'process' (journal writes "
