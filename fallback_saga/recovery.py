@@ -686,12 +686,14 @@ async def recover(
     """
     if resume_timeout is not None:
         resume_timeout = seconds_given("resume_timeout", resume_timeout, positive=True)
-    if isinstance(older_than, timedelta):
-        older_than = older_than.total_seconds()
-    if older_than < 0:
-        raise ValueError(f"older_than must be >= 0 seconds, got {older_than!r}")
-    if limit < 1 or concurrency < 1:
-        raise ValueError("limit and concurrency must be >= 1")
+    # Checked as RecoveryWorker checks them: a str from a config file would
+    # otherwise fail deep in a comparison ("'<' not supported ...").
+    older_than = seconds_given("older_than", older_than, positive=False)
+    for name, number in (("limit", limit), ("concurrency", concurrency)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {number!r}")
+    if owner is not None and (not isinstance(owner, str) or not owner):
+        raise ValueError(f"owner must be a non-empty str, got {owner!r}")
     if not is_recoverable(store):
         raise TypeError(
             f"{type(store).__name__} cannot be recovered from: it has no leases "

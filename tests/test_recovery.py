@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -678,6 +679,27 @@ async def test_S12_a_store_file_that_is_not_sqlite_gets_a_clear_error(tmp_path: 
     async with SQLiteSagaStore(tmp_path / "good.db") as good:
         result = await shop(good, script).run(ShopCtx(), saga_id="s1")
     assert result.status is SagaStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"older_than": "60"}, "older_than must be a finite number of seconds >= 0, got '60'"),
+        ({"older_than": -1}, "older_than must be a finite number of seconds >= 0"),
+        ({"limit": "100"}, "limit must be an int >= 1, got '100'"),
+        ({"limit": 0}, "limit must be an int >= 1"),
+        ({"concurrency": 2.5}, "concurrency must be an int >= 1, got 2.5"),
+        ({"owner": ""}, "owner must be a non-empty str"),
+    ],
+)
+async def test_recover_names_a_wrong_option_as_a_worker_does(
+    store: SQLiteSagaStore, option: dict[str, Any], named: str
+) -> None:
+    """A value from a config file (a str) failed deep in a comparison ("'<' not
+    supported between instances of 'str' and 'int'"); RecoveryWorker names it."""
+    with pytest.raises(ValueError, match=re.escape(named)):
+        await recover(store, [shop(store, Script())], **option)
+    assert await store.list_sagas() == []  # refused before claiming anything
 
 
 async def test_resume_of_an_unknown_id_is_saga_not_found(store: SQLiteSagaStore) -> None:
