@@ -55,8 +55,8 @@ from typing import Protocol, runtime_checkable
 
 from .forking import watch_forks
 from .private_file import create_private_file, database_path
+from .sqlite_files import why_cannot_open
 from .status import CircuitState
-from .store._sqlite_schema import explain_cannot_open
 
 __all__ = ["CircuitStateStore", "SQLiteCircuitStateStore", "SharedCircuit"]
 
@@ -195,7 +195,7 @@ class SQLiteCircuitStateStore:
         where SQLite says only "unable to open database file": the breaker
         logs it and works on local state, so its words are all the operator
         sees. Same type, so a caller's ``except sqlite3.Error`` still holds."""
-        advice = explain_cannot_open(self.path)
+        advice = why_cannot_open(self.path)
         if advice is None:
             return error
         explained = type(error)(f"{error} ({advice})")

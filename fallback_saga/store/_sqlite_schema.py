@@ -5,15 +5,14 @@ and the connections the store's threads open (see ``sqlite``)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import struct
 from collections.abc import Callable
 from typing import Final
 
 from ..errors import SagaStoreError
 from ..log_lines import library_logger
 from ..private_file import create_private_file
+from ..sqlite_files import why_cannot_open
 
 _log = library_logger("fallback_saga.store.sqlite")
 
@@ -305,93 +304,8 @@ def _advice(error: BaseException, path: str = "") -> str | None:
     if path not in ("", ":memory:") and name.startswith(
         ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_PERM")
     ):
-        return _cannot_write(path)
+        return why_cannot_open(path)
     return None
-
-
-# What the store tells once the cause is mended: no new store object is needed.
-_THEN: Final = "; the store's next request opens it again"
-
-
-def explain_cannot_open(path: str) -> str | None:
-    """What ``_cannot_write`` says of ``path``, for the SQLite files of the
-    package's other parts (the breakers' ``SQLiteCircuitStateStore``), which
-    open theirs as this store does and get SQLite's same few words."""
-    return _cannot_write(path)
-
-
-def _cannot_write(path: str) -> str | None:
-    """Why this process cannot write the file at ``path`` and the -wal and
-    -shm files beside it (which SQLite makes in its directory), if the file
-    system says: a path that is a directory or in one that does not exist, a
-    read-only mount, a directory or file this user may not write, a -wal
-    file removed under an open database."""
-    where = os.path.dirname(path) or "."
-    # A new user's first two: SQLite says only "unable to open database file".
-    if os.path.isdir(path):
-        return (
-            f"{path} is a directory; give the path of a file in it, such as "
-            f"{os.path.join(path, 'sagas.db')}: the store creates the file"
-        )
-    if not os.path.isdir(where):
-        return (
-            f"the directory {where} does not exist: the store creates its file, "
-            f"never the directories above it; create it, or give another path{_THEN}"
-        )
-    try:
-        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # no statvfs here, or no such directory
-        read_only = False
-    if read_only:
-        return (
-            f"the file system holding {where} is mounted read-only; remount it "
-            f"read-write{_THEN}"
-        )
-    user = f"this process (uid {os.geteuid()})" if hasattr(os, "geteuid") else "this process"
-    if os.path.isdir(where) and not os.access(where, os.W_OK | os.X_OK):
-        return (
-            f"{user} may not write the directory {where}, where SQLite makes the "
-            f"store's -wal and -shm files; give it write access to the directory "
-            f"(or run as the user that owns it){_THEN}"
-        )
-    for name in (path, path + "-wal", path + "-shm"):
-        if os.path.exists(name) and not os.access(name, os.R_OK | os.W_OK):
-            return f"{user} may not read and write {name}; give it access{_THEN}"
-    if _wal_cut_short(path):
-        return (
-            "its -wal file is shorter than its -shm file says: the -wal file was "
-            "removed or replaced while a connection had the database open (never "
-            "remove them: they hold committed sagas until a checkpoint); close every "
-            "store that has it open — closing moves those sagas into the database — "
-            "and open it again"
-        )
-    return None
-
-
-def _wal_cut_short(path: str) -> bool:
-    """Whether the -wal file holds fewer frames than the -shm file's header
-    says it does (its ``mxFrame`` and page size, in this machine's byte
-    order): the -wal file was removed or replaced under an open database."""
-    try:
-        with open(path + "-shm", "rb") as shm:
-            header = shm.read(24)
-        wal = os.stat(path + "-wal").st_size if os.path.exists(path + "-wal") else 0
-    except OSError:
-        return False
-    if len(header) < 24:
-        return False
-    version, _, _, initialized, _, page, frames, _ = struct.unpack("=IIIBBHII", header)
-    if version != _WAL_INDEX_VERSION or not initialized or not frames:
-        return False
-    page_size = 65536 if page == 1 else page
-    return bool(wal < _WAL_HEADER + frames * (_FRAME_HEADER + page_size))
-
-
-# The -wal/-shm layout (sqlite.org/walformat.html): the wal-index version,
-# and the sizes of the -wal file's header and of each frame's header.
-_WAL_INDEX_VERSION: Final = 3007000
-_WAL_HEADER: Final = 32
-_FRAME_HEADER: Final = 24
 
 
 def _cannot_open(path: str, error: sqlite3.Error) -> str:
