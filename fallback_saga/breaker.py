@@ -31,6 +31,7 @@ it is unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import sys
@@ -94,6 +95,10 @@ _Entry: TypeAlias = tuple[
 ]
 
 _asyncio_current_task = asyncio.current_task
+
+# ``AsyncExitStack.enter_async_context``: a block it enters is named by the
+# frame that awaited it (that frame's end ends the block, not this one's).
+_ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
 
 
 class _Nobody:
@@ -691,7 +696,9 @@ class CircuitBreaker(SharedStateSync):
             self.record_success(permit)
         return result
 
-    def _inside(self, frame: FrameType, top: _Entry | None) -> bool:
+    def _inside(
+        self, frame: FrameType, top: _Entry | None, block: FrameType | None = None
+    ) -> bool:
         """Whether the call running in ``frame`` (``call``, ``__aenter__`` or
         ``__aexit__``) is nested: made while a guarded call of this breaker is in
         progress in the same task.
@@ -706,15 +713,23 @@ class CircuitBreaker(SharedStateSync):
         another task. The block of an async generator closed elsewhere (see
         ``_block_over``) is passed over, and dropped from the stack when it
         is on top of it.
+
+        ``block``, the frame naming an ``async with`` block being entered or
+        left: when it is an async generator's, the blocks other generators
+        are parked in (at a yield, not driving this one) are passed over: two
+        streams driven in turn by one task each have a block of their own.
         """
         if top is not None:
             task = _current_task()
+            streaming = block is not None and bool(block.f_code.co_flags & CO_ASYNC_GENERATOR)
             entry: _Entry | None = top
             while entry is not None:
                 owner = entry[2]
                 if not (owner is None if task is None else owner is not None and owner() is task):
                     break  # another task's: so are those below it
-                if not _block_over(entry[4]):
+                if not _block_over(entry[4]) and not (
+                    streaming and _parked_elsewhere(entry[4], block, frame)  # type: ignore[arg-type]
+                ):
                     return True
                 entry = entry[3]  # type: ignore[assignment]
             if entry is not top and self._permits.get() is top:
@@ -755,7 +770,7 @@ class CircuitBreaker(SharedStateSync):
         if closed_path:
             # As in call(): nothing to decide yet, the permit is the generation.
             permit = self._generation
-        elif self._inside(_getframe(), self._permits.get()):
+        elif self._inside(_getframe(), self._permits.get(), _entering(_getframe(1))):
             permit = None  # nested: the outer call's permit covers this block
         else:
             permit = self.acquire()
@@ -782,7 +797,10 @@ class CircuitBreaker(SharedStateSync):
         # the calls inside a block know they are nested. The frame entering
         # names the block: generators' blocks do not end in the order they
         # began.
-        self._permits.set((permit, closed_path, owner, outer, _getframe(1)))
+        frame = _getframe(1)
+        if frame.f_code is _ENTER_ASYNC_CONTEXT:
+            frame = _entering(frame)
+        self._permits.set((permit, closed_path, owner, outer, frame))
         return self
 
     async def __aexit__(
@@ -827,7 +845,7 @@ class CircuitBreaker(SharedStateSync):
             self._permits.set(top[3])  # type: ignore[arg-type]
         else:
             entry = self._unstack(top)
-        permit, closed_path, _, outer, _ = entry
+        permit, closed_path, _, outer, block = entry
         if permit is None:
             return
         if closed_path:
@@ -836,7 +854,7 @@ class CircuitBreaker(SharedStateSync):
             # looked for, among the blocks entered before this one.
             if exc is None and not (self._failures and permit == self._generation):
                 return
-            if self._inside(_getframe(), outer):  # type: ignore[arg-type]
+            if self._inside(_getframe(), outer, block):  # type: ignore[arg-type]
                 return
         self._record(permit, exc)
 
@@ -913,6 +931,31 @@ def _block_over(frame: FrameType) -> bool:
     if not code.co_flags & CO_ASYNC_GENERATOR:
         return False
     return any(referent is code for referent in gc.get_referents(frame))
+
+
+def _entering(frame: FrameType) -> FrameType:
+    """The frame naming a block entered through ``frame``, an
+    ``AsyncExitStack.enter_async_context`` (or any other): the one awaiting
+    it. An async generator entering through an exit stack and dropped while
+    parked in the block is then found over by ``_block_over``."""
+    if frame.f_code is _ENTER_ASYNC_CONTEXT and frame.f_back is not None:
+        return frame.f_back
+    return frame
+
+
+def _parked_elsewhere(other: FrameType, block: FrameType, frame: FrameType) -> bool:
+    """Whether ``other``, the frame naming an outer block, is another async
+    generator than ``block``'s, parked at a yield: not among the frames
+    running ``frame`` (then it drives this one: a pipeline's stage whose
+    block covers its source's)."""
+    if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
+        return False
+    running: FrameType | None = frame
+    while running is not None:
+        if running is other:
+            return False
+        running = running.f_back
+    return True
 
 
 def _drop_over(top: _Entry) -> _Entry | None:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from helpers_breaker import Boom, FakeClock, fail_with, succeed
 
-from fallback_saga import CircuitBreaker, CircuitState
+from fallback_saga import CircuitBreaker, CircuitOpenError, CircuitState
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
@@ -293,5 +293,107 @@ async def test_S9_calls_in_a_block_entered_through_a_generator_are_nested(form: 
     breaker = make_breaker(fail_max=5)
     with pytest.raises(Boom):
         await fails_nested(breaker, form)
+    assert breaker.failure_count == 1
+    assert depth(breaker) == 0
+
+
+# ------------------------------------------------------------------- entered through an exit stack
+
+
+async def test_S9_exit_stack_stream_dropped_by_break_leaves_its_consumer_counting() -> None:
+    """The generator enters the breaker through an ``AsyncExitStack``
+    (``enter_async_context``) and yields inside it: dropped by ``break``,
+    its block is over once asyncio's finalizer has closed it — the frame
+    that named the block was ``enter_async_context``'s, a coroutine that had
+    long ended, never taken for over: every later call of the consumer was
+    nested and the breaker never opened."""
+    breaker = make_breaker(fail_max=1)
+    closed = asyncio.Event()
+
+    async def rows() -> AsyncIterator[int]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            await stack.enter_async_context(SetOnExit(closed))
+            for row in range(3):
+                yield row
+
+    async for _ in rows():
+        break
+    await closed.wait()
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
+    assert depth(breaker) == 0
+
+
+# ------------------------------------------------------------------- two streams in one task
+
+
+def two_streams(breaker: CircuitBreaker) -> tuple[AsyncIterator[int], AsyncIterator[int]]:
+    """Two streams, each failing its second row inside its own block."""
+
+    async def rows(name: str) -> AsyncIterator[int]:
+        async with breaker:
+            yield 1
+            raise Boom(f"{name} fails")
+
+    return rows("first"), rows("second")
+
+
+@pytest.mark.parametrize("ends_first", ["first", "second"])
+async def test_S9_two_streams_driven_in_turn_each_count_their_own_block(ends_first: str) -> None:
+    """One task drives two generators in turn, each parked inside its own
+    block of the breaker: neither block is nested in the other's (the second
+    stream's block is no call of the first one's), so each failure counts —
+    whichever ends first. The second block was taken as nested in the first:
+    its failure was not recorded."""
+    breaker = make_breaker(fail_max=5)
+    first, second = two_streams(breaker)
+    assert await first.__anext__() == 1
+    assert await second.__anext__() == 1
+    order = (first, second) if ends_first == "first" else (second, first)
+    for stream in order:
+        with pytest.raises(Boom):
+            await stream.__anext__()
+    assert breaker.failure_count == 2
+    assert depth(breaker) == 0
+
+
+async def test_S9_second_stream_while_half_open_is_a_trial_of_its_own() -> None:
+    """Half-open with one trial: the first stream's block holds it; the
+    second stream's block, driven by the same task, is not nested in the
+    first's and is rejected (it was let through as nested, untested)."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, fail_max=1, reset_timeout=30.0, name="catalog")
+    first, second = two_streams(breaker)
+    breaker.open()
+    clock.advance(30.0)
+    assert await first.__anext__() == 1
+    assert breaker.half_open_calls_in_flight == 1
+    with pytest.raises(CircuitOpenError):
+        await second.__anext__()
+    with pytest.raises(Boom):
+        await first.__anext__()
+    assert breaker.state is OPEN
+    assert depth(breaker) == 0
+
+
+async def test_S9_stream_driven_from_another_streams_block_is_nested() -> None:
+    """A generator iterated *inside* another generator's block (a pipeline
+    stage) is nested in it, as in a coroutine's block: counted once."""
+    breaker = make_breaker(fail_max=5)
+
+    async def source() -> AsyncIterator[int]:
+        async with breaker:
+            yield 1
+            raise Boom("source fails")
+
+    async def stage() -> AsyncIterator[int]:
+        async with breaker:
+            async for row in source():
+                yield row
+
+    with pytest.raises(Boom):
+        async for _ in stage():
+            pass
     assert breaker.failure_count == 1
     assert depth(breaker) == 0
