@@ -18,7 +18,7 @@ to make this possible (setting and resetting a context variable per call
 would nearly double its cost): an outer ``call()`` is found by walking the
 current task's frames, and only where it matters — on a failure, on a
 success with failures to reset, and off the closed path. ``async with``
-blocks are found on their per-task permit stack.
+blocks are found on their per-task permit stack (``permit_stack``).
 
 With a ``state_store`` (see ``shared_state``), breakers of the same name in
 several processes share their state: counting stays local, transitions are
@@ -31,23 +31,19 @@ it is unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gc
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from contextvars import ContextVar
-from inspect import CO_ASYNC_GENERATOR, isawaitable
+from inspect import isawaitable
 from types import FrameType, TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
     ParamSpec,
     Protocol,
-    TypeAlias,
     TypeVar,
     runtime_checkable,
 )
@@ -55,6 +51,19 @@ from typing import (
 from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
+from .permit_stack import (
+    ENTER_ASYNC_CONTEXT,
+    LAST_OWNER,
+    Entry,
+    collecting,
+    drop_over,
+    entered_here,
+    entering,
+    nested,
+    new_stack,
+    unstack,
+    watch_collections,
+)
 from .shielding import outer_run_cancelled, running_task
 from .status import CircuitState
 
@@ -80,70 +89,8 @@ _CLOSED = CircuitState.CLOSED
 
 _getframe = sys._getframe
 
-# The frame that runs one step of a task: below it are the event loop's frames
-# (None if asyncio changes: walks then go on to the bottom of the stack).
-_LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", None)
-
-# One ``async with`` block on a task's permit stack: its permit (None for a
-# nested block, which took none), whether it was let in on the closed path
-# (then whether it is nested is only looked at when it leaves, if that
-# matters), the task that entered it (weakly; None when no event loop runs),
-# the entry below it, and the frame that entered it (an async generator's
-# block outlives its place on the stack: see ``_block_over``).
-_Entry: TypeAlias = tuple[
-    int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object, FrameType
-]
-
 _asyncio_current_task = asyncio.current_task
-
-# ``AsyncExitStack.enter_async_context``: a block it enters is named by the
-# frame that awaited it (that frame's end ends the block, not this one's).
-_ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
-
-
-class _Nobody:
-    __weakref__: object
-
-
-# The weak reference to the task that entered the latest block, kept so that
-# the next block of the same task reuses it (a new one per block allocates).
-_last_owner: weakref.ref[Any] = weakref.ref(_Nobody())
-
-
-
-# The thread in which the garbage collector is running (0: none), set by a
-# gc callback. A block left while it runs in this thread is a dead task's: see
-# ``__aexit__``. A module global: the one check on the closed path of
-# ``__aexit__`` is a global read that is 0 but inside a collection.
-_collecting_in = 0
-
-
-def _note_collection(
-    phase: str, info: dict[str, int], _ident: Callable[[], int] = threading.get_ident
-) -> None:
-    global _collecting_in
-    _collecting_in = _ident() if phase == "start" else 0
-
-
-def _collecting(_ident: Callable[[], int] = threading.get_ident) -> bool:
-    """Whether this thread is inside a garbage collection (asked off the
-    closed path only: there ``__aexit__`` reads the global itself)."""
-    return _collecting_in != 0 and _collecting_in == _ident()
-
-
-def _watch_collections() -> None:
-    """Install the gc callback (once: again if something cleared the list).
-    Called when a breaker is made, so that only a program that has one pays
-    the callback's two calls per collection."""
-    if _note_collection not in gc.callbacks:
-        gc.callbacks.append(_note_collection)
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running event loop: a coroutine driven by hand
-        return None
+_weakref = weakref.ref
 
 
 class CircuitOpenError(Exception):
@@ -315,11 +262,9 @@ class CircuitBreaker(SharedStateSync):
         self._init_sharing(state_store, sync_interval, wall_clock, listeners)
         if state_store is not None:
             self._gate = None
-        _watch_collections()
+        watch_collections()
         # Per-task stack of the permits taken by ``async with`` blocks.
-        self._permits: ContextVar[_Entry | None] = ContextVar(
-            f"fallback_saga_permits_{self.name}", default=None
-        )
+        self._permits = new_stack(self.name)
 
     def __repr__(self) -> str:
         return (
@@ -640,7 +585,7 @@ class CircuitBreaker(SharedStateSync):
             # call costs a tenth of this path.
             returned = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
         except BaseException as error:
-            if not _collecting() and not self._inside(_getframe(), self._permits.get()):
+            if not collecting() and not self._inside(_getframe(), self._permits.get()):
                 self._record(permit, error)
             raise
         # Awaited in a try of its own (free in 3.11+: a table, not code), so
@@ -653,13 +598,13 @@ class CircuitBreaker(SharedStateSync):
                 # A misuse, not the service failing: nothing to record.
                 raise _not_awaitable(fn, returned) from None
             # Inside a collection: see _call_guarded.
-            if not _collecting() and not self._inside(_getframe(), self._permits.get()):
+            if not collecting() and not self._inside(_getframe(), self._permits.get()):
                 self._record(permit, error)
             raise
         # A stale permit's success records nothing: no need to look further.
         if (
             self._failures and permit == self._generation
-            and not _collecting() and not self._inside(_getframe(), self._permits.get())
+            and not collecting() and not self._inside(_getframe(), self._permits.get())
         ):
             self.record_success(permit)
         return result
@@ -681,7 +626,7 @@ class CircuitBreaker(SharedStateSync):
         try:
             result = await returned
         except BaseException as error:
-            if not _collecting():
+            if not collecting():
                 self._record(permit, error)
             # Else the garbage collector is closing this call's coroutine: its
             # task was destroyed pending. The collector may have interrupted,
@@ -692,62 +637,18 @@ class CircuitBreaker(SharedStateSync):
             # trial held here is one that never reports back, and a new round
             # is let through reset_timeout after this one began.
             raise
-        if not _collecting():  # a function that swallowed the GeneratorExit
+        if not collecting():  # a function that swallowed the GeneratorExit
             self.record_success(permit)
         return result
 
     def _inside(
-        self, frame: FrameType, top: _Entry | None, block: FrameType | None = None
+        self, frame: FrameType, top: Entry | None, block: FrameType | None = None
     ) -> bool:
         """Whether the call running in ``frame`` (``call``, ``__aenter__`` or
-        ``__aexit__``) is nested: made while a guarded call of this breaker is in
-        progress in the same task.
-
-        An outer ``async with`` block is on ``top``, this task's permit stack
-        (or the part of it below the block leaving); an outer ``call()`` (or
-        decorated function) is a frame of ``call`` on this breaker below
-        ``frame``. A task started inside a guarded call is not nested: it
-        copies the permit stack with its context, but the entries name the
-        task that made them; and a frame found below the task's own coroutine
-        (an eager task runs its first step on its creator's frames) belongs to
-        another task. The block of an async generator closed elsewhere (see
-        ``_block_over``) is passed over, and dropped from the stack when it
-        is on top of it.
-
-        ``block``, the frame naming an ``async with`` block being entered or
-        left: when it is an async generator's, the blocks other generators
-        are parked in (at a yield, not driving this one) are passed over: two
-        streams driven in turn by one task each have a block of their own.
-        """
-        if top is not None:
-            task = _current_task()
-            streaming = block is not None and bool(block.f_code.co_flags & CO_ASYNC_GENERATOR)
-            entry: _Entry | None = top
-            while entry is not None:
-                owner = entry[2]
-                if not (owner is None if task is None else owner is not None and owner() is task):
-                    break  # another task's: so are those below it
-                if not _block_over(entry[4]) and not (
-                    streaming and _parked_elsewhere(entry[4], block, frame)  # type: ignore[arg-type]
-                ):
-                    return True
-                entry = entry[3]  # type: ignore[assignment]
-            if entry is not top and self._permits.get() is top:
-                # Over: its exit ran elsewhere and will not pop it.
-                self._permits.set(_drop_over(top))
-        code = _CALL_CODE
-        own = frame
-        while True:
-            below = frame.f_back
-            if below is None:
-                return False
-            frame = below
-            f_code = frame.f_code
-            if f_code is code:
-                if frame.f_locals.get("self") is self:
-                    return _in_current_task(own, frame)
-            elif f_code is _LOOP_STEP:
-                return False  # below: the event loop, not this task
+        ``__aexit__``) is nested: made while a guarded call of this breaker is
+        in progress in the same task (``permit_stack.nested``); ``block``
+        names the ``async with`` block entering or leaving, if that is it."""
+        return nested(self._permits, top, frame, block, _CALL_CODE, self)
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so every call goes through the breaker.
@@ -770,11 +671,10 @@ class CircuitBreaker(SharedStateSync):
         if closed_path:
             # As in call(): nothing to decide yet, the permit is the generation.
             permit = self._generation
-        elif self._inside(_getframe(), self._permits.get(), _entering(_getframe(1))):
+        elif self._inside(_getframe(), self._permits.get(), entering(_getframe(1))):
             permit = None  # nested: the outer call's permit covers this block
         else:
             permit = self.acquire()
-        global _last_owner
         owner: weakref.ref[asyncio.Task[Any]] | None
         try:  # (_current_task inlined: this is the closed path)
             task = _asyncio_current_task()
@@ -783,23 +683,23 @@ class CircuitBreaker(SharedStateSync):
         if task is None:  # (a loop callback, or no loop)
             owner = None
         else:
-            owner = _last_owner
+            owner = LAST_OWNER.ref
             if owner() is not task:
-                owner = _last_owner = weakref.ref(task)
+                owner = LAST_OWNER.ref = _weakref(task)
         outer = self._permits.get()
         if outer is not None:
             # An async generator dropped inside its block (its exit ran
             # elsewhere) leaves its entry here: it goes, so that a task
             # dropping such generators does not pile them up.
-            outer = _drop_over(outer)
+            outer = drop_over(outer)
         # A per-task stack of permits (immutable entries), so nested and
         # concurrent ``async with`` blocks each hand back their own permit, and
         # the calls inside a block know they are nested. The frame entering
         # names the block: generators' blocks do not end in the order they
         # began.
         frame = _getframe(1)
-        if frame.f_code is _ENTER_ASYNC_CONTEXT:
-            frame = _entering(frame)
+        if frame.f_code is ENTER_ASYNC_CONTEXT:
+            frame = entering(frame)
         self._permits.set((permit, closed_path, owner, outer, frame))
         return self
 
@@ -809,7 +709,34 @@ class CircuitBreaker(SharedStateSync):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if _collecting_in and _collecting_in == threading.get_ident():
+        top = self._permits.get()
+        if (
+            exc is None
+            and top is not None
+            and top[1]
+            and top[4] is _getframe(1)
+            and not (self._failures and top[0] == self._generation)
+        ):
+            # The closed path: a block let in on it, leaving from the frame
+            # that entered it, with nothing to record (a success, no failures
+            # to reset). Its entry goes and nothing else is touched — also
+            # inside a garbage collection (see _leave), where an entry named
+            # by this block's own frame is its own: on its dead task's stack,
+            # or a copy of it in a task or callback started in the block.
+            self._permits.set(top[3])  # type: ignore[arg-type]
+            return
+        self._leave(top, exc_type, exc)
+
+    def _leave(
+        self,
+        top: Entry | None,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+    ) -> None:
+        """``__aexit__`` off its closed path: a failure, a success with
+        failures to reset, a block let in off the closed path, or one whose
+        entry is not on top (see ``permit_stack.unstack``)."""
+        if collecting():
             # The garbage collector is closing this block's coroutine: its task
             # was destroyed pending (asyncio keeps tasks only weakly: one
             # awaiting a future nobody else holds is garbage; or its loop
@@ -833,18 +760,18 @@ class CircuitBreaker(SharedStateSync):
             # asynccontextmanager around the breaker, an AsyncExitStack in an
             # async generator and a coroutine closed by hand in a task.)
             return
-        top = self._permits.get()
-        if exc_type is GeneratorExit and not _entered_here(top):
+        if exc_type is GeneratorExit and not entered_here(top):
             # The block's coroutine is closed away from its task, without the
             # collector (dropped by whatever held it last, in another task or
             # none): its permit stack is not the one here. Its permit is not
             # handed back either.
             return
-        if top is not None and top[4] is _getframe(1):
+        caller = _getframe(2)  # the frame leaving the block (__aexit__'s caller)
+        if top is not None and top[4] is caller:
             entry = top
             self._permits.set(top[3])  # type: ignore[arg-type]
         else:
-            entry = self._unstack(top)
+            entry = unstack(self._permits, top, caller)
         permit, closed_path, _, outer, block = entry
         if permit is None:
             return
@@ -857,29 +784,6 @@ class CircuitBreaker(SharedStateSync):
             if self._inside(_getframe(), outer, block):  # type: ignore[arg-type]
                 return
         self._record(permit, exc)
-
-    def _unstack(self, top: _Entry | None) -> _Entry:
-        """Take this block's entry off the stack when it is not the top one:
-        an async generator parked inside a block entered after this one (the
-        consumer dropped it, or drives it on), or a block entered and left
-        from two frames (``AsyncExitStack``: then the top one, as ever).
-        Entries above it stay, but for blocks that are over."""
-        if top is None:
-            raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
-        caller = _getframe(2)
-        above: list[_Entry] = []
-        entry: _Entry | None = top
-        while entry is not None and entry[4] is not caller and _entered_here(entry):
-            above.append(entry)
-            entry = entry[3]  # type: ignore[assignment]
-        if entry is None or entry[4] is not caller:
-            entry, above = top, []  # entered from another frame
-        stack = entry[3]
-        for kept in reversed(above):
-            if not _block_over(kept[4]):
-                stack = (*kept[:3], stack, kept[4])
-        self._permits.set(stack)  # type: ignore[arg-type]
-        return entry
 
 
 _CALL_CODE = CircuitBreaker.call.__code__
@@ -897,85 +801,3 @@ def _not_awaitable(fn: object, returned: object) -> TypeError:
         f"{type(returned).__name__}, not an awaitable: make it an 'async def' function "
         f"(blocking code: an 'async def' that runs it with 'await asyncio.to_thread(...)')"
     )
-
-
-def _entered_here(top: _Entry | None) -> bool:
-    """Whether ``top`` (a permit stack's top, or None) was entered by the
-    current task (or, both without a task, by hand)."""
-    if top is None:
-        return False
-    owner, task = top[2], _current_task()
-    if owner is None:
-        return task is None
-    # Without a task, an entry a task made is not ours even when that task is
-    # gone (its weak reference then reads None, as the missing task does): a
-    # loop callback runs in a copy of the context it was scheduled from.
-    return task is not None and owner() is task
-
-
-def _block_over(frame: FrameType) -> bool:
-    """Whether the block entered by ``frame`` is over although its entry is
-    still on the stack: the block of an async generator that its consumer
-    dropped while it was parked inside it (``break`` out of ``async for``),
-    closed later by asyncio's finalizer in a task of its own, where the
-    block's exit cannot reach this stack. Its frame has ended. A coroutine's
-    block is never over here: its task ends it (or a frame of its own that
-    has ended entered it: ``AsyncExitStack``).
-
-    A generator's frame, running or parked, lives in the generator; once it
-    has ended, the frame object (held here) owns what it holds, and only then
-    does the collector see its code among the frame's referents. (Where it
-    stopped tells nothing: a frame that ended re-raising the GeneratorExit
-    thrown in at a yield reads as stopped at that yield.)"""
-    code = frame.f_code
-    if not code.co_flags & CO_ASYNC_GENERATOR:
-        return False
-    return any(referent is code for referent in gc.get_referents(frame))
-
-
-def _entering(frame: FrameType) -> FrameType:
-    """The frame naming a block entered through ``frame``, an
-    ``AsyncExitStack.enter_async_context`` (or any other): the one awaiting
-    it. An async generator entering through an exit stack and dropped while
-    parked in the block is then found over by ``_block_over``."""
-    if frame.f_code is _ENTER_ASYNC_CONTEXT and frame.f_back is not None:
-        return frame.f_back
-    return frame
-
-
-def _parked_elsewhere(other: FrameType, block: FrameType, frame: FrameType) -> bool:
-    """Whether ``other``, the frame naming an outer block, is another async
-    generator than ``block``'s, parked at a yield: not among the frames
-    running ``frame`` (then it drives this one: a pipeline's stage whose
-    block covers its source's)."""
-    if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
-        return False
-    running: FrameType | None = frame
-    while running is not None:
-        if running is other:
-            return False
-        running = running.f_back
-    return True
-
-
-def _drop_over(top: _Entry) -> _Entry | None:
-    """``top`` without the entries at its top whose blocks are over."""
-    entry: _Entry | None = top
-    while entry is not None and _block_over(entry[4]):
-        entry = entry[3]  # type: ignore[assignment]
-    return entry
-
-
-def _in_current_task(own: FrameType, outer: FrameType) -> bool:
-    """Whether ``outer``, a caller of ``own`` on the stack, belongs to the
-    running task: the task's own coroutine is not between them."""
-    task = _current_task()
-    root = None if task is None else getattr(task.get_coro(), "cr_frame", None)
-    if root is None:  # no task, or one that is not a coroutine: nothing to tell them apart
-        return True
-    frame: FrameType | None = own
-    while frame is not outer:
-        if frame is root or frame is None:
-            return False
-        frame = frame.f_back
-    return True

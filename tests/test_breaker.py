@@ -31,7 +31,7 @@ from helpers_breaker import (
     trip,
 )
 
-import fallback_saga.breaker as breaker_module
+import fallback_saga.permit_stack as permit_stack_module
 from fallback_saga import (
     CircuitBreaker,
     CircuitBreakerProtocol,
@@ -782,7 +782,7 @@ def test_S9_thread_safety_of_the_first_async_with_in_two_threads(
     workers: set[threading.Thread] = set()
     both_setting_up = threading.Barrier(2)
     both_inside = threading.Barrier(2)
-    real_context_var = breaker_module.ContextVar
+    real_context_var = permit_stack_module.ContextVar
 
     def context_var_met_by_both(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() in workers:
@@ -790,7 +790,7 @@ def test_S9_thread_safety_of_the_first_async_with_in_two_threads(
                 both_setting_up.wait(timeout=2.0)  # a liveness guard only
         return real_context_var(*args, **kwargs)
 
-    monkeypatch.setattr(breaker_module, "ContextVar", context_var_met_by_both)
+    monkeypatch.setattr(permit_stack_module, "ContextVar", context_var_met_by_both)
     breaker, clock = make_breaker(fail_max=1, half_open_max_calls=2)
     breaker.open()
     clock.advance(breaker.reset_timeout)

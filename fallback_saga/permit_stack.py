@@ -1,0 +1,296 @@
+"""The permit stack of ``async with breaker:`` blocks (rule S9): which blocks
+of one breaker a task is inside, and whether a call is nested in one.
+
+Each breaker keeps, in a context variable, a stack per task of the blocks
+entered and not yet left (``Entry``). It answers two questions the breaker
+(``breaker.py``, its state machine) asks: which permit a block leaving hands
+back, and whether a call or a block is *nested* — made while a guarded call of
+the same breaker is in progress in the same task — and so records nothing.
+
+What makes it more than a stack:
+
+* a task started inside a block copies the stack with its context: an entry
+  names the task that made it (weakly);
+* an async generator parked at a yield inside a block leaves its entry on its
+  consumer's stack, and a consumer that drops it (``break`` out of ``async
+  for``) leaves it there for good: the generator is closed by asyncio's
+  finalizer in a task of its own. A block whose generator's frame has ended
+  is over (``block_over``), passed over and dropped;
+* two generators parked in blocks of theirs are not nested in each other
+  (``parked_elsewhere``);
+* a block left by the garbage collector (its task destroyed pending) runs in
+  whatever context is current: a gc callback tells the breaker
+  (``collecting``), and it leaves the stack alone.
+
+The closed path of ``async with`` (in ``breaker.py``, inlined for speed) uses
+``LAST_OWNER``, ``ENTER_ASYNC_CONTEXT``, ``entering`` and ``drop_over``; the
+rest is asked off it. Nothing here imports from the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import threading
+import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
+from inspect import CO_ASYNC_GENERATOR
+from types import CodeType, FrameType
+from typing import Any, TypeAlias
+
+__all__ = [
+    "ENTER_ASYNC_CONTEXT",
+    "LAST_OWNER",
+    "Entry",
+    "block_over",
+    "collecting",
+    "current_task",
+    "drop_over",
+    "entered_here",
+    "entering",
+    "nested",
+    "new_stack",
+    "unstack",
+    "watch_collections",
+]
+
+# One ``async with`` block on a task's permit stack: its permit (None for a
+# nested block, which took none), whether it was let in on the closed path
+# (then whether it is nested is only looked at when it leaves, if that
+# matters), the task that entered it (weakly; None when no event loop runs),
+# the entry below it, and the frame that entered it (an async generator's
+# block outlives its place on the stack: see ``block_over``).
+Entry: TypeAlias = tuple[
+    int | None, bool, weakref.ref[asyncio.Task[Any]] | None, object, FrameType
+]
+
+# The frame that runs one step of a task: below it are the event loop's frames
+# (None if asyncio changes: walks then go on to the bottom of the stack).
+_LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", None)
+
+# ``AsyncExitStack.enter_async_context``: a block it enters is named by the
+# frame that awaited it (that frame's end ends the block, not this one's).
+ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
+
+
+def new_stack(name: str) -> ContextVar[Entry | None]:
+    """A breaker's permit stack (empty in every task until it enters a block)."""
+    return ContextVar(f"fallback_saga_permits_{name}", default=None)
+
+
+class _Nobody:
+    __weakref__: object
+
+
+class _LastOwner:
+    """The weak reference to the task that entered the latest block, kept so
+    that the next block of the same task reuses it (a new one per block
+    allocates). An object's slot, not a module global: ``breaker.py`` reads
+    and writes it on its closed path without a function call."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self) -> None:
+        self.ref: weakref.ref[Any] = weakref.ref(_Nobody())
+
+
+LAST_OWNER = _LastOwner()
+
+
+# The thread in which the garbage collector is running (0: none), set by a
+# gc callback. A block left while it runs in this thread is a dead task's: see
+# ``CircuitBreaker.__aexit__``, which asks only off its closed path.
+_collecting_in = 0
+
+
+def _note_collection(
+    phase: str, info: dict[str, int], _ident: Callable[[], int] = threading.get_ident
+) -> None:
+    global _collecting_in
+    _collecting_in = _ident() if phase == "start" else 0
+
+
+def collecting(_ident: Callable[[], int] = threading.get_ident) -> bool:
+    """Whether this thread is inside a garbage collection."""
+    return _collecting_in != 0 and _collecting_in == _ident()
+
+
+def watch_collections() -> None:
+    """Install the gc callback (once: again if something cleared the list).
+    Called when a breaker is made, so that only a program that has one pays
+    the callback's two calls per collection."""
+    if _note_collection not in gc.callbacks:
+        gc.callbacks.append(_note_collection)
+
+
+def current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running event loop: a coroutine driven by hand
+        return None
+
+
+def entering(frame: FrameType) -> FrameType:
+    """The frame naming a block entered from ``frame``: ``frame`` itself, but
+    for ``AsyncExitStack.enter_async_context``, the frame awaiting it (whose
+    end ends the block). An async generator entering through an exit stack
+    and dropped while parked in the block is then found over by
+    ``block_over``."""
+    if frame.f_code is ENTER_ASYNC_CONTEXT and frame.f_back is not None:
+        return frame.f_back
+    return frame
+
+
+def entered_here(top: Entry | None) -> bool:
+    """Whether ``top`` (a permit stack's top, or None) was entered by the
+    current task (or, both without a task, by hand)."""
+    if top is None:
+        return False
+    owner, task = top[2], current_task()
+    if owner is None:
+        return task is None
+    # Without a task, an entry a task made is not ours even when that task is
+    # gone (its weak reference then reads None, as the missing task does): a
+    # loop callback runs in a copy of the context it was scheduled from.
+    return task is not None and owner() is task
+
+
+def block_over(frame: FrameType) -> bool:
+    """Whether the block entered by ``frame`` is over although its entry is
+    still on the stack: the block of an async generator that its consumer
+    dropped while it was parked inside it (``break`` out of ``async for``),
+    closed later by asyncio's finalizer in a task of its own, where the
+    block's exit cannot reach this stack. Its frame has ended. A coroutine's
+    block is never over here: its task ends it (or a frame of its own that
+    has ended entered it: ``AsyncExitStack``).
+
+    A generator's frame, running or parked, lives in the generator; once it
+    has ended, the frame object (held here) owns what it holds, and only then
+    does the collector see its code among the frame's referents. (Where it
+    stopped tells nothing: a frame that ended re-raising the GeneratorExit
+    thrown in at a yield reads as stopped at that yield.)"""
+    code = frame.f_code
+    if not code.co_flags & CO_ASYNC_GENERATOR:
+        return False
+    return any(referent is code for referent in gc.get_referents(frame))
+
+
+def drop_over(top: Entry) -> Entry | None:
+    """``top`` without the entries at its top whose blocks are over."""
+    entry: Entry | None = top
+    while entry is not None and block_over(entry[4]):
+        entry = entry[3]  # type: ignore[assignment]
+    return entry
+
+
+def _parked_elsewhere(other: FrameType, block: FrameType, frame: FrameType) -> bool:
+    """Whether ``other``, the frame naming an outer block, is another async
+    generator than ``block``'s, parked at a yield: not among the frames
+    running ``frame`` (then it drives this one: a pipeline's stage whose
+    block covers its source's)."""
+    if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
+        return False
+    running: FrameType | None = frame
+    while running is not None:
+        if running is other:
+            return False
+        running = running.f_back
+    return True
+
+
+def nested(
+    permits: ContextVar[Entry | None],
+    top: Entry | None,
+    frame: FrameType,
+    block: FrameType | None,
+    call_code: CodeType,
+    breaker: object,
+) -> bool:
+    """Whether the call running in ``frame`` (a breaker's ``call``,
+    ``__aenter__`` or ``__aexit__``) is nested: made while a guarded call of
+    ``breaker`` is in progress in the same task.
+
+    An outer ``async with`` block is on ``top``, this task's permit stack
+    (or the part of it below the block leaving); an outer ``call()`` (or
+    decorated function) is a frame of ``call_code`` on ``breaker`` below
+    ``frame``. A task started inside a guarded call is not nested: it
+    copies the permit stack with its context, but the entries name the
+    task that made them; and a frame found below the task's own coroutine
+    (an eager task runs its first step on its creator's frames) belongs to
+    another task. The block of an async generator closed elsewhere (see
+    ``block_over``) is passed over, and dropped from the stack when it
+    is on top of it.
+
+    ``block``, the frame naming an ``async with`` block being entered or
+    left: when it is an async generator's, the blocks other generators
+    are parked in (at a yield, not driving this one) are passed over: two
+    streams driven in turn by one task each have a block of their own.
+    """
+    if top is not None:
+        task = current_task()
+        streaming = block is not None and bool(block.f_code.co_flags & CO_ASYNC_GENERATOR)
+        entry: Entry | None = top
+        while entry is not None:
+            owner = entry[2]
+            if not (owner is None if task is None else owner is not None and owner() is task):
+                break  # another task's: so are those below it
+            if not block_over(entry[4]) and not (
+                streaming and _parked_elsewhere(entry[4], block, frame)  # type: ignore[arg-type]
+            ):
+                return True
+            entry = entry[3]  # type: ignore[assignment]
+        if entry is not top and permits.get() is top:
+            # Over: its exit ran elsewhere and will not pop it.
+            permits.set(drop_over(top))
+    own = frame
+    while True:
+        below = frame.f_back
+        if below is None:
+            return False
+        frame = below
+        f_code = frame.f_code
+        if f_code is call_code:
+            if frame.f_locals.get("self") is breaker:
+                return _in_current_task(own, frame)
+        elif f_code is _LOOP_STEP:
+            return False  # below: the event loop, not this task
+
+
+def unstack(permits: ContextVar[Entry | None], top: Entry | None, caller: FrameType) -> Entry:
+    """Take the entry of the block leaving from ``caller`` off the stack when
+    it is not the top one: an async generator parked inside a block entered
+    after this one (the consumer dropped it, or drives it on), or a block
+    entered and left from two frames (``AsyncExitStack``: then the top one,
+    as ever). Entries above it stay, but for blocks that are over."""
+    if top is None:
+        raise RuntimeError("breaker __aexit__ without a matching __aenter__ in this task")
+    above: list[Entry] = []
+    entry: Entry | None = top
+    while entry is not None and entry[4] is not caller and entered_here(entry):
+        above.append(entry)
+        entry = entry[3]  # type: ignore[assignment]
+    if entry is None or entry[4] is not caller:
+        entry, above = top, []  # entered from another frame
+    stack = entry[3]
+    for kept in reversed(above):
+        if not block_over(kept[4]):
+            stack = (*kept[:3], stack, kept[4])
+    permits.set(stack)  # type: ignore[arg-type]
+    return entry
+
+
+def _in_current_task(own: FrameType, outer: FrameType) -> bool:
+    """Whether ``outer``, a caller of ``own`` on the stack, belongs to the
+    running task: the task's own coroutine is not between them."""
+    task = current_task()
+    root = None if task is None else getattr(task.get_coro(), "cr_frame", None)
+    if root is None:  # no task, or one that is not a coroutine: nothing to tell them apart
+        return True
+    running: FrameType | None = own
+    while running is not outer:
+        if running is root or running is None:
+            return False
+        running = running.f_back
+    return True
