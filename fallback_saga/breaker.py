@@ -54,6 +54,7 @@ from .log_lines import library_logger
 from .permit_stack import (
     ENTER_ASYNC_CONTEXT,
     LAST_OWNER,
+    WRAPPER_ENTER,
     Entry,
     collecting,
     drop_over,
@@ -698,7 +699,12 @@ class CircuitBreaker(SharedStateSync):
         # names the block: generators' blocks do not end in the order they
         # began.
         frame = _getframe(1)
-        if frame.f_code is ENTER_ASYNC_CONTEXT:
+        back = frame.f_back
+        if frame.f_code is ENTER_ASYNC_CONTEXT or (
+            back is not None and back.f_code is WRAPPER_ENTER
+        ):
+            # Entered by an exit stack, or an asynccontextmanager's body: see
+            # entering.
             frame = entering(frame)
         self._permits.set((permit, closed_path, owner, outer, frame))
         return self

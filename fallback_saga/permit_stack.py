@@ -23,8 +23,8 @@ What makes it more than a stack:
   (``collecting``), and it leaves the stack alone.
 
 The closed path of ``async with`` (in ``breaker.py``, inlined for speed) uses
-``LAST_OWNER``, ``ENTER_ASYNC_CONTEXT``, ``entering`` and ``drop_over``; the
-rest is asked off it. Nothing here imports from the package.
+``LAST_OWNER``, ``ENTER_ASYNC_CONTEXT``, ``WRAPPER_ENTER``, ``entering`` and
+``drop_over``; the rest is asked off it. Nothing here imports from the package.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Any, TypeAlias
 __all__ = [
     "ENTER_ASYNC_CONTEXT",
     "LAST_OWNER",
+    "WRAPPER_ENTER",
     "Entry",
     "block_over",
     "collecting",
@@ -73,6 +74,18 @@ _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", N
 # ``AsyncExitStack.enter_async_context``: a block it enters is named by the
 # frame that awaited it (that frame's end ends the block, not this one's).
 ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
+
+# ``asynccontextmanager``'s ``__aenter__`` (None if contextlib changes: then a
+# wrapper's generator is taken for a stream, see ``_parked_elsewhere``).
+WRAPPER_ENTER = getattr(
+    getattr(getattr(contextlib, "_AsyncGeneratorContextManager", None), "__aenter__", None),
+    "__code__",
+    None,
+)
+
+# The code of the async generators seen entering a block as the body of an
+# ``asynccontextmanager`` (weakly: a code object goes with its function).
+_wrapper_codes: weakref.WeakSet[CodeType] = weakref.WeakSet()
 
 
 def new_stack(name: str) -> ContextVar[Entry | None]:
@@ -133,13 +146,23 @@ def current_task() -> asyncio.Task[Any] | None:
 
 
 def entering(frame: FrameType) -> FrameType:
-    """The frame naming a block entered from ``frame``: ``frame`` itself, but
-    for ``AsyncExitStack.enter_async_context``, the frame awaiting it (whose
-    end ends the block). An async generator entering through an exit stack
+    """The frame naming a block entered from ``frame`` (``breaker.py`` asks
+    only for the two kinds below, told apart inline on its closed path).
+
+    For ``AsyncExitStack.enter_async_context``, the frame awaiting it (whose
+    end ends the block): an async generator entering through an exit stack
     and dropped while parked in the block is then found over by
-    ``block_over``."""
-    if frame.f_code is ENTER_ASYNC_CONTEXT and frame.f_back is not None:
-        return frame.f_back
+    ``block_over``. An async generator entering as an ``asynccontextmanager``
+    names its own block, and its code is noted as a wrapper's: parked at its
+    yield, it covers what its caller runs in the ``async with`` (see
+    ``_parked_elsewhere``)."""
+    back = frame.f_back
+    if back is None:
+        return frame
+    if frame.f_code is ENTER_ASYNC_CONTEXT:
+        return back
+    if back.f_code is WRAPPER_ENTER:
+        _wrapper_codes.add(frame.f_code)
     return frame
 
 
@@ -189,8 +212,11 @@ def _parked_elsewhere(other: FrameType, block: FrameType, frame: FrameType) -> b
     """Whether ``other``, the frame naming an outer block, is another async
     generator than ``block``'s, parked at a yield: not among the frames
     running ``frame`` (then it drives this one: a pipeline's stage whose
-    block covers its source's)."""
-    if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
+    block covers its source's), nor an ``asynccontextmanager``'s body (it
+    covers the body of the ``async with`` that entered it, whatever runs
+    there)."""
+    code = other.f_code
+    if other is block or not code.co_flags & CO_ASYNC_GENERATOR or code in _wrapper_codes:
         return False
     running: FrameType | None = frame
     while running is not None:

@@ -397,3 +397,22 @@ async def test_S9_stream_driven_from_another_streams_block_is_nested() -> None:
             pass
     assert breaker.failure_count == 1
     assert depth(breaker) == 0
+
+
+async def test_S9_streams_block_inside_its_own_asynccontextmanager_block_is_nested() -> None:
+    """A generator's block inside an ``asynccontextmanager`` around the
+    breaker that the generator itself entered: the wrapper's generator is
+    parked at its yield too, but it is no other stream — the generator's
+    block is nested in it, counted once (not once per block)."""
+    breaker = make_breaker(fail_max=5)
+
+    async def rows() -> AsyncIterator[int]:
+        async with wrapped(breaker), breaker:
+            yield 1
+            raise Boom("once")
+
+    with pytest.raises(Boom):
+        async for _ in rows():
+            pass
+    assert breaker.failure_count == 1
+    assert depth(breaker) == 0
