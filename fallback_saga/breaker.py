@@ -52,14 +52,11 @@ from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
 from .permit_stack import (
-    ENTER_ASYNC_CONTEXT,
     LAST_OWNER,
-    WRAPPER_ENTER,
     Entry,
     collecting,
     drop_over,
     entered_here,
-    entering,
     nested,
     new_stack,
     unstack,
@@ -672,7 +669,7 @@ class CircuitBreaker(SharedStateSync):
         if closed_path:
             # As in call(): nothing to decide yet, the permit is the generation.
             permit = self._generation
-        elif self._inside(_getframe(), self._permits.get(), entering(_getframe(1))):
+        elif self._inside(_getframe(), self._permits.get(), _getframe(1)):
             permit = None  # nested: the outer call's permit covers this block
         else:
             permit = self.acquire()
@@ -698,15 +695,11 @@ class CircuitBreaker(SharedStateSync):
         # the calls inside a block know they are nested. The frame entering
         # names the block: generators' blocks do not end in the order they
         # began.
-        frame = _getframe(1)
-        back = frame.f_back
-        if frame.f_code is ENTER_ASYNC_CONTEXT or (
-            back is not None and back.f_code is WRAPPER_ENTER
-        ):
-            # Entered by an exit stack, or an asynccontextmanager's body: see
-            # entering.
-            frame = entering(frame)
-        self._permits.set((permit, closed_path, owner, outer, frame))
+        # (Nothing more is asked of the frame here: one attribute read of it
+        # costs this path a twentieth. An exit stack's and an
+        # asynccontextmanager's blocks are told apart when it matters: see
+        # permit_stack.)
+        self._permits.set((permit, closed_path, owner, outer, _getframe(1)))
         return self
 
     async def __aexit__(

@@ -23,8 +23,8 @@ What makes it more than a stack:
   (``collecting``), and it leaves the stack alone.
 
 The closed path of ``async with`` (in ``breaker.py``, inlined for speed) uses
-``LAST_OWNER``, ``ENTER_ASYNC_CONTEXT``, ``WRAPPER_ENTER``, ``entering`` and
-``drop_over``; the rest is asked off it. Nothing here imports from the package.
+``LAST_OWNER`` and ``drop_over``, and records only the frame entering a block;
+the rest is asked off it. Nothing here imports from the package.
 """
 
 from __future__ import annotations
@@ -41,16 +41,13 @@ from types import CodeType, FrameType
 from typing import Any, TypeAlias
 
 __all__ = [
-    "ENTER_ASYNC_CONTEXT",
     "LAST_OWNER",
-    "WRAPPER_ENTER",
     "Entry",
     "block_over",
     "collecting",
     "current_task",
     "drop_over",
     "entered_here",
-    "entering",
     "nested",
     "new_stack",
     "unstack",
@@ -71,21 +68,17 @@ Entry: TypeAlias = tuple[
 # (None if asyncio changes: walks then go on to the bottom of the stack).
 _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", None)
 
-# ``AsyncExitStack.enter_async_context``: a block it enters is named by the
-# frame that awaited it (that frame's end ends the block, not this one's).
-ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
+# ``AsyncExitStack.enter_async_context``: the frame naming a block it enters
+# (see ``block_over``).
+_ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
 
-# ``asynccontextmanager``'s ``__aenter__`` (None if contextlib changes: then a
-# wrapper's generator is taken for a stream, see ``_parked_elsewhere``).
-WRAPPER_ENTER = getattr(
-    getattr(getattr(contextlib, "_AsyncGeneratorContextManager", None), "__aenter__", None),
-    "__code__",
-    None,
-)
+# What ``asynccontextmanager`` makes (() if contextlib changes: then a
+# wrapper's generator is taken for a stream, see ``_wrapper_body``).
+_WRAPPER: Any = getattr(contextlib, "_AsyncGeneratorContextManager", ())
 
-# The code of the async generators seen entering a block as the body of an
-# ``asynccontextmanager`` (weakly: a code object goes with its function).
-_wrapper_codes: weakref.WeakSet[CodeType] = weakref.WeakSet()
+# Whether an async generator's code is an ``asynccontextmanager``'s body, by
+# code (weakly: a code object goes with its function); see ``_wrapper_body``.
+_wrapper_bodies: weakref.WeakKeyDictionary[CodeType, bool] = weakref.WeakKeyDictionary()
 
 
 def new_stack(name: str) -> ContextVar[Entry | None]:
@@ -145,27 +138,6 @@ def current_task() -> asyncio.Task[Any] | None:
         return None
 
 
-def entering(frame: FrameType) -> FrameType:
-    """The frame naming a block entered from ``frame`` (``breaker.py`` asks
-    only for the two kinds below, told apart inline on its closed path).
-
-    For ``AsyncExitStack.enter_async_context``, the frame awaiting it (whose
-    end ends the block): an async generator entering through an exit stack
-    and dropped while parked in the block is then found over by
-    ``block_over``. An async generator entering as an ``asynccontextmanager``
-    names its own block, and its code is noted as a wrapper's: parked at its
-    yield, it covers what its caller runs in the ``async with`` (see
-    ``_parked_elsewhere``)."""
-    back = frame.f_back
-    if back is None:
-        return frame
-    if frame.f_code is ENTER_ASYNC_CONTEXT:
-        return back
-    if back.f_code is WRAPPER_ENTER:
-        _wrapper_codes.add(frame.f_code)
-    return frame
-
-
 def entered_here(top: Entry | None) -> bool:
     """Whether ``top`` (a permit stack's top, or None) was entered by the
     current task (or, both without a task, by hand)."""
@@ -186,8 +158,12 @@ def block_over(frame: FrameType) -> bool:
     dropped while it was parked inside it (``break`` out of ``async for``),
     closed later by asyncio's finalizer in a task of its own, where the
     block's exit cannot reach this stack. Its frame has ended. A coroutine's
-    block is never over here: its task ends it (or a frame of its own that
-    has ended entered it: ``AsyncExitStack``).
+    block is never over here: its task ends it.
+
+    A block entered through ``AsyncExitStack.enter_async_context`` is named
+    by that coroutine's frame, which ends at once: the block is over when
+    the exit stack it went on has let go of it (closed elsewhere: an async
+    generator's stack, dropped).
 
     A generator's frame, running or parked, lives in the generator; once it
     has ended, the frame object (held here) owns what it holds, and only then
@@ -195,9 +171,27 @@ def block_over(frame: FrameType) -> bool:
     stopped tells nothing: a frame that ended re-raising the GeneratorExit
     thrown in at a yield reads as stopped at that yield.)"""
     code = frame.f_code
+    if code is _ENTER_ASYNC_CONTEXT:
+        return _ended(frame) and _left_exit_stack(frame)
     if not code.co_flags & CO_ASYNC_GENERATOR:
         return False
+    return _ended(frame)
+
+
+def _ended(frame: FrameType) -> bool:
+    code = frame.f_code
     return any(referent is code for referent in gc.get_referents(frame))
+
+
+def _left_exit_stack(frame: FrameType) -> bool:
+    """Whether the exit stack that ``frame`` (an ``enter_async_context``
+    that has ended: its locals are its own) put a block on holds it no more."""
+    held = frame.f_locals
+    manager = held.get("cm")
+    callbacks = getattr(held.get("self"), "_exit_callbacks", None)
+    if manager is None or callbacks is None:  # contextlib changed: as before
+        return False
+    return not any(getattr(exit, "__self__", None) is manager for _, exit in callbacks)
 
 
 def drop_over(top: Entry) -> Entry | None:
@@ -215,15 +209,32 @@ def _parked_elsewhere(other: FrameType, block: FrameType, frame: FrameType) -> b
     block covers its source's), nor an ``asynccontextmanager``'s body (it
     covers the body of the ``async with`` that entered it, whatever runs
     there)."""
-    code = other.f_code
-    if other is block or not code.co_flags & CO_ASYNC_GENERATOR or code in _wrapper_codes:
+    if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
         return False
     running: FrameType | None = frame
     while running is not None:
         if running is other:
             return False
         running = running.f_back
-    return True
+    return not _wrapper_body(other)
+
+
+def _wrapper_body(frame: FrameType) -> bool:
+    """Whether ``frame``, a parked async generator's, is the body of an
+    ``asynccontextmanager``. Asked of the heap (the generator holding the
+    frame, what holds the generator) once per code: a function is a wrapper
+    or a stream, and the closed path records nothing that would tell."""
+    code = frame.f_code
+    known = _wrapper_bodies.get(code)
+    if known is None:
+        known = any(
+            isinstance(holder, _WRAPPER)
+            for generator in gc.get_referrers(frame)
+            if getattr(generator, "ag_frame", None) is frame
+            for holder in gc.get_referrers(generator)
+        )
+        _wrapper_bodies[code] = known
+    return known
 
 
 def nested(
