@@ -54,6 +54,7 @@ from .log_lines import library_logger
 from .permit_stack import (
     LAST_OWNER,
     Entry,
+    closed_elsewhere,
     collecting,
     drop_over,
     entered_here,
@@ -763,7 +764,9 @@ class CircuitBreaker(SharedStateSync):
             # The block's coroutine is closed away from its task, without the
             # collector (dropped by whatever held it last, in another task or
             # none): its permit stack is not the one here. Its permit is not
-            # handed back either.
+            # handed back either. (Left by an exit stack: its entry there is
+            # then over, see permit_stack.block_over.)
+            closed_elsewhere(_getframe(2))
             return
         caller = _getframe(2)  # the frame leaving the block (__aexit__'s caller)
         if top is not None and top[4] is caller:

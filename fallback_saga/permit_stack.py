@@ -44,6 +44,7 @@ __all__ = [
     "LAST_OWNER",
     "Entry",
     "block_over",
+    "closed_elsewhere",
     "collecting",
     "current_task",
     "drop_over",
@@ -71,6 +72,12 @@ _LOOP_STEP = getattr(getattr(asyncio.events.Handle, "_run", None), "__code__", N
 # ``AsyncExitStack.enter_async_context``: the frame naming a block it enters
 # (see ``block_over``).
 _ENTER_ASYNC_CONTEXT = contextlib.AsyncExitStack.enter_async_context.__code__
+_EXIT_STACK_EXIT = contextlib.AsyncExitStack.__aexit__.__code__
+
+# The exit stacks whose exit ran away from the task whose stack holds their
+# blocks' entries (weakly: an exit stack goes with its frame); see
+# ``closed_elsewhere``.
+_stacks_closed_elsewhere: weakref.WeakSet[object] = weakref.WeakSet()
 
 # What ``asynccontextmanager`` makes (() if contextlib changes: then a
 # wrapper's generator is taken for a stream, see ``_wrapper_body``).
@@ -162,8 +169,9 @@ def block_over(frame: FrameType) -> bool:
 
     A block entered through ``AsyncExitStack.enter_async_context`` is named
     by that coroutine's frame, which ends at once: the block is over when
-    the exit stack it went on has let go of it (closed elsewhere: an async
-    generator's stack, dropped).
+    the exit stack it went on was closed elsewhere (``closed_elsewhere``:
+    an async generator's stack, dropped with it). A stack whose blocks
+    moved on (``pop_all``) is not that one.
 
     A generator's frame, running or parked, lives in the generator; once it
     has ended, the frame object (held here) owns what it holds, and only then
@@ -185,13 +193,19 @@ def _ended(frame: FrameType) -> bool:
 
 def _left_exit_stack(frame: FrameType) -> bool:
     """Whether the exit stack that ``frame`` (an ``enter_async_context``
-    that has ended: its locals are its own) put a block on holds it no more."""
-    held = frame.f_locals
-    manager = held.get("cm")
-    callbacks = getattr(held.get("self"), "_exit_callbacks", None)
-    if manager is None or callbacks is None:  # contextlib changed: as before
-        return False
-    return not any(getattr(exit, "__self__", None) is manager for _, exit in callbacks)
+    that has ended: its locals are its own) put a block on was closed
+    away from this stack's task."""
+    return frame.f_locals.get("self") in _stacks_closed_elsewhere
+
+
+def closed_elsewhere(caller: FrameType) -> None:
+    """A block is left away from the task whose stack holds its entry, from
+    ``caller``: when that is an exit stack's exit, its blocks are over
+    (``block_over``)."""
+    if caller.f_code is _EXIT_STACK_EXIT:
+        stack = caller.f_locals.get("self")
+        if stack is not None:
+            _stacks_closed_elsewhere.add(stack)
 
 
 def drop_over(top: Entry) -> Entry | None:

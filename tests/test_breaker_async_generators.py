@@ -416,3 +416,23 @@ async def test_S9_streams_block_inside_its_own_asynccontextmanager_block_is_nest
             pass
     assert breaker.failure_count == 1
     assert depth(breaker) == 0
+
+
+async def test_S9_exit_stack_whose_blocks_moved_on_with_pop_all_still_holds_the_block() -> None:
+    """An exit stack's blocks handed on with ``pop_all``: the first stack
+    is done with, the block is not — calls in it are nested, and its exit
+    through the new stack counts once."""
+    breaker = make_breaker(fail_max=5)
+
+    async def open_block() -> contextlib.AsyncExitStack:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            return stack.pop_all()
+
+    moved = await open_block()
+    with pytest.raises(Boom):
+        await breaker.call(fail_with, Boom("nested"))
+    assert breaker.failure_count == 0
+    await moved.__aexit__(Boom, Boom("the block fails"), None)
+    assert breaker.failure_count == 1
+    assert depth(breaker) == 0
