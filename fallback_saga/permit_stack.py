@@ -15,9 +15,11 @@ What makes it more than a stack:
   consumer's stack, and a consumer that drops it (``break`` out of ``async
   for``) leaves it there for good: the generator is closed by asyncio's
   finalizer in a task of its own. A block whose generator's frame has ended
-  is over (``block_over``), passed over and dropped;
-* two generators parked in blocks of theirs are not nested in each other
-  (``parked_elsewhere``);
+  (or whose exit stack was closed away from the task) is over
+  (``block_over``), passed over and dropped;
+* two generators parked in blocks of theirs are not nested in each other,
+  but an ``asynccontextmanager``'s body covers what runs in its ``async
+  with`` (``_parked_elsewhere``);
 * a block left by the garbage collector (its task destroyed pending) runs in
   whatever context is current: a gc callback tells the breaker
   (``collecting``), and it leaves the stack alone.
