@@ -127,7 +127,12 @@ class SagaListener:
         """A step's ``act`` returned; the step is on the compensation stack."""
 
     def step_failed(self, saga_id: str, step: str, error: BaseException) -> None:
-        """A step's ``act`` raised (or its circuit was open); the context was restored."""
+        """A step's ``act`` raised (or its circuit was open); the context was restored.
+
+        Not told for a call a ``KeyboardInterrupt``, ``SystemExit`` or
+        ``GeneratorExit`` interrupted: the journal keeps that call's STARTED
+        as its last word (its effect may have landed), and the run's
+        ``saga_interrupted``, with that exception, tells that it stopped."""
 
     def fallback_taken(
         self, saga_id: str, primary: str, fallback: str, error: BaseException
@@ -409,8 +414,11 @@ class LoggingListener(SagaListener):
 
     def step_call_finished(self, call: StepCall, error: BaseException | None) -> None:
         # A failed act is logged by step_failed, the last failed compensate by
-        # compensation_failed; the compensate attempts that are retried, here.
-        if error is not None and call.action == "compensate":
+        # compensation_failed; the compensate attempts that are retried (an
+        # Exception: nothing else is retried), here. A call a crash or the
+        # loop's shutdown interrupted did not fail: its STARTED is the
+        # journal's last word on it, and saga_interrupted says the run stopped.
+        if isinstance(error, Exception) and call.action == "compensate":
             self._write(logging.WARNING, "saga %s compensate %s attempt %d failed: %s: %s",
                         call.saga_id, call.step, call.attempt, type(error).__name__, error)
 

@@ -805,7 +805,10 @@ class Execution(UnwindingRun):
                     # records the attempt (STARTED, then FAILED): told so too —
                     # unless that write-ahead failed as well, and the journal
                     # will never hold the attempt (the run stops: see _flush).
-                    told = self.interruption is None
+                    # (Nor for a crash: see act_failed.)
+                    told = self.interruption is None and isinstance(
+                        error, Exception | _CancelledError
+                    )
                     if told and hooks.step_started:
                         emit(hooks.step_started, self.saga_id, branch.name, attempt)
                 if lane is not None:
@@ -870,8 +873,10 @@ class Execution(UnwindingRun):
             # would tell recovery the call did nothing (S5, S10, S13); a
             # MemorySagaStore shows this journal as it goes, and a durable
             # one writes it with the next flush (a group's sibling that
-            # completes meanwhile), so none may get it.
-            pass
+            # completes meanwhile), so none may get it. Nor do the
+            # listeners hear of a failure the journal never holds: the run's
+            # saga_interrupted, with this error, tells them (S13).
+            told = False
         else:
             text = str(error)  # _describe(error), inlined: every failed act comes here
             self.journal.append(

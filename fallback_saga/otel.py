@@ -76,6 +76,7 @@ BREAKER_STATE = "fallback_saga.breaker.state"
 BREAKER_PREVIOUS_STATE = "fallback_saga.breaker.previous_state"
 RETRY_AFTER = "fallback_saga.breaker.retry_after"
 RECOVERY_OUTCOME = "fallback_saga.recovery.outcome"
+STEP_INTERRUPTED = "fallback_saga.step.interrupted"
 ERROR_TYPE = "error.type"  # the semantic conventions' own
 
 # Bucket boundaries in seconds: a step is a call to a service (milliseconds to
@@ -383,9 +384,17 @@ class OpenTelemetryListener(SagaListener):
             record.run.calls.pop(call, None)
         seconds = record.detach()
         span = record.span
-        attributes = {SAGA_NAME: call.saga_name, STEP: call.step, BRANCH: call.branch,
-                      ACTION: call.action}
-        if error is not None:
+        attributes: dict[str, Any] = {SAGA_NAME: call.saga_name, STEP: call.step,
+                                      BRANCH: call.branch, ACTION: call.action}
+        if error is not None and not isinstance(error, Exception | asyncio.CancelledError):
+            # A crash (KeyboardInterrupt, SystemExit, GeneratorExit) inside
+            # the call: interrupted, not failed — the journal keeps its
+            # STARTED as its last word, and the run's span says the saga
+            # stopped. No error status, no error.type for a dashboard to
+            # count as a failed call.
+            attributes[STEP_INTERRUPTED] = True
+            span.set_attribute(STEP_INTERRUPTED, True)
+        elif error is not None:
             error_type = type(error).__qualname__
             attributes[ERROR_TYPE] = error_type
             span.set_attribute(ERROR_TYPE, error_type)

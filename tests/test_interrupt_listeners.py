@@ -1,0 +1,212 @@
+"""What the listeners hear when a step's own code raises a ``BaseException``
+that is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``,
+``GeneratorExit``) or a ``CancelledError``: the same thing the journal says
+(S13, docs/mechanics.md, Listeners).
+
+A crash inside a call leaves that call's ``STARTED`` as the journal's last
+word on it — no ``FAILED`` row (``test_interrupt_journal_matrix.py``). So no
+``step_failed`` / ``compensation_failed`` is told of it either: the call was
+interrupted, not failed, and the run's ``saga_interrupted`` (with the
+crash) is what says so. Before, ``step_failed`` fired for it, and a metrics
+listener counted a failure the journal never recorded. A ``CancelledError``
+the step raises is journaled (``FAILED``, a member's ``CANCELLED``): that
+one is told.
+
+The saga shapes and the participant are the journal matrix's: the journal
+a run leaves is compared with what a recording listener heard, saga by
+saga (a child saga's included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+from test_interrupt_journal_matrix import CRASHES, ERRORS, PLACES, Ctx, Participant, family
+
+from fallback_saga import LoggingListener, MemorySagaStore, SagaListener, SagaStatus, StepCall
+
+
+class Heard(SagaListener):
+    """Every outcome hook, with the saga it is about."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def step_failed(self, saga_id: str, step: str, error: BaseException) -> None:
+        self.events.append(("step_failed", saga_id, step, type(error).__name__))
+
+    def compensation_failed(self, saga_id: str, step: str, error: BaseException) -> None:
+        self.events.append(("compensation_failed", saga_id, step, type(error).__name__))
+
+    def saga_interrupted(
+        self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
+    ) -> None:
+        self.events.append(("saga_interrupted", saga_id, status and status.value or "",
+                            type(error).__name__))
+
+    def saga_finished(
+        self, saga_id: str, saga_name: str, status: SagaStatus, error: BaseException | None
+    ) -> None:
+        self.events.append(("saga_finished", saga_id, status.value, type(error).__name__))
+
+    def step_call_finished(self, call: StepCall, error: BaseException | None) -> None:
+        if error is not None:
+            self.events.append(("call_raised", call.saga_id, call.step, type(error).__name__))
+
+
+def run_until(place: str, error: type[BaseException], *listeners: Any) -> MemorySagaStore:
+    """The journal matrix's run: ``error`` raised by the step at ``place``
+    after its effect landed, in an event loop of its own (the exception
+    leaves the loop, and ``asyncio.run`` cancels what is left)."""
+    name = PLACES[place]
+    participant = Participant((name, "compensate" if place == "compensate" else "act"), error)
+    saga_class, _ = family(participant, place)
+    store = MemorySagaStore()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            saga_class(store=store, listeners=list(listeners)).run(Ctx(), saga_id="s")
+        )
+        tasks.append(task)
+        await asyncio.wait([task])
+        task.result()
+
+    with pytest.raises(BaseException):  # noqa: B017 - the matrix says which, per store
+        asyncio.run(main())
+    if tasks and tasks[0].done() and not tasks[0].cancelled():
+        tasks[0].exception()  # retrieved: not logged when freed
+    tasks.clear()
+    gc.collect()
+    return store
+
+
+async def journal_counts(store: MemorySagaStore) -> tuple[Counter[tuple[str, str]], ...]:
+    """Per (saga, step): its act rows that say it did not complete (FAILED,
+    CANCELLED), and its compensate rows FAILED, of every saga in the store."""
+    failed_acts: Counter[tuple[str, str]] = Counter()
+    failed_compensations: Counter[tuple[str, str]] = Counter()
+    for saga_id in ("s", "s/Pay"):
+        try:
+            record = await store.load(saga_id)
+        except Exception:  # no child saga in this shape
+            continue
+        for entry in record.history:
+            if entry.status.value in ("failed", "cancelled"):
+                if entry.action == "act":
+                    failed_acts[(saga_id, entry.step)] += 1
+                else:
+                    failed_compensations[(saga_id, entry.step)] += 1
+    return failed_acts, failed_compensations
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+@pytest.mark.parametrize("place", PLACES)
+def test_S13_listeners_tell_a_failure_only_where_the_journal_holds_one(
+    place: str, error: type[BaseException]
+) -> None:
+    heard = Heard()
+    store = run_until(place, error, heard)
+    failed_acts, failed_compensations = asyncio.run(journal_counts(store))
+    told = Counter((saga_id, step) for kind, saga_id, step, _ in heard.events
+                   if kind == "step_failed")
+    assert told == failed_acts, heard.events
+    told = Counter((saga_id, step) for kind, saga_id, step, _ in heard.events
+                   if kind == "compensation_failed")
+    assert told == failed_compensations, heard.events
+    if error in CRASHES:
+        crash = error.__name__
+        assert not [event for event in heard.events
+                    if event[0].endswith("_failed") and event[3] == crash], heard.events
+
+
+@pytest.mark.parametrize("error", CRASHES, ids=lambda e: e.__name__)
+@pytest.mark.parametrize("place", ["act", "primary", "fallback", "member", "child"])
+def test_S13_a_crashed_act_is_told_by_saga_interrupted_with_the_crash(
+    place: str, error: type[BaseException]
+) -> None:
+    """The run stops where the crash is: the listeners hear it once, from
+    ``saga_interrupted`` with the crash and the status the journal holds
+    (RUNNING) — a child saga's run, and its parent's."""
+    heard = Heard()
+    run_until(place, error, heard)
+    stops = [event for event in heard.events if event[0] == "saga_interrupted"]
+    expected = [("saga_interrupted", "s", "running", error.__name__)]
+    if place == "child":
+        expected.insert(0, ("saga_interrupted", "s/Pay", "running", error.__name__))
+    assert stops == expected, heard.events
+    assert not [event for event in heard.events if event[0] == "saga_finished"], heard.events
+
+
+@pytest.mark.parametrize("error", CRASHES, ids=lambda e: e.__name__)
+@pytest.mark.parametrize("place", PLACES)
+def test_S13_the_logging_listener_logs_no_failure_for_a_crashed_call(
+    place: str, error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``LoggingListener`` says the saga stopped, left for recovery — not
+    that the interrupted act or compensation failed."""
+    caplog.set_level(logging.DEBUG, logger="fallback_saga")
+    run_until(place, error, LoggingListener())
+    lines = [record.getMessage() for record in caplog.records if record.name == "fallback_saga"]
+    crash = error.__name__
+    assert not [line for line in lines if "failed" in line.lower() and crash in line], lines
+    assert [line for line in lines if "stopped without a final status" in line], lines
+
+
+@pytest.mark.parametrize("error", CRASHES, ids=lambda e: e.__name__)
+@pytest.mark.parametrize("place", PLACES)
+def test_S13_the_otel_listener_records_no_failed_call_for_a_crashed_call(
+    place: str, error: type[BaseException]
+) -> None:
+    """``OpenTelemetryListener``: the interrupted call's span ends marked
+    ``fallback_saga.step.interrupted`` — no ERROR status, no ``error.type``
+    on it or on its ``fallback_saga.step.duration`` point — and the run's
+    span ends interrupted, with the crash."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from fallback_saga.otel import OpenTelemetryListener
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    listener = OpenTelemetryListener(
+        tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    run_until(place, error, listener)
+    name = PLACES[place]
+    action = "compensate" if place == "compensate" else "act"
+    crashed = [span for span in spans.get_finished_spans() if span.name == f"{action} {name}"]
+    assert crashed, [span.name for span in spans.get_finished_spans()]
+    last = crashed[-1]  # (a Fallback's primary declines first: its own span)
+    attributes = dict(last.attributes or {})
+    assert attributes.get("fallback_saga.step.interrupted") is True, attributes
+    assert "error.type" not in attributes, attributes
+    assert last.status.status_code is not StatusCode.ERROR
+    run = next(span for span in spans.get_finished_spans() if span.name == "run Interrupted")
+    assert (run.attributes or {}).get("fallback_saga.saga.interrupted") is True
+    data = reader.get_metrics_data()
+    points = [
+        dict(point.attributes or {})
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics if metric.name == "fallback_saga.step.duration"
+        for point in metric.data.data_points
+    ]
+    mine = [point for point in points
+            if point["fallback_saga.step.name"] == name
+            and point["fallback_saga.step.action"] == action]
+    assert mine and all("error.type" not in point or point["error.type"] != error.__name__
+                        for point in mine), points
+    assert any(point.get("fallback_saga.step.interrupted") is True for point in mine), points
