@@ -276,9 +276,18 @@ class GroupRun:
             # cycle, keeping the member's frames and context until the
             # garbage collector finds it.
             return None
-        except BaseException as error:  # SystemExit and the like: the loop hears of it
+        except BaseException as error:  # SystemExit and the like: the group raises it
             failed = True
             self.failures.append((cursor.step, error))
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                # Not out of this task: asyncio lets these two out of the
+                # loop from any task, and the group raises it again in the
+                # saga's task (run_group) — a second one, which would cut
+                # asyncio.run's shutdown short (a task left pending, closed
+                # with the loop). Raised once, from the saga's task, as a
+                # plain step's is. (A GeneratorExit goes on: it may be this
+                # coroutine being closed, which must not return.)
+                return None
             raise
         finally:
             self.member_done(failed)

@@ -240,10 +240,9 @@ def interrupted_run(
         # freed. (Out of a compensation, the unwinding's own task let it
         # out, and asyncio.run cancelled the saga's as it shut down.)
         assert tasks[0].cancelled() or isinstance(tasks[0].exception(), error)
-    # A KeyboardInterrupt out of a Parallel member comes out of the saga's
-    # task again as the loop shuts down (the run stops without unwinding),
-    # which cuts that shutdown short: what it left pending is freed here,
-    # not in the middle of a later test.
+    # What the run left is freed here, not in the middle of a later test.
+    # (A KeyboardInterrupt out of a Parallel member leaves the loop once,
+    # from the saga's task: test_parallel_crash_shutdown.py.)
     tasks.clear()
     gc.collect()
 
