@@ -288,10 +288,23 @@ class ClaimedSaga:
     async def _drive(self) -> Outcome:
         saga_id = self.saga_id
         try:
-            record = await self.store.load(saga_id)
+            try:
+                record = await self.store.load(saga_id)
+                parent_id = parent_saga_id(saga_id)
+                parent_in_flight = parent_id is not None and await self._in_flight(parent_id)
+            except (CorruptSagaRecord, SagaNotFound, LeaseLost):
+                raise  # the row, not the store: see below
+            except Exception as error:  # SagaStoreError, a store of one's own's driver error
+                # The store failed: the saga was not even looked at, and
+                # nothing is wrong with it that an operator must fix (as a
+                # skip says). Left for the next pass, as a saga whose
+                # journal write failed is (a worker's: after its backoff).
+                self._untouched = True
+                return "interrupted", (
+                    f"the store failed to read it ({described(error)}): nothing of it ran; "
+                    f"it stays for the next pass")
             self.saga_name = record.saga_name
-            parent_id = parent_saga_id(saga_id)
-            if parent_id is not None and await self._in_flight(parent_id):
+            if parent_in_flight:
                 # A child saga (SubSaga): its parent resumes it, when the
                 # parent is resumed — driving it from here too would run it twice.
                 self._untouched = True
@@ -579,8 +592,9 @@ class RecoveryReport:
     A saga is listed as finished (``resumed``, ``compensated``, ``failed``)
     only once the journal holds that status (S13). ``interrupted``: the
     journal could not be written while the saga was resumed, so the run
-    stopped with no effect the journal does not know; it stays RUNNING or
-    COMPENSATING for the next pass."""
+    stopped with no effect the journal does not know, or the store failed to
+    read the saga, so nothing of it ran; it stays RUNNING or COMPENSATING
+    for the next pass."""
 
     resumed: list[str] = field(default_factory=list)  # finished COMPLETED
     compensated: list[str] = field(default_factory=list)  # finished COMPENSATED
@@ -664,8 +678,10 @@ async def recover(
 
     Each saga is claimed with a lease (``lease`` seconds) first, so two
     recovery processes never drive the same saga. A corrupt row, an unknown
-    saga name or a changed definition is reported as skipped; it never stops
-    the others. ``progress(saga_id, outcome)`` is called after each saga.
+    saga name or a changed definition is reported as skipped; a saga the
+    store failed to read (its ``load`` raised a store or driver error) as
+    interrupted, with that error: nothing of it ran, and it stays for the
+    next pass. Neither stops the others. ``progress(saga_id, outcome)`` is called after each saga.
     ``listeners`` are told each saga's outcome (``recovery_outcome``), as are
     the listeners of the saga that resumed it. ``allow_changed_definition``
     resumes sagas started with another definition of their saga, as

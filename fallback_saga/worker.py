@@ -197,7 +197,7 @@ class RecoveryWorker:
     saga a later deploy changes, unseen. It skips such a saga, and its
     warning says how an operator resumes it once.
 
-    A skipped saga (a changed definition, a store error, ...; with a store
+    A skipped saga (a changed definition, an unreadable row, ...; with a store
     that cannot claim by name, also a name not given) is kept out of every
     worker's claims for ``lease`` seconds, as an unreadable one is (its lease
     kept): released, it would be the oldest saga again, claimed and warned
@@ -207,7 +207,8 @@ class RecoveryWorker:
     by id). (A store that cannot claim by name also delays a mixed fleet: a
     saga the first worker to claim it does not know waits up to ``lease`` +
     ``poll`` seconds for one that knows it.) An
-    interrupted saga (its journal write failed) is kept out of claims for a
+    interrupted saga (its journal write failed, or the store failed to read
+    it) is kept out of claims for a
     backoff: ``poll`` seconds, doubled per interruption of it in a row,
     capped at ``lease``, jittered — a saga whose writes the store always
     refuses is never claimed hot, and never holds up the others. (On a

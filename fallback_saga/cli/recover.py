@@ -70,8 +70,9 @@ recently).
 
 Exit status: 1 if a saga claimed ended FAILED (a compensation gave up: an
 operator is needed), was skipped (unknown saga name, changed definition,
-unreadable row) or was interrupted (its journal writes failed, or its
-resume ran past --resume-timeout: it stays for the next pass), or if the
+unreadable row) or was interrupted (its journal writes failed, the store
+failed to read it, or its resume ran past --resume-timeout: it stays for
+the next pass), or if the
 pass left a saga parked (its resumes keep ending the process or hanging: an
 operator is needed too), or a lease it could not give back (the store
 refused it, or did not answer within 10 s, as the pass ended: "lease left"
