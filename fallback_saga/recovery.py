@@ -108,7 +108,7 @@ GIVEN_BACK_FOR_GOOD: tuple[type[Exception], ...] = (LeaseLost, SagaNotFound)
 
 # The sagas named, at most, in a warning about the leases a pass (or a
 # stopping worker) could not give back: there may be thousands of them.
-_NAMED_AT_MOST: Final = 20
+NAMED_AT_MOST: Final = 20
 
 
 def _refusal(error: Exception) -> str:
@@ -119,10 +119,11 @@ def _refusal(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _named(saga_ids: list[str]) -> str:
-    """``saga_ids`` for a log line: the first ``_NAMED_AT_MOST``, and how many more."""
-    more = len(saga_ids) - _NAMED_AT_MOST
-    return ", ".join(saga_ids[:_NAMED_AT_MOST]) + (f" and {more} more" if more > 0 else "")
+def named_sagas(saga_ids: list[str]) -> str:
+    """``saga_ids`` for a log line: the first ``NAMED_AT_MOST``, and how many
+    more (a ``recover`` pass's warning, and a stopping worker's)."""
+    more = len(saga_ids) - NAMED_AT_MOST
+    return ", ".join(saga_ids[:NAMED_AT_MOST]) + (f" and {more} more" if more > 0 else "")
 
 
 class ClaimedSaga:
@@ -810,7 +811,7 @@ async def _give_back_at_the_end(
             "recover: the pass ends with the leases of %d saga(s) not given back (the store "
             "refused them, or did not answer within %g s): %s; they run out on their own, "
             "and each counts as a claim toward the store's park_after", len(left),
-            STOP_WAIT, _named(left))
+            STOP_WAIT, named_sagas(left))
     return left
 
 

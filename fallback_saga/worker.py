@@ -84,6 +84,7 @@ from .recovery import (
     SagasGiven,
     claim_batch,
     default_owner,
+    named_sagas,
     sagas_by_name,
     seconds_given,
 )
@@ -115,10 +116,6 @@ V = TypeVar("V")
 # forgotten interruption), or its lease is left to run out and counts as a
 # claim toward ``park_after`` (a forgotten give-back: logged).
 REMEMBERED_SAGAS = 10_000
-
-# The sagas a stopping worker names, at most, in the warning about the
-# leases it could not give back (there may be REMEMBERED_SAGAS of them).
-_NAMED_AT_MOST = 20
 
 
 def _remember(kept: dict[str, V], saga_id: str, value: V) -> str | None:
@@ -675,13 +672,13 @@ class RecoveryWorker:
                                if saga_id not in self._held)]
         if not left:
             return
-        named = ", ".join(left[:_NAMED_AT_MOST])
-        more = f" and {len(left) - _NAMED_AT_MOST} more" if len(left) > _NAMED_AT_MOST else ""
+        # (At most recovery.NAMED_AT_MOST of them named: there may be
+        # REMEMBERED_SAGAS.)
         _log.warning(
             "recovery worker %s: stopped with the leases of %d saga(s) not given back (the "
-            "store refused them, or did not answer within %g s): %s%s; they run out on their "
+            "store refused them, or did not answer within %g s): %s; they run out on their "
             "own, and each counts as a claim toward the store's park_after", self.owner,
-            len(left), STOP_WAIT, named, more)
+            len(left), STOP_WAIT, named_sagas(left))
 
     def _interrupted(self, saga_id: str) -> None:
         """One more interruption of ``saga_id`` in a row."""
