@@ -682,7 +682,8 @@ async def recover(
     saga name or a changed definition is reported as skipped; a saga the
     store failed to read (its ``load`` raised a store or driver error) as
     interrupted, with that error: nothing of it ran, and it stays for the
-    next pass. Neither stops the others. ``progress(saga_id, outcome)`` is called after each saga.
+    next pass. Neither stops the others. ``progress(saga_id, outcome)`` is
+    called after each saga.
     ``listeners`` are told each saga's outcome (``recovery_outcome``), as are
     the listeners of the saga that resumed it. ``allow_changed_definition``
     resumes sagas started with another definition of their saga, as

@@ -205,8 +205,7 @@ class RecoveryWorker:
     saga the first worker to claim it does not know waits up to ``lease`` +
     ``poll`` seconds for one that knows it.) An
     interrupted saga (its journal write failed, or the store failed to read
-    it) is kept out of claims for a
-    backoff: ``poll`` seconds, doubled per interruption of it in a row,
+    it) is kept out of claims for a backoff: ``poll`` seconds, doubled per interruption of it in a row,
     capped at ``lease``, jittered — a saga whose writes the store always
     refuses is never claimed hot, and never holds up the others. (On a
     store without ``defer`` the worker keeps a skipped or interrupted saga's
