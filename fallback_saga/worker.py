@@ -203,10 +203,10 @@ class RecoveryWorker:
     seconds per saga; an operator takes it at once (``recover``, ``resume``
     by id). (A store that cannot claim by name also delays a mixed fleet: a
     saga the first worker to claim it does not know waits up to ``lease`` +
-    ``poll`` seconds for one that knows it.) An
-    interrupted saga (its journal write failed, or the store failed to read
-    it) is kept out of claims for a backoff: ``poll`` seconds, doubled per interruption of it in a row,
-    capped at ``lease``, jittered — a saga whose writes the store always
+    ``poll`` seconds for one that knows it.) An interrupted saga (its
+    journal write failed, or the store failed to read it) is kept out of
+    claims for a backoff: ``poll`` seconds, doubled per interruption of it
+    in a row, capped at ``lease``, jittered — a saga whose writes the store always
     refuses is never claimed hot, and never holds up the others. (On a
     store without ``defer`` the worker keeps a skipped or interrupted saga's
     lease for that time instead, then releases it; an operator's ``resume``
