@@ -53,13 +53,14 @@ def _shown_entry(entry: JournalEntry) -> JournalEntry:
 
 
 def history_json(
-    record: SagaRecord, first: int = 0, count: int | None = None
+    record: SagaRecord, first: int = 0, count: int | None = None, *, base: int = 0
 ) -> list[dict[str, Any]]:
     """``record.history`` (``count`` entries from seq ``first``: one page),
     an object per entry, ``seq`` its place in the whole journal; ``result``
     is a completed act's response in its journal form, parsed (``None``:
-    none was kept)."""
-    stop = None if count is None else first + count
+    none was kept). ``base``: the seq of ``record.history[0]``, when it
+    holds a window of the journal (``HistoryWindow``)."""
+    stop = None if count is None else first - base + count
     return [
         {
             "seq": seq,
@@ -73,7 +74,7 @@ def history_json(
             "at": entry.at,
             "result": _parsed(entry.result),
         }
-        for seq, entry in enumerate(record.history[first:stop], start=first)
+        for seq, entry in enumerate(record.history[first - base : stop], start=first)
     ]
 
 

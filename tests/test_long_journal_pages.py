@@ -200,3 +200,95 @@ def test_operator_show_limit_reads_the_newest_entries_only(
     assert seqs == [ENTRIES - 3, ENTRIES - 2, ENTRIES - 1]
     assert f"(the newest 3 of {ENTRIES} entries shown" in out
     assert "long/Member7" in out
+
+
+def _group_journal(members: int, groups: int = 1) -> list[JournalEntry]:
+    """Parallel groups' journal: every member's STARTED row, then every
+    member's COMPLETED row (a try's end ``members`` rows after its start)."""
+    rows: list[JournalEntry] = []
+    for group in range(groups):
+        base = group * members
+        rows += [
+            JournalEntry(base + n, f"Member{base + n}", "primary", "act", StepStatus.STARTED, 1,
+                         None, 1000.0 + base + n)
+            for n in range(members)
+        ]
+        rows += [
+            JournalEntry(base + n, f"Member{base + n}", "primary", "act",
+                         StepStatus.COMPLETED, 1, None, 100_000.0 + base + n)
+            for n in range(members)
+        ]
+    return rows
+
+
+async def test_operator_the_json_api_page_of_a_long_journal_reads_a_window_not_the_journal(
+    tmp_path: Path,
+) -> None:
+    """``/api/sagas/<id>?page=N`` of a journal longer than ``WHOLE_JOURNAL``
+    reads the page and the entries after it (``load_window``), never the
+    whole record, and answers as when the journal is read whole (a
+    ``MemorySagaStore``, which has no ``load_window``): the same history,
+    the same timeline tries (those that begin on the page), page links."""
+    # Every try with its STARTED row (a terminal row without one, as an
+    # edited journal may hold, is drawn from the whole journal only).
+    journal = _journal(ENTRIES)
+    journal[-4] = journal[-2]._replace(status=StepStatus.STARTED, error=None, at=1999.0)
+    journal[-3] = journal[-1]._replace(status=StepStatus.STARTED, error=None, at=2000.5)
+    store = SQLiteSagaStore(tmp_path / "s.db")
+    memory = MemorySagaStore()
+    for each in (store, memory):
+        await each.create("long", "Big", "fp", {"n": 1}, journal, status=SagaStatus.FAILED)
+        await each.create("long/Member7", "Child", "fp", {}, [])
+    watched = Watched(store)
+    pages = -(-ENTRIES // HISTORY_PAGE)
+    asked = ["", "?page=2", "?page=17", f"?page={pages - 1}", f"?page={pages}"]
+    try:
+        async with ConsoleServer(watched, port=0) as windowed, ConsoleServer(
+            memory, port=0
+        ) as whole:
+            for query in asked:
+                got = (await fetch(f"http://127.0.0.1:{windowed.port}/api/sagas/long{query}"))
+                want = (await fetch(f"http://127.0.0.1:{whole.port}/api/sagas/long{query}"))
+                assert got.status == want.status == 200, got.text[:300]
+                mine, theirs = got.json(), want.json()
+                for data in (mine, theirs):
+                    for key in ("lease", "lease_note", "created_at", "updated_at"):
+                        data.pop(key)  # SQLite keeps leases; the two were created apart
+                assert mine == theirs, query
+                assert mine["timeline"] or query == f"?page={pages}", query
+            beyond = await fetch(f"http://127.0.0.1:{windowed.port}/api/sagas/long"
+                                 f"?page={pages + 1}")
+    finally:
+        await store.close()
+    assert watched.loads == 0
+    assert beyond.status == 400
+    assert f"page must be a whole number from 1 to {pages}" in beyond.json()["error"]["message"]
+
+
+async def test_operator_the_json_api_leaves_out_tries_whose_end_it_did_not_read(
+    tmp_path: Path,
+) -> None:
+    """A try of a long journal whose outcome lies further after its page
+    than the API reads is left out of that page's timeline and counted
+    (``timeline_left_out``), never drawn as running or cut off."""
+    from fallback_saga.console.data import TIMELINE_FOLLOWING
+
+    members = TIMELINE_FOLLOWING + HISTORY_PAGE + 100
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await store.create("group", "Big", "fp", {}, _group_journal(members),
+                           status=SagaStatus.COMPLETED)
+        # Groups of 1,000: each try ends within the entries read after its page.
+        await store.create("groups", "Big", "fp", {}, _group_journal(1000, groups=6),
+                           status=SagaStatus.COMPLETED)
+        watched = Watched(store)
+        async with ConsoleServer(watched, port=0) as console:
+            first = (await fetch(f"http://127.0.0.1:{console.port}/api/sagas/group")).json()
+            small = (await fetch(f"http://127.0.0.1:{console.port}/api/sagas/groups"
+                                 "?page=3")).json()
+    assert watched.loads == 0
+    assert first["timeline"] == []
+    assert first["history_page"]["timeline_left_out"] == HISTORY_PAGE
+    assert "more than" in first["history_page"]["timeline_note"]
+    assert [bar["seq"] for bar in small["timeline"]] == list(range(400, 600))
+    assert {bar["outcome"] for bar in small["timeline"]} == {"completed"}
+    assert "timeline_left_out" not in small["history_page"]

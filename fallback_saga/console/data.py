@@ -33,6 +33,7 @@ from .text import redact, shorten
 __all__ = [
     "HISTORY_PAGE",
     "SCAN_LIMIT",
+    "TIMELINE_FOLLOWING",
     "WHOLE_JOURNAL",
     "BadRequest",
     "CountFetcher",
@@ -67,6 +68,11 @@ HISTORY_PAGE: Final = 200
 #: only the page of history shown and the newest page (for the alert): a
 #: journal of 100,000 entries was seconds of reading for a page of 200.
 WHOLE_JOURNAL: Final = 5000
+#: Entries the JSON API reads after a page of a journal longer than
+#: ``WHOLE_JOURNAL``, to end the timeline's tries that begin on the page
+#: (a try's outcome is a later row: a Parallel group journals its members'
+#: STARTED rows, then their outcomes).
+TIMELINE_FOLLOWING: Final = WHOLE_JOURNAL
 STATUSES: Final = tuple(SagaStatus)
 
 
@@ -416,12 +422,15 @@ class SagaView:
 
 
 async def fetch_saga_page(
-    store: object, saga_id: str, page_text: str | None, *, unredacted: bool = False
+    store: object, saga_id: str, page_text: str | None, *, unredacted: bool = False,
+    following: int = 0, newest: bool = True,
 ) -> tuple[SagaView, int]:
     """The saga as its page shows page ``page_text`` of its history (``?page=``),
     and that page's number (``BadRequest`` for one it does not have). A
     journal of up to ``WHOLE_JOURNAL`` entries is read whole (``fetch_saga``);
-    a longer one, that page's entries and the newest page only
+    a longer one, that page's entries and ``following`` more after them
+    (the JSON API's timeline: where the page's tries end), and unless not
+    ``newest`` the newest page (``SagaView.newest``: the page's alert), only
     (``history_window``: the store's ``load_window`` if it has one)."""
     if not callable(getattr(store, "load_window", None)):
         # A store that can only load the whole record: read it once, as before.
@@ -432,7 +441,7 @@ async def fetch_saga_page(
         asked = int(page_text)
     try:
         window = await history_window(
-            store, saga_id, start=(asked - 1) * HISTORY_PAGE, count=HISTORY_PAGE
+            store, saga_id, start=(asked - 1) * HISTORY_PAGE, count=HISTORY_PAGE + following
         )
     except ValueError:  # not a valid saga id: no saga has it
         raise SagaNotFound(saga_id) from None
@@ -443,15 +452,16 @@ async def fetch_saga_page(
     if window.entries <= WHOLE_JOURNAL:
         view = await fetch_saga(store, saga_id, unredacted=unredacted)
         return view, history_page(page_text, len(view.record.history))
-    newest = window.record.history
-    if window.first + len(newest) < window.entries:
-        newest = (await history_window(
-            store, saga_id, start=-HISTORY_PAGE, count=HISTORY_PAGE)).record.history
     view = await _view(store, window.record, unredacted, window.act_steps)
     view.first, view.entries = window.first, window.entries
-    view.newest = shown_record(
-        dataclasses.replace(window.record, history=newest), unredacted=unredacted
-    ).history
+    if newest:
+        last = window.record.history[-HISTORY_PAGE:]
+        if window.first + len(window.record.history) < window.entries:
+            last = (await history_window(
+                store, saga_id, start=-HISTORY_PAGE, count=HISTORY_PAGE)).record.history
+        view.newest = shown_record(
+            dataclasses.replace(window.record, history=last), unredacted=unredacted
+        ).history
     return view, page
 
 
@@ -611,9 +621,11 @@ def record_json(
     history only (``HISTORY_PAGE`` entries, ``history_page`` says which)."""
     record = view.record
     now = time.time() if now is None else now
-    first, count, pages = 0, len(record.history), 1
+    # view.entries: record.history is a window of the journal, from seq view.first.
+    entries = len(record.history) if view.entries is None else view.entries
+    first, count, pages = 0, entries, 1
     if page is not None:
-        first, count, pages = history_span(page, len(record.history))
+        first, count, pages = history_span(page, entries)
     data = {
         "saga_id": record.saga_id,
         "saga_name": record.saga_name,
@@ -625,7 +637,7 @@ def record_json(
         "lease": lease_json(view.lease, now),
         "lease_note": view.lease_note,
         "context": record.context,
-        "history": history_json(record, first, count),
+        "history": history_json(record, first, count, base=view.first),
         "parent": view.parent,
         "children": view.children,
     }
@@ -634,7 +646,7 @@ def record_json(
             "page": page,
             "pages": pages,
             "per_page": HISTORY_PAGE,
-            "entries": len(record.history),
+            "entries": entries,
             "first_seq": first if count else None,
             "last_seq": first + count - 1 if count else None,
         }

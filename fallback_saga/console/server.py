@@ -28,12 +28,11 @@ from ._http import (
 )
 from .counting import CountCache
 from .data import (
+    TIMELINE_FOLLOWING,
     BadRequest,
     Listing,
     fetch_listing,
-    fetch_saga,
     fetch_saga_page,
-    history_page,
     history_span,
     lenient_list_query,
     listing_json,
@@ -53,7 +52,7 @@ from .pages import (
     saga_page,
 )
 from .text import redact, shorten, visible
-from .timeline import bars_json, bars_of
+from .timeline import bars_json, bars_of, page_bars
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConsoleServer", "run_console", "serve"]
 
@@ -623,16 +622,32 @@ class ConsoleServer:
     ) -> Response:
         """The saga with one page of its history (``HISTORY_PAGE`` entries,
         ``?page=N``) and the timeline's tries that begin on it: a saga of
-        50,000 entries was one response of megabytes."""
+        50,000 entries was one response of megabytes. A journal longer than
+        ``WHOLE_JOURNAL`` is read as the page is (``fetch_saga_page``): the
+        page and the ``TIMELINE_FOLLOWING`` entries after it, where its
+        tries end (it was read whole for every page: seconds at 100,000)."""
         now = time.time()
-        view = await fetch_saga(self.store, saga_id, unredacted=raw)
-        entries = len(view.record.history)
-        page = history_page(page_text, entries)
-        data = record_json(view, now, page=page)
-        first, count, pages = history_span(page, entries)
-        data["timeline"] = bars_json(
-            [bar for bar in bars_of(view.record, now) if first <= bar.seq < first + count]
+        view, page = await fetch_saga_page(
+            self.store, saga_id, page_text, unredacted=raw, following=TIMELINE_FOLLOWING,
+            newest=False,
         )
+        data = record_json(view, now, page=page)
+        if view.entries is None:
+            entries = len(view.record.history)
+            first, count, pages = history_span(page, entries)
+            bars = [bar for bar in bars_of(view.record, now) if first <= bar.seq < first + count]
+        else:
+            entries = view.entries
+            first, count, pages = history_span(page, entries)
+            bars, left_out = page_bars(view.record, view.first, entries, first, count, now)
+            if left_out:
+                data["history_page"]["timeline_left_out"] = left_out
+                data["history_page"]["timeline_note"] = (
+                    f"{left_out} tries that begin on this page end more than "
+                    f"{TIMELINE_FOLLOWING} entries later: not in its timeline "
+                    f"(show ID --mermaid draws the whole journal)"
+                )
+        data["timeline"] = bars_json(bars)
         links = {
             "first": history_href(saga_id, 1, api=True, raw=raw),
             "prev": history_href(saga_id, page - 1, api=True, raw=raw) if page > 1 else None,

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ..status import StepStatus
-from ..store.base import SagaRecord
+from ..store.base import JournalEntry, SagaRecord
 from .text import attr, esc, format_seconds, redact_start, shorten
 
-__all__ = ["Bar", "bars_json", "bars_of", "timeline_svg"]
+__all__ = ["Bar", "bars_json", "bars_of", "page_bars", "timeline_svg"]
 
 # Outcomes of a try: its terminal row, or why it has none.
 COMPLETED: Final = "completed"
@@ -49,9 +50,54 @@ def bars_of(record: SagaRecord, now: float) -> list[Bar]:
     journal once the saga is final; while the saga is in flight, it is
     still running.
     """
+    bars, running, _ = _tries(record.history, 0)
+    _settle(record, running, now)
+    return bars
+
+
+def page_bars(
+    record: SagaRecord, first: int, entries: int, page_first: int, page_count: int, now: float
+) -> tuple[list[Bar], int]:
+    """The tries that begin on a page of a long journal (entries ``page_first``
+    .. ``page_first + page_count - 1``), as ``bars_of`` draws them from the
+    whole journal, from a window of it: ``record.history`` holds entries
+    ``first`` .. of a journal of ``entries``, the page and the entries read
+    after it. A try whose end the window does not reach (it ends further on,
+    or the window stops short of the journal's end) is left out, not guessed:
+    returned is how many were. A terminal row with no STARTED row in the
+    window is part of a try begun before the page: not drawn here."""
+    bars, running, orphans = _tries(record.history, first)
+    if first + len(record.history) >= entries:
+        _settle(record, running, now)
+        unended: set[int] = set()
+    else:
+        unended = {id(bar) for bar, _ in running.values()}
+    stop = page_first + page_count
+    shown: list[Bar] = []
+    left_out = 0
+    for bar in bars:
+        if not page_first <= bar.seq < stop or id(bar) in orphans:
+            continue
+        if id(bar) in unended:
+            left_out += 1
+        else:
+            shown.append(bar)
+    return shown, left_out
+
+
+_Key = tuple[int, str, str, int]
+
+
+def _tries(
+    history: Sequence[JournalEntry], base: int
+) -> tuple[list[Bar], dict[_Key, tuple[Bar, int]], set[int]]:
+    """The tries of ``history`` (its first entry: seq ``base``), those still
+    without a terminal row at its end (by try, with their index in
+    ``history``), and the ids of the bars begun by a terminal row without
+    its STARTED row."""
     bars: list[Bar] = []
-    running: dict[tuple[int, str, str, int], tuple[Bar, int]] = {}
-    history = record.history
+    running: dict[_Key, tuple[Bar, int]] = {}
+    orphans: set[int] = set()
     for index, entry in enumerate(history):
         key = (entry.position, entry.branch, entry.action, entry.attempt)
         if entry.status is StepStatus.STARTED:
@@ -60,27 +106,34 @@ def bars_of(record: SagaRecord, now: float) -> list[Bar]:
                 cut_off, _ = again
                 cut_off.end, cut_off.outcome = max(cut_off.start, entry.at), INTERRUPTED
             bar = Bar(entry.position, entry.step, entry.branch, entry.action, entry.attempt,
-                      entry.at, entry.at, RUNNING, seq=index)
+                      entry.at, entry.at, RUNNING, seq=base + index)
             running[key] = (bar, index)
             bars.append(bar)
             continue
         found = running.pop(key, None)
         if found is None:  # a terminal row without its STARTED (an edited journal)
             bar = Bar(entry.position, entry.step, entry.branch, entry.action, entry.attempt,
-                      entry.at, entry.at, RUNNING, seq=index)
+                      entry.at, entry.at, RUNNING, seq=base + index)
+            orphans.add(id(bar))
             bars.append(bar)
         else:
             bar = found[0]
         bar.end = max(bar.start, entry.at)
         bar.outcome = _OUTCOMES.get(entry.status, FAILED)
         bar.error = entry.error
+    return bars, running, orphans
+
+
+def _settle(record: SagaRecord, running: dict[_Key, tuple[Bar, int]], now: float) -> None:
+    """Ends the tries with no terminal row in a history that reaches the
+    journal's end: cut off if the saga is final, else running until ``now``."""
+    history = record.history
     for bar, index in running.values():
         if record.status.is_final:
             following = history[index + 1].at if index + 1 < len(history) else record.updated_at
             bar.end, bar.outcome = max(bar.start, following), INTERRUPTED
         else:
             bar.end = max(bar.start, now)
-    return bars
 
 
 def bars_json(bars: list[Bar]) -> list[dict[str, Any]]:
