@@ -394,6 +394,10 @@ CALLS = {
     "count_sagas(name=Billing, created_since=a month ago)": (
         "store.count_sagas(saga_name='BillingSaga', created_since=time.time() - 30 * 86400)"),
     "count_sagas()": "store.count_sagas()",
+    "count_sagas(created_since=half a year ago)": (
+        "store.count_sagas(created_since=time.time() - 182 * 86400)"),
+    "count_sagas(created_since=half a year ago, at_most=10000)": (
+        "store.count_sagas(created_since=time.time() - 182 * 86400, at_most=10000)"),
     "load(long)": f"store.load({LONG_ID!r})",
     "load(huge)": f"store.load({HUGE_ID!r})",
     "claim(limit=10, names=[own])": (
@@ -434,7 +438,12 @@ def console_pages(target: list[str]) -> list[tuple[str, float, str]]:
                      "/?since=30d&status=failed", "/?until=335d", "/?since=210d&until=180d",
                      "/api/sagas?since=30d", f"/sagas/{LONG_ID}?page=100",
                      f"/sagas/{HUGE_ID}", f"/sagas/{HUGE_ID}?page=500",
-                     f"/api/sagas/{HUGE_ID}"):
+                     f"/api/sagas/{HUGE_ID}", f"/api/sagas/{HUGE_ID}?page=250",
+                     f"/api/sagas/{HUGE_ID}?page=500",
+                     # About half the sagas: counts stop at 10,000 a status
+                     # (console/data.py COUNT_CAP), unless count=exact.
+                     "/?since=180d", "/?since=180d&status=failed", "/api/sagas?since=180d",
+                     "/?since=180d&count=exact"):
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(base + path, timeout=300) as answer:

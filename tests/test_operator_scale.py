@@ -443,3 +443,47 @@ async def test_S13_a_file_of_schema_version_5_gains_the_index_by_creation_time_a
     finally:
         conn.close()
     assert indexed == ["created_at"]
+
+
+_CAP: Final = 100
+
+
+@pytest.mark.parametrize("filters", [
+    {"created_since": 100},  # most sagas: 2,900 (57 failed)
+    {"created_since": 1000, "created_until": 2500},
+    {"created_since": 1000, "created_until": 2500, "saga_name": "BillingSaga"},
+    {"created_since": 1000, "created_until": 1300},  # 300: 6 failed, exact
+    {"created_until": -5},  # none
+], ids=_ids)
+def test_operator_a_capped_count_of_a_wide_window_reads_each_status_up_to_the_cap(
+    clock_stepped: sqlite3.Connection, filters: dict[str, Any]
+) -> None:
+    """The console's count of a time window holding half the sagas or more
+    (``at_most``) reads each status's sagas up to the cap, from the index by
+    status between the window's rowids: a status of no more sagas than the
+    cap is counted exactly (the one written while the clock was behind too),
+    one of more says more than the cap (its counts add up to cap + 1). No
+    statement scans the table, nor walks the window's rows."""
+    def count(cursor: sqlite3.Cursor) -> Any:
+        return _sqlite_sql._count(
+            cursor, None, filters.get("saga_name"), filters.get("created_since"),
+            filters.get("created_until"), _CAP,
+        )
+
+    where, values = _created(filters)
+    exact: dict[SagaStatus, int] = {}
+    for status, n in clock_stepped.execute(
+        f"SELECT status, COUNT(*) FROM sagas NOT INDEXED WHERE {where} GROUP BY status", values
+    ):
+        exact[SagaStatus(status)] = n
+    counted: dict[SagaStatus, int] = {}
+    for (_name, status), n in count(clock_stepped.cursor()).items():
+        counted[status] = counted.get(status, 0) + n
+    assert counted == {status: min(n, _CAP + 1) for status, n in exact.items()}
+    plans = _plans(clock_stepped, count)
+    for plan in plans:
+        assert "SCAN sagas" not in plan, plan
+        if "status=?" in plan:
+            assert "status=? AND rowid>? AND rowid<?" in plan, plan
+    # The bounds, then a statement a status (none for an empty window).
+    assert len(plans) == (1 if counted == {} else 1 + len(SagaStatus)), plans

@@ -24,7 +24,7 @@ from .data import Counts, fetch_counts
 
 __all__ = ["CountCache"]
 
-_Key = tuple[str | None, float | None, float | None]
+_Key = tuple[str | None, float | None, float | None, int | None]
 
 
 class CountCache:
@@ -47,8 +47,9 @@ class CountCache:
         saga_name: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        at_most: int | None = None,
     ) -> Counts:
-        key = (saga_name, since, until)
+        key = (saga_name, since, until, at_most)
         now = self._clock()
         kept = self._kept.get(key)
         if kept is not None:
@@ -62,7 +63,9 @@ class CountCache:
         future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            counts = await fetch_counts(store, saga_name=saga_name, since=since, until=until)
+            counts = await fetch_counts(
+                store, saga_name=saga_name, since=since, until=until, at_most=at_most
+            )
         except BaseException as error:
             future.set_exception(error)
             future.exception()  # retrieved: the waiters (if any) get it too

@@ -13,6 +13,7 @@ fencing token) and ``load_window`` (a page of a long journal: see
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 import time
@@ -31,6 +32,7 @@ from ..subsaga import saga_family
 from .text import redact, shorten
 
 __all__ = [
+    "COUNT_CAP",
     "HISTORY_PAGE",
     "SCAN_LIMIT",
     "TIMELINE_FOLLOWING",
@@ -74,6 +76,12 @@ WHOLE_JOURNAL: Final = 5000
 #: STARTED rows, then their outcomes).
 TIMELINE_FOLLOWING: Final = WHOLE_JOURNAL
 STATUSES: Final = tuple(SagaStatus)
+#: Sagas of one status a listing filtered by creation time counts at most
+#: (``?count=exact``: all of them). A window of half of 1,000,000 sagas was
+#: half the table read for its counts at every request: a second on
+#: PostgreSQL. Past it the status's count shows as "10,000+", never a
+#: number it is not.
+COUNT_CAP: Final = 10_000
 
 
 class BadRequest(ValueError):
@@ -82,7 +90,7 @@ class BadRequest(ValueError):
 
 # --------------------------------------------------------------------------- the query
 
-_PARAMETERS: Final = ("status", "name", "since", "until", "before", "limit")
+_PARAMETERS: Final = ("status", "name", "since", "until", "before", "limit", "count")
 _AGE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)", re.IGNORECASE)
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _TIME_HELP: Final = (
@@ -103,6 +111,7 @@ class ListQuery:
     until_text: str = ""
     before: str | None = None  # the last saga id of the previous page
     limit: int = 50
+    exact_counts: bool = False  # ?count=exact: counts not stopped at COUNT_CAP
 
     @property
     def filtered(self) -> bool:
@@ -117,6 +126,7 @@ class ListQuery:
             "until": self.until_text or None,
             "before": self.before,
             "limit": self.limit,
+            "count": "exact" if self.exact_counts else None,
         }
         values.update(changes)
         return {key: str(value) for key, value in values.items() if value is not None}
@@ -191,6 +201,10 @@ def parse_list_query(raw_query: str, *, now: float, default_limit: int) -> ListQ
         if re.fullmatch(r"[0-9]{1,12}", text) is None or not 1 <= int(text) <= MAX_PAGE:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE}; got {text!r}")
         limit = int(text)
+    if values.get("count", "exact") != "exact":
+        raise BadRequest(
+            f"count must be exact (every saga counted, however many); got {values['count']!r}"
+        )
     since = until = None
     if "since" in values:
         since = parse_time("since", values["since"], now)
@@ -207,6 +221,7 @@ def parse_list_query(raw_query: str, *, now: float, default_limit: int) -> ListQ
         until_text=values.get("until", ""),
         before=values.get("before"),
         limit=limit,
+        exact_counts="count" in values,
     )
 
 
@@ -248,16 +263,23 @@ def history_page(text: str | None, entries: int) -> int:
 
 @dataclass(slots=True)
 class Counts:
-    """Sagas by (name, status), and whether the store counted them all."""
+    """Sagas by (name, status), and whether the store counted them all.
+    ``capped``: the statuses of which there are more than ``cap`` sagas,
+    counted no further (``by_name_status`` has none of them)."""
 
     by_name_status: dict[tuple[str, SagaStatus], int]
     exact: bool
     note: str | None = None
+    capped: frozenset[SagaStatus] = frozenset()
+    cap: int = 0
 
     def by_status(self) -> dict[SagaStatus, int]:
+        """Sagas by status; ``cap`` for a capped one (there are more)."""
         totals = dict.fromkeys(STATUSES, 0)
         for (_, status), count in self.by_name_status.items():
             totals[status] += count
+        for status in self.capped:
+            totals[status] = self.cap
         return totals
 
     def names(self) -> list[str]:
@@ -295,7 +317,18 @@ class CountFetcher(Protocol):
         saga_name: str | None = ...,
         since: float | None = ...,
         until: float | None = ...,
+        at_most: int | None = ...,
     ) -> Awaitable[Counts]: ...
+
+
+def counts_up_to(count_sagas: Any) -> bool:
+    """Whether a store's ``count_sagas`` takes ``at_most`` (the built-in
+    stores' do: a store of your own is asked as before)."""
+    try:
+        parameters = inspect.signature(count_sagas).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+    return "at_most" in parameters
 
 
 async def fetch_counts(
@@ -304,13 +337,33 @@ async def fetch_counts(
     saga_name: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    at_most: int | None = None,
 ) -> Counts:
     """Sagas by (name, status) with these filters: the store's ``count_sagas``
-    if it has one, else a count of the newest ``SCAN_LIMIT`` it lists."""
+    if it has one, else a count of the newest ``SCAN_LIMIT`` it lists.
+    ``at_most``: a status of more sagas than that is counted no further
+    (``Counts.capped``), if the store can stop (``counts_up_to``)."""
     count_sagas = getattr(store, "count_sagas", None)
     if callable(count_sagas):
-        counted = await count_sagas(saga_name=saga_name, created_since=since, created_until=until)
-        return Counts({(str(n), SagaStatus(s)): int(c) for (n, s), c in counted.items()}, True)
+        if at_most is not None and counts_up_to(count_sagas):
+            counted = await count_sagas(saga_name=saga_name, created_since=since,
+                                        created_until=until, at_most=at_most)
+        else:
+            at_most = None
+            counted = await count_sagas(saga_name=saga_name, created_since=since,
+                                        created_until=until)
+        found = {(str(n), SagaStatus(s)): int(c) for (n, s), c in counted.items()}
+        if at_most is None:
+            return Counts(found, True)
+        totals = dict.fromkeys(STATUSES, 0)
+        for (_, status), count in found.items():
+            totals[status] += count
+        capped = frozenset(status for status, total in totals.items() if total > at_most)
+        if not capped:
+            return Counts(found, True)
+        # A capped status's counts by name are of the sagas read: partial.
+        exact = {key: count for key, count in found.items() if key[1] not in capped}
+        return Counts(exact, False, None, capped, at_most)
     list_sagas = getattr(store, "list_sagas", None)
     if not callable(list_sagas):
         return Counts({}, False, f"{_store_name(store)} cannot list sagas: nothing to count")
@@ -338,8 +391,12 @@ async def fetch_listing(
     name and time filters, all statuses), from ``count`` (default:
     ``fetch_counts``). ``BadRequest`` if the page cursor names a saga that
     is gone."""
+    # Windowed counts stop at COUNT_CAP a status (unless ?count=exact): the
+    # others read an index by name and status alone.
+    windowed = query.since is not None or query.until is not None
     counts = await (count or fetch_counts)(
-        store, saga_name=query.name, since=query.since, until=query.until
+        store, saga_name=query.name, since=query.since, until=query.until,
+        at_most=COUNT_CAP if windowed and not query.exact_counts else None,
     )
     list_sagas = getattr(store, "list_sagas", None)
     if not callable(list_sagas):
@@ -601,6 +658,19 @@ def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> d
             for (name, status), n in sorted(counts.by_name_status.items())
         ],
         "counts_exact": counts.exact,
+        # The statuses of more than ``at`` sagas in the window, counted no
+        # further (their "counts" say ``at``; none of them in "counts_by_name"),
+        # and the listing with every saga counted.
+        "counts_capped": (
+            {
+                "at": counts.cap,
+                "statuses": [s.value for s in STATUSES if s in counts.capped],
+                "exact": query.link("/api/sagas", default_limit=default_limit,
+                                    count="exact"),
+            }
+            if counts.capped
+            else None
+        ),
         "notes": listing.notes,
     }
 

@@ -266,18 +266,25 @@ def layout(title: str, body: str, *, store_label: str, now: float, nav: str = "s
 
 
 def _count_cards(listing: Listing, query: ListQuery, default_limit: int) -> str:
-    by_status = listing.counts.by_status()
+    counts = listing.counts
+    by_status = counts.by_status()
     total = sum(by_status.values())
+    # A capped count is a lower bound, and says so ("10,000+"); so is the sum.
+    more = ' title="more: counted up to this many only"'
+
+    def shown(n: int, capped: bool) -> str:
+        return f"<span class=\"n\"{more}>{n:,}+</span>" if capped else f'<span class="n">{n}</span>'
+
     cards = [
         f'<a class="count all{" on" if query.status is None else ""}" '
         f'href="{esc(query.link("/", default_limit=default_limit, status=None, before=None))}">'
-        f'<span class="n">{total}</span><span class="what">All</span></a>'
+        f'{shown(total, bool(counts.capped))}<span class="what">All</span></a>'
     ]
     for status in STATUSES:
         href = query.link("/", default_limit=default_limit, status=status.value, before=None)
         cards.append(
             f'<a class="count {status.value}{" on" if query.status is status else ""}" '
-            f'href="{esc(href)}"><span class="n">{by_status[status]}</span>'
+            f'href="{esc(href)}">{shown(by_status[status], status in counts.capped)}'
             f'<span class="what">{_STATUS_LABELS[status]}</span></a>'
         )
     exact = "" if listing.counts.exact else " title=\"approximate: see the note below\""
@@ -409,11 +416,22 @@ def listing_page(
         f'<span class="muted small">{shown} saga{"" if shown == 1 else "s"} on this page, '
         f"newest first</span>{older}</nav>"
     )
+    capped = listing.counts.capped
+    exact = query.link("/", default_limit=default_limit, count="exact")
+    capped_note = (
+        f"<p>More than {listing.counts.cap:,} "
+        + " and ".join(_STATUS_LABELS[s].lower() for s in STATUSES if s in capped)
+        + " sagas in this time window: their counts stop there (counting every one "
+        f'reads every saga in the window). <a href="{esc(exact)}">Count them all</a></p>'
+        if capped
+        else ""
+    )
     notes = (
         '<div class="notes">'
         + "".join(f"<p>{esc(note)}</p>" for note in listing.notes)
+        + capped_note
         + "</div>"
-        if listing.notes
+        if listing.notes or capped_note
         else ""
     )
     api = query.link("/api/sagas", default_limit=default_limit)

@@ -1154,8 +1154,11 @@ def _count(
     saga_name: str | None,
     created_since: float | None,
     created_until: float | None,
+    at_most: int | None = None,
 ) -> dict[tuple[str, SagaStatus], int]:
-    if (created_since is not None or created_until is not None) and _covers_most(
+    if at_most is not None:
+        groups = _capped_groups(cursor, saga_name, created_since, created_until, at_most)
+    elif (created_since is not None or created_until is not None) and _covers_most(
         cursor, created_since, created_until
     ):
         # A window of most sagas: every saga, from sagas_by_name_status alone,
@@ -1205,6 +1208,37 @@ def _groups(
     with _lenient_text(cursor):
         rows = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
     return {(name, status): count for name, status, count in rows}
+
+
+def _capped_groups(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+    at_most: int,
+) -> dict[tuple[Any, Any], int]:
+    """``_groups``, each status's sagas read up to ``at_most + 1`` (one
+    statement a status, its index and the window's rowids: a rare status
+    is not looked for among the others' rows)."""
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    span = _window(cursor, created_since, created_until)
+    if span is _EMPTY:
+        return {}
+    if span is not None:
+        where.append("rowid BETWEEN ? AND ?")
+        params.extend(span)
+    groups: dict[tuple[Any, Any], int] = {}
+    for status in SagaStatus:
+        statement = (
+            "SELECT saga_name, COUNT(*) FROM (SELECT saga_name FROM sagas WHERE "
+            + " AND ".join(["status = ?", *where])
+            + " LIMIT ?) GROUP BY saga_name"
+        )
+        with _lenient_text(cursor):
+            rows = cursor.execute(statement, [status.value, *params, at_most + 1]).fetchall()
+        for name, count in rows:
+            groups[name, status.value] = count
+    return groups
 
 
 # The first and last creation time of all sagas: two reads of sagas_by_created.

@@ -298,9 +298,13 @@ class MemorySagaStore:
         saga_name: str | None = None,
         created_since: float | None = None,
         created_until: float | None = None,
+        at_most: int | None = None,
     ) -> dict[tuple[str, SagaStatus], int]:
         """How many sagas there are, by (saga name, status); filtered like
-        ``list_sagas``."""
+        ``list_sagas``. ``at_most`` (a bound the durable stores read up to)
+        changes nothing here: every saga is in memory, and counted."""
+        if at_most is not None:
+            non_negative_int("at_most", at_most)
         since, until = _time_range(created_since, created_until)
         counts: dict[tuple[str, SagaStatus], int] = {}
         for saga_id in list(self._sagas):

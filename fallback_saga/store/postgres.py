@@ -183,6 +183,7 @@ from ._postgres_sql import (
     _UNSTORABLE,
     _commit_in_doubt,
     _context_json,
+    _created_filter,
     _decode_record,
     _entries_json,
     _group_json,
@@ -1308,11 +1309,22 @@ class PostgresSagaStore:
         saga_name: str | None = None,
         created_since: float | None = None,
         created_until: float | None = None,
+        at_most: int | None = None,
     ) -> dict[tuple[str, SagaStatus], int]:
         """How many sagas there are, by (saga name, status); filtered like
-        ``list_sagas``. Pairs with no saga are absent."""
+        ``list_sagas``. Pairs with no saga are absent. ``at_most``: each
+        status's sagas are counted up to ``at_most + 1`` (a bounded read): a
+        status whose counts add up to more than ``at_most`` has more sagas
+        than that, and its counts by name are partial."""
         windowed = created_since is not None or created_until is not None
-        if windowed and await self._covers_most(created_since, created_until):
+        if at_most is not None:
+            capped = await self._capped_count(
+                saga_name, created_since, created_until, non_negative_int("at_most", at_most)
+            )
+            if capped is None:
+                return {}
+            statement, params = capped
+        elif windowed and await self._covers_most(created_since, created_until):
             # A window of most sagas: every saga (an index-only scan of
             # fallback_saga_sagas_by_name_status), less those created
             # outside it, in one statement (one snapshot: the parts add up).
@@ -1345,6 +1357,47 @@ class PostgresSagaStore:
                 continue
             counts[name, SagaStatus(status)] = count
         return counts
+
+    async def _capped_count(
+        self, saga_name: str | None, created_since: float | None,
+        created_until: float | None, at_most: int,
+    ) -> tuple[str, list[Any]] | None:
+        """A count by (name, status) reading each status's sagas up to
+        ``at_most + 1``: one part a status, each a range of
+        fallback_saga_sagas_by_status (status, seq) between the window's first
+        and last seq, read first (as ``_window`` reads them; given to the
+        statement as values, so that every part's range is an index
+        condition). ``None``: no saga in the window."""
+        sagas = self._sql.sagas
+        where, params = _listing_filter(saga_name, created_since, created_until)
+        inside, inside_params = _created_filter(created_since, created_until)
+        if inside:
+            row = await self._fetch(
+                "cannot count sagas",
+                f"SELECT min(seq + 0), max(seq + 0) FROM {sagas} WHERE {' AND '.join(inside)}",
+                inside_params,
+            )
+            if row is None or row[0] is None:
+                return None
+            where = [*where, "seq BETWEEN %s::bigint AND %s::bigint"]
+            params = [*params, row[0], row[1]]
+        parts = []
+        values: list[Any] = []
+        for status in SagaStatus:
+            clause = " AND ".join(["status = %s", *where])
+            # In seq order: a LIMIT the planner expects to reach at once for a
+            # common status would otherwise be a seq scan, passing every
+            # older saga before the window's first.
+            parts.append(
+                f"(SELECT saga_name, status FROM {sagas} WHERE {clause}"
+                " ORDER BY seq DESC LIMIT %s::bigint)"
+            )
+            values += [status.value, *params, at_most + 1]
+        return (
+            "SELECT saga_name, status, count(*) FROM ("
+            + " UNION ALL ".join(parts) + ") AS capped GROUP BY saga_name, status",
+            values,
+        )
 
     def _count_part(
         self, saga_name: str | None, created_since: float | None,
