@@ -1371,6 +1371,7 @@ class PostgresSagaStore:
         sagas = self._sql.sagas
         where, params = _listing_filter(saga_name, created_since, created_until)
         inside, inside_params = _created_filter(created_since, created_until)
+        bounds: tuple[Any, Any] = (None, None)
         if inside:
             row = await self._fetch(
                 "cannot count sagas",
@@ -1379,12 +1380,23 @@ class PostgresSagaStore:
             )
             if row is None or row[0] is None:
                 return None
-            where = [*where, "seq BETWEEN %s::bigint AND %s::bigint"]
-            params = [*params, row[0], row[1]]
+            bounds = (row[0], row[1])
         parts = []
         values: list[Any] = []
         for status in SagaStatus:
             clause = " AND ".join(["status = %s", *where])
+            span: list[Any] = []
+            if inside:
+                # The range as (status, seq) rows: an index condition of
+                # fallback_saga_sagas_by_status only. As "seq BETWEEN", the
+                # planner walked the index by seq for a status of a few
+                # percent, passing every other saga of the window (134,000
+                # rows at 400,000 sagas).
+                clause += (
+                    " AND (status, seq) >= (%s, %s::bigint)"
+                    " AND (status, seq) <= (%s, %s::bigint)"
+                )
+                span = [status.value, bounds[0], status.value, bounds[1]]
             # In seq order: a LIMIT the planner expects to reach at once for a
             # common status would otherwise be a seq scan, passing every
             # older saga before the window's first.
@@ -1392,7 +1404,7 @@ class PostgresSagaStore:
                 f"(SELECT saga_name, status FROM {sagas} WHERE {clause}"
                 " ORDER BY seq DESC LIMIT %s::bigint)"
             )
-            values += [status.value, *params, at_most + 1]
+            values += [status.value, *params, *span, at_most + 1]
         return (
             "SELECT saga_name, status, count(*) FROM ("
             + " UNION ALL ".join(parts) + ") AS capped GROUP BY saga_name, status",
