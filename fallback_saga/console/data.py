@@ -4,7 +4,8 @@ The console needs only ``load`` and ``list_sagas(status=, saga_name=,
 limit=)``. It uses the optional capabilities of ``RecoverableStore`` when a
 store has them (asked with ``getattr``, as everywhere in the library):
 ``listing_filters`` (pages and time ranges in the store's own query),
-``count_sagas`` (counts by name and status), ``lease_state`` (lease and
+``count_sagas`` (counts by name and status; with ``at_most``, if it takes
+it, counts of a time window stop at ``COUNT_CAP`` a status), ``lease_state`` (lease and
 fencing token) and ``load_window`` (a page of a long journal: see
 ``fetch_saga_page``). Without them it filters and counts the newest
 ``SCAN_LIMIT`` sagas the store lists, and says so on the page.
