@@ -17,9 +17,12 @@ What makes it more than a stack:
   finalizer in a task of its own. A block whose generator's frame has ended
   (or whose exit stack was closed away from the task) is over
   (``block_over``), passed over and dropped;
-* two generators parked in blocks of theirs are not nested in each other,
-  but an ``asynccontextmanager``'s body covers what runs in its ``async
-  with`` (``_parked_elsewhere``);
+* a generator parked at a yield inside a block covers neither its
+  consumer's calls nor another generator's block: what runs while it is
+  parked is no part of its guarded work. But a generator's block covers
+  what runs under it (a pipeline's stage over its source), and an
+  ``asynccontextmanager``'s body covers what runs in its ``async with``
+  (``_parked_elsewhere``);
 * a block left by the garbage collector (its task destroyed pending) runs in
   whatever context is current: a gc callback tells the breaker
   (``collecting``), and it leaves the stack alone.
@@ -218,13 +221,13 @@ def drop_over(top: Entry) -> Entry | None:
     return entry
 
 
-def _parked_elsewhere(other: FrameType, block: FrameType, frame: FrameType) -> bool:
-    """Whether ``other``, the frame naming an outer block, is another async
-    generator than ``block``'s, parked at a yield: not among the frames
-    running ``frame`` (then it drives this one: a pipeline's stage whose
-    block covers its source's), nor an ``asynccontextmanager``'s body (it
-    covers the body of the ``async with`` that entered it, whatever runs
-    there)."""
+def _parked_elsewhere(other: FrameType, block: FrameType | None, frame: FrameType) -> bool:
+    """Whether ``other``, the frame naming an outer block, is an async
+    generator (another than ``block``'s) parked at a yield: not among the
+    frames running ``frame`` (then the call runs under it: a pipeline's
+    stage whose block covers its source's, or the generator's own call),
+    nor an ``asynccontextmanager``'s body (it covers the body of the ``async
+    with`` that entered it, whatever runs there)."""
     if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
         return False
     running: FrameType | None = frame
@@ -276,22 +279,22 @@ def nested(
     ``block_over``) is passed over, and dropped from the stack when it
     is on top of it.
 
-    ``block``, the frame naming an ``async with`` block being entered or
-    left: when it is an async generator's, the blocks other generators
-    are parked in (at a yield, not driving this one) are passed over: two
-    streams driven in turn by one task each have a block of their own.
+    The blocks async generators are parked in (at a yield, not running
+    this call) are passed over: what runs while a generator is parked is
+    no part of its block's guarded work — its consumer's calls and blocks
+    (in the body of ``async for``), or another stream's block (two streams
+    driven in turn by one task each have a block of their own). ``block``,
+    the frame naming an ``async with`` block being entered or left, is not
+    an outer one.
     """
     if top is not None:
         task = current_task()
-        streaming = block is not None and bool(block.f_code.co_flags & CO_ASYNC_GENERATOR)
         entry: Entry | None = top
         while entry is not None:
             owner = entry[2]
             if not (owner is None if task is None else owner is not None and owner() is task):
                 break  # another task's: so are those below it
-            if not block_over(entry[4]) and not (
-                streaming and _parked_elsewhere(entry[4], block, frame)  # type: ignore[arg-type]
-            ):
+            if not block_over(entry[4]) and not _parked_elsewhere(entry[4], block, frame):
                 return True
             entry = entry[3]  # type: ignore[assignment]
         if entry is not top and permits.get() is top:
