@@ -35,14 +35,16 @@ so journals written before tags existed decode exactly as they did.
 
 Anything else (a client object, a complex number, NaN, a class defined inside
 a function, a datetime whose tzinfo is neither ``datetime.timezone`` nor
-``zoneinfo.ZoneInfo``) is refused when it is first written, with the field's
-path: ``ContextSerializationError``.
+``zoneinfo.ZoneInfo``, an attribute of a dataclass that is not one of its
+fields and that it does not derive again) is refused when it is first
+written, with the field's path: ``ContextSerializationError``.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import inspect
 import math
 import sys
 import uuid
@@ -63,6 +65,7 @@ from .decoding import (
     fields,
     is_union,
     is_untyped,
+    post_init_plan,
     type_hints,
     untyped_union,
     unwrap,
@@ -72,6 +75,7 @@ from .models import Kind, dump_model, kind_of, load_model, why_not
 
 __all__ = [
     "FIELD_PLANS",
+    "FIELD_WIDTHS",
     "MAX_CONTEXT_DEPTH",
     "TAG",
     "decode_context",
@@ -108,11 +112,23 @@ NOT_DATA = (
 FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
 
 
+#: Per dataclass context class in ``FIELD_PLANS``: how many fields it has,
+#: when an attribute beyond them would not come back from the journal (see
+#: ``_width``); -1 when that need not be checked. Set with its plan.
+FIELD_WIDTHS: dict[type, int] = {}
+
+
 def encode_context(context: object) -> dict[str, Any]:
     """The journal form of a context of any kind (see ``models.py``)."""
-    plan = FIELD_PLANS.get(context.__class__)
+    cls = context.__class__
+    plan = FIELD_PLANS.get(cls)
     if plan is None:
         return _encode_other_context(context)
+    # S14: an attribute that is not a field would be missing after a resume.
+    # One len per write; the attributes are looked at only when it differs.
+    width = FIELD_WIDTHS[cls]
+    if width >= 0 and len(context.__dict__) != width:
+        _refuse_extras(context, "")
     out: dict[str, Any] = {}
     try:
         for name, encode, plain in plan:
@@ -127,6 +143,7 @@ def _encode_other_context(context: object) -> dict[str, Any]:
     cls = type(context)
     kind = kind_of(cls)
     if kind is Kind.DATACLASS:
+        FIELD_WIDTHS[cls] = _width(cls)
         FIELD_PLANS[cls] = _field_plan(cls)
         return encode_context(context)
     if kind is Kind.STATE:
@@ -150,6 +167,9 @@ def encode_structure(context: object) -> dict[str, Any]:
     try:
         if dataclasses.is_dataclass(cls):
             plan = FIELD_PLANS.get(cls) or _field_plan(cls)
+            width = _width(cls)
+            if width >= 0 and len(context.__dict__) != width:
+                _refuse_extras(context, "")
             return _encode_fields(context, plan, "", 0)  # type: ignore[no-any-return]
         if "__dict__" in dir(cls) and not getattr(cls, "__slots__", ()):
             return _encode_state(context, "", 0)  # type: ignore[no-any-return]
@@ -259,6 +279,37 @@ def _encode_fields(
     return out
 
 
+def _width(cls: type) -> int:
+    """How many fields a dataclass has, when its instances keep their state
+    in ``__dict__`` and an attribute there beyond the fields would not come
+    back from the journal: a dataclass is rebuilt from its fields. -1 when
+    that need not be checked: no ``__dict__`` (slots), or a ``__post_init__``
+    that runs on reading back (``decoding.post_init_plan``), which derives
+    again what it sets beyond the fields (an index, a cache: docs/mechanics.md)."""
+    if "__dict__" not in dir(cls) or post_init_plan(cls)[0] is not None:
+        return -1
+    return len(fields(cls))
+
+
+def _refuse_extras(value: Any, path: str) -> None:
+    """Refuse ``value``'s first attribute that is not one of its dataclass's
+    fields (S14: the resumed run would not have it), naming it. One the class
+    derives again (a ``functools.cached_property``: a descriptor of that name)
+    is not refused. (A field missing from ``__dict__`` is left to the encoder.)"""
+    cls = type(value)
+    names = {field.name for field in fields(cls)}
+    for name, item in vars(value).items():
+        if name in names or hasattr(inspect.getattr_static(cls, name, None), "__get__"):
+            continue
+        raise ContextSerializationError(
+            f"{path}.{name}" if path else name,
+            item,
+            f"{name!r} is not a field of {cls.__qualname__}: a resumed run would not have it, "
+            f"since a dataclass is read back from its fields; declare it as a field "
+            f"({name}: <type> = <default>), or keep it off the context",
+        )
+
+
 _STATE_PLANS: dict[type, dict[str, _Typed]] = {}
 _UNTYPED: _Typed
 
@@ -309,8 +360,11 @@ def _object_encoder(cls: type) -> _Encoder | None:
     kind = kind_of(cls)
     if kind is Kind.DATACLASS:
         plan = _field_plan(cls)
+        width = _width(cls)
 
         def encode(value: Any, path: str, depth: int) -> Any:
+            if width >= 0 and len(value.__dict__) != width:
+                _refuse_extras(value, path)
             return _encode_fields(value, plan, path, depth)
 
     elif kind is Kind.STATE:

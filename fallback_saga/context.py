@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import Any, TypeVar
 
 from .codec import (
-    FIELD_PLANS,
+    FIELD_WIDTHS,
     MAX_CONTEXT_DEPTH,
     decode_context,
     decode_structure,
@@ -624,7 +624,7 @@ def check_serializable(context: object) -> None:
     state = getattr(context, "__dict__", None)
     if (
         state is not None
-        and context.__class__ in FIELD_PLANS
+        and FIELD_WIDTHS.get(context.__class__, -2) in (len(state), -1)  # its fields only
         and _JSON_SCALARS.issuperset(map(type, state.values()))
     ):
         return

@@ -40,6 +40,7 @@ __all__ = [
     "fields",
     "is_union",
     "is_untyped",
+    "post_init_plan",
     "type_hints",
     "untyped_union",
     "unwrap",
@@ -374,7 +375,7 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
         raise ContextDecodeError(
             path or "<context>", f"{cls.__name__}.__new__ raised {type(exc).__name__}"
         ) from exc
-    post_init, not_in_init = _post_init_plan(cls)
+    post_init, not_in_init = post_init_plan(cls)
     if post_init is None:
         _set_fields(cls, instance, values)
     else:
@@ -401,7 +402,7 @@ def _set_fields(cls: type, instance: Any, values: dict[str, Any]) -> None:
 _POST_INITS: dict[type, tuple[Callable[[Any], None] | None, tuple[str, ...]]] = {}
 
 
-def _post_init_plan(cls: type) -> tuple[Callable[[Any], None] | None, tuple[str, ...]]:
+def post_init_plan(cls: type) -> tuple[Callable[[Any], None] | None, tuple[str, ...]]:
     """The dataclass's ``__post_init__`` to run when it is read back (None:
     it has none, or one that wants an ``InitVar`` with no default), and its
     fields ``__init__`` does not take."""

@@ -38,7 +38,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
-from .codec import FIELD_PLANS
+from .codec import FIELD_WIDTHS
 from .compact_journal import Shape
 from .context import (
     _DICT_ONLY,
@@ -263,9 +263,10 @@ class Execution(UnwindingRun):
             # check_serializable's fast path inlined: a flat dataclass of JSON scalars.
             state = getattr(context, "__dict__", None)
             # Kept: run_plain's first snapshot needs no scan of its own then.
+            # (Its fields and nothing else: an attribute beyond them is refused, S14.)
             self.scalars = scalars = (
                 state is not None
-                and context.__class__ in FIELD_PLANS
+                and FIELD_WIDTHS.get(context.__class__, -2) in (len(state), -1)
                 and _JSON_SCALARS.issuperset(map(type, state.values()))
             )
             if not scalars:

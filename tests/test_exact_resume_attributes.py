@@ -1,0 +1,183 @@
+"""A resume is exact for what a dataclass holds beyond its fields (S14, S12).
+
+A dataclass context is journaled field by field and rebuilt from its fields,
+so an attribute set on it that is not a field — by the caller before the run
+(``ctx.trace_id = ...``), or by a step — would be silently missing after a
+crash and a resume, where the first run had it. Such an attribute is refused
+like any value that cannot be carried: before the first step when the context
+holds it from the start, at the write of the step that added it otherwise,
+naming the attribute. What the class derives again on reading back is not
+refused: an attribute its ``__post_init__`` sets, a ``functools.cached_property``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pytest
+from context_crash_app import assert_identical
+
+from fallback_saga import (
+    ContextSerializationError,
+    Saga,
+    SagaContext,
+    SagaFailed,
+    SagaStepHandler,
+)
+from fallback_saga.context import check_serializable, context_from_dict, context_to_dict
+from fallback_saga.store._common import decode_json, encode_json
+
+pytest_plugins = ["conftest_pg", "helpers_stores"]
+
+
+class Crash(BaseException):
+    """The process dies after the first step."""
+
+
+@dataclasses.dataclass
+class Line:
+    sku: str
+
+
+@dataclasses.dataclass
+class Order(SagaContext):
+    order_id: str = "o-1"
+    line: Any = None
+    retries: ClassVar[int] = 0
+
+
+CALLS: list[str] = []
+SEEN: list[dict[str, Any]] = []
+CRASH = [True]
+
+
+class Reserve(SagaStepHandler[Order, Any]):
+    async def act(self, context: Order, /) -> Any:
+        CALLS.append("reserve")
+        return Line("sku-1")
+
+
+class Charge(SagaStepHandler[Order, None]):
+    async def act(self, context: Order, /) -> None:
+        SEEN.append(dict(vars(context)))
+        if CRASH[0]:
+            raise Crash
+
+
+class OrderSaga(Saga[Order]):
+    steps: ClassVar[list[Any]] = [Reserve, Charge]
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    CALLS.clear()
+    SEEN.clear()
+    CRASH[0] = True
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        (lambda ctx: setattr(ctx, "trace_id", "t-1"), "trace_id"),
+        (lambda ctx: setattr(ctx, "retries", 3), "retries"),  # shadows a ClassVar
+        (lambda ctx: setattr(ctx, "line", _with_extra(Line("s"), note=Decimal("1"))), "line.note"),
+    ],
+    ids=["attribute", "over-a-classvar", "in-a-nested-dataclass"],
+)
+async def test_S14_an_attribute_that_is_not_a_field_is_refused_before_the_first_step(
+    every_store: Any, extra: Any, path: str
+) -> None:
+    context = Order()
+    extra(context)
+
+    with pytest.raises(ContextSerializationError) as info:
+        await OrderSaga(store=every_store).run(context, saga_id="o-1")
+
+    assert info.value.path == path
+    assert "not a field" in str(info.value)
+    assert CALLS == []
+
+
+def _with_extra(value: Any, **extra: Any) -> Any:
+    vars(value).update(extra)
+    return value
+
+
+class Tag(SagaStepHandler[Order, None]):
+    async def act(self, context: Order, /) -> None:
+        CALLS.append("tag")
+        context.trace_id = "t-1"  # type: ignore[attr-defined]
+
+
+class TaggingSaga(Saga[Order]):
+    steps: ClassVar[list[Any]] = [Tag, Charge]
+
+
+async def test_S14_an_attribute_a_step_adds_outside_the_fields_fails_at_its_write(
+    every_store: Any,
+) -> None:
+    """Not a context that resumes without it: the run fails at the write
+    that would journal it (as for a step writing any value that cannot be
+    journaled), before the next step runs. (A MemorySagaStore journals
+    nothing on the way: it is not durable.)"""
+    if type(every_store).__name__ == "MemorySagaStore":
+        pytest.skip("nothing is journaled on the way")
+    with pytest.raises(SagaFailed) as info:
+        await TaggingSaga(store=every_store).run(Order(), saga_id="o-2")
+
+    error: BaseException | None = info.value
+    while error is not None and not isinstance(error, ContextSerializationError):
+        error = error.__cause__
+    assert isinstance(error, ContextSerializationError), info.value
+    assert error.path == "trace_id"
+    assert CALLS == ["tag"]
+    assert SEEN == []  # the next step never saw a context a resume would not give
+
+
+def test_S14_a_dataclass_step_result_with_an_attribute_beyond_its_fields_is_not_kept() -> None:
+    """Journaled as a response that could not be kept (a resumed run gets an
+    ``UnjournaledResponse``), not as a ``Line`` without its ``note``."""
+    from fallback_saga.decoding import TAG
+    from fallback_saga.store._responses import UNJOURNALED, response_text
+
+    response = _with_extra(Line("s"), note="kept?")
+    journaled = decode_json(response_text(response, "S", "step"))
+
+    assert journaled[TAG][0] == UNJOURNALED
+    assert "'note' is not a field of Line" in journaled[TAG][1][1]
+
+
+@dataclasses.dataclass
+class Derived(SagaContext):
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._index = set(self.lines)
+
+    @functools.cached_property
+    def count(self) -> int:
+        return len(self.lines)
+
+
+def test_S14_what_a_dataclass_derives_again_is_not_refused() -> None:
+    context = Derived(["a"])
+    assert context.count == 1  # cached in its __dict__
+
+    check_serializable(context)
+    back = context_from_dict(Derived, decode_json(encode_json(context_to_dict(context))))
+
+    assert back._index == {"a"}
+    assert back.count == 1
+
+
+async def test_S14_a_context_of_fields_only_resumes_exactly(every_store: Any) -> None:
+    with pytest.raises(Crash):
+        await OrderSaga(store=every_store).run(Order(line=Line("s")), saga_id="o-3")
+    CRASH[0] = False
+    result = await OrderSaga(store=every_store).resume("o-3")
+
+    assert_identical(SEEN[1], SEEN[0])
+    assert_identical(result.results[0].response, Line("sku-1"))
