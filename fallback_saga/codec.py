@@ -63,6 +63,7 @@ from .decoding import (
     decode_state,
     decoder,
     fields,
+    fields_in_dict,
     is_union,
     is_untyped,
     post_init_plan,
@@ -113,8 +114,8 @@ FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
 
 
 #: Per dataclass context class in ``FIELD_PLANS``: how many fields it has,
-#: when an attribute beyond them would not come back from the journal (see
-#: ``_width``); -1 when that need not be checked. Set with its plan.
+#: when an attribute beyond them would not come back from the journal; -1 or
+#: -2 when that need not be checked (see ``_width``). Set with its plan.
 FIELD_WIDTHS: dict[type, int] = {}
 
 
@@ -280,13 +281,18 @@ def _encode_fields(
 
 
 def _width(cls: type) -> int:
-    """How many fields a dataclass has, when its instances keep their state
-    in ``__dict__`` and an attribute there beyond the fields would not come
-    back from the journal: a dataclass is rebuilt from its fields. -1 when
-    that need not be checked: no ``__dict__`` (slots), or a ``__post_init__``
-    that runs on reading back (``decoding.post_init_plan``), which derives
-    again what it sets beyond the fields (an index, a cache: docs/mechanics.md)."""
-    if "__dict__" not in dir(cls) or post_init_plan(cls)[0] is not None:
+    """How many fields a dataclass has, when its instances keep them in
+    ``__dict__`` and an attribute there beyond them would not come back from
+    the journal: a dataclass is rebuilt from its fields. Else -1 when they are
+    in ``__dict__`` but ``__post_init__`` runs on reading back
+    (``decoding.post_init_plan``) and derives again what it sets beyond them
+    (an index, a cache: docs/mechanics.md); -2 when they are not all in
+    ``__dict__`` (slots): then a scan of ``__dict__`` says nothing of them,
+    and the fast checks that make one (``check_serializable``, the
+    executor's) must not be taken."""
+    if not fields_in_dict(cls):
+        return -2
+    if post_init_plan(cls)[0] is not None:
         return -1
     return len(fields(cls))
 

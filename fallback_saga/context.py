@@ -624,7 +624,8 @@ def check_serializable(context: object) -> None:
     state = getattr(context, "__dict__", None)
     if (
         state is not None
-        and FIELD_WIDTHS.get(context.__class__, -2) in (len(state), -1)  # its fields only
+        # A __dict__ of its fields only (not an extra attribute, no field in a slot):
+        and FIELD_WIDTHS.get(context.__class__, -2) in (len(state), -1)
         and _JSON_SCALARS.issuperset(map(type, state.values()))
     ):
         return

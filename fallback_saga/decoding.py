@@ -38,6 +38,7 @@ __all__ = [
     "decode_untyped",
     "decoder",
     "fields",
+    "fields_in_dict",
     "is_union",
     "is_untyped",
     "post_init_plan",
@@ -392,7 +393,7 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
 
 
 def _set_fields(cls: type, instance: Any, values: dict[str, Any]) -> None:
-    if _in_dict(cls):
+    if fields_in_dict(cls):
         instance.__dict__.update(values)
     else:
         for name, value in values.items():
@@ -429,7 +430,7 @@ def post_init_plan(cls: type) -> tuple[Callable[[Any], None] | None, tuple[str, 
 _IN_DICT: dict[type, bool] = {}
 
 
-def _in_dict(cls: type) -> bool:
+def fields_in_dict(cls: type) -> bool:
     """Whether every field of the dataclass ``cls`` lives in its instances'
     ``__dict__`` (no slot, no descriptor): then they are set in one go."""
     known = _IN_DICT.get(cls)

@@ -263,7 +263,8 @@ class Execution(UnwindingRun):
             # check_serializable's fast path inlined: a flat dataclass of JSON scalars.
             state = getattr(context, "__dict__", None)
             # Kept: run_plain's first snapshot needs no scan of its own then.
-            # (Its fields and nothing else: an attribute beyond them is refused, S14.)
+            # (Only a __dict__ holding its fields and nothing else, FIELD_WIDTHS: an
+            # attribute beyond them is refused, S14; fields in slots the scan would miss.)
             self.scalars = scalars = (
                 state is not None
                 and FIELD_WIDTHS.get(context.__class__, -2) in (len(state), -1)

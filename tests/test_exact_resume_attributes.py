@@ -181,3 +181,33 @@ async def test_S14_a_context_of_fields_only_resumes_exactly(every_store: Any) ->
 
     assert_identical(SEEN[1], SEEN[0])
     assert_identical(result.results[0].response, Line("sku-1"))
+
+
+@dataclasses.dataclass(slots=True)
+class Slotted(SagaContext):
+    """Its fields in slots, and a ``__dict__`` (from ``SagaContext``), empty."""
+
+    value: Any = None
+
+
+class Once(SagaStepHandler[Slotted, None]):
+    async def act(self, context: Slotted, /) -> None:
+        CALLS.append("once")
+
+
+class SlottedSaga(Saga[Slotted]):
+    steps: ClassVar[list[Any]] = [Once]
+
+
+async def test_S12_a_slots_dataclass_context_is_checked_before_the_first_step_every_time(
+    every_store: Any,
+) -> None:
+    """The check that scans a flat context's ``__dict__`` at C speed does not
+    take an empty one for a context of JSON scalars: its fields are in slots."""
+    for saga_id in ("s-1", "s-2"):  # the second: its class is known by then
+        with pytest.raises(ContextSerializationError) as info:
+            await SlottedSaga(store=every_store).run(Slotted(1 + 2j), saga_id=saga_id)
+        assert info.value.path == "value"
+    with pytest.raises(ContextSerializationError):
+        check_serializable(Slotted(1 + 2j))
+    assert CALLS == []
