@@ -297,15 +297,25 @@ def _width(cls: type) -> int:
     return len(fields(cls))
 
 
+# Per dataclass: the attribute names that come back from the journal (its
+# fields) or that it derives again (a cached_property's), as met.
+_KEPT_NAMES: dict[type, set[str]] = {}
+
+
 def _refuse_extras(value: Any, path: str) -> None:
     """Refuse ``value``'s first attribute that is not one of its dataclass's
     fields (S14: the resumed run would not have it), naming it. One the class
     derives again (a ``functools.cached_property``: a descriptor of that name)
     is not refused. (A field missing from ``__dict__`` is left to the encoder.)"""
     cls = type(value)
-    names = {field.name for field in fields(cls)}
+    names = _KEPT_NAMES.get(cls)
+    if names is None:
+        names = _KEPT_NAMES[cls] = {field.name for field in fields(cls)}
     for name, item in vars(value).items():
-        if name in names or hasattr(inspect.getattr_static(cls, name, None), "__get__"):
+        if name in names:
+            continue
+        if hasattr(inspect.getattr_static(cls, name, None), "__get__"):
+            names.add(name)  # (a class whose cached_property is set pays this once)
             continue
         raise ContextSerializationError(
             f"{path}.{name}" if path else name,
