@@ -267,7 +267,8 @@ class Execution(UnwindingRun):
             # attribute beyond them is refused, S14; fields in slots the scan would miss.)
             self.scalars = scalars = (
                 state is not None
-                and FIELD_WIDTHS.get(context.__class__, -2) in (len(state), -1)
+                and ((width := FIELD_WIDTHS.get(context.__class__, -2)) == len(state)
+                     or width == -1)
                 and _JSON_SCALARS.issuperset(map(type, state.values()))
             )
             if not scalars:
