@@ -137,6 +137,9 @@ def encode_context(context: object) -> dict[str, Any]:
             out[name] = value if value.__class__ in plain else encode(value, name, 1)
     except _TooDeep as too_deep:
         raise _nesting_error(context, too_deep) from None
+    except AttributeError:
+        _refuse_unset(context, name, name)
+        raise
     return out
 
 
@@ -271,13 +274,34 @@ def _encode_fields(
         raise _TooDeep(path, value)
     depth += 1
     out = {}
-    for name, encode, plain in plan:
-        item = getattr(value, name)
-        if item.__class__ in plain:
-            out[name] = item
-        else:
-            out[name] = encode(item, f"{path}.{name}" if path else name, depth)
+    try:
+        for name, encode, plain in plan:
+            item = getattr(value, name)
+            if item.__class__ in plain:
+                out[name] = item
+            else:
+                out[name] = encode(item, f"{path}.{name}" if path else name, depth)
+    except AttributeError:
+        _refuse_unset(value, name, f"{path}.{name}" if path else name)
+        raise
     return out
+
+
+def _refuse_unset(value: object, name: str, path: str) -> None:
+    """Refuse ``value``'s field ``name`` if it was never given a value (a
+    dataclass field declared with ``init=False`` and no default, not set):
+    an ``AttributeError`` from deep in the encoder would not name it.
+    Returns when the field is there (the error came from elsewhere)."""
+    if hasattr(value, name):
+        return
+    error = ContextSerializationError(path, None)
+    error.value_type = "nothing"
+    error.args = (
+        f"context field {path!r} has no value: {type(value).__qualname__}.{name} is "
+        f"declared with init=False and no default, and nothing set it; give it a "
+        f"default (or default_factory), or set it before the run",
+    )
+    raise error from None
 
 
 def _width(cls: type) -> int:

@@ -217,3 +217,52 @@ async def test_S12_a_slots_dataclass_context_is_checked_before_the_first_step_ev
     with pytest.raises(ContextSerializationError):
         check_serializable(Slotted(1 + 2j))
     assert CALLS == []
+
+
+@dataclasses.dataclass
+class Unset(SagaContext):
+    order_id: str = "o-1"
+    total: int = dataclasses.field(init=False)
+
+
+@dataclasses.dataclass
+class Holder(SagaContext):
+    order_id: str = "o-1"
+    line: Any = None
+
+
+@dataclasses.dataclass
+class UnsetLine:
+    sku: str = "sku-1"
+    quantity: int = dataclasses.field(init=False)
+
+
+class Touch(SagaStepHandler[SagaContext, None]):
+    async def act(self, context: SagaContext, /) -> None:
+        CALLS.append("touch")
+
+
+class UnsetSaga(Saga[Unset]):
+    steps: ClassVar[list[Any]] = [Touch]
+
+
+class HolderSaga(Saga[Holder]):
+    steps: ClassVar[list[Any]] = [Touch]
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["field", "nested"])
+async def test_S12_a_field_never_given_a_value_is_refused_before_the_first_step_naming_it(
+    every_store: Any, nested: bool
+) -> None:
+    """A dataclass field declared ``init=False`` with no default, never set:
+    a ContextSerializationError naming it, before any step, not an
+    AttributeError from deep inside the encoder."""
+    saga: Any = HolderSaga(store=every_store) if nested else UnsetSaga(store=every_store)
+    context: Any = Holder(line=UnsetLine()) if nested else Unset()
+    with pytest.raises(ContextSerializationError) as refused:
+        await saga.run(context, saga_id="o-3")
+    path = "line.quantity" if nested else "total"
+    assert refused.value.path == path
+    assert f"context field {path!r} has no value" in str(refused.value)
+    assert "init=False" in str(refused.value)
+    assert CALLS == []
