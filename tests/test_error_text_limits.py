@@ -91,8 +91,9 @@ async def test_S12_log_lines_quote_error_texts_cut(caplog: pytest.LogCaptureFixt
 
 
 async def test_S12_recovery_reports_a_store_error_cut(tmp_path: Path) -> None:
-    """A saga whose record cannot be loaded is skipped; the reason the
-    report (and a worker's warning) gives quotes the store's error cut."""
+    """A saga whose record the store fails to load is reported interrupted
+    (left for the next pass); the reason the report (and a worker's
+    warning) gives quotes the store's error cut."""
     async with SQLiteSagaStore(tmp_path / "sagas.db") as store:
         saga = declare(Probe("Reserve", []))(store=store)
         await store.create("o-4", "TestSaga", "fp", {}, [])
@@ -105,8 +106,9 @@ async def test_S12_recovery_reports_a_store_error_cut(tmp_path: Path) -> None:
 
         store.load = failing_load  # type: ignore[method-assign]
         report = await recover(store, [saga], older_than=0)
-    ((saga_id, reason),) = report.skipped
+    assert report.skipped == []
+    ((saga_id, reason),) = report.interrupted
     assert saga_id == "o-4"
-    assert reason.startswith("SagaStoreError: unreadable: zzz")
+    assert reason.startswith("the store failed to read it (SagaStoreError: unreadable: zzz")
     assert len(reason) < MOST
     assert "more characters not shown" in reason
