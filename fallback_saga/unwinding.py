@@ -317,13 +317,13 @@ class UnwindingRun(JournaledRun):
         if self._lost_its_lease(error):
             return error
         if isinstance(error, SagaAlreadyExists | ContextSerializationError) and (
-            self.journaled_status is None
+            self.held_status() is None
         ):
             return error  # nothing was journaled, nothing ran
         interrupted = SagaInterrupted(
             saga_id=self.saga_id,
             saga_name=self.saga_name,
-            status=self.journaled_status,
+            status=self.held_status(),
             error=error,
             failure=failure,
             in_doubt=self.landed_unseen is not None,
@@ -354,7 +354,7 @@ class UnwindingRun(JournaledRun):
                 "saga %s (%s) stopped with its parent, without unwinding (%s: %s); "
                 "it is left %s for the parent's next run",
                 self.saga_name, short_id(self.saga_id), type(error).__name__, error,
-                (self.journaled_status or SagaStatus.RUNNING).value,
+                (self.held_status() or SagaStatus.RUNNING).value,
             )
             return
         # Its message, as it is: it quotes the errors cut already, and says
@@ -374,7 +374,19 @@ class UnwindingRun(JournaledRun):
         tracer's span open)."""
         if self.hooks.saga_interrupted and not self.status.is_final:
             emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
-                 self.status if self.live else self.journaled_status, error)
+                 self.held_status(), error)
+
+    def held_status(self) -> SagaStatus | None:
+        """The status the journal holds for this run's saga; None while the
+        store does not hold the saga (``refused_at_creation`` relies on it).
+        An in-process store (``live``) watches the run itself — its
+        ``status`` is the journal's, and ``journaled_status``, which only
+        the write-ahead keeps, stays None: told as "nothing journaled", a
+        saga left COMPENSATING looked like one the store refused to create
+        (S13). Asked only once a run stops short of a final status."""
+        if self.live:
+            return self.status if self.created else None
+        return self.journaled_status
 
     def _announce_finish(self, error: BaseException | None) -> None:
         if self.status.is_final:
@@ -382,7 +394,7 @@ class UnwindingRun(JournaledRun):
                 emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
         elif self.hooks.saga_interrupted:  # stopped short of a final status: see _stopped
             emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
-                 self.journaled_status, error if error is not None else self.interruption)
+                 self.held_status(), error if error is not None else self.interruption)
 
     # ------------------------------------------------------------------ the compensation stack
 
