@@ -60,7 +60,11 @@ class StepCall(StepInfo):
     ``"primary"``, or ``"fallback"`` for a ``Fallback``'s fallback. The same
     object is passed to ``step_call_started`` and ``step_call_finished``."""
 
-    __slots__ = ("branch",)
+    __slots__ = ("_interrupted", "branch")
+
+    # Set (to True) only by a call that was interrupted: left unset by every
+    # other, so that a call that answers pays nothing for it (see interrupted).
+    _interrupted: bool
 
     def __init__(
         self,
@@ -73,6 +77,21 @@ class StepCall(StepInfo):
     ) -> None:
         super().__init__(saga_id, saga_name, step, action, attempt)
         self.branch = branch
+
+    @property
+    def interrupted(self) -> bool:
+        """For ``step_call_finished``: the call did not end — neither
+        answered nor failed — and the journal keeps its ``STARTED`` as its
+        last word on it: a ``KeyboardInterrupt``, ``SystemExit`` or
+        ``GeneratorExit`` came out of it, or the event loop's shutdown
+        cancelled the unwinding in its ``compensate`` (the error is then a
+        ``CancelledError``, which a ``compensate`` raising one itself — a
+        failed call, journaled FAILED — is not). Recovery calls it again;
+        the run's ``saga_interrupted`` says the saga stopped."""
+        try:
+            return self._interrupted
+        except AttributeError:  # never set: the call answered, or failed
+            return False
 
     def __repr__(self) -> str:
         return (
@@ -418,7 +437,9 @@ class LoggingListener(SagaListener):
         # Exception: nothing else is retried), here. A call a crash or the
         # loop's shutdown interrupted did not fail: its STARTED is the
         # journal's last word on it, and saga_interrupted says the run stopped.
-        if isinstance(error, Exception) and call.action == "compensate":
+        if isinstance(error, Exception) and call.action == "compensate" and (
+            not call.interrupted  # a driver's error for the shutdown's cancellation
+        ):
             self._write(logging.WARNING, "saga %s compensate %s attempt %d failed: %s: %s",
                         call.saga_id, call.step, call.attempt, type(error).__name__, error)
 

@@ -1029,6 +1029,9 @@ class Execution(UnwindingRun):
                 raise unawaited(branch.name, "act", response)
         except BaseException as error:
             if call is not None:
+                if not isinstance(error, Exception | _CancelledError):
+                    # A crash: its STARTED stays its last row (see act_failed).
+                    call._interrupted = True
                 self._call_finished(call, error)
             if isinstance(error, Exception) and self.cancelled_meanwhile(lane):
                 # Under a breaker, it counts as nothing (S9).

@@ -386,10 +386,11 @@ class OpenTelemetryListener(SagaListener):
         span = record.span
         attributes: dict[str, Any] = {SAGA_NAME: call.saga_name, STEP: call.step,
                                       BRANCH: call.branch, ACTION: call.action}
-        if error is not None and not isinstance(error, Exception | asyncio.CancelledError):
+        if error is not None and call.interrupted:
             # A crash (KeyboardInterrupt, SystemExit, GeneratorExit) inside
-            # the call: interrupted, not failed — the journal keeps its
-            # STARTED as its last word, and the run's span says the saga
+            # the call, or the loop's shutdown cancelling the unwinding in
+            # its compensate: interrupted, not failed — the journal keeps
+            # its STARTED as its last word, and the run's span says the saga
             # stopped. No error status, no error.type for a dashboard to
             # count as a failed call.
             attributes[STEP_INTERRUPTED] = True

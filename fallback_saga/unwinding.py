@@ -504,9 +504,12 @@ class UnwindingRun(JournaledRun):
                 if type(returned) is COROUTINE:  # the undo never ran
                     raise unawaited(branch.name, "compensate", returned)
             except Exception as error:
+                interrupted = cancellation_pending()
                 if call is not None:
+                    if interrupted:
+                        call._interrupted = True  # see below
                     self._call_finished(call, error)
-                if cancellation_pending():
+                if interrupted:
                     # The unwinding task itself was cancelled (see below) and
                     # the compensation converted it into an error of its own
                     # (a driver cancelled mid-query): interrupted, not failed.
@@ -521,9 +524,16 @@ class UnwindingRun(JournaledRun):
                 await policy.wait_before(attempt)
                 continue
             except asyncio.CancelledError as error:
+                interrupted = cancellation_pending()
                 if call is not None:
+                    if interrupted:
+                        # Told as the journal keeps it: not failed (no error
+                        # span, no failed attempt logged) — the listener
+                        # cannot tell this CancelledError from one the
+                        # compensation raised itself, which failed it.
+                        call._interrupted = True
                     self._call_finished(call, error)
-                if cancellation_pending():
+                if interrupted:
                     # The unwinding task itself was cancelled: its callers wait
                     # shielded, so only the event loop shutting down does that
                     # (``asyncio.run`` cancels every task left). The call was
@@ -543,6 +553,7 @@ class UnwindingRun(JournaledRun):
                 raise
             except BaseException as crash:  # no cancellation: see crashed
                 if call is not None:
+                    call._interrupted = True  # its STARTED stays its last row
                     self._call_finished(call, crash)
                 raise
             finally:
