@@ -29,13 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import test_interrupt_journal_matrix as matrix
 from test_interrupt_journal_matrix import (
     Ctx,
     Participant,
     closed,
     family,
     rows_of,
-    store_of,  # noqa: F401  (the fixture)
     the_crashed_call,
 )
 
@@ -49,6 +49,8 @@ from fallback_saga import (
 )
 
 pytest_plugins = ["conftest_pg"]
+
+store_of = matrix.store_of  # the fixture: a store of the test's kind on the test's data
 
 KINDS = ("memory", "thread", "inline", "postgres")
 # Out of A's compensate (B declines: the saga unwinds).
