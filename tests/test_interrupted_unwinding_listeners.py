@@ -145,7 +145,10 @@ def interrupted_unwinding(
     else:
         with pytest.raises(participant.error):
             asyncio.run(main())
-    assert tasks[0].cancelled()  # the saga's task: cancelled by the shutdown
+    # The saga's task: cancelled by the shutdown — or, where the unwinding's
+    # task started eagerly (3.12+) and the crash came out of its first step,
+    # inside the saga's own task, ended by the crash (retrieved here).
+    assert tasks[0].cancelled() or isinstance(tasks[0].exception(), participant.error)
     tasks.clear()
     gc.collect()
 
@@ -185,9 +188,10 @@ def test_S13_an_interrupted_compensation_is_told_as_the_journal_holds_it_on_ever
     # The run stopped COMPENSATING, as its journal says (recovered checks
     # the rows) — not "nothing journaled".
     stops = [event for event in heard.events if event[0] == "saga_interrupted"]
-    assert stops == [("saga_interrupted", "s", SagaStatus.COMPENSATING, "CancelledError")], (
-        heard.events
-    )
+    # With what stopped it: the shutdown's cancellation of the saga's task,
+    # or the crash itself where it came out of that task (see above).
+    assert stops in ([("saga_interrupted", "s", SagaStatus.COMPENSATING, "CancelledError")],
+                     [("saga_interrupted", "s", SagaStatus.COMPENSATING, stop)]), heard.events
     assert not [event for event in heard.events if event[0] == "saga_finished"], heard.events
     # A's compensate was interrupted, not failed: no FAILED row, no failure told.
     assert not [event for event in heard.events if event[0] == "compensation_failed"], (
