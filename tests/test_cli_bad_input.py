@@ -15,6 +15,7 @@ and nothing is lost; the CLI: one line, exit status 2, no traceback).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sqlite3
@@ -27,6 +28,7 @@ from helpers_cli import import_app
 from test_cli_ops import APP_SOURCE, one_line_error, run_sagas
 
 from fallback_saga.cli import main
+from fallback_saga.command_line import PYTHON_M
 
 
 @pytest.fixture
@@ -162,3 +164,54 @@ def test_demo_refuses_a_db_the_crash_child_cannot_see(
     captured = capsys.readouterr()
     assert "--db" in one_line_error(captured.err)
     assert captured.out == ""
+
+
+# --------------------------------------------------------------------------- unknown arguments
+
+# Each command with what it needs to get past its required arguments, so that the
+# unknown argument is the only mistake left.
+COMMAND_ARGS = {
+    "demo": [],
+    "graph": ["some_app:Saga"],
+    "list": [],
+    "show": ["o-1"],
+    "recover": ["--app", "some_app:sagas"],
+    "resume": ["o-1", "--app", "some_app:sagas"],
+    "retry-unwinding": ["o-1", "--app", "some_app:sagas"],
+    "purge": ["--older-than", "7d"],
+    "serve": [],
+    "_crash-demo": ["--db", "x.db", "--saga-id", "s", "--city", "c", "--crash-in", "courier"],
+}
+
+
+def test_every_command_is_checked_for_unknown_arguments() -> None:
+    from fallback_saga.cli import build_parser
+
+    (commands,) = [
+        action for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert set(commands.choices) == set(COMMAND_ARGS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ARGS))
+@pytest.mark.parametrize("unknown", [["--bogus"], ["--bogus=1"], ["stray"]])
+def test_an_unknown_argument_is_reported_with_its_commands_usage_and_name(
+    command: str, unknown: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, *COMMAND_ARGS[command], *unknown]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    usage, error = captured.err.strip().split("\n", 1)[0], captured.err.strip().splitlines()[-1]
+    assert usage.startswith(f"usage: {PYTHON_M} {command} ")
+    assert error == f"{PYTHON_M} {command}: error: unrecognized arguments: {unknown[0]}"
+
+
+def test_an_unknown_option_before_the_command_is_the_top_levels(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--bogus", "demo"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"usage: {PYTHON_M} [-h]")
+    assert lines[-1] == f"{PYTHON_M}: error: unrecognized arguments: --bogus"

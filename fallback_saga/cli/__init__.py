@@ -62,6 +62,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from .. import __version__
 from ..command_line import PYTHON_M
@@ -92,13 +93,38 @@ __all__ = [
 ]
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser, which refuses an argument it does not know itself.
+
+    argparse parses a command's arguments with ``parse_known_args`` and hands
+    what is left to the top parser, which then reports ``--bogus`` under the
+    top-level usage and name: the user is not told which command's options to
+    look at.
+    """
+
+    def parse_known_args(  # type: ignore[override]  # typeshed overloads on namespace
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fallback-saga" if _invoked_as_script() else PYTHON_M,
         description="fallback_saga: resilient multi-step transactions for asyncio.",
     )
     parser.add_argument("--version", action="version", version=f"fallback_saga {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Typed as the plain parsers the add_*_command functions take: they only
+    # call add_parser, which makes a _CommandParser whatever the type says.
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(
+            dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+        ),
+    )
     # In the order --help lists them.
     add_demo_commands(commands)
     add_graph_command(commands)
