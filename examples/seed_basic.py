@@ -63,7 +63,8 @@ async def main() -> None:
         print(" ", step_result.step_name, step_result.response)
     record = await saga.store.load(result.saga_id)
     for entry in record.history:
-        print("  journal:", entry.step, entry.action, entry.status.value, entry.error or "")
+        error = f" {entry.error}" if entry.error else ""  # no trailing blank without one
+        print(f"  journal: {entry.step} {entry.action} {entry.status.value}{error}")
 
 
 if __name__ == "__main__":

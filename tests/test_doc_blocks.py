@@ -102,6 +102,11 @@ def test_program_runs_and_prints_what_the_page_shows(
         if printed != shown:
             diff = difflib.unified_diff(shown, printed, "the page", "printed", lineterm="")
             mismatches.append(f"{block.where}: the block printed\n{output}\n" + "\n".join(diff))
+        # The comparison above ignores trailing blanks, which a reader's terminal
+        # (or a diff of the output) still shows.
+        blank_ended = [line for line in output.splitlines() if line != line.rstrip()]
+        if blank_ended:
+            mismatches.append(f"{block.where}: printed trailing blanks in {blank_ended!r}")
     assert not mismatches, "\n\n".join(mismatches)
 
 
