@@ -6,6 +6,8 @@ import hashlib
 import inspect
 import json
 import math
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -147,8 +149,15 @@ def build_definition(
     the class name). ``base`` is ``Saga`` itself, whose type parameter names
     the context type (passed in, so that this module needs not import saga.py)."""
     where = saga_cls.__qualname__
-    if isinstance(steps, str | bytes) or not hasattr(steps, "__iter__"):
-        raise SagaDefinitionError(f"{where}.steps must be a list of steps, got {steps!r}")
+    # A sequence, not any iterable: a set's order (hence every position in the
+    # journal) may differ from one process to the next, and a generator or
+    # iterator is used up here, leaving nothing for a subclass to inherit.
+    if not isinstance(steps, Sequence) or isinstance(steps, str | bytes | bytearray):
+        kind = "class" if isinstance(steps, type) else type(steps).__name__
+        why = ", which has no order" if isinstance(steps, AbstractSet) else ""
+        raise SagaDefinitionError(
+            f"{where}.steps must be a list or tuple of steps, got a {kind}{why}: {steps!r}"
+        )
     declared = list(steps)
     if not declared:
         raise SagaDefinitionError(f"{where}.steps is empty: a saga needs at least one step")

@@ -66,7 +66,8 @@ StepFactory = Callable[[type], Any]
 class Saga(Generic[ContextT]):
     """Subclass with ``steps = [...]``: step classes, step instances or ``Fallback``\\ s.
 
-    The list is validated when the class is created (``SagaDefinitionError``).
+    The list (a tuple is accepted too; type checkers expect a list) is
+    validated when the class is created (``SagaDefinitionError``).
     An instance binds the definition to its collaborators::
 
         saga = OrderSaga(store=SQLiteSagaStore("sagas.db"), step_factory=container.get)
@@ -97,7 +98,8 @@ class Saga(Generic[ContextT]):
     # the class is created (S11). Left list[Any] on purpose: a class variable's
     # type is invariant, so a narrower list refuses ``steps = made`` (a list
     # built elsewhere, of step classes) and a Sequence refuses a subclass's
-    # ``steps: ClassVar[list[Any]]`` under pyright, both correct code.
+    # ``steps: ClassVar[list[Any]]`` under pyright, both correct code. A tuple
+    # is accepted at runtime all the same (build_definition takes a sequence).
     steps: ClassVar[list[Any]]
     definition: ClassVar[SagaDefinition]
     # The saga's name in the journal: recovery finds the class to resume a saga

@@ -5,6 +5,7 @@ constructor arguments, and that ``step_factory=`` is how to give them."""
 from __future__ import annotations
 
 import re
+import types
 from typing import Any, ClassVar
 
 import pytest
@@ -159,3 +160,52 @@ def test_a_type_error_raised_inside_a_step_constructor_is_not_disguised() -> Non
     with pytest.raises(TypeError, match=r"^a bug inside the constructor$") as caught:
         declare(BuggyConstructor)()
     assert "step_factory" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- what steps may be
+
+
+class Ship(SagaStepHandler[OrderCtx, str]):
+    async def act(self, context: OrderCtx) -> SagaStepResult[OrderCtx, str]:
+        return self._generate_step_result("shipped")
+
+
+def declare_steps(steps: object, name: str = "OrderSaga") -> type[Saga[Any]]:
+    return types.new_class(
+        name, (Saga[OrderCtx],), {}, lambda namespace: namespace.update(steps=steps)
+    )
+
+
+@pytest.mark.parametrize("kind", [list, tuple])
+def test_S11_steps_may_be_a_list_or_a_tuple(kind: type) -> None:
+    saga_cls = declare_steps(kind([Reserve, Ship]))
+    assert [member.name for member in saga_cls.definition.members()] == ["Reserve", "Ship"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [
+        ({Reserve, Ship}, "a set, which has no order"),
+        (frozenset({Reserve, Ship}), "a frozenset, which has no order"),
+        ({Reserve: 1, Ship: 2}, "a dict"),
+        ((step for step in [Reserve, Ship]), "a generator"),
+        (iter([Reserve, Ship]), "a list_iterator"),
+        (Reserve, "a class"),
+        ("Reserve", "a str"),
+    ],
+    ids=["set", "frozenset", "dict", "generator", "iterator", "one-step", "str"],
+)
+def test_S11_steps_that_are_no_list_or_tuple_are_refused_naming_the_saga(
+    steps: object, said: str
+) -> None:
+    with pytest.raises(SagaDefinitionError) as caught:
+        declare_steps(steps)
+    message = str(caught.value)
+    assert message.startswith("OrderSaga.steps must be a list or tuple of steps, ")
+    assert said in message
+
+
+def test_S11_a_subclass_inherits_its_bases_steps() -> None:
+    base = declare_steps((Reserve, Ship))
+    sub = types.new_class("RushOrderSaga", (base,), {})
+    assert [member.name for member in sub.definition.members()] == ["Reserve", "Ship"]
