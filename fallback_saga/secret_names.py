@@ -17,7 +17,8 @@ REDACTED: Final = "***"
 # the key (``card_pin``, ``cvv``; not ``shipping``), the others anywhere in
 # it, its separators dropped (``apiKey``, ``db_password``, ``x-auth-token``).
 _SHORT_WORDS: Final = frozenset(
-    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp", "pwd", "pw"}
+    {"pin", "cvv", "cvc", "cvv2", "cvc2", "ssn", "pan", "iban", "otp", "pwd", "pw", "csrf",
+     "xsrf"}
 )
 _LONG_WORDS: Final = (
     "password", "passwd", "passphrase", "passcode", "secret", "token", "apikey", "accesskey",
@@ -31,7 +32,15 @@ _LONG_WORDS: Final = (
 _LAST_WORDS: Final = (
     ("credit", "card"), ("cc", "number"), ("cc", "num"), ("cc", "no"), ("card", "no"),
     ("card", "num"), ("signature",), ("sig",),
+    # A session's id is a bearer credential in most web apps: whoever sends
+    # it is logged in (``session_id``, ``sessionKey``, ``ASP.NET_SessionId``;
+    # Express's ``connect.sid``). Not ``session_count``, ``session_name``.
+    ("session", "id"), ("session", "key"), ("connect", "sid"),
 )
+# A session id's one-word names (``sessionid``, ``JSESSIONID``, ``PHPSESSID``)
+# and ``sid`` as the whole key (not a Twilio ``account_sid``, an ``ORACLE_SID``:
+# names of things, not credentials).
+_SESSION_WORDS: Final = ("sessionid", "sessid")
 # Words that, last in a key, make it a fact about a secret rather than one:
 # ``token_count``, ``token_type``, ``password_length``, ``secret_name``,
 # ``card_number_type``, ``token_file``. (Not ``id``: a payment token's id is the token.)
@@ -58,6 +67,8 @@ def is_secret_key(name: str) -> bool:
     if _SHORT_WORDS.intersection(words):
         return True
     if any(tuple(words[-len(last):]) == last for last in _LAST_WORDS):
+        return True
+    if words == ["sid"] or words[-1].endswith(_SESSION_WORDS):
         return True
     joined = "".join(words)
     return any(word in joined for word in _LONG_WORDS)

@@ -159,6 +159,26 @@ _LINE_HEADERS: Final = frozenset(
 # foreign-key violation a participant re-raises. The values are redacted
 # when any of the columns is named like a secret's.
 _COLUMNS: Final = re.compile(r"\(([^()=]{1,512})\)=\(([^()]{0,1024})\)?")
+# The programs whose ``-p`` takes a password (``mysql -phunter2``, ``sshpass
+# -p hunter2``): a MySQL client's, attached (with a space, -p prompts and the
+# word after it is a database's name; hidden all the same, in case), and
+# sshpass's. Only after one of these on the same line: ``-p`` is a port
+# elsewhere (``docker run -p 8080:80``, ``ssh -p 2222``, ``psql -p 5432``).
+_PASSWORD_P_PROGRAM: Final = re.compile(
+    r"(?<![\w.-])(?:mysql(?:dump|admin|import|check|show|pump|sh)?|mariadb(?:-?dump|-?admin)?"
+    r"|sshpass)(?:\.exe)?(?![\w.-])"
+)
+# Its -p flag: ``-p`` then the value, attached or after spaces; in an argv's
+# repr ``'-phunter2'`` or ``'-p', 'hunter2'``.
+_PASSWORD_P: Final = re.compile(
+    r"(?<![\w.-])(?P<quote>['\"])?-p(?(quote)(?:(?P=quote),\s{0,8}+|(?=[^'\"\s]))|\s{0,8}+)(?=\S)"
+)
+# How far after its program a -p flag is looked for.
+_COMMAND_SCAN: Final = 1024
+# A plain value in a YAML flow mapping (``{user: bob, password: hunter2}``):
+# it may hold spaces and ends at ", ", "}" or the line's end (a "," without a
+# space after it stays in it: a password may hold one).
+_FLOW_VALUE: Final = re.compile(rf"(?:[^,}}\r\n]|,(?! )){{1,{_SCAN}}}+")
 # No redaction looks further ahead than this past where its match starts.
 _LONGEST: Final = _PEM_SCAN + 256
 
@@ -206,7 +226,34 @@ def redact(text: str) -> str:
         text = _COLUMNS.sub(_redact_columns, text)
     if "<" in text:
         text = _redact_elements(text)
+    # Substring tests first: the programs' pattern, tried at every position,
+    # cost a third of redact on a short text holding a port's ``-p``.
+    if "-p" in text and ("mysql" in text or "mariadb" in text or "sshpass" in text):
+        text = _redact_password_flags(text)
     return _redact_keyed(text)
+
+
+def _redact_password_flags(text: str) -> str:
+    return _spliced(text, _password_flag_values(text))
+
+
+def _password_flag_values(text: str) -> Iterator[tuple[int, int]]:
+    done = 0  # where the text was looked at up to: each character once
+    for program in _PASSWORD_P_PROGRAM.finditer(text):
+        start = max(program.end(), done)
+        line_end = text.find("\n", start, start + _COMMAND_SCAN)
+        limit = min(len(text), start + _COMMAND_SCAN) if line_end < 0 else line_end
+        # Its first -p only: a command it runs has flags of its own
+        # (``sshpass -p ... ssh -p 2222 host``).
+        flag = _PASSWORD_P.search(text, start, limit)
+        if flag is not None:
+            end = _value_end(text, flag.end(), flag.start())
+            if end > flag.end():
+                yield flag.end(), end
+                if end >= len(text):
+                    return
+                limit = max(limit, end)
+        done = max(done, limit)
 
 
 def _redact_shaped(found: re.Match[str]) -> str:
@@ -309,6 +356,8 @@ def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
         if (found["sep"] == ":" and not found["quote"]
                 and name.lower().replace("_", "-") in _LINE_HEADERS):
             end = _rest_of_line(text, start)
+        elif found["sep"] == ":" and not found["quote"] and _in_flow_mapping(text, found.start()):
+            end = _flow_end(text, start, found.start())
         else:
             end = _value_end(text, start, found.start())
         if end > start:
@@ -316,6 +365,30 @@ def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
             yield start, end
             if done >= len(text):
                 return
+
+
+def _in_flow_mapping(text: str, key_start: int) -> bool:
+    """Whether a ``key:`` is one of a YAML flow mapping's (``{a: 1, key: ...}``):
+    after its "{" or a ", ", inside a "{" not closed before it."""
+    before = text[max(0, key_start - 256):key_start]
+    stripped = before.rstrip(" \t")
+    if not stripped.endswith(("{", ",")):
+        return False
+    return before.count("{") > before.count("}")
+
+
+def _flow_end(text: str, start: int, key_start: int) -> int:
+    """The end of a value in a YAML flow mapping: a quoted or bracketed one
+    as anywhere else, a plain one (spaces and all) at ", ", "}" or the line's end."""
+    if start < len(text) and text[start] in "'\"[{(<|>\\":
+        return _value_end(text, start, key_start)
+    plain = _FLOW_VALUE.match(text, start)
+    if plain is None:
+        return start
+    end = _ended(text, plain.end(), start)
+    if end != plain.end():
+        return end
+    return start + len(plain[0].rstrip())
 
 
 def _rest_of_line(text: str, start: int) -> int:

@@ -176,10 +176,15 @@ def test_S12_a_secret_longer_than_the_scan_is_redacted_to_the_end() -> None:
 def test_S12_innocent_names_and_texts_stay_shown() -> None:
     for name in ("token_count", "prompt_tokens", "completion_tokens", "max_tokens",
                  "token_type", "password_length", "secret_name", "card_number_type",
-                 "pin_count", "passenger", "signal", "credit_card_type", "session_id"):
+                 "pin_count", "passenger", "signal", "credit_card_type", "session_count",
+                 "session_name", "saga_id", "session_idle_timeout", "sid_count", "side",
+                 "consider", "account_sid", "oracle_sid", "csrf_count"):
         assert not is_secret_key(name), name
     for name in ("refresh_token", "clientSecret", "private_key", "x_api_key", "Api-Key",
-                 "tokens", "card_tokens", "session_token", "sessionToken"):
+                 "tokens", "card_tokens", "session_token", "sessionToken", "session_id",
+                 "sessionId", "sessionid", "SESSIONID", "JSESSIONID", "PHPSESSID",
+                 "ASP.NET_SessionId", "session_key", "sid", "connect.sid", "csrftoken",
+                 "x-csrf-token", "_csrf", "XSRF-TOKEN"):
         assert is_secret_key(name), name
     for text in (
         "usage: {'prompt_tokens': 12, 'completion_tokens': 30, 'token_count': 42}",
@@ -190,6 +195,11 @@ def test_S12_innocent_names_and_texts_stay_shown() -> None:
         "passenger=Ada signal=3 credit_card_type=visa",
         "Key (order_id)=(o-7) already exists.",
         "eyJ alone is no token; sk_live is no key",
+        "docker run -p 8080:80 nginx; ssh -p 2222 host; psql -p 5432 -U app orders",
+        "mysql -P 3306 -u app orders",
+        "cp -p a b && mysql -u app orders",
+        "session_count=3 session_name=web saga_id=o-1",
+        "{user: bob, port: 5432}",
     ):
         assert redact(text) == text, text
 
@@ -233,6 +243,16 @@ ADVERSARIAL = (
     "--" * 500_000,
     "'" + "a " * 500_000,
     "'a: '" * 166_667,
+    "mysql " * 166_667,
+    "mysql -p" * 125_000,
+    "mysql " + "-p " * 333_333,
+    "sshpass -p" + "'" * 1_000_000,
+    "['mysql', '-p', " * 62_500,
+    "{password: " * 90_000,
+    "{password: " + "a, " * 333_333,
+    "{" * 500_000 + "password: " + "a" * 500_000,
+    "session_id=" * 90_000,
+    "sid=a&" * 166_667,
 )
 
 
@@ -258,6 +278,35 @@ def test_S12_redact_is_linear_on_a_megabyte_of_adversarial_text(text: str) -> No
         ("tls:\n  private_key: >-\n    hunter2\n    p4ss\n  port: 1",
          "tls:\n  private_key: ***\n  port: 1"),
         ("--token-file /etc/app/token --verbose", "--token-file /etc/app/token --verbose"),
+        # A password attached to -p (the MySQL clients), or after it (sshpass;
+        # a MySQL client's -p prompts and takes no value, but one typed there
+        # is hidden all the same).
+        ("mysql -u root -phunter2 orders", "mysql -u root -p*** orders"),
+        ("/usr/bin/mysqldump -h db -p'hunter2 p4ss' shop", "/usr/bin/mysqldump -h db -p*** shop"),
+        ("mariadb -u app -p hunter2", "mariadb -u app -p ***"),
+        ("sshpass -p hunter2 ssh -p 2222 deploy@host", "sshpass -p *** ssh -p 2222 deploy@host"),
+        ("sshpass -phunter2 rsync -a x host:y", "sshpass -p*** rsync -a x host:y"),
+        ("Command '['mysql', '-u', 'root', '-phunter2', 'db']' returned non-zero exit status 1.",
+         "Command '['mysql', '-u', 'root', '-p***', 'db']' returned non-zero exit status 1."),
+        ("Command '['sshpass', '-p', 'hunter2', 'ssh', 'h']' returned non-zero exit status 5.",
+         "Command '['sshpass', '-p', ***, 'ssh', 'h']' returned non-zero exit status 5."),
+        ("docker run -p 8080:80 app && mysql -phunter2 db",
+         "docker run -p 8080:80 app && mysql -p*** db"),
+        # A YAML flow mapping: a plain value ends at ", " or "}", and may hold spaces.
+        ("config {user: bob, password: hunter2}", "config {user: bob, password: ***}"),
+        ("{user: bob, password: hunter2 p4ss, host: db}", "{user: bob, password: ***, host: db}"),
+        ("{password: 'hunter2 p4ss', user: bob}", "{password: ***, user: bob}"),
+        ("{ password : hunter2 }", "{ password : *** }"),
+        ("[{user: bob, pin: 1234}, {user: al, password: hunter2}]",
+         "[{user: bob, pin: ***}, {user: al, password: ***}]"),
+        ("{password: hun,ter2 p4ss}", "{password: ***}"),
+        # Session ids and CSRF tokens are bearer credentials.
+        ("GET /cart?session_id=hunter2&page=2", "GET /cart?session_id=***&page=2"),
+        ("Set-Cookie: sessionid=hunter2; Path=/", "Set-Cookie: ***"),
+        ("redirect sid=hunter2 connect.sid=s%3Ahunter2 saga_id=o-1",
+         "redirect sid=*** connect.sid=*** saga_id=o-1"),
+        ("{'csrftoken': 'hunter2', 'JSESSIONID': 'p4ss'}", "{'csrftoken': ***, 'JSESSIONID': ***}"),
+        ("X-CSRF-Token: hunter2\nAccept: */*", "X-CSRF-Token: ***\nAccept: */*"),
     ],
 )
 def test_S12_secrets_in_command_lines_and_yaml_are_redacted(text: str, shown: str) -> None:
