@@ -178,42 +178,24 @@ def test_S13_the_otel_listener_records_no_failed_call_for_a_crashed_call(
     on it or on its ``fallback_saga.step.duration`` point — and the run's
     span ends interrupted, with the crash."""
     pytest.importorskip("opentelemetry.sdk.trace")
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
+    from otel_memory import Telemetry, point_attributes
 
-    from fallback_saga.otel import OpenTelemetryListener
-
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    listener = OpenTelemetryListener(
-        tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[reader])
-    )
+    telemetry = Telemetry()
+    listener = telemetry.listener
     run_until(place, error, listener)
     name = PLACES[place]
     action = "compensate" if place == "compensate" else "act"
-    crashed = [span for span in spans.get_finished_spans() if span.name == f"{action} {name}"]
-    assert crashed, [span.name for span in spans.get_finished_spans()]
+    crashed = [span for span in telemetry.spans() if span.name == f"{action} {name}"]
+    assert crashed, [span.name for span in telemetry.spans()]
     last = crashed[-1]  # (a Fallback's primary declines first: its own span)
     attributes = dict(last.attributes or {})
     assert attributes.get("fallback_saga.step.interrupted") is True, attributes
     assert "error.type" not in attributes, attributes
     assert last.status.status_code is not StatusCode.ERROR
-    run = next(span for span in spans.get_finished_spans() if span.name == "run Interrupted")
+    run = next(span for span in telemetry.spans() if span.name == "run Interrupted")
     assert (run.attributes or {}).get("fallback_saga.saga.interrupted") is True
-    data = reader.get_metrics_data()
-    points = [
-        dict(point.attributes or {})
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics if metric.name == "fallback_saga.step.duration"
-        for point in metric.data.data_points
-    ]
+    points = point_attributes(telemetry, "fallback_saga.step.duration")
     mine = [point for point in points
             if point["fallback_saga.step.name"] == name
             and point["fallback_saga.step.action"] == action]

@@ -234,24 +234,13 @@ def test_S13_the_otel_listener_marks_an_interrupted_compensation_interrupted_not
     an act a crash interrupted; the run's span ends interrupted, with the
     status the journal holds."""
     pytest.importorskip("opentelemetry.sdk.trace")
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
+    from otel_memory import Telemetry, point_attributes
 
-    from fallback_saga.otel import OpenTelemetryListener
-
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    listener = OpenTelemetryListener(
-        tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[reader])
-    )
+    telemetry = Telemetry()
+    listener = telemetry.listener
     interrupted_unwinding(store_of, Unwinder(stop), stop, listener)
-    finished = spans.get_finished_spans()
+    finished = telemetry.spans()
     compensation = [span for span in finished if span.name == "compensate A"]
     assert len(compensation) == 1, [span.name for span in finished]
     attributes = dict(compensation[0].attributes or {})
@@ -262,14 +251,7 @@ def test_S13_the_otel_listener_marks_an_interrupted_compensation_interrupted_not
     run_attributes = dict(run.attributes or {})
     assert run_attributes.get("fallback_saga.saga.interrupted") is True, run_attributes
     assert run_attributes.get("fallback_saga.saga.status") == "compensating", run_attributes
-    data = reader.get_metrics_data()
-    points = [
-        dict(point.attributes or {})
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics if metric.name == "fallback_saga.step.duration"
-        for point in metric.data.data_points
-    ]
+    points = point_attributes(telemetry, "fallback_saga.step.duration")
     mine = [point for point in points if point["fallback_saga.step.name"] == "A"
             and point["fallback_saga.step.action"] == "compensate"]
     assert mine, points

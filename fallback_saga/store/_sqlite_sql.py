@@ -1190,6 +1190,25 @@ def _count(
     return counts
 
 
+def _windowed_filter(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> tuple[list[str], list[Any]] | None:
+    """A listing's filter (``_listing_filter``) with the window's rowids
+    (``_window``) as a range the indexes can use; None when no saga was
+    created in the window."""
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    span = _window(cursor, created_since, created_until)
+    if span is _EMPTY:
+        return None
+    if span is not None:
+        where.append("rowid BETWEEN ? AND ?")
+        params.extend(span)
+    return where, params
+
+
 def _groups(
     cursor: sqlite3.Cursor,
     saga_name: str | None,
@@ -1197,13 +1216,10 @@ def _groups(
     created_until: float | None,
 ) -> dict[tuple[Any, Any], int]:
     """Sagas by (name, status) as stored, in the window (see ``_window``)."""
-    where, params = _listing_filter(saga_name, created_since, created_until)
-    span = _window(cursor, created_since, created_until)
-    if span is _EMPTY:
+    found = _windowed_filter(cursor, saga_name, created_since, created_until)
+    if found is None:
         return {}
-    if span is not None:
-        where.append("rowid BETWEEN ? AND ?")
-        params.extend(span)
+    where, params = found
     clause = " WHERE " + " AND ".join(where) if where else ""
     with _lenient_text(cursor):
         rows = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
@@ -1220,13 +1236,10 @@ def _capped_groups(
     """``_groups``, each status's sagas read up to ``at_most + 1`` (one
     statement a status, its index and the window's rowids: a rare status
     is not looked for among the others' rows)."""
-    where, params = _listing_filter(saga_name, created_since, created_until)
-    span = _window(cursor, created_since, created_until)
-    if span is _EMPTY:
+    found = _windowed_filter(cursor, saga_name, created_since, created_until)
+    if found is None:
         return {}
-    if span is not None:
-        where.append("rowid BETWEEN ? AND ?")
-        params.extend(span)
+    where, params = found
     groups: dict[tuple[Any, Any], int] = {}
     for status in SagaStatus:
         statement = (
