@@ -450,7 +450,11 @@ class UnwindingRun(JournaledRun):
                     self.status = final
             except JournalWriteFailed as failure:
                 self.interruption = failure.error
-                self.status = self.journaled_status or SagaStatus.RUNNING
+                # What the journal holds: on an in-process store, the run's own
+                # status (COMPENSATING by now), which journaled_status — kept by
+                # the write-ahead only — would have turned into RUNNING: a saga
+                # that resumes forward (S10).
+                self.status = self.held_status() or SagaStatus.RUNNING
             return errors
         finally:
             # The errors go to the caller; neither this frame nor the run keeps

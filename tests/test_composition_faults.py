@@ -287,6 +287,31 @@ async def test_S15_S13_a_store_read_failing_as_the_parent_unwinds_its_child_leav
             await close()
 
 
+async def test_S10_S13_an_in_process_parent_stopped_unwinding_its_child_is_compensating() -> None:
+    """The same on the in-process store itself (a ``MemorySagaStore`` whose
+    ``load`` raises a driver's error reading the child: a subclass or a
+    patched store of one's own). The parent was unwinding: the store and
+    the ``SagaInterrupted`` say COMPENSATING, never RUNNING — a RUNNING saga
+    resumes forward, calling B again around a child it had begun to undo
+    (S10)."""
+    items = (S("A"), ChildSpec("Kid", (S("K1"), S("K2"))), S("B", act="always"))
+    store = MemorySagaStore()
+    load = store.load
+
+    async def failing_load(saga_id: str) -> Any:
+        if saga_id != "o":
+            raise StoreDown("the connection dropped during a read")
+        return await load(saga_id)
+
+    store.load = failing_load  # type: ignore[method-assign]
+    family = Family(items, store, Ledger())
+    with pytest.raises(SagaInterrupted) as stopped:
+        await family.parent.run(Ctx(order_id="x"), saga_id="o")
+    assert isinstance(stopped.value.error, StoreDown)
+    assert stopped.value.status is SagaStatus.COMPENSATING
+    assert (await load("o")).status is SagaStatus.COMPENSATING
+
+
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
 async def test_S15_S8_a_members_child_cancelled_in_its_write_ahead_undoes_no_step_it_never_called(
     durable: bool,
