@@ -41,19 +41,27 @@ def _year_old(raw: Any) -> None:
     raw.execute("ANALYZE fallback_saga_sagas")
 
 
-async def _sent(store: PostgresSagaStore, monkeypatch: pytest.MonkeyPatch,
-                **filters: Any) -> tuple[list[Any], list[tuple[str, list[Any]]]]:
-    """What ``list_sagas(**filters)`` returns, and the statements it sent
-    (with their values), but the look-up of its cursor by id."""
+def _recorded_statements(store: PostgresSagaStore, monkeypatch: pytest.MonkeyPatch,
+                         but: str | None = None) -> list[tuple[str, list[Any]]]:
+    """The statements (with their values) the store sends from now until
+    ``monkeypatch.undo()``, leaving out ``but``."""
     sent: list[tuple[str, list[Any]]] = []
     fetch = store._fetch
 
     async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
-        if statement != store._sql.seq_of:
+        if statement != but:
             sent.append((statement, list(values)))
         return await fetch(doing, statement, values, **kwargs)
 
     monkeypatch.setattr(store, "_fetch", recorded)
+    return sent
+
+
+async def _sent(store: PostgresSagaStore, monkeypatch: pytest.MonkeyPatch,
+                **filters: Any) -> tuple[list[Any], list[tuple[str, list[Any]]]]:
+    """What ``list_sagas(**filters)`` returns, and the statements it sent
+    (with their values), but the look-up of its cursor by id."""
+    sent = _recorded_statements(store, monkeypatch, but=store._sql.seq_of)
     found = await store.list_sagas(**filters)
     monkeypatch.undo()
     assert sent
@@ -245,14 +253,7 @@ async def test_operator_the_consoles_counts_by_creation_time_read_the_window_or_
     _year_old_by_time(raw)
     window = {key: _at(value) if key.startswith("created") else value
               for key, value in filters.items()}
-    sent: list[tuple[str, list[Any]]] = []
-    fetch = store._fetch
-
-    async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
-        sent.append((statement, list(values)))
-        return await fetch(doing, statement, values, **kwargs)
-
-    monkeypatch.setattr(store, "_fetch", recorded)
+    sent = _recorded_statements(store, monkeypatch)
     counts = await store.count_sagas(**window)
     monkeypatch.undo()
     assert counts == {
@@ -310,14 +311,7 @@ async def test_operator_a_window_of_a_long_journal_reads_its_rows_by_the_primary
     history = [entry(n // 2, f"Member{n // 2}") for n in range(3000)]
     await store.create("long", "Big", "fp", {"n": 1}, history)
     whole = await store.load("long")
-    sent: list[tuple[str, list[Any]]] = []
-    fetch = store._fetch
-
-    async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
-        sent.append((statement, list(values)))
-        return await fetch(doing, statement, values, **kwargs)
-
-    monkeypatch.setattr(store, "_fetch", recorded)
+    sent = _recorded_statements(store, monkeypatch)
     window = await store.load_window("long", start=start, count=200)
     monkeypatch.undo()
     first = max(0, 3000 + start) if start < 0 else start
@@ -358,14 +352,7 @@ async def test_operator_a_capped_count_of_a_wide_window_reads_each_status_up_to_
     _year_old_by_time(raw)
     window = {key: _at(value) if key.startswith("created") else value
               for key, value in filters.items()}
-    sent: list[tuple[str, list[Any]]] = []
-    fetch = store._fetch
-
-    async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
-        sent.append((statement, list(values)))
-        return await fetch(doing, statement, values, **kwargs)
-
-    monkeypatch.setattr(store, "_fetch", recorded)
+    sent = _recorded_statements(store, monkeypatch)
     counts = await store.count_sagas(**window, at_most=_CAP)
     monkeypatch.undo()
     exact: dict[SagaStatus, int] = {}
