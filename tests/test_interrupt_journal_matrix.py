@@ -49,7 +49,7 @@ import asyncio
 import dataclasses
 import gc
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ async def rows_of(store: Any, saga_id: str) -> tuple[SagaStatus, Rows]:
 
 def interrupted_run(
     store_of: Callable[[], Any], participant: Participant, place: str,
-    error: type[BaseException],
+    error: type[BaseException], listeners: Sequence[Any] = (),
 ) -> None:
     """Run the saga for ``place`` until ``error`` comes out of it, in an
     event loop of its own, as the process it stands for: a
@@ -220,7 +220,9 @@ def interrupted_run(
 
     async def main() -> None:
         store = store_of()
-        task = asyncio.create_task(saga_class(store=store).run(Ctx(), saga_id="s"))
+        task = asyncio.create_task(
+            saga_class(store=store, listeners=list(listeners)).run(Ctx(), saga_id="s")
+        )
         tasks.append(task)
         # Not awaited: a KeyboardInterrupt would come out of this task too,
         # and again out of the loop's shutdown. When one left the loop, the

@@ -20,18 +20,22 @@ saga (a child saga's included).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections import Counter
 from typing import Any
 
 import pytest
-from test_interrupt_journal_matrix import CRASHES, ERRORS, PLACES, Ctx, Participant, family
+from test_interrupt_journal_matrix import (
+    CRASHES,
+    ERRORS,
+    PLACES,
+    Participant,
+    interrupted_run,
+)
 
 from fallback_saga import (
     LoggingListener,
     MemorySagaStore,
-    SagaFailed,
     SagaListener,
     SagaStatus,
     StepCall,
@@ -72,27 +76,8 @@ def run_until(place: str, error: type[BaseException], *listeners: Any) -> Memory
     leaves the loop, and ``asyncio.run`` cancels what is left)."""
     name = PLACES[place]
     participant = Participant((name, "compensate" if place == "compensate" else "act"), error)
-    saga_class, _ = family(participant, place)
     store = MemorySagaStore()
-    tasks: list[asyncio.Task[Any]] = []
-
-    async def main() -> None:
-        task = asyncio.create_task(
-            saga_class(store=store, listeners=list(listeners)).run(Ctx(), saga_id="s")
-        )
-        tasks.append(task)
-        await asyncio.wait([task])
-        task.result()
-
-    expected: type[BaseException] = error
-    if error is asyncio.CancelledError and place == "compensate":
-        expected = SagaFailed  # a compensation that raises it has failed (S6)
-    with pytest.raises(expected):
-        asyncio.run(main())
-    if tasks and tasks[0].done() and not tasks[0].cancelled():
-        tasks[0].exception()  # retrieved: not logged when freed
-    tasks.clear()
-    gc.collect()
+    interrupted_run(lambda: store, participant, place, error, listeners)
     return store
 
 
