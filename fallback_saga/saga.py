@@ -163,6 +163,7 @@ class Saga(Generic[ContextT]):
         self._plan: tuple[PlanItem, ...] = tuple(
             _plan_item(spec, factory) for spec in definition.items
         )
+        _refuse_children_elsewhere(type(self).__name__, self._plan, self.store)
         # Positions (groups count each member) -> the plan: for resuming.
         self._members: tuple[Branch | FallbackPlan, ...] = tuple(
             member
@@ -770,6 +771,35 @@ def _plan_item(spec: ItemSpec, factory: StepFactory) -> PlanItem:
             _build_branch(spec.fallback, factory, None),
         )
     return _build_branch(spec, factory, None)
+
+
+def _refuse_children_elsewhere(
+    saga_name: str, plan: tuple[PlanItem, ...], store: SagaStore
+) -> None:
+    """A ``SubSaga`` given a Saga *instance* runs it in the store it was built
+    with; the parent finds, resumes and unwinds its child in its own store.
+    A child journaled elsewhere would be unwound by a parent that cannot
+    find it — the parent COMPENSATED, the child's effects left (S15) — so
+    such a parent is refused here, before anything runs."""
+    from .subsaga import SubSaga  # subsaga imports this module
+
+    for item in plan:
+        for member in item.members if isinstance(item, GroupPlan) else (item,):
+            branches = (
+                (member.primary, member.fallback) if isinstance(member, FallbackPlan)
+                else (member,)
+            )
+            for branch in branches:
+                step = getattr(branch.act, "__self__", None)
+                if (isinstance(step, SubSaga) and isinstance(step.saga, Saga)
+                        and step.saga.store is not store):
+                    raise ValueError(
+                        f"{saga_name}'s step {branch.name!r} runs a {type(step.saga).__name__} "
+                        f"instance built with another store than {saga_name}'s: a child "
+                        f"saga is journaled, resumed and unwound in its parent's store. "
+                        f"Build both with one store, or give SubSaga the class "
+                        f"({type(step.saga).__name__}), which is built with the parent's store"
+                    )
 
 
 def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | None) -> Branch:

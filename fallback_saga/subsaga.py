@@ -112,7 +112,8 @@ class SubSaga(Generic[ParentT, ChildT]):
 
     * ``saga`` — a ``Saga`` subclass, built with the parent's store and
       listeners, or a ``Saga`` instance (built with the store the parent
-      uses: the child is journaled there);
+      uses: the child is journaled there; a parent with another store is
+      refused when it is built, ``ValueError``);
     * ``context`` — builds the child's context from the parent's;
     * ``merge`` — optional: ``merge(parent_context, child_context)`` copies
       what the parent needs from the child's final context once it completed

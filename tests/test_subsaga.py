@@ -28,6 +28,7 @@ from helpers_saga import JsonStore
 
 from fallback_saga import (
     Fallback,
+    MemorySagaStore,
     Parallel,
     RecoveryWorker,
     Saga,
@@ -1449,3 +1450,30 @@ async def test_S15_saga_family_finds_children_in_one_look_up_sqlite(tmp_path: Pa
     async with SQLiteSagaStore(tmp_path / "s.db") as store:
         await family_in_one_look_up(store)
 
+
+
+def test_S15_a_child_saga_instance_built_with_another_store_is_refused_with_the_parent() -> None:
+    """mechanics.md: a child is journaled in its parent's store. A child
+    given as an instance journals where it was built, so one built with
+    another store (its own default one, say) would be unwound by a parent
+    that cannot find it: the parent ended COMPENSATED, the child's charge
+    never refunded. Such a parent is refused when it is built, wherever
+    the step sits (a plain step, a group member, a Fallback's branch)."""
+    elsewhere = app.PaymentSaga(store=MemorySagaStore(max_finished=0))
+    pay = SubSaga(elsewhere, context=app.pay_context, name="Pay")
+
+    def declared(*items: Any) -> type[Saga[app.OrderCtx]]:
+        class Order(Saga[app.OrderCtx]):
+            steps: ClassVar[list[Any]] = list(items)
+
+        return Order
+
+    for order in [
+        declared(app.Reserve, pay, app.Ship),
+        declared(app.Reserve, Parallel(pay, app.Ship)),
+        declared(app.Reserve, Fallback(step=app.Ship, fallback=pay)),
+    ]:
+        for parents_store in [MemorySagaStore(), None]:
+            with pytest.raises(ValueError, match="'Pay'.*another store"):
+                order(store=parents_store)
+        order(store=elsewhere.store)  # built with the child's store: accepted
