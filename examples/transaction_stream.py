@@ -3,7 +3,8 @@
 Shows:
 * ``async with saga.transaction(ctx) as tx: async for step_result in tx`` —
   each ``SagaStepResult`` (``response``, ``step_name``, ``saga_id``) as soon as
-  its step completed; the saga commits (COMPLETED) when the block ends normally;
+  its step completed; the saga commits (COMPLETED) when the block ends after
+  its last step;
 * leaving the block early (``break``) unwinds the completed steps — the
   caller decided not to go on, so no error is raised;
 * a failing step: ``SagaFailed`` comes out of the ``async for``, after unwinding;

@@ -114,6 +114,26 @@ async def test_transaction_break_unwinds_completed_steps() -> None:
     assert (await saga.store.load("tx-break")).status is SagaStatus.COMPENSATED
 
 
+async def test_transaction_a_block_that_ends_before_the_last_step_unwinds_not_commits() -> None:
+    """README: a transaction commits when its block ends after every step
+    ran; a block that ends normally with steps left (an ``async for`` over
+    part of it, or none at all) is left early: what ran is compensated, and
+    the steps never run are not run for it."""
+    trace: Trace = []
+    saga = declare(Probe("A", trace), Probe("B", trace))()
+
+    async with saga.transaction(OrderCtx(), saga_id="tx-part") as tx:
+        await tx.__anext__()  # the first step only
+    assert (acted(trace), compensated(trace)) == (["A"], ["A"])
+    assert tx.status is SagaStatus.COMPENSATED and tx.result is None
+
+    async with saga.transaction(OrderCtx(), saga_id="tx-none") as untouched:
+        pass
+    assert acted(trace) == ["A"]
+    assert untouched.status is SagaStatus.COMPENSATED
+    assert (await saga.store.load("tx-none")).status is SagaStatus.COMPENSATED
+
+
 async def test_transaction_step_failure_raises_saga_failed_from_the_loop() -> None:
     trace: Trace = []
     saga = declare(Probe("A", trace), Probe("B", trace, error=Boom), Probe("C", trace))()
