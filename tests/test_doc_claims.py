@@ -698,6 +698,19 @@ def test_documented_numbers_are_the_codes(page: str, phrase: str, value: object)
     assert expected in text, f"{page} should say {expected!r} (the code's value is {value!r})"
 
 
+def test_the_journal_writes_never_retried_are_the_codes() -> None:
+    """mechanics.md, "The journal is the truth" (S13): the refusals a
+    journal write is not retried on are the ones the code gives up on at
+    once — every one named, and no other."""
+    from fallback_saga.journal import _DEFINITIVE
+
+    text = " ".join((ROOT / "docs" / "mechanics.md").read_text(encoding="utf-8").split())
+    sentence = re.search(r"unavailable store\)\. (.*?) are not retried", text)
+    assert sentence is not None
+    named = set(re.findall(r"`(\w+)`", sentence.group(1)))
+    assert named == {kind.__name__ for kind in _DEFINITIVE}
+
+
 def test_the_version_is_the_distributions() -> None:
     """README: ``__version__`` is the distribution's version, as in pyproject.toml."""
     import tomllib
