@@ -158,8 +158,11 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     """Convenient base for steps bound to a context type and a response type.
 
     The saga checks at class creation that the context type is one the saga
-    provides. Optional attributes, of the class or of an instance (a step
-    class built with arguments may set them in ``__init__``):
+    provides. Optional attributes, of the class or of a step instance given
+    in ``steps`` (which may set them in ``__init__``: ``Ship(timeout=5.0)``).
+    ``name`` and ``timeout`` are read when the saga class is created: a step
+    class that ``step_factory`` builds has its class's; ``retry`` is read
+    from the built step too:
 
     * ``name`` — the step's name in the journal (default: the class name);
     * ``timeout`` — seconds allowed for each ``act``/``compensate`` call;
@@ -168,8 +171,8 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
       takes precedence for its primary).
     """
 
-    # Not ClassVars: the saga reads them from the step object (getattr), so an
-    # instance's own ``self.name = ...`` counts as much as the class's.
+    # Not ClassVars: the saga reads them from the step object (getattr), so a
+    # step instance's own ``self.name = ...`` counts as much as the class's.
     name: str | None = None
     timeout: float | None = None
     # Declared without a value, so that nothing changes at run time (a mixin's

@@ -20,6 +20,7 @@ from fallback_saga import (
     SagaContext,
     SagaDefinitionError,
     SagaError,
+    SagaFailed,
     SagaStepHandler,
     SagaStepResult,
     Step,
@@ -515,3 +516,48 @@ def test_response_init_settles_under_an_explicit_mutable_slots_decorator() -> No
     slotted.value = 2
     assert slotted.value == 2
     assert not _assigns_through_object_setattr(Slotted)
+
+
+class Configured(SagaStepHandler[OrderCtx, None]):
+    """A step class built with arguments: its ``__init__`` sets the optional
+    attributes on the instance."""
+
+    def __init__(self, *, name: str | None = None, timeout: float | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        if name is not None:
+            self.name = name
+        if timeout is not None:
+            self.timeout = timeout
+        if retry is not None:
+            self.retry = retry
+        self.tries = 0
+
+    async def act(self, context: OrderCtx) -> None:
+        self.tries += 1
+        raise ValueError("declined")
+
+
+async def test_step_attributes_are_the_class_or_a_step_instance_given_in_steps() -> None:
+    """SagaStepHandler's docstring, mechanics.md "Timeouts": ``name`` and
+    ``timeout`` come from the class or from a step instance given in
+    ``steps``, read when the saga class is created; the step a
+    ``step_factory`` builds keeps its class's, and only its ``retry`` counts."""
+    given = Configured(name="Custom", timeout=30.0)
+    in_steps = declare(given)
+    assert in_steps.definition.items[0].name == "Custom"
+    assert in_steps.definition.items[0].timeout == 30.0
+
+    async def no_sleep(delay: float) -> None:
+        return None
+
+    built = Configured(name="Ignored", timeout=30.0, retry=RetryPolicy(attempts=2, sleep=no_sleep))
+    by_class = declare(Configured)
+    assert by_class.definition.items[0].name == "Configured"
+    assert by_class.definition.items[0].timeout is None
+    saga = by_class(step_factory=lambda cls: built)
+    with pytest.raises(SagaFailed) as failed:
+        await saga.run(OrderCtx(), saga_id="configured")
+    assert failed.value.failed_step == "Configured"
+    assert built.tries == 2  # the built step's retry
+    entries = (await saga.store.load("configured")).history
+    assert {entry.step for entry in entries} == {"Configured"}
