@@ -1474,6 +1474,6 @@ def test_S15_a_child_saga_instance_built_with_another_store_is_refused_with_the_
         declared(app.Reserve, Fallback(step=app.Ship, fallback=pay)),
     ]:
         for parents_store in [MemorySagaStore(), None]:
-            with pytest.raises(ValueError, match="'Pay'.*another store"):
+            with pytest.raises(ValueError, match=r"'Pay'.*another store"):
                 order(store=parents_store)
         order(store=elsewhere.store)  # built with the child's store: accepted

@@ -125,7 +125,8 @@ async def test_transaction_a_block_that_ends_before_the_last_step_unwinds_not_co
     async with saga.transaction(OrderCtx(), saga_id="tx-part") as tx:
         await tx.__anext__()  # the first step only
     assert (acted(trace), compensated(trace)) == (["A"], ["A"])
-    assert tx.status is SagaStatus.COMPENSATED and tx.result is None
+    assert tx.status is SagaStatus.COMPENSATED
+    assert tx.result is None
 
     async with saga.transaction(OrderCtx(), saga_id="tx-none") as untouched:
         pass
