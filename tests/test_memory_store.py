@@ -218,6 +218,20 @@ async def test_running_sagas_are_never_dropped() -> None:
         await store.load("quick-4")
 
 
+async def test_a_reused_id_is_refused_while_the_store_holds_its_saga_only() -> None:
+    """mechanics.md: a reused saga id raises SagaAlreadyExists while the
+    store holds that saga; one dropped past max_finished is gone, and its id
+    starts a new saga."""
+    trace: Trace = []
+    saga = declare(Probe("A", trace))(store=MemorySagaStore(max_finished=1))
+    await saga.run(OrderCtx(), saga_id="order-42")
+    with pytest.raises(SagaAlreadyExists):
+        await saga.run(OrderCtx(), saga_id="order-42")
+    await saga.run(OrderCtx(), saga_id="order-43")  # order-42 is dropped
+    await saga.run(OrderCtx(), saga_id="order-42")
+    assert trace == [("act", "A")] * 3
+
+
 def test_default_retention_is_ten_thousand() -> None:
     assert MemorySagaStore().max_finished == 10_000
 
