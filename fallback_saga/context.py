@@ -581,7 +581,14 @@ def freeze_context(context: object) -> Any:
         state = context.__dict__
         if _ATOMIC.issuperset(map(type, state.values())):
             return (index, len(state), *state, *state.values())
-    return take_snapshot(context)
+    try:
+        return take_snapshot(context)
+    except Exception:
+        # A value no copy can copy (a lock, a socket: keep those on the step).
+        # The run's outcome is decided and the store holds its status: the
+        # freeze must not turn it into this error (S7, S13). The context is
+        # kept as it is; its JSON form, asked for at load, refuses it there.
+        return Unfrozen(context)
 
 
 # A context class's type index when its state can be frozen (a flat class
@@ -599,10 +606,22 @@ def _freezable_index(cls: Any) -> int:
     return index
 
 
+class Unfrozen:
+    """What ``freeze_context`` keeps of a context no copy can copy: the
+    context itself, whose journal form ``frozen_to_dict`` reads from it."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: object) -> None:
+        self.context = context
+
+
 def frozen_to_dict(frozen: Any) -> dict[str, Any]:
     """The journal form of what ``freeze_context`` returned."""
     if isinstance(frozen, Snapshot):
         return frozen.to_dict()
+    if isinstance(frozen, Unfrozen):
+        return context_to_dict(frozen.context)
     index, count = frozen[0], frozen[1]
     cls: Any = type_at(index)
     shell = cls.__new__(cls)

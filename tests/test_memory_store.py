@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import threading
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from helpers_saga import (
 
 from fallback_saga import (
     CircuitBreaker,
+    ContextSerializationError,
     Fallback,
     JournalEntry,
     MemorySagaStore,
@@ -32,6 +34,7 @@ from fallback_saga import (
     SagaAlreadyExists,
     SagaContext,
     SagaFailed,
+    SagaListener,
     SagaNotFound,
     SagaRecord,
     SagaStatus,
@@ -846,3 +849,59 @@ async def test_S15_a_finished_child_saga_is_kept_while_its_parent_is_in_flight(
     ]
     # Once the parent is finished, its child retires as any finished saga.
     assert len(store) == max_finished
+
+
+@dataclasses.dataclass
+class HoldsAnything(SagaContext):
+    value: Any = None
+
+
+class LeavesALock(SagaStepHandler[HoldsAnything, None]):
+    """Puts in the context what no copy can copy (mechanics.md, "Snapshots":
+    keep such objects on the step — a step that does not is what this is)."""
+
+    async def act(self, context: HoldsAnything) -> None:
+        context.value = threading.Lock()
+
+
+class Declines(SagaStepHandler[HoldsAnything, None]):
+    async def act(self, context: HoldsAnything) -> None:
+        raise RuntimeError("declined")
+
+
+class HookedFinish(SagaListener):
+    def __init__(self) -> None:
+        self.finished: list[SagaStatus] = []
+
+    def saga_finished(self, saga_id: str, saga_name: str, status: SagaStatus,
+                      error: BaseException | None) -> None:
+        self.finished.append(status)
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["lean path", "listened to"])
+async def test_S7_S13_a_context_no_copy_can_copy_at_the_end_keeps_the_outcome_the_journal_holds(
+    listening: bool,
+) -> None:
+    """The run's outcome is the journal's (S7, S13) when the final context
+    holds what no copy can copy: the default store kept the status COMPLETED
+    (or COMPENSATED) and the caller got a bare TypeError from its final
+    snapshot instead of the SagaResult (or SagaFailed) — or, listened to, the
+    saga stayed RUNNING in the store for good, never retired. Its JSON form is
+    refused where it is asked for, at load, as for any context JSON cannot hold."""
+    store = MemorySagaStore()
+    listener = HookedFinish()
+    listeners = [listener] if listening else []
+    done = await declare(LeavesALock, context=HoldsAnything)(
+        store=store, listeners=listeners).run(HoldsAnything(), saga_id="done")
+    assert done.status is SagaStatus.COMPLETED
+    with pytest.raises(SagaFailed) as failed:
+        await declare(LeavesALock, Declines, context=HoldsAnything)(
+            store=store, listeners=listeners).run(HoldsAnything(), saga_id="undone")
+    assert failed.value.status is SagaStatus.COMPENSATED
+    assert [summary.status for summary in await store.list_sagas()] == [
+        SagaStatus.COMPENSATED, SagaStatus.COMPLETED]
+    if listening:
+        assert listener.finished == [SagaStatus.COMPLETED, SagaStatus.COMPENSATED]
+    for saga_id in ("done", "undone"):
+        with pytest.raises(ContextSerializationError, match="value"):
+            await store.load(saga_id)
