@@ -776,13 +776,10 @@ def _plan_item(spec: ItemSpec, factory: StepFactory) -> PlanItem:
 def _refuse_children_elsewhere(
     saga_name: str, plan: tuple[PlanItem, ...], store: SagaStore
 ) -> None:
-    """A ``SubSaga`` given a Saga *instance* runs it in the store it was built
-    with; the parent finds, resumes and unwinds its child in its own store.
-    A child journaled elsewhere would be unwound by a parent that cannot
-    find it — the parent COMPENSATED, the child's effects left (S15) — so
-    such a parent is refused here, before anything runs."""
-    from .subsaga import SubSaga  # subsaga imports this module
-
+    """Ask each step that runs a child saga (``SubSaga``: it has
+    ``_refuse_parent_store``) whether it can run under a parent journaling
+    to ``store``, before anything runs. (Asked of the step, not looked up by
+    its class: the module of child sagas imports this one.)"""
     for item in plan:
         for member in item.members if isinstance(item, GroupPlan) else (item,):
             branches = (
@@ -790,16 +787,11 @@ def _refuse_children_elsewhere(
                 else (member,)
             )
             for branch in branches:
-                step = getattr(branch.act, "__self__", None)
-                if (isinstance(step, SubSaga) and isinstance(step.saga, Saga)
-                        and step.saga.store is not store):
-                    raise ValueError(
-                        f"{saga_name}'s step {branch.name!r} runs a {type(step.saga).__name__} "
-                        f"instance built with another store than {saga_name}'s: a child "
-                        f"saga is journaled, resumed and unwound in its parent's store. "
-                        f"Build both with one store, or give SubSaga the class "
-                        f"({type(step.saga).__name__}), which is built with the parent's store"
-                    )
+                refuse = getattr(
+                    getattr(branch.act, "__self__", None), "_refuse_parent_store", None
+                )
+                if refuse is not None:
+                    refuse(saga_name, branch.name, store)
 
 
 def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | None) -> Branch:

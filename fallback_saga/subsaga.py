@@ -367,6 +367,24 @@ class SubSaga(Generic[ParentT, ChildT]):
 
     # ------------------------------------------------------------------ helpers
 
+    def _refuse_parent_store(self, parent_name: str, step_name: str, store: object) -> None:
+        """Refuse a parent journaling to ``store`` when this step holds a Saga
+        *instance* built with another store: the instance runs its child in
+        its own store, and the parent finds, resumes and unwinds its child in
+        the parent's. A child journaled elsewhere would be unwound by a parent
+        that cannot find it — the parent COMPENSATED, the child's effects
+        left (S15). Asked by the parent as it is built."""
+        child = self.saga
+        if isinstance(child, Saga) and child.store is not store:
+            raise ValueError(
+                f"{parent_name}'s step {step_name!r} runs a {type(child).__name__} "
+                f"instance built with another store than {parent_name}'s: a child "
+                f"saga is journaled, resumed and unwound in its parent's store. "
+                f"Build both with one store, or give SubSaga the class "
+                f"({type(child).__name__}), which is built with the parent's store"
+            )
+
+
     def _child(self, parent: Execution) -> Saga[ChildT]:
         if isinstance(self.saga, Saga):
             return self.saga
