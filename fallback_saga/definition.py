@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from .errors import SagaDefinitionError, short_id
 from .fallback import Fallback
 from .parallel import Parallel
+from .retry import RetryPolicy
 from .step import SagaStepHandler, step_name
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MemberSpec",
     "SagaDefinition",
     "build_definition",
+    "check_retry",
     "check_saga_name",
     "context_type_of",
 ]
@@ -287,6 +289,7 @@ def _branch(
         or timeout <= 0
     ):
         raise SagaDefinitionError(f"{label}: timeout must be seconds > 0 or None, got {timeout!r}")
+    check_retry(getattr(item, "retry", None), label, SagaDefinitionError)
     step_ctx = context_type_of(item if is_class else type(item), SagaStepHandler)
     if step_ctx is not None and context_type is not None and not issubclass(context_type, step_ctx):
         raise SagaDefinitionError(
@@ -297,6 +300,17 @@ def _branch(
         position, _checked_step_name(item, label), item, branch,
         None if timeout is None else float(timeout),
     )
+
+
+def check_retry(retry: object, label: str, error: type[Exception]) -> None:
+    """Refuse a step's ``retry`` that is set to something other than a
+    ``RetryPolicy`` (``retry = 3``): ignored, the step would run once where
+    its author asked for retries. A method called ``retry`` (a step of one's
+    own) is no setting: left alone."""
+    if retry is None or isinstance(retry, RetryPolicy) or callable(retry):
+        return
+    raise error(f"{label}: retry must be a RetryPolicy or None, got {retry!r}")
+
 
 
 def _checked_step_name(item: Any, label: str) -> str:

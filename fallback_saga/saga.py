@@ -19,6 +19,7 @@ from .definition import (
     ItemSpec,
     SagaDefinition,
     build_definition,
+    check_retry,
     check_saga_name,
 )
 from .errors import ContextDecodeError, CorruptSagaRecord, RecordedError, SagaFailed, short_id
@@ -802,6 +803,8 @@ def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | N
             f"async act/compensate"
         )
     own_retry = getattr(step, "retry", None)
+    if isinstance(spec.source, type):  # a step the factory built: its __init__ may set it
+        check_retry(own_retry, f"step {spec.name!r} built by step_factory", TypeError)
     if retry is None and isinstance(own_retry, RetryPolicy):
         retry = own_retry
     return Branch(spec.position, spec.name, spec.branch, step, spec.timeout, retry)

@@ -168,7 +168,8 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     * ``timeout`` — seconds allowed for each ``act``/``compensate`` call;
       exceeding it fails the call with ``TimeoutError``;
     * ``retry`` — a ``RetryPolicy`` for ``act`` (a ``Fallback(retry=...)``
-      takes precedence for its primary).
+      takes precedence for its primary); any other value (``retry = 3``) is
+      refused, a method called ``retry`` is left alone.
     """
 
     # Not ClassVars: the saga reads them from the step object (getattr), so a

@@ -280,6 +280,42 @@ def test_step_timeout_must_be_positive_seconds(timeout: Any) -> None:
         declare(Timed)
 
 
+@pytest.mark.parametrize("retry", [3, "3", 0.5, True, {"attempts": 3}])
+def test_step_retry_must_be_a_retry_policy(retry: Any) -> None:
+    """A step's ``retry`` that is no RetryPolicy was ignored without a word:
+    the step ran once where its author asked for retries."""
+    class Retried(Charge):
+        pass
+
+    Retried.retry = retry  # type: ignore[attr-defined]
+    with pytest.raises(SagaDefinitionError, match="retry must be a RetryPolicy"):
+        declare(Retried)
+    with pytest.raises(SagaDefinitionError, match="retry must be a RetryPolicy"):
+        declare(Retried())
+
+
+def test_step_retry_set_by_a_built_step_must_be_a_retry_policy() -> None:
+    class Built(Charge):
+        def __init__(self) -> None:
+            self.retry = 3
+
+    saga_cls = declare(Built)
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
+        saga_cls(step_factory=lambda cls: cls())
+
+
+async def test_step_with_a_method_named_retry_is_no_policy_and_runs() -> None:
+    """A step of one's own may have a method called ``retry``: not a
+    setting, left alone."""
+    class WithMethod(Charge):
+        def retry(self) -> str:
+            return "mine"
+
+    saga = declare(WithMethod)()
+    result = await saga.run(OrderCtx())
+    assert result.results[0].step_name == "WithMethod"
+
+
 def test_definition_error_is_a_saga_error() -> None:
     assert issubclass(SagaDefinitionError, SagaError)
 
