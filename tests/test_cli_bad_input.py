@@ -215,3 +215,69 @@ def test_an_unknown_option_before_the_command_is_the_top_levels(
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith(f"usage: {PYTHON_M} [-h]")
     assert lines[-1] == f"{PYTHON_M}: error: unrecognized arguments: --bogus"
+
+
+# --------------------------------------------------------------------------- argparse's own errors
+
+# What argparse quotes back in its error line: an argument that would retitle
+# the terminal and clear its screen, and one holding a password.
+HOSTILE_ARG = "\x1b]0;pwned\x07\x1b[2J"
+HOSTILE_SHOWN = "\\x1b]0;pwned\\x07\\x1b[2J"
+SECRET_ARG = "postgresql://app:hunter2@db/orders"
+
+# Every way argparse refuses an argument, with ``{}`` where it is: unknown
+# (for every command, alone and as an option's value, and before the
+# command), an ambiguous prefix, a choice it does not offer, a value its
+# type refuses.
+ARGPARSE_ERRORS = [
+    *([command, *args, "{}"] for command, args in COMMAND_ARGS.items()),
+    *([command, *args, "--bogus={}"] for command, args in COMMAND_ARGS.items()),
+    ["--bogus={}", "list"],
+    ["list", "--d={}"],
+    ["{}"],
+    ["graph", "some_app:Saga", "--direction", "{}"],
+    ["list", "--status", "{}"],
+    ["_crash-demo", *COMMAND_ARGS["_crash-demo"][:-1], "{}"],
+    ["list", "--limit", "{}"],
+    ["show", "o-1", "--limit", "{}"],
+    ["purge", "--older-than", "{}"],
+    ["purge", "--older-than", "7d", "--status", "{}"],
+    ["recover", "--app", "some_app:sagas", "--lease", "{}"],
+    ["serve", "--port", "{}"],
+    ["serve", "--page-size", "{}"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGPARSE_ERRORS, ids=" ".join)
+def test_argparse_errors_escape_and_redact_the_argument_they_quote(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's own error line quoted a stray argument, an unknown choice
+    or a refused value as given: an escape sequence in it acted on the
+    operator's terminal, and a password in it was shown. It goes through
+    the same ``redact`` and ``terminal_text`` as every other text printed."""
+    assert main([arg.replace("{}", HOSTILE_ARG) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert all(line.isprintable() for line in err.splitlines()), err
+    assert "pwned" in err
+    assert main([arg.replace("{}", SECRET_ARG) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+
+
+def test_argparse_unknown_password_option_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--password", "hunter2"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"{PYTHON_M} list: error: unrecognized arguments: --password ***"
+
+
+def test_argparse_error_escapes_what_it_quotes_and_keeps_the_rest(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list", "--bogus", HOSTILE_ARG]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"{PYTHON_M} list: error: unrecognized arguments: --bogus {HOSTILE_SHOWN}"
+    assert main(["list", "--db"]) == 2  # a missing value: nothing quoted
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"{PYTHON_M} list: error: argument --db: expected one argument"

@@ -62,11 +62,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import NoReturn, cast
 
 from .. import __version__
 from ..command_line import PYTHON_M
 from ..errors import SagaStoreError
+from ..shown_text import redact
 from .argtypes import parse_duration
 from .demo import add_demo_commands
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
@@ -93,7 +94,19 @@ __all__ = [
 ]
 
 
-class _CommandParser(argparse.ArgumentParser):
+class _Parser(argparse.ArgumentParser):
+    """A parser whose error line is made safe to print, as every other text
+    the commands print is: argparse quotes the argument it refuses as given
+    (a stray argument, an ambiguous or unknown option's ``=value``) or in
+    its repr (an unknown choice, a value its type refuses), which escapes
+    a terminal's control characters but not a password. Redacted first:
+    ``terminal_text`` cuts, and a cut password is no longer recognized."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(terminal_text(redact(message), MAX_CONTEXT))
+
+
+class _CommandParser(_Parser):
     """A command's parser, which refuses an argument it does not know itself.
 
     argparse parses a command's arguments with ``parse_known_args`` and hands
@@ -112,7 +125,7 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fallback-saga" if _invoked_as_script() else PYTHON_M,
         description="fallback_saga: resilient multi-step transactions for asyncio.",
     )
