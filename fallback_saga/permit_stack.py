@@ -56,8 +56,10 @@ __all__ = [
     "entered_here",
     "nested",
     "new_stack",
+    "thrown_in_at_yield",
     "unstack",
     "watch_collections",
+    "wrapper_body",
 ]
 
 # One ``async with`` block on a task's permit stack: its permit (None for a
@@ -85,11 +87,11 @@ _EXIT_STACK_EXIT = contextlib.AsyncExitStack.__aexit__.__code__
 _stacks_closed_elsewhere: weakref.WeakSet[object] = weakref.WeakSet()
 
 # What ``asynccontextmanager`` makes (() if contextlib changes: then a
-# wrapper's generator is taken for a stream, see ``_wrapper_body``).
+# wrapper's generator is taken for a stream, see ``wrapper_body``).
 _WRAPPER: Any = getattr(contextlib, "_AsyncGeneratorContextManager", ())
 
 # Whether an async generator's code is an ``asynccontextmanager``'s body, by
-# code (weakly: a code object goes with its function); see ``_wrapper_body``.
+# code (weakly: a code object goes with its function); see ``wrapper_body``.
 _wrapper_bodies: weakref.WeakKeyDictionary[CodeType, bool] = weakref.WeakKeyDictionary()
 
 
@@ -235,10 +237,10 @@ def _parked_elsewhere(other: FrameType, block: FrameType | None, frame: FrameTyp
         if running is other:
             return False
         running = running.f_back
-    return not _wrapper_body(other)
+    return not wrapper_body(other)
 
 
-def _wrapper_body(frame: FrameType) -> bool:
+def wrapper_body(frame: FrameType) -> bool:
     """Whether ``frame``, a parked async generator's, is the body of an
     ``asynccontextmanager``. Asked of the heap (the generator holding the
     frame, what holds the generator) once per code: a function is a wrapper
@@ -254,6 +256,46 @@ def _wrapper_body(frame: FrameType) -> bool:
         )
         _wrapper_bodies[code] = known
     return known
+
+
+# The offsets of each async generator's own yields, by code (weakly); see
+# ``thrown_in_at_yield``.
+_yields: weakref.WeakKeyDictionary[CodeType, frozenset[int]] = weakref.WeakKeyDictionary()
+
+
+def thrown_in_at_yield(frame: FrameType, error: BaseException) -> bool:
+    """Whether ``error``, leaving a block entered by ``frame``, reached it at
+    one of the generator's own yields: thrown in by its consumer
+    (``athrow``) while the generator was parked there, not raised by the
+    guarded work of the block. The frame's entry on the error's traceback
+    says where it was when the error came: a ``yield`` of the body, not the
+    yield inside an ``await``, which a resumed call fails through. Asked
+    only of a block leaving with an error, once per generator's code."""
+    traceback = error.__traceback__
+    if traceback is None or traceback.tb_frame is not frame:
+        return False
+    code = frame.f_code
+    yields = _yields.get(code)
+    if yields is None:
+        yields = _yields[code] = _yield_offsets(code)
+    return traceback.tb_lasti in yields
+
+
+def _yield_offsets(code: CodeType) -> frozenset[int]:
+    """Where an exception thrown in at the body's own yields is raised:
+    its ``YIELD_VALUE`` (3.11, 3.12) or the ``RESUME`` after it (3.13+),
+    told from an ``await``'s by that ``RESUME``'s argument (1: after a
+    yield; 3: after an await)."""
+    import dis  # only a generator left at a yield with an error gets here
+
+    offsets: set[int] = set()
+    previous: dis.Instruction | None = None
+    for instruction in dis.get_instructions(code):
+        if (instruction.opname == "RESUME" and previous is not None
+                and previous.opname == "YIELD_VALUE" and (instruction.arg or 0) & 3 == 1):
+            offsets.update((previous.offset, instruction.offset))
+        previous = instruction
+    return frozenset(offsets)
 
 
 def nested(

@@ -340,6 +340,68 @@ async def test_S9_stage_calls_while_its_source_is_parked_are_nested_in_its_own_b
     assert breaker.failure_count == 1
 
 
+@pytest.mark.parametrize("form", ["call", "decorator", "async_with"])
+async def test_S9_consumers_failure_rethrown_into_a_parked_stream_counts_once(form: str) -> None:
+    """The consumer's own guarded call fails while the stream is parked
+    inside its block, and the consumer hands the error to the stream
+    (``athrow``): its call counted it; the stream's block, which it reaches
+    at the yield, hands its permit back. Both counted it: one failure was
+    two, and the breaker opened after half its ``fail_max``."""
+    breaker = make_breaker(fail_max=2)
+    stream = Stream(breaker)
+    rows = stream.rows()
+    assert await rows.__anext__() == 0
+    with pytest.raises(Boom) as failed:
+        await consumers_call(breaker, form, fail_with, Boom("the service fails"))
+    assert breaker.failure_count == 1
+    with pytest.raises(Boom):
+        await rows.athrow(failed.value)
+    assert stream.closed.is_set()
+    assert breaker.failure_count == 1
+    assert breaker.state is CLOSED
+    assert depth(breaker) == 0
+
+
+async def test_S9_consumers_own_error_thrown_into_a_parked_stream_hands_its_trial_back() -> None:
+    """Half-open, the stream's parked block holding the one trial: an error
+    of the consumer's own thrown in at the yield (``athrow``) is no part of
+    the stream's guarded work. The trial is handed back unrecorded, as for a
+    stream closed at the yield; taken for the trial failing, it re-opened
+    the circuit."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, fail_max=1, reset_timeout=30.0, name="catalog")
+    stream = Stream(breaker)
+    breaker.open()
+    clock.advance(30.0)
+    rows = stream.rows()
+    assert await rows.__anext__() == 0
+    assert breaker.half_open_calls_in_flight == 1
+    with pytest.raises(ValueError):
+        await rows.athrow(ValueError("the consumer's own"))
+    assert breaker.state is HALF_OPEN
+    assert breaker.half_open_calls_in_flight == 0
+    await fail_in(breaker, "call")
+    assert breaker.state is OPEN
+
+
+async def test_S9_stream_failing_in_its_own_block_after_a_yield_still_counts() -> None:
+    """What the stream's own guarded work raises inside its block, resumed
+    after a yield, still counts: only an error that reaches the block at the
+    yield it is parked at is the consumer's."""
+    breaker = make_breaker(fail_max=5)
+
+    async def rows() -> AsyncIterator[int]:
+        async with breaker:
+            yield 1
+            await fail_with(Boom("the stream's own call"))
+            yield 2
+
+    with pytest.raises(Boom):
+        async for _ in rows():
+            pass
+    assert breaker.failure_count == 1
+
+
 # ------------------------------------------------------------------- closed, or parked outside
 
 
