@@ -160,25 +160,33 @@ _LINE_HEADERS: Final = frozenset(
 # when any of the columns is named like a secret's.
 _COLUMNS: Final = re.compile(r"\(([^()=]{1,512})\)=\(([^()]{0,1024})\)?")
 # The programs whose ``-p`` takes a password (``mysql -phunter2``, ``sshpass
-# -p hunter2``): a MySQL client's, attached (with a space, -p prompts and the
-# word after it is a database's name; hidden all the same, in case), and
-# sshpass's. Only after one of these on the same line: ``-p`` is a port
-# elsewhere (``docker run -p 8080:80``, ``ssh -p 2222``, ``psql -p 5432``).
+# -p hunter2``): a MySQL client's, attached only (with a space, -p prompts
+# for the password and the word after it is a database's name: shown), and
+# sshpass's, attached or not. Only after one of these on the same line:
+# ``-p`` is a port elsewhere (``docker run -p 8080:80``, ``ssh -p 2222``,
+# ``psql -p 5432``).
 _PASSWORD_P_PROGRAM: Final = re.compile(
-    r"(?<![\w.-])(?:mysql(?:dump|admin|import|check|show|pump|sh)?|mariadb(?:-?dump|-?admin)?"
-    r"|sshpass)(?:\.exe)?(?![\w.-])"
+    r"(?<![\w.-])(?:(?P<mysql>mysql(?:dump|admin|import|check|show|pump|sh)?"
+    r"|mariadb(?:-?dump|-?admin)?)|sshpass)(?:\.exe)?(?![\w.-])"
 )
 # Its -p flag: ``-p`` then the value, attached or after spaces; in an argv's
 # repr ``'-phunter2'`` or ``'-p', 'hunter2'``.
 _PASSWORD_P: Final = re.compile(
     r"(?<![\w.-])(?P<quote>['\"])?-p(?(quote)(?:(?P=quote),\s{0,8}+|(?=[^'\"\s]))|\s{0,8}+)(?=\S)"
 )
+# A MySQL client's: the value attached (``-phunter2``, ``'-phunter2'``; not
+# an argv's ``'-p', 'orders'``).
+_PASSWORD_P_ATTACHED: Final = re.compile(
+    r"(?<![\w.-])(?P<quote>['\"])?-p(?(quote)(?=[^'\"\s])|(?=\S)(?!['\"],))"
+)
 # How far after its program a -p flag is looked for.
 _COMMAND_SCAN: Final = 1024
 # A plain value in a YAML flow mapping (``{user: bob, password: hunter2}``):
-# it may hold spaces and ends at ", ", "}" or the line's end (a "," without a
-# space after it stays in it: a password may hold one).
-_FLOW_VALUE: Final = re.compile(rf"(?:[^,}}\r\n]|,(?! )){{1,{_SCAN}}}+")
+# it may hold spaces and line breaks (a flow mapping may span lines, and a
+# plain value be folded over them) and ends at a "," followed by a space or
+# a line break, or at "}" (a "," with no space after it stays in it: a
+# password may hold one).
+_FLOW_VALUE: Final = re.compile(rf"(?:[^,}}]|,(?!\s)){{1,{_SCAN}}}+")
 # No redaction looks further ahead than this past where its match starts.
 _LONGEST: Final = _PEM_SCAN + 256
 
@@ -243,9 +251,11 @@ def _password_flag_values(text: str) -> Iterator[tuple[int, int]]:
         start = max(program.end(), done)
         line_end = text.find("\n", start, start + _COMMAND_SCAN)
         limit = min(len(text), start + _COMMAND_SCAN) if line_end < 0 else line_end
-        # Its first -p only: a command it runs has flags of its own
-        # (``sshpass -p ... ssh -p 2222 host``).
-        flag = _PASSWORD_P.search(text, start, limit)
+        # sshpass's first -p only: a command it runs has flags of its own
+        # (``sshpass -p ... ssh -p 2222 host``). A MySQL client's attached
+        # one: ``-p dbname`` (prompting) may come before it.
+        flags = _PASSWORD_P if program["mysql"] is None else _PASSWORD_P_ATTACHED
+        flag = flags.search(text, start, limit)
         if flag is not None:
             end = _value_end(text, flag.end(), flag.start())
             if end > flag.end():
@@ -350,7 +360,7 @@ def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
         if found.start() < done:
             continue
         name = found["name"]
-        if not _secret_key(name):
+        if not _secret_key(name) or (found["dashes"] and _switch_flag(name)):
             continue
         start = found.end()
         if (found["sep"] == ":" and not found["quote"]
@@ -369,9 +379,11 @@ def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
 
 def _in_flow_mapping(text: str, key_start: int) -> bool:
     """Whether a ``key:`` is one of a YAML flow mapping's (``{a: 1, key: ...}``):
-    after its "{" or a ", ", inside a "{" not closed before it."""
+    after its "{" or a "," (and spaces or line breaks), inside a "{" not
+    closed before it."""
     before = text[max(0, key_start - 256):key_start]
-    stripped = before.rstrip(" \t")
+    # Line breaks too: a mapping's keys may each start a line of their own.
+    stripped = before.rstrip()
     if not stripped.endswith(("{", ",")):
         return False
     return before.count("{") > before.count("}")
@@ -379,7 +391,8 @@ def _in_flow_mapping(text: str, key_start: int) -> bool:
 
 def _flow_end(text: str, start: int, key_start: int) -> int:
     """The end of a value in a YAML flow mapping: a quoted or bracketed one
-    as anywhere else, a plain one (spaces and all) at ", ", "}" or the line's end."""
+    as anywhere else, a plain one (spaces and line breaks and all) at a
+    "," and a space or line break, or at "}"."""
     if start < len(text) and text[start] in "'\"[{(<|>\\":
         return _value_end(text, start, key_start)
     plain = _FLOW_VALUE.match(text, start)
@@ -520,6 +533,19 @@ def _bare_end(text: str, position: int, key_start: int) -> int:
     if kept == len(body):
         return end  # nothing closed: any "," or ";" is the value's
     return position + kept
+
+
+# A flag named after a secret that takes none: a switch (``--no-password``,
+# ``--skip-password``, ``--ask-vault-password``) or where the secret is read
+# from (``--password-stdin``; ``--password-file`` is a fact about it, see
+# secret_names). Its next word is an argument of its own, shown.
+_SWITCH_FIRST: Final = frozenset({"no", "skip", "without", "ask", "prompt", "disable"})
+_SWITCH_LAST: Final = frozenset({"stdin"})
+
+
+def _switch_flag(name: str) -> bool:
+    words = re.split(r"[-_.]", name.lower())
+    return words[0] in _SWITCH_FIRST or words[-1] in _SWITCH_LAST
 
 
 _OPENER_OF: Final = {")": "(", "]": "[", "}": "{", ">": "<", "'": "'", '"': '"'}

@@ -200,6 +200,22 @@ def test_S12_innocent_names_and_texts_stay_shown() -> None:
         "cp -p a b && mysql -u app orders",
         "session_count=3 session_name=web saga_id=o-1",
         "{user: bob, port: 5432}",
+        "{user: bob,\n  port: 5432}",
+        # A MySQL client's -p with a space prompts for the password: the word
+        # after it is the database's name (sshpass's is its password).
+        "mysql -u app -p orders",
+        "mariadb -u app -p shop -e 'select 1'",
+        "mysqldump -p -u root shop > shop.sql",
+        "Command '['mysql', '-u', 'root', '-p', 'orders']' returned non-zero exit status 1.",
+        # Flags named after a password that take no password: a switch, or
+        # where it is read from (a path shows).
+        "mysqldump --skip-password shop",
+        "pg_dump --no-password orders",
+        "psql --without-password orders",
+        "docker login --password-stdin registry.example.com",
+        "ansible-playbook --ask-vault-password site.yml",
+        "tool --password-file /run/secrets/db orders",
+        "Command '['pg_dump', '--no-password', 'orders']' returned non-zero exit status 1.",
     ):
         assert redact(text) == text, text
 
@@ -278,12 +294,12 @@ def test_S12_redact_is_linear_on_a_megabyte_of_adversarial_text(text: str) -> No
         ("tls:\n  private_key: >-\n    hunter2\n    p4ss\n  port: 1",
          "tls:\n  private_key: ***\n  port: 1"),
         ("--token-file /etc/app/token --verbose", "--token-file /etc/app/token --verbose"),
-        # A password attached to -p (the MySQL clients), or after it (sshpass;
-        # a MySQL client's -p prompts and takes no value, but one typed there
-        # is hidden all the same).
+        # A password attached to -p (the MySQL clients), or after it (sshpass).
         ("mysql -u root -phunter2 orders", "mysql -u root -p*** orders"),
         ("/usr/bin/mysqldump -h db -p'hunter2 p4ss' shop", "/usr/bin/mysqldump -h db -p*** shop"),
-        ("mariadb -u app -p hunter2", "mariadb -u app -p ***"),
+        ("mariadb -u app -p -phunter2", "mariadb -u app -p -p***"),
+        ("Command '['sshpass', '-phunter2', 'ssh', 'h']' returned non-zero exit status 5.",
+         "Command '['sshpass', '-p***', 'ssh', 'h']' returned non-zero exit status 5."),
         ("sshpass -p hunter2 ssh -p 2222 deploy@host", "sshpass -p *** ssh -p 2222 deploy@host"),
         ("sshpass -phunter2 rsync -a x host:y", "sshpass -p*** rsync -a x host:y"),
         ("Command '['mysql', '-u', 'root', '-phunter2', 'db']' returned non-zero exit status 1.",
@@ -300,6 +316,18 @@ def test_S12_redact_is_linear_on_a_megabyte_of_adversarial_text(text: str) -> No
         ("[{user: bob, pin: 1234}, {user: al, password: hunter2}]",
          "[{user: bob, pin: ***}, {user: al, password: ***}]"),
         ("{password: hun,ter2 p4ss}", "{password: ***}"),
+        # ... across lines too: after a "," or "{" that ends a line, and
+        # folded over lines (a plain value ends at "," and a space or a line
+        # break, or at "}").
+        ("{user: bob,\n  password: hunter2 p4ss}", "{user: bob,\n  password: ***}"),
+        ("{user: bob,\n  password: hunter2 p4ss,\n  host: db}",
+         "{user: bob,\n  password: ***,\n  host: db}"),
+        ("db: {\n  password: hunter2 p4ss\n}", "db: {\n  password: ***\n}"),
+        ("{password: hunter2\n  p4ss, user: bob}", "{password: ***, user: bob}"),
+        # A flag named after a password that takes none: its next word shows;
+        # --password's is hidden.
+        ("pg_dump --no-password --skip-password db --password hunter2",
+         "pg_dump --no-password --skip-password db --password ***"),
         # Session ids and CSRF tokens are bearer credentials.
         ("GET /cart?session_id=hunter2&page=2", "GET /cart?session_id=***&page=2"),
         ("Set-Cookie: sessionid=hunter2; Path=/", "Set-Cookie: ***"),
