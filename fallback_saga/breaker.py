@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from inspect import CO_ASYNC_GENERATOR, isawaitable
+from inspect import isawaitable
 from types import FrameType, TracebackType
 from typing import (
     TYPE_CHECKING,
@@ -63,7 +63,6 @@ from .permit_stack import (
     thrown_in_at_yield,
     unstack,
     watch_collections,
-    wrapper_body,
 )
 from .shielding import outer_run_cancelled, running_task
 from .status import CircuitState
@@ -787,18 +786,12 @@ class CircuitBreaker(SharedStateSync):
                 return
             if self._inside(_getframe(), outer, block):  # type: ignore[arg-type]
                 return
-        if (
-            exc is not None
-            and block.f_code.co_flags & CO_ASYNC_GENERATOR
-            and thrown_in_at_yield(block, exc)
-            and not wrapper_body(block)
-        ):
+        if exc is not None and thrown_in_at_yield(block, exc):
             # Thrown in by the consumer at the yield a stream is parked at
             # (``athrow``): the consumer's error, counted by its own call if
             # guarded, and no part of this block's guarded work (as its
             # calls are not, see permit_stack). Counted here too, one
-            # failure was two. An asynccontextmanager's body is the work of
-            # the block it wraps: what fails there is thrown in and counts.
+            # failure was two.
             self.release(permit)
             return
         self._record(permit, exc)

@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from inspect import CO_ASYNC_GENERATOR
-from types import CodeType, FrameType
+from types import AsyncGeneratorType, CodeType, FrameType
 from typing import Any, TypeAlias
 
 __all__ = [
@@ -59,7 +59,6 @@ __all__ = [
     "thrown_in_at_yield",
     "unstack",
     "watch_collections",
-    "wrapper_body",
 ]
 
 # One ``async with`` block on a task's permit stack: its permit (None for a
@@ -87,11 +86,11 @@ _EXIT_STACK_EXIT = contextlib.AsyncExitStack.__aexit__.__code__
 _stacks_closed_elsewhere: weakref.WeakSet[object] = weakref.WeakSet()
 
 # What ``asynccontextmanager`` makes (() if contextlib changes: then a
-# wrapper's generator is taken for a stream, see ``wrapper_body``).
+# wrapper's generator is taken for a stream, see ``_wrapper_body``).
 _WRAPPER: Any = getattr(contextlib, "_AsyncGeneratorContextManager", ())
 
 # Whether an async generator's code is an ``asynccontextmanager``'s body, by
-# code (weakly: a code object goes with its function); see ``wrapper_body``.
+# code (weakly: a code object goes with its function); see ``_wrapper_body``.
 _wrapper_bodies: weakref.WeakKeyDictionary[CodeType, bool] = weakref.WeakKeyDictionary()
 
 
@@ -224,23 +223,85 @@ def drop_over(top: Entry) -> Entry | None:
 
 
 def _parked_elsewhere(other: FrameType, block: FrameType | None, frame: FrameType) -> bool:
-    """Whether ``other``, the frame naming an outer block, is an async
-    generator (another than ``block``'s) parked at a yield: not among the
-    frames running ``frame`` (then the call runs under it: a pipeline's
-    stage whose block covers its source's, or the generator's own call),
-    nor an ``asynccontextmanager``'s body (it covers the body of the ``async
-    with`` that entered it, whatever runs there)."""
-    if other is block or not other.f_code.co_flags & CO_ASYNC_GENERATOR:
+    """Whether ``other``, the frame naming an outer block, names an async
+    generator's block (another than ``block``; its own, or one entered
+    through an exit stack it holds) while that generator is parked at a
+    yield: not among the frames running ``frame`` (then the call runs under
+    it: a pipeline's stage whose block covers its source's, or the
+    generator's own call), nor an ``asynccontextmanager``'s body (it covers
+    the body of the ``async with`` that entered it, whatever runs there).
+    A generator holding the exit stack that is gone (dropped, its finalizer
+    to close it in a task of its own) is parked elsewhere too."""
+    if other is block:
+        return False
+    if other.f_code is _ENTER_ASYNC_CONTEXT:
+        holder = _stack_holder(other)
+        if holder is None:
+            return False  # no generator's: a coroutine's block covers its calls
+        held = holder()
+        generator = None if held is None else held.ag_frame
+        if generator is None:
+            return True  # over, or about to be closed elsewhere: covers nothing here
+    elif other.f_code.co_flags & CO_ASYNC_GENERATOR:
+        generator = other
+    else:
         return False
     running: FrameType | None = frame
     while running is not None:
-        if running is other:
+        if running is generator:
             return False
         running = running.f_back
-    return not wrapper_body(other)
+    return not _wrapper_body(generator)
 
 
-def wrapper_body(frame: FrameType) -> bool:
+# The async generator holding each exit stack a block was entered through
+# (both weakly; None: none holds it); see ``_stack_holder``.
+_stack_holders: weakref.WeakKeyDictionary[object, weakref.ref[Any] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stack_holder(entering: FrameType) -> weakref.ref[Any] | None:
+    """The async generator (weakly) holding the exit stack that a block was
+    entered through (``entering``: the ``enter_async_context`` frame naming
+    it, ended), or None when no generator holds it (a coroutine's). Asked
+    of the heap once per exit stack, off the closed path. (A generator's
+    weak references are cleared before asyncio's finalizer takes it back
+    to close it: then the reference reads None.)"""
+    stack = entering.f_locals.get("self")
+    if stack is None:
+        return None
+    try:
+        return _stack_holders[stack]
+    except KeyError:
+        pass
+    except TypeError:  # not an exit stack one can refer to weakly
+        return None
+    generators = [
+        referrer for referrer in gc.get_referrers(stack)
+        if isinstance(referrer, AsyncGeneratorType)
+    ]
+    holder = _stack_holders[stack] = (
+        weakref.ref(generators[0]) if len(generators) == 1 else None
+    )
+    return holder
+
+
+def _block_generator(frame: FrameType) -> FrameType | None:
+    """The frame of the async generator whose block ``frame`` names (None:
+    no generator's, or one that is gone): the generator's own frame, or for
+    a block entered through ``AsyncExitStack.enter_async_context``, the
+    frame of the generator holding that exit stack (``_stack_holder``)."""
+    if frame.f_code.co_flags & CO_ASYNC_GENERATOR:
+        return frame
+    if frame.f_code is not _ENTER_ASYNC_CONTEXT:
+        return None
+    holder = _stack_holder(frame)
+    held = None if holder is None else holder()
+    return None if held is None else held.ag_frame
+
+
+def _wrapper_body(frame: FrameType) -> bool:
     """Whether ``frame``, a parked async generator's, is the body of an
     ``asynccontextmanager``. Asked of the heap (the generator holding the
     frame, what holds the generator) once per code: a function is a wrapper
@@ -263,22 +324,28 @@ def wrapper_body(frame: FrameType) -> bool:
 _yields: weakref.WeakKeyDictionary[CodeType, frozenset[int]] = weakref.WeakKeyDictionary()
 
 
-def thrown_in_at_yield(frame: FrameType, error: BaseException) -> bool:
-    """Whether ``error``, leaving a block entered by ``frame``, reached it at
-    one of the generator's own yields: thrown in by its consumer
-    (``athrow``) while the generator was parked there, not raised by the
-    guarded work of the block. The frame's entry on the error's traceback
-    says where it was when the error came: a ``yield`` of the body, not the
-    yield inside an ``await``, which a resumed call fails through. Asked
-    only of a block leaving with an error, once per generator's code."""
+def thrown_in_at_yield(block: FrameType, error: BaseException) -> bool:
+    """Whether ``error``, leaving the block ``block`` names, reached it at
+    one of its generator's own yields (``_block_generator``): thrown in by
+    the consumer (``athrow``) while the generator was parked there, not
+    raised by the block's guarded work. The generator frame's entry on the
+    error's traceback, its first while the generator handles it, says where
+    it was when the error came: a ``yield`` of the body, not the yield
+    inside an ``await``, which a resumed call fails through. An
+    ``asynccontextmanager``'s body is not parked elsewhere: what fails in
+    the ``async with`` it wraps is thrown in there, and is its block's
+    guarded work. Asked only of a block leaving with an error."""
     traceback = error.__traceback__
-    if traceback is None or traceback.tb_frame is not frame:
+    if traceback is None:
         return False
-    code = frame.f_code
+    generator = _block_generator(block)
+    if generator is None or traceback.tb_frame is not generator:
+        return False
+    code = generator.f_code
     yields = _yields.get(code)
     if yields is None:
         yields = _yields[code] = _yield_offsets(code)
-    return traceback.tb_lasti in yields
+    return traceback.tb_lasti in yields and not _wrapper_body(generator)
 
 
 def _yield_offsets(code: CodeType) -> frozenset[int]:

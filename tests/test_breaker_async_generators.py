@@ -376,7 +376,7 @@ async def test_S9_consumers_own_error_thrown_into_a_parked_stream_hands_its_tria
     rows = stream.rows()
     assert await rows.__anext__() == 0
     assert breaker.half_open_calls_in_flight == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the consumer's own"):
         await rows.athrow(ValueError("the consumer's own"))
     assert breaker.state is HALF_OPEN
     assert breaker.half_open_calls_in_flight == 0
@@ -509,6 +509,74 @@ async def test_S9_exit_stack_stream_dropped_by_break_leaves_its_consumer_countin
     await fail_in(breaker, "call")
     assert breaker.state is OPEN
     assert depth(breaker) == 0
+
+
+async def test_S9_consumers_failure_rethrown_into_an_exit_stack_stream_counts_once() -> None:
+    """As for a stream's own block: the consumer's call, made while the
+    stream is parked inside a block it entered through an
+    ``AsyncExitStack``, counts (it was taken for nested in that block); the
+    block, left by the exit stack when the consumer's error is thrown in at
+    the yield, hands its permit back."""
+    breaker = make_breaker(fail_max=2)
+    closed = asyncio.Event()
+
+    async def rows() -> AsyncGenerator[int, None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            await stack.enter_async_context(SetOnExit(closed))
+            for row in range(3):
+                yield row
+
+    stream = rows()
+    assert await stream.__anext__() == 0
+    with pytest.raises(Boom) as failed:
+        await breaker.call(fail_with, Boom("the service fails"))
+    assert breaker.failure_count == 1
+    with pytest.raises(Boom):
+        await stream.athrow(failed.value)
+    assert closed.is_set()
+    assert breaker.failure_count == 1
+    assert depth(breaker) == 0
+
+
+async def test_S9_consumers_failures_while_an_exit_stack_stream_is_parked_open_the_breaker(
+) -> None:
+    """The consumer's failing call while the stream is parked inside a block
+    it entered through an ``AsyncExitStack``: taken for nested in that block,
+    it recorded nothing, and the error, leaving the loop, dropped the stream
+    (closed later by asyncio, recording nothing): the breaker never opened."""
+    breaker = make_breaker(fail_max=2)
+
+    async def rows() -> AsyncIterator[int]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            yield 1
+
+    async def consume() -> None:
+        async for _ in rows():
+            await breaker.call(fail_with, Boom("the service fails"))
+
+    with pytest.raises(Boom):
+        await consume()
+    assert breaker.failure_count == 1
+    with pytest.raises(Boom):
+        await consume()
+    assert breaker.state is OPEN
+
+
+async def test_S9_exit_stack_streams_own_failure_after_a_yield_still_counts() -> None:
+    breaker = make_breaker(fail_max=5)
+
+    async def rows() -> AsyncIterator[int]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            yield 1
+            raise Boom("the stream's own work")
+
+    with pytest.raises(Boom):
+        async for _ in rows():
+            pass
+    assert breaker.failure_count == 1
 
 
 # ------------------------------------------------------------------- two streams in one task
