@@ -133,6 +133,10 @@ FOREIGN_FLAGS = {
     "--only": "benchmarks/compare.py, benchmarks/versus_release.py",
     "--profile": "benchmarks/compare.py",
     "--password": "another program's command line, in the redaction rules",
+    "--no-password": "another program's command line, in the redaction rules",
+    "--skip-password": "another program's command line, in the redaction rules",
+    "--password-stdin": "another program's command line, in the redaction rules",
+    "--password-file": "another program's command line, in the redaction rules",
 }
 BENCHMARK_FLAGS = {"--only": ("compare.py", "versus_release.py"), "--profile": ("compare.py",)}
 

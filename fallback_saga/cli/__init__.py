@@ -27,6 +27,8 @@ modules.
 Every stored value a human format prints (saga ids, names, owners, step
 names, error texts) goes through ``terminal_text``: control characters and
 other unprintable ones escaped, long values cut. ``--json`` prints exact JSON.
+So does what an error line quotes of the command line, argparse's own
+included, redacted first (``shown_text.redact``).
 
 Exit status: 0 on success (``serve``: stopped by Ctrl-C or SIGTERM); 1 when
 ``recover`` left a saga failed or skipped, ``resume`` left it failed or
