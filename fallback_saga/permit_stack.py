@@ -22,7 +22,9 @@ What makes it more than a stack:
   parked is no part of its guarded work. But a generator's block covers
   what runs under it (a pipeline's stage over its source), and an
   ``asynccontextmanager``'s body covers what runs in its ``async with``
-  (``_parked_elsewhere``);
+  (``_parked_elsewhere``). A block entered through an exit stack is the
+  block of the frame holding that exit stack in its locals: among the
+  frames running the call, or the heap is asked, once per exit stack;
 * a block left by the garbage collector (its task destroyed pending) runs in
   whatever context is current: a gc callback tells the breaker
   (``collecting``), and it leaves the stack alone.
@@ -235,7 +237,18 @@ def _parked_elsewhere(other: FrameType, block: FrameType | None, frame: FrameTyp
     if other is block:
         return False
     if other.f_code is _ENTER_ASYNC_CONTEXT:
-        holder = _stack_holder(other)
+        stack = other.f_locals.get("self")
+        if stack is None or _held_by_running(stack, frame):
+            # The block of a frame running this call (the usual one: a
+            # coroutine's ``async with AsyncExitStack() as stack``, or the
+            # generator's own call): it covers the call.
+            return False
+        # No frame running this call holds the exit stack: rare, so the heap
+        # is asked (once per exit stack). It is a stream's parked at a yield
+        # (the consumer's calls while a stream waits in such a block), or an
+        # exit stack held elsewhere than in a local (an object's attribute):
+        # a failing request handler's block is its own frame's, found above.
+        holder = _stack_holder(stack)
         if holder is None:
             return False  # no generator's: a coroutine's block covers its calls
         held = holder()
@@ -254,6 +267,28 @@ def _parked_elsewhere(other: FrameType, block: FrameType | None, frame: FrameTyp
     return not _wrapper_body(generator)
 
 
+def _holds(frame: FrameType, value: object) -> bool:
+    """Whether one of ``frame``'s locals is ``value`` (by identity: an
+    exit stack's ``__eq__`` is no business of ours)."""
+    return any(local is value for local in frame.f_locals.values())
+
+
+def _held_by_running(stack: object, frame: FrameType) -> bool:
+    """Whether a frame running ``frame`` (a caller of it, down to the event
+    loop: the task's own frames) holds ``stack`` in its locals. A few
+    frames' locals, not the heap: this is asked on every failure of a call
+    nested in an exit stack's block. ``frame`` itself, the breaker's, holds
+    no exit stack and is passed over: before 3.13 reading a frame's locals
+    leaves a copy of them on it until it ends, and the breaker's holds the
+    error failing the call, whose traceback holds the frame (a cycle)."""
+    running = frame.f_back
+    while running is not None and running.f_code is not _LOOP_STEP:
+        if _holds(running, stack):
+            return True
+        running = running.f_back
+    return False
+
+
 # The async generator holding each exit stack a block was entered through
 # (both weakly; None: none holds it); see ``_stack_holder``.
 _stack_holders: weakref.WeakKeyDictionary[object, weakref.ref[Any] | None] = (
@@ -261,16 +296,13 @@ _stack_holders: weakref.WeakKeyDictionary[object, weakref.ref[Any] | None] = (
 )
 
 
-def _stack_holder(entering: FrameType) -> weakref.ref[Any] | None:
-    """The async generator (weakly) holding the exit stack that a block was
-    entered through (``entering``: the ``enter_async_context`` frame naming
-    it, ended), or None when no generator holds it (a coroutine's). Asked
-    of the heap once per exit stack, off the closed path. (A generator's
-    weak references are cleared before asyncio's finalizer takes it back
-    to close it: then the reference reads None.)"""
-    stack = entering.f_locals.get("self")
-    if stack is None:
-        return None
+def _stack_holder(stack: object) -> weakref.ref[Any] | None:
+    """The async generator (weakly) holding ``stack``, the exit stack that a
+    block was entered through, or None when no generator holds it. A scan
+    of the heap (tens of milliseconds on a large one), once per exit stack,
+    and only when no frame running the call holds it (``_parked_elsewhere``).
+    (A generator's weak references are cleared before asyncio's finalizer
+    takes it back to close it: then the reference reads None.)"""
     try:
         return _stack_holders[stack]
     except KeyError:
@@ -285,20 +317,6 @@ def _stack_holder(entering: FrameType) -> weakref.ref[Any] | None:
         weakref.ref(generators[0]) if len(generators) == 1 else None
     )
     return holder
-
-
-def _block_generator(frame: FrameType) -> FrameType | None:
-    """The frame of the async generator whose block ``frame`` names (None:
-    no generator's, or one that is gone): the generator's own frame, or for
-    a block entered through ``AsyncExitStack.enter_async_context``, the
-    frame of the generator holding that exit stack (``_stack_holder``)."""
-    if frame.f_code.co_flags & CO_ASYNC_GENERATOR:
-        return frame
-    if frame.f_code is not _ENTER_ASYNC_CONTEXT:
-        return None
-    holder = _stack_holder(frame)
-    held = None if holder is None else holder()
-    return None if held is None else held.ag_frame
 
 
 def _wrapper_body(frame: FrameType) -> bool:
@@ -326,26 +344,37 @@ _yields: weakref.WeakKeyDictionary[CodeType, frozenset[int]] = weakref.WeakKeyDi
 
 def thrown_in_at_yield(block: FrameType, error: BaseException) -> bool:
     """Whether ``error``, leaving the block ``block`` names, reached it at
-    one of its generator's own yields (``_block_generator``): thrown in by
-    the consumer (``athrow``) while the generator was parked there, not
-    raised by the block's guarded work. The generator frame's entry on the
-    error's traceback, its first while the generator handles it, says where
-    it was when the error came: a ``yield`` of the body, not the yield
-    inside an ``await``, which a resumed call fails through. An
-    ``asynccontextmanager``'s body is not parked elsewhere: what fails in
+    one of its generator's own yields: thrown in by the consumer
+    (``athrow``) while the generator was parked there, not raised by the
+    block's guarded work. The error's traceback starts at the frame handling
+    it, where the block is left: the generator's (its own block, or one
+    entered through an exit stack it holds in its locals). Its entry says
+    where the generator was when the error came: a ``yield`` of the body,
+    not the yield inside an ``await``, which a resumed call fails through.
+    An ``asynccontextmanager``'s body is not parked elsewhere: what fails in
     the ``async with`` it wraps is thrown in there, and is its block's
-    guarded work. Asked only of a block leaving with an error."""
+    guarded work. Asked of every block leaving with an error: a coroutine's
+    (a request handler's failing ``fetch()``) is told by the first frame's
+    flags alone, and nothing here scans the heap but once per code."""
     traceback = error.__traceback__
     if traceback is None:
         return False
-    generator = _block_generator(block)
-    if generator is None or traceback.tb_frame is not generator:
-        return False
+    generator = traceback.tb_frame
     code = generator.f_code
+    if not code.co_flags & CO_ASYNC_GENERATOR:
+        return False  # left from a coroutine: no yield to be parked at
     yields = _yields.get(code)
     if yields is None:
         yields = _yields[code] = _yield_offsets(code)
-    return traceback.tb_lasti in yields and not _wrapper_body(generator)
+    if traceback.tb_lasti not in yields:
+        return False  # raised by the work (the usual failure), not thrown in
+    if generator is not block:
+        if block.f_code is not _ENTER_ASYNC_CONTEXT:
+            return False
+        stack = block.f_locals.get("self")
+        if stack is None or not _holds(generator, stack):
+            return False  # another generator's block, or another exit stack's
+    return not _wrapper_body(generator)
 
 
 def _yield_offsets(code: CodeType) -> frozenset[int]:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from helpers_breaker import Boom, FakeClock, fail_with, succeed
 
-from fallback_saga import CircuitBreaker, CircuitOpenError, CircuitState
+from fallback_saga import CircuitBreaker, CircuitOpenError, CircuitState, permit_stack
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
@@ -577,6 +577,153 @@ async def test_S9_exit_stack_streams_own_failure_after_a_yield_still_counts() ->
         async for _ in rows():
             pass
     assert breaker.failure_count == 1
+
+
+# ----------------------------------------------------------- what an exit stack's block costs
+
+
+class HeapScans:
+    """Counts the heap scans (``gc.get_referrers``) the permit stack makes:
+    the exit stacks scanned for (kept, to count per stack) and the rest (a
+    generator's frame asked whether it is an ``asynccontextmanager``'s body,
+    once per code)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.stacks: list[object] = []
+        self.others = 0
+        scan = permit_stack.gc.get_referrers
+
+        def counting(*objects: Any) -> list[Any]:
+            for scanned in objects:
+                if isinstance(scanned, contextlib.AsyncExitStack):
+                    self.stacks.append(scanned)
+                else:
+                    self.others += 1
+            return scan(*objects)
+
+        monkeypatch.setattr(permit_stack.gc, "get_referrers", counting)
+
+    @property
+    def total(self) -> int:
+        return len(self.stacks) + self.others
+
+    def most_per_stack(self) -> int:
+        return max((sum(seen is stack for seen in self.stacks) for stack in self.stacks), default=0)
+
+
+async def handle_request(breaker: CircuitBreaker, *calls: Any) -> None:
+    """A request handler's block entered through an ``AsyncExitStack`` (a new
+    one per request), its calls made from a helper coroutine under it."""
+
+    async def fetch(call: Any) -> None:
+        if call is None:
+            await fail_with(Boom("the service is down"))
+        else:
+            await breaker.call(*call)
+
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(breaker)
+        for call in calls:
+            await fetch(call)
+
+
+async def test_S9_failing_exit_stack_blocks_of_a_coroutine_never_scan_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """During an outage every request's block fails: telling whether its
+    error was thrown in at a stream's yield must not cost a scan of the
+    heap per request (tens of milliseconds on a service's heap)."""
+    scans = HeapScans(monkeypatch)
+    breaker = make_breaker(fail_max=1000)
+    for _ in range(20):  # closed, failures piling up
+        with pytest.raises(Boom):
+            await handle_request(breaker, None)
+    assert breaker.failure_count == 20
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, fail_max=1, reset_timeout=30.0, name="catalog")
+    await fail_in(breaker, "call")
+    for _ in range(5):  # half-open trials failing, the circuit re-opening
+        clock.advance(30.0)
+        assert breaker.state is HALF_OPEN
+        with pytest.raises(Boom):
+            await handle_request(breaker, None)
+        assert breaker.state is OPEN
+        with pytest.raises(CircuitOpenError):
+            await handle_request(breaker, None)
+    assert depth(breaker) == 0
+    assert scans.total == 0
+
+
+async def test_S9_calls_nested_in_a_coroutines_exit_stack_block_never_scan_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Off the closed path (failures recorded, or half-open) a call in the
+    block asks whether it is nested: the block is the handler's own, held
+    by a frame running the call, and that is enough to tell."""
+    scans = HeapScans(monkeypatch)
+    breaker = make_breaker(fail_max=1000)
+    await fail_in(breaker, "call")
+    for round_ in range(1, 11):
+        with pytest.raises(Boom):
+            await handle_request(breaker, (succeed,), (fail_with, Boom("nested")))
+        assert breaker.failure_count == 1 + round_  # nested: the block counts once
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, fail_max=1, reset_timeout=30.0, name="catalog")
+    for _ in range(5):
+        await fail_in(breaker, "call")
+        clock.advance(30.0)
+        with pytest.raises(Boom):  # the trial's nested failure, counted by the block
+            await handle_request(breaker, (succeed,), (fail_with, Boom("nested")))
+        assert breaker.state is OPEN
+        clock.advance(30.0)
+        await handle_request(breaker, (succeed,), (succeed,))
+        assert breaker.state is CLOSED
+    assert depth(breaker) == 0
+    assert scans.total == 0
+
+
+async def test_S9_exit_stack_streams_parked_scan_the_heap_once_per_exit_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream parked in a block it entered through an exit stack: no frame
+    running the consumer's call holds that exit stack, and the heap is asked
+    which generator does, once per exit stack (and once per generator's code
+    whether it is an ``asynccontextmanager``'s body)."""
+    scans = HeapScans(monkeypatch)
+    breaker = make_breaker(fail_max=1000)
+
+    async def rows() -> AsyncGenerator[int, None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(breaker)
+            for row in range(3):
+                yield row
+            raise Boom("the stream's own work")
+
+    others_after_first_round = None
+    for round_ in range(5):
+        stream = rows()
+        assert await stream.__anext__() == 0
+        with pytest.raises(Boom) as failed:  # the consumer's call: counted
+            await breaker.call(fail_with, Boom("the service fails"))
+        await breaker.call(succeed)
+        with pytest.raises(Boom):  # rethrown at the yield: not counted again
+            await stream.athrow(failed.value)
+        assert breaker.failure_count == 0  # the consumer's success reset it
+
+        stream = rows()
+        assert await stream.__anext__() == 0
+        with pytest.raises(Boom):  # the consumer's call, again
+            await breaker.call(fail_with, Boom("the service fails"))
+        with pytest.raises(Boom, match="the stream's own work"):
+            async for _ in stream:
+                pass
+        assert breaker.failure_count == 2  # the consumer's and the stream's own
+        await breaker.call(succeed)
+        if round_ == 0:
+            others_after_first_round = scans.others
+    assert depth(breaker) == 0
+    assert 0 < scans.most_per_stack() <= 1
+    assert scans.others == others_after_first_round
 
 
 # ------------------------------------------------------------------- two streams in one task
