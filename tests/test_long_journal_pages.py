@@ -18,7 +18,7 @@ from fallback_saga import JournalEntry, MemorySagaStore, SagaStatus, SQLiteSagaS
 from fallback_saga.cli import main
 from fallback_saga.console import ConsoleServer
 from fallback_saga.console.data import HISTORY_PAGE, WHOLE_JOURNAL
-from fallback_saga.store import _sqlite_sql
+from fallback_saga.store import _sqlite_reads
 from fallback_saga.store.base import history_window
 
 ENTRIES = WHOLE_JOURNAL + 1001  # longer than a page reads whole
@@ -106,7 +106,7 @@ def test_operator_a_window_of_a_long_journal_reads_its_rows_by_the_primary_key(
     sent: list[str] = []
     conn.set_trace_callback(sent.append)
     try:
-        window = _sqlite_sql._load_window(conn.cursor(), None, "long", 400, 200)  # type: ignore[arg-type]
+        window = _sqlite_reads._load_window(conn.cursor(), None, "long", 400, 200)  # type: ignore[arg-type]
     finally:
         conn.set_trace_callback(None)
     assert (window.first, window.entries, len(window.record.history)) == (400, ENTRIES, 200)

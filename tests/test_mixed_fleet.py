@@ -519,7 +519,7 @@ def test_S10_a_named_claim_on_sqlite_walks_the_sagas_in_flight_not_every_saga_of
     file of many finished sagas, when the planner, left to itself, took a
     full scan of the table (or the index by name, which holds every saga of
     those names ever run): a store of millions read on every poll."""
-    from fallback_saga.store import _sqlite_sql
+    from fallback_saga.store import _sqlite_leases
 
     async def make() -> None:
         async with SQLiteSagaStore(tmp_path / "s.db"):
@@ -537,7 +537,7 @@ def test_S10_a_named_claim_on_sqlite_walks_the_sagas_in_flight_not_every_saga_of
             )
         conn.execute("ANALYZE")
         for names in (1, 3):
-            sql = _sqlite_sql._CLAIMABLE_OF_NAMES.format(", ".join("?" * names))
+            sql = _sqlite_leases._CLAIMABLE_OF_NAMES.format(", ".join("?" * names))
             plan = " / ".join(row[3] for row in conn.execute(
                 "EXPLAIN QUERY PLAN " + sql, [0] * sql.count("?")))
             assert "USING INDEX sagas_by_status" in plan, plan

@@ -20,7 +20,7 @@ from typing import Any, Final
 import pytest
 
 from fallback_saga import SagaStatus, SQLiteSagaStore
-from fallback_saga.store import _sqlite_schema, _sqlite_sql
+from fallback_saga.store import _sqlite_leases, _sqlite_reads, _sqlite_schema, _sqlite_sql
 
 
 def _year_old_file(path: Path, analyzed: bool) -> None:
@@ -78,12 +78,12 @@ def _plans(
     ]
 
 
-_CURSOR_PLACE = _sqlite_sql._ROWID_OF.split("?")[0]
+_CURSOR_PLACE = _sqlite_reads._ROWID_OF.split("?")[0]
 
 
 def _listing(**filters: Any) -> Callable[[sqlite3.Cursor], Any]:
     def read(cursor: sqlite3.Cursor) -> Any:
-        return _sqlite_sql._list(
+        return _sqlite_reads._list(
             cursor, None, filters.get("status"), filters.get("saga_name"),
             filters.get("limit", 51), filters.get("before"),
         )
@@ -125,7 +125,7 @@ def test_operator_the_consoles_counts_read_an_index_alone(
     read for its status (one random read per saga), no sort."""
 
     def count(cursor: sqlite3.Cursor) -> Any:
-        return _sqlite_sql._count(cursor, None, saga_name, None, None)
+        return _sqlite_reads._count(cursor, None, saga_name, None, None)
 
     counts = count(year_old.cursor())
     assert sum(counts.values()) == (3000 if saga_name is None else 750)
@@ -143,7 +143,7 @@ def test_S10_a_claim_still_walks_the_index_of_sagas_in_flight_on_a_file_with_the
     would make it read every one from the table."""
     _year_old_file(tmp_path / "s.db", analyzed=True)
     conn = sqlite3.connect(tmp_path / "s.db")
-    sql = _sqlite_sql._CLAIMABLE
+    sql = _sqlite_leases._CLAIMABLE
     try:
         plan = " / ".join(row[3] for row in conn.execute(
             "EXPLAIN QUERY PLAN " + sql, [0] * sql.count("?")))
@@ -343,7 +343,7 @@ def test_operator_a_listing_by_creation_time_reads_the_windows_rows_not_every_ne
     of the window's sagas. A saga whose time is out of order (the clock
     stepped back) is listed where it belongs all the same."""
     def listing(cursor: sqlite3.Cursor) -> Any:
-        return _sqlite_sql._list(
+        return _sqlite_reads._list(
             cursor, None, filters.get("status"), filters.get("saga_name"), 51, None,
             filters.get("created_since"), filters.get("created_until"),
         )
@@ -371,7 +371,7 @@ def test_operator_a_listing_of_a_window_of_most_sagas_is_exact(
     expected = [saga_id for (saga_id,) in clock_stepped.execute(
         f"SELECT saga_id FROM sagas NOT INDEXED WHERE {where} ORDER BY rowid DESC LIMIT 51",
         values)]
-    found = _sqlite_sql._list(
+    found = _sqlite_reads._list(
         clock_stepped.cursor(), None, filters.get("status"), None, 51, None,
         filters.get("created_since"), filters.get("created_until"),
     )
@@ -393,7 +393,7 @@ def test_operator_the_consoles_counts_by_creation_time_read_the_window_or_the_re
     if "status" in filters:
         return  # counts are by status already
     def count(cursor: sqlite3.Cursor) -> Any:
-        return _sqlite_sql._count(
+        return _sqlite_reads._count(
             cursor, None, filters.get("saga_name"), filters.get("created_since"),
             filters.get("created_until"),
         )
@@ -465,7 +465,7 @@ def test_operator_a_capped_count_of_a_wide_window_reads_each_status_up_to_the_ca
     one of more says more than the cap (its counts add up to cap + 1). No
     statement scans the table, nor walks the window's rows."""
     def count(cursor: sqlite3.Cursor) -> Any:
-        return _sqlite_sql._count(
+        return _sqlite_reads._count(
             cursor, None, filters.get("saga_name"), filters.get("created_since"),
             filters.get("created_until"), _CAP,
         )

@@ -73,7 +73,7 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
     # When the lease columns were last written (taken, renewed, released,
     # deferred), by the store's clock. A lease written "in the future" was
     # written before the clock stepped back, and its expiry is on the old
-    # scale: claim does not wait for it (see _sqlite_sql._CLAIMABLE). Rows leased before
+    # scale: claim does not wait for it (see _sqlite_leases._CLAIMABLE). Rows leased before
     # the migration stay NULL: their leases expire as they always did.
     conn.execute("ALTER TABLE sagas ADD COLUMN lease_written_at REAL NULL")
 
@@ -114,7 +114,7 @@ def _migrate_to_v6(conn: sqlite3.Connection) -> None:
     # every row for its created_at, on every request (1 to 2 s at 1,000,000
     # sagas; benchmarks/README.md). The window's first and last rowid are
     # read from this index alone, and the listing and the count then read
-    # the rows between them only (see _sqlite_sql._window). created_at
+    # the rows between them only (see _sqlite_reads._window). created_at
     # never changes once written: the index is written when a saga is
     # created (and purged), never on a journal write or a status change.
     conn.execute("CREATE INDEX sagas_by_created ON sagas (created_at)")
@@ -233,7 +233,7 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         for number in range(version, current):
             _MIGRATIONS[number](conn)
         # A worker's claim names this index (INDEXED BY, see
-        # _sqlite_sql._CLAIMABLE_OF_NAMES): on a file whose index an
+        # _sqlite_leases._CLAIMABLE_OF_NAMES): on a file whose index an
         # operator or a tool dropped, every such claim would fail ("no such
         # index") instead of merely being slower. Made again if missing (a
         # no-op, without a write, when it is there).

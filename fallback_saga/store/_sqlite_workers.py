@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from ..errors import SagaStoreError
 from ._loop_waker import LoopWaker
+from ._sqlite_leases import _release
 from ._sqlite_oversize import fit_oversized, too_big
 from ._sqlite_pipe import (
     FrameReader,
@@ -40,7 +41,6 @@ from ._sqlite_sql import (
     _MAX_KNOWN,
     _append,
     _create,
-    _release,
     _Request,
     _run_alone,
     _run_group,

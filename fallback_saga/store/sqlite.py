@@ -54,11 +54,14 @@ URI), and another program's file is refused before anything changes it.
 
 Layout. This module is the store itself; the file (schema, migrations,
 connections) is ``_sqlite_schema``, reading rows back is ``_sqlite_rows``,
-what each request does in SQL is ``_sqlite_sql``, and the threads and
-the writer process that run the requests are ``_sqlite_workers`` (the
-process's pipe: ``_sqlite_pipe``). Imports run that way round: each of them
-imports only those named before it, and ``_loop_waker`` (how the threads
-wake an event loop with its answers), which imports none of them.
+what each request does in SQL is ``_sqlite_sql`` (the requests, the group's
+transaction and the journal writes), then by concept ``_sqlite_reads``
+(loads, listings, counts), ``_sqlite_leases`` (recovery's claims and
+leases) and ``_sqlite_purge`` (retention), and the threads and the writer
+process that run the requests are ``_sqlite_workers`` (the process's pipe:
+``_sqlite_pipe``). Imports run that way round: each of them imports only
+those named before it, and ``_loop_waker`` (how the threads wake an event
+loop with its answers), which imports none of them.
 """
 
 from __future__ import annotations
@@ -95,10 +98,13 @@ from ._common import (
 )
 from ._loop_waker import LoopWaker, waker_of
 from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
+from ._sqlite_leases import _claim, _claim_saga, _defer, _lease_state, _release, _renew
 from ._sqlite_pipe import (
     WriterProcess,
     abandon_soon,
 )
+from ._sqlite_purge import _old_finished, _purge
+from ._sqlite_reads import _count, _existing_ids, _list, _load, _load_window, _optional_time
 from ._sqlite_schema import (
     SCHEMA_VERSION,
     WAL_SIZE_LIMIT,
@@ -108,23 +114,9 @@ from ._sqlite_schema import (
 )
 from ._sqlite_sql import (
     _append,
-    _claim,
-    _claim_saga,
     _context_json,
-    _count,
     _create,
-    _defer,
-    _existing_ids,
-    _lease_state,
-    _list,
-    _load,
-    _load_window,
-    _old_finished,
-    _optional_time,
     _ping,
-    _purge,
-    _release,
-    _renew,
     _Request,
     _storable,
     _storable_plain,

@@ -1,0 +1,400 @@
+"""A SQLite saga store's reads, in SQL: a saga's record and a window of its
+journal, the operator's listings and counts, and which ids the file holds.
+Each runs on a store thread as ``op(cursor, txn, *args)`` (``_sqlite_sql``),
+mostly on the reader's read-only connection. Every statement is parameterized."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final
+
+from ..errors import CorruptSagaRecord, SagaNotFound
+from ..log_lines import library_logger
+from ..status import SagaStatus
+from ._common import finite_seconds, saga_status, short_repr
+from ._listing_pages import ListingPages, UnreadableRow
+from ._sqlite_rows import _decode_record, _lenient_text, _not_text, _number, _text, _unreadable
+from ._sqlite_sql import _Txn
+from .base import HistoryWindow, SagaRecord, SagaSummary, window_start
+
+_log = library_logger("fallback_saga.store.sqlite")
+
+# --------------------------------------------------------------------------- SQL
+
+_SELECT_SAGA: Final = (
+    "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at"
+    " FROM sagas WHERE saga_id = ?"
+)
+_SELECT_STEPS: Final = (
+    "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
+    " FROM saga_steps WHERE saga_id = ? ORDER BY seq"
+)
+_STEPS_WINDOW: Final = (
+    "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
+    " FROM saga_steps WHERE saga_id = ? AND seq >= ? AND seq < ? ORDER BY seq"
+)
+_LAST_SEQ: Final = "SELECT MAX(seq) FROM saga_steps WHERE saga_id = ?"
+_ACT_STEPS: Final = (
+    "SELECT step FROM saga_steps WHERE saga_id = ? AND action = 'act'"
+    " GROUP BY step ORDER BY MIN(seq)"
+)
+_SUMMARY_COLUMNS: Final = (
+    "SELECT rowid, saga_id, saga_name, status, created_at, updated_at, lease_owner,"
+    " lease_expires_at, unreleased_claims FROM sagas"
+)
+_NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
+_ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
+_COUNT_PREFIX: Final = "SELECT saga_name, status, COUNT(*) FROM sagas"
+# The first and last rowid of the sagas created in a time window: the
+# planner reads them from sagas_by_created alone (a covering index: it ends
+# with the rowid). Not "INDEXED BY": a file whose index was dropped by hand
+# still answers, by a scan (see _window).
+_WINDOW_PREFIX: Final = "SELECT MIN(rowid), MAX(rowid) FROM sagas"
+_COUNT_GROUPS: Final = " GROUP BY saga_name, status"
+_STATUS_VALUES: Final = frozenset(status.value for status in SagaStatus)
+
+
+def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
+    try:
+        row, steps = _read_saga(cursor, saga_id)
+    except sqlite3.OperationalError:
+        # Text that is not UTF-8 (another tool wrote it, or a page is
+        # damaged): sqlite3's error quotes it, and it may be part of a
+        # context. Read it again as bytes; _decode_record names the column.
+        # (Only then: decoding every text in Python would slow each load.)
+        with _lenient_text(cursor):
+            row, steps = _read_saga(cursor, saga_id)
+    return _decode_record(saga_id, row, steps)
+
+
+def _load_window(
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, start: int, count: int
+) -> HistoryWindow:
+    """The saga with ``count`` journal entries from ``start`` (negative:
+    from the end): the rows of the window only, by the primary key, and
+    the journal's length from its last seq (the store writes seqs 0, 1, ...)."""
+    def read() -> tuple[Any, int, int, list[Any], list[Any]]:
+        row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
+        if row is None:
+            raise SagaNotFound(saga_id)
+        (last,) = cursor.execute(_LAST_SEQ, (saga_id,)).fetchone()
+        if last is not None and type(last) is not int:
+            raise CorruptSagaRecord(saga_id, "a transition's seq is not an integer")
+        entries = 0 if last is None else last + 1
+        first = window_start(start, entries)
+        steps = cursor.execute(_STEPS_WINDOW, (saga_id, first, first + max(count, 0))).fetchall()
+        return row, first, entries, steps, cursor.execute(_ACT_STEPS, (saga_id,)).fetchall()
+
+    try:
+        row, first, entries, steps, acts = read()
+    except sqlite3.OperationalError:
+        with _lenient_text(cursor):  # as _load
+            row, first, entries, steps, acts = read()
+    record = _decode_record(saga_id, row, steps)
+    # (A name that is no text is left to the rows that hold it: see _decode_record.)
+    names = tuple(name for (name,) in acts if isinstance(name, str))
+    return HistoryWindow(record, first, entries, names)
+
+
+def _read_saga(cursor: sqlite3.Cursor, saga_id: str) -> tuple[Any, list[Any]]:
+    row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    return row, cursor.execute(_SELECT_STEPS, (saga_id,)).fetchall()
+
+
+def _list(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    status: str | None,
+    saga_name: str | None,
+    limit: int,
+    before: str | None = None,
+    created_since: float | None = None,
+    created_until: float | None = None,
+) -> list[SagaSummary]:
+    # The WHERE clause is made of fixed fragments; every value is a parameter.
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    below: int | None = None  # the rowid the listing goes on below
+    if before is not None:
+        # A cursor by id, resolved to its place in the listing's order.
+        cursor_row = cursor.execute(_ROWID_OF, (before,)).fetchone()
+        if cursor_row is None:
+            raise SagaNotFound(before)
+        below = cursor_row[0]
+    # A window of most sagas is walked as it was: the walk reads at most the
+    # sagas created after it, then those before it (few), where the bounds
+    # would read most of the index.
+    span = (
+        None
+        if (created_since is None and created_until is None)
+        or _covers_most(cursor, created_since, created_until)
+        else _window(cursor, created_since, created_until)
+    )
+    if span is _EMPTY:
+        return []
+    if span is not None:
+        where.append("rowid BETWEEN ? AND ?")
+        params.extend(span)
+    pages = ListingPages(limit, below, _log)
+    while pages.wanted:
+        conditions = [*where, "rowid < ?"] if pages.below is not None else where
+        clause = " WHERE " + " AND ".join(conditions) if conditions else ""
+        query = _SUMMARY_COLUMNS + clause + _NEWEST_FIRST
+        values = (
+            (*params, pages.below, pages.chunk)
+            if pages.below is not None
+            else (*params, pages.chunk)
+        )
+        with _lenient_text(cursor):
+            rows = cursor.execute(query, values).fetchall()
+        pages.take(rows, _listed)
+    return pages.summaries
+
+
+_EMPTY: Final = (0, -1)  # no saga was created in the window
+
+
+def _window(
+    cursor: sqlite3.Cursor, created_since: float | None, created_until: float | None
+) -> tuple[int, int] | None:
+    """The first and last rowid of the sagas created in the window (``None``:
+    no window; ``_EMPTY``: none in it), read from ``sagas_by_created`` alone.
+
+    Rowids follow the order sagas were created in, and so, but for a clock
+    that stepped back, does created_at: the rows between the two are about
+    the window's own. A listing or count then reads those (``rowid
+    BETWEEN``, filtering by created_at as before: exact whatever the clock
+    did) instead of walking past every saga newer than the window, or
+    reading every row for its created_at. The bounds cost a walk of the
+    window's entries in the index (no row is read)."""
+    if created_since is None and created_until is None:
+        return None
+    where: list[str] = []
+    params: list[float] = []
+    if created_since is not None:
+        where.append("created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        where.append("created_at < ?")
+        params.append(created_until)
+    low, high = cursor.execute(
+        _WINDOW_PREFIX + " WHERE " + " AND ".join(where), params
+    ).fetchone()
+    if low is None:
+        return _EMPTY
+    return int(low), int(high)
+
+
+def _listed(row: Sequence[Any]) -> SagaSummary:
+    if not isinstance(row[1], str):
+        raise UnreadableRow(_unreadable(row[1], f"the saga id is {_not_text(row[1])}"))
+    return _summary(*row[1:])
+
+
+def _summary(
+    saga_id: object,
+    name: object,
+    status: object,
+    created_at: object,
+    updated_at: object,
+    owner: object,
+    expires_at: object,
+    claims: object = 0,
+) -> SagaSummary:
+    """A listing's row, every value checked: what is handed out is what the
+    types say (``CorruptSagaRecord`` otherwise)."""
+    assert isinstance(saga_id, str)  # checked by the caller
+    if owner is not None and not isinstance(owner, str):
+        raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
+    return SagaSummary(
+        saga_id=saga_id,
+        saga_name=_text(saga_id, "saga_name", name),
+        status=saga_status(saga_id, status),
+        created_at=_number(saga_id, "created_at", created_at),
+        updated_at=_number(saga_id, "updated_at", updated_at),
+        lease_owner=owner,
+        # A released lease keeps its release time as the expiry (the saga is
+        # claimable at once); it is no lease to show.
+        lease_expires_at=(
+            None
+            if owner is None or expires_at is None
+            else _number(saga_id, "lease_expires_at", expires_at)
+        ),
+        # Not a number: shown as none (the claims skip such a row: see _claim).
+        unreleased_claims=claims if type(claims) is int else 0,
+    )
+
+
+def _optional_time(name: str, value: float | None) -> float | None:
+    return None if value is None else finite_seconds(name, value)
+
+
+def _listing_filter(
+    saga_name: str | None, created_since: float | None, created_until: float | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if saga_name is not None:
+        where.append("saga_name = ?")
+        params.append(saga_name)
+    # "+created_at": not from sagas_by_created. The window's rows are found
+    # by rowid (_window); the index would have the rows read in its order,
+    # then sorted by rowid, or looked up one by one for a count.
+    if created_since is not None:
+        where.append("+created_at >= ?")
+        params.append(created_since)
+    if created_until is not None:
+        where.append("+created_at < ?")
+        params.append(created_until)
+    return where, params
+
+
+def _count(
+    cursor: sqlite3.Cursor,
+    txn: _Txn,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+    at_most: int | None = None,
+) -> dict[tuple[str, SagaStatus], int]:
+    if at_most is not None:
+        groups = _capped_groups(cursor, saga_name, created_since, created_until, at_most)
+    elif (created_since is not None or created_until is not None) and _covers_most(
+        cursor, created_since, created_until
+    ):
+        # A window of most sagas: every saga, from sagas_by_name_status alone,
+        # less those created outside it (the few rows read).
+        # (One read transaction: the parts add up.)
+        groups = _groups(cursor, saga_name, None, None)
+        outside = []
+        if created_since is not None:
+            outside.append(_groups(cursor, saga_name, None, created_since))
+        if created_until is not None:
+            outside.append(_groups(cursor, saga_name, created_until, None))
+        for part in outside:
+            for key, count in part.items():
+                groups[key] = groups.get(key, 0) - count
+    else:
+        groups = _groups(cursor, saga_name, created_since, created_until)
+    counts: dict[tuple[str, SagaStatus], int] = {}
+    for (name, status), count in groups.items():
+        if count <= 0:
+            continue
+        if not isinstance(name, str) or status not in _STATUS_VALUES:
+            # Unreadable rows are left out, as from a listing.
+            _log.warning(
+                "leaving %d saga(s) out of the counts: name %s, status %s",
+                count, short_repr(name), short_repr(status),
+            )
+            continue
+        counts[name, SagaStatus(status)] = count
+    return counts
+
+
+def _windowed_filter(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> tuple[list[str], list[Any]] | None:
+    """A listing's filter (``_listing_filter``) with the window's rowids
+    (``_window``) as a range the indexes can use; None when no saga was
+    created in the window."""
+    where, params = _listing_filter(saga_name, created_since, created_until)
+    span = _window(cursor, created_since, created_until)
+    if span is _EMPTY:
+        return None
+    if span is not None:
+        where.append("rowid BETWEEN ? AND ?")
+        params.extend(span)
+    return where, params
+
+
+def _groups(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> dict[tuple[Any, Any], int]:
+    """Sagas by (name, status) as stored, in the window (see ``_window``)."""
+    found = _windowed_filter(cursor, saga_name, created_since, created_until)
+    if found is None:
+        return {}
+    where, params = found
+    clause = " WHERE " + " AND ".join(where) if where else ""
+    with _lenient_text(cursor):
+        rows = cursor.execute(_COUNT_PREFIX + clause + _COUNT_GROUPS, params).fetchall()
+    return {(name, status): count for name, status, count in rows}
+
+
+def _capped_groups(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+    at_most: int,
+) -> dict[tuple[Any, Any], int]:
+    """``_groups``, each status's sagas read up to ``at_most + 1`` (one
+    statement a status, its index and the window's rowids: a rare status
+    is not looked for among the others' rows)."""
+    found = _windowed_filter(cursor, saga_name, created_since, created_until)
+    if found is None:
+        return {}
+    where, params = found
+    groups: dict[tuple[Any, Any], int] = {}
+    for status in SagaStatus:
+        statement = (
+            "SELECT saga_name, COUNT(*) FROM (SELECT saga_name FROM sagas WHERE "
+            + " AND ".join(["status = ?", *where])
+            + " LIMIT ?) GROUP BY saga_name"
+        )
+        with _lenient_text(cursor):
+            rows = cursor.execute(statement, [status.value, *params, at_most + 1]).fetchall()
+        for name, count in rows:
+            groups[name, status.value] = count
+    return groups
+
+
+# The first and last creation time of all sagas: two reads of sagas_by_created.
+_CREATED_SPAN: Final = (
+    "SELECT (SELECT MIN(created_at) FROM sagas), (SELECT MAX(created_at) FROM sagas)"
+)
+
+
+def _covers_most(
+    cursor: sqlite3.Cursor, created_since: float | None, created_until: float | None
+) -> bool:
+    """Whether the window likely holds most sagas: it spans more than half
+    the time between the first saga and the last. A guess (sagas are not
+    created evenly), which decides only what is read: a window's own rows
+    (``_window``), or the rows outside it — the fewer, when the guess is right."""
+    first, last = cursor.execute(_CREATED_SPAN).fetchone()
+    if not (isinstance(first, float | int) and isinstance(last, float | int)) or last <= first:
+        return False  # no sagas, one instant, or a time that is no number (S12)
+    since = first if created_since is None else max(first, created_since)
+    until = last if created_until is None else min(last, created_until)
+    return (until - since) * 2 > last - first
+
+
+# Ids a query asks about at once: below SQLITE_MAX_VARIABLE_NUMBER (999 before 3.32).
+_IDS_A_QUERY: Final = 500
+
+
+def _existing_ids(cursor: sqlite3.Cursor, txn: _Txn, saga_ids: list[str]) -> set[str]:
+    """Which of ``saga_ids`` (checked ids) the file holds: a query per
+    ``_IDS_A_QUERY`` ids, in one read transaction."""
+    found: set[str] = set()
+    for start in range(0, len(saga_ids), _IDS_A_QUERY):
+        chunk = saga_ids[start : start + _IDS_A_QUERY]
+        marks = ",".join("?" * len(chunk))
+        with _lenient_text(cursor):
+            rows = cursor.execute(
+                f"SELECT saga_id FROM sagas WHERE saga_id IN ({marks})", chunk
+            ).fetchall()
+        found.update(saga_id for (saga_id,) in rows if isinstance(saga_id, str))
+    return found
