@@ -617,10 +617,11 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.store._common import MAX_SAGA_ID_LENGTH
     from fallback_saga.store._group_commit import MAX_GROUP, SHARE_AT_LEAST
     from fallback_saga.store._responses import MAX_ERROR_TEXT
+    from fallback_saga.store._sqlite_runner import _FORK_WAIT
     from fallback_saga.store._sqlite_workers import _ROOMY
     from fallback_saga.store.postgres import PURGE_BATCH as PG_PURGE_BATCH
     from fallback_saga.store.postgres import PURGE_BATCH_MAX, PURGE_BATCH_SECONDS
-    from fallback_saga.store.sqlite import _FORK_WAIT, PURGE_BATCH, WAL_SIZE_LIMIT
+    from fallback_saga.store.sqlite import PURGE_BATCH, WAL_SIZE_LIMIT
     from fallback_saga.worker import STOP_WAIT
 
     def default(target: object, name: str) -> object:

@@ -556,7 +556,7 @@ def test_S15_an_idle_sqlite_writer_keeps_nothing_of_its_last_request(
     async def main() -> bool:
         async with SQLiteSagaStore(str(tmp_path / "idle.db"), writer="thread") as store:
             await store.create("s-1", "S", "fp", {}, [], status=SagaStatus.RUNNING)
-            writer = store._writer
+            writer = store._runner._writer
             assert writer is not None
             assert isinstance(writer.queue, _SeenWaiting)
             future = store.submit_append("s-1", [], SagaStatus.COMPLETED, None, None, None)

@@ -24,7 +24,7 @@ from helpers_ledger import Ctx, ledger_saga
 from fallback_saga import SagaInterrupted, SagaStatus, SQLiteSagaStore
 from fallback_saga.errors import SagaStoreError
 from fallback_saga.store import _sqlite_pipe
-from fallback_saga.store import sqlite as sqlite_store
+from fallback_saga.store import _sqlite_runner as sqlite_runner
 
 WRITERS = ["thread", "inline", "process"]
 
@@ -86,7 +86,7 @@ def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_ha
     can then neither use nor close it). A request still running past that
     wait: the child's store refuses every call, saying why, instead of
     hanging; the parent's request finishes and the store goes on."""
-    monkeypatch.setattr(sqlite_store, "_FORK_WAIT", 0.2)
+    monkeypatch.setattr(sqlite_runner, "_FORK_WAIT", 0.2)
     store = SQLiteSagaStore(tmp_path / "m.db")
     runner = asyncio.Runner()
     inside, forked = threading.Event(), threading.Event()
@@ -154,7 +154,7 @@ def test_S13_the_parent_closes_its_writer_process_at_once_while_a_forked_child_l
         pid = fork(child)
         os.close(read)
         try:
-            process = store._process
+            process = store._runner._process
             assert process is not None
             transport = process.transport
             assert transport is not None

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-import fallback_saga.store.sqlite as sqlite_store
+import fallback_saga.store._sqlite_runner as sqlite_runner
 from fallback_saga import SQLiteSagaStore
 from fallback_saga.store._sqlite_workers import _Stop
 
@@ -95,13 +95,13 @@ async def test_a_clean_close_leaves_only_the_database_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
 ) -> None:
     closes = Closes()
-    connect_writer, connect_reader = sqlite_store._connect_writer, sqlite_store._connect_reader
+    connect_writer, connect_reader = sqlite_runner._connect_writer, sqlite_runner._connect_reader
     monkeypatch.setattr(
-        sqlite_store, "_connect_writer",
+        sqlite_runner, "_connect_writer",
         lambda *args: Traced(connect_writer(*args), "writer", closes),
     )
     monkeypatch.setattr(
-        sqlite_store, "_connect_reader",
+        sqlite_runner, "_connect_reader",
         lambda *args: Traced(connect_reader(*args), "reader", closes),
     )
     db = tmp_path / "c.db"
@@ -112,13 +112,13 @@ async def test_a_clean_close_leaves_only_the_database_file(
         await store.claim_saga("a", owner="me", lease_seconds=60)  # the writer thread's
         await store.load("a")  # the reader thread's connection
         assert closes.open == {"writer", "reader"}
-        assert store._writer is not None
-        store._writer.queue = ToldQueue(store._writer.queue, closes.writer_told)  # type: ignore[assignment]
+        assert store._runner._writer is not None
+        store._runner._writer.queue = ToldQueue(store._runner._writer.queue, closes.writer_told)  # type: ignore[assignment]
         assert "c.db-wal" in os.listdir(tmp_path)  # what SQLite removes at the last close
         if writer == "process":
-            assert store._process is not None
-            assert store._process.transport is not None
-            closes.child = store._process.transport.popen  # type: ignore[union-attr]
+            assert store._runner._process is not None
+            assert store._runner._process.transport is not None
+            closes.child = store._runner._process.transport.popen  # type: ignore[union-attr]
     finally:
         await store.close()
     assert closes.open == set()

@@ -115,7 +115,7 @@ async def test_a_write_the_pipe_cannot_carry_fails_alone(tmp_path: Path) -> None
 
 
 def child_pid(store: SQLiteSagaStore) -> int:
-    process = store._process
+    process = store._runner._process
     assert process is not None
     pid = process.pid()
     assert pid is not None
@@ -137,7 +137,7 @@ async def test_S13_the_child_killed_with_writes_on_their_way_loses_nothing(
 
         async def kill_once(ctx: Ctx) -> None:
             # Once other sagas' writes are in the child (shipped, not answered).
-            process = store._process
+            process = store._runner._process
             assert process is not None
             if not killed.is_set() and sum(map(len, process.waiting.values())) > 0:
                 killed.set()
@@ -214,8 +214,8 @@ async def test_another_event_loop_writes_through_the_writer_thread(tmp_path: Pat
         thread.start()
         await asyncio.to_thread(thread.join)
         assert (await store.load("there")).status is SagaStatus.COMPLETED
-        assert store._writer is not None
-        assert store._writer.writes >= 4  # the other loop's writes took the thread
+        assert store._runner._writer is not None
+        assert store._runner._writer.writes >= 4  # the other loop's writes took the thread
         assert store.stats.writes >= writes_before + 4
 
 
@@ -286,7 +286,7 @@ async def test_close_finishes_the_writes_then_stops_the_child(tmp_path: Path) ->
     saga = ledger_saga(ledger)(store=store)
     await saga.run(Ctx(order_id="o"), saga_id="c-1")
     pid = child_pid(store)
-    process = store._process
+    process = store._runner._process
     assert process is not None
     pending = process.submit("a", ("c-1", (), "running", None, None, None))
     await store.close()
@@ -379,8 +379,8 @@ async def test_a_close_cancelled_while_the_writer_process_finishes_still_stops_t
     store = SQLiteSagaStore(tmp_path / "c.db", writer="process")
     await store.create("a", "Order", "fp", {}, [])  # starts the writer process
     await store.load("a")  # starts the reader thread
-    reader = store._reader
-    process = store._process
+    reader = store._runner._reader
+    process = store._runner._process
     assert reader is not None
     assert process is not None
     held = asyncio.Event()
