@@ -210,7 +210,7 @@ class Runner:
         self._writer, self._reader = writer, reader
         workers = (writer,) if reader is None else (writer, reader)
         # A store dropped without close() still stops its threads. The
-        # finalizer holds the workers, never the store.
+        # finalizer holds the workers, never the store or its runner.
         self._finalizer = weakref.finalize(self, _stop_workers, *workers)
         for worker in workers:
             worker.start()
@@ -347,7 +347,7 @@ class Runner:
                     # A store dropped without close() still closes its file:
                     # no thread of its own does it, and an open connection
                     # freed warns "unclosed database" (Python 3.13+). The
-                    # finalizer holds the connection, never the store.
+                    # finalizer holds the connection, never the store or its runner.
                     self._finalizer = weakref.finalize(self, _close_quietly, conn)
                 worker._serve(conn, [request])
             except BaseException as error:  # a bug here must not leave the saga waiting
@@ -383,7 +383,7 @@ class Runner:
                     self._file,
                 )
                 # Dropped unclosed: the child stops (the finalizer holds the
-                # process, never the store).
+                # process, never the store or its runner).
                 self._process_finalizer = weakref.finalize(self, abandon_soon, process)
         return process if process.loop is loop else None
 
