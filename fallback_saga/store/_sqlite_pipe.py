@@ -1,6 +1,6 @@
 """SQLite's journal writes in a process of their own: the event loop's side of
 the pipe, and the wire format both sides speak (``SQLiteSagaStore(path,
-writer="process")``; the child's side is ``sqlite._writer_process_main``).
+writer="process")``; the child's side is ``_sqlite_workers._writer_process_main``).
 
 Why a process. With many sagas in flight, the store's writer thread and the
 event loop take turns under the GIL: the sagas all wait for one commit, then
