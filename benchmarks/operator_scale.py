@@ -6,7 +6,8 @@ from ``tests/pg_cluster.py`` with ``--store postgres``) with ``--finished``
 finished sagas (90 % COMPLETED, 7 % COMPENSATED, 3 % FAILED) created over a
 year, ``--interrupted`` RUNNING/COMPENSATING ones scattered among them (some
 leased, some parked), one saga whose journal holds ``--long`` entries, and
-one of ``--huge`` (added to a file or schema filled before, if missing).
+one of ``--huge`` (added to a file or schema filled before, if missing),
+and (SQLite) a parent of ``--children`` child sagas.
 Rows are copied from the journal of a real run (``python -m fallback_saga
 demo --db``), so every row reads back. Then it runs, each in its own
 process (so peak RSS is the operation's own), what an on-call engineer
@@ -64,6 +65,9 @@ LONG_ID = "long-journal"
 # A saga of ``--huge`` entries: a Parallel group of 25,000 members with a
 # retry each, or the compensations of a FAILED saga retried for months.
 HUGE_ID = "huge-journal"
+# A parent of ``--children`` child sagas (SubSaga steps, one a step name):
+# its journal, two rows a child, and each child's own record.
+FAMILY_ID = "family"
 
 
 def templates() -> dict[str, tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
@@ -198,6 +202,36 @@ def add_journal_sqlite(path: str, saga_id: str, entries: int) -> None:
         " attempt, error, at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ((saga_id, seq, *template[seq % 2][:6], None, now - 60 + seq / 1000,
           template[seq % 2][7]) for seq in range(entries)))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def add_family_sqlite(path: str, saga_id: str, children: int) -> None:
+    """Adds a RUNNING parent of ``children`` SubSaga steps (a STARTED and a
+    COMPLETED row each) and its child sagas to a filled file (if missing)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    if children <= 0 or conn.execute(
+            "SELECT 1 FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone():
+        conn.close()
+        return
+    (fingerprint, context), _ = templates()["completed"]
+    now = time.time()
+    saga_sql = (
+        "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+        " created_at, updated_at, unreleased_claims) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    )
+    conn.execute("BEGIN")
+    conn.execute(saga_sql, (saga_id, "DemoOrderSaga", fingerprint, "running", context,
+                            2 * children + 1, now - 60, now - 30))
+    conn.executemany(
+        "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
+        " attempt, error, at, result) VALUES (?, ?, ?, ?, 'primary', 'act', ?, 1, NULL, ?, ?)",
+        ((saga_id, seq, seq // 2, f"child{seq // 2:05d}",
+          "started" if seq % 2 == 0 else "completed", now - 60 + seq / 1000,
+          None if seq % 2 == 0 else "{}") for seq in range(2 * children)))
+    conn.executemany(saga_sql, (
+        (f"{saga_id}/child{n:05d}", "ChildSaga", fingerprint, "completed", context, 1,
+         now - 60, now - 60) for n in range(children)))
     conn.execute("COMMIT")
     conn.close()
 
@@ -396,6 +430,10 @@ CALLS = {
     "count_sagas()": "store.count_sagas()",
     "count_sagas(created_since=half a year ago)": (
         "store.count_sagas(created_since=time.time() - 182 * 86400)"),
+    "list_sagas(created_since=half a year ago)": (
+        "store.list_sagas(created_since=time.time() - 182 * 86400, limit=101)"),
+    "count_sagas(name=Demo, at_most=10000)": (
+        "store.count_sagas(saga_name='DemoOrderSaga', at_most=10000)"),
     "count_sagas(created_since=half a year ago, at_most=10000)": (
         "store.count_sagas(created_since=time.time() - 182 * 86400, at_most=10000)"),
     "load(long)": f"store.load({LONG_ID!r})",
@@ -443,7 +481,12 @@ def console_pages(target: list[str]) -> list[tuple[str, float, str]]:
                      # About half the sagas: counts stop at 10,000 a status
                      # (console/data.py COUNT_CAP), unless count=exact.
                      "/?since=180d", "/?since=180d&status=failed", "/api/sagas?since=180d",
-                     "/?since=180d&count=exact"):
+                     "/?since=180d&count=exact",
+                     # A name without a time window (its counts: capped too),
+                     # and a parent of many child sagas (its page's links).
+                     "/?name=DemoOrderSaga", "/?name=BillingSaga", "/api/sagas?name=DemoOrderSaga",
+                     f"/sagas/{FAMILY_ID}", f"/sagas/{FAMILY_ID}?page=100",
+                     f"/api/sagas/{FAMILY_ID}?page=100"):
             started = time.perf_counter()
             try:
                 with urllib.request.urlopen(base + path, timeout=300) as answer:
@@ -521,6 +564,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=20_000)
     parser.add_argument("--huge", type=int, default=100_000,
                         help="journal entries of the second long saga (added if missing)")
+    parser.add_argument("--children", type=int, default=25_000,
+                        help="SQLite: child sagas of the family saga (added if missing)")
     parser.add_argument("--steps", type=int, default=4, help="journal rows per finished saga")
     parser.add_argument("--db", help="SQLite: the file (kept; filled only if new)")
     parser.add_argument("--only", help="comma-separated words: only operations naming one")
@@ -544,6 +589,7 @@ def main() -> None:
             fill_sqlite(path, args.finished, args.interrupted, args.long, args.steps)
             print(f"filled {path} in {time.perf_counter() - started:.0f} s")
         add_journal_sqlite(path, HUGE_ID, args.huge)
+        add_family_sqlite(path, FAMILY_ID, args.children)
         run_all(["--db", path], only)
         return
     if args.dsn:
