@@ -254,6 +254,9 @@ async def test_operator_the_json_api_page_of_a_long_journal_reads_a_window_not_t
                 for data in (mine, theirs):
                     for key in ("lease", "lease_note", "created_at", "updated_at"):
                         data.pop(key)  # SQLite keeps leases; the two were created apart
+                # The children of the page's steps only (Member7 acts on page 1).
+                assert theirs.pop("children") == ["long/Member7"]
+                assert mine.pop("children") == (["long/Member7"] if query == "" else []), query
                 assert mine == theirs, query
                 assert mine["timeline"] or query == f"?page={pages}", query
             beyond = await fetch(f"http://127.0.0.1:{windowed.port}/api/sagas/long"
@@ -292,3 +295,47 @@ async def test_operator_the_json_api_leaves_out_tries_whose_end_it_did_not_read(
     assert [bar["seq"] for bar in small["timeline"]] == list(range(400, 600))
     assert {bar["outcome"] for bar in small["timeline"]} == {"completed"}
     assert "timeline_left_out" not in small["history_page"]
+
+
+class Looked(Watched):
+    """A store, recording the ids asked of its ``existing_saga_ids``."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.asked: list[str] = []
+
+    async def existing_saga_ids(self, saga_ids: Any) -> Any:
+        self.asked.extend(saga_ids)
+        return await self._store.existing_saga_ids(saga_ids)
+
+
+async def test_operator_a_long_journal_page_looks_up_and_links_the_children_of_its_own_steps(
+    tmp_path: Path,
+) -> None:
+    """A page of a journal longer than ``WHOLE_JOURNAL`` looks up and links
+    the child sagas (SubSaga) of the steps it shows only: a parent of
+    25,000 child steps was 25,000 ids looked up (50 queries) and linked at
+    every page. The HTML page and the JSON API alike; a page of no child
+    step links none."""
+    store = await _filled(tmp_path / "s.db")
+    # Member7 acts on page 1 (seqs 14, 15); Member450 on page 5 (seqs 900, 901).
+    await store.create("long/Member450", "Child", "fp", {}, [])
+    looked = Looked(store)
+    try:
+        async with ConsoleServer(looked, port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            first = (await fetch(f"{base}/sagas/long")).text
+            assert set(looked.asked) == {f"long/Member{n}" for n in range(HISTORY_PAGE // 2)}
+            looked.asked.clear()
+            fifth = (await fetch(f"{base}/sagas/long?page=5")).text
+            assert set(looked.asked) == {
+                f"long/Member{n}" for n in range(4 * HISTORY_PAGE // 2, 5 * HISTORY_PAGE // 2)}
+            api = (await fetch(f"{base}/api/sagas/long?page=5")).json()
+            third = (await fetch(f"{base}/api/sagas/long?page=3")).json()
+    finally:
+        await store.close()
+    assert "long/Member7" in first and "long/Member450" not in first
+    assert "long/Member450" in fifth and "long/Member7" not in fifth
+    assert "child sagas of this page" in fifth
+    assert api["children"] == ["long/Member450"]
+    assert third["children"] == []

@@ -469,7 +469,9 @@ class SagaView:
     lease: LeaseState | None
     lease_note: str | None = None
     parent: str | None = None  # a child saga's parent (SubSaga)
-    children: list[str] = field(default_factory=list)  # a parent's child sagas
+    # A parent's child sagas; when ``entries`` is set (a long journal), those
+    # of the steps on the page shown only.
+    children: list[str] = field(default_factory=list)
     parked: int | None = None  # its claims, if the store parks it (store._parking)
     # Set when record.history holds part of the journal only (a journal longer
     # than WHOLE_JOURNAL): the seq of its first entry, the journal's length,
@@ -510,7 +512,12 @@ async def fetch_saga_page(
     if window.entries <= WHOLE_JOURNAL:
         view = await fetch_saga(store, saga_id, unredacted=unredacted)
         return view, history_page(page_text, len(view.record.history))
-    view = await _view(store, window.record, unredacted, window.act_steps)
+    # The child sagas (SubSaga) of the steps this page shows, not of the
+    # whole journal's (window.act_steps): a parent of 25,000 child steps was
+    # 25,000 ids looked up (50 queries) and linked at every page.
+    shown = window.record.history[:HISTORY_PAGE]
+    page_acts = tuple(dict.fromkeys(e.step for e in shown if e.action == "act"))
+    view = await _view(store, window.record, unredacted, page_acts)
     view.first, view.entries = window.first, window.entries
     if newest:
         last = window.record.history[-HISTORY_PAGE:]

@@ -776,7 +776,9 @@ def _family(view: SagaView, raw: bool) -> str:
             f'<a class="id" href="{esc(saga_href(child, raw=raw))}">{esc(child)}</a>'
             for child in view.children
         )
-        parts.append(f" &middot; child sagas: {links}")
+        # A long journal's page links the children of its own steps only.
+        which = "child sagas" if view.entries is None else "child sagas of this page"
+        parts.append(f" &middot; {which}: {links}")
     return "".join(parts)
 
 
