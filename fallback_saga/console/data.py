@@ -77,8 +77,8 @@ WHOLE_JOURNAL: Final = 5000
 #: STARTED rows, then their outcomes).
 TIMELINE_FOLLOWING: Final = WHOLE_JOURNAL
 STATUSES: Final = tuple(SagaStatus)
-#: Sagas of one status a listing filtered by creation time counts at most
-#: (``?count=exact``: all of them). A window of half of 1,000,000 sagas was
+#: Sagas of one status a listing filtered by creation time or by saga name
+#: counts at most (``?count=exact``: all of them). A window of half of 1,000,000 sagas was
 #: half the table read for its counts at every request: a second on
 #: PostgreSQL. Past it the status's count shows as "10,000+", never a
 #: number it is not.
@@ -392,12 +392,17 @@ async def fetch_listing(
     name and time filters, all statuses), from ``count`` (default:
     ``fetch_counts``). ``BadRequest`` if the page cursor names a saga that
     is gone."""
-    # Windowed counts stop at COUNT_CAP a status (unless ?count=exact): the
-    # others read an index by name and status alone.
+    # Counts filtered by time or by name stop at COUNT_CAP a status (unless
+    # ?count=exact): a name of 800,000 sagas was every one of them counted
+    # (its index entries read) at each request. The unfiltered counts are
+    # reused a while when slow (counting.CountCache), and /metrics needs them whole.
     windowed = query.since is not None or query.until is not None
     counts = await (count or fetch_counts)(
         store, saga_name=query.name, since=query.since, until=query.until,
-        at_most=COUNT_CAP if windowed and not query.exact_counts else None,
+        at_most=(
+            COUNT_CAP if (windowed or query.name is not None) and not query.exact_counts
+            else None
+        ),
     )
     list_sagas = getattr(store, "list_sagas", None)
     if not callable(list_sagas):

@@ -418,11 +418,13 @@ def listing_page(
     )
     capped = listing.counts.capped
     exact = query.link("/", default_limit=default_limit, count="exact")
+    windowed = query.since is not None or query.until is not None
+    where = "in this time window" if windowed else "of this name"
     capped_note = (
         f"<p>More than {listing.counts.cap:,} "
         + " and ".join(_STATUS_LABELS[s].lower() for s in STATUSES if s in capped)
-        + " sagas in this time window: their counts stop there (counting every one "
-        f'reads every saga in the window). <a href="{esc(exact)}">Count them all</a></p>'
+        + f" sagas {where}: their counts stop there (counting every one reads every "
+        f'saga {where}). <a href="{esc(exact)}">Count them all</a></p>'
         if capped
         else ""
     )
