@@ -334,8 +334,10 @@ async def test_operator_a_long_journal_page_looks_up_and_links_the_children_of_i
             third = (await fetch(f"{base}/api/sagas/long?page=3")).json()
     finally:
         await store.close()
-    assert "long/Member7" in first and "long/Member450" not in first
-    assert "long/Member450" in fifth and "long/Member7" not in fifth
+    assert "long/Member7" in first
+    assert "long/Member450" not in first
+    assert "long/Member450" in fifth
+    assert "long/Member7" not in fifth
     assert "child sagas of this page" in fifth
     assert api["children"] == ["long/Member450"]
     assert third["children"] == []
