@@ -134,3 +134,95 @@ async def test_operator_a_store_whose_count_takes_no_cap_is_asked_as_before() ->
     assert counts.exact
     assert not counts.capped
     assert counts.by_status()[SagaStatus.COMPLETED] == 8
+
+
+async def test_operator_a_listing_by_name_counts_up_to_the_cap_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing filtered by saga name alone asks for counts up to the cap
+    a status too (a name of 800,000 sagas was every one of them counted at
+    each request): "5+", a note naming the filter, and a link counting them
+    all; with count=exact, and without any filter, every saga is counted."""
+    monkeypatch.setattr(console_data, "COUNT_CAP", CAP, raising=False)
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await _filled(store)
+        watched = Watched(store)
+        async with ConsoleServer(watched, port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            page = (await fetch(f"{base}/?name=OrderSaga")).text
+            assert watched.counts[-1] == {"saga_name": "OrderSaga", "created_since": None,
+                                          "created_until": None, "at_most": CAP}
+            api = (await fetch(f"{base}/api/sagas?name=OrderSaga")).json()
+            exact = (await fetch(f"{base}/?name=OrderSaga&count=exact")).text
+            assert watched.counts[-1]["at_most"] is None
+            await fetch(f"{base}/")
+            assert watched.counts[-1]["at_most"] is None
+    assert '<span class="n" title="more: counted up to this many only">5+</span>' in page
+    assert '<span class="n">3</span><span class="what">Failed</span>' in page
+    assert "More than 5 completed sagas of this name" in page
+    assert 'href="/?name=OrderSaga&amp;count=exact">Count them all</a>' in page
+    assert api["counts"]["completed"] == CAP
+    assert api["counts_capped"] == {
+        "at": CAP, "statuses": ["completed"],
+        "exact": "/api/sagas?name=OrderSaga&count=exact"}
+    assert '<span class="n">8</span><span class="what">Completed</span>' in exact
+    assert "Count them all" not in exact
+
+
+def _suggested(page: str) -> list[str]:
+    datalist = page.split('<datalist id="saga-names">', 1)[1].split("</datalist>", 1)[0]
+    return [option.split('"')[1] for option in datalist.split("<option value=")[1:]]
+
+
+@pytest.mark.parametrize("with_names", [True, False], ids=["store-names", "counts-only"])
+async def test_operator_the_name_suggestions_hold_names_seen_only_in_capped_statuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_names: bool
+) -> None:
+    """The saga-name suggestions of the filter form are every name the store
+    holds (its ``saga_names``, an index read): a name whose sagas all have
+    a status counted no further (capped), and under a name filter the
+    other names, are suggested too. A store without ``saga_names`` suggests
+    the names it counted, as before."""
+    monkeypatch.setattr(console_data, "COUNT_CAP", CAP, raising=False)
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await _filled(store)
+        await store.create("rare-0", "RareSaga", "fp", {}, [], status=SagaStatus.COMPLETED)
+        watched: Any = Watched(store)
+        if not with_names:
+            class NoNames(Watched):
+                saga_names = None
+            watched = NoNames(store)
+        async with ConsoleServer(watched, port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            windowed = (await fetch(f"{base}/?since=1h")).text
+            named = (await fetch(f"{base}/?name=OrderSaga&count=exact")).text
+            whole = (await fetch(f"{base}/")).text
+    assert _suggested(whole) == ["OrderSaga", "RareSaga"]
+    if with_names:
+        assert _suggested(windowed) == ["OrderSaga", "RareSaga"]
+        assert _suggested(named) == ["OrderSaga", "RareSaga"]
+    else:
+        assert _suggested(windowed) == ["OrderSaga"]  # COMPLETED is capped
+        assert _suggested(named) == ["OrderSaga"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_operator_saga_names_are_every_name_sorted_up_to_the_limit(
+    tmp_path: Path, kind: str
+) -> None:
+    """``saga_names(limit=)``: the distinct names of the stored sagas, in
+    order, at most ``limit``; none for an empty store."""
+    store: Any = MemorySagaStore() if kind == "memory" else SQLiteSagaStore(tmp_path / "s.db")
+    try:
+        assert await store.saga_names() == []
+        for n, name in enumerate(["b", "a", "c", "b", "a", "d"]):
+            await store.create(f"s{n}", name, "fp", {}, [],
+                               status=SagaStatus.COMPLETED if n % 2 else SagaStatus.RUNNING)
+        assert await store.saga_names() == ["a", "b", "c", "d"]
+        assert await store.saga_names(limit=2) == ["a", "b"]
+        assert await store.saga_names(limit=0) == []
+        with pytest.raises(ValueError, match="limit"):
+            await store.saga_names(limit=-1)
+    finally:
+        if kind == "sqlite":
+            await store.close()

@@ -134,6 +134,24 @@ def test_operator_the_consoles_counts_read_an_index_alone(
         assert "TEMP B-TREE" not in plan, plan
 
 
+def test_operator_the_saga_names_are_read_a_seek_a_name_not_every_saga(
+    year_old: sqlite3.Connection,
+) -> None:
+    """The console's name suggestions (``saga_names``) are read a name at a
+    time from an index by name, each a seek for the next name: every
+    name (two here), and no statement scans the table or the index."""
+
+    def names(cursor: sqlite3.Cursor) -> Any:
+        return _sqlite_sql._saga_names(cursor, None, 10)
+
+    assert names(year_old.cursor()) == ["BillingSaga", "OrderSaga"]
+    steps = [step for plan in _plans(year_old, names) for step in plan.split(" / ")]
+    searches = [step for step in steps if "INDEX sagas_by_name" in step]
+    assert searches, steps
+    assert all("SEARCH" in step and "COVERING INDEX" in step for step in searches), steps
+    assert not any(step.startswith("SCAN sagas") for step in steps), steps
+
+
 def test_S10_a_claim_still_walks_the_index_of_sagas_in_flight_on_a_file_with_the_new_indexes(
     tmp_path: Path,
 ) -> None:

@@ -380,3 +380,20 @@ async def test_operator_a_capped_count_of_a_wide_window_reads_each_status_up_to_
             # Up to the cap (and what it passes), or a window of fewer sagas
             # than the cap read whole (the planner's choice, by creation time).
             assert rows <= _CAP + 1 + passed or rows <= between <= 3 * _CAP, text
+
+
+async def test_operator_the_saga_names_are_read_a_seek_a_name_not_every_saga(
+    store: PostgresSagaStore, raw: Any,
+) -> None:
+    """The console's name suggestions (``saga_names``): every distinct name,
+    in order, up to ``limit``, each read by a seek for the next name in an
+    index by name (a few rows a name), not every saga's entry nor the table."""
+    _year_old(raw)
+    assert await store.saga_names() == ["BillingSaga", "OrderSaga"]
+    assert await store.saga_names(limit=1) == ["BillingSaga"]
+    text, scans = _scanned(raw, store._sql.saga_names, [10])
+    assert "Seq Scan" not in text, text
+    tables = [(scan, rows) for scan, rows in scans if " on fallback_saga_sagas" in scan]
+    assert tables, text
+    assert all("Index Only Scan" in scan for scan, _rows in tables), text
+    assert all(rows <= 3 for _scan, rows in tables), text

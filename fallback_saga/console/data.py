@@ -83,6 +83,8 @@ STATUSES: Final = tuple(SagaStatus)
 #: PostgreSQL. Past it the status's count shows as "10,000+", never a
 #: number it is not.
 COUNT_CAP: Final = 10_000
+#: Saga names the filter form suggests at most.
+SUGGESTED_NAMES: Final = 500
 
 
 class BadRequest(ValueError):
@@ -296,6 +298,14 @@ class Listing:
     can_list: bool = True
     # Saga id -> its claims, for the sagas the store parks (store._parking).
     parked: dict[str, int] = field(default_factory=dict)
+    # Every saga name the store holds (its saga_names), for the name field's
+    # suggestions; None: the names counted (counts.names()) stand in.
+    names: list[str] | None = None
+
+    def suggested_names(self) -> list[str]:
+        """The name field's suggestions, at most ``SUGGESTED_NAMES``."""
+        names = self.counts.names() if self.names is None else self.names
+        return names[:SUGGESTED_NAMES]
 
 
 def _store_name(store: object) -> str:
@@ -463,7 +473,11 @@ async def fetch_listing(
         if (claims := parked_claims(store, s.status, s.unreleased_claims, s.lease_owner,
                                     s.lease_expires_at, now)) is not None
     }
-    return Listing(found, next_before, counts, notes, parked=parked)
+    # The names of every saga, not of those counted: a filter by name, or a
+    # status counted no further (capped), left names out of the suggestions.
+    saga_names = getattr(store, "saga_names", None)
+    names = await saga_names(limit=SUGGESTED_NAMES) if callable(saga_names) else None
+    return Listing(found, next_before, counts, notes, parked=parked, names=names)
 
 
 @dataclass(slots=True)

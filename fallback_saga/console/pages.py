@@ -302,7 +302,7 @@ def _filters(listing: Listing, query: ListQuery, default_limit: int) -> str:
         f'<option value="{n}"{" selected" if n == query.limit else ""}>{n}</option>'
         for n in limits
     ]
-    names = "".join(f'<option value="{esc(name)}">' for name in listing.counts.names()[:500])
+    names = "".join(f'<option value="{esc(name)}">' for name in listing.suggested_names())
     quick = []
     for age, text in (("15m", "15 min"), ("1h", "1 h"), ("24h", "24 h"), ("7d", "7 days")):
         href = query.link("/", default_limit=default_limit, since=age, until=None, before=None)

@@ -283,6 +283,15 @@ class _Statements:
             f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')}, fence, unreleased_claims"
             f" FROM {sagas} WHERE saga_id = %s"
         )
+        # The distinct names, in order: one look-up of the next name a name
+        # in an index by saga_name (a skip scan), not every saga's entry read.
+        self.saga_names = (
+            f"WITH RECURSIVE names (name) AS ("
+            f" SELECT (SELECT min(saga_name) FROM {sagas})"
+            f" UNION ALL SELECT (SELECT min(saga_name) FROM {sagas} WHERE saga_name > names.name)"
+            f" FROM names WHERE names.name IS NOT NULL"
+            f") SELECT name FROM names WHERE name IS NOT NULL LIMIT %s"
+        )
         # A text[] parameter: one statement however many ids are asked about.
         self.existing_ids = f"SELECT saga_id FROM {sagas} WHERE saga_id = ANY(%s::text[])"
         # One table, no join, no subquery in the locking SELECT (see the module doc).

@@ -398,3 +398,23 @@ def _existing_ids(cursor: sqlite3.Cursor, txn: _Txn, saga_ids: list[str]) -> set
             ).fetchall()
         found.update(saga_id for (saga_id,) in rows if isinstance(saga_id, str))
     return found
+
+
+# The distinct names, in order: a look-up of the next name in
+# sagas_by_name_status a name (a skip scan), not a read of every saga's
+# entry. MIN over a range of the index's first column is one seek.
+_SAGA_NAMES: Final = (
+    "WITH RECURSIVE names (name) AS ("
+    " SELECT (SELECT MIN(saga_name) FROM sagas)"
+    " UNION ALL SELECT (SELECT MIN(saga_name) FROM sagas WHERE saga_name > names.name)"
+    " FROM names WHERE names.name IS NOT NULL"
+    ") SELECT name FROM names WHERE name IS NOT NULL LIMIT ?"
+)
+
+
+def _saga_names(cursor: sqlite3.Cursor, txn: _Txn, limit: int) -> list[str]:
+    """The distinct saga names, in order, at most ``limit`` (a name that is
+    no text, from a damaged row, is left out, as from a listing)."""
+    with _lenient_text(cursor):
+        rows = cursor.execute(_SAGA_NAMES, (limit,)).fetchall()
+    return [name for (name,) in rows if isinstance(name, str)]

@@ -249,7 +249,10 @@ class RecoverableStore(SagaStore, Protocol):
     lease_state(saga_id) -> LeaseState`` (``SagaNotFound`` if missing); and
     ``async def existing_saga_ids(saga_ids) -> set[str]``, which of those ids
     the store holds (``saga_family`` finds a saga's children with one call,
-    else with a ``lease_state`` or ``load`` per step name); and ``async def
+    else with a ``lease_state`` or ``load`` per step name); ``async def
+    saga_names(*, limit=1000) -> list[str]``, the distinct saga names the
+    store holds, in order, at most ``limit`` (the console's name
+    suggestions; else the names it counted); and ``async def
     load_window(saga_id, *, start, count) -> HistoryWindow``, the saga with
     only ``count`` entries of its journal from ``start`` (``start < 0``:
     from the end; ``-count``, the newest), and the journal's length — the

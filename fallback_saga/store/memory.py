@@ -255,6 +255,12 @@ class MemorySagaStore:
         """Which of ``saga_ids`` the store holds (those ``load`` finds)."""
         return {saga_id for saga_id in saga_ids if isinstance(saga_id, str) and saga_id in self}
 
+    async def saga_names(self, *, limit: int = 1000) -> list[str]:
+        """The distinct saga names held, in order, at most ``limit``."""
+        limit = non_negative_int("limit", limit)
+        names = {self._summary(saga_id).saga_name for saga_id in list(self._sagas)}
+        return sorted(names)[:limit]
+
     # ------------------------------------------------------------------ listing (operators)
 
     async def list_sagas(

@@ -1451,6 +1451,15 @@ class PostgresSagaStore:
         owner, expires_at, token, claims = row
         return LeaseState(owner, expires_at, token, claims)
 
+    async def saga_names(self, *, limit: int = 1000) -> list[str]:
+        """The distinct saga names held, in order, at most ``limit``: one
+        look-up a name in an index by name (the console's suggestions)."""
+        found = await self._fetch(
+            "cannot list saga names", self._sql.saga_names,
+            (non_negative_int("limit", limit),), rows="all",
+        )
+        return [name for (name,) in found]
+
     async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
         """Which of ``saga_ids`` the store holds, in one query (an id no store
         can hold is not among them): what ``saga_family`` asks for a saga's

@@ -91,7 +91,15 @@ from ._common import (
 from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
 from ._sqlite_leases import _claim, _claim_saga, _defer, _lease_state, _release, _renew
 from ._sqlite_purge import _old_finished, _purge
-from ._sqlite_reads import _count, _existing_ids, _list, _load, _load_window, _optional_time
+from ._sqlite_reads import (
+    _count,
+    _existing_ids,
+    _list,
+    _load,
+    _load_window,
+    _optional_time,
+    _saga_names,
+)
 from ._sqlite_runner import Runner
 from ._sqlite_schema import SCHEMA_VERSION, WAL_SIZE_LIMIT
 from ._sqlite_sql import _append, _context_json, _create, _storable, _storable_plain
@@ -490,6 +498,13 @@ class SQLiteSagaStore:
             _lease_state, (check_saga_id(saga_id),), write=False
         )
         return state
+
+    async def saga_names(self, *, limit: int = 1000) -> list[str]:
+        """The distinct saga names held, in order, at most ``limit``: one
+        look-up a name in the index by name (the console's suggestions)."""
+        args = (non_negative_int("limit", limit),)
+        names: list[str] = await self._submit(_saga_names, args, write=False)
+        return names
 
     async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
         """Which of ``saga_ids`` the store holds, in one read (an id no store
