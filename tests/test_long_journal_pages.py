@@ -341,3 +341,49 @@ async def test_operator_a_long_journal_page_looks_up_and_links_the_children_of_i
     assert "child sagas of this page" in fifth
     assert api["children"] == ["long/Member450"]
     assert third["children"] == []
+
+
+class Windows(Watched):
+    """A store, recording the keyword arguments of each ``load_window`` call."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.windows: list[dict[str, Any]] = []
+
+    async def load_window(self, saga_id: str, **asked: Any) -> Any:
+        self.windows.append(asked)
+        return await self._store.load_window(saga_id, **asked)
+
+
+async def test_operator_a_long_journal_page_reads_no_act_steps_of_the_whole_journal(
+    tmp_path: Path,
+) -> None:
+    """The console's page of a long journal asks ``load_window`` for no act
+    step names (``act_steps=False``): it links the children of its own
+    steps, and reading every act's step name was a query over the saga's
+    whole journal at every page (65 ms at 25,000 child steps). SQLite's
+    ``load_window(act_steps=False)`` sends no statement over the act rows;
+    the default, as ``show --limit`` asks, still gives them all."""
+    store = await _filled(tmp_path / "s.db")
+    windows = Windows(store)
+    try:
+        async with ConsoleServer(windows, port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            assert (await fetch(f"{base}/sagas/long?page=3")).status == 200
+            assert (await fetch(f"{base}/api/sagas/long?page=3")).status == 200
+        asked = await store.load_window("long", start=0, count=10)
+    finally:
+        await store.close()
+    assert windows.windows
+    assert all(asked.get("act_steps") is False for asked in windows.windows), windows.windows
+    assert len(asked.act_steps) == -(-(ENTRIES - 2) // 2)  # Member0 .. the last member
+    conn = sqlite3.connect(tmp_path / "s.db")
+    sent: list[str] = []
+    conn.set_trace_callback(sent.append)
+    try:
+        window = _sqlite_sql._load_window(conn.cursor(), None, "long", 400, 200, False)
+    finally:
+        conn.close()
+    assert window.act_steps == ()
+    assert [e.step for e in window.record.history][:2] == ["Member200", "Member200"]
+    assert not any("'act'" in statement for statement in sent), sent

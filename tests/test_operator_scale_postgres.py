@@ -328,6 +328,34 @@ async def test_operator_a_window_of_a_long_journal_reads_its_rows_by_the_primary
     assert int(rows.group(1)) <= 200, text
 
 
+async def test_operator_a_window_without_act_steps_reads_no_act_row(
+    store: PostgresSagaStore, raw: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_window(act_steps=False)`` (the console's page of a long journal,
+    which links the children of its own steps): the same window, no act step
+    names, and the statement reads none of the saga's act rows for them."""
+    history = [entry(n // 2, f"Member{n // 2}") for n in range(3000)]
+    await store.create("long", "Big", "fp", {"n": 1}, history)
+    sent: list[tuple[str, list[Any]]] = []
+    fetch = store._fetch
+
+    async def recorded(doing: str, statement: str, values: Any = (), **kwargs: Any) -> Any:
+        sent.append((statement, list(values)))
+        return await fetch(doing, statement, values, **kwargs)
+
+    monkeypatch.setattr(store, "_fetch", recorded)
+    window = await store.load_window("long", start=1400, count=200, act_steps=False)
+    monkeypatch.undo()
+    full = await store.load_window("long", start=1400, count=200)
+    assert window.act_steps == ()
+    assert (window.record, window.first, window.entries) == (full.record, 1400, 3000)
+    ((statement, values),) = sent
+    plan = "\n".join(row[0] for row in raw.execute("EXPLAIN (ANALYZE) " + statement, values))
+    read = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
+    assert "One-Time Filter: false" in plan or "never executed" in plan, plan
+    assert max(read) <= 200, plan
+
+
 _CAP = 100
 
 

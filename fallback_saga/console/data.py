@@ -519,8 +519,11 @@ async def fetch_saga_page(
     if page_text and re.fullmatch(r"[0-9]{1,12}", page_text) and int(page_text) >= 1:
         asked = int(page_text)
     try:
+        # No act step names of the whole journal (a read of every act row):
+        # the page links the children of its own steps (below).
         window = await history_window(
-            store, saga_id, start=(asked - 1) * HISTORY_PAGE, count=HISTORY_PAGE + following
+            store, saga_id, start=(asked - 1) * HISTORY_PAGE, count=HISTORY_PAGE + following,
+            act_steps=False,
         )
     except ValueError:  # not a valid saga id: no saga has it
         raise SagaNotFound(saga_id) from None
@@ -542,7 +545,8 @@ async def fetch_saga_page(
         last = window.record.history[-HISTORY_PAGE:]
         if window.first + len(window.record.history) < window.entries:
             last = (await history_window(
-                store, saga_id, start=-HISTORY_PAGE, count=HISTORY_PAGE)).record.history
+                store, saga_id, start=-HISTORY_PAGE, count=HISTORY_PAGE, act_steps=False,
+            )).record.history
         view.newest = shown_record(
             dataclasses.replace(window.record, history=last), unredacted=unredacted
         ).history

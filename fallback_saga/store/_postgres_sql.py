@@ -251,8 +251,10 @@ class _Statements:
             f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
             f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
             f" h.errors, h.ats, h.results, w.first, s.journal_length,"
-            f" ARRAY(SELECT step FROM {steps} WHERE saga_id = s.saga_id AND action = 'act'"
-            f" GROUP BY step ORDER BY min(seq))"
+            # The act step names unless asked without (a one-time filter: no
+            # row read when false).
+            f" ARRAY(SELECT step FROM {steps} WHERE %s::bool AND saga_id = s.saga_id"
+            f" AND action = 'act' GROUP BY step ORDER BY min(seq))"
             # The window's first seq: from the end when start < 0 (journal_length:
             # the entries the store wrote, seqs 0, 1, ...).
             f" FROM {sagas} s CROSS JOIN LATERAL (SELECT CASE WHEN %s::int < 0"

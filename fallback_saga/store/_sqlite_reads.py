@@ -69,11 +69,14 @@ def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
 
 
 def _load_window(
-    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, start: int, count: int
+    cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, start: int, count: int,
+    act_steps: bool = True,
 ) -> HistoryWindow:
     """The saga with ``count`` journal entries from ``start`` (negative:
     from the end): the rows of the window only, by the primary key, and
-    the journal's length from its last seq (the store writes seqs 0, 1, ...)."""
+    the journal's length from its last seq (the store writes seqs 0, 1, ...).
+    ``act_steps``: and the whole journal's act step names (a read of the
+    saga's rows; the console's page does without)."""
     def read() -> tuple[Any, int, int, list[Any], list[Any]]:
         row = cursor.execute(_SELECT_SAGA, (saga_id,)).fetchone()
         if row is None:
@@ -84,7 +87,8 @@ def _load_window(
         entries = 0 if last is None else last + 1
         first = window_start(start, entries)
         steps = cursor.execute(_STEPS_WINDOW, (saga_id, first, first + max(count, 0))).fetchall()
-        return row, first, entries, steps, cursor.execute(_ACT_STEPS, (saga_id,)).fetchall()
+        acts = cursor.execute(_ACT_STEPS, (saga_id,)).fetchall() if act_steps else []
+        return row, first, entries, steps, acts
 
     try:
         row, first, entries, steps, acts = read()

@@ -471,13 +471,23 @@ def gives_back_unrun(store: object) -> bool:
     return True
 
 
-async def history_window(store: Any, saga_id: str, *, start: int, count: int) -> HistoryWindow:
+async def history_window(
+    store: Any, saga_id: str, *, start: int, count: int, act_steps: bool = True
+) -> HistoryWindow:
     """``count`` entries of a saga's journal from ``start`` (``start < 0``:
     from the end), the header, and the journal's length: the store's
-    ``load_window`` when it has one, else its ``load``, cut."""
+    ``load_window`` when it has one, else its ``load``, cut. Not
+    ``act_steps``: the store's ``load_window`` is asked to leave out the act
+    step names if it takes ``act_steps`` (the built-in stores' does); they
+    may then be empty."""
     load_window = getattr(store, "load_window", None)
     if callable(load_window):
-        window: HistoryWindow = await load_window(saga_id, start=start, count=count)
+        if not act_steps and _takes(load_window, "act_steps"):
+            window: HistoryWindow = await load_window(
+                saga_id, start=start, count=count, act_steps=False
+            )
+        else:
+            window = await load_window(saga_id, start=start, count=count)
         return window
     record: SagaRecord = await store.load(saga_id)
     entries = len(record.history)
@@ -485,6 +495,18 @@ async def history_window(store: Any, saga_id: str, *, start: int, count: int) ->
     return HistoryWindow(
         dataclasses.replace(record, history=record.history[first : first + max(count, 0)]),
         first, entries, tuple(dict.fromkeys(e.step for e in record.history if e.action == "act")),
+    )
+
+
+def _takes(method: Any, keyword: str) -> bool:
+    """Whether ``method`` takes ``keyword`` (named, or through ``**kwargs``):
+    a store of your own written before it is called as before."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read
+        return False
+    return any(
+        p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
     )
 
 

@@ -1220,11 +1220,14 @@ class PostgresSagaStore:
         except (TypeError, ValueError) as error:  # a value of the wrong type in a row
             raise CorruptSagaRecord(saga_id, f"{type(error).__name__}: {error}") from None
 
-    async def load_window(self, saga_id: str, *, start: int, count: int) -> HistoryWindow:
+    async def load_window(
+        self, saga_id: str, *, start: int, count: int, act_steps: bool = True
+    ) -> HistoryWindow:
         """The saga with ``count`` journal entries from ``start`` (``start <
         0``: from the end), and the journal's length, in one snapshot: only
         those rows are read (the console's page of a long journal, ``show
-        --limit``)."""
+        --limit``). ``act_steps=False``: without the journal's act step
+        names (which read every act row of the saga)."""
         saga_id = check_saga_id(saga_id)
         start = whole_int("start", start)
         count = non_negative_int("count", count)
@@ -1233,7 +1236,7 @@ class PostgresSagaStore:
         count = min(count, _INT4_MAX - max(start, 0))
         doing = f"cannot load saga {short_repr(saga_id)}"
         row = await self._fetch(
-            doing, self._sql.load_window, (start, start, start, count, saga_id)
+            doing, self._sql.load_window, (bool(act_steps), start, start, start, count, saga_id)
         )
         if row is None:
             raise SagaNotFound(saga_id)

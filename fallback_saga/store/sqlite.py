@@ -429,14 +429,18 @@ class SQLiteSagaStore:
         record: SagaRecord = await self._submit(_load, (check_saga_id(saga_id),), write=False)
         return record
 
-    async def load_window(self, saga_id: str, *, start: int, count: int) -> HistoryWindow:
+    async def load_window(
+        self, saga_id: str, *, start: int, count: int, act_steps: bool = True
+    ) -> HistoryWindow:
         """The saga with ``count`` journal entries from ``start`` (``start <
         0``: from the end), and the journal's length: only those rows are
-        read (the console's page of a long journal, ``show --limit``)."""
+        read (the console's page of a long journal, ``show --limit``).
+        ``act_steps=False``: without the journal's act step names (which
+        read every act row of the saga)."""
         start = whole_int("start", start)
         count = non_negative_int("count", count)
         window: HistoryWindow = await self._submit(
-            _load_window, (check_saga_id(saga_id), start, count), write=False
+            _load_window, (check_saga_id(saga_id), start, count, bool(act_steps)), write=False
         )
         return window
 
