@@ -206,6 +206,27 @@ async def test_operator_the_name_suggestions_hold_names_seen_only_in_capped_stat
         assert _suggested(named) == ["OrderSaga"]
 
 
+async def test_operator_the_json_listing_reads_no_name_suggestions(tmp_path: Path) -> None:
+    """``/api/sagas`` has no form to suggest names in: it does not ask the
+    store for them (up to 500 index look-ups a request); the page does."""
+    asked: list[int] = []
+
+    class NamesCounted(Watched):
+        async def saga_names(self, *, limit: int = 1000) -> list[str]:
+            asked.append(limit)
+            names: list[str] = await self._store.saga_names(limit=limit)
+            return names
+
+    async with SQLiteSagaStore(tmp_path / "s.db") as store:
+        await _filled(store)
+        async with ConsoleServer(NamesCounted(store), port=0) as console:
+            base = f"http://127.0.0.1:{console.port}"
+            listed = (await fetch(f"{base}/api/sagas")).json()
+            assert listed["sagas"] and asked == []
+            await fetch(f"{base}/")
+            assert asked == [console_data.SUGGESTED_NAMES]
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_operator_saga_names_are_every_name_sorted_up_to_the_limit(
     tmp_path: Path, kind: str

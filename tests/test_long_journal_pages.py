@@ -381,7 +381,7 @@ async def test_operator_a_long_journal_page_reads_no_act_steps_of_the_whole_jour
     sent: list[str] = []
     conn.set_trace_callback(sent.append)
     try:
-        window = _sqlite_sql._load_window(conn.cursor(), None, "long", 400, 200, False)
+        window = _sqlite_reads._load_window(conn.cursor(), None, "long", 400, 200, False)
     finally:
         conn.close()
     assert window.act_steps == ()

@@ -142,7 +142,7 @@ def test_operator_the_saga_names_are_read_a_seek_a_name_not_every_saga(
     name (two here), and no statement scans the table or the index."""
 
     def names(cursor: sqlite3.Cursor) -> Any:
-        return _sqlite_sql._saga_names(cursor, None, 10)
+        return _sqlite_reads._saga_names(cursor, None, 10)
 
     assert names(year_old.cursor()) == ["BillingSaga", "OrderSaga"]
     steps = [step for plan in _plans(year_old, names) for step in plan.split(" / ")]

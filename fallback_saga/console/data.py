@@ -396,12 +396,14 @@ async def fetch_counts(
 
 
 async def fetch_listing(
-    store: object, query: ListQuery, count: CountFetcher | None = None
+    store: object, query: ListQuery, count: CountFetcher | None = None, *,
+    suggestions: bool = True,
 ) -> Listing:
     """One page of sagas, newest first, and the counts by status (for the
     name and time filters, all statuses), from ``count`` (default:
-    ``fetch_counts``). ``BadRequest`` if the page cursor names a saga that
-    is gone."""
+    ``fetch_counts``); with ``suggestions``, every saga name the store
+    holds too (the page's name field). ``BadRequest`` if the page cursor
+    names a saga that is gone."""
     # Counts filtered by time or by name stop at COUNT_CAP a status (unless
     # ?count=exact): a name of 800,000 sagas was every one of them counted
     # (its index entries read) at each request. The unfiltered counts are
@@ -475,8 +477,12 @@ async def fetch_listing(
     }
     # The names of every saga, not of those counted: a filter by name, or a
     # status counted no further (capped), left names out of the suggestions.
+    # Only the page's form shows them (``suggestions``): /api/sagas does not.
     saga_names = getattr(store, "saga_names", None)
-    names = await saga_names(limit=SUGGESTED_NAMES) if callable(saga_names) else None
+    names = (
+        await saga_names(limit=SUGGESTED_NAMES)
+        if suggestions and callable(saga_names) else None
+    )
     return Listing(found, next_before, counts, notes, parked=parked, names=names)
 
 

@@ -609,7 +609,7 @@ class ConsoleServer:
             return await self._one_saga_json(saga_id, values.get("page"), raw=raw)
         now = time.time()
         query = parse_list_query(request.query, now=now, default_limit=self.page_size)
-        listing = await fetch_listing(self.store, query, self._counts.counts)
+        listing = await fetch_listing(self.store, query, self._counts.counts, suggestions=False)
         return _json(HTTPStatus.OK, listing_json(listing, query, default_limit=self.page_size))
 
     async def _saga_json(self, request: Request, raw_id: str) -> Response:
