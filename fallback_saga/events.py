@@ -60,11 +60,13 @@ class StepCall(StepInfo):
     ``"primary"``, or ``"fallback"`` for a ``Fallback``'s fallback. The same
     object is passed to ``step_call_started`` and ``step_call_finished``."""
 
-    __slots__ = ("_interrupted", "branch")
+    __slots__ = ("_cancelled", "_interrupted", "branch")
 
-    # Set (to True) only by a call that was interrupted: left unset by every
-    # other, so that a call that answers pays nothing for it (see interrupted).
+    # Set (to True) only by a call that was interrupted, or cancelled in
+    # flight: left unset by every other, so that a call that answers pays
+    # nothing for them (see interrupted, cancelled).
     _interrupted: bool
+    _cancelled: bool
 
     def __init__(
         self,
@@ -91,6 +93,20 @@ class StepCall(StepInfo):
         try:
             return self._interrupted
         except AttributeError:  # never set: the call answered, or failed
+            return False
+
+    @property
+    def cancelled(self) -> bool:
+        """For ``step_call_finished``: a ``Parallel`` member's ``act`` (or the
+        act of a step of a child saga such a member runs) cancelled while it
+        ran — a sibling failed, or the saga's task was cancelled — or that
+        let a ``CancelledError`` out itself. Not a failure: the journal holds
+        it ``CANCELLED`` (its effect is uncertain) and the step is
+        compensated; no ``step_failed`` is told of it. (A plain step's act
+        cancelled in flight is journaled ``FAILED``: that one has failed.)"""
+        try:
+            return self._cancelled
+        except AttributeError:  # never set: the call answered, failed or was interrupted
             return False
 
     def __repr__(self) -> str:
@@ -148,7 +164,10 @@ class SagaListener:
     def step_failed(self, saga_id: str, step: str, error: BaseException) -> None:
         """A step's ``act`` raised (or its circuit was open); the context was restored.
 
-        Not told for a call a ``KeyboardInterrupt``, ``SystemExit`` or
+        Not told for a ``Parallel`` member's act cancelled while it ran
+        (``StepCall.cancelled``): the journal holds it ``CANCELLED``, not
+        failed, and the ``compensation_*`` hooks follow as it is undone.
+        Nor for a call a ``KeyboardInterrupt``, ``SystemExit`` or
         ``GeneratorExit`` interrupted: the journal keeps that call's STARTED
         as its last word (its effect may have landed), and the run's
         ``saga_interrupted``, with that exception, tells that it stopped."""
@@ -437,6 +456,13 @@ class LoggingListener(SagaListener):
         # Exception: nothing else is retried), here. A call a crash or the
         # loop's shutdown interrupted did not fail: its STARTED is the
         # journal's last word on it, and saga_interrupted says the run stopped.
+        # A group member's act cancelled in flight did not fail either: it is
+        # journaled CANCELLED, and compensated (no step_failed tells it).
+        if error is not None and call.cancelled:
+            self._write(self.level, "saga %s step %s cancelled while its act ran (%s); its "
+                        "effect is uncertain: it is compensated", call.saga_id, call.step,
+                        type(error).__name__)
+            return
         if isinstance(error, Exception) and call.action == "compensate" and (
             not call.interrupted  # a driver's error for the shutdown's cancellation
         ):

@@ -53,7 +53,7 @@ from .context import (
     step_snapshot_to_dict,
 )
 from .errors import ContextSerializationError, SagaFailed
-from .events import emit
+from .events import StepCall, emit
 from .group_run import IN_A_MEMBER, Lane, LaneCursor, run_group
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .redaction import withheld
@@ -817,9 +817,9 @@ class Execution(UnwindingRun):
                 if lane is not None:
                     cursor.active = False  # the lane's cursor (act_failed resets the run's)
                     if lane.called and isinstance(error, asyncio.CancelledError):
+                        # Journaled CANCELLED, not FAILED: no step_failed (see
+                        # act_cancelled); its compensation follows.
                         self.act_cancelled(branch, attempt)
-                        if hooks.step_failed:  # as for any try that did not complete
-                            emit(hooks.step_failed, self.saga_id, branch.name, error)
                         raise
                 self.act_failed(branch, attempt, error, told)
                 retry = branch.retry
@@ -866,7 +866,9 @@ class Execution(UnwindingRun):
             # This run is a child saga of a group member, cancelled with it:
             # its call in flight is as uncertain as the member's own would be
             # (not a call its write-ahead never let through: nothing to undo).
+            # Journaled CANCELLED, not FAILED: no step_failed (see act_cancelled).
             self.act_cancelled(branch, attempt)
+            told = False
         elif not isinstance(error, Exception) and not isinstance(error, _CancelledError):
             # KeyboardInterrupt, SystemExit, GeneratorExit: the process (or
             # this coroutine) is going down inside the call, whose effect may
@@ -1029,10 +1031,7 @@ class Execution(UnwindingRun):
                 raise unawaited(branch.name, "act", response)
         except BaseException as error:
             if call is not None:
-                if not isinstance(error, Exception | _CancelledError):
-                    # A crash: its STARTED stays its last row (see act_failed).
-                    call._interrupted = True
-                self._call_finished(call, error)
+                self._act_call_raised(call, lane, error)
             if isinstance(error, Exception) and self.cancelled_meanwhile(lane):
                 # Under a breaker, it counts as nothing (S9).
                 raise cancellation_behind(error) from error
@@ -1041,6 +1040,32 @@ class Execution(UnwindingRun):
         if call is not None:
             self._call_finished(call, None)
         return response
+
+    def _act_call_raised(self, call: StepCall, lane: Lane | None, error: BaseException) -> None:
+        """Tell ``step_call_finished`` that the act ``call`` raised ``error``,
+        as the journal will hold the call (S13): interrupted — a crash, or a
+        child saga's journal that failed (``JournalWriteFailed``, told with
+        the store's error): its STARTED stays its last row (see act_failed);
+        cancelled — a group member's call cancelled in flight, journaled
+        CANCELLED (see act_cancelled); else failed."""
+        if isinstance(error, JournalWriteFailed):
+            call._interrupted = True
+            error = error.error
+        elif not isinstance(error, Exception | _CancelledError):
+            call._interrupted = True
+        elif lane is not None or IN_A_MEMBER.get():
+            # The rows act_failed and try_branch write for it: a member's
+            # CancelledError (or the cancellation it converted into an error
+            # of its own), or a member's child saga's step's exact one.
+            if isinstance(error, Exception):
+                cancelled = self.cancelled_meanwhile(lane)
+            elif lane is not None:
+                cancelled = True
+            else:
+                cancelled = error.__class__ is _CancelledError
+            if cancelled:
+                call._cancelled = True
+        self._call_finished(call, error)
 
     # ------------------------------------------------------------------ what a live store reads
 

@@ -64,6 +64,7 @@ __all__ = ["IN_A_MEMBER", "GroupHost", "GroupRun", "Lane", "LaneCursor", "run_gr
 IN_A_MEMBER: ContextVar[bool] = ContextVar("fallback_saga_in_a_member", default=False)
 
 _now = time.time
+_NOBODY = Hooks(())  # no listener: what a run whose journal failed tells of a try
 _new_object = object.__new__
 _new_tuple = tuple.__new__
 
@@ -85,6 +86,7 @@ class GroupHost(Protocol):
     branch_errors: dict[str, BaseException] | None
     context_dirty: bool
     hooks: Hooks
+    interruption: BaseException | None  # the journal failed: the run stops
     cancels: int  # the run's task's count of requests to cancel as it began
 
     def stop_swallowed(self) -> Awaitable[asyncio.CancelledError]: ...
@@ -351,9 +353,12 @@ async def run_group(
         except asyncio.CancelledError as cancelled_error:
             # Cancelled while it was written: no member ran. Say so, as a
             # step whose write-ahead was cancelled does (S13: the journal
-            # ends saying what happened) — to the listeners too.
+            # ends saying what happened) — to the listeners too, unless that
+            # write failed as well: the journal will never hold these tries
+            # (the run stops), and no try it does not hold is told (as
+            # Execution.try_branch does for a step's write-ahead).
             now = _now()
-            hooks = host.hooks
+            hooks = host.hooks if host.interruption is None else _NOBODY
             for _, first in todo:
                 journal.append(
                     (first.position, first.name, first.branch, "act", _FAILED, 1,

@@ -77,6 +77,7 @@ BREAKER_PREVIOUS_STATE = "fallback_saga.breaker.previous_state"
 RETRY_AFTER = "fallback_saga.breaker.retry_after"
 RECOVERY_OUTCOME = "fallback_saga.recovery.outcome"
 STEP_INTERRUPTED = "fallback_saga.step.interrupted"
+STEP_CANCELLED = "fallback_saga.step.cancelled"
 ERROR_TYPE = "error.type"  # the semantic conventions' own
 
 # Bucket boundaries in seconds: a step is a call to a service (milliseconds to
@@ -395,6 +396,13 @@ class OpenTelemetryListener(SagaListener):
             # count as a failed call.
             attributes[STEP_INTERRUPTED] = True
             span.set_attribute(STEP_INTERRUPTED, True)
+        elif error is not None and call.cancelled:
+            # A group member's act cancelled in flight (a sibling failed, or
+            # the saga was cancelled): journaled CANCELLED, not FAILED — its
+            # effect is uncertain, and the saga compensates it. Not a failed
+            # call either: no error status, no error.type.
+            attributes[STEP_CANCELLED] = True
+            span.set_attribute(STEP_CANCELLED, True)
         elif error is not None:
             error_type = type(error).__qualname__
             attributes[ERROR_TYPE] = error_type

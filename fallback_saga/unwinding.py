@@ -337,7 +337,13 @@ class UnwindingRun(JournaledRun):
     ) -> BaseException:
         """``_stopped``, announced to the listeners (``saga_interrupted``)."""
         stopped = self._stopped(error, failure)
-        self._announce_finish(stopped)
+        # Told interrupted whatever status the journal holds: a run that
+        # reopened a final saga — a COMPLETED child its parent unwinds, a
+        # FAILED saga an operator retries — stopped with that status still
+        # held, and reached none of its own (not saga_finished, S13).
+        if self.hooks.saga_interrupted:
+            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
+                 self.held_status(), stopped)
         return stopped
 
     def _report_interruption(self) -> None:
@@ -389,7 +395,9 @@ class UnwindingRun(JournaledRun):
         return self.journaled_status
 
     def _announce_finish(self, error: BaseException | None) -> None:
-        if self.status.is_final:
+        # (A final status with the journal failed is the one a reopened saga
+        # held as its unwinding stopped: see _interrupted.)
+        if self.status.is_final and self.interruption is None:
             if self.hooks.saga_finished:
                 emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
         elif self.hooks.saga_interrupted:  # stopped short of a final status: see _stopped
@@ -553,6 +561,10 @@ class UnwindingRun(JournaledRun):
                 # A journal this run does not write itself failed (a SubSaga's
                 # child's): the unwinding stops here, left for recovery (see unwind).
                 if call is not None:
+                    # Interrupted, not failed: this run's journal keeps the
+                    # call's STARTED as its last word, and recovery calls it
+                    # again (no error span, no failed attempt logged).
+                    call._interrupted = True
                     self._call_finished(call, stopped.error)
                 raise
             except BaseException as crash:  # no cancellation: see crashed
@@ -599,7 +611,8 @@ class UnwindingRun(JournaledRun):
         # A group member's act cancelled in flight (a sibling failed, or the
         # caller was cancelled): its effect is uncertain, so it is compensated
         # like a completed act — journaled CANCELLED, which resume_point puts
-        # on the compensation stack too.
+        # on the compensation stack too. Not a failure: no step_failed is
+        # told of it (its StepCall says cancelled), as the journal holds none.
         self.journal.append(
             (branch.position, branch.name, branch.branch, "act", _CANCELLED, attempt,
              "CancelledError: cancelled while its act ran; its effect is uncertain", _now(),

@@ -126,13 +126,16 @@ class Family:
     def __init__(
         self, items: Sequence[Any], store: Any, ledger: Ledger,
         yields: dict[str, int] | None = None, listen: bool = False,
+        listeners: Sequence[object] = (),
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.yields = yields or {}
         self.entered: set[tuple[str, str]] = set()
         self.balance = Balance()
-        self.listeners = (self.balance,) if listen else ()
+        # ``listeners``: heard by the parent and every child (a SubSaga builds
+        # its child with its parent's listeners).
+        self.listeners = ((self.balance,) if listen else ()) + tuple(listeners)
         self.specs: dict[str, StepSpec] = {}
         self.sagas: list[Saga[Ctx]] = []
         self.parent = self._saga("Parent", items)

@@ -367,13 +367,14 @@ async def test_logging_listener_uses_the_logger_it_is_given(
 # --------------------------------------------------------------------------- group members
 
 
-async def test_a_group_member_cancelled_in_flight_is_told_failed_before_it_is_compensated() -> (
+async def test_S13_a_group_member_cancelled_in_flight_is_told_cancelled_then_compensated() -> (
     None
 ):
     """A sibling fails; the member in flight is cancelled, journaled
-    CANCELLED and compensated. Its try ends for the listeners as every try
-    that does not complete does — ``step_failed`` — before its
-    compensation starts (a plain step cancelled in flight is told the same)."""
+    CANCELLED (not FAILED) and compensated. The listeners hear what the
+    journal holds: no ``step_failed`` (its ``StepCall`` says ``cancelled``:
+    test_composition_listeners.py), then its compensation. (A plain step
+    cancelled in flight is journaled FAILED, and told ``step_failed``.)"""
     from fallback_saga import MemorySagaStore, Parallel
 
     trace: Trace = []
@@ -396,7 +397,6 @@ async def test_a_group_member_cancelled_in_flight_is_told_failed_before_it_is_co
     slow_events = [e[0:3] for e in recorder.events if len(e) > 1 and e[1] == "Slow"]
     assert slow_events == [
         ("step_started", "Slow", 1),
-        ("step_failed", "Slow", "CancelledError"),
         ("compensation_started", "Slow", 1),
         ("compensation_completed", "Slow"),
     ]
