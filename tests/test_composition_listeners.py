@@ -495,8 +495,10 @@ def test_the_matrix_reaches_the_parents_compensation_of_its_child() -> None:
 async def test_S13_a_compensation_its_childs_journal_stopped_is_told_interrupted() -> None:
     """D fails; the parent compensates its child, whose journal refuses the
     write: the parent's compensation of Kid keeps its STARTED as its last row
-    (recovery calls it again) — told interrupted, with the store's error,
-    never failed."""
+    (recovery calls it again) — told interrupted, with the child's
+    ``SagaInterrupted``, never failed. The child's own run (its unwinding,
+    reopened from COMPLETED) stopped too: told ``saga_interrupted`` with the
+    status its journal still holds, COMPLETED — not ``saga_finished``."""
     items, yields = SHAPES["child_unwound"]
     store = FaultyStore(MemorySagaStore())
     told = Told()
@@ -516,6 +518,9 @@ async def test_S13_a_compensation_its_childs_journal_stopped_is_told_interrupted
            if key[:3] == ("o", "Kid", "compensate")]
     assert kid == [(("o", "Kid", "compensate", 1), INTERRUPTED, "SagaInterrupted")], told.calls
     assert not told.failed[("o", "Kid", "compensation_failed")]
+    how, status, error = told.ends["o/Kid"]
+    assert (how, status) == ("interrupted", SagaStatus.COMPLETED), told.ends
+    assert (await store.inner.load("o/Kid")).status is SagaStatus.COMPLETED
     record = await store.inner.load("o")
     assert [(e.step, e.action, e.status.value) for e in record.history][-1] == (
         "Kid", "compensate", "started"
