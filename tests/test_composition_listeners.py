@@ -58,6 +58,7 @@ from fallback_saga import (
     MemorySagaStore,
     SagaError,
     SagaFailed,
+    SagaInterrupted,
     SagaListener,
     SagaStatus,
     SQLiteSagaStore,
@@ -520,6 +521,7 @@ async def test_S13_a_compensation_its_childs_journal_stopped_is_told_interrupted
     assert not told.failed[("o", "Kid", "compensation_failed")]
     how, status, error = told.ends["o/Kid"]
     assert (how, status) == ("interrupted", SagaStatus.COMPLETED), told.ends
+    assert isinstance(error, SagaInterrupted), error
     assert (await store.inner.load("o/Kid")).status is SagaStatus.COMPLETED
     record = await store.inner.load("o")
     assert [(e.step, e.action, e.status.value) for e in record.history][-1] == (
