@@ -35,6 +35,7 @@ journal does not hold, tells it again.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Iterable
@@ -234,8 +235,15 @@ def refused_at_creation(status: SagaStatus | None, error: BaseException | None) 
 def status_if_landed(status: SagaStatus | None, error: BaseException | None) -> SagaStatus | None:
     """For ``saga_interrupted(status, error)``: the status the journal holds
     instead of ``status`` if the run's last write, reported failed, landed
-    unseen (``SagaInterrupted.in_doubt``) — the saga may be final already.
+    unseen (``SagaInterrupted.in_doubt``; for a cancelled run, the
+    ``SagaInterrupted`` that is its ``CancelledError``'s cause) — the saga
+    may be final already.
     None when the journal holds ``status`` either way."""
+    if isinstance(error, asyncio.CancelledError) and isinstance(error.__cause__, SagaInterrupted):
+        # A cancelled run whose journal failed meanwhile: its caller gets the
+        # cancellation, and the journal's failure is its cause (see
+        # UnwindingRun._announce_finish).
+        error = error.__cause__
     if not isinstance(error, SagaInterrupted) or not error.in_doubt:
         return None
     landed = error.status_if_landed or (SagaStatus.RUNNING if status is None else status)

@@ -401,6 +401,18 @@ class UnwindingRun(JournaledRun):
             if self.hooks.saga_finished:
                 emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
         elif self.hooks.saga_interrupted:  # stopped short of a final status: see _stopped
+            if (
+                error.__class__ is asyncio.CancelledError and error.__cause__ is None
+                and self.interruption is not None and self.landed_unseen is not None
+            ):
+                # A cancelled run whose last write failed in doubt: the
+                # listeners get the cancellation its caller gets — a copy,
+                # the caller's own left as it is — with the journal's
+                # failure as its cause, so that status_if_landed names the
+                # status that write may have left (S13).
+                told = asyncio.CancelledError(*error.args)
+                told.__cause__ = self._stopped(self.interruption)
+                error = told
             emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
                  self.held_status(), error if error is not None else self.interruption)
 

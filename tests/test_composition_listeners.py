@@ -239,13 +239,6 @@ def agree(
         held = None if record is None else record.status
         if how == "finished":
             assert held is status, (saga_id, how, status, held)
-        elif faulted and isinstance(error, asyncio.CancelledError):
-            # A cancelled run (a member's child, cancelled with its member)
-            # whose last write failed in doubt: the listeners get the
-            # CancelledError its caller gets, which does not carry the
-            # status that write would have left (left as it is: see the
-            # report of this matrix).
-            continue
         else:
             assert held in {status, status_if_landed(status, error)}, (saga_id, status, held)
             if held is not None and not faulted:
