@@ -222,7 +222,8 @@ async def test_operator_the_json_listing_reads_no_name_suggestions(tmp_path: Pat
         async with ConsoleServer(NamesCounted(store), port=0) as console:
             base = f"http://127.0.0.1:{console.port}"
             listed = (await fetch(f"{base}/api/sagas")).json()
-            assert listed["sagas"] and asked == []
+            assert listed["sagas"]
+            assert asked == []
             await fetch(f"{base}/")
             assert asked == [console_data.SUGGESTED_NAMES]
 
