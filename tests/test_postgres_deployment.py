@@ -153,9 +153,9 @@ async def test_S13_without_prepared_statements_nothing_is_prepared_on_the_server
 ) -> None:
     """What makes the store work behind a pooler, checked without one: no
     statement is ever prepared, not even once the tables are big."""
-    from fallback_saga.store import postgres as pg_store
+    from fallback_saga.store import _postgres_pool
 
-    monkeypatch.setattr(pg_store, "_PREPARE_FROM", -2)  # "big" from the start
+    monkeypatch.setattr(_postgres_pool, "_PREPARE_FROM", -2)  # "big" from the start
     async with PostgresSagaStore(
         pg_conninfo, schema=pg_schema, prepared_statements=False, min_size=1, max_size=1
     ) as store:

@@ -52,6 +52,7 @@ require_driver()  # skips this module without psycopg (fails under CI)
 import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402
 
+from fallback_saga.store import _postgres_pool  # noqa: E402
 from fallback_saga.store import _postgres_schema as pg_schema_module  # noqa: E402
 from fallback_saga.store import postgres as pg_store  # noqa: E402
 from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
@@ -554,7 +555,7 @@ async def test_group_statements_are_prepared_only_once_the_tables_are_big(
         await asyncio.gather(*store._size_checks)
         assert store.stats.largest_group > 1
         assert await _groups_prepared_on(pool) == 0
-        _fill(raw, pg_store._PREPARE_FROM)
+        _fill(raw, _postgres_pool._PREPARE_FROM)
         await groups(100)  # the first check sees the new sizes
         await groups(200)
         assert await _groups_prepared_on(pool) > 0

@@ -1,0 +1,641 @@
+"""The PostgreSQL saga store's connection layer: its pool's lifecycle and
+the one way a statement is run.
+
+``PooledStore`` is what ``PostgresSagaStore`` is built on (its base class):
+the constructor's checks, the event loop the store serves, opening (the
+own pool or the given one, the schema's migration), closing, and
+``_fetch`` — one statement on a pooled connection, the driver's errors made
+the store's (``_wrap``, ``_explain``: what was certainly not written says
+so). Also the reading of the tables' sizes that decides when the statements
+that find many sagas are prepared. The store's journal writes
+(``postgres``), reads (``_postgres_reads``) and leases
+(``_postgres_leases``) all run their statements through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import SagaStoreError
+from ..log_lines import library_logger
+from ..shielding import own_task
+from ._common import finite_seconds, non_negative_int
+from ._dsn_secrets import dsn_secrets, scrub
+from ._parking import PARK_AFTER, check_park_after
+from ._postgres_conn import (
+    _PREPARED_HINT,
+    _PREPARED_LOST,
+    RECONNECT_TIMEOUT,
+    _driver,
+    _getconn,
+    _query,
+)
+from ._postgres_schema import _IDENTIFIER, _migrate, _Names, _schema_version
+from ._postgres_sql import (
+    _NOT_ASCII,
+    _SYNCHRONOUS_COMMIT,
+    _UNSTORABLE,
+    _commit_in_doubt,
+    _Statements,
+    _Write,
+)
+
+if TYPE_CHECKING:
+    # Types only. The driver is an optional extra: without it, mypy still
+    # checks this module (the names are then Any), hence the ignores.
+    from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
+    from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
+
+    from ._group_commit import GroupCommit
+
+_log = library_logger("fallback_saga.store.postgres")
+
+# The statements that find many sagas at once (a group's, the claim's) are
+# prepared (their plan cached by the server) only once the sagas and steps
+# tables hold this many rows by the server's statistics (pg_class.reltuples:
+# -1 before the first ANALYZE). The plan PostgreSQL caches for them while a
+# table is small scans it in full, and keeps doing so as the table grows,
+# until autovacuum next analyzes it: on a fresh database under load, a
+# minute or more of group commits each reading every saga (measured: backend
+# CPU per saga from 230 to 1,300 µs within 30 s). Below, each is planned for
+# its own parameters (about 0.5 ms of server CPU, once per group), and the
+# sizes are read again every _SIZE_CHECK seconds. (A statement that finds
+# one saga by its key is planned on the key's index whatever the size.)
+_PREPARE_FROM: Final = 10_000
+_SIZE_CHECK: Final = 5.0
+
+# What a write's error says when nothing of it was written
+# (``SagaStoreError.nothing_written``).
+_REFUSED: Final = "refused by the server, which rolled it back: nothing of it was written"
+_NOT_SENT: Final = "never sent: nothing of it was written"
+_NO_CONNECTION: Final = "never sent, as no connection could be had: nothing of it was written"
+_NOT_OPENED: Final = "never sent, as the store could not be opened: nothing of it was written"
+
+
+_CLOSER: Final = "fallback_saga-pool-closer"
+
+async def _close_pool_when_cancelled(pool: AsyncConnectionPool[Any]) -> None:
+    """Wait until cancelled, then close ``pool`` (unless it is closed).
+
+    ``asyncio.run`` (``asyncio.Runner``) ends by cancelling every task left,
+    and waits for them all. psycopg_pool's maintenance workers count a
+    ``CancelledError`` that lands in their work (a connection being added as
+    the pool grows, or one replacing a broken connection) among the errors
+    a worker survives, and go back to wait for more work: a loop that ended
+    with the store open (a sync app's request that returned, a service's
+    Ctrl-C) waited for ever. This task is cancelled with them, and closing
+    the pool tells its workers to stop — once every other task is done: what
+    the loop's end cancelled along with this one (a worker handing its sagas
+    off, a saga unwinding) may still write through the pool.
+    (``PostgresSagaStore.close`` closes the pool itself first.)"""
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        # (Only when cancelled: a task never cancelled — made while the loop
+        # ended — is dropped with its loop, and must not wait in that.)
+        if not pool.closed:
+            await _after_the_rest()
+            await pool.close()
+        raise
+
+
+async def _close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerator[None, None]:
+    """Closes ``pool`` (unless it is closed) when the loop's end closes this
+    generator (``shutdown_asyncgens``, once the tasks it cancelled are done):
+    a pool opened while the loop ended (by a write that its end cancelled,
+    made before any task of the pool's was there to cancel) is closed too,
+    its workers told to stop, instead of dropped with the loop."""
+    try:
+        yield
+    finally:
+        if not pool.closed:
+            await pool.close()
+
+
+# The tasks of the stores' own pools (psycopg_pool names its scheduler and
+# workers after the pool) and of their closers: never waited for by a closer
+# (they would wait for each other).
+_POOL_TASKS: Final = ("fallback_saga-worker-", "fallback_saga-scheduler", _CLOSER)
+
+
+async def _after_the_rest() -> None:
+    """Return once every task of the loop is done but the pools' own."""
+    me = asyncio.current_task()
+    while rest := [
+        task for task in asyncio.all_tasks()
+        if task is not me and not task.get_name().startswith(_POOL_TASKS)
+    ]:
+        await asyncio.wait(rest)
+
+
+class PooledStore:
+    """The connection layer of ``PostgresSagaStore`` (its base class; see
+    the module docstring). Knows nothing of what the statements it runs do."""
+
+    # The store's group commit, which ``_fetch`` tells when a journal write is
+    # sent (its ``sending()``); made by ``PostgresSagaStore``.
+    _journal: GroupCommit[_Write, None]
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | AsyncConnectionPool[Any],
+        *,
+        schema: str | None = None,
+        min_size: int = 2,
+        max_size: int = 10,
+        synchronous_commit: str = "on",
+        connect_timeout: float = 30.0,
+        group_commit: bool = True,
+        prepared_statements: bool = True,
+        park_after: int | None = PARK_AFTER,
+    ) -> None:
+        park_after = check_park_after(park_after)
+        psycopg, psycopg_pool = _driver()
+        if not isinstance(group_commit, bool):
+            raise TypeError(f"group_commit must be a bool, got {group_commit!r}")
+        if not isinstance(prepared_statements, bool):
+            raise TypeError(f"prepared_statements must be a bool, got {prepared_statements!r}")
+        if schema is not None and (
+            not isinstance(schema, str) or _IDENTIFIER.fullmatch(schema) is None
+        ):
+            raise ValueError(
+                f"schema must be a plain PostgreSQL identifier (letters, digits, _), "
+                f"got {schema!r}"
+            )
+        if not isinstance(synchronous_commit, str) or (
+            synchronous_commit.lower() not in _SYNCHRONOUS_COMMIT
+        ):
+            raise ValueError(
+                f"synchronous_commit must be one of {sorted(_SYNCHRONOUS_COMMIT)}, "
+                f"got {synchronous_commit!r}"
+            )
+        timeout = finite_seconds("connect_timeout", connect_timeout)
+        if timeout <= 0:
+            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout!r}")
+        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        if isinstance(conninfo_or_pool, str):
+            non_negative_int("min_size", min_size)
+            non_negative_int("max_size", max_size)
+            if max_size < 1 or min_size > max_size:
+                raise ValueError(
+                    f"need 0 <= min_size <= max_size and max_size >= 1, got "
+                    f"min_size={min_size!r}, max_size={max_size!r}"
+                )
+            self._conninfo: str | None = conninfo_or_pool
+            self._secrets: tuple[str, ...] = dsn_secrets(conninfo_or_pool)
+            self._pool: AsyncConnectionPool[Any] | None = None
+            self._owns_pool = True
+            pool_size: int = max_size
+        elif isinstance(conninfo_or_pool, psycopg_pool.AsyncConnectionPool):
+            if synchronous_commit.lower() != "on":
+                raise ValueError(
+                    "synchronous_commit applies to the store's own pool; configure your "
+                    "pool's connections instead"
+                )
+            self._conninfo = None
+            self._secrets = dsn_secrets(conninfo_or_pool.conninfo)
+            self._pool = conninfo_or_pool
+            self._owns_pool = False
+            pool_size = conninfo_or_pool.max_size
+        else:
+            raise TypeError(
+                f"PostgresSagaStore takes a conninfo string or a psycopg_pool."
+                f"AsyncConnectionPool, got {type(conninfo_or_pool).__name__}"
+            )
+        self.schema: str | None = schema
+        self.park_after: int | None = park_after
+        self.min_size = min_size
+        self.max_size = max_size
+        self.synchronous_commit: str = synchronous_commit.lower()
+        self.connect_timeout = timeout
+        self._names = _Names(schema)
+        self._sql = _Statements(self._names)
+        self._ready = False  # migrated and, for an owned pool, opened
+        self._closed = False
+        # The close() in progress: a close() called meanwhile waits for it,
+        # so that "closed" means the pool is.
+        self._closing: asyncio.Future[None] | None = None
+        # psycopg's prepare for the group and claim statements: False (plan
+        # each) until the tables are big enough for a cached plan
+        # (_PREPARE_FROM), then None (prepared, psycopg's default).
+        self._prepare: bool | None = False
+        # False: no statement is ever prepared (behind a transaction-mode
+        # pooler, a statement prepared on one server connection is unknown,
+        # or another one, on the next). psycopg's prepare for the others.
+        self.prepared_statements = prepared_statements
+        # What an error text cannot hold in this database (``_note_encoding``).
+        self._unstorable: re.Pattern[str] = _UNSTORABLE
+        self._prepare_any: bool | None = None if prepared_statements else False
+        self.size_check_every: float = _SIZE_CHECK
+        self._size_check_at = 0.0  # loop time of the next check while not prepared
+        self._size_checks: set[asyncio.Task[None]] = set()
+        self._opening: asyncio.Lock | None = None
+        # Journal writes (the store's): alone while nothing else is on its
+        # way, else grouped, in at most half the pool's connections. A libpq
+        # without pipeline mode (older than 14) writes each alone.
+        self.group_commit: bool = group_commit and psycopg.Pipeline.is_supported()
+        self._pool_size = pool_size
+        # The event loop the store serves: its pool's and its group commit's
+        # (the first that uses it; see _on_its_loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0  # the process whose loop that is
+        # Closes the own pool when the loop's end cancels every task (see
+        # _close_pool_when_cancelled); None while no own pool is open.
+        self._pool_closer: asyncio.Task[None] | None = None
+        self._pool_guard: AsyncGenerator[None, None] | None = None  # the same, later
+
+    def _on_its_loop(self) -> None:
+        """Check that the running event loop is the store's, before anything
+        else: the pool, the group commit's queue and its tasks belong to one
+        loop, and a write queued from another would wait forever (woken from
+        a thread that is not its loop's). A store whose loop has closed —
+        one made at import and used by one ``asyncio.run`` after another —
+        starts afresh on the new loop (its own pool is opened again)."""
+        loop = asyncio.get_running_loop()
+        bound = self._loop
+        if bound is loop:
+            return
+        if bound is None:
+            self._loop, self._pid = loop, os.getpid()
+            return
+        if self._pid != os.getpid():
+            # Its connections are sockets the parent still uses: neither using
+            # them here nor closing them (libpq says goodbye to the server)
+            # would leave the parent's sessions intact.
+            raise SagaStoreError(
+                "this PostgreSQL saga store was used before os.fork(): its connections "
+                "belong to the parent process, which a forked child must neither use nor "
+                "close; make the store in the child (after the fork), or leave it unused "
+                "in the parent"
+            )
+        if not bound.is_closed():
+            raise SagaStoreError(
+                "this PostgreSQL saga store serves the event loop it was first used on, "
+                "which is still open (another thread's?): its connection pool and its "
+                "journal writes belong to that loop; give each event loop a store of its own"
+            )
+        if not self._owns_pool:
+            raise SagaStoreError(
+                "the event loop this PostgreSQL saga store was first used on has closed, "
+                "and the connection pool it was given belongs to that loop; give the "
+                "store a pool made on this loop"
+            )
+        # Its pool was opened on the closed loop: dropped (its connections
+        # end when it is freed), and opened again here at the first call.
+        self._start_afresh()
+        self._pool = None
+        self._pool_closer = self._pool_guard = None  # went with the closed loop
+        self._ready = False
+        self._opening = None
+        self._size_checks = set()
+        self._size_check_at = 0.0
+        self._loop = loop
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any] | None:
+        """The connection pool (``None`` until an owned pool is opened)."""
+        return self._pool
+
+    async def open(self) -> None:
+        """Connect and migrate the schema now rather than at first use, so a
+        bad conninfo or a too-new schema fails here (``SagaStoreError``)."""
+        self._on_its_loop()
+        if self._ready:
+            return
+        if self._closed:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._ready:
+                return
+            if self._closed:
+                raise SagaStoreError("the PostgreSQL saga store is closed")
+            try:
+                if self._owns_pool:
+                    await self._open_own_pool()
+                else:
+                    assert self._pool is not None
+                    async with self._pool.connection() as conn:
+                        await _migrate(conn, self._names)
+                        await self._read_sizes(conn)
+                        self._note_encoding(conn)
+            except SagaStoreError:
+                raise
+            except self._errors as error:
+                raise self._wrap(
+                    error, "cannot open the PostgreSQL saga store"
+                ) from self._shown_cause(error)
+            self._ready = True
+
+    async def _open_own_pool(self) -> None:
+        psycopg, psycopg_pool = _driver()
+        assert self._conninfo is not None
+        # A direct connection first: a bad conninfo fails at once with the
+        # server's own words, not after a pool's retry timeout.
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, **self._connection_kwargs()
+                )
+        except TimeoutError:
+            raise SagaStoreError(
+                f"cannot open the PostgreSQL saga store: no connection within "
+                f"{self.connect_timeout:g} s"
+            ) from None
+        try:
+            await _migrate(conn, self._names)
+            await self._read_sizes(conn)
+            self._note_encoding(conn)
+        finally:
+            await conn.close()
+        synchronous_commit = self.synchronous_commit
+
+        async def configure(conn: AsyncConnection[Any]) -> None:
+            if synchronous_commit != "on":
+                await conn.execute(
+                    "SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,)
+                )
+
+        pool = psycopg_pool.AsyncConnectionPool(
+            self._conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs=self._connection_kwargs(),
+            configure=configure,
+            open=False,
+            name="fallback_saga",
+            timeout=self.connect_timeout,
+            # Reconnections given up soon, and made again for the next
+            # request (``_wait_for_connection``): a server back from an
+            # outage is used at once, not after a backoff as long as it.
+            reconnect_timeout=min(RECONNECT_TIMEOUT, self.connect_timeout),
+        )
+        try:
+            await pool.open(wait=self.min_size > 0, timeout=self.connect_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+        self._pool_closer = asyncio.get_running_loop().create_task(
+            _close_pool_when_cancelled(pool), name=_CLOSER
+        )
+        guard = _close_pool_at_loop_end(pool)
+        await anext(guard)  # known to the loop from now on
+        self._pool_guard = guard
+
+    def _note_encoding(self, conn: AsyncConnection[Any]) -> None:
+        """Error texts are kept to ASCII in a database that is not UTF-8."""
+        encoding = conn.info.parameter_status("server_encoding")
+        if encoding is not None and encoding.upper() not in ("UTF8", "UNICODE"):
+            self._unstorable = _NOT_ASCII
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        """The arguments of the store's own connections."""
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            # Text travels as UTF-8 whatever the database's encoding: in a
+            # SQL_ASCII database (no conversion by the server) text came
+            # back as bytes, and every saga read as corrupt.
+            "client_encoding": "UTF8",
+        }
+        if not self.prepared_statements:
+            kwargs["prepare_threshold"] = None
+        return kwargs
+
+    async def close(self) -> None:
+        """Close the store's own pool (a given pool is left open). Later calls
+        raise ``SagaStoreError``; closing twice is harmless: a ``close()``
+        called while another is closing returns when that one has."""
+        while self._closing is not None:
+            # shield: cancelling this wait must not cancel the other close
+            await asyncio.shield(self._closing)
+        if self._closed:
+            return
+        if self._loop is not None and self._loop.is_closed():
+            # Used last by a loop that has closed: its pool goes with it.
+            self._closed = True
+            self._ready = False
+            self._pool = None
+            self._pool_closer = self._pool_guard = None
+            return
+        self._on_its_loop()
+        self._closing = closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close()
+        finally:
+            self._closing = None
+            closing.set_result(None)
+
+    async def _close(self) -> None:
+        await self._settle()
+        if self._size_checks:
+            await asyncio.gather(*self._size_checks, return_exceptions=True)
+        self._closed = True
+        self._ready = False
+        if self._owns_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+        closer, self._pool_closer = self._pool_closer, None
+        if closer is not None:
+            closer.cancel()  # the pool is closed: it finds nothing to do
+        self._pool_guard = None  # nor does it
+
+    def _start_afresh(self) -> None:
+        """What the store keeps for one event loop, made again for a new one
+        (``_on_its_loop``): the store's journal (``PostgresSagaStore``)."""
+
+    async def _settle(self) -> None:
+        """What is under way, finished (or given up) before the pool closes:
+        the store's queued writes and its give-backs (``PostgresSagaStore``)."""
+
+    async def _read_sizes(self, conn: AsyncConnection[Any]) -> None:
+        """Prepare statements from now on if the tables are big enough
+        (``_PREPARE_FROM``)."""
+        sql = self._sql
+        cursor = await _query(conn, sql.table_rows, sql.table_rows_params, prepare=False)
+        row = await cursor.fetchone()
+        if (
+            self.prepared_statements and row is not None and row[0] is not None
+            and row[0] >= _PREPARE_FROM
+        ):
+            self._prepare = None
+        self._size_check_at = asyncio.get_running_loop().time() + self.size_check_every
+
+    def _check_sizes_soon(self) -> None:
+        """While statements are not prepared: read the table sizes again, in
+        a task of its own, at most every ``size_check_every`` seconds."""
+        now = asyncio.get_running_loop().time()
+        if now < self._size_check_at or self._closed:
+            return
+        self._size_check_at = now + self.size_check_every
+        task = own_task(self._check_sizes())
+        if not task.done():
+            self._size_checks.add(task)
+            task.add_done_callback(self._size_checks.discard)
+
+    async def _check_sizes(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            conn = await _getconn(pool)
+            try:
+                await self._read_sizes(conn)
+            finally:
+                await pool.putconn(conn)
+        except self._errors as error:  # the next check may do better
+            _log.debug("cannot read the table sizes: %s", error)
+
+    def _wrap(self, error: BaseException, doing: str, not_written: str = "") -> SagaStoreError:
+        """The store's error for the driver's ``error``. ``not_written``: why
+        the write that failed certainly wrote nothing (``_REFUSED``,
+        ``_NOT_SENT``), said in the message and by ``nothing_written``."""
+        hint = ""
+        if getattr(error, "sqlstate", None) in _PREPARED_LOST:
+            hint = _PREPARED_HINT
+        shown = scrub(f"{type(error).__name__}: {error}", self._secrets)
+        text = f"{doing}: {shown}".rstrip() + hint
+        wrapped = SagaStoreError(f"{text} ({not_written})" if not_written else text)
+        wrapped.nothing_written = bool(not_written)
+        wrapped.__cause__ = self._shown_cause(error)
+        wrapped.__suppress_context__ = True
+        return wrapped
+
+    def _shown_cause(self, error: BaseException) -> BaseException | None:
+        """``error``, to chain to the store's own, unless the driver's message
+        quotes a password of the conninfo (libpq quotes what it cannot parse):
+        then nothing is chained, and a traceback shows only the scrubbed text."""
+        text = str(error)
+        return None if any(secret in text for secret in self._secrets) else error
+
+    async def _open_for(self, doing: str, *, write: bool) -> None:
+        """``open``, for a statement about to be made: a store opens itself
+        at its first use. An open that fails (the server down, a bad
+        conninfo, a schema too new, the store closed) has sent nothing of
+        that statement; for a ``write`` the error says so (``_NOT_OPENED``,
+        ``nothing_written``), as for a write that got no connection: the
+        first write of a store opened lazily while the server is down stops
+        its run not in doubt. A failed open leaves the store unopened, to be
+        opened again by the next call."""
+        try:
+            await self.open()
+        except SagaStoreError as error:
+            if not write:
+                raise
+            raise self._not_opened(error, doing) from error.__cause__
+
+    def _not_opened(self, error: SagaStoreError, doing: str) -> SagaStoreError:
+        """The error of a write that was never sent, as ``open`` failed with ``error``."""
+        wrapped = SagaStoreError(f"{doing}: {error} ({_NOT_OPENED})")
+        wrapped.nothing_written = True
+        wrapped.__cause__ = error.__cause__
+        wrapped.__suppress_context__ = True
+        return wrapped
+
+    async def _connection(
+        self, pool: AsyncConnectionPool[Any], doing: str, *, write: bool
+    ) -> AsyncConnection[Any]:
+        """``_getconn``'s connection, or the store's error if none could be
+        had: the pool timed out waiting for one (the server is down or
+        unreachable, or every connection is in use), is closed, or has too
+        many waiting. The pool's own ``check`` of a connection runs before it
+        hands it out and sends nothing of the caller's; so for a ``write``
+        nothing of it was sent, and the error says so (``_NO_CONNECTION``).
+        A connection that was had and then lost is not this: its write stays
+        in doubt (``_commit_in_doubt``)."""
+        try:
+            return await _getconn(pool)
+        except self._errors as error:
+            raise self._wrap(
+                error, doing, _NO_CONNECTION if write else ""
+            ) from self._shown_cause(error)
+
+    async def _fetch(
+        self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one",
+        write: bool = False,
+    ) -> Any:
+        """Run one statement on a pooled connection; its first row (``rows="one"``),
+        all rows (``"all"``) or nothing (``"none"``). ``write``: the statement
+        writes, and an error the server answered it with (it rolled it back)
+        says that nothing was written (``_explain``). Never for a read: the
+        executor takes a read's error for no answer about an earlier write
+        in doubt, and must not take it for "that write did not land"."""
+        self._on_its_loop()
+        if not self._ready:
+            await self._open_for(doing, write=write)
+        pool = self._pool
+        if pool is None:
+            raise SagaStoreError("the PostgreSQL saga store is closed")
+        try:
+            # getconn/putconn rather than pool.connection(): the hot path, and an
+            # autocommit connection has no transaction for the context to end.
+            conn = await self._connection(pool, doing, write=write)
+            try:
+                if write and self._journal.sending() == [False]:
+                    # A journal write whose deadline came while it waited for
+                    # this connection: it was reported not sent, and is not.
+                    raise SagaStoreError(f"{doing}: {_NOT_SENT}")
+                prepare = self._prepare_any
+                if conn.autocommit:
+                    cursor = await _query(conn, statement, params, prepare)
+                else:
+                    async with conn.transaction():
+                        cursor = await _query(conn, statement, params, prepare)
+                if rows == "one":
+                    return await cursor.fetchone()
+                if rows == "all":
+                    return await cursor.fetchall()
+                return None
+            finally:
+                # A connection left mid-statement (cancelled) or in a failed
+                # transaction is rolled back or replaced by the pool.
+                await pool.putconn(conn)
+        except self._errors as error:
+            raise await self._explain(error, doing, write=write) from self._shown_cause(error)
+        except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
+            raise self._wrap(
+                error, doing, _NOT_SENT if write else ""
+            ) from self._shown_cause(error)
+
+    async def _explain(
+        self, error: BaseException, doing: str, *, write: bool = False
+    ) -> SagaStoreError:
+        """``_wrap``, unless a newer fallback_saga migrated the schema while
+        this store was open (the version is checked at open; a rolling deploy
+        migrates later): a statement that failed on a table, column, type or
+        function then says so, naming both versions, rather than giving the
+        SQL error. Read only after such a failure: the hot path pays nothing.
+
+        ``write``: ``error`` ended a write's transaction, which the server
+        certainly rolled back if it answered with an error of its own
+        (``_commit_in_doubt``): the error then says that nothing was
+        written. A lost connection or a shutdown stays in doubt: the COMMIT
+        may have been sent, and committed. (No connection at all is
+        ``_connection``'s: nothing was sent.)"""
+        not_written = _REFUSED if write and not _commit_in_doubt(error) else ""
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        pool = self._pool
+        if pool is not None and (sqlstate.startswith("42") or sqlstate == "23502"):
+            try:
+                conn = await _getconn(pool)
+                try:
+                    await _schema_version(conn, self._names)  # raises for a newer one
+                finally:
+                    await pool.putconn(conn)
+            except SagaStoreError as newer:
+                also = f"; {not_written}" if not_written else ""
+                explained = SagaStoreError(
+                    f"{doing}: {newer} (a newer release migrated it while this store had it "
+                    f"open; upgrade every process that opens it{also})"
+                )
+                explained.nothing_written = bool(not_written)
+                explained.__cause__ = self._shown_cause(error)
+                return explained
+            except self._errors:
+                pass  # the original error says enough
+        return self._wrap(error, doing, not_written)
