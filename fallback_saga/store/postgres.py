@@ -95,8 +95,11 @@ and operator queries ``_postgres_reads`` and its recovery leases
 methods over to. Below them, talking to the server (the driver, queries,
 connections the server closed) is ``_postgres_conn``, the tables and their
 migrations ``_postgres_schema``, and the statements, the JSON the writes
-travel as and the decoding of rows ``_postgres_sql``. Imports run that way
-round: each of them imports only those named after it.
+travel as and the decoding of rows ``_postgres_sql``. Imports run one way:
+the store imports them all; its reads and its leases import the connection
+layer and those below it, never each other; the connection layer imports
+only those below; and of those below, each imports only those named
+before it.
 """
 
 from __future__ import annotations
