@@ -21,6 +21,7 @@ the throwaway cluster of ``conftest_pg.py``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import types
 from collections import Counter
@@ -33,6 +34,7 @@ from journal_faults import (
     FAULT_KINDS,
     FaultKind,
     FaultyRecoverableStore,
+    FaultyStore,
     FaultySubmittingStore,
     StoreDown,
 )
@@ -47,6 +49,7 @@ from fallback_saga import (
     SagaDefinitionChanged,
     SagaFailed,
     SagaInterrupted,
+    SagaListener,
     SagaNotFailed,
     SagaNotFound,
     SagaStatus,
@@ -56,6 +59,7 @@ from fallback_saga import (
     recover,
     retry_unwinding,
 )
+from fallback_saga.events import status_if_landed
 
 pytest_plugins = ["conftest_pg"]
 
@@ -182,9 +186,9 @@ def order_saga(steps: list[str] = STEPS, name: str = "OrderSaga") -> type[Saga[C
 
 
 def build(store: Any, participant: Participant, saga_class: type[Saga[Ctx]] | None = None,
-          ) -> Saga[Ctx]:
+          listeners: tuple[object, ...] = ()) -> Saga[Ctx]:
     return (saga_class or order_saga())(
-        store=store, step_factory=lambda cls: cls(participant),
+        store=store, step_factory=lambda cls: cls(participant), listeners=listeners,
         compensation_retry=FAST, journal_retry=RetryPolicy(attempts=2, delay=0.0, jitter=0.0),
     )
 
@@ -694,3 +698,77 @@ def test_S10_an_operators_retry_that_ends_its_process_keeps_its_lease(tmp_path: 
     assert closed == [True]
     assert participant.compensations()[-1] == "Charge"  # the retry's first call, cut short
     assert asyncio.run(lease_owner()) == "ops"  # kept: it runs out on its own
+
+
+# ------------------------------------------------------------------ what the listeners hear
+
+
+class Ends(SagaListener):
+    """How the operator's run ended, as the listeners are told."""
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[str, SagaStatus | None, BaseException | None]] = []
+
+    def saga_finished(
+        self, saga_id: str, saga_name: str, status: SagaStatus, error: BaseException | None
+    ) -> None:
+        self.ends.append(("finished", status, error))
+
+    def saga_interrupted(
+        self, saga_id: str, saga_name: str, status: SagaStatus | None, error: BaseException | None
+    ) -> None:
+        self.ends.append(("interrupted", status, error))
+
+
+@pytest.mark.parametrize("kind", ["outage", "in_doubt", "in_doubt_outage"])
+@pytest.mark.parametrize("at", range(writes_of_a_retry()))
+@pytest.mark.parametrize("kind_of_store", ["memory", "sqlite-thread", "postgres"])
+async def test_S13_an_operators_retry_its_journal_stopped_is_told_interrupted_with_the_held_status(
+    request: pytest.FixtureRequest, tmp_path: Path, kind_of_store: str, at: int,
+    kind: FaultKind,
+) -> None:
+    """The store refuses the retry's write number ``at``: the operator gets
+    ``SagaInterrupted``, and the listeners ``saga_interrupted`` — never
+    ``saga_finished`` — with the status the journal holds: FAILED when the
+    first write (the reopening) did not land, COMPENSATING after it. A
+    write that landed unseen: ``status_if_landed`` names what it left (or
+    the run, reading it back, went on to the end: told finished)."""
+    inner = await open_store(kind_of_store, request, tmp_path)
+    async with contextlib.AsyncExitStack() as opened:
+        if not isinstance(inner, MemorySagaStore):
+            await opened.enter_async_context(inner)
+        if kind_of_store == "memory":
+            wrapper: Any = FaultyStore
+        elif kind_of_store == "postgres":
+            wrapper = FaultyRecoverableStore
+        else:
+            wrapper = FaultySubmittingStore
+        participant = Participant()
+        # Through the wrapper on memory too, so that the saga is journaled
+        # as rows (not kept live by the store, which the wrapper hides).
+        await failed_saga(wrapper(inner), participant)
+        participant.down.clear()
+        store = wrapper(inner, at=at, kind=kind)
+        ends = Ends()
+        saga = build(store, participant, listeners=(ends,))
+        try:
+            outcome: object = await retry_unwinding(store, [saga], "order-1")
+        except SagaInterrupted as error:
+            outcome = error
+        store.heal()
+        held = (await inner.load("order-1")).status
+        assert len(ends.ends) == 1, ends.ends
+        how, status, error = ends.ends[0]
+        if outcome is SagaStatus.COMPENSATED:  # a write in doubt the run read back
+            assert kind == "in_doubt"
+            assert (how, status, held) == ("finished", outcome, outcome), ends.ends
+            return
+        assert isinstance(outcome, SagaInterrupted), outcome
+        assert how == "interrupted", ends.ends
+        assert error is outcome
+        assert status is outcome.status is (
+            SagaStatus.FAILED if at == 0 else SagaStatus.COMPENSATING)
+        if kind == "outage":
+            assert status is held
+        else:  # the write landed unseen: the listeners are told what it left
+            assert (status_if_landed(status, error) or status) is held, (status, held, error)
