@@ -1577,3 +1577,122 @@ def test_resume_help_says_what_it_runs(capsys: pytest.CaptureFixture[str]) -> No
     assert "RUNS CODE" in out
     assert main(["--help"]) == 0
     assert "resume" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ operators' actions under faults
+
+
+def test_S13_a_retry_unwinding_cut_off_by_the_store_says_what_it_left_and_a_second_run_finishes(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store refuses the retry's last write (Reserve's COMPLETED with the
+    COMPENSATED status: a full disk): exit status 1, one line that says the
+    saga is left COMPENSATING for recovery (what the journal holds), no
+    "compensated" line; the same command, run again, finishes it."""
+    from fallback_saga.errors import SagaStoreError
+
+    app.BROKEN.add("Reserve")
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    app.BROKEN.clear()
+    capsys.readouterr()
+    real_append = SQLiteSagaStore.submit_append
+    writes = []
+
+    def refused(self: SQLiteSagaStore, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        writes.append(args)
+        if len(writes) == 1:  # Reserve's STARTED, with COMPENSATING, lands
+            return real_append(self, *args, **kwargs)
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer.set_exception(SagaStoreError("database or disk is full"))
+        return answer
+
+    monkeypatch.setattr(SQLiteSagaStore, "submit_append", refused)
+    argv = ["retry-unwinding", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert "compensated" not in out, out
+    error = one_line_error(err)
+    assert "database or disk is full" in error
+    assert "left compensating" in error, error
+    assert load(db, "o-1").status is SagaStatus.COMPENSATING
+    monkeypatch.setattr(SQLiteSagaStore, "submit_append", real_append)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  o-1: compensated: every completed step is undone")
+    assert load(db, "o-1").status is SagaStatus.COMPENSATED
+
+
+def test_S13_a_retry_unwinding_that_ended_FAILED_says_so_when_its_errors_cannot_be_read(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retry ends FAILED (the participant is still down) and the store
+    then fails as the command reads which compensations gave up: the
+    operator is still told the saga failed again (the journal holds FAILED),
+    exit status 1 — not a bare store error that hides how the retry ended."""
+    import fallback_saga.cli.retry_unwinding as command
+    from fallback_saga.errors import SagaStoreError
+
+    app.BROKEN.add("Reserve")
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    capsys.readouterr()
+    real_retry = command.retry_unwinding
+    real_load = SQLiteSagaStore.load
+    down = []
+
+    async def retried(*args: Any, **kwargs: Any) -> SagaStatus:
+        status = await real_retry(*args, **kwargs)
+        down.append(True)  # the store goes down as soon as the retry has ended
+        return status
+
+    async def load_or_fail(self: SQLiteSagaStore, saga_id: str) -> SagaRecord:
+        if down:
+            raise SagaStoreError("disk I/O error")
+        return await real_load(self, saga_id)
+
+    monkeypatch.setattr(command, "retry_unwinding", retried)
+    monkeypatch.setattr(SQLiteSagaStore, "load", load_or_fail)
+    argv = ["retry-unwinding", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1:] == [
+        "  o-1: failed again (still needs an operator)",
+        "    (which compensations gave up could not be read: SagaStoreError: disk I/O error; "
+        "show o-1 lists them)",
+    ], (out, err)
+    assert err == ""
+    monkeypatch.undo()
+    assert load(db, "o-1").status is SagaStatus.FAILED
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_S13_a_retry_unwinding_ctrl_c_tells_the_status_the_journal_holds(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C while Reserve's compensation runs: the compensation finishes
+    first (S8) and the command exits 130 "interrupted" — and says what the
+    journal now holds for the saga, so that the operator knows whether
+    anything is left to do."""
+    app.BROKEN.add("Reserve")
+    run_sagas(db, app, ("o-1", {"declined": True}, ""))
+    app.BROKEN.clear()
+    capsys.readouterr()
+    real = app.Reserve.compensate
+
+    async def interrupted(self: Any, context: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # the operator's Ctrl-C, in the middle of it
+        await asyncio.sleep(0)
+        await real(self, context)
+
+    app.Reserve.compensate = interrupted
+    before = len(app.CALLS)
+    argv = ["retry-unwinding", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1:] == [
+        "  o-1: interrupted; the journal holds it COMPENSATED: every completed step is undone"
+    ], (out, err)
+    assert one_line_error(err).endswith("interrupted")
+    assert load(db, "o-1").status is SagaStatus.COMPENSATED
+    assert app.CALLS[before:] == ["compensate Reserve"]  # once, to its end

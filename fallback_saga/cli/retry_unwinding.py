@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 
 from ..errors import SagaBusy, SagaDefinitionChanged, SagaInterrupted, SagaNotFailed, SagaNotFound
@@ -38,7 +39,8 @@ only.
 
 A retry cut off (the store failed, the process was killed) leaves the saga
 FAILED, or COMPENSATING: run this command again (recover finishes it too).
-Ctrl-C stops it once the compensations under way have finished.
+Ctrl-C stops it once the compensations under way have finished, and
+prints the status the journal then holds (exit status 130).
 
 Exit status: 0 when the saga ended COMPENSATED; 1 when it ended FAILED again,
 another worker holds its lease, its definition changed, or the store failed;
@@ -70,7 +72,7 @@ def add_retry_unwinding_command(
 def run_retry_unwinding(args: argparse.Namespace) -> int:
     app, target, saga_id, shown = one_saga(args)
 
-    async def run() -> tuple[SagaStatus, list[tuple[str, str]]]:
+    async def run() -> tuple[SagaStatus, list[tuple[str, str]] | str]:
         async with open_store(target, connections=_CONNECTIONS) as store:
             sagas = await build_app_sagas(args.app, app, store)
             # Refused before a word is printed: "retrying the unwinding of
@@ -89,15 +91,26 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
                     store, sagas, saga_id, lease=args.lease, owner=operator_name("retry-unwinding"),
                     allow_changed_definition=args.allow_changed_definition,
                 )
+            except asyncio.CancelledError:  # Ctrl-C: the compensation under way finished first
+                # "interrupted" alone would leave the operator guessing: the
+                # unwinding may have ended meanwhile (COMPENSATED), or stopped
+                # COMPENSATING, which this command, run again, finishes (S13).
+                await _tell_what_is_held(store, target, saga_id, shown)
+                raise
             except SagaNotFound:
                 raise no_such_saga(target, saga_id) from None
             except (SagaNotFailed, TypeError, ValueError) as error:
                 raise UsageError(target.scrubbed(str(error))) from None
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted) as error:
                 raise CommandFailed(target.scrubbed(str(error))) from None
-            gave_up = [] if status is SagaStatus.COMPENSATED else _given_up(
-                await store.load(saga_id))
-            return status, gave_up
+            if status is SagaStatus.COMPENSATED:
+                return status, []
+            try:
+                return status, _given_up(await store.load(saga_id))
+            except Exception as error:
+                # The retry ended FAILED, as the journal holds: that is told
+                # whatever this read of its details comes to (S13).
+                return status, target.shown_error(f"{type(error).__name__}: {error}")
 
     try:
         status, gave_up = asyncio.run(run())
@@ -107,6 +120,10 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
         print_lines([f"  {shown}: compensated: every completed step is undone"])
         return EXIT_OK
     lines = [f"  {shown}: failed again (still needs an operator)"]
+    if isinstance(gave_up, str):  # the store failed as the errors were read
+        lines.append(f"    (which compensations gave up could not be read: "
+                     f"{terminal_text(gave_up, MAX_CONTEXT)}; show {_quoted(saga_id)} lists them)")
+        gave_up = []
     for step, error in gave_up:
         text = terminal_text(target.shown_error(error), MAX_CONTEXT)
         lines.append(f"    {terminal_text(step, MAX_VALUE)}: {text}")
@@ -139,3 +156,30 @@ def _given_up(record: SagaRecord) -> list[tuple[str, str]]:
             elif entry.status is StepStatus.COMPLETED:
                 last.pop(entry.step, None)
     return list(last.items())
+
+
+async def _tell_what_is_held(store: SagaStore, target: StoreTarget, saga_id: str,
+                             shown: str) -> None:
+    """For a retry interrupted by Ctrl-C: print the status the journal holds
+    for the saga now, and what is left to do — or, should the store fail
+    as it is read, that it is unknown."""
+    try:
+        status = (await store.load(saga_id)).status
+    except Exception as error:
+        why = terminal_text(target.shown_error(f"{type(error).__name__}: {error}"), MAX_CONTEXT)
+        line = (f"  {shown}: interrupted; what the journal holds could not be read ({why}): "
+                f"show {_quoted(saga_id)} tells it")
+    else:
+        if status is SagaStatus.COMPENSATED:
+            left = "every completed step is undone"
+        elif status is SagaStatus.COMPENSATING or status is SagaStatus.FAILED:
+            left = "run this command again to finish its unwinding"
+        else:  # a retry leaves no other: said as it is all the same
+            left = f"see show {_quoted(saga_id)}"
+        line = f"  {shown}: interrupted; the journal holds it {status.name}: {left}"
+    print_lines([line])
+
+
+def _quoted(saga_id: str) -> str:
+    """The saga id as a command line would give it, made safe to print."""
+    return terminal_text(shlex.quote(saga_id), MAX_VALUE)
