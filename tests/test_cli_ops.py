@@ -1696,3 +1696,34 @@ def test_S13_a_retry_unwinding_ctrl_c_tells_the_status_the_journal_holds(
     assert one_line_error(err).endswith("interrupted")
     assert load(db, "o-1").status is SagaStatus.COMPENSATED
     assert app.CALLS[before:] == ["compensate Reserve"]  # once, to its end
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_S13_a_resume_ctrl_c_twice_tells_the_status_the_journal_holds(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The second Ctrl-C interrupts the resume, and the interrupted saga
+    unwinds (S8): the command exits 130 "interrupted" — and says that the
+    journal now holds it COMPENSATED, not only that it was interrupted."""
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    capsys.readouterr()
+    real = app.Charge.act
+
+    async def interrupted(self: Any, context: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # warned
+        signal.raise_signal(signal.SIGINT)  # interrupted
+        await asyncio.sleep(0)  # the loop handles them: the cancellation arrives
+        await asyncio.sleep(0)
+        await real(self, context)
+
+    app.Charge.act = interrupted
+    before = len(app.CALLS)
+    argv = ["resume", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert load(db, "o-1").status is SagaStatus.COMPENSATED
+    assert app.CALLS[before:][-1] == "compensate Reserve"  # unwound to its end
+    assert out.splitlines()[1:] == [
+        "  o-1: interrupted; the journal holds it COMPENSATED: every completed step is undone"
+    ], (out, err)
+    assert err.splitlines()[-1].endswith("interrupted")

@@ -36,7 +36,7 @@ from .recover import (
     operator_name,
     warn_before_interrupting,
 )
-from .stores import StoreTarget, load_saga, no_such_saga, open_store
+from .stores import StoreTarget, load_saga, no_such_saga, open_store, tell_what_is_held
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_resume_command"]
@@ -67,7 +67,8 @@ it IMPORTS the module and so RUNS CODE with your privileges. Trusted modules
 only.
 
 The first Ctrl-C only warns: a resumed saga that is interrupted unwinds
-(its completed steps are compensated). A second one interrupts it.
+(its completed steps are compensated). A second one interrupts it: the
+saga unwinds first, and the status the journal then holds is printed.
 
 Exit status: 0 when the saga ended COMPLETED or COMPENSATED (a step failed
 and every completed step was undone); 1 when it ended FAILED (a compensation
@@ -140,6 +141,9 @@ def run_resume(args: argparse.Namespace) -> int:
                                   operator=operator_name("resume"))
             except SagaFailed as failed:
                 return failed.status, failed
+            except asyncio.CancelledError:  # the second Ctrl-C: the saga unwound first (S8)
+                await tell_what_is_held(store, target, saga_id)
+                raise
             except (SagaBusy, SagaDefinitionChanged, SagaInterrupted, LeaseLost) as error:
                 raise CommandFailed(target.scrubbed(str(error))) from None
             except SagaNotFound:  # purged meanwhile

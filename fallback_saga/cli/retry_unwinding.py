@@ -17,7 +17,7 @@ from ..store.base import SagaRecord, SagaStore, is_recoverable
 from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
 from .recover import add_one_saga_options, build_app_sagas, one_saga, operator_name
-from .stores import StoreTarget, load_saga, no_such_saga, open_store
+from .stores import StoreTarget, load_saga, no_such_saga, open_store, tell_what_is_held
 from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
 
 __all__ = ["add_retry_unwinding_command"]
@@ -95,7 +95,7 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
                 # "interrupted" alone would leave the operator guessing: the
                 # unwinding may have ended meanwhile (COMPENSATED), or stopped
                 # COMPENSATING, which this command, run again, finishes (S13).
-                await _tell_what_is_held(store, target, saga_id, shown)
+                await tell_what_is_held(store, target, saga_id)
                 raise
             except SagaNotFound:
                 raise no_such_saga(target, saga_id) from None
@@ -156,28 +156,6 @@ def _given_up(record: SagaRecord) -> list[tuple[str, str]]:
             elif entry.status is StepStatus.COMPLETED:
                 last.pop(entry.step, None)
     return list(last.items())
-
-
-async def _tell_what_is_held(store: SagaStore, target: StoreTarget, saga_id: str,
-                             shown: str) -> None:
-    """For a retry interrupted by Ctrl-C: print the status the journal holds
-    for the saga now, and what is left to do — or, should the store fail
-    as it is read, that it is unknown."""
-    try:
-        status = (await store.load(saga_id)).status
-    except Exception as error:
-        why = terminal_text(target.shown_error(f"{type(error).__name__}: {error}"), MAX_CONTEXT)
-        line = (f"  {shown}: interrupted; what the journal holds could not be read ({why}): "
-                f"show {_quoted(saga_id)} tells it")
-    else:
-        if status is SagaStatus.COMPENSATED:
-            left = "every completed step is undone"
-        elif status is SagaStatus.COMPENSATING or status is SagaStatus.FAILED:
-            left = "run this command again to finish its unwinding"
-        else:  # a retry leaves no other: said as it is all the same
-            left = f"see show {_quoted(saga_id)}"
-        line = f"  {shown}: interrupted; the journal holds it {status.name}: {left}"
-    print_lines([line])
 
 
 def _quoted(saga_id: str) -> str:

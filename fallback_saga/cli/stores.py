@@ -28,12 +28,14 @@ import dataclasses
 import os
 import pathlib
 import re
+import shlex
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
 from ..errors import SagaNotFound, SagaStoreError
 from ..shown_text import redact
+from ..status import SagaStatus
 from ..store._common import POSTGRES_INSTALL_HINT, short_repr
 from ..store._parking import PARK_AFTER
 from ..store._sqlite_schema import _advice, _NotASagaStore, _saga_schema_version
@@ -41,6 +43,7 @@ from ..store.base import RecoverableStore, SagaRecord, SagaStore
 from ..store.sqlite import SQLiteSagaStore
 from .argtypes import park_after
 from .errors import UsageError
+from .text import MAX_CONTEXT, MAX_VALUE, print_lines, terminal_text
 
 __all__ = [
     "DB_VARIABLE",
@@ -53,6 +56,7 @@ __all__ = [
     "open_store",
     "read_store",
     "store_target",
+    "tell_what_is_held",
 ]
 
 DSN_VARIABLE: Final = "FALLBACK_SAGA_DSN"
@@ -491,3 +495,29 @@ async def load_saga(store: SagaStore, target: StoreTarget, saga_id: str) -> Saga
         raise no_such_saga(target, saga_id) from None
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+async def tell_what_is_held(store: SagaStore, target: StoreTarget, saga_id: str) -> None:
+    """For an operator's action on one saga that Ctrl-C interrupted: print
+    the status the journal holds for the saga now, and what is left to do —
+    "interrupted" alone would leave the operator guessing, when the saga
+    may have ended meanwhile (a cancelled run unwinds first: S8, S13). Or,
+    should the store fail as it is read, that it is unknown."""
+    shown = terminal_text(saga_id, MAX_VALUE)
+    quoted = terminal_text(shlex.quote(saga_id), MAX_VALUE)
+    try:
+        status = (await store.load(saga_id)).status
+    except Exception as error:
+        why = terminal_text(target.shown_error(f"{type(error).__name__}: {error}"), MAX_CONTEXT)
+        print_lines([f"  {shown}: interrupted; what the journal holds could not be read "
+                     f"({why}): show {quoted} tells it"])
+        return
+    if status is SagaStatus.COMPLETED:
+        left = "every step completed"
+    elif status is SagaStatus.COMPENSATED:
+        left = "every completed step is undone"
+    elif status is SagaStatus.FAILED:
+        left = f"a compensation gave up: retry-unwinding {quoted} once the participant is fixed"
+    else:  # RUNNING, COMPENSATING: an interrupted run
+        left = "left for recovery (run this command again, or recover)"
+    print_lines([f"  {shown}: interrupted; the journal holds it {status.name}: {left}"])
