@@ -683,7 +683,10 @@ async def recover(
     store failed to read (its ``load`` raised a store or driver error) as
     interrupted, with that error: nothing of it ran, and it stays for the
     next pass. Neither stops the others. ``progress(saga_id, outcome)`` is
-    called after each saga.
+    called after each saga — when the pass is cancelled too, for each saga
+    it had begun to resume: the status the journal holds once the saga has
+    unwound (``compensated``, ``failed``), or ``interrupted`` when it is
+    left for another pass.
     ``listeners`` are told each saga's outcome (``recovery_outcome``), as are
     the listeners of the saga that resumed it. ``allow_changed_definition``
     resumes sagas started with another definition of their saga, as
@@ -752,6 +755,17 @@ async def recover(
                 outcome, reason = await saga.resume()
             else:
                 outcome, reason = await _within(saga, resume_timeout)
+        except asyncio.CancelledError:
+            # The pass is cancelled (an operator's Ctrl-C): the saga under way
+            # has unwound (S8) or stopped by now, and its progress says which,
+            # as the journal holds it — a pass that tells nothing of it left
+            # the operator to guess (S13). Nothing final: left for a pass.
+            told = saga.outcome[0] if saga.outcome is not None else None
+            if told is not None and told != _CANCELLED[0]:
+                note(claimed.saga_id, told)
+            elif told is not None and saga.run is not None:
+                note(claimed.saga_id, "interrupted")
+            raise
         finally:
             gate.release()
             if saga.not_given_back is not None:

@@ -1727,3 +1727,30 @@ def test_S13_a_resume_ctrl_c_twice_tells_the_status_the_journal_holds(
         "  o-1: interrupted; the journal holds it COMPENSATED: every completed step is undone"
     ], (out, err)
     assert err.splitlines()[-1].endswith("interrupted")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_S13_a_recover_ctrl_c_twice_tells_each_saga_under_way_as_the_journal_holds_it(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The second Ctrl-C interrupts the pass, and the saga it was resuming
+    unwinds (S8): its line says it ended compensated, as the journal holds
+    it — not nothing at all, before "interrupted" (exit status 130)."""
+    run_sagas(db, app, ("o-1", {}, "act Charge"))
+    capsys.readouterr()
+    real = app.Charge.act
+
+    async def interrupted(self: Any, context: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # warned
+        signal.raise_signal(signal.SIGINT)  # interrupted
+        await asyncio.sleep(0)  # the loop handles them: the cancellation arrives
+        await asyncio.sleep(0)
+        await real(self, context)
+
+    app.Charge.act = interrupted
+    argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert load(db, "o-1").status is SagaStatus.COMPENSATED
+    assert out.splitlines()[1:] == ["  o-1: compensated"], (out, err)
+    assert err.splitlines()[-1].endswith("interrupted")

@@ -1073,3 +1073,41 @@ async def test_S14_a_context_class_changed_since_the_saga_started_is_refused_nam
     assert "secret-42" not in message
     assert script.calls == []
     assert (await store.load("s1")).status is SagaStatus.RUNNING
+
+
+# --------------------------------------------------------------------------- S13: a pass cancelled
+
+
+@pytest.mark.parametrize("compensate_A", ["ok", "fail", "store down"])
+async def test_S13_a_cancelled_pass_tells_progress_how_each_saga_under_way_ended(
+    db: Path, store: SQLiteSagaStore, compensate_A: str
+) -> None:
+    """The pass is cancelled (an operator's Ctrl-C) while it resumes a saga:
+    the saga unwinds (S8), and ``progress`` is told how it ended as the
+    journal holds it — compensated, or failed when a compensation gave up;
+    interrupted when the store went down as it unwound (left for another
+    pass) — before the pass raises ``CancelledError``. A saga still waiting
+    for a slot, untouched, is told nothing."""
+    from journal_faults import FaultySubmittingStore
+
+    await crashed(db, "s1", act_C="crash")
+    await crashed(db, "s2", act_C="crash")
+    # Write 0: C's STARTED; write 1, the unwinding's first (C FAILED, B's STARTED).
+    faulty = FaultySubmittingStore(store, at=1 if compensate_A == "store down" else None)
+    script = Script(act_C=[asyncio.Event()],
+                    compensate_A="fail" if compensate_A == "fail" else "ok")
+    told: list[tuple[str, str]] = []
+    task = asyncio.create_task(recover(
+        faulty, [shop(faulty, script)], older_than=0, concurrency=1,
+        progress=lambda saga_id, outcome: told.append((saga_id, outcome)),
+    ))
+    await script.entered["act C"].wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (under_way,) = {key.split(":")[0] for _, _, key in script.calls}  # the keys: s1:C, ...
+    held = (await store.load(under_way)).status
+    expected = {"ok": SagaStatus.COMPENSATED, "fail": SagaStatus.FAILED,
+                "store down": SagaStatus.RUNNING}[compensate_A]
+    assert held is expected
+    assert told == [(under_way, "interrupted" if compensate_A == "store down" else held.value)]
