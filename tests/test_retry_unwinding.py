@@ -772,3 +772,46 @@ async def test_S13_an_operators_retry_its_journal_stopped_is_told_interrupted_wi
             assert status is held
         else:  # the write landed unseen: the listeners are told what it left
             assert (status_if_landed(status, error) or status) is held, (status, held, error)
+
+
+@pytest.mark.parametrize("when", ["Charge", "Reserve"])
+async def test_S13_an_operators_retry_across_a_postgresql_restart_tells_what_the_journal_holds(
+    request: pytest.FixtureRequest, tmp_path: Path, when: str
+) -> None:
+    """Every connection of the store is cut (the server restarted, a
+    failover) while a compensation runs: the retry either goes on over new
+    connections to COMPENSATED, or stops with ``SagaInterrupted`` — and
+    what the operator and the listeners are told is what the journal holds;
+    a second retry finishes, nothing undone twice."""
+    cluster = request.getfixturevalue("pg_cluster")  # skips without PostgreSQL
+    async with await open_store("postgres", request, tmp_path) as store:
+        participant = Participant()
+        await failed_saga(store, participant)
+        participant.down.clear()
+
+        async def cut(step: str) -> None:
+            if step == when:
+                await asyncio.to_thread(
+                    cluster.psql,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+
+        participant.in_compensation = cut
+        ends = Ends()
+        try:
+            outcome: object = await retry_unwinding(
+                store, [build(store, participant, listeners=(ends,))], "order-1")
+        except SagaInterrupted as error:
+            outcome = error
+        participant.in_compensation = None
+        held = (await store.load("order-1")).status
+        (told,) = ends.ends
+        if isinstance(outcome, SagaInterrupted):
+            assert told[:2] == ("interrupted", outcome.status), (told, held)
+            assert (status_if_landed(outcome.status, outcome) or outcome.status) is held
+            again = await retry_unwinding(store, [build(store, participant)], "order-1")
+            assert again is SagaStatus.COMPENSATED
+        else:
+            assert outcome is held is SagaStatus.COMPENSATED
+            assert told[:2] == ("finished", SagaStatus.COMPENSATED)
+        check_each_effect_undone_once(participant, calls_once=False)
