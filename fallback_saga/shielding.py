@@ -138,6 +138,11 @@ if sys.version_info < (3, 12):
                         return task  # type: ignore[no-any-return]
             except AttributeError:  # a loop of another kind: no _thread_id
                 pass
+            except RuntimeError:
+                # Another thread's loop entered or left a task's step while
+                # we looked (the GIL may change hands at _this_thread()):
+                # the dict changed size during the iteration.
+                pass
         return _lookup_task()
 
     running_task.__doc__ = _lookup_task.__doc__

@@ -135,3 +135,41 @@ def test_S8_a_loop_that_does_not_name_its_thread_takes_the_public_lookup(
     got, wanted = asyncio.run(main())
     assert got is wanted
     assert got is not stranger
+
+
+def test_S8_a_table_another_threads_loop_changes_mid_lookup_takes_the_public_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On 3.11 the table is a dict every thread's loop writes to as it
+    enters and leaves a task's step. Code outside any task here (a loop
+    callback, a coroutine driven by hand) that finds one task in the table,
+    another thread's, reads that task's loop — and the thread switch that
+    comes meanwhile (at the call of ``get_ident``, where Python may hand the
+    GIL over) lets that loop leave its step: the dict changed size during
+    the iteration, and the RuntimeError it raised came out of a breaker's
+    call or a saga's run. The switch is made here by the loop's own
+    ``_thread_id``, read at exactly that moment."""
+    table: dict[object, object] = {}
+
+    class Loop:  # another thread's loop, which leaves its step as it is looked at
+        @property
+        def _thread_id(self) -> int:
+            table.clear()
+            return threading.get_ident() + 1
+
+    class Task:
+        _loop = Loop()
+
+    table[Loop()] = Task()
+    monkeypatch.setattr(shielding, "_stepping", table, raising=False)
+    assert drive_by_hand(running_task) is NO_TASK
+
+    async def main() -> tuple[object, object]:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[object, object]] = loop.create_future()
+        table[Loop()] = Task()
+        loop.call_soon(lambda: answer.set_result((running_task(), expected())))
+        return await answer
+
+    got, wanted = asyncio.run(main())
+    assert got is wanted is NO_TASK
