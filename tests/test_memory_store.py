@@ -4,6 +4,7 @@ bounded retention, and its errors."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import gc
 import threading
@@ -782,6 +783,59 @@ def test_S13_two_threads_creating_one_saga_id_at_once_create_it_once() -> None:
     assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "SagaAlreadyExists"]
     winner = "a" if outcomes[0] is None else "b"
     assert asyncio.run(store.load("s-1")).context == {"by": winner}
+
+
+class _DrainedMeanwhile(collections.deque):  # type: ignore[type-arg]
+    """The store's deque of finished sagas, instrumented: once armed, the
+    first look at its length is answered as it stood, then the other
+    threads' retirements take every entry before the looker drops its
+    oldest — the overlap a GIL switch between the look and the
+    ``popleft`` makes now and then (three threads: two that looked before a
+    third dropped down to the bound), made every time."""
+
+    armed = False
+
+    def __len__(self) -> int:
+        length = super().__len__()
+        if self.armed:
+            self.armed = False
+            self.clear()
+        return length
+
+
+@dataclasses.dataclass
+class _FlatCtx(SagaContext):
+    order_id: str = "o"
+
+
+@pytest.mark.parametrize("context", [_FlatCtx(), OrderCtx()], ids=["flat", "nested"])
+async def test_S13_a_saga_finishing_while_other_threads_retire_the_oldest_finishes(
+    context: SagaContext,
+) -> None:
+    """A sync app's threads finish sagas on one MemorySagaStore at once, each
+    dropping the oldest finished beyond ``max_finished``: a thread that saw
+    one too many, while the others dropped them meanwhile, found none left
+    — and the run of a saga that had COMPLETED raised ``IndexError: pop
+    from an empty deque``, as it retired (a flat context's fast retirement,
+    and a nested one's)."""
+
+    class Noop:
+        async def act(self, ctx: Any) -> None:
+            pass
+
+        async def compensate(self, ctx: Any) -> None:
+            pass
+
+    class Quick(Saga[type(context)]):  # type: ignore[misc]
+        steps = [Noop]
+
+    store = MemorySagaStore(max_finished=1)
+    store._finished = _DrainedMeanwhile()
+    saga = Quick(store=store)
+    await saga.run(context, saga_id="s-1")
+    store._finished.armed = True
+    result = await saga.run(context, saga_id="s-2")
+    assert result.status is SagaStatus.COMPLETED
 
 
 @pytest.mark.parametrize("max_finished", [0, 1])

@@ -107,7 +107,11 @@ class MemorySagaStore:
             finished = self._finished
             finished.append(saga_id)
             while len(finished) > self.max_finished:
-                sagas.pop(finished.popleft(), None)
+                try:
+                    oldest = finished.popleft()
+                except IndexError:  # other threads retired the oldest meanwhile (S13)
+                    break
+                sagas.pop(oldest, None)
 
     def retire_run(
         self, saga: LiveSaga, context: object, status: SagaStatus | None = None
@@ -153,7 +157,11 @@ class MemorySagaStore:
             finished = self._finished
             finished.append(saga_id)
             while len(finished) > self.max_finished:
-                sagas.pop(finished.popleft(), None)
+                try:
+                    oldest = finished.popleft()
+                except IndexError:  # other threads retired the oldest meanwhile (S13)
+                    break
+                sagas.pop(oldest, None)
         return True
 
     # ------------------------------------------------------------------ SagaStore
