@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from .claimed_saga import ClaimedSaga
 from .log_lines import library_logger
-from .recovery import STOP_WAIT, ClaimedSaga
+from .stop_wait import STOP_WAIT
 
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "ResumeBounds", "Resuming"]
 

@@ -75,16 +75,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+from .claimed_saga import ClaimedSaga
 from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
+from .lease_give_back import GIVEN_BACK_FOR_GOOD, named_sagas
 from .log_lines import library_logger
 from .recovery import (
-    GIVEN_BACK_FOR_GOOD,
-    ClaimedSaga,
     SagasGiven,
     claim_batch,
     default_owner,
-    named_sagas,
     sagas_by_name,
     seconds_given,
 )
@@ -671,7 +670,7 @@ class RecoveryWorker:
                                if saga_id not in self._held)]
         if not left:
             return
-        # (At most recovery.NAMED_AT_MOST of them named: there may be
+        # (At most lease_give_back.NAMED_AT_MOST of them named: there may be
         # REMEMBERED_SAGAS.)
         _log.warning(
             "recovery worker %s: stopped with the leases of %d saga(s) not given back (the "
