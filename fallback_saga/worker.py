@@ -68,17 +68,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import sys
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import TypeVar
 
 from .claimed_saga import ClaimedSaga
-from .command_line import PYTHON_M
 from .events import collect_hooks, listener_tuple
-from .lease_give_back import GIVEN_BACK_FOR_GOOD, named_sagas
 from .log_lines import library_logger
 from .recovery import (
     SagasGiven,
@@ -98,60 +93,13 @@ from .store.base import (
     is_recoverable,
     is_work_notifier,
 )
+from .worker_backoff import Backoff
+from .worker_give_backs import KeptLeases
+from .worker_stats import WorkerStats, count_outcome
 
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "RecoveryWorker", "WorkerStats"]
 
 _log = library_logger("fallback_saga")
-
-V = TypeVar("V")
-
-# How many sagas a worker remembers at most in each of its maps by saga id
-# (``_interruptions``, ``_not_given_back``), so that its memory is bounded
-# whatever the store does for however long the worker runs: the sagas it
-# interrupted that another worker finished stay in ``_interruptions`` for
-# ever, and a store that takes claims but refuses give-backs adds to
-# ``_not_given_back`` with every resume. Past it, the saga remembered
-# longest ago is forgotten: its backoff starts again from ``poll`` (a
-# forgotten interruption), or its lease is left to run out and counts as a
-# claim toward ``park_after`` (a forgotten give-back: logged).
-REMEMBERED_SAGAS = 10_000
-
-
-def _remember(kept: dict[str, V], saga_id: str, value: V) -> str | None:
-    """``kept[saga_id] = value``, as the most recent entry; the saga
-    remembered longest ago is dropped past ``REMEMBERED_SAGAS``: its id, or None."""
-    kept.pop(saga_id, None)
-    kept[saga_id] = value
-    if len(kept) <= REMEMBERED_SAGAS:
-        return None
-    oldest = next(iter(kept))
-    del kept[oldest]
-    return oldest
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """What a worker did since it was created (counts of sagas).
-
-    ``claimed`` = the sum of the others once nothing is in flight. ``lost``:
-    another worker took the saga over (our lease had run out); ``handed_off``:
-    stopped by the worker's shutdown and left for another worker.
-    """
-
-    claimed: int = 0
-    completed: int = 0
-    compensated: int = 0
-    failed: int = 0  # finished FAILED: needs an operator
-    # the journal could not be written, or the resume outran resume_timeout
-    # (or, asked to stop, did not and was let go): left for a later claim
-    interrupted: int = 0
-    # changed definition, corrupt row, store error (an unknown saga name only
-    # on a store that cannot claim by name): each out of claims for the
-    # lease's length, then claimed (and counted) again
-    skipped: int = 0
-    deferred: int = 0  # a child saga (SubSaga) whose parent is in flight: the parent drives it
-    lost: int = 0
-    handed_off: int = 0
 
 
 _seconds = seconds_given
@@ -256,9 +204,6 @@ class RecoveryWorker:
         self._bounds = ResumeBounds(self.owner, concurrency, self.resume_timeout,
                                     self.resume_warning)
         self.stats = WorkerStats()
-        # The last round of give-backs left leases due in ``_held`` (the
-        # store refused one, or did not answer): see _give_back_kept.
-        self._held_left = False
         self._by_name = by_name
         # Claims ask only for the sagas this worker can resume: services that
         # share a store (a mixed fleet) do not take each other's sagas, and a
@@ -296,22 +241,10 @@ class RecoveryWorker:
         # The event loop's clock (monotonic), read when needed: a worker may run
         # on several loops in turn (see run).
         self._clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
-        # Saga id -> its interruptions in a row here (the journal refused its
-        # writes): each one doubles its time out of claims (``_retry_in``).
-        # (At most REMEMBERED_SAGAS: see there.)
-        self._interruptions: dict[str, int] = {}
-        # The leases kept to keep sagas out of claims (skipped, or backing
-        # off), on a store without ``defer`` (``ClaimedSaga.held_for``):
-        # saga id -> (lease, loop time at which it is released).
-        self._held: dict[str, tuple[Lease, float]] = {}
-        # Saga id -> the give-back of its lease (release, defer, hand-off)
-        # that the store refused (``ClaimedSaga.not_given_back``): tried
-        # again before each claim, until the store takes it. This worker is
-        # alive, so that lease is no crash's (store._parking): left to run
-        # out, it counted as one, and a store down at the give-back of five
-        # resumes in a row parked a saga that never ended a process. (At
-        # most REMEMBERED_SAGAS: see there.)
-        self._not_given_back: dict[str, Callable[[], Awaitable[object]]] = {}
+        # Its backoffs of the sagas it interrupted, and the leases it still
+        # has to give back (kept through a backoff, or refused by the store).
+        self._backoff = Backoff(self.poll, self.lease)
+        self._kept = KeptLeases(store, self.owner, self.poll, lambda: self._clock())
 
     def __repr__(self) -> str:
         return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
@@ -356,14 +289,14 @@ class RecoveryWorker:
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
-                await self._give_back_kept(everything=False)
+                await self._kept.give_back(everything=False)
                 await self._claim()
                 if self._stopping:
                     break
                 if cancellation_pending():  # a driver swallowed it
                     raise asyncio.CancelledError
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._until_next_claim())
+                    await asyncio.wait_for(self._wake.wait(), self._kept.until_next_claim())
         except asyncio.CancelledError:
             await self._drain(0.0)
             raise
@@ -385,13 +318,13 @@ class RecoveryWorker:
             else:
                 # A worker that stops keeps nothing out of the others' claims
                 # — as far as the store takes them back within STOP_WAIT
-                # (see _give_back_kept): a stop past its grace period is
+                # (see KeptLeases.give_back): a stop past its grace period is
                 # killed, and gives nothing back at all. Cut short by a
                 # cancellation, the rest of the stop goes on; the
                 # cancellation is raised at its end.
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._give_back_kept(everything=True)
-                self._say_left_to_run_out()
+                    await self._kept.give_back(everything=True)
+                self._kept.say_left_to_run_out()
                 for helper in (listener, watch):
                     if helper is not None:
                         helper.cancel()
@@ -502,7 +435,7 @@ class RecoveryWorker:
         for lease in leases:
             claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
                                   listeners=self._listeners, skip_for=self.lease,
-                                  retry_in=self._retry_in(lease.saga_id),
+                                  retry_in=self._backoff.retry_in(lease.saga_id),
                                   hand_off_when_cancelled=True)
             resuming = Resuming(claimed, self._clock())
             task = asyncio.get_running_loop().create_task(self._resume(resuming))
@@ -567,129 +500,6 @@ class RecoveryWorker:
         if not claiming.cancelled():
             claiming.exception()  # cancelled, it raises CancelledError: nothing else to say
 
-    def _until_next_claim(self) -> float:
-        """``poll``, or less: until the first kept lease is due for release."""
-        if not self._held or self._held_left:
-            return self.poll
-        first = min(due for _, due in self._held.values())
-        return max(0.0, min(self.poll, first - self._clock()))
-
-    async def _give_back_kept(self, *, everything: bool) -> None:
-        """Give back what keeps sagas out of the others' claims: the leases
-        kept through a backoff that are due (or all of them), then the
-        give-backs the store refused (``_not_given_back``) — within
-        ``STOP_WAIT`` in all, however many there are.
-
-        A store that is out need not refuse at once: a PostgreSQL server
-        that does not answer takes ``connect_timeout`` per call, a SQLite
-        file another process holds ``busy_timeout``, a store of one's own
-        may never answer. Tried one after another, each waited its full
-        timeout: ten thousand remembered give-backs held the claim loop for
-        ten thousand timeouts before its next claim, and a stop as long, far
-        past any grace period (or for ever). So a round stops at the first
-        one the store does not take — the store is out, and each of the
-        others would wait as long for the same answer: they wait for the
-        next round — and ``STOP_WAIT`` cuts short a call that does not
-        answer (and a long list on a slow store): the bound the worker
-        already gives what does not answer when asked to stop. A call cut
-        short may still land; a give-back is fenced by its lease's token,
-        so its next try changes nothing more. Not run concurrently: K at a
-        time still waits N / K timeouts during an outage, and a store that
-        comes back would meet thousands of calls at once."""
-        released = False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_WAIT):
-                released = await self._release_held(everything=everything)
-                if released:
-                    await self._give_back_again()
-        # Leases due left behind wait for the next poll, as a failed claim
-        # does (_until_next_claim): not retried at once, and again, while the
-        # store is out.
-        self._held_left = not released
-
-    async def _release_held(self, *, everything: bool) -> bool:
-        """Give back the leases kept through a backoff (``_held``) that are
-        due — or all of them. One the store refuses expires on its own, and
-        the round stops there (see ``_give_back_kept``): False. One cut short
-        (``STOP_WAIT``, or the worker cancelled) is kept, at the back of the
-        line."""
-        now = self._clock()
-        for saga_id, (lease, due) in list(self._held.items()):
-            if not everything and due > now:
-                continue
-            del self._held[saga_id]
-            try:
-                await self.store.release(lease)
-            except asyncio.CancelledError:
-                self._held.setdefault(saga_id, (lease, due))
-                raise
-            except Exception as error:
-                if cancellation_pending():
-                    self._held.setdefault(saga_id, (lease, due))
-                    raise asyncio.CancelledError from error  # see cancellation_pending
-                _log.warning("recovery worker %s: could not release saga %s after its "
-                             "backoff (it expires on its own): %s: %s", self.owner,
-                             saga_id, type(error).__name__, error)
-                return False
-        return True
-
-    async def _give_back_again(self) -> None:
-        """Try again the give-backs the store refused (``_not_given_back``),
-        the one refused longest ago first, until one is refused again (see
-        ``_give_back_kept``): that one goes to the back of the line, so that
-        a give-back the store refuses for its saga alone (not an outage)
-        holds up none of the others. Fenced as any give-back: once another
-        worker has taken the saga, it changes nothing."""
-        for saga_id, give_back in list(self._not_given_back.items()):
-            try:
-                await give_back()
-            except GIVEN_BACK_FOR_GOOD:
-                pass  # dropped: it can never succeed
-            except asyncio.CancelledError:
-                self._to_the_back(saga_id, give_back)  # cut short: tried again later
-                raise
-            except Exception as error:
-                self._to_the_back(saga_id, give_back)
-                if cancellation_pending():
-                    raise asyncio.CancelledError from error  # see cancellation_pending
-                return
-            if self._not_given_back.get(saga_id) is give_back:
-                del self._not_given_back[saga_id]
-
-    def _to_the_back(self, saga_id: str, give_back: Callable[[], Awaitable[object]]) -> None:
-        """``give_back``, not made yet, is now the last tried (unless a newer
-        give-back of its saga took its place meanwhile)."""
-        if self._not_given_back.get(saga_id) is give_back:
-            del self._not_given_back[saga_id]
-            self._not_given_back[saga_id] = give_back
-
-    def _say_left_to_run_out(self) -> None:
-        """As the worker stops: name the sagas whose leases it could not give
-        back (the store out, or slower than ``STOP_WAIT``): they run out."""
-        left = [*self._held, *(saga_id for saga_id in self._not_given_back
-                               if saga_id not in self._held)]
-        if not left:
-            return
-        # (At most lease_give_back.NAMED_AT_MOST of them named: there may be
-        # REMEMBERED_SAGAS.)
-        _log.warning(
-            "recovery worker %s: stopped with the leases of %d saga(s) not given back (the "
-            "store refused them, or did not answer within %g s): %s; they run out on their "
-            "own, and each counts as a claim toward the store's park_after", self.owner,
-            len(left), STOP_WAIT, named_sagas(left))
-
-    def _interrupted(self, saga_id: str) -> None:
-        """One more interruption of ``saga_id`` in a row."""
-        _remember(self._interruptions, saga_id, self._interruptions.get(saga_id, 0) + 1)
-
-    def _retry_in(self, saga_id: str) -> float:
-        """Seconds a saga interrupted now stays out of claims: ``poll``,
-        doubled for each interruption of it in a row, capped at ``lease``,
-        jittered down to half of that (workers that met the same outage do
-        not all come back at once)."""
-        doublings = min(self._interruptions.get(saga_id, 0), 32)
-        return min(self.lease, self.poll * 2.0 ** doublings) * random.uniform(0.5, 1.0)
-
     async def _resume(self, resuming: Resuming) -> None:
         resuming.began = True
         claimed = resuming.claimed
@@ -712,7 +522,7 @@ class RecoveryWorker:
                 self.stats.handed_off += 1
                 raise
             self.stats.interrupted += 1
-            self._interrupted(claimed.saga_id)
+            self._backoff.interrupted(claimed.saga_id)
             _log.warning("recovery worker %s: saga %s interrupted: loading it from the store "
                          "took longer than resume_timeout (%g s)", self.owner,
                          claimed.saga_id, claimed.timed_out)
@@ -723,58 +533,18 @@ class RecoveryWorker:
 
     def _count(self, claimed: ClaimedSaga, outcome: str, reason: str | None) -> None:
         """Count (and log) the outcome a resume told, as it ended."""
-        stats = self.stats
         if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
-            self._held[claimed.saga_id] = (claimed.lease, self._clock() + claimed.held_for)
+            self._kept.keep(claimed.saga_id, claimed.lease, claimed.held_for)
         if outcome == "interrupted":
-            self._interrupted(claimed.saga_id)
+            self._backoff.interrupted(claimed.saga_id)
         else:
-            self._interruptions.pop(claimed.saga_id, None)
-        if outcome == "completed":
-            stats.completed += 1
-        elif outcome == "compensated":
-            stats.compensated += 1
-        elif outcome == "failed":
-            stats.failed += 1
-        elif outcome == "lost":
-            stats.lost += 1
-        elif outcome == "handed_off":
-            stats.handed_off += 1
-        elif outcome == "deferred":
-            stats.deferred += 1  # a child saga: its parent drives it
-        elif outcome == "interrupted":
-            stats.interrupted += 1
-            again = (f" (claimed again in {claimed.retry_in:.3g} s)"
-                     if claimed.retry_in is not None else "")
-            _log.warning("recovery worker %s: saga %s interrupted: %s%s", self.owner,
-                         claimed.saga_id, reason, again)
-        else:
-            stats.skipped += 1
-            changed = claimed.definition_changed
-            # A worker has no allow_changed_definition on purpose: a standing
-            # override would resume every saga a later deploy changes, unseen.
-            # Overriding is an operator's call, saga by saga: say how.
-            how = (
-                "; a worker never resumes a changed definition: if the change is harmless, "
-                f"an operator resumes it once, as said ({PYTHON_M} recover "
-                "--allow-changed-definition, or recover(..., allow_changed_definition=True))"
-                if changed is not None and changed.overridable else ""
-            )
-            _log.warning("recovery worker %s: skipped saga %s: %s%s (workers claim it "
-                         "again in %g s)", self.owner, claimed.saga_id, reason, how,
-                         self.lease)
+            self._backoff.ended(claimed.saga_id)
+        count_outcome(self.stats, claimed, outcome, reason, owner=self.owner, lease=self.lease)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         resuming = self._in_flight.pop(task, None)
         if resuming is not None and resuming.claimed.not_given_back is not None:
-            forgotten = _remember(self._not_given_back, resuming.claimed.saga_id,
-                                  resuming.claimed.not_given_back)
-            if forgotten is not None:
-                _log.warning(
-                    "recovery worker %s: the store refuses to take back the leases of more "
-                    "than %d sagas; no longer trying to give back saga %s's (the oldest "
-                    "refused): its lease runs out on its own and counts as a claim toward "
-                    "the store's park_after", self.owner, REMEMBERED_SAGAS, forgotten)
+            self._kept.refused(resuming.claimed.saga_id, resuming.claimed.not_given_back)
         self._let_go.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("recovery worker %s: resuming a saga raised", self.owner,
@@ -822,7 +592,7 @@ class RecoveryWorker:
             return
         _, reason = claimed.give_up()
         self.stats.interrupted += 1
-        self._interrupted(claimed.saga_id)
+        self._backoff.interrupted(claimed.saga_id)
         _log.error("recovery worker %s: saga %s did not stop %g s after it was asked to "
                    "(%s); its slot is free again: %s", self.owner, claimed.saga_id,
                    STOP_WAIT, "resume_timeout" if claimed.timed_out is not None

@@ -134,7 +134,8 @@ async def _worker_remembering(store: SQLiteSagaStore, **options: Any) -> tuple[
     running = asyncio.get_running_loop().create_task(worker.run())
     await _until(lambda: worker.stats.completed == SAGAS and worker.in_flight == 0,
                  what="the sagas resumed to their end")
-    await _until(lambda: len(worker._not_given_back) == SAGAS, what="the give-backs remembered")
+    await _until(lambda: len(worker._kept.not_given_back) == SAGAS,
+                 what="the give-backs remembered")
     return worker, running, give_backs, claims, saga_ids
 
 
@@ -164,10 +165,10 @@ def test_S13_a_store_that_hangs_holds_no_claim_for_each_give_back_remembered(
             hang = HANGS[outage]
             waited = STOP_WAIT if hang is None else min(hang, STOP_WAIT)
             assert claims.times[-1] - began == pytest.approx(waited)
-            assert len(worker._not_given_back) == SAGAS  # none dropped
+            assert len(worker._kept.not_given_back) == SAGAS  # none dropped
             give_backs.mode = "take"  # the store is back
             worker.wake()
-            await _until(lambda: not worker._not_given_back, within=STOP_WAIT * 2,
+            await _until(lambda: not worker._kept.not_given_back, within=STOP_WAIT * 2,
                          what="the give-backs made")
             for saga_id in saga_ids:
                 assert (await store.lease_state(saga_id)).owner is None
@@ -230,7 +231,7 @@ def test_S13_a_store_without_defer_that_hangs_on_releases_holds_no_stop(
         running = asyncio.get_running_loop().create_task(worker.run())
         await _until(lambda: worker.stats.skipped == SAGAS and worker.in_flight == 0,
                      what="the sagas skipped")
-        assert len(worker._held) == SAGAS
+        assert len(worker._kept.held) == SAGAS
         give_backs = _GiveBacks(store, names=("release",))
         give_backs.mode, give_backs.hang = "hang", 30.0
         loop = asyncio.get_running_loop()
@@ -273,7 +274,7 @@ def test_S13_leases_kept_through_a_backoff_wait_a_poll_when_the_store_does_not_t
         try:
             await _until(lambda: worker.stats.skipped == SAGAS and worker.in_flight == 0,
                          what="the sagas skipped")
-            due = min(due for _, due in worker._held.values())
+            due = min(due for _, due in worker._kept.held.values())
             give_backs.mode, give_backs.hang = "hang", 30.0
             await _until(lambda: len(give_backs.calls) >= 2, within=lease + 2 * poll,
                          what="two tries", step=1.0)
@@ -285,9 +286,9 @@ def test_S13_leases_kept_through_a_backoff_wait_a_poll_when_the_store_does_not_t
             assert second == pytest.approx(claimed + poll)
             # The one cut short is kept (to the back of the line): none
             # given back, none forgotten.
-            await _until(lambda: len(worker._held) == SAGAS, within=STOP_WAIT + 1,
+            await _until(lambda: len(worker._kept.held) == SAGAS, within=STOP_WAIT + 1,
                          what="the second try cut short, its lease kept")
-            assert list(worker._held)[-2:] == give_backs.calls[:2]
+            assert list(worker._kept.held)[-2:] == give_backs.calls[:2]
         finally:
             give_backs.mode = "take"
             await worker.stop()
@@ -307,14 +308,14 @@ def test_S10_a_give_back_the_store_refuses_for_one_saga_holds_up_none_of_the_oth
     async def body(store: SQLiteSagaStore) -> None:
         worker, running, give_backs, claims, saga_ids = await _worker_remembering(store)
         try:
-            first = next(iter(worker._not_given_back))
+            first = next(iter(worker._kept.not_given_back))
             give_backs.mode, give_backs.refused = "take", {first}
             for _ in range(2):
                 claimed = claims.count
                 worker.wake()
                 await _until(lambda claimed=claimed: claims.count > claimed,
                              what="the next claim")
-            assert list(worker._not_given_back) == [first]
+            assert list(worker._kept.not_given_back) == [first]
             for saga_id in saga_ids:
                 owner = (await store.lease_state(saga_id)).owner
                 assert owner == (worker.owner if saga_id == first else None)
@@ -344,7 +345,7 @@ def test_S8_a_worker_cancelled_while_its_stop_gives_leases_back_says_it_was_canc
         with pytest.raises(asyncio.CancelledError):
             await running
         await stopping  # stop() returns once run() has finished
-        assert len(worker._not_given_back) == SAGAS  # not given back: kept, none dropped
+        assert len(worker._kept.not_given_back) == SAGAS  # not given back: kept, none dropped
 
     _virtually(tmp_path, body)
 
@@ -453,12 +454,12 @@ def test_S13_a_resumes_give_back_that_never_answers_frees_its_worker_slot(
             await _until(lambda: worker.stats.completed == 1, what="the first saga resumed")
             await _until(lambda: worker.in_flight == 0, within=STOP_WAIT * 10,
                          what="its slot freed")
-            assert list(worker._not_given_back) == [first]
+            assert list(worker._kept.not_given_back) == [first]
             give_backs.mode = "take"  # the store is back
             worker.wake()  # the slot is claimed again: the second saga
             await _until(lambda: worker.stats.completed == 2 and worker.in_flight == 0,
                          what="the second saga resumed")
-            await _until(lambda: not worker._not_given_back, what="the give-back made")
+            await _until(lambda: not worker._kept.not_given_back, what="the give-back made")
             for saga_id in (first, second):
                 state = await store.lease_state(saga_id)
                 assert (state.owner, state.unreleased_claims) == (None, 0)

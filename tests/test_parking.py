@@ -988,9 +988,9 @@ async def test_S10_a_worker_keeps_a_bounded_number_of_refused_give_backs_and_say
     refused longest ago is dropped with a warning that names the saga and
     says what it costs (its lease runs out and counts as a claim). The
     give-backs it kept are made once the store takes them."""
-    import fallback_saga.worker as worker_module
+    import fallback_saga.remembered as remembered
 
-    monkeypatch.setattr(worker_module, "REMEMBERED_SAGAS", 2, raising=False)
+    monkeypatch.setattr(remembered, "REMEMBERED_SAGAS", 2)
     ledger = Ledger()
     async with durable(park_after=PARK_AFTER) as store:
         saga_ids = await seed(store, 3, "p")
@@ -1032,14 +1032,14 @@ async def test_S10_a_worker_remembers_a_bounded_number_of_interrupted_sagas(
     resumed it. At most ``REMEMBERED_SAGAS`` (2 here): the one remembered
     longest ago is forgotten (its next backoff starts again from ``poll``),
     and a saga interrupted again counts as remembered now."""
-    import fallback_saga.worker as worker_module
+    import fallback_saga.remembered as remembered
 
-    monkeypatch.setattr(worker_module, "REMEMBERED_SAGAS", 2, raising=False)
+    monkeypatch.setattr(remembered, "REMEMBERED_SAGAS", 2)
     async with SQLiteSagaStore(tmp_path / "sagas.db") as store:
         worker = RecoveryWorker(store, [order_saga(store, Ledger())], older_than=0)
         for saga_id in ("a", "b", "a", "c"):
-            worker._interrupted(saga_id)
-        assert worker._interruptions == {"a": 2, "c": 1}
+            worker._backoff.interrupted(saga_id)
+        assert worker._backoff.interruptions == {"a": 2, "c": 1}
 
 async def test_S10_a_give_back_refused_for_good_is_not_tried_again(
     durable: StoreMaker,
