@@ -18,7 +18,7 @@ process are announced by no one.
 Shutdown (``await worker.stop(grace=...)``): the worker stops claiming and
 waits for its sagas to finish. A claim on its way has ``STOP_WAIT`` seconds
 from the stop to be answered; past that it is let go, and what it takes is
-given back should the answer come (see ``_answer_of``). After ``grace``
+given back should the answer come (see worker_claims.py). After ``grace``
 seconds from the stop (``None``: no limit) the sagas still running are
 *handed off*: stopped without unwinding, like a crashed run, and their
 leases released so that another worker resumes them at once. (A shutdown
@@ -77,25 +77,25 @@ from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
 from .recovery import (
     SagasGiven,
-    claim_batch,
     default_owner,
     sagas_by_name,
     seconds_given,
 )
-from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds, Resuming
-from .shielding import CLAIM_GRACE, cancellation_pending, loop_gone
+from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds
+from .shielding import cancellation_pending, loop_gone
 from .store.base import (
-    Lease,
     RecoverableStore,
-    WorkNotifier,
     check_store,
     claims_by_name,
     is_recoverable,
     is_work_notifier,
 )
 from .worker_backoff import Backoff
+from .worker_claims import Claims
 from .worker_give_backs import KeptLeases
-from .worker_stats import WorkerStats, count_outcome
+from .worker_listen import listen_for_work
+from .worker_resumes import Resumes
+from .worker_stats import WorkerStats
 
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "RecoveryWorker", "WorkerStats"]
 
@@ -201,26 +201,10 @@ class RecoveryWorker:
         self.resume_warning = (None if resume_warning is None
                                else _seconds("resume_warning", resume_warning, positive=True))
         self.owner = owner or default_owner()
-        self._bounds = ResumeBounds(self.owner, concurrency, self.resume_timeout,
-                                    self.resume_warning)
         self.stats = WorkerStats()
         self._by_name = by_name
-        # Claims ask only for the sagas this worker can resume: services that
-        # share a store (a mixed fleet) do not take each other's sagas, and a
-        # saga of another service is no skip, no warning, no lease taken. A
-        # store whose claim cannot filter by name gets no ``names``: every
-        # saga is claimed and the unknown ones skipped (see the class doc).
-        self._claim_names: dict[str, object] = (
-            {"names": tuple(sorted(by_name))} if claims_by_name(store) else {})
         self._listeners = listener_tuple(listeners)
         collect_hooks(self._listeners, "recovery_outcome")  # refuses a class or an async hook
-        self._in_flight: dict[asyncio.Task[None], Resuming] = {}
-        # Runs let go (asked to stop, they did not: see the module
-        # docstring), kept referenced until they end, whenever that is.
-        self._let_go: set[asyncio.Task[None]] = set()
-        self._handing_off = False  # the drain hands off what is left
-        self._settled = asyncio.Event()  # nothing in flight (set as it empties)
-        self._watch_wake = asyncio.Event()  # a deadline of _watch's may have moved
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = False
@@ -228,16 +212,12 @@ class RecoveryWorker:
         self._grace: float | None = None
         self._finished: asyncio.Event | None = None
         # Set by stop(), with the loop's time it was asked at: a claim on its
-        # way then has STOP_WAIT from that moment (see _answer_of), and
+        # way then has STOP_WAIT from that moment (see Claims._answer_of), and
         # ``grace`` runs from it too.
         self._stop_asked = asyncio.Event()
         self._stopped_at: float | None = None
-        # Claims the worker stopped waiting for (see _answer_of), kept
-        # referenced until they end: what they take is given back.
-        self._abandoned: set[asyncio.Task[list[Lease]]] = set()
         self._notifier = store if listen and is_work_notifier(store) else None
         self._listening = asyncio.Event()
-        self._claims_failing = False  # warned about this outage of the store already
         # The event loop's clock (monotonic), read when needed: a worker may run
         # on several loops in turn (see run).
         self._clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
@@ -245,14 +225,29 @@ class RecoveryWorker:
         # has to give back (kept through a backoff, or refused by the store).
         self._backoff = Backoff(self.poll, self.lease)
         self._kept = KeptLeases(store, self.owner, self.poll, lambda: self._clock())
+        # Claims ask only for the sagas this worker can resume (see Claims); a
+        # store whose claim cannot filter by name gets no ``names``: every
+        # saga is claimed and the unknown ones skipped (see the class doc).
+        self._claims = Claims(
+            store, owner=self.owner, lease=self.lease, older_than=self.older_than,
+            poll=self.poll,
+            names={"names": tuple(sorted(by_name))} if claims_by_name(store) else {},
+            stopping=lambda: self._stopping, stop_asked=lambda: self._stop_asked,
+            stopped_at=lambda: self._stopped_at)
+        # The sagas it is resuming, each in a task of its own.
+        self._resumes = Resumes(
+            owner=self.owner, lease=self.lease, bounds=ResumeBounds(
+                self.owner, concurrency, self.resume_timeout, self.resume_warning),
+            stats=self.stats, backoff=self._backoff, kept=self._kept,
+            clock=lambda: self._clock(), on_freed=self._slot_freed)
 
     def __repr__(self) -> str:
-        return (f"RecoveryWorker(owner={self.owner!r}, in_flight={len(self._in_flight)}, "
+        return (f"RecoveryWorker(owner={self.owner!r}, in_flight={self.in_flight}, "
                 f"{self.stats})")
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self._resumes.in_flight)
 
     @property
     def listening(self) -> bool:
@@ -262,7 +257,7 @@ class RecoveryWorker:
     def wake(self) -> None:
         """Claim now rather than at the next poll (safe to call any time, from the loop)."""
         self._wake.set()
-        self._watch_wake.set()
+        self._resumes.wake_watch()
 
     async def run(self) -> None:
         """Claim and resume until ``stop()``; then drain (see the module docstring)."""
@@ -276,16 +271,16 @@ class RecoveryWorker:
         # (two successive asyncio.run calls, as function-scoped test loops do).
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._watch_wake = asyncio.Event()
+        self._resumes.new_run()
         self._stop_asked = asyncio.Event()
         self._stopped_at = None
-        self._handing_off = False
         listener: asyncio.Task[None] | None = None
         if self._notifier is not None:
-            listener = asyncio.get_running_loop().create_task(self._listen(self._notifier))
+            listener = asyncio.get_running_loop().create_task(listen_for_work(
+                self._notifier, owner=self.owner, poll=self.poll, listening=self._listening,
+                wake=lambda: self._wake.set(), stopping=lambda: self._stopping))
         loop = asyncio.get_running_loop()
-        watch = loop.create_task(self._watch())
+        watch = loop.create_task(self._resumes.watch())
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
@@ -298,10 +293,10 @@ class RecoveryWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._kept.until_next_claim())
         except asyncio.CancelledError:
-            await self._drain(0.0)
+            await self._resumes.drain(0.0)
             raise
         else:
-            await self._drain(self._grace_left())
+            await self._resumes.drain(self._grace_left())
         finally:
             # Decided here, not in an ``except GeneratorExit``: the closing
             # may find the worker draining inside ``except CancelledError``
@@ -330,7 +325,7 @@ class RecoveryWorker:
                         helper.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await helper
-                for task in self._let_go:
+                for task in self._resumes.let_go:
                     # Asked once more: a step that swallowed one cancellation
                     # may heed the next. Not waited for (see the module docstring).
                     task.cancel()
@@ -361,36 +356,6 @@ class RecoveryWorker:
 
     # ------------------------------------------------------------------ internals
 
-    async def _listen(self, notifier: WorkNotifier) -> None:
-        """Wake the claim loop on each announcement; on a lost connection,
-        warn (once per outage) and listen again after ``poll`` seconds, while
-        polling goes on."""
-        warned = False
-        while not self._stopping:
-            try:
-                async for saga_id in notifier.work_notifications():
-                    if not saga_id:  # listening now: what came before was missed
-                        self._listening.set()
-                        warned = False
-                    self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                if cancellation_pending():
-                    raise asyncio.CancelledError from error  # see cancellation_pending
-                if not warned:
-                    _log.warning(
-                        "recovery worker %s: not listening for work (%s: %s); "
-                        "polling every %g s", self.owner, type(error).__name__, error,
-                        self.poll,
-                    )
-                    warned = True
-            finally:
-                self._listening.clear()
-            if cancellation_pending():  # a driver swallowed it
-                raise asyncio.CancelledError
-            await asyncio.sleep(self.poll)
-
     def _grace_left(self) -> float | None:
         """``grace``, less the time since ``stop()`` was called (a claim on
         its way, give-backs before it): ``grace`` bounds the stop, not the
@@ -401,232 +366,24 @@ class RecoveryWorker:
         return max(0.0, grace - (asyncio.get_running_loop().time() - stopped_at))
 
     async def _claim(self) -> None:
-        free = self.concurrency - len(self._in_flight)
+        free = self.concurrency - len(self._resumes.in_flight)
         if free <= 0 or self._stopping:
             return
-        claiming = asyncio.get_running_loop().create_task(claim_batch(
-            # given back if we are cancelled meanwhile, or stop waiting for it
-            self.store, owner=self.owner, lease_seconds=self.lease,
-            older_than=self.older_than, limit=free, **self._claim_names,
-        ))
-        try:
-            answer = await self._answer_of(claiming)
-            if answer is None:
-                return  # stopped, the claim let go: see _answer_of
-            leases = answer
-        except Exception as error:  # the store is down: try again at the next poll
-            if cancellation_pending():
-                raise asyncio.CancelledError from error  # see cancellation_pending
-            # Once per outage, as _listen does: a store down for hours is
-            # thousands of polls, and one line per poll says nothing more.
-            if not self._claims_failing:
-                self._claims_failing = True
-                _log.warning(
-                    "recovery worker %s: claim failed: %s: %s; claiming again every %g s "
-                    "(said once until a claim works)", self.owner, type(error).__name__,
-                    error, self.poll,
-                )
-            return
-        if self._claims_failing:
-            self._claims_failing = False
-            _log.info("recovery worker %s: claims work again", self.owner)
+        leases = await self._claims.take(free)
+        if leases is None:
+            return  # failed (said), or stopped and let go
         self._backlog = len(leases) == free
         self.stats.claimed += len(leases)
-        for lease in leases:
-            claimed = ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
-                                  listeners=self._listeners, skip_for=self.lease,
-                                  retry_in=self._backoff.retry_in(lease.saga_id),
-                                  hand_off_when_cancelled=True)
-            resuming = Resuming(claimed, self._clock())
-            task = asyncio.get_running_loop().create_task(self._resume(resuming))
-            self._in_flight[task] = resuming
-            task.add_done_callback(self._done)
-        if leases and self._bounds.watched:
-            self._watch_wake.set()  # new deadlines
+        self._resumes.start([
+            ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
+                        listeners=self._listeners, skip_for=self.lease,
+                        retry_in=self._backoff.retry_in(lease.saga_id),
+                        hand_off_when_cancelled=True)
+            for lease in leases
+        ])
 
-    async def _answer_of(self, claiming: asyncio.Task[list[Lease]]) -> list[Lease] | None:
-        """The leases ``claiming`` took; None if the worker stops and the
-        store has not answered within ``STOP_WAIT`` of ``stop()``.
-
-        A claim still on its way when the worker is asked to stop was waited
-        for to its end: one store timeout (a PostgreSQL server that does not
-        answer: ``connect_timeout``; a SQLite file another process keeps
-        locked: ``busy_timeout``), or for ever on a store of one's own with
-        no timeout — before ``grace`` even began. It has ``STOP_WAIT`` from
-        the stop now, the bound the worker gives whatever does not answer
-        when asked to stop; then it is let go, as a cancelled claim is
-        (``claim_batch``): its answer, should it come within ``CLAIM_GRACE``,
-        is given back unrun (its leases claimable at once, the claim not
-        counted toward ``park_after``); past that its call is cancelled —
-        a built-in store gives back what it took once it lands, and what a
-        store of one's own took runs out on its own, counted as a claim, as
-        a crashed worker's. Not waited for: ``stop()`` returns meanwhile."""
-        try:
-            if not self._stopping:
-                stop = asyncio.get_running_loop().create_task(self._stop_asked.wait())
-                try:
-                    await asyncio.wait([claiming, stop], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop.cancel()
-            if not claiming.done():
-                stopped_at = self._stopped_at
-                left = (STOP_WAIT if stopped_at is None else
-                        stopped_at + STOP_WAIT - asyncio.get_running_loop().time())
-                await asyncio.wait([claiming], timeout=max(0.0, left))
-        except asyncio.CancelledError:
-            # Cancelled ourselves (the worker's task): the claim is given back
-            # before the cancellation goes on (claim_batch), as before.
-            claiming.cancel()
-            while not claiming.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([claiming])
-            raise
-        if claiming.done():
-            return claiming.result()
-        claiming.cancel()  # claim_batch gives back what lands within CLAIM_GRACE
-        self._abandoned.add(claiming)
-        claiming.add_done_callback(self._claim_settled)
-        _log.warning(
-            "recovery worker %s: stopped while a claim was on its way that the store had not "
-            "answered within %g s; the claim is let go: the sagas it leases, if its answer "
-            "comes within %g s more, are given back at once, else their leases run out on "
-            "their own and each counts as a claim toward the store's park_after", self.owner,
-            STOP_WAIT, CLAIM_GRACE)
-        return None
-
-    def _claim_settled(self, claiming: asyncio.Task[list[Lease]]) -> None:
-        """A claim let go (see _answer_of) has ended: forgotten; its error read."""
-        self._abandoned.discard(claiming)
-        if not claiming.cancelled():
-            claiming.exception()  # cancelled, it raises CancelledError: nothing else to say
-
-    async def _resume(self, resuming: Resuming) -> None:
-        resuming.began = True
-        claimed = resuming.claimed
-        if self._handing_off:
-            # The worker stopped before this task began: nothing ran, and
-            # nothing must (a task cancelled before its first step never
-            # runs a line, and its lease would be kept until it ran out).
-            self.stats.handed_off += 1
-            await claimed.hand_back()
-            return
-        try:
-            outcome, reason = await claimed.resume()
-        except asyncio.CancelledError:
-            # Cancelled before the saga ran (while loading it): handed off
-            # untouched (ClaimedSaga released the lease) — or, stopped at
-            # resume_timeout (a store that does not answer), interrupted.
-            if claimed.let_go:  # counted when it was let go
-                raise
-            if claimed.timed_out is None:
-                self.stats.handed_off += 1
-                raise
-            self.stats.interrupted += 1
-            self._backoff.interrupted(claimed.saga_id)
-            _log.warning("recovery worker %s: saga %s interrupted: loading it from the store "
-                         "took longer than resume_timeout (%g s)", self.owner,
-                         claimed.saga_id, claimed.timed_out)
-            raise
-        if claimed.let_go:
-            return  # let go, told and counted already: see _give_up
-        self._count(claimed, outcome, reason)
-
-    def _count(self, claimed: ClaimedSaga, outcome: str, reason: str | None) -> None:
-        """Count (and log) the outcome a resume told, as it ended."""
-        if claimed.held_for is not None:  # a store without defer: see ClaimedSaga
-            self._kept.keep(claimed.saga_id, claimed.lease, claimed.held_for)
-        if outcome == "interrupted":
-            self._backoff.interrupted(claimed.saga_id)
-        else:
-            self._backoff.ended(claimed.saga_id)
-        count_outcome(self.stats, claimed, outcome, reason, owner=self.owner, lease=self.lease)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        resuming = self._in_flight.pop(task, None)
-        if resuming is not None and resuming.claimed.not_given_back is not None:
-            self._kept.refused(resuming.claimed.saga_id, resuming.claimed.not_given_back)
-        self._let_go.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            _log.error("recovery worker %s: resuming a saga raised", self.owner,
-                       exc_info=task.exception())
-        self._freed()
-
-    def _freed(self) -> None:
-        """A slot is free again."""
-        if not self._in_flight:
-            self._settled.set()
+    def _slot_freed(self) -> None:
+        """A resume's slot is free again: claim at once if there may be more
+        work (or the stop waits for it)."""
         if self._backlog or self._stopping:
             self._wake.set()
-
-    async def _watch(self) -> None:
-        """Keep the resumes in flight to their bounds (``resume_warning``,
-        ``resume_timeout``, ``STOP_WAIT``), on the worker's clock, for as
-        long as the worker runs — its drain included."""
-        while True:
-            self._watch_wake.clear()
-            delay = self._check_resumes()
-            # asyncio.timeout, not wait_for: 3.11's wait_for drops a
-            # cancellation that comes as the event is set (a wake-up).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._watch_wake.wait()
-            if cancellation_pending():  # see cancellation_pending
-                raise asyncio.CancelledError
-
-    def _check_resumes(self) -> float | None:
-        """Act on the bounds passed; seconds until the next one (None: none)."""
-        return self._bounds.check(self._in_flight, self._clock(), self._give_up)
-
-    def _give_up(self, task: asyncio.Task[None], resuming: Resuming) -> None:
-        """Asked to stop ``STOP_WAIT`` seconds ago, the run has not: let it
-        go (see the module docstring)."""
-        claimed = resuming.claimed
-        del self._in_flight[task]
-        self._let_go.add(task)
-        if claimed.outcome is not None:
-            # It ended, its outcome told: only the store's taking its lease
-            # back is on its way (see ClaimedSaga.give_up). Counted as it
-            # ended, its slot free for the next saga.
-            self._count(claimed, *claimed.give_up())
-            self._freed()
-            return
-        _, reason = claimed.give_up()
-        self.stats.interrupted += 1
-        self._backoff.interrupted(claimed.saga_id)
-        _log.error("recovery worker %s: saga %s did not stop %g s after it was asked to "
-                   "(%s); its slot is free again: %s", self.owner, claimed.saga_id,
-                   STOP_WAIT, "resume_timeout" if claimed.timed_out is not None
-                   else "handed off", reason)
-        self._freed()
-
-    async def _until_settled(self, within: float | None) -> None:
-        """Until nothing is in flight (each run ended or let go), or ``within`` seconds."""
-        if self._in_flight:
-            self._settled.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(within):
-                    await self._settled.wait()
-
-    async def _drain(self, grace: float | None) -> None:
-        if not self._in_flight:
-            return
-        if grace is None or grace > 0:
-            await self._until_settled(grace)
-        if not self._in_flight:
-            return
-        _log.warning("recovery worker %s: handing off %d saga(s) still running",
-                     self.owner, len(self._in_flight))
-        self._handing_off = True  # a task yet to begin hands its saga back
-        now = self._clock()
-        for task, resuming in self._in_flight.items():
-            if resuming.stop_asked is None:
-                resuming.stop_asked = now
-            if resuming.claimed.run is not None:
-                resuming.claimed.hand_off()
-            elif resuming.began:
-                task.cancel()  # still loading it: nothing ran yet
-        self._watch_wake.set()  # STOP_WAIT runs from now
-        # Handing off stops a run at its next write or suspension; it does
-        # not wait for a step to finish (the step is cancelled, as in a crash).
-        # A run that does not stop is let go after STOP_WAIT (_watch).
-        await self._until_settled(None)

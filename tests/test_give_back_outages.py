@@ -532,7 +532,7 @@ def test_S13_a_claim_in_flight_holds_a_stop_for_STOP_WAIT_at_most_and_loses_no_s
                 await running
             stopped = loop.time() - began
             assert stopped == pytest.approx(STOP_WAIT if hang is None else min(hang, STOP_WAIT))
-            await _until(lambda: not getattr(worker, "_abandoned", ()),
+            await _until(lambda: not worker._claims.abandoned,
                          within=CLAIM_GRACE + STOP_WAIT, what="the claim let go settled")
         assert ledger.calls == []  # nothing ran
         said = [record.getMessage() for record in caplog.records

@@ -320,7 +320,7 @@ async def test_S15_a_compensation_hanging_in_a_child_saga_is_stopped_at_resume_t
             await asyncio.wait_for(participant.hanging[(child, "compensate B")].wait(), 30)
             move_clock(worker, 31)  # resume_timeout, not STOP_WAIT more
             await asyncio.wait_for(told.until("interrupted", at_most=1), 20)
-            assert worker._let_go == set()
+            assert worker._resumes.let_go == set()
         finally:
             await worker.stop()
             await running
@@ -506,7 +506,7 @@ async def test_S8_a_step_that_swallows_cancellation_is_let_go_and_frees_its_slot
             move_clock(worker, STOP_WAIT + 1)  # let go
             await told.until("interrupted", at_most=1)
             assert worker.in_flight == 0
-            (zombie,) = worker._let_go
+            (zombie,) = worker._resumes.let_go
             worker.wake()
             await told.until("completed", at_most=2)
         finally:
@@ -778,7 +778,7 @@ async def test_S8_a_stop_while_a_step_swallows_cancellation_returns_and_keeps_it
             await eventually(lambda: any("is still running" in r.getMessage()
                                          for r in caplog.records), what="the forced stop")
             assert not stopping.done()
-            (zombie,) = worker._in_flight
+            (zombie,) = worker._resumes.in_flight
             move_clock(worker, 2 * STOP_WAIT + 2)
             await asyncio.wait_for(stopping, 30)
             await running
@@ -961,12 +961,12 @@ async def test_S13_a_worker_counts_a_finished_resume_whose_give_back_outruns_res
         try:
             await told.until("completed", at_most=1)
             await asyncio.wait_for(entered.wait(), 30)  # its release waits for the store
-            (resuming,) = worker._in_flight.values()
+            (resuming,) = worker._resumes.in_flight.values()
             move_clock(worker, 31)  # resume_timeout
             await eventually(lambda: resuming.stop_asked is not None, what="the bound")
             move_clock(worker, STOP_WAIT + 1)
             await eventually(lambda: worker.in_flight == 0, what="its slot freed")
-            (giving_back,) = worker._let_go
+            (giving_back,) = worker._resumes.let_go
             assert [(s, o) for s, _, o, _ in told.outcomes] == [(saga_id, "completed")]
             assert (worker.stats.completed, worker.stats.interrupted) == (1, 0)
             gate.set()  # the store answers: the lease is given back
