@@ -13,8 +13,8 @@ on the worker's clock, and acts on each bound one has passed:
   slot: nothing can kill a coroutine).
 
 It returns the seconds until the next bound, for the worker's watch to
-sleep. The worker owns the slots, its stats and the leases; this module
-only decides when.
+sleep. The worker's resumes (worker_resumes.py) own the slots, its stats
+and the leases; this module only decides when.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from . import remembered
 from .lease_give_back import GIVEN_BACK_FOR_GOOD, GiveBack, named_sagas
 from .log_lines import library_logger
+from .remembered import remember
 from .shielding import cancellation_pending
 from .stop_wait import STOP_WAIT
 from .store.base import Lease, RecoverableStore
@@ -54,14 +54,14 @@ class KeptLeases:
 
     def refused(self, saga_id: str, give_back: GiveBack) -> None:
         """The store refused ``give_back``: tried again before each claim (at
-        most ``remembered.REMEMBERED_SAGAS`` of them: the oldest is dropped, with a warning)."""
-        forgotten = remembered.remember(self.not_given_back, saga_id, give_back)
-        if forgotten is not None:
+        most ``REMEMBERED_SAGAS`` of them: the oldest is dropped, with a warning)."""
+        forgotten = remember(self.not_given_back, saga_id, give_back)
+        if forgotten is not None:  # as many remembered as can be: len() is the limit
             _log.warning(
                 "recovery worker %s: the store refuses to take back the leases of more "
                 "than %d sagas; no longer trying to give back saga %s's (the oldest "
                 "refused): its lease runs out on its own and counts as a claim toward "
-                "the store's park_after", self.owner, remembered.REMEMBERED_SAGAS,
+                "the store's park_after", self.owner, len(self.not_given_back),
                 forgotten)
 
     def until_next_claim(self) -> float:
