@@ -1698,13 +1698,9 @@ def test_S13_a_retry_unwinding_ctrl_c_tells_the_status_the_journal_holds(
     assert app.CALLS[before:] == ["compensate Reserve"]  # once, to its end
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_S13_a_resume_ctrl_c_twice_tells_the_status_the_journal_holds(
-    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
-) -> None:
-    """The second Ctrl-C interrupts the resume, and the interrupted saga
-    unwinds (S8): the command exits 130 "interrupted" — and says that the
-    journal now holds it COMPENSATED, not only that it was interrupted."""
+def _charge_ctrl_c_twice(db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    """Saga o-1 left at its Charge act, whose next call gets Ctrl-C twice
+    (a warning, then the interruption) before it runs."""
     run_sagas(db, app, ("o-1", {}, "act Charge"))
     capsys.readouterr()
     real = app.Charge.act
@@ -1717,6 +1713,16 @@ def test_S13_a_resume_ctrl_c_twice_tells_the_status_the_journal_holds(
         await real(self, context)
 
     app.Charge.act = interrupted
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_S13_a_resume_ctrl_c_twice_tells_the_status_the_journal_holds(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The second Ctrl-C interrupts the resume, and the interrupted saga
+    unwinds (S8): the command exits 130 "interrupted" — and says that the
+    journal now holds it COMPENSATED, not only that it was interrupted."""
+    _charge_ctrl_c_twice(db, app, capsys)
     before = len(app.CALLS)
     argv = ["resume", "o-1", "--db", db, "--app", f"{app.__name__}:sagas"]
     assert main(argv) == 130
@@ -1736,18 +1742,7 @@ def test_S13_a_recover_ctrl_c_twice_tells_each_saga_under_way_as_the_journal_hol
     """The second Ctrl-C interrupts the pass, and the saga it was resuming
     unwinds (S8): its line says it ended compensated, as the journal holds
     it — not nothing at all, before "interrupted" (exit status 130)."""
-    run_sagas(db, app, ("o-1", {}, "act Charge"))
-    capsys.readouterr()
-    real = app.Charge.act
-
-    async def interrupted(self: Any, context: Any) -> None:
-        signal.raise_signal(signal.SIGINT)  # warned
-        signal.raise_signal(signal.SIGINT)  # interrupted
-        await asyncio.sleep(0)  # the loop handles them: the cancellation arrives
-        await asyncio.sleep(0)
-        await real(self, context)
-
-    app.Charge.act = interrupted
+    _charge_ctrl_c_twice(db, app, capsys)
     argv = ["recover", "--db", db, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
     assert main(argv) == 130
     out, err = capsys.readouterr()

@@ -97,6 +97,7 @@ def write_count(items: tuple[Any, ...]) -> int:
 
 
 async def recover_family(family: Family, durable: bool, parent_id: str) -> None:
+    """Recovery: ``recover`` on a durable store, a resume by id in memory."""
     store = family.store
     if durable:
         for _ in range(8):
@@ -105,7 +106,7 @@ async def recover_family(family: Family, durable: bool, parent_id: str) -> None:
             if report.total == 0 and not report.deferred:
                 return
         raise AssertionError("recovery never settled")
-    record = await journal_of(store.inner, parent_id)
+    record = await journal_of(getattr(store, "inner", store), parent_id)
     if record is not None and not record.status.is_final:
         with contextlib.suppress(SagaError):
             await family.parent.resume(parent_id)

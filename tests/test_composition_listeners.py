@@ -52,6 +52,7 @@ from journal_faults import (
     check_caller_matches_journal,
     journal_of,
 )
+from test_composition_faults import recover_family
 
 from fallback_saga import (
     LoggingListener,
@@ -63,7 +64,6 @@ from fallback_saga import (
     SagaStatus,
     SQLiteSagaStore,
     StepCall,
-    recover,
 )
 from fallback_saga.events import status_if_landed
 from fallback_saga.store.base import SagaRecord
@@ -280,23 +280,6 @@ async def records_of(inner: Any, ids: Iterable[str]) -> dict[str, SagaRecord | N
     return {one: await journal_of(inner, one) for one in ids}
 
 
-async def settle(family: Family, durable: bool, parent_id: str) -> None:
-    """Recovery: ``recover`` on a durable store, a resume by id in memory."""
-    store = family.store
-    if durable:
-        for _ in range(8):
-            report = await recover(store, family.sagas, older_than=0)
-            assert report.skipped == [], report
-            if report.total == 0 and not report.deferred:
-                return
-        raise AssertionError("recovery never settled")
-    inner = getattr(store, "inner", store)
-    record = await journal_of(inner, parent_id)
-    if record is not None and not record.status.is_final:
-        with contextlib.suppress(SagaError):
-            await family.parent.resume(parent_id)
-
-
 def telemetry_or_none() -> Any:
     try:
         import opentelemetry.sdk.trace  # noqa: F401
@@ -353,7 +336,7 @@ async def family_case(
     told.ends = {}
     if at is not None:
         store.heal()
-    await settle(family, durable, "o")
+    await recover_family(family, durable, "o")
     after = await records_of(inner, ids)
     agree(told, after, marks, faulted=False)
     recovered.calls = told.calls

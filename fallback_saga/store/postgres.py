@@ -259,7 +259,6 @@ class PostgresSagaStore(PooledStore):
     # awaited (submit_create/submit_append; journal.submits_writes).
     submits_writes: Final = True
 
-
     def __init__(
         self,
         conninfo_or_pool: str | AsyncConnectionPool[Any],
