@@ -324,12 +324,24 @@ class LeaseLost(SagaStoreError):
 
 
 class SagaBusy(SagaStoreError):
-    """Another worker holds an unexpired lease on this saga: it is driving it."""
+    """Another worker holds an unexpired lease on this saga: it is driving it.
+    On ``MemorySagaStore`` (``here``): a run of this process drives it still
+    (another task, or another thread's event loop), or moved it on since the
+    resume read it."""
 
-    def __init__(self, saga_id: str, owner: str | None, expires_at: float | None) -> None:
+    def __init__(
+        self, saga_id: str, owner: str | None, expires_at: float | None, *, here: bool = False
+    ) -> None:
         self.saga_id = saga_id
         self.owner = owner
         self.expires_at = expires_at
+        if here:
+            super().__init__(
+                f"saga {short_id(saga_id)} is being driven by another run in this process "
+                f"(another task, or another thread's event loop): let that run finish (its "
+                f"outcome is then what resume returns), or resume it once that run has stopped"
+            )
+            return
         super().__init__(
             f"saga {short_id(saga_id)} is being driven by {owner or 'another worker'} "
             f"(lease until {_lease_end(expires_at)}): let that worker finish it, or resume "

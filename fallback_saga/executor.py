@@ -59,6 +59,7 @@ from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .redaction import withheld
 from .run_settings import RunSettings
 from .shielding import (
+    _NoTask,
     cancellation_behind,
     cancelled_again,
     land_pending_cancellation,
@@ -201,7 +202,15 @@ class Execution(UnwindingRun):
         "resumed",
         "scalars",
         "shape",
+        "task",
     )
+
+    # The task driving the run (``running_task()``: ``NO_TASK`` for a
+    # coroutine driven by hand), set as it starts, before the store sees it:
+    # an in-process store reads it when a resume of the same saga collides
+    # with the run (``MemorySagaStore.track``), to tell a run still going
+    # from one a crash left behind. Set, never read, on the hot path.
+    task: asyncio.Task[Any] | _NoTask
 
     # Set by a resume only (Saga._execution_at), read only when ``resumed``:
     # the branches whose calls the crashed run was making (see try_branch).
@@ -290,7 +299,8 @@ class Execution(UnwindingRun):
     # ------------------------------------------------------------------ lifecycle
 
     def begin(self) -> None:
-        self.cancels = running_task().cancelling()  # see running_task
+        self.task = task = running_task()
+        self.cancels = task.cancelling()  # see running_task
         if self.live:
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
             self.created = True
@@ -326,6 +336,7 @@ class Execution(UnwindingRun):
         under a COMPENSATED saga. (Compensations tolerate "it never
         happened": docs/mechanics.md.)"""
         # begin(), inlined
+        self.task = task = running_task()
         if self.live:
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
             self.created = True
@@ -340,7 +351,6 @@ class Execution(UnwindingRun):
         # The requests to cancel pending as the run starts are not its own
         # (see running_task); one made meanwhile that a step swallowed stops
         # the run before the next step's act (see stop_swallowed).
-        task = running_task()
         self.cancels = cancels = task.cancelling()
         late: asyncio.CancelledError | None = None
         try:
@@ -498,6 +508,7 @@ class Execution(UnwindingRun):
         plan's) and ``results`` complete when the store reads them; every
         other row is whole."""
         self.shape = shape
+        self.task = task = running_task()  # see run_all
         self.store.track(self)  # type: ignore[attr-defined]
         self.created = True
         context = self.context
@@ -510,7 +521,6 @@ class Execution(UnwindingRun):
         # S12's check (__init__) has just found JSON scalars only, all of them
         # immutable: the first step's snapshot is a copy with no scan of its own.
         scanned = flat and self.scalars
-        task = running_task()  # see run_all
         self.cancels = cancels = task.cancelling()
         late: asyncio.CancelledError | None = None
         token = _CURSOR.set(self)

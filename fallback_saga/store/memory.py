@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import math
@@ -14,8 +15,9 @@ from typing import Any, TypeVar
 
 from ..compact_journal import expand
 from ..context import _ATOMIC, _FREEZABLE, frozen_to_dict
-from ..errors import JournalConflict, SagaAlreadyExists, SagaNotFound
+from ..errors import JournalConflict, SagaAlreadyExists, SagaBusy, SagaNotFound
 from ..status import SagaStatus
+from ..step import _CURSOR
 from ._common import finite_seconds, non_negative_int, purge_statuses
 from ._responses import journal_entry
 from .base import PURGED_BY_DEFAULT, JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
@@ -61,6 +63,8 @@ class MemorySagaStore:
         # append's compare-and-set (``after``) between threads, each with its
         # own event loop (a sync app's asyncio.run per request).
         self._appending = threading.Lock()
+        # A resumed run's check of the run it replaces, and its replacing (track).
+        self._replacing = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sagas)
@@ -81,13 +85,22 @@ class MemorySagaStore:
             return
         if not replace:
             raise SagaAlreadyExists(saga_id)
-        if _is_final(held):
-            # A finished saga runs again (a child saga its parent unwinds):
-            # no longer one of the finished, which the oldest are dropped
-            # from — a running saga never is — and it retires once more
-            # when it ends. (A scan, on this rare path only.)
-            self._reopened(saga_id)
-        self._sagas[saga_id] = saga
+        # A resumed run takes over the saga's record (the collision path:
+        # never a plain run's). Checked and replaced in one step, whatever
+        # the thread: two resumes of one crashed saga never both take it.
+        with self._replacing:
+            held = self._sagas.get(saga_id, saga)
+            if held is not saga:
+                _check_replaceable(saga_id, held, saga)
+                if _is_final(held):
+                    # A finished saga runs again (a child saga its parent
+                    # unwinds, an operator's retry of a FAILED one): no
+                    # longer one of the finished, which the oldest are
+                    # dropped from — a running saga never is — and it
+                    # retires once more when it ends. (A scan, on this
+                    # rare path only.)
+                    self._reopened(saga_id)
+            self._sagas[saga_id] = saga
 
     def finished(self, saga: LiveSaga) -> None:
         saga_id = saga.saga_id
@@ -103,6 +116,11 @@ class MemorySagaStore:
             frozen = _freeze(saga)
             if frozen is not None:
                 sagas[saga_id] = frozen
+            elif getattr(saga, "task", None) is not None:
+                # Kept as it is (a resumed run): without its task, which
+                # holds the whole finished run (its coroutine, a traceback)
+                # and says nothing of a saga that has finished.
+                saga.task = None  # type: ignore[attr-defined]
             # _retire, inlined (once per saga run in this process)
             finished = self._finished
             finished.append(saga_id)
@@ -478,6 +496,55 @@ _COMPLETED_VALUE = SagaStatus.COMPLETED.value
 # A member's plain value (``.value`` is a Python-level property on 3.11: 5x a lookup here).
 _STATUS_VALUE = {member: member.value for member in SagaStatus}
 _FINAL_VALUES = frozenset(member.value for member in SagaStatus if member.is_final)
+
+
+def _check_replaceable(saga_id: str, held: SagaRecord | LiveSaga | _Frozen,
+                       saga: LiveSaga) -> None:
+    """Refuse (``SagaBusy``) to let the resumed run ``saga`` take over from
+    ``held`` while a run still drives the saga, or when the saga moved on
+    since the resume read it: either way the resumed run would make again
+    the calls another run makes or made — a step run twice (S13). What
+    leases do on the durable stores; here, where every run of the saga is
+    in this process, its task says whether it is still going."""
+    loaded = getattr(saga, "written", None)  # the entries of the record it was resumed from
+    if loaded is not None and loaded != _entry_count(held):
+        # Another run wrote to the saga after the resume read it (a thread
+        # of its own finished it meanwhile): the record resumed is stale.
+        raise SagaBusy(saga_id, None, None, here=True)
+    if not isinstance(held, tuple | SagaRecord) and not held.status.is_final and _driven(held):
+        raise SagaBusy(saga_id, None, None, here=True)
+
+
+def _driven(run: LiveSaga) -> bool:
+    """Whether ``run``, not finished, is still being driven: its task (``Execution.task``)
+    neither done nor left in a loop that was closed (a crash: the process's
+    stand-in, in memory, is a loop that stopped under it). Its own task, if
+    this is the task asking, drives it only while it is the current run (a
+    step that resumes its own saga); otherwise that run has ended, letting
+    out what stopped it (``KeyboardInterrupt``), and its task went on."""
+    task = getattr(run, "task", None)
+    done = getattr(task, "done", None)
+    if done is None or done():  # no task (driven by hand, or finished), or done
+        return False
+    try:
+        if task.get_loop().is_closed():  # type: ignore[union-attr]
+            return False
+    except AttributeError:  # a task of another kind: taken as going
+        return True
+    try:
+        current = asyncio.current_task()
+    except RuntimeError:  # no running event loop here: not its task
+        return True
+    return task is not current or _CURSOR.get(None) is run
+
+
+def _entry_count(held: SagaRecord | LiveSaga | _Frozen) -> int:
+    """How many journal entries a held saga has (what ``load`` reads)."""
+    if isinstance(held, tuple):
+        return int(held[5])  # see the layout below
+    if isinstance(held, SagaRecord):
+        return len(held.history)
+    return len(held.journal)
 
 
 def _is_final(saga: SagaRecord | LiveSaga | _Frozen) -> bool:
