@@ -28,7 +28,9 @@ unwinding from where it gave up.
   ``retry_unwinding`` — finishes, never compensating a step twice).
 
 ``MemorySagaStore`` has no leases: there, only a FAILED saga is reopened,
-unfenced, as ``Saga.resume`` resumes one.
+as ``Saga.resume`` resumes one — ``SagaBusy`` while a run of this process
+still drives it (another retry in another task or thread), as a lease
+would refuse it (``MemorySagaStore.track``).
 """
 
 from __future__ import annotations
