@@ -59,7 +59,6 @@ from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .redaction import withheld
 from .run_settings import RunSettings
 from .shielding import (
-    _NoTask,
     cancellation_behind,
     cancelled_again,
     land_pending_cancellation,
@@ -196,21 +195,24 @@ class Execution(UnwindingRun):
         "cancels",
         "crashed_calls",
         "created_at",
+        "driven_in",
         "fingerprint",
         "primary_error",
         "results",
         "resumed",
         "scalars",
         "shape",
-        "task",
     )
 
-    # The task driving the run (``running_task()``: ``NO_TASK`` for a
-    # coroutine driven by hand), set as it starts, before the store sees it:
-    # an in-process store reads it when a resume of the same saga collides
-    # with the run (``MemorySagaStore.track``), to tell a run still going
-    # from one a crash left behind. Set, never read, on the hot path.
-    task: asyncio.Task[Any] | _NoTask
+    # The event loop driving the run while its coroutine runs (None before,
+    # and once it has let go: ended, or a crash came out of it; for a
+    # coroutine driven by hand too). An in-process store reads it only when
+    # a resume of the same saga collides with the run (``MemorySagaStore.
+    # track``), to tell a run still going from one a crash left behind (or
+    # whose loop was closed under it). A loop, not the task: the task holds
+    # the run (a reference cycle once it raised; and a run left pending in
+    # a closed loop would be kept from the collector, which closes it).
+    driven_in: asyncio.AbstractEventLoop | None
 
     # Set by a resume only (Saga._execution_at), read only when ``resumed``:
     # the branches whose calls the crashed run was making (see try_branch).
@@ -299,7 +301,8 @@ class Execution(UnwindingRun):
     # ------------------------------------------------------------------ lifecycle
 
     def begin(self) -> None:
-        self.task = task = running_task()
+        task = running_task()
+        self.driven_in = task._loop  # see driven_in (let go by whoever ends the run)
         self.cancels = task.cancelling()  # see running_task
         if self.live:
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
@@ -336,8 +339,9 @@ class Execution(UnwindingRun):
         under a COMPENSATED saga. (Compensations tolerate "it never
         happened": docs/mechanics.md.)"""
         # begin(), inlined
-        self.task = task = running_task()
+        task = running_task()
         if self.live:
+            self.driven_in = task._loop  # see driven_in
             self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
             self.created = True
         hooks = self.hooks
@@ -481,6 +485,7 @@ class Execution(UnwindingRun):
             raise
         finally:
             reset_var(_CURSOR, token)
+            self.driven_in = None  # let go: see driven_in
             # No local keeps the task: the error raised from here holds this
             # frame, and the task, once done, that error (a reference cycle).
             task = None  # type: ignore[assignment]
@@ -508,7 +513,8 @@ class Execution(UnwindingRun):
         plan's) and ``results`` complete when the store reads them; every
         other row is whole."""
         self.shape = shape
-        self.task = task = running_task()  # see run_all
+        task = running_task()  # see run_all
+        self.driven_in = task._loop  # see driven_in
         self.store.track(self)  # type: ignore[attr-defined]
         self.created = True
         context = self.context
@@ -579,6 +585,7 @@ class Execution(UnwindingRun):
             raise
         finally:
             reset_var(_CURSOR, token)
+            self.driven_in = None  # let go: see driven_in
             # No local keeps the task: the error raised from here holds this
             # frame, and the task, once done, that error (a reference cycle).
             task = None  # type: ignore[assignment]
@@ -691,6 +698,7 @@ class Execution(UnwindingRun):
             raise
         finally:
             reset_var(_CURSOR, token)
+            self.driven_in = None  # let go: see driven_in
 
     # ------------------------------------------------------------------ forward
 

@@ -671,6 +671,7 @@ class SagaTransaction(Generic[ContextT]):
         try:
             await self._settle(exc)
         finally:
+            self._execution.driven_in = None  # the block is left: see Execution.driven_in
             if self._token is not None:
                 reset_var(_CURSOR, self._token)
                 self._token = None

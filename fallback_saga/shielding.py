@@ -83,6 +83,8 @@ class _NoTask:
 
     __slots__ = ()
 
+    _loop = None  # a task's event loop (Execution.driven_in): none drives it
+
     @staticmethod
     def cancelling() -> int:
         return 0

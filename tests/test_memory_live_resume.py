@@ -37,17 +37,20 @@ class Ctx(SagaContext):
 
 
 class Ledger:
-    """What the participants were asked, in order, and a way to hold a step
-    inside its act until the test lets it go."""
+    """What the participants were asked, in order, and a way to hold one call
+    (an act, or an "undo-" compensation) until the test lets it go: with
+    ``asyncio.Event``s in one loop, or — ``threaded``, the call in another
+    thread's loop — with ``threading.Event``s, its loop blocked meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, threaded: bool = False) -> None:
         self.calls: list[str] = []
-        self.hold: str | None = None  # the act (or "undo-" compensation) held
+        self.hold: str | None = None  # the call held, the first time it is made
         self.held_once = False
-        self.inside = threading.Event()
-        self.gate = threading.Event()
+        self.threaded = threaded
+        self.inside: Any = threading.Event() if threaded else asyncio.Event()
+        self.gate: Any = threading.Event() if threaded else asyncio.Event()
         self.crash: str | None = None  # the act that raises KeyboardInterrupt
-        self.fail_undo = False  # B's compensation fails (the saga ends FAILED)
+        self.fail_undo = False  # C's act and B's compensation fail (the saga ends FAILED)
 
     async def call(self, name: str) -> None:
         self.calls.append(name)
@@ -57,10 +60,10 @@ class Ledger:
         if name == self.hold and not self.held_once:
             self.held_once = True
             self.inside.set()
-            # Polled, not blocked on: the loop stays free (the same-loop test
-            # resumes from another task meanwhile); a thread's wait is a wait.
-            while not self.gate.is_set():
-                await asyncio.sleep(0)
+            if self.threaded:
+                assert self.gate.wait(30)
+            else:
+                await self.gate.wait()
 
 
 def saga_class(ledger: Ledger) -> type[Saga[Ctx]]:
@@ -102,8 +105,7 @@ def test_S13_a_resume_from_another_task_while_the_run_goes_on_is_busy() -> None:
 
     async def main() -> tuple[Any, BaseException | None]:
         run = asyncio.create_task(saga.run(Ctx(), saga_id="x"))
-        while not ledger.inside.is_set():
-            await asyncio.sleep(0)
+        await ledger.inside.wait()
         refused: BaseException | None = None
         try:
             await saga.resume("x")
@@ -125,7 +127,7 @@ def test_S13_a_resume_from_another_task_while_the_run_goes_on_is_busy() -> None:
 def test_S13_a_resume_from_another_threads_loop_while_the_run_goes_on_is_busy() -> None:
     """A sync web app: the request's thread runs the saga in an asyncio.run of
     its own; a retried request resumes it from another thread meanwhile."""
-    ledger = Ledger()
+    ledger = Ledger(threaded=True)
     ledger.hold = "B"
     saga = saga_class(ledger)(store=MemorySagaStore())
     outcome: dict[str, Any] = {}
@@ -158,8 +160,7 @@ def test_S13_a_resume_of_a_run_that_finished_since_it_read_the_saga_is_busy() ->
 
     async def main() -> None:
         run = asyncio.create_task(saga.run(Ctx(), saga_id="x"))
-        while not ledger.inside.is_set():
-            await asyncio.sleep(0)
+        await ledger.inside.wait()
         record = await store.load("x")  # what resume read
         assert record.status is SagaStatus.RUNNING
         ledger.gate.set()
@@ -239,20 +240,16 @@ def test_S10_a_saga_left_in_a_closed_loop_is_resumed() -> None:
     try:
         task = loop.create_task(saga.run(Ctx(), saga_id="x"))
 
-        async def inside() -> None:
-            while not ledger.inside.is_set():
-                await asyncio.sleep(0)
-
-        loop.run_until_complete(inside())
+        loop.run_until_complete(ledger.inside.wait())
     finally:
         loop.close()
     assert not task.done()
-    ledger.gate.set()  # the held act would go on, were it ever stepped again
     assert asyncio.run(saga.resume("x")).status is SagaStatus.COMPLETED
     assert ledger.calls == ["A", "B", "B", "C"]
-    # The crashed run, let go by the resume, is freed here (its task is
+    # The crashed run, let go by the resume, is freed here, not in a later
+    # test (its task — which the held act's wait on the gate keeps — is
     # reported destroyed pending, as a closed loop's tasks are).
-    del task
+    del task, ledger, saga, loop
     gc.collect()
 
 
@@ -264,8 +261,7 @@ def test_S13_two_resumes_of_a_crashed_saga_run_it_once() -> None:
 
     async def main() -> tuple[Any, BaseException | None]:
         first = asyncio.create_task(saga.resume("x"))
-        while not ledger.inside.is_set():
-            await asyncio.sleep(0)
+        await ledger.inside.wait()
         refused: BaseException | None = None
         try:
             await saga.resume("x")
@@ -304,8 +300,7 @@ def test_S13_two_retries_of_a_failed_unwinding_compensate_once() -> None:
         record = await store.load("x")  # what the second retry read
         assert record.status is SagaStatus.FAILED
         first = asyncio.create_task(retry_unwinding(store, [cls], "x"))
-        while not ledger.inside.is_set():
-            await asyncio.sleep(0)
+        await ledger.inside.wait()
         refused: BaseException | None = None
         try:
             await _Reopening(saga, "second")._resume_record(record)

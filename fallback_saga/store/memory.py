@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import math
@@ -17,7 +16,6 @@ from ..compact_journal import expand
 from ..context import _ATOMIC, _FREEZABLE, frozen_to_dict
 from ..errors import JournalConflict, SagaAlreadyExists, SagaBusy, SagaNotFound
 from ..status import SagaStatus
-from ..step import _CURSOR
 from ._common import finite_seconds, non_negative_int, purge_statuses
 from ._responses import journal_entry
 from .base import PURGED_BY_DEFAULT, JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
@@ -116,11 +114,6 @@ class MemorySagaStore:
             frozen = _freeze(saga)
             if frozen is not None:
                 sagas[saga_id] = frozen
-            elif getattr(saga, "task", None) is not None:
-                # Kept as it is (a resumed run): without its task, which
-                # holds the whole finished run (its coroutine, a traceback)
-                # and says nothing of a saga that has finished.
-                saga.task = None  # type: ignore[attr-defined]
             # _retire, inlined (once per saga run in this process)
             finished = self._finished
             finished.append(saga_id)
@@ -505,7 +498,7 @@ def _check_replaceable(saga_id: str, held: SagaRecord | LiveSaga | _Frozen,
     since the resume read it: either way the resumed run would make again
     the calls another run makes or made — a step run twice (S13). What
     leases do on the durable stores; here, where every run of the saga is
-    in this process, its task says whether it is still going."""
+    in this process, the run itself says whether it is still going."""
     loaded = getattr(saga, "written", None)  # the entries of the record it was resumed from
     if loaded is not None and loaded != _entry_count(held):
         # Another run wrote to the saga after the resume read it (a thread
@@ -516,26 +509,18 @@ def _check_replaceable(saga_id: str, held: SagaRecord | LiveSaga | _Frozen,
 
 
 def _driven(run: LiveSaga) -> bool:
-    """Whether ``run``, not finished, is still being driven: its task (``Execution.task``)
-    neither done nor left in a loop that was closed (a crash: the process's
-    stand-in, in memory, is a loop that stopped under it). Its own task, if
-    this is the task asking, drives it only while it is the current run (a
-    step that resumes its own saga); otherwise that run has ended, letting
-    out what stopped it (``KeyboardInterrupt``), and its task went on."""
-    task = getattr(run, "task", None)
-    done = getattr(task, "done", None)
-    if done is None or done():  # no task (driven by hand, or finished), or done
+    """Whether ``run``, not finished, is still being driven: its coroutine
+    has not let go (``Execution.driven_in``: cleared as it ends, a crash
+    out of it included) and its loop was not closed under it (a crash too:
+    the process's stand-in, in memory, is a loop that stopped with the run
+    in it)."""
+    loop = getattr(run, "driven_in", None)
+    if loop is None:  # never started, let go, driven by hand, or not an Execution
         return False
     try:
-        if task.get_loop().is_closed():  # type: ignore[union-attr]
-            return False
-    except AttributeError:  # a task of another kind: taken as going
+        return not loop.is_closed()
+    except AttributeError:  # a loop of another kind: taken as going
         return True
-    try:
-        current = asyncio.current_task()
-    except RuntimeError:  # no running event loop here: not its task
-        return True
-    return task is not current or _CURSOR.get(None) is run
 
 
 def _entry_count(held: SagaRecord | LiveSaga | _Frozen) -> int:
