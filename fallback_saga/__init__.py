@@ -25,6 +25,7 @@ from .errors import (
     SagaNotFailed,
     SagaNotFound,
     SagaStoreError,
+    StoreClosed,
 )
 from .events import LoggingListener, SagaListener, StepCall
 from .executor import SagaResult
@@ -105,6 +106,7 @@ __all__ = [
     "StepCall",
     "StepInfo",
     "StepStatus",
+    "StoreClosed",
     "SubSaga",
     "UnjournaledResponse",
     "WorkerStats",

@@ -27,6 +27,7 @@ __all__ = [
     "SagaNotFailed",
     "SagaNotFound",
     "SagaStoreError",
+    "StoreClosed",
 ]
 
 # The most characters of an exception's text that the journal keeps
@@ -139,6 +140,14 @@ class SagaStoreError(SagaError):
     your own sets it only where that is certain."""
 
     nothing_written: bool = False
+
+
+class StoreClosed(SagaStoreError):
+    """The saga store was closed (``await store.close()``): nothing is read
+    or written through it any more. Definitive, as ``SagaNotFound`` is: a
+    run that meets it stops at once (``SagaInterrupted``, not in doubt)
+    instead of retrying its write for the whole ``journal_retry`` budget —
+    a closed store does not come back; open a new one."""
 
 
 class SagaInterrupted(SagaStoreError):

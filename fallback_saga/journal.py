@@ -50,6 +50,7 @@ from .errors import (
     SagaAlreadyExists,
     SagaBusy,
     SagaNotFound,
+    StoreClosed,
 )
 from .retry import RetryPolicy
 from .shielding import reset_var
@@ -80,10 +81,11 @@ DEFAULT_JOURNAL_RETRY = RetryPolicy(attempts=6, delay=0.05, backoff=2.0, max_del
 # run within this, rather than after every try's own driver timeout.
 DEFAULT_JOURNAL_TIMEOUT = 10.0
 
-# Refusals a retry cannot change (a context the store cannot hold included).
+# Refusals a retry cannot change (a context the store cannot hold included,
+# and a store that was closed: it does not come back).
 _DEFINITIVE = (
     LeaseLost, SagaAlreadyExists, SagaNotFound, CorruptSagaRecord, SagaBusy,
-    ContextSerializationError,
+    ContextSerializationError, StoreClosed,
 )
 
 

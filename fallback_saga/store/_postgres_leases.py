@@ -16,7 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import LeaseLost, SagaBusy, SagaNotFound, SagaStoreError
+from ..errors import LeaseLost, SagaBusy, SagaNotFound, SagaStoreError, StoreClosed
 from ..log_lines import library_logger
 from ._common import (
     check_owner,
@@ -120,7 +120,7 @@ class Leases:
             await store._open_for("cannot claim sagas", write=True)
         pool = store._pool
         if pool is None:
-            raise SagaStoreError("the PostgreSQL saga store is closed")
+            raise StoreClosed("the PostgreSQL saga store is closed")
         # This claim's own mark on the leases it takes: should its answer
         # never come, what it took is given back by it (_forget_claim).
         marker = secrets.token_hex(16)
@@ -266,7 +266,7 @@ class Leases:
             await store._open_for(doing, write=True)
         pool = store._pool
         if pool is None:
-            raise SagaStoreError("the PostgreSQL saga store is closed")
+            raise StoreClosed("the PostgreSQL saga store is closed")
         sql = self._sql
         marker = secrets.token_hex(16)  # this claim's own mark on its lease
         # The row is locked first, in a statement of its own: once its answer
@@ -373,7 +373,7 @@ class Leases:
             await store.open()
         pool = store._pool
         if store._closed or pool is None:
-            raise SagaStoreError("the PostgreSQL saga store is closed")
+            raise StoreClosed("the PostgreSQL saga store is closed")
         # The pool's own conninfo and connection arguments, for a given pool too.
         conninfo = store._conninfo if store._conninfo is not None else pool.conninfo
         kwargs = dict(getattr(pool, "kwargs", None) or {})

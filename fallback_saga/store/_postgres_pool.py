@@ -20,7 +20,7 @@ import re
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import SagaStoreError
+from ..errors import SagaStoreError, StoreClosed
 from ..log_lines import library_logger
 from ..shielding import own_task
 from ._common import finite_seconds, non_negative_int
@@ -307,14 +307,14 @@ class PooledStore:
         if self._ready:
             return
         if self._closed:
-            raise SagaStoreError("the PostgreSQL saga store is closed")
+            raise StoreClosed("the PostgreSQL saga store is closed")
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._ready:
                 return
             if self._closed:
-                raise SagaStoreError("the PostgreSQL saga store is closed")
+                raise StoreClosed("the PostgreSQL saga store is closed")
             try:
                 if self._owns_pool:
                     await self._open_own_pool()
@@ -531,7 +531,9 @@ class PooledStore:
 
     def _not_opened(self, error: SagaStoreError, doing: str) -> SagaStoreError:
         """The error of a write that was never sent, as ``open`` failed with ``error``."""
-        wrapped = SagaStoreError(f"{doing}: {error} ({_NOT_OPENED})")
+        # A closed store stays one: its refusal is definitive (journal._DEFINITIVE).
+        kind = StoreClosed if isinstance(error, StoreClosed) else SagaStoreError
+        wrapped = kind(f"{doing}: {error} ({_NOT_OPENED})")
         wrapped.nothing_written = True
         wrapped.__cause__ = error.__cause__
         wrapped.__suppress_context__ = True
@@ -570,7 +572,7 @@ class PooledStore:
             await self._open_for(doing, write=write)
         pool = self._pool
         if pool is None:
-            raise SagaStoreError("the PostgreSQL saga store is closed")
+            raise StoreClosed("the PostgreSQL saga store is closed")
         try:
             # getconn/putconn rather than pool.connection(): the hot path, and an
             # autocommit connection has no transaction for the context to end.

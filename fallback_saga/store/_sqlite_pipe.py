@@ -103,6 +103,7 @@ _REFUSALS: Final[dict[str, type[Exception]]] = {
     for cls in (
         errors.SagaStoreError, errors.SagaNotFound, errors.CorruptSagaRecord,
         errors.JournalConflict, errors.LeaseLost, errors.SagaBusy, errors.SagaAlreadyExists,
+        errors.StoreClosed,
         # A context longer than SQLite stores (_sqlite_oversize).
         errors.ContextSerializationError,
     )

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import SagaStoreError
+from ..errors import SagaStoreError, StoreClosed
 from ..forking import watch_forks
 from ._common import JournalFuture
 from ._loop_waker import LoopWaker, waker_of
@@ -329,7 +329,7 @@ class Runner:
                 f"used or closed here; fork while no saga runs, or open the store after "
                 f"the fork"
             )
-        return SagaStoreError(f"the SQLite saga store {self.path} is closed")
+        return StoreClosed(f"the SQLite saga store {self.path} is closed")
 
     def _serve_inline(self, worker: _Worker, request: _Request) -> None:
         """``writer="inline"``: run ``request`` now, on this thread, and settle

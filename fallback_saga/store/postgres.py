@@ -116,6 +116,7 @@ from ..errors import (
     SagaAlreadyExists,
     SagaNotFound,
     SagaStoreError,
+    StoreClosed,
 )
 from ..status import SagaStatus
 from ._common import check_saga_id, short_repr, status_text
@@ -374,7 +375,7 @@ class PostgresSagaStore(PooledStore):
                 return [self._not_opened(error, doing) for doing, _, _ in writes]
         pool = self._pool
         if pool is None:
-            return [SagaStoreError("the PostgreSQL saga store is closed") for _ in writes]
+            return [StoreClosed("the PostgreSQL saga store is closed") for _ in writes]
         prepare = self._prepare
         if prepare is False:
             self._check_sizes_soon()
