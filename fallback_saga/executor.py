@@ -1018,7 +1018,6 @@ class Execution(UnwindingRun):
         if isinstance(error, SagaFailed) and error.status is _SAGA_FAILED:
             self.leave_undone(primary.name, error)
 
-
     async def act(self, branch: Branch, lane: Lane | None = None) -> Any:
         # Runs inside the breaker (when there is one): the write-ahead happens
         # only for a call that is let through, and a rejected call's rows are

@@ -384,7 +384,6 @@ class SubSaga(Generic[ParentT, ChildT]):
                 f"({type(child).__name__}), which is built with the parent's store"
             )
 
-
     def _child(self, parent: Execution) -> Saga[ChildT]:
         if isinstance(self.saga, Saga):
             return self.saga

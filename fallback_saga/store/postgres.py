@@ -296,7 +296,6 @@ class PostgresSagaStore(PooledStore):
             says_when_sent=True,  # _fetch and _write_many call its sending()
         )
 
-
     def _start_afresh(self) -> None:
         """A new event loop: a new group commit (its queue and tasks were the
         closed loop's), its counters carried over."""
