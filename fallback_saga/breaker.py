@@ -20,6 +20,11 @@ current task's frames, and only where it matters — on a failure, on a
 success with failures to reset, and off the closed path. ``async with``
 blocks are found on their per-task permit stack (``permit_stack``).
 
+This module is the state machine and the class users make; the ways in are
+its base classes, one module each: ``call()`` and the decorator
+(``breaker_calls``), ``async with`` (``breaker_blocks``), and the shared
+state's side (``breaker_sync``).
+
 With a ``state_store`` (see ``shared_state``), breakers of the same name in
 several processes share their state: counting stays local, transitions are
 published with a compare-and-set, and the shared row is pulled at most once
@@ -30,40 +35,22 @@ it is unchanged.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import sys
 import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from inspect import isawaitable
-from types import FrameType, TracebackType
+from collections.abc import Awaitable, Callable, Iterable
 from typing import (
     TYPE_CHECKING,
     Any,
-    ParamSpec,
     Protocol,
     TypeVar,
     runtime_checkable,
 )
 
+from .breaker_blocks import GuardedBlocks
 from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
-from .permit_stack import (
-    LAST_OWNER,
-    Entry,
-    closed_elsewhere,
-    collecting,
-    drop_over,
-    entered_here,
-    nested,
-    new_stack,
-    thrown_in_at_yield,
-    unstack,
-    watch_collections,
-)
+from .permit_stack import new_stack, watch_collections
 from .shielding import outer_run_cancelled, running_task
 from .status import CircuitState
 
@@ -80,17 +67,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
-
-
-_CLOSED = CircuitState.CLOSED
-
-_getframe = sys._getframe
-
-_asyncio_current_task = asyncio.current_task
-_weakref = weakref.ref
 
 
 class CircuitOpenError(Exception):
@@ -120,7 +98,7 @@ class CircuitBreakerProtocol(Protocol):
     def is_open_error(self, error: BaseException) -> bool: ...
 
 
-class CircuitBreaker(SharedStateSync):
+class CircuitBreaker(GuardedBlocks, SharedStateSync):
     """CLOSED → OPEN after ``fail_max`` consecutive counted failures; OPEN rejects
     with ``CircuitOpenError`` for ``reset_timeout`` seconds; then HALF_OPEN lets
     ``half_open_max_calls`` trial calls through at once: a success closes the
@@ -188,63 +166,15 @@ class CircuitBreaker(SharedStateSync):
         sync_interval: float = 1.0,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
-        if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
-            raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
-        if (
-            isinstance(reset_timeout, bool)
-            or not isinstance(reset_timeout, int | float)
-            or not 0 < reset_timeout < float("inf")
-        ):
-            raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
-        if name is not None and not (isinstance(name, str) and name):
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
-        if (
-            isinstance(half_open_max_calls, bool)
-            or not isinstance(half_open_max_calls, int)
-            or half_open_max_calls < 1
-        ):
-            raise ValueError(
-                f"half_open_max_calls must be an int >= 1, got {half_open_max_calls!r}"
-            )
-        if state_store is not None:
-            if not (callable(getattr(state_store, "read", None))
-                    and callable(getattr(state_store, "compare_and_set", None))):
-                raise TypeError(
-                    f"state_store must implement CircuitStateStore, got {state_store!r}"
-                )
-            if name is None:
-                raise ValueError("a breaker with a state_store needs an explicit name")
-        if (
-            isinstance(sync_interval, bool)
-            or not isinstance(sync_interval, int | float)
-            or not 0 < sync_interval < float("inf")
-        ):
-            raise ValueError(f"sync_interval must be seconds > 0, got {sync_interval!r}")
-        if wall_clock is not None and not callable(wall_clock):
-            raise TypeError(f"wall_clock must be a zero-argument callable, got {wall_clock!r}")
-        types: list[type[BaseException]] = []
-        predicates: list[Callable[[BaseException], bool]] = []
-        # One rule alone (``exclude=BusinessError``) is a rule, not an iterable
-        # of them; a string would be taken apart letter by letter.
-        if isinstance(exclude, type | str) or callable(exclude):
-            exclude = (exclude,)
-        for rule in exclude:
-            if isinstance(rule, type) and issubclass(rule, BaseException):
-                types.append(rule)
-            elif callable(rule) and not isinstance(rule, type):
-                predicates.append(rule)
-            else:
-                raise TypeError(
-                    f"exclude takes exception types or predicates (error) -> bool, got {rule!r}"
-                )
+        _check_settings(
+            fail_max, reset_timeout, name, clock, half_open_max_calls, state_store,
+            sync_interval, wall_clock,
+        )
+        self._exclude_types, self._exclude_predicates = _exclude_rules(exclude)
         self.fail_max = fail_max
         self.reset_timeout = float(reset_timeout)
         self.half_open_max_calls = half_open_max_calls
         self.name = name if name is not None else f"breaker-{id(self):x}"
-        self._exclude_types = tuple(types)
-        self._exclude_predicates = tuple(predicates)
         self._clock = clock or time.monotonic
         listeners = listener_tuple(listeners)  # read twice: an iterator would be spent
         self._on_change = collect_hooks(listeners, "breaker_state_changed")
@@ -551,264 +481,74 @@ class CircuitBreaker(SharedStateSync):
             raise CircuitOpenError(self.name, max(retry_after, 0.0))
         return generation
 
-    # ------------------------------------------------------------------ ways to call
 
-    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)`` under the breaker.
-
-        Nested inside a guarded call of this breaker in the same task, the call
-        passes straight through: see ``_inside``.
-        """
-        # The closed path, with acquire() and record_success() inlined: two
-        # attribute reads before the call, one after, no lock, no allocation.
-        # The generation is read first: if a transition slips in between, the
-        # permit is already stale and its outcome is ignored. Every transition
-        # bumps the generation, so an unchanged one means "still closed".
-        # Nesting is looked for only where it changes something: on a failure,
-        # on a success with failures to reset, and off the closed path.
-        permit = self._generation
-        if self._gate is not _CLOSED and (
-            # A local breaker's gate follows its state; a shared one's is never
-            # CLOSED, and its closed path goes on unless a pull is due.
-            self._state is not _CLOSED or self._clock() >= self._next_sync
-        ):
-            if self._inside(_getframe(), self._permits.get()):
-                # Nested: the outer call's permit covers this one and its
-                # outcome is the one recorded. Never rejected by this breaker.
-                returned = fn(*args, **kwargs)
-                if not isawaitable(returned):
-                    raise _not_awaitable(fn, returned)
-                return await returned
-            return await self._call_guarded(fn, *args, **kwargs)
-        try:
-            # Without keywords, a plain call: unpacking an empty dict into the
-            # call costs a tenth of this path.
-            returned = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
-        except BaseException as error:
-            if not collecting() and not self._inside(_getframe(), self._permits.get()):
-                self._record(permit, error)
-            raise
-        # Awaited in a try of its own (free in 3.11+: a table, not code), so
-        # that a function that is no coroutine function is told apart only
-        # once awaiting what it returned failed: no check on this path.
-        try:
-            result = await returned
-        except BaseException as error:
-            if type(error) is TypeError and not isawaitable(returned):
-                # A misuse, not the service failing: nothing to record.
-                raise _not_awaitable(fn, returned) from None
-            # Inside a collection: see _call_guarded.
-            if not collecting() and not self._inside(_getframe(), self._permits.get()):
-                self._record(permit, error)
-            raise
-        # A stale permit's success records nothing: no need to look further.
-        if (
-            self._failures and permit == self._generation
-            and not collecting() and not self._inside(_getframe(), self._permits.get())
-        ):
-            self.record_success(permit)
-        return result
-
-    async def _call_guarded(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        permit = self.acquire()
-        try:
-            returned = fn(*args, **kwargs)
-        except BaseException as error:
-            self._record(permit, error)
-            raise
-        if not isawaitable(returned):
-            # A misuse, not the service failing: the permit (a half-open
-            # trial's slot) goes back unrecorded.
-            self.release(permit)
-            raise _not_awaitable(fn, returned)
-        try:
-            result = await returned
-        except BaseException as error:
-            if not collecting():
-                self._record(permit, error)
-            # Else the garbage collector is closing this call's coroutine: its
-            # task was destroyed pending. The collector may have interrupted,
-            # in this thread, a section holding this breaker's lock (not
-            # reentrant: taking it would hang the thread, its event loop with
-            # it), so nothing is recorded or handed back — as for an 'async
-            # with' block closed by the collector (__aexit__): a half-open
-            # trial held here is one that never reports back, and a new round
-            # is let through reset_timeout after this one began.
-            raise
-        if not collecting():  # a function that swallowed the GeneratorExit
-            self.record_success(permit)
-        return result
-
-    def _inside(
-        self, frame: FrameType, top: Entry | None, block: FrameType | None = None
-    ) -> bool:
-        """Whether the call running in ``frame`` (``call``, ``__aenter__`` or
-        ``__aexit__``) is nested: made while a guarded call of this breaker is
-        in progress in the same task (``permit_stack.nested``); ``block``
-        names the ``async with`` block entering or leaving, if that is it."""
-        return nested(self._permits, top, frame, block, _CALL_CODE, self)
-
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        """Decorate an async function so every call goes through the breaker.
-
-        The result is a coroutine function (typed as one: ``asyncio.create_task``
-        and ``asyncio.run`` take what it returns)."""
-
-        @functools.wraps(fn)
-        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await self.call(fn, *args, **kwargs)
-
-        return guarded
-
-    async def __aenter__(self) -> CircuitBreaker:
-        permit: int | None
-        # The same test as call()'s, for the same closed path.
-        closed_path = self._gate is _CLOSED or (
-            self._state is _CLOSED and self._clock() < self._next_sync
+def _check_settings(
+    fail_max: int,
+    reset_timeout: float,
+    name: str | None,
+    clock: Callable[[], float] | None,
+    half_open_max_calls: int,
+    state_store: CircuitStateStore | None,
+    sync_interval: float,
+    wall_clock: Callable[[], float] | None,
+) -> None:
+    """Refuse a ``CircuitBreaker``'s settings that are out of range or of
+    the wrong kind, before anything is made of them."""
+    if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
+        raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
+    if (
+        isinstance(reset_timeout, bool)
+        or not isinstance(reset_timeout, int | float)
+        or not 0 < reset_timeout < float("inf")
+    ):
+        raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
+    if name is not None and not (isinstance(name, str) and name):
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    if clock is not None and not callable(clock):
+        raise TypeError(f"clock must be a zero-argument callable, got {clock!r}")
+    if (
+        isinstance(half_open_max_calls, bool)
+        or not isinstance(half_open_max_calls, int)
+        or half_open_max_calls < 1
+    ):
+        raise ValueError(
+            f"half_open_max_calls must be an int >= 1, got {half_open_max_calls!r}"
         )
-        if closed_path:
-            # As in call(): nothing to decide yet, the permit is the generation.
-            permit = self._generation
-        elif self._inside(_getframe(), self._permits.get(), _getframe(1)):
-            permit = None  # nested: the outer call's permit covers this block
+    if state_store is not None:
+        if not (callable(getattr(state_store, "read", None))
+                and callable(getattr(state_store, "compare_and_set", None))):
+            raise TypeError(
+                f"state_store must implement CircuitStateStore, got {state_store!r}"
+            )
+        if name is None:
+            raise ValueError("a breaker with a state_store needs an explicit name")
+    if (
+        isinstance(sync_interval, bool)
+        or not isinstance(sync_interval, int | float)
+        or not 0 < sync_interval < float("inf")
+    ):
+        raise ValueError(f"sync_interval must be seconds > 0, got {sync_interval!r}")
+    if wall_clock is not None and not callable(wall_clock):
+        raise TypeError(f"wall_clock must be a zero-argument callable, got {wall_clock!r}")
+
+
+def _exclude_rules(
+    exclude: ExcludeRule | Iterable[ExcludeRule],
+) -> tuple[tuple[type[BaseException], ...], tuple[Callable[[BaseException], bool], ...]]:
+    """A breaker's ``exclude`` as the exception types and the predicates in it."""
+    types: list[type[BaseException]] = []
+    predicates: list[Callable[[BaseException], bool]] = []
+    # One rule alone (``exclude=BusinessError``) is a rule, not an iterable
+    # of them; a string would be taken apart letter by letter.
+    if isinstance(exclude, type | str) or callable(exclude):
+        exclude = (exclude,)
+    for rule in exclude:
+        if isinstance(rule, type) and issubclass(rule, BaseException):
+            types.append(rule)
+        elif callable(rule) and not isinstance(rule, type):
+            predicates.append(rule)
         else:
-            permit = self.acquire()
-        owner: weakref.ref[asyncio.Task[Any]] | None
-        try:  # (_current_task inlined: this is the closed path)
-            task = _asyncio_current_task()
-        except RuntimeError:  # no running event loop: a coroutine driven by hand
-            task = None
-        if task is None:  # (a loop callback, or no loop)
-            owner = None
-        else:
-            owner = LAST_OWNER.ref
-            if owner() is not task:
-                owner = LAST_OWNER.ref = _weakref(task)
-        outer = self._permits.get()
-        if outer is not None:
-            # An async generator dropped inside its block (its exit ran
-            # elsewhere) leaves its entry here: it goes, so that a task
-            # dropping such generators does not pile them up.
-            outer = drop_over(outer)
-        # A per-task stack of permits (immutable entries), so nested and
-        # concurrent ``async with`` blocks each hand back their own permit, and
-        # the calls inside a block know they are nested. The frame entering
-        # names the block: generators' blocks do not end in the order they
-        # began.
-        # (Nothing more is asked of the frame here: one attribute read of it
-        # costs this path a twentieth. An exit stack's and an
-        # asynccontextmanager's blocks are told apart when it matters: see
-        # permit_stack.)
-        self._permits.set((permit, closed_path, owner, outer, _getframe(1)))
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        top = self._permits.get()
-        if (
-            exc is None
-            and top is not None
-            and top[1]
-            and top[4] is _getframe(1)
-            and not (self._failures and top[0] == self._generation)
-        ):
-            # The closed path: a block let in on it, leaving from the frame
-            # that entered it, with nothing to record (a success, no failures
-            # to reset). Its entry goes and nothing else is touched — also
-            # inside a garbage collection (see _leave), where an entry named
-            # by this block's own frame is its own: on its dead task's stack,
-            # or a copy of it in a task or callback started in the block.
-            self._permits.set(top[3])  # type: ignore[arg-type]
-            return
-        self._leave(top, exc_type, exc)
-
-    def _leave(
-        self,
-        top: Entry | None,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-    ) -> None:
-        """``__aexit__`` off its closed path: a failure, a success with
-        failures to reset, a block let in off the closed path, or one whose
-        entry is not on top (see ``permit_stack.unstack``)."""
-        if collecting():
-            # The garbage collector is closing this block's coroutine: its task
-            # was destroyed pending (asyncio keeps tasks only weakly: one
-            # awaiting a future nobody else holds is garbage; or its loop
-            # closed: a second Ctrl-C cut asyncio.run's shutdown short). This
-            # runs in whatever context is current — another task's step,
-            # perhaps inside its own block of this breaker, whose entry is the
-            # top of the stack seen here and names the task running: popping
-            # it took that block's permit and left its own exit without one.
-            # (A block's entry says which task made it, not which block: that
-            # would cost a frame per block on the closed path.) Nothing is
-            # recorded or handed back. This block's permit is on its dead
-            # task's stack, out of reach; and the collector may have
-            # interrupted, in this thread, a section holding this breaker's
-            # lock, which is not reentrant. A half-open trial it held is one
-            # that never reports back: a new round of trials is let through
-            # reset_timeout after this one began, as for a hung call. Asked
-            # whatever the block leaves with: its body may have turned the
-            # GeneratorExit into another error, or swallowed it. (Telling a
-            # close by the collector from the kind of frame closed — a
-            # coroutine, not an async generator — gets wrong an
-            # asynccontextmanager around the breaker, an AsyncExitStack in an
-            # async generator and a coroutine closed by hand in a task.)
-            return
-        if exc_type is GeneratorExit and not entered_here(top):
-            # The block's coroutine is closed away from its task, without the
-            # collector (dropped by whatever held it last, in another task or
-            # none): its permit stack is not the one here. Its permit is not
-            # handed back either. (Left by an exit stack: its entry there is
-            # then over, see permit_stack.block_over.)
-            closed_elsewhere(_getframe(2))
-            return
-        caller = _getframe(2)  # the frame leaving the block (__aexit__'s caller)
-        if top is not None and top[4] is caller:
-            entry = top
-            self._permits.set(top[3])  # type: ignore[arg-type]
-        else:
-            entry = unstack(self._permits, top, caller)
-        permit, closed_path, _, outer, block = entry
-        if permit is None:
-            return
-        if closed_path:
-            # Let in on the closed path: only a failure, or a success with
-            # failures to reset, records something; only then is nesting
-            # looked for, among the blocks entered before this one.
-            if exc is None and not (self._failures and permit == self._generation):
-                return
-            if self._inside(_getframe(), outer, block):  # type: ignore[arg-type]
-                return
-        if exc is not None and thrown_in_at_yield(block, exc):
-            # Thrown in by the consumer at the yield a stream is parked at
-            # (``athrow``): the consumer's error, counted by its own call if
-            # guarded, and no part of this block's guarded work (as its
-            # calls are not, see permit_stack). Counted here too, one
-            # failure was two.
-            self.release(permit)
-            return
-        self._record(permit, exc)
-
-
-_CALL_CODE = CircuitBreaker.call.__code__
-
-
-def _not_awaitable(fn: object, returned: object) -> TypeError:
-    """The error for a function that is not async under the breaker: Python's
-    own ("object int can't be used in 'await' expression") named neither the
-    function nor what to do. Found at call time, not when decorating: a plain
-    function that returns an awaitable is as good as a coroutine function."""
-    name = getattr(fn, "__qualname__", None)
-    shown = f"{name}()" if isinstance(name, str) else repr(fn)[:200]
-    return TypeError(
-        f"a circuit breaker awaits what its function returns, and {shown} (it ran) returned "
-        f"{type(returned).__name__}, not an awaitable: make it an 'async def' function "
-        f"(blocking code: an 'async def' that runs it with 'await asyncio.to_thread(...)')"
-    )
+            raise TypeError(
+                f"exclude takes exception types or predicates (error) -> bool, got {rule!r}"
+            )
+    return tuple(types), tuple(predicates)

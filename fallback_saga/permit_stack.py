@@ -2,10 +2,11 @@
 of one breaker a task is inside, and whether a call is nested in one.
 
 Each breaker keeps, in a context variable, a stack per task of the blocks
-entered and not yet left (``Entry``). It answers two questions the breaker
-(``breaker.py``, its state machine) asks: which permit a block leaving hands
-back, and whether a call or a block is *nested* — made while a guarded call of
-the same breaker is in progress in the same task — and so records nothing.
+entered and not yet left (``Entry``). It answers two questions the breaker's
+ways in (``breaker_blocks``, ``breaker_calls``) ask: which permit a block
+leaving hands back, and whether a call or a block is *nested* — made while a
+guarded call of the same breaker is in progress in the same task — and so
+records nothing.
 
 What makes it more than a stack:
 
@@ -29,9 +30,9 @@ What makes it more than a stack:
   whatever context is current: a gc callback tells the breaker
   (``collecting``), and it leaves the stack alone.
 
-The closed path of ``async with`` (in ``breaker.py``, inlined for speed) uses
-``LAST_OWNER`` and ``drop_over``, and records only the frame entering a block;
-the rest is asked off it. Nothing here imports from the package.
+The closed path of ``async with`` (in ``breaker_blocks``, inlined for
+speed) uses ``LAST_OWNER`` and ``drop_over``, and records only the frame
+entering a block; the rest is asked off it. Nothing here imports from the package.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class _Nobody:
 class _LastOwner:
     """The weak reference to the task that entered the latest block, kept so
     that the next block of the same task reuses it (a new one per block
-    allocates). An object's slot, not a module global: ``breaker.py`` reads
+    allocates). An object's slot, not a module global: ``breaker_blocks`` reads
     and writes it on its closed path without a function call."""
 
     __slots__ = ("ref",)
@@ -122,7 +123,8 @@ LAST_OWNER = _LastOwner()
 
 # The thread in which the garbage collector is running (0: none), set by a
 # gc callback. A block left while it runs in this thread is a dead task's: see
-# ``CircuitBreaker.__aexit__``, which asks only off its closed path.
+# ``GuardedBlocks.__aexit__`` (``breaker_blocks``), which asks only off its
+# closed path.
 _collecting_in = 0
 
 
