@@ -25,7 +25,9 @@ What makes it more than a stack:
   ``asynccontextmanager``'s body covers what runs in its ``async with``
   (``_parked_elsewhere``). A block entered through an exit stack is the
   block of the frame holding that exit stack in its locals: among the
-  frames running the call, or the heap is asked, once per exit stack;
+  frames running the call, the generator that awaited its
+  ``enter_async_context`` (3.12+), or the heap is asked, once per exit
+  stack;
 * a block left by the garbage collector (its task destroyed pending) runs in
   whatever context is current: a gc callback tells the breaker
   (``collecting``), and it leaves the stack alone.
@@ -245,18 +247,25 @@ def _parked_elsewhere(other: FrameType, block: FrameType | None, frame: FrameTyp
             # coroutine's ``async with AsyncExitStack() as stack``, or the
             # generator's own call): it covers the call.
             return False
-        # No frame running this call holds the exit stack: rare, so the heap
-        # is asked (once per exit stack). It is a stream's parked at a yield
-        # (the consumer's calls while a stream waits in such a block), or an
-        # exit stack held elsewhere than in a local (an object's attribute):
-        # a failing request handler's block is its own frame's, found above.
-        holder = _stack_holder(stack)
-        if holder is None:
-            return False  # no generator's: a coroutine's block covers its calls
-        held = holder()
-        generator = None if held is None else held.ag_frame
+        # No frame running this call holds the exit stack. It is a parked
+        # generator's: a stream's (the consumer's calls while it waits in
+        # such a block) or an ``asynccontextmanager``'s (the calls in its
+        # ``async with``, one exit stack per use), told by the frame that
+        # awaited ``enter_async_context`` when that one holds it (3.12+);
+        # else (3.11, or an exit stack held elsewhere than in a local: an
+        # object's attribute) the heap is asked, once per exit stack. A
+        # failing request handler's block is its own frame's, found above.
+        generator = _awaited_by_holder(other, stack)
         if generator is None:
-            return True  # over, or about to be closed elsewhere: covers nothing here
+            holder = _stack_holder(stack)
+            if holder is None:
+                return False  # no generator's: a coroutine's block covers its calls
+            held = holder()
+            generator = None if held is None else held.ag_frame
+            if generator is None:
+                return True  # over, or about to be closed elsewhere: covers nothing here
+        elif _ended(generator):
+            return True  # over: covers nothing here
     elif other.f_code.co_flags & CO_ASYNC_GENERATOR:
         generator = other
     else:
@@ -289,6 +298,23 @@ def _held_by_running(stack: object, frame: FrameType) -> bool:
             return True
         running = running.f_back
     return False
+
+
+def _awaited_by_holder(entered: FrameType, stack: object) -> FrameType | None:
+    """The frame of the async generator that awaited ``entered`` (an
+    ``enter_async_context`` that has ended) and holds ``stack``, the exit
+    stack it was called on, in its locals; or None. An ended frame's
+    ``f_back`` is the frame that was running under it as it ended (3.12+;
+    3.11 clears it): the one that awaited it, unless it was run otherwise
+    (a task of its own, ``wait_for``): hence the locals are asked too."""
+    awaiter = entered.f_back
+    if (
+        awaiter is None
+        or not awaiter.f_code.co_flags & CO_ASYNC_GENERATOR
+        or not _holds(awaiter, stack)
+    ):
+        return None
+    return awaiter
 
 
 # The async generator holding each exit stack a block was entered through

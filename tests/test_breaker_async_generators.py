@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -682,19 +683,28 @@ async def test_S9_calls_nested_in_a_coroutines_exit_stack_block_never_scan_the_h
     assert scans.total == 0
 
 
-async def test_S9_exit_stack_streams_parked_scan_the_heap_once_per_exit_stack(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("entered", ["by_the_stream", "by_a_helper"])
+async def test_S9_exit_stack_streams_parked_scan_the_heap_at_most_once_per_exit_stack(
+    monkeypatch: pytest.MonkeyPatch, entered: str,
 ) -> None:
     """A stream parked in a block it entered through an exit stack: no frame
-    running the consumer's call holds that exit stack, and the heap is asked
-    which generator does, once per exit stack (and once per generator's code
-    whether it is an ``asynccontextmanager``'s body)."""
+    running the consumer's call holds that exit stack. Which generator does
+    is told by the frame that awaited ``enter_async_context`` when that is
+    the stream's (3.12+); else the heap is asked, once per exit stack (and
+    once per generator's code whether it is an ``asynccontextmanager``'s
+    body): on 3.11, or entered by a helper coroutine the stream awaits."""
     scans = HeapScans(monkeypatch)
     breaker = make_breaker(fail_max=1000)
 
+    async def enter(stack: contextlib.AsyncExitStack) -> None:
+        await stack.enter_async_context(breaker)
+
     async def rows() -> AsyncGenerator[int, None]:
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(breaker)
+            if entered == "by_the_stream":
+                await stack.enter_async_context(breaker)
+            else:
+                await enter(stack)
             for row in range(3):
                 yield row
             raise Boom("the stream's own work")
@@ -722,8 +732,50 @@ async def test_S9_exit_stack_streams_parked_scan_the_heap_once_per_exit_stack(
         if round_ == 0:
             others_after_first_round = scans.others
     assert depth(breaker) == 0
-    assert 0 < scans.most_per_stack() <= 1
+    if entered == "by_the_stream" and sys.version_info >= (3, 12):
+        assert scans.stacks == []
+    else:
+        assert scans.most_per_stack() == 1
     assert scans.others == others_after_first_round
+
+
+
+@contextlib.asynccontextmanager
+async def guarded_through_its_exit_stack(breaker: CircuitBreaker) -> AsyncIterator[None]:
+    """An ``asynccontextmanager`` entering the breaker through an exit stack
+    of its own (a new one per use)."""
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(breaker)
+        yield
+
+
+async def test_S9_asynccontextmanager_with_its_own_exit_stack_scans_no_heap_per_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call failing in the ``async with`` of an ``asynccontextmanager``
+    that entered the breaker through its own exit stack is nested (counted
+    once, by the block). No frame running the call holds that exit stack:
+    the generator that does is parked at its ``yield``. On 3.12+ the ended
+    ``enter_async_context`` frame names the frame that awaited it, the
+    generator's, which holds the exit stack: no heap scan per use (there
+    was one per use). 3.11 clears that link: the heap is asked, once per
+    exit stack."""
+    scans = HeapScans(monkeypatch)
+    breaker = make_breaker(fail_max=1000)
+    others_after_first_use = None
+    for use in range(1, 11):
+        with pytest.raises(Boom):
+            async with guarded_through_its_exit_stack(breaker):
+                await breaker.call(fail_with, Boom("the service fails"))
+        assert breaker.failure_count == use  # nested: the block counts once
+        if use == 1:
+            others_after_first_use = scans.others
+    assert depth(breaker) == 0
+    assert scans.others == others_after_first_use  # the wrapper's code: asked once
+    if sys.version_info >= (3, 12):
+        assert scans.stacks == []
+    else:
+        assert scans.most_per_stack() <= 1
 
 
 # ------------------------------------------------------------------- two streams in one task
