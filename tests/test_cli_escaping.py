@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -358,3 +359,53 @@ def test_S12_show_bounds_a_huge_context_says_how_much_is_left_and_never_cuts_int
     assert len(out) < 10_000
     assert "Zq9" not in out
     assert "postgresql://app:***" in out
+
+
+# --------------------------------------------------------------------------- a command to type
+
+
+# A saga id with what a shell splits on or reads (a space, quotes, a "$") and
+# what a terminal acts on: every command that tells the operator a command
+# to type quotes it with the one helper, and shows it safely.
+TYPED_ID = "order 42 'x' \"$HOME\"\x1b[2J"
+
+
+def test_quoted_id_quotes_for_a_shell_then_escapes_for_a_terminal() -> None:
+    from fallback_saga.cli.text import quoted_id
+
+    shown = quoted_id(TYPED_ID)
+    assert shown.isprintable()
+    assert "\x1b" not in shown and "\\x1b[2J" in shown
+    # Without the escape sequence, what is shown is what a shell reads back.
+    assert shlex.split(quoted_id("order 42 'x' \"$HOME\"")) == ["order 42 'x' \"$HOME\""]
+    assert quoted_id("order-1") == "order-1"
+    assert quoted_id("o" * 1000).endswith("…")  # cut as any value on a line of its own
+
+
+def _typed_id_store(db: str, status: SagaStatus, context: dict[str, object]) -> None:
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create(TYPED_ID, "KnownSaga", "fp", context, [], status=status)
+
+    asyncio.run(go())
+
+
+def test_show_tells_the_json_command_with_the_id_quoted_and_escaped(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _typed_id_store(db, SagaStatus.COMPLETED, {"note": "n" * (MAX_CONTEXT * 2)})
+    assert main(["show", TYPED_ID, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert_terminal_safe(out)
+    assert "the whole context: show 'order 42 '\"'\"'x'\"'\"' \"$HOME\"\\x1b[2J' --json" in out
+
+
+def test_resume_of_a_failed_saga_tells_retry_unwinding_with_the_id_quoted_and_escaped(
+    db: str, app: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _typed_id_store(db, SagaStatus.FAILED, {})
+    argv = ["resume", TYPED_ID, "--db", db, "--app", f"{app.__name__}:sagas"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert_terminal_safe(err)
+    assert "retry-unwinding 'order 42 '\"'\"'x'\"'\"' \"$HOME\"\\x1b[2J'" in err

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import pathlib
-import shlex
 import shutil
 import sqlite3
 import sys
@@ -52,6 +51,7 @@ from .text import (
     json_text,
     print_json,
     print_lines,
+    quoted_id,
     render_table,
     terminal_text,
     when,
@@ -418,7 +418,7 @@ def run_show(args: argparse.Namespace) -> int:
     if more:
         context += (
             f"… {more:,} more bytes; the whole context: show "
-            f"{terminal_text(shlex.quote(record.saga_id), MAX_VALUE)} --json"
+            f"{quoted_id(record.saga_id)} --json"
         )
     lines = [
         f"saga         {terminal_text(record.saga_id, MAX_VALUE)}",

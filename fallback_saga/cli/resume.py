@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shlex
 import sys
 
 from ..errors import (
@@ -37,7 +36,7 @@ from .recover import (
     warn_before_interrupting,
 )
 from .stores import StoreTarget, load_saga, no_such_saga, open_store, tell_what_is_held
-from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
+from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, quoted_id, terminal_text
 
 __all__ = ["add_resume_command"]
 
@@ -162,7 +161,7 @@ async def _resumable(store: RecoverableStore, target: StoreTarget, saga_id: str)
     saying why not and what does."""
     record = await load_saga(store, target, saga_id)
     status = record.status
-    quoted = shlex.quote(saga_id)
+    quoted = quoted_id(saga_id)
     if status is SagaStatus.FAILED:
         raise UsageError(
             f"saga {short_repr(saga_id)} is FAILED: its unwinding gave up, and resuming "
@@ -183,7 +182,7 @@ async def _resumable(store: RecoverableStore, target: StoreTarget, saga_id: str)
             raise UsageError(
                 f"saga {short_repr(saga_id)} is a child saga of {short_repr(parent)} "
                 f"({parent_status.name}), which drives it: resume the parent "
-                f"(resume {shlex.quote(parent)})"
+                f"(resume {quoted_id(parent)})"
             )
     return record
 
@@ -199,7 +198,7 @@ def _report(target: StoreTarget, saga_id: str, status: SagaStatus,
         print_lines([f"  {shown}: compensated: {why}; every completed step is undone"])
         return EXIT_OK
     lines = [f"  {shown}: failed: {why}; a compensation gave up (an operator is needed: "
-             f"retry-unwinding {terminal_text(shlex.quote(saga_id), MAX_VALUE)} once the "
+             f"retry-unwinding {quoted_id(saga_id)} once the "
              f"participant is fixed)"]
     for step, error in failed.compensation_errors.items():
         text = terminal_text(target.shown_error(f"{type(error).__name__}: {error}"),

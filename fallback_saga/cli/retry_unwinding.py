@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shlex
 import sys
 
 from ..errors import SagaBusy, SagaDefinitionChanged, SagaInterrupted, SagaNotFailed, SagaNotFound
@@ -18,7 +17,7 @@ from .argtypes import format_duration
 from .errors import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
 from .recover import add_one_saga_options, build_app_sagas, one_saga, operator_name
 from .stores import StoreTarget, load_saga, no_such_saga, open_store, tell_what_is_held
-from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, terminal_text
+from .text import MAX_CONTEXT, MAX_PATH, MAX_VALUE, print_lines, quoted_id, terminal_text
 
 __all__ = ["add_retry_unwinding_command"]
 
@@ -122,7 +121,8 @@ def run_retry_unwinding(args: argparse.Namespace) -> int:
     lines = [f"  {shown}: failed again (still needs an operator)"]
     if isinstance(gave_up, str):  # the store failed as the errors were read
         lines.append(f"    (which compensations gave up could not be read: "
-                     f"{terminal_text(gave_up, MAX_CONTEXT)}; show {_quoted(saga_id)} lists them)")
+                     f"{terminal_text(gave_up, MAX_CONTEXT)}; "
+                     f"show {quoted_id(saga_id)} lists them)")
         gave_up = []
     for step, error in gave_up:
         text = terminal_text(target.shown_error(error), MAX_CONTEXT)
@@ -156,8 +156,3 @@ def _given_up(record: SagaRecord) -> list[tuple[str, str]]:
             elif entry.status is StepStatus.COMPLETED:
                 last.pop(entry.step, None)
     return list(last.items())
-
-
-def _quoted(saga_id: str) -> str:
-    """The saga id as a command line would give it, made safe to print."""
-    return terminal_text(shlex.quote(saga_id), MAX_VALUE)

@@ -28,7 +28,6 @@ import dataclasses
 import os
 import pathlib
 import re
-import shlex
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final, TypeVar
@@ -43,7 +42,7 @@ from ..store.base import RecoverableStore, SagaRecord, SagaStore
 from ..store.sqlite import SQLiteSagaStore
 from .argtypes import park_after
 from .errors import UsageError
-from .text import MAX_CONTEXT, MAX_VALUE, print_lines, terminal_text
+from .text import MAX_CONTEXT, MAX_VALUE, print_lines, quoted_id, terminal_text
 
 __all__ = [
     "DB_VARIABLE",
@@ -504,7 +503,7 @@ async def tell_what_is_held(store: SagaStore, target: StoreTarget, saga_id: str)
     may have ended meanwhile (a cancelled run unwinds first: S8, S13). Or,
     should the store fail as it is read, that it is unknown."""
     shown = terminal_text(saga_id, MAX_VALUE)
-    quoted = terminal_text(shlex.quote(saga_id), MAX_VALUE)
+    quoted = quoted_id(saga_id)
     try:
         status = (await store.load(saga_id)).status
     except Exception as error:

@@ -9,6 +9,7 @@ JSON, with the characters a terminal could act on written as JSON escapes.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ __all__ = [
     "json_text",
     "print_json",
     "print_lines",
+    "quoted_id",
     "render_table",
     "terminal_text",
     "when",
@@ -64,6 +66,14 @@ def terminal_text(value: object, limit: int = MAX_CELL) -> str:
         pieces.append(piece)
         length += len(piece)
     return "".join(pieces)
+
+
+def quoted_id(saga_id: str) -> str:
+    """A saga id as a command line the operator is told to type gives it
+    (``show 'order 42'``), made safe to print: quoted for a shell first (a
+    space or a quote in it stays one argument), then ``terminal_text`` (an
+    escape sequence in it is shown, not acted on)."""
+    return terminal_text(shlex.quote(saga_id), MAX_VALUE)
 
 
 def _escaped(char: str) -> str:
