@@ -1266,6 +1266,21 @@ def test_the_crash_demo_command_is_hidden(capsys: pytest.CaptureFixture[str]) ->
         assert f"    {command} " in out
 
 
+def test_the_crash_demo_command_is_not_offered_by_an_invalid_choice_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """argparse's "invalid choice" line listed every command, the hidden one
+    too; it lists the others, and the hidden one still runs (its child
+    process is started so: ``_crash-demo --db ...``)."""
+    assert main(["bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err
+    assert "'demo'" in err and "'purge'" in err and "'serve'" in err
+    assert "_crash" not in err
+    assert main(["_crash-demo", "--help"]) == 0
+    assert "--crash-in" in capsys.readouterr().out
+
+
 
 def test_show_limit_prints_the_newest_entries_numbered_as_in_the_journal(
     db: str, capsys: pytest.CaptureFixture[str]

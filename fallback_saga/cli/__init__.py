@@ -63,7 +63,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, cast
 
 from .. import __version__
@@ -126,6 +126,15 @@ class _CommandParser(_Parser):
         return parsed, extras
 
 
+class _Commands(dict[str, argparse.ArgumentParser]):
+    """The commands by name, iterated without the hidden ones (a name that
+    starts with "_": ``_crash-demo``, which the demo's child process runs),
+    which stay runnable: looked up by name as any other."""
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in super().__iter__() if not name.startswith("_"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fallback-saga" if _invoked_as_script() else PYTHON_M,
@@ -140,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
             dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
         ),
     )
+    # The commands by name, with the hidden ones left out of what argparse
+    # lists of them (its "invalid choice" line): argparse only lists what it
+    # iterates, and looks a command up by name.
+    commands.choices = commands._name_parser_map = _Commands()
     # In the order --help lists them.
     add_demo_commands(commands)
     add_graph_command(commands)
