@@ -16,6 +16,7 @@ and nothing is lost; the CLI: one line, exit status 2, no traceback).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sqlite3
@@ -27,7 +28,9 @@ import pytest
 from helpers_cli import import_app
 from test_cli_ops import APP_SOURCE, one_line_error, run_sagas
 
+from fallback_saga import SagaStoreError, SQLiteSagaStore
 from fallback_saga.cli import main
+from fallback_saga.cli.errors import CommandFailed, UsageError
 from fallback_saga.command_line import PYTHON_M
 
 
@@ -283,3 +286,52 @@ def test_argparse_error_escapes_what_it_quotes_and_keeps_the_rest(
     assert main(["list", "--db"]) == 2  # a missing value: nothing quoted
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == f"{PYTHON_M} list: error: argument --db: expected one argument"
+
+
+# ------------------------------------------------------------------------ the commands' own errors
+
+DSN_WITH_PASSWORD = "postgresql://app:hunter2@db.internal/orders"
+
+
+def test_a_usage_error_quoting_a_dsn_with_a_password_is_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command's own error line quotes what the operator typed (an unknown
+    saga id, a --host): redacted as argparse's line is, then escaped."""
+    db = str(tmp_path / "sagas.db")
+
+    async def create() -> None:
+        async with SQLiteSagaStore(db):
+            pass
+
+    asyncio.run(create())
+    assert main(["show", DSN_WITH_PASSWORD, "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "no saga with id 'postgresql://app:***@db.internal/orders'" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (UsageError(f"--host {DSN_WITH_PASSWORD}\x1b[2J: no such host"), 2),
+        (CommandFailed(f"cannot listen on {DSN_WITH_PASSWORD}\x1b[2J"), 1),
+        (SagaStoreError(f"cannot open {DSN_WITH_PASSWORD}\x1b[2J password=hunter2"), 1),
+    ],
+    ids=["UsageError", "CommandFailed", "SagaStoreError"],
+)
+def test_every_error_line_of_a_command_is_redacted_then_escaped(
+    error: Exception, status: int, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fallback_saga.cli import inspect
+
+    def failing(args: argparse.Namespace) -> int:
+        raise error
+
+    monkeypatch.setattr(inspect, "run_list", failing)
+    assert main(["list", "--db", "x.db"]) == status
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "postgresql://app:***@db.internal/orders\\x1b[2J" in err
+    assert err.rstrip("\n").isprintable()

@@ -375,7 +375,8 @@ def test_quoted_id_quotes_for_a_shell_then_escapes_for_a_terminal() -> None:
 
     shown = quoted_id(TYPED_ID)
     assert shown.isprintable()
-    assert "\x1b" not in shown and "\\x1b[2J" in shown
+    assert "\x1b" not in shown
+    assert "\\x1b[2J" in shown
     # Without the escape sequence, what is shown is what a shell reads back.
     assert shlex.split(quoted_id("order 42 'x' \"$HOME\"")) == ["order 42 'x' \"$HOME\""]
     assert quoted_id("order-1") == "order-1"

@@ -1275,7 +1275,8 @@ def test_the_crash_demo_command_is_not_offered_by_an_invalid_choice_error(
     assert main(["bogus"]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'bogus'" in err
-    assert "'demo'" in err and "'purge'" in err and "'serve'" in err
+    for command in ("demo", "purge", "serve"):
+        assert f"'{command}'" in err
     assert "_crash" not in err
     assert main(["_crash-demo", "--help"]) == 0
     assert "--crash-in" in capsys.readouterr().out

@@ -27,8 +27,8 @@ modules.
 Every stored value a human format prints (saga ids, names, owners, step
 names, error texts) goes through ``terminal_text``: control characters and
 other unprintable ones escaped, long values cut. ``--json`` prints exact JSON.
-So does what an error line quotes of the command line, argparse's own
-included, redacted first (``shown_text.redact``).
+So does every error line (argparse's, a command's own, a store's message),
+redacted first (``shown_text.redact``): it may quote what the operator typed.
 
 Exit status: 0 on success (``serve``: stopped by Ctrl-C or SIGTERM); 1 when
 ``recover`` left a saga failed or skipped, ``resume`` left it failed or
@@ -170,6 +170,14 @@ def _invoked_as_script() -> bool:
     return os.path.basename(sys.argv[0]) in ("fallback-saga", "fallback-saga.exe")
 
 
+def _error_text(error: Exception) -> str:
+    """A command's error line, as argparse's is made safe: it quotes what
+    the operator typed (a saga id, a --host, a path) or a store's message,
+    either of which may hold a password (a DSN pasted in the wrong place).
+    Redacted before the cut, as ``_Parser.error``."""
+    return terminal_text(redact(str(error)), MAX_CONTEXT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command-line entry point; returns the exit status."""
     parser = build_parser()
@@ -184,11 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = handler(args)
         sys.stdout.flush()
     except UsageError as error:
-        sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
+        sys.stderr.write(f"{parser.prog}: error: {_error_text(error)}\n")
         return EXIT_USAGE
     # The store failed, a row cannot be read back, or serve cannot listen.
     except (SagaStoreError, CommandFailed) as error:
-        sys.stderr.write(f"{parser.prog}: error: {terminal_text(error, MAX_CONTEXT)}\n")
+        sys.stderr.write(f"{parser.prog}: error: {_error_text(error)}\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write(f"{parser.prog}: interrupted\n")
