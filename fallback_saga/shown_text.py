@@ -181,6 +181,12 @@ _PASSWORD_P_ATTACHED: Final = re.compile(
 )
 # How far after its program a -p flag is looked for.
 _COMMAND_SCAN: Final = 1024
+# A MySQL client's long password flags (``--password2``, ``--password3``: a
+# second and third factor), whose value is optional: given only attached
+# (``--password=hunter2``); with a space, the flag prompts for it and the
+# word after it is the next argument (``mysql --password orders``: the
+# database). Not so the other programs' (``docker login --password ...``).
+_MYSQL_PASSWORD_FLAGS: Final = frozenset({"password", "password1", "password2", "password3"})
 # A plain value in a YAML flow mapping (``{user: bob, password: hunter2}``):
 # it may hold spaces and line breaks (a flow mapping may span lines, and a
 # plain value be folded over them) and ends at a "," followed by a space or
@@ -362,6 +368,10 @@ def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
         name = found["name"]
         if not _secret_key(name) or (found["dashes"] and _switch_flag(name)):
             continue
+        if (found["dashes"] == "--" and found["sep"] is None
+                and name.lower() in _MYSQL_PASSWORD_FLAGS
+                and _after_mysql_client(text, found.start())):
+            continue
         start = found.end()
         if (found["sep"] == ":" and not found["quote"]
                 and name.lower().replace("_", "-") in _LINE_HEADERS):
@@ -375,6 +385,24 @@ def _keyed_values(text: str) -> Iterator[tuple[int, int]]:
             yield start, end
             if done >= len(text):
                 return
+
+
+def _after_mysql_client(text: str, flag_start: int) -> bool:
+    """Whether the flag at ``flag_start`` is a MySQL client's: that program
+    is the first named in the command it is in (on its line, after any
+    ``|``, ``;`` or ``&`` that ended the one before: ``mysqldump ... | gpg
+    ...``). Looked for within ``_COMMAND_SCAN``
+    characters: further, the flag is taken as another program's (hidden)."""
+    start = max(text.rfind("\n", max(0, flag_start - _COMMAND_SCAN), flag_start) + 1,
+                flag_start - _COMMAND_SCAN)
+    command = text[start:flag_start]
+    if "mysql" not in command and "mariadb" not in command:
+        return False
+    # The last command's start: rfind, at C speed (a megabyte of flags is
+    # one bounded look back each).
+    begins = max(command.rfind(mark) for mark in "|;&") + 1
+    program = _PASSWORD_P_PROGRAM.search(command, begins)
+    return program is not None and program["mysql"] is not None
 
 
 def _in_flow_mapping(text: str, key_start: int) -> bool:

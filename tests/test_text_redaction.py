@@ -264,6 +264,8 @@ ADVERSARIAL = (
     "mysql " + "-p " * 333_333,
     "sshpass -p" + "'" * 1_000_000,
     "['mysql', '-p', " * 62_500,
+    "mysql --password " * 60_000,
+    "mysql" + " --password" * 90_000,
     "{password: " * 90_000,
     "{password: " + "a, " * 333_333,
     "{" * 500_000 + "password: " + "a" * 500_000,
@@ -369,3 +371,36 @@ def test_S12_an_object_repr_is_no_xml_element() -> None:
     text = "got <Secret object at 0x7f>, expected str; retry 'o-1' later"
     assert redact(text) == text
     assert redact("<password>hunter2") == "<password>***"  # cut inside it
+
+
+# MySQL's clients take a password only attached to its flag: ``--password=…``
+# (``-p…``, above). ``--password`` alone prompts for it, and the word after it
+# is the next argument (the database's name): shown. After another program on
+# the line, and for the programs whose --password takes the next word, hidden.
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("mysql -u app --password orders", "mysql -u app --password orders"),
+        ("mariadb --password shop -e 'select 1'", "mariadb --password shop -e 'select 1'"),
+        ("mysqladmin --password status", "mysqladmin --password status"),
+        ("/usr/bin/mysqldump -u root --password shop > shop.sql",
+         "/usr/bin/mysqldump -u root --password shop > shop.sql"),
+        ("Command '['mysqldump', '--password', 'shop']' returned non-zero exit status 2.",
+         "Command '['mysqldump', '--password', 'shop']' returned non-zero exit status 2."),
+        ("mysql --password2 orders", "mysql --password2 orders"),
+        # Attached, it is the password.
+        ("mysql -u app --password=hunter2 orders", "mysql -u app --password=*** orders"),
+        ("mysqldump --password='hunter2 p4ss' shop", "mysqldump --password=*** shop"),
+        # Another program's --password, after a MySQL client's command ended.
+        ("mysqldump --password shop | docker login --password hunter2 reg",
+         "mysqldump --password shop | docker login --password *** reg"),
+        ("mysql --password db; psql --password hunter2 -h db",
+         "mysql --password db; psql --password *** -h db"),
+        ("mysql --password db\ndocker login --password hunter2 reg",
+         "mysql --password db\ndocker login --password *** reg"),
+        ("docker login --password hunter2 reg", "docker login --password *** reg"),
+        ("mysql_tool --password hunter2", "mysql_tool --password ***"),
+    ],
+)
+def test_S12_a_mysql_clients_password_is_the_attached_value_only(text: str, shown: str) -> None:
+    assert redact(text) == shown
