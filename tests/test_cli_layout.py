@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import fallback_saga.cli
@@ -185,3 +186,105 @@ def test_a_vendored_copy_without_psycopg_names_the_drivers_to_install(tmp_path: 
     )
     assert installed.returncode == 2, installed.stderr
     assert 'pip install "fallback-saga[postgres]"' in installed.stderr
+
+
+# --------------------------------------------------------------------------- imported from a zip
+
+
+def _zipped_copy(tmp_path: Path) -> Path:
+    """The package in a zip file (a zipapp, a wheel put on ``sys.path``):
+    imported by zipimport, where no module has a file of its own."""
+    archive = tmp_path / "fallback_saga.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(PACKAGE_DIR.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zipped.write(path, path.relative_to(PACKAGE_DIR.parent).as_posix())
+    return archive
+
+
+# Run with -I (no PYTHONPATH, no user site, no current directory) and -S
+# (no site-packages: no installed copy at all), the zip first on the path.
+_FROM_ZIP = (
+    "import runpy, sys; sys.path.insert(0, {archive!r}); "
+    "import fallback_saga; assert fallback_saga.__file__.startswith({archive!r}), "
+    "fallback_saga.__file__; sys.argv = ['x', *{argv!r}]; "
+    "runpy.run_module('fallback_saga', run_name='__main__', alter_sys=True)"
+)
+
+
+def _run_from_zip(archive: Path, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _FROM_ZIP.format(archive=str(archive), argv=argv)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
+    )
+
+
+def test_python_m_fallback_saga_runs_from_a_zip(tmp_path: Path) -> None:
+    archive = _zipped_copy(tmp_path)
+    helped = _run_from_zip(archive, ["--help"], tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "usage: " in helped.stdout
+    assert "purge" in helped.stdout
+    drawn = _run_from_zip(archive, ["graph", "fallback_saga.cli.demo:DemoOrderSaga"], tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.startswith("flowchart TD\n")
+
+
+def test_a_zipapp_of_the_package_runs_its_commands(tmp_path: Path) -> None:
+    """``python app.pyz``: a zipapp whose ``__main__`` runs the commands."""
+    archive = _zipped_copy(tmp_path)
+    with zipfile.ZipFile(archive, "a") as zipped:
+        zipped.writestr("__main__.py", "import sys\nfrom fallback_saga.cli import main\n"
+                        "sys.exit(main())\n")
+    pyz = archive.rename(tmp_path / "app.pyz")
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(pyz), "--version"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("fallback_saga ")
+
+
+def test_a_zipped_copy_runs_the_demo_and_its_crashing_child(tmp_path: Path) -> None:
+    """The crashing child is started on the copy the parent runs: the zip."""
+    archive = _zipped_copy(tmp_path)
+    done = _run_from_zip(archive, ["demo", "--db", "demo.db"], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert done.stdout.count("*** the process dies here (os._exit)") == 2
+    assert "recovered 2 saga(s): 1 completed, 1 compensated" in done.stdout
+    listed = _run_from_zip(archive, ["list", "--db", "demo.db"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "A-1007" in listed.stdout
+
+
+_ZIPPED_STORE_AND_CONSOLE = """
+import asyncio, sys
+sys.path.insert(0, {archive!r})
+import fallback_saga
+assert fallback_saga.__file__.startswith({archive!r}), fallback_saga.__file__
+from fallback_saga import SagaStatus, SQLiteSagaStore
+from fallback_saga.console.pages import _alert
+from fallback_saga.testing import entry
+
+async def main():
+    # The writer process imports the package as its parent found it.
+    async with SQLiteSagaStore("sagas.db", writer="process") as store:
+        await store.create("f-1", "OrderSaga", "fp", {{}}, [entry(0, "A")],
+                           status=SagaStatus.FAILED)
+        print((await store.load("f-1")).status.name)
+        print(_alert(await store.load("f-1")))
+
+asyncio.run(main())
+"""
+
+
+def test_a_zipped_copy_runs_the_writer_process_and_renders_the_console(tmp_path: Path) -> None:
+    archive = _zipped_copy(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c",
+         _ZIPPED_STORE_AND_CONSOLE.format(archive=str(archive))],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("FAILED\n")
+    assert "retry-unwinding f-1" in done.stdout
