@@ -14,8 +14,8 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Callable, Collection, Sequence
+from typing import IO, Any, Protocol, cast
 
 from ..errors import SagaNotFound, SagaStoreError
 from ..record_json import history_json, shown_record
@@ -532,15 +532,31 @@ def run_purge(args: argparse.Namespace) -> int:
         asked = {status for statuses in args.status for status in statuses}
         statuses = tuple(status for status in _PURGEABLE if status in asked)
 
+    # What the batches committed so far deleted: told to the operator should
+    # the purge stop partway (they stay deleted), None before it starts.
+    deleted: list[int] | None = None
+
     async def purge() -> tuple[int, int, int]:
+        nonlocal deleted
         async with open_store(target, connections=1) as store:
+            # The stores this command opens (SQLite, PostgreSQL) tell each batch.
+            batched = cast("_BatchedPurge", store)
+            deleted = []
             try:
-                count = await store.purge(older_than=args.older_than, statuses=statuses)
+                count = await batched.purge(
+                    older_than=args.older_than, statuses=statuses, on_batch=deleted.append
+                )
             except ValueError as error:  # an age the store cannot take
+                deleted = None
                 raise UsageError(f"--older-than: {error}") from None
             return count, *await _kept(store, args.older_than, statuses)
 
-    count, failed, held = asyncio.run(purge())
+    try:
+        count, failed, held = asyncio.run(purge())
+    except (SagaStoreError, KeyboardInterrupt) as stop:
+        if deleted is not None:
+            _tell_stopped(sum(deleted), interrupted=isinstance(stop, KeyboardInterrupt))
+        raise
     age = format_duration(args.older_than)
     names = [status.value for status in statuses]
     listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
@@ -565,6 +581,32 @@ def run_purge(args: argparse.Namespace) -> int:
         if note:
             sys.stdout.write(note + "\n")
     return EXIT_OK
+
+
+class _BatchedPurge(Protocol):
+    async def purge(
+        self, *, older_than: float, statuses: Collection[SagaStatus | str],
+        on_batch: Callable[[int], object] | None = None,
+    ) -> int: ...
+
+
+def _tell_stopped(deleted: int, *, interrupted: bool) -> None:
+    """Before the error line (or "interrupted"): what the purge's committed
+    batches deleted, which stays deleted. Ctrl-C may land while a batch is
+    under way, which may commit all the same: "at least"."""
+    sagas = f"{deleted} finished saga{' was' if deleted == 1 else 's were'}"
+    stay = "stays" if deleted == 1 else "stay"
+    if interrupted:
+        sys.stdout.write(
+            f"purge interrupted: at least {sagas} deleted before it was (a batch under way "
+            f"may have been deleted too), and {stay} deleted; purge again for the rest\n"
+        )
+    else:
+        sys.stdout.write(
+            f"purge stopped: {sagas} deleted before it did, and {stay} deleted; "
+            f"purge again for the rest\n"
+        )
+    sys.stdout.flush()
 
 
 async def _kept(

@@ -10,7 +10,7 @@ statements through the store's ``_fetch`` (``_postgres_pool``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
@@ -316,7 +316,8 @@ class Reads:
         return {saga_id for (saga_id,) in found}
 
     async def purge(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
+        on_batch: Callable[[int], object] | None = None,
     ) -> int:
         """In batches sized by how long the last took (``PostgresSagaStore.purge``)."""
         older_than = finite_seconds("older_than", older_than)
@@ -367,6 +368,8 @@ class Reads:
                 raise asyncio.CancelledError
             took = loop.time() - started
             total += int(gone)
+            if gone and on_batch is not None:
+                on_batch(int(gone))
             if again is not None:
                 # Children whose parent this batch deleted: from the first of them.
                 after = int(again) - 1

@@ -306,7 +306,10 @@ class RecoverableStore(SagaStore, Protocol):
         when named) last updated more than ``older_than`` seconds ago; returns
         how many were deleted. ``ValueError`` for a status that is not final
         or not a status, or for none at all. A child saga (``SubSaga``) is
-        not deleted while its parent is stored."""
+        not deleted while its parent is stored. The stores this package
+        ships also take ``on_batch``, told of each committed batch (a purge
+        stopped partway keeps what they deleted); a store of your own need
+        not."""
         ...
 
 

@@ -344,7 +344,8 @@ class MemorySagaStore:
     # ------------------------------------------------------------------ retention (operators)
 
     async def purge(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
+        on_batch: Callable[[int], object] | None = None,
     ) -> int:
         """Delete finished sagas with one of ``statuses`` not updated for
         ``older_than`` seconds, as the durable stores' ``purge`` does; returns
@@ -353,7 +354,11 @@ class MemorySagaStore:
         (``SubSaga``) is not deleted while its parent is held: a family goes
         parent first, its children in the next round of the same call. (The
         ``max_finished`` bound applies all the same: purge is for dropping
-        sooner, never for keeping longer.)"""
+        sooner, never for keeping longer.)
+
+        ``on_batch``: called after each generation (a batch: the parents,
+        then the children they kept) with how many sagas it deleted, as the
+        durable stores call it after each batch they commit."""
         older_than = finite_seconds("older_than", older_than)
         chosen = purge_statuses(statuses)
         cutoff = time.time() - older_than
@@ -393,6 +398,8 @@ class MemorySagaStore:
                 if saga_id not in purged:
                     finished.append(saga_id)
             total += len(gone)
+            if on_batch is not None:
+                on_batch(len(gone))
 
     def _summary(self, saga_id: str) -> SagaSummary:
         saga = self._sagas[saga_id]

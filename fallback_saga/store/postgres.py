@@ -105,7 +105,7 @@ before it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -641,7 +641,8 @@ class PostgresSagaStore(PooledStore):
         return await self._reads.existing_saga_ids(saga_ids)
 
     async def purge(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
+        on_batch: Callable[[int], object] | None = None,
     ) -> int:
         """Delete finished sagas (and their history) with one of ``statuses``
         not updated for ``older_than`` seconds; returns how many. By default
@@ -659,8 +660,17 @@ class PostgresSagaStore(PooledStore):
         stored (a parent unwinding unwinds it): a family goes parent first,
         its children in a later batch of the same purge. Nor is a saga a
         lease holds (an operator's ``retry-unwinding`` of a FAILED one):
-        ``old_finished(held=True)`` counts those it keeps."""
-        return await self._reads.purge(older_than=older_than, statuses=statuses)
+        ``old_finished(held=True)`` counts those it keeps.
+
+        ``on_batch``: called after each batch that deleted sagas, once it is
+        committed, with how many it deleted. A purge stopped partway (a
+        store error, a cancellation: it raises) keeps what its earlier
+        batches deleted: their sum is what ``on_batch`` was told.
+        A batch under way when the purge is cancelled may have committed
+        (the server answered as it was cancelled): not told."""
+        return await self._reads.purge(
+            older_than=older_than, statuses=statuses, on_batch=on_batch
+        )
 
     async def old_finished(
         self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,

@@ -588,7 +588,8 @@ class SQLiteSagaStore:
         await self._submit(_defer, args, write=True)
 
     async def purge(
-        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT
+        self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
+        on_batch: Callable[[int], object] | None = None,
     ) -> int:
         """Delete finished sagas (and their history) with one of ``statuses``
         not updated for ``older_than`` seconds; returns how many. By default
@@ -602,7 +603,14 @@ class SQLiteSagaStore:
         A child saga (``SubSaga``) is not purged while its parent is stored
         (a parent unwinding unwinds it): a family goes parent first. Nor is a
         saga a lease holds (an operator's ``retry-unwinding`` of a FAILED
-        one): ``old_finished(held=True)`` counts those it keeps."""
+        one): ``old_finished(held=True)`` counts those it keeps.
+
+        ``on_batch``: called after each batch that deleted sagas, once it is
+        committed, with how many it deleted. A purge stopped partway (a
+        store error, a cancellation: it raises) keeps what its earlier
+        batches deleted: their sum is what ``on_batch`` was told.
+        A batch under way when the purge is cancelled may still commit (the
+        writer finishes what it took): not told."""
         older_than = finite_seconds("older_than", older_than)
         chosen = purge_statuses(statuses)
         loop = asyncio.get_running_loop()
@@ -617,6 +625,8 @@ class SQLiteSagaStore:
                 _purge, (older_than, limit, cutoff, chosen), write=True
             )
             total += count
+            if count and on_batch is not None:
+                on_batch(count)
             if count < limit and not orphaned:
                 return total
             # Leave the lock free for as long as the batch held it: another
