@@ -356,9 +356,10 @@ class MemorySagaStore:
         ``max_finished`` bound applies all the same: purge is for dropping
         sooner, never for keeping longer.)
 
-        ``on_batch``: called after each generation (a batch: the parents,
-        then the children they kept) with how many sagas it deleted, as the
-        durable stores call it after each batch they commit."""
+        ``on_batch``: called after each generation that deleted sagas (a
+        batch: the parents, then the children they kept) with how many it
+        deleted, as the durable stores call it after each batch they
+        commit."""
         older_than = finite_seconds("older_than", older_than)
         chosen = purge_statuses(statuses)
         cutoff = time.time() - older_than
@@ -398,7 +399,7 @@ class MemorySagaStore:
                 if saga_id not in purged:
                     finished.append(saga_id)
             total += len(gone)
-            if on_batch is not None:
+            if gone and on_batch is not None:
                 on_batch(len(gone))
 
     def _summary(self, saga_id: str) -> SagaSummary:
