@@ -70,8 +70,8 @@ from .log_lines import library_logger
 from .shielding import PROCESS_ENDING, cancellation_pending, cancelled_again, loop_gone
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
+from .stop_scope import STOP_SCOPE, StopScope
 from .store.base import Lease, SagaRecord
-from .unwinding import STOP_SCOPE, StopScope
 from .write_ahead import JournalWriteFailed
 
 if TYPE_CHECKING:

@@ -71,9 +71,9 @@ from .saga import Saga
 from .shielding import claimed, reset_var, shielded
 from .status import SagaStatus
 from .step import _CURSOR, current_step
+from .stop_scope import STOP_SCOPE, StopScope, stopped_without_unwinding
 from .store._common import check_saga_id
 from .store.base import Lease, SagaRecord, is_recoverable
-from .unwinding import STOP_SCOPE, StopScope, stopped_without_unwinding
 from .write_ahead import JournalWriteFailed
 
 __all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "runs_a_child", "saga_family"]

@@ -1,4 +1,4 @@
-"""How a run stops short of completing: it unwinds, or it is interrupted.
+"""How a run that cannot complete unwinds: its compensation stack.
 
 A saga that cannot complete compensates, in reverse, every step on its
 **compensation stack** — the steps whose ``act`` completed, and those whose
@@ -10,9 +10,9 @@ cancellation: once it begins, every step on the stack gets its
 ``compensate`` call, even if the caller is cancelled (again) meanwhile (S8).
 
 A run whose journal cannot be written stops instead, unwinding nothing
-more, and is left for recovery: the caller gets ``SagaInterrupted`` (or
-``LeaseLost``, when another worker drives the saga now), and the listeners
-hear ``saga_interrupted``.
+more, and is left for recovery: that is ``interruption.InterruptibleRun``,
+this class's base; the runs a stopping run started stop with it
+(``stop_scope``).
 
 ``UnwindingRun`` is that part of a run; the executor's ``Execution``, which
 drives the steps forward, is its subclass. A step call reported to the
@@ -24,23 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any, Literal, NoReturn
 
 from .compact_journal import branch_of
 from .context import freeze_context
-from .errors import (
-    ContextSerializationError,
-    LeaseLost,
-    SagaAlreadyExists,
-    SagaFailed,
-    SagaInterrupted,
-    saga_failed,
-    short_id,
-)
-from .events import Hooks, StepCall, emit
-from .log_lines import library_logger
+from .errors import ContextSerializationError, SagaFailed, saga_failed
+from .events import StepCall, emit
+from .interruption import InterruptibleRun
 from .plan import Branch
 from .shielding import cancellation_behind, cancellation_pending, running_task, shielded
 from .status import RAW_CANCELLED as _CANCELLED
@@ -49,11 +39,10 @@ from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
 from .step import COROUTINE, unawaited
-from .write_ahead import JournaledRun, JournalWriteFailed
+from .stop_scope import STOP_SCOPE, StopScope, stopped_without_unwinding
+from .write_ahead import JournalWriteFailed
 
 __all__ = ["StopScope", "UnwindingRun", "stopped_without_unwinding"]
-
-_log = library_logger("fallback_saga")
 
 _COMPENSATING = SagaStatus.COMPENSATING
 _COMPENSATED = SagaStatus.COMPENSATED
@@ -61,101 +50,20 @@ _SAGA_FAILED = SagaStatus.FAILED
 _now = time.time
 
 
-class StopScope:
-    """What a run that stops *without unwinding* shares with the runs it
-    started: they stop without unwinding too. A run stops so when a worker
-    hands it off or loses its lease (``resumption.LeasedRun`` sets
-    ``reason``), or when its journal fails (``run``: its ``interruption``,
-    or ``abandoned``, is read when asked). The runs it started are its
-    ``SubSaga`` steps' child sagas — in its own task, in a member's, or
-    under a lease of their own — which a cancellation reaches as the
-    parent stops. A child that unwound then would undo what the parent's
-    next run resumes, and hand it a child COMPENSATED under a parent in
-    which nothing failed.
-
-    Set in the context of the run it stands for (``STOP_SCOPE``), which the
-    runs it starts inherit; a scope keeps the one around it (``outer``)."""
-
-    __slots__ = ("outer", "reason", "run", "unwindings", "when_cancelled")
-
-    def __init__(self, outer: StopScope | None, run: JournaledRun | None = None) -> None:
-        self.outer = outer
-        self.run = run
-        self.reason: BaseException | None = None  # set once the run is stopped
-        # The unwindings in flight (their tasks) of this run and of every run
-        # it started: a child saga's, a group member's — each shielded in a
-        # task of its own, which stopping this run's task never reaches.
-        # A worker stopping a hung run cancels them all (LeasedRun.stop_hung).
-        self.unwindings: set[asyncio.Task[Any]] | None = None
-        # For a run that a cancellation stops without unwinding (a worker's:
-        # see ``LeasedRun``): the reason, once its task is being cancelled.
-        self.when_cancelled: Callable[[], BaseException | None] | None = None
-
-    def stopped(self) -> BaseException | None:
-        """Why this scope, or one around it, was stopped; None if none was."""
-        scope: StopScope | None = self
-        while scope is not None:
-            if scope.reason is not None:
-                return scope.reason
-            if scope.when_cancelled is not None:
-                reason = scope.when_cancelled()
-                if reason is not None:
-                    return reason
-            run = scope.run
-            if run is not None:
-                if run.abandoned is not None:
-                    return run.abandoned
-                if run.interruption is not None:
-                    return run.interruption
-            scope = scope.outer
-        return None
-
-    def unwinding(self, task: asyncio.Task[Any], *, ended: bool = False) -> None:
-        """``task`` unwinds a run within this scope (or has ``ended``): told
-        to this scope and to each one around it, for the outermost run (the
-        one a worker stops) to reach every unwinding of its saga tree."""
-        scope: StopScope | None = self
-        while scope is not None:
-            if ended:
-                if scope.unwindings is not None:
-                    scope.unwindings.discard(task)
-            elif scope.unwindings is None:
-                scope.unwindings = {task}
-            else:
-                scope.unwindings.add(task)
-            scope = scope.outer
-
-
-STOP_SCOPE: ContextVar[StopScope | None] = ContextVar("fallback_saga_stop_scope", default=None)
-
-
-def stopped_without_unwinding() -> BaseException | None:
-    """Why a run the current task works for (see ``StopScope``) is stopping
-    without unwinding; None when none is."""
-    scope = STOP_SCOPE.get()
-    return None if scope is None else scope.stopped()
-
-
-class UnwindingRun(JournaledRun):
+class UnwindingRun(InterruptibleRun):
     """A run's compensation stack and how the run ends short of completing
     (see the module's docstring). ``Execution.__init__`` sets the fields."""
 
     __slots__ = (
         "branch_errors",
-        "hooks",
         "image",
         "left_undone",
-        "live",
         "reopened_by",
         "reopener",
         "stack",
-        "status",
     )
 
-    hooks: Hooks
-    live: bool  # an in-process store: it watches the run, nothing is written ahead
     stack: list[Branch]  # the compensation stack
-    status: SagaStatus
     image: Any  # the context as the current step began; once finished, frozen
     branch_errors: dict[str, BaseException] | None  # of a failed group, by member
     left_undone: dict[str, BaseException] | None  # see leave_undone
@@ -286,135 +194,6 @@ class UnwindingRun(JournaledRun):
         finally:
             self._report_interruption()
             self._announce_finish(asyncio.CancelledError())
-
-    def _adopt_stop(self) -> None:
-        """This run was started by a leased run that is being stopped without
-        unwinding (``StopScope``): it stops the same way."""
-        reason = stopped_without_unwinding()
-        if reason is not None:
-            self.abandon(reason)
-
-    def abandon(self, reason: BaseException) -> None:
-        """Stop driving this saga *without* unwinding it: another worker owns it
-        now (the lease was lost), this worker hands it off on shutdown, or a
-        run above it stops so (``StopScope``).
-
-        From now on every write is refused with ``reason`` — locally, without
-        asking a store that may be unreachable — and no further ``compensate``
-        is called: compensating a saga someone else drives would race them.
-        The caller then cancels the task running the saga.
-        """
-        self.abandoned = reason
-
-    def _stopped(
-        self, error: BaseException, failure: BaseException | None = None
-    ) -> BaseException:
-        """What the caller gets when the journal failed: ``LeaseLost`` when
-        another worker owns the saga now (it goes on driving it),
-        ``SagaAlreadyExists`` when the saga could not even be created because
-        its id is taken, else ``SagaInterrupted`` — also for a lease lost on
-        another saga (a child's, or a parent's that stopped this one)."""
-        if self._lost_its_lease(error):
-            return error
-        if isinstance(error, SagaAlreadyExists | ContextSerializationError) and (
-            self.held_status() is None
-        ):
-            return error  # nothing was journaled, nothing ran
-        interrupted = SagaInterrupted(
-            saga_id=self.saga_id,
-            saga_name=self.saga_name,
-            status=self.held_status(),
-            error=error,
-            failure=failure,
-            in_doubt=self.landed_unseen is not None,
-            status_if_landed=self.landed_unseen,
-        )
-        interrupted.__cause__ = error
-        return interrupted
-
-    def _interrupted(
-        self, error: BaseException, failure: BaseException | None = None
-    ) -> BaseException:
-        """``_stopped``, announced to the listeners (``saga_interrupted``)."""
-        stopped = self._stopped(error, failure)
-        # Told interrupted whatever status the journal holds: a run that
-        # reopened a final saga — a COMPLETED child its parent unwinds, a
-        # FAILED saga an operator retries — stopped with that status still
-        # held, and reached none of its own (not saga_finished, S13).
-        if self.hooks.saga_interrupted:
-            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
-                 self.held_status(), stopped)
-        return stopped
-
-    def _report_interruption(self) -> None:
-        # A cancelled caller gets CancelledError whatever happened; a journal
-        # that failed meanwhile must still be told to someone.
-        error = self.interruption
-        if error is None or self._lost_its_lease(error):
-            return
-        if error is self.abandoned:
-            # Not its own journal's failure: a run above it stopped without
-            # unwinding — handed off, fenced out, or its journal failed —
-            # and this one with it (StopScope); that run reports its own stop.
-            _log.info(
-                "saga %s (%s) stopped with its parent, without unwinding (%s: %s); "
-                "it is left %s for the parent's next run",
-                self.saga_name, short_id(self.saga_id), type(error).__name__, error,
-                (self.held_status() or SagaStatus.RUNNING).value,
-            )
-            return
-        # Its message, as it is: it quotes the errors cut already, and says
-        # at its end where the saga is left (one_line would cut an exception).
-        _log.error("%s", str(self._stopped(error)))
-
-    def _lost_its_lease(self, error: BaseException) -> bool:
-        """``error`` says another worker drives this saga now."""
-        return isinstance(error, LeaseLost) and error.saga_id == self.saga_id
-
-    def crashed(self, error: BaseException) -> None:
-        """A ``BaseException`` that is no cancellation (``SystemExit``, a test
-        framework's outcome) stopped the run where it was: nothing more is
-        unwound in-process (docs/mechanics.md), and the saga is left as its
-        journal holds it, for recovery. The listeners still hear that the
-        run stopped, so that no ``saga_started`` is left unanswered (a
-        tracer's span open)."""
-        if self.hooks.saga_interrupted and not self.status.is_final:
-            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
-                 self.held_status(), error)
-
-    def held_status(self) -> SagaStatus | None:
-        """The status the journal holds for this run's saga; None while the
-        store does not hold the saga (``refused_at_creation`` relies on it).
-        An in-process store (``live``) watches the run itself — its
-        ``status`` is the journal's, and ``journaled_status``, which only
-        the write-ahead keeps, stays None: told as "nothing journaled", a
-        saga left COMPENSATING looked like one the store refused to create
-        (S13). Asked only once a run stops short of a final status."""
-        if self.live:
-            return self.status if self.created else None
-        return self.journaled_status
-
-    def _announce_finish(self, error: BaseException | None) -> None:
-        # (A final status with the journal failed is the one a reopened saga
-        # held as its unwinding stopped: see _interrupted.)
-        if self.status.is_final and self.interruption is None:
-            if self.hooks.saga_finished:
-                emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, error)
-        elif self.hooks.saga_interrupted:  # stopped short of a final status: see _stopped
-            if (
-                error.__class__ is asyncio.CancelledError and error.__cause__ is None
-                and self.interruption is not None and self.landed_unseen is not None
-            ):
-                # A cancelled run whose last write failed in doubt: the
-                # listeners get the cancellation its caller gets — a copy,
-                # the caller's own left as it is — with the journal's
-                # failure as its cause, so that status_if_landed names the
-                # status that write may have left (S13).
-                told = asyncio.CancelledError(*error.args)
-                told.__cause__ = self._stopped(self.interruption)
-                error = told
-            emit(self.hooks.saga_interrupted, self.saga_id, self.saga_name,
-                 self.held_status(), error if error is not None else self.interruption)
 
     # ------------------------------------------------------------------ the compensation stack
 
