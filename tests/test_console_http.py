@@ -341,7 +341,7 @@ async def test_a_slow_count_serves_the_pages_and_scrapes_that_follow(journal: Pa
             clock[0] += 1.0  # a second of counting, by the console's clock
             return await count_sagas(**filters)
 
-        console._counts = CountCache(clock=lambda: clock[0])
+        console._routes.counts = CountCache(clock=lambda: clock[0])
         store.count_sagas = slow_count  # type: ignore[method-assign]
         first = await get(console, "/metrics")
         later = [await get(console, path) for path in ("/metrics", "/", "/api/sagas")]
@@ -734,11 +734,11 @@ async def _until(condition: Any) -> None:
 
 async def _stalled(console: ConsoleServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection that sends a request line and never ends its headers."""
-    before = len(console._waiting)
+    before = len(console._connections.waiting)
     reader, writer = await asyncio.open_connection("127.0.0.1", console.port)
     writer.write(b"GET / HTTP/1.1\r\n")
     await writer.drain()
-    await _until(lambda: len(console._waiting) > before)
+    await _until(lambda: len(console._connections.waiting) > before)
     return reader, writer
 
 
@@ -752,14 +752,14 @@ async def test_console_idle_connections_cannot_lock_others_out(journal: Path) ->
         stalled = [await _stalled(console), await _stalled(console)]
         for _ in range(3):
             assert (await get(console, "/healthz")).status == 200
-            await _until(lambda: len(console._handlers) == 1)
+            await _until(lambda: len(console._connections.handlers) == 1)
             # The oldest stalled connection was closed, with nothing sent...
             reader, writer = stalled.pop(0)
             assert await asyncio.wait_for(reader.read(), 10) == b""
             writer.close()
             # ...and the attacker opens another one.
             stalled.append(await _stalled(console))
-        assert len(console._waiting) == 2  # the bound on sockets still holds
+        assert len(console._connections.waiting) == 2  # the bound on sockets still holds
         for _, writer in stalled:
             writer.close()
 
