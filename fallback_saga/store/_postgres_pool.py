@@ -7,7 +7,8 @@ own pool or the given one, the schema's migration), closing, and
 ``_fetch`` — one statement on a pooled connection, the driver's errors made
 the store's (``_wrap``, ``_explain``: what was certainly not written says
 so). Also the reading of the tables' sizes that decides when the statements
-that find many sagas are prepared. The store's journal writes
+that find many sagas are prepared. (How its own pool is closed when the
+event loop ends: ``_postgres_pool_closing``.) The store's journal writes
 (``postgres``), reads (``_postgres_reads``) and leases
 (``_postgres_leases``) all run their statements through it.
 """
@@ -34,6 +35,7 @@ from ._postgres_conn import (
     _getconn,
     _query,
 )
+from ._postgres_pool_closing import CLOSER, close_pool_at_loop_end, close_pool_when_cancelled
 from ._postgres_schema import _IDENTIFIER, _migrate, _Names, _schema_version
 from ._postgres_sql import (
     _NOT_ASCII,
@@ -74,62 +76,6 @@ _REFUSED: Final = "refused by the server, which rolled it back: nothing of it wa
 _NOT_SENT: Final = "never sent: nothing of it was written"
 _NO_CONNECTION: Final = "never sent, as no connection could be had: nothing of it was written"
 _NOT_OPENED: Final = "never sent, as the store could not be opened: nothing of it was written"
-
-
-_CLOSER: Final = "fallback_saga-pool-closer"
-
-async def _close_pool_when_cancelled(pool: AsyncConnectionPool[Any]) -> None:
-    """Wait until cancelled, then close ``pool`` (unless it is closed).
-
-    ``asyncio.run`` (``asyncio.Runner``) ends by cancelling every task left,
-    and waits for them all. psycopg_pool's maintenance workers count a
-    ``CancelledError`` that lands in their work (a connection being added as
-    the pool grows, or one replacing a broken connection) among the errors
-    a worker survives, and go back to wait for more work: a loop that ended
-    with the store open (a sync app's request that returned, a service's
-    Ctrl-C) waited for ever. This task is cancelled with them, and closing
-    the pool tells its workers to stop — once every other task is done: what
-    the loop's end cancelled along with this one (a worker handing its sagas
-    off, a saga unwinding) may still write through the pool.
-    (``PostgresSagaStore.close`` closes the pool itself first.)"""
-    try:
-        await asyncio.get_running_loop().create_future()
-    except asyncio.CancelledError:
-        # (Only when cancelled: a task never cancelled — made while the loop
-        # ended — is dropped with its loop, and must not wait in that.)
-        if not pool.closed:
-            await _after_the_rest()
-            await pool.close()
-        raise
-
-
-async def _close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerator[None, None]:
-    """Closes ``pool`` (unless it is closed) when the loop's end closes this
-    generator (``shutdown_asyncgens``, once the tasks it cancelled are done):
-    a pool opened while the loop ended (by a write that its end cancelled,
-    made before any task of the pool's was there to cancel) is closed too,
-    its workers told to stop, instead of dropped with the loop."""
-    try:
-        yield
-    finally:
-        if not pool.closed:
-            await pool.close()
-
-
-# The tasks of the stores' own pools (psycopg_pool names its scheduler and
-# workers after the pool) and of their closers: never waited for by a closer
-# (they would wait for each other).
-_POOL_TASKS: Final = ("fallback_saga-worker-", "fallback_saga-scheduler", _CLOSER)
-
-
-async def _after_the_rest() -> None:
-    """Return once every task of the loop is done but the pools' own."""
-    me = asyncio.current_task()
-    while rest := [
-        task for task in asyncio.all_tasks()
-        if task is not me and not task.get_name().startswith(_POOL_TASKS)
-    ]:
-        await asyncio.wait(rest)
 
 
 class PooledStore:
@@ -244,7 +190,7 @@ class PooledStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0  # the process whose loop that is
         # Closes the own pool when the loop's end cancels every task (see
-        # _close_pool_when_cancelled); None while no own pool is open.
+        # close_pool_when_cancelled); None while no own pool is open.
         self._pool_closer: asyncio.Task[None] | None = None
         self._pool_guard: AsyncGenerator[None, None] | None = None  # the same, later
 
@@ -382,9 +328,9 @@ class PooledStore:
             raise
         self._pool = pool
         self._pool_closer = asyncio.get_running_loop().create_task(
-            _close_pool_when_cancelled(pool), name=_CLOSER
+            close_pool_when_cancelled(pool), name=CLOSER
         )
-        guard = _close_pool_at_loop_end(pool)
+        guard = close_pool_at_loop_end(pool)
         await anext(guard)  # known to the loop from now on
         self._pool_guard = guard
 

@@ -1,0 +1,78 @@
+"""A PostgreSQL store's own pool, closed when its event loop ends.
+
+psycopg_pool's maintenance workers survive the cancellation ``asyncio.run``
+ends with, and a loop that ended with the store open would wait for them
+for ever. A store that opens its own pool (``_postgres_pool.PooledStore``)
+starts ``close_pool_when_cancelled`` in a task of its own (named
+``CLOSER``) and ``close_pool_at_loop_end``'s generator with it: whichever
+the loop's end reaches closes the pool, once the other tasks are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    # Types only: the driver is an optional extra.
+    from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["CLOSER", "close_pool_at_loop_end", "close_pool_when_cancelled"]
+
+CLOSER: Final = "fallback_saga-pool-closer"
+
+
+async def close_pool_when_cancelled(pool: AsyncConnectionPool[Any]) -> None:
+    """Wait until cancelled, then close ``pool`` (unless it is closed).
+
+    ``asyncio.run`` (``asyncio.Runner``) ends by cancelling every task left,
+    and waits for them all. psycopg_pool's maintenance workers count a
+    ``CancelledError`` that lands in their work (a connection being added as
+    the pool grows, or one replacing a broken connection) among the errors
+    a worker survives, and go back to wait for more work: a loop that ended
+    with the store open (a sync app's request that returned, a service's
+    Ctrl-C) waited for ever. This task is cancelled with them, and closing
+    the pool tells its workers to stop — once every other task is done: what
+    the loop's end cancelled along with this one (a worker handing its sagas
+    off, a saga unwinding) may still write through the pool.
+    (``PostgresSagaStore.close`` closes the pool itself first.)"""
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        # (Only when cancelled: a task never cancelled — made while the loop
+        # ended — is dropped with its loop, and must not wait in that.)
+        if not pool.closed:
+            await _after_the_rest()
+            await pool.close()
+        raise
+
+
+async def close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerator[None, None]:
+    """Closes ``pool`` (unless it is closed) when the loop's end closes this
+    generator (``shutdown_asyncgens``, once the tasks it cancelled are done):
+    a pool opened while the loop ended (by a write that its end cancelled,
+    made before any task of the pool's was there to cancel) is closed too,
+    its workers told to stop, instead of dropped with the loop."""
+    try:
+        yield
+    finally:
+        if not pool.closed:
+            await pool.close()
+
+
+# The tasks of the stores' own pools (psycopg_pool names its scheduler and
+# workers after the pool: ``name="fallback_saga"``, PooledStore._open_own_pool)
+# and of their closers: never waited for by a closer (they would wait for
+# each other).
+_POOL_TASKS: Final = ("fallback_saga-worker-", "fallback_saga-scheduler", CLOSER)
+
+
+async def _after_the_rest() -> None:
+    """Return once every task of the loop is done but the pools' own."""
+    me = asyncio.current_task()
+    while rest := [
+        task for task in asyncio.all_tasks()
+        if task is not me and not task.get_name().startswith(_POOL_TASKS)
+    ]:
+        await asyncio.wait(rest)
