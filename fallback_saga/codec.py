@@ -18,7 +18,8 @@ cannot carry as itself is written **tagged**: ``{"$fs": [tag, payload]}``
     datetime, time          ["datetime", "2024-05-01T12:30:00+05:30"], or
                             ["datetime", [wall-clock ISO, zone, fold]] for a
                             named zone (zone: ["zone", "Europe/Paris"] or
-                            ["offset", microseconds, name]) or fold=1
+                            ["offset", microseconds, name]), an offset of
+                            microseconds only, or fold=1
     date                    ["date", "2024-05-01"]
     timedelta               ["timedelta", [days, seconds, microseconds]]
     UUID                    ["uuid", "12345678-..."]
@@ -902,11 +903,11 @@ def _tz(zone: tzinfo | None, value: Any, path: str) -> Any:
     if zone is None:
         return None
     if type(zone) is timezone:
-        offset = zone.utcoffset(None)
-        name = zone.tzname(None)
-        default = timezone(offset).tzname(None)
+        # Its own arguments: a name given (even "UTC", or one that reads like
+        # the default "UTC+01:00") is kept; its tzname() cannot tell.
+        offset, *named = zone.__getinitargs__()  # type: ignore[attr-defined]
         micros = (offset.days * 86_400 + offset.seconds) * 1_000_000 + offset.microseconds
-        return ["offset", micros, None if name == default else name]
+        return ["offset", micros, named[0] if named else None]
     # zoneinfo is looked up, not imported: importing it costs every user (it reads
     # sysconfig), and a ZoneInfo here means it is loaded already.
     zoneinfo = sys.modules.get("zoneinfo")
@@ -923,7 +924,11 @@ def _tz(zone: tzinfo | None, value: Any, path: str) -> Any:
 
 def _moment(value: datetime | time, path: str, depth: int) -> Any:
     zone = _tz(value.tzinfo, value, path)
-    if value.fold == 0 and (zone is None or (zone[0] == "offset" and zone[2] is None)):
+    # ISO 8601 for no zone or an unnamed offset, but not an offset of
+    # microseconds only: fromisoformat reads "+00:00:00.000005" as UTC.
+    if value.fold == 0 and (
+        zone is None or (zone[0] == "offset" and zone[2] is None and zone[1] % 1_000_000 == 0)
+    ):
         return value.isoformat()
     return [value.replace(tzinfo=None, fold=0).isoformat(), zone, value.fold]
 

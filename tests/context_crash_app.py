@@ -391,7 +391,9 @@ def _moment_difference(a: Any, b: Any, where: str) -> str | None:
     if za is None or zb is None:
         return None if za is zb else f"{where}: naive and aware: {a!r} != {b!r}"
     if type(za) is type(zb):
-        return None if za == zb else f"{where}: zone {za!r} != {zb!r}"
+        # (timezone's == compares offsets only: a name given to it counts too)
+        same = za.__getinitargs__() == zb.__getinitargs__() if type(za) is timezone else za == zb
+        return None if same else f"{where}: zone {za!r} != {zb!r}"
     fixed = za.utcoffset(None)
     if fixed is not None and zb.utcoffset(None) == fixed:
         return None

@@ -155,6 +155,64 @@ def test_S14_a_named_zone_stays_a_named_zone() -> None:
     assert (back + timedelta(days=1)).utcoffset() == timedelta(hours=1)  # after the DST change
 
 
+NAMED_UTC = timezone(timedelta(0), "UTC")
+NAMED_ZONES = {
+    "named-utc": datetime(2024, 1, 1, 9, tzinfo=NAMED_UTC),
+    "named-like-default": datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=1), "UTC+01:00")),
+    "named-ist": datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30), "IST")),
+    "microsecond-offset": datetime(2024, 1, 1, tzinfo=timezone(timedelta(microseconds=5))),
+    "named-utc-time": time(9, 30, tzinfo=NAMED_UTC),
+    "microsecond-offset-time": time(9, 30, tzinfo=timezone(timedelta(microseconds=-5))),
+    "named-fold": datetime(2024, 1, 1, fold=1, tzinfo=NAMED_UTC),
+}
+
+
+@dataclasses.dataclass
+class Moments(SagaContext):
+    when: datetime | None = None
+    at: time | None = None
+    anything: Any = None
+
+
+@pytest.mark.parametrize("value", NAMED_ZONES.values(), ids=NAMED_ZONES)
+def test_S14_a_fixed_offset_zone_keeps_its_name_and_offset(value: datetime | time) -> None:
+    # timezone == compares offsets only: a named "UTC" came back timezone.utc
+    # (another repr), and fromisoformat reads an offset of microseconds as UTC.
+    typed = Moments(when=value) if isinstance(value, datetime) else Moments(at=value)
+    for context in (typed, Moments(anything=value), Loose(bag={"v": value}, items=[value])):
+        back = resumed(context)
+
+        assert_identical(context, back)
+        moment = next(v for v in vars(back).values() if v is not None and v != {} and v != [])
+        if isinstance(moment, dict):
+            moment = moment["v"]
+        assert repr(moment) == repr(value)
+        assert moment.tzname() == value.tzname()
+
+
+def test_an_unnamed_offset_keeps_its_iso_form_and_old_zone_forms_decode_as_before() -> None:
+    # The journal form of what was exact already is unchanged, and what the
+    # previous form wrote for a named zone (no name when it read like the
+    # default one) still decodes, to what it decoded to.
+    assert context_to_dict(Moments(when=datetime(2024, 1, 1, tzinfo=UTC)))["when"] == (
+        "2024-01-01T00:00:00+00:00"
+    )
+    assert context_to_dict(Moments(anything=datetime(2024, 1, 1, tzinfo=IST)))["anything"] == {
+        "$fs": ["datetime", "2024-01-01T00:00:00+05:30"]
+    }
+    old = {
+        "when": {"$fs": ["datetime", ["2024-01-01T00:00:00", ["offset", 0, None], 1]]},
+        "at": "09:30:00+00:00",
+        "anything": {"$fs": ["datetime", ["2024-01-01T00:00:00", ["offset", 3_600_000_000, "CET"], 0]]},
+    }
+
+    back = context_from_dict(Moments, old)
+
+    assert back.when.tzinfo is UTC and back.when.fold == 1
+    assert back.at.tzinfo is UTC
+    assert repr(back.anything.tzinfo) == repr(timezone(timedelta(hours=1), "CET"))
+
+
 # --------------------------------------------------------------------------- no collision
 
 
