@@ -114,9 +114,11 @@ NOT_DATA = (
 FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
 
 
-#: Per dataclass context class in ``FIELD_PLANS``: how many fields it has,
-#: when an attribute beyond them would not come back from the journal; -1 or
-#: -2 when that need not be checked (see ``_width``). Set with its plan.
+#: Per dataclass (a context class in ``FIELD_PLANS``, or one met inside a
+#: context): how many attributes its instances hold in ``__dict__``, all of
+#: its fields among them, when an attribute beyond those would not come back
+#: from the journal; -2 when there is nothing to check, -3 when every write
+#: scans (see ``_width``). Set with its plan.
 FIELD_WIDTHS: dict[type, int] = {}
 
 
@@ -129,10 +131,13 @@ def encode_context(context: object) -> dict[str, Any]:
     # S14: an attribute that is not a field would be missing after a resume.
     # One len per write; the attributes are looked at only when it differs.
     width = FIELD_WIDTHS[cls]
-    if width >= 0 and len(context.__dict__) != width:
-        _refuse_extras(context, "")
     out: dict[str, Any] = {}
     try:
+        if width >= 0:
+            if len(context.__dict__) != width:
+                _refuse_extras(context, "", 0)
+        elif width == _SCAN and context.__dict__:  # (slots, and an empty __dict__: none)
+            _refuse_extras(context, "", 0)
         for name, encode, plain in plan:
             value = getattr(context, name)
             out[name] = value if value.__class__ in plain else encode(value, name, 1)
@@ -172,9 +177,11 @@ def encode_structure(context: object) -> dict[str, Any]:
     try:
         if dataclasses.is_dataclass(cls):
             plan = FIELD_PLANS.get(cls) or _field_plan(cls)
-            width = _width(cls)
-            if width >= 0 and len(context.__dict__) != width:
-                _refuse_extras(context, "")
+            width = FIELD_WIDTHS.get(cls) or _width(cls)
+            if (width == _SCAN and context.__dict__) or (
+                width >= 0 and len(context.__dict__) != width
+            ):
+                _refuse_extras(context, "", 0)
             return _encode_fields(context, plan, "", 0)  # type: ignore[no-any-return]
         if "__dict__" in dir(cls) and not getattr(cls, "__slots__", ()):
             return _encode_state(context, "", 0)  # type: ignore[no-any-return]
@@ -305,50 +312,99 @@ def _refuse_unset(value: object, name: str, path: str) -> None:
     raise error from None
 
 
+#: ``FIELD_WIDTHS``: every write scans the instance's ``__dict__`` — its
+#: class keeps fields in slots (a slots dataclass whose instances have a
+#: ``__dict__`` too: a subclass without slots, ``"__dict__"`` in its
+#: ``__slots__``), or its ``__post_init__`` derives attributes not yet seen.
+_SCAN = -3
+
+
 def _width(cls: type) -> int:
-    """How many fields a dataclass has, when its instances keep them in
-    ``__dict__`` and an attribute there beyond them would not come back from
-    the journal: a dataclass is rebuilt from its fields. Else -1 when they are
-    in ``__dict__`` but ``__post_init__`` runs on reading back
-    (``decoding.post_init_plan``) and derives again what it sets beyond them
-    (an index, a cache: docs/mechanics.md); -2 when they are not all in
-    ``__dict__`` (slots): then a scan of ``__dict__`` says nothing of them,
-    and the fast checks that make one (``check_serializable``, the
-    executor's) must not be taken."""
+    """How many attributes a dataclass's instances hold in ``__dict__``, when
+    all of its fields are there and an attribute beyond them would not come
+    back from the journal: a dataclass is rebuilt from its fields. Else
+    ``_SCAN`` (-3): its fields are not all in ``__dict__`` (slots) but its
+    instances have one, which may hold attributes beyond them; or its
+    ``__post_init__`` runs on reading back (``decoding.post_init_plan``) and
+    derives again what it sets beyond them (an index, a cache:
+    docs/mechanics.md) — learnt at the first write (``_refuse_extras``), which
+    then gives the width. -2: no ``__dict__`` (slots only), nothing to check.
+    Only a width >= 0 lets the fast checks that scan ``__dict__`` alone
+    (``check_serializable``, the executor's) be taken: slots they would miss."""
     if not fields_in_dict(cls):
-        return -2
+        return _SCAN if "__dict__" in dir(cls) else -2
     if post_init_plan(cls)[0] is not None:
-        return -1
+        return _SCAN
     return len(fields(cls))
 
 
 # Per dataclass: the attribute names that come back from the journal (its
-# fields) or that it derives again (a cached_property's), as met.
+# fields) or that it derives again (a cached_property's, what its
+# ``__post_init__`` sets on reading back), as met.
 _KEPT_NAMES: dict[type, set[str]] = {}
 
 
-def _refuse_extras(value: Any, path: str) -> None:
+def _refuse_extras(value: Any, path: str, depth: int) -> None:
     """Refuse ``value``'s first attribute that is not one of its dataclass's
     fields (S14: the resumed run would not have it), naming it. One the class
-    derives again (a ``functools.cached_property``: a descriptor of that name)
-    is not refused. (A field missing from ``__dict__`` is left to the encoder.)"""
+    derives again is not refused: a ``functools.cached_property`` (a
+    descriptor of that name), or one its ``__post_init__`` sets when it runs
+    on reading back — found by reading back a copy, once per name. (A field
+    missing from ``__dict__`` is left to the encoder.)"""
     cls = type(value)
     names = _KEPT_NAMES.get(cls)
     if names is None:
         names = _KEPT_NAMES[cls] = {field.name for field in fields(cls)}
-    for name, item in vars(value).items():
+    state = vars(value)
+    if names.issuperset(state):
+        _learn_width(cls, len(state))
+        return
+    learnt = False
+    for name, item in list(state.items()):
         if name in names:
             continue
         if hasattr(inspect.getattr_static(cls, name, None), "__get__"):
             names.add(name)  # (a class whose cached_property is set pays this once)
             continue
+        if not learnt and post_init_plan(cls)[0] is not None:
+            learnt = True
+            names.update(_derived_names(value, path, depth))
+            if name in names:
+                continue
         raise ContextSerializationError(
             f"{path}.{name}" if path else name,
             item,
             f"{name!r} is not a field of {cls.__qualname__}: a resumed run would not have it, "
-            f"since a dataclass is read back from its fields; declare it as a field "
-            f"({name}: <type> = <default>), or keep it off the context",
+            f"since a dataclass is read back from its fields"
+            f"{' (and its __post_init__ does not set it)' if learnt else ''}; declare it as "
+            f"a field ({name}: <type> = <default>), or keep it off the context",
         )
+    _learn_width(cls, len(state))
+
+
+def _learn_width(cls: type, width: int) -> None:
+    """After a write found no attribute the journal would lose: the width of
+    a class whose ``__post_init__`` derives attributes, so that the next
+    writes (and the fast checks) compare one length instead of scanning."""
+    if FIELD_WIDTHS.get(cls) == _SCAN and fields_in_dict(cls):
+        FIELD_WIDTHS[cls] = width
+
+
+def _derived_names(value: Any, path: str, depth: int) -> set[str]:
+    """The attributes a dataclass instance has once read back from its journal
+    form (its ``__post_init__`` run), as a resume would: from a copy, so that
+    the instance itself is not touched."""
+    cls = type(value)
+    try:
+        form = _encode_fields(value, FIELD_PLANS.get(cls) or _field_plan(cls), path, depth)
+        copy = decode_dataclass(cls, form, path)
+    except ContextDecodeError as exc:  # its __post_init__ refuses its own values
+        raise ContextSerializationError(
+            path or "<context>",
+            value,
+            f"it would not read back from the journal: {exc}",
+        ) from None
+    return set(vars(copy))
 
 
 _STATE_PLANS: dict[type, dict[str, _Typed]] = {}
@@ -401,11 +457,14 @@ def _object_encoder(cls: type) -> _Encoder | None:
     kind = kind_of(cls)
     if kind is Kind.DATACLASS:
         plan = _field_plan(cls)
-        width = _width(cls)
+        widths = FIELD_WIDTHS
+        if cls not in widths:
+            widths[cls] = _width(cls)
 
         def encode(value: Any, path: str, depth: int) -> Any:
-            if width >= 0 and len(value.__dict__) != width:
-                _refuse_extras(value, path)
+            width = widths[cls]
+            if (width == _SCAN and value.__dict__) or (width >= 0 and len(value.__dict__) != width):
+                _refuse_extras(value, path, depth)
             return _encode_fields(value, plan, path, depth)
 
     elif kind is Kind.STATE:

@@ -644,7 +644,7 @@ def check_serializable(context: object) -> None:
     if (
         state is not None
         # A __dict__ of its fields only (not an extra attribute, no field in a slot):
-        and ((width := FIELD_WIDTHS.get(context.__class__, -2)) == len(state) or width == -1)
+        and FIELD_WIDTHS.get(context.__class__, -2) == len(state)
         and _JSON_SCALARS.issuperset(map(type, state.values()))
     ):
         return

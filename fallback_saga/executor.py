@@ -278,8 +278,7 @@ class Execution(UnwindingRun):
             # attribute beyond them is refused, S14; fields in slots the scan would miss.)
             self.scalars = scalars = (
                 state is not None
-                and ((width := FIELD_WIDTHS.get(context.__class__, -2)) == len(state)
-                     or width == -1)
+                and FIELD_WIDTHS.get(context.__class__, -2) == len(state)
                 and _JSON_SCALARS.issuperset(map(type, state.values()))
             )
             if not scalars:

@@ -6,8 +6,10 @@ so an attribute set on it that is not a field — by the caller before the run
 crash and a resume, where the first run had it. Such an attribute is refused
 like any value that cannot be carried: before the first step when the context
 holds it from the start, at the write of the step that added it otherwise,
-naming the attribute. What the class derives again on reading back is not
-refused: an attribute its ``__post_init__`` sets, a ``functools.cached_property``.
+naming the attribute — whatever the dataclass's shape: fields in slots and a
+``__dict__`` too, a ``__post_init__``. What the class derives again on reading
+back is not refused: an attribute its ``__post_init__`` sets, a
+``functools.cached_property``.
 """
 
 from __future__ import annotations
@@ -266,3 +268,99 @@ async def test_S12_a_field_never_given_a_value_is_refused_before_the_first_step_
     assert f"context field {path!r} has no value" in str(refused.value)
     assert "init=False" in str(refused.value)
     assert CALLS == []
+
+
+# --------------------------------------------------------------------------- more shapes
+
+
+@dataclasses.dataclass(slots=True)
+class SlotLine:
+    sku: str = "sku-1"
+
+
+class OpenSlotLine(SlotLine):
+    """A subclass without ``__slots__``: its instances have a ``__dict__``."""
+
+
+@dataclasses.dataclass(slots=True)
+class OpenSlotted(SagaContext):
+    """Its fields in slots, and a ``__dict__`` (from ``SagaContext``)."""
+
+    order_id: str = "o-1"
+
+
+@dataclasses.dataclass
+class SlotsAndDict:
+    __slots__ = ("__dict__", "sku")
+    sku: str
+
+
+@dataclasses.dataclass
+class Keyed(SagaContext):
+    """Its ``__post_init__`` derives ``key``: only ``key`` comes back."""
+
+    order_id: str = "o-1"
+    line: Any = None
+
+    def __post_init__(self) -> None:
+        self.key = self.order_id.upper()
+
+
+@dataclasses.dataclass
+class KeyedLine:
+    sku: str = "sku-1"
+
+    def __post_init__(self) -> None:
+        self.key = self.sku.upper()
+
+
+class OpenSlottedSaga(Saga[OpenSlotted]):
+    steps: ClassVar[list[Any]] = [Touch]
+
+
+class KeyedSaga(Saga[Keyed]):
+    steps: ClassVar[list[Any]] = [Touch]
+
+
+BEYOND = {
+    "slots-context-with-a-dict": (
+        OpenSlottedSaga, lambda: _with_extra(OpenSlotted(), note=1), "note"
+    ),
+    "slots-subclass-with-a-dict": (
+        HolderSaga, lambda: Holder(line=_with_extra(OpenSlotLine(), note=1)), "line.note"
+    ),
+    "dict-in-slots": (
+        HolderSaga, lambda: Holder(line=_with_extra(SlotsAndDict("s"), note=1)), "line.note"
+    ),
+    "post-init-context": (KeyedSaga, lambda: _with_extra(Keyed(), note=1), "note"),
+    "post-init-nested": (
+        HolderSaga, lambda: Holder(line=_with_extra(KeyedLine(), note=1)), "line.note"
+    ),
+}
+
+
+@pytest.mark.parametrize(("saga_class", "make", "path"), BEYOND.values(), ids=BEYOND)
+async def test_S14_an_attribute_beyond_the_fields_is_refused_whatever_the_dataclass_shape(
+    every_store: Any, saga_class: Any, make: Any, path: str
+) -> None:
+    """A slots dataclass whose instances have a ``__dict__`` too, a dataclass
+    with a ``__post_init__`` (that does not set it): an attribute beyond the
+    fields was journaled without a word, and missing after a resume."""
+    for saga_id in ("b-1", "b-2"):  # the second: the class is known by then
+        with pytest.raises(ContextSerializationError) as info:
+            await saga_class(store=every_store).run(make(), saga_id=saga_id)
+        assert info.value.path == path
+        assert "not a field" in str(info.value)
+    assert CALLS == []
+
+
+def test_S14_what_post_init_derives_comes_back_and_is_not_refused() -> None:
+    context = Keyed(line=KeyedLine())
+    check_serializable(context)
+
+    back = context_from_dict(Keyed, decode_json(encode_json(context_to_dict(context))))
+
+    assert (back.key, back.line.key) == ("O-1", "SKU-1")
+    assert_identical(context, back)
+    with pytest.raises(ContextSerializationError, match="does not set it"):
+        context_to_dict(_with_extra(Keyed(), other=2))
