@@ -35,6 +35,7 @@ from fallback_saga import (
     SQLiteSagaStore,
 )
 from fallback_saga.context import check_serializable, context_from_dict, context_to_dict
+from fallback_saga.store._common import decode_json, encode_json
 
 IST = timezone(timedelta(hours=5, minutes=30))
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
@@ -393,9 +394,23 @@ async def test_S12_a_step_that_writes_an_unjournalable_value_fails_at_that_write
 # --------------------------------------------------------------------------- the property
 
 
-def offsets() -> st.SearchStrategy[tzinfo]:
+@st.composite
+def offsets(draw: st.DrawFn) -> tzinfo:
+    # (composite: its repr in the strategies' is short)
     minutes = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59)
-    return st.builds(lambda m: timezone(timedelta(minutes=m)), minutes) | st.just(UTC)
+    day = timedelta(days=1) - timedelta(microseconds=1)
+    second = timedelta(seconds=1) - timedelta(microseconds=1)
+    any_offset = st.timedeltas(min_value=-day, max_value=day)
+    return draw(
+        st.builds(lambda m: timezone(timedelta(minutes=m)), minutes)
+        | st.just(UTC)
+        # given a name (one that reads as the default too: "UTC" is not
+        # timezone.utc), or of seconds, or of microseconds only
+        | st.builds(timezone, any_offset, st.sampled_from(["IST", ""]))
+        | st.builds(lambda offset: timezone(offset, timezone(offset).tzname(None)), any_offset)
+        | st.builds(timezone, any_offset)
+        | st.builds(timezone, st.timedeltas(min_value=-second, max_value=second))
+    )
 
 
 zones = st.none() | offsets() | st.timezones()
@@ -405,11 +420,13 @@ hashable_leaves = (
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=5)
+    | st.text(st.sampled_from("a\x00\ud83d\ude00\udc80"), max_size=4)  # NUL, lone surrogates
     | st.decimals(allow_nan=False, places=None)
     | st.dates()
     | st.datetimes(timezones=zones)
-    | st.builds(lambda d: d.replace(fold=1), st.datetimes(timezones=st.timezones()))
+    | st.builds(lambda d: d.replace(fold=1), st.datetimes(timezones=zones))
     | st.times(timezones=st.none() | offsets())
+    | st.builds(lambda t: t.replace(fold=1), st.times(timezones=st.none() | offsets()))
     | st.timedeltas()
     | st.uuids()
     | st.binary(max_size=6)
@@ -465,7 +482,8 @@ contexts = st.builds(
 def test_property_every_accepted_context_resumes_with_identical_types(context: Loose) -> None:
     data = context_to_dict(context)  # every generated value is one that is carried
 
-    back = context_from_dict(Loose, json.loads(json.dumps(data)))
+    # Through the stores' JSON text (it keeps two adjacent lone surrogates apart).
+    back = context_from_dict(Loose, decode_json(encode_json(data)))
 
     found = difference(context, back)
     assert found is None, found
@@ -476,7 +494,9 @@ def test_property_every_accepted_context_resumes_with_identical_types(context: L
 def test_property_the_journal_form_is_json_only(context: Loose) -> None:
     data = context_to_dict(context)
 
-    assert json.loads(json.dumps(data, allow_nan=False)) == data
+    # (ensure_ascii=False: escaped, two adjacent lone surrogates would read
+    # back joined, which the stores' JSON text sees to: store/_common.py)
+    assert json.loads(json.dumps(data, allow_nan=False, ensure_ascii=False)) == data
 
 
 def test_the_strict_equality_tells_apart_what_equality_does_not() -> None:
