@@ -21,10 +21,24 @@ what the contract needs: one snapshot (S2), two journal tuples, a cursor
 update for ``current_step()``. Listener hooks are resolved once per saga
 instance; with no listener, nothing is called.
 
-A run that cannot complete unwinds its compensation stack, or stops for
-recovery when its journal fails: that is ``unwinding.UnwindingRun``, the
-base class ``Execution`` drives forward from (the unwinding runs shielded
-from cancellation, S8).
+A run is one object whose parts live in a chain of base classes, one
+concept per module, each the next one's base:
+
+* ``write_ahead.JournaledRun``: the journal and its writes (S13);
+* ``unwinding.UnwindingRun``: how a run that cannot complete unwinds its
+  compensation stack, or stops for recovery when its journal fails (the
+  unwinding runs shielded from cancellation, S8);
+* ``stepping.SteppingRun``: a step's ``act`` the general way (retries,
+  breaker, timeout, Fallback, step listeners) and what a failed, cancelled
+  or crashed act leaves in the journal;
+* ``completion.CompletingRun``: how a completed run is recorded, told and
+  returned (``SagaResult``);
+* ``Execution`` (here): the run itself — its start, and the loops that
+  drive the plan forward, with a plain step's work inlined in them.
+
+Base classes, not helper objects: on the success path a step costs what it
+did when they were all one class (a method of a base is found through the
+run's class, cached; no object or call layer more per step).
 """
 
 from __future__ import annotations
@@ -34,17 +48,15 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from .codec import FIELD_WIDTHS
 from .compact_journal import Shape
+from .completion import CompletingRun, SagaResult, _saga_result
 from .context import (
     _DICT_ONLY,
     _IMMUTABLE,
     _JSON_SCALARS,
-    StepSnapshot,
     check_serializable,
     context_to_dict,
     freeze_context,
@@ -52,81 +64,26 @@ from .context import (
     step_snapshot,
     step_snapshot_to_dict,
 )
-from .errors import ContextSerializationError, SagaFailed
-from .events import StepCall, emit
-from .group_run import IN_A_MEMBER, Lane, LaneCursor, run_group
+from .events import emit
+from .group_run import LaneCursor, run_group
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
-from .redaction import withheld
 from .run_settings import RunSettings
-from .shielding import (
-    cancellation_behind,
-    cancelled_again,
-    land_pending_cancellation,
-    outer_run_cancelled,
-    reset_var,
-    running_task,
-)
+from .shielding import reset_var, running_task
 from .status import RAW_COMPLETED as _COMPLETED
-from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
-from .step import _CURSOR, COROUTINE, SagaStepResult, StepCursor, unawaited
+from .step import _CURSOR, COROUTINE, SagaStepResult, unawaited
 from .store._common import check_saga_id
 from .store.base import Lease
-from .unwinding import UnwindingRun
 from .write_ahead import JournalWriteFailed
 
 __all__ = ["SagaResult"]
-
-ContextT = TypeVar("ContextT")
-T = TypeVar("T")
 
 # A saga's statuses as the hot path sets them: a module global is read for
 # free, an enum's member through its class costs ~45 ns on CPython 3.11.
 _RUNNING = SagaStatus.RUNNING
 _SAGA_COMPLETED = SagaStatus.COMPLETED
-_SAGA_FAILED = SagaStatus.FAILED
-_CancelledError = asyncio.CancelledError
 _now = time.time
-
-
-@dataclass(frozen=True, slots=True)
-class SagaResult(Generic[ContextT]):
-    """A saga that completed: every step's ``act`` returned."""
-
-    saga_id: str
-    status: SagaStatus
-    context: ContextT
-    results: list[SagaStepResult[ContextT, Any]]
-
-    def __repr__(self) -> str:
-        # The context may hold secrets: its class only (redaction.py).
-        return (
-            f"SagaResult(saga_id={self.saga_id!r}, status={self.status!r}, "
-            f"context={withheld(self.context)}, results={self.results!r})"
-        )
-
-
-_new_object = object.__new__
-_RESULT_SLOTS = tuple(
-    SagaResult.__dict__[name].__set__ for name in ("saga_id", "status", "context", "results")
-)
-
-
-def _saga_result(
-    saga_id: str, status: SagaStatus, context: Any, results: list[Any]
-) -> SagaResult[Any]:
-    """``SagaResult(...)`` without its generated ``__init__`` (four
-    ``object.__setattr__`` calls: a frozen dataclass's), on every completed run."""
-    result: SagaResult[Any] = _new_object(SagaResult)
-    set_id, set_status, set_context, set_results = _RESULT_SLOTS
-    set_id(result, saga_id)
-    set_status(result, status)
-    set_context(result, context)
-    set_results(result, results)
-    return result
-
-
 _new_tuple = tuple.__new__
 
 
@@ -178,7 +135,7 @@ def running_execution() -> Execution | None:
     return None
 
 
-class Execution(UnwindingRun):
+class Execution(CompletingRun):
     """The state of one saga run. Not reusable; not shared between tasks.
 
     It is also the run's ``StepCursor`` (what ``current_step()`` reads) and,
@@ -192,13 +149,9 @@ class Execution(UnwindingRun):
 
     __slots__ = (
         "allow_changed_definition",
-        "cancels",
-        "crashed_calls",
         "created_at",
         "driven_in",
         "fingerprint",
-        "primary_error",
-        "results",
         "resumed",
         "scalars",
         "shape",
@@ -214,9 +167,6 @@ class Execution(UnwindingRun):
     # a closed loop would be kept from the collector, which closes it).
     driven_in: asyncio.AbstractEventLoop | None
 
-    # Set by a resume only (Saga._execution_at), read only when ``resumed``:
-    # the branches whose calls the crashed run was making (see try_branch).
-    crashed_calls: tuple[Branch, ...]
     # Set by a resume only, read only when ``resumed``: the operator's
     # override of a changed definition, which the child sagas this run
     # drives (SubSaga) are resumed or unwound with too.
@@ -612,77 +562,6 @@ class Execution(UnwindingRun):
             return [response]
         return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
 
-    def complete_live(self, cancelled: BaseException | None = None) -> SagaResult[Any]:
-        """``complete`` on an in-process store: nothing to await.
-        ``cancelled``: see ``_complete_then_cancel``."""
-        # The final state, frozen (no snapshot to take when it is flat).
-        self.image = freeze_context(self.context)
-        self.status = _SAGA_COMPLETED
-        # Nothing more to unwind: the run keeps no child's error (it holds,
-        # through its traceback, a frame that holds this run: a cycle).
-        self.left_undone = None
-        self.store.finished(self)  # type: ignore[attr-defined]
-        if self.hooks.saga_finished:
-            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, cancelled)
-        return _saga_result(self.saga_id, self.status, self.context, self.results)
-
-    async def complete(self, cancelled: BaseException | None = None) -> SagaResult[Any]:
-        """``cancelled``: see ``_complete_then_cancel``."""
-        if self.live:
-            return self.complete_live(cancelled)
-        # S13: the caller hears "completed" only once the journal says so.
-        self.pending_status = SagaStatus.COMPLETED
-        failure: JournalWriteFailed | None = None
-        try:
-            await self.flush()
-        except JournalWriteFailed as error:
-            failure = error
-        except asyncio.CancelledError:
-            await self._cancelled_at_the_end()
-            raise
-        if failure is not None:
-            try:
-                if isinstance(failure.error, ContextSerializationError):
-                    # The last step left a context the journal cannot hold.
-                    await self._unwind_refused_context(self.fail(failure))
-                raise self._interrupted(failure.error)
-            finally:
-                failure = None  # no local keeps it: its traceback holds this frame
-        self.status = SagaStatus.COMPLETED
-        self.left_undone = None  # see complete_live
-        if self.hooks.saga_finished:
-            emit(self.hooks.saga_finished, self.saga_id, self.saga_name, self.status, cancelled)
-        return _saga_result(self.saga_id, self.status, self.context, self.results)
-
-    async def _cancelled_at_the_end(self) -> None:
-        """The caller was cancelled while the saga's completion was written.
-        The write has finished either way (see ``flush``); the listeners hear
-        how the saga ended, as the journal has it, before the caller's
-        ``CancelledError`` propagates."""
-        if self.journaled_status is _SAGA_COMPLETED:
-            self.status = _SAGA_COMPLETED  # it landed: the saga is done
-            self.left_undone = None  # see complete_live
-            self._announce_finish(asyncio.CancelledError())
-        elif self.context_refused:
-            # The store refused the context the last step left: unwind, as
-            # ``complete`` does for a caller still waiting.
-            await self._unwind_refused_context(self.abort())
-        else:
-            # Refused for good: left for recovery, as ``complete`` would leave it.
-            self._report_interruption()
-            self._announce_finish(asyncio.CancelledError())
-
-    async def _unwind_refused_context(self, unwinding: Coroutine[Any, Any, None]) -> None:
-        """``unwinding`` (the run's ``fail`` or ``abort``) after the run's
-        steps have ended: with this run as the current step cursor again,
-        as while the steps ran, so that each ``compensate`` can ask
-        ``current_step()`` for its idempotency key."""
-        token = _CURSOR.set(self)
-        try:
-            await unwinding
-        finally:
-            reset_var(_CURSOR, token)
-
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""
         self.begin()
@@ -698,390 +577,6 @@ class Execution(UnwindingRun):
         finally:
             reset_var(_CURSOR, token)
             self.driven_in = None  # let go: see driven_in
-
-    # ------------------------------------------------------------------ forward
-
-    async def run_fallback(
-        self, plan: FallbackPlan, snapshot: StepSnapshot, lane: Lane | None = None
-    ) -> tuple[Branch, Any]:
-        """``plan``'s primary, then its fallback if the primary fails (S3);
-        ``snapshot``: the context as the step began (the lane's, in a group)."""
-        rule = plan.rule
-        try:
-            return plan.primary, await self.try_branch(plan.primary, snapshot, plan, lane)
-        except Exception as error:
-            if not rule.should_fall_back(error) or outer_run_cancelled():  # see _falls_back
-                raise
-            primary_error = error
-            self._primary_left_undone(plan.primary, error)
-        if self.hooks.fallback_taken:
-            emit(
-                self.hooks.fallback_taken,
-                self.saga_id,
-                plan.primary.name,
-                plan.fallback.name,
-                primary_error,
-            )
-        try:
-            return plan.fallback, await self.try_branch(plan.fallback, snapshot, None, lane)
-        except Exception as error:
-            # S4: keep both errors; the fallback's chains the primary's.
-            if error is not primary_error:
-                if error.__cause__ is None:
-                    error.__cause__ = primary_error
-                elif error.__context__ is None:
-                    error.__context__ = primary_error
-            raise
-        finally:
-            del primary_error  # see act_failed: no error kept alive by a frame local
-
-    async def try_branch(
-        self,
-        branch: Branch,
-        snapshot: StepSnapshot,
-        plan: FallbackPlan | None,
-        lane: Lane | None = None,
-    ) -> Any:
-        """Run ``branch.act`` (under the breaker, with retries); on success push it.
-
-        Whatever happens, a failed try leaves the context as the snapshot had it.
-        ``lane``: a member of a ``Parallel`` group, run on the lane's context
-        and cursor (whose first STARTED the group journaled already).
-        """
-        breaker = plan.breaker if plan is not None else None
-        hooks = self.hooks
-        journal = self.journal
-        if lane is None:
-            cursor: StepCursor = self
-            context = self.context
-        else:
-            cursor = lane.cursor
-            context = lane.context
-        attempt = 1
-        while True:
-            cursor.step = branch.name
-            cursor.attempt = attempt
-            if lane is None or lane.first is not branch:
-                journal.append(
-                    (branch.position, branch.name, branch.branch, "act", _STARTED, attempt, None,
-                     _now(), None)
-                )
-                if lane is not None:
-                    lane.durable = lane.called = False
-            else:
-                lane.first = None
-                lane.durable = True  # the group's write-ahead made this STARTED durable
-                lane.called = False
-            # (step_started is told once the STARTED record is durable, right
-            # before the call — in ``act`` or below — as compensation_started is:
-            # an attempt the journal refused was never made.)
-            try:
-                if breaker is not None and not (
-                    attempt == 1 and self.resumed and branch in self.crashed_calls
-                ):
-                    response = await breaker.call(self.act, branch, lane)
-                elif breaker is not None or hooks.step_call_started or hooks.step_call_finished:
-                    # (Past its breaker: the call a crashed run was making is
-                    # answered by a call of it, not by a rejection — see
-                    # crashed_calls.)
-                    response = await self.act(branch, lane)  # which reports the call
-                else:  # self.act, inlined (one coroutine less per step)
-                    if not self.live and (lane is None or not lane.durable):
-                        await self.flush()
-                    if lane is None and running_task().cancelling() > self.cancels:
-                        await self.stop_swallowed()  # see run_all
-                    if hooks.step_started:
-                        emit(hooks.step_started, self.saga_id, branch.name, attempt)
-                    cursor.action = "act"
-                    cursor.active = True
-                    if lane is not None:
-                        lane.called = True
-                    # (cursor.active stays set if the act fails: see act_failed)
-                    try:
-                        if branch.timeout is None:
-                            response = await branch.act(context)
-                        else:
-                            async with asyncio.timeout(branch.timeout):
-                                response = await branch.act(context)
-                    except Exception as error:
-                        if self.cancelled_meanwhile(lane):
-                            raise cancellation_behind(error) from error
-                        raise
-                    if type(response) is COROUTINE:
-                        raise unawaited(branch.name, "act", response)
-                    cursor.active = False
-            except JournalWriteFailed:
-                # The act never ran (or a child of it is out of reach): nothing
-                # to record, retry or fall back from.
-                cursor.active = False
-                self.primary_error = None  # the run stops: see run_all
-                raise
-            except BaseException as error:
-                restore_step(context, snapshot)
-                told = True
-                if not cursor.active:
-                    # Stopped before the call was announced: rejected by the
-                    # breaker, or cancelled in the write-ahead. The journal
-                    # records the attempt (STARTED, then FAILED): told so too —
-                    # unless that write-ahead failed as well, and the journal
-                    # will never hold the attempt (the run stops: see _flush).
-                    # (Nor for a crash: see act_failed.)
-                    told = self.interruption is None and isinstance(
-                        error, Exception | _CancelledError
-                    )
-                    if told and hooks.step_started:
-                        emit(hooks.step_started, self.saga_id, branch.name, attempt)
-                if lane is not None:
-                    cursor.active = False  # the lane's cursor (act_failed resets the run's)
-                    if lane.called and isinstance(error, asyncio.CancelledError):
-                        # Journaled CANCELLED, not FAILED: no step_failed (see
-                        # act_cancelled); its compensation follows.
-                        self.act_cancelled(branch, attempt)
-                        raise
-                self.act_failed(branch, attempt, error, told)
-                retry = branch.retry
-                if (
-                    retry is None
-                    or not retry.should_retry(error, attempt)
-                    or (plan is not None and plan.rule.is_open_circuit(error))
-                    or outer_run_cancelled()  # see _falls_back
-                ):
-                    raise
-                attempt += 1
-                await retry.wait_before(attempt)
-                continue
-            journal.append(
-                (branch.position, branch.name, branch.branch, "act", _COMPLETED, attempt, None,
-                 _now(), response)
-            )
-            if lane is None:
-                self.context_dirty = True  # (a lane's context is merged by its group)
-            self.stack.append(branch)
-            if hooks.step_completed:
-                emit(hooks.step_completed, self.saga_id, branch.name)
-            return response
-
-    def act_failed(
-        self, branch: Branch, attempt: int, error: BaseException, told: bool = True
-    ) -> None:
-        # A function of its own so that no frame local of the retry loop keeps
-        # the error alive (error -> traceback -> frame -> error is a cycle the
-        # garbage collector would have to find, for every failed step).
-        # ``active`` is still set if the act was called (its callers reset it
-        # here, not before): a cancellation that landed in the write-ahead
-        # called nothing. ``told``: the listeners heard this try start (see
-        # try_branch), and hear it fail.
-        called = self.active
-        self.active = False
-        if called and self.resumed and isinstance(error, Exception):
-            crashed = self.crashed_calls
-            if branch in crashed:
-                # The participant answered for the crashed call: it failed
-                # (S5). Its effect is no longer uncertain (see run_all).
-                self.crashed_calls = tuple(one for one in crashed if one is not branch)
-        if error.__class__ is _CancelledError and called and IN_A_MEMBER.get():
-            # This run is a child saga of a group member, cancelled with it:
-            # its call in flight is as uncertain as the member's own would be
-            # (not a call its write-ahead never let through: nothing to undo).
-            # Journaled CANCELLED, not FAILED: no step_failed (see act_cancelled).
-            self.act_cancelled(branch, attempt)
-            told = False
-        elif not isinstance(error, Exception) and not isinstance(error, _CancelledError):
-            # KeyboardInterrupt, SystemExit, GeneratorExit: the process (or
-            # this coroutine) is going down inside the call, whose effect may
-            # have landed. Its STARTED stays the journal's last word on it, so
-            # that recovery calls it again with its key — and compensates it
-            # if that resume is cancelled before it answers. A FAILED row
-            # would tell recovery the call did nothing (S5, S10, S13); a
-            # MemorySagaStore shows this journal as it goes, and a durable
-            # one writes it with the next flush (a group's sibling that
-            # completes meanwhile), so none may get it. Nor do the
-            # listeners hear of a failure the journal never holds: the run's
-            # saga_interrupted, with this error, tells them (S13).
-            told = False
-        else:
-            text = str(error)  # _describe(error), inlined: every failed act comes here
-            self.journal.append(
-                (branch.position, branch.name, branch.branch, "act", _FAILED, attempt,
-                 f"{type(error).__name__}: {text}" if text else type(error).__name__, _now(),
-                 None)
-            )
-        if told and self.hooks.step_failed:
-            emit(self.hooks.step_failed, self.saga_id, branch.name, error)
-
-    def cancelled_meanwhile(self, lane: Lane | None) -> bool:
-        """Whether this task was asked to cancel since the run (a group
-        member: its task) began: the error an ``act`` let out then is the
-        cancellation its participant converted (see ``running_task``)."""
-        return running_task().cancelling() > (self.cancels if lane is None else 0)
-
-    def _act_cancelled_instead(
-        self, branch: Branch, attempt: int, error: Exception
-    ) -> asyncio.CancelledError:
-        """An inlined step's ``act`` raised ``error`` after its task was asked
-        to cancel: the cancellation its participant converted (a driver
-        cancelled mid-query raises an error of its own). It is the
-        cancellation that stopped the step — never a reason to fall back or
-        retry (S3, S8) — journaled as one, and raised in ``error``'s place."""
-        stopped = cancellation_behind(error)
-        self.primary_error = None  # a Fallback's: nothing falls back from here
-        self.act_failed(branch, attempt, stopped)
-        return stopped
-
-    async def stop_swallowed(self, at_the_end: bool = False) -> asyncio.CancelledError:
-        """This task was asked to cancel while the run went on: called right
-        before a step's act (its STARTED durable, if the store writes ahead)
-        or, ``at_the_end``, after the last step, when its count of requests
-        has grown past the run's (``running_task``).
-
-        A request not delivered yet (an act cancelled its caller as it
-        returned, without waiting) lands here, in one turn of the loop, and
-        is raised, with the caller's message — where a write-ahead store's
-        write has landed it already. At the end it is returned instead: it
-        lands where the completion's write would have landed it (the saga
-        completes; see ``_complete_then_cancel``).
-
-        Otherwise a participant swallowed it: it caught the
-        ``CancelledError`` and returned, or converted it and its fallback
-        answered (or the call in flight of a group member's, a child saga's,
-        did). Those steps completed — they are on the compensation stack —
-        but the caller asked to stop: ``CancelledError`` is raised here, the
-        next step is journaled as cancelled before its act (as in a
-        write-ahead), and the run unwinds (S8; S13: a cancellation never
-        becomes a forward run). The caller's message went with the error the
-        participant caught."""
-        landed = await land_pending_cancellation()
-        if landed is None:
-            raise asyncio.CancelledError
-        if at_the_end:
-            return landed
-        raise cancelled_again(landed)
-
-    async def _complete_then_cancel(self, late: asyncio.CancelledError) -> NoReturn:
-        """The saga completed, and a request to cancel landed right after its
-        last step (``stop_swallowed``): as when it lands in the completion's
-        write, the journal says COMPLETED, the listeners hear of the
-        completion with the cancellation, and the caller gets it."""
-        if self.live:
-            self.complete_live(late)
-        else:
-            await self.complete(late)  # (what stops it is raised instead)
-        raise cancelled_again(late)
-
-    def _falls_back(self, plan: FallbackPlan, failed: Branch, error: BaseException) -> bool:
-        """For the inlined run of a Fallback: whether ``failed`` (which raised
-        ``error``) hands over to the fallback now (S3). When it was the
-        fallback that failed, it chains the primary's error to ``error`` (S4),
-        which the caller then raises."""
-        if failed is plan.primary:
-            if outer_run_cancelled():
-                # A group member (or a child saga's step in one) whose act
-                # failed once the run it works for was asked to cancel: the
-                # run is stopping, and the request has not reached this
-                # task yet (RUNS_AROUND). The act answered — it failed, and
-                # is not compensated (S5) — but nothing runs forward after
-                # it: no fallback, no retry (S3, S8; a write-ahead store
-                # stops the fallback in its write, where the run's task
-                # cancels the member).
-                return False
-            if plan.any_exception:
-                if not isinstance(error, Exception):
-                    return False  # cancellation, KeyboardInterrupt, SystemExit: never
-            elif not plan.rule.should_fall_back(error):
-                return False
-            if self.hooks.fallback_taken:
-                emit(self.hooks.fallback_taken, self.saga_id, failed.name, plan.fallback.name,
-                     error)
-            # Kept on the run until the fallback is done: S4 chains it to the
-            # fallback's error, if the fallback fails too.
-            self.primary_error = error
-            if isinstance(error, SagaFailed) and error.status is _SAGA_FAILED:
-                self.leave_undone(failed.name, error)  # _primary_left_undone, inlined
-            return True
-        primary_error, self.primary_error = self.primary_error, None
-        if primary_error is not None and error is not primary_error:
-            if error.__cause__ is None:
-                error.__cause__ = primary_error
-            elif error.__context__ is None:
-                error.__context__ = primary_error
-        return False
-
-    def _primary_left_undone(self, primary: Branch, error: BaseException) -> None:
-        """A Fallback's primary failed and the fallback takes over. If the
-        primary ran a saga that ended FAILED (its own unwinding gave up), its
-        leftovers are not the fallback's to undo, nor any compensation's of
-        this run: recorded now (``leave_undone``), so that this run, should
-        it unwind later — the fallback failing included — ends FAILED, not
-        COMPENSATED. (If the run completes, the step did its job; the
-        child's record stays FAILED for an operator.)"""
-        if isinstance(error, SagaFailed) and error.status is _SAGA_FAILED:
-            self.leave_undone(primary.name, error)
-
-    async def act(self, branch: Branch, lane: Lane | None = None) -> Any:
-        # Runs inside the breaker (when there is one): the write-ahead happens
-        # only for a call that is let through, and a rejected call's rows are
-        # written together with whatever comes next.
-        if not self.live and (lane is None or not lane.durable):
-            await self.flush()
-        if lane is None:
-            cursor: StepCursor = self
-            context = self.context
-        else:
-            cursor = lane.cursor
-            context = lane.context
-            lane.called = True
-        if lane is None and running_task().cancelling() > self.cancels:
-            await self.stop_swallowed()  # see run_all
-        if self.hooks.step_started:  # its STARTED is durable now: see try_branch
-            emit(self.hooks.step_started, self.saga_id, branch.name, cursor.attempt)
-        cursor.action = "act"
-        cursor.active = True
-        call = self._call_started(branch, "act", cursor.attempt)
-        try:
-            if branch.timeout is None:
-                response = await branch.act(context)
-            else:
-                async with asyncio.timeout(branch.timeout):
-                    response = await branch.act(context)
-            if type(response) is COROUTINE:
-                raise unawaited(branch.name, "act", response)
-        except BaseException as error:
-            if call is not None:
-                self._act_call_raised(call, lane, error)
-            if isinstance(error, Exception) and self.cancelled_meanwhile(lane):
-                # Under a breaker, it counts as nothing (S9).
-                raise cancellation_behind(error) from error
-            raise  # (cursor.active stays set: see act_failed)
-        cursor.active = False
-        if call is not None:
-            self._call_finished(call, None)
-        return response
-
-    def _act_call_raised(self, call: StepCall, lane: Lane | None, error: BaseException) -> None:
-        """Tell ``step_call_finished`` that the act ``call`` raised ``error``,
-        as the journal will hold the call (S13): interrupted — a crash, or a
-        child saga's journal that failed (``JournalWriteFailed``, told with
-        the store's error): its STARTED stays its last row (see act_failed);
-        cancelled — a group member's call cancelled in flight, journaled
-        CANCELLED (see act_cancelled); else failed."""
-        if isinstance(error, JournalWriteFailed):
-            call._interrupted = True
-            error = error.error
-        elif not isinstance(error, Exception | _CancelledError):
-            call._interrupted = True
-        elif lane is not None or IN_A_MEMBER.get():
-            # The rows act_failed and try_branch write for it: a member's
-            # CancelledError (or the cancellation it converted into an error
-            # of its own), or a member's child saga's step's exact one.
-            if isinstance(error, Exception):
-                cancelled = self.cancelled_meanwhile(lane)
-            elif lane is not None:
-                cancelled = True
-            else:
-                cancelled = error.__class__ is _CancelledError
-            if cancelled:
-                call._cancelled = True
-        self._call_finished(call, error)
 
     # ------------------------------------------------------------------ what a live store reads
 
