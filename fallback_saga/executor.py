@@ -548,20 +548,6 @@ class Execution(CompletingRun):
             self.store.finished(self)  # type: ignore[attr-defined]
         return _saga_result(saga_id, _SAGA_COMPLETED, context, results)
 
-    async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
-        """One element of ``steps``: its result (a group's: one per member)."""
-        if isinstance(item, GroupPlan):
-            return await run_group(self, item)
-        snapshot = self.image = step_snapshot(self.context)
-        if isinstance(item, Branch):
-            branch = item
-            response = await self.try_branch(branch, snapshot, None)
-        else:
-            branch, response = await self.run_fallback(item, snapshot)
-        if isinstance(response, SagaStepResult):
-            return [response]
-        return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
-
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""
         self.begin()

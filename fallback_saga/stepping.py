@@ -10,7 +10,8 @@ when the step's ``act`` fails (``act_failed``, ``_falls_back``,
 ``_act_cancelled_instead``) or a request to cancel was swallowed
 (``stop_swallowed``). Every other step runs here (``try_branch``,
 ``run_fallback``), as do a ``Parallel`` group's members (``group_run``
-calls back into the run: its ``GroupHost``).
+calls back into the run: its ``GroupHost``) and a ``SagaTransaction``'s
+steps, one plan item at a time (``run_item``).
 
 A base class rather than a helper object: its methods are the run's own,
 so the hot path calls them as it always did — one method lookup on the
@@ -23,11 +24,11 @@ import asyncio
 import time
 from typing import Any
 
-from .context import StepSnapshot, restore_step
+from .context import StepSnapshot, restore_step, step_snapshot
 from .errors import SagaFailed
 from .events import StepCall, emit
-from .group_run import IN_A_MEMBER, Lane
-from .plan import Branch, FallbackPlan
+from .group_run import IN_A_MEMBER, Lane, run_group
+from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .shielding import (
     cancellation_behind,
     cancelled_again,
@@ -39,7 +40,7 @@ from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_FAILED as _FAILED
 from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
-from .step import COROUTINE, StepCursor, unawaited
+from .step import COROUTINE, SagaStepResult, StepCursor, unawaited
 from .unwinding import UnwindingRun
 from .write_ahead import JournalWriteFailed
 
@@ -64,6 +65,20 @@ class SteppingRun(UnwindingRun):
     crashed_calls: tuple[Branch, ...]
     # An inlined Fallback's primary error while its fallback runs (see _falls_back).
     primary_error: BaseException | None
+
+    async def run_item(self, item: PlanItem) -> list[SagaStepResult[Any, Any]]:
+        """One element of ``steps``: its result (a group's: one per member)."""
+        if isinstance(item, GroupPlan):
+            return await run_group(self, item)
+        snapshot = self.image = step_snapshot(self.context)
+        if isinstance(item, Branch):
+            branch = item
+            response = await self.try_branch(branch, snapshot, None)
+        else:
+            branch, response = await self.run_fallback(item, snapshot)
+        if isinstance(response, SagaStepResult):
+            return [response]
+        return [SagaStepResult(response=response, step_name=branch.name, saga_id=self.saga_id)]
 
     async def run_fallback(
         self, plan: FallbackPlan, snapshot: StepSnapshot, lane: Lane | None = None
