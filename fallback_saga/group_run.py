@@ -445,6 +445,13 @@ async def run_group(
                     )
                 except asyncio.CancelledError as caught:
                     cancelled = cancelled or caught
+                    # Counted again here, not only from ``wait``'s answer: a
+                    # cancellation that comes back at every wait (an anyio
+                    # cancel scope's, delivered each loop round) cancels
+                    # each ``wait`` before the members' done callbacks can
+                    # answer it, and a ``pending`` kept from before spun
+                    # for ever once every member had ended.
+                    pending = {task for task in pending if not task.done()}
     finally:
         host.write_lock = None
     failures = run.failures

@@ -465,7 +465,11 @@ async def _all_settled(coroutines: list[Coroutine[Any, Any, None]]) -> None:
                 cancelled = caught  # the first: the caller's message
                 for task in pending:
                     task.cancel(*caught.args[:1])
-            # and wait on, however often we are cancelled again
+            # and wait on, however often we are cancelled again — counted
+            # here too: a cancellation that comes back at every wait (an
+            # anyio cancel scope's) cancels each ``wait`` before the tasks'
+            # done callbacks can answer it, and ``pending`` never shrank
+            pending = {task for task in pending if not task.done()}
     # Every task's error is read, so that none is logged as never retrieved;
     # the first is raised (a BaseException a step let out, such as
     # SystemExit: the sagas stop where they are, as in a crash) — over a
