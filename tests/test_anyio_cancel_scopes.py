@@ -46,6 +46,7 @@ from journal_faults import (
 from test_composition_faults import SHAPES as FAULT_SHAPES
 from test_composition_faults import recover_family
 from test_composition_listeners import SHAPES as LISTENER_SHAPES
+from test_composition_listeners import write_count
 
 from fallback_saga import (
     MemorySagaStore,
@@ -71,19 +72,7 @@ SHAPES: dict[str, tuple[tuple[Any, ...], dict[str, int]]] = {
 SCOPES = ("move_on_after", "fail_after", "task_group")
 
 
-def write_count(shape: str) -> int:
-    async def dry() -> int:
-        store = FaultyStore(MemorySagaStore())
-        items, yields = SHAPES[shape]
-        family = Family(items, store, Ledger(), yields)
-        with contextlib.suppress(SagaError):
-            await family.parent.run(Ctx(order_id="dry"), saga_id="dry")
-        return store.writes
-
-    return asyncio.run(dry())
-
-
-WRITES = {shape: write_count(shape) for shape in SHAPES}
+WRITES = {shape: write_count(shape, SHAPES) for shape in SHAPES}
 
 
 class Canceller:

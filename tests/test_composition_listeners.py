@@ -350,10 +350,13 @@ async def family_case(
     return family
 
 
-def write_count(shape: str) -> int:
+def write_count(shape: str, shapes: dict[str, Any] | None = None) -> int:
+    """How many journal writes a run of ``shape`` (of ``shapes``, these
+    tests' by default) makes on the memory store, faults off."""
+
     async def dry() -> int:
         store = FaultyStore(MemorySagaStore())
-        items, yields = SHAPES[shape]
+        items, yields = (SHAPES if shapes is None else shapes)[shape]
         family = Family(items, store, Ledger(), yields)
         with contextlib.suppress(SagaError):
             await family.parent.run(Ctx(order_id="dry"), saga_id="dry")
