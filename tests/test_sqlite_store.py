@@ -8,6 +8,7 @@ by ``test_store_contract.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -173,7 +174,7 @@ async def test_an_empty_file_is_migrated(empty_file: Path) -> None:
     async with SQLiteSagaStore(db) as store:
         await new_saga(store, "saga-1")
         assert (await store.load("saga-1")).saga_name == "OrderSaga"
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # commits, then closes
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
@@ -206,7 +207,7 @@ async def test_a_new_schema_version_is_one_more_migration(
     async with SQLiteSagaStore(db) as store:  # already migrated: nothing runs again
         await new_saga(store, "saga-2")
     assert ran == [SCHEMA_VERSION + 1]
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # commits, then closes
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
         assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
 
@@ -228,13 +229,13 @@ async def test_a_failed_migration_leaves_the_file_as_it_was(
     with pytest.raises(SagaStoreError, match="cannot open SQLite database"):
         await store.open()
     await store.close()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # commits, then closes
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert "note" not in [row[1] for row in conn.execute("PRAGMA table_info(sagas)")]
 
 
 async def test_a_newer_schema_is_refused(db: Path) -> None:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # commits, then closes
         conn.execute("PRAGMA user_version = 99")
     store = SQLiteSagaStore(db)
     with pytest.raises(SagaStoreError, match="schema version 99, newer"):
