@@ -52,7 +52,7 @@ from .store import (
 from .subsaga import SubSaga
 from .worker import RecoveryWorker, WorkerStats
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 __all__ = [
     "CircuitBreaker",
