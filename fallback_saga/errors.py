@@ -147,7 +147,11 @@ class StoreClosed(SagaStoreError):
     or written through it any more. Definitive, as ``SagaNotFound`` is: a
     run that meets it stops at once (``SagaInterrupted``, not in doubt)
     instead of retrying its write for the whole ``journal_retry`` budget —
-    a closed store does not come back; open a new one."""
+    a closed store does not come back; open a new one.
+
+    Also the refusal of a ``SQLiteSagaStore`` in a process forked while the
+    store was in the middle of a request: its connections are the parent's,
+    and it must be opened again (a new store) after the fork."""
 
 
 class SagaInterrupted(SagaStoreError):

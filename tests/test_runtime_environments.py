@@ -21,7 +21,13 @@ import pytest
 from helpers_fork import fork, in_a_forked_child
 from helpers_ledger import Ctx, ledger_saga
 
-from fallback_saga import SagaInterrupted, SagaStatus, SQLiteSagaStore
+from fallback_saga import (
+    RetryPolicy,
+    SagaInterrupted,
+    SagaStatus,
+    SQLiteSagaStore,
+    StoreClosed,
+)
 from fallback_saga.errors import SagaStoreError
 from fallback_saga.store import _sqlite_pipe
 from fallback_saga.store import _sqlite_runner as sqlite_runner
@@ -110,6 +116,80 @@ def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_ha
                     except SagaStoreError as error:
                         return 0 if "forked" in str(error) else 2
                     return 3
+
+                return asyncio.run(refused())
+
+            code = in_a_forked_child(child, before_waiting=forked.set)
+            await write
+            return code
+
+        assert runner.run(around_the_fork()) == 0
+        assert runner.run(_completes(store, "after", []))
+        runner.run(store.close())
+    finally:
+        runner.close()
+
+
+@needs_fork
+@pytest.mark.parametrize("writer", ["thread", "inline"])
+def test_S13_a_store_forked_away_mid_request_is_refused_at_once_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """The child's copy of a store forked in the middle of a request never
+    comes back (its connections are the parent's, in use at the fork): its
+    refusal is ``StoreClosed``, definitive as a closed store's, so a saga
+    run in the child stops at its creation instead of spending the whole
+    ``journal_retry`` budget. Counted, not timed: ``retry_on`` is asked
+    about every failed try the journal would retry."""
+    monkeypatch.setattr(sqlite_runner, "_FORK_WAIT", 0.2)
+    store = SQLiteSagaStore(tmp_path / "r.db", writer=writer)
+    runner = asyncio.Runner()
+    inside, forked = threading.Event(), threading.Event()
+
+    def held(cursor: Any, txn: Any) -> None:  # an op, run by the store's thread
+        cursor.execute("SELECT 1")
+        inside.set()
+        forked.wait(10)
+
+    try:
+        assert runner.run(_completes(store, "before", []))
+
+        async def around_the_fork() -> int:
+            async def request() -> None:
+                await store._submit(held, (), write=True)
+
+            if writer == "inline":  # the request runs on the calling thread: another one
+                write = asyncio.ensure_future(asyncio.to_thread(asyncio.run, request()))
+            else:
+                write = asyncio.ensure_future(request())
+            await asyncio.to_thread(inside.wait, 10)
+
+            def child() -> int:
+                async def refused() -> int:
+                    asked: list[BaseException] = []
+
+                    def retried(error: BaseException) -> bool:
+                        asked.append(error)
+                        return True
+
+                    retry = RetryPolicy(attempts=6, delay=0, jitter=0, retry_on=retried)
+                    saga = ledger_saga([])(store=store, journal_retry=retry)
+                    try:
+                        await saga.run(Ctx(order_id="c"), saga_id="in-child")
+                    except SagaInterrupted as stopped:
+                        if asked:
+                            return 2  # retried
+                        if not isinstance(stopped.error, StoreClosed) or stopped.in_doubt:
+                            return 3
+                        if "another process" not in str(stopped.error):
+                            return 4
+                    else:
+                        return 5
+                    try:
+                        await store.load("before")
+                    except StoreClosed:
+                        return 0
+                    return 6
 
                 return asyncio.run(refused())
 

@@ -323,11 +323,13 @@ class Runner:
 
     def _closed_error(self) -> SagaStoreError:
         if self._forked_mid_request:
-            return SagaStoreError(
-                f"the SQLite saga store {self.path} was in the middle of a request when "
-                f"this process was forked from its parent: its connections cannot be "
-                f"used or closed here; fork while no saga runs, or open the store after "
-                f"the fork"
+            # StoreClosed: this copy never works again (its connections stay
+            # the parent's), so the journal must not retry it as a passing fault.
+            return StoreClosed(
+                f"the SQLite saga store {self.path} was opened in another process and "
+                f"was in the middle of a request when this process was forked from it: "
+                f"its connections cannot be used or closed here; open the store again "
+                f"after the fork (a new SQLiteSagaStore), or fork while no saga runs"
             )
         return StoreClosed(f"the SQLite saga store {self.path} is closed")
 
