@@ -313,3 +313,75 @@ def test_S13_two_retries_of_a_failed_unwinding_compensate_once() -> None:
     assert isinstance(refused, SagaBusy)
     assert status is SagaStatus.COMPENSATED
     assert ledger.calls == ["undo-B"]  # once: the one compensation left
+
+
+class _Forwarding:
+    """A user's wrapper around the memory store (metrics, tracing) that
+    forwards the ``SagaStore`` methods only — not ``track``/``finished``."""
+
+    def __init__(self, inner: MemorySagaStore) -> None:
+        self.inner = inner
+        self.appends = 0
+
+    async def create(self, *args: Any, **kwargs: Any) -> None:
+        await self.inner.create(*args, **kwargs)
+
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        self.appends += 1
+        await self.inner.append(*args, **kwargs)
+
+    async def load(self, saga_id: str) -> Any:
+        return await self.inner.load(saga_id)
+
+
+@pytest.mark.parametrize("max_finished", [10_000, 1])
+def test_S6_a_wrapper_without_track_retries_the_unwinding_of_a_watched_saga(
+    max_finished: int,
+) -> None:
+    """The saga ran on the memory store itself (watched in process, kept
+    frozen once FAILED); the operator's ``retry_unwinding`` goes through a
+    wrapper that does not forward ``track``, so it writes ahead (``append``)
+    to that watched saga. It used to be refused as ``SagaAlreadyExists`` (a
+    ``SagaInterrupted``); the write takes the saga's record over instead, as
+    a resumed run's ``track`` does, and the one compensation left runs once."""
+    ledger = Ledger()
+    ledger.fail_undo = True
+    store = MemorySagaStore(max_finished=max_finished)
+    cls = saga_class(ledger)
+    with pytest.raises(SagaFailed) as failed:
+        asyncio.run(cls(store=store).run(Ctx(), saga_id="x"))
+    assert failed.value.status is SagaStatus.FAILED
+    ledger.calls.clear()
+    ledger.fail_undo = False
+    wrapper = _Forwarding(store)
+    assert asyncio.run(retry_unwinding(wrapper, [cls], "x")) is SagaStatus.COMPENSATED
+    assert ledger.calls == ["undo-B"]
+    assert wrapper.appends >= 2  # written ahead, through the wrapper
+    record = asyncio.run(store.load("x"))
+    assert record.status is SagaStatus.COMPENSATED
+    assert [e.status for e in record.history[-2:]] == ["started", "completed"]
+    # Retired once more (the oldest finished are still dropped past max_finished).
+    asyncio.run(cls(store=store).run(Ctx(), saga_id="y"))
+    assert ("x" in store) is (max_finished > 1)
+
+
+def test_S13_a_wrapper_without_track_cannot_take_a_saga_a_run_still_drives() -> None:
+    """The write-ahead takeover is refused (``SagaBusy``, as ``track`` refuses
+    a resume) while a run of this process still drives the saga."""
+    ledger = Ledger()
+    ledger.hold = "B"
+    store = MemorySagaStore()
+    cls = saga_class(ledger)
+
+    async def main() -> None:
+        run = asyncio.create_task(cls(store=store).run(Ctx(), saga_id="x"))
+        await ledger.inside.wait()
+        held = len((await store.load("x")).history)
+        with pytest.raises(SagaBusy):
+            await _Forwarding(store).append("x", [], status=SagaStatus.COMPENSATING,
+                                            after=held)
+        ledger.gate.set()
+        assert (await run).status is SagaStatus.COMPLETED
+
+    asyncio.run(main())
+    assert ledger.calls == ["A", "B", "C"]

@@ -222,7 +222,7 @@ class MemorySagaStore:
         if record is None:
             raise SagaNotFound(saga_id)
         if not isinstance(record, SagaRecord):
-            raise SagaAlreadyExists(saga_id)  # a saga this process is running itself
+            record = self._written_ahead(saga_id)
         with self._appending:  # the check and the write as one, whatever the thread
             if after is not None and len(record.history) != after:
                 raise JournalConflict(saga_id, after, len(record.history))
@@ -257,18 +257,7 @@ class MemorySagaStore:
             )
         if isinstance(saga, tuple):
             return _thaw(saga_id, saga)
-        history = [journal_entry(raw, saga.saga_name) for raw in _rows(saga)]
-        return SagaRecord(
-            saga_id=saga.saga_id,
-            saga_name=saga.saga_name,
-            fingerprint=saga.fingerprint,
-            status=saga.status,
-            context=saga.context_image(),
-            history=history,
-            created_at=saga.created_at,
-            updated_at=history[-1].at if history else saga.created_at,
-            version=len(history),
-        )
+        return _read(saga)
 
     async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
         """Which of ``saga_ids`` the store holds (those ``load`` finds)."""
@@ -414,6 +403,30 @@ class MemorySagaStore:
         return SagaSummary(
             saga_id, saga.saga_name, saga.status, saga.created_at, updated_at
         )
+
+    def _written_ahead(self, saga_id: str) -> SagaRecord:
+        """A saga this store watches (``track``: run on the store itself) is
+        written to ahead, as a durable store is: by a resume or a
+        ``retry_unwinding`` through a wrapper that forwards the ``SagaStore``
+        methods but not ``track``. The write takes the saga's record over
+        (what ``load`` reads, from now on a plain record), as a resumed
+        run's ``track(replace=True)`` does — refused (``SagaBusy``) while a
+        run of this process still drives it. A stale read is the
+        conditional append's to refuse (``after``)."""
+        with self._replacing:
+            held = self._sagas.get(saga_id)
+            if held is None:
+                raise SagaNotFound(saga_id)
+            if isinstance(held, SagaRecord):  # another thread's took it over meanwhile
+                return held
+            if isinstance(held, tuple):
+                record = _thaw(saga_id, held)
+            elif not held.status.is_final and _driven(held):
+                raise SagaBusy(saga_id, None, None, here=True)
+            else:
+                record = _read(held)
+            self._sagas[saga_id] = record
+            return record
 
     def _reopened(self, saga_id: str) -> None:
         """A finished saga is running again: out of the finished (each is there once)."""
@@ -661,6 +674,22 @@ def _rows(saga: LiveSaga) -> Sequence[Any]:
     if shape is None:
         return saga.journal
     return expand(shape, saga.journal, [result[0] for result in saga.results])[0]  # type: ignore[attr-defined]
+
+def _read(saga: LiveSaga) -> SagaRecord:
+    """A watched saga as a record of its own (``load``'s)."""
+    history = [journal_entry(raw, saga.saga_name) for raw in _rows(saga)]
+    return SagaRecord(
+        saga_id=saga.saga_id,
+        saga_name=saga.saga_name,
+        fingerprint=saga.fingerprint,
+        status=saga.status,
+        context=saga.context_image(),
+        history=history,
+        created_at=saga.created_at,
+        updated_at=history[-1].at if history else saga.created_at,
+        version=len(history),
+    )
+
 
 def _thaw(saga_id: str, frozen: _Frozen) -> SagaRecord:
     saga_name, fingerprint, status, created_at, updated_at, count, shape = frozen[:_HEADER]
