@@ -36,7 +36,8 @@ leaves the rest to run out, named in a warning. The same bound holds for the
 give-backs tried before each claim: a store out of reach delays the next
 claim by one of its timeouts (cut at ``STOP_WAIT``), not by one per lease.
 And each resume's own give-back, as it ends, has ``STOP_WAIT``: one the store
-does not answer frees its slot then, and is tried again as a refused one.
+does not answer frees its slot then, and is tried again as a refused one —
+as is one refused after the worker stopped waiting for it (let go, below).
 
 Participants that never answer. A step with no ``timeout`` whose call never
 returns holds its worker slot for as long as it hangs: ``concurrency`` such

@@ -51,8 +51,10 @@ class Resumes:
         self._on_freed = on_freed
         self.in_flight: dict[asyncio.Task[None], Resuming] = {}
         # Runs let go (asked to stop, they did not: see worker.py's
-        # docstring), kept referenced until they end, whenever that is.
-        self.let_go: set[asyncio.Task[None]] = set()
+        # docstring), kept referenced until they end, whenever that is —
+        # with their saga: a give-back the store refuses as one ends is
+        # tried again as any refused one is (see _done).
+        self.let_go: dict[asyncio.Task[None], Resuming] = {}
         self.handing_off = False  # the drain hands off what is left
         self._settled = asyncio.Event()  # nothing in flight (set as it empties)
         self._watch_wake = asyncio.Event()  # a deadline of watch's may have moved
@@ -123,9 +125,14 @@ class Resumes:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         resuming = self.in_flight.pop(task, None)
+        let_go = self.let_go.pop(task, None)
+        if resuming is None:
+            # A run let go (its give-back was still on its way, or it did not
+            # stop): its give-back, refused, was dropped, and the lease left
+            # to run out counted as a crash's toward park_after (store._parking).
+            resuming = let_go
         if resuming is not None and resuming.claimed.not_given_back is not None:
             self.kept.refused(resuming.claimed.saga_id, resuming.claimed.not_given_back)
-        self.let_go.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("recovery worker %s: resuming a saga raised", self.owner,
                        exc_info=task.exception())
@@ -161,7 +168,7 @@ class Resumes:
         go (see worker.py's docstring)."""
         claimed = resuming.claimed
         del self.in_flight[task]
-        self.let_go.add(task)
+        self.let_go[task] = resuming
         if claimed.outcome is not None:
             # It ended, its outcome told: only the store's taking its lease
             # back is on its way (see ClaimedSaga.give_up). Counted as it

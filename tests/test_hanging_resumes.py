@@ -55,6 +55,7 @@ from fallback_saga import (
     recover,
 )
 from fallback_saga import worker as worker_module
+from fallback_saga.errors import SagaStoreError
 
 # (Read so, not imported by name: each test fails on its own without the fix.)
 STOP_WAIT: float = getattr(worker_module, "STOP_WAIT", 10.0)
@@ -320,7 +321,7 @@ async def test_S15_a_compensation_hanging_in_a_child_saga_is_stopped_at_resume_t
             await asyncio.wait_for(participant.hanging[(child, "compensate B")].wait(), 30)
             move_clock(worker, 31)  # resume_timeout, not STOP_WAIT more
             await asyncio.wait_for(told.until("interrupted", at_most=1), 20)
-            assert worker._resumes.let_go == set()
+            assert not worker._resumes.let_go
         finally:
             await worker.stop()
             await running
@@ -896,12 +897,16 @@ class _SlowRelease(SQLiteSagaStore):
 
     gate: asyncio.Event | None = None
     entered: asyncio.Event | None = None  # set as a release begins to wait
+    refuse: int = 0  # releases refused (SagaStoreError) once the gate opens
 
     async def release(self, lease: Lease, *, ran: bool = True) -> None:
         if self.gate is not None:
             if self.entered is not None:
                 self.entered.set()
             await self.gate.wait()
+        if self.refuse:
+            self.refuse -= 1
+            raise SagaStoreError("the store is out of reach (injected)")
         await super().release(lease, ran=ran)
 
 
@@ -979,4 +984,47 @@ async def test_S13_a_worker_counts_a_finished_resume_whose_give_back_outruns_res
         assert not any("without unwinding" in m or "did not stop" in m for m in messages)
         assert len(told.outcomes) == 1
         assert (await store.lease_state(saga_id)).owner is None
+        assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
+
+
+async def test_S10_a_give_back_refused_after_its_resume_was_let_go_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    """As above, but the store, once it answers the give-back of the resume
+    the worker let go, refuses it (out of reach a moment). A let-go resume's
+    refused give-back was dropped: the lease ran out, and the claim counted
+    toward ``park_after`` as a crash's. It is tried again before the next
+    claim, as every refused give-back is: given back, the saga's claims
+    count as after a clean give-back."""
+    async with _SlowRelease(tmp_path / "sagas.db") as store:
+        (saga_id,) = await seed(store, 1)
+        gate = store.gate = asyncio.Event()
+        entered = store.entered = asyncio.Event()
+        store.refuse = 1
+        worker = RecoveryWorker(store, [order_saga(store, Participant())], concurrency=1,
+                                lease=600, poll=3600, older_than=0, listen=False,
+                                resume_timeout=30)
+        running = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(entered.wait(), 30)  # its release waits for the store
+            (resuming,) = worker._resumes.in_flight.values()
+            move_clock(worker, 31)  # resume_timeout
+            await eventually(lambda: resuming.stop_asked is not None, what="the bound")
+            move_clock(worker, STOP_WAIT + 1)
+            await eventually(lambda: worker.in_flight == 0, what="its slot freed")
+            (giving_back,) = worker._resumes.let_go
+            store.gate = None
+            gate.set()  # the store answers: it refuses the give-back
+            await asyncio.wait_for(asyncio.wait([giving_back]), 30)
+            assert store.refuse == 0
+            assert list(worker._kept.not_given_back) == [saga_id]
+            worker.wake()  # the next claim: the refused give-back is made first
+            await eventually(lambda: not worker._kept.not_given_back,
+                             what="the give-back made")
+            state = await store.lease_state(saga_id)
+            assert (state.owner, state.unreleased_claims) == (None, 0)  # claimable at once
+        finally:
+            gate.set()
+            await worker.stop()
+            await running
         assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
