@@ -1,0 +1,160 @@
+"""S10: a lease renewal still on its way when a resume ends never lands on a
+lease given back — the saga is claimable at once, on SQLite and PostgreSQL.
+
+A resume's run cancels its heartbeat when it ends and waits for it. Cancelled
+again while it waited (a second ``task.cancel()``; anyio's cancel scope, at
+every await), it stopped waiting: the lease was given back while a renewal
+was still in flight, and that renewal then landed on the released lease —
+fenced by the token only, it set the saga's owner and a later expiry again,
+so no other worker could claim the saga until that lease ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from fallback_saga import Lease, Saga, SagaContext, SagaStepHandler, SQLiteSagaStore
+from fallback_saga.store.base import RecoverableStore
+from fallback_saga.testing import entry
+
+pytest_plugins = ["conftest_pg"]
+
+
+@dataclasses.dataclass
+class Ctx(SagaContext):
+    order_id: str = ""
+
+
+class LateRenewal:
+    """The first renewal stays in flight until it is cancelled; then, as a
+    statement already sent does, it lands all the same — once the lease is
+    given back (``release``), or when the test says (``land``)."""
+
+    renewing: asyncio.Event
+    renewal_cancelled: asyncio.Event
+    land: asyncio.Event
+    renewal_ended: asyncio.Event
+    released: bool
+    renewals: int
+
+    def watch(self) -> None:
+        self.renewing = asyncio.Event()
+        self.renewal_cancelled = asyncio.Event()
+        self.land = asyncio.Event()
+        self.renewal_ended = asyncio.Event()
+        self.released = False
+        self.renewals = 0
+
+    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
+        self.renewals += 1
+        renew = super().renew  # type: ignore[misc]
+        if self.renewals > 1:
+            renewed: Lease = await renew(lease, lease_seconds)
+            return renewed
+        self.renewing.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            self.renewal_cancelled.set()
+            await self.land.wait()
+        try:
+            # A long lease: landed on a released saga, it would keep it for long.
+            renewed = await renew(lease, 3600.0)
+            return renewed
+        finally:
+            self.renewal_ended.set()
+
+    async def release(self, lease: Lease, *, ran: bool = True) -> None:
+        await super().release(lease, ran=ran)  # type: ignore[misc]
+        self.released = True
+        self.land.set()
+
+
+class Hang(SagaStepHandler[Ctx, str]):
+    async def act(self, ctx: Ctx, /) -> Any:
+        await asyncio.get_running_loop().create_future()  # until cancelled
+
+    async def compensate(self, ctx: Ctx, /) -> None:
+        pass
+
+
+class HangSaga(Saga[Ctx]):
+    steps: ClassVar[list[Any]] = [Hang]
+
+
+Opener = Callable[[], AbstractAsyncContextManager[Any]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "sqlite":
+
+        class SQLiteLate(LateRenewal, SQLiteSagaStore):
+            pass
+
+        @asynccontextmanager
+        async def sqlite() -> AsyncIterator[Any]:
+            async with SQLiteLate(tmp_path / "sagas.db") as store:
+                yield store
+
+        return sqlite
+    from conftest_pg import require_driver
+
+    require_driver()
+    conninfo: str = request.getfixturevalue("pg_conninfo")
+    schema: str = request.getfixturevalue("pg_schema")
+    from fallback_saga.store.postgres import PostgresSagaStore
+
+    class PostgresLate(LateRenewal, PostgresSagaStore):
+        pass
+
+    @asynccontextmanager
+    async def postgres() -> AsyncIterator[Any]:
+        async with PostgresLate(conninfo, schema=schema) as store:
+            yield store
+
+    return postgres
+
+
+async def test_S10_a_resume_cancelled_twice_leaves_no_renewal_to_land_on_its_given_back_lease(
+    open_store: Opener,
+) -> None:
+    async with open_store() as store:
+        store.watch()
+        await store.create("o-1", HangSaga.name, HangSaga.definition.fingerprint,
+                           {"order_id": "o-1"}, [entry(0, "Hang")])
+        saga = HangSaga(store=store)
+        # lease_seconds=0.3: the heartbeat's first renewal starts after 0.1 s.
+        task = asyncio.get_running_loop().create_task(saga.resume("o-1", lease_seconds=0.3))
+        async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
+            await store.renewing.wait()
+            task.cancel()
+            # The run has unwound, and waits for its heartbeat, in a renewal.
+            await store.renewal_cancelled.wait()
+            task.cancel()  # cancelled again while it waits
+            # Every chance to give the lease back before the renewal lands
+            # (it lands once the lease is given back, if it is).
+            for _ in range(20):
+                await asyncio.sleep(0)
+            if not store.released:
+                store.land.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            heartbeat_ended_first = store.renewal_ended.is_set()
+            await store.renewal_ended.wait()
+            assert store.released
+        # Given back: no owner, and anyone leases it at once (not SagaBusy).
+        check: RecoverableStore = store
+        [summary] = await check.list_sagas()
+        assert summary.lease_owner is None, summary
+        await check.claim_saga("o-1", owner="worker-2", lease_seconds=60)
+        # The resume ended once its heartbeat had: nothing of it is left running.
+        assert heartbeat_ended_first
