@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from fallback_saga import Lease, Saga, SagaContext, SagaStepHandler, SQLiteSagaStore
+from fallback_saga import Lease, LeaseLost, Saga, SagaContext, SagaStepHandler, SQLiteSagaStore
 from fallback_saga.store.base import RecoverableStore
 from fallback_saga.testing import entry
 
@@ -43,6 +43,7 @@ class LateRenewal:
     land: asyncio.Event
     renewal_ended: asyncio.Event
     released: bool
+    renewal_ended_before_release: bool
     renewals: int
 
     def watch(self) -> None:
@@ -73,6 +74,7 @@ class LateRenewal:
             self.renewal_ended.set()
 
     async def release(self, lease: Lease, *, ran: bool = True) -> None:
+        self.renewal_ended_before_release = self.renewal_ended.is_set()
         await super().release(lease, ran=ran)  # type: ignore[misc]
         self.released = True
         self.land.set()
@@ -148,7 +150,6 @@ async def test_S10_a_resume_cancelled_twice_leaves_no_renewal_to_land_on_its_giv
                 store.land.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            heartbeat_ended_first = store.renewal_ended.is_set()
             await store.renewal_ended.wait()
             assert store.released
         # Given back: no owner, and anyone leases it at once (not SagaBusy).
@@ -156,5 +157,33 @@ async def test_S10_a_resume_cancelled_twice_leaves_no_renewal_to_land_on_its_giv
         [summary] = await check.list_sagas()
         assert summary.lease_owner is None, summary
         await check.claim_saga("o-1", owner="worker-2", lease_seconds=60)
-        # The resume ended once its heartbeat had: nothing of it is left running.
-        assert heartbeat_ended_first
+        # Given back once its heartbeat had ended: no renewal on its way then.
+        assert store.renewal_ended_before_release
+
+
+async def test_S10_a_renewal_landing_after_its_lease_was_given_back_is_refused(
+    open_store: Opener,
+) -> None:
+    """The store's own fence: a renewal the store runs after the release (a
+    PostgreSQL statement the server ran after its client gave up on it: its
+    heartbeat, cancelled, had ended) neither owns nor extends the lease."""
+    async with open_store() as store:
+        store.watch()
+        store.renewals = 1  # renewals go straight to the store
+        check: RecoverableStore = store
+        for saga_id, give_back in (("released", "release"), ("deferred", "defer")):
+            await check.create(saga_id, "OrderSaga", "fp", {}, [entry(0, "a")])
+            lease = await check.claim_saga(saga_id, owner="worker-1", lease_seconds=60)
+            if give_back == "release":
+                await check.release(lease)
+            else:
+                await store.defer(lease, 30)
+            before = {s.saga_id: s for s in await check.list_sagas()}[saga_id]
+            with pytest.raises(LeaseLost):
+                await store.renew(lease, 3600)
+            after = {s.saga_id: s for s in await check.list_sagas()}[saga_id]
+            assert (after.lease_owner, after.lease_expires_at) == (
+                before.lease_owner, before.lease_expires_at), (before, after)
+            assert after.lease_owner is None
+        # Released: anyone leases it at once (not SagaBusy).
+        await check.claim_saga("released", owner="worker-2", lease_seconds=60)

@@ -383,10 +383,13 @@ class _Statements:
             f"SELECT lease_owner, {_EPOCH.format('lease_expires_at')} FROM {sagas}"
             f" WHERE saga_id = %s"
         )
+        # Only a lease still held: a renewal the server runs after the lease
+        # was given back (no owner) — one a cancelled heartbeat had sent, on
+        # a connection of its own — must not lease the saga again.
         self.renew = (
             f"UPDATE {sagas} SET lease_expires_at = now() + make_interval(secs => %s::float8),"
             f" lease_owner = COALESCE(NULLIF(%s, ''), lease_owner), lease_written_at = now()"
-            f" WHERE saga_id = %s AND fence = %s::bigint"
+            f" WHERE saga_id = %s AND fence = %s::bigint AND lease_owner IS NOT NULL"
             f" RETURNING {_EPOCH.format('lease_expires_at')}"
         )
         # Given back in order: its claims count from 0 again (see _parking).

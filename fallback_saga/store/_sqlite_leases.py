@@ -107,9 +107,12 @@ _LEASE_STATE: Final = (
     "SELECT fence, lease_owner, lease_expires_at, unreleased_claims FROM sagas WHERE saga_id = ?"
 )
 _LEASE_WRITTEN_AT: Final = "SELECT lease_written_at FROM sagas WHERE saga_id = ?"
+# Only a lease still held: a renewal that lands after its lease was given back
+# (released, deferred, handed off: no owner) — one the heartbeat had sent
+# when its run ended — must not lease the saga again for a lease's length.
 _RENEW: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, lease_written_at = ?"
-    " WHERE saga_id = ? AND fence = ?"
+    " WHERE saga_id = ? AND fence = ? AND lease_owner IS NOT NULL"
 )
 _FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
 # A release and a deferral are one statement: both end the lease at a time

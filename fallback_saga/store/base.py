@@ -234,7 +234,8 @@ class RecoverableStore(SagaStore, Protocol):
 
     Optional: ``async def renew(self, lease: Lease, lease_seconds: float) ->
     Lease`` extends a lease to ``lease_seconds`` from now if its fencing token
-    is still current (else ``LeaseLost``). Recovery heartbeats a resumed saga
+    is still current and it was not given back (else ``LeaseLost``: a renewal
+    landing late must not lease a released saga again). Recovery heartbeats a resumed saga
     through it when the store has it (checked with ``hasattr``); without it a
     saga must finish within its lease, or another worker takes it over.
 

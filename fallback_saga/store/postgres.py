@@ -728,7 +728,8 @@ class PostgresSagaStore(PooledStore):
 
     async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
         """Extend ``lease`` to ``lease_seconds`` from now (the server's clock),
-        if its fencing token is still the saga's current one; else ``LeaseLost``
+        if its fencing token is still the saga's current one and it was not
+        given back (released, deferred, handed off); else ``LeaseLost``
         (``SagaNotFound`` if the saga is gone). The heartbeat of a running saga."""
         return await self._leases.renew(lease, lease_seconds)
 

@@ -561,8 +561,9 @@ class SQLiteSagaStore:
 
     async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
         """Extend ``lease`` to ``lease_seconds`` from now (the store's clock), if
-        its fencing token is still the saga's current one; else ``LeaseLost``
-        (``SagaNotFound`` if the saga is gone). The heartbeat of a resumed saga:
+        its fencing token is still the saga's current one and it was not given
+        back (released, deferred); else ``LeaseLost`` (``SagaNotFound`` if the
+        saga is gone). The heartbeat of a resumed saga:
         it changes neither the saga's version nor its ``updated_at``."""
         check_saga_id(lease.saga_id)
         seconds = finite_seconds("lease_seconds", lease_seconds)
