@@ -294,7 +294,20 @@ class RecoveryWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._kept.until_next_claim())
         except asyncio.CancelledError:
-            await self._resumes.drain(0.0)
+            # Waited for however often we are cancelled meanwhile (an anyio
+            # cancel scope cancels at every await; a second task.cancel()):
+            # cut short, run() returned while its sagas were still being
+            # handed off, their leases given back only later — or never, the
+            # store closed by then. (Bounded: a run that does not stop is
+            # let go after STOP_WAIT, by the watch.)
+            draining = loop.create_task(self._resumes.drain(0.0))
+            try:
+                while not draining.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([draining])
+                draining.result()
+            finally:
+                del draining  # its error's traceback holds this frame
             raise
         else:
             await self._resumes.drain(self._grace_left())

@@ -52,6 +52,7 @@ class LateRenewal:
         self.land = asyncio.Event()
         self.renewal_ended = asyncio.Event()
         self.released = False
+        self.renewal_ended_before_release = False
         self.renewals = 0
 
     async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
@@ -187,3 +188,67 @@ async def test_S10_a_renewal_landing_after_its_lease_was_given_back_is_refused(
             assert after.lease_owner is None
         # Released: anyone leases it at once (not SagaBusy).
         await check.claim_saga("released", owner="worker-2", lease_seconds=60)
+
+
+async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and_gives_it_back(
+    tmp_path: Path,
+) -> None:
+    """A ``RecoveryWorker`` run inside ``anyio.move_on_after`` (cancelled at
+    every await once the scope is), cancelled while it resumes a saga — with
+    a renewal of its lease in flight: the saga is handed off (nothing
+    compensated, the journal as the steps left it), its lease is given back
+    once the heartbeat has ended, and another pass resumes it at once."""
+    anyio = pytest.importorskip("anyio")
+    from test_worker import Ledger, order_saga, seed
+
+    from fallback_saga import RecoveryWorker, SagaStatus, StepStatus, recover
+
+    class SQLiteLate(LateRenewal, SQLiteSagaStore):
+        pass
+
+    async with SQLiteLate(tmp_path / "w.db") as store:
+        store.watch()
+        [saga_id] = await seed(store, 1)
+        ledger = Ledger()
+        ledger.hold("act B")
+        # lease=0.3: the heartbeat's first renewal starts after 0.1 s.
+        worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=0.3, poll=0.02,
+                                older_than=0)
+        scopes: list[Any] = []
+
+        async def in_scope() -> bool:
+            with anyio.move_on_after(3600) as scope:
+                scopes.append(scope)
+                await worker.run()
+            caught: bool = scope.cancelled_caught
+            return caught
+
+        task = asyncio.get_running_loop().create_task(in_scope())
+        async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
+            await ledger.entered["act B"].wait()
+            await store.renewing.wait()
+            scopes[0].cancel()
+            await store.renewal_cancelled.wait()
+            for _ in range(20):  # every chance to give the lease back first
+                await asyncio.sleep(0)
+            if not store.released:
+                store.land.set()
+            assert await task  # the scope caught its cancellation: nothing else escaped
+        assert store.released  # by the time run() returned
+        assert store.renewal_ended_before_release
+        assert worker.stats.handed_off == 1
+        assert worker.in_flight == 0
+        assert [(action, step) for action, step, _ in ledger.calls] == [
+            ("act", "A"), ("act", "B")]
+        record = await store.load(saga_id)
+        assert record.status is SagaStatus.RUNNING
+        assert [(e.step, e.action, e.status) for e in record.history][-1] == (
+            "B", "act", StepStatus.STARTED)
+        (summary,) = await store.list_sagas()
+        assert summary.lease_owner is None, summary
+        # Given back: the next pass resumes it at once, from B.
+        after = Ledger()
+        report = await recover(store, [order_saga(store, after)], older_than=0)
+        assert report.resumed == [saga_id], report
+        assert [(action, step) for action, step, _ in after.calls] == [("act", "B"), ("act", "C")]
+        assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
