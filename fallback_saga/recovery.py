@@ -30,7 +30,7 @@ from .resumption import (
     resume_point,
 )
 from .saga import Saga
-from .shielding import cancellation_pending, cancelled_again, claimed
+from .shielding import cancellation_pending, cancelled_again, claimed, wait_ended
 from .status import SagaStatus
 from .stop_wait import STOP_WAIT
 from .store.base import (
@@ -428,9 +428,8 @@ async def _within(saga: ClaimedSaga, bound: float) -> Outcome:
         # own task; we return once it has.
         if not task.done():
             task.cancel()
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([task])
+        with contextlib.suppress(asyncio.CancelledError):
+            await wait_ended(task)  # the one we are handling is raised
         raise
     finally:
         del task  # its error's traceback holds this frame

@@ -67,7 +67,7 @@ from .errors import (
 )
 from .executor import Execution
 from .log_lines import library_logger
-from .shielding import PROCESS_ENDING, cancellation_pending, cancelled_again, loop_gone
+from .shielding import PROCESS_ENDING, cancellation_pending, cancelled_again, loop_gone, wait_ended
 from .status import SagaStatus, StepStatus
 from .step import _CURSOR
 from .stop_scope import STOP_SCOPE, StopScope
@@ -491,7 +491,10 @@ class LeasedRun:
             self._beat = None
             if beat is not None:
                 beat.cancel()
-                await _stopped(beat)
+                # Waited for however often we are cancelled meanwhile: the
+                # lease is given back once ``run`` returns, and a renewal
+                # still on its way then would land on a lease given back.
+                await wait_ended(beat)
 
     def hand_off(self) -> None:
         """Stop the run without unwinding it (a worker is shutting down)."""
@@ -608,25 +611,6 @@ class LeasedRun:
                     raise asyncio.CancelledError from error
                 _log.warning("saga %s: lease renewal failed, will retry: %s: %s",
                              saga_id, type(error).__name__, error)
-
-
-async def _stopped(beat: asyncio.Task[None]) -> None:
-    """Wait for the heartbeat ``beat`` (cancelled) to end, however often we
-    are cancelled meanwhile (a second ``task.cancel()``; an anyio cancel
-    scope, at every await): the lease is given back once ``run`` returns, and
-    a renewal still on its way then would land on a lease given back. Our
-    cancellation is raised once it has ended."""
-    cancelled: asyncio.CancelledError | None = None
-    while not beat.done():
-        try:
-            await asyncio.wait([beat])
-        except asyncio.CancelledError as error:
-            cancelled = error
-    if cancelled is not None:
-        try:
-            raise cancelled
-        finally:
-            del cancelled  # its traceback holds this frame
 
 
 def _process_ending(task: asyncio.Task[Any]) -> BaseException | None:

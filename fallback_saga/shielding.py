@@ -36,6 +36,7 @@ __all__ = [
     "running_task",
     "settle",
     "shielded",
+    "wait_ended",
 ]
 
 T = TypeVar("T")
@@ -284,6 +285,27 @@ def cancelled_again(caught: BaseException) -> asyncio.CancelledError:
     alive until the garbage collector finds it."""
     caught.__traceback__ = None
     return asyncio.CancelledError(*caught.args)
+
+
+async def wait_ended(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, however often we are cancelled meanwhile
+    (a second ``task.cancel()``; an anyio cancel scope, at every await);
+    then raise the first cancellation we got, if any (it carries the
+    caller's message). ``task``'s own outcome is left to the caller.
+
+    For what must have ended before we go on: a heartbeat whose renewal
+    would land on a lease given back, a worker's drain, give-backs and
+    helpers. Cut short, the rest ran on after the caller returned — the
+    leases given back only later, or never (the store closed by then).
+    Bounded by ``task`` alone: it must end on its own, or be cancelled."""
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as caught:
+            cancelled = cancelled or caught
+    if cancelled is not None:
+        raise cancelled_again(cancelled)
 
 
 async def settle(

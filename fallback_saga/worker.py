@@ -83,7 +83,7 @@ from .recovery import (
     seconds_given,
 )
 from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds
-from .shielding import cancellation_pending, loop_gone
+from .shielding import cancellation_pending, loop_gone, wait_ended
 from .store.base import (
     RecoverableStore,
     check_store,
@@ -302,9 +302,8 @@ class RecoveryWorker:
             # let go after STOP_WAIT, by the watch.)
             draining = loop.create_task(self._resumes.drain(0.0))
             try:
-                while not draining.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait([draining])
+                with contextlib.suppress(asyncio.CancelledError):
+                    await wait_ended(draining)  # the one we are handling is raised
                 draining.result()
             finally:
                 del draining  # its error's traceback holds this frame
@@ -331,14 +330,28 @@ class RecoveryWorker:
                 # killed, and gives nothing back at all. Cut short by a
                 # cancellation, the rest of the stop goes on; the
                 # cancellation is raised at its end.
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._kept.give_back(everything=True)
+                # Each waited for however often we are cancelled meanwhile
+                # (an anyio cancel scope cancels at every await; a second
+                # task.cancel()): cut short, a give-back on its way was
+                # dropped at its first await — the lease kept out of the
+                # others' claims until it ran out — and a helper outlived
+                # run(). Bounded: the give-backs by STOP_WAIT, a helper
+                # cancelled ends at its next await.
+                giving_back = loop.create_task(self._kept.give_back(everything=True))
+                try:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await wait_ended(giving_back)
+                        giving_back.result()  # cancelled itself: the loop is closing
+                finally:
+                    del giving_back  # its error's traceback holds this frame
                 self._kept.say_left_to_run_out()
                 for helper in (listener, watch):
                     if helper is not None:
                         helper.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
-                            await helper
+                            await wait_ended(helper)
+                        with contextlib.suppress(asyncio.CancelledError):
+                            helper.result()
                 for task in self._resumes.let_go:
                     # Asked once more: a step that swallowed one cancellation
                     # may heed the next. Not waited for (see the module docstring).

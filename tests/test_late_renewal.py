@@ -215,10 +215,12 @@ async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and
         worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=0.3, poll=0.02,
                                 older_than=0)
         scopes: list[Any] = []
+        entered = asyncio.Event()
 
         async def in_scope() -> bool:
             with anyio.move_on_after(3600) as scope:
                 scopes.append(scope)
+                entered.set()
                 await worker.run()
             caught: bool = scope.cancelled_caught
             return caught
@@ -252,3 +254,68 @@ async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and
         assert report.resumed == [saga_id], report
         assert [(action, step) for action, step, _ in after.calls] == [("act", "B"), ("act", "C")]
         assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
+
+
+async def test_S8_a_worker_in_a_cancelled_anyio_scope_gives_back_its_kept_leases_before_returning(
+    tmp_path: Path,
+) -> None:
+    """A ``RecoveryWorker`` run inside ``anyio.move_on_after`` (cancelled at
+    every await once the scope is) that holds a lease kept through a backoff
+    when the scope is cancelled: by the time ``run()`` returns, the lease is
+    given back (the store's answer waited for, not cut off at its first
+    await) and no task of the worker is left pending (its watch)."""
+    anyio = pytest.importorskip("anyio")
+    from test_worker import Ledger, order_saga, seed
+
+    from fallback_saga import RecoveryWorker
+
+    class SlowRelease(SQLiteSagaStore):
+        """A give-back that takes some loop rounds to be answered (a network
+        store's round trip), cancellable meanwhile."""
+
+        asked = asyncio.Event()
+        answer = asyncio.Event()
+
+        async def release(self, lease: Lease, *, ran: bool = True) -> None:
+            self.asked.set()
+            await self.answer.wait()
+            await super().release(lease, ran=ran)
+
+    async with SlowRelease(tmp_path / "w.db") as store:
+        [saga_id] = await seed(store, 1)
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], lease=60, poll=3600,
+                                older_than=0)
+        lease = await store.claim_saga(saga_id, owner=worker.owner, lease_seconds=60)
+        worker._kept.keep(saga_id, lease, 3600)  # kept through a backoff, not due yet
+        before = asyncio.all_tasks()
+        left: list[asyncio.Task[Any]] = []
+        scopes: list[Any] = []
+        entered = asyncio.Event()
+
+        async def in_scope() -> bool:
+            with anyio.move_on_after(3600) as scope:
+                scopes.append(scope)
+                entered.set()
+                await worker.run()
+            # Looked at before anything else runs: a task still pending here
+            # outlives the worker's run.
+            left.extend(t for t in asyncio.all_tasks() if not t.done() and t not in before
+                        and t is not asyncio.current_task())
+            caught: bool = scope.cancelled_caught
+            return caught
+
+        task = asyncio.get_running_loop().create_task(in_scope())
+        async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
+            await entered.wait()
+            for _ in range(50):  # claiming, or waiting for its poll: the give-back comes last
+                await asyncio.sleep(0)
+            assert not task.done()
+            scopes[0].cancel()
+            await store.asked.wait()
+            for _ in range(20):  # every chance to return before the store answers
+                await asyncio.sleep(0)
+            store.answer.set()
+            assert await task  # the scope caught its cancellation: nothing else escaped
+        assert left == []
+        state = await store.lease_state(saga_id)
+        assert state.owner is None, state
