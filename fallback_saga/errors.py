@@ -151,7 +151,10 @@ class StoreClosed(SagaStoreError):
 
     Also the refusal of a ``SQLiteSagaStore`` in a process forked while the
     store was in the middle of a request: its connections are the parent's,
-    and it must be opened again (a new store) after the fork."""
+    and it must be opened again (a new store) after the fork. And of a
+    ``PostgresSagaStore`` used in a process forked after it was first used
+    (its connections are the parent's), or given a pool whose event loop
+    has closed: neither store object works again there."""
 
 
 class SagaInterrupted(SagaStoreError):

@@ -211,21 +211,28 @@ class PooledStore:
         if self._pid != os.getpid():
             # Its connections are sockets the parent still uses: neither using
             # them here nor closing them (libpq says goodbye to the server)
-            # would leave the parent's sessions intact.
-            raise SagaStoreError(
+            # would leave the parent's sessions intact. StoreClosed: this
+            # copy never works again in this process, so the journal must not
+            # retry it as a passing fault (its whole journal_retry budget).
+            raise StoreClosed(
                 "this PostgreSQL saga store was used before os.fork(): its connections "
                 "belong to the parent process, which a forked child must neither use nor "
                 "close; make the store in the child (after the fork), or leave it unused "
                 "in the parent"
             )
         if not bound.is_closed():
+            # A plain SagaStoreError, retried: not for ever — once that loop
+            # has closed, this one starts the store afresh (a store that
+            # owns its pool), as successive asyncio.run calls do.
             raise SagaStoreError(
                 "this PostgreSQL saga store serves the event loop it was first used on, "
                 "which is still open (another thread's?): its connection pool and its "
                 "journal writes belong to that loop; give each event loop a store of its own"
             )
         if not self._owns_pool:
-            raise SagaStoreError(
+            # StoreClosed: the pool it was given went with its loop, and
+            # nothing gives it another — no loop will use this store again.
+            raise StoreClosed(
                 "the event loop this PostgreSQL saga store was first used on has closed, "
                 "and the connection pool it was given belongs to that loop; give the "
                 "store a pool made on this loop"
