@@ -190,6 +190,23 @@ async def test_S10_a_renewal_landing_after_its_lease_was_given_back_is_refused(
         await check.claim_saga("released", owner="worker-2", lease_seconds=60)
 
 
+async def test_S10_a_first_run_with_token_0_still_renews_its_lease(open_store: Opener) -> None:
+    """The refusal of a given-back lease spares a first run's: its token 0
+    was never claimed, so never given back. A slow first run may heartbeat
+    through ``renew`` (owner named, token 0) to hold recovery off, on both
+    stores alike."""
+    async with open_store() as store:
+        store.watch()
+        store.renewals = 1  # renewals go straight to the store
+        check: RecoverableStore = store
+        await check.create("first", "OrderSaga", "fp", {}, [entry(0, "a")])
+        renewed = await store.renew(Lease("first", "runner", 0, float("inf")), 60)
+        assert (renewed.owner, renewed.token) == ("runner", 0)
+        assert await check.claim(owner="w", lease_seconds=60, older_than=-1, limit=1) == []
+        [summary] = await check.list_sagas()
+        assert summary.lease_owner == "runner", summary
+
+
 async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and_gives_it_back(
     tmp_path: Path,
 ) -> None:

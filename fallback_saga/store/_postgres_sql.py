@@ -385,11 +385,15 @@ class _Statements:
         )
         # Only a lease still held: a renewal the server runs after the lease
         # was given back (no owner) — one a cancelled heartbeat had sent, on
-        # a connection of its own — must not lease the saga again.
+        # a connection of its own — must not lease the saga again. Token 0
+        # is a first run's, never claimed and so never given back: it may
+        # name its owner in its first renewal (a slow first run holding
+        # recovery off).
         self.renew = (
             f"UPDATE {sagas} SET lease_expires_at = now() + make_interval(secs => %s::float8),"
             f" lease_owner = COALESCE(NULLIF(%s, ''), lease_owner), lease_written_at = now()"
-            f" WHERE saga_id = %s AND fence = %s::bigint AND lease_owner IS NOT NULL"
+            f" WHERE saga_id = %s AND fence = %s::bigint"
+            f" AND (lease_owner IS NOT NULL OR fence = 0)"
             f" RETURNING {_EPOCH.format('lease_expires_at')}"
         )
         # Given back in order: its claims count from 0 again (see _parking).

@@ -110,9 +110,11 @@ _LEASE_WRITTEN_AT: Final = "SELECT lease_written_at FROM sagas WHERE saga_id = ?
 # Only a lease still held: a renewal that lands after its lease was given back
 # (released, deferred, handed off: no owner) — one the heartbeat had sent
 # when its run ended — must not lease the saga again for a lease's length.
+# Token 0 is a first run's, never claimed and so never given back: it may
+# name its owner in its first renewal (a slow first run holding recovery off).
 _RENEW: Final = (
     "UPDATE sagas SET lease_owner = ?, lease_expires_at = ?, lease_written_at = ?"
-    " WHERE saga_id = ? AND fence = ? AND lease_owner IS NOT NULL"
+    " WHERE saga_id = ? AND fence = ? AND (lease_owner IS NOT NULL OR fence = 0)"
 )
 _FENCE_OF: Final = "SELECT fence FROM sagas WHERE saga_id = ?"
 # A release and a deferral are one statement: both end the lease at a time
