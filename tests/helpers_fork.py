@@ -1,9 +1,11 @@
 """Forking in tests: a child that runs a function and exits with its code,
-and a fork server (an app's ``serve`` command) that runs each job in a
-child forked from one process that imported everything once."""
+a fork server (an app's ``serve`` command) that runs each job in a child
+forked from one process that imported everything once, and the check a
+child makes of a store forked away from it (``refused_at_once``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,7 +17,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ForkServer", "fork", "in_a_forked_child"]
+from helpers_ledger import Ctx, ledger_saga
+
+from fallback_saga import RetryPolicy, SagaInterrupted, StoreClosed
+
+__all__ = ["ForkServer", "fork", "in_a_forked_child", "refused_at_once"]
 
 
 def fork(body: Callable[[], int]) -> int:
@@ -55,6 +61,44 @@ def in_a_forked_child(
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return -1
+
+
+def refused_at_once(store: Any, saga_id: str = "in-child", *, saying: str = "") -> int:
+    """Run a saga on ``store``, whose every call is refused for good (a
+    store forked away, or whose pool went with its loop): 0 if it stops at
+    its creation with ``StoreClosed`` (not in doubt; its text ``saying``
+    so), its journal never asked to retry — counted, not timed:
+    ``retry_on`` is asked about every failed try the journal would retry —
+    and a read (of the saga ``"before"``) refused so too. Else the code of
+    what went wrong. Runs its own loop: a forked child's body, or a test's."""
+
+    async def refused() -> int:
+        asked: list[BaseException] = []
+
+        def retried(error: BaseException) -> bool:
+            asked.append(error)
+            return True
+
+        retry = RetryPolicy(attempts=6, delay=0, jitter=0, retry_on=retried)
+        saga = ledger_saga([])(store=store, journal_retry=retry)
+        try:
+            await saga.run(Ctx(order_id="r"), saga_id=saga_id)
+        except SagaInterrupted as stopped:
+            if asked:
+                return 2  # retried
+            if not isinstance(stopped.error, StoreClosed) or stopped.in_doubt:
+                return 3
+            if saying not in str(stopped.error):
+                return 4
+        else:
+            return 5
+        try:
+            await store.load("before")
+        except StoreClosed:
+            return 0
+        return 6
+
+    return asyncio.run(refused())
 
 
 class ForkServer:

@@ -2034,42 +2034,6 @@ def test_S13_a_store_used_before_a_fork_is_refused_in_the_child_and_the_parent_g
     asyncio.run(store.close())
 
 
-def _refused_at_once(store: PostgresSagaStore, saga_id: str) -> int:
-    """Run a saga on ``store``, whose every call is refused for good: 0 if it
-    stops at its creation with ``StoreClosed`` (not in doubt), its journal
-    never asked to retry — counted, not timed: ``retry_on`` is asked about
-    every failed try the journal would retry — and a read refused so too."""
-    from helpers_ledger import Ctx, ledger_saga
-
-    from fallback_saga import RetryPolicy, SagaInterrupted, StoreClosed
-
-    async def refused() -> int:
-        asked: list[BaseException] = []
-
-        def retried(error: BaseException) -> bool:
-            asked.append(error)
-            return True
-
-        retry = RetryPolicy(attempts=6, delay=0, jitter=0, retry_on=retried)
-        saga = ledger_saga([])(store=store, journal_retry=retry)
-        try:
-            await saga.run(Ctx(order_id="r"), saga_id=saga_id)
-        except SagaInterrupted as stopped:
-            if asked:
-                return 2  # retried
-            if not isinstance(stopped.error, StoreClosed) or stopped.in_doubt:
-                return 3
-        else:
-            return 4
-        try:
-            await store.load("before")
-        except StoreClosed:
-            return 0
-        return 5
-
-    return asyncio.run(refused())
-
-
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_S13_a_store_used_before_a_fork_is_closed_in_the_child_not_retried(
     pg_conninfo: str, pg_schema: str
@@ -2078,12 +2042,12 @@ def test_S13_a_store_used_before_a_fork_is_closed_in_the_child_not_retried(
     (its connections are the parent's): its refusal is ``StoreClosed``,
     definitive, so a saga run in the child stops at its creation instead of
     spending the whole ``journal_retry`` budget on it."""
-    from helpers_fork import in_a_forked_child
+    from helpers_fork import in_a_forked_child, refused_at_once
     from helpers_ledger import Ctx, ledger_saga
 
     store = PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1, max_size=2)
     asyncio.run(ledger_saga([])(store=store).run(Ctx(order_id="p"), saga_id="before"))
-    assert in_a_forked_child(lambda: _refused_at_once(store, "in-child")) == 0
+    assert in_a_forked_child(lambda: refused_at_once(store)) == 0
     asyncio.run(store.close())
 
 
@@ -2093,6 +2057,7 @@ def test_S13_a_store_whose_given_pool_went_with_its_loop_is_closed_not_retried(
     """A store given a pool made on a loop that has closed never works again
     (nothing gives it another pool): ``StoreClosed``, not retried by the
     journal. (A store that owns its pool opens it again on the next loop.)"""
+    from helpers_fork import refused_at_once
     from helpers_ledger import Ctx, ledger_saga
 
     holder: list[PostgresSagaStore] = []
@@ -2106,4 +2071,4 @@ def test_S13_a_store_whose_given_pool_went_with_its_loop_is_closed_not_retried(
         await pool.close()
 
     asyncio.run(first())
-    assert _refused_at_once(holder[0], "next-loop") == 0
+    assert refused_at_once(holder[0], "next-loop") == 0

@@ -18,16 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_fork import fork, in_a_forked_child
+from helpers_fork import fork, in_a_forked_child, refused_at_once
 from helpers_ledger import Ctx, ledger_saga
 
-from fallback_saga import (
-    RetryPolicy,
-    SagaInterrupted,
-    SagaStatus,
-    SQLiteSagaStore,
-    StoreClosed,
-)
+from fallback_saga import SagaInterrupted, SagaStatus, SQLiteSagaStore
 from fallback_saga.errors import SagaStoreError
 from fallback_saga.store import _sqlite_pipe
 from fallback_saga.store import _sqlite_runner as sqlite_runner
@@ -83,6 +77,44 @@ def test_S13_a_forked_child_uses_the_parents_store_on_its_own_connections(
     )  # the child's steps ran in the child's ledger
 
 
+def _forked_mid_request(
+    store: SQLiteSagaStore, child: Callable[[], int], *, on_another_thread: bool = False
+) -> None:
+    """A saga completes; then a request of the store's is held inside SQLite
+    (by its writer: ``on_another_thread`` for an inline one, whose request
+    runs on the calling thread) until the process has forked a child that
+    runs ``child``, which must exit 0. The parent's request then finishes,
+    and a saga run after the fork completes: the parent goes on."""
+    runner = asyncio.Runner()
+    inside, forked = threading.Event(), threading.Event()
+
+    def held(cursor: Any, txn: Any) -> None:  # an op, run by the store's thread
+        cursor.execute("SELECT 1")
+        inside.set()
+        forked.wait(10)
+
+    async def around_the_fork() -> int:
+        async def request() -> None:
+            await store._submit(held, (), write=True)
+
+        if on_another_thread:
+            write = asyncio.ensure_future(asyncio.to_thread(asyncio.run, request()))
+        else:
+            write = asyncio.ensure_future(request())
+        await asyncio.to_thread(inside.wait, 10)
+        code = in_a_forked_child(child, before_waiting=forked.set)
+        await write
+        return code
+
+    try:
+        assert runner.run(_completes(store, "before", []))
+        assert runner.run(around_the_fork()) == 0
+        assert runner.run(_completes(store, "after", []))
+        runner.run(store.close())
+    finally:
+        runner.close()
+
+
 @needs_fork
 def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_hangs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -94,40 +126,18 @@ def test_S13_a_fork_while_the_writer_stays_busy_is_refused_in_the_child_never_ha
     hanging; the parent's request finishes and the store goes on."""
     monkeypatch.setattr(sqlite_runner, "_FORK_WAIT", 0.2)
     store = SQLiteSagaStore(tmp_path / "m.db")
-    runner = asyncio.Runner()
-    inside, forked = threading.Event(), threading.Event()
 
-    def held(cursor: Any, txn: Any) -> None:  # an op, run by the writer thread
-        cursor.execute("SELECT 1")
-        inside.set()
-        forked.wait(10)
+    def child() -> int:
+        async def refused() -> int:
+            try:
+                await store.load("before")
+            except SagaStoreError as error:
+                return 0 if "forked" in str(error) else 2
+            return 3
 
-    try:
-        assert runner.run(_completes(store, "before", []))
+        return asyncio.run(refused())
 
-        async def around_the_fork() -> int:
-            write = store._submit(held, (), write=True)
-            await asyncio.to_thread(inside.wait, 10)
-
-            def child() -> int:
-                async def refused() -> int:
-                    try:
-                        await store.load("before")
-                    except SagaStoreError as error:
-                        return 0 if "forked" in str(error) else 2
-                    return 3
-
-                return asyncio.run(refused())
-
-            code = in_a_forked_child(child, before_waiting=forked.set)
-            await write
-            return code
-
-        assert runner.run(around_the_fork()) == 0
-        assert runner.run(_completes(store, "after", []))
-        runner.run(store.close())
-    finally:
-        runner.close()
+    _forked_mid_request(store, child)
 
 
 @needs_fork
@@ -139,69 +149,13 @@ def test_S13_a_store_forked_away_mid_request_is_refused_at_once_not_retried(
     comes back (its connections are the parent's, in use at the fork): its
     refusal is ``StoreClosed``, definitive as a closed store's, so a saga
     run in the child stops at its creation instead of spending the whole
-    ``journal_retry`` budget. Counted, not timed: ``retry_on`` is asked
-    about every failed try the journal would retry."""
+    ``journal_retry`` budget (``refused_at_once``: counted, not timed)."""
     monkeypatch.setattr(sqlite_runner, "_FORK_WAIT", 0.2)
     store = SQLiteSagaStore(tmp_path / "r.db", writer=writer)
-    runner = asyncio.Runner()
-    inside, forked = threading.Event(), threading.Event()
-
-    def held(cursor: Any, txn: Any) -> None:  # an op, run by the store's thread
-        cursor.execute("SELECT 1")
-        inside.set()
-        forked.wait(10)
-
-    try:
-        assert runner.run(_completes(store, "before", []))
-
-        async def around_the_fork() -> int:
-            async def request() -> None:
-                await store._submit(held, (), write=True)
-
-            if writer == "inline":  # the request runs on the calling thread: another one
-                write = asyncio.ensure_future(asyncio.to_thread(asyncio.run, request()))
-            else:
-                write = asyncio.ensure_future(request())
-            await asyncio.to_thread(inside.wait, 10)
-
-            def child() -> int:
-                async def refused() -> int:
-                    asked: list[BaseException] = []
-
-                    def retried(error: BaseException) -> bool:
-                        asked.append(error)
-                        return True
-
-                    retry = RetryPolicy(attempts=6, delay=0, jitter=0, retry_on=retried)
-                    saga = ledger_saga([])(store=store, journal_retry=retry)
-                    try:
-                        await saga.run(Ctx(order_id="c"), saga_id="in-child")
-                    except SagaInterrupted as stopped:
-                        if asked:
-                            return 2  # retried
-                        if not isinstance(stopped.error, StoreClosed) or stopped.in_doubt:
-                            return 3
-                        if "another process" not in str(stopped.error):
-                            return 4
-                    else:
-                        return 5
-                    try:
-                        await store.load("before")
-                    except StoreClosed:
-                        return 0
-                    return 6
-
-                return asyncio.run(refused())
-
-            code = in_a_forked_child(child, before_waiting=forked.set)
-            await write
-            return code
-
-        assert runner.run(around_the_fork()) == 0
-        assert runner.run(_completes(store, "after", []))
-        runner.run(store.close())
-    finally:
-        runner.close()
+    _forked_mid_request(
+        store, lambda: refused_at_once(store, saying="another process"),
+        on_another_thread=writer == "inline",
+    )
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
