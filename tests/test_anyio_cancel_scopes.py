@@ -46,7 +46,10 @@ from journal_faults import (
 from test_composition_faults import SHAPES as FAULT_SHAPES
 from test_composition_faults import recover_family
 from test_composition_listeners import SHAPES as LISTENER_SHAPES
-from test_composition_listeners import write_count
+from test_composition_listeners import (
+    postgres_store_maker,  # noqa: F401  (fixture postgres_store)
+    write_count,
+)
 
 from fallback_saga import (
     MemorySagaStore,
@@ -365,16 +368,6 @@ async def test_S8_S13_S15_a_family_in_an_anyio_scope_cancelled_at_every_write_sq
         await anyio_case(store, shape, kind, durable=True, at=at, fault=fault)
     finally:
         await store.close()
-
-
-@pytest.fixture
-def postgres_store(pg_conninfo: str, pg_schema: str) -> Callable[[], Any]:
-    def make() -> Any:
-        from fallback_saga.store.postgres import PostgresSagaStore
-
-        return PostgresSagaStore(pg_conninfo, schema=pg_schema, min_size=1)
-
-    return make
 
 
 # PostgreSQL: a server round trip per write — move_on_after, every other write.

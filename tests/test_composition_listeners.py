@@ -431,8 +431,10 @@ async def test_S13_S15_a_fault_at_every_write_of_a_family_is_told_as_journaled_s
         await store.close()
 
 
-@pytest.fixture
-def postgres_store(pg_conninfo: str, pg_schema: str) -> Callable[[], Any]:
+@pytest.fixture(name="postgres_store")  # by this name: test_anyio_cancel_scopes.py imports it
+def postgres_store_maker(pg_conninfo: str, pg_schema: str) -> Callable[[], Any]:
+    """Makes a ``PostgresSagaStore`` on the test's own schema."""
+
     def make() -> Any:
         from fallback_saga.store.postgres import PostgresSagaStore
 
