@@ -944,6 +944,37 @@ def test_S13_a_recover_pass_reports_a_finished_resume_whose_give_back_outruns_re
     run_virtual(main)
 
 
+@contextlib.asynccontextmanager
+async def _a_resume_let_go(
+    store: _SlowRelease, *, listeners: tuple[Any, ...] = ()
+) -> AsyncIterator[tuple[RecoveryWorker, asyncio.Task[Any]]]:
+    """A worker resumes the one saga seeded in ``store``; the saga completes,
+    and the store does not answer the give-back of its lease (``store.gate``)
+    past ``resume_timeout``: the worker asks the resume to stop, then lets it
+    go ``STOP_WAIT`` later, its slot freed. Yields the worker and the let-go
+    resume's task (its give-back on its way, until the gate opens); at the
+    end the gate opens and the worker stops."""
+    gate = store.gate = asyncio.Event()
+    store.entered = asyncio.Event()
+    worker = RecoveryWorker(store, [order_saga(store, Participant())], concurrency=1,
+                            lease=600, poll=3600, older_than=0, listen=False,
+                            listeners=list(listeners), resume_timeout=30)
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(store.entered.wait(), 30)  # its release waits for the store
+        (resuming,) = worker._resumes.in_flight.values()
+        move_clock(worker, 31)  # resume_timeout
+        await eventually(lambda: resuming.stop_asked is not None, what="the bound")
+        move_clock(worker, STOP_WAIT + 1)
+        await eventually(lambda: worker.in_flight == 0, what="its slot freed")
+        (giving_back,) = worker._resumes.let_go
+        yield worker, giving_back
+    finally:
+        gate.set()
+        await worker.stop()
+        await running
+
+
 async def test_S13_a_worker_counts_a_finished_resume_whose_give_back_outruns_resume_timeout_as_it_ended(  # noqa: E501
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -954,32 +985,14 @@ async def test_S13_a_worker_counts_a_finished_resume_whose_give_back_outruns_res
     counts it completed now, told once; its slot is freed ``STOP_WAIT``
     after the bound, and the give-back lands once the store answers."""
     told = Told()
-    participant = Participant()
     async with _SlowRelease(tmp_path / "sagas.db") as store:
         (saga_id,) = await seed(store, 1)
-        gate = store.gate = asyncio.Event()
-        entered = store.entered = asyncio.Event()
-        worker = RecoveryWorker(store, [order_saga(store, participant)], concurrency=1,
-                                lease=600, poll=3600, older_than=0, listen=False,
-                                listeners=[told], resume_timeout=30)
-        running = asyncio.create_task(worker.run())
-        try:
-            await told.until("completed", at_most=1)
-            await asyncio.wait_for(entered.wait(), 30)  # its release waits for the store
-            (resuming,) = worker._resumes.in_flight.values()
-            move_clock(worker, 31)  # resume_timeout
-            await eventually(lambda: resuming.stop_asked is not None, what="the bound")
-            move_clock(worker, STOP_WAIT + 1)
-            await eventually(lambda: worker.in_flight == 0, what="its slot freed")
-            (giving_back,) = worker._resumes.let_go
+        async with _a_resume_let_go(store, listeners=(told,)) as (worker, giving_back):
             assert [(s, o) for s, _, o, _ in told.outcomes] == [(saga_id, "completed")]
             assert (worker.stats.completed, worker.stats.interrupted) == (1, 0)
-            gate.set()  # the store answers: the lease is given back
+            assert store.gate is not None
+            store.gate.set()  # the store answers: the lease is given back
             await asyncio.wait_for(asyncio.wait([giving_back]), 30)
-        finally:
-            gate.set()
-            await worker.stop()
-            await running
         messages = [r.getMessage() for r in caplog.records]
         assert not any("without unwinding" in m or "did not stop" in m for m in messages)
         assert len(told.outcomes) == 1
@@ -998,22 +1011,10 @@ async def test_S10_a_give_back_refused_after_its_resume_was_let_go_is_tried_agai
     count as after a clean give-back."""
     async with _SlowRelease(tmp_path / "sagas.db") as store:
         (saga_id,) = await seed(store, 1)
-        gate = store.gate = asyncio.Event()
-        entered = store.entered = asyncio.Event()
         store.refuse = 1
-        worker = RecoveryWorker(store, [order_saga(store, Participant())], concurrency=1,
-                                lease=600, poll=3600, older_than=0, listen=False,
-                                resume_timeout=30)
-        running = asyncio.create_task(worker.run())
-        try:
-            await asyncio.wait_for(entered.wait(), 30)  # its release waits for the store
-            (resuming,) = worker._resumes.in_flight.values()
-            move_clock(worker, 31)  # resume_timeout
-            await eventually(lambda: resuming.stop_asked is not None, what="the bound")
-            move_clock(worker, STOP_WAIT + 1)
-            await eventually(lambda: worker.in_flight == 0, what="its slot freed")
-            (giving_back,) = worker._resumes.let_go
-            store.gate = None
+        async with _a_resume_let_go(store) as (worker, giving_back):
+            gate, store.gate = store.gate, None
+            assert gate is not None
             gate.set()  # the store answers: it refuses the give-back
             await asyncio.wait_for(asyncio.wait([giving_back]), 30)
             assert store.refuse == 0
@@ -1023,8 +1024,4 @@ async def test_S10_a_give_back_refused_after_its_resume_was_let_go_is_tried_agai
                              what="the give-back made")
             state = await store.lease_state(saga_id)
             assert (state.owner, state.unreleased_claims) == (None, 0)  # claimable at once
-        finally:
-            gate.set()
-            await worker.stop()
-            await running
         assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
