@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,7 +33,34 @@ class Ctx(SagaContext):
     order_id: str = ""
 
 
-class LateRenewal:
+class GiveBackWatch:
+    """What the mixins below share: each give-back of a lease (``release``)
+    passes by ``giving_back`` before it, by ``given_back`` once it landed."""
+
+    async def giving_back(self) -> None:
+        pass
+
+    def given_back(self) -> None:
+        pass
+
+    async def release(self, lease: Lease, *, ran: bool = True) -> None:
+        await self.giving_back()
+        await super().release(lease, ran=ran)  # type: ignore[misc]
+        self.given_back()
+
+
+class HandOffWatched:
+    """PostgreSQL gives the lease of a run it hands off back with ``hand_off``
+    (released and announced in one statement), not ``release``: it passes
+    by the same watch."""
+
+    async def hand_off(self, lease: Lease, *, ran: bool = True) -> None:
+        await self.giving_back()  # type: ignore[attr-defined]
+        await super().hand_off(lease, ran=ran)  # type: ignore[misc]
+        self.given_back()  # type: ignore[attr-defined]
+
+
+class LateRenewal(GiveBackWatch):
     """The first renewal stays in flight until it is cancelled; then, as a
     statement already sent does, it lands all the same — once the lease is
     given back (``release``), or when the test says (``land``)."""
@@ -74,9 +101,10 @@ class LateRenewal:
         finally:
             self.renewal_ended.set()
 
-    async def release(self, lease: Lease, *, ran: bool = True) -> None:
+    async def giving_back(self) -> None:
         self.renewal_ended_before_release = self.renewal_ended.is_set()
-        await super().release(lease, ran=ran)  # type: ignore[misc]
+
+    def given_back(self) -> None:
         self.released = True
         self.land.set()
 
@@ -93,19 +121,37 @@ class HangSaga(Saga[Ctx]):
     steps: ClassVar[list[Any]] = [Hang]
 
 
-Opener = Callable[[], AbstractAsyncContextManager[Any]]
+class SlowRelease(GiveBackWatch):
+    """A give-back that takes some loop rounds to be answered (a network
+    store's round trip), cancellable meanwhile: ``asked`` set as it begins,
+    answered once ``answer`` is set."""
+
+    asked: asyncio.Event
+    answer: asyncio.Event
+
+    def watch(self) -> None:
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def giving_back(self) -> None:
+        self.asked.set()
+        await self.answer.wait()
+
+
+# Opens a store of the kind the test is for, with a mixin of the above
+# (``LateRenewal`` unless said); ``watch()`` called.
+Opener = Callable[..., AbstractAsyncContextManager[Any]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     if request.param == "sqlite":
 
-        class SQLiteLate(LateRenewal, SQLiteSagaStore):
-            pass
-
         @asynccontextmanager
-        async def sqlite() -> AsyncIterator[Any]:
-            async with SQLiteLate(tmp_path / "sagas.db") as store:
+        async def sqlite(mixin: type = LateRenewal) -> AsyncIterator[Any]:
+            store_class = type(f"SQLite{mixin.__name__}", (mixin, SQLiteSagaStore), {})
+            async with store_class(tmp_path / "sagas.db") as store:
+                store.watch()
                 yield store
 
         return sqlite
@@ -116,22 +162,52 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     schema: str = request.getfixturevalue("pg_schema")
     from fallback_saga.store.postgres import PostgresSagaStore
 
-    class PostgresLate(LateRenewal, PostgresSagaStore):
-        pass
-
     @asynccontextmanager
-    async def postgres() -> AsyncIterator[Any]:
-        async with PostgresLate(conninfo, schema=schema) as store:
+    async def postgres(mixin: type = LateRenewal) -> AsyncIterator[Any]:
+        store_class = type(
+            f"Postgres{mixin.__name__}", (mixin, HandOffWatched, PostgresSagaStore), {})
+        async with store_class(conninfo, schema=schema) as store:
+            store.watch()
             yield store
 
     return postgres
+
+
+class InAnyioScope:
+    """``run()`` inside ``anyio.move_on_after`` (cancelled by ``cancel()``,
+    as its deadline would), in a task of its own: its result is whether the
+    scope caught the cancellation (nothing else escaped). ``left`` holds
+    the tasks still pending the moment the scope was left, but for those
+    pending before (a task of the run's that outlives it)."""
+
+    def __init__(self, run: Callable[[], Awaitable[None]]) -> None:
+        self._anyio = pytest.importorskip("anyio")
+        self.entered = asyncio.Event()
+        self.left: list[asyncio.Task[Any]] = []
+        self._scope: Any = None
+        before = asyncio.all_tasks()
+        self.task = asyncio.get_running_loop().create_task(self._in_scope(run, before))
+
+    async def _in_scope(self, run: Callable[[], Awaitable[None]], before: set[Any]) -> bool:
+        with self._anyio.move_on_after(3600) as scope:
+            self._scope = scope
+            self.entered.set()
+            await run()
+        # Looked at before anything else runs.
+        self.left.extend(t for t in asyncio.all_tasks() if not t.done() and t not in before
+                         and t is not asyncio.current_task())
+        caught: bool = scope.cancelled_caught
+        return caught
+
+    def cancel(self) -> None:
+        assert self._scope is not None, "not entered yet"
+        self._scope.cancel()
 
 
 async def test_S10_a_resume_cancelled_twice_leaves_no_renewal_to_land_on_its_given_back_lease(
     open_store: Opener,
 ) -> None:
     async with open_store() as store:
-        store.watch()
         await store.create("o-1", HangSaga.name, HangSaga.definition.fingerprint,
                            {"order_id": "o-1"}, [entry(0, "Hang")])
         saga = HangSaga(store=store)
@@ -169,7 +245,6 @@ async def test_S10_a_renewal_landing_after_its_lease_was_given_back_is_refused(
     PostgreSQL statement the server ran after its client gave up on it: its
     heartbeat, cancelled, had ended) neither owns nor extends the lease."""
     async with open_store() as store:
-        store.watch()
         store.renewals = 1  # renewals go straight to the store
         check: RecoverableStore = store
         for saga_id, give_back in (("released", "release"), ("deferred", "defer")):
@@ -196,7 +271,6 @@ async def test_S10_a_first_run_with_token_0_still_renews_its_lease(open_store: O
     through ``renew`` (owner named, token 0) to hold recovery off, on both
     stores alike."""
     async with open_store() as store:
-        store.watch()
         store.renewals = 1  # renewals go straight to the store
         check: RecoverableStore = store
         await check.create("first", "OrderSaga", "fp", {}, [entry(0, "a")])
@@ -208,52 +282,47 @@ async def test_S10_a_first_run_with_token_0_still_renews_its_lease(open_store: O
 
 
 async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and_gives_it_back(
-    tmp_path: Path,
+    open_store: Opener,
 ) -> None:
     """A ``RecoveryWorker`` run inside ``anyio.move_on_after`` (cancelled at
     every await once the scope is), cancelled while it resumes a saga — with
     a renewal of its lease in flight: the saga is handed off (nothing
     compensated, the journal as the steps left it), its lease is given back
-    once the heartbeat has ended, and another pass resumes it at once."""
-    anyio = pytest.importorskip("anyio")
+    once the heartbeat has ended and before ``run()`` returns, and another
+    pass resumes it at once. (On PostgreSQL every give-back and renewal is a
+    round trip, and the worker listens for work on a connection of its own.)"""
     from test_worker import Ledger, order_saga, seed
 
     from fallback_saga import RecoveryWorker, SagaStatus, StepStatus, recover
 
-    class SQLiteLate(LateRenewal, SQLiteSagaStore):
-        pass
-
-    async with SQLiteLate(tmp_path / "w.db") as store:
-        store.watch()
+    async with open_store() as store:
         [saga_id] = await seed(store, 1)
         ledger = Ledger()
         ledger.hold("act B")
         # lease=0.3: the heartbeat's first renewal starts after 0.1 s.
         worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=0.3, poll=0.02,
                                 older_than=0)
-        scopes: list[Any] = []
-        entered = asyncio.Event()
+        released_when_run_returned: list[bool] = []
 
-        async def in_scope() -> bool:
-            with anyio.move_on_after(3600) as scope:
-                scopes.append(scope)
-                entered.set()
+        async def run() -> None:
+            try:
                 await worker.run()
-            caught: bool = scope.cancelled_caught
-            return caught
+            finally:
+                released_when_run_returned.append(store.released)
 
-        task = asyncio.get_running_loop().create_task(in_scope())
+        running = InAnyioScope(run)
         async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
             await ledger.entered["act B"].wait()
             await store.renewing.wait()
-            scopes[0].cancel()
+            running.cancel()
             await store.renewal_cancelled.wait()
             for _ in range(20):  # every chance to give the lease back first
                 await asyncio.sleep(0)
             if not store.released:
                 store.land.set()
-            assert await task  # the scope caught its cancellation: nothing else escaped
-        assert store.released  # by the time run() returned
+            assert await running.task  # the scope caught its cancellation: nothing else escaped
+        assert released_when_run_returned == [True]
+        assert running.left == []
         assert store.renewal_ended_before_release
         assert worker.stats.handed_off == 1
         assert worker.in_flight == 0
@@ -274,65 +343,40 @@ async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and
 
 
 async def test_S8_a_worker_in_a_cancelled_anyio_scope_gives_back_its_kept_leases_before_returning(
-    tmp_path: Path,
+    open_store: Opener,
 ) -> None:
     """A ``RecoveryWorker`` run inside ``anyio.move_on_after`` (cancelled at
     every await once the scope is) that holds a lease kept through a backoff
     when the scope is cancelled: by the time ``run()`` returns, the lease is
     given back (the store's answer waited for, not cut off at its first
-    await) and no task of the worker is left pending (its watch)."""
-    anyio = pytest.importorskip("anyio")
+    await) and no task of the worker is left pending (its watch, its
+    listener); the next pass resumes the saga at once."""
     from test_worker import Ledger, order_saga, seed
 
-    from fallback_saga import RecoveryWorker
+    from fallback_saga import RecoveryWorker, SagaStatus, recover
 
-    class SlowRelease(SQLiteSagaStore):
-        """A give-back that takes some loop rounds to be answered (a network
-        store's round trip), cancellable meanwhile."""
-
-        asked = asyncio.Event()
-        answer = asyncio.Event()
-
-        async def release(self, lease: Lease, *, ran: bool = True) -> None:
-            self.asked.set()
-            await self.answer.wait()
-            await super().release(lease, ran=ran)
-
-    async with SlowRelease(tmp_path / "w.db") as store:
+    async with open_store(SlowRelease) as store:
         [saga_id] = await seed(store, 1)
         worker = RecoveryWorker(store, [order_saga(store, Ledger())], lease=60, poll=3600,
                                 older_than=0)
         lease = await store.claim_saga(saga_id, owner=worker.owner, lease_seconds=60)
         worker._kept.keep(saga_id, lease, 3600)  # kept through a backoff, not due yet
-        before = asyncio.all_tasks()
-        left: list[asyncio.Task[Any]] = []
-        scopes: list[Any] = []
-        entered = asyncio.Event()
-
-        async def in_scope() -> bool:
-            with anyio.move_on_after(3600) as scope:
-                scopes.append(scope)
-                entered.set()
-                await worker.run()
-            # Looked at before anything else runs: a task still pending here
-            # outlives the worker's run.
-            left.extend(t for t in asyncio.all_tasks() if not t.done() and t not in before
-                        and t is not asyncio.current_task())
-            caught: bool = scope.cancelled_caught
-            return caught
-
-        task = asyncio.get_running_loop().create_task(in_scope())
+        running = InAnyioScope(worker.run)
         async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
-            await entered.wait()
+            await running.entered.wait()
             for _ in range(50):  # claiming, or waiting for its poll: the give-back comes last
                 await asyncio.sleep(0)
-            assert not task.done()
-            scopes[0].cancel()
+            assert not running.task.done()
+            running.cancel()
             await store.asked.wait()
             for _ in range(20):  # every chance to return before the store answers
                 await asyncio.sleep(0)
             store.answer.set()
-            assert await task  # the scope caught its cancellation: nothing else escaped
-        assert left == []
+            assert await running.task  # the scope caught its cancellation: nothing else escaped
+        assert running.left == []
         state = await store.lease_state(saga_id)
         assert state.owner is None, state
+        after = Ledger()
+        report = await recover(store, [order_saga(store, after)], older_than=0)
+        assert report.resumed == [saga_id], report
+        assert (await store.load(saga_id)).status is SagaStatus.COMPLETED
