@@ -1193,6 +1193,85 @@ async def test_S8_a_worker_cancelled_in_a_call_whose_driver_swallows_it_stops(
     await store.close()
 
 
+class _SlowToStopListening(SQLiteSagaStore):
+    """A store listening for work whose listening takes loop rounds to end
+    once cancelled, as a driver's does (PostgreSQL: UNLISTEN, then the
+    connection's goodbye): ``unlistening`` set as it begins, ``closed`` once
+    it has ended — after ``goodbye`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.listening = asyncio.Event()
+        self.unlistening = asyncio.Event()
+        self.goodbye = asyncio.Event()
+        self.closed = False
+
+    async def hand_off(self, lease: Lease) -> None:
+        await self.release(lease)
+
+    async def work_notifications(self) -> AsyncIterator[str]:
+        try:
+            self.listening.set()
+            yield ""
+            await asyncio.get_running_loop().create_future()  # until cancelled
+        finally:
+            self.unlistening.set()
+            await self.goodbye.wait()
+            self.closed = True
+
+
+@pytest.mark.parametrize("how", ["stop", "cancelled twice", "anyio scope"])
+async def test_S8_a_worker_returns_once_its_listener_has_stopped_listening(
+    tmp_path: Path, how: str
+) -> None:
+    """``run()`` cancels its helpers as it ends and waits until they have
+    ended, however often it is cancelled meanwhile (a second
+    ``task.cancel()``; an anyio scope, at every await): returned before,
+    the listener's goodbye ran on after it — on a connection the caller
+    may close, on a loop that may be closing. (A worker's watch ends in one
+    step once cancelled; a listener's end takes round trips.)"""
+    store = _SlowToStopListening(tmp_path / "w.db")
+    worker = RecoveryWorker(store, [order_saga(store, Ledger())], poll=3600, older_than=0)
+    closed_when_run_returned: list[bool] = []
+
+    async def run() -> None:
+        try:
+            await worker.run()
+        finally:
+            closed_when_run_returned.append(store.closed)
+
+    scope: Any = None
+    if how == "anyio scope":
+        from test_late_renewal import InAnyioScope
+
+        scope = InAnyioScope(run)
+        running = scope.task
+    else:
+        running = asyncio.get_running_loop().create_task(run())
+    async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
+        await store.listening.wait()
+        if how == "stop":
+            stopping = asyncio.get_running_loop().create_task(worker.stop())
+        elif how == "cancelled twice":
+            running.cancel()
+        else:
+            scope.cancel()
+        await store.unlistening.wait()
+        if how == "cancelled twice":
+            running.cancel()  # again, while it waits for its listener
+        store.goodbye.set()
+        if how == "stop":
+            await stopping
+            await running
+        elif how == "cancelled twice":
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        else:
+            assert await running  # the scope caught its cancellation: nothing else escaped
+    assert closed_when_run_returned == [True]
+    await store.close()
+
+
 # --------------------------------------------------------------------------- poison sagas
 
 
