@@ -63,7 +63,8 @@ class HandOffWatched:
 class LateRenewal(GiveBackWatch):
     """The first renewal stays in flight until it is cancelled; then, as a
     statement already sent does, it lands all the same — once the lease is
-    given back (``release``), or when the test says (``land``)."""
+    given back (``release``; PostgreSQL's ``hand_off`` with ``HandOffWatched``),
+    or when the test says (``land``)."""
 
     renewing: asyncio.Event
     renewal_cancelled: asyncio.Event
