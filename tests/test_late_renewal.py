@@ -292,7 +292,7 @@ async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and
     once the heartbeat has ended and before ``run()`` returns, and another
     pass resumes it at once. (On PostgreSQL every give-back and renewal is a
     round trip, and the worker listens for work on a connection of its own.)"""
-    from test_worker import Ledger, order_saga, seed
+    from test_worker import Ledger, order_saga, run_and_look, seed
 
     from fallback_saga import RecoveryWorker, SagaStatus, StepStatus, recover
 
@@ -303,14 +303,7 @@ async def test_S8_S13_a_worker_in_a_cancelled_anyio_scope_hands_its_saga_off_and
         # lease=0.3: the heartbeat's first renewal starts after 0.1 s.
         worker = RecoveryWorker(store, [order_saga(store, ledger)], lease=0.3, poll=0.02,
                                 older_than=0)
-        released_when_run_returned: list[bool] = []
-
-        async def run() -> None:
-            try:
-                await worker.run()
-            finally:
-                released_when_run_returned.append(store.released)
-
+        run, released_when_run_returned = run_and_look(worker, lambda: store.released)
         running = InAnyioScope(run)
         async with asyncio.timeout(30):  # a bound, not a wait: it fails the test
             await ledger.entered["act B"].wait()

@@ -1193,6 +1193,22 @@ async def test_S8_a_worker_cancelled_in_a_call_whose_driver_swallows_it_stops(
     await store.close()
 
 
+def run_and_look(
+    worker: RecoveryWorker, look: Callable[[], Any]
+) -> tuple[Callable[[], Awaitable[None]], list[Any]]:
+    """``worker.run``, and a list that gets what ``look()`` says the moment
+    ``run()`` returns or raises (before anything else runs)."""
+    seen: list[Any] = []
+
+    async def run() -> None:
+        try:
+            await worker.run()
+        finally:
+            seen.append(look())
+
+    return run, seen
+
+
 class _SlowToStopListening(SQLiteSagaStore):
     """A store listening for work whose listening takes loop rounds to end
     once cancelled, as a driver's does (PostgreSQL: UNLISTEN, then the
@@ -1232,14 +1248,7 @@ async def test_S8_a_worker_returns_once_its_listener_has_stopped_listening(
     step once cancelled; a listener's end takes round trips.)"""
     store = _SlowToStopListening(tmp_path / "w.db")
     worker = RecoveryWorker(store, [order_saga(store, Ledger())], poll=3600, older_than=0)
-    closed_when_run_returned: list[bool] = []
-
-    async def run() -> None:
-        try:
-            await worker.run()
-        finally:
-            closed_when_run_returned.append(store.closed)
-
+    run, closed_when_run_returned = run_and_look(worker, lambda: store.closed)
     scope: Any = None
     if how == "anyio scope":
         from test_late_renewal import InAnyioScope
