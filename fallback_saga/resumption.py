@@ -5,7 +5,8 @@ and says where the run stands: which steps completed (the compensation
 stack, each with the branch that ran), which were compensated already, and
 where forward execution picks up. ``Saga.resume``, ``recover``
 and ``RecoveryWorker`` all resume through here (``recovery.py`` finds and
-claims the sagas; this module sits below ``saga.py``, which needs it).
+claims the sagas; this module sits below ``resumable.py``, ``Saga``'s base,
+which needs it).
 
 Heartbeat and fencing. A saga resumed under a lease (``LeasedRun``; used by
 ``recover`` and ``RecoveryWorker``) runs in a task of its own, next to a
@@ -95,7 +96,7 @@ _log = library_logger("fallback_saga")
 
 class ResumesRecords(Protocol):
     """What a ``LeasedRun`` resumes: a ``Saga`` (typed here without importing it,
-    so that imports run one way: saga.py uses this module)."""
+    so that imports run one way: resumable.py uses this module)."""
 
     async def _resume_record(
         self,

@@ -60,7 +60,7 @@ class SteppingRun(UnwindingRun):
     # The task's count of requests to cancel as the run began (see
     # running_task): one more since is a request a participant swallowed.
     cancels: int
-    # Set by a resume only (Saga._execution_at), read only when ``resumed``:
+    # Set by a resume only (ResumableSaga._execution_at), read only when ``resumed``:
     # the branches whose calls the crashed run was making (see try_branch).
     crashed_calls: tuple[Branch, ...]
     # An inlined Fallback's primary error while its fallback runs (see _falls_back).

@@ -67,8 +67,8 @@ class UnwindingRun(InterruptibleRun):
     image: Any  # the context as the current step began; once finished, frozen
     branch_errors: dict[str, BaseException] | None  # of a failed group, by member
     left_undone: dict[str, BaseException] | None  # see leave_undone
-    resumed: bool  # Execution's: the run picks a journal up (Saga._execution_at)
-    # Set by a resume only (Saga._execution_at), read only when ``resumed``:
+    resumed: bool  # Execution's: the run picks a journal up (ResumableSaga._execution_at)
+    # Set by a resume only (ResumableSaga._execution_at), read only when ``resumed``:
     # who reopened a FAILED saga's unwinding (reopening.py), said once, in
     # the STARTED row of the first compensation it calls again.
     reopened_by: str | None
