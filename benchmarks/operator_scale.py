@@ -479,7 +479,7 @@ def console_pages(target: list[str]) -> list[tuple[str, float, str]]:
                      f"/api/sagas/{HUGE_ID}", f"/api/sagas/{HUGE_ID}?page=250",
                      f"/api/sagas/{HUGE_ID}?page=500",
                      # About half the sagas: counts stop at 10,000 a status
-                     # (console/data.py COUNT_CAP), unless count=exact.
+                     # (console/listing.py COUNT_CAP), unless count=exact.
                      "/?since=180d", "/?since=180d&status=failed", "/api/sagas?since=180d",
                      "/?since=180d&count=exact",
                      # A name without a time window (its counts: capped too),

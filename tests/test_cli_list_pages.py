@@ -323,7 +323,8 @@ def test_S12_the_console_pages_on_past_a_page_of_unreadable_rows(
 ) -> None:
     """The web console's listing pages (``limit + 1`` asked, to know whether
     a next page exists): a page of unreadable rows ended its paging."""
-    from fallback_saga.console.data import ListQuery, fetch_listing
+    from fallback_saga.console.listing import fetch_listing
+    from fallback_saga.console.query import ListQuery
 
     kind, options = target
     everything = fill(kind, options, SAGAS)

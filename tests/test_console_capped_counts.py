@@ -16,7 +16,8 @@ from helpers_console import fetch
 
 from fallback_saga import MemorySagaStore, SagaStatus, SQLiteSagaStore
 from fallback_saga.console import ConsoleServer
-from fallback_saga.console import data as console_data
+from fallback_saga.console import listing as console_listing
+from fallback_saga.console.store_counts import fetch_counts
 
 CAP = 5  # the cap these tests set (COUNT_CAP itself is 10,000)
 
@@ -61,7 +62,7 @@ async def test_operator_a_windowed_listing_counts_up_to_the_cap_only(
     and a link counting them all; the one under it is exact; the JSON
     says which are capped. The listing without a window, and with
     count=exact, counts every saga (no at_most)."""
-    monkeypatch.setattr(console_data, "COUNT_CAP", CAP, raising=False)
+    monkeypatch.setattr(console_listing, "COUNT_CAP", CAP)
     async with SQLiteSagaStore(tmp_path / "s.db") as store:
         await _filled(store)
         watched = Watched(store)
@@ -106,7 +107,7 @@ async def test_operator_a_small_window_is_counted_exactly() -> None:
     await _filled(store)
     async with ConsoleServer(store, port=0) as console:
         api = (await fetch(f"http://127.0.0.1:{console.port}/api/sagas?since=1h")).json()
-    assert getattr(console_data, "COUNT_CAP", None) == 10_000
+    assert console_listing.COUNT_CAP == 10_000
     assert api["counts"]["completed"] == 8
     assert api["counts_capped"] is None
     assert api["counts_exact"] is True
@@ -130,7 +131,7 @@ async def test_operator_a_store_whose_count_takes_no_cap_is_asked_as_before() ->
 
     own = OwnStore()
     await _filled(own._store)
-    counts = await console_data.fetch_counts(own, since=time.time() - 3600, at_most=CAP)
+    counts = await fetch_counts(own, since=time.time() - 3600, at_most=CAP)
     assert counts.exact
     assert not counts.capped
     assert counts.by_status()[SagaStatus.COMPLETED] == 8
@@ -143,7 +144,7 @@ async def test_operator_a_listing_by_name_counts_up_to_the_cap_only(
     a status too (a name of 800,000 sagas was every one of them counted at
     each request): "5+", a note naming the filter, and a link counting them
     all; with count=exact, and without any filter, every saga is counted."""
-    monkeypatch.setattr(console_data, "COUNT_CAP", CAP, raising=False)
+    monkeypatch.setattr(console_listing, "COUNT_CAP", CAP)
     async with SQLiteSagaStore(tmp_path / "s.db") as store:
         await _filled(store)
         watched = Watched(store)
@@ -183,7 +184,7 @@ async def test_operator_the_name_suggestions_hold_names_seen_only_in_capped_stat
     a status counted no further (capped), and under a name filter the
     other names, are suggested too. A store without ``saga_names`` suggests
     the names it counted, as before."""
-    monkeypatch.setattr(console_data, "COUNT_CAP", CAP, raising=False)
+    monkeypatch.setattr(console_listing, "COUNT_CAP", CAP)
     async with SQLiteSagaStore(tmp_path / "s.db") as store:
         await _filled(store)
         await store.create("rare-0", "RareSaga", "fp", {}, [], status=SagaStatus.COMPLETED)
@@ -225,7 +226,7 @@ async def test_operator_the_json_listing_reads_no_name_suggestions(tmp_path: Pat
             assert listed["sagas"]
             assert asked == []
             await fetch(f"{base}/")
-            assert asked == [console_data.SUGGESTED_NAMES]
+            assert asked == [console_listing.SUGGESTED_NAMES]
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])

@@ -961,7 +961,7 @@ async def test_a_long_saga_page_stays_small_and_pages_reach_every_entry(tmp_path
                 later = re.search(r'<a class="button" rel=next href="([^"]*)">', reply.text)
                 path = later.group(1).replace("&amp;", "&") if later else None
             assert seen == list(range(entries))
-            from fallback_saga.console.data import HISTORY_PAGE
+            from fallback_saga.console.query import HISTORY_PAGE
 
             assert history_page == HISTORY_PAGE  # the journal of ".." fills a page and one
             assert pages == -(-entries // HISTORY_PAGE)
@@ -1019,7 +1019,7 @@ async def test_the_json_api_pages_a_long_sagas_history_as_the_page_does(tmp_path
     ``next`` from the first reaches every entry once, and every try of the
     timeline once, on the page of its STARTED row. A short saga is one page,
     its answer as before plus ``history_page``."""
-    from fallback_saga.console.data import HISTORY_PAGE
+    from fallback_saga.console.query import HISTORY_PAGE
 
     entries = 4_001
     async with SQLiteSagaStore(tmp_path / "long.db") as store:

@@ -10,13 +10,8 @@ import pytest
 
 from fallback_saga import SagaRecord, SagaStatus, StepStatus
 from fallback_saga.console.counting import CountCache
-from fallback_saga.console.data import (
-    BadRequest,
-    Counts,
-    ListQuery,
-    parse_list_query,
-    parse_time,
-)
+from fallback_saga.console.query import BadRequest, ListQuery, parse_list_query, parse_time
+from fallback_saga.console.store_counts import Counts
 from fallback_saga.console.text import format_age, format_seconds
 from fallback_saga.console.timeline import MAX_ROWS, bars_of, timeline_svg
 from fallback_saga.store.base import LeaseState
@@ -300,7 +295,8 @@ def test_the_console_imports_only_the_standard_library() -> None:
     ],
 )
 def test_S12_a_lease_a_row_cannot_hold_is_unreadable_not_an_error(lease: LeaseState) -> None:
-    from fallback_saga.console.data import lease_json, lease_phase
+    from fallback_saga.console.api_json import lease_json
+    from fallback_saga.console.lease import lease_phase
 
     assert lease_phase(lease, 100.0) == "unreadable"
     data = lease_json(lease, 100.0)

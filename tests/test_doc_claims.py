@@ -608,7 +608,8 @@ def documented_numbers() -> list[tuple[str, str, object]]:
     from fallback_saga.cli.stores import CONNECT_TIMEOUT
     from fallback_saga.console import ConsoleServer
     from fallback_saga.console._http import HEADER_TIMEOUT, SEND_TIMEOUT
-    from fallback_saga.console.data import MAX_PAGE, SCAN_LIMIT
+    from fallback_saga.console.query import MAX_PAGE
+    from fallback_saga.console.store_counts import SCAN_LIMIT
     from fallback_saga.context import MAX_CONTEXT_DEPTH
     from fallback_saga.definition import MAX_SAGA_NAME_LENGTH, MAX_STEP_NAME_LENGTH
     from fallback_saga.journal import DEFAULT_JOURNAL_RETRY
@@ -894,7 +895,8 @@ def test_the_readme_command_rows_name_every_option() -> None:
 def test_the_json_api_table_names_every_key_the_console_sends() -> None:
     """observability.md's JSON API rows: each key of a saga in the list, and
     each top-level key of one saga, is named (a script reads what it is told of)."""
-    from fallback_saga.console.data import SagaView, record_json, summary_json
+    from fallback_saga.console.api_json import record_json, summary_json
+    from fallback_saga.console.saga_view import SagaView
     from fallback_saga.store.base import SagaRecord
     from fallback_saga.testing import entry
 

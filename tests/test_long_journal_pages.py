@@ -17,7 +17,8 @@ from helpers_console import fetch
 from fallback_saga import JournalEntry, MemorySagaStore, SagaStatus, SQLiteSagaStore, StepStatus
 from fallback_saga.cli import main
 from fallback_saga.console import ConsoleServer
-from fallback_saga.console.data import HISTORY_PAGE, WHOLE_JOURNAL
+from fallback_saga.console.query import HISTORY_PAGE
+from fallback_saga.console.saga_view import WHOLE_JOURNAL
 from fallback_saga.store import _sqlite_reads
 from fallback_saga.store.base import history_window
 
@@ -274,7 +275,7 @@ async def test_operator_the_json_api_leaves_out_tries_whose_end_it_did_not_read(
     """A try of a long journal whose outcome lies further after its page
     than the API reads is left out of that page's timeline and counted
     (``timeline_left_out``), never drawn as running or cut off."""
-    from fallback_saga.console.data import TIMELINE_FOLLOWING
+    from fallback_saga.console.saga_view import TIMELINE_FOLLOWING
 
     members = TIMELINE_FOLLOWING + HISTORY_PAGE + 100
     async with SQLiteSagaStore(tmp_path / "s.db") as store:

@@ -224,7 +224,7 @@ async def test_S12_a_page_asked_raw_links_raw_so_the_next_page_is_not_redacted_a
     keeps it now, and what it reaches shows the values as stored; a page
     not asked raw links without it (a console without the opt-in refuses
     ``raw=1``)."""
-    from fallback_saga.console.data import HISTORY_PAGE
+    from fallback_saga.console.query import HISTORY_PAGE
 
     store = MemorySagaStore()
     secret = {"card_number": CARD}

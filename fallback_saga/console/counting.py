@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from .data import Counts, fetch_counts
+from .store_counts import Counts, fetch_counts
 
 __all__ = ["CountCache"]
 

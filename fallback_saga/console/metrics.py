@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..status import SagaStatus
-from .data import Counts
+from .store_counts import Counts
 
 __all__ = ["CONTENT_TYPE", "escape_label", "exposition"]
 

@@ -22,15 +22,10 @@ from ..status import SagaStatus, StepStatus
 from ..store._parking import parked_text
 from ..store.base import SagaRecord, SagaSummary
 from ..stored_json import parse_stored_json
-from .data import (
-    HISTORY_PAGE,
-    STATUSES,
-    Listing,
-    ListQuery,
-    SagaView,
-    is_time,
-    lease_phase,
-)
+from .lease import is_time, lease_phase
+from .listing import Listing
+from .query import HISTORY_PAGE, STATUSES, ListQuery
+from .saga_view import SagaView
 from .text import (
     cut_bytes,
     esc,
@@ -788,7 +783,7 @@ def saga_page(
     view: SagaView, bars: list[Bar], *, store_label: str, now: float, page: int = 1,
     raw: bool = False,
 ) -> str:
-    """The saga's page, with page ``page`` of its history (``data.history_page``);
+    """The saga's page, with page ``page`` of its history (``query.history_page``);
     ``raw``: the page was asked with ``raw=1``, and its links to sagas keep it."""
     record = view.record
     context, more = cut_bytes(

@@ -17,24 +17,15 @@ from urllib.parse import unquote, urlencode
 
 from ..errors import SagaNotFound
 from ._http import HttpError, Request, Response
+from .api_json import listing_json, record_json
 from .counting import CountCache
-from .data import (
-    TIMELINE_FOLLOWING,
-    BadRequest,
-    Listing,
-    fetch_listing,
-    fetch_saga_page,
-    history_span,
-    lenient_list_query,
-    listing_json,
-    parse_list_query,
-    record_json,
-    single_values,
-)
+from .listing import Listing, fetch_listing
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import exposition
 from .pages import FAVICON, history_href, listing_page, saga_href, saga_page
+from .query import BadRequest, history_span, lenient_list_query, parse_list_query, single_values
 from .responses import TEXT, data_response, html_response, json_response, redirect
+from .saga_view import TIMELINE_FOLLOWING, fetch_saga_page
 from .timeline import bars_json, bars_of, page_bars
 
 __all__ = ["Route", "Routes"]

@@ -22,8 +22,8 @@ from ..errors import CorruptSagaRecord, SagaNotFound, SagaStoreError
 from ..log_lines import library_logger
 from ._http import MAX_LINE, HttpError, Request, Response
 from .connections import Connections
-from .data import BadRequest
 from .host_check import HostCheck
+from .query import BadRequest
 from .responses import error_response
 from .routes import Routes
 from .text import redact, shorten, visible
