@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fallback_saga import JournalEntry, SQLiteSagaStore, StepStatus
-from fallback_saga.console.pages import saga_page
+from fallback_saga.console.saga_page import saga_page
 from fallback_saga.console.saga_view import fetch_saga
 from fallback_saga.console.timeline import bars_of
 from fallback_saga.subsaga import saga_family

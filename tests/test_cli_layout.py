@@ -125,7 +125,7 @@ def test_a_vendored_copy_names_itself_in_its_messages(tmp_path: Path) -> None:
 _PARKED_AND_FAILED = """
 import asyncio
 from someapp._vendor.fallback_saga import SagaStatus, SQLiteSagaStore
-from someapp._vendor.fallback_saga.console.pages import _alert
+from someapp._vendor.fallback_saga.console.saga_page import _alert
 from someapp._vendor.fallback_saga.testing import entry
 
 async def main():
@@ -263,7 +263,7 @@ sys.path.insert(0, {archive!r})
 import fallback_saga
 assert fallback_saga.__file__.startswith({archive!r}), fallback_saga.__file__
 from fallback_saga import SagaStatus, SQLiteSagaStore
-from fallback_saga.console.pages import _alert
+from fallback_saga.console.saga_page import _alert
 from fallback_saga.testing import entry
 
 async def main():

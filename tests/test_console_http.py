@@ -1130,7 +1130,7 @@ async def test_S12_huge_values_make_a_bounded_page_that_says_what_it_leaves_out(
             page = await get(console, "/sagas/big")
             assert page.status == 200
             assert len(page.body) < 1_000_000, len(page.body)
-            from fallback_saga.console.pages import CONTEXT_SHOWN
+            from fallback_saga.console.saga_page import CONTEXT_SHOWN
 
             shown = context_bytes - CONTEXT_SHOWN
             assert (
@@ -1155,7 +1155,7 @@ async def test_S12_a_cut_never_shows_part_of_a_password_the_console_redacts(
     redacted before they are cut: a cut through the password (cell, first
     line, alert, timeline) must not leave its start, as cutting first did."""
     from fallback_saga import JournalEntry, StepStatus
-    from fallback_saga.console.pages import CELL_SHOWN
+    from fallback_saga.console.history_table import CELL_SHOWN
 
     cuts = [160, 300, CELL_SHOWN, 40, 2000]  # the last failed act: the alert
     history = [

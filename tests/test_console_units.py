@@ -165,7 +165,7 @@ async def test_S15_a_member_cancelled_in_flight_is_cut_off_not_failed_as_the_cli
     timeline, its summary and ``show --mermaid`` all show it cut off."""
     from fallback_saga import MemorySagaStore, Parallel, Saga, SagaContext, SagaFailed
     from fallback_saga.cli.mermaid import mermaid_gantt
-    from fallback_saga.console.pages import _summary_card
+    from fallback_saga.console.saga_page import _summary_card
 
     entered = asyncio.Event()
 

@@ -1380,7 +1380,7 @@ def test_the_operator_cli_shows_the_parent_child_link(
 
 async def test_the_web_console_links_parent_and_child(tmp_path: Path) -> None:
     from fallback_saga.console.api_json import record_json
-    from fallback_saga.console.pages import saga_page
+    from fallback_saga.console.saga_page import saga_page
     from fallback_saga.console.saga_view import fetch_saga
 
     async with SQLiteSagaStore(tmp_path / "s.db") as store:

@@ -15,7 +15,8 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from ._http import Response
-from .pages import STYLE_HASH, error_page
+from .layout import error_page
+from .style import STYLE_HASH
 
 __all__ = [
     "COMMON_HEADERS",

@@ -19,13 +19,16 @@ from ..errors import SagaNotFound
 from ._http import HttpError, Request, Response
 from .api_json import listing_json, record_json
 from .counting import CountCache
+from .links import history_href, saga_href
+from .list_page import listing_page
 from .listing import Listing, fetch_listing
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import exposition
-from .pages import FAVICON, history_href, listing_page, saga_href, saga_page
 from .query import BadRequest, history_span, lenient_list_query, parse_list_query, single_values
 from .responses import TEXT, data_response, html_response, json_response, redirect
+from .saga_page import saga_page
 from .saga_view import TIMELINE_FOLLOWING, fetch_saga_page
+from .style import FAVICON
 from .timeline import bars_json, bars_of, page_bars
 
 __all__ = ["Route", "Routes"]
