@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
+import subprocess
+import sys
 import uuid
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
@@ -215,6 +218,86 @@ def test_an_unnamed_offset_keeps_its_iso_form_and_old_zone_forms_decode_as_befor
     assert back.when.fold == 1
     assert back.at.tzinfo is UTC
     assert repr(back.anything.tzinfo) == repr(timezone(timedelta(hours=1), "CET"))
+
+
+# What 0.9.0 wrote (before the tagged form of an offset under a second):
+# the ISO text, which fromisoformat reads as UTC when the offset's hours,
+# minutes and seconds are all zero (3.11 to 3.13; "+01:00:00.5" it reads
+# right). Pinned as 0.9.0 wrote it; test_the_0_9_0_fixture_is_what_0_9_0_writes
+# checks that against the release where there is git history.
+TINY = timezone(timedelta(microseconds=5))
+NEAR = timezone(-timedelta(microseconds=999_999))
+HALF = timezone(timedelta(hours=1, microseconds=500_000))
+SUB_SECOND_090 = {
+    "when": "2024-05-01T12:30:00.000123+00:00:00.000005",
+    "at": "12:30:00-00:00:00.999999",
+    "anything": [
+        {"$fs": ["datetime", "2024-05-01T12:30:00-00:00:00.999999"]},
+        {"$fs": ["time", "01:02:03.000004+00:00:00.000005"]},
+        {"$fs": ["datetime", "2024-05-01T00:00:00+01:00:00.500000"]},
+    ],
+}
+SUB_SECOND_CONTEXT = Moments(
+    when=datetime(2024, 5, 1, 12, 30, 0, 123, tzinfo=TINY),
+    at=time(12, 30, tzinfo=NEAR),
+    anything=[
+        datetime(2024, 5, 1, 12, 30, tzinfo=NEAR),
+        time(1, 2, 3, 4, tzinfo=TINY),
+        datetime(2024, 5, 1, tzinfo=HALF),
+    ],
+)
+
+
+def test_S14_a_0_9_0_journal_of_an_offset_under_a_second_resumes_with_that_offset() -> None:
+    back = context_from_dict(Moments, SUB_SECOND_090)
+
+    assert_identical(SUB_SECOND_CONTEXT, back)
+    assert back.when.utcoffset() == timedelta(microseconds=5)
+    assert back.at.utcoffset() == -timedelta(microseconds=999_999)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-05-01T12:30:00+00:00",
+        "2024-05-01T12:30:00.000005-00:00",
+        "2024-05-01T00:00:00+00:00:00",
+        "2024-05-01T00:00:00Z",
+        "2024-05-01T00:00:00.5+00:00",
+    ],
+)
+def test_a_utc_text_that_looks_like_a_sub_second_offset_stays_utc(text: str) -> None:
+    # The second look at a UTC result must not take a wall clock's fraction
+    # for an offset's.
+    back = context_from_dict(Moments, {"when": text, "anything": {"$fs": ["datetime", text]}})
+
+    assert back.when == datetime.fromisoformat(text)
+    assert back.when.tzinfo is UTC
+    assert back.anything.tzinfo is UTC
+
+
+def test_a_time_of_hours_only_still_decodes() -> None:
+    back = context_from_dict(Moments, {"at": "12", "anything": {"$fs": ["time", "12"]}})
+
+    assert (back.at, back.anything) == (time(12), time(12))
+
+
+def test_the_0_9_0_fixture_is_what_0_9_0_writes(tmp_path: Path) -> None:
+    from test_upgrades import old_releases
+
+    old_releases().extract("0.9.0", tmp_path)
+    script = (
+        "import json, sys, test_lossless_values as t\n"
+        "from fallback_saga.context import context_to_dict\n"
+        "print(json.dumps(context_to_dict(t.SUB_SECOND_CONTEXT)))\n"
+    )
+    tests = str(Path(__file__).parent)
+    written = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(tmp_path), tests))},
+    ).stdout
+
+    assert json.loads(written) == SUB_SECOND_090
 
 
 # --------------------------------------------------------------------------- no collision
