@@ -384,9 +384,13 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
 
 def _learn_width(cls: type, width: int) -> None:
     """After a write found no attribute the journal would lose: the width of
-    a class whose ``__post_init__`` derives attributes, so that the next
-    writes (and the fast checks) compare one length instead of scanning."""
-    if FIELD_WIDTHS.get(cls) == _SCAN and fields_in_dict(cls):
+    a class with a ``__post_init__``, so that the next writes (and the fast
+    checks) compare one length instead of scanning — only when that instance
+    held its fields alone. What one instance derives another may not (an
+    ``if`` in ``__post_init__``, a cached_property not yet read): a width
+    counting it would let an attribute in its place through unjournaled, so
+    a class that derives attributes is scanned at every write."""
+    if FIELD_WIDTHS.get(cls) == _SCAN and width == len(fields(cls)) and fields_in_dict(cls):
         FIELD_WIDTHS[cls] = width
 
 
