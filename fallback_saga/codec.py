@@ -342,6 +342,9 @@ def _width(cls: type) -> int:
 # fields) or that it derives again (a cached_property's, what its
 # ``__post_init__`` sets on reading back), as met.
 _KEPT_NAMES: dict[type, set[str]] = {}
+#: Per dataclass in ``_KEPT_NAMES``: how many fields it has (a width is learnt
+#: only from an instance that holds them alone, ``_learn_width``).
+_FIELD_COUNTS: dict[type, int] = {}
 
 
 def _refuse_extras(value: Any, path: str, depth: int) -> None:
@@ -355,9 +358,11 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
     names = _KEPT_NAMES.get(cls)
     if names is None:
         names = _KEPT_NAMES[cls] = {field.name for field in fields(cls)}
+        _FIELD_COUNTS[cls] = len(names)
     state = vars(value)
     if names.issuperset(state):
-        _learn_width(cls, len(state))
+        if len(state) == _FIELD_COUNTS[cls]:  # (one that derives: scanned at every write)
+            _learn_width(cls, len(state))
         return
     learnt = False
     for name, item in list(state.items()):
@@ -379,18 +384,19 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
             f"{' (and its __post_init__ does not set it)' if learnt else ''}; declare it as "
             f"a field ({name}: <type> = <default>), or keep it off the context",
         )
-    _learn_width(cls, len(state))
+    if len(state) == _FIELD_COUNTS[cls]:
+        _learn_width(cls, len(state))
 
 
 def _learn_width(cls: type, width: int) -> None:
-    """After a write found no attribute the journal would lose: the width of
-    a class with a ``__post_init__``, so that the next writes (and the fast
-    checks) compare one length instead of scanning — only when that instance
-    held its fields alone. What one instance derives another may not (an
+    """After a write found no attribute the journal would lose, in an
+    instance that held its fields alone: the width of a class with a
+    ``__post_init__``, so that the next writes (and the fast checks) compare
+    one length instead of scanning. What one instance derives another may not (an
     ``if`` in ``__post_init__``, a cached_property not yet read): a width
     counting it would let an attribute in its place through unjournaled, so
     a class that derives attributes is scanned at every write."""
-    if FIELD_WIDTHS.get(cls) == _SCAN and width == len(fields(cls)) and fields_in_dict(cls):
+    if FIELD_WIDTHS.get(cls) == _SCAN and fields_in_dict(cls):
         FIELD_WIDTHS[cls] = width
 
 
