@@ -18,8 +18,8 @@ cannot carry as itself is written **tagged**: ``{"$fs": [tag, payload]}``
     datetime, time          ["datetime", "2024-05-01T12:30:00+05:30"], or
                             ["datetime", [wall-clock ISO, zone, fold]] for a
                             named zone (zone: ["zone", "Europe/Paris"] or
-                            ["offset", microseconds, name]), an offset of
-                            microseconds only, or fold=1
+                            ["offset", microseconds, name]), an offset
+                            with a fraction of a second, or fold=1
     date                    ["date", "2024-05-01"]
     timedelta               ["timedelta", [days, seconds, microseconds]]
     UUID                    ["uuid", "12345678-..."]
@@ -993,8 +993,8 @@ def _tz(zone: tzinfo | None, value: Any, path: str) -> Any:
 
 def _moment(value: datetime | time, path: str, depth: int) -> Any:
     zone = _tz(value.tzinfo, value, path)
-    # ISO 8601 for no zone or an unnamed offset, but not an offset of
-    # microseconds only: fromisoformat reads "+00:00:00.000005" as UTC.
+    # ISO 8601 for no zone or an unnamed offset of whole seconds: fromisoformat
+    # reads "+00:00:00.000005" as UTC (decoding.py reads 0.9.0's text so).
     if value.fold == 0 and (
         zone is None or (zone[0] == "offset" and zone[2] is None and zone[1] % 1_000_000 == 0)
     ):
