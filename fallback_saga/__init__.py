@@ -35,7 +35,7 @@ from .recovery import RecoveryReport, recover
 from .reopening import retry_unwinding
 from .results import UnjournaledResponse
 from .retry import RetryPolicy, set_testing
-from .saga import Saga, SagaTransaction
+from .saga import Saga
 from .shared_state import CircuitStateStore, SharedCircuit, SQLiteCircuitStateStore
 from .status import SagaStatus, StepStatus
 from .step import Response, SagaStepHandler, SagaStepResult, Step, StepInfo, current_step
@@ -50,6 +50,7 @@ from .store import (
     SQLiteSagaStore,
 )
 from .subsaga import SubSaga
+from .transaction import SagaTransaction
 from .worker import RecoveryWorker, WorkerStats
 
 __version__ = "0.10.0"

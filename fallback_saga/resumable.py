@@ -2,15 +2,16 @@
 journal instead of starting one (S10).
 
 ``Saga`` (saga.py) is the definition bound to its collaborators, and the
-runs it starts (``run``, ``transaction``). This base class is what a saga
-does with a run already journaled: ``Saga.resume``, and what the others
-resume through — ``LeasedRun`` (resumption.py: ``recover`` and
-``RecoveryWorker``) calls ``_resume_record``, a ``SubSaga`` undoing its
-child saga ``_unwind_record``, an operator's ``retry_unwinding``
-(reopening.py) ``_reopen_record``. Each builds an ``Execution`` standing
-where the journal stops (``_execution_at``) over the plan ``Saga.__init__``
-built. A base class, not a module of functions, so that those callers keep
-calling the saga; it never imports saga.py (imports run one way).
+runs it starts (``run``; ``transaction``, whose ``SagaTransaction`` is in
+transaction.py). This base class is what a saga does with a run already
+journaled: ``Saga.resume``, and what the others resume through —
+``LeasedRun`` (resumption.py: ``recover`` and ``RecoveryWorker``) calls
+``_resume_record``, a ``SubSaga`` undoing its child saga
+``_unwind_record``, an operator's ``retry_unwinding`` (reopening.py)
+``_reopen_record``. Each builds an ``Execution`` standing where the journal
+stops (``_execution_at``) over the plan ``Saga.__init__`` built. A base
+class, not a module of functions, so that those callers keep calling the
+saga; it never imports saga.py (imports run one way).
 """
 
 from __future__ import annotations
