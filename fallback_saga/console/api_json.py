@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from ..record_json import history_json
-from ..status import SagaStatus
 from ..store.base import LeaseState, SagaSummary
 from .lease import is_time, lease_phase, lease_readable
 from .listing import Listing
 from .query import HISTORY_PAGE, STATUSES, ListQuery, history_span
 from .saga_view import SagaView
 
-__all__ = ["lease_json", "listing_json", "record_json", "status_counts_json", "summary_json"]
+__all__ = ["lease_json", "listing_json", "record_json", "summary_json"]
 
 def lease_json(lease: LeaseState | None, now: float) -> dict[str, Any] | None:
     if lease is None:
@@ -131,7 +129,3 @@ def record_json(
             "last_seq": first + count - 1 if count else None,
         }
     return data
-
-
-def status_counts_json(counts: Mapping[SagaStatus, int]) -> dict[str, int]:
-    return {status.value: n for status, n in counts.items()}
