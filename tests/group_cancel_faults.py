@@ -47,6 +47,7 @@ from journal_faults import (
     check_caller_matches_journal,
     journal_of,
     step_by_step,
+    victim_task,
 )
 
 from fallback_saga import (
@@ -539,13 +540,17 @@ async def run_plan(plan: Plan, inner: Any, *, wrap: str, saga_id: str,
     ledger = Ledger()
     rt = Runtime()
     family = CancelFamily(plan, store, ledger, rt)
-    task = asyncio.create_task(
-        step_by_step(family.parent, saga_id) if plan.transaction
-        else family.parent.run(Ctx(order_id="x"), saga_id=saga_id)
-    )
-    rt.victim = task
     if wrap != "none":
         store.victim = _Asker(rt)  # the store's own cancellation is marked in the trace
+
+    def mark(task: asyncio.Task[Any]) -> None:
+        rt.victim = task
+
+    task = victim_task(
+        step_by_step(family.parent, saga_id) if plan.transaction
+        else family.parent.run(Ctx(order_id="x"), saga_id=saga_id),
+        mark,
+    )
 
     async def caller() -> None:
         for wait in plan.ticks:

@@ -36,9 +36,9 @@ import asyncio
 import dataclasses
 import types
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fallback_saga import (
     Fallback,
@@ -72,6 +72,29 @@ class StoreDown(Exception):
 
 class Boom(Exception):
     """A business failure of a step."""
+
+
+T = TypeVar("T")
+
+
+def victim_task(
+    coroutine: Coroutine[Any, Any, T], *marks: Callable[[asyncio.Task[Any]], None]
+) -> asyncio.Task[T]:
+    """``coroutine`` in a task that each of ``marks`` is told of before the
+    coroutine's first line runs. Under a loop whose task factory starts
+    tasks eagerly (``asyncio.eager_task_factory``, which users set for
+    speed) a task runs its first step inside ``create_task``: a fault
+    placed at the first journal write, or an ``act`` that cancels its
+    caller, would otherwise find no victim yet (or the previous run's)."""
+
+    async def marked() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        for mark in marks:
+            mark(task)
+        return await coroutine
+
+    return asyncio.create_task(marked())
 
 
 @dataclasses.dataclass
@@ -239,6 +262,10 @@ class FaultyStore:
         self.writes_outlive_cancellation = getattr(inner, "writes_outlive_cancellation", False)
         self.reads = 0
         self.failing_reads = range(0)  # the read numbers that fail (fail_reads)
+
+    def mark(self, task: asyncio.Task[Any]) -> None:
+        """The task a ``cancel`` fault cancels (see ``victim_task``)."""
+        self.victim = task
 
     def heal(self) -> None:
         self.down = False
@@ -423,10 +450,9 @@ async def run_case(
     each side saw."""
     saga = shape.build(store, ledger)
     if driver == "run":
-        task = asyncio.create_task(saga.run(Ctx(order_id=saga_id), saga_id=saga_id))
+        task = victim_task(saga.run(Ctx(order_id=saga_id), saga_id=saga_id), store.mark)
     else:
-        task = asyncio.create_task(step_by_step(saga, saga_id))
-    store.victim = task
+        task = victim_task(step_by_step(saga, saga_id), store.mark)
     outcome: object
     try:
         outcome = await task

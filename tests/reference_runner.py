@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from journal_faults import FAST_JOURNAL_RETRY, FaultyStore, FaultySubmittingStore
+from journal_faults import FAST_JOURNAL_RETRY, FaultyStore, FaultySubmittingStore, victim_task
 from reference_model import (
     ERRORS,
     BreakerModel,
@@ -76,6 +76,9 @@ class Runtime:
             for item in _walk(case.items) if isinstance(item, GroupPlan)
             for plan in step_plans(item.members)
         }
+
+    def mark_victim(self, task: asyncio.Task[Any]) -> None:
+        self.victim = task
 
     async def cancel_victim(self, turns: int) -> None:
         """Cancel the task driving the case, then give the loop ``turns``
@@ -453,10 +456,9 @@ async def _run_case(
         ctx = built.ctx_class(order_id=saga_id)
         saga = built.saga()
         if case.transaction and run == 0:
-            task = asyncio.create_task(step_by_step(saga, ctx, saga_id))
+            task = victim_task(step_by_step(saga, ctx, saga_id), rt.mark_victim)
         else:
-            task = asyncio.create_task(saga.run(ctx, saga_id=saga_id))
-        rt.victim = task
+            task = victim_task(saga.run(ctx, saga_id=saga_id), rt.mark_victim)
         outcome: object
         try:
             outcome = await task
@@ -477,8 +479,7 @@ async def _run_case(
                 box[0] = inner = store.inner = await kind.reopen(store.inner)
             rt.resuming = rt.trace[rt.crashes[-1]] if rt.trace[rt.crashes[-1]][2] == "act" else None
             resumer = built.saga()
-            task = asyncio.create_task(resumer.resume(saga_id))
-            rt.victim = task
+            task = victim_task(resumer.resume(saga_id), rt.mark_victim)
             try:
                 outcome = await task
             except (Exception, asyncio.CancelledError) as error:

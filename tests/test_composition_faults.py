@@ -33,6 +33,7 @@ from journal_faults import (
     StoreDown,
     check_caller_matches_journal,
     journal_of,
+    victim_task,
 )
 
 from fallback_saga import (
@@ -121,8 +122,7 @@ async def fault_case(
         store = (FaultySubmittingStore if durable else FaultyStore)(inner, at=at, kind=kind)
         ledger = Ledger()
         family = Family(items, store, ledger, listen=listen)
-        task = asyncio.create_task(family.parent.run(Ctx(order_id="x"), saga_id=saga_id))
-        store.victim = task
+        task = victim_task(family.parent.run(Ctx(order_id="x"), saga_id=saga_id), store.mark)
         outcome: object
         try:
             outcome = await task
@@ -327,8 +327,7 @@ async def test_S15_S8_a_members_child_cancelled_in_its_write_ahead_undoes_no_ste
         store = (FaultySubmittingStore if durable else FaultyStore)(inner, at=2, kind="cancel")
         ledger = Ledger()
         family = Family(items, store, ledger)
-        task = asyncio.create_task(family.parent.run(Ctx(order_id="x"), saga_id="o"))
-        store.victim = task
+        task = victim_task(family.parent.run(Ctx(order_id="x"), saga_id="o"), store.mark)
         with pytest.raises(asyncio.CancelledError):
             await task
         child = await inner.load("o/Kid")

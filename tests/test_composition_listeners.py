@@ -51,6 +51,7 @@ from journal_faults import (
     StepSpec,
     check_caller_matches_journal,
     journal_of,
+    victim_task,
 )
 from test_composition_faults import recover_family
 
@@ -307,9 +308,8 @@ async def family_case(
     listeners: list[object] = [told] + ([telemetry.listener] if telemetry else [])
     ledger = Ledger()
     family = Family(items, store, ledger, yields, listen=True, listeners=listeners)
-    task = asyncio.create_task(family.parent.run(Ctx(order_id="x"), saga_id="o"))
-    if at is not None:
-        store.victim = task
+    marks = [store.mark] if at is not None else []
+    task = victim_task(family.parent.run(Ctx(order_id="x"), saga_id="o"), *marks)
     if cancel_after is not None:
         for _ in range(cancel_after):
             await asyncio.sleep(0)

@@ -47,6 +47,7 @@ from journal_faults import (
     check_ledger,
     check_no_effect_the_journal_does_not_know,
     run_case,
+    victim_task,
 )
 
 from fallback_saga import (
@@ -427,8 +428,7 @@ async def test_S13_cancel_during_the_creating_write_never_becomes_a_forward_run(
     try:
         store = FaultyRecoverableStore(inner, at=0, kind="cancel")
         saga = saga_class(store=store)
-        task = asyncio.create_task(saga.run(Ctx(order_id="o-3"), saga_id="o-3"))
-        store.victim = task
+        task = victim_task(saga.run(Ctx(order_id="o-3"), saga_id="o-3"), store.mark)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert (await inner.load("o-3")).status is SagaStatus.COMPENSATED
@@ -528,8 +528,7 @@ async def test_S13_cancel_while_a_real_sqlite_write_is_in_flight_ends_final_in_t
 
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
         saga = saga_class(store=store, listeners=[CancelOnStart()])
-        task = asyncio.create_task(saga.run(Ctx(order_id="o-5"), saga_id="o-5"))
-        victim.append(task)
+        task = victim_task(saga.run(Ctx(order_id="o-5"), saga_id="o-5"), victim.append)
         with pytest.raises(asyncio.CancelledError):
             await task
         record = await store.load("o-5")
@@ -890,8 +889,7 @@ async def test_S5_S8_a_resume_cancelled_before_the_interrupted_step_reruns_undoe
         with pytest.raises(Crash):
             await saga_class(store=inner).run(Ctx(order_id="o-14"), saga_id="o-14")
         store = FaultyStore(inner, at=0, kind="cancel")  # the resume's first write
-        task = asyncio.create_task(saga_class(store=store).resume("o-14"))
-        store.victim = task
+        task = victim_task(saga_class(store=store).resume("o-14"), store.mark)
         with pytest.raises(asyncio.CancelledError):
             await task
         record = await inner.load("o-14")
@@ -1001,8 +999,7 @@ async def test_S5_S8_a_crashed_call_answered_failed_is_not_undone_by_a_later_can
     async with SQLiteSagaStore(tmp_path / "j.db") as store:
         with pytest.raises(Crash):
             await Paying(store=store).run(Ctx(order_id="o-16"), saga_id="o-16")
-        task = asyncio.create_task(Paying(store=store).resume("o-16"))
-        victim.append(task)
+        task = victim_task(Paying(store=store).resume("o-16"), victim.append)
         with pytest.raises(asyncio.CancelledError):
             await task
         record = await store.load("o-16")
@@ -1044,8 +1041,7 @@ async def test_S8_a_caller_cancelled_while_the_store_refuses_the_last_context_un
         store = RefusesTheLastContext(inner, at=3)  # creation, two appends, the completion
         saga_class = order_saga(log, charge_failures=0)
         run = saga_class(store=store).run(Ctx(order_id="o-10"), saga_id="o-10")
-        task = asyncio.create_task(run)
-        store.victim = task
+        task = victim_task(run, store.mark)
         with pytest.raises(asyncio.CancelledError):
             await task
         record = await inner.load("o-10")
@@ -1343,8 +1339,7 @@ async def test_S8_S13_a_cancellation_asked_for_in_an_act_lands_in_the_journal_wr
                 SQLiteSagaStore(tmp_path / "j.db", writer=writer)
             )
         saga = cancelling_step_saga(log, victim, how)(store=store)
-        task = asyncio.create_task(saga.run(Ctx(order_id="o-11"), saga_id="o-11"))
-        victim.append(task)
+        task = victim_task(saga.run(Ctx(order_id="o-11"), saga_id="o-11"), victim.append)
         with pytest.raises(asyncio.CancelledError) as raised:
             await task
         record = await inner.load("o-11")
@@ -1421,8 +1416,7 @@ async def test_S8_S15_a_cancellation_asked_for_as_a_group_runs_lands_when_the_gr
     inner = MemorySagaStore()
     store: Any = inner if writes == "none" else FaultyStore(inner)
     saga = cancelling_member_saga(log, victim, how)(store=store)
-    task = asyncio.create_task(saga.run(Ctx(order_id="o-12"), saga_id="o-12"))
-    victim.append(task)
+    task = victim_task(saga.run(Ctx(order_id="o-12"), saga_id="o-12"), victim.append)
     with pytest.raises(asyncio.CancelledError) as raised:
         await task
     assert raised.value.args == ("shutting down",)
@@ -1486,8 +1480,7 @@ async def test_S8_a_caller_cancelled_by_a_compensation_that_never_waits_gets_can
             async for _ in tx:
                 pass
 
-    task = asyncio.create_task(drive())
-    victim.append(task)
+    task = victim_task(drive(), victim.append)
     with pytest.raises(asyncio.CancelledError) as raised:
         await task
     assert raised.value.args == ("shutting down",)

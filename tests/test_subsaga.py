@@ -25,6 +25,7 @@ import pytest
 import subsaga_app as app
 from helpers_family import family_in_one_look_up
 from helpers_saga import JsonStore
+from journal_faults import victim_task
 
 from fallback_saga import (
     Fallback,
@@ -386,10 +387,10 @@ async def test_S15_S8_a_cancelled_parent_whose_child_gave_up_ends_failed(
         ]
 
     fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
-    task = asyncio.create_task(
-        Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o11")
+    task = victim_task(
+        Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o11"),
+        victim.append,
     )
-    victim.append(task)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await store.load("o11/Pay")).status is SagaStatus.FAILED
@@ -422,10 +423,10 @@ async def test_S15_S8_S6_a_member_child_left_failed_as_the_caller_cancels_leaves
         ]
 
     fast = RetryPolicy(attempts=2, delay=0.0, max_delay=0.0, jitter=0.0)
-    task = asyncio.create_task(
-        Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o14")
+    task = victim_task(
+        Order(store=store, compensation_retry=fast).run(app.OrderCtx(), saga_id="o14"),
+        victim.append,
     )
-    victim.append(task)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await store.load("o14/Pay")).status is SagaStatus.FAILED
@@ -863,8 +864,7 @@ async def _crash_then_cancelled_resume(tmp_path: Path, payment: type[Any], saga_
         with pytest.raises(Crash):
             await Order(store=inner).run(app.OrderCtx(), saga_id=saga_id)
         store = FaultyRecoverableStore(inner, at=0, kind="cancel")  # the resume's first write
-        task = asyncio.create_task(Order(store=store).resume(saga_id))
-        store.victim = task
+        task = victim_task(Order(store=store).resume(saga_id), store.mark)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert (await inner.load(saga_id)).status is SagaStatus.COMPENSATED
