@@ -516,4 +516,7 @@ def test_S8_a_claim_cut_off_by_the_loops_shutdown_before_it_began_claims_nothing
         asyncio.run(main())
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
-    assert began in ([], ["claim"])
+    # Under uvloop the claim's task takes its step before the shutdown's
+    # cancellation reaches its caller: the claim lands, and the cancelled
+    # caller gives it back (claimed's contract) — no lease kept either way.
+    assert began in ([], ["claim"], ["claim", "release"])
