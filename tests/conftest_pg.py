@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pg_cluster import PostgresCluster, PostgresUnavailable
@@ -54,16 +55,17 @@ def require_driver() -> None:
         pytest.skip(message, allow_module_level=True)
 
 
-def throwaway_cluster() -> Iterator[PostgresCluster]:
+def throwaway_cluster(**options: Any) -> Iterator[PostgresCluster]:
     """A PostgreSQL server started for the caller and removed afterwards;
-    skipped with the reason where it cannot start (a failure under CI)."""
+    skipped with the reason where it cannot start (a failure under CI).
+    ``options``: ``PostgresCluster.start_new``'s."""
     try:
         import psycopg  # noqa: F401
         import psycopg_pool  # noqa: F401
     except ImportError as error:
         _unavailable(f'psycopg is not installed ({error}); pip install -e ".[postgres]"')
     try:
-        cluster = PostgresCluster.start_new()
+        cluster = PostgresCluster.start_new(**options)
     except PostgresUnavailable as error:
         _unavailable(str(error))
         raise  # not reached: _unavailable skips or fails

@@ -121,6 +121,7 @@ class PostgresCluster:
     run_as: pwd.struct_passwd | None = None  # the OS user the server runs as
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     settings: tuple[str, ...] = ()  # the extra server settings, kept for start()
+    initdb_options: tuple[str, ...] = ()  # extra initdb options (``--wal-segsize=1``)
 
     @property
     def datadir(self) -> Path:
@@ -162,10 +163,12 @@ class PostgresCluster:
         settings: Sequence[str] = (),
         dbname: str = "fallback_saga_test",
         bindir: Path | None = None,
+        initdb_options: Sequence[str] = (),
     ) -> PostgresCluster:
         """initdb a new cluster in a temporary directory, start it on a free
         loopback port and create ``dbname``. ``settings`` are extra ``name=value``
-        server settings. ``PostgresUnavailable`` if that cannot be done."""
+        server settings, ``initdb_options`` extra options of initdb.
+        ``PostgresUnavailable`` if that cannot be done."""
         bindir = bindir or find_bindir()
         run_as = _server_user()
         parent = Path(tempfile.gettempdir())
@@ -179,6 +182,7 @@ class PostgresCluster:
             cluster = cls(
                 bindir=bindir, base=base, port=0, password=secrets.token_hex(16),
                 dbname=dbname, run_as=run_as, settings=tuple(settings),
+                initdb_options=tuple(initdb_options),
             )
             cluster._initdb()
             last_error: PostgresUnavailable | None = None
@@ -233,7 +237,7 @@ class PostgresCluster:
                 [
                     str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user,
                     "--pwfile", str(pwfile), "--auth=scram-sha-256",
-                    "--encoding=UTF8", "--no-locale", "--no-sync",
+                    "--encoding=UTF8", "--no-locale", "--no-sync", *self.initdb_options,
                 ]
             )
         finally:

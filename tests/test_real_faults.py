@@ -225,12 +225,18 @@ def fault_saga(store: Any, world: World, journal_retry: RetryPolicy) -> FaultSag
 Outcome = tuple[str, str | None, str]
 
 
-async def drive(saga: FaultSaga, ctx: FaultCtx, saga_id: str) -> Outcome:
+async def drive(
+    saga: FaultSaga, ctx: FaultCtx, saga_id: str,
+    errors: dict[str, BaseException] | None = None,
+) -> Outcome:
+    """``errors``: where to keep each interruption's store error, by saga id."""
     try:
         result = await saga.run(ctx, saga_id=saga_id)
     except SagaFailed as failed:
         return "failed", failed.status.value, ""
     except SagaInterrupted as interrupted:
+        if errors is not None:
+            errors[saga_id] = interrupted.error
         status = None if interrupted.status is None else interrupted.status.value
         detail = f"{type(interrupted.error).__name__}: {interrupted.error}"
         if interrupted.in_doubt:
