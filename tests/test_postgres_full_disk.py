@@ -64,7 +64,7 @@ from test_real_faults import (
     summary,
 )
 
-from fallback_saga import RetryPolicy, Saga
+from fallback_saga import RetryPolicy, Saga, recover
 from fallback_saga.errors import SagaStoreError
 
 require_driver()
@@ -314,6 +314,28 @@ async def test_S13_postgres_tablespace_full_refuses_writes_and_recovery_finishes
                 assert isinstance(error, SagaStoreError)
                 assert error.nothing_written, error
                 assert "53100" in str(error) or "disk" in str(error).lower(), error
+            # A recovery pass on the full disk: it can finish nothing, and must
+            # leave nothing leased that the pass after the disk has room would need.
+            # Either the claim itself is refused (it updates the sagas' rows,
+            # which may need a new page, or the free space map's first one),
+            # or each claimed saga's resume is refused at its first write:
+            # nothing runs past what the journal holds, every lease is given back.
+            try:
+                full_pass = await recover(store, [run.saga], older_than=0, limit=1000)
+            except SagaStoreError as refused_claim:
+                claim_refused: SagaStoreError | None = refused_claim
+                said = [str(refused_claim)]
+            else:
+                claim_refused = None
+                assert (full_pass.resumed, full_pass.compensated, full_pass.failed,
+                        full_pass.skipped) == ([], [], [], []), full_pass
+                assert full_pass.interrupted, full_pass
+                said = [text for _, text in full_pass.interrupted]
+            assert claim_refused is None or claim_refused.nothing_written, claim_refused
+            for text in said:
+                assert "No space left on device" in text, text
+                assert "nothing of it was written" in text, text
+            assert await asyncio.to_thread(leased, cluster.conninfo, schema) == []
             # The operator frees space: the same store object goes on.
             ballast.unlink()
             for n in range(5):
@@ -341,13 +363,20 @@ async def test_S13_postgres_wal_full_panics_the_server_and_recovery_finishes_aft
             ballast = await fill_and_go_on(run, cluster, disk, 64 * 1024, wal=True)
             async with asyncio.timeout(60):
                 await asyncio.wait(run.tasks.values())
-        log = server_log(cluster)
-        # It could not make a WAL segment: PANIC, and the postmaster gave up
-        # (its crash recovery needs WAL room too).
-        assert "PANIC" in log, log[-3000:]
-        assert "No space left on device" in log, log[-3000:]
-        assert server_stopped(cluster), log[-3000:]
-        ballast.unlink()
-        await asyncio.to_thread(cluster.start)
+            log = server_log(cluster)
+            # It could not make a WAL segment: PANIC, and the postmaster gave up
+            # (its crash recovery needs WAL room too).
+            assert "PANIC" in log, log[-3000:]
+            assert "No space left on device" in log, log[-3000:]
+            assert server_stopped(cluster), log[-3000:]
+            # The operator frees space and starts the server: the same store
+            # object goes on, on new connections.
+            ballast.unlink()
+            await asyncio.to_thread(cluster.start)
+            for n in range(5):
+                run.start(f"after-{n}", "ok")
+            async with asyncio.timeout(60):
+                for n in range(5):
+                    assert await run.tasks[f"after-{n}"] == ("result", "completed", ""), n
         problems = await check_recovery(run, cluster, schema)
         assert problems == [], "\n".join(problems)
