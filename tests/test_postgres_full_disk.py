@@ -7,10 +7,13 @@ ballast file with sagas in flight, in two variants:
   write that must extend a table, a TOAST table or an index is refused with
   an ERROR (SQLSTATE 53100, "could not extend file ...: No space left on
   device"); the transaction is rolled back, the server stays up. Once space
-  is freed the same store writes again.
+  is freed the same store writes again. A ``recover()`` pass on the full
+  disk finishes nothing and leaves nothing leased: its claim is refused, or
+  each resume is refused at its first write and its lease given back.
 * ``wal``: ``pg_wal`` is on the small disk (1 MiB segments). When the
   server needs a new segment and cannot make one, it PANICs and stops; it
-  is started again once space is freed (as an operator would).
+  is started again once space is freed (as an operator would), and the
+  same store object goes on. The sagas in flight at the PANIC are in doubt.
 
 Sagas are parked at every phase — inside B's act, inside C's act (their
 next write is the final one), inside B's compensation (between two
