@@ -4,11 +4,12 @@ nothing of it was written (``SagaStoreError.nothing_written``); a write whose
 connection was lost stays in doubt.
 
 Faults injected, each for real: a trigger that raises on the journal's
-tables, a CHECK constraint, a deferred constraint trigger that refuses at
-COMMIT, another session's row lock held past the store's ``lock_timeout``
-or ``statement_timeout``, a database made read-only
-(``default_transaction_read_only``), and ``pg_terminate_backend`` on the
-store's connection while its write waits at the server.
+tables (a plain error, or the server's disk_full), a CHECK constraint, a
+deferred constraint trigger that refuses at COMMIT, another session's row
+lock held past the store's ``lock_timeout`` or ``statement_timeout``, a
+database made read-only (``default_transaction_read_only``), and
+``pg_terminate_backend`` on the store's connection while its write waits
+at the server.
 
 What is promised (S13): a run stopped by a write the server refused is not
 in doubt (``SagaInterrupted.in_doubt`` false), and its journal holds what
@@ -135,14 +136,21 @@ _REFUSE_S1_COMPLETED = (
     " IF NEW.step = 'S1' AND NEW.status = 'completed' THEN"
     " RAISE EXCEPTION 'the journal refuses this row'; END IF; RETURN NEW; END $$"
 )
+# The same row refused as a server whose disk is full refuses it
+# (test_postgres_full_disk.py fills a real one, as root).
+_REFUSE_S1_DISK_FULL = _REFUSE_S1_COMPLETED.replace(
+    "RAISE EXCEPTION 'the journal refuses this row';",
+    "RAISE EXCEPTION 'could not extend file \"base/5/16384\": No space left on device'"
+    " USING ERRCODE = 'disk_full', HINT = 'Check free disk space.';",
+)
 
 
 async def install(
     refusal: str, admin: Admin, locker: psycopg.AsyncConnection[Any], saga_id: str
 ) -> Callable[[], Awaitable[None]]:
     """Install ``refusal``; returns what takes it away."""
-    if refusal == "trigger":
-        await admin.run(_REFUSE_S1_COMPLETED)
+    if refusal in ("trigger", "disk_full"):
+        await admin.run(_REFUSE_S1_COMPLETED if refusal == "trigger" else _REFUSE_S1_DISK_FULL)
         await admin.run("CREATE TRIGGER refuse BEFORE INSERT ON fallback_saga_steps"
                         " FOR EACH ROW EXECUTE FUNCTION refuse()")
 
@@ -176,13 +184,14 @@ async def install(
 # than it takes on a loaded machine: only the locked row's wait meets them.
 REFUSALS = {
     "trigger": {},
+    "disk_full": {},
     "check": {},
     "deferred": {},
     "lock_timeout": {"lock_timeout": "200"},
     "statement_timeout": {"statement_timeout": "1500"},
 }
 SQLSTATES = {
-    "trigger": "P0001", "check": "23514", "deferred": "P0001",
+    "trigger": "P0001", "disk_full": "53100", "check": "23514", "deferred": "P0001",
     "lock_timeout": "55P03", "statement_timeout": "57014",
 }
 
@@ -220,6 +229,11 @@ async def test_S13_a_journal_write_the_server_refuses_stops_the_run_not_in_doubt
         assert interrupted.error.nothing_written is True
         assert "nothing of it was written" in str(interrupted.error), interrupted.error
         assert getattr(interrupted.error.__cause__, "sqlstate", None) == SQLSTATES[refusal]
+        # A full disk says what to do about it; no other refusal says so.
+        said_disk_full = "the disk holding the PostgreSQL server's data is full" in str(
+            interrupted.error
+        )
+        assert said_disk_full is (refusal == "disk_full"), interrupted.error
         # The journal holds what the caller was told, S1's act included.
         record = await store.load("s-1")
         assert record.status is SagaStatus.RUNNING

@@ -28,6 +28,8 @@ from ._common import finite_seconds, non_negative_int
 from ._dsn_secrets import dsn_secrets, scrub
 from ._parking import PARK_AFTER, check_park_after
 from ._postgres_conn import (
+    _DISK_FULL,
+    _DISK_FULL_HINT,
     _PREPARED_HINT,
     _PREPARED_LOST,
     RECONNECT_TIMEOUT,
@@ -449,8 +451,11 @@ class PooledStore:
         the write that failed certainly wrote nothing (``_REFUSED``,
         ``_NOT_SENT``), said in the message and by ``nothing_written``."""
         hint = ""
-        if getattr(error, "sqlstate", None) in _PREPARED_LOST:
+        sqlstate = getattr(error, "sqlstate", None)
+        if sqlstate in _PREPARED_LOST:
             hint = _PREPARED_HINT
+        elif sqlstate == _DISK_FULL:
+            hint = _DISK_FULL_HINT
         shown = scrub(f"{type(error).__name__}: {error}", self._secrets)
         text = f"{doing}: {shown}".rstrip() + hint
         wrapped = SagaStoreError(f"{text} ({not_written})" if not_written else text)
