@@ -241,6 +241,7 @@ class Execution(CompletingRun):
         self.pending_status = None
         self.note = None
         self.context_refused = False
+        self.write_loop = None
         # Every write is conditional on the fencing token: 0 for a first run
         # (so that a recovery worker claiming the saga — token 1 — shuts this
         # runner out if it is merely slow), the lease's token when resumed.

@@ -50,8 +50,8 @@ class JournaledRun(StepCursor):
     """A run's journal and its write-ahead state (see the module's docstring).
 
     ``Execution.__init__`` sets these fields (inlined there: a run is started
-    on the hot path of every saga); on an in-process store, the last five
-    declared below are never set: nothing is written ahead then.
+    on the hot path of every saga); on an in-process store, those from
+    ``initial_context`` on are never set: nothing is written ahead then.
     """
 
     __slots__ = (
@@ -71,6 +71,7 @@ class JournaledRun(StepCursor):
         "settings",
         "store",
         "write_lock",
+        "write_loop",
         "written",
     )
 
@@ -98,6 +99,14 @@ class JournaledRun(StepCursor):
     # operator did (``Saga.resume(operator=...)``), as a reopening names who
     # reopened it (reopening.py) — the journal is the one trace that stays.
     note: str | None
+    # The event loop the writes' deadlines are read on: the running loop of
+    # the run's first write (None before it), which every write of the run
+    # runs on — its task's, or its group members' on the same loop. Looked
+    # up once a run rather than once a write: on 3.11 each look-up is a
+    # ``getpid`` system call (benchmarks/README.md, PostgreSQL sixth pass).
+    # The store still checks the running loop at every write (PostgreSQL's
+    # refuses another loop's, a forked child's).
+    write_loop: asyncio.AbstractEventLoop | None
 
     def interrupt(self, error: BaseException) -> None:
         """The journal failed where this run does not write itself (a child
@@ -302,7 +311,12 @@ class JournaledRun(StepCursor):
 
     def _deadline(self) -> float | None:
         timeout = self.settings.journal_timeout
-        return None if timeout is None else asyncio.get_running_loop().time() + timeout
+        if timeout is None:
+            return None
+        loop = self.write_loop
+        if loop is None:
+            self.write_loop = loop = asyncio.get_running_loop()
+        return loop.time() + timeout
 
     def _encode_context(self, unwinding: bool) -> dict[str, Any] | None:
         if not self.context_dirty or (unwinding and self.context_refused):

@@ -174,6 +174,40 @@ async def test_S13_writes_of_a_group_that_gets_no_connection_each_say_nothing_wa
         assert [len((await store.load(saga_id)).history) for saga_id in ids] == [2] * 5
 
 
+async def test_each_journal_write_error_names_the_write_and_its_saga_alone_or_grouped(
+    pg_schema: str, one_connection: psycopg_pool.AsyncConnectionPool[Any],
+) -> None:
+    """Creations and appends submitted together while the pool's only
+    connection is held: the first goes alone, the others as a group, and
+    none gets a connection. Each error begins with what the write did and
+    its saga's id (cut short as ``short_repr`` cuts it), the same alone or
+    grouped: the text is built only once a write fails, from the write."""
+    pool = one_connection
+    long_id = "x" * 200
+    async with PostgresSagaStore(pool, schema=pg_schema) as store:
+        for saga_id in ("a-0", long_id):
+            await store.create(saga_id, "G", "fp", {}, [entry(0, "a")])
+        held = await pool.getconn()
+        futures = [
+            store.submit_create("c-0", "G", "fp", {}, [entry(0, "a")], SagaStatus.RUNNING),
+            store.submit_append("a-0", [entry(1, "b")], None, None, None, 1),
+            store.submit_create("c'1", "G", "fp", {}, [entry(0, "a")], SagaStatus.RUNNING),
+            store.submit_append(long_id, [entry(1, "b")], SagaStatus.COMPLETED, {}, None, 1),
+        ]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        await pool.putconn(held)
+        assert store.stats.largest_group >= 2, store.stats  # a group was tried
+        starts = [
+            "cannot create saga 'c-0': ",
+            "cannot journal saga 'a-0': ",
+            "cannot create saga \"c'1\": ",
+            f"cannot journal saga '{'x' * 78}…: ",
+        ]
+        for outcome, start in zip(outcomes, starts, strict=True):
+            assert_not_written(outcome)
+            assert str(outcome).startswith(start), (start, outcome)
+
+
 async def test_S13_leases_and_purges_that_get_no_connection_say_nothing_was_written(
     pg_schema: str, one_connection: psycopg_pool.AsyncConnectionPool[Any],
 ) -> None:

@@ -209,7 +209,10 @@ class GroupCommit(Generic[W, R]):
         finally:
             unsent = None
 
-    def submit(self, request: W, deadline: float | None) -> asyncio.Future[R]:
+    def submit(
+        self, request: W, deadline: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> asyncio.Future[R]:
         """``write`` by a plain call: the write is started or queued at once,
         and its future returned. The future refuses cancellation (a task
         cancelled while awaiting it gets its ``CancelledError`` once the
@@ -217,8 +220,10 @@ class GroupCommit(Generic[W, R]):
         time; None: no bound) — with ``TimeoutError`` if the write has not
         ended by then: never sent if it was still queued, in doubt if it was
         on its way. (The executor's hot path: no coroutine per write to
-        create and drive, no timer per write.)"""
-        future: asyncio.Future[R] = JournalFuture()
+        create and drive, no timer per write.) ``loop``: the running loop,
+        when the caller has it already (a future made without one looks it
+        up: on 3.11 a ``getpid`` system call, once per write)."""
+        future: asyncio.Future[R] = JournalFuture(loop=loop)
         self._send(request, future, deadline)
         return future
 

@@ -196,20 +196,22 @@ class PooledStore:
         self._pool_closer: asyncio.Task[None] | None = None
         self._pool_guard: AsyncGenerator[None, None] | None = None  # the same, later
 
-    def _on_its_loop(self) -> None:
+    def _on_its_loop(self) -> asyncio.AbstractEventLoop:
         """Check that the running event loop is the store's, before anything
         else: the pool, the group commit's queue and its tasks belong to one
         loop, and a write queued from another would wait forever (woken from
         a thread that is not its loop's). A store whose loop has closed —
         one made at import and used by one ``asyncio.run`` after another —
-        starts afresh on the new loop (its own pool is opened again)."""
+        starts afresh on the new loop (its own pool is opened again).
+        Returns that loop: on 3.11 each look-up of it is a ``getpid`` system
+        call, and a journal write makes one only (``submit``)."""
         loop = asyncio.get_running_loop()
         bound = self._loop
         if bound is loop:
-            return
+            return loop
         if bound is None:
             self._loop, self._pid = loop, os.getpid()
-            return
+            return loop
         if self._pid != os.getpid():
             # Its connections are sockets the parent still uses: neither using
             # them here nor closing them (libpq says goodbye to the server)
@@ -249,6 +251,7 @@ class PooledStore:
         self._size_checks = set()
         self._size_check_at = 0.0
         self._loop = loop
+        return loop
 
     @property
     def pool(self) -> AsyncConnectionPool[Any] | None:

@@ -682,7 +682,22 @@ _COMMIT_UNKNOWN: Final = ("08", "57P", "58", "XX")
 # turns an error after it into a PANIC): in doubt, whatever its SQLSTATE.
 _SESSION_ENDING: Final = frozenset({"FATAL", "PANIC"})
 
-_Write = tuple[str, str, list[Any]]  # doing, statement, parameters
+# A journal write: what it does (``_CREATING`` or ``_JOURNALING``), its
+# statement, its parameters. Its errors begin with ``_doing``'s text, built
+# only when one is raised: the saga id's ``short_repr`` cost about 0.3 µs a
+# write on the success path (benchmarks/README.md, PostgreSQL sixth pass).
+_Write = tuple[str, str, list[Any]]
+
+_CREATING: Final = "cannot create saga"
+_JOURNALING: Final = "cannot journal saga"
+
+
+def _doing(write: _Write) -> str:
+    """What ``write`` was doing, as its errors say it: ``cannot create saga
+    'id'`` or ``cannot journal saga 'id'`` (a create's parameters begin with
+    the saga id, an append's hold it fourth)."""
+    verb, _, params = write
+    return f"{verb} {short_repr(params[0] if verb == _CREATING else params[3])}"
 
 
 _json_text: Final = json.encoder.encode_basestring_ascii  # a str as JSON (C)

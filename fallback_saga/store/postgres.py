@@ -135,8 +135,11 @@ from ._postgres_pool import _NO_CONNECTION, _NOT_SENT, PooledStore
 from ._postgres_reads import PURGE_BATCH, PURGE_BATCH_MAX, PURGE_BATCH_SECONDS, Reads
 from ._postgres_schema import SCHEMA_VERSION
 from ._postgres_sql import (
+    _CREATING,
+    _JOURNALING,
     _commit_in_doubt,
     _context_json,
+    _doing,
     _entries_json,
     _group_json,
     _Write,
@@ -336,20 +339,20 @@ class PostgresSagaStore(PooledStore):
     # each ends with None (made) or the error to raise for it.
 
     async def _write_one(self, write: _Write) -> None:
-        doing, statement, params = write
-        if await self._fetch(doing, statement, params, write=True) is None:
+        _, statement, params = write
+        if await self._fetch(_doing(write), statement, params, write=True) is None:
             raise await self._refusal(write)
 
     async def _refusal(self, write: _Write) -> Exception:
         """Why ``write`` was not made (its statement matched no row): a create
         finds its id taken; an append, a fence or a journal length that
         moved, or no saga (read once more, in the group commit's task)."""
-        doing, statement, params = write
+        _, statement, params = write
         if statement is self._sql.create:
             return SagaAlreadyExists(params[0])
         _, _, _, saga_id, token, after, _, _ = params
         try:
-            current = await self._fetch(doing, self._sql.fence_of, (saga_id,))
+            current = await self._fetch(_doing(write), self._sql.fence_of, (saga_id,))
         except Exception as error:
             return error
         if current is None:
@@ -371,7 +374,7 @@ class PostgresSagaStore(PooledStore):
                 await self.open()
             except SagaStoreError as error:
                 # Not opened: nothing of the group was sent (``_open_for``).
-                return [self._not_opened(error, doing) for doing, _, _ in writes]
+                return [self._not_opened(error, _doing(write)) for write in writes]
         pool = self._pool
         if pool is None:
             return [StoreClosed("the PostgreSQL saga store is closed") for _ in writes]
@@ -382,14 +385,14 @@ class PostgresSagaStore(PooledStore):
             conn = await _getconn(pool)
         except self._errors as error:
             # No connection: nothing of the group was sent (``_connection``).
-            return [self._wrap(error, doing, _NO_CONNECTION) for doing, _, _ in writes]
+            return [self._wrap(error, _doing(write), _NO_CONNECTION) for write in writes]
         try:
             # The writes still to be sent: a write whose deadline came while
             # the group waited for its connection was reported not sent, and
             # is left out (its outcome here goes to nobody).
             live = self._journal.sending() or [True] * len(writes)
             if not any(live):
-                return [SagaStoreError(f"{doing}: {_NOT_SENT}") for doing, _, _ in writes]
+                return [SagaStoreError(f"{_doing(write)}: {_NOT_SENT}") for write in writes]
             create = self._sql.create
             batches: list[list[str]] = [[]]
             seen: set[str] = set()
@@ -422,7 +425,7 @@ class PostgresSagaStore(PooledStore):
                 # The server refused a statement: the transaction was rolled
                 # back, nothing in it was written. Each write goes alone.
                 raise RetryAlone from error
-            return [self._wrap(error, doing) for doing, _, _ in writes]
+            return [self._wrap(error, _doing(write)) for write in writes]
         except UnicodeEncodeError as error:
             # A parameter UTF-8 cannot encode: refused before it was sent, the
             # transaction never committed. Each write goes alone.
@@ -430,7 +433,7 @@ class PostgresSagaStore(PooledStore):
         finally:
             await pool.putconn(conn)
         return [None if number in done
-                else SagaStoreError(f"{write[0]}: {_NOT_SENT}") if not live[number]
+                else SagaStoreError(f"{_doing(write)}: {_NOT_SENT}") if not live[number]
                 else await self._refusal(write)
                 for number, write in enumerate(writes)]
 
@@ -491,10 +494,10 @@ class PostgresSagaStore(PooledStore):
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``create``'s write, queued: its future."""
-        self._on_its_loop()
+        loop = self._on_its_loop()
         return self._journal.submit(
             self._create_write(saga_id, saga_name, fingerprint, context, entries, status),
-            deadline,
+            deadline, loop,
         )
 
     def submit_append(
@@ -508,9 +511,9 @@ class PostgresSagaStore(PooledStore):
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``append``'s write, queued: its future."""
-        self._on_its_loop()
+        loop = self._on_its_loop()
         return self._journal.submit(
-            self._append_write(saga_id, entries, status, context, fence, after), deadline
+            self._append_write(saga_id, entries, status, context, fence, after), deadline, loop
         )
 
     def _create_write(
@@ -529,7 +532,7 @@ class PostgresSagaStore(PooledStore):
             saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
             self._entries_text(saga_id, entries, len(text)),
         ]
-        return f"cannot create saga {short_repr(saga_id)}", self._sql.create, params
+        return _CREATING, self._sql.create, params  # its error text: _doing
 
     def _append_write(
         self,
@@ -557,7 +560,7 @@ class PostgresSagaStore(PooledStore):
             None if status is None else status_text(status), text, count, saga_id, token,
             after, count, self._entries_text(saga_id, entries, 0 if text is None else len(text)),
         ]
-        return f"cannot journal saga {short_repr(saga_id)}", self._sql.append, params
+        return _JOURNALING, self._sql.append, params  # its error text: _doing
 
     def _entries_text(self, saga_id: str, entries: Sequence[JournalEntry], beside: int) -> str:
         """The entries' journal form, in the room a statement has beside
