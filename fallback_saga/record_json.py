@@ -14,7 +14,7 @@ from .shown_text import redact
 from .store.base import JournalEntry, SagaRecord
 from .stored_json import parse_stored_json
 
-__all__ = ["history_json", "shown_record"]
+__all__ = ["history_json", "record_head_json", "shown_record"]
 
 # A result that holds none of these cannot hold a secret key's value or a
 # quoted password: it is shown as it is, unparsed (a long history's results
@@ -24,6 +24,20 @@ _MAYBE_SECRET: Final = re.compile(
     r"iban|otp|://",
     re.IGNORECASE,
 )
+
+
+def record_head_json(record: SagaRecord) -> dict[str, Any]:
+    """The fields a saga's JSON opens with, on every operator surface (``show
+    --json``, ``/api/sagas/<id>``): what it is, where it stands, when."""
+    return {
+        "saga_id": record.saga_id,
+        "saga_name": record.saga_name,
+        "status": record.status.value,
+        "fingerprint": record.fingerprint,
+        "version": record.version,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
 
 
 def shown_record(record: SagaRecord, *, unredacted: bool = False) -> SagaRecord:

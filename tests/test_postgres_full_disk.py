@@ -253,6 +253,15 @@ async def fill_and_go_on(
     return ballast
 
 
+async def new_sagas_complete(run: Run) -> None:
+    """Five new sagas on the store the disk filled under run to the end."""
+    for n in range(5):
+        run.start(f"after-{n}", "ok")
+    async with asyncio.timeout(60):
+        for n in range(5):
+            assert await run.tasks[f"after-{n}"] == ("result", "completed", ""), n
+
+
 def leased(conninfo: str, schema: str) -> list[tuple[str, str]]:
     import psycopg
 
@@ -341,11 +350,7 @@ async def test_S13_postgres_tablespace_full_refuses_writes_and_recovery_finishes
             assert await asyncio.to_thread(leased, cluster.conninfo, schema) == []
             # The operator frees space: the same store object goes on.
             ballast.unlink()
-            for n in range(5):
-                run.start(f"after-{n}", "ok")
-            async with asyncio.timeout(60):
-                for n in range(5):
-                    assert await run.tasks[f"after-{n}"] == ("result", "completed", ""), n
+            await new_sagas_complete(run)
         problems = await check_recovery(run, cluster, schema)
         assert problems == [], "\n".join(problems)
 
@@ -376,10 +381,6 @@ async def test_S13_postgres_wal_full_panics_the_server_and_recovery_finishes_aft
             # object goes on, on new connections.
             ballast.unlink()
             await asyncio.to_thread(cluster.start)
-            for n in range(5):
-                run.start(f"after-{n}", "ok")
-            async with asyncio.timeout(60):
-                for n in range(5):
-                    assert await run.tasks[f"after-{n}"] == ("result", "completed", ""), n
+            await new_sagas_complete(run)
         problems = await check_recovery(run, cluster, schema)
         assert problems == [], "\n".join(problems)

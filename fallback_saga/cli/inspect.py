@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import IO, Any, Protocol, cast
 
 from ..errors import SagaNotFound, SagaStoreError
-from ..record_json import history_json, shown_record
+from ..record_json import history_json, record_head_json, shown_record
 from ..shown_text import cut_bytes, redact_start
 from ..status import SagaStatus
 from ..store._common import short_repr
@@ -190,13 +190,7 @@ def record_json(
 ) -> dict[str, Any]:
     """``show --json``: the record, and its parent and child sagas (``SubSaga``)."""
     return {
-        "saga_id": record.saga_id,
-        "saga_name": record.saga_name,
-        "status": record.status.value,
-        "fingerprint": record.fingerprint,
-        "version": record.version,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
+        **record_head_json(record),
         "context": record.context,
         "history": history_json(record),
         "parent": parent,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..record_json import history_json
+from ..record_json import history_json, record_head_json
 from ..store.base import LeaseState, SagaSummary
 from .lease import is_time, lease_phase, lease_readable
 from .listing import Listing
@@ -105,13 +105,7 @@ def record_json(
     if page is not None:
         first, count, pages = history_span(page, entries)
     data = {
-        "saga_id": record.saga_id,
-        "saga_name": record.saga_name,
-        "status": record.status.value,
-        "fingerprint": record.fingerprint,
-        "version": record.version,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
+        **record_head_json(record),
         "lease": lease_json(view.lease, now),
         "lease_note": view.lease_note,
         "context": record.context,
