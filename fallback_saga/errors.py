@@ -180,6 +180,12 @@ class SagaInterrupted(SagaStoreError):
     the same as ``status``): load the saga to know. ``error`` (also
     ``__cause__``) is the store's last error; ``failure`` is the business
     error that had stopped the saga before the journal failed, if any.
+    ``doubted_by``: when in doubt, the error of the write that may have
+    landed, as ``TypeName: text`` (its text cut as ``error``'s is in the
+    message; quoted as given), if it was not ``error`` — the read
+    that would have told whether it landed failed too, differently (the
+    connection lost mid-commit, then a pool that could get none); else None.
+    The message names both.
     """
 
     def __init__(
@@ -192,6 +198,7 @@ class SagaInterrupted(SagaStoreError):
         failure: BaseException | None = None,
         in_doubt: bool = False,
         status_if_landed: SagaStatus | None = None,
+        doubted_by: str | None = None,
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
@@ -200,6 +207,7 @@ class SagaInterrupted(SagaStoreError):
         self.failure = failure
         self.in_doubt = in_doubt
         self.status_if_landed = status_if_landed if in_doubt else None
+        self.doubted_by = doubted_by if in_doubt else None
         if status is None and not in_doubt:
             where = ("its creation was not written, and no step ran: the saga is not in "
                      "the store (run it again once the store works)")
@@ -222,9 +230,16 @@ class SagaInterrupted(SagaStoreError):
             "a child saga it drives cannot be resumed with the code it has now"
             if isinstance(error, SagaDefinitionChanged) else "the journal could not be written"
         )
+        shown = described(error)
+        # The error that left the write in doubt, when the last one is
+        # another's (a read's): it says why the journal may hold more. The
+        # run gives it cut already (``described``): cut again, its marker
+        # would be cut with it.
+        if self.doubted_by is not None and self.doubted_by != shown:
+            shown += f"; the write that may have landed failed with {self.doubted_by}"
         super().__init__(
             f"saga {saga_name} ({short_id(saga_id)}) stopped: {why}{during} "
-            f"({described(error)}); nothing ran after the last write the "
+            f"({shown}); nothing ran after the last write the "
             f"journal holds; {where}"
         )
 
@@ -232,7 +247,7 @@ class SagaInterrupted(SagaStoreError):
         return (
             _rebuild_interrupted,
             (self.saga_id, self.saga_name, self.status, self.error, self.failure,
-             self.in_doubt, self.status_if_landed),
+             self.in_doubt, self.status_if_landed, self.doubted_by),
         )
 
 
@@ -244,10 +259,11 @@ def _rebuild_interrupted(
     failure: BaseException | None,
     in_doubt: bool = False,
     status_if_landed: SagaStatus | None = None,
+    doubted_by: str | None = None,
 ) -> SagaInterrupted:
     return SagaInterrupted(
         saga_id=saga_id, saga_name=saga_name, status=status, error=error, failure=failure,
-        in_doubt=in_doubt, status_if_landed=status_if_landed,
+        in_doubt=in_doubt, status_if_landed=status_if_landed, doubted_by=doubted_by,
     )
 
 

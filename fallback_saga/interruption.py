@@ -88,6 +88,9 @@ class InterruptibleRun(JournaledRun):
             failure=failure,
             in_doubt=self.landed_unseen is not None,
             status_if_landed=self.landed_unseen,
+            # (Set only when a write was left in doubt: see JournaledRun.)
+            doubted_by=(getattr(self, "doubted_by", None)
+                        if self.landed_unseen is not None else None),
         )
         interrupted.__cause__ = error
         return interrupted

@@ -108,12 +108,18 @@ class JournalWrite:
 class NotDurable(Exception):
     """``write_durably`` gave up: ``error`` is the store's last error;
     ``in_doubt``: the write may have landed all the same (it failed in a way
-    that does not say, and no later read could tell)."""
+    that does not say, and no later read could tell); ``doubted_by``: the
+    error of the try that left it in doubt, when that is not ``error`` (the
+    read that would have told failed too, differently: a connection lost
+    mid-commit, then a pool that gets none) — else None."""
 
-    def __init__(self, error: BaseException, in_doubt: bool) -> None:
+    def __init__(
+        self, error: BaseException, in_doubt: bool, doubted_by: BaseException | None = None
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.in_doubt = in_doubt
+        self.doubted_by = doubted_by if in_doubt and doubted_by is not error else None
 
 
 async def write_durably(
@@ -129,6 +135,9 @@ async def write_durably(
     the refusal is definitive. ``failed``: the first try was made already (in
     the caller's task) and failed with that error."""
     window: asyncio.Timeout | None = None
+    # The error of the try that first left the write in doubt: told with the
+    # last one when the run stops (the last is often only a read's).
+    doubter: BaseException | None = None
     # Each try's deadline, for a store that ends a write by it itself (see
     # JOURNAL_DEADLINE): set in this task's own context (settle's).
     bound = JOURNAL_DEADLINE.set(deadline)
@@ -140,6 +149,8 @@ async def write_durably(
                 raise NotDurable(failed, in_doubt=False)
             in_doubt = _may_have_landed(failed)
             error: BaseException = failed
+            if in_doubt:
+                doubter = failed
         else:
             try:
                 async with asyncio.timeout_at(deadline) as window:
@@ -150,10 +161,13 @@ async def write_durably(
                 # that swallowed the cancellation — whether it wrote first
                 # or not, nothing says. In doubt, as if it had raised.
                 error, in_doubt = TimeoutError(), True
+                doubter = error
             except (*_DEFINITIVE, JournalConflict) as refused:
                 raise NotDurable(refused, in_doubt=False) from refused
             except Exception as first:
                 error, in_doubt = first, _may_have_landed(first)
+                if in_doubt:
+                    doubter = first
         while True:
             # A failed try may have landed (in_doubt): before another, ask the store.
             # A read that does not find it clears nothing: the try may be
@@ -168,7 +182,7 @@ async def write_durably(
             if not policy.should_retry(error, attempt) or not await _wait(
                 policy, attempt + 1, deadline
             ):
-                raise NotDurable(error, in_doubt) from error
+                raise NotDurable(error, in_doubt, doubter) from error
             attempt += 1
             unsettled = False
             try:
@@ -185,6 +199,8 @@ async def write_durably(
                             await _send_again(store, write, in_doubt)
                 if window.expired():
                     error, in_doubt = TimeoutError(), True  # past its deadline: see the first try
+                    if doubter is None:
+                        doubter = error
                 elif not unsettled:
                     return
             except (*_DEFINITIVE, JournalConflict) as refused:
@@ -192,18 +208,20 @@ async def write_durably(
                 # land, and cannot (the id is taken). Any other refusal
                 # leaves an earlier try as much in doubt as it was.
                 landed_maybe = in_doubt and not isinstance(refused, SagaAlreadyExists)
-                raise NotDurable(refused, landed_maybe) from refused
+                raise NotDurable(refused, landed_maybe, doubter) from refused
             except Exception as failure:
                 # An earlier try still in doubt stays so (see above).
                 error, in_doubt = failure, in_doubt or _may_have_landed(failure)
+                if in_doubt and doubter is None:
+                    doubter = failure
             if unsettled:
-                raise NotDurable(error, in_doubt=True) from error
+                raise NotDurable(error, True, doubter) from error
     finally:
         # No local may keep an error once this ends: each holds this frame
         # in its traceback (a reference cycle, which would keep the write
         # and the frames of its tries alive until the collector runs), nor
         # a try's timeout (it holds this task, which holds the error).
-        error = failed = None  # type: ignore[assignment]
+        error = failed = doubter = None  # type: ignore[assignment]
         window = None
         # (Nor the token: it holds this task's context.)
         reset_var(JOURNAL_DEADLINE, bound)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from .context import context_to_dict
-from .errors import ContextSerializationError
+from .errors import ContextSerializationError, described
 from .journal import JournalWrite, NotDurable, settle_inline, write_durably
 from .run_settings import RunSettings
 from .shielding import cancellation_pending, cancelled_again, land_pending_cancellation, settle
@@ -60,6 +60,7 @@ class JournaledRun(StepCursor):
         "context_dirty",
         "context_refused",
         "created",
+        "doubted_by",
         "fence",
         "initial_context",
         "interruption",
@@ -89,6 +90,11 @@ class JournaledRun(StepCursor):
     interruption: BaseException | None
     # The interrupting write may have landed unseen: the status it carried.
     landed_unseen: SagaStatus | None
+    # And the error of the try that left it in doubt, when the last error is
+    # another's (``SagaInterrupted.doubted_by``): a text, which holds no
+    # frame. Set only then (never at the start of a run: the hot path), so
+    # read with a default.
+    doubted_by: str | None
     abandoned: BaseException | None  # see UnwindingRun.abandon
     initial_context: dict[str, Any] | None  # the creation's, in journal form
     written: int  # journal entries the store already has
@@ -255,6 +261,8 @@ class JournaledRun(StepCursor):
         in_doubt = True
         if isinstance(failure, NotDurable):
             in_doubt = failure.in_doubt
+            if failure.doubted_by is not None:  # (in doubt: the run stops below)
+                self._doubted(failure.doubted_by, failure.error)
             failure = failure.error
         if failure is None:
             self.created = True
@@ -297,6 +305,14 @@ class JournaledRun(StepCursor):
                 # No frame local keeps the failure: its traceback can hold
                 # this frame (a try started eagerly, in this task's step).
                 failure = None
+
+    def _doubted(self, doubted_by: BaseException, error: BaseException) -> None:
+        """Keep what ``doubted_by``, the error that left the interrupting
+        write in doubt, says — as the message quotes ``error``, the last
+        one (``described``: cut) — unless it says the same."""
+        text = described(doubted_by)
+        if text != described(error):
+            self.doubted_by = text
 
     def _write(
         self,
