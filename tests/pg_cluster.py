@@ -28,6 +28,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -407,8 +408,19 @@ def hunt_conninfos(stores: Sequence[str]) -> Iterator[str | None]:
     if "postgres" not in stores:
         yield None
         return
-    with running_cluster() as cluster:
-        yield cluster.conninfo
+    # A hunt is often bounded by ``timeout``, whose SIGTERM ends Python at
+    # once, skipping the ``with`` below: the cluster was left running. As
+    # SystemExit the hunt unwinds, and the cluster is stopped and removed.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with running_cluster() as cluster:
+            yield cluster.conninfo
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":  # a quick manual check: python tests/pg_cluster.py
