@@ -15,6 +15,7 @@ from .saga_view import SagaView
 
 __all__ = ["lease_json", "listing_json", "record_json", "summary_json"]
 
+
 def lease_json(lease: LeaseState | None, now: float) -> dict[str, Any] | None:
     if lease is None:
         return None
@@ -89,7 +90,6 @@ def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> d
         ),
         "notes": listing.notes,
     }
-
 
 
 def record_json(
