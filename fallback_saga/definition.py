@@ -281,14 +281,7 @@ def _branch(
         raise SagaDefinitionError(f"{label}: step {item.__name__} does not implement {missing}")
     for method in ("act", "compensate"):
         _check_takes_context(item, method, label)
-    timeout = getattr(item, "timeout", None)
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise SagaDefinitionError(f"{label}: timeout must be seconds > 0 or None, got {timeout!r}")
+    timeout = check_timeout(getattr(item, "timeout", None), label, SagaDefinitionError)
     check_retry(getattr(item, "retry", None), label, SagaDefinitionError)
     step_ctx = context_type_of(item if is_class else type(item), SagaStepHandler)
     if step_ctx is not None and context_type is not None and not issubclass(context_type, step_ctx):
@@ -297,9 +290,23 @@ def _branch(
             f"provides {context_type.__name__}"
         )
     return BranchSpec(
-        position, _checked_step_name(item, label), item, branch,
-        None if timeout is None else float(timeout),
+        position, _checked_step_name(item, label), item, branch, timeout,
     )
+
+
+def check_timeout(timeout: object, label: str, error: type[Exception]) -> float | None:
+    """A step's ``timeout`` as seconds (a float), or None; refused unless it
+    is a finite number > 0 or None."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise error(f"{label}: timeout must be seconds > 0 or None, got {timeout!r}")
+    return float(timeout)
 
 
 def check_retry(retry: object, label: str, error: type[Exception]) -> None:

@@ -16,6 +16,7 @@ from .definition import (
     build_definition,
     check_retry,
     check_saga_name,
+    check_timeout,
 )
 from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
@@ -291,8 +292,36 @@ def _build_branch(spec: BranchSpec, factory: StepFactory, retry: RetryPolicy | N
             f"async act/compensate"
         )
     own_retry = getattr(step, "retry", None)
-    if isinstance(spec.source, type):  # a step the factory built: its __init__ may set it
-        check_retry(own_retry, f"step {spec.name!r} built by step_factory", TypeError)
+    timeout = spec.timeout
+    if isinstance(spec.source, type):
+        # A step the factory built is the step that runs: the settings its
+        # __init__ (or its class, a subclass of the one named) gives count.
+        # Its name cannot: the journal's is fixed with the saga class.
+        label = f"step {spec.name!r} built by step_factory"
+        check_retry(own_retry, label, TypeError)
+        own_timeout = _built_setting(step, "timeout")
+        if own_timeout is not _UNSET:
+            timeout = check_timeout(own_timeout, label, TypeError)
+        own_name = _built_setting(step, "name")
+        if own_name is not _UNSET and own_name is not None and own_name != spec.name:
+            raise TypeError(
+                f"step_factory({spec.source.__name__}) returned a step named {own_name!r}, "
+                f"but the step's journal name is {spec.name!r}, fixed when the saga class is "
+                f"created; set name on the class (or give the step instance in steps)"
+            )
     if retry is None and isinstance(own_retry, RetryPolicy):
         retry = own_retry
-    return Branch(spec.position, spec.name, spec.branch, step, spec.timeout, retry)
+    return Branch(spec.position, spec.name, spec.branch, step, timeout, retry)
+
+
+_UNSET: Any = object()
+
+
+def _built_setting(step: object, name: str) -> Any:
+    """The built step's own ``name``/``timeout``, as its instance or its
+    class holds it (``_UNSET``: neither does) — looked up statically: a test
+    double (a ``Mock``) makes up a value for any name asked of it."""
+    found = inspect.getattr_static(step, name, _UNSET)
+    if found is not _UNSET and hasattr(type(found), "__get__"):
+        return getattr(step, name)  # a property's value (a function: refused as not seconds)
+    return found

@@ -160,9 +160,10 @@ class SagaStepHandler(ABC, Generic[ContextT, ResponseT]):
     The saga checks at class creation that the context type is one the saga
     provides. Optional attributes, of the class or of a step instance given
     in ``steps`` (which may set them in ``__init__``: ``Ship(timeout=5.0)``).
-    ``name`` and ``timeout`` are read when the saga class is created: a step
-    class that ``step_factory`` builds has its class's; ``retry`` is read
-    from the built step too:
+    ``name`` and ``timeout`` are read when the saga class is created; for a
+    step class that ``step_factory`` builds, ``timeout`` and ``retry`` are
+    then read from the step it built (its ``__init__`` may set them), and a
+    built step named otherwise than its class is refused (``TypeError``):
 
     * ``name`` — the step's name in the journal (default: the class name);
     * ``timeout`` — seconds allowed for each ``act``/``compensate`` call;

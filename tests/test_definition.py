@@ -3,9 +3,11 @@ step factories, ``Response`` and ``SagaStepResult``."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import types
+import unittest.mock
 from decimal import Decimal
 from typing import Any
 
@@ -576,24 +578,75 @@ class Configured(SagaStepHandler[OrderCtx, None]):
 async def test_step_attributes_are_the_class_or_a_step_instance_given_in_steps() -> None:
     """SagaStepHandler's docstring, mechanics.md "Timeouts": ``name`` and
     ``timeout`` come from the class or from a step instance given in
-    ``steps``, read when the saga class is created; the step a
-    ``step_factory`` builds keeps its class's, and only its ``retry`` counts."""
+    ``steps``, read when the saga class is created."""
     given = Configured(name="Custom", timeout=30.0)
     in_steps = declare(given)
     assert in_steps.definition.items[0].name == "Custom"
     assert in_steps.definition.items[0].timeout == 30.0
 
-    async def no_sleep(delay: float) -> None:
-        return None
-
-    built = Configured(name="Ignored", timeout=30.0, retry=RetryPolicy(attempts=2, sleep=no_sleep))
     by_class = declare(Configured)
     assert by_class.definition.items[0].name == "Configured"
     assert by_class.definition.items[0].timeout is None
-    saga = by_class(step_factory=lambda cls: built)
+
+
+async def test_S12_a_step_step_factory_builds_keeps_its_own_timeout_and_retry() -> None:
+    """What the factory built is the step that runs: the ``timeout`` and
+    ``retry`` its ``__init__`` sets are the ones its calls get (a timeout
+    that was set and then ignored let a hung call hang)."""
+    async def no_sleep(delay: float) -> None:
+        return None
+
+    built = Configured(timeout=0.5, retry=RetryPolicy(attempts=2, sleep=no_sleep))
+    saga = declare(Configured)(step_factory=lambda cls: built)
+    assert saga._plan[0].timeout == 0.5
+    assert not saga._plan[0].plain  # it runs under its timeout, not on the lean path
     with pytest.raises(SagaFailed) as failed:
         await saga.run(OrderCtx(), saga_id="configured")
     assert failed.value.failed_step == "Configured"
     assert built.tries == 2  # the built step's retry
     entries = (await saga.store.load("configured")).history
     assert {entry.step for entry in entries} == {"Configured"}
+
+
+async def test_S12_a_step_step_factory_builds_with_a_timeout_gets_a_timeout_error() -> None:
+    """The built step's timeout bounds each act: one that does not finish
+    fails with TimeoutError, as a class's timeout makes it."""
+    class Hangs(SagaStepHandler[OrderCtx, None]):
+        def __init__(self, timeout: float | None = None) -> None:
+            if timeout is not None:
+                self.timeout = timeout
+
+        async def act(self, context: OrderCtx) -> None:
+            await asyncio.Event().wait()  # never set: only the timeout ends it
+
+    saga = declare(Hangs)(step_factory=lambda cls: cls(timeout=0.01))
+    with pytest.raises(SagaFailed) as failed:
+        await saga.run(OrderCtx())
+    assert isinstance(failed.value.error, TimeoutError)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), True, "5"])
+def test_S12_a_step_step_factory_builds_with_a_bad_timeout_is_refused(timeout: Any) -> None:
+    class Odd(Configured):
+        def __init__(self) -> None:
+            super().__init__()
+            self.timeout = timeout
+
+    saga_cls = declare(Odd)
+    with pytest.raises(TypeError, match=r"step 'Odd' built by step_factory: timeout must be"):
+        saga_cls(step_factory=lambda cls: cls())
+
+
+def test_S12_a_step_step_factory_builds_under_another_name_is_refused() -> None:
+    """A step's journal name is fixed when the saga class is created: a
+    name its built instance sets would be silently ignored (the journal and
+    every message name it by its class)."""
+    saga_cls = declare(Configured)
+    with pytest.raises(TypeError, match=r"named 'Renamed'.*'Configured'"):
+        saga_cls(step_factory=lambda cls: Configured(name="Renamed"))
+    # Its own class's name, or no name at all (a test double), is fine.
+    saga_cls(step_factory=lambda cls: Configured(name="Configured"))
+    class Double:  # a test double with no name of its own
+        act = compensate = unittest.mock.AsyncMock()
+
+    saga_cls(step_factory=lambda cls: Double())
