@@ -11,10 +11,12 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from ..decoding import TAG, decode_untyped
 from ..errors import (
     ContextSerializationError,
     CorruptSagaRecord,
     SagaStoreError,
+    key_path,
 )
 from ..status import SagaStatus
 from ._common import (
@@ -530,32 +532,99 @@ def _context_json(saga_id: str, context: dict[str, Any]) -> str:
     if "\\u0000" in text or "\\ud" in text:
         unstorable = _unstorable_text(context, "")
         if unstorable is not None:
-            path, value = unstorable
+            path, value, what = unstorable
             raise ContextSerializationError(
-                path, value, "PostgreSQL cannot store a NUL character or a lone surrogate"
+                path,
+                value,
+                f"{what} holds a NUL character or a lone surrogate, which PostgreSQL cannot store"
+                if what
+                else "PostgreSQL cannot store a NUL character or a lone surrogate",
             )
     return text
 
 
-def _unstorable_text(value: Any, path: str) -> tuple[str, str] | None:
-    """The path and value of the first string (key or value) holding NUL or a
-    lone surrogate, if any."""
+def _unstorable_text(value: Any, path: str) -> tuple[str, object, str] | None:
+    """Where the first string (key or value) holding NUL or a lone surrogate
+    is, if any: ``(the path of the user's value, the value, what in it holds
+    the string: "" for the value itself)``.
+
+    ``value`` is the journal form (``codec.py``); the path is the one the
+    codec names the user's own value by: a tag's words and payload indexes
+    (``when.$fs[1][1][2]``) mean nothing to the user. A dict's keys are shown
+    as the codec shows them (``key_path``): a key may be a secret."""
     if isinstance(value, str):
-        return (path or "<context>", value) if _UNSTORABLE_CONTEXT.search(value) else None
+        return (path or "<context>", value, "") if _UNSTORABLE_CONTEXT.search(value) else None
     if isinstance(value, dict):
+        if path and len(value) == 1 and TAG in value:
+            tagged = value[TAG]
+            if isinstance(tagged, list) and len(tagged) == 2 and isinstance(tagged[0], str):
+                return _unstorable_tagged(value, tagged[0], tagged[1], path)
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
+            # A context's own keys are its field names.
+            where = key_path(path, key) if path else str(key)
             if isinstance(key, str) and _UNSTORABLE_CONTEXT.search(key):
-                return where, key
+                return where, key, "its key"
             found = _unstorable_text(item, where)
             if found is not None:
                 return found
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, list):
         for index, item in enumerate(value):
             found = _unstorable_text(item, f"{path}[{index}]")
             if found is not None:
                 return found
     return None
+
+
+def _unstorable_tagged(
+    value: Any, tag: str, payload: Any, path: str
+) -> tuple[str, object, str] | None:
+    """``_unstorable_text`` of a tagged value, ``{TAG: [tag, payload]}``."""
+    if tag in ("tuple", "set", "frozenset"):
+        return _unstorable_text(payload, path)  # its items, indexed as the codec does
+    if tag == "dict" and isinstance(payload, list):  # [[key, value], ...]
+        for pair in payload:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                continue
+            key, item = pair
+            # A key in its journal form: shown as key_path shows it (a tagged
+            # one, a tuple say, by its kind only).
+            if isinstance(key, dict) and len(key) == 1 and TAG in key:
+                where = f"{path}[<{_tag_of(key)} key>]"
+            else:
+                where = key_path(path, key)
+            found = _unstorable_text(key, where)
+            if found is not None:
+                return found[0], found[1], "its key" if found[1] is key else "a key's item"
+            found = _unstorable_text(item, where)
+            if found is not None:
+                return found
+        return None
+    if tag == "obj" and isinstance(payload, list) and len(payload) == 2:
+        fields = payload[1]
+        if isinstance(fields, dict):  # its fields, named as the codec names them
+            for name, item in fields.items():
+                found = _unstorable_text(item, f"{path}.{name}")
+                if found is not None:
+                    return found
+            return None
+        return _unstorable_text(fields, path)
+    if tag in ("enum", "any"):
+        return _unstorable_text(payload[1] if tag == "enum" else payload, path)
+    found = _unstorable_text(payload, path)
+    if found is None:
+        return None
+    # The rest: a datetime's or time's time zone name, the one text a
+    # scalar's payload can hold that the user gave. Named by the value's path.
+    try:
+        whole: object = decode_untyped(value, path)
+    except Exception:  # (a payload this version cannot read: the text alone)
+        whole = found[1]
+    return path, whole, "its time zone's name" if tag in ("datetime", "time") else "its text"
+
+
+def _tag_of(value: dict[str, Any]) -> str:
+    tagged = value[TAG]
+    return tagged[0] if isinstance(tagged, list) and tagged and isinstance(tagged[0], str) else "?"
 
 
 # NUL, or a surrogate not part of a pair.
