@@ -806,6 +806,31 @@ async def test_one_round_trip_per_write(pg_conninfo: str, pg_schema: str, tmp_pa
     assert len(ready) == 3, trace.read_text()
 
 
+async def test_a_journal_write_alone_builds_its_error_text_only_if_it_fails(
+    store: PostgresSagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One write at a time, each goes alone (``write_one``), not grouped: its
+    error text (``cannot journal saga 'id'``: the id's ``short_repr``, about
+    0.3 µs) is built when an error is raised, not for every write, as for a
+    group's writes. (The texts themselves: test_postgres_no_connection.)"""
+    from fallback_saga.store import _postgres_sql
+
+    shown: list[object] = []
+    real_short_repr = _postgres_sql.short_repr
+
+    def counted(value: Any, *args: Any, **kwargs: Any) -> str:
+        shown.append(value)
+        return real_short_repr(value, *args, **kwargs)
+
+    monkeypatch.setattr(_postgres_sql, "short_repr", counted)
+    await store.create("s", "OrderSaga", "fp", {"n": 0}, [entry(0, "a")])
+    await store.append("s", [entry(0, "a", StepStatus.COMPLETED)], context={"n": 1})
+    assert store.stats.largest_group == 0, store.stats  # no group: each went alone
+    assert shown == []
+    with pytest.raises(SagaAlreadyExists):
+        await store.create("s", "OrderSaga", "fp", {"n": 0}, [entry(0, "a")])
+
+
 # --------------------------------------------------------------------------- times, data
 
 

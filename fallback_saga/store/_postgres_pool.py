@@ -44,6 +44,7 @@ from ._postgres_sql import (
     _SYNCHRONOUS_COMMIT,
     _UNSTORABLE,
     _commit_in_doubt,
+    _doing,
     _Statements,
     _Write,
 )
@@ -501,7 +502,7 @@ class PooledStore:
         return wrapped
 
     async def _connection(
-        self, pool: AsyncConnectionPool[Any], doing: str, *, write: bool
+        self, pool: AsyncConnectionPool[Any], doing: str | _Write, *, write: bool
     ) -> AsyncConnection[Any]:
         """``_getconn``'s connection, or the store's error if none could be
         had: the pool timed out waiting for one (the server is down or
@@ -515,11 +516,11 @@ class PooledStore:
             return await _getconn(pool)
         except self._errors as error:
             raise self._wrap(
-                error, doing, _NO_CONNECTION if write else ""
+                error, _said(doing), _NO_CONNECTION if write else ""
             ) from self._shown_cause(error)
 
     async def _fetch(
-        self, doing: str, statement: str, params: Sequence[Any], *, rows: str = "one",
+        self, doing: str | _Write, statement: str, params: Sequence[Any], *, rows: str = "one",
         write: bool = False,
     ) -> Any:
         """Run one statement on a pooled connection; its first row (``rows="one"``),
@@ -527,10 +528,14 @@ class PooledStore:
         writes, and an error the server answered it with (it rolled it back)
         says that nothing was written (``_explain``). Never for a read: the
         executor takes a read's error for no answer about an earlier write
-        in doubt, and must not take it for "that write did not land"."""
+        in doubt, and must not take it for "that write did not land".
+
+        ``doing``: what the statement does, as its errors begin; or the
+        journal write it makes, whose text (``_doing``) is then built only if
+        one is raised, as for its group commit's writes."""
         self._on_its_loop()
         if not self._ready:
-            await self._open_for(doing, write=write)
+            await self._open_for(_said(doing), write=write)
         pool = self._pool
         if pool is None:
             raise StoreClosed("the PostgreSQL saga store is closed")
@@ -542,7 +547,7 @@ class PooledStore:
                 if write and self._journal.sending() == [False]:
                     # A journal write whose deadline came while it waited for
                     # this connection: it was reported not sent, and is not.
-                    raise SagaStoreError(f"{doing}: {_NOT_SENT}")
+                    raise SagaStoreError(f"{_said(doing)}: {_NOT_SENT}")
                 prepare = self._prepare_any
                 if conn.autocommit:
                     cursor = await _query(conn, statement, params, prepare)
@@ -559,10 +564,12 @@ class PooledStore:
                 # transaction is rolled back or replaced by the pool.
                 await pool.putconn(conn)
         except self._errors as error:
-            raise await self._explain(error, doing, write=write) from self._shown_cause(error)
+            raise await self._explain(
+                error, _said(doing), write=write
+            ) from self._shown_cause(error)
         except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
             raise self._wrap(
-                error, doing, _NOT_SENT if write else ""
+                error, _said(doing), _NOT_SENT if write else ""
             ) from self._shown_cause(error)
 
     async def _explain(
@@ -602,3 +609,8 @@ class PooledStore:
             except self._errors:
                 pass  # the original error says enough
         return self._wrap(error, doing, not_written)
+
+
+def _said(doing: str | _Write) -> str:
+    """``doing`` as an error's text begins (``_fetch``)."""
+    return doing if isinstance(doing, str) else _doing(doing)

@@ -340,7 +340,8 @@ class PostgresSagaStore(PooledStore):
 
     async def _write_one(self, write: _Write) -> None:
         _, statement, params = write
-        if await self._fetch(_doing(write), statement, params, write=True) is None:
+        # The write itself, not its text: _doing is called only if an error is raised.
+        if await self._fetch(write, statement, params, write=True) is None:
             raise await self._refusal(write)
 
     async def _refusal(self, write: _Write) -> Exception:
