@@ -248,7 +248,8 @@ class RecoveryWorker:
 
     @property
     def in_flight(self) -> int:
-        return len(self._resumes.in_flight)
+        resumes = self._resumes
+        return len(resumes.in_flight) + resumes.starting
 
     @property
     def listening(self) -> bool:

@@ -50,6 +50,12 @@ class Resumes:
         self._clock = clock
         self._on_freed = on_freed
         self.in_flight: dict[asyncio.Task[None], Resuming] = {}
+        # Resumes being started by ``start`` whose task is not in in_flight
+        # yet: under an eager task factory (3.12+) a resume runs inside its
+        # create_task, up to its first suspension — its first step too, on a
+        # store that answers without suspending — and the worker's in_flight
+        # must count it there, and the sagas claimed with it.
+        self.starting = 0
         # Runs let go (asked to stop, they did not: see worker.py's
         # docstring), kept referenced until they end, whenever that is —
         # with their saga: a give-back the store refuses as one ends is
@@ -72,13 +78,18 @@ class Resumes:
 
     def start(self, sagas: Iterable[ClaimedSaga]) -> None:
         """Resume each of ``sagas``, in a task of its own."""
-        started = False
-        for claimed in sagas:
-            resuming = Resuming(claimed, self._clock())
-            task = asyncio.get_running_loop().create_task(self._resume(resuming))
-            self.in_flight[task] = resuming
-            task.add_done_callback(self._done)
-            started = True
+        claimed_sagas = list(sagas)
+        started = bool(claimed_sagas)
+        self.starting = len(claimed_sagas)
+        try:
+            for claimed in claimed_sagas:
+                resuming = Resuming(claimed, self._clock())
+                task = asyncio.get_running_loop().create_task(self._resume(resuming))
+                self.in_flight[task] = resuming
+                self.starting -= 1
+                task.add_done_callback(self._done)
+        finally:
+            self.starting = 0
         if started and self.bounds.watched:
             self._watch_wake.set()  # new deadlines
 

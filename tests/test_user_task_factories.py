@@ -21,10 +21,11 @@ Longer hunts under these loops: the ``__main__`` of ``test_reference_model.py``,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import test_composition_faults as composition
@@ -33,7 +34,16 @@ import test_worker as worker_cases
 from group_cancel_faults import generate, run_plan
 from journal_faults import FAULT_KINDS, UNWINDS, FaultKind, FaultySubmittingStore
 
-from fallback_saga import MemorySagaStore, SQLiteSagaStore
+from fallback_saga import (
+    MemorySagaStore,
+    RecoveryWorker,
+    Saga,
+    SagaContext,
+    SagaStatus,
+    SQLiteSagaStore,
+    StepStatus,
+)
+from fallback_saga.store.base import JournalEntry
 
 
 def _eager_loop() -> asyncio.AbstractEventLoop:
@@ -179,5 +189,73 @@ def test_S10_a_recovery_worker_stopped_gives_its_leases_back(
     async def case() -> None:
         async with SQLiteSagaStore(tmp_path / "w.db") as store:
             await getattr(worker_cases, case_name)(store)
+
+    run_in(loop_factory, case)
+
+
+@dataclasses.dataclass
+class _Order(SagaContext):
+    order_id: str = ""
+
+
+class _CountsInFlight:
+    """A first step that reads its worker's ``in_flight`` before its first
+    await: under an eager factory, inside the ``create_task`` that starts
+    its resume."""
+
+    worker: ClassVar[RecoveryWorker | None] = None
+    seen: ClassVar[list[int]] = []
+    both: ClassVar[asyncio.Event | None] = None  # set once both have counted
+
+    async def act(self, ctx: _Order) -> None:
+        assert self.worker is not None
+        assert self.both is not None
+        self.seen.append(self.worker.in_flight)
+        if len(self.seen) == 2:
+            self.both.set()
+        await asyncio.sleep(0)
+
+    async def compensate(self, ctx: _Order) -> None:
+        pass
+
+
+class _CountedSaga(Saga[_Order]):
+    steps: ClassVar[list[Any]] = [_CountsInFlight]
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_a_worker_counts_a_resume_in_flight_while_its_first_step_runs(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], tmp_path: Path
+) -> None:
+    """``worker.in_flight`` is the number of sagas being resumed: under an
+    eager factory, on a store that answers without suspending (SQLite's
+    ``writer="inline"``), a resume's first step runs inside the
+    ``create_task`` that starts it — before the worker had counted its task,
+    or those of the sagas claimed with it (it said 0, then 1, for 2)."""
+    _CountsInFlight.seen = []
+
+    async def case() -> None:
+        async with SQLiteSagaStore(tmp_path / "w.db", writer="inline") as store:
+            for n in range(2):
+                await store.create(
+                    f"s{n}", "_CountedSaga", _CountedSaga.definition.fingerprint,
+                    {"order_id": f"s{n}"},
+                    [JournalEntry(0, "_CountsInFlight", "primary", "act", StepStatus.STARTED,
+                                  1, None, 1.0)],
+                )
+            worker = _CountsInFlight.worker = RecoveryWorker(
+                store, [_CountedSaga(store=store)], concurrency=2, lease=600, poll=3600,
+                older_than=0, owner="w1",
+            )
+            _CountsInFlight.both = asyncio.Event()
+            running = asyncio.get_running_loop().create_task(worker.run())
+            await _CountsInFlight.both.wait()
+            await worker.stop()  # once both have finished (no grace: as long as they take)
+            await running
+            assert worker.stats.completed == 2
+            assert _CountsInFlight.seen == [2, 2]
+            assert worker.in_flight == 0
+            for n in range(2):
+                assert (await store.load(f"s{n}")).status is SagaStatus.COMPLETED
 
     run_in(loop_factory, case)
