@@ -76,6 +76,7 @@ from .errors import ContextDecodeError, ContextSerializationError, key_path
 from .models import Kind, dump_model, kind_of, load_model, why_not
 
 __all__ = [
+    "FIELD_NAMES",
     "FIELD_PLANS",
     "FIELD_WIDTHS",
     "MAX_CONTEXT_DEPTH",
@@ -121,6 +122,19 @@ FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
 #: scans (see ``_width``). Set with its plan.
 FIELD_WIDTHS: dict[type, int] = {}
 
+#: Per dataclass whose width is >= 0: its field names, which its instances'
+#: ``__dict__`` holds alone when nothing would be lost — for the fast checks
+#: that read no field (``check_serializable``, the executor's): a count alone
+#: takes a field deleted (read from its class default) and an attribute set
+#: in its place for them (S14).
+FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _store_width(cls: type, width: int) -> None:
+    FIELD_WIDTHS[cls] = width
+    if width >= 0:
+        FIELD_NAMES[cls] = frozenset(field.name for field in fields(cls))
+
 
 def encode_context(context: object) -> dict[str, Any]:
     """The journal form of a context of any kind (see ``models.py``)."""
@@ -129,13 +143,27 @@ def encode_context(context: object) -> dict[str, Any]:
     if plan is None:
         return _encode_other_context(context)
     # S14: an attribute that is not a field would be missing after a resume.
-    # One len per write; the attributes are looked at only when it differs.
+    # One len per write, and the fields read from __dict__: all found there,
+    # and no more attributes than fields, it holds them alone (a count alone
+    # would take a field deleted — read from its class default — and an
+    # attribute set in its place for them). The attributes are looked at
+    # only when either fails.
     width = FIELD_WIDTHS[cls]
     out: dict[str, Any] = {}
     try:
         if width >= 0:
-            if len(context.__dict__) != width:
-                _refuse_extras(context, "", 0)
+            state = context.__dict__
+            if len(state) == width:
+                try:
+                    for name, encode, plain in plan:
+                        value = state[name]
+                        out[name] = value if value.__class__ in plain else encode(value, name, 1)
+                    return out
+                except KeyError:
+                    if name in state:  # (raised by an encoder: a to_dict of its own)
+                        raise
+                    out = {}
+            _refuse_extras(context, "", 0)
         elif width == _SCAN and context.__dict__:  # (slots, and an empty __dict__: none)
             _refuse_extras(context, "", 0)
         for name, encode, plain in plan:
@@ -153,7 +181,7 @@ def _encode_other_context(context: object) -> dict[str, Any]:
     cls = type(context)
     kind = kind_of(cls)
     if kind is Kind.DATACLASS:
-        FIELD_WIDTHS[cls] = _width(cls)
+        _store_width(cls, _width(cls))
         FIELD_PLANS[cls] = _field_plan(cls)
         return encode_context(context)
     if kind is Kind.STATE:
@@ -178,9 +206,9 @@ def encode_structure(context: object) -> dict[str, Any]:
         if dataclasses.is_dataclass(cls):
             plan = FIELD_PLANS.get(cls) or _field_plan(cls)
             width = FIELD_WIDTHS.get(cls) or _width(cls)
-            if (width == _SCAN and context.__dict__) or (
-                width >= 0 and len(context.__dict__) != width
-            ):
+            if width >= 0:
+                return _encode_counted(context, plan, width, "", 0)
+            if width == _SCAN and context.__dict__:
                 _refuse_extras(context, "", 0)
             return _encode_fields(context, plan, "", 0)  # type: ignore[no-any-return]
         if "__dict__" in dir(cls) and not getattr(cls, "__slots__", ()):
@@ -295,6 +323,38 @@ def _encode_fields(
     return out
 
 
+def _encode_counted(
+    value: Any,
+    plan: tuple[tuple[str, _Encoder, frozenset[type]], ...],
+    width: int,
+    path: str,
+    depth: int,
+) -> Any:
+    """``_encode_fields`` for a dataclass of known width (its fields in
+    ``__dict__``, ``FIELD_WIDTHS``), with ``encode_context``'s check: the
+    fields read from ``__dict__``, all found there, and as many attributes
+    as fields — then it holds them alone (S14). Else its attributes are
+    looked at (``_refuse_extras``)."""
+    if depth > MAX_CONTEXT_DEPTH:
+        raise _TooDeep(path, value)
+    state = value.__dict__
+    if len(state) == width:
+        out = {}
+        try:
+            for name, encode, plain in plan:
+                item = state[name]
+                if item.__class__ in plain:
+                    out[name] = item
+                else:
+                    out[name] = encode(item, f"{path}.{name}" if path else name, depth + 1)
+            return out
+        except KeyError:
+            if name in state:  # (raised by an encoder: a to_dict of its own)
+                raise
+    _refuse_extras(value, path, depth)
+    return _encode_fields(value, plan, path, depth)
+
+
 def _refuse_unset(value: object, name: str, path: str) -> None:
     """Refuse ``value``'s field ``name`` if it was never given a value (a
     dataclass field declared with ``init=False`` and no default, not set):
@@ -397,7 +457,7 @@ def _learn_width(cls: type, width: int) -> None:
     counting it would let an attribute in its place through unjournaled, so
     a class that derives attributes is scanned at every write."""
     if FIELD_WIDTHS.get(cls) == _SCAN and fields_in_dict(cls):
-        FIELD_WIDTHS[cls] = width
+        _store_width(cls, width)
 
 
 def _derived_names(value: Any, path: str, depth: int) -> set[str]:
@@ -469,11 +529,13 @@ def _object_encoder(cls: type) -> _Encoder | None:
         plan = _field_plan(cls)
         widths = FIELD_WIDTHS
         if cls not in widths:
-            widths[cls] = _width(cls)
+            _store_width(cls, _width(cls))
 
         def encode(value: Any, path: str, depth: int) -> Any:
             width = widths[cls]
-            if (width == _SCAN and value.__dict__) or (width >= 0 and len(value.__dict__) != width):
+            if width >= 0:
+                return _encode_counted(value, plan, width, path, depth)
+            if width == _SCAN and value.__dict__:
                 _refuse_extras(value, path, depth)
             return _encode_fields(value, plan, path, depth)
 

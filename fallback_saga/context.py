@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import Any, TypeVar
 
 from .codec import (
-    FIELD_WIDTHS,
+    FIELD_NAMES,
     MAX_CONTEXT_DEPTH,
     decode_context,
     decode_structure,
@@ -643,8 +643,10 @@ def check_serializable(context: object) -> None:
     state = getattr(context, "__dict__", None)
     if (
         state is not None
-        # A __dict__ of its fields only (not an extra attribute, no field in a slot):
-        and FIELD_WIDTHS.get(context.__class__, -2) == len(state)
+        # A __dict__ of its fields only (not an extra attribute, no field in a
+        # slot), by name: a count would take a field deleted and another
+        # attribute set for them (S14).
+        and state.keys() == FIELD_NAMES.get(context.__class__)
         and _JSON_SCALARS.issuperset(map(type, state.values()))
     ):
         return

@@ -50,7 +50,7 @@ import os
 import time
 from typing import Any, NoReturn
 
-from .codec import FIELD_WIDTHS
+from .codec import FIELD_NAMES
 from .compact_journal import Shape
 from .completion import CompletingRun, SagaResult, _saga_result
 from .context import (
@@ -224,11 +224,12 @@ class Execution(CompletingRun):
             # check_serializable's fast path inlined: a flat dataclass of JSON scalars.
             state = getattr(context, "__dict__", None)
             # Kept: run_plain's first snapshot needs no scan of its own then.
-            # (Only a __dict__ holding its fields and nothing else, FIELD_WIDTHS: an
-            # attribute beyond them is refused, S14; fields in slots the scan would miss.)
+            # (Only a __dict__ holding its fields by name and nothing else,
+            # FIELD_NAMES: an attribute beyond them is refused, S14, even one
+            # set for a field deleted; fields in slots the scan would miss.)
             self.scalars = scalars = (
                 state is not None
-                and FIELD_WIDTHS.get(context.__class__, -2) == len(state)
+                and state.keys() == FIELD_NAMES.get(context.__class__)
                 and _JSON_SCALARS.issuperset(map(type, state.values()))
             )
             if not scalars:
