@@ -50,6 +50,7 @@ import math
 import sys
 import uuid
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
+from contextvars import ContextVar
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from enum import Enum
@@ -207,7 +208,7 @@ def encode_structure(context: object) -> dict[str, Any]:
             plan = FIELD_PLANS.get(cls) or _field_plan(cls)
             width = FIELD_WIDTHS.get(cls) or _width(cls)
             if width >= 0:
-                return _encode_counted(context, plan, width, "", 0)
+                return _encode_counted(context, plan, width, "", 0)  # type: ignore[no-any-return]
             if width == _SCAN and context.__dict__:
                 _refuse_extras(context, "", 0)
             return _encode_fields(context, plan, "", 0)  # type: ignore[no-any-return]
@@ -412,8 +413,9 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
     fields (S14: the resumed run would not have it), naming it. One the class
     derives again is not refused: a ``functools.cached_property`` (a
     descriptor of that name), or one its ``__post_init__`` sets when it runs
-    on reading back — found by reading back a copy, once per name. (A field
-    missing from ``__dict__`` is left to the encoder.)"""
+    on reading back — found by reading back a copy, once per name — as long
+    as it holds what that gives (``_refuse_hand_set``). (A field missing
+    from ``__dict__`` is left to the encoder.)"""
     cls = type(value)
     names = _KEPT_NAMES.get(cls)
     if names is None:
@@ -421,7 +423,10 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
         _FIELD_COUNTS[cls] = len(names)
     state = vars(value)
     if names.issuperset(state):
-        if len(state) == _FIELD_COUNTS[cls]:  # (one that derives: scanned at every write)
+        derived = _DERIVED.get(cls)
+        if derived is not None and not derived.isdisjoint(state):
+            _refuse_hand_set(value, derived, path, depth)
+        elif len(state) == _FIELD_COUNTS[cls]:  # (one that derives: scanned at every write)
             _learn_width(cls, len(state))
         return
     learnt = False
@@ -433,7 +438,7 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
             continue
         if not learnt and post_init_plan(cls)[0] is not None:
             learnt = True
-            names.update(_derived_names(value, path, depth))
+            _learn_derived(value, names, path, depth)
             if name in names:
                 continue
         raise ContextSerializationError(
@@ -444,8 +449,100 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
             f"{' (and its __post_init__ does not set it)' if learnt else ''}; declare it as "
             f"a field ({name}: <type> = <default>), or keep it off the context",
         )
-    if len(state) == _FIELD_COUNTS[cls]:
+    derived = _DERIVED.get(cls)
+    if derived is not None and not derived.isdisjoint(state):
+        _refuse_hand_set(value, derived, path, depth)
+    elif len(state) == _FIELD_COUNTS[cls]:
         _learn_width(cls, len(state))
+
+
+#: Per dataclass: the attributes its ``__post_init__`` was seen to set
+#: beyond its fields (on reading back a copy), as met; and of those, the ones
+#: whose values are not compared (``_learn_derived``).
+_DERIVED: dict[type, set[str]] = {}
+_UNCOMPARED: dict[type, set[str]] = {}
+
+
+def _learn_derived(value: Any, names: set[str], path: str, depth: int) -> None:
+    """Add to ``names`` (and ``_DERIVED``) what ``value``'s ``__post_init__``
+    sets beyond its fields when it is read back. Read back twice: a value
+    not derived the same twice (a uuid4, a timestamp, what holds a lock)
+    cannot tell a value set by hand from one derived, so is not compared
+    (``_UNCOMPARED``); nor one of a class compared by identity."""
+    cls = type(value)
+    first = _read_back(value, path, depth)
+    second = _read_back(value, path, depth)
+    derived = _DERIVED.setdefault(cls, set())
+    uncompared = _UNCOMPARED.setdefault(cls, set())
+    for name, item in first.items():
+        if name in names:
+            continue
+        names.add(name)
+        if hasattr(inspect.getattr_static(cls, name, None), "__get__"):
+            continue  # (a cached_property its __post_init__ reads: a cache, see below)
+        derived.add(name)
+        if name not in second or _differs(item, second[name]) is not False:
+            uncompared.add(name)
+
+
+def _differs(held: Any, again: Any) -> bool | None:
+    """Whether ``held`` is not what was derived again (``again``): another
+    value or another type. None: it cannot be told — compared by identity
+    (a lock, a client: two are never equal), or ``==`` fails."""
+    if held is again:
+        return False
+    if held.__class__ is not again.__class__:
+        return True
+    if held.__class__.__eq__ is object.__eq__:
+        return None
+    try:
+        return not (held == again or (held != held and again != again))  # (NaN)
+    except Exception:  # an == that gives no bool (an array's)
+        return None
+
+
+def _refuse_hand_set(value: Any, derived: set[str], path: str, depth: int) -> None:
+    """Refuse an attribute ``value``'s ``__post_init__`` derives whose value
+    is not what it derives again from the fields, as a resume would (set by
+    hand, changed in place, or stale after its fields changed): the resumed
+    run would hold the derived one. At every write of a class that derives
+    attributes (it is scanned anyway): its fields read back into a copy. A
+    derived attribute deleted is not refused: the resumed run derives it
+    again, as an instance made anew with those fields has it (a cache
+    dropped)."""
+    if _READING_BACK.get():
+        return
+    cls = type(value)
+    state = vars(value)
+    uncompared = _UNCOMPARED[cls]
+    again: dict[str, Any] | None = None
+    for name in derived:
+        if name not in state or name in uncompared:
+            continue
+        if again is None:
+            again = _read_back(value, path, depth)
+        held = state[name]
+        if name in again:
+            if _differs(held, again[name]) is not True:
+                continue
+            what = f"its __post_init__ derives {_shown(again[name])} from the fields"
+        else:
+            what = "its __post_init__ does not set it from these fields"
+        where = f"{path}.{name}" if path else name
+        error = ContextSerializationError(where, held)
+        error.args = (  # (not "cannot be stored as JSON": it is not stored at all)
+            f"context field {where!r} holds {_shown(held)}, but {what} when it is read "
+            f"back, so a resumed run would not have that value ({cls.__qualname__} is read "
+            f"back from its fields, then its __post_init__ runs); declare it as a field, "
+            f"{name}: <type> = field(init=False) — journaled, and set again after "
+            f"__post_init__ — or leave what __post_init__ derives unchanged",
+        )
+        raise error
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:57]}...{type(value).__name__}" if len(text) > 60 else text
 
 
 def _learn_width(cls: type, width: int) -> None:
@@ -460,13 +557,24 @@ def _learn_width(cls: type, width: int) -> None:
         _store_width(cls, width)
 
 
-def _derived_names(value: Any, path: str, depth: int) -> set[str]:
+#: Set while ``_read_back`` writes a value's fields: the values nested in
+#: them are not read back to compare what they derive (``_refuse_hand_set``)
+#: — the write itself does, once each; each level doing it again in its own
+#: read-back doubled the work per level of nesting.
+_READING_BACK: ContextVar[bool] = ContextVar("_READING_BACK", default=False)
+
+
+def _read_back(value: Any, path: str, depth: int) -> dict[str, Any]:
     """The attributes a dataclass instance has once read back from its journal
     form (its ``__post_init__`` run), as a resume would: from a copy, so that
     the instance itself is not touched."""
     cls = type(value)
+    reading = _READING_BACK.set(True)
     try:
         form = _encode_fields(value, FIELD_PLANS.get(cls) or _field_plan(cls), path, depth)
+    finally:
+        _READING_BACK.reset(reading)
+    try:
         copy = decode_dataclass(cls, form, path)
     except ContextDecodeError as exc:  # its __post_init__ refuses its own values
         raise ContextSerializationError(
@@ -474,7 +582,7 @@ def _derived_names(value: Any, path: str, depth: int) -> set[str]:
             value,
             f"it would not read back from the journal: {exc}",
         ) from None
-    return set(vars(copy))
+    return vars(copy)  # type: ignore[no-any-return]
 
 
 _STATE_PLANS: dict[type, dict[str, _Typed]] = {}

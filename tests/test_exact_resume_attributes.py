@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import threading
+import uuid
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -519,3 +522,192 @@ async def test_S14_a_field_deleted_and_an_attribute_in_its_place_is_refused_nami
     assert isinstance(error, ContextSerializationError), info.value
     assert error.path == "note"
     assert CALLS == ["swap"]
+
+
+# ------------------------------------------------------------ derived, then set by hand
+
+
+@dataclasses.dataclass
+class KeyedOrder(SagaContext):
+    """Its ``__post_init__`` derives ``key`` and ``index`` from its fields."""
+
+    a: int = 1
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.key = f"k-{self.a}"
+        self.index = set(self.lines)
+        self.double = self.a * 2
+
+
+def _hand_set_key(ctx: Any) -> None:
+    ctx.key = "custom"
+
+
+def _index_mutated(ctx: Any) -> None:
+    ctx.index.add("x")  # in place: no longer what lines derive
+
+
+def _equal_of_another_type(ctx: Any) -> None:
+    ctx.double = 2.0  # equal to the int derived again, not the same type
+
+
+HAND_SET = {
+    "set-by-hand": (_hand_set_key, "key"),
+    "mutated-in-place": (_index_mutated, "index"),
+    "another-type": (_equal_of_another_type, "double"),
+}
+
+
+class SetKey(SagaStepHandler[KeyedOrder, None]):
+    async def act(self, context: KeyedOrder, /) -> None:
+        CALLS.append("set")
+        HAND[0](context)
+
+
+HAND: list[Any] = [_hand_set_key]
+
+
+class KeyedOrderSaga(Saga[KeyedOrder]):
+    steps: ClassVar[list[Any]] = [SetKey, Touch]
+
+
+class TouchKeyedSaga(Saga[KeyedOrder]):
+    steps: ClassVar[list[Any]] = [Touch]
+
+
+@pytest.mark.parametrize(("change", "path"), HAND_SET.values(), ids=HAND_SET)
+async def test_S14_a_value_post_init_derives_then_changed_by_hand_is_refused_naming_it(
+    every_store: Any, change: Any, path: str
+) -> None:
+    """The resumed run derives it again from the fields (``k-1``): the
+    value set by hand was lost without a word. Refused before the first
+    step, or at the write of the step that set it, telling the fix."""
+    context_to_dict(KeyedOrder(lines=["a"]))  # what it derives is known
+    context = KeyedOrder(lines=["a"])
+    change(context)
+    with pytest.raises(ContextSerializationError) as before:
+        await TouchKeyedSaga(store=every_store).run(context, saga_id="h-1")
+    assert before.value.path == path
+    assert "a resumed run would not have that value" in str(before.value)
+    assert f"{path}: <type> = field(init=False)" in str(before.value)
+    assert CALLS == []
+
+    HAND[0] = change
+    if type(every_store).__name__ == "MemorySagaStore":  # (journals at reading back)
+        await KeyedOrderSaga(store=every_store).run(KeyedOrder(lines=["a"]), saga_id="h-2")
+        with pytest.raises(ContextSerializationError) as refused:
+            await every_store.load("h-2")
+        assert refused.value.path == path
+        return
+    with pytest.raises(SagaFailed) as info:
+        await KeyedOrderSaga(store=every_store).run(KeyedOrder(lines=["a"]), saga_id="h-2")
+    error: BaseException | None = info.value
+    while error is not None and not isinstance(error, ContextSerializationError):
+        error = error.__cause__
+    assert isinstance(error, ContextSerializationError), info.value
+    assert error.path == path
+    assert CALLS == ["set"]
+
+
+def test_S14_a_value_post_init_derives_set_where_it_derives_none_is_refused() -> None:
+    """``SometimesKeyed`` derives ``key`` only for an order id: set by hand
+    on one without, it would be missing after a resume."""
+    context_to_dict(SometimesKeyed())
+    context = SometimesKeyed(order_id="")
+    context.key = "custom"
+
+    with pytest.raises(ContextSerializationError) as refused:
+        context_to_dict(context)
+    assert refused.value.path == "key"
+    with pytest.raises(ContextSerializationError):
+        context_to_dict(Holder(line=_with_extra(SometimesKeyedLine(sku=""), key="SKU")))
+
+
+class Handle:
+    """Compared by identity: no two are equal."""
+
+
+SHARED = Handle()
+
+
+@dataclasses.dataclass
+class Mixed(SagaContext):
+    """Derives values that are not data, or not the same twice."""
+
+    a: int = 1
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.handle = Handle()
+        self.shared = SHARED  # (the same twice: compared, but by identity)
+        self.token = uuid.uuid4()  # (not the same when read back: not compared)
+        self.ratio = math.nan
+        self.key = f"k-{self.a}"
+
+
+def test_S14_what_cannot_be_compared_or_is_derived_again_equal_is_not_refused() -> None:
+    """Not refused: a lock, objects compared by identity, a value not
+    derived the same twice (a uuid4), NaN, a value set equal to what is
+    derived, a derived attribute deleted (a cache dropped: the resumed run
+    derives it again from the fields, as a new instance would have it)."""
+    context = Mixed()
+    context_to_dict(context)
+    context.lock, context.handle, context.token = threading.Lock(), Handle(), uuid.uuid4()
+    context.shared = Handle()
+    context.key = "".join(["k-", "1"])  # equal, another object
+    context.ratio = float("nan")
+    context_to_dict(context)
+    check_serializable(context)
+    del context.key
+    context_to_dict(context)
+    assert context_from_dict(Mixed, context_to_dict(context)).key == "k-1"
+
+
+@dataclasses.dataclass
+class Counted(SagaContext):
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+    @functools.cached_property
+    def count(self) -> int:
+        return len(self.lines)
+
+
+def test_S14_a_cached_property_set_by_hand_is_computed_again_on_resume() -> None:
+    """A decision: a ``functools.cached_property`` is a cache of its fields,
+    not data — set by hand (or stale), it is not refused; the resumed run
+    computes it again from the fields (docs/mechanics.md). Computing it at
+    every write would cost classes without a ``__post_init__``."""
+    context = Counted(["a"])
+    context.count = 5  # type: ignore[misc]
+
+    back = context_from_dict(Counted, context_to_dict(context))
+
+    assert back.count == 1
+
+
+RUNS: list[int] = []
+
+
+@dataclasses.dataclass
+class Node:
+    children: list[Node] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        RUNS.append(1)
+        self.size = 1 + sum(child.size for child in self.children)
+
+
+def test_S14_nested_values_that_derive_are_each_read_back_once_per_write() -> None:
+    """Each node's fields are read back to compare what it derives; a node's
+    read-back does not compare its children again (the write does, once):
+    else each level doubled the work (2**depth reads back of a chain)."""
+    chain = Node()
+    for _ in range(7):
+        chain = Node([chain])  # 8 nodes
+    context_to_dict(Holder(line=chain))  # learnt
+    RUNS.clear()
+
+    context_to_dict(Holder(line=chain))
+
+    assert len(RUNS) == 8 + 7 + 6 + 5 + 4 + 3 + 2 + 1  # each node, its subtree

@@ -25,7 +25,14 @@ from typing import Any, ClassVar, Literal, Optional
 import pytest
 from context_crash_app import assert_identical
 
-from fallback_saga import Saga, SagaContext, SagaStepHandler, SQLiteSagaStore, recover
+from fallback_saga import (
+    ContextSerializationError,
+    Saga,
+    SagaContext,
+    SagaStepHandler,
+    SQLiteSagaStore,
+    recover,
+)
 from fallback_saga.codec import journal_untyped
 from fallback_saga.context import check_serializable, context_from_dict, context_to_dict
 from fallback_saga.decoding import decode_untyped
@@ -257,9 +264,12 @@ class Indexed(SagaContext):
 def test_S14_a_dataclass_read_back_derives_again_what_is_not_stored() -> None:
     """Its ``__post_init__`` runs again when it is read back — as pydantic
     runs its validators — so an attribute it derives is there after a
-    resume; a field it computes keeps the value the journal holds."""
+    resume; a field it computes keeps the value the journal holds. (An
+    index left stale by a step is refused: the resumed run would hold
+    another, test_exact_resume_attributes.py.)"""
     context = Indexed(["a", "b"])
-    context.lines.append("c")  # a step's change: the index is not updated
+    context.lines.append("c")  # a step's change, the index kept in step
+    context._index["c"] = 2
     context.count = 7
 
     back = through_a_store(context)
@@ -267,6 +277,10 @@ def test_S14_a_dataclass_read_back_derives_again_what_is_not_stored() -> None:
     assert back.lines == ["a", "b", "c"]
     assert back.count == 7  # the stored value, not the one __post_init__ computes
     assert back._index == {"a": 0, "b": 1, "c": 2}  # derived again, from what was stored
+    context.lines.append("d")  # the index left stale
+    with pytest.raises(ContextSerializationError) as refused:
+        through_a_store(context)
+    assert refused.value.path == "_index"
 
 
 # --------------------------------------------------------------------------- a crash and a resume
