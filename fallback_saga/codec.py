@@ -61,6 +61,7 @@ from .decoding import (
     JSON_SCALARS,
     MAPPINGS,
     TAG,
+    build_dataclass,
     decode_dataclass,
     decode_state,
     decoder,
@@ -459,8 +460,10 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
 #: Per dataclass: the attributes its ``__post_init__`` was seen to set
 #: beyond its fields (on reading back a copy), as met; and of those, the ones
 #: whose values are not compared (``_learn_derived``).
-_DERIVED: dict[type, set[str]] = {}
-_UNCOMPARED: dict[type, set[str]] = {}
+#: (Replaced, never changed in place: a write in another thread may be
+#: going through them.)
+_DERIVED: dict[type, frozenset[str]] = {}
+_UNCOMPARED: dict[type, frozenset[str]] = {}
 
 
 def _learn_derived(value: Any, names: set[str], path: str, depth: int) -> None:
@@ -472,17 +475,18 @@ def _learn_derived(value: Any, names: set[str], path: str, depth: int) -> None:
     cls = type(value)
     first = _read_back(value, path, depth)
     second = _read_back(value, path, depth)
-    derived = _DERIVED.setdefault(cls, set())
-    uncompared = _UNCOMPARED.setdefault(cls, set())
+    derived = set(_DERIVED.get(cls, ()))
+    uncompared = set(_UNCOMPARED.get(cls, ()))
     for name, item in first.items():
         if name in names:
             continue
-        names.add(name)
-        if hasattr(inspect.getattr_static(cls, name, None), "__get__"):
-            continue  # (a cached_property its __post_init__ reads: a cache, see below)
-        derived.add(name)
-        if name not in second or _differs(item, second[name]) is not False:
-            uncompared.add(name)
+        if not hasattr(inspect.getattr_static(cls, name, None), "__get__"):
+            derived.add(name)  # (not a cached_property its __post_init__ reads: a cache)
+            if name not in second or _differs(item, second[name]) is not False:
+                uncompared.add(name)
+    _UNCOMPARED[cls] = frozenset(uncompared)  # (first: a name in _DERIVED is in it if it must)
+    _DERIVED[cls] = frozenset(derived)
+    names.update(first)
 
 
 def _differs(held: Any, again: Any) -> bool | None:
@@ -501,7 +505,7 @@ def _differs(held: Any, again: Any) -> bool | None:
         return None
 
 
-def _refuse_hand_set(value: Any, derived: set[str], path: str, depth: int) -> None:
+def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int) -> None:
     """Refuse an attribute ``value``'s ``__post_init__`` derives whose value
     is not what it derives again from the fields, as a resume would (set by
     hand, changed in place, or stale after its fields changed): the resumed
@@ -564,18 +568,52 @@ def _learn_width(cls: type, width: int) -> None:
 _READING_BACK: ContextVar[bool] = ContextVar("_READING_BACK", default=False)
 
 
+#: The classes of values a copy may share with the instance read back (its
+#: ``__post_init__`` cannot change them), as they are or in a container of
+#: these classes alone (copied).
+_IMMUTABLE: frozenset[type] = frozenset({str, int, bool, _NONE, float})
+_FLAT_CONTAINERS: frozenset[type] = frozenset({list, set, frozenset, tuple})
+_MISSING = object()
+
+
 def _read_back(value: Any, path: str, depth: int) -> dict[str, Any]:
     """The attributes a dataclass instance has once read back from its journal
     form (its ``__post_init__`` run), as a resume would: from a copy, so that
-    the instance itself is not touched."""
+    the instance itself is not touched. Fields of scalars (or flat containers
+    of scalars: copied) are given to the copy as they are — the journal gives
+    them back equal and of the same classes (S14) — sparing the journal form
+    and its reading (most of the cost); any other field, through both."""
     cls = type(value)
-    reading = _READING_BACK.set(True)
+    plan = FIELD_PLANS.get(cls) or _field_plan(cls)
+    values: dict[str, Any] | None = None
+    if fields_in_dict(cls):
+        state = value.__dict__
+        immutable = _IMMUTABLE
+        values = {}
+        for name, _, _ in plan:
+            item = state.get(name, _MISSING)  # (missing: read back the slow way)
+            kind = item.__class__
+            if kind in immutable:
+                values[name] = item
+            elif kind in _FLAT_CONTAINERS and immutable.issuperset(map(type, item)):
+                values[name] = kind(item)
+            elif kind is dict and immutable.issuperset(map(type, item)) and immutable.issuperset(
+                map(type, item.values())
+            ):
+                values[name] = dict(item)
+            else:
+                values = None
+                break
     try:
-        form = _encode_fields(value, FIELD_PLANS.get(cls) or _field_plan(cls), path, depth)
-    finally:
-        _READING_BACK.reset(reading)
-    try:
-        copy = decode_dataclass(cls, form, path)
+        if values is not None:
+            copy = build_dataclass(cls, values, path)
+        else:
+            reading = _READING_BACK.set(True)
+            try:
+                form = _encode_fields(value, plan, path, depth)
+            finally:
+                _READING_BACK.reset(reading)
+            copy = decode_dataclass(cls, form, path)
     except ContextDecodeError as exc:  # its __post_init__ refuses its own values
         raise ContextSerializationError(
             path or "<context>",

@@ -392,6 +392,13 @@ def decode_dataclass(cls: type, data: Any, path: str) -> Any:
             f"{cls.__name__} has no field(s) {', '.join(map(_shown, unknown[:5]))}"
             f"{f' (and {len(unknown) - 5} more)' if len(unknown) > 5 else ''}",
         )
+    return build_dataclass(cls, values, path)
+
+
+def build_dataclass(cls: type, values: dict[str, Any], path: str) -> Any:
+    """A dataclass instance with these field values (all of them, decoded),
+    as ``decode_dataclass`` makes it: without ``__init__``, then its
+    ``__post_init__`` between the fields ``__init__`` takes and the others."""
     maker: Any = cls
     try:
         instance = maker.__new__(maker)

@@ -622,6 +622,32 @@ def test_S14_a_value_post_init_derives_set_where_it_derives_none_is_refused() ->
     assert refused.value.path == "key"
     with pytest.raises(ContextSerializationError):
         context_to_dict(Holder(line=_with_extra(SometimesKeyedLine(sku=""), key="SKU")))
+    keyed = Keyed(line=Line("s"))  # (a field not of scalars: read back through the journal form)
+    keyed.key = "custom"
+    with pytest.raises(ContextSerializationError) as refused:
+        context_to_dict(keyed)
+    assert refused.value.path == "key"
+
+
+@dataclasses.dataclass
+class Sorted(SagaContext):
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lines.sort()
+        self.first = self.lines[0] if self.lines else None
+
+
+def test_S14_reading_back_what_post_init_derives_leaves_the_context_untouched() -> None:
+    """The fields are read back into a copy: a ``__post_init__`` that changes
+    them in place changes the copy's."""
+    context = Sorted(["c", "b"])
+    context.lines.append("a")
+    context.first = "a"  # what the copy derives: not refused
+
+    context_to_dict(context)
+
+    assert context.lines == ["b", "c", "a"]
 
 
 class Handle:
