@@ -529,24 +529,29 @@ def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int)
         if name in again:
             if _differs(held, again[name]) is not True:
                 continue
-            what = f"its __post_init__ derives {_shown(again[name])} from the fields"
+            what = (
+                f"its __post_init__ derives another {type(again[name]).__name__} from the fields"
+                if type(again[name]) is type(held)
+                else f"its __post_init__ derives {_a(type(again[name]).__name__)} from the fields"
+            )
         else:
             what = "its __post_init__ does not set it from these fields"
         where = f"{path}.{name}" if path else name
         error = ContextSerializationError(where, held)
+        # Neither value is shown: a context may hold secrets (its types say enough).
         error.args = (  # (not "cannot be stored as JSON": it is not stored at all)
-            f"context field {where!r} holds {_shown(held)}, but {what} when it is read "
+            f"context field {where!r} holds {_a(type(held).__name__)} (set by hand, changed in "
+            f"place, or left stale after its fields changed), but {what} when it is read "
             f"back, so a resumed run would not have that value ({cls.__qualname__} is read "
-            f"back from its fields, then its __post_init__ runs); declare it as a field, "
-            f"{name}: <type> = field(init=False) — journaled, and set again after "
-            f"__post_init__ — or leave what __post_init__ derives unchanged",
+            f"back from its fields, then its __post_init__ runs); "
+            f"declare it as a field, {name}: <type> = field(init=False) — journaled, and set "
+            f"again after __post_init__ — or leave what __post_init__ derives unchanged",
         )
         raise error
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return f"{text[:57]}...{type(value).__name__}" if len(text) > 60 else text
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _learn_width(cls: type, width: int) -> None:
