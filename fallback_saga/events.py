@@ -36,8 +36,10 @@ journal does not hold, tells it again.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -298,8 +300,46 @@ def listener_tuple(listeners: Iterable[object]) -> tuple[object, ...]:
                 f"none of the listener hooks ({', '.join(HOOK_NAMES[:3])}, ...): pass an "
                 f"instance of a SagaListener subclass, e.g. listeners=[LoggingListener()]"
             )
+        if not isinstance(listener, type):
+            _check_hook_names(type(listener))
         kept.setdefault(id(listener), listener)
     return tuple(kept.values())
+
+
+# Listener classes whose method names were looked at (_check_hook_names).
+_NAMES_CHECKED: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _check_hook_names(cls: type) -> None:
+    """A method of a listener class named as another library names its
+    callbacks (``on_saga_finished``) is never called: refused, naming the
+    hook. One a letter or two off a hook (``compensation_faild``) probably
+    meant it: logged once a class. (A name that extends a hook's,
+    ``saga_started_at``, is the listener's own, and left alone.)"""
+    if cls in _NAMES_CHECKED:
+        return
+    for name in dir(cls):
+        if name.startswith("_") or name in HOOK_NAMES or name in _BASE_NAMES:
+            continue
+        if not callable(inspect.getattr_static(cls, name, None)):
+            continue
+        bare = name.removeprefix("on_")
+        if bare in HOOK_NAMES:
+            raise TypeError(
+                f"listener {cls.__qualname__}.{name} is never called: the hook is named "
+                f"{bare!r} (no 'on_'); rename the method"
+            )
+        close = difflib.get_close_matches(bare, HOOK_NAMES, n=1, cutoff=0.85)
+        if close and not bare.startswith(close[0]):
+            _log.warning(
+                "listener %s.%s is not one of the hooks, so it is never called: did you mean %r?",
+                cls.__qualname__, name, close[0],
+            )
+    _NAMES_CHECKED.add(cls)
+
+
+# What every class has (object's, SagaListener's): not a listener's own.
+_BASE_NAMES: frozenset[str] = frozenset(dir(object))
 
 
 def collect_hooks(listeners: Iterable[object], name: str) -> tuple[Hook, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from typing import Any, ClassVar
 
 import pytest
@@ -607,3 +608,67 @@ async def test_S9_a_breaker_guarding_a_plain_function_says_to_make_it_async_def(
     assert breaker.half_open_calls_in_flight == 0
     assert await breaker.call(later, 9) == 9  # the trial slot was given back
     assert breaker.state is CircuitState.CLOSED
+
+
+# --------------------------------------------------------------------------- a hook misnamed
+
+
+class PrefixedHooks(SagaListener):
+    """Named as other libraries name their callbacks: never called here."""
+
+    def on_saga_finished(
+        self, saga_id: str, saga_name: str, status: object, error: BaseException | None
+    ) -> None:
+        pass
+
+
+class MisspeltHook:
+    def step_completed(self, *args: object) -> None:  # a real hook: a listener it is
+        pass
+
+    def compensation_faild(self, *args: object) -> None:
+        pass
+
+
+class HelperNamedLikeAHook(SagaListener):
+    """A method extending a hook's name is the listener's own: left alone."""
+
+    def saga_started_at(self, saga_id: str) -> float:
+        return 0.0
+
+    def _step_complete(self) -> None:  # private: left alone
+        pass
+
+
+def test_a_listener_hook_named_with_on_is_refused_naming_the_hook() -> None:
+    """``on_saga_finished`` was never called: the hook is ``saga_finished``,
+    and a listener that meant it heard nothing, silently."""
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"PrefixedHooks\.on_saga_finished.*'saga_finished'"):
+        saga(listeners=[PrefixedHooks()])
+    with pytest.raises(TypeError, match=r"PrefixedHooks\.on_saga_finished"):
+        CircuitBreaker(listeners=[PrefixedHooks()])
+
+
+def test_a_listener_method_one_letter_off_a_hook_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A misspelt hook is likely but not certain: the saga is built, and a
+    warning names the method and the hook it may have meant — once a class."""
+    saga = declare(Records, context=SecretCtx)
+    with caplog.at_level(logging.WARNING, logger="fallback_saga"):
+        saga(listeners=[MisspeltHook()])
+        saga(listeners=[MisspeltHook()])
+    warned = [r.getMessage() for r in caplog.records if "compensation_faild" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "MisspeltHook.compensation_faild" in warned[0]
+    assert "'compensation_failed'" in warned[0]
+
+
+def test_a_listener_method_extending_a_hook_name_is_left_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    saga = declare(Records, context=SecretCtx)
+    with caplog.at_level(logging.WARNING, logger="fallback_saga"):
+        saga(listeners=[HelperNamedLikeAHook(), LoggingListener()])
+    assert [r for r in caplog.records if "hook" in r.getMessage()] == []
