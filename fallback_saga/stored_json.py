@@ -13,6 +13,9 @@ clear error for that one saga — and never anything else:
   recursive readers after it (the context decoder, a page's rendering) do
   not is refused too: the bound leaves them the rest of the stack;
 * ``NaN``/``Infinity`` are not JSON, and nothing the library writes holds them;
+  nor does it write a number too big for a float (``1e400``), which ``json``
+  reads as infinity: a context holding one was resumed with it, and the
+  console and ``show --json`` printed ``Infinity``, which is not JSON;
 * an integer beyond ``sys.get_int_max_str_digits()`` is refused by ``json``
   itself (a ``ValueError``) before it costs quadratic time.
 
@@ -23,6 +26,7 @@ own messages give a position only.
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import operator
 from typing import Any, Final
@@ -51,7 +55,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_decode: Final = json.JSONDecoder(parse_constant=_refuse_constant).decode
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number too big for a float is not JSON")
+    return value
+
+
+_decode: Final = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_finite_float
+).decode
 
 
 def _too_deep(text: str) -> bool:
