@@ -294,6 +294,7 @@ def check_definition(
     code the saga was started with can finish it.
     """
     if record.fingerprint == definition.fingerprint:
+        _check_entries_fit(record, definition)
         return
     renamed, misplaced = journaled_differences(record, definition)
     overridable = not misplaced
@@ -307,6 +308,25 @@ def check_definition(
         record.saga_id, record.fingerprint, definition.fingerprint, differences,
         overridable=overridable,
     )
+
+
+def _check_entries_fit(record: SagaRecord, definition: SagaDefinition) -> None:
+    """``CorruptSagaRecord`` unless each journal entry names the step the
+    code has at its position and branch.
+
+    The fingerprint matches: the code is the one the saga started with, so
+    an entry that names another step (or a position or branch the saga has
+    not) was written by no run — another tool, a bug, an attacker. Resumed
+    by position alone, it made a step's completed act another's: the step
+    acted again, and the other's compensate undid an act that never ran
+    (S10, S12). Read only when a saga is resumed, never on a run's path."""
+    renamed, misplaced = journaled_differences(record, definition)
+    wrong = renamed + misplaced
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise CorruptSagaRecord(
+            record.saga_id, f"its journal does not fit its own steps: {wrong[0]}{more}"
+        )
 
 
 def check_unwinding_retryable(record: SagaRecord, *, leased: bool) -> None:
@@ -352,7 +372,7 @@ def journaled_differences(
         if key in seen:
             continue
         seen.add(key)
-        if entry.position >= len(current):
+        if not 0 <= entry.position < len(current):  # (a negative one read from the end)
             misplaced.append(
                 f"position {entry.position} ran {short_id(entry.step)}, but the saga now has only "
                 f"{len(current)} steps"

@@ -56,6 +56,7 @@ from fallback_saga import (
     RecoveryWorker,
     Saga,
     SagaContext,
+    SagaDefinitionChanged,
     SagaNotFound,
     SagaStatus,
     SagaStepHandler,
@@ -266,7 +267,7 @@ def _mutate_context(rng: random.Random, conn: sqlite3.Connection, saga_id: str) 
     (text,) = conn.execute("SELECT context FROM sagas WHERE saga_id = ?", (saga_id,)).fetchone()
     try:
         ctx = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         ctx = {}
     how = rng.randrange(6)
     if how == 0 and isinstance(ctx, dict) and ctx:
@@ -734,6 +735,53 @@ async def test_S12_a_context_number_too_big_for_a_float_is_a_corrupt_record(
     assert [saga_id for saga_id, _ in report.skipped] == ["p"]
     assert LEDGER == []
     assert await _console(path, ["p"]) == []
+
+
+async def _left_running_plain(path: Path, saga_id: str = "p") -> None:
+    """PlainSaga ``saga_id`` died in F: E's act journaled completed."""
+    CRASH[saga_id] = "act:F"
+    async with SQLiteSagaStore(path) as store:
+        with pytest.raises(Crash):
+            await PlainSaga(store=store).run(Ctx(n=1), saga_id=saga_id)
+    LEDGER.clear()
+
+
+def _set_entries(path: Path, sql: str, step: str = "E") -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"UPDATE saga_steps SET {sql} WHERE step = ?", (step,))
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("step", "change"),
+    [
+        ("E", "position = -1"),  # found by seed 950830: E acted again, F compensated
+        ("F", "position = -1"),  # F's own name, read from the list's end
+        ("E", "position = 1"),  # E at F's place
+        ("E", "position = 7"),  # a place the saga has not
+        ("E", "branch = 'fallback'"),  # a branch E has not
+        ("E", "step = 'F'"),  # E's entries naming F
+        ("E", "step = 'Nope'"),  # a step the saga has not
+    ],
+)
+async def test_S10_S12_journal_entries_that_do_not_fit_an_unchanged_definition_are_corrupt(
+    tmp_path: Path, step: str, change: str
+) -> None:
+    """The fingerprint matches, so the code is the one the saga started
+    with: an entry naming another step than the code has at its position
+    and branch cannot have been written by a run. Read by position alone,
+    ``position = -1`` took E's completed act for the last step's (F): E
+    acted again, and F's compensate would undo an act that never ran."""
+    path = tmp_path / "sagas.db"
+    await _left_running_plain(path)
+    _set_entries(path, change, step)
+    async with SQLiteSagaStore(path) as store:
+        report = await recover(store, SAGAS, older_than=0)
+    [(saga_id, reason)] = report.skipped
+    assert saga_id == "p"
+    assert reason.startswith("CorruptSagaRecord"), reason
+    assert LEDGER == []
 
 
 if __name__ == "__main__":
