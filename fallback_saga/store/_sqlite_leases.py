@@ -183,8 +183,8 @@ def _claim(
         corrupt: list[tuple[object, str]] = []
         for saga_id, fence, expires_at, updated_at, claims in rows:
             problem = _claim_problem(saga_id, fence, expires_at, updated_at)
-            if problem is None and type(claims) is not int:
-                problem = "its unreleased_claims is not an integer"
+            if problem is None:
+                problem = _count_problem("unreleased_claims", claims)
             if problem is None:
                 claimable.append((saga_id, fence, claims))
             else:
@@ -225,12 +225,28 @@ def _claim(
     return leases
 
 
+# SQLite's largest integer. A claim writes the fence (and the count of
+# claims) plus one: from there the write overflows, and fails the whole
+# batch's claim — one such row stopped every recovery pass (S12).
+_LARGEST_INTEGER: Final = 2**63 - 1
+
+
+def _count_problem(column: str, value: object) -> str | None:
+    """Why ``value`` (a fence, a count of claims) cannot be claimed past, or ``None``."""
+    if type(value) is not int:
+        return f"its {column} is not an integer"
+    if value >= _LARGEST_INTEGER:
+        return f"its {column} is too large to be counted on"
+    return None
+
+
 def _claim_problem(
     saga_id: object, fence: object, expires_at: object, updated_at: object
 ) -> str | None:
     """Why a claimable row cannot be leased (and resumed), or ``None``."""
-    if type(fence) is not int:
-        return "its fence is not an integer"
+    problem = _count_problem("fence", fence)
+    if problem is not None:
+        return problem
     if not _is_time(updated_at) or not (expires_at is None or _is_time(expires_at)):
         return "its updated_at or lease_expires_at is not a finite number"
     if not isinstance(saga_id, str):
@@ -270,8 +286,9 @@ def _read_lease(
     if row is None:
         raise SagaNotFound(saga_id)
     fence, owner, expires_at, claims = row
-    if type(fence) is not int:
-        raise CorruptSagaRecord(saga_id, "its fence is not an integer")
+    problem = _count_problem("fence", fence)
+    if problem is not None:
+        raise CorruptSagaRecord(saga_id, problem)
     if type(claims) is not int:
         raise CorruptSagaRecord(saga_id, "its unreleased_claims is not an integer")
     if owner is not None and not isinstance(owner, str):
