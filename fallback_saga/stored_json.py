@@ -26,8 +26,8 @@ own messages give a position only.
 from __future__ import annotations
 
 import itertools
-import math
 import json
+import math
 import operator
 from typing import Any, Final
 

@@ -56,7 +56,6 @@ from fallback_saga import (
     RecoveryWorker,
     Saga,
     SagaContext,
-    SagaDefinitionChanged,
     SagaNotFound,
     SagaStatus,
     SagaStepHandler,

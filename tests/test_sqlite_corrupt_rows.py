@@ -197,7 +197,7 @@ async def test_S12_claim_saga_of_a_fence_it_cannot_count_on_names_the_saga(
     await _make(path, "s1", running=True)
     _damage(path, f"UPDATE sagas SET fence = {fence} WHERE saga_id = 's1'")
     async with SQLiteSagaStore(path) as store:
-        with pytest.raises(CorruptSagaRecord, match="s1.*fence"):
+        with pytest.raises(CorruptSagaRecord, match=r"s1.*fence"):
             await store.claim_saga("s1", owner="w", lease_seconds=60)
 
 
