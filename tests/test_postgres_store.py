@@ -1033,6 +1033,8 @@ async def test_concurrent_appends_to_one_saga_are_numbered_without_collisions(
          "transition 0 has an unknown branch"),
         ("UPDATE fallback_saga_steps SET at = 'NaN' WHERE saga_id = 'bad'",
          "transition 0 has no valid time"),
+        ("UPDATE fallback_saga_steps SET at = 'Infinity' WHERE saga_id = 'bad'",
+         "transition 0 has no valid time"),
     ],
 )
 async def test_a_corrupt_row_raises_corrupt_saga_record_naming_the_saga(
@@ -1045,6 +1047,19 @@ async def test_a_corrupt_row_raises_corrupt_saga_record_naming_the_saga(
         await store.load("bad")
     assert caught.value.saga_id == "bad"
     assert (await store.load("good")).saga_name == "OrderSaga"
+
+
+async def test_S12_claim_skips_a_fence_it_cannot_add_one_to_and_claims_the_others(
+    store: PostgresSagaStore, raw: Any
+) -> None:
+    """Found by the SQLite row fuzz: a fence at the largest integer made the
+    claim's ``fence + 1`` overflow, for the whole batch."""
+    await new_saga(store, "bad")
+    await new_saga(store, "good")
+    raw.execute("UPDATE fallback_saga_sagas SET fence = 9223372036854775807"
+                " WHERE saga_id = 'bad'")
+    leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
+    assert [lease.saga_id for lease in leases] == ["good"]
 
 
 async def test_a_listing_skips_a_corrupt_row_and_logs_it(
