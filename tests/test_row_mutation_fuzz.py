@@ -551,7 +551,9 @@ def _journal_facts(record: Any) -> dict[str, set[str]]:
     for entry in record.history:
         if entry.action == "act":
             facts["act_seen"].add(entry.step)
-            if entry.status in (StepStatus.COMPLETED, StepStatus.CANCELLED):
+            # Not CANCELLED: an act cancelled in flight has an uncertain
+            # effect, and a RUNNING saga calls it again, as a crashed one.
+            if entry.status == StepStatus.COMPLETED:
                 facts["act_done"].add(entry.step)
         elif entry.action == "compensate" and entry.status == StepStatus.COMPLETED:
             facts["comp_done"].add(entry.step)
