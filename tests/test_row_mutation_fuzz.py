@@ -304,12 +304,8 @@ def _mutate_saga_row(rng: random.Random, conn: sqlite3.Connection, saga_id: str)
     plausible = list(_SAGA_COLUMNS[column])
     if column == "fingerprint":  # another definition's
         plausible += [fp for (fp,) in conn.execute("SELECT DISTINCT fingerprint FROM sagas")]
-    expr, params, what = _hostile(rng, plausible)
-    try:
-        conn.execute(f"UPDATE sagas SET {column} = {expr} WHERE saga_id = ?", (*params, saga_id))
-    except sqlite3.IntegrityError:
-        return f"sagas.{column}={what} refused"
-    return f"sagas.{column}={what}"
+    return _set_hostile(rng, conn, "sagas", column, plausible, "saga_id = ?", (saga_id,),
+                        f"sagas.{column}")
 
 
 def _mutate_entry(rng: random.Random, conn: sqlite3.Connection, saga_id: str) -> str:
@@ -318,13 +314,21 @@ def _mutate_entry(rng: random.Random, conn: sqlite3.Connection, saga_id: str) ->
         return "no entries"
     seq = rng.choice(seqs)
     column = rng.choice(sorted(_STEP_COLUMNS))
-    expr, params, what = _hostile(rng, _STEP_COLUMNS[column])
+    return _set_hostile(rng, conn, "saga_steps", column, _STEP_COLUMNS[column],
+                        "saga_id = ? AND seq = ?", (saga_id, seq), f"entry {seq}.{column}")
+
+
+def _set_hostile(
+    rng: random.Random, conn: sqlite3.Connection, table: str, column: str,
+    plausible: Any, where: str, keys: tuple[Any, ...], label: str,
+) -> str:
+    """Set ``column`` of the row ``where`` picks to a hostile value; what was done."""
+    expr, params, what = _hostile(rng, plausible)
     try:
-        conn.execute(f"UPDATE saga_steps SET {column} = {expr} WHERE saga_id = ? AND seq = ?",
-                     (*params, saga_id, seq))
+        conn.execute(f"UPDATE {table} SET {column} = {expr} WHERE {where}", (*params, *keys))
     except sqlite3.IntegrityError:
-        return f"entry {seq}.{column}={what} refused"
-    return f"entry {seq}.{column}={what}"
+        return f"{label}={what} refused"
+    return f"{label}={what}"
 
 
 def _structural(rng: random.Random, conn: sqlite3.Connection, saga_id: str) -> str:
@@ -822,6 +826,7 @@ if __name__ == "__main__":
                 if (seed - first + 1) % 100 == 0:
                     print(f"done {seed - first + 1} in {time.monotonic() - began:.0f}s, "
                           f"{found} found", flush=True)
+            print(f"{count} seeds from {first}: {found} found", flush=True)
         return found
 
     sys.exit(1 if asyncio.run(hunt()) else 0)
