@@ -95,7 +95,7 @@ def _load_window(
     except sqlite3.OperationalError:
         with _lenient_text(cursor):  # as _load
             row, first, entries, steps, acts = read()
-    record = _decode_record(saga_id, row, steps)
+    record = _decode_record(saga_id, row, steps, first)
     # (A name that is no text is left to the rows that hold it: see _decode_record.)
     names = tuple(name for (name,) in acts if isinstance(name, str))
     return HistoryWindow(record, first, entries, names)

@@ -23,7 +23,11 @@ from .base import JournalEntry, SagaRecord
 
 
 
-def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> SagaRecord:
+def _decode_record(
+    saga_id: str, row: tuple[Any, ...], steps: list[Any], first: int = 0
+) -> SagaRecord:
+    """``steps``: the saga's journal rows from seq ``first`` on, in seq
+    order, read in the same snapshot as ``row`` (see ``_read``)."""
     saga_name, fingerprint, status, context_text, version, created_at, updated_at = row
     if not isinstance(context_text, str):
         raise CorruptSagaRecord(saga_id, "the context is not JSON text")
@@ -34,7 +38,16 @@ def _decode_record(saga_id: str, row: tuple[Any, ...], steps: list[Any]) -> Saga
     if not isinstance(context, dict):
         raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
     history: list[JournalEntry] = []
-    for seq, position, step, branch, action, raw_status, attempt, error, at, result in steps:
+    for expected, (seq, position, step, branch, action, raw_status, attempt, error, at,
+                   result) in enumerate(steps, first):
+        if seq != expected or type(seq) is not int:
+            # The store writes seqs 0, 1, ... and a writer only adds rows at
+            # the end: read in one snapshot, a gap is a row lost (deleted by
+            # hand, a damaged page), not a concurrent append. Resumed, its
+            # first write would be refused as a JournalConflict on every
+            # pass, reported as a journal that could not be written.
+            raise CorruptSagaRecord(
+                saga_id, f"transition {expected} is missing (seq {short_repr(seq)} follows)")
         step_status = transition_status(saga_id, seq, raw_status, branch, action)
         if not (
             type(position) is int
