@@ -1049,6 +1049,35 @@ async def test_a_corrupt_row_raises_corrupt_saga_record_naming_the_saga(
     assert (await store.load("good")).saga_name == "OrderSaga"
 
 
+@pytest.mark.parametrize(
+    ("statement", "reason"),
+    [
+        ("DELETE FROM fallback_saga_steps WHERE saga_id = 'bad' AND seq = 1",
+         "transition 1 is missing"),
+        ("DELETE FROM fallback_saga_steps WHERE saga_id = 'bad' AND seq = 2",
+         "holds 2 transitions where 3 were written"),
+        ("UPDATE fallback_saga_sagas SET journal_length = 2 WHERE saga_id = 'bad'",
+         "holds 3 transitions where 2 were written"),
+    ],
+)
+async def test_S12_a_journal_row_lost_is_a_corrupt_record_not_a_conflict(
+    store: PostgresSagaStore, raw: Any, statement: str, reason: str
+) -> None:
+    """Read in one statement, a journal whose rows disagree with the count
+    the appends keep is corruption: resumed, its first write would be a
+    JournalConflict, reported interrupted on every pass."""
+    await new_saga(store, "bad")
+    await store.append("bad", [entry(1, "b"), entry(2, "c")])
+    raw.execute(statement)
+    with pytest.raises(CorruptSagaRecord, match=reason) as caught:
+        await store.load("bad")
+    assert caught.value.saga_id == "bad"
+    with pytest.raises(CorruptSagaRecord, match="'bad'"):
+        await store.load_window("bad", start=0, count=10)
+    # A window past the end of the journal is empty, not corrupt.
+    assert (await store.load_window("bad", start=10, count=5)).record.history == []
+
+
 async def test_S12_claim_skips_a_fence_it_cannot_add_one_to_and_claims_the_others(
     store: PostgresSagaStore, raw: Any
 ) -> None:

@@ -83,7 +83,7 @@ class Reads:
         if row is None:
             raise SagaNotFound(saga_id)
         try:
-            return _decode_record(saga_id, row)
+            return _decode_record(saga_id, row[:-1], 0, row[-1])
         except CorruptSagaRecord:
             raise
         except (TypeError, ValueError) as error:  # a value of the wrong type in a row
@@ -105,13 +105,16 @@ class Reads:
         )
         if row is None:
             raise SagaNotFound(saga_id)
+        first, length = row[-3], row[-2]
+        # The rows the window should hold: none past the journal's end.
+        end = max(first, min(first + count, length))
         try:
-            record = _decode_record(saga_id, row[:-3])
+            record = _decode_record(saga_id, row[:-3], first, end)
         except CorruptSagaRecord:
             raise
         except (TypeError, ValueError) as error:  # a value of the wrong type in a row
             raise CorruptSagaRecord(saga_id, f"{type(error).__name__}: {error}") from None
-        return HistoryWindow(record, row[-3], row[-2], tuple(row[-1]))
+        return HistoryWindow(record, first, length, tuple(row[-1]))
 
     async def list_sagas(
         self,

@@ -242,7 +242,7 @@ class _Statements:
             f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
             f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
             f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
-            f" h.errors, h.ats, h.results"
+            f" h.errors, h.ats, h.results, s.journal_length"
             f" FROM {sagas} s LEFT JOIN LATERAL ("
             + _JOURNAL_ARRAYS +
             f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
@@ -689,9 +689,13 @@ def _entry_objects(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 
-def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
+def _decode_record(saga_id: str, row: Sequence[Any], first: int, end: int) -> SagaRecord:
+    """``row``: the saga's columns and its journal rows of seqs ``first`` to
+    ``end`` (excluded), as one statement read them (one snapshot: ``end``
+    follows from the journal_length the appends keep)."""
     (saga_name, fingerprint, status, context_text, version, created_at, updated_at,
      seqs, positions, steps, branches, actions, statuses, attempts, errors, ats, results) = row
+    _check_seqs(saga_id, seqs or [], first, end)
     if not isinstance(context_text, str):
         raise CorruptSagaRecord(saga_id, "the context is not JSON text")
     try:
@@ -724,6 +728,22 @@ def _decode_record(saga_id: str, row: Sequence[Any]) -> SagaRecord:
         updated_at=updated_at,
         version=version,
     )
+
+
+def _check_seqs(saga_id: str, seqs: Sequence[Any], first: int, end: int) -> None:
+    """The store writes seqs 0, 1, ... and counts them in journal_length in
+    the same statement: read in one snapshot, rows missing (deleted by hand,
+    a damaged page) or beyond the count are corruption, not a concurrent
+    append. Resumed, such a saga's first write would be refused as a
+    JournalConflict on every pass (its count is not the journal's length),
+    reported as a journal that could not be written."""
+    for expected, seq in enumerate(seqs, first):
+        if seq != expected:
+            raise CorruptSagaRecord(
+                saga_id, f"transition {expected} is missing (seq {short_repr(seq)} follows)")
+    if first + len(seqs) != end:
+        raise CorruptSagaRecord(
+            saga_id, f"the journal holds {first + len(seqs)} transitions where {end} were written")
 
 
 def _listed_summary(row: Sequence[Any]) -> SagaSummary:
