@@ -243,6 +243,15 @@ class ClaimedSaga:
                 # changed definition would (released below: one may resume it).
                 self.definition_changed = interrupted.error
                 return "skipped", f"SagaDefinitionChanged: {interrupted.error}"
+            if isinstance(interrupted.error, CorruptSagaRecord):
+                # A child saga it drives (SubSaga) cannot be read: the
+                # journal is fine, and another pass would stop there again.
+                # Reported as the child's own claim reports it (skipped,
+                # out of claims for a lease's length, never parked: see
+                # below), naming the child — not as a journal that could
+                # not be written, retried on every pass.
+                self._unreadable = True
+                return "skipped", described(interrupted.error)
             # The journal could not be written: nothing is reported finished
             # that the journal does not hold. The saga stays for the next pass.
             return "interrupted", str(interrupted)
