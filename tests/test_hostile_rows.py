@@ -384,7 +384,9 @@ async def test_S12_a_changed_definition_message_quotes_a_hostile_row_short(db: P
     _damage(db, "UPDATE sagas SET fingerprint = ? WHERE saga_id = 'o-1'", huge)
     _damage(db, "UPDATE saga_steps SET step = ? WHERE saga_id = 'o-1'", huge)
     conn = sqlite3.connect(db)
-    rows = [("o-1", 100 + seq, seq, f"Step{seq}", "primary", "act", "started", 1, None, 1.0)
+    # Appended after its rows (a gap would be a lost row: a corrupt record).
+    (after,) = conn.execute("SELECT MAX(seq) + 1 FROM saga_steps WHERE saga_id = 'o-1'").fetchone()
+    rows = [("o-1", after + seq, seq, f"Step{seq}", "primary", "act", "started", 1, None, 1.0)
             for seq in range(5000)]
     conn.executemany(
         "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
