@@ -338,7 +338,7 @@ def _check_hook_names(cls: type) -> None:
     _NAMES_CHECKED.add(cls)
 
 
-# What every class has (object's, SagaListener's): not a listener's own.
+# What every class has (object's): not a listener's own (the hooks are skipped by name).
 _BASE_NAMES: frozenset[str] = frozenset(dir(object))
 
 
