@@ -491,18 +491,109 @@ def _learn_derived(value: Any, names: set[str], path: str, depth: int) -> None:
 
 def _differs(held: Any, again: Any) -> bool | None:
     """Whether ``held`` is not what was derived again (``again``): another
-    value or another type. None: it cannot be told — compared by identity
-    (a lock, a client: two are never equal), or ``==`` fails."""
+    value, another type — at the top or inside its containers — or, for a
+    moment, another zone or fold (``_unlike``). None: it cannot be told —
+    compared by identity (a lock, a client: two are never equal), or ``==``
+    fails."""
     if held is again:
         return False
-    if held.__class__ is not again.__class__:
+    kind = held.__class__
+    if kind is not again.__class__:
         return True
-    if held.__class__.__eq__ is object.__eq__:
+    if kind.__eq__ is object.__eq__:
         return None
     try:
-        return not (held == again or (held != held and again != again))  # (NaN)
+        if held == again:
+            # Equal is not the same: {"a": 1} == {"a": 1.0}, and two aware
+            # datetimes at one instant are equal whatever their zones.
+            return kind not in _IMMUTABLE and _unlike(held, again, 0)
+        return not (held != held and again != again)  # (NaN)
     except Exception:  # an == that gives no bool (an array's)
         return None
+
+
+#: How deep ``_unlike`` looks into containers: the values derived are
+#: compared at every write, and what is deeper than this is rare.
+_UNLIKE_DEPTH = 20
+
+
+def _unlike(held: Any, again: Any, depth: int) -> bool:
+    """Whether two values ``==`` says are equal would still not be the same
+    after a resume: a class differs somewhere inside their containers (a
+    list, tuple, dict — its keys too —, set, frozenset; ``True`` where ``1``
+    is, a list where a tuple is), or a ``datetime``/``time`` is in another
+    zone or fold (equal as instants, or the fold ignored by ``==``). Run at
+    every write of a class that derives attributes, on each one equal to
+    what is derived again (all of them, mostly): the classes are compared a
+    container at a time, in C (``set(map(type, ...))``), not an item at a
+    time — a container of one scalar class (the usual) costs two passes."""
+    kind = held.__class__
+    if kind is not again.__class__:
+        return True
+    if kind in _IMMUTABLE or depth > _UNLIKE_DEPTH:
+        return False
+    depth += 1
+    if isinstance(held, dict):
+        if _members_unlike(held, again, depth):  # (its keys)
+            return True
+        values = held.values()
+        kinds = set(map(type, values))
+        if len(kinds) == 1 and kinds <= _IMMUTABLE:
+            return set(map(type, again.values())) != kinds
+        return _items_unlike(list(values), [again[key] for key in held], depth)
+    if isinstance(held, (list, tuple)):
+        return _items_unlike(held, again, depth)
+    if isinstance(held, (set, frozenset)):
+        return _members_unlike(held, again, depth)
+    if isinstance(held, (datetime, time)):
+        return _zone_unlike(held, again)
+    return False
+
+
+def _items_unlike(held: Any, again: Any, depth: int) -> bool:
+    """``_unlike`` for two equal sequences, item by item."""
+    kinds = set(map(type, held))
+    if len(kinds) == 1 and kinds <= _IMMUTABLE:  # (all of one scalar class)
+        return set(map(type, again)) != kinds
+    classes = list(map(type, held))
+    if classes != list(map(type, again)):
+        return True
+    return any(
+        kind not in _IMMUTABLE and _unlike(item, other, depth)
+        for kind, item, other in zip(classes, held, again, strict=True)
+    )
+
+
+def _members_unlike(held: Any, again: Any, depth: int) -> bool:
+    """``_unlike`` for the members of two equal sets (or the keys of two
+    equal dicts): each paired with the equal one of the other (a hash
+    look-up), unless both hold one scalar class alone."""
+    kinds = set(map(type, held))
+    if kinds != set(map(type, again)):
+        return True
+    if len(kinds) <= 1 and kinds <= _IMMUTABLE:
+        return False
+    stored = {member: member for member in again}
+    return any(_unlike(member, stored[member], depth) for member in held)
+
+
+def _zone_unlike(held: datetime | time, again: datetime | time) -> bool:
+    """Two equal moments of one class in another zone or fold: a resumed run
+    would get the zone derived (its offset, its name), not the one held."""
+    if held.fold != again.fold:
+        return True
+    zone, other = held.tzinfo, again.tzinfo
+    if zone is other:
+        return False
+    if zone is None or other is None or zone.__class__ is not other.__class__:
+        return True
+    if zone.__class__ is timezone:  # (its name as given: tzname() cannot tell, _tz)
+        args = zone.__getinitargs__()  # type: ignore[attr-defined]
+        return bool(args != other.__getinitargs__())  # type: ignore[attr-defined]
+    key = getattr(zone, "key", None)  # (a ZoneInfo made with no_cache: another object)
+    if (key is None or key != getattr(other, "key", None)) and zone != other:
+        return True
+    return held.utcoffset() != again.utcoffset() or held.tzname() != again.tzname()
 
 
 def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int) -> None:
@@ -529,11 +620,7 @@ def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int)
         if name in again:
             if _differs(held, again[name]) is not True:
                 continue
-            what = (
-                f"its __post_init__ derives another {type(again[name]).__name__} from the fields"
-                if type(again[name]) is type(held)
-                else f"its __post_init__ derives {_a(type(again[name]).__name__)} from the fields"
-            )
+            what = _what_is_derived(held, again[name])
         else:
             what = "its __post_init__ does not set it from these fields"
         where = f"{path}.{name}" if path else name
@@ -548,6 +635,27 @@ def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int)
             f"again after __post_init__ — or leave what __post_init__ derives unchanged",
         )
         raise error
+
+
+def _what_is_derived(held: Any, again: Any) -> str:
+    """How what ``__post_init__`` derives differs from ``held``, by types alone."""
+    name = type(again).__name__
+    if type(again) is not type(held):
+        return f"its __post_init__ derives {_a(name)} from the fields"
+    try:
+        equal = bool(held == again)
+    except Exception:
+        equal = False
+    if not equal:
+        return f"its __post_init__ derives another {name} from the fields"
+    if isinstance(held, (datetime, time)):
+        return (
+            f"its __post_init__ derives {_a(name)} equal to it in another time zone or fold "
+            f"from the fields"
+        )
+    return (
+        f"its __post_init__ derives an equal {name} holding values of other types from the fields"
+    )
 
 
 def _a(noun: str) -> str:

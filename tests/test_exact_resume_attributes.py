@@ -19,6 +19,8 @@ import functools
 import math
 import threading
 import uuid
+import zoneinfo
+from datetime import UTC, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -737,3 +739,118 @@ def test_S14_nested_values_that_derive_are_each_read_back_once_per_write() -> No
     context_to_dict(Holder(line=chain))
 
     assert len(RUNS) == 8 + 7 + 6 + 5 + 4 + 3 + 2 + 1  # each node, its subtree
+
+
+# ------------------------------------------------ derived, equal, but not the same inside
+
+
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+LONDON = zoneinfo.ZoneInfo("Europe/London")
+
+
+@dataclasses.dataclass
+class Nested(SagaContext):
+    """Derives containers of scalars, and moments in a zone, from ``a``."""
+
+    a: int = 1
+    zone: str = "+01:00"
+
+    def __post_init__(self) -> None:
+        self.rates = {"a": float(self.a)}
+        self.weights = [float(self.a)]
+        self.flags = {"on": True}
+        self.pairs = {"p": (self.a, float(self.a))}
+        self.keys = {float(self.a): "x"}
+        self.table = {float(self.a): "x", float(self.a + 1): "y"}
+        self.members = frozenset({float(self.a)})
+        self.deep = [[{"v": float(self.a)}]]
+        self.when = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=self.a)))
+        self.clock = time(12, tzinfo=timezone(timedelta(hours=self.a)))
+        self.wall = datetime(2026, 11, 1, 1, 30)
+        self.local = datetime(2026, 1, 1, 12, tzinfo=PARIS)
+
+
+def _utc(moment: Any) -> Any:
+    return moment.astimezone(UTC)  # the same instant, another zone
+
+
+NESTED_HAND_SET = {
+    "dict-value-int-for-float": ("rates", lambda ctx: {"a": 1}),
+    "list-item-int-for-float": ("weights", lambda ctx: [1]),
+    "nested-int-for-bool": ("flags", lambda ctx: {"on": 1}),
+    "tuple-item-in-dict-int-for-float": ("pairs", lambda ctx: {"p": (1, 1)}),
+    "dict-key-int-for-float": ("keys", lambda ctx: {1: "x"}),
+    "dict-keys-in-another-order-int-for-float": ("table", lambda ctx: {2.0: "y", 1: "x"}),
+    "set-member-int-for-float": ("members", lambda ctx: frozenset({1})),
+    "deeply-nested-int-for-float": ("deep", lambda ctx: [[{"v": 1}]]),
+    "datetime-same-instant-other-zone": ("when", lambda ctx: _utc(ctx.when)),
+    "datetime-same-offset-other-tzinfo": (
+        "when",
+        lambda ctx: ctx.when.replace(tzinfo=timezone(timedelta(hours=1), "CET")),
+    ),
+    "time-other-zone": (
+        "clock",
+        lambda ctx: ctx.clock.replace(tzinfo=timezone(timedelta(hours=1), "CET")),
+    ),
+    "datetime-other-fold": ("wall", lambda ctx: ctx.wall.replace(fold=1)),
+    "datetime-other-zoneinfo": ("local", lambda ctx: ctx.local.astimezone(LONDON)),
+    "datetime-timezone-for-zoneinfo": (
+        "local",
+        lambda ctx: ctx.local.astimezone(timezone(timedelta(hours=1))),
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "hand_set"), NESTED_HAND_SET.values(), ids=NESTED_HAND_SET)
+def test_S14_a_derived_value_equal_but_of_other_types_inside_or_another_zone_is_refused(
+    name: str, hand_set: Any
+) -> None:
+    """``==`` says equal — ``{"a": 1} == {"a": 1.0}``, two aware datetimes
+    at one instant — yet the resumed run would hold what ``__post_init__``
+    derives: a float where the first run had an int, the derived zone where
+    it had another. The types are compared through containers (values and
+    keys), and a moment's zone and fold with it."""
+    context_to_dict(Nested())  # what it derives is known
+    context = Nested()
+    setattr(context, name, hand_set(context))
+    assert getattr(context, name) == getattr(Nested(), name)  # (what == alone lets through)
+
+    with pytest.raises(ContextSerializationError) as refused:
+        context_to_dict(context)
+
+    assert refused.value.path == name
+    assert "a resumed run would not have that value" in str(refused.value)
+    assert "other types" in str(refused.value) or "another time zone" in str(refused.value)
+
+
+def test_S14_a_derived_value_equal_with_the_same_types_inside_and_zone_is_not_refused() -> None:
+    """Set again to equal values of the same types inside, and moments in the
+    same zone (another but equal ``timezone`` object): not refused."""
+    context_to_dict(Nested())
+    context = Nested()
+    context.rates = {"a": 1.0}
+    context.weights = [1.0]
+    context.flags = {"on": True}
+    context.pairs = {"p": (1, 1.0)}
+    context.keys = {1.0: "x"}
+    context.table = {2.0: "y", 1.0: "x"}  # (another order: == and a resume's dict agree)
+    context.members = frozenset({1.0})
+    context.deep = [[{"v": 1.0}]]
+    context.when = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=1)))
+    context.clock = time(12, tzinfo=timezone(timedelta(hours=1)))
+    context.wall = datetime(2026, 11, 1, 1, 30, fold=0)
+    context.local = datetime(2026, 1, 1, 12, tzinfo=zoneinfo.ZoneInfo.no_cache("Europe/Paris"))
+
+    context_to_dict(context)
+
+
+def test_S14_a_derived_tuple_set_to_an_equal_list_inside_is_refused() -> None:
+    """A list where a tuple is derived, inside a container: ``==`` already
+    tells them apart (``[1] != (1,)``), so it is refused as another value."""
+    context_to_dict(Nested())
+    context = Nested()
+    context.pairs = {"p": [1, 1.0]}  # type: ignore[dict-item]
+
+    with pytest.raises(ContextSerializationError) as refused:
+        context_to_dict(context)
+    assert refused.value.path == "pairs"
