@@ -126,8 +126,11 @@ async def test_S12_a_read_only_store_lists_around_a_row_that_is_not_utf8(
         ("unreleased_claims", "1.5", "s2"),
         # A fence the claim cannot add one to: SQLite's largest integer (found
         # by the row fuzz: the claim's write overflowed, and recover() raised
-        # for every saga of the pass). (So many claims are a parked saga's.)
+        # for every saga of the pass).
         ("fence", "9223372036854775807", "s2"),
+        # So many claims, as many as a fence can count: no store counts that
+        # far (another tool wrote it) — corrupt as that fence is, not parked.
+        ("unreleased_claims", "9223372036854775807", "s2"),
     ],
 )
 async def test_S12_claim_skips_a_corrupt_row_names_it_and_claims_the_others(
@@ -188,6 +191,25 @@ async def test_S12_claim_saga_and_lease_state_of_a_corrupt_lease_name_the_saga(
             await store.claim_saga("s1", owner="w", lease_seconds=60)
         with pytest.raises(CorruptSagaRecord, match="s1"):
             await store.lease_state("s1")
+
+
+@pytest.mark.parametrize("park_after", [5, None], ids=["parking", "never-parked"])
+async def test_S12_claims_at_the_largest_integer_are_a_corrupt_row_not_a_parked_saga(
+    path: str, warnings: pytest.LogCaptureFixture, park_after: int | None
+) -> None:
+    """Left out as parked, the row was shown as a saga claimed 2**63 - 1
+    times and never reported as corrupt; as the fence at that value is, it
+    is reported by the claim, which claims the others, and ``claim_saga``
+    refuses it naming the saga."""
+    await _make(path, "s1", "s2", running=True)
+    _damage(path, "UPDATE sagas SET updated_at = 0, unreleased_claims = 9223372036854775807"
+                  " WHERE saga_id = 's1'")
+    async with SQLiteSagaStore(path, park_after=park_after) as store:
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10)
+        assert [lease.saga_id for lease in leases] == ["s2"]
+        assert "unreleased_claims is too large" in warnings.text
+        with pytest.raises(CorruptSagaRecord, match=r"s1.*unreleased_claims"):
+            await store.claim_saga("s1", owner="w", lease_seconds=60)
 
 
 @pytest.mark.parametrize("fence", ["'x'", "9223372036854775807"])

@@ -22,6 +22,11 @@ _log = library_logger("fallback_saga.store.sqlite")
 
 # --------------------------------------------------------------------------- SQL
 
+# SQLite's largest integer. A claim writes the fence (and the count of
+# claims) plus one: from there the write overflows, and fails the whole
+# batch's claim — one such row stopped every recovery pass (S12).
+_LARGEST_INTEGER: Final = 2**63 - 1
+
 _CLAIM_COLUMNS: Final = (
     "SELECT saga_id, fence, lease_expires_at, updated_at, unreleased_claims FROM sagas"
 )
@@ -44,8 +49,11 @@ _CLAIM_DUE: Final = (
     # given back. A claim_saga by id still leases it. A count that is text
     # or a BLOB (after every number, as for the times below) is selected,
     # for _claim to report it: "< ?" alone would leave the saga unclaimed
-    # and unreported, neither parked nor recovered.
-    " AND (unreleased_claims < ? OR unreleased_claims >= '')"
+    # and unreported, neither parked nor recovered. So is a count at the
+    # largest integer (_count_problem): no store counts that far — written
+    # by another tool, it was left out as parked, never reported.
+    " AND (unreleased_claims < ? OR unreleased_claims >= ''"
+    f" OR unreleased_claims >= {_LARGEST_INTEGER})"
     " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
     " OR lease_expires_at <= ? OR lease_written_at > ?"
     " OR lease_expires_at >= '' OR updated_at >= ''"
@@ -225,12 +233,6 @@ def _claim(
     return leases
 
 
-# SQLite's largest integer. A claim writes the fence (and the count of
-# claims) plus one: from there the write overflows, and fails the whole
-# batch's claim — one such row stopped every recovery pass (S12).
-_LARGEST_INTEGER: Final = 2**63 - 1
-
-
 def _count_problem(column: str, value: object) -> str | None:
     """Why ``value`` (a fence, a count of claims) cannot be claimed past, or ``None``."""
     if type(value) is not int:
@@ -289,8 +291,9 @@ def _read_lease(
     problem = _count_problem("fence", fence)
     if problem is not None:
         raise CorruptSagaRecord(saga_id, problem)
-    if type(claims) is not int:
-        raise CorruptSagaRecord(saga_id, "its unreleased_claims is not an integer")
+    problem = _count_problem("unreleased_claims", claims)
+    if problem is not None:  # (as claim reports it: the same row, the same word)
+        raise CorruptSagaRecord(saga_id, problem)
     if owner is not None and not isinstance(owner, str):
         raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
     if expires_at is not None:
