@@ -1091,6 +1091,24 @@ async def test_S12_claim_skips_a_fence_it_cannot_add_one_to_and_claims_the_other
     assert [lease.saga_id for lease in leases] == ["good"]
 
 
+@pytest.mark.parametrize("park_after", [None, 2**40], ids=["never-parked", "parked-late"])
+async def test_S12_claim_skips_a_count_of_claims_it_cannot_add_one_to_and_claims_the_others(
+    pg_conninfo: str, pg_schema: str, raw: Any, park_after: int | None
+) -> None:
+    """The count of claims is an ``integer`` column: at its largest, below a
+    ``park_after`` beyond it (``None``: never parked), the claim's
+    ``unreleased_claims + 1`` overflowed and the server refused the whole
+    batch — every claim, every recovery pass — as the fence at its largest
+    did. Left out as that fence is."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema, park_after=park_after) as store:
+        await new_saga(store, "bad")
+        await new_saga(store, "good")
+        raw.execute("UPDATE fallback_saga_sagas SET unreleased_claims = 2147483647"
+                    " WHERE saga_id = 'bad'")
+        leases = await store.claim(owner="w", lease_seconds=60, older_than=-1, limit=10)
+        assert [lease.saga_id for lease in leases] == ["good"]
+
+
 async def test_a_listing_skips_a_corrupt_row_and_logs_it(
     store: PostgresSagaStore, raw: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

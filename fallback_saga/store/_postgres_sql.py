@@ -311,6 +311,11 @@ class _Statements:
             # pass (S12). Left out, as a parked saga is; claim_saga by id
             # refuses it on its own (bigint out of range).
             f" AND fence < 9223372036854775807"
+            # The same for the count of claims: an integer column (schema
+            # version 6), whose + 1 below overflows at 2147483647 when
+            # park_after is beyond it (None: never parked) — no store counts
+            # that far.
+            f" AND unreleased_claims < 2147483647"
             # Never leased: due once not updated for older_than. Leased before:
             # due as soon as that lease expired or was released.
             f" AND ((lease_expires_at IS NULL"
