@@ -24,6 +24,7 @@ from .events import collect_hooks, emit
 from .lease_give_back import give_back_once, lease_return
 from .resumption import LeasedRun, SagaHandedOff, check_definition
 from .saga import Saga
+from .status import StepStatus
 from .store._parking import warn_if_last_claim
 from .store.base import Lease, RecoverableStore, SagaRecord
 from .subsaga import parent_saga_id
@@ -251,7 +252,7 @@ class ClaimedSaga:
                 # below), naming the child — not as a journal that could
                 # not be written, retried on every pass.
                 self._unreadable = True
-                return "skipped", described(interrupted.error)
+                return "skipped", await self._child_unreadable(interrupted.error)
             # The journal could not be written: nothing is reported finished
             # that the journal does not hold. The saga stays for the next pass.
             return "interrupted", str(interrupted)
@@ -286,6 +287,43 @@ class ClaimedSaga:
                 self.definition_changed = error
                 self._untouched = True  # refused before any step of it ran
             return "skipped", described(error)
+
+    async def _child_unreadable(self, error: CorruptSagaRecord) -> str:
+        """Why this saga is skipped when a saga it drives cannot be read:
+        in its own words (the child's error alone read as if this saga's own
+        row were unreadable), naming the child; and whether part of its
+        unwinding ran — steps compensated before it reached the child, whose
+        effects are undone while the child's, and the steps before it, are
+        not (an operator repairing the row should know the saga is half
+        unwound)."""
+        child = error.saga_id
+        if child == self.saga_id:  # (its own row, read again during the run)
+            return described(error)
+        whose = (f"its child saga {child!r}" if parent_saga_id(child) == self.saga_id
+                 else f"saga {child!r}, which it drives through its child sagas,")
+        compensated = await self._compensated_steps()
+        unwound = (
+            f"; part of its unwinding ran ({len(compensated)} "
+            f"step{'' if len(compensated) == 1 else 's'} compensated: "
+            f"{', '.join(map(repr, compensated))}), the rest waits for that row to be "
+            f"repaired" if compensated else ""
+        )
+        return f"{whose} is unreadable, so it stopped there{unwound}: {described(error)}"
+
+    async def _compensated_steps(self) -> list[str]:
+        """The steps whose compensation the journal holds as completed, in
+        journal order: read again (this run may have compensated some), else
+        as the run was given it."""
+        try:
+            history = (await self.store.load(self.saga_id)).history
+        except Exception:  # (a store failing now: what it was resumed from)
+            history = self.run.record.history if self.run is not None else []
+        names: list[str] = []
+        for entry in history:
+            if (entry.action == "compensate" and entry.status is StepStatus.COMPLETED
+                    and entry.step not in names):
+                names.append(entry.step)
+        return names
 
     def _warn_if_last_claim(self, saga: Saga[Any], record: SagaRecord) -> None:
         """The parking store's warning that this claim is the saga's last
