@@ -543,10 +543,21 @@ async def test_S10_park_after_none_never_parks(durable: StoreMaker) -> None:
             assert await _claimed(store) == ["crashy"]
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "5"])
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "5", 2**63, 2**64])
 def test_S10_park_after_must_be_a_positive_int_or_none(tmp_path: Path, bad: Any) -> None:
     with pytest.raises(ValueError, match="park_after"):
         SQLiteSagaStore(tmp_path / "x.db", park_after=bad)
+
+
+async def test_S10_the_largest_park_after_a_store_takes_is_claimed_with(tmp_path: Path) -> None:
+    """2**63 - 1 (``sys.maxsize``, a "never" some write) is taken and claims;
+    one more was taken too, then failed every claim: SQLite cannot bind it."""
+    store = SQLiteSagaStore(tmp_path / "x.db", park_after=2**63 - 1)
+    try:
+        await _create(store, "crashy")
+        assert await _claimed(store) == ["crashy"]
+    finally:
+        await store.close()
 
 
 # --------------------------------------------------------------------------- migration

@@ -60,12 +60,21 @@ PARK_AFTER: Final = 5
 NEVER_PARKED: Final = 2**62
 
 
+# SQLite's largest integer: a park_after bound to a claim's SQL beyond it fails.
+_LARGEST_PARK_AFTER: Final = 2**63 - 1
+
+
 def check_park_after(value: object) -> int | None:
-    """``park_after`` as a store takes it: an int >= 1, or ``None`` (never)."""
+    """``park_after`` as a store takes it: an int from 1 to 2**63 - 1, or
+    ``None`` (never). Beyond 2**63 - 1 SQLite cannot bind it: taken, it
+    failed every claim of the store, every recovery pass."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"park_after must be an int >= 1 or None, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, int) or value < 1
+            or value > _LARGEST_PARK_AFTER):
+        raise ValueError(
+            f"park_after must be an int from 1 to 2**63 - 1, or None (never park), got {value!r}"
+        )
     return value
 
 
