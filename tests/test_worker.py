@@ -857,6 +857,9 @@ async def test_a_recover_pass_that_dies_in_two_sagas_raises_once_and_leaks_no_ta
     await seed(store, 2)
     loop = asyncio.get_running_loop()
     unretrieved: list[dict[str, Any]] = []
+    # This test's loop's handler (pytest-asyncio gives each test a loop):
+    # another test's task, freed at the gc.collect() below, is reported to its
+    # own loop's handler, not counted here.
     loop.set_exception_handler(lambda _, context: unretrieved.append(context))
     try:
         dying = OrderSaga(
