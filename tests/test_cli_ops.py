@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -207,15 +208,28 @@ def load(db: str, saga_id: str) -> SagaRecord:
     return asyncio.run(go())
 
 
+# The threads alive as the test began: another test's (see store_threads).
+_threads_before: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+@pytest.fixture(autouse=True)
+def _note_threads_before() -> None:
+    _threads_before.clear()
+    _threads_before.update(threading.enumerate())
+
+
 def store_threads() -> list[threading.Thread]:
     """The SQLite stores' threads still alive after a command (2 s to end).
     Stores an earlier test left unclosed on purpose (test_shutdown: a loop
     that ends under them) are collected first: their threads end with them,
-    and are not the command's."""
+    and are not the command's. Those alive before the test began are not
+    counted either: such a store something still holds (a class a cache
+    keeps, whose closure holds it) is not collected here."""
     gc.collect()
     deadline = time.monotonic() + 2.0
     while True:
-        alive = [t for t in threading.enumerate() if t.name.startswith("fallback_saga-sqlite")]
+        alive = [t for t in threading.enumerate()
+                 if t.name.startswith("fallback_saga-sqlite") and t not in _threads_before]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.01)
