@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .claims_here import HeldClaim
 from .errors import (
     CorruptSagaRecord,
     LeaseLost,
@@ -29,7 +30,7 @@ from .store._parking import warn_if_last_claim
 from .store.base import Lease, RecoverableStore, SagaRecord
 from .subsaga import parent_saga_id
 
-__all__ = ["ClaimedSaga", "Outcome"]
+__all__ = ["ClaimedSaga", "Outcome", "children_first"]
 
 # What became of one claimed saga: completed, compensated, failed (needs an
 # operator), interrupted (the journal failed; with a reason), skipped (with a
@@ -96,6 +97,15 @@ class ClaimedSaga:
         self.not_given_back: Callable[[], Awaitable[object]] | None = None
         # What ``resume`` told, once it has ended (also when it raised).
         self.outcome: Outcome | None = None
+        # Its child sagas (SubSaga: and theirs) claimed in the same batch
+        # (``children_first``): it runs once each is out of its way.
+        self.children: list[ClaimedSaga] = []
+        # Set once this saga's claim no longer stands in its parent's way:
+        # its lease is given back (a child its parent drives is deferred),
+        # or it runs itself (no parent drives it), or it was let go.
+        # Registered (claims_here): a parent's run of this process that
+        # finds it held waits for it, rather than polling the store.
+        self._out_of_the_way = HeldClaim(lease.saga_id)
 
     @property
     def saga_id(self) -> str:
@@ -121,10 +131,27 @@ class ClaimedSaga:
             raise
         finally:
             self.outcome = outcome
-            if not self.let_go:  # told already, by the worker that let it go
-                self._report(outcome)
-            await self._let_go(outcome[0])
+            try:
+                if not self.let_go:  # told already, by the worker that let it go
+                    self._report(outcome)
+                await self._let_go(outcome[0])
+            finally:
+                self._clear_the_way()
         return outcome
+
+    def _clear_the_way(self) -> None:
+        self._out_of_the_way.let_go()
+
+    async def children_out_of_the_way(self) -> None:
+        """Wait until each of ``children`` (claimed with this saga) has given
+        its lease back, or runs itself. Its parent's run leases a child by id
+        (SubSaga), and found it held by this very batch (``SagaBusy``): it
+        polled (``_when_free``), a second a time, until the child's claim was
+        let go — a ``recover`` pass stalled a second per family claimed
+        whole. A ``recover`` pass waits here before it takes a slot (a parent
+        holding one, its child waiting for one, would wait for each other)."""
+        for child in self.children:
+            await child._out_of_the_way.event.wait()
 
     def _ended(self, error: BaseException) -> Outcome:
         """The saga's own run let out SystemExit or KeyboardInterrupt: the
@@ -143,7 +170,10 @@ class ClaimedSaga:
         ran): its lease is released at once, not left to expire."""
         self._report(_CANCELLED)
         self._untouched = True
-        await self._let_go(_CANCELLED[0])
+        try:
+            await self._let_go(_CANCELLED[0])
+        finally:
+            self._clear_the_way()
 
     def time_out(self, seconds: float) -> None:
         """The resume outran the worker's ``resume_timeout`` (``seconds``):
@@ -169,6 +199,9 @@ class ClaimedSaga:
         store to take its lease back (``_let_go``) has nothing to stop: that
         outcome stands (the journal holds it), not told again, and the
         give-back goes on."""
+        # Not waited for any more: a parent claimed with it that still needs
+        # it meets its lease (SagaBusy) and waits as for any holder's.
+        self._clear_the_way()
         if self.outcome is not None:
             self.let_go = True
             return self.outcome
@@ -226,6 +259,12 @@ class ClaimedSaga:
             if saga is None:
                 self._untouched = True
                 return "skipped", f"no saga named {record.saga_name!r} given"
+            # Its parent is not in flight, so no run of the family leases it:
+            # a saga claimed with it need not wait for it. Its own children
+            # claimed with it are deferred (their parent is in flight): it
+            # runs once they have given their leases back.
+            self._clear_the_way()
+            await self.children_out_of_the_way()
             self._warn_if_last_claim(saga, record)
             self.run = LeasedRun(
                 saga, record, self.lease, store=self.store, lease_seconds=self.lease_seconds,
@@ -381,3 +420,25 @@ class ClaimedSaga:
     def hand_off(self) -> None:
         if self.run is not None:
             self.run.hand_off()
+
+
+def children_first(sagas: list[ClaimedSaga]) -> list[ClaimedSaga]:
+    """Link each of ``sagas`` (one claim's batch) to the descendants
+    (``SubSaga`` children, and theirs) claimed with it (``children``), and
+    return ``sagas``. A child whose parent is in flight is left to the
+    parent's run, which leases it by id; a child claimed in the same batch
+    as its parent is deferred by its own ``ClaimedSaga`` — the parent runs
+    once that has happened (``children_out_of_the_way``), not while the
+    batch still holds the child's lease. Every ancestor claimed with a saga
+    waits for it: one whose own child is final does not reach it, but a
+    child of a parent in flight gives its lease back in two reads."""
+    by_id = {saga.saga_id: saga for saga in sagas}
+    if len(by_id) > 1:
+        for saga in sagas:
+            ancestor = parent_saga_id(saga.saga_id)
+            while ancestor is not None:
+                holder = by_id.get(ancestor)
+                if holder is not None and holder is not saga:
+                    holder.children.append(saga)
+                ancestor = parent_saga_id(ancestor)
+    return sagas

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from .claimed_saga import _CANCELLED, ClaimedSaga, Outcome
+from .claimed_saga import _CANCELLED, ClaimedSaga, Outcome, children_first
 from .events import collect_hooks, listener_tuple
 from .lease_give_back import GIVEN_BACK_FOR_GOOD, named_sagas, refusal
 from .log_lines import library_logger
@@ -298,10 +298,13 @@ async def recover(
         if progress is not None:
             progress(saga_id, outcome)
 
-    async def resume_one(claimed: Lease) -> None:
-        saga = ClaimedSaga(store, by_name, claimed, lease_seconds=lease, listeners=given,
-                           allow_changed_definition=allow_changed_definition)
+    async def resume_one(saga: ClaimedSaga) -> None:
+        claimed = saga.lease
         try:
+            # Its children claimed in this pass first (children_first): they
+            # need a slot to give their leases back, so it waits before it
+            # takes one.
+            await saga.children_out_of_the_way()
             await gate.acquire()
         except asyncio.CancelledError:
             await saga.hand_back()  # it waited for a slot: nothing ran
@@ -342,7 +345,11 @@ async def recover(
             outcome = "skipped"
         note(saga_id, outcome)
 
-    await _all_settled([resume_one(claimed) for claimed in leases])
+    await _all_settled([resume_one(saga) for saga in children_first([
+        ClaimedSaga(store, by_name, claimed, lease_seconds=lease, listeners=given,
+                    allow_changed_definition=allow_changed_definition)
+        for claimed in leases
+    ])])
     report.not_given_back = await _give_back_at_the_end(refused)
     return report
 

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from .claims_here import claim_held_here, claim_landing_here, let_gos_here
 from .errors import (
     ContextDecodeError,
     CorruptSagaRecord,
@@ -90,8 +91,9 @@ CHILD_SEPARATOR = "/"
 # the child's only driver (recovery defers a child to a parent in flight), so
 # a lease left by a run that crashed only delays the next one, for this long.
 DEFAULT_CHILD_LEASE = 30.0
-# A recovery pass may hold a child's lease for a moment before it sees that
-# the parent drives it and lets it go; a crashed run's lease runs out.
+# Another process's recovery may hold a child's lease for a moment before it
+# sees that the parent drives it and lets it go; a crashed run's lease runs
+# out. (This process's own claims are waited for, not polled: claims_here.)
 _BUSY_POLL = 0.1
 
 
@@ -267,7 +269,7 @@ class SubSaga(Generic[ParentT, ChildT]):
                 lambda: child.resume(
                     child_id, lease_seconds=self.lease_seconds, allow_changed_definition=allow
                 ),
-                self.lease_seconds,
+                child_id, self.lease_seconds,
             )
         except SagaError:
             raise  # the child's outcome (SagaFailed), or an error that says what it is
@@ -324,7 +326,7 @@ class SubSaga(Generic[ParentT, ChildT]):
             try:
                 lease = await _when_free(lambda: claimed(store.claim_saga(
                     child_id, owner=_owner(), lease_seconds=self.lease_seconds
-                ), store.release), self.lease_seconds)
+                ), store.release), child_id, self.lease_seconds)
             except SagaNotFound:
                 return  # the child never started: nothing of it to undo
         try:
@@ -535,19 +537,41 @@ def _parent() -> Execution:
     return execution
 
 
-async def _when_free(call: Callable[[], Any], lease_seconds: float) -> Any:
-    """``call()``, tried again while the child is ``SagaBusy``: a recovery pass
-    that claimed it lets it go as soon as it sees the parent drives it, and a
-    lease left by a run that crashed runs out — waited for, up to twice a
-    lease's length (then ``SagaBusy``: someone is really driving it)."""
+async def _when_free(call: Callable[[], Any], child_id: str, lease_seconds: float) -> Any:
+    """``call()``, tried again while the child ``child_id`` is ``SagaBusy``: a
+    recovery pass that claimed it lets it go as soon as it sees the parent
+    drives it (one of this process's is waited for, not polled: claims_here),
+    and a lease left by a run that crashed runs out — waited for, up to twice
+    a lease's length (then ``SagaBusy``: someone is really driving it)."""
     deadline = asyncio.get_running_loop().time() + 2 * lease_seconds + 1
+    again = False  # tried again at once, for a claim let go during the call
     while True:
+        let_gos = let_gos_here()
         try:
             return await call()
         except SagaBusy as busy:
             now = asyncio.get_running_loop().time()
             if now >= deadline:
                 raise
+            # A claim of this process's recovery holds it (one taken after
+            # the parent's, or with it in a batch), or a worker's claim on
+            # its way holds it, not registered yet: it lets go within two
+            # reads, and says so — tried again then, not a second later
+            # (per family, that stalled whole passes).
+            held = claim_held_here(child_id) or claim_landing_here(busy.owner)
+            if held is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(deadline - now):
+                        await held.wait()
+                again = False
+                continue
+            if let_gos_here() != let_gos and not again:
+                # One was let go while the call was on its way (the store
+                # answered it first): maybe this one. Once in a row: a busy
+                # recovery lets go of many, and another holder is polled.
+                again = True
+                continue
+            again = False
             wait = _BUSY_POLL
             if busy.expires_at is not None:  # Unix time: a crashed run's lease
                 wait = max(wait, min(busy.expires_at - time.time(), 1.0))

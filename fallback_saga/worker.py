@@ -73,7 +73,8 @@ import sys
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
-from .claimed_saga import ClaimedSaga
+from .claimed_saga import ClaimedSaga, children_first
+from .claims_here import claiming
 from .events import collect_hooks, listener_tuple
 from .log_lines import library_logger
 from .recovery import (
@@ -397,18 +398,23 @@ class RecoveryWorker:
         free = self.concurrency - len(self._resumes.in_flight)
         if free <= 0 or self._stopping:
             return
-        leases = await self._claims.take(free)
-        if leases is None:
-            return  # failed (said), or stopped and let go
-        self._backlog = len(leases) == free
-        self.stats.claimed += len(leases)
-        self._resumes.start([
-            ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
-                        listeners=self._listeners, skip_for=self.lease,
-                        retry_in=self._backoff.retry_in(lease.saga_id),
-                        hand_off_when_cancelled=True)
-            for lease in leases
-        ])
+        # A parent this worker drives may meet a child this claim leases
+        # before its sagas are registered (claims_here): it waits for them.
+        with claiming(self.owner):
+            leases = await self._claims.take(free)
+            if leases is None:
+                return  # failed (said), or stopped and let go
+            self._backlog = len(leases) == free
+            self.stats.claimed += len(leases)
+            # A parent claimed with its child runs once the child is deferred
+            # (children_first), not into the lease this claim holds on it.
+            self._resumes.start(children_first([
+                ClaimedSaga(self.store, self._by_name, lease, lease_seconds=self.lease,
+                            listeners=self._listeners, skip_for=self.lease,
+                            retry_in=self._backoff.retry_in(lease.saga_id),
+                            hand_off_when_cancelled=True)
+                for lease in leases
+            ]))
 
     def _slot_freed(self) -> None:
         """A resume's slot is free again: claim at once if there may be more
