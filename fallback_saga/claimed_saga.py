@@ -105,7 +105,7 @@ class ClaimedSaga:
         # or it runs itself (no parent drives it), or it was let go.
         # Registered (claims_here): a parent's run of this process that
         # finds it held waits for it, rather than polling the store.
-        self._out_of_the_way = HeldClaim(lease.saga_id)
+        self._out_of_the_way = HeldClaim(lease.saga_id, lease.owner)
 
     @property
     def saga_id(self) -> str:

@@ -46,10 +46,11 @@ class HeldClaim:
     """This process's claim on ``saga_id``, in the running loop (outside
     one: not registered), until ``let_go``."""
 
-    __slots__ = ("__weakref__", "_loop", "event", "saga_id")
+    __slots__ = ("__weakref__", "_loop", "event", "owner", "saga_id")
 
-    def __init__(self, saga_id: str) -> None:
+    def __init__(self, saga_id: str, owner: str) -> None:
         self.saga_id = saga_id
+        self.owner = owner
         self.event = asyncio.Event()
         self._loop = _loop()
         if self._loop is not None:
@@ -70,15 +71,20 @@ class HeldClaim:
                 _LET_GO[self._loop] = _LET_GO.get(self._loop, 0) + 1
 
 
-def claim_held_here(saga_id: str) -> asyncio.Event | None:
+def claim_held_here(saga_id: str, owner: str | None) -> asyncio.Event | None:
     """The event of a claim on ``saga_id`` this loop's recovery holds and has
-    not let go (set once it is), if any."""
+    not let go (set once it is), if any — under ``owner``, the lease's holder
+    the store named (``None``: it did not say). Another owner's lease on a
+    saga of that id is not this claim's: another store's (one app, two
+    databases), whose sagas may share ids — polled, as any holder's is."""
     loop = _loop()
     if loop is None:
         return None
     with _LOCK:
         held = _HELD.get((loop, saga_id))
-    return held.event if held is not None and not held.event.is_set() else None
+    if held is None or held.event.is_set() or (owner is not None and owner != held.owner):
+        return None
+    return held.event
 
 
 @contextlib.contextmanager

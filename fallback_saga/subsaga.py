@@ -558,7 +558,7 @@ async def _when_free(call: Callable[[], Any], child_id: str, lease_seconds: floa
             # its way holds it, not registered yet: it lets go within two
             # reads, and says so — tried again then, not a second later
             # (per family, that stalled whole passes).
-            held = claim_held_here(child_id) or claim_landing_here(busy.owner)
+            held = claim_held_here(child_id, busy.owner) or claim_landing_here(busy.owner)
             if held is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(deadline - now):

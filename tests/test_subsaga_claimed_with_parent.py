@@ -359,7 +359,7 @@ async def test_a_parent_waits_for_its_process_s_claim_on_the_child_to_let_go(
     from fallback_saga.claims_here import HeldClaim
     from fallback_saga.subsaga import _when_free
 
-    held = HeldClaim("p/C")
+    held = HeldClaim("p/C", "this worker")
     call = busy_until(held.event, "this worker")
     asyncio.get_running_loop().call_soon(held.let_go)
     assert await _when_free(call, "p/C", 30.0) == "leased"
@@ -374,7 +374,7 @@ async def test_a_parent_asks_again_at_once_for_a_child_let_go_while_it_asked(
     from fallback_saga.claims_here import HeldClaim
     from fallback_saga.subsaga import _when_free
 
-    held = HeldClaim("p/C")
+    held = HeldClaim("p/C", "this worker")
     asked: list[str] = []
 
     async def call() -> str:
@@ -399,7 +399,7 @@ async def test_a_parent_waits_for_its_worker_s_claim_on_its_way(waits: list[floa
     async def claim_lands() -> None:
         with claiming("this worker"):
             await landed.wait()
-            HeldClaim("p/C").let_go()  # a child whose parent is in flight
+            HeldClaim("p/C", "this worker").let_go()  # a child whose parent is in flight
             free.set()
 
     landing = asyncio.create_task(claim_lands())
@@ -418,8 +418,27 @@ async def test_a_parent_polls_a_child_another_owner_holds(waits: list[float]) ->
 
     with claiming("this worker"):
         call = busy_until(asyncio.Event(), "another worker",
-                          before=lambda: HeldClaim("q/D").let_go())
+                          before=lambda: HeldClaim("q/D", "this worker").let_go())
         with pytest.raises(_Waited):
             await _when_free(call, "p/C", 30.0)
     # asked again at once once (a claim of ours let go meanwhile), then polled
     assert (waits, call.asked) == ([1.0], ["asked", "asked"])
+
+
+async def test_a_parent_polls_a_child_of_its_id_another_owner_holds_beside_a_claim_here(
+    waits: list[float],
+) -> None:
+    """This process's recovery holds a claim on a saga of the child's id — in
+    another store (one app, two databases: ids may repeat), under its own
+    owner — while the store the parent asked names another holder: that
+    holder is polled, not this claim waited for (it may not let go for as
+    long as its own resume runs)."""
+    from fallback_saga.claims_here import HeldClaim
+    from fallback_saga.subsaga import _when_free
+
+    elsewhere = HeldClaim("p/C", "the other store's pass")
+    call = busy_until(asyncio.Event(), "another worker")
+    with pytest.raises(_Waited):
+        await _when_free(call, "p/C", 30.0)
+    assert (waits, call.asked) == ([1.0], ["asked"])
+    elsewhere.let_go()
