@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from test_row_mutation_fuzz import (
+from helpers_row_fuzz import (
     CRASH,
     LEDGER,
     SAGAS,
@@ -32,8 +32,8 @@ from test_row_mutation_fuzz import (
     F,
     FuzzSaga,
     _child_context,
-    _left_running_plain,
 )
+from test_row_mutation_fuzz import _left_running_plain
 
 from fallback_saga import CorruptSagaRecord, Saga, SQLiteSagaStore, SubSaga, recover
 from fallback_saga.subsaga import CHILD_SEPARATOR

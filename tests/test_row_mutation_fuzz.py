@@ -29,159 +29,57 @@ every regression found.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import io
 import json
-import logging
 import random
 import shutil
 import sqlite3
 import tempfile
-import urllib.parse
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from helpers_console import fetch
+from helpers_row_fuzz import (
+    CRASH,
+    LEDGER,
+    SAGA_NAMES,
+    SAGAS,
+    STEP_NAMES,
+    Bench,
+    Crash,
+    Ctx,
+    FuzzTarget,
+    PlainSaga,
+    console_problems,
+    hunt_main,
+    run_scenarios,
+)
 
 from fallback_saga import (
-    ContextDecodeError,
     CorruptSagaRecord,
-    Fallback,
-    Parallel,
-    RecoveryWorker,
-    Saga,
-    SagaContext,
-    SagaNotFound,
     SagaStatus,
-    SagaStepHandler,
     SQLiteSagaStore,
     StepStatus,
-    SubSaga,
-    current_step,
     recover,
 )
-from fallback_saga.cli import main as cli_main
-from fallback_saga.console import ConsoleServer
 from fallback_saga.stored_json import parse_stored_json
 from fallback_saga.subsaga import CHILD_SEPARATOR
 
-# --------------------------------------------------------------------------- the sagas
 
-# (saga id, step, action, "ok" | "raised"): every call a participant saw.
-LEDGER: list[tuple[str, str, str, str]] = []
-# top-level saga id -> "act:Step" / "compensate:Step": where its first run dies.
-CRASH: dict[str, str] = {}
+def sqlite_target(path: Path) -> FuzzTarget:
+    def for_console() -> AbstractAsyncContextManager[Any]:
+        return SQLiteSagaStore(path, read_only=True)
 
-
-class Crash(BaseException):
-    """The process dying mid-call."""
-
-
-class Refused(Exception):
-    """A participant's refusal: the act fails, or the compensate does."""
-
-
-@dataclass
-class Ctx(SagaContext):
-    n: int = 0
-    fail: str = ""  # the step whose act always fails
-    stuck: str = ""  # the step whose compensate always fails
-    note: str = ""
-
-
-def _call(action: str, ctx: Ctx) -> str:
-    info = current_step()
-    top = info.saga_id.partition(CHILD_SEPARATOR)[0]
-    if CRASH.get(top) == f"{action}:{info.step}":
-        del CRASH[top]  # it dies once: the recovery's call goes on
-        raise Crash
-    if (ctx.fail if action == "act" else ctx.stuck) == info.step:
-        LEDGER.append((info.saga_id, info.step, action, "raised"))
-        raise Refused(info.step)
-    LEDGER.append((info.saga_id, info.step, action, "ok"))
-    return f"{info.step}-{ctx.n}"
-
-
-class _Ledgered(SagaStepHandler[Ctx, str]):
-    async def act(self, ctx: Ctx, /) -> str:
-        return _call("act", ctx)
-
-    async def compensate(self, ctx: Ctx, /) -> None:
-        _call("compensate", ctx)
-
-
-class A(_Ledgered): ...
-class B(_Ledgered): ...
-class B2(_Ledgered): ...
-class P(_Ledgered): ...
-class Q(_Ledgered): ...
-class D(_Ledgered): ...
-class CA(_Ledgered): ...
-class CB(_Ledgered): ...
-class E(_Ledgered): ...
-class F(_Ledgered): ...
-
-
-class ChildSaga(Saga[Ctx]):
-    steps: ClassVar[list[Any]] = [CA, CB]
-
-
-def _child_context(parent: Ctx) -> Ctx:
-    return Ctx(n=parent.n, fail=parent.fail, stuck=parent.stuck)
-
-
-class FuzzSaga(Saga[Ctx]):
-    steps: ClassVar[list[Any]] = [
-        A,
-        Fallback(step=B, fallback=B2),
-        Parallel(P, Q),
-        SubSaga(ChildSaga, context=_child_context, name="Pay"),
-        D,
-    ]
-
-
-class PlainSaga(Saga[Ctx]):
-    steps: ClassVar[list[Any]] = [E, F]
-
-
-SAGAS: list[type[Saga[Any]]] = [FuzzSaga, PlainSaga, ChildSaga]
-STEP_NAMES = ["A", "B", "B2", "P", "Q", "Pay", "D", "CA", "CB", "E", "F"]
-SAGA_NAMES = ["FuzzSaga", "PlainSaga", "ChildSaga"]
-
-# saga id -> (saga class, context, where its first run dies)
-SCENARIOS: dict[str, tuple[type[Saga[Any]], Ctx, str | None]] = {
-    "done": (FuzzSaga, Ctx(n=1), None),
-    "run-a": (FuzzSaga, Ctx(n=2), "act:A"),
-    "run-d": (FuzzSaga, Ctx(n=3), "act:D"),
-    "fallback": (FuzzSaga, Ctx(n=4, fail="B"), "act:B2"),
-    "group": (FuzzSaga, Ctx(n=5), "act:Q"),
-    "child": (FuzzSaga, Ctx(n=6), "act:CB"),
-    "comp": (FuzzSaga, Ctx(n=7, fail="D"), "compensate:P"),
-    "comp-child": (FuzzSaga, Ctx(n=8, fail="D"), "compensate:CA"),
-    "comp-failed": (FuzzSaga, Ctx(n=9, fail="D", stuck="A"), None),
-    "unwound": (FuzzSaga, Ctx(n=10, fail="D"), None),
-    "unwinding-stuck": (FuzzSaga, Ctx(n=11, fail="CB", stuck="B"), "compensate:A"),
-    "plain-run": (PlainSaga, Ctx(n=12), "act:F"),
-    "plain-done": (PlainSaga, Ctx(n=13), None),
-}
+    return FuzzTarget(lambda: SQLiteSagaStore(path), for_console, ["--db", str(path)])
 
 
 async def make_pristine(path: Path) -> None:
     """Every scenario run into a fresh store at ``path``, each stopped
     where it says."""
     async with SQLiteSagaStore(path) as store:
-        for saga_id, (cls, ctx, crash) in SCENARIOS.items():
-            CRASH.clear()
-            if crash is not None:
-                CRASH[saga_id] = crash
-            with contextlib.suppress(Crash, Exception):
-                await cls(store=store).run(Ctx(**ctx.to_dict()), saga_id=saga_id)
-    CRASH.clear()
+        await run_scenarios(store)
     # The dead runs' leases (a child's, held while its parent unwound it)
     # have run out by the time recovery looks: no pass waits for them.
     conn = sqlite3.connect(path)
@@ -398,285 +296,29 @@ def mutate(path: Path, seed: int) -> tuple[str, list[str]]:
         conn.close()
     return target.partition(CHILD_SEPARATOR)[0], done
 
-
-# --------------------------------------------------------------------------- recovery, read back
-
-
-@dataclass
-class Outcome:
-    """What recovering a store did: per saga id."""
-
-    reported: dict[str, str] = field(default_factory=dict)  # id -> report list name
-    calls: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
-    final: dict[str, str] = field(default_factory=dict)  # id -> status after, or why unreadable
-    before: dict[str, Any] = field(default_factory=dict)  # id -> SagaRecord or the error
-    problems: list[str] = field(default_factory=list)
-    worker: dict[str, str] = field(default_factory=dict)  # id -> outcome a worker told
-
-
-def _family(saga_id: str) -> str:
-    return saga_id.partition(CHILD_SEPARATOR)[0]
-
-
-async def _records(store: SQLiteSagaStore, problems: list[str], when: str) -> dict[str, Any]:
-    records: dict[str, Any] = {}
-    try:
-        listed = await store.list_sagas(limit=10_000)
-    except Exception as error:
-        problems.append(f"list_sagas {when} raised {error!r}")
-        return records
-    for summary in listed:
-        try:
-            records[summary.saga_id] = await store.load(summary.saga_id)
-        except (CorruptSagaRecord, ContextDecodeError, SagaNotFound) as error:
-            records[summary.saga_id] = error
-        except Exception as error:
-            problems.append(f"load {summary.saga_id!r} {when} raised {error!r}")
-    return records
-
-
-class _Outcomes:
-    """The outcomes a RecoveryWorker told, by saga id (the last one)."""
-
-    def __init__(self) -> None:
-        self.told: dict[str, str] = {}
-
-    def recovery_outcome(self, saga_id: str, saga_name: str | None, outcome: str,
-                         reason: str | None) -> None:
-        self.told[saga_id] = outcome
-
-
-async def _run_worker(store: SQLiteSagaStore, told: _Outcomes) -> None:
-    """A RecoveryWorker claims and resumes until nothing has been in flight
-    for a while, then stops; recover() afterwards finishes what it left."""
-    worker = RecoveryWorker(store, SAGAS, older_than=0, poll=3600, listen=False,
-                            listeners=[told])
-    task = asyncio.create_task(worker.run())
-    quiet = 0
-    for _ in range(2000):
-        await asyncio.sleep(0.002)
-        quiet = quiet + 1 if worker.in_flight == 0 and worker.stats.claimed else 0
-        if quiet > 25 or task.done():
-            break
-    await worker.stop(grace=5.0)
-    await task
-
-
-async def recover_store(path: Path, *, worker: bool = False, surfaces: bool = True) -> Outcome:
-    out = Outcome()
-    async with SQLiteSagaStore(path) as store:
-        out.before = await _records(store, out.problems, "before")
-        LEDGER.clear()
-        told = _Outcomes()
-        try:
-            if worker:
-                await _run_worker(store, told)
-            report = await recover(store, SAGAS, older_than=0, limit=1000)
-        except Exception as error:
-            out.problems.append(f"recover raised {error!r}")
-            return out
-        for name in ("resumed", "compensated", "failed", "deferred"):
-            for saga_id in getattr(report, name):
-                out.reported[saga_id] = name
-        for name in ("skipped", "interrupted"):
-            for saga_id, reason in getattr(report, name):
-                out.reported[saga_id] = f"{name}:{reason.split(':')[0]}"
-        out.worker = told.told
-        for saga_id, step, action, result in LEDGER:
-            out.calls.setdefault(saga_id, []).append((step, action, result))
-        after = await _records(store, out.problems, "after")
-        for saga_id, record in after.items():
-            out.final[saga_id] = (
-                record.status.value if hasattr(record, "status") else type(record).__name__)
-        for saga_id, said in out.reported.items():
-            expected = {"resumed": "completed", "compensated": "compensated",
-                        "failed": "failed"}.get(said)
-            if expected is not None and out.final.get(saga_id) != expected:
-                out.problems.append(
-                    f"S13: {saga_id!r} reported {said} but the journal holds "
-                    f"{out.final.get(saga_id)}")
-    if surfaces:
-        ids = sorted(set(out.before) | set(out.final))
-        out.problems += await _cli(path, ids)
-        out.problems += await _console(path, ids)
-    return out
-
-
-async def _cli(path: Path, ids: list[str]) -> list[str]:
-    problems = []
-    commands = [["list", "--db", str(path)], ["list", "--json", "--db", str(path)]]
-    commands += [["show", saga_id, "--db", str(path)] for saga_id in ids]
-    commands += [["show", saga_id, "--json", "--db", str(path)] for saga_id in ids]
-    for argv in commands:
-        out, err = io.StringIO(), io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                status = await asyncio.to_thread(cli_main, argv)
-        except BaseException as error:
-            problems.append(f"cli {argv[:2]} raised {error!r}")
-            continue
-        if status not in (0, 1) or "Traceback" in err.getvalue():
-            problems.append(f"cli {argv[:2]} exited {status}: {err.getvalue()[-300:]!r}")
-        if "--json" in argv and status == 0:
-            try:
-                json.loads(out.getvalue(), parse_constant=_no_constant)
-            except ValueError as error:
-                problems.append(f"cli {argv[:2]} printed JSON that is not strict: {error}")
-    return problems
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} in JSON")
-
-
-async def _console(path: Path, ids: list[str]) -> list[str]:
-    problems = []
-    async with SQLiteSagaStore(path, read_only=True) as store, ConsoleServer(
-        store, port=0
-    ) as server:
-        pages = ["", "api/sagas", "metrics"] + [f"api/sagas/{saga_id}" for saga_id in ids]
-        for page in pages:
-            reply = await fetch(server.url + urllib.parse.quote(page, safe="/"))
-            if reply.status >= 500:
-                problems.append(f"console {page!r}: {reply.status}")
-            elif page.startswith("api/") and reply.status == 200:
-                try:
-                    json.loads(reply.body, parse_constant=_no_constant)
-                except ValueError as error:
-                    problems.append(f"console {page!r}: JSON that is not strict: {error}")
-    return problems
-
-
-# --------------------------------------------------------------------------- the checks
-
-
-def _journal_facts(record: Any) -> dict[str, set[str]]:
-    facts: dict[str, set[str]] = {"act_done": set(), "act_seen": set(), "comp_done": set()}
-    for entry in record.history:
-        if entry.action == "act":
-            facts["act_seen"].add(entry.step)
-            # Not CANCELLED: an act cancelled in flight has an uncertain
-            # effect, and a RUNNING saga calls it again, as a crashed one.
-            if entry.status == StepStatus.COMPLETED:
-                facts["act_done"].add(entry.step)
-        elif entry.action == "compensate" and entry.status == StepStatus.COMPLETED:
-            facts["comp_done"].add(entry.step)
-    return facts
-
-
-class _Fresh:
-    history: ClassVar[list[Any]] = []
-    status = SagaStatus.RUNNING
-
-
-def check_mutated(saga_id: str, before: Any, calls: list[tuple[str, str, str]],
-                  reported: str | None) -> list[str]:
-    """What a mutated saga's resume may do, as its (mutated) journal says."""
-    problems = []
-    if before is None:  # made by this recovery (a child saga): a fresh journal
-        before = _Fresh()
-    if not hasattr(before, "history"):  # unreadable: reported, never acted on
-        if calls:
-            problems.append(f"{saga_id!r} unreadable ({before!r}) but called: {calls}")
-        if reported in ("resumed", "compensated", "failed"):
-            problems.append(f"{saga_id!r} unreadable but reported {reported}")
-        return problems
-    facts = _journal_facts(before)
-    status = before.status
-    child = CHILD_SEPARATOR in saga_id
-    compensated_now: Counter[str] = Counter()
-    acted_now: set[str] = set()
-    compensating = False
-    for step, action, result in calls:
-        if action == "act":
-            if step in facts["act_done"] or step in facts["comp_done"]:
-                problems.append(f"{saga_id!r}: act {step} again, the journal has it done")
-            if status is not SagaStatus.RUNNING:
-                problems.append(f"{saga_id!r}: act {step} of a {status.value} saga")
-            if compensating:
-                problems.append(f"{saga_id!r}: act {step} after a compensate")
-            if result == "ok":
-                acted_now.add(step)
-        else:
-            compensating = True
-            if step in facts["comp_done"]:
-                problems.append(f"{saga_id!r}: compensate {step} the journal has compensated")
-            if result == "ok":
-                compensated_now[step] += 1
-                if compensated_now[step] > 1:
-                    problems.append(f"{saga_id!r}: compensate {step} twice")
-            if step not in facts["act_done"] and step not in acted_now and (
-                step not in facts["act_seen"]
-            ):
-                problems.append(f"{saga_id!r}: compensate {step}, whose act never ran")
-            if status.is_final and not (child and status is SagaStatus.COMPLETED):
-                problems.append(f"{saga_id!r}: compensate {step} of a {status.value} saga")
-    if status.is_final and not child and calls:
-        problems.append(f"{saga_id!r} is {status.value} but was called: {calls}")
-    return problems
-
-
-def compare(mutated_family: str, base: Outcome, got: Outcome, *, worker: bool) -> list[str]:
-    problems = list(got.problems)
-    for saga_id in sorted(set(base.before) | set(got.before) | set(got.calls)):
-        if _family(saga_id) == mutated_family:
-            problems += check_mutated(saga_id, got.before.get(saga_id), got.calls.get(saga_id, []),
-                                      got.reported.get(saga_id))
-            continue
-        if worker:
-            # Which of the worker and the pass after it finished a saga,
-            # and so the report, is timing: the rules and the end are not.
-            problems += check_mutated(saga_id, got.before.get(saga_id),
-                                      got.calls.get(saga_id, []), got.reported.get(saga_id))
-            compared = [("final", base.final.get(saga_id), got.final.get(saga_id))]
-        else:
-            compared = [
-                ("report", base.reported.get(saga_id), got.reported.get(saga_id)),
-                ("calls", Counter(base.calls.get(saga_id, [])),
-                 Counter(got.calls.get(saga_id, []))),
-                ("final", base.final.get(saga_id), got.final.get(saga_id)),
-            ]
-        for what, b, g in compared:
-            if b != g:
-                problems.append(f"untouched {saga_id!r}: {what} {g} instead of {b}")
-    # Calls for a saga id that is no saga's (an unreadable id) are the mutated family's.
-    return problems
-
-
 # --------------------------------------------------------------------------- the hunt
 
 
-class Bench:
-    """A pristine store (made once) and its recovery without mutations."""
+class SQLiteBench(Bench):
+    """Copies of a pristine SQLite file, in ``where``."""
 
     def __init__(self, where: Path) -> None:
+        super().__init__()
         self.where = where
         self.pristine = where / "pristine.db"
-        self.base: Outcome | None = None
 
-    async def setup(self) -> None:
+    async def make_pristine(self) -> None:
         await make_pristine(self.pristine)
-        copy = self.where / "base.db"
-        _copy(self.pristine, copy)
-        self.base = await recover_store(copy, surfaces=False)
-        assert not self.base.problems, self.base.problems
-        # The baseline itself obeys the rules a mutated saga is held to.
-        for saga_id, before in self.base.before.items():
-            found = check_mutated(saga_id, before, self.base.calls.get(saga_id, []),
-                                  self.base.reported.get(saga_id))
-            assert not found, found
 
-    async def case(self, seed: int, *, worker: bool = False,
-                   surfaces: bool = True) -> tuple[list[str], list[str]]:
-        assert self.base is not None
-        work = self.where / f"case-{seed}.db"
-        _copy(self.pristine, work)
-        family, done = mutate(work, seed)
-        try:
-            got = await recover_store(work, worker=worker, surfaces=surfaces)
-            return done, compare(family, self.base, got, worker=worker)
-        finally:
-            _remove(work)
+    async def copy(self, name: str) -> FuzzTarget:
+        _copy(self.pristine, self.where / f"{name}.db")
+        return sqlite_target(self.where / f"{name}.db")
+
+    def mutate(self, name: str, seed: int) -> tuple[str, list[str]]:
+        return mutate(self.where / f"{name}.db", seed)
+
+    async def drop(self, name: str) -> None:
+        _remove(self.where / f"{name}.db")
 
 
 def _remove(path: Path) -> None:
@@ -692,7 +334,7 @@ def _copy(source: Path, target: Path) -> None:
 
 @pytest.fixture
 async def bench(tmp_path: Path) -> Bench:
-    made = Bench(tmp_path)
+    made = SQLiteBench(tmp_path)
     await made.setup()
     return made
 
@@ -739,7 +381,7 @@ async def test_S12_a_context_number_too_big_for_a_float_is_a_corrupt_record(
         report = await recover(store, SAGAS, older_than=0)
     assert [saga_id for saga_id, _ in report.skipped] == ["p"]
     assert LEDGER == []
-    assert await _console(path, ["p"]) == []
+    assert await console_problems(sqlite_target(path), ["p"]) == []
 
 
 async def _left_running_plain(path: Path, saga_id: str = "p") -> None:
@@ -791,42 +433,12 @@ async def test_S10_S12_journal_entries_that_do_not_fit_an_unchanged_definition_a
 
 if __name__ == "__main__":
     import sys
-    import time
 
-    import fallback_saga
-
-    fallback_saga.set_testing(True)
-    logging.getLogger("fallback_saga").setLevel(logging.CRITICAL)
-    args = sys.argv[1:]
-    every = 0
-    if "--worker-every" in args:
-        at = args.index("--worker-every")
-        every = int(args[at + 1])
-        del args[at:at + 2]
-    first, count = int(args[0]), int(args[1])
-
-    async def hunt() -> int:
-        found = 0
+    @contextlib.asynccontextmanager
+    async def sqlite_bench() -> AsyncIterator[Bench]:
         with tempfile.TemporaryDirectory() as where:
-            made = Bench(Path(where))
+            made = SQLiteBench(Path(where))
             await made.setup()
-            began = time.monotonic()
-            for seed in range(first, first + count):
-                worker = bool(every) and seed % every == 0
-                try:
-                    done, problems = await made.case(seed, worker=worker,
-                                                     surfaces=seed % 4 == 0)
-                except Exception as error:  # the harness's own: say so, go on
-                    done, problems = [], [f"HARNESS {error!r}"]
-                if problems:
-                    found += 1
-                    print(f"FOUND seed {seed} worker={worker}: {done}", flush=True)
-                    for line in problems[:8]:
-                        print("   ", line[:600], flush=True)
-                if (seed - first + 1) % 100 == 0:
-                    print(f"done {seed - first + 1} in {time.monotonic() - began:.0f}s, "
-                          f"{found} found", flush=True)
-            print(f"{count} seeds from {first}: {found} found", flush=True)
-        return found
+            yield made
 
-    sys.exit(1 if asyncio.run(hunt()) else 0)
+    sys.exit(hunt_main(sys.argv[1:], sqlite_bench))
