@@ -463,13 +463,25 @@ class Bench:
 
     async def case(self, seed: int, *, worker: bool = False,
                    surfaces: bool = True) -> tuple[list[str], list[str]]:
+        """Seed ``seed``'s mutation: what it did, and the problems found."""
+        done, problems, _ = await self.case_by(
+            f"case_{seed}", lambda name: self.mutate(name, seed), worker=worker,
+            surfaces=surfaces)
+        return done, problems
+
+    async def case_by(
+        self, name: str, mutation: Callable[[str], tuple[str, list[str]]], *,
+        worker: bool = False, surfaces: bool = True,
+    ) -> tuple[list[str], list[str], Outcome]:
+        """``mutation`` (of copy ``name``: the family mutated, what was
+        done) recovered and read back: what it did, the problems found, the
+        outcome."""
         assert self.base is not None
-        name = f"case_{seed}"
         target = await self.copy(name)
         try:
-            family, done = self.mutate(name, seed)
+            family, done = mutation(name)
             got = await recover_store(target, worker=worker, surfaces=surfaces)
-            return done, compare(family, self.base, got, worker=worker)
+            return done, compare(family, self.base, got, worker=worker), got
         finally:
             await self.drop(name)
 
