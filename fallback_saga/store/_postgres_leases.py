@@ -16,7 +16,14 @@ import weakref
 from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import LeaseLost, SagaBusy, SagaNotFound, SagaStoreError, StoreClosed
+from ..errors import (
+    CorruptSagaRecord,
+    LeaseLost,
+    SagaBusy,
+    SagaNotFound,
+    SagaStoreError,
+    StoreClosed,
+)
 from ..log_lines import library_logger
 from ._common import (
     check_owner,
@@ -35,6 +42,9 @@ from .base import Lease, LeaseState
 if TYPE_CHECKING:
     # Types only (the driver is an optional extra; see _postgres_pool).
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
+
+# The largest bigint: a fence there cannot be followed by fence + 1.
+_INT8_MAX: Final = 2**63 - 1
 
 _log = library_logger("fallback_saga.store.postgres")
 
@@ -286,6 +296,10 @@ class Leases:
                     await conn.execute(_READ_COMMITTED)
                     cursor = await _query(conn, sql.lock_saga, (saga_id,), store._prepare_any)
                     found = await cursor.fetchone()
+                    if found is not None and found[1] >= _INT8_MAX:
+                        # fence + 1 overflows (bigint out of range) on every
+                        # try: a corrupt row, as SQLite's claim_saga says.
+                        raise CorruptSagaRecord(saga_id, "its fence is too large to be counted on")
                     if found is not None:
                         locked = True
                         cursor = await _query(conn, sql.take_lease,

@@ -375,7 +375,7 @@ class _Statements:
         )
         # Lease one saga by id, in the transaction that locked its row first
         # (lock_saga): atomic under the row lock.
-        self.lock_saga = f"SELECT saga_id FROM {sagas} WHERE saga_id = %s FOR UPDATE"
+        self.lock_saga = f"SELECT saga_id, fence FROM {sagas} WHERE saga_id = %s FOR UPDATE"
         # Uncounted; it clears a finished saga's count (see sqlite's _TAKE_LEASE).
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"
@@ -722,6 +722,11 @@ def _decode_record(saga_id: str, row: Sequence[Any], first: int, end: int) -> Sa
                 JournalEntry(position, step, branch, action, step_status, attempt, error, at,
                              result)
             )
+    if version >= _INT4_MAX:
+        # The column's largest value: the next write's version + 1 fails
+        # (integer out of range), on every pass, reported as a journal that
+        # could not be written. No run writes two billion transitions.
+        raise CorruptSagaRecord(saga_id, "its version is too large to be counted on")
     return SagaRecord(
         saga_id=saga_id,
         saga_name=saga_name,
@@ -729,10 +734,22 @@ def _decode_record(saga_id: str, row: Sequence[Any], first: int, end: int) -> Sa
         status=saga_status(saga_id, status),
         context=context,
         history=history,
-        created_at=created_at,
-        updated_at=updated_at,
+        created_at=_finite_time(saga_id, "created_at", created_at),
+        updated_at=_finite_time(saga_id, "updated_at", updated_at),
         version=version,
     )
+
+
+_INT4_MAX: Final = 2**31 - 1
+
+
+def _finite_time(saga_id: str, column: str, value: float) -> float:
+    """A timestamptz column read as seconds: ``infinity`` (another tool's,
+    or an attacker's) reads as a float infinity, which has no date and no
+    JSON (``show --json`` and the console printed ``Infinity``)."""
+    if not math.isfinite(value):
+        raise CorruptSagaRecord(saga_id, f"{column} is not a finite number")
+    return value
 
 
 def _check_seqs(saga_id: str, seqs: Sequence[Any], first: int, end: int) -> None:
@@ -758,12 +775,16 @@ def _listed_summary(row: Sequence[Any]) -> SagaSummary:
         saga_id=saga_id,
         saga_name=name,
         status=saga_status(saga_id, raw_status),
-        created_at=created_at,
-        updated_at=updated_at,
+        created_at=_finite_time(saga_id, "created_at", created_at),
+        updated_at=_finite_time(saga_id, "updated_at", updated_at),
         lease_owner=owner,
         # A released lease keeps its release time as the expiry (the saga is
         # claimable at once); it is no lease to show.
-        lease_expires_at=None if owner is None else expires_at,
+        lease_expires_at=(
+            None
+            if owner is None or expires_at is None
+            else _finite_time(saga_id, "lease_expires_at", expires_at)
+        ),
         unreleased_claims=claims,
     )
 
