@@ -514,6 +514,35 @@ async def test_S12_a_postgres_version_at_the_int4_limit_is_a_corrupt_record(
     await _skipped_as_corrupt(pg_conninfo, pg_schema, "p")
 
 
+@pytest.mark.parametrize(
+    "context", ['{"n": 1, "note": "\\u0000"}', '{"n": 1, "note": "a\\uD800"}',
+                '{"n": 1, "note": "\\udc00 b"}'])
+async def test_S12_a_postgres_context_holding_what_postgresql_text_cannot_is_a_corrupt_record(
+    pg_conninfo: str, pg_schema: str, context: str
+) -> None:
+    """Found by the fuzz: the json column takes the escape of a NUL or a
+    lone surrogate, which the store never writes (it refuses such a
+    context). Resumed, F acted, its completed entry (with the context) was
+    refused, and the saga unwound E and F for its own row."""
+    await _left_running(pg_conninfo, pg_schema, PlainSaga, "act:F", "p")
+    _sql(pg_conninfo, pg_schema, f"UPDATE {SAGAS_TABLE} SET context = %s::json", (context,))
+    await _skipped_as_corrupt(pg_conninfo, pg_schema, "p")
+
+
+async def test_S12_a_postgres_context_with_escaped_text_it_can_store_still_reads_back(
+    pg_conninfo: str, pg_schema: str
+) -> None:
+    """A character beyond the BMP (a surrogate pair's escape) and a literal
+    backslash before ``u0000`` are text PostgreSQL holds: resumed as ever."""
+    await _left_running(pg_conninfo, pg_schema, PlainSaga, "act:F", "p")
+    text = json.dumps({"n": 1, "note": "🙂 \\u0000 \\ud800"})
+    _sql(pg_conninfo, pg_schema, f"UPDATE {SAGAS_TABLE} SET context = %s::json", (text,))
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        assert (await store.load("p")).context["note"] == "🙂 \\u0000 \\ud800"
+        report = await recover(store, SAGAS, older_than=0)
+    assert report.resumed == ["p"]
+
+
 async def test_S12_a_child_saga_whose_fence_is_the_largest_bigint_is_corrupt_not_interrupted(
     pg_conninfo: str, pg_schema: str
 ) -> None:

@@ -709,6 +709,13 @@ def _decode_record(saga_id: str, row: Sequence[Any], first: int, end: int) -> Sa
         raise CorruptSagaRecord(saga_id, f"the context is not valid JSON ({bad})") from None
     if not isinstance(context, dict):
         raise CorruptSagaRecord(saga_id, "the context is not a JSON object")
+    if _MAYBE_UNSTORABLE.search(context_text) and _holds_unstorable(context):
+        # Never written by this store (_context_json refuses it): the json
+        # column takes the escape as it is. Resumed, the saga's next write
+        # of its context was refused, and it unwound for its own row.
+        raise CorruptSagaRecord(
+            saga_id, "the context holds a NUL character or a lone surrogate, which PostgreSQL "
+            "cannot store")
     history: list[JournalEntry] = []
     if seqs is not None:
         for seq, position, step, branch, action, raw_status, attempt, error, at, result in zip(
@@ -741,6 +748,26 @@ def _decode_record(saga_id: str, row: Sequence[Any], first: int, end: int) -> Sa
 
 
 _INT4_MAX: Final = 2**31 - 1
+
+# The JSON escape of a NUL or of a surrogate (upper or lower case hex): what
+# a context's text holds before any of its strings can (text holds neither
+# raw). A literal backslash before "u0000" matches too: the walk decides.
+_MAYBE_UNSTORABLE: Final = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _holds_unstorable(value: Any) -> bool:
+    """Whether a string (key or value) of decoded JSON holds what PostgreSQL
+    text cannot (``_UNSTORABLE_CONTEXT``). Bounded by the stored depth."""
+    if isinstance(value, str):
+        return _UNSTORABLE_CONTEXT.search(value) is not None
+    if isinstance(value, dict):
+        return any(
+            _UNSTORABLE_CONTEXT.search(key) is not None or _holds_unstorable(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_holds_unstorable(item) for item in value)
+    return False
 
 
 def _finite_time(saga_id: str, column: str, value: float) -> float:
