@@ -412,8 +412,10 @@ async def bench(pg_conninfo: str) -> AsyncIterator[PostgresBench]:
         yield made
 
 
-# A few seeds, and each that found a bug (a multiple of 5: with a
-# RecoveryWorker, as the hunt ran it).
+# A few seeds (a multiple of 5: with a RecoveryWorker, as the hunt runs it).
+# The bugs below were found by the fuzz's mutations tried one at a time on
+# every scenario, with the CLI and console read back: a seed stacks one to
+# three, and reads the surfaces one seed in four.
 SEEDS = [962_000, 962_001, 962_002, 962_005]
 
 
@@ -474,7 +476,7 @@ async def _skipped_as_corrupt(conninfo: str, schema: str, saga_id: str,
 async def test_S12_a_postgres_saga_time_at_infinity_is_a_corrupt_record(
     pg_conninfo: str, pg_schema: str, column: str
 ) -> None:
-    """Found by the fuzz (``created_at = 'infinity'``): timestamptz
+    """Found by the fuzz's mutations (``created_at = 'infinity'``): timestamptz
     ``infinity`` read as a float infinity, which ``list --json``, ``show
     --json`` and the console's JSON API printed as ``Infinity`` (not JSON).
     SQLite reports such a time as a corrupt record: so does PostgreSQL."""
@@ -490,7 +492,7 @@ async def test_S12_a_postgres_saga_time_at_infinity_is_a_corrupt_record(
 async def test_S12_a_postgres_lease_expiry_at_infinity_is_left_out_of_listings(
     pg_conninfo: str, pg_schema: str
 ) -> None:
-    """Found by the fuzz: a lease held until ``infinity`` was listed with a
+    """Found by the fuzz's mutations: a lease held until ``infinity`` was listed with a
     float infinity, printed as ``Infinity`` by ``list --json``."""
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         await PlainSaga(store=store).run(Ctx(n=1), saga_id="done")
@@ -506,7 +508,7 @@ async def test_S12_a_postgres_lease_expiry_at_infinity_is_left_out_of_listings(
 async def test_S12_a_postgres_version_at_the_int4_limit_is_a_corrupt_record(
     pg_conninfo: str, pg_schema: str
 ) -> None:
-    """Found by the fuzz (``version = 2147483647``): the resume's first
+    """Found by the fuzz's mutations (``version = 2147483647``): the resume's first
     write (version + 1) failed with "integer out of range", reported as an
     interrupted saga on every pass; no run writes two billion transitions."""
     await _left_running(pg_conninfo, pg_schema, PlainSaga, "act:F", "p")
@@ -520,7 +522,7 @@ async def test_S12_a_postgres_version_at_the_int4_limit_is_a_corrupt_record(
 async def test_S12_a_postgres_context_holding_what_postgresql_text_cannot_is_a_corrupt_record(
     pg_conninfo: str, pg_schema: str, context: str
 ) -> None:
-    """Found by the fuzz: the json column takes the escape of a NUL or a
+    """Found by the fuzz's mutations: the json column takes the escape of a NUL or a
     lone surrogate, which the store never writes (it refuses such a
     context). Resumed, F acted, its completed entry (with the context) was
     refused, and the saga unwound E and F for its own row."""
@@ -546,7 +548,7 @@ async def test_S12_a_postgres_context_with_escaped_text_it_can_store_still_reads
 async def test_S12_a_child_saga_whose_fence_is_the_largest_bigint_is_corrupt_not_interrupted(
     pg_conninfo: str, pg_schema: str
 ) -> None:
-    """Found by the fuzz: the parent's resume leases its child by id
+    """Found by the fuzz's mutations: the parent's resume leases its child by id
     (``claim_saga``), whose fence + 1 failed with "bigint out of range": the
     parent was reported interrupted, as a store failure, on every pass. As
     SQLite's, ``claim_saga`` raises ``CorruptSagaRecord``, and the parent
