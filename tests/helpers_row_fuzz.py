@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import io
 import json
+import random
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
@@ -182,6 +183,20 @@ class Outcome:
     before: dict[str, Any] = field(default_factory=dict)  # id -> SagaRecord or the error
     problems: list[str] = field(default_factory=list)
     worker: dict[str, str] = field(default_factory=dict)  # id -> outcome a worker told
+
+
+def mutate_family(
+    rng: random.Random, conn: Any, ids: list[str],
+    mutations: list[Callable[[random.Random, Any, str], str]],
+) -> tuple[str, list[str]]:
+    """Apply one to three of ``mutations`` (drawn with ``rng``) to one saga
+    of ``ids`` through ``conn`` (either store's driver); returns its family's
+    top-level id and what was done. The caller commits."""
+    target = rng.choice(ids)
+    done = [f"target {target}"]
+    for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
+        done.append(rng.choice(mutations)(rng, conn, target))
+    return target.partition(CHILD_SEPARATOR)[0], done
 
 
 def _family(saga_id: str) -> str:

@@ -3,11 +3,13 @@
 ``every_store`` is a pytest fixture (a plugin: ``pytest_plugins = ["helpers_stores"]``) giving a
 ``MemorySagaStore``, a ``SQLiteSagaStore`` on a fresh file and a
 ``PostgresSagaStore`` on a fresh schema of the session's throwaway cluster
-(the module must also say ``pytest_plugins = ["conftest_pg"]``).
+(the module must also say ``pytest_plugins = ["conftest_pg"]``);
+``durable_store`` the last two only.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,17 @@ import pytest
 from fallback_saga import MemorySagaStore, SQLiteSagaStore
 
 STORE_KINDS = ("memory", "sqlite", "postgres")
+DURABLE_KINDS = ("sqlite", "postgres")
 
 
-@pytest.fixture(params=STORE_KINDS)
-async def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
+@contextlib.asynccontextmanager
+async def _store_of(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Any]:
+    if kind == "memory":
         yield MemorySagaStore()
         return
-    if request.param == "sqlite":
+    if kind == "sqlite":
         async with SQLiteSagaStore(tmp_path / "sagas.db") as sqlite:
             yield sqlite
         return
@@ -34,3 +39,17 @@ async def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     schema = request.getfixturevalue("pg_schema")
     async with PostgresSagaStore(conninfo, schema=schema, min_size=1) as pg:
         yield pg
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    async with _store_of(request.param, request, tmp_path) as store:
+        yield store
+
+
+@pytest.fixture(params=DURABLE_KINDS)
+async def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A ``SQLiteSagaStore`` on a fresh file, then a ``PostgresSagaStore`` on a
+    fresh schema: the stores recovery claims from."""
+    async with _store_of(request.param, request, tmp_path) as store:
+        yield store

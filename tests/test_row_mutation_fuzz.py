@@ -54,6 +54,7 @@ from helpers_row_fuzz import (
     PlainSaga,
     console_problems,
     hunt_main,
+    mutate_family,
     run_scenarios,
 )
 
@@ -65,7 +66,6 @@ from fallback_saga import (
     recover,
 )
 from fallback_saga.stored_json import parse_stored_json
-from fallback_saga.subsaga import CHILD_SEPARATOR
 
 
 def sqlite_target(path: Path) -> FuzzTarget:
@@ -287,14 +287,11 @@ def mutate(path: Path, seed: int) -> tuple[str, list[str]]:
     conn.text_factory = lambda raw: raw.decode("utf-8", "replace")  # rows mutated before
     try:
         ids = sorted(saga_id for (saga_id,) in conn.execute("SELECT saga_id FROM sagas"))
-        target = rng.choice(ids)
-        done = [f"target {target}"]
-        for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
-            done.append(rng.choice(MUTATIONS)(rng, conn, target))
+        mutated = mutate_family(rng, conn, ids, MUTATIONS)
         conn.commit()
     finally:
         conn.close()
-    return target.partition(CHILD_SEPARATOR)[0], done
+    return mutated
 
 # --------------------------------------------------------------------------- the hunt
 

@@ -48,6 +48,7 @@ from helpers_row_fuzz import (
     cli_problems,
     console_problems,
     hunt_main,
+    mutate_family,
     run_scenarios,
 )
 
@@ -335,12 +336,9 @@ def mutate(conninfo: str, schema: str, seed: int) -> tuple[str, list[str]]:
     with psycopg.connect(conninfo) as conn:
         conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
         ids = sorted(saga_id for (saga_id,) in conn.execute(f"SELECT saga_id FROM {SAGAS_TABLE}"))
-        target = rng.choice(ids)
-        done = [f"target {target}"]
-        for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
-            done.append(rng.choice(MUTATIONS)(rng, conn, target))
+        mutated = mutate_family(rng, conn, ids, MUTATIONS)
         conn.commit()
-    return target.partition(CHILD_SEPARATOR)[0], done
+    return mutated
 
 
 # --------------------------------------------------------------------------- the bench

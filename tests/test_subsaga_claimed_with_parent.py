@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,7 +42,7 @@ from fallback_saga.claimed_saga import ClaimedSaga
 from fallback_saga.errors import SagaBusy
 from fallback_saga.store.base import Lease
 
-pytest_plugins = ["conftest_pg"]
+pytest_plugins = ["conftest_pg", "helpers_stores"]
 
 FAMILIES = ("f1", "f2")
 
@@ -111,18 +110,9 @@ class Order(Saga[OrderCtx]):
     ]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
-        async with SQLiteSagaStore(tmp_path / "sagas.db") as sqlite:
-            yield sqlite
-        return
-    from fallback_saga.store.postgres import PostgresSagaStore
-
-    conninfo = request.getfixturevalue("pg_conninfo")
-    schema = request.getfixturevalue("pg_schema")
-    async with PostgresSagaStore(conninfo, schema=schema, min_size=1) as pg:
-        yield pg
+@pytest.fixture
+def store(durable_store: Any) -> Any:
+    return durable_store
 
 
 class _Waited(Exception):
