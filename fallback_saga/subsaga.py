@@ -545,6 +545,7 @@ async def _when_free(call: Callable[[], Any], child_id: str, lease_seconds: floa
     a lease's length (then ``SagaBusy``: someone is really driving it)."""
     deadline = asyncio.get_running_loop().time() + 2 * lease_seconds + 1
     again = False  # tried again at once, for a claim let go during the call
+    polls = 0  # of another holder's lease, in a row
     while True:
         let_gos = let_gos_here()
         try:
@@ -573,8 +574,16 @@ async def _when_free(call: Callable[[], Any], child_id: str, lease_seconds: floa
                 continue
             again = False
             wait = _BUSY_POLL
-            if busy.expires_at is not None:  # Unix time: a crashed run's lease
-                wait = max(wait, min(busy.expires_at - time.time(), 1.0))
+            if busy.expires_at is not None:  # Unix time
+                # Another process's recovery pass lets go within moments, a
+                # crashed run's lease when it runs out: the two look alike
+                # (a lease far off), so the waits grow from _BUSY_POLL to a
+                # second — the pass is met at once, the crashed run's lease
+                # costs a few more reads. (A second from the start kept a
+                # parent waiting a second for another process's pass.)
+                backoff = min(_BUSY_POLL * 2**polls, 1.0)
+                wait = max(wait, min(busy.expires_at - time.time(), backoff))
+                polls += 1
             await asyncio.sleep(min(wait, deadline - now))
 
 

@@ -313,7 +313,7 @@ async def test_S15_a_real_other_holder_of_the_child_is_still_waited_for(
         await crash_families(store, "confirm")
         other = await store.claim_saga("f1/Pay", owner="another worker", lease_seconds=60)
         report = await recover(store, [Order, Payment], older_than=0)
-        assert waits == [1.0]  # refused by the test: the parent stops, left for later
+        assert waits == [0.1]  # refused by the test: the parent stops, left for later
         assert [saga_id for saga_id, _ in report.interrupted] == ["f1"]
         assert (await store.load("f1/Pay")).status is SagaStatus.RUNNING
         assert sorted(report.resumed) == ["f2"]  # its family, claimed whole, as above
@@ -412,7 +412,7 @@ async def test_a_parent_polls_a_child_another_owner_holds(waits: list[float]) ->
         with pytest.raises(_Waited):
             await _when_free(call, "p/C", 30.0)
     # asked again at once once (a claim of ours let go meanwhile), then polled
-    assert (waits, call.asked) == ([1.0], ["asked", "asked"])
+    assert (waits, call.asked) == ([0.1], ["asked", "asked"])
 
 
 async def test_a_parent_polls_a_child_of_its_id_another_owner_holds_beside_a_claim_here(
@@ -430,5 +430,77 @@ async def test_a_parent_polls_a_child_of_its_id_another_owner_holds_beside_a_cla
     call = busy_until(asyncio.Event(), "another worker")
     with pytest.raises(_Waited):
         await _when_free(call, "p/C", 30.0)
-    assert (waits, call.asked) == ([1.0], ["asked"])
+    assert (waits, call.asked) == ([0.1], ["asked"])
     elsewhere.let_go()
+
+
+async def test_S10_a_parent_polls_another_holder_s_far_lease_at_growing_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lease that runs out far off (300 s) is another process's recovery
+    pass (it lets go within moments) or a crashed run's (it runs out): the
+    parent asks again after 0.1 s, then waits twice as long each time, up to
+    a second — not a second from the start, which kept every parent whose
+    child another process's pass held waiting a second."""
+    from fallback_saga.subsaga import _when_free
+
+    waited: list[float] = []
+
+    class Clockless:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        @staticmethod
+        async def sleep(delay: float, result: Any = None) -> Any:
+            waited.append(round(delay, 3))
+
+    monkeypatch.setattr(subsaga_module, "asyncio", Clockless())
+    asked: list[str] = []
+
+    async def call() -> str:
+        asked.append("asked")
+        if len(asked) <= 7:
+            raise SagaBusy("p/C", "another process's pass", time.time() + 300)
+        return "leased"
+
+    assert await _when_free(call, "p/C", 30.0) == "leased"
+    assert waited == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
+async def test_S10_a_parent_waits_no_longer_than_a_crashed_run_s_lease_has_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lease with 0.3 s left is waited for 0.1 s, then 0.2 s (the backoff),
+    never beyond its end: the run that held it crashed, and the child is the
+    parent's once it runs out."""
+    from fallback_saga.subsaga import _when_free
+
+    waited: list[float] = []
+    clock = [1_000.0]
+
+    class Clockless:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        @staticmethod
+        async def sleep(delay: float, result: Any = None) -> Any:
+            waited.append(round(delay, 3))
+            clock[0] += delay
+
+    monkeypatch.setattr(subsaga_module, "asyncio", Clockless())
+
+    class Timeless:
+        @staticmethod
+        def time() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(subsaga_module, "time", Timeless())
+    expires = clock[0] + 0.35
+
+    async def call() -> str:
+        if clock[0] < expires:
+            raise SagaBusy("p/C", "a crashed run", expires)
+        return "leased"
+
+    assert await _when_free(call, "p/C", 30.0) == "leased"
+    assert waited == [0.1, 0.2, 0.1]
