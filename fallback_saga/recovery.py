@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from .claimed_saga import _CANCELLED, ClaimedSaga, Outcome, children_first
-from .events import collect_hooks, listener_tuple
+from .events import collect_hooks, emit, listener_tuple
 from .lease_give_back import GIVEN_BACK_FOR_GOOD, named_sagas, refusal
 from .log_lines import library_logger
 from .resumption import (
@@ -33,6 +33,7 @@ from .saga import Saga
 from .shielding import cancellation_pending, cancelled_again, claimed, wait_ended
 from .status import SagaStatus
 from .stop_wait import STOP_WAIT
+from .store._skipped_rows import collecting as collecting_skipped
 from .store.base import (
     Lease,
     RecoverableStore,
@@ -284,10 +285,15 @@ async def recover(
     # An operator's pass takes the sagas workers keep out of their claims
     # too (skipped ones, until an operator acts: this is the operator acting).
     deferred = {"deferred": True} if _claims_deferred(store) else {}
-    leases = await claim_batch(
-        store, owner=owner or default_owner(), lease_seconds=lease, older_than=older_than,
-        limit=limit, **deferred,
-    )
+    # The rows the claim skipped as corrupt (a built-in store's: it cannot
+    # lease them, so nothing below meets them): reported here, not only in
+    # the store's log line — a caller checking report.skipped (a cron job)
+    # must see them (S12).
+    with collecting_skipped() as unreadable:
+        leases = await claim_batch(
+            store, owner=owner or default_owner(), lease_seconds=lease, older_than=older_than,
+            limit=limit, **deferred,
+        )
     gate = asyncio.Semaphore(concurrency)
     # Give-backs the store refused (ClaimedSaga.not_given_back), by saga:
     # tried once more at the pass's end, for a store down a moment — left to
@@ -345,6 +351,12 @@ async def recover(
             outcome = "skipped"
         note(saga_id, outcome)
 
+    told = collect_hooks(given, "recovery_outcome")
+    for saga_id, reason in unreadable:
+        report.skipped.append((saga_id, reason))
+        note(saga_id, "skipped")
+        # As a corrupt record met once claimed is told (no name: unread).
+        emit(told, saga_id, None, "skipped", reason)
     await _all_settled([resume_one(saga) for saga in children_first([
         ClaimedSaga(store, by_name, claimed, lease_seconds=lease, listeners=given,
                     allow_changed_definition=allow_changed_definition)

@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 
+from fallback_saga import Saga, SagaContext
 from fallback_saga.errors import CorruptSagaRecord, SagaStoreError
+from fallback_saga.recovery import recover
 from fallback_saga.status import SagaStatus
 from fallback_saga.store.sqlite import SQLiteSagaStore
 from fallback_saga.testing import entry
@@ -210,6 +212,57 @@ async def test_S12_claims_at_the_largest_integer_are_a_corrupt_row_not_a_parked_
         assert "unreleased_claims is too large" in warnings.text
         with pytest.raises(CorruptSagaRecord, match=r"s1.*unreleased_claims"):
             await store.claim_saga("s1", owner="w", lease_seconds=60)
+
+
+class _Ctx(SagaContext):
+    pass
+
+
+class _Step:
+    async def act(self, ctx: _Ctx) -> None:
+        pass
+
+    async def compensate(self, ctx: _Ctx) -> None:
+        pass
+
+
+class _RowSaga(Saga[_Ctx]):
+    steps = [_Step]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("fence", "9223372036854775807", "fence is too large"),
+        ("fence", "'x'", "fence is not an integer"),
+        ("lease_expires_at", "'soon'", "not a finite number"),
+    ],
+)
+async def test_S12_recover_reports_a_row_its_claim_cannot_lease_and_resumes_the_others(
+    path: str, column: str, value: str, reason: str
+) -> None:
+    """The store's claim skipped the row with a log line only: ``recover``'s
+    report — what a caller checking ``report.skipped`` sees — left it out.
+    Now listed there, once per pass, with why; the others are resumed."""
+    async with SQLiteSagaStore(path) as store:
+        for saga_id in ("s1", "s2", "s3"):
+            await store.create(saga_id, "_RowSaga", _RowSaga.definition.fingerprint,
+                               {}, [entry(0, "_Step")])
+    _damage(path, "UPDATE sagas SET updated_at = 0")  # long due, whatever the clock says
+    _damage(path, f"UPDATE sagas SET {column} = {value} WHERE saga_id = 's2'")
+    seen: list[tuple[str, str]] = []
+    async with SQLiteSagaStore(path) as store:
+        report = await recover(store, [_RowSaga], older_than=0, lease=60,
+                               progress=lambda saga_id, outcome: seen.append((saga_id, outcome)))
+        assert sorted(report.resumed) == ["s1", "s3"]
+        ((saga_id, why),) = report.skipped
+        assert saga_id == "s2"
+        assert why.startswith("its row is unreadable: ")
+        assert reason in why
+        assert ("s2", "skipped") in seen
+        # On every pass, though the store's log line is rate-limited.
+        again = await recover(store, [_RowSaga], older_than=0, lease=60)
+        assert again.skipped == report.skipped
 
 
 @pytest.mark.parametrize("fence", ["'x'", "9223372036854775807"])

@@ -310,9 +310,6 @@ def run_recover(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt from None
     finally:
         store_log.removeHandler(corrupt)
-    for saga_id, reason in corrupt.skipped:
-        progress(saga_id, "skipped")
-        report.skipped.append((saga_id, reason))
     print_lines([target.scrubbed(line) for line in report_lines(report) + left])
     # A saga left interrupted (the journal could not be written) needs another
     # pass; a FAILED or a parked one, an operator (a cron's `|| alert` fires).
@@ -325,8 +322,9 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 class _CorruptRows(logging.Handler):
-    """Collects the sagas the store could not even claim (a corrupt row: S12,
-    reported with its id and skipped), for the report: skipped, exit status 1.
+    """Keeps the store's line about a saga it could not even claim (a corrupt
+    row: S12) off stderr: ``recover``'s report lists it as skipped already
+    (exit status 1), and printed twice it reads as two sagas.
 
     Every other record goes where it would have gone without this handler:
     to stderr (``logging.lastResort``) unless the program configured logging.
@@ -334,12 +332,9 @@ class _CorruptRows(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.skipped: list[tuple[str, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        skipped = getattr(record, "skipped_saga", None)
-        if skipped is not None:
-            self.skipped.append(skipped)
+        if getattr(record, "skipped_saga", None) is not None:
             return
         last_resort = logging.lastResort
         if (

@@ -163,11 +163,11 @@ def _claim(
     deferred: bool,
     park_after: int,
     names: tuple[str, ...] | None = None,
-) -> list[Lease]:
+) -> Claimed:
     # The group's transaction is BEGIN IMMEDIATE: no other connection can
     # claim between this SELECT and the UPDATEs below.
     if names == ():
-        return []  # no saga has a name out of none
+        return Claimed()  # no saga has a name out of none
     now = txn.now
     wanted = limit
     bound = names or ()
@@ -208,29 +208,44 @@ def _claim(
     quiet = txn.quiet
     if len(quiet) > _MAX_QUIET:
         quiet.clear()
+    skipped: list[tuple[str, str]] = []
     for saga_id, problem in corrupt:
+        # ``skipped_saga``, and the claim's ``skipped``: for whoever reports
+        # the pass (``recover``'s report): the id as a str, and why. Every
+        # claim's, unlike the log line below.
+        shown = saga_id if isinstance(saga_id, str) else _shown_bytes(saga_id)
+        reason = f"its row is unreadable: {problem}"
+        skipped.append((shown, reason))
         # Once per lease's length per row, as a worker warns of a saga it
         # skips: a corrupt row is never leased, so it is met again by every
         # claim — every worker's poll — and one line per poll says nothing more.
         if quiet.get(saga_id, -math.inf) > now:
             continue
         quiet[saga_id] = now + lease_seconds
-        # ``skipped_saga``: for whoever reports the pass (``recover`` on the
-        # command line lists it as skipped): the id as a str, and why.
-        shown = saga_id if isinstance(saga_id, str) else _shown_bytes(saga_id)
         _log.warning(
             "skipping a saga in recovery: %s", _unreadable(saga_id, problem),
-            extra={"skipped_saga": (shown, f"its row is unreadable: {problem}")},
+            extra={"skipped_saga": (shown, reason)},
         )
     expires_at = now + lease_seconds
     taken = claimable[:limit]
-    leases = [Lease(saga_id, owner, fence + 1, expires_at, claims + 1)
-              for saga_id, fence, claims in taken]
+    leases = Claimed(Lease(saga_id, owner, fence + 1, expires_at, claims + 1)
+                     for saga_id, fence, claims in taken)
+    leases.skipped = tuple(skipped)
     cursor.executemany(
         _TAKE_COUNTED_LEASE,
         [(owner, expires_at, lease.token, now, lease.saga_id) for lease in leases],
     )
     return leases
+
+
+class Claimed(list[Lease]):
+    """A claim's leases, and the rows it skipped as corrupt (``skipped``:
+    saga id, reason), which the store's ``claim`` reports on the event
+    loop's side (``_skipped_rows``): this runs on the writer's thread, where
+    the caller's context is not. A list still, for whatever gives a claim's
+    leases back (``LeaseFuture.give_back``)."""
+
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 def _count_problem(column: str, value: object) -> str | None:

@@ -89,7 +89,8 @@ from ._common import (
     whole_int,
 )
 from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
-from ._sqlite_leases import _claim, _claim_saga, _defer, _lease_state, _release, _renew
+from ._skipped_rows import note as note_skipped
+from ._sqlite_leases import Claimed, _claim, _claim_saga, _defer, _lease_state, _release, _renew
 from ._sqlite_purge import _old_finished, _purge
 from ._sqlite_reads import (
     _count,
@@ -543,8 +544,10 @@ class SQLiteSagaStore:
             NEVER_PARKED if self.park_after is None else self.park_after,
             claim_names(names),
         )
-        leases: list[Lease] = await _taken(self._submit(_claim, args, write=True, leases=True))
-        return leases
+        claimed: Claimed = await _taken(self._submit(_claim, args, write=True, leases=True))
+        for saga_id, reason in claimed.skipped:
+            note_skipped(saga_id, reason)  # for recover's report (S12)
+        return list(claimed)
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
         """Lease one saga by id, whatever its age (``Saga.resume`` uses it);
