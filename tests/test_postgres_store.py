@@ -1877,6 +1877,41 @@ async def test_recover_claims_and_finishes_interrupted_sagas(store: PostgresSaga
         await store.append("saga-0", [entry(9, "late")], fence=Lease("saga-0", "", 0, 0.0))
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("fence", "9223372036854775807", "fence"),
+        ("unreleased_claims", "2147483647", "unreleased_claims"),
+    ],
+)
+async def test_S12_recover_reports_a_row_its_claim_cannot_lease_and_resumes_the_others(
+    store: PostgresSagaStore, raw: Any, column: str, value: str, reason: str
+) -> None:
+    """A row the claim leaves out (a fence or count it cannot add one to)
+    was never claimed and never reported anywhere: ``recover``'s report —
+    what a cron job checks — lists it as skipped, once, with why; the
+    others are resumed, and the row is not leased."""
+    for saga_id in ("bad", "good"):
+        await _crashed(store, saga_id)
+        await store.append(saga_id, [], context={
+            **(await store.load(saga_id)).context, "crash_at_ship": False,
+        })
+    raw.execute(f"UPDATE fallback_saga_sagas SET {column} = {value} WHERE saga_id = 'bad'")
+    seen: list[tuple[str, str]] = []
+    report = await recover(store, [OrderSaga(store=store)], older_than=0, lease=60,
+                           progress=lambda saga_id, outcome: seen.append((saga_id, outcome)))
+    assert report.resumed == ["good"]
+    ((saga_id, why),) = report.skipped
+    assert saga_id == "bad"
+    assert why.startswith("its row is unreadable: ")
+    assert reason in why
+    assert ("bad", "skipped") in seen
+    assert (await store.lease_state("bad")).owner is None  # not leased
+    # Reported on every pass (each pass's report is the caller's only view).
+    again = await recover(store, [OrderSaga(store=store)], older_than=0, lease=60)
+    assert [saga_id for saga_id, _ in again.skipped] == ["bad"]
+
+
 async def test_a_recovering_worker_whose_lease_was_taken_over_is_fenced_out(
     store: PostgresSagaStore,
 ) -> None:

@@ -451,17 +451,23 @@ def _sql(conninfo: str, schema: str, statement: str, params: tuple[Any, ...] = (
 
 
 async def _skipped_as_corrupt(conninfo: str, schema: str, saga_id: str,
-                              says: str = "CorruptSagaRecord") -> None:
+                              says: str = "CorruptSagaRecord",
+                              unclaimable: tuple[str, ...] = ()) -> None:
     """Two recovery passes each report ``saga_id`` skipped as a corrupt
     record (never interrupted, never acted on), the reason opening with
     ``says``, and the operator's surfaces neither crash nor print what is
-    not JSON."""
+    not JSON. ``unclaimable``: sagas whose rows the claim itself cannot
+    lease, each reported by it as unreadable too."""
     async with PostgresSagaStore(conninfo, schema=schema) as store:
         for _ in range(2):
             report = await recover(store, SAGAS, older_than=0)
-            assert [i for i, _ in report.skipped] == [saga_id], report
-            assert report.skipped[0][1].startswith(says), report
-            assert "CorruptSagaRecord" in report.skipped[0][1], report
+            skipped = dict(report.skipped)
+            assert sorted(skipped) == sorted([saga_id, *unclaimable]), report
+            assert len(report.skipped) == len(skipped), report  # each once
+            assert skipped[saga_id].startswith(says), report
+            assert "CorruptSagaRecord" in skipped[saga_id], report
+            for other in unclaimable:
+                assert skipped[other].startswith("its row is unreadable: "), report
             assert report.interrupted == [], report
             assert report.resumed == [], report
     assert LEDGER == []
@@ -558,8 +564,10 @@ async def test_S12_a_child_saga_whose_fence_is_the_largest_bigint_is_corrupt_not
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         with pytest.raises(CorruptSagaRecord, match="fence is too large"):
             await store.claim_saga(child, owner="me", lease_seconds=30)
+    # The child's own row is reported too, by the claim that cannot lease it.
     await _skipped_as_corrupt(pg_conninfo, pg_schema, "parent",
-                              says=f"its child saga {child!r} is unreadable")
+                              says=f"its child saga {child!r} is unreadable",
+                              unclaimable=(child,))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ statements through the store's connection layer (``_postgres_pool``).
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Collection
@@ -25,6 +26,7 @@ from ..errors import (
     StoreClosed,
 )
 from ..log_lines import library_logger
+from . import _skipped_rows as skipped_rows
 from ._common import (
     check_owner,
     check_saga_id,
@@ -79,7 +81,7 @@ def _finish(conn: AsyncConnection[Any]) -> None:
 class Leases:
     """A ``PostgresSagaStore``'s recovery leases (see the module docstring)."""
 
-    __slots__ = ("_forgetting", "_names", "_sql", "_store")
+    __slots__ = ("_forgetting", "_names", "_sql", "_store", "_unclaimable_next")
 
     def __init__(self, store: PooledStore) -> None:
         self._store = store
@@ -87,6 +89,9 @@ class Leases:
         self._names = store._names
         # Claims whose answer never came, being given back (_forget_claim).
         self._forgetting: set[asyncio.Task[None]] = set()
+        # When a worker's claim may next read the rows it leaves out as
+        # corrupt (_unclaimable_wanted), on the event loop's clock.
+        self._unclaimable_next = -math.inf
 
     async def settle(self) -> None:
         """At close: the give-backs under way (``_forget_claim``) get a
@@ -142,6 +147,10 @@ class Leases:
                     await conn.execute(_READ_COMMITTED)
                     due, taken = await self._claim_in(conn, owner, lease_seconds, older_than,
                                                       limit, deferred, named, marker, locked)
+                    unclaimable = (
+                        await self._unclaimable(conn, older_than, limit, deferred, named)
+                        if self._unclaimable_wanted() else []
+                    )
             finally:
                 await pool.putconn(conn)
         except BaseException as error:
@@ -160,6 +169,11 @@ class Leases:
             raise await store._explain(
                 error, "cannot claim sagas", write=True
             ) from store._shown_cause(error)
+        for saga_id, problem in unclaimable:
+            reason = f"its row is unreadable: {problem}"
+            _log.warning("skipping a saga in recovery: saga %s: %s", short_repr(saga_id),
+                         reason, extra={"skipped_saga": (saga_id, reason)})
+            skipped_rows.note(saga_id, reason)
         # Oldest first, as selected (RETURNING has no order).
         return [
             Lease(saga_id, owner, *taken[saga_id])
@@ -201,6 +215,43 @@ class Leases:
         for saga_id, fence, expires, claims in await cursor.fetchall():
             taken[saga_id] = (fence, expires, claims)
         return due, taken
+
+    def _unclaimable_wanted(self) -> bool:
+        """Whether this claim reads the rows it leaves out as corrupt: for a
+        ``recover`` pass, each claim; for a worker, at most once per its
+        lease's length (its polls' extra statement bounded, as SQLite's log
+        line about such a row is; see ``_skipped_rows``)."""
+        if not skipped_rows.wanted():
+            return False
+        every = skipped_rows.every()
+        if every is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        if now < self._unclaimable_next:
+            return False
+        self._unclaimable_next = now + every
+        return True
+
+    async def _unclaimable(
+        self, conn: AsyncConnection[Any], older_than: float, limit: int, deferred: bool,
+        names: tuple[str, ...] | None,
+    ) -> list[tuple[str, str]]:
+        """The due sagas the claim left out as corrupt (a fence or a count of
+        claims it cannot add one to), oldest first, with why: read only for
+        whoever reports them (``_skipped_rows``), in the claim's transaction."""
+        ahead = max(older_than, 0.0)
+        params: tuple[Any, ...] = (older_than, ahead, ahead, deferred)
+        if names is None:
+            cursor = await _query(conn, self._sql.unclaimable, (*params, limit),
+                                  self._store._prepare)
+        else:
+            cursor = await _query(conn, self._sql.unclaimable_named,
+                                  (*params, list(names), limit), self._store._prepare)
+        return [
+            (saga_id, "its fence is too large to be counted on" if at_fence
+             else "its unreleased_claims is too large to be counted on")
+            for saga_id, at_fence in await cursor.fetchall()
+        ]
 
     def _forget_soon(
         self, saga_ids: list[str], marker: str, owner: str, lease_seconds: float, *,

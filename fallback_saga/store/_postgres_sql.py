@@ -298,6 +298,16 @@ class _Statements:
         )
         # A text[] parameter: one statement however many ids are asked about.
         self.existing_ids = f"SELECT saga_id FROM {sagas} WHERE saga_id = ANY(%s::text[])"
+        # Never leased: due once not updated for older_than. Leased before:
+        # due as soon as that lease expired or was released.
+        due = (
+            f" AND ((lease_expires_at IS NULL"
+            f" AND (updated_at < now() - make_interval(secs => %s::float8)"
+            f" OR {_AHEAD.format('updated_at')}))"
+            f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')}"
+            # Deferred (given back with a later expiry), if the claim asks for them too.
+            f" OR (%s::boolean AND lease_owner IS NULL AND lease_expires_at IS NOT NULL))"
+        )
         # One table, no join, no subquery in the locking SELECT (see the module doc).
         claimable = (
             f"SELECT saga_id FROM {sagas}"
@@ -316,14 +326,23 @@ class _Statements:
             # park_after is beyond it (None: never parked) — no store counts
             # that far.
             f" AND unreleased_claims < 2147483647"
-            # Never leased: due once not updated for older_than. Leased before:
-            # due as soon as that lease expired or was released.
-            f" AND ((lease_expires_at IS NULL"
-            f" AND (updated_at < now() - make_interval(secs => %s::float8)"
-            f" OR {_AHEAD.format('updated_at')}))"
-            f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')}"
-            # Deferred (given back with a later expiry), if the claim asks for them too.
-            f" OR (%s::boolean AND lease_owner IS NULL AND lease_expires_at IS NOT NULL))"
+            + due
+        )
+        # The rows left out above as ones the claim cannot count on, due as
+        # the others are: not leased, but reported (S12) — to a ``recover``
+        # pass only (``_skipped_rows``), in a query of its own, so that a
+        # worker's poll stays the one statement it was. The same walk of the
+        # partial index on touched_at (the sagas in flight), oldest first.
+        unclaimable = (
+            f"SELECT saga_id, fence >= 9223372036854775807 FROM {sagas}"
+            f" WHERE status IN {_INTERRUPTED_SQL}"
+            f" AND (fence >= 9223372036854775807 OR unreleased_claims >= 2147483647)"
+            + due
+        )
+        uncounted_first = " ORDER BY touched_at LIMIT %s::bigint"
+        self.unclaimable = unclaimable + uncounted_first
+        self.unclaimable_named = (
+            unclaimable + " AND (saga_name || '') = ANY(%s::text[])" + uncounted_first
         )
         # Oldest update first, to within a second: the order of the
         # partial index on touched_at (updated_at is not indexed).
