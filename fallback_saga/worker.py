@@ -69,13 +69,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from .claimed_saga import ClaimedSaga, children_first
 from .claims_here import claiming
-from .events import collect_hooks, listener_tuple
+from .events import collect_hooks, emit, listener_tuple
 from .log_lines import library_logger
 from .recovery import (
     SagasGiven,
@@ -98,6 +99,10 @@ from .worker_give_backs import KeptLeases
 from .worker_listen import listen_for_work
 from .worker_resumes import Resumes
 from .worker_stats import WorkerStats
+
+# Rows remembered as told (_tell_unreadable) past which the memory is
+# dropped (each then told once more): bounded, whatever a store holds.
+_MAX_QUIET_ROWS = 10_000
 
 __all__ = ["RESUME_WARNING", "STOP_WAIT", "RecoveryWorker", "WorkerStats"]
 
@@ -230,6 +235,9 @@ class RecoveryWorker:
         # Claims ask only for the sagas this worker can resume (see Claims); a
         # store whose claim cannot filter by name gets no ``names``: every
         # saga is claimed and the unknown ones skipped (see the class doc).
+        # The rows its claims skipped as corrupt, each told again after this
+        # time (_tell_unreadable).
+        self._quiet_rows: dict[str, float] = {}
         self._claims = Claims(
             store, owner=self.owner, lease=self.lease, older_than=self.older_than,
             poll=self.poll,
@@ -406,6 +414,7 @@ class RecoveryWorker:
                 return  # failed (said), or stopped and let go
             self._backlog = len(leases) == free
             self.stats.claimed += len(leases)
+            self._tell_unreadable(self._claims.unreadable)
             # A parent claimed with its child runs once the child is deferred
             # (children_first), not into the lease this claim holds on it.
             self._resumes.start(children_first([
@@ -415,6 +424,26 @@ class RecoveryWorker:
                             hand_off_when_cancelled=True)
                 for lease in leases
             ]))
+
+    def _tell_unreadable(self, rows: list[tuple[str, str]]) -> None:
+        """The rows a claim skipped as corrupt (S12): counted as skipped and
+        told to the listeners (``recovery_outcome``, no saga name: unread),
+        each once per lease's length — as the store's log line about it, and
+        as a claimed saga the worker skips (out of claims that long): every
+        poll meets such a row again, and one report per poll says nothing more."""
+        if not rows:
+            return
+        now = self._clock()
+        quiet = self._quiet_rows
+        if len(quiet) > _MAX_QUIET_ROWS:
+            quiet.clear()
+        hooks = collect_hooks(self._listeners, "recovery_outcome")
+        for saga_id, reason in rows:
+            if quiet.get(saga_id, -math.inf) > now:
+                continue
+            quiet[saga_id] = now + self.lease
+            self.stats.skipped += 1
+            emit(hooks, saga_id, None, "skipped", reason)
 
     def _slot_freed(self) -> None:
         """A resume's slot is free again: claim at once if there may be more

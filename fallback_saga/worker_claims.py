@@ -12,6 +12,7 @@ from .log_lines import library_logger
 from .recovery import claim_batch
 from .shielding import CLAIM_GRACE, cancellation_pending
 from .stop_wait import STOP_WAIT
+from .store._skipped_rows import collecting as collecting_skipped
 from .store.base import Lease, RecoverableStore
 
 __all__ = ["Claims"]
@@ -55,15 +56,21 @@ class Claims:
         # Claims the worker stopped waiting for (see _answer_of), kept
         # referenced until they end: what they take is given back.
         self.abandoned: set[asyncio.Task[list[Lease]]] = set()
+        # The rows the last claim skipped as corrupt: (saga id, reason).
+        self.unreadable: list[tuple[str, str]] = []
 
     async def take(self, free: int) -> list[Lease] | None:
         """The leases of a claim of at most ``free`` sagas; None if it failed
         (the store is down: tried again at the next poll) or was let go."""
-        claiming = asyncio.get_running_loop().create_task(claim_batch(
-            # given back if we are cancelled meanwhile, or stop waiting for it
-            self.store, owner=self.owner, lease_seconds=self.lease,
-            older_than=self.older_than, limit=free, **self.names,
-        ))
+        # The rows the claim skips as corrupt (never leased: no resume meets
+        # them), for the worker to tell (``unreadable``); the task's context
+        # is a copy of this one, holding the same list.
+        with collecting_skipped(every=self.lease) as self.unreadable:
+            claiming = asyncio.get_running_loop().create_task(claim_batch(
+                # given back if we are cancelled meanwhile, or stop waiting for it
+                self.store, owner=self.owner, lease_seconds=self.lease,
+                older_than=self.older_than, limit=free, **self.names,
+            ))
         try:
             answer = await self._answer_of(claiming)
             if answer is None:

@@ -20,6 +20,7 @@ the child process of the two-process test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -1042,6 +1043,49 @@ async def test_S12_skipped_sagas_starve_no_due_saga_and_are_not_reclaimed_every_
             assert started < state.expires_at <= time.time() + 30 + 1
         lease = await store.claim_saga("x-changed", owner="an operator", lease_seconds=30)
         assert lease.owner == "an operator"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_S12_a_row_the_workers_claim_cannot_lease_is_told_once_per_lease(
+    kind: str, db: Path, request: pytest.FixtureRequest
+) -> None:
+    """A row the claim cannot lease (a fence at the largest integer) never
+    reaches a resume, so the worker's listeners were never told of it (only
+    SQLite's log line named it; PostgreSQL's claim left it out without a
+    word). Told as skipped, with why — once per the worker's lease, though
+    every claim meets it again (here one claim per saga: concurrency 1)."""
+    told = OutcomeSignal()
+    async with _a_store(kind, db, request) as store:
+        await store.create("a-bad", "OrderSaga", OrderSaga.definition.fingerprint,
+                           {"order_id": "a-bad"}, [_act(0, "A", StepStatus.STARTED)])
+        if kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(request.getfixturevalue("pg_conninfo"),
+                                 autocommit=True) as conn:
+                conn.execute("SELECT set_config('search_path', %s, false)",
+                             (request.getfixturevalue("pg_schema"),))
+                conn.execute("UPDATE fallback_saga_sagas SET fence = 9223372036854775807"
+                             " WHERE saga_id = 'a-bad'")
+        else:
+            with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+                conn.execute("UPDATE sagas SET fence = 9223372036854775807, updated_at = 0"
+                             " WHERE saga_id = 'a-bad'")
+        await seed(store, 3)
+        worker = RecoveryWorker(store, [order_saga(store, Ledger())], concurrency=1,
+                                lease=30, poll=3600, older_than=0, listeners=[told])
+        running = asyncio.create_task(worker.run())
+        try:
+            await _outcomes_until(told, "completed", 3, at_most=10)
+        finally:
+            await worker.stop()
+            await running
+    skipped = [(saga_id, name, reason) for saga_id, name, outcome, reason in told.outcomes
+               if outcome == "skipped"]
+    assert skipped == [("a-bad", None, "its row is unreadable: its fence is too large to be "
+                                       "counted on")]
+    assert worker.stats.skipped == 1
+    assert worker.stats.completed == 3
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
