@@ -279,6 +279,31 @@ def test_recover_resumes_the_interrupted_sagas_of_a_postgresql_store(
     assert all(row["lease_expires_at"] is None for row in rows)
 
 
+def test_S12_recover_lists_once_a_postgresql_row_its_claim_cannot_lease(
+    app: ModuleType,
+    pg: list[str],
+    pg_conninfo: str,
+    pg_schema: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """o-3 (left running) with a fence the claim cannot add one to: the
+    claim left it out without a word, and ``recover`` said it recovered
+    nothing, exit 0. Listed as skipped, once, exit 1 (an operator is needed)."""
+    fill_postgres(pg_conninfo, pg_schema, app)
+    with psycopg.connect(pg_conninfo, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (pg_schema,))
+        conn.execute("UPDATE fallback_saga_sagas SET fence = 9223372036854775807"
+                     " WHERE saga_id = 'o-3'")
+    argv = ["recover", *pg, "--app", f"{app.__name__}:sagas", "--older-than", "0"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "0 interrupted, 1 skipped" in captured.out
+    skipped = [line for line in captured.out.splitlines() if line.startswith("  skipped ")]
+    assert skipped == ["  skipped o-3: its row is unreadable: its fence is too large to be "
+                       "counted on"]
+    assert "o-3" not in captured.err  # the store's log line is not printed on top
+
+
 def test_S10_resume_resumes_a_parked_saga_of_a_postgresql_store_and_clears_its_count(
     app: ModuleType,
     pg: list[str],
