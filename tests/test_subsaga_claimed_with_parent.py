@@ -280,7 +280,7 @@ async def test_S15_a_workers_later_claim_of_a_child_whose_parent_it_drives_is_wa
     assert (await store.load("f1/Pay")).status is SagaStatus.COMPLETED
 
 
-async def test_a_batch_links_each_saga_to_the_descendants_claimed_with_it(
+async def test_S10_a_batch_links_each_saga_to_the_descendants_claimed_with_it(
     tmp_path: Path,
 ) -> None:
     """``children_first``: a parent waits for its children and grandchildren
@@ -343,7 +343,7 @@ def busy_until(free: asyncio.Event, owner: str, before: Any = None) -> Any:
     return call
 
 
-async def test_a_parent_waits_for_its_process_s_claim_on_the_child_to_let_go(
+async def test_S10_a_parent_waits_for_its_process_s_claim_on_the_child_to_let_go(
     waits: list[float],
 ) -> None:
     from fallback_saga.claims_here import HeldClaim
@@ -356,7 +356,7 @@ async def test_a_parent_waits_for_its_process_s_claim_on_the_child_to_let_go(
     assert (waits, call.asked) == ([], ["asked", "asked"])
 
 
-async def test_a_parent_asks_again_at_once_for_a_child_let_go_while_it_asked(
+async def test_S10_a_parent_asks_again_at_once_for_a_child_let_go_while_it_asked(
     waits: list[float],
 ) -> None:
     """The store answered the parent's request (SagaBusy), then the claim's
@@ -378,7 +378,7 @@ async def test_a_parent_asks_again_at_once_for_a_child_let_go_while_it_asked(
     assert (waits, asked) == ([], ["asked", "asked"])
 
 
-async def test_a_parent_waits_for_its_worker_s_claim_on_its_way(waits: list[float]) -> None:
+async def test_S10_a_parent_waits_for_its_worker_s_claim_on_its_way(waits: list[float]) -> None:
     """The worker's claim leased the child, and has not registered it yet."""
     from fallback_saga.claims_here import HeldClaim, claiming
     from fallback_saga.subsaga import _when_free
@@ -400,7 +400,7 @@ async def test_a_parent_waits_for_its_worker_s_claim_on_its_way(waits: list[floa
     assert waits == []
 
 
-async def test_a_parent_polls_a_child_another_owner_holds(waits: list[float]) -> None:
+async def test_S15_a_parent_polls_a_child_another_owner_holds(waits: list[float]) -> None:
     """Neither a claim of this process nor one on its way: polled (a wait,
     refused here), whatever this process's recovery lets go meanwhile."""
     from fallback_saga.claims_here import HeldClaim, claiming
@@ -415,7 +415,7 @@ async def test_a_parent_polls_a_child_another_owner_holds(waits: list[float]) ->
     assert (waits, call.asked) == ([0.1], ["asked", "asked"])
 
 
-async def test_a_parent_polls_a_child_of_its_id_another_owner_holds_beside_a_claim_here(
+async def test_S15_a_parent_polls_a_child_of_its_id_another_owner_holds_beside_a_claim_here(
     waits: list[float],
 ) -> None:
     """This process's recovery holds a claim on a saga of the child's id — in
