@@ -263,12 +263,17 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
         Every permit must be handed back exactly once, through
         ``record_success``, ``record_failure`` or ``release``.
         """
-        if self._shared is not None:
-            return self._acquire_shared()
         generation = self._generation
         state = self._state
         if state is CircuitState.CLOSED:
-            return generation
+            # A shared breaker's closed path too (``_acquire_shared`` inlined:
+            # a method call is most of what that path costs): closed, and
+            # no pull of the shared row due.
+            if self._shared is None or self._clock() < self._next_sync:
+                return generation
+            return self._acquire_shared()
+        if self._shared is not None:
+            return self._acquire_shared()
         if state is CircuitState.OPEN:
             now = self._clock()
             remaining = self._open_until - now

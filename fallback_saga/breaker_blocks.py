@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,6 +33,7 @@ from .permit_stack import (
     thrown_in_at_yield,
     unstack,
 )
+from .shielding import NO_TASK, running_task
 from .status import CircuitState
 
 __all__ = ["GuardedBlocks"]
@@ -40,7 +42,13 @@ _CLOSED = CircuitState.CLOSED
 
 _getframe = sys._getframe
 
-_asyncio_current_task = asyncio.current_task
+# The running task. On 3.11 ``asyncio.current_task()`` is pure Python and
+# looks the running loop up, a ``getpid`` system call: about a quarter of
+# this path; shielding's lookup (``NO_TASK`` outside a task) is half the
+# price there. 3.12 made ``current_task()`` C: cheaper than any lookup of ours.
+_task_now: Callable[[], Any] = (
+    running_task if sys.version_info < (3, 12) else asyncio.current_task
+)
 _weakref = weakref.ref
 
 
@@ -51,30 +59,34 @@ class GuardedBlocks(GuardedCalls):
     __slots__ = ()
 
     async def __aenter__(self) -> Self:
-        permit: int | None
+        permits = self._permits
+        # As in call(): on the closed path there is nothing to decide yet, the
+        # permit is the generation, read before the state is: if a transition
+        # slips in between, the permit is already stale and its outcome is
+        # ignored (read after, it would be the new state's, e.g. a half-open
+        # round's that this block never took a trial of).
+        permit: int | None = self._generation
         # The same test as call()'s, for the same closed path.
         closed_path = self._gate is _CLOSED or (
             self._state is _CLOSED and self._clock() < self._next_sync
         )
-        if closed_path:
-            # As in call(): nothing to decide yet, the permit is the generation.
-            permit = self._generation
-        elif self._inside(_getframe(), self._permits.get(), _getframe(1)):
-            permit = None  # nested: the outer call's permit covers this block
-        else:
-            permit = self.acquire()
+        if not closed_path:
+            if self._inside(_getframe(), permits.get(), _getframe(1)):
+                permit = None  # nested: the outer call's permit covers this block
+            else:
+                permit = self.acquire()
         owner: weakref.ref[asyncio.Task[Any]] | None
-        try:  # (_current_task inlined: this is the closed path)
-            task = _asyncio_current_task()
+        try:
+            task = _task_now()
         except RuntimeError:  # no running event loop: a coroutine driven by hand
             task = None
-        if task is None:  # (a loop callback, or no loop)
+        if task is None or task is NO_TASK:  # (a loop callback, or no loop)
             owner = None
         else:
             owner = LAST_OWNER.ref
             if owner() is not task:
                 owner = LAST_OWNER.ref = _weakref(task)
-        outer = self._permits.get()
+        outer = permits.get()
         if outer is not None:
             # An async generator dropped inside its block (its exit ran
             # elsewhere) leaves its entry here: it goes, so that a task
@@ -89,7 +101,7 @@ class GuardedBlocks(GuardedCalls):
         # costs this path a twentieth. An exit stack's and an
         # asynccontextmanager's blocks are told apart when it matters: see
         # permit_stack.)
-        self._permits.set((permit, closed_path, owner, outer, _getframe(1)))
+        permits.set((permit, closed_path, owner, outer, _getframe(1)))
         return self
 
     async def __aexit__(
@@ -98,7 +110,8 @@ class GuardedBlocks(GuardedCalls):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        top = self._permits.get()
+        permits = self._permits
+        top = permits.get()
         if (
             exc is None
             and top is not None
@@ -112,7 +125,7 @@ class GuardedBlocks(GuardedCalls):
             # inside a garbage collection (see _leave), where an entry named
             # by this block's own frame is its own: on its dead task's stack,
             # or a copy of it in a task or callback started in the block.
-            self._permits.set(top[3])  # type: ignore[arg-type]
+            permits.set(top[3])  # type: ignore[arg-type]
             return
         self._leave(top, exc_type, exc)
 

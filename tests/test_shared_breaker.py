@@ -882,3 +882,79 @@ def test_postgres_store_dropped_without_close_ends_its_connections(
                 break
             admin.execute("SELECT pg_sleep(0.05)")
         assert _store_backends(admin, pg_schema) == []
+
+
+class _TransitionOnRead(FakeClock):
+    """A clock whose next read runs ``then`` first: a transition made by
+    another thread between a closed path's look at the state and its clock
+    read (the shared closed path's one clock read), made deterministic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.then: Any = None
+
+    def __call__(self) -> float:
+        then, self.then = self.then, None
+        if then is not None:
+            then()
+        return super().__call__()
+
+
+@pytest.mark.parametrize("way", ["call", "async with"])
+async def test_s9_a_block_let_in_before_a_transition_is_stale(
+    circuit_file_store: SQLiteCircuitStateStore, way: str
+) -> None:
+    # An operator's close() starts a new generation while a call is being
+    # let in on the closed path: that call's permit is the generation before
+    # it, and its failure is stale — it must not count against the new one
+    # (here: open the circuit, fail_max=1).
+    clock = _TransitionOnRead()
+    breaker = make(circuit_file_store, clock, fail_max=1)
+    await breaker.call(succeed)  # the first pull
+    clock.then = breaker.close
+    with pytest.raises(Boom):
+        if way == "call":
+            await breaker.call(fail_with, Boom("down"))
+        else:
+            async with breaker:
+                raise Boom("down")
+    assert clock.then is None, "the transition did not happen during the call"
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.failure_count == 0
+
+
+async def _through(breaker: CircuitBreaker, way: str) -> None:
+    """One successful guarded call through ``breaker``, the ``way`` given."""
+    if way == "call":
+        await breaker.call(succeed)
+    elif way == "async with":
+        async with breaker:
+            await succeed()
+    else:
+        breaker.record_success(breaker.acquire())
+
+
+@pytest.mark.parametrize("way", ["call", "async with", "acquire"])
+async def test_s9_shared_closed_path_reads_the_clock_once_and_pulls_when_due(
+    circuit_file_store: SQLiteCircuitStateStore, way: str
+) -> None:
+    # Every way in has the same closed path with a state store: one clock
+    # read, no store call, until a pull is due; the pull then adopts the
+    # circuit another instance opened.
+    clock = FakeClock()
+    a = make(circuit_file_store, clock)
+    counted = CountingStore(circuit_file_store)
+    b = make(counted, clock)
+    await _through(b, way)  # the first pull
+    assert counted.calls == 1
+    await trip(a)
+    reads = clock.reads
+    for _ in range(50):
+        await _through(b, way)
+    assert clock.reads - reads == 50
+    assert counted.calls == 1
+    clock.advance(SYNC)
+    with pytest.raises(CircuitOpenError):
+        await _through(b, way)
+    assert counted.calls == 2
+    assert b.state is CircuitState.OPEN
