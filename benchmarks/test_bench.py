@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 import workloads
 
-from fallback_saga import CircuitBreaker, CircuitOpenError, CircuitState
+from fallback_saga import CircuitBreaker, CircuitOpenError, CircuitState, SQLiteCircuitStateStore
 
 SAGAS_PER_ROUND = 100
 CALLS_PER_ROUND = 1_000
@@ -164,6 +164,80 @@ def test_breaker_closed_path(benchmark: Any, loop: asyncio.AbstractEventLoop) ->
 
     benchmark.extra_info["calls_per_round"] = CALLS_PER_ROUND
     total = benchmark(lambda: loop.run_until_complete(calls()))
+    assert total == 42 * CALLS_PER_ROUND
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.failure_count == 0
+
+
+def guarded_calls(breaker: CircuitBreaker, way: str) -> Callable[[int], Awaitable[int]]:
+    """``n`` calls of ``trivial`` made ``way`` through ``breaker`` (``bare
+    await``: without it, for reference), in one coroutine: one loop per way,
+    so that no choice among them is timed."""
+    call, decorated = breaker.call, breaker(trivial)
+    acquire, record_success = breaker.acquire, breaker.record_success
+
+    async def bare(n: int) -> int:
+        total = 0
+        for _ in range(n):
+            total += await trivial()
+        return total
+
+    async def through_call(n: int) -> int:
+        total = 0
+        for _ in range(n):
+            total += await call(trivial)
+        return total
+
+    async def through_decorator(n: int) -> int:
+        total = 0
+        for _ in range(n):
+            total += await decorated()
+        return total
+
+    async def through_block(n: int) -> int:
+        total = 0
+        for _ in range(n):
+            async with breaker:
+                total += await trivial()
+        return total
+
+    async def by_hand(n: int) -> int:
+        total = 0
+        for _ in range(n):
+            permit = acquire()
+            total += await trivial()
+            record_success(permit)
+        return total
+
+    ways = {
+        "bare await": bare, "call": through_call, "decorator": through_decorator,
+        "async with": through_block, "acquire/record": by_hand,
+    }
+    return ways[way]
+
+
+WAYS_IN = ["bare await", "call", "decorator", "async with", "acquire/record"]
+
+
+@pytest.mark.benchmark(group="breaker, each way in, closed path (time per 1,000 calls)")
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+@pytest.mark.parametrize("way", WAYS_IN)
+def test_breaker_ways_in_closed_path(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, tmp_path: Path, way: str, shared: bool
+) -> None:
+    # Shared: through an SQLite state store, pulled once a second (the
+    # default sync_interval): the closed path adds a clock read.
+    store = SQLiteCircuitStateStore(tmp_path / "breakers.db") if shared else None
+    breaker = CircuitBreaker(
+        fail_max=5, reset_timeout=60.0, name="bench", state_store=store
+    )
+    calls = guarded_calls(breaker, way)
+    benchmark.extra_info["calls_per_round"] = CALLS_PER_ROUND
+    try:
+        total = benchmark(lambda: loop.run_until_complete(calls(CALLS_PER_ROUND)))
+    finally:
+        if store is not None:
+            store.close()
     assert total == 42 * CALLS_PER_ROUND
     assert breaker.state is CircuitState.CLOSED
     assert breaker.failure_count == 0

@@ -900,6 +900,15 @@ class _TransitionOnRead(FakeClock):
         return super().__call__()
 
 
+async def _fail_through(breaker: CircuitBreaker, way: str) -> None:
+    """One guarded call through ``breaker``, the ``way`` given, that fails (``Boom``)."""
+    if way == "call":
+        await breaker.call(fail_with, Boom("down"))
+    else:
+        async with breaker:
+            raise Boom("down")
+
+
 @pytest.mark.parametrize("way", ["call", "async with"])
 async def test_s9_a_block_let_in_before_a_transition_is_stale(
     circuit_file_store: SQLiteCircuitStateStore, way: str
@@ -913,11 +922,7 @@ async def test_s9_a_block_let_in_before_a_transition_is_stale(
     await breaker.call(succeed)  # the first pull
     clock.then = breaker.close
     with pytest.raises(Boom):
-        if way == "call":
-            await breaker.call(fail_with, Boom("down"))
-        else:
-            async with breaker:
-                raise Boom("down")
+        await _fail_through(breaker, way)
     assert clock.then is None, "the transition did not happen during the call"
     assert breaker.state is CircuitState.CLOSED
     assert breaker.failure_count == 0
