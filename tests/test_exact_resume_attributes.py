@@ -854,3 +854,187 @@ def test_S14_a_derived_tuple_set_to_an_equal_list_inside_is_refused() -> None:
     with pytest.raises(ContextSerializationError) as refused:
         context_to_dict(context)
     assert refused.value.path == "pairs"
+
+
+# ----------------------------- derived: a dict's key order, dataclasses inside, NaN inside
+
+
+@dataclasses.dataclass
+class Point:
+    x: Any = 0
+
+
+@dataclasses.dataclass
+class Memo:
+    """Its ``cache`` is declared out of its value (``compare=False``)."""
+
+    x: Any = 0
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+
+@dataclasses.dataclass(eq=False)
+class Box:
+    """Compared by identity, like a client: no two are equal."""
+
+    x: Any = 0
+
+
+@dataclasses.dataclass
+class Shaped(SagaContext):
+    """Derives a dict in key order, and dataclasses, from ``a``."""
+
+    a: int = 1
+
+    def __post_init__(self) -> None:
+        self.table = {"a": self.a, "b": self.a + 1}
+        self.nested_table = [{"a": self.a, "b": self.a + 1}]
+        self.point = Point(float(self.a))
+        self.points = [Point([self.a])]
+        self.deep_point = Point(Point({"v": float(self.a)}))
+        self.memo = Memo(float(self.a))
+        self.box = [Box(self.a)]
+
+
+SHAPED_HAND_SET = {
+    "dict-keys-in-another-order": ("table", lambda ctx: {"b": 2, "a": 1}),
+    "nested-dict-keys-in-another-order": ("nested_table", lambda ctx: [{"b": 2, "a": 1}]),
+    "dataclass-field-int-for-float": ("point", lambda ctx: Point(1)),
+    "dataclass-in-a-list-true-for-1": ("points", lambda ctx: [Point([True])]),
+    "dataclass-in-a-dataclass-int-for-float": ("deep_point", lambda ctx: Point(Point({"v": 1}))),
+}
+
+
+@pytest.mark.parametrize(("name", "hand_set"), SHAPED_HAND_SET.values(), ids=SHAPED_HAND_SET)
+def test_S14_a_derived_value_equal_but_reordered_or_unlike_in_a_dataclass_is_refused(
+    name: str, hand_set: Any
+) -> None:
+    """``==`` says equal — a dict ignores its key order, a dataclass compares
+    its fields with ``==`` — yet the resumed run would hold what
+    ``__post_init__`` derives: the keys in the derived order (``list(d)``,
+    iteration, JSON output differ), an int where the first run had a
+    float inside a dataclass."""
+    context_to_dict(Shaped())  # what it derives is known
+    context = Shaped()
+    setattr(context, name, hand_set(context))
+    assert getattr(context, name) == getattr(Shaped(), name)  # (what == alone lets through)
+
+    with pytest.raises(ContextSerializationError) as refused:
+        context_to_dict(context)
+
+    assert refused.value.path == name
+    assert "a resumed run would not have that value" in str(refused.value)
+
+
+def test_S14_a_derived_dict_reordered_by_hand_is_refused_telling_the_order() -> None:
+    context_to_dict(Shaped())
+    context = Shaped()
+    context.table = {"b": 2, "a": 1}
+
+    with pytest.raises(ContextSerializationError) as refused:
+        context_to_dict(context)
+
+    assert "keys in another order" in str(refused.value)
+
+
+def test_S14_a_derived_dataclass_equal_field_by_field_or_not_compared_is_not_refused() -> None:
+    """Dataclasses inside are looked into by their compared fields: one set
+    again with the same values and types is not refused; nor a field declared
+    ``compare=False`` (a cache: not part of its value), nor a dataclass
+    compared by identity (``eq=False``: derived anew, never the same)."""
+    context_to_dict(Shaped())
+    context = Shaped()
+    context.table = {"a": 1, "b": 2}
+    context.nested_table = [{"a": 1, "b": 2}]
+    context.point = Point(1.0)
+    context.points = [Point([1])]
+    context.deep_point = Point(Point({"v": 1.0}))
+    context.memo.cache["seen"] = True
+    context.box = [Box(2)]
+
+    context_to_dict(context)
+    check_serializable(context)
+
+
+SHAPED_CHANGE = ["dict-keys-in-another-order"]
+
+
+class Reorder(SagaStepHandler[Shaped, None]):
+    async def act(self, context: Shaped, /) -> None:
+        CALLS.append("reorder")
+        name, hand_set = SHAPED_HAND_SET[SHAPED_CHANGE[0]]
+        setattr(context, name, hand_set(context))
+
+
+class LookShaped(SagaStepHandler[Shaped, None]):
+    async def act(self, context: Shaped, /) -> None:
+        SEEN.append({"keys": list(context.table), "point": repr(context.point)})
+        if CRASH[0]:
+            raise Crash
+
+
+class ShapedSaga(Saga[Shaped]):
+    steps: ClassVar[list[Any]] = [Reorder, LookShaped]
+
+
+@pytest.mark.parametrize(
+    "change", ["dict-keys-in-another-order", "dataclass-field-int-for-float"]
+)
+async def test_S14_a_step_that_reorders_or_retypes_a_derived_value_fails_at_its_write(
+    durable_store: Any, change: str
+) -> None:
+    """Not a crash and a resume that shows the next step ``["a", "b"]`` where
+    the first run showed it ``["b", "a"]`` (``Point(x=1.0)`` where it showed
+    ``Point(x=1)``): the write of the step that made the change is refused,
+    naming the attribute, and the next step never runs."""
+    SHAPED_CHANGE[0] = change
+    with pytest.raises(SagaFailed) as info:
+        await ShapedSaga(store=durable_store).run(Shaped(), saga_id="r-1")
+
+    error: BaseException | None = info.value
+    while error is not None and not isinstance(error, ContextSerializationError):
+        error = error.__cause__
+    assert isinstance(error, ContextSerializationError), info.value
+    assert error.path == SHAPED_HAND_SET[change][0]
+    assert CALLS == ["reorder"]
+    assert SEEN == []
+
+
+@dataclasses.dataclass
+class Ratios(SagaContext):
+    """Derives NaNs inside containers: new NaN objects at each read back,
+    or the one ``math.nan`` object."""
+
+    a: int = 1
+
+    def __post_init__(self) -> None:
+        self.fresh = [float("nan"), float(self.a)]
+        self.by_name = {"r": float("nan")}
+        self.point = Point(float("nan"))
+        self.members = frozenset({float("nan"), float(self.a)})
+        self.shared = [math.nan]
+
+
+def test_S14_a_nan_in_a_derived_container_is_the_same_nan_and_is_compared() -> None:
+    """A NaN derived again is another NaN object, so ``[nan] == [nan]`` is
+    false (``==`` on a list only short-cuts on identity): a NaN where a NaN
+    is derived is the same value — not refused, and the attribute is still
+    compared, so another value set by hand there is refused rather than
+    silently replaced by the derived one on resume."""
+    context_to_dict(Ratios())  # what it derives is known
+    context = Ratios()
+    context.shared = [float("nan")]  # another NaN object than the math.nan derived
+    context.fresh = [float("nan"), 1.0]
+    context_to_dict(context)
+
+    for name, other in [
+        ("fresh", [0.5, 1.0]),
+        ("by_name", {"r": 0.5}),
+        ("point", Point(0.5)),
+        ("members", frozenset({0.5, 1.0})),
+        ("shared", [-math.nan]),  # a NaN of the other sign: math.copysign tells them apart
+    ]:
+        context = Ratios()
+        setattr(context, name, other)
+        with pytest.raises(ContextSerializationError) as refused:
+            context_to_dict(context)
+        assert refused.value.path == name
