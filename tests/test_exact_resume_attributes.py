@@ -833,7 +833,7 @@ def test_S14_a_derived_value_equal_with_the_same_types_inside_and_zone_is_not_re
     context.flags = {"on": True}
     context.pairs = {"p": (1, 1.0)}
     context.keys = {1.0: "x"}
-    context.table = {2.0: "y", 1.0: "x"}  # (another order: == and a resume's dict agree)
+    context.table = {1.0: "x", 2.0: "y"}  # (in the order derived: another is refused)
     context.members = frozenset({1.0})
     context.deep = [[{"v": 1.0}]]
     context.when = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=1)))
@@ -976,9 +976,7 @@ class ShapedSaga(Saga[Shaped]):
     steps: ClassVar[list[Any]] = [Reorder, LookShaped]
 
 
-@pytest.mark.parametrize(
-    "change", ["dict-keys-in-another-order", "dataclass-field-int-for-float"]
-)
+@pytest.mark.parametrize("change", ["dict-keys-in-another-order", "dataclass-field-int-for-float"])
 async def test_S14_a_step_that_reorders_or_retypes_a_derived_value_fails_at_its_write(
     durable_store: Any, change: str
 ) -> None:
