@@ -12,20 +12,14 @@ from typing import Final
 
 from ..errors import CorruptSagaRecord, LeaseLost, SagaBusy, SagaNotFound
 from ..log_lines import library_logger
-from ..status import SagaStatus
-from ._common import check_saga_id
 from ._sqlite_rows import _is_time, _lenient_text, _not_text, _number, _shown_bytes, _unreadable
 from ._sqlite_sql import _MAX_QUIET, _Txn
+from ._sqlite_unleasable import IN_FLIGHT, LARGEST_INTEGER, count_problem, lease_problem
 from .base import Lease, LeaseState
 
 _log = library_logger("fallback_saga.store.sqlite")
 
 # --------------------------------------------------------------------------- SQL
-
-# SQLite's largest integer. A claim writes the fence (and the count of
-# claims) plus one: from there the write overflows, and fails the whole
-# batch's claim — one such row stopped every recovery pass (S12).
-_LARGEST_INTEGER: Final = 2**63 - 1
 
 _CLAIM_COLUMNS: Final = (
     "SELECT saga_id, fence, lease_expires_at, updated_at, unreleased_claims FROM sagas"
@@ -50,13 +44,17 @@ _CLAIM_DUE: Final = (
     # or a BLOB (after every number, as for the times below) is selected,
     # for _claim to report it: "< ?" alone would leave the saga unclaimed
     # and unreported, neither parked nor recovered. So is a count at the
-    # largest integer (_count_problem): no store counts that far — written
+    # largest integer (count_problem): no store counts that far — written
     # by another tool, it was left out as parked, never reported.
     " AND (unreleased_claims < ? OR unreleased_claims >= ''"
-    f" OR unreleased_claims >= {_LARGEST_INTEGER})"
+    f" OR unreleased_claims >= {LARGEST_INTEGER})"
     " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
     " OR lease_expires_at <= ? OR lease_written_at > ?"
     " OR lease_expires_at >= '' OR updated_at >= ''"
+    # A lease that expires at infinity (9e999 reads as it; another tool's
+    # row) never expires: selected too, for _claim to report it (S12), as
+    # every reader does — else the saga waited unrecovered without a word.
+    " OR lease_expires_at >= 9e999"
     # Deferred (given back with a later expiry), if the claim asks for them too.
     " OR (? AND lease_owner IS NULL AND lease_expires_at IS NOT NULL))"
 )
@@ -150,7 +148,7 @@ _GIVE_BACK_UNRUN: Final = (
     + _UNCOUNTED
 )
 
-_INTERRUPTED: Final = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
+_INTERRUPTED: Final = IN_FLIGHT
 
 
 def _claim(
@@ -190,9 +188,8 @@ def _claim(
         claimable: list[tuple[str, int, int]] = []
         corrupt: list[tuple[object, str]] = []
         for saga_id, fence, expires_at, updated_at, claims in rows:
-            problem = _claim_problem(saga_id, fence, expires_at, updated_at)
-            if problem is None:
-                problem = _count_problem("unreleased_claims", claims)
+            # The readers show such a row as unreadable by the same predicate.
+            problem = lease_problem(saga_id, fence, expires_at, updated_at, claims)
             if problem is None:
                 claimable.append((saga_id, fence, claims))
             else:
@@ -248,33 +245,6 @@ class Claimed(list[Lease]):
     skipped: tuple[tuple[str, str], ...] = ()
 
 
-def _count_problem(column: str, value: object) -> str | None:
-    """Why ``value`` (a fence, a count of claims) cannot be claimed past, or ``None``."""
-    if type(value) is not int:
-        return f"its {column} is not an integer"
-    if value >= _LARGEST_INTEGER:
-        return f"its {column} is too large to be counted on"
-    return None
-
-
-def _claim_problem(
-    saga_id: object, fence: object, expires_at: object, updated_at: object
-) -> str | None:
-    """Why a claimable row cannot be leased (and resumed), or ``None``."""
-    problem = _count_problem("fence", fence)
-    if problem is not None:
-        return problem
-    if not _is_time(updated_at) or not (expires_at is None or _is_time(expires_at)):
-        return "its updated_at or lease_expires_at is not a finite number"
-    if not isinstance(saga_id, str):
-        return f"its saga id is {_not_text(saga_id)}"
-    try:
-        check_saga_id(saga_id)
-    except ValueError as bad:
-        return f"its saga id is not one a saga can have ({bad})"
-    return None
-
-
 def _claim_saga(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
 ) -> Lease:
@@ -303,10 +273,10 @@ def _read_lease(
     if row is None:
         raise SagaNotFound(saga_id)
     fence, owner, expires_at, claims = row
-    problem = _count_problem("fence", fence)
+    problem = count_problem("fence", fence)
     if problem is not None:
         raise CorruptSagaRecord(saga_id, problem)
-    problem = _count_problem("unreleased_claims", claims)
+    problem = count_problem("unreleased_claims", claims)
     if problem is not None:  # (as claim reports it: the same row, the same word)
         raise CorruptSagaRecord(saga_id, problem)
     if owner is not None and not isinstance(owner, str):

@@ -16,15 +16,18 @@ from ._common import finite_seconds, saga_status, short_repr
 from ._listing_pages import ListingPages, UnreadableRow
 from ._sqlite_rows import _decode_record, _lenient_text, _not_text, _number, _text, _unreadable
 from ._sqlite_sql import _Txn
+from ._sqlite_unleasable import IN_FLIGHT, lease_problem
 from .base import HistoryWindow, SagaRecord, SagaSummary, window_start
 
 _log = library_logger("fallback_saga.store.sqlite")
 
 # --------------------------------------------------------------------------- SQL
 
+# The record's columns, then the ones the claim judges a row by
+# (_sqlite_unleasable): a saga the claim skips as corrupt is read as such.
 _SELECT_SAGA: Final = (
-    "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at"
-    " FROM sagas WHERE saga_id = ?"
+    "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at,"
+    " fence, lease_expires_at, unreleased_claims FROM sagas WHERE saga_id = ?"
 )
 _SELECT_STEPS: Final = (
     "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
@@ -39,9 +42,11 @@ _ACT_STEPS: Final = (
     "SELECT step FROM saga_steps WHERE saga_id = ? AND action = 'act'"
     " GROUP BY step ORDER BY MIN(seq)"
 )
+# The fence too, for the claim's predicate (_sqlite_unleasable): a column
+# of the row read anyway, no other read.
 _SUMMARY_COLUMNS: Final = (
     "SELECT rowid, saga_id, saga_name, status, created_at, updated_at, lease_owner,"
-    " lease_expires_at, unreleased_claims FROM sagas"
+    " lease_expires_at, unreleased_claims, fence FROM sagas"
 )
 _NEWEST_FIRST: Final = " ORDER BY rowid DESC LIMIT ?"
 _ROWID_OF: Final = "SELECT rowid FROM sagas WHERE saga_id = ?"
@@ -65,7 +70,8 @@ def _load(cursor: sqlite3.Cursor, txn: _Txn, saga_id: str) -> SagaRecord:
         # (Only then: decoding every text in Python would slow each load.)
         with _lenient_text(cursor):
             row, steps = _read_saga(cursor, saga_id)
-    return _decode_record(saga_id, row, steps)
+    _check_leasable(saga_id, row)
+    return _decode_record(saga_id, row[:_RECORD_COLUMNS], steps)
 
 
 def _load_window(
@@ -95,10 +101,28 @@ def _load_window(
     except sqlite3.OperationalError:
         with _lenient_text(cursor):  # as _load
             row, first, entries, steps, acts = read()
-    record = _decode_record(saga_id, row, steps, first)
+    _check_leasable(saga_id, row)
+    record = _decode_record(saga_id, row[:_RECORD_COLUMNS], steps, first)
     # (A name that is no text is left to the rows that hold it: see _decode_record.)
     names = tuple(name for (name,) in acts if isinstance(name, str))
     return HistoryWindow(record, first, entries, names)
+
+
+# _SELECT_SAGA's columns that _decode_record reads (the claim's follow).
+_RECORD_COLUMNS: Final = 7
+
+
+def _check_leasable(saga_id: str, row: Sequence[Any]) -> None:
+    """``CorruptSagaRecord`` if the claim skips this saga as corrupt, with
+    the claim's reason (``_sqlite_unleasable``): read back, it is not shown
+    as a healthy saga in flight (or a parked one) that recovery never takes."""
+    status, updated_at = row[2], row[6]
+    if status not in IN_FLIGHT:
+        return
+    fence, expires_at, claims = row[_RECORD_COLUMNS:]
+    problem = lease_problem(saga_id, fence, expires_at, updated_at, claims)
+    if problem is not None:
+        raise CorruptSagaRecord(saga_id, problem)
 
 
 def _read_saga(cursor: sqlite3.Cursor, saga_id: str) -> tuple[Any, list[Any]]:
@@ -195,8 +219,14 @@ def _window(
 
 
 def _listed(row: Sequence[Any]) -> SagaSummary:
-    if not isinstance(row[1], str):
-        raise UnreadableRow(_unreadable(row[1], f"the saga id is {_not_text(row[1])}"))
+    _, saga_id, _, status, _, updated_at, _, expires_at, claims, fence = row
+    if not isinstance(saga_id, str):
+        # In flight, in the claim's words (_sqlite_unleasable).
+        problem = (
+            lease_problem(saga_id, fence, expires_at, updated_at, claims)
+            if status in IN_FLIGHT else None
+        )
+        raise UnreadableRow(_unreadable(saga_id, problem or f"the saga id is {_not_text(saga_id)}"))
     return _summary(*row[1:])
 
 
@@ -208,11 +238,18 @@ def _summary(
     updated_at: object,
     owner: object,
     expires_at: object,
-    claims: object = 0,
+    claims: object,
+    fence: object,
 ) -> SagaSummary:
     """A listing's row, every value checked: what is handed out is what the
-    types say (``CorruptSagaRecord`` otherwise)."""
+    types say (``CorruptSagaRecord`` otherwise) — and a saga in flight that
+    the claim skips as corrupt is one, with the claim's reason
+    (``_sqlite_unleasable``), never listed as running or parked."""
     assert isinstance(saga_id, str)  # checked by the caller
+    if status in IN_FLIGHT:
+        problem = lease_problem(saga_id, fence, expires_at, updated_at, claims)
+        if problem is not None:
+            raise CorruptSagaRecord(saga_id, problem)
     if owner is not None and not isinstance(owner, str):
         raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
     return SagaSummary(
@@ -229,7 +266,7 @@ def _summary(
             if owner is None or expires_at is None
             else _number(saga_id, "lease_expires_at", expires_at)
         ),
-        # Not a number: shown as none (the claims skip such a row: see _claim).
+        # Not a number: shown as none (a finished saga's: the claim reads it not).
         unreleased_claims=claims if type(claims) is int else 0,
     )
 

@@ -1,0 +1,55 @@
+"""Which rows of a SQLite saga store a claim cannot lease: the one
+predicate the claim (``_sqlite_leases._claim``) skips a row by and the
+readers (``_sqlite_reads``: listings, ``load``) show it as unreadable by,
+so that an operator is told what ``recover()`` reports (S12) — never a row
+the claim calls corrupt shown as a healthy running or parked saga.
+
+Only a saga in flight (``IN_FLIGHT``) is judged by it: the claim reads no
+other, and a finished saga's lease columns are read by nothing that runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..status import SagaStatus
+from ._common import check_saga_id
+from ._sqlite_rows import _is_time, _not_text
+
+__all__ = ["IN_FLIGHT", "LARGEST_INTEGER", "count_problem", "lease_problem"]
+
+# SQLite's largest integer. A claim writes the fence (and the count of
+# claims) plus one: from there the write overflows, and fails the whole
+# batch's claim — one such row stopped every recovery pass (S12).
+LARGEST_INTEGER: Final = 2**63 - 1
+
+# The statuses a claim takes sagas of (as stored).
+IN_FLIGHT: Final = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
+
+
+def count_problem(column: str, value: object) -> str | None:
+    """Why ``value`` (a fence, a count of claims) cannot be claimed past, or ``None``."""
+    if type(value) is not int:
+        return f"its {column} is not an integer"
+    if value >= LARGEST_INTEGER:
+        return f"its {column} is too large to be counted on"
+    return None
+
+
+def lease_problem(
+    saga_id: object, fence: object, expires_at: object, updated_at: object, claims: object
+) -> str | None:
+    """Why a claim cannot lease (and resume) this row of a saga in flight,
+    or ``None``: the claim's reason, word for word, for every reader."""
+    problem = count_problem("fence", fence)
+    if problem is not None:
+        return problem
+    if not _is_time(updated_at) or not (expires_at is None or _is_time(expires_at)):
+        return "its updated_at or lease_expires_at is not a finite number"
+    if not isinstance(saga_id, str):
+        return f"its saga id is {_not_text(saga_id)}"
+    try:
+        check_saga_id(saga_id)
+    except ValueError as bad:
+        return f"its saga id is not one a saga can have ({bad})"
+    return count_problem("unreleased_claims", claims)
