@@ -39,14 +39,12 @@ from ._dsn_secrets import scrub
 from ._parking import NEVER_PARKED, check_ran
 from ._postgres_conn import _READ_COMMITTED, _driver, _getconn, _query
 from ._postgres_pool import _NOT_SENT, PooledStore
+from ._postgres_unleasable import CLAIMS_TOO_LARGE, FENCE_TOO_LARGE, INT8_MAX, lease_problem
 from .base import Lease, LeaseState
 
 if TYPE_CHECKING:
     # Types only (the driver is an optional extra; see _postgres_pool).
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
-
-# The largest bigint: a fence there cannot be followed by fence + 1.
-_INT8_MAX: Final = 2**63 - 1
 
 _log = library_logger("fallback_saga.store.postgres")
 
@@ -247,10 +245,10 @@ class Leases:
         else:
             cursor = await _query(conn, self._sql.unclaimable_named,
                                   (*params, list(names), limit), self._store._prepare)
+        # Why, in the words every reader uses (_postgres_unleasable).
         return [
-            (saga_id, "its fence is too large to be counted on" if at_fence
-             else "its unreleased_claims is too large to be counted on")
-            for saga_id, at_fence in await cursor.fetchall()
+            (saga_id, lease_problem(status, fence, claims) or CLAIMS_TOO_LARGE)
+            for saga_id, status, fence, claims in await cursor.fetchall()
         ]
 
     def _forget_soon(
@@ -347,10 +345,10 @@ class Leases:
                     await conn.execute(_READ_COMMITTED)
                     cursor = await _query(conn, sql.lock_saga, (saga_id,), store._prepare_any)
                     found = await cursor.fetchone()
-                    if found is not None and found[1] >= _INT8_MAX:
+                    if found is not None and found[1] >= INT8_MAX:
                         # fence + 1 overflows (bigint out of range) on every
                         # try: a corrupt row, as SQLite's claim_saga says.
-                        raise CorruptSagaRecord(saga_id, "its fence is too large to be counted on")
+                        raise CorruptSagaRecord(saga_id, FENCE_TOO_LARGE)
                     if found is not None:
                         locked = True
                         cursor = await _query(conn, sql.take_lease,

@@ -36,6 +36,7 @@ from ._postgres_sql import (
     _listed_summary,
     _listing_filter,
     _window,
+    check_leasable,
 )
 from .base import PURGED_BY_DEFAULT, HistoryWindow, SagaRecord, SagaSummary
 
@@ -82,6 +83,8 @@ class Reads:
         row = await self._store._fetch(doing, self._sql.load, (saga_id,))
         if row is None:
             raise SagaNotFound(saga_id)
+        row, (fence, claims) = row[:-2], row[-2:]
+        check_leasable(saga_id, row[2], fence, claims)  # the claim's word (S12)
         try:
             return _decode_record(saga_id, row[:-1], 0, row[-1])
         except CorruptSagaRecord:
@@ -105,6 +108,8 @@ class Reads:
         )
         if row is None:
             raise SagaNotFound(saga_id)
+        row, (fence, claims) = row[:-2], row[-2:]
+        check_leasable(saga_id, row[2], fence, claims)  # the claim's word (S12)
         first, length = row[-3], row[-2]
         # The rows the window should hold: none past the journal's end.
         end = max(first, min(first + count, length))

@@ -37,6 +37,7 @@ from ._postgres_schema import (
     _INTERRUPTED_SQL,
     _Names,
 )
+from ._postgres_unleasable import LEASABLE_SQL, UNLEASABLE_SQL, lease_problem
 
 # --------------------------------------------------------------------------- SQL
 
@@ -242,7 +243,9 @@ class _Statements:
             f"SELECT s.saga_name, s.fingerprint, s.status, s.context::text, s.version,"
             f" {_EPOCH.format('s.created_at')}, {_EPOCH.format('s.updated_at')},"
             f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
-            f" h.errors, h.ats, h.results, s.journal_length"
+            f" h.errors, h.ats, h.results, s.journal_length,"
+            # Last, what the claim judges a row by (_postgres_unleasable).
+            f" s.fence, s.unreleased_claims"
             f" FROM {sagas} s LEFT JOIN LATERAL ("
             + _JOURNAL_ARRAYS +
             f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
@@ -256,7 +259,9 @@ class _Statements:
             # The act step names unless asked without (a one-time filter: no
             # row read when false).
             f" ARRAY(SELECT step FROM {steps} WHERE %s::bool AND saga_id = s.saga_id"
-            f" AND action = 'act' GROUP BY step ORDER BY min(seq))"
+            f" AND action = 'act' GROUP BY step ORDER BY min(seq)),"
+            # Last, what the claim judges a row by (_postgres_unleasable).
+            f" s.fence, s.unreleased_claims"
             # The window's first seq: from the end when start < 0 (journal_length:
             # the entries the store wrote, seqs 0, 1, ...).
             f" FROM {sagas} s CROSS JOIN LATERAL (SELECT CASE WHEN %s::int < 0"
@@ -267,10 +272,12 @@ class _Statements:
             f" AND seq < w.first + %s::int) h ON true"
             f" WHERE s.saga_id = %s"
         )
+        # The fence too, for the claim's predicate (_postgres_unleasable): a
+        # column of the row read anyway.
         summary = (
             f"SELECT seq, saga_id, saga_name, status, {_EPOCH.format('created_at')},"
             f" {_EPOCH.format('updated_at')}, lease_owner, {_EPOCH.format('lease_expires_at')},"
-            f" unreleased_claims FROM {sagas}"
+            f" unreleased_claims, fence FROM {sagas}"
         )
         # Listings and counts: a WHERE clause of fixed fragments (``_listing_filter``).
         self.summary = summary
@@ -315,17 +322,13 @@ class _Statements:
             # Parked (see _parking): claimed park_after times without the
             # lease given back. take_lease (claim_saga, by id) still leases it.
             f" AND unreleased_claims < %s::bigint"
-            # A fence the lease's fence + 1 cannot follow (written by no
-            # store: another tool, an attacker): it made the UPDATE below
-            # overflow, which refused the whole batch, every claim, every
-            # pass (S12). Left out, as a parked saga is; claim_saga by id
-            # refuses it on its own (bigint out of range).
-            f" AND fence < 9223372036854775807"
-            # The same for the count of claims: an integer column (schema
-            # version 6), whose + 1 below overflows at 2147483647 when
-            # park_after is beyond it (None: never parked) — no store counts
-            # that far.
-            f" AND unreleased_claims < 2147483647"
+            # A fence or a count of claims the UPDATE below cannot add one
+            # to (written by no store: another tool, an attacker): it
+            # overflowed, which refused the whole batch, every claim, every
+            # pass (S12). Left out, and reported (unclaimable); the readers
+            # show such a row as unreadable by the same predicate
+            # (_postgres_unleasable). claim_saga by id refuses it on its own.
+            f" AND {LEASABLE_SQL}"
             + due
         )
         # The rows left out above as ones the claim cannot count on, due as
@@ -334,9 +337,8 @@ class _Statements:
         # worker's poll stays the one statement it was. The same walk of the
         # partial index on touched_at (the sagas in flight), oldest first.
         unclaimable = (
-            f"SELECT saga_id, fence >= 9223372036854775807 FROM {sagas}"
-            f" WHERE status IN {_INTERRUPTED_SQL}"
-            f" AND (fence >= 9223372036854775807 OR unreleased_claims >= 2147483647)"
+            f"SELECT saga_id, status, fence, unreleased_claims FROM {sagas}"
+            f" WHERE status IN {_INTERRUPTED_SQL} AND {UNLEASABLE_SQL}"
             + due
         )
         uncounted_first = " ORDER BY touched_at LIMIT %s::bigint"
@@ -789,6 +791,14 @@ def _holds_unstorable(value: Any) -> bool:
     return False
 
 
+def check_leasable(saga_id: str, status: object, fence: object, claims: object) -> None:
+    """``CorruptSagaRecord`` with the claim's reason if the claim skips this
+    row as corrupt (``_postgres_unleasable``)."""
+    problem = lease_problem(status, fence, claims)
+    if problem is not None:
+        raise CorruptSagaRecord(saga_id, problem)
+
+
 def _finite_time(saga_id: str, column: str, value: float) -> float:
     """A timestamptz column read as seconds: ``infinity`` (another tool's,
     or an attacker's) reads as a float infinity, which has no date and no
@@ -815,8 +825,12 @@ def _check_seqs(saga_id: str, seqs: Sequence[Any], first: int, end: int) -> None
 
 
 def _listed_summary(row: Sequence[Any]) -> SagaSummary:
-    """A listing's row (its seq first), every column typed by the driver."""
-    _seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at, claims = row
+    """A listing's row (its seq first), every column typed by the driver; a
+    saga the claim skips as corrupt is one (``_postgres_unleasable``), with
+    the claim's reason — never listed as running or parked."""
+    (_seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at, claims,
+     fence) = row
+    check_leasable(saga_id, raw_status, fence, claims)
     return SagaSummary(
         saga_id=saga_id,
         saga_name=name,
