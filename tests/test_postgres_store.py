@@ -470,6 +470,9 @@ async def test_schema_v3_is_migrated_to_v4_the_context_kept_as_json_text(
         async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as old:
             await old.create("running", "OrderSaga", "fp", _AWKWARD_CONTEXT, [entry(0, "a")])
             await new_saga(old, "done", status=SagaStatus.COMPLETED)
+            # This release's load reads the count of claims (schema v6) too,
+            # for the claim's predicate (_postgres_unleasable); v3's read none.
+            old._sql.load = old._sql.load.replace("s.unreleased_claims", "0")
             before = {saga_id: await old.load(saga_id) for saga_id in ("running", "done")}
     assert raw.execute("SELECT version FROM fallback_saga_schema").fetchone() == (3,)
     assert json.dumps(before["running"].context) != json.dumps(_AWKWARD_CONTEXT)  # jsonb's
