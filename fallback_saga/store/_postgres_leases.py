@@ -245,7 +245,8 @@ class Leases:
         else:
             cursor = await _query(conn, self._sql.unclaimable_named,
                                   (*params, list(names), limit), self._store._prepare)
-        # Why, in the words every reader uses (_postgres_unleasable).
+        # Why, in the words every reader uses (_postgres_unleasable; the
+        # query selects only rows it finds a problem with: "or" is for the type).
         return [
             (saga_id, lease_problem(status, fence, claims) or CLAIMS_TOO_LARGE)
             for saga_id, status, fence, claims in await cursor.fetchall()
