@@ -22,6 +22,7 @@ from test_unleasable_rows_shown import (
     check_store_readers,
 )
 
+from fallback_saga.errors import CorruptSagaRecord
 from fallback_saga.status import SagaStatus
 from fallback_saga.testing import entry
 
@@ -38,6 +39,23 @@ POSTGRES_CORRUPTIONS = {
     "fence-largest": ("fence = 9223372036854775807", "its fence is too large to be counted on"),
     "claims-largest": ("unreleased_claims = 2147483647",
                        "its unreleased_claims is too large to be counted on"),
+    # Times at timestamptz's infinities (another tool's write). A lease that
+    # expires at infinity is never due: the claim never met it, and never
+    # reported it, while the listings left it out as corrupt.
+    "lease-held-until-infinity": ("lease_owner = 'gone', lease_expires_at = 'infinity'",
+                                  "its lease_expires_at is not a finite number"),
+    "lease-given-back-until-infinity": ("lease_owner = NULL, lease_expires_at = 'infinity'",
+                                        "its lease_expires_at is not a finite number"),
+    "lease-held-until-minus-infinity": ("lease_owner = 'gone', lease_expires_at = '-infinity'",
+                                        "its lease_expires_at is not a finite number"),
+    # Due, leased, then unreadable to the resume: counted towards parking
+    # every pass, and once parked never reported again.
+    "updated-at-infinity": ("updated_at = 'infinity'", "its updated_at is not a finite number"),
+    "updated-at-minus-infinity": ("updated_at = '-infinity'",
+                                  "its updated_at is not a finite number"),
+    "created-at-infinity": ("created_at = 'infinity'", "its created_at is not a finite number"),
+    "created-at-minus-infinity": ("created_at = '-infinity'",
+                                  "its created_at is not a finite number"),
 }
 
 
@@ -81,3 +99,58 @@ async def test_s12_postgres_a_finished_saga_is_not_called_corrupt_for_what_the_c
         await _fill(store, raw, "unreleased_claims = 2147483647", status)
         assert len(await store.list_sagas(limit=10)) == 3
         assert (await store.load("bad")).status is status
+
+
+@pytest.mark.parametrize("touched_at", ["infinity", "-infinity"])
+async def test_s12_postgres_touched_at_not_finite_is_still_claimed(
+    pg_conninfo: str, pg_schema: str, raw: Any, touched_at: str,
+) -> None:
+    """touched_at only orders the claim (no reader shows it): a saga whose
+    touched_at is not finite is no corrupt row, and is recovered."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, f"touched_at = '{touched_at}'", SagaStatus.RUNNING)
+        from fallback_saga.store._skipped_rows import collecting
+
+        with collecting() as skipped:
+            leases = await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10)
+        assert sorted(lease.saga_id for lease in leases) == ["bad", "good-1", "good-2"]
+        assert skipped == []
+
+
+async def test_s12_postgres_recover_reports_a_lease_held_until_infinity(
+    pg_conninfo: str, pg_schema: str, raw: Any,
+) -> None:
+    """End to end: ``recover()``'s report names the saga whose lease never
+    expires (it waited forever, reported by nothing)."""
+    from fallback_saga import recover
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, "lease_owner = 'gone', lease_expires_at = 'infinity'",
+                    SagaStatus.RUNNING)
+        raw.execute("UPDATE fallback_saga_sagas SET status = 'completed'"
+                    " WHERE saga_id <> 'bad'")
+        report = await recover(store, {}, older_than=0)
+        assert [saga_id for saga_id, _ in report.skipped] == ["bad"]
+        assert "lease_expires_at is not a finite number" in report.skipped[0][1]
+
+
+@pytest.mark.parametrize(("mutation", "words"), [
+    ("fence = 9223372036854775807", "its fence is too large to be counted on"),
+    ("unreleased_claims = 2147483647", "its unreleased_claims is too large to be counted on"),
+    ("lease_owner = 'gone', lease_expires_at = 'infinity'",
+     "lease_expires_at is not a finite number"),
+])
+@pytest.mark.parametrize("status", [SagaStatus.RUNNING, SagaStatus.COMPLETED])
+async def test_s12_postgres_lease_state_refuses_what_sqlite_refuses(
+    pg_conninfo: str, pg_schema: str, raw: Any, mutation: str, words: str,
+    status: SagaStatus,
+) -> None:
+    """SQLite's ``lease_state`` refuses a fence or a count of claims at the
+    largest value its column holds, and an expiry that is not a finite
+    number (``CorruptSagaRecord`` naming the saga); PostgreSQL's returned them."""
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, mutation, status)
+        with pytest.raises(CorruptSagaRecord, match=r"'bad'") as raised:
+            await store.lease_state("bad")
+        assert words in raised.value.reason
+        await store.lease_state("good-1")  # the others still read

@@ -39,7 +39,14 @@ from ._dsn_secrets import scrub
 from ._parking import NEVER_PARKED, check_ran
 from ._postgres_conn import _READ_COMMITTED, _driver, _getconn, _query
 from ._postgres_pool import _NOT_SENT, PooledStore
-from ._postgres_unleasable import CLAIMS_TOO_LARGE, FENCE_TOO_LARGE, INT8_MAX, lease_problem
+from ._postgres_unleasable import (
+    CLAIMS_TOO_LARGE,
+    FENCE_TOO_LARGE,
+    INT8_MAX,
+    count_problem,
+    lease_problem,
+    time_problem,
+)
 from .base import Lease, LeaseState
 
 if TYPE_CHECKING:
@@ -110,6 +117,11 @@ class Leases:
         if row is None:
             raise SagaNotFound(saga_id)
         owner, expires_at, token, claims = row
+        # Of any saga, as SQLite's: a fence or a count of claims no claim can
+        # add one to, an expiry that is not a number (S12).
+        problem = count_problem(token, claims) or time_problem("lease_expires_at", expires_at)
+        if problem is not None:
+            raise CorruptSagaRecord(saga_id, problem)
         return LeaseState(owner, expires_at, token, claims)
 
     async def claim(
@@ -235,8 +247,10 @@ class Leases:
         names: tuple[str, ...] | None,
     ) -> list[tuple[str, str]]:
         """The due sagas the claim left out as corrupt (a fence or a count of
-        claims it cannot add one to), oldest first, with why: read only for
-        whoever reports them (``_skipped_rows``), in the claim's transaction."""
+        claims it cannot add one to, a time at infinity; a lease that expires
+        at infinity is never due, and is read at once), oldest first, with
+        why: read only for whoever reports them (``_skipped_rows``), in the
+        claim's transaction."""
         ahead = max(older_than, 0.0)
         params: tuple[Any, ...] = (older_than, ahead, ahead, deferred)
         if names is None:
@@ -248,8 +262,8 @@ class Leases:
         # Why, in the words every reader uses (_postgres_unleasable; the
         # query selects only rows it finds a problem with: "or" is for the type).
         return [
-            (saga_id, lease_problem(status, fence, claims) or CLAIMS_TOO_LARGE)
-            for saga_id, status, fence, claims in await cursor.fetchall()
+            (saga_id, lease_problem(status, *columns) or CLAIMS_TOO_LARGE)
+            for saga_id, status, *columns in await cursor.fetchall()
         ]
 
     def _forget_soon(

@@ -83,8 +83,9 @@ class Reads:
         row = await self._store._fetch(doing, self._sql.load, (saga_id,))
         if row is None:
             raise SagaNotFound(saga_id)
-        row, (fence, claims) = row[:-2], row[-2:]
-        check_leasable(saga_id, row[2], fence, claims)  # the claim's word (S12)
+        row, (fence, claims, expires_at) = row[:-3], row[-3:]
+        # The claim's word (S12); created_at and updated_at are the 6th and 7th.
+        check_leasable(saga_id, row[2], fence, claims, row[5], row[6], expires_at)
         try:
             return _decode_record(saga_id, row[:-1], 0, row[-1])
         except CorruptSagaRecord:
@@ -108,8 +109,9 @@ class Reads:
         )
         if row is None:
             raise SagaNotFound(saga_id)
-        row, (fence, claims) = row[:-2], row[-2:]
-        check_leasable(saga_id, row[2], fence, claims)  # the claim's word (S12)
+        row, (fence, claims, expires_at) = row[:-3], row[-3:]
+        # The claim's word (S12); created_at and updated_at are the 6th and 7th.
+        check_leasable(saga_id, row[2], fence, claims, row[5], row[6], expires_at)
         first, length = row[-3], row[-2]
         # The rows the window should hold: none past the journal's end.
         end = max(first, min(first + count, length))

@@ -37,7 +37,12 @@ from ._postgres_schema import (
     _INTERRUPTED_SQL,
     _Names,
 )
-from ._postgres_unleasable import LEASABLE_SQL, UNLEASABLE_SQL, lease_problem
+from ._postgres_unleasable import (
+    LEASABLE_SQL,
+    NEVER_DUE_SQL,
+    UNLEASABLE_SQL,
+    lease_problem,
+)
 
 # --------------------------------------------------------------------------- SQL
 
@@ -245,7 +250,7 @@ class _Statements:
             f" h.seqs, h.positions, h.steps, h.branches, h.actions, h.statuses, h.attempts,"
             f" h.errors, h.ats, h.results, s.journal_length,"
             # Last, what the claim judges a row by (_postgres_unleasable).
-            f" s.fence, s.unreleased_claims"
+            f" s.fence, s.unreleased_claims, {_EPOCH.format('s.lease_expires_at')}"
             f" FROM {sagas} s LEFT JOIN LATERAL ("
             + _JOURNAL_ARRAYS +
             f" FROM {steps} WHERE saga_id = s.saga_id) h ON true"
@@ -261,7 +266,7 @@ class _Statements:
             f" ARRAY(SELECT step FROM {steps} WHERE %s::bool AND saga_id = s.saga_id"
             f" AND action = 'act' GROUP BY step ORDER BY min(seq)),"
             # Last, what the claim judges a row by (_postgres_unleasable).
-            f" s.fence, s.unreleased_claims"
+            f" s.fence, s.unreleased_claims, {_EPOCH.format('s.lease_expires_at')}"
             # The window's first seq: from the end when start < 0 (journal_length:
             # the entries the store wrote, seqs 0, 1, ...).
             f" FROM {sagas} s CROSS JOIN LATERAL (SELECT CASE WHEN %s::int < 0"
@@ -307,8 +312,8 @@ class _Statements:
         self.existing_ids = f"SELECT saga_id FROM {sagas} WHERE saga_id = ANY(%s::text[])"
         # Never leased: due once not updated for older_than. Leased before:
         # due as soon as that lease expired or was released.
-        due = (
-            f" AND ((lease_expires_at IS NULL"
+        due_now = (
+            f"((lease_expires_at IS NULL"
             f" AND (updated_at < now() - make_interval(secs => %s::float8)"
             f" OR {_AHEAD.format('updated_at')}))"
             f" OR lease_expires_at <= now() OR {_AHEAD.format('lease_written_at')}"
@@ -325,21 +330,25 @@ class _Statements:
             # A fence or a count of claims the UPDATE below cannot add one
             # to (written by no store: another tool, an attacker): it
             # overflowed, which refused the whole batch, every claim, every
-            # pass (S12). Left out, and reported (unclaimable); the readers
-            # show such a row as unreadable by the same predicate
-            # (_postgres_unleasable). claim_saga by id refuses it on its own.
+            # pass (S12). A time at infinity, which no reader can show.
+            # Left out, and reported (unclaimable); the readers show such a
+            # row as unreadable by the same predicate (_postgres_unleasable).
+            # claim_saga by id refuses a fence at the largest on its own.
             f" AND {LEASABLE_SQL}"
-            + due
+            + f" AND {due_now}"
         )
         # The rows left out above as ones the claim cannot count on, due as
         # the others are: not leased, but reported (S12) — to a ``recover``
         # pass only (``_skipped_rows``), in a query of its own, so that a
         # worker's poll stays the one statement it was. The same walk of the
         # partial index on touched_at (the sagas in flight), oldest first.
+        # A lease that expires at infinity is never due: reported at once.
         unclaimable = (
-            f"SELECT saga_id, status, fence, unreleased_claims FROM {sagas}"
+            f"SELECT saga_id, status, fence, unreleased_claims,"
+            f" {_EPOCH.format('created_at')}, {_EPOCH.format('updated_at')},"
+            f" {_EPOCH.format('lease_expires_at')} FROM {sagas}"
             f" WHERE status IN {_INTERRUPTED_SQL} AND {UNLEASABLE_SQL}"
-            + due
+            + f" AND ({due_now} OR {NEVER_DUE_SQL})"
         )
         uncounted_first = " ORDER BY touched_at LIMIT %s::bigint"
         self.unclaimable = unclaimable + uncounted_first
@@ -791,10 +800,13 @@ def _holds_unstorable(value: Any) -> bool:
     return False
 
 
-def check_leasable(saga_id: str, status: object, fence: object, claims: object) -> None:
+def check_leasable(
+    saga_id: str, status: object, fence: object, claims: object, created_at: object,
+    updated_at: object, expires_at: object,
+) -> None:
     """``CorruptSagaRecord`` with the claim's reason if the claim skips this
-    row as corrupt (``_postgres_unleasable``)."""
-    problem = lease_problem(status, fence, claims)
+    row as corrupt (``_postgres_unleasable``; the times as seconds)."""
+    problem = lease_problem(status, fence, claims, created_at, updated_at, expires_at)
     if problem is not None:
         raise CorruptSagaRecord(saga_id, problem)
 
@@ -830,7 +842,7 @@ def _listed_summary(row: Sequence[Any]) -> SagaSummary:
     the claim's reason — never listed as running or parked."""
     (_seq, saga_id, name, raw_status, created_at, updated_at, owner, expires_at, claims,
      fence) = row
-    check_leasable(saga_id, raw_status, fence, claims)
+    check_leasable(saga_id, raw_status, fence, claims, created_at, updated_at, expires_at)
     return SagaSummary(
         saga_id=saga_id,
         saga_name=name,
