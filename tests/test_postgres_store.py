@@ -1909,7 +1909,10 @@ async def test_S12_recover_reports_a_row_its_claim_cannot_lease_and_resumes_the_
     assert why.startswith("its row is unreadable: ")
     assert reason in why
     assert ("bad", "skipped") in seen
-    assert (await store.lease_state("bad")).owner is None  # not leased
+    assert raw.execute("SELECT lease_owner FROM fallback_saga_sagas"
+                       " WHERE saga_id = 'bad'").fetchone() == (None,)  # not leased
+    with pytest.raises(CorruptSagaRecord, match=reason):  # as SQLite's lease_state says
+        await store.lease_state("bad")
     # Reported on every pass (each pass's report is the caller's only view).
     again = await recover(store, [OrderSaga(store=store)], older_than=0, lease=60)
     assert [saga_id for saga_id, _ in again.skipped] == ["bad"]
