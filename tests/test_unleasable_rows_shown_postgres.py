@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,3 +155,51 @@ async def test_s12_postgres_lease_state_refuses_what_sqlite_refuses(
             await store.lease_state("bad")
         assert words in raised.value.reason
         await store.lease_state("good-1")  # the others still read
+
+
+async def test_s12_postgres_claim_reports_the_rows_it_met_walking_no_further(
+    pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim that takes its limit reports the rows it cannot lease among
+    those it walked past — its ``unclaimable`` query reads no further than
+    the claim's own walk (it read every saga in flight: a million at a
+    backlog, at each ``recover`` pass) — and the claims that drain the
+    backlog, oldest first, meet and report the ones behind."""
+    from fallback_saga.store import _postgres_leases
+    from fallback_saga.store._skipped_rows import collecting
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await store.open()
+        raw.execute(
+            "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context,"
+            " updated_at, touched_at) SELECT 's' || lpad(n::text, 5, '0'), 'OrderSaga', 'fp',"
+            " 'running', '{}', now() - interval '1 day' + make_interval(secs => n),"
+            " now() - interval '1 day' + make_interval(secs => n)"
+            " FROM generate_series(1, 3000) AS n")
+        raw.execute("UPDATE fallback_saga_sagas SET fence = 9223372036854775807"
+                    " WHERE saga_id = 's00015'")
+        raw.execute("ANALYZE fallback_saga_sagas")
+        sent: list[tuple[str, list[Any]]] = []
+        query = _postgres_leases._query
+
+        async def recorded(conn: Any, statement: str, values: Any = (), *args: Any) -> Any:
+            sent.append((statement, list(values)))
+            return await query(conn, statement, values, *args)
+
+        monkeypatch.setattr(_postgres_leases, "_query", recorded)
+        with collecting() as skipped:
+            first = await store.claim(owner="w", lease_seconds=600, older_than=60, limit=10)
+        assert [lease.saga_id for lease in first] == [f"s{n:05d}" for n in range(1, 11)]
+        ((statement, values),) = [(text, params) for text, params in sent
+                                  if text.startswith("SELECT saga_id, status")]
+        plan = "\n".join(row[0] for row in raw.execute(
+            "EXPLAIN (ANALYZE) " + statement, values))
+        read = sum(int(rows) + int(removed or 0) for rows, removed in re.findall(
+            r"on fallback_saga_sagas\b[^\n]*actual time=\S+ rows=(\d+)"
+            r"(?:[^\n]*\n(?:\s+(?:Index Cond|Filter)[^\n]*\n)*\s+Rows Removed by Filter: (\d+))?",
+            plan + "\n"))
+        assert read <= 20, plan  # the claim's walk, not the 3,000 sagas in flight
+        assert skipped == []  # not met yet
+        with collecting() as skipped:
+            await store.claim(owner="w", lease_seconds=600, older_than=60, limit=10)
+        assert [saga_id for saga_id, _ in skipped] == ["s00015"]  # met on its way

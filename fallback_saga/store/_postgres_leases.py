@@ -157,8 +157,11 @@ class Leases:
                     await conn.execute(_READ_COMMITTED)
                     due, taken = await self._claim_in(conn, owner, lease_seconds, older_than,
                                                       limit, deferred, named, marker, locked)
+                    # A claim that took its limit met the rows up to its last
+                    # saga only (the oldest first): those are the ones it reports.
                     unclaimable = (
-                        await self._unclaimable(conn, older_than, limit, deferred, named)
+                        await self._unclaimable(conn, older_than, limit, deferred, named,
+                                                due[-1] if len(due) >= limit else None)
                         if self._unclaimable_wanted() else []
                     )
             finally:
@@ -244,7 +247,7 @@ class Leases:
 
     async def _unclaimable(
         self, conn: AsyncConnection[Any], older_than: float, limit: int, deferred: bool,
-        names: tuple[str, ...] | None,
+        names: tuple[str, ...] | None, met_until: str | None = None,
     ) -> list[tuple[str, str]]:
         """The due sagas the claim left out as corrupt (a fence or a count of
         claims it cannot add one to, a time at infinity; a lease that expires
@@ -252,13 +255,18 @@ class Leases:
         why: read only for whoever reports them (``_skipped_rows``), in the
         claim's transaction."""
         ahead = max(older_than, 0.0)
+        sql = self._sql
         params: tuple[Any, ...] = (older_than, ahead, ahead, deferred)
-        if names is None:
-            cursor = await _query(conn, self._sql.unclaimable, (*params, limit),
-                                  self._store._prepare)
-        else:
-            cursor = await _query(conn, self._sql.unclaimable_named,
-                                  (*params, list(names), limit), self._store._prepare)
+        if met_until is not None:  # up to the last saga the claim took
+            params = (*params, met_until)
+        if names is not None:
+            params = (*params, list(names))
+        statement = (
+            (sql.unclaimable if names is None else sql.unclaimable_named)
+            if met_until is None else
+            (sql.unclaimable_met if names is None else sql.unclaimable_met_named)
+        )
+        cursor = await _query(conn, statement, (*params, limit), self._store._prepare)
         # Why, in the words every reader uses (_postgres_unleasable; the
         # query selects only rows it finds a problem with: "or" is for the type).
         return [

@@ -350,11 +350,21 @@ class _Statements:
             f" WHERE status IN {_INTERRUPTED_SQL} AND {UNLEASABLE_SQL}"
             + f" AND ({due_now} OR {NEVER_DUE_SQL})"
         )
+        # A claim that took its limit walked the index only up to the last
+        # saga it took: the rows it met are those up to there (an index
+        # range, as long as the claim's own walk). Without this bound, each
+        # report walked every saga in flight, the backlog of a million
+        # interrupted sagas at each claim (benchmarks/README.md, "The rows a
+        # claim cannot lease, at a backlog"); the rows past it are met by
+        # the claims that drain the backlog, oldest first, and by the first
+        # claim short of its limit, which walked them all.
+        met = f" AND touched_at <= (SELECT touched_at FROM {sagas} WHERE saga_id = %s)"
+        named = " AND (saga_name || '') = ANY(%s::text[])"
         uncounted_first = " ORDER BY touched_at LIMIT %s::bigint"
         self.unclaimable = unclaimable + uncounted_first
-        self.unclaimable_named = (
-            unclaimable + " AND (saga_name || '') = ANY(%s::text[])" + uncounted_first
-        )
+        self.unclaimable_named = unclaimable + named + uncounted_first
+        self.unclaimable_met = unclaimable + met + uncounted_first
+        self.unclaimable_met_named = unclaimable + met + named + uncounted_first
         # Oldest update first, to within a second: the order of the
         # partial index on touched_at (updated_at is not indexed).
         oldest_first = " ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"
