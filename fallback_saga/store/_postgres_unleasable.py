@@ -43,9 +43,10 @@ IN_FLIGHT: Final = frozenset({SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.
 
 # The predicate in SQL (of a row of the sagas table), and its negation: the
 # claim's conditions, written once. isfinite(NULL) is NULL: a lease never
-# taken is written out. Immutable, so a partial index can hold it
-# (_postgres_schema, version 10): keep the two texts as they are, or the
-# planner no longer proves the index covers the ``unclaimable`` query.
+# taken is written out. (No partial index holds it: it reads updated_at and
+# lease_expires_at, which every append and renewal writes, and an index on
+# them would end those updates in place (HOT); the ``unclaimable`` query is
+# bounded by the claim's own walk instead: _postgres_leases.)
 UNLEASABLE_SQL: Final = (
     f"(fence >= {INT8_MAX} OR unreleased_claims >= {INT4_MAX}"
     " OR NOT isfinite(created_at) OR NOT isfinite(updated_at)"
