@@ -346,4 +346,11 @@ def saga_status(saga_id: str, value: object) -> SagaStatus:
     try:
         return SagaStatus(value)  # type: ignore[arg-type]  # checked right here
     except ValueError:
-        raise CorruptSagaRecord(saga_id, f"unknown saga status {short_repr(value)}") from None
+        raise CorruptSagaRecord(saga_id, unknown_status(value)) from None
+
+
+def unknown_status(value: object) -> str:
+    """Why a row with the saga status ``value`` (none the store writes) is
+    unreadable: the readers' words (``saga_status``), and the claim's that
+    reports such a row (``_sqlite_unknown_status``)."""
+    return f"unknown saga status {short_repr(value)}"

@@ -13,7 +13,9 @@ unaffected, and a claim with no sink set pays one ``ContextVar.get``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -69,3 +71,29 @@ def note(saga_id: str, reason: str) -> None:
     sink = _SINK.get()
     if sink is not None and all(seen != saga_id for seen, _ in sink.rows):
         sink.rows.append((saga_id, reason))
+
+
+class Looks:
+    """When a store next looks for the rows it reports with a query of its
+    own: at each claim of a collector that wants every claim's (``recover``),
+    at most once per ``every`` seconds for one that reports each row that
+    often (a worker's polls: their extra statement bounded), never with no
+    collector. On the event loop's clock; one per store."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = -math.inf
+
+    def due(self) -> bool:
+        """Whether this claim looks (and, if so, when the next one may)."""
+        sink = _SINK.get()
+        if sink is None:
+            return False
+        if sink.every is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        if now < self._next:
+            return False
+        self._next = now + sink.every
+        return True

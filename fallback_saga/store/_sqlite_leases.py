@@ -14,6 +14,7 @@ from ..errors import CorruptSagaRecord, LeaseLost, SagaBusy, SagaNotFound
 from ..log_lines import library_logger
 from ._sqlite_rows import _is_time, _lenient_text, _not_text, _number, _shown_bytes, _unreadable
 from ._sqlite_sql import _MAX_QUIET, _Txn
+from ._sqlite_unknown_status import unknown_status_rows
 from ._sqlite_unleasable import IN_FLIGHT, LARGEST_INTEGER, count_problem, lease_problem
 from .base import Lease, LeaseState
 
@@ -40,13 +41,15 @@ _CLAIM_DUE: Final = (
     # step back; a forward step, likewise, makes sagas look older.)
     " WHERE status IN (?, ?)"
     # Parked (see _parking): claimed park_after times without the lease
-    # given back. A claim_saga by id still leases it. A count that is text
-    # or a BLOB (after every number, as for the times below) is selected,
+    # given back. A claim_saga by id still leases it. A count that is no
+    # integer (text, a BLOB, a REAL such as 5.5: count_problem) is selected,
     # for _claim to report it: "< ?" alone would leave the saga unclaimed
-    # and unreported, neither parked nor recovered. So is a count at the
-    # largest integer (count_problem): no store counts that far — written
-    # by another tool, it was left out as parked, never reported.
-    " AND (unreleased_claims < ? OR unreleased_claims >= ''"
+    # and unreported, neither parked nor recovered, while every reader
+    # calls it corrupt. So is a count at the largest integer: no store
+    # counts that far — written by another tool, it was left out as parked,
+    # never reported. (typeof is read only for a row "< ?" leaves out: a
+    # parked one, or such a count.)
+    " AND (unreleased_claims < ? OR typeof(unreleased_claims) <> 'integer'"
     f" OR unreleased_claims >= {LARGEST_INTEGER})"
     " AND ((lease_expires_at IS NULL AND (updated_at < ? OR updated_at > ?))"
     " OR lease_expires_at <= ? OR lease_written_at > ?"
@@ -73,9 +76,9 @@ _CLAIMABLE: Final = (
 # file — the planner took a full scan (or sagas_by_name: every saga of
 # those names ever run, finished ones included): 13 ms a claim on a file of
 # 100,000 finished sagas, against 0.1 ms (benchmarks/claim_by_name.py).
+_OF_NAMES: Final = " AND saga_name IN ({})"
 _CLAIMABLE_OF_NAMES: Final = (
-    _CLAIM_COLUMNS + " INDEXED BY sagas_by_status" + _CLAIM_DUE + " AND saga_name IN ({})"
-    + _OLDEST_FIRST
+    _CLAIM_COLUMNS + " INDEXED BY sagas_by_status" + _CLAIM_DUE + _OF_NAMES + _OLDEST_FIRST
 )
 # At most this many names go in as placeholders: a statement binds at most
 # 999 variables before SQLite 3.32 (32,766 since; some builds more), and the
@@ -91,9 +94,8 @@ _CLAIM_NAMES_TABLE: Final = (
 )
 _ADD_CLAIM_NAME: Final = "INSERT INTO temp.fallback_saga_claim_names VALUES (?)"
 _CLEAR_CLAIM_NAMES: Final = "DELETE FROM temp.fallback_saga_claim_names"
-_CLAIMABLE_OF_MANY_NAMES: Final = _CLAIMABLE_OF_NAMES.format(
-    "SELECT saga_name FROM temp.fallback_saga_claim_names"
-)
+_MANY_NAMES: Final = "SELECT saga_name FROM temp.fallback_saga_claim_names"
+_CLAIMABLE_OF_MANY_NAMES: Final = _CLAIMABLE_OF_NAMES.format(_MANY_NAMES)
 # A lease by id (claim_saga) is not counted. It clears the count of a
 # finished saga (see _parking): its runs came to an end, whatever became of
 # the give-back of the one that ended it; reopened (retry_unwinding of a
@@ -161,6 +163,7 @@ def _claim(
     deferred: bool,
     park_after: int,
     names: tuple[str, ...] | None = None,
+    unknown_statuses: bool = False,
 ) -> Claimed:
     # The group's transaction is BEGIN IMMEDIATE: no other connection can
     # claim between this SELECT and the UPDATEs below.
@@ -170,14 +173,15 @@ def _claim(
     wanted = limit
     bound = names or ()
     if names is None:
-        sql = _CLAIMABLE
+        sql, named = _CLAIMABLE, ""
     elif len(names) <= _NAMES_BOUND:
+        named = _OF_NAMES.format(", ".join("?" * len(names)))
         sql = _CLAIMABLE_OF_NAMES.format(", ".join("?" * len(names)))
     else:
         cursor.execute(_CLAIM_NAMES_TABLE)
         cursor.execute(_CLEAR_CLAIM_NAMES)
         cursor.executemany(_ADD_CLAIM_NAME, [(name,) for name in names])
-        sql, bound = _CLAIMABLE_OF_MANY_NAMES, ()
+        sql, bound, named = _CLAIMABLE_OF_MANY_NAMES, (), _OF_NAMES.format(_MANY_NAMES)
     while True:
         with _lenient_text(cursor):
             rows = cursor.execute(
@@ -200,6 +204,11 @@ def _claim(
         if len(claimable) >= limit or len(rows) < wanted:
             break
         wanted = limit + len(corrupt)
+    if unknown_statuses:
+        # Rows of a status no store writes: every reader refuses them, and
+        # the query above (by status) never meets them (S12). Asked for by
+        # whoever reports skipped rows only (SQLiteSagaStore.claim).
+        corrupt += unknown_status_rows(cursor, named, bound, limit)
     if sql is _CLAIMABLE_OF_MANY_NAMES:
         cursor.execute(_CLEAR_CLAIM_NAMES)  # not kept between claims
     quiet = txn.quiet

@@ -89,6 +89,7 @@ from ._common import (
     whole_int,
 )
 from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
+from ._skipped_rows import Looks
 from ._skipped_rows import note as note_skipped
 from ._sqlite_leases import Claimed, _claim, _claim_saga, _defer, _lease_state, _release, _renew
 from ._sqlite_purge import _old_finished, _purge
@@ -286,6 +287,10 @@ class SQLiteSagaStore:
         # store's in between.
         self._submit = self._runner.submit
         self._writer_process = self._runner.writer_process
+        # When a claim next looks for rows of a status the store does not
+        # know, to report them (_sqlite_unknown_status): for whoever reports
+        # skipped rows only, a worker's polls once per its lease.
+        self._unknown_statuses = Looks()
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self.path!r}, synchronous={self.synchronous!r})"
@@ -543,6 +548,7 @@ class SQLiteSagaStore:
             deferred,
             NEVER_PARKED if self.park_after is None else self.park_after,
             claim_names(names),
+            self._unknown_statuses.due(),
         )
         claimed: Claimed = await _taken(self._submit(_claim, args, write=True, leases=True))
         for saga_id, reason in claimed.skipped:
