@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,36 @@ async def test_s12_recover_reports_the_readers_reason_for_a_row_the_claim_used_t
         report = await recover(store, [_RowSaga], older_than=0, lease=60)
     assert report.skipped == [("bad", f"its row is unreadable: {reason}")]
     assert report.resumed == ["good"]
+
+
+@pytest.mark.parametrize(
+    ("owner", "reason"),
+    [
+        ("X'00'", "its lease_owner is not text (a bytes)"),
+        ("CAST(X'53ff' AS TEXT)", "its lease_owner is text that is not valid UTF-8"),
+    ],
+)
+async def test_s12_a_lease_owner_the_readers_refuse_is_not_resumed_behind_their_back(
+    tmp_path: Path, owner: str, reason: str
+) -> None:
+    """The converse: a row the claim recovers is readable. A lease owner
+    that is no text made the listing (and ``lease_state``, ``claim_saga``)
+    call the saga unreadable while ``claim`` leased it and ``recover``
+    resumed it — the operator's list never showed the saga that ran. Now
+    the claim skips it with the readers' reason (found by the row fuzz,
+    seed 966502)."""
+    path = tmp_path / "sagas.db"
+    await _store_with_bad_row(path, "owner-blob", SagaStatus.RUNNING)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(f"UPDATE sagas SET lease_owner = {owner} WHERE saga_id = 'bad'")
+    async with SQLiteSagaStore(path) as store:
+        listed = [summary.saga_id for summary in await store.list_sagas()]
+        assert listed == ["good"]
+        with pytest.raises(CorruptSagaRecord, match=re.escape(reason)):
+            await store.load("bad")
+        report = await recover(store, [_RowSaga], older_than=0, lease=60)
+        assert report.skipped == [("bad", f"its row is unreadable: {reason}")]
+        assert report.resumed == ["good"]
 
 
 async def test_s12_a_finished_saga_with_a_status_in_another_case_is_reported_too(

@@ -23,7 +23,8 @@ _log = library_logger("fallback_saga.store.sqlite")
 # --------------------------------------------------------------------------- SQL
 
 _CLAIM_COLUMNS: Final = (
-    "SELECT saga_id, fence, lease_expires_at, updated_at, unreleased_claims FROM sagas"
+    "SELECT saga_id, fence, lease_expires_at, updated_at, unreleased_claims, lease_owner"
+    " FROM sagas"
 )
 _CLAIM_DUE: Final = (
     # Never leased: due once not updated for older_than. Leased before: due as
@@ -191,9 +192,9 @@ def _claim(
             ).fetchall()
         claimable: list[tuple[str, int, int]] = []
         corrupt: list[tuple[object, str]] = []
-        for saga_id, fence, expires_at, updated_at, claims in rows:
+        for saga_id, fence, expires_at, updated_at, claims, lease_owner in rows:
             # The readers show such a row as unreadable by the same predicate.
-            problem = lease_problem(saga_id, fence, expires_at, updated_at, claims)
+            problem = lease_problem(saga_id, fence, expires_at, updated_at, claims, lease_owner)
             if problem is None:
                 claimable.append((saga_id, fence, claims))
             else:

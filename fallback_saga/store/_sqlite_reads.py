@@ -27,7 +27,7 @@ _log = library_logger("fallback_saga.store.sqlite")
 # (_sqlite_unleasable): a saga the claim skips as corrupt is read as such.
 _SELECT_SAGA: Final = (
     "SELECT saga_name, fingerprint, status, context, version, created_at, updated_at,"
-    " fence, lease_expires_at, unreleased_claims FROM sagas WHERE saga_id = ?"
+    " fence, lease_expires_at, unreleased_claims, lease_owner FROM sagas WHERE saga_id = ?"
 )
 _SELECT_STEPS: Final = (
     "SELECT seq, position, step, branch, action, status, attempt, error, at, result"
@@ -119,8 +119,8 @@ def _check_leasable(saga_id: str, row: Sequence[Any]) -> None:
     status, updated_at = row[2], row[6]
     if status not in IN_FLIGHT:
         return
-    fence, expires_at, claims = row[_RECORD_COLUMNS:]
-    problem = lease_problem(saga_id, fence, expires_at, updated_at, claims)
+    fence, expires_at, claims, owner = row[_RECORD_COLUMNS:]
+    problem = lease_problem(saga_id, fence, expires_at, updated_at, claims, owner)
     if problem is not None:
         raise CorruptSagaRecord(saga_id, problem)
 
@@ -219,11 +219,11 @@ def _window(
 
 
 def _listed(row: Sequence[Any]) -> SagaSummary:
-    _, saga_id, _, status, _, updated_at, _, expires_at, claims, fence = row
+    _, saga_id, _, status, _, updated_at, owner, expires_at, claims, fence = row
     if not isinstance(saga_id, str):
         # In flight, in the claim's words (_sqlite_unleasable).
         problem = (
-            lease_problem(saga_id, fence, expires_at, updated_at, claims)
+            lease_problem(saga_id, fence, expires_at, updated_at, claims, owner)
             if status in IN_FLIGHT else None
         )
         raise UnreadableRow(_unreadable(saga_id, problem or f"the saga id is {_not_text(saga_id)}"))
@@ -247,7 +247,7 @@ def _summary(
     (``_sqlite_unleasable``), never listed as running or parked."""
     assert isinstance(saga_id, str)  # checked by the caller
     if status in IN_FLIGHT:
-        problem = lease_problem(saga_id, fence, expires_at, updated_at, claims)
+        problem = lease_problem(saga_id, fence, expires_at, updated_at, claims, owner)
         if problem is not None:
             raise CorruptSagaRecord(saga_id, problem)
     if owner is not None and not isinstance(owner, str):
