@@ -15,7 +15,8 @@ another case or unknown, a context that is not JSON, a journal with a hole
 audit: a status the store does not know (``'RUNNING'``, ``'paused'``, a
 BLOB), and a count of claims that is a non-integral REAL at or above
 ``park_after`` were refused by every reader and never selected by the
-claim: no pass, no worker, no log line ever named them.
+claim: no pass, no worker, no log line ever named them; and a lease owner
+that is no text, refused by the listing, was leased and resumed unseen.
 """
 
 from __future__ import annotations
