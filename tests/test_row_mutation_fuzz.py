@@ -336,9 +336,8 @@ class SQLiteBench(Bench):
 
 def waiting_for_recovery(path: Path, family: str) -> list[str]:
     """The family's sagas (by id) that a recover pass must take or report
-    (S12): a status that is not final (in flight, or one the store does not
-    know), no lease held (an owner and an expiry in the future: a live
-    worker's), not parked."""
+    (S12): in flight, or a status the store does not know; no lease held
+    (an owner and an expiry in the future: a live worker's), not parked."""
     conn = sqlite3.connect(path)
     conn.text_factory = bytes  # text that is not UTF-8 reads too
     try:
@@ -348,13 +347,16 @@ def waiting_for_recovery(path: Path, family: str) -> list[str]:
             (family, len(family) + 1, family + CHILD_SEPARATOR)).fetchall()
     finally:
         conn.close()
-    finished = {status.value.encode() for status in SagaStatus if status.is_final}
+    # A status the store writes but the claim does not take (finished, or
+    # pending: written by no store, shown as such) is out of recovery's part.
+    settled = {status.value.encode() for status in SagaStatus} - {
+        SagaStatus.RUNNING.value.encode(), SagaStatus.COMPENSATING.value.encode()}
     waiting = []
     for saga_id, status, owner, expires_at, claims in rows:
         held = (owner is not None and isinstance(expires_at, float | int)
                 and expires_at > time.time())
         parked = type(claims) is int and PARK_AFTER <= claims < 2**63 - 1
-        if status not in finished and not held and not parked:
+        if status not in settled and not held and not parked:
             with contextlib.suppress(UnicodeDecodeError):
                 waiting.append(saga_id.decode())
     return waiting
