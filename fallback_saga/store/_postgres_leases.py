@@ -11,7 +11,6 @@ statements through the store's connection layer (``_postgres_pool``).
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Collection
@@ -39,6 +38,7 @@ from ._dsn_secrets import scrub
 from ._parking import NEVER_PARKED, check_ran
 from ._postgres_conn import _READ_COMMITTED, _driver, _getconn, _query
 from ._postgres_pool import _NOT_SENT, PooledStore
+from ._postgres_unknown_status import ARMS, unknown_status_reasons
 from ._postgres_unleasable import (
     CLAIMS_TOO_LARGE,
     FENCE_TOO_LARGE,
@@ -86,7 +86,7 @@ def _finish(conn: AsyncConnection[Any]) -> None:
 class Leases:
     """A ``PostgresSagaStore``'s recovery leases (see the module docstring)."""
 
-    __slots__ = ("_forgetting", "_names", "_sql", "_store", "_unclaimable_next")
+    __slots__ = ("_forgetting", "_looks", "_names", "_sql", "_store")
 
     def __init__(self, store: PooledStore) -> None:
         self._store = store
@@ -94,9 +94,12 @@ class Leases:
         self._names = store._names
         # Claims whose answer never came, being given back (_forget_claim).
         self._forgetting: set[asyncio.Task[None]] = set()
-        # When a worker's claim may next read the rows it leaves out as
-        # corrupt (_unclaimable_wanted), on the event loop's clock.
-        self._unclaimable_next = -math.inf
+        # When a claim next reads the rows it reports as skipped with
+        # queries of their own (_unclaimable, _unknown_statuses): for a
+        # ``recover`` pass, each claim; for a worker, at most once per its
+        # lease's length (its polls' extra statements bounded, as SQLite's
+        # log line about such a row is); never with nobody to tell.
+        self._looks = skipped_rows.Looks()
 
     async def settle(self) -> None:
         """At close: the give-backs under way (``_forget_claim``) get a
@@ -159,11 +162,12 @@ class Leases:
                                                       limit, deferred, named, marker, locked)
                     # A claim that took its limit met the rows up to its last
                     # saga only (the oldest first): those are the ones it reports.
-                    unclaimable = (
-                        await self._unclaimable(conn, older_than, limit, deferred, named,
-                                                due[-1] if len(due) >= limit else None)
-                        if self._unclaimable_wanted() else []
-                    )
+                    unclaimable: list[tuple[str, str]] = []
+                    if self._looks.due():
+                        unclaimable = await self._unclaimable(
+                            conn, older_than, limit, deferred, named,
+                            due[-1] if len(due) >= limit else None)
+                        unclaimable += await self._unknown_statuses(conn, limit, named)
             finally:
                 await pool.putconn(conn)
         except BaseException as error:
@@ -229,22 +233,6 @@ class Leases:
             taken[saga_id] = (fence, expires, claims)
         return due, taken
 
-    def _unclaimable_wanted(self) -> bool:
-        """Whether this claim reads the rows it leaves out as corrupt: for a
-        ``recover`` pass, each claim; for a worker, at most once per its
-        lease's length (its polls' extra statement bounded, as SQLite's log
-        line about such a row is; see ``_skipped_rows``)."""
-        if not skipped_rows.wanted():
-            return False
-        every = skipped_rows.every()
-        if every is None:
-            return True
-        now = asyncio.get_running_loop().time()
-        if now < self._unclaimable_next:
-            return False
-        self._unclaimable_next = now + every
-        return True
-
     async def _unclaimable(
         self, conn: AsyncConnection[Any], older_than: float, limit: int, deferred: bool,
         names: tuple[str, ...] | None, met_until: str | None = None,
@@ -273,6 +261,19 @@ class Leases:
             (saga_id, lease_problem(status, *columns) or CLAIMS_TOO_LARGE)
             for saga_id, status, *columns in await cursor.fetchall()
         ]
+
+    async def _unknown_statuses(
+        self, conn: AsyncConnection[Any], limit: int, names: tuple[str, ...] | None,
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` sagas of a status the store does not write, which
+        the claim (by status) never meets, with why (the readers' words:
+        _postgres_unknown_status); of the claim's names only, so that a
+        worker is told of its own sagas. In the claim's transaction."""
+        sql = self._sql
+        arm: tuple[Any, ...] = (limit,) if names is None else (list(names), limit)
+        statement = sql.unknown_status if names is None else sql.unknown_status_named
+        cursor = await _query(conn, statement, (*arm * ARMS, limit), self._store._prepare)
+        return unknown_status_reasons(await cursor.fetchall())
 
     def _forget_soon(
         self, saga_ids: list[str], marker: str, owner: str, lease_seconds: float, *,

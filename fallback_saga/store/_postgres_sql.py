@@ -37,6 +37,7 @@ from ._postgres_schema import (
     _INTERRUPTED_SQL,
     _Names,
 )
+from ._postgres_unknown_status import unknown_status_query
 from ._postgres_unleasable import (
     LEASABLE_SQL,
     NEVER_DUE_SQL,
@@ -365,6 +366,11 @@ class _Statements:
         self.unclaimable_named = unclaimable + named + uncounted_first
         self.unclaimable_met = unclaimable + met + uncounted_first
         self.unclaimable_met_named = unclaimable + met + named + uncounted_first
+        # Sagas of a status the store does not write, which the claim (by
+        # status) never meets (_postgres_unknown_status): from the status
+        # index's ranges around the known statuses, whatever their age.
+        self.unknown_status = unknown_status_query(sagas, "")
+        self.unknown_status_named = unknown_status_query(sagas, named)
         # Oldest update first, to within a second: the order of the
         # partial index on touched_at (updated_at is not indexed).
         oldest_first = " ORDER BY touched_at LIMIT %s::bigint FOR UPDATE SKIP LOCKED"

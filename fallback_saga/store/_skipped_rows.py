@@ -53,19 +53,6 @@ def collecting(every: float | None = None) -> Iterator[list[tuple[str, str]]]:
         _SINK.reset(token)
 
 
-def wanted() -> bool:
-    """Whether somebody collects skipped rows here (a PostgreSQL claim reads
-    them with a query of their own only then: a poll with nobody to tell
-    stays the one statement it was)."""
-    return _SINK.get() is not None
-
-
-def every() -> float | None:
-    """How often the collector wants them (see ``collecting``)."""
-    sink = _SINK.get()
-    return None if sink is None else sink.every
-
-
 def note(saga_id: str, reason: str) -> None:
     """Report a row a claim skipped, once per collection."""
     sink = _SINK.get()
