@@ -191,7 +191,7 @@ async def test_s12_postgres_claim_reports_the_rows_it_met_walking_no_further(
             first = await store.claim(owner="w", lease_seconds=600, older_than=60, limit=10)
         assert [lease.saga_id for lease in first] == [f"s{n:05d}" for n in range(1, 11)]
         ((statement, values),) = [(text, params) for text, params in sent
-                                  if text.startswith("SELECT saga_id, status")]
+                                  if text.startswith("SELECT saga_id, status, fence")]
         plan = "\n".join(row[0] for row in raw.execute(
             "EXPLAIN (ANALYZE) " + statement, values))
         read = sum(int(rows) + int(removed or 0) for rows, removed in re.findall(
