@@ -250,3 +250,23 @@ class JsonStore:
             context=row["context"],
             history=history,
         )
+
+
+class RowCtx(SagaContext):
+    """The context of ``RowSaga``: nothing in it."""
+
+
+class RowStep:
+    async def act(self, ctx: RowCtx) -> None:
+        pass
+
+    async def compensate(self, ctx: RowCtx) -> None:
+        pass
+
+
+class RowSaga(Saga[RowCtx]):
+    """One step that does nothing: the saga of the store tests that write
+    its rows by hand (``store.create(..., "RowSaga", RowSaga.definition.fingerprint,
+    ...)``) and then break them, to see what the readers and recovery say."""
+
+    steps = [RowStep]

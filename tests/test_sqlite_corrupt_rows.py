@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers_saga import RowSaga
 
-from fallback_saga import Saga, SagaContext
 from fallback_saga.errors import CorruptSagaRecord, SagaStoreError
 from fallback_saga.recovery import recover
 from fallback_saga.status import SagaStatus
@@ -214,22 +214,6 @@ async def test_S12_claims_at_the_largest_integer_are_a_corrupt_row_not_a_parked_
             await store.claim_saga("s1", owner="w", lease_seconds=60)
 
 
-class _Ctx(SagaContext):
-    pass
-
-
-class _Step:
-    async def act(self, ctx: _Ctx) -> None:
-        pass
-
-    async def compensate(self, ctx: _Ctx) -> None:
-        pass
-
-
-class _RowSaga(Saga[_Ctx]):
-    steps = [_Step]
-
-
 @pytest.mark.parametrize(
     ("column", "value", "reason"),
     [
@@ -246,13 +230,13 @@ async def test_S12_recover_reports_a_row_its_claim_cannot_lease_and_resumes_the_
     Now listed there, once per pass, with why; the others are resumed."""
     async with SQLiteSagaStore(path) as store:
         for saga_id in ("s1", "s2", "s3"):
-            await store.create(saga_id, "_RowSaga", _RowSaga.definition.fingerprint,
-                               {}, [entry(0, "_Step")])
+            await store.create(saga_id, "RowSaga", RowSaga.definition.fingerprint,
+                               {}, [entry(0, "RowStep")])
     _damage(path, "UPDATE sagas SET updated_at = 0")  # long due, whatever the clock says
     _damage(path, f"UPDATE sagas SET {column} = {value} WHERE saga_id = 's2'")
     seen: list[tuple[str, str]] = []
     async with SQLiteSagaStore(path) as store:
-        report = await recover(store, [_RowSaga], older_than=0, lease=60,
+        report = await recover(store, [RowSaga], older_than=0, lease=60,
                                progress=lambda saga_id, outcome: seen.append((saga_id, outcome)))
         assert sorted(report.resumed) == ["s1", "s3"]
         ((saga_id, why),) = report.skipped
@@ -261,7 +245,7 @@ async def test_S12_recover_reports_a_row_its_claim_cannot_lease_and_resumes_the_
         assert reason in why
         assert ("s2", "skipped") in seen
         # On every pass, though the store's log line is rate-limited.
-        again = await recover(store, [_RowSaga], older_than=0, lease=60)
+        again = await recover(store, [RowSaga], older_than=0, lease=60)
         assert again.skipped == report.skipped
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_saga import RowSaga
 
-from fallback_saga import RecoveryWorker, Saga, SagaContext
+from fallback_saga import RecoveryWorker
 from fallback_saga.errors import CorruptSagaRecord
 from fallback_saga.recovery import RecoveryReport, recover
 from fallback_saga.status import SagaStatus
@@ -101,7 +102,7 @@ _JOURNAL = {
     "journal-seq-text": "UPDATE saga_steps SET seq = 'x' WHERE saga_id = 'bad'",
     "journal-extra-seq": (
         "INSERT INTO saga_steps (saga_id, seq, position, step, branch, action, status,"
-        " attempt, at) VALUES ('bad', 7, 0, '_Step', 'primary', 'act', 'started', 1, 0)"),
+        " attempt, at) VALUES ('bad', 7, 0, 'RowStep', 'primary', 'act', 'started', 1, 0)"),
     "journal-empty": "DELETE FROM saga_steps WHERE saga_id = 'bad'",
     "journal-time-infinite": "UPDATE saga_steps SET at = 9e999 WHERE saga_id = 'bad'",
     "journal-status-unknown": "UPDATE saga_steps SET status = 'nope' WHERE saga_id = 'bad'",
@@ -110,29 +111,13 @@ _JOURNAL = {
 }
 
 
-class _Ctx(SagaContext):
-    pass
-
-
-class _Step:
-    async def act(self, ctx: _Ctx) -> None:
-        pass
-
-    async def compensate(self, ctx: _Ctx) -> None:
-        pass
-
-
-class _RowSaga(Saga[_Ctx]):
-    steps = [_Step]
-
-
 async def _store_with_bad_row(path: Path, mutation: str, status: SagaStatus) -> None:
     """Sagas 'good' and 'bad' in flight (``status``), long due, and the
     mutation applied to 'bad'."""
     async with SQLiteSagaStore(path) as store:
         for saga_id in ("good", "bad"):
-            await store.create(saga_id, "_RowSaga", _RowSaga.definition.fingerprint, {},
-                               [entry(0, "_Step")])
+            await store.create(saga_id, "RowSaga", RowSaga.definition.fingerprint, {},
+                               [entry(0, "RowStep")])
             if status is SagaStatus.COMPENSATING:
                 await store.append(saga_id, [], status=status)
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
@@ -170,7 +155,7 @@ async def test_s12_a_due_saga_a_reader_calls_corrupt_is_recovered_or_reported_by
     async with SQLiteSagaStore(path, park_after=_PARK_AFTER) as store:
         read_before = await _readable(store, "bad")
         for attempt in ("first", "second"):
-            report = await recover(store, [_RowSaga], older_than=0, lease=60)
+            report = await recover(store, [RowSaga], older_than=0, lease=60)
             if attempt == "first":  # the healthy saga next to it is not held up
                 assert "good" in report.resumed + report.compensated, report
             read = await _readable(store, "bad")
@@ -204,7 +189,7 @@ async def test_s12_recover_reports_the_readers_reason_for_a_row_the_claim_used_t
         with pytest.raises(CorruptSagaRecord) as read:
             await store.load("bad")
         assert reason in str(read.value)
-        report = await recover(store, [_RowSaga], older_than=0, lease=60)
+        report = await recover(store, [RowSaga], older_than=0, lease=60)
     assert report.skipped == [("bad", f"its row is unreadable: {reason}")]
     assert report.resumed == ["good"]
 
@@ -234,7 +219,7 @@ async def test_s12_a_lease_owner_the_readers_refuse_is_not_resumed_behind_their_
         assert listed == ["good"]
         with pytest.raises(CorruptSagaRecord, match=re.escape(reason)):
             await store.load("bad")
-        report = await recover(store, [_RowSaga], older_than=0, lease=60)
+        report = await recover(store, [RowSaga], older_than=0, lease=60)
         assert report.skipped == [("bad", f"its row is unreadable: {reason}")]
         assert report.resumed == ["good"]
 
@@ -250,7 +235,7 @@ async def test_s12_a_finished_saga_with_a_status_in_another_case_is_reported_too
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE sagas SET status = 'COMPLETED' WHERE saga_id = 'bad'")
     async with SQLiteSagaStore(path) as store:
-        report = await recover(store, [_RowSaga], older_than=0, lease=60)
+        report = await recover(store, [RowSaga], older_than=0, lease=60)
     assert report.skipped == [("bad", "its row is unreadable: unknown saga status 'COMPLETED'")]
 
 
@@ -277,7 +262,7 @@ async def test_s12_a_worker_tells_a_row_its_claim_used_to_leave_out_as_skipped(
     await _store_with_bad_row(path, mutation, SagaStatus.RUNNING)
     told = _Told()
     async with SQLiteSagaStore(path, park_after=_PARK_AFTER) as store:
-        worker = RecoveryWorker(store, [_RowSaga], concurrency=1, lease=30, poll=3600,
+        worker = RecoveryWorker(store, [RowSaga], concurrency=1, lease=30, poll=3600,
                                 older_than=0, listen=False, listeners=[told])
         running = asyncio.create_task(worker.run())
         try:
@@ -309,7 +294,7 @@ async def test_s12_a_worker_claiming_by_name_is_not_told_of_another_services_unk
 
         with collecting() as rows:
             await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10,
-                              names=("_RowSaga",))
+                              names=("RowSaga",))
         assert rows == []
         with collecting() as rows:
             await store.claim(owner="w2", lease_seconds=60, older_than=0, limit=10,

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from conftest_pg import require_driver
+from helpers_saga import RowSaga
 
-from fallback_saga import RecoveryWorker, Saga, SagaContext
+from fallback_saga import RecoveryWorker
 from fallback_saga.errors import CorruptSagaRecord
 from fallback_saga.recovery import recover
 from fallback_saga.store._common import unknown_status
@@ -37,27 +38,11 @@ from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
 _UNKNOWN = ["RUNNING", "paused", "", "Compensating", "COMPLETED", "zzz"]
 
 
-class _Ctx(SagaContext):
-    pass
-
-
-class _Step:
-    async def act(self, ctx: _Ctx) -> None:
-        pass
-
-    async def compensate(self, ctx: _Ctx) -> None:
-        pass
-
-
-class _RowSaga(Saga[_Ctx]):
-    steps = [_Step]
-
-
 async def _fill(store: PostgresSagaStore, raw: Any, status: str) -> None:
     """Sagas 'good' and 'bad' running, long due; 'bad' given ``status``."""
     for saga_id in ("good", "bad"):
-        await store.create(saga_id, "_RowSaga", _RowSaga.definition.fingerprint, {},
-                           [entry(0, "_Step")])
+        await store.create(saga_id, "RowSaga", RowSaga.definition.fingerprint, {},
+                           [entry(0, "RowStep")])
     raw.execute("UPDATE fallback_saga_sagas SET updated_at = now() - interval '1 day'")
     raw.execute("UPDATE fallback_saga_sagas SET status = %s WHERE saga_id = 'bad'", (status,))
 
@@ -76,7 +61,7 @@ async def test_s12_postgres_recover_reports_a_saga_of_an_unknown_status(
             await store.load("bad")
         assert unknown_status(status) in str(read.value)
         for _ in ("first", "second"):  # every pass, not once
-            report = await recover(store, [_RowSaga], older_than=0, lease=60)
+            report = await recover(store, [RowSaga], older_than=0, lease=60)
             assert report.skipped == [("bad", _reason(status))], report
         assert (await store.load("good")).status.is_final  # the healthy one resumed
 
@@ -106,7 +91,7 @@ async def test_s12_postgres_a_worker_tells_a_saga_of_an_unknown_status_once_per_
     monkeypatch.setattr(PostgresSagaStore, "claim", counted)
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         await _fill(store, raw, "paused")
-        worker = RecoveryWorker(store, [_RowSaga], concurrency=1, lease=30, poll=0.01,
+        worker = RecoveryWorker(store, [RowSaga], concurrency=1, lease=30, poll=0.01,
                                 older_than=0, listen=False, listeners=[told])
         running = asyncio.create_task(worker.run())
         try:
@@ -133,7 +118,7 @@ async def test_s12_postgres_a_claim_by_name_is_not_told_of_another_names_unknown
         raw.execute("UPDATE fallback_saga_sagas SET saga_name = 'Other' WHERE saga_id = 'bad'")
         with collecting() as rows:
             await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10,
-                              names=("_RowSaga",))
+                              names=("RowSaga",))
         assert rows == []
         with collecting() as rows:
             await store.claim(owner="w2", lease_seconds=60, older_than=0, limit=10,
@@ -157,7 +142,7 @@ async def test_s12_postgres_the_look_for_unknown_statuses_reads_no_finished_saga
         await _fill(store, raw, "paused")
         raw.execute(
             "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
-            " SELECT 'f' || n, '_RowSaga', 'fp', (ARRAY['completed', 'compensated', 'failed',"
+            " SELECT 'f' || n, 'RowSaga', 'fp', (ARRAY['completed', 'compensated', 'failed',"
             " 'pending'])[1 + n % 4], '{}' FROM generate_series(1, 100000) AS n")
         if analyzed:
             raw.execute("ANALYZE fallback_saga_sagas")
@@ -171,7 +156,7 @@ async def test_s12_postgres_the_look_for_unknown_statuses_reads_no_finished_saga
         monkeypatch.setattr(_postgres_leases, "_query", recorded)
         with collecting() as rows:
             await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10,
-                              names=("_RowSaga",) if named else None)
+                              names=("RowSaga",) if named else None)
         assert rows == [("bad", _reason("paused"))]
         ((statement, values),) = [(text, params) for text, params in sent
                                   if text.startswith("SELECT saga_id, status FROM (")]
