@@ -270,3 +270,15 @@ class RowSaga(Saga[RowCtx]):
     ...)``) and then break them, to see what the readers and recovery say."""
 
     steps = [RowStep]
+
+
+class OutcomesTold:
+    """A listener that keeps every ``recovery_outcome`` a worker or a
+    ``recover`` pass tells it: (saga id, saga name, outcome, reason)."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[str, str | None, str, str | None]] = []
+
+    def recovery_outcome(self, saga_id: str, saga_name: str | None, outcome: str,
+                         reason: str | None) -> None:
+        self.outcomes.append((saga_id, saga_name, outcome, reason))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_saga import RowSaga
+from helpers_saga import OutcomesTold, RowSaga
 
 from fallback_saga import RecoveryWorker
 from fallback_saga.errors import CorruptSagaRecord
@@ -239,15 +239,6 @@ async def test_s12_a_finished_saga_with_a_status_in_another_case_is_reported_too
     assert report.skipped == [("bad", "its row is unreadable: unknown saga status 'COMPLETED'")]
 
 
-class _Told:
-    def __init__(self) -> None:
-        self.outcomes: list[tuple[str, str | None, str, str | None]] = []
-
-    def recovery_outcome(self, saga_id: str, saga_name: str | None, outcome: str,
-                         reason: str | None) -> None:
-        self.outcomes.append((saga_id, saga_name, outcome, reason))
-
-
 @pytest.mark.parametrize(
     ("mutation", "reason"),
     [
@@ -260,7 +251,7 @@ async def test_s12_a_worker_tells_a_row_its_claim_used_to_leave_out_as_skipped(
 ) -> None:
     path = tmp_path / "sagas.db"
     await _store_with_bad_row(path, mutation, SagaStatus.RUNNING)
-    told = _Told()
+    told = OutcomesTold()
     async with SQLiteSagaStore(path, park_after=_PARK_AFTER) as store:
         worker = RecoveryWorker(store, [RowSaga], concurrency=1, lease=30, poll=3600,
                                 older_than=0, listen=False, listeners=[told])

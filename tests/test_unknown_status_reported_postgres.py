@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest_pg import require_driver
-from helpers_saga import RowSaga
+from helpers_saga import OutcomesTold, RowSaga
 
 from fallback_saga import RecoveryWorker
 from fallback_saga.errors import CorruptSagaRecord
@@ -66,20 +66,11 @@ async def test_s12_postgres_recover_reports_a_saga_of_an_unknown_status(
         assert (await store.load("good")).status.is_final  # the healthy one resumed
 
 
-class _Told:
-    def __init__(self) -> None:
-        self.outcomes: list[tuple[str, str | None, str, str | None]] = []
-
-    def recovery_outcome(self, saga_id: str, saga_name: str | None, outcome: str,
-                         reason: str | None) -> None:
-        self.outcomes.append((saga_id, saga_name, outcome, reason))
-
-
 async def test_s12_postgres_a_worker_tells_a_saga_of_an_unknown_status_once_per_lease(
     pg_conninfo: str, pg_schema: str, raw: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Told once, though the worker polls many times within its lease."""
-    told = _Told()
+    told = OutcomesTold()
     polls = 0
     claim = PostgresSagaStore.claim
 
