@@ -52,12 +52,12 @@ from helpers_row_fuzz import (
     Crash,
     Ctx,
     FuzzTarget,
-    Outcome,
     PlainSaga,
     console_problems,
     hunt_main,
     mutate_family,
     run_scenarios,
+    waits_for_recovery,
 )
 
 from fallback_saga import (
@@ -307,7 +307,6 @@ class SQLiteBench(Bench):
         super().__init__()
         self.where = where
         self.pristine = where / "pristine.db"
-        self.waiting: list[str] = []  # see waiting_for_recovery
 
     async def make_pristine(self) -> None:
         await make_pristine(self.pristine)
@@ -317,18 +316,10 @@ class SQLiteBench(Bench):
         return sqlite_target(self.where / f"{name}.db")
 
     def mutate(self, name: str, seed: int) -> tuple[str, list[str]]:
-        family, done = mutate(self.where / f"{name}.db", seed)
-        self.waiting = waiting_for_recovery(self.where / f"{name}.db", family)
-        return family, done
+        return mutate(self.where / f"{name}.db", seed)
 
-    async def case_by(
-        self, name: str, mutation: Callable[[str], tuple[str, list[str]]], *,
-        worker: bool = False, surfaces: bool = True,
-    ) -> tuple[list[str], list[str], Outcome]:
-        self.waiting = []
-        done, problems, got = await super().case_by(name, mutation, worker=worker,
-                                                     surfaces=surfaces)
-        return done, problems + unreported(self.waiting, got), got
+    def waiting_for_recovery(self, name: str, family: str) -> list[str]:
+        return waiting_for_recovery(self.where / f"{name}.db", family)
 
     async def drop(self, name: str) -> None:
         _remove(self.where / f"{name}.db")
@@ -336,8 +327,8 @@ class SQLiteBench(Bench):
 
 def waiting_for_recovery(path: Path, family: str) -> list[str]:
     """The family's sagas (by id) that a recover pass must take or report
-    (S12): in flight, or a status the store does not know; no lease held
-    (an owner and an expiry in the future: a live worker's), not parked."""
+    (S12, ``waits_for_recovery``); a lease is held by an owner and an
+    expiry in the future, parked by a count from ``PARK_AFTER``."""
     conn = sqlite3.connect(path)
     conn.text_factory = bytes  # text that is not UTF-8 reads too
     try:
@@ -347,31 +338,17 @@ def waiting_for_recovery(path: Path, family: str) -> list[str]:
             (family, len(family) + 1, family + CHILD_SEPARATOR)).fetchall()
     finally:
         conn.close()
-    # A status the store writes but the claim does not take (finished, or
-    # pending: written by no store, shown as such) is out of recovery's part.
-    settled = {status.value.encode() for status in SagaStatus} - {
-        SagaStatus.RUNNING.value.encode(), SagaStatus.COMPENSATING.value.encode()}
     waiting = []
     for saga_id, status, owner, expires_at, claims in rows:
         held = (owner is not None and isinstance(expires_at, float | int)
                 and expires_at > time.time())
         parked = type(claims) is int and PARK_AFTER <= claims < 2**63 - 1
-        if status not in settled and not held and not parked:
+        # Not UTF-8: no status the store writes (and, as an id, not named).
+        shown = status.decode(errors="replace") if isinstance(status, bytes) else str(status)
+        if waits_for_recovery(shown, held=held, parked=parked):
             with contextlib.suppress(UnicodeDecodeError):
                 waiting.append(saga_id.decode())
     return waiting
-
-
-def unreported(waiting: list[str], got: Outcome) -> list[str]:
-    """Each saga of ``waiting`` that no reader can read and the pass did not
-    name: left waiting without a word (S12)."""
-    return [
-        f"S12: {saga_id!r} is unreadable ({got.before.get(saga_id, 'not listed')!r}) but no "
-        f"recover pass "
-        f"named it" for saga_id in waiting
-        if (saga_id not in got.before or not hasattr(got.before[saga_id], "history"))
-        and saga_id not in got.reported
-    ]
 
 
 def _remove(path: Path) -> None:

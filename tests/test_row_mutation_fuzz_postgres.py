@@ -50,9 +50,11 @@ from helpers_row_fuzz import (
     hunt_main,
     mutate_family,
     run_scenarios,
+    waits_for_recovery,
 )
 
 from fallback_saga import CorruptSagaRecord, Saga, SagaStatus, StepStatus, recover
+from fallback_saga.store._parking import PARK_AFTER
 from fallback_saga.subsaga import CHILD_SEPARATOR
 
 pytest_plugins = ["conftest_pg"]
@@ -323,9 +325,26 @@ def _structural(rng: random.Random, conn: Any, saga_id: str) -> str:
     return done
 
 
+# A saga status the store does not write: another case, a word no version
+# wrote, the empty string (text NOT NULL, no CHECK: the column takes each).
+_OTHER_STATUSES = ["RUNNING", "Compensating", "COMPLETED", "running ", " running", "paused",
+                   "resuming", "cancelled", "started", "unknown", "", "\u2028"]
+
+
+def _mutate_status(rng: random.Random, conn: Any, saga_id: str) -> str:
+    """The saga's status: another the store writes, or one it does not."""
+    if rng.random() < 0.5:
+        status = rng.choice([s.value for s in SagaStatus])
+    else:
+        status = rng.choice(_OTHER_STATUSES)
+    taken = _refusable(conn, f"UPDATE {SAGAS_TABLE} SET status = %s WHERE saga_id = %s",
+                       (status, saga_id))
+    return f"sagas.status={status!r}" + ("" if taken else " refused")
+
+
 MUTATIONS: list[Callable[[random.Random, Any, str], str]] = [
     _structural, _structural, _mutate_entry, _mutate_entry, _mutate_entry,
-    _mutate_saga_row, _mutate_saga_row, _mutate_context,
+    _mutate_saga_row, _mutate_saga_row, _mutate_context, _mutate_status,
 ]
 
 
@@ -385,6 +404,9 @@ class PostgresBench(Bench):
     def mutate(self, name: str, seed: int) -> tuple[str, list[str]]:
         return mutate(self.conninfo, self.schema(name), seed)
 
+    def waiting_for_recovery(self, name: str, family: str) -> list[str]:
+        return waiting_for_recovery(self.conninfo, self.schema(name), family)
+
     async def drop(self, name: str) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema(name)}" CASCADE')
@@ -392,6 +414,26 @@ class PostgresBench(Bench):
     def drop_pristine(self) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.pristine}" CASCADE')
+
+
+def waiting_for_recovery(conninfo: str, schema: str, family: str) -> list[str]:
+    """The family's sagas (by id) that a recover pass must take or report
+    (S12, ``waits_for_recovery``). A lease is held by an owner and an expiry
+    in the future — short of ``infinity``, which no claim ever reaches: such
+    a row is the claim's to report (``_postgres_unleasable``). Parked: a
+    count from ``PARK_AFTER``, short of the integer's largest (which the
+    claim reports as too large to count on)."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        rows = conn.execute(
+            f"SELECT saga_id, status,"
+            f" lease_owner IS NOT NULL AND lease_expires_at > now()"
+            f" AND lease_expires_at < 'infinity',"
+            f" unreleased_claims >= %s AND unreleased_claims < %s"
+            f" FROM {SAGAS_TABLE} WHERE saga_id = %s OR starts_with(saga_id, %s)",
+            (PARK_AFTER, 2**31 - 1, family, family + CHILD_SEPARATOR)).fetchall()
+    return [saga_id for saga_id, status, held, parked in rows
+            if waits_for_recovery(status, held=bool(held), parked=bool(parked))]
 
 
 @contextlib.asynccontextmanager
