@@ -455,8 +455,10 @@ async def bench(pg_conninfo: str) -> AsyncIterator[PostgresBench]:
 # A few seeds (a multiple of 5: with a RecoveryWorker, as the hunt runs it).
 # The bugs below were found by the fuzz's mutations tried one at a time on
 # every scenario, with the CLI and console read back: a seed stacks one to
-# three, and reads the surfaces one seed in four.
-SEEDS = [962_000, 962_001, 962_002, 962_005]
+# three, and reads the surfaces one seed in four. 967_219 and 967_286 (a
+# status the store does not write: 'RUNNING', 'running ') hold the converse:
+# with the claim's unknown-status report switched off, no pass named them.
+SEEDS = [962_000, 962_001, 962_002, 962_005, 967_219, 967_286]
 
 
 async def test_S12_S13_a_mutated_postgres_row_is_reported_or_resumed_as_its_journal_says(
