@@ -284,17 +284,17 @@ async def test_S13_an_oversized_write_among_others_fails_alone(
     than one statement can carry: no statement carries more."""
     sent: list[int] = []
     if not isinstance(store, SQLiteSagaStore):
-        from fallback_saga.store import _postgres_pool, postgres
+        from fallback_saga.store import _postgres_fetch, _postgres_writes
 
-        query = postgres._query
+        query = _postgres_writes._query
 
         async def measured(conn: Any, statement: str, params: Any = None, *rest: Any) -> Any:
             sent.append(sum(len(p) for p in params or () if isinstance(p, str)))
             return await query(conn, statement, params, *rest)
 
-        # The group's statements (postgres) and each write alone (_fetch).
-        monkeypatch.setattr(postgres, "_query", measured)
-        monkeypatch.setattr(_postgres_pool, "_query", measured)
+        # The group's statements (_postgres_writes) and each write alone (_fetch).
+        monkeypatch.setattr(_postgres_writes, "_query", measured)
+        monkeypatch.setattr(_postgres_fetch, "_query", measured)
     ledger = Ledger()
     plain = saga_of(ledger, store, "none")
     grown = saga_of(ledger, store, "context")

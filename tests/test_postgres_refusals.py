@@ -44,7 +44,7 @@ import psycopg_pool  # noqa: E402
 from pg_cluster import PostgresCluster  # noqa: E402
 
 from fallback_saga.store import _postgres_reads  # noqa: E402
-from fallback_saga.store import postgres as pg_store  # noqa: E402
+from fallback_saga.store import _postgres_sql as pg_sql  # noqa: E402
 from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
 
 # Two tries: the second is made without reading the journal back first only
@@ -824,7 +824,7 @@ class _ServerError(Exception):
 def test_S13_only_an_error_the_server_answered_with_says_nothing_was_written(
     sqlstate: str, severity: str | None, in_doubt: bool
 ) -> None:
-    assert pg_store._commit_in_doubt(_ServerError(sqlstate, severity)) is in_doubt
+    assert pg_sql._commit_in_doubt(_ServerError(sqlstate, severity)) is in_doubt
 
 
 @pytest.mark.parametrize("grouped", [False, True])

@@ -54,7 +54,7 @@ import psycopg_pool  # noqa: E402
 
 from fallback_saga.store import _postgres_pool  # noqa: E402
 from fallback_saga.store import _postgres_schema as pg_schema_module  # noqa: E402
-from fallback_saga.store import postgres as pg_store  # noqa: E402
+from fallback_saga.store import _postgres_sql as pg_sql  # noqa: E402
 from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +292,7 @@ async def test_S10_a_named_claim_walks_the_partial_index_even_for_a_name_rare_in
 
 
 def _append_params(saga_id: str, *, status: str | None = None, after: int | None = None) -> Any:
-    entries = pg_store._entries_json(saga_id, [entry(1, "b")])
+    entries = pg_sql._entries_json(saga_id, [entry(1, "b")])
     return (status, '{"n": 1}', 1, saga_id, None, after, 1, entries)
 
 
@@ -328,7 +328,7 @@ async def test_touched_at_moves_once_a_second_and_never_passes_updated_at(
     sql = store._sql
     clocks = "SELECT now() - touched_at, now() - updated_at FROM fallback_saga_sagas"
     create = ("s-1", "OrderSaga", "fp", "running", "{}", 1,
-              pg_store._entries_json("s-1", [entry(0, "a")]))
+              pg_sql._entries_json("s-1", [entry(0, "a")]))
     with raw.transaction():
         raw.execute(sql.create, create)
         assert raw.execute(clocks).fetchone() == (timedelta(0), timedelta(0))
@@ -1517,7 +1517,7 @@ def _answered(cls: type[Exception], message: str, severity: str = "ERROR") -> Ex
 def test_a_group_is_retried_alone_only_when_its_commit_is_certainly_undone(
     error: Exception, in_doubt: bool
 ) -> None:
-    assert pg_store._commit_in_doubt(error) is in_doubt
+    assert pg_sql._commit_in_doubt(error) is in_doubt
 
 
 async def test_without_group_commit_every_write_commits_alone(

@@ -5,7 +5,7 @@ LISTEN/NOTIFY channel a hand-off announces sagas on.
 
 ``Leases`` is held by ``PostgresSagaStore``, whose public methods of these
 names hand over to it (their docstrings say what each does); it runs its
-statements through the store's connection layer (``_postgres_pool``).
+statements through the store's connection layer (``_postgres_fetch``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from ._common import (
 from ._dsn_secrets import scrub
 from ._parking import NEVER_PARKED, check_ran
 from ._postgres_conn import _READ_COMMITTED, _driver, _getconn, _query
-from ._postgres_pool import _NOT_SENT, PooledStore
+from ._postgres_errors import _NOT_SENT
+from ._postgres_fetch import FetchingStore
 from ._postgres_unknown_status import ARMS, unknown_status_reasons
 from ._postgres_unleasable import (
     CLAIMS_TOO_LARGE,
@@ -88,7 +89,7 @@ class Leases:
 
     __slots__ = ("_forgetting", "_looks", "_names", "_sql", "_store")
 
-    def __init__(self, store: PooledStore) -> None:
+    def __init__(self, store: FetchingStore) -> None:
         self._store = store
         self._sql = store._sql
         self._names = store._names

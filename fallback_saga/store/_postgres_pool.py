@@ -1,16 +1,13 @@
-"""The PostgreSQL saga store's connection layer: its pool's lifecycle and
-the one way a statement is run.
+"""The PostgreSQL saga store's pool and its life: the constructor's checks,
+the event loop the store serves, opening (the own pool or the given one,
+the schema's migration), closing, and the reading of the tables' sizes that
+decides when the statements that find many sagas are prepared. (How its
+own pool is made and opened: ``_postgres_own_pool``; closed when the event
+loop ends: ``_postgres_pool_closing``.)
 
-``PooledStore`` is what ``PostgresSagaStore`` is built on (its base class):
-the constructor's checks, the event loop the store serves, opening (the
-own pool or the given one, the schema's migration), closing, and
-``_fetch`` — one statement on a pooled connection, the driver's errors made
-the store's (``_wrap``, ``_explain``: what was certainly not written says
-so). Also the reading of the tables' sizes that decides when the statements
-that find many sagas are prepared. (How its own pool is closed when the
-event loop ends: ``_postgres_pool_closing``.) The store's journal writes
-(``postgres``), reads (``_postgres_reads``) and leases
-(``_postgres_leases``) all run their statements through it.
+``PooledStore`` is the bottom of ``PostgresSagaStore`` (its base classes);
+running a statement on its pool is ``_postgres_fetch.FetchingStore``'s,
+built on it.
 """
 
 from __future__ import annotations
@@ -18,44 +15,27 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import SagaStoreError, StoreClosed
 from ..log_lines import library_logger
 from ..shielding import own_task
 from ._common import finite_seconds, non_negative_int
-from ._dsn_secrets import dsn_secrets, scrub
+from ._dsn_secrets import dsn_secrets
 from ._parking import PARK_AFTER, check_park_after
-from ._postgres_conn import (
-    _DISK_FULL,
-    _DISK_FULL_HINT,
-    _PREPARED_HINT,
-    _PREPARED_LOST,
-    RECONNECT_TIMEOUT,
-    _driver,
-    _getconn,
-    _query,
-)
+from ._postgres_conn import _driver, _getconn, _query
+from ._postgres_errors import shown_cause, wrapped
+from ._postgres_own_pool import open_own_pool
 from ._postgres_pool_closing import CLOSER, close_pool_at_loop_end, close_pool_when_cancelled
-from ._postgres_schema import _IDENTIFIER, _migrate, _Names, _schema_version
-from ._postgres_sql import (
-    _NOT_ASCII,
-    _SYNCHRONOUS_COMMIT,
-    _UNSTORABLE,
-    _commit_in_doubt,
-    _doing,
-    _Statements,
-    _Write,
-)
+from ._postgres_schema import _IDENTIFIER, _migrate, _Names
+from ._postgres_sql import _NOT_ASCII, _SYNCHRONOUS_COMMIT, _UNSTORABLE, _Statements
 
 if TYPE_CHECKING:
     # Types only. The driver is an optional extra: without it, mypy still
     # checks this module (the names are then Any), hence the ignores.
     from psycopg import AsyncConnection  # type: ignore[import-not-found, unused-ignore]
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
-
-    from ._group_commit import GroupCommit
 
 _log = library_logger("fallback_saga.store.postgres")
 
@@ -73,21 +53,10 @@ _log = library_logger("fallback_saga.store.postgres")
 _PREPARE_FROM: Final = 10_000
 _SIZE_CHECK: Final = 5.0
 
-# What a write's error says when nothing of it was written
-# (``SagaStoreError.nothing_written``).
-_REFUSED: Final = "refused by the server, which rolled it back: nothing of it was written"
-_NOT_SENT: Final = "never sent: nothing of it was written"
-_NO_CONNECTION: Final = "never sent, as no connection could be had: nothing of it was written"
-_NOT_OPENED: Final = "never sent, as the store could not be opened: nothing of it was written"
-
 
 class PooledStore:
-    """The connection layer of ``PostgresSagaStore`` (its base class; see
-    the module docstring). Knows nothing of what the statements it runs do."""
-
-    # The store's group commit, which ``_fetch`` tells when a journal write is
-    # sent (its ``sending()``); made by ``PostgresSagaStore``.
-    _journal: GroupCommit[_Write, None]
+    """The pool's side of ``PostgresSagaStore``'s connection layer (the
+    base class of its base class; see the module docstring)."""
 
     def __init__(
         self,
@@ -280,65 +249,22 @@ class PooledStore:
                 else:
                     assert self._pool is not None
                     async with self._pool.connection() as conn:
-                        await _migrate(conn, self._names)
-                        await self._read_sizes(conn)
-                        self._note_encoding(conn)
+                        await self._get_ready(conn)
             except SagaStoreError:
                 raise
             except self._errors as error:
-                raise self._wrap(
-                    error, "cannot open the PostgreSQL saga store"
-                ) from self._shown_cause(error)
+                raise wrapped(
+                    error, "cannot open the PostgreSQL saga store", self._secrets
+                ) from shown_cause(error, self._secrets)
             self._ready = True
 
     async def _open_own_pool(self) -> None:
-        psycopg, psycopg_pool = _driver()
         assert self._conninfo is not None
-        # A direct connection first: a bad conninfo fails at once with the
-        # server's own words, not after a pool's retry timeout.
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, **self._connection_kwargs()
-                )
-        except TimeoutError:
-            raise SagaStoreError(
-                f"cannot open the PostgreSQL saga store: no connection within "
-                f"{self.connect_timeout:g} s"
-            ) from None
-        try:
-            await _migrate(conn, self._names)
-            await self._read_sizes(conn)
-            self._note_encoding(conn)
-        finally:
-            await conn.close()
-        synchronous_commit = self.synchronous_commit
-
-        async def configure(conn: AsyncConnection[Any]) -> None:
-            if synchronous_commit != "on":
-                await conn.execute(
-                    "SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,)
-                )
-
-        pool = psycopg_pool.AsyncConnectionPool(
-            self._conninfo,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            kwargs=self._connection_kwargs(),
-            configure=configure,
-            open=False,
-            name="fallback_saga",
-            timeout=self.connect_timeout,
-            # Reconnections given up soon, and made again for the next
-            # request (``_wait_for_connection``): a server back from an
-            # outage is used at once, not after a backoff as long as it.
-            reconnect_timeout=min(RECONNECT_TIMEOUT, self.connect_timeout),
+        pool = await open_own_pool(
+            self._conninfo, min_size=self.min_size, max_size=self.max_size,
+            connect_timeout=self.connect_timeout, synchronous_commit=self.synchronous_commit,
+            prepared_statements=self.prepared_statements, get_ready=self._get_ready,
         )
-        try:
-            await pool.open(wait=self.min_size > 0, timeout=self.connect_timeout)
-        except BaseException:
-            await pool.close()
-            raise
         self._pool = pool
         self._pool_closer = asyncio.get_running_loop().create_task(
             close_pool_when_cancelled(pool), name=CLOSER
@@ -347,24 +273,18 @@ class PooledStore:
         await anext(guard)  # known to the loop from now on
         self._pool_guard = guard
 
+    async def _get_ready(self, conn: AsyncConnection[Any]) -> None:
+        """On a first connection: the schema migrated, the table sizes read
+        (``_read_sizes``), the database's encoding noted."""
+        await _migrate(conn, self._names)
+        await self._read_sizes(conn)
+        self._note_encoding(conn)
+
     def _note_encoding(self, conn: AsyncConnection[Any]) -> None:
         """Error texts are kept to ASCII in a database that is not UTF-8."""
         encoding = conn.info.parameter_status("server_encoding")
         if encoding is not None and encoding.upper() not in ("UTF8", "UNICODE"):
             self._unstorable = _NOT_ASCII
-
-    def _connection_kwargs(self) -> dict[str, Any]:
-        """The arguments of the store's own connections."""
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            # Text travels as UTF-8 whatever the database's encoding: in a
-            # SQL_ASCII database (no conversion by the server) text came
-            # back as bytes, and every saga read as corrupt.
-            "client_encoding": "UTF8",
-        }
-        if not self.prepared_statements:
-            kwargs["prepare_threshold"] = None
-        return kwargs
 
     async def close(self) -> None:
         """Close the store's own pool (a given pool is left open). Later calls
@@ -449,168 +369,3 @@ class PooledStore:
                 await pool.putconn(conn)
         except self._errors as error:  # the next check may do better
             _log.debug("cannot read the table sizes: %s", error)
-
-    def _wrap(self, error: BaseException, doing: str, not_written: str = "") -> SagaStoreError:
-        """The store's error for the driver's ``error``. ``not_written``: why
-        the write that failed certainly wrote nothing (``_REFUSED``,
-        ``_NOT_SENT``), said in the message and by ``nothing_written``."""
-        hint = ""
-        sqlstate = getattr(error, "sqlstate", None)
-        if sqlstate in _PREPARED_LOST:
-            hint = _PREPARED_HINT
-        elif sqlstate == _DISK_FULL:
-            hint = _DISK_FULL_HINT
-        shown = scrub(f"{type(error).__name__}: {error}", self._secrets)
-        text = f"{doing}: {shown}".rstrip() + hint
-        wrapped = SagaStoreError(f"{text} ({not_written})" if not_written else text)
-        wrapped.nothing_written = bool(not_written)
-        wrapped.__cause__ = self._shown_cause(error)
-        wrapped.__suppress_context__ = True
-        return wrapped
-
-    def _shown_cause(self, error: BaseException) -> BaseException | None:
-        """``error``, to chain to the store's own, unless the driver's message
-        quotes a password of the conninfo (libpq quotes what it cannot parse):
-        then nothing is chained, and a traceback shows only the scrubbed text."""
-        text = str(error)
-        return None if any(secret in text for secret in self._secrets) else error
-
-    async def _open_for(self, doing: str, *, write: bool) -> None:
-        """``open``, for a statement about to be made: a store opens itself
-        at its first use. An open that fails (the server down, a bad
-        conninfo, a schema too new, the store closed) has sent nothing of
-        that statement; for a ``write`` the error says so (``_NOT_OPENED``,
-        ``nothing_written``), as for a write that got no connection: the
-        first write of a store opened lazily while the server is down stops
-        its run not in doubt. A failed open leaves the store unopened, to be
-        opened again by the next call."""
-        try:
-            await self.open()
-        except SagaStoreError as error:
-            if not write:
-                raise
-            raise self._not_opened(error, doing) from error.__cause__
-
-    def _not_opened(self, error: SagaStoreError, doing: str) -> SagaStoreError:
-        """The error of a write that was never sent, as ``open`` failed with ``error``."""
-        # A closed store stays one: its refusal is definitive (journal._DEFINITIVE).
-        kind = StoreClosed if isinstance(error, StoreClosed) else SagaStoreError
-        wrapped = kind(f"{doing}: {error} ({_NOT_OPENED})")
-        wrapped.nothing_written = True
-        wrapped.__cause__ = error.__cause__
-        wrapped.__suppress_context__ = True
-        return wrapped
-
-    async def _connection(
-        self, pool: AsyncConnectionPool[Any], doing: str | _Write, *, write: bool
-    ) -> AsyncConnection[Any]:
-        """``_getconn``'s connection, or the store's error if none could be
-        had: the pool timed out waiting for one (the server is down or
-        unreachable, or every connection is in use), is closed, or has too
-        many waiting. The pool's own ``check`` of a connection runs before it
-        hands it out and sends nothing of the caller's; so for a ``write``
-        nothing of it was sent, and the error says so (``_NO_CONNECTION``).
-        A connection that was had and then lost is not this: its write stays
-        in doubt (``_commit_in_doubt``)."""
-        try:
-            return await _getconn(pool)
-        except self._errors as error:
-            raise self._wrap(
-                error, _said(doing), _NO_CONNECTION if write else ""
-            ) from self._shown_cause(error)
-
-    async def _fetch(
-        self, doing: str | _Write, statement: str, params: Sequence[Any], *, rows: str = "one",
-        write: bool = False,
-    ) -> Any:
-        """Run one statement on a pooled connection; its first row (``rows="one"``),
-        all rows (``"all"``) or nothing (``"none"``). ``write``: the statement
-        writes, and an error the server answered it with (it rolled it back)
-        says that nothing was written (``_explain``). Never for a read: the
-        executor takes a read's error for no answer about an earlier write
-        in doubt, and must not take it for "that write did not land".
-
-        ``doing``: what the statement does, as its errors begin; or the
-        journal write it makes, whose text (``_doing``) is then built only if
-        one is raised, as for its group commit's writes."""
-        self._on_its_loop()
-        if not self._ready:
-            await self._open_for(_said(doing), write=write)
-        pool = self._pool
-        if pool is None:
-            raise StoreClosed("the PostgreSQL saga store is closed")
-        try:
-            # getconn/putconn rather than pool.connection(): the hot path, and an
-            # autocommit connection has no transaction for the context to end.
-            conn = await self._connection(pool, doing, write=write)
-            try:
-                if write and self._journal.sending() == [False]:
-                    # A journal write whose deadline came while it waited for
-                    # this connection: it was reported not sent, and is not.
-                    raise SagaStoreError(f"{_said(doing)}: {_NOT_SENT}")
-                prepare = self._prepare_any
-                if conn.autocommit:
-                    cursor = await _query(conn, statement, params, prepare)
-                else:
-                    async with conn.transaction():
-                        cursor = await _query(conn, statement, params, prepare)
-                if rows == "one":
-                    return await cursor.fetchone()
-                if rows == "all":
-                    return await cursor.fetchall()
-                return None
-            finally:
-                # A connection left mid-statement (cancelled) or in a failed
-                # transaction is rolled back or replaced by the pool.
-                await pool.putconn(conn)
-        except self._errors as error:
-            raise await self._explain(
-                error, _said(doing), write=write
-            ) from self._shown_cause(error)
-        except UnicodeEncodeError as error:  # a parameter UTF-8 cannot encode: never sent
-            raise self._wrap(
-                error, _said(doing), _NOT_SENT if write else ""
-            ) from self._shown_cause(error)
-
-    async def _explain(
-        self, error: BaseException, doing: str, *, write: bool = False
-    ) -> SagaStoreError:
-        """``_wrap``, unless a newer fallback_saga migrated the schema while
-        this store was open (the version is checked at open; a rolling deploy
-        migrates later): a statement that failed on a table, column, type or
-        function then says so, naming both versions, rather than giving the
-        SQL error. Read only after such a failure: the hot path pays nothing.
-
-        ``write``: ``error`` ended a write's transaction, which the server
-        certainly rolled back if it answered with an error of its own
-        (``_commit_in_doubt``): the error then says that nothing was
-        written. A lost connection or a shutdown stays in doubt: the COMMIT
-        may have been sent, and committed. (No connection at all is
-        ``_connection``'s: nothing was sent.)"""
-        not_written = _REFUSED if write and not _commit_in_doubt(error) else ""
-        sqlstate = getattr(error, "sqlstate", None) or ""
-        pool = self._pool
-        if pool is not None and (sqlstate.startswith("42") or sqlstate == "23502"):
-            try:
-                conn = await _getconn(pool)
-                try:
-                    await _schema_version(conn, self._names)  # raises for a newer one
-                finally:
-                    await pool.putconn(conn)
-            except SagaStoreError as newer:
-                also = f"; {not_written}" if not_written else ""
-                explained = SagaStoreError(
-                    f"{doing}: {newer} (a newer release migrated it while this store had it "
-                    f"open; upgrade every process that opens it{also})"
-                )
-                explained.nothing_written = bool(not_written)
-                explained.__cause__ = self._shown_cause(error)
-                return explained
-            except self._errors:
-                pass  # the original error says enough
-        return self._wrap(error, doing, not_written)
-
-
-def _said(doing: str | _Write) -> str:
-    """``doing`` as an error's text begins (``_fetch``)."""
-    return doing if isinstance(doing, str) else _doing(doing)

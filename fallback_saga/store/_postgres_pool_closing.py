@@ -62,7 +62,7 @@ async def close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerat
 
 
 # The tasks of the stores' own pools (psycopg_pool names its scheduler and
-# workers after the pool: ``name="fallback_saga"``, PooledStore._open_own_pool)
+# workers after the pool: ``name="fallback_saga"``, _postgres_own_pool.open_own_pool)
 # and of their closers: never waited for by a closer (they would wait for
 # each other).
 _POOL_TASKS: Final = ("fallback_saga-worker-", "fallback_saga-scheduler", CLOSER)

@@ -4,7 +4,7 @@ CLI show, which ids exist, and the purge of finished sagas.
 
 ``Reads`` is held by ``PostgresSagaStore``, whose public methods of these
 names hand over to it (their docstrings say what each does); it runs its
-statements through the store's ``_fetch`` (``_postgres_pool``).
+statements through the store's ``_fetch`` (``_postgres_fetch``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ._common import (
     whole_int,
 )
 from ._listing_pages import ListingPages
-from ._postgres_pool import PooledStore
+from ._postgres_fetch import FetchingStore
 from ._postgres_sql import (
     _STATUS_VALUES,
     _created_filter,
@@ -70,7 +70,7 @@ class Reads:
 
     __slots__ = ("_sql", "_store")
 
-    def __init__(self, store: PooledStore) -> None:
+    def __init__(self, store: FetchingStore) -> None:
         # _fetch is looked up on the store at each call: a subclass's, or one
         # a test puts on the instance, sees every statement.
         self._store = store

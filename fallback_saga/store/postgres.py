@@ -86,20 +86,24 @@ sent (``ContextSerializationError`` naming the field; nothing is written).
 Journaled error texts have NUL characters replaced. Every statement is
 parameterized.
 
-Layout. This module is the store itself and its journal writes (the write
-hot path: ``create``/``append``/``submit_*`` and the group commit's
-statements); the connection layer it is built on (its base class: the
-pool's lifecycle, ``_fetch``, the errors) is ``_postgres_pool``; its reads
-and operator queries ``_postgres_reads`` and its recovery leases
-``_postgres_leases``, each an object the store holds and hands those
-methods over to. Below them, talking to the server (the driver, queries,
-connections the server closed) is ``_postgres_conn``, the tables and their
-migrations ``_postgres_schema``, and the statements, the JSON the writes
-travel as and the decoding of rows ``_postgres_sql``. Imports run one way:
-the store imports them all; its reads and its leases import the connection
-layer and those below it, never each other; the connection layer imports
-only those below; and of those below, each imports only those named
-before it.
+Layout. This module is the store itself: its settings, its statistics and
+the methods of the protocols, each handed over to an object the store
+holds — its journal writes (``create``/``append``/``submit_*`` and the
+group commit's statements) to ``_postgres_writes``, its reads and operator
+queries to ``_postgres_reads``, its recovery leases to
+``_postgres_leases``. The connection layer it is built on is two base
+classes: running a statement (``_fetch``) and its errors,
+``_postgres_fetch``, on the pool's life (open, close, the event loop, the
+tables' sizes), ``_postgres_pool`` (its own pool made and opened:
+``_postgres_own_pool``). Below them, talking to the server (the driver,
+queries, connections the server closed) is ``_postgres_conn``, the tables
+and their migrations ``_postgres_schema``, the statements, the JSON the
+writes travel as and the decoding of rows ``_postgres_sql``, and the
+store's errors and their texts ``_postgres_errors``. Imports run one way:
+the store imports them all; its writes, reads and leases import the
+connection layer and those below it, never each other; ``_postgres_fetch``
+imports ``_postgres_pool``, which imports only those below; and of those
+below, each imports only those named before it.
 """
 
 from __future__ import annotations
@@ -110,40 +114,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import (
-    JournalConflict,
-    LeaseLost,
-    SagaAlreadyExists,
-    SagaNotFound,
-    SagaStoreError,
-    StoreClosed,
-)
 from ..status import SagaStatus
-from ._common import check_saga_id, short_repr, status_text
-from ._group_commit import GroupCommit, RetryAlone
+from ._group_commit import GroupCommit
 from ._parking import PARK_AFTER
-from ._postgres_conn import _getconn, _query
+from ._postgres_fetch import FetchingStore
 from ._postgres_leases import Leases
-from ._postgres_oversize import (
-    MAX_STATEMENT_TEXT,
-    check_context_size,
-    check_entries_size,
-    fit_entries,
-    split_batches,
-)
-from ._postgres_pool import _NO_CONNECTION, _NOT_SENT, PooledStore
+from ._postgres_oversize import MAX_STATEMENT_TEXT
 from ._postgres_reads import PURGE_BATCH, PURGE_BATCH_MAX, PURGE_BATCH_SECONDS, Reads
 from ._postgres_schema import SCHEMA_VERSION
-from ._postgres_sql import (
-    _CREATING,
-    _JOURNALING,
-    _commit_in_doubt,
-    _context_json,
-    _doing,
-    _entries_json,
-    _group_json,
-    _Write,
-)
+from ._postgres_sql import _Write
+from ._postgres_writes import Writes
 from .base import (
     PURGED_BY_DEFAULT,
     HistoryWindow,
@@ -169,14 +149,6 @@ __all__ = [
     "PostgresStoreStats",
 ]
 
-# At most this many journal writes or groups on their way at once (and at
-# most half the pool). With groups that share the queue out
-# (_group_commit.SHARE_AT_LEAST), 3 beat 2 (x1.4 at 100 sagas in flight)
-# and 4; more would split the writes into smaller groups, each a statement
-# and a commit more for both sides to pay for.
-_GROUP_SLOTS: Final = 3
-
-
 @dataclass(frozen=True, slots=True)
 class PostgresStoreStats:
     """Counters of a store's journal writes since it was created.
@@ -195,7 +167,7 @@ class PostgresStoreStats:
 # --------------------------------------------------------------------------- the store
 
 
-class PostgresSagaStore(PooledStore):
+class PostgresSagaStore(FetchingStore):
     """A durable ``RecoverableStore`` in PostgreSQL (psycopg 3, asyncio).
 
     ``conninfo_or_pool``: a libpq connection string or URL (the store then
@@ -276,36 +248,32 @@ class PostgresSagaStore(PooledStore):
         prepared_statements: bool = True,
         park_after: int | None = PARK_AFTER,
     ) -> None:
-        # The arguments' checks, and the connection layer's state (PooledStore).
+        # The arguments' checks, and the connection layer's state (PooledStore,
+        # FetchingStore).
         super().__init__(
             conninfo_or_pool, schema=schema, min_size=min_size, max_size=max_size,
             synchronous_commit=synchronous_commit, connect_timeout=connect_timeout,
             group_commit=group_commit, prepared_statements=prepared_statements,
             park_after=park_after,
         )
-        # Journal writes: alone while nothing else is on its way, else grouped
-        # (one statement, one round trip), at most _GROUP_SLOTS on their way.
-        self._slots = max(1, min(_GROUP_SLOTS, self._pool_size // 2))
-        self._journal = self._new_journal()
+        self._writes = Writes(self)
+        # Bound once, as attributes: the hot path (submit_create,
+        # submit_append) calls the journal writes' own methods, no lookup
+        # through the store's object on the way.
+        self._submit_create = self._writes.submit_create
+        self._submit_append = self._writes.submit_append
         self._reads = Reads(self)
         self._leases = Leases(self)
 
-    def _new_journal(self) -> GroupCommit[_Write, None]:
-        return GroupCommit(
-            slots=self._slots,
-            write_one=self._write_one,
-            write_many=self._write_many,
-            grouped=self.group_commit,
-            says_when_sent=True,  # _fetch and _write_many call its sending()
-        )
+    @property
+    def _journal(self) -> GroupCommit[_Write, None]:
+        """The store's group commit (``Writes.journal``: made again for a new
+        event loop)."""
+        return self._writes.journal
 
     def _start_afresh(self) -> None:
-        """A new event loop: a new group commit (its queue and tasks were the
-        closed loop's), its counters carried over."""
-        old = self._journal
-        self._journal = self._new_journal()
-        self._journal.writes, self._journal.commits = old.writes, old.commits
-        self._journal.largest_group = old.largest_group
+        """A new event loop: a new group commit (``Writes.start_afresh``)."""
+        self._writes.start_afresh()
         super()._start_afresh()
 
     async def _settle(self) -> None:
@@ -335,110 +303,7 @@ class PostgresSagaStore(PooledStore):
     ) -> None:
         await self.close()
 
-    # The journal's writes (create/append), made by the group commit's tasks:
-    # each ends with None (made) or the error to raise for it.
-
-    async def _write_one(self, write: _Write) -> None:
-        _, statement, params = write
-        # The write itself, not its text: _doing is called only if an error is raised.
-        if await self._fetch(write, statement, params, write=True) is None:
-            raise await self._refusal(write)
-
-    async def _refusal(self, write: _Write) -> Exception:
-        """Why ``write`` was not made (its statement matched no row): a create
-        finds its id taken; an append, a fence or a journal length that
-        moved, or no saga (read once more, in the group commit's task)."""
-        _, statement, params = write
-        if statement is self._sql.create:
-            return SagaAlreadyExists(params[0])
-        _, _, _, saga_id, token, after, _, _ = params
-        try:
-            current = await self._fetch(_doing(write), self._sql.fence_of, (saga_id,))
-        except Exception as error:
-            return error
-        if current is None:
-            return SagaNotFound(saga_id)
-        fence_now, length = current
-        if token is not None and fence_now != token:
-            return LeaseLost(saga_id, token)
-        if after is not None and length != after:
-            return JournalConflict(saga_id, after, length)
-        return SagaNotFound(saga_id)  # not reached: the row was there and matched
-
-    async def _write_many(self, writes: list[_Write]) -> list[BaseException | None]:
-        """Journal writes in one transaction: one statement (``_Statements.group``)
-        for as many of them as name distinct sagas, and one more each time a
-        saga comes back (in order, pipelined: one round trip); the outcome of
-        each, as ``_write_one``'s (``GroupCommit``)."""
-        if not self._ready:
-            try:
-                await self.open()
-            except SagaStoreError as error:
-                # Not opened: nothing of the group was sent (``_open_for``).
-                return [self._not_opened(error, _doing(write)) for write in writes]
-        pool = self._pool
-        if pool is None:
-            return [StoreClosed("the PostgreSQL saga store is closed") for _ in writes]
-        prepare = self._prepare
-        if prepare is False:
-            self._check_sizes_soon()
-        try:
-            conn = await _getconn(pool)
-        except self._errors as error:
-            # No connection: nothing of the group was sent (``_connection``).
-            return [self._wrap(error, _doing(write), _NO_CONNECTION) for write in writes]
-        try:
-            # The writes still to be sent: a write whose deadline came while
-            # the group waited for its connection was reported not sent, and
-            # is left out (its outcome here goes to nobody).
-            live = self._journal.sending() or [True] * len(writes)
-            if not any(live):
-                return [SagaStoreError(f"{_doing(write)}: {_NOT_SENT}") for write in writes]
-            create = self._sql.create
-            batches: list[list[str]] = [[]]
-            seen: set[str] = set()
-            for number, (_, statement, params) in enumerate(writes):
-                if not live[number]:
-                    continue
-                is_create = statement is create
-                saga_id = params[0] if is_create else params[3]
-                if saga_id in seen:  # a second write to one saga: the next statement
-                    batches.append([])
-                    seen.clear()
-                seen.add(saga_id)
-                batches[-1].append(_group_json(number, is_create, params))
-            done: set[int] = set()
-            statement = self._sql.group
-            arrays = ["[" + ",".join(batch) + "]" for batch in split_batches(batches)]
-            if len(arrays) == 1 and conn.autocommit:
-                # One statement is one transaction: no BEGIN/COMMIT to send.
-                cursor = await _query(conn, statement, arrays, prepare)
-                done.update(number for (number,) in await cursor.fetchall())
-            else:
-                cursors = []
-                async with conn.pipeline(), conn.transaction():
-                    for array in arrays:
-                        cursors.append(await _query(conn, statement, (array,), prepare))
-                for cursor in cursors:
-                    done.update(number for (number,) in await cursor.fetchall())
-        except self._errors as error:
-            if not _commit_in_doubt(error):
-                # The server refused a statement: the transaction was rolled
-                # back, nothing in it was written. Each write goes alone.
-                raise RetryAlone from error
-            return [self._wrap(error, _doing(write)) for write in writes]
-        except UnicodeEncodeError as error:
-            # A parameter UTF-8 cannot encode: refused before it was sent, the
-            # transaction never committed. Each write goes alone.
-            raise RetryAlone from error
-        finally:
-            await pool.putconn(conn)
-        return [None if number in done
-                else SagaStoreError(f"{_doing(write)}: {_NOT_SENT}") if not live[number]
-                else await self._refusal(write)
-                for number, write in enumerate(writes)]
-
-    # ------------------------------------------------------------------ SagaStore
+    # ------------------------------------------------------------------ writes (_postgres_writes)
 
     async def create(
         self,
@@ -453,10 +318,7 @@ class PostgresSagaStore(PooledStore):
         """Record a new saga with its first entries, in one statement;
         ``SagaAlreadyExists`` if the id is taken (nothing is written then);
         ``ValueError`` for an id no store can key a saga by (``check_saga_id``)."""
-        self._on_its_loop()
-        await self._journal.write(
-            self._create_write(saga_id, saga_name, fingerprint, context, entries, status)
-        )
+        await self._writes.create(saga_id, saga_name, fingerprint, context, entries, status)
 
     async def append(
         self,
@@ -473,16 +335,14 @@ class PostgresSagaStore(PooledStore):
         current one (else ``LeaseLost``, nothing written); with ``after``,
         only while the journal holds that many entries (else
         ``JournalConflict``, nothing written)."""
-        self._on_its_loop()
-        await self._journal.write(
-            self._append_write(saga_id, entries, status, context, fence, after)
-        )
+        await self._writes.append(saga_id, entries, status, context, fence, after)
 
     # The executor's hot path (``journal.submits_writes``): ``create`` and
     # ``append`` without their coroutines. Each queues the write on the group
     # commit and returns its future, which refuses cancellation and ends by
     # ``deadline`` (the run's journal_timeout); bad input raises here, before
-    # anything is queued.
+    # anything is queued. The store's own methods (journal.submits_writes asks
+    # for them), each one call to the ``Writes`` method bound in ``__init__``.
 
     def submit_create(
         self,
@@ -495,10 +355,8 @@ class PostgresSagaStore(PooledStore):
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``create``'s write, queued: its future."""
-        loop = self._on_its_loop()
-        return self._journal.submit(
-            self._create_write(saga_id, saga_name, fingerprint, context, entries, status),
-            deadline, loop,
+        return self._submit_create(
+            saga_id, saga_name, fingerprint, context, entries, status, deadline
         )
 
     def submit_append(
@@ -512,67 +370,7 @@ class PostgresSagaStore(PooledStore):
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``append``'s write, queued: its future."""
-        loop = self._on_its_loop()
-        return self._journal.submit(
-            self._append_write(saga_id, entries, status, context, fence, after), deadline, loop
-        )
-
-    def _create_write(
-        self,
-        saga_id: str,
-        saga_name: str,
-        fingerprint: str,
-        context: dict[str, Any],
-        entries: Sequence[JournalEntry],
-        status: SagaStatus,
-    ) -> _Write:
-        saga_id = check_saga_id(saga_id)
-        text = _context_json(saga_id, context)
-        check_context_size(saga_id, text)
-        params = [
-            saga_id, saga_name, fingerprint, status_text(status), text, len(entries),
-            self._entries_text(saga_id, entries, len(text)),
-        ]
-        return _CREATING, self._sql.create, params  # its error text: _doing
-
-    def _append_write(
-        self,
-        saga_id: str,
-        entries: Sequence[JournalEntry],
-        status: SagaStatus | None,
-        context: dict[str, Any] | None,
-        fence: Lease | None,
-        after: int | None,
-    ) -> _Write:
-        saga_id = check_saga_id(saga_id)
-        token: int | None = None
-        if fence is not None:
-            if fence.saga_id != saga_id:
-                raise ValueError(
-                    f"the lease is for saga {short_repr(fence.saga_id)}, not {short_repr(saga_id)}"
-                )
-            token = fence.token
-        count = len(entries)
-        text = None
-        if context is not None:
-            text = _context_json(saga_id, context)
-            check_context_size(saga_id, text)
-        params = [
-            None if status is None else status_text(status), text, count, saga_id, token,
-            after, count, self._entries_text(saga_id, entries, 0 if text is None else len(text)),
-        ]
-        return _JOURNALING, self._sql.append, params  # its error text: _doing
-
-    def _entries_text(self, saga_id: str, entries: Sequence[JournalEntry], beside: int) -> str:
-        """The entries' journal form, in the room a statement has beside
-        ``beside`` bytes of context (responses too large as their markers)."""
-        text = _entries_json(saga_id, entries, self._unstorable)
-        fitted = fit_entries(saga_id, entries, text, beside)
-        if fitted is None:
-            return text
-        text = _entries_json(saga_id, fitted, self._unstorable)
-        check_entries_size(saga_id, len(entries), text, beside)
-        return text
+        return self._submit_append(saga_id, entries, status, context, fence, after, deadline)
 
     # ------------------------------------------------------------------ reads (_postgres_reads)
 
