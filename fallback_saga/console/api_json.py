@@ -75,6 +75,9 @@ def listing_json(listing: Listing, query: ListQuery, *, default_limit: int) -> d
             for (name, status), n in sorted(counts.by_name_status.items())
         ],
         "counts_exact": counts.exact,
+        # Rows the store left out of the counts and the listing as unreadable
+        # (S12; recover() reports each by id); null if the store does not say.
+        "counts_unreadable": counts.unreadable,
         # The statuses of more than ``at`` sagas in the window, counted no
         # further (their "counts" say ``at``; none of them in "counts_by_name"),
         # and the listing with every saga counted.

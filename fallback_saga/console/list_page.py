@@ -104,6 +104,21 @@ def _duration(created: float, updated: float, status: SagaStatus, now: float) ->
     return f'<span class="muted">last step {esc(format_age(updated, now))}</span>'
 
 
+def _unreadable_note(unreadable: int | None, filtered: bool) -> str:
+    """The rows left out of the counts and the listing as unreadable (S12),
+    for an operator to look into: nothing else on the page shows them."""
+    if not unreadable:
+        return ""
+    one = unreadable == 1
+    return (
+        f'<p class="unreadable">{unreadable:,} saga{"" if one else "s"} in the store'
+        f'{" (of those counted for these filters)" if filtered else ""} '
+        f'{"is" if one else "are"} unreadable (a row another tool wrote, or a damaged page): '
+        f"left out of these counts and of the list. A <code>recover</code> pass reports "
+        f"each by id, with why.</p>"
+    )
+
+
 def listing_page(
     listing: Listing,
     query: ListQuery,
@@ -172,12 +187,16 @@ def listing_page(
         if capped
         else ""
     )
+    unreadable_note = _unreadable_note(
+        listing.counts.unreadable, windowed or query.name is not None
+    )
     notes = (
         '<div class="notes">'
         + "".join(f"<p>{esc(note)}</p>" for note in listing.notes)
         + capped_note
+        + unreadable_note
         + "</div>"
-        if listing.notes or capped_note
+        if listing.notes or capped_note or unreadable_note
         else ""
     )
     api = query.link("/api/sagas", default_limit=default_limit)

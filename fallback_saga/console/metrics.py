@@ -47,4 +47,15 @@ def exposition(counts: Counts) -> str:
         "# TYPE fallback_saga_sagas_counted_exactly gauge",
         f"fallback_saga_sagas_counted_exactly {1 if counts.exact else 0}",
     ]
+    if counts.unreadable is not None:  # a store that says (the built-in ones)
+        lines += [
+            "# HELP fallback_saga_sagas_unreadable "
+            + _escape_help(
+                "Rows the store left out of fallback_saga_sagas as unreadable: a saga in "
+                "flight its recovery skips as corrupt, a status or name it does not write. "
+                "recover() reports each by id."
+            ),
+            "# TYPE fallback_saga_sagas_unreadable gauge",
+            f"fallback_saga_sagas_unreadable {counts.unreadable}",
+        ]
     return "\n".join(lines) + "\n"

@@ -27,13 +27,17 @@ SCAN_LIMIT: Final = 1000
 class Counts:
     """Sagas by (name, status), and whether the store counted them all.
     ``capped``: the statuses of which there are more than ``cap`` sagas,
-    counted no further (``by_name_status`` has none of them)."""
+    counted no further (``by_name_status`` has none of them).
+    ``unreadable``: the rows the store left out of them, as its listing
+    does (S12: a saga in flight its claim skips as corrupt, a status or a
+    name no reader reads); ``None`` if the store does not say."""
 
     by_name_status: dict[tuple[str, SagaStatus], int]
     exact: bool
     note: str | None = None
     capped: frozenset[SagaStatus] = frozenset()
     cap: int = 0
+    unreadable: int | None = None
 
     def by_status(self) -> dict[SagaStatus, int]:
         """Sagas by status; ``cap`` for a capped one (there are more)."""
@@ -105,17 +109,20 @@ async def fetch_counts(
             counted = await count_sagas(saga_name=saga_name, created_since=since,
                                         created_until=until)
         found = {(str(n), SagaStatus(s)): int(c) for (n, s), c in counted.items()}
+        # A built-in store's SagaCounts says it; a plain dict does not.
+        unreadable = getattr(counted, "unreadable", None)
+        unreadable = unreadable if isinstance(unreadable, int) else None
         if at_most is None:
-            return Counts(found, True)
+            return Counts(found, True, unreadable=unreadable)
         totals = dict.fromkeys(STATUSES, 0)
         for (_, status), count in found.items():
             totals[status] += count
         capped = frozenset(status for status, total in totals.items() if total > at_most)
         if not capped:
-            return Counts(found, True)
+            return Counts(found, True, unreadable=unreadable)
         # A capped status's counts by name are of the sagas read: partial.
         exact = {key: count for key, count in found.items() if key[1] not in capped}
-        return Counts(exact, False, None, capped, at_most)
+        return Counts(exact, False, None, capped, at_most, unreadable)
     list_sagas = getattr(store, "list_sagas", None)
     if not callable(list_sagas):
         return Counts({}, False, f"{store_name(store)} cannot list sagas: nothing to count")

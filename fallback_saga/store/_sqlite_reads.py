@@ -16,8 +16,8 @@ from ._common import finite_seconds, saga_status, short_repr
 from ._listing_pages import ListingPages, UnreadableRow
 from ._sqlite_rows import _decode_record, _lenient_text, _not_text, _number, _text, _unreadable
 from ._sqlite_sql import _Txn
-from ._sqlite_unleasable import IN_FLIGHT, lease_problem
-from .base import HistoryWindow, SagaRecord, SagaSummary, window_start
+from ._sqlite_unleasable import IN_FLIGHT, MAYBE_UNLEASABLE_SQL, lease_problem
+from .base import HistoryWindow, SagaCounts, SagaRecord, SagaSummary, window_start
 
 _log = library_logger("fallback_saga.store.sqlite")
 
@@ -302,27 +302,40 @@ def _count(
     created_since: float | None,
     created_until: float | None,
     at_most: int | None = None,
-) -> dict[tuple[str, SagaStatus], int]:
+) -> SagaCounts:
+    """The sagas by (name, status) that the listing shows (S12): a saga in
+    flight the claim skips as corrupt is left out, and counted as
+    unreadable, as are the rows of a status or name no reader reads."""
+    unreadable = 0
     if at_most is not None:
-        groups = _capped_groups(cursor, saga_name, created_since, created_until, at_most)
-    elif (created_since is not None or created_until is not None) and _covers_most(
-        cursor, created_since, created_until
-    ):
-        # A window of most sagas: every saga, from sagas_by_name_status alone,
-        # less those created outside it (the few rows read).
-        # (One read transaction: the parts add up.)
-        groups = _groups(cursor, saga_name, None, None)
-        outside = []
-        if created_since is not None:
-            outside.append(_groups(cursor, saga_name, None, created_since))
-        if created_until is not None:
-            outside.append(_groups(cursor, saga_name, created_until, None))
-        for part in outside:
-            for key, count in part.items():
-                groups[key] = groups.get(key, 0) - count
+        groups, unreadable = _capped_groups(
+            cursor, saga_name, created_since, created_until, at_most
+        )
     else:
-        groups = _groups(cursor, saga_name, created_since, created_until)
-    counts: dict[tuple[str, SagaStatus], int] = {}
+        if (created_since is not None or created_until is not None) and _covers_most(
+            cursor, created_since, created_until
+        ):
+            # A window of most sagas: every saga, from sagas_by_name_status alone,
+            # less those created outside it (the few rows read).
+            # (One read transaction: the parts add up.)
+            groups = _groups(cursor, saga_name, None, None)
+            outside = []
+            if created_since is not None:
+                outside.append(_groups(cursor, saga_name, None, created_since))
+            if created_until is not None:
+                outside.append(_groups(cursor, saga_name, created_until, None))
+            for part in outside:
+                for key, count in part.items():
+                    groups[key] = groups.get(key, 0) - count
+        else:
+            groups = _groups(cursor, saga_name, created_since, created_until)
+        # Counted from the index by status; those the listing leaves out, less.
+        for key, count in _unleasable_groups(
+            cursor, saga_name, created_since, created_until
+        ).items():
+            groups[key] = groups.get(key, 0) - count
+            unreadable += count
+    counts = SagaCounts()
     for (name, status), count in groups.items():
         if count <= 0:
             continue
@@ -332,9 +345,48 @@ def _count(
                 "leaving %d saga(s) out of the counts: name %s, status %s",
                 count, short_repr(name), short_repr(status),
             )
+            unreadable += count
             continue
         counts[name, SagaStatus(status)] = count
+    counts.unreadable = unreadable
     return counts
+
+
+# A saga in flight's name, and the columns the claim judges it by
+# (_sqlite_unleasable), in lease_problem's order after the name and status.
+_JUDGED_COLUMNS: Final = (
+    "saga_name, status, saga_id, fence, lease_expires_at, updated_at, unreleased_claims,"
+    " lease_owner"
+)
+# The sagas in flight the claim may skip as corrupt: found by the predicate's
+# superset in SQL, each then judged by lease_problem. A read of every saga in
+# flight's row (its index entry holds no fence), none of a finished saga's.
+_MAYBE_UNLEASABLE: Final = (
+    f"SELECT {_JUDGED_COLUMNS} FROM sagas WHERE status IN (?, ?) AND {MAYBE_UNLEASABLE_SQL}"
+)
+
+
+def _unleasable_groups(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> dict[tuple[Any, Any], int]:
+    """The sagas in flight, in the window, that the claim skips as corrupt
+    and the listing leaves out (``_sqlite_unleasable``), by (name, status)
+    as stored."""
+    found = _windowed_filter(cursor, saga_name, created_since, created_until)
+    if found is None:
+        return {}
+    where, params = found
+    clause = "".join(" AND " + condition for condition in where)
+    with _lenient_text(cursor):
+        rows = cursor.execute(_MAYBE_UNLEASABLE + clause, [*IN_FLIGHT, *params]).fetchall()
+    groups: dict[tuple[Any, Any], int] = {}
+    for name, status, *judged in rows:
+        if lease_problem(*judged) is not None:
+            groups[name, status] = groups.get((name, status), 0) + 1
+    return groups
 
 
 def _windowed_filter(
@@ -379,26 +431,64 @@ def _capped_groups(
     created_since: float | None,
     created_until: float | None,
     at_most: int,
-) -> dict[tuple[Any, Any], int]:
+) -> tuple[dict[tuple[Any, Any], int], int]:
     """``_groups``, each status's sagas read up to ``at_most + 1`` (one
     statement a status, its index and the window's rowids: a rare status
-    is not looked for among the others' rows)."""
+    is not looked for among the others' rows); of a status in flight, the
+    sagas the listing shows (``_capped_in_flight``). And the sagas read
+    that the claim skips as corrupt."""
     found = _windowed_filter(cursor, saga_name, created_since, created_until)
     if found is None:
-        return {}
+        return {}, 0
     where, params = found
     groups: dict[tuple[Any, Any], int] = {}
+    unreadable = 0
     for status in SagaStatus:
+        conditions = ["status = ?", *where]
+        if status.value in IN_FLIGHT:
+            conditions.append(f"NOT {MAYBE_UNLEASABLE_SQL}")
         statement = (
             "SELECT saga_name, COUNT(*) FROM (SELECT saga_name FROM sagas WHERE "
-            + " AND ".join(["status = ?", *where])
+            + " AND ".join(conditions)
             + " LIMIT ?) GROUP BY saga_name"
         )
         with _lenient_text(cursor):
             rows = cursor.execute(statement, [status.value, *params, at_most + 1]).fetchall()
         for name, count in rows:
             groups[name, status.value] = count
-    return groups
+        if status.value in IN_FLIGHT:
+            read = sum(count for _, count in rows)
+            if read <= at_most:  # every saga it may count is not read yet
+                unreadable += _capped_in_flight(
+                    cursor, groups, status.value, where, params, at_most + 1 - read
+                )
+    return groups, unreadable
+
+
+def _capped_in_flight(
+    cursor: sqlite3.Cursor, groups: dict[tuple[Any, Any], int], status: str,
+    where: list[str], params: list[Any], wanted: int,
+) -> int:
+    """Of the sagas of ``status`` (in flight) that may be corrupt (those
+    the count above left out), up to ``wanted`` more the listing shows,
+    added to ``groups``; the number the claim skips as corrupt among
+    those read. (Walked row by row, and left as soon as ``wanted`` are
+    found: rarely more than a few rows.)"""
+    statement = (
+        f"SELECT {_JUDGED_COLUMNS} FROM sagas WHERE "
+        + " AND ".join(["status = ?", *where, MAYBE_UNLEASABLE_SQL])
+    )
+    unreadable = 0
+    with _lenient_text(cursor):
+        for name, stored_status, *judged in cursor.execute(statement, [status, *params]):
+            if lease_problem(*judged) is not None:
+                unreadable += 1
+                continue
+            groups[name, stored_status] = groups.get((name, stored_status), 0) + 1
+            wanted -= 1
+            if not wanted:
+                break
+    return unreadable
 
 
 # The first and last creation time of all sagas: two reads of sagas_by_created.

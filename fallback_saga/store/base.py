@@ -21,6 +21,7 @@ __all__ = [
     "LiveSaga",
     "RecoverableStore",
     "SagaRecord",
+    "SagaCounts",
     "SagaStore",
     "SagaSummary",
     "check_store",
@@ -209,6 +210,17 @@ class SagaSummary:
     # Claims (``claim``) since its lease was last given back in order; a store
     # that does not count them says 0 (see ``park_after`` of the built-in stores).
     unreleased_claims: int = 0
+
+
+class SagaCounts(dict[tuple[str, SagaStatus], int]):
+    """What a built-in store's ``count_sagas`` answers: the sagas by (saga
+    name, status), as the listing shows them — and ``unreadable``, the rows
+    it left out as the listing does (S12): a saga in flight the claim skips
+    as corrupt, a status the store does not write, a name that is no text.
+    With ``at_most``, of the rows it read (the others were not looked at).
+    A dict still: a store of your own may answer a plain one (no figure)."""
+
+    unreadable: int = 0
 
 
 class LeaseState(NamedTuple):

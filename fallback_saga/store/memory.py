@@ -18,7 +18,15 @@ from ..errors import JournalConflict, SagaAlreadyExists, SagaBusy, SagaNotFound
 from ..status import SagaStatus
 from ._common import finite_seconds, non_negative_int, purge_statuses
 from ._responses import journal_entry
-from .base import PURGED_BY_DEFAULT, JournalEntry, Lease, LiveSaga, SagaRecord, SagaSummary
+from .base import (
+    PURGED_BY_DEFAULT,
+    JournalEntry,
+    Lease,
+    LiveSaga,
+    SagaCounts,
+    SagaRecord,
+    SagaSummary,
+)
 
 __all__ = ["MemorySagaStore"]
 
@@ -313,14 +321,14 @@ class MemorySagaStore:
         created_since: float | None = None,
         created_until: float | None = None,
         at_most: int | None = None,
-    ) -> dict[tuple[str, SagaStatus], int]:
+    ) -> SagaCounts:
         """How many sagas there are, by (saga name, status); filtered like
         ``list_sagas``. ``at_most`` (a bound the durable stores read up to)
         changes nothing here: every saga is in memory, and counted."""
         if at_most is not None:
             non_negative_int("at_most", at_most)
         since, until = _time_range(created_since, created_until)
-        counts: dict[tuple[str, SagaStatus], int] = {}
+        counts = SagaCounts()  # every saga readable: none left out
         for saga_id in list(self._sagas):
             summary = self._summary(saga_id)
             if (saga_name is None or summary.saga_name == saga_name) and (

@@ -112,6 +112,7 @@ from .base import (
     JournalEntry,
     Lease,
     LeaseState,
+    SagaCounts,
     SagaRecord,
     SagaSummary,
 )
@@ -487,19 +488,23 @@ class SQLiteSagaStore:
         created_since: float | None = None,
         created_until: float | None = None,
         at_most: int | None = None,
-    ) -> dict[tuple[str, SagaStatus], int]:
+    ) -> SagaCounts:
         """How many sagas there are, by (saga name, status); filtered like
         ``list_sagas``. Pairs with no saga are absent. ``at_most``: each
         status's sagas are counted up to ``at_most + 1`` (a bounded read): a
         status whose counts add up to more than ``at_most`` has more sagas
-        than that, and its counts by name are partial."""
+        than that, and its counts by name are partial.
+
+        A saga in flight the claim skips as corrupt (S12), which the listing
+        leaves out, is not counted either: the counts say what the listing
+        shows, and their ``unreadable`` how many rows it left out."""
         args = (
             saga_name,
             _optional_time("created_since", created_since),
             _optional_time("created_until", created_until),
             None if at_most is None else non_negative_int("at_most", at_most),
         )
-        counts: dict[tuple[str, SagaStatus], int] = await self._submit(_count, args, write=False)
+        counts: SagaCounts = await self._submit(_count, args, write=False)
         return counts
 
     async def lease_state(self, saga_id: str) -> LeaseState:

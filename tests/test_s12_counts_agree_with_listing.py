@@ -1,0 +1,156 @@
+"""Every count agrees with the listing (S12): a saga in flight that the
+claim skips as corrupt, and that ``list_sagas`` leaves out as unreadable,
+is not counted as a saga of its status either — by ``count_sagas`` (every
+path: whole, by name, a time window of most sagas or of few, ``at_most``),
+the console's counts (list page, ``/api/sagas``) or ``/metrics``. The
+operator is shown that such rows exist: ``count_sagas``'s ``unreadable``,
+the console's note and ``counts_unreadable``, and the
+``fallback_saga_sagas_unreadable`` gauge.
+
+Before: a row claimed 9223372036854775807 times (another tool's write) was
+counted as a running saga from the index, while every reader called it
+corrupt — a card saying "3 running" over a list of two.
+PostgreSQL's cases: ``test_s12_counts_agree_with_listing_postgres``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_console import fetch
+from prometheus_text import parse_exposition
+from test_unleasable_rows_shown import SQLITE_CORRUPTIONS, _sqlite_store
+
+from fallback_saga.console import ConsoleServer
+from fallback_saga.status import SagaStatus
+from fallback_saga.store.sqlite import SQLiteSagaStore
+
+# Every condition SQLite's claim skips a saga in flight for (the readers'
+# predicate, _sqlite_unleasable), as a SET clause on the saga 'bad'.
+CORRUPTIONS = {
+    **{name: mutation for name, (mutation, _) in SQLITE_CORRUPTIONS.items()},
+    "updated-infinite": "updated_at = -9e999",
+    "expiry-blob": "lease_expires_at = X'00'",
+    "claims-real": "unreleased_claims = 2.5",
+    "id-empty": "saga_id = ''",
+    "id-blob": "saga_id = X'626164'",
+    "id-not-utf8": "saga_id = CAST(X'62ff64' AS TEXT)",
+    "id-nul": "saga_id = 'b' || char(0) || 'd'",
+    "id-too-long": "saga_id = printf('%.1000c', 'b')",
+    "owner-blob": "lease_owner = X'6f'",
+    "owner-not-utf8": "lease_owner = CAST(X'6fff' AS TEXT)",
+    "owner-not-utf8-after-nul": "lease_owner = CAST(X'6f00ff' AS TEXT)",
+}
+
+# The creation times 'good-1', 'bad', 'good-2' are given, and the windows
+# asked about: of most sagas (the count reads the rows outside it), of few
+# (the rows inside), of 'bad' alone, before it.
+WINDOWS = [(None, None), (150.0, None), (190.0, 210.0), (None, 150.0), (150.0, 250.0)]
+
+
+async def listed_counts(store: Any, **filters: Any) -> Counter[tuple[str, SagaStatus]]:
+    """The sagas ``list_sagas`` shows, by (name, status): what the counts must say."""
+    listed = await store.list_sagas(limit=1000, **filters)
+    return Counter((summary.saga_name, summary.status) for summary in listed)
+
+
+async def check_counts_agree(store: Any, status: SagaStatus, unreadable: int) -> None:
+    """``count_sagas`` says what the listing shows, by every path; and how
+    many rows it left out as unreadable."""
+    for since, until in WINDOWS:
+        for name in (None, "OrderSaga"):
+            filters = {"saga_name": name, "created_since": since, "created_until": until}
+            expected = await listed_counts(store, **filters)
+            counted = await store.count_sagas(**filters)
+            assert dict(counted) == dict(expected), (filters, counted)
+            # Up to a bound the readable sagas stay within: exact, not "more".
+            bounded = await store.count_sagas(**filters, at_most=2)
+            assert dict(bounded) == dict(expected), (filters, "at_most=2", bounded)
+    whole = await store.count_sagas()
+    assert whole == {("OrderSaga", status): 2}
+    assert whole.unreadable == unreadable
+    # A bound the readable sagas pass: more than it, as before.
+    assert sum((await store.count_sagas(at_most=1)).values()) > 1
+
+
+async def check_console_counts(store: Any, status: SagaStatus, unreadable: int) -> None:
+    """The console's cards, its JSON counts and /metrics: the listing's two,
+    and the unreadable figure beside them."""
+    async with ConsoleServer(store, port=0) as server:
+        api = (await fetch(server.url + "api/sagas")).json()
+        assert api["counts"][status.value] == 2
+        assert len(api["sagas"]) == 2
+        assert api["counts_by_name"] == [
+            {"saga_name": "OrderSaga", "status": status.value, "count": 2}]
+        assert api["counts_unreadable"] == unreadable
+        page = (await fetch(server.url)).body.decode()
+        assert f"{unreadable} saga{'' if unreadable == 1 else 's'} in the store" in page
+        assert "unreadable" in page
+        by_status = (await fetch(server.url + f"api/sagas?status={status.value}")).json()
+        assert by_status["counts"][status.value] == len(by_status["sagas"]) == 2
+        metrics = parse_exposition((await fetch(server.url + "metrics")).body.decode())
+        values = {(s.labels["saga_name"], s.labels["status"]): s.value
+                  for s in metrics["fallback_saga_sagas"].samples}
+        assert values[("OrderSaga", status.value)] == 2
+        (gauge,) = metrics["fallback_saga_sagas_unreadable"].samples
+        assert gauge.value == unreadable
+        assert metrics["fallback_saga_sagas_unreadable"].type == "gauge"
+
+
+def _spread_creation(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE sagas SET created_at = 100 + 100 * (rowid - 1)")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("status", [SagaStatus.RUNNING, SagaStatus.COMPENSATING])
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+async def test_s12_sqlite_counts_leave_out_what_the_listing_leaves_out(
+    tmp_path: Path, corruption: str, status: SagaStatus
+) -> None:
+    path = tmp_path / "sagas.db"
+    await _sqlite_store(path, CORRUPTIONS[corruption], status)
+    _spread_creation(path)
+    async with SQLiteSagaStore(path) as store:
+        assert len(await store.list_sagas(limit=10)) == 2  # the readers' verdict
+        await check_counts_agree(store, status, unreadable=1)
+    async with SQLiteSagaStore(path, read_only=True) as store:
+        await check_console_counts(store, status, unreadable=1)
+
+
+async def test_s12_sqlite_unreadable_counts_every_row_the_counts_leave_out(
+    tmp_path: Path,
+) -> None:
+    """A status the store does not write, a name that is no text: left out
+    of the counts before, without a figure; now counted as unreadable too."""
+    path = tmp_path / "sagas.db"
+    await _sqlite_store(path, "fence = 'x'", SagaStatus.RUNNING)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE sagas SET status = 'paused' WHERE saga_id = 'good-1'")
+    conn.execute("UPDATE sagas SET saga_name = X'00' WHERE saga_id = 'good-2'")
+    conn.commit()
+    conn.close()
+    async with SQLiteSagaStore(path) as store:
+        assert await store.list_sagas(limit=10) == []
+        counted = await store.count_sagas()
+        assert counted == {}
+        assert counted.unreadable == 3
+
+
+@pytest.mark.parametrize("status", [SagaStatus.COMPLETED, SagaStatus.FAILED])
+async def test_s12_sqlite_a_finished_saga_keeps_its_count(tmp_path: Path, status: SagaStatus) -> None:
+    """The claim reads sagas in flight only: a finished saga whose lease
+    columns another tool wrote is listed, and counted, as before."""
+    path = tmp_path / "sagas.db"
+    await _sqlite_store(path, "unreleased_claims = 9223372036854775807, fence = 'x'", status)
+    async with SQLiteSagaStore(path) as store:
+        assert len(await store.list_sagas(limit=10)) == 3
+        counted = await store.count_sagas()
+        assert counted == {("OrderSaga", status): 3}
+        assert counted.unreadable == 0
+        assert await store.count_sagas(at_most=2) == {("OrderSaga", status): 3}
