@@ -370,10 +370,17 @@ class Leases:
                     await conn.execute(_READ_COMMITTED)
                     cursor = await _query(conn, sql.lock_saga, (saga_id,), store._prepare_any)
                     found = await cursor.fetchone()
-                    if found is not None and found[1] >= INT8_MAX:
-                        # fence + 1 overflows (bigint out of range) on every
-                        # try: a corrupt row, as SQLite's claim_saga says.
-                        raise CorruptSagaRecord(saga_id, FENCE_TOO_LARGE)
+                    if found is not None:
+                        # A saga in flight the claim skips as corrupt: refused
+                        # with the readers' reason (S12), never taken, and
+                        # never SagaBusy (a lease held until infinity was
+                        # busy for ever). fence + 1 overflows (bigint out of
+                        # range) on every try, whatever the status.
+                        problem = lease_problem(*found) or (
+                            FENCE_TOO_LARGE if found[1] >= INT8_MAX else None
+                        )
+                        if problem is not None:
+                            raise CorruptSagaRecord(saga_id, problem)
                     if found is not None:
                         locked = True
                         cursor = await _query(conn, sql.take_lease,

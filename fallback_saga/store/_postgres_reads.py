@@ -38,7 +38,9 @@ from ._postgres_sql import (
     _window,
     check_leasable,
 )
-from .base import PURGED_BY_DEFAULT, HistoryWindow, SagaRecord, SagaSummary
+from ._postgres_schema import _INTERRUPTED_SQL
+from ._postgres_unleasable import IN_FLIGHT, LEASABLE_SQL, UNLEASABLE_SQL
+from .base import PURGED_BY_DEFAULT, HistoryWindow, SagaCounts, SagaRecord, SagaSummary
 
 _log = library_logger("fallback_saga.store.postgres")
 
@@ -180,38 +182,48 @@ class Reads:
         created_since: float | None = None,
         created_until: float | None = None,
         at_most: int | None = None,
-    ) -> dict[tuple[str, SagaStatus], int]:
-        """Counts by (name, status), one statement (``PostgresSagaStore.count_sagas``)."""
+    ) -> SagaCounts:
+        """Counts by (name, status), one statement (``PostgresSagaStore.count_sagas``):
+        of the sagas the listing shows (S12), a saga in flight the claim
+        skips as corrupt (``_postgres_unleasable``) left out."""
         windowed = created_since is not None or created_until is not None
         if at_most is not None:
             capped = await self._capped_count(
                 saga_name, created_since, created_until, non_negative_int("at_most", at_most)
             )
             if capped is None:
-                return {}
+                return SagaCounts()
             statement, params = capped
-        elif windowed and await self._covers_most(created_since, created_until):
-            # A window of most sagas: every saga (an index-only scan of
-            # fallback_saga_sagas_by_name_status), less those created
-            # outside it, in one statement (one snapshot: the parts add up).
-            parts = [self._count_part(saga_name, None, None, "count(*)")]
-            if created_since is not None:
-                parts.append(self._count_part(saga_name, None, created_since, "-count(*)"))
-            if created_until is not None:
-                parts.append(self._count_part(saga_name, created_until, None, "-count(*)"))
+        else:
+            if windowed and await self._covers_most(created_since, created_until):
+                # A window of most sagas: every saga (an index-only scan of
+                # fallback_saga_sagas_by_name_status), less those created
+                # outside it (one statement, one snapshot: the parts add up).
+                parts = [self._count_part(saga_name, None, None, "count(*)")]
+                if created_since is not None:
+                    parts.append(self._count_part(saga_name, None, created_since, "-count(*)"))
+                if created_until is not None:
+                    parts.append(self._count_part(saga_name, created_until, None, "-count(*)"))
+            else:
+                parts = [self._count_part(saga_name, created_since, created_until, "count(*)")]
+            # Counted from the index by status; those the listing leaves out,
+            # less (a read of each saga in flight's row in the window: the
+            # index holds no fence), and counted apart.
+            parts.append(self._count_part(
+                saga_name, created_since, created_until, "-count(*)", "count(*)",
+                f"status IN {_INTERRUPTED_SQL} AND {UNLEASABLE_SQL}",
+            ))
             statement = (
-                "SELECT saga_name, status, sum(n)::bigint FROM ("
+                "SELECT saga_name, status, sum(n)::bigint, sum(u)::bigint FROM ("
                 + " UNION ALL ".join(part for part, _ in parts)
                 + ") AS parts GROUP BY saga_name, status"
             )
             params = [value for _, values in parts for value in values]
-        else:
-            statement, params = self._count_part(
-                saga_name, created_since, created_until, "count(*)"
-            )
         found = await self._store._fetch("cannot count sagas", statement, params, rows="all")
-        counts: dict[tuple[str, SagaStatus], int] = {}
-        for name, status, count in found:
+        counts = SagaCounts()
+        unreadable = 0
+        for name, status, count, left_out in found:
+            unreadable += left_out
             if count <= 0:
                 continue
             if status not in _STATUS_VALUES:
@@ -220,8 +232,12 @@ class Reads:
                     "leaving %d saga(s) out of the counts: unknown status %s",
                     count, short_repr(status),
                 )
+                unreadable += count
                 continue
             counts[name, SagaStatus(status)] = count
+        # A bounded count reads a few sagas of each status the store writes:
+        # it does not look for the others.
+        counts.unreadable = unreadable if at_most is None else None
         return counts
 
     async def _capped_count(
@@ -233,7 +249,9 @@ class Reads:
         fallback_saga_sagas_by_status (status, seq) between the window's first
         and last seq, read first (as ``_window`` reads them; given to the
         statement as values, so that every part's range is an index
-        condition). ``None``: no saga in the window."""
+        condition). Of a status in flight, the sagas the listing shows: up
+        to ``at_most + 1`` of those (each row read for its fence: a few
+        thousand rows at most). ``None``: no saga in the window."""
         sagas = self._sql.sagas
         where, params = _listing_filter(saga_name, created_since, created_until)
         inside, inside_params = _created_filter(created_since, created_until)
@@ -251,6 +269,8 @@ class Reads:
         values: list[Any] = []
         for status in SagaStatus:
             clause = " AND ".join(["status = %s", *where])
+            if status.value in IN_FLIGHT:
+                clause += f" AND {LEASABLE_SQL}"
             span: list[Any] = []
             if inside:
                 # The range as (status, seq) rows: an index condition of
@@ -272,25 +292,29 @@ class Reads:
             )
             values += [status.value, *params, *span, at_most + 1]
         return (
-            "SELECT saga_name, status, count(*) FROM ("
+            "SELECT saga_name, status, count(*), 0 FROM ("
             + " UNION ALL ".join(parts) + ") AS capped GROUP BY saga_name, status",
             values,
         )
 
     def _count_part(
         self, saga_name: str | None, created_since: float | None,
-        created_until: float | None, counted: str,
+        created_until: float | None, counted: str, unreadable: str = "0",
+        only: str | None = None,
     ) -> tuple[str, list[Any]]:
         """A count by (name, status) of the sagas in the window, ``counted``
-        (``count(*)`` or its negation) as ``n``."""
+        (``count(*)`` or its negation) as ``n``, ``unreadable`` as ``u``;
+        ``only``: of the rows that meet this condition too."""
         where, params = _listing_filter(saga_name, created_since, created_until)
         bounds, bound_params = _window(self._sql.sagas, created_since, created_until)
         where += bounds
         params += bound_params
+        if only is not None:
+            where.append(only)
         clause = " WHERE " + " AND ".join(where) if where else ""
         return (
-            f"SELECT saga_name, status, {counted} AS n FROM {self._sql.sagas}{clause}"
-            f"{self._sql.count_groups}",
+            f"SELECT saga_name, status, {counted} AS n, {unreadable} AS u"
+            f" FROM {self._sql.sagas}{clause}{self._sql.count_groups}",
             params,
         )
 

@@ -421,7 +421,13 @@ class _Statements:
         )
         # Lease one saga by id, in the transaction that locked its row first
         # (lock_saga): atomic under the row lock.
-        self.lock_saga = f"SELECT saga_id, fence FROM {sagas} WHERE saga_id = %s FOR UPDATE"
+        # With the columns the claim judges a row by (_postgres_unleasable):
+        # a saga the claim skips as corrupt is refused as such by id too.
+        self.lock_saga = (
+            f"SELECT status, fence, unreleased_claims, {_EPOCH.format('created_at')},"
+            f" {_EPOCH.format('updated_at')}, {_EPOCH.format('lease_expires_at')}"
+            f" FROM {sagas} WHERE saga_id = %s FOR UPDATE"
+        )
         # Uncounted; it clears a finished saga's count (see sqlite's _TAKE_LEASE).
         self.take_lease = (
             f"UPDATE {sagas} SET lease_owner = %s,"

@@ -308,9 +308,7 @@ def _count(
     unreadable, as are the rows of a status or name no reader reads."""
     unreadable = 0
     if at_most is not None:
-        groups, unreadable = _capped_groups(
-            cursor, saga_name, created_since, created_until, at_most
-        )
+        groups = _capped_groups(cursor, saga_name, created_since, created_until, at_most)
     else:
         if (created_since is not None or created_until is not None) and _covers_most(
             cursor, created_since, created_until
@@ -348,7 +346,9 @@ def _count(
             unreadable += count
             continue
         counts[name, SagaStatus(status)] = count
-    counts.unreadable = unreadable
+    # A bounded count reads a few sagas of each status the store writes: it
+    # does not look for the others.
+    counts.unreadable = unreadable if at_most is None else None
     return counts
 
 
@@ -431,18 +431,16 @@ def _capped_groups(
     created_since: float | None,
     created_until: float | None,
     at_most: int,
-) -> tuple[dict[tuple[Any, Any], int], int]:
+) -> dict[tuple[Any, Any], int]:
     """``_groups``, each status's sagas read up to ``at_most + 1`` (one
     statement a status, its index and the window's rowids: a rare status
-    is not looked for among the others' rows); of a status in flight, the
-    sagas the listing shows (``_capped_in_flight``). And the sagas read
-    that the claim skips as corrupt."""
+    is not looked for among the others' rows); of a status in flight, of
+    the sagas the listing shows (``_capped_in_flight``)."""
     found = _windowed_filter(cursor, saga_name, created_since, created_until)
     if found is None:
-        return {}, 0
+        return {}
     where, params = found
     groups: dict[tuple[Any, Any], int] = {}
-    unreadable = 0
     for status in SagaStatus:
         conditions = ["status = ?", *where]
         if status.value in IN_FLIGHT:
@@ -459,36 +457,29 @@ def _capped_groups(
         if status.value in IN_FLIGHT:
             read = sum(count for _, count in rows)
             if read <= at_most:  # every saga it may count is not read yet
-                unreadable += _capped_in_flight(
-                    cursor, groups, status.value, where, params, at_most + 1 - read
-                )
-    return groups, unreadable
+                _capped_in_flight(cursor, groups, status.value, where, params, at_most + 1 - read)
+    return groups
 
 
 def _capped_in_flight(
     cursor: sqlite3.Cursor, groups: dict[tuple[Any, Any], int], status: str,
     where: list[str], params: list[Any], wanted: int,
-) -> int:
+) -> None:
     """Of the sagas of ``status`` (in flight) that may be corrupt (those
     the count above left out), up to ``wanted`` more the listing shows,
-    added to ``groups``; the number the claim skips as corrupt among
-    those read. (Walked row by row, and left as soon as ``wanted`` are
-    found: rarely more than a few rows.)"""
+    added to ``groups``. (Walked row by row, and left as soon as
+    ``wanted`` are found: rarely more than a few rows.)"""
     statement = (
         f"SELECT {_JUDGED_COLUMNS} FROM sagas WHERE "
         + " AND ".join(["status = ?", *where, MAYBE_UNLEASABLE_SQL])
     )
-    unreadable = 0
     with _lenient_text(cursor):
         for name, stored_status, *judged in cursor.execute(statement, [status, *params]):
-            if lease_problem(*judged) is not None:
-                unreadable += 1
-                continue
-            groups[name, stored_status] = groups.get((name, stored_status), 0) + 1
-            wanted -= 1
-            if not wanted:
-                break
-    return unreadable
+            if lease_problem(*judged) is None:
+                groups[name, stored_status] = groups.get((name, stored_status), 0) + 1
+                wanted -= 1
+                if not wanted:
+                    break
 
 
 # The first and last creation time of all sagas: two reads of sagas_by_created.

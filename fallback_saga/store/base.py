@@ -217,10 +217,11 @@ class SagaCounts(dict[tuple[str, SagaStatus], int]):
     name, status), as the listing shows them — and ``unreadable``, the rows
     it left out as the listing does (S12): a saga in flight the claim skips
     as corrupt, a status the store does not write, a name that is no text.
-    With ``at_most``, of the rows it read (the others were not looked at).
-    A dict still: a store of your own may answer a plain one (no figure)."""
+    ``None`` with ``at_most``: a bounded count reads a few sagas of each
+    status the store writes, and does not look for them. A dict still: a
+    store of your own may answer a plain one (no figure)."""
 
-    unreadable: int = 0
+    unreadable: int | None = 0
 
 
 class LeaseState(NamedTuple):

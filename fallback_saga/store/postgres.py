@@ -130,6 +130,7 @@ from .base import (
     JournalEntry,
     Lease,
     LeaseState,
+    SagaCounts,
     SagaRecord,
     SagaSummary,
 )
@@ -420,12 +421,17 @@ class PostgresSagaStore(FetchingStore):
         created_since: float | None = None,
         created_until: float | None = None,
         at_most: int | None = None,
-    ) -> dict[tuple[str, SagaStatus], int]:
+    ) -> SagaCounts:
         """How many sagas there are, by (saga name, status); filtered like
         ``list_sagas``. Pairs with no saga are absent. ``at_most``: each
         status's sagas are counted up to ``at_most + 1`` (a bounded read): a
         status whose counts add up to more than ``at_most`` has more sagas
-        than that, and its counts by name are partial."""
+        than that, and its counts by name are partial.
+
+        A saga in flight the claim skips as corrupt (S12), which the listing
+        leaves out, is not counted either: the counts say what the listing
+        shows, and their ``unreadable`` how many rows it left out (``None``
+        with ``at_most``)."""
         return await self._reads.count_sagas(
             saga_name=saga_name, created_since=created_since, created_until=created_until,
             at_most=at_most,

@@ -497,7 +497,8 @@ class SQLiteSagaStore:
 
         A saga in flight the claim skips as corrupt (S12), which the listing
         leaves out, is not counted either: the counts say what the listing
-        shows, and their ``unreadable`` how many rows it left out."""
+        shows, and their ``unreadable`` how many rows it left out (``None``
+        with ``at_most``)."""
         args = (
             saga_name,
             _optional_time("created_since", created_since),

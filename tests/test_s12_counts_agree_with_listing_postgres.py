@@ -1,0 +1,125 @@
+"""``test_s12_counts_agree_with_listing``'s rule on PostgreSQL (a throwaway
+server, conftest_pg.py): a saga in flight the claim leaves out as corrupt
+(``_postgres_unleasable``), which ``list_sagas`` leaves out as unreadable,
+is not counted as a saga of its status by ``count_sagas`` (every path),
+the console's counts or ``/metrics``; ``unreadable`` says how many were
+left out. And a claim by id (``claim_saga``: ``Saga.resume``, the CLI's
+``resume``) refuses such a row as corrupt, with the readers' reason —
+never ``SagaBusy`` (a lease held until ``infinity``: busy for ever), never
+by taking it (S12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest_pg import require_driver
+from test_s12_counts_agree_with_listing import check_console_counts, check_counts_agree
+from test_unleasable_rows_shown import _IDS
+
+from fallback_saga.errors import CorruptSagaRecord
+from fallback_saga.status import SagaStatus
+from fallback_saga.testing import entry
+
+pytest_plugins = ["conftest_pg"]
+
+require_driver()  # skips this module without psycopg (fails under CI)
+
+from pg_fixtures import raw_connection  # noqa: E402, F401  (the fixture raw)
+from test_unleasable_rows_shown_postgres import POSTGRES_CORRUPTIONS  # noqa: E402
+
+from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
+
+
+async def _fill(store: PostgresSagaStore, conn: Any, mutation: str, status: SagaStatus) -> None:
+    """'good-1', 'bad', 'good-2', created at 100, 200, 300 (Unix time), 'bad' mutated."""
+    for saga_id in _IDS:
+        await store.create(saga_id, "OrderSaga", "fp", {"n": 1}, [entry(0, "a")])
+        if status is not SagaStatus.RUNNING:
+            await store.append(saga_id, [], status=status)
+    conn.execute("UPDATE fallback_saga_sagas SET updated_at = now() - interval '1 day',"
+                 " created_at = to_timestamp(100 * (1 + (seq - (SELECT min(seq)"
+                 " FROM fallback_saga_sagas))))")
+    conn.execute(f"UPDATE fallback_saga_sagas SET {mutation} WHERE saga_id = 'bad'")
+
+
+@pytest.mark.parametrize("status", [SagaStatus.RUNNING, SagaStatus.COMPENSATING])
+@pytest.mark.parametrize("corruption", list(POSTGRES_CORRUPTIONS))
+async def test_s12_postgres_counts_leave_out_what_the_listing_leaves_out(
+    pg_conninfo: str, pg_schema: str, raw: Any, corruption: str, status: SagaStatus,
+) -> None:
+    mutation, _ = POSTGRES_CORRUPTIONS[corruption]
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, mutation, status)
+        assert len(await store.list_sagas(limit=10)) == 2  # the readers' verdict
+        await check_counts_agree(store, status, unreadable=1)
+        await check_console_counts(store, status, unreadable=1)
+
+
+@pytest.mark.parametrize("created_at", ["infinity", "-infinity"])
+async def test_s12_postgres_counts_leave_out_a_creation_time_at_infinity(
+    pg_conninfo: str, pg_schema: str, raw: Any, created_at: str,
+) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, f"created_at = '{created_at}'", SagaStatus.RUNNING)
+        assert len(await store.list_sagas(limit=10)) == 2
+        whole = await store.count_sagas()
+        assert whole == {("OrderSaga", SagaStatus.RUNNING): 2}
+        assert whole.unreadable == 1
+        assert await store.count_sagas(at_most=2) == whole
+        for since, until in [(150.0, None), (None, 250.0), (None, None)]:
+            listed = await store.list_sagas(limit=10, created_since=since, created_until=until)
+            counted = await store.count_sagas(created_since=since, created_until=until)
+            assert sum(counted.values()) == len(listed), (since, until)
+
+
+async def test_s12_postgres_unreadable_counts_a_status_the_store_does_not_write(
+    pg_conninfo: str, pg_schema: str, raw: Any,
+) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, "fence = 9223372036854775807", SagaStatus.RUNNING)
+        raw.execute("UPDATE fallback_saga_sagas SET status = 'paused' WHERE saga_id = 'good-1'")
+        counted = await store.count_sagas()
+        assert counted == {("OrderSaga", SagaStatus.RUNNING): 1}
+        assert counted.unreadable == 2
+
+
+@pytest.mark.parametrize("status", [SagaStatus.COMPLETED, SagaStatus.FAILED])
+async def test_s12_postgres_a_finished_saga_keeps_its_count(
+    pg_conninfo: str, pg_schema: str, raw: Any, status: SagaStatus,
+) -> None:
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, "unreleased_claims = 2147483647", status)
+        counted = await store.count_sagas()
+        assert counted == {("OrderSaga", status): 3}
+        assert counted.unreadable == 0
+        assert await store.count_sagas(at_most=2) == {("OrderSaga", status): 3}
+
+
+# --------------------------------------------------------------------------- claim_saga
+
+
+@pytest.mark.parametrize("status", [SagaStatus.RUNNING, SagaStatus.COMPENSATING])
+@pytest.mark.parametrize("corruption", list(POSTGRES_CORRUPTIONS))
+async def test_s12_postgres_claim_by_id_refuses_a_row_the_claim_skips_as_corrupt(
+    pg_conninfo: str, pg_schema: str, raw: Any, corruption: str, status: SagaStatus,
+) -> None:
+    """Every condition: ``CorruptSagaRecord`` with the readers' reason, the
+    row left as it was (no lease taken, no fence moved); the others leased."""
+    mutation, words = POSTGRES_CORRUPTIONS[corruption]
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, mutation, status)
+        before = raw.execute(
+            "SELECT lease_owner, lease_expires_at::text, fence, unreleased_claims,"
+            " lease_written_at::text, claim_marker"
+            " FROM fallback_saga_sagas WHERE saga_id = 'bad'").fetchone()
+        with pytest.raises(CorruptSagaRecord, match=r"'bad'") as raised:
+            await store.claim_saga("bad", owner="operator", lease_seconds=60)
+        assert raised.value.reason == words
+        after = raw.execute(
+            "SELECT lease_owner, lease_expires_at::text, fence, unreleased_claims,"
+            " lease_written_at::text, claim_marker"
+            " FROM fallback_saga_sagas WHERE saga_id = 'bad'").fetchone()
+        assert after == before
+        lease = await store.claim_saga("good-1", owner="operator", lease_seconds=60)
+        await store.release(lease)
