@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from fallback_saga.errors import CorruptSagaRecord
+
 import pytest
 from helpers_console import fetch
 from prometheus_text import parse_exposition
@@ -154,3 +156,55 @@ async def test_s12_sqlite_a_finished_saga_keeps_its_count(tmp_path: Path, status
         assert counted == {("OrderSaga", status): 3}
         assert counted.unreadable == 0
         assert await store.count_sagas(at_most=2) == {("OrderSaga", status): 3}
+
+
+# --------------------------------------------------------------------------- claim_saga
+
+_LEASE_COLUMNS = (
+    "SELECT lease_owner, lease_expires_at, fence, unreleased_claims, lease_written_at"
+    " FROM sagas WHERE saga_id = 'bad'"
+)
+# The conditions a saga id 'bad' keeps (claim_saga looks a saga up by a valid id).
+BY_ID = {
+    name: (mutation, words) for name, (mutation, words) in {
+        **SQLITE_CORRUPTIONS,
+        "updated-infinite": ("updated_at = -9e999",
+                             "its updated_at or lease_expires_at is not a finite number"),
+        "expiry-held-infinite": ("lease_owner = 'gone', lease_expires_at = 9e999",
+                                 "its updated_at or lease_expires_at is not a finite number"),
+        "expiry-blob": ("lease_expires_at = X'00'",
+                        "its updated_at or lease_expires_at is not a finite number"),
+        "claims-real": ("unreleased_claims = 2.5", "its unreleased_claims is not an integer"),
+        "owner-blob": ("lease_owner = X'6f'", "its lease_owner is not text (a bytes)"),
+        "owner-not-utf8": ("lease_owner = CAST(X'6fff' AS TEXT)",
+                           "its lease_owner is text that is not valid UTF-8"),
+    }.items()
+}
+
+
+@pytest.mark.parametrize("status", [SagaStatus.RUNNING, SagaStatus.COMPENSATING])
+@pytest.mark.parametrize("corruption", list(BY_ID))
+async def test_s12_sqlite_claim_by_id_refuses_a_row_the_claim_skips_as_corrupt(
+    tmp_path: Path, corruption: str, status: SagaStatus
+) -> None:
+    """``claim_saga`` (``Saga.resume``, the CLI's ``resume``): every condition
+    the claim skips a saga in flight for is ``CorruptSagaRecord`` with the
+    readers' reason, word for word (what ``load`` says); the row is left as
+    it was — never leased (an updated_at that is text was), never SagaBusy."""
+    mutation, words = BY_ID[corruption]
+    path = tmp_path / "sagas.db"
+    await _sqlite_store(path, mutation, status)
+    async with SQLiteSagaStore(path) as store:
+        with pytest.raises(CorruptSagaRecord) as loaded:
+            await store.load("bad")
+        assert loaded.value.reason == words  # the readers' reason
+        conn = sqlite3.connect(path)
+        conn.text_factory = bytes
+        before = conn.execute(_LEASE_COLUMNS).fetchone()
+        with pytest.raises(CorruptSagaRecord, match=r"'bad'") as raised:
+            await store.claim_saga("bad", owner="operator", lease_seconds=60)
+        assert raised.value.reason == words
+        assert conn.execute(_LEASE_COLUMNS).fetchone() == before
+        conn.close()
+        lease = await store.claim_saga("good-1", owner="operator", lease_seconds=60)
+        await store.release(lease)

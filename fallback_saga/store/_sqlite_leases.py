@@ -255,9 +255,26 @@ class Claimed(list[Lease]):
     skipped: tuple[tuple[str, str], ...] = ()
 
 
+# The columns the claim judges a saga in flight by (_sqlite_unleasable).
+_JUDGED: Final = (
+    "SELECT status, fence, lease_expires_at, updated_at, unreleased_claims, lease_owner"
+    " FROM sagas WHERE saga_id = ?"
+)
+
+
 def _claim_saga(
     cursor: sqlite3.Cursor, txn: _Txn, saga_id: str, owner: str, lease_seconds: float
 ) -> Lease:
+    # A saga in flight the claim skips as corrupt is refused by id too, with
+    # the readers' reason (S12): an updated_at that is text was leased (its
+    # resume could not read it), other rows refused in other words.
+    with _lenient_text(cursor):
+        judged = cursor.execute(_JUDGED, (saga_id,)).fetchone()
+    if judged is not None and judged[0] in IN_FLIGHT:
+        fence, expires_at, updated_at, claims, holder = judged[1:]
+        problem = lease_problem(saga_id, fence, expires_at, updated_at, claims, holder)
+        if problem is not None:
+            raise CorruptSagaRecord(saga_id, problem)
     fence, lease_owner, lease_expires_at, _ = _read_lease(cursor, saga_id)
     # A lease with no owner was given back (released, or deferred): free. So
     # is one written before the clock stepped back (see _CLAIMABLE): its
