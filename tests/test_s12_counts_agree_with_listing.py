@@ -20,14 +20,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fallback_saga.errors import CorruptSagaRecord
-
 import pytest
 from helpers_console import fetch
 from prometheus_text import parse_exposition
 from test_unleasable_rows_shown import SQLITE_CORRUPTIONS, _sqlite_store
 
 from fallback_saga.console import ConsoleServer
+from fallback_saga.errors import CorruptSagaRecord
 from fallback_saga.status import SagaStatus
 from fallback_saga.store.sqlite import SQLiteSagaStore
 
@@ -145,7 +144,9 @@ async def test_s12_sqlite_unreadable_counts_every_row_the_counts_leave_out(
 
 
 @pytest.mark.parametrize("status", [SagaStatus.COMPLETED, SagaStatus.FAILED])
-async def test_s12_sqlite_a_finished_saga_keeps_its_count(tmp_path: Path, status: SagaStatus) -> None:
+async def test_s12_sqlite_a_finished_saga_keeps_its_count(
+    tmp_path: Path, status: SagaStatus
+) -> None:
     """The claim reads sagas in flight only: a finished saga whose lease
     columns another tool wrote is listed, and counted, as before."""
     path = tmp_path / "sagas.db"

@@ -29,6 +29,7 @@ from ._common import (
 )
 from ._listing_pages import ListingPages
 from ._postgres_fetch import FetchingStore
+from ._postgres_schema import _INTERRUPTED_SQL
 from ._postgres_sql import (
     _STATUS_VALUES,
     _created_filter,
@@ -38,7 +39,6 @@ from ._postgres_sql import (
     _window,
     check_leasable,
 )
-from ._postgres_schema import _INTERRUPTED_SQL
 from ._postgres_unleasable import IN_FLIGHT, LEASABLE_SQL, UNLEASABLE_SQL
 from .base import PURGED_BY_DEFAULT, HistoryWindow, SagaCounts, SagaRecord, SagaSummary
 

@@ -20,8 +20,8 @@ __all__ = [
     "LiveJournal",
     "LiveSaga",
     "RecoverableStore",
-    "SagaRecord",
     "SagaCounts",
+    "SagaRecord",
     "SagaStore",
     "SagaSummary",
     "check_store",
@@ -259,7 +259,9 @@ class RecoverableStore(SagaStore, Protocol):
     and ``created_until`` (Unix time: ``created_since <= created_at <
     created_until``); ``async def count_sagas(*, saga_name=None,
     created_since=None, created_until=None) -> dict[tuple[str, SagaStatus],
-    int]``, the number of sagas by (name, status); ``async def
+    int]``, the number of sagas by (name, status), of the sagas
+    ``list_sagas`` shows (the built-in stores answer a ``SagaCounts``,
+    whose ``unreadable`` the console shows); ``async def
     lease_state(saga_id) -> LeaseState`` (``SagaNotFound`` if missing); and
     ``async def existing_saga_ids(saga_ids) -> set[str]``, which of those ids
     the store holds (``saga_family`` finds a saga's children with one call,
