@@ -70,11 +70,14 @@ def lease_problem(
 # Text that may not be plain ASCII (or hold a NUL): a character outside
 # ' '..'~' (GLOB decodes every byte of 0x80 or more, valid UTF-8 or not,
 # to a character outside it), or a NUL (where GLOB and length() stop, but
-# the text's bytes go on). A literal: constants of the library, no value.
-_MAYBE_NOT_ASCII = "({0} GLOB '*[^ -~]*' OR length(CAST({0} AS BLOB)) <> length({0}))"
-_NOT_FINITE = (
-    "(typeof({0}) NOT IN ('integer', 'real') OR {0} >= 9e999 OR {0} <= -9e999)"
+# the text's bytes go on). Literals: constants of the library, no value.
+_MAYBE_NOT_ASCII: Final = (
+    "({0} GLOB '*[^ -~]*' OR length(CAST({0} AS BLOB)) <> length({0}))"
 )
+# A finite number, by SQLite's order (NULL, numbers, text, BLOBs): text, a
+# BLOB and an infinity are outside it, in one comparison, not three.
+_LARGEST_FLOAT: Final = "1.7976931348623157e308"
+_FINITE: Final = f"BETWEEN -{_LARGEST_FLOAT} AND {_LARGEST_FLOAT}"
 
 # ``lease_problem``, in SQL, as a condition on a row of the sagas table that
 # holds for every row it finds a problem with, and for few others (text
@@ -84,14 +87,17 @@ _NOT_FINITE = (
 # Python (S12: every count agrees with the listing). Widen it with every
 # condition added to ``lease_problem``; tests/test_s12_counts_agree_with_listing
 # holds the two together. (coalesce: should a part be NULL, the row is
-# judged rather than left out of both sides.)
+# judged rather than left out of both sides.) Each term is evaluated for
+# every saga in flight a count reads: as few as will do (100,000 sagas in
+# flight: 150 ms with them, 290 ms as first written, typeof by typeof).
 MAYBE_UNLEASABLE_SQL: Final = (
     f"coalesce(typeof(fence) <> 'integer' OR fence >= {LARGEST_INTEGER}"
-    f" OR {_NOT_FINITE.format('updated_at')}"
-    f" OR (lease_expires_at IS NOT NULL AND {_NOT_FINITE.format('lease_expires_at')})"
-    f" OR typeof(saga_id) <> 'text' OR saga_id = '' OR length(saga_id) > {MAX_SAGA_ID_LENGTH}"
-    f" OR {_MAYBE_NOT_ASCII.format('saga_id')}"
+    f" OR NOT (updated_at {_FINITE})"
+    f" OR NOT (coalesce(lease_expires_at, 0) {_FINITE})"
     f" OR typeof(unreleased_claims) <> 'integer' OR unreleased_claims >= {LARGEST_INTEGER}"
+    # Not text, or empty: a BLOB sorts after every text, a number before.
+    f" OR NOT (saga_id > '' AND saga_id < X'') OR length(saga_id) > {MAX_SAGA_ID_LENGTH}"
+    f" OR {_MAYBE_NOT_ASCII.format('saga_id')}"
     " OR (lease_owner IS NOT NULL AND (typeof(lease_owner) <> 'text'"
     f" OR {_MAYBE_NOT_ASCII.format('lease_owner')})), 1)"
 )
