@@ -70,8 +70,8 @@ def fill_postgres(conninfo: str, finished: int, in_flight: int) -> None:
         conn.execute(
             "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context,"
             " version, journal_length, created_at, updated_at, touched_at)"
-            " SELECT 's' || lpad(i::text, 8, '0'), 'Saga' || (i % 10), 'fp',"
-            " CASE WHEN i % %s = 0 THEN 'running' ELSE 'completed' END, '{}', 1, 0,"
+            " SELECT 's' || lpad(i::text, 8, '0'), 'Saga' || (i %% 10), 'fp',"
+            " CASE WHEN i %% %s = 0 THEN 'running' ELSE 'completed' END, '{}', 1, 0,"
             " to_timestamp(%s + i * %s), to_timestamp(%s + i * %s), to_timestamp(%s + i * %s)"
             " FROM generate_series(1, %s) AS i",
             (max(total // max(in_flight, 1), 1), NOW - YEAR, YEAR / total, NOW - YEAR,

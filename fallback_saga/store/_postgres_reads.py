@@ -39,7 +39,7 @@ from ._postgres_sql import (
     _window,
     check_leasable,
 )
-from ._postgres_unleasable import IN_FLIGHT, LEASABLE_SQL, UNLEASABLE_SQL
+from ._postgres_unleasable import IN_FLIGHT, UNLEASABLE_SQL
 from .base import PURGED_BY_DEFAULT, HistoryWindow, SagaCounts, SagaRecord, SagaSummary
 
 _log = library_logger("fallback_saga.store.postgres")
@@ -194,6 +194,10 @@ class Reads:
             if capped is None:
                 return SagaCounts()
             statement, params = capped
+            found = await self._store._fetch("cannot count sagas", statement, params, rows="all")
+            found = await self._recount_capped(
+                found, saga_name, created_since, created_until, at_most
+            )
         else:
             if windowed and await self._covers_most(created_since, created_until):
                 # A window of most sagas: every saga (an index-only scan of
@@ -219,7 +223,7 @@ class Reads:
                 + ") AS parts GROUP BY saga_name, status"
             )
             params = [value for _, values in parts for value in values]
-        found = await self._store._fetch("cannot count sagas", statement, params, rows="all")
+            found = await self._store._fetch("cannot count sagas", statement, params, rows="all")
         counts = SagaCounts()
         unreadable = 0
         for name, status, count, left_out in found:
@@ -269,8 +273,6 @@ class Reads:
         values: list[Any] = []
         for status in SagaStatus:
             clause = " AND ".join(["status = %s", *where])
-            if status.value in IN_FLIGHT:
-                clause += f" AND {LEASABLE_SQL}"
             span: list[Any] = []
             if inside:
                 # The range as (status, seq) rows: an index condition of
@@ -286,16 +288,63 @@ class Reads:
             # In seq order: a LIMIT the planner expects to reach at once for a
             # common status would otherwise be a seq scan, passing every
             # older saga before the window's first.
-            parts.append(
-                f"(SELECT saga_name, status FROM {sagas} WHERE {clause}"
-                " ORDER BY seq DESC LIMIT %s::bigint)"
+            walk = (
+                f"SELECT saga_name, status, seq FROM {sagas} WHERE {clause}"
+                " ORDER BY seq DESC LIMIT %s::bigint"
             )
+            if status.value in IN_FLIGHT:
+                # The sagas walked (from the index alone, as any status's),
+                # each then judged by the claim's predicate, looked up by
+                # seq: at most at_most + 1 rows read. (With the predicate in
+                # the walk's WHERE, the planner, which takes it to hold for
+                # few rows, read every saga in flight and sorted them.)
+                parts.append(
+                    f"(SELECT saga_name, status, (SELECT {UNLEASABLE_SQL} FROM {sagas} AS row"
+                    f" WHERE row.seq = walked.seq) AS bad FROM ({walk}) AS walked)"
+                )
+            else:
+                parts.append(f"(SELECT saga_name, status, false AS bad FROM ({walk}) AS walked)")
             values += [status.value, *params, *span, at_most + 1]
         return (
-            "SELECT saga_name, status, count(*), 0 FROM ("
+            "SELECT saga_name, status, count(*) FILTER (WHERE NOT bad),"
+            " count(*) FILTER (WHERE bad) FROM ("
             + " UNION ALL ".join(parts) + ") AS capped GROUP BY saga_name, status",
             values,
         )
+
+    async def _recount_capped(
+        self, found: list[Any], saga_name: str | None, created_since: float | None,
+        created_until: float | None, at_most: int,
+    ) -> list[Any]:
+        """A capped count's rows, but for a status in flight whose walk
+        stopped at ``at_most + 1`` sagas with some the claim skips as
+        corrupt among them: whether the others pass ``at_most`` is not
+        known, so that status is counted whole (rarely: corrupt rows among
+        the newest sagas in flight of a filter of more than ``at_most``)."""
+        walked: dict[str, tuple[int, int]] = {}
+        for _name, status, readable, bad in found:
+            total, corrupt = walked.get(status, (0, 0))
+            walked[status] = (total + readable + bad, corrupt + bad)
+        unsure = [status for status, (total, corrupt) in walked.items()
+                  if total > at_most and corrupt]
+        if not unsure:
+            return found
+        rows = [row for row in found if row[1] not in unsure]
+        for status in unsure:
+            only = f"status = '{SagaStatus(status).value}'"  # a constant of the library
+            parts = [
+                self._count_part(saga_name, created_since, created_until, "count(*)", "0", only),
+                self._count_part(saga_name, created_since, created_until, "-count(*)",
+                                 "count(*)", f"{only} AND {UNLEASABLE_SQL}"),
+            ]
+            statement = (
+                "SELECT saga_name, status, sum(n)::bigint, sum(u)::bigint FROM ("
+                + " UNION ALL ".join(part for part, _ in parts)
+                + ") AS parts GROUP BY saga_name, status"
+            )
+            params = [value for _, values in parts for value in values]
+            rows += await self._store._fetch("cannot count sagas", statement, params, rows="all")
+        return rows
 
     def _count_part(
         self, saga_name: str | None, created_since: float | None,
