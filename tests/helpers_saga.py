@@ -282,3 +282,24 @@ class OutcomesTold:
     def recovery_outcome(self, saga_id: str, saga_name: str | None, outcome: str,
                          reason: str | None) -> None:
         self.outcomes.append((saga_id, saga_name, outcome, reason))
+
+
+async def run_worker_until(worker: Any, done: Callable[[], bool], *, polls: int = 500) -> None:
+    """Run ``worker`` until ``done()`` holds (checked between short waits,
+    at most ``polls`` times: a worker that never gets there fails the
+    caller's asserts, it does not hang the suite), then stop it."""
+    running = asyncio.create_task(worker.run())
+    try:
+        for _ in range(polls):
+            if done():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop()
+        await running
+
+
+def skipped_told(told: OutcomesTold) -> list[tuple[str, str | None]]:
+    """The (saga id, reason) of each saga ``told`` heard was skipped."""
+    return [(saga_id, reason) for saga_id, _, outcome, reason in told.outcomes
+            if outcome == "skipped"]

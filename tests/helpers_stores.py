@@ -53,3 +53,19 @@ async def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     fresh schema: the stores recovery claims from."""
     async with _store_of(request.param, request, tmp_path) as store:
         yield store
+
+
+def record_lease_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
+    """From now on, each statement the PostgreSQL store's leases send (its
+    text and parameters), in order, as the list returned."""
+    from fallback_saga.store import _postgres_leases  # the PostgreSQL tests' only
+
+    sent: list[tuple[str, list[Any]]] = []
+    query = _postgres_leases._query
+
+    async def recorded(conn: Any, statement: str, values: Any = (), *args: Any) -> Any:
+        sent.append((statement, list(values)))
+        return await query(conn, statement, values, *args)
+
+    monkeypatch.setattr(_postgres_leases, "_query", recorded)
+    return sent

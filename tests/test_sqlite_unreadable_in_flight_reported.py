@@ -21,7 +21,6 @@ that is no text, refused by the listing, was leased and resumed unseen.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import sqlite3
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_saga import OutcomesTold, RowSaga
+from helpers_saga import OutcomesTold, RowSaga, run_worker_until, skipped_told
 
 from fallback_saga import RecoveryWorker
 from fallback_saga.errors import CorruptSagaRecord
@@ -255,18 +254,9 @@ async def test_s12_a_worker_tells_a_row_its_claim_used_to_leave_out_as_skipped(
     async with SQLiteSagaStore(path, park_after=_PARK_AFTER) as store:
         worker = RecoveryWorker(store, [RowSaga], concurrency=1, lease=30, poll=3600,
                                 older_than=0, listen=False, listeners=[told])
-        running = asyncio.create_task(worker.run())
-        try:
-            for _ in range(500):  # until the good saga is done and the bad told
-                if worker.stats.completed and worker.stats.skipped:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            await worker.stop()
-            await running
-    skipped = [(saga_id, reason) for saga_id, _, outcome, reason in told.outcomes
-               if outcome == "skipped"]
-    assert skipped == [("bad", f"its row is unreadable: {reason}")]
+        # until the good saga is done and the bad told
+        await run_worker_until(worker, lambda: worker.stats.completed and worker.stats.skipped)
+    assert skipped_told(told) == [("bad", f"its row is unreadable: {reason}")]
     assert worker.stats.skipped == 1
     assert worker.stats.completed == 1
 

@@ -12,13 +12,13 @@ never through the finished sagas.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
 import pytest
 from conftest_pg import require_driver
-from helpers_saga import OutcomesTold, RowSaga
+from helpers_saga import OutcomesTold, RowSaga, run_worker_until, skipped_told
+from helpers_stores import record_lease_statements
 
 from fallback_saga import RecoveryWorker
 from fallback_saga.errors import CorruptSagaRecord
@@ -84,18 +84,11 @@ async def test_s12_postgres_a_worker_tells_a_saga_of_an_unknown_status_once_per_
         await _fill(store, raw, "paused")
         worker = RecoveryWorker(store, [RowSaga], concurrency=1, lease=30, poll=0.01,
                                 older_than=0, listen=False, listeners=[told])
-        running = asyncio.create_task(worker.run())
-        try:
-            for _ in range(500):  # until the good saga is done, the bad told, and polls more
-                if worker.stats.completed and worker.stats.skipped and polls > 5:
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            await worker.stop()
-            await running
-    skipped = [(saga_id, reason) for saga_id, _, outcome, reason in told.outcomes
-               if outcome == "skipped"]
-    assert skipped == [("bad", _reason("paused"))]
+        # until the good saga is done, the bad told, and polls more
+        await run_worker_until(
+            worker, lambda: worker.stats.completed and worker.stats.skipped and polls > 5
+        )
+    assert skipped_told(told) == [("bad", _reason("paused"))]
     assert worker.stats.skipped == 1
     assert worker.stats.completed == 1
     assert polls > 5
@@ -127,8 +120,6 @@ async def test_s12_postgres_the_look_for_unknown_statuses_reads_no_finished_saga
     status index's ranges around the known statuses, not those sagas."""
     import psycopg
 
-    from fallback_saga.store import _postgres_leases
-
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         await _fill(store, raw, "paused")
         raw.execute(
@@ -137,14 +128,7 @@ async def test_s12_postgres_the_look_for_unknown_statuses_reads_no_finished_saga
             " 'pending'])[1 + n % 4], '{}' FROM generate_series(1, 100000) AS n")
         if analyzed:
             raw.execute("ANALYZE fallback_saga_sagas")
-        sent: list[tuple[str, list[Any]]] = []
-        query = _postgres_leases._query
-
-        async def recorded(conn: Any, statement: str, values: Any = (), *args: Any) -> Any:
-            sent.append((statement, list(values)))
-            return await query(conn, statement, values, *args)
-
-        monkeypatch.setattr(_postgres_leases, "_query", recorded)
+        sent = record_lease_statements(monkeypatch)
         with collecting() as rows:
             await store.claim(owner="w", lease_seconds=60, older_than=0, limit=10,
                               names=("RowSaga",) if named else None)

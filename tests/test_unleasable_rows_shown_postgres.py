@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest_pg import require_driver
+from helpers_stores import record_lease_statements
 from test_unleasable_rows_shown import (
     _IDS,
     _claim_reason,
@@ -165,7 +166,6 @@ async def test_s12_postgres_claim_reports_the_rows_it_met_walking_no_further(
     the claim's own walk (it read every saga in flight: a million at a
     backlog, at each ``recover`` pass) — and the claims that drain the
     backlog, oldest first, meet and report the ones behind."""
-    from fallback_saga.store import _postgres_leases
     from fallback_saga.store._skipped_rows import collecting
 
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
@@ -179,14 +179,7 @@ async def test_s12_postgres_claim_reports_the_rows_it_met_walking_no_further(
         raw.execute("UPDATE fallback_saga_sagas SET fence = 9223372036854775807"
                     " WHERE saga_id = 's00015'")
         raw.execute("ANALYZE fallback_saga_sagas")
-        sent: list[tuple[str, list[Any]]] = []
-        query = _postgres_leases._query
-
-        async def recorded(conn: Any, statement: str, values: Any = (), *args: Any) -> Any:
-            sent.append((statement, list(values)))
-            return await query(conn, statement, values, *args)
-
-        monkeypatch.setattr(_postgres_leases, "_query", recorded)
+        sent = record_lease_statements(monkeypatch)
         with collecting() as skipped:
             first = await store.claim(owner="w", lease_seconds=600, older_than=60, limit=10)
         assert [lease.saga_id for lease in first] == [f"s{n:05d}" for n in range(1, 11)]
