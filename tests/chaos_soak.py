@@ -2,8 +2,8 @@
 ``RecoveryWorker``\\ s against ONE store while a driver injects real faults.
 
 Run offline (``python tests/chaos_soak.py soak --store sqlite --writer thread
---seed 7 --sagas 200 --faults 30``) or through ``tests/test_chaos_soak.py``
-(bounded seeds). The pieces:
+--seeds 7 --sagas 200 --faults 30``; ``--seeds 7-12`` runs seeds 7 to 12) or
+through ``tests/test_chaos_soak.py`` (bounded seeds). The pieces:
 
 * **the saga** (``ChaosSaga``): ``A, B, Fallback(C, CBackup), D``; its kind
   comes from the saga id (``kind_of``): ``ok`` (completes), ``fb`` (C fails,
@@ -1013,7 +1013,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("mode", choices=["soak"])
     parser.add_argument("--store", default="sqlite")
     parser.add_argument("--writer", default="thread")
-    parser.add_argument("--seeds", default="1")
+    parser.add_argument("--seeds", default="1", help="a seed, or START-STOP (both run)")
     parser.add_argument("--sagas", type=int, default=120)
     parser.add_argument("--children", type=int, default=3)
     parser.add_argument("--faults", type=int, default=12)
