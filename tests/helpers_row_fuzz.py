@@ -44,6 +44,7 @@ from fallback_saga import (
 )
 from fallback_saga.cli import main as cli_main
 from fallback_saga.console import ConsoleServer
+from fallback_saga.store.base import SagaCounts
 from fallback_saga.subsaga import CHILD_SEPARATOR
 
 # --------------------------------------------------------------------------- the sagas
@@ -168,6 +169,9 @@ class FuzzTarget:
     open: Callable[[], AbstractAsyncContextManager[Any]]
     open_for_console: Callable[[], AbstractAsyncContextManager[Any]]
     cli: list[str]
+    # The rows of the sagas table a filter selects, counted by plain SQL
+    # beside the store (none: the counts are not checked): see count_problems.
+    count_rows: Callable[[CountFilter], int] | None = None
 
 
 # --------------------------------------------------------------------------- recovery, read back
@@ -252,6 +256,8 @@ async def recover_store(
 ) -> Outcome:
     out = Outcome()
     async with target.open() as store:
+        if target.count_rows is not None:
+            out.problems += await count_problems(store, target.count_rows, "before recovery")
         out.before = await _records(store, out.problems, "before")
         LEDGER.clear()
         told = _Outcomes()
@@ -272,6 +278,8 @@ async def recover_store(
         for saga_id, step, action, result in LEDGER:
             out.calls.setdefault(saga_id, []).append((step, action, result))
         after = await _records(store, out.problems, "after")
+        if target.count_rows is not None:
+            out.problems += await count_problems(store, target.count_rows, "after recovery")
         for saga_id, record in after.items():
             out.final[saga_id] = (
                 record.status.value if hasattr(record, "status") else type(record).__name__)
@@ -334,6 +342,125 @@ async def console_problems(target: FuzzTarget, ids: list[str]) -> list[str]:
                     json.loads(reply.body, parse_constant=_no_constant)
                 except ValueError as error:
                     problems.append(f"console {page!r}: JSON that is not strict: {error}")
+    return problems
+
+
+# --------------------------------------------------------------------------- the counts (S12)
+
+
+@dataclass(frozen=True)
+class CountFilter:
+    """The filters ``count_sagas`` and ``list_sagas`` share."""
+
+    saga_name: str | None = None
+    created_since: float | None = None
+    created_until: float | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"saga_name": self.saga_name, "created_since": self.created_since,
+                "created_until": self.created_until}
+
+
+# at_most: a bound some statuses pass (the scenarios leave several sagas of
+# a status), and one none does.
+COUNT_BOUNDS = (1, 1000)
+# The listing is paged through by ``before`` this many sagas at a time, as
+# the CLI and the console page it.
+_PAGE = 4
+
+
+async def listed_through(store: Any, shown: CountFilter) -> list[Any]:
+    """Every saga ``list_sagas`` shows for ``shown``, page by page to the end."""
+    listed: list[Any] = []
+    while True:
+        before = {"before": listed[-1].saga_id} if listed else {}
+        page = await store.list_sagas(limit=_PAGE, **shown.kwargs(), **before)
+        listed += page
+        if len(page) < _PAGE:
+            return listed
+
+
+def count_filters(listed: list[Any]) -> list[CountFilter]:
+    """The filters asked about, from what ``listed`` (the whole listing)
+    shows: none; each saga name; a window of the middle third of the
+    creation times (few sagas: a count reads the window's rows), one from
+    the second on (most: a count reads the rows outside it), one up to the
+    middle; the first name and the middle window."""
+    times = sorted(summary.created_at for summary in listed)
+    names = sorted({summary.saga_name for summary in listed})
+    filters = [CountFilter(), *(CountFilter(saga_name=name) for name in names)]
+    if times:
+        middle = (times[len(times) // 3], times[2 * len(times) // 3])
+        filters += [
+            CountFilter(created_since=middle[0], created_until=middle[1]),
+            CountFilter(created_since=times[min(1, len(times) - 1)]),
+            CountFilter(created_until=times[len(times) // 2]),
+            CountFilter(saga_name=names[0], created_since=middle[0], created_until=middle[1]),
+        ]
+    return filters
+
+
+def counts_disagree(counts: Any, listed: list[Any], left_out: int,
+                    at_most: int | None) -> list[str]:
+    """How ``counts`` (``count_sagas``'s answer) disagrees with ``listed``
+    (what the listing showed, same filters) and ``left_out`` (the rows the
+    filters select in the table, less the sagas listed).
+
+    Without ``at_most``: the counts are the listing's tally by (name,
+    status), and ``unreadable`` is ``left_out``. With it, status by status:
+    a status of at most ``at_most`` sagas listed is counted exactly (by
+    name); one of more adds up to more than ``at_most`` and to no more than
+    the listing shows, each name at most its listed number; ``unreadable``
+    is ``None``."""
+    tally = Counter((summary.saga_name, summary.status) for summary in listed)
+    if not isinstance(counts, SagaCounts):
+        return [f"not a SagaCounts: {counts!r}"]
+    if at_most is None:
+        found = []
+        if dict(counts) != dict(tally):
+            found.append(f"counts {dict(counts)} but the listing shows {dict(tally)}")
+        if counts.unreadable != left_out:
+            found.append(f"unreadable {counts.unreadable} but the listing left out {left_out} "
+                         f"row(s)")
+        return found
+    found = [] if counts.unreadable is None else [f"unreadable {counts.unreadable}, not None"]
+    for status in SagaStatus:
+        shown = {name: n for (name, of), n in tally.items() if of is status}
+        got = {name: n for (name, of), n in counts.items() if of is status}
+        if sum(shown.values()) <= at_most:
+            if got != shown:
+                found.append(f"{status.value}: counts {got} but the listing shows {shown}")
+        elif not (at_most < sum(got.values()) <= sum(shown.values())) or any(
+            n > shown.get(name, 0) for name, n in got.items()
+        ):
+            found.append(f"{status.value}: counts {got}, not more than {at_most} of the "
+                         f"listing's {shown}")
+    return found
+
+
+async def count_problems(store: Any, count_rows: Callable[[CountFilter], int],
+                         when: str) -> list[str]:
+    """Every count agrees with the listing (S12): for each filter of
+    ``count_filters`` (the listing's own), ``count_sagas`` without a bound
+    and with each of ``COUNT_BOUNDS`` against ``list_sagas`` paged through
+    (``counts_disagree``); ``count_rows`` counts the rows the filter
+    selects, by plain SQL beside the store."""
+    try:
+        filters = count_filters(await listed_through(store, CountFilter()))
+    except Exception as error:
+        return [f"S12 counts {when}: list_sagas raised {error!r}"]
+    problems = []
+    for shown in filters:
+        try:
+            listed = await listed_through(store, shown)
+            left_out = count_rows(shown) - len(listed)
+            for at_most in (None, *COUNT_BOUNDS):
+                counts = await store.count_sagas(**shown.kwargs(), at_most=at_most)
+                problems += [
+                    f"S12 counts {when}: count_sagas({shown}, at_most={at_most}): {problem}"
+                    for problem in counts_disagree(counts, listed, left_out, at_most)]
+        except Exception as error:
+            problems.append(f"S12 counts {when} ({shown}) raised {error!r}")
     return problems
 
 

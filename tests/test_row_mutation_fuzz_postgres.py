@@ -40,6 +40,7 @@ from helpers_row_fuzz import (
     SAGAS,
     STEP_NAMES,
     Bench,
+    CountFilter,
     Crash,
     Ctx,
     FuzzSaga,
@@ -74,7 +75,31 @@ def postgres_target(conninfo: str, schema: str) -> FuzzTarget:
     def store() -> AbstractAsyncContextManager[Any]:
         return PostgresSagaStore(conninfo, schema=schema, min_size=1, max_size=4)
 
-    return FuzzTarget(store, store, ["--dsn", conninfo, "--schema", schema])
+    return FuzzTarget(store, store, ["--dsn", conninfo, "--schema", schema],
+                      lambda shown: count_rows(conninfo, schema, shown))
+
+
+def count_rows(conninfo: str, schema: str, shown: CountFilter) -> int:
+    """The rows of the sagas table ``shown`` selects, as the store's filters
+    read (``created_since <= created_at < created_until``, ``infinity``
+    after every time), whatever they hold."""
+    where, params = ["true"], []
+    if shown.saga_name is not None:
+        where.append("saga_name = %s")
+        params.append(shown.saga_name)
+    if shown.created_since is not None:
+        where.append("created_at >= to_timestamp(%s::float8)")
+        params.append(shown.created_since)
+    if shown.created_until is not None:
+        where.append("created_at < to_timestamp(%s::float8)")
+        params.append(shown.created_until)
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        row = conn.execute(
+            f"SELECT count(*) FROM {SAGAS_TABLE} WHERE " + " AND ".join(where), params
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 # --------------------------------------------------------------------------- mutations

@@ -209,3 +209,53 @@ async def test_s12_sqlite_claim_by_id_refuses_a_row_the_claim_skips_as_corrupt(
         conn.close()
         lease = await store.claim_saga("good-1", owner="operator", lease_seconds=60)
         await store.release(lease)
+
+
+# --------------------------------------------------------------------------- any status
+
+# What the listing leaves out of a saga of any status, finished or in flight
+# (``_sqlite_reads._summary``), as a SET clause on the saga 'bad'. Found by
+# the row-mutation fuzz (seed 982003: a created_at that is not UTF-8 text —
+# counted as a running saga, and every count with a time window raised).
+ANY_STATUS_CORRUPTIONS = {
+    "created-not-utf8": "created_at = CAST(X'c3' AS TEXT)",
+    "created-text": "created_at = 'x'",
+    "created-infinite": "created_at = 9e999",
+    "updated-text": "updated_at = 'x'",
+    "id-blob": "saga_id = X'626164'",
+    "owner-blob": "lease_owner = X'6f'",
+    "expiry-text": "lease_owner = 'o', lease_expires_at = 'x'",
+}
+_LEASE_ONLY = ("owner-blob", "expiry-text")
+
+
+@pytest.mark.parametrize("status", [SagaStatus.RUNNING, SagaStatus.COMPLETED])
+@pytest.mark.parametrize("corruption", list(ANY_STATUS_CORRUPTIONS))
+async def test_s12_sqlite_counts_leave_out_a_row_the_listing_leaves_out_whatever_its_status(
+    tmp_path: Path, corruption: str, status: SagaStatus
+) -> None:
+    """Every count form (whole, by name, time windows, ``at_most``) against
+    the listing paged through, and ``unreadable`` against the rows in the
+    table less the sagas listed (the fuzz's check, ``count_problems``)."""
+    from helpers_row_fuzz import count_problems
+    from test_row_mutation_fuzz import count_rows
+
+    path = tmp_path / "sagas.db"
+    await _sqlite_store(path, "fence = fence", status)
+    _spread_creation(path)
+    conn = sqlite3.connect(path)
+    conn.execute(f"UPDATE sagas SET {ANY_STATUS_CORRUPTIONS[corruption]} WHERE saga_id = 'bad'")
+    conn.commit()
+    conn.close()
+    # A finished saga's lease, which no claim reads, is shown as none when
+    # it cannot be read (as its count of claims): listed and counted.
+    shown = 3 if corruption in _LEASE_ONLY and status is SagaStatus.COMPLETED else 2
+    async with SQLiteSagaStore(path) as store:
+        listed = await store.list_sagas(limit=10)
+        assert len(listed) == shown  # the readers' verdict
+        assert await count_problems(store, lambda shown: count_rows(path, shown), "") == []
+        counted = await store.count_sagas()
+        assert counted == {("OrderSaga", status): shown}
+        assert counted.unreadable == 3 - shown
+    if shown == 3:
+        assert [summary.lease_expires_at for summary in listed] == [None] * 3

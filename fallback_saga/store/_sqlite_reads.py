@@ -14,7 +14,15 @@ from ..log_lines import library_logger
 from ..status import SagaStatus
 from ._common import finite_seconds, saga_status, short_repr
 from ._listing_pages import ListingPages, UnreadableRow
-from ._sqlite_rows import _decode_record, _lenient_text, _not_text, _number, _text, _unreadable
+from ._sqlite_rows import (
+    _decode_record,
+    _is_time,
+    _lenient_text,
+    _not_text,
+    _number,
+    _text,
+    _unreadable,
+)
 from ._sqlite_sql import _Txn
 from ._sqlite_unleasable import IN_FLIGHT, MAYBE_UNLEASABLE_SQL, lease_problem
 from .base import HistoryWindow, SagaCounts, SagaRecord, SagaSummary, window_start
@@ -250,8 +258,13 @@ def _summary(
         problem = lease_problem(saga_id, fence, expires_at, updated_at, claims, owner)
         if problem is not None:
             raise CorruptSagaRecord(saga_id, problem)
-    if owner is not None and not isinstance(owner, str):
-        raise CorruptSagaRecord(saga_id, f"lease_owner is {_not_text(owner)}")
+    # Past the check above, a lease owner that is no text, or an expiry
+    # that is no finite number, is a finished saga's (or one of a status no
+    # reader reads): shown as no lease, as its count of claims below — the
+    # claim reads it not, and the counts find such rows by no index (S12:
+    # every count agrees with the listing).
+    if not isinstance(owner, str):
+        owner = None
     return SagaSummary(
         saga_id=saga_id,
         saga_name=_text(saga_id, "saga_name", name),
@@ -262,9 +275,9 @@ def _summary(
         # A released lease keeps its release time as the expiry (the saga is
         # claimable at once); it is no lease to show.
         lease_expires_at=(
-            None
-            if owner is None or expires_at is None
-            else _number(saga_id, "lease_expires_at", expires_at)
+            float(expires_at)  # type: ignore[arg-type]  # checked right here
+            if owner is not None and _is_time(expires_at)
+            else None
         ),
         # Not a number: shown as none (a finished saga's: the claim reads it not).
         unreleased_claims=claims if type(claims) is int else 0,
@@ -328,7 +341,7 @@ def _count(
         else:
             groups = _groups(cursor, saga_name, created_since, created_until)
         # Counted from the index by status; those the listing leaves out, less.
-        for key, count in _unleasable_groups(
+        for key, count in _unlisted_groups(
             cursor, saga_name, created_since, created_until
         ).items():
             groups[key] = groups.get(key, 0) - count
@@ -352,23 +365,59 @@ def _count(
     return counts
 
 
-# A saga in flight's name, and the columns the claim judges it by
-# (_sqlite_unleasable), in lease_problem's order after the name and status.
-_JUDGED_COLUMNS: Final = (
-    "saga_name, status, saga_id, fence, lease_expires_at, updated_at, unreleased_claims,"
-    " lease_owner"
-)
 # The sagas in flight the claim may skip as corrupt: found by the predicate's
-# superset in SQL, each then judged by lease_problem. A read of every saga in
-# flight's row (its index entry holds no fence), none of a finished saga's:
-# INDEXED BY the claim's index, as the claim's own walk (_sqlite_leases) —
-# with statistics, the planner took a scan of the whole table, every saga
-# finished years ago (a few statuses, so "a third of the rows" a status).
+# superset in SQL, each then judged by the listing (_listed). A read of every
+# saga in flight's row (its index entry holds no fence), none of a finished
+# saga's: INDEXED BY the claim's index, as the claim's own walk
+# (_sqlite_leases) — with statistics, the planner took a scan of the whole
+# table, every saga finished years ago (a few statuses, so "a third of the
+# rows" a status).
 _IN_FLIGHT_INDEX: Final = " INDEXED BY sagas_by_status"
 _MAYBE_UNLEASABLE: Final = (
-    f"SELECT {_JUDGED_COLUMNS} FROM sagas{_IN_FLIGHT_INDEX}"
-    f" WHERE status IN (?, ?) AND {MAYBE_UNLEASABLE_SQL}"
+    f"{_SUMMARY_COLUMNS}{_IN_FLIGHT_INDEX} WHERE status IN (?, ?) AND {MAYBE_UNLEASABLE_SQL}"
 )
+# A finite number, by SQLite's order (NULL, numbers, text, BLOBs): past
+# either end, text, a BLOB, an infinity.
+_LARGEST_FLOAT: Final = "1.7976931348623157e308"
+# What the listing leaves out of a saga of any status (_summary), past a
+# name that is no text and a status no reader reads (counted apart, by
+# group): a creation or update time that is no finite number, a saga id
+# that is no text. Each found by a seek of an index (by creation time; by
+# status and update time, of the statuses the store writes; the primary
+# key), never by a read of every saga finished years ago; each then judged
+# by the listing (_listed). (Text of an id that is not UTF-8 sorts among
+# the others': not found here, in no index by its bytes.)
+_UNLISTED_SEEKS: Final = (
+    (f"created_at > {_LARGEST_FLOAT}", ()),
+    (f"created_at < -{_LARGEST_FLOAT}", ()),
+    *(
+        (f"status IN ({', '.join('?' * len(SagaStatus))}) AND updated_at {beyond}",
+         tuple(status.value for status in SagaStatus))
+        for beyond in (f"> {_LARGEST_FLOAT}", f"< -{_LARGEST_FLOAT}")
+    ),
+    ("saga_id IS NULL", ()),
+    ("saga_id < ''", ()),  # a number
+    ("saga_id >= X''", ()),  # a BLOB
+)
+# Of any status, a superset of what the listing leaves out, for a walk of
+# one status's few sagas (a capped count): a time that is no finite number,
+# an id or a name that is no plain ASCII text. (coalesce: a NULL is judged.)
+_MAYBE_UNLISTED_SQL: Final = (
+    f"coalesce(NOT (created_at BETWEEN -{_LARGEST_FLOAT} AND {_LARGEST_FLOAT})"
+    f" OR NOT (updated_at BETWEEN -{_LARGEST_FLOAT} AND {_LARGEST_FLOAT})"
+    " OR NOT (saga_id > '' AND saga_id < X'') OR saga_id GLOB '*[^ -~]*'"
+    " OR length(CAST(saga_id AS BLOB)) <> length(saga_id)"
+    " OR typeof(saga_name) <> 'text' OR saga_name GLOB '*[^ -~]*'"
+    " OR length(CAST(saga_name AS BLOB)) <> length(saga_name), 1)"
+)
+
+
+def _maybe_unlisted(status: str) -> str:
+    """``_MAYBE_UNLISTED_SQL``, and for a status in flight the claim's
+    (``MAYBE_UNLEASABLE_SQL``): rows of ``status`` the listing may leave out."""
+    if status in IN_FLIGHT:
+        return f"({_MAYBE_UNLISTED_SQL} OR {MAYBE_UNLEASABLE_SQL})"
+    return _MAYBE_UNLISTED_SQL
 
 
 def _in_flight_rows(
@@ -385,26 +434,47 @@ def _in_flight_rows(
         return cursor.execute(statement.replace(_IN_FLIGHT_INDEX, "", 1), params)
 
 
-def _unleasable_groups(
+def _is_unlisted(row: Sequence[Any]) -> bool:
+    """Whether the listing leaves this row (``_SUMMARY_COLUMNS``) out."""
+    try:
+        _listed(row)
+    except (CorruptSagaRecord, UnreadableRow):
+        return True
+    return False
+
+
+def _unlisted_groups(
     cursor: sqlite3.Cursor,
     saga_name: str | None,
     created_since: float | None,
     created_until: float | None,
 ) -> dict[tuple[Any, Any], int]:
-    """The sagas in flight, in the window, that the claim skips as corrupt
-    and the listing leaves out (``_sqlite_unleasable``), by (name, status)
-    as stored."""
+    """The sagas in the window that the listing leaves out (S12), by
+    (name, status) as stored: of the sagas in flight, those the claim skips
+    as corrupt (``_sqlite_unleasable``); of any status, those
+    ``_UNLISTED_SEEKS`` finds. Each row once, judged by the listing."""
     found = _windowed_filter(cursor, saga_name, created_since, created_until)
     if found is None:
         return {}
     where, params = found
     clause = "".join(" AND " + condition for condition in where)
+    rows: dict[int, Sequence[Any]] = {}
     with _lenient_text(cursor):
-        rows = _in_flight_rows(cursor, _MAYBE_UNLEASABLE + clause, [*IN_FLIGHT, *params]).fetchall()
+        for row in _in_flight_rows(cursor, _MAYBE_UNLEASABLE + clause, [*IN_FLIGHT, *params]):
+            rows[row[0]] = row
+        # The filters as conditions on the rows found (the unary "+": not
+        # an index of theirs), the seek's index chosen.
+        filters, values = _listing_filter(saga_name, created_since, created_until)
+        unindexed = "".join(" AND +" + condition.lstrip("+") for condition in filters)
+        for seek, seek_values in _UNLISTED_SEEKS:
+            statement = f"{_SUMMARY_COLUMNS} WHERE {seek}{unindexed}"
+            for row in cursor.execute(statement, [*seek_values, *values]):
+                rows[row[0]] = row
     groups: dict[tuple[Any, Any], int] = {}
-    for name, status, *judged in rows:
-        if lease_problem(*judged) is not None:
-            groups[name, status] = groups.get((name, status), 0) + 1
+    for row in rows.values():
+        if _is_unlisted(row):
+            key = (row[2], row[3])
+            groups[key] = groups.get(key, 0) + 1
     return groups
 
 
@@ -453,17 +523,16 @@ def _capped_groups(
 ) -> dict[tuple[Any, Any], int]:
     """``_groups``, each status's sagas read up to ``at_most + 1`` (one
     statement a status, its index and the window's rowids: a rare status
-    is not looked for among the others' rows); of a status in flight, of
-    the sagas the listing shows (``_capped_in_flight``)."""
+    is not looked for among the others' rows), of the sagas the listing
+    shows: those it may leave out (``_maybe_unlisted``) are passed, then
+    judged (``_capped_unlisted``)."""
     found = _windowed_filter(cursor, saga_name, created_since, created_until)
     if found is None:
         return {}
     where, params = found
     groups: dict[tuple[Any, Any], int] = {}
     for status in SagaStatus:
-        conditions = ["status = ?", *where]
-        if status.value in IN_FLIGHT:
-            conditions.append(f"NOT {MAYBE_UNLEASABLE_SQL}")
+        conditions = ["status = ?", *where, f"NOT {_maybe_unlisted(status.value)}"]
         statement = (
             "SELECT saga_name, COUNT(*) FROM (SELECT saga_name FROM sagas WHERE "
             + " AND ".join(conditions)
@@ -473,31 +542,30 @@ def _capped_groups(
             rows = cursor.execute(statement, [status.value, *params, at_most + 1]).fetchall()
         for name, count in rows:
             groups[name, status.value] = count
-        if status.value in IN_FLIGHT:
-            read = sum(count for _, count in rows)
-            if read <= at_most:  # every saga it may count is not read yet
-                _capped_in_flight(cursor, groups, status.value, where, params, at_most + 1 - read)
+        read = sum(count for _, count in rows)
+        if read <= at_most:  # every saga it may count is not read yet
+            _capped_unlisted(cursor, groups, status.value, where, params, at_most + 1 - read)
     return groups
 
 
-def _capped_in_flight(
+def _capped_unlisted(
     cursor: sqlite3.Cursor, groups: dict[tuple[Any, Any], int], status: str,
     where: list[str], params: list[Any], wanted: int,
 ) -> None:
-    """Of the sagas of ``status`` (in flight) that may be corrupt (those
-    the count above left out), up to ``wanted`` more the listing shows,
-    added to ``groups``. (Walked row by row, and left as soon as
-    ``wanted`` are found: rarely more than a few rows.)"""
+    """Of the sagas of ``status`` that the listing may leave out (those the
+    count above passed), up to ``wanted`` more it shows, added to
+    ``groups``. (Walked row by row, and left as soon as ``wanted`` are
+    found: rarely more than a few rows.)"""
     # (The planner's index, as the count's above: by status alone, between
     # the window's rowids; at most ``wanted`` rows it need not read.)
     statement = (
-        f"SELECT {_JUDGED_COLUMNS} FROM sagas WHERE "
-        + " AND ".join(["status = ?", *where, MAYBE_UNLEASABLE_SQL])
+        f"{_SUMMARY_COLUMNS} WHERE "
+        + " AND ".join(["status = ?", *where, _maybe_unlisted(status)])
     )
     with _lenient_text(cursor):
-        for name, stored_status, *judged in cursor.execute(statement, [status, *params]):
-            if lease_problem(*judged) is None:
-                groups[name, stored_status] = groups.get((name, stored_status), 0) + 1
+        for row in cursor.execute(statement, [status, *params]):
+            if not _is_unlisted(row):
+                groups[row[2], row[3]] = groups.get((row[2], row[3]), 0) + 1
                 wanted -= 1
                 if not wanted:
                     break
@@ -516,7 +584,8 @@ def _covers_most(
     the time between the first saga and the last. A guess (sagas are not
     created evenly), which decides only what is read: a window's own rows
     (``_window``), or the rows outside it — the fewer, when the guess is right."""
-    first, last = cursor.execute(_CREATED_SPAN).fetchone()
+    with _lenient_text(cursor):  # a time that is text, and not UTF-8 (S12)
+        first, last = cursor.execute(_CREATED_SPAN).fetchone()
     if not (isinstance(first, float | int) and isinstance(last, float | int)) or last <= first:
         return False  # no sagas, one instant, or a time that is no number (S12)
     since = first if created_since is None else max(first, created_since)
