@@ -569,17 +569,23 @@ async def test_S12_a_postgres_saga_time_at_infinity_is_a_corrupt_record(
                               says=f"{_CLAIM_SKIPPED}its {column} is not a finite number")
 
 
-async def test_S12_a_postgres_lease_expiry_at_infinity_is_left_out_of_listings(
+async def test_S12_a_finished_postgres_saga_leased_until_infinity_is_listed_without_a_lease(
     pg_conninfo: str, pg_schema: str
 ) -> None:
     """Found by the fuzz's mutations: a lease held until ``infinity`` was listed with a
-    float infinity, printed as ``Infinity`` by ``list --json``."""
+    float infinity, printed as ``Infinity`` by ``list --json``. A finished
+    saga's lease is read by no claim: it is listed, and counted, with none
+    (once left out of the listing, and counted all the same: S12)."""
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         await PlainSaga(store=store).run(Ctx(n=1), saga_id="done")
     _sql(pg_conninfo, pg_schema,
          f"UPDATE {SAGAS_TABLE} SET lease_owner = 'x', lease_expires_at = 'infinity'")
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
-        assert await store.list_sagas() == []
+        [listed] = await store.list_sagas()
+        assert (listed.saga_id, listed.lease_expires_at) == ("done", None)
+        counted = await store.count_sagas()
+        assert counted == {("PlainSaga", SagaStatus.COMPLETED): 1}
+        assert counted.unreadable == 0
     target = postgres_target(pg_conninfo, pg_schema)
     assert await cli_problems(target, ["done"]) == []
     assert await console_problems(target, ["done"]) == []

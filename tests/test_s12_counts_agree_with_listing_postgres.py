@@ -123,3 +123,47 @@ async def test_s12_postgres_claim_by_id_refuses_a_row_the_claim_skips_as_corrupt
         assert after == before
         lease = await store.claim_saga("good-1", owner="operator", lease_seconds=60)
         await store.release(lease)
+
+
+# What the listing leaves out of a saga of any status (``_listed_summary``),
+# finished or in flight, as a SET clause on the saga 'bad'.
+ANY_STATUS_CORRUPTIONS = {
+    "created-infinite": "created_at = 'infinity'",
+    "created-minus-infinite": "created_at = '-infinity'",
+    "updated-infinite": "updated_at = 'infinity'",
+    "expiry-infinite": "lease_owner = 'gone', lease_expires_at = 'infinity'",
+}
+
+
+# A finished saga's update time at infinity: no index holds it (the one by
+# update time holds the sagas in flight alone), so a count without a bound
+# would read every saga's row to find it. Left open (the capped count, which
+# reads its few rows, leaves it out).
+_UNINDEXED = pytest.mark.xfail(strict=True, reason="a finished saga's updated_at at infinity:"
+                               " found by no index")
+
+
+@pytest.mark.parametrize(("corruption", "status"), [
+    pytest.param(corruption, status,
+                 marks=[_UNINDEXED] if (corruption, status) == (
+                     "updated-infinite", SagaStatus.COMPLETED) else [])
+    for corruption in ANY_STATUS_CORRUPTIONS
+    for status in (SagaStatus.RUNNING, SagaStatus.COMPLETED)
+])
+async def test_s12_postgres_counts_leave_out_a_row_the_listing_leaves_out_whatever_its_status(
+    pg_conninfo: str, pg_schema: str, raw: Any, corruption: str, status: SagaStatus,
+) -> None:
+    """Every count form against the listing paged through, and
+    ``unreadable`` against the rows in the table less the sagas listed (the
+    row-mutation fuzz's check, ``count_problems``)."""
+    from helpers_row_fuzz import count_problems
+    from test_row_mutation_fuzz_postgres import count_rows
+
+    async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
+        await _fill(store, raw, ANY_STATUS_CORRUPTIONS[corruption], status)
+        listed = await store.list_sagas(limit=10)
+        assert await count_problems(
+            store, lambda shown: count_rows(pg_conninfo, pg_schema, shown), "") == []
+        counted = await store.count_sagas()
+        assert counted == {("OrderSaga", status): len(listed)}
+        assert counted.unreadable == 3 - len(listed)

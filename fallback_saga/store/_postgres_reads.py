@@ -65,6 +65,20 @@ def _server_gave_up(error: SagaStoreError) -> bool:
 
 _INT4_MAX: Final = 2**31 - 1
 
+# A creation time the listing cannot show (``_listed_summary``), as a
+# condition fallback_saga_sagas_by_created answers: no read of every saga.
+_CREATED_AT_INFINITY: Final = "created_at IN ('infinity', '-infinity')"
+
+
+def _unlisted_sql(status: str) -> str:
+    """Of a row of ``status`` (one the store writes), whether the listing
+    leaves it out (S12): of a saga in flight, the claim's predicate
+    (``_postgres_unleasable``, which judges the times too); of any other, a
+    time at infinity (a finished saga's lease is not judged: shown as none)."""
+    if status in IN_FLIGHT:
+        return UNLEASABLE_SQL
+    return "(NOT isfinite(created_at) OR NOT isfinite(updated_at))"
+
 
 class Reads:
     """A ``PostgresSagaStore``'s reads and operator queries (see the module
@@ -217,6 +231,14 @@ class Reads:
                 saga_name, created_since, created_until, "-count(*)", "count(*)",
                 f"status IN {_INTERRUPTED_SQL} AND {UNLEASABLE_SQL}",
             ))
+            # Of any other status, a creation time at infinity, which the
+            # listing leaves out too: found by the index by creation time.
+            # (Not between the window's first and last seq: those bounds read
+            # the window's entries, a wide window's most of the index.)
+            parts.append(self._count_part(
+                saga_name, created_since, created_until, "-count(*)", "count(*)",
+                f"status NOT IN {_INTERRUPTED_SQL} AND {_CREATED_AT_INFINITY}", bounded=False,
+            ))
             statement = (
                 "SELECT saga_name, status, sum(n)::bigint, sum(u)::bigint FROM ("
                 + " UNION ALL ".join(part for part, _ in parts)
@@ -292,18 +314,15 @@ class Reads:
                 f"SELECT saga_name, status, seq FROM {sagas} WHERE {clause}"
                 " ORDER BY seq DESC LIMIT %s::bigint"
             )
-            if status.value in IN_FLIGHT:
-                # The sagas walked (from the index alone, as any status's),
-                # each then judged by the claim's predicate, looked up by
-                # seq: at most at_most + 1 rows read. (With the predicate in
-                # the walk's WHERE, the planner, which takes it to hold for
-                # few rows, read every saga in flight and sorted them.)
-                parts.append(
-                    f"(SELECT saga_name, status, (SELECT {UNLEASABLE_SQL} FROM {sagas} AS row"
-                    f" WHERE row.seq = walked.seq) AS bad FROM ({walk}) AS walked)"
-                )
-            else:
-                parts.append(f"(SELECT saga_name, status, false AS bad FROM ({walk}) AS walked)")
+            # The sagas walked (from the index alone), each then judged by
+            # what the listing leaves out (_unlisted_sql), looked up by seq:
+            # at most at_most + 1 rows read. (With the predicate in the
+            # walk's WHERE, the planner, which takes it to hold for few
+            # rows, read every saga in flight and sorted them.)
+            parts.append(
+                f"(SELECT saga_name, status, (SELECT {_unlisted_sql(status.value)} FROM {sagas}"
+                f" AS row WHERE row.seq = walked.seq) AS bad FROM ({walk}) AS walked)"
+            )
             values += [status.value, *params, *span, at_most + 1]
         return (
             "SELECT saga_name, status, count(*) FILTER (WHERE NOT bad),"
@@ -316,11 +335,11 @@ class Reads:
         self, found: list[Any], saga_name: str | None, created_since: float | None,
         created_until: float | None, at_most: int,
     ) -> list[Any]:
-        """A capped count's rows, but for a status in flight whose walk
-        stopped at ``at_most + 1`` sagas with some the claim skips as
-        corrupt among them: whether the others pass ``at_most`` is not
-        known, so that status is counted whole (rarely: corrupt rows among
-        the newest sagas in flight of a filter of more than ``at_most``)."""
+        """A capped count's rows, but for a status whose walk stopped at
+        ``at_most + 1`` sagas with some the listing leaves out among them:
+        whether the others pass ``at_most`` is not known, so that status is
+        counted whole (rarely: corrupt rows among the newest sagas of a
+        status, of a filter of more than ``at_most``)."""
         walked: dict[str, tuple[int, int]] = {}
         for _name, status, readable, bad in found:
             total, corrupt = walked.get(status, (0, 0))
@@ -335,7 +354,7 @@ class Reads:
             parts = [
                 self._count_part(saga_name, created_since, created_until, "count(*)", "0", only),
                 self._count_part(saga_name, created_since, created_until, "-count(*)",
-                                 "count(*)", f"{only} AND {UNLEASABLE_SQL}"),
+                                 "count(*)", f"{only} AND {_unlisted_sql(status)}"),
             ]
             statement = (
                 "SELECT saga_name, status, sum(n)::bigint, sum(u)::bigint FROM ("
@@ -349,15 +368,17 @@ class Reads:
     def _count_part(
         self, saga_name: str | None, created_since: float | None,
         created_until: float | None, counted: str, unreadable: str = "0",
-        only: str | None = None,
+        only: str | None = None, bounded: bool = True,
     ) -> tuple[str, list[Any]]:
         """A count by (name, status) of the sagas in the window, ``counted``
         (``count(*)`` or its negation) as ``n``, ``unreadable`` as ``u``;
-        ``only``: of the rows that meet this condition too."""
+        ``only``: of the rows that meet this condition too; ``bounded``:
+        between the window's first and last seq (``_window``)."""
         where, params = _listing_filter(saga_name, created_since, created_until)
-        bounds, bound_params = _window(self._sql.sagas, created_since, created_until)
-        where += bounds
-        params += bound_params
+        if bounded:
+            bounds, bound_params = _window(self._sql.sagas, created_since, created_until)
+            where += bounds
+            params += bound_params
         if only is not None:
             where.append(only)
         clause = " WHERE " + " AND ".join(where) if where else ""
