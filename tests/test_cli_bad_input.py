@@ -61,8 +61,10 @@ def damage(db: str, sql: str) -> None:
          "'o-2'"),
         ("UPDATE sagas SET saga_id = CAST(X'73ff' AS TEXT) WHERE saga_id = 'o-2'", r"b's\xff'"),
         ("UPDATE sagas SET saga_id = X'6f2d32' WHERE saga_id = 'o-2'", "b'o-2'"),
-        ("UPDATE sagas SET lease_owner = 'w1', lease_expires_at = 'soon' WHERE saga_id = 'o-2'",
-         "'o-2'"),
+        # (A finished saga's lease that is unreadable is listed as none:
+        # nothing claims it. A time that is no number is not, whatever the
+        # status.)
+        ("UPDATE sagas SET updated_at = 'soon' WHERE saga_id = 'o-2'", "'o-2'"),
     ],
 )
 @pytest.mark.parametrize("as_json", [False, True])
