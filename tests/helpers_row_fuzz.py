@@ -360,6 +360,23 @@ class CountFilter:
         return {"saga_name": self.saga_name, "created_since": self.created_since,
                 "created_until": self.created_until}
 
+    def where(self, *, everything: str, name: str, time: str) -> tuple[str, list[Any]]:
+        """These filters as a condition on the sagas table, as the stores
+        read them (``created_since <= created_at < created_until``), and its
+        parameters: ``everything`` the condition of no filter, ``name`` the
+        driver's placeholder, ``time`` a Unix time's."""
+        where, params = [everything], []
+        if self.saga_name is not None:
+            where.append(f"saga_name = {name}")
+            params.append(self.saga_name)
+        if self.created_since is not None:
+            where.append(f"created_at >= {time}")
+            params.append(self.created_since)
+        if self.created_until is not None:
+            where.append(f"created_at < {time}")
+            params.append(self.created_until)
+        return " AND ".join(where), params
+
 
 # at_most: a bound some statuses pass (the scenarios leave several sagas of
 # a status), and one none does.

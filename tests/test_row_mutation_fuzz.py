@@ -85,20 +85,10 @@ def count_rows(path: Path, shown: CountFilter) -> int:
     """The rows of the sagas table ``shown`` selects, as the store's filters
     read (``created_since <= created_at < created_until``, by SQLite's
     comparison: text sorts after every number), whatever they hold."""
-    where, params = ["1"], []
-    if shown.saga_name is not None:
-        where.append("saga_name = ?")
-        params.append(shown.saga_name)
-    if shown.created_since is not None:
-        where.append("created_at >= ?")
-        params.append(shown.created_since)
-    if shown.created_until is not None:
-        where.append("created_at < ?")
-        params.append(shown.created_until)
+    where, params = shown.where(everything="1", name="?", time="?")
     conn = sqlite3.connect(path)
     try:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM sagas WHERE " + " AND ".join(where), params).fetchone()
+        (count,) = conn.execute("SELECT COUNT(*) FROM sagas WHERE " + where, params).fetchone()
     finally:
         conn.close()
     return int(count)

@@ -83,21 +83,10 @@ def count_rows(conninfo: str, schema: str, shown: CountFilter) -> int:
     """The rows of the sagas table ``shown`` selects, as the store's filters
     read (``created_since <= created_at < created_until``, ``infinity``
     after every time), whatever they hold."""
-    where, params = ["true"], []
-    if shown.saga_name is not None:
-        where.append("saga_name = %s")
-        params.append(shown.saga_name)
-    if shown.created_since is not None:
-        where.append("created_at >= to_timestamp(%s::float8)")
-        params.append(shown.created_since)
-    if shown.created_until is not None:
-        where.append("created_at < to_timestamp(%s::float8)")
-        params.append(shown.created_until)
+    where, params = shown.where(everything="true", name="%s", time="to_timestamp(%s::float8)")
     with psycopg.connect(conninfo) as conn:
         conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
-        row = conn.execute(
-            f"SELECT count(*) FROM {SAGAS_TABLE} WHERE " + " AND ".join(where), params
-        ).fetchone()
+        row = conn.execute(f"SELECT count(*) FROM {SAGAS_TABLE} WHERE " + where, params).fetchone()
     assert row is not None
     return int(row[0])
 
