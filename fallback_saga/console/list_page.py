@@ -114,8 +114,9 @@ def _unreadable_note(unreadable: int | None, filtered: bool) -> str:
         f'<p class="unreadable">{unreadable:,} saga{"" if one else "s"} in the store'
         f'{" (of those counted for these filters)" if filtered else ""} '
         f'{"is" if one else "are"} unreadable (a row another tool wrote, or a damaged page): '
-        f"left out of these counts and of the list. A <code>recover</code> pass reports "
-        f"each by id, with why.</p>"
+        f"left out of these counts and of the list. <code>fallback-saga list</code> "
+        f"names each by id, with why (on its standard error); a <code>recover</code> "
+        f"pass reports those in flight.</p>"
     )
 
 

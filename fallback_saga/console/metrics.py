@@ -52,8 +52,9 @@ def exposition(counts: Counts) -> str:
             "# HELP fallback_saga_sagas_unreadable "
             + _escape_help(
                 "Rows the store left out of fallback_saga_sagas as unreadable: a saga in "
-                "flight its recovery skips as corrupt, a status or name it does not write. "
-                "recover() reports each by id."
+                "flight its recovery skips as corrupt, a status or name it does not write, "
+                "a time or id no reader reads, of any status. fallback-saga list names each "
+                "by id; recover() reports those in flight."
             ),
             "# TYPE fallback_saga_sagas_unreadable gauge",
             f"fallback_saga_sagas_unreadable {counts.unreadable}",

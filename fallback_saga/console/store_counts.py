@@ -30,7 +30,8 @@ class Counts:
     counted no further (``by_name_status`` has none of them).
     ``unreadable``: the rows the store left out of them, as its listing
     does (S12: a saga in flight its claim skips as corrupt, a status or a
-    name no reader reads); ``None`` if the store does not say."""
+    name no reader reads, a time or an id no reader reads of any status);
+    ``None`` if the store does not say."""
 
     by_name_status: dict[tuple[str, SagaStatus], int]
     exact: bool

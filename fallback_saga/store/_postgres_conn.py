@@ -130,21 +130,3 @@ def closed_by_server(conn: Any) -> bool:
     except Exception:  # no socket (psycopg: "the connection is lost"), or a bad one
         return True
     return bool(readable)
-
-
-# SQLSTATEs of a prepared statement the server does not know (or knows
-# another by its name): a pooler in transaction mode hands each transaction
-# to any of its server connections.
-_PREPARED_LOST: Final = frozenset({"26000", "42P05"})
-_PREPARED_HINT: Final = (
-    " (is a pooler in transaction mode, such as PgBouncer, between the store and"
-    " PostgreSQL? Pass PostgresSagaStore(..., prepared_statements=False))"
-)
-#: SQLSTATE disk_full: the server could not extend a table's file. Its own
-#: text names a file under the data directory and ends in a line of HINT; an
-#: operator reading the saga's error wants what to do, as SQLite's store says.
-_DISK_FULL: Final = "53100"
-_DISK_FULL_HINT: Final = (
-    " (the disk holding the PostgreSQL server's data is full: free space on it;"
-    " recovery finishes the sagas this stopped once there is room)"
-)
