@@ -259,3 +259,101 @@ async def test_s12_sqlite_counts_leave_out_a_row_the_listing_leaves_out_whatever
         assert counted.unreadable == 3 - shown
     if shown == 3:
         assert [summary.lease_expires_at for summary in listed] == [None] * 3
+
+
+# --------------------------------------------------------------------------- at_most
+
+# Rows of a finished status the listing leaves out, each as (saga_id,
+# saga_name, created_at, updated_at) SQL: a time that is no finite number,
+# an id that is no text, a name that is no text (or not UTF-8). (A number
+# in a TEXT column is stored as text: listed.)
+_FINISHED_UNLISTED = [
+    ("'u-created-inf'", "'OrderSaga'", "9e999", "1"),
+    ("'u-created-text'", "'OrderSaga'", "'x'", "1"),
+    ("'u-created-not-utf8'", "'OrderSaga'", "CAST(X'c3' AS TEXT)", "1"),
+    ("'u-updated-text'", "'OrderSaga'", "{created}", "'x'"),
+    ("'u-updated-minus-inf'", "'OrderSaga'", "{created}", "-9e999"),
+    ("X'7531'", "'OrderSaga'", "{created}", "1"),  # an id that is a BLOB
+    ("NULL", "'OrderSaga'", "{created}", "1"),  # no id (a TEXT key may be NULL)
+    ("'u-name-blob'", "X'6e'", "{created}", "1"),
+    ("'u-name-not-utf8'", "CAST(X'6eff' AS TEXT)", "{created}", "1"),
+]
+
+
+def _another(saga_id: str) -> str:
+    """Another id of the same kind as ``saga_id`` (SQL)."""
+    if saga_id.startswith("'"):
+        return saga_id[:-1] + "-again'"
+    return "X'7532'" if saga_id.startswith("X") else saga_id
+
+
+async def _finished_with_unlisted(path: Path) -> None:
+    """A file of COMPLETED sagas: the unlisted rows first (the oldest, so
+    that a walk of a status meets them first), then 12 listed sagas of two
+    names, then the unlisted rows again (the newest); creation times 10 apart."""
+    async with SQLiteSagaStore(path):
+        pass
+    conn = sqlite3.connect(path)
+    rows = [*_FINISHED_UNLISTED,
+            *((f"'ok-{n}'", "'OrderSaga'" if n % 3 else "'BillingSaga'", "{created}", "1")
+              for n in range(12)),
+            *((_another(saga_id), name, created, updated)
+              for saga_id, name, created, updated in _FINISHED_UNLISTED)]
+    with conn:
+        for n, (saga_id, name, created, updated) in enumerate(rows):
+            conn.execute(
+                "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+                f" created_at, updated_at) VALUES ({saga_id}, {name}, 'f', 'completed', '{{}}',"
+                f" 1, {created.format(created=n * 10)}, {updated})")
+    conn.close()
+
+
+async def test_s12_sqlite_a_capped_count_of_a_finished_status_counts_past_its_unlisted_rows(
+    tmp_path: Path,
+) -> None:
+    """``at_most``, of a status not in flight: walked from the index alone,
+    its unlisted rows (sought by index, or a name that is no text) taken
+    off — a walk that met k of them goes k further. Whatever the bound,
+    the name and the window: exact up to the bound, at_most + 1 past it,
+    each name at most the listing's (``counts_disagree``)."""
+    from helpers_row_fuzz import CountFilter, counts_disagree, listed_through
+
+    path = tmp_path / "sagas.db"
+    await _finished_with_unlisted(path)
+    async with SQLiteSagaStore(path) as store:
+        for shown in [CountFilter(), CountFilter(saga_name="OrderSaga"),
+                      CountFilter(created_since=95.0), CountFilter(created_until=195.0),
+                      CountFilter(saga_name="OrderSaga", created_since=95.0,
+                                  created_until=205.0)]:
+            listed = await listed_through(store, shown)
+            assert 0 < len(listed) <= 12
+            for at_most in range(len(listed) + 2):
+                counts = await store.count_sagas(**shown.kwargs(), at_most=at_most)
+                assert counts_disagree(counts, listed, 0, at_most) == [], (shown, at_most)
+                assert sum(counts.values()) == min(len(listed), at_most + 1), (shown, at_most)
+
+
+@pytest.mark.xfail(strict=True, reason="a finished saga's id that is text not UTF-8: found by"
+                   " no index (it sorts among the others' by its bytes)")
+@pytest.mark.parametrize("at_most", [None, 5])
+async def test_s12_sqlite_counts_leave_out_a_finished_saga_whose_id_is_not_utf8(
+    tmp_path: Path, at_most: int | None
+) -> None:
+    """Left open: the listing leaves such a saga out, every count counts it
+    (a count without a bound as before; a bounded one since it walks a
+    finished status from the index alone — it read each row before)."""
+    path = tmp_path / "sagas.db"
+    async with SQLiteSagaStore(path):
+        pass
+    conn = sqlite3.connect(path)
+    with conn:
+        for n, saga_id in enumerate(["'a'", "CAST(X'62ff64' AS TEXT)", "'c'"]):
+            conn.execute(
+                "INSERT INTO sagas (saga_id, saga_name, fingerprint, status, context, version,"
+                f" created_at, updated_at) VALUES ({saga_id}, 'OrderSaga', 'f', 'completed',"
+                f" '{{}}', 1, {n}, 1)")
+    conn.close()
+    async with SQLiteSagaStore(path) as store:
+        assert len(await store.list_sagas()) == 2
+        counted = await store.count_sagas(at_most=at_most)
+        assert counted == {("OrderSaga", SagaStatus.COMPLETED): 2}

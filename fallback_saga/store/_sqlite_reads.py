@@ -6,7 +6,7 @@ mostly on the reader's read-only connection. Every statement is parameterized.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from ..errors import CorruptSagaRecord, SagaNotFound
@@ -403,25 +403,20 @@ _UNLISTED_SEEKS: Final = (
     ("", "saga_id < ''", ()),  # a number
     ("", "saga_id >= X''", ()),  # a BLOB
 )
-# Of any status, a superset of what the listing leaves out, for a walk of
-# one status's few sagas (a capped count): a time that is no finite number,
-# an id or a name that is no plain ASCII text. (coalesce: a NULL is judged.)
-_MAYBE_UNLISTED_SQL: Final = (
+# Of a saga in flight, a superset of what the listing leaves out, for a walk
+# of one status's few sagas (a capped count, which reads each row it walks
+# for the claim's predicate anyway): a time that is no finite number, an id
+# or a name that is no plain ASCII text (coalesce: a NULL is judged), and
+# the claim's (MAYBE_UNLEASABLE_SQL). A finished status is walked from the
+# index alone, its unlisted rows sought (_capped_finished).
+_MAYBE_UNLISTED_IN_FLIGHT: Final = (
     f"coalesce(NOT (created_at BETWEEN -{_LARGEST_FLOAT} AND {_LARGEST_FLOAT})"
     f" OR NOT (updated_at BETWEEN -{_LARGEST_FLOAT} AND {_LARGEST_FLOAT})"
     " OR NOT (saga_id > '' AND saga_id < X'') OR saga_id GLOB '*[^ -~]*'"
     " OR length(CAST(saga_id AS BLOB)) <> length(saga_id)"
     " OR typeof(saga_name) <> 'text' OR saga_name GLOB '*[^ -~]*'"
-    " OR length(CAST(saga_name AS BLOB)) <> length(saga_name), 1)"
+    f" OR length(CAST(saga_name AS BLOB)) <> length(saga_name), 1) OR {MAYBE_UNLEASABLE_SQL}"
 )
-
-
-def _maybe_unlisted(status: str) -> str:
-    """``_MAYBE_UNLISTED_SQL``, and for a status in flight the claim's
-    (``MAYBE_UNLEASABLE_SQL``): rows of ``status`` the listing may leave out."""
-    if status in IN_FLIGHT:
-        return f"({_MAYBE_UNLISTED_SQL} OR {MAYBE_UNLEASABLE_SQL})"
-    return _MAYBE_UNLISTED_SQL
 
 
 def _status_index_rows(
@@ -467,16 +462,36 @@ def _unlisted_groups(
     with _lenient_text(cursor):
         for row in _status_index_rows(cursor, _MAYBE_UNLEASABLE + clause, [*IN_FLIGHT, *params]):
             rows[row[0]] = row
-        # The filters as conditions on the rows found (the unary "+": not
-        # an index of theirs), the seek's index chosen.
-        filters, values = _listing_filter(saga_name, created_since, created_until)
-        unindexed = "".join(" AND +" + condition.lstrip("+") for condition in filters)
+    rows.update(_sought_rows(cursor, saga_name, created_since, created_until))
+    return _unlisted_by_group(rows.values())
+
+
+def _sought_rows(
+    cursor: sqlite3.Cursor,
+    saga_name: str | None,
+    created_since: float | None,
+    created_until: float | None,
+) -> dict[int, Sequence[Any]]:
+    """The rows ``_UNLISTED_SEEKS`` finds in the window, by rowid: each a
+    seek of an index, the filters checked on the few rows it finds."""
+    # The filters as conditions on the rows found (the unary "+": not an
+    # index of theirs), the seek's index chosen.
+    filters, values = _listing_filter(saga_name, created_since, created_until)
+    unindexed = "".join(" AND +" + condition.lstrip("+") for condition in filters)
+    rows: dict[int, Sequence[Any]] = {}
+    with _lenient_text(cursor):
         for index, seek, seek_values in _UNLISTED_SEEKS:
             statement = f"{_SUMMARY_COLUMNS}{index} WHERE {seek}{unindexed}"
             for row in _status_index_rows(cursor, statement, [*seek_values, *values]):
                 rows[row[0]] = row
+    return rows
+
+
+def _unlisted_by_group(rows: Iterable[Sequence[Any]]) -> dict[tuple[Any, Any], int]:
+    """Of ``rows`` (``_SUMMARY_COLUMNS``), those the listing leaves out, by
+    (name, status) as stored."""
     groups: dict[tuple[Any, Any], int] = {}
-    for row in rows.values():
+    for row in rows:
         if _is_unlisted(row):
             key = (row[2], row[3])
             groups[key] = groups.get(key, 0) + 1
@@ -529,22 +544,31 @@ def _capped_groups(
     """``_groups``, each status's sagas read up to ``at_most + 1`` (one
     statement a status, its index and the window's rowids: a rare status
     is not looked for among the others' rows), of the sagas the listing
-    shows: those it may leave out (``_maybe_unlisted``) are passed, then
-    judged (``_capped_unlisted``)."""
+    shows. Of a status in flight, those it may leave out
+    (``_MAYBE_UNLISTED_IN_FLIGHT``) are passed, then judged
+    (``_capped_unlisted``); of any other, the walk reads no row but for
+    the window's creation times (``sagas_by_name_status`` covers it), and
+    the few rows the listing leaves out are sought as by the whole count
+    (``_capped_finished``)."""
     found = _windowed_filter(cursor, saga_name, created_since, created_until)
     if found is None:
         return {}
     where, params = found
+    # Of every status at once: a seek an index, each finding next to none.
+    sought = _unlisted_by_group(
+        _sought_rows(cursor, saga_name, created_since, created_until).values()
+    )
     groups: dict[tuple[Any, Any], int] = {}
     for status in SagaStatus:
-        conditions = ["status = ?", *where, f"NOT {_maybe_unlisted(status.value)}"]
-        statement = (
-            "SELECT saga_name, COUNT(*) FROM (SELECT saga_name FROM sagas WHERE "
-            + " AND ".join(conditions)
-            + " LIMIT ?) GROUP BY saga_name"
-        )
-        with _lenient_text(cursor):
-            rows = cursor.execute(statement, [status.value, *params, at_most + 1]).fetchall()
+        if status.value not in IN_FLIGHT:
+            unlisted = {name: n for (name, of), n in sought.items() if of == status.value}
+            for name, count in _capped_finished(
+                cursor, status.value, where, params, at_most, unlisted
+            ).items():
+                groups[name, status.value] = count
+            continue
+        conditions = ["status = ?", *where, f"NOT ({_MAYBE_UNLISTED_IN_FLIGHT})"]
+        rows = _status_walk(cursor, conditions, [status.value, *params], at_most + 1)
         for name, count in rows:
             groups[name, status.value] = count
         read = sum(count for _, count in rows)
@@ -553,19 +577,76 @@ def _capped_groups(
     return groups
 
 
+def _status_walk(
+    cursor: sqlite3.Cursor, conditions: list[str], params: list[Any], limit: int
+) -> list[Any]:
+    """Up to ``limit`` sagas that meet ``conditions``, by name (name, count)."""
+    statement = (
+        "SELECT saga_name, COUNT(*) FROM (SELECT saga_name FROM sagas WHERE "
+        + " AND ".join(conditions)
+        + " LIMIT ?) GROUP BY saga_name"
+    )
+    with _lenient_text(cursor):
+        return cursor.execute(statement, [*params, limit]).fetchall()
+
+
+def _capped_finished(
+    cursor: sqlite3.Cursor, status: str, where: list[str], params: list[Any],
+    at_most: int, unlisted: dict[Any, int],
+) -> dict[Any, int]:
+    """Of a status not in flight, up to ``at_most + 1`` of the sagas the
+    listing shows, by name as stored (a name that is no text is the
+    caller's to leave out). ``unlisted``: this status's rows in the window
+    that the listing leaves out and the seeks found, by name — the only
+    ones it leaves out with a name that is text (the claim judges no saga
+    of this status; see ``_summary``) — but an id that is text not UTF-8,
+    which no index finds: counted, as by the whole count (left open).
+
+    The walk reads the index alone and counts those rows too: it goes
+    ``len(unlisted)`` further, and they are taken off. A walk that read
+    every saga of the status read them all (exact); one stopped by its
+    limit may have read some only, so what is taken off is at most what
+    it read, and the counts are at least the limit less the rows taken off
+    less any name that is no text: short of ``at_most + 1`` (rarely: such
+    names among the status's newest sagas), the walk goes on."""
+    hidden = sum(unlisted.values())
+    limit = at_most + 1 + hidden
+    while True:
+        rows = _status_walk(cursor, ["status = ?", *where], [status, *params], limit)
+        shown = {
+            name: count - unlisted.get(name, 0)
+            for name, count in rows
+            if isinstance(name, str) and count > unlisted.get(name, 0)
+        }
+        listed = sum(shown.values())
+        if sum(count for _, count in rows) < limit or listed > at_most:
+            break
+        limit += at_most + 1 - listed
+    # Up to at_most + 1, as a status in flight (and as the walk of the
+    # listed rows alone counted it).
+    extra = listed - (at_most + 1)
+    for name in sorted(shown, reverse=True):
+        if extra <= 0:
+            break
+        taken = min(extra, shown[name])
+        shown[name] -= taken
+        extra -= taken
+    return {name: count for name, count in shown.items() if count}
+
+
 def _capped_unlisted(
     cursor: sqlite3.Cursor, groups: dict[tuple[Any, Any], int], status: str,
     where: list[str], params: list[Any], wanted: int,
 ) -> None:
-    """Of the sagas of ``status`` that the listing may leave out (those the
-    count above passed), up to ``wanted`` more it shows, added to
-    ``groups``. (Walked row by row, and left as soon as ``wanted`` are
-    found: rarely more than a few rows.)"""
+    """Of the sagas of ``status`` (in flight) that the listing may leave
+    out (those the count above passed), up to ``wanted`` more it shows,
+    added to ``groups``. (Walked row by row, and left as soon as ``wanted``
+    are found: rarely more than a few rows.)"""
     # (The planner's index, as the count's above: by status alone, between
     # the window's rowids; at most ``wanted`` rows it need not read.)
     statement = (
         f"{_SUMMARY_COLUMNS} WHERE "
-        + " AND ".join(["status = ?", *where, _maybe_unlisted(status)])
+        + " AND ".join(["status = ?", *where, f"({_MAYBE_UNLISTED_IN_FLIGHT})"])
     )
     with _lenient_text(cursor):
         for row in cursor.execute(statement, [status, *params]):
