@@ -52,14 +52,20 @@ such a row with a warning that names it, and go on with the others (S12).
 Every statement is parameterized. The path is always a file's path (never a
 URI), and another program's file is refused before anything changes it.
 
-Layout. This module is the store itself; the file (schema, migrations,
-connections) is ``_sqlite_schema``, reading rows back is ``_sqlite_rows``,
-what each request does in SQL is ``_sqlite_sql`` (the requests, the group's
-transaction and the journal writes), then by concept ``_sqlite_reads``
-(loads, listings, counts), ``_sqlite_leases`` (recovery's claims and
-leases) and ``_sqlite_purge`` (retention), and the threads and the writer
-process that run the requests are ``_sqlite_workers`` (the process's pipe:
-``_sqlite_pipe``). Imports run that way round: each of them imports only
+Layout. This module is the store itself: its public methods, its journal
+writes (the executor's hot path, calling the runner with no layer in
+between) and its purge. The file (schema, migrations, connections) is
+``_sqlite_schema``, reading rows back is ``_sqlite_rows``, what each request
+does in SQL is ``_sqlite_sql`` (the requests, the group's transaction and
+the journal writes), then by concept ``_sqlite_reads`` (loads, listings,
+counts), ``_sqlite_leases`` (recovery's claims and leases) and
+``_sqlite_purge`` (retention), and the threads and the writer process that
+run the requests are ``_sqlite_workers`` (the process's pipe:
+``_sqlite_pipe``), driven by ``_sqlite_runner``. On the store's side, the
+options' checks and the runner's life are ``_sqlite_configured`` (the
+store's base class), and the reads' and the leases' arguments, checked and
+handed to the runner, ``_sqlite_store_reads`` and ``_sqlite_store_leases``
+(held by the store). Imports run that way round: each of them imports only
 those named before it, and ``_loop_waker`` (how the threads wake an event
 loop with its answers), which imports none of them.
 """
@@ -74,38 +80,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from ..private_file import database_path
 from ..status import SagaStatus
-from ._common import (
-    check_owner,
-    check_saga_id,
-    claim_names,
-    finite_seconds,
-    non_negative_int,
-    purge_statuses,
-    short_repr,
-    status_text,
-    valid_saga_ids,
-    whole_int,
-)
-from ._parking import NEVER_PARKED, PARK_AFTER, check_park_after, check_ran
-from ._skipped_rows import Looks
-from ._skipped_rows import note as note_skipped
-from ._sqlite_leases import Claimed, _claim, _claim_saga, _defer, _lease_state, _release, _renew
+from ._common import check_saga_id, finite_seconds, purge_statuses, short_repr, status_text
+from ._parking import PARK_AFTER
+from ._sqlite_configured import ConfiguredStore
 from ._sqlite_purge import _old_finished, _purge
-from ._sqlite_reads import (
-    _count,
-    _existing_ids,
-    _list,
-    _load,
-    _load_window,
-    _optional_time,
-    _saga_names,
-)
-from ._sqlite_runner import Runner
 from ._sqlite_schema import SCHEMA_VERSION, WAL_SIZE_LIMIT
 from ._sqlite_sql import _append, _context_json, _create, _storable, _storable_plain
-from ._sqlite_workers import LeaseFuture
+from ._sqlite_store_leases import Leases
+from ._sqlite_store_reads import Reads
 from .base import (
     PURGED_BY_DEFAULT,
     HistoryWindow,
@@ -143,10 +126,7 @@ class SQLiteStoreStats:
     largest_group: int
 
 
-_SYNCHRONOUS: Final = frozenset({"full", "normal"})
-
-
-class SQLiteSagaStore:
+class SQLiteSagaStore(ConfiguredStore):
     """A durable ``RecoverableStore`` in one SQLite file (standard library only).
 
     ``synchronous="full"`` (the default) fsyncs every commit: a saga whose
@@ -193,8 +173,6 @@ class SQLiteSagaStore:
     by id (``Saga.resume``; ``claim_saga`` is never refused for it).
     """
 
-    # Reads on a thread and connection of their own (see the module docstring).
-    _separate_reader: bool = True
     # A write is on the writer thread's queue once its coroutine first suspends,
     # and is committed or refused there whatever happens to the awaiting task:
     # the executor then waits for it without a task of its own (journal.py).
@@ -219,97 +197,21 @@ class SQLiteSagaStore:
         writer: str = "thread",
         park_after: int | None = PARK_AFTER,
     ) -> None:
-        park_after = check_park_after(park_after)
-        path = database_path(path, "SQLiteSagaStore")
-        if writer not in ("thread", "process", "inline"):
-            raise ValueError(
-                f"writer must be 'thread' (the default), 'process' (journal writes "
-                f"committed by a process of their own) or 'inline' (no thread: each "
-                f"request runs on the calling thread), got {writer!r}"
-            )
-        if writer == "process":
-            if read_only:
-                raise ValueError('writer="process" writes: it cannot go with read_only=True')
-            if os.fsdecode(path) in ("", ":memory:"):
-                raise ValueError(
-                    'writer="process" needs a file: an in-memory database is private '
-                    "to its connection"
-                )
-            if clock is not time.time:
-                raise ValueError(
-                    'writer="process" stamps its writes with the child\'s time.time: '
-                    "a clock of your own needs writer=\"thread\""
-                )
-        if not isinstance(read_only, bool) or not isinstance(immutable, bool):
-            raise TypeError(
-                f"read_only and immutable must be bools, got {read_only!r} and {immutable!r}"
-            )
-        if immutable and not read_only:
-            raise ValueError("immutable=True reads without locks: it needs read_only=True")
-        if read_only and os.fsdecode(path) in ("", ":memory:"):
-            raise ValueError("a read-only store reads a file, not an in-memory database")
-        if not isinstance(synchronous, str) or synchronous.lower() not in _SYNCHRONOUS:
-            raise ValueError(
-                f"synchronous must be 'full' (the default: commits survive power loss) or "
-                f"'normal' (commits survive an application crash, not power loss), "
-                f"got {synchronous!r}"
-            )
-        busy = finite_seconds("busy_timeout", busy_timeout)
-        if busy < 0:
-            raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
-        if not callable(clock):
-            raise TypeError(f"clock must be a callable returning Unix time, got {clock!r}")
-        self.path: str = os.fsdecode(path)  # any path-like; bytes are decoded
-        # The file, resolved now: connections open late (the reader's at its
-        # first read, a thread's again after a failed open, the writer
-        # process at its start) and the full-disk check finds the -wal file
-        # by it; a relative path read after the program's os.chdir named
-        # another file (a second, empty journal). Joined, not normalized:
-        # "a/../b" goes through a's symlink as SQLite would have gone.
-        file = (
-            self.path if self.path in ("", ":memory:") or os.path.isabs(self.path)
-            else os.path.join(os.getcwd(), self.path)
+        # The options' checks, and the runner of the requests (ConfiguredStore).
+        super().__init__(
+            path, synchronous=synchronous, busy_timeout=busy_timeout, clock=clock,
+            read_only=read_only, immutable=immutable, writer=writer, park_after=park_after,
         )
-        self.synchronous: str = synchronous.lower()
-        self.busy_timeout: float = busy
-        self.read_only: bool = read_only
-        self.immutable: bool = immutable
-        self.writer: str = writer
-        self.park_after: int | None = park_after
-        # Where the requests run, opened at the first: connections, threads,
-        # the writer process, close and forks (_sqlite_runner).
-        self._runner = Runner(
-            self.path, file, synchronous=self.synchronous, busy_timeout=busy,
-            clock=clock, read_only=read_only, immutable=immutable, writer=writer,
-            separate_reader=self._separate_reader,
-        )
-        # Bound once, as attributes: the hot path (submit_create,
-        # submit_append) calls the runner's own methods, no layer of the
-        # store's in between.
-        self._submit = self._runner.submit
-        self._writer_process = self._runner.writer_process
-        # When a claim next looks for rows of a status the store does not
-        # know, to report them (_sqlite_unknown_status): for whoever reports
-        # skipped rows only, a worker's polls once per its lease.
-        self._unknown_statuses = Looks()
+        # The reads and the leases, checked and handed to the runner: each
+        # holds the runner's submit, not the store (no cycle through them).
+        self._reads = Reads(self._submit)
+        self._leases = Leases(self._submit)
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self.path!r}, synchronous={self.synchronous!r})"
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def open(self) -> None:
-        """Open (and migrate) the database now rather than at first use, so a
-        bad path or a file that is not SQLite fails here."""
-        await self._runner.open()
-
-    async def close(self) -> None:
-        """Finish the queued requests, then stop the threads and close the file.
-
-        Later calls raise ``SagaStoreError``. Closing twice is harmless: a
-        ``close()`` called while another is closing returns when that one has.
-        """
-        await self._runner.close()
+    # (open and close: ConfiguredStore)
 
     async def __aenter__(self) -> SQLiteSagaStore:
         await self.open()
@@ -433,8 +335,7 @@ class SQLiteSagaStore:
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record; ``SagaNotFound``, or ``CorruptSagaRecord`` for a
         row that cannot be read back."""
-        record: SagaRecord = await self._submit(_load, (check_saga_id(saga_id),), write=False)
-        return record
+        return await self._reads.load(saga_id)
 
     async def load_window(
         self, saga_id: str, *, start: int, count: int, act_steps: bool = True
@@ -444,12 +345,9 @@ class SQLiteSagaStore:
         read (the console's page of a long journal, ``show --limit``).
         ``act_steps=False``: without the journal's act step names (which
         read every act row of the saga)."""
-        start = whole_int("start", start)
-        count = non_negative_int("count", count)
-        window: HistoryWindow = await self._submit(
-            _load_window, (check_saga_id(saga_id), start, count, bool(act_steps)), write=False
+        return await self._reads.load_window(
+            saga_id, start=start, count=count, act_steps=act_steps
         )
-        return window
 
     # ------------------------------------------------------------------ RecoverableStore
 
@@ -470,16 +368,10 @@ class SQLiteSagaStore:
         ``before`` (a saga id) lists the sagas after it, for the next page
         (``SagaNotFound`` if it is gone); ``created_since <= created_at <
         created_until`` (Unix time) when given."""
-        args = (
-            None if status is None else status_text(status),
-            saga_name,
-            non_negative_int("limit", limit),
-            None if before is None else check_saga_id(before),
-            _optional_time("created_since", created_since),
-            _optional_time("created_until", created_until),
+        return await self._reads.list_sagas(
+            status=status, saga_name=saga_name, limit=limit, before=before,
+            created_since=created_since, created_until=created_until,
         )
-        summaries: list[SagaSummary] = await self._submit(_list, args, write=False)
-        return summaries
 
     async def count_sagas(
         self,
@@ -499,38 +391,25 @@ class SQLiteSagaStore:
         leaves out, is not counted either: the counts say what the listing
         shows, and their ``unreadable`` how many rows it left out (``None``
         with ``at_most``)."""
-        args = (
-            saga_name,
-            _optional_time("created_since", created_since),
-            _optional_time("created_until", created_until),
-            None if at_most is None else non_negative_int("at_most", at_most),
+        return await self._reads.count_sagas(
+            saga_name=saga_name, created_since=created_since, created_until=created_until,
+            at_most=at_most,
         )
-        counts: SagaCounts = await self._submit(_count, args, write=False)
-        return counts
 
     async def lease_state(self, saga_id: str) -> LeaseState:
         """The saga's lease owner, expiry and fencing token; ``SagaNotFound``."""
-        state: LeaseState = await self._submit(
-            _lease_state, (check_saga_id(saga_id),), write=False
-        )
-        return state
+        return await self._leases.lease_state(saga_id)
 
     async def saga_names(self, *, limit: int = 1000) -> list[str]:
         """The distinct saga names held, in order, at most ``limit``: one
         look-up a name in the index by name (the console's suggestions)."""
-        args = (non_negative_int("limit", limit),)
-        names: list[str] = await self._submit(_saga_names, args, write=False)
-        return names
+        return await self._reads.saga_names(limit=limit)
 
     async def existing_saga_ids(self, saga_ids: Collection[str]) -> set[str]:
         """Which of ``saga_ids`` the store holds, in one read (an id no store
         can hold is not among them): what ``saga_family`` asks for a saga's
         possible child sagas, one ``lease_state`` each otherwise."""
-        wanted = valid_saga_ids(saga_ids)
-        if not wanted:
-            return set()
-        found: set[str] = await self._submit(_existing_ids, (wanted,), write=False)
-        return found
+        return await self._reads.existing_saga_ids(saga_ids)
 
     async def claim(
         self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
@@ -544,35 +423,15 @@ class SQLiteSagaStore:
         ``defer`` keeps out of claims (an operator's ``recover`` pass).
         ``names``: only sagas of these names (a ``RecoveryWorker``'s sagas;
         ``None``: any)."""
-        if not isinstance(deferred, bool):
-            raise TypeError(f"deferred must be a bool, got {deferred!r}")
-        args = (
-            check_owner(owner),
-            finite_seconds("lease_seconds", lease_seconds),
-            finite_seconds("older_than", older_than),
-            non_negative_int("limit", limit),
-            deferred,
-            NEVER_PARKED if self.park_after is None else self.park_after,
-            claim_names(names),
-            self._unknown_statuses.due(),
+        return await self._leases.claim(
+            owner=owner, lease_seconds=lease_seconds, older_than=older_than, limit=limit,
+            deferred=deferred, names=names, park_after=self.park_after,
         )
-        claimed: Claimed = await _taken(self._submit(_claim, args, write=True, leases=True))
-        for saga_id, reason in claimed.skipped:
-            note_skipped(saga_id, reason)  # for recover's report (S12)
-        return list(claimed)
 
     async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
         """Lease one saga by id, whatever its age (``Saga.resume`` uses it);
         ``SagaBusy`` if another worker holds an unexpired lease on it."""
-        args = (
-            check_saga_id(saga_id),
-            check_owner(owner),
-            finite_seconds("lease_seconds", lease_seconds),
-        )
-        lease: Lease = await _taken(
-            self._submit(_claim_saga, args, write=True, leases=True)
-        )
-        return lease
+        return await self._leases.claim_saga(saga_id, owner=owner, lease_seconds=lease_seconds)
 
     async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
         """Extend ``lease`` to ``lease_seconds`` from now (the store's clock), if
@@ -580,18 +439,14 @@ class SQLiteSagaStore:
         back (released, deferred); else ``LeaseLost`` (``SagaNotFound`` if the
         saga is gone). The heartbeat of a resumed saga:
         it changes neither the saga's version nor its ``updated_at``."""
-        check_saga_id(lease.saga_id)
-        seconds = finite_seconds("lease_seconds", lease_seconds)
-        renewed: Lease = await self._submit(_renew, (lease, seconds), write=True)
-        return renewed
+        return await self._leases.renew(lease, lease_seconds)
 
     async def release(self, lease: Lease, *, ran: bool = True) -> None:
         """Clear the lease, if it is still the saga's current one. Its count
         of claims (see ``park_after``) starts again; ``ran=False`` (the
         holder ran nothing of it: a ``claim``'s saga skipped or given back
         untouched) takes that claim back from the count instead."""
-        args = (check_saga_id(lease.saga_id), lease.token, check_ran(ran))
-        await self._submit(_release, args, write=True)
+        await self._leases.release(lease, ran=ran)
 
     async def defer(self, lease: Lease, seconds: float, *, ran: bool = True) -> None:
         """``release`` the lease (if it is still the saga's current one), and
@@ -599,9 +454,7 @@ class SQLiteSagaStore:
         it at once all the same. For a child saga its parent drives: recovery
         defers it rather than claim it again and again. ``ran``: as for
         ``release``."""
-        args = (check_saga_id(lease.saga_id), lease.token, finite_seconds("seconds", seconds),
-                check_ran(ran))
-        await self._submit(_defer, args, write=True)
+        await self._leases.defer(lease, seconds, ran=ran)
 
     async def purge(
         self, *, older_than: float, statuses: Collection[SagaStatus | str] = PURGED_BY_DEFAULT,
@@ -666,19 +519,3 @@ class SQLiteSagaStore:
             _old_finished, (older_than, purge_statuses(statuses), bool(held)), write=False)
         return count
 
-
-async def _taken(future: asyncio.Future[Any]) -> Any:
-    """What a claim's ``future`` gives. Should the task be cancelled with the
-    outcome already set but not yet taken (the grace of ``claimed`` ran out
-    in the loop turn the answer came), the lease is given back: nobody else
-    will see it (``LeaseFuture``). A future cancelled before its outcome
-    came is the writer's to give back, once it lands."""
-    try:
-        return await future
-    except asyncio.CancelledError:
-        if (
-            isinstance(future, LeaseFuture) and future.done() and not future.cancelled()
-            and future.exception() is None
-        ):
-            future.give_back(future.result())
-        raise
