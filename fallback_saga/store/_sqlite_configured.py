@@ -126,3 +126,4 @@ class ConfiguredStore:
         Later calls raise ``SagaStoreError``. Closing twice is harmless: a
         ``close()`` called while another is closing returns when that one has.
         """
+        await self._runner.close()
