@@ -50,7 +50,7 @@ class Runner:
         separate_reader: bool,
     ) -> None:
         self.path = path  # as the store shows it, in its errors
-        self._file = file  # resolved (see SQLiteSagaStore.__init__)
+        self._file = file  # resolved (see ConfiguredStore.__init__)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self._clock = clock
