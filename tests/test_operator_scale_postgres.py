@@ -410,6 +410,63 @@ async def test_operator_a_capped_count_of_a_wide_window_reads_each_status_up_to_
             assert rows <= _CAP + 1 + passed or rows <= between <= 3 * _CAP, text
 
 
+@pytest.mark.parametrize("analyzed", [True, False], ids=["analyzed", "no-statistics"])
+@pytest.mark.parametrize("at_most", [10, 5000])
+async def test_operator_a_capped_count_by_name_walks_a_finished_status_from_the_index_alone(
+    store: PostgresSagaStore, raw: Any, monkeypatch: pytest.MonkeyPatch,
+    at_most: int, analyzed: bool,
+) -> None:
+    """The console's count of one name (``at_most``: its filtered page)
+    walks each status that is not in flight from
+    fallback_saga_sagas_by_name_status alone: no saga finished a year ago
+    is looked up for its row. The few rows such a status holds that the
+    listing leaves out and an index finds (a creation time at infinity:
+    S12) are sought once, by fallback_saga_sagas_by_created, and passed;
+    only a status in flight is judged row by row (the claim's predicate
+    reads the fence). With the statistics of the table and without any
+    (autovacuum off: none gathered); a cap below the sagas of a status (10)
+    and above (5000): the answer is the listing's, up to cap + 1."""
+    raw.execute("ALTER TABLE fallback_saga_sagas SET (autovacuum_enabled = false)")
+    raw.execute(
+        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
+        " SELECT 's' || lpad(n::text, 6, '0'),"
+        " CASE WHEN n % 4 = 0 THEN 'BillingSaga' ELSE 'OrderSaga' END, 'fp',"
+        " CASE WHEN n < 5 THEN 'running' WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END,"
+        " '{}' FROM generate_series(0, 19999) n"
+    )
+    # The oldest COMPLETED OrderSaga sagas created at infinity (not listed).
+    raw.execute("UPDATE fallback_saga_sagas SET created_at = 'infinity' WHERE saga_id = 's000005'")
+    raw.execute("UPDATE fallback_saga_sagas SET created_at = '-infinity' WHERE saga_id = 's000006'")
+    if analyzed:
+        raw.execute("VACUUM ANALYZE fallback_saga_sagas")
+    sent = _recorded_statements(store, monkeypatch)
+    counts = await store.count_sagas(saga_name="OrderSaga", at_most=at_most)
+    monkeypatch.undo()
+    exact = dict(raw.execute(
+        "SELECT status, count(*) FROM fallback_saga_sagas WHERE saga_name = 'OrderSaga'"
+        " AND isfinite(created_at) GROUP BY status"))
+    assert {status.value: n for (_, status), n in counts.items()} == {
+        status: min(n, at_most + 1) for status, n in exact.items()}
+    (in_flight,) = raw.execute(
+        "SELECT count(*) FROM fallback_saga_sagas WHERE saga_name = 'OrderSaga'"
+        " AND status IN ('running', 'compensating')").fetchone()
+    assert len(sent) == 1, sent
+    text, scans = _scanned(raw, *sent[0])
+    assert "Seq Scan" not in text, text
+    tables = [(scan, rows) for scan, rows in scans
+              if re.search(r" on fallback_saga_sagas\b", scan)]
+    # The walks of COMPLETED and FAILED (those of a status none has read
+    # no row, whatever their index), each an index-only scan; the rows read
+    # from the table: the sagas in flight (walked, then each judged) and the
+    # two the seek by creation time finds, no finished saga else.
+    walks = [scan for scan, rows in tables
+             if "Index Only Scan" in scan and "fallback_saga_sagas_by_name_status" in scan
+             and ("'completed'" in scan or "'failed'" in scan)]
+    assert len(walks) == 2, text
+    read = sum(rows for scan, rows in tables if "Index Only Scan" not in scan)
+    assert read <= 2 * in_flight + 2, text
+
+
 async def test_operator_the_saga_names_are_read_a_seek_a_name_not_every_saga(
     store: PostgresSagaStore, raw: Any,
 ) -> None:

@@ -70,14 +70,16 @@ _INT4_MAX: Final = 2**31 - 1
 _CREATED_AT_INFINITY: Final = "created_at IN ('infinity', '-infinity')"
 
 
-def _unlisted_sql(status: str) -> str:
-    """Of a row of ``status`` (one the store writes), whether the listing
-    leaves it out (S12): of a saga in flight, the claim's predicate
-    (``_postgres_unleasable``, which judges the times too); of any other, a
-    time at infinity (a finished saga's lease is not judged: shown as none)."""
-    if status in IN_FLIGHT:
-        return UNLEASABLE_SQL
-    return "(NOT isfinite(created_at) OR NOT isfinite(updated_at))"
+# Of a finished status, the rows a capped count's walk passes (S12): those
+# whose creation time the listing cannot show, sought once by
+# fallback_saga_sagas_by_created (a fence, OFFSET 0, keeps the planner from
+# seeking them by name or status, walking every saga of those instead). The
+# walk then reads the index alone; a finished saga's update time at infinity,
+# which no index holds, is counted as by the whole count (left open).
+_UNLISTED_FINISHED: Final = (
+    "unlisted AS MATERIALIZED (SELECT seq, saga_name, status, created_at FROM {sagas}"
+    f" WHERE {_CREATED_AT_INFINITY} OFFSET 0)"
+)
 
 
 class Reads:
@@ -275,9 +277,12 @@ class Reads:
         fallback_saga_sagas_by_status (status, seq) between the window's first
         and last seq, read first (as ``_window`` reads them; given to the
         statement as values, so that every part's range is an index
-        condition). Of a status in flight, the sagas the listing shows: up
-        to ``at_most + 1`` of those (each row read for its fence: a few
-        thousand rows at most). ``None``: no saga in the window."""
+        condition), of the sagas the listing shows. Of a status in flight:
+        up to ``at_most + 1`` of those (each row read for its fence: a few
+        thousand rows at most). Of any other, the walk reads the index alone
+        (by name, fallback_saga_sagas_by_name_status covers it), passing the
+        seqs of the status's few rows the listing leaves out, sought first
+        (``_UNLISTED_FINISHED``). ``None``: no saga in the window."""
         sagas = self._sql.sagas
         where, params = _listing_filter(saga_name, created_since, created_until)
         inside, inside_params = _created_filter(created_since, created_until)
@@ -307,6 +312,13 @@ class Reads:
                     " AND (status, seq) <= (%s, %s::bigint)"
                 )
                 span = [status.value, bounds[0], status.value, bounds[1]]
+            if status.value not in IN_FLIGHT:
+                # The seqs to pass, a filter of the index's entries (an
+                # array: the planner takes it to pass next to none). The
+                # walk goes on past them: up to at_most + 1 listed sagas.
+                unlisted = " AND ".join(["status = %s", *where])
+                clause += f" AND seq <> ALL(ARRAY(SELECT seq FROM unlisted WHERE {unlisted}))"
+                span += [status.value, *params]
             # In seq order: a LIMIT the planner expects to reach at once for a
             # common status would otherwise be a seq scan, passing every
             # older saga before the window's first.
@@ -314,18 +326,22 @@ class Reads:
                 f"SELECT saga_name, status, seq FROM {sagas} WHERE {clause}"
                 " ORDER BY seq DESC LIMIT %s::bigint"
             )
+            values += [status.value, *params, *span, at_most + 1]
+            if status.value not in IN_FLIGHT:
+                parts.append(f"(SELECT saga_name, status, false AS bad FROM ({walk}) AS walked)")
+                continue
             # The sagas walked (from the index alone), each then judged by
-            # what the listing leaves out (_unlisted_sql), looked up by seq:
-            # at most at_most + 1 rows read. (With the predicate in the
-            # walk's WHERE, the planner, which takes it to hold for few
-            # rows, read every saga in flight and sorted them.)
+            # the claim's predicate (UNLEASABLE_SQL), looked up by seq: at
+            # most at_most + 1 rows read. (With the predicate in the walk's
+            # WHERE, the planner, which takes it to hold for few rows, read
+            # every saga in flight and sorted them.)
             parts.append(
-                f"(SELECT saga_name, status, (SELECT {_unlisted_sql(status.value)} FROM {sagas}"
+                f"(SELECT saga_name, status, (SELECT {UNLEASABLE_SQL} FROM {sagas}"
                 f" AS row WHERE row.seq = walked.seq) AS bad FROM ({walk}) AS walked)"
             )
-            values += [status.value, *params, *span, at_most + 1]
         return (
-            "SELECT saga_name, status, count(*) FILTER (WHERE NOT bad),"
+            f"WITH {_UNLISTED_FINISHED.format(sagas=sagas)}"
+            " SELECT saga_name, status, count(*) FILTER (WHERE NOT bad),"
             " count(*) FILTER (WHERE bad) FROM ("
             + " UNION ALL ".join(parts) + ") AS capped GROUP BY saga_name, status",
             values,
@@ -339,7 +355,8 @@ class Reads:
         ``at_most + 1`` sagas with some the listing leaves out among them:
         whether the others pass ``at_most`` is not known, so that status is
         counted whole (rarely: corrupt rows among the newest sagas of a
-        status, of a filter of more than ``at_most``)."""
+        status in flight, of a filter of more than ``at_most``; a finished
+        status's walk judges none of its rows)."""
         walked: dict[str, tuple[int, int]] = {}
         for _name, status, readable, bad in found:
             total, corrupt = walked.get(status, (0, 0))
@@ -354,7 +371,7 @@ class Reads:
             parts = [
                 self._count_part(saga_name, created_since, created_until, "count(*)", "0", only),
                 self._count_part(saga_name, created_since, created_until, "-count(*)",
-                                 "count(*)", f"{only} AND {_unlisted_sql(status)}"),
+                                 "count(*)", f"{only} AND {UNLEASABLE_SQL}"),
             ]
             statement = (
                 "SELECT saga_name, status, sum(n)::bigint, sum(u)::bigint FROM ("
