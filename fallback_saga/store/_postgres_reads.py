@@ -313,13 +313,14 @@ class Reads:
                     " AND (status, seq) <= (%s, %s::bigint)"
                 )
                 span = [status.value, bounds[0], status.value, bounds[1]]
+            passed: list[Any] = []
             if status.value not in IN_FLIGHT:
                 # The seqs to pass, a filter of the index's entries (an
                 # array: the planner takes it to pass next to none). The
                 # walk goes on past them: up to at_most + 1 listed sagas.
                 unlisted = " AND ".join(["status = %s", *where])
                 clause += f" AND seq <> ALL(ARRAY(SELECT seq FROM unlisted WHERE {unlisted}))"
-                span += [status.value, *params]
+                passed = [status.value, *params]
             # In seq order: a LIMIT the planner expects to reach at once for a
             # common status would otherwise be a seq scan, passing every
             # older saga before the window's first.
@@ -327,7 +328,7 @@ class Reads:
                 f"SELECT saga_name, status, seq FROM {sagas} WHERE {clause}"
                 " ORDER BY seq DESC LIMIT %s::bigint"
             )
-            values += [status.value, *params, *span, at_most + 1]
+            values += [status.value, *params, *span, *passed, at_most + 1]
             if status.value not in IN_FLIGHT:
                 parts.append(f"(SELECT saga_name, status, false AS bad FROM ({walk}) AS walked)")
                 continue
