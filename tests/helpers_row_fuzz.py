@@ -379,8 +379,21 @@ class CountFilter:
 
 
 # at_most: a bound some statuses pass (the scenarios leave several sagas of
-# a status), and one none does.
+# a status), and one none does; each listing adds its own (count_bounds).
 COUNT_BOUNDS = (1, 1000)
+
+
+def count_bounds(listed: list[Any]) -> list[int]:
+    """The bounds ``count_sagas`` is asked with for ``listed`` (a filter's
+    listing): ``COUNT_BOUNDS``, 0, and about each status's listed number
+    (one less: the walk stops one saga short of the status's end, where
+    the newest sagas are; the number; one more) — where a capped count
+    passes the rows the listing leaves out and trims to ``at_most + 1``."""
+    per_status = Counter(summary.status for summary in listed)
+    bounds = {0, *COUNT_BOUNDS}
+    for shown in per_status.values():
+        bounds.update(n for n in (shown - 1, shown, shown + 1) if n >= 0)
+    return sorted(bounds)
 # The listing is paged through by ``before`` this many sagas at a time, as
 # the CLI and the console page it.
 _PAGE = 4
@@ -459,7 +472,7 @@ async def count_problems(store: Any, count_rows: Callable[[CountFilter], int],
                          when: str) -> list[str]:
     """Every count agrees with the listing (S12): for each filter of
     ``count_filters`` (the listing's own), ``count_sagas`` without a bound
-    and with each of ``COUNT_BOUNDS`` against ``list_sagas`` paged through
+    and with each of ``count_bounds`` against ``list_sagas`` paged through
     (``counts_disagree``); ``count_rows`` counts the rows the filter
     selects, by plain SQL beside the store."""
     try:
@@ -471,7 +484,7 @@ async def count_problems(store: Any, count_rows: Callable[[CountFilter], int],
         try:
             listed = await listed_through(store, shown)
             left_out = count_rows(shown) - len(listed)
-            for at_most in (None, *COUNT_BOUNDS):
+            for at_most in (None, *count_bounds(listed)):
                 counts = await store.count_sagas(**shown.kwargs(), at_most=at_most)
                 problems += [
                     f"S12 counts {when}: count_sagas({shown}, at_most={at_most}): {problem}"

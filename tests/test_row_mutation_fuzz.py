@@ -292,10 +292,50 @@ def _structural(rng: random.Random, conn: sqlite3.Connection, saga_id: str) -> s
     return f"append {position}/{step}/{branch}/{action}/{status}"
 
 
+# What the listing leaves out of a saga's row (whatever its status), as a
+# SET clause and its parameters: a creation or update time that is no finite
+# number (text, either infinity, a BLOB, text not UTF-8), a name that is no
+# text (a number, a BLOB, text not UTF-8).
+_UNLISTING: list[tuple[str, tuple[Any, ...]]] = [
+    ("created_at = ?", ("x",)), ("created_at = 9e999", ()), ("created_at = -9e999", ()),
+    ("created_at = X'00ff'", ()), ("created_at = CAST(? AS TEXT)", (b"s\xff",)),
+    ("updated_at = ?", ("x",)), ("updated_at = 9e999", ()), ("updated_at = -9e999", ()),
+    ("saga_name = 7", ()), ("saga_name = X'00ff'", ()),
+    ("saga_name = CAST(? AS TEXT)", (b"s\xff",)),
+]
+
+
+def _unlisted_newest(rng: random.Random, conn: sqlite3.Connection, saga_id: str) -> str:
+    """The saga (or its whole family) left out of the listing, most often
+    made the newest of its status first (a rowid past every other): a
+    capped count walks a finished status oldest first, from the index
+    alone, and must go past the rows it passes to reach ``at_most + 1``
+    (S12, ``_capped_finished``)."""
+    family = saga_id.partition(CHILD_SEPARATOR)[0]
+    ids = [saga_id]
+    if rng.random() < 0.4:
+        ids = [one for (one,) in conn.execute(
+            "SELECT saga_id FROM sagas WHERE saga_id = ? OR substr(saga_id, 1, ?) = ?"
+            " ORDER BY rowid", (family, len(family) + 1, family + CHILD_SEPARATOR))]
+    done = []
+    for one in ids:
+        newest = rng.random() < 0.7
+        if newest:
+            conn.execute("UPDATE sagas SET rowid = (SELECT max(rowid) + 1 FROM sagas)"
+                         " WHERE saga_id = ?", (one,))
+        change, params = rng.choice(_UNLISTING)
+        conn.execute(f"UPDATE sagas SET {change} WHERE saga_id = ?", (*params, one))
+        done.append(f"{one!r}{' made newest,' if newest else ''} {change} {params!r}")
+    return "unlisted: " + "; ".join(done)
+
+
 MUTATIONS: list[Callable[[random.Random, sqlite3.Connection, str], str]] = [
     _structural, _structural, _mutate_entry, _mutate_entry, _mutate_entry,
     _mutate_saga_row, _mutate_context,
 ]
+# Seeds from here on draw ``_unlisted_newest`` too; those before it keep the
+# mutations they were found with (the regression seeds below).
+UNLISTING_FROM = 992_000
 
 
 def mutate(path: Path, seed: int) -> tuple[str, list[str]]:
@@ -306,7 +346,8 @@ def mutate(path: Path, seed: int) -> tuple[str, list[str]]:
     conn.text_factory = lambda raw: raw.decode("utf-8", "replace")  # rows mutated before
     try:
         ids = sorted(saga_id for (saga_id,) in conn.execute("SELECT saga_id FROM sagas"))
-        mutated = mutate_family(rng, conn, ids, MUTATIONS)
+        mutations = MUTATIONS if seed < UNLISTING_FROM else [*MUTATIONS, _unlisted_newest]
+        mutated = mutate_family(rng, conn, ids, mutations)
         conn.commit()
     finally:
         conn.close()
@@ -391,9 +432,13 @@ async def bench(tmp_path: Path) -> Bench:
 # all the same; 982_003, 982_030: a created_at that is text, not UTF-8 —
 # counted as a saga of its status though the listing left it out, and every
 # count of a time window raised; a multiple of 5:
-# with a RecoveryWorker, as the hunt ran it).
+# with a RecoveryWorker, as the hunt ran it). And seeds of
+# ``_unlisted_newest`` that a capped count must walk past (S12): 992_486, two
+# completed sagas made the newest and left out (a BLOB creation time, an
+# update time that is text); 992_593, the newest compensated saga created
+# at text; 992_724, the newest completed saga named by text not UTF-8.
 @pytest.mark.parametrize("seed", [950_000, 950_001, 950_002, 950_003, 950_520, 966_310, 966_323,
-                                  966_502, 982_003, 982_030])
+                                  966_502, 982_003, 982_030, 992_486, 992_593, 992_724])
 async def test_S12_S13_a_mutated_row_is_reported_or_resumed_as_its_journal_says(
     bench: Bench, seed: int
 ) -> None:
