@@ -394,6 +394,8 @@ def count_bounds(listed: list[Any]) -> list[int]:
     for shown in per_status.values():
         bounds.update(n for n in (shown - 1, shown, shown + 1) if n >= 0)
     return sorted(bounds)
+
+
 # The listing is paged through by ``before`` this many sagas at a time, as
 # the CLI and the console page it.
 _PAGE = 4
