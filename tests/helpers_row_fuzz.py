@@ -432,6 +432,20 @@ def count_filters(listed: list[Any]) -> list[CountFilter]:
     return filters
 
 
+async def check_capped_counts(store: Any, filters: list[CountFilter]) -> None:
+    """For each of ``filters``, ``count_sagas`` with every ``at_most`` from 0
+    to one past the listing's number agrees with the listing
+    (``counts_disagree``) and adds up to exactly ``at_most + 1`` past it
+    (the S12 tests of a capped count walking past unlisted rows)."""
+    for shown in filters:
+        listed = await listed_through(store, shown)
+        assert 0 < len(listed) <= 12
+        for at_most in range(len(listed) + 2):
+            counts = await store.count_sagas(**shown.kwargs(), at_most=at_most)
+            assert counts_disagree(counts, listed, 0, at_most) == [], (shown, at_most)
+            assert sum(counts.values()) == min(len(listed), at_most + 1), (shown, at_most)
+
+
 def counts_disagree(counts: Any, listed: list[Any], left_out: int,
                     at_most: int | None) -> list[str]:
     """How ``counts`` (``count_sagas``'s answer) disagrees with ``listed``

@@ -28,9 +28,9 @@ from fallback_saga.store import _postgres_schema as pg_schema_module  # noqa: E4
 from fallback_saga.store.postgres import SCHEMA_VERSION, PostgresSagaStore  # noqa: E402
 
 
-def _year_old(raw: Any) -> None:
-    """20,000 finished sagas of two names; five RUNNING ones, the oldest (stuck
-    a month ago); statistics gathered."""
+def _insert_year_old(raw: Any) -> None:
+    """20,000 finished sagas of two names; five RUNNING ones, the oldest
+    (stuck a month ago)."""
     raw.execute(
         "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
         " SELECT 's' || lpad(n::text, 6, '0'),"
@@ -38,6 +38,11 @@ def _year_old(raw: Any) -> None:
         " CASE WHEN n < 5 THEN 'running' WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END,"
         " '{}' FROM generate_series(0, 19999) n"
     )
+
+
+def _year_old(raw: Any) -> None:
+    """``_insert_year_old``, statistics gathered."""
+    _insert_year_old(raw)
     raw.execute("ANALYZE fallback_saga_sagas")
 
 
@@ -427,13 +432,7 @@ async def test_operator_a_capped_count_by_name_walks_a_finished_status_from_the_
     (autovacuum off: none gathered); a cap below the sagas of a status (10)
     and above (5000): the answer is the listing's, up to cap + 1."""
     raw.execute("ALTER TABLE fallback_saga_sagas SET (autovacuum_enabled = false)")
-    raw.execute(
-        "INSERT INTO fallback_saga_sagas (saga_id, saga_name, fingerprint, status, context)"
-        " SELECT 's' || lpad(n::text, 6, '0'),"
-        " CASE WHEN n % 4 = 0 THEN 'BillingSaga' ELSE 'OrderSaga' END, 'fp',"
-        " CASE WHEN n < 5 THEN 'running' WHEN n % 50 = 0 THEN 'failed' ELSE 'completed' END,"
-        " '{}' FROM generate_series(0, 19999) n"
-    )
+    _insert_year_old(raw)
     # The oldest COMPLETED OrderSaga sagas created at infinity (not listed).
     raw.execute("UPDATE fallback_saga_sagas SET created_at = 'infinity' WHERE saga_id = 's000005'")
     raw.execute("UPDATE fallback_saga_sagas SET created_at = '-infinity' WHERE saga_id = 's000006'")
