@@ -1,0 +1,200 @@
+"""What the hot path caches per class is bounded (docs/mechanics.md, "What is
+cached per class"): a program that makes a class for each saga
+(``dataclasses.make_dataclass`` in a request handler) does not keep every
+class it made, and a class whose cached entries were forgotten is
+snapshotted, journaled, read back and compared exactly as before (S1, S14).
+
+The bound is set low here (``CLASS_CACHE_BOUND``, read at each insertion) so
+that a few dozen classes go past it; its value changes nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import gc
+import sys
+import types
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from fallback_saga import (
+    ContextSerializationError,
+    Saga,
+    SagaContext,
+    SagaStepHandler,
+    SQLiteSagaStore,
+    class_caches,
+)
+from fallback_saga.codec import journal_untyped
+from fallback_saga.context import (
+    context_from_dict,
+    context_to_dict,
+    take_snapshot,
+    working_copy,
+)
+from fallback_saga.decoding import decode_untyped
+from fallback_saga.models import first_difference
+from fallback_saga.sameness import differs
+from fallback_saga.store._common import decode_json, encode_json
+
+BOUND = 16
+ROUNDS = 3 * BOUND
+
+# Where the classes made here are found by name (a tagged value names its
+# class: module:qualname), as a module-level class would be; taken out again
+# at the end of each round, so that nothing but the caches could keep them.
+_HOME = types.ModuleType("cachebound_classes")
+
+
+@pytest.fixture
+def small_bound(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(class_caches, "CLASS_CACHE_BOUND", BOUND)
+    monkeypatch.setitem(sys.modules, _HOME.__name__, _HOME)
+    yield
+
+
+def _home(cls: Any) -> Any:
+    cls.__module__ = _HOME.__name__
+    setattr(_HOME, cls.__qualname__, cls)
+    return cls
+
+
+class Record(SagaStepHandler[SagaContext, Any]):
+    """Changes the context, and returns a value of a class made for the round."""
+
+    async def act(self, context: Any, /) -> Any:
+        context.items.append(context.items[0].__class__(f"sku-{len(context.items)}", 2))
+        context.tags["late"] = context.items[-1]
+        return context.items[0]
+
+
+class Refuse(SagaStepHandler[SagaContext, Any]):
+    async def act(self, context: Any, /) -> Any:
+        context.items.clear()  # undone when the saga unwinds (S2)
+        raise RuntimeError("no")
+
+
+def _classes(n: int) -> dict[str, Any]:
+    """The classes a program that makes them per saga would make, one of each kind."""
+    inner = _home(dataclasses.make_dataclass(f"Inner{n}", [("sku", str), ("qty", int)]))
+    colour = _home(enum.Enum(f"Colour{n}", "RED GREEN"))
+    slotted = _home(dataclasses.make_dataclass(f"Slotted{n}", [("x", int)], slots=True))
+
+    def post_init(self: Any) -> None:  # derives an attribute (read back again on resume)
+        self.first = self.items[0] if self.items else None
+
+    context = _home(
+        dataclasses.make_dataclass(
+            f"Ctx{n}",
+            [
+                ("order_id", str),
+                ("items", list[inner]),  # type: ignore[valid-type]
+                ("colour", colour),
+                ("slot", slotted),
+                ("tags", dict[str, Any]),
+                ("maybe", inner | None),  # type: ignore[operator]
+            ],
+            bases=(SagaContext,),
+            namespace={"__post_init__": post_init},
+        )
+    )
+    plain = _home(type(f"Plain{n}", (SagaContext,), {"__annotations__": {"n": int}}))
+    refused = _home(type(f"Refused{n}", (), {"to_dict": lambda self: {}}))
+
+    class PerRound(Saga[SagaContext]):
+        name = f"saga-{n}"
+        steps: ClassVar[list[Any]] = [Record]
+
+    class Failing(Saga[SagaContext]):
+        name = f"failing-{n}"
+        steps: ClassVar[list[Any]] = [Record, Refuse]
+
+    return {
+        "inner": inner, "colour": colour, "slotted": slotted, "context": context,
+        "plain": plain, "refused": refused, "saga": PerRound, "failing": Failing,
+    }
+
+
+def _context(made: dict[str, Any], n: int) -> Any:
+    inner = made["inner"]
+    return made["context"](
+        order_id=f"o-{n}",
+        items=[inner("a", 1)],
+        colour=made["colour"].GREEN,
+        slot=made["slotted"](n),
+        tags={"any": inner("b", 2), "colour": made["colour"].RED},
+        maybe=inner("c", 3),
+    )
+
+
+async def _use(made: dict[str, Any], n: int, store: SQLiteSagaStore) -> None:
+    """Everything that caches per class: a snapshot and its restore, a saga
+    journaled through a store (its response too) and read back, an unwound
+    one, the codec directly, a comparison of derived values, refusals."""
+    context = _context(made, n)
+    snapshot = take_snapshot(context)
+    copy = working_copy(snapshot)
+    context.items.append(made["inner"]("x", 9))
+    snapshot.restore(context)
+    assert first_difference(context, copy) is None
+
+    result = await made["saga"](store=store).run(context, saga_id=f"s-{n}")
+    record = await store.load(f"s-{n}")
+    assert record is not None
+    again = context_from_dict(made["context"], record.context)
+    assert first_difference(again, result.context) is None
+    assert type(again.tags["late"]) is made["inner"]
+    assert differs(again.first, made["inner"]("a", 1)) is False
+
+    with pytest.raises(Exception, match="no"):
+        await made["failing"](store=store).run(_context(made, n), saga_id=f"f-{n}")
+
+    text = encode_json(context_to_dict(context))
+    assert first_difference(context_from_dict(made["context"], decode_json(text)), context) is None
+    value = made["inner"]("d", 4)
+    assert decode_untyped(decode_json(encode_json(journal_untyped(value, "v"))), "v") == value
+
+    plain = made["plain"]()
+    plain.n = n
+    assert context_from_dict(made["plain"], context_to_dict(plain)).n == n
+    with pytest.raises(ContextSerializationError):
+        context_to_dict(made["refused"]())
+
+
+def _forget_home(made: dict[str, Any]) -> None:
+    for cls in made.values():
+        _HOME.__dict__.pop(cls.__qualname__, None)
+
+
+def test_s14_classes_made_per_saga_are_not_kept(small_bound: None, tmp_path: Path) -> None:
+    """3 x the bound rounds, each with classes of its own: the first rounds'
+    classes are collected, and no per-class cache holds more than the bound."""
+    early: list[weakref.ref[Any]] = []
+
+    async def main() -> None:
+        store = SQLiteSagaStore(str(tmp_path / "s.db"))
+        try:
+            for n in range(ROUNDS):
+                made = _classes(n)
+                await _use(made, n, store)
+                if n < BOUND:
+                    early.extend(weakref.ref(cls) for cls in made.values())
+                _forget_home(made)
+                del made
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    gc.collect()
+    alive = [ref() for ref in early if ref() is not None]
+    assert not alive, f"{len(alive)} classes of the first rounds are kept, e.g. {alive[:3]}"
+    caches = class_caches.class_caches()
+    assert caches, "no per-class cache is registered"
+    for name, cache in caches.items():
+        assert len(cache) <= BOUND, f"{name} holds {len(cache)} entries"
