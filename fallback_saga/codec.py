@@ -57,6 +57,7 @@ from enum import Enum
 from fractions import Fraction
 from typing import Any, Literal, get_args, get_origin
 
+from .class_caches import class_cache, remember
 from .decoding import (
     JSON_SCALARS,
     MAPPINGS,
@@ -115,7 +116,9 @@ NOT_DATA = (
 
 #: Per dataclass context class: ``(field name, encoder, plain classes)`` for
 #: each field (see "typed positions" below).
-FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
+FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = class_cache(
+    "codec.FIELD_PLANS"
+)
 
 
 #: Per dataclass (a context class in ``FIELD_PLANS``, or one met inside a
@@ -123,20 +126,20 @@ FIELD_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = {}
 #: its fields among them, when an attribute beyond those would not come back
 #: from the journal; -2 when there is nothing to check, -3 when every write
 #: scans (see ``_width``). Set with its plan.
-FIELD_WIDTHS: dict[type, int] = {}
+FIELD_WIDTHS: dict[type, int] = class_cache("codec.FIELD_WIDTHS")
 
 #: Per dataclass whose width is >= 0: its field names, which its instances'
 #: ``__dict__`` holds alone when nothing would be lost — for the fast checks
 #: that read no field (``check_serializable``, the executor's): a count alone
 #: takes a field deleted (read from its class default) and an attribute set
 #: in its place for them (S14).
-FIELD_NAMES: dict[type, frozenset[str]] = {}
+FIELD_NAMES: dict[type, frozenset[str]] = class_cache("codec.FIELD_NAMES")
 
 
 def _store_width(cls: type, width: int) -> None:
-    FIELD_WIDTHS[cls] = width
-    if width >= 0:
-        FIELD_NAMES[cls] = frozenset(field.name for field in fields(cls))
+    if width >= 0:  # (first: a class in FIELD_WIDTHS with a width has its names)
+        remember(FIELD_NAMES, cls, frozenset(field.name for field in fields(cls)))
+    remember(FIELD_WIDTHS, cls, width)
 
 
 def encode_context(context: object) -> dict[str, Any]:
@@ -151,7 +154,10 @@ def encode_context(context: object) -> dict[str, Any]:
     # would take a field deleted — read from its class default — and an
     # attribute set in its place for them). The attributes are looked at
     # only when either fails.
-    width = FIELD_WIDTHS[cls]
+    try:
+        width = FIELD_WIDTHS[cls]
+    except KeyError:  # forgotten since (class_caches.py): learnt again
+        return _encode_other_context(context)
     out: dict[str, Any] = {}
     try:
         if width >= 0:
@@ -185,7 +191,7 @@ def _encode_other_context(context: object) -> dict[str, Any]:
     kind = kind_of(cls)
     if kind is Kind.DATACLASS:
         _store_width(cls, _width(cls))
-        FIELD_PLANS[cls] = _field_plan(cls)
+        remember(FIELD_PLANS, cls, _field_plan(cls))
         return encode_context(context)
     if kind is Kind.STATE:
         return encode_structure(context)
@@ -401,13 +407,30 @@ def _width(cls: type) -> int:
     return len(fields(cls))
 
 
-# Per dataclass: the attribute names that come back from the journal (its
-# fields) or that it derives again (a cached_property's, what its
-# ``__post_init__`` sets on reading back), as met.
-_KEPT_NAMES: dict[type, set[str]] = {}
-#: Per dataclass in ``_KEPT_NAMES``: how many fields it has (a width is learnt
-#: only from an instance that holds them alone, ``_learn_width``).
-_FIELD_COUNTS: dict[type, int] = {}
+class _Kept:
+    """Per dataclass, what ``_refuse_extras`` learnt of it, as met. One
+    entry, so that it is forgotten as a whole (``class_caches.py``): names
+    known to come back without the knowledge that they are derived would let
+    a hand-set value of one through."""
+
+    __slots__ = ("derived", "fields", "names")
+
+    def __init__(self, cls: type) -> None:
+        #: The attribute names that come back from the journal (its fields)
+        #: or that it derives again (a cached_property's, what its
+        #: ``__post_init__`` sets on reading back).
+        self.names = {field.name for field in fields(cls)}
+        #: How many fields it has (a width is learnt only from an instance
+        #: that holds them alone, ``_learn_width``).
+        self.fields = len(self.names)
+        #: The attributes its ``__post_init__`` was seen to set beyond its
+        #: fields (on reading back a copy), and of those, the ones whose
+        #: values are not compared (``_learn_derived``). Replaced, never
+        #: changed in place: a write in another thread may be going through them.
+        self.derived: tuple[frozenset[str], frozenset[str]] | None = None
+
+
+_KEPT: dict[type, _Kept] = class_cache("codec._KEPT")
 
 
 def _refuse_extras(value: Any, path: str, depth: int) -> None:
@@ -419,16 +442,16 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
     as it holds what that gives (``_refuse_hand_set``). (A field missing
     from ``__dict__`` is left to the encoder.)"""
     cls = type(value)
-    names = _KEPT_NAMES.get(cls)
-    if names is None:
-        names = _KEPT_NAMES[cls] = {field.name for field in fields(cls)}
-        _FIELD_COUNTS[cls] = len(names)
+    kept = _KEPT.get(cls)
+    if kept is None:
+        kept = remember(_KEPT, cls, _Kept(cls))
+    names = kept.names
     state = vars(value)
     if names.issuperset(state):
-        derived = _DERIVED.get(cls)
-        if derived is not None and not derived.isdisjoint(state):
+        derived = kept.derived
+        if derived is not None and not derived[0].isdisjoint(state):
             _refuse_hand_set(value, derived, path, depth)
-        elif len(state) == _FIELD_COUNTS[cls]:  # (one that derives: scanned at every write)
+        elif len(state) == kept.fields:  # (one that derives: scanned at every write)
             _learn_width(cls, len(state))
         return
     learnt = False
@@ -440,7 +463,7 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
             continue
         if not learnt and post_init_plan(cls)[0] is not None:
             learnt = True
-            _learn_derived(value, names, path, depth)
+            _learn_derived(value, kept, path, depth)
             if name in names:
                 continue
         raise ContextSerializationError(
@@ -451,33 +474,25 @@ def _refuse_extras(value: Any, path: str, depth: int) -> None:
             f"{' (and its __post_init__ does not set it)' if learnt else ''}; declare it as "
             f"a field ({name}: <type> = <default>), or keep it off the context",
         )
-    derived = _DERIVED.get(cls)
-    if derived is not None and not derived.isdisjoint(state):
+    derived = kept.derived
+    if derived is not None and not derived[0].isdisjoint(state):
         _refuse_hand_set(value, derived, path, depth)
-    elif len(state) == _FIELD_COUNTS[cls]:
+    elif len(state) == kept.fields:
         _learn_width(cls, len(state))
 
 
-#: Per dataclass: the attributes its ``__post_init__`` was seen to set
-#: beyond its fields (on reading back a copy), as met; and of those, the ones
-#: whose values are not compared (``_learn_derived``).
-#: (Replaced, never changed in place: a write in another thread may be
-#: going through them.)
-_DERIVED: dict[type, frozenset[str]] = {}
-_UNCOMPARED: dict[type, frozenset[str]] = {}
-
-
-def _learn_derived(value: Any, names: set[str], path: str, depth: int) -> None:
-    """Add to ``names`` (and ``_DERIVED``) what ``value``'s ``__post_init__``
-    sets beyond its fields when it is read back. Read back twice: a value
-    not derived the same twice (a uuid4, a timestamp, what holds a lock)
-    cannot tell a value set by hand from one derived, so is not compared
-    (``_UNCOMPARED``); nor one of a class compared by identity."""
+def _learn_derived(value: Any, kept: _Kept, path: str, depth: int) -> None:
+    """Add to ``kept`` what ``value``'s ``__post_init__`` sets beyond its
+    fields when it is read back. Read back twice: a value not derived the
+    same twice (a uuid4, a timestamp, what holds a lock) cannot tell a value
+    set by hand from one derived, so is not compared; nor one of a class
+    compared by identity."""
     cls = type(value)
     first = _read_back(value, path, depth)
     second = _read_back(value, path, depth)
-    derived = set(_DERIVED.get(cls, ()))
-    uncompared = set(_UNCOMPARED.get(cls, ()))
+    names = kept.names
+    known, not_compared = kept.derived or (frozenset(), frozenset())
+    derived, uncompared = set(known), set(not_compared)
     for name, item in first.items():
         if name in names:
             continue
@@ -485,12 +500,13 @@ def _learn_derived(value: Any, names: set[str], path: str, depth: int) -> None:
             derived.add(name)  # (not a cached_property its __post_init__ reads: a cache)
             if name not in second or differs(item, second[name]) is not False:
                 uncompared.add(name)
-    _UNCOMPARED[cls] = frozenset(uncompared)  # (first: a name in _DERIVED is in it if it must)
-    _DERIVED[cls] = frozenset(derived)
+    kept.derived = (frozenset(derived), frozenset(uncompared))  # (first: see names)
     names.update(first)
 
 
-def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int) -> None:
+def _refuse_hand_set(
+    value: Any, learnt: tuple[frozenset[str], frozenset[str]], path: str, depth: int
+) -> None:
     """Refuse an attribute ``value``'s ``__post_init__`` derives whose value
     is not what it derives again from the fields, as a resume would (set by
     hand, changed in place, or stale after its fields changed): the resumed
@@ -498,12 +514,12 @@ def _refuse_hand_set(value: Any, derived: frozenset[str], path: str, depth: int)
     attributes (it is scanned anyway): its fields read back into a copy. A
     derived attribute deleted is not refused: the resumed run derives it
     again, as an instance made anew with those fields has it (a cache
-    dropped)."""
+    dropped). ``learnt``: the derived names, and those not compared."""
     if _READING_BACK.get():
         return
     cls = type(value)
     state = vars(value)
-    uncompared = _UNCOMPARED[cls]
+    derived, uncompared = learnt
     again: dict[str, Any] | None = None
     for name in derived:
         if name not in state or name in uncompared:
@@ -605,7 +621,7 @@ def _read_back(value: Any, path: str, depth: int) -> dict[str, Any]:
     return vars(copy)  # type: ignore[no-any-return]
 
 
-_STATE_PLANS: dict[type, dict[str, _Typed]] = {}
+_STATE_PLANS: dict[type, dict[str, _Typed]] = class_cache("codec._STATE_PLANS")
 _UNTYPED: _Typed
 
 
@@ -618,9 +634,11 @@ def _encode_state(value: Any, path: str, depth: int) -> Any:
     cls = type(value)
     plan = _STATE_PLANS.get(cls)
     if plan is None:
-        plan = _STATE_PLANS[cls] = {
-            name: _encoder_for(hint) for name, hint in type_hints(cls).items()
-        }
+        plan = remember(
+            _STATE_PLANS,
+            cls,
+            {name: _encoder_for(hint) for name, hint in type_hints(cls).items()},
+        )
     untyped = _UNTYPED
     out = {}
     for name, item in vars(value).items():
@@ -642,7 +660,7 @@ def _tagged(value: Any, path: str, depth: int) -> Any:
     return {TAG: ["any", out]}
 
 
-_OBJECT_ENCODERS: dict[type, _Encoder | None] = {}
+_OBJECT_ENCODERS: dict[type, _Encoder | None] = class_cache("codec._OBJECT_ENCODERS")
 
 
 def _object_encoder(cls: type) -> _Encoder | None:
@@ -660,7 +678,11 @@ def _object_encoder(cls: type) -> _Encoder | None:
             _store_width(cls, _width(cls))
 
         def encode(value: Any, path: str, depth: int) -> Any:
-            width = widths[cls]
+            try:
+                width = widths[cls]
+            except KeyError:  # forgotten since (class_caches.py): derived again
+                width = _width(cls)
+                _store_width(cls, width)
             if width >= 0:
                 return _encode_counted(value, plan, width, path, depth)
             if width == _SCAN and value.__dict__:
@@ -677,11 +699,10 @@ def _object_encoder(cls: type) -> _Encoder | None:
                 raise _TooDeep(path, value)
             return dump_model(value, model_kind, path)
 
-    _OBJECT_ENCODERS[cls] = encode
-    return encode
+    return remember(_OBJECT_ENCODERS, cls, encode)
 
 
-_ENCODERS: dict[Any, _Typed] = {}
+_ENCODERS: dict[Any, _Typed] = class_cache("codec._ENCODERS")
 
 
 def _encoder_for(tp: Any) -> _Typed:
@@ -689,8 +710,7 @@ def _encoder_for(tp: Any) -> _Typed:
     try:
         return _ENCODERS[tp]
     except KeyError:
-        typed = _ENCODERS[tp] = _build_encoder(tp)
-        return typed
+        return remember(_ENCODERS, tp, _build_encoder(tp))
     except TypeError:  # unhashable annotation
         return _build_encoder(tp)
 
@@ -745,7 +765,7 @@ def _build_encoder(tp: Any) -> _Typed:
     return _tagged, _NOTHING  # an annotation no decoder reads plainly (a generic alias...)
 
 
-_EXACT: dict[type, _Encoder] = {}
+_EXACT: dict[type, _Encoder] = class_cache("codec._EXACT")
 
 
 def _exact(cls: type) -> _Encoder:
@@ -758,7 +778,7 @@ def _exact(cls: type) -> _Encoder:
                 return value
             return _tagged(value, path, depth)
 
-        _EXACT[cls] = encode
+        remember(_EXACT, cls, encode)
     return encode
 
 
@@ -1227,7 +1247,7 @@ _TAGGED: dict[type, tuple[str, _Encoder]] = {
 _UNTYPED = (_encode_untyped, JSON_SCALARS)
 
 
-_CLASS_NAMES: dict[type, str | None] = {}
+_CLASS_NAMES: dict[type, str | None] = class_cache("codec._CLASS_NAMES")
 
 
 def _class_name(cls: type, path: str, value: Any) -> str:
@@ -1246,7 +1266,8 @@ def _class_name(cls: type, path: str, value: Any) -> str:
                 f"rebuild it on resume: define it at module level, or annotate the field "
                 f"with its type",
             )
-        name = _CLASS_NAMES[cls] = f"{module}:{qualname}"
+        name = f"{module}:{qualname}"
+        remember(_CLASS_NAMES, cls, name)
     return name
 
 

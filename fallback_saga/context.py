@@ -41,6 +41,7 @@ from enum import Enum
 from fractions import Fraction
 from typing import Any, TypeVar
 
+from .class_caches import class_cache, class_set, make_room, remember
 from .codec import (
     FIELD_NAMES,
     MAX_CONTEXT_DEPTH,
@@ -100,7 +101,7 @@ _IMMUTABLE: frozenset[type] = frozenset(
 
 _Memo = dict[int, Any]
 _Copier = Callable[[Any, _Memo], Any]
-_COPIERS: dict[type, _Copier] = {}
+_COPIERS: dict[type, _Copier] = class_cache("context._COPIERS")
 
 
 def _copy(value: Any, memo: _Memo) -> Any:
@@ -231,8 +232,7 @@ def _copier_for(cls: type) -> _Copier:
         copier = _copy_plain_object
     else:
         copier = _deepcopy_fallback
-    _COPIERS[cls] = copier
-    return copier
+    return remember(_COPIERS, cls, copier)
 
 
 def _slot_names(cls: type) -> tuple[str, ...]:
@@ -247,8 +247,7 @@ def _slot_names(cls: type) -> tuple[str, ...]:
         names.extend(
             _mangled(klass, s) for s in slots if s not in ("__dict__", "__weakref__")
         )
-    cached = _SLOT_NAMES[cls] = tuple(names)
-    return cached
+    return remember(_SLOT_NAMES, cls, tuple(names))
 
 
 def _mangled(klass: type, name: str) -> str:
@@ -272,7 +271,7 @@ def _slot_setters(cls: type) -> tuple[tuple[str, Any], ...]:
             if not (hasattr(slot, "__set__") and hasattr(slot, "__delete__")):
                 slot = _PlainSlot(name)
             found.append((name, slot))
-        cached = _SLOT_SETTERS[cls] = tuple(found)
+        cached = remember(_SLOT_SETTERS, cls, tuple(found))
     return cached
 
 
@@ -289,10 +288,10 @@ class _PlainSlot:
         object.__delattr__(target, self.name)
 
 
-_SLOT_SETTERS: dict[type, tuple[tuple[str, Any], ...]] = {}
+_SLOT_SETTERS: dict[type, tuple[tuple[str, Any], ...]] = class_cache("context._SLOT_SETTERS")
 
 
-_SLOT_NAMES: dict[type, tuple[str, ...]] = {}
+_SLOT_NAMES: dict[type, tuple[str, ...]] = class_cache("context._SLOT_NAMES")
 
 
 class Snapshot(tuple[Any, ...]):
@@ -461,15 +460,16 @@ def _shell(owner: object) -> object:
         try:
             return cls.__new__(cls)  # type: ignore[no-any-return,unused-ignore]
         except TypeError:
+            make_room(_NO_BARE_NEW)
             _NO_BARE_NEW.add(cls)
     return copy.copy(owner)
 
 
-_NO_BARE_NEW: set[type] = set()
+_NO_BARE_NEW: set[type] = class_set("context._NO_BARE_NEW")
 _UNSET = object()
 _make_snapshot = tuple.__new__
 # Per context class: True when its whole state is its __dict__ (no slots).
-_DICT_ONLY: dict[type, bool] = {}
+_DICT_ONLY: dict[type, bool] = class_cache("context._DICT_ONLY")
 
 
 def take_snapshot(context: object) -> Snapshot:
@@ -477,7 +477,9 @@ def take_snapshot(context: object) -> Snapshot:
     cls = context.__class__
     dict_only = _DICT_ONLY.get(cls)
     if dict_only is None:
-        dict_only = _DICT_ONLY[cls] = hasattr(context, "__dict__") and not _slot_names(cls)
+        dict_only = remember(
+            _DICT_ONLY, cls, hasattr(context, "__dict__") and not _slot_names(cls)
+        )
     if dict_only:
         state = context.__dict__
         if _IMMUTABLE.issuperset(map(type, state.values())):
@@ -541,6 +543,9 @@ def step_snapshot_to_dict(context: object, snapshot: StepSnapshot | Any) -> dict
 # tracks): a tuple of such values is untracked by the collector after its
 # first pass, so 10,000 retained sagas cost a full collection nothing.
 
+# A registry, not a cache (so not bounded, class_caches.py): a record holds
+# a class's index instead of the class, and must find it again for as long
+# as the record is kept; a class made per saga and frozen stays here.
 _FROZEN_TYPES: list[type] = []
 _FROZEN_INDEX: dict[type, int] = {}
 _REGISTERING = threading.Lock()
@@ -593,17 +598,17 @@ def freeze_context(context: object) -> Any:
 
 # A context class's type index when its state can be frozen (a flat class
 # that can be made bare), else -1: one lookup per finished saga.
-_FREEZABLE: dict[type, int] = {}
+# (Derived from _FROZEN_INDEX, which gives a class the same index again.)
+_FREEZABLE: dict[type, int] = class_cache("context._FREEZABLE")
 
 
 def _freezable_index(cls: Any) -> int:
     dict_only = _DICT_ONLY.get(cls)
     if dict_only is None:
         return -1  # not seen yet: take_snapshot learns it (for the next time)
-    index = _FREEZABLE[cls] = (
-        type_index(cls) if dict_only and cls.__new__ is object.__new__ else -1
+    return remember(
+        _FREEZABLE, cls, type_index(cls) if dict_only and cls.__new__ is object.__new__ else -1
     )
-    return index
 
 
 class Unfrozen:

@@ -26,6 +26,7 @@ from enum import Enum
 from fractions import Fraction
 from typing import Any, ClassVar, Final, ForwardRef, Literal, TypeVar, Union, get_args, get_origin
 
+from .class_caches import class_cache, remember
 from .errors import ContextDecodeError, key_path
 from .models import Kind, kind_of, load_model
 
@@ -100,7 +101,7 @@ def untyped_union(tp: Any) -> bool:
 # --------------------------------------------------------------------------- decoding
 
 _Decoder = Callable[[Any, str], Any]
-_DECODERS: dict[Any, _Decoder] = {}
+_DECODERS: dict[Any, _Decoder] = class_cache("decoding._DECODERS")
 
 
 def _decode_untyped(value: Any, path: str) -> Any:
@@ -430,7 +431,9 @@ def _set_fields(cls: type, instance: Any, values: dict[str, Any]) -> None:
             object.__setattr__(instance, name, value)  # (a frozen dataclass too)
 
 
-_POST_INITS: dict[type, tuple[Callable[[Any], None] | None, tuple[str, ...]]] = {}
+_POST_INITS: dict[type, tuple[Callable[[Any], None] | None, tuple[str, ...]]] = class_cache(
+    "decoding._POST_INITS"
+)
 
 
 def post_init_plan(cls: type) -> tuple[Callable[[Any], None] | None, tuple[str, ...]]:
@@ -448,16 +451,17 @@ def post_init_plan(cls: type) -> tuple[Callable[[Any], None] | None, tuple[str, 
                 for parameter in wanted
             ):
                 post_init = None
-        plan = _POST_INITS[cls] = (
-            post_init,
-            tuple(field.name for field in fields(cls) if not field.init),
+        plan = remember(
+            _POST_INITS,
+            cls,
+            (post_init, tuple(field.name for field in fields(cls) if not field.init)),
         )
     return plan
 
 
 
 
-_IN_DICT: dict[type, bool] = {}
+_IN_DICT: dict[type, bool] = class_cache("decoding._IN_DICT")
 
 
 def fields_in_dict(cls: type) -> bool:
@@ -465,9 +469,14 @@ def fields_in_dict(cls: type) -> bool:
     ``__dict__`` (no slot, no descriptor): then they are set in one go."""
     known = _IN_DICT.get(cls)
     if known is None:
-        known = _IN_DICT[cls] = "__dict__" in dir(cls) and not any(
-            hasattr(type(inspect.getattr_static(cls, field.name, None)), "__set__")
-            for field in fields(cls)
+        known = remember(
+            _IN_DICT,
+            cls,
+            "__dict__" in dir(cls)
+            and not any(
+                hasattr(type(inspect.getattr_static(cls, field.name, None)), "__set__")
+                for field in fields(cls)
+            ),
         )
     return known
 
@@ -494,12 +503,12 @@ def decode_state(cls: type, data: Any, path: str) -> Any:
 def fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     cached = _FIELDS.get(cls)
     if cached is None:
-        cached = _FIELDS[cls] = dataclasses.fields(cls)
+        cached = remember(_FIELDS, cls, dataclasses.fields(cls))
     return cached
 
 
-_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
-_HINTS: dict[type, dict[str, Any]] = {}
+_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = class_cache("decoding._FIELDS")
+_HINTS: dict[type, dict[str, Any]] = class_cache("decoding._HINTS")
 
 
 def type_hints(cls: type) -> dict[str, Any]:
@@ -509,7 +518,7 @@ def type_hints(cls: type) -> dict[str, Any]:
             cached = typing.get_type_hints(cls)
         except Exception:  # one unresolvable annotation: resolve the others one by one
             cached = _each_hint(cls)
-        _HINTS[cls] = cached
+        remember(_HINTS, cls, cached)
     return cached
 
 
@@ -540,7 +549,7 @@ def decoder(tp: Any) -> _Decoder:
     except TypeError:  # unhashable annotation
         return _build_decoder(tp)
     if cached is None:
-        cached = _DECODERS[tp] = _build_decoder(tp)
+        cached = remember(_DECODERS, tp, _build_decoder(tp))
     return cached
 
 

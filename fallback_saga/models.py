@@ -40,6 +40,7 @@ from fractions import Fraction
 from typing import Any, Final, TypeVar, get_args
 from uuid import UUID
 
+from .class_caches import class_cache, remember
 from .errors import ContextDecodeError, ContextSerializationError, key_path
 
 __all__ = [
@@ -78,8 +79,8 @@ def default_codec(function: F) -> F:
     return function
 
 
-_KINDS: dict[type, Kind | None] = {}
-_WHY_NOT: dict[type, str] = {}
+_KINDS: dict[type, Kind | None] = class_cache("models._KINDS")
+_WHY_NOT: dict[type, str] = class_cache("models._WHY_NOT")
 
 
 def kind_of(cls: type) -> Kind | None:
@@ -87,15 +88,18 @@ def kind_of(cls: type) -> Kind | None:
     try:
         return _KINDS[cls]
     except KeyError:
-        kind = _KINDS[cls] = _find_kind(cls)
-        return kind
+        return remember(_KINDS, cls, _find_kind(cls))
     except TypeError:  # an unhashable "class"
         return None
 
 
 def why_not(cls: type) -> str:
     """Why ``kind_of(cls)`` is ``None``, with the fix."""
-    return _WHY_NOT.get(cls, CONTEXT_KINDS_HINT)
+    reason = _WHY_NOT.get(cls)
+    if reason is None:
+        _find_kind(cls)  # (learnt again: forgotten since, class_caches.py)
+        reason = _WHY_NOT.get(cls, CONTEXT_KINDS_HINT)
+    return reason
 
 
 def _defined(cls: type, name: str) -> Any:
@@ -120,17 +124,17 @@ def _find_kind(cls: type) -> Kind | None:
     )
     if own_to or own_from:
         if not (own_to and own_from):
-            _WHY_NOT[cls] = (
+            remember(_WHY_NOT, cls, (
                 f"{cls.__qualname__} defines {'to_dict' if own_to else 'from_dict'} but not "
                 f"{'from_dict' if own_to else 'to_dict'}: define both (from_dict as a "
                 f"classmethod), or neither"
-            )
+            ))
             return None
         if not callable(to_dict) or not isinstance(from_dict, classmethod | staticmethod):
-            _WHY_NOT[cls] = (
+            remember(_WHY_NOT, cls, (
                 f"{cls.__qualname__}.from_dict must be a classmethod taking the dict "
                 f"that to_dict() returned"
-            )
+            ))
             return None
         return Kind.PROTOCOL
     if dataclasses.is_dataclass(cls):
@@ -138,16 +142,16 @@ def _find_kind(cls: type) -> Kind | None:
     if _from_library(cls, "pydantic", "BaseModel"):
         if hasattr(cls, "model_dump_json") and hasattr(cls, "model_validate_json"):
             return Kind.PYDANTIC
-        _WHY_NOT[cls] = f"{cls.__qualname__} is a pydantic v1 model: use pydantic v2"
+        remember(_WHY_NOT, cls, f"{cls.__qualname__} is a pydantic v1 model: use pydantic v2")
         return None
     if _from_library(cls, "msgspec", "Struct") and hasattr(cls, "__struct_fields__"):
         return Kind.MSGSPEC
     if to_dict is not None:  # a SagaContext subclass that is not a dataclass
         if _has_slots(cls) or "__dict__" not in dir(cls):
-            _WHY_NOT[cls] = (
+            remember(_WHY_NOT, cls, (
                 f"{cls.__qualname__} keeps its state in __slots__: make it a dataclass "
                 f"(slots=True is fine) or give it to_dict() and a classmethod from_dict(data)"
-            )
+            ))
             return None
         return Kind.STATE
     return None

@@ -22,6 +22,7 @@ from datetime import datetime, time, timezone
 from decimal import Decimal
 from typing import Any
 
+from .class_caches import class_cache, remember
 from .decoding import fields
 
 __all__ = ["SCALARS", "differs", "what_is_derived", "with_article"]
@@ -137,7 +138,7 @@ def _members_unlike(held: Any, again: Any, depth: int) -> bool:
 #: Per class met inside a value derived: the fields its ``==`` compares, for
 #: a dataclass that is compared by its fields (not by identity, eq=False);
 #: None for any other class.
-_COMPARED_FIELDS: dict[type, tuple[str, ...] | None] = {}
+_COMPARED_FIELDS: dict[type, tuple[str, ...] | None] = class_cache("sameness._COMPARED_FIELDS")
 
 
 def _compared_fields(kind: type) -> tuple[str, ...] | None:
@@ -149,8 +150,7 @@ def _compared_fields(kind: type) -> tuple[str, ...] | None:
     if dataclasses.is_dataclass(kind) and kind.__eq__ is not object.__eq__:
         # (a field declared compare=False is not part of its value: a cache)
         names = tuple(field.name for field in fields(kind) if field.compare)
-    _COMPARED_FIELDS[kind] = names
-    return names
+    return remember(_COMPARED_FIELDS, kind, names)
 
 
 def _fields_same(held: Any, again: Any, names: tuple[str, ...], depth: int) -> bool:

@@ -17,7 +17,6 @@ import gc
 import sys
 import types
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,11 +29,19 @@ from fallback_saga import (
     SagaStepHandler,
     SQLiteSagaStore,
     class_caches,
+    codec,
+    decoding,
+    models,
+    sameness,
 )
+from fallback_saga import context as context_module
 from fallback_saga.codec import journal_untyped
 from fallback_saga.context import (
+    Snapshot,
+    check_serializable,
     context_from_dict,
     context_to_dict,
+    freeze_context,
     take_snapshot,
     working_copy,
 )
@@ -42,6 +49,7 @@ from fallback_saga.decoding import decode_untyped
 from fallback_saga.models import first_difference
 from fallback_saga.sameness import differs
 from fallback_saga.store._common import decode_json, encode_json
+from fallback_saga.store._responses import response_text
 
 BOUND = 16
 ROUNDS = 3 * BOUND
@@ -53,10 +61,9 @@ _HOME = types.ModuleType("cachebound_classes")
 
 
 @pytest.fixture
-def small_bound(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def small_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(class_caches, "CLASS_CACHE_BOUND", BOUND)
     monkeypatch.setitem(sys.modules, _HOME.__name__, _HOME)
-    yield
 
 
 def _home(cls: Any) -> Any:
@@ -105,6 +112,17 @@ def _classes(n: int) -> dict[str, Any]:
         )
     )
     plain = _home(type(f"Plain{n}", (SagaContext,), {"__annotations__": {"n": int}}))
+    picky = _home(  # made only with its argument (no bare instance): not frozen flat
+        type(
+            f"Picky{n}",
+            (),
+            {
+                "__new__": lambda cls, x: object.__new__(cls),
+                "__init__": lambda self, x: setattr(self, "x", x),
+                "__getnewargs__": lambda self: (self.x,),
+            },
+        )
+    )
     refused = _home(type(f"Refused{n}", (), {"to_dict": lambda self: {}}))
 
     class PerRound(Saga[SagaContext]):
@@ -117,7 +135,7 @@ def _classes(n: int) -> dict[str, Any]:
 
     return {
         "inner": inner, "colour": colour, "slotted": slotted, "context": context,
-        "plain": plain, "refused": refused, "saga": PerRound, "failing": Failing,
+        "plain": plain, "picky": picky, "refused": refused, "saga": PerRound, "failing": Failing,
     }
 
 
@@ -143,6 +161,15 @@ async def _use(made: dict[str, Any], n: int, store: SQLiteSagaStore) -> None:
     context.items.append(made["inner"]("x", 9))
     snapshot.restore(context)
     assert first_difference(context, copy) is None
+    slotted = made["slotted"](n)
+    slot_snapshot = take_snapshot(slotted)
+    slotted.x = -1
+    slot_snapshot.restore(slotted)
+    assert slotted.x == n
+    picky = made["picky"](n)
+    for _ in range(2):  # the first learns that its state is its __dict__
+        assert isinstance(freeze_context(picky), Snapshot)
+    assert working_copy(take_snapshot(picky)).x == n
 
     result = await made["saga"](store=store).run(context, saga_id=f"s-{n}")
     record = await store.load(f"s-{n}")
@@ -198,3 +225,89 @@ def test_s14_classes_made_per_saga_are_not_kept(small_bound: None, tmp_path: Pat
     assert caches, "no per-class cache is registered"
     for name, cache in caches.items():
         assert len(cache) <= BOUND, f"{name} holds {len(cache)} entries"
+
+
+def _outcome(call: Any) -> Any:
+    try:
+        return ("ok", call())
+    except Exception as error:  # what is refused, and how it is told
+        return ("refused", type(error).__name__, str(error))
+
+
+def _behaviour(made: dict[str, Any], n: int) -> list[Any]:
+    """What a user sees of the classes of one round: journal text (of a
+    context, of an untyped value, of a step's response), what is read back
+    (types included), a snapshot restored, a comparison, refusals."""
+    inner = made["inner"]
+    context = _context(made, n)
+    text = encode_json(context_to_dict(context))
+    again = context_from_dict(made["context"], decode_json(text))
+    snapshot = take_snapshot(context)
+    context.items.append(inner("x", 9))
+    context.slot.x = -1
+    snapshot.restore(context)
+    hand_set = _context(made, n)
+    hand_set.first = inner("zz", 0)  # not what its __post_init__ derives: refused (S14)
+    extra = _context(made, n)
+    extra.note = "not a field"  # refused: a resume would not have it
+    plain = made["plain"]()
+    plain.n = n
+    value = inner("d", 4)
+    return [
+        text,
+        first_difference(again, context),
+        [type(item) for item in again.items] + [type(again.tags["any"]), type(again.first)],
+        context_to_dict(context) == decode_json(text),
+        differs(again.first, inner("a", 1)),
+        encode_json(journal_untyped(value, "v")),
+        decode_untyped(decode_json(encode_json(journal_untyped(value, "v"))), "v") == value,
+        response_text(value, "saga", "step"),
+        response_text(value, "saga", "step"),
+        _outcome(lambda: context_to_dict(hand_set)),
+        _outcome(lambda: context_to_dict(extra)),
+        _outcome(lambda: check_serializable(context)),
+        _outcome(lambda: context_to_dict(made["refused"]())),
+        context_to_dict(plain),
+        context_from_dict(made["plain"], context_to_dict(plain)).__dict__,
+        working_copy(take_snapshot(made["picky"](n))).__dict__,
+        type(freeze_context(made["picky"](n))),
+    ]
+
+
+def test_s14_a_class_whose_entries_were_forgotten_is_journaled_as_before(
+    small_bound: None, tmp_path: Path
+) -> None:
+    """Forgetting is neutral: with every cache emptied by the classes of
+    other rounds — and with each cache forgotten alone, the others kept (a
+    lookup in one after a hit in another) — a class snapshots, journals,
+    reads back, compares and is refused exactly as before (S1, S14)."""
+    made = _classes(1000)
+    before = _behaviour(made, 7)
+    assert _behaviour(made, 7) == before  # (learnt at the first: the same)
+    assert before[9][0] == "refused", before[9]  # a derived attribute set by hand
+    assert before[10][0] == "refused", before[10]  # an attribute that is not a field
+
+    for name, cache in class_caches.class_caches().items():
+        cache.clear()
+        assert _behaviour(made, 7) == before, f"after {name} alone was forgotten"
+        assert _behaviour(made, 7) == before, f"after {name} alone was learnt again"
+
+    async def others() -> None:
+        store = SQLiteSagaStore(str(tmp_path / "s.db"))
+        try:
+            for n in range(BOUND):
+                await _use(_classes(n), n, store)
+        finally:
+            await store.close()
+
+    asyncio.run(others())
+    ours = set(made.values())
+    caches = dict(class_caches.class_caches())
+    for module in (codec, context_module, decoding, models, sameness):  # (by name too)
+        for name, cache in vars(module).items():
+            if isinstance(cache, dict) and any(isinstance(key, type) for key in cache):
+                caches.setdefault(f"{module.__name__}.{name}", cache)
+    kept = [name for name, cache in caches.items() if ours.intersection(cache)]
+    assert not kept, f"not forgotten: {kept}"
+    assert _behaviour(made, 7) == before
+    _forget_home(made)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
+from ..class_caches import class_cache, remember
 from ..codec import journal_object, journal_untyped
 from ..decoding import TAG
 from ..errors import MAX_ERROR_TEXT, ContextSerializationError, cut_text, short_id
@@ -91,17 +92,19 @@ _str_json: Final = json.encoder.encode_basestring_ascii
 # before its fields and what gives them; None for any other class. Learnt from
 # the first response of the class that was written: a step returns the same
 # class on every run, and this skips journal_untyped's dispatch by type.
-_OBJECT_TEXT: Final[dict[type, tuple[str, Callable[[Any], Any]] | None]] = {}
+_OBJECT_TEXT: Final[dict[type, tuple[str, Callable[[Any], Any]] | None]] = class_cache(
+    "store._responses._OBJECT_TEXT"
+)
 
 
 def _learn(cls: type) -> None:
     plan = journal_object(cls, "response")
     if plan is None:
-        _OBJECT_TEXT[cls] = None
+        remember(_OBJECT_TEXT, cls, None)
         return
     name, fields = plan
     # The same text encode_json makes of {TAG: ["obj", [name, fields]]}.
-    _OBJECT_TEXT[cls] = (f'{{{_str_json(TAG)}:["obj",[{_str_json(name)},', fields)
+    remember(_OBJECT_TEXT, cls, (f'{{{_str_json(TAG)}:["obj",[{_str_json(name)},', fields))
 
 
 def response_text(response: Any, saga_name: str, step: str) -> str:
