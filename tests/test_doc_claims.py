@@ -602,6 +602,7 @@ def test_the_signature_check_can_fail() -> None:
 
 def documented_numbers() -> list[tuple[str, str, object]]:
     """(page, what the page says with ``{}`` for the number, the code's value)."""
+    from fallback_saga.class_caches import CLASS_CACHE_BOUND
     from fallback_saga.cli import MAX_CELL, MAX_CONTEXT, MAX_VALUE
     from fallback_saga.cli.inspect import LIST_PAGE
     from fallback_saga.cli.serve import _CONNECTIONS
@@ -636,6 +637,7 @@ def documented_numbers() -> list[tuple[str, str, object]]:
         ("mechanics.md", "finished sagas (default {:,};", max_finished),
         ("mechanics.md", "(`lease_seconds`, {:g} s by default", default(fallback_saga.SubSaga,
                                                                         "lease_seconds")),
+        ("mechanics.md", "at most `CLASS_CACHE_BOUND` classes ({:,},", CLASS_CACHE_BOUND),
         ("mechanics.md", "(default: {} attempts, 50 ms doubling to 1 s", journal.attempts),
         ("mechanics.md", "{:g} ms doubling to 1 s", journal.delay * 1000),
         ("mechanics.md", "50 ms doubling to {:g} s", journal.max_delay),
