@@ -125,9 +125,12 @@ def _classes(n: int) -> dict[str, Any]:
     )
     refused = _home(type(f"Refused{n}", (), {"to_dict": lambda self: {}}))
 
+    class RecordAgain(Record):  # a step class of the round's own
+        pass
+
     class PerRound(Saga[SagaContext]):
         name = f"saga-{n}"
-        steps: ClassVar[list[Any]] = [Record]
+        steps: ClassVar[list[Any]] = [Record, RecordAgain]
 
     class Failing(Saga[SagaContext]):
         name = f"failing-{n}"
@@ -135,7 +138,8 @@ def _classes(n: int) -> dict[str, Any]:
 
     return {
         "inner": inner, "colour": colour, "slotted": slotted, "context": context,
-        "plain": plain, "picky": picky, "refused": refused, "saga": PerRound, "failing": Failing,
+        "plain": plain, "picky": picky, "refused": refused,
+        "saga": PerRound, "failing": Failing, "step": RecordAgain,
     }
 
 
