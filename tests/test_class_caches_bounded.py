@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import enum
 import gc
+import inspect
 import sys
 import types
 import weakref
@@ -222,6 +223,11 @@ def test_s14_classes_made_per_saga_are_not_kept(small_bound: None, tmp_path: Pat
             await store.close()
 
     asyncio.run(main())
+    # Python 3.12.0-3.12.3 keep the last 128 classes inspect.getattr_static
+    # looked at (CPython gh-118013; bounded, and not ours): let those go.
+    shadowed = getattr(inspect, "_shadowed_dict_from_mro_tuple", None)
+    if hasattr(shadowed, "cache_clear"):
+        shadowed.cache_clear()
     gc.collect()
     alive = [ref() for ref in early if ref() is not None]
     assert not alive, f"{len(alive)} classes of the first rounds are kept, e.g. {alive[:3]}"
