@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from .errors import SagaDefinitionError, short_id
 from .fallback import Fallback
@@ -418,6 +418,7 @@ def context_type_of(cls: type, generic_base: type) -> type | None:
             if not (isinstance(origin, type) and issubclass(origin, generic_base)):
                 continue
             args = get_args(base)
-            if args and isinstance(args[0], type) and not isinstance(args[0], TypeVar):
+            # (typing.Any is a class since Python 3.11, and binds nothing.)
+            if args and isinstance(args[0], type) and args[0] is not Any:
                 return args[0]
     return None

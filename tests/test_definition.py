@@ -23,6 +23,7 @@ from fallback_saga import (
     SagaDefinitionError,
     SagaError,
     SagaFailed,
+    SagaStatus,
     SagaStepHandler,
     SagaStepResult,
     Step,
@@ -270,6 +271,29 @@ def test_S11_step_bound_to_a_context_type_the_saga_does_not_provide(item: Any) -
 def test_S11_step_bound_to_a_base_of_the_saga_context_is_fine() -> None:
     declare(Reserve, AnyContextStep, context=OrderCtx)
     declare(Reserve, SpecialStep, context=SpecialOrderCtx)
+
+
+class AnyStep(SagaStepHandler[Any, str]):
+    async def act(self, context: Any) -> SagaStepResult[Any, str]:
+        return self._generate_step_result("any")
+
+
+@pytest.mark.parametrize(
+    ("saga_context", "steps"),
+    [(Any, (Reserve, Charge)), (Any, (AnyStep,)), (OrderCtx, (Reserve, AnyStep))],
+    ids=["saga-any", "both-any", "step-any"],
+)
+def test_S11_a_saga_or_step_bound_to_Any_checks_nothing(
+    saga_context: Any, steps: tuple[Any, ...]
+) -> None:
+    """``Saga[Any]`` or ``SagaStepHandler[Any, ...]`` binds no context type:
+    (since Python 3.11 ``typing.Any`` is a class, and was taken for the
+    context's class: the saga was refused, or its run raised ``TypeError:
+    typing.Any cannot be used with isinstance()``)."""
+    saga_cls = declare(*steps, context=saga_context)
+    result = asyncio.run(saga_cls().run(OrderCtx()))
+    assert result.status is SagaStatus.COMPLETED
+    assert [r.step_name for r in result.results] == [step.__name__ for step in steps]
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "1", True])
