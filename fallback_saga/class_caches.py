@@ -24,7 +24,15 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-__all__ = ["CLASS_CACHE_BOUND", "class_cache", "class_caches", "class_set", "make_room", "remember"]
+__all__ = [
+    "CLASS_CACHE_BOUND",
+    "class_cache",
+    "class_caches",
+    "class_set",
+    "has_room",
+    "make_room",
+    "remember",
+]
 
 #: How many classes (or annotations) each per-class cache holds at most.
 #: Far more than an application defines (its classes are made at import, and
@@ -58,6 +66,12 @@ def class_set(name: str) -> set[Any]:
 def class_caches() -> dict[str, dict[Any, Any] | set[Any]]:
     """Every per-class cache, by name."""
     return dict(_CACHES)
+
+
+def has_room(registry: list[Any]) -> bool:
+    """Whether a registry keyed by class (one that never forgets, so stops
+    taking classes when full) may take one more."""
+    return len(registry) < CLASS_CACHE_BOUND
 
 
 def make_room(cache: dict[Any, Any] | set[Any]) -> None:

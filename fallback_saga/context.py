@@ -41,7 +41,7 @@ from enum import Enum
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from .class_caches import class_cache, class_set, make_room, remember
+from .class_caches import class_cache, class_set, has_room, make_room, remember
 from .codec import (
     FIELD_NAMES,
     MAX_CONTEXT_DEPTH,
@@ -543,9 +543,12 @@ def step_snapshot_to_dict(context: object, snapshot: StepSnapshot | Any) -> dict
 # tracks): a tuple of such values is untracked by the collector after its
 # first pass, so 10,000 retained sagas cost a full collection nothing.
 
-# A registry, not a cache (so not bounded, class_caches.py): a record holds
-# a class's index instead of the class, and must find it again for as long
-# as the record is kept; a class made per saga and frozen stays here.
+# A registry, not a cache (nothing in it is forgotten, class_caches.py): a
+# record holds a class's index instead of the class, and must find it again
+# for as long as the record is kept. So it takes at most CLASS_CACHE_BOUND
+# classes, the first met, and never lets one go; a context of a class beyond
+# those is kept as a snapshot (which holds its class only as long as the
+# record: a program that makes a class per saga keeps no more than that).
 _FROZEN_TYPES: list[type] = []
 _FROZEN_INDEX: dict[type, int] = {}
 _REGISTERING = threading.Lock()
@@ -554,7 +557,8 @@ _ATOMIC: frozenset[type] = frozenset({str, int, float, bool, bytes, complex, typ
 
 
 def type_index(cls: type) -> int:
-    """A small int standing for ``cls`` (see ``type_at``): what a frozen record holds."""
+    """A small int standing for ``cls`` (see ``type_at``): what a frozen
+    record holds; -1 when ``cls`` is not registered and the registry is full."""
     index = _FROZEN_INDEX.get(cls)
     if index is None:
         # A new class, once per class: under the lock, so that two threads
@@ -563,6 +567,8 @@ def type_index(cls: type) -> int:
         with _REGISTERING:
             index = _FROZEN_INDEX.get(cls)
             if index is None:
+                if not has_room(_FROZEN_TYPES):
+                    return -1
                 _FROZEN_TYPES.append(cls)
                 index = _FROZEN_INDEX[cls] = len(_FROZEN_TYPES) - 1
     return index

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import gc
 import inspect
 import sys
 import types
+import typing
 import weakref
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +27,7 @@ import pytest
 
 from fallback_saga import (
     ContextSerializationError,
+    MemorySagaStore,
     Saga,
     SagaContext,
     SagaStepHandler,
@@ -204,6 +207,18 @@ def _forget_home(made: dict[str, Any]) -> None:
         _HOME.__dict__.pop(cls.__qualname__, None)
 
 
+def _let_go_of_stdlib_caches() -> None:
+    """Python's own caches of classes, bounded and not ours: ``Saga[Ctx]``
+    (typing keeps the last 128 subscriptions) and, on Python 3.12.0-3.12.3,
+    the last 128 classes ``inspect.getattr_static`` looked at (CPython
+    gh-118013)."""
+    for clear in typing._cleanups:  # type: ignore[attr-defined]
+        clear()
+    shadowed = getattr(inspect, "_shadowed_dict_from_mro_tuple", None)
+    if hasattr(shadowed, "cache_clear"):
+        shadowed.cache_clear()
+
+
 def test_s14_classes_made_per_saga_are_not_kept(small_bound: None, tmp_path: Path) -> None:
     """3 x the bound rounds, each with classes of its own: the first rounds'
     classes are collected, and no per-class cache holds more than the bound."""
@@ -223,11 +238,7 @@ def test_s14_classes_made_per_saga_are_not_kept(small_bound: None, tmp_path: Pat
             await store.close()
 
     asyncio.run(main())
-    # Python 3.12.0-3.12.3 keep the last 128 classes inspect.getattr_static
-    # looked at (CPython gh-118013; bounded, and not ours): let those go.
-    shadowed = getattr(inspect, "_shadowed_dict_from_mro_tuple", None)
-    if hasattr(shadowed, "cache_clear"):
-        shadowed.cache_clear()
+    _let_go_of_stdlib_caches()
     gc.collect()
     alive = [ref() for ref in early if ref() is not None]
     assert not alive, f"{len(alive)} classes of the first rounds are kept, e.g. {alive[:3]}"
@@ -321,3 +332,54 @@ def test_s14_a_class_whose_entries_were_forgotten_is_journaled_as_before(
     assert not kept, f"not forgotten: {kept}"
     assert _behaviour(made, 7) == before
     _forget_home(made)
+
+
+def test_s14_context_classes_a_memory_store_keeps_frozen_are_not_kept_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(The first four classes are registered, and kept.) A finished saga
+    ``MemorySagaStore`` retains holds its flat context by its class's index
+    in a registry (no reference to the class, so the record
+    costs a full collection nothing); past ``CLASS_CACHE_BOUND`` classes the
+    registry takes no more — a context of a class beyond it is kept as a
+    snapshot instead (which holds its class only as long as the record) —
+    and every record still reads back exactly (S14)."""
+    registry = context_module._FROZEN_TYPES
+    monkeypatch.setattr(class_caches, "CLASS_CACHE_BOUND", len(registry) + 4)
+    store = MemorySagaStore(max_finished=4)
+    early: list[weakref.ref[Any]] = []
+
+    async def main() -> None:
+        for n in range(ROUNDS):
+            ctx_cls = dataclasses.make_dataclass(
+                f"Flat{n}", [("order", str, ""), ("n", int, 0)], bases=(SagaContext,)
+            )
+
+            class Bump(SagaStepHandler[SagaContext, None]):
+                async def act(self, context: Any, /) -> None:
+                    context.n += 1
+
+                async def compensate(self, context: Any, /) -> None:
+                    return None
+
+            saga_cls = types.new_class(
+                f"FlatSaga{n}", (Saga[ctx_cls],), {},  # type: ignore[valid-type]
+                functools.partial(dict.update, steps=[Bump]),
+            )
+            saga_id = f"flat-{n}"
+            await saga_cls(store=store).run(ctx_cls(order=f"o-{n}"), saga_id=saga_id)
+            record = await store.load(saga_id)
+            assert record.context == {"order": f"o-{n}", "n": 1}, n
+            if n < BOUND:
+                early.append(weakref.ref(ctx_cls))
+            del ctx_cls, Bump, saga_cls
+
+    asyncio.run(main())
+    assert len(registry) <= class_caches.CLASS_CACHE_BOUND
+    # The store's last records still read back exactly.
+    for n in range(ROUNDS - 4, ROUNDS):
+        assert asyncio.run(store.load(f"flat-{n}")).context == {"order": f"o-{n}", "n": 1}
+    _let_go_of_stdlib_caches()
+    gc.collect()
+    alive = [ref() for ref in early[4:] if ref() is not None]
+    assert not alive, f"{len(alive)} context classes of the first rounds are kept"
