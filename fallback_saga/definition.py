@@ -410,7 +410,8 @@ def context_type_of(cls: type, generic_base: type) -> type | None:
     """The concrete class bound to ``generic_base``'s first type parameter, if any.
 
     ``class OrderSaga(Saga[OrderContext])`` → ``OrderContext``. Walks the MRO so
-    that intermediate generic classes resolve too; returns None when unbound.
+    that intermediate generic classes resolve too; returns None when unbound
+    (or bound to ``Any`` or a ``Protocol``).
     """
     for klass in cls.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
@@ -418,7 +419,15 @@ def context_type_of(cls: type, generic_base: type) -> type | None:
             if not (isinstance(origin, type) and issubclass(origin, generic_base)):
                 continue
             args = get_args(base)
-            # (typing.Any is a class since Python 3.11, and binds nothing.)
-            if args and isinstance(args[0], type) and args[0] is not Any:
+            if args and isinstance(args[0], type) and not _binds_nothing(args[0]):
                 return args[0]
     return None
+
+
+def _binds_nothing(tp: type) -> bool:
+    """``typing.Any`` (a class since Python 3.11), or a ``typing.Protocol``:
+    a structural type, which no class subclasses by name (``issubclass`` and
+    ``isinstance`` refuse one not ``@runtime_checkable``) and no journal is
+    read back into — a static type checker holds it."""
+    # (typing.is_protocol is Python 3.13's; _is_protocol is what it reads.)
+    return tp is Any or getattr(tp, "_is_protocol", False) is True

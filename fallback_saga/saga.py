@@ -131,6 +131,15 @@ class Saga(ResumableSaga[ContextT]):
             check_store(store)
         self.store: SagaStore = store if store is not None else MemorySagaStore()
         self._live_store = is_live_journal(self.store)
+        if definition.context_type is None and not self._live_store:
+            # A crashed run is resumed from its journal, read back into the
+            # context class: without one, it would be left unresumable.
+            raise TypeError(
+                f"{type(self).__name__} must declare its context class "
+                f"(class {type(self).__name__}(Saga[MyContext])) to journal to "
+                f"{type(self.store).__name__}: a run is resumed after a crash from its "
+                f"journal, read back into that class"
+            )
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
         self.listeners = listener_tuple(listeners)
         self._hooks = Hooks(self.listeners)

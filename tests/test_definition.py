@@ -9,7 +9,8 @@ import inspect
 import types
 import unittest.mock
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 from helpers_saga import OrderCtx, Probe, Trace, declare
@@ -26,6 +27,7 @@ from fallback_saga import (
     SagaStatus,
     SagaStepHandler,
     SagaStepResult,
+    SQLiteSagaStore,
     Step,
 )
 
@@ -294,6 +296,64 @@ def test_S11_a_saga_or_step_bound_to_Any_checks_nothing(
     result = asyncio.run(saga_cls().run(OrderCtx()))
     assert result.status is SagaStatus.COMPLETED
     assert [r.step_name for r in result.results] == [step.__name__ for step in steps]
+
+
+class HasReservation(Protocol):
+    """What a reusable step needs of any context (a structural type)."""
+
+    reservation: str | None
+
+
+class ProtocolStep(SagaStepHandler[HasReservation, str]):
+    async def act(self, context: HasReservation) -> SagaStepResult[HasReservation, str]:
+        context.reservation = "r-2"
+        return self._generate_step_result("protocol")
+
+
+@pytest.mark.parametrize(
+    ("saga_context", "steps"),
+    [(OrderCtx, (Reserve, ProtocolStep)), (HasReservation, (ProtocolStep,))],
+    ids=["step-protocol", "saga-protocol"],
+)
+def test_S11_a_step_or_saga_bound_to_a_protocol_is_left_to_the_type_checker(
+    saga_context: Any, steps: tuple[Any, ...]
+) -> None:
+    """A ``typing.Protocol`` is a structural type: no class is its subclass
+    by name, and ``issubclass`` / ``isinstance`` raise ``TypeError`` on one
+    not ``@runtime_checkable`` (they did, from inside the library, at class
+    creation). It binds no context class; a static type checker holds the
+    structure."""
+    saga_cls = declare(*steps, context=saga_context)
+    result = asyncio.run(saga_cls().run(OrderCtx()))
+    assert result.status is SagaStatus.COMPLETED
+    assert result.context.reservation == "r-2"
+
+
+@pytest.mark.parametrize(
+    "saga_context", [None, Any, HasReservation], ids=["unbound", "any", "protocol"]
+)
+def test_S13_a_saga_without_a_context_class_is_refused_a_durable_store(
+    saga_context: Any, tmp_path: Path
+) -> None:
+    """A crashed run is resumed from its journal, which is read back into the
+    saga's context class: a saga that declares none would run, journal, and
+    after a crash be left where no recovery can resume it. So a store that
+    is written to (not the in-memory one) is refused it when the saga is
+    made (and so when a recovery worker is given it) — before anything runs."""
+    if saga_context is None:
+        saga_cls: Any = types.new_class(
+            "UnboundSaga", (Saga,), {}, lambda namespace: namespace.update(steps=[Reserve])
+        )
+    else:
+        saga_cls = declare(Reserve, context=saga_context, name="UnboundSaga")
+    store = SQLiteSagaStore(str(tmp_path / "sagas.db"))
+    try:
+        with pytest.raises(TypeError, match=r"UnboundSaga must declare its context class"):
+            saga_cls(store=store)
+        # The in-memory store (the default) keeps no journal to resume from.
+        assert asyncio.run(saga_cls().run(OrderCtx())).status is SagaStatus.COMPLETED
+    finally:
+        asyncio.run(store.close())
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "1", True])
