@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from .status import RAW_COMPLETED as _COMPLETED
 from .status import RAW_STARTED as _STARTED
 
-if TYPE_CHECKING:  # store/memory.py imports this module: no import of the store package here
+# store/_memory_records.py imports this module: no import of the store package here.
+if TYPE_CHECKING:
     from .store.base import Branch as BranchLabel
     from .store.base import RawEntry
 

@@ -583,7 +583,7 @@ def freeze_context(context: object) -> Any:
     n values)``, when it is a flat one of atomic values whose class can be
     made bare (``frozen_to_dict`` reads it); else a snapshot of it
     (``take_snapshot``). Flat, so that a store keeping it in a flat record
-    unpacks it as it is (``store.memory``)."""
+    unpacks it as it is (``store._memory_records``)."""
     cls: Any = context.__class__
     index = _FREEZABLE.get(cls)
     if index is None:
