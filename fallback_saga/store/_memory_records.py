@@ -4,8 +4,9 @@ the builders that make it, unrolled per size), a watched run read as a
 record, a frozen one thawed, and either one's summary and status.
 
 Used by ``memory`` (on the hot path: ``_freeze`` and the builders, as a
-saga retires) and by the store's reads (``_memory_reads``), its purge
-(``_memory_purge``) and its take-overs (``_memory_takeover``).
+saga retires), and by the store's families (``_memory_families``), reads
+(``_memory_reads``), purge (``_memory_purge``) and take-overs
+(``_memory_takeover``).
 """
 
 from __future__ import annotations
