@@ -172,6 +172,18 @@ class FuzzTarget:
     # The rows of the sagas table a filter selects, counted by plain SQL
     # beside the store (none: the counts are not checked): see count_problems.
     count_rows: Callable[[CountFilter], int] | None = None
+    # How many rows the table holds of a kind left open by design (docs/
+    # durability.md, "Left open"; strict xfails hold it): found by no index,
+    # so counted by every count and left out of the listing. A table holding
+    # one has its counts unchecked (the rest of the seed is checked).
+    open_gap_rows: Callable[[], int] | None = None
+
+
+def counts_checked(target: FuzzTarget) -> bool:
+    """Whether ``target``'s counts are checked against its listing now."""
+    if target.count_rows is None:
+        return False
+    return target.open_gap_rows is None or target.open_gap_rows() == 0
 
 
 # --------------------------------------------------------------------------- recovery, read back
@@ -256,7 +268,8 @@ async def recover_store(
 ) -> Outcome:
     out = Outcome()
     async with target.open() as store:
-        if target.count_rows is not None:
+        if counts_checked(target):
+            assert target.count_rows is not None
             out.problems += await count_problems(store, target.count_rows, "before recovery")
         out.before = await _records(store, out.problems, "before")
         LEDGER.clear()
@@ -278,7 +291,8 @@ async def recover_store(
         for saga_id, step, action, result in LEDGER:
             out.calls.setdefault(saga_id, []).append((step, action, result))
         after = await _records(store, out.problems, "after")
-        if target.count_rows is not None:
+        if counts_checked(target):
+            assert target.count_rows is not None
             out.problems += await count_problems(store, target.count_rows, "after recovery")
         for saga_id, record in after.items():
             out.final[saga_id] = (

@@ -76,7 +76,22 @@ def postgres_target(conninfo: str, schema: str) -> FuzzTarget:
         return PostgresSagaStore(conninfo, schema=schema, min_size=1, max_size=4)
 
     return FuzzTarget(store, store, ["--dsn", conninfo, "--schema", schema],
-                      lambda shown: count_rows(conninfo, schema, shown))
+                      lambda shown: count_rows(conninfo, schema, shown),
+                      lambda: open_gap_rows(conninfo, schema))
+
+
+def open_gap_rows(conninfo: str, schema: str) -> int:
+    """The finished sagas whose update time is not finite: no index holds
+    them (the one by update time holds the sagas in flight alone), so every
+    count counts them and the listing leaves them out — left open
+    (test_s12_counts_agree_with_listing_postgres, strict xfails)."""
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        row = conn.execute(
+            f"SELECT count(*) FROM {SAGAS_TABLE} WHERE NOT isfinite(updated_at)"
+            " AND status IN ('completed', 'compensated', 'failed')").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def count_rows(conninfo: str, schema: str, shown: CountFilter) -> int:
