@@ -6,10 +6,11 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ForwardRef, Literal, get_args, get_origin
 
 from .errors import SagaDefinitionError, short_id
 from .fallback import Fallback
@@ -29,6 +30,7 @@ __all__ = [
     "check_retry",
     "check_saga_name",
     "context_type_of",
+    "unresolved_context_name",
 ]
 
 # A saga name is an identifier in the journal, in logs and in the CLI's tables.
@@ -411,17 +413,62 @@ def context_type_of(cls: type, generic_base: type) -> type | None:
 
     ``class OrderSaga(Saga[OrderContext])`` → ``OrderContext``. Walks the MRO so
     that intermediate generic classes resolve too; returns None when unbound
-    (or bound to ``Any`` or a ``Protocol``).
+    (or bound to ``Any`` or a ``Protocol``). A class given by name
+    (``Saga["OrderContext"]``) is looked up in the module that declares the
+    subscripting class (see ``_named_class``); None while it names nothing.
     """
+    for klass, bound in _type_arguments(cls, generic_base):
+        if _forward_name(bound) is not None:
+            bound = _named_class(klass, bound)
+        if isinstance(bound, type) and not _binds_nothing(bound):
+            return bound
+    return None
+
+
+def unresolved_context_name(cls: type, generic_base: type) -> str | None:
+    """The string ``cls`` names its context class by (``Saga["OrderContext"]``)
+    when its module defines no such class, with that module's name: what a
+    refusal of a saga with no context class tells its author."""
+    for klass, bound in _type_arguments(cls, generic_base):
+        name = _forward_name(bound)
+        if name is not None and not isinstance(_named_class(klass, bound), type):
+            return f"{name!r}, which module {klass.__module__!r} does not define"
+    return None
+
+
+def _type_arguments(cls: type, generic_base: type) -> Iterator[tuple[type, object]]:
+    """Each first type argument ``generic_base`` is given along ``cls``'s MRO,
+    with the class whose bases give it."""
     for klass in cls.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
             origin = get_origin(base)
-            if not (isinstance(origin, type) and issubclass(origin, generic_base)):
-                continue
-            args = get_args(base)
-            if args and isinstance(args[0], type) and not _binds_nothing(args[0]):
-                return args[0]
-    return None
+            if isinstance(origin, type) and issubclass(origin, generic_base):
+                args = get_args(base)
+                if args:
+                    yield klass, args[0]
+
+
+def _forward_name(bound: object) -> str | None:
+    """The name of a type argument given as a string (a forward reference)."""
+    if isinstance(bound, ForwardRef):
+        return bound.__forward_arg__
+    return bound if isinstance(bound, str) else None
+
+
+def _named_class(klass: type, bound: object) -> object:
+    """What a forward reference names in the module that declares ``klass``
+    (``"OrderContext"``, or dotted: ``"models.OrderContext"``), as that
+    module's namespace holds it now; None if it names nothing. Looked up
+    name by name, never evaluated: the string is only ever a name."""
+    module = sys.modules.get(klass.__module__)
+    name = _forward_name(bound)
+    if module is None or name is None:
+        return None
+    first, *rest = name.split(".")
+    found: object = vars(module).get(first)
+    for attribute in rest:
+        found = getattr(found, attribute, None)
+    return found
 
 
 def _binds_nothing(tp: type) -> bool:

@@ -189,12 +189,7 @@ class ResumableSaga(Generic[ContextT]):
     ) -> SagaResult[ContextT]:
         definition = self.definition
         self._check_record(record, allow_changed_definition=allow_changed_definition)
-        if definition.context_type is None:
-            raise TypeError(
-                f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
-                f"to be resumed from a journal"
-            )
-        context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
+        context: Any = _journaled_context(record, definition)
         status = record.status
         point = resume_point(record, self._groups)
         failure = point.last_failure or ("", "")
@@ -269,9 +264,7 @@ class ResumableSaga(Generic[ContextT]):
         ``allow_changed_definition``: the override of the parent's resume."""
         definition = self.definition
         check_definition(record, definition, allow_changed=allow_changed_definition)
-        if definition.context_type is None:
-            raise TypeError(f"{definition.saga_name} must declare its context type")
-        context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
+        context: Any = _journaled_context(record, definition)
         point = resume_point(record, self._groups)
         execution = self._execution_at(record, context, point, lease, allow_changed_definition)
         if record.status is SagaStatus.RUNNING:
@@ -312,12 +305,7 @@ class ResumableSaga(Generic[ContextT]):
             )
         check_unwinding_retryable(record, leased=lease is not None)
         check_definition(record, definition, allow_changed=allow_changed_definition)
-        if definition.context_type is None:
-            raise TypeError(
-                f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
-                f"to be resumed from a journal"
-            )
-        context: Any = _journaled_context(record, definition.saga_name, definition.context_type)
+        context: Any = _journaled_context(record, definition)
         point = resume_point(record, self._groups)
         failure = point.last_failure or ("", "")
         execution = self._execution_at(record, context, point, lease, allow_changed_definition)
@@ -398,11 +386,20 @@ def _left_undone_at(
     return list(found.values())
 
 
-def _journaled_context(record: SagaRecord, saga_name: str, context_type: type) -> Any:
-    """The context ``record`` holds, as ``context_type``; a journal it does
-    not fit (the class changed since the saga started) is refused naming the
-    saga and the field (``ContextDecodeError``), before any step runs."""
+def _journaled_context(record: SagaRecord, definition: SagaDefinition) -> Any:
+    """The context ``record`` holds, as the saga's context class; a journal
+    it does not fit (the class changed since the saga started) is refused
+    naming the saga and the field (``ContextDecodeError``), before any step
+    runs. A saga that declares no context class has none to read it into (a
+    durable store refuses such a saga when it is made; this is a record of
+    the in-memory store, or of a store written to another way)."""
+    context_type = definition.context_type
+    if context_type is None:
+        raise TypeError(
+            f"{definition.saga_name} must declare its context type (Saga[MyContext]) "
+            f"to be resumed from a journal"
+        )
     try:
         return context_from_dict(context_type, record.context)
     except ContextDecodeError as error:
-        raise error.in_saga(record.saga_id, saga_name, context_type) from error
+        raise error.in_saga(record.saga_id, definition.saga_name, context_type) from error

@@ -17,6 +17,8 @@ from .definition import (
     check_retry,
     check_saga_name,
     check_timeout,
+    context_type_of,
+    unresolved_context_name,
 )
 from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
@@ -107,6 +109,8 @@ class Saga(ResumableSaga[ContextT]):
         definition = getattr(type(self), "definition", None)
         if definition is None:
             raise TypeError(f"{type(self).__name__} declares no steps; subclass Saga with steps")
+        if definition.context_type is None:
+            definition = _bound_late(type(self), definition)
         if step_factory is not None and not callable(step_factory):
             raise TypeError(
                 f"step_factory must be a callable factory(step_class) -> step, "
@@ -134,11 +138,13 @@ class Saga(ResumableSaga[ContextT]):
         if definition.context_type is None and not self._live_store:
             # A crashed run is resumed from its journal, read back into the
             # context class: without one, it would be left unresumable.
+            named = unresolved_context_name(type(self), Saga)
             raise TypeError(
                 f"{type(self).__name__} must declare its context class "
                 f"(class {type(self).__name__}(Saga[MyContext])) to journal to "
                 f"{type(self.store).__name__}: a run is resumed after a crash from its "
                 f"journal, read back into that class"
+                + (f" (it names it as the string {named})" if named else "")
             )
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
         self.listeners = listener_tuple(listeners)
@@ -227,6 +233,19 @@ class Saga(ResumableSaga[ContextT]):
         the steps that completed; an exception then propagates unchanged.
         """
         return SagaTransaction(self._execution(context, saga_id), self._plan)
+
+
+def _bound_late(saga_cls: type[Saga[Any]], definition: SagaDefinition) -> SagaDefinition:
+    """``saga_cls``'s definition, bound to the context class it names by a
+    string (``Saga["OrderContext"]``) that its module had not yet defined
+    when the class was created (declared further down): the module has run
+    since, so the name is looked up again and, when it now names a class,
+    the definition is built anew with it — once; its steps checked against
+    it, as at class creation (S11)."""
+    if context_type_of(saga_cls, Saga) is None:
+        return definition
+    saga_cls.definition = build_definition(saga_cls, saga_cls.steps, saga_cls.name, base=Saga)
+    return saga_cls.definition
 
 
 def _default_factory(saga_cls: type) -> StepFactory:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import sys
+import textwrap
 import types
 import unittest.mock
 from decimal import Decimal
@@ -734,3 +736,129 @@ def test_S12_a_step_step_factory_builds_under_another_name_is_refused() -> None:
         act = compensate = unittest.mock.AsyncMock()
 
     saga_cls(step_factory=lambda cls: Double())
+
+
+def _module_from(source: str, name: str) -> types.ModuleType:
+    """``source`` run as the module ``name``, registered in ``sys.modules``
+    while it runs (as an import does): its classes name each other by string."""
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(textwrap.dedent(source), f"<{name}>", "exec"), vars(module))
+    return module
+
+
+_NAMED_BY_STRING = """
+    import dataclasses
+    from fallback_saga import Saga, SagaContext, SagaStepHandler
+
+    class Reserve(SagaStepHandler["OrderCtx", str]):  # declared before OrderCtx
+        async def act(self, context):
+            context.reserved += 1
+            return self._generate_step_result("reserved")
+
+    class EarlySaga(Saga["OrderCtx"]):  # declared before OrderCtx
+        steps = [Reserve]
+
+    @dataclasses.dataclass
+    class OrderCtx(SagaContext):
+        reserved: int = 0
+
+    @dataclasses.dataclass
+    class OtherCtx(SagaContext):
+        reserved: int = 0
+
+    class LateSaga(Saga["OrderCtx"]):  # declared after OrderCtx
+        steps = [Reserve]
+"""
+
+
+@pytest.mark.parametrize("saga_name", ["EarlySaga", "LateSaga"])
+def test_S11_S13_a_context_class_named_by_a_string_is_bound(
+    saga_name: str, tmp_path: Path
+) -> None:
+    """``Saga["OrderCtx"]`` (a forward reference: the context class declared
+    further down the module, or kept out of an import cycle) bound nothing:
+    the run took any context, and a durable store refused the saga as one
+    with no context class. The name is looked up in the module that declares
+    the class (never evaluated): at class creation, or when the saga is made
+    if the module had not yet defined it then."""
+    module = _module_from(_NAMED_BY_STRING, f"named_by_string_{saga_name.lower()}")
+    try:
+        saga_cls = getattr(module, saga_name)
+        store = SQLiteSagaStore(str(tmp_path / "sagas.db"))
+        try:
+            saga = saga_cls(store=store)
+            assert saga_cls.definition.context_type is module.OrderCtx
+            result = asyncio.run(saga.run(module.OrderCtx(), saga_id="s-1"))
+            assert result.context.reserved == 1
+            record = asyncio.run(store.load("s-1"))
+            assert record.status is SagaStatus.COMPLETED
+            with pytest.raises(TypeError, match=r"runs on OrderCtx, got OtherCtx"):
+                asyncio.run(saga.run(module.OtherCtx()))
+        finally:
+            asyncio.run(store.close())
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_S11_a_step_named_on_a_string_context_is_checked_against_the_saga() -> None:
+    """A step bound by string to a context class the saga does not provide
+    is refused like one bound to the class itself."""
+    source = """
+        import dataclasses
+        from fallback_saga import Saga, SagaContext, SagaStepHandler
+
+        @dataclasses.dataclass
+        class OrderCtx(SagaContext):
+            reserved: int = 0
+
+        @dataclasses.dataclass
+        class OtherCtx(SagaContext):
+            pass
+
+        class Reserve(SagaStepHandler["OrderCtx", str]):
+            async def act(self, context):
+                return self._generate_step_result("reserved")
+
+        class WrongSaga(Saga[OtherCtx]):
+            steps = [Reserve]
+    """
+    with pytest.raises(SagaDefinitionError, match=r"works on OrderCtx, but WrongSaga provides"):
+        _module_from(source, "named_by_string_wrong")
+    sys.modules.pop("named_by_string_wrong", None)
+
+
+def test_S13_a_context_class_string_that_names_nothing_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    """A string that names nothing in the saga's module (a typo, or a class
+    only imported under ``TYPE_CHECKING``) binds nothing: a durable store
+    refuses the saga, saying which name was not found and where."""
+    source = """
+        from fallback_saga import Saga, SagaStepHandler
+
+        class Reserve(SagaStepHandler["Nowhere", str]):
+            async def act(self, context):
+                return self._generate_step_result("reserved")
+
+        class TypoSaga(Saga["OrdreCtx"]):
+            steps = [Reserve]
+    """
+    module = _module_from(source, "named_by_string_typo")
+    try:
+        store = SQLiteSagaStore(str(tmp_path / "sagas.db"))
+        try:
+            with pytest.raises(
+                TypeError,
+                match=r"TypoSaga must declare its context class .*'OrdreCtx'.*"
+                r"named_by_string_typo",
+            ):
+                module.TypoSaga(store=store)
+        finally:
+            asyncio.run(store.close())
+        # The in-memory store keeps no journal to resume from; the unbound
+        # step checks nothing, as before.
+        result = asyncio.run(module.TypoSaga().run(OrderCtx()))
+        assert result.status is SagaStatus.COMPLETED
+    finally:
+        del sys.modules[module.__name__]
