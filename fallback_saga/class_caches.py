@@ -83,7 +83,6 @@ def make_room(cache: dict[Any, Any] | set[Any]) -> None:
 def remember(cache: dict[K, V], key: K, value: V) -> V:
     """Put ``value`` in ``cache`` under ``key`` (emptying it first when it
     is full), and return it."""
-    if len(cache) >= CLASS_CACHE_BOUND:
-        cache.clear()
+    make_room(cache)
     cache[key] = value
     return value
