@@ -81,6 +81,21 @@ _SHAPED: Final = re.compile(
     r"|(?P<scheme>(?:Bearer|Basic)\s{1,8}+)(?P<credential>[\w.~+/-]{8,}+=*)"
     r")"
 )
+# A payment card's number quoted without a key (a participant's "declined
+# for card 4111..."): 13 to 19 digits, plain or grouped as printed (4-4-4-4
+# by spaces or dashes, or Amex's and Diners' 4-6-5 and 4-6-4), starting
+# with an issuer's first digit (2 to 6: a Unix time in milliseconds or
+# nanoseconds and a snowflake id start with 1), not inside a longer word
+# or number nor a float's digits. A match is a card's only if its check
+# digit holds (Luhn, ``_is_card``): 9 in 10 other numbers fail it.
+_CARD: Final = re.compile(
+    r"(?<![\w.])(?:[2-6][0-9]{12,18}"
+    r"|[2-6][0-9]{3}(?P<sep>[ -])[0-9]{4}(?P=sep)[0-9]{4}(?P=sep)[0-9]{1,4}"
+    r"|3[0-9]{3}(?P<amex>[ -])[0-9]{6}(?P=amex)[0-9]{4,5})(?!\w|\.[0-9])"
+)
+# What a card number is shown as: its last four digits, as a receipt shows
+# them (PCI DSS allows them), so that a support desk can still tell cards apart.
+_CARD_SHOWN: Final = "***{}"
 # What tells a credential from a word after "Basic"/"Bearer" ("Basic
 # authentication failed", "Bearer token required"): base64's digits or
 # symbols, or a capital inside it.
@@ -203,7 +218,7 @@ _LONGEST: Final = _PEM_SCAN + 256
 # added there needs its mark here.
 _MARKS: Final = re.compile(
     r"<[A-Za-z]|eyJ|k_live_|k_test_|whsec_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|sk-|AIza"
-    r"|Bearer|Basic|PRIVATE KEY"
+    r"|Bearer|Basic|PRIVATE KEY|(?<![\w.])[2-6][0-9]{3}[ -]?[0-9]{4}"
 )
 
 
@@ -228,12 +243,14 @@ def redact(text: str) -> str:
     in a URL, any value it quotes under a key named like a secret
     (``is_secret_key``), whatever that value is (a string, a number, a
     list, a dict, an object's repr), and the secrets known by their shape
-    (a JWT, an API key's prefix, a private key's PEM block)."""
+    (a JWT, an API key's prefix, a private key's PEM block, a payment
+    card's number: ``***`` and its last four digits)."""
     if "://" in text:
         text = _USERINFO.sub(r"\1***@", text)
     if "PRIVATE KEY" in text:
         text = _redact_pem(text)
     text = _SHAPED.sub(_redact_shaped, text)
+    text = _redact_cards(text)
     if "AKIA" in text or "ASIA" in text:
         text = _redact_aws(text)
     if ")=(" in text:
@@ -293,6 +310,43 @@ def _spliced(text: str, spans: Iterable[tuple[int, int]]) -> str:
         return text
     parts.append(text[done:])
     return "".join(parts)
+
+
+def _redact_cards(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for start, digits in _cards(text):
+        parts += (text[done:start[0]], _CARD_SHOWN.format(digits[-4:]))
+        done = start[1]
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _cards(text: str) -> Iterator[tuple[tuple[int, int], str]]:
+    """The span and digits of each card number ``text`` quotes (``_CARD``).
+    A grouping that is no card's may start a card's digits further on
+    (``4242 4111 1111 1111 1111``): the search goes on from the next
+    character, not past it — a few characters more at most, per match."""
+    at = 0
+    while (found := _CARD.search(text, at)) is not None:
+        digits = found[0].replace(" ", "").replace("-", "")
+        if _is_card(digits):
+            yield found.span(), digits
+            at = found.end()
+        else:
+            at = found.start() + 1
+
+
+def _is_card(digits: str) -> bool:
+    """Whether ``digits``' last digit is their Luhn check digit."""
+    total = 0
+    for place, digit in enumerate(map(int, reversed(digits))):
+        if place % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
 
 
 def _redact_aws(text: str) -> str:

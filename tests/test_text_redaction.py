@@ -142,6 +142,57 @@ def test_S12_a_secret_quoted_without_a_key_is_redacted_by_its_shape(
     assert leaked(redact(text)) == []
 
 
+# A payment card's number quoted in prose, without a key (a participant's
+# "declined for card 4111..."): redacted by its shape — 13 to 19 digits,
+# plain or grouped as printed, of an issuer's first digit (2 to 6), whose
+# check digit holds (Luhn) — keeping the last four, as a receipt does.
+CARD_TEXTS = [
+    (f"declined for card {CARD}", "declined for card ***1111"),
+    ("card 4111 1111 1111 1111 declined", "card ***1111 declined"),
+    ("card 4111-1111-1111-1111, expired", "card ***1111, expired"),
+    ("amex 3782 822463 10005 refused", "amex ***0005 refused"),
+    ("amex 378282246310005", "amex ***0005"),
+    ("diners 30569309025904 ok", "diners ***5904 ok"),
+    ("mastercard (2221000000000009) blocked", "mastercard (***0009) blocked"),
+    (f'{{"note": "pay with {CARD2}"}}', '{"note": "pay with ***5559"}'),
+    ("{'card': Card(number='6011111111111117')}", "{'card': Card(number='***1117')}"),
+    # A grouping whose digits fail the check, then a card: the card is found.
+    ("4242 4111 1111 1111 1111", "4242 ***1111"),
+]
+
+
+@pytest.mark.parametrize(("text", "shown"), CARD_TEXTS)
+def test_S12_a_card_number_quoted_without_a_key_is_redacted_by_its_shape(
+    text: str, shown: str
+) -> None:
+    """It was shown whole: in a log line, on the console, in ``show``."""
+    assert redact(text) == shown
+    assert leaked(redact(text)) == []
+    assert logged_text(text) == shown
+    assert one_line(text) == shown
+
+
+def test_S12_numbers_that_are_no_card_stay_shown() -> None:
+    """Ids, timestamps, amounts and counts are not card numbers: a check
+    digit that fails, a first digit no card has (a Unix time in ms or ns, a
+    snowflake id), a run of digits too long or too short, a part of a
+    longer word or number, a float's digits."""
+    for text in (
+        "order 4111111111111112 failed",  # the check digit fails
+        "at 1765142220123 (ms) and 1765142220123456789 (ns)",
+        "snowflake 1180000000000000001",
+        "amount 0.4111111111111111 and 4111111111111111.5",
+        "ids o-4111111111111111x and A4111111111111111",
+        "digits 41111111111111111111111",
+        "short 411111111111",
+        "b47a220b-d059-acf2-2483-000000000001",
+        "phone +1 415 555 2671, fax 4155552672",
+        "version 4.1.1.1 build 41111",
+    ):
+        assert redact(text) == text, text
+        assert one_line(text) == text, text
+
+
 # Keys and values in the other forms a text quotes them in.
 @pytest.mark.parametrize(
     ("text", "shown"),
@@ -271,6 +322,10 @@ ADVERSARIAL = (
     "{" * 500_000 + "password: " + "a" * 500_000,
     "session_id=" * 90_000,
     "sid=a&" * 166_667,
+    "4" * 1_000_000,
+    "4111 " * 200_000,
+    "4111-1111 " * 100_000,
+    "3782 822463 " * 90_000,
 )
 
 
