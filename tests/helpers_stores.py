@@ -56,16 +56,18 @@ async def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Async
 
 
 def record_lease_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
-    """From now on, each statement the PostgreSQL store's leases send (its
-    text and parameters), in order, as the list returned."""
-    from fallback_saga.store import _postgres_leases  # the PostgreSQL tests' only
+    """From now on, each statement the PostgreSQL store's claims and leases
+    send (its text and parameters), in order, as the list returned."""
+    # The PostgreSQL tests' only
+    from fallback_saga.store import _postgres_claims, _postgres_leases
 
     sent: list[tuple[str, list[Any]]] = []
-    query = _postgres_leases._query
+    query = _postgres_leases._query  # the connection layer's, which both import
 
     async def recorded(conn: Any, statement: str, values: Any = (), *args: Any) -> Any:
         sent.append((statement, list(values)))
         return await query(conn, statement, values, *args)
 
+    monkeypatch.setattr(_postgres_claims, "_query", recorded)
     monkeypatch.setattr(_postgres_leases, "_query", recorded)
     return sent

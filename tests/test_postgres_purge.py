@@ -319,10 +319,10 @@ async def test_S13_a_purge_whose_driver_swallows_its_cancellation_stops(
     for "smaller batches, again") or retry and answer: either way the purge
     stops there, rather than going on behind its canceller's back."""
     # The purge reads its batch sizes where it runs (postgres.py re-exports them).
-    import fallback_saga.store._postgres_reads as reads
+    import fallback_saga.store._postgres_purge as purging
 
-    monkeypatch.setattr(reads, "PURGE_BATCH", 100)
-    monkeypatch.setattr(reads, "PURGE_BATCH_MAX", 100)
+    monkeypatch.setattr(purging, "PURGE_BATCH", 100)
+    monkeypatch.setattr(purging, "PURGE_BATCH_MAX", 100)
     await make_backlog(pg_conninfo, pg_schema, None)
     with psycopg.connect(pg_conninfo, autocommit=True) as conn:
         conn.execute(f'DROP TRIGGER slow_delete ON "{pg_schema}".fallback_saga_sagas')

@@ -26,10 +26,11 @@ pytest_plugins = ["conftest_pg"]
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Batches of 10 (and never larger), the second refused by the server;
     the batches tried, counted."""
-    import fallback_saga.store._postgres_reads as reads
+    # The purge reads its batch sizes where it runs (postgres.py re-exports them).
+    import fallback_saga.store._postgres_purge as purging
 
-    monkeypatch.setattr(reads, "PURGE_BATCH", 10)
-    monkeypatch.setattr(reads, "PURGE_BATCH_MAX", 10)
+    monkeypatch.setattr(purging, "PURGE_BATCH", 10)
+    monkeypatch.setattr(purging, "PURGE_BATCH_MAX", 10)
     fetch = PostgresSagaStore._fetch
     tried: list[int] = []
 

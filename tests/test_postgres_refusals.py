@@ -43,7 +43,7 @@ import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402
 from pg_cluster import PostgresCluster  # noqa: E402
 
-from fallback_saga.store import _postgres_reads  # noqa: E402
+from fallback_saga.store import _postgres_purge  # noqa: E402
 from fallback_saga.store import _postgres_sql as pg_sql  # noqa: E402
 from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
 
@@ -764,7 +764,7 @@ async def test_S13_a_purge_refused_after_earlier_batches_says_they_stay_deleted(
     a batch (a trigger): if it was the first, nothing of the purge was
     written, and the error says so; after batches that committed, it is
     not "nothing written" — the error says how many sagas stay deleted."""
-    monkeypatch.setattr(_postgres_reads, "PURGE_BATCH", 1)
+    monkeypatch.setattr(_postgres_purge, "PURGE_BATCH", 1)
     async with PostgresSagaStore(pg_conninfo, schema=pg_schema) as store:
         for saga_id in ("p-1", "p-2", "p-3"):
             await store.create(saga_id, "P", "fp", {}, [], status=SagaStatus.COMPLETED)

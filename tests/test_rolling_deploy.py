@@ -32,7 +32,7 @@ require_driver()  # skips this module without psycopg (fails under CI)
 import psycopg  # noqa: E402
 import psycopg_pool  # noqa: E402
 
-from fallback_saga.store import _postgres_leases as pg_leases  # noqa: E402
+from fallback_saga.store import _postgres_claims as pg_claims  # noqa: E402
 from fallback_saga.store.postgres import PostgresSagaStore  # noqa: E402
 
 SAGA = "running-in-act"  # upgrade_app's saga whose process dies inside act B
@@ -84,13 +84,13 @@ async def test_S10_a_claim_given_back_by_todays_worker_never_frees_a_0_9_0_worke
     # committed, and then the server cannot be reached until ``reachable``.
     reachable = asyncio.Event()
     reachable.set()
-    real_getconn = pg_leases._getconn
+    real_getconn = pg_claims._getconn  # the give-back's (_forget_claim)
 
     async def getconn(pool: psycopg_pool.AsyncConnectionPool[Any]) -> Any:
         await reachable.wait()
         return await real_getconn(pool)
 
-    monkeypatch.setattr(pg_leases, "_getconn", getconn)
+    monkeypatch.setattr(pg_claims, "_getconn", getconn)
     pool = psycopg_pool.AsyncConnectionPool(pg_conninfo, min_size=1, max_size=4, open=False,
                                             kwargs={"autocommit": True})
     await pool.open(wait=True)

@@ -6,8 +6,9 @@ certainly not written says so; the texts: ``_postgres_errors``).
 ``FetchingStore`` is what ``PostgresSagaStore`` is built on (its base
 class), itself built on the pool's life (``_postgres_pool.PooledStore``).
 The store's journal writes (``_postgres_writes``), reads
-(``_postgres_reads``) and leases (``_postgres_leases``) all run their
-statements through it.
+(``_postgres_reads``), counts (``_postgres_counts``), purge
+(``_postgres_purge``), claims (``_postgres_claims``) and leases
+(``_postgres_leases``) all run their statements through it.
 """
 
 from __future__ import annotations

@@ -290,7 +290,7 @@ class _Statements:
         self.newest_first = " ORDER BY seq DESC LIMIT %s::bigint"
         self.seq_of = f"SELECT seq FROM {sagas} WHERE saga_id = %s"
         self.count = f"SELECT saga_name, status, count(*) FROM {sagas}"
-        # The first and last creation time, for _covers_most (two index reads).
+        # The first and last creation time, for Counts.covers_most (two index reads).
         self.created_span = (
             f"SELECT {_EPOCH.format('min(created_at)')}, {_EPOCH.format('max(created_at)')}"
             f" FROM {sagas}"

@@ -7,7 +7,7 @@ and whether its saga is in flight is unknown. The claim takes sagas by
 status (running, compensating) and so never met it: no ``recover`` pass,
 no worker, no log line named the saga, left waiting for ever. It is never
 leased (nothing could resume it); the claim reports it as skipped, with the
-readers' words (``_postgres_leases``), to whoever collects skipped rows.
+readers' words (``_postgres_claims``), to whoever collects skipped rows.
 
 The status column is ``text NOT NULL`` with no CHECK: any text fits, the
 empty string included (no NUL, no invalid UTF-8: the server refuses both).

@@ -46,7 +46,7 @@ IN_FLIGHT: Final = frozenset({SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.
 # taken is written out. (No partial index holds it: it reads updated_at and
 # lease_expires_at, which every append and renewal writes, and an index on
 # them would end those updates in place (HOT); the ``unclaimable`` query is
-# bounded by the claim's own walk instead: _postgres_leases.)
+# bounded by the claim's own walk instead: _postgres_claims.)
 UNLEASABLE_SQL: Final = (
     f"(fence >= {INT8_MAX} OR unreleased_claims >= {INT4_MAX}"
     " OR NOT isfinite(created_at) OR NOT isfinite(updated_at)"

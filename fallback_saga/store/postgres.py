@@ -89,21 +89,25 @@ parameterized.
 Layout. This module is the store itself: its settings, its statistics and
 the methods of the protocols, each handed over to an object the store
 holds — its journal writes (``create``/``append``/``submit_*`` and the
-group commit's statements) to ``_postgres_writes``, its reads and operator
-queries to ``_postgres_reads``, its recovery leases to
-``_postgres_leases``. The connection layer it is built on is two base
-classes: running a statement (``_fetch``) and its errors,
-``_postgres_fetch``, on the pool's life (open, close, the event loop, the
-tables' sizes), ``_postgres_pool`` (its own pool made and opened:
-``_postgres_own_pool``). Below them, talking to the server (the driver,
-queries, connections the server closed) is ``_postgres_conn``, the tables
-and their migrations ``_postgres_schema``, the statements, the JSON the
-writes travel as and the decoding of rows ``_postgres_sql``, and the
-store's errors and their texts ``_postgres_errors``. Imports run one way:
-the store imports them all; its writes, reads and leases import the
-connection layer and those below it, never each other; ``_postgres_fetch``
-imports ``_postgres_pool``, which imports only those below; and of those
-below, each imports only those named before it.
+group commit's statements) to ``_postgres_writes``; its reads to
+``_postgres_reads``, its counts to ``_postgres_counts`` and its purge to
+``_postgres_purge``; its batch claim (and the give-back of what a claim
+whose answer never came took) to ``_postgres_claims``, one saga's lease
+(``claim_saga``, ``renew``, ``release``, ...) to ``_postgres_leases``. The
+connection layer it is built on is two base classes: running a statement
+(``_fetch``) and its errors, ``_postgres_fetch``, on the pool's life (open,
+close, the event loop, the tables' sizes), ``_postgres_pool`` (its own
+pool made and opened: ``_postgres_own_pool``). Below them, talking to the
+server (the driver, queries, connections the server closed) is
+``_postgres_conn``, the tables and their migrations ``_postgres_schema``,
+the statements, the JSON the writes travel as and the decoding of rows
+``_postgres_sql``, and the store's errors and their texts
+``_postgres_errors``. Imports run one way: the store imports them all; the
+objects it holds import the connection layer and those below it, and of
+each other only what one is handed in its ``__init__`` (the reads the
+counts, the leases the claims); ``_postgres_fetch`` imports
+``_postgres_pool``, which imports only those below; and of those below,
+each imports only those named before it.
 """
 
 from __future__ import annotations
@@ -117,10 +121,13 @@ from typing import TYPE_CHECKING, Any, Final
 from ..status import SagaStatus
 from ._group_commit import GroupCommit
 from ._parking import PARK_AFTER
+from ._postgres_claims import Claims
+from ._postgres_counts import Counts
 from ._postgres_fetch import FetchingStore
 from ._postgres_leases import Leases
 from ._postgres_oversize import MAX_STATEMENT_TEXT
-from ._postgres_reads import PURGE_BATCH, PURGE_BATCH_MAX, PURGE_BATCH_SECONDS, Reads
+from ._postgres_purge import PURGE_BATCH, PURGE_BATCH_MAX, PURGE_BATCH_SECONDS, Purging
+from ._postgres_reads import Reads
 from ._postgres_schema import SCHEMA_VERSION
 from ._postgres_sql import _Write
 from ._postgres_writes import Writes
@@ -263,8 +270,14 @@ class PostgresSagaStore(FetchingStore):
         # through the store's object on the way.
         self._submit_create = self._writes.submit_create
         self._submit_append = self._writes.submit_append
-        self._reads = Reads(self)
-        self._leases = Leases(self)
+        # The listing asks the counts whether its window holds most sagas.
+        self._counts = Counts(self)
+        self._reads = Reads(self, self._counts)
+        self._purging = Purging(self)
+        # The claims own the give-backs under way (_settle waits for them);
+        # the leases hand them what claim_saga may have taken with no answer.
+        self._claims = Claims(self)
+        self._leases = Leases(self, self._claims)
 
     @property
     def _journal(self) -> GroupCommit[_Write, None]:
@@ -279,7 +292,7 @@ class PostgresSagaStore(FetchingStore):
 
     async def _settle(self) -> None:
         await self._journal.idle()  # writes already queued are finished first
-        await self._leases.settle()
+        await self._claims.settle()
 
     def __repr__(self) -> str:
         # Never the conninfo: it may hold a password.
@@ -373,7 +386,7 @@ class PostgresSagaStore(FetchingStore):
         """``append``'s write, queued: its future."""
         return self._submit_append(saga_id, entries, status, context, fence, after, deadline)
 
-    # ------------------------------------------------------------------ reads (_postgres_reads)
+    # ----------------------------- reads (_postgres_reads, _postgres_counts, _postgres_purge)
 
     async def load(self, saga_id: str) -> SagaRecord:
         """The saga's record, read in one snapshot; ``SagaNotFound``, or
@@ -432,7 +445,7 @@ class PostgresSagaStore(FetchingStore):
         leaves out, is not counted either: the counts say what the listing
         shows, and their ``unreadable`` how many rows it left out (``None``
         with ``at_most``)."""
-        return await self._reads.count_sagas(
+        return await self._counts.count_sagas(
             saga_name=saga_name, created_since=created_since, created_until=created_until,
             at_most=at_most,
         )
@@ -476,7 +489,7 @@ class PostgresSagaStore(FetchingStore):
         batches deleted: their sum is what ``on_batch`` was told.
         A batch under way when the purge is cancelled may have committed
         (the server answered as it was cancelled): not told."""
-        return await self._reads.purge(
+        return await self._purging.purge(
             older_than=older_than, statuses=statuses, on_batch=on_batch
         )
 
@@ -490,9 +503,9 @@ class PostgresSagaStore(FetchingStore):
         those a lease holds (an operator's ``retry-unwinding``), which
         ``purge`` with the same arguments keeps. The ``purge`` command says
         how many of each it kept."""
-        return await self._reads.old_finished(older_than=older_than, statuses=statuses, held=held)
+        return await self._purging.old_finished(older_than=older_than, statuses=statuses, held=held)
 
-    # ------------------------------------------------------------------ leases (_postgres_leases)
+    # ------------------------------------------- leases (_postgres_claims, _postgres_leases)
 
     async def lease_state(self, saga_id: str) -> LeaseState:
         """The saga's lease owner, expiry and fencing token; ``SagaNotFound``."""
@@ -515,7 +528,7 @@ class PostgresSagaStore(FetchingStore):
         may commit all the same: what it took is given back in the
         background, by the marker it set on its leases, once its
         transaction has ended (``_forget_claim``)."""
-        return await self._leases.claim(
+        return await self._claims.claim(
             owner=owner, lease_seconds=lease_seconds, older_than=older_than, limit=limit,
             deferred=deferred, names=names,
         )
