@@ -769,10 +769,16 @@ _NAMED_BY_STRING = """
 
     class LateSaga(Saga["OrderCtx"]):  # declared after OrderCtx
         steps = [Reserve]
+
+    class DottedSaga(Saga["models.OrderCtx"]):  # through a module's attribute
+        steps = [Reserve]
+
+    import types
+    models = types.SimpleNamespace(OrderCtx=OrderCtx)
 """
 
 
-@pytest.mark.parametrize("saga_name", ["EarlySaga", "LateSaga"])
+@pytest.mark.parametrize("saga_name", ["EarlySaga", "LateSaga", "DottedSaga"])
 def test_S11_S13_a_context_class_named_by_a_string_is_bound(
     saga_name: str, tmp_path: Path
 ) -> None:
