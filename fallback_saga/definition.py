@@ -427,12 +427,12 @@ def context_type_of(cls: type, generic_base: type) -> type | None:
 
 def unresolved_context_name(cls: type, generic_base: type) -> str | None:
     """The string ``cls`` names its context class by (``Saga["OrderContext"]``)
-    when its module defines no such class, with that module's name: what a
+    when it names no class in its module (yet), with that module's name: what a
     refusal of a saga with no context class tells its author."""
     for klass, bound in _type_arguments(cls, generic_base):
         name = _forward_name(bound)
         if name is not None and not isinstance(_named_class(klass, bound), type):
-            return f"{name!r}, which module {klass.__module__!r} does not define"
+            return f"{name!r}, which names no class in module {klass.__module__!r}"
     return None
 
 
