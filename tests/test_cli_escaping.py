@@ -11,9 +11,11 @@ text holds no character a terminal would act on.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shlex
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -410,3 +412,64 @@ def test_resume_of_a_failed_saga_tells_retry_unwinding_with_the_id_quoted_and_es
     err = capsys.readouterr().err
     assert_terminal_safe(err)
     assert "retry-unwinding 'order 42 '\"'\"'x'\"'\"' \"$HOME\"\\x1b[2J'" in err
+
+
+# --------------------------------------------------------------- a terminal that is not UTF-8
+
+# A saga id in Latin-1, beyond it (CJK) and beyond the BMP (an emoji).
+WORLDLY = "commande-été-日本-😀"
+
+
+class _AsciiTerminal:
+    """``sys.stdout`` as ``PYTHONIOENCODING=ascii`` (or a Windows console in
+    cp1252, a pipe under LANG=C on an old Python) makes it: an ASCII text
+    stream, strict, over bytes the test reads back."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.raw = io.BytesIO()
+        self.stream = io.TextIOWrapper(self.raw, encoding="ascii", errors="strict")
+        monkeypatch.setattr(sys, "stdout", self.stream)
+
+    def text(self) -> str:
+        self.stream.flush()
+        return self.raw.getvalue().decode("ascii")  # the bytes are ASCII, or this fails
+
+
+def _worldly_store(db: str) -> None:
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            await store.create(WORLDLY, "Saga", "fp", {"note": WORLDLY}, [entry(0, "Réserver")])
+
+    asyncio.run(go())
+
+
+def test_human_formats_and_help_print_on_a_terminal_that_is_not_utf8(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was a raw UnicodeEncodeError traceback (exit 1) for ``list``, ``show``
+    and even ``--help`` (its text has dashes): a character the terminal cannot
+    show is written as an escape, as ``terminal_text`` shows a control one."""
+    _worldly_store(db)
+    for argv in (["list", "--db", db], ["show", WORLDLY, "--db", db],
+                 ["show", WORLDLY, "--db", db, "--mermaid"], ["list", "--help"]):
+        terminal = _AsciiTerminal(monkeypatch)
+        assert main(argv) == 0, argv
+        out = terminal.text()
+        if argv[-1] != "--help":
+            assert "commande-\\xe9t\\xe9-\\u65e5\\u672c-\\U0001f600" in out, argv
+
+
+def test_json_on_a_terminal_that_is_not_utf8_is_still_exact_json(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was a UnicodeEncodeError traceback; a Python escape (``\\xe9``) would
+    not be JSON: what the terminal cannot show is written as a JSON escape."""
+    _worldly_store(db)
+    terminal = _AsciiTerminal(monkeypatch)
+    assert main(["list", "--db", db, "--json"]) == 0
+    assert [row["saga_id"] for row in json.loads(terminal.text())] == [WORLDLY]
+    terminal = _AsciiTerminal(monkeypatch)
+    assert main(["show", WORLDLY, "--db", db, "--json"]) == 0
+    data = json.loads(terminal.text())
+    assert data["saga_id"] == WORLDLY
+    assert data["context"] == {"note": WORLDLY}

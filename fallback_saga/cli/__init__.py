@@ -80,7 +80,13 @@ from .recover import add_recover_command
 from .resume import add_resume_command
 from .retry_unwinding import add_retry_unwinding_command
 from .serve import add_serve_command
-from .text import MAX_CELL, MAX_CONTEXT, MAX_VALUE, terminal_text
+from .text import (
+    MAX_CELL,
+    MAX_CONTEXT,
+    MAX_VALUE,
+    escape_what_stdout_cannot_show,
+    terminal_text,
+)
 
 __all__ = [
     "MAX_CELL",
@@ -180,6 +186,8 @@ def _error_text(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command-line entry point; returns the exit status."""
+    # Before anything is printed, --help included (its text has dashes).
+    escape_what_stdout_cannot_show()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import pathlib
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from .text import (
     print_lines,
     quoted_id,
     render_table,
+    stdout_json,
     terminal_text,
     when,
 )
@@ -233,6 +233,8 @@ def add_list_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
 LIST_PAGE: int = 1000
 # Output up to this size stays in memory; more goes to a temporary file.
 _SPOOL_IN_MEMORY = 1 << 20
+# Characters copied from the spool to stdout at a time.
+_COPY_CHUNK = 1 << 16
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -278,7 +280,10 @@ def _list_json(target: Any, status: SagaStatus | None, name: str | None, limit: 
 
         asyncio.run(read_store(target, fetch))
         spool.seek(0)
-        shutil.copyfileobj(spool, sys.stdout)
+        # A chunk ends on a whole character (a text stream): each is escaped
+        # for a stdout that is not UTF-8 as print_json's text is (stdout_json).
+        while chunk := spool.read(_COPY_CHUNK):
+            sys.stdout.write(stdout_json(chunk))
     return EXIT_OK
 
 

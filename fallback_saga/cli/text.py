@@ -8,7 +8,9 @@ JSON, with the characters a terminal could act on written as JSON escapes.
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -20,11 +22,13 @@ __all__ = [
     "MAX_CONTEXT",
     "MAX_PATH",
     "MAX_VALUE",
+    "escape_what_stdout_cannot_show",
     "json_text",
     "print_json",
     "print_lines",
     "quoted_id",
     "render_table",
+    "stdout_json",
     "terminal_text",
     "when",
 ]
@@ -129,7 +133,48 @@ def render_table(
 
 
 def print_json(data: object) -> None:
-    sys.stdout.write(json_text(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
+    sys.stdout.write(stdout_json(json_text(json.dumps(data, indent=2, ensure_ascii=False))) + "\n")
+
+
+# A stdout that is not UTF-8 (PYTHONIOENCODING=ascii, a cp1252 Windows
+# console, an old Python's C locale) cannot write every character a saga id,
+# a step name, an error text or the help text holds: with its default
+# ``errors="strict"`` the command ended in a UnicodeEncodeError traceback.
+
+
+def _writes_any_text(stream: object) -> bool:
+    """True for a stream whose encoding can write every character (UTF-8, -16, -32)."""
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str):
+        return True  # not a text stream we know of: left as it is
+    try:
+        return codecs.lookup(encoding).name.startswith("utf")
+    except LookupError:
+        return True
+
+
+def escape_what_stdout_cannot_show() -> None:
+    """On a stdout that is not UTF-8, write what it cannot encode as a Python
+    escape (``\\xe9``), as ``terminal_text`` shows a control character,
+    instead of failing (``errors="backslashreplace"``, stderr's own default).
+    The JSON formats escape such characters themselves first (``stdout_json``)."""
+    stream = sys.stdout
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None and not _writes_any_text(stream):
+        reconfigure(errors="backslashreplace")
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def stdout_json(text: str) -> str:
+    """JSON text as stdout can write it: unchanged on a UTF stream; else with
+    every non-ASCII character as a JSON escape — the same JSON (such a
+    character is only ever inside a string), where the Python escape that
+    ``escape_what_stdout_cannot_show`` would write is not JSON."""
+    if text.isascii() or _writes_any_text(sys.stdout):
+        return text
+    return _NON_ASCII.sub(lambda found: _json_escape(found.group()), text)
 
 
 def print_lines(lines: Sequence[str]) -> None:
