@@ -72,6 +72,15 @@ class Fallback:
             raise SagaDefinitionError(
                 f"Fallback step and fallback are the same step ({self.step!r})"
             )
+        if isinstance(self.circuit_breaker, type):
+            # A breaker class has ``call`` and ``is_open_error`` too, so it
+            # passes the protocol check below, and every run would then fail
+            # inside the library calling them unbound (the primary never run).
+            name = self.circuit_breaker.__name__
+            raise SagaDefinitionError(
+                f"Fallback circuit_breaker takes a breaker instance, got the class {name}: "
+                f"pass {name}(...), one per downstream service, shared by its sagas"
+            )
         if self.circuit_breaker is not None and not isinstance(
             self.circuit_breaker, CircuitBreakerProtocol
         ):

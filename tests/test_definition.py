@@ -18,6 +18,7 @@ import pytest
 from helpers_saga import OrderCtx, Probe, Trace, declare
 
 from fallback_saga import (
+    CircuitBreaker,
     Fallback,
     Response,
     RetryPolicy,
@@ -254,6 +255,16 @@ def test_S11_fallback_with_two_instances_of_one_step_class() -> None:
 def test_S11_non_exception_type_in_failure_exceptions(failure_exceptions: Any) -> None:
     with pytest.raises(SagaDefinitionError, match="failure_exceptions"):
         declare(Fallback(step=Reserve, fallback=Charge, failure_exceptions=failure_exceptions))
+
+
+def test_S11_a_breaker_class_instead_of_a_breaker_is_refused_at_class_creation() -> None:
+    """``circuit_breaker=CircuitBreaker`` (the class) has ``call`` and
+    ``is_open_error``, so it passed the protocol check; every run then
+    failed inside the library (``is_open_error() missing 1 required
+    positional argument``), the saga compensated, the primary never run."""
+    with pytest.raises(SagaDefinitionError, match=r"circuit_breaker.*CircuitBreaker\(") as refused:
+        declare(Fallback(step=Reserve, fallback=Charge, circuit_breaker=CircuitBreaker))
+    assert "the class CircuitBreaker" in str(refused.value)
 
 
 @pytest.mark.parametrize(
