@@ -501,11 +501,7 @@ def _check_settings(
     the wrong kind, before anything is made of them."""
     if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
         raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
-    if (
-        isinstance(reset_timeout, bool)
-        or not isinstance(reset_timeout, int | float)
-        or not 0 < reset_timeout < float("inf")
-    ):
+    if not _seconds_above_zero(reset_timeout):
         raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
     if name is not None and not (isinstance(name, str) and name):
         raise ValueError(f"name must be a non-empty str, got {name!r}")
@@ -527,14 +523,22 @@ def _check_settings(
             )
         if name is None:
             raise ValueError("a breaker with a state_store needs an explicit name")
-    if (
-        isinstance(sync_interval, bool)
-        or not isinstance(sync_interval, int | float)
-        or not 0 < sync_interval < float("inf")
-    ):
+    if not _seconds_above_zero(sync_interval):
         raise ValueError(f"sync_interval must be seconds > 0, got {sync_interval!r}")
     if wall_clock is not None and not callable(wall_clock):
         raise TypeError(f"wall_clock must be a zero-argument callable, got {wall_clock!r}")
+
+
+def _seconds_above_zero(value: object) -> bool:
+    """Whether ``value`` is a finite number of seconds > 0 that a float holds
+    (the breaker keeps it as one: ``float()`` of a larger int would be an
+    ``OverflowError`` naming nothing). A bool is no number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return 0 < float(value) < float("inf")
+    except OverflowError:
+        return False
 
 
 def _exclude_rules(

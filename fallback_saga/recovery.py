@@ -19,6 +19,7 @@ from typing import Any
 
 from .claimed_saga import _CANCELLED, ClaimedSaga, Outcome, children_first
 from .events import collect_hooks, emit, listener_tuple
+from .given_numbers import claim_count, seconds_given
 from .lease_give_back import GIVEN_BACK_FOR_GOOD, named_sagas, refusal
 from .log_lines import library_logger
 from .resumption import (
@@ -56,7 +57,6 @@ __all__ = [
     "recover",
     "resume_point",
     "sagas_by_name",
-    "seconds_given",
 ]
 
 _log = library_logger("fallback_saga")
@@ -65,19 +65,6 @@ _log = library_logger("fallback_saga")
 # The resumes a ``recover`` pass let go (they did not stop when asked): kept
 # here until they end, as the event loop keeps only weak references to tasks.
 _LET_GO: set[asyncio.Task[Any]] = set()
-
-
-def seconds_given(name: str, value: float | timedelta, *, positive: bool) -> float:
-    """``value`` (seconds, or a ``timedelta``) as a float, refused with a
-    ``ValueError`` naming ``name`` unless finite and > 0 (``positive``) or >= 0."""
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        value > 0 if positive else value >= 0
-    ) or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds "
-                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- recover
@@ -267,9 +254,13 @@ async def recover(
     # Checked as RecoveryWorker checks them: a str from a config file would
     # otherwise fail deep in a comparison ("'<' not supported ...").
     older_than = seconds_given("older_than", older_than, positive=False)
-    for name, number in (("limit", limit), ("concurrency", concurrency)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {number!r}")
+    # As a worker's and retry_unwinding's: a lease <= 0 has run out when it is
+    # taken (and has no heartbeat), so another pass could claim the saga and
+    # drive it too while this one runs its steps.
+    lease = seconds_given("lease", lease, positive=True)
+    limit = claim_count("limit", limit)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     if owner is not None and (not isinstance(owner, str) or not owner):
         raise ValueError(f"owner must be a non-empty str, got {owner!r}")
     if not is_recoverable(store):

@@ -23,6 +23,7 @@ from .context import context_from_dict
 from .definition import SagaDefinition
 from .errors import ContextDecodeError, CorruptSagaRecord, RecordedError, SagaFailed, short_id
 from .executor import Execution, SagaResult
+from .given_numbers import seconds_given
 from .log_lines import library_logger
 from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
 from .results import journaled_results, results_by_position
@@ -106,6 +107,10 @@ class ResumableSaga(Generic[ContextT]):
         """
         if operator is not None and (not isinstance(operator, str) or not operator):
             raise ValueError(f"operator must be a non-empty str or None, got {operator!r}")
+        # As a worker's lease: one <= 0 has run out when it is taken and gets
+        # no heartbeat, so a worker could claim the saga and drive it too
+        # while this resume runs its steps.
+        lease_seconds = seconds_given("lease_seconds", lease_seconds, positive=True)
         store = self.store
         record = await store.load(saga_id)
         if record.status.is_final or not is_recoverable(store):

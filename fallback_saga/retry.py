@@ -31,6 +31,15 @@ async def _no_sleep(delay: float) -> None:
     return None
 
 
+def _finite(value: float) -> bool:
+    """``math.isfinite``, false for an int no float can hold (for which
+    ``math.isfinite`` raises an ``OverflowError`` naming nothing)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """Total ``attempts`` with capped, jittered exponential backoff.
@@ -80,7 +89,7 @@ class RetryPolicy:
             value = getattr(self, name)
             # A bool is an int to Python, never a number of seconds to a user.
             if isinstance(value, bool) or not (
-                isinstance(value, int | float) and math.isfinite(value) and value >= least
+                isinstance(value, int | float) and _finite(value) and value >= least
             ):
                 raise ValueError(f"{name} must be a finite number >= {least}, got {value!r}")
         retry_on = self.retry_on

@@ -77,12 +77,12 @@ from datetime import timedelta
 from .claimed_saga import ClaimedSaga, children_first
 from .claims_here import claiming
 from .events import collect_hooks, emit, listener_tuple
+from .given_numbers import claim_count, seconds_given
 from .log_lines import library_logger
 from .recovery import (
     SagasGiven,
     default_owner,
     sagas_by_name,
-    seconds_given,
 )
 from .resume_bounds import RESUME_WARNING, STOP_WAIT, ResumeBounds
 from .shielding import cancellation_pending, loop_gone, wait_ended
@@ -191,8 +191,8 @@ class RecoveryWorker:
                 f"(use a durable store such as SQLiteSagaStore)"
             )
         check_store(store)  # a store class passes the test above
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        # Each claim asks the store for up to ``concurrency`` sagas (its free slots).
+        claim_count("concurrency", concurrency)
         if owner is not None and (not isinstance(owner, str) or not owner):
             raise ValueError(f"owner must be a non-empty str, got {owner!r}")
         if not isinstance(listen, bool):

@@ -1077,6 +1077,8 @@ async def test_S9_raising_listener_does_not_break_the_breaker(
         pytest.param({"reset_timeout": float("inf")}, id="reset_timeout-inf"),
         pytest.param({"reset_timeout": "60"}, id="reset_timeout-str"),
         pytest.param({"reset_timeout": True}, id="reset_timeout-bool"),
+        pytest.param({"reset_timeout": 10**400}, id="reset_timeout-beyond-a-float"),
+        pytest.param({"sync_interval": 10**400}, id="sync_interval-beyond-a-float"),
         pytest.param({"half_open_max_calls": 0}, id="half_open_max_calls=0"),
         pytest.param({"half_open_max_calls": True}, id="half_open_max_calls-bool"),
         pytest.param({"half_open_max_calls": 1.0}, id="half_open_max_calls-float"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -387,7 +388,8 @@ async def test_S13_recovery_report_never_says_compensated_while_its_writes_fail(
 
     log: list[str] = []
     saga_class = order_saga(log, charge_failures=10)
-    inner = SQLiteSagaStore(tmp_path / "j.db")
+    now = [time.time()]  # the store's clock: the first pass's lease runs out when we say
+    inner = SQLiteSagaStore(tmp_path / "j.db", clock=lambda: now[0])
     try:
         store = FaultyRecoverableStore(inner, at=2, kind="outage")
         saga = saga_class(store=store, journal_retry=RetryPolicy(attempts=2, delay=0, jitter=0))
@@ -397,15 +399,17 @@ async def test_S13_recovery_report_never_says_compensated_while_its_writes_fail(
         # of the resumed run's unwinding.
         store.heal()
         store.writes, store.at = 0, 1
-        # (Its lease cannot be released while the store is down: an already
-        # expired one lets the next pass claim it without waiting.)
-        report = await recover(store, [saga], older_than=0, lease=-1)  # type: ignore[arg-type]
+        # (Its lease cannot be released while the store is down: it runs out
+        # below, on the store's clock, before the next pass claims it.)
+        now[0] += 1  # older_than=0 claims what was updated before now
+        report = await recover(store, [saga], older_than=0, lease=60)  # type: ignore[arg-type]
         assert report.compensated == []
         assert report.failed == []
         assert [saga_id for saga_id, _ in report.interrupted] == ["o-2"]
         assert "release" not in log
         store.heal()
         store.at = None
+        now[0] += 61
         report = await recover(store, [saga], older_than=0)  # type: ignore[arg-type]
         assert report.compensated == ["o-2"]
         assert log.count("release") == 1

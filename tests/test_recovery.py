@@ -690,6 +690,17 @@ async def test_S12_a_store_file_that_is_not_sqlite_gets_a_clear_error(tmp_path: 
         ({"limit": 0}, "limit must be an int >= 1"),
         ({"concurrency": 2.5}, "concurrency must be an int >= 1, got 2.5"),
         ({"owner": ""}, "owner must be a non-empty str"),
+        # An int too large for a float was an OverflowError naming nothing.
+        ({"older_than": 10**400}, "older_than must be a finite number of seconds >= 0"),
+        ({"resume_timeout": 10**400}, "resume_timeout must be a finite number of seconds > 0"),
+        # More than a store's INTEGER/bigint: each claim was a SagaStoreError.
+        ({"limit": 2**63}, "limit must be at most 2**63 - 1, got 9223372036854775808"),
+        # A lease that has run out when it is taken (a worker, retry_unwinding
+        # and the CLI refuse it): another pass could claim the saga while
+        # this one drives it. ``lease`` was not checked at all.
+        ({"lease": 0}, "lease must be a finite number of seconds > 0, got 0"),
+        ({"lease": -1}, "lease must be a finite number of seconds > 0, got -1"),
+        ({"lease": 10**400}, "lease must be a finite number of seconds > 0"),
     ],
 )
 async def test_recover_names_a_wrong_option_as_a_worker_does(
@@ -700,6 +711,21 @@ async def test_recover_names_a_wrong_option_as_a_worker_does(
     with pytest.raises(ValueError, match=re.escape(named)):
         await recover(store, [shop(store, Script())], **option)
     assert await store.list_sagas() == []  # refused before claiming anything
+
+
+@pytest.mark.parametrize("lease_seconds", [0, -1, float("nan"), 10**400],
+                         ids=["zero", "negative", "nan", "beyond-a-float"])
+async def test_resume_refuses_a_lease_that_has_run_out_when_it_is_taken(
+    store: SQLiteSagaStore, lease_seconds: float
+) -> None:
+    """``lease_seconds=0`` (or less) leased the saga already expired and never
+    renewed it (no heartbeat for a period <= 0): any worker could claim it,
+    and drive it, while this resume ran its steps. Refused, as a worker's
+    ``lease``, ``retry_unwinding``'s and a ``SubSaga``'s are."""
+    script = Script()
+    with pytest.raises(ValueError, match=r"lease_seconds must be a finite number of seconds > 0"):
+        await shop(store, script).resume("s1", lease_seconds=lease_seconds)
+    assert script.calls == []
 
 
 async def test_resume_of_an_unknown_id_is_saga_not_found(store: SQLiteSagaStore) -> None:

@@ -82,6 +82,10 @@ def test_S6_attempts_must_be_an_int(attempts: object) -> None:
         ("jitter", math.inf),
         ("backoff", 0.5),
         ("backoff", math.nan),
+        # An int too large for a float was an OverflowError naming nothing.
+        pytest.param("delay", 10**400, id="delay-beyond-a-float"),
+        pytest.param("max_delay", 10**400, id="max_delay-beyond-a-float"),
+        pytest.param("backoff", 10**400, id="backoff-beyond-a-float"),
     ],
 )
 def test_S6_invalid_timing_is_a_value_error(field: str, value: float) -> None:

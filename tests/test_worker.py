@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -543,6 +544,12 @@ def test_the_worker_validates_its_arguments(db: Path) -> None:
         RecoveryWorker(store, [], poll=0)
     with pytest.raises(ValueError, match="lease"):
         RecoveryWorker(store, [], lease=-1)
+    # An int too large for a float was an OverflowError naming nothing.
+    with pytest.raises(ValueError, match="lease must be a finite number of seconds"):
+        RecoveryWorker(store, [], lease=10**400)
+    # More than a store's INTEGER/bigint: every claim failed, for ever.
+    with pytest.raises(ValueError, match=re.escape("concurrency must be at most 2**63 - 1")):
+        RecoveryWorker(store, [], concurrency=2**63)
     with pytest.raises(ValueError, match="two sagas"):
         RecoveryWorker(store, [order_saga(store, Ledger()), order_saga(store, Ledger())])
     with pytest.raises(ValueError, match="not to the store being recovered"):
