@@ -19,7 +19,7 @@ import functools
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from inspect import isawaitable
+from inspect import isawaitable, iscoroutine
 from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
@@ -90,6 +90,8 @@ class GuardedCalls:
             if self._inside(_getframe(), self._permits.get()):
                 # Nested: the outer call's permit covers this one and its
                 # outcome is the one recorded. Never rejected by this breaker.
+                if not callable(fn):
+                    raise _not_callable(fn)
                 returned = fn(*args, **kwargs)
                 if not isawaitable(returned):
                     raise _not_awaitable(fn, returned)
@@ -100,6 +102,8 @@ class GuardedCalls:
             # call costs a tenth of this path.
             returned = fn(*args, **kwargs) if kwargs else fn(*args)  # type: ignore[call-arg]
         except BaseException as error:
+            if not callable(fn):  # a misuse, not the service failing: nothing to record
+                raise _not_callable(fn) from None
             if not collecting() and not self._inside(_getframe(), self._permits.get()):
                 self._record(permit, error)
             raise
@@ -131,6 +135,9 @@ class GuardedCalls:
         try:
             returned = fn(*args, **kwargs)
         except BaseException as error:
+            if not callable(fn):  # a misuse: the permit (a trial's slot) goes back unrecorded
+                self.release(permit)
+                raise _not_callable(fn) from None
             self._record(permit, error)
             raise
         if not isawaitable(returned):
@@ -185,6 +192,26 @@ class GuardedCalls:
 
 
 _CALL_CODE = GuardedCalls.call.__code__
+
+
+def _not_callable(fn: object) -> TypeError:
+    """The error for a call given no function: Python's own ("'coroutine'
+    object is not callable") was counted as the service failing. The usual
+    slip is ``breaker.call(charge(5))``: that coroutine is closed here (it
+    will never be awaited: no "never awaited" warning later) and the error
+    says how to pass the function."""
+    if iscoroutine(fn):
+        name = getattr(fn, "__name__", "fn")
+        fn.close()
+        return TypeError(
+            f"breaker.call() takes the function to call and its arguments — "
+            f"breaker.call({name}, ...) — got the coroutine {name}(...), called already "
+            f"(it is closed, never run)"
+        )
+    return TypeError(
+        f"breaker.call() takes the function to call and its arguments, got "
+        f"{repr(fn)[:200]} ({type(fn).__name__}), which is not callable"
+    )
 
 
 def _not_awaitable(fn: object, returned: object) -> TypeError:

@@ -610,6 +610,42 @@ async def test_S9_a_breaker_guarding_a_plain_function_says_to_make_it_async_def(
     assert breaker.state is CircuitState.CLOSED
 
 
+async def test_S9_a_breaker_given_no_function_says_so_and_counts_nothing() -> None:
+    """``breaker.call(charge(5))`` (the coroutine, not the function) or
+    ``breaker.call(3)`` gave Python's bare "'coroutine' object is not
+    callable" and counted it as a failure of the service: ``fail_max`` such
+    calls opened the circuit for every caller. A misuse, as a function that
+    is not ``async def`` is: named, on every path, nothing recorded."""
+    now = [0.0]
+    breaker = CircuitBreaker(fail_max=2, reset_timeout=10.0, clock=lambda: now[0])
+
+    async def later(amount: int) -> int:
+        return amount
+
+    says = r"takes the function to call and its arguments"
+    for _ in range(3):  # closed: more than fail_max times
+        with pytest.raises(TypeError, match=says + r".*got 3 \(int\)"):
+            await breaker.call(3)  # type: ignore[arg-type]
+        coroutine = later(5)
+        with pytest.raises(TypeError, match=r"breaker\.call\(later, \.\.\.\).*the coroutine"):
+            await breaker.call(coroutine)  # type: ignore[arg-type]
+        assert coroutine.cr_frame is None  # closed: no "never awaited" warning later
+    assert (breaker.state, breaker.failure_count) == (CircuitState.CLOSED, 0)
+    async with breaker:  # nested in a guarded block: passes straight through
+        with pytest.raises(TypeError, match=says):
+            await breaker.call(3)  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(TypeError, match="the service's own"):
+            await breaker.call(_refused_by_the_service, 1)
+    assert breaker.state is CircuitState.OPEN
+    now[0] += 10.0  # half-open: the misuse gives the trial's slot back
+    with pytest.raises(TypeError, match=says):
+        await breaker.call(3)  # type: ignore[arg-type]
+    assert breaker.half_open_calls_in_flight == 0
+    assert await breaker.call(later, 9) == 9
+    assert breaker.state is CircuitState.CLOSED
+
+
 # --------------------------------------------------------------------------- a hook misnamed
 
 
