@@ -66,6 +66,7 @@ from .errors import (
     SagaStoreError,
 )
 from .executor import Execution, SagaResult, running_execution
+from .given_numbers import seconds_given
 from .group_run import IN_A_MEMBER, LaneCursor
 from .plan import Branch
 from .saga import Saga
@@ -147,9 +148,14 @@ class SubSaga(Generic[ParentT, ChildT]):
         name: str | None = None,
         lease_seconds: float = DEFAULT_CHILD_LEASE,
     ) -> None:
-        if not (isinstance(lease_seconds, int | float) and 0 < lease_seconds < float("inf")):
-            raise ValueError(f"lease_seconds must be a finite number > 0, got {lease_seconds!r}")
-        self.lease_seconds = float(lease_seconds)
+        # Checked as a worker's lease is: a bool is no number of seconds, and
+        # float() of an int too large for one is an OverflowError naming nothing.
+        try:
+            self.lease_seconds = seconds_given("lease_seconds", lease_seconds, positive=True)
+        except ValueError:
+            raise ValueError(
+                f"lease_seconds must be a finite number > 0, got {lease_seconds!r}"
+            ) from None
         if isinstance(saga, type) and issubclass(saga, Saga):
             if getattr(saga, "definition", None) is None:
                 raise TypeError(f"{saga.__name__} declares no steps: it cannot run as a child")

@@ -494,3 +494,17 @@ def test_S12_S15_the_recover_command_follows_a_childs_advice(
     assert main([*argv, "--allow-changed-definition"]) == 0
     assert "  o1: completed" in capsys.readouterr().out
     assert keys("act") == ["o1/Pay:Capture", "o1/Pay:Receipt", "o1:Ship"]
+
+
+@pytest.mark.parametrize(
+    "lease_seconds", [0, -1, float("nan"), float("inf"), "30", True, 10**400],
+    ids=["zero", "negative", "nan", "inf", "str", "bool", "beyond-a-float"],
+)
+def test_S11_a_child_lease_that_is_no_number_of_seconds_is_refused_naming_it(
+    lease_seconds: Any,
+) -> None:
+    """A bool passed (``True``: a one-second lease), and an int too large for
+    a float was an OverflowError naming nothing; as a worker's ``lease``."""
+    with pytest.raises(ValueError, match="lease_seconds must be a finite number > 0"):
+        SubSaga(Payment, context=lambda ctx: Ctx(ctx.order), name="Pay",
+                lease_seconds=lease_seconds)
