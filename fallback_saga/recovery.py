@@ -259,6 +259,11 @@ async def recover(
     # drive it too while this one runs its steps.
     lease = seconds_given("lease", lease, positive=True)
     limit = claim_count("limit", limit)
+    if progress is not None and not callable(progress):
+        # Else found only as the first saga of the pass ended, raised out of
+        # the pass once every saga had run, its report lost.
+        raise TypeError(f"progress must be a function (saga_id, outcome) -> None, "
+                        f"got {progress!r}")
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     if owner is not None and (not isinstance(owner, str) or not owner):

@@ -728,6 +728,20 @@ async def test_resume_refuses_a_lease_that_has_run_out_when_it_is_taken(
     assert script.calls == []
 
 
+@pytest.mark.parametrize("progress", [3, "print", True])
+async def test_recover_refuses_a_progress_that_cannot_be_called_before_claiming(
+    db: Path, store: SQLiteSagaStore, progress: Any
+) -> None:
+    """``progress=3`` was taken, and failed as the first saga ended ("'int'
+    object is not callable" raised out of the pass, its report lost, every
+    saga of it resumed meanwhile): named before anything is claimed."""
+    await crashed(db, "s1", act_B="crash")  # left RUNNING
+    with pytest.raises(TypeError, match=r"progress must be a function \(saga_id, outcome\)"):
+        await recover(store, [shop(store, Script())], older_than=0, progress=progress)
+    (summary,) = await store.list_sagas()
+    assert (summary.status, summary.lease_owner) == (SagaStatus.RUNNING, None)  # not claimed
+
+
 async def test_resume_of_an_unknown_id_is_saga_not_found(store: SQLiteSagaStore) -> None:
     script = Script()
     with pytest.raises(SagaNotFound, match="'nope'") as caught:
