@@ -215,6 +215,9 @@ class RecoveryWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = False
+        # A stop asked while the worker was not running, for its next run()
+        # to end at once (see stop).
+        self._stop_before_run = False
         self._backlog = False  # the last claim filled every free slot: there may be more
         self._grace: float | None = None
         self._finished: asyncio.Event | None = None
@@ -274,6 +277,9 @@ class RecoveryWorker:
         """Claim and resume until ``stop()``; then drain (see the module docstring)."""
         if self._running:
             raise RuntimeError("this RecoveryWorker is already running")
+        if self._stop_before_run:
+            self._stop_before_run = False
+            return
         self._running = True
         self._stopping = False
         self._finished = asyncio.Event()
@@ -379,10 +385,18 @@ class RecoveryWorker:
         """Stop claiming; wait for the sagas in flight, for at most ``grace``
         seconds from this call (``None``: as long as they take), then hand
         the rest off. A claim on its way is waited for ``STOP_WAIT`` at most.
-        Returns once ``run()`` has finished. Harmless if not running."""
+        Returns once ``run()`` has finished.
+
+        Asked while the worker is not running — its ``run()`` task created
+        but not begun (a SIGTERM during startup), or not yet created — it
+        ends the next ``run()`` at once, before it claims anything: ``run()``
+        began after it and claimed for ever. A stop of a worker that has
+        stopped asks nothing more."""
         if grace is not None:
             grace = _seconds("grace", grace, positive=False)
         self._grace = grace
+        if not self._running and not self._stopping:
+            self._stop_before_run = True
         if not self._stopping and self._running:
             self._stopped_at = asyncio.get_running_loop().time()
             self._stop_asked.set()

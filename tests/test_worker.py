@@ -452,6 +452,33 @@ def test_S13_a_worker_stopped_on_one_event_loop_runs_again_on_another(db: Path) 
     }
 
 
+async def test_S13_a_stop_asked_before_the_worker_runs_ends_that_run(
+    store: SQLiteSagaStore,
+) -> None:
+    """docs/scaling.md's SIGTERM pattern with the signal come during startup:
+    ``stop()`` called after ``create_task(worker.run())`` but before the task
+    had begun returned at once ("harmless if not running"); ``run()`` then
+    began, cleared the stop and claimed for ever — ``await running`` never
+    returned. A stop asked while the worker is not running now ends its next
+    ``run()`` at once, claiming nothing; the run after that works."""
+    await seed(store, 1)
+    ledger = Ledger()
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], poll=3600, older_than=0)
+    running = asyncio.create_task(worker.run())
+    await worker.stop(grace=1)  # the task has not begun yet
+    await asyncio.wait_for(running, 10)
+    assert ledger.calls == []
+    assert worker.stats.claimed == 0
+    # That stop was that run's: a stop of a stopped worker asks nothing more.
+    await worker.stop()
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: task.done() or worker.stats.completed == 1, what="resumed")
+    assert not task.done()
+    await worker.stop()
+    await task
+    assert worker.stats.completed == 1
+
+
 async def test_a_graceful_stop_lets_sagas_finish_and_releases_their_leases(
     store: SQLiteSagaStore,
 ) -> None:
