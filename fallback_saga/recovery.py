@@ -230,7 +230,8 @@ async def recover(
     called after each saga — when the pass is cancelled too, for each saga
     it had begun to resume: the status the journal holds once the saga has
     unwound (``compensated``, ``failed``), or ``interrupted`` when it is
-    left for another pass.
+    left for another pass. A ``progress`` that raises is logged and
+    ignored, as a listener's hook is.
     ``listeners`` are told each saga's outcome (``recovery_outcome``), as are
     the listeners of the saga that resumed it. ``allow_changed_definition``
     resumes sagas started with another definition of their saga, as
@@ -298,7 +299,13 @@ async def recover(
 
     def note(saga_id: str, outcome: str) -> None:
         if progress is not None:
-            progress(saga_id, outcome)
+            try:
+                progress(saga_id, outcome)
+            except Exception:
+                # Logged and ignored, as a listener's hook is: raised out of
+                # the pass, it lost the report of every saga the pass had
+                # run — what a cron job reads (S13).
+                _log.exception("recover: progress(%r, %r) raised; ignored", saga_id, outcome)
 
     async def resume_one(saga: ClaimedSaga) -> None:
         claimed = saga.lease

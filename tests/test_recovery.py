@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import re
 import sqlite3
 import subprocess
@@ -740,6 +741,31 @@ async def test_recover_refuses_a_progress_that_cannot_be_called_before_claiming(
         await recover(store, [shop(store, Script())], older_than=0, progress=progress)
     (summary,) = await store.list_sagas()
     assert (summary.status, summary.lease_owner) == (SagaStatus.RUNNING, None)  # not claimed
+
+
+async def test_S13_a_progress_that_raises_loses_no_report(
+    db: Path, store: SQLiteSagaStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``progress`` callback that raised (a closed socket it reports to, a
+    bug) was raised out of the pass once its sagas had run: the
+    ``RecoveryReport`` — what a cron job reads — was lost, and the other
+    sagas' progress was not told. It is logged and ignored, as a listener's
+    hook is: the pass reports every saga."""
+    for saga_id in ("s1", "s2"):
+        await crashed(db, saga_id, act_B="crash")
+    told: list[tuple[str, str]] = []
+
+    def progress(saga_id: str, outcome: str) -> None:
+        told.append((saga_id, outcome))
+        raise ConnectionResetError("the dashboard went away")
+
+    with caplog.at_level(logging.ERROR, logger="fallback_saga"):
+        report = await recover(store, [shop(store, Script())], older_than=0, progress=progress)
+    assert sorted(report.resumed) == ["s1", "s2"]
+    assert sorted(told) == [("s1", "completed"), ("s2", "completed")]
+    logged = [r for r in caplog.records if "progress" in r.getMessage()]
+    assert len(logged) == 2
+    assert all(r.exc_info and isinstance(r.exc_info[1], ConnectionResetError) for r in logged)
 
 
 async def test_resume_of_an_unknown_id_is_saga_not_found(store: SQLiteSagaStore) -> None:

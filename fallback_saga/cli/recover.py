@@ -259,10 +259,20 @@ def run_recover(args: argparse.Namespace) -> int:
     app = load_app(args.app)  # before opening the store: a bad --app touches nothing
     target = store_target(args)
 
+    # Set once stdout is a closed pipe (``recover ... | head -1``): the pass
+    # goes on (a progress that raises is logged per saga, and ignored), and
+    # the summary's write ends the command as a closed pipe does (main).
+    pipe_closed: list[bool] = []
+
     def progress(saga_id: str, outcome: str) -> None:
+        if pipe_closed:
+            return
         text = terminal_text(target.shown_error(outcome))
-        sys.stdout.write(f"  {terminal_text(saga_id, MAX_VALUE)}: {text}\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(f"  {terminal_text(saga_id, MAX_VALUE)}: {text}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            pipe_closed.append(True)
 
     async def run() -> RecoveryReport:
         warn_before_interrupting(
