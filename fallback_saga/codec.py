@@ -27,6 +27,20 @@ cannot carry as itself is written **tagged**: ``{"$fs": [tag, payload]}``
     Fraction                ["fraction", "1/3"]
     Enum member             ["enum", ["module:Qualname", value]]
     dataclass, model        ["obj", ["module:Qualname", its journal form]]
+    namedtuple              ["namedtuple", ["module:Qualname", [its fields]]]
+                            (fields by the NamedTuple's annotations; read
+                            back by tuple.__new__, no code of its class run)
+    ipaddress values        ["ipv4address", "10.0.0.1"], "ipv6address",
+                            "ipv4network", "ipv6network", "ipv4interface",
+                            "ipv6interface": their text
+    pure (or concrete) path ["path", ["PurePosixPath", "/srv/x"]]
+    OrderedDict             ["ordereddict", [[key, value], ...]]
+    deque                   ["deque", [[items], maxlen]]
+    range                   ["range", [start, stop, step]]
+    complex                 ["complex", [real, imag]]
+
+The standard library's classes are chosen by the tag from a fixed list:
+the journal never names a class to build them (S12).
 
 str, int, bool, None, finite floats, lists and dicts with text keys stay
 plain JSON. A dict whose only key is ``"$fs"`` is user data shaped like a tag:
@@ -34,11 +48,13 @@ it is written in the ``"dict"`` form, so a tag never collides with data.
 Decoding an untyped position reads tags and returns untagged JSON as it is —
 so journals written before tags existed decode exactly as they did.
 
-Anything else (a client object, a complex number, NaN, a class defined inside
-a function, a datetime whose tzinfo is neither ``datetime.timezone`` nor
-``zoneinfo.ZoneInfo``, an attribute of a dataclass that is not one of its
-fields and that it does not derive again) is refused when it is first
-written, with the field's path: ``ContextSerializationError``.
+Anything else (a client object, NaN, a class defined inside a function, a
+datetime whose tzinfo is neither ``datetime.timezone`` nor
+``zoneinfo.ZoneInfo``, an attribute of a dataclass or namedtuple that is not
+one of its fields and that it does not derive again, a subclass of a class
+carried that is not itself carried — a ``Counter``) is refused when it is
+first written, with the field's path: ``ContextSerializationError`` — saying
+what to convert a value that is data to (``_why_refused``).
 """
 
 from __future__ import annotations
@@ -46,10 +62,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import inspect
+import ipaddress
 import math
+import numbers
+import pathlib
 import sys
 import uuid
-from collections.abc import Callable, Mapping, MutableSequence, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, MutableSequence, Sequence, Set
 from contextvars import ContextVar
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -68,6 +88,7 @@ from .decoding import (
     decoder,
     fields,
     fields_in_dict,
+    is_namedtuple,
     is_union,
     is_untyped,
     post_init_plan,
@@ -761,6 +782,8 @@ def _build_encoder(tp: Any) -> _Typed:
             return _any_key_mapping_encoder(value), _NOTHING
         return _mapping_encoder(unwrap(key_tp), value), _NOTHING
     if isinstance(tp, type):  # a dataclass, a model: by its fields; any other class: tagged
+        if is_namedtuple(tp):
+            return _namedtuple_encoder(tp), _NOTHING
         return _class_encoder(tp), _NOTHING
     return _tagged, _NOTHING  # an annotation no decoder reads plainly (a generic alias...)
 
@@ -1046,6 +1069,8 @@ def _accepts(tp: Any) -> frozenset[type]:
     if container in MAPPINGS:
         return frozenset({dict})
     if isinstance(tp, type):
+        if is_namedtuple(tp):
+            return frozenset({list})  # (the array of its fields)
         kind = kind_of(tp)
         if kind is None:
             return _NOTHING  # its decoder reads tags only
@@ -1141,7 +1166,116 @@ def _encode_untyped(value: Any, path: str, depth: int) -> Any:
     if encode is not None:
         name = _class_name(cls, path, value)
         return {TAG: ["obj", [name, encode(value, path, depth)]]}
-    raise ContextSerializationError(path, value, NOT_DATA)
+    # Only what would be refused pays from here on.
+    if isinstance(value, tuple) and is_namedtuple(cls):
+        name = _class_name(cls, path, value)
+        return {TAG: ["namedtuple", [name, _namedtuple_fields(value, path, depth)]]}
+    raise ContextSerializationError(path, value, _why_refused(value))
+
+
+def _why_refused(value: Any) -> str:
+    """Why a value of no journaled kind is refused: for one that is data (a
+    subclass of a class the journal carries, a mapping, a sequence, a
+    number...), what to convert it to; else it is taken for a resource (a
+    client, a lock, a function), which belongs on the step (``NOT_DATA``)."""
+    for base, instead in _CONVERSIONS:
+        if isinstance(value, base):
+            return (
+                f"it is data, but {with_article(type(value).__qualname__)} is not one of the "
+                f"classes the journal carries (docs/mechanics.md, \"The journal form of a "
+                f"context\"): convert it to {instead} before it is stored"
+            )
+    return NOT_DATA
+
+
+#: What a value that is data, but of a class the journal does not carry, can
+#: be converted to (the first base it is an instance of).
+_CONVERSIONS: tuple[tuple[type, str], ...] = (
+    (bool, "a bool"),
+    (int, "an int"),
+    (float, "a float"),
+    (complex, "a complex"),
+    (str, "a str"),
+    (bytes, "bytes"),
+    (bytearray, "a bytearray"),
+    (memoryview, "bytes (value.tobytes())"),
+    (OrderedDict, "an OrderedDict"),
+    (dict, "a dict (dict(value))"),
+    (list, "a list (list(value))"),
+    (tuple, "a tuple (tuple(value)) or a namedtuple defined at module level"),
+    (deque, "a deque"),
+    (set, "a set"),
+    (frozenset, "a frozenset"),
+    (pathlib.PurePath, "a PurePosixPath or PureWindowsPath, or its text"),
+    (ipaddress._BaseAddress, "an ipaddress address, or its text"),
+    (ipaddress._BaseNetwork, "an ipaddress network, or its text"),
+    (Mapping, "a dict (dict(value))"),
+    (Set, "a set or frozenset"),
+    (Sequence, "a list or tuple"),
+    (numbers.Number, "an int, float, Decimal or Fraction"),
+    (date, "a date or datetime"),
+    (time, "a time"),
+    (timedelta, "a timedelta"),
+)
+
+
+_NAMEDTUPLE_PLANS: dict[type, tuple[tuple[str, _Encoder, frozenset[type]], ...]] = class_cache(
+    "codec._NAMEDTUPLE_PLANS"
+)
+
+
+def _namedtuple_fields(value: Any, path: str, depth: int) -> Any:
+    """A namedtuple's journal form: the array of its fields, each by its
+    annotation (``typing.NamedTuple``'s; untyped for ``collections.namedtuple``'s).
+    Refused when it holds what that would lose: attributes beyond its fields
+    (a subclass without ``__slots__``), or another number of items."""
+    cls = value.__class__
+    plan = _NAMEDTUPLE_PLANS.get(cls)
+    if plan is None:  # (built at the first write, not with the encoder: it may refer to itself)
+        hints = type_hints(cls)
+        plan = remember(
+            _NAMEDTUPLE_PLANS,
+            cls,
+            tuple((name, *_encoder_for(hints.get(name, Any))) for name in cls._fields),
+        )
+    if depth > MAX_CONTEXT_DEPTH:
+        raise _TooDeep(path, value)
+    if len(value) != len(plan):
+        raise ContextSerializationError(
+            path,
+            value,
+            f"it holds {len(value)} items where {cls.__qualname__} has {len(plan)} fields, "
+            f"which is what is read back",
+        )
+    extras = getattr(value, "__dict__", None)
+    if extras:
+        name = next(iter(extras))
+        raise ContextSerializationError(
+            f"{path}.{name}" if path else name,
+            extras[name],
+            f"{name!r} is not a field of {cls.__qualname__}: a resumed run would not have it, "
+            f"since a namedtuple is read back from its fields; declare it as a field, or give "
+            f"the class __slots__ = () to keep attributes off it",
+        )
+    depth += 1
+    return [
+        entry if entry.__class__ in plain
+        else encode(entry, f"{path}.{name}" if path else name, depth)
+        for (name, encode, plain), entry in zip(plan, value, strict=True)
+    ]
+
+
+def _namedtuple_encoder(cls: type) -> _Encoder:
+    """A namedtuple annotation: an instance of that very class as the array
+    of its fields (``decoding.build_namedtuple`` reads it back); any other
+    value (a tuple, a subclass instance) tagged: it names its class."""
+
+    def encode(value: Any, path: str, depth: int) -> Any:
+        if value.__class__ is cls:
+            return _namedtuple_fields(value, path, depth)
+        return _tagged(value, path, depth)
+
+    return encode
 
 
 def _encode_dict(
@@ -1174,7 +1308,8 @@ def _items(value: Any, path: str, depth: int) -> list[Any]:
     if depth > MAX_CONTEXT_DEPTH:
         raise _TooDeep(path, value)
     depth += 1
-    items = value if value.__class__ is tuple else _sorted(value)
+    cls = value.__class__
+    items = value if cls is tuple or cls is deque else _sorted(value)
     return [_encode_untyped(item, f"{path}[{i}]", depth) for i, item in enumerate(items)]
 
 
@@ -1220,6 +1355,39 @@ def _text(value: Any, path: str, depth: int) -> str:
     return str(value)
 
 
+def _pairs(value: Any, path: str, depth: int) -> list[Any]:
+    """An ``OrderedDict``'s items in order, as ``[key, value]`` pairs (untyped)."""
+    if depth > MAX_CONTEXT_DEPTH:
+        raise _TooDeep(path, value)
+    depth += 1
+    return [
+        [_encode_untyped(key, key_path(path, key), depth),
+         _encode_untyped(entry, key_path(path, key), depth)]
+        for key, entry in value.items()
+    ]
+
+
+def _path(value: pathlib.PurePath, path: str, depth: int) -> list[str]:
+    """A path's class and text, checked to read back: a Windows path that is
+    an incomplete UNC one (``//server/``) reads back as another from its text."""
+    cls, text = value.__class__, str(value)
+    again = cls(text)
+    if str(again) != text or again.parts != value.parts:
+        raise ContextSerializationError(
+            path,
+            value,
+            f"this {cls.__name__} reads back from its text as another path: keep its text "
+            f"(str) instead",
+        )
+    return [cls.__name__, text]
+
+
+def _complex(value: complex, path: str) -> list[float]:
+    if not (math.isfinite(value.real) and math.isfinite(value.imag)):
+        raise ContextSerializationError(path, value, "NaN and infinity are not JSON")
+    return [value.real, value.imag]
+
+
 def _fraction(value: Fraction, path: str, depth: int) -> Any:
     try:
         return str(value)
@@ -1242,6 +1410,20 @@ _TAGGED: dict[type, tuple[str, _Encoder]] = {
     bytes: ("bytes", _base64),
     bytearray: ("bytearray", _base64),
     Fraction: ("fraction", _fraction),
+    ipaddress.IPv4Address: ("ipv4address", _text),
+    ipaddress.IPv6Address: ("ipv6address", _text),
+    ipaddress.IPv4Network: ("ipv4network", _text),
+    ipaddress.IPv6Network: ("ipv6network", _text),
+    ipaddress.IPv4Interface: ("ipv4interface", _text),
+    ipaddress.IPv6Interface: ("ipv6interface", _text),
+    pathlib.PurePosixPath: ("path", _path),
+    pathlib.PureWindowsPath: ("path", _path),
+    pathlib.PosixPath: ("path", _path),
+    pathlib.WindowsPath: ("path", _path),
+    OrderedDict: ("ordereddict", lambda value, path, depth: _pairs(value, path, depth)),
+    deque: ("deque", lambda value, path, depth: [_items(value, path, depth), value.maxlen]),
+    range: ("range", lambda value, path, depth: [value.start, value.stop, value.step]),
+    complex: ("complex", lambda value, path, depth: _complex(value, path)),
 }
 
 _UNTYPED = (_encode_untyped, JSON_SCALARS)
@@ -1317,9 +1499,12 @@ def _children(value: Any, path: str) -> list[tuple[Any, str]] | None:
     cls = value.__class__
     if cls in JSON_SCALARS or cls is float:
         return None
-    if cls is list or cls is tuple:
+    if cls is list or cls is tuple or cls is deque:
         return [(item, f"{path}[{index}]") for index, item in enumerate(value)]
-    if cls is dict:
+    if isinstance(value, tuple):  # a namedtuple
+        names = getattr(cls, "_fields", ())
+        return [(item, f"{path}.{name}") for name, item in zip(names, value, strict=False)]
+    if cls is dict or cls is OrderedDict:
         return [(item, key_path(path, key)) for key, item in value.items()]
     if isinstance(value, Enum):
         return [(value.value, path)]

@@ -15,10 +15,13 @@ import base64
 import contextlib
 import dataclasses
 import inspect
+import ipaddress
+import pathlib
 import sys
 import types
 import typing
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, MutableMapping, MutableSequence, Sequence
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -40,6 +43,7 @@ __all__ = [
     "decoder",
     "fields",
     "fields_in_dict",
+    "is_namedtuple",
     "is_union",
     "is_untyped",
     "post_init_plan",
@@ -253,6 +257,122 @@ def _decode_enum(payload: Any, path: str) -> Any:
     return cls(_decode_untyped(value, path))
 
 
+def _decode_namedtuple(payload: Any, path: str) -> Any:
+    name, data = payload
+    cls = _resolve(name, path)
+    if not is_namedtuple(cls):
+        raise ContextDecodeError(path, f"{_shown(name)} is not a namedtuple")
+    return build_namedtuple(cls, data, path)
+
+
+def is_namedtuple(cls: type) -> bool:
+    """Whether ``cls`` is a ``typing.NamedTuple`` or ``collections.namedtuple``
+    class (or a subclass of one): a tuple subclass with a tuple of field
+    names. Told from the classes' namespaces alone: no code of ``cls`` runs
+    (it may be a class a journal names)."""
+    if tuple not in cls.__mro__[1:]:
+        return False
+    names = _static_attribute(cls, "_fields")
+    return names.__class__ is tuple and all(name.__class__ is str for name in names)
+
+
+_NAMEDTUPLE_DECODERS: dict[type, tuple[tuple[str, _Decoder], ...]] = class_cache(
+    "decoding._NAMEDTUPLE_DECODERS"
+)
+
+
+def build_namedtuple(cls: type, data: Any, path: str) -> Any:
+    """A namedtuple of class ``cls`` from the array of its fields' journal
+    forms (by the fields' annotations: ``typing.NamedTuple``'s; none —
+    untyped — for ``collections.namedtuple``'s). Made by ``tuple.__new__``,
+    never by its class's ``__new__`` or ``_make``: a subclass may override
+    them, and reading a journal runs no code of the classes it names (S12)."""
+    plan = _NAMEDTUPLE_DECODERS.get(cls)
+    if plan is None:
+        hints = type_hints(cls)
+        plan = remember(
+            _NAMEDTUPLE_DECODERS,
+            cls,
+            tuple(
+                (name, decoder(hints.get(name, Any)))
+                for name in _static_attribute(cls, "_fields")
+            ),
+        )
+    if data.__class__ is not list or len(data) != len(plan):
+        raise ContextDecodeError(
+            path,
+            f"expected an array of the {len(plan)} fields of {cls.__qualname__}, got "
+            f"{f'{len(data)} items' if data.__class__ is list else _kind(data)}",
+        )
+    return tuple.__new__(
+        cls,
+        [
+            decode(entry, f"{path}.{name}" if path else name)
+            for (name, decode), entry in zip(plan, data, strict=True)
+        ],
+    )
+
+
+def _namedtuple_decoder(cls: type) -> _Decoder:
+    """A namedtuple annotation: the array of its fields, or a tag (a
+    subclass instance, a tuple...)."""
+
+    def decode(value: Any, path: str) -> Any:
+        if _is_tag(value):
+            return _read_tag(value, path)
+        return build_namedtuple(cls, value, path)
+
+    return decode
+
+
+#: The standard library's value classes a journal may name (``"path"``:
+#: pure paths, and the concrete path of this OS): a fixed list, never a
+#: class looked up by a name from the journal.
+_PATHS: dict[str, type[pathlib.PurePath]] = {
+    "PurePosixPath": pathlib.PurePosixPath,
+    "PureWindowsPath": pathlib.PureWindowsPath,
+    "PosixPath": pathlib.PosixPath,
+    "WindowsPath": pathlib.WindowsPath,
+}
+_THIS_OS_PATH = type(pathlib.Path())
+
+
+def _decode_path(payload: Any, path: str) -> Any:
+    kind, text = payload
+    cls = _PATHS.get(kind) if kind.__class__ is str else None
+    if cls is None:
+        raise ContextDecodeError(path, f"unknown path class {_shown(kind)}")
+    if issubclass(cls, pathlib.Path) and cls is not _THIS_OS_PATH:
+        raise ContextDecodeError(
+            path,
+            f"a {kind} was journaled on another operating system and cannot be made on "
+            f"this one: keep a Pure{kind} (or its text) in the context to move it between "
+            f"systems",
+        )
+    return cls(_text_payload(text))
+
+
+def _decode_deque(payload: Any, path: str) -> deque[Any]:
+    items, maxlen = payload
+    if maxlen is not None and maxlen.__class__ is not int:
+        raise TypeError("maxlen")
+    return deque(_decode_items(items, path), maxlen)
+
+
+def _decode_range(payload: Any, path: str) -> range:
+    bounds = _decode_items(payload, path)
+    if len(bounds) != 3 or any(bound.__class__ is not int for bound in bounds):
+        raise TypeError("bounds")
+    return range(*bounds)
+
+
+def _decode_complex(payload: Any, path: str) -> complex:
+    real, imag = payload
+    if real.__class__ is not float or imag.__class__ is not float:
+        raise TypeError("parts")
+    return complex(real, imag)
+
+
 def _decode_object(payload: Any, path: str) -> Any:
     name, data = payload
     cls = _resolve(name, path)
@@ -313,6 +433,20 @@ _UNTAG: dict[str, _Decoder] = {
     "fraction": _decode_fraction,
     "enum": _decode_enum,
     "obj": _decode_object,
+    "namedtuple": _decode_namedtuple,
+    # The standard library's value classes, each made by its own code from
+    # its text or arguments (S12: a fixed list, no name read from the row).
+    "ipv4address": lambda payload, path: ipaddress.IPv4Address(_text_payload(payload)),
+    "ipv6address": lambda payload, path: ipaddress.IPv6Address(_text_payload(payload)),
+    "ipv4network": lambda payload, path: ipaddress.IPv4Network(_text_payload(payload)),
+    "ipv6network": lambda payload, path: ipaddress.IPv6Network(_text_payload(payload)),
+    "ipv4interface": lambda payload, path: ipaddress.IPv4Interface(_text_payload(payload)),
+    "ipv6interface": lambda payload, path: ipaddress.IPv6Interface(_text_payload(payload)),
+    "path": _decode_path,
+    "ordereddict": lambda payload, path: OrderedDict(_decode_pairs(payload, path)),
+    "deque": _decode_deque,
+    "range": _decode_range,
+    "complex": _decode_complex,
     # A value in a typed position that its annotation would not give back,
     # and that is plain JSON in an untyped one (None in a str field).
     "any": _decode_untyped,
@@ -662,6 +796,8 @@ def _build_decoder(tp: Any) -> _Decoder:
             return _any_key_mapping_decoder(value_tp)
         return _mapping_decoder(key_tp, value_tp)
     if isinstance(tp, type):  # a dataclass, a model, or a class read from tags only
+        if is_namedtuple(tp):
+            return _namedtuple_decoder(tp)
         return _class_decoder(tp)
     name = getattr(tp, "__name__", repr(tp))
 

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import json
 import math
+import pathlib
 import re
 import sys
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -535,8 +538,12 @@ def _difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found | None:
         return None
     if ta in _PLAIN:  # (no float, Decimal, datetime or time is one: exact types)
         same = a == b
-    elif ta is float:
+    elif ta is float or ta is complex:
         same = repr(a) == repr(b)
+    elif ta in _BY_TEXT:  # (a Windows path's == ignores case; a path's slots hold caches)
+        same = str(a) == str(b)
+    elif ta is range:  # (== compares the items: range(0) == range(2, 2))
+        same = (a.start, a.stop, a.step) == (b.start, b.stop, b.step)
     elif ta is Decimal:
         if a.as_tuple() == b.as_tuple():
             return None
@@ -558,7 +565,24 @@ def _difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found | None:
 
 
 _PLAIN: frozenset[type] = frozenset(
-    {str, int, bool, bytes, bytearray, complex, type(None), UUID, date, timedelta, Fraction}
+    {str, int, bool, bytes, bytearray, type(None), UUID, date, timedelta, Fraction}
+)
+
+#: The value classes that are what their text says (``codec.py`` journals
+#: them so), and that ``==`` or their slots would tell apart otherwise.
+_BY_TEXT: frozenset[type] = frozenset(
+    {
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        ipaddress.IPv4Address,
+        ipaddress.IPv6Address,
+        ipaddress.IPv4Network,
+        ipaddress.IPv6Network,
+        ipaddress.IPv4Interface,
+        ipaddress.IPv6Interface,
+    }
 )
 
 
@@ -584,7 +608,9 @@ def _time_difference(a: Any, b: Any) -> str | None:
 def _container_difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found | None:
     cls = type(a)
     plain = _PLAIN
-    if cls is list or cls is tuple:
+    if cls is list or cls is tuple or isinstance(a, tuple | deque):  # (a namedtuple)
+        if cls is deque and a.maxlen != b.maxlen:
+            return [], "a deque comes back with another maxlen"
         if len(a) != len(b):
             return [], f"{len(a)} items come back as {len(b)}"
         for index, (x, y) in enumerate(zip(a, b, strict=True)):
@@ -600,9 +626,11 @@ def _container_difference(a: Any, b: Any, seen: set[tuple[int, int]]) -> _Found 
                 found[0].append((_INDEX, index))
                 return found
         return None
-    if cls is dict:
+    if cls is dict or cls is OrderedDict:
         if len(a) != len(b):
             return [], f"{len(a)} items come back as {len(b)}"
+        if cls is OrderedDict and list(a) != list(b) and a.keys() == b.keys():  # (== tells)
+            return [], "an OrderedDict comes back with its keys in another order"
         # A copy keeps the order of its keys: walk both side by side while
         # each key of ``b`` is the one ``b[key]`` would find (the same object,
         # or an equal one of the same plain type); else the general walk.

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, time, timezone
 from decimal import Decimal
+from pathlib import PurePath
 from typing import Any
 
 from .class_caches import class_cache, remember
@@ -70,7 +72,8 @@ _UNLIKE_DEPTH = 20
 def _unlike(held: Any, again: Any, depth: int) -> bool:
     """Whether two values ``==`` says are equal would still not be the same
     after a resume: a class differs somewhere inside their containers (a
-    list, tuple, dict — its keys too —, set, frozenset) or dataclasses
+    list, tuple, dict — its keys too —, set, frozenset, deque — its maxlen
+    too) or dataclasses
     (``True`` where ``1`` is, a list where a tuple is), a dict's keys are in
     another order (a resumed run iterates them in the order derived), or a
     ``datetime``/``time`` is in another zone or fold (equal as instants, or
@@ -99,6 +102,12 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
         return _items_unlike(held, again, depth)
     if isinstance(held, (set, frozenset)):
         return _members_unlike(held, again, depth)
+    if isinstance(held, deque):  # (its == leaves out its maxlen)
+        return held.maxlen != again.maxlen or _items_unlike(held, again, depth)
+    if isinstance(held, PurePath):  # (a Windows path's == ignores case)
+        return str(held) != str(again)
+    if kind is range:  # (== compares the items: range(0) == range(2, 2))
+        return (held.start, held.stop, held.step) != (again.start, again.stop, again.step)
     if isinstance(held, (datetime, time)):
         return _zone_unlike(held, again)
     names = _compared_fields(kind)
@@ -197,6 +206,10 @@ def _same_unequal(held: Any, again: Any, depth: int) -> bool:
         )
     if isinstance(held, (list, tuple)):
         return len(held) == len(again) and _all_same(held, again, depth)
+    if isinstance(held, deque):
+        return held.maxlen == again.maxlen and len(held) == len(again) and _all_same(
+            held, again, depth
+        )
     if isinstance(held, (set, frozenset)):
         return _same_members(held, again, depth)
     names = _compared_fields(kind)
