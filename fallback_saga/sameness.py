@@ -74,7 +74,8 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
     after a resume: a class differs somewhere inside their containers (a
     list, tuple, dict — its keys too —, set, frozenset, deque — its maxlen
     too) or dataclasses
-    (``True`` where ``1`` is, a list where a tuple is), a dict's keys are in
+    (``True`` where ``1`` is, a list where a tuple is), a ``Decimal`` has
+    another exponent or sign (``1.0`` where ``1.00`` is), a dict's keys are in
     another order (a resumed run iterates them in the order derived), or a
     ``datetime``/``time`` is in another zone or fold (equal as instants, or
     the fold ignored by ``==``). Run at every write of a class that derives
@@ -88,6 +89,8 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
         return True
     if kind in SCALARS or depth > _UNLIKE_DEPTH or held is again:
         return False
+    if kind is Decimal:  # (== leaves out its exponent and sign: 1.0 == 1.00, 0 == -0)
+        return held.as_tuple() != again.as_tuple()
     depth += 1
     if isinstance(held, dict):
         # Equal dicts hold equal keys: their lists are equal when in one order.
@@ -274,6 +277,11 @@ def what_is_derived(held: Any, again: Any) -> str:
             f"its __post_init__ derives {with_article(name)} equal to it in another time zone "
             f"or fold from the fields"
         )
+    if isinstance(held, Decimal):
+        return (
+            f"its __post_init__ derives an equal {name} with another exponent or sign "
+            f"from the fields (1.00 and 1.0 are equal, and a resumed run shows the one derived)"
+        )
     if isinstance(held, dict) and list(held) != list(again):
         # (the keys derived, in the order held: whether the types differ too)
         keys = {key: key for key in again}
@@ -285,7 +293,8 @@ def what_is_derived(held: Any, again: Any) -> str:
         )
     return (
         f"its __post_init__ derives an equal {name} holding values of other types (or a "
-        f"dict's keys in another order, a moment in another zone) inside from the fields"
+        f"dict's keys in another order, a moment in another zone, a Decimal with another "
+        f"exponent) inside from the fields"
     )
 
 
