@@ -90,7 +90,7 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
     if kind in SCALARS or depth > _UNLIKE_DEPTH or held is again:
         return False
     if kind is Decimal:  # (== leaves out its exponent and sign: 1.0 == 1.00, 0 == -0)
-        return held.as_tuple() != again.as_tuple()
+        return bool(held.as_tuple() != again.as_tuple())
     depth += 1
     if isinstance(held, dict):
         # Equal dicts hold equal keys: their lists are equal when in one order.
