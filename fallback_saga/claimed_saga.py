@@ -19,6 +19,7 @@ from .errors import (
     SagaFailed,
     SagaInterrupted,
     SagaNotFound,
+    StoreClosed,
     described,
 )
 from .events import collect_hooks, emit
@@ -77,6 +78,9 @@ class ClaimedSaga:
         # Why it was skipped, when its definition (or a child's) changed.
         self.definition_changed: SagaDefinitionChanged | None = None
         self._keep_lease = False  # lost to another worker, or the process ends
+        # Interrupted because the store was closed under it (StoreClosed):
+        # no pass can go on with that store (a worker stops: see worker.py).
+        self.store_closed = False
         # Its record cannot be read (CorruptSagaRecord): deferred, see _drive.
         self._unreadable = False
         # Given back without anything of it run (skipped for its name or its
@@ -294,6 +298,7 @@ class ClaimedSaga:
                 return "skipped", await self._child_unreadable(interrupted.error)
             # The journal could not be written: nothing is reported finished
             # that the journal does not hold. The saga stays for the next pass.
+            self.store_closed = isinstance(interrupted.error, StoreClosed)
             return "interrupted", str(interrupted)
         except LeaseLost as lost:
             self._keep_lease = True  # someone else's now

@@ -76,6 +76,7 @@ from datetime import timedelta
 
 from .claimed_saga import ClaimedSaga, children_first
 from .claims_here import claiming
+from .errors import StoreClosed
 from .events import collect_hooks, emit, listener_tuple
 from .given_numbers import claim_count, seconds_given
 from .log_lines import library_logger
@@ -274,7 +275,11 @@ class RecoveryWorker:
         self._resumes.wake_watch()
 
     async def run(self) -> None:
-        """Claim and resume until ``stop()``; then drain (see the module docstring)."""
+        """Claim and resume until ``stop()``; then drain (see the module docstring).
+
+        A store closed under the worker (``StoreClosed`` at a claim: it does
+        not come back) stops it the same way, and ``run()`` then raises that
+        ``StoreClosed``."""
         if self._running:
             raise RuntimeError("this RecoveryWorker is already running")
         if self._stop_before_run:
@@ -298,11 +303,22 @@ class RecoveryWorker:
                 wake=lambda: self._wake.set(), stopping=lambda: self._stopping))
         loop = asyncio.get_running_loop()
         watch = loop.create_task(self._resumes.watch())
+        closed: StoreClosed | None = None
         try:
             while not self._stopping:
                 self._wake.clear()  # before claiming: a wake-up during the claim is kept
                 await self._kept.give_back(everything=False)
-                await self._claim()
+                try:
+                    await self._claim()
+                except StoreClosed as error:
+                    # A closed store does not come back: claiming again every
+                    # poll, the worker said so once and ran for ever,
+                    # recovering nothing. It stops as stop() stops it (the
+                    # sagas in flight end at their next write), and run()
+                    # raises the error below.
+                    closed = error
+                    self._stopping = True
+                    break
                 if self._stopping:
                     break
                 if cancellation_pending():  # a driver swallowed it
@@ -380,6 +396,8 @@ class RecoveryWorker:
                     # TaskGroup or asyncio.run took the cancelled task for
                     # one that ended in order.
                     raise asyncio.CancelledError
+        if closed is not None:
+            raise closed
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop claiming; wait for the sagas in flight, for at most ``grace``
@@ -461,6 +479,7 @@ class RecoveryWorker:
 
     def _slot_freed(self) -> None:
         """A resume's slot is free again: claim at once if there may be more
-        work (or the stop waits for it)."""
-        if self._backlog or self._stopping:
+        work (or the stop waits for it), or if the store was closed under
+        the resume (the claim meets it, and the worker stops: see run)."""
+        if self._backlog or self._stopping or self._resumes.store_closed:
             self._wake.set()

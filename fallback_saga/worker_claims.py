@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from .errors import StoreClosed
 from .log_lines import library_logger
 from .recovery import claim_batch
 from .shielding import CLAIM_GRACE, cancellation_pending
@@ -61,7 +62,8 @@ class Claims:
 
     async def take(self, free: int) -> list[Lease] | None:
         """The leases of a claim of at most ``free`` sagas; None if it failed
-        (the store is down: tried again at the next poll) or was let go."""
+        (the store is down: tried again at the next poll) or was let go.
+        ``StoreClosed`` (the store was closed: it does not come back) is raised."""
         # The rows the claim skips as corrupt (never leased: no resume meets
         # them), for the worker to tell (``unreadable``); the task's context
         # is a copy of this one, holding the same list.
@@ -76,6 +78,8 @@ class Claims:
             if answer is None:
                 return None  # stopped, the claim let go: see _answer_of
             leases = answer
+        except StoreClosed:
+            raise  # a closed store does not come back: the worker stops (RecoveryWorker.run)
         except Exception as error:  # the store is down: try again at the next poll
             if cancellation_pending():
                 raise asyncio.CancelledError from error  # see cancellation_pending

@@ -62,6 +62,9 @@ class Resumes:
         # tried again as any refused one is (see _done).
         self.let_go: dict[asyncio.Task[None], Resuming] = {}
         self.handing_off = False  # the drain hands off what is left
+        # A resume of this run was interrupted by the store's closing: the
+        # worker claims at once, to meet it and stop (see RecoveryWorker.run).
+        self.store_closed = False
         self._settled = asyncio.Event()  # nothing in flight (set as it empties)
         self._watch_wake = asyncio.Event()  # a deadline of watch's may have moved
 
@@ -71,6 +74,7 @@ class Resumes:
         self._settled = asyncio.Event()
         self._watch_wake = asyncio.Event()
         self.handing_off = False
+        self.store_closed = False
 
     def wake_watch(self) -> None:
         """A deadline of ``watch``'s may have moved (or the clock)."""
@@ -130,6 +134,7 @@ class Resumes:
             self.kept.keep(claimed.saga_id, claimed.lease, claimed.held_for)
         if outcome == "interrupted":
             self.backoff.interrupted(claimed.saga_id)
+            self.store_closed = self.store_closed or claimed.store_closed
         else:
             self.backoff.ended(claimed.saga_id)
         count_outcome(self.stats, claimed, outcome, reason, owner=self.owner, lease=self.lease)

@@ -53,6 +53,7 @@ from fallback_saga import (
     SagaStoreError,
     SQLiteSagaStore,
     StepStatus,
+    StoreClosed,
     current_step,
 )
 from fallback_saga.recovery import LeasedRun, SagaHandedOff
@@ -477,6 +478,47 @@ async def test_S13_a_stop_asked_before_the_worker_runs_ends_that_run(
     await worker.stop()
     await task
     assert worker.stats.completed == 1
+
+
+@pytest.mark.parametrize("when", ["before-run", "while-idle", "with-a-saga-in-flight"])
+async def test_S13_a_worker_whose_store_is_closed_stops_and_says_so(
+    db: Path, when: str
+) -> None:
+    """A closed store does not come back (``StoreClosed``): the worker said
+    so once, then claimed again every poll for ever — its ``run()`` never
+    ended, and nothing but one log line told that it recovered nothing. It
+    now stops as ``stop()`` stops it (a saga in flight ends as its next
+    write finds the store closed: interrupted, nothing compensated), and
+    ``run()`` raises the ``StoreClosed``."""
+    store = SQLiteSagaStore(db)
+    await seed(store, 1 if when == "with-a-saga-in-flight" else 0)
+    claims: list[int] = []
+    claim = store.claim
+
+    async def counted(**options: Any) -> Any:
+        claims.append(options["limit"])
+        return await claim(**options)
+
+    store.claim = counted  # type: ignore[method-assign]
+    ledger = Ledger()
+    gate = ledger.hold("act B")
+    worker = RecoveryWorker(store, [order_saga(store, ledger)], poll=3600, older_than=0)
+    if when == "before-run":
+        await store.close()
+    running = asyncio.create_task(worker.run())
+    if when == "while-idle":
+        await eventually(lambda: bool(claims) or running.done(), what="a first claim")
+        await store.close()
+        worker.wake()  # poll is an hour: the next claim is now
+    if when == "with-a-saga-in-flight":
+        await asyncio.wait_for(ledger.entered["act B"].wait(), 20)
+        await store.close()
+        gate.set()
+    with pytest.raises(StoreClosed):
+        await asyncio.wait_for(running, 20)
+    assert [call for call in ledger.calls if call[0] == "compensate"] == []
+    await worker.stop()  # a stop of a stopped worker: at once, and no run()'s to end
+    assert not worker._stop_before_run
 
 
 async def test_a_graceful_stop_lets_sagas_finish_and_releases_their_leases(
