@@ -22,7 +22,7 @@ update for ``current_step()``. Listener hooks are resolved once per saga
 instance; with no listener, nothing is called.
 
 A run is one object whose parts live in a chain of base classes, one
-concept per module, each the next one's base:
+concept per module, each the next one's base (the last two side by side):
 
 * ``write_ahead.JournaledRun``: the journal and its writes (S13);
 * ``unwinding.UnwindingRun``: how a run that cannot complete unwinds its
@@ -33,12 +33,22 @@ concept per module, each the next one's base:
   or crashed act leaves in the journal;
 * ``completion.CompletingRun``: how a completed run is recorded, told and
   returned (``SagaResult``);
-* ``Execution`` (here): the run itself — its start, and the loops that
-  drive the plan forward, with a plain step's work inlined in them.
+* ``general_run.GeneralRun`` and ``lean_run.LeanRun``, side by side (each a
+  subclass of ``CompletingRun``, neither needing the other): the run's two
+  ways forward, the loops that drive the plan with a plain step's work
+  inlined in them — ``run_all``, any plan on any store, and ``run_plain``,
+  the lean path of the commonest saga (``Saga._runs_plain``);
+* ``Execution`` (here, a subclass of both): the run itself — its state (set
+  in ``__init__``, on the hot path of every saga), its start, a crashed
+  run's unwinding finished (``resume_unwinding``) and what an in-process
+  store reads of it. A run takes one way forward (``Saga.run``). The
+  loops were this class's own methods; each is a concept of its own (its
+  own journal form, the lean one), so each has its module.
 
 Base classes, not helper objects: on the success path a step costs what it
 did when they were all one class (a method of a base is found through the
-run's class, cached; no object or call layer more per step).
+run's class, cached; no object or call layer more per step). The bases hold
+no field: ``Execution`` declares every slot a run adds to ``CompletingRun``'s.
 """
 
 from __future__ import annotations
@@ -52,39 +62,26 @@ from typing import Any, NoReturn
 
 from .codec import FIELD_NAMES
 from .compact_journal import Shape
-from .completion import CompletingRun, SagaResult, _saga_result
-from .context import (
-    _DICT_ONLY,
-    _IMMUTABLE,
-    _JSON_SCALARS,
-    check_serializable,
-    context_to_dict,
-    freeze_context,
-    restore_step,
-    step_snapshot,
-    step_snapshot_to_dict,
-)
+from .completion import SagaResult
+from .context import _JSON_SCALARS, check_serializable, context_to_dict, step_snapshot_to_dict
 from .events import emit
-from .group_run import LaneCursor, run_group
-from .plan import Branch, FallbackPlan, GroupPlan, PlanItem
+from .general_run import GeneralRun
+from .group_run import LaneCursor
+from .lean_run import LeanRun
+from .plan import Branch
 from .run_settings import RunSettings
 from .shielding import reset_var, running_task
-from .status import RAW_COMPLETED as _COMPLETED
-from .status import RAW_STARTED as _STARTED
 from .status import SagaStatus
-from .step import _CURSOR, COROUTINE, SagaStepResult, unawaited
+from .step import _CURSOR, SagaStepResult
 from .store._common import check_saga_id
 from .store.base import Lease
-from .write_ahead import JournalWriteFailed
 
 __all__ = ["SagaResult"]
 
 # A saga's statuses as the hot path sets them: a module global is read for
 # free, an enum's member through its class costs ~45 ns on CPython 3.11.
 _RUNNING = SagaStatus.RUNNING
-_SAGA_COMPLETED = SagaStatus.COMPLETED
 _now = time.time
-_new_tuple = tuple.__new__
 
 
 # --------------------------------------------------------------------------- saga ids
@@ -135,11 +132,14 @@ def running_execution() -> Execution | None:
     return None
 
 
-class Execution(CompletingRun):
+class Execution(GeneralRun, LeanRun):
     """The state of one saga run. Not reusable; not shared between tasks.
 
     It is also the run's ``StepCursor`` (what ``current_step()`` reads) and,
     for an in-process store, the live record the store watches.
+
+    It drives its plan forward with ``run_all`` (``general_run``) or
+    ``run_plain`` (``lean_run``), its bases.
 
     On an in-process store (``live``) a run is started on the hot path of
     every saga, so only what such a run reads is set; the write-ahead
@@ -262,293 +262,6 @@ class Execution(CompletingRun):
             emit(self.hooks.saga_started, self.saga_id, self.saga_name)
         if self.resumed and self.hooks.saga_resumed:
             emit(self.hooks.saga_resumed, self.saga_id, self.saga_name)
-
-    async def run_all(
-        self,
-        plan: tuple[PlanItem, ...],
-        start: int = 0,
-        fallback_first: bool = False,
-        resumed_group: dict[int, SagaStepResult[Any, Any]] | None = None,
-        fallbacks_started: frozenset[int] = frozenset(),
-        uncertain: tuple[Branch, ...] = (),
-    ) -> SagaResult[Any]:
-        """Run ``plan`` from item ``start`` (0, or where a resumed run stopped);
-        ``fallback_first``: the step at ``start`` had already handed over to its
-        fallback, so resume with the fallback. When ``plan[start]`` is a group
-        a resumed run stopped in: ``resumed_group`` holds the results of its
-        members that completed (by position: they do not run again), and
-        ``fallbacks_started`` the positions of members resumed with their fallback.
-
-        ``uncertain``: the branch of ``plan[start]`` a crashed run was calling
-        when it died (its STARTED is the journal's last word on it; a group's
-        members, any number): that call may have taken effect. Called again,
-        its participant answers for the same idempotency key: if it fails,
-        the step failed (S5). But if this run is cancelled before that
-        answer (even before the call), the crashed call's effect stays
-        unknown: the step is compensated as the saga unwinds, like a group
-        member cancelled in flight (journaled CANCELLED) — not left applied
-        under a COMPENSATED saga. (Compensations tolerate "it never
-        happened": docs/mechanics.md.)"""
-        # begin(), inlined
-        task = running_task()
-        if self.live:
-            self.driven_in = task._loop  # see driven_in
-            self.store.track(self, replace=self.resumed)  # type: ignore[attr-defined]
-            self.created = True
-        hooks = self.hooks
-        if hooks.saga_started:
-            emit(hooks.saga_started, self.saga_id, self.saga_name)
-        if self.resumed and hooks.saga_resumed:
-            emit(hooks.saga_resumed, self.saga_id, self.saga_name)
-        token = _CURSOR.set(self)
-        results = self.results
-        resumed_with = len(results)
-        # The requests to cancel pending as the run starts are not its own
-        # (see running_task); one made meanwhile that a step swallowed stops
-        # the run before the next step's act (see stop_swallowed).
-        self.cancels = cancels = task.cancelling()
-        late: asyncio.CancelledError | None = None
-        try:
-            try:
-                if fallback_first:
-                    resumed: FallbackPlan = plan[start]  # type: ignore[assignment]
-                    snapshot = self.image = step_snapshot(self.context)
-                    response = await self.try_branch(resumed.fallback, snapshot, None)
-                    if not isinstance(response, SagaStepResult):
-                        response = SagaStepResult(response, resumed.fallback.name, self.saga_id)
-                    results.append(response)
-                    start += 1
-                elif resumed_group is not None:
-                    group: GroupPlan = plan[start]  # type: ignore[assignment]
-                    # The group answers for its members' crashed calls (run_group).
-                    crashed, uncertain = uncertain, ()
-                    results += await run_group(
-                        self, group, resumed_group, fallbacks_started, crashed
-                    )
-                    start += 1
-                # A step with no retry, timeout or breaker, with no step listener,
-                # runs inlined below: try_branch's work (and run_fallback's), less
-                # their coroutines and checks.
-                inline = self.settings.inline_steps
-                live = self.live
-                context = self.context
-                journal = self.journal
-                stack = self.stack
-                # A flat context (its state is its __dict__): step_snapshot's fast
-                # path is inlined below, one call fewer per step.
-                flat = _DICT_ONLY.get(context.__class__)
-                coroutine = COROUTINE  # a local: read for every step that returns a bare response
-                item: Any  # a PlanItem (Any: the checks below are by exact class, for speed)
-                branch: Branch
-                for item in plan[start:] if start else plan:
-                    # run_item, inlined: this loop is the hottest path of the library
-                    kind = item.__class__
-                    if kind is GroupPlan:
-                        results += await run_group(self, item)
-                        continue
-                    if flat and _IMMUTABLE.issuperset(
-                        map(type, (state := context.__dict__).values())
-                    ):
-                        snapshot = self.image = state.copy()
-                    else:
-                        snapshot = self.image = step_snapshot(context)
-                    if inline and item.plain:
-                        branch = item if kind is Branch else item.primary
-                        while True:
-                            self.step = name = branch.name
-                            self.attempt = 1
-                            journal.append((branch.position, name, branch.branch, "act", _STARTED,
-                                            1, None, _now(), None))
-                            self.action = "act"
-                            try:
-                                if not live:
-                                    await self.flush()  # the write-ahead: STARTED is durable first
-                                if task.cancelling() > cancels:
-                                    await self.stop_swallowed()
-                                self.active = True
-                                response = await branch.act(context)
-                                if (returned := response.__class__) is not SagaStepResult:
-                                    # Checked only here, so that a step returning its
-                                    # SagaStepResult pays nothing for it.
-                                    if returned is coroutine:  # a forgotten await
-                                        raise unawaited(name, "act", response)
-                                    response = _new_tuple(
-                                        SagaStepResult, (response, name, self.saga_id)
-                                    )
-                            except JournalWriteFailed:
-                                # The act never ran (or a child of it is out of
-                                # reach): nothing to record or fall back from.
-                                # The run stops: it keeps no primary's error
-                                # (whose traceback holds this frame: a cycle).
-                                self.primary_error = None
-                                self.active = False
-                                raise
-                            except BaseException as error:
-                                restore_step(context, snapshot)
-                                if task.cancelling() > cancels and isinstance(error, Exception):
-                                    raise self._act_cancelled_instead(branch, 1, error) from error
-                                self.act_failed(branch, 1, error)  # (and active = False)
-                                if kind is Branch or not self._falls_back(item, branch, error):
-                                    raise
-                                branch = item.fallback
-                                continue
-                            break
-                        self.active = False
-                        if kind is not Branch:
-                            self.primary_error = None  # the fallback (if it ran) completed
-                        # The journal keeps the response itself, not the SagaStepResult
-                        # around it (one object fewer for the collector per retained step).
-                        journal.append((branch.position, name, branch.branch, "act", _COMPLETED,
-                                        1, None, _now(), response[0]))
-                        self.context_dirty = True
-                        stack.append(branch)
-                        results.append(response)
-                        continue
-                    elif kind is Branch:
-                        branch = item
-                        response = await self.try_branch(branch, snapshot, None)
-                    else:
-                        branch, response = await self.run_fallback(item, snapshot)
-                    if not isinstance(response, SagaStepResult):
-                        response = _new_tuple(SagaStepResult, (response, branch.name, self.saga_id))
-                    results.append(response)
-                if task.cancelling() > cancels:
-                    # After the last step: see stop_swallowed.
-                    late = await self.stop_swallowed(at_the_end=True)
-            except (Exception, JournalWriteFailed) as error:
-                raise await self.unwound(error) from error  # fail's, one frame fewer
-            except asyncio.CancelledError:
-                if (
-                    uncertain and len(results) == resumed_with
-                    and uncertain[0] in self.crashed_calls and uncertain[0] not in self.stack
-                ):
-                    # Cancelled before it answered: see above. (Answered if its
-                    # new call failed: act_failed. On the stack already if its
-                    # new call was cancelled in flight in a group member's
-                    # child: see act_failed. Once is enough.)
-                    self.push_crashed_call(uncertain[0])
-                await self.abort()
-                raise
-        except (Exception, asyncio.CancelledError):
-            raise  # announced where it was handled
-        except BaseException as error:
-            self.crashed(error)
-            raise
-        finally:
-            reset_var(_CURSOR, token)
-            self.driven_in = None  # let go: see driven_in
-            # No local keeps the task: the error raised from here holds this
-            # frame, and the task, once done, that error (a reference cycle).
-            task = None  # type: ignore[assignment]
-        if late is not None:
-            return await self._complete_then_cancel(late)
-        if self.live:
-            return self.complete_live()  # one coroutine fewer
-        return await self.complete()
-
-    async def run_plain(self, plan: tuple[PlanItem, ...], shape: Shape) -> SagaResult[Any]:
-        """``run_all`` for the commonest saga (``Saga._runs_plain``): a fresh
-        run on a ``MemorySagaStore`` (exactly: its ``retire_run`` is called),
-        nobody listening, every step plain (a ``Branch`` or a
-        ``FallbackPlan`` with no retry, timeout or breaker).
-
-        The same transitions in the same order as ``run_all``'s inlined loop
-        (``tests/test_inline_path_equivalence.py`` runs a saga both ways),
-        less what that loop asks of every step and every run for the sagas
-        this one never sees: groups, resumes, listeners, write-ahead stores.
-        Worth 2-5 % of such a saga, 4-6 % with ``MemorySagaStore.retire_run``
-        (benchmarks/README.md, seventh pass).
-
-        Its journal is compact (``compact_journal``): a forward step's STARTED
-        and COMPLETED rows are their clock readings only, which ``shape`` (the
-        plan's) and ``results`` complete when the store reads them; every
-        other row is whole."""
-        self.shape = shape
-        task = running_task()  # see run_all
-        self.driven_in = task._loop  # see driven_in
-        self.store.track(self)  # type: ignore[attr-defined]
-        self.created = True
-        context = self.context
-        journal: list[Any] = self.journal  # compact: clock readings and whole rows
-        stack = self.stack
-        results = self.results
-        saga_id = self.saga_id
-        flat = _DICT_ONLY.get(context.__class__)
-        coroutine = COROUTINE  # a local: read for every step that returns a bare response
-        # S12's check (__init__) has just found JSON scalars only, all of them
-        # immutable: the first step's snapshot is a copy with no scan of its own.
-        scanned = flat and self.scalars
-        self.cancels = cancels = task.cancelling()
-        late: asyncio.CancelledError | None = None
-        token = _CURSOR.set(self)
-        try:
-            item: Any  # a Branch or a FallbackPlan (Any: told apart by exact class)
-            branch: Branch
-            for item in plan:
-                if scanned:
-                    scanned = False
-                    snapshot = self.image = context.__dict__.copy()
-                elif flat and _IMMUTABLE.issuperset(
-                    map(type, (state := context.__dict__).values())
-                ):
-                    snapshot = self.image = state.copy()
-                else:
-                    snapshot = self.image = step_snapshot(context)
-                branch = item if item.__class__ is Branch else item.primary
-                while True:
-                    self.step = name = branch.name
-                    self.attempt = 1
-                    journal.append(_now())  # STARTED, compact
-                    self.action = "act"
-                    try:
-                        if task.cancelling() > cancels:
-                            await self.stop_swallowed()  # see run_all
-                        self.active = True
-                        response = await branch.act(context)
-                        if (returned := response.__class__) is not SagaStepResult:
-                            # Checked only here: see run_all.
-                            if returned is coroutine:  # a forgotten await
-                                raise unawaited(name, "act", response)
-                            response = _new_tuple(SagaStepResult, (response, name, saga_id))
-                    except BaseException as error:
-                        restore_step(context, snapshot)
-                        if task.cancelling() > cancels and isinstance(error, Exception):
-                            raise self._act_cancelled_instead(branch, 1, error) from error
-                        self.act_failed(branch, 1, error)  # (and active = False)
-                        # A plain step's failure, or a Fallback's that does not fall back.
-                        if item is branch or not self._falls_back(item, branch, error):
-                            raise
-                        branch = item.fallback
-                        continue
-                    break
-                self.active = False
-                if item is not branch:
-                    self.primary_error = None  # a Fallback's: the fallback (if it ran) completed
-                journal.append(_now())  # COMPLETED, compact: its response is in results
-                stack.append(branch)
-                results.append(response)
-            if task.cancelling() > cancels:
-                late = await self.stop_swallowed(at_the_end=True)  # see run_all
-        except Exception as error:
-            raise await self.unwound(error) from error  # fail's, one frame fewer
-        except asyncio.CancelledError:
-            await self.abort()
-            raise
-        finally:
-            reset_var(_CURSOR, token)
-            self.driven_in = None  # let go: see driven_in
-            # No local keeps the task: the error raised from here holds this
-            # frame, and the task, once done, that error (a reference cycle).
-            task = None  # type: ignore[assignment]
-        if late is not None:
-            return await self._complete_then_cancel(late)
-        # complete_live, inlined (nobody to tell); the store is a MemorySagaStore
-        self.status = _SAGA_COMPLETED
-        self.left_undone = None  # see complete_live
-        if not self.store.retire_run(self, context):  # type: ignore[attr-defined]
-            self.image = freeze_context(context)
-            self.store.finished(self)  # type: ignore[attr-defined]
-        return _saga_result(saga_id, _SAGA_COMPLETED, context, results)
 
     async def resume_unwinding(self, failed_step: str, error: BaseException) -> NoReturn:
         """Finish the unwinding a crashed run had begun; never runs a forward step."""

@@ -2,16 +2,16 @@
 Fallback's hand-over, the step listeners — and what a failed, cancelled or
 crashed ``act`` leaves in the journal and tells the listeners.
 
-``SteppingRun`` is that part of a run. The executor's ``Execution`` (its
-subclass) drives the plan forward: a plain step — no retry, timeout or
-breaker, nobody listening to steps — it runs inlined in its own loop (the
-hot path: ``Execution.run_all`` and ``run_plain``), and comes here only
-when the step's ``act`` fails (``act_failed``, ``_falls_back``,
-``_act_cancelled_instead``) or a request to cancel was swallowed
-(``stop_swallowed``). Every other step runs here (``try_branch``,
-``run_fallback``), as do a ``Parallel`` group's members (``group_run``
-calls back into the run: its ``GroupHost``) and a ``SagaTransaction``'s
-steps, one plan item at a time (``run_item``).
+``SteppingRun`` is that part of a run. The run's two loops drive the plan
+forward (``general_run.GeneralRun.run_all``, ``lean_run.LeanRun.run_plain``:
+subclasses of this, bases of the executor's ``Execution``): a plain step —
+no retry, timeout or breaker, nobody listening to steps — they run inlined
+(the hot path), and come here only when the step's ``act`` fails
+(``act_failed``, ``_falls_back``, ``_act_cancelled_instead``) or a request
+to cancel was swallowed (``stop_swallowed``). Every other step runs here
+(``try_branch``, ``run_fallback``), as do a ``Parallel`` group's members
+(``group_run`` calls back into the run: its ``GroupHost``) and a
+``SagaTransaction``'s steps, one plan item at a time (``run_item``).
 
 A base class rather than a helper object: its methods are the run's own,
 so the hot path calls them as it always did — one method lookup on the
