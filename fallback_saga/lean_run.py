@@ -8,7 +8,8 @@ transitions in the same order as the general loop's inlined steps
 and every run for the sagas this one never sees — groups, resumes,
 listeners, write-ahead stores — and keeps its journal compact
 (``compact_journal``). Why it exists, and what it is worth:
-docs/mechanics.md and benchmarks/README.md (seventh and eighth passes).
+benchmarks/README.md, issue #12's seventh pass (the lean path) and eighth
+(the compact journal).
 
 Split from the executor's ``Execution`` by concept: one of a run's two ways
 forward (``GeneralRun`` is the other), sharing with the other only the
