@@ -315,7 +315,12 @@ def check_retry(retry: object, label: str, error: type[Exception]) -> None:
     """Refuse a step's ``retry`` that is set to something other than a
     ``RetryPolicy`` (``retry = 3``): ignored, the step would run once where
     its author asked for retries. A method called ``retry`` (a step of one's
-    own) is no setting: left alone."""
+    own) is no setting: left alone — but the class ``RetryPolicy`` itself
+    (``retry = RetryPolicy``, its call forgotten) is callable too, and no
+    method: refused, or it would be ignored the same way."""
+    if isinstance(retry, type) and issubclass(retry, RetryPolicy):
+        raise error(f"{label}: retry must be a RetryPolicy or None, got the class "
+                    f"{retry.__name__}: write `retry = {retry.__name__}()` (with its settings)")
     if retry is None or isinstance(retry, RetryPolicy) or callable(retry):
         return
     raise error(f"{label}: retry must be a RetryPolicy or None, got {retry!r}")

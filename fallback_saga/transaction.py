@@ -39,6 +39,14 @@ class SagaTransaction(Generic[ContextT]):
         self._finished = False
         self._token: Token[StepCursor | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The task running a step of this transaction, if one is: a second
+        # task asking for the next step meanwhile is refused, and leaving the
+        # block waits for the step to land (``_step_landed``) before it
+        # commits or unwinds, so that what it did is compensated too.
+        self._stepping: asyncio.Task[Any] | None = None
+        self._step_landed: asyncio.Event | None = None
+        # The block is being left: no further step starts (in another task).
+        self._leaving = False
         self.result: SagaResult[ContextT] | None = None
 
     @property
@@ -84,10 +92,25 @@ class SagaTransaction(Generic[ContextT]):
     async def __anext__(self) -> SagaStepResult[ContextT, Any]:
         if not self._entered:
             raise RuntimeError("iterate a saga transaction inside `async with`")
+        if self._stepping is not None:
+            # Both tasks would run the step in flight (its act twice), as the
+            # next step is chosen only once it completes.
+            raise RuntimeError(
+                "a saga transaction runs one step at a time: another task is already "
+                "running its next step; step through a transaction from one task")
         if self._ready:
             return self._ready.popleft()
-        if self._finished or self._next >= len(self._plan):
+        if self._finished or self._leaving or self._next >= len(self._plan):
             raise StopAsyncIteration
+        self._stepping = asyncio.current_task()
+        try:
+            return await self._run_next()
+        finally:
+            self._stepping = None
+            if self._step_landed is not None:
+                self._step_landed.set()
+
+    async def _run_next(self) -> SagaStepResult[ContextT, Any]:
         item = self._plan[self._next]
         execution = self._execution
         # This saga's run is the task's current one while its step runs (and
@@ -143,6 +166,28 @@ class SagaTransaction(Generic[ContextT]):
             self._finished = True
             execution.crashed(exc)
             return
+        self._leaving = True
+        cancelled = None
+        stepping = self._stepping
+        if stepping is not None and stepping is not asyncio.current_task():
+            # Another task is in the middle of a step: unwinding beside it
+            # would compensate what it has not finished and leave what it
+            # then completes applied. Its step lands first (it commits the
+            # saga's last step, unwinds a failed one), then the block settles.
+            self._step_landed = landed = asyncio.Event()
+            try:
+                await shielded(landed.wait())
+            except asyncio.CancelledError as error:
+                # Cancelled while waiting: left early, as a cancellation leaves it.
+                exc = cancelled = error
+        try:
+            await self._settle_now(exc)
+        finally:
+            if cancelled is not None:
+                raise cancelled
+
+    async def _settle_now(self, exc: BaseException | None) -> None:
+        execution = self._execution
         if self._finished:
             return
         self._finished = True

@@ -393,6 +393,25 @@ def test_step_retry_must_be_a_retry_policy(retry: Any) -> None:
         declare(Retried())
 
 
+def test_S6_a_step_retry_set_to_the_retry_policy_class_is_refused() -> None:
+    """``retry = RetryPolicy`` (the class, its call forgotten) passed as a
+    method named ``retry`` (it is callable) and was ignored: the step ran
+    once where its author asked for retries. ``Fallback(retry=...)`` and
+    ``compensation_retry`` refuse the class already."""
+    class Retried(Charge):
+        retry = RetryPolicy
+
+    with pytest.raises(SagaDefinitionError, match=r"retry must be a RetryPolicy.*RetryPolicy\(\)"):
+        declare(Retried)
+
+    class Built(Charge):
+        def __init__(self) -> None:
+            self.retry = RetryPolicy
+
+    with pytest.raises(TypeError, match="retry must be a RetryPolicy"):
+        declare(Built)(step_factory=lambda cls: cls())
+
+
 def test_step_retry_set_by_a_built_step_must_be_a_retry_policy() -> None:
     class Built(Charge):
         def __init__(self) -> None:

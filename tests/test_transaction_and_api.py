@@ -174,6 +174,70 @@ async def test_transaction_cancelled_mid_step_compensates_then_reraises() -> Non
     assert (await saga.store.load("tx-cancel")).status is SagaStatus.COMPENSATED
 
 
+async def test_S5_a_transaction_stepped_from_two_tasks_at_once_runs_each_step_once() -> None:
+    """Two tasks awaiting ``__anext__`` of one transaction at the same time
+    both ran the step in flight: its act twice (the journal holding two
+    STARTED records for it), and the second task was handed its result
+    again. The second is refused, as an async generator refuses a second
+    ``anext()`` while one runs; the first steps on undisturbed."""
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    saga = declare(blocker, Probe("B", trace))()
+
+    async with saga.transaction(OrderCtx(), saga_id="tx-two-tasks") as tx:
+        first = asyncio.create_task(tx.__anext__())
+        await reached(blocker.started)
+        with pytest.raises(RuntimeError, match="another task is already running"):
+            async with asyncio.timeout(10):  # a safety net: it ran the blocked step again
+                await tx.__anext__()
+        blocker.release.set()
+        assert (await first).step_name == "Wait"
+        assert [r.step_name async for r in tx] == ["B"]
+
+    assert acted(trace) == ["Wait", "B"]
+    assert tx.status is SagaStatus.COMPLETED
+    history = (await saga.store.load("tx-two-tasks")).history
+    assert [(e.step, e.status) for e in history if e.action == "act"] == [
+        ("Wait", StepStatus.STARTED), ("Wait", StepStatus.COMPLETED),
+        ("B", StepStatus.STARTED), ("B", StepStatus.COMPLETED),
+    ]
+
+
+async def test_S5_a_block_left_while_another_task_runs_its_step_unwinds_that_step_too() -> None:
+    """The block was left (``break``, an error) while a task it started was
+    in the middle of the next step: the unwinding ran beside that step,
+    compensating the first step twice, and the step that then completed was
+    left applied under a COMPENSATED saga. Leaving the block now waits for
+    the step in flight, then compensates everything that completed, once."""
+    trace: Trace = []
+    blocker = Blocker("Wait", trace)
+    saga = declare(Probe("A", trace), blocker, Probe("C", trace))()
+
+    stepping: list[asyncio.Task[list[str]]] = []
+
+    async def leave_while_stepping() -> None:
+        async with saga.transaction(OrderCtx(), saga_id="tx-left") as tx:
+            assert (await tx.__anext__()).step_name == "A"
+
+            async def step_on() -> list[str]:
+                return [r.step_name async for r in tx]
+
+            stepping.append(asyncio.create_task(step_on()))
+            await reached(blocker.started)
+            # The step finishes only once the block is being left.
+            asyncio.get_running_loop().call_soon(blocker.release.set)
+            raise Boom("left the block")
+
+    with pytest.raises(Boom):
+        await leave_while_stepping()
+
+    # The task stepping on got the step in flight, and no step after it.
+    assert await stepping[0] == ["Wait"]
+    assert acted(trace) == ["A", "Wait"]
+    assert compensated(trace) == ["Wait", "A"]
+    assert (await saga.store.load("tx-left")).status is SagaStatus.COMPENSATED
+
+
 async def _closed_early(store: Any) -> tuple[Trace, SagaStatus, list[SagaStatus]]:
     """A transaction streamed from an async generator whose consumer takes
     the first result and closes it: the steps called, the stored status,
