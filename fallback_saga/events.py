@@ -347,8 +347,8 @@ def collect_hooks(listeners: Iterable[object], name: str) -> tuple[Hook, ...]:
     so listeners that do not care about a hook cost nothing.
 
     What would be silently ignored is refused: a listener class (its hooks
-    would be looked up on ``type``, and none found) and an ``async def`` hook
-    (called, never awaited: it would do nothing)."""
+    would be looked up on ``type``, and none found), an ``async def`` hook
+    (called, never awaited: it would do nothing) and a hook that ``yield``s."""
     base = getattr(SagaListener, name)
     hooks: list[Hook] = []
     for listener in listeners:
@@ -366,6 +366,14 @@ def collect_hooks(listeners: Iterable[object], name: str) -> tuple[Hook, ...]:
                 f"listener hook {type(listener).__name__}.{name} is async; hooks are "
                 f"plain synchronous calls on the saga's path (declare `def {name}`, and "
                 f"hand slow work to a queue or a task)"
+            )
+        if inspect.isgeneratorfunction(hook) or inspect.isasyncgenfunction(hook):
+            # Called, its body never started (a generator object, dropped):
+            # as silent as an async hook.
+            raise TypeError(
+                f"listener hook {type(listener).__name__}.{name} is a generator function "
+                f"(it yields), so calling it runs nothing; hooks are plain synchronous "
+                f"calls: declare `def {name}` without `yield`"
             )
         hooks.append(hook)
     return tuple(hooks)

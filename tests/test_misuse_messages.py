@@ -150,6 +150,31 @@ def test_an_async_hook_is_refused_naming_it() -> None:
         CircuitBreaker(listeners=[AsyncBreakerHook()])
 
 
+class GeneratorHooks(SagaListener):
+    def saga_finished(  # type: ignore[override]
+        self, saga_id: str, saga_name: str, status: object, error: BaseException | None
+    ) -> Any:
+        yield status
+
+
+class AsyncGeneratorHooks(SagaListener):
+    async def saga_finished(  # type: ignore[override]
+        self, saga_id: str, saga_name: str, status: object, error: BaseException | None
+    ) -> Any:
+        yield status
+
+
+def test_a_generator_hook_is_refused_naming_it() -> None:
+    """A hook that ``yield``s (a generator, or an async generator, which
+    ``iscoroutinefunction`` does not see) was called and its body never ran:
+    nothing done, without a word — as an async hook, which is refused."""
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"GeneratorHooks\.saga_finished.*generator"):
+        saga(listeners=[GeneratorHooks()])
+    with pytest.raises(TypeError, match=r"AsyncGeneratorHooks\.saga_finished.*generator"):
+        saga(listeners=[AsyncGeneratorHooks()])
+
+
 # --------------------------------------------------------------------------- a forgotten await
 
 
