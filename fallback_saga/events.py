@@ -375,8 +375,28 @@ def collect_hooks(listeners: Iterable[object], name: str) -> tuple[Hook, ...]:
                 f"(it yields), so calling it runs nothing; hooks are plain synchronous "
                 f"calls: declare `def {name}` without `yield`"
             )
+        _check_hook_parameters(listener, name, hook, base)
         hooks.append(hook)
     return tuple(hooks)
+
+
+def _check_hook_parameters(listener: object, name: str, hook: Hook, base: Hook) -> None:
+    """A hook is called with the base hook's arguments, by position: one that
+    cannot take them (declared with none, keyword-only, one too many) would
+    raise at every call — logged, ignored, and the listener hears nothing.
+    Refused when the listener is given, naming what it is called with."""
+    expected = list(inspect.signature(base).parameters)[1:]  # without self
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return
+    try:
+        signature.bind(*expected)
+    except TypeError as why:
+        raise TypeError(
+            f"listener hook {type(listener).__name__}.{name}{signature} cannot be called "
+            f"as {name}({', '.join(expected)}): {why}"
+        ) from None
 
 
 def emit(hooks: tuple[Hook, ...], *args: Any) -> None:

@@ -64,13 +64,13 @@ class Response:
             for base in cls.__mro__[1:]
         )
         if mutable_base and not frozen:  # dataclasses forbids mixing; follow the base
-            dataclasses.dataclass(cls)
+            _as_dataclass(cls)
             return
         # Generated as frozen, so that __init__ assigns with object.__setattr__:
         # then an explicit @dataclass(frozen=True) applied on top (which keeps
         # our __init__) still works. Unless asked for ``frozen=True`` as a class
         # keyword, the class is made mutable again.
-        dataclasses.dataclass(cls, frozen=True)
+        _as_dataclass(cls, frozen=True)
         if not frozen:
             del cls.__setattr__, cls.__delattr__
             cls.__hash__ = None  # type: ignore[assignment]  # mutable, comparable: unhashable
@@ -80,6 +80,18 @@ class Response:
             # mutable is only known once any decorator has run: the first
             # instance settles it, and a mutable class gets plain assignments.
             cls.__init__ = _settling_init(cls.__init__)  # type: ignore[method-assign]
+
+
+def _as_dataclass(cls: type, *, frozen: bool = False) -> None:
+    """``cls`` made a dataclass for its author, who wrote no decorator: what
+    ``dataclasses`` refuses (a list default, a field without a default after
+    one with) names a field, not the class — and is raised from inside this
+    library, at the class statement. Said with the class's name."""
+    try:
+        dataclasses.dataclass(cls, frozen=frozen)
+    except (TypeError, ValueError) as error:
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(f"Response subclass {cls.__module__}.{cls.__qualname__}: {error}") from error
 
 
 def _settling_init(safe_init: Callable[..., None]) -> Callable[..., None]:

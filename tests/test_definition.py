@@ -581,6 +581,21 @@ def test_response_with_an_explicit_frozen_dataclass_decorator() -> None:
         frozen.value = 2  # type: ignore[misc]
 
 
+def test_a_response_dataclasses_refuses_says_which_response_class() -> None:
+    """The dataclass ``Response`` makes of a subclass is made inside the
+    library: a field ``dataclasses`` refuses (a list default, a field
+    without a default after one with) came out of ``step.py`` with
+    dataclasses' message alone, naming a field but not the class."""
+    with pytest.raises(ValueError, match=r"Response subclass .*Listed: mutable default.*items"):
+        class Listed(Response):
+            items: list[str] = []
+
+    with pytest.raises(TypeError, match=r"Response subclass .*Unordered: non-default argument"):
+        class Unordered(Response):
+            note: str = ""
+            amount: int
+
+
 def test_saga_step_result_is_frozen() -> None:
     result = SagaStepResult(response=1, step_name="A", saga_id="s")
 

@@ -175,6 +175,47 @@ def test_a_generator_hook_is_refused_naming_it() -> None:
         saga(listeners=[AsyncGeneratorHooks()])
 
 
+class TooFewParameters(SagaListener):
+    def step_completed(self) -> None:  # type: ignore[override]
+        pass
+
+
+class KeywordOnlyParameters(SagaListener):
+    def step_completed(self, *, saga_id: str, step: str) -> None:  # type: ignore[override]
+        pass
+
+
+class TooManyParameters:
+    def breaker_state_changed(self, breaker: str, old: str, new: str, when: float) -> None:
+        pass
+
+
+class FlexibleParameters(SagaListener):
+    def step_completed(self, *args: object, extra: int = 0) -> None:  # type: ignore[override]
+        pass
+
+    def step_failed(self, saga_id: str, step: str, error: BaseException,  # type: ignore[override]
+                    note: str = "") -> None:
+        pass
+
+
+def test_a_hook_that_cannot_take_its_arguments_is_refused_naming_it() -> None:
+    """A hook declared with parameters it is not called with (none, keyword
+    only, one too many) raised a TypeError at each call: logged and
+    ignored, so the listener heard nothing — found at run time, one log
+    line per transition. Refused when the saga or breaker is built, naming
+    the hook and the parameters it is called with; ``*args`` and extra
+    parameters with defaults are fine."""
+    saga = declare(Records, context=SecretCtx)
+    with pytest.raises(TypeError, match=r"TooFewParameters\.step_completed.*\(saga_id, step\)"):
+        saga(listeners=[TooFewParameters()])
+    with pytest.raises(TypeError, match=r"KeywordOnlyParameters\.step_completed"):
+        saga(listeners=[KeywordOnlyParameters()])
+    with pytest.raises(TypeError, match=r"TooManyParameters\.breaker_state_changed"):
+        CircuitBreaker(listeners=[TooManyParameters()])
+    saga(listeners=[FlexibleParameters()])
+
+
 # --------------------------------------------------------------------------- a forgotten await
 
 
