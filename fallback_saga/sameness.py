@@ -16,6 +16,7 @@ in a refusal's words (by types alone: a context may hold secrets).
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -32,6 +33,10 @@ __all__ = ["SCALARS", "differs", "what_is_derived", "with_article"]
 #: The scalar classes whose values are the same when equal (``1 == 1.0``
 #: across two of them is told by class): no need to look inside.
 SCALARS: frozenset[type] = frozenset({str, int, bool, type(None), float})
+
+#: The scalars whose values are the same when equal, with no exception: a
+#: float's ``==`` leaves out its sign of zero (``0.0 == -0.0``).
+_EXACT_WHEN_EQUAL: frozenset[type] = SCALARS - {float}
 
 #: A missing attribute (the same on both sides when both lack it).
 _ABSENT = object()
@@ -55,8 +60,8 @@ def differs(held: Any, again: Any) -> bool | None:
             # Equal is not the same: {"a": 1} == {"a": 1.0}, a dict equals
             # one with its keys in another order, a dataclass compares its
             # fields with ==, and two aware datetimes at one instant are
-            # equal whatever their zones.
-            return kind not in SCALARS and _unlike(held, again, 0)
+            # equal whatever their zones, and 0.0 == -0.0.
+            return kind not in _EXACT_WHEN_EQUAL and _unlike(held, again, 0)
         # Unequal is not always another value: a NaN is unequal to itself,
         # and a container derived again holds another NaN object.
         return not _same_unequal(held, again, 0)
@@ -75,7 +80,9 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
     list, tuple, dict — its keys too —, set, frozenset, deque — its maxlen
     too) or dataclasses
     (``True`` where ``1`` is, a list where a tuple is), a ``Decimal`` has
-    another exponent or sign (``1.0`` where ``1.00`` is), a dict's keys are in
+    another exponent or sign (``1.0`` where ``1.00`` is), a float the other
+    sign of zero (``-0.0`` where ``0.0`` is, a ``complex``'s parts too), a
+    dict's keys are in
     another order (a resumed run iterates them in the order derived), or a
     ``datetime``/``time`` is in another zone or fold (equal as instants, or
     the fold ignored by ``==``). Run at every write of a class that derives
@@ -87,6 +94,10 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
     kind = held.__class__
     if kind is not again.__class__:
         return True
+    if kind is float:  # (== leaves out its sign of zero: 1 / -0.0 is -inf)
+        return _zero_unlike(held, again)
+    if kind is complex:  # (its parts' too)
+        return _zero_unlike(held.real, again.real) or _zero_unlike(held.imag, again.imag)
     if kind in SCALARS or depth > _UNLIKE_DEPTH or held is again:
         return False
     if kind is Decimal:  # (== leaves out its exponent and sign: 1.0 == 1.00, 0 == -0)
@@ -98,7 +109,7 @@ def _unlike(held: Any, again: Any, depth: int) -> bool:
             return True
         values = held.values()
         kinds = set(map(type, values))
-        if len(kinds) == 1 and kinds <= SCALARS:
+        if len(kinds) == 1 and kinds <= _EXACT_WHEN_EQUAL:
             return set(map(type, again.values())) != kinds
         return _items_unlike(list(values), list(again.values()), depth)
     if isinstance(held, (list, tuple)):
@@ -124,14 +135,22 @@ def _items_unlike(held: Any, again: Any, depth: int) -> bool:
     in one order), item by item."""
     kinds = set(map(type, held))
     if len(kinds) == 1 and kinds <= SCALARS:  # (all of one scalar class)
-        return set(map(type, again)) != kinds
+        if set(map(type, again)) != kinds:
+            return True
+        # Floats: a zero's sign, looked at only when a zero is there (in C).
+        return float in kinds and 0.0 in held and any(map(_zero_unlike, held, again))
     classes = list(map(type, held))
     if classes != list(map(type, again)):
         return True
     return any(
-        kind not in SCALARS and _unlike(item, other, depth)
+        kind not in _EXACT_WHEN_EQUAL and _unlike(item, other, depth)
         for kind, item, other in zip(classes, held, again, strict=True)
     )
+
+
+def _zero_unlike(held: float, again: float) -> bool:
+    """Two equal floats, one ``0.0`` and the other ``-0.0``."""
+    return held == 0.0 and math.copysign(1.0, held) != math.copysign(1.0, again)
 
 
 def _members_unlike(held: Any, again: Any, depth: int) -> bool:
@@ -141,7 +160,9 @@ def _members_unlike(held: Any, again: Any, depth: int) -> bool:
     kinds = set(map(type, held))
     if kinds != set(map(type, again)):
         return True
-    if len(kinds) <= 1 and kinds <= SCALARS:
+    if len(kinds) <= 1 and kinds <= _EXACT_WHEN_EQUAL:
+        return False
+    if kinds == {float} and 0.0 not in held:  # (no zero, no sign of it to tell)
         return False
     stored = {member: member for member in again}
     return any(_unlike(member, stored[member], depth) for member in held)
@@ -182,7 +203,7 @@ def _same(held: Any, again: Any, depth: int) -> bool:
     if kind is not again.__class__:
         return False
     if held == again:
-        return kind in SCALARS or not _unlike(held, again, depth)
+        return kind in _EXACT_WHEN_EQUAL or not _unlike(held, again, depth)
     return _same_unequal(held, again, depth)
 
 
@@ -277,6 +298,11 @@ def what_is_derived(held: Any, again: Any) -> str:
             f"its __post_init__ derives {with_article(name)} equal to it in another time zone "
             f"or fold from the fields"
         )
+    if held.__class__ is float or held.__class__ is complex:
+        return (
+            f"its __post_init__ derives an equal {name} with the other sign of zero from the "
+            f"fields (0.0 and -0.0 are equal, and a resumed run holds the one derived)"
+        )
     if isinstance(held, Decimal):
         return (
             f"its __post_init__ derives an equal {name} with another exponent or sign "
@@ -294,7 +320,7 @@ def what_is_derived(held: Any, again: Any) -> str:
     return (
         f"its __post_init__ derives an equal {name} holding values of other types (or a "
         f"dict's keys in another order, a moment in another zone, a Decimal with another "
-        f"exponent) inside from the fields"
+        f"exponent, a float with the other sign of zero) inside from the fields"
     )
 
 

@@ -748,6 +748,11 @@ PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 LONDON = zoneinfo.ZoneInfo("Europe/London")
 
 
+@dataclasses.dataclass(frozen=True)
+class Nest:
+    v: float
+
+
 @dataclasses.dataclass
 class Nested(SagaContext):
     """Derives containers of scalars, and moments in a zone, from ``a``."""
@@ -770,6 +775,13 @@ class Nested(SagaContext):
         self.local = datetime(2026, 1, 1, 12, tzinfo=PARIS)
         self.price = Decimal(self.a).quantize(Decimal("0.01"))
         self.prices = [Decimal(self.a).quantize(Decimal("0.01"))]
+        self.zero = 0.0 * self.a
+        self.zeros = [0.0 * self.a, 1.0]
+        self.mixed = [self.a, 0.0 * self.a]
+        self.zero_keys = {0.0 * self.a: "x"}
+        self.zero_values = {"z": 0.0 * self.a}
+        self.zero_members = frozenset({0.0 * self.a, 2.0})
+        self.zero_point = Nest(v=0.0 * self.a)
 
 
 def _utc(moment: Any) -> Any:
@@ -804,6 +816,15 @@ NESTED_HAND_SET = {
     # the journal keeps it: the resumed run would show what is derived.
     "decimal-other-exponent": ("price", lambda ctx: Decimal("1.0")),
     "decimal-other-exponent-in-a-list": ("prices", lambda ctx: [Decimal("1")]),
+    # A float's sign of zero is part of its value (1 / -0.0 is -inf, it is
+    # shown as "-0.0"), and the journal keeps it.
+    "float-other-sign-of-zero": ("zero", lambda ctx: -0.0),
+    "float-other-sign-of-zero-in-a-list": ("zeros", lambda ctx: [-0.0, 1.0]),
+    "float-other-sign-of-zero-among-ints": ("mixed", lambda ctx: [1, -0.0]),
+    "float-other-sign-of-zero-as-a-key": ("zero_keys", lambda ctx: {-0.0: "x"}),
+    "float-other-sign-of-zero-as-a-value": ("zero_values", lambda ctx: {"z": -0.0}),
+    "float-other-sign-of-zero-in-a-set": ("zero_members", lambda ctx: frozenset({-0.0, 2.0})),
+    "float-other-sign-of-zero-in-a-dataclass": ("zero_point", lambda ctx: Nest(v=-0.0)),
 }
 
 
@@ -838,7 +859,7 @@ def test_S14_a_derived_value_equal_but_of_other_types_inside_or_another_zone_is_
     refused = _set_by_hand_equal_and_refused(Nested, name, hand_set)
 
     assert any(why in str(refused) for why in ("other types", "another time zone",
-                                                "another exponent"))
+                                                "another exponent", "other sign of zero"))
 
 
 def test_S14_a_derived_value_equal_with_the_same_types_inside_and_zone_is_not_refused() -> None:
@@ -858,6 +879,13 @@ def test_S14_a_derived_value_equal_with_the_same_types_inside_and_zone_is_not_re
     context.clock = time(12, tzinfo=timezone(timedelta(hours=1)))
     context.wall = datetime(2026, 11, 1, 1, 30, fold=0)
     context.local = datetime(2026, 1, 1, 12, tzinfo=zoneinfo.ZoneInfo.no_cache("Europe/Paris"))
+    context.zero = 0.0  # (its sign as derived)
+    context.zeros = [0.0, 1.0]
+    context.mixed = [1, 0.0]
+    context.zero_keys = {0.0: "x"}
+    context.zero_values = {"z": 0.0}
+    context.zero_members = frozenset({0.0, 2.0})
+    context.zero_point = Nest(v=0.0)
 
     context_to_dict(context)
 

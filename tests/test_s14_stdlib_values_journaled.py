@@ -417,6 +417,12 @@ def test_S15_a_group_member_writing_an_equal_value_of_another_kind_inside_is_a_w
     ):
         assert first_difference(before, after) is not None, (before, after)
         assert differs(before, after) is True, (before, after)
-    # (as for a float's sign of zero and a Decimal's exponent, which ``differs`` leaves to ==)
-    assert first_difference(Point(1, Decimal("1.0")), Point(1, Decimal("1.00"))) is not None
-    assert first_difference(complex(0.0, 1), complex(-0.0, 1)) is not None
+    # (as for a float's sign of zero and a Decimal's exponent)
+    for before, after in (
+        (Point(1, Decimal("1.0")), Point(1, Decimal("1.00"))),
+        (complex(0.0, 1), complex(-0.0, 1)),
+        (Pair(1, 0.0), Pair(1, -0.0)),
+        (collections.deque([0.0]), collections.deque([-0.0])),
+    ):
+        assert first_difference(before, after) is not None, (before, after)
+        assert differs(before, after) is True, (before, after)
