@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import shlex
 import sqlite3
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from helpers_cli import import_app
@@ -473,3 +476,61 @@ def test_json_on_a_terminal_that_is_not_utf8_is_still_exact_json(
     data = json.loads(terminal.text())
     assert data["saga_id"] == WORLDLY
     assert data["context"] == {"note": WORLDLY}
+
+
+def _columns_start(lines: list[str], width_of: Any) -> set[tuple[int, ...]]:
+    """Where each column of a ``list`` table starts on each line (after two
+    or more spaces), in the cells a terminal gives the text before it
+    (``width_of``): one tuple per line, so an aligned table gives one."""
+    return {
+        tuple(width_of(line[: gap.end()]) for gap in re.finditer("  +", line))
+        for line in lines
+    }
+
+
+def _terminal_width(text: str) -> int:
+    """Cells a terminal gives ``text``: East Asian wide and full-width
+    characters take two, combining marks none (Unicode's East Asian Width)."""
+    return sum(
+        0 if unicodedata.combining(char) else
+        2 if unicodedata.east_asian_width(char) in "WF" else 1
+        for char in text
+    )
+
+
+def _two_sagas(db: str, *ids: str) -> None:
+    async def go() -> None:
+        async with SQLiteSagaStore(db) as store:
+            for saga_id in ids:
+                await store.create(saga_id, "Saga", "fp", {}, [entry(0, "Réserver")])
+
+    asyncio.run(go())
+
+
+def test_list_columns_stay_aligned_on_a_terminal_that_is_not_utf8(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the width of an id was counted before the terminal's escapes
+    widened it (``é`` written as ``\\xe9``, four characters), so the columns
+    after it stood out of line."""
+    _two_sagas(db, WORLDLY, "order-plain")
+    terminal = _AsciiTerminal(monkeypatch)
+    assert main(["list", "--db", db]) == 0
+    lines = terminal.text().splitlines()[:-1]  # (the last: how many are listed)
+
+    assert len(lines) == 4
+    assert len(_columns_start(lines, len)) == 1, lines
+
+
+def test_list_columns_stay_aligned_with_wide_and_combining_characters(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CJK character takes two cells of a terminal, a combining accent
+    none: counted as one each, the columns after such an id stood out of
+    line."""
+    _two_sagas(db, "注文-日本-1", "order-plain-12", "cafe\u0301-1")
+    assert main(["list", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()[:-1]
+
+    assert len(lines) == 5
+    assert len(_columns_start(lines, _terminal_width)) == 1, lines

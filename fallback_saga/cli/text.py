@@ -13,7 +13,8 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from unicodedata import combining, east_asian_width
 
 from ..timestamps import utc_text
 
@@ -29,6 +30,7 @@ __all__ = [
     "quoted_id",
     "render_table",
     "stdout_json",
+    "terminal_cells",
     "terminal_text",
     "when",
 ]
@@ -117,19 +119,56 @@ def when(timestamp: float | None, *, precise: bool = False) -> str:
 def render_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
 ) -> list[str]:
-    """Plain-text columns: a header, a rule, the rows (``right``: right-aligned columns)."""
-    widths = [len(header) for header in headers]
+    """Plain-text columns: a header, a rule, the rows (``right``: right-aligned
+    columns). Each cell is measured as the terminal will show it: in the
+    escapes a stdout that is not UTF-8 writes for what it cannot encode, and
+    in a terminal's cells (``terminal_cells``)."""
+    written = _as_stdout_writes()
+    if written is not None:
+        rows = [[written(cell) for cell in row] for row in rows]
+    widths = [terminal_cells(header) for header in headers]
     for row in rows:
-        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+        widths = [max(width, terminal_cells(cell)) for width, cell in zip(widths, row, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         padded = (
-            cell.rjust(width) if index in right else cell.ljust(width)
+            _padded(cell, width, index in right)
             for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
         return "  ".join(padded).rstrip()
 
     return [line(headers), line(["-" * width for width in widths]), *map(line, rows)]
+
+
+def _padded(cell: str, width: int, right: bool) -> str:
+    room = " " * (width - terminal_cells(cell))
+    return room + cell if right else cell + room
+
+
+def terminal_cells(text: str) -> int:
+    """How many cells of a terminal ``text`` takes: an East Asian wide or
+    full-width character (CJK, most emoji) two, a combining mark (an accent
+    written after its letter) none, any other printable character one."""
+    if text.isascii():  # the common case, at C speed
+        return len(text)
+    return sum(
+        0 if combining(char) else 2 if east_asian_width(char) in "WF" else 1 for char in text
+    )
+
+
+def _as_stdout_writes() -> Callable[[str], str] | None:
+    """On a stdout that is not UTF-8: what it writes for a text (what it
+    cannot encode as an escape, ``escape_what_stdout_cannot_show``), to
+    measure that; None on a UTF-8 stdout, which writes any text as it is."""
+    stream = sys.stdout
+    if _writes_any_text(stream):
+        return None
+    encoding = stream.encoding
+
+    def written(text: str) -> str:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+
+    return written
 
 
 def print_json(data: object) -> None:
