@@ -49,6 +49,7 @@ from typing import (
 from .breaker_blocks import GuardedBlocks
 from .breaker_sync import SharedStateSync
 from .events import collect_hooks, emit, listener_tuple
+from .given_numbers import finite_number, number_given, shown
 from .log_lines import library_logger
 from .permit_stack import new_stack, watch_collections
 from .shielding import outer_run_cancelled, running_task
@@ -67,6 +68,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+_FOREVER = float("inf")
 
 ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
 
@@ -119,7 +122,14 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
       trials is allowed after another ``reset_timeout``; late outcomes of the
       old round are ignored.
     * ``clock`` — zero-argument callable returning monotonic seconds
-      (default ``time.monotonic``); inject a fake one in tests.
+      (default ``time.monotonic``); inject a fake one in tests. A reading
+      that is no finite number (NaN, an infinity) is a ``ValueError`` naming
+      the breaker's clock, raised by the call that needed the time: the
+      failure that trips the circuit (the service's error is its
+      ``__cause__``; the circuit stays CLOSED) or any call while it is OPEN
+      or HALF_OPEN. The closed path reads no clock (a shared breaker's reads
+      it to know when to pull, unchecked there: a bad reading is found at the
+      next trip or pull).
     * ``state_store`` — a ``CircuitStateStore`` through which breakers with the
       same ``name`` (required then) in other processes share OPEN / CLOSED /
       HALF_OPEN; the shared row is pulled at most every ``sync_interval``
@@ -208,9 +218,9 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
     def state(self) -> CircuitState:
         """The current state; an OPEN circuit whose timeout passed reads HALF_OPEN
         (with a ``state_store``: OPEN until a call claims the trial round)."""
-        if self._state is CircuitState.OPEN and self._clock() >= self._open_until:
+        if self._state is CircuitState.OPEN and self._now() >= self._open_until:
             with self._lock:
-                change = self._maybe_half_open(self._clock())
+                change = self._maybe_half_open(self._now())
             self._announce(change)
         return self._state
 
@@ -247,7 +257,7 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
 
     def _force(self, state: CircuitState) -> None:
         with self._lock:
-            change = self._transition(state, self._clock())
+            change = self._transition(state, self._now())
             generation = self._pending = self._generation
         try:
             self._announce(change)
@@ -277,13 +287,16 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
         if state is CircuitState.OPEN:
             now = self._clock()
             remaining = self._open_until - now
-            if remaining > 0:  # the common rejection: decided without the lock
+            # The common rejection: decided without the lock. A clock that
+            # read NaN or an infinity makes ``remaining`` one too: the slow
+            # path says so (``_now``), rather than rejecting for ever.
+            if 0 < remaining < _FOREVER:
                 raise CircuitOpenError(self.name, remaining)
         return self._acquire_slow()
 
     def _acquire_slow(self) -> int:
         with self._lock:
-            now = self._clock()
+            now = self._now()
             change = self._maybe_half_open(now)
             state = self._state
             if state is CircuitState.OPEN:
@@ -324,6 +337,7 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
             with self._lock:
                 change = None
                 if permit == self._generation and self._state is CircuitState.HALF_OPEN:
+                    # No time is kept for CLOSED: the reading is not checked.
                     change = self._transition(CircuitState.CLOSED, self._clock())
                     self._pending = self._generation
                 generation = self._generation
@@ -341,9 +355,9 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
                 if self._state is CircuitState.CLOSED:
                     self._failures += 1
                     if self._failures >= self.fail_max:
-                        change = self._transition(CircuitState.OPEN, self._clock())
+                        change = self._transition(CircuitState.OPEN, self._now())
                 elif self._state is CircuitState.HALF_OPEN:
-                    change = self._transition(CircuitState.OPEN, self._clock())
+                    change = self._transition(CircuitState.OPEN, self._now())
                 if change is not None:
                     self._pending = self._generation
             generation = self._generation
@@ -399,9 +413,30 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
             and not running_task().cancelling()
             and not outer_run_cancelled()
         ):
-            self.record_failure(permit)
+            try:
+                self.record_failure(permit)
+            except ValueError as broken_clock:
+                # The trip needed the time and the clock gave none (``_now``):
+                # the service's error is kept as this one's cause.
+                raise broken_clock from error
         else:  # a cancellation (converted or not), other BaseExceptions, an excluded error
             self.release(permit)
+
+    def _now(self) -> float:
+        """The clock's reading, wherever a decision is made with it (a trip,
+        and every call while not CLOSED): a reading that is no finite number
+        is a ``ValueError`` naming the breaker and its clock. NaN made a
+        tripped circuit let every call through (its reopen time NaN: never
+        past, never ahead), an infinity half-opened it at once or rejected
+        for ever. The closed path reads no clock, and checks nothing."""
+        now = self._clock()
+        if finite_number(now) is None:
+            raise ValueError(
+                f"circuit breaker {self.name!r}: its clock returned {shown(now)}, not a "
+                f"finite number of seconds (clock= must return monotonic seconds, as "
+                f"time.monotonic does)"
+            )
+        return now
 
     # ------------------------------------------------------------------ transitions (lock held)
 
@@ -450,7 +485,7 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
         already passed: the next call claims), and an owner whose claim has
         expired renews it before its next trial, whatever its free slots.
         """
-        now = self._clock()
+        now = self._now()
         if now >= self._next_sync:
             self._sync(now)
         generation = self._generation
@@ -468,7 +503,7 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
             # trial needs a renewed claim, which starts a new round.
             self._claim_trials(generation)
         with self._lock:
-            now = self._clock()
+            now = self._now()
             state = self._state
             granted = False
             if state is CircuitState.OPEN:
@@ -501,8 +536,7 @@ def _check_settings(
     the wrong kind, before anything is made of them."""
     if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
         raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
-    if not _seconds_above_zero(reset_timeout):
-        raise ValueError(f"reset_timeout must be seconds > 0, got {reset_timeout!r}")
+    number_given("reset_timeout", reset_timeout, least=0, above=True, unit="seconds")
     if name is not None and not (isinstance(name, str) and name):
         raise ValueError(f"name must be a non-empty str, got {name!r}")
     if clock is not None and not callable(clock):
@@ -523,22 +557,9 @@ def _check_settings(
             )
         if name is None:
             raise ValueError("a breaker with a state_store needs an explicit name")
-    if not _seconds_above_zero(sync_interval):
-        raise ValueError(f"sync_interval must be seconds > 0, got {sync_interval!r}")
+    number_given("sync_interval", sync_interval, least=0, above=True, unit="seconds")
     if wall_clock is not None and not callable(wall_clock):
         raise TypeError(f"wall_clock must be a zero-argument callable, got {wall_clock!r}")
-
-
-def _seconds_above_zero(value: object) -> bool:
-    """Whether ``value`` is a finite number of seconds > 0 that a float holds
-    (the breaker keeps it as one: ``float()`` of a larger int would be an
-    ``OverflowError`` naming nothing). A bool is no number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return 0 < float(value) < float("inf")
-    except OverflowError:
-        return False
 
 
 def _exclude_rules(

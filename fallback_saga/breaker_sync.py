@@ -106,6 +106,9 @@ class SharedStateSync:
     def _reject_until(self, until: float) -> None:
         raise NotImplementedError
 
+    def _now(self) -> float:
+        raise NotImplementedError
+
     def _announce(self, change: Change) -> None:
         raise NotImplementedError
 
@@ -125,7 +128,7 @@ class SharedStateSync:
             return _NOTHING  # something happened meanwhile; the caller re-reads the state
         # The local lease starts before the round trip, as the row's does: it
         # never outlives the lease the other instances see.
-        claimed_at = self._clock()
+        claimed_at = self._now()
         lease = self._wall_clock() + self.reset_timeout
         error: BaseException | None = None
         try:
@@ -193,7 +196,7 @@ class SharedStateSync:
             if self._pending == generation:
                 self._pending = -1  # settled here: from now on, a pulled row may win
             state = self._state
-            now = self._clock()
+            now = self._now()  # NaN here would be published to every instance
             if state is CircuitState.OPEN:
                 until = self._open_until - now
             elif state is CircuitState.HALF_OPEN:
@@ -252,7 +255,7 @@ class SharedStateSync:
             self._shared_version = row.version
             if row.state is CircuitState.HALF_OPEN and row.half_open_owner == self._instance_id:
                 return None  # our own claim
-            now = self._clock()
+            now = self._now()
             change = None
             if row.state is CircuitState.CLOSED:
                 if self._state is not CircuitState.CLOSED:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from .given_numbers import number_given
 
 __all__ = ["RetryPolicy", "set_testing"]
 
@@ -29,15 +30,6 @@ def set_testing(enabled: bool = True) -> None:
 
 async def _no_sleep(delay: float) -> None:
     return None
-
-
-def _finite(value: float) -> bool:
-    """``math.isfinite``, false for an int no float can hold (for which
-    ``math.isfinite`` raises an ``OverflowError`` naming nothing)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,13 +77,11 @@ class RetryPolicy:
         if self.attempts < 1:
             raise ValueError(f"attempts is the total number of tries and must be >= 1, "
                              f"got {self.attempts}")
-        for name, least in (("delay", 0), ("max_delay", 0), ("jitter", 0), ("backoff", 1)):
-            value = getattr(self, name)
-            # A bool is an int to Python, never a number of seconds to a user.
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float) and _finite(value) and value >= least
-            ):
-                raise ValueError(f"{name} must be a finite number >= {least}, got {value!r}")
+        # Checked as every number of seconds the library takes (a bool is no
+        # number, an int too large for a float no finite one); kept as given.
+        for name in ("delay", "max_delay", "jitter"):
+            number_given(name, getattr(self, name), least=0, unit="seconds")
+        number_given("backoff", self.backoff, least=1)  # a factor, not seconds
         retry_on = self.retry_on
         # A lone exception type is callable too: taken for a predicate, any
         # error would pass it (``ConnectionError(error)`` is truthy). One type,

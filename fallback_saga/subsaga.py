@@ -150,12 +150,9 @@ class SubSaga(Generic[ParentT, ChildT]):
     ) -> None:
         # Checked as a worker's lease is: a bool is no number of seconds, and
         # float() of an int too large for one is an OverflowError naming nothing.
-        try:
-            self.lease_seconds = seconds_given("lease_seconds", lease_seconds, positive=True)
-        except ValueError:
-            raise ValueError(
-                f"lease_seconds must be a finite number > 0, got {lease_seconds!r}"
-            ) from None
+        self.lease_seconds = seconds_given(
+            "lease_seconds", lease_seconds, positive=True, owner="SubSaga"
+        )
         if isinstance(saga, type) and issubclass(saga, Saga):
             if getattr(saga, "definition", None) is None:
                 raise TypeError(f"{saga.__name__} declares no steps: it cannot run as a child")

@@ -1094,6 +1094,122 @@ def test_S9_invalid_constructor_arguments_are_refused(options: dict[str, Any]) -
         CircuitBreaker(**options)
 
 
+BEYOND_A_FLOAT = "1" + "0" * 76 + "..."  # 10**400, shown shortened
+
+
+@pytest.mark.parametrize(
+    ("option", "given", "shown"),
+    [
+        ("reset_timeout", 0, "0"),
+        ("reset_timeout", -1.0, "-1.0"),
+        ("reset_timeout", float("nan"), "nan"),
+        ("reset_timeout", float("inf"), "inf"),
+        ("reset_timeout", "60", "'60'"),
+        ("reset_timeout", True, "True"),
+        ("reset_timeout", 10**400, BEYOND_A_FLOAT),
+        ("sync_interval", float("nan"), "nan"),
+        ("sync_interval", 0, "0"),
+        ("sync_interval", 10**400, BEYOND_A_FLOAT),
+    ],
+)
+def test_S9_a_timing_that_is_no_finite_number_of_seconds_is_refused_saying_what_was_given(
+    option: str, given: object, shown: str
+) -> None:
+    """The message names the setting, says a finite number of seconds is
+    wanted (it said "seconds > 0" of a NaN) and shows what was given,
+    shortened: an int too large for a float was written out in 400 digits."""
+    with pytest.raises(ValueError, match="must be a finite number") as refused:
+        CircuitBreaker(**{option: given})
+    assert str(refused.value) == (
+        f"{option} must be a finite number of seconds > 0, got {shown}"
+    )
+
+
+BAD_READINGS = [
+    pytest.param(float("nan"), "nan", id="nan"),
+    pytest.param(float("inf"), "inf", id="inf"),
+    pytest.param(float("-inf"), "-inf", id="-inf"),
+]
+
+
+def clock_refused(shown: str) -> str:
+    return (
+        f"circuit breaker 'inventory': its clock returned {shown}, not a finite number "
+        f"of seconds (clock= must return monotonic seconds, as time.monotonic does)"
+    )
+
+
+@pytest.mark.parametrize(("reading", "shown"), BAD_READINGS)
+async def test_S9_a_clock_that_reads_no_finite_time_at_the_trip_is_a_clear_error(
+    reading: float, shown: str
+) -> None:
+    """A NaN clock left a tripped breaker letting every call through (its
+    reopen time NaN: never past, never ahead); an infinite one half-opened it
+    at once. The failure that needs the time says the clock is broken, the
+    service's error kept as the cause; the circuit stays CLOSED, counting."""
+    breaker, clock = make_breaker(fail_max=2)
+    await trip(breaker, 1)
+    clock.now = reading
+    service_error = Boom("down")
+    with pytest.raises(ValueError, match="its clock returned") as refused:
+        await breaker.call(fail_with, service_error)
+    assert str(refused.value) == clock_refused(shown)
+    assert refused.value.__cause__ is service_error
+    assert breaker._state is CLOSED
+
+
+@pytest.mark.parametrize(("reading", "shown"), BAD_READINGS)
+@pytest.mark.parametrize("stuck", ["open", "half-open"])
+async def test_S9_a_clock_gone_bad_while_not_closed_is_a_clear_error_and_nothing_is_called(
+    reading: float, shown: str, stuck: str
+) -> None:
+    """Open, a NaN clock let every call through uncounted (never half-open,
+    never re-opened), +inf half-opened it at once, -inf rejected for ever
+    (retry_after=inf). Each call that reads the bad time now says so."""
+    breaker, clock = make_breaker(fail_max=1, half_open_max_calls=1)
+    await trip(breaker)
+    if stuck == "half-open":
+        clock.advance(breaker.reset_timeout)
+        held = Held()
+        trial = asyncio.create_task(breaker.call(held))
+        await held.entered.wait()
+    clock.now = reading
+    calls: list[str] = []
+
+    async def service() -> None:
+        calls.append("called")
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="its clock returned") as refused:
+            await breaker.call(service)
+        assert str(refused.value) == clock_refused(shown)
+    with pytest.raises(ValueError, match="its clock returned"):
+        async with breaker:
+            calls.append("block ran")
+    assert calls == []
+    if stuck == "half-open":
+        held.release.set()
+        await trial
+    else:
+        with pytest.raises(ValueError, match="its clock returned"):
+            breaker.state  # noqa: B018 — reading the state reads the clock
+
+
+async def test_S9_the_closed_path_does_not_read_the_clock() -> None:
+    """The clock is checked where it is read: on a trip and off the closed
+    path. A closed breaker's calls, successes and failures below fail_max,
+    read no time at all (the check costs that path nothing)."""
+    breaker, clock = make_breaker(fail_max=3)
+    clock.now = float("nan")
+    reads = clock.reads
+    for _ in range(100):
+        await breaker.call(succeed)
+    await trip(breaker, 2)
+    await breaker.call(succeed)
+    assert clock.reads == reads
+    assert breaker.failure_count == 0
+
+
 def test_S9_defaults_and_protocol() -> None:
     breaker = CircuitBreaker()
     assert (breaker.fail_max, breaker.reset_timeout, breaker.half_open_max_calls) == (5, 60.0, 1)

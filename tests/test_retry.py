@@ -93,6 +93,34 @@ def test_S6_invalid_timing_is_a_value_error(field: str, value: float) -> None:
         RetryPolicy(**{field: value})  # type: ignore[arg-type]
 
 
+BEYOND_A_FLOAT = "1" + "0" * 76 + "..."  # 10**400, shown shortened
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("delay", math.nan, "delay must be a finite number of seconds >= 0, got nan"),
+        ("delay", -0.1, "delay must be a finite number of seconds >= 0, got -0.1"),
+        ("max_delay", math.inf, "max_delay must be a finite number of seconds >= 0, got inf"),
+        ("jitter", True, "jitter must be a finite number of seconds >= 0, got True"),
+        ("jitter", "0.1", "jitter must be a finite number of seconds >= 0, got '0.1'"),
+        ("delay", 10**400, f"delay must be a finite number of seconds >= 0, got {BEYOND_A_FLOAT}"),
+        ("backoff", 0.5, "backoff must be a finite number >= 1, got 0.5"),
+        ("backoff", math.nan, "backoff must be a finite number >= 1, got nan"),
+        ("backoff", 10**400, f"backoff must be a finite number >= 1, got {BEYOND_A_FLOAT}"),
+    ],
+)
+def test_S6_a_timing_that_is_no_finite_number_is_refused_saying_what_was_given(
+    field: str, value: object, message: str
+) -> None:
+    """Worded as every other number of seconds the library takes (a breaker's,
+    a worker's): the delays are seconds, ``backoff`` a factor; what was given
+    is shown shortened (an int too large for a float was 400 digits)."""
+    with pytest.raises(ValueError, match="must be a finite number") as refused:
+        RetryPolicy(**{field: value})  # type: ignore[arg-type]
+    assert str(refused.value) == message
+
+
 @pytest.mark.parametrize("retry_on", [(ValueError, "OSError"), (int,), "ValueError", 42])
 def test_S6_retry_on_must_be_exception_types_or_a_predicate(retry_on: object) -> None:
     with pytest.raises(TypeError, match="retry_on"):

@@ -401,6 +401,35 @@ async def test_S9_a_reopen_time_from_a_clock_ahead_holds_no_circuit_past_reset_t
     assert b.state is CircuitState.CLOSED
 
 
+@pytest.mark.parametrize("reading", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+async def test_S9_shared_a_clock_gone_bad_is_a_clear_error_and_no_bad_time_is_published(
+    circuit_file_store: SQLiteCircuitStateStore, reading: float
+) -> None:
+    """The trip that needs the time, and every call while the circuit is
+    open, say the clock is broken; no reopen time made of a NaN or an
+    infinity reaches the row the other instances read."""
+    clock = FakeClock()
+    breaker = make(circuit_file_store, clock)
+    await trip(breaker, breaker.fail_max - 1)
+    clock.now = reading
+    with pytest.raises(ValueError, match="circuit breaker 'payments': its clock returned"):
+        await breaker.call(fail_with, Boom("down"))
+    row = circuit_file_store.read("payments")
+    assert row is None or row.state is CircuitState.CLOSED
+
+    clock.now = 2_000.0
+    await trip(breaker, 1)  # the failure refused above was counted: this one trips
+    assert breaker.state is CircuitState.OPEN
+    clock.now = reading
+    for _ in range(2):
+        with pytest.raises(ValueError, match="its clock returned"):
+            await breaker.call(succeed)
+    row = circuit_file_store.read("payments")
+    assert row is not None
+    assert row.state is CircuitState.OPEN
+    assert math.isfinite(row.open_until)
+
+
 async def test_shared_a_new_instance_learns_the_open_circuit_on_its_first_call(
     circuit_file_store: SQLiteCircuitStateStore,
 ) -> None:

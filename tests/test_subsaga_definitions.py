@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -505,6 +506,28 @@ def test_S11_a_child_lease_that_is_no_number_of_seconds_is_refused_naming_it(
 ) -> None:
     """A bool passed (``True``: a one-second lease), and an int too large for
     a float was an OverflowError naming nothing; as a worker's ``lease``."""
-    with pytest.raises(ValueError, match="lease_seconds must be a finite number > 0"):
+    with pytest.raises(ValueError, match="SubSaga lease_seconds must be a finite number of "):
         SubSaga(Payment, context=lambda ctx: Ctx(ctx.order), name="Pay",
                 lease_seconds=lease_seconds)
+
+
+@pytest.mark.parametrize(
+    ("lease_seconds", "shown"),
+    [(0, "0"), (float("nan"), "nan"), ("30", "'30'"), (True, "True"),
+     (10**400, "1" + "0" * 76 + "..."), (timedelta(seconds=-1), "-1.0")],
+    ids=["zero", "nan", "str", "bool", "beyond-a-float", "negative-timedelta"],
+)
+def test_S11_a_child_lease_refused_is_one_message_naming_subsaga_and_lease_seconds(
+    lease_seconds: Any, shown: str
+) -> None:
+    """The check's own error was caught and re-raised in other words, the
+    value written out in full (an int too large for a float: 400 digits)
+    and the class that refused it named nowhere. One message now, no chain."""
+    with pytest.raises(ValueError, match="must be a finite number") as refused:
+        SubSaga(Payment, context=lambda ctx: Ctx(ctx.order), name="Pay",
+                lease_seconds=lease_seconds)
+    assert str(refused.value) == (
+        f"SubSaga lease_seconds must be a finite number of seconds > 0, got {shown}"
+    )
+    assert refused.value.__cause__ is None
+    assert refused.value.__context__ is None
