@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -14,6 +13,7 @@ from typing import Any, ForwardRef, Literal, get_args, get_origin
 
 from .errors import SagaDefinitionError, short_id
 from .fallback import Fallback
+from .given_numbers import finite_number, shown
 from .parallel import Parallel
 from .retry import RetryPolicy
 from .step import SagaStepHandler, step_name
@@ -301,14 +301,13 @@ def check_timeout(timeout: object, label: str, error: type[Exception]) -> float 
     is a finite number > 0 or None."""
     if timeout is None:
         return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise error(f"{label}: timeout must be seconds > 0 or None, got {timeout!r}")
-    return float(timeout)
+    seconds = finite_number(timeout)  # a bool, NaN, an infinity, 10**400: None
+    if seconds is None or seconds <= 0:
+        raise error(
+            f"{label}: timeout must be a finite number of seconds > 0 or None, "
+            f"got {shown(timeout)}"
+        )
+    return seconds
 
 
 def check_retry(retry: object, label: str, error: type[Exception]) -> None:

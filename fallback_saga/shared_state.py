@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import sqlite3
 import threading
@@ -54,6 +53,7 @@ import weakref
 from typing import Protocol, runtime_checkable
 
 from .forking import watch_forks
+from .given_numbers import number_given
 from .private_file import create_private_file, database_path
 from .sqlite_files import why_cannot_open
 from .status import CircuitState
@@ -135,14 +135,8 @@ class SQLiteCircuitStateStore:
         text = database_path(path, "SQLiteCircuitStateStore")
         if text in ("", ":memory:") or text.startswith("file::memory:"):
             raise ValueError("shared circuit state needs a database file, not :memory:")
-        if (
-            isinstance(busy_timeout, bool)
-            or not isinstance(busy_timeout, (int, float))
-            or not 0 <= busy_timeout < math.inf
-        ):
-            raise ValueError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
         self.path: str = text
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = number_given("busy_timeout", busy_timeout, least=0, unit="seconds")
         self._local = threading.local()
         self._all: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()

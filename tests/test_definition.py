@@ -369,7 +369,11 @@ def test_S13_a_saga_without_a_context_class_is_refused_a_durable_store(
         asyncio.run(store.close())
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "1", True])
+# 10**400: an int too large for a float was an OverflowError naming nothing.
+@pytest.mark.parametrize(
+    "timeout",
+    [0, -1, float("nan"), float("inf"), "1", True, pytest.param(10**400, id="beyond-a-float")],
+)
 def test_step_timeout_must_be_positive_seconds(timeout: Any) -> None:
     class Timed(Charge):
         pass
@@ -756,7 +760,10 @@ async def test_S12_a_step_step_factory_builds_with_a_timeout_gets_a_timeout_erro
     assert isinstance(failed.value.error, TimeoutError)
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), True, "5"])
+@pytest.mark.parametrize(
+    "timeout",
+    [0, -1.0, float("nan"), float("inf"), True, "5", pytest.param(10**400, id="beyond-a-float")],
+)
 def test_S12_a_step_step_factory_builds_with_a_bad_timeout_is_refused(timeout: Any) -> None:
     class Odd(Configured):
         def __init__(self) -> None:

@@ -811,7 +811,11 @@ def test_S9_postgres_store_bounds_a_call_to_a_server_that_stops_answering(
     store.close()
 
 
-@pytest.mark.parametrize("call_timeout", [0, -1.0, math.inf, math.nan, "1", True])
+# 10**400: an int too large for a float was an OverflowError naming nothing.
+@pytest.mark.parametrize(
+    "call_timeout",
+    [0, -1.0, math.inf, math.nan, "1", True, pytest.param(10**400, id="beyond-a-float")],
+)
 def test_postgres_store_call_timeout_must_be_positive_seconds(call_timeout: Any) -> None:
     from fallback_saga.store.postgres_breaker import PostgresCircuitStateStore
 

@@ -320,6 +320,11 @@ async def test_bad_arguments_are_refused_before_anything_is_queued(
         await store.claim(owner="", lease_seconds=1, older_than=0, limit=1)
     with pytest.raises(ValueError, match="older_than"):
         await store.purge(older_than=float("nan"))
+    # An int too large for a float was an OverflowError naming nothing.
+    with pytest.raises(ValueError, match="older_than must be a finite number of seconds"):
+        await store.purge(older_than=10**400)
+    with pytest.raises(ValueError, match="lease_seconds must be a finite number of seconds"):
+        await store.claim(owner="w", lease_seconds=10**400, older_than=0, limit=1)
     lease = Lease(saga_id="other", owner="w", token=1, expires_at=0.0)
     with pytest.raises(ValueError, match="lease is for saga 'other'"):
         await store.append("saga-1", [], fence=lease)

@@ -173,7 +173,11 @@ def test_sqlite_circuit_state_store_refuses_what_is_not_a_path(path: Any) -> Non
         SQLiteCircuitStateStore(path)
 
 
-@pytest.mark.parametrize("busy_timeout", [-1, math.nan, math.inf, True, "1"])
+# 10**400: an int too large for a float was taken, then float() of it an
+# OverflowError naming nothing.
+@pytest.mark.parametrize(
+    "busy_timeout", [-1, math.nan, math.inf, True, "1", pytest.param(10**400, id="beyond-a-float")]
+)
 def test_sqlite_circuit_state_store_refuses_bad_busy_timeouts(
     tmp_path: pathlib.Path, busy_timeout: Any
 ) -> None:
@@ -196,6 +200,8 @@ def test_sqlite_saga_store_takes_a_bytes_path_as_text(tmp_path: pathlib.Path) ->
         ({"connect_timeout": True}, ValueError),
         ({"statement_timeout": math.nan}, ValueError),
         ({"statement_timeout": 0}, ValueError),
+        # An int too large for a float was an OverflowError naming nothing.
+        ({"connect_timeout": 10**400}, ValueError),
     ],
 )
 def test_postgres_circuit_state_store_checks_its_arguments(

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final
 
 from ..decoding import TAG
 from ..errors import CorruptSagaRecord
+from ..given_numbers import finite_number, shown
 from ..status import SagaStatus, StepStatus
 from ..stored_json import parse_stored_json
 
@@ -158,9 +158,13 @@ def status_text(status: SagaStatus) -> str:
 
 
 def finite_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    return float(value)
+    """``value`` as a float of seconds (any finite number: a time, a lease, an
+    age), else a ``ValueError`` naming ``name``; checked as every number of
+    seconds the library takes (``given_numbers``), 10**400 included."""
+    seconds = finite_number(value)
+    if seconds is None:
+        raise ValueError(f"{name} must be a finite number of seconds, got {shown(value)}")
+    return seconds
 
 
 def whole_int(name: str, value: object) -> int:

@@ -40,9 +40,9 @@ import threading
 import weakref
 from typing import Any
 
+from ..given_numbers import number_given
 from ..shared_state import SharedCircuit
 from ..status import CircuitState
-from ._common import finite_seconds
 from ._dsn_secrets import dsn_secrets, scrub
 from ._postgres_conn import closed_by_server
 
@@ -83,10 +83,10 @@ class PostgresCircuitStateStore:
         given = {"connect_timeout": connect_timeout, "statement_timeout": statement_timeout}
         if call_timeout is not None:
             given["call_timeout"] = call_timeout
-        timeouts = {label: finite_seconds(label, value) for label, value in given.items()}
-        for label, seconds in timeouts.items():
-            if seconds <= 0:
-                raise ValueError(f"{label} must be seconds > 0, got {seconds!r}")
+        timeouts = {
+            label: number_given(label, value, least=0, above=True, unit="seconds")
+            for label, value in given.items()
+        }
         self.conninfo = conninfo
         self.schema = schema
         self.connect_timeout = timeouts["connect_timeout"]
