@@ -126,10 +126,11 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
       that is no finite number (NaN, an infinity) is a ``ValueError`` naming
       the breaker's clock, raised by the call that needed the time: the
       failure that trips the circuit (the service's error is its
-      ``__cause__``; the circuit stays CLOSED) or any call while it is OPEN
-      or HALF_OPEN. The closed path reads no clock (a shared breaker's reads
-      it to know when to pull, unchecked there: a bad reading is found at the
-      next trip or pull).
+      ``__cause__``; the circuit stays CLOSED), ``open()``, any call while
+      it is OPEN or HALF_OPEN, or reading ``state`` while OPEN. The closed
+      path reads no clock (a shared breaker's reads it to know when to
+      pull, unchecked there: a bad reading is found at the next trip or
+      pull).
     * ``state_store`` — a ``CircuitStateStore`` through which breakers with the
       same ``name`` (required then) in other processes share OPEN / CLOSED /
       HALF_OPEN; the shared row is pulled at most every ``sync_interval``
@@ -257,7 +258,9 @@ class CircuitBreaker(GuardedBlocks, SharedStateSync):
 
     def _force(self, state: CircuitState) -> None:
         with self._lock:
-            change = self._transition(state, self._now())
+            # No time is kept for CLOSED: an operator's close() works whatever the clock reads.
+            now = self._now() if state is CircuitState.OPEN else self._clock()
+            change = self._transition(state, now)
             generation = self._pending = self._generation
         try:
             self._announce(change)

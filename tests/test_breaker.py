@@ -1195,6 +1195,26 @@ async def test_S9_a_clock_gone_bad_while_not_closed_is_a_clear_error_and_nothing
             breaker.state  # noqa: B018 — reading the state reads the clock
 
 
+@pytest.mark.parametrize(("reading", "shown"), BAD_READINGS)
+async def test_S9_opening_by_hand_on_a_clock_gone_bad_is_a_clear_error_and_closing_still_works(
+    reading: float, shown: str
+) -> None:
+    """``open()`` with a NaN clock made a circuit that let every call
+    through; ``close()`` keeps no time, so it closes whatever the clock says."""
+    breaker, clock = make_breaker()
+    clock.now = reading
+    with pytest.raises(ValueError, match="its clock returned") as refused:
+        breaker.open()
+    assert str(refused.value) == clock_refused(shown)
+    assert breaker._state is CLOSED
+    clock.now = 1_000.0
+    breaker.open()
+    clock.now = reading
+    breaker.close()
+    assert breaker._state is CLOSED
+    assert await breaker.call(succeed) == "ok"
+
+
 async def test_S9_the_closed_path_does_not_read_the_clock() -> None:
     """The clock is checked where it is read: on a trip and off the closed
     path. A closed breaker's calls, successes and failures below fail_max,
