@@ -11,6 +11,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, ForwardRef, Literal, get_args, get_origin
 
+from .child_ids import child_path_length, path_refused_at_definition, shown_step
 from .errors import SagaDefinitionError, short_id
 from .fallback import Fallback
 from .given_numbers import finite_number, shown
@@ -85,6 +86,9 @@ class SagaDefinition:
     context_type: type | None
     items: tuple[ItemSpec, ...]
     fingerprint: str
+    # The step names the deepest of its child sagas (SubSaga, nested) appends
+    # to its saga id, outermost first: () when it runs no child (child_ids).
+    child_id_path: tuple[str, ...] = ()
 
     def describe(self) -> list[Any]:
         """The shape that the fingerprint hashes: names and order, fallback
@@ -169,6 +173,7 @@ def build_definition(
     items: list[ItemSpec] = []
     seen: dict[str, str] = {}
     sources: dict[int, str] = {}  # id of a declared step -> where it is declared
+    child_paths: list[tuple[str, ...]] = [()]  # of every step that runs a child saga
     position = 0
     for index, item in enumerate(declared):
         label = f"steps[{index}]"
@@ -177,12 +182,14 @@ def build_definition(
             for number, member in enumerate(item.members):
                 members.append(_member(
                     member, position, f"{label}.members[{number}]", context_type, where,
-                    seen, sources,
+                    seen, sources, child_paths,
                 ))
                 position += 1
             items.append(GroupSpec(tuple(members)))
         else:
-            items.append(_member(item, position, label, context_type, where, seen, sources))
+            items.append(_member(
+                item, position, label, context_type, where, seen, sources, child_paths
+            ))
             position += 1
     definition_items = tuple(items)
     fingerprint = hashlib.sha256(json.dumps(_shape(definition_items)).encode()).hexdigest()[:16]
@@ -191,7 +198,8 @@ def build_definition(
     # a name equal to its old class name) must keep the fingerprints of its
     # sagas in flight.
     return SagaDefinition(
-        saga_name or saga_cls.__name__, context_type, definition_items, fingerprint
+        saga_name or saga_cls.__name__, context_type, definition_items, fingerprint,
+        max(child_paths, key=child_path_length),
     )
 
 
@@ -203,6 +211,7 @@ def _member(
     where: str,
     seen: dict[str, str],
     sources: dict[int, str],
+    child_paths: list[tuple[str, ...]],
 ) -> MemberSpec:
     """One element of ``steps`` (or of a group): a step or a Fallback, checked."""
     full = f"{where}.{label}"
@@ -238,7 +247,23 @@ def _member(
                 f"distinct `name`"
             )
         seen[branch.name] = label
+        child_paths.append(_child_path(branch, f"{where}.{label}"))
     return spec
+
+
+def _child_path(branch: BranchSpec, label: str) -> tuple[str, ...]:
+    """The step names the deepest child saga that ``branch`` runs appends to
+    its parent's saga id (() if it runs none); refused if no saga id is short
+    enough for them. (The step says which saga it runs as a child: a
+    ``SubSaga`` has ``child_definition``; this module cannot import it.)"""
+    child = getattr(branch.source, "child_definition", None)
+    if not isinstance(child, SagaDefinition):
+        return ()
+    path = (branch.name, *child.child_id_path)
+    refused = path_refused_at_definition(path)
+    if refused is not None:
+        raise SagaDefinitionError(f"{label} (step {shown_step(branch.name)}): {refused}")
+    return path
 
 
 def _branch(

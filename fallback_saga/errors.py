@@ -392,18 +392,43 @@ def _lease_end(expires_at: float | None) -> str:
 
 
 class SagaAlreadyExists(SagaStoreError):
-    """A saga id was reused: ids must be unique per store."""
+    """A saga id was reused: ids must be unique per store.
 
-    def __init__(self, saga_id: str) -> None:
+    ``entry`` is the call that tried to start a new saga with it
+    (``"run()"``, ``"transaction()"``), as the message says; None when the
+    store's ``create`` was called directly. (The store that refuses the id
+    does not know the call: the run tells it, ``started_by``.)"""
+
+    def __init__(self, saga_id: str, entry: str | None = None) -> None:
         self.saga_id = saga_id
-        shown = short_id(saga_id)
-        # The call to make, with the id when it is short (the message stays short).
-        call = f"resume({shown})" if len(shown) <= 40 else "resume() with that id"
-        super().__init__(
-            f"a saga with id {shown} already exists in the store: run() starts a new saga, "
-            f"so give each its own id (or none, and one is made); to continue this one, "
-            f"or read its outcome, call {call}"
-        )
+        self.entry = entry
+        super().__init__(_taken_message(saga_id, entry))
+
+    def started_by(self, entry: str) -> SagaAlreadyExists:
+        """Itself, its message naming ``entry`` as the call that started the
+        new saga (the same error: its traceback, the one the store raised)."""
+        self.entry = entry
+        self.args = (_taken_message(self.saga_id, entry),)
+        return self
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # args holds the message, not the arguments: SagaAlreadyExists(message)
+        # would take the message for the saga id.
+        return (type(self), (self.saga_id, self.entry))
+
+
+def _taken_message(saga_id: str, entry: str | None) -> str:
+    shown = short_id(saga_id)
+    # The call to make, with the id when it is short (the message stays short).
+    call = f"resume({shown})" if len(shown) <= 40 else "resume() with that id"
+    starts = (
+        f"{entry} starts a new saga, so give each its own id (or none, and one is made)"
+        if entry else "a new saga needs an id of its own"
+    )
+    return (
+        f"a saga with id {shown} already exists in the store: {starts}; to continue "
+        f"this one, or read its outcome, call {call}"
+    )
 
 
 class SagaNotFailed(SagaError):

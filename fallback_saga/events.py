@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from .errors import ContextSerializationError, SagaAlreadyExists, SagaInterrupted, described
 from .log_lines import library_logger, one_line
+from .shielding import running_task
 from .status import SagaStatus
 from .step import StepInfo
 
@@ -400,12 +401,24 @@ def _check_hook_parameters(listener: object, name: str, hook: Hook, base: Hook) 
 
 
 def emit(hooks: tuple[Hook, ...], *args: Any) -> None:
-    """Call every hook; a hook that raises is logged and never propagates."""
+    """Call every hook; a hook that raises is logged and never propagates —
+    a ``CancelledError`` too, unless the task calling it was asked to stop."""
     for hook in hooks:
         try:
             hook(*args)
         except Exception:
             _log.exception("listener hook %r raised; ignored", getattr(hook, "__qualname__", hook))
+        except asyncio.CancelledError:
+            # A hook is a plain function: asyncio delivers a cancellation only
+            # at an await, so its CancelledError (a cancelled future's result
+            # read, one caught and raised again) cancels nothing, and would
+            # stop a saga nobody stopped, or cut its unwinding short. A task
+            # asked to stop (by the caller, or by the hook itself) is another
+            # matter: that cancellation is the run's to honour (S8).
+            if running_task().cancelling():
+                raise
+            _log.exception("listener hook %r raised CancelledError, though nothing cancelled "
+                           "the saga's task; ignored", getattr(hook, "__qualname__", hook))
 
 
 class Hooks:

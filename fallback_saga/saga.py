@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
+from .child_ids import saga_id_refused_for_children
 from .compact_journal import Shape, plan_shape
 from .definition import (
     BranchSpec,
@@ -20,6 +21,7 @@ from .definition import (
     context_type_of,
     unresolved_context_name,
 )
+from .errors import SagaAlreadyExists
 from .events import Hooks, listener_tuple
 from .executor import Execution, SagaResult
 from .journal import DEFAULT_JOURNAL_RETRY, DEFAULT_JOURNAL_TIMEOUT
@@ -169,6 +171,8 @@ class Saga(ResumableSaga[ContextT]):
             item.positions for item in self._plan if isinstance(item, GroupPlan)
         )
         self._context_type = definition.context_type
+        # The step names its deepest child saga appends to its id (child_ids).
+        self._child_id_path = definition.child_id_path
         self._settings = RunSettings(
             saga_name=definition.saga_name,
             fingerprint=definition.fingerprint,
@@ -218,10 +222,18 @@ class Saga(ResumableSaga[ContextT]):
         expected = self._context_type
         if expected is not None and not isinstance(context, expected):
             self._check_context(context)
-        if self._runs_plain:
-            execution = Execution(self._settings, context, saga_id)
-            return await execution.run_plain(self._plan, self._shape)
-        return await Execution(self._settings, context, saga_id).run_all(self._plan)
+        execution = Execution(self._settings, context, saga_id)
+        if self._child_id_path:
+            self._check_child_ids(execution.saga_id, made=saga_id is None)
+        try:
+            if self._runs_plain:
+                return await execution.run_plain(self._plan, self._shape)
+            return await execution.run_all(self._plan)
+        except SagaAlreadyExists as taken:
+            # The store that refused the id knows no call: this one says it was run().
+            if taken.saga_id == execution.saga_id:
+                taken.started_by("run()")
+            raise
 
     def transaction(
         self, context: ContextT, *, saga_id: str | None = None
@@ -232,7 +244,21 @@ class Saga(ResumableSaga[ContextT]):
         step ran. Leaving the block early — an exception, a ``break`` — unwinds
         the steps that completed; an exception then propagates unchanged.
         """
-        return SagaTransaction(self._execution(context, saga_id), self._plan)
+        execution = self._execution(context, saga_id)
+        if self._child_id_path:
+            self._check_child_ids(execution.saga_id, made=saga_id is None)
+        return SagaTransaction(execution, self._plan)
+
+    def _check_child_ids(self, saga_id: str, *, made: bool) -> None:
+        """A new saga whose id leaves its deepest child's id too long is
+        refused before its first step (the child's first write would refuse
+        it mid-run). A resumed one is not: its id is the journal's; its
+        child refuses it when reached, as before (subsaga's _child_id)."""
+        refused = saga_id_refused_for_children(
+            self.name, saga_id, self._child_id_path, made=made
+        )
+        if refused is not None:
+            raise ValueError(refused)
 
 
 def _bound_late(saga_cls: type[Saga[Any]], definition: SagaDefinition) -> SagaDefinition:

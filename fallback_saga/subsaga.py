@@ -52,7 +52,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from .child_ids import CHILD_SEPARATOR, child_saga_id
 from .claims_here import claim_held_here, claim_landing_here, let_gos_here
+from .definition import SagaDefinition
 from .errors import (
     ContextDecodeError,
     CorruptSagaRecord,
@@ -78,14 +80,13 @@ from .store._common import check_saga_id
 from .store.base import Lease, SagaRecord, is_recoverable
 from .write_ahead import JournalWriteFailed
 
-__all__ = ["SubSaga", "child_saga_id", "parent_saga_id", "runs_a_child", "saga_family"]
+__all__ = [
+    "CHILD_SEPARATOR", "SubSaga", "child_saga_id", "parent_saga_id", "runs_a_child", "saga_family",
+]
 
 ParentT = TypeVar("ParentT")
 ChildT = TypeVar("ChildT")
 _V = TypeVar("_V")
-
-#: Between a parent's id and its child's step name in the child's saga id.
-CHILD_SEPARATOR = "/"
 
 # How long the parent's run holds a child's lease while it drives the child
 # (renewed while a resumed child runs). Short on purpose: the parent's run is
@@ -96,11 +97,6 @@ DEFAULT_CHILD_LEASE = 30.0
 # sees that the parent drives it and lets it go; a crashed run's lease runs
 # out. (This process's own claims are waited for, not polled: claims_here.)
 _BUSY_POLL = 0.1
-
-
-def child_saga_id(parent_id: str, step: str) -> str:
-    """The saga id of the child run by ``parent_id``'s step ``step``."""
-    return f"{parent_id}{CHILD_SEPARATOR}{step}"
 
 
 def parent_saga_id(saga_id: str) -> str | None:
@@ -183,6 +179,13 @@ class SubSaga(Generic[ParentT, ChildT]):
 
     def __repr__(self) -> str:
         return f"SubSaga({self.saga_name}, name={self.name!r})"
+
+    @property
+    def child_definition(self) -> SagaDefinition:
+        """The child saga's definition: the parent's checks the ids of its
+        family's children against it when the parent class is created (child_ids)."""
+        saga = self.saga
+        return (saga if isinstance(saga, type) else type(saga)).definition
 
     # ------------------------------------------------------------------ the step
 

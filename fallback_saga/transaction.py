@@ -14,6 +14,7 @@ from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
+from .errors import SagaAlreadyExists
 from .executor import Execution, SagaResult
 from .plan import PlanItem
 from .shielding import cancelled_again, loop_gone, reset_var, running_task, shielded
@@ -82,7 +83,11 @@ class SagaTransaction(Generic[ContextT]):
             raise RuntimeError("a saga transaction can be entered only once")
         self._entered = True
         self._loop = asyncio.get_running_loop()
-        self._execution.begin()
+        try:
+            self._execution.begin()  # an in-process store refuses a taken id here
+        except SagaAlreadyExists as taken:
+            _started_here(taken, self._execution)
+            raise
         self._token = _CURSOR.set(self._execution)
         return self
 
@@ -105,6 +110,9 @@ class SagaTransaction(Generic[ContextT]):
         self._stepping = asyncio.current_task()
         try:
             return await self._run_next()
+        except SagaAlreadyExists as taken:  # a durable store's first write refused the id
+            _started_here(taken, self._execution)
+            raise
         finally:
             self._stepping = None
             if self._step_landed is not None:
@@ -142,7 +150,10 @@ class SagaTransaction(Generic[ContextT]):
         tb: TracebackType | None,
     ) -> None:
         try:
-            await self._settle(exc)
+            await self._settle(exc)  # a block left before any step writes the saga first
+        except SagaAlreadyExists as taken:
+            _started_here(taken, self._execution)
+            raise
         finally:
             self._execution.driven_in = None  # the block is left: see Execution.driven_in
             if self._token is not None:
@@ -216,6 +227,13 @@ class SagaTransaction(Generic[ContextT]):
                 raise execution._stopped(execution.interruption, failure=exc)
         finally:
             reset_var(_CURSOR, token)
+
+
+def _started_here(taken: SagaAlreadyExists, execution: Execution) -> None:
+    """Tell ``taken`` (the store knows no call) that this transaction tried
+    to start the saga: its message must not say run() did."""
+    if taken.saga_id == execution.saga_id:
+        taken.started_by("transaction()")
 
 
 # Ways out of a transaction's block that leave the saga to unwind: an error,

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import pickle
 from typing import Any, ClassVar
 
 import pytest
@@ -341,6 +342,45 @@ async def test_S12_a_saga_id_used_twice_says_to_give_another_or_resume_it(
     assert message.startswith("a saga with id 'order-42' already exists in the store")
     assert "give each its own id" in message
     assert "resume('order-42')" in message
+
+
+async def _start_again(saga: Saga[Any], entry: str) -> None:
+    if entry == "run":
+        await saga.run(SecretCtx(), saga_id="order-42")
+        return
+    async with saga.transaction(SecretCtx(), saga_id="order-42") as steps:
+        async for _ in steps:
+            pass
+
+
+@pytest.mark.parametrize("entry", ["run", "transaction"])
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_S12_a_saga_id_used_twice_is_told_in_the_words_of_the_call_that_reused_it(
+    tmp_path: Any, durable: bool, entry: str
+) -> None:
+    """``saga.transaction(ctx, saga_id=...)`` with a taken id is not told that
+    "run() starts a new saga": the message names the call that was made."""
+    saga = declare(Records, context=SecretCtx)
+    async with contextlib.AsyncExitStack() as stack:
+        store = (await stack.enter_async_context(SQLiteSagaStore(tmp_path / "s.db"))
+                 if durable else MemorySagaStore())
+        await saga(store=store).run(SecretCtx(), saga_id="order-42")
+        with pytest.raises(SagaAlreadyExists) as caught:
+            await _start_again(saga(store=store), entry)
+    message = str(caught.value)
+    other = "transaction" if entry == "run" else "run"
+    assert f"{entry}() starts a new saga" in message
+    assert f"{other}()" not in message
+    assert "resume('order-42')" in message
+    assert caught.value.saga_id == "order-42"
+
+
+def test_S12_a_saga_id_used_twice_keeps_its_message_when_pickled() -> None:
+    """Sent to another process (a worker's), the error reads as it did."""
+    taken = SagaAlreadyExists("order-42").started_by("transaction()")
+    copied = pickle.loads(pickle.dumps(taken))
+    assert str(copied) == str(taken)
+    assert copied.saga_id == "order-42"
 
 
 class PaymentClient:
