@@ -281,6 +281,14 @@ def _branch(
             f"{label}: a Parallel group cannot be a Fallback's step or fallback (a Fallback "
             f"may be a member of a group)"
         )
+    if isinstance(getattr(item, "definition", None), SagaDefinition):
+        # A Saga class or instance (saga.py imports this module: not by type).
+        saga = item.__name__ if isinstance(item, type) else type(item).__name__
+        raise SagaDefinitionError(
+            f"{label}: {saga} is a saga, not a step; to run it as a step of {where}, "
+            f"give SubSaga({saga}, context=lambda parent: ...) (its context built from "
+            f"this saga's)"
+        )
     is_class = isinstance(item, type)
     not_async = [method for method in ("act", "compensate") if _is_sync_method(item, method)]
     if not_async:

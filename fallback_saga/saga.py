@@ -138,16 +138,7 @@ class Saga(ResumableSaga[ContextT]):
         self.store: SagaStore = store if store is not None else MemorySagaStore()
         self._live_store = is_live_journal(self.store)
         if definition.context_type is None and not self._live_store:
-            # A crashed run is resumed from its journal, read back into the
-            # context class: without one, it would be left unresumable.
-            named = unresolved_context_name(type(self), Saga)
-            raise TypeError(
-                f"{type(self).__name__} must declare its context class "
-                f"(class {type(self).__name__}(Saga[MyContext])) to journal to "
-                f"{type(self.store).__name__}: a run is resumed after a crash from its "
-                f"journal, read back into that class"
-                + (f" (it names it as the string {named})" if named else "")
-            )
+            raise TypeError(context_class_missing(type(self), self.store))
         self.compensation_retry = compensation_retry or DEFAULT_COMPENSATION_RETRY
         self.listeners = listener_tuple(listeners)
         self._hooks = Hooks(self.listeners)
@@ -259,6 +250,26 @@ class Saga(ResumableSaga[ContextT]):
         )
         if refused is not None:
             raise ValueError(refused)
+
+
+def context_class_missing(saga_cls: type[Saga[Any]], store: SagaStore) -> str | None:
+    """Why ``saga_cls`` cannot journal to ``store`` (None: it can): it
+    declares no context class, and a crashed run is resumed from its journal,
+    read back into that class — without one, it would be left unresumable.
+    (Asked by ``Saga()`` and by a parent built to run it as a child.)"""
+    definition = saga_cls.definition
+    if definition.context_type is None:
+        definition = _bound_late(saga_cls, definition)
+    if definition.context_type is not None or is_live_journal(store):
+        return None
+    named = unresolved_context_name(saga_cls, Saga)
+    return (
+        f"{saga_cls.__name__} must declare its context class "
+        f"(class {saga_cls.__name__}(Saga[MyContext])) to journal to "
+        f"{type(store).__name__}: a run is resumed after a crash from its "
+        f"journal, read back into that class"
+        + (f" (it names it as the string {named})" if named else "")
+    )
 
 
 def _bound_late(saga_cls: type[Saga[Any]], definition: SagaDefinition) -> SagaDefinition:

@@ -54,7 +54,7 @@ from typing import Any, Generic, TypeVar
 
 from .child_ids import CHILD_SEPARATOR, child_saga_id
 from .claims_here import claim_held_here, claim_landing_here, let_gos_here
-from .definition import SagaDefinition
+from .definition import FallbackSpec, SagaDefinition
 from .errors import (
     ContextDecodeError,
     CorruptSagaRecord,
@@ -71,13 +71,13 @@ from .executor import Execution, SagaResult, running_execution
 from .given_numbers import seconds_given
 from .group_run import IN_A_MEMBER, LaneCursor
 from .plan import Branch
-from .saga import Saga
+from .saga import Saga, context_class_missing
 from .shielding import claimed, reset_var, shielded
 from .status import SagaStatus
 from .step import _CURSOR, current_step
 from .stop_scope import STOP_SCOPE, StopScope, stopped_without_unwinding
 from .store._common import check_saga_id
-from .store.base import Lease, SagaRecord, is_recoverable
+from .store.base import Lease, SagaRecord, SagaStore, is_recoverable
 from .write_ahead import JournalWriteFailed
 
 __all__ = [
@@ -175,6 +175,18 @@ class SubSaga(Generic[ParentT, ChildT]):
         self.context = context
         self.merge = merge
         self.name = name or self.saga_name
+        if CHILD_SEPARATOR in self.name:
+            # The child's id "<parent id>/a/b" would read back as the child
+            # "b" of a saga "<parent id>/a" (parent_saga_id): recovery would
+            # not leave it to its parent in flight, a purge would not keep it
+            # while its parent is stored.
+            default = "" if name else f" (by default, the child saga's name, {self.saga_name})"
+            raise ValueError(
+                f"SubSaga({self.saga_name}): its step name {self.name!r}{default} holds "
+                f"{CHILD_SEPARATOR!r}, which separates a parent's saga id from the step name "
+                f"in a child's saga id (\"<parent id>{CHILD_SEPARATOR}<step>\"); give it "
+                f"name= without {CHILD_SEPARATOR!r}"
+            )
         self._built: dict[int, Saga[ChildT]] = {}
 
     def __repr__(self) -> str:
@@ -262,6 +274,7 @@ class SubSaga(Generic[ParentT, ChildT]):
                 pass  # the crash came before this step: the child never started
         try:
             child_context = _not_awaitable(self.context(context), self.name, "context")
+            self._check_child_context(child, child_context)
             return await child.run(child_context, saga_id=child_id)
         except SagaAlreadyExists:
             return await self._resume(parent, child, child_id)
@@ -375,7 +388,7 @@ class SubSaga(Generic[ParentT, ChildT]):
 
     # ------------------------------------------------------------------ helpers
 
-    def _refuse_parent_store(self, parent_name: str, step_name: str, store: object) -> None:
+    def _refuse_parent_store(self, parent_name: str, step_name: str, store: SagaStore) -> None:
         """Refuse a parent journaling to ``store`` when this step holds a Saga
         *instance* built with another store: the instance runs its child in
         its own store, and the parent finds, resumes and unwinds its child in
@@ -383,6 +396,43 @@ class SubSaga(Generic[ParentT, ChildT]):
         that cannot find it — the parent COMPENSATED, the child's effects
         left (S15). Asked by the parent as it is built."""
         child = self.saga
+        if isinstance(child, type):
+            # Built with the parent's store when the step first runs: what
+            # refuses that store (no context class to read a journal back
+            # into) is refused now, before the steps before it run.
+            missing = context_class_missing(child, store)
+            if missing is not None:
+                raise TypeError(
+                    f"{parent_name}'s step {step_name!r} runs {child.__name__} as a child "
+                    f"saga, journaled in {parent_name}'s store: {missing}"
+                )
+            # Its own children are built with that store too, when it runs.
+            for branch in child.definition.members():
+                for spec in (
+                    (branch.primary, branch.fallback) if isinstance(branch, FallbackSpec)
+                    else (branch,)
+                ):
+                    unbuildable = _needs_arguments(spec.source)
+                    if unbuildable is not None:
+                        raise TypeError(
+                            f"{parent_name}'s step {step_name!r} runs {child.__name__} as a "
+                            f"child saga, built from its class with no step_factory, so its "
+                            f"step class {spec.source.__name__} is built as "
+                            f"{spec.source.__name__}(), which cannot work ({unbuildable}). "
+                            f"Give SubSaga a {child.__name__} built with {parent_name}'s "
+                            f"store and a step_factory — SubSaga({child.__name__}(store=store, "
+                            f"step_factory=...), context=...) — or put an instance of "
+                            f"{spec.source.__name__} in {child.__name__}.steps"
+                        )
+                    if not isinstance(spec.source, SubSaga):
+                        continue
+                    try:
+                        spec.source._refuse_parent_store(child.__name__, spec.name, store)
+                    except (TypeError, ValueError) as refused:  # said from the top down
+                        raise type(refused)(
+                            f"{parent_name}'s step {step_name!r} runs {child.__name__}, "
+                            f"and {refused}"
+                        ) from None
         if isinstance(child, Saga) and child.store is not store:
             raise ValueError(
                 f"{parent_name}'s step {step_name!r} runs a {type(child).__name__} "
@@ -390,6 +440,19 @@ class SubSaga(Generic[ParentT, ChildT]):
                 f"saga is journaled, resumed and unwound in its parent's store. "
                 f"Build both with one store, or give SubSaga the class "
                 f"({type(child).__name__}), which is built with the parent's store"
+            )
+
+    def _check_child_context(self, child: Saga[ChildT], child_context: object) -> None:
+        """Refuse what ``context=`` built unless the child runs on it, naming
+        ``context=`` (the child's own refusal names neither the step nor it)."""
+        expected = type(child).definition.context_type
+        if expected is not None and not isinstance(child_context, expected):
+            raise TypeError(
+                f"SubSaga {self.name!r}: context= returned an instance of "
+                f"{type(child_context).__name__}, "
+                f"but {type(child).__name__} runs on {expected.__name__}: context= builds "
+                f"the child's context from the parent's (context=lambda parent: "
+                f"{expected.__name__}(...))"
             )
 
     def _child(self, parent: Execution) -> Saga[ChildT]:
@@ -599,6 +662,21 @@ def _owner() -> str:
 
 def _callable_name(given: object) -> str:
     return str(getattr(given, "__qualname__", None) or type(given).__name__)
+
+
+def _needs_arguments(source: object) -> str | None:
+    """Why the step class ``source`` cannot be built as ``source()``, the way
+    a child saga built from its class builds it (None: it can, or it is no
+    class, or its signature cannot be read — then only the call can tell)."""
+    if not isinstance(source, type):
+        return None
+    try:
+        inspect.signature(source).bind()
+    except TypeError as why:
+        return str(why)
+    except ValueError:  # no signature to read (a builtin)
+        return None
+    return None
 
 
 def _not_awaitable(value: _V, name: str, keyword: str) -> _V:
