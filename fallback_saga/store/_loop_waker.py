@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import os
 import weakref
 from collections.abc import Callable
@@ -57,7 +58,12 @@ class LoopWaker:
         # A deque: append (any thread) and popleft (the loop) need no lock.
         self._calls: collections.deque[tuple[Callable[[Any], None], Any]] = collections.deque()
         try:
-            loop.add_reader(self._read_fd, self._run)
+            # In an empty context: the loop's handle keeps a copy of the
+            # context it is made in for the loop's life, and the waker is
+            # made at a store's first request, most often inside a saga's
+            # run — whose execution, and through it the store, the context
+            # and the step results, the loop then kept alive.
+            contextvars.Context().run(loop.add_reader, self._read_fd, self._run)
         except BaseException:
             self._close()
             raise

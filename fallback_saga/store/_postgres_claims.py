@@ -29,6 +29,7 @@ from ._dsn_secrets import scrub
 from ._parking import NEVER_PARKED
 from ._postgres_conn import _READ_COMMITTED, _getconn, _query
 from ._postgres_fetch import FetchingStore
+from ._postgres_part import StorePart
 from ._postgres_unknown_status import ARMS, unknown_status_reasons
 from ._postgres_unleasable import CLAIMS_TOO_LARGE, lease_problem
 from .base import Lease
@@ -51,14 +52,14 @@ _FORGET_AT_LEAST: Final = 60.0
 _FORGET_AT_CLOSE: Final = 5.0
 
 
-class Claims:
+class Claims(StorePart):
     """A ``PostgresSagaStore``'s batch claim and give-backs (see the module
     docstring), held by the store (``_claims``)."""
 
-    __slots__ = ("_forgetting", "_looks", "_sql", "_store")
+    __slots__ = ("_forgetting", "_looks", "_sql")
 
     def __init__(self, store: FetchingStore) -> None:
-        self._store = store
+        super().__init__(store)  # held weakly (StorePart)
         self._sql = store._sql
         # Claims whose answer never came, being given back (_forget_claim).
         self._forgetting: set[asyncio.Task[None]] = set()
@@ -238,14 +239,16 @@ class Claims:
         store = self._store
         if store._closed or store._pool is None:
             return
+        # The store handed over: the give-back keeps it while it runs
+        # (close() waits for it), however soon its caller drops it.
         task = asyncio.get_running_loop().create_task(
-            self._forget_claim(list(saga_ids), marker, owner, lease_seconds, by_id=by_id))
+            self._forget_claim(store, list(saga_ids), marker, owner, lease_seconds, by_id=by_id))
         self._forgetting.add(task)
         task.add_done_callback(self._forgetting.discard)
 
     async def _forget_claim(
-        self, saga_ids: list[str], marker: str, owner: str, lease_seconds: float, *,
-        by_id: bool = False,
+        self, store: FetchingStore, saga_ids: list[str], marker: str, owner: str,
+        lease_seconds: float, *, by_id: bool = False,
     ) -> None:
         """Give back the leases a claim whose answer never came took, if it
         committed: those still marked by it and leased to ``owner`` (a later
@@ -259,7 +262,6 @@ class Claims:
         connection given back between tries). Tried for the lease's length
         at least; after that, the leases have run out, and only the count
         is left to take back."""
-        store = self._store
         loop = asyncio.get_running_loop()
         until = loop.time() + max(lease_seconds, _FORGET_AT_LEAST)
         delay = _FORGET_DELAY

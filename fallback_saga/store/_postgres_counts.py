@@ -21,6 +21,7 @@ from ..log_lines import library_logger
 from ..status import SagaStatus
 from ._common import non_negative_int, short_repr
 from ._postgres_fetch import FetchingStore
+from ._postgres_part import StorePart
 from ._postgres_schema import _INTERRUPTED_SQL
 from ._postgres_sql import _STATUS_VALUES, _created_filter, _listing_filter, _window
 from ._postgres_unleasable import IN_FLIGHT, UNLEASABLE_SQL
@@ -45,16 +46,16 @@ _UNLISTED_FINISHED: Final = (
 )
 
 
-class Counts:
+class Counts(StorePart):
     """A ``PostgresSagaStore``'s counts (see the module docstring), held by
     the store (``_counts``)."""
 
-    __slots__ = ("_sql", "_store")
+    __slots__ = ("_sql",)
 
     def __init__(self, store: FetchingStore) -> None:
-        # _fetch is looked up on the store at each call: a subclass's, or one
-        # a test puts on the instance, sees every statement.
-        self._store = store
+        # The store held weakly (StorePart): _fetch is looked up on it at
+        # each call.
+        super().__init__(store)
         self._sql = store._sql
 
     async def count_sagas(

@@ -34,6 +34,7 @@ from ._postgres_claims import Claims
 from ._postgres_conn import _READ_COMMITTED, _driver, _query
 from ._postgres_errors import _NOT_SENT
 from ._postgres_fetch import FetchingStore
+from ._postgres_part import StorePart
 from ._postgres_unleasable import (
     FENCE_TOO_LARGE,
     INT8_MAX,
@@ -64,14 +65,14 @@ def _finish(conn: AsyncConnection[Any]) -> None:
         conn.pgconn.finish()
 
 
-class Leases:
+class Leases(StorePart):
     """A ``PostgresSagaStore``'s leases, one saga at a time (see the module
     docstring), held by the store (``_leases``)."""
 
-    __slots__ = ("_claims", "_names", "_sql", "_store")
+    __slots__ = ("_claims", "_names", "_sql")
 
     def __init__(self, store: FetchingStore, claims: Claims) -> None:
-        self._store = store
+        super().__init__(store)  # held weakly (StorePart)
         self._sql = store._sql
         self._names = store._names
         # The store's claims, which own the give-backs under way (close waits

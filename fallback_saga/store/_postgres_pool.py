@@ -13,8 +13,10 @@ built on it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
+import weakref
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,7 +29,12 @@ from ._parking import PARK_AFTER, check_park_after
 from ._postgres_conn import _driver, _getconn, _query
 from ._postgres_errors import shown_cause, wrapped
 from ._postgres_own_pool import open_own_pool
-from ._postgres_pool_closing import CLOSER, close_pool_at_loop_end, close_pool_when_cancelled
+from ._postgres_pool_closing import (
+    CLOSER,
+    close_dropped_pool,
+    close_pool_at_loop_end,
+    close_pool_when_cancelled,
+)
 from ._postgres_schema import _IDENTIFIER, _migrate, _Names
 from ._postgres_sql import _NOT_ASCII, _SYNCHRONOUS_COMMIT, _UNSTORABLE, _Statements
 
@@ -165,6 +172,8 @@ class PooledStore:
         # close_pool_when_cancelled); None while no own pool is open.
         self._pool_closer: asyncio.Task[None] | None = None
         self._pool_guard: AsyncGenerator[None, None] | None = None  # the same, later
+        # Closes the own pool if the store is freed unclosed (close_dropped_pool).
+        self._pool_finalizer: weakref.finalize[Any, Any] | None = None
 
     def _on_its_loop(self) -> asyncio.AbstractEventLoop:
         """Check that the running event loop is the store's, before anything
@@ -216,6 +225,7 @@ class PooledStore:
         self._start_afresh()
         self._pool = None
         self._pool_closer = self._pool_guard = None  # went with the closed loop
+        self._forget_pool_finalizer()
         self._ready = False
         self._opening = None
         self._size_checks = set()
@@ -259,6 +269,22 @@ class PooledStore:
             self._ready = True
 
     async def _open_own_pool(self) -> None:
+        # Opened in a task of its own, in an empty context: the pool's own
+        # tasks (its workers, its scheduler) and the closer live as long as
+        # the pool, each with a copy of the context it was made in — most
+        # often a saga's run (a store opens at its first write), whose
+        # execution holds the store: the store, dropped unclosed, was kept
+        # alive by its own pool, for ever. (Cancelling this call cancels it.)
+        loop = asyncio.get_running_loop()
+        opening = loop.create_task(self._open_pool_apart(), context=contextvars.Context())
+        try:
+            await opening
+        except asyncio.CancelledError:
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                self._ready = True  # cancelled once the pool was open: it is the store's
+            raise
+
+    async def _open_pool_apart(self) -> None:
         assert self._conninfo is not None
         pool = await open_own_pool(
             self._conninfo, min_size=self.min_size, max_size=self.max_size,
@@ -266,12 +292,20 @@ class PooledStore:
             prepared_statements=self.prepared_statements, get_ready=self._get_ready,
         )
         self._pool = pool
-        self._pool_closer = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        self._pool_closer = closer = loop.create_task(
             close_pool_when_cancelled(pool), name=CLOSER
         )
         guard = close_pool_at_loop_end(pool)
         await anext(guard)  # known to the loop from now on
         self._pool_guard = guard
+        # Freed unclosed: the pool closed on its loop. The finalizer holds the
+        # loop, the pool and the closer, never the store (no part of which
+        # holds the store either: _postgres_part); not run at exit, when no
+        # loop runs.
+        finalizer = weakref.finalize(self, close_dropped_pool, loop, pool, closer)
+        finalizer.atexit = False
+        self._pool_finalizer = finalizer
 
     async def _get_ready(self, conn: AsyncConnection[Any]) -> None:
         """On a first connection: the schema migrated, the table sizes read
@@ -301,6 +335,7 @@ class PooledStore:
             self._ready = False
             self._pool = None
             self._pool_closer = self._pool_guard = None
+            self._forget_pool_finalizer()
             return
         self._on_its_loop()
         self._closing = closing = asyncio.get_running_loop().create_future()
@@ -323,6 +358,14 @@ class PooledStore:
         if closer is not None:
             closer.cancel()  # the pool is closed: it finds nothing to do
         self._pool_guard = None  # nor does it
+        self._forget_pool_finalizer()  # nor would it
+
+    def _forget_pool_finalizer(self) -> None:
+        """The own pool is closed, or went with its loop: nothing for the
+        store's finalizer (``close_dropped_pool``) to close."""
+        finalizer, self._pool_finalizer = self._pool_finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
 
     def _start_afresh(self) -> None:
         """What the store keeps for one event loop, made again for a new one

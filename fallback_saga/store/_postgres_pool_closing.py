@@ -1,4 +1,5 @@
-"""A PostgreSQL store's own pool, closed when its event loop ends.
+"""A PostgreSQL store's own pool, closed when its event loop ends, or when
+the store is dropped without ``close()``.
 
 psycopg_pool's maintenance workers survive the cancellation ``asyncio.run``
 ends with, and a loop that ended with the store open would wait for them
@@ -6,11 +7,15 @@ for ever. A store that opens its own pool (``_postgres_pool.PooledStore``)
 starts ``close_pool_when_cancelled`` in a task of its own (named
 ``CLOSER``) and ``close_pool_at_loop_end``'s generator with it: whichever
 the loop's end reaches closes the pool, once the other tasks are done.
+A store dropped open (nobody closes it: freed at once, by reference
+counting, as the SQLite store is) has its pool closed on the pool's loop by
+``close_dropped_pool``, its finalizer, which then ends the closer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,7 +23,12 @@ if TYPE_CHECKING:
     # Types only: the driver is an optional extra.
     from psycopg_pool import AsyncConnectionPool  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["CLOSER", "close_pool_at_loop_end", "close_pool_when_cancelled"]
+__all__ = [
+    "CLOSER",
+    "close_dropped_pool",
+    "close_pool_at_loop_end",
+    "close_pool_when_cancelled",
+]
 
 CLOSER: Final = "fallback_saga-pool-closer"
 
@@ -59,6 +69,42 @@ async def close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerat
     finally:
         if not pool.closed:
             await pool.close()
+
+
+def close_dropped_pool(
+    loop: asyncio.AbstractEventLoop,
+    pool: AsyncConnectionPool[Any],
+    closer: asyncio.Task[None],
+) -> None:
+    """The finalizer of a store freed with its own pool open (never closed):
+    the pool closed on its loop — from whichever thread freed the store — and
+    then ``closer`` (``close_pool_when_cancelled``) cancelled, with nothing
+    left to do, instead of freed pending. Quietly, as the SQLite store stops
+    its threads: an app that drops its stores unclosed is told nothing by
+    either. Holds the loop, the pool and the closer, never the store. A
+    closed loop runs nothing more: the pool's connections end as it is freed."""
+    if pool.closed:
+        return
+    with contextlib.suppress(RuntimeError):  # the loop is closed
+        loop.call_soon_threadsafe(_close_soon, pool, closer)
+
+
+# The closings of dropped stores' pools under way: a task only the loop
+# knows may be freed pending.
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+def _close_soon(pool: AsyncConnectionPool[Any], closer: asyncio.Task[None]) -> None:
+    task = asyncio.get_running_loop().create_task(_close_dropped(pool, closer), name=CLOSER)
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+async def _close_dropped(pool: AsyncConnectionPool[Any], closer: asyncio.Task[None]) -> None:
+    try:
+        await pool.close()
+    finally:
+        closer.cancel()  # the pool is closed first: it finds nothing to do
 
 
 # The tasks of the stores' own pools (psycopg_pool names its scheduler and

@@ -24,6 +24,7 @@ from ..shielding import cancellation_pending
 from ..status import SagaStatus
 from ._common import finite_seconds, purge_statuses
 from ._postgres_fetch import FetchingStore
+from ._postgres_part import StorePart
 from .base import PURGED_BY_DEFAULT
 
 # ``purge``'s batches: the first takes PURGE_BATCH sagas; each then doubles
@@ -44,16 +45,16 @@ def _server_gave_up(error: SagaStoreError) -> bool:
     return getattr(error.__cause__, "sqlstate", None) in _SERVER_GAVE_UP
 
 
-class Purging:
+class Purging(StorePart):
     """A ``PostgresSagaStore``'s purge (see the module docstring), held by
     the store (``_purging``)."""
 
-    __slots__ = ("_sql", "_store")
+    __slots__ = ("_sql",)
 
     def __init__(self, store: FetchingStore) -> None:
-        # _fetch is looked up on the store at each call: a subclass's, or one
-        # a test puts on the instance, sees every statement.
-        self._store = store
+        # The store held weakly (StorePart): _fetch is looked up on it at
+        # each call.
+        super().__init__(store)
         self._sql = store._sql
 
     async def purge(

@@ -29,6 +29,7 @@ from ._common import (
 from ._listing_pages import ListingPages
 from ._postgres_counts import Counts
 from ._postgres_fetch import FetchingStore
+from ._postgres_part import StorePart
 from ._postgres_sql import (
     _decode_record,
     _listed_summary,
@@ -43,16 +44,16 @@ _log = library_logger("fallback_saga.store.postgres")
 _INT4_MAX: Final = 2**31 - 1
 
 
-class Reads:
+class Reads(StorePart):
     """A ``PostgresSagaStore``'s reads (see the module docstring), held by
     the store (``_reads``)."""
 
-    __slots__ = ("_counts", "_sql", "_store")
+    __slots__ = ("_counts", "_sql")
 
     def __init__(self, store: FetchingStore, counts: Counts) -> None:
-        # _fetch is looked up on the store at each call: a subclass's, or one
-        # a test puts on the instance, sees every statement.
-        self._store = store
+        # The store held weakly (StorePart): _fetch is looked up on it at
+        # each call.
+        super().__init__(store)
         self._sql = store._sql
         # The store's counts: whether a listing's window holds most sagas
         # (covers_most) decides what the listing reads, as it does for a count.

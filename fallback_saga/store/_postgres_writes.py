@@ -30,6 +30,7 @@ from ._postgres_conn import _getconn, _query
 from ._postgres_errors import _NO_CONNECTION, _NOT_SENT, not_opened
 from ._postgres_fetch import FetchingStore
 from ._postgres_oversize import check_context_size, check_entries_size, fit_entries, split_batches
+from ._postgres_part import StorePart
 from ._postgres_sql import (
     _CREATING,
     _JOURNALING,
@@ -50,19 +51,16 @@ from .base import JournalEntry, Lease
 _GROUP_SLOTS: Final = 3
 
 
-class Writes:
+class Writes(StorePart):
     """A ``PostgresSagaStore``'s journal writes (see the module docstring)."""
 
-    __slots__ = ("_on_its_loop", "_slots", "_sql", "_store", "journal")
+    __slots__ = ("_slots", "_sql", "journal")
 
     def __init__(self, store: FetchingStore) -> None:
-        # _fetch is looked up on the store at each call: a subclass's, or one
-        # a test puts on the instance, sees every write made alone.
-        self._store = store
+        # The store held weakly (StorePart): _fetch is looked up on it at
+        # each call, and sees every write made alone.
+        super().__init__(store)
         self._sql = store._sql
-        # Bound once: the hot path (submit_create, submit_append) checks the
-        # loop on each write.
-        self._on_its_loop = store._on_its_loop
         # Alone while nothing else is on its way, else grouped (one
         # statement, one round trip), at most _GROUP_SLOTS on their way.
         self._slots = max(1, min(_GROUP_SLOTS, store._pool_size // 2))
@@ -201,7 +199,7 @@ class Writes:
         status: SagaStatus,
     ) -> None:
         """``PostgresSagaStore.create``: the write, awaited."""
-        self._on_its_loop()
+        self._store._on_its_loop()
         await self.journal.write(
             self._create_write(saga_id, saga_name, fingerprint, context, entries, status)
         )
@@ -216,7 +214,7 @@ class Writes:
         after: int | None,
     ) -> None:
         """``PostgresSagaStore.append``: the write, awaited."""
-        self._on_its_loop()
+        self._store._on_its_loop()
         await self.journal.write(
             self._append_write(saga_id, entries, status, context, fence, after)
         )
@@ -238,7 +236,7 @@ class Writes:
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``create``'s write, queued: its future."""
-        loop = self._on_its_loop()
+        loop = self._store._on_its_loop()
         return self.journal.submit(
             self._create_write(saga_id, saga_name, fingerprint, context, entries, status),
             deadline, loop,
@@ -255,7 +253,7 @@ class Writes:
         deadline: float | None = None,
     ) -> asyncio.Future[None]:
         """``append``'s write, queued: its future."""
-        loop = self._on_its_loop()
+        loop = self._store._on_its_loop()
         return self.journal.submit(
             self._append_write(saga_id, entries, status, context, fence, after), deadline, loop
         )
