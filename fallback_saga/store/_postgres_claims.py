@@ -6,12 +6,14 @@ claim whose answer never came may have taken — ``claim``'s or
 ``claim_saga``'s — in tasks of its own, which the store's close waits for
 (``settle``).
 
-``Claims`` is held by ``PostgresSagaStore``, whose ``claim`` hands over to
-it (its docstring says what it does), and given to the store's ``Leases``
+``Claims`` is held by ``PostgresSagaStore`` (made by its base class
+``_postgres_leasing.LeasingStore``), whose ``claim`` hands over to it (its
+docstring says what it does), and given to the store's ``Leases``
 (``_postgres_leases``), whose ``claim_saga`` hands it a lease it may have
 taken (``forget_soon``): the give-backs under way have this one owner,
 which the store's ``_settle`` settles. It runs its statements through the
-store's connection layer (``_postgres_fetch``, ``_postgres_conn``).
+store's connection layer (``_postgres_fetch``, ``_postgres_conn``), the
+store held weakly (``_postgres_part``): a give-back under way keeps it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ hand-off announces sagas on (``work_notifications``). The batch claim, and
 the give-back of what a claim whose answer never came took, are
 ``_postgres_claims``.
 
-``Leases`` is held by ``PostgresSagaStore``, whose public methods of these
+``Leases`` is held by ``PostgresSagaStore`` (made by its base class
+``_postgres_leasing.LeasingStore``), whose public methods of these
 names hand over to it (their docstrings say what each does); it runs its
 statements through the store's connection layer (``_postgres_fetch``,
 ``_postgres_conn``), and hands what ``claim_saga`` may have taken with no

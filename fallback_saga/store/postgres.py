@@ -93,7 +93,11 @@ group commit's statements) to ``_postgres_writes``; its reads to
 ``_postgres_reads``, its counts to ``_postgres_counts`` and its purge to
 ``_postgres_purge``; its batch claim (and the give-back of what a claim
 whose answer never came took) to ``_postgres_claims``, one saga's lease
-(``claim_saga``, ``renew``, ``release``, ...) to ``_postgres_leases``. The
+(``claim_saga``, ``renew``, ``release``, ...) to ``_postgres_leases`` — these
+two made, and their public methods defined, by a base class of the store,
+``_postgres_leasing``. Each of those objects holds the store weakly
+(``_postgres_part``): a store dropped without ``close()`` goes at once, and
+its own pool is closed (``_postgres_pool_closing``). The
 connection layer it is built on is two base classes: running a statement
 (``_fetch``) and its errors, ``_postgres_fetch``, on the pool's life (open,
 close, the event loop, the tables' sizes), ``_postgres_pool`` (its own
@@ -102,7 +106,8 @@ server (the driver, queries, connections the server closed) is
 ``_postgres_conn``, the tables and their migrations ``_postgres_schema``,
 the statements, the JSON the writes travel as and the decoding of rows
 ``_postgres_sql``, and the store's errors and their texts
-``_postgres_errors``. Imports run one way: the store imports them all; the
+``_postgres_errors``. Imports run one way: the store imports them all (the
+claims and the leases through ``_postgres_leasing``); the
 objects it holds import the connection layer and those below it, and of
 each other only what one is handed in its ``__init__`` (the reads the
 counts, the leases the claims); ``_postgres_fetch`` imports
@@ -113,7 +118,7 @@ each imports only those named before it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -121,10 +126,8 @@ from typing import TYPE_CHECKING, Any, Final
 from ..status import SagaStatus
 from ._group_commit import GroupCommit
 from ._parking import PARK_AFTER
-from ._postgres_claims import Claims
 from ._postgres_counts import Counts
-from ._postgres_fetch import FetchingStore
-from ._postgres_leases import Leases
+from ._postgres_leasing import LeasingStore
 from ._postgres_oversize import MAX_STATEMENT_TEXT
 from ._postgres_purge import PURGE_BATCH, PURGE_BATCH_MAX, PURGE_BATCH_SECONDS, Purging
 from ._postgres_reads import Reads
@@ -136,7 +139,6 @@ from .base import (
     HistoryWindow,
     JournalEntry,
     Lease,
-    LeaseState,
     SagaCounts,
     SagaRecord,
     SagaSummary,
@@ -175,7 +177,7 @@ class PostgresStoreStats:
 # --------------------------------------------------------------------------- the store
 
 
-class PostgresSagaStore(FetchingStore):
+class PostgresSagaStore(LeasingStore):
     """A durable ``RecoverableStore`` in PostgreSQL (psycopg 3, asyncio).
 
     ``conninfo_or_pool``: a libpq connection string or URL (the store then
@@ -256,8 +258,8 @@ class PostgresSagaStore(FetchingStore):
         prepared_statements: bool = True,
         park_after: int | None = PARK_AFTER,
     ) -> None:
-        # The arguments' checks, and the connection layer's state (PooledStore,
-        # FetchingStore).
+        # The arguments' checks, the connection layer's state (PooledStore,
+        # FetchingStore), and the claims and leases (LeasingStore).
         super().__init__(
             conninfo_or_pool, schema=schema, min_size=min_size, max_size=max_size,
             synchronous_commit=synchronous_commit, connect_timeout=connect_timeout,
@@ -274,10 +276,6 @@ class PostgresSagaStore(FetchingStore):
         self._counts = Counts(self)
         self._reads = Reads(self, self._counts)
         self._purging = Purging(self)
-        # The claims own the give-backs under way (_settle waits for them);
-        # the leases hand them what claim_saga may have taken with no answer.
-        self._claims = Claims(self)
-        self._leases = Leases(self, self._claims)
 
     @property
     def _journal(self) -> GroupCommit[_Write, None]:
@@ -292,7 +290,7 @@ class PostgresSagaStore(FetchingStore):
 
     async def _settle(self) -> None:
         await self._journal.idle()  # writes already queued are finished first
-        await self._claims.settle()
+        await super()._settle()  # then the give-backs under way (LeasingStore)
 
     def __repr__(self) -> str:
         # Never the conninfo: it may hold a password.
@@ -504,87 +502,3 @@ class PostgresSagaStore(FetchingStore):
         ``purge`` with the same arguments keeps. The ``purge`` command says
         how many of each it kept."""
         return await self._purging.old_finished(older_than=older_than, statuses=statuses, held=held)
-
-    # ------------------------------------------- leases (_postgres_claims, _postgres_leases)
-
-    async def lease_state(self, saga_id: str) -> LeaseState:
-        """The saga's lease owner, expiry and fencing token; ``SagaNotFound``."""
-        return await self._leases.lease_state(saga_id)
-
-    async def claim(
-        self, *, owner: str, lease_seconds: float, older_than: float, limit: int,
-        deferred: bool = False, names: Collection[str] | None = None,
-    ) -> list[Lease]:
-        """Lease up to ``limit`` interrupted sagas (RUNNING/COMPENSATING, not
-        updated for ``older_than`` seconds, no unexpired lease), oldest first,
-        in one short transaction; each claim increments the saga's fencing
-        token. Negative durations are allowed (tests use them for "already
-        expired" without sleeping). Times are the database server's.
-        ``deferred``: also sagas ``defer`` keeps out of claims (an operator's
-        ``recover`` pass). ``names``: only sagas of these names (a
-        ``RecoveryWorker``'s sagas; ``None``: any).
-
-        A claim whose answer never comes (cancelled, its connection lost)
-        may commit all the same: what it took is given back in the
-        background, by the marker it set on its leases, once its
-        transaction has ended (``_forget_claim``)."""
-        return await self._claims.claim(
-            owner=owner, lease_seconds=lease_seconds, older_than=older_than, limit=limit,
-            deferred=deferred, names=names,
-        )
-
-    async def claim_saga(self, saga_id: str, *, owner: str, lease_seconds: float) -> Lease:
-        """Lease one saga by id, whatever its status and age (``Saga.resume``
-        uses it), incrementing its fencing token, in one short transaction;
-        ``SagaNotFound`` if missing, ``SagaBusy`` if another worker holds an
-        unexpired lease on it.
-
-        As with ``claim``, a claim whose answer never comes (cancelled, its
-        deadline past, its connection lost) once its transaction has locked
-        the saga's row may commit all the same: the lease it took is given
-        back in the background, by the marker it set on it, once that
-        transaction has ended (``_forget_claim``) — an operator trying
-        ``resume`` again finds the saga free, not busy for a whole lease."""
-        return await self._leases.claim_saga(saga_id, owner=owner, lease_seconds=lease_seconds)
-
-    async def renew(self, lease: Lease, lease_seconds: float) -> Lease:
-        """Extend ``lease`` to ``lease_seconds`` from now (the server's clock),
-        if its fencing token is still the saga's current one and it was not
-        given back (released, deferred, handed off); else ``LeaseLost``
-        (``SagaNotFound`` if the saga is gone). The heartbeat of a running saga."""
-        return await self._leases.renew(lease, lease_seconds)
-
-    async def release(self, lease: Lease, *, ran: bool = True) -> None:
-        """Clear the lease, if it is still the saga's current one. Its count
-        of claims (see ``park_after``) starts again; ``ran=False`` (the
-        holder ran nothing of it: a ``claim``'s saga skipped or given back
-        untouched) takes that claim back from the count instead."""
-        return await self._leases.release(lease, ran=ran)
-
-    async def defer(self, lease: Lease, seconds: float, *, ran: bool = True) -> None:
-        """``release`` the lease (if it is still the saga's current one), and
-        keep the saga out of ``claim`` for ``seconds``; ``claim_saga`` leases
-        it at once all the same. For a child saga its parent drives: recovery
-        defers it rather than claim it again and again. ``ran``: as for
-        ``release``."""
-        return await self._leases.defer(lease, seconds, ran=ran)
-
-    async def hand_off(self, lease: Lease, *, ran: bool = True) -> None:
-        """``release``, and if the saga is still RUNNING or COMPENSATING,
-        announce it on ``work_channel`` in the same statement. ``ran``: as
-        for ``release``."""
-        return await self._leases.hand_off(lease, ran=ran)
-
-    @property
-    def work_channel(self) -> str:
-        """The LISTEN/NOTIFY channel on which ``hand_off`` announces sagas."""
-        return self._names.channel
-
-    def work_notifications(self) -> AsyncIterator[str]:
-        """Listen for claimable work (``WorkNotifier``) on a connection of its
-        own, outside the pool (a pooled connection would lose its LISTEN when
-        returned). Yields ``""`` once listening, then the id of each saga
-        handed off (``hand_off``) by any process. Ends when the store is
-        closed; ``SagaStoreError`` if the connection is lost. One connection
-        per iteration: a worker needs one."""
-        return self._leases.work_notifications()
