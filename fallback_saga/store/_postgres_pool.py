@@ -300,10 +300,12 @@ class PooledStore:
         await anext(guard)  # known to the loop from now on
         self._pool_guard = guard
         # Freed unclosed: the pool closed on its loop. The finalizer holds the
-        # loop, the pool and the closer, never the store (no part of which
-        # holds the store either: _postgres_part); not run at exit, when no
-        # loop runs.
-        finalizer = weakref.finalize(self, close_dropped_pool, loop, pool, closer)
+        # loop, the pool and the closer weakly (close_dropped_pool), never the
+        # store (no part of which holds the store either: _postgres_part);
+        # not run at exit, when no loop runs.
+        finalizer = weakref.finalize(
+            self, close_dropped_pool, weakref.ref(loop), weakref.ref(pool), weakref.ref(closer)
+        )
         finalizer.atexit = False
         self._pool_finalizer = finalizer
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -72,21 +73,32 @@ async def close_pool_at_loop_end(pool: AsyncConnectionPool[Any]) -> AsyncGenerat
 
 
 def close_dropped_pool(
-    loop: asyncio.AbstractEventLoop,
-    pool: AsyncConnectionPool[Any],
-    closer: asyncio.Task[None],
+    loop: weakref.ref[asyncio.AbstractEventLoop],
+    pool: weakref.ref[AsyncConnectionPool[Any]],
+    closer: weakref.ref[asyncio.Task[None]],
 ) -> None:
     """The finalizer of a store freed with its own pool open (never closed):
     the pool closed on its loop — from whichever thread freed the store — and
-    then ``closer`` (``close_pool_when_cancelled``) cancelled, with nothing
+    then the closer (``close_pool_when_cancelled``) cancelled, with nothing
     left to do, instead of freed pending. Quietly, as the SQLite store stops
     its threads: an app that drops its stores unclosed is told nothing by
-    either. Holds the loop, the pool and the closer, never the store. A
-    closed loop runs nothing more: the pool's connections end as it is freed."""
-    if pool.closed:
+    either. A closed loop runs nothing more: the pool's connections end as
+    it is freed.
+
+    Each held weakly: a finalizer's arguments are held by the finalizers'
+    registry, which nothing clears, and each can hold the store — the
+    closer, cut short as it waited for the other tasks (a second Ctrl-C),
+    waits for the task that uses the store; the pool's queue of waiting
+    clients holds their tasks — which the finalizer would then keep for the
+    process's life. Freed by reference counting, the store still holds them
+    as this runs (its attributes go after its finalizers), and they are
+    handed to the loop; freed by the collector with the store, they are
+    gone, and so is the pool."""
+    running, own, pool_closer = loop(), pool(), closer()
+    if running is None or own is None or own.closed or pool_closer is None:
         return
     with contextlib.suppress(RuntimeError):  # the loop is closed
-        loop.call_soon_threadsafe(_close_soon, pool, closer)
+        running.call_soon_threadsafe(_close_soon, own, pool_closer)
 
 
 # The closings of dropped stores' pools under way: a task only the loop
