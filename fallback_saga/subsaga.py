@@ -54,6 +54,7 @@ from typing import Any, Generic, TypeVar
 
 from .child_ids import CHILD_SEPARATOR, child_saga_id
 from .claims_here import claim_held_here, claim_landing_here, let_gos_here
+from .class_caches import class_cache, remember
 from .definition import FallbackSpec, SagaDefinition
 from .errors import (
     ContextDecodeError,
@@ -664,12 +665,27 @@ def _callable_name(given: object) -> str:
     return str(getattr(given, "__qualname__", None) or type(given).__name__)
 
 
+#: Per step class: why it cannot be built as ``source()`` (``_needs_arguments``).
+#: Asked at every run of a parent whose store is checked; read once per class:
+#: ``inspect.signature`` of a class with a builtin ``__init__`` parses its text
+#: signature, and on 3.13 leaves a class and its functions (a reference cycle)
+#: for the garbage collector each time.
+_NEEDS_ARGUMENTS: dict[type, str | None] = class_cache("subsaga._NEEDS_ARGUMENTS")
+
+
 def _needs_arguments(source: object) -> str | None:
     """Why the step class ``source`` cannot be built as ``source()``, the way
     a child saga built from its class builds it (None: it can, or it is no
     class, or its signature cannot be read — then only the call can tell)."""
     if not isinstance(source, type):
         return None
+    try:
+        return _NEEDS_ARGUMENTS[source]
+    except KeyError:
+        return remember(_NEEDS_ARGUMENTS, source, _signature_refusal(source))
+
+
+def _signature_refusal(source: type) -> str | None:
     try:
         inspect.signature(source).bind()
     except TypeError as why:
